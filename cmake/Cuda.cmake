@@ -1,0 +1,32 @@
+# Decides whether the kernels/ target is built (KVBENCH_HAVE_CUDA) and builds it.
+# kernels/ is plain CUDA with no libtorch, so it compiles wherever nvcc exists, GPU or not.
+set(KVBENCH_HAVE_CUDA OFF)
+if(NOT KVBENCH_CUDA MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "KVBENCH_CUDA must be AUTO, ON or OFF, got '${KVBENCH_CUDA}'")
+endif()
+if(NOT KVBENCH_CUDA STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # Explicit architecture flags (sm_90a: Hopper, incl. its arch-specific instructions).
+    set(CMAKE_CUDA_ARCHITECTURES OFF)
+    enable_language(CUDA)
+    set(KVBENCH_HAVE_CUDA ON)
+  elseif(KVBENCH_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "KVBENCH_CUDA=ON but no CUDA compiler was found (set CUDACXX)")
+  endif()
+endif()
+
+if(KVBENCH_HAVE_CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  add_library(kvbench_kernels STATIC kernels/device_query.cu)
+  target_include_directories(kvbench_kernels PUBLIC kernels)
+  set_target_properties(kvbench_kernels PROPERTIES
+    CUDA_ARCHITECTURES OFF POSITION_INDEPENDENT_CODE ON CUDA_STANDARD 17)
+  target_compile_options(kvbench_kernels PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a>)
+  target_link_libraries(kvbench_kernels PUBLIC CUDA::cudart)
+endif()

@@ -1,0 +1,27 @@
+// One register_<command>_command per subcommand file (micromamba style). Each registers its
+// options on `app` and, when its subcommand is parsed, stores the work to do in
+// `global.action`; main runs it after logging is set up. Actions return the exit code and
+// throw on errors (main logs them: ConfigError exits 2, other errors 1).
+#pragma once
+
+#include <functional>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace kvbench {
+
+struct GlobalOptions {
+  std::string log_level = "info";
+  std::string command_line;  // argv joined, recorded in reports
+  std::function<int()> action;
+};
+
+void register_run_command(CLI::App& app, GlobalOptions& global);
+void register_validate_command(CLI::App& app, GlobalOptions& global);
+void register_list_command(CLI::App& app, GlobalOptions& global);
+void register_version_command(CLI::App& app, GlobalOptions& global);
+
+}  // namespace kvbench

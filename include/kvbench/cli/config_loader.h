@@ -1,0 +1,24 @@
+// Loading a run configuration: read the JSON file (parse errors with line and column), apply
+// `--set key=value` overrides, validate into a RunSpec.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/suites/run_spec.h"
+
+namespace kvbench {
+
+// Parses JSON text; on failure throws ConfigError "<source>:<line>:<column>: <problem>".
+nlohmann::json parse_json_text(const std::string& text, const std::string& source);
+nlohmann::json read_config_file(const std::string& path);
+// Applies one "dotted.key=value" override. The value is parsed as JSON; if that fails it is
+// taken as a plain string (so --set model.path=/data/llama works unquoted). List elements are
+// addressed by index: --set suites.0.repeats=5.
+void apply_override(nlohmann::json& config, const std::string& assignment);
+// read_config_file + overrides + parse_run_spec; the run is named after the file's stem.
+RunSpec load_run_spec(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace kvbench

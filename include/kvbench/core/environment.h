@@ -1,0 +1,62 @@
+// What the numbers were measured on: CPU, caches, memory, BLAS, libtorch, threads, CUDA.
+// Captured once per run and written into every report.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace kvbench {
+
+struct BlasInfo {
+  std::string name;     // "OpenBLAS", "reference BLAS", "MKL", "unknown"
+  std::string detail;   // e.g. OpenBLAS's build config string
+  std::string library;  // path of the loaded shared library
+  bool reference = false;  // Debian's netlib reference BLAS: 20-35x slower than OpenBLAS
+};
+
+struct GpuInfo {
+  std::string name;
+  int compute_major = 0, compute_minor = 0;
+  int sm_count = 0;
+  int sm_clock_mhz = 0, memory_clock_mhz = 0, memory_bus_bits = 0;
+  uint64_t memory_bytes = 0;
+};
+
+struct CudaInfo {
+  bool built = false;       // kvbench was compiled with the kernels/ target
+  int device_count = 0;     // devices visible now
+  std::string error;        // why none is visible, when none is
+  int driver_version = 0;   // e.g. 13000
+  int runtime_version = 0;
+  std::vector<GpuInfo> devices;
+};
+
+struct Environment {
+  std::string hostname, os, compiler, cpu_model;
+  int cores = 0;
+  int threads = 0;  // intra-op threads in use (at::get_num_threads)
+  uint64_t llc_bytes = 0;
+  uint64_t memory_bytes = 0, memory_available_bytes = 0;
+  std::string libtorch;
+  BlasInfo blas;
+  CudaInfo cuda;
+};
+
+Environment capture_environment();
+nlohmann::json to_json(const Environment& env);
+
+BlasInfo detect_blas();
+CudaInfo query_cuda();
+// Size of the largest (last-level) data/unified cache, from sysfs; 0 if unknown.
+uint64_t last_level_cache_bytes();
+// MemAvailable from /proc/meminfo; 0 if unknown.
+uint64_t available_memory_bytes();
+// Cores this process may run on.
+int available_cores();
+// Sets libtorch's intra-op thread count (and OpenMP's); n >= 1.
+void set_thread_count(int n);
+
+}  // namespace kvbench

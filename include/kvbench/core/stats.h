@@ -1,0 +1,41 @@
+// Descriptive statistics for timing samples: every suite keeps raw samples and summarises
+// them with these functions, so all reports use one definition of "median" and "p99".
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace kvbench {
+
+double mean(const std::vector<double>& x);
+// Sample standard deviation (divides by n - 1); 0 for fewer than two samples.
+double stddev(const std::vector<double>& x);
+// Percentile p in [0, 100] with linear interpolation between closest ranks
+// (rank = p/100 * (n - 1), NumPy's default), so percentile(x, 50) is the usual median.
+double percentile(std::vector<double> x, double p);
+double median(const std::vector<double>& x);
+
+struct Interval {
+  double low = 0;
+  double high = 0;
+};
+
+// Percentile-bootstrap confidence interval of the median: `resamples` resamples with
+// replacement drawn from a seeded Rng, interval = the (1-c)/2 and (1+c)/2 percentiles.
+Interval bootstrap_median_ci(const std::vector<double>& x, double confidence = 0.95,
+                             int resamples = 2000, uint64_t seed = 0);
+
+struct Summary {
+  size_t n = 0;
+  double mean = 0, stddev = 0, min = 0, max = 0;
+  double median = 0, p90 = 0, p99 = 0;
+  Interval median_ci95;
+};
+
+// All of the above; throws Error on an empty sample.
+Summary summarize(const std::vector<double>& x, uint64_t seed = 0);
+nlohmann::json to_json(const Summary& s);
+
+}  // namespace kvbench

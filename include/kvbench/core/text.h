@@ -1,0 +1,19 @@
+// Small string helpers shared by config validation and table output.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace kvbench {
+
+// Edit distance (insertions, deletions, substitutions), for "did you mean" hints.
+size_t edit_distance(const std::string& a, const std::string& b);
+// The candidate closest to `word`, or "" when none is close enough to be a plausible typo.
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+std::string join(const std::vector<std::string>& parts, const std::string& sep);
+// "1.50 GiB", "512 B": binary units, for people; reports keep raw byte counts.
+std::string format_bytes(double bytes);
+// Fixed-point number with `digits` decimals.
+std::string format_fixed(double value, int digits);
+
+}  // namespace kvbench

@@ -1,0 +1,33 @@
+// The run report: one JSON document per run (schema in docs/report-schema.md and
+// docs/report.schema.json). Built here from the run's results; written atomically.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/core/environment.h"
+#include "kvbench/suites/runner.h"
+
+namespace kvbench {
+
+constexpr const char* kReportSchemaId = "kvbench.report";
+constexpr int kReportSchemaVersion = 1;
+
+struct RunInfo {
+  std::string created;      // RFC 3339, when the run started
+  std::string finished;     // RFC 3339
+  std::string command;      // the command line, as typed
+  std::string config_path;  // the config file as given
+};
+
+nlohmann::json cell_to_json(const CellResult& result);
+nlohmann::json build_report(const RunSpec& spec, const Environment& env,
+                            const std::vector<CellResult>& results, const RunInfo& info);
+// <output_dir>/<run name>-<UTC stamp>.json
+std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp);
+void write_report(const nlohmann::json& report, const std::filesystem::path& path);
+
+}  // namespace kvbench

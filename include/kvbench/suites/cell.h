@@ -1,0 +1,32 @@
+// A cell is one (suite entry x method) pair of a run: the unit that runs, fails, and is reported
+// independently. Its id is derived from a hash of its resolved content only, so the same cell
+// has the same id in every run and sweep shard.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/suites/run_spec.h"
+
+namespace kvbench {
+
+struct Cell {
+  std::string id;           // "<suite>.<method>.<16 hex digits>"
+  size_t suite_index = 0;   // position in RunSpec::suites
+  size_t method_index = 0;  // position in RunSpec::methods
+  std::string suite;
+  nlohmann::json params;  // resolved suite parameters
+  nlohmann::json method;  // resolved method entry
+  uint64_t seed = 0;      // derived from the run seed and the cell's hash
+};
+
+// 64-bit FNV-1a of the bytes of `text`.
+uint64_t fnv1a64(const std::string& text);
+// Suites outer, methods inner (the baseline method usually first, next to its comparisons).
+// Throws ConfigError when two cells would be identical.
+std::vector<Cell> expand_cells(const RunSpec& spec);
+
+}  // namespace kvbench

@@ -1,0 +1,35 @@
+// The `kernels` suite: decode-attention microbenchmarks against the machine's memory
+// bandwidth. Decode attention reads the whole KV cache once per step and does little
+// arithmetic per byte, so its floor is memory bandwidth; this suite reports achieved bytes/s
+// beside a copy bandwidth measured in the same run. Working sets grow to a multiple of the
+// last-level cache so the numbers are DRAM numbers, not cache numbers.
+//
+// Today it times the full-precision reference path (plain libtorch ops) on CPU; compressed
+// formats and CUDA kernels join as their backends land.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kvbench/core/param_spec.h"
+#include "kvbench/suites/suite.h"
+
+namespace kvbench {
+
+class KernelsSuite final : public Suite {
+ public:
+  static constexpr const char* kSummary =
+      "decode attention time, bytes moved and GB/s per context and KV heads, beside the copy "
+      "bandwidth measured in the same run";
+  static std::vector<ParamSpec> param_specs();
+
+  CellOutput run(const CellContext& ctx) override;
+  Table summary_table(const CellOutput& output) const override;
+
+  // "auto" contexts: powers of two from 1024 until the working set at the largest point reaches
+  // `llc_multiple` x `llc_bytes` (at least one entry, at most 2^24 tokens).
+  static std::vector<int64_t> auto_contexts(uint64_t bytes_per_token, uint64_t llc_bytes,
+                                            double llc_multiple);
+};
+
+}  // namespace kvbench

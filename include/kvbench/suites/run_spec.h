@@ -1,0 +1,45 @@
+// RunSpec: a validated run configuration with every default filled in. `resolved` is the same
+// configuration as JSON, echoed into the report so a run can be repeated exactly.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace kvbench {
+
+struct CudaInfo;
+
+struct ModelSpec {
+  std::string path;   // HF checkpoint directory; empty when no suite needs a model
+  std::string dtype;  // storage dtype: auto | float32 | float16 | bfloat16
+};
+
+struct SuiteEntry {
+  std::string name;
+  nlohmann::json params;  // resolved parameters, "name" excluded
+};
+
+struct RunSpec {
+  std::string name;
+  ModelSpec model;
+  std::string device;  // cpu | cuda
+  int threads = 1;
+  uint64_t seed = 0;
+  std::vector<nlohmann::json> methods;  // resolved method entries, each with "name"
+  std::vector<SuiteEntry> suites;
+  std::string output_dir;
+  nlohmann::json resolved;
+};
+
+// The top-level keys a config may have, for `validate` and docs/config.md.
+const std::vector<std::string>& config_keys();
+// Validates a parsed config (an object) and fills defaults. Throws ConfigError naming the key.
+// `default_name` names the run when the config has no "name" (usually the file's stem).
+RunSpec parse_run_spec(const nlohmann::json& config, const std::string& default_name);
+// Throws ConfigError("device", ...) when the run asks for CUDA and no device is visible.
+void check_device(const RunSpec& spec, const CudaInfo& cuda);
+
+}  // namespace kvbench

@@ -1,0 +1,41 @@
+// Runs a run's cells in order. A failing cell is recorded with its error and the next one
+// runs; the caller decides the exit code from the results.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvbench/core/environment.h"
+#include "kvbench/core/progress.h"
+#include "kvbench/suites/cell.h"
+#include "kvbench/suites/suite.h"
+
+namespace kvbench {
+
+struct CellResult {
+  Cell cell;
+  bool ok = false;
+  std::string error;    // one line, when !ok
+  std::string started;  // RFC 3339
+  double duration_s = 0;
+  CellOutput output;
+};
+
+class Runner {
+ public:
+  using SuiteFactory = std::function<std::unique_ptr<Suite>(const std::string& name)>;
+  // The default factory builds suites from the registry; tests inject their own.
+  explicit Runner(SuiteFactory factory = {});
+
+  std::vector<CellResult> run(const RunSpec& spec, const std::vector<Cell>& cells,
+                              const Environment& env, Progress& progress) const;
+
+ private:
+  SuiteFactory factory_;
+};
+
+size_t count_failed(const std::vector<CellResult>& results);
+
+}  // namespace kvbench

@@ -1,0 +1,43 @@
+// A suite turns engine runs into records (raw samples, one per measured point) and a summary.
+// Each suite is one class; the registry maps names to factories and parameter tables.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/core/environment.h"
+#include "kvbench/core/progress.h"
+#include "kvbench/core/table.h"
+#include "kvbench/suites/run_spec.h"
+
+namespace kvbench {
+
+// Everything one cell sees. References stay valid for the duration of Suite::run.
+struct CellContext {
+  const std::string& cell_id;
+  const RunSpec& spec;
+  const Environment& env;
+  const nlohmann::json& method;  // resolved method entry
+  const nlohmann::json& params;  // resolved suite parameters
+  uint64_t seed;                 // the cell's own seed, derived from the run seed and cell id
+  Progress& progress;
+};
+
+struct CellOutput {
+  nlohmann::json records = nlohmann::json::array();  // each: {"kind", ..., "samples_s": [...]}
+  nlohmann::json summary = nlohmann::json::object();
+  std::vector<std::string> warnings;
+};
+
+class Suite {
+ public:
+  virtual ~Suite() = default;
+  // Runs the cell; throws Error (or any std::exception) to fail it.
+  virtual CellOutput run(const CellContext& ctx) = 0;
+  // Human summary of a finished cell, printed after the run.
+  virtual Table summary_table(const CellOutput& output) const = 0;
+};
+
+}  // namespace kvbench

@@ -1,0 +1,30 @@
+// The suite factory: names, one-line summaries and parameter tables of every suite.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/core/param_spec.h"
+#include "kvbench/suites/suite.h"
+
+namespace kvbench {
+
+struct SuiteInfo {
+  std::string name;
+  std::string summary;
+  std::vector<ParamSpec> params;
+  std::function<std::unique_ptr<Suite>()> make;
+};
+
+const std::vector<SuiteInfo>& suite_catalog();
+std::vector<std::string> suite_names();
+// Throws Error listing the known suites when `name` is unknown.
+const SuiteInfo& find_suite(const std::string& name);
+// Validates one `suites[i]` entry and returns it with defaults filled in.
+nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& path);
+
+}  // namespace kvbench

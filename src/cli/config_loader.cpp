@@ -1,0 +1,113 @@
+#include "kvbench/cli/config_loader.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "kvbench/core/error.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+// 1-based line and column of byte offset `pos` in `text`.
+std::pair<size_t, size_t> line_column(const std::string& text, size_t pos) {
+  size_t line = 1, column = 1;
+  for (size_t i = 0; i < pos && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  return {line, column};
+}
+
+// nlohmann's messages start with "[json.exception.parse_error.101] parse error at line 3,
+// column 5: "; keep only the part after the location.
+std::string parse_problem(const std::string& what) {
+  auto colon = what.find(": ");
+  return colon == std::string::npos ? what : what.substr(colon + 2);
+}
+
+bool is_index(const std::string& s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+}
+
+}  // namespace
+
+json parse_json_text(const std::string& text, const std::string& source) {
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    // byte is 1-based and points one past the offending character.
+    auto [line, column] = line_column(text, e.byte > 0 ? e.byte - 1 : 0);
+    throw ConfigError("", source + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                              ": invalid JSON: " + parse_problem(e.what()));
+  }
+}
+
+json read_config_file(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    throw ConfigError("", path + ": no such file");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError("", path + ": cannot be read");
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return parse_json_text(buf.str(), path);
+}
+
+void apply_override(json& config, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw ConfigError("", "--set " + assignment + ": expected key=value, e.g. --set threads=2");
+  }
+  const std::string key = assignment.substr(0, eq);
+  const std::string text = assignment.substr(eq + 1);
+  json value;
+  try {
+    value = json::parse(text);
+  } catch (const json::parse_error&) {
+    value = text;  // an unquoted string
+  }
+  json* node = &config;
+  std::string path;
+  std::stringstream parts(key);
+  std::string part;
+  std::vector<std::string> segments;
+  while (std::getline(parts, part, '.')) segments.push_back(part);
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const std::string& seg = segments[i];
+    if (seg.empty()) throw ConfigError(key, "--set: empty key segment");
+    const bool last = i + 1 == segments.size();
+    if (node->is_array()) {
+      if (!is_index(seg) || std::stoul(seg) >= node->size()) {
+        throw ConfigError(path, "--set " + key + ": '" + seg + "' is not an index below " +
+                                    std::to_string(node->size()));
+      }
+      path += "[" + seg + "]";
+      node = &(*node)[std::stoul(seg)];
+    } else {
+      if (node->is_null()) *node = json::object();
+      if (!node->is_object()) {
+        throw ConfigError(path, "--set " + key + ": cannot set a key inside a " +
+                                    std::string(node->type_name()));
+      }
+      path = path.empty() ? seg : path + "." + seg;
+      node = &(*node)[seg];
+    }
+    if (last) *node = value;
+  }
+}
+
+RunSpec load_run_spec(const std::string& path, const std::vector<std::string>& overrides) {
+  json config = read_config_file(path);
+  for (const auto& o : overrides) apply_override(config, o);
+  return parse_run_spec(config, std::filesystem::path(path).stem().string());
+}
+
+}  // namespace kvbench

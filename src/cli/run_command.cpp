@@ -1,0 +1,84 @@
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+#include <memory>
+
+#include "kvbench/cli/commands.h"
+#include "kvbench/cli/config_loader.h"
+#include "kvbench/cli/progress_display.h"
+#include "kvbench/cli/summary_table.h"
+#include "kvbench/core/environment.h"
+#include "kvbench/core/time.h"
+#include "kvbench/report/report.h"
+#include "kvbench/suites/cell.h"
+#include "kvbench/suites/runner.h"
+
+namespace kvbench {
+namespace {
+
+struct RunOptions {
+  std::string config;
+  std::string out;
+  std::vector<std::string> sets;
+  bool dry_run = false;
+  std::string command_line;
+};
+
+void warn_about_environment(const Environment& env) {
+  if (env.blas.reference) {
+    spdlog::warn("libtorch uses the reference BLAS ({}), 20-35x slower than OpenBLAS; "
+                 "run scripts/setup.sh (installs libopenblas0-openmp)", env.blas.library);
+  }
+}
+
+int run(const RunOptions& opt) {
+  std::vector<std::string> sets = opt.sets;
+  if (!opt.out.empty()) sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
+  RunSpec spec = load_run_spec(opt.config, sets);
+  set_thread_count(spec.threads);
+  const std::vector<Cell> cells = expand_cells(spec);
+  if (opt.dry_run) {
+    spdlog::info("dry run: {} cell(s), nothing executed, no report written", cells.size());
+    print_cell_plan(std::cout, cells);
+    return 0;
+  }
+  const Environment env = capture_environment();
+  check_device(spec, env.cuda);
+  warn_about_environment(env);
+  RunInfo info{now_rfc3339(), "", opt.command_line, opt.config};
+  const std::string stamp = now_compact_utc();
+  spdlog::info("run '{}': {} cell(s), {} thread(s), BLAS {}", spec.name, cells.size(),
+               env.threads, env.blas.name);
+
+  ProgressDisplay progress(std::cerr, stderr_is_tty());
+  const std::vector<CellResult> results = Runner().run(spec, cells, env, progress);
+  info.finished = now_rfc3339();
+  const auto path = report_path(spec, stamp);
+  write_report(build_report(spec, env, results, info), path);
+
+  print_run_summary(std::cout, results);
+  const size_t failed = count_failed(results);
+  std::cout << "\n" << results.size() - failed << " of " << results.size() << " cell(s) ok"
+            << (failed ? ", " + std::to_string(failed) + " failed" : "") << "\n";
+  std::cout << "report: " << path.string() << "\n";
+  return failed ? 1 : 0;
+}
+
+}  // namespace
+
+void register_run_command(CLI::App& app, GlobalOptions& global) {
+  auto opt = std::make_shared<RunOptions>();
+  CLI::App* sub = app.add_subcommand("run", "run every cell of a config and write a JSON report");
+  sub->add_option("-c,--config", opt->config, "run configuration (JSON)")->required();
+  sub->add_option("-o,--out", opt->out, "report directory (overrides output.dir)");
+  sub->add_option("--set", opt->sets, "override a config key: --set threads=2 (repeatable)")
+      ->allow_extra_args(false);
+  sub->add_flag("--dry-run", opt->dry_run, "validate and list the cells without running them");
+  sub->callback([opt, &global] {
+    opt->command_line = global.command_line;
+    global.action = [opt] { return run(*opt); };
+  });
+}
+
+}  // namespace kvbench

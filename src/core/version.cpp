@@ -1,0 +1,7 @@
+#include "kvbench/core/version.h"
+
+namespace kvbench {
+
+const char* version() { return KVBENCH_VERSION; }
+
+}  // namespace kvbench

@@ -1,0 +1,43 @@
+#include "kvbench/report/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "kvbench/core/error.h"
+
+namespace kvbench {
+
+void write_file_atomically(const std::filesystem::path& path, const std::string& content) {
+  std::error_code ec;
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+  KVB_CHECK(!ec, "cannot create directory ", path.parent_path().string(), ": ", ec.message());
+  const std::string tmp = path.string() + ".tmp." + std::to_string(getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  KVB_CHECK(fd >= 0, "cannot write ", tmp, ": ", std::strerror(errno));
+  size_t done = 0;
+  while (done < content.size()) {
+    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      KVB_CHECK(false, "cannot write ", tmp, ": ", std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  const bool synced = ::fsync(fd) == 0;
+  const int sync_errno = errno;
+  ::close(fd);
+  if (!synced || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = synced ? errno : sync_errno;
+    ::unlink(tmp.c_str());
+    KVB_CHECK(false, "cannot write ", path.string(), ": ", std::strerror(err));
+  }
+}
+
+}  // namespace kvbench

@@ -1,0 +1,55 @@
+#include "kvbench/report/report.h"
+
+#include <cctype>
+
+#include "kvbench/core/version.h"
+#include "kvbench/report/atomic_file.h"
+
+namespace kvbench {
+
+nlohmann::json cell_to_json(const CellResult& r) {
+  nlohmann::json j = {{"id", r.cell.id},
+                      {"suite", r.cell.suite},
+                      {"method", r.cell.method},
+                      {"params", r.cell.params},
+                      {"seed", r.cell.seed},
+                      {"status", r.ok ? "ok" : "failed"},
+                      {"started", r.started},
+                      {"duration_s", r.duration_s},
+                      {"records", r.output.records},
+                      {"summary", r.output.summary},
+                      {"warnings", r.output.warnings}};
+  if (!r.ok) j["error"] = r.error;
+  return j;
+}
+
+nlohmann::json build_report(const RunSpec& spec, const Environment& env,
+                            const std::vector<CellResult>& results, const RunInfo& info) {
+  nlohmann::json cells = nlohmann::json::array();
+  for (const auto& r : results) cells.push_back(cell_to_json(r));
+  return {{"schema", kReportSchemaId},
+          {"schema_version", kReportSchemaVersion},
+          {"kvbench", {{"version", version()}, {"git_revision", git_revision()}}},
+          {"created", info.created},
+          {"finished", info.finished},
+          {"command", info.command},
+          {"config_path", info.config_path},
+          {"environment", to_json(env)},
+          {"config", spec.resolved},
+          {"cells", cells},
+          {"totals", {{"cells", results.size()}, {"failed", count_failed(results)}}}};
+}
+
+std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp) {
+  std::string stem = spec.name;
+  for (char& c : stem) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
+  }
+  return std::filesystem::path(spec.output_dir) / (stem + "-" + compact_stamp + ".json");
+}
+
+void write_report(const nlohmann::json& report, const std::filesystem::path& path) {
+  write_file_atomically(path, report.dump(2) + "\n");
+}
+
+}  // namespace kvbench

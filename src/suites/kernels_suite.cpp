@@ -1,0 +1,226 @@
+#include "kvbench/suites/kernels_suite.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kvbench/attention/reference_attention.h"
+#include "kvbench/core/error.h"
+#include "kvbench/core/stats.h"
+#include "kvbench/core/text.h"
+#include "kvbench/core/time.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+constexpr int64_t kMaxContext = int64_t{1} << 24;
+constexpr uint64_t kMinCopyBytes = uint64_t{64} << 20;
+
+struct Shape {
+  int64_t batch, kv_heads, group, head_dim, context;
+  uint64_t kv_bytes() const {  // K and V, fp32
+    return 2ull * batch * kv_heads * context * head_dim * sizeof(float);
+  }
+  // Bytes any implementation must move per step: read K, V and q, write the output.
+  uint64_t bytes_moved() const {
+    return kv_bytes() + 2ull * batch * kv_heads * group * head_dim * sizeof(float);
+  }
+};
+
+// Fails the cell with a clear message instead of letting the allocator abort or swap.
+void check_fits(uint64_t bytes, const std::string& what) {
+  const uint64_t available = available_memory_bytes();
+  if (available == 0) return;
+  KVB_CHECK(bytes <= available / 10 * 8, "kernels: ", what, " needs ", format_bytes(bytes),
+            " but only ", format_bytes(available), " of memory is available");
+}
+
+// Times `fn` `repeats` times after `warmup` untimed calls; returns seconds per call.
+template <typename Fn>
+std::vector<double> time_calls(int warmup, int repeats, Fn&& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> samples;
+  samples.reserve(repeats);
+  for (int i = 0; i < repeats; ++i) {
+    Stopwatch sw;
+    fn();
+    samples.push_back(sw.seconds());
+  }
+  return samples;
+}
+
+json copy_bandwidth_record(uint64_t bytes, int warmup, int repeats, uint64_t seed,
+                           const std::string& phase) {
+  check_fits(2 * bytes, "the copy-bandwidth buffers");
+  auto n = static_cast<int64_t>(bytes / sizeof(float));
+  at::Tensor src = at::rand({n}, at::detail::createCPUGenerator(seed), at::kFloat);
+  at::Tensor dst = at::empty_like(src);
+  auto samples = time_calls(warmup, repeats, [&] { dst.copy_(src); });
+  Summary s = summarize(samples, seed);
+  const uint64_t moved = 2 * bytes;  // read src + write dst
+  return {{"kind", "copy_bandwidth"}, {"phase", phase},           {"bytes", bytes},
+          {"bytes_moved", moved},     {"samples_s", samples},     {"time_s", to_json(s)},
+          {"gbps", moved / s.median / 1e9}};
+}
+
+json attention_record(const Shape& sh, int warmup, int repeats, uint64_t seed, uint64_t llc) {
+  check_fits(sh.kv_bytes(), "context " + std::to_string(sh.context) + " x kv_heads " +
+                                std::to_string(sh.kv_heads) + " (K and V)");
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor k = at::randn({sh.batch, sh.kv_heads, sh.context, sh.head_dim}, gen, opts);
+  at::Tensor v = at::randn({sh.batch, sh.kv_heads, sh.context, sh.head_dim}, gen, opts);
+  at::Tensor q = at::randn({sh.batch, sh.kv_heads, sh.group, sh.head_dim}, gen, opts);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
+  at::Tensor out;
+  auto samples =
+      time_calls(warmup, repeats, [&] { out = decode_attention_reference(q, k, v, scale); });
+  KVB_CHECK(at::isfinite(out).all().item<bool>(), "kernels: non-finite attention output");
+  Summary s = summarize(samples, seed);
+  const double llc_multiple = llc ? static_cast<double>(sh.kv_bytes()) / llc : 0.0;
+  return {{"kind", "decode_attention"},
+          {"backend", "reference"},
+          {"dtype", "float32"},
+          {"batch", sh.batch},
+          {"kv_heads", sh.kv_heads},
+          {"group_size", sh.group},
+          {"head_dim", sh.head_dim},
+          {"context", sh.context},
+          {"working_set_bytes", sh.kv_bytes()},
+          {"llc_multiple", llc_multiple},
+          {"bytes_moved", sh.bytes_moved()},
+          {"samples_s", samples},
+          {"time_s", to_json(s)},
+          {"gbps", sh.bytes_moved() / s.median / 1e9}};
+}
+
+}  // namespace
+
+std::vector<ParamSpec> KernelsSuite::param_specs() {
+  return {
+      ParamSpec::int_list("contexts", "auto",
+                          "context lengths (tokens); auto = 1024, 2048, ... until the largest "
+                          "working set reaches min_llc_multiple x the last-level cache")
+          .range(1, static_cast<double>(kMaxContext))
+          .or_auto(),
+      ParamSpec::int_list("kv_heads", json::array({2, 8}), "KV heads per layer").range(1, 256),
+      ParamSpec::integer("group_size", 4, "query heads per KV head (GQA group)").range(1, 64),
+      ParamSpec::integer("head_dim", 128, "head dimension").one_of({64, 128}),
+      ParamSpec::integer("batch", 1, "sequences per decode step").range(1, 1024),
+      ParamSpec::integer("warmup", 3, "untimed calls before timing each point").range(0, 10000),
+      ParamSpec::integer("repeats", 20, "timed calls per point (all kept)").range(1, 100000),
+      ParamSpec::number("min_llc_multiple", 4.0,
+                        "the largest working set must reach this multiple of the last-level "
+                        "cache (auto contexts grow to it; a warning otherwise)")
+          .range(0, 1024),
+  };
+}
+
+std::vector<int64_t> KernelsSuite::auto_contexts(uint64_t bytes_per_token, uint64_t llc_bytes,
+                                                 double llc_multiple) {
+  const double target = llc_multiple * static_cast<double>(llc_bytes);
+  std::vector<int64_t> contexts;
+  for (int64_t c = 1024; c <= kMaxContext; c *= 2) {
+    contexts.push_back(c);
+    if (static_cast<double>(c) * static_cast<double>(bytes_per_token) >= target) break;
+  }
+  return contexts;
+}
+
+CellOutput KernelsSuite::run(const CellContext& ctx) {
+  KVB_CHECK(ctx.spec.device == "cpu", "kernels: device '", ctx.spec.device,
+            "' is not supported yet (the CUDA kernels are not built into this suite)");
+  KVB_CHECK(ctx.method["name"] == "full", "kernels: method '", ctx.method["name"].get<std::string>(),
+            "' has no decode-attention backend yet");
+  const json& p = ctx.params;
+  const auto kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
+  const int64_t max_heads = *std::max_element(kv_heads.begin(), kv_heads.end());
+  Shape base{p["batch"], 0, p["group_size"], p["head_dim"], 0};
+  const uint64_t llc = ctx.env.llc_bytes;
+  const double min_multiple = p["min_llc_multiple"];
+  const std::vector<int64_t> contexts =
+      p["contexts"] == "auto"
+          ? auto_contexts(2ull * base.batch * max_heads * base.head_dim * sizeof(float), llc,
+                          min_multiple)
+          : p["contexts"].get<std::vector<int64_t>>();
+  const int warmup = p["warmup"], repeats = p["repeats"];
+
+  CellOutput out;
+  uint64_t largest = 0;
+  for (int64_t c : contexts) largest = std::max(largest, Shape{base.batch, max_heads, 0, base.head_dim, c}.kv_bytes());
+  const uint64_t copy_bytes = std::max<uint64_t>(kMinCopyBytes, static_cast<uint64_t>(min_multiple * llc));
+
+  ctx.progress.begin(ctx.cell_id, contexts.size() * kv_heads.size() + 2);
+  out.records.push_back(copy_bandwidth_record(copy_bytes, warmup, repeats, ctx.seed, "before"));
+  ctx.progress.advance("copy bandwidth");
+  for (int64_t c : contexts) {
+    for (int64_t h : kv_heads) {
+      Shape sh = base;
+      sh.context = c;
+      sh.kv_heads = h;
+      out.records.push_back(attention_record(sh, warmup, repeats, ctx.seed, llc));
+      ctx.progress.advance("context " + std::to_string(c) + ", kv_heads " + std::to_string(h));
+    }
+  }
+  out.records.push_back(copy_bandwidth_record(copy_bytes, warmup, repeats, ctx.seed + 1, "after"));
+  ctx.progress.advance("copy bandwidth");
+  ctx.progress.end();
+
+  // Summary: copy bandwidth over both phases; attention against it.
+  std::vector<double> copy_gbps;
+  for (const auto& r : out.records) {
+    if (r["kind"] != "copy_bandwidth") continue;
+    for (double t : r["samples_s"]) copy_gbps.push_back(r["bytes_moved"].get<double>() / t / 1e9);
+  }
+  const double copy = median(copy_gbps);
+  double best_fraction = 0;
+  for (auto& r : out.records) {
+    if (r["kind"] != "decode_attention") continue;
+    r["fraction_of_copy_bandwidth"] = r["gbps"].get<double>() / copy;
+    if (r["llc_multiple"].get<double>() >= min_multiple) {
+      best_fraction = std::max(best_fraction, r["fraction_of_copy_bandwidth"].get<double>());
+    }
+  }
+  const double max_multiple = llc ? static_cast<double>(largest) / llc : 0.0;
+  if (llc == 0) {
+    out.warnings.push_back("last-level cache size unknown; cannot tell cache from DRAM numbers");
+  } else if (max_multiple < min_multiple) {
+    out.warnings.push_back("largest working set is " + format_fixed(max_multiple, 2) +
+                           "x the last-level cache, below min_llc_multiple " +
+                           format_fixed(min_multiple, 2) + ": these may be cache numbers");
+  }
+  out.summary = {{"copy_bandwidth_gbps", copy},
+                 {"llc_bytes", llc},
+                 {"max_working_set_bytes", largest},
+                 {"max_llc_multiple", max_multiple},
+                 {"best_fraction_of_copy_bandwidth_beyond_llc", best_fraction},
+                 {"threads", ctx.env.threads},
+                 {"contexts", contexts},
+                 {"points", contexts.size() * kv_heads.size()}};
+  return out;
+}
+
+Table KernelsSuite::summary_table(const CellOutput& output) const {
+  Table t;
+  t.columns = {"context", "kv_heads", "K+V", "xLLC", "median us", "p90 us", "GB/s", "% copy BW"};
+  for (const auto& r : output.records) {
+    if (r["kind"] != "decode_attention") continue;
+    t.rows.push_back({std::to_string(r["context"].get<int64_t>()),
+                      std::to_string(r["kv_heads"].get<int64_t>()),
+                      format_bytes(r["working_set_bytes"].get<double>()),
+                      format_fixed(r["llc_multiple"].get<double>(), 2),
+                      format_fixed(r["time_s"]["median"].get<double>() * 1e6, 1),
+                      format_fixed(r["time_s"]["p90"].get<double>() * 1e6, 1),
+                      format_fixed(r["gbps"].get<double>(), 2),
+                      format_fixed(100 * r["fraction_of_copy_bandwidth"].get<double>(), 1)});
+  }
+  if (output.summary.contains("copy_bandwidth_gbps")) {
+    t.rows.push_back({"copy", "", "", "", "", "", format_fixed(output.summary["copy_bandwidth_gbps"].get<double>(), 2), "100.0"});
+  }
+  return t;
+}
+
+}  // namespace kvbench

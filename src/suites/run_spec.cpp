@@ -1,0 +1,121 @@
+#include "kvbench/suites/run_spec.h"
+
+#include "kvbench/core/environment.h"
+#include "kvbench/core/error.h"
+#include "kvbench/core/param_spec.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/suites/suite_registry.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+const std::vector<ParamSpec>& model_specs() {
+  static const std::vector<ParamSpec> specs = {
+      ParamSpec::string("path", "", "HF checkpoint directory (config.json, *.safetensors)"),
+      ParamSpec::string("dtype", "auto",
+                        "storage dtype of weights and the uncompressed cache; auto = the "
+                        "checkpoint's",
+                        {"auto", "float32", "float16", "bfloat16"}),
+  };
+  return specs;
+}
+
+const std::vector<ParamSpec>& output_specs() {
+  static const std::vector<ParamSpec> specs = {
+      ParamSpec::string("dir", "results", "directory the report is written to"),
+  };
+  return specs;
+}
+
+// The scalar top-level keys; model/output/methods/suites are checked separately.
+const std::vector<ParamSpec>& scalar_specs() {
+  static const std::vector<ParamSpec> specs = {
+      ParamSpec::string("name", "", "run name; default: the config file's stem"),
+      ParamSpec::string("description", "", "free text, copied into the report"),
+      ParamSpec::string("device", "cpu", "where attention runs", {"cpu", "cuda"}),
+      ParamSpec::integer("threads", "auto", "intra-op CPU threads; auto = all cores")
+          .range(1, 4096)
+          .or_auto(),
+      ParamSpec::integer("seed", 0, "seed of every random choice in the run").at_least(0),
+  };
+  return specs;
+}
+
+json resolve_object(const json& config, const std::string& key,
+                    const std::vector<ParamSpec>& specs) {
+  return resolve_params(config.contains(key) ? config[key] : json::object(), specs, key, {});
+}
+
+std::vector<json> resolve_list(const json& config, const std::string& key, const json& fallback,
+                               json (*resolve_entry)(const json&, const std::string&)) {
+  if (!config.contains(key) && fallback.is_null()) {
+    throw ConfigError(key, "required key missing; expected a list like [{\"name\": ...}]");
+  }
+  const json& list = config.contains(key) ? config[key] : fallback;
+  if (!list.is_array()) {
+    throw ConfigError(key, "expected a list of objects like [{\"name\": ...}], got " +
+                               json_type_name(list));
+  }
+  if (list.empty()) throw ConfigError(key, "expected at least one entry, got an empty list");
+  std::vector<json> out;
+  for (size_t i = 0; i < list.size(); ++i) {
+    out.push_back(resolve_entry(list[i], key + "[" + std::to_string(i) + "]"));
+  }
+  return out;
+}
+
+}  // namespace
+
+void check_device(const RunSpec& spec, const CudaInfo& cuda) {
+  if (spec.device != "cuda" || cuda.device_count > 0) return;
+  throw ConfigError("device", "\"cuda\" requested but no CUDA device is visible (" + cuda.error +
+                                  "); use \"cpu\"");
+}
+
+const std::vector<std::string>& config_keys() {
+  static const std::vector<std::string> keys = [] {
+    std::vector<std::string> k;
+    for (const auto& s : scalar_specs()) k.push_back(s.name);
+    for (const char* extra : {"model", "methods", "suites", "output"}) k.push_back(extra);
+    return k;
+  }();
+  return keys;
+}
+
+RunSpec parse_run_spec(const json& config, const std::string& default_name) {
+  if (!config.is_object()) {
+    throw ConfigError("", "expected a JSON object at the top level, got " +
+                              json_type_name(config));
+  }
+  check_known_keys(config, config_keys(), "");
+  json resolved = resolve_params(config, scalar_specs(), "",
+                                 {"model", "methods", "suites", "output"});
+  if (resolved["name"] == "") resolved["name"] = default_name;
+  if (resolved["threads"] == "auto") resolved["threads"] = available_cores();
+  resolved["model"] = resolve_object(config, "model", model_specs());
+  resolved["output"] = resolve_object(config, "output", output_specs());
+  auto methods = resolve_list(config, "methods", json::array({{{"name", "full"}}}), resolve_method);
+  auto suites = resolve_list(config, "suites", json(), resolve_suite);
+  resolved["methods"] = methods;
+  resolved["suites"] = suites;
+
+  RunSpec spec;
+  spec.name = resolved["name"];
+  spec.model = {resolved["model"]["path"], resolved["model"]["dtype"]};
+  spec.device = resolved["device"];
+  spec.threads = resolved["threads"];
+  spec.seed = resolved["seed"];
+  spec.methods = methods;
+  for (const auto& s : suites) {
+    json params = s;
+    params.erase("name");
+    spec.suites.push_back({s["name"], params});
+  }
+  spec.output_dir = resolved["output"]["dir"];
+  spec.resolved = resolved;
+  return spec;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,56 @@
+#include "kvbench/suites/runner.h"
+
+#include <spdlog/spdlog.h>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/time.h"
+#include "kvbench/suites/suite_registry.h"
+
+namespace kvbench {
+
+Runner::Runner(SuiteFactory factory) : factory_(std::move(factory)) {
+  if (!factory_) {
+    factory_ = [](const std::string& name) { return find_suite(name).make(); };
+  }
+}
+
+std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>& cells,
+                                    const Environment& env, Progress& progress) const {
+  std::vector<CellResult> results;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    CellResult r;
+    r.cell = cells[i];
+    r.started = now_rfc3339();
+    spdlog::info("cell {}/{}: {}", i + 1, cells.size(), r.cell.id);
+    Stopwatch sw;
+    try {
+      auto suite = factory_(r.cell.suite);
+      CellContext ctx{r.cell.id, spec, env, r.cell.method, r.cell.params, r.cell.seed, progress};
+      r.output = suite->run(ctx);
+      r.ok = true;
+    } catch (const Error& e) {
+      r.error = e.what();
+      if (!e.where().empty()) spdlog::debug("raised at {}", e.where());
+    } catch (const std::exception& e) {
+      r.error = e.what();
+    }
+    r.duration_s = sw.seconds();
+    if (!r.ok) {
+      progress.end();  // a suite that threw may have left its task open
+      // Keep the report and the log to one line even when a library error spans several.
+      r.error = r.error.substr(0, r.error.find('\n'));
+      spdlog::error("cell {} failed: {}", r.cell.id, r.error);
+    }
+    for (const auto& w : r.output.warnings) spdlog::warn("cell {}: {}", r.cell.id, w);
+    results.push_back(std::move(r));
+  }
+  return results;
+}
+
+size_t count_failed(const std::vector<CellResult>& results) {
+  size_t n = 0;
+  for (const auto& r : results) n += r.ok ? 0 : 1;
+  return n;
+}
+
+}  // namespace kvbench

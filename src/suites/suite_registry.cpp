@@ -1,0 +1,54 @@
+#include "kvbench/suites/suite_registry.h"
+
+#include <algorithm>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
+#include "kvbench/suites/kernels_suite.h"
+
+namespace kvbench {
+
+const std::vector<SuiteInfo>& suite_catalog() {
+  static const std::vector<SuiteInfo> catalog = {
+      {"kernels", KernelsSuite::kSummary, KernelsSuite::param_specs(),
+       [] { return std::make_unique<KernelsSuite>(); }},
+  };
+  return catalog;
+}
+
+std::vector<std::string> suite_names() {
+  std::vector<std::string> names;
+  for (const auto& s : suite_catalog()) names.push_back(s.name);
+  return names;
+}
+
+const SuiteInfo& find_suite(const std::string& name) {
+  const auto& catalog = suite_catalog();
+  auto it = std::find_if(catalog.begin(), catalog.end(),
+                         [&](const SuiteInfo& s) { return s.name == name; });
+  if (it != catalog.end()) return *it;
+  std::string hint = closest_match(name, suite_names());
+  throw Error("unknown suite '" + name + "'" +
+              (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+              "; known suites: " + join(suite_names(), ", "));
+}
+
+nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& path) {
+  if (!entry.is_object()) {
+    throw ConfigError(path, "expected an object like {\"name\": \"kernels\"}, got " +
+                                json_type_name(entry));
+  }
+  if (!entry.contains("name") || !entry["name"].is_string()) {
+    throw ConfigError(join_path(path, "name"),
+                      "expected a suite name (string); known suites: " + join(suite_names(), ", "));
+  }
+  const SuiteInfo* info = nullptr;
+  try {
+    info = &find_suite(entry["name"]);
+  } catch (const Error& e) {
+    throw ConfigError(join_path(path, "name"), e.what());
+  }
+  return resolve_params(entry, info->params, path);
+}
+
+}  // namespace kvbench
