@@ -1,2 +1,195 @@
+// Config loading and validation: every error is one line naming the key path.
 #include <gtest/gtest.h>
-TEST(Placeholder, X) {}
+
+#include <filesystem>
+#include <fstream>
+
+#include "kvbench/cli/config_loader.h"
+#include "kvbench/core/environment.h"
+#include "kvbench/core/error.h"
+#include "kvbench/suites/run_spec.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+json minimal() { return json::parse(R"({"suites": [{"name": "kernels"}]})"); }
+
+// The ConfigError message for `config`, or "" when it is valid.
+std::string error_of(const json& config) {
+  try {
+    parse_run_spec(config, "test");
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "multi-line: " << e.what();
+    return e.what();
+  }
+  return "";
+}
+
+json with(const std::string& patch) {
+  json c = minimal();
+  c.merge_patch(json::parse(patch));
+  return c;
+}
+
+TEST(Config, DefaultsAreFilledIn) {
+  RunSpec spec = parse_run_spec(minimal(), "quick");
+  EXPECT_EQ(spec.name, "quick");
+  EXPECT_EQ(spec.device, "cpu");
+  EXPECT_EQ(spec.threads, available_cores());
+  EXPECT_EQ(spec.seed, 0u);
+  EXPECT_EQ(spec.model.dtype, "auto");
+  EXPECT_EQ(spec.output_dir, "results");
+  ASSERT_EQ(spec.methods.size(), 1u);
+  EXPECT_EQ(spec.methods[0]["name"], "full");
+  ASSERT_EQ(spec.suites.size(), 1u);
+  EXPECT_EQ(spec.suites[0].params["repeats"], 20);
+  EXPECT_FALSE(spec.suites[0].params.contains("name"));
+  // The resolved config echoes every default, with threads made concrete.
+  EXPECT_EQ(spec.resolved["threads"], available_cores());
+  EXPECT_EQ(spec.resolved["suites"][0]["name"], "kernels");
+  EXPECT_EQ(spec.resolved["suites"][0]["head_dim"], 128);
+}
+
+TEST(Config, UnknownKeysNameTheClosestValidKey) {
+  EXPECT_EQ(error_of(with(R"({"thread": 2})")).rfind(
+                "config: thread: unknown key (did you mean 'threads'?); valid keys: ", 0),
+            0u);
+  EXPECT_NE(error_of(with(R"({"model": {"pth": "/x"}})")).find("model.pth: unknown key (did you mean 'path'?)"),
+            std::string::npos);
+  json c = minimal();
+  c["suites"][0]["repeat"] = 3;
+  EXPECT_NE(error_of(c).find("suites[0].repeat: unknown key (did you mean 'repeats'?)"),
+            std::string::npos);
+  EXPECT_NE(error_of(with(R"({"xyzzy": 1})")).find("config: xyzzy: unknown key; valid keys:"),
+            std::string::npos);
+}
+
+TEST(Config, WrongTypes) {
+  EXPECT_EQ(error_of(with(R"({"threads": "two"})")),
+            "config: threads: expected integer in [1, 4096] or \"auto\", got \"two\"");
+  EXPECT_EQ(error_of(with(R"({"seed": 1.5})")), "config: seed: expected integer >= 0, got 1.5");
+  EXPECT_EQ(error_of(with(R"({"device": 3})")),
+            "config: device: expected one of \"cpu\", \"cuda\", got 3");
+  EXPECT_NE(error_of(with(R"({"model": "/path"})")).find("config: model: expected an object, got string"),
+            std::string::npos);
+  EXPECT_NE(error_of(with(R"({"methods": {"name": "full"}})")).find("config: methods: expected a list"),
+            std::string::npos);
+  EXPECT_NE(error_of(json::parse("[1, 2]")).find("expected a JSON object at the top level"),
+            std::string::npos);
+}
+
+TEST(Config, OutOfRangeValues) {
+  EXPECT_EQ(error_of(with(R"({"threads": 0})")),
+            "config: threads: expected integer in [1, 4096] or \"auto\", got 0");
+  json c = minimal();
+  c["suites"][0]["repeats"] = 0;
+  EXPECT_EQ(error_of(c), "config: suites[0].repeats: expected integer in [1, 100000], got 0");
+  c = minimal();
+  c["suites"][0]["contexts"] = {1024, 0};
+  EXPECT_EQ(error_of(c), "config: suites[0].contexts[1]: expected integer in [1, 16777216], got 0");
+  c = minimal();
+  c["suites"][0]["head_dim"] = 96;
+  EXPECT_EQ(error_of(c), "config: suites[0].head_dim: expected integer in {64, 128}, got 96");
+  EXPECT_EQ(error_of(with(R"({"model": {"dtype": "fp16"}})")),
+            "config: model.dtype: expected one of \"auto\", \"float32\", \"float16\", \"bfloat16\", "
+            "got \"fp16\"");
+}
+
+TEST(Config, MethodsAndSuitesAreCheckedByName) {
+  EXPECT_EQ(error_of(with(R"({"methods": [{"name": "ful"}]})")),
+            "config: methods[0].name: unknown method 'ful' (did you mean 'full'?); known methods: "
+            "full");
+  EXPECT_NE(error_of(with(R"({"methods": [{"bits": 4}]})")).find("config: methods[0].name: expected a method name"),
+            std::string::npos);
+  EXPECT_NE(error_of(with(R"({"methods": []})")).find("config: methods: expected at least one entry"),
+            std::string::npos);
+  EXPECT_NE(error_of(with(R"({"methods": [{"name": "full", "bits": 4}]})")).find("config: methods[0].bits: unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of(json::parse(R"({"suites": [{"name": "kernals"}]})")).find(
+                "config: suites[0].name: unknown suite 'kernals' (did you mean 'kernels'?)"),
+            std::string::npos);
+  EXPECT_EQ(error_of(json::object()),
+            "config: suites: required key missing; expected a list like [{\"name\": ...}]");
+}
+
+TEST(Config, CudaWithoutDeviceIsAClearError) {
+  RunSpec spec = parse_run_spec(with(R"({"device": "cuda"})"), "t");
+  CudaInfo none;
+  none.error = "cudaErrorInsufficientDriver";
+  try {
+    check_device(spec, none);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "config: device: \"cuda\" requested but no CUDA device is visible "
+              "(cudaErrorInsufficientDriver); use \"cpu\"");
+  }
+  CudaInfo one;
+  one.device_count = 1;
+  EXPECT_NO_THROW(check_device(spec, one));
+}
+
+TEST(ConfigFile, MalformedJsonReportsLineAndColumn) {
+  const std::string text = "{\n  \"threads\": 2,\n  \"seed\": ,\n}\n";
+  try {
+    parse_json_text(text, "bad.json");
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    std::string msg = e.what();
+    EXPECT_EQ(msg.rfind("config: bad.json:3:11: invalid JSON: ", 0), 0u) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos);
+  }
+}
+
+TEST(ConfigFile, MissingFile) {
+  try {
+    read_config_file("/nonexistent/kvbench.json");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "config: /nonexistent/kvbench.json: no such file");
+  }
+}
+
+TEST(ConfigFile, LoadsFileAndNamesRunAfterStem) {
+  auto path = std::filesystem::temp_directory_path() / "kvbench_config_test_run.json";
+  std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "seed": 3})";
+  RunSpec spec = load_run_spec(path.string(), {"threads=1"});
+  EXPECT_EQ(spec.name, "kvbench_config_test_run");
+  EXPECT_EQ(spec.seed, 3u);
+  EXPECT_EQ(spec.threads, 1);
+  std::filesystem::remove(path);
+}
+
+TEST(Overrides, DottedKeysAndJsonValues) {
+  json c = minimal();
+  apply_override(c, "threads=2");
+  EXPECT_EQ(c["threads"], 2);
+  apply_override(c, R"(methods=[{"name":"full"}])");
+  EXPECT_EQ(c["methods"][0]["name"], "full");
+  apply_override(c, "suites.0.repeats=5");
+  EXPECT_EQ(c["suites"][0]["repeats"], 5);
+  apply_override(c, "model.path=/data/llama");  // not JSON: taken as a string
+  EXPECT_EQ(c["model"]["path"], "/data/llama");
+  apply_override(c, "output.dir=\"123\"");  // quoted: a string, not a number
+  EXPECT_EQ(c["output"]["dir"], "123");
+  apply_override(c, "suites.0.kv_heads=[1,2]");
+  EXPECT_EQ(parse_run_spec(c, "t").suites[0].params["kv_heads"], json::array({1, 2}));
+}
+
+TEST(Overrides, BadAssignments) {
+  json c = minimal();
+  EXPECT_THROW(apply_override(c, "threads"), ConfigError);
+  EXPECT_THROW(apply_override(c, "=3"), ConfigError);
+  EXPECT_THROW(apply_override(c, "suites.4.repeats=1"), ConfigError);
+  EXPECT_THROW(apply_override(c, "suites.x.repeats=1"), ConfigError);
+  apply_override(c, "threads=2");
+  EXPECT_THROW(apply_override(c, "threads.count=1"), ConfigError);
+  // A typo through --set is caught by validation like one in the file.
+  apply_override(c, "seeds=1");
+  EXPECT_NE(error_of(c).find("seeds: unknown key (did you mean 'seed'?)"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvbench

@@ -1,0 +1,163 @@
+// The kernels suite: its attention against a float64 loop reference, its byte accounting and
+// the context grid that reaches beyond the last-level cache.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "kvbench/attention/reference_attention.h"
+#include "kvbench/core/error.h"
+#include "kvbench/suites/kernels_suite.h"
+#include "kvbench/suites/suite_registry.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+// Plain loops in double precision: softmax(q.k * scale) . v per (batch, head, query).
+at::Tensor naive_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           double scale) {
+  auto qd = q.to(at::kDouble).contiguous(), kd = k.to(at::kDouble).contiguous();
+  auto vd = v.to(at::kDouble).contiguous();
+  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), T = k.size(2);
+  at::Tensor out = at::zeros({B, H, G, D}, at::kDouble);
+  auto qa = qd.accessor<double, 4>(), ka = kd.accessor<double, 4>(), va = vd.accessor<double, 4>();
+  auto oa = out.accessor<double, 4>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t g = 0; g < G; ++g) {
+        std::vector<double> s(T);
+        double mx = -INFINITY, sum = 0;
+        for (int64_t t = 0; t < T; ++t) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += qa[b][h][g][d] * ka[b][h][t][d];
+          s[t] = dot * scale;
+          mx = std::max(mx, s[t]);
+        }
+        for (auto& x : s) sum += (x = std::exp(x - mx));
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t d = 0; d < D; ++d) oa[b][h][g][d] += s[t] / sum * va[b][h][t][d];
+      }
+  return out;
+}
+
+TEST(ReferenceAttention, MatchesFloat64LoopsOnRandomInputs) {
+  auto gen = at::detail::createCPUGenerator(11);
+  // Odd sizes on purpose; scaled keys make the softmax far from uniform.
+  at::Tensor q = at::randn({2, 3, 4, 64}, gen, at::kFloat);
+  at::Tensor k = at::randn({2, 3, 37, 64}, gen, at::kFloat) * 3;
+  at::Tensor v = at::randn({2, 3, 37, 64}, gen, at::kFloat);
+  const double scale = 1 / std::sqrt(64.0);
+  at::Tensor got = decode_attention_reference(q, k, v, scale).to(at::kDouble);
+  at::Tensor want = naive_attention(q, k, v, scale);
+  // fp32 accumulation over 64-wide dots and 37 tokens: relative error well under 1e-5.
+  double rel = ((got - want).norm() / want.norm()).item<double>();
+  EXPECT_LT(rel, 1e-5);
+  EXPECT_GT(want.abs().max().item<double>(), 0.1);  // not a trivially small output
+}
+
+TEST(ReferenceAttention, RejectsMismatchedShapes) {
+  at::Tensor q = at::randn({1, 2, 1, 64}), k = at::randn({1, 2, 8, 64});
+  EXPECT_THROW(decode_attention_reference(q, k, at::randn({1, 2, 9, 64}), 1.0), Error);
+  EXPECT_THROW(decode_attention_reference(at::randn({1, 3, 1, 64}), k, k, 1.0), Error);
+}
+
+TEST(KernelsSuite, AutoContextsReachTheCacheMultiple) {
+  // 8 KiB per token (2 x 8 heads x 128 dims x 4 bytes), 32 MiB cache, 4x: 16384 tokens.
+  auto c = KernelsSuite::auto_contexts(8192, 32u << 20, 4.0);
+  ASSERT_FALSE(c.empty());
+  EXPECT_EQ(c.front(), 1024);
+  EXPECT_EQ(c.back(), 16384);
+  EXPECT_EQ(c.size(), 5u);
+  EXPECT_EQ(KernelsSuite::auto_contexts(8192, 0, 4.0), std::vector<int64_t>{1024});
+}
+
+struct SuiteRun {
+  RunSpec spec;
+  Environment env;
+  CellOutput out;
+};
+
+SuiteRun run_kernels(const json& suite) {
+  SuiteRun r{parse_run_spec(json{{"suites", {suite}}, {"threads", 1}}, "t"), {}, {}};
+  r.env.llc_bytes = 1 << 19;  // pretend 512 KiB so small points count as beyond the cache
+  r.env.threads = 1;
+  const json method = {{"name", "full"}};
+  const json& params = r.spec.suites[0].params;
+  NullProgress progress;
+  std::string id = "kernels.test";
+  CellContext ctx{id, r.spec, r.env, method, params, 5, progress};
+  r.out = KernelsSuite().run(ctx);
+  return r;
+}
+
+TEST(KernelsSuite, RecordsRawSamplesBytesAndBandwidth) {
+  auto r = run_kernels(json::parse(
+      R"({"name": "kernels", "contexts": [100, 2048], "kv_heads": [1, 2], "head_dim": 64,
+          "group_size": 2, "warmup": 1, "repeats": 4})"));
+  const auto& recs = r.out.records;
+  ASSERT_EQ(recs.size(), 2u + 4u);  // copy before/after + 2 x 2 points
+  EXPECT_EQ(recs.front()["kind"], "copy_bandwidth");
+  EXPECT_EQ(recs.back()["kind"], "copy_bandwidth");
+  int attention = 0;
+  for (const auto& rec : recs) {
+    ASSERT_EQ(rec["samples_s"].size(), 4u);
+    for (double t : rec["samples_s"]) EXPECT_GT(t, 0.0);
+    if (rec["kind"] != "decode_attention") continue;
+    ++attention;
+    const int64_t ctx = rec["context"], heads = rec["kv_heads"];
+    const uint64_t kv = 2ull * heads * ctx * 64 * 4;
+    EXPECT_EQ(rec["working_set_bytes"], kv);
+    EXPECT_EQ(rec["bytes_moved"], kv + 2ull * heads * 2 * 64 * 4);  // + q read + out written
+    const double gbps = rec["bytes_moved"].get<double>() / rec["time_s"]["median"].get<double>() / 1e9;
+    EXPECT_NEAR(rec["gbps"].get<double>(), gbps, 1e-9 * gbps);
+    EXPECT_NEAR(rec["fraction_of_copy_bandwidth"].get<double>(),
+                gbps / r.out.summary["copy_bandwidth_gbps"].get<double>(), 1e-9);
+    EXPECT_NEAR(rec["llc_multiple"].get<double>(), kv / double(1 << 19), 1e-12);
+  }
+  EXPECT_EQ(attention, 4);
+  EXPECT_EQ(r.out.summary["points"], 4);
+  EXPECT_GT(r.out.summary["copy_bandwidth_gbps"].get<double>(), 0.0);
+  EXPECT_NEAR(r.out.summary["max_llc_multiple"].get<double>(), 2.0 * 2 * 2048 * 64 * 4 / (1 << 19),
+              1e-12);
+  EXPECT_TRUE(r.out.warnings.empty());  // 2 MiB = 4x the pretend cache
+  EXPECT_EQ(KernelsSuite().summary_table(r.out).rows.size(), 5u);  // 4 points + copy
+}
+
+TEST(KernelsSuite, WarnsWhenWorkingSetsStayInCache) {
+  auto r = run_kernels(json::parse(
+      R"({"name": "kernels", "contexts": [64], "kv_heads": [1], "warmup": 0, "repeats": 1})"));
+  ASSERT_EQ(r.out.warnings.size(), 1u);
+  EXPECT_NE(r.out.warnings[0].find("cache numbers"), std::string::npos);
+}
+
+TEST(KernelsSuite, ImpossibleMemoryRequestFailsClearly) {
+  try {
+    run_kernels(json::parse(R"({"name": "kernels", "contexts": [16777216], "kv_heads": [256],
+                                "warmup": 0, "repeats": 1})"));
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("kernels: context 16777216 x kv_heads 256 (K and V) needs 4.00 TiB"),
+              std::string::npos)
+        << msg;
+  }
+}
+
+TEST(SuiteRegistry, EveryRegisteredSuiteHasValidDefaults) {
+  for (const auto& info : suite_catalog()) {
+    json resolved = resolve_suite(json{{"name", info.name}}, "suites[0]");
+    for (const auto& p : info.params) {
+      EXPECT_NO_THROW(check_param(p, p.default_value, info.name + "." + p.name));
+      EXPECT_FALSE(p.help.empty()) << p.name;
+      EXPECT_TRUE(resolved.contains(p.name));
+    }
+    EXPECT_NE(info.make(), nullptr);
+  }
+  EXPECT_THROW(find_suite("nope"), Error);
+}
+
+}  // namespace
+}  // namespace kvbench

@@ -1,0 +1,90 @@
+// Cells: stable ids, expansion order, and a failing cell that does not stop the others.
+#include <gtest/gtest.h>
+
+#include "kvbench/core/error.h"
+#include "kvbench/suites/cell.h"
+#include "kvbench/suites/runner.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+RunSpec spec_with_suites(const json& suites) {
+  return parse_run_spec(json{{"suites", suites}, {"threads", 1}}, "t");
+}
+
+TEST(Cells, IdsAreStableAndContentDerived) {
+  RunSpec a = spec_with_suites(json::parse(R"([{"name": "kernels", "repeats": 3}])"));
+  RunSpec b = spec_with_suites(json::parse(R"([{"repeats": 3, "name": "kernels"}])"));
+  RunSpec c = spec_with_suites(json::parse(R"([{"name": "kernels", "repeats": 4}])"));
+  auto ca = expand_cells(a), cb = expand_cells(b), cc = expand_cells(c);
+  ASSERT_EQ(ca.size(), 1u);
+  EXPECT_EQ(ca[0].id, cb[0].id);  // key order does not matter
+  EXPECT_NE(ca[0].id, cc[0].id);  // any parameter change does
+  EXPECT_EQ(ca[0].id.rfind("kernels.full.", 0), 0u);
+  EXPECT_EQ(ca[0].id.size(), std::string("kernels.full.").size() + 16);
+  // Explicit defaults resolve to the same cell as omitted ones.
+  RunSpec d = spec_with_suites(json::parse(R"([{"name": "kernels", "repeats": 3, "warmup": 3}])"));
+  EXPECT_EQ(expand_cells(d)[0].id, ca[0].id);
+}
+
+TEST(Cells, SeedDependsOnRunSeedAndCell) {
+  json cfg = {{"suites", json::parse(R"([{"name": "kernels"}])")}, {"seed", 1}};
+  auto s1 = expand_cells(parse_run_spec(cfg, "t"))[0].seed;
+  cfg["seed"] = 2;
+  auto s2 = expand_cells(parse_run_spec(cfg, "t"))[0].seed;
+  EXPECT_NE(s1, s2);
+}
+
+TEST(Cells, SuitesOuterMethodsInnerAndDuplicatesRejected) {
+  RunSpec s = spec_with_suites(
+      json::parse(R"([{"name": "kernels", "repeats": 2}, {"name": "kernels", "repeats": 3}])"));
+  auto cells = expand_cells(s);
+  ASSERT_EQ(cells.size(), 2u);
+  EXPECT_EQ(cells[0].suite_index, 0u);
+  EXPECT_EQ(cells[1].suite_index, 1u);
+  RunSpec dup =
+      spec_with_suites(json::parse(R"([{"name": "kernels"}, {"name": "kernels", "repeats": 20}])"));
+  EXPECT_THROW(expand_cells(dup), ConfigError);
+}
+
+// A suite that fails when its "repeats" parameter is 13, and otherwise records it.
+class FakeSuite : public Suite {
+ public:
+  CellOutput run(const CellContext& ctx) override {
+    if (ctx.params["repeats"] == 13) throw Error("unlucky cell\nsecond line");
+    if (ctx.params["repeats"] == 14) throw std::runtime_error("not a kvbench error");
+    CellOutput out;
+    out.records.push_back({{"kind", "fake"}, {"samples_s", {1.0}}});
+    out.summary["repeats"] = ctx.params["repeats"];
+    return out;
+  }
+  Table summary_table(const CellOutput&) const override { return {}; }
+};
+
+TEST(Runner, FailingCellIsRecordedAndOthersGoOn) {
+  RunSpec s = spec_with_suites(json::parse(
+      R"([{"name": "kernels", "repeats": 1}, {"name": "kernels", "repeats": 13},
+          {"name": "kernels", "repeats": 14}, {"name": "kernels", "repeats": 2}])"));
+  Runner runner([](const std::string&) { return std::make_unique<FakeSuite>(); });
+  NullProgress progress;
+  Environment env;
+  auto results = runner.run(s, expand_cells(s), env, progress);
+  ASSERT_EQ(results.size(), 4u);
+  EXPECT_TRUE(results[0].ok);
+  EXPECT_FALSE(results[1].ok);
+  EXPECT_EQ(results[1].error, "unlucky cell");  // one line
+  EXPECT_FALSE(results[2].ok);
+  EXPECT_EQ(results[2].error, "not a kvbench error");
+  EXPECT_TRUE(results[3].ok);
+  EXPECT_EQ(results[3].output.summary["repeats"], 2);
+  EXPECT_EQ(count_failed(results), 2u);
+  for (const auto& r : results) {
+    EXPECT_FALSE(r.started.empty());
+    EXPECT_GE(r.duration_s, 0.0);
+  }
+}
+
+}  // namespace
+}  // namespace kvbench

@@ -1,0 +1,89 @@
+// Statistics against values computed by hand.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/stats.h"
+
+namespace kvbench {
+namespace {
+
+const std::vector<double> kSample = {2, 4, 4, 4, 5, 5, 7, 9};
+
+TEST(Stats, MeanAndSampleStddev) {
+  EXPECT_DOUBLE_EQ(mean(kSample), 5.0);
+  // Sum of squared deviations is 32; sample variance 32 / 7.
+  EXPECT_NEAR(stddev(kSample), std::sqrt(32.0 / 7.0), 1e-12);
+  EXPECT_DOUBLE_EQ(stddev({3.0}), 0.0);
+}
+
+TEST(Stats, PercentilesInterpolateBetweenClosestRanks) {
+  EXPECT_DOUBLE_EQ(median(kSample), 4.5);             // (4 + 5) / 2
+  EXPECT_DOUBLE_EQ(percentile(kSample, 0), 2.0);
+  EXPECT_DOUBLE_EQ(percentile(kSample, 100), 9.0);
+  EXPECT_NEAR(percentile(kSample, 90), 7.6, 1e-12);   // rank 6.3: 7 + 0.3 * (9 - 7)
+  EXPECT_NEAR(percentile(kSample, 99), 8.86, 1e-12);  // rank 6.93: 7 + 0.93 * 2
+  EXPECT_DOUBLE_EQ(percentile({1, 2, 3, 4}, 25), 1.75);
+  EXPECT_DOUBLE_EQ(median({3, 1, 2}), 2.0);  // unsorted input
+}
+
+TEST(Stats, EmptyOrInvalidInputIsAnError) {
+  EXPECT_THROW(mean({}), Error);
+  EXPECT_THROW(percentile({}, 50), Error);
+  EXPECT_THROW(percentile({1.0}, 101), Error);
+  EXPECT_THROW(summarize({}), Error);
+}
+
+TEST(Stats, BootstrapOfDegenerateSamples) {
+  Interval one = bootstrap_median_ci({3.5});
+  EXPECT_DOUBLE_EQ(one.low, 3.5);
+  EXPECT_DOUBLE_EQ(one.high, 3.5);
+  Interval same = bootstrap_median_ci({2, 2, 2, 2});
+  EXPECT_DOUBLE_EQ(same.low, 2.0);
+  EXPECT_DOUBLE_EQ(same.high, 2.0);
+  // Resampling {0, 1}: medians 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4, so the 2.5th and
+  // 97.5th percentiles of 2000 resample medians are 0 and 1.
+  Interval pair = bootstrap_median_ci({0, 1});
+  EXPECT_DOUBLE_EQ(pair.low, 0.0);
+  EXPECT_DOUBLE_EQ(pair.high, 1.0);
+}
+
+TEST(Stats, BootstrapMatchesOrderStatisticInterval) {
+  // For x = 1..101 the median is 51 and the classic order-statistic 95% interval is
+  // 51 -/+ 1.96 * sqrt(101) / 2 ~= 51 -/+ 9.8 ranks; the bootstrap must land close to it.
+  std::vector<double> x;
+  for (int i = 1; i <= 101; ++i) x.push_back(i);
+  Interval ci = bootstrap_median_ci(x, 0.95, 4000, 7);
+  EXPECT_GE(ci.low, 38);
+  EXPECT_LE(ci.low, 45);
+  EXPECT_GE(ci.high, 57);
+  EXPECT_LE(ci.high, 64);
+}
+
+TEST(Stats, BootstrapIsSeeded) {
+  std::vector<double> x = {1.2, 3.4, 2.2, 9.1, 4.4, 0.3, 5.5, 2.9, 7.7, 6.1};
+  Interval a = bootstrap_median_ci(x, 0.95, 500, 42);
+  Interval b = bootstrap_median_ci(x, 0.95, 500, 42);
+  EXPECT_EQ(a.low, b.low);
+  EXPECT_EQ(a.high, b.high);
+  EXPECT_LE(a.low, median(x));
+  EXPECT_GE(a.high, median(x));
+}
+
+TEST(Stats, SummaryToJsonKeepsEveryField) {
+  Summary s = summarize(kSample, 1);
+  EXPECT_EQ(s.n, 8u);
+  EXPECT_DOUBLE_EQ(s.min, 2);
+  EXPECT_DOUBLE_EQ(s.max, 9);
+  auto j = to_json(s);
+  for (const char* key : {"n", "mean", "stddev", "min", "max", "median", "p50", "p90", "p99",
+                          "median_ci95"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 4.5);
+  EXPECT_EQ(j["median_ci95"].size(), 2u);
+}
+
+}  // namespace
+}  // namespace kvbench

@@ -1,0 +1,51 @@
+#include <gtest/gtest.h>
+
+#include "kvbench/core/rng.h"
+#include "kvbench/core/text.h"
+
+namespace kvbench {
+namespace {
+
+TEST(Text, EditDistance) {
+  EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
+  EXPECT_EQ(edit_distance("", "abc"), 3u);
+  EXPECT_EQ(edit_distance("threads", "threads"), 0u);
+}
+
+TEST(Text, ClosestMatchSuggestsTyposOnly) {
+  std::vector<std::string> keys = {"threads", "seed", "device", "methods", "suites"};
+  EXPECT_EQ(closest_match("thread", keys), "threads");
+  EXPECT_EQ(closest_match("sed", keys), "seed");
+  EXPECT_EQ(closest_match("completely_different", keys), "");
+}
+
+TEST(Text, FormatBytes) {
+  EXPECT_EQ(format_bytes(512), "512 B");
+  EXPECT_EQ(format_bytes(1536), "1.50 KiB");
+  EXPECT_EQ(format_bytes(32.0 * 1024 * 1024), "32.00 MiB");
+}
+
+TEST(Rng, DeterministicAndInRange) {
+  Rng a(5), b(5), c(6);
+  bool differs = false;
+  for (int i = 0; i < 100; ++i) {
+    uint64_t x = a.next();
+    EXPECT_EQ(x, b.next());
+    differs = differs || x != c.next();
+  }
+  EXPECT_TRUE(differs);
+  Rng r(1);
+  std::vector<int> counts(7, 0);
+  for (int i = 0; i < 7000; ++i) {
+    uint64_t v = r.below(7);
+    ASSERT_LT(v, 7u);
+    ++counts[v];
+  }
+  for (int c : counts) EXPECT_GT(c, 800);  // expected 1000 each
+  double u = r.uniform();
+  EXPECT_GE(u, 0.0);
+  EXPECT_LT(u, 1.0);
+}
+
+}  // namespace
+}  // namespace kvbench
