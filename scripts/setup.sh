@@ -45,7 +45,11 @@ export CCACHE_BASEDIR=$root
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
 
+mkdir -p "$build_dir"
+log=$build_dir/configure.log
+echo "setup: configuring $build_dir (log: $log)"
 cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release \
-  -DKVBENCH_CUDA="${KVBENCH_CUDA:-AUTO}" "${launcher[@]}" >"$build_dir.cmake.log" 2>&1 ||
-  { cat "$build_dir.cmake.log"; exit 1; }
+  -DKVBENCH_CUDA="${KVBENCH_CUDA:-AUTO}" "${launcher[@]}" >"$log" 2>&1 || { cat "$log"; exit 1; }
+echo "setup: building"
 cmake --build "$build_dir" -j"$(nproc)"
+echo "setup: done: $build_dir/kvbench"

@@ -4,8 +4,8 @@
 
 namespace kvbench {
 
-at::Tensor decode_attention_reference(const at::Tensor& q, const at::Tensor& k,
-                                      const at::Tensor& v, double scale) {
+at::Tensor decode_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      double scale) {
   KVB_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
             "decode attention: q, k, v must be 4-D [batch, kv_heads, n, head_dim]");
   KVB_CHECK(k.sizes() == v.sizes(), "decode attention: k and v shapes differ");

@@ -94,8 +94,8 @@ void apply_override(json& config, const std::string& assignment) {
     } else {
       if (node->is_null()) *node = json::object();
       if (!node->is_object()) {
-        throw ConfigError(path, "--set " + key + ": cannot set a key inside a " +
-                                    std::string(node->type_name()));
+        throw ConfigError(
+            path, "--set " + key + ": cannot set a key inside a " + std::string(node->type_name()));
       }
       path = path.empty() ? seg : path + "." + seg;
       node = &(*node)[seg];

@@ -1,7 +1,7 @@
 // kvbench: benchmark harness for KV-cache compression methods. Exit codes: 0 success,
 // 1 runtime error or failed cells, 2 configuration or usage error.
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <iostream>
 
@@ -11,6 +11,7 @@
 
 int main(int argc, char** argv) {
   using namespace kvbench;
+  setup_logging("info");  // logs go to stderr even for errors raised before options are read
   CLI::App app{"kvbench: what does a KV-cache compression method really buy in LLM serving?"};
   app.require_subcommand(1);
   app.fallthrough();  // --log-level is accepted after the subcommand too
@@ -18,7 +19,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) global.command_line += (i ? " " : "") + std::string(argv[i]);
   app.add_option("--log-level", global.log_level,
                  "trace, debug, info, warn, error or off (logs go to stderr)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   register_run_command(app, global);
   register_validate_command(app, global);
   register_list_command(app, global);

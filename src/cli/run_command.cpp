@@ -1,5 +1,5 @@
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <iostream>
 #include <memory>
@@ -27,8 +27,10 @@ struct RunOptions {
 
 void warn_about_environment(const Environment& env) {
   if (env.blas.reference) {
-    spdlog::warn("libtorch uses the reference BLAS ({}), 20-35x slower than OpenBLAS; "
-                 "run scripts/setup.sh (installs libopenblas0-openmp)", env.blas.library);
+    spdlog::warn(
+        "libtorch uses the reference BLAS ({}), 20-35x slower than OpenBLAS; "
+        "run scripts/setup.sh (installs libopenblas0-openmp)",
+        env.blas.library);
   }
 }
 
@@ -48,8 +50,8 @@ int run(const RunOptions& opt) {
   warn_about_environment(env);
   RunInfo info{now_rfc3339(), "", opt.command_line, opt.config};
   const std::string stamp = now_compact_utc();
-  spdlog::info("run '{}': {} cell(s), {} thread(s), BLAS {}", spec.name, cells.size(),
-               env.threads, env.blas.name);
+  spdlog::info("run '{}': {} cell(s), {} thread(s), BLAS {}", spec.name, cells.size(), env.threads,
+               env.blas.name);
 
   ProgressDisplay progress(std::cerr, stderr_is_tty());
   const std::vector<CellResult> results = Runner().run(spec, cells, env, progress);
@@ -59,7 +61,8 @@ int run(const RunOptions& opt) {
 
   print_run_summary(std::cout, results);
   const size_t failed = count_failed(results);
-  std::cout << "\n" << results.size() - failed << " of " << results.size() << " cell(s) ok"
+  std::cout << "\n"
+            << results.size() - failed << " of " << results.size() << " cell(s) ok"
             << (failed ? ", " + std::to_string(failed) + " failed" : "") << "\n";
   std::cout << "report: " << path.string() << "\n";
   return failed ? 1 : 0;

@@ -15,8 +15,8 @@ int print_version(int threads) {
   const Environment env = capture_environment();
   std::cout << "kvbench " << version() << " (git " << git_revision() << ")\n"
             << "libtorch: " << env.libtorch << "\n"
-            << "BLAS: " << env.blas.name << (env.blas.library.empty() ? "" : " [" + env.blas.library + "]")
-            << "\n";
+            << "BLAS: " << env.blas.name
+            << (env.blas.library.empty() ? "" : " [" + env.blas.library + "]") << "\n";
   if (!env.blas.detail.empty()) std::cout << "BLAS config: " << env.blas.detail << "\n";
   std::cout << "threads: " << env.threads << " (of " << env.cores << " cores)\n"
             << "CPU: " << env.cpu_model << ", last-level cache " << format_bytes(env.llc_bytes)
@@ -40,7 +40,8 @@ void register_version_command(CLI::App& app, GlobalOptions& global) {
   CLI::App* sub = app.add_subcommand("version", "versions, BLAS, threads and CUDA availability");
   sub->add_option("--threads", *threads, "intra-op threads to report (default: all cores)")
       ->check(CLI::Range(1, 4096));
-  sub->callback([threads, &global] { global.action = [threads] { return print_version(*threads); }; });
+  sub->callback(
+      [threads, &global] { global.action = [threads] { return print_version(*threads); }; });
 }
 
 }  // namespace kvbench

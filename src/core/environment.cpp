@@ -34,10 +34,14 @@ uint64_t parse_cache_size(const std::string& text) {
   if (text.empty()) return 0;
   uint64_t value = std::strtoull(text.c_str(), nullptr, 10);
   switch (text.back()) {
-    case 'K': return value << 10;
-    case 'M': return value << 20;
-    case 'G': return value << 30;
-    default: return value;
+    case 'K':
+      return value << 10;
+    case 'M':
+      return value << 20;
+    case 'G':
+      return value << 30;
+    default:
+      return value;
   }
 }
 
@@ -147,7 +151,8 @@ BlasInfo detect_blas() {
     if (openblas_config) info.detail = openblas_config();
   } else if (lib.find("mkl") != std::string::npos) {
     info.name = "MKL";
-  } else if (lib.find("/blas/") != std::string::npos || lib.find("libblas.so") != std::string::npos) {
+  } else if (lib.find("/blas/") != std::string::npos ||
+             lib.find("libblas.so") != std::string::npos) {
     info.name = "reference BLAS";
     info.reference = true;
   } else {
@@ -211,8 +216,8 @@ nlohmann::json to_json(const Environment& env) {
   nlohmann::json gpus = nlohmann::json::array();
   for (const auto& g : env.cuda.devices) {
     gpus.push_back({{"name", g.name},
-                    {"compute_capability", std::to_string(g.compute_major) + "." +
-                                               std::to_string(g.compute_minor)},
+                    {"compute_capability",
+                     std::to_string(g.compute_major) + "." + std::to_string(g.compute_minor)},
                     {"sm_count", g.sm_count},
                     {"sm_clock_mhz", g.sm_clock_mhz},
                     {"memory_clock_mhz", g.memory_clock_mhz},
@@ -235,10 +240,11 @@ nlohmann::json to_json(const Environment& env) {
           {"memory_bytes", env.memory_bytes},
           {"memory_available_bytes", env.memory_available_bytes},
           {"libtorch", env.libtorch},
-          {"blas", {{"name", env.blas.name},
-                    {"detail", env.blas.detail},
-                    {"library", env.blas.library},
-                    {"reference", env.blas.reference}}},
+          {"blas",
+           {{"name", env.blas.name},
+            {"detail", env.blas.detail},
+            {"library", env.blas.library},
+            {"reference", env.blas.reference}}},
           {"cuda", cuda}};
 }
 

@@ -93,31 +93,47 @@ ParamSpec ParamSpec::or_auto() const {
 
 std::string json_type_name(const json& value) {
   switch (value.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "boolean";
-    case json::value_t::string: return "string";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "boolean";
+    case json::value_t::string:
+      return "string";
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "integer";
-    case json::value_t::number_float: return "number";
-    case json::value_t::array: return "list";
-    case json::value_t::object: return "object";
-    default: return "value";
+    case json::value_t::number_unsigned:
+      return "integer";
+    case json::value_t::number_float:
+      return "number";
+    case json::value_t::array:
+      return "list";
+    case json::value_t::object:
+      return "object";
+    default:
+      return "value";
   }
 }
 
 std::string describe_expected(const ParamSpec& s) {
   std::string text;
   switch (s.type) {
-    case ParamType::kInt: text = "integer" + range_text(s); break;
-    case ParamType::kFloat: text = "number" + range_text(s); break;
-    case ParamType::kBool: text = "true or false"; break;
+    case ParamType::kInt:
+      text = "integer" + range_text(s);
+      break;
+    case ParamType::kFloat:
+      text = "number" + range_text(s);
+      break;
+    case ParamType::kBool:
+      text = "true or false";
+      break;
     case ParamType::kString: {
       std::vector<std::string> quoted;
       for (const auto& c : s.choices) quoted.push_back("\"" + c + "\"");
       text = s.choices.empty() ? "string" : "one of " + join(quoted, ", ");
       break;
     }
-    case ParamType::kIntList: text = "non-empty list of integers" + range_text(s); break;
+    case ParamType::kIntList:
+      text = "non-empty list of integers" + range_text(s);
+      break;
   }
   if (s.allow_auto) text += " or \"auto\"";
   return text;
@@ -152,9 +168,8 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
       return;
     case ParamType::kString:
       if (!value.is_string()) fail(s, value, path);
-      if (!s.choices.empty() &&
-          std::find(s.choices.begin(), s.choices.end(), value.get<std::string>()) ==
-              s.choices.end()) {
+      if (!s.choices.empty() && std::find(s.choices.begin(), s.choices.end(),
+                                          value.get<std::string>()) == s.choices.end()) {
         fail(s, value, path);
       }
       return;
@@ -171,8 +186,8 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
   }
 }
 
-json resolve_params(const json& given, const std::vector<ParamSpec>& specs,
-                    const std::string& path, const std::vector<std::string>& passthrough) {
+json resolve_params(const json& given, const std::vector<ParamSpec>& specs, const std::string& path,
+                    const std::vector<std::string>& passthrough) {
   if (!given.is_object()) {
     throw ConfigError(path, "expected an object, got " + json_type_name(given));
   }

@@ -22,12 +22,12 @@ std::vector<std::string> method_names() {
 
 nlohmann::json resolve_method(const nlohmann::json& entry, const std::string& path) {
   if (!entry.is_object()) {
-    throw ConfigError(path, "expected an object like {\"name\": \"full\"}, got " +
-                                json_type_name(entry));
+    throw ConfigError(path,
+                      "expected an object like {\"name\": \"full\"}, got " + json_type_name(entry));
   }
   if (!entry.contains("name") || !entry["name"].is_string()) {
     throw ConfigError(join_path(path, "name"), "expected a method name (string); known methods: " +
-                                                    join(method_names(), ", "));
+                                                   join(method_names(), ", "));
   }
   const std::string name = entry["name"];
   const auto& catalog = method_catalog();

@@ -28,7 +28,8 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       c.params = spec.suites[s].params;
       c.method = spec.methods[m];
       // nlohmann::json objects keep keys sorted, so dump() is canonical.
-      const nlohmann::json identity = {{"suite", c.suite}, {"params", c.params}, {"method", c.method}};
+      const nlohmann::json identity = {
+          {"suite", c.suite}, {"params", c.params}, {"method", c.method}};
       const uint64_t h = fnv1a64(identity.dump());
       char hex[17];
       std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
@@ -38,8 +39,8 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
           "suites[" + std::to_string(s) + "] x methods[" + std::to_string(m) + "]";
       auto [it, inserted] = seen.emplace(c.id, where);
       if (!inserted) {
-        throw ConfigError("suites", "cells " + it->second + " and " + where +
-                                        " are identical; remove one");
+        throw ConfigError("suites",
+                          "cells " + it->second + " and " + where + " are identical; remove one");
       }
       cells.push_back(std::move(c));
     }

@@ -61,8 +61,8 @@ json copy_bandwidth_record(uint64_t bytes, int warmup, int repeats, uint64_t see
   auto samples = time_calls(warmup, repeats, [&] { dst.copy_(src); });
   Summary s = summarize(samples, seed);
   const uint64_t moved = 2 * bytes;  // read src + write dst
-  return {{"kind", "copy_bandwidth"}, {"phase", phase},           {"bytes", bytes},
-          {"bytes_moved", moved},     {"samples_s", samples},     {"time_s", to_json(s)},
+  return {{"kind", "copy_bandwidth"},      {"phase", phase},       {"bytes", bytes},
+          {"bytes_moved", moved},          {"samples_s", samples}, {"time_s", to_json(s)},
           {"gbps", moved / s.median / 1e9}};
 }
 
@@ -133,8 +133,8 @@ std::vector<int64_t> KernelsSuite::auto_contexts(uint64_t bytes_per_token, uint6
 CellOutput KernelsSuite::run(const CellContext& ctx) {
   KVB_CHECK(ctx.spec.device == "cpu", "kernels: device '", ctx.spec.device,
             "' is not supported yet (the CUDA kernels are not built into this suite)");
-  KVB_CHECK(ctx.method["name"] == "full", "kernels: method '", ctx.method["name"].get<std::string>(),
-            "' has no decode-attention backend yet");
+  KVB_CHECK(ctx.method["name"] == "full", "kernels: method '",
+            ctx.method["name"].get<std::string>(), "' has no decode-attention backend yet");
   const json& p = ctx.params;
   const auto kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
   const int64_t max_heads = *std::max_element(kv_heads.begin(), kv_heads.end());
@@ -150,8 +150,10 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
 
   CellOutput out;
   uint64_t largest = 0;
-  for (int64_t c : contexts) largest = std::max(largest, Shape{base.batch, max_heads, 0, base.head_dim, c}.kv_bytes());
-  const uint64_t copy_bytes = std::max<uint64_t>(kMinCopyBytes, static_cast<uint64_t>(min_multiple * llc));
+  for (int64_t c : contexts)
+    largest = std::max(largest, Shape{base.batch, max_heads, 0, base.head_dim, c}.kv_bytes());
+  const uint64_t copy_bytes =
+      std::max<uint64_t>(kMinCopyBytes, static_cast<uint64_t>(min_multiple * llc));
 
   ctx.progress.begin(ctx.cell_id, contexts.size() * kv_heads.size() + 2);
   out.records.push_back(copy_bandwidth_record(copy_bytes, warmup, repeats, ctx.seed, "before"));
@@ -218,7 +220,9 @@ Table KernelsSuite::summary_table(const CellOutput& output) const {
                       format_fixed(100 * r["fraction_of_copy_bandwidth"].get<double>(), 1)});
   }
   if (output.summary.contains("copy_bandwidth_gbps")) {
-    t.rows.push_back({"copy", "", "", "", "", "", format_fixed(output.summary["copy_bandwidth_gbps"].get<double>(), 2), "100.0"});
+    t.rows.push_back({"copy", "", "", "", "", "",
+                      format_fixed(output.summary["copy_bandwidth_gbps"].get<double>(), 2),
+                      "100.0"});
   }
   return t;
 }

@@ -55,8 +55,8 @@ std::vector<json> resolve_list(const json& config, const std::string& key, const
   }
   const json& list = config.contains(key) ? config[key] : fallback;
   if (!list.is_array()) {
-    throw ConfigError(key, "expected a list of objects like [{\"name\": ...}], got " +
-                               json_type_name(list));
+    throw ConfigError(
+        key, "expected a list of objects like [{\"name\": ...}], got " + json_type_name(list));
   }
   if (list.empty()) throw ConfigError(key, "expected at least one entry, got an empty list");
   std::vector<json> out;
@@ -86,12 +86,11 @@ const std::vector<std::string>& config_keys() {
 
 RunSpec parse_run_spec(const json& config, const std::string& default_name) {
   if (!config.is_object()) {
-    throw ConfigError("", "expected a JSON object at the top level, got " +
-                              json_type_name(config));
+    throw ConfigError("", "expected a JSON object at the top level, got " + json_type_name(config));
   }
   check_known_keys(config, config_keys(), "");
-  json resolved = resolve_params(config, scalar_specs(), "",
-                                 {"model", "methods", "suites", "output"});
+  json resolved =
+      resolve_params(config, scalar_specs(), "", {"model", "methods", "suites", "output"});
   if (resolved["name"] == "") resolved["name"] = default_name;
   if (resolved["threads"] == "auto") resolved["threads"] = available_cores();
   resolved["model"] = resolve_object(config, "model", model_specs());

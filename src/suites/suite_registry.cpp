@@ -35,8 +35,8 @@ const SuiteInfo& find_suite(const std::string& name) {
 
 nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& path) {
   if (!entry.is_object()) {
-    throw ConfigError(path, "expected an object like {\"name\": \"kernels\"}, got " +
-                                json_type_name(entry));
+    throw ConfigError(
+        path, "expected an object like {\"name\": \"kernels\"}, got " + json_type_name(entry));
   }
   if (!entry.contains("name") || !entry["name"].is_string()) {
     throw ConfigError(join_path(path, "name"),

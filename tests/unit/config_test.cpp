@@ -53,10 +53,11 @@ TEST(Config, DefaultsAreFilledIn) {
 }
 
 TEST(Config, UnknownKeysNameTheClosestValidKey) {
-  EXPECT_EQ(error_of(with(R"({"thread": 2})")).rfind(
-                "config: thread: unknown key (did you mean 'threads'?); valid keys: ", 0),
+  EXPECT_EQ(error_of(with(R"({"thread": 2})"))
+                .rfind("config: thread: unknown key (did you mean 'threads'?); valid keys: ", 0),
             0u);
-  EXPECT_NE(error_of(with(R"({"model": {"pth": "/x"}})")).find("model.pth: unknown key (did you mean 'path'?)"),
+  EXPECT_NE(error_of(with(R"({"model": {"pth": "/x"}})"))
+                .find("model.pth: unknown key (did you mean 'path'?)"),
             std::string::npos);
   json c = minimal();
   c["suites"][0]["repeat"] = 3;
@@ -72,10 +73,12 @@ TEST(Config, WrongTypes) {
   EXPECT_EQ(error_of(with(R"({"seed": 1.5})")), "config: seed: expected integer >= 0, got 1.5");
   EXPECT_EQ(error_of(with(R"({"device": 3})")),
             "config: device: expected one of \"cpu\", \"cuda\", got 3");
-  EXPECT_NE(error_of(with(R"({"model": "/path"})")).find("config: model: expected an object, got string"),
-            std::string::npos);
-  EXPECT_NE(error_of(with(R"({"methods": {"name": "full"}})")).find("config: methods: expected a list"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of(with(R"({"model": "/path"})")).find("config: model: expected an object, got string"),
+      std::string::npos);
+  EXPECT_NE(
+      error_of(with(R"({"methods": {"name": "full"}})")).find("config: methods: expected a list"),
+      std::string::npos);
   EXPECT_NE(error_of(json::parse("[1, 2]")).find("expected a JSON object at the top level"),
             std::string::npos);
 }
@@ -92,23 +95,27 @@ TEST(Config, OutOfRangeValues) {
   c = minimal();
   c["suites"][0]["head_dim"] = 96;
   EXPECT_EQ(error_of(c), "config: suites[0].head_dim: expected integer in {64, 128}, got 96");
-  EXPECT_EQ(error_of(with(R"({"model": {"dtype": "fp16"}})")),
-            "config: model.dtype: expected one of \"auto\", \"float32\", \"float16\", \"bfloat16\", "
-            "got \"fp16\"");
+  EXPECT_EQ(
+      error_of(with(R"({"model": {"dtype": "fp16"}})")),
+      "config: model.dtype: expected one of \"auto\", \"float32\", \"float16\", \"bfloat16\", "
+      "got \"fp16\"");
 }
 
 TEST(Config, MethodsAndSuitesAreCheckedByName) {
   EXPECT_EQ(error_of(with(R"({"methods": [{"name": "ful"}]})")),
             "config: methods[0].name: unknown method 'ful' (did you mean 'full'?); known methods: "
             "full");
-  EXPECT_NE(error_of(with(R"({"methods": [{"bits": 4}]})")).find("config: methods[0].name: expected a method name"),
+  EXPECT_NE(error_of(with(R"({"methods": [{"bits": 4}]})"))
+                .find("config: methods[0].name: expected a method name"),
             std::string::npos);
-  EXPECT_NE(error_of(with(R"({"methods": []})")).find("config: methods: expected at least one entry"),
+  EXPECT_NE(
+      error_of(with(R"({"methods": []})")).find("config: methods: expected at least one entry"),
+      std::string::npos);
+  EXPECT_NE(error_of(with(R"({"methods": [{"name": "full", "bits": 4}]})"))
+                .find("config: methods[0].bits: unknown key"),
             std::string::npos);
-  EXPECT_NE(error_of(with(R"({"methods": [{"name": "full", "bits": 4}]})")).find("config: methods[0].bits: unknown key"),
-            std::string::npos);
-  EXPECT_NE(error_of(json::parse(R"({"suites": [{"name": "kernals"}]})")).find(
-                "config: suites[0].name: unknown suite 'kernals' (did you mean 'kernels'?)"),
+  EXPECT_NE(error_of(json::parse(R"({"suites": [{"name": "kernals"}]})"))
+                .find("config: suites[0].name: unknown suite 'kernals' (did you mean 'kernels'?)"),
             std::string::npos);
   EXPECT_EQ(error_of(json::object()),
             "config: suites: required key missing; expected a list like [{\"name\": ...}]");

@@ -111,7 +111,8 @@ TEST(KernelsSuite, RecordsRawSamplesBytesAndBandwidth) {
     const uint64_t kv = 2ull * heads * ctx * 64 * 4;
     EXPECT_EQ(rec["working_set_bytes"], kv);
     EXPECT_EQ(rec["bytes_moved"], kv + 2ull * heads * 2 * 64 * 4);  // + q read + out written
-    const double gbps = rec["bytes_moved"].get<double>() / rec["time_s"]["median"].get<double>() / 1e9;
+    const double gbps =
+        rec["bytes_moved"].get<double>() / rec["time_s"]["median"].get<double>() / 1e9;
     EXPECT_NEAR(rec["gbps"].get<double>(), gbps, 1e-9 * gbps);
     EXPECT_NEAR(rec["fraction_of_copy_bandwidth"].get<double>(),
                 gbps / r.out.summary["copy_bandwidth_gbps"].get<double>(), 1e-9);
@@ -122,7 +123,7 @@ TEST(KernelsSuite, RecordsRawSamplesBytesAndBandwidth) {
   EXPECT_GT(r.out.summary["copy_bandwidth_gbps"].get<double>(), 0.0);
   EXPECT_NEAR(r.out.summary["max_llc_multiple"].get<double>(), 2.0 * 2 * 2048 * 64 * 4 / (1 << 19),
               1e-12);
-  EXPECT_TRUE(r.out.warnings.empty());  // 2 MiB = 4x the pretend cache
+  EXPECT_TRUE(r.out.warnings.empty());                             // 2 MiB = 4x the pretend cache
   EXPECT_EQ(KernelsSuite().summary_table(r.out).rows.size(), 5u);  // 4 points + copy
 }
 

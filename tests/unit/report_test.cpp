@@ -58,8 +58,8 @@ TEST(AtomicFile, FailureKeepsOldContentAndLeavesNoTemporary) {
 }
 
 TEST(Report, CarriesIdentityEnvironmentConfigAndCells) {
-  RunSpec spec = parse_run_spec(nlohmann::json::parse(R"({"suites": [{"name": "kernels"}]})"),
-                                "my run/1");
+  RunSpec spec =
+      parse_run_spec(nlohmann::json::parse(R"({"suites": [{"name": "kernels"}]})"), "my run/1");
   CellResult ok;
   ok.cell = expand_cells(spec)[0];
   ok.ok = true;

@@ -19,7 +19,7 @@ TEST(Stats, MeanAndSampleStddev) {
 }
 
 TEST(Stats, PercentilesInterpolateBetweenClosestRanks) {
-  EXPECT_DOUBLE_EQ(median(kSample), 4.5);             // (4 + 5) / 2
+  EXPECT_DOUBLE_EQ(median(kSample), 4.5);  // (4 + 5) / 2
   EXPECT_DOUBLE_EQ(percentile(kSample, 0), 2.0);
   EXPECT_DOUBLE_EQ(percentile(kSample, 100), 9.0);
   EXPECT_NEAR(percentile(kSample, 90), 7.6, 1e-12);   // rank 6.3: 7 + 0.3 * (9 - 7)
@@ -77,8 +77,8 @@ TEST(Stats, SummaryToJsonKeepsEveryField) {
   EXPECT_DOUBLE_EQ(s.min, 2);
   EXPECT_DOUBLE_EQ(s.max, 9);
   auto j = to_json(s);
-  for (const char* key : {"n", "mean", "stddev", "min", "max", "median", "p50", "p90", "p99",
-                          "median_ci95"}) {
+  for (const char* key :
+       {"n", "mean", "stddev", "min", "max", "median", "p50", "p90", "p99", "median_ci95"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 4.5);

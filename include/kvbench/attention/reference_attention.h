@@ -12,7 +12,7 @@ namespace kvbench {
 //   k: [batch, kv_heads, tokens, head_dim]
 //   v: [batch, kv_heads, tokens, head_dim]
 // returns [batch, kv_heads, group, head_dim]: softmax(q k^T * scale) v, computed in q's dtype.
-at::Tensor decode_attention_reference(const at::Tensor& q, const at::Tensor& k,
-                                      const at::Tensor& v, double scale);
+at::Tensor decode_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      double scale);
 
 }  // namespace kvbench

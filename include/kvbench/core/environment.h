@@ -11,9 +11,9 @@
 namespace kvbench {
 
 struct BlasInfo {
-  std::string name;     // "OpenBLAS", "reference BLAS", "MKL", "unknown"
-  std::string detail;   // e.g. OpenBLAS's build config string
-  std::string library;  // path of the loaded shared library
+  std::string name;        // "OpenBLAS", "reference BLAS", "MKL", "unknown"
+  std::string detail;      // e.g. OpenBLAS's build config string
+  std::string library;     // path of the loaded shared library
   bool reference = false;  // Debian's netlib reference BLAS: 20-35x slower than OpenBLAS
 };
 
@@ -26,10 +26,10 @@ struct GpuInfo {
 };
 
 struct CudaInfo {
-  bool built = false;       // kvbench was compiled with the kernels/ target
-  int device_count = 0;     // devices visible now
-  std::string error;        // why none is visible, when none is
-  int driver_version = 0;   // e.g. 13000
+  bool built = false;      // kvbench was compiled with the kernels/ target
+  int device_count = 0;    // devices visible now
+  std::string error;       // why none is visible, when none is
+  int driver_version = 0;  // e.g. 13000
   int runtime_version = 0;
   std::vector<GpuInfo> devices;
 };

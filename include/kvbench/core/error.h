@@ -46,10 +46,10 @@ std::string concat(const Args&... args) {
 }  // namespace kvbench
 
 // Throws kvbench::Error with the message (streamed arguments) when `cond` is false.
-#define KVB_CHECK(cond, ...)                                                           \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
-      ::kvbench::detail::throw_check_failure(__FILE__, __LINE__, #cond,                \
+#define KVB_CHECK(cond, ...)                                                          \
+  do {                                                                                \
+    if (!(cond)) {                                                                    \
+      ::kvbench::detail::throw_check_failure(__FILE__, __LINE__, #cond,               \
                                              ::kvbench::detail::concat(__VA_ARGS__)); \
-    }                                                                                  \
+    }                                                                                 \
   } while (0)

@@ -18,11 +18,11 @@ struct ParamSpec {
   ParamType type = ParamType::kInt;
   nlohmann::json default_value;  // used when the key is absent
   std::string help;
-  std::optional<double> min;          // inclusive, for numbers and list elements
-  std::optional<double> max;          // inclusive
-  std::vector<std::string> choices;   // allowed strings (kString)
-  std::vector<int64_t> int_choices;   // allowed integers (kInt and list elements), if non-empty
-  bool allow_auto = false;            // also accepts the string "auto"
+  std::optional<double> min;         // inclusive, for numbers and list elements
+  std::optional<double> max;         // inclusive
+  std::vector<std::string> choices;  // allowed strings (kString)
+  std::vector<int64_t> int_choices;  // allowed integers (kInt and list elements), if non-empty
+  bool allow_auto = false;           // also accepts the string "auto"
 
   // Builders, so tables read as one line per parameter:
   //   ParamSpec::integer("repeats", 20, "timed calls").range(1, 100000)

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the kvbench executable: exit codes, one-line errors, reports that
+validate against the schema (and broken ones that do not).
+
+Run by ctest; KVBENCH points at the executable."""
+import copy
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import unittest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KVBENCH = os.environ.get("KVBENCH", str(ROOT / "build" / "kvbench"))
+VALIDATE = [sys.executable, str(ROOT / "scripts" / "validate_report.py")]
+
+# Small enough to run in about a second; min_llc_multiple 0 accepts in-cache points.
+TINY_SUITE = {"name": "kernels", "contexts": [256, 512], "kv_heads": [1, 2], "head_dim": 64,
+              "warmup": 1, "repeats": 3, "min_llc_multiple": 0}
+
+
+def kvbench(*args, cwd=None):
+    return subprocess.run([KVBENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+class CliTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="kvbench_cli_")
+        self.dir = pathlib.Path(self.tmp.name)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def write_config(self, config, name="cfg.json"):
+        path = self.dir / name
+        path.write_text(config if isinstance(config, str) else json.dumps(config))
+        return str(path)
+
+    def run_ok(self, config, *extra):
+        res = kvbench("run", "--config", self.write_config(config), "--out", str(self.dir / "out"),
+                      "--log-level", "warn", *extra)
+        return res
+
+    def report_from(self, res):
+        lines = [l for l in res.stdout.splitlines() if l.startswith("report: ")]
+        self.assertEqual(len(lines), 1, res.stdout + res.stderr)
+        path = pathlib.Path(lines[0][len("report: "):])
+        self.assertTrue(path.is_file())
+        return path, json.loads(path.read_text())
+
+    def assert_one_line_error(self, res, code, fragment):
+        self.assertEqual(res.returncode, code, res.stdout + res.stderr)
+        lines = res.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, res.stderr)
+        self.assertIn(fragment, lines[0])
+
+    # --- version -----------------------------------------------------------------------
+    def test_version_reports_blas_threads_and_cuda(self):
+        res = kvbench("version")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        out = res.stdout
+        self.assertRegex(out, r"^kvbench \d+\.\d+\.\d+ \(git \S+\)")
+        self.assertRegex(out, r"\nlibtorch: \d+\.\d+")
+        self.assertRegex(out, r"\nBLAS: \S+")
+        self.assertRegex(out, r"\nthreads: \d+ \(of \d+ cores\)")
+        self.assertRegex(out, r"\nCUDA support: (built|not built)")
+        self.assertRegex(out, r"\nCUDA device: ")
+        res1 = kvbench("version", "--threads", "1")
+        self.assertIn("threads: 1 (of", res1.stdout)
+
+    def test_list_prints_methods_suites_and_defaults(self):
+        res = kvbench("list")
+        self.assertEqual(res.returncode, 0)
+        self.assertIn("full - ", res.stdout)
+        self.assertIn("kernels - ", res.stdout)
+        self.assertIn("repeats: integer in [1, 100000], default 20", res.stdout)
+        self.assertEqual(kvbench("list", "bogus").returncode, 2)
+
+    # --- run ---------------------------------------------------------------------------
+    def test_run_writes_a_report_that_validates(self):
+        res = self.run_ok({"suites": [TINY_SUITE], "threads": 1, "seed": 9})
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("1 of 1 cell(s) ok", res.stdout)
+        self.assertIn("GB/s", res.stdout)  # the summary table
+        path, report = self.report_from(res)
+        self.assertEqual(report["schema"], "kvbench.report")
+        self.assertEqual(report["config"]["seed"], 9)
+        self.assertEqual(report["environment"]["threads"], 1)
+        self.assertTrue(report["environment"]["blas"]["name"])
+        cell = report["cells"][0]
+        self.assertEqual(cell["status"], "ok")
+        self.assertEqual(len([r for r in cell["records"] if r["kind"] == "decode_attention"]), 4)
+        for r in cell["records"]:
+            self.assertEqual(len(r["samples_s"]), 3)
+        check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        # No temporary file is left next to the report.
+        self.assertEqual([p.name for p in path.parent.iterdir()], [path.name])
+
+    def test_report_records_what_version_prints(self):
+        res = self.run_ok({"suites": [TINY_SUITE]})
+        _, report = self.report_from(res)
+        version = kvbench("version").stdout
+        self.assertIn(f"BLAS: {report['environment']['blas']['name']}", version)
+        self.assertIn(f"threads: {report['environment']['threads']} (of", version)
+
+    def test_broken_reports_fail_validation(self):
+        path, report = self.report_from(self.run_ok({"suites": [TINY_SUITE]}))
+        breakers = {
+            "no environment": lambda r: r.pop("environment"),
+            "no cell status": lambda r: r["cells"][0].pop("status"),
+            "no raw samples": lambda r: r["cells"][0]["records"][1].pop("samples_s"),
+            "bad time": lambda r: r.__setitem__("created", "yesterday"),
+            "failed without error": lambda r: r["cells"][0].__setitem__("status", "failed"),
+            "wrong schema version": lambda r: r.__setitem__("schema_version", 99),
+        }
+        for name, breaker in breakers.items():
+            with self.subTest(name):
+                broken = copy.deepcopy(report)
+                breaker(broken)
+                bad = self.dir / "broken.json"
+                bad.write_text(json.dumps(broken))
+                check = subprocess.run(VALIDATE + [str(bad)], capture_output=True, text=True)
+                self.assertEqual(check.returncode, 1, name + ": " + check.stdout)
+
+    def test_failing_cell_is_recorded_and_others_run(self):
+        huge = dict(TINY_SUITE, contexts=[16777216], kv_heads=[256])
+        res = self.run_ok({"suites": [huge, TINY_SUITE]})
+        self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
+        self.assertIn("1 of 2 cell(s) ok, 1 failed", res.stdout)
+        path, report = self.report_from(res)
+        failed, ok = report["cells"]
+        self.assertEqual(failed["status"], "failed")
+        self.assertIn("needs 4.00 TiB", failed["error"])
+        self.assertEqual(ok["status"], "ok")
+        self.assertEqual(report["totals"], {"cells": 2, "failed": 1})
+        check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout)
+
+    def test_dry_run_lists_cells_and_writes_nothing(self):
+        res = self.run_ok({"suites": [TINY_SUITE, dict(TINY_SUITE, repeats=4)]}, "--dry-run")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertEqual(res.stdout.count("kernels.full."), 2)
+        self.assertFalse((self.dir / "out").exists())
+
+    def test_set_overrides_reach_the_report(self):
+        res = self.run_ok({"suites": [TINY_SUITE]}, "--set", "seed=77",
+                          "--set", "suites.0.repeats=2", "--set", "name=renamed")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        path, report = self.report_from(res)
+        self.assertEqual(report["config"]["seed"], 77)
+        self.assertEqual(report["config"]["suites"][0]["repeats"], 2)
+        self.assertTrue(path.name.startswith("renamed-"))
+
+    # --- errors: one line, naming the key, exit code 2 ------------------------------------
+    def test_config_errors_are_one_line_with_the_key_path(self):
+        cases = [
+            ('{"suites": [{"name": "kernels"}], "threads": 0}',
+             'config: threads: expected integer in [1, 4096] or "auto", got 0'),
+            ('{"suites": [{"name": "kernels"}], "thread": 2}',
+             "config: thread: unknown key (did you mean 'threads'?)"),
+            ('{"suites": [{"name": "kernels", "repeats": "many"}]}',
+             'config: suites[0].repeats: expected integer in [1, 100000], got "many"'),
+            ('{"suites": [{"name": "kernels"}],\n "seed": ,\n}', "cfg.json:2:10: invalid JSON"),
+            ('{"suites": [{"name": "kernels"}], "methods": [{"name": "kivi"}]}',
+             "config: methods[0].name: unknown method 'kivi'"),
+            ('{"suites": [{"name": "kernels"}], "device": "cuda"}',
+             'config: device: "cuda" requested but no CUDA device is visible'),
+        ]
+        for text, fragment in cases:
+            with self.subTest(fragment):
+                path = self.write_config(text)
+                for cmd in ("validate", "run"):
+                    args = [cmd, "--config", path] + (["--out", str(self.dir / "out")] if cmd == "run" else [])
+                    self.assert_one_line_error(kvbench(*args), 2, fragment)
+        self.assertFalse((self.dir / "out").exists())
+
+    def test_missing_config_and_bad_usage(self):
+        self.assert_one_line_error(kvbench("run", "--config", str(self.dir / "none.json")), 2,
+                                   "no such file")
+        self.assertEqual(kvbench("frobnicate").returncode, 2)
+        self.assertEqual(kvbench("run").returncode, 2)  # --config is required
+        res = kvbench("version", "--log-level", "loud")
+        self.assertEqual(res.returncode, 2)
+        self.assertIn("--log-level", res.stderr)
+
+    def test_validate_lists_cells(self):
+        res = kvbench("validate", "--config", self.write_config({"suites": [TINY_SUITE]}))
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("valid, 1 cell(s)", res.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
