@@ -92,6 +92,11 @@ void apply_override(json& config, const std::string& assignment) {
       path += "[" + seg + "]";
       node = &(*node)[std::stoul(seg)];
     } else {
+      if (node->is_null() && is_index(seg)) {
+        throw ConfigError(path, "--set " + key + ": '" + seg + "' indexes a list, but " +
+                                    (path.empty() ? "the config" : path) +
+                                    " has none; set the whole list instead");
+      }
       if (node->is_null()) *node = json::object();
       if (!node->is_object()) {
         throw ConfigError(

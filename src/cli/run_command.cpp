@@ -12,6 +12,7 @@
 #include "kvbench/core/time.h"
 #include "kvbench/report/report.h"
 #include "kvbench/suites/cell.h"
+#include "kvbench/suites/model_provider.h"
 #include "kvbench/suites/runner.h"
 
 namespace kvbench {
@@ -40,22 +41,24 @@ int run(const RunOptions& opt) {
   RunSpec spec = load_run_spec(opt.config, sets);
   set_thread_count(spec.threads);
   const std::vector<Cell> cells = expand_cells(spec);
+  check_device(spec, query_cuda());
   if (opt.dry_run) {
     spdlog::info("dry run: {} cell(s), nothing executed, no report written", cells.size());
     print_cell_plan(std::cout, cells);
     return 0;
   }
   const Environment env = capture_environment();
-  check_device(spec, env.cuda);
   warn_about_environment(env);
-  RunInfo info{now_rfc3339(), "", opt.command_line, opt.config};
+  RunInfo info{now_rfc3339(), "", opt.command_line, opt.config, nlohmann::json::object()};
   const std::string stamp = now_compact_utc();
   spdlog::info("run '{}': {} cell(s), {} thread(s), BLAS {}", spec.name, cells.size(), env.threads,
                env.blas.name);
 
   ProgressDisplay progress(std::cerr, stderr_is_tty());
-  const std::vector<CellResult> results = Runner().run(spec, cells, env, progress);
+  ModelProvider model(spec.model);
+  const std::vector<CellResult> results = Runner().run(spec, cells, env, progress, model);
   info.finished = now_rfc3339();
+  info.model = model.identity();
   const auto path = report_path(spec, stamp);
   write_report(build_report(spec, env, results, info), path);
 

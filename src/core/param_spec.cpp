@@ -202,6 +202,10 @@ json resolve_params(const json& given, const std::vector<ParamSpec>& specs, cons
     if (given.contains(s.name)) {
       check_param(s, given[s.name], join_path(path, s.name));
       out[s.name] = given[s.name];
+      // 4 and 4.0 are the same setting: store numbers as doubles so cell ids agree.
+      if (s.type == ParamType::kFloat && out[s.name].is_number()) {
+        out[s.name] = out[s.name].get<double>();
+      }
     } else {
       out[s.name] = s.default_value;
     }

@@ -4,6 +4,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
+#include "kvbench/kv/full_cache.h"
 
 namespace kvbench {
 
@@ -41,6 +42,14 @@ nlohmann::json resolve_method(const nlohmann::json& entry, const std::string& pa
                           "; known methods: " + join(method_names(), ", "));
   }
   return resolve_params(entry, it->params, path);
+}
+
+std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
+                                       int64_t num_kv_heads, int64_t head_dim,
+                                       at::ScalarType dtype) {
+  const std::string name = method.at("name");
+  KVB_CHECK(name == "full", "method '", name, "' has no KV cache implementation yet");
+  return std::make_unique<FullKVCache>(num_layers, num_kv_heads, head_dim, dtype);
 }
 
 }  // namespace kvbench

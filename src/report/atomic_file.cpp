@@ -23,7 +23,7 @@ void write_file_atomically(const std::filesystem::path& path, const std::string&
     ssize_t n = ::write(fd, content.data() + done, content.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      const int err = errno;
+      const int err = n == 0 ? EIO : errno;
       ::close(fd);
       ::unlink(tmp.c_str());
       KVB_CHECK(false, "cannot write ", tmp, ": ", std::strerror(err));
@@ -37,6 +37,13 @@ void write_file_atomically(const std::filesystem::path& path, const std::string&
     const int err = synced ? errno : sync_errno;
     ::unlink(tmp.c_str());
     KVB_CHECK(false, "cannot write ", path.string(), ": ", std::strerror(err));
+  }
+  // The rename itself is durable only once the directory entry is on disk.
+  const std::string dir = path.has_parent_path() ? path.parent_path().string() : ".";
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
   }
 }
 

@@ -16,6 +16,8 @@ nlohmann::json cell_to_json(const CellResult& r) {
                       {"status", r.ok ? "ok" : "failed"},
                       {"started", r.started},
                       {"duration_s", r.duration_s},
+                      {"peak_rss_bytes", r.peak_rss_bytes},
+                      {"peak_rss_reset", r.peak_rss_reset},
                       {"records", r.output.records},
                       {"summary", r.output.summary},
                       {"warnings", r.output.warnings}};
@@ -36,6 +38,7 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
           {"config_path", info.config_path},
           {"environment", to_json(env)},
           {"config", spec.resolved},
+          {"model", info.model.is_null() ? nlohmann::json::object() : info.model},
           {"cells", cells},
           {"totals", {{"cells", results.size()}, {"failed", count_failed(results)}}}};
 }
@@ -45,7 +48,13 @@ std::filesystem::path report_path(const RunSpec& spec, const std::string& compac
   for (char& c : stem) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
   }
-  return std::filesystem::path(spec.output_dir) / (stem + "-" + compact_stamp + ".json");
+  // Two runs of one config within a second must not overwrite each other.
+  const std::filesystem::path dir(spec.output_dir);
+  std::filesystem::path path = dir / (stem + "-" + compact_stamp + ".json");
+  for (int i = 2; std::filesystem::exists(path); ++i) {
+    path = dir / (stem + "-" + compact_stamp + "-" + std::to_string(i) + ".json");
+  }
+  return path;
 }
 
 void write_report(const nlohmann::json& report, const std::filesystem::path& path) {

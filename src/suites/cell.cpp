@@ -27,9 +27,12 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       c.suite = spec.suites[s].name;
       c.params = spec.suites[s].params;
       c.method = spec.methods[m];
-      // nlohmann::json objects keep keys sorted, so dump() is canonical.
+      // Everything that changes what the cell measures. nlohmann::json objects keep keys
+      // sorted, so dump() is canonical. (Model file hashes join when sweeps land.)
       const nlohmann::json identity = {
-          {"suite", c.suite}, {"params", c.params}, {"method", c.method}};
+          {"suite", c.suite},        {"params", c.params},
+          {"method", c.method},      {"device", spec.device},
+          {"threads", spec.threads}, {"model", spec.resolved.value("model", nlohmann::json())}};
       const uint64_t h = fnv1a64(identity.dump());
       char hex[17];
       std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));

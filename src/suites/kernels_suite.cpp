@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
@@ -178,12 +179,13 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
     for (double t : r["samples_s"]) copy_gbps.push_back(r["bytes_moved"].get<double>() / t / 1e9);
   }
   const double copy = median(copy_gbps);
-  double best_fraction = 0;
+  std::optional<double> best_fraction;  // none when no point reaches beyond the cache
   for (auto& r : out.records) {
     if (r["kind"] != "decode_attention") continue;
     r["fraction_of_copy_bandwidth"] = r["gbps"].get<double>() / copy;
     if (r["llc_multiple"].get<double>() >= min_multiple) {
-      best_fraction = std::max(best_fraction, r["fraction_of_copy_bandwidth"].get<double>());
+      best_fraction =
+          std::max(best_fraction.value_or(0.0), r["fraction_of_copy_bandwidth"].get<double>());
     }
   }
   const double max_multiple = llc ? static_cast<double>(largest) / llc : 0.0;
@@ -198,7 +200,8 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
                  {"llc_bytes", llc},
                  {"max_working_set_bytes", largest},
                  {"max_llc_multiple", max_multiple},
-                 {"best_fraction_of_copy_bandwidth_beyond_llc", best_fraction},
+                 {"best_fraction_of_copy_bandwidth_beyond_llc",
+                  best_fraction ? json(*best_fraction) : json(nullptr)},
                  {"threads", ctx.env.threads},
                  {"contexts", contexts},
                  {"points", contexts.size() * kv_heads.size()}};

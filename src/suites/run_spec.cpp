@@ -4,6 +4,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/param_spec.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/model/presets.h"
 #include "kvbench/suites/suite_registry.h"
 
 namespace kvbench {
@@ -13,7 +14,15 @@ using nlohmann::json;
 
 const std::vector<ParamSpec>& model_specs() {
   static const std::vector<ParamSpec> specs = {
-      ParamSpec::string("path", "", "HF checkpoint directory (config.json, *.safetensors)"),
+      ParamSpec::string("path", "",
+                        "Hugging Face checkpoint directory (config.json, *.safetensors); with "
+                        "`preset`, written there on first use if absent"),
+      ParamSpec::string("preset", "",
+                        "tiny random-weight preset: tiny-llama, tiny-mistral, tiny-qwen2, "
+                        "tiny-qwen3 (see kvbench make-model)"),
+      ParamSpec::boolean("random_init", false,
+                         "build `preset` in memory with random weights instead of files"),
+      ParamSpec::integer("seed", 0, "weight seed of `preset`").at_least(0),
       ParamSpec::string("dtype", "auto",
                         "storage dtype of weights and the uncompressed cache; auto = the "
                         "checkpoint's",
@@ -66,6 +75,27 @@ std::vector<json> resolve_list(const json& config, const std::string& key, const
   return out;
 }
 
+void check_model_spec(const ModelSpec& m) {
+  if (!m.preset.empty()) {
+    try {
+      find_model_preset(m.preset);
+    } catch (const Error& e) {
+      throw ConfigError("model.preset", e.what());
+    }
+  }
+  if (m.random_init && m.preset.empty()) {
+    throw ConfigError("model.random_init", "needs model.preset (which preset to build)");
+  }
+  if (m.random_init && !m.path.empty()) {
+    throw ConfigError("model.random_init", "builds the model in memory; remove model.path");
+  }
+  if (!m.preset.empty() && !m.random_init && m.path.empty()) {
+    throw ConfigError("model.preset",
+                      "needs model.path (where the checkpoint is written on first use) or "
+                      "model.random_init: true");
+  }
+}
+
 }  // namespace
 
 void check_device(const RunSpec& spec, const CudaInfo& cuda) {
@@ -102,7 +132,9 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
 
   RunSpec spec;
   spec.name = resolved["name"];
-  spec.model = {resolved["model"]["path"], resolved["model"]["dtype"]};
+  const json& m = resolved["model"];
+  spec.model = {m["path"], m["dtype"], m["preset"], m["random_init"], m["seed"]};
+  check_model_spec(spec.model);
   spec.device = resolved["device"];
   spec.threads = resolved["threads"];
   spec.seed = resolved["seed"];

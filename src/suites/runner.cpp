@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/memory.h"
 #include "kvbench/core/time.h"
 #include "kvbench/suites/suite_registry.h"
 
@@ -15,17 +16,20 @@ Runner::Runner(SuiteFactory factory) : factory_(std::move(factory)) {
 }
 
 std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>& cells,
-                                    const Environment& env, Progress& progress) const {
+                                    const Environment& env, Progress& progress,
+                                    ModelProvider& model) const {
   std::vector<CellResult> results;
   for (size_t i = 0; i < cells.size(); ++i) {
     CellResult r;
     r.cell = cells[i];
     r.started = now_rfc3339();
     spdlog::info("cell {}/{}: {}", i + 1, cells.size(), r.cell.id);
+    r.peak_rss_reset = reset_peak_rss();
     Stopwatch sw;
     try {
       auto suite = factory_(r.cell.suite);
-      CellContext ctx{r.cell.id, spec, env, r.cell.method, r.cell.params, r.cell.seed, progress};
+      CellContext ctx{r.cell.id,     spec,        env,      r.cell.method,
+                      r.cell.params, r.cell.seed, progress, model};
       r.output = suite->run(ctx);
       r.ok = true;
     } catch (const Error& e) {
@@ -35,10 +39,12 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
       r.error = e.what();
     }
     r.duration_s = sw.seconds();
+    r.peak_rss_bytes = peak_rss_bytes();
     if (!r.ok) {
       progress.end();  // a suite that threw may have left its task open
       // Keep the report and the log to one line even when a library error spans several.
       r.error = r.error.substr(0, r.error.find('\n'));
+      if (r.error.empty()) r.error = "unknown error (empty message)";
       spdlog::error("cell {} failed: {}", r.cell.id, r.error);
     }
     for (const auto& w : r.output.warnings) spdlog::warn("cell {}: {}", r.cell.id, w);

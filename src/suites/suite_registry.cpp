@@ -5,6 +5,8 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
 #include "kvbench/suites/kernels_suite.h"
+#include "kvbench/suites/latency_suite.h"
+#include "kvbench/suites/throughput_suite.h"
 
 namespace kvbench {
 
@@ -12,6 +14,10 @@ const std::vector<SuiteInfo>& suite_catalog() {
   static const std::vector<SuiteInfo> catalog = {
       {"kernels", KernelsSuite::kSummary, KernelsSuite::param_specs(),
        [] { return std::make_unique<KernelsSuite>(); }},
+      {"latency", LatencySuite::kSummary, LatencySuite::param_specs(),
+       [] { return std::make_unique<LatencySuite>(); }},
+      {"throughput", ThroughputSuite::kSummary, ThroughputSuite::param_specs(),
+       [] { return std::make_unique<ThroughputSuite>(); }},
   };
   return catalog;
 }

@@ -133,7 +133,7 @@ class CliTest(unittest.TestCase):
         path, report = self.report_from(res)
         failed, ok = report["cells"]
         self.assertEqual(failed["status"], "failed")
-        self.assertIn("needs 4.00 TiB", failed["error"])
+        self.assertIn("needs 2.00 TiB", failed["error"])  # 2 x 256 heads x 2^24 x 64 x 4 B
         self.assertEqual(ok["status"], "ok")
         self.assertEqual(report["totals"], {"cells": 2, "failed": 1})
         check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)

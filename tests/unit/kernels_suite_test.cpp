@@ -88,7 +88,8 @@ SuiteRun run_kernels(const json& suite) {
   const json& params = r.spec.suites[0].params;
   NullProgress progress;
   std::string id = "kernels.test";
-  CellContext ctx{id, r.spec, r.env, method, params, 5, progress};
+  ModelProvider model(r.spec.model);
+  CellContext ctx{id, r.spec, r.env, method, params, 5, progress, model};
   r.out = KernelsSuite().run(ctx);
   return r;
 }

@@ -68,7 +68,8 @@ TEST(Report, CarriesIdentityEnvironmentConfigAndCells) {
   failed.ok = false;
   failed.error = "boom";
   Environment env = capture_environment();
-  RunInfo info{"2026-11-23T10:00:00.000Z", "2026-11-23T10:00:01.000Z", "kvbench run", "x.json"};
+  RunInfo info{"2026-11-23T10:00:00.000Z", "2026-11-23T10:00:01.000Z", "kvbench run", "x.json",
+               nlohmann::json::object()};
   auto report = build_report(spec, env, {ok, failed}, info);
   EXPECT_EQ(report["schema"], kReportSchemaId);
   EXPECT_EQ(report["schema_version"], kReportSchemaVersion);

@@ -70,7 +70,8 @@ TEST(Runner, FailingCellIsRecordedAndOthersGoOn) {
   Runner runner([](const std::string&) { return std::make_unique<FakeSuite>(); });
   NullProgress progress;
   Environment env;
-  auto results = runner.run(s, expand_cells(s), env, progress);
+  ModelProvider model(s.model);
+  auto results = runner.run(s, expand_cells(s), env, progress, model);
   ASSERT_EQ(results.size(), 4u);
   EXPECT_TRUE(results[0].ok);
   EXPECT_FALSE(results[1].ok);

@@ -15,4 +15,12 @@ namespace kvbench {
 at::Tensor decode_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       double scale);
 
+// Attention of a block of n new queries over L cached tokens, the last n of which are the
+// block's own: query i sees keys [0, L - n + i] (causal within the block; n = 1 is decode).
+// Query head h reads KV head h / group (the Hugging Face repeat_kv layout).
+//   q: [num_heads, n, head_dim]   k, v: [num_kv_heads, L, head_dim]   (fp32)
+// returns [num_heads, n, head_dim].
+at::Tensor block_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     double scale);
+
 }  // namespace kvbench

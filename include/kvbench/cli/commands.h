@@ -22,6 +22,7 @@ struct GlobalOptions {
 void register_run_command(CLI::App& app, GlobalOptions& global);
 void register_validate_command(CLI::App& app, GlobalOptions& global);
 void register_list_command(CLI::App& app, GlobalOptions& global);
+void register_make_model_command(CLI::App& app, GlobalOptions& global);
 void register_version_command(CLI::App& app, GlobalOptions& global);
 
 }  // namespace kvbench

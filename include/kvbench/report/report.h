@@ -21,6 +21,7 @@ struct RunInfo {
   std::string finished;     // RFC 3339
   std::string command;      // the command line, as typed
   std::string config_path;  // the config file as given
+  nlohmann::json model;     // ModelProvider::identity(); empty object when no model was loaded
 };
 
 nlohmann::json cell_to_json(const CellResult& result);

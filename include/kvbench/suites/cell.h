@@ -1,6 +1,7 @@
 // A cell is one (suite entry x method) pair of a run: the unit that runs, fails, and is reported
-// independently. Its id is derived from a hash of its resolved content only, so the same cell
-// has the same id in every run and sweep shard.
+// independently. Its id is derived from a hash of its resolved content only (suite, params,
+// method, device, threads, model settings), so the same cell has the same id in every run and
+// sweep shard, and a changed input never reuses an old id.
 #pragma once
 
 #include <cstdint>

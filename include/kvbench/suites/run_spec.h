@@ -13,8 +13,11 @@ namespace kvbench {
 struct CudaInfo;
 
 struct ModelSpec {
-  std::string path;   // HF checkpoint directory; empty when no suite needs a model
-  std::string dtype;  // storage dtype: auto | float32 | float16 | bfloat16
+  std::string path;    // HF checkpoint directory; empty when no suite needs a model
+  std::string dtype;   // KV storage dtype: auto (the checkpoint's) | float32 | float16 | bfloat16
+  std::string preset;  // tiny preset name, or empty
+  bool random_init = false;  // build `preset` in memory
+  int64_t seed = 0;          // weight seed of `preset`
 };
 
 struct SuiteEntry {

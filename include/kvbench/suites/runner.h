@@ -10,6 +10,7 @@
 #include "kvbench/core/environment.h"
 #include "kvbench/core/progress.h"
 #include "kvbench/suites/cell.h"
+#include "kvbench/suites/model_provider.h"
 #include "kvbench/suites/suite.h"
 
 namespace kvbench {
@@ -20,6 +21,8 @@ struct CellResult {
   std::string error;    // one line, when !ok
   std::string started;  // RFC 3339
   double duration_s = 0;
+  uint64_t peak_rss_bytes = 0;  // process peak resident memory during the cell
+  bool peak_rss_reset = false;  // false: the peak may include earlier cells
   CellOutput output;
 };
 
@@ -30,7 +33,8 @@ class Runner {
   explicit Runner(SuiteFactory factory = {});
 
   std::vector<CellResult> run(const RunSpec& spec, const std::vector<Cell>& cells,
-                              const Environment& env, Progress& progress) const;
+                              const Environment& env, Progress& progress,
+                              ModelProvider& model) const;
 
  private:
   SuiteFactory factory_;

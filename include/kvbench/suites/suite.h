@@ -10,6 +10,7 @@
 #include "kvbench/core/environment.h"
 #include "kvbench/core/progress.h"
 #include "kvbench/core/table.h"
+#include "kvbench/suites/model_provider.h"
 #include "kvbench/suites/run_spec.h"
 
 namespace kvbench {
@@ -23,6 +24,7 @@ struct CellContext {
   const nlohmann::json& params;  // resolved suite parameters
   uint64_t seed;                 // the cell's own seed, derived from the run seed and cell id
   Progress& progress;
+  ModelProvider& model;  // loads the run's model on first use
 };
 
 struct CellOutput {

@@ -1,0 +1,42 @@
+// Batched generation: one packed prefill of every prompt, then decode steps over the sequences
+// still running, each stopping on an EOS id or max_new_tokens. Every step is timed, so suites
+// get TTFT, per-token times and per-step batch sizes from one call.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kvbench/engine/sampler.h"
+#include "kvbench/kv/kv_cache.h"
+#include "kvbench/model/transformer.h"
+
+namespace kvbench {
+
+struct GenerationConfig {
+  int64_t max_new_tokens = 32;
+  std::vector<int64_t> eos_token_ids;  // empty: run to max_new_tokens
+  bool ignore_eos = false;             // fixed-length generation for throughput runs
+  SamplingParams sampling;             // sequence i samples with seed sampling.seed + i
+};
+
+struct SequenceResult {
+  std::vector<int64_t> tokens;        // generated ids, EOS included when it stopped there
+  std::string stop_reason;            // "eos" or "length"
+  std::vector<double> token_times_s;  // since the start of generate(), one per token
+};
+
+struct GenerationResult {
+  std::vector<SequenceResult> sequences;
+  double prefill_s = 0;                    // packed prefill forward + first sampling
+  std::vector<double> decode_step_s;       // one per decode step
+  std::vector<int64_t> decode_step_batch;  // sequences in each decode step
+  uint64_t peak_kv_bytes = 0;
+  int64_t prompt_tokens = 0;
+};
+
+// Adds one cache sequence per prompt, generates, and removes them again.
+GenerationResult generate(const Transformer& model, KVCache& cache,
+                          const std::vector<std::vector<int64_t>>& prompts,
+                          const GenerationConfig& config);
+
+}  // namespace kvbench

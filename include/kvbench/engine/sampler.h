@@ -1,0 +1,29 @@
+// Next-token choice: greedy (temperature 0) or seeded temperature + nucleus (top-p) sampling,
+// with Hugging Face's semantics (the smallest set of tokens whose probability reaches top_p,
+// at least one token kept).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "kvbench/core/rng.h"
+
+namespace kvbench {
+
+struct SamplingParams {
+  double temperature = 0.0;  // 0 = greedy
+  double top_p = 1.0;        // (0, 1]
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+  // logits: [vocab] fp32. Greedy ties resolve to the lowest id.
+  int64_t next(const at::Tensor& logits);
+
+ private:
+  SamplingParams params_;
+  Rng rng_;
+};
+
+}  // namespace kvbench

@@ -1,0 +1,38 @@
+// The KV cache seen by the transformer: one object holds every layer of every sequence in a
+// batch. The transformer hands it each layer's new keys/values together with the queries, and
+// gets the attention output back, so the cache (through its codec, retention policy and
+// attention backend) decides how tokens are stored, which are kept, and how attention reads
+// them. That is the seam compression methods plug into.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace kvbench {
+
+class KVCache {
+ public:
+  virtual ~KVCache() = default;
+
+  // Starts a new, empty sequence and returns its id.
+  virtual int64_t add_sequence() = 0;
+  // Frees a sequence's storage; its id is not reused.
+  virtual void remove_sequence(int64_t seq) = 0;
+  // Tokens that have entered `seq` (the position of its next token). Retention may keep fewer.
+  virtual int64_t length(int64_t seq) const = 0;
+
+  // Stores `seq`'s new tokens at `layer` and returns the attention of its new queries over
+  // every kept token, causal within the new block (new token i sees positions < length + i + 1).
+  // Layers are called in order 0..L-1 per step; length() advances after the last layer.
+  //   q: [num_heads, n, head_dim] fp32, RoPE applied
+  //   k: [num_kv_heads, n, head_dim] fp32, RoPE applied;  v: [num_kv_heads, n, head_dim] fp32
+  //   returns [num_heads, n, head_dim] fp32
+  virtual at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
+                                       const at::Tensor& k, const at::Tensor& v) = 0;
+
+  // Bytes of K/V state currently held for all sequences (payload plus any metadata).
+  virtual uint64_t bytes() const = 0;
+};
+
+}  // namespace kvbench

@@ -1,0 +1,31 @@
+// Tiny model presets, one per supported architecture, for tests, examples and CI: built in
+// memory (`random_init`) or written as real Hugging Face checkpoints by `kvbench make-model`.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace kvbench {
+
+class Transformer;
+
+struct ModelPreset {
+  std::string name;  // "tiny-llama"
+  std::string summary;
+  nlohmann::json config;  // a complete Hugging Face config.json
+};
+
+const std::vector<ModelPreset>& model_presets();
+std::vector<std::string> model_preset_names();
+// Throws Error listing the presets when `name` is unknown.
+const ModelPreset& find_model_preset(const std::string& name);
+// Writes config.json, generation_config.json and model.safetensors (weights from
+// Transformer::random(seed), stored in the preset's torch_dtype) into `dir`.
+void write_preset_checkpoint(const ModelPreset& preset, const std::string& dir, uint64_t seed);
+// Writes `model`'s weights as a Hugging Face checkpoint in `dir` with `config` as config.json.
+void write_checkpoint(const Transformer& model, const nlohmann::json& config,
+                      const std::string& dir);
+
+}  // namespace kvbench

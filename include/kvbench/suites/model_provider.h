@@ -1,0 +1,35 @@
+// The run's model, loaded once on first use and shared by every cell (suites that need no
+// model, like `kernels`, never trigger a load). A load failure is remembered, so each model
+// cell fails with the same one-line error instead of retrying.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/model/transformer.h"
+#include "kvbench/suites/run_spec.h"
+
+namespace kvbench {
+
+class ModelProvider {
+ public:
+  explicit ModelProvider(ModelSpec spec);
+  // Loads (or builds, or writes then loads) the model on the first call.
+  const Transformer& get();
+  // Storage dtype of the uncompressed KV cache: model.dtype, or the checkpoint's for "auto".
+  at::ScalarType kv_dtype();
+  // What the report says about the model: source, architecture, sizes, random weights or not.
+  // Empty until loaded.
+  nlohmann::json identity() const;
+
+ private:
+  ModelSpec spec_;
+  std::unique_ptr<Transformer> model_;
+  nlohmann::json identity_;
+  std::optional<std::string> error_;
+};
+
+}  // namespace kvbench

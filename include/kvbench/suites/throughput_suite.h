@@ -1,0 +1,24 @@
+// The `throughput` suite: offline batches over a grid of batch x prompt length x generation
+// length. Prefill tok/s from the timed packed prefill; decode tok/s from per-step timings
+// (batch / median step time); KV bytes at the end of generation. Every step time is kept.
+#pragma once
+
+#include <vector>
+
+#include "kvbench/core/param_spec.h"
+#include "kvbench/suites/suite.h"
+
+namespace kvbench {
+
+class ThroughputSuite final : public Suite {
+ public:
+  static constexpr const char* kSummary =
+      "prefill and decode tokens/s and KV bytes over a grid of batch x prompt length x "
+      "generation length";
+  static std::vector<ParamSpec> param_specs();
+
+  CellOutput run(const CellContext& ctx) override;
+  Table summary_table(const CellOutput& output) const override;
+};
+
+}  // namespace kvbench

@@ -1,0 +1,73 @@
+#include "kvbench/engine/generator.h"
+
+#include <algorithm>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/time.h"
+
+namespace kvbench {
+
+GenerationResult generate(const Transformer& model, KVCache& cache,
+                          const std::vector<std::vector<int64_t>>& prompts,
+                          const GenerationConfig& config) {
+  KVB_CHECK(!prompts.empty(), "generate: no prompts");
+  KVB_CHECK(config.max_new_tokens >= 1, "generate: max_new_tokens must be >= 1");
+  const size_t n = prompts.size();
+  GenerationResult result;
+  result.sequences.resize(n);
+  std::vector<Sampler> samplers;
+  std::vector<SequenceStep> steps;
+  for (size_t i = 0; i < n; ++i) {
+    KVB_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
+    SamplingParams sp = config.sampling;
+    sp.seed += i;
+    samplers.emplace_back(sp);
+    steps.push_back({cache.add_sequence(), prompts[i]});
+    result.prompt_tokens += static_cast<int64_t>(prompts[i].size());
+  }
+  auto is_eos = [&](int64_t id) {
+    return !config.ignore_eos && std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(),
+                                           id) != config.eos_token_ids.end();
+  };
+  Stopwatch clock;
+  std::vector<size_t> active(n);
+  for (size_t i = 0; i < n; ++i) active[i] = i;
+  std::vector<SequenceStep> batch = steps;
+  bool first = true;
+  while (!active.empty()) {
+    Stopwatch step;
+    at::Tensor logits = model.forward(batch, cache);  // [active, vocab]
+    std::vector<size_t> still;
+    std::vector<SequenceStep> next_batch;
+    for (size_t r = 0; r < active.size(); ++r) {
+      const size_t i = active[r];
+      SequenceResult& s = result.sequences[i];
+      const int64_t id = samplers[i].next(logits[static_cast<int64_t>(r)]);
+      s.tokens.push_back(id);
+      s.token_times_s.push_back(clock.seconds());
+      if (is_eos(id)) {
+        s.stop_reason = "eos";
+      } else if (static_cast<int64_t>(s.tokens.size()) >= config.max_new_tokens) {
+        s.stop_reason = "length";
+      } else {
+        still.push_back(i);
+        next_batch.push_back({steps[i].seq, {id}});
+      }
+    }
+    const double elapsed = step.seconds();
+    result.peak_kv_bytes = std::max(result.peak_kv_bytes, cache.bytes());
+    if (first) {
+      result.prefill_s = elapsed;
+      first = false;
+    } else {
+      result.decode_step_s.push_back(elapsed);
+      result.decode_step_batch.push_back(static_cast<int64_t>(active.size()));
+    }
+    active = std::move(still);
+    batch = std::move(next_batch);
+  }
+  for (const auto& s : steps) cache.remove_sequence(s.seq);
+  return result;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,33 @@
+#include "kvbench/engine/sampler.h"
+
+#include "kvbench/core/error.h"
+
+namespace kvbench {
+
+Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
+  KVB_CHECK(params.temperature >= 0, "sampling: temperature must be >= 0, got ",
+            params.temperature);
+  KVB_CHECK(params.top_p > 0 && params.top_p <= 1, "sampling: top_p must be in (0, 1], got ",
+            params.top_p);
+}
+
+int64_t Sampler::next(const at::Tensor& logits) {
+  KVB_CHECK(logits.dim() == 1, "sampling: expected logits [vocab]");
+  if (params_.temperature == 0) return logits.argmax().item<int64_t>();
+  at::Tensor probs = at::softmax(logits.to(at::kDouble) / params_.temperature, 0);
+  auto sorted = probs.sort(/*dim=*/0, /*descending=*/true);
+  at::Tensor p = std::get<0>(sorted), ids = std::get<1>(sorted);
+  auto pa = p.accessor<double, 1>();
+  // Keep tokens while the mass before them is below top_p (so the first is always kept).
+  int64_t keep = 0;
+  double mass = 0;
+  while (keep < p.size(0) && (keep == 0 || mass < params_.top_p)) mass += pa[keep++];
+  double u = rng_.uniform() * mass;
+  for (int64_t i = 0; i < keep; ++i) {
+    u -= pa[i];
+    if (u < 0) return ids[i].item<int64_t>();
+  }
+  return ids[keep - 1].item<int64_t>();
+}
+
+}  // namespace kvbench

@@ -1,0 +1,277 @@
+#include "kvbench/model/model_config.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+struct Reader {
+  const json& j;
+  std::string source;
+
+  [[noreturn]] void fail(const std::string& key, const std::string& problem) const {
+    throw Error("model config: " + source + ": " + key + ": " + problem);
+  }
+  bool has(const std::string& key) const { return j.contains(key) && !j[key].is_null(); }
+  int64_t integer(const std::string& key, std::optional<int64_t> def = {}, int64_t min = 1) const {
+    if (!has(key)) {
+      if (!def) fail(key, "required key missing");
+      return *def;
+    }
+    if (!j[key].is_number_integer()) fail(key, "expected an integer, got " + j[key].dump());
+    const int64_t v = j[key].get<int64_t>();
+    if (v < min)
+      fail(key, "expected an integer >= " + std::to_string(min) + ", got " + j[key].dump());
+    return v;
+  }
+  double number(const std::string& key, double def) const {
+    if (!has(key)) return def;
+    if (!j[key].is_number() || !(j[key].get<double>() > 0)) {
+      fail(key, "expected a positive number, got " + j[key].dump());
+    }
+    return j[key].get<double>();
+  }
+  bool boolean(const std::string& key, bool def) const {
+    if (!has(key)) return def;
+    if (!j[key].is_boolean()) fail(key, "expected true or false, got " + j[key].dump());
+    return j[key].get<bool>();
+  }
+  std::string string(const std::string& key, const std::string& def) const {
+    if (!has(key)) return def;
+    if (!j[key].is_string()) fail(key, "expected a string, got " + j[key].dump());
+    return j[key].get<std::string>();
+  }
+  // eos_token_id may be one id or a list of them.
+  std::vector<int64_t> ids(const std::string& key) const {
+    std::vector<int64_t> out;
+    if (!has(key)) return out;
+    const json& v = j[key];
+    if (v.is_number_integer()) return {v.get<int64_t>()};
+    if (!v.is_array()) fail(key, "expected an id or a list of ids, got " + v.dump());
+    for (const auto& x : v) {
+      if (!x.is_number_integer()) fail(key, "expected integer ids, got " + v.dump());
+      out.push_back(x.get<int64_t>());
+    }
+    return out;
+  }
+};
+
+struct ArchEntry {
+  const char* name;
+  Architecture arch;
+};
+constexpr ArchEntry kArchitectures[] = {{"LlamaForCausalLM", Architecture::kLlama},
+                                        {"MistralForCausalLM", Architecture::kMistral},
+                                        {"Qwen2ForCausalLM", Architecture::kQwen2},
+                                        {"Qwen3ForCausalLM", Architecture::kQwen3}};
+
+Architecture parse_architecture(const Reader& r) {
+  if (!r.has("architectures") || !r.j["architectures"].is_array() ||
+      r.j["architectures"].size() != 1 || !r.j["architectures"][0].is_string()) {
+    r.fail("architectures", "expected a list with one architecture name");
+  }
+  const std::string name = r.j["architectures"][0];
+  std::vector<std::string> supported;
+  for (const auto& a : kArchitectures) {
+    if (name == a.name) return a.arch;
+    supported.push_back(a.name);
+  }
+  throw Error("model config: " + r.source + ": unsupported architecture: " + name +
+              " (supported: " + join(supported, ", ") + ")");
+}
+
+RopeScaling parse_rope_scaling(const Reader& r) {
+  RopeScaling s;
+  if (!r.has("rope_scaling")) return s;
+  const json& j = r.j["rope_scaling"];
+  if (!j.is_object()) r.fail("rope_scaling", "expected an object or null, got " + j.dump());
+  Reader sr{j, r.source};
+  // transformers renamed "type" to "rope_type"; checkpoints carry either.
+  s.type = sr.string("rope_type", sr.string("type", "default"));
+  if (s.type == "default") return s;
+  if (s.type != "linear" && s.type != "llama3") {
+    r.fail("rope_scaling",
+           "unsupported rope_scaling type: " + s.type + " (supported: default, linear, llama3)");
+  }
+  s.factor = sr.number("factor", 0);
+  if (!(s.factor > 0)) r.fail("rope_scaling.factor", "required for " + s.type + " scaling");
+  if (s.type == "llama3") {
+    s.low_freq_factor = sr.number("low_freq_factor", 1.0);
+    s.high_freq_factor = sr.number("high_freq_factor", 4.0);
+    s.original_max_position_embeddings = sr.integer("original_max_position_embeddings", 8192);
+    if (!(s.high_freq_factor > s.low_freq_factor)) {
+      r.fail("rope_scaling", "high_freq_factor must exceed low_freq_factor");
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+const char* architecture_name(Architecture arch) {
+  for (const auto& a : kArchitectures) {
+    if (a.arch == arch) return a.name;
+  }
+  return "unknown";
+}
+
+at::ScalarType dtype_from_name(const std::string& name) {
+  if (name == "float32") return at::kFloat;
+  if (name == "float16") return at::kHalf;
+  if (name == "bfloat16") return at::kBFloat16;
+  throw Error("unsupported dtype '" + name + "' (supported: float32, float16, bfloat16)");
+}
+
+const char* dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat:
+      return "float32";
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    default:
+      return "unsupported";
+  }
+}
+
+ModelConfig parse_model_config(const json& j, const std::string& source) {
+  if (!j.is_object()) throw Error("model config: " + source + ": expected a JSON object");
+  Reader r{j, source};
+  ModelConfig c;
+  c.arch = parse_architecture(r);
+  c.architecture = architecture_name(c.arch);
+  c.vocab_size = r.integer("vocab_size");
+  c.hidden_size = r.integer("hidden_size");
+  c.intermediate_size = r.integer("intermediate_size");
+  c.num_layers = r.integer("num_hidden_layers");
+  c.num_heads = r.integer("num_attention_heads");
+  c.num_kv_heads = r.integer("num_key_value_heads", c.num_heads);
+  if (c.num_heads % c.num_kv_heads != 0) {
+    r.fail("num_key_value_heads", "must divide num_attention_heads (" +
+                                      std::to_string(c.num_heads) + "), got " +
+                                      std::to_string(c.num_kv_heads));
+  }
+  const bool explicit_head_dim = r.has("head_dim");
+  if (!explicit_head_dim && c.hidden_size % c.num_heads != 0) {
+    r.fail("hidden_size", "not divisible by num_attention_heads and no head_dim given");
+  }
+  c.head_dim = r.integer("head_dim", c.hidden_size / c.num_heads);
+  if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE");
+  c.max_position_embeddings = r.integer("max_position_embeddings", 4096);
+  c.rope_theta = r.number("rope_theta", 10000.0);
+  c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
+  c.rope_scaling = parse_rope_scaling(r);
+  c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
+  const std::string act = r.string("hidden_act", "silu");
+  if (act != "silu") r.fail("hidden_act", "unsupported activation '" + act + "' (supported: silu)");
+  switch (c.arch) {
+    case Architecture::kLlama:
+      c.attention_bias = c.o_proj_bias = r.boolean("attention_bias", false);
+      c.mlp_bias = r.boolean("mlp_bias", false);
+      break;
+    case Architecture::kMistral:
+      break;
+    case Architecture::kQwen2:  // q/k/v always carry biases, o_proj never
+      c.attention_bias = true;
+      break;
+    case Architecture::kQwen3:
+      c.attention_bias = c.o_proj_bias = r.boolean("attention_bias", false);
+      c.qk_norm = true;
+      break;
+  }
+  if (r.has("sliding_window") &&
+      r.boolean("use_sliding_window", c.arch == Architecture::kMistral)) {
+    c.sliding_window = r.integer("sliding_window");
+  }
+  c.torch_dtype = r.string("torch_dtype", "float32");
+  c.eos_token_ids = r.ids("eos_token_id");
+  if (r.has("bos_token_id")) c.bos_token_id = r.integer("bos_token_id", {}, 0);
+  return c;
+}
+
+namespace {
+json read_json_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("model config: " + path.string() + ": cannot be read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    throw Error("model config: " + path.string() + ": invalid JSON at byte " +
+                std::to_string(e.byte));
+  }
+}
+}  // namespace
+
+ModelConfig load_model_config(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const fs::path config_path = fs::path(dir) / "config.json";
+  if (!fs::is_directory(dir)) throw Error("model: " + dir + ": no such directory");
+  if (!fs::is_regular_file(config_path)) {
+    throw Error("model: " + dir +
+                ": no config.json (expected a Hugging Face checkpoint directory)");
+  }
+  ModelConfig c = parse_model_config(read_json_file(config_path), config_path.string());
+  const fs::path gen_path = fs::path(dir) / "generation_config.json";
+  if (fs::is_regular_file(gen_path)) {
+    json g = read_json_file(gen_path);
+    Reader r{g, gen_path.string()};
+    auto eos = r.ids("eos_token_id");
+    if (!eos.empty()) c.eos_token_ids = eos;
+    if (r.has("bos_token_id")) c.bos_token_id = r.integer("bos_token_id", {}, 0);
+  }
+  return c;
+}
+
+at::Tensor rope_inverse_frequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  at::Tensor inv = at::empty({half}, at::kDouble);
+  auto a = inv.accessor<double, 1>();
+  const RopeScaling& s = c.rope_scaling;
+  for (int64_t i = 0; i < half; ++i) {
+    double f = 1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / c.head_dim);
+    if (s.type == "linear") {
+      f /= s.factor;  // positions divided by the factor
+    } else if (s.type == "llama3") {
+      // Long wavelengths are slowed by `factor`, short ones kept, a smooth blend between.
+      const double old_ctx = static_cast<double>(s.original_max_position_embeddings);
+      const double wavelen = 2 * M_PI / f;
+      const double low_wavelen = old_ctx / s.low_freq_factor;
+      const double high_wavelen = old_ctx / s.high_freq_factor;
+      if (wavelen > low_wavelen) {
+        f /= s.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = (1 - smooth) * f / s.factor + smooth * f;
+      }
+    }
+    a[i] = f;
+  }
+  return inv;
+}
+
+json ModelConfig::to_json() const {
+  json j = {{"architecture", architecture},     {"vocab_size", vocab_size},
+            {"hidden_size", hidden_size},       {"intermediate_size", intermediate_size},
+            {"num_layers", num_layers},         {"num_heads", num_heads},
+            {"num_kv_heads", num_kv_heads},     {"head_dim", head_dim},
+            {"rope_theta", rope_theta},         {"rope_scaling", rope_scaling.type},
+            {"rms_norm_eps", rms_norm_eps},     {"tie_word_embeddings", tie_word_embeddings},
+            {"attention_bias", attention_bias}, {"qk_norm", qk_norm},
+            {"torch_dtype", torch_dtype}};
+  j["sliding_window"] = sliding_window ? json(*sliding_window) : json(nullptr);
+  return j;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,113 @@
+#include "kvbench/model/presets.h"
+
+#include <filesystem>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
+#include "kvbench/model/safetensors.h"
+#include "kvbench/model/transformer.h"
+#include "kvbench/report/atomic_file.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+// Shared by every preset; each preset overrides what makes its architecture distinct.
+json base_config(const char* architecture, const char* model_type) {
+  return {{"architectures", {architecture}},
+          {"model_type", model_type},
+          {"vocab_size", 512},
+          {"hidden_size", 128},
+          {"intermediate_size", 352},
+          {"num_hidden_layers", 4},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"max_position_embeddings", 4096},
+          {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},
+          {"hidden_act", "silu"},
+          {"tie_word_embeddings", false},
+          {"bos_token_id", 1},
+          {"eos_token_id", 2},
+          {"torch_dtype", "bfloat16"}};
+}
+
+json patched(json config, const json& patch) {
+  config.merge_patch(patch);
+  return config;
+}
+
+}  // namespace
+
+const std::vector<ModelPreset>& model_presets() {
+  static const std::vector<ModelPreset> presets = {
+      {"tiny-llama", "Llama 3 style: GQA 4:2, llama3 RoPE scaling, untied head",
+       patched(base_config("LlamaForCausalLM", "llama"),
+               {{"rope_theta", 500000.0},
+                {"rope_scaling",
+                 {{"rope_type", "llama3"},
+                  {"factor", 8.0},
+                  {"low_freq_factor", 1.0},
+                  {"high_freq_factor", 4.0},
+                  {"original_max_position_embeddings", 1024}}}})},
+      {"tiny-mistral", "Mistral style: GQA 8:2, head_dim 16, sliding_window noted, fp16",
+       patched(base_config("MistralForCausalLM", "mistral"),
+               {{"num_attention_heads", 8}, {"sliding_window", 4096}, {"torch_dtype", "float16"}})},
+      {"tiny-qwen2", "Qwen2 style: q/k/v biases, tied embeddings",
+       patched(base_config("Qwen2ForCausalLM", "qwen2"), {{"tie_word_embeddings", true},
+                                                          {"rope_theta", 1000000.0},
+                                                          {"use_sliding_window", false},
+                                                          {"sliding_window", 4096}})},
+      {"tiny-qwen3", "Qwen3 style: q/k RMSNorm, head_dim 64 != hidden/heads, tied embeddings",
+       patched(base_config("Qwen3ForCausalLM", "qwen3"), {{"head_dim", 64},
+                                                          {"tie_word_embeddings", true},
+                                                          {"rope_theta", 1000000.0},
+                                                          {"attention_bias", false}})},
+  };
+  return presets;
+}
+
+std::vector<std::string> model_preset_names() {
+  std::vector<std::string> names;
+  for (const auto& p : model_presets()) names.push_back(p.name);
+  return names;
+}
+
+const ModelPreset& find_model_preset(const std::string& name) {
+  for (const auto& p : model_presets()) {
+    if (p.name == name) return p;
+  }
+  std::string hint = closest_match(name, model_preset_names());
+  throw Error("unknown model preset '" + name + "'" +
+              (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+              "; presets: " + join(model_preset_names(), ", "));
+}
+
+void write_checkpoint(const Transformer& model, const json& config, const std::string& dir) {
+  const at::ScalarType dtype = dtype_from_name(config.value("torch_dtype", "float32"));
+  ModelWeights weights = model.weights();  // shallow copy: tensor handles share storage
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [name, slot] : bind_weights(model.config(), weights)) {
+    tensors.emplace_back(name, slot->to(dtype).contiguous());
+  }
+  std::filesystem::create_directories(dir);
+  write_safetensors((std::filesystem::path(dir) / "model.safetensors").string(), tensors,
+                    {{"format", "pt"}});
+  json generation = {{"bos_token_id", config.value("bos_token_id", 1)},
+                     {"eos_token_id", config.value("eos_token_id", 2)},
+                     {"do_sample", false}};
+  write_file_atomically(std::filesystem::path(dir) / "generation_config.json",
+                        generation.dump(2) + "\n");
+  write_file_atomically(std::filesystem::path(dir) / "config.json", config.dump(2) + "\n");
+}
+
+void write_preset_checkpoint(const ModelPreset& preset, const std::string& dir, uint64_t seed) {
+  const ModelConfig config = parse_model_config(preset.config, preset.name);
+  json marked = preset.config;
+  // Extra config.json keys are ignored by transformers; reports use this to flag the weights.
+  marked["kvbench"] = {{"random_weights", true}, {"preset", preset.name}, {"seed", seed}};
+  write_checkpoint(Transformer::random(config, seed), marked, dir);
+}
+
+}  // namespace kvbench

@@ -1,0 +1,206 @@
+#include "kvbench/model/transformer.h"
+
+#include "kvbench/core/error.h"
+#include "kvbench/model/safetensors.h"
+
+namespace kvbench {
+namespace {
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
+}
+
+std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+
+}  // namespace
+
+std::vector<std::pair<std::string, at::Tensor*>> bind_weights(const ModelConfig& c,
+                                                              ModelWeights& w) {
+  std::vector<std::pair<std::string, at::Tensor*>> slots;
+  slots.push_back({"model.embed_tokens.weight", &w.embed});
+  w.layers.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = layer_prefix(i);
+    LayerWeights& l = w.layers[static_cast<size_t>(i)];
+    slots.push_back({p + "input_layernorm.weight", &l.input_norm});
+    slots.push_back({p + "self_attn.q_proj.weight", &l.q_proj});
+    if (c.attention_bias) slots.push_back({p + "self_attn.q_proj.bias", &l.q_bias});
+    slots.push_back({p + "self_attn.k_proj.weight", &l.k_proj});
+    if (c.attention_bias) slots.push_back({p + "self_attn.k_proj.bias", &l.k_bias});
+    slots.push_back({p + "self_attn.v_proj.weight", &l.v_proj});
+    if (c.attention_bias) slots.push_back({p + "self_attn.v_proj.bias", &l.v_bias});
+    slots.push_back({p + "self_attn.o_proj.weight", &l.o_proj});
+    if (c.o_proj_bias) slots.push_back({p + "self_attn.o_proj.bias", &l.o_bias});
+    if (c.qk_norm) {
+      slots.push_back({p + "self_attn.q_norm.weight", &l.q_norm});
+      slots.push_back({p + "self_attn.k_norm.weight", &l.k_norm});
+    }
+    slots.push_back({p + "post_attention_layernorm.weight", &l.post_norm});
+    slots.push_back({p + "mlp.gate_proj.weight", &l.gate_proj});
+    if (c.mlp_bias) slots.push_back({p + "mlp.gate_proj.bias", &l.gate_bias});
+    slots.push_back({p + "mlp.up_proj.weight", &l.up_proj});
+    if (c.mlp_bias) slots.push_back({p + "mlp.up_proj.bias", &l.up_bias});
+    slots.push_back({p + "mlp.down_proj.weight", &l.down_proj});
+    if (c.mlp_bias) slots.push_back({p + "mlp.down_proj.bias", &l.down_bias});
+  }
+  slots.push_back({"model.norm.weight", &w.norm});
+  if (!c.tie_word_embeddings) slots.push_back({"lm_head.weight", &w.lm_head});
+  return slots;
+}
+
+namespace {
+
+std::vector<int64_t> shape_of(const ModelConfig& c, const std::string& name) {
+  const int64_t h = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  auto ends = [&](const char* suffix) {
+    const std::string s = suffix;
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  if (name == "model.embed_tokens.weight" || name == "lm_head.weight") return {c.vocab_size, h};
+  if (ends("layernorm.weight") || name == "model.norm.weight") return {h};
+  if (ends("q_norm.weight") || ends("k_norm.weight")) return {c.head_dim};
+  if (ends("q_proj.weight")) return {q, h};
+  if (ends("q_proj.bias")) return {q};
+  if (ends("k_proj.weight") || ends("v_proj.weight")) return {kv, h};
+  if (ends("k_proj.bias") || ends("v_proj.bias")) return {kv};
+  if (ends("o_proj.weight")) return {h, q};
+  if (ends("o_proj.bias") || ends("down_proj.bias")) return {h};
+  if (ends("gate_proj.weight") || ends("up_proj.weight")) return {c.intermediate_size, h};
+  if (ends("gate_proj.bias") || ends("up_proj.bias")) return {c.intermediate_size};
+  if (ends("down_proj.weight")) return {h, c.intermediate_size};
+  throw Error("internal: no shape rule for tensor " + name);
+}
+
+void finish_weights(const ModelConfig& c, ModelWeights& w) {
+  if (c.tie_word_embeddings) w.lm_head = w.embed;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> Transformer::expected_tensors(
+    const ModelConfig& config) {
+  ModelWeights scratch;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  for (const auto& [name, slot] : bind_weights(config, scratch)) {
+    out.push_back({name, shape_of(config, name)});
+  }
+  return out;
+}
+
+Transformer::Transformer(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      inv_freq_(rope_inverse_frequencies(config_)) {
+  KVB_CHECK(weights_.layers.size() == static_cast<size_t>(config_.num_layers),
+            "model: ", weights_.layers.size(), " layers of weights for ", config_.num_layers,
+            " layers in the config");
+}
+
+Transformer Transformer::load(const std::string& dir) {
+  ModelConfig config = load_model_config(dir);
+  SafetensorsCheckpoint checkpoint(dir);
+  ModelWeights w;
+  for (auto& [name, slot] : bind_weights(config, w)) {
+    // Compute runs in fp32; the checkpoint's own dtype stays recorded in the config.
+    *slot = checkpoint.load(name, shape_of(config, name)).to(at::kFloat).contiguous();
+  }
+  finish_weights(config, w);
+  return Transformer(std::move(config), std::move(w));
+}
+
+Transformer Transformer::random(const ModelConfig& config, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  ModelWeights w;
+  for (auto& [name, slot] : bind_weights(config, w)) {
+    const auto shape = shape_of(config, name);
+    const bool norm = name.find("norm.weight") != std::string::npos;
+    at::Tensor t = at::randn(shape, gen, at::kFloat);
+    *slot = norm ? t.mul_(0.1).add_(1.0) : t.mul_(0.02);
+  }
+  finish_weights(config, w);
+  return Transformer(config, std::move(w));
+}
+
+uint64_t Transformer::weight_bytes() const {
+  uint64_t elements = 0;  // a tied lm_head is not listed, so it is not counted twice
+  for (const auto& [name, shape] : expected_tensors(config_)) {
+    uint64_t n = 1;
+    for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+    elements += n;
+  }
+  return elements * sizeof(float);  // weights are held in fp32 for compute
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true).add_(eps)) * weight;
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor rotated = at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
+  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
+}
+
+at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at::Tensor& h,
+                                  const at::Tensor& cos, const at::Tensor& sin,
+                                  const std::vector<SequenceStep>& batch, KVCache& cache) const {
+  const ModelConfig& c = config_;
+  const int64_t n = h.size(0);
+  at::Tensor q = linear(h, w.q_proj, w.q_bias).view({n, c.num_heads, c.head_dim});
+  at::Tensor k = linear(h, w.k_proj, w.k_bias).view({n, c.num_kv_heads, c.head_dim});
+  at::Tensor v = linear(h, w.v_proj, w.v_bias).view({n, c.num_kv_heads, c.head_dim});
+  if (c.qk_norm) {  // Qwen3 normalises each head before RoPE
+    q = rms_norm(q, w.q_norm, c.rms_norm_eps);
+    k = rms_norm(k, w.k_norm, c.rms_norm_eps);
+  }
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  std::vector<at::Tensor> outputs;
+  int64_t offset = 0;
+  for (const auto& s : batch) {
+    const int64_t len = static_cast<int64_t>(s.tokens.size());
+    auto block = [&](const at::Tensor& t) { return t.narrow(0, offset, len).transpose(0, 1); };
+    at::Tensor o = cache.append_and_attend(s.seq, layer, block(q).contiguous(),
+                                           block(k).contiguous(), block(v).contiguous());
+    outputs.push_back(o.transpose(0, 1).reshape({len, c.num_heads * c.head_dim}));
+    offset += len;
+  }
+  return linear(at::cat(outputs, 0), w.o_proj, w.o_bias);
+}
+
+at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache& cache,
+                                bool all_logits) const {
+  KVB_CHECK(!batch.empty(), "forward: empty batch");
+  std::vector<int64_t> ids, positions, last_rows;
+  for (const auto& s : batch) {
+    KVB_CHECK(!s.tokens.empty(), "forward: sequence ", s.seq, " has no new tokens");
+    const int64_t start = cache.length(s.seq);
+    for (size_t i = 0; i < s.tokens.size(); ++i) {
+      KVB_CHECK(s.tokens[i] >= 0 && s.tokens[i] < config_.vocab_size, "forward: token id ",
+                s.tokens[i], " outside the vocabulary [0, ", config_.vocab_size, ")");
+      ids.push_back(s.tokens[i]);
+      positions.push_back(start + static_cast<int64_t>(i));
+    }
+    last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
+  }
+  // RoPE angles in float64, then fp32 cos/sin: [tokens, head_dim] as cat(freqs, freqs).
+  at::Tensor pos = at::tensor(positions, at::kLong).to(at::kDouble);
+  at::Tensor angles = at::outer(pos, inv_freq_);
+  angles = at::cat({angles, angles}, -1);
+  const at::Tensor cos = angles.cos().to(at::kFloat), sin = angles.sin().to(at::kFloat);
+
+  at::Tensor x = at::embedding(weights_.embed, at::tensor(ids, at::kLong));  // [N, hidden]
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    const LayerWeights& w = weights_.layers[static_cast<size_t>(i)];
+    x = x +
+        attention(w, i, rms_norm(x, w.input_norm, config_.rms_norm_eps), cos, sin, batch, cache);
+    at::Tensor h = rms_norm(x, w.post_norm, config_.rms_norm_eps);
+    at::Tensor act =
+        at::silu(linear(h, w.gate_proj, w.gate_bias)) * linear(h, w.up_proj, w.up_bias);
+    x = x + linear(act, w.down_proj, w.down_bias);
+  }
+  if (!all_logits) x = x.index_select(0, at::tensor(last_rows, at::kLong));
+  return at::mm(rms_norm(x, weights_.norm, config_.rms_norm_eps), weights_.lm_head.t());
+}
+
+}  // namespace kvbench

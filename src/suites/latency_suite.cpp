@@ -1,0 +1,88 @@
+#include "kvbench/suites/latency_suite.h"
+
+#include "kvbench/core/stats.h"
+#include "kvbench/core/text.h"
+#include "kvbench/engine/generator.h"
+#include "kvbench/suites/workload.h"
+
+namespace kvbench {
+
+using nlohmann::json;
+
+std::vector<ParamSpec> LatencySuite::param_specs() {
+  return {
+      ParamSpec::integer("prompt_tokens", 128, "prompt length (synthetic token ids)")
+          .range(1, 1 << 20),
+      ParamSpec::integer("new_tokens", 32, "tokens generated per request (EOS ignored)")
+          .range(2, 1 << 16),
+      ParamSpec::integer("batch", 1, "concurrent requests per generation").range(1, 1024),
+      ParamSpec::integer("warmup", 1, "untimed generations first").range(0, 1000),
+      ParamSpec::integer("repeats", 5, "timed generations (all samples kept)").range(1, 100000),
+  };
+}
+
+CellOutput LatencySuite::run(const CellContext& ctx) {
+  const json& p = ctx.params;
+  const int64_t prompt = p["prompt_tokens"], new_tokens = p["new_tokens"], batch = p["batch"];
+  const int warmup = p["warmup"], repeats = p["repeats"];
+  const Transformer& model = ctx.model.get();
+  check_memory_fits(full_kv_bytes(ctx, batch, prompt + new_tokens),
+                    "latency: batch " + std::to_string(batch) + " x " +
+                        std::to_string(prompt + new_tokens) + " tokens of KV cache");
+  auto cache = make_cell_cache(ctx);
+  GenerationConfig g;
+  g.max_new_tokens = new_tokens;
+  g.ignore_eos = true;
+
+  std::vector<double> ttft, tpot, e2e, itl;
+  uint64_t kv_peak = 0;
+  ctx.progress.begin(ctx.cell_id, static_cast<size_t>(warmup + repeats));
+  for (int r = 0; r < warmup + repeats; ++r) {
+    auto prompts = synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r);
+    GenerationResult res = generate(model, *cache, prompts, g);
+    ctx.progress.advance(r < warmup ? "warm-up" : "repeat " + std::to_string(r - warmup + 1));
+    if (r < warmup) continue;
+    kv_peak = std::max(kv_peak, res.peak_kv_bytes);
+    for (const auto& s : res.sequences) {
+      const auto& t = s.token_times_s;
+      ttft.push_back(t.front());
+      e2e.push_back(t.back());
+      tpot.push_back((t.back() - t.front()) / static_cast<double>(t.size() - 1));
+      for (size_t i = 1; i < t.size(); ++i) itl.push_back(t[i] - t[i - 1]);
+    }
+  }
+  ctx.progress.end();
+
+  CellOutput out;
+  json metrics = json::object();
+  for (const auto& [name, samples] : std::vector<std::pair<std::string, std::vector<double>*>>{
+           {"ttft", &ttft}, {"tpot", &tpot}, {"itl", &itl}, {"e2e", &e2e}}) {
+    json summary = to_json(summarize(*samples, ctx.seed));
+    out.records.push_back({{"kind", name}, {"samples_s", *samples}, {"time_s", summary}});
+    metrics[name + "_s"] = summary;
+  }
+  out.summary = metrics;
+  out.summary["prompt_tokens"] = prompt;
+  out.summary["new_tokens"] = new_tokens;
+  out.summary["batch"] = batch;
+  out.summary["requests"] = ttft.size();
+  out.summary["kv_bytes_peak"] = kv_peak;
+  return out;
+}
+
+Table LatencySuite::summary_table(const CellOutput& output) const {
+  Table t;
+  t.columns = {"metric",  "median ms", "p90 ms",         "p99 ms",
+               "mean ms", "stddev ms", "95% CI (median)"};
+  for (const auto& r : output.records) {
+    const json& s = r["time_s"];
+    auto ms = [&](const char* key) { return format_fixed(s[key].get<double>() * 1e3, 2); };
+    t.rows.push_back({r["kind"].get<std::string>(), ms("median"), ms("p90"), ms("p99"), ms("mean"),
+                      ms("stddev"),
+                      format_fixed(s["median_ci95"][0].get<double>() * 1e3, 2) + " - " +
+                          format_fixed(s["median_ci95"][1].get<double>() * 1e3, 2)});
+  }
+  return t;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,71 @@
+#include "kvbench/suites/model_provider.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/time.h"
+#include "kvbench/model/presets.h"
+
+namespace kvbench {
+namespace {
+
+// make-model marks its checkpoints; any other checkpoint is taken as trained.
+bool marked_random(const std::string& dir) {
+  std::ifstream in(std::filesystem::path(dir) / "config.json");
+  auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("kvbench") && j["kvbench"].value("random_weights", false);
+}
+
+}  // namespace
+
+ModelProvider::ModelProvider(ModelSpec spec) : spec_(std::move(spec)) {}
+
+const Transformer& ModelProvider::get() {
+  if (model_) return *model_;
+  if (error_) throw Error(*error_);
+  try {
+    Stopwatch sw;
+    bool random = spec_.random_init;
+    if (spec_.random_init) {
+      const ModelPreset& p = find_model_preset(spec_.preset);
+      model_ = std::make_unique<Transformer>(
+          Transformer::random(parse_model_config(p.config, p.name), spec_.seed));
+    } else {
+      KVB_CHECK(!spec_.path.empty(),
+                "model: none configured; set model.path to a Hugging Face checkpoint directory, "
+                "or model.preset with model.random_init: true");
+      if (!spec_.preset.empty() && !std::filesystem::exists(spec_.path)) {
+        spdlog::info("model: writing preset {} to {} (first use)", spec_.preset, spec_.path);
+        write_preset_checkpoint(find_model_preset(spec_.preset), spec_.path, spec_.seed);
+      }
+      model_ = std::make_unique<Transformer>(Transformer::load(spec_.path));
+      random = marked_random(spec_.path);
+    }
+    const ModelConfig& c = model_->config();
+    identity_ = {{"path", spec_.path},
+                 {"preset", spec_.preset},
+                 {"random_weights", random},
+                 {"config", c.to_json()},
+                 {"weight_bytes", model_->weight_bytes()},
+                 {"compute_dtype", "float32"},
+                 {"kv_dtype", dtype_name(kv_dtype())},
+                 {"load_s", sw.seconds()}};
+    if (random) spdlog::warn("model: random weights; accuracy and output lengths mean nothing");
+    return *model_;
+  } catch (const std::exception& e) {
+    error_ = e.what();
+    throw;
+  }
+}
+
+at::ScalarType ModelProvider::kv_dtype() {
+  if (spec_.dtype != "auto") return dtype_from_name(spec_.dtype);
+  return dtype_from_name(get().config().torch_dtype);
+}
+
+nlohmann::json ModelProvider::identity() const { return identity_; }
+
+}  // namespace kvbench

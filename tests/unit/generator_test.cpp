@@ -1,0 +1,122 @@
+#include <gtest/gtest.h>
+
+#include "kvbench/core/error.h"
+#include "kvbench/engine/generator.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/model/presets.h"
+
+namespace kvbench {
+namespace {
+
+TEST(Sampler, GreedyPicksTheArgmaxAndLowestIdOnTies) {
+  Sampler s({0.0, 1.0, 0});
+  EXPECT_EQ(s.next(at::tensor({0.1f, 2.0f, -1.0f, 2.0f})), 1);
+}
+
+TEST(Sampler, TinyTopPIsGreedy) {
+  Sampler s({1.0, 1e-6, 3});
+  at::Tensor logits = at::tensor({0.0f, 1.0f, 3.0f, 2.0f});
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(s.next(logits), 2);
+}
+
+TEST(Sampler, TopPKeepsTheSmallestSetReachingP) {
+  // probabilities 0.5, 0.3, 0.2: top_p 0.75 keeps {0, 1} (0.5 < 0.75, 0.8 >= 0.75).
+  at::Tensor logits = at::log(at::tensor({0.5, 0.3, 0.2})).to(at::kFloat);
+  Sampler s({1.0, 0.75, 11});
+  std::vector<int> counts(3, 0);
+  for (int i = 0; i < 4000; ++i) ++counts[s.next(logits)];
+  EXPECT_EQ(counts[2], 0);
+  EXPECT_NEAR(counts[0] / 4000.0, 0.5 / 0.8, 0.03);  // renormalised over the kept set
+}
+
+TEST(Sampler, TemperatureSamplingFollowsTheDistributionAndIsSeeded) {
+  at::Tensor logits = at::log(at::tensor({0.1, 0.2, 0.7})).to(at::kFloat);
+  Sampler a({1.0, 1.0, 5}), b({1.0, 1.0, 5});
+  std::vector<int> counts(3, 0);
+  for (int i = 0; i < 5000; ++i) {
+    int64_t x = a.next(logits);
+    EXPECT_EQ(x, b.next(logits));
+    ++counts[x];
+  }
+  EXPECT_NEAR(counts[2] / 5000.0, 0.7, 0.03);
+  EXPECT_NEAR(counts[0] / 5000.0, 0.1, 0.02);
+  EXPECT_THROW(Sampler({-1.0, 1.0, 0}), Error);
+  EXPECT_THROW(Sampler({1.0, 0.0, 0}), Error);
+}
+
+struct Fixture {
+  Transformer model =
+      Transformer::random(parse_model_config(find_model_preset("tiny-qwen2").config, "q2"), 9);
+  FullKVCache cache{4, 2, 32, at::kFloat};
+};
+
+TEST(Generate, StopsAtMaxNewTokensAndTimesEveryStep) {
+  Fixture f;
+  GenerationConfig g;
+  g.max_new_tokens = 6;
+  auto r = generate(f.model, f.cache, {{1, 2, 3}, {4, 5}}, g);
+  ASSERT_EQ(r.sequences.size(), 2u);
+  for (const auto& s : r.sequences) {
+    EXPECT_EQ(s.tokens.size(), 6u);
+    EXPECT_EQ(s.stop_reason, "length");
+    EXPECT_EQ(s.token_times_s.size(), 6u);
+    EXPECT_TRUE(std::is_sorted(s.token_times_s.begin(), s.token_times_s.end()));
+  }
+  EXPECT_EQ(r.decode_step_s.size(), 5u);
+  EXPECT_EQ(r.decode_step_batch, std::vector<int64_t>(5, 2));
+  EXPECT_EQ(r.prompt_tokens, 5);
+  EXPECT_GT(r.prefill_s, 0);
+  // Peak: 3 + 2 prompt tokens + 5 generated each (the 6th is never fed back), 4 layers, fp32.
+  EXPECT_EQ(r.peak_kv_bytes, (5u + 10u) * 4 * 2 * 2 * 32 * 4);
+  EXPECT_EQ(f.cache.bytes(), 0u);  // sequences removed afterwards
+}
+
+TEST(Generate, PerSequenceEosStopAndBatchConsistency) {
+  Fixture f;
+  GenerationConfig g;
+  g.max_new_tokens = 8;
+  auto alone = generate(f.model, f.cache, {{7, 8, 9}}, g);
+  auto other = generate(f.model, f.cache, {{10, 11}}, g);
+  // Make the 3rd token of the first sequence an EOS id.
+  const int64_t eos = alone.sequences[0].tokens[2];
+  auto it = std::find(other.sequences[0].tokens.begin(), other.sequences[0].tokens.end(), eos);
+  g.eos_token_ids = {eos};
+  auto both = generate(f.model, f.cache, {{7, 8, 9}, {10, 11}}, g);
+  const auto& first = both.sequences[0];
+  const size_t stop =
+      std::find(alone.sequences[0].tokens.begin(), alone.sequences[0].tokens.end(), eos) -
+      alone.sequences[0].tokens.begin();
+  EXPECT_EQ(first.stop_reason, "eos");
+  EXPECT_EQ(first.tokens.size(), stop + 1);
+  EXPECT_TRUE(
+      std::equal(first.tokens.begin(), first.tokens.end(), alone.sequences[0].tokens.begin()));
+  const auto& second = both.sequences[1];
+  const size_t second_len = it == other.sequences[0].tokens.end()
+                                ? 8
+                                : static_cast<size_t>(it - other.sequences[0].tokens.begin()) + 1;
+  EXPECT_EQ(second.tokens.size(), second_len);
+  EXPECT_TRUE(
+      std::equal(second.tokens.begin(), second.tokens.end(), other.sequences[0].tokens.begin()));
+  // ignore_eos runs to the cap regardless.
+  g.ignore_eos = true;
+  auto fixed = generate(f.model, f.cache, {{7, 8, 9}}, g);
+  EXPECT_EQ(fixed.sequences[0].tokens.size(), 8u);
+  EXPECT_EQ(fixed.sequences[0].stop_reason, "length");
+}
+
+TEST(Generate, SeededSamplingIsReproducible) {
+  Fixture f;
+  GenerationConfig g;
+  g.max_new_tokens = 10;
+  g.sampling = {1.0, 0.9, 42};
+  auto a = generate(f.model, f.cache, {{1, 2}, {3}}, g);
+  auto b = generate(f.model, f.cache, {{1, 2}, {3}}, g);
+  EXPECT_EQ(a.sequences[0].tokens, b.sequences[0].tokens);
+  EXPECT_EQ(a.sequences[1].tokens, b.sequences[1].tokens);
+  g.sampling.seed = 43;
+  auto c = generate(f.model, f.cache, {{1, 2}, {3}}, g);
+  EXPECT_NE(a.sequences[0].tokens, c.sequences[0].tokens);
+}
+
+}  // namespace
+}  // namespace kvbench

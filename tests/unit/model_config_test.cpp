@@ -1,0 +1,114 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "kvbench/core/error.h"
+#include "kvbench/model/model_config.h"
+#include "kvbench/model/presets.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+json llama() { return find_model_preset("tiny-llama").config; }
+
+std::string error_of(const json& config) {
+  try {
+    parse_model_config(config, "cfg.json");
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelConfig, EveryPresetParses) {
+  for (const auto& p : model_presets()) {
+    ModelConfig c = parse_model_config(p.config, p.name);
+    EXPECT_EQ(c.num_layers, 4) << p.name;
+    EXPECT_EQ(c.num_heads % c.num_kv_heads, 0);
+  }
+  ModelConfig q3 = parse_model_config(find_model_preset("tiny-qwen3").config, "q3");
+  EXPECT_TRUE(q3.qk_norm);
+  EXPECT_EQ(q3.head_dim, 64);  // explicit, not hidden / heads = 32
+  EXPECT_TRUE(q3.tie_word_embeddings);
+  ModelConfig q2 = parse_model_config(find_model_preset("tiny-qwen2").config, "q2");
+  EXPECT_TRUE(q2.attention_bias);
+  EXPECT_FALSE(q2.o_proj_bias);
+  EXPECT_FALSE(q2.sliding_window.has_value());  // use_sliding_window false
+  ModelConfig m = parse_model_config(find_model_preset("tiny-mistral").config, "m");
+  EXPECT_EQ(m.head_dim, 16);
+  EXPECT_EQ(m.group_size(), 4);
+  EXPECT_EQ(m.sliding_window.value_or(0), 4096);
+  ModelConfig l = parse_model_config(llama(), "l");
+  EXPECT_EQ(l.rope_scaling.type, "llama3");
+  EXPECT_EQ(l.eos_token_ids, std::vector<int64_t>{2});
+}
+
+TEST(ModelConfig, RejectsUnsupportedArchitecturesByName) {
+  json c = llama();
+  c["architectures"] = {"FalconForCausalLM"};
+  EXPECT_EQ(error_of(c),
+            "model config: cfg.json: unsupported architecture: FalconForCausalLM (supported: "
+            "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)");
+}
+
+TEST(ModelConfig, RejectsBadValues) {
+  json c = llama();
+  c.erase("hidden_size");
+  EXPECT_EQ(error_of(c), "model config: cfg.json: hidden_size: required key missing");
+  c = llama();
+  c["num_key_value_heads"] = 3;
+  EXPECT_NE(error_of(c).find("num_key_value_heads: must divide num_attention_heads (4), got 3"),
+            std::string::npos);
+  c = llama();
+  c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  EXPECT_NE(error_of(c).find("unsupported rope_scaling type: yarn"), std::string::npos);
+  c = llama();
+  c["hidden_act"] = "gelu";
+  EXPECT_NE(error_of(c).find("unsupported activation 'gelu'"), std::string::npos);
+  c = llama();
+  c["vocab_size"] = "big";
+  EXPECT_NE(error_of(c).find("vocab_size: expected an integer"), std::string::npos);
+}
+
+TEST(ModelConfig, DefaultRopeFrequencies) {
+  json c = llama();
+  c.erase("rope_scaling");
+  ModelConfig m = parse_model_config(c, "l");
+  at::Tensor inv = rope_inverse_frequencies(m);
+  ASSERT_EQ(inv.size(0), 16);  // head_dim 32
+  for (int i = 0; i < 16; ++i) {
+    EXPECT_DOUBLE_EQ(inv[i].item<double>(), std::pow(500000.0, -2.0 * i / 32));
+  }
+}
+
+TEST(ModelConfig, LinearAndLlama3RopeScaling) {
+  json c = llama();
+  c["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  at::Tensor lin = rope_inverse_frequencies(parse_model_config(c, "l"));
+  EXPECT_DOUBLE_EQ(lin[3].item<double>(), std::pow(500000.0, -6.0 / 32) / 2);
+
+  // llama3 with original context 1024, low 1, high 4: wavelengths above 1024 are divided by 8,
+  // below 256 kept, between blended with smooth = (1024 / wavelen - 1) / 3.
+  ModelConfig m = parse_model_config(llama(), "l");
+  at::Tensor inv = rope_inverse_frequencies(m);
+  for (int i = 0; i < 16; ++i) {
+    const double f = std::pow(500000.0, -2.0 * i / 32), wavelen = 2 * M_PI / f;
+    double want = f;
+    if (wavelen > 1024) {
+      want = f / 8;
+    } else if (wavelen >= 256) {
+      const double s = (1024 / wavelen - 1) / 3;
+      want = (1 - s) * f / 8 + s * f;
+    }
+    EXPECT_NEAR(inv[i].item<double>(), want, 1e-15 * f) << i;
+  }
+  // The preset covers all three regimes.
+  EXPECT_LT(2 * M_PI / inv[1].item<double>(), 256);
+  EXPECT_GT(2 * M_PI * 8 / inv[15].item<double>(), 1024);
+}
+
+}  // namespace
+}  // namespace kvbench

@@ -1,0 +1,267 @@
+// The transformer against a naive float64 reference written from the published equations,
+// and decode through the KV cache against recomputing the whole sequence.
+//
+// Conventions the reference states explicitly (as in Hugging Face transformers):
+//  - RMSNorm: x / sqrt(mean(x^2) + eps) * w.
+//  - RoPE, rotate_half layout: dimension i pairs with i + d/2 (not i with i+1);
+//    out_i = x_i cos(p f_i) - x_{i+d/2} sin(p f_i), out_{i+d/2} = x_{i+d/2} cos + x_i sin,
+//    f_i = inverse frequency i (with the config's scaling).
+//  - Qwen3 qk-norm: RMSNorm over head_dim of each q/k head, after projection, before RoPE.
+//  - GQA: query head h reads KV head h / (heads / kv_heads).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/model/presets.h"
+#include "kvbench/model/transformer.h"
+
+namespace kvbench {
+namespace {
+
+using Vec = std::vector<double>;
+
+Vec to_vec(const at::Tensor& t) {
+  at::Tensor d = t.to(at::kDouble).contiguous();
+  return Vec(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
+struct Dense {  // a weight matrix [rows, cols] in float64
+  Vec w;
+  int64_t rows = 0, cols = 0;
+  Vec b;
+  Dense() = default;
+  Dense(const at::Tensor& weight, const at::Tensor& bias)
+      : w(to_vec(weight)), rows(weight.size(0)), cols(weight.size(1)) {
+    if (bias.defined()) b = to_vec(bias);
+  }
+  Vec operator()(const Vec& x) const {
+    Vec y(rows, 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      double acc = b.empty() ? 0.0 : b[r];
+      for (int64_t c = 0; c < cols; ++c) acc += w[r * cols + c] * x[c];
+      y[r] = acc;
+    }
+    return y;
+  }
+};
+
+Vec rms(const Vec& x, const Vec& w, double eps, size_t off = 0, size_t n = 0) {
+  if (n == 0) n = x.size();
+  double ss = 0;
+  for (size_t i = 0; i < n; ++i) ss += x[off + i] * x[off + i];
+  const double inv = 1.0 / std::sqrt(ss / n + eps);
+  Vec y(n);
+  for (size_t i = 0; i < n; ++i) y[i] = x[off + i] * inv * w[i];
+  return y;
+}
+
+// Logits [tokens][vocab] for every position of `ids`, token by token.
+std::vector<Vec> naive_forward(const Transformer& model, const std::vector<int64_t>& ids) {
+  const ModelConfig& c = model.config();
+  const ModelWeights& W = model.weights();
+  const int64_t H = c.num_heads, KV = c.num_kv_heads, D = c.head_dim, G = H / KV;
+  const Vec inv_freq = to_vec(rope_inverse_frequencies(c));
+  const Vec embed = to_vec(W.embed);
+  auto rope = [&](Vec& v, int64_t head, int64_t pos) {
+    for (int64_t i = 0; i < D / 2; ++i) {
+      const double a = pos * inv_freq[i], x1 = v[head * D + i], x2 = v[head * D + i + D / 2];
+      v[head * D + i] = x1 * std::cos(a) - x2 * std::sin(a);
+      v[head * D + i + D / 2] = x2 * std::cos(a) + x1 * std::sin(a);
+    }
+  };
+  std::vector<Vec> xs;
+  for (int64_t id : ids)
+    xs.emplace_back(embed.begin() + id * c.hidden_size, embed.begin() + (id + 1) * c.hidden_size);
+  const int64_t T = static_cast<int64_t>(ids.size());
+  for (const LayerWeights& L : W.layers) {
+    Dense q(L.q_proj, L.q_bias), k(L.k_proj, L.k_bias), v(L.v_proj, L.v_bias),
+        o(L.o_proj, L.o_bias);
+    Dense gate(L.gate_proj, L.gate_bias), up(L.up_proj, L.up_bias), down(L.down_proj, L.down_bias);
+    const Vec in_norm = to_vec(L.input_norm), post_norm = to_vec(L.post_norm);
+    std::vector<Vec> Q(T), K(T), V(T);
+    for (int64_t t = 0; t < T; ++t) {
+      Vec h = rms(xs[t], in_norm, c.rms_norm_eps);
+      Q[t] = q(h), K[t] = k(h), V[t] = v(h);
+      if (c.qk_norm) {
+        const Vec qn = to_vec(L.q_norm), kn = to_vec(L.k_norm);
+        for (int64_t hd = 0; hd < H; ++hd) {
+          Vec r = rms(Q[t], qn, c.rms_norm_eps, hd * D, D);
+          std::copy(r.begin(), r.end(), Q[t].begin() + hd * D);
+        }
+        for (int64_t hd = 0; hd < KV; ++hd) {
+          Vec r = rms(K[t], kn, c.rms_norm_eps, hd * D, D);
+          std::copy(r.begin(), r.end(), K[t].begin() + hd * D);
+        }
+      }
+      for (int64_t hd = 0; hd < H; ++hd) rope(Q[t], hd, t);
+      for (int64_t hd = 0; hd < KV; ++hd) rope(K[t], hd, t);
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      Vec attn(H * D, 0.0);
+      for (int64_t hd = 0; hd < H; ++hd) {
+        const int64_t kvh = hd / G;
+        Vec s(t + 1);
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j <= t; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += Q[t][hd * D + d] * K[j][kvh * D + d];
+          s[j] = dot / std::sqrt(double(D));
+          mx = std::max(mx, s[j]);
+        }
+        for (auto& e : s) sum += (e = std::exp(e - mx));
+        for (int64_t j = 0; j <= t; ++j)
+          for (int64_t d = 0; d < D; ++d) attn[hd * D + d] += s[j] / sum * V[j][kvh * D + d];
+      }
+      Vec out = o(attn);
+      for (int64_t i = 0; i < c.hidden_size; ++i) xs[t][i] += out[i];
+      Vec h = rms(xs[t], post_norm, c.rms_norm_eps);
+      Vec g = gate(h), u = up(h);
+      for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
+      Vec m = down(g);
+      for (int64_t i = 0; i < c.hidden_size; ++i) xs[t][i] += m[i];
+    }
+  }
+  Dense head(W.lm_head, at::Tensor());
+  const Vec final_norm = to_vec(W.norm);
+  std::vector<Vec> logits;
+  for (const auto& x : xs) logits.push_back(head(rms(x, final_norm, c.rms_norm_eps)));
+  return logits;
+}
+
+Transformer preset_model(const std::string& name, uint64_t seed = 3) {
+  return Transformer::random(parse_model_config(find_model_preset(name).config, name), seed);
+}
+
+FullKVCache cache_for(const Transformer& m, at::ScalarType dtype = at::kFloat) {
+  const ModelConfig& c = m.config();
+  return FullKVCache(c.num_layers, c.num_kv_heads, c.head_dim, dtype);
+}
+
+double rel_error(const at::Tensor& got, const at::Tensor& want) {
+  return ((got.to(at::kDouble) - want.to(at::kDouble)).norm() / want.to(at::kDouble).norm())
+      .item<double>();
+}
+
+const std::vector<int64_t> kIds = {1, 17, 300, 42, 42, 511, 7, 128, 3};
+
+class PerArchitecture : public ::testing::TestWithParam<std::string> {};
+
+// Oracle (a): fp32 libtorch forward against float64 loops; fp32 rounding over 4 layers stays
+// far below 1e-4 relative error.
+TEST_P(PerArchitecture, ForwardMatchesNaiveFloat64Reference) {
+  Transformer m = preset_model(GetParam());
+  FullKVCache cache = cache_for(m);
+  const int64_t seq = cache.add_sequence();
+  at::Tensor got = m.forward({{seq, kIds}}, cache, /*all_logits=*/true);
+  ASSERT_EQ(got.sizes(), (at::IntArrayRef{int64_t(kIds.size()), m.config().vocab_size}));
+  std::vector<Vec> want = naive_forward(m, kIds);
+  at::Tensor want_t = at::empty({int64_t(want.size()), m.config().vocab_size}, at::kDouble);
+  for (size_t t = 0; t < want.size(); ++t)
+    for (size_t v = 0; v < want[t].size(); ++v) want_t[t][v] = want[t][v];
+  EXPECT_LT(rel_error(got, want_t), 1e-4) << GetParam();
+  EXPECT_GT(want_t.std().item<double>(), 1e-3);  // logits are not trivially flat
+}
+
+// Oracle (b): decoding token by token through the cache equals recomputing the whole
+// sequence from scratch at every step (fp32 cache: 1e-5; bf16 cache: both paths read the same
+// rounded K/V, so only fp32 summation order differs).
+TEST_P(PerArchitecture, CachedDecodeEqualsRecomputation) {
+  Transformer m = preset_model(GetParam());
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    FullKVCache cache = cache_for(m, dtype);
+    const int64_t seq = cache.add_sequence();
+    std::vector<int64_t> prompt(kIds.begin(), kIds.begin() + 4);
+    m.forward({{seq, prompt}}, cache);
+    for (size_t t = 4; t < kIds.size(); ++t) {
+      at::Tensor step = m.forward({{seq, {kIds[t]}}}, cache);
+      FullKVCache fresh = cache_for(m, dtype);
+      const int64_t s2 = fresh.add_sequence();
+      std::vector<int64_t> prefix(kIds.begin(), kIds.begin() + t + 1);
+      at::Tensor full = m.forward({{s2, prefix}}, fresh);
+      EXPECT_LT(rel_error(step, full), dtype == at::kFloat ? 1e-5 : 1e-4)
+          << GetParam() << " step " << t << " dtype " << dtype_name(dtype);
+    }
+    EXPECT_EQ(cache.length(seq), int64_t(kIds.size()));
+  }
+}
+
+// Packing sequences of different lengths into one step gives each the logits it gets alone.
+TEST_P(PerArchitecture, BatchedSequencesMatchSingleRuns) {
+  Transformer m = preset_model(GetParam());
+  const std::vector<std::vector<int64_t>> prompts = {{5, 6, 7}, {9}, {100, 200, 300, 400, 5}};
+  FullKVCache batched = cache_for(m);
+  std::vector<SequenceStep> steps;
+  for (const auto& p : prompts) steps.push_back({batched.add_sequence(), p});
+  at::Tensor together = m.forward(steps, batched);
+  at::Tensor next = m.forward({{steps[0].seq, {1}}, {steps[2].seq, {2}}}, batched);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    FullKVCache alone = cache_for(m);
+    const int64_t s = alone.add_sequence();
+    at::Tensor one = m.forward({{s, prompts[i]}}, alone);
+    EXPECT_LT(rel_error(together[int64_t(i)], one[0]), 1e-5);
+    if (i != 1) {
+      at::Tensor one_next = m.forward({{s, {i == 0 ? 1 : 2}}}, alone);
+      EXPECT_LT(rel_error(next[i == 0 ? 0 : 1], one_next[0]), 1e-5);
+    }
+  }
+}
+
+TEST_P(PerArchitecture, CheckpointRoundTrip) {
+  const ModelPreset& preset = find_model_preset(GetParam());
+  auto dir = std::filesystem::temp_directory_path() / ("kvbench_ckpt_" + GetParam());
+  std::filesystem::remove_all(dir);
+  write_preset_checkpoint(preset, dir.string(), 5);
+  Transformer loaded = Transformer::load(dir.string());
+  // The written weights are the random ones rounded to the preset's storage dtype.
+  Transformer original = preset_model(GetParam(), 5);
+  const at::ScalarType dtype = dtype_from_name(preset.config["torch_dtype"]);
+  EXPECT_TRUE(at::equal(loaded.weights().embed, original.weights().embed.to(dtype).to(at::kFloat)));
+  EXPECT_TRUE(at::equal(loaded.weights().layers[3].down_proj,
+                        original.weights().layers[3].down_proj.to(dtype).to(at::kFloat)));
+  EXPECT_EQ(loaded.config().eos_token_ids, std::vector<int64_t>{2});
+  EXPECT_EQ(loaded.weight_bytes(), original.weight_bytes());
+  std::filesystem::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, PerArchitecture,
+                         ::testing::Values("tiny-llama", "tiny-mistral", "tiny-qwen2",
+                                           "tiny-qwen3"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& ch : n) ch = ch == '-' ? '_' : ch;
+                           return n;
+                         });
+
+TEST(Transformer, RejectsTokensOutsideTheVocabulary) {
+  Transformer m = preset_model("tiny-llama");
+  FullKVCache cache = cache_for(m);
+  const int64_t s = cache.add_sequence();
+  EXPECT_THROW(m.forward({{s, {512}}}, cache), Error);
+  EXPECT_THROW(m.forward({{s, {}}}, cache), Error);
+}
+
+TEST(Transformer, CheckpointWithWrongShapeIsRejected) {
+  auto dir = std::filesystem::temp_directory_path() / "kvbench_ckpt_wrong_shape";
+  std::filesystem::remove_all(dir);
+  nlohmann::json config = find_model_preset("tiny-llama").config;
+  write_checkpoint(preset_model("tiny-llama"), config, dir.string());
+  config["intermediate_size"] = 320;  // the config no longer matches the tensors
+  std::ofstream(dir / "config.json") << config.dump();
+  try {
+    Transformer::load(dir.string());
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("mlp.gate_proj.weight"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("expected [320, 128]"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kvbench
