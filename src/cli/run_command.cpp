@@ -9,6 +9,7 @@
 #include "kvbench/cli/progress_display.h"
 #include "kvbench/cli/summary_table.h"
 #include "kvbench/core/environment.h"
+#include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
 #include "kvbench/report/report.h"
 #include "kvbench/suites/cell.h"
@@ -42,12 +43,16 @@ int run(const RunOptions& opt) {
   set_thread_count(spec.threads);
   const std::vector<Cell> cells = expand_cells(spec);
   check_device(spec, query_cuda());
+  const Environment env = capture_environment();
   if (opt.dry_run) {
-    spdlog::info("dry run: {} cell(s), nothing executed, no report written", cells.size());
-    print_cell_plan(std::cout, cells);
+    ModelProvider model(spec.model);
+    const auto estimates = estimate_cells(spec, cells, model, env);
+    print_cell_plan(std::cout, cells, estimates);
+    std::cout << "available memory: " << format_bytes(double(env.memory_available_bytes)) << "\n";
+    refuse_oversized_plan(cells, estimates, env.memory_available_bytes);
+    spdlog::info("dry run: {} cell(s) fit; nothing executed, no report written", cells.size());
     return 0;
   }
-  const Environment env = capture_environment();
   warn_about_environment(env);
   RunInfo info{now_rfc3339(), "", opt.command_line, opt.config, nlohmann::json::object()};
   const std::string stamp = now_compact_utc();

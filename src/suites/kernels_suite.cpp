@@ -131,31 +131,60 @@ std::vector<int64_t> KernelsSuite::auto_contexts(uint64_t bytes_per_token, uint6
   return contexts;
 }
 
+namespace {
+
+// The grid and buffer sizes a cell will use, derived from its parameters and the cache size.
+struct Plan {
+  std::vector<int64_t> contexts, kv_heads;
+  Shape base;
+  uint64_t largest = 0;     // K+V bytes of the biggest point
+  uint64_t copy_bytes = 0;  // each of the two copy-bandwidth buffers
+};
+
+Plan make_plan(const json& p, uint64_t llc) {
+  Plan plan;
+  plan.kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
+  const int64_t max_heads = *std::max_element(plan.kv_heads.begin(), plan.kv_heads.end());
+  plan.base = Shape{p["batch"], 0, p["group_size"], p["head_dim"], 0};
+  const double min_multiple = p["min_llc_multiple"];
+  plan.contexts = p["contexts"] == "auto"
+                      ? KernelsSuite::auto_contexts(
+                            2ull * plan.base.batch * max_heads * plan.base.head_dim * sizeof(float),
+                            llc, min_multiple)
+                      : p["contexts"].get<std::vector<int64_t>>();
+  for (int64_t c : plan.contexts) {
+    Shape s = plan.base;
+    s.kv_heads = max_heads;
+    s.context = c;
+    plan.largest = std::max(plan.largest, s.kv_bytes());
+  }
+  plan.copy_bytes = std::max<uint64_t>(kMinCopyBytes, static_cast<uint64_t>(min_multiple * llc));
+  return plan;
+}
+
+}  // namespace
+
+uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {
+  const Plan plan = make_plan(ctx.params, ctx.env.llc_bytes);
+  return std::max(plan.largest, 2 * plan.copy_bytes);
+}
+
 CellOutput KernelsSuite::run(const CellContext& ctx) {
   KVB_CHECK(ctx.spec.device == "cpu", "kernels: device '", ctx.spec.device,
             "' is not supported yet (the CUDA kernels are not built into this suite)");
   KVB_CHECK(ctx.method["name"] == "full", "kernels: method '",
             ctx.method["name"].get<std::string>(), "' has no decode-attention backend yet");
   const json& p = ctx.params;
-  const auto kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
-  const int64_t max_heads = *std::max_element(kv_heads.begin(), kv_heads.end());
-  Shape base{p["batch"], 0, p["group_size"], p["head_dim"], 0};
   const uint64_t llc = ctx.env.llc_bytes;
   const double min_multiple = p["min_llc_multiple"];
-  const std::vector<int64_t> contexts =
-      p["contexts"] == "auto"
-          ? auto_contexts(2ull * base.batch * max_heads * base.head_dim * sizeof(float), llc,
-                          min_multiple)
-          : p["contexts"].get<std::vector<int64_t>>();
+  const Plan plan = make_plan(p, llc);
+  const std::vector<int64_t>& contexts = plan.contexts;
+  const std::vector<int64_t>& kv_heads = plan.kv_heads;
+  const Shape& base = plan.base;
+  const uint64_t largest = plan.largest, copy_bytes = plan.copy_bytes;
   const int warmup = p["warmup"], repeats = p["repeats"];
 
   CellOutput out;
-  uint64_t largest = 0;
-  for (int64_t c : contexts)
-    largest = std::max(largest, Shape{base.batch, max_heads, 0, base.head_dim, c}.kv_bytes());
-  const uint64_t copy_bytes =
-      std::max<uint64_t>(kMinCopyBytes, static_cast<uint64_t>(min_multiple * llc));
-
   ctx.progress.begin(ctx.cell_id, contexts.size() * kv_heads.size() + 2);
   out.records.push_back(copy_bandwidth_record(copy_bytes, warmup, repeats, ctx.seed, "before"));
   ctx.progress.advance("copy bandwidth");

@@ -21,14 +21,20 @@ std::vector<ParamSpec> LatencySuite::param_specs() {
   };
 }
 
+uint64_t LatencySuite::estimate_bytes(const EstimateContext& ctx) const {
+  if (!ctx.model) return 0;
+  const json& p = ctx.params;
+  return model_weight_bytes(*ctx.model) + generation_bytes(*ctx.model, ctx.kv_element_bytes,
+                                                           p["batch"], p["prompt_tokens"],
+                                                           p["new_tokens"]);
+}
+
 CellOutput LatencySuite::run(const CellContext& ctx) {
   const json& p = ctx.params;
   const int64_t prompt = p["prompt_tokens"], new_tokens = p["new_tokens"], batch = p["batch"];
   const int warmup = p["warmup"], repeats = p["repeats"];
   const Transformer& model = ctx.model.get();
-  check_memory_fits(full_kv_bytes(ctx, batch, prompt + new_tokens),
-                    "latency: batch " + std::to_string(batch) + " x " +
-                        std::to_string(prompt + new_tokens) + " tokens of KV cache");
+  check_generation_fits(ctx, batch, prompt, new_tokens, "latency");
   auto cache = make_cell_cache(ctx);
   GenerationConfig g;
   g.max_new_tokens = new_tokens;

@@ -61,9 +61,26 @@ const Transformer& ModelProvider::get() {
   }
 }
 
+const ModelConfig* ModelProvider::config_only() {
+  if (model_) return &model_->config();
+  if (!config_) {
+    if (!spec_.preset.empty() && (spec_.random_init || !std::filesystem::exists(spec_.path))) {
+      const ModelPreset& p = find_model_preset(spec_.preset);
+      config_ = parse_model_config(p.config, p.name);
+    } else if (!spec_.path.empty()) {
+      config_ = load_model_config(spec_.path);
+    } else {
+      return nullptr;
+    }
+  }
+  return &*config_;
+}
+
 at::ScalarType ModelProvider::kv_dtype() {
   if (spec_.dtype != "auto") return dtype_from_name(spec_.dtype);
-  return dtype_from_name(get().config().torch_dtype);
+  const ModelConfig* c = config_only();
+  KVB_CHECK(c, "model: none configured");
+  return dtype_from_name(c->torch_dtype);
 }
 
 nlohmann::json ModelProvider::identity() const { return identity_; }

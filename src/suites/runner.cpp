@@ -4,6 +4,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/memory.h"
+#include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
 #include "kvbench/suites/suite_registry.h"
 
@@ -51,6 +52,36 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     results.push_back(std::move(r));
   }
   return results;
+}
+
+std::vector<uint64_t> estimate_cells(const RunSpec& spec, const std::vector<Cell>& cells,
+                                     ModelProvider& model, const Environment& env) {
+  (void)spec;
+  std::vector<uint64_t> out;
+  const ModelConfig* config = nullptr;
+  int element = 4;
+  bool need_model = false;
+  for (const auto& c : cells) need_model = need_model || c.suite != "kernels";
+  if (need_model) {
+    config = model.config_only();
+    if (config) element = static_cast<int>(at::elementSize(model.kv_dtype()));
+  }
+  for (const auto& c : cells) {
+    EstimateContext ctx{c.params, config, element, env};
+    out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
+  }
+  return out;
+}
+
+void refuse_oversized_plan(const std::vector<Cell>& cells, const std::vector<uint64_t>& estimates,
+                           uint64_t available) {
+  if (available == 0) return;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    KVB_CHECK(estimates[i] <= available / 10 * 8, "plan: cell ", cells[i].id, " needs about ",
+              format_bytes(static_cast<double>(estimates[i])), " but only ",
+              format_bytes(static_cast<double>(available)),
+              " of memory is available; reduce its batch, lengths or contexts");
+  }
 }
 
 size_t count_failed(const std::vector<CellResult>& results) {

@@ -57,6 +57,16 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
 
 }  // namespace
 
+uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
+  if (!ctx.model) return 0;
+  uint64_t peak = 0;
+  for (int64_t b : ctx.params["batch"].get<std::vector<int64_t>>())
+    for (int64_t p : ctx.params["prompt_tokens"].get<std::vector<int64_t>>())
+      for (int64_t n : ctx.params["new_tokens"].get<std::vector<int64_t>>())
+        peak = std::max(peak, generation_bytes(*ctx.model, ctx.kv_element_bytes, b, p, n));
+  return model_weight_bytes(*ctx.model) + peak;
+}
+
 CellOutput ThroughputSuite::run(const CellContext& ctx) {
   const json& p = ctx.params;
   const auto batches = p["batch"].get<std::vector<int64_t>>();
@@ -66,10 +76,7 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   ctx.model.get();  // load before the memory check reads the model's dimensions
   for (int64_t b : batches)
     for (int64_t pr : prompts)
-      for (int64_t n : news)
-        check_memory_fits(full_kv_bytes(ctx, b, pr + n), "throughput: batch " + std::to_string(b) +
-                                                             " x " + std::to_string(pr + n) +
-                                                             " tokens of KV cache");
+      for (int64_t n : news) check_generation_fits(ctx, b, pr, n, "throughput");
   auto cache = make_cell_cache(ctx);
   CellOutput out;
   ctx.progress.begin(ctx.cell_id, batches.size() * prompts.size() * news.size());

@@ -5,6 +5,7 @@
 #include "kvbench/core/rng.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/model/transformer.h"
 
 namespace kvbench {
 
@@ -31,10 +32,35 @@ void check_memory_fits(uint64_t bytes, const std::string& what) {
             format_bytes(available), " of memory is available");
 }
 
-uint64_t full_kv_bytes(const CellContext& ctx, int64_t sequences, int64_t tokens) {
+uint64_t model_weight_bytes(const ModelConfig& config) {
+  uint64_t elements = 0;
+  for (const auto& [name, shape] : Transformer::expected_tensors(config)) {
+    uint64_t n = 1;
+    for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+    elements += n;
+  }
+  return elements * sizeof(float);
+}
+
+uint64_t generation_bytes(const ModelConfig& c, int kv_element_bytes, int64_t batch, int64_t prompt,
+                          int64_t new_tokens) {
+  const uint64_t b = static_cast<uint64_t>(batch), p = static_cast<uint64_t>(prompt);
+  const uint64_t total = p + static_cast<uint64_t>(new_tokens);
+  const uint64_t kv = b * total * c.kv_bytes_per_token(kv_element_bytes);
+  const uint64_t width =
+      6 * c.hidden_size + 4 * c.intermediate_size + 4 * c.num_heads * c.head_dim + c.vocab_size;
+  const uint64_t activations = b * p * width * sizeof(float);
+  const uint64_t scores = 3ull * c.num_heads * p * p * sizeof(float);
+  const uint64_t kv_fp32 = 2ull * c.num_kv_heads * total * c.head_dim * sizeof(float);
+  return kv + activations + scores + kv_fp32;
+}
+
+void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
+                           int64_t new_tokens, const std::string& suite) {
   const int element = static_cast<int>(at::elementSize(ctx.model.kv_dtype()));
-  return static_cast<uint64_t>(sequences) * static_cast<uint64_t>(tokens) *
-         ctx.model.get().config().kv_bytes_per_token(element);
+  check_memory_fits(generation_bytes(ctx.model.get().config(), element, batch, prompt, new_tokens),
+                    suite + ": batch " + std::to_string(batch) + " x " + std::to_string(prompt) +
+                        "+" + std::to_string(new_tokens) + " tokens");
 }
 
 }  // namespace kvbench

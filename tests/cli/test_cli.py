@@ -7,6 +7,8 @@ import copy
 import json
 import os
 import pathlib
+import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -190,6 +192,147 @@ class CliTest(unittest.TestCase):
         res = kvbench("validate", "--config", self.write_config({"suites": [TINY_SUITE]}))
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertIn("valid, 1 cell(s)", res.stdout)
+
+
+
+def read_safetensors(path):
+    raw = pathlib.Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def write_safetensors(path, header, data):
+    text = json.dumps(header).encode()
+    pathlib.Path(path).write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+class ModelCliTest(CliTest):
+    """make-model, model suites, and every corrupt-checkpoint case as a one-line error."""
+
+    def make_model(self, preset="tiny-llama"):
+        out = self.dir / preset
+        res = kvbench("make-model", "--preset", preset, "--out", str(out), "--seed", "3")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        for f in ("config.json", "generation_config.json", "model.safetensors"):
+            self.assertTrue((out / f).is_file(), f)
+        return out
+
+    def run_model(self, model_dir, *extra):
+        cfg = {"model": {"path": str(model_dir)},
+               "suites": [{"name": "latency", "prompt_tokens": 8, "new_tokens": 3,
+                           "warmup": 0, "repeats": 1}]}
+        return kvbench("run", "--config", self.write_config(cfg), "--out",
+                       str(self.dir / "out"), "--log-level", "error", *extra)
+
+    def test_make_model_writes_a_loadable_hf_checkpoint(self):
+        out = self.make_model("tiny-qwen3")
+        config = json.loads((out / "config.json").read_text())
+        self.assertEqual(config["architectures"], ["Qwen3ForCausalLM"])
+        self.assertTrue(config["kvbench"]["random_weights"])
+        header, _ = read_safetensors(out / "model.safetensors")
+        self.assertEqual(header["model.layers.0.self_attn.q_norm.weight"]["dtype"], "BF16")
+        self.assertEqual(header["model.layers.0.self_attn.q_proj.weight"]["shape"], [256, 128])
+        res = self.run_model(out)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        _, report = self.report_from(res)
+        self.assertTrue(report["model"]["random_weights"])
+        self.assertEqual(report["model"]["config"]["architecture"], "Qwen3ForCausalLM")
+        self.assertGreater(report["cells"][0]["peak_rss_bytes"], 0)
+        self.assertEqual(kvbench("make-model", "--preset", "tiny-gpt", "--out",
+                                 str(self.dir / "x")).returncode, 1)
+
+    def test_latency_and_throughput_report_validates(self):
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True},
+               "suites": [{"name": "latency", "prompt_tokens": 16, "new_tokens": 4,
+                           "repeats": 2},
+                          {"name": "throughput", "batch": [1, 2], "prompt_tokens": [16],
+                           "new_tokens": [4], "repeats": 1}]}
+        res = self.run_ok(cfg)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("decode tok/s", res.stdout)
+        self.assertIn("ttft", res.stdout)
+        path, report = self.report_from(res)
+        lat, thr = report["cells"]
+        self.assertIn("tpot_s", lat["summary"])
+        self.assertEqual(len(thr["records"]), 2)
+        check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout)
+
+    def test_dry_run_estimates_memory_and_refuses_what_cannot_fit(self):
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True},
+               "suites": [{"name": "throughput", "batch": [1], "prompt_tokens": [16]}]}
+        res = self.run_ok(cfg, "--dry-run")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("est. memory", res.stdout)
+        huge = dict(cfg, suites=[{"name": "throughput", "batch": [64],
+                                  "prompt_tokens": [1000000]}])
+        res = self.run_ok(huge, "--dry-run")
+        self.assert_one_line_error(res, 1, "plan: cell throughput.full.")
+        self.assertIn("of memory is available", res.stderr)
+        self.assertFalse((self.dir / "out").exists())
+
+    def corrupt_cases(self):
+        def truncated(d):
+            f = d / "model.safetensors"
+            f.write_bytes(f.read_bytes()[:-100])
+
+        def header_beyond_file(d):
+            f = d / "model.safetensors"
+            raw = f.read_bytes()
+            f.write_bytes(struct.pack("<Q", len(raw) + 10) + raw[8:])
+
+        def offsets_out_of_range(d):
+            header, data = read_safetensors(d / "model.safetensors")
+            header["model.norm.weight"]["data_offsets"][1] = len(data) + 64
+            write_safetensors(d / "model.safetensors", header, data)
+
+        def wrong_dtype(d):
+            header, data = read_safetensors(d / "model.safetensors")
+            header["model.norm.weight"]["dtype"] = "F64"
+            write_safetensors(d / "model.safetensors", header, data)
+
+        def wrong_shape(d):
+            config = json.loads((d / "config.json").read_text())
+            config["intermediate_size"] = 320
+            (d / "config.json").write_text(json.dumps(config))
+
+        def missing_shard(d):
+            header, _ = read_safetensors(d / "model.safetensors")
+            names = [n for n in header if n != "__metadata__"]
+            weight_map = {n: "model-00001-of-00002.safetensors" for n in names}
+            weight_map["lm_head.weight"] = "model-00002-of-00002.safetensors"
+            (d / "model.safetensors").rename(d / "model-00001-of-00002.safetensors")
+            (d / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+        def unsupported_architecture(d):
+            config = json.loads((d / "config.json").read_text())
+            config["architectures"] = ["FalconForCausalLM"]
+            (d / "config.json").write_text(json.dumps(config))
+
+        return {
+            "truncated file": (truncated, "model.safetensors"),
+            "header length beyond the file": (header_beyond_file, "header length"),
+            "offsets out of range": (offsets_out_of_range, "out of range"),
+            "wrong dtype": (wrong_dtype, "F64"),
+            "wrong shape": (wrong_shape, "expected [320, 128]"),
+            "missing shard": (missing_shard, "model-00002-of-00002.safetensors"),
+            "unsupported architecture": (unsupported_architecture,
+                                         "unsupported architecture: FalconForCausalLM"),
+        }
+
+    def test_corrupt_checkpoints_fail_with_one_line(self):
+        for name, (corrupt, fragment) in self.corrupt_cases().items():
+            with self.subTest(name):
+                d = self.make_model()
+                corrupt(d)
+                res = self.run_model(d)
+                self.assert_one_line_error(res, 1, fragment)
+                self.assertIn("failed", res.stderr)
+                _, report = self.report_from(res)  # the failure is recorded in the report
+                self.assertEqual(report["cells"][0]["status"], "failed")
+                self.assertIn(fragment, report["cells"][0]["error"])
+                shutil.rmtree(d)
 
 
 if __name__ == "__main__":

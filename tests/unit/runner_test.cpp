@@ -52,6 +52,7 @@ TEST(Cells, SuitesOuterMethodsInnerAndDuplicatesRejected) {
 // A suite that fails when its "repeats" parameter is 13, and otherwise records it.
 class FakeSuite : public Suite {
  public:
+  uint64_t estimate_bytes(const EstimateContext&) const override { return 0; }
   CellOutput run(const CellContext& ctx) override {
     if (ctx.params["repeats"] == 13) throw Error("unlucky cell\nsecond line");
     if (ctx.params["repeats"] == 14) throw std::runtime_error("not a kvbench error");

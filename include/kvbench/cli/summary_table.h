@@ -9,7 +9,9 @@
 
 namespace kvbench {
 
-void print_cell_plan(std::ostream& os, const std::vector<Cell>& cells);
+// `estimates` (bytes per cell) may be empty.
+void print_cell_plan(std::ostream& os, const std::vector<Cell>& cells,
+                     const std::vector<uint64_t>& estimates = {});
 void print_run_summary(std::ostream& os, const std::vector<CellResult>& results);
 
 }  // namespace kvbench

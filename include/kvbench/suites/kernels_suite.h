@@ -23,6 +23,7 @@ class KernelsSuite final : public Suite {
       "bandwidth measured in the same run";
   static std::vector<ParamSpec> param_specs();
 
+  uint64_t estimate_bytes(const EstimateContext& ctx) const override;
   CellOutput run(const CellContext& ctx) override;
   Table summary_table(const CellOutput& output) const override;
 

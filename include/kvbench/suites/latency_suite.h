@@ -18,6 +18,7 @@ class LatencySuite final : public Suite {
       "CI) over repeated generations";
   static std::vector<ParamSpec> param_specs();
 
+  uint64_t estimate_bytes(const EstimateContext& ctx) const override;
   CellOutput run(const CellContext& ctx) override;
   Table summary_table(const CellOutput& output) const override;
 };

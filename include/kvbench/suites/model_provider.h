@@ -19,6 +19,9 @@ class ModelProvider {
   explicit ModelProvider(ModelSpec spec);
   // Loads (or builds, or writes then loads) the model on the first call.
   const Transformer& get();
+  // The model's config without loading weights (config.json, or the preset's); nullptr when
+  // no model is configured. Throws Error for an unreadable config.
+  const ModelConfig* config_only();
   // Storage dtype of the uncompressed KV cache: model.dtype, or the checkpoint's for "auto".
   at::ScalarType kv_dtype();
   // What the report says about the model: source, architecture, sizes, random weights or not.
@@ -28,6 +31,7 @@ class ModelProvider {
  private:
   ModelSpec spec_;
   std::unique_ptr<Transformer> model_;
+  std::optional<ModelConfig> config_;
   nlohmann::json identity_;
   std::optional<std::string> error_;
 };

@@ -33,9 +33,20 @@ struct CellOutput {
   std::vector<std::string> warnings;
 };
 
+// What a memory estimate may look at without loading weights or allocating anything.
+struct EstimateContext {
+  const nlohmann::json& params;  // resolved suite parameters
+  const ModelConfig* model;      // the run's model config, or nullptr when none is configured
+  int kv_element_bytes;          // bytes per value of the uncompressed cache
+  const Environment& env;
+};
+
 class Suite {
  public:
   virtual ~Suite() = default;
+  // Upper estimate of the bytes the cell needs at its peak (model weights included), for
+  // `run --dry-run`, which refuses plans that cannot fit.
+  virtual uint64_t estimate_bytes(const EstimateContext& ctx) const = 0;
   // Runs the cell; throws Error (or any std::exception) to fail it.
   virtual CellOutput run(const CellContext& ctx) = 0;
   // Human summary of a finished cell, printed after the run.

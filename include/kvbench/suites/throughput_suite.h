@@ -17,6 +17,7 @@ class ThroughputSuite final : public Suite {
       "generation length";
   static std::vector<ParamSpec> param_specs();
 
+  uint64_t estimate_bytes(const EstimateContext& ctx) const override;
   CellOutput run(const CellContext& ctx) override;
   Table summary_table(const CellOutput& output) const override;
 };

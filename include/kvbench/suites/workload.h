@@ -20,7 +20,15 @@ std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx);
 // Throws Error "<what> needs X but only Y of memory is available" when `bytes` exceeds 80% of
 // MemAvailable, so an impossible cell fails cleanly instead of meeting the OOM killer.
 void check_memory_fits(uint64_t bytes, const std::string& what);
-// Uncompressed KV bytes for `sequences` x `tokens` on the run's model at its KV dtype.
-uint64_t full_kv_bytes(const CellContext& ctx, int64_t sequences, int64_t tokens);
+// Bytes of fp32 weights of a model with this config.
+uint64_t model_weight_bytes(const ModelConfig& config);
+// Peak bytes of generating `new_tokens` after `prompt` tokens for `batch` sequences, beyond the
+// weights: the uncompressed KV cache, packed-prefill activations, one sequence's prefill
+// attention scores, and the fp32 copy of one layer's K/V that the reference attention reads.
+uint64_t generation_bytes(const ModelConfig& config, int kv_element_bytes, int64_t batch,
+                          int64_t prompt, int64_t new_tokens);
+// generation_bytes for the cell's model, checked against available memory (check_memory_fits).
+void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
+                           int64_t new_tokens, const std::string& suite);
 
 }  // namespace kvbench

@@ -1,0 +1,149 @@
+// The latency and throughput suites on a tiny in-memory model: raw samples, derived metrics
+// consistent with them, memory estimates, and the model provider's choices.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "kvbench/core/error.h"
+#include "kvbench/suites/latency_suite.h"
+#include "kvbench/suites/model_provider.h"
+#include "kvbench/suites/runner.h"
+#include "kvbench/suites/throughput_suite.h"
+#include "kvbench/suites/workload.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+struct Harness {
+  RunSpec spec;
+  Environment env;
+  ModelProvider model;
+  NullProgress progress;
+  json method = {{"name", "full"}};
+  std::string id = "test.cell";
+
+  explicit Harness(const json& suite)
+      : spec(parse_run_spec(json{{"suites", {suite}},
+                                 {"threads", 1},
+                                 {"model", {{"preset", "tiny-qwen3"}, {"random_init", true}}}},
+                            "t")),
+        model(spec.model) {}
+  CellOutput run(Suite& s) {
+    CellContext ctx{id, spec, env, method, spec.suites[0].params, 7, progress, model};
+    return s.run(ctx);
+  }
+};
+
+TEST(LatencySuite, KeepsEverySampleAndConsistentSummaries) {
+  Harness h(json::parse(R"({"name": "latency", "prompt_tokens": 12, "new_tokens": 5,
+                            "batch": 2, "warmup": 1, "repeats": 3})"));
+  LatencySuite suite;
+  CellOutput out = h.run(suite);
+  std::map<std::string, json> by_kind;
+  for (const auto& r : out.records) by_kind[r["kind"]] = r;
+  ASSERT_EQ(by_kind.size(), 4u);
+  EXPECT_EQ(by_kind["ttft"]["samples_s"].size(), 6u);  // 3 repeats x 2 requests
+  EXPECT_EQ(by_kind["tpot"]["samples_s"].size(), 6u);
+  EXPECT_EQ(by_kind["itl"]["samples_s"].size(), 24u);  // 4 gaps per request
+  EXPECT_EQ(by_kind["e2e"]["samples_s"].size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    const double ttft = by_kind["ttft"]["samples_s"][i], e2e = by_kind["e2e"]["samples_s"][i];
+    const double tpot = by_kind["tpot"]["samples_s"][i];
+    EXPECT_GT(ttft, 0);
+    EXPECT_GE(e2e, ttft);
+    EXPECT_NEAR(tpot, (e2e - ttft) / 4, 1e-12);
+  }
+  EXPECT_EQ(out.summary["requests"], 6);
+  EXPECT_EQ(out.summary["ttft_s"]["n"], 6);
+  // 2 sequences x (12 + 4 fed back) tokens x 4 layers x 2 (K, V) x 2 heads x 64 dims x bf16.
+  EXPECT_EQ(out.summary["kv_bytes_peak"], 2u * 16 * 4 * 2 * 2 * 64 * 2);
+  EXPECT_EQ(suite.summary_table(out).rows.size(), 4u);
+}
+
+TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [1, 3], "prompt_tokens": [8],
+                            "new_tokens": [4, 6], "warmup": 0, "repeats": 2})"));
+  ThroughputSuite suite;
+  CellOutput out = h.run(suite);
+  ASSERT_EQ(out.records.size(), 4u);
+  for (const auto& r : out.records) {
+    const int64_t b = r["batch"], n = r["new_tokens"];
+    EXPECT_EQ(r["samples_s"].size(), size_t(2 * (n - 1)));  // decode steps of both repeats
+    EXPECT_EQ(r["prefill_samples_s"].size(), 2u);
+    EXPECT_NEAR(r["decode_tok_s"].get<double>(), b / r["decode_step_s"]["median"].get<double>(),
+                1e-9 * r["decode_tok_s"].get<double>());
+    EXPECT_NEAR(r["prefill_tok_s"].get<double>(), b * 8 / r["prefill_s"]["median"].get<double>(),
+                1e-9 * r["prefill_tok_s"].get<double>());
+    EXPECT_EQ(r["kv_bytes"], uint64_t(b) * (8 + n - 1) * 4 * 2 * 2 * 64 * 2);
+  }
+  EXPECT_EQ(out.summary["points"], 4);
+}
+
+TEST(ModelSuites, EstimatesCoverKvAndWeights) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [100],
+                            "new_tokens": [28]})"));
+  const ModelConfig* config = h.model.config_only();
+  ASSERT_NE(config, nullptr);
+  EstimateContext ctx{h.spec.suites[0].params, config, 2, h.env};
+  const uint64_t est = ThroughputSuite().estimate_bytes(ctx);
+  const uint64_t kv = 2ull * 128 * config->kv_bytes_per_token(2);
+  EXPECT_GE(est, kv + model_weight_bytes(*config));
+  EXPECT_LT(est, 10 * (kv + model_weight_bytes(*config)));
+  EXPECT_EQ(model_weight_bytes(*config), h.model.get().weight_bytes());
+}
+
+TEST(ModelSuites, OversizedPlanIsRefused) {
+  std::vector<Cell> cells(1);
+  cells[0].id = "throughput.full.x";
+  EXPECT_NO_THROW(refuse_oversized_plan(cells, {100}, 1000));
+  try {
+    refuse_oversized_plan(cells, {900}, 1000);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("plan: cell throughput.full.x needs about 900 B"),
+              std::string::npos);
+  }
+}
+
+TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
+  ModelSpec none;
+  ModelProvider empty(none);
+  EXPECT_EQ(empty.config_only(), nullptr);
+  EXPECT_THROW(empty.get(), Error);
+  ModelSpec missing;
+  missing.path = "/nonexistent/model";
+  missing.dtype = "auto";
+  ModelProvider bad(missing);
+  std::string first, second;
+  try {
+    bad.get();
+  } catch (const Error& e) {
+    first = e.what();
+  }
+  try {
+    bad.get();
+  } catch (const Error& e) {
+    second = e.what();
+  }
+  EXPECT_EQ(first, "model: /nonexistent/model: no such directory");
+  EXPECT_EQ(first, second);
+
+  auto dir = std::filesystem::temp_directory_path() / "kvbench_provider_model";
+  std::filesystem::remove_all(dir);
+  ModelSpec written;
+  written.path = dir.string();
+  written.preset = "tiny-mistral";
+  written.dtype = "float32";
+  ModelProvider p(written);
+  p.get();  // writes the checkpoint on first use, then loads it
+  EXPECT_TRUE(std::filesystem::exists(dir / "model.safetensors"));
+  EXPECT_EQ(p.identity()["random_weights"], true);
+  EXPECT_EQ(p.identity()["kv_dtype"], "float32");
+  EXPECT_EQ(p.identity()["config"]["architecture"], "MistralForCausalLM");
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kvbench
