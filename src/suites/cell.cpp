@@ -4,6 +4,7 @@
 #include <map>
 
 #include "kvbench/core/error.h"
+#include "kvbench/suites/suite_registry.h"
 
 namespace kvbench {
 
@@ -30,9 +31,13 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       // Everything that changes what the cell measures. nlohmann::json objects keep keys
       // sorted, so dump() is canonical. (Model file hashes join when sweeps land.)
       const nlohmann::json identity = {
-          {"suite", c.suite},        {"params", c.params},
-          {"method", c.method},      {"device", spec.device},
-          {"threads", spec.threads}, {"model", spec.resolved.value("model", nlohmann::json())}};
+          {"suite", c.suite},
+          {"params", c.params},
+          {"method", c.method},
+          {"device", spec.device},
+          {"threads", spec.threads},
+          {"model", find_suite(c.suite).needs_model ? spec.resolved.value("model", nlohmann::json())
+                                                    : nlohmann::json()}};
       const uint64_t h = fnv1a64(identity.dump());
       char hex[17];
       std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));

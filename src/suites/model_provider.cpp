@@ -12,11 +12,23 @@
 namespace kvbench {
 namespace {
 
-// make-model marks its checkpoints; any other checkpoint is taken as trained.
-bool marked_random(const std::string& dir) {
+// make-model marks its checkpoints in config.json: {"kvbench": {"random_weights", "preset",
+// "seed"}}; any other checkpoint is taken as trained. Null when unmarked.
+nlohmann::json marker(const std::string& dir) {
   std::ifstream in(std::filesystem::path(dir) / "config.json");
   auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return j.is_object() && j.contains("kvbench") && j["kvbench"].value("random_weights", false);
+  return j.is_object() && j.contains("kvbench") ? j["kvbench"] : nlohmann::json();
+}
+
+// A preset checkpoint written earlier must be the one this run asks for, or the report would
+// describe weights the run did not use.
+void check_marker_matches(const ModelSpec& spec, const nlohmann::json& mark) {
+  if (spec.preset.empty() || !mark.is_object()) return;
+  const std::string preset = mark.value("preset", "");
+  const int64_t seed = mark.value("seed", int64_t{-1});
+  KVB_CHECK(preset == spec.preset && seed == spec.seed, "model: ", spec.path, " holds preset ",
+            preset, " seed ", seed, " but the config asks for ", spec.preset, " seed ", spec.seed,
+            "; remove the directory or change model.path");
 }
 
 }  // namespace
@@ -41,17 +53,16 @@ const Transformer& ModelProvider::get() {
         spdlog::info("model: writing preset {} to {} (first use)", spec_.preset, spec_.path);
         write_preset_checkpoint(find_model_preset(spec_.preset), spec_.path, spec_.seed);
       }
+      const nlohmann::json mark = marker(spec_.path);
+      check_marker_matches(spec_, mark);
       model_ = std::make_unique<Transformer>(Transformer::load(spec_.path));
-      random = marked_random(spec_.path);
+      random = mark.is_object() && mark.value("random_weights", false);
     }
     const ModelConfig& c = model_->config();
-    identity_ = {{"path", spec_.path},
-                 {"preset", spec_.preset},
-                 {"random_weights", random},
-                 {"config", c.to_json()},
-                 {"weight_bytes", model_->weight_bytes()},
-                 {"compute_dtype", "float32"},
-                 {"kv_dtype", dtype_name(kv_dtype())},
+    identity_ = {{"path", spec_.path},         {"preset", spec_.preset},
+                 {"seed", spec_.seed},         {"random_weights", random},
+                 {"config", c.to_json()},      {"weight_bytes", model_->weight_bytes()},
+                 {"compute_dtype", "float32"}, {"kv_dtype", dtype_name(kv_dtype())},
                  {"load_s", sw.seconds()}};
     if (random) spdlog::warn("model: random weights; accuracy and output lengths mean nothing");
     return *model_;

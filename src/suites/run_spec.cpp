@@ -24,8 +24,8 @@ const std::vector<ParamSpec>& model_specs() {
                          "build `preset` in memory with random weights instead of files"),
       ParamSpec::integer("seed", 0, "weight seed of `preset`").at_least(0),
       ParamSpec::string("dtype", "auto",
-                        "storage dtype of weights and the uncompressed cache; auto = the "
-                        "checkpoint's",
+                        "storage dtype of the uncompressed KV cache (weights are held in fp32 "
+                        "on CPU); auto = the checkpoint's torch_dtype",
                         {"auto", "float32", "float16", "bfloat16"}),
   };
   return specs;

@@ -61,7 +61,7 @@ std::vector<uint64_t> estimate_cells(const RunSpec& spec, const std::vector<Cell
   const ModelConfig* config = nullptr;
   int element = 4;
   bool need_model = false;
-  for (const auto& c : cells) need_model = need_model || c.suite != "kernels";
+  for (const auto& c : cells) need_model = need_model || find_suite(c.suite).needs_model;
   if (need_model) {
     config = model.config_only();
     if (config) element = static_cast<int>(at::elementSize(model.kv_dtype()));

@@ -12,11 +12,11 @@ namespace kvbench {
 
 const std::vector<SuiteInfo>& suite_catalog() {
   static const std::vector<SuiteInfo> catalog = {
-      {"kernels", KernelsSuite::kSummary, KernelsSuite::param_specs(),
+      {"kernels", KernelsSuite::kSummary, KernelsSuite::param_specs(), /*needs_model=*/false,
        [] { return std::make_unique<KernelsSuite>(); }},
-      {"latency", LatencySuite::kSummary, LatencySuite::param_specs(),
+      {"latency", LatencySuite::kSummary, LatencySuite::param_specs(), true,
        [] { return std::make_unique<LatencySuite>(); }},
-      {"throughput", ThroughputSuite::kSummary, ThroughputSuite::param_specs(),
+      {"throughput", ThroughputSuite::kSummary, ThroughputSuite::param_specs(), true,
        [] { return std::make_unique<ThroughputSuite>(); }},
   };
   return catalog;

@@ -20,6 +20,11 @@ std::vector<std::vector<int64_t>> synthetic_prompts(int64_t count, int64_t token
   return prompts;
 }
 
+void require_cpu(const CellContext& ctx, const std::string& suite) {
+  KVB_CHECK(ctx.spec.device == "cpu", suite, ": device '", ctx.spec.device,
+            "' is not supported yet: the model runtime computes on the CPU only");
+}
+
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
   const ModelConfig& c = ctx.model.get().config();
   return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype());
@@ -58,6 +63,7 @@ uint64_t generation_bytes(const ModelConfig& c, int kv_element_bytes, int64_t ba
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite) {
   const int element = static_cast<int>(at::elementSize(ctx.model.kv_dtype()));
+  require_cpu(ctx, suite);
   check_memory_fits(generation_bytes(ctx.model.get().config(), element, batch, prompt, new_tokens),
                     suite + ": batch " + std::to_string(batch) + " x " + std::to_string(prompt) +
                         "+" + std::to_string(new_tokens) + " tokens");

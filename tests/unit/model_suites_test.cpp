@@ -142,7 +142,43 @@ TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
   EXPECT_EQ(p.identity()["random_weights"], true);
   EXPECT_EQ(p.identity()["kv_dtype"], "float32");
   EXPECT_EQ(p.identity()["config"]["architecture"], "MistralForCausalLM");
+  // The same directory asked for with another seed is refused, not silently reused.
+  ModelSpec other = written;
+  other.seed = 8;
+  ModelProvider mismatched(other);
+  try {
+    mismatched.get();
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds preset tiny-mistral seed 0 but the config asks "
+                                         "for tiny-mistral seed 8"),
+              std::string::npos)
+        << e.what();
+  }
   std::filesystem::remove_all(dir);
+}
+
+TEST(ModelSuites, CudaIsRefusedByTheCpuRuntime) {
+  Harness h(json::parse(R"({"name": "latency", "repeats": 1})"));
+  h.spec.device = "cuda";
+  LatencySuite suite;
+  try {
+    h.run(suite);
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "latency: device 'cuda' is not supported yet: the model runtime computes on the CPU "
+              "only");
+  }
+}
+
+TEST(ModelSuites, KernelsCellIdsIgnoreTheModel) {
+  json cfg = {{"suites", {{{"name", "kernels"}}, {{"name", "latency"}}}}, {"threads", 1}};
+  auto a = expand_cells(parse_run_spec(cfg, "t"));
+  cfg["model"] = {{"preset", "tiny-llama"}, {"random_init", true}};
+  auto b = expand_cells(parse_run_spec(cfg, "t"));
+  EXPECT_EQ(a[0].id, b[0].id);
+  EXPECT_NE(a[1].id, b[1].id);
 }
 
 }  // namespace

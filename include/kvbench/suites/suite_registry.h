@@ -17,6 +17,7 @@ struct SuiteInfo {
   std::string name;
   std::string summary;
   std::vector<ParamSpec> params;
+  bool needs_model = true;  // false: the suite never loads the model (and its ids ignore it)
   std::function<std::unique_ptr<Suite>()> make;
 };
 

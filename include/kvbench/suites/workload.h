@@ -15,6 +15,8 @@ namespace kvbench {
 // `count` prompts of `tokens` ids drawn uniformly from [0, vocab), seeded.
 std::vector<std::vector<int64_t>> synthetic_prompts(int64_t count, int64_t tokens, int64_t vocab,
                                                     uint64_t seed);
+// Throws Error when the run asks for a device the model runtime does not support yet.
+void require_cpu(const CellContext& ctx, const std::string& suite);
 // The cell's KV cache for the run's model and the cell's method.
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx);
 // Throws Error "<what> needs X but only Y of memory is available" when `bytes` exceeds 80% of
