@@ -1,4 +1,5 @@
 #include "kvbench/core/environment.h"
+#include "kvbench/core/memory.h"
 
 #include <dlfcn.h>
 #include <sys/utsname.h>
@@ -56,16 +57,6 @@ std::string cpu_model() {
   return "unknown";
 }
 
-uint64_t meminfo_bytes(const std::string& key) {
-  std::ifstream in("/proc/meminfo");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(key + ":", 0) == 0) {
-      return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10) << 10;  // kB
-    }
-  }
-  return 0;
-}
-
 std::string os_name() {
   std::string pretty;
   std::ifstream in("/etc/os-release");
@@ -121,7 +112,7 @@ uint64_t last_level_cache_bytes() {
   return best_size;
 }
 
-uint64_t available_memory_bytes() { return meminfo_bytes("MemAvailable"); }
+uint64_t available_memory_bytes() { return proc_kb_field("/proc/meminfo", "MemAvailable"); }
 
 int available_cores() {
   cpu_set_t set;
@@ -204,7 +195,7 @@ Environment capture_environment() {
   env.cores = available_cores();
   env.threads = at::get_num_threads();
   env.llc_bytes = last_level_cache_bytes();
-  env.memory_bytes = meminfo_bytes("MemTotal");
+  env.memory_bytes = proc_kb_field("/proc/meminfo", "MemTotal");
   env.memory_available_bytes = available_memory_bytes();
   env.libtorch = TORCH_VERSION;
   env.blas = detect_blas();

@@ -5,10 +5,8 @@
 #include <string>
 
 namespace kvbench {
-namespace {
-
-uint64_t status_bytes(const std::string& key) {
-  std::ifstream in("/proc/self/status");
+uint64_t proc_kb_field(const char* file, const std::string& key) {
+  std::ifstream in(file);
   for (std::string line; std::getline(in, line);) {
     if (line.rfind(key + ":", 0) == 0) {
       return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10) << 10;  // kB
@@ -17,10 +15,8 @@ uint64_t status_bytes(const std::string& key) {
   return 0;
 }
 
-}  // namespace
-
-uint64_t current_rss_bytes() { return status_bytes("VmRSS"); }
-uint64_t peak_rss_bytes() { return status_bytes("VmHWM"); }
+uint64_t current_rss_bytes() { return proc_kb_field("/proc/self/status", "VmRSS"); }
+uint64_t peak_rss_bytes() { return proc_kb_field("/proc/self/status", "VmHWM"); }
 
 bool reset_peak_rss() {
   std::ofstream out("/proc/self/clear_refs");

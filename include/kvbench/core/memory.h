@@ -3,9 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace kvbench {
 
+// A "Key:   123 kB" line of a /proc file (meminfo, self/status) in bytes; 0 if absent.
+uint64_t proc_kb_field(const char* file, const std::string& key);
 // Resident set size now (VmRSS); 0 if unknown.
 uint64_t current_rss_bytes();
 // Peak resident set size since start or the last reset (VmHWM); 0 if unknown.
