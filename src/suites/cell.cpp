@@ -35,6 +35,7 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
           {"params", c.params},
           {"method", c.method},
           {"device", spec.device},
+          {"attention", spec.attention},
           {"threads", spec.threads},
           {"model", find_suite(c.suite).needs_model ? spec.resolved.value("model", nlohmann::json())
                                                     : nlohmann::json()}};

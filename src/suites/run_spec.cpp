@@ -44,6 +44,10 @@ const std::vector<ParamSpec>& scalar_specs() {
       ParamSpec::string("name", "", "run name; default: the config file's stem"),
       ParamSpec::string("description", "", "free text, copied into the report"),
       ParamSpec::string("device", "cpu", "where attention runs", {"cpu", "cuda"}),
+      ParamSpec::string("attention", "cpu",
+                        "decode attention backend: cpu (fused, reads the stored format) or "
+                        "reference (dequantize, then plain attention: the oracle)",
+                        {"cpu", "reference"}),
       ParamSpec::integer("threads", "auto", "intra-op CPU threads; auto = all cores")
           .range(1, 4096)
           .or_auto(),
@@ -136,6 +140,7 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
   spec.model = {m["path"], m["dtype"], m["preset"], m["random_init"], m["seed"]};
   check_model_spec(spec.model);
   spec.device = resolved["device"];
+  spec.attention = resolved["attention"];
   spec.threads = resolved["threads"];
   spec.seed = resolved["seed"];
   spec.methods = methods;

@@ -27,7 +27,8 @@ void require_cpu(const CellContext& ctx, const std::string& suite) {
 
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
   const ModelConfig& c = ctx.model.get().config();
-  return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype());
+  return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(),
+                       ctx.spec.attention);
 }
 
 void check_memory_fits(uint64_t bytes, const std::string& what) {

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "kvbench/kv/token_store.h"
+
 namespace kvbench {
 
 class KVCache {
@@ -31,8 +33,12 @@ class KVCache {
   virtual at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
                                        const at::Tensor& k, const at::Tensor& v) = 0;
 
-  // Bytes of K/V state currently held for all sequences (payload plus any metadata).
-  virtual uint64_t bytes() const = 0;
+  // K/V state held now for all sequences, measured from the stored tensors.
+  virtual StorageBytes storage() const = 0;
+  // The same state by the method's formula; storage() and nominal() disagreeing beyond
+  // rounding means compression did not happen as claimed.
+  virtual StorageBytes nominal() const = 0;
+  uint64_t bytes() const { return storage().total(); }
 };
 
 }  // namespace kvbench

@@ -28,7 +28,8 @@ struct SuiteEntry {
 struct RunSpec {
   std::string name;
   ModelSpec model;
-  std::string device;  // cpu | cuda
+  std::string device;     // cpu | cuda
+  std::string attention;  // decode attention backend: cpu | reference
   int threads = 1;
   uint64_t seed = 0;
   std::vector<nlohmann::json> methods;  // resolved method entries, each with "name"

@@ -1,0 +1,19 @@
+// The fused CPU decode attention: reads K and V through their TokenStores' dot() and
+// accumulate() kernels, so compressed formats are read directly and no dequantized copy of
+// the cache is ever made. Work is split over (KV head, token chunk) pairs across threads and
+// the chunks are merged with the usual running-max softmax (split-K "flash decoding").
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "kvbench/kv/token_store.h"
+
+namespace kvbench {
+
+// One decode step for one sequence.
+//   q: [num_heads, 1, head_dim] fp32 (query head h reads KV head h / group)
+//   returns [num_heads, 1, head_dim] fp32
+at::Tensor cpu_decode_attention(const at::Tensor& q, const TokenStore& keys,
+                                const TokenStore& values, int64_t kv_heads, double scale);
+
+}  // namespace kvbench

@@ -1,0 +1,33 @@
+// Blockwise per-token integer quantization (llama.cpp style): each token's head_dim values are
+// cut into groups of `group` channels, each group stored as `bits`-bit codes plus an fp16
+// scale (and an fp16 min when asymmetric). Keys and values are treated alike.
+//   symmetric 8-bit  (q8_0): d = amax / 127, q = round(x / d), x^ = q d
+//   symmetric 4-bit  (q4_0): d = m / -8 for the signed extreme m, q = min(15, trunc(x/d + 8.5)),
+//                            x^ = (q - 8) d
+//   asymmetric b-bit (q4_1, int2): d = (max - min) / (2^b - 1), q = round((x - min) / d),
+//                            x^ = q d + min
+// Codes are computed against the stored (fp16-rounded) scale and min, so the reconstruction
+// error bound refers to what is actually stored.
+#pragma once
+
+#include "kvbench/kv/codec.h"
+
+namespace kvbench {
+
+class BlockQuantCodec final : public Codec {
+ public:
+  BlockQuantCodec(int bits, bool symmetric, int64_t group);
+  std::string name() const override;
+  nlohmann::json params() const override;
+  std::unique_ptr<TokenStore> make_key_store(int64_t kv_heads, int64_t head_dim) const override;
+  std::unique_ptr<TokenStore> make_value_store(int64_t kv_heads, int64_t head_dim) const override;
+  StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const override;
+  at::Tensor max_error(const at::Tensor& row, bool is_key) const override;
+
+ private:
+  int bits_;
+  bool symmetric_;
+  int64_t group_;
+};
+
+}  // namespace kvbench

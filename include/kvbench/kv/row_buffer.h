@@ -1,0 +1,38 @@
+// A growable per-head row buffer: [kv_heads, capacity, width] of one dtype, appended along the
+// token axis with amortised doubling. The common storage under every codec's TokenStore.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace kvbench {
+
+class RowBuffer {
+ public:
+  RowBuffer(int64_t kv_heads, int64_t width, at::ScalarType dtype);
+  // Makes room for `extra` more rows and returns the view of them: [kv_heads, extra, width].
+  at::Tensor append(int64_t extra);
+  // The stored rows: [kv_heads, size, width].
+  at::Tensor rows() const;
+  int64_t size() const { return size_; }
+  // Bytes of the stored rows (not of spare capacity).
+  uint64_t bytes() const;
+  // Row `t` of head `h`, for kernels: `width` elements of T.
+  template <typename T>
+  const T* row(int64_t h, int64_t t) const {
+    return data_.data_ptr<T>() + (h * data_.size(1) + t) * width_;
+  }
+  template <typename T>
+  T* mutable_row(int64_t h, int64_t t) {
+    return data_.data_ptr<T>() + (h * data_.size(1) + t) * width_;
+  }
+
+ private:
+  int64_t kv_heads_, width_;
+  at::ScalarType dtype_;
+  at::Tensor data_;  // [kv_heads, capacity, width]
+  int64_t size_ = 0;
+};
+
+}  // namespace kvbench

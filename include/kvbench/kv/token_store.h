@@ -1,0 +1,54 @@
+// Storage of one side (K or V) of one layer of one sequence, all KV heads, in some format.
+// A codec makes the stores; the cache appends tokens to them; attention reads them either
+// through dequantize() (the reference path) or through the fused dot()/accumulate() kernels,
+// which read the stored format directly and never materialise a dequantized copy.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include <nlohmann/json.hpp>
+
+namespace kvbench {
+
+// Bytes of K/V state: codes (payload) and everything that describes them (scales, mins,
+// residual buffers count as payload in the model dtype where they hold tokens).
+struct StorageBytes {
+  uint64_t payload = 0;
+  uint64_t metadata = 0;
+  uint64_t total() const { return payload + metadata; }
+  StorageBytes& operator+=(const StorageBytes& o) {
+    payload += o.payload;
+    metadata += o.metadata;
+    return *this;
+  }
+  nlohmann::json to_json() const {
+    return {{"payload", payload}, {"metadata", metadata}, {"total", total()}};
+  }
+};
+
+class TokenStore {
+ public:
+  virtual ~TokenStore() = default;
+
+  // Appends n tokens.  x: [kv_heads, n, head_dim] fp32.
+  virtual void append(const at::Tensor& x) = 0;
+  virtual int64_t size() const = 0;
+  // Every stored token reconstructed: [kv_heads, size, head_dim] fp32. The reference path.
+  virtual at::Tensor dequantize() const = 0;
+
+  // Fused key read: scores[r * stride + (t - t0)] = sum_d q[r * head_dim + d] * K[head, t, d]
+  // for r < rows and t in [t0, t1).
+  virtual void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1,
+                   float* scores, int64_t stride) const = 0;
+  // Fused value read: out[r * head_dim + d] += sum_t p[r * stride + (t - t0)] * V[head, t, d].
+  virtual void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
+                          int64_t stride, float* out) const = 0;
+
+  // Bytes held for the `size()` stored tokens, measured from the tensors' element sizes
+  // (capacity reserved for future tokens is not counted).
+  virtual StorageBytes bytes() const = 0;
+};
+
+}  // namespace kvbench

@@ -1,0 +1,24 @@
+// Built-in chat formats, chosen by name, that render a conversation exactly as the models' own
+// Jinja chat templates do (no Jinja engine): "llama3" (Meta Llama 3 / 3.x instruct, plain
+// messages) and "chatml" (Qwen2.5 / Qwen3: <|im_start|>role ... <|im_end|>, including Qwen3's
+// handling of <think> blocks in assistant turns). Tool definitions are not rendered.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace kvbench {
+
+struct ChatMessage {
+  std::string role;  // system, user, assistant (chatml also: tool)
+  std::string content;
+};
+
+std::vector<std::string> chat_format_names();
+// The prompt text; encode it with special-token splitting (Tokenizer::encode does) and without
+// add_special_tokens, since "llama3" already starts with <|begin_of_text|>. Throws Error for an
+// unknown format or role.
+std::string render_chat(const std::string& format, const std::vector<ChatMessage>& messages,
+                        bool add_generation_prompt = true);
+
+}  // namespace kvbench

