@@ -6,6 +6,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/row_buffer.h"
+#include "kvbench/kv/simd.h"
 
 namespace kvbench {
 namespace {
@@ -22,17 +23,6 @@ struct Format {
   int64_t code_bytes() const { return head_dim * bits / 8; }
   int64_t groups() const { return head_dim / group; }
 };
-
-int code_at(const uint8_t* codes, int64_t j, int bits) {
-  switch (bits) {
-    case 8:
-      return codes[j];
-    case 4:
-      return (codes[j >> 1] >> ((j & 1) * 4)) & 0xF;
-    default:
-      return (codes[j >> 2] >> ((j & 3) * 2)) & 0x3;
-  }
-}
 
 void set_code(uint8_t* codes, int64_t j, int bits, int code) {
   switch (bits) {
@@ -128,12 +118,7 @@ class BlockQuantStore final : public TokenStore {
     std::vector<float> k(static_cast<size_t>(f_.head_dim));
     for (int64_t t = t0; t < t1; ++t) {
       decode_row(head, t, k.data());  // one token's row, reused by every query of the group
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* qr = q + r * f_.head_dim;
-        float acc = 0;
-        for (int64_t d = 0; d < f_.head_dim; ++d) acc += qr[d] * k[d];
-        scores[r * stride + (t - t0)] = acc;
-      }
+      simd::dot_rows(k.data(), q, rows, f_.head_dim, scores + (t - t0), stride);
     }
   }
 
@@ -142,11 +127,7 @@ class BlockQuantStore final : public TokenStore {
     std::vector<float> v(static_cast<size_t>(f_.head_dim));
     for (int64_t t = t0; t < t1; ++t) {
       decode_row(head, t, v.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        const float w = p[r * stride + (t - t0)];
-        float* o = out + r * f_.head_dim;
-        for (int64_t d = 0; d < f_.head_dim; ++d) o[d] += w * v[d];
-      }
+      simd::axpy_rows(v.data(), p + (t - t0), rows, stride, out, f_.head_dim);
     }
   }
 
@@ -158,12 +139,37 @@ class BlockQuantStore final : public TokenStore {
     const uint8_t* c = codes_.row<uint8_t>(h, t);
     const at::Half* s = scales_.row<at::Half>(h, t);
     const at::Half* m = f_.symmetric ? nullptr : mins_.row<at::Half>(h, t);
-    const int zero = f_.zero();
+    unpack(c, out);  // codes as floats, then scale per group
+    const float zero = static_cast<float>(f_.zero());
     for (int64_t g = 0; g < f_.groups(); ++g) {
-      const float d = static_cast<float>(s[g]), mn = m ? static_cast<float>(m[g]) : 0.0f;
-      for (int64_t i = g * f_.group; i < (g + 1) * f_.group; ++i) {
-        out[i] = static_cast<float>(code_at(c, i, f_.bits) - zero) * d + mn;
-      }
+      const float d = simd::half_to_float(s[g]), mn = m ? simd::half_to_float(m[g]) : 0.0f;
+      simd::scale_shift(out + g * f_.group, f_.group, d, mn - zero * d);
+    }
+  }
+
+  // Codes of one row as floats, branch-free per bit width so the loops vectorise.
+  void unpack(const uint8_t* c, float* out) const {
+    const int64_t n = f_.head_dim;
+    switch (f_.bits) {
+      case 8:
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(c[i]);
+        return;
+      case 4:
+#pragma omp simd
+        for (int64_t i = 0; i < n / 2; ++i) {
+          out[2 * i] = static_cast<float>(c[i] & 0xF);
+          out[2 * i + 1] = static_cast<float>(c[i] >> 4);
+        }
+        return;
+      default:
+#pragma omp simd
+        for (int64_t i = 0; i < n / 4; ++i) {
+          out[4 * i] = static_cast<float>(c[i] & 0x3);
+          out[4 * i + 1] = static_cast<float>((c[i] >> 2) & 0x3);
+          out[4 * i + 2] = static_cast<float>((c[i] >> 4) & 0x3);
+          out[4 * i + 3] = static_cast<float>(c[i] >> 6);
+        }
     }
   }
 

@@ -6,11 +6,15 @@
 #include <cmath>
 #include <optional>
 
+#include "kvbench/attention/cpu_attention.h"
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/model_config.h"
 
 namespace kvbench {
 namespace {
@@ -22,13 +26,13 @@ constexpr uint64_t kMinCopyBytes = uint64_t{64} << 20;
 
 struct Shape {
   int64_t batch, kv_heads, group, head_dim, context;
-  uint64_t kv_bytes() const {  // K and V, fp32
-    return 2ull * batch * kv_heads * context * head_dim * sizeof(float);
+  const Codec* codec;
+  // K and V of all sequences by the codec's formula.
+  uint64_t kv_bytes() const {
+    return static_cast<uint64_t>(batch) * codec->nominal_bytes(context, kv_heads, head_dim).total();
   }
-  // Bytes any implementation must move per step: read K, V and q, write the output.
-  uint64_t bytes_moved() const {
-    return kv_bytes() + 2ull * batch * kv_heads * group * head_dim * sizeof(float);
-  }
+  // q read and the output written, fp32.
+  uint64_t io_bytes() const { return 2ull * batch * kv_heads * group * head_dim * sizeof(float); }
 };
 
 // Fails the cell with a clear message instead of letting the allocator abort or swap.
@@ -67,35 +71,69 @@ json copy_bandwidth_record(uint64_t bytes, int warmup, int repeats, uint64_t see
           {"gbps", moved / s.median / 1e9}};
 }
 
-json attention_record(const Shape& sh, int warmup, int repeats, uint64_t seed, uint64_t llc) {
-  check_fits(sh.kv_bytes(), "context " + std::to_string(sh.context) + " x kv_heads " +
-                                std::to_string(sh.kv_heads) + " (K and V)");
+// Random K/V appended in slices, so the fp32 staging never exceeds a few MiB per slice.
+void fill(TokenStore& store, int64_t kv_heads, int64_t tokens, int64_t head_dim, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
-  auto opts = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor k = at::randn({sh.batch, sh.kv_heads, sh.context, sh.head_dim}, gen, opts);
-  at::Tensor v = at::randn({sh.batch, sh.kv_heads, sh.context, sh.head_dim}, gen, opts);
-  at::Tensor q = at::randn({sh.batch, sh.kv_heads, sh.group, sh.head_dim}, gen, opts);
+  for (int64_t t = 0; t < tokens; t += 4096) {
+    const int64_t n = std::min<int64_t>(4096, tokens - t);
+    store.append(at::randn({kv_heads, n, head_dim}, gen, at::kFloat));
+  }
+}
+
+json attention_record(const Shape& sh, AttentionBackend backend, int warmup, int repeats,
+                      uint64_t seed, uint64_t llc) {
+  // The reference backend also materialises an fp32 copy of K and V every step.
+  const uint64_t fp32_copy = backend == AttentionBackend::kReference
+                                 ? 2ull * sh.kv_heads * sh.context * sh.head_dim * sizeof(float)
+                                 : 0;
+  check_fits(sh.kv_bytes() + fp32_copy, "context " + std::to_string(sh.context) + " x kv_heads " +
+                                            std::to_string(sh.kv_heads) + " (K and V)");
+  std::vector<std::unique_ptr<TokenStore>> keys, values;
+  std::vector<at::Tensor> queries;  // [heads, 1, head_dim] per sequence
+  auto gen = at::detail::createCPUGenerator(seed);
+  StorageBytes stored;
+  for (int64_t b = 0; b < sh.batch; ++b) {
+    keys.push_back(sh.codec->make_key_store(sh.kv_heads, sh.head_dim));
+    values.push_back(sh.codec->make_value_store(sh.kv_heads, sh.head_dim));
+    fill(*keys.back(), sh.kv_heads, sh.context, sh.head_dim, seed + 2 * b + 1);
+    fill(*values.back(), sh.kv_heads, sh.context, sh.head_dim, seed + 2 * b + 2);
+    stored += keys.back()->bytes();
+    stored += values.back()->bytes();
+    queries.push_back(at::randn({sh.kv_heads * sh.group, 1, sh.head_dim}, gen, at::kFloat));
+  }
   const double scale = 1.0 / std::sqrt(static_cast<double>(sh.head_dim));
   at::Tensor out;
-  auto samples =
-      time_calls(warmup, repeats, [&] { out = decode_attention_reference(q, k, v, scale); });
+  auto samples = time_calls(warmup, repeats, [&] {
+    for (int64_t b = 0; b < sh.batch; ++b) {
+      out = backend == AttentionBackend::kCpu
+                ? cpu_decode_attention(queries[b], *keys[b], *values[b], sh.kv_heads, scale)
+                : block_attention_reference(queries[b], keys[b]->dequantize(),
+                                            values[b]->dequantize(), scale);
+    }
+  });
   KVB_CHECK(at::isfinite(out).all().item<bool>(), "kernels: non-finite attention output");
   Summary s = summarize(samples, seed);
-  const double llc_multiple = llc ? static_cast<double>(sh.kv_bytes()) / llc : 0.0;
+  // Bytes any implementation must move per step: the stored K/V (codes and metadata), q in,
+  // the output out.
+  const uint64_t moved = stored.total() + sh.io_bytes();
+  const double llc_multiple = llc ? static_cast<double>(stored.total()) / llc : 0.0;
   return {{"kind", "decode_attention"},
-          {"backend", "reference"},
-          {"dtype", "float32"},
+          {"backend", backend == AttentionBackend::kCpu ? "cpu" : "reference"},
+          {"format", sh.codec->name()},
+          {"format_params", sh.codec->params()},
           {"batch", sh.batch},
           {"kv_heads", sh.kv_heads},
           {"group_size", sh.group},
           {"head_dim", sh.head_dim},
           {"context", sh.context},
-          {"working_set_bytes", sh.kv_bytes()},
+          {"working_set_bytes", stored.total()},
+          {"nominal_bytes", sh.kv_bytes()},
+          {"metadata_bytes", stored.metadata},
           {"llc_multiple", llc_multiple},
-          {"bytes_moved", sh.bytes_moved()},
+          {"bytes_moved", moved},
           {"samples_s", samples},
           {"time_s", to_json(s)},
-          {"gbps", sh.bytes_moved() / s.median / 1e9}};
+          {"gbps", moved / s.median / 1e9}};
 }
 
 }  // namespace
@@ -111,6 +149,10 @@ std::vector<ParamSpec> KernelsSuite::param_specs() {
       ParamSpec::integer("group_size", 4, "query heads per KV head (GQA group)").range(1, 64),
       ParamSpec::integer("head_dim", 128, "head dimension").one_of({64, 128}),
       ParamSpec::integer("batch", 1, "sequences per decode step").range(1, 1024),
+      ParamSpec::string("dtype", "float16",
+                        "storage dtype of the uncompressed `full` method (other methods fix "
+                        "their own format)",
+                        {"float32", "float16", "bfloat16"}),
       ParamSpec::integer("warmup", 3, "untimed calls before timing each point").range(0, 10000),
       ParamSpec::integer("repeats", 20, "timed calls per point (all kept)").range(1, 100000),
       ParamSpec::number("min_llc_multiple", 4.0,
@@ -133,24 +175,28 @@ std::vector<int64_t> KernelsSuite::auto_contexts(uint64_t bytes_per_token, uint6
 
 namespace {
 
-// The grid and buffer sizes a cell will use, derived from its parameters and the cache size.
+// The grid and buffer sizes a cell will use, derived from its parameters, its method's codec
+// and the cache size.
 struct Plan {
+  std::shared_ptr<const Codec> codec;
   std::vector<int64_t> contexts, kv_heads;
   Shape base;
   uint64_t largest = 0;     // K+V bytes of the biggest point
   uint64_t copy_bytes = 0;  // each of the two copy-bandwidth buffers
 };
 
-Plan make_plan(const json& p, uint64_t llc) {
+Plan make_plan(const json& p, const json& method, uint64_t llc) {
   Plan plan;
+  plan.codec = make_codec(method, dtype_from_name(p["dtype"]));
   plan.kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
   const int64_t max_heads = *std::max_element(plan.kv_heads.begin(), plan.kv_heads.end());
-  plan.base = Shape{p["batch"], 0, p["group_size"], p["head_dim"], 0};
+  plan.base = Shape{p["batch"], 0, p["group_size"], p["head_dim"], 0, plan.codec.get()};
   const double min_multiple = p["min_llc_multiple"];
+  Shape one = plan.base;
+  one.kv_heads = max_heads;
+  one.context = 1;
   plan.contexts = p["contexts"] == "auto"
-                      ? KernelsSuite::auto_contexts(
-                            2ull * plan.base.batch * max_heads * plan.base.head_dim * sizeof(float),
-                            llc, min_multiple)
+                      ? KernelsSuite::auto_contexts(one.kv_bytes(), llc, min_multiple)
                       : p["contexts"].get<std::vector<int64_t>>();
   for (int64_t c : plan.contexts) {
     Shape s = plan.base;
@@ -165,19 +211,18 @@ Plan make_plan(const json& p, uint64_t llc) {
 }  // namespace
 
 uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {
-  const Plan plan = make_plan(ctx.params, ctx.env.llc_bytes);
+  const Plan plan = make_plan(ctx.params, ctx.method, ctx.env.llc_bytes);
   return std::max(plan.largest, 2 * plan.copy_bytes);
 }
 
 CellOutput KernelsSuite::run(const CellContext& ctx) {
   KVB_CHECK(ctx.spec.device == "cpu", "kernels: device '", ctx.spec.device,
             "' is not supported yet (the CUDA kernels are not built into this suite)");
-  KVB_CHECK(ctx.method["name"] == "full", "kernels: method '",
-            ctx.method["name"].get<std::string>(), "' has no decode-attention backend yet");
   const json& p = ctx.params;
   const uint64_t llc = ctx.env.llc_bytes;
   const double min_multiple = p["min_llc_multiple"];
-  const Plan plan = make_plan(p, llc);
+  const Plan plan = make_plan(p, ctx.method, llc);
+  const AttentionBackend backend = attention_backend_from_name(ctx.spec.attention);
   const std::vector<int64_t>& contexts = plan.contexts;
   const std::vector<int64_t>& kv_heads = plan.kv_heads;
   const Shape& base = plan.base;
@@ -193,7 +238,7 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
       Shape sh = base;
       sh.context = c;
       sh.kv_heads = h;
-      out.records.push_back(attention_record(sh, warmup, repeats, ctx.seed, llc));
+      out.records.push_back(attention_record(sh, backend, warmup, repeats, ctx.seed, llc));
       ctx.progress.advance("context " + std::to_string(c) + ", kv_heads " + std::to_string(h));
     }
   }
@@ -239,10 +284,12 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
 
 Table KernelsSuite::summary_table(const CellOutput& output) const {
   Table t;
-  t.columns = {"context", "kv_heads", "K+V", "xLLC", "median us", "p90 us", "GB/s", "% copy BW"};
+  t.columns = {"format",    "context", "kv_heads", "K+V",      "xLLC",
+               "median us", "p90 us",  "GB/s",     "% copy BW"};
   for (const auto& r : output.records) {
     if (r["kind"] != "decode_attention") continue;
-    t.rows.push_back({std::to_string(r["context"].get<int64_t>()),
+    t.rows.push_back({r["format"].get<std::string>() + " (" + r["backend"].get<std::string>() + ")",
+                      std::to_string(r["context"].get<int64_t>()),
                       std::to_string(r["kv_heads"].get<int64_t>()),
                       format_bytes(r["working_set_bytes"].get<double>()),
                       format_fixed(r["llc_multiple"].get<double>(), 2),
@@ -252,7 +299,7 @@ Table KernelsSuite::summary_table(const CellOutput& output) const {
                       format_fixed(100 * r["fraction_of_copy_bandwidth"].get<double>(), 1)});
   }
   if (output.summary.contains("copy_bandwidth_gbps")) {
-    t.rows.push_back({"copy", "", "", "", "", "",
+    t.rows.push_back({"copy", "", "", "", "", "", "",
                       format_fixed(output.summary["copy_bandwidth_gbps"].get<double>(), 2),
                       "100.0"});
   }

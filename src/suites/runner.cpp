@@ -67,7 +67,7 @@ std::vector<uint64_t> estimate_cells(const RunSpec& spec, const std::vector<Cell
     if (config) element = static_cast<int>(at::elementSize(model.kv_dtype()));
   }
   for (const auto& c : cells) {
-    EstimateContext ctx{c.params, config, element, env};
+    EstimateContext ctx{c.params, c.method, config, element, env};
     out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
   }
   return out;

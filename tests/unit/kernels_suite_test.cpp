@@ -97,7 +97,7 @@ SuiteRun run_kernels(const json& suite) {
 TEST(KernelsSuite, RecordsRawSamplesBytesAndBandwidth) {
   auto r = run_kernels(json::parse(
       R"({"name": "kernels", "contexts": [100, 2048], "kv_heads": [1, 2], "head_dim": 64,
-          "group_size": 2, "warmup": 1, "repeats": 4})"));
+          "group_size": 2, "warmup": 1, "repeats": 4, "dtype": "float32"})"));
   const auto& recs = r.out.records;
   ASSERT_EQ(recs.size(), 2u + 4u);  // copy before/after + 2 x 2 points
   EXPECT_EQ(recs.front()["kind"], "copy_bandwidth");
@@ -142,7 +142,7 @@ TEST(KernelsSuite, ImpossibleMemoryRequestFailsClearly) {
     FAIL() << "expected an Error";
   } catch (const Error& e) {
     std::string msg = e.what();
-    EXPECT_NE(msg.find("kernels: context 16777216 x kv_heads 256 (K and V) needs 4.00 TiB"),
+    EXPECT_NE(msg.find("kernels: context 16777216 x kv_heads 256 (K and V) needs 2.00 TiB"),
               std::string::npos)
         << msg;
   }

@@ -86,7 +86,7 @@ TEST(ModelSuites, EstimatesCoverKvAndWeights) {
                             "new_tokens": [28]})"));
   const ModelConfig* config = h.model.config_only();
   ASSERT_NE(config, nullptr);
-  EstimateContext ctx{h.spec.suites[0].params, config, 2, h.env};
+  EstimateContext ctx{h.spec.suites[0].params, h.method, config, 2, h.env};
   const uint64_t est = ThroughputSuite().estimate_bytes(ctx);
   const uint64_t kv = 2ull * 128 * config->kv_bytes_per_token(2);
   EXPECT_GE(est, kv + model_weight_bytes(*config));

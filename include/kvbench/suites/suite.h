@@ -36,6 +36,7 @@ struct CellOutput {
 // What a memory estimate may look at without loading weights or allocating anything.
 struct EstimateContext {
   const nlohmann::json& params;  // resolved suite parameters
+  const nlohmann::json& method;  // resolved method entry
   const ModelConfig* model;      // the run's model config, or nullptr when none is configured
   int kv_element_bytes;          // bytes per value of the uncompressed cache
   const Environment& env;

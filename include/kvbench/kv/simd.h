@@ -1,0 +1,26 @@
+// Vector helpers for the fused CPU kernels: format conversion of one row and the two inner
+// loops of attention over one stored row (dot with every query of a GQA group; accumulate
+// into every output row). The loops are compiled twice (x86-64-v3 with AVX2/FMA, and the
+// baseline) and the loader picks the clone the CPU supports, so one binary runs everywhere.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace kvbench::simd {
+
+void to_float(const at::Half* src, float* dst, int64_t n);
+void to_float(const at::BFloat16* src, float* dst, int64_t n);
+void to_float(const float* src, float* dst, int64_t n);
+// fp16 -> fp32 for single values (scales, mins) through a 64K-entry table.
+float half_to_float(at::Half h);
+
+// out[r * stride] = sum_i q[r * n + i] * k[i], for r < rows
+void dot_rows(const float* k, const float* q, int64_t rows, int64_t n, float* out, int64_t stride);
+// out[r * n + i] += p[r * stride] * v[i], for r < rows
+void axpy_rows(const float* v, const float* p, int64_t rows, int64_t stride, float* out, int64_t n);
+// x[i] = x[i] * scale + offset
+void scale_shift(float* x, int64_t n, float scale, float offset);
+
+}  // namespace kvbench::simd

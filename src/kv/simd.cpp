@@ -1,0 +1,90 @@
+#include "kvbench/kv/simd.h"
+
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define KVB_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define KVB_CLONES
+#endif
+
+namespace kvbench::simd {
+namespace {
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) void half_to_float_f16c(const at::Half* src, float* dst,
+                                                             int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+const bool kHasF16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
+#endif
+
+const std::vector<float>& half_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t i = 0; i < 65536; ++i) {
+      t[i] = static_cast<float>(at::Half(static_cast<uint16_t>(i), at::Half::from_bits()));
+    }
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace
+
+void to_float(const at::Half* src, float* dst, int64_t n) {
+#if defined(__x86_64__)
+  if (kHasF16c) return half_to_float_f16c(src, dst, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+void to_float(const at::BFloat16* src, float* dst, int64_t n) {
+  // bf16 is the top half of an fp32: widen the bits.
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
+}
+
+void to_float(const float* src, float* dst, int64_t n) {
+  std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+}
+
+float half_to_float(at::Half h) { return half_table()[h.x]; }
+
+KVB_CLONES void dot_rows(const float* k, const float* q, int64_t rows, int64_t n, float* out,
+                         int64_t stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* qr = q + r * n;
+    float acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) acc += qr[i] * k[i];
+    out[r * stride] = acc;
+  }
+}
+
+KVB_CLONES void axpy_rows(const float* v, const float* p, int64_t rows, int64_t stride, float* out,
+                          int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float w = p[r * stride];
+    float* o = out + r * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) o[i] += w * v[i];
+  }
+}
+
+KVB_CLONES void scale_shift(float* x, int64_t n, float scale, float offset) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] * scale + offset;
+}
+
+}  // namespace kvbench::simd
