@@ -55,7 +55,14 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
       }
     }
     const double elapsed = step.seconds();
-    result.peak_kv_bytes = std::max(result.peak_kv_bytes, cache.bytes());
+    const StorageBytes held = cache.storage();
+    if (held.total() >= result.peak_kv_bytes) {
+      result.peak_kv_bytes = held.total();
+      result.peak_storage = held;
+      result.peak_nominal = cache.nominal();
+      result.peak_tokens = 0;
+      for (const auto& s : steps) result.peak_tokens += cache.length(s.seq);
+    }
     if (first) {
       result.prefill_s = elapsed;
       first = false;

@@ -42,12 +42,14 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
 
   std::vector<double> ttft, tpot, e2e, itl;
   uint64_t kv_peak = 0;
+  json kv_memory;
   ctx.progress.begin(ctx.cell_id, static_cast<size_t>(warmup + repeats));
   for (int r = 0; r < warmup + repeats; ++r) {
     auto prompts = synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r);
     GenerationResult res = generate(model, *cache, prompts, g);
     ctx.progress.advance(r < warmup ? "warm-up" : "repeat " + std::to_string(r - warmup + 1));
     if (r < warmup) continue;
+    if (res.peak_kv_bytes >= kv_peak) kv_memory = kv_memory_json(res, model.config());
     kv_peak = std::max(kv_peak, res.peak_kv_bytes);
     for (const auto& s : res.sequences) {
       const auto& t = s.token_times_s;
@@ -73,6 +75,10 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   out.summary["batch"] = batch;
   out.summary["requests"] = ttft.size();
   out.summary["kv_bytes_peak"] = kv_peak;
+  out.summary["kv_memory"] = kv_memory;
+  if (kv_memory.value("nominal_mismatch", false)) {
+    out.warnings.push_back("measured KV bytes differ from the method's formula by more than 1%");
+  }
   return out;
 }
 

@@ -1,5 +1,8 @@
 #include "kvbench/suites/workload.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
@@ -36,6 +39,22 @@ void check_memory_fits(uint64_t bytes, const std::string& what) {
   if (available == 0) return;
   KVB_CHECK(bytes <= available / 10 * 8, what, " needs ", format_bytes(bytes), " but only ",
             format_bytes(available), " of memory is available");
+}
+
+nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
+  const double tokens = static_cast<double>(std::max<int64_t>(r.peak_tokens, 1));
+  const double values = tokens * 2.0 * c.num_layers * c.num_kv_heads * c.head_dim;
+  const double fp16 = values * 2.0;
+  const double measured = static_cast<double>(r.peak_storage.total());
+  const double nominal = static_cast<double>(r.peak_nominal.total());
+  return {{"tokens", r.peak_tokens},
+          {"measured", r.peak_storage.to_json()},
+          {"nominal", r.peak_nominal.to_json()},
+          {"bytes_per_token", measured / tokens},
+          {"bits_per_value", measured * 8.0 / values},
+          {"ratio_to_fp16", measured / fp16},
+          // Beyond rounding (1%): the stored tensors do not match what the method claims.
+          {"nominal_mismatch", std::abs(measured - nominal) > 0.01 * std::max(nominal, 1.0)}};
 }
 
 uint64_t model_weight_bytes(const ModelConfig& config) {

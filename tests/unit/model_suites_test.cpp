@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/latency_suite.h"
 #include "kvbench/suites/model_provider.h"
 #include "kvbench/suites/runner.h"
@@ -79,6 +80,25 @@ TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
     EXPECT_EQ(r["kv_bytes"], uint64_t(b) * (8 + n - 1) * 4 * 2 * 2 * 64 * 2);
   }
   EXPECT_EQ(out.summary["points"], 4);
+  // bf16 full cache: 16 bits per value, half of nothing saved against fp16, formula agrees.
+  const json& mem = out.records[0]["kv_memory"];
+  EXPECT_DOUBLE_EQ(mem["bits_per_value"].get<double>(), 16.0);
+  EXPECT_DOUBLE_EQ(mem["ratio_to_fp16"].get<double>(), 1.0);
+  EXPECT_FALSE(mem["nominal_mismatch"].get<bool>());
+}
+
+TEST(ThroughputSuite, QuantizedCacheReportsItsRealSize) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [20],
+                            "new_tokens": [3], "warmup": 0, "repeats": 1})"));
+  h.method = resolve_method({{"name", "int8"}}, "methods[0]");
+  ThroughputSuite suite;
+  CellOutput out = h.run(suite);
+  const json& mem = out.records[0]["kv_memory"];
+  EXPECT_EQ(mem["tokens"], 2 * 22);
+  // q8_0 at group 32 over head_dim 64: 8 bits + 16 bits of scale per 32 values = 8.5 bits.
+  EXPECT_DOUBLE_EQ(mem["bits_per_value"].get<double>(), 8.5);
+  EXPECT_DOUBLE_EQ(mem["ratio_to_fp16"].get<double>(), 8.5 / 16);
+  EXPECT_FALSE(mem["nominal_mismatch"].get<bool>());
 }
 
 TEST(ModelSuites, EstimatesCoverKvAndWeights) {

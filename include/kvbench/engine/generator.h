@@ -31,6 +31,9 @@ struct GenerationResult {
   std::vector<double> decode_step_s;       // one per decode step
   std::vector<int64_t> decode_step_batch;  // sequences in each decode step
   uint64_t peak_kv_bytes = 0;
+  StorageBytes peak_storage;  // measured K/V state at the peak
+  StorageBytes peak_nominal;  // the method's formula for the same tokens
+  int64_t peak_tokens = 0;    // tokens held (all sequences) at the peak
   int64_t prompt_tokens = 0;
 };
 

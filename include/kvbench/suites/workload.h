@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kvbench/engine/generator.h"
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/suites/suite.h"
 
@@ -22,6 +23,10 @@ std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx);
 // Throws Error "<what> needs X but only Y of memory is available" when `bytes` exceeds 80% of
 // MemAvailable, so an impossible cell fails cleanly instead of meeting the OOM killer.
 void check_memory_fits(uint64_t bytes, const std::string& what);
+// The memory facts of a generation's peak KV state, for reports: measured payload/metadata,
+// the method's formula, bytes per token, bits per stored value, the ratio to an fp16 cache, and
+// whether measured and nominal disagree (compression that did not happen as claimed).
+nlohmann::json kv_memory_json(const GenerationResult& result, const ModelConfig& config);
 // Bytes of fp32 weights of a model with this config.
 uint64_t model_weight_bytes(const ModelConfig& config);
 // Peak bytes of generating `new_tokens` after `prompt` tokens for `batch` sequences, beyond the
