@@ -216,7 +216,7 @@ StorageBytes BlockQuantCodec::nominal_bytes(int64_t tokens, int64_t kv_heads,
   return {rows * head_dim * bits_ / 8, rows * groups * 2 * (symmetric_ ? 1 : 2)};
 }
 
-at::Tensor BlockQuantCodec::max_error(const at::Tensor& row, bool) const {
+at::Tensor BlockQuantCodec::max_error(const at::Tensor& row, bool, double) const {
   // Per group: half a step (a full step for q4_0, whose opposite-sign extreme can clamp), plus
   // the fp16 rounding of the stored min and of the scale times the largest code.
   at::Tensor groups = row.to(at::kFloat).view({-1, group_});

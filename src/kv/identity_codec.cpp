@@ -96,7 +96,7 @@ StorageBytes IdentityCodec::nominal_bytes(int64_t tokens, int64_t kv_heads,
   return {2ull * tokens * kv_heads * head_dim * at::elementSize(dtype_), 0};
 }
 
-at::Tensor IdentityCodec::max_error(const at::Tensor& row, bool) const {
+at::Tensor IdentityCodec::max_error(const at::Tensor& row, bool, double) const {
   // Round-to-nearest into a format with m mantissa bits: |error| <= |x| * 2^-(m+1).
   const double unit = dtype_ == at::kFloat ? 0x1.0p-24 : dtype_ == at::kHalf ? 0x1.0p-11 : 0x1.0p-8;
   // fp16 subnormals are spaced 2^-24 apart, so small values can be off by half of that.

@@ -5,6 +5,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/block_quant_codec.h"
+#include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/model/model_config.h"
@@ -56,6 +57,20 @@ const std::vector<MethodInfo>& method_catalog() {
        [](const json& p, at::ScalarType) {
          return std::make_shared<BlockQuantCodec>(4, p["symmetric"].get<bool>(),
                                                   p["group"].get<int64_t>());
+       }},
+      {"fp8",
+       "FP8 e4m3 (OCP e4m3fn, saturating at +-448): one byte per value plus one fp32 scale per "
+       "KV head (amax of the first tokens / 448), every token kept",
+       {ParamSpec::string("scale", "amax",
+                          "amax: calibrated on the first tokens a layer sees; fixed: scale_value",
+                          {"amax", "fixed"}),
+        ParamSpec::number("scale_value", 1.0, "the scale when scale is fixed").range(1e-12, 1e12),
+        ParamSpec::number("amax_divisor", 448.0, "scale = amax / amax_divisor").range(1e-3, 1e6),
+        ParamSpec::string("granularity", "head", "one scale per KV head or per layer",
+                          {"head", "layer"})},
+       [](const json& p, at::ScalarType) {
+         return std::make_shared<Fp8Codec>(p["scale"], p["scale_value"], p["amax_divisor"],
+                                           p["granularity"]);
        }},
       {"int2",
        "asymmetric per-token blocks, d = (max-min)/3, 2-bit codes + fp16 scale and min "

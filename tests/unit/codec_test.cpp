@@ -10,6 +10,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/engine/generator.h"
 #include "kvbench/kv/block_quant_codec.h"
+#include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/method_registry.h"
@@ -43,14 +44,19 @@ TEST_P(EveryMethod, ReconstructionWithinTheCodecsBound) {
   for (bool is_key : {true, false}) {
     auto store = is_key ? c->make_key_store(2, 64) : c->make_value_store(2, 64);
     at::Tensor x = kv_like(2, 37, 64, 5);
-    store->append(x.narrow(1, 0, 17));  // appended in two parts, as prefill + later steps
+    // Appended in two parts, as prefill + later steps; the later tokens stay inside the range
+    // the prefill saw, as calibrated formats (fp8 amax) assume.
+    x.narrow(1, 17, 20).copy_(x.narrow(1, 0, 17).abs().amax(1, true).expand({2, 20, 64}) *
+                              at::tanh(x.narrow(1, 17, 20)));
+    store->append(x.narrow(1, 0, 17));
     store->append(x.narrow(1, 17, 20));
     ASSERT_EQ(store->size(), 37);
     at::Tensor back = store->dequantize();
     for (int64_t h = 0; h < 2; ++h) {
+      const double amax = x[h].abs().max().item<double>();
       for (int64_t t = 0; t < 37; ++t) {
         at::Tensor row = x[h][t];
-        at::Tensor excess = (back[h][t] - row).abs() - c->max_error(row, is_key);
+        at::Tensor excess = (back[h][t] - row).abs() - c->max_error(row, is_key, amax);
         ASSERT_LE(excess.max().item<float>(), 0.0f)
             << GetParam() << (is_key ? " keys" : " values") << " head " << h << " token " << t;
       }
@@ -163,6 +169,37 @@ TEST(BlockQuant, ConstantGroupsAndGroupExtremes) {
       EXPECT_NEAR(back[0][0][5].item<float>(), 0.75f, 1e-3);
     }
   }
+}
+
+TEST(Fp8, E4m3ConversionRoundsToNearestEvenAndSaturates) {
+  EXPECT_EQ(float_to_e4m3(1.0f), 0x38);  // exponent 7 (bias 7), mantissa 0
+  EXPECT_EQ(float_to_e4m3(-2.0f), 0xC0);
+  EXPECT_EQ(float_to_e4m3(448.0f), 0x7E);  // largest finite
+  EXPECT_EQ(float_to_e4m3(1e6f), 0x7E);    // saturates, never NaN
+  EXPECT_EQ(float_to_e4m3(-1e6f), 0xFE);
+  EXPECT_EQ(float_to_e4m3(0x1.0p-9f), 0x01);  // smallest subnormal
+  EXPECT_EQ(float_to_e4m3(0.0f), 0x00);
+  EXPECT_EQ(float_to_e4m3(1.0625f), 0x38);  // tie between mantissas 0 and 1: even
+  EXPECT_EQ(float_to_e4m3(1.1875f), 0x3A);  // tie between mantissas 1 and 2: even
+  EXPECT_TRUE(std::isnan(e4m3_to_float(0x7F)));
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7F) == 0x7F) continue;
+    const float v = e4m3_to_float(static_cast<uint8_t>(c));
+    if (v == 0.0f) continue;              // -0 and +0 both encode to +0's neighbourhood
+    EXPECT_EQ(float_to_e4m3(v), c) << c;  // every finite code round-trips exactly
+  }
+}
+
+TEST(Fp8, CalibratedScaleSaturatesLaterOutliers) {
+  Fp8Codec codec("amax", 1.0, 448.0, "head");
+  auto store = codec.make_key_store(1, 8);
+  store->append(at::full({1, 1, 8}, 2.0f));  // calibrates s = 2 / 448
+  store->append(at::full({1, 1, 8}, 5.0f));  // beyond 448 s = 2: saturates to 2
+  at::Tensor back = store->dequantize();
+  EXPECT_FLOAT_EQ(back[0][0][0].item<float>(), 2.0f);
+  EXPECT_FLOAT_EQ(back[0][1][0].item<float>(), 2.0f);
+  EXPECT_EQ(store->bytes().payload, 16u);
+  EXPECT_EQ(store->bytes().metadata, 4u);  // one fp32 scale for the one head
 }
 
 TEST(MethodRegistry, UnknownNamesKeysAndValuesAreRejected) {

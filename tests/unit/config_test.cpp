@@ -7,6 +7,8 @@
 #include "kvbench/cli/config_loader.h"
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/run_spec.h"
 
 namespace kvbench {
@@ -102,9 +104,10 @@ TEST(Config, OutOfRangeValues) {
 }
 
 TEST(Config, MethodsAndSuitesAreCheckedByName) {
-  EXPECT_EQ(error_of(with(R"({"methods": [{"name": "ful"}]})")),
-            "config: methods[0].name: unknown method 'ful' (did you mean 'full'?); known methods: "
-            "full, fp32, fp16, bf16, int8, int4, int2");
+  EXPECT_EQ(
+      error_of(with(R"({"methods": [{"name": "ful"}]})")),
+      "config: methods[0].name: unknown method 'ful' (did you mean 'full'?); known methods: " +
+          join(method_names(), ", "));
   EXPECT_NE(error_of(with(R"({"methods": [{"bits": 4}]})"))
                 .find("config: methods[0].name: expected a method name"),
             std::string::npos);

@@ -30,8 +30,10 @@ class Codec {
   // Bytes the format's formula gives for `tokens` tokens of K plus V of one layer, all heads.
   virtual StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const = 0;
   // Largest |x - dequantize(quantize(x))| allowed for the values of one token row `x`
-  // (fp32, [head_dim]) of keys (is_key) or values. Identity codecs: rounding of the dtype.
-  virtual at::Tensor max_error(const at::Tensor& row, bool is_key) const = 0;
+  // (fp32, [head_dim]) of keys (is_key) or values, for a store whose values never exceeded
+  // `store_amax` in magnitude and whose calibration (if any) saw that maximum.
+  // Identity codecs: rounding of the dtype.
+  virtual at::Tensor max_error(const at::Tensor& row, bool is_key, double store_amax) const = 0;
   // Relative error of fused decode attention against the reference path that the fused
   // kernels must stay within (both read the same stored codes; only summation order differs).
   virtual double fused_tolerance() const { return 1e-4; }

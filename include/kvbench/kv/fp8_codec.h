@@ -1,0 +1,35 @@
+// FP8 e4m3 storage (OCP e4m3fn: 4 exponent bits with bias 7, 3 mantissa bits, largest finite
+// value 448, no infinities): each value stored as one byte fp8(x / s), read back as fp8 * s.
+// Values beyond +-448 s saturate. The scale s is fixed (`scale`: "fixed", value `scale_value`)
+// or taken from the first tokens a store sees (`scale`: "amax": amax / `amax_divisor`), per KV
+// head or per layer (`granularity`). Later tokens larger than the calibration saturate.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kvbench/kv/codec.h"
+
+namespace kvbench {
+
+// e4m3fn conversion, round to nearest even, saturating to +-448; NaN maps to NaN.
+uint8_t float_to_e4m3(float x);
+float e4m3_to_float(uint8_t code);
+
+class Fp8Codec final : public Codec {
+ public:
+  Fp8Codec(std::string scale, double scale_value, double amax_divisor, std::string granularity);
+  std::string name() const override { return "fp8_e4m3"; }
+  nlohmann::json params() const override;
+  std::unique_ptr<TokenStore> make_key_store(int64_t kv_heads, int64_t head_dim) const override;
+  std::unique_ptr<TokenStore> make_value_store(int64_t kv_heads, int64_t head_dim) const override;
+  StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const override;
+  at::Tensor max_error(const at::Tensor& row, bool is_key, double store_amax) const override;
+
+ private:
+  std::string scale_;
+  double scale_value_, amax_divisor_;
+  std::string granularity_;
+};
+
+}  // namespace kvbench
