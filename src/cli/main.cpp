@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   register_validate_command(app, global);
   register_list_command(app, global);
   register_make_model_command(app, global);
+  register_tokenize_command(app, global);
   register_version_command(app, global);
   try {
     app.parse(argc, argv);

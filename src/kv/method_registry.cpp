@@ -8,6 +8,7 @@
 #include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/identity_codec.h"
+#include "kvbench/kv/kivi_codec.h"
 #include "kvbench/model/model_config.h"
 
 namespace kvbench {
@@ -28,6 +29,21 @@ MethodInfo identity_method(const std::string& name, const std::string& dtype) {
 ParamSpec group_param() {
   return ParamSpec::integer("group", 32, "channels per quantization group (divides head_dim)")
       .one_of({8, 16, 32, 64, 128});
+}
+
+MethodInfo kivi_method(int bits) {
+  return {"kivi-" + std::to_string(bits),
+          "KIVI " + std::to_string(bits) +
+              "-bit: keys per channel (groups of G tokens, quantized in blocks of R), values per "
+              "token (groups of G channels), last R tokens exact; G = 32, R = 128 (seed paper)",
+          {ParamSpec::integer("group", 32, "G: tokens per key group, channels per value group")
+               .one_of({8, 16, 32, 64, 128}),
+           ParamSpec::integer("residual", 128, "R: full-precision tokens (a multiple of group)")
+               .range(8, 1 << 20)},
+          [bits](const json& p, at::ScalarType dtype) {
+            return std::make_shared<KiviCodec>(bits, p["group"].get<int64_t>(),
+                                               p["residual"].get<int64_t>(), dtype);
+          }};
 }
 
 }  // namespace
@@ -58,6 +74,8 @@ const std::vector<MethodInfo>& method_catalog() {
          return std::make_shared<BlockQuantCodec>(4, p["symmetric"].get<bool>(),
                                                   p["group"].get<int64_t>());
        }},
+      kivi_method(2),
+      kivi_method(4),
       {"fp8",
        "FP8 e4m3 (OCP e4m3fn, saturating at +-448): one byte per value plus one fp32 scale per "
        "KV head (amax of the first tokens / 448), every token kept",

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kvbench/kv/simd.h"
+
 namespace kvbench {
 
 RowBuffer::RowBuffer(int64_t kv_heads, int64_t width, at::ScalarType dtype)
@@ -23,6 +25,17 @@ at::Tensor RowBuffer::append(int64_t extra) {
 at::Tensor RowBuffer::rows() const {
   if (!data_.defined()) return at::empty({kv_heads_, 0, width_}, at::TensorOptions().dtype(dtype_));
   return data_.narrow(1, 0, size_);
+}
+
+void RowBuffer::row_as_float(int64_t h, int64_t t, float* out) const {
+  switch (dtype_) {
+    case at::kHalf:
+      return simd::to_float(row<at::Half>(h, t), out, width_);
+    case at::kBFloat16:
+      return simd::to_float(row<at::BFloat16>(h, t), out, width_);
+    default:
+      return simd::to_float(row<float>(h, t), out, width_);
+  }
 }
 
 uint64_t RowBuffer::bytes() const {

@@ -94,7 +94,8 @@ json tiny_tokenizer_json(int vocab_size) {
       for (size_t i = 0; i + 1 < ids.size(); ++i) pairs[{ids[i], ids[i + 1]}] += count;
     }
     std::pair<int, int> best{-1, -1};
-    int best_count = 1;  // a pair seen once teaches nothing
+    // Pairs seen once count too: the text is short, and the vocabulary must fill up.
+    int best_count = 0;
     for (const auto& [pair, count] : pairs) {
       if (count > best_count) best = pair, best_count = count;
     }

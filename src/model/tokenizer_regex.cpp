@@ -41,7 +41,8 @@ Regex::Regex(const std::string& pattern_in, bool literal, const std::string& sou
   const std::string pattern = literal ? pattern_in : rust_whitespace(pattern_in);
   int error = 0;
   PCRE2_SIZE offset = 0;
-  uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+  // PCRE2 allows no other pattern options beside PCRE2_LITERAL but UTF.
+  const uint32_t options = literal ? (PCRE2_UTF | PCRE2_LITERAL) : (PCRE2_UTF | PCRE2_UCP);
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
                                    options, &error, &offset, nullptr);
   if (code == nullptr) {

@@ -7,6 +7,7 @@
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
 #include "kvbench/suites/suite_registry.h"
+#include "kvbench/suites/workload.h"
 
 namespace kvbench {
 
@@ -58,16 +59,18 @@ std::vector<uint64_t> estimate_cells(const RunSpec& spec, const std::vector<Cell
                                      ModelProvider& model, const Environment& env) {
   (void)spec;
   std::vector<uint64_t> out;
-  const ModelConfig* config = nullptr;
-  int element = 4;
-  bool need_model = false;
-  for (const auto& c : cells) need_model = need_model || find_suite(c.suite).needs_model;
-  if (need_model) {
-    config = model.config_only();
-    if (config) element = static_cast<int>(at::elementSize(model.kv_dtype()));
-  }
   for (const auto& c : cells) {
-    EstimateContext ctx{c.params, c.method, config, element, env};
+    const bool needs_model = find_suite(c.suite).needs_model;
+    const ModelConfig* config = needs_model ? model.config_only() : nullptr;
+    double per_token = 0;
+    if (config) {
+      try {
+        per_token = method_kv_bytes_per_token(c.method, *config, model.kv_dtype());
+      } catch (const Error& e) {
+        throw Error("plan: cell " + c.id + ": " + e.what());
+      }
+    }
+    EstimateContext ctx{c.params, c.method, config, per_token, env};
     out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
   }
   return out;

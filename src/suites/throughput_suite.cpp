@@ -66,7 +66,7 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
   for (int64_t b : ctx.params["batch"].get<std::vector<int64_t>>())
     for (int64_t p : ctx.params["prompt_tokens"].get<std::vector<int64_t>>())
       for (int64_t n : ctx.params["new_tokens"].get<std::vector<int64_t>>())
-        peak = std::max(peak, generation_bytes(*ctx.model, ctx.kv_element_bytes, b, p, n));
+        peak = std::max(peak, generation_bytes(*ctx.model, ctx.kv_bytes_per_token, b, p, n));
   return model_weight_bytes(*ctx.model) + peak;
 }
 
@@ -94,6 +94,11 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   ctx.progress.end();
   double best_decode = 0, best_prefill = 0;
   for (const auto& r : out.records) {
+    if (r["kv_memory"].value("nominal_mismatch", false)) {
+      out.warnings.push_back(
+          "batch " + std::to_string(r["batch"].get<int64_t>()) +
+          ": measured KV bytes differ from the method's formula by more than 1%");
+    }
     best_decode = std::max(best_decode, r["decode_tok_s"].get<double>());
     best_prefill = std::max(best_prefill, r["prefill_tok_s"].get<double>());
   }

@@ -7,6 +7,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
 #include "kvbench/core/text.h"
+#include "kvbench/kv/codec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/transformer.h"
 
@@ -67,11 +68,11 @@ uint64_t model_weight_bytes(const ModelConfig& config) {
   return elements * sizeof(float);
 }
 
-uint64_t generation_bytes(const ModelConfig& c, int kv_element_bytes, int64_t batch, int64_t prompt,
-                          int64_t new_tokens) {
+uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64_t batch,
+                          int64_t prompt, int64_t new_tokens) {
   const uint64_t b = static_cast<uint64_t>(batch), p = static_cast<uint64_t>(prompt);
   const uint64_t total = p + static_cast<uint64_t>(new_tokens);
-  const uint64_t kv = b * total * c.kv_bytes_per_token(kv_element_bytes);
+  const uint64_t kv = static_cast<uint64_t>(static_cast<double>(b * total) * kv_bytes_per_token);
   const uint64_t width =
       6 * c.hidden_size + 4 * c.intermediate_size + 4 * c.num_heads * c.head_dim + c.vocab_size;
   const uint64_t activations = b * p * width * sizeof(float);
@@ -80,11 +81,23 @@ uint64_t generation_bytes(const ModelConfig& c, int kv_element_bytes, int64_t ba
   return kv + activations + scores + kv_fp32;
 }
 
+double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& c,
+                                 at::ScalarType dtype) {
+  auto codec = make_codec(method, dtype);
+  // Building the stores checks the method against the model (e.g. group vs head_dim).
+  codec->make_key_store(c.num_kv_heads, c.head_dim);
+  codec->make_value_store(c.num_kv_heads, c.head_dim);
+  // One token: formats with an exact window (KIVI) are at their most expensive per token.
+  return static_cast<double>(codec->nominal_bytes(1, c.num_kv_heads, c.head_dim).total()) *
+         static_cast<double>(c.num_layers);
+}
+
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite) {
-  const int element = static_cast<int>(at::elementSize(ctx.model.kv_dtype()));
   require_cpu(ctx, suite);
-  check_memory_fits(generation_bytes(ctx.model.get().config(), element, batch, prompt, new_tokens),
+  const ModelConfig& c = ctx.model.get().config();
+  const double per_token = method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype());
+  check_memory_fits(generation_bytes(c, per_token, batch, prompt, new_tokens),
                     suite + ": batch " + std::to_string(batch) + " x " + std::to_string(prompt) +
                         "+" + std::to_string(new_tokens) + " tokens");
 }

@@ -27,7 +27,9 @@ def kvbench(*args, cwd=None):
     return subprocess.run([KVBENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-class CliTest(unittest.TestCase):
+class CliCase(unittest.TestCase):
+    """Helpers shared by the CLI test classes (no tests of its own)."""
+
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="kvbench_cli_")
         self.dir = pathlib.Path(self.tmp.name)
@@ -58,6 +60,9 @@ class CliTest(unittest.TestCase):
         self.assertEqual(len(lines), 1, res.stderr)
         self.assertIn(fragment, lines[0])
 
+
+
+class CliTest(CliCase):
     # --- version -----------------------------------------------------------------------
     def test_version_reports_blas_threads_and_cuda(self):
         res = kvbench("version")
@@ -135,7 +140,7 @@ class CliTest(unittest.TestCase):
         path, report = self.report_from(res)
         failed, ok = report["cells"]
         self.assertEqual(failed["status"], "failed")
-        self.assertIn("needs 2.00 TiB", failed["error"])  # 2 x 256 heads x 2^24 x 64 x 4 B
+        self.assertIn("needs 1.00 TiB", failed["error"])  # 2 x 256 heads x 2^24 x 64 x 2 B (fp16)
         self.assertEqual(ok["status"], "ok")
         self.assertEqual(report["totals"], {"cells": 2, "failed": 1})
         check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
@@ -206,7 +211,7 @@ def write_safetensors(path, header, data):
     pathlib.Path(path).write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
-class ModelCliTest(CliTest):
+class ModelCliTest(CliCase):
     """make-model, model suites, and every corrupt-checkpoint case as a one-line error."""
 
     def make_model(self, preset="tiny-llama"):
@@ -333,6 +338,65 @@ class ModelCliTest(CliTest):
                 self.assertEqual(report["cells"][0]["status"], "failed")
                 self.assertIn(fragment, report["cells"][0]["error"])
                 shutil.rmtree(d)
+
+
+class TokenizeCliTest(unittest.TestCase):
+    """kvbench tokenize on the tokenizer that make-model writes next to the checkpoint."""
+
+    assert_one_line_error = CliTest.assert_one_line_error  # not a subclass: no CliTest tests
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="kvbench_tok_")
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = pathlib.Path(self.tmp.name)
+        self.model = self.dir / "tiny-llama"
+        res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(self.model))
+        self.assertEqual(res.returncode, 0, res.stderr)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            self.assertTrue((self.model / f).is_file(), f)
+
+    def tokenize(self, *args):
+        return kvbench("tokenize", "--model", str(self.model), *args)
+
+    def test_prints_the_count_and_with_ids_a_json_array(self):
+        res = self.tokenize("--text", "Hello world, the cache grows.")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        count = int(res.stdout.strip())
+        self.assertGreater(count, 0)
+        res = self.tokenize("--text", "Hello world, the cache grows.", "--ids")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        lines = res.stdout.splitlines()
+        ids = json.loads(lines[1])
+        self.assertEqual(int(lines[0]), len(ids))
+        self.assertEqual(len(ids), count)
+        self.assertTrue(all(0 <= i < 512 for i in ids))
+
+    def test_file_input_and_special_tokens(self):
+        path = self.dir / "prompt.txt"
+        path.write_text("caf\u00e9 \u65e5\u672c <|eot_id|>\n", encoding="utf-8")
+        res = self.tokenize("--file", str(path), "--ids")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        ids = json.loads(res.stdout.splitlines()[1])
+        self.assertIn(5, ids)  # <|eot_id|> is one token, not split into bytes
+
+    def test_chat_formats(self):
+        res = self.tokenize("--text", "Hi", "--chat", "llama3", "--ids")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        ids = json.loads(res.stdout.splitlines()[1])
+        self.assertEqual(ids[:2], [1, 3])  # <|begin_of_text|><|start_header_id|>
+        res = self.tokenize("--text", "Hi", "--chat", "chatml", "--ids")
+        self.assertEqual(json.loads(res.stdout.splitlines()[1])[0], 6)  # <|im_start|>
+        self.assertEqual(self.tokenize("--text", "Hi", "--chat", "vicuna").returncode, 2)
+
+    def test_usage_and_missing_tokenizer_errors(self):
+        self.assertEqual(self.tokenize().returncode, 2)
+        self.assertEqual(self.tokenize("--text", "a", "--file", "b").returncode, 2)
+        res = kvbench("tokenize", "--model", str(self.dir / "absent"), "--text", "x")
+        self.assert_one_line_error(res, 1, "tokenizer.json: cannot read the file")
+        (self.model / "tokenizer.json").write_text(json.dumps(
+            {"model": {"type": "WordPiece", "vocab": {}}}))
+        res = self.tokenize("--text", "x")
+        self.assert_one_line_error(res, 1, "unsupported tokenizer model: WordPiece")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 // reference path, and the tiny model generating end to end.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
 
 #include "kvbench/attention/cpu_attention.h"
@@ -13,6 +14,7 @@
 #include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/identity_codec.h"
+#include "kvbench/kv/kivi_codec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/presets.h"
 
@@ -118,7 +120,12 @@ TEST_P(EveryMethod, TinyModelGeneratesEndToEnd) {
 std::vector<std::string> all_methods() { return method_names(); }
 
 INSTANTIATE_TEST_SUITE_P(Registry, EveryMethod, ::testing::ValuesIn(all_methods()),
-                         [](const auto& info) { return info.param; });
+                         [](const auto& info) {
+                           std::string name = info.param;  // test names allow [A-Za-z0-9_]
+                           for (char& c : name)
+                             c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+                           return name;
+                         });
 
 // The fused path against an independent float64 loop, not only against the reference path.
 TEST(CpuAttention, MatchesFloat64Loops) {
@@ -200,6 +207,52 @@ TEST(Fp8, CalibratedScaleSaturatesLaterOutliers) {
   EXPECT_FLOAT_EQ(back[0][1][0].item<float>(), 2.0f);
   EXPECT_EQ(store->bytes().payload, 16u);
   EXPECT_EQ(store->bytes().metadata, 4u);  // one fp32 scale for the one head
+}
+
+TEST(Kivi, ResidualCoveringEveryTokenIsTheFullCache) {
+  KiviCodec kivi(2, 32, 128, at::kBFloat16);
+  IdentityCodec full(at::kBFloat16);
+  at::Tensor x = kv_like(2, 100, 64, 3);
+  for (bool is_key : {true, false}) {
+    auto a = is_key ? kivi.make_key_store(2, 64) : kivi.make_value_store(2, 64);
+    auto b = is_key ? full.make_key_store(2, 64) : full.make_value_store(2, 64);
+    a->append(x.narrow(1, 0, 60));
+    a->append(x.narrow(1, 60, 40));
+    b->append(x);
+    EXPECT_TRUE(at::equal(a->dequantize(), b->dequantize())) << is_key;
+  }
+}
+
+TEST(Kivi, KeysQuantizeWholeBlocksValuesKeepASlidingWindow) {
+  // T = 300, R = 128: keys quantize 256 tokens (two blocks) and keep 44 exact; values quantize
+  // the oldest 172 and keep the last 128 exact.
+  KiviCodec kivi(2, 32, 128, at::kFloat);
+  at::Tensor x = kv_like(1, 300, 64, 4);
+  auto keys = kivi.make_key_store(1, 64), values = kivi.make_value_store(1, 64);
+  for (int64_t t = 0; t < 300; t += 50) {  // prefill-sized and then step-sized appends
+    keys->append(x.narrow(1, t, 50));
+    values->append(x.narrow(1, t, 50));
+  }
+  at::Tensor k = keys->dequantize(), v = values->dequantize();
+  auto exact = [&](const at::Tensor& back, int64_t t) { return at::equal(back[0][t], x[0][t]); };
+  EXPECT_FALSE(exact(k, 255));
+  EXPECT_TRUE(exact(k, 256));
+  EXPECT_TRUE(exact(k, 299));
+  EXPECT_FALSE(exact(v, 171));
+  EXPECT_TRUE(exact(v, 172));
+  const StorageBytes b = kivi.nominal_bytes(300, 1, 64);
+  EXPECT_EQ(keys->bytes().total() + values->bytes().total(), b.total());
+}
+
+TEST(Kivi, BytesPerTokenMatchThePaper) {
+  // d = 128, G = 32, fp16 scales: 2-bit 96 B and 4-bit 160 B per token per KV head once the
+  // residual window is full (each further block of R tokens adds exactly that much).
+  for (auto [bits, per_token] : {std::pair{2, 96}, {4, 160}}) {
+    KiviCodec kivi(bits, 32, 128, at::kHalf);
+    const uint64_t grow =
+        kivi.nominal_bytes(1024, 1, 128).total() - kivi.nominal_bytes(896, 1, 128).total();
+    EXPECT_EQ(grow, 128u * per_token) << bits;
+  }
 }
 
 TEST(MethodRegistry, UnknownNamesKeysAndValuesAreRejected) {

@@ -106,12 +106,35 @@ TEST(ModelSuites, EstimatesCoverKvAndWeights) {
                             "new_tokens": [28]})"));
   const ModelConfig* config = h.model.config_only();
   ASSERT_NE(config, nullptr);
-  EstimateContext ctx{h.spec.suites[0].params, h.method, config, 2, h.env};
+  const double per_token = method_kv_bytes_per_token(h.method, *config, at::kBFloat16);
+  EXPECT_DOUBLE_EQ(per_token, double(config->kv_bytes_per_token(2)));
+  EstimateContext ctx{h.spec.suites[0].params, h.method, config, per_token, h.env};
   const uint64_t est = ThroughputSuite().estimate_bytes(ctx);
   const uint64_t kv = 2ull * 128 * config->kv_bytes_per_token(2);
   EXPECT_GE(est, kv + model_weight_bytes(*config));
   EXPECT_LT(est, 10 * (kv + model_weight_bytes(*config)));
   EXPECT_EQ(model_weight_bytes(*config), h.model.get().weight_bytes());
+}
+
+TEST(ModelSuites, MethodsThatCannotRunOnTheModelAreRefusedInThePlan) {
+  // tiny-mistral has head_dim 16: an int8 group of 32 cannot divide it.
+  json cfg = {{"suites", {{{"name", "latency"}}}},
+              {"methods", {{{"name", "int8"}}}},
+              {"model", {{"preset", "tiny-mistral"}, {"random_init", true}}}};
+  RunSpec spec = parse_run_spec(cfg, "t");
+  ModelProvider model(spec.model);
+  Environment env;
+  try {
+    estimate_cells(spec, expand_cells(spec), model, env);
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("group 32 does not divide head_dim 16"), std::string::npos)
+        << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind("plan: cell latency.int8.", 0), 0u);
+  }
+  cfg["methods"][0]["group"] = 16;
+  RunSpec ok = parse_run_spec(cfg, "t");
+  EXPECT_NO_THROW(estimate_cells(ok, expand_cells(ok), model, env));
 }
 
 TEST(ModelSuites, OversizedPlanIsRefused) {

@@ -23,6 +23,7 @@ void register_run_command(CLI::App& app, GlobalOptions& global);
 void register_validate_command(CLI::App& app, GlobalOptions& global);
 void register_list_command(CLI::App& app, GlobalOptions& global);
 void register_make_model_command(CLI::App& app, GlobalOptions& global);
+void register_tokenize_command(CLI::App& app, GlobalOptions& global);
 void register_version_command(CLI::App& app, GlobalOptions& global);
 
 }  // namespace kvbench

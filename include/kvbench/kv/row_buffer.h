@@ -23,6 +23,8 @@ class RowBuffer {
   const T* row(int64_t h, int64_t t) const {
     return data_.data_ptr<T>() + (h * data_.size(1) + t) * width_;
   }
+  // Row `t` of head `h` converted to fp32 (float32, float16 or bfloat16 storage).
+  void row_as_float(int64_t h, int64_t t, float* out) const;
   template <typename T>
   T* mutable_row(int64_t h, int64_t t) {
     return data_.data_ptr<T>() + (h * data_.size(1) + t) * width_;

@@ -44,7 +44,9 @@ class Tokenizer {
   // applied (e.g. BOS for Llama-3 files with TemplateProcessing); the default matches
   // `tok.encode(text, add_special_tokens=False)`. Thread-safe.
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
-  // Ids back to text (through the file's decoder). Out-of-range ids throw.
+  // Ids back to text (through the file's decoder), as the `tokenizers` library decodes;
+  // transformers' clean_up_tokenization_spaces (" ." -> ".") is not applied, so byte-level
+  // files round-trip exactly. Out-of-range ids throw.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
 
   // One more than the largest id (model vocabulary and added tokens).
@@ -59,9 +61,8 @@ class Tokenizer {
   // generation_config.json's eos_token_id (int or list), else tokenizer_config's eos_token.
   const std::vector<int32_t>& eos_ids() const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

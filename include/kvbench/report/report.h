@@ -14,7 +14,7 @@
 namespace kvbench {
 
 constexpr const char* kReportSchemaId = "kvbench.report";
-constexpr int kReportSchemaVersion = 1;
+constexpr int kReportSchemaVersion = 2;
 
 struct RunInfo {
   std::string created;      // RFC 3339, when the run started

@@ -38,7 +38,7 @@ struct EstimateContext {
   const nlohmann::json& params;  // resolved suite parameters
   const nlohmann::json& method;  // resolved method entry
   const ModelConfig* model;      // the run's model config, or nullptr when none is configured
-  int kv_element_bytes;          // bytes per value of the uncompressed cache
+  double kv_bytes_per_token;     // the method's cache bytes per token, all layers (upper bound)
   const Environment& env;
 };
 

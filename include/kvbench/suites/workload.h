@@ -32,8 +32,12 @@ uint64_t model_weight_bytes(const ModelConfig& config);
 // Peak bytes of generating `new_tokens` after `prompt` tokens for `batch` sequences, beyond the
 // weights: the uncompressed KV cache, packed-prefill activations, one sequence's prefill
 // attention scores, and the fp32 copy of one layer's K/V that the reference attention reads.
-uint64_t generation_bytes(const ModelConfig& config, int kv_element_bytes, int64_t batch,
+uint64_t generation_bytes(const ModelConfig& config, double kv_bytes_per_token, int64_t batch,
                           int64_t prompt, int64_t new_tokens);
+// Upper bound of the method's KV bytes per token over all layers; throws Error when the method
+// cannot run on this model (e.g. a quantization group that does not divide head_dim).
+double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& config,
+                                 at::ScalarType dtype);
 // generation_bytes for the cell's model, checked against available memory (check_memory_fits).
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite);

@@ -1,0 +1,284 @@
+#include "kvbench/kv/kivi_codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kvbench/core/error.h"
+#include "kvbench/kv/row_buffer.h"
+#include "kvbench/kv/simd.h"
+#include "kvbench/model/model_config.h"
+
+namespace kvbench {
+namespace {
+
+// Rounds through the storage dtype, as the stored scale and min are.
+float round_to(at::ScalarType dtype, float x) {
+  switch (dtype) {
+    case at::kHalf:
+      return static_cast<float>(at::Half(x));
+    case at::kBFloat16:
+      return static_cast<float>(at::BFloat16(x));
+    default:
+      return x;
+  }
+}
+
+void put_code(uint8_t* row, int64_t j, int bits, int code) {
+  if (bits == 4) {
+    row[j >> 1] |= static_cast<uint8_t>(code << ((j & 1) * 4));
+  } else {
+    row[j >> 2] |= static_cast<uint8_t>(code << ((j & 3) * 2));
+  }
+}
+
+int get_code(const uint8_t* row, int64_t j, int bits) {
+  return bits == 4 ? (row[j >> 1] >> ((j & 1) * 4)) & 0xF : (row[j >> 2] >> ((j & 3) * 2)) & 0x3;
+}
+
+// What both stores share: packed codes per token row, scale/min rows, and the exact window.
+class KiviStoreBase : public TokenStore {
+ public:
+  KiviStoreBase(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
+                int64_t head_dim, int64_t scale_width)
+      : bits_(bits),
+        group_(group),
+        residual_(residual),
+        dtype_(dtype),
+        kv_heads_(kv_heads),
+        head_dim_(head_dim),
+        codes_(kv_heads, head_dim * bits / 8, at::kByte),
+        scales_(kv_heads, scale_width, dtype),
+        mins_(kv_heads, scale_width, dtype),
+        window_(at::empty({kv_heads, 0, head_dim}, at::kFloat)) {}
+
+  int64_t size() const override { return codes_.size() + window_.size(1); }
+
+  at::Tensor dequantize() const override {
+    at::Tensor out = at::empty({kv_heads_, size(), head_dim_}, at::kFloat);
+    for (int64_t h = 0; h < kv_heads_; ++h) {
+      for (int64_t t = 0; t < size(); ++t) {
+        row(h, t, out.data_ptr<float>() + (h * size() + t) * head_dim_);
+      }
+    }
+    return out;
+  }
+
+  void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
+           int64_t stride) const override {
+    std::vector<float> k(static_cast<size_t>(head_dim_));
+    for (int64_t t = t0; t < t1; ++t) {
+      row(head, t, k.data());
+      simd::dot_rows(k.data(), q, rows, head_dim_, scores + (t - t0), stride);
+    }
+  }
+
+  void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
+                  int64_t stride, float* out) const override {
+    std::vector<float> v(static_cast<size_t>(head_dim_));
+    for (int64_t t = t0; t < t1; ++t) {
+      row(head, t, v.data());
+      simd::axpy_rows(v.data(), p + (t - t0), rows, stride, out, head_dim_);
+    }
+  }
+
+  StorageBytes bytes() const override {
+    const uint64_t window = static_cast<uint64_t>(window_.numel()) * at::elementSize(dtype_);
+    return {codes_.bytes() + window, scales_.bytes() + mins_.bytes()};
+  }
+
+ protected:
+  // Token t of head h, reconstructed into out[head_dim].
+  void row(int64_t h, int64_t t, float* out) const {
+    const int64_t quantized = codes_.size();
+    if (t >= quantized) {
+      const float* w =
+          window_.data_ptr<float>() + (h * window_.size(1) + (t - quantized)) * head_dim_;
+      std::copy(w, w + head_dim_, out);
+      return;
+    }
+    decode(h, t, out);
+  }
+  virtual void decode(int64_t h, int64_t t, float* out) const = 0;
+
+  // Appends to the exact window, stored rounded to the model dtype like the cache it replaces.
+  void push_window(const at::Tensor& x) {
+    window_ = at::cat({window_, x.to(dtype_).to(at::kFloat)}, 1);
+  }
+  at::Tensor take_window(int64_t n) {  // removes and returns the oldest n window tokens
+    at::Tensor taken = window_.narrow(1, 0, n).contiguous();
+    window_ = window_.narrow(1, n, window_.size(1) - n).contiguous();
+    return taken;
+  }
+
+  int bits_;
+  int64_t group_, residual_;
+  at::ScalarType dtype_;
+  int64_t kv_heads_, head_dim_;
+  RowBuffer codes_, scales_, mins_;
+  at::Tensor window_;  // [kv_heads, w, head_dim] fp32 holding model-dtype values
+};
+
+// Keys: blocks of R tokens, each channel quantized over groups of G tokens.
+class KiviKeyStore final : public KiviStoreBase {
+ public:
+  KiviKeyStore(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
+               int64_t head_dim)
+      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim) {}
+
+  void append(const at::Tensor& x) override {
+    push_window(x.to(at::kFloat));
+    while (window_.size(1) >= residual_) quantize_block(take_window(residual_));
+  }
+
+ private:
+  // block: [kv_heads, R, head_dim]; scale rows: one per group of G tokens, one value per channel.
+  void quantize_block(const at::Tensor& block) {
+    const int64_t start = codes_.size();
+    const int64_t groups = residual_ / group_;
+    codes_.append(residual_).zero_();
+    const int qmax = (1 << bits_) - 1;
+    at::Tensor scales = at::empty({kv_heads_, groups, head_dim_}, at::kFloat);
+    at::Tensor mins = at::empty({kv_heads_, groups, head_dim_}, at::kFloat);
+    for (int64_t h = 0; h < kv_heads_; ++h) {
+      const float* x = block.data_ptr<float>() + h * residual_ * head_dim_;
+      for (int64_t g = 0; g < groups; ++g) {
+        for (int64_t c = 0; c < head_dim_; ++c) {
+          float lo = INFINITY, hi = -INFINITY;
+          for (int64_t t = g * group_; t < (g + 1) * group_; ++t) {
+            lo = std::min(lo, x[t * head_dim_ + c]);
+            hi = std::max(hi, x[t * head_dim_ + c]);
+          }
+          const float m = round_to(dtype_, lo), s = round_to(dtype_, (hi - m) / qmax);
+          const float inv = s != 0 ? 1.0f / s : 0.0f;
+          scales.data_ptr<float>()[(h * groups + g) * head_dim_ + c] = s;
+          mins.data_ptr<float>()[(h * groups + g) * head_dim_ + c] = m;
+          for (int64_t t = g * group_; t < (g + 1) * group_; ++t) {
+            const int q = static_cast<int>(std::nearbyint((x[t * head_dim_ + c] - m) * inv));
+            put_code(codes_.mutable_row<uint8_t>(h, start + t), c, bits_, std::clamp(q, 0, qmax));
+          }
+        }
+      }
+    }
+    scales_.append(groups).copy_(scales);
+    mins_.append(groups).copy_(mins);
+  }
+
+  void decode(int64_t h, int64_t t, float* out) const override {
+    const uint8_t* codes = codes_.row<uint8_t>(h, t);
+    std::vector<float> s(static_cast<size_t>(head_dim_)), m(static_cast<size_t>(head_dim_));
+    scales_.row_as_float(h, t / group_, s.data());  // one scale row per G tokens
+    mins_.row_as_float(h, t / group_, m.data());
+    for (int64_t c = 0; c < head_dim_; ++c) out[c] = get_code(codes, c, bits_) * s[c] + m[c];
+  }
+};
+
+// Values: a sliding exact window of R tokens; older tokens per token in groups of G channels.
+class KiviValueStore final : public KiviStoreBase {
+ public:
+  KiviValueStore(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
+                 int64_t head_dim)
+      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim / group) {}
+
+  void append(const at::Tensor& x) override {
+    push_window(x.to(at::kFloat));
+    if (window_.size(1) > residual_) quantize_tokens(take_window(window_.size(1) - residual_));
+  }
+
+ private:
+  void quantize_tokens(const at::Tensor& tokens) {  // [kv_heads, n, head_dim]
+    const int64_t n = tokens.size(1), start = codes_.size(), groups = head_dim_ / group_;
+    codes_.append(n).zero_();
+    at::Tensor scales = at::empty({kv_heads_, n, groups}, at::kFloat);
+    at::Tensor mins = at::empty({kv_heads_, n, groups}, at::kFloat);
+    const int qmax = (1 << bits_) - 1;
+    for (int64_t h = 0; h < kv_heads_; ++h) {
+      for (int64_t t = 0; t < n; ++t) {
+        const float* x = tokens.data_ptr<float>() + (h * n + t) * head_dim_;
+        uint8_t* codes = codes_.mutable_row<uint8_t>(h, start + t);
+        for (int64_t g = 0; g < groups; ++g) {
+          const float* xg = x + g * group_;
+          const float lo = *std::min_element(xg, xg + group_);
+          const float hi = *std::max_element(xg, xg + group_);
+          const float m = round_to(dtype_, lo), s = round_to(dtype_, (hi - m) / qmax);
+          const float inv = s != 0 ? 1.0f / s : 0.0f;
+          scales[h][t][g] = s;
+          mins[h][t][g] = m;
+          for (int64_t i = 0; i < group_; ++i) {
+            const int q = static_cast<int>(std::nearbyint((xg[i] - m) * inv));
+            put_code(codes, g * group_ + i, bits_, std::clamp(q, 0, qmax));
+          }
+        }
+      }
+    }
+    scales_.append(n).copy_(scales);
+    mins_.append(n).copy_(mins);
+  }
+
+  void decode(int64_t h, int64_t t, float* out) const override {
+    const uint8_t* codes = codes_.row<uint8_t>(h, t);
+    const int64_t groups = head_dim_ / group_;
+    std::vector<float> s(static_cast<size_t>(groups)), m(static_cast<size_t>(groups));
+    scales_.row_as_float(h, t, s.data());
+    mins_.row_as_float(h, t, m.data());
+    for (int64_t g = 0; g < groups; ++g) {
+      const float sg = s[g], mg = m[g];
+      for (int64_t i = g * group_; i < (g + 1) * group_; ++i) {
+        out[i] = get_code(codes, i, bits_) * sg + mg;
+      }
+    }
+  }
+};
+
+}  // namespace
+
+KiviCodec::KiviCodec(int bits, int64_t group, int64_t residual, at::ScalarType model_dtype)
+    : bits_(bits), group_(group), residual_(residual), dtype_(model_dtype) {
+  KVB_CHECK(bits == 2 || bits == 4, "kivi: bits must be 2 or 4");
+  KVB_CHECK(group > 0 && residual >= group && residual % group == 0, "kivi: residual (", residual,
+            ") must be a positive multiple of group (", group, ")");
+}
+
+nlohmann::json KiviCodec::params() const {
+  return {{"bits", bits_},
+          {"group", group_},
+          {"residual", residual_},
+          {"scale_dtype", dtype_name(dtype_)}};
+}
+
+std::unique_ptr<TokenStore> KiviCodec::make_key_store(int64_t kv_heads, int64_t head_dim) const {
+  return std::make_unique<KiviKeyStore>(bits_, group_, residual_, dtype_, kv_heads, head_dim);
+}
+
+std::unique_ptr<TokenStore> KiviCodec::make_value_store(int64_t kv_heads, int64_t head_dim) const {
+  KVB_CHECK(head_dim % group_ == 0, "kivi: group ", group_, " does not divide head_dim ", head_dim);
+  return std::make_unique<KiviValueStore>(bits_, group_, residual_, dtype_, kv_heads, head_dim);
+}
+
+StorageBytes KiviCodec::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const {
+  const uint64_t e = at::elementSize(dtype_), h = kv_heads, d = head_dim;
+  const uint64_t kq = tokens - tokens % residual_;                  // quantized keys
+  const uint64_t vq = tokens > residual_ ? tokens - residual_ : 0;  // quantized values
+  const uint64_t payload =
+      h * ((kq + vq) * d * bits_ / 8 + (tokens - kq) * d * e + (tokens - vq) * d * e);
+  const uint64_t metadata = h * 2 * e * (kq / group_ * d + vq * (d / group_));
+  return {payload, metadata};
+}
+
+at::Tensor KiviCodec::max_error(const at::Tensor& row, bool is_key, double store_amax) const {
+  // Keys share a group with other tokens, so their step is bounded by the store's range
+  // (2 amax / (2^b - 1)); values by their own group's range. Plus rounding of scale and min
+  // (and of the exact window) in the model dtype.
+  const double unit = dtype_ == at::kFloat ? 0x1.0p-23 : dtype_ == at::kHalf ? 0x1.0p-10 : 0x1.0p-7;
+  const double levels = (1 << bits_) - 1;
+  if (is_key) {
+    return at::full_like(row, store_amax / levels + store_amax * unit * (levels + 2));
+  }
+  at::Tensor groups = row.view({-1, group_});
+  at::Tensor range = std::get<0>(groups.max(1)) - std::get<0>(groups.min(1));
+  at::Tensor amax = groups.abs().amax(1);
+  at::Tensor bound = range / levels / 2 + amax * unit * (levels + 2);
+  return bound.unsqueeze(1).expand({groups.size(0), group_}).reshape(row.sizes());
+}
+
+}  // namespace kvbench

@@ -1,0 +1,340 @@
+// Hand-written tokenizer.json files: the sentencepiece-style (Metaspace, byte fallback) path
+// with ids derived by hand, both merges layouts, the errors for unsupported kinds, the tiny
+// presets' tokenizer and the chat formats.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/model/chat_format.h"
+#include "kvbench/model/tiny_tokenizer.h"
+#include "kvbench/model/tokenizer.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+using Ids = std::vector<int32_t>;
+
+// A Mistral-style file: Metaspace pre-tokenizer (prepend_scheme "first"), byte fallback for
+// é and \n, <unk> fused, and the Replace/ByteFallback/Fuse/Strip decoder.
+json metaspace_tokenizer() {
+  const json vocab = {{"<unk>", 0},   {"<s>", 1},       {"</s>", 2},    {"\u2581", 3},
+                      {"h", 4},       {"e", 5},         {"l", 6},       {"o", 7},
+                      {"w", 8},       {"r", 9},         {"d", 10},      {"\u2581h", 11},
+                      {"ll", 12},     {"\u2581he", 13}, {"llo", 14},    {"\u2581hello", 15},
+                      {"<0x0A>", 16}, {"<0xC3>", 17},   {"<0xA9>", 18}, {"\u2581w", 19}};
+  const json merges = {"\u2581 h", "l l", "\u2581h e", "ll o", "\u2581he llo", "\u2581 w"};
+  json added = json::array();
+  for (int id = 0; id < 3; ++id) {
+    added.push_back({{"id", id},
+                     {"content", id == 0   ? "<unk>"
+                                 : id == 1 ? "<s>"
+                                           : "</s>"},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
+  }
+  return {{"version", "1.0"},
+          {"added_tokens", added},
+          {"normalizer", nullptr},
+          {"pre_tokenizer",
+           {{"type", "Metaspace"},
+            {"replacement", "\u2581"},
+            {"prepend_scheme", "first"},
+            {"split", false}}},
+          {"post_processor",
+           {{"type", "TemplateProcessing"},
+            {"single",
+             {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+            {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
+          {"decoder",
+           {{"type", "Sequence"},
+            {"decoders",
+             {{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+              {{"type", "ByteFallback"}},
+              {{"type", "Fuse"}},
+              {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}}},
+          {"model",
+           {{"type", "BPE"},
+            {"unk_token", "<unk>"},
+            {"fuse_unk", true},
+            {"byte_fallback", true},
+            {"vocab", vocab},
+            {"merges", merges}}}};
+}
+
+TEST(TokenizerMetaspace, EncodesAsWorkedOutByHand) {
+  const Tokenizer tok = Tokenizer::from_json(metaspace_tokenizer());
+  // "▁hello▁world": ▁+h (rank 0), l+l (1), ▁h+e (2), ll+o (3), ▁he+llo (4), ▁+w (5).
+  EXPECT_EQ(tok.encode("hello world"), (Ids{15, 19, 7, 9, 6, 10}));
+  // é and \n are not in the vocabulary: their UTF-8 bytes as <0xNN> tokens.
+  EXPECT_EQ(tok.encode("h\u00e9\n"), (Ids{11, 17, 18, 16}));
+  // x has neither a token nor a byte token: <unk>, two of them fused into one.
+  EXPECT_EQ(tok.encode("hxxw"), (Ids{11, 0, 8}));
+  // "first": only the segment at the start of the input gets the ▁ prefix; </s> is split out.
+  EXPECT_EQ(tok.encode("hello</s> world"), (Ids{15, 2, 19, 7, 9, 6, 10}));
+  EXPECT_EQ(tok.encode("hello", true), (Ids{1, 15}));
+  EXPECT_EQ(tok.encode(""), Ids{});
+}
+
+TEST(TokenizerMetaspace, DecodesThroughByteFallbackAndStrip) {
+  const Tokenizer tok = Tokenizer::from_json(metaspace_tokenizer());
+  EXPECT_EQ(tok.decode({15, 19, 7, 9, 6, 10}), "hello world");
+  EXPECT_EQ(tok.decode({11, 17, 18, 16}), "h\u00e9\n");
+  // A run of byte tokens that is not UTF-8 becomes one U+FFFD per byte, as in `tokenizers`.
+  EXPECT_EQ(tok.decode({11, 17, 16}), "h\ufffd\ufffd");
+  EXPECT_EQ(tok.decode({1, 15, 2}, true), "hello");
+  for (const char* text : {"hello world", "h\u00e9\n", "world hello  hello"}) {
+    EXPECT_EQ(tok.decode(tok.encode(text)), text);
+  }
+}
+
+TEST(TokenizerMetaspace, LegacyPrependReplaceNormalizer) {
+  // Llama-2 files from older converters: the prefix comes from the normalizer, per segment.
+  json t = metaspace_tokenizer();
+  t["pre_tokenizer"] = nullptr;
+  t["normalizer"] = {
+      {"type", "Sequence"},
+      {"normalizers",
+       {{{"type", "Prepend"}, {"prepend", "\u2581"}},
+        {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\u2581"}}}}};
+  const Tokenizer tok = Tokenizer::from_json(t);
+  EXPECT_EQ(tok.encode("hello world"), (Ids{15, 19, 7, 9, 6, 10}));
+  EXPECT_EQ(tok.encode("hello</s> world"), (Ids{15, 2, 3, 19, 7, 9, 6, 10}));
+}
+
+TEST(TokenizerBpe, BothMergesLayoutsGiveTheSameIds) {
+  json strings = metaspace_tokenizer();
+  json pairs = strings;
+  pairs["model"]["merges"] = json::array();
+  for (const json& m : strings["model"]["merges"]) {
+    const std::string s = m.get<std::string>();
+    const size_t space = s.find(' ');
+    pairs["model"]["merges"].push_back({s.substr(0, space), s.substr(space + 1)});
+  }
+  const Tokenizer a = Tokenizer::from_json(strings), b = Tokenizer::from_json(pairs);
+  for (const char* text : {"hello world", "hello</s>hellow", "h\u00e9llo"}) {
+    EXPECT_EQ(a.encode(text), b.encode(text)) << text;
+  }
+  EXPECT_EQ(b.encode("hello world"), (Ids{15, 19, 7, 9, 6, 10}));
+}
+
+TEST(TokenizerBpe, AddedTokenFlags) {
+  json t = metaspace_tokenizer();
+  t["added_tokens"].push_back({{"id", 20},
+                               {"content", "<x>"},
+                               {"special", false},
+                               {"lstrip", true},
+                               {"rstrip", true},
+                               {"single_word", false},
+                               {"normalized", false}});
+  t["added_tokens"].push_back({{"id", 21},
+                               {"content", "ll"},
+                               {"special", false},
+                               {"lstrip", false},
+                               {"rstrip", false},
+                               {"single_word", true},
+                               {"normalized", false}});
+  const Tokenizer tok = Tokenizer::from_json(t);
+  // lstrip/rstrip swallow the spaces around <x>; the second "hello" is not at the start, so
+  // it has no ▁ prefix: h, e, then l+l and ll+o.
+  EXPECT_EQ(tok.encode("hello  <x>  hello"), (Ids{15, 20, 4, 5, 14}));
+  // single_word: "ll" alone is the added token, inside "hello" it is not.
+  EXPECT_EQ(tok.encode("hello ll"), (Ids{15, 3, 21}));
+  EXPECT_FALSE(tok.is_special(20));
+  EXPECT_EQ(tok.vocab_size(), 22);
+}
+
+// GPT-2 style: ByteLevel with its own regex and add_prefix_space. Byte b has id b; the merges
+// "i Ġ" and "Ġ t" show that merges never cross a pre-token boundary.
+TEST(TokenizerBpe, Gpt2ByteLevelRegexAndPrefixSpace) {
+  json vocab = json::object();
+  const std::string space = "\u0120";  // Ġ, the byte-level symbol of ' '
+  for (int b = 0; b < 256; ++b) {
+    std::string symbol;
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE) {
+      symbol = b < 0x80 ? std::string(1, static_cast<char>(b))
+                        : std::string{static_cast<char>(0xC0 | (b >> 6)),
+                                      static_cast<char>(0x80 | (b & 0x3F))};
+    }
+    if (b == ' ') symbol = space;
+    if (!symbol.empty()) vocab[symbol] = b;
+  }
+  vocab["i" + space] = 256;
+  vocab[space + "t"] = 257;
+  const json t = {
+      {"added_tokens", json::array()},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"use_regex", true}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", {"i " + space, space + " t"}}}}};
+  const Tokenizer tok = Tokenizer::from_json(t);
+  // " hi" | " there": "iĠ" spans two pre-tokens, "Ġt" does not.
+  EXPECT_EQ(tok.encode("hi there"), (Ids{32, 104, 105, 257, 104, 101, 114, 101}));
+  EXPECT_EQ(tok.decode(tok.encode("hi there")), " hi there");  // the prefix space stays
+}
+
+TEST(TokenizerBpe, SpecialIdsFromEitherConfig) {
+  const json t = metaspace_tokenizer();
+  // generation_config.json wins for EOS (Llama-3 instruct lists <|end_of_text|> and <|eot_id|>).
+  Tokenizer a =
+      Tokenizer::from_json(t, {{"bos_token", {{"content", "<s>"}}}, {"eos_token", "</s>"}},
+                           {{"bos_token_id", 1}, {"eos_token_id", {2, 19}}});
+  EXPECT_EQ(a.bos_id().value_or(-1), 1);
+  EXPECT_EQ(a.eos_ids(), (Ids{2, 19}));
+  Tokenizer b = Tokenizer::from_json(t, nullptr, {{"bos_token_id", 1}, {"eos_token_id", 2}});
+  EXPECT_EQ(b.bos_id().value_or(-1), 1);
+  EXPECT_EQ(b.eos_ids(), Ids{2});
+  Tokenizer c = Tokenizer::from_json(t, {{"bos_token", nullptr}, {"eos_token", "</s>"}});
+  EXPECT_FALSE(c.bos_id().has_value());
+  EXPECT_EQ(c.eos_ids(), Ids{2});
+  EXPECT_THROW(Tokenizer::from_json(t, {{"eos_token", "<|nope|>"}}), Error);
+}
+
+class TokenizerErrors : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("kvbench_tok_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+            "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Writes `t` as tokenizer.json and returns the error of loading the directory.
+  std::string load_error(const json& t) {
+    std::ofstream(dir_ / "tokenizer.json") << t.dump();
+    try {
+      Tokenizer::load(dir_.string());
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+      return what;
+    }
+    return "";
+  }
+  fs::path dir_;
+};
+
+TEST_F(TokenizerErrors, UnsupportedKindsAreRejectedByName) {
+  json t = metaspace_tokenizer();
+  t["model"]["type"] = "WordPiece";
+  EXPECT_NE(load_error(t).find("unsupported tokenizer model: WordPiece"), std::string::npos);
+  EXPECT_NE(load_error(t).find((dir_ / "tokenizer.json").string()), std::string::npos);
+
+  t = metaspace_tokenizer();
+  t["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", {{{"type", "Whitespace"}}}}};
+  EXPECT_NE(load_error(t).find("unsupported pre_tokenizer: Whitespace"), std::string::npos);
+
+  t = metaspace_tokenizer();
+  t["normalizer"] = {{"type", "Lowercase"}};
+  EXPECT_NE(load_error(t).find("unsupported normalizer: Lowercase"), std::string::npos);
+
+  t = metaspace_tokenizer();
+  t["decoder"] = {{"type", "WordPiece"}, {"prefix", "##"}};
+  EXPECT_NE(load_error(t).find("unsupported decoder: WordPiece"), std::string::npos);
+
+  t = metaspace_tokenizer();
+  t["post_processor"] = {{"type", "BertProcessing"}};
+  EXPECT_NE(load_error(t).find("unsupported post_processor: BertProcessing"), std::string::npos);
+
+  t = metaspace_tokenizer();
+  t["model"]["continuing_subword_prefix"] = "##";
+  EXPECT_NE(load_error(t).find("unsupported BPE option: continuing_subword_prefix"),
+            std::string::npos);
+
+  t = metaspace_tokenizer();
+  t["pre_tokenizer"] = {{"type", "Split"},
+                        {"pattern", {{"Regex", "\\s+"}}},
+                        {"behavior", "Contiguous"},
+                        {"invert", false}};
+  EXPECT_NE(load_error(t).find("unsupported pre_tokenizer: Split behavior Contiguous"),
+            std::string::npos);
+}
+
+TEST_F(TokenizerErrors, BrokenFilesAreOneLine) {
+  json t = metaspace_tokenizer();
+  t["model"]["merges"].push_back("\u2581 zz");
+  EXPECT_NE(load_error(t).find("merges[6]: token not in the vocabulary"), std::string::npos);
+  t = metaspace_tokenizer();
+  t["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}};
+  EXPECT_NE(load_error(t).find("cannot compile pre-tokenizer regex"), std::string::npos);
+  std::ofstream(dir_ / "tokenizer.json") << "{not json";
+  EXPECT_THROW(Tokenizer::load(dir_.string()), Error);
+  EXPECT_THROW(Tokenizer::load((dir_ / "absent").string()), Error);
+  const Tokenizer tok = Tokenizer::from_json(metaspace_tokenizer());
+  EXPECT_THROW(tok.encode("\xff\xfe"), Error);  // not UTF-8
+  EXPECT_THROW(tok.decode({99}), Error);
+}
+
+TEST(TokenizerTiny, LoadsRoundTripsAndStaysUnder512) {
+  const json t = tiny_tokenizer_json(512);
+  EXPECT_EQ(t, tiny_tokenizer_json(512));  // deterministic
+  const Tokenizer tok = Tokenizer::from_json(t, tiny_tokenizer_config());
+  EXPECT_EQ(tok.vocab_size(), 512);
+  EXPECT_EQ(tok.bos_id().value_or(-1), 1);
+  EXPECT_EQ(tok.eos_ids(), Ids{2});
+  const std::string english = "The cache grows with the length of the context and the batch.";
+  for (const std::string text : {english, std::string(""), std::string("  tabs\tand\nnewlines\r\n"),
+                                 std::string("caf\u00e9 \u65e5\u672c \U0001F600 12345"),
+                                 std::string("<|begin_of_text|>hi<|eot_id|>")}) {
+    const Ids ids = tok.encode(text);
+    for (int32_t id : ids) EXPECT_TRUE(id >= 0 && id < 512) << id;
+    EXPECT_EQ(tok.decode(ids), text);
+  }
+  EXPECT_LT(tok.encode(english).size(), english.size() / 2);  // the merges do compress English
+  EXPECT_EQ(tok.encode("hi", true).front(), 1);
+  EXPECT_EQ(tok.encode(render_chat("llama3", {{"user", "hi"}})).front(), 1);
+}
+
+TEST(TokenizerTiny, WrittenNextToTheCheckpointFiles) {
+  const fs::path dir = fs::temp_directory_path() / "kvbench_tiny_tokenizer_test";
+  write_tiny_tokenizer(dir.string(), 512);
+  const Tokenizer tok = Tokenizer::load(dir.string());
+  EXPECT_EQ(tok.decode(tok.encode("hello world")), "hello world");
+  fs::remove_all(dir);
+}
+
+TEST(TokenizerChat, Llama3RendersLikeTheJinjaTemplate) {
+  const std::vector<ChatMessage> chat = {{"system", " Be brief. "}, {"user", "Hi!\n"}};
+  EXPECT_EQ(render_chat("llama3", chat),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(render_chat("llama3", {{"user", "x"}}, false),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>");
+}
+
+TEST(TokenizerChat, ChatmlRendersLikeQwen3) {
+  const std::vector<ChatMessage> chat = {{"system", "Be brief."},
+                                         {"user", "Hi"},
+                                         {"assistant", "<think>\nhmm\n</think>\n\nHello!"},
+                                         {"user", "Bye"}};
+  EXPECT_EQ(render_chat("chatml", chat),
+            "<|im_start|>system\nBe brief.<|im_end|>\n"
+            "<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\nHello!<|im_end|>\n"  // reasoning before the last query: dropped
+            "<|im_start|>user\nBye<|im_end|>\n"
+            "<|im_start|>assistant\n");
+  // After the last user query the reasoning is kept, in canonical form.
+  EXPECT_EQ(render_chat("chatml", {{"user", "Q"}, {"assistant", "<think>r</think>A"}}, false),
+            "<|im_start|>user\nQ<|im_end|>\n"
+            "<|im_start|>assistant\n<think>\nr\n</think>\n\nA<|im_end|>\n");
+  // Consecutive tool results are one user turn.
+  EXPECT_EQ(render_chat("chatml", {{"user", "Q"}, {"tool", "1"}, {"tool", "2"}}, false),
+            "<|im_start|>user\nQ<|im_end|>\n<|im_start|>user\n<tool_response>\n1\n"
+            "</tool_response>\n<tool_response>\n2\n</tool_response><|im_end|>\n");
+}
+
+TEST(TokenizerChat, UnknownFormatsAndRolesFail) {
+  EXPECT_THROW(render_chat("vicuna", {{"user", "x"}}), Error);
+  EXPECT_THROW(render_chat("chatml", {{"narrator", "x"}}), Error);
+}
+
+}  // namespace
+}  // namespace kvbench
