@@ -1,5 +1,6 @@
 #include "kvbench/suites/latency_suite.h"
 
+#include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
 #include "kvbench/engine/generator.h"
@@ -16,6 +17,10 @@ std::vector<ParamSpec> LatencySuite::param_specs() {
       ParamSpec::integer("new_tokens", 32, "tokens generated per request (EOS ignored)")
           .range(2, 1 << 16),
       ParamSpec::integer("batch", 1, "concurrent requests per generation").range(1, 1024),
+      ParamSpec::string("prompt_text", "",
+                        "a text prompt, tokenized with the model's tokenizer (special tokens "
+                        "added as the tokenizer does) and used for every request instead of "
+                        "synthetic ids; prompt_tokens is then its length"),
       ParamSpec::integer("warmup", 1, "untimed generations first").range(0, 1000),
       ParamSpec::integer("repeats", 5, "timed generations (all samples kept)").range(1, 100000),
   };
@@ -31,9 +36,20 @@ uint64_t LatencySuite::estimate_bytes(const EstimateContext& ctx) const {
 
 CellOutput LatencySuite::run(const CellContext& ctx) {
   const json& p = ctx.params;
-  const int64_t prompt = p["prompt_tokens"], new_tokens = p["new_tokens"], batch = p["batch"];
+  const int64_t new_tokens = p["new_tokens"], batch = p["batch"];
   const int warmup = p["warmup"], repeats = p["repeats"];
   const Transformer& model = ctx.model.get();
+  std::vector<int64_t> text_ids;
+  if (!p["prompt_text"].get<std::string>().empty()) {
+    for (int32_t id : ctx.model.tokenizer().encode(p["prompt_text"].get<std::string>(), true)) {
+      KVB_CHECK(id < model.config().vocab_size, "latency: the tokenizer gave id ", id,
+                " beyond the model's vocabulary of ", model.config().vocab_size);
+      text_ids.push_back(id);
+    }
+    KVB_CHECK(!text_ids.empty(), "latency: prompt_text encodes to no tokens");
+  }
+  const int64_t prompt =
+      text_ids.empty() ? p["prompt_tokens"].get<int64_t>() : static_cast<int64_t>(text_ids.size());
   check_generation_fits(ctx, batch, prompt, new_tokens, "latency");
   auto cache = make_cell_cache(ctx);
   GenerationConfig g;
@@ -45,7 +61,9 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   json kv_memory;
   ctx.progress.begin(ctx.cell_id, static_cast<size_t>(warmup + repeats));
   for (int r = 0; r < warmup + repeats; ++r) {
-    auto prompts = synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r);
+    auto prompts = text_ids.empty()
+                       ? synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r)
+                       : std::vector<std::vector<int64_t>>(static_cast<size_t>(batch), text_ids);
     GenerationResult res = generate(model, *cache, prompts, g);
     ctx.progress.advance(r < warmup ? "warm-up" : "repeat " + std::to_string(r - warmup + 1));
     if (r < warmup) continue;

@@ -8,6 +8,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/time.h"
 #include "kvbench/model/presets.h"
+#include "kvbench/model/tiny_tokenizer.h"
 
 namespace kvbench {
 namespace {
@@ -85,6 +86,18 @@ const ModelConfig* ModelProvider::config_only() {
     }
   }
   return &*config_;
+}
+
+const Tokenizer& ModelProvider::tokenizer() {
+  if (!tokenizer_) {
+    const Transformer& m = get();  // a preset written on first use brings its tokenizer along
+    tokenizer_ = std::make_unique<Tokenizer>(
+        spec_.random_init
+            ? Tokenizer::from_json(tiny_tokenizer_json(static_cast<int>(m.config().vocab_size)),
+                                   tiny_tokenizer_config(), nullptr, spec_.preset + " (in memory)")
+            : Tokenizer::load(spec_.path));
+  }
+  return *tokenizer_;
 }
 
 at::ScalarType ModelProvider::kv_dtype() {

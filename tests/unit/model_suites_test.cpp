@@ -63,6 +63,18 @@ TEST(LatencySuite, KeepsEverySampleAndConsistentSummaries) {
   EXPECT_EQ(suite.summary_table(out).rows.size(), 4u);
 }
 
+TEST(LatencySuite, TextPromptsGoThroughTheModelsTokenizer) {
+  Harness h(json::parse(R"({"name": "latency", "prompt_text": "The pass key is 12345.",
+                            "new_tokens": 3, "warmup": 0, "repeats": 1})"));
+  LatencySuite suite;
+  CellOutput out = h.run(suite);
+  const auto ids = h.model.tokenizer().encode("The pass key is 12345.", true);
+  EXPECT_EQ(out.summary["prompt_tokens"], ids.size());
+  EXPECT_GT(ids.size(), 3u);
+  EXPECT_EQ(h.model.tokenizer().decode(ids, /*skip_special_tokens=*/true),
+            "The pass key is 12345.");
+}
+
 TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
   Harness h(json::parse(R"({"name": "throughput", "batch": [1, 3], "prompt_tokens": [8],
                             "new_tokens": [4, 6], "warmup": 0, "repeats": 2})"));

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvbench/model/tokenizer.h"
 #include "kvbench/model/transformer.h"
 #include "kvbench/suites/run_spec.h"
 
@@ -24,6 +25,9 @@ class ModelProvider {
   const ModelConfig* config_only();
   // Storage dtype of the uncompressed KV cache: model.dtype, or the checkpoint's for "auto".
   at::ScalarType kv_dtype();
+  // The model's tokenizer, loaded on first use: <path>/tokenizer.json, or the tiny tokenizer
+  // make-model writes when the preset is built in memory.
+  const Tokenizer& tokenizer();
   // What the report says about the model: source, architecture, sizes, random weights or not.
   // Empty until loaded.
   nlohmann::json identity() const;
@@ -32,6 +36,7 @@ class ModelProvider {
   ModelSpec spec_;
   std::unique_ptr<Transformer> model_;
   std::optional<ModelConfig> config_;
+  std::unique_ptr<Tokenizer> tokenizer_;
   nlohmann::json identity_;
   std::optional<std::string> error_;
 };
