@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/simd.h"
 
 namespace kvbench {
 namespace {
@@ -46,12 +47,9 @@ at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
       part.sum.assign(static_cast<size_t>(group), 0.0f);
       for (int64_t r = 0; r < group; ++r) {
         float* row = p.data() + r * len;
-        float m = -INFINITY;
-        for (int64_t t = 0; t < len; ++t) m = std::max(m, row[t] *= s);
-        float sum = 0;
-        for (int64_t t = 0; t < len; ++t) sum += (row[t] = std::exp(row[t] - m));
+        const float m = simd::scale_max(row, len, s);
         part.max[r] = m;
-        part.sum[r] = sum;
+        part.sum[r] = simd::exp_shift_sum(row, len, m);
       }
       part.out.assign(static_cast<size_t>(group * dim), 0.0f);
       values.accumulate(h, p.data(), group, t0, t1, len, part.out.data());

@@ -1,5 +1,6 @@
 #include "kvbench/kv/simd.h"
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -80,6 +81,43 @@ KVB_CLONES void axpy_rows(const float* v, const float* p, int64_t rows, int64_t 
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) o[i] += w * v[i];
   }
+}
+
+KVB_CLONES float exp_shift_sum(float* x, int64_t n, float shift) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    // exp(v) = 2^k * exp(r), k = round(v / ln 2), r = v - k ln 2 in [-ln2/2, ln2/2] (Cody-Waite
+    // split of ln 2), exp(r) by its degree-6 Taylor polynomial; below -87 the result is 0.
+    float v = x[i] - shift;
+    v = v < -87.0f ? -87.0f : v;
+    const float k = __builtin_roundf(v * 1.44269504088896341f);
+    const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, sizeof(scale));
+    const float e = p * scale;
+    x[i] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+KVB_CLONES float scale_max(float* x, int64_t n, float scale) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] *= scale;
+    m = x[i] > m ? x[i] : m;
+  }
+  return m;
 }
 
 KVB_CLONES void scale_shift(float* x, int64_t n, float scale, float offset) {

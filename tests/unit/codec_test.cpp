@@ -16,6 +16,7 @@
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/simd.h"
 #include "kvbench/model/presets.h"
 
 namespace kvbench {
@@ -143,6 +144,23 @@ TEST(CpuAttention, MatchesFloat64Loops) {
     at::Tensor want = at::mv(vd[kv].t(), p);
     EXPECT_LT(((got[h][0] - want).norm() / want.norm()).item<double>(), 1e-5) << h;
   }
+}
+
+TEST(Simd, PolynomialExpMatchesLibm) {
+  std::vector<float> x;
+  for (float v = -90.0f; v <= 0.0f; v += 0.037f) x.push_back(v);
+  std::vector<float> y = x;
+  const float sum = simd::exp_shift_sum(y.data(), static_cast<int64_t>(y.size()), 0.0f);
+  double want_sum = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double want = std::exp(static_cast<double>(x[i]));
+    want_sum += want;
+    if (x[i] > -87.0f) EXPECT_NEAR(y[i], want, 2e-7 * want + 1e-38) << x[i];
+  }
+  EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum);
+  std::vector<float> z = {1.0f, -3.0f, 2.5f};
+  EXPECT_FLOAT_EQ(simd::scale_max(z.data(), 3, 2.0f), 5.0f);
+  EXPECT_FLOAT_EQ(z[1], -6.0f);
 }
 
 TEST(BlockQuant, BytesPerBlockMatchLlamaCpp) {

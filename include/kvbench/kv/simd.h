@@ -20,6 +20,11 @@ float half_to_float(at::Half h);
 void dot_rows(const float* k, const float* q, int64_t rows, int64_t n, float* out, int64_t stride);
 // out[r * n + i] += p[r * stride] * v[i], for r < rows
 void axpy_rows(const float* v, const float* p, int64_t rows, int64_t stride, float* out, int64_t n);
+// x[i] = exp(x[i] - shift), returns the sum; a polynomial exp (relative error < 2e-7 over the
+// softmax range x - shift <= 0) that vectorises, unlike libm's expf.
+float exp_shift_sum(float* x, int64_t n, float shift);
+// Largest element of x (n >= 1), after scaling x in place by `scale`.
+float scale_max(float* x, int64_t n, float scale);
 // x[i] = x[i] * scale + offset
 void scale_shift(float* x, int64_t n, float scale, float offset);
 
