@@ -113,22 +113,9 @@ class BlockQuantStore final : public TokenStore {
     return out;
   }
 
-  void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
-           int64_t stride) const override {
-    std::vector<float> k(static_cast<size_t>(f_.head_dim));
-    for (int64_t t = t0; t < t1; ++t) {
-      decode_row(head, t, k.data());  // one token's row, reused by every query of the group
-      simd::dot_rows(k.data(), q, rows, f_.head_dim, scores + (t - t0), stride);
-    }
-  }
-
-  void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
-                  int64_t stride, float* out) const override {
-    std::vector<float> v(static_cast<size_t>(f_.head_dim));
-    for (int64_t t = t0; t < t1; ++t) {
-      decode_row(head, t, v.data());
-      simd::axpy_rows(v.data(), p + (t - t0), rows, stride, out, f_.head_dim);
-    }
+  int64_t head_dim() const override { return f_.head_dim; }
+  void decode_rows(int64_t head, int64_t t0, int64_t t1, float* out) const override {
+    for (int64_t t = t0; t < t1; ++t) decode_row(head, t, out + (t - t0) * f_.head_dim);
   }
 
   StorageBytes bytes() const override { return {codes_.bytes(), scales_.bytes() + mins_.bytes()}; }

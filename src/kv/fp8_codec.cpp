@@ -78,22 +78,9 @@ class Fp8Store final : public TokenStore {
     return out;
   }
 
-  void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
-           int64_t stride) const override {
-    std::vector<float> k(static_cast<size_t>(head_dim_));
-    for (int64_t t = t0; t < t1; ++t) {
-      decode_row(head, t, k.data());
-      simd::dot_rows(k.data(), q, rows, head_dim_, scores + (t - t0), stride);
-    }
-  }
-
-  void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
-                  int64_t stride, float* out) const override {
-    std::vector<float> v(static_cast<size_t>(head_dim_));
-    for (int64_t t = t0; t < t1; ++t) {
-      decode_row(head, t, v.data());
-      simd::axpy_rows(v.data(), p + (t - t0), rows, stride, out, head_dim_);
-    }
+  int64_t head_dim() const override { return head_dim_; }
+  void decode_rows(int64_t head, int64_t t0, int64_t t1, float* out) const override {
+    for (int64_t t = t0; t < t1; ++t) decode_row(head, t, out + (t - t0) * head_dim_);
   }
 
   StorageBytes bytes() const override { return {codes_.bytes(), scales_.nbytes()}; }

@@ -32,24 +32,10 @@ class IdentityStore final : public TokenStore {
     return out;
   }
 
-  // Each stored row is converted once into a small fp32 buffer and then used by every query
-  // row of the GQA group.
-  void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
-           int64_t stride) const override {
-    std::vector<float> k(static_cast<size_t>(head_dim_));
-    for (int64_t t = t0; t < t1; ++t) {
-      simd::to_float(buffer_.row<T>(head, t), k.data(), head_dim_);
-      simd::dot_rows(k.data(), q, rows, head_dim_, scores + (t - t0), stride);
-    }
-  }
-
-  void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
-                  int64_t stride, float* out) const override {
-    std::vector<float> v(static_cast<size_t>(head_dim_));
-    for (int64_t t = t0; t < t1; ++t) {
-      simd::to_float(buffer_.row<T>(head, t), v.data(), head_dim_);
-      simd::axpy_rows(v.data(), p + (t - t0), rows, stride, out, head_dim_);
-    }
+  int64_t head_dim() const override { return head_dim_; }
+  // Consecutive tokens of a head are contiguous: one conversion for the whole block.
+  void decode_rows(int64_t head, int64_t t0, int64_t t1, float* out) const override {
+    simd::to_float(buffer_.row<T>(head, t0), out, (t1 - t0) * head_dim_);
   }
 
   StorageBytes bytes() const override { return {buffer_.bytes(), 0}; }

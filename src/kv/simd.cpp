@@ -1,5 +1,6 @@
 #include "kvbench/kv/simd.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -26,6 +27,74 @@ __attribute__((target("avx2,f16c"))) void half_to_float_f16c(const at::Half* src
 }
 
 const bool kHasF16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
+#endif
+
+#if defined(__x86_64__)
+const bool kAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+
+// Dot products of one query row with 8 consecutive key rows: 8 accumulators over the head
+// dimension, then one transpose-add reduction for all 8 (n a multiple of 8).
+__attribute__((target("avx2,fma"))) void dot8(const float* k, const float* q, int64_t n,
+                                              float* out) {
+  __m256 acc[8];
+  for (auto& a : acc) a = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + i);
+    for (int j = 0; j < 8; ++j)
+      acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(k + j * n + i), qv, acc[j]);
+  }
+  const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
+  const __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                      _mm256_permute2f128_ps(u0, u1, 0x31)));
+}
+
+__attribute__((target("avx2,fma"))) void scores_tile_avx2(const float* k, const float* q,
+                                                          int64_t rows, int64_t len, int64_t n,
+                                                          float* scores, int64_t stride) {
+  int64_t t = 0;
+  for (; t + 8 <= len; t += 8) {
+    for (int64_t r = 0; r < rows; ++r) dot8(k + t * n, q + r * n, n, scores + r * stride + t);
+  }
+  for (; t < len; ++t) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float acc = 0;
+      for (int64_t i = 0; i < n; ++i) acc += q[r * n + i] * k[t * n + i];
+      scores[r * stride + t] = acc;
+    }
+  }
+}
+
+// out row r += sum_t p_t v_t, 64 output values at a time held in 8 registers.
+__attribute__((target("avx2,fma"))) void weighted_sum_avx2(const float* v, const float* p,
+                                                           int64_t rows, int64_t len, int64_t n,
+                                                           int64_t stride, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* pr = p + r * stride;
+    float* o = out + r * n;
+    int64_t i0 = 0;
+    // Full 64-wide blocks: a constant trip count keeps the 8 accumulators in registers.
+    for (; i0 + 64 <= n; i0 += 64) {
+      __m256 acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_loadu_ps(o + i0 + 8 * j);
+      for (int64_t t = 0; t < len; ++t) {
+        const __m256 pt = _mm256_set1_ps(pr[t]);
+        const float* vt = v + t * n + i0;
+        for (int j = 0; j < 8; ++j)
+          acc[j] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * j), acc[j]);
+      }
+      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(o + i0 + 8 * j, acc[j]);
+    }
+    for (; i0 < n; i0 += 8) {  // the remaining 8-wide columns
+      __m256 acc = _mm256_loadu_ps(o + i0);
+      for (int64_t t = 0; t < len; ++t) {
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(pr[t]), _mm256_loadu_ps(v + t * n + i0), acc);
+      }
+      _mm256_storeu_ps(o + i0, acc);
+    }
+  }
+}
 #endif
 
 const std::vector<float>& half_table() {
@@ -81,6 +150,22 @@ KVB_CLONES void axpy_rows(const float* v, const float* p, int64_t rows, int64_t 
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) o[i] += w * v[i];
   }
+}
+
+void scores_tile(const float* k, const float* q, int64_t rows, int64_t len, int64_t n,
+                 float* scores, int64_t stride) {
+#if defined(__x86_64__)
+  if (kAvx2Fma && n % 8 == 0) return scores_tile_avx2(k, q, rows, len, n, scores, stride);
+#endif
+  for (int64_t t = 0; t < len; ++t) dot_rows(k + t * n, q, rows, n, scores + t, stride);
+}
+
+void weighted_sum_tile(const float* v, const float* p, int64_t rows, int64_t len, int64_t n,
+                       int64_t stride, float* out) {
+#if defined(__x86_64__)
+  if (kAvx2Fma && n % 8 == 0) return weighted_sum_avx2(v, p, rows, len, n, stride, out);
+#endif
+  for (int64_t t = 0; t < len; ++t) axpy_rows(v + t * n, p + t, rows, stride, out, n);
 }
 
 KVB_CLONES float exp_shift_sum(float* x, int64_t n, float shift) {

@@ -20,6 +20,13 @@ float half_to_float(at::Half h);
 void dot_rows(const float* k, const float* q, int64_t rows, int64_t n, float* out, int64_t stride);
 // out[r * n + i] += p[r * stride] * v[i], for r < rows
 void axpy_rows(const float* v, const float* p, int64_t rows, int64_t stride, float* out, int64_t n);
+// scores[r * stride + t] = dot(q[r, :], k[t, :]) for a tile of rows x len (k: [len, n] fp32)
+// — 8 tokens per step with the accumulators in registers on AVX2/FMA machines.
+void scores_tile(const float* k, const float* q, int64_t rows, int64_t len, int64_t n,
+                 float* scores, int64_t stride);
+// out[r, :] += sum_t p[r * stride + t] * v[t, :] for a tile (v: [len, n] fp32).
+void weighted_sum_tile(const float* v, const float* p, int64_t rows, int64_t len, int64_t n,
+                       int64_t stride, float* out);
 // x[i] = exp(x[i] - shift), returns the sum; a polynomial exp (relative error < 2e-7 over the
 // softmax range x - shift <= 0) that vectorises, unlike libm's expf.
 float exp_shift_sum(float* x, int64_t n, float shift);

@@ -38,13 +38,19 @@ class TokenStore {
   // Every stored token reconstructed: [kv_heads, size, head_dim] fp32. The reference path.
   virtual at::Tensor dequantize() const = 0;
 
+  virtual int64_t head_dim() const = 0;
+  // The one format-specific read of the fused path: rows [t0, t1) of `head` reconstructed
+  // into out [t1 - t0, head_dim] fp32, from the stored codes, scales and windows.
+  virtual void decode_rows(int64_t head, int64_t t0, int64_t t1, float* out) const = 0;
+
   // Fused key read: scores[r * stride + (t - t0)] = sum_d q[r * head_dim + d] * K[head, t, d]
-  // for r < rows and t in [t0, t1).
+  // for r < rows and t in [t0, t1). Decodes the block into a cache-resident buffer and runs
+  // the register-tiled dot products; formats may override with kernels on the codes.
   virtual void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1,
-                   float* scores, int64_t stride) const = 0;
+                   float* scores, int64_t stride) const;
   // Fused value read: out[r * head_dim + d] += sum_t p[r * stride + (t - t0)] * V[head, t, d].
   virtual void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
-                          int64_t stride, float* out) const = 0;
+                          int64_t stride, float* out) const;
 
   // Bytes held for the `size()` stored tokens, measured from the tensors' element sizes
   // (capacity reserved for future tokens is not counted).
