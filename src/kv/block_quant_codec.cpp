@@ -123,41 +123,9 @@ class BlockQuantStore final : public TokenStore {
  private:
   // Reconstructs one stored row into `out` [head_dim]: reads codes, scales and mins only.
   void decode_row(int64_t h, int64_t t, float* out) const {
-    const uint8_t* c = codes_.row<uint8_t>(h, t);
-    const at::Half* s = scales_.row<at::Half>(h, t);
-    const at::Half* m = f_.symmetric ? nullptr : mins_.row<at::Half>(h, t);
-    unpack(c, out);  // codes as floats, then scale per group
-    const float zero = static_cast<float>(f_.zero());
-    for (int64_t g = 0; g < f_.groups(); ++g) {
-      const float d = simd::half_to_float(s[g]), mn = m ? simd::half_to_float(m[g]) : 0.0f;
-      simd::scale_shift(out + g * f_.group, f_.group, d, mn - zero * d);
-    }
-  }
-
-  // Codes of one row as floats, branch-free per bit width so the loops vectorise.
-  void unpack(const uint8_t* c, float* out) const {
-    const int64_t n = f_.head_dim;
-    switch (f_.bits) {
-      case 8:
-#pragma omp simd
-        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(c[i]);
-        return;
-      case 4:
-#pragma omp simd
-        for (int64_t i = 0; i < n / 2; ++i) {
-          out[2 * i] = static_cast<float>(c[i] & 0xF);
-          out[2 * i + 1] = static_cast<float>(c[i] >> 4);
-        }
-        return;
-      default:
-#pragma omp simd
-        for (int64_t i = 0; i < n / 4; ++i) {
-          out[4 * i] = static_cast<float>(c[i] & 0x3);
-          out[4 * i + 1] = static_cast<float>((c[i] >> 2) & 0x3);
-          out[4 * i + 2] = static_cast<float>((c[i] >> 4) & 0x3);
-          out[4 * i + 3] = static_cast<float>(c[i] >> 6);
-        }
-    }
+    simd::dequant_row(codes_.row<uint8_t>(h, t), scales_.row<at::Half>(h, t),
+                      f_.symmetric ? nullptr : mins_.row<at::Half>(h, t), f_.bits, f_.zero(),
+                      f_.group, f_.head_dim, out);
   }
 
   Format f_;

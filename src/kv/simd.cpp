@@ -168,6 +168,38 @@ void weighted_sum_tile(const float* v, const float* p, int64_t rows, int64_t len
   for (int64_t t = 0; t < len; ++t) axpy_rows(v + t * n, p + t, rows, stride, out, n);
 }
 
+KVB_CLONES void dequant_row(const uint8_t* codes, const at::Half* scales, const at::Half* mins,
+                            int bits, int zero, int64_t group, int64_t n, float* out) {
+  const std::vector<float>& table = half_table();
+  const float z = static_cast<float>(zero);
+  for (int64_t g0 = 0; g0 < n; g0 += group) {
+    const float d = table[scales[g0 / group].x];
+    const float offset = (mins ? table[mins[g0 / group].x] : 0.0f) - z * d;
+    float* o = out + g0;
+    if (bits == 8) {
+      const uint8_t* c = codes + g0;
+#pragma omp simd
+      for (int64_t i = 0; i < group; ++i) o[i] = static_cast<float>(c[i]) * d + offset;
+    } else if (bits == 4) {
+      const uint8_t* c = codes + g0 / 2;
+#pragma omp simd
+      for (int64_t i = 0; i < group / 2; ++i) {
+        o[2 * i] = static_cast<float>(c[i] & 0xF) * d + offset;
+        o[2 * i + 1] = static_cast<float>(c[i] >> 4) * d + offset;
+      }
+    } else {
+      const uint8_t* c = codes + g0 / 4;
+#pragma omp simd
+      for (int64_t i = 0; i < group / 4; ++i) {
+        o[4 * i] = static_cast<float>(c[i] & 0x3) * d + offset;
+        o[4 * i + 1] = static_cast<float>((c[i] >> 2) & 0x3) * d + offset;
+        o[4 * i + 2] = static_cast<float>((c[i] >> 4) & 0x3) * d + offset;
+        o[4 * i + 3] = static_cast<float>(c[i] >> 6) * d + offset;
+      }
+    }
+  }
+}
+
 KVB_CLONES float exp_shift_sum(float* x, int64_t n, float shift) {
   float sum = 0;
 #pragma omp simd reduction(+ : sum)

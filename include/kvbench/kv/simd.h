@@ -32,6 +32,11 @@ void weighted_sum_tile(const float* v, const float* p, int64_t rows, int64_t len
 float exp_shift_sum(float* x, int64_t n, float shift);
 // Largest element of x (n >= 1), after scaling x in place by `scale`.
 float scale_max(float* x, int64_t n, float scale);
+// One row of `bits`-bit codes (8, 4 or 2; packed low bits first) to floats:
+// out[i] = (code_i - zero) * scale_g + min_g for group g = i / group, scales and mins fp16
+// (mins may be null: 0). n and group multiples of 8.
+void dequant_row(const uint8_t* codes, const at::Half* scales, const at::Half* mins, int bits,
+                 int zero, int64_t group, int64_t n, float* out);
 // x[i] = x[i] * scale + offset
 void scale_shift(float* x, int64_t n, float scale, float offset);
 
