@@ -1,4 +1,5 @@
 // Decoders: ids -> token strings -> text, following the `tokenizers` decode chain.
+#include "kvbench/core/text.h"
 #include "tokenizer_parts.h"
 
 namespace kvbench::tok {
@@ -15,18 +16,6 @@ int parse_byte_token(const std::string& t) {
     value = value * 16 + d;
   }
   return value;
-}
-
-std::string replace_all(const std::string& text, const std::string& from, const std::string& to) {
-  if (from.empty()) return text;
-  std::string out;
-  size_t pos = 0;
-  for (size_t hit; (hit = text.find(from, pos)) != std::string::npos; pos = hit + from.size()) {
-    out.append(text, pos, hit - pos);
-    out += to;
-  }
-  out.append(text, pos, std::string::npos);
-  return out;
 }
 
 // Invalid UTF-8 (a byte-level sequence cut in the middle of a character) becomes U+FFFD, as

@@ -4,6 +4,7 @@
 #include <unicode/normalizer2.h>
 #include <unicode/stringpiece.h>
 
+#include "kvbench/core/text.h"
 #include "tokenizer_parts.h"
 
 namespace kvbench::tok {
@@ -18,18 +19,6 @@ const icu::Normalizer2* unicode_normalizer(const std::string& type, const std::s
   if (type == "NFKD") n = icu::Normalizer2::getNFKDInstance(status);
   if (n == nullptr || U_FAILURE(status)) fail(source, "cannot load ICU data for " + type);
   return n;
-}
-
-std::string replace_all(const std::string& text, const std::string& from, const std::string& to) {
-  if (from.empty()) return text;
-  std::string out;
-  size_t pos = 0;
-  for (size_t hit; (hit = text.find(from, pos)) != std::string::npos; pos = hit + from.size()) {
-    out.append(text, pos, hit - pos);
-    out += to;
-  }
-  out.append(text, pos, std::string::npos);
-  return out;
 }
 
 }  // namespace

@@ -19,6 +19,12 @@ TEST(Text, ClosestMatchSuggestsTyposOnly) {
   EXPECT_EQ(closest_match("completely_different", keys), "");
 }
 
+TEST(Text, ReplaceAll) {
+  EXPECT_EQ(replace_all("a b  c", " ", "\u2581"), "a\u2581b\u2581\u2581c");
+  EXPECT_EQ(replace_all("aaa", "aa", "b"), "ba");  // non-overlapping, left to right
+  EXPECT_EQ(replace_all("abc", "", "x"), "abc");
+}
+
 TEST(Text, FormatBytes) {
   EXPECT_EQ(format_bytes(512), "512 B");
   EXPECT_EQ(format_bytes(1536), "1.50 KiB");

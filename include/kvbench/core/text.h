@@ -11,6 +11,8 @@ size_t edit_distance(const std::string& a, const std::string& b);
 // The candidate closest to `word`, or "" when none is close enough to be a plausible typo.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 std::string join(const std::vector<std::string>& parts, const std::string& sep);
+// Every occurrence of `from` (non-empty) replaced by `to`, left to right, non-overlapping.
+std::string replace_all(const std::string& text, const std::string& from, const std::string& to);
 // "1.50 GiB", "512 B": binary units, for people; reports keep raw byte counts.
 std::string format_bytes(double bytes);
 // Fixed-point number with `digits` decimals.
