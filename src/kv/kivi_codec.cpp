@@ -1,6 +1,7 @@
 #include "kvbench/kv/kivi_codec.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -109,9 +110,13 @@ class KiviStoreBase : public TokenStore {
 // Keys: blocks of R tokens, each channel quantized over groups of G tokens.
 class KiviKeyStore final : public KiviStoreBase {
  public:
+  static uint64_t next_id() {
+    static std::atomic<uint64_t> counter{0};
+    return ++counter;
+  }
   KiviKeyStore(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
                int64_t head_dim)
-      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim) {}
+      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim), id_(next_id()) {}
 
   void append(const at::Tensor& x) override {
     push_window(x.to(at::kFloat));
@@ -152,12 +157,30 @@ class KiviKeyStore final : public KiviStoreBase {
   }
 
   void decode(int64_t h, int64_t t, float* out) const override {
+    // One scale/min row serves G consecutive tokens: convert it once per group, not per token
+    // (decode_rows walks tokens in order).
+    // Keyed by a process-unique store id, not the address: a new store may reuse a freed one's.
+    thread_local struct {
+      uint64_t owner = 0;
+      int64_t head = -1, group = -1;
+      std::vector<float> s, m;
+    } cache;
+    if (cache.owner != id_ || cache.head != h || cache.group != t / group_) {
+      cache.s.resize(static_cast<size_t>(head_dim_));
+      cache.m.resize(static_cast<size_t>(head_dim_));
+      scales_.row_as_float(h, t / group_, cache.s.data());
+      mins_.row_as_float(h, t / group_, cache.m.data());
+      cache.owner = id_;
+      cache.head = h;
+      cache.group = t / group_;
+    }
     const uint8_t* codes = codes_.row<uint8_t>(h, t);
-    std::vector<float> s(static_cast<size_t>(head_dim_)), m(static_cast<size_t>(head_dim_));
-    scales_.row_as_float(h, t / group_, s.data());  // one scale row per G tokens
-    mins_.row_as_float(h, t / group_, m.data());
+    const float* s = cache.s.data();
+    const float* m = cache.m.data();
     for (int64_t c = 0; c < head_dim_; ++c) out[c] = get_code(codes, c, bits_) * s[c] + m[c];
   }
+
+  const uint64_t id_;
 };
 
 // Values: a sliding exact window of R tokens; older tokens per token in groups of G channels.
@@ -205,7 +228,9 @@ class KiviValueStore final : public KiviStoreBase {
   void decode(int64_t h, int64_t t, float* out) const override {
     const uint8_t* codes = codes_.row<uint8_t>(h, t);
     const int64_t groups = head_dim_ / group_;
-    std::vector<float> s(static_cast<size_t>(groups)), m(static_cast<size_t>(groups));
+    thread_local std::vector<float> s, m;  // no allocation per token
+    s.resize(static_cast<size_t>(groups));
+    m.resize(static_cast<size_t>(groups));
     scales_.row_as_float(h, t, s.data());
     mins_.row_as_float(h, t, m.data());
     for (int64_t g = 0; g < groups; ++g) {
