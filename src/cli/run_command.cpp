@@ -46,7 +46,7 @@ int run(const RunOptions& opt) {
   const Environment env = capture_environment();
   if (opt.dry_run) {
     ModelProvider model(spec.model);
-    const auto estimates = estimate_cells(spec, cells, model, env);
+    const auto estimates = estimate_cells(cells, model, env);
     print_cell_plan(std::cout, cells, estimates);
     std::cout << "available memory: " << format_bytes(double(env.memory_available_bytes)) << "\n";
     refuse_oversized_plan(cells, estimates, env.memory_available_bytes);

@@ -38,17 +38,15 @@ const std::array<float, 256>& decode_table() {
 // Per-head (or per-layer) scales, fixed or calibrated on the first append.
 class Fp8Store final : public TokenStore {
  public:
-  Fp8Store(const Fp8Codec& codec, int64_t kv_heads, int64_t head_dim, bool amax, double scale_value,
-           double divisor, bool per_head)
+  Fp8Store(int64_t kv_heads, int64_t head_dim, bool amax, double scale_value, double divisor,
+           bool per_head)
       : kv_heads_(kv_heads),
         head_dim_(head_dim),
         amax_(amax),
         divisor_(divisor),
         per_head_(per_head),
         codes_(kv_heads, head_dim, at::kByte),
-        scales_(at::full({per_head ? kv_heads : 1}, scale_value, at::kFloat)) {
-    (void)codec;
-  }
+        scales_(at::full({per_head ? kv_heads : 1}, scale_value, at::kFloat)) {}
 
   void append(const at::Tensor& x_in) override {
     at::Tensor x = x_in.to(at::kFloat).contiguous();  // [kv_heads, n, head_dim]
@@ -156,7 +154,7 @@ nlohmann::json Fp8Codec::params() const {
 }
 
 std::unique_ptr<TokenStore> Fp8Codec::make_key_store(int64_t kv_heads, int64_t head_dim) const {
-  return std::make_unique<Fp8Store>(*this, kv_heads, head_dim, scale_ == "amax", scale_value_,
+  return std::make_unique<Fp8Store>(kv_heads, head_dim, scale_ == "amax", scale_value_,
                                     amax_divisor_, granularity_ == "head");
 }
 

@@ -55,9 +55,8 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
   return results;
 }
 
-std::vector<uint64_t> estimate_cells(const RunSpec& spec, const std::vector<Cell>& cells,
-                                     ModelProvider& model, const Environment& env) {
-  (void)spec;
+std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvider& model,
+                                     const Environment& env) {
   std::vector<uint64_t> out;
   for (const auto& c : cells) {
     const bool needs_model = find_suite(c.suite).needs_model;

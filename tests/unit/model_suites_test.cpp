@@ -137,7 +137,7 @@ TEST(ModelSuites, MethodsThatCannotRunOnTheModelAreRefusedInThePlan) {
   ModelProvider model(spec.model);
   Environment env;
   try {
-    estimate_cells(spec, expand_cells(spec), model, env);
+    estimate_cells(expand_cells(spec), model, env);
     FAIL() << "expected an Error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("group 32 does not divide head_dim 16"), std::string::npos)
@@ -146,7 +146,7 @@ TEST(ModelSuites, MethodsThatCannotRunOnTheModelAreRefusedInThePlan) {
   }
   cfg["methods"][0]["group"] = 16;
   RunSpec ok = parse_run_spec(cfg, "t");
-  EXPECT_NO_THROW(estimate_cells(ok, expand_cells(ok), model, env));
+  EXPECT_NO_THROW(estimate_cells(expand_cells(ok), model, env));
 }
 
 TEST(ModelSuites, OversizedPlanIsRefused) {

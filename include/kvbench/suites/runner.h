@@ -43,8 +43,8 @@ class Runner {
 size_t count_failed(const std::vector<CellResult>& results);
 
 // Each cell's estimated peak bytes (Suite::estimate_bytes), reading only the model's config.
-std::vector<uint64_t> estimate_cells(const RunSpec& spec, const std::vector<Cell>& cells,
-                                     ModelProvider& model, const Environment& env);
+std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvider& model,
+                                     const Environment& env);
 // Throws Error naming the first cell whose estimate exceeds 80% of `available` bytes.
 void refuse_oversized_plan(const std::vector<Cell>& cells, const std::vector<uint64_t>& estimates,
                            uint64_t available);
