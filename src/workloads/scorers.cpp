@@ -42,7 +42,9 @@ double best(const std::vector<std::string>& references, Fn&& score) {
   return b;
 }
 
-size_t lcs_length(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+// Longest common subsequence of two sequences (words or characters).
+template <typename Seq>
+size_t lcs_length(const Seq& a, const Seq& b) {
   std::vector<size_t> row(b.size() + 1, 0);
   for (size_t i = 1; i <= a.size(); ++i) {
     size_t diagonal = 0;
@@ -142,17 +144,8 @@ double rouge_l(const std::string& prediction, const std::vector<std::string>& re
 double levenshtein_ratio(const std::string& a, const std::string& b) {
   if (a.empty() && b.empty()) return 1.0;
   // Indel distance (substitution = delete + insert) = |a| + |b| - 2 LCS.
-  std::vector<size_t> row(b.size() + 1, 0);
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = 0;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = a[i - 1] == b[j - 1] ? diagonal + 1 : std::max(row[j], row[j - 1]);
-      diagonal = up;
-    }
-  }
   const double total = static_cast<double>(a.size() + b.size());
-  return 1.0 - (total - 2.0 * static_cast<double>(row[b.size()])) / total;
+  return 1.0 - (total - 2.0 * static_cast<double>(lcs_length(a, b))) / total;
 }
 
 double edit_similarity(const std::string& prediction, const std::vector<std::string>& references) {
