@@ -22,11 +22,18 @@ endif()
 
 if(KVBENCH_HAVE_CUDA)
   find_package(CUDAToolkit REQUIRED)
-  add_library(kvbench_kernels STATIC kernels/device_query.cu)
+  add_library(kvbench_kernels STATIC kernels/decode_attention.cu kernels/device_query.cu)
   target_include_directories(kvbench_kernels PUBLIC kernels)
   set_target_properties(kvbench_kernels PROPERTIES
     CUDA_ARCHITECTURES OFF POSITION_INDEPENDENT_CODE ON CUDA_STANDARD 17)
   target_compile_options(kvbench_kernels PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a>)
   target_link_libraries(kvbench_kernels PUBLIC CUDA::cudart)
+
+  # The decode benchmark (bench/): kernels only, no libtorch; see docs/perf-notes.md.
+  add_executable(gpu_decode_bench bench/gpu_decode_bench.cu)
+  target_link_libraries(gpu_decode_bench PRIVATE kvbench_kernels)
+  set_target_properties(gpu_decode_bench PROPERTIES CUDA_ARCHITECTURES OFF CUDA_STANDARD 17)
+  target_compile_options(gpu_decode_bench PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a>)
 endif()

@@ -1,0 +1,222 @@
+// Times the paged decode kernels of kernels/ per format, context and batch on the GPU, beside
+// the device's copy bandwidth measured in the same process. One layer of a Llama-3-8B-shaped
+// model (32 query heads, 8 KV heads, head_dim 128). Caches hold random codes and scales (speed
+// does not depend on values; fp formats hold finite random values); inputs are rotated among
+// replicas so a small working set is not served from L2.
+//
+// usage: gpu_decode_bench [--out FILE.jsonl] [--quick]
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "decode_attention.h"
+
+using kvbench::kernels::KvFormat;
+namespace k = kvbench::kernels;
+
+#define CHECK(expr)                                                                                \
+  do {                                                                                             \
+    cudaError_t e_ = (expr);                                                                       \
+    if (e_ != cudaSuccess) {                                                                       \
+      std::fprintf(stderr, "%s:%d %s: %s %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_), \
+                   k::decode_last_error());                                                        \
+      std::exit(1);                                                                                \
+    }                                                                                              \
+  } while (0)
+
+namespace {
+
+__global__ void fill_random(uint8_t* p, size_t n, uint32_t seed, int kind) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 15, x *= 2246822519u, x ^= x >> 13;
+    if (kind == 1 && i % 2 == 1) x = (x & 0x83) | 0x30;  // fp16 high byte: |x| in [2^-3, 2^1)
+    if (kind == 2 && i % 2 == 1) x = 0x20 | (x & 0x03);  // fp16 scale ~0.01 .. 0.03, positive
+    if (kind == 3 && ((x & 0x7f) == 0x7f)) x = 0;        // e4m3: no NaN codes
+    p[i] = uint8_t(x);
+  }
+}
+
+struct Buffer {
+  void* p = nullptr;
+  size_t n = 0;
+  void alloc(size_t bytes, int kind, uint32_t seed) {
+    n = bytes;
+    if (!bytes) return;
+    CHECK(cudaMalloc(&p, bytes));
+    fill_random<<<1024, 256>>>(static_cast<uint8_t*>(p), bytes, seed, kind);
+    CHECK(cudaGetLastError());
+  }
+  ~Buffer() { cudaFree(p); }
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double copy_bandwidth(cudaStream_t s) {
+  const size_t bytes = size_t(2) << 30;
+  void *a, *b;
+  CHECK(cudaMalloc(&a, bytes));
+  CHECK(cudaMalloc(&b, bytes));
+  CHECK(cudaMemset(a, 1, bytes));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  std::vector<double> gbs;
+  for (int i = 0; i < 12; ++i) {
+    cudaEventRecord(e0, s);
+    CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s));
+    cudaEventRecord(e1, s);
+    cudaEventSynchronize(e1);
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (i >= 2) gbs.push_back(2.0 * bytes / (ms * 1e-3) / 1e9);  // read + write
+  }
+  cudaFree(a), cudaFree(b);
+  return median(gbs);
+}
+
+struct Result {
+  double us, gbps, bytes;
+  int splits;
+};
+
+Result time_format(KvFormat f, int B, int T, int sm_count, cudaStream_t s) {
+  const int Hq = 32, Hkv = 8, D = 128;
+  const bool kivi = k::is_kivi(f);
+  const int P = kivi ? 32 : 16, R = 128;
+  const int pages_per_seq = (T + P - 1) / P;
+  const k::PageBytes kb = k::page_bytes(f, true, P, D), vb = k::page_bytes(f, false, P, D);
+  const double cache_bytes =
+      double(B) * pages_per_seq * Hkv * (kb.data + kb.meta + vb.data + vb.meta);
+  const int replicas = std::clamp(int(512e6 / cache_bytes), 1, 16);
+  const size_t pages = size_t(replicas) * B * pages_per_seq;
+  Buffer kd, vd, km, vm, kr, vr, ks, vs, q, out, table, lens, ws;
+  kd.alloc(pages * Hkv * kb.data, f == KvFormat::kFp16 ? 1 : (f == KvFormat::kFp8 ? 3 : 0), 1);
+  vd.alloc(pages * Hkv * vb.data, f == KvFormat::kFp16 ? 1 : (f == KvFormat::kFp8 ? 3 : 0), 2);
+  km.alloc(pages * Hkv * kb.meta, 2, 3);
+  vm.alloc(pages * Hkv * vb.meta, 2, 4);
+  if (kivi)
+    kr.alloc(size_t(B) * Hkv * R * D * 2, 1, 5), vr.alloc(size_t(B) * Hkv * R * D * 2, 1, 6);
+  std::vector<float> scales(Hkv, 0.01f);
+  CHECK(cudaMalloc(&ks.p, Hkv * 4));
+  CHECK(cudaMalloc(&vs.p, Hkv * 4));
+  CHECK(cudaMemcpy(ks.p, scales.data(), Hkv * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(vs.p, scales.data(), Hkv * 4, cudaMemcpyHostToDevice));
+  q.alloc(size_t(B) * Hq * D * 2, 1, 7);
+  out.alloc(size_t(B) * Hq * D * 2, 0, 8);
+  // Block tables: a shuffled page pool, as a paged allocator leaves it after some churn.
+  std::vector<int> ids(pages);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(42));
+  CHECK(cudaMalloc(&table.p, ids.size() * 4));
+  CHECK(cudaMemcpy(table.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  std::vector<int> seq(B, T);
+  CHECK(cudaMalloc(&lens.p, B * 4));
+  CHECK(cudaMemcpy(lens.p, seq.data(), B * 4, cudaMemcpyHostToDevice));
+
+  k::DecodeProblem pr;
+  pr.batch = B, pr.q_heads = Hq, pr.kv_heads = Hkv, pr.head_dim = D;
+  pr.max_pages_per_seq = pages_per_seq, pr.max_seq_len = T;
+  pr.seq_lens = static_cast<int*>(lens.p), pr.softmax_scale = 0.088f;
+  pr.q = q.p, pr.out = out.p;
+  k::PagedKv kv;
+  kv.format = f, kv.page_size = P, kv.residual = R;
+  kv.k_data = kd.p, kv.v_data = vd.p, kv.k_meta = km.p, kv.v_meta = vm.p;
+  kv.k_residual = kr.p, kv.v_residual = vr.p;
+  kv.k_head_scale = static_cast<float*>(ks.p), kv.v_head_scale = static_cast<float*>(vs.p);
+  k::DecodePlan plan;
+  pr.block_table = static_cast<int*>(table.p);
+  CHECK(k::decode_plan(pr, kv, sm_count, 0, &plan));
+  if (plan.workspace_bytes) CHECK(cudaMalloc(&ws.p, plan.workspace_bytes));
+
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  std::vector<double> us;
+  const int reps = 10;
+  for (int it = 0; it < 13; ++it) {
+    cudaEventRecord(e0, s);
+    for (int r = 0; r < reps; ++r) {
+      pr.block_table =
+          static_cast<int*>(table.p) + size_t((it * reps + r) % replicas) * B * pages_per_seq;
+      CHECK(k::decode_attention(pr, kv, plan, ws.p, s));
+    }
+    cudaEventRecord(e1, s);
+    CHECK(cudaEventSynchronize(e1));
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (it >= 3) us.push_back(ms * 1e3 / reps);
+  }
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  const double t = median(us);
+  // Bytes a step must read: the cache (codes + meta; for KIVI the window rings too) + q + out.
+  double bytes = cache_bytes + 2.0 * B * Hq * D * 2;
+  if (kivi) bytes += 2.0 * B * Hkv * std::min(T, R) * D * 2;
+  return {t, bytes / (t * 1e-6) / 1e9, bytes, plan.num_splits};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string out_path;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--out") && i + 1 < argc)
+      out_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--quick"))
+      quick = true;
+    else {
+      std::fprintf(stderr, "usage: %s [--out FILE.jsonl] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t s;
+  CHECK(cudaStreamCreate(&s));
+  const double copy_gbs = copy_bandwidth(s);
+  std::printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n", prop.name,
+              prop.multiProcessorCount, copy_gbs);
+  FILE* jl = out_path.empty() ? nullptr : std::fopen(out_path.c_str(), "w");
+  if (jl) std::fprintf(jl, "{\"device\":\"%s\",\"copy_gbps\":%.1f}\n", prop.name, copy_gbs);
+  const std::vector<KvFormat> formats = {KvFormat::kFp16, KvFormat::kBf16, KvFormat::kInt8,
+                                         KvFormat::kFp8,  KvFormat::kInt4, KvFormat::kKivi4,
+                                         KvFormat::kKivi2};
+  std::vector<std::pair<int, int>> shapes;  // (batch, context)
+  for (int B : {1, 16, 64})
+    for (int T : {1024, 4096, 16384, 32768, 65536, 131072})
+      if (double(B) * T <= 2.1e6 && (!quick || T == 32768 || T == 4096)) shapes.push_back({B, T});
+  std::printf("%-7s %5s %7s %10s %9s %6s %8s %8s %6s\n", "format", "batch", "context", "us/step",
+              "GB/s", "%copy", "vs fp16", "ideal", "splits");
+  for (auto [B, T] : shapes) {
+    double fp16_us = 0;
+    for (KvFormat f : formats) {
+      Result r = time_format(f, B, T, prop.multiProcessorCount, s);
+      if (f == KvFormat::kFp16) fp16_us = r.us;
+      const double ideal = k::bytes_per_token(KvFormat::kFp16, 16, 128) /
+                           k::bytes_per_token(f, k::is_kivi(f) ? 32 : 16, 128);
+      std::printf("%-7s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", k::format_name(f), B, T,
+                  r.us, r.gbps, 100 * r.gbps / copy_gbs, fp16_us / r.us, ideal, r.splits);
+      if (jl)
+        std::fprintf(
+            jl,
+            "{\"format\":\"%s\",\"batch\":%d,\"context\":%d,\"us_per_step\":%.3f,\"bytes\":%.0f,"
+            "\"gbps\":%.1f,\"copy_fraction\":%.4f,\"speedup_vs_fp16\":%.3f,\"ideal_ratio\":%.3f,"
+            "\"splits\":%d}\n",
+            k::format_name(f), B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs, fp16_us / r.us,
+            ideal, r.splits);
+    }
+  }
+  if (jl) std::fclose(jl);
+  return 0;
+}

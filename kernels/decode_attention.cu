@@ -1,0 +1,610 @@
+#include "decode_attention.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "dispatch.h"
+
+// Design (see docs/perf-notes.md for the measurements behind it). A warp attends over tiles
+// of 16 tokens with tensor-core mma.m16n8k16: scores S = Q K^T with the GQA group's (up to 8)
+// query heads as the M rows, and the output as O^T = V^T P^T, so the score fragment of one
+// mma is already the P fragment of the next (no shuffles, no shared memory). Codes are
+// dequantized in registers straight into fp16 fragments with the magic-number tricks
+// (0x6400 | code is the fp16 value 1024 + code), one or two instructions per pair of codes:
+// the first version did the dot products on CUDA cores in fp32 and was bound by dequantize
+// and FMA instructions (INT4 at 9% of copy bandwidth).
+//
+// Which channels a lane holds is free on the key side (a dot product does not care about
+// channel order, so the query fragment is loaded in the same order) and bookkeeping on the
+// value side (the output is written through the same map); lanes are given 16-byte pieces
+// of each row so every load instruction of a warp reads contiguous memory.
+
+namespace kvbench::kernels {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = 16;  // tokens per warp step
+constexpr float kLog2e = 1.4426950408889634f;
+
+thread_local std::string g_last_error;
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t mask, uint32_t bits) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));  // (a & b) | c
+  return r;
+}
+
+template <class T2>
+__device__ __forceinline__ uint32_t as_u32(T2 v) {
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ __half2 u32_as_h2(uint32_t v) { return *reinterpret_cast<__half2*>(&v); }
+
+template <bool kBf16>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  if constexpr (kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <KvFormat F>
+constexpr int kBitsOf = F == KvFormat::kKivi2                             ? 2
+                        : (F == KvFormat::kInt4 || F == KvFormat::kKivi4) ? 4
+                        : (F == KvFormat::kInt8 || F == KvFormat::kFp8)   ? 8
+                                                                          : 16;
+
+// The N channels of a row that one lane holds, when NL lanes share the row. The slice is
+// cut in pieces of at most 16 bytes; piece k of lane `who` starts at channel k*NL*E + who*E.
+template <KvFormat F, int N, int NL>
+struct Slice {
+  static constexpr int kBits = kBitsOf<F>;
+  static constexpr int kBytes = N * kBits / 8;
+  static constexpr int kPieceBytes = kBytes < 16 ? kBytes : 16;
+  static constexpr int kPieces = kBytes / kPieceBytes;
+  static constexpr int kE = kPieceBytes * 8 / kBits;  // elements per piece
+  static constexpr int kWords = kBytes < 4 ? 1 : kBytes / 4;
+  static constexpr int kPairs = N / 2;
+
+  __device__ static int channel(int who, int e) { return (e / kE) * (NL * kE) + who * kE + e % kE; }
+
+  // The two slice elements of pair p, in the order dequant() emits them.
+  __device__ static int2 pair(int p) {
+    if constexpr (kBits == 16 || kBits == 8) {
+      return make_int2(2 * p, 2 * p + 1);
+    } else if constexpr (kBits == 4) {
+      return make_int2(8 * (p / 4) + p % 4, 8 * (p / 4) + p % 4 + 4);
+    } else if constexpr (kBytes >= 4) {
+      return make_int2(16 * (p / 8) + p % 8, 16 * (p / 8) + p % 8 + 8);
+    } else {
+      return make_int2(p, p + 4);  // a 16-bit slice, spread to bytes 0 and 2 on load
+    }
+  }
+
+  __device__ static void load(const char* row, int who, uint32_t (&w)[kWords]) {
+#pragma unroll
+    for (int k = 0; k < kPieces; ++k) {
+      const char* p = row + k * NL * kPieceBytes + who * kPieceBytes;
+      if constexpr (kPieceBytes == 16) {
+        uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+        w[4 * k] = v.x, w[4 * k + 1] = v.y, w[4 * k + 2] = v.z, w[4 * k + 3] = v.w;
+      } else if constexpr (kPieceBytes == 8) {
+        uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+        w[2 * k] = v.x, w[2 * k + 1] = v.y;
+      } else if constexpr (kPieceBytes == 4) {
+        w[k] = __ldg(reinterpret_cast<const uint32_t*>(p));
+      } else {
+        const uint32_t x = __ldg(reinterpret_cast<const unsigned short*>(p));
+        w[0] = (x & 0xffu) | ((x & 0xff00u) << 8);
+      }
+    }
+  }
+  __device__ static void zero(uint32_t (&w)[kWords]) {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = 0;
+  }
+};
+
+// Dequantizes a slice into fp16 (bf16 for kBf16) pairs in Slice::pair order.
+//   scale[k]: per-piece scale (int8, int4); kivi: sm = (scale, min) per token (values) or
+//   per pair of channels in cs/cm (keys). fp8 is left unscaled (its per-head scale is applied
+//   to scores and outputs in fp32).
+template <KvFormat F, int N, int NL>
+struct Dequant {
+  using S = Slice<F, N, NL>;
+  __device__ static void run(const uint32_t (&w)[S::kWords], const __half2* scale,
+                             const __half2* cs, const __half2* cm, __half2 sm_scale, __half2 sm_min,
+                             uint32_t (&out)[S::kPairs]) {
+    if constexpr (F == KvFormat::kFp16 || F == KvFormat::kBf16) {
+#pragma unroll
+      for (int p = 0; p < S::kPairs; ++p) out[p] = w[p];
+    } else if constexpr (F == KvFormat::kFp8) {
+#pragma unroll
+      for (int p = 0; p < S::kPairs; ++p) {
+        __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
+            static_cast<__nv_fp8x2_storage_t>((w[p / 2] >> (16 * (p % 2))) & 0xffff), __NV_E4M3);
+        out[p] = uint32_t(h.x) | (uint32_t(h.y) << 16);
+      }
+    } else if constexpr (F == KvFormat::kInt8) {
+      const __half2 bias = __float2half2_rn(1152.f);  // 1024 + 128: the code's sign bit flipped
+#pragma unroll
+      for (int j = 0; j < S::kWords; ++j) {
+        const uint32_t u = w[j] ^ 0x80808080u;
+        const __half2 d = scale[(j * 4) / S::kE];
+        out[2 * j] =
+            as_u32(__hmul2(__hsub2(u32_as_h2(__byte_perm(u, 0x64646464u, 0x4140)), bias), d));
+        out[2 * j + 1] =
+            as_u32(__hmul2(__hsub2(u32_as_h2(__byte_perm(u, 0x64646464u, 0x4342)), bias), d));
+      }
+    } else {
+      constexpr int kBits = S::kBits, kPerWord = 16 / kBits;  // pairs per word
+      constexpr uint32_t kMask = kBits == 4 ? 0x000f000fu : 0x00030003u;
+      const __half2 bias = __float2half2_rn(F == KvFormat::kInt4 ? 1032.f : 1024.f);
+#pragma unroll
+      for (int j = 0; j < S::kWords; ++j) {
+#pragma unroll
+        for (int i = 0; i < kPerWord && j * kPerWord + i < S::kPairs; ++i) {
+          const int p = j * kPerWord + i;
+          const __half2 c =
+              __hsub2(u32_as_h2(lop3_and_or(w[j] >> (kBits * i), kMask, 0x64006400u)), bias);
+          if constexpr (F == KvFormat::kInt4)
+            out[p] = as_u32(__hmul2(c, scale[(j * 8) / S::kE]));
+          else if (cs)
+            out[p] = as_u32(__hfma2(c, cs[p], cm[p]));
+          else
+            out[p] = as_u32(__hfma2(c, sm_scale, sm_min));
+        }
+      }
+    }
+  }
+};
+
+// Full-precision fp16 row slice (KIVI residual ring) emitted in the format's pair order.
+template <KvFormat F, int N, int NL>
+__device__ __forceinline__ void ring_pairs(const __half* row, int who, uint32_t (&out)[N / 2]) {
+  using S = Slice<F, N, NL>;
+#pragma unroll
+  for (int p = 0; p < N / 2; ++p) {
+    const int2 e = S::pair(p);
+    out[p] = as_u32(__halves2half2(row[S::channel(who, e.x)], row[S::channel(who, e.y)]));
+  }
+}
+
+// ---- The decode kernel -------------------------------------------------------------------
+// Lane l = 4 * r + m. Scores: lane holds head r at tile tokens {2m, 2m+1, 8+2m, 9+2m}.
+// Keys: lane loads tile tokens r and 8 + r, slice m of 4 (D/4 channels). Values: lane loads
+// tile tokens {2m, 2m+1, 8+2m, 9+2m}, slice r of 8 (D/8 channels); its output fragment holds
+// heads 2m, 2m+1 at the channels of pair i of that slice (two per M tile i).
+template <KvFormat F, int D>
+struct Kernel {
+  static constexpr bool kBf16 = F == KvFormat::kBf16;
+  static constexpr bool kKivi = F == KvFormat::kKivi2 || F == KvFormat::kKivi4;
+  static constexpr bool kPerTokenScale = F == KvFormat::kInt8 || F == KvFormat::kInt4;
+  using KS = Slice<F, D / 4, 4>;
+  using VS = Slice<F, D / 8, 8>;
+  static constexpr int kChunks = D / 16;  // k-chunks of the score mma
+  static constexpr int kMTiles = D / 16;  // M tiles of the output mma (= VS::kPairs)
+  static constexpr int kRowBytes = D * kBitsOf<F> / 8;
+
+  struct State {
+    float m = -INFINITY, l = 0.f;  // head r
+    float acc[kMTiles][4];         // O^T fragments
+  };
+
+  // Per-piece fp16 scales of a token (int8/int4).
+  template <class Sl>
+  __device__ static void piece_scales(const void* meta, size_t row, int who,
+                                      __half2 (&sc)[Sl::kPieces]) {
+    const __half* h = static_cast<const __half*>(meta) + row * (D / 32);
+#pragma unroll
+    for (int k = 0; k < Sl::kPieces; ++k)
+      sc[k] = __half2half2(h[Sl::channel(who, k * Sl::kE) / 32]);
+  }
+
+  __device__ static void kivi_token_meta(const void* meta, size_t row, int channel, int group,
+                                         __half2& s, __half2& mn) {
+    const __half* h = static_cast<const __half*>(meta) + (row * (D / group) + channel / group) * 2;
+    s = __half2half2(h[0]), mn = __half2half2(h[1]);
+  }
+
+  // Per-channel (scale, min) of the page for key slice m, in pair order. KIVI key slices
+  // are at most 16 bytes, so one piece: channels m*N .. m*N + N - 1, read as 16-byte rows.
+  __device__ static void kivi_key_meta(const void* meta, size_t slab, int m,
+                                       __half2 (&cs)[KS::kPairs], __half2 (&cm)[KS::kPairs]) {
+    static_assert(KS::kPieces == 1, "KIVI key slices are one piece");
+    constexpr int N = D / 4;
+    const uint4* base =
+        reinterpret_cast<const uint4*>(static_cast<const __half*>(meta) + slab * 2 * D + m * N);
+    __half s[N], mn[N];
+#pragma unroll
+    for (int v = 0; v < N / 8; ++v) {
+      const uint4 a = __ldg(base + v), c = __ldg(base + D / 8 + v);
+      const __half* ah = reinterpret_cast<const __half*>(&a);
+      const __half* ch = reinterpret_cast<const __half*>(&c);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s[8 * v + i] = ah[i], mn[8 * v + i] = ch[i];
+    }
+#pragma unroll
+    for (int p = 0; p < KS::kPairs; ++p) {
+      const int2 e = KS::pair(p);
+      cs[p] = __halves2half2(s[e.x], s[e.y]);
+      cm[p] = __halves2half2(mn[e.x], mn[e.y]);
+    }
+  }
+
+  // S = Q K^T for the tile's two halves, then the online-softmax update and O += P V.
+  // kf[h]: key pairs of tile token h * 8 + r; vf[j]: value pairs of the lane's 4 tokens.
+  __device__ static void tile_step(State& st, const uint32_t (&qf)[kChunks][2],
+                                   uint32_t (&kf)[2][KS::kPairs], uint32_t (&vf)[4][VS::kPairs],
+                                   const bool (&present)[4], float score_scale, int lane) {
+    float s[2][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      s[h][0] = s[h][1] = s[h][2] = s[h][3] = 0.f;
+#pragma unroll
+      for (int j = 0; j < kChunks; ++j) {
+        const uint32_t a[4] = {qf[j][0], 0u, qf[j][1], 0u};
+        mma16816<kBf16>(s[h], a, kf[h][2 * j], kf[h][2 * j + 1]);
+      }
+    }
+    // This lane's scores: head r, tokens 2m, 2m+1 (half 0) and 8+2m, 9+2m (half 1).
+    float x[4] = {s[0][0], s[0][1], s[1][0], s[1][1]};
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      x[i] = present[i] ? x[i] * score_scale : -INFINITY;
+      mx = fmaxf(mx, x[i]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(st.m, mx);
+    const float base = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = fast_exp2(st.m - base);
+    st.m = m_new;
+    float p[4];
+    st.l *= alpha;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) st.l += (p[i] = fast_exp2(x[i] - base));
+    // The output fragment holds heads 2m and 2m+1: fetch their alphas from lanes 8m and 8m+4.
+    const int m = lane & 3;
+    const float a0 = __shfl_sync(0xffffffffu, alpha, 8 * m),
+                a1 = __shfl_sync(0xffffffffu, alpha, 8 * m + 4);
+    uint32_t pb0, pb1;
+    if constexpr (kBf16) {
+      pb0 = as_u32(__floats2bfloat162_rn(p[0], p[1])),
+      pb1 = as_u32(__floats2bfloat162_rn(p[2], p[3]));
+    } else {
+      pb0 = as_u32(__floats2half2_rn(p[0], p[1])), pb1 = as_u32(__floats2half2_rn(p[2], p[3]));
+    }
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i) {
+      st.acc[i][0] *= a0, st.acc[i][1] *= a1, st.acc[i][2] *= a0, st.acc[i][3] *= a1;
+      // A = V^T: rows r / r+8 are the two channels of pair i, columns the lane's tokens.
+      const uint32_t a[4] = {
+          __byte_perm(vf[0][i], vf[1][i], 0x5410), __byte_perm(vf[0][i], vf[1][i], 0x7632),
+          __byte_perm(vf[2][i], vf[3][i], 0x5410), __byte_perm(vf[2][i], vf[3][i], 0x7632)};
+      mma16816<kBf16>(st.acc[i], a, pb0, pb1);
+    }
+  }
+};
+
+template <KvFormat F, int D>
+__global__ void __launch_bounds__(kThreads)
+    decode_kernel(DecodeProblem pr, PagedKv kv, int num_splits, float* ws) {
+  using K = Kernel<F, D>;
+  using KS = typename K::KS;
+  using VS = typename K::VS;
+  constexpr bool kKivi = K::kKivi;
+  const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane >> 2, m = lane & 3;
+  const int P = kv.page_size, gq = pr.q_heads / pr.kv_heads;
+  const int T = pr.seq_lens[b];
+  const int key_end = kKivi ? T - T % kv.residual : T;       // keys before: from pages
+  const int main_end = kKivi ? max(0, T - kv.residual) : T;  // values before: from pages
+  float score_scale = pr.softmax_scale * kLog2e;
+  float out_scale = 1.f;
+  if constexpr (F == KvFormat::kFp8)
+    score_scale *= kv.k_head_scale[kvh], out_scale = kv.v_head_scale[kvh];
+
+  // Query fragments (A of the score mma): head r, the channels of key slice m in pair order.
+  uint32_t qf[K::kChunks][2];
+  {
+    const size_t qrow = (size_t(b) * pr.q_heads + kvh * gq + min(r, gq - 1)) * D;
+#pragma unroll
+    for (int j = 0; j < K::kChunks; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int2 e = KS::pair(2 * j + h);
+        const int c0 = KS::channel(m, e.x), c1 = KS::channel(m, e.y);
+        uint32_t v;
+        if constexpr (K::kBf16) {
+          const __nv_bfloat16* q = static_cast<const __nv_bfloat16*>(pr.q) + qrow;
+          v = as_u32(__halves2bfloat162(q[c0], q[c1]));
+        } else {
+          const __half* q = static_cast<const __half*>(pr.q) + qrow;
+          v = as_u32(__halves2half2(q[c0], q[c1]));
+        }
+        qf[j][h] = r < gq ? v : 0u;
+      }
+  }
+
+  typename K::State st;
+#pragma unroll
+  for (int i = 0; i < K::kMTiles; ++i)
+    st.acc[i][0] = st.acc[i][1] = st.acc[i][2] = st.acc[i][3] = 0.f;
+
+  const int* table = pr.block_table + size_t(b) * pr.max_pages_per_seq;
+  const char* kdata = static_cast<const char*>(kv.k_data);
+  const char* vdata = static_cast<const char*>(kv.v_data);
+  const int tiles_main = (main_end + kTile - 1) / kTile;
+  const int per_split = (tiles_main + num_splits - 1) / num_splits;
+  const int tile_begin = split * per_split, tile_end = min(tiles_main, tile_begin + per_split);
+  const __half2 zero2 = __float2half2_rn(0.f);
+  int kivi_page = -1;
+  __half2 cs[kKivi ? KS::kPairs : 1], cm[kKivi ? KS::kPairs : 1];
+
+  for (int tile = tile_begin + warp; tile < tile_end; tile += kWarps) {
+    const int t0 = tile * kTile, page = t0 / P;
+    const size_t slab = size_t(table[page]) * pr.kv_heads + kvh;
+    const size_t row0 = slab * P + t0 % P;  // row of the tile's first token in the pool
+    if constexpr (kKivi) {
+      if (page != kivi_page) K::kivi_key_meta(kv.k_meta, slab, m, cs, cm), kivi_page = page;
+    }
+    uint32_t kw[2][KS::kWords], vw[4][VS::kWords];
+    __half2 ksc[2][KS::kPieces], vsc[4][VS::kPieces], vs_s[4], vs_m[4];
+    bool kpresent[2], present[4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = h * 8 + r;
+      kpresent[h] = t0 + i < main_end;
+      if (kpresent[h]) {
+        KS::load(kdata + (row0 + i) * K::kRowBytes, m, kw[h]);
+        if constexpr (K::kPerTokenScale)
+          K::template piece_scales<KS>(kv.k_meta, row0 + i, m, ksc[h]);
+      } else {
+        KS::zero(kw[h]);
+#pragma unroll
+        for (int k = 0; k < KS::kPieces; ++k) ksc[h][k] = zero2;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int i = 2 * m + (j & 1) + 8 * (j >> 1);
+      present[j] = t0 + i < main_end;
+      vs_s[j] = vs_m[j] = zero2;
+      if (present[j]) {
+        VS::load(vdata + (row0 + i) * K::kRowBytes, r, vw[j]);
+        if constexpr (K::kPerTokenScale)
+          K::template piece_scales<VS>(kv.v_meta, row0 + i, r, vsc[j]);
+        if constexpr (kKivi)
+          K::kivi_token_meta(kv.v_meta, row0 + i, VS::channel(r, 0), P, vs_s[j], vs_m[j]);
+      } else {
+        VS::zero(vw[j]);
+#pragma unroll
+        for (int k = 0; k < VS::kPieces; ++k) vsc[j][k] = zero2;
+      }
+    }
+    uint32_t kf[2][KS::kPairs], vf[4][VS::kPairs];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      Dequant<F, D / 4, 4>::run(kw[h], ksc[h], kKivi ? cs : nullptr, cm, zero2, zero2, kf[h]);
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      Dequant<F, D / 8, 8>::run(vw[j], vsc[j], nullptr, nullptr, vs_s[j], vs_m[j], vf[j]);
+    K::tile_step(st, qf, kf, vf, present, score_scale, lane);
+  }
+
+  if constexpr (kKivi) {
+    // The full-precision window [main_end, T), on the last split: keys before key_end are
+    // still quantized, the rest and every value come from the rings (slot t mod R).
+    if (split == num_splits - 1) {
+      const size_t ring = (size_t(b) * pr.kv_heads + kvh) * kv.residual;
+      const __half* kring = static_cast<const __half*>(kv.k_residual);
+      const __half* vring = static_cast<const __half*>(kv.v_residual);
+      for (int t0 = (main_end / kTile + warp) * kTile; t0 < T; t0 += kWarps * kTile) {
+        const int page = t0 / P;
+        const size_t slab = size_t(table[page]) * pr.kv_heads + kvh;
+        uint32_t kf[2][KS::kPairs], vf[4][VS::kPairs];
+        bool present[4];
+        for (int h = 0; h < 2; ++h) {
+          const int t = t0 + h * 8 + r;
+          if (t < main_end || t >= T) {
+#pragma unroll
+            for (int p = 0; p < KS::kPairs; ++p) kf[h][p] = 0u;
+          } else if (t < key_end) {
+            __half2 tcs[KS::kPairs], tcm[KS::kPairs];
+            K::kivi_key_meta(kv.k_meta, slab, m, tcs, tcm);
+            uint32_t w[KS::kWords];
+            KS::load(kdata + (slab * P + t % P) * K::kRowBytes, m, w);
+            Dequant<F, D / 4, 4>::run(w, nullptr, tcs, tcm, zero2, zero2, kf[h]);
+          } else {
+            ring_pairs<F, D / 4, 4>(kring + (ring + t % kv.residual) * D, m, kf[h]);
+          }
+        }
+        for (int j = 0; j < 4; ++j) {
+          const int t = t0 + 2 * m + (j & 1) + 8 * (j >> 1);
+          present[j] = t >= main_end && t < T;
+          if (present[j]) {
+            ring_pairs<F, D / 8, 8>(vring + (ring + t % kv.residual) * D, r, vf[j]);
+          } else {
+#pragma unroll
+            for (int p = 0; p < VS::kPairs; ++p) vf[j][p] = 0u;
+          }
+        }
+        K::tile_step(st, qf, kf, vf, present, score_scale, lane);
+      }
+    }
+  }
+
+  // Row sums: the four lanes of head r each summed their own tokens.
+  st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
+  st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
+  __shared__ float sm_acc[kWarps][8][D];
+  __shared__ float sm_ml[kWarps][8][2];
+  if (m == 0) sm_ml[warp][r][0] = st.m, sm_ml[warp][r][1] = st.l;
+#pragma unroll
+  for (int i = 0; i < K::kMTiles; ++i) {
+    const int2 e = VS::pair(i);
+    const int c0 = VS::channel(r, e.x), c1 = VS::channel(r, e.y);
+    sm_acc[warp][2 * m][c0] = st.acc[i][0], sm_acc[warp][2 * m + 1][c0] = st.acc[i][1];
+    sm_acc[warp][2 * m][c1] = st.acc[i][2], sm_acc[warp][2 * m + 1][c1] = st.acc[i][3];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < gq * D; idx += kThreads) {
+    const int g = idx / D, d = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_ml[w][g][0]);
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float a = fast_exp2(sm_ml[w][g][0] - M);
+        L = fmaf(sm_ml[w][g][1], a, L);
+        O = fmaf(sm_acc[w][g][d], a, O);
+      }
+    }
+    O *= out_scale;
+    const size_t head = size_t(b) * pr.q_heads + kvh * gq + g;
+    if (num_splits == 1) {
+      const float o = L > 0.f ? O / L : 0.f;
+      if constexpr (K::kBf16)
+        static_cast<__nv_bfloat16*>(pr.out)[head * D + d] = __float2bfloat16(o);
+      else
+        static_cast<__half*>(pr.out)[head * D + d] = __float2half(o);
+    } else {
+      float* part = ws + (head * num_splits + split) * (D + 2);
+      part[2 + d] = O;
+      if (d == 0) part[0] = M, part[1] = L;
+    }
+  }
+}
+
+// Merges the split partials of one (head, sequence): one thread per channel.
+template <bool kBf16Out>
+__global__ void combine_kernel(const float* ws, int num_splits, int D, void* out) {
+  const size_t head = size_t(blockIdx.y) * gridDim.x + blockIdx.x;
+  const float* part = ws + head * num_splits * (D + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) M = fmaxf(M, part[s * (D + 2)]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float L = 0.f, O = 0.f;
+    for (int s = 0; s < num_splits; ++s) {
+      const float* p = part + s * (D + 2);
+      if (p[0] == -INFINITY) continue;
+      const float a = fast_exp2(p[0] - M);
+      L = fmaf(p[1], a, L);
+      O = fmaf(p[2 + d], a, O);
+    }
+    const float o = L > 0.f ? O / L : 0.f;
+    if constexpr (kBf16Out)
+      static_cast<__nv_bfloat16*>(out)[head * D + d] = __float2bfloat16(o);
+    else
+      static_cast<__half*>(out)[head * D + d] = __float2half(o);
+  }
+}
+
+template <KvFormat F, int D>
+cudaError_t launch(const DecodeProblem& pr, const PagedKv& kv, const DecodePlan& plan, void* ws,
+                   cudaStream_t stream) {
+  dim3 grid(plan.num_splits, pr.kv_heads, pr.batch);
+  decode_kernel<F, D>
+      <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || plan.num_splits == 1) return err;
+  dim3 cgrid(pr.q_heads, pr.batch);
+  if constexpr (F == KvFormat::kBf16)
+    combine_kernel<true>
+        <<<cgrid, D, 0, stream>>>(static_cast<float*>(ws), plan.num_splits, D, pr.out);
+  else
+    combine_kernel<false>
+        <<<cgrid, D, 0, stream>>>(static_cast<float*>(ws), plan.num_splits, D, pr.out);
+  return cudaGetLastError();
+}
+
+cudaError_t reject(const std::string& why) {
+  g_last_error = why;
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+const char* decode_last_error() { return g_last_error.c_str(); }
+
+cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count, int force_splits,
+                        DecodePlan* plan) {
+  g_last_error.clear();
+  if (pr.head_dim != 64 && pr.head_dim != 128)
+    return reject("unsupported head_dim: " + std::to_string(pr.head_dim) + " (supported: 64, 128)");
+  if (pr.batch < 1 || pr.kv_heads < 1 || pr.q_heads < 1 || pr.q_heads % pr.kv_heads != 0)
+    return reject("q_heads must be a positive multiple of kv_heads");
+  if (pr.q_heads / pr.kv_heads > 8)
+    return reject("unsupported GQA group: " + std::to_string(pr.q_heads / pr.kv_heads) +
+                  " (at most 8)");
+  if (kv.page_size != 16 && kv.page_size != 32 && kv.page_size != 64)
+    return reject("unsupported page_size: " + std::to_string(kv.page_size) +
+                  " (supported: 16, 32, 64)");
+  if (!pr.q || !pr.out || !pr.block_table || !pr.seq_lens || !kv.k_data || !kv.v_data)
+    return reject("null pointer among q, out, block_table, seq_lens, k_data, v_data");
+  const KvFormat f = kv.format;
+  if ((f == KvFormat::kInt8 || f == KvFormat::kInt4 || is_kivi(f)) && (!kv.k_meta || !kv.v_meta))
+    return reject(std::string(format_name(f)) + " needs k_meta and v_meta");
+  if (f == KvFormat::kFp8 && (!kv.k_head_scale || !kv.v_head_scale))
+    return reject("fp8 needs k_head_scale and v_head_scale");
+  if (is_kivi(f)) {
+    if (kv.residual < kv.page_size || kv.residual % kv.page_size != 0)
+      return reject("KIVI residual must be a positive multiple of page_size (the group)");
+    if (pr.head_dim % kv.page_size != 0)
+      return reject("KIVI group (page_size) must divide head_dim");
+    if (!kv.k_residual || !kv.v_residual) return reject("KIVI needs k_residual and v_residual");
+  }
+  if (pr.max_seq_len < 1 || pr.max_pages_per_seq * kv.page_size < pr.max_seq_len)
+    return reject("max_seq_len must be >= 1 and fit in max_pages_per_seq pages");
+  // Splits: enough blocks to fill every multiprocessor twice, each split at least 4 tiles per warp.
+  const int tiles = (pr.max_seq_len + kTile - 1) / kTile;
+  const int blocks = pr.batch * pr.kv_heads;
+  int splits = (2 * sm_count + blocks - 1) / blocks;
+  splits = std::max(1, std::min(splits, tiles / (4 * kWarps)));
+  if (force_splits > 0) splits = force_splits;
+  plan->num_splits = splits;
+  plan->workspace_bytes =
+      splits == 1 ? 0 : size_t(pr.batch) * pr.q_heads * splits * (pr.head_dim + 2) * sizeof(float);
+  return cudaSuccess;
+}
+
+cudaError_t decode_attention(const DecodeProblem& pr, const PagedKv& kv, const DecodePlan& plan,
+                             void* workspace, cudaStream_t stream) {
+  if (plan.num_splits > 1 && !workspace) return reject("num_splits > 1 needs a workspace");
+  cudaError_t err = cudaErrorInvalidValue;
+  KVB_DISPATCH_FORMAT(kv.format, kF, KVB_DISPATCH_HEAD_DIM(pr.head_dim, kD, {
+                        err = launch<kF, kD>(pr, kv, plan, workspace, stream);
+                      }));
+  return err;
+}
+
+}  // namespace kvbench::kernels

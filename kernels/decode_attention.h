@@ -1,0 +1,62 @@
+// Paged decode attention over compressed KV caches (one query token per sequence), reading
+// every format of kv_format.h directly: codes are dequantized in registers, never to memory.
+//
+// Work split (FlashDecoding): one block per (split, kv_head, sequence) handles all query
+// heads of its GQA group so each K/V byte is read once; its warps take whole pages and keep
+// an online softmax; a second kernel merges the splits when there is more than one.
+// Plan/run: decode_plan() picks the split count and workspace size on the host (outside any
+// timed region); decode_attention() only launches.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+#include "kv_format.h"
+
+namespace kvbench::kernels {
+
+struct PagedKv {
+  KvFormat format = KvFormat::kFp16;
+  int page_size = 16;            // tokens per page (KIVI: its group G)
+  const void* k_data = nullptr;  // see kv_format.h for each format's layout
+  const void* v_data = nullptr;
+  const void* k_meta = nullptr;
+  const void* v_meta = nullptr;
+  const float* k_head_scale = nullptr;  // kFp8: [kv_heads]
+  const float* v_head_scale = nullptr;
+  const void* k_residual = nullptr;  // KIVI: [batch, kv_heads, residual, head_dim] fp16
+  const void* v_residual = nullptr;
+  int residual = 0;  // KIVI's R, a multiple of page_size
+};
+
+struct DecodeProblem {
+  int batch = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
+  int max_pages_per_seq = 0;         // block_table's row length
+  int max_seq_len = 0;               // an upper bound of seq_lens, used to size the splits
+  const int* block_table = nullptr;  // [batch, max_pages_per_seq] physical page ids (device)
+  const int* seq_lens = nullptr;     // [batch] tokens per sequence, >= 1 (device)
+  float softmax_scale = 0.f;
+  const void* q = nullptr;  // [batch, q_heads, head_dim] fp16 (bf16 for kBf16)
+  void* out = nullptr;      // [batch, q_heads, head_dim] same dtype
+};
+
+struct DecodePlan {
+  int num_splits = 1;
+  size_t workspace_bytes = 0;  // fp32 partials when num_splits > 1
+};
+
+// Validates the problem and chooses the splits: enough blocks to fill `sm_count`
+// multiprocessors twice, never fewer than 4 tiles of 16 tokens per warp. `force_splits` > 0
+// overrides.
+cudaError_t decode_plan(const DecodeProblem& problem, const PagedKv& kv, int sm_count,
+                        int force_splits, DecodePlan* plan);
+
+// Launches on `stream`. `workspace` holds plan.workspace_bytes (may be null when zero).
+cudaError_t decode_attention(const DecodeProblem& problem, const PagedKv& kv,
+                             const DecodePlan& plan, void* workspace, cudaStream_t stream);
+
+// The reason the last decode_plan() rejected its input ("" when it did not).
+const char* decode_last_error();
+
+}  // namespace kvbench::kernels

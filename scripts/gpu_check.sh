@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One call's worth of GPU checks for a lent GPU machine: kernel tests, compute-sanitizer
+# memcheck on a subset, the decode benchmark and PyTorch's SDPA beside it. Expects
+# build-gpu/ from scripts/gpu_build.sh (built here or there); writes logs under $OUT.
+#   usage: scripts/gpu_check.sh [tests|bench|all]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/kvbench-gpu}
+mkdir -p "$OUT"
+what=${1:-all}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv,noheader
+if ! build-gpu/gpu_tests --gtest_list_tests >/dev/null 2>&1; then
+  echo "carried binaries do not run here; building with nvcc (no gtest: tests skipped)"
+  scripts/gpu_build.sh || exit 1
+fi
+rc=0
+if [ "$what" != bench ]; then
+  build-gpu/gpu_tests --gtest_brief=1 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || rc=1
+  compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests --gtest_brief=1 \
+    --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5' >"$OUT/memcheck.log" 2>&1
+  echo "memcheck rc=$? ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses); tail:"; tail -3 "$OUT/memcheck.log"
+fi
+if [ "$what" != tests ]; then
+  build-gpu/gpu_decode_bench --out "$OUT/decode_bench.jsonl" 2>&1 | tee "$OUT/decode_bench.log" || rc=1
+  PYTHONUNBUFFERED=1 python3 scripts/gpu_sdpa_peer.py --ours "$OUT/decode_bench.jsonl" --out "$OUT/sdpa.jsonl" 2>&1 \
+    | tee "$OUT/sdpa.log" || rc=1
+fi
+exit $rc
