@@ -6,36 +6,13 @@
 #include <vector>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/minmax_quant.h"
 #include "kvbench/kv/row_buffer.h"
 #include "kvbench/kv/simd.h"
 #include "kvbench/model/model_config.h"
 
 namespace kvbench {
 namespace {
-
-// Rounds through the storage dtype, as the stored scale and min are.
-float round_to(at::ScalarType dtype, float x) {
-  switch (dtype) {
-    case at::kHalf:
-      return static_cast<float>(at::Half(x));
-    case at::kBFloat16:
-      return static_cast<float>(at::BFloat16(x));
-    default:
-      return x;
-  }
-}
-
-void put_code(uint8_t* row, int64_t j, int bits, int code) {
-  if (bits == 4) {
-    row[j >> 1] |= static_cast<uint8_t>(code << ((j & 1) * 4));
-  } else {
-    row[j >> 2] |= static_cast<uint8_t>(code << ((j & 3) * 2));
-  }
-}
-
-int get_code(const uint8_t* row, int64_t j, int bits) {
-  return bits == 4 ? (row[j >> 1] >> ((j & 1) * 4)) & 0xF : (row[j >> 2] >> ((j & 3) * 2)) & 0x3;
-}
 
 // What both stores share: packed codes per token row, scale/min rows, and the exact window.
 class KiviStoreBase : public TokenStore {
@@ -129,28 +106,13 @@ class KiviKeyStore final : public KiviStoreBase {
     const int64_t start = codes_.size();
     const int64_t groups = residual_ / group_;
     codes_.append(residual_).zero_();
-    const int qmax = (1 << bits_) - 1;
     at::Tensor scales = at::empty({kv_heads_, groups, head_dim_}, at::kFloat);
     at::Tensor mins = at::empty({kv_heads_, groups, head_dim_}, at::kFloat);
     for (int64_t h = 0; h < kv_heads_; ++h) {
-      const float* x = block.data_ptr<float>() + h * residual_ * head_dim_;
-      for (int64_t g = 0; g < groups; ++g) {
-        for (int64_t c = 0; c < head_dim_; ++c) {
-          float lo = INFINITY, hi = -INFINITY;
-          for (int64_t t = g * group_; t < (g + 1) * group_; ++t) {
-            lo = std::min(lo, x[t * head_dim_ + c]);
-            hi = std::max(hi, x[t * head_dim_ + c]);
-          }
-          const float m = round_to(dtype_, lo), s = round_to(dtype_, (hi - m) / qmax);
-          const float inv = s != 0 ? 1.0f / s : 0.0f;
-          scales.data_ptr<float>()[(h * groups + g) * head_dim_ + c] = s;
-          mins.data_ptr<float>()[(h * groups + g) * head_dim_ + c] = m;
-          for (int64_t t = g * group_; t < (g + 1) * group_; ++t) {
-            const int q = static_cast<int>(std::nearbyint((x[t * head_dim_ + c] - m) * inv));
-            put_code(codes_.mutable_row<uint8_t>(h, start + t), c, bits_, std::clamp(q, 0, qmax));
-          }
-        }
-      }
+      minmax::quantize_per_channel(block.data_ptr<float>() + h * residual_ * head_dim_, residual_,
+                                   head_dim_, group_, bits_, dtype_, nullptr,
+                                   codes_.mutable_row<uint8_t>(h, start), head_dim_ * bits_ / 8,
+                                   scales[h].data_ptr<float>(), mins[h].data_ptr<float>());
     }
     scales_.append(groups).copy_(scales);
     mins_.append(groups).copy_(mins);
@@ -177,7 +139,7 @@ class KiviKeyStore final : public KiviStoreBase {
     const uint8_t* codes = codes_.row<uint8_t>(h, t);
     const float* s = cache.s.data();
     const float* m = cache.m.data();
-    for (int64_t c = 0; c < head_dim_; ++c) out[c] = get_code(codes, c, bits_) * s[c] + m[c];
+    minmax::dequantize_per_channel(codes, s, m, head_dim_, bits_, out);
   }
 
   const uint64_t id_;
@@ -201,25 +163,11 @@ class KiviValueStore final : public KiviStoreBase {
     codes_.append(n).zero_();
     at::Tensor scales = at::empty({kv_heads_, n, groups}, at::kFloat);
     at::Tensor mins = at::empty({kv_heads_, n, groups}, at::kFloat);
-    const int qmax = (1 << bits_) - 1;
     for (int64_t h = 0; h < kv_heads_; ++h) {
-      for (int64_t t = 0; t < n; ++t) {
-        const float* x = tokens.data_ptr<float>() + (h * n + t) * head_dim_;
-        uint8_t* codes = codes_.mutable_row<uint8_t>(h, start + t);
-        for (int64_t g = 0; g < groups; ++g) {
-          const float* xg = x + g * group_;
-          const float lo = *std::min_element(xg, xg + group_);
-          const float hi = *std::max_element(xg, xg + group_);
-          const float m = round_to(dtype_, lo), s = round_to(dtype_, (hi - m) / qmax);
-          const float inv = s != 0 ? 1.0f / s : 0.0f;
-          scales[h][t][g] = s;
-          mins[h][t][g] = m;
-          for (int64_t i = 0; i < group_; ++i) {
-            const int q = static_cast<int>(std::nearbyint((xg[i] - m) * inv));
-            put_code(codes, g * group_ + i, bits_, std::clamp(q, 0, qmax));
-          }
-        }
-      }
+      minmax::quantize_per_token(tokens.data_ptr<float>() + h * n * head_dim_, n, head_dim_, group_,
+                                 bits_, dtype_, nullptr, codes_.mutable_row<uint8_t>(h, start),
+                                 head_dim_ * bits_ / 8, scales[h].data_ptr<float>(),
+                                 mins[h].data_ptr<float>());
     }
     scales_.append(n).copy_(scales);
     mins_.append(n).copy_(mins);
@@ -233,12 +181,7 @@ class KiviValueStore final : public KiviStoreBase {
     m.resize(static_cast<size_t>(groups));
     scales_.row_as_float(h, t, s.data());
     mins_.row_as_float(h, t, m.data());
-    for (int64_t g = 0; g < groups; ++g) {
-      const float sg = s[g], mg = m[g];
-      for (int64_t i = g * group_; i < (g + 1) * group_; ++i) {
-        out[i] = get_code(codes, i, bits_) * sg + mg;
-      }
-    }
+    minmax::dequantize_per_token(codes, s.data(), m.data(), head_dim_, group_, bits_, out);
   }
 };
 

@@ -7,6 +7,7 @@
 #include "kvbench/kv/block_quant_codec.h"
 #include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/gear_codec.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
 #include "kvbench/model/model_config.h"
@@ -44,6 +45,59 @@ MethodInfo kivi_method(int bits) {
             return std::make_shared<KiviCodec>(bits, p["group"].get<int64_t>(),
                                                p["residual"].get<int64_t>(), dtype);
           }};
+}
+
+// GEAR: `gear` keeps the GEAR repository's defaults (2-bit, G = 64, buffer 64) and exposes
+// bits; the presets fix bits by name and follow the seed paper (G = 32, re-compress every 20).
+MethodInfo gear_method(const std::string& name, const std::string& summary, const GearParams& d,
+                       bool bits_param) {
+  std::vector<ParamSpec> params;
+  if (bits_param) {
+    params.push_back(ParamSpec::integer("bits", d.bits, "code width of D").one_of({2, 4, 8}));
+  }
+  params.push_back(
+      ParamSpec::integer("group", d.group, "G: tokens per key group, channels per value group")
+          .one_of({8, 16, 32, 64, 128}));
+  params.push_back(ParamSpec::number("outlier_ratio", d.outlier_ratio,
+                                     "s: fraction of each vector kept exact (s/2 largest, s/2 "
+                                     "smallest); keys per channel, values per token")
+                       .range(0, 1));
+  params.push_back(ParamSpec::integer("rank_prefill", d.rank_prefill,
+                                      "rank of L for a block compressed from a prefill")
+                       .range(0, 4096));
+  params.push_back(ParamSpec::integer("rank_decode", d.rank_decode,
+                                      "rank of L for a block compressed during decode")
+                       .range(0, 4096));
+  params.push_back(
+      ParamSpec::integer("power_iters", d.power_iters, "power iterations per low-rank fit")
+          .range(1, 100));
+  params.push_back(ParamSpec::integer("buffer", d.buffer,
+                                      "streaming buffer: newest tokens kept exact, compressed as "
+                                      "one block every `buffer` decode steps")
+                       .range(1, 1 << 20));
+  params.push_back(ParamSpec::integer("seed", 0, "seed of the power iteration's random start")
+                       .range(0, 2147483647));
+  const int fixed_bits = d.bits;
+  return {name, summary, params, [fixed_bits, bits_param](const json& p, at::ScalarType dtype) {
+            GearParams g;
+            g.bits = bits_param ? p["bits"].get<int>() : fixed_bits;
+            g.group = p["group"].get<int64_t>();
+            g.outlier_ratio = p["outlier_ratio"].get<double>();
+            g.rank_prefill = p["rank_prefill"].get<int64_t>();
+            g.rank_decode = p["rank_decode"].get<int64_t>();
+            g.power_iters = p["power_iters"].get<int64_t>();
+            g.buffer = p["buffer"].get<int64_t>();
+            g.seed = p["seed"].get<uint64_t>();
+            return std::make_shared<GearCodec>(g, dtype);
+          }};
+}
+
+GearParams gear_preset(int bits) {
+  GearParams g;
+  g.bits = bits;
+  g.group = 32;
+  g.buffer = 20;
+  return g;
 }
 
 }  // namespace
@@ -97,6 +151,23 @@ const std::vector<MethodInfo>& method_catalog() {
        [](const json& p, at::ScalarType) {
          return std::make_shared<BlockQuantCodec>(2, false, p["group"].get<int64_t>());
        }},
+      gear_method("gear",
+                  "GEAR X ~ D + L + S: KIVI-style quantization D (keys per channel, values per "
+                  "token) of X minus outliers S (s/2 largest + s/2 smallest of each vector, "
+                  "exact), plus a rank-r power-iteration fit L of the residual; newest tokens "
+                  "exact in a streaming buffer compressed every N steps. GEAR repo defaults: "
+                  "2-bit, G = 64, s = 0.02, rank 4 prefill / 2 decode, 3 iterations, N = 64",
+                  GearParams{}, true),
+      gear_method("gear-4",
+                  "GEAR with 4-bit KIVI-style D, G = 32, outliers 2% per vector, rank 4 at "
+                  "prefill and 2 in decode, 3 power iterations, re-compress every 20 steps "
+                  "(seed paper + GEAR defaults)",
+                  gear_preset(4), false),
+      gear_method("gear-8",
+                  "GEAR with 8-bit KIVI-style D, G = 32, outliers 2% per vector, rank 4 at "
+                  "prefill and 2 in decode, 3 power iterations, re-compress every 20 steps "
+                  "(seed paper + GEAR defaults)",
+                  gear_preset(8), false),
   };
   return catalog;
 }
