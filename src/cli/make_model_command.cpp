@@ -18,7 +18,9 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
   auto opt = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand(
       "make-model", "write a random-weight checkpoint of a tiny preset in the Hugging Face layout");
-  sub->add_option("--preset", opt->preset, "tiny-llama, tiny-mistral, tiny-qwen2 or tiny-qwen3")
+  sub->add_option("--preset", opt->preset,
+                  "tiny-llama, tiny-mistral, tiny-qwen2 or tiny-qwen3 (real-scale presets are "
+                  "built in memory only)")
       ->required();
   sub->add_option("--out", opt->out, "directory to write (created if absent)")->required();
   sub->add_option("--seed", opt->seed, "weight seed")->capture_default_str();

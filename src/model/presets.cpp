@@ -34,6 +34,18 @@ json base_config(const char* architecture, const char* model_type) {
           {"torch_dtype", "bfloat16"}};
 }
 
+// The published config.json of a real checkpoint: the keys every architecture shares, then
+// its own values.
+json real_config(const char* architecture, const char* model_type, const json& values) {
+  json c = {{"architectures", {architecture}},
+            {"model_type", model_type},
+            {"hidden_act", "silu"},
+            {"tie_word_embeddings", false},
+            {"torch_dtype", "bfloat16"}};
+  c.merge_patch(values);
+  return c;
+}
+
 json patched(json config, const json& patch) {
   config.merge_patch(patch);
   return config;
@@ -65,6 +77,54 @@ const std::vector<ModelPreset>& model_presets() {
                                                           {"tie_word_embeddings", true},
                                                           {"rope_theta", 1000000.0},
                                                           {"attention_bias", false}})},
+      {"llama-3-8b", "Llama-3-8B shapes (8.03 B parameters, GQA 32:8), random weights in memory",
+       real_config("LlamaForCausalLM", "llama",
+                   {{"vocab_size", 128256},
+                    {"hidden_size", 4096},
+                    {"intermediate_size", 14336},
+                    {"num_hidden_layers", 32},
+                    {"num_attention_heads", 32},
+                    {"num_key_value_heads", 8},
+                    {"max_position_embeddings", 8192},
+                    {"rms_norm_eps", 1e-5},
+                    {"rope_theta", 500000.0},
+                    {"bos_token_id", 128000},
+                    {"eos_token_id", 128001}}),
+       true},
+      {"mistral-7b",
+       "Mistral-7B-v0.1 shapes (7.24 B parameters, GQA 32:8), random weights in memory",
+       real_config("MistralForCausalLM", "mistral",
+                   {{"vocab_size", 32000},
+                    {"hidden_size", 4096},
+                    {"intermediate_size", 14336},
+                    {"num_hidden_layers", 32},
+                    {"num_attention_heads", 32},
+                    {"num_key_value_heads", 8},
+                    {"max_position_embeddings", 32768},
+                    {"rms_norm_eps", 1e-5},
+                    {"rope_theta", 10000.0},
+                    {"sliding_window", 4096},
+                    {"bos_token_id", 1},
+                    {"eos_token_id", 2}}),
+       true},
+      {"qwen2.5-7b",
+       "Qwen2.5-7B shapes (7.62 B parameters, GQA 28:4, q/k/v biases), random weights in memory",
+       real_config("Qwen2ForCausalLM", "qwen2",
+                   {{"vocab_size", 152064},
+                    {"hidden_size", 3584},
+                    {"intermediate_size", 18944},
+                    {"num_hidden_layers", 28},
+                    {"num_attention_heads", 28},
+                    {"num_key_value_heads", 4},
+                    {"max_position_embeddings", 131072},
+                    {"rms_norm_eps", 1e-6},
+                    {"rope_theta", 1000000.0},
+                    {"use_sliding_window", false},
+                    {"sliding_window", 131072},
+                    {"max_window_layers", 28},
+                    {"bos_token_id", 151643},
+                    {"eos_token_id", 151643}}),
+       true},
   };
   return presets;
 }
@@ -104,6 +164,9 @@ void write_checkpoint(const Transformer& model, const json& config, const std::s
 }
 
 void write_preset_checkpoint(const ModelPreset& preset, const std::string& dir, uint64_t seed) {
+  KVB_CHECK(!preset.real_scale, "preset ", preset.name,
+            " has real-model shapes and is built in memory only (model.preset with "
+            "model.random_init: true); make-model writes the tiny presets");
   const ModelConfig config = parse_model_config(preset.config, preset.name);
   json marked = preset.config;
   // Extra config.json keys are ignored by transformers; reports use this to flag the weights.

@@ -1,4 +1,5 @@
 #include "kvbench/suites/model_provider.h"
+#include "kvbench/suites/workload.h"
 
 #include <spdlog/spdlog.h>
 
@@ -44,8 +45,9 @@ const Transformer& ModelProvider::get() {
     bool random = spec_.random_init;
     if (spec_.random_init) {
       const ModelPreset& p = find_model_preset(spec_.preset);
-      model_ = std::make_unique<Transformer>(
-          Transformer::random(parse_model_config(p.config, p.name), spec_.seed));
+      const ModelConfig config = parse_model_config(p.config, p.name);
+      check_memory_fits(model_weight_bytes(config), "model: preset " + p.name + " (fp32 weights)");
+      model_ = std::make_unique<Transformer>(Transformer::random(config, spec_.seed));
     } else {
       KVB_CHECK(!spec_.path.empty(),
                 "model: none configured; set model.path to a Hugging Face checkpoint directory, "

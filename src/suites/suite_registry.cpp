@@ -4,6 +4,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
+#include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/kernels_suite.h"
 #include "kvbench/suites/latency_suite.h"
 #include "kvbench/suites/throughput_suite.h"
@@ -18,6 +19,8 @@ const std::vector<SuiteInfo>& suite_catalog() {
        [] { return std::make_unique<LatencySuite>(); }},
       {"throughput", ThroughputSuite::kSummary, ThroughputSuite::param_specs(), true,
        [] { return std::make_unique<ThroughputSuite>(); }},
+      {"fidelity", FidelitySuite::kSummary, FidelitySuite::param_specs(), true,
+       [] { return std::make_unique<FidelitySuite>(); }},
   };
   return catalog;
 }

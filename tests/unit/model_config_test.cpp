@@ -5,6 +5,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
+#include "kvbench/model/transformer.h"
 
 namespace kvbench {
 namespace {
@@ -26,7 +27,7 @@ std::string error_of(const json& config) {
 TEST(ModelConfig, EveryPresetParses) {
   for (const auto& p : model_presets()) {
     ModelConfig c = parse_model_config(p.config, p.name);
-    EXPECT_EQ(c.num_layers, 4) << p.name;
+    if (!p.real_scale) EXPECT_EQ(c.num_layers, 4) << p.name;
     EXPECT_EQ(c.num_heads % c.num_kv_heads, 0);
   }
   ModelConfig q3 = parse_model_config(find_model_preset("tiny-qwen3").config, "q3");
@@ -44,6 +45,38 @@ TEST(ModelConfig, EveryPresetParses) {
   ModelConfig l = parse_model_config(llama(), "l");
   EXPECT_EQ(l.rope_scaling.type, "llama3");
   EXPECT_EQ(l.eos_token_ids, std::vector<int64_t>{2});
+}
+
+// Parameter counts of the public checkpoints (8,030,261,248 is Llama-3-8B's model card
+// figure; Mistral-7B-v0.1 7.24 B and Qwen2.5-7B 7.62 B likewise), from the tensors the loader
+// expects, so the real-scale presets have exactly the published shapes.
+TEST(ModelConfig, RealScalePresetsHaveThePublishedParameterCounts) {
+  const std::vector<std::pair<std::string, uint64_t>> expected = {
+      {"llama-3-8b", 8030261248ull}, {"mistral-7b", 7241732096ull}, {"qwen2.5-7b", 7615616512ull}};
+  for (const auto& [name, params] : expected) {
+    const ModelPreset& p = find_model_preset(name);
+    EXPECT_TRUE(p.real_scale);
+    const ModelConfig c = parse_model_config(p.config, name);
+    uint64_t n = 0;
+    for (const auto& [tensor, shape] : Transformer::expected_tensors(c)) {
+      uint64_t e = 1;
+      for (int64_t d : shape) e *= static_cast<uint64_t>(d);
+      n += e;
+    }
+    EXPECT_EQ(n, params) << name;
+    EXPECT_EQ(c.head_dim, 128) << name;
+  }
+  EXPECT_EQ(parse_model_config(find_model_preset("qwen2.5-7b").config, "q").group_size(), 7);
+  EXPECT_TRUE(parse_model_config(find_model_preset("qwen2.5-7b").config, "q").attention_bias);
+}
+
+TEST(ModelConfig, RealScalePresetsAreNeverWrittenToDisk) {
+  try {
+    write_preset_checkpoint(find_model_preset("llama-3-8b"), "/tmp/kvbench-should-not-exist", 0);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("built in memory only"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ModelConfig, RejectsUnsupportedArchitecturesByName) {

@@ -6,6 +6,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/latency_suite.h"
 #include "kvbench/suites/model_provider.h"
 #include "kvbench/suites/runner.h"
@@ -234,6 +235,81 @@ TEST(ModelSuites, KernelsCellIdsIgnoreTheModel) {
   auto b = expand_cells(parse_run_spec(cfg, "t"));
   EXPECT_EQ(a[0].id, b[0].id);
   EXPECT_NE(a[1].id, b[1].id);
+}
+
+TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {
+  // p = (1/2, 1/2), q = (3/4, 1/4): KL = 1/2 ln(2/3) + 1/2 ln 2 = 0.1438410362.
+  const at::Tensor full = at::tensor({0.0, 0.0}, at::kDouble);
+  const at::Tensor method = at::tensor({std::log(3.0), 0.0}, at::kDouble);
+  StepFidelity s = step_fidelity(full, method, 1);
+  EXPECT_NEAR(s.kl, 0.5 * std::log(2.0 / 3.0) + 0.5 * std::log(2.0), 1e-12);
+  EXPECT_NEAR(s.kl, 0.1438410362, 1e-9);
+  EXPECT_TRUE(s.top1_agree);
+  EXPECT_NEAR(s.nll_full, std::log(2.0), 1e-12);
+  EXPECT_NEAR(s.nll_method, std::log(4.0), 1e-12);
+  // A token the full model gives probability 0 adds nothing (no NaN from 0 * inf).
+  const at::Tensor hard = at::tensor({0.0, -INFINITY}, at::kDouble);
+  EXPECT_NEAR(step_fidelity(hard, method, 0).kl, std::log(4.0 / 3.0), 1e-12);
+  EXPECT_FALSE(step_fidelity(at::tensor({0.0, 1.0}, at::kDouble), method, 0).top1_agree);
+}
+
+CellOutput run_fidelity(const json& method, const std::string& params) {
+  Harness h(json::parse(params));
+  h.method = resolve_method(method, "methods[0]");
+  FidelitySuite suite;
+  return h.run(suite);
+}
+
+TEST(FidelitySuite, TheFullCacheAgainstItselfIsExact) {
+  CellOutput out = run_fidelity({{"name", "full"}}, R"({"name": "fidelity", "windows": 2,
+                                 "prefix_tokens": 24, "eval_tokens": 6})");
+  ASSERT_EQ(out.records.size(), 2u);
+  for (const auto& r : out.records) {
+    ASSERT_EQ(r["kl"].size(), 6u);
+    for (double k : r["kl"]) EXPECT_EQ(k, 0.0);
+    EXPECT_EQ(r["nll_full"], r["nll_method"]);
+  }
+  EXPECT_EQ(out.summary["positions"], 12);
+  EXPECT_EQ(out.summary["top1_agreement"], 1.0);
+  EXPECT_EQ(out.summary["ppl_ratio"], 1.0);
+  EXPECT_EQ(out.summary["corpus"], "synthetic token ids");
+}
+
+TEST(FidelitySuite, KiviWithAWindowLongerThanTheTextIsExact) {
+  // methods.md: R >= T gives the full cache; 64 > 24 + 6 tokens.
+  CellOutput out = run_fidelity({{"name", "kivi-2"}, {"group", 16}, {"residual", 64}},
+                                R"({"name": "fidelity", "windows": 1, "prefix_tokens": 24,
+                                    "eval_tokens": 6})");
+  EXPECT_EQ(out.summary["kl_max"], 0.0);
+  EXPECT_EQ(out.summary["top1_agreement"], 1.0);
+}
+
+TEST(FidelitySuite, QuantizationMovesTheDistributionsMeasurably) {
+  CellOutput out = run_fidelity({{"name", "kivi-2"}, {"group", 16}, {"residual", 16}},
+                                R"({"name": "fidelity", "windows": 2, "prefix_tokens": 40,
+                                    "eval_tokens": 8})");
+  const double mean = out.summary["kl_mean"], p99 = out.summary["kl_p99"],
+               mx = out.summary["kl_max"];
+  EXPECT_GT(mean, 0.0);
+  EXPECT_LE(p99, mx);
+  EXPECT_GE(mx, mean);
+  EXPECT_GE(out.summary["top1_agreement"].get<double>(), 0.0);
+  EXPECT_LE(out.summary["top1_agreement"].get<double>(), 1.0);
+  EXPECT_GT(out.summary["ppl_method"].get<double>(), 1.0);
+  // Every method of a run scores the same corpus: the baseline's perplexity is the same.
+  CellOutput full = run_fidelity({{"name", "full"}}, R"({"name": "fidelity", "windows": 2,
+                                  "prefix_tokens": 40, "eval_tokens": 8})");
+  EXPECT_EQ(out.summary["ppl_full"], full.summary["ppl_full"]);
+}
+
+TEST(FidelitySuite, ACorpusTooShortForTheWindowsIsAClearError) {
+  try {
+    run_fidelity({{"name", "full"}}, R"({"name": "fidelity", "text": "a short text",
+                                        "windows": 2, "prefix_tokens": 64, "eval_tokens": 8})");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("corpus has"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

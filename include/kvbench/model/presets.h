@@ -1,5 +1,8 @@
-// Tiny model presets, one per supported architecture, for tests, examples and CI: built in
-// memory (`random_init`) or written as real Hugging Face checkpoints by `kvbench make-model`.
+// Model presets. Tiny ones, one per supported architecture, for tests, examples and CI: built
+// in memory (`random_init`) or written as real Hugging Face checkpoints by `kvbench make-model`.
+// Real-scale ones carry the exact config.json of public checkpoints (Llama-3-8B, Mistral-7B,
+// Qwen2.5-7B) so speed and memory can be measured at the seed paper's scale without
+// downloads: their random weights are only ever built in memory, never written.
 #pragma once
 
 #include <string>
@@ -14,7 +17,8 @@ class Transformer;
 struct ModelPreset {
   std::string name;  // "tiny-llama"
   std::string summary;
-  nlohmann::json config;  // a complete Hugging Face config.json
+  nlohmann::json config;    // a complete Hugging Face config.json
+  bool real_scale = false;  // built in memory only (make-model refuses it)
 };
 
 const std::vector<ModelPreset>& model_presets();

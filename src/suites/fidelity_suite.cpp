@@ -1,0 +1,187 @@
+#include "kvbench/suites/fidelity_suite.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/stats.h"
+#include "kvbench/core/text.h"
+#include "kvbench/core/time.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/suites/workload.h"
+
+namespace kvbench {
+
+using nlohmann::json;
+
+std::vector<ParamSpec> FidelitySuite::param_specs() {
+  return {
+      ParamSpec::string("text", "",
+                        "corpus text, tokenized with the model's tokenizer; empty (and no "
+                        "text_file): seeded random token ids"),
+      ParamSpec::string("text_file", "", "a UTF-8 text file used as the corpus"),
+      ParamSpec::integer("windows", 4, "corpus windows scored (consecutive, non-overlapping)")
+          .range(1, 100000),
+      ParamSpec::integer("prefix_tokens", 256, "tokens prefilled before scoring begins")
+          .range(1, 1 << 20),
+      ParamSpec::integer("eval_tokens", 64, "teacher-forced decode steps scored per window")
+          .range(1, 1 << 20),
+  };
+}
+
+StepFidelity step_fidelity(const at::Tensor& full_logits, const at::Tensor& method_logits,
+                           int64_t target) {
+  const at::Tensor lf = at::log_softmax(full_logits.to(at::kDouble).flatten(), 0);
+  const at::Tensor lm = at::log_softmax(method_logits.to(at::kDouble).flatten(), 0);
+  StepFidelity s;
+  // KL(P || Q) = sum p (log p - log q); terms with p = 0 contribute 0 (exp(-inf) * inf is NaN).
+  const at::Tensor p = lf.exp();
+  s.kl = std::max(0.0, at::where(p > 0, p * (lf - lm), at::zeros_like(p)).sum().item<double>());
+  s.top1_agree = lf.argmax().item<int64_t>() == lm.argmax().item<int64_t>();
+  s.nll_full = -lf[target].item<double>();
+  s.nll_method = -lm[target].item<double>();
+  return s;
+}
+
+namespace {
+
+std::vector<int64_t> corpus_tokens(const CellContext& ctx, int64_t needed) {
+  const json& p = ctx.params;
+  std::string text = p["text"];
+  const std::string file = p["text_file"];
+  KVB_CHECK(text.empty() || file.empty(), "fidelity: give text or text_file, not both");
+  if (!file.empty()) {
+    std::ifstream in(file, std::ios::binary);
+    KVB_CHECK(in.good(), "fidelity: cannot read text_file '", file, "'");
+    std::ostringstream s;
+    s << in.rdbuf();
+    text = s.str();
+  }
+  const int64_t vocab = ctx.model.get().config().vocab_size;
+  // Seeded by the run, not the cell: every method of the run scores the same tokens.
+  if (text.empty()) return synthetic_prompts(1, needed, vocab, ctx.spec.seed).front();
+  std::vector<int64_t> ids;
+  for (int32_t id : ctx.model.tokenizer().encode(text, true)) {
+    KVB_CHECK(id < vocab, "fidelity: the tokenizer gave id ", id,
+              " beyond the model's vocabulary of ", vocab);
+    ids.push_back(id);
+  }
+  KVB_CHECK(static_cast<int64_t>(ids.size()) >= needed, "fidelity: the corpus has ", ids.size(),
+            " tokens but windows * (prefix_tokens + eval_tokens + 1) = ", needed,
+            " are needed; give a longer text or fewer/shorter windows");
+  return ids;
+}
+
+double quantile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(pos);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
+}
+
+}  // namespace
+
+uint64_t FidelitySuite::estimate_bytes(const EstimateContext& ctx) const {
+  if (!ctx.model) return 0;
+  const ModelConfig& c = *ctx.model;
+  const int64_t prompt = ctx.params["prefix_tokens"], steps = ctx.params["eval_tokens"];
+  // The baseline cache at fp32 is the largest uncompressed cache the run can have.
+  const double full_per_token = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4;
+  return model_weight_bytes(c) + generation_bytes(c, ctx.kv_bytes_per_token, 1, prompt, steps) +
+         generation_bytes(c, full_per_token, 1, prompt, steps);
+}
+
+CellOutput FidelitySuite::run(const CellContext& ctx) {
+  const json& p = ctx.params;
+  const int64_t windows = p["windows"], prefix = p["prefix_tokens"], steps = p["eval_tokens"];
+  const int64_t span = prefix + steps + 1;
+  const Transformer& model = ctx.model.get();
+  check_generation_fits(ctx, 2, prefix, steps, "fidelity");  // two caches of one sequence
+  const std::vector<int64_t> corpus = corpus_tokens(ctx, windows * span);
+  const ModelConfig& c = model.config();
+  const json baseline = resolve_method({{"name", "full"}}, "fidelity.baseline");
+  auto base_cache = make_kv_cache(baseline, c.num_layers, c.num_kv_heads, c.head_dim,
+                                  ctx.model.kv_dtype(), ctx.spec.attention);
+  auto cache = make_cell_cache(ctx);
+
+  CellOutput out;
+  std::vector<double> kl_all;
+  double nll_full = 0, nll_method = 0;
+  int64_t agree = 0;
+  ctx.progress.begin(ctx.cell_id, static_cast<size_t>(windows * steps));
+  for (int64_t w = 0; w < windows; ++w) {
+    const int64_t* tok = corpus.data() + w * span;
+    const int64_t sb = base_cache->add_sequence(), sm = cache->add_sequence();
+    const std::vector<int64_t> prompt(tok, tok + prefix);
+    model.forward({{sb, prompt}}, *base_cache);
+    model.forward({{sm, prompt}}, *cache);
+    json kl = json::array(), top1 = json::array(), nf = json::array(), nm = json::array();
+    std::vector<double> step_s;  // the method's teacher-forced decode steps
+    for (int64_t i = 0; i < steps; ++i) {
+      const std::vector<int64_t> input = {tok[prefix + i]};
+      const at::Tensor lb = model.forward({{sb, input}}, *base_cache);
+      Stopwatch timer;
+      const at::Tensor lm = model.forward({{sm, input}}, *cache);
+      step_s.push_back(timer.seconds());
+      const StepFidelity s = step_fidelity(lb, lm, tok[prefix + i + 1]);
+      kl.push_back(s.kl), top1.push_back(s.top1_agree ? 1 : 0);
+      nf.push_back(s.nll_full), nm.push_back(s.nll_method);
+      kl_all.push_back(s.kl);
+      agree += s.top1_agree;
+      nll_full += s.nll_full, nll_method += s.nll_method;
+      ctx.progress.advance("window " + std::to_string(w + 1));
+    }
+    base_cache->remove_sequence(sb);
+    cache->remove_sequence(sm);
+    out.records.push_back({{"kind", "window"},
+                           {"window", w},
+                           {"first_token", w * span},
+                           {"samples_s", step_s},
+                           {"time_s", to_json(summarize(step_s, ctx.seed))},
+                           {"kl", kl},
+                           {"top1_agree", top1},
+                           {"nll_full", nf},
+                           {"nll_method", nm}});
+  }
+  ctx.progress.end();
+
+  const double n = static_cast<double>(kl_all.size());
+  double kl_sum = 0;
+  for (double k : kl_all) kl_sum += k;
+  out.summary = {
+      {"positions", kl_all.size()},
+      {"windows", windows},
+      {"prefix_tokens", prefix},
+      {"eval_tokens", steps},
+      {"corpus", p["text"].get<std::string>().empty() && p["text_file"].get<std::string>().empty()
+                     ? "synthetic token ids"
+                     : "text"},
+      {"baseline", "full cache in the run's KV dtype"},
+      {"kl_mean", kl_sum / n},
+      {"kl_median", quantile(kl_all, 0.5)},
+      {"kl_p99", quantile(kl_all, 0.99)},
+      {"kl_max", quantile(kl_all, 1.0)},
+      {"top1_agreement", static_cast<double>(agree) / n},
+      {"ppl_full", std::exp(nll_full / n)},
+      {"ppl_method", std::exp(nll_method / n)},
+      {"ppl_ratio", std::exp((nll_method - nll_full) / n)}};
+  return out;
+}
+
+Table FidelitySuite::summary_table(const CellOutput& output) const {
+  const json& s = output.summary;
+  Table t;
+  t.columns = {"positions", "KL mean", "KL p99", "KL max", "top-1 agree", "PPL full", "PPL method"};
+  t.rows.push_back(
+      {std::to_string(s["positions"].get<int64_t>()), format_fixed(s["kl_mean"].get<double>(), 6),
+       format_fixed(s["kl_p99"].get<double>(), 6), format_fixed(s["kl_max"].get<double>(), 6),
+       format_fixed(100 * s["top1_agreement"].get<double>(), 2) + "%",
+       format_fixed(s["ppl_full"].get<double>(), 3),
+       format_fixed(s["ppl_method"].get<double>(), 3)});
+  return t;
+}
+
+}  // namespace kvbench
