@@ -69,6 +69,12 @@ ParamSpec ParamSpec::string(std::string name, json def, std::string help,
 ParamSpec ParamSpec::int_list(std::string name, json def, std::string help) {
   return make(std::move(name), ParamType::kIntList, std::move(def), std::move(help));
 }
+ParamSpec ParamSpec::number_list(std::string name, json def, std::string help) {
+  return make(std::move(name), ParamType::kNumberList, std::move(def), std::move(help));
+}
+ParamSpec ParamSpec::string_list(std::string name, json def, std::string help) {
+  return make(std::move(name), ParamType::kStringList, std::move(def), std::move(help));
+}
 ParamSpec ParamSpec::range(double lo, double hi) const {
   ParamSpec s = *this;
   s.min = lo;
@@ -134,6 +140,12 @@ std::string describe_expected(const ParamSpec& s) {
     case ParamType::kIntList:
       text = "non-empty list of integers" + range_text(s);
       break;
+    case ParamType::kNumberList:
+      text = "list of numbers" + range_text(s);
+      break;
+    case ParamType::kStringList:
+      text = "list of strings";
+      break;
   }
   if (s.allow_auto) text += " or \"auto\"";
   return text;
@@ -183,6 +195,24 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
         }
       }
       return;
+    case ParamType::kNumberList:
+    case ParamType::kStringList: {
+      if (!value.is_array()) fail(s, value, path);
+      const bool numbers = s.type == ParamType::kNumberList;
+      for (size_t i = 0; i < value.size(); ++i) {
+        const json& v = value[i];
+        const bool ok = numbers ? v.is_number() && std::isfinite(v.get<double>()) &&
+                                      in_range(s, v.get<double>())
+                                : v.is_string();
+        if (!ok) {
+          throw ConfigError(
+              path + "[" + std::to_string(i) + "]",
+              std::string(numbers ? "expected number" + range_text(s) : "expected string") +
+                  ", got " + v.dump());
+        }
+      }
+      return;
+    }
   }
 }
 

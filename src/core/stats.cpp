@@ -50,6 +50,62 @@ Interval bootstrap_median_ci(const std::vector<double>& x, double confidence, in
   return {percentile(medians, tail), percentile(medians, 100 - tail)};
 }
 
+namespace {
+
+// Both empirical CDFs evaluated just after every distinct point of the pooled sample, with
+// the gaps between consecutive points: what the KS and Wasserstein distances integrate.
+template <class Fn>
+void walk_cdfs(std::vector<double> x, std::vector<double> y, Fn&& fn) {
+  KVB_CHECK(!x.empty() && !y.empty(), "distribution distance of an empty sample");
+  std::sort(x.begin(), x.end());
+  std::sort(y.begin(), y.end());
+  std::vector<double> points(x);
+  points.insert(points.end(), y.begin(), y.end());
+  std::sort(points.begin(), points.end());
+  points.erase(std::unique(points.begin(), points.end()), points.end());
+  size_t i = 0, j = 0;
+  for (size_t k = 0; k < points.size(); ++k) {
+    while (i < x.size() && x[i] <= points[k]) ++i;
+    while (j < y.size() && y[j] <= points[k]) ++j;
+    const double fx = static_cast<double>(i) / static_cast<double>(x.size());
+    const double fy = static_cast<double>(j) / static_cast<double>(y.size());
+    const double gap = k + 1 < points.size() ? points[k + 1] - points[k] : 0.0;
+    fn(fx, fy, gap);
+  }
+}
+
+// Q_KS(lambda) = 2 sum_{j>=1} (-1)^(j-1) exp(-2 j^2 lambda^2), 1 for small lambda.
+double kolmogorov_q(double lambda) {
+  if (lambda < 0.2) return 1.0;
+  double sum = 0, sign = 1;
+  for (int j = 1; j <= 100; ++j) {
+    const double term = sign * std::exp(-2.0 * j * j * lambda * lambda);
+    sum += term;
+    if (std::fabs(term) < 1e-12 * std::fabs(sum)) break;
+    sign = -sign;
+  }
+  return std::clamp(2.0 * sum, 0.0, 1.0);
+}
+
+}  // namespace
+
+KsResult ks_two_sample(const std::vector<double>& x, const std::vector<double>& y) {
+  KsResult r;
+  walk_cdfs(x, y, [&](double fx, double fy, double) {
+    r.statistic = std::max(r.statistic, std::fabs(fx - fy));
+  });
+  const double n = static_cast<double>(x.size()), m = static_cast<double>(y.size());
+  const double ne = std::sqrt(n * m / (n + m));
+  r.p_value = kolmogorov_q((ne + 0.12 + 0.11 / ne) * r.statistic);
+  return r;
+}
+
+double wasserstein_1(const std::vector<double>& x, const std::vector<double>& y) {
+  double w = 0;
+  walk_cdfs(x, y, [&](double fx, double fy, double gap) { w += std::fabs(fx - fy) * gap; });
+  return w;
+}
+
 Summary summarize(const std::vector<double>& x, uint64_t seed) {
   KVB_CHECK(!x.empty(), "summary of an empty sample");
   Summary s;

@@ -7,6 +7,7 @@
 #include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/kernels_suite.h"
 #include "kvbench/suites/latency_suite.h"
+#include "kvbench/suites/output_length_suite.h"
 #include "kvbench/suites/throughput_suite.h"
 
 namespace kvbench {
@@ -21,6 +22,8 @@ const std::vector<SuiteInfo>& suite_catalog() {
        [] { return std::make_unique<ThroughputSuite>(); }},
       {"fidelity", FidelitySuite::kSummary, FidelitySuite::param_specs(), true,
        [] { return std::make_unique<FidelitySuite>(); }},
+      {"output_length", OutputLengthSuite::kSummary, OutputLengthSuite::param_specs(), true,
+       [] { return std::make_unique<OutputLengthSuite>(); }},
   };
   return catalog;
 }

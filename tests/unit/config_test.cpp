@@ -85,6 +85,20 @@ TEST(Config, WrongTypes) {
             std::string::npos);
 }
 
+TEST(Config, NumberAndStringListsCheckEachElement) {
+  json c = minimal();
+  c["suites"][0] = {{"name", "output_length"}, {"control_temperatures", {0.9, "hot"}}};
+  EXPECT_EQ(error_of(c),
+            "config: suites[0].control_temperatures[1]: expected number in [0, 100], got \"hot\"");
+  c["suites"][0] = {{"name", "output_length"}, {"control_temperatures", 0.9}};
+  EXPECT_EQ(error_of(c),
+            "config: suites[0].control_temperatures: expected list of numbers in [0, 100], got 0.9");
+  c["suites"][0] = {{"name", "output_length"}, {"prompt_texts", {"a", 3}}};
+  EXPECT_EQ(error_of(c), "config: suites[0].prompt_texts[1]: expected string, got 3");
+  c["suites"][0] = {{"name", "output_length"}, {"control_temperatures", json::array()}};
+  EXPECT_EQ(error_of(c), "");  // an empty list switches the controls off
+}
+
 TEST(Config, OutOfRangeValues) {
   EXPECT_EQ(error_of(with(R"({"threads": 0})")),
             "config: threads: expected integer in [1, 4096] or \"auto\", got 0");

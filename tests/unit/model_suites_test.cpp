@@ -3,12 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/latency_suite.h"
 #include "kvbench/suites/model_provider.h"
+#include "kvbench/suites/output_length_suite.h"
 #include "kvbench/suites/runner.h"
 #include "kvbench/suites/throughput_suite.h"
 #include "kvbench/suites/workload.h"
@@ -309,6 +311,85 @@ TEST(FidelitySuite, ACorpusTooShortForTheWindowsIsAClearError) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("corpus has"), std::string::npos) << e.what();
+  }
+}
+
+TEST(OutputLengthSuite, LengthShiftByHand) {
+  // D = (10-20)/10 = -100%, (20-20)/20 = 0, (40-10)/40 = 75%.
+  LengthShift s = length_shift({10, 20, 40}, {20, 20, 10});
+  EXPECT_NEAR(s.d_mean, (-100.0 + 0.0 + 75.0) / 3, 1e-12);
+  EXPECT_NEAR(s.d_median, 0.0, 1e-12);
+  EXPECT_NEAR(s.share_longer_50, 1.0 / 3, 1e-12);
+  EXPECT_NEAR(s.share_shorter_50, 1.0 / 3, 1e-12);
+  EXPECT_NEAR(s.mean_baseline, 70.0 / 3, 1e-12);
+  EXPECT_NEAR(s.mean_other, 50.0 / 3, 1e-12);
+  // CDFs: base {10,20,40}, other {10,20,20}: differ by 1/3 on [20, 40): W1 = 20/3, D = 1/3.
+  EXPECT_NEAR(s.wasserstein, 20.0 / 3, 1e-12);
+  EXPECT_NEAR(s.ks_statistic, 1.0 / 3, 1e-12);
+  EXPECT_THROW(length_shift({1, 2}, {1}), Error);
+}
+
+CellOutput run_output_length(const json& method, const std::string& params) {
+  Harness h(json::parse(params));
+  h.method = resolve_method(method, "methods[0]");
+  OutputLengthSuite suite;
+  return h.run(suite);
+}
+
+TEST(OutputLengthSuite, TheFullCacheAgainstItselfHasNoShift) {
+  CellOutput out = run_output_length({{"name", "full"}}, R"({"name": "output_length", "samples": 4,
+                                      "prompt_tokens": 12, "max_new_tokens": 20})");
+  ASSERT_EQ(out.records.size(), 4u);
+  for (const auto& r : out.records) {
+    EXPECT_EQ(r["length"], r["length_full"]);
+    EXPECT_EQ(r["d"], 0.0);
+    EXPECT_GE(r["length"].get<double>(), 1.0);
+    EXPECT_LE(r["length"].get<double>(), 20.0);
+    EXPECT_EQ(r["lengths_control"].size(), 2u);
+    EXPECT_GT(r["kv_bytes"].get<uint64_t>(), 0u);
+    EXPECT_EQ(r["prompt_hash"].get<std::string>().size(), 16u);
+    EXPECT_TRUE(r["stop"] == "eos" || r["stop"] == "length");
+    EXPECT_EQ(r["stop"] == "length", r["length"] == 20.0);
+  }
+  EXPECT_EQ(out.summary["d_mean"], 0.0);
+  EXPECT_EQ(out.summary["ks_statistic"], 0.0);
+  EXPECT_EQ(out.summary["wasserstein"], 0.0);
+  EXPECT_EQ(out.summary["controls"].size(), 2u);
+  EXPECT_EQ(out.summary["controls"][0]["temperature"], 0.9);
+  EXPECT_FALSE(out.warnings.empty());  // 4 samples are too few, and says so
+}
+
+TEST(OutputLengthSuite, CompressedRunsKeepEverySampleAndTheSameSeeds) {
+  CellOutput out = run_output_length({{"name", "kivi-2"}, {"group", 16}, {"residual", 16}},
+                                     R"({"name": "output_length", "samples": 3, "prompt_tokens": 40,
+                            "max_new_tokens": 16, "control_temperatures": []})");
+  ASSERT_EQ(out.records.size(), 3u);
+  EXPECT_TRUE(out.summary["controls"].empty());
+  const double rate = out.summary["runaway_rate"];
+  EXPECT_GE(rate, 0.0);
+  EXPECT_LE(rate, 1.0);
+  // Same prompts (seeded by the run) as a full-cache cell: the baseline lengths agree.
+  CellOutput full = run_output_length({{"name", "full"}}, R"({"name": "output_length", "samples": 3,
+                                       "prompt_tokens": 40, "max_new_tokens": 16,
+                                       "control_temperatures": []})");
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(out.records[i]["length_full"], full.records[i]["length_full"]);
+    EXPECT_EQ(out.records[i]["prompt_hash"], full.records[i]["prompt_hash"]);
+  }
+}
+
+TEST(OutputLengthSuite, ABadPromptsFileNamesTheLine) {
+  const std::string path = ::testing::TempDir() + "/kvbench_prompts.jsonl";
+  {
+    std::ofstream f(path);
+    f << "{\"prompt\": \"hello\"}\n\n{not json}\n";
+  }
+  try {
+    run_output_length({{"name", "full"}},
+                      R"({"name": "output_length", "prompts_file": ")" + path + R"("})");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(":3: not JSON"), std::string::npos) << e.what();
   }
 }
 

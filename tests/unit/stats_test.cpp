@@ -87,3 +87,37 @@ TEST(Stats, SummaryToJsonKeepsEveryField) {
 
 }  // namespace
 }  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+TEST(Stats, KolmogorovSmirnovAndWassersteinByHand) {
+  // F_x - F_y = 1/3 on [1, 4): D = 1/3; a shift by one moves all mass by 1: W1 = 1.
+  const std::vector<double> x = {1, 2, 3}, y = {2, 3, 4};
+  EXPECT_NEAR(ks_two_sample(x, y).statistic, 1.0 / 3.0, 1e-12);
+  EXPECT_NEAR(wasserstein_1(x, y), 1.0, 1e-12);
+  EXPECT_NEAR(wasserstein_1(y, x), 1.0, 1e-12);
+  // Unequal sizes: {0, 10} vs {5}: F differs by 1/2 on [0, 10): W1 = 1/2 * 5 + 1/2 * 5 = 5.
+  EXPECT_NEAR(wasserstein_1({0, 10}, {5}), 5.0, 1e-12);
+  EXPECT_NEAR(ks_two_sample({0, 10}, {5}).statistic, 0.5, 1e-12);
+  // Identical samples: D = 0, p = 1, W1 = 0.
+  EXPECT_EQ(ks_two_sample(x, x).statistic, 0.0);
+  EXPECT_EQ(ks_two_sample(x, x).p_value, 1.0);
+  EXPECT_EQ(wasserstein_1(x, x), 0.0);
+}
+
+TEST(Stats, KolmogorovSmirnovPValueOfDisjointSamples) {
+  // n = m = 10, D = 1: ne = sqrt(5), lambda = (sqrt(5) + 0.12 + 0.11 / sqrt(5)) = 2.4053,
+  // p = 2 (e^{-2 lambda^2} - e^{-8 lambda^2} + ...) = 1.89e-5.
+  std::vector<double> a, b;
+  for (int i = 0; i < 10; ++i) a.push_back(i), b.push_back(100 + i);
+  const KsResult r = ks_two_sample(a, b);
+  EXPECT_EQ(r.statistic, 1.0);
+  const double lambda = std::sqrt(5.0) + 0.12 + 0.11 / std::sqrt(5.0);
+  EXPECT_NEAR(r.p_value, 2 * std::exp(-2 * lambda * lambda), 1e-9);
+  EXPECT_NEAR(r.p_value, 1.89e-5, 0.01e-5);
+  EXPECT_THROW(ks_two_sample({}, a), Error);
+}
+
+}  // namespace
+}  // namespace kvbench

@@ -11,7 +11,7 @@
 
 namespace kvbench {
 
-enum class ParamType { kInt, kFloat, kBool, kString, kIntList };
+enum class ParamType { kInt, kFloat, kBool, kString, kIntList, kNumberList, kStringList };
 
 struct ParamSpec {
   std::string name;
@@ -32,6 +32,9 @@ struct ParamSpec {
   static ParamSpec string(std::string name, nlohmann::json def, std::string help,
                           std::vector<std::string> choices = {});
   static ParamSpec int_list(std::string name, nlohmann::json def, std::string help);
+  // Lists that may be empty (an empty list switches the feature off).
+  static ParamSpec number_list(std::string name, nlohmann::json def, std::string help);
+  static ParamSpec string_list(std::string name, nlohmann::json def, std::string help);
   ParamSpec range(double lo, double hi) const;
   ParamSpec at_least(double lo) const;
   ParamSpec one_of(std::vector<int64_t> values) const;

@@ -34,6 +34,18 @@ struct Summary {
   Interval median_ci95;
 };
 
+// Two-sample Kolmogorov-Smirnov test: D = sup_t |F_x(t) - F_y(t)| of the empirical CDFs and
+// its asymptotic p-value (Kolmogorov distribution with Stephens' small-sample correction:
+// lambda = (sqrt(ne) + 0.12 + 0.11 / sqrt(ne)) D, ne = n m / (n + m)). Throws on an empty sample.
+struct KsResult {
+  double statistic = 0;
+  double p_value = 1;
+};
+KsResult ks_two_sample(const std::vector<double>& x, const std::vector<double>& y);
+// First Wasserstein (earth mover's) distance between two empirical distributions:
+// the integral of |F_x - F_y|. Throws on an empty sample.
+double wasserstein_1(const std::vector<double>& x, const std::vector<double>& y);
+
 // All of the above; throws Error on an empty sample.
 Summary summarize(const std::vector<double>& x, uint64_t seed = 0);
 nlohmann::json to_json(const Summary& s);

@@ -1,0 +1,43 @@
+// The `output_length` suite: does compression change how long the model talks? Every prompt is
+// generated to EOS (with a cap; EOS is never ignored, which would hide the drift) with the full
+// cache and with the method, on the same sampling seeds, one request at a time so each
+// sample's latency and KV bytes are its own. Per sample: both lengths and
+// D = (L_full - L_method) / L_full x 100. Over the samples: the shares >= 50% longer and
+// shorter, Kolmogorov-Smirnov and Wasserstein distances between the length distributions,
+// the rate of runaway generations (cap reached without EOS), and the end-to-end latency
+// cost. Control runs of the full cache at other temperatures (0.9 and 1.1 by default) show
+// how much length moves from sampling noise alone (seed paper, finding 2).
+#pragma once
+
+#include <vector>
+
+#include "kvbench/core/param_spec.h"
+#include "kvbench/suites/suite.h"
+
+namespace kvbench {
+
+class OutputLengthSuite final : public Suite {
+ public:
+  static constexpr const char* kSummary =
+      "generation length to EOS per sample against the full cache (shift D, shares >= 50% "
+      "longer/shorter, KS and Wasserstein distances, runaway rate, latency cost), with "
+      "temperature controls";
+  static std::vector<ParamSpec> param_specs();
+
+  uint64_t estimate_bytes(const EstimateContext& ctx) const override;
+  CellOutput run(const CellContext& ctx) override;
+  Table summary_table(const CellOutput& output) const override;
+};
+
+// Length statistics of a method against a baseline, over the same samples in the same order.
+struct LengthShift {
+  double mean_baseline = 0, mean_other = 0;
+  double d_mean = 0, d_median = 0;  // D = (L_base - L_other) / L_base x 100, per sample
+  double share_longer_50 = 0;       // D <= -50: at least 50% longer than the baseline
+  double share_shorter_50 = 0;      // D >= 50
+  double ks_statistic = 0, ks_p_value = 1, wasserstein = 0;
+};
+LengthShift length_shift(const std::vector<double>& baseline, const std::vector<double>& other);
+nlohmann::json to_json(const LengthShift& s);
+
+}  // namespace kvbench

@@ -1,0 +1,300 @@
+#include "kvbench/suites/output_length_suite.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/stats.h"
+#include "kvbench/core/text.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/suites/cell.h"
+#include "kvbench/suites/workload.h"
+
+namespace kvbench {
+
+using nlohmann::json;
+
+std::vector<ParamSpec> OutputLengthSuite::param_specs() {
+  return {
+      ParamSpec::string_list("prompt_texts", json::array(),
+                             "prompts as text, tokenized with the model's tokenizer"),
+      ParamSpec::string("prompts_file", "",
+                        "JSONL file, one {\"prompt\": text, \"id\": optional} per line"),
+      ParamSpec::integer("samples", 8, "seeded random-id prompts when no texts are given")
+          .range(1, 100000),
+      ParamSpec::integer("prompt_tokens", 64, "length of the random-id prompts").range(1, 1 << 20),
+      ParamSpec::integer("max_new_tokens", 256, "cap; reaching it without EOS is a runaway")
+          .range(1, 1 << 20),
+      ParamSpec::number("temperature", 1.0,
+                        "sampling temperature of the full and method runs "
+                        "(0: greedy)")
+          .range(0, 100),
+      ParamSpec::number("top_p", 1.0, "nucleus sampling threshold").range(1e-6, 1),
+      ParamSpec::number_list("control_temperatures", json::array({0.9, 1.1}),
+                             "full-cache runs at these temperatures: the noise floor of length "
+                             "shifts ([] for none)")
+          .range(0, 100),
+  };
+}
+
+LengthShift length_shift(const std::vector<double>& base, const std::vector<double>& other) {
+  KVB_CHECK(base.size() == other.size() && !base.empty(), "length_shift: samples do not pair up");
+  LengthShift s;
+  std::vector<double> d;
+  for (size_t i = 0; i < base.size(); ++i) {
+    d.push_back((base[i] - other[i]) / base[i] * 100.0);
+    s.share_longer_50 += d.back() <= -50.0;
+    s.share_shorter_50 += d.back() >= 50.0;
+  }
+  const double n = static_cast<double>(base.size());
+  s.share_longer_50 /= n;
+  s.share_shorter_50 /= n;
+  s.mean_baseline = mean(base);
+  s.mean_other = mean(other);
+  s.d_mean = mean(d);
+  s.d_median = median(d);
+  const KsResult ks = ks_two_sample(base, other);
+  s.ks_statistic = ks.statistic;
+  s.ks_p_value = ks.p_value;
+  s.wasserstein = wasserstein_1(base, other);
+  return s;
+}
+
+json to_json(const LengthShift& s) {
+  return {{"mean_length_baseline", s.mean_baseline},
+          {"mean_length", s.mean_other},
+          {"length_ratio", s.mean_other / s.mean_baseline},
+          {"d_mean", s.d_mean},
+          {"d_median", s.d_median},
+          {"share_longer_50", s.share_longer_50},
+          {"share_shorter_50", s.share_shorter_50},
+          {"ks_statistic", s.ks_statistic},
+          {"ks_p_value", s.ks_p_value},
+          {"wasserstein", s.wasserstein}};
+}
+
+namespace {
+
+struct Prompt {
+  std::string id;
+  std::vector<int64_t> tokens;
+};
+
+std::vector<Prompt> load_prompts(const CellContext& ctx) {
+  const json& p = ctx.params;
+  const std::string file = p["prompts_file"];
+  KVB_CHECK(file.empty() || p["prompt_texts"].empty(),
+            "output_length: give prompt_texts or prompts_file, not both");
+  std::vector<std::pair<std::string, std::string>> texts;  // (id, text)
+  for (size_t i = 0; i < p["prompt_texts"].size(); ++i)
+    texts.emplace_back("text-" + std::to_string(i), p["prompt_texts"][i].get<std::string>());
+  if (!file.empty()) {
+    std::ifstream in(file);
+    KVB_CHECK(in.good(), "output_length: cannot read prompts_file '", file, "'");
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      json row;
+      try {
+        row = json::parse(line);
+      } catch (const json::exception& e) {
+        throw Error("output_length: " + file + ":" + std::to_string(n) + ": not JSON (" + e.what() +
+                    ")");
+      }
+      KVB_CHECK(row.is_object() && row.contains("prompt") && row["prompt"].is_string(),
+                "output_length: ", file, ":", n, ": expected an object with a string \"prompt\"");
+      texts.emplace_back(row.contains("id") ? row["id"].dump() : "line-" + std::to_string(n),
+                         row["prompt"]);
+    }
+    KVB_CHECK(!texts.empty(), "output_length: ", file, " holds no prompts");
+  }
+  const int64_t vocab = ctx.model.get().config().vocab_size;
+  std::vector<Prompt> prompts;
+  if (texts.empty()) {
+    // Seeded by the run, not the cell: every method of the run sees the same prompts.
+    auto ids = synthetic_prompts(p["samples"], p["prompt_tokens"], vocab, ctx.spec.seed);
+    for (size_t i = 0; i < ids.size(); ++i)
+      prompts.push_back({"random-" + std::to_string(i), ids[i]});
+    return prompts;
+  }
+  for (const auto& [id, text] : texts) {
+    Prompt pr{id, {}};
+    for (int32_t t : ctx.model.tokenizer().encode(text, true)) {
+      KVB_CHECK(t < vocab, "output_length: the tokenizer gave id ", t, " beyond the vocabulary of ",
+                vocab);
+      pr.tokens.push_back(t);
+    }
+    KVB_CHECK(!pr.tokens.empty(), "output_length: prompt ", id, " encodes to no tokens");
+    prompts.push_back(std::move(pr));
+  }
+  return prompts;
+}
+
+std::string hash_tokens(const std::vector<int64_t>& tokens) {
+  std::string bytes;
+  for (int64_t t : tokens) bytes += std::to_string(t) + ",";
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fnv1a64(bytes)));
+  return hex;
+}
+
+// One request's outcome.
+struct Run {
+  std::vector<int64_t> tokens;
+  std::string stop;
+  double ttft = 0, e2e = 0;
+  uint64_t kv_bytes = 0;
+  double length() const { return static_cast<double>(tokens.size()); }
+};
+
+Run generate_one(const Transformer& model, KVCache& cache, const std::vector<int64_t>& prompt,
+                 const GenerationConfig& g) {
+  GenerationResult r = generate(model, cache, {prompt}, g);
+  const SequenceResult& s = r.sequences.front();
+  return {s.tokens, s.stop_reason, s.token_times_s.front(), s.token_times_s.back(),
+          r.peak_storage.total()};
+}
+
+}  // namespace
+
+uint64_t OutputLengthSuite::estimate_bytes(const EstimateContext& ctx) const {
+  if (!ctx.model) return 0;
+  const ModelConfig& c = *ctx.model;
+  const int64_t prompt = ctx.params["prompt_tokens"], cap = ctx.params["max_new_tokens"];
+  const double full_per_token = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4;
+  // One request at a time; the full cache (fp32 bound) and the method's are not held together.
+  return model_weight_bytes(c) +
+         generation_bytes(c, std::max(ctx.kv_bytes_per_token, full_per_token), 1, prompt, cap);
+}
+
+CellOutput OutputLengthSuite::run(const CellContext& ctx) {
+  const json& p = ctx.params;
+  const Transformer& model = ctx.model.get();
+  const ModelConfig& c = model.config();
+  KVB_CHECK(!c.eos_token_ids.empty(),
+            "output_length: the model has no EOS token id (config.json "
+            "or generation_config.json eos_token_id); lengths need one");
+  const std::vector<Prompt> prompts = load_prompts(ctx);
+  int64_t longest = 0;
+  for (const auto& pr : prompts) longest = std::max<int64_t>(longest, pr.tokens.size());
+  check_generation_fits(ctx, 1, longest, p["max_new_tokens"], "output_length");
+
+  auto cache = make_cell_cache(ctx);
+  auto full =
+      make_kv_cache(resolve_method({{"name", "full"}}, "output_length.baseline"), c.num_layers,
+                    c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(), ctx.spec.attention);
+  GenerationConfig g;
+  g.max_new_tokens = p["max_new_tokens"];
+  g.eos_token_ids = c.eos_token_ids;
+  g.ignore_eos = false;
+  g.sampling.temperature = p["temperature"];
+  g.sampling.top_p = p["top_p"];
+  const std::vector<double> controls = p["control_temperatures"].get<std::vector<double>>();
+
+  CellOutput out;
+  std::vector<double> len_full, len_method, e2e_full, e2e_method;
+  std::vector<std::vector<double>> len_control(controls.size());
+  int64_t runaway_full = 0, runaway_method = 0;
+  const bool have_text =
+      !p["prompt_texts"].empty() || !p["prompts_file"].get<std::string>().empty();
+  ctx.progress.begin(ctx.cell_id, prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const Prompt& pr = prompts[i];
+    // The same sampling seed for every run of a sample: differences come from the cache.
+    g.sampling.seed = ctx.spec.seed * 1000003ull + i;
+    const Run base = generate_one(model, *full, pr.tokens, g);
+    const Run run = generate_one(model, *cache, pr.tokens, g);
+    json control_lengths = json::object();
+    for (size_t k = 0; k < controls.size(); ++k) {
+      GenerationConfig gc = g;
+      gc.sampling.temperature = controls[k];
+      const Run r = generate_one(model, *full, pr.tokens, gc);
+      len_control[k].push_back(r.length());
+      control_lengths[format_fixed(controls[k], 2)] = r.length();
+    }
+    len_full.push_back(base.length());
+    len_method.push_back(run.length());
+    e2e_full.push_back(base.e2e);
+    e2e_method.push_back(run.e2e);
+    runaway_full += base.stop == "length";
+    runaway_method += run.stop == "length";
+    json rec = {{"kind", "sample"},
+                {"id", pr.id},
+                {"prompt_hash", hash_tokens(pr.tokens)},
+                {"prompt_tokens", pr.tokens.size()},
+                {"samples_s", {run.e2e}},
+                {"length_full", base.length()},
+                {"length", run.length()},
+                {"d", (base.length() - run.length()) / base.length() * 100.0},
+                {"stop_full", base.stop},
+                {"stop", run.stop},
+                {"lengths_control", control_lengths},
+                {"ttft_s", run.ttft},
+                {"tpot_s", run.tokens.size() > 1 ? (run.e2e - run.ttft) / (run.length() - 1) : 0.0},
+                {"e2e_s", run.e2e},
+                {"e2e_full_s", base.e2e},
+                {"kv_bytes", run.kv_bytes},
+                {"kv_bytes_full", base.kv_bytes}};
+    if (have_text) {
+      const auto to32 = [](const std::vector<int64_t>& v) {
+        return std::vector<int32_t>(v.begin(), v.end());
+      };
+      rec["output"] = ctx.model.tokenizer().decode(to32(run.tokens));
+      rec["output_full"] = ctx.model.tokenizer().decode(to32(base.tokens));
+    }
+    out.records.push_back(rec);
+    ctx.progress.advance(pr.id);
+  }
+  ctx.progress.end();
+
+  const double n = static_cast<double>(prompts.size());
+  out.summary = to_json(length_shift(len_full, len_method));
+  out.summary["samples"] = prompts.size();
+  out.summary["max_new_tokens"] = p["max_new_tokens"];
+  out.summary["temperature"] = p["temperature"];
+  out.summary["runaway_rate_full"] = static_cast<double>(runaway_full) / n;
+  out.summary["runaway_rate"] = static_cast<double>(runaway_method) / n;
+  out.summary["e2e_mean_s"] = mean(e2e_method);
+  out.summary["e2e_mean_full_s"] = mean(e2e_full);
+  out.summary["e2e_ratio"] = mean(e2e_method) / mean(e2e_full);
+  json ctl = json::array();
+  for (size_t k = 0; k < controls.size(); ++k) {
+    json j = to_json(length_shift(len_full, len_control[k]));
+    j["temperature"] = controls[k];
+    ctl.push_back(j);
+  }
+  out.summary["controls"] = ctl;
+  if (runaway_full == static_cast<int64_t>(prompts.size())) {
+    out.warnings.push_back(
+        "every full-cache generation reached max_new_tokens without EOS: lengths are "
+        "censored at the cap (random weights, or a cap too low)");
+  }
+  if (prompts.size() < 20) {
+    out.warnings.push_back("fewer than 20 samples: the shares and the KS test say little");
+  }
+  return out;
+}
+
+Table OutputLengthSuite::summary_table(const CellOutput& output) const {
+  const json& s = output.summary;
+  Table t;
+  t.columns = {"run", "mean length", "D mean %", ">=50% longer", ">=50% shorter", "KS p", "W1"};
+  auto row = [&](const std::string& name, const json& j) {
+    t.rows.push_back({name, format_fixed(j["mean_length"].get<double>(), 1),
+                      format_fixed(j["d_mean"].get<double>(), 1),
+                      format_fixed(100 * j["share_longer_50"].get<double>(), 1) + "%",
+                      format_fixed(100 * j["share_shorter_50"].get<double>(), 1) + "%",
+                      format_fixed(j["ks_p_value"].get<double>(), 3),
+                      format_fixed(j["wasserstein"].get<double>(), 2)});
+  };
+  t.rows.push_back(
+      {"full", format_fixed(s["mean_length_baseline"].get<double>(), 1), "", "", "", "", ""});
+  row("method", s);
+  for (const auto& c : s["controls"])
+    row("full @ T=" + format_fixed(c["temperature"].get<double>(), 2), c);
+  return t;
+}
+
+}  // namespace kvbench
