@@ -13,15 +13,19 @@ namespace {
 constexpr const char* kInstruction =
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
     "it. I will quiz you about the important information there.\n";
-constexpr const char* kFiller =
-    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+// The filler repeats these five sentences; its amount is counted in sentences, so the prompt
+// ends within one short sentence of the token target.
+constexpr const char* kFiller[5] = {"The grass is green. ", "The sky is blue. ",
+                                    "The sun is yellow. ", "Here we go. ",
+                                    "There and back again. "};
 constexpr const char* kQuestion = "\nWhat is the pass key? The pass key is";
 
 std::string build(int64_t before, int64_t after, const std::string& key) {
   std::string p = kInstruction;
-  for (int64_t i = 0; i < before; ++i) p += kFiller;
+  int64_t i = 0;
+  for (; i < before; ++i) p += kFiller[i % 5];
   p += "The pass key is " + key + ". Remember it. " + key + " is the pass key. ";
-  for (int64_t i = 0; i < after; ++i) p += kFiller;
+  for (; i < before + after; ++i) p += kFiller[i % 5];
   return p + kQuestion;
 }
 

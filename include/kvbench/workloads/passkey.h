@@ -9,16 +9,9 @@
 #include <vector>
 
 #include "kvbench/model/tokenizer.h"
+#include "kvbench/workloads/task_sample.h"
 
 namespace kvbench {
-
-struct TaskSample {
-  std::string id;                    // "passkey-<seed>-<tokens>-<depth>"
-  std::string prompt;                // text, before any chat template
-  std::vector<std::string> answers;  // reference answers
-  int64_t prompt_tokens = 0;         // encode(prompt, add_special_tokens) length
-  double needle_depth = 0;           // where the needle landed, as a fraction of the filler
-};
 
 struct PasskeyOptions {
   int64_t target_tokens = 1024;  // the prompt is as long as possible without exceeding this

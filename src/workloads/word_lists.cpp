@@ -1,0 +1,101 @@
+#include "kvbench/workloads/word_lists.h"
+
+// Compiled in so generated prompts never depend on a download or on system files. Single
+// lower-case ASCII words, no word in both lists.
+namespace kvbench {
+
+const std::vector<std::string>& adjective_words() {
+  static const std::vector<std::string> words = {
+      "able",    "absent",  "active",   "actual",   "afraid",   "agile",    "alert",    "alive",
+      "amazing", "ancient", "angry",    "annual",   "anxious",  "awake",    "aware",    "awful",
+      "basic",   "bitter",  "black",    "blank",    "bland",    "blind",    "blue",     "bold",
+      "bored",   "brave",   "brief",    "bright",   "brisk",    "broad",    "broken",   "brown",
+      "busy",    "calm",    "careful",  "casual",   "cheap",    "cheerful", "chief",    "chilly",
+      "civil",   "classic", "clean",    "clear",    "clever",   "close",    "cloudy",   "clumsy",
+      "coastal", "cold",    "colorful", "common",   "complex",  "cool",     "correct",  "cosmic",
+      "costly",  "cozy",    "crazy",    "creamy",   "crisp",    "crude",    "cruel",    "curious",
+      "curly",   "cute",    "daily",    "damp",     "dark",     "dear",     "decent",   "deep",
+      "dense",   "direct",  "dirty",    "distant",  "dizzy",    "double",   "dry",      "dull",
+      "dusty",   "eager",   "early",    "easy",     "elegant",  "empty",    "endless",  "entire",
+      "equal",   "exact",   "extra",    "faint",    "fair",     "faithful", "famous",   "fancy",
+      "fast",    "fierce",  "final",    "fine",     "firm",     "flat",     "fluffy",   "formal",
+      "fragile", "free",    "fresh",    "friendly", "frozen",   "full",     "funny",    "fuzzy",
+      "gentle",  "giant",   "glad",     "global",   "golden",   "good",     "graceful", "grand",
+      "gray",    "great",   "green",    "grumpy",   "guilty",   "handy",    "happy",    "hard",
+      "harsh",   "heavy",   "helpful",  "hidden",   "high",     "hollow",   "honest",   "huge",
+      "humble",  "hungry",  "icy",      "ideal",    "idle",     "innocent", "inner",    "jolly",
+      "juicy",   "keen",    "kind",     "large",    "late",     "lazy",     "legal",    "light",
+      "little",  "lively",  "local",    "lonely",   "long",     "loose",    "loud",     "lovely",
+      "loyal",   "lucky",   "lunar",    "magic",    "major",    "mellow",   "merry",    "mighty",
+      "mild",    "minor",   "misty",    "modern",   "modest",   "moist",    "narrow",   "nasty",
+      "native",  "neat",    "nervous",  "new",      "nice",     "noble",    "noisy",    "normal",
+      "odd",     "old",     "open",     "orange",   "ordinary", "pale",     "patient",  "perfect",
+      "pink",    "plain",   "pleasant", "polite",   "poor",     "pretty",   "proper",   "proud",
+      "public",  "pure",    "purple",   "quick",    "quiet",    "rapid",    "rare",     "raw",
+      "ready",   "real",    "regular",  "rich",     "rigid",    "ripe",     "rough",    "round",
+      "royal",   "rural",   "rusty",    "sacred",   "sad",      "safe",     "salty",    "scary",
+      "secret",  "serious", "shallow",  "sharp",    "shiny",    "short",    "shy",      "silent",
+      "silly",   "silver",  "simple",   "sleepy",   "slim",     "slow",     "small",    "smart",
+      "smooth",  "soft",    "solar",    "solid",    "sour",     "spare",    "spicy",    "splendid",
+      "stable",  "steady",  "steep",    "sticky",   "stiff",    "strange",  "strict",   "strong",
+      "sunny",   "super",   "sweet",    "swift",    "tall",     "tame",     "tender",   "thick",
+      "thin",    "tidy",    "tiny",     "tired",    "tough",    "tricky",   "tropical", "true",
+      "ugly",    "unique",  "upper",    "urban",    "useful",   "usual",    "vague",    "valid",
+      "vast",    "violet",  "visible",  "vivid",    "warm",     "weak",     "weary",    "weird",
+      "wet",     "white",   "whole",    "wide",     "wild",     "windy",    "wise",     "witty",
+      "wooden",  "worried", "yellow",   "young",    "zealous",
+  };
+  return words;
+}
+
+const std::vector<std::string>& noun_words() {
+  static const std::vector<std::string> words = {
+      "account", "acorn",    "actor",   "advice", "airport",  "alarm",    "album",    "anchor",
+      "angle",   "animal",   "ankle",   "answer", "apple",    "apron",    "arch",     "arm",
+      "army",    "arrow",    "artist",  "attic",  "aunt",     "author",   "baby",     "bag",
+      "bakery",  "ball",     "balloon", "banana", "band",     "bank",     "barn",     "basket",
+      "bath",    "beach",    "bean",    "bear",   "bed",      "bee",      "bell",     "belt",
+      "bench",   "berry",    "bicycle", "bird",   "blanket",  "boat",     "body",     "bone",
+      "book",    "boot",     "bottle",  "box",    "boy",      "brain",    "branch",   "bread",
+      "brick",   "bridge",   "brother", "bucket", "button",   "cabin",    "cable",    "cake",
+      "camera",  "camp",     "candle",  "canoe",  "canvas",   "car",      "card",     "carpet",
+      "carrot",  "castle",   "cat",     "cave",   "chain",    "chair",    "chalk",    "cheese",
+      "cherry",  "chicken",  "child",   "church", "circle",   "city",     "clock",    "cloud",
+      "coat",    "coffee",   "coin",    "collar", "comet",    "cookie",   "copper",   "corner",
+      "cotton",  "cousin",   "cow",     "crab",   "crayon",   "creek",    "crow",     "crown",
+      "cup",     "curtain",  "cushion", "daisy",  "dance",    "desert",   "desk",     "diamond",
+      "dinner",  "doctor",   "dog",     "doll",   "dolphin",  "door",     "dragon",   "drawer",
+      "dream",   "dress",    "drum",    "duck",   "eagle",    "ear",      "earth",    "egg",
+      "elbow",   "engine",   "eye",     "fabric", "face",     "factory",  "farm",     "feather",
+      "fence",   "field",    "finger",  "fish",   "flag",     "flame",    "flower",   "fog",
+      "food",    "foot",     "forest",  "fork",   "fountain", "fox",      "frog",     "fruit",
+      "garden",  "garage",   "gate",    "ghost",  "gift",     "giraffe",  "glass",    "glove",
+      "goat",    "gold",     "grape",   "grass",  "guitar",   "hair",     "hammer",   "hand",
+      "harbor",  "hat",      "hill",    "hobby",  "honey",    "horse",    "hospital", "hotel",
+      "house",   "island",   "jacket",  "jam",    "jar",      "jelly",    "jewel",    "judge",
+      "kettle",  "key",      "kitchen", "kite",   "knee",     "knife",    "ladder",   "lake",
+      "lamp",    "lawn",     "leaf",    "lemon",  "letter",   "library",  "lion",     "lizard",
+      "lock",    "machine",  "magnet",  "map",    "marble",   "market",   "meadow",   "medal",
+      "melon",   "metal",    "mirror",  "monkey", "moon",     "mountain", "mouse",    "mud",
+      "museum",  "nail",     "needle",  "nest",   "night",    "ocean",    "office",   "onion",
+      "orchard", "oven",     "owl",     "paint",  "palace",   "pan",      "paper",    "parrot",
+      "party",   "path",     "peach",   "pencil", "pepper",   "piano",    "picture",  "pillow",
+      "pilot",   "pipe",     "planet",  "plate",  "pocket",   "poem",     "pond",     "potato",
+      "puzzle",  "queen",    "rabbit",  "radio",  "rain",     "river",    "road",     "robot",
+      "rocket",  "roof",     "room",    "rope",   "rose",     "sail",     "salad",    "sand",
+      "school",  "scissors", "sea",     "seed",   "shadow",   "sheep",    "shell",    "ship",
+      "shirt",   "shoe",     "shop",    "shovel", "silk",     "singer",   "sister",   "skirt",
+      "sky",     "snail",    "snake",   "snow",   "soap",     "sock",     "sofa",     "song",
+      "soup",    "spoon",    "spring",  "square", "stamp",    "star",     "station",  "stone",
+      "storm",   "stove",    "street",  "sugar",  "sun",      "swan",     "sweater",  "table",
+      "tail",    "teacher",  "tent",    "thread", "throne",   "ticket",   "tiger",    "toast",
+      "tomato",  "tooth",    "towel",   "tower",  "town",     "toy",      "tractor",  "train",
+      "tree",    "truck",    "tulip",   "tunnel", "turtle",   "umbrella", "valley",   "vase",
+      "village", "violin",   "wagon",   "wall",   "wallet",   "watch",    "water",    "wave",
+      "whale",   "wheel",    "window",  "wing",   "winter",   "wolf",     "wood",     "yard",
+      "zebra",
+  };
+  return words;
+}
+
+}  // namespace kvbench

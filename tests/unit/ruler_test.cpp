@@ -1,0 +1,509 @@
+// The synthetic long-context tasks: lengths, needle placement and the structure every task
+// promises (distractors, chains, word counts, JSON), their scorers on hand-computed examples,
+// and the factory's parameter checks. Parametrised over task_names(), so a new task is tested
+// for seeding and length as soon as it is in the factory.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <regex>
+#include <set>
+
+#include "kvbench/core/error.h"
+#include "kvbench/model/tiny_tokenizer.h"
+#include "kvbench/workloads/passkey.h"
+#include "kvbench/workloads/ruler.h"
+#include "kvbench/workloads/task_factory.h"
+#include "kvbench/workloads/word_lists.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+const Tokenizer& tiny() {
+  static const Tokenizer tok =
+      Tokenizer::from_json(tiny_tokenizer_json(512), tiny_tokenizer_config());
+  return tok;
+}
+
+double char_fraction(const std::string& prompt, const std::string& needle) {
+  const size_t at = prompt.find(needle);
+  EXPECT_NE(at, std::string::npos) << needle;
+  return static_cast<double>(at) / static_cast<double>(prompt.size());
+}
+
+std::string between(const std::string& s, const std::string& from, const std::string& to) {
+  const size_t a = s.find(from);
+  EXPECT_NE(a, std::string::npos) << from;
+  const size_t b = s.find(to, a + from.size());
+  EXPECT_NE(b, std::string::npos) << to;
+  return s.substr(a + from.size(), b - a - from.size());
+}
+
+struct Needle {
+  std::string key, value;
+};
+
+std::vector<Needle> needles_in(const std::string& prompt, const std::string& kind = "numbers") {
+  std::vector<Needle> out;
+  const std::regex re("One of the special magic " + kind + " for (\\S+) is: ([^\\s.]+)\\.");
+  for (std::sregex_iterator it(prompt.begin(), prompt.end(), re), end; it != end; ++it) {
+    out.push_back({(*it)[1], (*it)[2]});
+  }
+  return out;
+}
+
+json params_for(int64_t target, uint64_t seed) {
+  return {{"target_tokens", target}, {"seed", seed}};
+}
+
+class RulerEveryTask : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RulerEveryTask, SeededAndFillsTheTokenBudget) {
+  const std::string task = GetParam();
+  // Common words need room for 10 words x 30 entries (~2.5k tiny tokens) before any filler.
+  const std::vector<int64_t> targets =
+      task == "common_words" ? std::vector<int64_t>{4096, 8192} : std::vector<int64_t>{2048, 4096};
+  for (int64_t target : targets) {
+    const TaskSample a = make_task_sample(task, tiny(), params_for(target, 5));
+    const TaskSample b = make_task_sample(task, tiny(), params_for(target, 5));
+    const TaskSample c = make_task_sample(task, tiny(), params_for(target, 6));
+    EXPECT_EQ(a.prompt, b.prompt);
+    EXPECT_EQ(a.answers, b.answers);
+    EXPECT_EQ(a.id, b.id);
+    EXPECT_NE(a.prompt, c.prompt);
+    EXPECT_NE(a.answers, c.answers);
+    EXPECT_NE(a.id, c.id);
+    EXPECT_EQ(a.id.rfind(task + "-5-" + std::to_string(target), 0), 0u) << a.id;
+    EXPECT_FALSE(a.answers.empty());
+    EXPECT_EQ(a.prompt_tokens,
+              static_cast<int64_t>(tiny().encode(a.prompt, /*add_special_tokens=*/true).size()));
+    EXPECT_LE(a.prompt_tokens, target) << task;
+    EXPECT_GE(a.prompt_tokens, target * 97 / 100) << task;
+    // Every answer is in the prompt (the task is solvable from its text).
+    for (const auto& answer : a.answers) {
+      EXPECT_NE(a.prompt.find(answer), std::string::npos) << task << ": " << answer;
+    }
+  }
+}
+
+TEST_P(RulerEveryTask, CloseToSmallTargets) {
+  const std::string task = GetParam();
+  if (task == "common_words") {
+    // The 300 entries of the asked words alone take ~1.5k tiny tokens.
+    EXPECT_THROW(make_task_sample(task, tiny(), params_for(512, 1)), Error);
+    const TaskSample s = make_task_sample(
+        task, tiny(), {{"target_tokens", 512}, {"common_freq", 4}, {"uncommon_freq", 1}});
+    EXPECT_LE(s.prompt_tokens, 512);
+    EXPECT_GE(s.prompt_tokens, 512 * 95 / 100);
+    return;
+  }
+  for (int64_t target : {512, 1024}) {
+    const TaskSample s = make_task_sample(task, tiny(), params_for(target, 2));
+    EXPECT_LE(s.prompt_tokens, target) << task;
+    EXPECT_GE(s.prompt_tokens, target * 95 / 100) << task << " at " << target;
+  }
+}
+
+TEST_P(RulerEveryTask, RefusesABudgetBelowTheBarePrompt) {
+  EXPECT_THROW(make_task_sample(GetParam(), tiny(), params_for(20, 0)), Error);
+}
+
+TEST_P(RulerEveryTask, ScoresAPerfectAnswerOne) {
+  const std::string task = GetParam();
+  const TaskSample s = make_task_sample(task, tiny(), params_for(4096, 3));
+  std::string output;
+  for (const auto& a : s.answers) output += " " + a + ",";
+  EXPECT_EQ(score_task_sample(task, output, s), 1.0) << output;
+  EXPECT_EQ(score_task_sample(task, " nothing here", s), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tasks, RulerEveryTask, ::testing::ValuesIn(task_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(RulerTasks, NamesCoverEveryTask) {
+  EXPECT_EQ(task_names(),
+            (std::vector<std::string>{"passkey", "niah_single", "niah_multikey", "niah_multivalue",
+                                      "niah_multiquery", "variable_tracking", "common_words",
+                                      "kv_retrieval"}));
+}
+
+TEST(RulerWordLists, DistinctLowerCaseWords) {
+  std::set<std::string> all;
+  for (const auto* list : {&adjective_words(), &noun_words()}) {
+    EXPECT_GE(list->size(), 250u);
+    for (const auto& w : *list) {
+      EXPECT_TRUE(std::all_of(w.begin(), w.end(), [](char c) { return c >= 'a' && c <= 'z'; }))
+          << w;
+      EXPECT_TRUE(all.insert(w).second) << "duplicate " << w;
+    }
+  }
+}
+
+TEST(RulerNiah, SingleNeedleAtItsDepth) {
+  for (double depth : {0.0, 0.25, 0.5, 0.75, 1.0}) {
+    NeedleOptions o;
+    o.target_tokens = 2048;
+    o.depth = depth;
+    o.seed = 11;
+    const TaskSample s = make_needle_task(tiny(), o);
+    ASSERT_EQ(s.answers.size(), 1u);
+    EXPECT_EQ(s.answers[0].size(), 7u);
+    const auto needles = needles_in(s.prompt);
+    ASSERT_EQ(needles.size(), 1u);
+    EXPECT_EQ(needles[0].value, s.answers[0]);
+    EXPECT_NEAR(char_fraction(s.prompt, "for " + needles[0].key + " is: "), depth, 0.08);
+    EXPECT_NEAR(s.needle_depth, depth, 0.02);
+    EXPECT_EQ(s.prompt.rfind("A special magic number is hidden", 0), 0u);
+    const std::string tail = "What is the special magic number for " + needles[0].key +
+                             " mentioned in the provided text? The special magic number for " +
+                             needles[0].key + " mentioned in the provided text is";
+    EXPECT_EQ(s.prompt.substr(s.prompt.size() - tail.size()), tail);
+  }
+}
+
+// The asked key has exactly one needle; no distractor repeats the key or the answer.
+void expect_distractors_differ(const TaskSample& s, size_t min_needles) {
+  const auto needles = needles_in(s.prompt);
+  EXPECT_GE(needles.size(), min_needles);
+  ASSERT_EQ(s.answers.size(), 1u);
+  const std::string asked = between(s.prompt, "What is the special magic number for ", " ");
+  int hits = 0;
+  std::set<std::string> keys, values;
+  for (const auto& n : needles) {
+    EXPECT_TRUE(keys.insert(n.key).second) << "repeated key " << n.key;
+    EXPECT_TRUE(values.insert(n.value).second) << "repeated value " << n.value;
+    if (n.key == asked) {
+      ++hits;
+      EXPECT_EQ(n.value, s.answers[0]);
+    } else {
+      EXPECT_NE(n.value, s.answers[0]);
+    }
+  }
+  EXPECT_EQ(hits, 1);
+}
+
+TEST(RulerNiah, MultiKeyDistractorsNeverEqualTheAnswer) {
+  for (uint64_t seed = 0; seed < 5; ++seed) {
+    const TaskSample s =
+        make_task_sample("niah_multikey", tiny(), {{"target_tokens", 2048}, {"seed", seed}});
+    EXPECT_EQ(needles_in(s.prompt).size(), 4u);
+    expect_distractors_differ(s, 4);
+    // The asked needle at depth 0.5, the 3 distractors at 1/4, 1/2, 3/4.
+    std::vector<double> where;
+    for (const auto& n : needles_in(s.prompt)) {
+      where.push_back(char_fraction(s.prompt, "for " + n.key + " is"));
+    }
+    std::sort(where.begin(), where.end());
+    EXPECT_NEAR(where[0], 0.25, 0.08);
+    EXPECT_NEAR(where[3], 0.75, 0.08);
+  }
+  // A haystack made of needles: hundreds of distractors, all distinct from the asked one.
+  const TaskSample s = make_task_sample(
+      "niah_multikey", tiny(),
+      {{"target_tokens", 4096}, {"haystack", "needle"}, {"depth", 0.3}, {"seed", 9}});
+  expect_distractors_differ(s, 50);
+  const std::string asked = between(s.prompt, "What is the special magic number for ", " ");
+  EXPECT_NEAR(char_fraction(s.prompt, "for " + asked + " is"), 0.3, 0.08);
+}
+
+TEST(RulerNiah, MultiValueListsEveryValue) {
+  const TaskSample s =
+      make_task_sample("niah_multivalue", tiny(), {{"target_tokens", 2048}, {"seed", 4}});
+  ASSERT_EQ(s.answers.size(), 4u);
+  EXPECT_EQ(std::set<std::string>(s.answers.begin(), s.answers.end()).size(), 4u);
+  const auto needles = needles_in(s.prompt);
+  ASSERT_EQ(needles.size(), 4u);
+  const std::string asked = between(s.prompt, "What are all the special magic numbers for ", " ");
+  std::set<std::string> found;
+  for (const auto& n : needles) {
+    EXPECT_EQ(n.key, asked);
+    found.insert(n.value);
+  }
+  EXPECT_EQ(found, std::set<std::string>(s.answers.begin(), s.answers.end()));
+  EXPECT_EQ(s.prompt.rfind("Some special magic numbers are hidden", 0), 0u);
+  EXPECT_EQ(s.prompt.substr(s.prompt.size() - 4), " are");
+  // The first value at the requested depth.
+  EXPECT_NEAR(char_fraction(s.prompt, "is: " + s.answers[0] + "."), 0.5, 0.08);
+}
+
+TEST(RulerNiah, MultiQueryAsksEveryKey) {
+  const TaskSample s = make_task_sample(
+      "niah_multiquery", tiny(),
+      {{"target_tokens", 2048}, {"seed", 8}, {"key_type", "numbers"}, {"value_type", "uuids"}});
+  const auto needles = needles_in(s.prompt, "uuids");
+  ASSERT_EQ(needles.size(), 4u);
+  ASSERT_EQ(s.answers.size(), 4u);
+  EXPECT_NE(s.prompt.find("What are all the special magic uuids for "), std::string::npos);
+  const std::regex uuid("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}");
+  const std::string query =
+      between(s.prompt, "What are all the special magic uuids for ", " mentioned");
+  for (size_t i = 0; i < needles.size(); ++i) {
+    EXPECT_TRUE(std::regex_match(needles[i].value, uuid)) << needles[i].value;
+    EXPECT_EQ(needles[i].key.size(), 7u);
+    EXPECT_NE(query.find(needles[i].key), std::string::npos) << query;
+  }
+  // Answers are every asked key's value, in the order the keys are asked.
+  std::map<std::string, std::string> value_of;
+  for (const auto& n : needles) value_of[n.key] = n.value;
+  std::vector<std::string> expected;
+  const std::regex key_re("\\d{7}");
+  for (std::sregex_iterator it(query.begin(), query.end(), key_re), end; it != end; ++it) {
+    expected.push_back(value_of[it->str()]);
+  }
+  EXPECT_EQ(expected, s.answers);
+  EXPECT_NE(query.find(", and "), std::string::npos);
+}
+
+TEST(RulerNiah, RejectsImpossibleCounts) {
+  NeedleOptions o;
+  o.num_keys = 2;
+  o.num_queries = 3;
+  EXPECT_THROW(make_needle_task(tiny(), o), Error);
+  o.num_queries = 1;
+  o.depth = -0.1;
+  EXPECT_THROW(make_needle_task(tiny(), o), Error);
+}
+
+// Follows "VAR Y = VAR X" links in the generated text to the literal each variable holds.
+std::map<std::string, std::string> resolve_variables(const std::string& prompt) {
+  std::map<std::string, std::string> literal, link;
+  const std::regex assign("VAR ([A-Z]{5}) = (VAR ([A-Z]{5})|(\\d{5}))");
+  for (std::sregex_iterator it(prompt.begin(), prompt.end(), assign), end; it != end; ++it) {
+    const std::string name = (*it)[1];
+    EXPECT_FALSE(literal.count(name) || link.count(name)) << "assigned twice: " << name;
+    if ((*it)[4].matched) {
+      literal[name] = (*it)[4];
+    } else {
+      link[name] = (*it)[3];
+    }
+  }
+  std::map<std::string, std::string> value = literal;
+  for (const auto& [name, _] : link) {
+    std::string at = name;
+    for (int hops = 0; !literal.count(at); ++hops) {
+      EXPECT_LT(hops, 1000) << "cycle at " << name;
+      EXPECT_TRUE(link.count(at)) << "unassigned " << at;
+      if (!link.count(at) || hops >= 1000) break;
+      at = link[at];
+    }
+    value[name] = literal.count(at) ? literal[at] : "";
+  }
+  return value;
+}
+
+TEST(RulerVariableTracking, ChainsResolveToTheAskedValue) {
+  for (int64_t chains : {1, 3}) {
+    for (double depth : {0.0, 0.4}) {
+      const TaskSample s = make_task_sample(
+          "variable_tracking", tiny(),
+          {{"target_tokens", 2048}, {"num_chains", chains}, {"depth", depth}, {"seed", 21}});
+      ASSERT_EQ(s.answers.size(), 5u);  // 4 hops name 5 variables
+      const std::string asked = between(s.prompt, "assigned the value ", " in the text");
+      const auto value = resolve_variables(s.prompt);
+      EXPECT_EQ(value.size(), static_cast<size_t>(5 * chains));
+      std::set<std::string> holding;
+      for (const auto& [name, v] : value) {
+        if (v == asked) holding.insert(name);
+      }
+      EXPECT_EQ(holding, std::set<std::string>(s.answers.begin(), s.answers.end()));
+      // The chain starts with the literal, at the requested depth, and runs forward.
+      EXPECT_NEAR(char_fraction(s.prompt, "VAR " + s.answers[0] + " = " + asked), depth, 0.08);
+      double last = -1;
+      for (size_t j = 1; j < s.answers.size(); ++j) {
+        const double at =
+            char_fraction(s.prompt, "VAR " + s.answers[j] + " = VAR " + s.answers[j - 1]);
+        EXPECT_GT(at, last);
+        last = at;
+      }
+      EXPECT_NE(s.prompt.find("5 variables are assigned the value " + asked + ", they are:"),
+                std::string::npos);
+    }
+  }
+}
+
+// Parses "1. word 2. word ..." back into counts, checking the numbering.
+std::map<std::string, int64_t> word_counts(const TaskSample& s) {
+  const std::string list = between(s.prompt, "most often.\n", "\nQuestion:");
+  std::map<std::string, int64_t> counts;
+  const std::regex entry("(\\d+)\\. (\\S+)");
+  int64_t expected_number = 1;
+  for (std::sregex_iterator it(list.begin(), list.end(), entry), end; it != end; ++it) {
+    EXPECT_EQ(std::stoll((*it)[1]), expected_number++);
+    ++counts[(*it)[2]];
+  }
+  return counts;
+}
+
+TEST(RulerCommonWords, CountsExactlyAsSpecified) {
+  struct Case {
+    int64_t target, num_common, common_freq, uncommon_freq;
+  };
+  // The last case runs past the single words into "adjective-noun" pairs.
+  for (const Case& c : {Case{4096, 10, 30, 3}, Case{2048, 5, 6, 2}, Case{8192, 10, 2, 1}}) {
+    const TaskSample s = make_task_sample("common_words", tiny(),
+                                          {{"target_tokens", c.target},
+                                           {"num_common", c.num_common},
+                                           {"common_freq", c.common_freq},
+                                           {"uncommon_freq", c.uncommon_freq},
+                                           {"seed", 2}});
+    ASSERT_EQ(static_cast<int64_t>(s.answers.size()), c.num_common);
+    const auto counts = word_counts(s);
+    int64_t uncommon = 0;
+    for (const auto& [word, n] : counts) {
+      const bool asked = std::find(s.answers.begin(), s.answers.end(), word) != s.answers.end();
+      EXPECT_EQ(n, asked ? c.common_freq : c.uncommon_freq) << word;
+      uncommon += asked ? 0 : 1;
+    }
+    for (const auto& a : s.answers) EXPECT_EQ(counts.count(a), 1u) << a;
+    EXPECT_GT(uncommon, 0);
+    if (c.target == 8192) EXPECT_GT(uncommon, 646) << "expected adjective-noun pairs";
+    EXPECT_NE(s.prompt.find("What are the " + std::to_string(c.num_common) + " most common words"),
+              std::string::npos);
+  }
+  EXPECT_THROW(make_common_words(tiny(), {4096, 10, 3, 3, 0}), Error);
+}
+
+TEST(RulerKvRetrieval, JsonParsesAndHoldsTheAnswerAtItsDepth) {
+  for (double depth : {0.0, 0.3, 1.0}) {
+    const TaskSample s =
+        make_task_sample("kv_retrieval", tiny(), {{"target_tokens", 3000}, {"depth", depth}});
+    const std::string text = between(s.prompt, "JSON data:\n", "\n\nKey:");
+    const nlohmann::ordered_json object = nlohmann::ordered_json::parse(text);
+    ASSERT_TRUE(object.is_object());
+    EXPECT_GT(object.size(), 10u);
+    const std::string key = between(s.prompt, "Key: \"", "\"");
+    ASSERT_TRUE(object.contains(key));
+    ASSERT_EQ(s.answers.size(), 1u);
+    EXPECT_EQ(object[key], s.answers[0]);
+    size_t index = 0, at = 0;
+    std::set<std::string> values;
+    for (const auto& item : object.items()) {
+      if (item.key() == key) at = index;
+      values.insert(item.value().get<std::string>());
+      ++index;
+    }
+    EXPECT_EQ(values.size(), object.size()) << "values repeat";
+    EXPECT_NEAR(static_cast<double>(at) / static_cast<double>(object.size() - 1), depth, 0.02);
+    EXPECT_NEAR(char_fraction(s.prompt, "\"" + key + "\": "), depth, 0.08);
+    EXPECT_EQ(s.prompt.substr(s.prompt.size() - 20), "Corresponding value:");
+  }
+}
+
+TEST(RulerScorers, HandComputedFractions) {
+  const std::vector<std::string> values = {"1234567", "7654321", "1111111", "2222222"};
+  EXPECT_EQ(needle_score("1234567, 7654321, 1111111 and 2222222", values), 1.0);
+  // 3 of 4 values listed.
+  EXPECT_DOUBLE_EQ(needle_score("They are 1234567, 1111111, 2222222.", values), 0.75);
+  // Lower-cased: 2 of 5 variable names, in any case.
+  EXPECT_DOUBLE_EQ(
+      variable_tracking_score("abcde and FghiJ", {"ABCDE", "FGHIJ", "KLMNO", "PQRST", "UVWXY"}),
+      0.4);
+  const std::vector<std::string> words = {"apple", "river", "stone", "cloud", "tiger",
+                                          "lemon", "piano", "ocean", "tulip", "wagon"};
+  EXPECT_DOUBLE_EQ(common_words_score("1. Apple 2. river 3. stone 4. cloud 5. tiger 6. lemon "
+                                      "7. piano 8. moon 9. sun 10. star",
+                                      words),
+                   0.7);
+  const std::string uuid = "4a1f0c2e-9b7d-4e3a-8c5f-0d1e2f3a4b5c";
+  EXPECT_EQ(kv_retrieval_score(uuid, {uuid}), 1.0);
+  EXPECT_EQ(kv_retrieval_score(" \"" + uuid + "\".", {uuid}), 1.0);
+  EXPECT_EQ(kv_retrieval_score("4a1f0c2e-9b7d-4e3a-8c5f-0d1e2f3a4b5d", {uuid}), 0.0);
+  // Through the factory's dispatch, with references from a sample.
+  TaskSample s;
+  s.answers = values;
+  EXPECT_DOUBLE_EQ(score_task_sample("niah_multivalue", "7654321 and 2222222", s), 0.5);
+  s.answers = {"12345"};
+  EXPECT_EQ(score_task_sample("passkey", "The pass key is 12345.", s), 1.0);
+  EXPECT_EQ(score_task_sample("passkey", "123456", s), 0.0);
+}
+
+std::string config_error(const std::string& task, const json& params,
+                         const std::string& path = "") {
+  try {
+    make_task_sample(task, tiny(), params, path);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(RulerFactory, RejectsBadParamsNamingTheKey) {
+  EXPECT_EQ(config_error("niah_multikey", {{"num_keys", 0}}, "suites[0].tasks[1]"),
+            "config: suites[0].tasks[1].num_keys: expected integer in [1, 1000], got 0");
+  EXPECT_NE(config_error("passkey", {{"depth", 1.5}})
+                .find("config: depth: expected number in "
+                      "[0, 1], got 1.5"),
+            std::string::npos);
+  const std::string unknown_key = config_error("niah_single", {{"num_key", 2}});
+  EXPECT_NE(unknown_key.find("num_key: unknown key (did you mean 'num_keys'?)"), std::string::npos)
+      << unknown_key;
+  EXPECT_NE(unknown_key.find("valid keys: task, name, target_tokens"), std::string::npos)
+      << unknown_key;
+  const std::string unknown_task = config_error("niah_multi_key", json::object(), "tasks[0]");
+  EXPECT_NE(unknown_task.find("tasks[0].task: unknown task 'niah_multi_key' (did you mean "
+                              "'niah_multikey'?); valid tasks: passkey, niah_single"),
+            std::string::npos)
+      << unknown_task;
+  EXPECT_NE(config_error("niah_multiquery", {{"num_keys", 2}})
+                .find("num_queries: expected at "
+                      "most num_keys (2), got 4"),
+            std::string::npos);
+  EXPECT_NE(config_error("niah_single", {{"key_type", "letters"}})
+                .find("key_type: expected one "
+                      "of"),
+            std::string::npos);
+  EXPECT_NE(config_error("common_words", {{"common_freq", 3}, {"uncommon_freq", 3}})
+                .find("uncommon_freq: expected less than common_freq (3), got 3"),
+            std::string::npos);
+  EXPECT_NE(config_error("variable_tracking", {{"num_hops", 0}}).find("num_hops"),
+            std::string::npos);
+  EXPECT_NE(config_error("kv_retrieval", {{"target_tokens", "4k"}}).find("target_tokens"),
+            std::string::npos);
+  EXPECT_NE(config_error("kv_retrieval", {{"task", "passkey"}}).find("task: expected"),
+            std::string::npos);
+  EXPECT_NE(config_error("kv_retrieval", json::array()).find("expected an object"),
+            std::string::npos);
+  // The config's own "task" key passes.
+  EXPECT_NO_THROW(
+      make_task_sample("kv_retrieval", tiny(), {{"task", "kv_retrieval"}, {"target_tokens", 600}}));
+  EXPECT_THROW(task_param_specs("nope"), ConfigError);
+  for (const auto& spec : task_param_specs("niah_multiquery")) {
+    if (spec.name == "num_queries") EXPECT_EQ(spec.default_value, 4);
+  }
+}
+
+// The same length guarantees with a real tokenizer, when scripts/fetch_tokenizers.sh has run.
+const Tokenizer* llama3() {
+  static std::unique_ptr<Tokenizer> tok = [] {
+    namespace fs = std::filesystem;
+    const char* env = std::getenv("KVBENCH_NPM_CACHE");
+    const char* home = std::getenv("HOME");
+    const fs::path dir =
+        (env && *env ? fs::path(env)
+                     : fs::path(home ? home : "/root") / ".cache" / "kvbench" / "npm") /
+        "node_modules" / "@lenml" / "tokenizer-llama3" / "models";
+    return fs::exists(dir / "tokenizer.json")
+               ? std::make_unique<Tokenizer>(Tokenizer::load(dir.string()))
+               : nullptr;
+  }();
+  return tok.get();
+}
+
+TEST(RulerTasks, FillTheBudgetInLlama3Tokens) {
+  const Tokenizer* tok = llama3();
+  if (tok == nullptr) GTEST_SKIP() << "no Llama-3 tokenizer: run scripts/fetch_tokenizers.sh";
+  for (const auto& task : task_names()) {
+    const TaskSample s = make_task_sample(task, *tok, {{"target_tokens", 4096}, {"seed", 1}});
+    EXPECT_LE(s.prompt_tokens, 4096) << task;
+    EXPECT_GE(s.prompt_tokens, 4096 * 97 / 100) << task;
+    EXPECT_EQ(s.prompt_tokens, static_cast<int64_t>(tok->encode(s.prompt, true).size()));
+  }
+}
+
+}  // namespace
+}  // namespace kvbench
