@@ -89,6 +89,32 @@ double kolmogorov_q(double lambda) {
 
 }  // namespace
 
+Interval bootstrap_mean_ci(const std::vector<double>& x, double confidence, int resamples,
+                           uint64_t seed) {
+  KVB_CHECK(!x.empty(), "bootstrap of an empty sample");
+  Rng rng(seed);
+  std::vector<double> means(static_cast<size_t>(resamples));
+  for (auto& m : means) {
+    double sum = 0;
+    for (size_t i = 0; i < x.size(); ++i) sum += x[rng.below(x.size())];
+    m = sum / static_cast<double>(x.size());
+  }
+  return {percentile(means, 50 * (1 - confidence)), percentile(means, 50 * (1 + confidence))};
+}
+
+double mcnemar_exact_p(int64_t b, int64_t c) {
+  KVB_CHECK(b >= 0 && c >= 0, "mcnemar_exact_p: negative counts");
+  const int64_t n = b + c, k = std::min(b, c);
+  if (n == 0) return 1.0;
+  // P[X <= k] for X ~ Binomial(n, 1/2), in log space so large n does not overflow.
+  double tail = 0;
+  for (int64_t i = 0; i <= k; ++i) {
+    tail += std::exp(std::lgamma(n + 1.0) - std::lgamma(i + 1.0) - std::lgamma(n - i + 1.0) -
+                     n * std::log(2.0));
+  }
+  return std::min(1.0, 2 * tail);
+}
+
 KsResult ks_two_sample(const std::vector<double>& x, const std::vector<double>& y) {
   KsResult r;
   walk_cdfs(x, y, [&](double fx, double fy, double) {

@@ -4,6 +4,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
+#include "kvbench/suites/accuracy_suite.h"
 #include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/kernels_suite.h"
 #include "kvbench/suites/latency_suite.h"
@@ -24,6 +25,8 @@ const std::vector<SuiteInfo>& suite_catalog() {
        [] { return std::make_unique<FidelitySuite>(); }},
       {"output_length", OutputLengthSuite::kSummary, OutputLengthSuite::param_specs(), true,
        [] { return std::make_unique<OutputLengthSuite>(); }},
+      {"accuracy", AccuracySuite::kSummary, AccuracySuite::param_specs(), true,
+       [] { return std::make_unique<AccuracySuite>(); }},
   };
   return catalog;
 }

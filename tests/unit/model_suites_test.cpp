@@ -7,6 +7,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/suites/accuracy_suite.h"
 #include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/latency_suite.h"
 #include "kvbench/suites/model_provider.h"
@@ -391,6 +392,78 @@ TEST(OutputLengthSuite, ABadPromptsFileNamesTheLine) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(":3: not JSON"), std::string::npos) << e.what();
   }
+}
+
+TEST(AccuracySuite, NegativeSamplesOnAFixedTable) {
+  // Task A: mean = median = 0.5. Sample 0: 1.0 >= 0.5 and 0.85 <= 0.9 x 1.0: negative.
+  // Sample 1: 0.5 >= 0.5 but 0.5 > 0.45. Sample 2: baseline 0 never counts.
+  // Task B: sample 3: 0.8 > 0.72; sample 4: 0.2 below the bar though the method scores 0.
+  // Task C: mean 0.4, median 0.2: by the median rule sample 6 (0.2 >= 0.2, 0 <= 0.18) is
+  // negative; by the mean rule it is below the bar, and 0.9 stays 0.9.
+  const std::vector<std::string> tasks = {"A", "A", "A", "B", "B", "C", "C", "C"};
+  const std::vector<double> full = {1.0, 0.5, 0.0, 0.8, 0.2, 0.1, 0.2, 0.9};
+  const std::vector<double> method = {0.85, 0.5, 0.0, 0.8, 0.0, 0.0, 0.0, 0.9};
+  EXPECT_EQ(negative_samples(tasks, full, method, 0.1, false),
+            (std::vector<bool>{true, false, false, false, false, false, false, false}));
+  EXPECT_EQ(negative_samples(tasks, full, method, 0.1, true),
+            (std::vector<bool>{true, false, false, false, false, false, true, false}));
+  // A larger theta asks for a deeper drop: 0.85 > 0.8 x 1.0.
+  EXPECT_EQ(negative_samples(tasks, full, method, 0.2, false), std::vector<bool>(8, false));
+}
+
+CellOutput run_accuracy(const json& method, const std::string& params) {
+  Harness h(json::parse(params));
+  h.method = resolve_method(method, "methods[0]");
+  AccuracySuite suite;
+  return h.run(suite);
+}
+
+TEST(AccuracySuite, TheFullCacheAgreesWithItselfOnEverySample) {
+  CellOutput out = run_accuracy({{"name", "full"}}, R"({"name": "accuracy", "task": "passkey",
+                                 "samples": 3, "target_tokens": 300, "max_new_tokens": 8})");
+  ASSERT_EQ(out.records.size(), 3u);
+  for (const auto& r : out.records) {
+    EXPECT_EQ(r["identical"], true);
+    EXPECT_EQ(r["first_divergence"], -1);
+    EXPECT_EQ(r["score"], r["score_full"]);
+    EXPECT_EQ(r["output"], r["output_full"]);
+    EXPECT_EQ(r["negative"], false);
+    EXPECT_LE(r["prompt_tokens"].get<int64_t>(), 300);
+    EXPECT_LE(r["length"].get<int64_t>(), 8);
+  }
+  EXPECT_EQ(out.summary["identical_outputs"], 1.0);
+  EXPECT_EQ(out.summary["score_difference"], 0.0);
+  EXPECT_EQ(out.summary["score_difference_ci95"][0], 0.0);
+  EXPECT_EQ(out.summary["negative_samples"], 0);
+  EXPECT_EQ(out.summary["theta_sweep"].size(), 6u);
+  EXPECT_TRUE(out.summary["tasks"]["passkey"].contains("mcnemar"));  // pass/fail task
+  EXPECT_FALSE(out.warnings.empty());                                // 3 samples are few
+}
+
+TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
+  const std::string dir = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench";
+  CellOutput out = run_accuracy({{"name", "kivi-2"}, {"group", 16}, {"residual", 16}},
+                                R"({"name": "accuracy", "data_file": ")" + dir + R"(/sample.jsonl",
+                                    "templates_dir": ")" +
+                                    dir + R"(/config", "max_new_tokens": 6})");
+  ASSERT_EQ(out.records.size(), 6u);
+  EXPECT_EQ(out.summary["tasks"].size(), 6u);
+  for (const auto& r : out.records) {
+    EXPECT_GE(r["score"].get<double>(), 0.0);
+    EXPECT_LE(r["score"].get<double>(), 1.0);
+    EXPECT_GE(r["token_agreement"].get<double>(), 0.0);
+    EXPECT_LE(r["token_agreement"].get<double>(), 1.0);
+    EXPECT_GT(r["kv_bytes"].get<uint64_t>(), 0u);
+  }
+  const json& ci = out.summary["score_difference_ci95"];
+  EXPECT_LE(ci[0].get<double>(), ci[1].get<double>());
+}
+
+TEST(AccuracySuite, NeedsExactlyOneSource) {
+  EXPECT_THROW(run_accuracy({{"name", "full"}}, R"({"name": "accuracy"})"), Error);
+  EXPECT_THROW(run_accuracy({{"name", "full"}},
+                            R"({"name": "accuracy", "task": "passkey", "data_file": "x"})"),
+               Error);
 }
 
 }  // namespace

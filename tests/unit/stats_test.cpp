@@ -121,3 +121,29 @@ TEST(Stats, KolmogorovSmirnovPValueOfDisjointSamples) {
 
 }  // namespace
 }  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+TEST(Stats, McNemarExactByHand) {
+  EXPECT_EQ(mcnemar_exact_p(0, 0), 1.0);
+  EXPECT_NEAR(mcnemar_exact_p(0, 5), 2.0 / 32, 1e-12);               // 2 * 0.5^5
+  EXPECT_NEAR(mcnemar_exact_p(9, 1), 2.0 * (1 + 10) / 1024, 1e-12);  // symmetric in b, c
+  EXPECT_EQ(mcnemar_exact_p(4, 4), 1.0);
+}
+
+TEST(Stats, BootstrapMeanInterval) {
+  const Interval constant = bootstrap_mean_ci({0.5, 0.5, 0.5});
+  EXPECT_EQ(constant.low, 0.5);
+  EXPECT_EQ(constant.high, 0.5);
+  const std::vector<double> x = {0, 1, 0, 1, 1, 0, 1, 1};
+  const Interval a = bootstrap_mean_ci(x, 0.95, 2000, 3), b = bootstrap_mean_ci(x, 0.95, 2000, 3);
+  EXPECT_EQ(a.low, b.low);  // seeded
+  EXPECT_LT(a.low, mean(x));
+  EXPECT_GT(a.high, mean(x));
+  EXPECT_GE(a.low, 0.0);
+  EXPECT_LE(a.high, 1.0);
+}
+
+}  // namespace
+}  // namespace kvbench

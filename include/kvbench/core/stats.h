@@ -46,6 +46,13 @@ KsResult ks_two_sample(const std::vector<double>& x, const std::vector<double>& 
 // the integral of |F_x - F_y|. Throws on an empty sample.
 double wasserstein_1(const std::vector<double>& x, const std::vector<double>& y);
 
+// Percentile-bootstrap confidence interval of the mean, seeded like bootstrap_median_ci.
+Interval bootstrap_mean_ci(const std::vector<double>& x, double confidence = 0.95,
+                           int resamples = 2000, uint64_t seed = 0);
+// Exact two-sided McNemar test of paired pass/fail outcomes: b pairs passed only by the first,
+// c only by the second; p = min(1, 2 P[Binomial(b + c, 1/2) <= min(b, c)]), 1 when b + c = 0.
+double mcnemar_exact_p(int64_t b, int64_t c);
+
 // All of the above; throws Error on an empty sample.
 Summary summarize(const std::vector<double>& x, uint64_t seed = 0);
 nlohmann::json to_json(const Summary& s);

@@ -1,0 +1,351 @@
+#include "kvbench/suites/accuracy_suite.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <optional>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/stats.h"
+#include "kvbench/core/text.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/chat_format.h"
+#include "kvbench/suites/cell.h"
+#include "kvbench/suites/workload.h"
+#include "kvbench/workloads/longbench.h"
+#include "kvbench/workloads/task_factory.h"
+
+namespace kvbench {
+
+using nlohmann::json;
+
+namespace {
+
+const std::vector<double> kThetaSweep = {0.01, 0.02, 0.04, 0.08, 0.16, 0.32};
+
+std::vector<std::string> task_choices() {
+  std::vector<std::string> c = {""};
+  for (const auto& t : task_names()) c.push_back(t);
+  return c;
+}
+
+}  // namespace
+
+std::vector<ParamSpec> AccuracySuite::param_specs() {
+  return {
+      ParamSpec::string("task", "", "a synthetic task of the task factory (docs/workloads.md)",
+                        task_choices()),
+      ParamSpec::string("data_file", "",
+                        "a LongBench- or RULER-format JSONL file instead of a task"),
+      ParamSpec::string("data_format", "longbench", "format of data_file", {"longbench", "ruler"}),
+      ParamSpec::string("templates_dir", "",
+                        "LongBench's config/ (dataset2prompt.json, dataset2maxlen.json); empty: "
+                        "a generic template and 128 new tokens"),
+      ParamSpec::integer("samples", 8,
+                         "synthetic samples; for data files the first N rows (0: all)")
+          .range(0, 1000000),
+      ParamSpec::integer("target_tokens", 1024,
+                         "prompt length of synthetic samples, in model tokens")
+          .range(16, 1 << 22),
+      ParamSpec::integer("max_prompt_tokens", 0,
+                         "data-file prompts longer than this are cut in the middle (0: no limit)")
+          .range(0, 1 << 22),
+      ParamSpec::integer("max_new_tokens", 0,
+                         "generation cap (0: the task's or data set's default)")
+          .range(0, 1 << 20),
+      ParamSpec::string("chat_format", "", "wrap each prompt as one user turn",
+                        {"", "llama3", "chatml"}),
+      ParamSpec::number("theta", 0.1, "negative samples: method <= (1 - theta) x full").range(0, 1),
+      ParamSpec::string("threshold", "mean",
+                        "negative samples: full reaches the task's mean or median",
+                        {"mean", "median"}),
+  };
+}
+
+std::vector<bool> negative_samples(const std::vector<std::string>& tasks,
+                                   const std::vector<double>& full,
+                                   const std::vector<double>& method, double theta,
+                                   bool use_median) {
+  KVB_CHECK(tasks.size() == full.size() && full.size() == method.size(),
+            "negative_samples: sizes differ");
+  std::map<std::string, std::vector<double>> by_task;
+  for (size_t i = 0; i < tasks.size(); ++i) by_task[tasks[i]].push_back(full[i]);
+  std::map<std::string, double> bar;
+  for (const auto& [t, v] : by_task) bar[t] = use_median ? median(v) : mean(v);
+  std::vector<bool> out(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i)
+    out[i] = full[i] > 0 && full[i] >= bar[tasks[i]] && method[i] <= (1 - theta) * full[i];
+  return out;
+}
+
+namespace {
+
+struct Sample {
+  std::string id, task;
+  std::vector<int64_t> tokens;
+  int64_t max_new_tokens = 64;
+  std::optional<TaskSample> synthetic;
+  std::optional<LongBenchRow> row;
+};
+
+std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& text) {
+  const std::string format = ctx.params["chat_format"];
+  const Tokenizer& tok = ctx.model.tokenizer();
+  const std::vector<int32_t> ids = format.empty()
+                                       ? tok.encode(text, true)
+                                       : tok.encode(render_chat(format, {{"user", text}}), false);
+  return {ids.begin(), ids.end()};
+}
+
+std::vector<Sample> load_samples(const CellContext& ctx) {
+  const json& p = ctx.params;
+  const std::string task = p["task"], file = p["data_file"];
+  KVB_CHECK(task.empty() != file.empty(), "accuracy: give exactly one of task and data_file");
+  const int64_t cap = p["max_new_tokens"], n = p["samples"];
+  std::vector<Sample> out;
+  if (!task.empty()) {
+    KVB_CHECK(n > 0, "accuracy: samples must be at least 1 for a synthetic task");
+    bool has_depth = false;
+    for (const auto& s : task_param_specs(task)) has_depth |= s.name == "depth";
+    for (int64_t i = 0; i < n; ++i) {
+      // Seeded by the run, not the cell: every method of the run sees the same samples, with
+      // needles spread evenly over depths.
+      json params = {{"target_tokens", p["target_tokens"]},
+                     {"seed", ctx.spec.seed + static_cast<uint64_t>(i)}};
+      if (has_depth) params["depth"] = (static_cast<double>(i) + 0.5) / static_cast<double>(n);
+      Sample s;
+      s.synthetic = make_task_sample(task, ctx.model.tokenizer(), params, "accuracy");
+      s.id = s.synthetic->id, s.task = task;
+      s.tokens = encode_prompt(ctx, s.synthetic->prompt);
+      s.max_new_tokens = cap > 0 ? cap : 64;
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+  std::vector<LongBenchRow> rows =
+      p["data_format"] == "ruler" ? load_ruler_jsonl(file, "data") : load_longbench_jsonl(file);
+  std::optional<LongBenchTemplates> templates;
+  if (!p["templates_dir"].get<std::string>().empty())
+    templates = load_longbench_templates(p["templates_dir"]);
+  if (n > 0 && static_cast<int64_t>(rows.size()) > n) rows.resize(static_cast<size_t>(n));
+  const int64_t limit = p["max_prompt_tokens"];
+  for (auto& row : rows) {
+    longbench_metric(row.dataset);  // unknown or unsupported data sets fail before generating
+    Sample s;
+    s.id = row.id, s.task = row.dataset;
+    std::vector<int32_t> ids = ctx.model.tokenizer().encode(longbench_prompt(row, templates), true);
+    if (limit > 0) ids = truncate_middle(ids, limit);
+    if (!p["chat_format"].get<std::string>().empty()) {
+      // LongBench cuts the raw prompt, then wraps it: decode the cut ids back to text.
+      const std::string text = ctx.model.tokenizer().decode(ids, true);
+      s.tokens = encode_prompt(ctx, text);
+    } else {
+      s.tokens.assign(ids.begin(), ids.end());
+    }
+    s.max_new_tokens = cap > 0 ? cap : longbench_max_new_tokens(row, templates);
+    s.row = std::move(row);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+struct Run {
+  std::vector<int64_t> tokens;  // EOS excluded
+  std::string stop, text;
+  double ttft = 0, e2e = 0;
+  uint64_t kv_bytes = 0;
+};
+
+Run generate_one(const CellContext& ctx, KVCache& cache, const Sample& s) {
+  const Transformer& model = ctx.model.get();
+  GenerationConfig g;
+  g.max_new_tokens = s.max_new_tokens;
+  g.eos_token_ids = model.config().eos_token_ids;
+  GenerationResult r = generate(model, cache, {s.tokens}, g);
+  const SequenceResult& q = r.sequences.front();
+  Run run{q.tokens,
+          q.stop_reason,
+          "",
+          q.token_times_s.front(),
+          q.token_times_s.back(),
+          r.peak_storage.total()};
+  if (run.stop == "eos" && !run.tokens.empty()) run.tokens.pop_back();
+  run.text = ctx.model.tokenizer().decode(
+      std::vector<int32_t>(run.tokens.begin(), run.tokens.end()), true);
+  return run;
+}
+
+double score(const Sample& s, const std::string& output) {
+  return s.synthetic ? score_task_sample(s.task, output, *s.synthetic)
+                     : score_longbench(*s.row, output);
+}
+
+std::string hash_tokens(const std::vector<int64_t>& tokens) {
+  std::string bytes;
+  for (int64_t t : tokens) bytes += std::to_string(t) + ",";
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fnv1a64(bytes)));
+  return hex;
+}
+
+}  // namespace
+
+uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
+  if (!ctx.model) return 0;
+  const ModelConfig& c = *ctx.model;
+  const int64_t prompt = ctx.params["max_prompt_tokens"].get<int64_t>() > 0
+                             ? ctx.params["max_prompt_tokens"].get<int64_t>()
+                             : ctx.params["target_tokens"].get<int64_t>();
+  const int64_t cap = std::max<int64_t>(ctx.params["max_new_tokens"].get<int64_t>(), 128);
+  const double full_per_token = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4;
+  return model_weight_bytes(c) +
+         generation_bytes(c, std::max(ctx.kv_bytes_per_token, full_per_token), 1, prompt, cap);
+}
+
+CellOutput AccuracySuite::run(const CellContext& ctx) {
+  const json& p = ctx.params;
+  const Transformer& model = ctx.model.get();
+  const ModelConfig& c = model.config();
+  KVB_CHECK(!c.eos_token_ids.empty(),
+            "accuracy: the model has no EOS token id; generation to EOS needs one");
+  const std::vector<Sample> samples = load_samples(ctx);
+  int64_t longest = 0, cap = 0;
+  for (const auto& s : samples) {
+    longest = std::max<int64_t>(longest, s.tokens.size());
+    cap = std::max(cap, s.max_new_tokens);
+  }
+  check_generation_fits(ctx, 1, longest, cap, "accuracy");
+  auto cache = make_cell_cache(ctx);
+  auto full = make_kv_cache(resolve_method({{"name", "full"}}, "accuracy.baseline"), c.num_layers,
+                            c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(), ctx.spec.attention);
+
+  CellOutput out;
+  std::vector<std::string> tasks;
+  std::vector<double> s_full, s_method, diff;
+  int64_t identical = 0;
+  double agreement_sum = 0;
+  ctx.progress.begin(ctx.cell_id, samples.size());
+  for (const Sample& s : samples) {
+    const Run base = generate_one(ctx, *full, s);
+    const Run run = generate_one(ctx, *cache, s);
+    const double sf = score(s, base.text), sm = score(s, run.text);
+    size_t first = 0;
+    const size_t common = std::min(base.tokens.size(), run.tokens.size());
+    while (first < common && base.tokens[first] == run.tokens[first]) ++first;
+    const bool same = base.tokens == run.tokens;
+    size_t equal = 0;
+    for (size_t i = 0; i < common; ++i) equal += base.tokens[i] == run.tokens[i];
+    const size_t longer = std::max<size_t>(std::max(base.tokens.size(), run.tokens.size()), 1);
+    const double agreement = same ? 1.0 : static_cast<double>(equal) / static_cast<double>(longer);
+    tasks.push_back(s.task);
+    s_full.push_back(sf), s_method.push_back(sm), diff.push_back(sm - sf);
+    identical += same;
+    agreement_sum += agreement;
+    const double n_out = static_cast<double>(std::max<size_t>(run.tokens.size(), 1));
+    out.records.push_back(
+        {{"kind", "scored_sample"},
+         {"id", s.id},
+         {"task", s.task},
+         {"prompt_hash", hash_tokens(s.tokens)},
+         {"prompt_tokens", s.tokens.size()},
+         {"samples_s", {run.e2e}},
+         {"score", sm},
+         {"score_full", sf},
+         {"output", run.text},
+         {"output_full", base.text},
+         {"length", run.tokens.size()},
+         {"length_full", base.tokens.size()},
+         {"stop", run.stop},
+         {"identical", same},
+         {"first_divergence", same ? -1 : static_cast<int64_t>(first)},
+         {"token_agreement", agreement},
+         {"ttft_s", run.ttft},
+         {"tpot_s", run.tokens.size() > 1 ? (run.e2e - run.ttft) / (n_out - 1) : 0.0},
+         {"e2e_s", run.e2e},
+         {"kv_bytes", run.kv_bytes}});
+    ctx.progress.advance(s.id);
+  }
+  ctx.progress.end();
+
+  const bool use_median = p["threshold"] == "median";
+  const double theta = p["theta"];
+  const std::vector<bool> negative = negative_samples(tasks, s_full, s_method, theta, use_median);
+  json negative_ids = json::array();
+  for (size_t i = 0; i < negative.size(); ++i) {
+    out.records[i]["negative"] = static_cast<bool>(negative[i]);
+    if (negative[i]) negative_ids.push_back(out.records[i]["id"]);
+  }
+  json sweep = json::array();
+  for (double t : kThetaSweep) {
+    const auto neg = negative_samples(tasks, s_full, s_method, t, use_median);
+    sweep.push_back({{"theta", t}, {"negative", std::count(neg.begin(), neg.end(), true)}});
+  }
+  // Per task: means, and McNemar's test where every score is pass/fail.
+  json per_task = json::object();
+  std::map<std::string, std::vector<size_t>> members;
+  for (size_t i = 0; i < tasks.size(); ++i) members[tasks[i]].push_back(i);
+  for (const auto& [task, idx] : members) {
+    std::vector<double> f, m;
+    bool binary = true;
+    int64_t only_full = 0, only_method = 0;
+    for (size_t i : idx) {
+      f.push_back(s_full[i]), m.push_back(s_method[i]);
+      binary &= (s_full[i] == 0 || s_full[i] == 1) && (s_method[i] == 0 || s_method[i] == 1);
+      only_full += s_full[i] == 1 && s_method[i] == 0;
+      only_method += s_full[i] == 0 && s_method[i] == 1;
+    }
+    json t = {{"samples", idx.size()}, {"mean_score", mean(m)}, {"mean_score_full", mean(f)}};
+    if (binary)
+      t["mcnemar"] = {{"only_full", only_full},
+                      {"only_method", only_method},
+                      {"p_value", mcnemar_exact_p(only_full, only_method)}};
+    per_task[task] = t;
+    if (idx.size() < 30) {
+      out.warnings.push_back("task " + task + " has " + std::to_string(idx.size()) +
+                             " samples: its interval and test say little (30 or more advised)");
+    }
+  }
+  const Interval ci = bootstrap_mean_ci(diff, 0.95, 2000, ctx.seed);
+  out.summary = {
+      {"samples", samples.size()},
+      {"mean_score", mean(s_method)},
+      {"mean_score_full", mean(s_full)},
+      {"score_difference", mean(diff)},
+      {"score_difference_ci95", {ci.low, ci.high}},
+      {"identical_outputs", static_cast<double>(identical) / static_cast<double>(samples.size())},
+      {"token_agreement", agreement_sum / static_cast<double>(samples.size())},
+      {"negative_samples", std::count(negative.begin(), negative.end(), true)},
+      {"negative_ids", negative_ids},
+      {"negative_rule", {{"theta", theta}, {"threshold", p["threshold"]}}},
+      {"theta_sweep", sweep},
+      {"tasks", per_task},
+      {"failed_ids", json::array()}};
+  for (size_t i = 0; i < samples.size(); ++i)
+    if (s_method[i] == 0) out.summary["failed_ids"].push_back(out.records[i]["id"]);
+  return out;
+}
+
+Table AccuracySuite::summary_table(const CellOutput& output) const {
+  const json& s = output.summary;
+  Table t;
+  t.columns = {"task", "samples", "score", "full", "McNemar p"};
+  for (const auto& [task, v] : s["tasks"].items()) {
+    t.rows.push_back(
+        {task, std::to_string(v["samples"].get<int64_t>()),
+         format_fixed(v["mean_score"].get<double>(), 3),
+         format_fixed(v["mean_score_full"].get<double>(), 3),
+         v.contains("mcnemar") ? format_fixed(v["mcnemar"]["p_value"].get<double>(), 3) : "-"});
+  }
+  const json& ci = s["score_difference_ci95"];
+  t.rows.push_back({"all (diff " + format_fixed(s["score_difference"].get<double>(), 3) +
+                        ", 95% CI " + format_fixed(ci[0].get<double>(), 3) + " .. " +
+                        format_fixed(ci[1].get<double>(), 3) + ")",
+                    std::to_string(s["samples"].get<int64_t>()),
+                    format_fixed(s["mean_score"].get<double>(), 3),
+                    format_fixed(s["mean_score_full"].get<double>(), 3),
+                    std::to_string(s["negative_samples"].get<int64_t>()) + " negative"});
+  return t;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,119 @@
+// LongBench-format loading, prompt construction and per-dataset scoring on the sample file in
+// tests/fixtures/longbench (our own texts), with scores worked out by hand.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/workloads/longbench.h"
+
+namespace kvbench {
+namespace {
+
+const std::string kDir = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench";
+
+const LongBenchRow& row_of(const std::vector<LongBenchRow>& rows, const std::string& dataset) {
+  for (const auto& r : rows)
+    if (r.dataset == dataset) return r;
+  throw Error("no row for " + dataset);
+}
+
+TEST(LongBench, LoadsEveryFieldOfTheSampleFile) {
+  const auto rows = load_longbench_jsonl(kDir + "/sample.jsonl");
+  ASSERT_EQ(rows.size(), 6u);
+  const LongBenchRow& q = row_of(rows, "qasper");
+  EXPECT_EQ(q.id, "lb-qasper-0");
+  EXPECT_EQ(q.answers.size(), 2u);
+  EXPECT_TRUE(q.all_classes.empty());  // null in the file
+  EXPECT_EQ(q.length, 40);
+  EXPECT_EQ(row_of(rows, "trec").all_classes.size(), 4u);
+}
+
+TEST(LongBench, PromptsFromTemplatesOrTheGenericOne) {
+  const auto rows = load_longbench_jsonl(kDir + "/sample.jsonl");
+  const auto templates = load_longbench_templates(kDir + "/config");
+  LongBenchRow r = row_of(rows, "qasper");
+  const std::string p = longbench_prompt(r, templates);
+  EXPECT_EQ(p.rfind("Answer the question from the article", 0), 0u);
+  EXPECT_NE(p.find("Article: " + r.context + "\n\nQuestion: " + r.input), std::string::npos);
+  EXPECT_EQ(longbench_max_new_tokens(r, templates), 32);
+  // No templates: context, blank line, input; 128 new tokens.
+  EXPECT_EQ(longbench_prompt(r, std::nullopt), r.context + "\n\n" + r.input);
+  EXPECT_EQ(longbench_max_new_tokens(r, std::nullopt), 128);
+  // A placeholder inside the data is not substituted again.
+  r.context = "see {input} here";
+  EXPECT_EQ(longbench_prompt(r, std::nullopt), "see {input} here\n\n" + r.input);
+  // LongBench-E datasets use their base dataset's template.
+  r.dataset = "qasper_e";
+  EXPECT_EQ(longbench_max_new_tokens(r, templates), 32);
+}
+
+TEST(LongBench, TruncatesInTheMiddle) {
+  std::vector<int32_t> ids = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  EXPECT_EQ(truncate_middle(ids, 4), (std::vector<int32_t>{0, 1, 8, 9}));
+  EXPECT_EQ(truncate_middle(ids, 5), (std::vector<int32_t>{0, 1, 8, 9}));  // int(5 / 2) per side
+  EXPECT_EQ(truncate_middle(ids, 10), ids);
+}
+
+TEST(LongBench, ScoresEachDatasetWithItsMetric) {
+  const auto rows = load_longbench_jsonl(kDir + "/sample.jsonl");
+  // qa_f1: "Pell the owl" -> {pell, owl}; vs {grey, owl, named, pell}: P 1, R 1/2, F1 2/3;
+  // vs {pell}: P 1/2, R 1, F1 2/3.
+  EXPECT_NEAR(score_longbench(row_of(rows, "qasper"), "Pell the owl"), 2.0 / 3, 1e-12);
+  // trec: only the first line counts, so the second class named does not halve the score.
+  EXPECT_EQ(score_longbench(row_of(rows, "trec"), "Distance, linear measure\nIndividual"), 1.0);
+  EXPECT_EQ(score_longbench(row_of(rows, "passage_count"), "There are 3 different paragraphs."),
+            1.0);
+  EXPECT_EQ(score_longbench(row_of(rows, "passage_count"), "3 or 4"), 0.5);
+  EXPECT_EQ(score_longbench(row_of(rows, "passage_retrieval_en"), "Paragraph 2"), 1.0);
+  EXPECT_EQ(score_longbench(row_of(rows, "lcc"), "    return 2 * (width + height)"), 1.0);
+  const LongBenchRow& gov = row_of(rows, "gov_report");
+  EXPECT_NEAR(score_longbench(gov, gov.answers[0]), 1.0, 1e-12);
+  EXPECT_EQ(longbench_metric("gov_report"), "rouge");
+  EXPECT_EQ(longbench_metric("lcc_e"), "code_sim");
+}
+
+TEST(LongBench, BadInputIsAClearError) {
+  const std::string path = ::testing::TempDir() + "/kvbench_lb_bad.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"_id": "a", "dataset": "qasper", "input": "q", "context": "c", "answers": ["x"]})"
+      << "\n";
+    f << R"({"_id": "b", "dataset": "qasper", "input": "q", "context": "c", "answers": "x"})"
+      << "\n";
+  }
+  try {
+    load_longbench_jsonl(path);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(":2: \"answers\": expected a list of strings"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(longbench_metric("dureader"), Error);
+  try {
+    longbench_metric("narativeqa");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown LongBench dataset 'narativeqa'"),
+              std::string::npos);
+  }
+}
+
+TEST(LongBench, RulerRowsLoadAndScoreByStringMatchAll) {
+  const std::string path = ::testing::TempDir() + "/kvbench_ruler.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"index": 7, "input": "What are the values?", "outputs": ["123", "456"], "length": 12})"
+      << "\n";
+  }
+  const auto rows = load_ruler_jsonl(path, "niah_multivalue");
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].id, "7");
+  EXPECT_EQ(rows[0].dataset, "ruler:niah_multivalue");
+  EXPECT_EQ(longbench_prompt(rows[0], std::nullopt), "What are the values?");  // the whole prompt
+  EXPECT_EQ(score_longbench(rows[0], "The values are 456."), 0.5);
+}
+
+}  // namespace
+}  // namespace kvbench
