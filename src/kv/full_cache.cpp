@@ -82,7 +82,13 @@ StorageBytes CompressedKVCache::nominal() const {
   StorageBytes total;
   for (const auto& [id, s] : sequences_) {
     for (const auto& l : s.layers) {
-      total += codec_->nominal_bytes(l.keys->size(), num_kv_heads_, head_dim_);
+      const auto k = l.keys->history_nominal(), v = l.values->history_nominal();
+      if (k && v) {
+        total += *k;
+        total += *v;
+      } else {
+        total += codec_->nominal_bytes(l.keys->size(), num_kv_heads_, head_dim_);
+      }
     }
   }
   return total;

@@ -133,6 +133,24 @@ class GearStore final : public TokenStore {
                 factors * e};
   }
 
+  // Per block: codes, scales and mins by group, 2k outliers (value + index) per vector, and
+  // the factors Q [n, r] and P [r, d]; then the exact buffer. Token counts only.
+  std::optional<StorageBytes> history_nominal() const override {
+    const uint64_t e = at::elementSize(dtype_), d = d_, g = group_, h = kv_heads_;
+    const uint64_t index_bytes = is_key_ ? 4 : 2;
+    StorageBytes s;
+    for (const Block& b : blocks_) {
+      const uint64_t n = b.n, k = b.k, r = b.rank;
+      s.payload += n * d * p_.bits / 8;
+      const uint64_t scale_rows = is_key_ ? (n + g - 1) / g : n;
+      s.metadata += scale_rows * scale_width() * 2 * e;
+      s.metadata += (is_key_ ? 2 * k * d : n * 2 * k) * (e + index_bytes);
+      s.metadata += r * (n + d) * e;
+    }
+    s.payload += static_cast<uint64_t>(buffer_.size(1)) * d * e;
+    return StorageBytes{s.payload * h, s.metadata * h};
+  }
+
  private:
   struct Block {
     int64_t start, n, rank;

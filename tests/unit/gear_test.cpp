@@ -8,6 +8,7 @@
 #include "kvbench/kv/gear_codec.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
+#include "kvbench/kv/kv_cache.h"
 #include "kvbench/kv/method_registry.h"
 
 namespace kvbench {
@@ -213,6 +214,32 @@ TEST(Gear, BytesByHand) {
   }
   EXPECT_EQ(keys->bytes().payload, 60u * 32);
   EXPECT_EQ(keys->bytes().metadata, 512u + 832u + 256u + 672u);
+  // The store's own formula follows its blocks, so the cache compares like with like.
+  EXPECT_EQ(keys->history_nominal()->metadata, keys->bytes().metadata);
+  EXPECT_EQ(keys->history_nominal()->payload, keys->bytes().payload);
+}
+
+// A long generation after a short prompt: many decode blocks, each with its own factors. The
+// cache's nominal (from the blocks' token counts) must equal what the tensors hold, so no
+// false "compression did not happen" flag is raised.
+TEST(Gear, CacheNominalFollowsTheBlocksOverLongGenerations) {
+  for (const char* name : {"gear", "gear-4", "gear-8"}) {
+    auto cache = make_kv_cache(resolve_method({{"name", name}, {"outlier_ratio", 0.1}}, "m"), 2, 2,
+                               64, at::kHalf, "reference");
+    const int64_t seq = cache->add_sequence();
+    auto step = [&](int64_t n, uint64_t seed) {
+      for (int64_t layer = 0; layer < 2; ++layer) {
+        at::Tensor q = kv_like(4, n, 64, seed), k = kv_like(2, n, 64, seed + 1),
+                   v = kv_like(2, n, 64, seed + 2);
+        cache->append_and_attend(seq, layer, q, k, v);
+      }
+    };
+    step(100, 1);
+    for (int64_t t = 0; t < 300; ++t) step(1, 10 + t);
+    EXPECT_EQ(cache->nominal().payload, cache->storage().payload) << name;
+    EXPECT_EQ(cache->nominal().metadata, cache->storage().metadata) << name;
+    EXPECT_GT(cache->storage().metadata, 0u);
+  }
 }
 
 TEST(Gear, PresetsAndParameterErrors) {

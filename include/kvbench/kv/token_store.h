@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -55,6 +56,10 @@ class TokenStore {
   // Bytes held for the `size()` stored tokens, measured from the tensors' element sizes
   // (capacity reserved for future tokens is not counted).
   virtual StorageBytes bytes() const = 0;
+  // The method's formula for what this store holds, for formats whose layout depends on how
+  // tokens arrived (GEAR: one block per compression, each with its own factors), computed from
+  // token counts alone, never from the tensors. Empty: the codec's nominal_bytes(size()) applies.
+  virtual std::optional<StorageBytes> history_nominal() const { return std::nullopt; }
 };
 
 }  // namespace kvbench
