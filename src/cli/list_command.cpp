@@ -7,6 +7,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/suite_registry.h"
+#include "kvbench/workloads/task_factory.h"
 
 namespace kvbench {
 namespace {
@@ -35,19 +36,32 @@ void print_suites(std::ostream& os) {
   }
 }
 
+// The synthetic tasks the accuracy suite's `task` takes (docs/workloads.md).
+void print_tasks(std::ostream& os) {
+  os << "tasks:\n";
+  for (const auto& t : task_names()) {
+    os << "  " << t << "\n";
+    print_params(os, task_param_specs(t));
+  }
+}
+
 }  // namespace
 
 void register_list_command(CLI::App& app, GlobalOptions& global) {
   auto what = std::make_shared<std::string>("all");
-  CLI::App* sub = app.add_subcommand("list", "list methods and suites with their parameters");
-  sub->add_option("what", *what, "methods, suites or all")
-      ->check(CLI::IsMember({"methods", "suites", "all"}))
+  CLI::App* sub =
+      app.add_subcommand("list", "list methods, suites and synthetic tasks with their parameters");
+  sub->add_option("what", *what, "methods, suites, tasks or all")
+      ->check(CLI::IsMember({"methods", "suites", "tasks", "all"}))
       ->capture_default_str();
   sub->callback([what, &global] {
     global.action = [what] {
-      if (*what != "suites") print_methods(std::cout);
-      if (*what == "all") std::cout << "\n";
-      if (*what != "methods") print_suites(std::cout);
+      const bool all = *what == "all";
+      if (all || *what == "methods") print_methods(std::cout);
+      if (all) std::cout << "\n";
+      if (all || *what == "suites") print_suites(std::cout);
+      if (all) std::cout << "\n";
+      if (all || *what == "tasks") print_tasks(std::cout);
       return 0;
     };
   });

@@ -27,6 +27,8 @@ int main(int argc, char** argv) {
   register_make_model_command(app, global);
   register_tokenize_command(app, global);
   register_version_command(app, global);
+  register_report_command(app, global);
+  register_compare_command(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -83,6 +83,12 @@ class CliTest(CliCase):
         self.assertIn("full - ", res.stdout)
         self.assertIn("kernels - ", res.stdout)
         self.assertIn("repeats: integer in [1, 100000], default 20", res.stdout)
+        self.assertIn("tasks:", res.stdout)
+        self.assertIn("niah_multikey", res.stdout)
+        tasks = kvbench("list", "tasks")
+        self.assertEqual(tasks.returncode, 0)
+        self.assertNotIn("methods:", tasks.stdout)
+        self.assertIn("target_tokens: integer", tasks.stdout)
         self.assertEqual(kvbench("list", "bogus").returncode, 2)
 
     # --- run ---------------------------------------------------------------------------
@@ -198,6 +204,123 @@ class CliTest(CliCase):
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertIn("valid, 1 cell(s)", res.stdout)
 
+
+
+class ReportCompareCliTest(CliCase):
+    """kvbench report and kvbench compare on a real run's report (and edited copies of it)."""
+
+    CONFIG = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 1,
+              "methods": [{"name": "full"}, {"name": "int4"}],
+              "suites": [{"name": "latency", "prompt_tokens": 16, "new_tokens": 4,
+                          "warmup": 1, "repeats": 4},
+                         TINY_SUITE]}
+
+    def real_report(self):
+        path, report = self.report_from(self.run_ok(self.CONFIG))
+        return path, report
+
+    def write_report(self, report, name):
+        path = self.dir / name
+        path.write_text(json.dumps(report))
+        return str(path)
+
+    def test_report_formats_on_a_real_run(self):
+        path, report = self.real_report()
+        res = kvbench("report", str(path))
+        self.assertEqual(res.returncode, 0, res.stderr)
+        md = res.stdout
+        for fragment in ("## latency", "## kernels", "## pareto", "| method |", "| int4 |",
+                         "tpot_median_s/full", "working_set_bytes/full", "Baseline: `full`"):
+            self.assertIn(fragment, md)
+        res = kvbench("report", str(path), "--format", "csv")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        lines = res.stdout.splitlines()
+        self.assertTrue(lines[0].startswith("table,method,"), lines[0])
+        self.assertTrue(any(l.startswith("kernels,int4,") for l in lines))
+        res = kvbench("report", str(path), "--format", "json", "--baseline", "int4")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        out = json.loads(res.stdout)
+        self.assertEqual(out["baseline"], "int4")
+        names = [t["name"] for t in out["tables"]]
+        self.assertEqual(names, ["latency", "kernels", "pareto"])
+        lat = out["tables"][0]["rows"]
+        self.assertEqual(lat[0]["method"], "int4")  # the baseline's row first
+        self.assertEqual(lat[0]["kv_bytes/int4"], 1.0)
+        self.assertAlmostEqual(lat[1]["kv_bytes/int4"], 3.2)  # 16 bits / 5 bits
+        pareto = {r["method"]: r for r in out["tables"][2]["rows"]}
+        self.assertTrue(pareto["int4"]["on_front"])
+
+    def test_report_merges_later_file_wins_and_lists_failed_cells(self):
+        path, report = self.real_report()
+        later = copy.deepcopy(report)
+        cell = later["cells"][1]  # latency int4
+        cell.update(status="failed", error="out of memory", records=[], summary={})
+        res = kvbench("report", str(path), self.write_report(later, "later.json"), "--format",
+                      "json")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("using the one from", res.stderr)
+        self.assertIn("later.json", res.stderr)
+        out = json.loads(res.stdout)
+        failed = [t for t in out["tables"] if t["name"] == "failed"][0]["rows"]
+        self.assertEqual([(r["cell"], r["error"]) for r in failed], [(cell["id"], "out of memory")])
+
+    def test_report_rejects_other_schema_versions_and_bad_input(self):
+        path, report = self.real_report()
+        old = copy.deepcopy(report)
+        old["schema_version"] = 1
+        old_path = self.write_report(old, "old.json")
+        self.assert_one_line_error(kvbench("report", str(path), old_path), 2, "old.json")
+        self.assertIn("schema_version 1", kvbench("report", old_path).stderr)
+        self.assert_one_line_error(kvbench("report", str(self.dir / "none.json")), 2,
+                                   "none.json: cannot read")
+        self.assertEqual(kvbench("report").returncode, 2)
+        self.assertEqual(kvbench("report", str(path), "--format", "xml").returncode, 2)
+        self.assert_one_line_error(kvbench("report", str(path), "--baseline", "kivi-2"), 2,
+                                   "no ok cell has method 'kivi-2'")
+
+    def test_compare_exit_codes(self):
+        path, report = self.real_report()
+        # The same report against itself: every difference is exactly zero.
+        res = kvbench("compare", str(path), str(path))
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        self.assertIn("no regression beyond the thresholds", res.stdout)
+        # TPOT 50% slower in every sample of the int4 latency cell, KV bytes 10% larger. The
+        # baseline's TPOT samples are replaced by a narrow spread first: real ones on a loaded
+        # machine can vary so much that a 50% shift is, rightly, not called with confidence.
+        base = copy.deepcopy(report)
+        for r in base["cells"][1]["records"]:
+            if r["kind"] == "tpot":
+                r["samples_s"] = [0.010 + 0.0001 * (i % 7) for i in range(len(r["samples_s"]))]
+        path = pathlib.Path(self.write_report(base, "base.json"))
+        slow = copy.deepcopy(base)
+        lat = slow["cells"][1]
+        self.assertEqual((lat["suite"], lat["method"]["name"]), ("latency", "int4"))
+        for r in lat["records"]:
+            if r["kind"] == "tpot":
+                r["samples_s"] = [1.5 * s for s in r["samples_s"]]
+        lat["summary"]["kv_bytes_peak"] = int(lat["summary"]["kv_bytes_peak"] * 1.1)
+        slow_path = self.write_report(slow, "slow.json")
+        res = kvbench("compare", str(path), slow_path)
+        self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
+        self.assertIn("2 regression(s):", res.stdout)
+        self.assertRegex(res.stdout, r"tpot latency\.int4\.\S+: .* \(\+50\.0%, 95% CI")
+        self.assertRegex(res.stdout, r"kv_bytes latency\.int4\.\S+: .*\(\+10\.0%\)")
+        # Raised thresholds let both through.
+        res = kvbench("compare", str(path), slow_path, "--threshold", "tpot=60",
+                      "--threshold", "kv_bytes=20")
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        # Usage and input errors: exit 2.
+        self.assert_one_line_error(
+            kvbench("compare", str(path), slow_path, "--threshold", "latency=5"), 2,
+            "unknown metric 'latency'")
+        self.assertEqual(kvbench("compare", str(path), slow_path, "--threshold", "tpot").returncode, 2)
+        self.assertEqual(kvbench("compare", str(path)).returncode, 2)
+        self.assert_one_line_error(kvbench("compare", str(path), str(self.dir / "none.json")), 2,
+                                   "none.json")
+        old = copy.deepcopy(report)
+        old["schema_version"] = 3
+        self.assert_one_line_error(
+            kvbench("compare", self.write_report(old, "v3.json"), str(path)), 2, "v3.json")
 
 
 def read_safetensors(path):

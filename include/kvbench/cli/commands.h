@@ -25,5 +25,7 @@ void register_list_command(CLI::App& app, GlobalOptions& global);
 void register_make_model_command(CLI::App& app, GlobalOptions& global);
 void register_tokenize_command(CLI::App& app, GlobalOptions& global);
 void register_version_command(CLI::App& app, GlobalOptions& global);
+void register_report_command(CLI::App& app, GlobalOptions& global);
+void register_compare_command(CLI::App& app, GlobalOptions& global);
 
 }  // namespace kvbench

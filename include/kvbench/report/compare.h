@@ -1,0 +1,77 @@
+// `kvbench compare`: two reports cell by cell, for CI regression checks. Timing metrics are
+// judged on the raw samples of both reports: a regression is called only when the whole 95%
+// bootstrap interval of the relative difference of medians lies beyond the threshold, so noise
+// alone does not fail a build. Other metrics (KV bytes, KL, length ratio, ...) are point values
+// compared against their thresholds. Thresholds are percentages of the baseline's value.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/core/stats.h"
+
+namespace kvbench {
+
+enum class Worse {
+  kHigher,  // a larger value is a regression (times, bytes, KL)
+  kLower,   // a smaller value is a regression (tokens/s, agreement)
+  kEither,  // any change is (length ratio)
+};
+
+struct CompareMetric {
+  std::string name;     // what --threshold takes: "tpot"
+  std::string suite;    // where it is read
+  bool timing = false;  // judged on raw samples with a bootstrap interval
+  Worse worse = Worse::kHigher;
+  double default_pct = 0;  // default threshold, percent of the baseline value
+  // Point metrics: a change no larger than this in absolute terms is never a regression (KL of
+  // the full cache is 0 in both reports; any relative change from 0 would be infinite).
+  double abs_floor = 0;
+  std::string description;
+};
+
+// Every metric compare knows, in the order it prints them.
+const std::vector<CompareMetric>& compare_metrics();
+
+// Default thresholds, overridden by "METRIC=PCT" (PCT a non-negative number) or "METRIC=off".
+// Throws Error naming the argument and the valid metric names on a bad one.
+std::map<std::string, double> parse_thresholds(const std::vector<std::string>& args);
+
+struct CompareOptions {
+  std::map<std::string, double> thresholds;  // metric -> percent; absent = not checked
+  double confidence = 0.95;
+  int resamples = 2000;
+  uint64_t seed = 0;
+};
+
+struct MetricComparison {
+  std::string cell;  // the baseline's cell id
+  std::string metric;
+  std::string point;  // "batch=1 prompt_tokens=16 new_tokens=4", or "" for the whole cell
+  bool timing = false;
+  double baseline = 0;  // the metric's value: a median (or rate from it) for timings
+  double candidate = 0;
+  double change = 0;   // relative change of the metric, (new - baseline) / baseline
+  Interval change_ci;  // timing metrics: bootstrap interval of `change`
+  double threshold_pct = 0;
+  bool regressed = false;
+  bool improved = false;  // beyond the threshold in the good direction
+};
+
+struct CompareResult {
+  std::vector<MetricComparison> comparisons;
+  std::vector<std::string> newly_failed;  // "<id>: <error>": ok in the baseline, failed now
+  std::vector<std::string> notes;         // cells or points that could not be compared
+  size_t regressions() const;
+};
+
+// Matches cells by id, else by suite + method + resolved params (ids change with the thread
+// count or model path, which a CI machine may not keep). Throws Error on malformed reports.
+CompareResult compare_reports(const nlohmann::json& baseline, const nlohmann::json& candidate,
+                              const CompareOptions& options);
+
+}  // namespace kvbench

@@ -1,0 +1,28 @@
+// Reading run reports back (for `kvbench report` and `kvbench compare`): one loaded report is
+// the parsed document and where it came from. Only schema_version 2 is accepted; anything else
+// is rejected by name, since the meaning of fields changed between versions.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace kvbench {
+
+struct LoadedReport {
+  std::string source;  // the file as given (names the report in messages and tables)
+  nlohmann::json doc;  // the whole report
+};
+
+// Throws Error "<source>: ..." when the document is not a kvbench report of schema_version 2
+// or lacks `cells` / `config`.
+void check_report_document(const nlohmann::json& doc, const std::string& source);
+// Reads, parses and checks one file; throws Error naming the file on any problem.
+LoadedReport load_report(const std::string& path);
+
+// What a cell ran on besides its suite parameters and method: the parts of the report's config
+// that enter the cell id (attention, device, resolved threads and, for every suite but
+// `kernels`, the model section). Cells are compared only within one setup.
+nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& cell);
+
+}  // namespace kvbench

@@ -1,0 +1,38 @@
+// The tables of `kvbench report`: per suite one row per (method, setup, varying suite
+// parameters, measured point) with the suite's key metrics, each ratio metric beside the same
+// row of the baseline method; the failed cells with their errors; and the Pareto front of the
+// methods over (KV bits per value, decode tokens/s, KL or accuracy). Values stay JSON (numbers,
+// strings, booleans, null) so that md, csv and json render the same table.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/report/report_merge.h"
+
+namespace kvbench {
+
+struct ResultTable {
+  std::string name;   // "latency", "throughput", ..., "pareto", "failed"
+  std::string title;  // one line for people
+  std::vector<std::string> columns;
+  std::vector<std::vector<nlohmann::json>> rows;  // one value per column; null = none
+};
+
+struct ReportTables {
+  std::string baseline;  // the method ratios are taken against; "" when none
+  std::vector<ResultTable> tables;
+  std::vector<std::string> notes;  // what could not be tabled or compared, for stderr
+};
+
+// `baseline` is a method name; empty means "full" when some ok cell has it, else no ratios.
+// A non-empty baseline that no ok cell has throws Error listing the methods present.
+ReportTables build_report_tables(const MergedReports& merged, const std::string& baseline);
+
+// Indices of the rows not dominated by another row: `values[i][d]` is row i's value on
+// dimension d, oriented so that larger is better. Exposed for tests.
+std::vector<bool> pareto_front(const std::vector<std::vector<double>>& values);
+
+}  // namespace kvbench

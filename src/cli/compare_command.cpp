@@ -1,0 +1,119 @@
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "kvbench/cli/commands.h"
+#include "kvbench/core/error.h"
+#include "kvbench/core/table.h"
+#include "kvbench/core/text.h"
+#include "kvbench/report/compare.h"
+#include "kvbench/report/report_reader.h"
+#include "kvbench/report/table_render.h"
+
+namespace kvbench {
+namespace {
+
+struct CompareCliOptions {
+  std::string baseline;
+  std::string candidate;
+  std::vector<std::string> thresholds;
+  uint64_t seed = 0;
+};
+
+std::string percent(double x) {
+  if (!std::isfinite(x)) return x > 0 ? "+inf%" : "-inf%";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%+.1f%%", 100 * x);
+  return buf;
+}
+
+std::string result_word(const MetricComparison& c) {
+  return c.regressed ? "REGRESSED" : c.improved ? "improved" : "ok";
+}
+
+std::string metrics_help() {
+  std::string text =
+      "METRIC=PCT: regression threshold in percent of the baseline (or METRIC=off); "
+      "repeatable. Metrics and defaults:";
+  std::vector<std::string> seen;
+  for (const CompareMetric& m : compare_metrics()) {
+    if (std::find(seen.begin(), seen.end(), m.name) != seen.end()) continue;
+    seen.push_back(m.name);
+    text += " " + m.name + "=" + format_value(m.default_pct);
+  }
+  return text;
+}
+
+int compare(const CompareCliOptions& opt) {
+  LoadedReport base, cand;
+  CompareOptions options;
+  try {  // unreadable files, wrong schema and bad thresholds are input errors: exit 2
+    options.thresholds = parse_thresholds(opt.thresholds);
+    base = load_report(opt.baseline);
+    cand = load_report(opt.candidate);
+  } catch (const Error& e) {
+    spdlog::error("{}", e.what());
+    return 2;
+  }
+  options.seed = opt.seed;
+  const CompareResult result = compare_reports(base.doc, cand.doc, options);
+  for (const std::string& n : result.notes) spdlog::warn("{}", n);
+
+  Table t;
+  t.columns = {"cell",   "metric", "point",     "baseline", "new",
+               "change", "95% CI", "threshold", "result"};
+  for (const MetricComparison& c : result.comparisons) {
+    t.rows.push_back({c.cell, c.metric, c.point, format_value(c.baseline),
+                      format_value(c.candidate), percent(c.change),
+                      c.timing ? percent(c.change_ci.low) + " .. " + percent(c.change_ci.high)
+                               : std::string("(point value)"),
+                      format_value(c.threshold_pct) + "%", result_word(c)});
+  }
+  std::cout << "compare " << opt.baseline << " -> " << opt.candidate << ": "
+            << result.comparisons.size() << " comparison(s)\n\n";
+  if (!t.rows.empty()) print_table(std::cout, t);
+
+  const size_t n = result.regressions();
+  std::cout << "\n";
+  if (n == 0) {
+    std::cout << "no regression beyond the thresholds\n";
+    return 0;
+  }
+  std::cout << n << " regression(s):\n";
+  for (const std::string& f : result.newly_failed) {
+    std::cout << "  failed now (ok in the baseline): " << f << "\n";
+  }
+  for (const MetricComparison& c : result.comparisons) {
+    if (!c.regressed) continue;
+    std::cout << "  " << c.metric << " " << c.cell << (c.point.empty() ? "" : " " + c.point) << ": "
+              << format_value(c.baseline) << " -> " << format_value(c.candidate) << " ("
+              << percent(c.change);
+    if (c.timing) {
+      std::cout << ", 95% CI " << percent(c.change_ci.low) << " .. " << percent(c.change_ci.high);
+    }
+    std::cout << "), threshold " << format_value(c.threshold_pct) << "%\n";
+  }
+  return 1;
+}
+
+}  // namespace
+
+void register_compare_command(CLI::App& app, GlobalOptions& global) {
+  auto opt = std::make_shared<CompareCliOptions>();
+  CLI::App* sub = app.add_subcommand(
+      "compare",
+      "compare two reports cell by cell; exit 1 when a metric regressed beyond its threshold "
+      "(timings: the whole 95% bootstrap interval of the change of medians)");
+  sub->add_option("baseline", opt->baseline, "the reference report")->required();
+  sub->add_option("new", opt->candidate, "the report to check")->required();
+  sub->add_option("--threshold", opt->thresholds, metrics_help())->allow_extra_args(false);
+  sub->add_option("--seed", opt->seed, "seed of the bootstrap resampling")->capture_default_str();
+  sub->callback([opt, &global] { global.action = [opt] { return compare(*opt); }; });
+}
+
+}  // namespace kvbench

@@ -1,0 +1,335 @@
+#include "kvbench/report/compare.h"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <set>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
+
+namespace kvbench {
+namespace {
+
+using json = nlohmann::json;
+
+// What one metric reads from one point of a cell: raw samples (timings) or a value.
+struct Series {
+  std::vector<double> samples;
+  double value = 0;
+  double rate_scale = 0;  // > 0: the metric is rate_scale / median(samples) (tokens/s)
+};
+using Points = std::map<std::string, Series>;  // point label -> series
+using Extract = std::function<Points(const json& cell)>;
+
+struct MetricImpl {
+  CompareMetric spec;
+  Extract extract;
+};
+
+std::vector<double> samples_of(const json& r, const char* key) {
+  std::vector<double> out;
+  for (const json& v : r.value(key, json::array())) {
+    if (v.is_number()) out.push_back(v.get<double>());
+  }
+  return out;
+}
+
+std::string point_label(const json& r, const std::vector<std::string>& keys) {
+  std::vector<std::string> parts;
+  for (const std::string& k : keys) parts.push_back(k + "=" + r.value(k, json()).dump());
+  return join(parts, " ");
+}
+
+// A latency record kind ("tpot") as one timing series for the cell.
+Extract latency_kind(const std::string& kind) {
+  return [kind](const json& cell) {
+    Points out;
+    for (const json& r : cell.value("records", json::array())) {
+      if (r.value("kind", "") == kind) out[""] = {samples_of(r, "samples_s")};
+    }
+    return out;
+  };
+}
+
+// Records of `kind`, one series per point; `make` builds the series from a record.
+Extract per_record(const std::string& kind, const std::vector<std::string>& keys,
+                   std::function<bool(const json&, Series&)> make) {
+  return [kind, keys, make](const json& cell) {
+    Points out;
+    for (const json& r : cell.value("records", json::array())) {
+      Series s;
+      if (r.value("kind", "") == kind && make(r, s)) out[point_label(r, keys)] = s;
+    }
+    return out;
+  };
+}
+
+Extract summary_value(const std::string& key) {
+  return [key](const json& cell) {
+    Points out;
+    const json& s = cell.value("summary", json::object());
+    if (s.contains(key) && s[key].is_number()) out[""].value = s[key].get<double>();
+    return out;
+  };
+}
+
+const std::vector<std::string> kThroughputPoint = {"batch", "prompt_tokens", "new_tokens"};
+const std::vector<std::string> kKernelPoint = {"context", "kv_heads"};
+
+const std::vector<MetricImpl>& metric_impls() {
+  static const std::vector<MetricImpl> impls = {
+      {{"ttft", "latency", true, Worse::kHigher, 10, 0, "time to first token (ttft records)"},
+       latency_kind("ttft")},
+      {{"tpot", "latency", true, Worse::kHigher, 5, 0, "time per output token (tpot records)"},
+       latency_kind("tpot")},
+      {{"itl", "latency", true, Worse::kHigher, 10, 0, "inter-token latency (itl records)"},
+       latency_kind("itl")},
+      {{"e2e", "latency", true, Worse::kHigher, 5, 0, "end-to-end request latency (e2e records)"},
+       latency_kind("e2e")},
+      {{"decode_tok_s", "throughput", true, Worse::kLower, 5, 0,
+        "decode tokens/s per point: batch / decode step times (samples_s)"},
+       per_record("throughput", kThroughputPoint,
+                  [](const json& r, Series& s) {
+                    s.samples = samples_of(r, "samples_s");
+                    s.rate_scale = r.value("batch", 1.0);
+                    return true;
+                  })},
+      {{"prefill_tok_s", "throughput", true, Worse::kLower, 10, 0,
+        "prefill tokens/s per point: batch x prompt_tokens / prefill times (prefill_samples_s)"},
+       per_record("throughput", kThroughputPoint,
+                  [](const json& r, Series& s) {
+                    s.samples = samples_of(r, "prefill_samples_s");
+                    s.rate_scale = r.value("batch", 1.0) * r.value("prompt_tokens", 1.0);
+                    return true;
+                  })},
+      {{"attention_step", "kernels", true, Worse::kHigher, 10, 0,
+        "decode-attention step time per context x kv_heads (decode_attention samples_s)"},
+       per_record("decode_attention", kKernelPoint,
+                  [](const json& r, Series& s) {
+                    s.samples = samples_of(r, "samples_s");
+                    return true;
+                  })},
+      {{"kv_bytes", "latency", false, Worse::kHigher, 1, 0,
+        "measured KV bytes: latency kv_bytes_peak"},
+       summary_value("kv_bytes_peak")},
+      {{"kv_bytes", "throughput", false, Worse::kHigher, 1, 0,
+        "measured KV bytes: throughput kv_bytes per point"},
+       per_record("throughput", kThroughputPoint,
+                  [](const json& r, Series& s) {
+                    s.value = r.value("kv_bytes", 0.0);
+                    return r.contains("kv_bytes");
+                  })},
+      {{"kv_bytes", "kernels", false, Worse::kHigher, 1, 0,
+        "measured KV bytes: kernels working_set_bytes per point"},
+       per_record("decode_attention", kKernelPoint,
+                  [](const json& r, Series& s) {
+                    s.value = r.value("working_set_bytes", 0.0);
+                    return r.contains("working_set_bytes");
+                  })},
+      {{"kl_mean", "fidelity", false, Worse::kHigher, 20, 1e-6, "mean KL(full || method) in nats"},
+       summary_value("kl_mean")},
+      {{"top1_agreement", "fidelity", false, Worse::kLower, 5, 0,
+        "share of steps whose argmax agrees with the full cache"},
+       summary_value("top1_agreement")},
+      {{"ppl_ratio", "fidelity", false, Worse::kHigher, 5, 0, "perplexity ratio method / full"},
+       summary_value("ppl_ratio")},
+      {{"length_ratio", "output_length", false, Worse::kEither, 10, 0,
+        "mean output length ratio method / full (a change either way)"},
+       summary_value("length_ratio")},
+      {{"mean_score", "accuracy", false, Worse::kLower, 5, 0.01,
+        "accuracy suite: mean per-sample score"},
+       summary_value("mean_score")},
+      {{"runaway_rate", "output_length", false, Worse::kHigher, 50, 0.05,
+        "share of generations that hit the length cap"},
+       summary_value("runaway_rate")},
+  };
+  return impls;
+}
+
+std::set<std::string> metric_names() {
+  std::set<std::string> names;
+  for (const MetricImpl& m : metric_impls()) names.insert(m.spec.name);
+  return names;
+}
+
+std::string match_key(const json& cell) {
+  return cell.value("suite", "") + "|" + cell["method"].dump() + "|" +
+         cell.value("params", json::object()).dump();
+}
+
+double relative(double base, double cand) {
+  if (base != 0) return (cand - base) / std::fabs(base);
+  if (cand == base) return 0;
+  return cand > base ? std::numeric_limits<double>::infinity()
+                     : -std::numeric_limits<double>::infinity();
+}
+
+// Whether an interval of relative change lies entirely beyond the threshold on the bad side
+// (regressed) or on the good side (improved).
+void judge(MetricComparison& c, Worse worse) {
+  const double t = c.threshold_pct / 100;
+  const bool up = c.change_ci.low > t, down = c.change_ci.high < -t;
+  switch (worse) {
+    case Worse::kHigher:
+      c.regressed = up, c.improved = down;
+      break;
+    case Worse::kLower:
+      c.regressed = down, c.improved = up;
+      break;
+    case Worse::kEither:
+      c.regressed = up || down;
+      break;
+  }
+}
+
+MetricComparison compare_series(const CompareMetric& m, const Series& b, const Series& n,
+                                const CompareOptions& opt) {
+  MetricComparison c;
+  c.metric = m.name;
+  c.timing = m.timing;
+  c.threshold_pct = opt.thresholds.at(m.name);
+  if (!m.timing) {
+    c.baseline = b.value, c.candidate = n.value;
+    c.change = relative(b.value, n.value);
+    c.change_ci = {c.change, c.change};
+    judge(c, m.worse);
+    if (std::fabs(n.value - b.value) <= m.abs_floor) c.regressed = c.improved = false;
+    return c;
+  }
+  const double mb = median(b.samples), mn = median(n.samples);
+  KVB_CHECK(mb > 0, "baseline median is not positive");
+  const Interval d =
+      bootstrap_median_difference_ci(b.samples, n.samples, opt.confidence, opt.resamples, opt.seed);
+  const double x = (mn - mb) / mb, lo = d.low / mb, hi = d.high / mb;  // relative time change
+  if (b.rate_scale > 0) {
+    // A rate r = scale / t changes by 1 / (1 + x) - 1 when t changes by x; decreasing in x.
+    c.baseline = b.rate_scale / mb, c.candidate = n.rate_scale / mn;
+    c.change = 1 / (1 + x) - 1;
+    c.change_ci = {1 / (1 + hi) - 1, 1 / (1 + lo) - 1};
+  } else {
+    c.baseline = mb, c.candidate = mn;
+    c.change = x;
+    c.change_ci = {lo, hi};
+  }
+  judge(c, m.worse);
+  return c;
+}
+
+}  // namespace
+
+const std::vector<CompareMetric>& compare_metrics() {
+  static const std::vector<CompareMetric> specs = [] {
+    std::vector<CompareMetric> out;
+    for (const MetricImpl& m : metric_impls()) out.push_back(m.spec);
+    return out;
+  }();
+  return specs;
+}
+
+std::map<std::string, double> parse_thresholds(const std::vector<std::string>& args) {
+  std::map<std::string, double> t;
+  for (const MetricImpl& m : metric_impls()) t[m.spec.name] = m.spec.default_pct;
+  const std::set<std::string> names = metric_names();
+  const std::string valid = join({names.begin(), names.end()}, ", ");
+  for (const std::string& a : args) {
+    const size_t eq = a.find('=');
+    KVB_CHECK(eq != std::string::npos, "--threshold ", a, ": expected METRIC=PCT or METRIC=off");
+    const std::string name = a.substr(0, eq), value = a.substr(eq + 1);
+    KVB_CHECK(names.count(name), "--threshold ", a, ": unknown metric '", name,
+              "' (metrics: ", valid, ")");
+    if (value == "off") {
+      t.erase(name);
+      continue;
+    }
+    size_t used = 0;
+    double pct = -1;
+    try {
+      pct = std::stod(value, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    KVB_CHECK(used == value.size() && used > 0 && std::isfinite(pct) && pct >= 0, "--threshold ", a,
+              ": expected a percentage >= 0 or off, got '", value, "'");
+    t[name] = pct;
+  }
+  return t;
+}
+
+size_t CompareResult::regressions() const {
+  size_t n = newly_failed.size();
+  for (const MetricComparison& c : comparisons) n += c.regressed;
+  return n;
+}
+
+CompareResult compare_reports(const json& baseline, const json& candidate,
+                              const CompareOptions& options) {
+  CompareResult out;
+  std::map<std::string, const json*> by_id;
+  std::multimap<std::string, const json*> by_key;
+  for (const json& c : candidate["cells"]) {
+    by_id[c["id"].get<std::string>()] = &c;
+    by_key.emplace(match_key(c), &c);
+  }
+  std::set<const json*> matched;
+  for (const json& b : baseline["cells"]) {
+    const std::string id = b["id"].get<std::string>();
+    const json* n = nullptr;
+    if (auto it = by_id.find(id); it != by_id.end()) {
+      n = it->second;
+    } else {
+      const auto range = by_key.equal_range(match_key(b));
+      for (auto it2 = range.first; it2 != range.second && !n; ++it2) {
+        if (!matched.count(it2->second)) n = it2->second;
+      }
+      if (n)
+        out.notes.push_back(id + ": matched to " + (*n)["id"].get<std::string>() +
+                            " by suite, method and parameters (the ids differ)");
+    }
+    if (!n) {
+      out.notes.push_back(id + ": not in the new report; not compared");
+      continue;
+    }
+    matched.insert(n);
+    if (b.value("status", "") != "ok") {
+      out.notes.push_back(id + ": failed in the baseline; not compared");
+      continue;
+    }
+    if (n->value("status", "") != "ok") {
+      out.newly_failed.push_back(id + ": " + n->value("error", std::string("failed")));
+      continue;
+    }
+    for (const MetricImpl& m : metric_impls()) {
+      if (m.spec.suite != b.value("suite", "") || !options.thresholds.count(m.spec.name)) continue;
+      const Points pb = m.extract(b), pn = m.extract(*n);
+      for (const auto& [point, sb] : pb) {
+        auto it = pn.find(point);
+        const std::string where = id + " " + m.spec.name + (point.empty() ? "" : " " + point);
+        if (it == pn.end()) {
+          out.notes.push_back(where + ": not in the new report; not compared");
+          continue;
+        }
+        if (m.spec.timing && (sb.samples.empty() || it->second.samples.empty())) {
+          out.notes.push_back(where + ": no raw samples; not compared");
+          continue;
+        }
+        if (m.spec.timing && median(sb.samples) <= 0) {
+          out.notes.push_back(where + ": baseline median is 0; not compared");
+          continue;
+        }
+        MetricComparison c = compare_series(m.spec, sb, it->second, options);
+        c.cell = id;
+        c.point = point;
+        out.comparisons.push_back(c);
+      }
+    }
+  }
+  for (const json& c : candidate["cells"]) {
+    if (!matched.count(&c)) {
+      out.notes.push_back(c["id"].get<std::string>() + ": only in the new report; not compared");
+    }
+  }
+  return out;
+}
+
+}  // namespace kvbench

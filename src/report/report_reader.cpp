@@ -1,0 +1,53 @@
+#include "kvbench/report/report_reader.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/report/report.h"
+
+namespace kvbench {
+
+void check_report_document(const nlohmann::json& doc, const std::string& source) {
+  KVB_CHECK(doc.is_object() && doc.value("schema", "") == kReportSchemaId, source,
+            ": not a kvbench report (expected \"schema\": \"", kReportSchemaId, "\")");
+  const nlohmann::json version = doc.value("schema_version", nlohmann::json());
+  KVB_CHECK(version.is_number_integer() && version.get<int64_t>() == kReportSchemaVersion, source,
+            ": unsupported report schema_version ", version.dump(), " (this kvbench reads ",
+            kReportSchemaVersion, "; re-run the config with this build)");
+  KVB_CHECK(doc.contains("cells") && doc["cells"].is_array(), source, ": no \"cells\" array");
+  KVB_CHECK(doc.contains("config") && doc["config"].is_object(), source, ": no \"config\" object");
+  for (size_t i = 0; i < doc["cells"].size(); ++i) {
+    const nlohmann::json& c = doc["cells"][i];
+    KVB_CHECK(c.is_object() && c.contains("id") && c["id"].is_string() && c.contains("suite") &&
+                  c.contains("method") && c["method"].is_object() && c.contains("status"),
+              source, ": cells[", i, "]: expected id, suite, method and status");
+  }
+}
+
+LoadedReport load_report(const std::string& path) {
+  std::ifstream in(path);
+  KVB_CHECK(in.good(), path, ": cannot read the file");
+  std::stringstream text;
+  text << in.rdbuf();
+  LoadedReport r;
+  r.source = path;
+  try {
+    r.doc = nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(path + ": invalid JSON (" + e.what() + ")");
+  }
+  check_report_document(r.doc, path);
+  return r;
+}
+
+nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& cell) {
+  const nlohmann::json& cfg = report["config"];
+  nlohmann::json setup = {{"attention", cfg.value("attention", "cpu")},
+                          {"device", cfg.value("device", "cpu")},
+                          {"threads", cfg.value("threads", nlohmann::json())}};
+  if (cell.value("suite", "") != "kernels") setup["model"] = cfg.value("model", nlohmann::json());
+  return setup;
+}
+
+}  // namespace kvbench

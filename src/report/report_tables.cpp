@@ -1,0 +1,562 @@
+#include "kvbench/report/report_tables.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <map>
+#include <set>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
+
+namespace kvbench {
+namespace {
+
+using json = nlohmann::json;
+
+// The value at a dotted path ("ttft_s.median"), or null when a part is missing.
+json at(const json& j, const std::string& path) {
+  const json* cur = &j;
+  size_t start = 0;
+  for (;;) {
+    const size_t dot = path.find('.', start);
+    const std::string key = path.substr(start, dot == std::string::npos ? dot : dot - start);
+    if (!cur->is_object() || !cur->contains(key)) return nullptr;
+    cur = &(*cur)[key];
+    if (dot == std::string::npos) return *cur;
+    start = dot + 1;
+  }
+}
+
+json number_at(const json& j, const std::string& path) {
+  json v = at(j, path);
+  return v.is_number() ? v : json();
+}
+
+// "model.preset" -> value; arrays and scalars are kept whole.
+void flatten(const json& j, const std::string& prefix, std::map<std::string, json>& out) {
+  if (j.is_object() && !j.empty()) {
+    for (const auto& [k, v] : j.items()) flatten(v, prefix.empty() ? k : prefix + "." + k, out);
+    return;
+  }
+  out[prefix] = j;
+}
+
+// Flattened keys whose value differs between some of the objects (or is missing in some).
+std::vector<std::string> varying_keys(const std::vector<json>& objects) {
+  std::vector<std::map<std::string, json>> flat(objects.size());
+  std::set<std::string> keys;
+  for (size_t i = 0; i < objects.size(); ++i) {
+    flatten(objects[i], "", flat[i]);
+    for (const auto& kv : flat[i]) keys.insert(kv.first);
+  }
+  std::vector<std::string> out;
+  for (const std::string& k : keys) {
+    if (k.empty()) continue;
+    for (size_t i = 1; i < flat.size(); ++i) {
+      auto a = flat[0].find(k), b = flat[i].find(k);
+      const bool differ = (a == flat[0].end()) != (b == flat[i].end()) ||
+                          (a != flat[0].end() && a->second != b->second);
+      if (differ) {
+        out.push_back(k);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+std::string plain(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+// "k=v, k=v" of the given flattened keys.
+std::string describe(const json& obj, const std::vector<std::string>& keys) {
+  std::map<std::string, json> flat;
+  flatten(obj, "", flat);
+  std::vector<std::string> parts;
+  for (const std::string& k : keys) {
+    auto it = flat.find(k);
+    parts.push_back(k + "=" + (it == flat.end() ? std::string("-") : plain(it->second)));
+  }
+  return join(parts, ", ");
+}
+
+json without(json obj, const std::vector<std::string>& keys) {
+  for (const std::string& k : keys) obj.erase(k);
+  return obj;
+}
+
+// One measured point of a cell: its key columns and one value per metric of the suite.
+struct Point {
+  json key = json::object();
+  std::vector<json> values;
+};
+
+struct Metric {
+  std::string name;
+  bool ratio;  // gets a "<name>/<baseline>" column
+};
+
+struct SuiteSpec {
+  std::string suite;
+  std::string title;
+  std::vector<std::string> point_columns;
+  std::vector<std::string> point_params;  // suite parameters the points stand for
+  std::vector<Metric> metrics;
+  std::function<std::vector<Point>(const json& cell)> points;
+};
+
+json kv_bytes_of(const json& holder, const char* fallback) {
+  json v = number_at(holder, "kv_memory.measured.total");
+  return v.is_null() ? number_at(holder, fallback) : v;
+}
+
+std::vector<Point> records_of_kind(const json& cell, const std::string& kind,
+                                   const std::vector<std::string>& key_fields,
+                                   const std::function<std::vector<json>(const json&)>& values) {
+  std::vector<Point> out;
+  for (const json& r : cell.value("records", json::array())) {
+    if (r.value("kind", "") != kind) continue;
+    Point p;
+    for (const std::string& f : key_fields) p.key[f] = at(r, f);
+    p.values = values(r);
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+std::vector<Point> summary_point(const json& cell, const std::vector<std::string>& paths) {
+  Point p;
+  for (const std::string& path : paths) p.values.push_back(number_at(cell["summary"], path));
+  return {p};
+}
+
+const std::vector<SuiteSpec>& suite_specs() {
+  static const std::vector<SuiteSpec> specs = {
+      {"latency",
+       "latency: seconds per request (median and p99 over requests), KV cache at its peak",
+       {},
+       {},
+       {{"ttft_median_s", true},
+        {"ttft_p99_s", false},
+        {"tpot_median_s", true},
+        {"tpot_p99_s", false},
+        {"kv_bytes", true},
+        {"bits_per_value", false},
+        {"ratio_to_fp16", false}},
+       [](const json& c) {
+         const json& s = c["summary"];
+         Point p;
+         p.values = {
+             number_at(s, "ttft_s.median"),          number_at(s, "ttft_s.p99"),
+             number_at(s, "tpot_s.median"),          number_at(s, "tpot_s.p99"),
+             kv_bytes_of(s, "kv_bytes_peak"),        number_at(s, "kv_memory.bits_per_value"),
+             number_at(s, "kv_memory.ratio_to_fp16")};
+         return std::vector<Point>{p};
+       }},
+      {"throughput",
+       "throughput: tokens per second per point (prefill: batch x prompt / median prefill; "
+       "decode: batch / median step)",
+       {"batch", "prompt_tokens", "new_tokens"},
+       {"batch", "prompt_tokens", "new_tokens"},
+       {{"prefill_tok_s", true},
+        {"decode_tok_s", true},
+        {"kv_bytes", true},
+        {"bits_per_value", false},
+        {"ratio_to_fp16", false}},
+       [](const json& c) {
+         return records_of_kind(
+             c, "throughput", {"batch", "prompt_tokens", "new_tokens"}, [](const json& r) {
+               return std::vector<json>{number_at(r, "prefill_tok_s"), number_at(r, "decode_tok_s"),
+                                        kv_bytes_of(r, "kv_bytes"),
+                                        number_at(r, "kv_memory.bits_per_value"),
+                                        number_at(r, "kv_memory.ratio_to_fp16")};
+             });
+       }},
+      {"kernels",
+       "kernels: one decode-attention step per context (median seconds, GB/s and the fraction "
+       "of the copy bandwidth measured in the same cell)",
+       {"context", "kv_heads"},
+       {"contexts", "kv_heads"},
+       {{"step_median_s", true},
+        {"gbps", false},
+        {"fraction_of_copy_bandwidth", false},
+        {"working_set_bytes", true}},
+       [](const json& c) {
+         return records_of_kind(c, "decode_attention", {"context", "kv_heads"}, [](const json& r) {
+           return std::vector<json>{number_at(r, "time_s.median"), number_at(r, "gbps"),
+                                    number_at(r, "fraction_of_copy_bandwidth"),
+                                    number_at(r, "working_set_bytes")};
+         });
+       }},
+      {"fidelity",
+       "fidelity: teacher-forced KL(full || method) in nats, top-1 agreement and perplexity "
+       "ratio, already against the full cache",
+       {},
+       {},
+       {{"kl_mean", false}, {"kl_p99", false}, {"top1_agreement", false}, {"ppl_ratio", false}},
+       [](const json& c) {
+         return summary_point(c, {"kl_mean", "kl_p99", "top1_agreement", "ppl_ratio"});
+       }},
+      {"output_length",
+       "output_length: generated length against the full cache on the same prompts",
+       {},
+       {},
+       {{"mean_length", false},
+        {"length_ratio", false},
+        {"share_longer_50", false},
+        {"share_shorter_50", false},
+        {"runaway_rate", false},
+        {"runaway_rate_full", false}},
+       [](const json& c) {
+         return summary_point(c, {"mean_length", "length_ratio", "share_longer_50",
+                                  "share_shorter_50", "runaway_rate", "runaway_rate_full"});
+       }},
+      {"accuracy",
+       "accuracy: mean per-sample score of the method and of the full cache on the same samples",
+       {},
+       {},
+       {{"mean_score", false},
+        {"mean_score_full", false},
+        {"score_difference", false},
+        {"token_agreement", false},
+        {"negative_samples", false}},
+       [](const json& c) {
+         return summary_point(c, {"mean_score", "mean_score_full", "score_difference",
+                                  "token_agreement", "negative_samples"});
+       }},
+  };
+  return specs;
+}
+
+std::string method_name(const json& cell) { return cell["method"].value("name", "?"); }
+
+// "int4" when every int4 cell has the same method parameters, else "int4(symmetric=true)".
+std::map<std::string, std::string> method_labels(const std::vector<MergedCell>& cells) {
+  std::map<std::string, std::vector<json>> by_name;
+  for (const MergedCell& m : cells) by_name[method_name(m.cell)].push_back(m.cell["method"]);
+  std::map<std::string, std::string> labels;  // method JSON dump -> label
+  for (const auto& [name, methods] : by_name) {
+    const std::vector<std::string> keys = varying_keys(methods);
+    for (const json& method : methods) {
+      labels[method.dump()] = keys.empty() ? name : name + "(" + describe(method, keys) + ")";
+    }
+  }
+  return labels;
+}
+
+struct Context {
+  std::string baseline;
+  std::map<std::string, std::string> labels;
+  std::vector<std::string> notes;
+  std::string label(const json& cell) const { return labels.at(cell["method"].dump()); }
+};
+
+ResultTable suite_table(const SuiteSpec& spec, const std::vector<const MergedCell*>& cells,
+                        Context& ctx) {
+  std::vector<json> setups, params;
+  for (const MergedCell* m : cells) {
+    setups.push_back(m->setup);
+    params.push_back(without(m->cell.value("params", json::object()), spec.point_params));
+  }
+  const std::vector<std::string> setup_keys = varying_keys(setups);
+  const std::vector<std::string> param_keys = varying_keys(params);
+
+  struct Row {
+    const MergedCell* cell;
+    json params;
+    Point point;
+    std::string group;  // setup + params + point: rows of one group are compared
+    bool is_baseline;
+  };
+  std::vector<Row> rows;
+  std::vector<std::string> group_order;
+  std::map<std::string, const Row*> baseline_of;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    for (Point& p : spec.points(cells[i]->cell)) {
+      Row r{cells[i], params[i], std::move(p), "", false};
+      r.group = cells[i]->setup.dump() + "|" + r.params.dump() + "|" + r.point.key.dump();
+      r.is_baseline = !ctx.baseline.empty() && method_name(cells[i]->cell) == ctx.baseline;
+      if (std::find(group_order.begin(), group_order.end(), r.group) == group_order.end()) {
+        group_order.push_back(r.group);
+      }
+      rows.push_back(std::move(r));
+    }
+  }
+  for (const Row& r : rows) {
+    if (r.is_baseline && !baseline_of.count(r.group)) baseline_of[r.group] = &r;
+  }
+
+  ResultTable t;
+  t.name = spec.suite;
+  t.title = spec.title;
+  t.columns.push_back("method");
+  if (!setup_keys.empty()) t.columns.push_back("setup");
+  for (const std::string& k : param_keys) t.columns.push_back(k);
+  for (const std::string& k : spec.point_columns) t.columns.push_back(k);
+  for (const Metric& m : spec.metrics) {
+    t.columns.push_back(m.name);
+    if (m.ratio && !ctx.baseline.empty()) t.columns.push_back(m.name + "/" + ctx.baseline);
+  }
+  t.columns.push_back("cell");
+
+  size_t without_baseline = 0;
+  for (const std::string& group : group_order) {
+    for (int pass = 0; pass < 2; ++pass) {  // the baseline's row first in its group
+      for (const Row& r : rows) {
+        if (r.group != group || r.is_baseline != (pass == 0)) continue;
+        const auto base = baseline_of.find(group);
+        if (!ctx.baseline.empty() && base == baseline_of.end() && pass == 1) ++without_baseline;
+        std::vector<json> row = {ctx.label(r.cell->cell)};
+        if (!setup_keys.empty()) row.push_back(describe(r.cell->setup, setup_keys));
+        std::map<std::string, json> flat;
+        flatten(r.params, "", flat);
+        for (const std::string& k : param_keys) row.push_back(flat.count(k) ? flat[k] : json());
+        for (const std::string& k : spec.point_columns) row.push_back(r.point.key.value(k, json()));
+        for (size_t i = 0; i < spec.metrics.size(); ++i) {
+          const json& v = r.point.values[i];
+          row.push_back(v);
+          if (!spec.metrics[i].ratio || ctx.baseline.empty()) continue;
+          json ratio;
+          if (base != baseline_of.end()) {
+            const json& b = base->second->point.values[i];
+            if (v.is_number() && b.is_number() && b.get<double>() != 0) {
+              ratio = v.get<double>() / b.get<double>();
+            }
+          }
+          row.push_back(ratio);
+        }
+        row.push_back(r.cell->cell["id"]);
+        t.rows.push_back(std::move(row));
+      }
+    }
+  }
+  if (without_baseline > 0) {
+    ctx.notes.push_back(spec.suite + ": " + std::to_string(without_baseline) + " row(s) have no " +
+                        ctx.baseline +
+                        " row with the same setup, parameters and point; their ratios are empty");
+  }
+  return t;
+}
+
+// label -> (key -> value) reduced to label -> mean (geometric or arithmetic) over the keys that
+// every label having any value shares, so that each method is summarised on the same points.
+std::map<std::string, double> over_common_keys(
+    const std::map<std::string, std::map<std::string, double>>& by_label, bool geometric) {
+  std::map<std::string, double> out;
+  if (by_label.empty()) return out;
+  std::set<std::string> common;
+  for (const auto& kv : by_label.begin()->second) common.insert(kv.first);
+  for (const auto& [label, values] : by_label) {
+    std::set<std::string> keep;
+    for (const std::string& k : common) {
+      if (values.count(k)) keep.insert(k);
+    }
+    common = keep;
+  }
+  if (common.empty()) return out;
+  for (const auto& [label, values] : by_label) {
+    double acc = 0;
+    for (const std::string& k : common) acc += geometric ? std::log(values.at(k)) : values.at(k);
+    acc /= static_cast<double>(common.size());
+    out[label] = geometric ? std::exp(acc) : acc;
+  }
+  return out;
+}
+
+ResultTable pareto_table(const std::vector<MergedCell>& cells, Context& ctx) {
+  // Only the model suites: kernels cells have no model and no decode tokens/s.
+  std::vector<std::string> setup_order;
+  std::map<std::string, std::vector<const MergedCell*>> by_setup;
+  std::vector<json> setups;
+  for (const MergedCell& m : cells) {
+    if (m.cell.value("status", "") != "ok" || m.cell.value("suite", "") == "kernels") continue;
+    const std::string s = m.setup.dump();
+    if (!by_setup.count(s)) setup_order.push_back(s), setups.push_back(m.setup);
+    by_setup[s].push_back(&m);
+  }
+  const std::vector<std::string> setup_keys = varying_keys(setups);
+  ResultTable t;
+  t.name = "pareto";
+  t.title =
+      "pareto: methods on the front of (lower KV bits per value, higher decode tokens/s, lower "
+      "KL mean, higher accuracy), over the dimensions every method of the setup has";
+  if (!setup_keys.empty()) t.columns.push_back("setup");
+  for (const char* c : {"method", "bits_per_value", "decode_tok_s", "decode_from", "kl_mean",
+                        "accuracy", "on_front", "dimensions"}) {
+    t.columns.push_back(c);
+  }
+  for (const std::string& s : setup_order) {
+    std::vector<std::string> labels;
+    std::map<std::string, std::vector<double>> bits;
+    std::map<std::string, std::map<std::string, double>> thr, lat, kl, acc;
+    for (const MergedCell* m : by_setup[s]) {
+      const json& c = m->cell;
+      const std::string label = ctx.label(c), suite = c["suite"];
+      if (std::find(labels.begin(), labels.end(), label) == labels.end()) labels.push_back(label);
+      const std::string pkey = suite + "|" + c.value("params", json::object()).dump();
+      const json& sum = c["summary"];
+      if (json b = number_at(sum, "kv_memory.bits_per_value"); !b.is_null()) {
+        bits[label].push_back(b.get<double>());
+      }
+      if (json a = number_at(sum, suite == "accuracy" ? "mean_score" : "accuracy"); !a.is_null()) {
+        acc[label][pkey] = a.get<double>();
+      }
+      if (suite == "fidelity") {
+        if (json k = number_at(sum, "kl_mean"); !k.is_null()) kl[label][pkey] = k.get<double>();
+      } else if (suite == "latency") {
+        const json tpot = number_at(sum, "tpot_s.median"), batch = number_at(sum, "batch");
+        if (tpot.is_number() && batch.is_number() && tpot.get<double>() > 0) {
+          lat[label][pkey] = batch.get<double>() / tpot.get<double>();
+        }
+      } else if (suite == "throughput") {
+        for (const json& r : c.value("records", json::array())) {
+          if (r.value("kind", "") != "throughput") continue;
+          if (json b = number_at(r, "kv_memory.bits_per_value"); !b.is_null()) {
+            bits[label].push_back(b.get<double>());
+          }
+          const json d = number_at(r, "decode_tok_s");
+          if (d.is_number() && d.get<double>() > 0) {
+            const std::string key = pkey + "|" + std::to_string(r.value("batch", 0)) + "," +
+                                    std::to_string(r.value("prompt_tokens", 0)) + "," +
+                                    std::to_string(r.value("new_tokens", 0));
+            thr[label][key] = d.get<double>();
+          }
+        }
+      }
+    }
+    const bool from_thr = !thr.empty();
+    const auto decode = over_common_keys(from_thr ? thr : lat, true);
+    const auto kl_mean = over_common_keys(kl, false);
+    const auto accuracy = over_common_keys(acc, false);
+    // Dimensions every method of this setup has, oriented so that larger is better.
+    struct Dim {
+      std::string name;
+      std::function<json(const std::string&)> get;
+      double sign;
+    };
+    auto from_map = [](const std::map<std::string, double>& m) {
+      return [&m](const std::string& l) { return m.count(l) ? json(m.at(l)) : json(); };
+    };
+    auto mean_bits = [&bits](const std::string& l) {
+      if (!bits.count(l)) return json();
+      double sum = 0;
+      for (double b : bits.at(l)) sum += b;
+      return json(sum / static_cast<double>(bits.at(l).size()));
+    };
+    const std::vector<Dim> dims = {{"bits_per_value", mean_bits, -1},
+                                   {"decode_tok_s", from_map(decode), 1},
+                                   {"kl_mean", from_map(kl_mean), -1},
+                                   {"accuracy", from_map(accuracy), 1}};
+    std::vector<const Dim*> used;
+    for (const Dim& d : dims) {
+      bool all = true;
+      for (const std::string& l : labels) all = all && d.get(l).is_number();
+      if (all) used.push_back(&d);
+    }
+    std::vector<std::vector<double>> values;
+    for (const std::string& l : labels) {
+      std::vector<double> v;
+      for (const Dim* d : used) v.push_back(d->sign * d->get(l).get<double>());
+      values.push_back(v);
+    }
+    const std::vector<bool> front =
+        used.empty() ? std::vector<bool>(labels.size(), false) : pareto_front(values);
+    std::vector<std::string> used_names;
+    for (const Dim* d : used) used_names.push_back(d->name);
+    for (size_t i = 0; i < labels.size(); ++i) {
+      std::vector<json> row;
+      if (!setup_keys.empty()) row.push_back(describe(json::parse(s), setup_keys));
+      row.push_back(labels[i]);
+      for (const Dim& d : dims) {
+        row.push_back(d.get(labels[i]));
+        if (d.name == "decode_tok_s") {
+          row.push_back(decode.count(labels[i])
+                            ? json(from_thr ? "throughput (geomean over shared points)"
+                                            : "latency (batch / TPOT median)")
+                            : json());
+        }
+      }
+      row.push_back(front[i]);
+      row.push_back(join(used_names, ", "));
+      t.rows.push_back(std::move(row));
+    }
+    if (used.empty()) {
+      ctx.notes.push_back("pareto: no dimension is present for every method of a setup");
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
+std::vector<bool> pareto_front(const std::vector<std::vector<double>>& values) {
+  std::vector<bool> front(values.size(), true);
+  for (size_t i = 0; i < values.size(); ++i) {
+    for (size_t j = 0; j < values.size() && front[i]; ++j) {
+      if (i == j) continue;
+      bool all_ge = true, some_gt = false;
+      for (size_t d = 0; d < values[i].size(); ++d) {
+        all_ge = all_ge && values[j][d] >= values[i][d];
+        some_gt = some_gt || values[j][d] > values[i][d];
+      }
+      if (all_ge && some_gt) front[i] = false;
+    }
+  }
+  return front;
+}
+
+ReportTables build_report_tables(const MergedReports& merged, const std::string& baseline) {
+  Context ctx;
+  ctx.labels = method_labels(merged.cells);
+  std::set<std::string> ok_methods;
+  for (const MergedCell& m : merged.cells) {
+    if (m.cell.value("status", "") == "ok") ok_methods.insert(method_name(m.cell));
+  }
+  if (!baseline.empty()) {
+    KVB_CHECK(ok_methods.count(baseline), "--baseline: no ok cell has method '", baseline,
+              "' (methods: ", join({ok_methods.begin(), ok_methods.end()}, ", "), ")");
+    ctx.baseline = baseline;
+  } else if (ok_methods.count("full")) {
+    ctx.baseline = "full";
+  }
+
+  ReportTables out;
+  std::set<std::string> known;
+  for (const SuiteSpec& spec : suite_specs()) {
+    known.insert(spec.suite);
+    std::vector<const MergedCell*> cells;
+    for (const MergedCell& m : merged.cells) {
+      if (m.cell.value("status", "") == "ok" && m.cell.value("suite", "") == spec.suite) {
+        cells.push_back(&m);
+      }
+    }
+    if (!cells.empty()) out.tables.push_back(suite_table(spec, cells, ctx));
+  }
+  std::set<std::string> unknown;
+  for (const MergedCell& m : merged.cells) {
+    const std::string suite = m.cell.value("suite", "");
+    if (m.cell.value("status", "") == "ok" && !known.count(suite)) unknown.insert(suite);
+  }
+  for (const std::string& s : unknown) {
+    ctx.notes.push_back("suite '" + s + "' has no report table in this kvbench; its cells skipped");
+  }
+
+  ResultTable pareto = pareto_table(merged.cells, ctx);
+  if (!pareto.rows.empty()) out.tables.push_back(std::move(pareto));
+
+  ResultTable failed;
+  failed.name = "failed";
+  failed.title = "failed cells, with the first line of their error";
+  failed.columns = {"source", "cell", "suite", "method", "error"};
+  for (const MergedCell& m : merged.cells) {
+    if (m.cell.value("status", "") == "ok") continue;
+    failed.rows.push_back(
+        {m.source, m.cell["id"], m.cell["suite"], ctx.label(m.cell), m.cell.value("error", "")});
+  }
+  if (!failed.rows.empty()) out.tables.push_back(std::move(failed));
+  out.baseline = ctx.baseline;
+  out.notes = std::move(ctx.notes);
+  return out;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,215 @@
+// `kvbench compare` on small hand-built reports, and the bootstrap interval of a difference of
+// medians it rests on (checked by hand on degenerate samples).
+#include <gtest/gtest.h>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/stats.h"
+#include "kvbench/report/compare.h"
+
+namespace kvbench {
+namespace {
+
+using json = nlohmann::json;
+
+TEST(Stats, BootstrapMedianDifferenceByHand) {
+  // Constant samples: every resample difference is 3 - 1.
+  const Interval constant = bootstrap_median_difference_ci({1, 1, 1}, {3, 3, 3});
+  EXPECT_DOUBLE_EQ(constant.low, 2.0);
+  EXPECT_DOUBLE_EQ(constant.high, 2.0);
+  // Baseline {0, 1}: resample medians 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4; candidate {5}
+  // always 5. Differences 5, 4.5, 4, so the 2.5th and 97.5th percentiles are 4 and 5.
+  const Interval pair = bootstrap_median_difference_ci({0, 1}, {5});
+  EXPECT_DOUBLE_EQ(pair.low, 4.0);
+  EXPECT_DOUBLE_EQ(pair.high, 5.0);
+  // Seeded: the same seed gives the same interval, and it contains the observed difference.
+  const std::vector<double> a = {1, 2, 3, 4, 5, 6, 7}, b = {2, 3, 4, 5, 6, 7, 9};
+  const Interval x = bootstrap_median_difference_ci(a, b, 0.95, 2000, 5);
+  const Interval y = bootstrap_median_difference_ci(a, b, 0.95, 2000, 5);
+  EXPECT_EQ(x.low, y.low);
+  EXPECT_EQ(x.high, y.high);
+  EXPECT_LE(x.low, 1.0);
+  EXPECT_GE(x.high, 1.0);
+  EXPECT_THROW(bootstrap_median_difference_ci({}, {1}), Error);
+}
+
+json report(std::vector<json> cells) {
+  return {{"schema", "kvbench.report"},
+          {"schema_version", 2},
+          {"config", json::object()},
+          {"cells", cells}};
+}
+
+std::vector<double> scaled(const std::vector<double>& x, double factor) {
+  std::vector<double> out;
+  for (double v : x) out.push_back(v * factor);
+  return out;
+}
+
+// Twenty TPOT samples around 10 ms with +-1% jitter.
+const std::vector<double> kTight = {0.0100, 0.0101, 0.0099, 0.0100, 0.0102, 0.0098, 0.0100,
+                                    0.0101, 0.0099, 0.0100, 0.0100, 0.0101, 0.0099, 0.0100,
+                                    0.0102, 0.0098, 0.0100, 0.0101, 0.0099, 0.0100};
+
+json latency_cell(const std::string& id, const std::vector<double>& tpot, int64_t kv_bytes = 1000) {
+  json records = json::array();
+  for (const char* kind : {"ttft", "tpot", "itl", "e2e"}) {
+    records.push_back({{"kind", kind}, {"samples_s", kind == std::string("tpot") ? tpot : kTight}});
+  }
+  return {{"id", id},
+          {"suite", "latency"},
+          {"method", {{"name", "int4"}}},
+          {"params", {{"prompt_tokens", 16}}},
+          {"status", "ok"},
+          {"records", records},
+          {"summary", {{"kv_bytes_peak", kv_bytes}}}};
+}
+
+json fidelity_cell(const std::string& id, double kl) {
+  return {{"id", id},
+          {"suite", "fidelity"},
+          {"method", {{"name", "full"}}},
+          {"params", {{"windows", 1}}},
+          {"status", "ok"},
+          {"records", json::array()},
+          {"summary", {{"kl_mean", kl}, {"top1_agreement", 1.0}, {"ppl_ratio", 1.0}}}};
+}
+
+const MetricComparison& find(const CompareResult& r, const std::string& metric) {
+  for (const MetricComparison& c : r.comparisons) {
+    if (c.metric == metric) return c;
+  }
+  throw std::runtime_error("no comparison of " + metric);
+}
+
+CompareOptions defaults(const std::vector<std::string>& args = {}) {
+  CompareOptions o;
+  o.thresholds = parse_thresholds(args);
+  return o;
+}
+
+TEST(Compare, TimingRegressionIsCaught) {
+  const CompareResult r =
+      compare_reports(report({latency_cell("l.a", kTight)}),
+                      report({latency_cell("l.a", scaled(kTight, 1.2))}), defaults());
+  const MetricComparison& tpot = find(r, "tpot");
+  EXPECT_TRUE(tpot.regressed);
+  EXPECT_NEAR(tpot.change, 0.2, 1e-9);
+  EXPECT_GT(tpot.change_ci.low, 0.05);  // the whole interval beyond the 5% default
+  EXPECT_FALSE(find(r, "ttft").regressed);
+  EXPECT_EQ(r.regressions(), 1u);
+}
+
+TEST(Compare, ChangeWithinThresholdPasses) {
+  const CompareResult r =
+      compare_reports(report({latency_cell("l.a", kTight)}),
+                      report({latency_cell("l.a", scaled(kTight, 1.02))}), defaults());
+  EXPECT_FALSE(find(r, "tpot").regressed);
+  EXPECT_EQ(r.regressions(), 0u);
+  // The same 20% slow-down passes under a 30% threshold, and is not checked when off.
+  const json base = report({latency_cell("l.a", kTight)});
+  const json slow = report({latency_cell("l.a", scaled(kTight, 1.2))});
+  EXPECT_EQ(compare_reports(base, slow, defaults({"tpot=30"})).regressions(), 0u);
+  const CompareResult off = compare_reports(base, slow, defaults({"tpot=off"}));
+  EXPECT_EQ(off.regressions(), 0u);
+  for (const MetricComparison& c : off.comparisons) EXPECT_NE(c.metric, "tpot");
+}
+
+TEST(Compare, NoisySampleStraddlingTheThresholdPasses) {
+  // Median 5.5 -> 6.1 (+10.9%, beyond 5%), but samples spread over 1..10: the interval of the
+  // difference reaches well below +5%, so this is not called a regression.
+  const std::vector<double> noisy = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  std::vector<double> shifted;
+  for (double v : noisy) shifted.push_back(v + 0.6);
+  const CompareResult r = compare_reports(report({latency_cell("l.a", noisy)}),
+                                          report({latency_cell("l.a", shifted)}), defaults());
+  const MetricComparison& tpot = find(r, "tpot");
+  EXPECT_GT(tpot.change, 0.05);
+  EXPECT_LT(tpot.change_ci.low, 0.05);
+  EXPECT_GT(tpot.change_ci.high, 0.05);
+  EXPECT_FALSE(tpot.regressed);
+  EXPECT_EQ(r.regressions(), 0u);
+}
+
+TEST(Compare, PointMetricsAgainstThresholds) {
+  // KV bytes +2% beyond the 1% default; KL 0 -> 0 is no change; 0 -> 1e-7 is under the floor.
+  const CompareResult r = compare_reports(
+      report({latency_cell("l.a", kTight, 1000), fidelity_cell("f.a", 0)}),
+      report({latency_cell("l.a", kTight, 1020), fidelity_cell("f.a", 0)}), defaults());
+  EXPECT_TRUE(find(r, "kv_bytes").regressed);
+  EXPECT_NEAR(find(r, "kv_bytes").change, 0.02, 1e-12);
+  EXPECT_FALSE(find(r, "kl_mean").regressed);
+  const CompareResult tiny = compare_reports(report({fidelity_cell("f.a", 0)}),
+                                             report({fidelity_cell("f.a", 1e-7)}), defaults());
+  EXPECT_FALSE(find(tiny, "kl_mean").regressed);
+  const CompareResult worse = compare_reports(report({fidelity_cell("f.a", 0.01)}),
+                                              report({fidelity_cell("f.a", 0.013)}), defaults());
+  EXPECT_TRUE(find(worse, "kl_mean").regressed);  // +30% > 20%
+}
+
+TEST(Compare, DecodeTokensPerSecondRegressesWhenStepsSlowDown) {
+  auto cell = [](const std::vector<double>& steps) {
+    return json{{"id", "t.a"},
+                {"suite", "throughput"},
+                {"method", {{"name", "full"}}},
+                {"params", json::object()},
+                {"status", "ok"},
+                {"summary", json::object()},
+                {"records",
+                 {{{"kind", "throughput"},
+                   {"batch", 4},
+                   {"prompt_tokens", 16},
+                   {"new_tokens", 4},
+                   {"samples_s", steps},
+                   {"prefill_samples_s", kTight},
+                   {"kv_bytes", 100}}}}};
+  };
+  const CompareResult r =
+      compare_reports(report({cell(kTight)}), report({cell(scaled(kTight, 1.25))}), defaults());
+  const MetricComparison& d = find(r, "decode_tok_s");
+  EXPECT_EQ(d.point, "batch=4 prompt_tokens=16 new_tokens=4");
+  EXPECT_NEAR(d.baseline, 400.0, 1e-9);  // 4 / 0.01
+  EXPECT_NEAR(d.change, 1 / 1.25 - 1, 1e-9);
+  EXPECT_LT(d.change_ci.high, -0.05);
+  EXPECT_TRUE(d.regressed);
+  EXPECT_FALSE(find(r, "prefill_tok_s").regressed);
+}
+
+TEST(Compare, FailedCellsAndMatchingByParameters) {
+  json failed = latency_cell("l.a", kTight);
+  failed["status"] = "failed";
+  failed["error"] = "out of memory";
+  const CompareResult r =
+      compare_reports(report({latency_cell("l.a", kTight)}), report({failed}), defaults());
+  ASSERT_EQ(r.newly_failed.size(), 1u);
+  EXPECT_NE(r.newly_failed[0].find("out of memory"), std::string::npos);
+  EXPECT_EQ(r.regressions(), 1u);
+  // Another id (e.g. another thread count) but the same suite, method and parameters.
+  const CompareResult byparams =
+      compare_reports(report({latency_cell("l.a", kTight)}),
+                      report({latency_cell("l.b", scaled(kTight, 1.2))}), defaults());
+  EXPECT_TRUE(find(byparams, "tpot").regressed);
+  EXPECT_EQ(find(byparams, "tpot").cell, "l.a");
+}
+
+TEST(Compare, ThresholdArguments) {
+  const auto t = parse_thresholds({"tpot=10", "kv_bytes=0.5", "itl=off"});
+  EXPECT_DOUBLE_EQ(t.at("tpot"), 10);
+  EXPECT_DOUBLE_EQ(t.at("kv_bytes"), 0.5);
+  EXPECT_EQ(t.count("itl"), 0u);
+  EXPECT_DOUBLE_EQ(t.at("ttft"), 10);  // defaults stay
+  EXPECT_DOUBLE_EQ(t.at("decode_tok_s"), 5);
+  EXPECT_DOUBLE_EQ(t.at("kl_mean"), 20);
+  EXPECT_THROW(parse_thresholds({"tpot"}), Error);
+  EXPECT_THROW(parse_thresholds({"tpot=fast"}), Error);
+  EXPECT_THROW(parse_thresholds({"tpot=-1"}), Error);
+  try {
+    parse_thresholds({"latency=5"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown metric 'latency'"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("tpot"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace kvbench

@@ -1,0 +1,271 @@
+// `kvbench report` on small hand-built reports: merging files, ratios against the baseline,
+// later files winning, failed cells, the Pareto front and the three renderings.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/report/report_merge.h"
+#include "kvbench/report/report_reader.h"
+#include "kvbench/report/report_tables.h"
+#include "kvbench/report/table_render.h"
+
+namespace kvbench {
+namespace {
+
+using json = nlohmann::json;
+
+LoadedReport make_report(const std::string& source, std::vector<json> cells) {
+  json doc = {{"schema", "kvbench.report"},
+              {"schema_version", 2},
+              {"config",
+               {{"attention", "cpu"},
+                {"device", "cpu"},
+                {"threads", 2},
+                {"model", {{"preset", "tiny-llama"}, {"random_init", true}}}}},
+              {"cells", cells}};
+  check_report_document(doc, source);
+  return {source, doc};
+}
+
+json kv_memory(double bits, int64_t total) {
+  return {{"bits_per_value", bits},
+          {"ratio_to_fp16", bits / 16},
+          {"measured", {{"total", total}, {"payload", total}, {"metadata", 0}}}};
+}
+
+json latency_cell(const std::string& method, double ttft, double tpot, double bits,
+                  int64_t kv_bytes) {
+  return {{"id", "latency." + method + ".0000000000000001"},
+          {"suite", "latency"},
+          {"method", {{"name", method}}},
+          {"params", {{"prompt_tokens", 16}, {"new_tokens", 4}, {"batch", 1}}},
+          {"status", "ok"},
+          {"records", json::array()},
+          {"summary",
+           {{"ttft_s", {{"median", ttft}, {"p99", 2 * ttft}}},
+            {"tpot_s", {{"median", tpot}, {"p99", 2 * tpot}}},
+            {"batch", 1},
+            {"kv_bytes_peak", kv_bytes},
+            {"kv_memory", kv_memory(bits, kv_bytes)}}}};
+}
+
+json throughput_cell(const std::string& method, std::vector<double> decode_tok_s, double bits) {
+  json records = json::array();
+  int batch = 1;
+  for (double d : decode_tok_s) {
+    records.push_back({{"kind", "throughput"},
+                       {"batch", batch},
+                       {"prompt_tokens", 16},
+                       {"new_tokens", 4},
+                       {"prefill_tok_s", 1000.0 * batch},
+                       {"decode_tok_s", d},
+                       {"kv_bytes", 1000 * batch},
+                       {"kv_memory", kv_memory(bits, 1000 * batch)}});
+    batch *= 2;
+  }
+  return {{"id", "throughput." + method + ".0000000000000002"},
+          {"suite", "throughput"},
+          {"method", {{"name", method}}},
+          {"params", {{"batch", {1, 2}}, {"prompt_tokens", {16}}, {"new_tokens", {4}}}},
+          {"status", "ok"},
+          {"records", records},
+          {"summary", {{"points", records.size()}}}};
+}
+
+json fidelity_cell(const std::string& method, double kl) {
+  return {
+      {"id", "fidelity." + method + ".0000000000000003"},
+      {"suite", "fidelity"},
+      {"method", {{"name", method}}},
+      {"params", {{"windows", 1}}},
+      {"status", "ok"},
+      {"records", json::array()},
+      {"summary",
+       {{"kl_mean", kl}, {"kl_p99", 3 * kl}, {"top1_agreement", 1 - kl}, {"ppl_ratio", 1 + kl}}}};
+}
+
+json failed_cell(const std::string& method, const std::string& error) {
+  return {{"id", "latency." + method + ".00000000000000ff"},
+          {"suite", "latency"},
+          {"method", {{"name", method}}},
+          {"params", {{"prompt_tokens", 4096}}},
+          {"status", "failed"},
+          {"error", error},
+          {"records", json::array()},
+          {"summary", json::object()}};
+}
+
+const ResultTable& table(const ReportTables& t, const std::string& name) {
+  for (const ResultTable& r : t.tables) {
+    if (r.name == name) return r;
+  }
+  throw std::runtime_error("no table " + name);
+}
+
+json value(const ResultTable& t, size_t row, const std::string& column) {
+  const auto it = std::find(t.columns.begin(), t.columns.end(), column);
+  if (it == t.columns.end()) throw std::runtime_error("no column " + column);
+  return t.rows.at(row).at(static_cast<size_t>(it - t.columns.begin()));
+}
+
+TEST(ReportMerge, TwoFilesGiveRatiosAgainstTheBaseline) {
+  const auto a = make_report("a.json", {latency_cell("full", 0.1, 0.02, 16, 4000),
+                                        latency_cell("int4", 0.12, 0.01, 5, 1250)});
+  const auto b = make_report(
+      "b.json", {throughput_cell("full", {100, 180}, 16), throughput_cell("int4", {150, 360}, 5)});
+  const MergedReports merged = merge_reports({a, b});
+  EXPECT_EQ(merged.cells.size(), 4u);
+  EXPECT_TRUE(merged.warnings.empty());
+  const ReportTables t = build_report_tables(merged, "");
+  EXPECT_EQ(t.baseline, "full");  // the default, present here
+
+  const ResultTable& lat = table(t, "latency");
+  ASSERT_EQ(lat.rows.size(), 2u);
+  EXPECT_EQ(value(lat, 0, "method"), "full");  // the baseline first
+  EXPECT_EQ(value(lat, 1, "method"), "int4");
+  EXPECT_DOUBLE_EQ(value(lat, 0, "tpot_median_s/full").get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(value(lat, 1, "tpot_median_s/full").get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(value(lat, 1, "ttft_median_s/full").get<double>(), 1.2);
+  EXPECT_DOUBLE_EQ(value(lat, 1, "kv_bytes/full").get<double>(), 0.3125);
+  EXPECT_DOUBLE_EQ(value(lat, 1, "bits_per_value").get<double>(), 5.0);
+
+  // Throughput: one row per point, each against the baseline at the same point.
+  const ResultTable& thr = table(t, "throughput");
+  ASSERT_EQ(thr.rows.size(), 4u);
+  EXPECT_EQ(value(thr, 0, "batch"), 1);
+  EXPECT_EQ(value(thr, 1, "method"), "int4");
+  EXPECT_DOUBLE_EQ(value(thr, 1, "decode_tok_s/full").get<double>(), 1.5);
+  EXPECT_EQ(value(thr, 3, "batch"), 2);
+  EXPECT_DOUBLE_EQ(value(thr, 3, "decode_tok_s/full").get<double>(), 2.0);
+  // batch, prompt_tokens and new_tokens are points, not varying parameters.
+  EXPECT_EQ(std::count(thr.columns.begin(), thr.columns.end(), "batch"), 1);
+}
+
+TEST(ReportMerge, LaterFileWinsWithAWarning) {
+  const auto a = make_report("a.json", {latency_cell("full", 0.1, 0.02, 16, 4000),
+                                        latency_cell("int4", 0.1, 0.04, 5, 1250)});
+  const auto b = make_report("b.json", {latency_cell("int4", 0.1, 0.01, 5, 1250)});
+  const MergedReports merged = merge_reports({a, b});
+  ASSERT_EQ(merged.cells.size(), 2u);
+  ASSERT_EQ(merged.warnings.size(), 1u);
+  EXPECT_NE(merged.warnings[0].find("a.json"), std::string::npos);
+  EXPECT_NE(merged.warnings[0].find("b.json"), std::string::npos);
+  EXPECT_EQ(merged.cells[1].source, "b.json");
+  const ReportTables t = build_report_tables(merged, "");
+  EXPECT_DOUBLE_EQ(value(table(t, "latency"), 1, "tpot_median_s").get<double>(), 0.01);
+}
+
+TEST(ReportMerge, FailedCellsAreListedWithTheirErrors) {
+  const auto a = make_report(
+      "a.json", {latency_cell("full", 0.1, 0.02, 16, 4000), failed_cell("int2", "needs 1.00 TiB")});
+  const ReportTables t = build_report_tables(merge_reports({a}), "");
+  const ResultTable& failed = table(t, "failed");
+  ASSERT_EQ(failed.rows.size(), 1u);
+  EXPECT_EQ(value(failed, 0, "method"), "int2");
+  EXPECT_EQ(value(failed, 0, "error"), "needs 1.00 TiB");
+  EXPECT_EQ(value(failed, 0, "source"), "a.json");
+  EXPECT_EQ(table(t, "latency").rows.size(), 1u);  // failed cells have no metric rows
+}
+
+TEST(ReportMerge, ExplicitBaselineAndMethodsWithoutFull) {
+  const auto a = make_report("a.json", {latency_cell("int8", 0.1, 0.02, 8.5, 2000),
+                                        latency_cell("int4", 0.1, 0.01, 5, 1250)});
+  const MergedReports merged = merge_reports({a});
+  EXPECT_EQ(build_report_tables(merged, "").baseline, "");  // no full: no ratio columns
+  const ReportTables t0 = build_report_tables(merged, "");
+  const ResultTable& lat0 = table(t0, "latency");
+  EXPECT_EQ(std::count(lat0.columns.begin(), lat0.columns.end(), "tpot_median_s/full"), 0);
+  const ReportTables t = build_report_tables(merged, "int8");
+  EXPECT_DOUBLE_EQ(value(table(t, "latency"), 1, "tpot_median_s/int8").get<double>(), 0.5);
+  try {
+    build_report_tables(merged, "kivi-2");
+    FAIL() << "an absent baseline must be an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("int4, int8"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ReportMerge, MethodsWithDifferentParametersGetDistinctLabels) {
+  json sym = latency_cell("int4", 0.1, 0.01, 4.5, 1100);
+  sym["method"]["symmetric"] = true;
+  sym["id"] = "latency.int4.00000000000000aa";
+  json asym = latency_cell("int4", 0.1, 0.01, 5, 1250);
+  asym["method"]["symmetric"] = false;
+  const ReportTables t =
+      build_report_tables(merge_reports({make_report("a.json", {asym, sym})}), "");
+  const ResultTable& lat = table(t, "latency");
+  EXPECT_EQ(value(lat, 0, "method"), "int4(symmetric=false)");
+  EXPECT_EQ(value(lat, 1, "method"), "int4(symmetric=true)");
+}
+
+TEST(ReportMerge, ParetoFrontOfBitsDecodeSpeedAndKl) {
+  // full: 16 bits, fast-ish, exact; int4: fewer bits, faster, small KL; int2: fewest bits,
+  // slowest, large KL; fp8x: as many bits as full, slower and worse: dominated by full.
+  std::vector<json> cells;
+  const std::vector<std::tuple<std::string, double, double, double>> methods = {
+      {"full", 16, 100, 0}, {"int4", 5, 120, 0.01}, {"int2", 3, 90, 0.2}, {"fp8x", 16, 90, 0.05}};
+  for (const auto& [name, bits, decode, kl] : methods) {
+    cells.push_back(throughput_cell(name, {decode, 2 * decode}, bits));
+    cells.push_back(fidelity_cell(name, kl));
+  }
+  const ReportTables t = build_report_tables(merge_reports({make_report("a.json", cells)}), "");
+  const ResultTable& p = table(t, "pareto");
+  ASSERT_EQ(p.rows.size(), 4u);
+  EXPECT_EQ(value(p, 0, "on_front"), true);
+  EXPECT_EQ(value(p, 1, "on_front"), true);
+  EXPECT_EQ(value(p, 2, "on_front"), true);
+  EXPECT_EQ(value(p, 3, "method"), "fp8x");
+  EXPECT_EQ(value(p, 3, "on_front"), false);
+  EXPECT_EQ(value(p, 0, "dimensions"), "bits_per_value, decode_tok_s, kl_mean");
+  // Geometric mean over the shared points: sqrt(120 * 240).
+  EXPECT_NEAR(value(p, 1, "decode_tok_s").get<double>(), std::sqrt(120.0 * 240.0), 1e-9);
+
+  EXPECT_EQ(pareto_front({{1, 1}, {2, 2}, {3, 0}}), (std::vector<bool>{false, true, true}));
+  EXPECT_EQ(pareto_front({{1, 1}, {1, 1}}), (std::vector<bool>{true, true}));  // ties stay
+}
+
+TEST(ReportMerge, RejectsOtherSchemaVersionsNamingTheFile) {
+  json doc = make_report("x.json", {}).doc;
+  doc["schema_version"] = 1;
+  try {
+    check_report_document(doc, "old.json");
+    FAIL();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("old.json"), std::string::npos);
+    EXPECT_NE(what.find("schema_version 1"), std::string::npos);
+  }
+  EXPECT_THROW(check_report_document(json{{"schema", "other"}}, "o.json"), Error);
+  EXPECT_THROW(load_report("/nonexistent/report.json"), Error);
+}
+
+TEST(ReportMerge, RendersMarkdownCsvAndJson) {
+  const auto a = make_report("a.json", {latency_cell("full", 0.1, 0.02, 16, 4000),
+                                        latency_cell("int4", 0.1, 0.01, 5, 1250),
+                                        failed_cell("int2", "boom, \"quoted\"")});
+  const MergedReports merged = merge_reports({a});
+  const ReportTables t = build_report_tables(merged, "");
+  std::ostringstream md, csv;
+  render_markdown(md, t, merged.sources);
+  EXPECT_NE(md.str().find("## latency"), std::string::npos);
+  EXPECT_NE(md.str().find("| method |"), std::string::npos);
+  EXPECT_NE(md.str().find("| int4 |"), std::string::npos);
+  EXPECT_NE(md.str().find("|---|"), std::string::npos);
+  render_csv(csv, t);
+  std::istringstream lines(csv.str());
+  std::string header;
+  std::getline(lines, header);
+  EXPECT_EQ(header.rfind("table,method,", 0), 0u) << header;
+  EXPECT_NE(csv.str().find("\nlatency,int4,"), std::string::npos);
+  EXPECT_NE(csv.str().find("\"boom, \"\"quoted\"\"\""), std::string::npos);
+  const json j = render_json(t, merged.sources, merged.warnings);
+  EXPECT_EQ(j["baseline"], "full");
+  EXPECT_EQ(j["tables"][0]["name"], "latency");
+  EXPECT_DOUBLE_EQ(j["tables"][0]["rows"][1]["tpot_median_s/full"].get<double>(), 0.5);
+  EXPECT_EQ(format_value(json(0.0123456)), "0.01235");
+  EXPECT_EQ(format_value(json(4096.0)), "4096");
+}
+
+}  // namespace
+}  // namespace kvbench
