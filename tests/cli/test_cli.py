@@ -334,6 +334,58 @@ def write_safetensors(path, header, data):
     pathlib.Path(path).write_bytes(struct.pack("<Q", len(text)) + text + data)
 
 
+def python_with_matplotlib():
+    """An interpreter that can import matplotlib (Debian's serves /usr/bin/python3), or None."""
+    for exe in (sys.executable, "/usr/bin/python3"):
+        if exe and os.path.exists(exe) and subprocess.run(
+                [exe, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+            return exe
+    return None
+
+
+class FiguresCliTest(CliCase):
+    """scripts/figures.py on a real run of every suite with a figure."""
+
+    FIGURES = ["throughput_vs_batch", "throughput_vs_length", "decode_speedup", "length_shift",
+               "accuracy_scatter", "negative_samples", "latency_cdf", "fidelity_kl"]
+
+    def test_every_figure_type_is_a_valid_non_blank_image(self):
+        py = python_with_matplotlib()
+        if py is None:
+            self.skipTest("matplotlib not installed (python3-matplotlib, installed by scripts/setup.sh)")
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 1,
+               "methods": [{"name": "full"}, {"name": "int4"}],
+               "suites": [{"name": "latency", "prompt_tokens": 16, "new_tokens": 4, "repeats": 3},
+                          {"name": "throughput", "batch": [1, 2], "prompt_tokens": [16, 32],
+                           "new_tokens": [4], "repeats": 1},
+                          {"name": "output_length", "samples": 4, "prompt_tokens": 16,
+                           "max_new_tokens": 12, "control_temperatures": []},
+                          {"name": "accuracy", "task": "passkey", "samples": 2,
+                           "target_tokens": 300, "max_new_tokens": 6},
+                          {"name": "fidelity", "windows": 1, "prefix_tokens": 32, "eval_tokens": 4}]}
+        res = self.run_ok(cfg)
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        path, _ = self.report_from(res)
+        out = self.dir / "figs"
+        fig = subprocess.run([py, str(ROOT / "scripts" / "figures.py"), str(path), "--out", str(out)],
+                             capture_output=True, text=True, timeout=300)
+        self.assertEqual(fig.returncode, 0, fig.stdout + fig.stderr)
+        check = ("import sys, matplotlib.image as m\n"
+                 "for p in sys.argv[1:]:\n"
+                 "    a = m.imread(p)\n"
+                 "    print(p, a.shape[0], a.shape[1], float(a.std()))\n")
+        pngs = [str(out / f"{name}.png") for name in self.FIGURES]
+        stats = subprocess.run([py, "-c", check, *pngs], capture_output=True, text=True, timeout=120)
+        self.assertEqual(stats.returncode, 0, stats.stderr)
+        for line in stats.stdout.splitlines():
+            name, height, width, spread = line.rsplit(" ", 3)
+            self.assertGreater(int(height), 100, name)
+            self.assertGreater(int(width), 100, name)
+            self.assertGreater(float(spread), 0.01, name + ": blank image")
+        for name in self.FIGURES:
+            self.assertTrue((out / f"{name}.pdf").read_bytes().startswith(b"%PDF"), name)
+
+
 class ModelCliTest(CliCase):
     """make-model, model suites, and every corrupt-checkpoint case as a one-line error."""
 
