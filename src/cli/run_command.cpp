@@ -24,6 +24,8 @@ struct RunOptions {
   std::string out;
   std::vector<std::string> sets;
   bool dry_run = false;
+  std::string shard;  // "i/n"
+  bool resume = false;
   std::string command_line;
 };
 
@@ -41,7 +43,13 @@ int run(const RunOptions& opt) {
   if (!opt.out.empty()) sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
   RunSpec spec = load_run_spec(opt.config, sets);
   set_thread_count(spec.threads);
-  const std::vector<Cell> cells = expand_cells(spec);
+  std::vector<Cell> cells = expand_cells(spec);
+  if (!opt.shard.empty()) {
+    const Shard shard = parse_shard(opt.shard);
+    const size_t all = cells.size();
+    cells = select_shard(cells, shard);
+    spdlog::info("shard {}: {} of {} cell(s)", opt.shard, cells.size(), all);
+  }
   check_device(spec, query_cuda());
   const Environment env = capture_environment();
   if (opt.dry_run) {
@@ -59,19 +67,38 @@ int run(const RunOptions& opt) {
   spdlog::info("run '{}': {} cell(s), {} thread(s), BLAS {}", spec.name, cells.size(), env.threads,
                env.blas.name);
 
+  // --resume: ok cells of earlier reports in the output directory are reused, not re-run.
+  const auto previous =
+      opt.resume ? previous_ok_cells(spec.output_dir) : std::map<std::string, nlohmann::json>{};
+  std::vector<Cell> to_run;
+  for (const auto& c : cells)
+    if (!previous.count(c.id)) to_run.push_back(c);
+  if (opt.resume) {
+    spdlog::info("resume: {} cell(s) already done, {} to run", cells.size() - to_run.size(),
+                 to_run.size());
+  }
+
   ProgressDisplay progress(std::cerr, stderr_is_tty());
   ModelProvider model(spec.model);
-  const std::vector<CellResult> results = Runner().run(spec, cells, env, progress, model);
+  const std::vector<CellResult> results = Runner().run(spec, to_run, env, progress, model);
   info.finished = now_rfc3339();
   info.model = model.identity();
+  nlohmann::json cell_json = nlohmann::json::array();
+  for (size_t i = 0, r = 0; i < cells.size(); ++i) {
+    auto it = previous.find(cells[i].id);
+    cell_json.push_back(it != previous.end() ? it->second : cell_to_json(results[r++]));
+  }
   const auto path = report_path(spec, stamp);
-  write_report(build_report(spec, env, results, info), path);
+  write_report(build_report(spec, env, cell_json, info), path);
 
   print_run_summary(std::cout, results);
   const size_t failed = count_failed(results);
+  const size_t reused = cells.size() - to_run.size();
   std::cout << "\n"
             << results.size() - failed << " of " << results.size() << " cell(s) ok"
-            << (failed ? ", " + std::to_string(failed) + " failed" : "") << "\n";
+            << (failed ? ", " + std::to_string(failed) + " failed" : "")
+            << (reused ? ", " + std::to_string(reused) + " reused from earlier reports" : "")
+            << "\n";
   std::cout << "report: " << path.string() << "\n";
   return failed ? 1 : 0;
 }
@@ -86,6 +113,12 @@ void register_run_command(CLI::App& app, GlobalOptions& global) {
   sub->add_option("--set", opt->sets, "override a config key: --set threads=2 (repeatable)")
       ->allow_extra_args(false);
   sub->add_flag("--dry-run", opt->dry_run, "validate and list the cells without running them");
+  sub->add_option("--shard", opt->shard,
+                  "run only part i of n of the cells (0 <= i < n; by cell id, so the n parts are "
+                  "disjoint and complete); merge the reports with kvbench report");
+  sub->add_flag("--resume", opt->resume,
+                "reuse the ok cells of earlier reports in the output directory (same cell id) "
+                "instead of running them again; failed cells run again");
   sub->callback([opt, &global] {
     opt->command_line = global.command_line;
     global.action = [opt] { return run(*opt); };

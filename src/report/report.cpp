@@ -1,6 +1,10 @@
 #include "kvbench/report/report.h"
 
+#include <algorithm>
 #include <cctype>
+#include <fstream>
+
+#include <spdlog/spdlog.h>
 
 #include "kvbench/core/version.h"
 #include "kvbench/report/atomic_file.h"
@@ -29,6 +33,13 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
                             const std::vector<CellResult>& results, const RunInfo& info) {
   nlohmann::json cells = nlohmann::json::array();
   for (const auto& r : results) cells.push_back(cell_to_json(r));
+  return build_report(spec, env, cells, info);
+}
+
+nlohmann::json build_report(const RunSpec& spec, const Environment& env,
+                            const nlohmann::json& cells, const RunInfo& info) {
+  size_t failed = 0;
+  for (const auto& c : cells) failed += c.value("status", "") != "ok";
   return {{"schema", kReportSchemaId},
           {"schema_version", kReportSchemaVersion},
           {"kvbench", {{"version", version()}, {"git_revision", git_revision()}}},
@@ -40,7 +51,39 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
           {"config", spec.resolved},
           {"model", info.model.is_null() ? nlohmann::json::object() : info.model},
           {"cells", cells},
-          {"totals", {{"cells", results.size()}, {"failed", count_failed(results)}}}};
+          {"totals", {{"cells", cells.size()}, {"failed", failed}}}};
+}
+
+std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::path& dir) {
+  std::map<std::string, nlohmann::json> cells;
+  if (!std::filesystem::is_directory(dir)) return cells;
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().extension() == ".json") files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    nlohmann::json report;
+    try {
+      std::ifstream in(f);
+      report = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      spdlog::warn("resume: skipping {}: not JSON", f.string());
+      continue;
+    }
+    if (!report.is_object() || report.value("schema", "") != kReportSchemaId ||
+        report.value("schema_version", 0) != kReportSchemaVersion || !report["cells"].is_array()) {
+      spdlog::warn("resume: skipping {}: not a schema_version {} kvbench report", f.string(),
+                   kReportSchemaVersion);
+      continue;
+    }
+    for (auto c : report["cells"]) {
+      if (c.value("status", "") != "ok" || !c.contains("id")) continue;
+      if (!c.contains("resumed_from")) c["resumed_from"] = f.string();
+      cells[c["id"].get<std::string>()] = c;
+    }
+  }
+  return cells;
 }
 
 std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp) {

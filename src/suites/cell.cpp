@@ -57,4 +57,34 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
   return cells;
 }
 
+Shard parse_shard(const std::string& text) {
+  const size_t slash = text.find('/');
+  Shard s;
+  try {
+    if (slash == std::string::npos) throw std::invalid_argument("no slash");
+    size_t used = 0;
+    s.index = std::stoi(text.substr(0, slash), &used);
+    if (used != slash) throw std::invalid_argument("index");
+    const std::string n = text.substr(slash + 1);
+    s.count = std::stoi(n, &used);
+    if (used != n.size()) throw std::invalid_argument("count");
+  } catch (const std::exception&) {
+    throw ConfigError("--shard", "expected i/n (e.g. 0/4), got '" + text + "'");
+  }
+  if (s.count < 1 || s.index < 0 || s.index >= s.count) {
+    throw ConfigError("--shard", "expected i/n with 0 <= i < n, got '" + text + "'");
+  }
+  return s;
+}
+
+std::vector<Cell> select_shard(const std::vector<Cell>& cells, Shard shard) {
+  std::vector<Cell> out;
+  for (const auto& c : cells) {
+    if (fnv1a64(c.id) % static_cast<uint64_t>(shard.count) == static_cast<uint64_t>(shard.index)) {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 }  // namespace kvbench

@@ -91,6 +91,47 @@ class CliTest(CliCase):
         self.assertIn("target_tokens: integer", tasks.stdout)
         self.assertEqual(kvbench("list", "bogus").returncode, 2)
 
+    # --- shards and resume ---------------------------------------------------------------
+    def test_shards_are_disjoint_and_complete(self):
+        cfg = {"suites": [dict(TINY_SUITE, repeats=r) for r in (2, 3, 4)], "threads": 1,
+               "methods": [{"name": "full"}, {"name": "int8"}]}
+        whole = self.run_ok(cfg, "--dry-run")
+        self.assertEqual(whole.returncode, 0, whole.stderr)
+        ids = set()
+        for i in range(3):
+            res = kvbench("run", "--config", self.write_config(cfg), "--out", str(self.dir / f"s{i}"),
+                          "--log-level", "warn", "--shard", f"{i}/3")
+            self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+            _, report = self.report_from(res)
+            part = {c["id"] for c in report["cells"]}
+            self.assertFalse(part & ids, "shards overlap")
+            ids |= part
+        self.assertEqual(len(ids), 6)
+        self.assert_one_line_error(
+            kvbench("run", "--config", self.write_config(cfg), "--shard", "3/3"), 2, "--shard")
+
+    def test_resume_reuses_ok_cells_and_reruns_failed_ones(self):
+        cfg = {"suites": [TINY_SUITE, {"name": "latency", "prompt_tokens": 4, "new_tokens": 2,
+                                       "repeats": 1, "warmup": 0}],
+               "threads": 1}  # no model: the latency cell fails
+        first = self.run_ok(cfg)
+        self.assertEqual(first.returncode, 1)
+        _, r1 = self.report_from(first)
+        done = {c["id"]: c for c in r1["cells"]}
+        second = self.run_ok(cfg, "--resume")
+        self.assertEqual(second.returncode, 1, second.stdout + second.stderr)
+        self.assertIn("1 reused from earlier reports", second.stdout)
+        path2, r2 = self.report_from(second)
+        self.assertEqual([c["id"] for c in r2["cells"]], [c["id"] for c in r1["cells"]])
+        kernels = r2["cells"][0]
+        self.assertEqual(kernels["status"], "ok")
+        self.assertIn("resumed_from", kernels)
+        self.assertEqual(kernels["records"], done[kernels["id"]]["records"])  # reused, not re-run
+        self.assertEqual(r2["cells"][1]["status"], "failed")                # failed: ran again
+        self.assertNotEqual(r2["cells"][1]["started"], done[r2["cells"][1]["id"]]["started"])
+        self.assertEqual(r2["totals"], {"cells": 2, "failed": 1})
+        self.assertEqual(subprocess.run([*VALIDATE, str(path2)]).returncode, 0)
+
     # --- run ---------------------------------------------------------------------------
     def test_run_writes_a_report_that_validates(self):
         res = self.run_ok({"suites": [TINY_SUITE], "threads": 1, "seed": 9})

@@ -1,6 +1,9 @@
 // Cells: stable ids, expansion order, and a failing cell that does not stop the others.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <map>
+
 #include "kvbench/core/error.h"
 #include "kvbench/suites/cell.h"
 #include "kvbench/suites/runner.h"
@@ -27,6 +30,48 @@ TEST(Cells, IdsAreStableAndContentDerived) {
   // Explicit defaults resolve to the same cell as omitted ones.
   RunSpec d = spec_with_suites(json::parse(R"([{"name": "kernels", "repeats": 3, "warmup": 3}])"));
   EXPECT_EQ(expand_cells(d)[0].id, ca[0].id);
+}
+
+TEST(Cells, ShardsAreDisjointAndComplete) {
+  json suites = json::array();
+  for (int r = 1; r <= 12; ++r) suites.push_back({{"name", "kernels"}, {"repeats", r}});
+  json cfg = {
+      {"suites", suites},
+      {"threads", 1},
+      {"methods", json::parse(R"([{"name": "full"}, {"name": "int8"}, {"name": "kivi-4"}])")}};
+  const std::vector<Cell> cells = expand_cells(parse_run_spec(cfg, "t"));
+  ASSERT_EQ(cells.size(), 36u);
+  for (int n : {1, 2, 3, 7}) {
+    std::map<std::string, int> seen;
+    for (int i = 0; i < n; ++i) {
+      std::vector<Cell> part =
+          select_shard(cells, parse_shard(std::to_string(i) + "/" + std::to_string(n)));
+      for (const auto& c : part) seen[c.id]++;
+      // Run order is kept within a shard.
+      for (size_t k = 1; k < part.size(); ++k) {
+        auto pos = [&](const Cell& c) {
+          return std::find_if(cells.begin(), cells.end(),
+                              [&](const Cell& x) { return x.id == c.id; });
+        };
+        EXPECT_LT(pos(part[k - 1]), pos(part[k]));
+      }
+    }
+    EXPECT_EQ(seen.size(), cells.size()) << n << " shards";          // complete
+    for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << id;  // disjoint
+  }
+}
+
+TEST(Cells, ShardSyntaxErrorsNameTheOption) {
+  EXPECT_EQ(parse_shard("2/5").index, 2);
+  EXPECT_EQ(parse_shard("2/5").count, 5);
+  for (const char* bad : {"5/5", "-1/3", "1", "a/b", "1/0", "1/2x", ""}) {
+    try {
+      parse_shard(bad);
+      ADD_FAILURE() << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("--shard"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(Cells, SeedDependsOnRunSeedAndCell) {

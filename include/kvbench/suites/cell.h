@@ -26,6 +26,16 @@ struct Cell {
 
 // 64-bit FNV-1a of the bytes of `text`.
 uint64_t fnv1a64(const std::string& text);
+// A deterministic part of a run's cells, for running one config as n jobs (`run --shard i/n`).
+struct Shard {
+  int index = 0, count = 1;
+};
+// "i/n" with 0 <= i < n; throws ConfigError("--shard", ...) otherwise.
+Shard parse_shard(const std::string& text);
+// The cells whose id hashes to `shard.index` modulo `shard.count`, in run order: the shards of
+// one config are disjoint and together complete, whatever the machine or the other shards do.
+std::vector<Cell> select_shard(const std::vector<Cell>& cells, Shard shard);
+
 // Suites outer, methods inner (the baseline method usually first, next to its comparisons).
 // Throws ConfigError when two cells would be identical.
 std::vector<Cell> expand_cells(const RunSpec& spec);
