@@ -61,7 +61,13 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
       result.peak_storage = held;
       result.peak_nominal = cache.nominal();
       result.peak_tokens = 0;
-      for (const auto& s : steps) result.peak_tokens += cache.length(s.seq);
+      result.peak_kept_tokens.clear();
+      for (const auto& s : steps) {
+        result.peak_tokens += cache.length(s.seq);
+        const std::vector<int64_t> kept = cache.kept_tokens(s.seq);
+        result.peak_kept_tokens.resize(kept.size(), 0);
+        for (size_t l = 0; l < kept.size(); ++l) result.peak_kept_tokens[l] += kept[l];
+      }
     }
     if (first) {
       result.prefill_s = elapsed;

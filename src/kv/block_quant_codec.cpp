@@ -101,6 +101,11 @@ class BlockQuantStore final : public TokenStore {
   }
 
   int64_t size() const override { return codes_.size(); }
+  void retain(const at::Tensor& kept) override {
+    codes_.retain(kept);
+    scales_.retain(kept);
+    mins_.retain(kept);
+  }
 
   at::Tensor dequantize() const override {
     at::Tensor out = at::empty({kv_heads_, size(), f_.head_dim}, at::kFloat);

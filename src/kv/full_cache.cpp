@@ -1,6 +1,7 @@
 #include "kvbench/kv/full_cache.h"
 
 #include <cmath>
+#include <limits>
 
 #include "kvbench/attention/cpu_attention.h"
 #include "kvbench/attention/reference_attention.h"
@@ -16,19 +17,29 @@ AttentionBackend attention_backend_from_name(const std::string& name) {
 }
 
 CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, AttentionBackend backend,
-                                     int64_t num_layers, int64_t num_kv_heads, int64_t head_dim)
+                                     int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
+                                     std::shared_ptr<const RetentionPolicy> policy)
     : codec_(std::move(codec)),
+      policy_(policy ? std::move(policy) : std::make_shared<FullRetention>()),
+      evicts_(dynamic_cast<const FullRetention*>(policy_.get()) == nullptr),
       backend_(backend),
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
-      head_dim_(head_dim) {}
+      head_dim_(head_dim) {
+  KVB_CHECK(policy_->needs() != RetentionNeeds::kScoresEveryStep, "retention policy '",
+            policy_->name(),
+            "' needs attention scores at every step, which no backend computes yet");
+  KVB_CHECK(policy_->timing() != EvictionTiming::kDecode || codec_->can_drop_tokens(),
+            "retention policy '", policy_->name(), "' evicts during decode, but codec '",
+            codec_->name(), "' cannot drop tokens in place; evict after_prefill instead");
+}
 
 int64_t CompressedKVCache::add_sequence() {
   const int64_t id = next_id_++;
   Sequence& s = sequences_[id];
   for (int64_t l = 0; l < num_layers_; ++l) {
     s.layers.push_back({codec_->make_key_store(num_kv_heads_, head_dim_),
-                        codec_->make_value_store(num_kv_heads_, head_dim_)});
+                        codec_->make_value_store(num_kv_heads_, head_dim_), at::Tensor()});
   }
   return id;
 }
@@ -43,10 +54,67 @@ CompressedKVCache::Sequence& CompressedKVCache::sequence(int64_t seq) {
   return it->second;
 }
 
-int64_t CompressedKVCache::length(int64_t seq) const {
+const CompressedKVCache::Sequence& CompressedKVCache::sequence(int64_t seq) const {
   auto it = sequences_.find(seq);
   KVB_CHECK(it != sequences_.end(), "KV cache: unknown sequence ", seq);
-  return it->second.length;
+  return it->second;
+}
+
+int64_t CompressedKVCache::length(int64_t seq) const { return sequence(seq).length; }
+
+std::vector<int64_t> CompressedKVCache::kept_tokens(int64_t seq) const {
+  std::vector<int64_t> kept;
+  for (const Layer& l : sequence(seq).layers) kept.push_back(l.keys->size());
+  return kept;
+}
+
+at::Tensor CompressedKVCache::kept_positions(int64_t seq, int64_t layer) const {
+  KVB_CHECK(layer >= 0 && layer < num_layers_, "KV cache: layer ", layer, " out of range");
+  return sequence(seq).layers[static_cast<size_t>(layer)].positions;
+}
+
+at::Tensor CompressedKVCache::attend(const Layer& layer, const at::Tensor& q) const {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  // Attention reads what the cache stores, so a lossy codec shows its effect on every token.
+  if (backend_ == AttentionBackend::kCpu && q.size(1) == 1) {
+    return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale);
+  }
+  return block_attention_reference(q, layer.keys->dequantize(), layer.values->dequantize(), scale);
+}
+
+at::Tensor CompressedKVCache::window_attention(const at::Tensor& q, const at::Tensor& k,
+                                               int64_t w) const {
+  const int64_t heads = q.size(0), n = k.size(1), group = heads / num_kv_heads_;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  at::Tensor qw = q.narrow(1, n - w, w).to(at::kFloat).reshape({num_kv_heads_, group * w, -1});
+  at::Tensor scores = at::bmm(qw, k.to(at::kFloat).transpose(1, 2)).mul_(scale);  // [kvh, g*w, n]
+  // Window query i sits at position n - w + i and sees keys up to it.
+  at::Tensor key_pos = at::arange(n, at::kLong).view({1, n});
+  at::Tensor limit = at::arange(w, at::kLong).add_(n - w).view({w, 1});
+  at::Tensor hidden = key_pos.gt(limit).repeat({group, 1});  // [g*w, n]
+  scores.masked_fill_(hidden.unsqueeze(0), -std::numeric_limits<float>::infinity());
+  return at::softmax(scores, -1).reshape({heads, w, n});
+}
+
+void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k,
+                              const at::Tensor& v, bool prefill) const {
+  KVB_CHECK(kept.dim() == 2 && kept.size(0) == num_kv_heads_, "retention policy '", policy_->name(),
+            "' selected ", kept.sizes(), " for ", num_kv_heads_, " KV heads");
+  if (codec_->can_drop_tokens()) {
+    layer.keys->retain(kept);
+    layer.values->retain(kept);
+  } else {
+    // Codes that span tokens cannot lose one: store the kept tokens afresh from the prefill's
+    // full-precision values (the store holds nothing else yet).
+    KVB_CHECK(prefill && layer.keys->size() == k.size(1), "codec '", codec_->name(),
+              "' can only evict at the prefill");
+    at::Tensor rows = kept.unsqueeze(-1).expand({kept.size(0), kept.size(1), head_dim_});
+    layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
+    layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
+    layer.keys->append(k.gather(1, rows));
+    layer.values->append(v.gather(1, rows));
+  }
+  layer.positions = layer.positions.gather(1, kept);
 }
 
 at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index,
@@ -56,15 +124,36 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   KVB_CHECK(layer_index >= 0 && layer_index < num_layers_, "KV cache: layer ", layer_index,
             " out of range");
   Layer& layer = s.layers[static_cast<size_t>(layer_index)];
+  const int64_t start = s.length, n = k.size(1);  // start: the first new token's position
+  const bool prefill = start == 0;
   layer.keys->append(k);
   layer.values->append(v);
-  if (layer_index == num_layers_ - 1) s.length += k.size(1);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  // Attention reads what the cache stores, so a lossy codec shows its effect on every token.
-  if (backend_ == AttentionBackend::kCpu && q.size(1) == 1) {
-    return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale);
+  if (layer_index == num_layers_ - 1) s.length += n;
+  if (!evicts_) return attend(layer, q);
+
+  at::Tensor fresh = at::arange(start, start + n, at::kLong).expand({num_kv_heads_, n});
+  layer.positions =
+      layer.positions.defined() ? at::cat({layer.positions, fresh}, 1) : fresh.contiguous();
+  const bool may_evict = prefill || policy_->timing() == EvictionTiming::kDecode;
+  if (!may_evict || !policy_->over_budget(layer.keys->size())) return attend(layer, q);
+
+  RetentionInput in;
+  in.layer = layer_index;
+  in.length = start + n;
+  in.prefill = prefill;
+  in.positions = layer.positions;
+  if (n == 1 && !prefill) {  // a decode token: evict first, then it attends what stays
+    evict(layer, policy_->select(in), k, v, prefill);
+    return attend(layer, q);
   }
-  return block_attention_reference(q, layer.keys->dequantize(), layer.values->dequantize(), scale);
+  // A block: every query sees everything held plus the block; the layer shrinks afterwards.
+  at::Tensor out = attend(layer, q);
+  if (policy_->needs() == RetentionNeeds::kWindowScores) {
+    KVB_CHECK(prefill, "retention policy '", policy_->name(), "' selects at the prefill only");
+    in.window_attention = window_attention(q, k, policy_->observation_window());
+  }
+  evict(layer, policy_->select(in), k, v, prefill);
+  return out;
 }
 
 StorageBytes CompressedKVCache::storage() const {

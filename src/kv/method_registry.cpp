@@ -10,6 +10,8 @@
 #include "kvbench/kv/gear_codec.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
+#include "kvbench/kv/snapkv_policy.h"
+#include "kvbench/kv/streaming_llm_policy.h"
 #include "kvbench/model/model_config.h"
 
 namespace kvbench {
@@ -24,7 +26,8 @@ MethodInfo identity_method(const std::string& name, const std::string& dtype) {
           {},
           [dtype](const json&, at::ScalarType) {
             return std::make_shared<IdentityCodec>(dtype_from_name(dtype));
-          }};
+          },
+          {}};
 }
 
 ParamSpec group_param() {
@@ -44,7 +47,8 @@ MethodInfo kivi_method(int bits) {
           [bits](const json& p, at::ScalarType dtype) {
             return std::make_shared<KiviCodec>(bits, p["group"].get<int64_t>(),
                                                p["residual"].get<int64_t>(), dtype);
-          }};
+          },
+          {}};
 }
 
 // GEAR: `gear` keeps the GEAR repository's defaults (2-bit, G = 64, buffer 64) and exposes
@@ -78,7 +82,10 @@ MethodInfo gear_method(const std::string& name, const std::string& summary, cons
   params.push_back(ParamSpec::integer("seed", 0, "seed of the power iteration's random start")
                        .range(0, 2147483647));
   const int fixed_bits = d.bits;
-  return {name, summary, params, [fixed_bits, bits_param](const json& p, at::ScalarType dtype) {
+  return {name,
+          summary,
+          params,
+          [fixed_bits, bits_param](const json& p, at::ScalarType dtype) {
             GearParams g;
             g.bits = bits_param ? p["bits"].get<int>() : fixed_bits;
             g.group = p["group"].get<int64_t>();
@@ -89,8 +96,64 @@ MethodInfo gear_method(const std::string& name, const std::string& summary, cons
             g.buffer = p["buffer"].get<int64_t>();
             g.seed = p["seed"].get<uint64_t>();
             return std::make_shared<GearCodec>(g, dtype);
+          },
+          {}};
+}
+
+EvictionTiming timing_from_name(const std::string& name) {
+  return name == "decode" ? EvictionTiming::kDecode : EvictionTiming::kAfterPrefill;
+}
+
+ParamSpec codec_param(const std::vector<std::string>& codecs) {
+  return ParamSpec::string("codec", "full",
+                           "storage codec: a codec method's name, or an object {\"name\": ..., "
+                           "its params}; decode-time eviction needs a per-token codec (full, "
+                           "fp32, fp16, bf16, int8, int4, int2, fp8)",
+                           codecs);
+}
+
+MethodInfo streaming_method(const std::string& name, const std::string& summary, int64_t sinks,
+                            int64_t window, const std::vector<std::string>& codecs) {
+  return {name,
+          summary,
+          {ParamSpec::integer("sinks", sinks, "S: first tokens always kept (attention sinks)")
+               .range(0, 1 << 24),
+           ParamSpec::integer("window", window, "W: most recent tokens kept").range(1, 1 << 24),
+           ParamSpec::string("evict", "decode",
+                             "decode: evict whenever a layer holds more than S + W tokens; "
+                             "after_prefill: once, after the prefill",
+                             {"decode", "after_prefill"}),
+           codec_param(codecs)},
+          {},
+          [](const json& p) {
+            return std::make_shared<StreamingLlmPolicy>(p["sinks"].get<int64_t>(),
+                                                        p["window"].get<int64_t>(),
+                                                        timing_from_name(p["evict"]));
           }};
 }
+
+MethodInfo snapkv_method(const std::string& name, const std::string& summary, int64_t budget,
+                         const std::vector<std::string>& codecs) {
+  return {name,
+          summary,
+          {ParamSpec::integer("budget", budget,
+                              "C: tokens kept per KV head per layer, the window included")
+               .range(2, 1 << 24),
+           ParamSpec::integer("window", 32, "w: observation window (last prefill queries)")
+               .range(1, 1 << 20),
+           ParamSpec::integer("kernel", 7, "pooling kernel along tokens (odd)").range(1, 1023),
+           ParamSpec::string("pooling", "max", "pooling of the window's votes", {"max", "avg"}),
+           codec_param(codecs)},
+          {},
+          [](const json& p) {
+            return std::make_shared<SnapKvPolicy>(p["budget"].get<int64_t>(),
+                                                  p["window"].get<int64_t>(),
+                                                  p["kernel"].get<int64_t>(), p["pooling"]);
+          }};
+}
+
+// Codec methods first (the composition's valid codecs), then the retention methods.
+std::vector<MethodInfo> build_catalog();
 
 GearParams gear_preset(int bits) {
   GearParams g;
@@ -103,12 +166,20 @@ GearParams gear_preset(int bits) {
 }  // namespace
 
 const std::vector<MethodInfo>& method_catalog() {
-  static const std::vector<MethodInfo> catalog = {
+  static const std::vector<MethodInfo> catalog = build_catalog();
+  return catalog;
+}
+
+namespace {
+
+std::vector<MethodInfo> build_catalog() {
+  std::vector<MethodInfo> catalog = {
       {"full",
        "uncompressed baseline: identity storage in the model dtype (model.dtype), every token "
        "kept",
        {},
-       [](const json&, at::ScalarType dtype) { return std::make_shared<IdentityCodec>(dtype); }},
+       [](const json&, at::ScalarType dtype) { return std::make_shared<IdentityCodec>(dtype); },
+       {}},
       identity_method("fp32", "float32"),
       identity_method("fp16", "float16"),
       identity_method("bf16", "bfloat16"),
@@ -118,7 +189,8 @@ const std::vector<MethodInfo>& method_catalog() {
        {group_param()},
        [](const json& p, at::ScalarType) {
          return std::make_shared<BlockQuantCodec>(8, true, p["group"].get<int64_t>());
-       }},
+       },
+       {}},
       {"int4",
        "q4_1: asymmetric per-token blocks, d = (max-min)/15, 4-bit codes + fp16 scale and min "
        "(5 bits per value at group 32); symmetric: q4_0 (4.5 bits); every token kept",
@@ -127,7 +199,8 @@ const std::vector<MethodInfo>& method_catalog() {
        [](const json& p, at::ScalarType) {
          return std::make_shared<BlockQuantCodec>(4, p["symmetric"].get<bool>(),
                                                   p["group"].get<int64_t>());
-       }},
+       },
+       {}},
       kivi_method(2),
       kivi_method(4),
       {"fp8",
@@ -143,14 +216,16 @@ const std::vector<MethodInfo>& method_catalog() {
        [](const json& p, at::ScalarType) {
          return std::make_shared<Fp8Codec>(p["scale"], p["scale_value"], p["amax_divisor"],
                                            p["granularity"]);
-       }},
+       },
+       {}},
       {"int2",
        "asymmetric per-token blocks, d = (max-min)/3, 2-bit codes + fp16 scale and min "
        "(3 bits per value at group 32), every token kept",
        {group_param()},
        [](const json& p, at::ScalarType) {
          return std::make_shared<BlockQuantCodec>(2, false, p["group"].get<int64_t>());
-       }},
+       },
+       {}},
       gear_method("gear",
                   "GEAR X ~ D + L + S: KIVI-style quantization D (keys per channel, values per "
                   "token) of X minus outliers S (s/2 largest + s/2 smallest of each vector, "
@@ -169,8 +244,31 @@ const std::vector<MethodInfo>& method_catalog() {
                   "(seed paper + GEAR defaults)",
                   gear_preset(8), false),
   };
+  std::vector<std::string> codecs;
+  for (const auto& m : catalog) codecs.push_back(m.name);
+  catalog.push_back(streaming_method(
+      "streamingllm",
+      "StreamingLLM: keep S = 4 sink tokens + the W most recent (W = 2000, the reference code's "
+      "recent size), evicting during decode; original positions kept; any codec",
+      4, 2000, codecs));
+  catalog.push_back(streaming_method(
+      "stream-512",
+      "StreamingLLM with 64 sink + 448 recent tokens (512 per KV head per layer), evicting during "
+      "decode (seed paper throughput engine); any codec",
+      64, 448, codecs));
+  const std::string snap =
+      "SnapKV: after the prefill, keep per KV head the top C - w prefix tokens by the attention "
+      "of the last w = 32 queries (summed, max-pooled with kernel 7, averaged over the query "
+      "group) plus the w window tokens: C = ";
+  catalog.push_back(snapkv_method("snapkv", snap + "1024 tokens; any codec", 1024, codecs));
+  catalog.push_back(snapkv_method(
+      "snapkv-1024", snap + "1024 tokens (SnapKV LongBench config); any codec", 1024, codecs));
+  catalog.push_back(snapkv_method(
+      "snapkv-2048", snap + "2048 tokens (SnapKV LongBench config); any codec", 2048, codecs));
   return catalog;
 }
+
+}  // namespace
 
 std::vector<std::string> method_names() {
   std::vector<std::string> names;
@@ -178,7 +276,64 @@ std::vector<std::string> method_names() {
   return names;
 }
 
-nlohmann::json resolve_method(const nlohmann::json& entry, const std::string& path) {
+std::vector<std::string> codec_method_names() {
+  std::vector<std::string> names;
+  for (const auto& m : method_catalog()) {
+    if (m.codec) names.push_back(m.name);
+  }
+  return names;
+}
+
+namespace {
+
+const MethodInfo* find_method(const std::string& name) {
+  for (const auto& m : method_catalog()) {
+    if (m.name == name) return &m;
+  }
+  return nullptr;
+}
+
+// The resolved codec object of a retention method's `codec` entry (a name or an object).
+json resolve_codec_entry(const json& given, const std::string& path) {
+  const json entry = given.is_string() ? json{{"name", given}} : given;
+  const std::vector<std::string> codecs = codec_method_names();
+  if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string()) {
+    throw ConfigError(path,
+                      "expected a codec name or an object like {\"name\": \"kivi-4\"}, "
+                      "got " +
+                          json_type_name(given) + "; codecs: " + join(codecs, ", "));
+  }
+  const std::string name = entry["name"];
+  const MethodInfo* m = find_method(name);
+  if (m == nullptr || !m->codec) {
+    const std::string hint = closest_match(name, codecs);
+    throw ConfigError(join_path(path, "name"),
+                      "unknown codec '" + name + "'" +
+                          (m != nullptr ? " (a retention method, not a codec)" : "") +
+                          (hint.empty() || m != nullptr ? "" : " (did you mean '" + hint + "'?)") +
+                          "; codecs: " + join(codecs, ", "));
+  }
+  return resolve_params(entry, m->params, path);
+}
+
+}  // namespace
+
+nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string& path) {
+  json entry = entry_in;
+  if (entry.is_object() && entry.contains("name") && entry["name"].is_string()) {
+    // "snapkv-2048+kivi-4": a retention method and its codec in one name.
+    const std::string full = entry["name"];
+    const size_t plus = full.find('+');
+    if (plus != std::string::npos) {
+      if (entry.contains("codec")) {
+        throw ConfigError(join_path(path, "codec"), "'" + full +
+                                                        "' already names its codec; give the "
+                                                        "codec once");
+      }
+      entry["name"] = full.substr(0, plus);
+      entry["codec"] = full.substr(plus + 1);
+    }
+  }
   if (!entry.is_object()) {
     throw ConfigError(path,
                       "expected an object like {\"name\": \"full\"}, got " + json_type_name(entry));
@@ -198,15 +353,50 @@ nlohmann::json resolve_method(const nlohmann::json& entry, const std::string& pa
                           (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
                           "; known methods: " + join(method_names(), ", "));
   }
-  return resolve_params(entry, it->params, path);
+  if (!it->policy) return resolve_params(entry, it->params, path);
+
+  // A retention method: resolve its codec, check the pair, and build the policy once so that
+  // inconsistent parameters (budget <= window, an even kernel) fail here.
+  const std::string codec_path = join_path(path, "codec");
+  const json codec = resolve_codec_entry(entry.value("codec", json("full")), codec_path);
+  json plain = entry;
+  plain["codec"] = codec["name"];
+  json resolved = resolve_params(plain, it->params, path);
+  resolved["codec"] = codec;
+  std::shared_ptr<const RetentionPolicy> policy;
+  try {
+    policy = it->policy(resolved);
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const Error& e) {
+    throw ConfigError(path, e.what());
+  }
+  if (policy->timing() == EvictionTiming::kDecode &&
+      !make_codec(codec, at::kHalf)->can_drop_tokens()) {
+    throw ConfigError(join_path(path, "evict"),
+                      "decode-time eviction drops tokens in place, which codec '" +
+                          codec["name"].get<std::string>() +
+                          "' cannot (its codes span tokens); use \"evict\": \"after_prefill\" "
+                          "or a per-token codec (full, fp32, fp16, bf16, int8, int4, int2, fp8)");
+  }
+  return resolved;
 }
 
 std::shared_ptr<const Codec> make_codec(const nlohmann::json& method, at::ScalarType model_dtype) {
+  if (method.contains("codec")) return make_codec(method["codec"], model_dtype);
   const std::string name = method.at("name");
-  for (const auto& m : method_catalog()) {
-    if (m.name == name) return m.codec(method, model_dtype);
-  }
-  throw Error("unknown method '" + name + "'; known methods: " + join(method_names(), ", "));
+  const MethodInfo* m = find_method(name);
+  if (m != nullptr && m->codec) return m->codec(method, model_dtype);
+  throw Error("unknown codec method '" + name + "'; codecs: " + join(codec_method_names(), ", "));
+}
+
+std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method) {
+  const std::string name = method.at("name");
+  const MethodInfo* m = find_method(name);
+  KVB_CHECK(m != nullptr, "unknown method '", name,
+            "'; known methods: ", join(method_names(), ", "));
+  if (!m->policy) return std::make_shared<FullRetention>();
+  return m->policy(method);
 }
 
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
@@ -214,7 +404,7 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
                                        const std::string& backend) {
   return std::make_unique<CompressedKVCache>(make_codec(method, dtype),
                                              attention_backend_from_name(backend), num_layers,
-                                             num_kv_heads, head_dim);
+                                             num_kv_heads, head_dim, make_policy(method));
 }
 
 }  // namespace kvbench

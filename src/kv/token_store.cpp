@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "kvbench/core/error.h"
 #include "kvbench/kv/simd.h"
 
 namespace kvbench {
@@ -21,6 +22,10 @@ float* scratch(int64_t floats) {
 }
 
 }  // namespace
+
+void TokenStore::retain(const at::Tensor&) {
+  throw Error("this storage format cannot drop tokens in place (its codes span tokens)");
+}
 
 void TokenStore::dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1,
                      float* scores, int64_t stride) const {

@@ -48,7 +48,25 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
   const double fp16 = values * 2.0;
   const double measured = static_cast<double>(r.peak_storage.total());
   const double nominal = static_cast<double>(r.peak_nominal.total());
+  // Kept tokens per KV head per layer (all KV heads of a layer keep the same count).
+  int64_t kept_sum = 0, kept_min = 0, kept_max = 0;
+  for (size_t l = 0; l < r.peak_kept_tokens.size(); ++l) {
+    const int64_t k = r.peak_kept_tokens[l];
+    kept_sum += k;
+    kept_min = l == 0 ? k : std::min(kept_min, k);
+    kept_max = std::max(kept_max, k);
+  }
+  const double layers = static_cast<double>(std::max<size_t>(r.peak_kept_tokens.size(), 1));
+  const double kept_values =
+      static_cast<double>(std::max<int64_t>(kept_sum, 1)) * 2.0 * c.num_kv_heads * c.head_dim;
   return {{"tokens", r.peak_tokens},
+          {"kept_tokens",
+           {{"per_layer", r.peak_kept_tokens},
+            {"min", kept_min},
+            {"max", kept_max},
+            {"mean", static_cast<double>(kept_sum) / layers},
+            {"fraction", static_cast<double>(kept_sum) / layers / tokens}}},
+          {"bits_per_kept_value", measured * 8.0 / kept_values},
           {"measured", r.peak_storage.to_json()},
           {"nominal", r.peak_nominal.to_json()},
           {"bytes_per_token", measured / tokens},

@@ -33,7 +33,10 @@ struct GenerationResult {
   uint64_t peak_kv_bytes = 0;
   StorageBytes peak_storage;  // measured K/V state at the peak
   StorageBytes peak_nominal;  // the method's formula for the same tokens
-  int64_t peak_tokens = 0;    // tokens held (all sequences) at the peak
+  int64_t peak_tokens = 0;    // tokens entered (all sequences) at the peak
+  // Tokens held per KV head at each layer at the peak, summed over sequences: peak_tokens per
+  // layer without eviction, fewer with a retention policy.
+  std::vector<int64_t> peak_kept_tokens;
   int64_t prompt_tokens = 0;
 };
 

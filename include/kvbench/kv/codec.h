@@ -37,6 +37,10 @@ class Codec {
   // Relative error of fused decode attention against the reference path that the fused
   // kernels must stay within (both read the same stored codes; only summation order differs).
   virtual double fused_tolerance() const { return 1e-4; }
+  // Whether its stores implement TokenStore::retain (drop tokens in place without
+  // re-quantizing), which decode-time eviction needs. Eviction once after the prefill works
+  // with every codec: the kept tokens are stored from their full-precision values.
+  virtual bool can_drop_tokens() const { return false; }
 };
 
 }  // namespace kvbench

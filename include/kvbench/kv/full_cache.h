@@ -1,7 +1,17 @@
 // The KV cache behind every method: per sequence and layer, a key store and a value store made
 // by the method's codec; attention through the chosen backend (`reference`: dequantize, then
-// plain attention — the oracle; `cpu`: fused kernels reading the stored format). Retention
-// policies (which tokens stay) plug in here with the eviction issue; today every token stays.
+// plain attention — the oracle; `cpu`: fused kernels reading the stored format); and the
+// method's retention policy, asked after each append which tokens stay.
+//   - A block of several tokens (the prefill) is attended over everything held plus the whole
+//     block, as stored by the codec; then, if the policy evicts now, the layer shrinks to the
+//     selection: stores that can drop tokens in place keep their codes (TokenStore::retain),
+//     others (KIVI, GEAR) are rebuilt from the kept tokens' full-precision values, so their
+//     groups and blocks form over kept tokens only. Only the prefill can be rebuilt.
+//   - A single decode token is appended, the policy evicts (decode timing), and the token then
+//     attends what stays.
+//   - Window scores (SnapKV) are computed only when the prefill is over budget, from the
+//     prefill's full-precision queries and keys.
+// A policy that never finds the layer over budget leaves every step exactly as the full cache.
 #pragma once
 
 #include <map>
@@ -11,6 +21,7 @@
 
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/kv_cache.h"
+#include "kvbench/kv/retention_policy.h"
 
 namespace kvbench {
 
@@ -20,30 +31,47 @@ AttentionBackend attention_backend_from_name(const std::string& name);
 
 class CompressedKVCache : public KVCache {
  public:
+  // `policy` null: every token kept (FullRetention).
   CompressedKVCache(std::shared_ptr<const Codec> codec, AttentionBackend backend,
-                    int64_t num_layers, int64_t num_kv_heads, int64_t head_dim);
+                    int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
+                    std::shared_ptr<const RetentionPolicy> policy = nullptr);
 
   int64_t add_sequence() override;
   void remove_sequence(int64_t seq) override;
   int64_t length(int64_t seq) const override;
   at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v) override;
+  std::vector<int64_t> kept_tokens(int64_t seq) const override;
   StorageBytes storage() const override;
   StorageBytes nominal() const override;
 
   const Codec& codec() const { return *codec_; }
+  const RetentionPolicy& policy() const { return *policy_; }
+  // Logical positions of the tokens a layer holds: [kv_heads, held] int64, ascending per head.
+  // Tracked only for policies that can evict (undefined for full retention).
+  at::Tensor kept_positions(int64_t seq, int64_t layer) const;
 
  private:
   struct Layer {
     std::unique_ptr<TokenStore> keys, values;
+    at::Tensor positions;  // [kv_heads, held] int64; only when the policy can evict
   };
   struct Sequence {
     std::vector<Layer> layers;
     int64_t length = 0;
   };
   Sequence& sequence(int64_t seq);
+  const Sequence& sequence(int64_t seq) const;
+  at::Tensor attend(const Layer& layer, const at::Tensor& q) const;
+  // [num_heads, w, n] softmax attention of the block's last w queries over its n tokens.
+  at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, int64_t w) const;
+  // Shrinks the layer to `kept` ([kv_heads, n] indices into the held tokens).
+  void evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k, const at::Tensor& v,
+             bool prefill) const;
 
   std::shared_ptr<const Codec> codec_;
+  std::shared_ptr<const RetentionPolicy> policy_;
+  bool evicts_;  // false for full retention: no positions tracked, no policy calls
   AttentionBackend backend_;
   int64_t num_layers_, num_kv_heads_, head_dim_;
   int64_t next_id_ = 0;

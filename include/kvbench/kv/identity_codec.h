@@ -15,6 +15,7 @@ class IdentityCodec final : public Codec {
   std::unique_ptr<TokenStore> make_value_store(int64_t kv_heads, int64_t head_dim) const override;
   StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const override;
   at::Tensor max_error(const at::Tensor& row, bool is_key, double store_amax) const override;
+  bool can_drop_tokens() const override { return true; }
 
  private:
   at::ScalarType dtype_;

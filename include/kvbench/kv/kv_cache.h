@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kvbench/kv/token_store.h"
 
@@ -32,6 +33,11 @@ class KVCache {
   //   returns [num_heads, n, head_dim] fp32
   virtual at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
                                        const at::Tensor& k, const at::Tensor& v) = 0;
+
+  // Tokens `seq` holds now at each layer, per KV head ([num_layers]): length() without
+  // eviction, fewer once a retention policy has evicted. Every KV head of a layer holds the
+  // same number of tokens (which tokens may differ per head).
+  virtual std::vector<int64_t> kept_tokens(int64_t seq) const = 0;
 
   // K/V state held now for all sequences, measured from the stored tensors.
   virtual StorageBytes storage() const = 0;

@@ -1,6 +1,13 @@
-// The method factory: which compression methods exist (each a storage codec plus, with the
-// eviction issue, a retention policy), their parameters and defaults, validation of a
-// `methods[i]` config entry, and construction of the method's KV cache. Presets follow
+// The method factory: which compression methods exist, their parameters and defaults,
+// validation of a `methods[i]` config entry, and construction of the method's KV cache.
+// A method is a storage codec plus a retention policy. Codec methods (`full`, `int4`, `kivi-2`,
+// ...) keep every token; retention methods (`streamingllm`, `stream-512`, `snapkv`,
+// `snapkv-2048`, ...) name a policy and take their codec from a `codec` entry, a codec
+// method's name or an object with its parameters:
+//   {"name": "snapkv", "budget": 2048, "codec": "kivi-4"}
+//   {"name": "snapkv-2048", "codec": {"name": "kivi-4", "residual": 64}}
+//   {"name": "snapkv-2048+kivi-4"}          (shorthand for the first form's codec)
+// Resolved entries always carry the codec as a resolved object. Presets follow
 // ../shared/reference/presets.md.
 #pragma once
 
@@ -15,6 +22,7 @@
 
 #include "kvbench/core/param_spec.h"
 #include "kvbench/kv/kv_cache.h"
+#include "kvbench/kv/retention_policy.h"
 
 namespace kvbench {
 
@@ -24,20 +32,27 @@ struct MethodInfo {
   std::string name;
   std::string summary;  // what the preset expands to
   std::vector<ParamSpec> params;
-  // Builds the codec from resolved params; `model_dtype` is the uncompressed storage dtype.
+  // Codec methods: builds the codec from resolved params; `model_dtype` is the uncompressed
+  // storage dtype. Empty for retention methods, whose codec is their resolved `codec` entry.
   std::function<std::shared_ptr<const Codec>(const nlohmann::json& params,
                                              at::ScalarType model_dtype)>
       codec;
+  // Retention methods: builds the policy from resolved params. Empty: every token kept.
+  std::function<std::shared_ptr<const RetentionPolicy>(const nlohmann::json& params)> policy;
 };
 
 const std::vector<MethodInfo>& method_catalog();
 std::vector<std::string> method_names();
+// Methods that are storage codecs (valid values of a retention method's `codec`).
+std::vector<std::string> codec_method_names();
 // Validates one `{"name": ..., params}` entry and returns it with defaults filled in.
 // `path` is its key path ("methods[1]") for error messages.
 nlohmann::json resolve_method(const nlohmann::json& entry, const std::string& path);
 
 // The codec a resolved method entry describes.
 std::shared_ptr<const Codec> make_codec(const nlohmann::json& method, at::ScalarType model_dtype);
+// The retention policy a resolved method entry describes (FullRetention for codec methods).
+std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method);
 // Builds the KV cache a resolved method entry describes, for a model with these dimensions;
 // `dtype` is the uncompressed storage dtype (model.dtype); `backend` is "reference" or "cpu".
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,

@@ -36,6 +36,12 @@ class TokenStore {
   // Appends n tokens.  x: [kv_heads, n, head_dim] fp32.
   virtual void append(const at::Tensor& x) = 0;
   virtual int64_t size() const = 0;
+  // Keeps only the stored tokens `kept` ([kv_heads, n] int64, ascending per head, the same n
+  // for every head), in place and without re-encoding them: the retention policy's eviction.
+  // Per-token formats (identity, block quantization, fp8) support it; formats whose codes span
+  // tokens (KIVI's key groups, GEAR's blocks) cannot drop a token without re-quantizing, keep
+  // this default (which throws) and report can_drop_tokens() false through their codec.
+  virtual void retain(const at::Tensor& kept);
   // Every stored token reconstructed: [kv_heads, size, head_dim] fp32. The reference path.
   virtual at::Tensor dequantize() const = 0;
 

@@ -1,0 +1,86 @@
+// A retention policy: which tokens of one (sequence, layer) the cache keeps. The cache owns the
+// storage (a codec's TokenStores) and asks the policy, after it appends a block of tokens,
+// whether the layer is over budget and, if so, which held tokens stay. A policy states up front
+// what it needs from the engine (positions only, or the attention of a window of prefill
+// queries) so the cache computes nothing more, and when it evicts (once after the prefill, or
+// whenever decode pushes the layer over budget). Selections are per KV head: under GQA one
+// selection per KV head from scores averaged over its query group; every head keeps the same
+// number of tokens, so stores stay rectangular. Kept keys keep their original positions (RoPE
+// is already applied) and new tokens use the logical position (KVCache::length).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace kvbench {
+
+// What the cache must compute for the policy.
+enum class RetentionNeeds {
+  kPositions,       // logical positions of the held tokens only (StreamingLLM, full)
+  kWindowScores,    // at the prefill: attention of its last `observation_window()` queries
+  kScoresEveryStep  // every step's attention probabilities (H2O, TOVA: not implemented yet)
+};
+
+// When the policy evicts.
+enum class EvictionTiming {
+  kAfterPrefill,  // once, when the sequence's first block (the prefill) has been attended
+  kDecode,        // after every append that leaves the layer over budget
+};
+
+const char* eviction_timing_name(EvictionTiming timing);
+
+// What a policy sees when it selects, for one (sequence, layer).
+struct RetentionInput {
+  int64_t layer = 0;
+  int64_t length = 0;    // T: tokens that have entered the sequence, the new block included
+  bool prefill = false;  // the block just appended is the sequence's first
+  // [kv_heads, held] int64: logical position of every held token, ascending per head.
+  at::Tensor positions;
+  // kWindowScores only: [num_heads, w, held] fp32 softmax attention probabilities of the
+  // block's last w queries over the held tokens (causal: query i sees held positions up to
+  // its own), scaled by 1/sqrt(head_dim). Undefined otherwise.
+  at::Tensor window_attention;
+};
+
+class RetentionPolicy {
+ public:
+  virtual ~RetentionPolicy() = default;
+  virtual std::string name() const = 0;
+  // Resolved parameters, for reports.
+  virtual nlohmann::json params() const = 0;
+  virtual RetentionNeeds needs() const = 0;
+  virtual EvictionTiming timing() const = 0;
+  // Queries at the end of the prefill whose attention kWindowScores needs (0 otherwise).
+  virtual int64_t observation_window() const { return 0; }
+  // Whether a layer holding `held` tokens per KV head must shrink now. Never true when the
+  // budget covers every token, which is what makes budget >= length identical to full.
+  virtual bool over_budget(int64_t held) const = 0;
+  // Which held tokens stay: [kv_heads, kept] int64 indices into the held tokens, ascending per
+  // head, the same count for every head. Called only when over_budget(held).
+  virtual at::Tensor select(const RetentionInput& in) const = 0;
+  // Tokens per KV head a layer holds after a selection (for memory formulas and docs).
+  virtual int64_t budget() const = 0;
+};
+
+// Keeps every token: the behaviour of a cache without eviction.
+class FullRetention final : public RetentionPolicy {
+ public:
+  std::string name() const override { return "full"; }
+  nlohmann::json params() const override { return nlohmann::json::object(); }
+  RetentionNeeds needs() const override { return RetentionNeeds::kPositions; }
+  EvictionTiming timing() const override { return EvictionTiming::kAfterPrefill; }
+  bool over_budget(int64_t) const override { return false; }
+  at::Tensor select(const RetentionInput& in) const override;
+  int64_t budget() const override { return INT64_MAX; }
+};
+
+// The top-`n` entries of each row of `scores` ([kv_heads, tokens]) as ascending indices
+// ([kv_heads, n] int64). Ties go to the earlier token (a stable sort), so selections are
+// deterministic. The shared tail of every score-based policy (kvpress's ScorerPress).
+at::Tensor top_tokens(const at::Tensor& scores, int64_t n);
+
+}  // namespace kvbench

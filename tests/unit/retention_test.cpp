@@ -1,0 +1,380 @@
+// Retention policies (StreamingLLM, SnapKV) and their composition with every codec: a budget
+// covering every token is bitwise the full cache; StreamingLLM keeps exactly its sinks and
+// window; SnapKV's selection against a float64 reference of its scores; decode-time eviction
+// keeps storage bounded and equals attention over exactly the kept tokens; presets and
+// composition errors; the tiny model generating past every budget.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "kvbench/attention/reference_attention.h"
+#include "kvbench/core/error.h"
+#include "kvbench/engine/generator.h"
+#include "kvbench/kv/block_quant_codec.h"
+#include "kvbench/kv/fp8_codec.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/identity_codec.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/snapkv_policy.h"
+#include "kvbench/kv/streaming_llm_policy.h"
+#include "kvbench/model/presets.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+json resolve(const json& entry) { return resolve_method(entry, "methods[0]"); }
+
+at::Tensor rand(std::vector<int64_t> shape, uint64_t seed) {
+  return at::randn(shape, at::detail::createCPUGenerator(seed), at::kFloat);
+}
+
+Transformer tiny_model() {
+  const ModelPreset& preset = find_model_preset("tiny-llama");
+  return Transformer::random(parse_model_config(preset.config, preset.name), 2);
+}
+
+std::unique_ptr<KVCache> cache_for(const json& method, const ModelConfig& mc,
+                                   const std::string& backend = "cpu") {
+  return make_kv_cache(method, mc.num_layers, mc.num_kv_heads, mc.head_dim, at::kBFloat16, backend);
+}
+
+std::vector<int64_t> prompt_of(int64_t tokens, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  at::Tensor ids = at::randint(3, 512, {tokens}, gen, at::kLong);
+  return std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + tokens);
+}
+
+// Greedy decoding by hand, returning every step's logits.
+std::vector<at::Tensor> decode_logits(const Transformer& model, KVCache& cache,
+                                      const std::vector<int64_t>& prompt, int64_t steps) {
+  const int64_t seq = cache.add_sequence();
+  std::vector<at::Tensor> out;
+  at::Tensor logits = model.forward({{seq, prompt}}, cache);
+  out.push_back(logits);
+  for (int64_t i = 0; i < steps; ++i) {
+    const int64_t next = logits[0].argmax().item<int64_t>();
+    logits = model.forward({{seq, {next}}}, cache);
+    out.push_back(logits);
+  }
+  return out;
+}
+
+// Budget >= length: every policy, with several codecs, is bitwise the codec's full cache.
+TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  const std::vector<int64_t> prompt = prompt_of(40, 1);
+  const std::vector<json> policies = {
+      {{"name", "streamingllm"}, {"sinks", 4}, {"window", 60}},  // 64 >= 40 + 20
+      {{"name", "streamingllm"}, {"sinks", 4}, {"window", 36}, {"evict", "after_prefill"}},
+      {{"name", "stream-512"}},
+      {{"name", "snapkv"}, {"budget", 40}},  // the prompt exactly
+      {{"name", "snapkv-2048"}}};
+  for (const char* codec : {"full", "int8", "int4", "fp8", "kivi-2", "gear-4"}) {
+    for (const char* backend : {"cpu", "reference"}) {
+      auto full = cache_for(resolve({{"name", codec}}), mc, backend);
+      const std::vector<at::Tensor> want = decode_logits(model, *full, prompt, 20);
+      for (json p : policies) {
+        p["codec"] = codec;
+        const bool per_token = make_codec(resolve({{"name", codec}}), at::kHalf)->can_drop_tokens();
+        if (!per_token && p["name"] != "snapkv" && p["name"] != "snapkv-2048") {
+          p["evict"] = "after_prefill";
+        }
+        auto cache = cache_for(resolve(p), mc, backend);
+        const std::vector<at::Tensor> got = decode_logits(model, *cache, prompt, 20);
+        for (size_t i = 0; i < want.size(); ++i) {
+          ASSERT_TRUE(at::equal(got[i], want[i])) << p.dump() << " " << backend << " step " << i;
+        }
+        EXPECT_EQ(cache->storage().total(), full->storage().total()) << p.dump();
+        EXPECT_EQ(cache->kept_tokens(0), std::vector<int64_t>(4, 60)) << p.dump();
+      }
+    }
+  }
+}
+
+// A one-layer cache over random q/k/v: GQA 4:2, head_dim 16.
+struct Layer1 {
+  static constexpr int64_t kHeads = 4, kKv = 2, kDim = 16;
+  const double scale = 0.25;
+};
+
+TEST(StreamingLlm, KeepsExactlyTheSinksAndTheWindowAfterPrefill) {
+  auto policy = std::make_shared<StreamingLlmPolicy>(4, 16, EvictionTiming::kAfterPrefill);
+  CompressedKVCache cache(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kCpu, 1,
+                          Layer1::kKv, Layer1::kDim, policy);
+  const int64_t seq = cache.add_sequence(), T = 50;
+  at::Tensor q = rand({4, T, 16}, 1), k = rand({2, T + 1, 16}, 2), v = rand({2, T + 1, 16}, 3);
+  at::Tensor out = cache.append_and_attend(seq, 0, q, k.narrow(1, 0, T), v.narrow(1, 0, T));
+  // The prefill itself attends every prompt token.
+  EXPECT_TRUE(at::allclose(
+      out, block_attention_reference(q, k.narrow(1, 0, T), v.narrow(1, 0, T), 0.25), 1e-6, 1e-6));
+  EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{20});
+  std::vector<int64_t> want;
+  for (int64_t p = 0; p < 4; ++p) want.push_back(p);
+  for (int64_t p = T - 16; p < T; ++p) want.push_back(p);
+  at::Tensor kept = at::tensor(want, at::kLong);
+  EXPECT_TRUE(at::equal(cache.kept_positions(seq, 0), kept.expand({2, 20})));
+  EXPECT_EQ(cache.storage().total(), 2u * 20 * 2 * 16 * 4);
+  EXPECT_EQ(cache.storage().total(), cache.nominal().total());
+  // A decode token (position 50) attends exactly the kept tokens plus itself.
+  at::Tensor q1 = rand({4, 1, 16}, 4);
+  at::Tensor got = cache.append_and_attend(seq, 0, q1, k.narrow(1, T, 1), v.narrow(1, T, 1));
+  at::Tensor idx = at::cat({kept, at::tensor({T}, at::kLong)});
+  at::Tensor ref =
+      block_attention_reference(q1, k.index_select(1, idx), v.index_select(1, idx), 0.25);
+  EXPECT_LT(((got - ref).norm() / ref.norm()).item<double>(), 1e-6);
+  EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{21});  // after_prefill: grows again
+}
+
+// Decode-time eviction: storage stays at S + W tokens, every step equals attention over
+// exactly [0, S) U [T - W, T) of the codec's stored tokens, for each per-token codec.
+TEST(StreamingLlm, DecodeEvictionIsBoundedAndEqualsReattendingTheKeptTokens) {
+  const std::vector<std::shared_ptr<const Codec>> codecs = {
+      std::make_shared<IdentityCodec>(at::kFloat),
+      std::make_shared<IdentityCodec>(at::kHalf),
+      std::make_shared<BlockQuantCodec>(8, true, 16),
+      std::make_shared<BlockQuantCodec>(4, false, 16),
+      std::make_shared<BlockQuantCodec>(2, false, 16),
+      std::make_shared<Fp8Codec>("amax", 1.0, 448.0, "head")};
+  const int64_t S = 4, W = 12, prefill = 30, steps = 100, total = prefill + steps;
+  at::Tensor q = rand({4, total, 16}, 5), k = rand({2, total, 16}, 6), v = rand({2, total, 16}, 7);
+  for (const auto& codec : codecs) {
+    for (auto backend : {AttentionBackend::kCpu, AttentionBackend::kReference}) {
+      auto policy = std::make_shared<StreamingLlmPolicy>(S, W, EvictionTiming::kDecode);
+      CompressedKVCache cache(codec, backend, 1, 2, 16, policy);
+      // The oracle: the same codec keeping every token, read back at the kept positions.
+      auto all_k = codec->make_key_store(2, 16), all_v = codec->make_value_store(2, 16);
+      const int64_t seq = cache.add_sequence();
+      cache.append_and_attend(seq, 0, q.narrow(1, 0, prefill), k.narrow(1, 0, prefill),
+                              v.narrow(1, 0, prefill));
+      all_k->append(k.narrow(1, 0, prefill));
+      all_v->append(v.narrow(1, 0, prefill));
+      const StorageBytes bound = codec->nominal_bytes(S + W, 2, 16);
+      for (int64_t t = prefill; t < total; ++t) {
+        at::Tensor qt = q.narrow(1, t, 1);
+        at::Tensor got = cache.append_and_attend(seq, 0, qt, k.narrow(1, t, 1), v.narrow(1, t, 1));
+        all_k->append(k.narrow(1, t, 1));
+        all_v->append(v.narrow(1, t, 1));
+        std::vector<int64_t> want;
+        for (int64_t p = 0; p <= t; ++p) {
+          if (p < S || p > t - W) want.push_back(p);
+        }
+        at::Tensor idx = at::tensor(want, at::kLong);
+        ASSERT_TRUE(at::equal(cache.kept_positions(seq, 0), idx.expand({2, S + W})))
+            << codec->name() << " step " << t;
+        ASSERT_EQ(cache.storage().total(), bound.total()) << codec->name();
+        ASSERT_EQ(cache.nominal().total(), bound.total()) << codec->name();
+        at::Tensor ref = block_attention_reference(qt, all_k->dequantize().index_select(1, idx),
+                                                   all_v->dequantize().index_select(1, idx), 0.25);
+        ASSERT_LT(((got - ref).norm() / ref.norm()).item<double>(), codec->fused_tolerance())
+            << codec->name() << " step " << t;
+      }
+    }
+  }
+}
+
+// SnapKV's scores in float64 loops: sum over the window queries of the causal softmax rows,
+// pooled along tokens (max ignores the padding, avg divides by the kernel), averaged over
+// each KV head's query group. q: [H, T, d], k: [Hkv, T, d].
+std::vector<std::vector<double>> snapkv_reference(const at::Tensor& q, const at::Tensor& k,
+                                                  int64_t w, int64_t kernel, bool max_pool) {
+  const int64_t H = q.size(0), T = q.size(1), d = q.size(2), Hkv = k.size(0), P = T - w;
+  const int64_t group = H / Hkv;
+  at::Tensor qd = q.to(at::kDouble).contiguous(), kd = k.to(at::kDouble).contiguous();
+  auto Q = qd.accessor<double, 3>();
+  auto K = kd.accessor<double, 3>();
+  std::vector<std::vector<double>> out(Hkv, std::vector<double>(P, 0.0));
+  for (int64_t h = 0; h < H; ++h) {
+    std::vector<double> votes(P, 0.0);
+    for (int64_t i = 0; i < w; ++i) {
+      const int64_t qp = T - w + i;
+      std::vector<double> s(qp + 1);
+      double m = -INFINITY, z = 0;
+      for (int64_t j = 0; j <= qp; ++j) {
+        double dot = 0;
+        for (int64_t c = 0; c < d; ++c) dot += Q[h][qp][c] * K[h / group][j][c];
+        s[j] = dot / std::sqrt(static_cast<double>(d));
+        m = std::max(m, s[j]);
+      }
+      for (int64_t j = 0; j <= qp; ++j) z += std::exp(s[j] - m);
+      for (int64_t j = 0; j < P; ++j) votes[j] += std::exp(s[j] - m) / z;
+    }
+    for (int64_t j = 0; j < P; ++j) {
+      double acc = max_pool ? -INFINITY : 0.0;
+      for (int64_t o = -kernel / 2; o <= kernel / 2; ++o) {
+        if (j + o < 0 || j + o >= P) continue;
+        acc = max_pool ? std::max(acc, votes[j + o]) : acc + votes[j + o];
+      }
+      out[h / group][j] += (max_pool ? acc : acc / kernel) / group;
+    }
+  }
+  return out;
+}
+
+TEST(SnapKv, SelectionMatchesAFloat64ReferenceOfTheScores) {
+  const int64_t T = 120, w = 8, budget = 40, kernel = 7;
+  for (const char* pooling : {"max", "avg"}) {
+    for (uint64_t seed : {11, 12, 13}) {
+      at::Tensor q = rand({4, T, 16}, seed) * 2, k = rand({2, T, 16}, seed + 100);
+      at::Tensor v = rand({2, T, 16}, seed + 200);
+      auto policy = std::make_shared<SnapKvPolicy>(budget, w, kernel, pooling);
+      CompressedKVCache cache(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kCpu,
+                              1, 2, 16, policy);
+      const int64_t seq = cache.add_sequence();
+      cache.append_and_attend(seq, 0, q, k, v);
+      ASSERT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{budget});
+      const auto ref = snapkv_reference(q, k, w, kernel, std::string(pooling) == "max");
+      at::Tensor kept = cache.kept_positions(seq, 0);
+      for (int64_t h = 0; h < 2; ++h) {
+        std::set<int64_t> chosen;
+        for (int64_t i = 0; i < budget; ++i) chosen.insert(kept[h][i].item<int64_t>());
+        ASSERT_EQ(static_cast<int64_t>(chosen.size()), budget);
+        for (int64_t p = T - w; p < T; ++p) EXPECT_TRUE(chosen.count(p)) << "window " << p;
+        // A valid top-(C - w): every chosen prefix token scores at least every other one.
+        double lowest_chosen = INFINITY, highest_other = -INFINITY;
+        for (int64_t p = 0; p < T - w; ++p) {
+          if (chosen.count(p)) {
+            lowest_chosen = std::min(lowest_chosen, ref[h][p]);
+          } else {
+            highest_other = std::max(highest_other, ref[h][p]);
+          }
+        }
+        EXPECT_GE(lowest_chosen, highest_other - 1e-6) << pooling << " seed " << seed;
+      }
+      // The scores themselves, from the engine's fp32 window attention.
+      at::Tensor probs = at::softmax(
+          at::bmm(q.narrow(1, T - w, w).reshape({2, 2 * w, 16}), k.transpose(1, 2)).mul_(0.25) +
+              at::ones({w, T}).triu(T - w + 1).mul_(-1e30).repeat({2, 1}),
+          -1);
+      at::Tensor scores = snapkv_scores(probs.reshape({4, w, T}), 2, kernel, pooling);
+      for (int64_t h = 0; h < 2; ++h) {
+        for (int64_t p = 0; p < T - w; ++p) {
+          ASSERT_NEAR(scores[h][p].item<double>(), ref[h][p], 1e-5) << pooling << " " << p;
+        }
+      }
+    }
+  }
+}
+
+TEST(SnapKv, ComposesWithKiviAndGearAfterThePrefill) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  for (const char* codec : {"kivi-2", "gear-4", "int4", "fp8"}) {
+    auto cache = cache_for(resolve({{"name", "snapkv"}, {"budget", 64}, {"codec", codec}}), mc);
+    GenerationConfig g;
+    g.max_new_tokens = 10;
+    GenerationResult r = generate(model, *cache, {prompt_of(200, 3)}, g);
+    EXPECT_EQ(r.sequences[0].tokens.size(), 10u);
+    // Peak: after the last step, 64 kept at the prefill + 9 decode tokens.
+    EXPECT_EQ(r.peak_kept_tokens, std::vector<int64_t>(4, 73)) << codec;
+    EXPECT_EQ(r.peak_storage.total(), r.peak_nominal.total()) << codec;
+  }
+}
+
+TEST(MethodRegistry, RetentionMethodsResolveWithTheirCodec) {
+  const json a = resolve({{"name", "snapkv"}, {"budget", 2048}, {"codec", "kivi-4"}});
+  EXPECT_EQ(a["codec"], json({{"name", "kivi-4"}, {"group", 32}, {"residual", 128}}));
+  EXPECT_EQ(a["window"], 32);
+  EXPECT_EQ(a["kernel"], 7);
+  EXPECT_EQ(a["pooling"], "max");
+  EXPECT_EQ(resolve({{"name", "snapkv-2048+kivi-4"}}),
+            resolve({{"name", "snapkv-2048"}, {"codec", {{"name", "kivi-4"}}}}));
+  EXPECT_EQ(resolve({{"name", "snapkv-2048"}})["codec"], json({{"name", "full"}}));
+  const json s = resolve({{"name", "stream-512"}});
+  EXPECT_EQ(s["sinks"], 64);
+  EXPECT_EQ(s["window"], 448);
+  EXPECT_EQ(s["evict"], "decode");
+  EXPECT_EQ(resolve({{"name", "streamingllm"}})["sinks"], 4);
+  EXPECT_EQ(resolve({{"name", "stream-512"},
+                     {"codec", {{"name", "int4"}, {"symmetric", true}}}})["codec"]["symmetric"],
+            true);
+  EXPECT_EQ(make_codec(a, at::kHalf)->name(), "kivi");
+  EXPECT_EQ(make_policy(a)->name(), "snapkv");
+  EXPECT_EQ(make_policy(resolve({{"name", "int4"}}))->name(), "full");
+  EXPECT_EQ(
+      resolve({{"name", "stream-512"}, {"codec", "kivi-4"}, {"evict", "after_prefill"}})["evict"],
+      "after_prefill");
+
+  auto message = [](const json& entry) {
+    try {
+      resolve(entry);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string unknown = message({{"name", "snapkv"}, {"codec", "kivi"}});
+  EXPECT_NE(unknown.find("methods[0].codec.name: unknown codec 'kivi'"), std::string::npos)
+      << unknown;
+  EXPECT_NE(unknown.find("codecs: full, fp32"), std::string::npos) << unknown;
+  const std::string decode = message({{"name", "stream-512"}, {"codec", "kivi-4"}});
+  EXPECT_NE(decode.find("methods[0].evict"), std::string::npos) << decode;
+  EXPECT_NE(decode.find("'kivi-4'"), std::string::npos) << decode;
+  EXPECT_NE(decode.find("after_prefill"), std::string::npos) << decode;
+  EXPECT_NE(message({{"name", "streamingllm"}, {"codec", "gear"}}).find("'gear'"),
+            std::string::npos);
+  EXPECT_NE(message({{"name", "snapkv"}, {"codec", "stream-512"}}).find("retention method"),
+            std::string::npos);
+  EXPECT_NE(message({{"name", "snapkv"}, {"budget", 16}}).find("observation window"),
+            std::string::npos);
+  EXPECT_NE(message({{"name", "snapkv"}, {"kernel", 4}}).find("odd"), std::string::npos);
+  EXPECT_NE(message({{"name", "snapkv"}, {"codec", 3}}).find("expected a codec name"),
+            std::string::npos);
+  EXPECT_NE(message({{"name", "int4"}, {"codec", "int8"}}).find("unknown key"), std::string::npos);
+  EXPECT_NE(message({{"name", "snapkv-2048+int4"}, {"codec", "int8"}}).find("give the codec once"),
+            std::string::npos);
+  // The cache itself refuses decode eviction over a codec that cannot drop tokens.
+  EXPECT_THROW(CompressedKVCache(
+                   make_codec(resolve({{"name", "kivi-2"}}), at::kHalf), AttentionBackend::kCpu, 1,
+                   2, 32, std::make_shared<StreamingLlmPolicy>(4, 8, EvictionTiming::kDecode)),
+               Error);
+}
+
+// The presets on the tiny model, prompts longer than the budget, with a codec each way.
+TEST(Retention, TinyModelGeneratesPastEveryBudget) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  struct Case {
+    json method;
+    int64_t prompt, kept_at_end;
+  };
+  const std::vector<Case> cases = {
+      {{{"name", "stream-512"}}, 700, 512},
+      {{{"name", "stream-512"}, {"codec", "int4"}}, 700, 512},
+      {{{"name", "snapkv-2048"}}, 2200, 2048 + 7},
+      {{{"name", "snapkv-2048"}, {"codec", "kivi-4"}}, 2200, 2048 + 7}};
+  for (const Case& c : cases) {
+    auto cache = cache_for(resolve(c.method), mc);
+    GenerationConfig g;
+    g.max_new_tokens = 8;
+    GenerationResult r = generate(model, *cache, {prompt_of(c.prompt, 4)}, g);
+    EXPECT_EQ(r.sequences[0].tokens.size(), 8u);
+    EXPECT_EQ(r.peak_tokens, c.prompt + 7) << c.method.dump();
+    EXPECT_EQ(r.peak_kept_tokens, std::vector<int64_t>(4, c.kept_at_end)) << c.method.dump();
+    EXPECT_EQ(r.peak_storage.total(), r.peak_nominal.total()) << c.method.dump();
+  }
+}
+
+// A long generation with decode eviction: the cache never holds more than S + W tokens.
+TEST(StreamingLlm, LongGenerationKeepsStorageBounded) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  auto cache =
+      cache_for(resolve({{"name", "streamingllm"}, {"window", 28}, {"codec", "int8"}}), mc);
+  GenerationConfig g;
+  g.max_new_tokens = 300;
+  g.ignore_eos = true;
+  GenerationResult r = generate(model, *cache, {prompt_of(20, 5)}, g);
+  EXPECT_EQ(r.sequences[0].tokens.size(), 300u);
+  const auto codec = make_codec(resolve({{"name", "int8"}}), at::kBFloat16);
+  EXPECT_EQ(r.peak_kv_bytes, codec->nominal_bytes(32, mc.num_kv_heads, mc.head_dim).total() *
+                                 static_cast<uint64_t>(mc.num_layers));
+  EXPECT_EQ(r.peak_kept_tokens, std::vector<int64_t>(4, 32));
+}
+
+}  // namespace
+}  // namespace kvbench
