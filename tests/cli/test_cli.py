@@ -427,6 +427,42 @@ class FiguresCliTest(CliCase):
             self.assertTrue((out / f"{name}.pdf").read_bytes().startswith(b"%PDF"), name)
 
 
+class WorkloadsAcceptanceCliTest(CliCase):
+    """configs/workloads-acceptance.json (issue 7's acceptance run) end to end."""
+
+    def test_tasks_longbench_lengths_and_fidelity_in_one_report(self):
+        res = kvbench("run", "--config", str(ROOT / "configs" / "workloads-acceptance.json"),
+                      "--out", str(self.dir / "out"), "--log-level", "warn", cwd=str(ROOT))
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        path, report = self.report_from(res)
+        self.assertEqual(subprocess.run([*VALIDATE, str(path)]).returncode, 0)
+        cells = report["cells"]
+        self.assertEqual(len(cells), 18)
+        self.assertTrue(all(c["status"] == "ok" for c in cells))
+        budget = 512  # stream-512 keeps 512 tokens
+        for c in cells:
+            self.assertIn(c["method"]["name"], ("full", "kivi-4", "stream-512"))
+            if c["suite"] in ("accuracy", "output_length"):
+                for r in c["records"]:
+                    self.assertGreaterEqual(r["prompt_tokens"], 2 * budget, c["id"])
+                    self.assertIn("kv_bytes", r)
+                    self.assertIn("e2e_s", r)
+            if c["suite"] == "accuracy":
+                self.assertIn("negative_samples", c["summary"])
+                self.assertEqual(len(c["summary"]["theta_sweep"]), 6)
+                self.assertTrue(all("negative" in r and "output" in r for r in c["records"]))
+            if c["suite"] == "output_length":
+                self.assertIn("d_mean", c["summary"])
+            if c["suite"] == "fidelity":
+                self.assertGreaterEqual(c["summary"]["kl_mean"], 0)
+        tasks = {c["params"]["task"] or c["params"]["data_file"] for c in cells if c["suite"] == "accuracy"}
+        self.assertEqual(len(tasks), 4)
+        # stream-512 holds at most its budget per layer; the full cache holds the whole prompt.
+        lengths = [c for c in cells if c["suite"] == "output_length"]
+        kv = {c["method"]["name"]: max(r["kv_bytes"] for r in c["records"]) for c in lengths}
+        self.assertLess(kv["stream-512"], kv["full"])
+
+
 class ModelCliTest(CliCase):
     """make-model, model suites, and every corrupt-checkpoint case as a one-line error."""
 
