@@ -133,4 +133,10 @@ std::string render_chat(const std::string& format, const std::vector<ChatMessage
   throw Error("unknown chat format '" + format + "'; formats: " + join(chat_format_names(), ", "));
 }
 
+std::string detect_chat_format(const std::string& chat_template) {
+  if (chat_template.find("<|start_header_id|>") != std::string::npos) return "llama3";
+  if (chat_template.find("<|im_start|>") != std::string::npos) return "chatml";
+  return "";
+}
+
 }  // namespace kvbench

@@ -363,6 +363,44 @@ std::map<std::string, double> over_common_keys(
   return out;
 }
 
+// Accuracy samples (task + id) that every compressed method scores 0 on, with the full
+// cache's score beside them: failures no method in the comparison avoids.
+ResultTable failed_by_every_method(const std::vector<MergedCell>& cells, const Context& ctx) {
+  struct Seen {
+    std::set<std::string> methods;
+    bool all_zero = true;
+    json score_full;
+  };
+  std::map<std::pair<std::string, std::string>, Seen> samples;
+  std::set<std::string> methods;
+  for (const MergedCell& m : cells) {
+    const json& c = m.cell;
+    if (c.value("status", "") != "ok" || c.value("suite", "") != "accuracy") continue;
+    const std::string label = ctx.label(c);
+    if (method_name(c) == ctx.baseline) continue;
+    methods.insert(label);
+    for (const json& r : c.value("records", json::array())) {
+      if (!r.contains("id") || !r.contains("score")) continue;
+      Seen& s = samples[{r.value("task", ""), r["id"].get<std::string>()}];
+      s.methods.insert(label);
+      s.all_zero &= r["score"].get<double>() == 0.0;
+      if (r.contains("score_full")) s.score_full = r["score_full"];
+    }
+  }
+  ResultTable t;
+  t.name = "failed_by_every_method";
+  t.title =
+      "accuracy samples every compared method scores 0 on (score_full: the full cache's score)";
+  t.columns = {"task", "id", "methods", "score_full"};
+  if (methods.empty()) return t;
+  for (const auto& [key, s] : samples) {
+    if (s.all_zero && s.methods.size() == methods.size()) {
+      t.rows.push_back({key.first, key.second, static_cast<int64_t>(methods.size()), s.score_full});
+    }
+  }
+  return t;
+}
+
 ResultTable pareto_table(const std::vector<MergedCell>& cells, Context& ctx) {
   // Only the model suites: kernels cells have no model and no decode tokens/s.
   std::vector<std::string> setup_order;
@@ -543,6 +581,9 @@ ReportTables build_report_tables(const MergedReports& merged, const std::string&
 
   ResultTable pareto = pareto_table(merged.cells, ctx);
   if (!pareto.rows.empty()) out.tables.push_back(std::move(pareto));
+
+  ResultTable every = failed_by_every_method(merged.cells, ctx);
+  if (!every.rows.empty()) out.tables.push_back(std::move(every));
 
   ResultTable failed;
   failed.name = "failed";

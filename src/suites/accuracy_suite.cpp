@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <optional>
 
@@ -54,8 +55,10 @@ std::vector<ParamSpec> AccuracySuite::param_specs() {
       ParamSpec::integer("max_new_tokens", 0,
                          "generation cap (0: the task's or data set's default)")
           .range(0, 1 << 20),
-      ParamSpec::string("chat_format", "", "wrap each prompt as one user turn",
-                        {"", "llama3", "chatml"}),
+      ParamSpec::string("chat_format", "",
+                        "wrap each prompt as one user turn; auto: the format the model's "
+                        "tokenizer_config.json chat_template renders",
+                        {"", "auto", "llama3", "chatml"}),
       ParamSpec::number("theta", 0.1, "negative samples: method <= (1 - theta) x full").range(0, 1),
       ParamSpec::string("threshold", "mean",
                         "negative samples: full reaches the task's mean or median",
@@ -89,8 +92,38 @@ struct Sample {
   std::optional<LongBenchRow> row;
 };
 
-std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& text) {
+// "auto": the built-in format matching <model.path>/tokenizer_config.json's chat_template.
+std::string resolve_chat_format(const CellContext& ctx) {
   const std::string format = ctx.params["chat_format"];
+  if (format != "auto") return format;
+  const std::string path = ctx.spec.model.path + "/tokenizer_config.json";
+  KVB_CHECK(!ctx.spec.model.path.empty(),
+            "accuracy: chat_format auto needs model.path (a checkpoint with a "
+            "tokenizer_config.json)");
+  std::ifstream in(path);
+  KVB_CHECK(in.good(), "accuracy: chat_format auto: cannot read ", path);
+  json config;
+  try {
+    config = json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error("accuracy: chat_format auto: " + path + ": not JSON");
+  }
+  std::string tpl;
+  if (config.contains("chat_template") && config["chat_template"].is_string()) {
+    tpl = config["chat_template"];
+  } else if (config.contains("chat_template") && config["chat_template"].is_array()) {
+    for (const auto& t : config["chat_template"])  // [{"name": "default", "template": ...}, ...]
+      if (t.value("name", "") == "default" && t.contains("template")) tpl = t["template"];
+  }
+  KVB_CHECK(!tpl.empty(), "accuracy: chat_format auto: ", path, " has no chat_template");
+  const std::string detected = detect_chat_format(tpl);
+  KVB_CHECK(!detected.empty(), "accuracy: chat_format auto: the chat_template of ", path,
+            " is neither Llama-3 nor ChatML style; set chat_format to llama3 or chatml");
+  return detected;
+}
+
+std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& format,
+                                   const std::string& text) {
   const Tokenizer& tok = ctx.model.tokenizer();
   const std::vector<int32_t> ids = format.empty()
                                        ? tok.encode(text, true)
@@ -103,6 +136,7 @@ std::vector<Sample> load_samples(const CellContext& ctx) {
   const std::string task = p["task"], file = p["data_file"];
   KVB_CHECK(task.empty() != file.empty(), "accuracy: give exactly one of task and data_file");
   const int64_t cap = p["max_new_tokens"], n = p["samples"];
+  const std::string format = resolve_chat_format(ctx);
   std::vector<Sample> out;
   if (!task.empty()) {
     KVB_CHECK(n > 0, "accuracy: samples must be at least 1 for a synthetic task");
@@ -117,7 +151,7 @@ std::vector<Sample> load_samples(const CellContext& ctx) {
       Sample s;
       s.synthetic = make_task_sample(task, ctx.model.tokenizer(), params, "accuracy");
       s.id = s.synthetic->id, s.task = task;
-      s.tokens = encode_prompt(ctx, s.synthetic->prompt);
+      s.tokens = encode_prompt(ctx, format, s.synthetic->prompt);
       s.max_new_tokens = cap > 0 ? cap : 64;
       out.push_back(std::move(s));
     }
@@ -136,10 +170,10 @@ std::vector<Sample> load_samples(const CellContext& ctx) {
     s.id = row.id, s.task = row.dataset;
     std::vector<int32_t> ids = ctx.model.tokenizer().encode(longbench_prompt(row, templates), true);
     if (limit > 0) ids = truncate_middle(ids, limit);
-    if (!p["chat_format"].get<std::string>().empty()) {
+    if (!format.empty()) {
       // LongBench cuts the raw prompt, then wraps it: decode the cut ids back to text.
       const std::string text = ctx.model.tokenizer().decode(ids, true);
-      s.tokens = encode_prompt(ctx, text);
+      s.tokens = encode_prompt(ctx, format, text);
     } else {
       s.tokens.assign(ids.begin(), ids.end());
     }

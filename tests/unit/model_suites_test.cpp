@@ -459,6 +459,17 @@ TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
   EXPECT_LE(ci[0].get<double>(), ci[1].get<double>());
 }
 
+TEST(AccuracySuite, AutoChatFormatNeedsACheckpointTemplate) {
+  try {
+    run_accuracy({{"name", "full"}}, R"({"name": "accuracy", "task": "passkey", "samples": 1,
+                                        "target_tokens": 300, "chat_format": "auto"})");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("chat_format auto needs model.path"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(AccuracySuite, NeedsExactlyOneSource) {
   EXPECT_THROW(run_accuracy({{"name", "full"}}, R"({"name": "accuracy"})"), Error);
   EXPECT_THROW(run_accuracy({{"name", "full"}},

@@ -168,6 +168,39 @@ TEST(ReportMerge, FailedCellsAreListedWithTheirErrors) {
   EXPECT_EQ(table(t, "latency").rows.size(), 1u);  // failed cells have no metric rows
 }
 
+json accuracy_cell(const std::string& method,
+                   const std::vector<std::pair<double, double>>& scores) {
+  json records = json::array();
+  for (size_t i = 0; i < scores.size(); ++i) {
+    records.push_back({{"kind", "scored_sample"},
+                       {"id", "s" + std::to_string(i)},
+                       {"task", "passkey"},
+                       {"score", scores[i].first},
+                       {"score_full", scores[i].second}});
+  }
+  return {{"id", "accuracy." + method + ".0000000000000009"},
+          {"suite", "accuracy"},
+          {"method", {{"name", method}}},
+          {"params", {{"task", "passkey"}}},
+          {"status", "ok"},
+          {"records", records},
+          {"summary", {{"mean_score", 0.0}, {"mean_score_full", 0.0}}}};
+}
+
+TEST(ReportMerge, SamplesEveryCompressedMethodFails) {
+  // Sample 0: both methods score 0 (full: 1) -> listed. Sample 1: int4 passes. Sample 2: only
+  // the full cache's cell has it at 0, which does not count (it is the baseline).
+  const auto a = make_report("a.json", {accuracy_cell("full", {{1, 1}, {1, 1}, {0, 0}}),
+                                        accuracy_cell("int4", {{0, 1}, {1, 1}, {1, 0}}),
+                                        accuracy_cell("kivi-2", {{0, 1}, {0, 1}, {1, 0}})});
+  const ReportTables t = build_report_tables(merge_reports({a}), "");
+  const ResultTable& every = table(t, "failed_by_every_method");
+  ASSERT_EQ(every.rows.size(), 1u);
+  EXPECT_EQ(value(every, 0, "id"), "s0");
+  EXPECT_EQ(value(every, 0, "methods"), 2);
+  EXPECT_EQ(value(every, 0, "score_full"), 1);
+}
+
 TEST(ReportMerge, ExplicitBaselineAndMethodsWithoutFull) {
   const auto a = make_report("a.json", {latency_cell("int8", 0.1, 0.02, 8.5, 2000),
                                         latency_cell("int4", 0.1, 0.01, 5, 1250)});

@@ -338,3 +338,20 @@ TEST(TokenizerChat, UnknownFormatsAndRolesFail) {
 
 }  // namespace
 }  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+TEST(ChatFormat, DetectedFromTheTemplateSource) {
+  // Fragments of the real templates' Jinja source.
+  EXPECT_EQ(detect_chat_format(
+                "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"),
+            "llama3");
+  EXPECT_EQ(
+      detect_chat_format("{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' }}"),
+      "chatml");
+  EXPECT_EQ(detect_chat_format("{{ bos_token }}[INST] {{ message['content'] }} [/INST]"), "");
+}
+
+}  // namespace
+}  // namespace kvbench

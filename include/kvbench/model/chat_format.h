@@ -15,6 +15,9 @@ struct ChatMessage {
 };
 
 std::vector<std::string> chat_format_names();
+// The built-in format a tokenizer_config.json `chat_template` (Jinja source) renders: "llama3"
+// for <|start_header_id|> headers, "chatml" for <|im_start|> turns, "" when it is neither.
+std::string detect_chat_format(const std::string& chat_template);
 // The prompt text; encode it with special-token splitting (Tokenizer::encode does) and without
 // add_special_tokens, since "llama3" already starts with <|begin_of_text|>. Throws Error for an
 // unknown format or role.
