@@ -1,7 +1,11 @@
 #include "kvbench/suites/cell.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <optional>
 
 #include "kvbench/core/error.h"
 #include "kvbench/suites/suite_registry.h"
@@ -17,7 +21,86 @@ uint64_t fnv1a64(const std::string& text) {
   return h;
 }
 
+namespace {
+
+// Files up to this size are hashed whole; larger ones (model weights) by their size, their
+// first 1 MiB (a safetensors header with every tensor's name, dtype, shape and offsets) and
+// 16 evenly spaced 64 KiB samples, so fingerprinting 16 GB takes milliseconds and retrained
+// weights of the same shapes still differ.
+constexpr uint64_t kWholeFileBytes = 4ull << 20;
+
+std::string hex64(uint64_t h) {
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
+std::string read_at(std::ifstream& in, uint64_t offset, uint64_t n) {
+  std::string buf(n, '\0');
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(buf.data(), static_cast<std::streamsize>(n));
+  buf.resize(static_cast<size_t>(in.gcount()));
+  return buf;
+}
+
+std::string file_fingerprint(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    std::vector<std::string> parts;
+    for (const auto& e : std::filesystem::directory_iterator(path, ec)) {
+      if (e.is_regular_file())
+        parts.push_back(e.path().filename().string() + "=" + file_fingerprint(e.path()));
+    }
+    std::sort(parts.begin(), parts.end());
+    std::string all;
+    for (const auto& p : parts) all += p + ";";
+    return hex64(fnv1a64(all));
+  }
+  const uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec) return "missing";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "unreadable";
+  std::string bytes = std::to_string(size) + ":";
+  if (size <= kWholeFileBytes) {
+    bytes += read_at(in, 0, size);
+  } else {
+    bytes += read_at(in, 0, 1ull << 20);
+    for (uint64_t i = 0; i < 16; ++i)
+      bytes += read_at(in, (size - (64ull << 10)) / 15 * i, 64ull << 10);
+  }
+  return hex64(fnv1a64(bytes));
+}
+
+// The model's files a result depends on: config, tokenizer and weight files.
+nlohmann::json model_fingerprint(const std::string& dir) {
+  nlohmann::json files = nlohmann::json::object();
+  std::error_code ec;
+  if (dir.empty() || !std::filesystem::is_directory(dir, ec)) return files;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const std::string ext = e.path().extension().string();
+    if (e.is_regular_file() && (ext == ".safetensors" || ext == ".json"))
+      files[name] = file_fingerprint(e.path());
+  }
+  return files;
+}
+
+// Data files named by a suite's parameters.
+nlohmann::json data_fingerprints(const nlohmann::json& params) {
+  nlohmann::json files = nlohmann::json::object();
+  for (const char* key : {"data_file", "prompts_file", "text_file", "templates_dir"}) {
+    if (params.contains(key) && params[key].is_string() &&
+        !params[key].get<std::string>().empty()) {
+      files[key] = file_fingerprint(params[key].get<std::string>());
+    }
+  }
+  return files;
+}
+
+}  // namespace
+
 std::vector<Cell> expand_cells(const RunSpec& spec) {
+  std::optional<nlohmann::json> model_files;  // computed on first use
   std::vector<Cell> cells;
   std::map<std::string, std::string> seen;  // id -> where it came from
   for (size_t s = 0; s < spec.suites.size(); ++s) {
@@ -29,16 +112,27 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       c.params = spec.suites[s].params;
       c.method = spec.methods[m];
       // Everything that changes what the cell measures. nlohmann::json objects keep keys
-      // sorted, so dump() is canonical. (Model file hashes join when sweeps land.)
-      const nlohmann::json identity = {
+      // sorted, so dump() is canonical. Model and data files enter by content fingerprint
+      // (only when there are any, so other cells keep their ids), so a changed input never
+      // reuses an old result under --resume.
+      const bool needs_model = find_suite(c.suite).needs_model;
+      nlohmann::json identity = {
           {"suite", c.suite},
           {"params", c.params},
           {"method", c.method},
           {"device", spec.device},
           {"attention", spec.attention},
           {"threads", spec.threads},
-          {"model", find_suite(c.suite).needs_model ? spec.resolved.value("model", nlohmann::json())
-                                                    : nlohmann::json()}};
+          {"model",
+           needs_model ? spec.resolved.value("model", nlohmann::json()) : nlohmann::json()}};
+      nlohmann::json inputs = nlohmann::json::object();
+      if (needs_model && !spec.model.path.empty()) {
+        if (!model_files) model_files = model_fingerprint(spec.model.path);
+        if (!model_files->empty()) inputs["model_files"] = *model_files;
+      }
+      if (nlohmann::json data = data_fingerprints(c.params); !data.empty())
+        inputs["data_files"] = data;
+      if (!inputs.empty()) identity["inputs"] = inputs;
       const uint64_t h = fnv1a64(identity.dump());
       char hex[17];
       std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <map>
 
 #include "kvbench/core/error.h"
@@ -72,6 +74,35 @@ TEST(Cells, ShardSyntaxErrorsNameTheOption) {
       EXPECT_NE(std::string(e.what()).find("--shard"), std::string::npos) << e.what();
     }
   }
+}
+
+TEST(Cells, IdsFollowTheContentOfModelAndDataFiles) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "kvbench_cell_inputs";
+  std::filesystem::create_directories(dir / "model");
+  auto write = [](const std::filesystem::path& p, const std::string& text) {
+    std::ofstream(p) << text;
+  };
+  write(dir / "data.jsonl", "{\"a\": 1}\n");
+  write(dir / "model" / "config.json", "{}");
+  write(dir / "model" / "model.safetensors", std::string(1000, 'x'));
+  auto id_of = [&](const std::string& suite) {
+    json cfg = {
+        {"threads", 1},
+        {"model", {{"path", (dir / "model").string()}}},
+        {"suites",
+         json::array({suite == "accuracy"
+                          ? json{{"name", "accuracy"}, {"data_file", (dir / "data.jsonl").string()}}
+                          : json{{"name", suite}}})}};
+    return expand_cells(parse_run_spec(cfg, "t"))[0].id;
+  };
+  const std::string acc = id_of("accuracy"), lat = id_of("latency"), ker = id_of("kernels");
+  EXPECT_EQ(id_of("accuracy"), acc);  // same content, same id
+  write(dir / "data.jsonl", "{\"a\": 2}\n");
+  EXPECT_NE(id_of("accuracy"), acc);  // a changed data set never reuses a result
+  write(dir / "model" / "model.safetensors", std::string(999, 'x') + "y");
+  EXPECT_NE(id_of("latency"), lat);  // nor do changed weights
+  EXPECT_EQ(id_of("kernels"), ker);  // a suite without a model does not care
 }
 
 TEST(Cells, SeedDependsOnRunSeedAndCell) {

@@ -33,8 +33,8 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
                             const nlohmann::json& cells, const RunInfo& info);
 // The ok cells of every kvbench report (schema_version 2) in `dir`, by cell id, each marked
 // "resumed_from": its file. Files are read in name order, so a later stamp wins; other or
-// unreadable JSON files are skipped with a warning. Cell ids hash the resolved config (not
-// yet the model's files), so resume trusts that a model path still holds the same model.
+// unreadable JSON files are skipped with a warning. Cell ids include fingerprints of the
+// model and data files, so a changed input is never reused.
 std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::path& dir);
 // <output_dir>/<run name>-<UTC stamp>.json
 std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp);
