@@ -1,5 +1,6 @@
 #include "kvbench/cli/config_loader.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -112,7 +113,59 @@ void apply_override(json& config, const std::string& assignment) {
 RunSpec load_run_spec(const std::string& path, const std::vector<std::string>& overrides) {
   json config = read_config_file(path);
   for (const auto& o : overrides) apply_override(config, o);
+  if (config.is_object() && config.contains("grid")) {
+    throw ConfigError("grid", "a sweep needs kvbench run or validate (this command takes one run)");
+  }
   return parse_run_spec(config, std::filesystem::path(path).stem().string());
+}
+
+std::vector<GridRun> load_run_specs(const std::string& path,
+                                    const std::vector<std::string>& overrides) {
+  json config = read_config_file(path);
+  for (const auto& o : overrides) apply_override(config, o);
+  const std::string stem = std::filesystem::path(path).stem().string();
+  if (!config.is_object() || !config.contains("grid"))
+    return {{parse_run_spec(config, stem), json::object()}};
+  const json grid = config["grid"];
+  config.erase("grid");
+  if (!grid.is_object() || grid.empty()) {
+    throw ConfigError("grid",
+                      "expected an object of \"dotted.key\": [values] pairs, got " + grid.dump());
+  }
+  std::vector<std::pair<std::string, json>> axes;  // json objects keep keys sorted
+  for (const auto& [key, values] : grid.items()) axes.emplace_back(key, values);
+  size_t total = 1;
+  for (const auto& [key, values] : grid.items()) {
+    if (!values.is_array() || values.empty()) {
+      throw ConfigError("grid." + key, "expected a non-empty list of values, got " + values.dump());
+    }
+    total *= values.size();
+    if (total > 100000) throw ConfigError("grid", "more than 100000 combinations");
+  }
+  std::vector<GridRun> runs;
+  for (size_t i = 0; i < total; ++i) {
+    json point = json::object();
+    json c = config;
+    size_t rest = i;
+    for (auto it = axes.rbegin(); it != axes.rend(); ++it) {  // the last key varies fastest
+      const json& v = it->second[rest % it->second.size()];
+      rest /= it->second.size();
+      point[it->first] = v;
+      try {
+        apply_override(c, it->first + "=" + v.dump());
+      } catch (const ConfigError& e) {
+        throw ConfigError("grid." + it->first, e.what());
+      }
+    }
+    RunSpec spec = parse_run_spec(c, stem + "-g" + std::to_string(i));
+    runs.push_back({std::move(spec), point});
+  }
+  // Runs of one model next to each other, otherwise in grid order.
+  std::stable_sort(runs.begin(), runs.end(), [](const GridRun& a, const GridRun& b) {
+    return a.spec.resolved.value("model", json()).dump() <
+           b.spec.resolved.value("model", json()).dump();
+  });
+  return runs;
 }
 
 }  // namespace kvbench

@@ -38,29 +38,39 @@ void warn_about_environment(const Environment& env) {
   }
 }
 
-int run(const RunOptions& opt) {
-  std::vector<std::string> sets = opt.sets;
-  if (!opt.out.empty()) sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
-  RunSpec spec = load_run_spec(opt.config, sets);
-  set_thread_count(spec.threads);
+// The cells of one run, after --shard.
+std::vector<Cell> shard_cells(const RunSpec& spec, const RunOptions& opt) {
   std::vector<Cell> cells = expand_cells(spec);
   if (!opt.shard.empty()) {
-    const Shard shard = parse_shard(opt.shard);
     const size_t all = cells.size();
-    cells = select_shard(cells, shard);
-    spdlog::info("shard {}: {} of {} cell(s)", opt.shard, cells.size(), all);
+    cells = select_shard(cells, parse_shard(opt.shard));
+    spdlog::info("shard {}: {} of {} cell(s) of run '{}'", opt.shard, cells.size(), all, spec.name);
   }
-  check_device(spec, query_cuda());
-  const Environment env = capture_environment();
-  if (opt.dry_run) {
-    ModelProvider model(spec.model);
+  return cells;
+}
+
+int dry_run(const std::vector<GridRun>& runs, const RunOptions& opt) {
+  for (const GridRun& g : runs) {
+    set_thread_count(g.spec.threads);
+    const Environment env = capture_environment();
+    const std::vector<Cell> cells = shard_cells(g.spec, opt);
+    ModelProvider model(g.spec.model);
     const auto estimates = estimate_cells(cells, model, env);
+    if (runs.size() > 1)
+      std::cout << "run " << g.spec.name << " (grid " << g.point.dump() << "):\n";
     print_cell_plan(std::cout, cells, estimates);
     std::cout << "available memory: " << format_bytes(double(env.memory_available_bytes)) << "\n";
     refuse_oversized_plan(cells, estimates, env.memory_available_bytes);
     spdlog::info("dry run: {} cell(s) fit; nothing executed, no report written", cells.size());
-    return 0;
   }
+  return 0;
+}
+
+// Runs one (grid) run's cells and writes its report; returns its failed-cell count.
+size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model) {
+  set_thread_count(spec.threads);
+  const std::vector<Cell> cells = shard_cells(spec, opt);
+  const Environment env = capture_environment();
   warn_about_environment(env);
   RunInfo info{now_rfc3339(), "", opt.command_line, opt.config, nlohmann::json::object()};
   const std::string stamp = now_compact_utc();
@@ -79,7 +89,6 @@ int run(const RunOptions& opt) {
   }
 
   ProgressDisplay progress(std::cerr, stderr_is_tty());
-  ModelProvider model(spec.model);
   const std::vector<CellResult> results = Runner().run(spec, to_run, env, progress, model);
   info.finished = now_rfc3339();
   info.model = model.identity();
@@ -100,6 +109,30 @@ int run(const RunOptions& opt) {
             << (reused ? ", " + std::to_string(reused) + " reused from earlier reports" : "")
             << "\n";
   std::cout << "report: " << path.string() << "\n";
+  return failed;
+}
+
+int run(const RunOptions& opt) {
+  std::vector<std::string> sets = opt.sets;
+  if (!opt.out.empty()) sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
+  const std::vector<GridRun> runs = load_run_specs(opt.config, sets);
+  if (!opt.shard.empty()) parse_shard(opt.shard);  // a bad --shard fails before anything runs
+  for (const GridRun& g : runs) check_device(g.spec, query_cuda());
+  if (opt.dry_run) return dry_run(runs, opt);
+
+  // Runs come ordered by model: one provider serves every run of the same model section, so
+  // a sweep loads each model once.
+  std::unique_ptr<ModelProvider> model;
+  std::string model_key;
+  size_t failed = 0;
+  for (const GridRun& g : runs) {
+    const std::string key = g.spec.resolved.value("model", nlohmann::json()).dump();
+    if (!model || key != model_key)
+      model = std::make_unique<ModelProvider>(g.spec.model), model_key = key;
+    if (runs.size() > 1)
+      std::cout << "\n== grid run " << g.spec.name << ": " << g.point.dump() << "\n";
+    failed += run_one(g.spec, opt, *model);
+  }
   return failed ? 1 : 0;
 }
 

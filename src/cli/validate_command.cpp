@@ -23,11 +23,16 @@ void register_validate_command(CLI::App& app, GlobalOptions& global) {
       ->allow_extra_args(false);
   sub->callback([opt, &global] {
     global.action = [opt] {
-      RunSpec spec = load_run_spec(opt->config, opt->sets);
-      check_device(spec, query_cuda());
-      auto cells = expand_cells(spec);
-      std::cout << opt->config << ": valid, " << cells.size() << " cell(s)\n";
-      print_cell_plan(std::cout, cells);
+      const std::vector<GridRun> runs = load_run_specs(opt->config, opt->sets);
+      for (const GridRun& g : runs) {
+        check_device(g.spec, query_cuda());
+        auto cells = expand_cells(g.spec);
+        std::cout << opt->config
+                  << (runs.size() > 1 ? " (run " + g.spec.name + ", grid " + g.point.dump() + ")"
+                                      : "")
+                  << ": valid, " << cells.size() << " cell(s)\n";
+        print_cell_plan(std::cout, cells);
+      }
       return 0;
     };
   });

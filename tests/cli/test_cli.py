@@ -132,6 +132,26 @@ class CliTest(CliCase):
         self.assertEqual(r2["totals"], {"cells": 2, "failed": 1})
         self.assertEqual(subprocess.run([*VALIDATE, str(path2)]).returncode, 0)
 
+    def test_grid_runs_every_combination_and_loads_each_model_once(self):
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 1,
+               "suites": [{"name": "latency", "prompt_tokens": 4, "new_tokens": 2, "repeats": 1,
+                           "warmup": 0}],
+               "grid": {"model.preset": ["tiny-llama", "tiny-qwen3"],
+                        "suites.0.prompt_tokens": [4, 6]}}
+        res = kvbench("run", "--config", self.write_config(cfg, "sweep.json"),
+                      "--out", str(self.dir / "out"), "--log-level", "warn")
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        paths = [l[len("report: "):] for l in res.stdout.splitlines() if l.startswith("report: ")]
+        self.assertEqual(len(paths), 4)
+        seen = set()
+        for p in paths:
+            r = json.loads(pathlib.Path(p).read_text())
+            seen.add((r["config"]["model"]["preset"], r["config"]["suites"][0]["prompt_tokens"]))
+        self.assertEqual(len(seen), 4)
+        # Each random-weight model is built (and warned about) once, not once per run.
+        self.assertEqual(res.stderr.count("random weights"), 2, res.stderr)
+        self.assertEqual(kvbench("validate", "--config", self.write_config(cfg, "sweep.json")).returncode, 0)
+
     # --- run ---------------------------------------------------------------------------
     def test_run_writes_a_report_that_validates(self):
         res = self.run_ok({"suites": [TINY_SUITE], "threads": 1, "seed": 9})

@@ -91,8 +91,9 @@ TEST(Config, NumberAndStringListsCheckEachElement) {
   EXPECT_EQ(error_of(c),
             "config: suites[0].control_temperatures[1]: expected number in [0, 100], got \"hot\"");
   c["suites"][0] = {{"name", "output_length"}, {"control_temperatures", 0.9}};
-  EXPECT_EQ(error_of(c),
-            "config: suites[0].control_temperatures: expected list of numbers in [0, 100], got 0.9");
+  EXPECT_EQ(
+      error_of(c),
+      "config: suites[0].control_temperatures: expected list of numbers in [0, 100], got 0.9");
   c["suites"][0] = {{"name", "output_length"}, {"prompt_texts", {"a", 3}}};
   EXPECT_EQ(error_of(c), "config: suites[0].prompt_texts[1]: expected string, got 3");
   c["suites"][0] = {{"name", "output_length"}, {"control_temperatures", json::array()}};
@@ -183,6 +184,43 @@ TEST(ConfigFile, LoadsFileAndNamesRunAfterStem) {
   EXPECT_EQ(spec.name, "kvbench_config_test_run");
   EXPECT_EQ(spec.seed, 3u);
   EXPECT_EQ(spec.threads, 1);
+  std::filesystem::remove(path);
+}
+
+TEST(ConfigFile, GridExpandsIntoRunsGroupedByModel) {
+  auto path = std::filesystem::temp_directory_path() / "kvbench_grid.json";
+  std::ofstream(path) << R"({"suites": [{"name": "latency"}], "threads": 1,
+    "model": {"preset": "tiny-qwen3", "random_init": true},
+    "grid": {"suites.0.new_tokens": [3, 4, 5], "model.preset": ["tiny-qwen3", "tiny-llama"]}})";
+  const std::vector<GridRun> runs = load_run_specs(path.string(), {});
+  ASSERT_EQ(runs.size(), 6u);
+  // Keys sorted ("model.preset" < "suites.0.new_tokens"), the last varying fastest; then the
+  // runs of one model side by side.
+  std::vector<std::string> names, presets;
+  for (const auto& g : runs) {
+    names.push_back(g.spec.name);
+    presets.push_back(g.spec.model.preset);
+    EXPECT_EQ(g.point["model.preset"], g.spec.model.preset);
+    EXPECT_EQ(g.point["suites.0.new_tokens"], g.spec.suites[0].params["new_tokens"]);
+  }
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"kvbench_grid-g3", "kvbench_grid-g4", "kvbench_grid-g5",
+                                      "kvbench_grid-g0", "kvbench_grid-g1", "kvbench_grid-g2"}));
+  EXPECT_EQ(presets[0], presets[2]);
+  EXPECT_NE(presets[2], presets[3]);
+  // One run without a grid; a grid needs the sweep-aware commands.
+  EXPECT_THROW(load_run_spec(path.string(), {}), ConfigError);
+  std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"suites.0.repeats": []}})";
+  try {
+    load_run_specs(path.string(), {});
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("grid.suites.0.repeats: expected a non-empty list"),
+              std::string::npos)
+        << e.what();
+  }
+  std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"suites.0.repeats": [0]}})";
+  EXPECT_THROW(load_run_specs(path.string(), {}), ConfigError);  // each run is validated
   std::filesystem::remove(path);
 }
 
