@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -12,7 +11,6 @@
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/chat_format.h"
-#include "kvbench/suites/cell.h"
 #include "kvbench/suites/workload.h"
 #include "kvbench/workloads/longbench.h"
 #include "kvbench/workloads/task_factory.h"
@@ -215,14 +213,6 @@ double score(const Sample& s, const std::string& output) {
                      : score_longbench(*s.row, output);
 }
 
-std::string hash_tokens(const std::vector<int64_t>& tokens) {
-  std::string bytes;
-  for (int64_t t : tokens) bytes += std::to_string(t) + ",";
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fnv1a64(bytes)));
-  return hex;
-}
-
 }  // namespace
 
 uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
@@ -232,7 +222,7 @@ uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
                              ? ctx.params["max_prompt_tokens"].get<int64_t>()
                              : ctx.params["target_tokens"].get<int64_t>();
   const int64_t cap = std::max<int64_t>(ctx.params["max_new_tokens"].get<int64_t>(), 128);
-  const double full_per_token = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4;
+  const double full_per_token = full_cache_bytes_per_token(c);
   return model_weight_bytes(c) +
          generation_bytes(c, std::max(ctx.kv_bytes_per_token, full_per_token), 1, prompt, cap);
 }
@@ -251,8 +241,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   }
   check_generation_fits(ctx, 1, longest, cap, "accuracy");
   auto cache = make_cell_cache(ctx);
-  auto full = make_kv_cache(resolve_method({{"name", "full"}}, "accuracy.baseline"), c.num_layers,
-                            c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(), ctx.spec.attention);
+  auto full = make_baseline_cache(ctx);
 
   CellOutput out;
   std::vector<std::string> tasks;
@@ -281,7 +270,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
         {{"kind", "scored_sample"},
          {"id", s.id},
          {"task", s.task},
-         {"prompt_hash", hash_tokens(s.tokens)},
+         {"prompt_hash", prompt_hash(s.tokens)},
          {"prompt_tokens", s.tokens.size()},
          {"samples_s", {run.e2e}},
          {"score", sm},

@@ -89,7 +89,7 @@ uint64_t FidelitySuite::estimate_bytes(const EstimateContext& ctx) const {
   const ModelConfig& c = *ctx.model;
   const int64_t prompt = ctx.params["prefix_tokens"], steps = ctx.params["eval_tokens"];
   // The baseline cache at fp32 is the largest uncompressed cache the run can have.
-  const double full_per_token = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4;
+  const double full_per_token = full_cache_bytes_per_token(c);
   return model_weight_bytes(c) + generation_bytes(c, ctx.kv_bytes_per_token, 1, prompt, steps) +
          generation_bytes(c, full_per_token, 1, prompt, steps);
 }
@@ -101,10 +101,7 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   const Transformer& model = ctx.model.get();
   check_generation_fits(ctx, 2, prefix, steps, "fidelity");  // two caches of one sequence
   const std::vector<int64_t> corpus = corpus_tokens(ctx, windows * span);
-  const ModelConfig& c = model.config();
-  const json baseline = resolve_method({{"name", "full"}}, "fidelity.baseline");
-  auto base_cache = make_kv_cache(baseline, c.num_layers, c.num_kv_heads, c.head_dim,
-                                  ctx.model.kv_dtype(), ctx.spec.attention);
+  auto base_cache = make_baseline_cache(ctx);
   auto cache = make_cell_cache(ctx);
 
   CellOutput out;

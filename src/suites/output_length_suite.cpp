@@ -2,14 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
-#include "kvbench/suites/cell.h"
 #include "kvbench/suites/workload.h"
 
 namespace kvbench {
@@ -132,14 +130,6 @@ std::vector<Prompt> load_prompts(const CellContext& ctx) {
   return prompts;
 }
 
-std::string hash_tokens(const std::vector<int64_t>& tokens) {
-  std::string bytes;
-  for (int64_t t : tokens) bytes += std::to_string(t) + ",";
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fnv1a64(bytes)));
-  return hex;
-}
-
 // One request's outcome.
 struct Run {
   std::vector<int64_t> tokens;
@@ -163,7 +153,7 @@ uint64_t OutputLengthSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   const ModelConfig& c = *ctx.model;
   const int64_t prompt = ctx.params["prompt_tokens"], cap = ctx.params["max_new_tokens"];
-  const double full_per_token = 2.0 * c.num_layers * c.num_kv_heads * c.head_dim * 4;
+  const double full_per_token = full_cache_bytes_per_token(c);
   // One request at a time; the full cache (fp32 bound) and the method's are not held together.
   return model_weight_bytes(c) +
          generation_bytes(c, std::max(ctx.kv_bytes_per_token, full_per_token), 1, prompt, cap);
@@ -182,9 +172,7 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
   check_generation_fits(ctx, 1, longest, p["max_new_tokens"], "output_length");
 
   auto cache = make_cell_cache(ctx);
-  auto full =
-      make_kv_cache(resolve_method({{"name", "full"}}, "output_length.baseline"), c.num_layers,
-                    c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(), ctx.spec.attention);
+  auto full = make_baseline_cache(ctx);
   GenerationConfig g;
   g.max_new_tokens = p["max_new_tokens"];
   g.eos_token_ids = c.eos_token_ids;
@@ -222,7 +210,7 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
     runaway_method += run.stop == "length";
     json rec = {{"kind", "sample"},
                 {"id", pr.id},
-                {"prompt_hash", hash_tokens(pr.tokens)},
+                {"prompt_hash", prompt_hash(pr.tokens)},
                 {"prompt_tokens", pr.tokens.size()},
                 {"samples_s", {run.e2e}},
                 {"length_full", base.length()},

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
@@ -10,6 +11,7 @@
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/transformer.h"
+#include "kvbench/suites/cell.h"
 
 namespace kvbench {
 
@@ -33,6 +35,24 @@ std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
   const ModelConfig& c = ctx.model.get().config();
   return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(),
                        ctx.spec.attention);
+}
+
+std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx) {
+  const ModelConfig& c = ctx.model.get().config();
+  return make_kv_cache(resolve_method({{"name", "full"}}, "baseline"), c.num_layers, c.num_kv_heads,
+                       c.head_dim, ctx.model.kv_dtype(), ctx.spec.attention);
+}
+
+double full_cache_bytes_per_token(const ModelConfig& c) {
+  return 2.0 * static_cast<double>(c.num_layers * c.num_kv_heads * c.head_dim) * sizeof(float);
+}
+
+std::string prompt_hash(const std::vector<int64_t>& tokens) {
+  std::string bytes;
+  for (int64_t t : tokens) bytes += std::to_string(t) + ",";
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fnv1a64(bytes)));
+  return hex;
 }
 
 void check_memory_fits(uint64_t bytes, const std::string& what) {

@@ -20,6 +20,14 @@ std::vector<std::vector<int64_t>> synthetic_prompts(int64_t count, int64_t token
 void require_cpu(const CellContext& ctx, const std::string& suite);
 // The cell's KV cache for the run's model and the cell's method.
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx);
+// The full cache (the run's KV dtype and attention backend) that the comparison suites
+// (fidelity, output_length, accuracy) measure a method against.
+std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx);
+// K+V bytes per token of an fp32 full cache: the largest uncompressed cache a run can hold,
+// for memory estimates of suites that keep a baseline cache too.
+double full_cache_bytes_per_token(const ModelConfig& config);
+// 16 hex digits: FNV-1a of the prompt's token ids, so records can be joined across runs.
+std::string prompt_hash(const std::vector<int64_t>& tokens);
 // Throws Error "<what> needs X but only Y of memory is available" when `bytes` exceeds 80% of
 // MemAvailable, so an impossible cell fails cleanly instead of meeting the OOM killer.
 void check_memory_fits(uint64_t bytes, const std::string& what);
