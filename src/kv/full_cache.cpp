@@ -26,9 +26,6 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim) {
-  KVB_CHECK(policy_->needs() != RetentionNeeds::kScoresEveryStep, "retention policy '",
-            policy_->name(),
-            "' needs attention scores at every step, which no backend computes yet");
   KVB_CHECK(policy_->timing() != EvictionTiming::kDecode || codec_->can_drop_tokens(),
             "retention policy '", policy_->name(), "' evicts during decode, but codec '",
             codec_->name(), "' cannot drop tokens in place; evict after_prefill instead");
@@ -115,6 +112,31 @@ void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Te
     layer.values->append(v.gather(1, rows));
   }
   layer.positions = layer.positions.gather(1, kept);
+  if (layer.scores.defined()) layer.scores = layer.scores.gather(1, kept);
+}
+
+void CompressedKVCache::accumulate_scores(Layer& layer, const at::Tensor& q, int64_t start) const {
+  const int64_t heads = q.size(0), n = q.size(1), group = heads / num_kv_heads_;
+  const int64_t held = layer.keys->size();
+  const at::Tensor fresh =
+      at::zeros({num_kv_heads_, held - (layer.scores.defined() ? layer.scores.size(1) : 0)});
+  layer.scores = layer.scores.defined() ? at::cat({layer.scores, fresh}, 1) : fresh;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  const at::Tensor keys = layer.keys->dequantize().transpose(1, 2);  // [kvh, d, held], as stored
+  const at::Tensor key_pos = layer.positions.unsqueeze(1);           // [kvh, 1, held]
+  // Queries in chunks, so a long prefill never builds a [heads, n, n] matrix at once.
+  constexpr int64_t kChunk = 256;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t c = std::min(kChunk, n - c0);
+    at::Tensor qc =
+        q.narrow(1, c0, c).to(at::kFloat).reshape({num_kv_heads_, group * c, head_dim_});
+    at::Tensor s = at::bmm(qc, keys).mul_(scale);  // [kvh, group * c, held]
+    // Row g * c + i is query position start + c0 + i; it sees held tokens at or before it.
+    at::Tensor query_pos =
+        at::arange(c, at::kLong).add_(start + c0).repeat({group}).view({1, group * c, 1});
+    s.masked_fill_(key_pos.gt(query_pos), -std::numeric_limits<float>::infinity());
+    layer.scores.add_(at::softmax(s, -1).sum(1).div_(static_cast<double>(group)));
+  }
 }
 
 at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index,
@@ -135,12 +157,23 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   layer.positions =
       layer.positions.defined() ? at::cat({layer.positions, fresh}, 1) : fresh.contiguous();
   const bool may_evict = prefill || policy_->timing() == EvictionTiming::kDecode;
-  if (!may_evict || !policy_->over_budget(layer.keys->size())) return attend(layer, q);
-
   RetentionInput in;
   in.layer = layer_index;
   in.length = start + n;
   in.prefill = prefill;
+  if (policy_->needs() == RetentionNeeds::kScoresEveryStep) {
+    // Every query attends everything held (itself included) and scores it; the layer shrinks
+    // afterwards, as the H2O reference does it.
+    at::Tensor out = attend(layer, q);
+    accumulate_scores(layer, q, start);
+    if (may_evict && policy_->over_budget(layer.keys->size())) {
+      in.positions = layer.positions;
+      in.accumulated = layer.scores;
+      evict(layer, policy_->select(in), k, v, prefill);
+    }
+    return out;
+  }
+  if (!may_evict || !policy_->over_budget(layer.keys->size())) return attend(layer, q);
   in.positions = layer.positions;
   if (n == 1 && !prefill) {  // a decode token: evict first, then it attends what stays
     evict(layer, policy_->select(in), k, v, prefill);

@@ -8,6 +8,7 @@
 #include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/gear_codec.h"
+#include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
 #include "kvbench/kv/snapkv_policy.h"
@@ -152,6 +153,29 @@ MethodInfo snapkv_method(const std::string& name, const std::string& summary, in
           }};
 }
 
+MethodInfo h2o_method(const std::string& name, const std::string& summary, int64_t heavy,
+                      int64_t recent, const std::vector<std::string>& codecs) {
+  return {
+      name,
+      summary,
+      {ParamSpec::integer("heavy", heavy, "heavy hitters kept outside the recent window")
+           .range(0, 1 << 24),
+       ParamSpec::integer("recent", recent, "most recent tokens always kept").range(1, 1 << 24),
+       ParamSpec::boolean("normalize", false,
+                          "divide each score by the number of queries that could see the token"),
+       ParamSpec::string("evict", "decode",
+                         "decode: evict whenever a layer holds more than heavy + recent tokens; "
+                         "after_prefill: once, after the prefill",
+                         {"decode", "after_prefill"}),
+       codec_param(codecs)},
+      {},
+      [](const json& p) {
+        return std::make_shared<H2oPolicy>(p["heavy"].get<int64_t>(), p["recent"].get<int64_t>(),
+                                           p["normalize"].get<bool>(),
+                                           timing_from_name(p["evict"]));
+      }};
+}
+
 // Codec methods first (the composition's valid codecs), then the retention methods.
 std::vector<MethodInfo> build_catalog();
 
@@ -260,6 +284,16 @@ std::vector<MethodInfo> build_catalog() {
       "SnapKV: after the prefill, keep per KV head the top C - w prefix tokens by the attention "
       "of the last w = 32 queries (summed, max-pooled with kernel 7, averaged over the query "
       "group) plus the w window tokens: C = ";
+  catalog.push_back(h2o_method(
+      "h2o",
+      "H2O: keep the `recent` newest tokens and the `heavy` others with the most attention "
+      "accumulated over every query so far (probabilities computed from the stored keys each "
+      "step), evicting during decode; 256 + 256 by default; any per-token codec",
+      256, 256, codecs));
+  catalog.push_back(h2o_method(
+      "h2o-512",
+      "H2O with 256 heavy hitters + 256 recent tokens (the H2O paper's even split, budget 512)",
+      256, 256, codecs));
   catalog.push_back(snapkv_method("snapkv", snap + "1024 tokens; any codec", 1024, codecs));
   catalog.push_back(snapkv_method(
       "snapkv-1024", snap + "1024 tokens (SnapKV LongBench config); any codec", 1024, codecs));

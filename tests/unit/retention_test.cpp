@@ -15,6 +15,7 @@
 #include "kvbench/kv/block_quant_codec.h"
 #include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/snapkv_policy.h"
@@ -73,7 +74,9 @@ TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
       {{"name", "streamingllm"}, {"sinks", 4}, {"window", 36}, {"evict", "after_prefill"}},
       {{"name", "stream-512"}},
       {{"name", "snapkv"}, {"budget", 40}},  // the prompt exactly
-      {{"name", "snapkv-2048"}}};
+      {{"name", "snapkv-2048"}},
+      {{"name", "h2o"}, {"heavy", 30}, {"recent", 30}},
+      {{"name", "h2o-512"}, {"normalize", true}}};
   for (const char* codec : {"full", "int8", "int4", "fp8", "kivi-2", "gear-4"}) {
     for (const char* backend : {"cpu", "reference"}) {
       auto full = cache_for(resolve({{"name", codec}}), mc, backend);
@@ -335,6 +338,94 @@ TEST(MethodRegistry, RetentionMethodsResolveWithTheirCodec) {
 }
 
 // The presets on the tiny model, prompts longer than the budget, with a codec each way.
+// H2O against a float64 simulation of its rule on random q/k/v: scores are the attention each
+// held token received from every query so far (averaged over the query group), the recent
+// window is always kept, the heavy hitters are the top others, and evicted tokens never return.
+TEST(H2o, KeptTokensMatchAFloat64Simulation) {
+  constexpr int64_t kHeads = 4, kKv = 2, kDim = 8, kGroup = kHeads / kKv, kHeavy = 3, kRecent = 2;
+  for (bool normalize : {false, true}) {
+    CompressedKVCache cache(
+        std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kReference, 1, kKv, kDim,
+        std::make_shared<H2oPolicy>(kHeavy, kRecent, normalize, EvictionTiming::kDecode));
+    const int64_t seq = cache.add_sequence();
+    struct Token {
+      int64_t pos;
+      std::vector<double> key;
+      double score = 0;
+    };
+    std::vector<std::vector<Token>> held(kKv);
+    int64_t length = 0;
+    const std::vector<int64_t> blocks = {7, 1, 1, 1, 1, 1, 1};
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      const int64_t n = blocks[b];
+      at::Tensor q = rand({kHeads, n, kDim}, 100 + b), k = rand({kKv, n, kDim}, 200 + b),
+                 v = rand({kKv, n, kDim}, 300 + b);
+      cache.append_and_attend(seq, 0, q, k, v);
+      for (int64_t h = 0; h < kKv; ++h)
+        for (int64_t i = 0; i < n; ++i) {
+          Token t{length + i, std::vector<double>(kDim)};
+          for (int64_t d = 0; d < kDim; ++d) t.key[d] = k[h][i][d].item<float>();
+          held[h].push_back(t);
+        }
+      for (int64_t qh = 0; qh < kHeads; ++qh) {
+        auto& tokens = held[qh / kGroup];
+        for (int64_t i = 0; i < n; ++i) {
+          std::vector<double> logits;
+          double mx = -INFINITY;
+          for (const Token& t : tokens) {
+            double dot = 0;
+            for (int64_t d = 0; d < kDim; ++d) dot += double(q[qh][i][d].item<float>()) * t.key[d];
+            logits.push_back(t.pos <= length + i ? dot / std::sqrt(double(kDim)) : -INFINITY);
+            mx = std::max(mx, logits.back());
+          }
+          double sum = 0;
+          for (double& l : logits) sum += (l = std::exp(l - mx));
+          for (size_t j = 0; j < tokens.size(); ++j) tokens[j].score += logits[j] / sum / kGroup;
+        }
+      }
+      length += n;
+      for (auto& tokens : held) {
+        if (int64_t(tokens.size()) <= kHeavy + kRecent) continue;
+        std::vector<size_t> others;
+        for (size_t j = 0; j < tokens.size(); ++j)
+          if (tokens[j].pos < length - kRecent) others.push_back(j);
+        auto key = [&](size_t j) {
+          return normalize ? tokens[j].score / double(length - tokens[j].pos) : tokens[j].score;
+        };
+        std::stable_sort(others.begin(), others.end(),
+                         [&](size_t a, size_t c) { return key(a) > key(c); });
+        std::set<size_t> keep(others.begin(), others.begin() + kHeavy);
+        std::vector<Token> kept;
+        for (size_t j = 0; j < tokens.size(); ++j)
+          if (keep.count(j) || tokens[j].pos >= length - kRecent) kept.push_back(tokens[j]);
+        tokens = kept;
+      }
+      const at::Tensor got = cache.kept_positions(seq, 0);
+      for (int64_t h = 0; h < kKv; ++h) {
+        ASSERT_EQ(got.size(1), int64_t(held[h].size())) << "block " << b;
+        for (size_t j = 0; j < held[h].size(); ++j)
+          EXPECT_EQ(got[h][j].item<int64_t>(), held[h][j].pos)
+              << "normalize " << normalize << " block " << b << " head " << h;
+        // The recent window is always there.
+        EXPECT_EQ(got[h][got.size(1) - 1].item<int64_t>(), length - 1);
+      }
+    }
+    EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kHeavy + kRecent});
+  }
+}
+
+TEST(H2o, NeedsAPerTokenCodecToEvictDuringDecode) {
+  try {
+    resolve({{"name", "h2o-512"}, {"codec", "kivi-4"}});
+    FAIL() << "expected an error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("after_prefill"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(
+      resolve({{"name", "h2o-512"}, {"codec", "kivi-4"}, {"evict", "after_prefill"}})["heavy"],
+      256);
+}
+
 TEST(Retention, TinyModelGeneratesPastEveryBudget) {
   Transformer model = tiny_model();
   const ModelConfig& mc = model.config();
@@ -345,6 +436,7 @@ TEST(Retention, TinyModelGeneratesPastEveryBudget) {
   const std::vector<Case> cases = {
       {{{"name", "stream-512"}}, 700, 512},
       {{{"name", "stream-512"}, {"codec", "int4"}}, 700, 512},
+      {{{"name", "h2o-512"}}, 700, 512},
       {{{"name", "snapkv-2048"}}, 2200, 2048 + 7},
       {{{"name", "snapkv-2048"}, {"codec", "kivi-4"}}, 2200, 2048 + 7}};
   for (const Case& c : cases) {

@@ -55,6 +55,7 @@ class CompressedKVCache : public KVCache {
   struct Layer {
     std::unique_ptr<TokenStore> keys, values;
     at::Tensor positions;  // [kv_heads, held] int64; only when the policy can evict
+    at::Tensor scores;     // [kv_heads, held] fp32 accumulated attention (kScoresEveryStep)
   };
   struct Sequence {
     std::vector<Layer> layers;
@@ -65,6 +66,9 @@ class CompressedKVCache : public KVCache {
   at::Tensor attend(const Layer& layer, const at::Tensor& q) const;
   // [num_heads, w, n] softmax attention of the block's last w queries over its n tokens.
   at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, int64_t w) const;
+  // Adds the attention probabilities the block's queries (positions start..) give every held
+  // token, from the keys as stored, to layer.scores (kScoresEveryStep policies).
+  void accumulate_scores(Layer& layer, const at::Tensor& q, int64_t start) const;
   // Shrinks the layer to `kept` ([kv_heads, n] indices into the held tokens).
   void evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k, const at::Tensor& v,
              bool prefill) const;

@@ -22,7 +22,7 @@ namespace kvbench {
 enum class RetentionNeeds {
   kPositions,       // logical positions of the held tokens only (StreamingLLM, full)
   kWindowScores,    // at the prefill: attention of its last `observation_window()` queries
-  kScoresEveryStep  // every step's attention probabilities (H2O, TOVA: not implemented yet)
+  kScoresEveryStep  // every step's attention probabilities, accumulated per token (H2O)
 };
 
 // When the policy evicts.
@@ -44,6 +44,9 @@ struct RetentionInput {
   // block's last w queries over the held tokens (causal: query i sees held positions up to
   // its own), scaled by 1/sqrt(head_dim). Undefined otherwise.
   at::Tensor window_attention;
+  // kScoresEveryStep only: [kv_heads, held] fp32 attention probability each held token has
+  // received from every query so far (averaged over each KV head's query group).
+  at::Tensor accumulated;
 };
 
 class RetentionPolicy {

@@ -1,0 +1,34 @@
+// H2O (Zhang et al. 2023, "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of
+// Large Language Models"): every token's score is the attention probability it has received,
+// accumulated over every query so far (the prefill's column sums, then each decode row; under
+// GQA averaged over the query group of its KV head). When a layer holds more than
+// heavy + recent tokens, keep the `recent` newest tokens and the `heavy` highest-scoring others.
+// Optionally each score is divided by the number of queries that could see the token
+// (T - position), removing the bias towards early tokens. Needs attention probabilities at
+// every step, which the cache computes from the stored keys (the cost is part of the measured
+// time). Invariants: the recent window is always kept; evicted tokens never return; a full
+// layer holds exactly heavy + recent tokens.
+#pragma once
+
+#include "kvbench/kv/retention_policy.h"
+
+namespace kvbench {
+
+class H2oPolicy final : public RetentionPolicy {
+ public:
+  H2oPolicy(int64_t heavy, int64_t recent, bool normalize, EvictionTiming timing);
+  std::string name() const override { return "h2o"; }
+  nlohmann::json params() const override;
+  RetentionNeeds needs() const override { return RetentionNeeds::kScoresEveryStep; }
+  EvictionTiming timing() const override { return timing_; }
+  bool over_budget(int64_t held) const override { return held > heavy_ + recent_; }
+  at::Tensor select(const RetentionInput& in) const override;
+  int64_t budget() const override { return heavy_ + recent_; }
+
+ private:
+  int64_t heavy_, recent_;
+  bool normalize_;
+  EvictionTiming timing_;
+};
+
+}  // namespace kvbench
