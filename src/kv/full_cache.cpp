@@ -115,6 +115,17 @@ void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Te
   if (layer.scores.defined()) layer.scores = layer.scores.gather(1, kept);
 }
 
+at::Tensor CompressedKVCache::last_query_scores(const Layer& layer, const at::Tensor& q) const {
+  const int64_t heads = q.size(0), group = heads / num_kv_heads_;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  // The newest query sees every held token, so no mask.
+  at::Tensor ql =
+      q.narrow(1, q.size(1) - 1, 1).to(at::kFloat).reshape({num_kv_heads_, group, head_dim_});
+  at::Tensor s =
+      at::bmm(ql, layer.keys->dequantize().transpose(1, 2)).mul_(scale);  // [kvh, g, held]
+  return at::softmax(s, -1).mean(1);
+}
+
 void CompressedKVCache::accumulate_scores(Layer& layer, const at::Tensor& q, int64_t start) const {
   const int64_t heads = q.size(0), n = q.size(1), group = heads / num_kv_heads_;
   const int64_t held = layer.keys->size();
@@ -169,6 +180,15 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
     if (may_evict && policy_->over_budget(layer.keys->size())) {
       in.positions = layer.positions;
       in.accumulated = layer.scores;
+      evict(layer, policy_->select(in), k, v, prefill);
+    }
+    return out;
+  }
+  if (policy_->needs() == RetentionNeeds::kLastQueryScores) {
+    at::Tensor out = attend(layer, q);  // over everything held; the layer shrinks afterwards
+    if (may_evict && policy_->over_budget(layer.keys->size())) {
+      in.positions = layer.positions;
+      in.current = last_query_scores(layer, q);
       evict(layer, policy_->select(in), k, v, prefill);
     }
     return out;

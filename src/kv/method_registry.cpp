@@ -13,6 +13,7 @@
 #include "kvbench/kv/kivi_codec.h"
 #include "kvbench/kv/snapkv_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
+#include "kvbench/kv/tova_policy.h"
 #include "kvbench/model/model_config.h"
 
 namespace kvbench {
@@ -176,6 +177,24 @@ MethodInfo h2o_method(const std::string& name, const std::string& summary, int64
       }};
 }
 
+MethodInfo tova_method(const std::string& name, const std::string& summary, int64_t budget,
+                       const std::vector<std::string>& codecs) {
+  return {
+      name,
+      summary,
+      {ParamSpec::integer("budget", budget, "tokens kept per KV head per layer").range(1, 1 << 24),
+       ParamSpec::string("evict", "decode",
+                         "decode: evict whenever a layer holds more than the budget; "
+                         "after_prefill: once, after the prefill",
+                         {"decode", "after_prefill"}),
+       codec_param(codecs)},
+      {},
+      [](const json& p) {
+        return std::make_shared<TovaPolicy>(p["budget"].get<int64_t>(),
+                                            timing_from_name(p["evict"]));
+      }};
+}
+
 // Codec methods first (the composition's valid codecs), then the retention methods.
 std::vector<MethodInfo> build_catalog();
 
@@ -294,6 +313,13 @@ std::vector<MethodInfo> build_catalog() {
       "h2o-512",
       "H2O with 256 heavy hitters + 256 recent tokens (the H2O paper's even split, budget 512)",
       256, 256, codecs));
+  catalog.push_back(tova_method(
+      "tova",
+      "TOVA: whenever a layer holds more than the budget, keep the tokens the newest query "
+      "attends to most (averaged over every head of the layer; no sinks or window); budget 512 "
+      "by default; any per-token codec",
+      512, codecs));
+  catalog.push_back(tova_method("tova-512", "TOVA with a budget of 512 tokens", 512, codecs));
   catalog.push_back(snapkv_method("snapkv", snap + "1024 tokens; any codec", 1024, codecs));
   catalog.push_back(snapkv_method(
       "snapkv-1024", snap + "1024 tokens (SnapKV LongBench config); any codec", 1024, codecs));

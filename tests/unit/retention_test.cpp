@@ -20,6 +20,7 @@
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/snapkv_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
+#include "kvbench/kv/tova_policy.h"
 #include "kvbench/model/presets.h"
 
 namespace kvbench {
@@ -76,7 +77,8 @@ TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
       {{"name", "snapkv"}, {"budget", 40}},  // the prompt exactly
       {{"name", "snapkv-2048"}},
       {{"name", "h2o"}, {"heavy", 30}, {"recent", 30}},
-      {{"name", "h2o-512"}, {"normalize", true}}};
+      {{"name", "h2o-512"}, {"normalize", true}},
+      {{"name", "tova"}, {"budget", 60}}};
   for (const char* codec : {"full", "int8", "int4", "fp8", "kivi-2", "gear-4"}) {
     for (const char* backend : {"cpu", "reference"}) {
       auto full = cache_for(resolve({{"name", codec}}), mc, backend);
@@ -414,6 +416,70 @@ TEST(H2o, KeptTokensMatchAFloat64Simulation) {
   }
 }
 
+// TOVA against a float64 simulation: on every step over budget, the newest query's attention
+// averaged over all heads of the layer picks the same `budget` tokens for every head.
+TEST(Tova, KeptTokensMatchAFloat64Simulation) {
+  constexpr int64_t kHeads = 4, kKv = 2, kDim = 8, kGroup = kHeads / kKv, kBudget = 4;
+  CompressedKVCache cache(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kReference,
+                          1, kKv, kDim,
+                          std::make_shared<TovaPolicy>(kBudget, EvictionTiming::kDecode));
+  const int64_t seq = cache.add_sequence();
+  std::vector<int64_t> kept_pos;                            // the same for every head
+  std::vector<std::vector<std::vector<double>>> keys(kKv);  // [kv head][held][dim]
+  int64_t length = 0;
+  for (int64_t n : {7, 1, 1, 1, 1, 1}) {
+    at::Tensor q = rand({kHeads, n, kDim}, 400 + length), k = rand({kKv, n, kDim}, 500 + length),
+               v = rand({kKv, n, kDim}, 600 + length);
+    cache.append_and_attend(seq, 0, q, k, v);
+    for (int64_t i = 0; i < n; ++i) {
+      kept_pos.push_back(length + i);
+      for (int64_t h = 0; h < kKv; ++h) {
+        std::vector<double> row(kDim);
+        for (int64_t d = 0; d < kDim; ++d) row[d] = k[h][i][d].item<float>();
+        keys[h].push_back(row);
+      }
+    }
+    length += n;
+    if (int64_t(kept_pos.size()) > kBudget) {
+      std::vector<double> score(kept_pos.size(), 0.0);
+      for (int64_t qh = 0; qh < kHeads; ++qh) {
+        const auto& kh = keys[qh / kGroup];
+        std::vector<double> l(kh.size());
+        double mx = -INFINITY, sum = 0;
+        for (size_t j = 0; j < kh.size(); ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < kDim; ++d)
+            dot += double(q[qh][n - 1][d].item<float>()) * kh[j][d];
+          l[j] = dot / std::sqrt(double(kDim));
+          mx = std::max(mx, l[j]);
+        }
+        for (double& x : l) sum += (x = std::exp(x - mx));
+        for (size_t j = 0; j < l.size(); ++j) score[j] += l[j] / sum / kHeads;
+      }
+      std::vector<size_t> order(score.size());
+      for (size_t j = 0; j < order.size(); ++j) order[j] = j;
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return score[a] > score[b]; });
+      std::vector<size_t> keep(order.begin(), order.begin() + kBudget);
+      std::sort(keep.begin(), keep.end());
+      std::vector<int64_t> pos;
+      std::vector<std::vector<std::vector<double>>> kk(kKv);
+      for (size_t j : keep) {
+        pos.push_back(kept_pos[j]);
+        for (int64_t h = 0; h < kKv; ++h) kk[h].push_back(keys[h][j]);
+      }
+      kept_pos = pos, keys = kk;
+    }
+    const at::Tensor got = cache.kept_positions(seq, 0);
+    for (int64_t h = 0; h < kKv; ++h) {
+      ASSERT_EQ(got.size(1), int64_t(kept_pos.size()));
+      for (size_t j = 0; j < kept_pos.size(); ++j)
+        EXPECT_EQ(got[h][j].item<int64_t>(), kept_pos[j]) << "step " << length;
+    }
+  }
+  EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kBudget});
+}
+
 TEST(H2o, NeedsAPerTokenCodecToEvictDuringDecode) {
   try {
     resolve({{"name", "h2o-512"}, {"codec", "kivi-4"}});
@@ -437,6 +503,7 @@ TEST(Retention, TinyModelGeneratesPastEveryBudget) {
       {{{"name", "stream-512"}}, 700, 512},
       {{{"name", "stream-512"}, {"codec", "int4"}}, 700, 512},
       {{{"name", "h2o-512"}}, 700, 512},
+      {{{"name", "tova-512"}}, 700, 512},
       {{{"name", "snapkv-2048"}}, 2200, 2048 + 7},
       {{{"name", "snapkv-2048"}, {"codec", "kivi-4"}}, 2200, 2048 + 7}};
   for (const Case& c : cases) {

@@ -69,6 +69,9 @@ class CompressedKVCache : public KVCache {
   // Adds the attention probabilities the block's queries (positions start..) give every held
   // token, from the keys as stored, to layer.scores (kScoresEveryStep policies).
   void accumulate_scores(Layer& layer, const at::Tensor& q, int64_t start) const;
+  // The block's newest query's attention over every held token, group-averaged:
+  // [kv_heads, held] (kLastQueryScores policies).
+  at::Tensor last_query_scores(const Layer& layer, const at::Tensor& q) const;
   // Shrinks the layer to `kept` ([kv_heads, n] indices into the held tokens).
   void evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k, const at::Tensor& v,
              bool prefill) const;

@@ -20,9 +20,10 @@ namespace kvbench {
 
 // What the cache must compute for the policy.
 enum class RetentionNeeds {
-  kPositions,       // logical positions of the held tokens only (StreamingLLM, full)
-  kWindowScores,    // at the prefill: attention of its last `observation_window()` queries
-  kScoresEveryStep  // every step's attention probabilities, accumulated per token (H2O)
+  kPositions,        // logical positions of the held tokens only (StreamingLLM, full)
+  kWindowScores,     // at the prefill: attention of its last `observation_window()` queries
+  kScoresEveryStep,  // every step's attention probabilities, accumulated per token (H2O)
+  kLastQueryScores   // on evicting steps, the newest query's attention over the held tokens (TOVA)
 };
 
 // When the policy evicts.
@@ -47,6 +48,9 @@ struct RetentionInput {
   // kScoresEveryStep only: [kv_heads, held] fp32 attention probability each held token has
   // received from every query so far (averaged over each KV head's query group).
   at::Tensor accumulated;
+  // kLastQueryScores only: [kv_heads, held] fp32 attention of the block's newest query
+  // (averaged over each KV head's query group).
+  at::Tensor current;
 };
 
 class RetentionPolicy {

@@ -1,0 +1,29 @@
+// TOVA (Oren et al. 2024, "Transformers are Multi-State RNNs"): whenever a layer holds more
+// than `budget` tokens, keep the `budget` tokens the newest query attends to most, its
+// attention averaged over every head of the layer, so every head keeps the same set. No sinks,
+// no window: the layer never holds more than the budget after a step. Needs the newest query's
+// attention over the held tokens, computed by the cache from the stored keys, and only on the
+// steps that evict.
+#pragma once
+
+#include "kvbench/kv/retention_policy.h"
+
+namespace kvbench {
+
+class TovaPolicy final : public RetentionPolicy {
+ public:
+  TovaPolicy(int64_t budget, EvictionTiming timing);
+  std::string name() const override { return "tova"; }
+  nlohmann::json params() const override;
+  RetentionNeeds needs() const override { return RetentionNeeds::kLastQueryScores; }
+  EvictionTiming timing() const override { return timing_; }
+  bool over_budget(int64_t held) const override { return held > budget_; }
+  at::Tensor select(const RetentionInput& in) const override;
+  int64_t budget() const override { return budget_; }
+
+ private:
+  int64_t budget_;
+  EvictionTiming timing_;
+};
+
+}  // namespace kvbench
