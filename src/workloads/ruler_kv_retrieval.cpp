@@ -59,7 +59,7 @@ TaskSample make_kv_retrieval(const Tokenizer& tokenizer, const KvRetrievalOption
   s.prompt = build(n);
   s.prompt_tokens = count_tokens(tokenizer, s.prompt);
   s.answers = {value};
-  s.needle_depth = n ? static_cast<double>(units_before(o.depth, n)) / static_cast<double>(n) : 0.0;
+  s.needle_depth = depth_fraction(o.depth, n);
   s.id = sample_id(task, o.seed, o.target_tokens, o.depth);
   return s;
 }

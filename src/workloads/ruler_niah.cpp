@@ -146,7 +146,7 @@ TaskSample make_needle_task(const Tokenizer& tokenizer, const NeedleOptions& o) 
   for (int64_t q = 0; q < o.num_queries; ++q) {
     s.answers.insert(s.answers.end(), values[q].begin(), values[q].end());
   }
-  s.needle_depth = n ? static_cast<double>(units_before(o.depth, n)) / static_cast<double>(n) : 0.0;
+  s.needle_depth = depth_fraction(o.depth, n);
   s.id = sample_id(task, o.seed, o.target_tokens, o.depth);
   return s;
 }

@@ -107,4 +107,8 @@ std::string sample_id(const std::string& task, uint64_t seed, int64_t target_tok
   return id;
 }
 
+double depth_fraction(double depth, int64_t n) {
+  return n ? static_cast<double>(units_before(depth, n)) / static_cast<double>(n) : 0.0;
+}
+
 }  // namespace kvbench::workloads_detail

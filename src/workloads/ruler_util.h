@@ -62,6 +62,9 @@ void shuffle(std::vector<T>& items, Rng& rng) {
 
 // Filler units before an item at `depth` in [0, 1] of n units.
 int64_t units_before(double depth, int64_t n);
+// Where a needle placed with units_before(depth, n) landed, as a fraction of the n units
+// (0 when there are none): TaskSample::needle_depth.
+double depth_fraction(double depth, int64_t n);
 // "<task>-<seed>-<target>" plus "-<depth, 2 decimals>" when depth >= 0.
 std::string sample_id(const std::string& task, uint64_t seed, int64_t target_tokens,
                       double depth = -1);

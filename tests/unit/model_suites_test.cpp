@@ -256,11 +256,17 @@ TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {
   EXPECT_FALSE(step_fidelity(at::tensor({0.0, 1.0}, at::kDouble), method, 0).top1_agree);
 }
 
-CellOutput run_fidelity(const json& method, const std::string& params) {
+// Runs one cell of suite S with `method` on the harness's tiny model.
+template <class S>
+CellOutput run_cell(const json& method, const std::string& params) {
   Harness h(json::parse(params));
   h.method = resolve_method(method, "methods[0]");
-  FidelitySuite suite;
+  S suite;
   return h.run(suite);
+}
+
+CellOutput run_fidelity(const json& method, const std::string& params) {
+  return run_cell<FidelitySuite>(method, params);
 }
 
 TEST(FidelitySuite, TheFullCacheAgainstItselfIsExact) {
@@ -331,10 +337,7 @@ TEST(OutputLengthSuite, LengthShiftByHand) {
 }
 
 CellOutput run_output_length(const json& method, const std::string& params) {
-  Harness h(json::parse(params));
-  h.method = resolve_method(method, "methods[0]");
-  OutputLengthSuite suite;
-  return h.run(suite);
+  return run_cell<OutputLengthSuite>(method, params);
 }
 
 TEST(OutputLengthSuite, TheFullCacheAgainstItselfHasNoShift) {
@@ -412,10 +415,7 @@ TEST(AccuracySuite, NegativeSamplesOnAFixedTable) {
 }
 
 CellOutput run_accuracy(const json& method, const std::string& params) {
-  Harness h(json::parse(params));
-  h.method = resolve_method(method, "methods[0]");
-  AccuracySuite suite;
-  return h.run(suite);
+  return run_cell<AccuracySuite>(method, params);
 }
 
 TEST(AccuracySuite, TheFullCacheAgreesWithItselfOnEverySample) {
