@@ -22,7 +22,8 @@ struct Partial {
 }  // namespace
 
 at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
-                                const TokenStore& values, int64_t kv_heads, double scale) {
+                                const TokenStore& values, int64_t kv_heads, double scale,
+                                const at::Tensor& prefix_q_in, int64_t prefix_tokens) {
   KVB_CHECK(q_in.dim() == 3 && q_in.size(1) == 1, "cpu attention: q must be [heads, 1, head_dim]");
   const at::Tensor q = q_in.to(at::kFloat).contiguous();
   const int64_t heads = q.size(0), dim = q.size(2), tokens = keys.size();
@@ -33,6 +34,16 @@ at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
   const int64_t chunks = (tokens + kChunk - 1) / kChunk;
   std::vector<Partial> partials(static_cast<size_t>(kv_heads * chunks));
   const float* qp = q.data_ptr<float>();
+  at::Tensor prefix_q;
+  if (prefix_q_in.defined()) {
+    KVB_CHECK(prefix_q_in.sizes() == q_in.sizes() && prefix_tokens >= 0 && prefix_tokens <= tokens,
+              "cpu attention: prefix query ", prefix_q_in.sizes(), " over ", prefix_tokens, " of ",
+              tokens, " tokens");
+    prefix_q = prefix_q_in.to(at::kFloat).contiguous();
+  } else {
+    prefix_tokens = 0;
+  }
+  const float* pq = prefix_tokens > 0 ? prefix_q.data_ptr<float>() : nullptr;
   const float s = static_cast<float>(scale);
 
   at::parallel_for(0, kv_heads * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -42,7 +53,11 @@ at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
       const int64_t t1 = std::min(tokens, t0 + kChunk), len = t1 - t0;
       Partial& part = partials[static_cast<size_t>(task)];
       p.assign(static_cast<size_t>(group * len), 0.0f);
-      keys.dot(h, qp + h * group * dim, group, t0, t1, p.data(), len);
+      // Tokens before prefix_tokens are scored with the prefix query, the rest with q.
+      const int64_t split = std::min(std::max(prefix_tokens, t0), t1);
+      if (split > t0) keys.dot(h, pq + h * group * dim, group, t0, split, p.data(), len);
+      if (t1 > split)
+        keys.dot(h, qp + h * group * dim, group, split, t1, p.data() + (split - t0), len);
       part.max.assign(static_cast<size_t>(group), -INFINITY);
       part.sum.assign(static_cast<size_t>(group), 0.0f);
       for (int64_t r = 0; r < group; ++r) {

@@ -36,7 +36,9 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   bool first = true;
   while (!active.empty()) {
     Stopwatch step;
+    const double retention_before = cache.retention_seconds();
     at::Tensor logits = model.forward(batch, cache);  // [active, vocab]
+    const double retention = cache.retention_seconds() - retention_before;
     std::vector<size_t> still;
     std::vector<SequenceStep> next_batch;
     for (size_t r = 0; r < active.size(); ++r) {
@@ -71,9 +73,11 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     }
     if (first) {
       result.prefill_s = elapsed;
+      result.prefill_retention_s = retention;
       first = false;
     } else {
       result.decode_step_s.push_back(elapsed);
+      result.decode_step_retention_s.push_back(retention);
       result.decode_step_batch.push_back(static_cast<int64_t>(active.size()));
     }
     active = std::move(still);

@@ -6,7 +6,9 @@
 #include "kvbench/attention/cpu_attention.h"
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/time.h"
 #include "kvbench/kv/identity_codec.h"
+#include "kvbench/model/transformer.h"
 
 namespace kvbench {
 
@@ -18,14 +20,21 @@ AttentionBackend attention_backend_from_name(const std::string& name) {
 
 CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, AttentionBackend backend,
                                      int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
-                                     std::shared_ptr<const RetentionPolicy> policy)
+                                     std::shared_ptr<const RetentionPolicy> policy,
+                                     at::Tensor rope_inv_freq)
     : codec_(std::move(codec)),
       policy_(policy ? std::move(policy) : std::make_shared<FullRetention>()),
       evicts_(dynamic_cast<const FullRetention*>(policy_.get()) == nullptr),
       backend_(backend),
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
-      head_dim_(head_dim) {
+      head_dim_(head_dim),
+      rope_inv_freq_(std::move(rope_inv_freq)) {
+  KVB_CHECK(!policy_->cache_positions() ||
+                (rope_inv_freq_.defined() && rope_inv_freq_.numel() == head_dim_ / 2),
+            "retention policy '", policy_->name(),
+            "' gives kept tokens cache positions, which needs the model's RoPE frequencies ([",
+            head_dim_ / 2, "]); none were given to the KV cache");
   KVB_CHECK(policy_->timing() != EvictionTiming::kDecode || codec_->can_drop_tokens(),
             "retention policy '", policy_->name(), "' evicts during decode, but codec '",
             codec_->name(), "' cannot drop tokens in place; evict after_prefill instead");
@@ -71,6 +80,10 @@ at::Tensor CompressedKVCache::kept_positions(int64_t seq, int64_t layer) const {
 }
 
 at::Tensor CompressedKVCache::attend(const Layer& layer, const at::Tensor& q) const {
+  if (policy_->cache_positions() && layer.positions.defined()) {
+    at::Tensor out = attend_cache_positions(layer, q);
+    if (out.defined()) return out;  // undefined: every held token is at its logical position
+  }
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   // Attention reads what the cache stores, so a lossy codec shows its effect on every token.
   if (backend_ == AttentionBackend::kCpu && q.size(1) == 1) {
@@ -113,6 +126,115 @@ void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Te
   }
   layer.positions = layer.positions.gather(1, kept);
   if (layer.scores.defined()) layer.scores = layer.scores.gather(1, kept);
+  if (layer.low.defined()) {  // per query head: each head follows its KV head's selection
+    const int64_t heads = layer.low.size(0), history = layer.low.size(2);
+    at::Tensor rows = kept.repeat_interleave(heads / num_kv_heads_, 0);  // [heads, n]
+    layer.low = layer.low.gather(1, rows.unsqueeze(-1).expand({heads, kept.size(1), history}));
+  }
+}
+
+void CompressedKVCache::record_low_attention(Layer& layer, const at::Tensor& q,
+                                             int64_t start) const {
+  const int64_t heads = q.size(0), n = q.size(1), group = heads / num_kv_heads_;
+  const int64_t held = layer.keys->size(), history = policy_->observation_window();
+  const int64_t before = layer.low.defined() ? layer.low.size(1) : 0;
+  const at::Tensor fresh = at::zeros({heads, held - before, history}, at::kBool);
+  layer.low = layer.low.defined() ? at::cat({layer.low, fresh}, 1) : fresh;
+  // Only the block's last `history` queries can still be in the window.
+  const int64_t m = std::min(n, history), first = start + n - m;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  at::Tensor qm =
+      q.narrow(1, n - m, m).to(at::kFloat).reshape({num_kv_heads_, group * m, head_dim_});
+  at::Tensor s = at::bmm(qm, layer.keys->dequantize().transpose(1, 2)).mul_(scale);
+  // Row g * m + i is the query at position first + i; it sees held tokens at or before it.
+  at::Tensor query_pos =
+      at::arange(m, at::kLong).add_(first).repeat({group}).view({1, group * m, 1});
+  at::Tensor seen = layer.positions.unsqueeze(1).le(query_pos);  // [kvh, g*m, held]
+  s.masked_fill_(seen.logical_not(), -std::numeric_limits<float>::infinity());
+  at::Tensor uniform = seen.sum(-1, /*keepdim=*/true).to(at::kFloat).reciprocal_();  // 1/t
+  at::Tensor low = at::softmax(s, -1).lt(uniform).logical_and_(seen);
+  low = low.reshape({heads, m, held}).transpose(1, 2);  // [heads, held, m]
+  at::Tensor columns = at::arange(first, first + m, at::kLong).remainder_(history);
+  layer.low.index_copy_(2, columns, low);
+}
+
+at::Tensor CompressedKVCache::low_attention_counts(const Layer& layer) const {
+  const int64_t heads = layer.low.size(0), held = layer.low.size(1);
+  return layer.low.sum(2)
+      .to(at::kFloat)
+      .reshape({num_kv_heads_, heads / num_kv_heads_, held})
+      .mean(1);
+}
+
+at::Tensor CompressedKVCache::cache_offsets(const Layer& layer) const {
+  const at::Tensor rank =
+      at::argsort(at::argsort(layer.positions, int64_t{1}), int64_t{1});  // [kv_heads, held]
+  return rank - layer.positions;
+}
+
+at::Tensor CompressedKVCache::attend_cache_positions(const Layer& layer,
+                                                     const at::Tensor& q) const {
+  const at::Tensor offsets = cache_offsets(layer);
+  const int64_t held = offsets.size(1), n = q.size(1);
+  // The block's tokens are the newest held ones and share one offset, the queries'.
+  const at::Tensor query_offset = offsets.narrow(1, held - 1, 1);  // [kv_heads, 1]
+  KVB_CHECK(offsets.narrow(1, held - n, n).eq(query_offset).all().item<bool>(),
+            "KV cache: the new tokens do not share one cache offset");
+  // (R(a) q) . (R(b) k) depends on b - a only: a key whose offset equals the query's is
+  // attended as stored; another one as if rotated by (its offset - the query's).
+  const at::Tensor shift = offsets - query_offset;  // [kv_heads, held]
+  const at::Tensor differs = shift.ne(0);
+  if (!differs.any().item<bool>()) return at::Tensor();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  if (backend_ == AttentionBackend::kCpu && n == 1) {
+    // The fused kernel takes one rotated query for a leading run of slots: StreamingLLM's
+    // sinks, whose offset is 0 while the window shares the query's.
+    const int64_t run = differs[0].sum().item<int64_t>();
+    const int64_t delta = shift[0][0].item<int64_t>();
+    KVB_CHECK(shift.narrow(1, 0, run).eq(delta).all().item<bool>() &&
+                  !differs.narrow(1, run, held - run).any().item<bool>(),
+              "KV cache: cache positions need the re-positioned tokens in one leading run");
+    // (R(-delta) q) . k == q . (R(delta) k): rotate the query instead of the run's keys.
+    const auto [cos, sin] = rope_cos_sin(at::full({1}, -delta, at::kLong), rope_inv_freq_);
+    const at::Tensor rotated = apply_rope(q.to(at::kFloat).transpose(0, 1), cos, sin);
+    return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale,
+                                rotated.transpose(0, 1).contiguous(), run);
+  }
+  // Reference: every stored key rotated by its shift, then plain block attention.
+  const at::Tensor keys = layer.keys->dequantize();  // [kv_heads, held, d]
+  const auto [cos, sin] = rope_cos_sin(shift.reshape({-1}), rope_inv_freq_);
+  const at::Tensor rotated =
+      apply_rope(keys.reshape({num_kv_heads_ * held, 1, head_dim_}), cos, sin)
+          .reshape({num_kv_heads_, held, head_dim_});
+  return block_attention_reference(q, rotated, layer.values->dequantize(), scale);
+}
+
+void CompressedKVCache::maybe_evict(Layer& layer, RetentionInput& in, const at::Tensor& q,
+                                    const at::Tensor& k, const at::Tensor& v) {
+  Stopwatch watch;
+  in.positions = layer.positions;
+  if (policy_->over_budget(in)) {
+    switch (policy_->needs()) {
+      case RetentionNeeds::kPositions:
+        break;
+      case RetentionNeeds::kWindowScores:
+        KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
+                  "' selects at the prefill only");
+        in.window_attention = window_attention(q, k, policy_->observation_window());
+        break;
+      case RetentionNeeds::kScoresEveryStep:
+        in.accumulated = layer.scores;
+        break;
+      case RetentionNeeds::kLastQueryScores:
+        in.current = last_query_scores(layer, q);
+        break;
+      case RetentionNeeds::kLowAttentionCounts:
+        in.low_counts = low_attention_counts(layer);
+        break;
+    }
+    evict(layer, policy_->select(in), k, v, in.prefill);
+  }
+  retention_s_ += watch.seconds();
 }
 
 at::Tensor CompressedKVCache::last_query_scores(const Layer& layer, const at::Tensor& q) const {
@@ -170,42 +292,31 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   const bool may_evict = prefill || policy_->timing() == EvictionTiming::kDecode;
   RetentionInput in;
   in.layer = layer_index;
+  in.num_layers = num_layers_;
   in.length = start + n;
   in.prefill = prefill;
-  if (policy_->needs() == RetentionNeeds::kScoresEveryStep) {
-    // Every query attends everything held (itself included) and scores it; the layer shrinks
-    // afterwards, as the H2O reference does it.
-    at::Tensor out = attend(layer, q);
-    accumulate_scores(layer, q, start);
-    if (may_evict && policy_->over_budget(layer.keys->size())) {
-      in.positions = layer.positions;
-      in.accumulated = layer.scores;
-      evict(layer, policy_->select(in), k, v, prefill);
-    }
-    return out;
-  }
-  if (policy_->needs() == RetentionNeeds::kLastQueryScores) {
-    at::Tensor out = attend(layer, q);  // over everything held; the layer shrinks afterwards
-    if (may_evict && policy_->over_budget(layer.keys->size())) {
-      in.positions = layer.positions;
-      in.current = last_query_scores(layer, q);
-      evict(layer, policy_->select(in), k, v, prefill);
-    }
-    return out;
-  }
-  if (!may_evict || !policy_->over_budget(layer.keys->size())) return attend(layer, q);
   in.positions = layer.positions;
+  const RetentionNeeds needs = policy_->needs();
+  if (needs == RetentionNeeds::kScoresEveryStep || needs == RetentionNeeds::kLastQueryScores ||
+      needs == RetentionNeeds::kLowAttentionCounts) {
+    // Every query attends everything held (itself included) and its per-step state is
+    // recorded; the layer shrinks afterwards, as the H2O reference does it.
+    at::Tensor out = attend(layer, q);
+    Stopwatch watch;
+    if (needs == RetentionNeeds::kScoresEveryStep) accumulate_scores(layer, q, start);
+    if (needs == RetentionNeeds::kLowAttentionCounts) record_low_attention(layer, q, start);
+    retention_s_ += watch.seconds();
+    if (may_evict) maybe_evict(layer, in, q, k, v);
+    return out;
+  }
+  if (!may_evict || !policy_->over_budget(in)) return attend(layer, q);
   if (n == 1 && !prefill) {  // a decode token: evict first, then it attends what stays
-    evict(layer, policy_->select(in), k, v, prefill);
+    maybe_evict(layer, in, q, k, v);
     return attend(layer, q);
   }
   // A block: every query sees everything held plus the block; the layer shrinks afterwards.
   at::Tensor out = attend(layer, q);
-  if (policy_->needs() == RetentionNeeds::kWindowScores) {
-    KVB_CHECK(prefill, "retention policy '", policy_->name(), "' selects at the prefill only");
-    in.window_attention = window_attention(q, k, policy_->observation_window());
-  }
-  evict(layer, policy_->select(in), k, v, prefill);
+  maybe_evict(layer, in, q, k, v);
   return out;
 }
 

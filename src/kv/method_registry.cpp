@@ -11,6 +11,8 @@
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
+#include "kvbench/kv/pyramidkv_policy.h"
+#include "kvbench/kv/scissorhands_policy.h"
 #include "kvbench/kv/snapkv_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
 #include "kvbench/kv/tova_policy.h"
@@ -125,12 +127,17 @@ MethodInfo streaming_method(const std::string& name, const std::string& summary,
                              "decode: evict whenever a layer holds more than S + W tokens; "
                              "after_prefill: once, after the prefill",
                              {"decode", "after_prefill"}),
+           ParamSpec::string("positions", "original",
+                             "original: kept keys keep their logical RoPE positions; rerotated: "
+                             "kept tokens take their positions inside the cache (their rank "
+                             "among the kept tokens), as the StreamingLLM paper does",
+                             {"original", "rerotated"}),
            codec_param(codecs)},
           {},
           [](const json& p) {
-            return std::make_shared<StreamingLlmPolicy>(p["sinks"].get<int64_t>(),
-                                                        p["window"].get<int64_t>(),
-                                                        timing_from_name(p["evict"]));
+            return std::make_shared<StreamingLlmPolicy>(
+                p["sinks"].get<int64_t>(), p["window"].get<int64_t>(), timing_from_name(p["evict"]),
+                p["positions"] == "rerotated");
           }};
 }
 
@@ -152,6 +159,55 @@ MethodInfo snapkv_method(const std::string& name, const std::string& summary, in
                                                   p["window"].get<int64_t>(),
                                                   p["kernel"].get<int64_t>(), p["pooling"]);
           }};
+}
+
+MethodInfo pyramidkv_method(const std::string& name, const std::string& summary, int64_t budget,
+                            const std::vector<std::string>& codecs) {
+  return {name,
+          summary,
+          {ParamSpec::integer("budget", budget,
+                              "C: average tokens kept per KV head per layer, the window included")
+               .range(2, 1 << 24),
+           ParamSpec::integer("window", 8, "w: observation window (last prefill queries)")
+               .range(1, 1 << 20),
+           ParamSpec::integer("kernel", 7, "pooling kernel along tokens (odd)").range(1, 1023),
+           ParamSpec::string("pooling", "max", "pooling of the window's votes", {"max", "avg"}),
+           ParamSpec::number("beta", 20.0,
+                             "beta: the last layer keeps (C - w) / beta + w, the first "
+                             "2 (C - w) - (C - w) / beta + w")
+               .range(1, 1e6),
+           codec_param(codecs)},
+          {},
+          [](const json& p) {
+            return std::make_shared<PyramidKvPolicy>(
+                p["budget"].get<int64_t>(), p["window"].get<int64_t>(), p["kernel"].get<int64_t>(),
+                p["pooling"], p["beta"].get<double>());
+          }};
+}
+
+MethodInfo scissorhands_method(const std::string& name, const std::string& summary, int64_t budget,
+                               const std::vector<std::string>& codecs) {
+  return {
+      name,
+      summary,
+      {ParamSpec::integer("budget", budget, "tokens kept per KV head per layer").range(2, 1 << 24),
+       ParamSpec::integer("recent", 32, "newest tokens never dropped (less than budget)")
+           .range(1, 1 << 24),
+       ParamSpec::integer("history", 32,
+                          "history window: the last queries whose below-uniform attention "
+                          "(< 1/t over t attended tokens) is counted per token")
+           .range(1, 4096),
+       ParamSpec::string("evict", "decode",
+                         "decode: evict whenever a layer holds more than the budget; "
+                         "after_prefill: once, after the prefill",
+                         {"decode", "after_prefill"}),
+       codec_param(codecs)},
+      {},
+      [](const json& p) {
+        return std::make_shared<ScissorHandsPolicy>(
+            p["budget"].get<int64_t>(), p["recent"].get<int64_t>(), p["history"].get<int64_t>(),
+            timing_from_name(p["evict"]));
+      }};
 }
 
 MethodInfo h2o_method(const std::string& name, const std::string& summary, int64_t heavy,
@@ -320,6 +376,25 @@ std::vector<MethodInfo> build_catalog() {
       "by default; any per-token codec",
       512, codecs));
   catalog.push_back(tova_method("tova-512", "TOVA with a budget of 512 tokens", 512, codecs));
+  catalog.push_back(scissorhands_method(
+      "scissorhands",
+      "ScissorHands: whenever a layer holds more than the budget, drop the tokens most often "
+      "given less than uniform attention (1/t) by the last `history` = 32 queries, the "
+      "`recent` = 32 newest protected; budget 512 by default; any per-token codec",
+      512, codecs));
+  catalog.push_back(scissorhands_method(
+      "scissorhands-512",
+      "ScissorHands with a budget of 512 tokens, history window 32, 32 recent tokens protected",
+      512, codecs));
+  const std::string pyramid =
+      "PyramidKV: SnapKV's selection after the prefill with per-layer budgets falling linearly "
+      "from 2 (C - w) - (C - w) / beta + w at the first layer to (C - w) / beta + w at the last "
+      "(exact step, rounded), window w = 8, max-pool kernel 7, beta = 20: C = ";
+  catalog.push_back(
+      pyramidkv_method("pyramidkv", pyramid + "1024 tokens on average; any codec", 1024, codecs));
+  catalog.push_back(pyramidkv_method(
+      "pyramidkv-2048", pyramid + "2048 tokens on average (KVCache-Factory); any codec", 2048,
+      codecs));
   catalog.push_back(snapkv_method("snapkv", snap + "1024 tokens; any codec", 1024, codecs));
   catalog.push_back(snapkv_method(
       "snapkv-1024", snap + "1024 tokens (SnapKV LongBench config); any codec", 1024, codecs));
@@ -461,10 +536,11 @@ std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method)
 
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
-                                       const std::string& backend) {
-  return std::make_unique<CompressedKVCache>(make_codec(method, dtype),
-                                             attention_backend_from_name(backend), num_layers,
-                                             num_kv_heads, head_dim, make_policy(method));
+                                       const std::string& backend,
+                                       const at::Tensor& rope_inv_freq) {
+  return std::make_unique<CompressedKVCache>(
+      make_codec(method, dtype), attention_backend_from_name(backend), num_layers, num_kv_heads,
+      head_dim, make_policy(method), rope_inv_freq);
 }
 
 }  // namespace kvbench

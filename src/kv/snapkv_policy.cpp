@@ -29,13 +29,20 @@ nlohmann::json SnapKvPolicy::params() const {
   return {{"budget", budget_}, {"window", window_}, {"kernel", kernel_}, {"pooling", pooling_}};
 }
 
-at::Tensor SnapKvPolicy::select(const RetentionInput& in) const {
-  KVB_CHECK(in.window_attention.defined(), "snapkv: the cache gave no window attention");
+at::Tensor snapkv_select(const RetentionInput& in, int64_t keep, int64_t window, int64_t kernel,
+                         const std::string& pooling, const char* policy) {
+  KVB_CHECK(in.window_attention.defined(), policy, ": the cache gave no window attention");
   const int64_t kv_heads = in.positions.size(0), held = in.positions.size(1);
-  at::Tensor scores = snapkv_scores(in.window_attention, kv_heads, kernel_, pooling_);
-  at::Tensor prefix = top_tokens(scores, budget_ - window_);
-  at::Tensor window = at::arange(held - window_, held, at::kLong).expand({kv_heads, window_});
-  return at::cat({prefix, window}, 1).contiguous();
+  KVB_CHECK(keep >= window && keep <= held, policy, ": cannot keep ", keep, " of ", held,
+            " tokens with a window of ", window);
+  at::Tensor scores = snapkv_scores(in.window_attention, kv_heads, kernel, pooling);
+  at::Tensor prefix = top_tokens(scores, keep - window);
+  at::Tensor recent = at::arange(held - window, held, at::kLong).expand({kv_heads, window});
+  return at::cat({prefix, recent}, 1).contiguous();
+}
+
+at::Tensor SnapKvPolicy::select(const RetentionInput& in) const {
+  return snapkv_select(in, budget_, window_, kernel_, pooling_, "snapkv");
 }
 
 }  // namespace kvbench

@@ -4,13 +4,17 @@
 
 namespace kvbench {
 
-StreamingLlmPolicy::StreamingLlmPolicy(int64_t sinks, int64_t window, EvictionTiming timing)
-    : sinks_(sinks), window_(window), timing_(timing) {
+StreamingLlmPolicy::StreamingLlmPolicy(int64_t sinks, int64_t window, EvictionTiming timing,
+                                       bool rerotated)
+    : sinks_(sinks), window_(window), timing_(timing), rerotated_(rerotated) {
   KVB_CHECK(sinks >= 0 && window >= 1, "streamingllm: sinks must be >= 0 and window >= 1");
 }
 
 nlohmann::json StreamingLlmPolicy::params() const {
-  return {{"sinks", sinks_}, {"window", window_}, {"evict", eviction_timing_name(timing_)}};
+  return {{"sinks", sinks_},
+          {"window", window_},
+          {"evict", eviction_timing_name(timing_)},
+          {"positions", rerotated_ ? "rerotated" : "original"}};
 }
 
 at::Tensor StreamingLlmPolicy::select(const RetentionInput& in) const {

@@ -140,6 +140,8 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"ttft_p99_s", false},
         {"tpot_median_s", true},
         {"tpot_p99_s", false},
+        {"retention_prefill_share", false},
+        {"retention_decode_share", false},
         {"kv_bytes", true},
         {"bits_per_value", false},
         {"ratio_to_fp16", false}},
@@ -147,9 +149,10 @@ const std::vector<SuiteSpec>& suite_specs() {
          const json& s = c["summary"];
          Point p;
          p.values = {
-             number_at(s, "ttft_s.median"),          number_at(s, "ttft_s.p99"),
-             number_at(s, "tpot_s.median"),          number_at(s, "tpot_s.p99"),
-             kv_bytes_of(s, "kv_bytes_peak"),        number_at(s, "kv_memory.bits_per_value"),
+             number_at(s, "ttft_s.median"),           number_at(s, "ttft_s.p99"),
+             number_at(s, "tpot_s.median"),           number_at(s, "tpot_s.p99"),
+             number_at(s, "retention.prefill_share"), number_at(s, "retention.decode_share"),
+             kv_bytes_of(s, "kv_bytes_peak"),         number_at(s, "kv_memory.bits_per_value"),
              number_at(s, "kv_memory.ratio_to_fp16")};
          return std::vector<Point>{p};
        }},
@@ -160,17 +163,22 @@ const std::vector<SuiteSpec>& suite_specs() {
        {"batch", "prompt_tokens", "new_tokens"},
        {{"prefill_tok_s", true},
         {"decode_tok_s", true},
+        {"retention_prefill_share", false},
+        {"retention_decode_share", false},
         {"kv_bytes", true},
         {"bits_per_value", false},
         {"ratio_to_fp16", false}},
        [](const json& c) {
-         return records_of_kind(
-             c, "throughput", {"batch", "prompt_tokens", "new_tokens"}, [](const json& r) {
-               return std::vector<json>{number_at(r, "prefill_tok_s"), number_at(r, "decode_tok_s"),
-                                        kv_bytes_of(r, "kv_bytes"),
-                                        number_at(r, "kv_memory.bits_per_value"),
-                                        number_at(r, "kv_memory.ratio_to_fp16")};
-             });
+         return records_of_kind(c, "throughput", {"batch", "prompt_tokens", "new_tokens"},
+                                [](const json& r) {
+                                  return std::vector<json>{number_at(r, "prefill_tok_s"),
+                                                           number_at(r, "decode_tok_s"),
+                                                           number_at(r, "retention.prefill_share"),
+                                                           number_at(r, "retention.decode_share"),
+                                                           kv_bytes_of(r, "kv_bytes"),
+                                                           number_at(r, "kv_memory.bits_per_value"),
+                                                           number_at(r, "kv_memory.ratio_to_fp16")};
+                                });
        }},
       {"kernels",
        "kernels: one decode-attention step per context (median seconds, GB/s and the fraction "

@@ -59,6 +59,7 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   std::vector<double> ttft, tpot, e2e, itl;
   uint64_t kv_peak = 0;
   json kv_memory;
+  RetentionTimes retention;
   ctx.progress.begin(ctx.cell_id, static_cast<size_t>(warmup + repeats));
   for (int r = 0; r < warmup + repeats; ++r) {
     auto prompts = text_ids.empty()
@@ -69,6 +70,7 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
     if (r < warmup) continue;
     if (res.peak_kv_bytes >= kv_peak) kv_memory = kv_memory_json(res, model.config());
     kv_peak = std::max(kv_peak, res.peak_kv_bytes);
+    retention.add(res);
     for (const auto& s : res.sequences) {
       const auto& t = s.token_times_s;
       ttft.push_back(t.front());
@@ -94,6 +96,7 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   out.summary["requests"] = ttft.size();
   out.summary["kv_bytes_peak"] = kv_peak;
   out.summary["kv_memory"] = kv_memory;
+  out.summary["retention"] = retention.to_json();
   if (kv_memory.value("nominal_mismatch", false)) {
     out.warnings.push_back("measured KV bytes differ from the method's formula by more than 1%");
   }

@@ -32,12 +32,14 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   std::vector<double> prefill, steps;
   uint64_t kv_peak = 0;
   json kv_memory;
+  RetentionTimes retention;
   for (int r = 0; r < warmup + repeats; ++r) {
     auto prompts = synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r);
     GenerationResult res = generate(model, cache, prompts, g);
     if (r < warmup) continue;
     prefill.push_back(res.prefill_s);
     steps.insert(steps.end(), res.decode_step_s.begin(), res.decode_step_s.end());
+    retention.add(res);
     if (res.peak_kv_bytes >= kv_peak) kv_memory = kv_memory_json(res, model.config());
     kv_peak = std::max(kv_peak, res.peak_kv_bytes);
   }
@@ -55,6 +57,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           {"decode_tok_s", static_cast<double>(batch) / step.median},
           {"kv_bytes", kv_peak},
           {"kv_memory", kv_memory},
+          {"retention", retention.to_json()},
           {"kv_bytes_per_token", static_cast<double>(kv_peak) / tokens}};
 }
 
@@ -110,8 +113,8 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
 
 Table ThroughputSuite::summary_table(const CellOutput& output) const {
   Table t;
-  t.columns = {"batch",        "prompt",  "new",      "prefill tok/s",
-               "decode tok/s", "ms/step", "KV bytes", "bits/value"};
+  t.columns = {"batch",   "prompt",      "new",      "prefill tok/s", "decode tok/s",
+               "ms/step", "retention %", "KV bytes", "bits/value"};
   for (const auto& r : output.records) {
     t.rows.push_back({std::to_string(r["batch"].get<int64_t>()),
                       std::to_string(r["prompt_tokens"].get<int64_t>()),
@@ -119,6 +122,7 @@ Table ThroughputSuite::summary_table(const CellOutput& output) const {
                       format_fixed(r["prefill_tok_s"].get<double>(), 1),
                       format_fixed(r["decode_tok_s"].get<double>(), 1),
                       format_fixed(r["decode_step_s"]["median"].get<double>() * 1e3, 2),
+                      format_fixed(r["retention"]["decode_share"].get<double>() * 100, 1),
                       format_bytes(r["kv_bytes"].get<double>()),
                       format_fixed(r["kv_memory"]["bits_per_value"].get<double>(), 2)});
   }

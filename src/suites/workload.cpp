@@ -34,7 +34,7 @@ void require_cpu(const CellContext& ctx, const std::string& suite) {
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
   const ModelConfig& c = ctx.model.get().config();
   return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(),
-                       ctx.spec.attention);
+                       ctx.spec.attention, rope_inverse_frequencies(c));
 }
 
 std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx) {
@@ -60,6 +60,33 @@ void check_memory_fits(uint64_t bytes, const std::string& what) {
   if (available == 0) return;
   KVB_CHECK(bytes <= available / 10 * 8, what, " needs ", format_bytes(bytes), " but only ",
             format_bytes(available), " of memory is available");
+}
+
+void RetentionTimes::add(const GenerationResult& r) {
+  prefill_s.push_back(r.prefill_s);
+  prefill_retention_s.push_back(r.prefill_retention_s);
+  step_s.insert(step_s.end(), r.decode_step_s.begin(), r.decode_step_s.end());
+  step_retention_s.insert(step_retention_s.end(), r.decode_step_retention_s.begin(),
+                          r.decode_step_retention_s.end());
+}
+
+nlohmann::json RetentionTimes::to_json() const {
+  auto median_ms = [](std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return (n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])) * 1e3;
+  };
+  auto share = [](const std::vector<double>& part, const std::vector<double>& whole) {
+    double p = 0, w = 0;
+    for (double x : part) p += x;
+    for (double x : whole) w += x;
+    return w > 0 ? p / w : 0.0;
+  };
+  return {{"prefill_ms", median_ms(prefill_retention_s)},
+          {"decode_step_ms", median_ms(step_retention_s)},
+          {"prefill_share", share(prefill_retention_s, prefill_s)},
+          {"decode_share", share(step_retention_s, step_s)}};
 }
 
 nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {

@@ -117,6 +117,38 @@ TEST(ThroughputSuite, QuantizedCacheReportsItsRealSize) {
   EXPECT_FALSE(mem["nominal_mismatch"].get<bool>());
 }
 
+// The time a retention policy's work takes is reported beside the step times: zero for the
+// full cache, positive and a share of at most 1 for a policy that scores every step.
+TEST(ModelSuites, RetentionTimeIsReportedPerCell) {
+  Harness lat(json::parse(R"({"name": "latency", "prompt_tokens": 24, "new_tokens": 6,
+                              "warmup": 0, "repeats": 2})"));
+  LatencySuite latency;
+  const json full = lat.run(latency).summary["retention"];
+  EXPECT_EQ(full, json({{"prefill_ms", 0.0},
+                        {"decode_step_ms", 0.0},
+                        {"prefill_share", 0.0},
+                        {"decode_share", 0.0}}));
+  lat.method = resolve_method({{"name", "h2o"}, {"heavy", 8}, {"recent", 8}}, "methods[0]");
+  const json h2o = lat.run(latency).summary["retention"];
+  EXPECT_GT(h2o["prefill_ms"].get<double>(), 0.0);
+  EXPECT_GT(h2o["decode_step_ms"].get<double>(), 0.0);
+  for (const char* k : {"prefill_share", "decode_share"}) {
+    EXPECT_GT(h2o[k].get<double>(), 0.0) << k;
+    EXPECT_LE(h2o[k].get<double>(), 1.0) << k;
+  }
+  Harness thr(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [24],
+                              "new_tokens": [4], "warmup": 0, "repeats": 1})"));
+  thr.method =
+      resolve_method({{"name", "scissorhands"}, {"budget", 12}, {"recent", 4}}, "methods[0]");
+  ThroughputSuite throughput;
+  CellOutput out = thr.run(throughput);
+  const json& r = out.records[0]["retention"];
+  EXPECT_GT(r["decode_step_ms"].get<double>(), 0.0);
+  EXPECT_LE(r["decode_share"].get<double>(), 1.0);
+  EXPECT_EQ(out.records[0]["kv_memory"]["kept_tokens"]["max"], 12);
+  EXPECT_EQ(throughput.summary_table(out).columns.size(), 9u);
+}
+
 TEST(ModelSuites, EstimatesCoverKvAndWeights) {
   Harness h(json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [100],
                             "new_tokens": [28]})"));

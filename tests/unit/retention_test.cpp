@@ -18,10 +18,14 @@
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/pyramidkv_policy.h"
+#include "kvbench/kv/scissorhands_policy.h"
 #include "kvbench/kv/snapkv_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
 #include "kvbench/kv/tova_policy.h"
 #include "kvbench/model/presets.h"
+#include "kvbench/model/transformer.h"
+#include "kvbench/suites/workload.h"
 
 namespace kvbench {
 namespace {
@@ -41,7 +45,8 @@ Transformer tiny_model() {
 
 std::unique_ptr<KVCache> cache_for(const json& method, const ModelConfig& mc,
                                    const std::string& backend = "cpu") {
-  return make_kv_cache(method, mc.num_layers, mc.num_kv_heads, mc.head_dim, at::kBFloat16, backend);
+  return make_kv_cache(method, mc.num_layers, mc.num_kv_heads, mc.head_dim, at::kBFloat16, backend,
+                       rope_inverse_frequencies(mc));
 }
 
 std::vector<int64_t> prompt_of(int64_t tokens, uint64_t seed) {
@@ -78,7 +83,11 @@ TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
       {{"name", "snapkv-2048"}},
       {{"name", "h2o"}, {"heavy", 30}, {"recent", 30}},
       {{"name", "h2o-512"}, {"normalize", true}},
-      {{"name", "tova"}, {"budget", 60}}};
+      {{"name", "tova"}, {"budget", 60}},
+      {{"name", "streamingllm"}, {"sinks", 4}, {"window", 60}, {"positions", "rerotated"}},
+      {{"name", "pyramidkv"}, {"budget", 40}},  // the prompt exactly
+      {{"name", "pyramidkv-2048"}},
+      {{"name", "scissorhands"}, {"budget", 60}, {"recent", 8}, {"history", 4}}};
   for (const char* codec : {"full", "int8", "int4", "fp8", "kivi-2", "gear-4"}) {
     for (const char* backend : {"cpu", "reference"}) {
       auto full = cache_for(resolve({{"name", codec}}), mc, backend);
@@ -86,7 +95,8 @@ TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
       for (json p : policies) {
         p["codec"] = codec;
         const bool per_token = make_codec(resolve({{"name", codec}}), at::kHalf)->can_drop_tokens();
-        if (!per_token && p["name"] != "snapkv" && p["name"] != "snapkv-2048") {
+        const std::string name = p["name"];
+        if (!per_token && name.rfind("snapkv", 0) != 0 && name.rfind("pyramidkv", 0) != 0) {
           p["evict"] = "after_prefill";
         }
         auto cache = cache_for(resolve(p), mc, backend);
@@ -505,6 +515,10 @@ TEST(Retention, TinyModelGeneratesPastEveryBudget) {
       {{{"name", "h2o-512"}}, 700, 512},
       {{{"name", "tova-512"}}, 700, 512},
       {{{"name", "snapkv-2048"}}, 2200, 2048 + 7},
+      {{{"name", "scissorhands-512"}}, 700, 512},
+      {{{"name", "scissorhands-512"}, {"codec", "int8"}}, 700, 512},
+      {{{"name", "stream-512"}, {"positions", "rerotated"}}, 700, 512},
+      {{{"name", "stream-512"}, {"positions", "rerotated"}, {"codec", "fp8"}}, 700, 512},
       {{{"name", "snapkv-2048"}, {"codec", "kivi-4"}}, 2200, 2048 + 7}};
   for (const Case& c : cases) {
     auto cache = cache_for(resolve(c.method), mc);
@@ -516,6 +530,28 @@ TEST(Retention, TinyModelGeneratesPastEveryBudget) {
     EXPECT_EQ(r.peak_kept_tokens, std::vector<int64_t>(4, c.kept_at_end)) << c.method.dump();
     EXPECT_EQ(r.peak_storage.total(), r.peak_nominal.total()) << c.method.dump();
   }
+}
+
+// PyramidKV on the tiny model (4 layers): each layer keeps its own budget after the prefill, and
+// the report's kept_tokens.per_layer shows the differing counts.
+TEST(PyramidKv, TinyModelLayersKeepFallingBudgets) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  auto cache = cache_for(resolve({{"name", "pyramidkv-2048"}}), mc);
+  GenerationConfig g;
+  g.max_new_tokens = 8;
+  GenerationResult r = generate(model, *cache, {prompt_of(2200, 4)}, g);
+  // T = 2200: max = T - w = 2192, min = 2 * 2040 - 2192 = 1888, step 304 / 3; + w, + 7 decoded.
+  const std::vector<int64_t> want = {2200 + 7, 2091 + 8 + 7, 1989 + 8 + 7, 1888 + 8 + 7};
+  EXPECT_EQ(r.peak_kept_tokens, want);
+  const json mem = kv_memory_json(r, mc);
+  EXPECT_EQ(mem["kept_tokens"]["per_layer"], json(want));
+  EXPECT_EQ(mem["kept_tokens"]["min"], 1903);
+  EXPECT_EQ(mem["kept_tokens"]["max"], 2207);
+  EXPECT_EQ(r.peak_storage.total(), r.peak_nominal.total());
+  // Its window attention and selection are timed as retention, within the prefill.
+  EXPECT_GT(r.prefill_retention_s, 0.0);
+  EXPECT_LE(r.prefill_retention_s, r.prefill_s);
 }
 
 // A long generation with decode eviction: the cache never holds more than S + W tokens.
@@ -533,6 +569,311 @@ TEST(StreamingLlm, LongGenerationKeepsStorageBounded) {
   EXPECT_EQ(r.peak_kv_bytes, codec->nominal_bytes(32, mc.num_kv_heads, mc.head_dim).total() *
                                  static_cast<uint64_t>(mc.num_layers));
   EXPECT_EQ(r.peak_kept_tokens, std::vector<int64_t>(4, 32));
+}
+
+// PyramidKV's per-layer budgets: methods.md's worked example (C = 128, w = 8, L = 32) under the
+// chosen rule (exact step, rounded: layer 0 keeps 234 + 8, layer 31 keeps 6 + 8, L C in all),
+// the clamp when the first layer would exceed the prompt, and non-increasing budgets.
+TEST(PyramidKv, LayerBudgetsFollowTheExactStepRule) {
+  const std::vector<int64_t> example = {242, 235, 227, 220, 213, 205, 198, 191, 183, 176, 168,
+                                        161, 154, 146, 139, 132, 124, 117, 110, 102, 95,  88,
+                                        80,  73,  65,  58,  51,  43,  36,  29,  21,  14};
+  int64_t total = 0;
+  for (int64_t l = 0; l < 32; ++l) {
+    const int64_t b = pyramidkv_layer_budget(128, 8, 20.0, l, 32, 10000);
+    EXPECT_EQ(b, example[static_cast<size_t>(l)]) << "layer " << l;
+    total += b;
+  }
+  EXPECT_EQ(total, 32 * 128);
+  // T = 200: max = T - w = 192, min = 2 (C - w) - max = 48.
+  const std::vector<int64_t> clamped = {200, 195, 191, 186, 181, 177, 172, 167, 163, 158, 154,
+                                        149, 144, 140, 135, 130, 126, 121, 116, 112, 107, 102,
+                                        98,  93,  89,  84,  79,  75,  70,  65,  61,  56};
+  for (int64_t l = 0; l < 32; ++l) {
+    EXPECT_EQ(pyramidkv_layer_budget(128, 8, 20.0, l, 32, 200), clamped[static_cast<size_t>(l)]);
+  }
+  EXPECT_EQ(pyramidkv_layer_budget(128, 8, 20.0, 5, 32, 128), 128);  // T <= C: kept whole
+  EXPECT_EQ(pyramidkv_layer_budget(128, 8, 20.0, 0, 32, 100), 100);
+  EXPECT_EQ(pyramidkv_layer_budget(128, 8, 20.0, 0, 1, 1000), 128);  // one layer: C
+  for (int64_t C : {16, 100, 2048})
+    for (int64_t L : {2, 3, 28, 32, 80})
+      for (int64_t T : {C + 1, C + 50, 3 * C, 100 * C})
+        for (double beta : {1.0, 3.5, 20.0}) {
+          int64_t prev = INT64_MAX;
+          for (int64_t l = 0; l < L; ++l) {
+            const int64_t b = pyramidkv_layer_budget(C, 8, beta, l, L, T);
+            ASSERT_LE(b, prev) << C << " " << L << " " << T << " " << beta << " layer " << l;
+            ASSERT_GE(b, 8);
+            ASSERT_LE(b, T);
+            prev = b;
+          }
+        }
+}
+
+// On a 4-layer cache every layer keeps its own budget, chosen exactly as SnapKV with that
+// budget would (the same window attention, pooling and window).
+TEST(PyramidKv, EachLayerKeepsSnapKvSelectionAtItsBudget) {
+  constexpr int64_t L = 4, T = 150, C = 48, w = 8;
+  auto pyramid = std::make_shared<PyramidKvPolicy>(C, w, 7, "max", 20.0);
+  CompressedKVCache cache(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kCpu, L, 2,
+                          16, pyramid);
+  const int64_t seq = cache.add_sequence();
+  std::vector<at::Tensor> qs, ks, vs;
+  for (int64_t l = 0; l < L; ++l) {
+    qs.push_back(rand({4, T, 16}, 40 + l) * 2);
+    ks.push_back(rand({2, T, 16}, 50 + l));
+    vs.push_back(rand({2, T, 16}, 60 + l));
+    cache.append_and_attend(seq, l, qs.back(), ks.back(), vs.back());
+  }
+  std::vector<int64_t> want;
+  for (int64_t l = 0; l < L; ++l) want.push_back(pyramidkv_layer_budget(C, w, 20.0, l, L, T));
+  EXPECT_EQ(cache.kept_tokens(seq), want);
+  EXPECT_GT(want.front(), want.back());
+  for (int64_t l = 0; l < L; ++l) {
+    CompressedKVCache snap(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kCpu, 1,
+                           2, 16, std::make_shared<SnapKvPolicy>(want[l], w, 7, "max"));
+    const int64_t s1 = snap.add_sequence();
+    snap.append_and_attend(s1, 0, qs[l], ks[l], vs[l]);
+    EXPECT_TRUE(at::equal(cache.kept_positions(seq, l), snap.kept_positions(s1, 0))) << l;
+  }
+  EXPECT_GT(cache.retention_seconds(), 0.0);
+}
+
+// ScissorHands against a float64 simulation: each query marks the held tokens it saw and gave
+// less than 1/t (t: tokens it attended); a token's count is its marks from the last `history`
+// query positions, averaged over the query group; the newest `recent` are protected and the
+// budget - recent others with the fewest marks stay (ties to the earlier token).
+TEST(ScissorHands, KeptTokensMatchAFloat64Simulation) {
+  constexpr int64_t kHeads = 4, kKv = 2, kDim = 8, kGroup = kHeads / kKv;
+  constexpr int64_t kBudget = 6, kRecent = 2, kHistory = 3;
+  for (auto backend : {AttentionBackend::kReference, AttentionBackend::kCpu}) {
+    CompressedKVCache cache(
+        std::make_shared<IdentityCodec>(at::kFloat), backend, 1, kKv, kDim,
+        std::make_shared<ScissorHandsPolicy>(kBudget, kRecent, kHistory, EvictionTiming::kDecode));
+    const int64_t seq = cache.add_sequence();
+    struct Token {
+      int64_t pos;
+      std::vector<double> key;
+      std::vector<std::vector<int64_t>> low;  // per query head: positions of marking queries
+    };
+    std::vector<std::vector<Token>> held(kKv);
+    int64_t length = 0;
+    const std::vector<int64_t> blocks = {9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int evictions_with_ties = 0;
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      const int64_t n = blocks[b];
+      at::Tensor q = rand({kHeads, n, kDim}, 700 + b) * 2, k = rand({kKv, n, kDim}, 800 + b),
+                 v = rand({kKv, n, kDim}, 900 + b);
+      cache.append_and_attend(seq, 0, q, k, v);
+      for (int64_t h = 0; h < kKv; ++h)
+        for (int64_t i = 0; i < n; ++i) {
+          Token t{length + i, std::vector<double>(kDim), std::vector<std::vector<int64_t>>(kGroup)};
+          for (int64_t d = 0; d < kDim; ++d) t.key[d] = k[h][i][d].item<float>();
+          held[h].push_back(t);
+        }
+      for (int64_t qh = 0; qh < kHeads; ++qh) {
+        auto& tokens = held[qh / kGroup];
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t qpos = length + i;
+          std::vector<double> p;
+          double mx = -INFINITY, sum = 0;
+          int64_t seen = 0;
+          for (const Token& t : tokens) {
+            double dot = 0;
+            for (int64_t d = 0; d < kDim; ++d) dot += double(q[qh][i][d].item<float>()) * t.key[d];
+            p.push_back(t.pos <= qpos ? dot / std::sqrt(double(kDim)) : -INFINITY);
+            mx = std::max(mx, p.back());
+            seen += t.pos <= qpos;
+          }
+          for (double& x : p) sum += (x = std::exp(x - mx));
+          for (size_t j = 0; j < tokens.size(); ++j)
+            if (tokens[j].pos <= qpos && p[j] / sum < 1.0 / double(seen))
+              tokens[j].low[qh % kGroup].push_back(qpos);
+        }
+      }
+      length += n;
+      for (auto& tokens : held) {
+        if (int64_t(tokens.size()) <= kBudget) continue;
+        auto count = [&](const Token& t) {
+          double c = 0;
+          for (const auto& marks : t.low)
+            for (int64_t qp : marks) c += qp >= length - kHistory ? 1.0 / kGroup : 0.0;
+          return c;
+        };
+        std::vector<size_t> others;
+        for (size_t j = 0; j < tokens.size(); ++j)
+          if (tokens[j].pos < length - kRecent) others.push_back(j);
+        std::stable_sort(others.begin(), others.end(),
+                         [&](size_t a, size_t c) { return count(tokens[a]) < count(tokens[c]); });
+        if (count(tokens[others[kBudget - kRecent - 1]]) ==
+            count(tokens[others[kBudget - kRecent]]))
+          ++evictions_with_ties;
+        std::set<size_t> keep(others.begin(), others.begin() + (kBudget - kRecent));
+        std::vector<Token> kept;
+        for (size_t j = 0; j < tokens.size(); ++j)
+          if (keep.count(j) || tokens[j].pos >= length - kRecent) kept.push_back(tokens[j]);
+        tokens = kept;
+      }
+      const at::Tensor got = cache.kept_positions(seq, 0);
+      for (int64_t h = 0; h < kKv; ++h) {
+        ASSERT_EQ(got.size(1), int64_t(held[h].size())) << "block " << b;
+        for (size_t j = 0; j < held[h].size(); ++j)
+          EXPECT_EQ(got[h][j].item<int64_t>(), held[h][j].pos)
+              << "block " << b << " head " << h << " slot " << j;
+        EXPECT_EQ(got[h][got.size(1) - 1].item<int64_t>(), length - 1);  // recent kept
+      }
+    }
+    EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kBudget});
+    // Not every eviction is decided by a tie-break (the counts really choose).
+    EXPECT_LT(evictions_with_ties, 2 * 12);
+    EXPECT_GT(cache.retention_seconds(), 0.0);
+  }
+}
+
+// RoPE in float64 (Hugging Face rotate_half layout): x [d] rotated to position p.
+std::vector<double> rope64(const std::vector<double>& x, double p, const at::Tensor& inv_freq) {
+  const size_t half = x.size() / 2;
+  std::vector<double> out(x.size());
+  for (size_t i = 0; i < half; ++i) {
+    const double a = p * inv_freq[static_cast<int64_t>(i)].item<double>();
+    out[i] = x[i] * std::cos(a) - x[i + half] * std::sin(a);
+    out[i + half] = x[i + half] * std::cos(a) + x[i] * std::sin(a);
+  }
+  return out;
+}
+
+// StreamingLLM with re-rotated positions against a float64 simulation that really re-rotates:
+// pre-RoPE keys kept, every kept key rotated to its rank among the kept tokens and the query to
+// its own rank, softmax in float64. The cache gets keys rotated at logical positions (as the
+// transformer gives them) and never re-encodes one.
+TEST(StreamingLlm, RerotatedPositionsMatchAFloat64ReRotation) {
+  constexpr int64_t H = 4, Hkv = 2, d = 16, S = 3, W = 7, prefill = 20, steps = 30;
+  constexpr int64_t total = prefill + steps;
+  at::Tensor inv_freq = at::empty({d / 2}, at::kDouble);
+  for (int64_t i = 0; i < d / 2; ++i) inv_freq[i] = std::pow(10000.0, -2.0 * i / d);
+  at::Tensor q_pre = rand({H, total, d}, 21) * 2, k_pre = rand({Hkv, total, d}, 22) * 2;
+  at::Tensor v = rand({Hkv, total, d}, 23);
+  // Logical-position RoPE for the cache's inputs, through the transformer's code.
+  const auto [cos, sin] = rope_cos_sin(at::arange(total, at::kLong), inv_freq);
+  at::Tensor q = apply_rope(q_pre.transpose(0, 1), cos, sin).transpose(0, 1).contiguous();
+  at::Tensor k = apply_rope(k_pre.transpose(0, 1), cos, sin).transpose(0, 1).contiguous();
+  auto vec = [](const at::Tensor& t) {  // [d] -> float64 vector
+    at::Tensor c = t.to(at::kDouble).contiguous();
+    return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+  };
+  for (auto timing : {EvictionTiming::kDecode, EvictionTiming::kAfterPrefill}) {
+    for (auto backend : {AttentionBackend::kCpu, AttentionBackend::kReference}) {
+      auto policy = std::make_shared<StreamingLlmPolicy>(S, W, timing, /*rerotated=*/true);
+      CompressedKVCache cache(std::make_shared<IdentityCodec>(at::kFloat), backend, 1, Hkv, d,
+                              policy, inv_freq);
+      const int64_t seq = cache.add_sequence();
+      cache.append_and_attend(seq, 0, q.narrow(1, 0, prefill), k.narrow(1, 0, prefill),
+                              v.narrow(1, 0, prefill));
+      double worst = 0;
+      for (int64_t t = prefill; t < total; ++t) {
+        at::Tensor got = cache.append_and_attend(seq, 0, q.narrow(1, t, 1), k.narrow(1, t, 1),
+                                                 v.narrow(1, t, 1));
+        // The kept set: sinks plus a run ending at t.
+        std::vector<int64_t> kept;
+        const int64_t run = timing == EvictionTiming::kDecode ? t - W + 1 : prefill - W;
+        for (int64_t p = 0; p <= t; ++p)
+          if (p < S || p >= run) kept.push_back(p);
+        ASSERT_TRUE(at::equal(cache.kept_positions(seq, 0)[0], at::tensor(kept, at::kLong)));
+        const double qrank = static_cast<double>(kept.size() - 1);
+        for (int64_t h = 0; h < H; ++h) {
+          const std::vector<double> qr = rope64(vec(q_pre[h][t]), qrank, inv_freq);
+          std::vector<double> logits;
+          double mx = -INFINITY;
+          for (size_t j = 0; j < kept.size(); ++j) {
+            const std::vector<double> kr = rope64(vec(k_pre[h / 2][kept[j]]), double(j), inv_freq);
+            double dot = 0;
+            for (int64_t c = 0; c < d; ++c) dot += qr[c] * kr[c];
+            logits.push_back(dot / std::sqrt(double(d)));
+            mx = std::max(mx, logits.back());
+          }
+          double z = 0;
+          for (double& l : logits) z += (l = std::exp(l - mx));
+          for (int64_t c = 0; c < d; ++c) {
+            double o = 0;
+            for (size_t j = 0; j < kept.size(); ++j)
+              o += logits[j] / z * v[h / 2][kept[j]][c].item<float>();
+            worst = std::max(worst, std::abs(o - got[h][0][c].item<float>()));
+          }
+        }
+      }
+      EXPECT_LT(worst, 2e-5) << "timing " << eviction_timing_name(timing) << " backend "
+                             << (backend == AttentionBackend::kCpu ? "cpu" : "reference");
+      // The original-position variant differs on the same inputs: the test can fail.
+      CompressedKVCache plain(std::make_shared<IdentityCodec>(at::kFloat), backend, 1, Hkv, d,
+                              std::make_shared<StreamingLlmPolicy>(S, W, timing));
+      CompressedKVCache rerot(std::make_shared<IdentityCodec>(at::kFloat), backend, 1, Hkv, d,
+                              policy, inv_freq);
+      const int64_t a = plain.add_sequence(), b = rerot.add_sequence();
+      plain.append_and_attend(a, 0, q.narrow(1, 0, prefill), k.narrow(1, 0, prefill),
+                              v.narrow(1, 0, prefill));
+      rerot.append_and_attend(b, 0, q.narrow(1, 0, prefill), k.narrow(1, 0, prefill),
+                              v.narrow(1, 0, prefill));
+      at::Tensor o1 = plain.append_and_attend(a, 0, q.narrow(1, prefill, 1),
+                                              k.narrow(1, prefill, 1), v.narrow(1, prefill, 1));
+      at::Tensor o2 = rerot.append_and_attend(b, 0, q.narrow(1, prefill, 1),
+                                              k.narrow(1, prefill, 1), v.narrow(1, prefill, 1));
+      EXPECT_GT((o1 - o2).abs().max().item<double>(), 1e-3);
+    }
+  }
+  // Without the model's RoPE frequencies the cache refuses the policy, by name.
+  try {
+    CompressedKVCache(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kCpu, 1, 2, 16,
+                      std::make_shared<StreamingLlmPolicy>(S, W, EvictionTiming::kDecode, true));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("RoPE"), std::string::npos) << e.what();
+  }
+}
+
+// The time spent on retention work is accumulated by the cache (and zero without a policy).
+TEST(Retention, CacheAccumulatesRetentionTime) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  auto full = cache_for(resolve({{"name", "full"}}), mc);
+  auto h2o = cache_for(resolve({{"name", "h2o"}, {"heavy", 8}, {"recent", 8}}), mc);
+  decode_logits(model, *full, prompt_of(30, 6), 3);
+  decode_logits(model, *h2o, prompt_of(30, 6), 3);
+  EXPECT_EQ(full->retention_seconds(), 0.0);
+  EXPECT_GT(h2o->retention_seconds(), 0.0);
+}
+
+TEST(MethodRegistry, NewRetentionMethodsResolve) {
+  const json p = resolve({{"name", "pyramidkv-2048"}});
+  EXPECT_EQ(p["budget"], 2048);
+  EXPECT_EQ(p["window"], 8);
+  EXPECT_EQ(p["kernel"], 7);
+  EXPECT_EQ(p["pooling"], "max");
+  EXPECT_EQ(p["beta"], 20.0);
+  EXPECT_EQ(make_policy(p)->name(), "pyramidkv");
+  const json s = resolve({{"name", "scissorhands-512"}, {"codec", "int4"}});
+  EXPECT_EQ(s["budget"], 512);
+  EXPECT_EQ(s["evict"], "decode");
+  EXPECT_EQ(make_policy(s)->params()["history"], 32);
+  EXPECT_EQ(resolve({{"name", "stream-512"}})["positions"], "original");
+  EXPECT_TRUE(make_policy(resolve({{"name", "streamingllm"}, {"positions", "rerotated"}}))
+                  ->cache_positions());
+  auto message = [](const json& entry) {
+    try {
+      resolve(entry);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({{"name", "stream-512"}, {"positions", "cache"}}).find("rerotated"),
+            std::string::npos);
+  EXPECT_NE(message({{"name", "pyramidkv"}, {"budget", 8}}).find("observation window"),
+            std::string::npos);
+  EXPECT_NE(message({{"name", "pyramidkv"}, {"beta", 0.5}}).find("beta"), std::string::npos);
+  EXPECT_NE(message({{"name", "scissorhands"}, {"budget", 16}, {"recent", 16}}).find("recent"),
+            std::string::npos);
+  EXPECT_NE(message({{"name", "scissorhands-512"}, {"codec", "kivi-2"}}).find("after_prefill"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -12,8 +12,13 @@ namespace kvbench {
 
 // One decode step for one sequence.
 //   q: [num_heads, 1, head_dim] fp32 (query head h reads KV head h / group)
+//   prefix_q, prefix_tokens: when defined, the first `prefix_tokens` stored tokens are scored
+//     with prefix_q ([num_heads, 1, head_dim]) instead of q, under the same softmax (the
+//     re-rotated StreamingLLM: its sinks see the query rotated to their offset)
 //   returns [num_heads, 1, head_dim] fp32
 at::Tensor cpu_decode_attention(const at::Tensor& q, const TokenStore& keys,
-                                const TokenStore& values, int64_t kv_heads, double scale);
+                                const TokenStore& values, int64_t kv_heads, double scale,
+                                const at::Tensor& prefix_q = at::Tensor(),
+                                int64_t prefix_tokens = 0);
 
 }  // namespace kvbench

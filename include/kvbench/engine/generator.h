@@ -30,6 +30,10 @@ struct GenerationResult {
   double prefill_s = 0;                    // packed prefill forward + first sampling
   std::vector<double> decode_step_s;       // one per decode step
   std::vector<int64_t> decode_step_batch;  // sequences in each decode step
+  // Of those times, the part the KV cache spent on retention work (KVCache::retention_seconds:
+  // the policy's scores and counts, selection, eviction): the prefill's and each decode step's.
+  double prefill_retention_s = 0;
+  std::vector<double> decode_step_retention_s;
   uint64_t peak_kv_bytes = 0;
   StorageBytes peak_storage;  // measured K/V state at the peak
   StorageBytes peak_nominal;  // the method's formula for the same tokens

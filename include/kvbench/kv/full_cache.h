@@ -31,10 +31,13 @@ AttentionBackend attention_backend_from_name(const std::string& name);
 
 class CompressedKVCache : public KVCache {
  public:
-  // `policy` null: every token kept (FullRetention).
+  // `policy` null: every token kept (FullRetention). `rope_inv_freq`: the model's RoPE inverse
+  // frequencies ([head_dim / 2] float64, rope_inverse_frequencies), needed only by policies
+  // whose kept tokens take cache positions (RetentionPolicy::cache_positions()).
   CompressedKVCache(std::shared_ptr<const Codec> codec, AttentionBackend backend,
                     int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
-                    std::shared_ptr<const RetentionPolicy> policy = nullptr);
+                    std::shared_ptr<const RetentionPolicy> policy = nullptr,
+                    at::Tensor rope_inv_freq = at::Tensor());
 
   int64_t add_sequence() override;
   void remove_sequence(int64_t seq) override;
@@ -44,6 +47,7 @@ class CompressedKVCache : public KVCache {
   std::vector<int64_t> kept_tokens(int64_t seq) const override;
   StorageBytes storage() const override;
   StorageBytes nominal() const override;
+  double retention_seconds() const override { return retention_s_; }
 
   const Codec& codec() const { return *codec_; }
   const RetentionPolicy& policy() const { return *policy_; }
@@ -56,6 +60,10 @@ class CompressedKVCache : public KVCache {
     std::unique_ptr<TokenStore> keys, values;
     at::Tensor positions;  // [kv_heads, held] int64; only when the policy can evict
     at::Tensor scores;     // [kv_heads, held] fp32 accumulated attention (kScoresEveryStep)
+    // [num_heads, held, history] bool (kLowAttentionCounts): entry [h, j, p % history] is
+    // whether the query at position p gave held token j less than uniform attention, for the
+    // last `history` query positions p; false where the query did not see the token.
+    at::Tensor low;
   };
   struct Sequence {
     std::vector<Layer> layers;
@@ -72,15 +80,35 @@ class CompressedKVCache : public KVCache {
   // The block's newest query's attention over every held token, group-averaged:
   // [kv_heads, held] (kLastQueryScores policies).
   at::Tensor last_query_scores(const Layer& layer, const at::Tensor& q) const;
+  // Records, for the block's last `history` queries (positions start..), which held tokens
+  // each gave less than uniform attention, in layer.low (kLowAttentionCounts policies).
+  void record_low_attention(Layer& layer, const at::Tensor& q, int64_t start) const;
+  // The policy's low-attention counts per held token, group-averaged: [kv_heads, held].
+  at::Tensor low_attention_counts(const Layer& layer) const;
   // Shrinks the layer to `kept` ([kv_heads, n] indices into the held tokens).
   void evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k, const at::Tensor& v,
              bool prefill) const;
+  // Asks the policy and evicts if the layer is over budget; the policy's inputs are computed
+  // only then (or every step where the policy needs per-step state). Timed as retention.
+  void maybe_evict(Layer& layer, RetentionInput& in, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v);
+  // Cache positions (cache_positions() policies): each held token's RoPE offset, its rank
+  // among the held tokens minus its logical position, [kv_heads, held] int64.
+  at::Tensor cache_offsets(const Layer& layer) const;
+  // Attention of the block's queries when kept tokens take cache positions: every key is
+  // attended as if re-rotated to its rank (scores depend only on relative rotation, so keys
+  // whose offset equals the query's need nothing; the others see the query rotated by the
+  // difference). `cpu`: the first run (StreamingLLM's sinks) through a rotated query in the
+  // fused kernel; `reference`: every key rotated by its offset difference.
+  at::Tensor attend_cache_positions(const Layer& layer, const at::Tensor& q) const;
 
   std::shared_ptr<const Codec> codec_;
   std::shared_ptr<const RetentionPolicy> policy_;
   bool evicts_;  // false for full retention: no positions tracked, no policy calls
   AttentionBackend backend_;
   int64_t num_layers_, num_kv_heads_, head_dim_;
+  at::Tensor rope_inv_freq_;  // [head_dim / 2] float64; only for cache_positions() policies
+  double retention_s_ = 0;    // wall time spent on the policy's inputs, selection and eviction
   int64_t next_id_ = 0;
   std::map<int64_t, Sequence> sequences_;
 };

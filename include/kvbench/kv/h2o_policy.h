@@ -21,9 +21,8 @@ class H2oPolicy final : public RetentionPolicy {
   nlohmann::json params() const override;
   RetentionNeeds needs() const override { return RetentionNeeds::kScoresEveryStep; }
   EvictionTiming timing() const override { return timing_; }
-  bool over_budget(int64_t held) const override { return held > heavy_ + recent_; }
+  int64_t budget(const RetentionInput&) const override { return heavy_ + recent_; }
   at::Tensor select(const RetentionInput& in) const override;
-  int64_t budget() const override { return heavy_ + recent_; }
 
  private:
   int64_t heavy_, recent_;

@@ -45,6 +45,12 @@ class KVCache {
   // rounding means compression did not happen as claimed.
   virtual StorageBytes nominal() const = 0;
   uint64_t bytes() const { return storage().total(); }
+
+  // Wall seconds spent, since construction, on retention work: computing what the retention
+  // policy needs (window scores, accumulated or last-query scores, low-attention counts, the
+  // rotated query of re-rotated positions), selecting and evicting. Part of the step times;
+  // 0 without a policy.
+  virtual double retention_seconds() const { return 0; }
 };
 
 }  // namespace kvbench

@@ -54,9 +54,12 @@ std::shared_ptr<const Codec> make_codec(const nlohmann::json& method, at::Scalar
 // The retention policy a resolved method entry describes (FullRetention for codec methods).
 std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method);
 // Builds the KV cache a resolved method entry describes, for a model with these dimensions;
-// `dtype` is the uncompressed storage dtype (model.dtype); `backend` is "reference" or "cpu".
+// `dtype` is the uncompressed storage dtype (model.dtype); `backend` is "reference" or "cpu";
+// `rope_inv_freq`: the model's RoPE frequencies (rope_inverse_frequencies), needed by methods
+// whose kept tokens take cache positions (streamingllm with positions "rerotated").
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
-                                       const std::string& backend = "cpu");
+                                       const std::string& backend = "cpu",
+                                       const at::Tensor& rope_inv_freq = at::Tensor());
 
 }  // namespace kvbench

@@ -5,8 +5,10 @@
 // queries) so the cache computes nothing more, and when it evicts (once after the prefill, or
 // whenever decode pushes the layer over budget). Selections are per KV head: under GQA one
 // selection per KV head from scores averaged over its query group; every head keeps the same
-// number of tokens, so stores stay rectangular. Kept keys keep their original positions (RoPE
-// is already applied) and new tokens use the logical position (KVCache::length).
+// number of tokens, so stores stay rectangular (a layer's budget may differ from another's:
+// PyramidKV). Kept keys keep their original positions (RoPE is already applied) and new tokens
+// use the logical position (KVCache::length), unless the policy asks for cache positions
+// (cache_positions(): StreamingLLM re-rotated).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,7 +25,9 @@ enum class RetentionNeeds {
   kPositions,        // logical positions of the held tokens only (StreamingLLM, full)
   kWindowScores,     // at the prefill: attention of its last `observation_window()` queries
   kScoresEveryStep,  // every step's attention probabilities, accumulated per token (H2O)
-  kLastQueryScores   // on evicting steps, the newest query's attention over the held tokens (TOVA)
+  kLastQueryScores,  // on evicting steps, the newest query's attention over the held tokens (TOVA)
+  kLowAttentionCounts  // per token: how many of the last `observation_window()` queries gave it
+                       // less than uniform attention (ScissorHands)
 };
 
 // When the policy evicts.
@@ -37,8 +41,9 @@ const char* eviction_timing_name(EvictionTiming timing);
 // What a policy sees when it selects, for one (sequence, layer).
 struct RetentionInput {
   int64_t layer = 0;
-  int64_t length = 0;    // T: tokens that have entered the sequence, the new block included
-  bool prefill = false;  // the block just appended is the sequence's first
+  int64_t num_layers = 1;  // the model's layer count (per-layer budgets, PyramidKV)
+  int64_t length = 0;      // T: tokens that have entered the sequence, the new block included
+  bool prefill = false;    // the block just appended is the sequence's first
   // [kv_heads, held] int64: logical position of every held token, ascending per head.
   at::Tensor positions;
   // kWindowScores only: [num_heads, w, held] fp32 softmax attention probabilities of the
@@ -51,6 +56,12 @@ struct RetentionInput {
   // kLastQueryScores only: [kv_heads, held] fp32 attention of the block's newest query
   // (averaged over each KV head's query group).
   at::Tensor current;
+  // kLowAttentionCounts only: [kv_heads, held] fp32: for each held token, the number of the
+  // last observation_window() queries that saw it and gave it attention below 1/t (t: the
+  // tokens that query attended), averaged over each KV head's query group.
+  at::Tensor low_counts;
+
+  int64_t held() const { return positions.size(1); }
 };
 
 class RetentionPolicy {
@@ -61,16 +72,25 @@ class RetentionPolicy {
   virtual nlohmann::json params() const = 0;
   virtual RetentionNeeds needs() const = 0;
   virtual EvictionTiming timing() const = 0;
-  // Queries at the end of the prefill whose attention kWindowScores needs (0 otherwise).
+  // Whether kept tokens take cache positions (their rank among the kept tokens) as their RoPE
+  // positions instead of their logical ones (StreamingLLM's re-rotation); the cache then needs
+  // the model's RoPE frequencies.
+  virtual bool cache_positions() const { return false; }
+  // kWindowScores: queries at the end of the prefill whose attention the policy needs;
+  // kLowAttentionCounts: the history window of queries whose low-attention counts it needs.
+  // 0 otherwise.
   virtual int64_t observation_window() const { return 0; }
-  // Whether a layer holding `held` tokens per KV head must shrink now. Never true when the
-  // budget covers every token, which is what makes budget >= length identical to full.
-  virtual bool over_budget(int64_t held) const = 0;
+  // Tokens per KV head that layer `in.layer` (of `in.num_layers`) holds after a selection
+  // when `in.length` tokens have entered; reads only layer, num_layers and length. Layers
+  // may differ (PyramidKV); INT64_MAX for a policy that never evicts.
+  virtual int64_t budget(const RetentionInput& in) const = 0;
+  // Whether the layer must shrink now (in.positions set): it holds more than its budget.
+  // Never true when the budget covers every token, which is what makes budget >= length
+  // identical to full.
+  bool over_budget(const RetentionInput& in) const { return in.held() > budget(in); }
   // Which held tokens stay: [kv_heads, kept] int64 indices into the held tokens, ascending per
-  // head, the same count for every head. Called only when over_budget(held).
+  // head, the same count for every head. Called only when over_budget(in).
   virtual at::Tensor select(const RetentionInput& in) const = 0;
-  // Tokens per KV head a layer holds after a selection (for memory formulas and docs).
-  virtual int64_t budget() const = 0;
 };
 
 // Keeps every token: the behaviour of a cache without eviction.
@@ -80,9 +100,8 @@ class FullRetention final : public RetentionPolicy {
   nlohmann::json params() const override { return nlohmann::json::object(); }
   RetentionNeeds needs() const override { return RetentionNeeds::kPositions; }
   EvictionTiming timing() const override { return EvictionTiming::kAfterPrefill; }
-  bool over_budget(int64_t) const override { return false; }
+  int64_t budget(const RetentionInput&) const override { return INT64_MAX; }
   at::Tensor select(const RetentionInput& in) const override;
-  int64_t budget() const override { return INT64_MAX; }
 };
 
 // The top-`n` entries of each row of `scores` ([kv_heads, tokens]) as ascending indices

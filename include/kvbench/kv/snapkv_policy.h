@@ -18,6 +18,11 @@ namespace kvbench {
 at::Tensor snapkv_scores(const at::Tensor& attention, int64_t kv_heads, int64_t kernel,
                          const std::string& pooling);
 
+// SnapKV's selection from the cache's window attention: per KV head the top keep - window
+// prefix tokens by snapkv_scores plus the `window` newest tokens ([kv_heads, keep] ascending).
+at::Tensor snapkv_select(const RetentionInput& in, int64_t keep, int64_t window, int64_t kernel,
+                         const std::string& pooling, const char* policy);
+
 class SnapKvPolicy final : public RetentionPolicy {
  public:
   SnapKvPolicy(int64_t budget, int64_t window, int64_t kernel, std::string pooling);
@@ -26,9 +31,8 @@ class SnapKvPolicy final : public RetentionPolicy {
   RetentionNeeds needs() const override { return RetentionNeeds::kWindowScores; }
   EvictionTiming timing() const override { return EvictionTiming::kAfterPrefill; }
   int64_t observation_window() const override { return window_; }
-  bool over_budget(int64_t held) const override { return held > budget_; }
+  int64_t budget(const RetentionInput&) const override { return budget_; }
   at::Tensor select(const RetentionInput& in) const override;
-  int64_t budget() const override { return budget_; }
 
  private:
   int64_t budget_, window_, kernel_;

@@ -17,9 +17,8 @@ class TovaPolicy final : public RetentionPolicy {
   nlohmann::json params() const override;
   RetentionNeeds needs() const override { return RetentionNeeds::kLastQueryScores; }
   EvictionTiming timing() const override { return timing_; }
-  bool over_budget(int64_t held) const override { return held > budget_; }
+  int64_t budget(const RetentionInput&) const override { return budget_; }
   at::Tensor select(const RetentionInput& in) const override;
-  int64_t budget() const override { return budget_; }
 
  private:
   int64_t budget_;

@@ -35,6 +35,15 @@ void check_memory_fits(uint64_t bytes, const std::string& what);
 // the method's formula, bytes per token, bits per stored value, the ratio to an fp16 cache, and
 // whether measured and nominal disagree (compression that did not happen as claimed).
 nlohmann::json kv_memory_json(const GenerationResult& result, const ModelConfig& config);
+// Accumulates generations' step times and the KV cache's retention time within them.
+struct RetentionTimes {
+  std::vector<double> prefill_s, prefill_retention_s;  // one per generation
+  std::vector<double> step_s, step_retention_s;        // one per decode step
+  void add(const GenerationResult& result);
+  // {"prefill_ms", "decode_step_ms": median retention time per prefill / decode step;
+  //  "prefill_share", "decode_share": total retention time / total prefill / decode time}
+  nlohmann::json to_json() const;
+};
 // Bytes of fp32 weights of a model with this config.
 uint64_t model_weight_bytes(const ModelConfig& config);
 // Peak bytes of generating `new_tokens` after `prompt` tokens for `batch` sequences, beyond the

@@ -1,0 +1,37 @@
+#include "kvbench/kv/scissorhands_policy.h"
+
+#include <limits>
+
+#include "kvbench/core/error.h"
+
+namespace kvbench {
+
+ScissorHandsPolicy::ScissorHandsPolicy(int64_t budget, int64_t recent, int64_t history,
+                                       EvictionTiming timing)
+    : budget_(budget), recent_(recent), history_(history), timing_(timing) {
+  KVB_CHECK(recent >= 1 && budget > recent, "scissorhands: budget (", budget,
+            ") must exceed the protected recent window (", recent, ")");
+  KVB_CHECK(history >= 1, "scissorhands: history must be >= 1, got ", history);
+}
+
+nlohmann::json ScissorHandsPolicy::params() const {
+  return {{"budget", budget_},
+          {"recent", recent_},
+          {"history", history_},
+          {"evict", eviction_timing_name(timing_)}};
+}
+
+at::Tensor ScissorHandsPolicy::select(const RetentionInput& in) const {
+  KVB_CHECK(in.low_counts.defined(), "scissorhands: the cache gave no low-attention counts");
+  const at::Tensor& pos = in.positions;  // [kv_heads, held]
+  at::Tensor recent = pos.ge(in.length - recent_);
+  // Fewest low-attention counts first; the protected window is kept whole.
+  at::Tensor scores = in.low_counts.to(at::kDouble)
+                          .neg()
+                          .masked_fill(recent, -std::numeric_limits<double>::infinity());
+  at::Tensor keep = top_tokens(scores, budget_ - recent_);
+  at::Tensor window = at::nonzero(recent).select(1, 1).reshape({pos.size(0), -1});
+  return std::get<0>(at::cat({keep, window}, 1).sort(1)).contiguous();
+}
+
+}  // namespace kvbench
