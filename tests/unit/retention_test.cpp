@@ -820,6 +820,29 @@ TEST(StreamingLlm, RerotatedPositionsMatchAFloat64ReRotation) {
       EXPECT_GT((o1 - o2).abs().max().item<double>(), 1e-3);
     }
   }
+  // Over a quantized store the fused path (rotated query on the sinks) equals the reference
+  // path (every dequantized key rotated) within the codec's fused tolerance.
+  for (const auto& codec : std::vector<std::shared_ptr<const Codec>>{
+           std::make_shared<BlockQuantCodec>(8, true, 16),
+           std::make_shared<BlockQuantCodec>(4, false, 16),
+           std::make_shared<Fp8Codec>("amax", 1.0, 448.0, "head")}) {
+    auto policy = std::make_shared<StreamingLlmPolicy>(S, W, EvictionTiming::kDecode, true);
+    CompressedKVCache fused(codec, AttentionBackend::kCpu, 1, Hkv, d, policy, inv_freq);
+    CompressedKVCache ref(codec, AttentionBackend::kReference, 1, Hkv, d, policy, inv_freq);
+    const int64_t a = fused.add_sequence(), b = ref.add_sequence();
+    fused.append_and_attend(a, 0, q.narrow(1, 0, prefill), k.narrow(1, 0, prefill),
+                            v.narrow(1, 0, prefill));
+    ref.append_and_attend(b, 0, q.narrow(1, 0, prefill), k.narrow(1, 0, prefill),
+                          v.narrow(1, 0, prefill));
+    for (int64_t t = prefill; t < total; ++t) {
+      at::Tensor x =
+          fused.append_and_attend(a, 0, q.narrow(1, t, 1), k.narrow(1, t, 1), v.narrow(1, t, 1));
+      at::Tensor y =
+          ref.append_and_attend(b, 0, q.narrow(1, t, 1), k.narrow(1, t, 1), v.narrow(1, t, 1));
+      ASSERT_LT(((x - y).norm() / y.norm()).item<double>(), codec->fused_tolerance())
+          << codec->name() << " step " << t;
+    }
+  }
   // Without the model's RoPE frequencies the cache refuses the policy, by name.
   try {
     CompressedKVCache(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kCpu, 1, 2, 16,
