@@ -25,11 +25,15 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
     : codec_(std::move(codec)),
       policy_(policy ? std::move(policy) : std::make_shared<FullRetention>()),
       evicts_(dynamic_cast<const FullRetention*>(policy_.get()) == nullptr),
+      quest_(dynamic_cast<const QuestPolicy*>(policy_.get())),
       backend_(backend),
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       rope_inv_freq_(std::move(rope_inv_freq)) {
+  KVB_CHECK(!quest_ || codec_->can_drop_tokens(),
+            "quest bounds pages by their keys as stored, but ", "codec '", codec_->name(),
+            "' re-encodes stored tokens later; use a per-token codec");
   KVB_CHECK(!policy_->cache_positions() ||
                 (rope_inv_freq_.defined() && rope_inv_freq_.numel() == head_dim_ / 2),
             "retention policy '", policy_->name(),
@@ -44,8 +48,10 @@ int64_t CompressedKVCache::add_sequence() {
   const int64_t id = next_id_++;
   Sequence& s = sequences_[id];
   for (int64_t l = 0; l < num_layers_; ++l) {
-    s.layers.push_back({codec_->make_key_store(num_kv_heads_, head_dim_),
-                        codec_->make_value_store(num_kv_heads_, head_dim_), at::Tensor()});
+    Layer layer;
+    layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
+    layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
+    s.layers.push_back(std::move(layer));
   }
   return id;
 }
@@ -76,7 +82,8 @@ std::vector<int64_t> CompressedKVCache::kept_tokens(int64_t seq) const {
 
 at::Tensor CompressedKVCache::kept_positions(int64_t seq, int64_t layer) const {
   KVB_CHECK(layer >= 0 && layer < num_layers_, "KV cache: layer ", layer, " out of range");
-  return sequence(seq).layers[static_cast<size_t>(layer)].positions;
+  const at::Tensor& pos = sequence(seq).layers[static_cast<size_t>(layer)].positions;
+  return pos.defined() ? std::get<0>(pos.sort(1)) : pos;
 }
 
 at::Tensor CompressedKVCache::attend(const Layer& layer, const at::Tensor& q) const {
@@ -90,6 +97,38 @@ at::Tensor CompressedKVCache::attend(const Layer& layer, const at::Tensor& q) co
     return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale);
   }
   return block_attention_reference(q, layer.keys->dequantize(), layer.values->dequantize(), scale);
+}
+
+at::Tensor CompressedKVCache::attend_pages(const Layer& layer, const at::Tensor& q) const {
+  const int64_t heads = q.size(0), held = layer.keys->size(), page = quest_->page_size();
+  const at::Tensor qf = q.to(at::kFloat).reshape({heads, head_dim_}).contiguous();
+  const at::Tensor pages = quest_->select_pages(layer.pages->bounds(qf));  // ascending per head
+  // Adjacent pages merge into one run, so the kernel reads each stretch of rows in one pass.
+  TokenRuns runs(static_cast<size_t>(num_kv_heads_));
+  std::vector<int64_t> idx;
+  for (int64_t h = 0; h < num_kv_heads_; ++h) {
+    const int64_t* p = pages[h].data_ptr<int64_t>();
+    for (int64_t i = 0; i < pages.size(1); ++i) {
+      const int64_t t0 = p[i] * page, t1 = std::min(held, t0 + page);
+      if (!runs[h].empty() && runs[h].back()[1] == t0) {
+        runs[h].back()[1] = t1;
+      } else {
+        runs[h].push_back({t0, t1});
+      }
+      for (int64_t t = t0; t < t1; ++t) idx.push_back(t);
+    }
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  if (backend_ == AttentionBackend::kCpu) {
+    return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale, &runs);
+  }
+  // The oracle: the selected rows gathered and attended plainly. Every head reads as many
+  // tokens: full pages plus the newest (always selected) page.
+  at::Tensor rows = at::tensor(idx, at::kLong)
+                        .view({num_kv_heads_, -1, 1})
+                        .expand({num_kv_heads_, -1, head_dim_});
+  return block_attention_reference(q, layer.keys->dequantize().gather(1, rows),
+                                   layer.values->dequantize().gather(1, rows), scale);
 }
 
 at::Tensor CompressedKVCache::window_attention(const at::Tensor& q, const at::Tensor& k,
@@ -106,30 +145,56 @@ at::Tensor CompressedKVCache::window_attention(const at::Tensor& q, const at::Te
   return at::softmax(scores, -1).reshape({heads, w, n});
 }
 
-void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k,
-                              const at::Tensor& v, bool prefill) const {
+at::Tensor CompressedKVCache::select(const Layer& layer, RetentionInput in) const {
+  // Eviction moves rows (RowMoves), so slots stop being in position order; policies see the
+  // held tokens sorted by position and their choice is mapped back to slots.
+  const at::Tensor& pos = layer.positions;
+  const int64_t held = pos.size(1);
+  const bool in_order =
+      held < 2 || pos.narrow(1, 1, held - 1).gt(pos.narrow(1, 0, held - 1)).all().item<bool>();
+  at::Tensor order;
+  in.positions = pos;
+  if (!in_order) {
+    KVB_CHECK(!in.window_attention.defined(), "window scores need the prefill in order");
+    order = std::get<1>(pos.sort(1));
+    in.positions = pos.gather(1, order);
+    if (in.accumulated.defined()) in.accumulated = in.accumulated.gather(1, order);
+    if (in.current.defined()) in.current = in.current.gather(1, order);
+    if (in.low_counts.defined()) in.low_counts = in.low_counts.gather(1, order);
+  }
+  at::Tensor kept = policy_->select(in);
   KVB_CHECK(kept.dim() == 2 && kept.size(0) == num_kv_heads_, "retention policy '", policy_->name(),
             "' selected ", kept.sizes(), " for ", num_kv_heads_, " KV heads");
+  return order.defined() ? order.gather(1, kept) : kept;
+}
+
+void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k,
+                              const at::Tensor& v, bool prefill) const {
   if (codec_->can_drop_tokens()) {
-    layer.keys->retain(kept);
-    layer.values->retain(kept);
-  } else {
-    // Codes that span tokens cannot lose one: store the kept tokens afresh from the prefill's
-    // full-precision values (the store holds nothing else yet).
-    KVB_CHECK(prefill && layer.keys->size() == k.size(1), "codec '", codec_->name(),
-              "' can only evict at the prefill");
-    at::Tensor rows = kept.unsqueeze(-1).expand({kept.size(0), kept.size(1), head_dim_});
-    layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
-    layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
-    layer.keys->append(k.gather(1, rows));
-    layer.values->append(v.gather(1, rows));
+    // Moves at most as many rows as are dropped: one per head per decode step.
+    const RowMoves moves = row_moves(kept, layer.keys->size());
+    layer.keys->retain(moves);
+    layer.values->retain(moves);
+    layer.positions = apply_row_moves(layer.positions, moves);
+    if (layer.scores.defined()) layer.scores = apply_row_moves(layer.scores, moves);
+    if (layer.low.defined()) layer.low = apply_row_moves(layer.low.contiguous(), moves);
+    return;
   }
+  // Codes that span tokens cannot lose one: store the kept tokens afresh from the prefill's
+  // full-precision values (the store holds nothing else yet, in position order).
+  KVB_CHECK(prefill && layer.keys->size() == k.size(1), "codec '", codec_->name(),
+            "' can only evict at the prefill");
+  at::Tensor rows = kept.unsqueeze(-1).expand({kept.size(0), kept.size(1), head_dim_});
+  layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
+  layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
+  layer.keys->append(k.gather(1, rows));
+  layer.values->append(v.gather(1, rows));
   layer.positions = layer.positions.gather(1, kept);
   if (layer.scores.defined()) layer.scores = layer.scores.gather(1, kept);
-  if (layer.low.defined()) {  // per query head: each head follows its KV head's selection
-    const int64_t heads = layer.low.size(0), history = layer.low.size(2);
-    at::Tensor rows = kept.repeat_interleave(heads / num_kv_heads_, 0);  // [heads, n]
-    layer.low = layer.low.gather(1, rows.unsqueeze(-1).expand({heads, kept.size(1), history}));
+  if (layer.low.defined()) {
+    const int64_t group = layer.low.size(2), history = layer.low.size(3);
+    layer.low = layer.low.gather(
+        1, kept.view({num_kv_heads_, -1, 1, 1}).expand({num_kv_heads_, -1, group, history}));
   }
 }
 
@@ -138,7 +203,7 @@ void CompressedKVCache::record_low_attention(Layer& layer, const at::Tensor& q,
   const int64_t heads = q.size(0), n = q.size(1), group = heads / num_kv_heads_;
   const int64_t held = layer.keys->size(), history = policy_->observation_window();
   const int64_t before = layer.low.defined() ? layer.low.size(1) : 0;
-  const at::Tensor fresh = at::zeros({heads, held - before, history}, at::kBool);
+  const at::Tensor fresh = at::zeros({num_kv_heads_, held - before, group, history}, at::kBool);
   layer.low = layer.low.defined() ? at::cat({layer.low, fresh}, 1) : fresh;
   // Only the block's last `history` queries can still be in the window.
   const int64_t m = std::min(n, history), first = start + n - m;
@@ -153,17 +218,13 @@ void CompressedKVCache::record_low_attention(Layer& layer, const at::Tensor& q,
   s.masked_fill_(seen.logical_not(), -std::numeric_limits<float>::infinity());
   at::Tensor uniform = seen.sum(-1, /*keepdim=*/true).to(at::kFloat).reciprocal_();  // 1/t
   at::Tensor low = at::softmax(s, -1).lt(uniform).logical_and_(seen);
-  low = low.reshape({heads, m, held}).transpose(1, 2);  // [heads, held, m]
+  low = low.reshape({num_kv_heads_, group, m, held}).permute({0, 3, 1, 2});  // [kvh, held, g, m]
   at::Tensor columns = at::arange(first, first + m, at::kLong).remainder_(history);
-  layer.low.index_copy_(2, columns, low);
+  layer.low.index_copy_(3, columns, low);
 }
 
 at::Tensor CompressedKVCache::low_attention_counts(const Layer& layer) const {
-  const int64_t heads = layer.low.size(0), held = layer.low.size(1);
-  return layer.low.sum(2)
-      .to(at::kFloat)
-      .reshape({num_kv_heads_, heads / num_kv_heads_, held})
-      .mean(1);
+  return layer.low.sum(3).to(at::kFloat).mean(2);  // [kv_heads, held]
 }
 
 at::Tensor CompressedKVCache::cache_offsets(const Layer& layer) const {
@@ -176,9 +237,12 @@ at::Tensor CompressedKVCache::attend_cache_positions(const Layer& layer,
                                                      const at::Tensor& q) const {
   const at::Tensor offsets = cache_offsets(layer);
   const int64_t held = offsets.size(1), n = q.size(1);
-  // The block's tokens are the newest held ones and share one offset, the queries'.
-  const at::Tensor query_offset = offsets.narrow(1, held - 1, 1);  // [kv_heads, 1]
-  KVB_CHECK(offsets.narrow(1, held - n, n).eq(query_offset).all().item<bool>(),
+  // The block's tokens are the n newest held ones (in any slot once eviction has moved rows)
+  // and share one offset, the queries'.
+  const at::Tensor newest = layer.positions.argmax(1, /*keepdim=*/true);  // [kv_heads, 1]
+  const at::Tensor query_offset = offsets.gather(1, newest);              // [kv_heads, 1]
+  const at::Tensor in_block = layer.positions.gt(layer.positions.gather(1, newest) - n);
+  KVB_CHECK(offsets.eq(query_offset).logical_or_(in_block.logical_not()).all().item<bool>(),
             "KV cache: the new tokens do not share one cache offset");
   // (R(a) q) . (R(b) k) depends on b - a only: a key whose offset equals the query's is
   // attended as stored; another one as if rotated by (its offset - the query's).
@@ -198,9 +262,10 @@ at::Tensor CompressedKVCache::attend_cache_positions(const Layer& layer,
     const auto [cos, sin] = rope_cos_sin(at::full({1}, -delta, at::kLong), rope_inv_freq_);
     const at::Tensor rotated = apply_rope(q.to(at::kFloat).transpose(0, 1), cos, sin);
     return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale,
-                                rotated.transpose(0, 1).contiguous(), run);
+                                /*runs=*/nullptr, rotated.transpose(0, 1).contiguous(), run);
   }
-  // Reference: every stored key rotated by its shift, then plain block attention.
+  // Reference: every stored key rotated by its shift, then plain block attention (a block of
+  // several queries is the last n slots: nothing is evicted between its append and attend).
   const at::Tensor keys = layer.keys->dequantize();  // [kv_heads, held, d]
   const auto [cos, sin] = rope_cos_sin(shift.reshape({-1}), rope_inv_freq_);
   const at::Tensor rotated =
@@ -232,7 +297,7 @@ void CompressedKVCache::maybe_evict(Layer& layer, RetentionInput& in, const at::
         in.low_counts = low_attention_counts(layer);
         break;
     }
-    evict(layer, policy_->select(in), k, v, in.prefill);
+    evict(layer, select(layer, in), k, v, in.prefill);
   }
   retention_s_ += watch.seconds();
 }
@@ -285,6 +350,18 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   layer.values->append(v);
   if (layer_index == num_layers_ - 1) s.length += n;
   if (!evicts_) return attend(layer, q);
+  if (quest_) {
+    if (layer_index >= quest_->dense_layers()) {
+      if (!layer.pages) {
+        layer.pages = std::make_unique<QuestPages>(num_kv_heads_, head_dim_, quest_->page_size());
+      }
+      layer.pages->append(*layer.keys, n);
+      if (n == 1 && !prefill && quest_->sparse(layer_index, layer.keys->size())) {
+        return attend_pages(layer, q);
+      }
+    }
+    return attend(layer, q);
+  }
 
   at::Tensor fresh = at::arange(start, start + n, at::kLong).expand({num_kv_heads_, n});
   layer.positions =
@@ -320,12 +397,32 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   return out;
 }
 
+void CompressedKVCache::append_unattended(int64_t seq, int64_t layer_index, const at::Tensor& k,
+                                          const at::Tensor& v) {
+  KVB_CHECK(!evicts_ || quest_, "append_unattended: retention policy '", policy_->name(),
+            "' selects from what attention sees; feed it through append_and_attend");
+  Sequence& s = sequence(seq);
+  KVB_CHECK(layer_index >= 0 && layer_index < num_layers_, "KV cache: layer ", layer_index,
+            " out of range");
+  Layer& layer = s.layers[static_cast<size_t>(layer_index)];
+  layer.keys->append(k);
+  layer.values->append(v);
+  if (layer_index == num_layers_ - 1) s.length += k.size(1);
+  if (quest_ && layer_index >= quest_->dense_layers()) {
+    if (!layer.pages) {
+      layer.pages = std::make_unique<QuestPages>(num_kv_heads_, head_dim_, quest_->page_size());
+    }
+    layer.pages->append(*layer.keys, k.size(1));
+  }
+}
+
 StorageBytes CompressedKVCache::storage() const {
   StorageBytes total;
   for (const auto& [id, s] : sequences_) {
     for (const auto& l : s.layers) {
       total += l.keys->bytes();
       total += l.values->bytes();
+      if (l.pages) total.metadata += l.pages->bytes();
     }
   }
   return total;
@@ -334,7 +431,12 @@ StorageBytes CompressedKVCache::storage() const {
 StorageBytes CompressedKVCache::nominal() const {
   StorageBytes total;
   for (const auto& [id, s] : sequences_) {
-    for (const auto& l : s.layers) {
+    for (size_t i = 0; i < s.layers.size(); ++i) {
+      const Layer& l = s.layers[i];
+      if (quest_ && static_cast<int64_t>(i) >= quest_->dense_layers()) {
+        total.metadata += QuestPages::nominal_bytes(l.keys->size(), num_kv_heads_, head_dim_,
+                                                    quest_->page_size());
+      }
       const auto k = l.keys->history_nominal(), v = l.values->history_nominal();
       if (k && v) {
         total += *k;

@@ -26,6 +26,7 @@ enum class RetentionNeeds {
   kWindowScores,     // at the prefill: attention of its last `observation_window()` queries
   kScoresEveryStep,  // every step's attention probabilities, accumulated per token (H2O)
   kLastQueryScores,  // on evicting steps, the newest query's attention over the held tokens (TOVA)
+  kQueryPages,       // per-page key bounds; each decode step reads the top pages only (Quest)
   kLowAttentionCounts  // per token: how many of the last `observation_window()` queries gave it
                        // less than uniform attention (ScissorHands)
 };
