@@ -26,6 +26,9 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim) {
+  KVB_CHECK(!codec_->needs_preparation(), "codec '", codec_->name(),
+            "' needs preparation (fitted to the model) before a cache can use it; run the "
+            "prepare step (prepare_codec, engine/preparation.h) first");
   KVB_CHECK(policy_->timing() != EvictionTiming::kDecode || codec_->can_drop_tokens(),
             "retention policy '", policy_->name(), "' evicts during decode, but codec '",
             codec_->name(), "' cannot drop tokens in place; evict after_prefill instead");
@@ -35,8 +38,8 @@ int64_t CompressedKVCache::add_sequence() {
   const int64_t id = next_id_++;
   Sequence& s = sequences_[id];
   for (int64_t l = 0; l < num_layers_; ++l) {
-    s.layers.push_back({codec_->make_key_store(num_kv_heads_, head_dim_),
-                        codec_->make_value_store(num_kv_heads_, head_dim_), at::Tensor()});
+    s.layers.push_back({codec_->make_layer_key_store(l, num_kv_heads_, head_dim_),
+                        codec_->make_layer_value_store(l, num_kv_heads_, head_dim_), at::Tensor()});
   }
   return id;
 }
@@ -210,7 +213,7 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
 }
 
 StorageBytes CompressedKVCache::storage() const {
-  StorageBytes total;
+  StorageBytes total = codec_->shared_bytes();  // bases and factors, once for every sequence
   for (const auto& [id, s] : sequences_) {
     for (const auto& l : s.layers) {
       total += l.keys->bytes();
@@ -221,7 +224,7 @@ StorageBytes CompressedKVCache::storage() const {
 }
 
 StorageBytes CompressedKVCache::nominal() const {
-  StorageBytes total;
+  StorageBytes total = codec_->shared_nominal();
   for (const auto& [id, s] : sequences_) {
     for (const auto& l : s.layers) {
       const auto k = l.keys->history_nominal(), v = l.values->history_nominal();

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/codec.h"
 #include "kvbench/kv/simd.h"
 
 namespace kvbench {
@@ -22,6 +23,10 @@ float* scratch(int64_t floats) {
 }
 
 }  // namespace
+
+std::shared_ptr<const Codec> Codec::prepare(const PreparationInput&) const {
+  throw Error("codec '" + name() + "' needs no preparation");
+}
 
 void TokenStore::retain(const at::Tensor&) {
   throw Error("this storage format cannot drop tokens in place (its codes span tokens)");

@@ -188,6 +188,9 @@ struct Plan {
 Plan make_plan(const json& p, const json& method, uint64_t llc) {
   Plan plan;
   plan.codec = make_codec(method, dtype_from_name(p["dtype"]));
+  KVB_CHECK(!plan.codec->needs_preparation(), "kernels: codec '", plan.codec->name(),
+            "' is fitted to a model in a prepare step (its bases depend on the model), which this "
+            "model-free suite has none of; measure it with the latency or throughput suites");
   plan.kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
   const int64_t max_heads = *std::max_element(plan.kv_heads.begin(), plan.kv_heads.end());
   plan.base = Shape{p["batch"], 0, p["group_size"], p["head_dim"], 0, plan.codec.get()};
