@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <vector>
 
 #include "kvbench/core/error.h"
@@ -23,6 +24,48 @@ float* scratch(int slot, int64_t floats) {
   return b.data();
 }
 
+}  // namespace
+
+// cos and sin of the RoPE angles of positions [0, n), as rope_cos_sin computes them (angle in
+// float64, then rounded to fp32): row p holds head_dim / 2 cosines then head_dim / 2 sines.
+// One table for every layer and sequence of a codec (like vLLM's cos_sin_cache), grown on
+// demand under a lock; a store keeps a snapshot covering the positions it holds, so the fused
+// readers never lock. A model constant, not KV state: not counted in the cache's bytes.
+class RopeTable {
+ public:
+  explicit RopeTable(const at::Tensor& inv_freq) {
+    const at::Tensor f = inv_freq.to(at::kDouble).contiguous();
+    freq_.assign(f.data_ptr<double>(), f.data_ptr<double>() + f.numel());
+  }
+  // A table covering at least positions [0, n).
+  std::shared_ptr<const std::vector<float>> upto(int64_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int64_t h = static_cast<int64_t>(freq_.size());
+    const int64_t have = table_ ? static_cast<int64_t>(table_->size()) / (2 * h) : 0;
+    if (have >= n) return table_;
+    const int64_t rows = std::max<int64_t>({n, 2 * have, 256});
+    auto t = std::make_shared<std::vector<float>>(static_cast<size_t>(rows * 2 * h));
+    if (have > 0) std::copy(table_->begin(), table_->end(), t->begin());
+    for (int64_t p = have; p < rows; ++p) {
+      float* row = t->data() + p * 2 * h;
+      for (int64_t i = 0; i < h; ++i) {
+        const double angle = static_cast<double>(p) * freq_[static_cast<size_t>(i)];
+        row[i] = static_cast<float>(std::cos(angle));
+        row[h + i] = static_cast<float>(std::sin(angle));
+      }
+    }
+    table_ = std::move(t);
+    return table_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<double> freq_;
+  std::shared_ptr<const std::vector<float>> table_;
+};
+
+namespace {
+
 // Coefficients of every token in the layer's basis. `basis`: [groups, g * d, r] fp32, shared
 // with the codec (and every other sequence); the rows of head h = G * g + j are the contiguous
 // block [h * d, (h + 1) * d) of it: U_h [d, r]. `inv_freq` defined: Palu keys (un-rotate on
@@ -30,20 +73,16 @@ float* scratch(int slot, int64_t floats) {
 class LatentStore final : public TokenStore {
  public:
   LatentStore(at::Tensor basis, int64_t group, int64_t head_dim, at::ScalarType dtype,
-              at::Tensor inv_freq)
+              at::Tensor inv_freq, std::shared_ptr<RopeTable> table)
       : basis_(std::move(basis)),
         inv_freq_(std::move(inv_freq)),
+        rope_table_(std::move(table)),
         group_(group),
         head_dim_(head_dim),
         rank_(basis_.size(2)),
         groups_(basis_.size(0)),
         latent_(groups_, rank_, dtype),
-        positions_(groups_, 1, at::kInt) {
-    if (inv_freq_.defined()) {
-      const at::Tensor f = inv_freq_.to(at::kDouble).contiguous();
-      freq_.assign(f.data_ptr<double>(), f.data_ptr<double>() + f.numel());
-    }
-  }
+        positions_(groups_, 1, at::kInt) {}
 
   void append(const at::Tensor& x_in) override {
     const int64_t heads = groups_ * group_, n = x_in.size(1);
@@ -56,6 +95,7 @@ class LatentStore final : public TokenStore {
       // The inverse rotation: the pre-RoPE key, which lies in W_k's column space.
       x = apply_rope(x.transpose(0, 1), cos, sin.neg()).transpose(0, 1);
       positions_.append(n).copy_(pos.to(at::kInt).view({1, n, 1}).expand({groups_, n, 1}));
+      cos_sin_ = rope_table_->upto(next_ + n);
     }
     // [heads, n, d] -> [groups, n, g * d], each token's g heads side by side.
     at::Tensor xg = x.reshape({groups_, group_, n, head_dim_})
@@ -106,13 +146,11 @@ class LatentStore final : public TokenStore {
     if (!rope()) return;
     const int64_t half = head_dim_ / 2;
     for (int64_t t = t0; t < t1; ++t) {
-      const double pos = *positions_.row<int32_t>(g, t);
+      const int64_t pos = *positions_.row<int32_t>(g, t);
+      const float* cs = cos_sin_->data() + pos * head_dim_;  // half cosines, half sines
       float* x = out + (t - t0) * head_dim_;
       for (int64_t i = 0; i < half; ++i) {
-        // As rope_cos_sin: the angle in float64, cos and sin rounded to fp32.
-        const double angle = pos * freq_[static_cast<size_t>(i)];
-        const float c = static_cast<float>(std::cos(angle)),
-                    s = static_cast<float>(std::sin(angle));
+        const float c = cs[i], s = cs[half + i];
         const float x1 = x[i], x2 = x[i + half];
         x[i] = x1 * c + -x2 * s;
         x[i + half] = x2 * c + x1 * s;
@@ -171,7 +209,8 @@ class LatentStore final : public TokenStore {
   }
 
   at::Tensor basis_, inv_freq_;
-  std::vector<double> freq_;
+  std::shared_ptr<RopeTable> rope_table_;
+  std::shared_ptr<const std::vector<float>> cos_sin_;  // covers every position appended
   int64_t group_, head_dim_, rank_, groups_;
   RowBuffer latent_;     // [groups, tokens, r] in the model dtype
   RowBuffer positions_;  // [groups, tokens, 1] int32 (Palu keys only)
@@ -253,14 +292,14 @@ std::unique_ptr<TokenStore> LowRankCodec::make_layer_key_store(int64_t layer, in
                                                                int64_t head_dim) const {
   check_prepared(layer, kv_heads, head_dim);
   return std::make_unique<LatentStore>(key_basis_[static_cast<size_t>(layer)], p_.group, head_dim,
-                                       dtype_, inv_freq_);
+                                       dtype_, inv_freq_, rope_table_);
 }
 
 std::unique_ptr<TokenStore> LowRankCodec::make_layer_value_store(int64_t layer, int64_t kv_heads,
                                                                  int64_t head_dim) const {
   check_prepared(layer, kv_heads, head_dim);
   return std::make_unique<LatentStore>(value_basis_[static_cast<size_t>(layer)], p_.group, head_dim,
-                                       dtype_, at::Tensor());
+                                       dtype_, at::Tensor(), nullptr);
 }
 
 StorageBytes LowRankCodec::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const {
@@ -305,6 +344,7 @@ std::shared_ptr<const Codec> LowRankCodec::prepare(const PreparationInput& in) c
     KVB_CHECK(in.rope_inv_freq.defined() && in.rope_inv_freq.numel() == d / 2, name(),
               ": needs the model's RoPE frequencies ([head_dim / 2])");
     out->inv_freq_ = in.rope_inv_freq.to(at::kDouble).contiguous();
+    out->rope_table_ = std::make_shared<RopeTable>(out->inv_freq_);
     // L = U_r: the top-r left singular vectors of each group's W, i.e. the top eigenvectors of
     // W W^T (g * d square, whatever the hidden size).
     auto fit = [&](const at::Tensor& w) {

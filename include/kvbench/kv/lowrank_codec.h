@@ -23,6 +23,7 @@
 // the heads of a group (else retain throws).
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "kvbench/kv/codec.h"
@@ -30,6 +31,7 @@
 namespace kvbench {
 
 enum class LowRankKind { kProjection, kPalu };
+class RopeTable;
 
 struct LowRankParams {
   LowRankKind kind = LowRankKind::kPalu;
@@ -77,6 +79,7 @@ class LowRankCodec final : public Codec {
   bool prepared_ = false;
   int64_t num_layers_ = 0, kv_heads_ = 0, head_dim_ = 0;
   std::vector<at::Tensor> key_basis_, value_basis_;  // per layer
+  std::shared_ptr<RopeTable> rope_table_;            // Palu: cos/sin per position, shared
   at::Tensor inv_freq_;                              // Palu: [head_dim / 2] float64
 };
 
