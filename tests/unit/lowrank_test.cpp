@@ -302,6 +302,39 @@ TEST(LowRank, ComposesWithRetentionPolicies) {
   }
 }
 
+// After eviction (per-head selections, decode-time eviction) the fused cpu path over the
+// low-rank stores gives the reference path's logits: both backends fed the same tokens.
+TEST(LowRank, FusedPathOverEvictedLowRankCachesMatchesReference) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  std::vector<int64_t> prompt;
+  for (int64_t i = 0; i < 70; ++i) prompt.push_back(3 + (i * 29) % 430);
+  for (const json& entry :
+       {json{{"name", "h2o"},
+             {"heavy", 12},
+             {"recent", 20},
+             {"codec", {{"name", "kvproj"}, {"calib_source", "random"}}}},
+        json{{"name", "snapkv"}, {"budget", 40}, {"codec", "palu"}},
+        json{{"name", "tova"}, {"budget", 30}, {"codec", {{"name", "palu"}, {"group", 2}}}},
+        json{{"name", "streamingllm"}, {"sinks", 4}, {"window", 24}, {"codec", "palu-70"}}}) {
+    const json m = resolve(entry);
+    const PreparedCodec p = prepare_codec(make_codec(m, at::kBFloat16), model, nullptr);
+    auto cpu = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, "cpu");
+    auto ref = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, "reference");
+    const int64_t a = cpu->add_sequence(), b = ref->add_sequence();
+    at::Tensor la = model.forward({{a, prompt}}, *cpu), lb = model.forward({{b, prompt}}, *ref);
+    for (int64_t step = 0; step < 10; ++step) {
+      const double rel = ((la - lb).norm() / lb.norm()).item<double>();
+      EXPECT_LT(rel, 1e-4) << entry.dump() << " step " << step;
+      const int64_t next = lb[0].argmax().item<int64_t>();
+      la = model.forward({{a, {next}}}, *cpu);
+      lb = model.forward({{b, {next}}}, *ref);
+    }
+    EXPECT_EQ(cpu->kept_tokens(a), ref->kept_tokens(b)) << entry.dump();
+    EXPECT_LT(cpu->kept_tokens(a)[0], 80) << entry.dump();
+  }
+}
+
 // The prepare step: what it reports, and its calibration prompts (seeded, exact length).
 TEST(LowRank, PrepareStepReportsItsInputsAndIsDeterministic) {
   Transformer model = tiny_model();
