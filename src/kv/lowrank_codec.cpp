@@ -107,20 +107,34 @@ class LatentStore final : public TokenStore {
 
   int64_t size() const override { return latent_.size(); }
 
-  void retain(const at::Tensor& kept_in) override {
-    const at::Tensor kept = kept_in.to(at::kLong).contiguous();
-    KVB_CHECK(kept.dim() == 2 && kept.size(0) == groups_ * group_, "low-rank store: retain ",
-              kept.sizes(), " for ", groups_ * group_, " KV heads");
-    at::Tensor per_group = kept.view({groups_, group_, kept.size(1)});
-    at::Tensor first = per_group.select(1, 0).contiguous();
-    KVB_CHECK(per_group.eq(first.unsqueeze(1)).all().item<bool>(),
-              "palu: the retention policy kept different tokens for KV heads that share one "
-              "latent (group ",
-              group_,
-              "); use \"group\": 1 or a policy that keeps the same tokens for every head "
-              "(streamingllm, tova)");
-    latent_.retain(first);
-    if (rope()) positions_.retain(first);
+  void retain(const RowMoves& moves) override {
+    const int64_t heads = groups_ * group_;
+    KVB_CHECK(static_cast<int64_t>(moves.offsets.size()) == heads + 1, "low-rank store: moves for ",
+              moves.offsets.size() - 1, " KV heads, the store has ", heads);
+    // One latent per group: every head of a group must keep (and so move) the same rows.
+    RowMoves per_group;
+    per_group.size = moves.size;
+    per_group.offsets.push_back(0);
+    for (int64_t g = 0; g < groups_; ++g) {
+      const int64_t h0 = g * group_, b0 = moves.offsets[h0], e0 = moves.offsets[h0 + 1];
+      for (int64_t j = 1; j < group_; ++j) {
+        const int64_t b = moves.offsets[h0 + j], e = moves.offsets[h0 + j + 1];
+        KVB_CHECK(e - b == e0 - b0 &&
+                      std::equal(moves.from.begin() + b, moves.from.begin() + e,
+                                 moves.from.begin() + b0) &&
+                      std::equal(moves.to.begin() + b, moves.to.begin() + e, moves.to.begin() + b0),
+                  "palu: the retention policy kept different tokens for KV heads that share one "
+                  "latent (group ",
+                  group_,
+                  "); use \"group\": 1 or a policy that keeps the same tokens for every head "
+                  "(streamingllm, tova)");
+      }
+      per_group.from.insert(per_group.from.end(), moves.from.begin() + b0, moves.from.begin() + e0);
+      per_group.to.insert(per_group.to.end(), moves.to.begin() + b0, moves.to.begin() + e0);
+      per_group.offsets.push_back(static_cast<int64_t>(per_group.from.size()));
+    }
+    latent_.retain(per_group);
+    if (rope()) positions_.retain(per_group);  // positions move with their tokens
   }
 
   at::Tensor dequantize() const override {
