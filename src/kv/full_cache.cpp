@@ -29,7 +29,7 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
       head_dim_(head_dim) {
   KVB_CHECK(!codec_->needs_preparation(), "codec '", codec_->name(),
             "' needs preparation (fitted to the model) before a cache can use it; run the "
-            "prepare step (prepare_codec, engine/preparation.h) first");
+            "prepare step (prepare_codec, suites/preparation.h) first");
   KVB_CHECK(!quest_ || codec_->can_drop_tokens(),
             "quest bounds pages by their keys as stored, but ", "codec '", codec_->name(),
             "' re-encodes stored tokens later; use a per-token codec");

@@ -285,7 +285,7 @@ void LowRankCodec::check_prepared(int64_t layer, int64_t kv_heads, int64_t head_
   KVB_CHECK(prepared_, "codec '", name(), "' needs preparation before use (",
             p_.kind == LowRankKind::kPalu ? "SVD of the model's W_k and W_v"
                                           : "bases fitted on calibration prompts",
-            "); it must run through the prepare step (engine/preparation.h), not uncompressed");
+            "); it must run through the prepare step (suites/preparation.h), not uncompressed");
   KVB_CHECK(kv_heads == kv_heads_ && head_dim == head_dim_, name(), ": prepared for ", kv_heads_,
             " KV heads of dim ", head_dim_, ", asked for ", kv_heads, " of dim ", head_dim);
   KVB_CHECK(layer >= 0 && layer < num_layers_, name(), ": layer ", layer, " outside the ",

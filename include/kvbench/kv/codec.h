@@ -29,7 +29,7 @@ struct CalibrationSpec {
 };
 
 // What a codec that needs preparation is fitted on, gathered before any timed work
-// (engine/preparation.h fills it from the model).
+// (suites/preparation.h fills it from the model).
 struct PreparationInput {
   int64_t num_layers = 0, kv_heads = 0, head_dim = 0;
   at::Tensor rope_inv_freq;                // [head_dim / 2] float64, the model's RoPE frequencies
