@@ -11,11 +11,11 @@
 #include <ATen/ATen.h>
 
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/model/model_config.h"
+#include "kvbench/model/rope.h"
 
 namespace kvbench {
 
@@ -85,12 +85,5 @@ std::vector<std::pair<std::string, at::Tensor*>> bind_weights(const ModelConfig&
 
 // x * rsqrt(mean(x^2) + eps) * weight over the last dimension (Hugging Face LlamaRMSNorm).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
-// RoPE cos and sin for `positions` ([n], any integer offsets, negative ones included): angles
-// p * inv_freq computed in float64, laid out as cat(freqs, freqs), returned as fp32 [n, d].
-std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& positions,
-                                               const at::Tensor& inv_freq);
-// Rotates pairs (i, i + d/2): x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1].
-//   x: [tokens, heads, d]; cos, sin: [tokens, d]
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 }  // namespace kvbench
