@@ -17,6 +17,7 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
     bool resume = false;
     int64_t steps = 0;
     int64_t threads = 0;
+    int64_t until = 0;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand(
@@ -32,6 +33,9 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
                 "continue from the checkpoint in --out (same recipe; bit-identical to an "
                 "uninterrupted run)");
   sub->add_option("--threads", opt->threads, "override the recipe's intra-op thread count");
+  sub->add_option("--until", opt->until,
+                  "stop after this step (same schedule as the full recipe; --resume continues)")
+      ->check(CLI::PositiveNumber);
   sub->callback([opt, &global] {
     global.action = [opt] {
       TrainRecipe recipe = load_train_recipe(opt->config);
@@ -57,9 +61,11 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
           [&](const std::string& event) {
             if (display) std::cerr << "\r\033[K";
             spdlog::info("train: {}", event);
-          });
+          },
+          opt->until);
       if (display) display->end();
-      std::cout << "trained " << recipe.total_steps() << " steps: " << opt->out << "\n";
+      std::cout << "trained " << trainer.step() << " of " << recipe.total_steps()
+                << " steps: " << opt->out << "\n";
       return 0;
     };
   });

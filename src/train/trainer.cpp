@@ -582,7 +582,7 @@ void Trainer::save_checkpoint() const {
 }
 
 void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
-                  const std::function<void(const std::string&)>& on_event) {
+                  const std::function<void(const std::string&)>& on_event, int64_t until) {
   namespace fs = std::filesystem;
   fs::create_directories(out_dir_);
   const fs::path log_path = fs::path(out_dir_) / "train_log.jsonl";
@@ -603,6 +603,7 @@ void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
   };
   if (step_ == 0) emit({{"step", 0}, {"recipe", recipe_.to_json()}});
   const int64_t total = recipe_.total_steps();
+  const int64_t stop = until > 0 ? std::min(until, total) : total;
   double loss_sum = 0, answer_sum = 0, time_sum = 0;
   int64_t n = 0;
   auto evaluate = [&] {
@@ -616,11 +617,11 @@ void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
       on_event(s.str());
     }
   };
-  while (step_ < total) {
+  while (step_ < stop) {
     const TrainProgress pr = train_step(step_);
     loss_sum += pr.loss, answer_sum += pr.answer_loss, time_sum += pr.step_s, ++n;
     if (on_step) on_step(pr);
-    const bool last = step_ == total;
+    const bool last = step_ == stop;
     if (step_ % 10 == 0 || last) {
       emit({{"step", step_},
             {"loss", loss_sum / n},

@@ -687,16 +687,19 @@ class TrainCliTest(CliCase):
 
     def test_trains_checkpoints_resumes_and_loads(self):
         out = self.dir / "model"
-        res = kvbench("train", "--config", self.recipe(), "--out", str(out))
+        res = kvbench("train", "--config", self.recipe(), "--out", str(out), "--until", "1")
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
-        self.assertIn("trained 3 steps", res.stdout)
+        self.assertIn("trained 1 of 3 steps", res.stdout)
+        res = kvbench("train", "--config", self.recipe(), "--out", str(out), "--resume")
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        self.assertIn("trained 3 of 3 steps", res.stdout)
         for f in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                   "tokenizer_config.json", "train_state.safetensors", "train_log.jsonl"):
             self.assertTrue((out / f).is_file(), f)
         log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
         self.assertIn("recipe", log[0])
         evals = [l for l in log if "eval" in l]
-        self.assertEqual([l["step"] for l in evals], [2, 3])
+        self.assertEqual([l["step"] for l in evals], [1, 2, 3])
         self.assertEqual(json.loads((out / "config.json").read_text())["kvbench"]["step"], 3)
         # Not a TTY: no progress bar, only log lines.
         self.assertNotIn("\r", res.stderr)

@@ -109,10 +109,11 @@ class Trainer {
   // (model.safetensors + train_state.safetensors) written by an earlier run of the same recipe.
   Trainer(TrainRecipe recipe, std::string out_dir, bool resume);
 
-  // Trains to the last step, evaluating and checkpointing as the recipe says; writes the final
-  // checkpoint. `on_step` is called after every step (progress display).
+  // Trains to the last step (or stops after step `until` when 0 < until < total: the same
+  // schedule, cut short; --resume continues it), evaluating and checkpointing as the recipe
+  // says; writes the final checkpoint. `on_step` is called after every step (progress display).
   void run(const std::function<void(const TrainProgress&)>& on_step = {},
-           const std::function<void(const std::string&)>& on_event = {});
+           const std::function<void(const std::string&)>& on_event = {}, int64_t until = 0);
 
   // One optimiser step on batch `step`; returns its losses.
   TrainProgress train_step(int64_t step);
