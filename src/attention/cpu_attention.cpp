@@ -22,25 +22,46 @@ struct Partial {
 }  // namespace
 
 at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
-                                const TokenStore& values, int64_t kv_heads, double scale) {
+                                const TokenStore& values, int64_t kv_heads, double scale,
+                                const TokenRuns* runs) {
   KVB_CHECK(q_in.dim() == 3 && q_in.size(1) == 1, "cpu attention: q must be [heads, 1, head_dim]");
   const at::Tensor q = q_in.to(at::kFloat).contiguous();
   const int64_t heads = q.size(0), dim = q.size(2), tokens = keys.size();
   KVB_CHECK(heads % kv_heads == 0 && tokens > 0 && values.size() == tokens,
             "cpu attention: ", heads, " heads over ", kv_heads, " KV heads, ", tokens, " keys, ",
             values.size(), " values");
+  KVB_CHECK(!runs || static_cast<int64_t>(runs->size()) == kv_heads, "cpu attention: runs for ",
+            runs ? runs->size() : 0, " of ", kv_heads, " KV heads");
   const int64_t group = heads / kv_heads;
-  const int64_t chunks = (tokens + kChunk - 1) / kChunk;
-  std::vector<Partial> partials(static_cast<size_t>(kv_heads * chunks));
+  // Tasks: (head, t0, t1) chunks of at most kChunk tokens, grouped by head.
+  struct Task {
+    int64_t head, t0, t1;
+  };
+  std::vector<Task> tasks;
+  std::vector<size_t> first(static_cast<size_t>(kv_heads + 1), 0);
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    first[h] = tasks.size();
+    const std::vector<std::array<int64_t, 2>> all = {{0, tokens}};
+    for (const auto& run : runs ? (*runs)[h] : all) {
+      KVB_CHECK(run[0] >= 0 && run[0] < run[1] && run[1] <= tokens, "cpu attention: run [", run[0],
+                ", ", run[1], ") of ", tokens, " tokens");
+      for (int64_t t0 = run[0]; t0 < run[1]; t0 += kChunk) {
+        tasks.push_back({h, t0, std::min(run[1], t0 + kChunk)});
+      }
+    }
+    KVB_CHECK(tasks.size() > first[h], "cpu attention: no tokens to read for KV head ", h);
+  }
+  first[kv_heads] = tasks.size();
+  std::vector<Partial> partials(tasks.size());
   const float* qp = q.data_ptr<float>();
   const float s = static_cast<float>(scale);
 
-  at::parallel_for(0, kv_heads * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<float> p;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t h = task / chunks, t0 = (task % chunks) * kChunk;
-      const int64_t t1 = std::min(tokens, t0 + kChunk), len = t1 - t0;
-      Partial& part = partials[static_cast<size_t>(task)];
+    for (int64_t i = begin; i < end; ++i) {
+      const Task& task = tasks[static_cast<size_t>(i)];
+      const int64_t h = task.head, t0 = task.t0, t1 = task.t1, len = t1 - t0;
+      Partial& part = partials[static_cast<size_t>(i)];
       p.assign(static_cast<size_t>(group * len), 0.0f);
       keys.dot(h, qp + h * group * dim, group, t0, t1, p.data(), len);
       part.max.assign(static_cast<size_t>(group), -INFINITY);
@@ -62,11 +83,11 @@ at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
   for (int64_t h = 0; h < kv_heads; ++h) {
     for (int64_t r = 0; r < group; ++r) {
       float m = -INFINITY;
-      for (int64_t c = 0; c < chunks; ++c) m = std::max(m, partials[h * chunks + c].max[r]);
+      for (size_t c = first[h]; c < first[h + 1]; ++c) m = std::max(m, partials[c].max[r]);
       float denom = 0;
       float* o = op + (h * group + r) * dim;
-      for (int64_t c = 0; c < chunks; ++c) {
-        const Partial& part = partials[static_cast<size_t>(h * chunks + c)];
+      for (size_t c = first[h]; c < first[h + 1]; ++c) {
+        const Partial& part = partials[c];
         const float w = std::exp(part.max[r] - m);
         denom += w * part.sum[r];
         for (int64_t d = 0; d < dim; ++d) o[d] += w * part.out[r * dim + d];

@@ -101,10 +101,10 @@ class BlockQuantStore final : public TokenStore {
   }
 
   int64_t size() const override { return codes_.size(); }
-  void retain(const at::Tensor& kept) override {
-    codes_.retain(kept);
-    scales_.retain(kept);
-    mins_.retain(kept);
+  void retain(const RowMoves& moves) override {
+    codes_.retain(moves);
+    scales_.retain(moves);
+    mins_.retain(moves);
   }
 
   at::Tensor dequantize() const override {

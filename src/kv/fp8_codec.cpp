@@ -66,7 +66,7 @@ class Fp8Store final : public TokenStore {
 
   int64_t size() const override { return codes_.size(); }
   // The scales stay: they are per head (or layer), calibrated once, not per token.
-  void retain(const at::Tensor& kept) override { codes_.retain(kept); }
+  void retain(const RowMoves& moves) override { codes_.retain(moves); }
 
   at::Tensor dequantize() const override {
     at::Tensor out = at::empty({kv_heads_, size(), head_dim_}, at::kFloat);

@@ -22,10 +22,14 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
     : codec_(std::move(codec)),
       policy_(policy ? std::move(policy) : std::make_shared<FullRetention>()),
       evicts_(dynamic_cast<const FullRetention*>(policy_.get()) == nullptr),
+      quest_(dynamic_cast<const QuestPolicy*>(policy_.get())),
       backend_(backend),
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim) {
+  KVB_CHECK(!quest_ || codec_->can_drop_tokens(),
+            "quest bounds pages by their keys as stored, but ", "codec '", codec_->name(),
+            "' re-encodes stored tokens later; use a per-token codec");
   KVB_CHECK(policy_->timing() != EvictionTiming::kDecode || codec_->can_drop_tokens(),
             "retention policy '", policy_->name(), "' evicts during decode, but codec '",
             codec_->name(), "' cannot drop tokens in place; evict after_prefill instead");
@@ -35,8 +39,10 @@ int64_t CompressedKVCache::add_sequence() {
   const int64_t id = next_id_++;
   Sequence& s = sequences_[id];
   for (int64_t l = 0; l < num_layers_; ++l) {
-    s.layers.push_back({codec_->make_key_store(num_kv_heads_, head_dim_),
-                        codec_->make_value_store(num_kv_heads_, head_dim_), at::Tensor()});
+    Layer layer;
+    layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
+    layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
+    s.layers.push_back(std::move(layer));
   }
   return id;
 }
@@ -67,7 +73,8 @@ std::vector<int64_t> CompressedKVCache::kept_tokens(int64_t seq) const {
 
 at::Tensor CompressedKVCache::kept_positions(int64_t seq, int64_t layer) const {
   KVB_CHECK(layer >= 0 && layer < num_layers_, "KV cache: layer ", layer, " out of range");
-  return sequence(seq).layers[static_cast<size_t>(layer)].positions;
+  const at::Tensor& pos = sequence(seq).layers[static_cast<size_t>(layer)].positions;
+  return pos.defined() ? std::get<0>(pos.sort(1)) : pos;
 }
 
 at::Tensor CompressedKVCache::attend(const Layer& layer, const at::Tensor& q) const {
@@ -77,6 +84,38 @@ at::Tensor CompressedKVCache::attend(const Layer& layer, const at::Tensor& q) co
     return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale);
   }
   return block_attention_reference(q, layer.keys->dequantize(), layer.values->dequantize(), scale);
+}
+
+at::Tensor CompressedKVCache::attend_pages(const Layer& layer, const at::Tensor& q) const {
+  const int64_t heads = q.size(0), held = layer.keys->size(), page = quest_->page_size();
+  const at::Tensor qf = q.to(at::kFloat).reshape({heads, head_dim_}).contiguous();
+  const at::Tensor pages = quest_->select_pages(layer.pages->bounds(qf));  // ascending per head
+  // Adjacent pages merge into one run, so the kernel reads each stretch of rows in one pass.
+  TokenRuns runs(static_cast<size_t>(num_kv_heads_));
+  std::vector<int64_t> idx;
+  for (int64_t h = 0; h < num_kv_heads_; ++h) {
+    const int64_t* p = pages[h].data_ptr<int64_t>();
+    for (int64_t i = 0; i < pages.size(1); ++i) {
+      const int64_t t0 = p[i] * page, t1 = std::min(held, t0 + page);
+      if (!runs[h].empty() && runs[h].back()[1] == t0) {
+        runs[h].back()[1] = t1;
+      } else {
+        runs[h].push_back({t0, t1});
+      }
+      for (int64_t t = t0; t < t1; ++t) idx.push_back(t);
+    }
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  if (backend_ == AttentionBackend::kCpu) {
+    return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale, &runs);
+  }
+  // The oracle: the selected rows gathered and attended plainly. Every head reads as many
+  // tokens: full pages plus the newest (always selected) page.
+  at::Tensor rows = at::tensor(idx, at::kLong)
+                        .view({num_kv_heads_, -1, 1})
+                        .expand({num_kv_heads_, -1, head_dim_});
+  return block_attention_reference(q, layer.keys->dequantize().gather(1, rows),
+                                   layer.values->dequantize().gather(1, rows), scale);
 }
 
 at::Tensor CompressedKVCache::window_attention(const at::Tensor& q, const at::Tensor& k,
@@ -93,24 +132,48 @@ at::Tensor CompressedKVCache::window_attention(const at::Tensor& q, const at::Te
   return at::softmax(scores, -1).reshape({heads, w, n});
 }
 
-void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k,
-                              const at::Tensor& v, bool prefill) const {
+at::Tensor CompressedKVCache::select(const Layer& layer, RetentionInput in) const {
+  // Eviction moves rows (RowMoves), so slots stop being in position order; policies see the
+  // held tokens sorted by position and their choice is mapped back to slots.
+  const at::Tensor& pos = layer.positions;
+  const int64_t held = pos.size(1);
+  const bool in_order =
+      held < 2 || pos.narrow(1, 1, held - 1).gt(pos.narrow(1, 0, held - 1)).all().item<bool>();
+  at::Tensor order;
+  in.positions = pos;
+  if (!in_order) {
+    KVB_CHECK(!in.window_attention.defined(), "window scores need the prefill in order");
+    order = std::get<1>(pos.sort(1));
+    in.positions = pos.gather(1, order);
+    if (in.accumulated.defined()) in.accumulated = in.accumulated.gather(1, order);
+    if (in.current.defined()) in.current = in.current.gather(1, order);
+  }
+  at::Tensor kept = policy_->select(in);
   KVB_CHECK(kept.dim() == 2 && kept.size(0) == num_kv_heads_, "retention policy '", policy_->name(),
             "' selected ", kept.sizes(), " for ", num_kv_heads_, " KV heads");
+  return order.defined() ? order.gather(1, kept) : kept;
+}
+
+void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k,
+                              const at::Tensor& v, bool prefill) const {
   if (codec_->can_drop_tokens()) {
-    layer.keys->retain(kept);
-    layer.values->retain(kept);
-  } else {
-    // Codes that span tokens cannot lose one: store the kept tokens afresh from the prefill's
-    // full-precision values (the store holds nothing else yet).
-    KVB_CHECK(prefill && layer.keys->size() == k.size(1), "codec '", codec_->name(),
-              "' can only evict at the prefill");
-    at::Tensor rows = kept.unsqueeze(-1).expand({kept.size(0), kept.size(1), head_dim_});
-    layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
-    layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
-    layer.keys->append(k.gather(1, rows));
-    layer.values->append(v.gather(1, rows));
+    // Moves at most as many rows as are dropped: one per head per decode step.
+    const RowMoves moves = row_moves(kept, layer.keys->size());
+    layer.keys->retain(moves);
+    layer.values->retain(moves);
+    layer.positions = apply_row_moves(layer.positions, moves);
+    if (layer.scores.defined()) layer.scores = apply_row_moves(layer.scores, moves);
+    return;
   }
+  // Codes that span tokens cannot lose one: store the kept tokens afresh from the prefill's
+  // full-precision values (the store holds nothing else yet, in position order).
+  KVB_CHECK(prefill && layer.keys->size() == k.size(1), "codec '", codec_->name(),
+            "' can only evict at the prefill");
+  at::Tensor rows = kept.unsqueeze(-1).expand({kept.size(0), kept.size(1), head_dim_});
+  layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
+  layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
+  layer.keys->append(k.gather(1, rows));
+  layer.values->append(v.gather(1, rows));
   layer.positions = layer.positions.gather(1, kept);
   if (layer.scores.defined()) layer.scores = layer.scores.gather(1, kept);
 }
@@ -163,6 +226,18 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   layer.values->append(v);
   if (layer_index == num_layers_ - 1) s.length += n;
   if (!evicts_) return attend(layer, q);
+  if (quest_) {
+    if (layer_index >= quest_->dense_layers()) {
+      if (!layer.pages) {
+        layer.pages = std::make_unique<QuestPages>(num_kv_heads_, head_dim_, quest_->page_size());
+      }
+      layer.pages->append(*layer.keys, n);
+      if (n == 1 && !prefill && quest_->sparse(layer_index, layer.keys->size())) {
+        return attend_pages(layer, q);
+      }
+    }
+    return attend(layer, q);
+  }
 
   at::Tensor fresh = at::arange(start, start + n, at::kLong).expand({num_kv_heads_, n});
   layer.positions =
@@ -178,25 +253,22 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
     at::Tensor out = attend(layer, q);
     accumulate_scores(layer, q, start);
     if (may_evict && policy_->over_budget(layer.keys->size())) {
-      in.positions = layer.positions;
       in.accumulated = layer.scores;
-      evict(layer, policy_->select(in), k, v, prefill);
+      evict(layer, select(layer, in), k, v, prefill);
     }
     return out;
   }
   if (policy_->needs() == RetentionNeeds::kLastQueryScores) {
     at::Tensor out = attend(layer, q);  // over everything held; the layer shrinks afterwards
     if (may_evict && policy_->over_budget(layer.keys->size())) {
-      in.positions = layer.positions;
       in.current = last_query_scores(layer, q);
-      evict(layer, policy_->select(in), k, v, prefill);
+      evict(layer, select(layer, in), k, v, prefill);
     }
     return out;
   }
   if (!may_evict || !policy_->over_budget(layer.keys->size())) return attend(layer, q);
-  in.positions = layer.positions;
   if (n == 1 && !prefill) {  // a decode token: evict first, then it attends what stays
-    evict(layer, policy_->select(in), k, v, prefill);
+    evict(layer, select(layer, in), k, v, prefill);
     return attend(layer, q);
   }
   // A block: every query sees everything held plus the block; the layer shrinks afterwards.
@@ -205,8 +277,27 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
     KVB_CHECK(prefill, "retention policy '", policy_->name(), "' selects at the prefill only");
     in.window_attention = window_attention(q, k, policy_->observation_window());
   }
-  evict(layer, policy_->select(in), k, v, prefill);
+  evict(layer, select(layer, in), k, v, prefill);
   return out;
+}
+
+void CompressedKVCache::append_unattended(int64_t seq, int64_t layer_index, const at::Tensor& k,
+                                          const at::Tensor& v) {
+  KVB_CHECK(!evicts_ || quest_, "append_unattended: retention policy '", policy_->name(),
+            "' selects from what attention sees; feed it through append_and_attend");
+  Sequence& s = sequence(seq);
+  KVB_CHECK(layer_index >= 0 && layer_index < num_layers_, "KV cache: layer ", layer_index,
+            " out of range");
+  Layer& layer = s.layers[static_cast<size_t>(layer_index)];
+  layer.keys->append(k);
+  layer.values->append(v);
+  if (layer_index == num_layers_ - 1) s.length += k.size(1);
+  if (quest_ && layer_index >= quest_->dense_layers()) {
+    if (!layer.pages) {
+      layer.pages = std::make_unique<QuestPages>(num_kv_heads_, head_dim_, quest_->page_size());
+    }
+    layer.pages->append(*layer.keys, k.size(1));
+  }
 }
 
 StorageBytes CompressedKVCache::storage() const {
@@ -215,6 +306,7 @@ StorageBytes CompressedKVCache::storage() const {
     for (const auto& l : s.layers) {
       total += l.keys->bytes();
       total += l.values->bytes();
+      if (l.pages) total.metadata += l.pages->bytes();
     }
   }
   return total;
@@ -223,7 +315,12 @@ StorageBytes CompressedKVCache::storage() const {
 StorageBytes CompressedKVCache::nominal() const {
   StorageBytes total;
   for (const auto& [id, s] : sequences_) {
-    for (const auto& l : s.layers) {
+    for (size_t i = 0; i < s.layers.size(); ++i) {
+      const Layer& l = s.layers[i];
+      if (quest_ && static_cast<int64_t>(i) >= quest_->dense_layers()) {
+        total.metadata += QuestPages::nominal_bytes(l.keys->size(), num_kv_heads_, head_dim_,
+                                                    quest_->page_size());
+      }
       const auto k = l.keys->history_nominal(), v = l.values->history_nominal();
       if (k && v) {
         total += *k;

@@ -18,7 +18,7 @@ class IdentityStore final : public TokenStore {
 
   void append(const at::Tensor& x) override { buffer_.append(x.size(1)).copy_(x); }
   int64_t size() const override { return buffer_.size(); }
-  void retain(const at::Tensor& kept) override { buffer_.retain(kept); }
+  void retain(const RowMoves& moves) override { buffer_.retain(moves); }
   at::Tensor dequantize() const override {
     // libtorch 1.13's fp16 -> fp32 CPU cast runs near 0.5 GB/s; convert row by row instead.
     at::Tensor stored = buffer_.rows();

@@ -11,6 +11,7 @@
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
+#include "kvbench/kv/quest_policy.h"
 #include "kvbench/kv/snapkv_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
 #include "kvbench/kv/tova_policy.h"
@@ -195,6 +196,24 @@ MethodInfo tova_method(const std::string& name, const std::string& summary, int6
       }};
 }
 
+MethodInfo quest_method(const std::string& name, const std::string& summary, int64_t budget,
+                        const std::vector<std::string>& codecs) {
+  return {name,
+          summary,
+          {ParamSpec::integer("budget", budget, "tokens read per KV head per decode step")
+               .range(1, 1 << 24),
+           ParamSpec::integer("page_size", 16, "P: tokens per page").range(1, 4096),
+           ParamSpec::integer("dense_layers", 2, "first layers that always attend densely")
+               .range(0, 1024),
+           codec_param(codecs)},
+          {},
+          [](const json& p) {
+            return std::make_shared<QuestPolicy>(p["budget"].get<int64_t>(),
+                                                 p["page_size"].get<int64_t>(),
+                                                 p["dense_layers"].get<int64_t>());
+          }};
+}
+
 // Codec methods first (the composition's valid codecs), then the retention methods.
 std::vector<MethodInfo> build_catalog();
 
@@ -320,6 +339,13 @@ std::vector<MethodInfo> build_catalog() {
       "by default; any per-token codec",
       512, codecs));
   catalog.push_back(tova_method("tova-512", "TOVA with a budget of 512 tokens", 512, codecs));
+  const std::string quest =
+      "Quest: every token stays stored; per page of P = 16 tokens the keys' elementwise min and "
+      "max bound q.k, and each decode step attends exactly over the top budget / P pages per "
+      "KV head (the newest always); the first 2 layers dense. Saves bandwidth, not memory; "
+      "any per-token codec. Budget ";
+  catalog.push_back(quest_method("quest", quest + "1024 tokens", 1024, codecs));
+  catalog.push_back(quest_method("quest-1024", quest + "1024 tokens (Quest)", 1024, codecs));
   catalog.push_back(snapkv_method("snapkv", snap + "1024 tokens; any codec", 1024, codecs));
   catalog.push_back(snapkv_method(
       "snapkv-1024", snap + "1024 tokens (SnapKV LongBench config); any codec", 1024, codecs));

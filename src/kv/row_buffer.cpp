@@ -24,29 +24,22 @@ at::Tensor RowBuffer::append(int64_t extra) {
   return view;
 }
 
-void RowBuffer::retain(const at::Tensor& kept_in) {
-  const at::Tensor kept = kept_in.to(at::kLong).contiguous();
-  KVB_CHECK(kept.dim() == 2 && kept.size(0) == kv_heads_ && kept.size(1) <= size_,
-            "row buffer: retain ", kept.sizes(), " of ", size_, " rows");
-  const int64_t n = kept.size(1);
-  if (width_ == 0 || n == size_) {  // no bytes to move (a symmetric format's unused mins)
-    size_ = n;
-    return;
-  }
-  const size_t row_bytes = static_cast<size_t>(width_) * at::elementSize(dtype_);
-  auto* base = static_cast<uint8_t*>(data_.data_ptr());
-  const int64_t capacity = data_.size(1);
-  for (int64_t h = 0; h < kv_heads_; ++h) {
-    const int64_t* idx = kept.data_ptr<int64_t>() + h * n;
-    uint8_t* head = base + static_cast<size_t>(h * capacity) * row_bytes;
-    for (int64_t i = 0; i < n; ++i) {
-      // Ascending indices: idx[i] >= i, so moving rows forward never overwrites a kept row.
-      KVB_CHECK(idx[i] >= i && idx[i] < size_ && (i == 0 || idx[i] > idx[i - 1]),
-                "row buffer: retain indices must be ascending and below ", size_);
-      if (idx[i] != i) std::memmove(head + i * row_bytes, head + idx[i] * row_bytes, row_bytes);
+void RowBuffer::retain(const RowMoves& moves) {
+  KVB_CHECK(static_cast<int64_t>(moves.offsets.size()) == kv_heads_ + 1 && moves.size <= size_,
+            "row buffer: moves for ", moves.offsets.size() - 1, " heads and ", moves.size,
+            " rows applied to ", kv_heads_, " heads of ", size_, " rows");
+  if (width_ > 0) {  // a symmetric format's unused mins have no bytes to move
+    const size_t row_bytes = static_cast<size_t>(width_) * at::elementSize(dtype_);
+    auto* base = static_cast<uint8_t*>(data_.data_ptr());
+    const int64_t capacity = data_.size(1);
+    for (int64_t h = 0; h < kv_heads_; ++h) {
+      uint8_t* head = base + static_cast<size_t>(h * capacity) * row_bytes;
+      for (int64_t i = moves.offsets[h]; i < moves.offsets[h + 1]; ++i) {
+        std::memcpy(head + moves.to[i] * row_bytes, head + moves.from[i] * row_bytes, row_bytes);
+      }
     }
   }
-  size_ = n;
+  size_ = moves.size;
 }
 
 at::Tensor RowBuffer::rows() const {

@@ -1,6 +1,7 @@
 #include "kvbench/kv/token_store.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "kvbench/core/error.h"
@@ -23,7 +24,54 @@ float* scratch(int64_t floats) {
 
 }  // namespace
 
-void TokenStore::retain(const at::Tensor&) {
+RowMoves row_moves(const at::Tensor& kept_in, int64_t rows) {
+  const at::Tensor kept = kept_in.to(at::kLong).contiguous();
+  KVB_CHECK(kept.dim() == 2 && kept.size(1) <= rows, "row moves: keep ", kept.sizes(), " of ", rows,
+            " rows");
+  const int64_t heads = kept.size(0), n = kept.size(1);
+  RowMoves m;
+  m.size = n;
+  m.offsets.push_back(0);
+  std::vector<char> keep(static_cast<size_t>(rows));
+  for (int64_t h = 0; h < heads; ++h) {
+    std::fill(keep.begin(), keep.end(), 0);
+    const int64_t* idx = kept.data_ptr<int64_t>() + h * n;
+    for (int64_t i = 0; i < n; ++i) {
+      KVB_CHECK(idx[i] >= 0 && idx[i] < rows && !keep[idx[i]], "row moves: kept row ", idx[i],
+                " of head ", h, " is out of range or repeated");
+      keep[idx[i]] = 1;
+    }
+    // Holes below n pair up with kept rows at or above n: there are as many of each.
+    int64_t hole = 0;
+    for (int64_t r = n; r < rows; ++r) {
+      if (!keep[r]) continue;
+      while (keep[hole]) ++hole;
+      m.from.push_back(r);
+      m.to.push_back(hole++);
+    }
+    m.offsets.push_back(static_cast<int64_t>(m.from.size()));
+  }
+  return m;
+}
+
+at::Tensor apply_row_moves(const at::Tensor& t, const RowMoves& moves) {
+  KVB_CHECK(t.is_contiguous(), "row moves: the tensor must be contiguous");
+  const int64_t heads = t.size(0), rows = t.size(1);
+  KVB_CHECK(static_cast<int64_t>(moves.offsets.size()) == heads + 1 && moves.size <= rows,
+            "row moves: ", moves.offsets.size() - 1, " heads for a tensor of ", t.sizes());
+  const size_t row_bytes =
+      static_cast<size_t>(t.numel() / std::max<int64_t>(1, heads * rows)) * t.element_size();
+  auto* base = static_cast<uint8_t*>(t.data_ptr());
+  for (int64_t h = 0; h < heads; ++h) {
+    uint8_t* head = base + static_cast<size_t>(h * rows) * row_bytes;
+    for (int64_t i = moves.offsets[h]; i < moves.offsets[h + 1]; ++i) {
+      std::memcpy(head + moves.to[i] * row_bytes, head + moves.from[i] * row_bytes, row_bytes);
+    }
+  }
+  return t.narrow(1, 0, moves.size);
+}
+
+void TokenStore::retain(const RowMoves&) {
   throw Error("this storage format cannot drop tokens in place (its codes span tokens)");
 }
 

@@ -14,6 +14,7 @@
 #include "kvbench/core/time.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/quest_policy.h"
 #include "kvbench/model/model_config.h"
 
 namespace kvbench {
@@ -136,6 +137,96 @@ json attention_record(const Shape& sh, AttentionBackend backend, int warmup, int
           {"gbps", moved / s.median / 1e9}};
 }
 
+// Whether a policy works during decode (evicts or selects pages every step): what the
+// retained-token benchmark times. Policies that act once after the prefill leave decode steps
+// that are plain attention over the kept tokens.
+bool acts_during_decode(const RetentionPolicy& p) {
+  if (dynamic_cast<const QuestPolicy*>(&p)) return true;
+  return dynamic_cast<const FullRetention*>(&p) == nullptr &&
+         p.timing() == EvictionTiming::kDecode && p.needs() != RetentionNeeds::kWindowScores;
+}
+
+// Random q/k/v for `n` tokens of one sequence.
+struct Tokens {
+  at::Tensor q, k, v;
+};
+Tokens random_tokens(const Shape& sh, int64_t n, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return {at::randn({sh.kv_heads * sh.group, n, sh.head_dim}, gen, at::kFloat),
+          at::randn({sh.kv_heads, n, sh.head_dim}, gen, at::kFloat),
+          at::randn({sh.kv_heads, n, sh.head_dim}, gen, at::kFloat)};
+}
+
+// Brings a one-layer cache to `tokens` tokens. A policy that selects from what attention sees
+// gets them through append_and_attend in blocks of 256 (a prefill, then chunks, evicting as it
+// goes); the others store them unattended.
+void feed(CompressedKVCache& cache, int64_t seq, const Shape& sh, int64_t tokens, uint64_t seed) {
+  const bool attended = cache.policy().needs() != RetentionNeeds::kQueryPages &&
+                        dynamic_cast<const FullRetention*>(&cache.policy()) == nullptr;
+  const int64_t block = attended ? 256 : 4096;
+  for (int64_t t = 0; t < tokens; t += block) {
+    const Tokens x = random_tokens(sh, std::min(block, tokens - t), seed + t);
+    if (attended) {
+      cache.append_and_attend(seq, 0, x.q, x.k, x.v);
+    } else {
+      cache.append_unattended(seq, 0, x.k, x.v);
+    }
+  }
+}
+
+// Seconds per decode step (append one token, let the policy act, attend) of a cache fed with
+// `tokens` tokens first.
+std::vector<double> time_decode_steps(std::shared_ptr<const RetentionPolicy> policy,
+                                      const Shape& sh, AttentionBackend backend, int64_t tokens,
+                                      int warmup, int repeats, uint64_t seed, int64_t* kept) {
+  CompressedKVCache cache(std::shared_ptr<const Codec>(sh.codec, [](const Codec*) {}), backend, 1,
+                          sh.kv_heads, sh.head_dim, std::move(policy));
+  const int64_t seq = cache.add_sequence();
+  feed(cache, seq, sh, tokens, seed);
+  const Tokens x = random_tokens(sh, warmup + repeats, seed + tokens);  // outside the timing
+  int64_t i = 0;
+  auto samples = time_calls(warmup, repeats, [&] {
+    cache.append_and_attend(seq, 0, x.q.narrow(1, i, 1), x.k.narrow(1, i, 1), x.v.narrow(1, i, 1));
+    ++i;
+  });
+  if (kept) *kept = cache.kept_tokens(seq)[0];
+  return samples;
+}
+
+// The retained-token benchmark: a decode step of the method at `context` tokens entered, beside
+// the same codec keeping every token at the method's kept count and at the full context. A
+// policy that reads its kept tokens in place tracks the first, not the second.
+json retained_record(const Shape& sh, std::shared_ptr<const RetentionPolicy> policy,
+                     AttentionBackend backend, int warmup, int repeats, uint64_t seed) {
+  check_fits(sh.codec->nominal_bytes(sh.context, sh.kv_heads, sh.head_dim).total(),
+             "retained-token decode at context " + std::to_string(sh.context));
+  const std::string name = policy->name();
+  const json params = policy->params();
+  int64_t kept = 0;
+  Summary method = summarize(
+      time_decode_steps(policy, sh, backend, sh.context, warmup, repeats, seed, &kept), seed);
+  auto full = std::make_shared<FullRetention>();
+  Summary at_kept = summarize(
+      time_decode_steps(full, sh, backend, kept, warmup, repeats, seed + 1, nullptr), seed);
+  Summary at_context = summarize(
+      time_decode_steps(full, sh, backend, sh.context, warmup, repeats, seed + 2, nullptr), seed);
+  return {{"kind", "retained_decode"},
+          {"backend", backend == AttentionBackend::kCpu ? "cpu" : "reference"},
+          {"policy", name},
+          {"policy_params", params},
+          {"format", sh.codec->name()},
+          {"kv_heads", sh.kv_heads},
+          {"group_size", sh.group},
+          {"head_dim", sh.head_dim},
+          {"context", sh.context},
+          {"kept_tokens", kept},
+          {"time_s", to_json(method)},
+          {"full_at_kept_time_s", to_json(at_kept)},
+          {"full_at_context_time_s", to_json(at_context)},
+          {"ratio_to_full_at_kept", method.median / at_kept.median},
+          {"ratio_to_full_at_context", method.median / at_context.median}};
+}
+
 }  // namespace
 
 std::vector<ParamSpec> KernelsSuite::param_specs() {
@@ -179,6 +270,8 @@ namespace {
 // and the cache size.
 struct Plan {
   std::shared_ptr<const Codec> codec;
+  std::shared_ptr<const RetentionPolicy> policy;
+  bool retained = false;  // the policy acts during decode: time retained-token steps too
   std::vector<int64_t> contexts, kv_heads;
   Shape base;
   uint64_t largest = 0;     // K+V bytes of the biggest point
@@ -188,6 +281,8 @@ struct Plan {
 Plan make_plan(const json& p, const json& method, uint64_t llc) {
   Plan plan;
   plan.codec = make_codec(method, dtype_from_name(p["dtype"]));
+  plan.policy = make_policy(method);
+  plan.retained = acts_during_decode(*plan.policy);
   plan.kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
   const int64_t max_heads = *std::max_element(plan.kv_heads.begin(), plan.kv_heads.end());
   plan.base = Shape{p["batch"], 0, p["group_size"], p["head_dim"], 0, plan.codec.get()};
@@ -230,7 +325,8 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
   const int warmup = p["warmup"], repeats = p["repeats"];
 
   CellOutput out;
-  ctx.progress.begin(ctx.cell_id, contexts.size() * kv_heads.size() + 2);
+  const size_t points = contexts.size() * kv_heads.size();
+  ctx.progress.begin(ctx.cell_id, points * (plan.retained ? 2 : 1) + 2);
   out.records.push_back(copy_bandwidth_record(copy_bytes, warmup, repeats, ctx.seed, "before"));
   ctx.progress.advance("copy bandwidth");
   for (int64_t c : contexts) {
@@ -240,6 +336,16 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
       sh.kv_heads = h;
       out.records.push_back(attention_record(sh, backend, warmup, repeats, ctx.seed, llc));
       ctx.progress.advance("context " + std::to_string(c) + ", kv_heads " + std::to_string(h));
+    }
+  }
+  // Batch 1: the retained-token steps go through the cache, one sequence at a time.
+  for (int64_t c : plan.retained ? contexts : std::vector<int64_t>{}) {
+    for (int64_t h : kv_heads) {
+      Shape sh = base;
+      sh.context = c;
+      sh.kv_heads = h;
+      out.records.push_back(retained_record(sh, plan.policy, backend, warmup, repeats, ctx.seed));
+      ctx.progress.advance("retained tokens, context " + std::to_string(c));
     }
   }
   out.records.push_back(copy_bandwidth_record(copy_bytes, warmup, repeats, ctx.seed + 1, "after"));
@@ -284,9 +390,22 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
 
 Table KernelsSuite::summary_table(const CellOutput& output) const {
   Table t;
-  t.columns = {"format",    "context", "kv_heads", "K+V",      "xLLC",
-               "median us", "p90 us",  "GB/s",     "% copy BW"};
+  t.columns = {"format",    "context", "kv_heads", "K+V",       "xLLC",
+               "median us", "p90 us",  "GB/s",     "% copy BW", "vs full"};
   for (const auto& r : output.records) {
+    if (r["kind"] == "retained_decode") {
+      // Step time against the same codec keeping every token: at the kept count / the context.
+      t.rows.push_back({r["policy"].get<std::string>() + "+" + r["format"].get<std::string>() +
+                            " (keeps " + std::to_string(r["kept_tokens"].get<int64_t>()) + ")",
+                        std::to_string(r["context"].get<int64_t>()),
+                        std::to_string(r["kv_heads"].get<int64_t>()), "", "",
+                        format_fixed(r["time_s"]["median"].get<double>() * 1e6, 1),
+                        format_fixed(r["time_s"]["p90"].get<double>() * 1e6, 1), "", "",
+                        format_fixed(r["ratio_to_full_at_kept"].get<double>(), 2) + "x @kept, " +
+                            format_fixed(r["ratio_to_full_at_context"].get<double>(), 2) +
+                            "x @context"});
+      continue;
+    }
     if (r["kind"] != "decode_attention") continue;
     t.rows.push_back({r["format"].get<std::string>() + " (" + r["backend"].get<std::string>() + ")",
                       std::to_string(r["context"].get<int64_t>()),
@@ -296,12 +415,12 @@ Table KernelsSuite::summary_table(const CellOutput& output) const {
                       format_fixed(r["time_s"]["median"].get<double>() * 1e6, 1),
                       format_fixed(r["time_s"]["p90"].get<double>() * 1e6, 1),
                       format_fixed(r["gbps"].get<double>(), 2),
-                      format_fixed(100 * r["fraction_of_copy_bandwidth"].get<double>(), 1)});
+                      format_fixed(100 * r["fraction_of_copy_bandwidth"].get<double>(), 1), ""});
   }
   if (output.summary.contains("copy_bandwidth_gbps")) {
     t.rows.push_back({"copy", "", "", "", "", "", "",
-                      format_fixed(output.summary["copy_bandwidth_gbps"].get<double>(), 2),
-                      "100.0"});
+                      format_fixed(output.summary["copy_bandwidth_gbps"].get<double>(), 2), "100.0",
+                      ""});
   }
   return t;
 }

@@ -8,6 +8,7 @@
 
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/kernels_suite.h"
 #include "kvbench/suites/suite_registry.h"
 
@@ -80,11 +81,11 @@ struct SuiteRun {
   CellOutput out;
 };
 
-SuiteRun run_kernels(const json& suite) {
+SuiteRun run_kernels(const json& suite, const json& method_entry = {{"name", "full"}}) {
   SuiteRun r{parse_run_spec(json{{"suites", {suite}}, {"threads", 1}}, "t"), {}, {}};
   r.env.llc_bytes = 1 << 19;  // pretend 512 KiB so small points count as beyond the cache
   r.env.threads = 1;
-  const json method = {{"name", "full"}};
+  const json method = resolve_method(method_entry, "methods[0]");
   const json& params = r.spec.suites[0].params;
   NullProgress progress;
   std::string id = "kernels.test";
@@ -126,6 +127,45 @@ TEST(KernelsSuite, RecordsRawSamplesBytesAndBandwidth) {
               1e-12);
   EXPECT_TRUE(r.out.warnings.empty());                             // 2 MiB = 4x the pretend cache
   EXPECT_EQ(KernelsSuite().summary_table(r.out).rows.size(), 5u);  // 4 points + copy
+}
+
+// Methods whose policy acts during decode get retained-token step records beside the codec's
+// own points; the kept count is the policy's, measured from the cache after the steps.
+TEST(KernelsSuite, RetainedTokenStepsForPoliciesThatActDuringDecode) {
+  const json suite = json::parse(
+      R"({"name": "kernels", "contexts": [300, 1000], "kv_heads": [2], "head_dim": 64,
+          "warmup": 1, "repeats": 3})");
+  struct Case {
+    json method;
+    int64_t kept_at_1000;  // -1: no retained records
+  };
+  for (const Case& c :
+       std::vector<Case>{{{{"name", "streamingllm"}, {"sinks", 4}, {"window", 60}}, 64},
+                         {{{"name", "h2o"}, {"heavy", 32}, {"recent", 32}, {"codec", "int8"}}, 64},
+                         {{{"name", "quest"}, {"budget", 64}, {"dense_layers", 0}}, 1000 + 4},
+                         {{{"name", "snapkv"}, {"budget", 64}}, -1}}) {
+    auto r = run_kernels(suite, c.method);
+    std::vector<json> retained;
+    for (const auto& rec : r.out.records) {
+      if (rec["kind"] == "retained_decode") retained.push_back(rec);
+    }
+    if (c.kept_at_1000 < 0) {
+      EXPECT_TRUE(retained.empty()) << c.method.dump();
+      continue;
+    }
+    ASSERT_EQ(retained.size(), 2u) << c.method.dump();
+    EXPECT_EQ(retained[1]["context"], 1000);
+    EXPECT_EQ(retained[1]["kept_tokens"], c.kept_at_1000) << c.method.dump();
+    for (const auto& rec : retained) {
+      EXPECT_EQ(rec["policy"], c.method["name"]);
+      EXPECT_GT(rec["time_s"]["median"].get<double>(), 0.0);
+      EXPECT_NEAR(rec["ratio_to_full_at_kept"].get<double>(),
+                  rec["time_s"]["median"].get<double>() /
+                      rec["full_at_kept_time_s"]["median"].get<double>(),
+                  1e-9);
+    }
+    EXPECT_EQ(KernelsSuite().summary_table(r.out).rows.size(), 2u + 2u + 1u);
+  }
 }
 
 TEST(KernelsSuite, WarnsWhenWorkingSetsStayInCache) {

@@ -78,7 +78,8 @@ TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
       {{"name", "snapkv-2048"}},
       {{"name", "h2o"}, {"heavy", 30}, {"recent", 30}},
       {{"name", "h2o-512"}, {"normalize", true}},
-      {{"name", "tova"}, {"budget", 60}}};
+      {{"name", "tova"}, {"budget", 60}},
+      {{"name", "quest"}, {"budget", 64}, {"page_size", 8}, {"dense_layers", 0}}};
   for (const char* codec : {"full", "int8", "int4", "fp8", "kivi-2", "gear-4"}) {
     for (const char* backend : {"cpu", "reference"}) {
       auto full = cache_for(resolve({{"name", codec}}), mc, backend);
@@ -86,6 +87,7 @@ TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
       for (json p : policies) {
         p["codec"] = codec;
         const bool per_token = make_codec(resolve({{"name", codec}}), at::kHalf)->can_drop_tokens();
+        if (!per_token && p["name"] == "quest") continue;  // needs per-token codes
         if (!per_token && p["name"] != "snapkv" && p["name"] != "snapkv-2048") {
           p["evict"] = "after_prefill";
         }
@@ -94,7 +96,11 @@ TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
         for (size_t i = 0; i < want.size(); ++i) {
           ASSERT_TRUE(at::equal(got[i], want[i])) << p.dump() << " " << backend << " step " << i;
         }
-        EXPECT_EQ(cache->storage().total(), full->storage().total()) << p.dump();
+        // Quest adds its page bounds as metadata; the tokens stored are the same.
+        EXPECT_EQ(cache->storage().payload, full->storage().payload) << p.dump();
+        if (p["name"] != "quest") {
+          EXPECT_EQ(cache->storage().total(), full->storage().total()) << p.dump();
+        }
         EXPECT_EQ(cache->kept_tokens(0), std::vector<int64_t>(4, 60)) << p.dump();
       }
     }
@@ -180,6 +186,40 @@ TEST(StreamingLlm, DecodeEvictionIsBoundedAndEqualsReattendingTheKeptTokens) {
       }
     }
   }
+}
+
+TEST(RowMoves, KeepExactlyTheKeptRowsAndMoveNoMoreThanTheDropped) {
+  auto gen = at::detail::createCPUGenerator(11);
+  for (int64_t rows : {1, 2, 7, 64, 300}) {
+    for (int64_t n : {int64_t{0}, int64_t{1}, rows / 2, rows - 1, rows}) {
+      if (n < 0) continue;
+      // Each head keeps a different random subset, in random order.
+      at::Tensor kept = at::stack({at::randperm(rows, gen, at::kLong).narrow(0, 0, n),
+                                   at::randperm(rows, gen, at::kLong).narrow(0, 0, n),
+                                   at::randperm(rows, gen, at::kLong).narrow(0, 0, n)});
+      const RowMoves m = row_moves(kept, rows);
+      ASSERT_EQ(m.size, n);
+      // Rows labelled by their index: afterwards the first n rows hold exactly the kept labels.
+      at::Tensor labels = at::arange(rows, at::kLong).repeat({3, 1}).contiguous();
+      at::Tensor after = apply_row_moves(labels, m);
+      for (int64_t h = 0; h < 3; ++h) {
+        std::vector<int64_t> got(after[h].data_ptr<int64_t>(), after[h].data_ptr<int64_t>() + n);
+        std::vector<int64_t> want(kept[h].data_ptr<int64_t>(), kept[h].data_ptr<int64_t>() + n);
+        std::sort(got.begin(), got.end());
+        std::sort(want.begin(), want.end());
+        ASSERT_EQ(got, want) << rows << " rows, keep " << n << ", head " << h;
+        // A kept row below n never moves, and at most rows - n rows move.
+        const int64_t moved = m.offsets[h + 1] - m.offsets[h];
+        EXPECT_LE(moved, std::min(n, rows - n));
+        for (int64_t i = m.offsets[h]; i < m.offsets[h + 1]; ++i) EXPECT_GE(m.from[i], n);
+      }
+    }
+  }
+  // One token dropped per head (a decode step's eviction) moves at most one row per head.
+  const RowMoves one = row_moves(at::tensor({0, 1, 3, 4}, at::kLong).view({1, 4}), 5);
+  EXPECT_EQ(one.moved(), 1);
+  EXPECT_THROW(row_moves(at::tensor({0, 0}, at::kLong).view({1, 2}), 5), Error);
+  EXPECT_THROW(row_moves(at::tensor({0, 5}, at::kLong).view({1, 2}), 5), Error);
 }
 
 // SnapKV's scores in float64 loops: sum over the window queries of the causal softmax rows,
@@ -504,6 +544,7 @@ TEST(Retention, TinyModelGeneratesPastEveryBudget) {
       {{{"name", "stream-512"}, {"codec", "int4"}}, 700, 512},
       {{{"name", "h2o-512"}}, 700, 512},
       {{{"name", "tova-512"}}, 700, 512},
+      {{{"name", "quest-1024"}}, 1500, 1500 + 7},  // keeps everything, reads 1024 per step
       {{{"name", "snapkv-2048"}}, 2200, 2048 + 7},
       {{{"name", "snapkv-2048"}, {"codec", "kivi-4"}}, 2200, 2048 + 7}};
   for (const Case& c : cases) {

@@ -6,14 +6,22 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <vector>
+
 #include "kvbench/kv/token_store.h"
 
 namespace kvbench {
 
-// One decode step for one sequence.
+// Token ranges [t0, t1) of the stored rows to read, per KV head: attention over a selection
+// (Quest's pages) read in place, without gathering the rows into a copy.
+using TokenRuns = std::vector<std::vector<std::array<int64_t, 2>>>;
+
+// One decode step for one sequence, over every stored token, or only over `runs` when given.
 //   q: [num_heads, 1, head_dim] fp32 (query head h reads KV head h / group)
 //   returns [num_heads, 1, head_dim] fp32
 at::Tensor cpu_decode_attention(const at::Tensor& q, const TokenStore& keys,
-                                const TokenStore& values, int64_t kv_heads, double scale);
+                                const TokenStore& values, int64_t kv_heads, double scale,
+                                const TokenRuns* runs = nullptr);
 
 }  // namespace kvbench

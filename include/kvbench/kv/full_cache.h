@@ -21,6 +21,7 @@
 
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/kv_cache.h"
+#include "kvbench/kv/quest_policy.h"
 #include "kvbench/kv/retention_policy.h"
 
 namespace kvbench {
@@ -45,17 +46,27 @@ class CompressedKVCache : public KVCache {
   StorageBytes storage() const override;
   StorageBytes nominal() const override;
 
+  // Stores a block of `seq`'s tokens at `layer` as append_and_attend would, without computing
+  // their attention: a long history for benchmarks that time the decode steps after it.
+  // Only for caches that never evict (full retention, Quest); throws otherwise.
+  //   k, v: [num_kv_heads, n, head_dim] fp32, RoPE applied
+  void append_unattended(int64_t seq, int64_t layer, const at::Tensor& k, const at::Tensor& v);
+
   const Codec& codec() const { return *codec_; }
   const RetentionPolicy& policy() const { return *policy_; }
-  // Logical positions of the tokens a layer holds: [kv_heads, held] int64, ascending per head.
+  // Logical positions of the tokens a layer holds: [kv_heads, held] int64, sorted ascending
+  // per head (the slots themselves are not in order once a policy has evicted).
   // Tracked only for policies that can evict (undefined for full retention).
   at::Tensor kept_positions(int64_t seq, int64_t layer) const;
 
  private:
   struct Layer {
     std::unique_ptr<TokenStore> keys, values;
-    at::Tensor positions;  // [kv_heads, held] int64; only when the policy can evict
-    at::Tensor scores;     // [kv_heads, held] fp32 accumulated attention (kScoresEveryStep)
+    // [kv_heads, held] int64 position of the token in each slot; only when the policy can
+    // evict. Slots are in position order until the first eviction moves rows.
+    at::Tensor positions;
+    at::Tensor scores;  // [kv_heads, held] fp32 accumulated attention (kScoresEveryStep)
+    std::unique_ptr<QuestPages> pages;  // kQueryPages, sparse layers only
   };
   struct Sequence {
     std::vector<Layer> layers;
@@ -64,6 +75,8 @@ class CompressedKVCache : public KVCache {
   Sequence& sequence(int64_t seq);
   const Sequence& sequence(int64_t seq) const;
   at::Tensor attend(const Layer& layer, const at::Tensor& q) const;
+  // Quest's decode step: exact attention over the top pages of each KV head, read in place.
+  at::Tensor attend_pages(const Layer& layer, const at::Tensor& q) const;
   // [num_heads, w, n] softmax attention of the block's last w queries over its n tokens.
   at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, int64_t w) const;
   // Adds the attention probabilities the block's queries (positions start..) give every held
@@ -72,13 +85,17 @@ class CompressedKVCache : public KVCache {
   // The block's newest query's attention over every held token, group-averaged:
   // [kv_heads, held] (kLastQueryScores policies).
   at::Tensor last_query_scores(const Layer& layer, const at::Tensor& q) const;
-  // Shrinks the layer to `kept` ([kv_heads, n] indices into the held tokens).
+  // Asks the policy which tokens stay (it sees them in position order): kept slots
+  // [kv_heads, n].
+  at::Tensor select(const Layer& layer, RetentionInput in) const;
+  // Shrinks the layer to the slots `kept` ([kv_heads, n]).
   void evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k, const at::Tensor& v,
              bool prefill) const;
 
   std::shared_ptr<const Codec> codec_;
   std::shared_ptr<const RetentionPolicy> policy_;
-  bool evicts_;  // false for full retention: no positions tracked, no policy calls
+  bool evicts_;               // false for full retention: no positions tracked, no policy calls
+  const QuestPolicy* quest_;  // the policy when it is Quest (reads pages, never evicts)
   AttentionBackend backend_;
   int64_t num_layers_, num_kv_heads_, head_dim_;
   int64_t next_id_ = 0;

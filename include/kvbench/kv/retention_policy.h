@@ -23,7 +23,8 @@ enum class RetentionNeeds {
   kPositions,        // logical positions of the held tokens only (StreamingLLM, full)
   kWindowScores,     // at the prefill: attention of its last `observation_window()` queries
   kScoresEveryStep,  // every step's attention probabilities, accumulated per token (H2O)
-  kLastQueryScores   // on evicting steps, the newest query's attention over the held tokens (TOVA)
+  kLastQueryScores,  // on evicting steps, the newest query's attention over the held tokens (TOVA)
+  kQueryPages        // per-page key bounds; each decode step reads the top pages only (Quest)
 };
 
 // When the policy evicts.

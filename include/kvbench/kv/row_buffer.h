@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "kvbench/kv/token_store.h"
+
 namespace kvbench {
 
 class RowBuffer {
@@ -13,9 +15,9 @@ class RowBuffer {
   RowBuffer(int64_t kv_heads, int64_t width, at::ScalarType dtype);
   // Makes room for `extra` more rows and returns the view of them: [kv_heads, extra, width].
   at::Tensor append(int64_t extra);
-  // Keeps only rows `kept` ([kv_heads, n] int64, ascending per head, n <= size) of each head,
-  // moved to the front in place; capacity is kept for later appends. No row is re-encoded.
-  void retain(const at::Tensor& kept);
+  // Moves rows as `moves` says and shrinks to moves.size rows per head; capacity is kept for
+  // later appends. No row is re-encoded.
+  void retain(const RowMoves& moves);
   // The stored rows: [kv_heads, size, width].
   at::Tensor rows() const;
   int64_t size() const { return size_; }

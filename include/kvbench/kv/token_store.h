@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -29,6 +30,23 @@ struct StorageBytes {
   }
 };
 
+// How a store drops tokens in place: per KV head, the kept rows at or beyond the new size move
+// into the holes the dropped rows leave below it (a swap-remove). Dropping m of n rows moves at
+// most m rows, so eviction during decode costs O(dropped tokens), never a compaction of the
+// whole store — but rows stop being in arrival order; the cache tracks each row's position.
+struct RowMoves {
+  int64_t size = 0;               // rows per head afterwards (the kept count)
+  std::vector<int64_t> offsets;   // [kv_heads + 1]: head h's moves are [offsets[h], offsets[h+1])
+  std::vector<int64_t> from, to;  // row from[i] of its head moves to row to[i]
+  int64_t moved() const { return static_cast<int64_t>(from.size()); }
+};
+// The moves that keep rows `kept` ([kv_heads, n] int64, distinct and < rows per head, any order;
+// the same n for every head) of stores holding `rows` rows per head.
+RowMoves row_moves(const at::Tensor& kept, int64_t rows);
+// Applies `moves` in place to a contiguous per-row tensor [kv_heads, rows, ...] (positions,
+// scores) and returns the view of its first moves.size rows per head.
+at::Tensor apply_row_moves(const at::Tensor& t, const RowMoves& moves);
+
 class TokenStore {
  public:
   virtual ~TokenStore() = default;
@@ -36,12 +54,12 @@ class TokenStore {
   // Appends n tokens.  x: [kv_heads, n, head_dim] fp32.
   virtual void append(const at::Tensor& x) = 0;
   virtual int64_t size() const = 0;
-  // Keeps only the stored tokens `kept` ([kv_heads, n] int64, ascending per head, the same n
-  // for every head), in place and without re-encoding them: the retention policy's eviction.
-  // Per-token formats (identity, block quantization, fp8) support it; formats whose codes span
-  // tokens (KIVI's key groups, GEAR's blocks) cannot drop a token without re-quantizing, keep
-  // this default (which throws) and report can_drop_tokens() false through their codec.
-  virtual void retain(const at::Tensor& kept);
+  // Drops tokens in place by moving rows (see RowMoves), without re-encoding any: the retention
+  // policy's eviction. Per-token formats (identity, block quantization, fp8) support it; formats
+  // whose codes span tokens (KIVI's key groups, GEAR's blocks) cannot drop a token without
+  // re-quantizing, keep this default (which throws) and report can_drop_tokens() false through
+  // their codec.
+  virtual void retain(const RowMoves& moves);
   // Every stored token reconstructed: [kv_heads, size, head_dim] fp32. The reference path.
   virtual at::Tensor dequantize() const = 0;
 

@@ -1,0 +1,129 @@
+#include "kvbench/kv/quest_policy.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kvbench/core/error.h"
+#include "kvbench/kv/simd.h"
+
+namespace kvbench {
+namespace {
+
+// The next fp16 value towards +inf (up) or -inf, by stepping the bit pattern.
+at::Half half_step(at::Half h, bool up) {
+  uint16_t b = h.x;
+  if ((b & 0x7fff) == 0) {
+    b = up ? 0x0001 : 0x8001;  // the smallest subnormal of the needed sign
+  } else if (!(b & 0x8000)) {
+    b = up ? b + 1 : b - 1;
+  } else {
+    b = up ? b - 1 : b + 1;
+  }
+  return at::Half(b, at::Half::from_bits());
+}
+
+// x rounded to fp16 downwards (down) or upwards, so the result bounds x.
+at::Half half_bound(float x, bool down) {
+  at::Half h(x);
+  const float back = static_cast<float>(h);
+  if (down && back > x) return half_step(h, false);
+  if (!down && back < x) return half_step(h, true);
+  return h;
+}
+
+}  // namespace
+
+QuestPolicy::QuestPolicy(int64_t budget, int64_t page_size, int64_t dense_layers)
+    : budget_(budget), page_(page_size), dense_layers_(dense_layers) {
+  KVB_CHECK(budget >= 1 && page_size >= 1 && dense_layers >= 0,
+            "quest: budget and page_size must be >= 1 and dense_layers >= 0");
+}
+
+nlohmann::json QuestPolicy::params() const {
+  return {{"budget", budget_}, {"page_size", page_}, {"dense_layers", dense_layers_}};
+}
+
+at::Tensor QuestPolicy::select(const RetentionInput& in) const {
+  const int64_t held = in.positions.size(1);  // never evicts: every token stays
+  return at::arange(held, at::kLong).expand({in.positions.size(0), held}).contiguous();
+}
+
+at::Tensor QuestPolicy::select_pages(const at::Tensor& bounds) const {
+  KVB_CHECK(bounds.dim() == 2 && bounds.size(1) >= 1, "quest: bounds ", bounds.sizes());
+  const int64_t pages = bounds.size(1), n = std::min(pages_to_read(), pages);
+  // The newest page holds the current token: it is always read.
+  at::Tensor b = bounds.to(at::kFloat).clone();
+  b.select(1, pages - 1).fill_(std::numeric_limits<float>::infinity());
+  return top_tokens(b, n);
+}
+
+QuestPages::QuestPages(int64_t kv_heads, int64_t head_dim, int64_t page_size)
+    : kv_heads_(kv_heads),
+      head_dim_(head_dim),
+      page_(page_size),
+      mins_(kv_heads, head_dim, at::kHalf),
+      maxs_(kv_heads, head_dim, at::kHalf) {}
+
+void QuestPages::append(const TokenStore& keys, int64_t n) {
+  const int64_t first = keys.size() - n, d = head_dim_;
+  KVB_CHECK(first == tokens_, "quest pages: ", tokens_, " tokens indexed, the store holds ",
+            keys.size(), " after appending ", n);
+  const int64_t pages_after = (tokens_ + n + page_ - 1) / page_;
+  if (pages_after > pages()) {
+    const int64_t extra = pages_after - pages();
+    mins_.append(extra).fill_(std::numeric_limits<float>::infinity());
+    maxs_.append(extra).fill_(-std::numeric_limits<float>::infinity());
+  }
+  std::vector<float> row(static_cast<size_t>(d));
+  for (int64_t h = 0; h < kv_heads_; ++h) {
+    for (int64_t t = first; t < first + n; ++t) {
+      keys.decode_rows(h, t, t + 1, row.data());
+      at::Half* mn = mins_.mutable_row<at::Half>(h, t / page_);
+      at::Half* mx = maxs_.mutable_row<at::Half>(h, t / page_);
+      for (int64_t i = 0; i < d; ++i) {
+        if (row[i] < static_cast<float>(mn[i])) mn[i] = half_bound(row[i], true);
+        if (row[i] > static_cast<float>(mx[i])) mx[i] = half_bound(row[i], false);
+      }
+    }
+  }
+  tokens_ += n;
+}
+
+at::Tensor QuestPages::bounds(const at::Tensor& q) const {
+  const int64_t heads = q.size(0), d = head_dim_, group = heads / kv_heads_, n = pages();
+  KVB_CHECK(q.dim() == 2 && q.size(1) == d && heads % kv_heads_ == 0 && q.is_contiguous() &&
+                q.scalar_type() == at::kFloat,
+            "quest pages: q ", q.sizes());
+  at::Tensor out = at::empty({kv_heads_, n}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const float* qp = q.data_ptr<float>();
+  at::parallel_for(0, kv_heads_ * n, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> mn(static_cast<size_t>(d)), mx(static_cast<size_t>(d));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t h = task / n, p = task % n;
+      simd::to_float(mins_.row<at::Half>(h, p), mn.data(), d);
+      simd::to_float(maxs_.row<at::Half>(h, p), mx.data(), d);
+      float total = 0;
+      for (int64_t r = 0; r < group; ++r) {
+        const float* qr = qp + (h * group + r) * d;
+        float u = 0;
+        for (int64_t i = 0; i < d; ++i) u += std::max(qr[i] * mn[i], qr[i] * mx[i]);
+        total += u;
+      }
+      o[task] = total / static_cast<float>(group);
+    }
+  });
+  return out;
+}
+
+uint64_t QuestPages::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim,
+                                   int64_t page_size) {
+  const int64_t pages = (tokens + page_size - 1) / page_size;
+  return 2ull * static_cast<uint64_t>(pages * kv_heads * head_dim) * sizeof(at::Half);
+}
+
+}  // namespace kvbench
