@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """From an accuracy report with full, an eviction method A (e.g. StreamingLLM) and a method B
-(e.g. SnapKV) on the same prompts: per task and length, the samples the full cache solves, those
+(e.g. SnapKV) on the same prompts, paired by budget (B's budget = A's sinks + window): per task
+and length, the samples the full cache solves, those
 A fails (for StreamingLLM: the needle fell outside its sinks + window), and how many of A's
 failures B solves. Also the accuracy of each method by needle depth (the sample id's depth).
 
@@ -22,12 +23,14 @@ def main():
     for c in report["cells"]:
         if c["suite"] != "accuracy" or c["status"] != "ok":
             continue
-        key = (c["params"]["task"], c["params"]["target_tokens"])
-        by[key][c["method"]["name"]] = {r["id"]: r for r in c["records"]}
-    print(f"| task | prompt tokens | samples | full | {args.a} | {args.b} | full-solved, {args.a} fails "
+        m = c["method"]
+        budget = m.get("budget") or (m.get("sinks", 0) + m.get("window", 0))
+        key = (c["params"]["task"], c["params"]["target_tokens"], budget)
+        by[key][m["name"]] = {r["id"]: r for r in c["records"]}
+    print(f"| task | prompt tokens | budget | samples | full | {args.a} | {args.b} | full-solved, {args.a} fails "
           f"| of those, {args.b} solves |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for (task, target), m in sorted(by.items()):
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (task, target, budget), m in sorted(by.items()):
         if args.a not in m or args.b not in m:
             continue
         ids = list(m[args.a])
@@ -38,14 +41,14 @@ def main():
         rec = sum(1 for i in lost if b[i] == 1)
         mean = lambda d: sum(d.values()) / len(d)
         share = f"{rec}/{len(lost)} ({100 * rec / len(lost):.0f}%)" if lost else "-"
-        print(f"| {task} | {target} | {len(ids)} | {mean(full):.2f} | {mean(a):.2f} | {mean(b):.2f} "
+        print(f"| {task} | {target} | {budget} | {len(ids)} | {mean(full):.2f} | {mean(a):.2f} | {mean(b):.2f} "
               f"| {len(lost)} | {share} |")
     print()
     print(f"Accuracy by needle depth (full / {args.a} / {args.b}):")
     print()
-    print("| task | prompt tokens | depth | full | " + args.a + " | " + args.b + " |")
-    print("|---|---:|---|---:|---:|---:|")
-    for (task, target), m in sorted(by.items()):
+    print("| task | prompt tokens | budget | depth | full | " + args.a + " | " + args.b + " |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for (task, target, budget), m in sorted(by.items()):
         if args.a not in m or args.b not in m or task in ("common_words",):
             continue
         buckets = collections.defaultdict(list)
@@ -57,7 +60,7 @@ def main():
             f = sum(m[args.a][i]["score_full"] for i in ids) / len(ids)
             a = sum(m[args.a][i]["score"] for i in ids) / len(ids)
             b = sum(m[args.b][i]["score"] for i in ids) / len(ids)
-            print(f"| {task} | {target} | {k / 4:.2f}–{(k + 1) / 4:.2f} | {f:.2f} | {a:.2f} | {b:.2f} |")
+            print(f"| {task} | {target} | {budget} | {k / 4:.2f}–{(k + 1) / 4:.2f} | {f:.2f} | {a:.2f} | {b:.2f} |")
 
 
 if __name__ == "__main__":
