@@ -1,5 +1,5 @@
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <iostream>
@@ -20,10 +20,10 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
     int64_t until = 0;
   };
   auto opt = std::make_shared<Options>();
-  CLI::App* sub = app.add_subcommand(
-      "train",
-      "train a small Llama-architecture model on the synthetic tasks (recipe: configs/train-*.json, "
-      "docs/models.md) and write it as a Hugging Face checkpoint");
+  CLI::App* sub = app.add_subcommand("train",
+                                     "train a small Llama-architecture model on the synthetic "
+                                     "tasks (recipe: configs/train-*.json, "
+                                     "docs/models.md) and write it as a Hugging Face checkpoint");
   sub->add_option("--config", opt->config, "training recipe (JSON)")->required();
   sub->add_option("--out", opt->out,
                   "checkpoint directory (model, tokenizer, train_state.safetensors, "
@@ -54,8 +54,8 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
           [&](const TrainProgress& p) {
             if (!display) return;
             char line[160];
-            std::snprintf(line, sizeof(line), "loss %.3f answer %.3f lr %.2e %.2f s/step",
-                          p.loss, p.answer_loss, p.lr, p.step_s);
+            std::snprintf(line, sizeof(line), "loss %.3f answer %.3f lr %.2e %.2f s/step", p.loss,
+                          p.answer_loss, p.lr, p.step_s);
             display->advance(line);
           },
           [&](const std::string& event) {

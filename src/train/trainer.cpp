@@ -170,7 +170,8 @@ json TrainRecipe::to_json() const {
   j["evals"] = json::array();
   for (const auto& e : evals) {
     json o = e.params;
-    o["task"] = e.task, o["target_tokens"] = e.target_tokens, o["max_new_tokens"] = e.max_new_tokens;
+    o["task"] = e.task, o["target_tokens"] = e.target_tokens,
+    o["max_new_tokens"] = e.max_new_tokens;
     j["evals"].push_back(o);
   }
   return j;
@@ -294,11 +295,10 @@ std::vector<TrainExample> make_train_batch(const TrainRecipe& recipe, const Toke
     first += s.steps;
   }
   // A stream per step: (seed, step) -> batch, independent of every other step.
-  Rng rng(recipe.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) * 0xD1B54A32D192ED03ull +
-          0x5851F42D4C957F2Dull);
-  const int64_t target =
-      stage->min_tokens +
-      static_cast<int64_t>(rng.below(static_cast<uint64_t>(stage->max_tokens - stage->min_tokens + 1)));
+  Rng rng(recipe.seed * 0x9E3779B97F4A7C15ull +
+          static_cast<uint64_t>(step) * 0xD1B54A32D192ED03ull + 0x5851F42D4C957F2Dull);
+  const int64_t target = stage->min_tokens + static_cast<int64_t>(rng.below(static_cast<uint64_t>(
+                                                 stage->max_tokens - stage->min_tokens + 1)));
   std::vector<const TrainTask*> eligible;
   double total = 0;
   for (const auto& t : recipe.tasks) {
@@ -349,7 +349,8 @@ json evaluate_model(const Transformer& model, const Tokenizer& tokenizer,
       json params = e.params;
       params["target_tokens"] = e.target_tokens;
       params["seed"] = static_cast<uint64_t>(i);
-      if (has_depth) params["depth"] = (static_cast<double>(i) + 0.5) / static_cast<double>(samples);
+      if (has_depth)
+        params["depth"] = (static_cast<double>(i) + 0.5) / static_cast<double>(samples);
       const TaskSample sample = make_task_sample(e.task, tokenizer, params, "eval");
       const auto ids = tokenizer.encode(sample.prompt, true);
       auto cache = make_kv_cache(resolve_method({{"name", "full"}}, "eval"), c.num_layers,
@@ -451,8 +452,8 @@ Trainer::Trainer(TrainRecipe recipe, std::string out_dir, bool resume)
     const auto& meta = st.metadata();
     KVB_CHECK(meta.count("step") && meta.count("recipe"), "train: ", state.string(),
               " has no step/recipe metadata");
-    KVB_CHECK(json::parse(meta.at("recipe")) == recipe_.to_json(), "train: --resume: ",
-              state.string(), " was written by a different recipe");
+    KVB_CHECK(json::parse(meta.at("recipe")) == recipe_.to_json(),
+              "train: --resume: ", state.string(), " was written by a different recipe");
     step_ = std::stoll(meta.at("step"));
     SafetensorsCheckpoint ck(out_dir_);
     ModelWeights w;
@@ -496,7 +497,8 @@ TrainProgress Trainer::train_step(int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<TrainExample> batch = make_train_batch(recipe_, tokenizer_, step);
   int64_t len = 0;
-  for (const auto& ex : batch) len = std::max<int64_t>(len, static_cast<int64_t>(ex.ids.size()) - 1);
+  for (const auto& ex : batch)
+    len = std::max<int64_t>(len, static_cast<int64_t>(ex.ids.size()) - 1);
   const int64_t B = static_cast<int64_t>(batch.size());
   at::Tensor inputs = at::zeros({B, len}, at::kLong);
   at::Tensor targets = at::zeros({B, len}, at::kLong);
@@ -575,8 +577,10 @@ void Trainer::save_checkpoint() const {
   write_checkpoint(snapshot(), config, out_dir_);
   write_tiny_tokenizer(out_dir_, static_cast<int>(config_.vocab_size));
   std::vector<std::pair<std::string, at::Tensor>> state;
-  for (size_t i = 0; i < params_.size(); ++i) state.emplace_back("m." + params_[i].first, adam_m_[i]);
-  for (size_t i = 0; i < params_.size(); ++i) state.emplace_back("v." + params_[i].first, adam_v_[i]);
+  for (size_t i = 0; i < params_.size(); ++i)
+    state.emplace_back("m." + params_[i].first, adam_m_[i]);
+  for (size_t i = 0; i < params_.size(); ++i)
+    state.emplace_back("v." + params_[i].first, adam_v_[i]);
   write_safetensors((fs::path(out_dir_) / "train_state.safetensors").string(), state,
                     {{"step", std::to_string(step_)}, {"recipe", recipe_.to_json().dump()}});
 }
@@ -612,8 +616,9 @@ void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
     if (on_event) {
       std::ostringstream s;
       s << "step " << step_ << " eval:";
-      for (const auto& r : e) s << " " << r["task"].get<std::string>() << "@" << r["target_tokens"]
-                                << "=" << r["score"].get<double>();
+      for (const auto& r : e)
+        s << " " << r["task"].get<std::string>() << "@" << r["target_tokens"] << "="
+          << r["score"].get<double>();
       on_event(s.str());
     }
   };
@@ -632,7 +637,8 @@ void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
             {"step_s", time_sum / n}});
       loss_sum = answer_sum = time_sum = 0, n = 0;
     }
-    if (!recipe_.evals.empty() && ((recipe_.eval_every > 0 && step_ % recipe_.eval_every == 0) || last))
+    if (!recipe_.evals.empty() &&
+        ((recipe_.eval_every > 0 && step_ % recipe_.eval_every == 0) || last))
       evaluate();
     if ((recipe_.checkpoint_every > 0 && step_ % recipe_.checkpoint_every == 0) || last) {
       save_checkpoint();

@@ -46,9 +46,11 @@ json tiny_recipe() {
           {"warmup_steps", 1},
           {"eval_every", 0},
           {"checkpoint_every", 0},
-          {"tasks", {{{"task", "passkey"}, {"weight", 2}}, {{"task", "niah_single"}, {"min_tokens", 360}}}},
-          {"stages", {{{"steps", 2}, {"batch", 2}, {"min_tokens", 260}, {"max_tokens", 300}},
-                      {{"steps", 2}, {"batch", 2}, {"min_tokens", 360}, {"max_tokens", 380}}}}};
+          {"tasks",
+           {{{"task", "passkey"}, {"weight", 2}}, {{"task", "niah_single"}, {"min_tokens", 360}}}},
+          {"stages",
+           {{{"steps", 2}, {"batch", 2}, {"min_tokens", 260}, {"max_tokens", 300}},
+            {{"steps", 2}, {"batch", 2}, {"min_tokens", 360}, {"max_tokens", 380}}}}};
 }
 
 Tokenizer tiny_tokenizer() {
@@ -56,8 +58,8 @@ Tokenizer tiny_tokenizer() {
 }
 
 fs::path temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("kvbench_train_test_" + name + "_" +
-                                                  std::to_string(::getpid()));
+  const fs::path p =
+      fs::temp_directory_path() / ("kvbench_train_test_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(p);
   return p;
 }
@@ -140,7 +142,8 @@ TEST(Train, SeededRunsAreBitIdenticalAndResumeContinuesExactly) {
   Trainer td(parse_train_recipe(other), temp_dir("d").string(), false);
   td.train_step(0);
   EXPECT_FALSE(at::equal(td.parameters()[1].second, tb.parameters()[1].second));
-  fs::remove_all(a), fs::remove_all(b), fs::remove_all(temp_dir("d")), fs::remove_all(temp_dir("adam"));
+  fs::remove_all(a), fs::remove_all(b), fs::remove_all(temp_dir("d")),
+      fs::remove_all(temp_dir("adam"));
 }
 
 TEST(Train, ResumeRejectsAnotherRecipe) {
@@ -151,7 +154,8 @@ TEST(Train, ResumeRejectsAnotherRecipe) {
   json other = tiny_recipe();
   other["lr"] = 0.5;
   EXPECT_THROW(Trainer(parse_train_recipe(other), dir.string(), true), Error);
-  EXPECT_THROW(Trainer(parse_train_recipe(tiny_recipe()), temp_dir("absent").string(), true), Error);
+  EXPECT_THROW(Trainer(parse_train_recipe(tiny_recipe()), temp_dir("absent").string(), true),
+               Error);
   fs::remove_all(dir);
 }
 

@@ -32,10 +32,10 @@ namespace kvbench {
 constexpr uint64_t kTrainSeedBase = uint64_t{1} << 32;
 
 struct TrainTask {
-  std::string task;            // a task_factory task
-  double weight = 1;           // share of the mixture
-  int64_t min_tokens = 0;      // left out of steps whose target length is shorter
-  nlohmann::json params;       // extra task parameters (num_keys, num_hops, ...)
+  std::string task;        // a task_factory task
+  double weight = 1;       // share of the mixture
+  int64_t min_tokens = 0;  // left out of steps whose target length is shorter
+  nlohmann::json params;   // extra task parameters (num_keys, num_hops, ...)
 };
 
 struct TrainStage {
