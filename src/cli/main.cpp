@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   register_version_command(app, global);
   register_report_command(app, global);
   register_compare_command(app, global);
+  register_train_command(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

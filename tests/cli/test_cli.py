@@ -709,5 +709,61 @@ class TokenizeCliTest(unittest.TestCase):
         self.assert_one_line_error(res, 1, "unsupported tokenizer model: WordPiece")
 
 
+class TrainCliTest(CliCase):
+    """kvbench train: a few steps of a tiny recipe, resume, and recipe errors."""
+
+    def recipe(self, **over):
+        model = json.loads((ROOT / "configs" / "train-retrieval-1m.json").read_text())["model"]
+        model.update({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2})
+        r = {"model": model, "seed": 3, "threads": 1, "warmup_steps": 1, "eval_every": 2,
+             "eval_samples": 1, "checkpoint_every": 2,
+             "tasks": [{"task": "passkey"}],
+             "stages": [{"steps": 3, "batch": 2, "min_tokens": 250, "max_tokens": 260}],
+             "evals": [{"task": "passkey", "target_tokens": 256, "max_new_tokens": 8}]}
+        r.update(over)
+        return self.write_config(r, "recipe.json")
+
+    def test_trains_checkpoints_resumes_and_loads(self):
+        out = self.dir / "model"
+        res = kvbench("train", "--config", self.recipe(), "--out", str(out), "--until", "1")
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        self.assertIn("trained 1 of 3 steps", res.stdout)
+        res = kvbench("train", "--config", self.recipe(), "--out", str(out), "--resume")
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        self.assertIn("trained 3 of 3 steps", res.stdout)
+        for f in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                  "tokenizer_config.json", "train_state.safetensors", "train_log.jsonl"):
+            self.assertTrue((out / f).is_file(), f)
+        log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+        self.assertIn("recipe", log[0])
+        evals = [l for l in log if "eval" in l]
+        self.assertEqual([l["step"] for l in evals], [1, 2, 3])
+        self.assertEqual(json.loads((out / "config.json").read_text())["kvbench"]["step"], 3)
+        # Not a TTY: no progress bar, only log lines.
+        self.assertNotIn("\r", res.stderr)
+        # Resuming a finished run trains nothing and keeps the weights.
+        before = (out / "model.safetensors").read_bytes()
+        res = kvbench("train", "--config", self.recipe(), "--out", str(out), "--resume")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertEqual((out / "model.safetensors").read_bytes(), before)
+        # The checkpoint runs under the normal loader with an eviction method.
+        cfg = {"model": {"path": str(out)},
+               "methods": [{"name": "full"}, {"name": "snapkv", "budget": 64}],
+               "suites": [{"name": "accuracy", "task": "passkey", "samples": 1,
+                           "target_tokens": 256, "max_new_tokens": 4}]}
+        res = self.run_ok(cfg)
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+
+    def test_recipe_errors_are_one_line_exit_2(self):
+        res = kvbench("train", "--config", self.recipe(lr="fast"), "--out", str(self.dir / "m"))
+        self.assert_one_line_error(res, 2, "train.lr")
+        res = kvbench("train", "--config", self.recipe(tasks=[{"task": "passkeys"}]),
+                      "--out", str(self.dir / "m"))
+        self.assert_one_line_error(res, 2, "train.tasks[0].task")
+        res = kvbench("train", "--config", self.recipe(), "--out", str(self.dir / "none"),
+                      "--resume")
+        self.assert_one_line_error(res, 1, "nothing to resume")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

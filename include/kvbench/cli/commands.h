@@ -27,5 +27,6 @@ void register_tokenize_command(CLI::App& app, GlobalOptions& global);
 void register_version_command(CLI::App& app, GlobalOptions& global);
 void register_report_command(CLI::App& app, GlobalOptions& global);
 void register_compare_command(CLI::App& app, GlobalOptions& global);
+void register_train_command(CLI::App& app, GlobalOptions& global);
 
 }  // namespace kvbench

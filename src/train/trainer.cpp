@@ -1,0 +1,650 @@
+// The trainer: a batched, padded forward in plain ATen ops on parameter tensors that require
+// grad (autograd records through at:: ops), AdamW written out (so its arithmetic is visible and
+// its state is plain tensors in a safetensors file), and the project's own task generators as
+// the data.
+#include "kvbench/train/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/param_spec.h"
+#include "kvbench/core/rng.h"
+#include "kvbench/engine/generator.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/presets.h"
+#include "kvbench/model/safetensors.h"
+#include "kvbench/model/tiny_tokenizer.h"
+#include "kvbench/report/atomic_file.h"
+#include "kvbench/workloads/task_factory.h"
+
+namespace kvbench {
+
+using nlohmann::json;
+
+namespace {
+
+std::vector<ParamSpec> recipe_specs() {
+  return {
+      ParamSpec::integer("seed", 0, "weights and training data").at_least(0),
+      ParamSpec::integer("threads", 2, "intra-op threads").range(1, 1024),
+      ParamSpec::string("init", "torch",
+                        "initial weights: torch (PyTorch's defaults: embedding N(0, 1), linear "
+                        "U(+-1/sqrt(fan_in))) or normal (N(0, 0.02), Hugging Face's)",
+                        {"torch", "normal"}),
+      ParamSpec::number("lr", 1e-3, "peak learning rate").range(0, 1),
+      ParamSpec::number("min_lr", 1e-4, "learning rate at the end of the cosine").range(0, 1),
+      ParamSpec::integer("warmup_steps", 50, "linear warm-up steps").at_least(0),
+      ParamSpec::number("weight_decay", 0.1, "AdamW decoupled weight decay (matrices only)")
+          .range(0, 10),
+      ParamSpec::number("beta1", 0.9, "AdamW beta1").range(0, 0.999999),
+      ParamSpec::number("beta2", 0.95, "AdamW beta2").range(0, 0.999999),
+      ParamSpec::number("adam_eps", 1e-8, "AdamW epsilon").range(0, 1),
+      ParamSpec::number("grad_clip", 1.0, "global gradient-norm clip (0: none)").range(0, 1e9),
+      ParamSpec::number("answer_weight", 5.0, "loss weight of answer tokens (prompt tokens: 1)")
+          .range(0, 1e6),
+      ParamSpec::integer("eval_every", 100, "steps between held-out evaluations (0: end only)")
+          .at_least(0),
+      ParamSpec::integer("eval_samples", 20, "held-out samples per evaluation").range(1, 100000),
+      ParamSpec::integer("checkpoint_every", 100, "steps between checkpoints (0: end only)")
+          .at_least(0),
+  };
+}
+
+std::vector<ParamSpec> task_specs() {
+  return {ParamSpec::string("task", "", "a synthetic task (kvbench list tasks)"),
+          ParamSpec::number("weight", 1.0, "share of the mixture").range(0, 1e9),
+          ParamSpec::integer("min_tokens", 0, "only in steps whose target is at least this")
+              .at_least(0)};
+}
+
+std::vector<ParamSpec> stage_specs() {
+  return {ParamSpec::integer("steps", 100, "optimiser steps").range(1, 100000000),
+          ParamSpec::integer("batch", 16, "sequences per step").range(1, 100000),
+          ParamSpec::integer("min_tokens", 256, "shortest target prompt length").range(16, 1 << 20),
+          ParamSpec::integer("max_tokens", 256, "longest target prompt length").range(16, 1 << 20)};
+}
+
+std::vector<ParamSpec> eval_specs() {
+  return {ParamSpec::string("task", "", "a synthetic task (kvbench list tasks)"),
+          ParamSpec::integer("target_tokens", 1024, "prompt length").range(16, 1 << 20),
+          ParamSpec::integer("max_new_tokens", 16, "generation cap").range(1, 4096)};
+}
+
+// Task parameters given next to the spec keys of a task or eval entry, checked by the factory
+// with a probe sample so a typo fails at load time.
+json extra_params(const json& entry, const std::vector<ParamSpec>& specs) {
+  json extra = json::object();
+  for (const auto& [key, value] : entry.items()) {
+    bool known = false;
+    for (const auto& s : specs) known |= s.name == key;
+    if (!known) extra[key] = value;
+  }
+  return extra;
+}
+
+void check_task(const std::string& task, const json& extra, const std::string& path) {
+  const auto names = task_names();
+  if (std::find(names.begin(), names.end(), task) == names.end()) {
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw ConfigError(join_path(path, "task"), "unknown task '" + task + "'; valid: " + list);
+  }
+  std::vector<std::string> keys;
+  for (const auto& s : task_param_specs(task, path)) keys.push_back(s.name);
+  keys.push_back("task");
+  check_known_keys(extra, keys, path);
+  for (const char* owned : {"target_tokens", "seed", "depth"}) {
+    if (extra.contains(owned))
+      throw ConfigError(join_path(path, owned), "is set by the trainer per sample");
+  }
+}
+
+std::vector<json> entries(const json& config, const char* key, const std::string& path) {
+  const std::string p = join_path(path, key);
+  if (!config.contains(key) || !config[key].is_array() || config[key].empty())
+    throw ConfigError(p, "must be a non-empty list of objects");
+  std::vector<json> out;
+  for (size_t i = 0; i < config[key].size(); ++i) {
+    if (!config[key][i].is_object())
+      throw ConfigError(p + "[" + std::to_string(i) + "]", "must be an object");
+    out.push_back(config[key][i]);
+  }
+  return out;
+}
+
+at::Tensor rope_angles(const at::Tensor& inv_freq, int64_t length) {
+  at::Tensor pos = at::arange(length, at::kLong).to(at::kDouble);
+  at::Tensor angles = at::outer(pos, inv_freq);
+  return at::cat({angles, angles}, -1);
+}
+
+double sum_squares(const at::Tensor& t) { return t.to(at::kDouble).pow(2).sum().item<double>(); }
+
+}  // namespace
+
+int64_t TrainRecipe::total_steps() const {
+  int64_t n = 0;
+  for (const auto& s : stages) n += s.steps;
+  return n;
+}
+
+json TrainRecipe::to_json() const {
+  json j = {{"description", description},
+            {"model", model},
+            {"seed", seed},
+            {"threads", threads},
+            {"init", init},
+            {"lr", lr},
+            {"min_lr", min_lr},
+            {"warmup_steps", warmup_steps},
+            {"weight_decay", weight_decay},
+            {"beta1", beta1},
+            {"beta2", beta2},
+            {"adam_eps", adam_eps},
+            {"grad_clip", grad_clip},
+            {"answer_weight", answer_weight},
+            {"eval_every", eval_every},
+            {"eval_samples", eval_samples},
+            {"checkpoint_every", checkpoint_every}};
+  j["tasks"] = json::array();
+  for (const auto& t : tasks) {
+    json e = t.params;
+    e["task"] = t.task, e["weight"] = t.weight, e["min_tokens"] = t.min_tokens;
+    j["tasks"].push_back(e);
+  }
+  j["stages"] = json::array();
+  for (const auto& s : stages) {
+    j["stages"].push_back({{"steps", s.steps},
+                           {"batch", s.batch},
+                           {"min_tokens", s.min_tokens},
+                           {"max_tokens", s.max_tokens}});
+  }
+  j["evals"] = json::array();
+  for (const auto& e : evals) {
+    json o = e.params;
+    o["task"] = e.task, o["target_tokens"] = e.target_tokens,
+    o["max_new_tokens"] = e.max_new_tokens;
+    j["evals"].push_back(o);
+  }
+  return j;
+}
+
+TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
+  if (!config.is_object()) throw ConfigError(path, "must be a JSON object");
+  json scalars = json::object();
+  std::vector<std::string> known = {"description", "model", "tasks", "stages", "evals"};
+  for (const auto& s : recipe_specs()) known.push_back(s.name);
+  check_known_keys(config, known, path);
+  for (const auto& [key, value] : config.items()) {
+    if (key != "description" && key != "model" && key != "tasks" && key != "stages" &&
+        key != "evals")
+      scalars[key] = value;
+  }
+  const json p = resolve_params(scalars, recipe_specs(), path, {});
+  TrainRecipe r;
+  r.description = config.value("description", "");
+  if (!config.contains("model") || !config["model"].is_object())
+    throw ConfigError(join_path(path, "model"), "must be a config.json object");
+  r.model = config["model"];
+  const ModelConfig mc = parse_model_config(r.model, join_path(path, "model"));
+  KVB_CHECK(mc.vocab_size >= 264, join_path(path, "model.vocab_size"),
+            ": the tiny tokenizer needs at least 264 ids (8 specials + 256 bytes), got ",
+            mc.vocab_size);
+  r.init = p["init"];
+  r.seed = p["seed"], r.threads = p["threads"], r.lr = p["lr"], r.min_lr = p["min_lr"];
+  r.warmup_steps = p["warmup_steps"], r.weight_decay = p["weight_decay"];
+  r.beta1 = p["beta1"], r.beta2 = p["beta2"], r.adam_eps = p["adam_eps"];
+  r.grad_clip = p["grad_clip"], r.answer_weight = p["answer_weight"];
+  r.eval_every = p["eval_every"], r.eval_samples = p["eval_samples"];
+  r.checkpoint_every = p["checkpoint_every"];
+
+  const auto tasks = entries(config, "tasks", path);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const std::string tp = join_path(path, "tasks") + "[" + std::to_string(i) + "]";
+    json extra = extra_params(tasks[i], task_specs());
+    json own = tasks[i];
+    for (const auto& [k, v] : extra.items()) own.erase(k);
+    const json q = resolve_params(own, task_specs(), tp, {});
+    check_task(q["task"], extra, tp);
+    r.tasks.push_back({q["task"], q["weight"], q["min_tokens"], extra});
+  }
+  double total_weight = 0;
+  for (const auto& t : r.tasks) total_weight += t.weight;
+  if (total_weight <= 0) throw ConfigError(join_path(path, "tasks"), "weights sum to zero");
+
+  const auto stages = entries(config, "stages", path);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const std::string sp = join_path(path, "stages") + "[" + std::to_string(i) + "]";
+    const json q = resolve_params(stages[i], stage_specs(), sp, {});
+    TrainStage s{q["steps"], q["batch"], q["min_tokens"], q["max_tokens"]};
+    if (s.max_tokens < s.min_tokens)
+      throw ConfigError(join_path(sp, "max_tokens"), "must be >= min_tokens");
+    bool any = false;
+    for (const auto& t : r.tasks) any |= t.min_tokens <= s.min_tokens && t.weight > 0;
+    if (!any)
+      throw ConfigError(join_path(sp, "min_tokens"),
+                        "no task of the mixture is allowed at this length (tasks[].min_tokens)");
+    r.stages.push_back(s);
+  }
+  if (config.contains("evals")) {
+    const auto evals = entries(config, "evals", path);
+    for (size_t i = 0; i < evals.size(); ++i) {
+      const std::string ep = join_path(path, "evals") + "[" + std::to_string(i) + "]";
+      json extra = extra_params(evals[i], eval_specs());
+      json own = evals[i];
+      for (const auto& [k, v] : extra.items()) own.erase(k);
+      const json q = resolve_params(own, eval_specs(), ep, {});
+      check_task(q["task"], extra, ep);
+      r.evals.push_back({q["task"], q["target_tokens"], q["max_new_tokens"], extra});
+    }
+  }
+  return r;
+}
+
+TrainRecipe load_train_recipe(const std::string& file) {
+  std::ifstream in(file);
+  if (!in) throw ConfigError(file, "cannot read the training recipe");
+  json config;
+  try {
+    config = json::parse(in, nullptr, true, /*ignore_comments=*/true);
+  } catch (const json::exception& e) {
+    throw ConfigError(file, std::string("not valid JSON: ") + e.what());
+  }
+  return parse_train_recipe(config, "train");
+}
+
+std::string answer_text(const std::vector<std::string>& answers) {
+  std::string s;
+  for (const auto& a : answers) s += (s.empty() ? " " : ", ") + a;
+  return s;
+}
+
+TrainExample make_train_example(const std::string& task, const Tokenizer& tokenizer,
+                                const json& params) {
+  const TaskSample sample = make_task_sample(task, tokenizer, params, "train");
+  const auto prompt = tokenizer.encode(sample.prompt, true);
+  const auto answer = tokenizer.encode(answer_text(sample.answers), false);
+  TrainExample ex;
+  ex.ids.assign(prompt.begin(), prompt.end());
+  ex.answer_start = static_cast<int64_t>(ex.ids.size());
+  ex.ids.insert(ex.ids.end(), answer.begin(), answer.end());
+  KVB_CHECK(!tokenizer.eos_ids().empty(), "train: the tokenizer has no EOS token");
+  ex.ids.push_back(tokenizer.eos_ids().front());
+  return ex;
+}
+
+std::vector<TrainExample> make_train_batch(const TrainRecipe& recipe, const Tokenizer& tokenizer,
+                                           int64_t step) {
+  KVB_CHECK(step >= 0 && step < recipe.total_steps(), "train: step ", step, " outside [0, ",
+            recipe.total_steps(), ")");
+  const TrainStage* stage = nullptr;
+  int64_t first = 0;
+  for (const auto& s : recipe.stages) {
+    if (step < first + s.steps) {
+      stage = &s;
+      break;
+    }
+    first += s.steps;
+  }
+  // A stream per step: (seed, step) -> batch, independent of every other step.
+  Rng rng(recipe.seed * 0x9E3779B97F4A7C15ull +
+          static_cast<uint64_t>(step) * 0xD1B54A32D192ED03ull + 0x5851F42D4C957F2Dull);
+  const int64_t target = stage->min_tokens + static_cast<int64_t>(rng.below(static_cast<uint64_t>(
+                                                 stage->max_tokens - stage->min_tokens + 1)));
+  std::vector<const TrainTask*> eligible;
+  double total = 0;
+  for (const auto& t : recipe.tasks) {
+    if (t.min_tokens <= target && t.weight > 0) eligible.push_back(&t), total += t.weight;
+  }
+  KVB_CHECK(!eligible.empty(), "train: no task allowed at ", target, " tokens");
+  std::vector<TrainExample> batch;
+  for (int64_t i = 0; i < stage->batch; ++i) {
+    double u = rng.uniform() * total;
+    const TrainTask* task = eligible.back();
+    for (const TrainTask* t : eligible) {
+      if (u < t->weight) {
+        task = t;
+        break;
+      }
+      u -= t->weight;
+    }
+    json params = task->params;
+    params["target_tokens"] = target;
+    params["seed"] = kTrainSeedBase + (rng.next() >> 32);
+    bool has_depth = false;
+    for (const auto& s : task_param_specs(task->task)) has_depth |= s.name == "depth";
+    if (has_depth) params["depth"] = rng.uniform();
+    batch.push_back(make_train_example(task->task, tokenizer, params));
+  }
+  return batch;
+}
+
+double learning_rate(const TrainRecipe& r, int64_t step) {
+  const int64_t total = r.total_steps();
+  if (step < r.warmup_steps) return r.lr * static_cast<double>(step + 1) / (r.warmup_steps + 1);
+  const double span = std::max<int64_t>(1, total - r.warmup_steps);
+  const double progress = std::min(1.0, static_cast<double>(step - r.warmup_steps) / span);
+  return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + std::cos(M_PI * progress));
+}
+
+json evaluate_model(const Transformer& model, const Tokenizer& tokenizer,
+                    const std::vector<TrainEval>& evals, int64_t samples) {
+  c10::NoGradGuard no_grad;
+  const ModelConfig& c = model.config();
+  json out = json::array();
+  for (const auto& e : evals) {
+    bool has_depth = false;
+    for (const auto& s : task_param_specs(e.task)) has_depth |= s.name == "depth";
+    double sum = 0;
+    for (int64_t i = 0; i < samples; ++i) {
+      // As the accuracy suite: seed = run seed (0) + i, depths spread evenly.
+      json params = e.params;
+      params["target_tokens"] = e.target_tokens;
+      params["seed"] = static_cast<uint64_t>(i);
+      if (has_depth)
+        params["depth"] = (static_cast<double>(i) + 0.5) / static_cast<double>(samples);
+      const TaskSample sample = make_task_sample(e.task, tokenizer, params, "eval");
+      const auto ids = tokenizer.encode(sample.prompt, true);
+      auto cache = make_kv_cache(resolve_method({{"name", "full"}}, "eval"), c.num_layers,
+                                 c.num_kv_heads, c.head_dim, at::kFloat);
+      GenerationConfig g;
+      g.max_new_tokens = e.max_new_tokens;
+      g.eos_token_ids = c.eos_token_ids;
+      const GenerationResult r =
+          generate(model, *cache, {std::vector<int64_t>(ids.begin(), ids.end())}, g);
+      std::vector<int32_t> gen;
+      for (int64_t t : r.sequences.front().tokens) {
+        if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), t) != c.eos_token_ids.end())
+          break;
+        gen.push_back(static_cast<int32_t>(t));
+      }
+      sum += score_task_sample(e.task, tokenizer.decode(gen, true), sample);
+    }
+    out.push_back({{"task", e.task},
+                   {"target_tokens", e.target_tokens},
+                   {"samples", samples},
+                   {"score", sum / static_cast<double>(samples)}});
+  }
+  return out;
+}
+
+at::Tensor train_forward(const ModelConfig& c, const ModelWeights& w, const at::Tensor& ids) {
+  const int64_t B = ids.size(0), T = ids.size(1);
+  const at::Tensor angles = rope_angles(rope_inverse_frequencies(c), T);
+  const at::Tensor cos = angles.cos().to(at::kFloat).view({1, T, 1, c.head_dim});
+  const at::Tensor sin = angles.sin().to(at::kFloat).view({1, T, 1, c.head_dim});
+  auto rope = [&](const at::Tensor& x) {  // x: [B, T, heads, hd]
+    const int64_t half = c.head_dim / 2;
+    at::Tensor rotated = at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
+    return x * cos + rotated * sin;
+  };
+  const at::Tensor mask =
+      at::ones({T, T}, at::kBool).triu(1);  // true above the diagonal: future positions
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  at::Tensor x = at::embedding(w.embed, ids);  // [B, T, D]
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& L = w.layers[static_cast<size_t>(l)];
+    at::Tensor h = rms_norm(x, L.input_norm, c.rms_norm_eps);
+    at::Tensor q = at::matmul(h, L.q_proj.t()).view({B, T, c.num_heads, c.head_dim});
+    at::Tensor k = at::matmul(h, L.k_proj.t()).view({B, T, c.num_kv_heads, c.head_dim});
+    at::Tensor v = at::matmul(h, L.v_proj.t()).view({B, T, c.num_kv_heads, c.head_dim});
+    q = rope(q).transpose(1, 2);  // [B, H, T, hd]
+    k = rope(k).transpose(1, 2).repeat_interleave(c.group_size(), 1);
+    v = v.transpose(1, 2).repeat_interleave(c.group_size(), 1);
+    at::Tensor scores = at::matmul(q, k.transpose(-1, -2)).mul(scale).masked_fill(mask, -INFINITY);
+    at::Tensor o = at::matmul(at::softmax(scores, -1), v);  // [B, H, T, hd]
+    o = o.transpose(1, 2).reshape({B, T, c.num_heads * c.head_dim});
+    x = x + at::matmul(o, L.o_proj.t());
+    h = rms_norm(x, L.post_norm, c.rms_norm_eps);
+    at::Tensor act = at::silu(at::matmul(h, L.gate_proj.t())) * at::matmul(h, L.up_proj.t());
+    x = x + at::matmul(act, L.down_proj.t());
+  }
+  return at::matmul(rms_norm(x, w.norm, c.rms_norm_eps), w.lm_head.t());
+}
+
+namespace {
+
+void check_trainable(const ModelConfig& c) {
+  KVB_CHECK(c.arch == Architecture::kLlama, "train: only LlamaForCausalLM is trained, got ",
+            c.architecture);
+  KVB_CHECK(!c.attention_bias && !c.mlp_bias && !c.o_proj_bias && !c.qk_norm,
+            "train: biases and q/k-norm are not supported by the trainer");
+  KVB_CHECK(!c.tie_word_embeddings, "train: tied embeddings are not supported (untie the head)");
+  KVB_CHECK(c.torch_dtype == "float32",
+            "train: model.torch_dtype must be float32 (checkpoints keep the exact training "
+            "weights, so a resumed run continues bit-identically)");
+}
+
+ModelWeights weights_view(const ModelConfig& c,
+                          const std::vector<std::pair<std::string, at::Tensor>>& params) {
+  ModelWeights w;
+  auto slots = bind_weights(c, w);
+  KVB_CHECK(slots.size() == params.size(), "train: parameter count mismatch");
+  for (size_t i = 0; i < slots.size(); ++i) *slots[i].second = params[i].second;
+  return w;
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainRecipe recipe, std::string out_dir, bool resume)
+    : recipe_(std::move(recipe)),
+      out_dir_(std::move(out_dir)),
+      config_(parse_model_config(recipe_.model, "train.model")),
+      tokenizer_(Tokenizer::from_json(tiny_tokenizer_json(static_cast<int>(config_.vocab_size)),
+                                      tiny_tokenizer_config(), nullptr, "tiny tokenizer")),
+      inv_freq_(rope_inverse_frequencies(config_)) {
+  check_trainable(config_);
+  at::set_num_threads(static_cast<int>(recipe_.threads));
+  namespace fs = std::filesystem;
+  const fs::path state = fs::path(out_dir_) / "train_state.safetensors";
+  if (resume) {
+    KVB_CHECK(fs::exists(state), "train: --resume: no ", state.string(),
+              " (nothing to resume; run without --resume)");
+    SafetensorsFile st(state.string());
+    const auto& meta = st.metadata();
+    KVB_CHECK(meta.count("step") && meta.count("recipe"), "train: ", state.string(),
+              " has no step/recipe metadata");
+    KVB_CHECK(json::parse(meta.at("recipe")) == recipe_.to_json(),
+              "train: --resume: ", state.string(), " was written by a different recipe");
+    step_ = std::stoll(meta.at("step"));
+    SafetensorsCheckpoint ck(out_dir_);
+    ModelWeights w;
+    for (auto& [name, slot] : bind_weights(config_, w)) {
+      at::Tensor p = ck.load(name, st.tensor("m." + name).sizes()).to(at::kFloat).clone();
+      params_.emplace_back(name, p.set_requires_grad(true));
+      adam_m_.push_back(st.tensor("m." + name).clone());
+      adam_v_.push_back(st.tensor("v." + name).clone());
+    }
+  } else {
+    auto gen = at::detail::createCPUGenerator(recipe_.seed);
+    ModelWeights w;
+    for (auto& [name, slot] : bind_weights(config_, w)) {
+      const auto shape = Transformer::expected_tensors(config_);
+      std::vector<int64_t> dims;
+      for (const auto& [n, d] : shape)
+        if (n == name) dims = d;
+      at::Tensor p;
+      if (dims.size() == 1) {
+        p = at::ones(dims, at::kFloat);  // norm weights
+      } else if (recipe_.init == "normal") {
+        p = at::randn(dims, gen, at::kFloat).mul_(0.02);
+      } else if (name == "model.embed_tokens.weight") {
+        p = at::randn(dims, gen, at::kFloat);
+      } else {
+        const double bound = 1.0 / std::sqrt(static_cast<double>(dims[1]));
+        p = at::rand(dims, gen, at::kFloat).mul_(2 * bound).sub_(bound);
+      }
+      params_.emplace_back(name, p.set_requires_grad(true));
+      adam_m_.push_back(at::zeros_like(p));
+      adam_v_.push_back(at::zeros_like(p));
+    }
+  }
+}
+
+at::Tensor Trainer::forward(const at::Tensor& ids) const {
+  return train_forward(config_, weights_view(config_, params_), ids);
+}
+
+TrainProgress Trainer::train_step(int64_t step) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<TrainExample> batch = make_train_batch(recipe_, tokenizer_, step);
+  int64_t len = 0;
+  for (const auto& ex : batch)
+    len = std::max<int64_t>(len, static_cast<int64_t>(ex.ids.size()) - 1);
+  const int64_t B = static_cast<int64_t>(batch.size());
+  at::Tensor inputs = at::zeros({B, len}, at::kLong);
+  at::Tensor targets = at::zeros({B, len}, at::kLong);
+  at::Tensor weights = at::zeros({B, len}, at::kFloat);
+  at::Tensor answer_mask = at::zeros({B, len}, at::kFloat);
+  int64_t tokens = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& ex = batch[static_cast<size_t>(b)];
+    const int64_t n = static_cast<int64_t>(ex.ids.size()) - 1;
+    auto in = inputs.accessor<int64_t, 2>();
+    auto tg = targets.accessor<int64_t, 2>();
+    auto wt = weights.accessor<float, 2>();
+    auto am = answer_mask.accessor<float, 2>();
+    for (int64_t t = 0; t < n; ++t) {
+      in[b][t] = ex.ids[static_cast<size_t>(t)];
+      tg[b][t] = ex.ids[static_cast<size_t>(t + 1)];
+      const bool answer = t + 1 >= ex.answer_start;  // predicts an answer token or EOS
+      wt[b][t] = answer ? static_cast<float>(recipe_.answer_weight) : 1.0f;
+      am[b][t] = answer ? 1.0f : 0.0f;
+    }
+    tokens += n;
+  }
+  for (auto& [name, p] : params_) p.mutable_grad() = at::Tensor();
+  const at::Tensor logits = forward(inputs);
+  const at::Tensor nll =
+      -at::log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1);  // [B, T]
+  const at::Tensor loss = (nll * weights).sum() / weights.sum();
+  loss.backward();
+
+  TrainProgress pr;
+  pr.step = step + 1, pr.total = recipe_.total_steps(), pr.tokens = tokens;
+  {
+    c10::NoGradGuard no_grad;
+    pr.loss = loss.item<double>();
+    pr.answer_loss = ((nll * answer_mask).sum() / answer_mask.sum()).item<double>();
+    double sq = 0;
+    for (auto& [name, p] : params_) sq += sum_squares(p.grad());
+    pr.grad_norm = std::sqrt(sq);
+    const double clip = recipe_.grad_clip > 0 && pr.grad_norm > recipe_.grad_clip
+                            ? recipe_.grad_clip / (pr.grad_norm + 1e-6)
+                            : 1.0;
+    pr.lr = learning_rate(recipe_, step);
+    const double t = static_cast<double>(step + 1);
+    const double bc1 = 1 - std::pow(recipe_.beta1, t), bc2 = 1 - std::pow(recipe_.beta2, t);
+    for (size_t i = 0; i < params_.size(); ++i) {
+      at::Tensor& p = params_[i].second;
+      at::Tensor g = p.grad() * clip;
+      adam_m_[i].mul_(recipe_.beta1).add_(g, 1 - recipe_.beta1);
+      adam_v_[i].mul_(recipe_.beta2).addcmul_(g, g, 1 - recipe_.beta2);
+      // Decoupled weight decay on matrices (not norms), as torch.optim.AdamW applies it.
+      if (p.dim() >= 2 && recipe_.weight_decay > 0) p.mul_(1 - pr.lr * recipe_.weight_decay);
+      const at::Tensor denom = (adam_v_[i] / bc2).sqrt_().add_(recipe_.adam_eps);
+      p.addcdiv_(adam_m_[i], denom, -pr.lr / bc1);
+    }
+  }
+  step_ = step + 1;
+  pr.step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return pr;
+}
+
+Transformer Trainer::snapshot() const {
+  ModelWeights w;
+  auto slots = bind_weights(config_, w);
+  for (size_t i = 0; i < slots.size(); ++i) *slots[i].second = params_[i].second.detach().clone();
+  return Transformer(config_, std::move(w));
+}
+
+void Trainer::save_checkpoint() const {
+  namespace fs = std::filesystem;
+  fs::create_directories(out_dir_);
+  json config = recipe_.model;
+  config["kvbench"] = {{"trained", true},
+                       {"step", step_},
+                       {"total_steps", recipe_.total_steps()},
+                       {"seed", recipe_.seed}};
+  write_checkpoint(snapshot(), config, out_dir_);
+  write_tiny_tokenizer(out_dir_, static_cast<int>(config_.vocab_size));
+  std::vector<std::pair<std::string, at::Tensor>> state;
+  for (size_t i = 0; i < params_.size(); ++i)
+    state.emplace_back("m." + params_[i].first, adam_m_[i]);
+  for (size_t i = 0; i < params_.size(); ++i)
+    state.emplace_back("v." + params_[i].first, adam_v_[i]);
+  write_safetensors((fs::path(out_dir_) / "train_state.safetensors").string(), state,
+                    {{"step", std::to_string(step_)}, {"recipe", recipe_.to_json().dump()}});
+}
+
+void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
+                  const std::function<void(const std::string&)>& on_event, int64_t until) {
+  namespace fs = std::filesystem;
+  fs::create_directories(out_dir_);
+  const fs::path log_path = fs::path(out_dir_) / "train_log.jsonl";
+  // Keep the log lines up to the resumed step, so a resumed run's log reads as one run.
+  std::string kept;
+  if (step_ > 0 && fs::exists(log_path)) {
+    std::ifstream in(log_path);
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) continue;
+      if (json::parse(line).value("step", int64_t{0}) <= step_) kept += line + "\n";
+    }
+  }
+  write_file_atomically(log_path, kept);
+  std::ofstream log(log_path, std::ios::app);
+  auto emit = [&](const json& j) {
+    log << j.dump() << "\n";
+    log.flush();
+  };
+  if (step_ == 0) emit({{"step", 0}, {"recipe", recipe_.to_json()}});
+  const int64_t total = recipe_.total_steps();
+  const int64_t stop = until > 0 ? std::min(until, total) : total;
+  double loss_sum = 0, answer_sum = 0, time_sum = 0;
+  int64_t n = 0;
+  auto evaluate = [&] {
+    const json e = evaluate_model(snapshot(), tokenizer_, recipe_.evals, recipe_.eval_samples);
+    emit({{"step", step_}, {"eval", e}});
+    if (on_event) {
+      std::ostringstream s;
+      s << "step " << step_ << " eval:";
+      for (const auto& r : e)
+        s << " " << r["task"].get<std::string>() << "@" << r["target_tokens"] << "="
+          << r["score"].get<double>();
+      on_event(s.str());
+    }
+  };
+  while (step_ < stop) {
+    const TrainProgress pr = train_step(step_);
+    loss_sum += pr.loss, answer_sum += pr.answer_loss, time_sum += pr.step_s, ++n;
+    if (on_step) on_step(pr);
+    const bool last = step_ == stop;
+    if (step_ % 10 == 0 || last) {
+      emit({{"step", step_},
+            {"loss", loss_sum / n},
+            {"answer_loss", answer_sum / n},
+            {"lr", pr.lr},
+            {"grad_norm", pr.grad_norm},
+            {"tokens", pr.tokens},
+            {"step_s", time_sum / n}});
+      loss_sum = answer_sum = time_sum = 0, n = 0;
+    }
+    if (!recipe_.evals.empty() &&
+        ((recipe_.eval_every > 0 && step_ % recipe_.eval_every == 0) || last))
+      evaluate();
+    if ((recipe_.checkpoint_every > 0 && step_ % recipe_.checkpoint_every == 0) || last) {
+      save_checkpoint();
+      if (on_event) on_event("step " + std::to_string(step_) + ": checkpoint " + out_dir_);
+    }
+  }
+}
+
+}  // namespace kvbench

@@ -1,0 +1,273 @@
+// The trainer (src/train/trainer.cpp): its forward against the inference transformer, its
+// AdamW step against the update written out in float64, bit-identical seeded runs and resume,
+// the data recipe, recipe validation, and the shipped checkpoint solving held-out prompts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "kvbench/core/error.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/tiny_tokenizer.h"
+#include "kvbench/model/tokenizer.h"
+#include "kvbench/model/transformer.h"
+#include "kvbench/train/trainer.h"
+#include "kvbench/workloads/task_factory.h"
+
+namespace kvbench {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+json tiny_model() {
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"model_type", "llama"},
+          {"vocab_size", 264},
+          {"hidden_size", 32},
+          {"intermediate_size", 64},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"max_position_embeddings", 1024},
+          {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},
+          {"tie_word_embeddings", false},
+          {"bos_token_id", 1},
+          {"eos_token_id", 2},
+          {"torch_dtype", "float32"}};
+}
+
+json tiny_recipe() {
+  return {{"model", tiny_model()},
+          {"seed", 7},
+          {"threads", 1},
+          {"warmup_steps", 1},
+          {"eval_every", 0},
+          {"checkpoint_every", 0},
+          {"tasks",
+           {{{"task", "passkey"}, {"weight", 2}}, {{"task", "niah_single"}, {"min_tokens", 360}}}},
+          {"stages",
+           {{{"steps", 2}, {"batch", 2}, {"min_tokens", 260}, {"max_tokens", 300}},
+            {{"steps", 2}, {"batch", 2}, {"min_tokens", 360}, {"max_tokens", 380}}}}};
+}
+
+Tokenizer tiny_tokenizer() {
+  return Tokenizer::from_json(tiny_tokenizer_json(264), tiny_tokenizer_config());
+}
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path p =
+      fs::temp_directory_path() / ("kvbench_train_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  return p;
+}
+
+TEST(Train, ForwardMatchesInferenceTransformer) {
+  // The trainable forward (batched, padded, causal mask) and the inference path (packed, KV
+  // cache) compute the same function: logits at every position agree.
+  const ModelConfig c = parse_model_config(tiny_model(), "test");
+  const Transformer model = Transformer::random(c, 3);
+  const int64_t T = 40;
+  at::Tensor ids = at::randint(3, 264, {2, T}, at::kLong);
+  const at::Tensor train_logits = train_forward(c, model.weights(), ids);
+  for (int64_t b = 0; b < 2; ++b) {
+    FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
+    const int64_t seq = cache.add_sequence();
+    std::vector<int64_t> tokens(ids[b].data_ptr<int64_t>(), ids[b].data_ptr<int64_t>() + T);
+    const at::Tensor ref = model.forward({{seq, tokens}}, cache, /*all_logits=*/true);
+    EXPECT_TRUE(at::allclose(train_logits[b], ref, 1e-4, 1e-4))
+        << (train_logits[b] - ref).abs().max().item<double>();
+  }
+}
+
+TEST(Train, AdamWStepMatchesFloat64Formula) {
+  // One step from zero moments: p1 = p0 (1 - lr wd) - lr m1/(1-b1) / (sqrt(v1/(1-b2)) + eps)
+  // with m1 = (1-b1) g, v1 = (1-b2) g^2, g the clipped gradient. The gradient is recovered by
+  // autograd on a separate forward, in float64.
+  json r = tiny_recipe();
+  r["grad_clip"] = 0.0;  // no clipping: the update is elementwise
+  const TrainRecipe recipe = parse_train_recipe(r);
+  Trainer trainer(recipe, temp_dir("adam").string(), false);
+  std::vector<at::Tensor> before;
+  for (const auto& [name, p] : trainer.parameters()) before.push_back(p.detach().clone());
+  trainer.train_step(0);
+  const double lr = learning_rate(recipe, 0);
+  size_t i = 0;
+  for (const auto& [name, p] : trainer.parameters()) {
+    const at::Tensor g = p.grad().to(at::kDouble);
+    const at::Tensor p0 = before[i++].to(at::kDouble);
+    const double decay = p.dim() >= 2 ? 1 - lr * recipe.weight_decay : 1.0;
+    const at::Tensor m = (1 - recipe.beta1) * g / (1 - recipe.beta1);
+    const at::Tensor v = (1 - recipe.beta2) * g * g / (1 - recipe.beta2);
+    const at::Tensor expected = p0 * decay - lr * m / (v.sqrt() + recipe.adam_eps);
+    EXPECT_TRUE(at::allclose(p.detach().to(at::kDouble), expected, 1e-6, 1e-7)) << name;
+  }
+}
+
+TEST(Train, SeededRunsAreBitIdenticalAndResumeContinuesExactly) {
+  const TrainRecipe recipe = parse_train_recipe(tiny_recipe());
+  const fs::path a = temp_dir("a"), b = temp_dir("b");
+  Trainer ta(recipe, a.string(), false);
+  ta.run();
+  Trainer tb(recipe, b.string(), false);
+  for (int64_t s = 0; s < 2; ++s) tb.train_step(s);
+  tb.save_checkpoint();  // stop after 2 of 4 steps
+  Trainer tc(recipe, b.string(), /*resume=*/true);
+  EXPECT_EQ(tc.step(), 2);
+  tc.run();
+  ASSERT_EQ(ta.parameters().size(), tc.parameters().size());
+  bool moved = false;
+  for (size_t i = 0; i < ta.parameters().size(); ++i) {
+    EXPECT_TRUE(at::equal(ta.parameters()[i].second, tc.parameters()[i].second))
+        << ta.parameters()[i].first;
+  }
+  // The written checkpoint loads with the normal loader and holds the trained weights.
+  const Transformer loaded = Transformer::load(a.string());
+  const at::Tensor* q = nullptr;
+  for (const auto& [name, p] : ta.parameters())
+    if (name == "model.layers.0.self_attn.q_proj.weight") q = &p;
+  ASSERT_NE(q, nullptr);
+  EXPECT_TRUE(at::equal(loaded.weights().layers[0].q_proj, *q));
+  Trainer fresh(recipe, temp_dir("fresh").string(), false);
+  for (const auto& [name, p] : fresh.parameters())
+    if (name == "model.layers.0.self_attn.q_proj.weight") moved = !at::equal(p, *q);
+  EXPECT_TRUE(moved);
+  EXPECT_TRUE(fs::exists(a / "tokenizer.json"));
+  EXPECT_TRUE(fs::exists(a / "train_log.jsonl"));
+  // A different seed gives different weights.
+  json other = tiny_recipe();
+  other["seed"] = 8;
+  Trainer td(parse_train_recipe(other), temp_dir("d").string(), false);
+  td.train_step(0);
+  EXPECT_FALSE(at::equal(td.parameters()[1].second, tb.parameters()[1].second));
+  fs::remove_all(a), fs::remove_all(b), fs::remove_all(temp_dir("d")),
+      fs::remove_all(temp_dir("adam"));
+}
+
+TEST(Train, ResumeRejectsAnotherRecipe) {
+  const fs::path dir = temp_dir("recipe");
+  Trainer t(parse_train_recipe(tiny_recipe()), dir.string(), false);
+  t.train_step(0);
+  t.save_checkpoint();
+  json other = tiny_recipe();
+  other["lr"] = 0.5;
+  EXPECT_THROW(Trainer(parse_train_recipe(other), dir.string(), true), Error);
+  EXPECT_THROW(Trainer(parse_train_recipe(tiny_recipe()), temp_dir("absent").string(), true),
+               Error);
+  fs::remove_all(dir);
+}
+
+TEST(Train, BatchesComeFromTheTaskGeneratorsWithTrainingSeeds) {
+  const TrainRecipe recipe = parse_train_recipe(tiny_recipe());
+  const Tokenizer tok = tiny_tokenizer();
+  const auto b0 = make_train_batch(recipe, tok, 0);
+  const auto again = make_train_batch(recipe, tok, 0);
+  ASSERT_EQ(b0.size(), 2u);
+  for (size_t i = 0; i < b0.size(); ++i) EXPECT_EQ(b0[i].ids, again[i].ids);
+  EXPECT_NE(b0[0].ids, make_train_batch(recipe, tok, 1)[0].ids);
+  for (const auto& ex : b0) {
+    // BOS + prompt (<= the stage's 300 tokens) + " " + 5-digit key + EOS.
+    EXPECT_EQ(ex.ids.front(), 1);
+    EXPECT_EQ(ex.ids.back(), 2);
+    EXPECT_LE(ex.answer_start, 300);
+    const std::vector<int32_t> answer(ex.ids.begin() + ex.answer_start, ex.ids.end() - 1);
+    const std::string text = tok.decode(answer);
+    EXPECT_EQ(text.size(), 6u) << text;
+    EXPECT_EQ(text[0], ' ');
+    // The prompt is the generator's passkey prompt for some seed >= 2^32, never an eval seed.
+    const std::vector<int32_t> prompt(ex.ids.begin(), ex.ids.begin() + ex.answer_start);
+    EXPECT_NE(tok.decode(prompt, true).find("The pass key is" + text + "."), std::string::npos);
+  }
+  EXPECT_EQ(answer_text({"a", "b"}), " a, b");
+  // Stage two (>= 360 tokens) may draw niah_single; stage one never does.
+  for (int64_t s = 0; s < 2; ++s) {
+    for (const auto& ex : make_train_batch(recipe, tok, s)) {
+      const std::vector<int32_t> prompt(ex.ids.begin(), ex.ids.begin() + ex.answer_start);
+      EXPECT_EQ(tok.decode(prompt, true).find("magic number"), std::string::npos);
+    }
+  }
+}
+
+TEST(Train, LearningRateWarmsUpThenDecaysToMin) {
+  json r = tiny_recipe();
+  r["warmup_steps"] = 2;
+  r["lr"] = 1e-3;
+  r["min_lr"] = 1e-4;
+  const TrainRecipe recipe = parse_train_recipe(r);
+  EXPECT_NEAR(learning_rate(recipe, 0), 1e-3 / 3, 1e-12);
+  EXPECT_NEAR(learning_rate(recipe, 1), 2e-3 / 3, 1e-12);
+  EXPECT_NEAR(learning_rate(recipe, 2), 1e-3, 1e-12);
+  EXPECT_NEAR(learning_rate(recipe, 3), 1e-4 + 0.45e-3 * (1 + std::cos(M_PI * 0.5)), 1e-12);
+  EXPECT_GT(learning_rate(recipe, 2), learning_rate(recipe, 3));
+}
+
+TEST(Train, RecipeErrorsNameTheKey) {
+  auto message = [](json r) {
+    try {
+      parse_train_recipe(r);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  json r = tiny_recipe();
+  r["tasks"][0]["task"] = "pass_key";
+  EXPECT_NE(message(r).find("train.tasks[0].task"), std::string::npos) << message(r);
+  r = tiny_recipe();
+  r["tasks"][0]["num_key"] = 3;
+  EXPECT_NE(message(r).find("num_key"), std::string::npos) << message(r);
+  r = tiny_recipe();
+  r["tasks"][0]["seed"] = 3;
+  EXPECT_NE(message(r).find("train.tasks[0].seed"), std::string::npos) << message(r);
+  r = tiny_recipe();
+  r["lr"] = -1;
+  EXPECT_NE(message(r).find("train.lr"), std::string::npos) << message(r);
+  r = tiny_recipe();
+  r["stages"][0]["max_tokens"] = 100;
+  EXPECT_NE(message(r).find("train.stages[0].max_tokens"), std::string::npos) << message(r);
+  r = tiny_recipe();
+  r["stages"][0]["min_tokens"] = 100;
+  r["tasks"] = {{{"task", "niah_single"}, {"min_tokens", 360}}};
+  EXPECT_NE(message(r).find("train.stages[0].min_tokens"), std::string::npos) << message(r);
+  r = tiny_recipe();
+  r["steps"] = 3;
+  EXPECT_NE(message(r).find("steps"), std::string::npos) << message(r);
+}
+
+}  // namespace
+}  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+const std::string kShipped =
+    std::string(KVBENCH_SOURCE_DIR) + "/assets/models/kvbench-retrieval-1m";
+
+TEST(ShippedModel, IsTheRecipesModelAndLoads) {
+  // The checkpoint in the repository is the one configs/train-retrieval-1m.json describes.
+  const TrainRecipe recipe =
+      load_train_recipe(std::string(KVBENCH_SOURCE_DIR) + "/configs/train-retrieval-1m.json");
+  const ModelConfig shipped = load_model_config(kShipped);
+  const ModelConfig planned = parse_model_config(recipe.model, "recipe");
+  EXPECT_EQ(shipped.to_json(), planned.to_json());
+  const Transformer model = Transformer::load(kShipped);
+  const Tokenizer tok = Tokenizer::load(kShipped);
+  EXPECT_EQ(tok.vocab_size(), shipped.vocab_size);
+  EXPECT_EQ(tok.encode("The pass key is 12345.").size(), 22u);  // one id per byte
+}
+
+TEST(ShippedModel, SolvesHeldOutPasskeyWithTheFullCache) {
+  // Seeds 0..7 (as the accuracy suite with run seed 0 draws them) were never trained on: the
+  // trainer's samples use seeds >= 2^32. 300 tokens is a trained length; the model scores 95%
+  // there over 40 held-out samples (docs/models.md). It does not solve longer prompts yet.
+  const Transformer model = Transformer::load(kShipped);
+  const Tokenizer tok = Tokenizer::load(kShipped);
+  const json scores =
+      evaluate_model(model, tok, {{"passkey", 300, 8, json::object()}}, /*samples=*/8);
+  EXPECT_GE(scores[0]["score"].get<double>(), 0.75) << scores.dump();
+}
+
+}  // namespace
+}  // namespace kvbench
