@@ -490,10 +490,11 @@ class ServingCliTest(CliCase):
         cfg = json.loads((ROOT / "configs" / "serving.json").read_text())
         cfg.pop("output")
         cfg["suites"] = [{"name": "serving", "rates": [0, 200], "requests": 6,
-                          "prompt_tokens_min": 16, "prompt_tokens_max": 48,
-                          "output_tokens_min": 4, "output_tokens_max": 12, "block_size": 8,
+                          "prompt_tokens_min": 8, "prompt_tokens_max": 16,
+                          "output_tokens_min": 16, "output_tokens_max": 24, "block_size": 8,
                           # 8 full-cache blocks of 8 tokens (1 KiB per token): the largest
-                          # request fits alone, six at once do not.
+                          # request (39 tokens, 5 blocks) fits alone; three are admitted at
+                          # rate 0 with 2 blocks each and outgrow the pool while decoding.
                           "kv_budget_bytes": 65536, "max_batch_tokens": 256,
                           "slo_ttft_s": 10.0, "slo_tpot_s": 10.0}]
         res = self.run_ok(cfg)
