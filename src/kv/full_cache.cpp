@@ -27,6 +27,9 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim) {
+  KVB_CHECK(!codec_->needs_preparation(), "codec '", codec_->name(),
+            "' needs preparation (fitted to the model) before a cache can use it; run the "
+            "prepare step (prepare_codec, suites/preparation.h) first");
   KVB_CHECK(!quest_ || codec_->can_drop_tokens(),
             "quest bounds pages by their keys as stored, but ", "codec '", codec_->name(),
             "' re-encodes stored tokens later; use a per-token codec");
@@ -40,8 +43,8 @@ int64_t CompressedKVCache::add_sequence() {
   Sequence& s = sequences_[id];
   for (int64_t l = 0; l < num_layers_; ++l) {
     Layer layer;
-    layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
-    layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
+    layer.keys = codec_->make_layer_key_store(l, num_kv_heads_, head_dim_);
+    layer.values = codec_->make_layer_value_store(l, num_kv_heads_, head_dim_);
     s.layers.push_back(std::move(layer));
   }
   return id;
@@ -301,7 +304,7 @@ void CompressedKVCache::append_unattended(int64_t seq, int64_t layer_index, cons
 }
 
 StorageBytes CompressedKVCache::storage() const {
-  StorageBytes total;
+  StorageBytes total = codec_->shared_bytes();  // bases and factors, once for every sequence
   for (const auto& [id, s] : sequences_) {
     for (const auto& l : s.layers) {
       total += l.keys->bytes();
@@ -313,7 +316,7 @@ StorageBytes CompressedKVCache::storage() const {
 }
 
 StorageBytes CompressedKVCache::nominal() const {
-  StorageBytes total;
+  StorageBytes total = codec_->shared_nominal();
   for (const auto& [id, s] : sequences_) {
     for (size_t i = 0; i < s.layers.size(); ++i) {
       const Layer& l = s.layers[i];

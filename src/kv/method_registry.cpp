@@ -11,6 +11,7 @@
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
+#include "kvbench/kv/lowrank_codec.h"
 #include "kvbench/kv/quest_policy.h"
 #include "kvbench/kv/snapkv_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
@@ -103,6 +104,67 @@ MethodInfo gear_method(const std::string& name, const std::string& summary, cons
           {}};
 }
 
+ParamSpec rank_param() {
+  return ParamSpec::integer("rank", 0,
+                            "r: coefficients kept per token and group; 0: round(rank_ratio * "
+                            "group * head_dim)")
+      .range(0, 1 << 20);
+}
+
+MethodInfo kvproj_method() {
+  return {
+      "kvproj",
+      "key/value projection: per layer and KV head, orthonormal bases (top-r principal "
+      "directions, uncentred) of the keys (RoPE applied) and values of calibration prompts "
+      "run through the model in the untimed prepare step; coefficients stored in the model "
+      "dtype, bases fp32; rank 0.5 of head_dim, 4 seeded text prompts of 512 tokens",
+      {rank_param(),
+       ParamSpec::number("rank_ratio", 0.5, "r as a fraction of head_dim when rank is 0")
+           .range(1e-6, 1),
+       ParamSpec::integer("calib_prompts", 4, "calibration prompts").range(1, 1024),
+       ParamSpec::integer("calib_tokens", 512, "tokens per calibration prompt").range(1, 1 << 20),
+       ParamSpec::integer("calib_seed", 0, "seed of the calibration prompts").range(0, 2147483647),
+       ParamSpec::string("calib_source", "text",
+                         "text: seeded sentences of the project's word lists, tokenized by the "
+                         "run's tokenizer; random: uniform token ids",
+                         {"text", "random"})},
+      [](const json& p, at::ScalarType dtype) {
+        LowRankParams l;
+        l.kind = LowRankKind::kProjection;
+        l.rank = p["rank"].get<int64_t>();
+        l.rank_ratio = p["rank_ratio"].get<double>();
+        l.group = 1;
+        l.calibration.prompts = p["calib_prompts"].get<int64_t>();
+        l.calibration.tokens = p["calib_tokens"].get<int64_t>();
+        l.calibration.seed = p["calib_seed"].get<uint64_t>();
+        l.calibration.source = p["calib_source"].get<std::string>();
+        return std::make_shared<LowRankCodec>(l, dtype);
+      },
+      {}};
+}
+
+MethodInfo palu_method(const std::string& name, const std::string& summary) {
+  return {name,
+          summary,
+          {rank_param(),
+           ParamSpec::number("rank_ratio", 0.7,
+                             "r as a fraction of group * head_dim (Palu's H*d) when rank is 0")
+               .range(1e-6, 1),
+           ParamSpec::integer("group", 1,
+                              "g: KV heads per SVD group (divides the KV heads); Palu's G-LRD "
+                              "uses 4, which needs a policy keeping the same tokens per head")
+               .range(1, 1024)},
+          [](const json& p, at::ScalarType dtype) {
+            LowRankParams l;
+            l.kind = LowRankKind::kPalu;
+            l.rank = p["rank"].get<int64_t>();
+            l.rank_ratio = p["rank_ratio"].get<double>();
+            l.group = p["group"].get<int64_t>();
+            return std::make_shared<LowRankCodec>(l, dtype);
+          },
+          {}};
+}
+
 EvictionTiming timing_from_name(const std::string& name) {
   return name == "decode" ? EvictionTiming::kDecode : EvictionTiming::kAfterPrefill;
 }
@@ -111,7 +173,7 @@ ParamSpec codec_param(const std::vector<std::string>& codecs) {
   return ParamSpec::string("codec", "full",
                            "storage codec: a codec method's name, or an object {\"name\": ..., "
                            "its params}; decode-time eviction needs a per-token codec (full, "
-                           "fp32, fp16, bf16, int8, int4, int2, fp8)",
+                           "fp32, fp16, bf16, int8, int4, int2, fp8, kvproj, palu)",
                            codecs);
 }
 
@@ -305,6 +367,15 @@ std::vector<MethodInfo> build_catalog() {
                   "prefill and 2 in decode, 3 power iterations, re-compress every 20 steps "
                   "(seed paper + GEAR defaults)",
                   gear_preset(8), false),
+      kvproj_method(),
+      palu_method("palu",
+                  "Palu latent cache: per layer and group of g KV heads, W_k and W_v ~ L R by SVD "
+                  "(L = U_r) in the untimed prepare step; the cache stores the latent L^T k of "
+                  "each pre-RoPE key (RoPE undone at the token's position) and L^T v, and "
+                  "reconstructs L h then applies RoPE; rank 0.7 of g * head_dim, g = 1"),
+      palu_method("palu-70",
+                  "Palu with rank ratio 0.7 of H*d per group (Palu README), g = 1 KV head per "
+                  "group"),
   };
   std::vector<std::string> codecs;
   for (const auto& m : catalog) codecs.push_back(m.name);
@@ -463,7 +534,8 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
                       "decode-time eviction drops tokens in place, which codec '" +
                           codec["name"].get<std::string>() +
                           "' cannot (its codes span tokens); use \"evict\": \"after_prefill\" "
-                          "or a per-token codec (full, fp32, fp16, bf16, int8, int4, int2, fp8)");
+                          "or a per-token codec (full, fp32, fp16, bf16, int8, int4, int2, fp8, "
+                          "kvproj, palu)");
   }
   return resolved;
 }
@@ -491,6 +563,15 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
   return std::make_unique<CompressedKVCache>(make_codec(method, dtype),
                                              attention_backend_from_name(backend), num_layers,
                                              num_kv_heads, head_dim, make_policy(method));
+}
+
+std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
+                                       std::shared_ptr<const Codec> codec, int64_t num_layers,
+                                       int64_t num_kv_heads, int64_t head_dim,
+                                       const std::string& backend) {
+  return std::make_unique<CompressedKVCache>(std::move(codec), attention_backend_from_name(backend),
+                                             num_layers, num_kv_heads, head_dim,
+                                             make_policy(method));
 }
 
 }  // namespace kvbench

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/codec.h"
 #include "kvbench/kv/simd.h"
 
 namespace kvbench {
@@ -23,6 +24,10 @@ float* scratch(int64_t floats) {
 }
 
 }  // namespace
+
+std::shared_ptr<const Codec> Codec::prepare(const PreparationInput&) const {
+  throw Error("codec '" + name() + "' needs no preparation");
+}
 
 RowMoves row_moves(const at::Tensor& kept_in, int64_t rows) {
   const at::Tensor kept = kept_in.to(at::kLong).contiguous();

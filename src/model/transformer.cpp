@@ -135,12 +135,6 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true).add_(eps)) * weight;
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor rotated = at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
-  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
-}
-
 at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at::Tensor& h,
                                   const at::Tensor& cos, const at::Tensor& sin,
                                   const std::vector<SequenceStep>& batch, KVCache& cache) const {
@@ -184,10 +178,7 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
     last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
   }
   // RoPE angles in float64, then fp32 cos/sin: [tokens, head_dim] as cat(freqs, freqs).
-  at::Tensor pos = at::tensor(positions, at::kLong).to(at::kDouble);
-  at::Tensor angles = at::outer(pos, inv_freq_);
-  angles = at::cat({angles, angles}, -1);
-  const at::Tensor cos = angles.cos().to(at::kFloat), sin = angles.sin().to(at::kFloat);
+  const auto [cos, sin] = rope_cos_sin(at::tensor(positions, at::kLong), inv_freq_);
 
   at::Tensor x = at::embedding(weights_.embed, at::tensor(ids, at::kLong));  // [N, hidden]
   for (int64_t i = 0; i < config_.num_layers; ++i) {

@@ -26,6 +26,7 @@ nlohmann::json cell_to_json(const CellResult& r) {
                       {"summary", r.output.summary},
                       {"warnings", r.output.warnings}};
   if (!r.ok) j["error"] = r.error;
+  if (!r.preparation.is_null()) j["preparation"] = r.preparation;
   return j;
 }
 

@@ -281,6 +281,9 @@ struct Plan {
 Plan make_plan(const json& p, const json& method, uint64_t llc) {
   Plan plan;
   plan.codec = make_codec(method, dtype_from_name(p["dtype"]));
+  KVB_CHECK(!plan.codec->needs_preparation(), "kernels: codec '", plan.codec->name(),
+            "' is fitted to a model in a prepare step (its bases depend on the model), which this "
+            "model-free suite has none of; measure it with the latency or throughput suites");
   plan.policy = make_policy(method);
   plan.retained = acts_during_decode(*plan.policy);
   plan.kv_heads = p["kv_heads"].get<std::vector<int64_t>>();

@@ -8,6 +8,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/time.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/model/tiny_tokenizer.h"
 
@@ -110,5 +111,33 @@ at::ScalarType ModelProvider::kv_dtype() {
 }
 
 nlohmann::json ModelProvider::identity() const { return identity_; }
+
+namespace {
+
+// The part of a method entry that decides its codec: the `codec` object of a retention method,
+// else the entry itself.
+std::string codec_key(const nlohmann::json& method) {
+  return (method.contains("codec") ? method["codec"] : method).dump();
+}
+
+}  // namespace
+
+const PreparedCodec& ModelProvider::prepared_codec(const nlohmann::json& method) {
+  const std::string key = codec_key(method);
+  auto it = prepared_.find(key);
+  if (it != prepared_.end()) return it->second;
+  const Transformer& m = get();
+  std::shared_ptr<const Codec> codec = make_codec(method, kv_dtype());
+  const bool text = codec->needs_preparation() && codec->calibration().prompts > 0 &&
+                    codec->calibration().source == "text";
+  PreparedCodec p = prepare_codec(codec, m, text ? &tokenizer() : nullptr);
+  if (!p.report.is_null()) p.report["cell"] = current_cell_;
+  return prepared_.emplace(key, std::move(p)).first->second;
+}
+
+nlohmann::json ModelProvider::preparation(const nlohmann::json& method) const {
+  auto it = prepared_.find(codec_key(method));
+  return it == prepared_.end() ? nlohmann::json() : it->second.report;
+}
 
 }  // namespace kvbench

@@ -29,6 +29,7 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     r.peak_rss_reset = reset_peak_rss();
     Stopwatch sw;
     try {
+      model.set_current_cell(r.cell.id);
       auto suite = factory_(r.cell.suite);
       CellContext ctx{r.cell.id,     spec,        env,      r.cell.method,
                       r.cell.params, r.cell.seed, progress, model};
@@ -41,6 +42,7 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
       r.error = e.what();
     }
     r.duration_s = sw.seconds();
+    r.preparation = model.preparation(r.cell.method);
     r.peak_rss_bytes = peak_rss_bytes();
     if (!r.ok) {
       progress.end();  // a suite that threw may have left its task open

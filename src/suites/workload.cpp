@@ -33,7 +33,10 @@ void require_cpu(const CellContext& ctx, const std::string& suite) {
 
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
   const ModelConfig& c = ctx.model.get().config();
-  return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(),
+  std::shared_ptr<const Codec> codec = make_codec(ctx.method, ctx.model.kv_dtype());
+  // Codecs fitted to the model are prepared here (once per run), before anything is timed.
+  if (codec->needs_preparation()) codec = ctx.model.prepared_codec(ctx.method).codec;
+  return make_kv_cache(ctx.method, codec, c.num_layers, c.num_kv_heads, c.head_dim,
                        ctx.spec.attention);
 }
 
@@ -122,9 +125,12 @@ uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& c,
                                  at::ScalarType dtype) {
   auto codec = make_codec(method, dtype);
-  // Building the stores checks the method against the model (e.g. group vs head_dim).
-  codec->make_key_store(c.num_kv_heads, c.head_dim);
-  codec->make_value_store(c.num_kv_heads, c.head_dim);
+  // Building the stores checks the method against the model (e.g. group vs head_dim); codecs
+  // that need preparation check it in their formula (their stores need the fitted bases).
+  if (!codec->needs_preparation()) {
+    codec->make_key_store(c.num_kv_heads, c.head_dim);
+    codec->make_value_store(c.num_kv_heads, c.head_dim);
+  }
   // One token: formats with an exact window (KIVI) are at their most expensive per token.
   return static_cast<double>(codec->nominal_bytes(1, c.num_kv_heads, c.head_dim).total()) *
          static_cast<double>(c.num_layers);

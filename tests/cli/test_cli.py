@@ -81,6 +81,8 @@ class CliTest(CliCase):
         res = kvbench("list")
         self.assertEqual(res.returncode, 0)
         self.assertIn("full - ", res.stdout)
+        self.assertIn("palu - ", res.stdout)
+        self.assertIn("kvproj - ", res.stdout)
         self.assertIn("kernels - ", res.stdout)
         self.assertIn("repeats: integer in [1, 100000], default 20", res.stdout)
         self.assertIn("tasks:", res.stdout)
@@ -594,6 +596,42 @@ class ModelCliTest(CliCase):
         self.assertEqual(len(thr["records"]), 2)
         check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout)
+
+    def test_low_rank_methods_report_their_untimed_prepare_step(self):
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True},
+               "methods": [{"name": "full"}, {"name": "palu"},
+                           {"name": "kvproj", "calib_prompts": 2, "calib_tokens": 64},
+                           {"name": "snapkv", "budget": 40, "codec": "palu-70"}],
+               "suites": [{"name": "latency", "prompt_tokens": 64, "new_tokens": 4,
+                           "repeats": 1},
+                          {"name": "throughput", "batch": [1], "prompt_tokens": [64],
+                           "new_tokens": [4], "repeats": 1}]}
+        res = self.run_ok(cfg)
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        path, report = self.report_from(res)
+        cells = {c["id"].split(".")[0] + "." + c["method"]["name"]: c for c in report["cells"]}
+        self.assertNotIn("preparation", cells["latency.full"])
+        for name in ("palu", "kvproj", "snapkv"):
+            lat, thr = cells["latency." + name], cells["throughput." + name]
+            prep = lat["preparation"]
+            self.assertIs(prep["timed"], False)
+            self.assertEqual(prep["cell"], lat["id"])  # ran in the first cell, reused after
+            self.assertEqual(thr["preparation"], prep)
+            self.assertFalse(lat["summary"]["kv_memory"]["nominal_mismatch"])
+        self.assertEqual(cells["latency.kvproj"]["preparation"]["calibration"],
+                         {"prompts": 2, "tokens_per_prompt": 64, "tokens": 128,
+                          "source": "text", "seed": 0})
+        self.assertIsNone(cells["latency.palu"]["preparation"]["calibration"])
+        # palu-70 is a Palu codec (its own entry, prepared once for its own cells).
+        self.assertEqual(cells["latency.snapkv"]["preparation"]["codec"], "palu")
+        self.assertLess(cells["latency.snapkv"]["summary"]["kv_memory"]["kept_tokens"]["max"], 64)
+        check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout)
+        # The model-free kernels suite cannot prepare a low-rank codec: a clear failure.
+        res = self.run_ok({"methods": [{"name": "palu"}], "suites": [TINY_SUITE]})
+        self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
+        _, report = self.report_from(res)
+        self.assertIn("fitted to a model in a prepare step", report["cells"][0]["error"])
 
     def test_dry_run_estimates_memory_and_refuses_what_cannot_fit(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},

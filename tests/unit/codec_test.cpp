@@ -18,11 +18,15 @@
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/simd.h"
 #include "kvbench/model/presets.h"
+#include "kvbench/model/tiny_tokenizer.h"
+#include "kvbench/suites/preparation.h"
+#include "preparation_helpers.h"
 
 namespace kvbench {
 namespace {
 
 using nlohmann::json;
+using testing_support::ready;
 
 json defaults(const std::string& name) { return resolve_method({{"name", name}}, "methods[0]"); }
 
@@ -43,9 +47,9 @@ class EveryMethod : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(EveryMethod, ReconstructionWithinTheCodecsBound) {
-  auto c = codec();
+  auto c = ready(codec(), 1, 2, 64);
   for (bool is_key : {true, false}) {
-    auto store = is_key ? c->make_key_store(2, 64) : c->make_value_store(2, 64);
+    auto store = is_key ? c->make_layer_key_store(0, 2, 64) : c->make_layer_value_store(0, 2, 64);
     at::Tensor x = kv_like(2, 37, 64, 5);
     // Appended in two parts, as prefill + later steps; the later tokens stay inside the range
     // the prefill saw, as calibrated formats (fp8 amax) assume.
@@ -68,7 +72,7 @@ TEST_P(EveryMethod, ReconstructionWithinTheCodecsBound) {
 }
 
 TEST_P(EveryMethod, MeasuredBytesEqualTheFormula) {
-  auto c = codec();
+  auto c = ready(codec(), 2, 2, 64);
   CompressedKVCache cache(c, AttentionBackend::kCpu, 2, 2, 64);
   const int64_t s = cache.add_sequence();
   at::Tensor q = at::randn({4, 29, 64});
@@ -82,11 +86,12 @@ TEST_P(EveryMethod, MeasuredBytesEqualTheFormula) {
 }
 
 TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
-  auto c = codec();
   for (int64_t dim : {64, 128}) {
+    auto c = ready(codec(), 1, 2, dim);
     for (int64_t group : {1, 4}) {
       for (int64_t tokens : {1, 37, 1100}) {  // 1100 spans three 512-token chunks
-        auto keys = c->make_key_store(2, dim), values = c->make_value_store(2, dim);
+        auto keys = c->make_layer_key_store(0, 2, dim),
+             values = c->make_layer_value_store(0, 2, dim);
         keys->append(kv_like(2, tokens, dim, 7));
         values->append(kv_like(2, tokens, dim, 8));
         at::Tensor q = at::randn({2 * group, 1, dim}, at::detail::createCPUGenerator(9));
@@ -106,9 +111,14 @@ TEST_P(EveryMethod, TinyModelGeneratesEndToEnd) {
   const ModelPreset& preset = find_model_preset("tiny-llama");
   Transformer model = Transformer::random(parse_model_config(preset.config, preset.name), 2);
   const ModelConfig& mc = model.config();
+  // Codecs fitted to the model go through the prepare step, as suites run it.
+  const Tokenizer tokenizer =
+      Tokenizer::from_json(tiny_tokenizer_json(static_cast<int>(mc.vocab_size)),
+                           tiny_tokenizer_config(), nullptr, "tiny (in memory)");
+  const PreparedCodec prepared = prepare_codec(codec(), model, &tokenizer);
   for (const char* backend : {"cpu", "reference"}) {
-    auto cache = make_kv_cache(defaults(GetParam()), mc.num_layers, mc.num_kv_heads, mc.head_dim,
-                               at::kBFloat16, backend);
+    auto cache = make_kv_cache(defaults(GetParam()), prepared.codec, mc.num_layers, mc.num_kv_heads,
+                               mc.head_dim, backend);
     GenerationConfig g;
     g.max_new_tokens = 6;
     GenerationResult r = generate(model, *cache, {{5, 6, 7, 8}, {9, 10}}, g);

@@ -9,12 +9,35 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "kvbench/kv/token_store.h"
 
 namespace kvbench {
+
+// What calibration a codec asks of its preparation: `prompts` prompts of `tokens` tokens run
+// through the model with a full-precision cache (prompts 0: none). `source` "text": seeded
+// sentences of the project's word lists, tokenized by the run's tokenizer; "random": uniform
+// token ids.
+struct CalibrationSpec {
+  int64_t prompts = 0;
+  int64_t tokens = 0;
+  uint64_t seed = 0;
+  std::string source = "text";
+};
+
+// What a codec that needs preparation is fitted on, gathered before any timed work
+// (suites/preparation.h fills it from the model).
+struct PreparationInput {
+  int64_t num_layers = 0, kv_heads = 0, head_dim = 0;
+  at::Tensor rope_inv_freq;                // [head_dim / 2] float64, the model's RoPE frequencies
+  std::vector<at::Tensor> k_proj, v_proj;  // per layer: [kv_heads * head_dim, hidden] fp32
+  // Per layer, the calibration prompts' keys (RoPE applied) and values, as the cache receives
+  // them: [kv_heads, tokens, head_dim] fp32. Empty when calibration().prompts == 0.
+  std::vector<at::Tensor> keys, values;
+};
 
 class Codec {
  public:
@@ -26,6 +49,31 @@ class Codec {
   virtual std::unique_ptr<TokenStore> make_key_store(int64_t kv_heads, int64_t head_dim) const = 0;
   virtual std::unique_ptr<TokenStore> make_value_store(int64_t kv_heads,
                                                        int64_t head_dim) const = 0;
+  // The stores of layer `layer`, which is what the cache asks for. Codecs fitted per layer
+  // (the low-rank bases) override these; every other codec stores each layer alike.
+  virtual std::unique_ptr<TokenStore> make_layer_key_store(int64_t layer, int64_t kv_heads,
+                                                           int64_t head_dim) const {
+    (void)layer;
+    return make_key_store(kv_heads, head_dim);
+  }
+  virtual std::unique_ptr<TokenStore> make_layer_value_store(int64_t layer, int64_t kv_heads,
+                                                             int64_t head_dim) const {
+    (void)layer;
+    return make_value_store(kv_heads, head_dim);
+  }
+
+  // Preparation: codecs fitted to the model (low-rank bases from calibration prompts, SVD
+  // factors of W_k/W_v) are made unprepared by the registry; needs_preparation() is then true,
+  // they refuse to make stores, and prepare() returns the fitted codec. It runs once, before
+  // any timed work, and is reported separately (preparation_json).
+  virtual bool needs_preparation() const { return false; }
+  // Calibration prompts prepare() needs (prompts 0: the model's weights suffice).
+  virtual CalibrationSpec calibration() const { return {}; }
+  virtual std::shared_ptr<const Codec> prepare(const PreparationInput& input) const;
+  // State shared by every sequence (the bases, the factors), counted once per cache: measured
+  // from the tensors, and by the method's formula.
+  virtual StorageBytes shared_bytes() const { return {}; }
+  virtual StorageBytes shared_nominal() const { return {}; }
 
   // Bytes the format's formula gives for `tokens` tokens of K plus V of one layer, all heads.
   virtual StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const = 0;

@@ -58,5 +58,10 @@ std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method)
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
                                        const std::string& backend = "cpu");
+// The same with the method's codec given, e.g. prepared (prepare_codec) for a low-rank method.
+std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
+                                       std::shared_ptr<const Codec> codec, int64_t num_layers,
+                                       int64_t num_kv_heads, int64_t head_dim,
+                                       const std::string& backend = "cpu");
 
 }  // namespace kvbench

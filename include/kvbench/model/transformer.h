@@ -15,6 +15,7 @@
 
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/model/model_config.h"
+#include "kvbench/model/rope.h"
 
 namespace kvbench {
 
@@ -84,8 +85,5 @@ std::vector<std::pair<std::string, at::Tensor*>> bind_weights(const ModelConfig&
 
 // x * rsqrt(mean(x^2) + eps) * weight over the last dimension (Hugging Face LlamaRMSNorm).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
-// Rotates pairs (i, i + d/2): x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1].
-//   x: [tokens, heads, d]; cos, sin: [tokens, d]
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 }  // namespace kvbench

@@ -3,6 +3,7 @@
 // cell fails with the same one-line error instead of retrying.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "kvbench/model/tokenizer.h"
 #include "kvbench/model/transformer.h"
+#include "kvbench/suites/preparation.h"
 #include "kvbench/suites/run_spec.h"
 
 namespace kvbench {
@@ -31,6 +33,15 @@ class ModelProvider {
   // What the report says about the model: source, architecture, sizes, random weights or not.
   // Empty until loaded.
   nlohmann::json identity() const;
+  // The codec of a resolved method entry, prepared for the model (prepare_codec) the first time
+  // a cell asks and shared by later cells with the same codec, so the untimed prepare step runs
+  // once per run and codec.
+  const PreparedCodec& prepared_codec(const nlohmann::json& method);
+  // The report's `preparation` object for a method whose codec was prepared: the step's report
+  // plus "cell": the id of the cell it ran in. Null when it needed none or has not run.
+  nlohmann::json preparation(const nlohmann::json& method) const;
+  // Marks the cell now running, so the prepare step can name the cell it ran in.
+  void set_current_cell(const std::string& id) { current_cell_ = id; }
 
  private:
   ModelSpec spec_;
@@ -39,6 +50,8 @@ class ModelProvider {
   std::unique_ptr<Tokenizer> tokenizer_;
   nlohmann::json identity_;
   std::optional<std::string> error_;
+  std::map<std::string, PreparedCodec> prepared_;  // by the codec entry's JSON
+  std::string current_cell_;
 };
 
 }  // namespace kvbench

@@ -24,6 +24,8 @@ struct CellResult {
   uint64_t peak_rss_bytes = 0;  // process peak resident memory during the cell
   bool peak_rss_reset = false;  // false: the peak may include earlier cells
   CellOutput output;
+  // The prepare step of the cell's codec (ModelProvider::preparation), null when none ran.
+  nlohmann::json preparation;
 };
 
 class Runner {
