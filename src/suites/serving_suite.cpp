@@ -56,9 +56,12 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
 double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
                           int64_t block_size) {
   auto codec = make_codec(method, dtype);
-  // Building the stores checks the method against the model (e.g. group vs head_dim).
-  codec->make_key_store(c.num_kv_heads, c.head_dim);
-  codec->make_value_store(c.num_kv_heads, c.head_dim);
+  // Building the stores checks the method against the model (e.g. group vs head_dim); codecs
+  // that need preparation check it in their formula (their stores need the fitted bases).
+  if (!codec->needs_preparation()) {
+    codec->make_key_store(c.num_kv_heads, c.head_dim);
+    codec->make_value_store(c.num_kv_heads, c.head_dim);
+  }
   constexpr int64_t kBlocks = 64;
   const double bytes =
       static_cast<double>(
