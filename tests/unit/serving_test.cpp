@@ -10,9 +10,13 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/model_config.h"
+#include "kvbench/model/presets.h"
 #include "kvbench/serving/block_pool.h"
 #include "kvbench/serving/scheduler.h"
 #include "kvbench/serving/serving_loop.h"
+#include "kvbench/suites/serving_suite.h"
 
 namespace kvbench {
 namespace {
@@ -381,6 +385,31 @@ TEST(Serving, MetricsFromAHandBuiltTrace) {
   EXPECT_DOUBLE_EQ(m["kv"]["pool_bytes_peak"], 40.0);
   EXPECT_DOUBLE_EQ(m["kv"]["measured_bytes_mean"], (100.0 + 900.0) / 4.0);
   EXPECT_EQ(m["preemptions"], 1);
+}
+
+}  // namespace
+}  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+// Bytes per block from the method's formula: the full cache's is exactly block_size tokens of
+// K and V over every layer in the model's dtype; kivi-4 (4-bit codes, fp16 scale and min per
+// group of 32, a 128-token fp16 residual amortized over 64 blocks) takes about 0.32 of it, so
+// the same budget holds about three times the blocks; a retention method's codec decides.
+TEST(Serving, BlockBytesFollowTheMethodsFormula) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  const double full =
+      method_block_bytes(resolve_method({{"name", "full"}}, "m"), c, at::kBFloat16, 64);
+  EXPECT_DOUBLE_EQ(full, 64.0 * 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2);
+  const double kivi =
+      method_block_bytes(resolve_method({{"name", "kivi-4"}}, "m"), c, at::kBFloat16, 64);
+  EXPECT_GT(kivi, full * 0.3);
+  EXPECT_LT(kivi, full * 0.35);
+  EXPECT_GE(BlockPool::capacity(1 << 21, kivi), 3 * BlockPool::capacity(1 << 21, full));
+  EXPECT_DOUBLE_EQ(
+      method_block_bytes(resolve_method({{"name", "stream-512"}}, "m"), c, at::kBFloat16, 64),
+      full);
 }
 
 }  // namespace
