@@ -219,6 +219,33 @@ const std::vector<SuiteSpec>& suite_specs() {
          return summary_point(c, {"mean_length", "length_ratio", "share_longer_50",
                                   "share_shorter_50", "runaway_rate", "runaway_rate_full"});
        }},
+      {"serving",
+       "serving: per request rate, latency percentiles over requests (seconds), throughput, "
+       "goodput under the cell's SLOs, KV pool peak and preemptions",
+       {"rate"},
+       {"rates"},
+       {{"ttft_p50_s", true},
+        {"ttft_p99_s", false},
+        {"tpot_p50_s", true},
+        {"tpot_p99_s", false},
+        {"e2e_p99_s", false},
+        {"token_throughput", true},
+        {"goodput_per_s", true},
+        {"kv_pool_bytes_peak", false},
+        {"preemptions", false}},
+       [](const json& c) {
+         return records_of_kind(c, "serving", {"rate"}, [](const json& r) {
+           return std::vector<json>{number_at(r, "ttft_s.p50"),
+                                    number_at(r, "ttft_s.p99"),
+                                    number_at(r, "tpot_s.p50"),
+                                    number_at(r, "tpot_s.p99"),
+                                    number_at(r, "e2e_s.p99"),
+                                    number_at(r, "token_throughput"),
+                                    number_at(r, "goodput.requests_per_s"),
+                                    number_at(r, "kv.pool_bytes_peak"),
+                                    number_at(r, "preemptions")};
+         });
+       }},
       {"accuracy",
        "accuracy: mean per-sample score of the method and of the full cache on the same samples",
        {},

@@ -9,6 +9,7 @@
 #include "kvbench/suites/kernels_suite.h"
 #include "kvbench/suites/latency_suite.h"
 #include "kvbench/suites/output_length_suite.h"
+#include "kvbench/suites/serving_suite.h"
 #include "kvbench/suites/throughput_suite.h"
 
 namespace kvbench {
@@ -27,6 +28,8 @@ const std::vector<SuiteInfo>& suite_catalog() {
        [] { return std::make_unique<OutputLengthSuite>(); }},
       {"accuracy", AccuracySuite::kSummary, AccuracySuite::param_specs(), true,
        [] { return std::make_unique<AccuracySuite>(); }},
+      {"serving", ServingSuite::kSummary, ServingSuite::param_specs(), true,
+       [] { return std::make_unique<ServingSuite>(); }},
   };
   return catalog;
 }

@@ -485,6 +485,67 @@ class WorkloadsAcceptanceCliTest(CliCase):
         self.assertLess(kv["stream-512"], kv["full"])
 
 
+class ServingCliTest(CliCase):
+    """The serving suite end to end: a tiny version of configs/serving.json."""
+
+    def test_rates_percentiles_goodput_and_preemption_in_one_report(self):
+        cfg = json.loads((ROOT / "configs" / "serving.json").read_text())
+        cfg.pop("output")
+        cfg["suites"] = [{"name": "serving", "rates": [0, 200], "requests": 6,
+                          "prompt_tokens_min": 8, "prompt_tokens_max": 16,
+                          "output_tokens_min": 16, "output_tokens_max": 24, "block_size": 8,
+                          # 8 full-cache blocks of 8 tokens (1 KiB per token): the largest
+                          # request (39 tokens, 5 blocks) fits alone; three are admitted at
+                          # rate 0 with 2 blocks each and outgrow the pool while decoding.
+                          "kv_budget_bytes": 65536, "max_batch_tokens": 256,
+                          "slo_ttft_s": 10.0, "slo_tpot_s": 10.0}]
+        res = self.run_ok(cfg)
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        self.assertIn("goodput/s", res.stdout)
+        path, report = self.report_from(res)
+        check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout)
+        cells = {c["method"]["name"]: c for c in report["cells"]}
+        self.assertEqual(set(cells), {"full", "kivi-4", "stream-512"})
+        for name, c in cells.items():
+            self.assertEqual(c["status"], "ok", c.get("error"))
+            self.assertEqual([r["rate"] for r in c["records"]], [0, 200])
+            for r in c["records"]:
+                self.assertEqual(r["requests"], 6)
+                self.assertEqual(len(r["samples_s"]), 6)
+                for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
+                    self.assertLessEqual(r[m]["p50"], r[m]["p90"])
+                    self.assertLessEqual(r[m]["p90"], r[m]["p99"])
+                # SLOs no run can miss (no timing assertion): every request meets them.
+                self.assertEqual(r["goodput"]["requests_meeting_slo"], 6)
+                self.assertEqual(r["goodput"]["fraction"], 1.0)
+                self.assertLessEqual(r["kv"]["blocks_peak"], c["summary"]["num_blocks"])
+        # The same budget holds more kivi-4 blocks; full runs out and preempts at rate 0.
+        self.assertEqual(cells["full"]["summary"]["num_blocks"], 8)
+        self.assertGreater(cells["kivi-4"]["summary"]["num_blocks"], 8)
+        self.assertGreater(cells["full"]["records"][0]["preemptions"], 0)
+        self.assertEqual(cells["stream-512"]["summary"]["retention_budget"], 512)
+        # Same requests for every method.
+        lengths = {n: [(d["prompt_tokens"], d["output_tokens"])
+                       for d in c["records"][0]["requests_detail"]] for n, c in cells.items()}
+        self.assertEqual(lengths["full"], lengths["kivi-4"])
+        self.assertEqual(lengths["full"], lengths["stream-512"])
+        # kvbench report has a serving table with one row per method and rate.
+        rep = kvbench("report", str(path), "--format", "csv")
+        self.assertEqual(rep.returncode, 0, rep.stderr)
+        self.assertIn("goodput_per_s", rep.stdout)
+
+    def test_impossible_budget_fails_the_cell_with_the_key(self):
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True},
+               "suites": [{"name": "serving", "rates": [0], "requests": 2,
+                           "kv_budget_bytes": 1000}]}
+        res = self.run_ok(cfg)
+        _, report = self.report_from(res)
+        cell = report["cells"][0]
+        self.assertEqual(cell["status"], "failed")
+        self.assertIn("kv_budget_bytes", cell["error"])
+
+
 class ModelCliTest(CliCase):
     """make-model, model suites, and every corrupt-checkpoint case as a one-line error."""
 

@@ -1,0 +1,105 @@
+// The serving loop: requests arrive over time, the scheduler plans each step, an executor runs
+// it (the model in the `serving` suite, a cost model in tests) and a clock says when tokens
+// came out. Clock and executor are injected, so scheduling tests are deterministic. Arrivals:
+// a seeded Poisson process or fixed times; lengths from uniform ranges.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kvbench/serving/scheduler.h"
+
+namespace kvbench {
+
+class ServingClock {
+ public:
+  virtual ~ServingClock() = default;
+  virtual double now() const = 0;
+  // Called when nothing can run before the next arrival at `t` (> now()).
+  virtual void skip_to(double t) = 0;
+};
+
+// Measured time with idle gaps skipped instead of slept: a stopwatch plus the skipped time.
+// Steps take their real compute time; waiting for an arrival with nothing to do costs nothing.
+class SkippingWallClock final : public ServingClock {
+ public:
+  SkippingWallClock();
+  double now() const override;
+  void skip_to(double t) override;
+
+ private:
+  double start_;
+  double skipped_ = 0;
+};
+
+// Time that only moves when told: the executor advances it by a step's modelled cost.
+class ManualClock final : public ServingClock {
+ public:
+  double now() const override { return now_; }
+  void skip_to(double t) override { now_ = std::max(now_, t); }
+  void advance(double dt) { now_ += dt; }
+
+ private:
+  double now_ = 0;
+};
+
+class StepExecutor {
+ public:
+  virtual ~StepExecutor() = default;
+  // Runs one planned step: drops the KV of plan.preempted, prefills plan.prefills and decodes
+  // plan.decodes. `outcome` is not known yet; the loop commits the plan afterwards.
+  virtual void execute(const StepPlan& plan) = 0;
+  // Called after commit: requests in `finished` are done and their KV can go.
+  virtual void finished(const std::vector<int64_t>& ids) { (void)ids; }
+  // KV bytes the executor holds now (measured); 0 when it holds none (a cost model).
+  virtual double kv_bytes() const { return 0; }
+};
+
+struct RequestTrace {
+  ServingRequest request;
+  std::vector<double> token_times_s;  // since the loop started (as arrival_s), one per token
+  int64_t preemptions = 0;
+};
+
+struct StepTrace {
+  double start_s = 0, end_s = 0;
+  int64_t decodes = 0, prefills = 0, preempted = 0, batch_tokens = 0;
+  int64_t used_blocks = 0;  // during the step (after scheduling, before finished ones go)
+  double kv_bytes = 0;      // executor's measured bytes after the step (before finished go)
+};
+
+struct ServingTrace {
+  std::vector<RequestTrace> requests;  // in submission order
+  std::vector<StepTrace> steps;
+  double end_s = 0;  // since the loop started
+  int64_t preemptions = 0;
+  int64_t peak_used_blocks = 0;
+};
+
+// Runs every request (sorted by arrival) to completion. After each step it checks the
+// scheduler's invariants when `check` is set (tests; cheap enough for small pools).
+ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& scheduler,
+                         StepExecutor& executor, ServingClock& clock, bool check = false);
+
+// Arrival times of `count` requests: a Poisson process of `rate` requests per second (seeded
+// exponential gaps, first arrival at time 0), or all at time 0 when rate is 0.
+std::vector<double> poisson_arrivals(int64_t count, double rate, uint64_t seed);
+
+struct SloThresholds {
+  double ttft_s = 0;  // 0: not checked
+  double tpot_s = 0;
+  double e2e_s = 0;
+};
+
+// Report metrics of a trace: TTFT, TPOT, ITL and e2e latency (p50/p90/p99/mean/max), request
+// and token throughput, goodput (requests meeting every threshold, per second, and fraction),
+// KV blocks and bytes (peak and step-time-weighted mean), preemptions, steps.
+// `bytes_per_block` converts blocks to pool bytes.
+nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& slo,
+                               double bytes_per_block);
+
+}  // namespace kvbench

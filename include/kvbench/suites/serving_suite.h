@@ -1,0 +1,37 @@
+// The `serving` suite: the tiny-to-real model served under load. Requests arrive as a seeded
+// Poisson process at each of `rates` (requests per second), with prompt and output lengths
+// drawn uniformly from ranges; a continuous-batching scheduler over a paged KV pool sized by a
+// memory budget (the method's bytes per block decide how many blocks fit) admits, decodes,
+// preempts and recomputes them, and the engine runs every step on the model with the method's
+// KV cache. Per rate: TTFT, TPOT, ITL and e2e percentiles, request and token throughput,
+// goodput under SLO thresholds, KV memory (pool and measured) and preemptions. docs/serving.md
+// says what this simulates and what it does not.
+#pragma once
+
+#include <vector>
+
+#include "kvbench/core/param_spec.h"
+#include "kvbench/suites/suite.h"
+
+namespace kvbench {
+
+class ServingSuite final : public Suite {
+ public:
+  static constexpr const char* kSummary =
+      "online serving: Poisson arrivals at each rate, continuous batching over a paged KV pool "
+      "sized by a memory budget (preemption and recompute when it runs out); TTFT/TPOT/ITL/e2e "
+      "p50/p90/p99, throughput, goodput under SLOs, KV memory, preemptions";
+  static std::vector<ParamSpec> param_specs();
+
+  uint64_t estimate_bytes(const EstimateContext& ctx) const override;
+  CellOutput run(const CellContext& ctx) override;
+  Table summary_table(const CellOutput& output) const override;
+};
+
+// Bytes one block of `block_size` tokens takes in the method's format over all layers: the
+// codec's formula at 64 blocks, divided by 64 (so a per-sequence full-precision window such as
+// KIVI's residual is amortized). Throws Error when the method cannot run on this model.
+double method_block_bytes(const nlohmann::json& method, const ModelConfig& config,
+                          at::ScalarType dtype, int64_t block_size);
+
+}  // namespace kvbench

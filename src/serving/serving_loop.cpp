@@ -1,0 +1,173 @@
+#include "kvbench/serving/serving_loop.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/rng.h"
+#include "kvbench/core/stats.h"
+
+namespace kvbench {
+
+namespace {
+double steady_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+SkippingWallClock::SkippingWallClock() : start_(steady_seconds()) {}
+
+double SkippingWallClock::now() const { return steady_seconds() - start_ + skipped_; }
+
+void SkippingWallClock::skip_to(double t) {
+  const double n = now();
+  if (t > n) skipped_ += t - n;
+}
+
+ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& scheduler,
+                         StepExecutor& executor, ServingClock& clock, bool check) {
+  std::stable_sort(
+      requests.begin(), requests.end(),
+      [](const ServingRequest& a, const ServingRequest& b) { return a.arrival_s < b.arrival_s; });
+  ServingTrace trace;
+  std::map<int64_t, size_t> index;
+  for (const auto& r : requests) {
+    KVB_CHECK(index.emplace(r.id, trace.requests.size()).second, "serving: request id ", r.id,
+              " appears twice");
+    trace.requests.push_back({r, {}, 0});
+  }
+  const double t0 = clock.now();
+  size_t next = 0;
+  size_t done = 0;
+  while (done < requests.size()) {
+    const double now = clock.now() - t0;
+    while (next < requests.size() && requests[next].arrival_s <= now) {
+      scheduler.submit(requests[next++]);
+    }
+    if (scheduler.idle()) {
+      KVB_CHECK(next < requests.size(), "serving: scheduler idle with requests unfinished");
+      clock.skip_to(t0 + requests[next].arrival_s);
+      continue;
+    }
+    StepTrace st;
+    st.start_s = clock.now() - t0;
+    StepPlan plan = scheduler.schedule();
+    st.used_blocks = scheduler.pool().used_blocks();
+    KVB_CHECK(!plan.empty(), "serving: the scheduler planned an empty step with ",
+              scheduler.waiting(), " waiting and ", scheduler.running(), " running requests");
+    executor.execute(plan);
+    StepOutcome out = scheduler.commit(plan);
+    st.end_s = clock.now() - t0;
+    for (int64_t id : out.emitted) trace.requests[index.at(id)].token_times_s.push_back(st.end_s);
+    st.kv_bytes = executor.kv_bytes();
+    executor.finished(out.finished);
+    done += out.finished.size();
+    st.decodes = static_cast<int64_t>(plan.decodes.size());
+    st.prefills = static_cast<int64_t>(plan.prefills.size());
+    st.preempted = static_cast<int64_t>(plan.preempted.size());
+    st.batch_tokens = plan.batch_tokens;
+    trace.steps.push_back(st);
+    if (check) scheduler.check_invariants();
+  }
+  trace.end_s = clock.now() - t0;
+  trace.preemptions = scheduler.total_preemptions();
+  trace.peak_used_blocks = scheduler.pool().peak_used_blocks();
+  for (auto& r : trace.requests) r.preemptions = scheduler.preemptions(r.request.id);
+  return trace;
+}
+
+std::vector<double> poisson_arrivals(int64_t count, double rate, uint64_t seed) {
+  KVB_CHECK(count >= 0, "serving: request count must be >= 0, got ", count);
+  KVB_CHECK(rate >= 0 && std::isfinite(rate), "serving: rate must be a finite number >= 0, got ",
+            rate);
+  std::vector<double> t(static_cast<size_t>(count), 0.0);
+  if (rate == 0) return t;
+  Rng rng(seed);
+  for (size_t i = 1; i < t.size(); ++i) {
+    // Exponential gap by inversion; 1 - u is in (0, 1], so the log is finite.
+    t[i] = t[i - 1] - std::log(1.0 - rng.uniform()) / rate;
+  }
+  return t;
+}
+
+namespace {
+
+nlohmann::json latency_json(const std::vector<double>& x) {
+  if (x.empty()) return nullptr;
+  return {{"p50", percentile(x, 50)},
+          {"p90", percentile(x, 90)},
+          {"p99", percentile(x, 99)},
+          {"mean", mean(x)},
+          {"max", *std::max_element(x.begin(), x.end())},
+          {"n", x.size()}};
+}
+
+}  // namespace
+
+nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& slo,
+                               double bytes_per_block) {
+  std::vector<double> ttft, tpot, itl, e2e;
+  int64_t tokens = 0, good = 0;
+  for (const auto& r : trace.requests) {
+    const auto& t = r.token_times_s;
+    KVB_CHECK(!t.empty(), "serving: request ", r.request.id, " produced no token");
+    tokens += static_cast<int64_t>(t.size());
+    const double first = t.front() - r.request.arrival_s;
+    const double total = t.back() - r.request.arrival_s;
+    ttft.push_back(first);
+    e2e.push_back(total);
+    double per_token = 0;
+    if (t.size() > 1) {
+      per_token = (t.back() - t.front()) / static_cast<double>(t.size() - 1);
+      tpot.push_back(per_token);
+      for (size_t i = 1; i < t.size(); ++i) itl.push_back(t[i] - t[i - 1]);
+    }
+    const bool ok = (slo.ttft_s <= 0 || first <= slo.ttft_s) &&
+                    (slo.tpot_s <= 0 || per_token <= slo.tpot_s) &&
+                    (slo.e2e_s <= 0 || total <= slo.e2e_s);
+    good += ok ? 1 : 0;
+  }
+  const double duration = std::max(trace.end_s, 1e-12);
+  const double n = static_cast<double>(trace.requests.size());
+  double weighted_blocks = 0, weighted_bytes = 0, busy = 0, peak_bytes = 0;
+  int64_t peak_blocks = 0;
+  for (const auto& s : trace.steps) {
+    const double dt = s.end_s - s.start_s;
+    weighted_blocks += dt * static_cast<double>(s.used_blocks);
+    weighted_bytes += dt * s.kv_bytes;
+    busy += dt;
+    peak_blocks = std::max(peak_blocks, s.used_blocks);
+    peak_bytes = std::max(peak_bytes, s.kv_bytes);
+  }
+  const double mean_blocks = busy > 0 ? weighted_blocks / busy : 0;
+  return {
+      {"requests", trace.requests.size()},
+      {"output_tokens", tokens},
+      {"duration_s", trace.end_s},
+      {"busy_s", busy},
+      {"steps", trace.steps.size()},
+      {"ttft_s", latency_json(ttft)},
+      {"tpot_s", latency_json(tpot)},
+      {"itl_s", latency_json(itl)},
+      {"e2e_s", latency_json(e2e)},
+      {"request_throughput", n / duration},
+      {"token_throughput", static_cast<double>(tokens) / duration},
+      {"goodput",
+       {{"slo", {{"ttft_s", slo.ttft_s}, {"tpot_s", slo.tpot_s}, {"e2e_s", slo.e2e_s}}},
+        {"requests_meeting_slo", good},
+        {"fraction", n > 0 ? static_cast<double>(good) / n : 0.0},
+        {"requests_per_s", static_cast<double>(good) / duration}}},
+      {"preemptions", trace.preemptions},
+      {"kv",
+       {{"blocks_peak", peak_blocks},
+        {"blocks_mean", mean_blocks},
+        {"pool_bytes_peak", static_cast<double>(peak_blocks) * bytes_per_block},
+        {"pool_bytes_mean", mean_blocks * bytes_per_block},
+        {"measured_bytes_peak", peak_bytes},
+        {"measured_bytes_mean", busy > 0 ? weighted_bytes / busy : 0.0}}},
+  };
+}
+
+}  // namespace kvbench

@@ -1,0 +1,416 @@
+// Serving: the block pool's accounting, the continuous-batching scheduler (FIFO admission,
+// preemption and recompute, completion exactly once) over an injected clock and a step-cost
+// model, Poisson arrivals and the report metrics.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/rng.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/model_config.h"
+#include "kvbench/model/presets.h"
+#include "kvbench/serving/block_pool.h"
+#include "kvbench/serving/scheduler.h"
+#include "kvbench/serving/serving_loop.h"
+#include "kvbench/suites/serving_suite.h"
+
+namespace kvbench {
+namespace {
+
+// --- BlockPool --------------------------------------------------------------------------------
+
+TEST(BlockPool, CapacityFromBudget) {
+  EXPECT_EQ(BlockPool::capacity(1000, 100), 10);
+  EXPECT_EQ(BlockPool::capacity(1099, 100), 10);
+  EXPECT_EQ(BlockPool::capacity(100, 100), 1);
+  // A compressed format (fewer bytes per block) fits more blocks in the same budget.
+  EXPECT_GT(BlockPool::capacity(1 << 20, 64 * 40.0), BlockPool::capacity(1 << 20, 64 * 128.0));
+  try {
+    BlockPool::capacity(99, 100);
+    FAIL() << "an impossible budget must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_budget_bytes"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(BlockPool::capacity(1000, 0), Error);
+  EXPECT_THROW(BlockPool(0, 64), Error);
+  EXPECT_THROW(BlockPool(4, 0), Error);
+}
+
+TEST(BlockPool, AllocateShrinkFreeAccounting) {
+  BlockPool pool(5, 4);
+  EXPECT_EQ(pool.blocks_for(0), 0);
+  EXPECT_EQ(pool.blocks_for(1), 1);
+  EXPECT_EQ(pool.blocks_for(4), 1);
+  EXPECT_EQ(pool.blocks_for(5), 2);
+  EXPECT_TRUE(pool.allocate(7, 3));
+  EXPECT_EQ(pool.free_blocks(), 2);
+  EXPECT_FALSE(pool.allocate(8, 3));  // all or nothing
+  EXPECT_EQ(pool.free_blocks(), 2);
+  EXPECT_EQ(pool.blocks_of(8), 0);
+  EXPECT_TRUE(pool.allocate(8, 2));
+  EXPECT_EQ(pool.free_blocks(), 0);
+  EXPECT_EQ(pool.peak_used_blocks(), 5);
+  pool.check_invariants();
+  pool.shrink(7, 1);
+  EXPECT_EQ(pool.blocks_of(7), 1);
+  EXPECT_EQ(pool.free_blocks(), 2);
+  EXPECT_EQ(pool.free_all(8), 2);
+  EXPECT_EQ(pool.free_all(7), 1);
+  EXPECT_EQ(pool.free_blocks(), 5);
+  EXPECT_TRUE(pool.owners().empty());
+  pool.check_invariants();
+}
+
+// Random allocate/shrink/free against a reference count per owner: no block is ever in two
+// tables, counts match, and freeing everything returns the whole pool.
+TEST(BlockPool, RandomOperationsNeverLeakOrShareBlocks) {
+  Rng rng(42);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int64_t n = 1 + static_cast<int64_t>(rng.below(40));
+    BlockPool pool(n, 16);
+    std::map<int64_t, int64_t> ref;
+    for (int op = 0; op < 400; ++op) {
+      const int64_t seq = static_cast<int64_t>(rng.below(6));
+      const uint64_t what = rng.below(3);
+      if (what == 0) {
+        const int64_t k = static_cast<int64_t>(rng.below(5));
+        const bool ok = pool.allocate(seq, k);
+        int64_t used = 0;
+        for (auto& [s, c] : ref) used += c;
+        EXPECT_EQ(ok, k <= n - used);
+        if (ok) ref[seq] += k;
+      } else if (what == 1) {
+        const int64_t keep = static_cast<int64_t>(rng.below(4));
+        pool.shrink(seq, keep);
+        ref[seq] = std::min(ref[seq], keep);
+      } else {
+        EXPECT_EQ(pool.free_all(seq), ref[seq]);
+        ref[seq] = 0;
+      }
+      pool.check_invariants();
+      std::set<int32_t> seen;
+      int64_t used = 0;
+      for (auto& [s, c] : ref) {
+        ASSERT_EQ(pool.blocks_of(s), c);
+        used += c;
+        for (int32_t b : pool.table(s)) ASSERT_TRUE(seen.insert(b).second) << "block " << b;
+      }
+      ASSERT_EQ(pool.used_blocks(), used);
+    }
+    for (auto& [s, c] : ref) pool.free_all(s);
+    EXPECT_EQ(pool.free_blocks(), n);
+  }
+}
+
+// --- Scheduler --------------------------------------------------------------------------------
+
+// A step-cost model over a manual clock that also checks what the scheduler asks for: a
+// prefill only for a request with no live KV, a decode only for one with live KV, a
+// preemption only of a live one, and the step's token budget.
+class CostModelExecutor final : public StepExecutor {
+ public:
+  CostModelExecutor(ManualClock& clock, const Scheduler& scheduler, int64_t max_batch_tokens)
+      : clock_(clock), scheduler_(scheduler), max_batch_tokens_(max_batch_tokens) {}
+  void execute(const StepPlan& plan) override {
+    if (++steps > 100000) throw Error("no progress after 100000 steps");
+    for (int64_t id : plan.preempted) ASSERT_EQ(live_.erase(id), 1u) << "preempted " << id;
+    for (int64_t id : plan.decodes) ASSERT_TRUE(live_.count(id)) << "decode of " << id;
+    int64_t tokens = static_cast<int64_t>(plan.decodes.size());
+    for (const auto& p : plan.prefills) {
+      ASSERT_TRUE(live_.insert(p.id).second) << "prefill of live " << p.id;
+      tokens += p.tokens;
+      prefill_tokens[p.id].push_back(p.tokens);
+    }
+    ASSERT_EQ(tokens, plan.batch_tokens);
+    ASSERT_LE(tokens, max_batch_tokens_);
+    max_used_blocks = std::max(max_used_blocks, scheduler_.pool().used_blocks());
+    clock_.advance(0.01 + 0.001 * static_cast<double>(tokens));
+  }
+  void finished(const std::vector<int64_t>& ids) override {
+    for (int64_t id : ids) {
+      ASSERT_EQ(live_.erase(id), 1u) << "finished " << id;
+      ASSERT_TRUE(done.insert(id).second) << id << " finished twice";
+    }
+  }
+  int steps = 0;
+  int64_t max_used_blocks = 0;
+  std::set<int64_t> done;
+  std::map<int64_t, std::vector<int64_t>> prefill_tokens;
+  size_t live() const { return live_.size(); }
+
+ private:
+  ManualClock& clock_;
+  const Scheduler& scheduler_;
+  int64_t max_batch_tokens_;
+  std::set<int64_t> live_;
+};
+
+TEST(Scheduler, AdmitsInFifoOrderUnderTheSequenceLimit) {
+  BlockPool pool(100, 4);
+  SchedulerConfig cfg;
+  cfg.max_running = 2;
+  Scheduler s(pool, cfg);
+  std::vector<ServingRequest> reqs;
+  for (int64_t i = 0; i < 8; ++i) reqs.push_back({i, 0.0, 3 + i % 3, 2 + i % 4});
+  ManualClock clock;
+  CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+  ServingTrace t = run_serving(reqs, s, ex, clock, true);
+  EXPECT_EQ(s.admission_order(), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(ex.done.size(), 8u);
+  EXPECT_EQ(t.preemptions, 0);
+  for (const auto& r : t.requests) {
+    EXPECT_EQ(static_cast<int64_t>(r.token_times_s.size()), r.request.output_tokens);
+  }
+  EXPECT_EQ(pool.free_blocks(), 100);
+}
+
+// The hand-traced case: two requests fill a 4-block pool; at the 4th step the older one needs a
+// third block, so the newer one is preempted, waits, and is recomputed from prompt + generated.
+TEST(Scheduler, PreemptsTheNewestAndRecomputesIt) {
+  BlockPool pool(4, 2);
+  Scheduler s(pool, SchedulerConfig{});
+  s.submit({0, 0, 2, 5});
+  s.submit({1, 0, 2, 5});
+  std::vector<StepPlan> plans;
+  std::vector<StepOutcome> outs;
+  while (!s.idle()) {
+    plans.push_back(s.schedule());
+    outs.push_back(s.commit(plans.back()));
+    s.check_invariants();
+    ASSERT_LT(plans.size(), 20u);
+  }
+  ASSERT_EQ(plans.size(), 7u);
+  // Step 1: both admitted (1 block each; the second with a spare block free).
+  ASSERT_EQ(plans[0].prefills.size(), 2u);
+  EXPECT_EQ(plans[0].prefills[0].tokens, 2);
+  // Step 4: request 0's context reaches 5 tokens = 3 blocks; request 1 is the victim.
+  EXPECT_TRUE(plans[2].preempted.empty());
+  EXPECT_EQ(plans[3].preempted, std::vector<int64_t>{1});
+  EXPECT_EQ(plans[3].decodes, std::vector<int64_t>{0});
+  EXPECT_TRUE(plans[3].prefills.empty());  // no admission in a step that preempted
+  // Step 5: request 1 (context 2 + 3 generated = 3 blocks, + a spare) does not fit yet.
+  EXPECT_TRUE(plans[4].prefills.empty());
+  EXPECT_EQ(outs[4].finished, std::vector<int64_t>{0});
+  // Step 6: recompute of request 1 from its 5 known tokens; step 7 finishes it.
+  ASSERT_EQ(plans[5].prefills.size(), 1u);
+  EXPECT_EQ(plans[5].prefills[0].id, 1);
+  EXPECT_EQ(plans[5].prefills[0].tokens, 5);
+  EXPECT_EQ(outs[6].finished, std::vector<int64_t>{1});
+  EXPECT_EQ(s.preemptions(1), 1);
+  EXPECT_EQ(s.preemptions(0), 0);
+  EXPECT_EQ(s.generated(0), 5);
+  EXPECT_EQ(s.generated(1), 5);
+  EXPECT_EQ(pool.free_blocks(), 4);
+  EXPECT_EQ(s.admission_order(), (std::vector<int64_t>{0, 1, 1}));
+}
+
+TEST(Scheduler, RetentionReturnsBlocksAfterThePrefill) {
+  // 8-token prompt, budget 4 tokens (2 blocks), evicting during decode: after the prefill the
+  // request holds 2 blocks and never more.
+  BlockPool pool(7, 2);
+  SchedulerConfig cfg;
+  cfg.retention_budget = 4;
+  Scheduler s(pool, cfg);
+  s.submit({0, 0, 8, 6});
+  StepPlan p = s.schedule();
+  EXPECT_EQ(pool.used_blocks(), 4);  // the prefill holds the whole prompt
+  s.commit(p);
+  EXPECT_EQ(pool.used_blocks(), 2);
+  while (!s.idle()) {
+    s.commit(s.schedule());
+    if (!s.idle()) {
+      EXPECT_EQ(pool.used_blocks(), 2);
+    }
+  }
+  EXPECT_EQ(pool.free_blocks(), 7);
+
+  // Evicting once after the prefill: 4 tokens kept, then one more per decode step.
+  BlockPool pool2(7, 2);
+  cfg.evict_during_decode = false;
+  Scheduler s2(pool2, cfg);
+  s2.submit({0, 0, 8, 6});
+  s2.commit(s2.schedule());
+  EXPECT_EQ(s2.held_tokens(0), 4);
+  s2.commit(s2.schedule());
+  EXPECT_EQ(s2.held_tokens(0), 5);
+  EXPECT_EQ(pool2.used_blocks(), 3);
+}
+
+TEST(Scheduler, RejectsRequestsThatCanNeverRun) {
+  BlockPool pool(3, 4);
+  SchedulerConfig cfg;
+  cfg.max_batch_tokens = 16;
+  Scheduler s(pool, cfg);
+  try {
+    s.submit({0, 0, 10, 8});  // 17 tokens > max_batch_tokens
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("max_batch_tokens"), std::string::npos) << e.what();
+  }
+  cfg.max_batch_tokens = 100;
+  Scheduler s2(pool, cfg);
+  try {
+    s2.submit({0, 0, 10, 8});  // 17 tokens = 5 blocks > 3
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("KV budget"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(s2.submit({1, 0, 0, 3}), Error);
+  s2.submit({2, 0, 4, 3});
+  EXPECT_THROW(s2.submit({2, 0, 4, 3}), Error);  // id twice
+}
+
+// Seeded random mixes over small pools: invariants after every step, every request completes
+// exactly once with its output length, first admissions in arrival order, pool empty at the end.
+TEST(Scheduler, RandomMixesCompleteExactlyOnceWithoutLeaks) {
+  Rng rng(7);
+  int64_t total_preemptions = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int64_t bs = 1 + static_cast<int64_t>(rng.below(8));
+    SchedulerConfig cfg;
+    cfg.max_batch_tokens = 64 + static_cast<int64_t>(rng.below(64));
+    cfg.max_running = 1 + static_cast<int64_t>(rng.below(12));
+    if (rng.below(3) == 0) {
+      cfg.retention_budget = 1 + static_cast<int64_t>(rng.below(16));
+      cfg.evict_during_decode = rng.below(2) == 0;
+    }
+    const int64_t n = 1 + static_cast<int64_t>(rng.below(25));
+    std::vector<ServingRequest> reqs;
+    int64_t largest = 1;
+    const double rate = rng.below(2) == 0 ? 0.0 : 5.0 + static_cast<double>(rng.below(200));
+    std::vector<double> arrivals = poisson_arrivals(n, rate, 100 + trial);
+    for (int64_t i = 0; i < n; ++i) {
+      ServingRequest r{i, arrivals[static_cast<size_t>(i)], 1 + static_cast<int64_t>(rng.below(30)),
+                       1 + static_cast<int64_t>(rng.below(30))};
+      largest = std::max(largest, (r.prompt_tokens + r.output_tokens - 1 + bs - 1) / bs);
+      reqs.push_back(r);
+    }
+    // From just enough for the largest request alone to a comfortable pool.
+    BlockPool pool(largest + static_cast<int64_t>(rng.below(static_cast<uint64_t>(3 * largest))),
+                   bs);
+    Scheduler s(pool, cfg);
+    ManualClock clock;
+    CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+    ServingTrace t = run_serving(reqs, s, ex, clock, true);
+    ASSERT_EQ(static_cast<int64_t>(ex.done.size()), n) << "trial " << trial;
+    EXPECT_EQ(ex.live(), 0u);
+    EXPECT_EQ(pool.free_blocks(), pool.num_blocks());
+    EXPECT_LE(ex.max_used_blocks, pool.num_blocks());
+    for (const auto& r : t.requests) {
+      ASSERT_EQ(static_cast<int64_t>(r.token_times_s.size()), r.request.output_tokens);
+      EXPECT_GE(r.token_times_s.front(), r.request.arrival_s);
+      EXPECT_TRUE(std::is_sorted(r.token_times_s.begin(), r.token_times_s.end()));
+      // A recompute feeds the prompt plus every token generated before it.
+      const auto& fed = ex.prefill_tokens.at(r.request.id);
+      EXPECT_EQ(static_cast<int64_t>(fed.size()), r.preemptions + 1);
+      EXPECT_EQ(fed.front(), r.request.prompt_tokens);
+    }
+    // FIFO: first admissions follow arrival order (ids are in arrival order here).
+    std::vector<int64_t> first;
+    std::set<int64_t> seen;
+    for (int64_t id : s.admission_order()) {
+      if (seen.insert(id).second) first.push_back(id);
+    }
+    std::vector<int64_t> expected(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) expected[static_cast<size_t>(i)] = i;
+    EXPECT_EQ(first, expected) << "trial " << trial;
+    total_preemptions += t.preemptions;
+  }
+  // The mixes include tight pools: preemption paths ran.
+  EXPECT_GT(total_preemptions, 0);
+}
+
+// No starvation under overload: a flood of requests arriving faster than they are served
+// still completes every one, and the oldest waiting request is always the next admitted.
+TEST(Scheduler, OverloadStillCompletesEveryRequest) {
+  BlockPool pool(12, 4);
+  SchedulerConfig cfg;
+  cfg.max_batch_tokens = 64;
+  Scheduler s(pool, cfg);
+  std::vector<ServingRequest> reqs;
+  std::vector<double> arrivals = poisson_arrivals(200, 1000.0, 3);
+  for (int64_t i = 0; i < 200; ++i) {
+    reqs.push_back({i, arrivals[static_cast<size_t>(i)], 4 + i % 13, 3 + (i * 7) % 17});
+  }
+  ManualClock clock;
+  CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+  ServingTrace t = run_serving(reqs, s, ex, clock, true);
+  EXPECT_EQ(ex.done.size(), 200u);
+  EXPECT_GT(t.preemptions, 0);
+  EXPECT_EQ(pool.free_blocks(), 12);
+}
+
+// --- Arrivals and metrics ---------------------------------------------------------------------
+
+TEST(Serving, PoissonArrivalsAreSeededWithTheRightMeanGap) {
+  auto a = poisson_arrivals(20000, 4.0, 11);
+  EXPECT_EQ(a, poisson_arrivals(20000, 4.0, 11));
+  EXPECT_NE(a, poisson_arrivals(20000, 4.0, 12));
+  EXPECT_EQ(a.front(), 0.0);
+  EXPECT_TRUE(std::is_sorted(a.begin(), a.end()));
+  // Mean gap 1/rate = 0.25; its standard error over 19999 gaps is 0.25/sqrt(19999) = 0.0018.
+  EXPECT_NEAR(a.back() / 19999.0, 0.25, 0.01);
+  for (double t : poisson_arrivals(5, 0.0, 1)) EXPECT_EQ(t, 0.0);
+  EXPECT_THROW(poisson_arrivals(5, -1.0, 1), Error);
+}
+
+TEST(Serving, MetricsFromAHandBuiltTrace) {
+  ServingTrace t;
+  t.requests.push_back({{0, 0.0, 4, 3}, {1.0, 1.5, 2.5}, 0});  // ttft 1, tpot 0.75, e2e 2.5
+  t.requests.push_back({{1, 1.0, 4, 1}, {3.0}, 1});            // ttft 2, e2e 2
+  t.end_s = 4.0;
+  t.preemptions = 1;
+  t.steps.push_back({0.0, 1.0, 0, 1, 0, 4, 2, 100.0});
+  t.steps.push_back({1.0, 4.0, 1, 0, 0, 1, 4, 300.0});
+  SloThresholds slo;
+  slo.ttft_s = 1.5;
+  nlohmann::json m = serving_metrics(t, slo, 10.0);
+  EXPECT_DOUBLE_EQ(m["ttft_s"]["p50"], 1.5);
+  EXPECT_DOUBLE_EQ(m["ttft_s"]["max"], 2.0);
+  EXPECT_DOUBLE_EQ(m["tpot_s"]["mean"], 0.75);
+  EXPECT_EQ(m["tpot_s"]["n"], 1);
+  EXPECT_EQ(m["itl_s"]["n"], 2);
+  EXPECT_DOUBLE_EQ(m["itl_s"]["max"], 1.0);
+  EXPECT_DOUBLE_EQ(m["e2e_s"]["mean"], 2.25);
+  EXPECT_DOUBLE_EQ(m["request_throughput"], 0.5);
+  EXPECT_DOUBLE_EQ(m["token_throughput"], 1.0);
+  EXPECT_EQ(m["goodput"]["requests_meeting_slo"], 1);
+  EXPECT_DOUBLE_EQ(m["goodput"]["requests_per_s"], 0.25);
+  EXPECT_EQ(m["kv"]["blocks_peak"], 4);
+  EXPECT_DOUBLE_EQ(m["kv"]["blocks_mean"], (2.0 * 1 + 4.0 * 3) / 4.0);
+  EXPECT_DOUBLE_EQ(m["kv"]["pool_bytes_peak"], 40.0);
+  EXPECT_DOUBLE_EQ(m["kv"]["measured_bytes_mean"], (100.0 + 900.0) / 4.0);
+  EXPECT_EQ(m["preemptions"], 1);
+}
+
+}  // namespace
+}  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+// Bytes per block from the method's formula: the full cache's is exactly block_size tokens of
+// K and V over every layer in the model's dtype; kivi-4 (4-bit codes, fp16 scale and min per
+// group of 32, a 128-token fp16 residual amortized over 64 blocks) takes about 0.32 of it, so
+// the same budget holds about three times the blocks; a retention method's codec decides.
+TEST(Serving, BlockBytesFollowTheMethodsFormula) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  const double full =
+      method_block_bytes(resolve_method({{"name", "full"}}, "m"), c, at::kBFloat16, 64);
+  EXPECT_DOUBLE_EQ(full, 64.0 * 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2);
+  const double kivi =
+      method_block_bytes(resolve_method({{"name", "kivi-4"}}, "m"), c, at::kBFloat16, 64);
+  EXPECT_GT(kivi, full * 0.3);
+  EXPECT_LT(kivi, full * 0.35);
+  EXPECT_GE(BlockPool::capacity(1 << 21, kivi), 3 * BlockPool::capacity(1 << 21, full));
+  EXPECT_DOUBLE_EQ(
+      method_block_bytes(resolve_method({{"name", "stream-512"}}, "m"), c, at::kBFloat16, 64),
+      full);
+}
+
+}  // namespace
+}  // namespace kvbench
