@@ -163,8 +163,13 @@ SchedulerConfig scheduler_config(const json& p, const json& method) {
   s.max_batch_tokens = p["max_batch_tokens"];
   s.max_running = p["max_running"];
   auto policy = make_policy(method);
-  if (policy->budget() != INT64_MAX) {
-    s.retention_budget = policy->budget();
+  // Tokens a long sequence holds, averaged over layers (a one-layer view: PyramidKV's mean
+  // budget), which is what its blocks in the pool hold.
+  RetentionInput long_sequence;
+  long_sequence.length = INT64_MAX / 4;
+  const int64_t budget = policy->budget(long_sequence);
+  if (budget != INT64_MAX) {
+    s.retention_budget = budget;
     s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
   }
   return s;
