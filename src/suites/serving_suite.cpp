@@ -158,16 +158,23 @@ class ModelExecutor final : public StepExecutor {
   std::vector<int64_t> seq_;                  // cache sequence id, -1 when not running
 };
 
-SchedulerConfig scheduler_config(const json& p, const json& method) {
+SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_layers) {
   SchedulerConfig s;
   s.max_batch_tokens = p["max_batch_tokens"];
   s.max_running = p["max_running"];
   auto policy = make_policy(method);
-  // Tokens a long sequence holds, averaged over layers (a one-layer view: PyramidKV's mean
-  // budget), which is what its blocks in the pool hold.
-  RetentionInput long_sequence;
-  long_sequence.length = INT64_MAX / 4;
-  const int64_t budget = policy->budget(long_sequence);
+  // One cap per sequence: the largest layer budget at the longest context the cell can see
+  // (budgets may differ per layer and grow with the length); none for a policy that never evicts.
+  const int64_t longest =
+      p["prompt_tokens_max"].get<int64_t>() + p["output_tokens_max"].get<int64_t>();
+  int64_t budget = 0;
+  RetentionInput in;
+  in.num_layers = num_layers;
+  in.length = longest;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    in.layer = l;
+    budget = std::max(budget, policy->budget(in));
+  }
   if (budget != INT64_MAX) {
     s.retention_budget = budget;
     s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
@@ -212,7 +219,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   check_memory_fits(
       static_cast<uint64_t>(budget) + generation_bytes(c, 0, 1, p["max_batch_tokens"], 0),
       "serving: a KV budget of " + format_bytes(budget));
-  const SchedulerConfig sched = scheduler_config(p, ctx.method);
+  const SchedulerConfig sched = scheduler_config(p, ctx.method, c.num_layers);
   const Workload w = make_workload(p, c.vocab_size, ctx.spec.seed);
   SloThresholds slo;
   slo.ttft_s = p["slo_ttft_s"];
