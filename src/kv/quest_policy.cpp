@@ -98,23 +98,25 @@ at::Tensor QuestPages::bounds(const at::Tensor& q) const {
   KVB_CHECK(q.dim() == 2 && q.size(1) == d && heads % kv_heads_ == 0 && q.is_contiguous() &&
                 q.scalar_type() == at::kFloat,
             "quest pages: q ", q.sizes());
+  // max(q_i min_i, q_i max_i) is q_i max_i for q_i >= 0 and q_i min_i otherwise, so the
+  // group's mean bound is two dot products with the group's mean positive and negative parts:
+  // U = sum_i P_i max_i + N_i min_i, P = mean_r max(q_r, 0), N = mean_r min(q_r, 0).
+  const at::Tensor qg = q.view({kv_heads_, group, d});
+  const at::Tensor pos = qg.clamp_min(0).mean(1).contiguous();  // [kv_heads, d]
+  const at::Tensor neg = qg.clamp_max(0).mean(1).contiguous();
   at::Tensor out = at::empty({kv_heads_, n}, at::kFloat);
   float* o = out.data_ptr<float>();
-  const float* qp = q.data_ptr<float>();
   at::parallel_for(0, kv_heads_ * n, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> mn(static_cast<size_t>(d)), mx(static_cast<size_t>(d));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t h = task / n, p = task % n;
       simd::to_float(mins_.row<at::Half>(h, p), mn.data(), d);
       simd::to_float(maxs_.row<at::Half>(h, p), mx.data(), d);
-      float total = 0;
-      for (int64_t r = 0; r < group; ++r) {
-        const float* qr = qp + (h * group + r) * d;
-        float u = 0;
-        for (int64_t i = 0; i < d; ++i) u += std::max(qr[i] * mn[i], qr[i] * mx[i]);
-        total += u;
-      }
-      o[task] = total / static_cast<float>(group);
+      const float* ph = pos.data_ptr<float>() + h * d;
+      const float* nh = neg.data_ptr<float>() + h * d;
+      float u = 0;
+      for (int64_t i = 0; i < d; ++i) u += ph[i] * mx[i] + nh[i] * mn[i];
+      o[task] = u;
     }
   });
   return out;
