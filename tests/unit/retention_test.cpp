@@ -70,6 +70,52 @@ std::vector<at::Tensor> decode_logits(const Transformer& model, KVCache& cache,
   return out;
 }
 
+// Passes everything to another cache and keeps the keys layer 0 receives: a layer-0 key depends
+// only on the token and its RoPE position, so equal keys for the same token mean equal positions.
+class KeySpy final : public KVCache {
+ public:
+  explicit KeySpy(std::unique_ptr<KVCache> inner) : inner_(std::move(inner)) {}
+  int64_t add_sequence() override { return inner_->add_sequence(); }
+  void remove_sequence(int64_t seq) override { inner_->remove_sequence(seq); }
+  int64_t length(int64_t seq) const override { return inner_->length(seq); }
+  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v) override {
+    if (layer == 0) keys.push_back(k.clone());
+    return inner_->append_and_attend(seq, layer, q, k, v);
+  }
+  std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_->kept_tokens(seq); }
+  StorageBytes storage() const override { return inner_->storage(); }
+  StorageBytes nominal() const override { return inner_->nominal(); }
+  std::vector<at::Tensor> keys;
+
+ private:
+  std::unique_ptr<KVCache> inner_;
+};
+
+// After eviction a new token takes its logical position (tokens entered), not the number held.
+TEST(Retention, NewTokensAfterEvictionUseTheirLogicalPositions) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  const std::vector<int64_t> prompt = prompt_of(40, 3);
+  for (const json& method : {json{{"name", "streamingllm"}, {"sinks", 2}, {"window", 6}},
+                             json{{"name", "snapkv"}, {"budget", 36}},
+                             json{{"name", "h2o"}, {"heavy", 4}, {"recent", 4}}}) {
+    KeySpy full(cache_for(resolve({{"name", "fp32"}}), mc)),
+        evicting(cache_for(resolve(method), mc));
+    // The same continuation is fed to both, so the tokens are equal whatever the outputs.
+    for (KeySpy* c : {&full, &evicting}) {
+      const int64_t seq = c->add_sequence();
+      model.forward({{seq, prompt}}, *c);
+      for (int64_t t : {7, 8, 9}) model.forward({{seq, {t}}}, *c);
+    }
+    ASSERT_LT(evicting.kept_tokens(0)[0], 43) << method.dump();  // it did evict
+    ASSERT_EQ(full.keys.size(), evicting.keys.size());
+    for (size_t i = 1; i < full.keys.size(); ++i) {
+      EXPECT_TRUE(at::allclose(evicting.keys[i], full.keys[i], 0, 0)) << method.dump() << " " << i;
+    }
+  }
+}
+
 // Budget >= length: every policy, with several codecs, is bitwise the codec's full cache.
 TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
   Transformer model = tiny_model();
