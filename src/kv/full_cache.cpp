@@ -102,13 +102,12 @@ at::Tensor CompressedKVCache::attend(const Layer& layer, const at::Tensor& q) co
   return block_attention_reference(q, layer.keys->dequantize(), layer.values->dequantize(), scale);
 }
 
-at::Tensor CompressedKVCache::attend_pages(const Layer& layer, const at::Tensor& q) const {
+TokenRuns CompressedKVCache::quest_runs(const Layer& layer, const at::Tensor& q) const {
   const int64_t heads = q.size(0), held = layer.keys->size(), page = quest_->page_size();
   const at::Tensor qf = q.to(at::kFloat).reshape({heads, head_dim_}).contiguous();
   const at::Tensor pages = quest_->select_pages(layer.pages->bounds(qf));  // ascending per head
   // Adjacent pages merge into one run, so the kernel reads each stretch of rows in one pass.
   TokenRuns runs(static_cast<size_t>(num_kv_heads_));
-  std::vector<int64_t> idx;
   for (int64_t h = 0; h < num_kv_heads_; ++h) {
     const int64_t* p = pages[h].data_ptr<int64_t>();
     for (int64_t i = 0; i < pages.size(1); ++i) {
@@ -118,15 +117,25 @@ at::Tensor CompressedKVCache::attend_pages(const Layer& layer, const at::Tensor&
       } else {
         runs[h].push_back({t0, t1});
       }
-      for (int64_t t = t0; t < t1; ++t) idx.push_back(t);
     }
   }
+  return runs;
+}
+
+at::Tensor CompressedKVCache::attend_runs(const Layer& layer, const at::Tensor& q,
+                                          const TokenRuns& runs) const {
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   if (backend_ == AttentionBackend::kCpu) {
     return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale, &runs);
   }
   // The oracle: the selected rows gathered and attended plainly. Every head reads as many
   // tokens: full pages plus the newest (always selected) page.
+  std::vector<int64_t> idx;
+  for (const auto& head : runs) {
+    for (const auto& run : head) {
+      for (int64_t t = run[0]; t < run[1]; ++t) idx.push_back(t);
+    }
+  }
   at::Tensor rows = at::tensor(idx, at::kLong)
                         .view({num_kv_heads_, -1, 1})
                         .expand({num_kv_heads_, -1, head_dim_});
@@ -358,10 +367,15 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
       if (!layer.pages) {
         layer.pages = std::make_unique<QuestPages>(num_kv_heads_, head_dim_, quest_->page_size());
       }
+      // Page bounds and the page choice are Quest's retention work.
+      Stopwatch watch;
       layer.pages->append(*layer.keys, n);
       if (n == 1 && !prefill && quest_->sparse(layer_index, layer.keys->size())) {
-        return attend_pages(layer, q);
+        const TokenRuns runs = quest_runs(layer, q);
+        retention_s_ += watch.seconds();
+        return attend_runs(layer, q, runs);
       }
+      retention_s_ += watch.seconds();
     }
     return attend(layer, q);
   }

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "kvbench/attention/cpu_attention.h"
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/kv/quest_policy.h"
@@ -84,8 +85,10 @@ class CompressedKVCache : public KVCache {
   Sequence& sequence(int64_t seq);
   const Sequence& sequence(int64_t seq) const;
   at::Tensor attend(const Layer& layer, const at::Tensor& q) const;
-  // Quest's decode step: exact attention over the top pages of each KV head, read in place.
-  at::Tensor attend_pages(const Layer& layer, const at::Tensor& q) const;
+  // Quest's decode step: the top pages of each KV head as token runs, then exact attention over
+  // them, read in place (the reference backend gathers them).
+  TokenRuns quest_runs(const Layer& layer, const at::Tensor& q) const;
+  at::Tensor attend_runs(const Layer& layer, const at::Tensor& q, const TokenRuns& runs) const;
   // [num_heads, w, n] softmax attention of the block's last w queries over its n tokens.
   at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, int64_t w) const;
   // Adds the attention probabilities the block's queries (positions start..) give every held
