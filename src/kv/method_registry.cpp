@@ -204,20 +204,23 @@ MethodInfo streaming_method(const std::string& name, const std::string& summary,
           }};
 }
 
+// The parameters SnapKV's scoring takes (PyramidKV scores the same way): budget, observation
+// window, pooling kernel and pooling.
+std::vector<ParamSpec> snapkv_scoring_params(int64_t budget, const std::string& budget_help,
+                                             int64_t window) {
+  return {ParamSpec::integer("budget", budget, budget_help).range(2, 1 << 24),
+          ParamSpec::integer("window", window, "w: observation window (last prefill queries)")
+              .range(1, 1 << 20),
+          ParamSpec::integer("kernel", 7, "pooling kernel along tokens (odd)").range(1, 1023),
+          ParamSpec::string("pooling", "max", "pooling of the window's votes", {"max", "avg"})};
+}
+
 MethodInfo snapkv_method(const std::string& name, const std::string& summary, int64_t budget,
                          const std::vector<std::string>& codecs) {
-  return {name,
-          summary,
-          {ParamSpec::integer("budget", budget,
-                              "C: tokens kept per KV head per layer, the window included")
-               .range(2, 1 << 24),
-           ParamSpec::integer("window", 32, "w: observation window (last prefill queries)")
-               .range(1, 1 << 20),
-           ParamSpec::integer("kernel", 7, "pooling kernel along tokens (odd)").range(1, 1023),
-           ParamSpec::string("pooling", "max", "pooling of the window's votes", {"max", "avg"}),
-           codec_param(codecs)},
-          {},
-          [](const json& p) {
+  std::vector<ParamSpec> params = snapkv_scoring_params(
+      budget, "C: tokens kept per KV head per layer, the window included", 32);
+  params.push_back(codec_param(codecs));
+  return {name, summary, params, {}, [](const json& p) {
             return std::make_shared<SnapKvPolicy>(p["budget"].get<int64_t>(),
                                                   p["window"].get<int64_t>(),
                                                   p["kernel"].get<int64_t>(), p["pooling"]);
@@ -226,22 +229,14 @@ MethodInfo snapkv_method(const std::string& name, const std::string& summary, in
 
 MethodInfo pyramidkv_method(const std::string& name, const std::string& summary, int64_t budget,
                             const std::vector<std::string>& codecs) {
-  return {name,
-          summary,
-          {ParamSpec::integer("budget", budget,
-                              "C: average tokens kept per KV head per layer, the window included")
-               .range(2, 1 << 24),
-           ParamSpec::integer("window", 8, "w: observation window (last prefill queries)")
-               .range(1, 1 << 20),
-           ParamSpec::integer("kernel", 7, "pooling kernel along tokens (odd)").range(1, 1023),
-           ParamSpec::string("pooling", "max", "pooling of the window's votes", {"max", "avg"}),
-           ParamSpec::number("beta", 20.0,
-                             "beta: the last layer keeps (C - w) / beta + w, the first "
-                             "2 (C - w) - (C - w) / beta + w")
-               .range(1, 1e6),
-           codec_param(codecs)},
-          {},
-          [](const json& p) {
+  std::vector<ParamSpec> params = snapkv_scoring_params(
+      budget, "C: average tokens kept per KV head per layer, the window included", 8);
+  params.push_back(ParamSpec::number("beta", 20.0,
+                                     "beta: the last layer keeps (C - w) / beta + w, the first "
+                                     "2 (C - w) - (C - w) / beta + w")
+                       .range(1, 1e6));
+  params.push_back(codec_param(codecs));
+  return {name, summary, params, {}, [](const json& p) {
             return std::make_shared<PyramidKvPolicy>(
                 p["budget"].get<int64_t>(), p["window"].get<int64_t>(), p["kernel"].get<int64_t>(),
                 p["pooling"], p["beta"].get<double>());

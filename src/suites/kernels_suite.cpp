@@ -208,9 +208,8 @@ json retained_record(const Shape& sh, std::shared_ptr<const RetentionPolicy> pol
   const std::string name = policy->name();
   const json params = policy->params();
   int64_t kept = 0;
-  Summary method =
-      summarize(time_decode_steps(policy, sh, backend, sh.context, warmup, repeats, seed, &kept),
-                seed);
+  Summary method = summarize(
+      time_decode_steps(policy, sh, backend, sh.context, warmup, repeats, seed, &kept), seed);
   // Quest keeps every token but reads `budget` of them: its baseline is a cache that size.
   const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());
   const int64_t read = quest ? std::min(kept, quest->token_budget()) : kept;
