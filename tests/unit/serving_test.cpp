@@ -121,9 +121,17 @@ class CostModelExecutor final : public StepExecutor {
     for (int64_t id : plan.decodes) ASSERT_TRUE(live_.count(id)) << "decode of " << id;
     int64_t tokens = static_cast<int64_t>(plan.decodes.size());
     for (const auto& p : plan.prefills) {
-      ASSERT_TRUE(live_.insert(p.id).second) << "prefill of live " << p.id;
+      if (p.start == 0) {
+        ASSERT_TRUE(live_.insert(p.id).second) << "prefill of live " << p.id;
+        prefill_tokens[p.id].push_back(p.context);
+      } else {
+        ASSERT_TRUE(live_.count(p.id)) << "continued prefill of " << p.id;
+      }
+      ASSERT_GE(p.tokens, 1);
+      ASSERT_LE(p.start + p.tokens, p.context);
+      ASSERT_LE(p.tokens, max_chunk);
       tokens += p.tokens;
-      prefill_tokens[p.id].push_back(p.tokens);
+      chunks[p.id].push_back(p.tokens);
     }
     ASSERT_EQ(tokens, plan.batch_tokens);
     ASSERT_LE(tokens, max_batch_tokens_);
@@ -137,9 +145,11 @@ class CostModelExecutor final : public StepExecutor {
     }
   }
   int steps = 0;
+  int64_t max_chunk = INT64_MAX;  // no prefill item may feed more tokens
   int64_t max_used_blocks = 0;
   std::set<int64_t> done;
-  std::map<int64_t, std::vector<int64_t>> prefill_tokens;
+  std::map<int64_t, std::vector<int64_t>> prefill_tokens;  // context of each (re)prefill
+  std::map<int64_t, std::vector<int64_t>> chunks;          // tokens of each prefill item
   size_t live() const { return live_.size(); }
 
  private:
@@ -342,6 +352,174 @@ TEST(Scheduler, OverloadStillCompletesEveryRequest) {
   EXPECT_EQ(ex.done.size(), 200u);
   EXPECT_GT(t.preemptions, 0);
   EXPECT_EQ(pool.free_blocks(), 12);
+}
+
+// --- Chunked prefill ----------------------------------------------------------------------
+
+// A 100-token prompt in chunks of 30: four prefill steps of 30, 30, 30 and 10 tokens, the first
+// token at the end of the last one, so TTFT is the four steps' modelled cost.
+TEST(ChunkedPrefill, SplitsAPromptAndEmitsAfterTheLastChunk) {
+  BlockPool pool(100, 8);
+  SchedulerConfig cfg;
+  cfg.max_batch_tokens = 64;
+  cfg.chunked_prefill = true;
+  cfg.prefill_chunk_tokens = 30;
+  Scheduler s(pool, cfg);
+  ManualClock clock;
+  CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+  ex.max_chunk = 30;
+  // Without chunking this request (100 + 3 - 1 tokens > 64) could never run.
+  ServingTrace t = run_serving({{0, 0.5, 100, 3}}, s, ex, clock, true);
+  EXPECT_EQ(ex.chunks.at(0), (std::vector<int64_t>{30, 30, 30, 10}));
+  ASSERT_EQ(t.requests[0].token_times_s.size(), 3u);
+  const double prefill_cost = 3 * (0.01 + 0.030) + (0.01 + 0.010);
+  EXPECT_NEAR(t.requests[0].token_times_s.front() - 0.5, prefill_cost, 1e-12);
+  EXPECT_NEAR(t.requests[0].token_times_s.back() - 0.5, prefill_cost + 2 * (0.01 + 0.001), 1e-12);
+  EXPECT_EQ(t.steps.size(), 6u);  // 4 chunks + 2 decodes
+  EXPECT_EQ(t.steps[0].prefills, 1);
+  // The request held blocks for its whole context (13 blocks) from its first chunk.
+  EXPECT_EQ(t.steps[0].used_blocks, 13);
+  EXPECT_EQ(pool.free_blocks(), 100);
+
+  BlockPool pool2(100, 8);
+  cfg.chunked_prefill = false;
+  Scheduler s2(pool2, cfg);
+  EXPECT_THROW(s2.submit({0, 0, 100, 3}), Error);
+}
+
+// The point of chunking: a long prompt arriving while a request decodes no longer stalls it.
+// Without chunking the decode waits behind a 400-token step; with chunks of 32, no gap between
+// its tokens exceeds one step of 32 prefill tokens plus its own decode.
+TEST(ChunkedPrefill, DecodesAreNotStalledBehindALongPrefill) {
+  double gap[2] = {0, 0};
+  for (int chunked = 0; chunked < 2; ++chunked) {
+    BlockPool pool(200, 8);
+    SchedulerConfig cfg;
+    cfg.max_batch_tokens = 1024;
+    cfg.chunked_prefill = chunked == 1;
+    cfg.prefill_chunk_tokens = 32;
+    Scheduler s(pool, cfg);
+    ManualClock clock;
+    CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+    ServingTrace t = run_serving({{0, 0.0, 4, 40}, {1, 0.05, 400, 2}}, s, ex, clock, true);
+    const auto& times = t.requests[0].token_times_s;
+    ASSERT_EQ(times.size(), 40u);
+    for (size_t i = 1; i < times.size(); ++i)
+      gap[chunked] = std::max(gap[chunked], times[i] - times[i - 1]);
+    EXPECT_EQ(ex.done.size(), 2u);
+    if (chunked == 1) {
+      EXPECT_EQ(ex.chunks.at(1).size(), 13u);  // ceil(400 / 32)
+    }
+  }
+  EXPECT_NEAR(gap[0], 0.01 + 0.001 * 401, 1e-12);
+  EXPECT_LE(gap[1], 0.01 + 0.001 * 33 + 1e-12);
+}
+
+// Under a tight token budget the step's leftover budget goes to unfinished prefills first
+// (oldest first), then to new admissions: FIFO, and the batch never exceeds max_batch_tokens.
+TEST(ChunkedPrefill, ChunksFillTheLeftoverBudgetInFifoOrder) {
+  BlockPool pool(100, 4);
+  SchedulerConfig cfg;
+  cfg.max_batch_tokens = 16;
+  cfg.chunked_prefill = true;
+  cfg.prefill_chunk_tokens = 10;
+  Scheduler s(pool, cfg);
+  s.submit({0, 0, 25, 2});
+  s.submit({1, 0, 12, 2});
+  StepPlan p1 = s.schedule();
+  ASSERT_EQ(p1.prefills.size(), 2u);
+  EXPECT_EQ(p1.prefills[0].id, 0);
+  EXPECT_EQ(p1.prefills[0].tokens, 10);
+  EXPECT_EQ(p1.prefills[1].id, 1);
+  EXPECT_EQ(p1.prefills[1].tokens, 6);  // the leftover budget
+  EXPECT_EQ(p1.batch_tokens, 16);
+  EXPECT_TRUE(s.commit(p1).emitted.empty());
+  StepPlan p2 = s.schedule();
+  ASSERT_EQ(p2.prefills.size(), 2u);
+  EXPECT_EQ(p2.prefills[0].start, 10);
+  EXPECT_EQ(p2.prefills[0].tokens, 10);
+  EXPECT_EQ(p2.prefills[1].start, 6);
+  EXPECT_EQ(p2.prefills[1].tokens, 6);  // its last chunk
+  EXPECT_TRUE(p2.prefills[1].last());
+  EXPECT_EQ(s.commit(p2).emitted, std::vector<int64_t>{1});
+  StepPlan p3 = s.schedule();
+  EXPECT_EQ(p3.decodes, std::vector<int64_t>{1});
+  ASSERT_EQ(p3.prefills.size(), 1u);
+  EXPECT_EQ(p3.prefills[0].tokens, 5);
+  StepOutcome o3 = s.commit(p3);
+  EXPECT_EQ(o3.emitted, (std::vector<int64_t>{1, 0}));
+  EXPECT_EQ(o3.finished, std::vector<int64_t>{1});
+  s.check_invariants();
+}
+
+// The random mixes again with chunked prefill, contexts up to twice max_batch_tokens and tiny
+// token budgets: invariants after every step, no item above the chunk size or the step above
+// max_batch_tokens (checked by the executor), every request completes exactly once with its
+// output length, chunks of one prefill cover its context in order, first admissions FIFO.
+TEST(ChunkedPrefill, RandomMixesCompleteExactlyOnceWithoutLeaks) {
+  Rng rng(17);
+  int64_t total_preemptions = 0, split = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int64_t bs = 1 + static_cast<int64_t>(rng.below(8));
+    SchedulerConfig cfg;
+    cfg.max_batch_tokens = 8 + static_cast<int64_t>(rng.below(40));
+    cfg.max_running = 1 + static_cast<int64_t>(rng.below(8));
+    cfg.chunked_prefill = true;
+    cfg.prefill_chunk_tokens = 1 + static_cast<int64_t>(rng.below(20));
+    if (rng.below(3) == 0) {
+      cfg.retention_budget = 1 + static_cast<int64_t>(rng.below(16));
+      cfg.evict_during_decode = rng.below(2) == 0;
+    }
+    const int64_t n = 1 + static_cast<int64_t>(rng.below(20));
+    std::vector<ServingRequest> reqs;
+    int64_t largest = 1;
+    const double rate = rng.below(2) == 0 ? 0.0 : 5.0 + static_cast<double>(rng.below(200));
+    std::vector<double> arrivals = poisson_arrivals(n, rate, 300 + trial);
+    for (int64_t i = 0; i < n; ++i) {
+      ServingRequest r{
+          i, arrivals[static_cast<size_t>(i)],
+          1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * cfg.max_batch_tokens))),
+          1 + static_cast<int64_t>(rng.below(20))};
+      largest = std::max(largest, (r.prompt_tokens + r.output_tokens - 1 + bs - 1) / bs);
+      reqs.push_back(r);
+    }
+    BlockPool pool(largest + static_cast<int64_t>(rng.below(static_cast<uint64_t>(3 * largest))),
+                   bs);
+    Scheduler s(pool, cfg);
+    ManualClock clock;
+    CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+    ex.max_chunk = cfg.prefill_chunk_tokens;
+    ServingTrace t = run_serving(reqs, s, ex, clock, true);
+    ASSERT_EQ(static_cast<int64_t>(ex.done.size()), n) << "trial " << trial;
+    EXPECT_EQ(ex.live(), 0u);
+    EXPECT_EQ(pool.free_blocks(), pool.num_blocks());
+    for (const auto& r : t.requests) {
+      ASSERT_EQ(static_cast<int64_t>(r.token_times_s.size()), r.request.output_tokens);
+      EXPECT_GE(r.token_times_s.front(), r.request.arrival_s);
+      const auto& fed = ex.prefill_tokens.at(r.request.id);
+      EXPECT_EQ(static_cast<int64_t>(fed.size()), r.preemptions + 1);
+      EXPECT_EQ(fed.front(), r.request.prompt_tokens);
+      // Without preemption the chunks add up to the prompt exactly.
+      if (r.preemptions == 0) {
+        const auto& c = ex.chunks.at(r.request.id);
+        int64_t sum = 0;
+        for (int64_t x : c) sum += x;
+        EXPECT_EQ(sum, r.request.prompt_tokens);
+        split += c.size() > 1 ? 1 : 0;
+      }
+    }
+    std::vector<int64_t> first;
+    std::set<int64_t> seen;
+    for (int64_t id : s.admission_order()) {
+      if (seen.insert(id).second) first.push_back(id);
+    }
+    std::vector<int64_t> expected(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) expected[static_cast<size_t>(i)] = i;
+    EXPECT_EQ(first, expected) << "trial " << trial;
+    total_preemptions += t.preemptions;
+  }
+  EXPECT_GT(total_preemptions, 0);
+  EXPECT_GT(split, 0);
 }
 
 // --- Arrivals and metrics ---------------------------------------------------------------------
