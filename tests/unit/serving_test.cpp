@@ -1,10 +1,13 @@
 // Serving: the block pool's accounting, the continuous-batching scheduler (FIFO admission,
-// preemption and recompute, completion exactly once) over an injected clock and a step-cost
-// model, Poisson arrivals and the report metrics.
+// preemption and recompute, completion exactly once, chunked prefill) over an injected clock
+// and a step-cost model, Poisson arrivals, request sources (trace, ShareGPT, length
+// distributions) and the report metrics.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -14,6 +17,7 @@
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/serving/block_pool.h"
+#include "kvbench/serving/request_source.h"
 #include "kvbench/serving/scheduler.h"
 #include "kvbench/serving/serving_loop.h"
 #include "kvbench/suites/serving_suite.h"
@@ -588,6 +592,225 @@ TEST(Serving, BlockBytesFollowTheMethodsFormula) {
   EXPECT_DOUBLE_EQ(
       method_block_bytes(resolve_method({{"name", "stream-512"}}, "m"), c, at::kBFloat16, 64),
       full);
+}
+
+}  // namespace
+}  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+// --- Request sources ------------------------------------------------------------------------
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const auto path = std::filesystem::temp_directory_path() / ("kvbench_serving_" + name);
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+// The error message of fn(), or "" when it does not throw.
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(RequestTrace, ReadsTextAndLengthPromptsInOrder) {
+  const std::string path =
+      write_temp("trace_ok.jsonl",
+                 "{\"arrival_s\": 0, \"prompt\": \"hello\", \"output_tokens\": 4}\n"
+                 "\n"
+                 "{\"arrival_s\": 0.5, \"prompt_tokens\": 12, \"output_tokens\": 2, "
+                 "\"note\": \"ignored\"}\n"
+                 "{\"arrival_s\": 0.5, \"prompt_tokens\": 3, \"output_tokens\": 1}\n");
+  const auto rows = load_request_trace(path);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0].prompt, "hello");
+  EXPECT_EQ(rows[0].prompt_tokens, 0);
+  EXPECT_EQ(rows[0].output_tokens, 4);
+  EXPECT_DOUBLE_EQ(rows[1].arrival_s, 0.5);
+  EXPECT_TRUE(rows[1].prompt.empty());
+  EXPECT_EQ(rows[1].prompt_tokens, 12);
+  EXPECT_EQ(rows[1].where, path + ":3");
+  EXPECT_EQ(rows[2].output_tokens, 1);
+}
+
+// Every bad line is named by file:line and the key at fault.
+TEST(RequestTrace, BadLinesNameFileLineAndKey) {
+  struct Case {
+    std::string line, fragment;
+  };
+  const std::vector<Case> cases = {
+      {"{\"prompt_tokens\": 3, \"output_tokens\": 1}", "missing \"arrival_s\""},
+      {"{\"arrival_s\": -1, \"prompt_tokens\": 3, \"output_tokens\": 1}", "\"arrival_s\" must be"},
+      {"{\"arrival_s\": \"0\", \"prompt_tokens\": 3, \"output_tokens\": 1}",
+       "\"arrival_s\" must be"},
+      {"{\"arrival_s\": 1, \"output_tokens\": 1}", "exactly one of \"prompt\""},
+      {"{\"arrival_s\": 1, \"prompt\": \"x\", \"prompt_tokens\": 3, \"output_tokens\": 1}",
+       "exactly one of \"prompt\""},
+      {"{\"arrival_s\": 1, \"prompt\": \"\", \"output_tokens\": 1}", "\"prompt\" must be"},
+      {"{\"arrival_s\": 1, \"prompt_tokens\": 0, \"output_tokens\": 1}",
+       "\"prompt_tokens\" must be"},
+      {"{\"arrival_s\": 1, \"prompt_tokens\": 2.5, \"output_tokens\": 1}",
+       "\"prompt_tokens\" must be"},
+      {"{\"arrival_s\": 1, \"prompt_tokens\": 3}", "missing \"output_tokens\""},
+      {"{\"arrival_s\": 1, \"prompt_tokens\": 3, \"output_tokens\": 0}",
+       "\"output_tokens\" must be"},
+      {"{\"arrival_s\": 0.5, \"prompt_tokens\": 3, \"output_tokens\": 1}", "before the previous"},
+      {"[1, 2]", "expected a JSON object"},
+      {"{not json", "not JSON"},
+  };
+  for (const auto& c : cases) {
+    const std::string path = write_temp(
+        "trace_bad.jsonl",
+        "{\"arrival_s\": 1, \"prompt_tokens\": 3, \"output_tokens\": 1}\n" + c.line + "\n");
+    const std::string err = error_of([&] { load_request_trace(path); });
+    EXPECT_NE(err.find(path + ":2"), std::string::npos) << c.line << " -> " << err;
+    EXPECT_NE(err.find(c.fragment), std::string::npos) << c.line << " -> " << err;
+  }
+  EXPECT_NE(error_of([&] {
+              load_request_trace(write_temp("trace_empty.jsonl", "\n"));
+            }).find("no requests"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { load_request_trace("/nonexistent/trace.jsonl"); }).find("cannot read"),
+            std::string::npos);
+}
+
+TEST(ShareGpt, ReadsAListOrJsonlAndSkipsEntriesWithoutAReply) {
+  const std::string list =
+      write_temp("sharegpt.json",
+                 R"([{"id": "a", "conversations": [{"from": "system", "value": "be nice"},
+                                       {"from": "human", "value": "What is 2+2?"},
+                                       {"from": "gpt", "value": "4."},
+                                       {"from": "human", "value": "And 3+3?"},
+                                       {"from": "gpt", "value": "6."}]},
+          {"conversations": [{"from": "gpt", "value": "orphan reply"},
+                             {"from": "human", "value": "unanswered"}]},
+          {"conversations": [{"from": "user", "value": "Hi"}, {"from": "assistant", "value": "Hello there"}]}])");
+  const ShareGptData d = load_sharegpt(list);
+  EXPECT_EQ(d.entries, 3);
+  EXPECT_EQ(d.skipped, 1);
+  ASSERT_EQ(d.conversations.size(), 2u);
+  EXPECT_EQ(d.conversations[0].prompt, "What is 2+2?");  // the first user turn
+  EXPECT_EQ(d.conversations[0].reply, "4.");             // the first reply after it
+  EXPECT_EQ(d.conversations[1].prompt, "Hi");
+  EXPECT_EQ(d.conversations[1].reply, "Hello there");
+
+  const std::string lines = write_temp("sharegpt.jsonl",
+                                       "{\"conversations\": [{\"from\": \"human\", \"value\": "
+                                       "\"a\"}, {\"from\": \"gpt\", \"value\": \"b\"}]}\n"
+                                       "\n"
+                                       "{\"conversations\": [{\"from\": \"human\", \"value\": "
+                                       "\"c\"}, {\"from\": \"chatgpt\", \"value\": \"d\"}]}\n");
+  const ShareGptData e = load_sharegpt(lines);
+  ASSERT_EQ(e.conversations.size(), 2u);
+  EXPECT_EQ(e.conversations[1].reply, "d");
+}
+
+TEST(ShareGpt, MalformedEntriesNameTheirPlace) {
+  const std::string a =
+      write_temp("sharegpt_bad.json", R"([{"conversations": [{"from": "human"}]}])");
+  std::string err = error_of([&] { load_sharegpt(a); });
+  EXPECT_NE(err.find(a + ": entry 0: turn 0"), std::string::npos) << err;
+  const std::string b =
+      write_temp("sharegpt_bad.jsonl", "{\"conversations\": []}\n{\"turns\": []}\n");
+  err = error_of([&] { load_sharegpt(b); });
+  EXPECT_NE(err.find(b + ":2"), std::string::npos) << err;
+  EXPECT_NE(err.find("\"conversations\""), std::string::npos) << err;
+  const std::string c = write_temp(
+      "sharegpt_none.jsonl", "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}]}\n");
+  err = error_of([&] { load_sharegpt(c); });
+  EXPECT_NE(err.find("none of its 1 entries"), std::string::npos) << err;
+  const std::string d = write_temp("sharegpt_broken.json", "[{\"conversations\": ");
+  EXPECT_NE(error_of([&] { load_sharegpt(d); }).find("not JSON"), std::string::npos);
+}
+
+// Uniform draws are the suite's original ones (same generator calls), so earlier workloads are
+// unchanged; lognormal draws stay in range with the requested mean (wide range: no clamping to
+// speak of) and the median exp(mu) below it.
+TEST(LengthDistribution, UniformAsBeforeAndLognormalWithItsMean) {
+  LengthDistribution u;
+  u.min = 5;
+  u.max = 9;
+  Rng a(3), b(3);
+  for (int i = 0; i < 100; ++i) {
+    const int64_t want = 5 + static_cast<int64_t>(b.below(5));
+    EXPECT_EQ(u.draw(a), want);
+  }
+  LengthDistribution l;
+  l.name = "lognormal";
+  l.min = 1;
+  l.max = 1 << 20;
+  l.mean = 200;
+  l.sigma = 0.6;
+  check_length_distribution(l, "prompt_tokens");
+  Rng r(5);
+  std::vector<double> x;
+  for (int i = 0; i < 20000; ++i) {
+    const int64_t v = l.draw(r);
+    ASSERT_GE(v, l.min);
+    ASSERT_LE(v, l.max);
+    x.push_back(static_cast<double>(v));
+  }
+  double m = 0;
+  for (double v : x) m += v;
+  m /= static_cast<double>(x.size());
+  // sd of a lognormal with mean 200, sigma 0.6: 200 * sqrt(exp(0.36) - 1) = 130; the mean's
+  // standard error over 20000 draws is about 0.9.
+  EXPECT_NEAR(m, 200.0, 5.0);
+  std::sort(x.begin(), x.end());
+  EXPECT_NEAR(x[x.size() / 2], 200.0 * std::exp(-0.18), 5.0);
+  // A narrow range clamps: every draw lies in it, and both ends occur.
+  l.min = 150;
+  l.max = 250;
+  l.mean = 0;  // the midpoint
+  std::set<int64_t> seen;
+  for (int i = 0; i < 2000; ++i) seen.insert(l.draw(r));
+  EXPECT_EQ(*seen.begin(), 150);
+  EXPECT_EQ(*seen.rbegin(), 250);
+}
+
+TEST(LengthDistribution, BadSettingsNameTheKey) {
+  LengthDistribution d;
+  d.name = "zipf";
+  d.min = 1;
+  d.max = 10;
+  std::string err = error_of([&] { check_length_distribution(d, "prompt_tokens"); });
+  EXPECT_NE(err.find("\"zipf\""), std::string::npos) << err;
+  EXPECT_NE(err.find("uniform, lognormal"), std::string::npos) << err;
+  d.name = "uniform";
+  d.min = 11;
+  err = error_of([&] { check_length_distribution(d, "output_tokens"); });
+  EXPECT_NE(err.find("output_tokens_max (10) must be >= output_tokens_min (11)"), std::string::npos)
+      << err;
+  d.name = "lognormal";
+  d.min = 1;
+  d.mean = 20;
+  err = error_of([&] { check_length_distribution(d, "prompt_tokens"); });
+  EXPECT_NE(err.find("prompt_tokens_mean"), std::string::npos) << err;
+  d.mean = 5;
+  d.sigma = 0;
+  err = error_of([&] { check_length_distribution(d, "prompt_tokens"); });
+  EXPECT_NE(err.find("prompt_tokens_sigma"), std::string::npos) << err;
+}
+
+TEST(Serving, PoissonArrivalsUntilADurationArePrefixesOfTheCountedOnes) {
+  const auto cut = poisson_arrivals_until(50.0, 4.0, 9, 1000000);
+  const auto all = poisson_arrivals(static_cast<int64_t>(cut.size()) + 1, 4.0, 9);
+  ASSERT_GT(cut.size(), 100u);
+  for (size_t i = 0; i < cut.size(); ++i) EXPECT_EQ(cut[i], all[i]);
+  EXPECT_LT(cut.back(), 50.0);
+  EXPECT_GE(all.back(), 50.0);  // the next arrival is past the duration
+  // About rate × duration = 200 arrivals (Poisson sd 14).
+  EXPECT_NEAR(static_cast<double>(cut.size()), 200.0, 60.0);
+  EXPECT_THROW(poisson_arrivals_until(10.0, 0.0, 1, 100), Error);
+  EXPECT_THROW(poisson_arrivals_until(0.0, 1.0, 1, 100), Error);
+  EXPECT_NE(error_of([] { poisson_arrivals_until(100.0, 100.0, 1, 50); }).find("more than 50"),
+            std::string::npos);
 }
 
 }  // namespace
