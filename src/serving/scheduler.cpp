@@ -12,8 +12,14 @@ Scheduler::Scheduler(BlockPool& pool, SchedulerConfig config) : pool_(pool), con
   KVB_CHECK(config_.max_running >= 1, "scheduler: max_running must be >= 1, got ",
             config_.max_running);
   KVB_CHECK(config_.retention_budget >= 0, "scheduler: retention_budget must be >= 0");
+  KVB_CHECK(config_.window_blocks >= 0, "scheduler: window_blocks must be >= 0, got ",
+            config_.window_blocks);
   KVB_CHECK(!config_.chunked_prefill || config_.prefill_chunk_tokens >= 1,
             "scheduler: prefill_chunk_tokens must be >= 1, got ", config_.prefill_chunk_tokens);
+}
+
+int64_t Scheduler::blocks_needed(int64_t tokens) const {
+  return tokens <= 0 ? 0 : pool_.blocks_for(tokens) + config_.window_blocks;
 }
 
 int64_t Scheduler::held(const State& s, int64_t context) const {
@@ -35,8 +41,8 @@ void Scheduler::submit(const ServingRequest& r) {
             " output tokens) can need a prefill of ", longest,
             " tokens, more than max_batch_tokens = ", config_.max_batch_tokens,
             " (chunked_prefill would split it)");
-  KVB_CHECK(pool_.blocks_for(longest) <= pool_.num_blocks(), "scheduler: request ", r.id,
-            " can need ", pool_.blocks_for(longest), " blocks of ", pool_.block_size(),
+  KVB_CHECK(blocks_needed(longest) <= pool_.num_blocks(), "scheduler: request ", r.id, " can need ",
+            blocks_needed(longest), " blocks of ", pool_.block_size(),
             " tokens but the KV pool has only ", pool_.num_blocks(), "; raise the KV budget");
   states_[r.id].req = r;
   waiting_.push_back(r.id);
@@ -66,7 +72,7 @@ StepPlan Scheduler::schedule() {
     if (!s.running) continue;    // preempted earlier in this loop
     if (s.prefilling) continue;  // holds blocks for its whole context; continues below
     // The decode feeds the latest generated token: the context becomes prompt + generated.
-    const int64_t target = pool_.blocks_for(held(s, s.req.prompt_tokens + s.generated));
+    const int64_t target = blocks_needed(held(s, s.req.prompt_tokens + s.generated));
     bool self_preempted = false;
     while (pool_.blocks_of(id) < target) {
       if (pool_.allocate(id, 1)) continue;
@@ -102,7 +108,7 @@ StepPlan Scheduler::schedule() {
     const int64_t id = waiting_.front();
     State& s = states_.at(id);
     const int64_t context = s.req.prompt_tokens + s.generated;
-    const int64_t need = pool_.blocks_for(context);
+    const int64_t need = blocks_needed(context);
     const int64_t reserve = running_.empty() ? 0 : 1;
     if (static_cast<int64_t>(running_.size()) >= config_.max_running) break;
     const int64_t chunk = chunk_of(context, 0);
@@ -148,7 +154,7 @@ StepOutcome Scheduler::commit(const StepPlan& plan) {
     s.prefilling = false;
     s.prefill_len = p.context;
     // Retention evicts after the prefill: the blocks beyond what stays go back to the pool.
-    pool_.shrink(p.id, pool_.blocks_for(held(s, p.context)));
+    pool_.shrink(p.id, blocks_needed(held(s, p.context)));
     emit(p.id);
   }
   return out;
@@ -176,7 +182,7 @@ void Scheduler::check_invariants() const {
     const State& s = states_.at(id);
     // A prefilling request holds blocks for its whole context until its last chunk has run.
     const int64_t need =
-        pool_.blocks_for(s.prefilling ? s.req.prompt_tokens + s.generated : held_tokens(id));
+        blocks_needed(s.prefilling ? s.req.prompt_tokens + s.generated : held_tokens(id));
     KVB_CHECK(pool_.blocks_of(id) >= need, "scheduler: running request ", id, " holds ",
               pool_.blocks_of(id), " blocks but needs ", need);
   }

@@ -1,6 +1,7 @@
 #include "kvbench/suites/serving_suite.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 
 #include "kvbench/core/environment.h"
@@ -82,8 +83,10 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
   };
 }
 
-double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
-                          int64_t block_size) {
+namespace {
+
+std::shared_ptr<const Codec> checked_codec(const json& method, const ModelConfig& c,
+                                           at::ScalarType dtype) {
   auto codec = make_codec(method, dtype);
   // Building the stores checks the method against the model (e.g. group vs head_dim); codecs
   // that need preparation check it in their formula (their stores need the fitted bases).
@@ -91,12 +94,41 @@ double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarTy
     codec->make_key_store(c.num_kv_heads, c.head_dim);
     codec->make_value_store(c.num_kv_heads, c.head_dim);
   }
-  constexpr int64_t kBlocks = 64;
-  const double bytes =
-      static_cast<double>(
-          codec->nominal_bytes(kBlocks * block_size, c.num_kv_heads, c.head_dim).total()) *
-      static_cast<double>(c.num_layers);
-  return bytes / kBlocks;
+  return codec;
+}
+
+// The formula's bytes for `tokens` tokens of one sequence over all layers.
+double formula_bytes(const Codec& codec, const ModelConfig& c, int64_t tokens) {
+  return static_cast<double>(codec.nominal_bytes(tokens, c.num_kv_heads, c.head_dim).total()) *
+         static_cast<double>(c.num_layers);
+}
+
+}  // namespace
+
+double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
+                          int64_t block_size) {
+  auto codec = checked_codec(method, c, dtype);
+  // The cost of `span` more tokens after `span` tokens: long enough that a fixed window (and
+  // group rounding) is the same at both ends, or negligible against the span.
+  const int64_t span = 4096 * block_size;
+  const double grow = formula_bytes(*codec, c, 2 * span) - formula_bytes(*codec, c, span);
+  return grow / static_cast<double>(span) * static_cast<double>(block_size);
+}
+
+int64_t method_window_blocks(const json& method, const ModelConfig& c, at::ScalarType dtype,
+                             int64_t block_size, double bytes_per_block, int64_t longest) {
+  auto codec = make_codec(method, dtype);
+  KVB_CHECK(bytes_per_block > 0, "serving: bytes per block must be > 0");
+  int64_t window = 0;
+  for (int64_t t = 1; t <= longest; ++t) {
+    const double blocks = static_cast<double>((t + block_size - 1) / block_size);
+    const double over = formula_bytes(*codec, c, t) - blocks * bytes_per_block;
+    // A relative tolerance keeps rounding in bytes_per_block from adding a block.
+    if (over > 1e-9 * bytes_per_block) {
+      window = std::max(window, static_cast<int64_t>(std::ceil(over / bytes_per_block - 1e-9)));
+    }
+  }
+  return window;
 }
 
 namespace {
@@ -420,8 +452,11 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
     // The trace's mean arrival rate, reported as its record's rate (0: all at once).
     rates = {span > 0 ? static_cast<double>(w.trace_arrivals.size() - 1) / span : 0.0};
   }
-  const SchedulerConfig sched =
+  SchedulerConfig sched =
       scheduler_config(p, ctx.method, c.num_layers, w.longest(), ctx.model.kv_dtype());
+  // The format's per-sequence window (KIVI's residual), charged to every running sequence.
+  sched.window_blocks = method_window_blocks(ctx.method, c, ctx.model.kv_dtype(), block_size,
+                                             block_bytes, w.longest());
   SloThresholds slo;
   slo.ttft_s = p["slo_ttft_s"];
   slo.tpot_s = p["slo_tpot_s"];
@@ -503,6 +538,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                  {"num_blocks", num_blocks},
                  {"pool_tokens", num_blocks * block_size},
                  {"retention_budget", sched.retention_budget},
+                 {"window_blocks", sched.window_blocks},
                  {"max_batch_tokens", sched.max_batch_tokens},
                  {"max_running", sched.max_running},
                  {"chunked_prefill", sched.chunked_prefill},

@@ -13,6 +13,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
+#include "kvbench/kv/codec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
@@ -576,9 +577,10 @@ namespace kvbench {
 namespace {
 
 // Bytes per block from the method's formula: the full cache's is exactly block_size tokens of
-// K and V over every layer in the model's dtype; kivi-4 (4-bit codes, fp16 scale and min per
-// group of 32, a 128-token fp16 residual amortized over 64 blocks) takes about 0.32 of it, so
-// the same budget holds about three times the blocks; a retention method's codec decides.
+// K and V over every layer in the model's dtype; kivi-4's is its steady cost (4-bit codes, fp16
+// scale and min per group of 32: 1.25 bytes per element against 4), its 128-token residual
+// left to the window blocks, so the same budget holds more than three times the blocks; a
+// retention method's codec decides.
 TEST(Serving, BlockBytesFollowTheMethodsFormula) {
   const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
   const double full =
@@ -586,12 +588,70 @@ TEST(Serving, BlockBytesFollowTheMethodsFormula) {
   EXPECT_DOUBLE_EQ(full, 64.0 * 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2);
   const double kivi =
       method_block_bytes(resolve_method({{"name", "kivi-4"}}, "m"), c, at::kBFloat16, 64);
-  EXPECT_GT(kivi, full * 0.3);
-  EXPECT_LT(kivi, full * 0.35);
+  EXPECT_NEAR(kivi / full, 1.25 / 4, 1e-3);
   EXPECT_GE(BlockPool::capacity(1 << 21, kivi), 3 * BlockPool::capacity(1 << 21, full));
   EXPECT_DOUBLE_EQ(
       method_block_bytes(resolve_method({{"name", "stream-512"}}, "m"), c, at::kBFloat16, 64),
       full);
+}
+
+// The window blocks make the pool's charge cover the formula at every length, and are the
+// fewest that do: none for the full cache and StreamingLLM (bytes linear in tokens), some for
+// kivi-4's full-precision residual (up to 2 x 128 tokens of fp16 keys and values).
+TEST(Serving, WindowBlocksCoverTheFormulaAtEveryLength) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  for (int64_t bs : {16, 64}) {
+    for (const char* name : {"full", "stream-512", "kivi-4", "kivi-2"}) {
+      const nlohmann::json m = resolve_method({{"name", name}}, "m");
+      const double bpb = method_block_bytes(m, c, at::kBFloat16, bs);
+      const int64_t w = method_window_blocks(m, c, at::kBFloat16, bs, bpb, 1500);
+      auto codec = make_codec(m, at::kBFloat16);
+      auto formula = [&](int64_t t) {
+        return static_cast<double>(codec->nominal_bytes(t, c.num_kv_heads, c.head_dim).total()) *
+               static_cast<double>(c.num_layers);
+      };
+      bool tight = false;
+      for (int64_t t = 1; t <= 1500; ++t) {
+        const double blocks = static_cast<double>((t + bs - 1) / bs);
+        ASSERT_GE((blocks + static_cast<double>(w)) * bpb * (1 + 1e-9), formula(t))
+            << name << " bs " << bs << " t " << t;
+        if ((blocks + static_cast<double>(w) - 1) * bpb < formula(t)) tight = true;
+      }
+      if (std::string(name).rfind("kivi", 0) == 0) {
+        EXPECT_GE(w, 1) << name;
+        EXPECT_TRUE(tight) << name << ": one block fewer would still cover every length";
+      } else {
+        EXPECT_EQ(w, 0) << name;
+      }
+    }
+  }
+}
+
+// Every running sequence holds its window blocks on top of its tokens' blocks, from admission
+// to completion, and a request that cannot fit with them is rejected.
+TEST(Scheduler, WindowBlocksAreChargedPerSequence) {
+  BlockPool pool(10, 4);
+  SchedulerConfig cfg;
+  cfg.window_blocks = 2;
+  Scheduler s(pool, cfg);
+  s.submit({0, 0, 3, 3});  // 3..5 tokens: 1-2 blocks + 2
+  s.submit({1, 0, 4, 1});  // 4 tokens: 1 block + 2
+  StepPlan p = s.schedule();
+  EXPECT_EQ(p.prefills.size(), 2u);
+  EXPECT_EQ(pool.blocks_of(0), 3);
+  EXPECT_EQ(pool.blocks_of(1), 3);
+  s.commit(p);  // request 1 is done
+  EXPECT_EQ(pool.used_blocks(), 3);
+  s.check_invariants();
+  s.commit(s.schedule());  // request 0 now holds 4 tokens
+  EXPECT_EQ(pool.blocks_of(0), 3);
+  StepPlan last = s.schedule();  // its context reaches 5 tokens: a second token block
+  EXPECT_EQ(pool.blocks_of(0), 4);
+  s.commit(last);
+  EXPECT_TRUE(s.idle());
+  EXPECT_EQ(pool.free_blocks(), 10);
+  // 33 tokens: 9 blocks + 2 > 10.
+  EXPECT_THROW(s.submit({2, 0, 30, 4}), Error);
 }
 
 }  // namespace

@@ -46,6 +46,9 @@ struct SchedulerConfig {
   // then exceed max_batch_tokens.
   bool chunked_prefill = false;
   int64_t prefill_chunk_tokens = 512;
+  // Blocks every running sequence holds beyond ceil(held / block_size): a format's
+  // per-sequence full-precision window (KIVI's residual), so the pool's charge covers its bytes.
+  int64_t window_blocks = 0;
 };
 
 // One prefill (or one chunk of it) in a step. Without chunking, start = 0 and tokens = context.
@@ -113,6 +116,8 @@ class Scheduler {
     bool done = false;
   };
   int64_t held(const State& s, int64_t context) const;
+  // Blocks a running sequence holding `tokens` tokens needs (0 for none).
+  int64_t blocks_needed(int64_t tokens) const;
   void preempt(int64_t id, StepPlan& plan);
 
   BlockPool& pool_;
