@@ -14,9 +14,11 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
 #include "kvbench/kv/codec.h"
+#include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
+#include "kvbench/model/transformer.h"
 #include "kvbench/serving/block_pool.h"
 #include "kvbench/serving/request_source.h"
 #include "kvbench/serving/scheduler.h"
@@ -525,6 +527,50 @@ TEST(ChunkedPrefill, RandomMixesCompleteExactlyOnceWithoutLeaks) {
   }
   EXPECT_GT(total_preemptions, 0);
   EXPECT_GT(split, 0);
+}
+
+// A policy evicting during decode (StreamingLLM, 4 sinks + 28 recent) evicts after every
+// chunk of a chunked prefill: the cache holds min(fed, 32) tokens per layer after each chunk,
+// as the scheduler's retention rule (evict_during_decode) charges, and the logits of the first
+// chunk, before any eviction, equal the full cache's.
+TEST(ChunkedPrefill, StreamingCacheEvictsAfterEachChunk) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  const Transformer model = Transformer::random(c, 3);
+  const nlohmann::json m =
+      resolve_method({{"name", "streamingllm"}, {"sinks", 4}, {"window", 28}}, "m");
+  CompressedKVCache cache(make_codec(m, at::kFloat), AttentionBackend::kReference, c.num_layers,
+                          c.num_kv_heads, c.head_dim, make_policy(m), rope_inverse_frequencies(c));
+  FullKVCache full(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
+  const int64_t seq = cache.add_sequence(), fseq = full.add_sequence();
+  Rng rng(2);
+  std::vector<int64_t> prompt(100);
+  for (auto& t : prompt) t = static_cast<int64_t>(rng.below(static_cast<uint64_t>(c.vocab_size)));
+  BlockPool pool(100, 8);
+  SchedulerConfig cfg;
+  cfg.retention_budget = 32;
+  cfg.chunked_prefill = true;
+  cfg.prefill_chunk_tokens = 30;
+  Scheduler s(pool, cfg);
+  s.submit({0, 0, 100, 2});
+  int64_t fed = 0;
+  while (fed < 100) {
+    StepPlan plan = s.schedule();
+    ASSERT_EQ(plan.prefills.size(), 1u);
+    const PrefillItem& p = plan.prefills[0];
+    ASSERT_EQ(p.start, fed);
+    std::vector<int64_t> chunk(prompt.begin() + p.start, prompt.begin() + p.start + p.tokens);
+    at::Tensor got = model.forward({{seq, chunk}}, cache);
+    at::Tensor want = model.forward({{fseq, chunk}}, full);
+    if (fed == 0) {
+      EXPECT_LT((got - want).abs().max().item<double>(), 1e-4);
+    }
+    fed += p.tokens;
+    s.commit(plan);
+    EXPECT_EQ(cache.length(seq), fed);
+    for (int64_t kept : cache.kept_tokens(seq)) EXPECT_EQ(kept, std::min<int64_t>(fed, 32));
+    // The pool holds the whole context until the last chunk, then what the policy keeps.
+    EXPECT_EQ(pool.blocks_of(0), fed < 100 ? 13 : 4);
+  }
 }
 
 // --- Arrivals and metrics ---------------------------------------------------------------------
