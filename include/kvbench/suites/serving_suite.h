@@ -18,9 +18,10 @@ namespace kvbench {
 class ServingSuite final : public Suite {
  public:
   static constexpr const char* kSummary =
-      "online serving: Poisson arrivals at each rate, continuous batching over a paged KV pool "
-      "sized by a memory budget (preemption and recompute when it runs out); TTFT/TPOT/ITL/e2e "
-      "p50/p90/p99, throughput, goodput under SLOs, KV memory, preemptions";
+      "online serving: Poisson arrivals at each rate (or a trace's), lengths from distributions, "
+      "ShareGPT conversations or the trace, continuous batching (optional chunked prefill) over "
+      "a paged KV pool sized by a memory budget (preemption and recompute when it runs out); "
+      "TTFT/TPOT/ITL/e2e p50/p90/p99, throughput, goodput under SLOs, KV memory, preemptions";
   static std::vector<ParamSpec> param_specs();
 
   uint64_t estimate_bytes(const EstimateContext& ctx) const override;
