@@ -127,9 +127,9 @@ INSTANTIATE_TEST_SUITE_P(Tasks, RulerEveryTask, ::testing::ValuesIn(task_names()
 
 TEST(RulerTasks, NamesCoverEveryTask) {
   EXPECT_EQ(task_names(),
-            (std::vector<std::string>{"passkey", "niah_single", "niah_multikey", "niah_multivalue",
-                                      "niah_multiquery", "variable_tracking", "common_words",
-                                      "kv_retrieval"}));
+            (std::vector<std::string>{"passkey", "associative_recall", "niah_single",
+                                      "niah_multikey", "niah_multivalue", "niah_multiquery",
+                                      "variable_tracking", "common_words", "kv_retrieval"}));
 }
 
 TEST(RulerWordLists, DistinctLowerCaseWords) {
@@ -445,9 +445,10 @@ TEST(RulerFactory, RejectsBadParamsNamingTheKey) {
   EXPECT_NE(unknown_key.find("valid keys: task, name, target_tokens"), std::string::npos)
       << unknown_key;
   const std::string unknown_task = config_error("niah_multi_key", json::object(), "tasks[0]");
-  EXPECT_NE(unknown_task.find("tasks[0].task: unknown task 'niah_multi_key' (did you mean "
-                              "'niah_multikey'?); valid tasks: passkey, niah_single"),
-            std::string::npos)
+  EXPECT_NE(
+      unknown_task.find("tasks[0].task: unknown task 'niah_multi_key' (did you mean "
+                        "'niah_multikey'?); valid tasks: passkey, associative_recall, niah_single"),
+      std::string::npos)
       << unknown_task;
   EXPECT_NE(config_error("niah_multiquery", {{"num_keys", 2}})
                 .find("num_queries: expected at "
