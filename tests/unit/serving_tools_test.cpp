@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <map>
 #include <numeric>
 
 #include "kvbench/core/error.h"
@@ -381,6 +383,57 @@ TEST(Capacity, ABudgetBelowOneSequenceWarnsAndKeepsTheGrid) {
   EXPECT_EQ(out.summary["capacity"]["max_batch_fit"], 0);
   ASSERT_FALSE(out.warnings.empty());
   EXPECT_NE(out.warnings.back().find("kv_budget_bytes"), std::string::npos);
+}
+
+// --- length shift -----------------------------------------------------------------------------
+
+TEST(LengthShift, RowsPerTaskInFirstAppearanceOrder) {
+  const std::string path = ::testing::TempDir() + "/kvbench_tasks.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "the cat sat", "task": "b"})" << "\n"
+      << R"({"prompt": "a dog ran far", "task": "a"})" << "\n"
+      << R"({"prompt": "one two three"})" << "\n"
+      << R"({"prompt": "red green blue", "task": "b"})" << "\n";
+  }
+  Harness h(json{{"name", "output_length"}, {"prompts_file", path}, {"max_new_tokens", 6},
+                 {"control_temperatures", json::array()}});
+  OutputLengthSuite s;
+  CellOutput out = h.run(s);
+  const json& tasks = out.summary["tasks"];
+  ASSERT_EQ(tasks.size(), 3u);
+  EXPECT_EQ(tasks[0]["task"], "b");
+  EXPECT_EQ(tasks[0]["samples"], 2);
+  EXPECT_EQ(tasks[1]["task"], "a");
+  EXPECT_EQ(tasks[2]["task"], "");
+  // The full cache against itself: the same lengths, ratio 1, no shift.
+  for (const json& t : tasks) {
+    EXPECT_DOUBLE_EQ(t["length_ratio"].get<double>(), 1.0);
+    EXPECT_DOUBLE_EQ(t["median_length_ratio"].get<double>(), 1.0);
+    EXPECT_DOUBLE_EQ(t["d_mean"].get<double>(), 0.0);
+  }
+  // Task b's numbers are its two samples' (records 0 and 3).
+  const double l0 = out.records[0]["length_full"], l3 = out.records[3]["length_full"];
+  EXPECT_DOUBLE_EQ(tasks[0]["mean_length_baseline"].get<double>(), (l0 + l3) / 2);
+  EXPECT_EQ(out.records[1]["task"], "a");
+  EXPECT_DOUBLE_EQ(out.summary["median_length_ratio"].get<double>(), 1.0);
+}
+
+TEST(LengthShift, ANonStringTaskNamesTheLine) {
+  const std::string path = ::testing::TempDir() + "/kvbench_bad_task.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "x", "task": 3})" << "\n";
+  }
+  Harness h(json{{"name", "output_length"}, {"prompts_file", path}});
+  OutputLengthSuite s;
+  try {
+    h.run(s);
+    FAIL() << "a numeric task must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(":1: \"task\" must be a string"), std::string::npos)
+        << e.what();
+  }
 }
 
 // --- predictor suite ----------------------------------------------------------------------------
