@@ -194,9 +194,12 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"decode_tok_s", true}},
        [](const json& c) {
          return records_of_kind(c, "capacity", {"context"}, [](const json& r) {
-           return std::vector<json>{number_at(r, "kv_budget_bytes"), number_at(r, "bytes_per_sequence"),
-                                    number_at(r, "max_batch_fit"),   number_at(r, "batch"),
-                                    at(r, "capped"),                 number_at(r, "decode_tok_s")};
+           return std::vector<json>{number_at(r, "kv_budget_bytes"),
+                                    number_at(r, "bytes_per_sequence"),
+                                    number_at(r, "max_batch_fit"),
+                                    number_at(r, "batch"),
+                                    at(r, "capped"),
+                                    number_at(r, "decode_tok_s")};
          });
        },
        "capacity"},
@@ -256,14 +259,18 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"share_longer_50", false}},
        [](const json& c) {
          std::vector<Point> out;
-         for (const json& t : at(c["summary"], "tasks").is_array() ? c["summary"]["tasks"]
-                                                                   : json::array()) {
+         for (const json& t :
+              at(c["summary"], "tasks").is_array() ? c["summary"]["tasks"] : json::array()) {
            Point p;
            p.key["task"] = t.value("task", "");
-           p.values = {number_at(t, "samples"),        number_at(t, "mean_length_baseline"),
-                       number_at(t, "mean_length"),    number_at(t, "length_ratio"),
-                       number_at(t, "median_length_baseline"), number_at(t, "median_length"),
-                       number_at(t, "median_length_ratio"),    number_at(t, "share_longer_50")};
+           p.values = {number_at(t, "samples"),
+                       number_at(t, "mean_length_baseline"),
+                       number_at(t, "mean_length"),
+                       number_at(t, "length_ratio"),
+                       number_at(t, "median_length_baseline"),
+                       number_at(t, "median_length"),
+                       number_at(t, "median_length_ratio"),
+                       number_at(t, "share_longer_50")};
            out.push_back(std::move(p));
          }
          return out;

@@ -104,7 +104,8 @@ RoutingResult simulate_routing(const std::vector<RoutedRequest>& requests,
   for (size_t i = 0; i < n; ++i) {
     const RoutedRequest& req = requests[i];
     Live live{i, req.arrival_s, req.prompt_tokens, req.output_tokens, 0};
-    for (Replica& rep : replicas) rep.advance_to(req.arrival_s, config.max_batch, cost, first, done);
+    for (Replica& rep : replicas)
+      rep.advance_to(req.arrival_s, config.max_batch, cost, first, done);
     size_t chosen = rr_next;
     if (config.policy == RoutingPolicy::kLeastPredicted) {
       double best = INFINITY;

@@ -41,8 +41,8 @@ BilinearStepModel::BilinearStepModel(const std::vector<StepSample>& samples) {
   for (double bb : batches_) {
     for (double cc : contexts_) {
       auto it = at.find({bb, cc});
-      KVB_CHECK(it != at.end(), "predictor: the grid has no sample at batch ", bb, ", context ",
-                cc, " (bilinear interpolation needs every batch x context)");
+      KVB_CHECK(it != at.end(), "predictor: the grid has no sample at batch ", bb, ", context ", cc,
+                " (bilinear interpolation needs every batch x context)");
       values_.push_back(it->second);
     }
   }
@@ -145,12 +145,9 @@ double LeastSquaresStepModel::predict(double batch, double context) const {
 }
 
 nlohmann::json LeastSquaresStepModel::to_json() const {
-  return {{"model", name()},
-          {"formula", "a + b*batch + c*context + d*batch*context"},
-          {"a", w_[0]},
-          {"b", w_[1]},
-          {"c", w_[2]},
-          {"d", w_[3]}};
+  return {{"model", name()}, {"formula", "a + b*batch + c*context + d*batch*context"},
+          {"a", w_[0]},      {"b", w_[1]},
+          {"c", w_[2]},      {"d", w_[3]}};
 }
 
 double prediction_accuracy(double predicted, double measured) {

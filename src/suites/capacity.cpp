@@ -36,8 +36,8 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
       held.push_back(held_at(l, t));
       bytes += codec.nominal_bytes(held.back(), c.num_kv_heads, c.head_dim).total();
       if (quest && l >= quest->dense_layers()) {
-        bytes += QuestPages::nominal_bytes(held.back(), c.num_kv_heads, c.head_dim,
-                                           quest->page_size());
+        bytes +=
+            QuestPages::nominal_bytes(held.back(), c.num_kv_heads, c.head_dim, quest->page_size());
       }
     }
     out.per_sequence = std::max(out.per_sequence, bytes);

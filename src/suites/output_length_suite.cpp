@@ -19,8 +19,9 @@ std::vector<ParamSpec> OutputLengthSuite::param_specs() {
   return {
       ParamSpec::string_list("prompt_texts", json::array(),
                              "prompts as text, tokenized with the model's tokenizer"),
-      ParamSpec::string("prompts_file", "",
-                        "JSONL file, one {\"prompt\": text, \"id\": optional, \"task\": optional} per line"),
+      ParamSpec::string(
+          "prompts_file", "",
+          "JSONL file, one {\"prompt\": text, \"id\": optional, \"task\": optional} per line"),
       ParamSpec::integer("samples", 8, "seeded random-id prompts when no texts are given")
           .range(1, 100000),
       ParamSpec::integer("prompt_tokens", 64, "length of the random-id prompts").range(1, 1 << 20),

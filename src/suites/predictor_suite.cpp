@@ -132,8 +132,7 @@ std::vector<int64_t> heldout_axis(const json& given, const std::vector<int64_t>&
   for (int64_t x : v) {
     if (x < grid.front() || x > grid.back()) {
       throw ConfigError(key, std::to_string(x) + " lies outside the grid's range [" +
-                                 std::to_string(grid.front()) + ", " +
-                                 std::to_string(grid.back()) +
+                                 std::to_string(grid.front()) + ", " + std::to_string(grid.back()) +
                                  "]; held-out points must be inside it");
     }
   }
@@ -278,32 +277,31 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   for (const Point& pt : points) {
     if (pt.heldout) heldout_points.push_back({pt.batch, pt.context});
   }
-  out.summary = {
-      {"grid", {{"batch", batches}, {"context", contexts}}},
-      {"heldout_points", heldout_points},
-      {"steps", steps},
-      {"repeats", repeats},
-      {"statistic", statistic},
-      {"noise", median(spreads)},
-      {"model", p["model"]},
-      {"accuracy_mean", acc_chosen["mean"]},
-      {"accuracy_min", acc_chosen["min"]},
-      {"models",
-       {{"bilinear", {{"heldout_accuracy", acc_b}, {"fit", bilinear.to_json()}}},
-        {"least_squares", {{"heldout_accuracy", acc_l}, {"fit", lsq.to_json()}}}}},
-      {"prefill",
-       {{"formula", "a + b*batch*context + c*batch*context^2"},
-        {"a", prefill_w[0]},
-        {"b", prefill_w[1]},
-        {"c", prefill_w[2]},
-        {"heldout_accuracy", accuracy_summary(acc_prefill)}}}};
+  out.summary = {{"grid", {{"batch", batches}, {"context", contexts}}},
+                 {"heldout_points", heldout_points},
+                 {"steps", steps},
+                 {"repeats", repeats},
+                 {"statistic", statistic},
+                 {"noise", median(spreads)},
+                 {"model", p["model"]},
+                 {"accuracy_mean", acc_chosen["mean"]},
+                 {"accuracy_min", acc_chosen["min"]},
+                 {"models",
+                  {{"bilinear", {{"heldout_accuracy", acc_b}, {"fit", bilinear.to_json()}}},
+                   {"least_squares", {{"heldout_accuracy", acc_l}, {"fit", lsq.to_json()}}}}},
+                 {"prefill",
+                  {{"formula", "a + b*batch*context + c*batch*context^2"},
+                   {"a", prefill_w[0]},
+                   {"b", prefill_w[1]},
+                   {"c", prefill_w[2]},
+                   {"heldout_accuracy", accuracy_summary(acc_prefill)}}}};
   if (acc_chosen["mean"].get<double>() < 0.85) {
-    out.warnings.push_back("held-out accuracy of the " + p["model"].get<std::string>() +
-                           " predictor is " + format_fixed(100 * acc_chosen["mean"].get<double>(), 1) +
-                           "% (below 85%) with a measurement noise of " +
-                           format_fixed(100 * median(spreads), 1) +
-                           "% (median spread of a point's repeats): a loaded machine (try "
-                           "statistic min), or a grid too coarse for the method");
+    out.warnings.push_back(
+        "held-out accuracy of the " + p["model"].get<std::string>() + " predictor is " +
+        format_fixed(100 * acc_chosen["mean"].get<double>(), 1) +
+        "% (below 85%) with a measurement noise of " + format_fixed(100 * median(spreads), 1) +
+        "% (median spread of a point's repeats): a loaded machine (try "
+        "statistic min), or a grid too coarse for the method");
   }
 
   const int64_t nreq = p["routing_requests"];
@@ -312,24 +310,25 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   const int64_t pmin = p["routing_prompt_tokens_min"], pmax = p["routing_prompt_tokens_max"];
   const int64_t omin = p["routing_output_tokens_min"], omax = p["routing_output_tokens_max"];
   if (pmin > pmax) {
-    throw ConfigError("routing_prompt_tokens_max", "must be >= routing_prompt_tokens_min (" +
-                                                       std::to_string(pmin) + ")");
+    throw ConfigError("routing_prompt_tokens_max",
+                      "must be >= routing_prompt_tokens_min (" + std::to_string(pmin) + ")");
   }
   if (omin > omax) {
-    throw ConfigError("routing_output_tokens_max", "must be >= routing_output_tokens_min (" +
-                                                       std::to_string(omin) + ")");
+    throw ConfigError("routing_output_tokens_max",
+                      "must be >= routing_output_tokens_min (" + std::to_string(omin) + ")");
   }
-  const int64_t max_batch =
-      p["routing_max_batch"].get<int64_t>() > 0 ? p["routing_max_batch"].get<int64_t>() : batches.back();
+  const int64_t max_batch = p["routing_max_batch"].get<int64_t>() > 0
+                                ? p["routing_max_batch"].get<int64_t>()
+                                : batches.back();
   const int64_t replicas = p["routing_replicas"];
   const PredictedStepCost cost(chosen, prefill_w);
   const double mean_prompt = 0.5 * static_cast<double>(pmin + pmax);
   const double mean_output = 0.5 * static_cast<double>(omin + omax);
   // Saturation estimate: a replica running full batches of average requests.
   const double batch_s =
-      mean_output * std::max(chosen.predict(static_cast<double>(max_batch),
-                                            mean_prompt + 0.5 * mean_output),
-                             1e-6) +
+      mean_output *
+          std::max(chosen.predict(static_cast<double>(max_batch), mean_prompt + 0.5 * mean_output),
+                   1e-6) +
       cost.step_s({}, std::vector<int64_t>(static_cast<size_t>(max_batch),
                                            static_cast<int64_t>(std::llround(mean_prompt))));
   const double saturation = static_cast<double>(replicas * max_batch) / batch_s;
@@ -340,8 +339,10 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   const std::vector<double> arrivals = poisson_arrivals(nreq, rate, ctx.spec.seed + 2);
   std::vector<RoutedRequest> reqs;
   for (int64_t i = 0; i < nreq; ++i) {
-    const int64_t pr = pmin + static_cast<int64_t>(rng.below(static_cast<uint64_t>(pmax - pmin + 1)));
-    const int64_t o = omin + static_cast<int64_t>(rng.below(static_cast<uint64_t>(omax - omin + 1)));
+    const int64_t pr =
+        pmin + static_cast<int64_t>(rng.below(static_cast<uint64_t>(pmax - pmin + 1)));
+    const int64_t o =
+        omin + static_cast<int64_t>(rng.below(static_cast<uint64_t>(omax - omin + 1)));
     reqs.push_back({i, arrivals[static_cast<size_t>(i)], pr, o});
   }
   struct Variant {
@@ -349,10 +350,10 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
     RoutingPolicy policy;
     double assumed;
   };
-  const Variant variants[] = {{"round_robin", RoutingPolicy::kRoundRobin, 0},
-                              {"least_predicted", RoutingPolicy::kLeastPredicted, 0},
-                              {"least_predicted_mean_length", RoutingPolicy::kLeastPredicted,
-                               mean_output}};
+  const Variant variants[] = {
+      {"round_robin", RoutingPolicy::kRoundRobin, 0},
+      {"least_predicted", RoutingPolicy::kLeastPredicted, 0},
+      {"least_predicted_mean_length", RoutingPolicy::kLeastPredicted, mean_output}};
   json policies = json::object();
   for (const Variant& v : variants) {
     RoutingConfig rc;
@@ -364,19 +365,20 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
     std::vector<int64_t> per_replica(static_cast<size_t>(replicas), 0);
     for (int64_t r : res.replica) ++per_replica[static_cast<size_t>(r)];
     const json e2e = latency_json(res.e2e_s), ttft = latency_json(res.ttft_s);
-    out.records.push_back({{"kind", "routing"},
-                           {"policy", v.name},
-                           {"router_output_tokens", v.assumed > 0 ? json(v.assumed) : json("known")},
-                           {"replicas", replicas},
-                           {"max_batch", max_batch},
-                           {"rate", rate},
-                           {"requests", nreq},
-                           {"samples_s", res.e2e_s},
-                           {"e2e_s", e2e},
-                           {"ttft_s", ttft},
-                           {"requests_per_replica", per_replica},
-                           {"duration_s", res.end_s},
-                           {"steps", res.steps}});
+    out.records.push_back(
+        {{"kind", "routing"},
+         {"policy", v.name},
+         {"router_output_tokens", v.assumed > 0 ? json(v.assumed) : json("known")},
+         {"replicas", replicas},
+         {"max_batch", max_batch},
+         {"rate", rate},
+         {"requests", nreq},
+         {"samples_s", res.e2e_s},
+         {"e2e_s", e2e},
+         {"ttft_s", ttft},
+         {"requests_per_replica", per_replica},
+         {"duration_s", res.end_s},
+         {"steps", res.steps}});
     policies[v.name] = {{"e2e_mean_s", e2e["mean"]}, {"e2e_p99_s", e2e["p99"]}};
   }
   const double rr_mean = policies["round_robin"]["e2e_mean_s"];
@@ -398,8 +400,8 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
 
 Table PredictorSuite::summary_table(const CellOutput& output) const {
   Table t;
-  t.columns = {"role", "batch", "context", "ms/step", "bilinear ms", "lsq ms", "acc bilinear",
-               "acc lsq"};
+  t.columns = {"role",        "batch",  "context",      "ms/step",
+               "bilinear ms", "lsq ms", "acc bilinear", "acc lsq"};
   for (const auto& r : output.records) {
     if (r["kind"] != "step_profile") continue;
     t.rows.push_back({r["role"].get<std::string>(), std::to_string(r["batch"].get<int64_t>()),

@@ -147,7 +147,8 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   }
   check_generation_fits(ctx, batch, prompt, news, "throughput (capacity view; lower max_batch)");
   json r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
-  const uint64_t formula_at_batch = bytes.shared + static_cast<uint64_t>(batch) * bytes.per_sequence;
+  const uint64_t formula_at_batch =
+      bytes.shared + static_cast<uint64_t>(batch) * bytes.per_sequence;
   const double measured = r["kv_memory"]["measured"]["total"].get<double>();
   r["kind"] = "capacity";
   r["context"] = context;
@@ -161,9 +162,8 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   r["max_batch"] = cap;
   r["capped"] = fit > cap;
   r["kv_bytes_formula"] = formula_at_batch;
-  r["formula_matches_measured"] =
-      std::abs(measured - static_cast<double>(formula_at_batch)) <=
-      0.01 * static_cast<double>(formula_at_batch);
+  r["formula_matches_measured"] = std::abs(measured - static_cast<double>(formula_at_batch)) <=
+                                  0.01 * static_cast<double>(formula_at_batch);
   if (!r["formula_matches_measured"].get<bool>()) {
     out.warnings.push_back("capacity: the cache measured " + format_bytes(measured) + " at batch " +
                            std::to_string(batch) + " where the method's formula says " +
@@ -191,9 +191,9 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
     const int64_t b = ctx.params["max_batch"], n = ctx.params["capacity_new_tokens"];
     const double kv = std::min(capacity_budget(ctx.params).bytes,
                                ctx.kv_bytes_per_token * static_cast<double>(b * context));
-    peak = std::max(peak, generation_bytes(*ctx.model, 0, b, std::max<int64_t>(context - n + 1, 1),
-                                           n) +
-                              static_cast<uint64_t>(kv));
+    peak = std::max(peak,
+                    generation_bytes(*ctx.model, 0, b, std::max<int64_t>(context - n + 1, 1), n) +
+                        static_cast<uint64_t>(kv));
   }
   return model_weight_bytes(*ctx.model) + peak;
 }

@@ -53,7 +53,7 @@ TEST(StepTimePredictor, BothModelsAreExactOnTheCostModelsFamily) {
   const auto grid = grid_of(linear_cost);
   const BilinearStepModel bilinear(grid);
   const LeastSquaresStepModel lsq(grid);
-  for (double b : {1.0, 1.5, 3.0, 5.0, 7.9, 8.0, 12.0}) {     // 12: extrapolated
+  for (double b : {1.0, 1.5, 3.0, 5.0, 7.9, 8.0, 12.0}) {        // 12: extrapolated
     for (double c : {64.0, 91.0, 181.0, 300.0, 512.0, 700.0}) {  // 700: extrapolated
       const double want = linear_cost(b, c);
       EXPECT_NEAR(bilinear.predict(b, c), want, 1e-12 * want) << b << " x " << c;
@@ -73,7 +73,8 @@ TEST(StepTimePredictor, BilinearPassesThroughTheGridAndFollowsAKink) {
   auto capped = [](double b, double c) { return linear_cost(b, std::min(c, 256.0)); };
   const auto grid = grid_of(capped);
   const BilinearStepModel bilinear(grid);
-  for (const StepSample& s : grid) EXPECT_DOUBLE_EQ(bilinear.predict(s.batch, s.context), s.seconds);
+  for (const StepSample& s : grid)
+    EXPECT_DOUBLE_EQ(bilinear.predict(s.batch, s.context), s.seconds);
   // Piecewise, so exact on both sides of a kink at a grid node; one global formula is not.
   const LeastSquaresStepModel lsq(grid);
   double worst_lsq = 0;
@@ -89,14 +90,16 @@ TEST(StepTimePredictor, BilinearPassesThroughTheGridAndFollowsAKink) {
 TEST(StepTimePredictor, BilinearErrorWithinTheInterpolationBoundOnSmoothData) {
   // f = a + b B^0.8 + c B C^1.5: |f - p| <= hB^2/8 max|f_BB| + hC^2/8 max|f_CC| on each cell.
   const double a = 1e-3, bb = 4e-4, cc = 2e-9;
-  auto f = [&](double b, double c) { return a + bb * std::pow(b, 0.8) + cc * b * std::pow(c, 1.5); };
+  auto f = [&](double b, double c) {
+    return a + bb * std::pow(b, 0.8) + cc * b * std::pow(c, 1.5);
+  };
   const auto grid = grid_of(f);
   const BilinearStepModel model(grid);
   double worst_ratio = 0;
   for (size_t i = 0; i + 1 < kBatches.size(); ++i) {
     for (size_t j = 0; j + 1 < kContexts.size(); ++j) {
       const double b0 = kBatches[i], b1 = kBatches[i + 1], c0 = kContexts[j], c1 = kContexts[j + 1];
-      const double fbb = bb * 0.8 * 0.2 * std::pow(b0, -1.2);     // |f_BB| largest at b0
+      const double fbb = bb * 0.8 * 0.2 * std::pow(b0, -1.2);       // |f_BB| largest at b0
       const double fcc = cc * b1 * 1.5 * 0.5 * std::pow(c0, -0.5);  // |f_CC| largest at b1, c0
       const double bound =
           (b1 - b0) * (b1 - b0) / 8 * fbb + (c1 - c0) * (c1 - c0) / 8 * fcc + 1e-15;
@@ -156,8 +159,9 @@ TEST(StepTimePredictor, GridProblemsAreNamed) {
   grid = grid_of(linear_cost);
   grid.push_back(grid.front());
   EXPECT_THROW(BilinearStepModel{grid}, Error);
-  EXPECT_THROW(LeastSquaresStepModel({{1, 64, 1e-3}, {1, 128, 2e-3}, {1, 256, 3e-3}, {1, 512, 4e-3}}),
-               Error);  // one batch only
+  EXPECT_THROW(
+      LeastSquaresStepModel({{1, 64, 1e-3}, {1, 128, 2e-3}, {1, 256, 3e-3}, {1, 512, 4e-3}}),
+      Error);  // one batch only
   EXPECT_THROW(prediction_accuracy(1.0, 0.0), Error);
   EXPECT_DOUBLE_EQ(prediction_accuracy(1.1, 1.0), 0.9);
   EXPECT_DOUBLE_EQ(prediction_accuracy(0.8, 1.0), 0.8);
@@ -187,7 +191,7 @@ class LinearCost final : public StepCostModel {
 };
 
 RoutingResult route(const std::vector<RoutedRequest>& reqs, RoutingPolicy policy, int64_t replicas,
-                     double assumed = 0, int64_t max_batch = 8) {
+                    double assumed = 0, int64_t max_batch = 8) {
   RoutingConfig c;
   c.replicas = replicas;
   c.max_batch = max_batch;
@@ -200,10 +204,10 @@ TEST(Routing, OneReplicaByHand) {
   // Request 0 at t=0 (prompt 100, 3 tokens); request 1 at t=0.005 (prompt 100, 2 tokens).
   const std::vector<RoutedRequest> reqs = {{0, 0.0, 100, 3}, {1, 0.005, 100, 2}};
   const RoutingResult r = route(reqs, RoutingPolicy::kRoundRobin, 1);
-  // Step 1 [0, 0.002]: prefill 0 (1 ms + 100 x 10 us), its first token. Step 2 starts at 0.002 < 0.005: request 1 not there yet -> decode only,
-  // 12 ms, ends 0.014 (request 0 has 2 tokens). Step 3: decode 0 + prefill 1 = 12 + 2 = 14 ms,
-  // ends 0.028: request 0 done (3 tokens), request 1 has its first token. Step 4: decode 1,
-  // 12 ms, ends 0.040: request 1 done.
+  // Step 1 [0, 0.002]: prefill 0 (1 ms + 100 x 10 us), its first token. Step 2 starts at 0.002 <
+  // 0.005: request 1 not there yet -> decode only, 12 ms, ends 0.014 (request 0 has 2 tokens). Step
+  // 3: decode 0 + prefill 1 = 12 + 2 = 14 ms, ends 0.028: request 0 done (3 tokens), request 1 has
+  // its first token. Step 4: decode 1, 12 ms, ends 0.040: request 1 done.
   EXPECT_NEAR(r.ttft_s[0], 0.002, 1e-12);
   EXPECT_NEAR(r.e2e_s[0], 0.028, 1e-12);
   EXPECT_NEAR(r.ttft_s[1], 0.028 - 0.005, 1e-12);
@@ -218,8 +222,8 @@ TEST(Routing, RoundRobinCyclesAndEveryRequestFinishesOnce) {
   double t = 0;
   for (int i = 0; i < 50; ++i) {
     t += 0.01 * rng.uniform();
-    reqs.push_back({i, t, 16 + static_cast<int64_t>(rng.below(200)),
-                    1 + static_cast<int64_t>(rng.below(40))});
+    reqs.push_back(
+        {i, t, 16 + static_cast<int64_t>(rng.below(200)), 1 + static_cast<int64_t>(rng.below(40))});
   }
   for (RoutingPolicy p : {RoutingPolicy::kRoundRobin, RoutingPolicy::kLeastPredicted}) {
     const RoutingResult r = route(reqs, p, 3, 0, 2);
@@ -288,7 +292,8 @@ TEST(Routing, BadConfigsAreErrors) {
 // --- capacity -----------------------------------------------------------------------------------
 
 TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
-  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny-llama");  // 4 layers, 2 KV heads, head_dim 32
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config,
+                                           "tiny-llama");  // 4 layers, 2 KV heads, head_dim 32
   const json full = resolve_method({{"name", "full"}}, "m");
   const json stream = resolve_method({{"name", "stream-512"}}, "m");
   const json kivi = resolve_method({{"name", "kivi-4"}}, "m");
@@ -309,7 +314,8 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
   auto kc = make_codec(kivi, at::kBFloat16);
   b = sequence_kv_bytes(*kc, *make_policy(kivi), c, 600, 700);
   uint64_t largest = 0;
-  for (int64_t t = 600; t <= 700; ++t) largest = std::max(largest, kc->nominal_bytes(t, 2, 32).total());
+  for (int64_t t = 600; t <= 700; ++t)
+    largest = std::max(largest, kc->nominal_bytes(t, 2, 32).total());
   EXPECT_EQ(b.per_sequence, 4 * largest);
   EXPECT_GT(b.per_sequence, 4 * kc->nominal_bytes(700, 2, 32).total());
   EXPECT_LT(b.per_sequence, 700u * 1024 / 2);
@@ -354,11 +360,13 @@ TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
     EXPECT_EQ(r["context"], 600);
     EXPECT_EQ(r["prompt_tokens"], 598);
     // The measured cache at the measured batch holds exactly what the formula counts.
-    EXPECT_EQ(r["kv_memory"]["measured"]["total"].get<uint64_t>(), r["kv_bytes_formula"].get<uint64_t>())
+    EXPECT_EQ(r["kv_memory"]["measured"]["total"].get<uint64_t>(),
+              r["kv_bytes_formula"].get<uint64_t>())
         << name;
     EXPECT_TRUE(r["formula_matches_measured"].get<bool>()) << name;
     EXPECT_LE(r["kv_bytes_at_fit"].get<double>(), 3145728.0);
-    EXPECT_GT(r["kv_bytes_at_fit"].get<double>() + r["bytes_per_sequence"].get<double>(), 3145728.0);
+    EXPECT_GT(r["kv_bytes_at_fit"].get<double>() + r["bytes_per_sequence"].get<double>(),
+              3145728.0);
     EXPECT_EQ(r["batch"].get<int64_t>(), std::min<int64_t>(r["max_batch_fit"].get<int64_t>(), 8));
     EXPECT_EQ(r["samples_s"].size(), 2u);
     EXPECT_GT(r["decode_tok_s"].get<double>(), 0);
@@ -391,12 +399,18 @@ TEST(LengthShift, RowsPerTaskInFirstAppearanceOrder) {
   const std::string path = ::testing::TempDir() + "/kvbench_tasks.jsonl";
   {
     std::ofstream f(path);
-    f << R"({"prompt": "the cat sat", "task": "b"})" << "\n"
-      << R"({"prompt": "a dog ran far", "task": "a"})" << "\n"
-      << R"({"prompt": "one two three"})" << "\n"
-      << R"({"prompt": "red green blue", "task": "b"})" << "\n";
+    f << R"({"prompt": "the cat sat", "task": "b"})"
+      << "\n"
+      << R"({"prompt": "a dog ran far", "task": "a"})"
+      << "\n"
+      << R"({"prompt": "one two three"})"
+      << "\n"
+      << R"({"prompt": "red green blue", "task": "b"})"
+      << "\n";
   }
-  Harness h(json{{"name", "output_length"}, {"prompts_file", path}, {"max_new_tokens", 6},
+  Harness h(json{{"name", "output_length"},
+                 {"prompts_file", path},
+                 {"max_new_tokens", 6},
                  {"control_temperatures", json::array()}});
   OutputLengthSuite s;
   CellOutput out = h.run(s);
@@ -423,7 +437,8 @@ TEST(LengthShift, ANonStringTaskNamesTheLine) {
   const std::string path = ::testing::TempDir() + "/kvbench_bad_task.jsonl";
   {
     std::ofstream f(path);
-    f << R"({"prompt": "x", "task": 3})" << "\n";
+    f << R"({"prompt": "x", "task": 3})"
+      << "\n";
   }
   Harness h(json{{"name", "output_length"}, {"prompts_file", path}});
   OutputLengthSuite s;
@@ -449,7 +464,8 @@ TEST(PredictorSuite, ProfilesFitsAndRoutes) {
   for (const json& r : out.records) {
     if (r["kind"] == "step_profile") {
       EXPECT_EQ(r["samples_s"].size(), 4u);  // 2 steps x 2 repeats
-      EXPECT_DOUBLE_EQ(r["step_s"].get<double>(), median(r["samples_s"].get<std::vector<double>>()));
+      EXPECT_DOUBLE_EQ(r["step_s"].get<double>(),
+                       median(r["samples_s"].get<std::vector<double>>()));
       (r["role"] == "grid" ? grid : heldout) += 1;
       if (r["role"] == "grid") {  // bilinear passes through the grid's medians
         EXPECT_NEAR(r["accuracy"]["bilinear"].get<double>(), 1.0, 1e-9);

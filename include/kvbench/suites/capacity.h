@@ -14,12 +14,12 @@ namespace kvbench {
 
 // KV bytes of one sequence that was prefilled with `prompt` tokens and decodes until `context`
 // tokens have entered it (prompt + decoded), at its largest state on the way (bytes are not
-// monotone in tokens: KIVI's window folds into groups), by the method's formula: per layer, the codec's nominal bytes
-// (per-sequence windows such as KIVI's full-precision residual included) for the tokens the
-// retention policy holds there — every token without a policy; min(context, budget) for a
-// policy evicting during decode; min(prompt, budget) + (context - prompt) for one evicting once
-// after the prefill — plus Quest's page bounds on its sparse layers. `shared` is what the codec
-// holds once for every sequence (fitted bases). Exact for every codec whose bytes depend only
+// monotone in tokens: KIVI's window folds into groups), by the method's formula: per layer, the
+// codec's nominal bytes (per-sequence windows such as KIVI's full-precision residual included) for
+// the tokens the retention policy holds there — every token without a policy; min(context, budget)
+// for a policy evicting during decode; min(prompt, budget) + (context - prompt) for one evicting
+// once after the prefill — plus Quest's page bounds on its sparse layers. `shared` is what the
+// codec holds once for every sequence (fitted bases). Exact for every codec whose bytes depend only
 // on the tokens held (all but GEAR, whose compressed history depends on when it compressed).
 struct SequenceKvBytes {
   uint64_t per_sequence = 0;
