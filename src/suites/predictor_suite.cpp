@@ -283,6 +283,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                  {"repeats", repeats},
                  {"statistic", statistic},
                  {"noise", median(spreads)},
+      {"noise_max", *std::max_element(spreads.begin(), spreads.end())},
                  {"model", p["model"]},
                  {"accuracy_mean", acc_chosen["mean"]},
                  {"accuracy_min", acc_chosen["min"]},

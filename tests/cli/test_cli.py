@@ -619,8 +619,8 @@ class ServingToolsCliTest(CliCase):
         """The issue's test on measured times: held-out accuracy >= 85% on this machine.
         Medians of every timed step over 9 interleaved generations per point; held-out points
         inside the grid. The accuracy of a timing model can only be judged when the machine
-        repeats its own timings: when the median spread of a point's repeats (`noise`) is
-        above 10% (a loaded machine) the run is repeated once, and if it is still that noisy
+        repeats its own timings: when some point's repeats spread by more than 10%
+        (`noise_max`, a loaded machine) the run is repeated once, and if it is still that noisy
         the test is skipped with the numbers, not failed."""
         cfg = {"model": self.MODEL, "threads": 1, "methods": [{"name": "full"}],
                "suites": [{"name": "predictor", "batch": [1, 2, 4, 8],
@@ -631,14 +631,14 @@ class ServingToolsCliTest(CliCase):
             _, cells = self.validated(self.run_ok(cfg))
             s = cells["full"]["summary"]
             attempts.append(s)
-            if s["noise"] <= 0.10:
+            if s["noise_max"] <= 0.10:
                 break
         s = attempts[-1]
         detail = "; ".join(
             f"attempt {i}: accuracy mean {a['accuracy_mean']:.3f} min {a['accuracy_min']:.3f}, "
             f"least squares {a['models']['least_squares']['heldout_accuracy']['mean']:.3f}, "
-            f"noise {a['noise']:.3f}" for i, a in enumerate(attempts))
-        if s["noise"] > 0.10:
+            f"noise {a['noise']:.3f} (max {a['noise_max']:.3f})" for i, a in enumerate(attempts))
+        if s["noise_max"] > 0.10:
             self.skipTest("timings too noisy to judge a predictor (" + detail + ")")
         self.assertGreaterEqual(s["accuracy_mean"], 0.85, detail)
 
