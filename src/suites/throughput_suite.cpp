@@ -246,9 +246,14 @@ Table ThroughputSuite::summary_table(const CellOutput& output) const {
   t.columns = {"batch",   "prompt",      "new",      "prefill tok/s", "decode tok/s",
                "ms/step", "retention %", "KV bytes", "bits/value"};
   for (const auto& r : output.records) {
-    if (r["kind"] != "throughput") continue;
-    t.rows.push_back({std::to_string(r["batch"].get<int64_t>()),
-                      std::to_string(r["prompt_tokens"].get<int64_t>()),
+    // The capacity record's row: "20 (capacity)", or "32 (capacity; fits 120)" when capped.
+    std::string batch = std::to_string(r["batch"].get<int64_t>());
+    if (r["kind"] == "capacity") {
+      batch += r["capped"].get<bool>()
+                   ? " (capacity; fits " + std::to_string(r["max_batch_fit"].get<int64_t>()) + ")"
+                   : " (capacity)";
+    }
+    t.rows.push_back({batch, std::to_string(r["prompt_tokens"].get<int64_t>()),
                       std::to_string(r["new_tokens"].get<int64_t>()),
                       format_fixed(r["prefill_tok_s"].get<double>(), 1),
                       format_fixed(r["decode_tok_s"].get<double>(), 1),
