@@ -619,9 +619,10 @@ class ServingToolsCliTest(CliCase):
         """The issue's test on measured times: held-out accuracy >= 85% on this machine.
         Medians of every timed step over 9 interleaved generations per point; held-out points
         inside the grid. The accuracy of a timing model can only be judged when the machine
-        repeats its own timings: when some point's repeats spread by more than 10%
-        (`noise_max`, a loaded machine) the run is repeated once, and if it is still that noisy
-        the test is skipped with the numbers, not failed."""
+        repeats its own timings: when a point's repeats typically spread by more than 10%
+        (`noise`), or some point's by more than 25% (`noise_max`): a loaded machine, the run is
+        repeated once, and if it is still that noisy the test is skipped with the numbers, not
+        failed."""
         cfg = {"model": self.MODEL, "threads": 1, "methods": [{"name": "full"}],
                "suites": [{"name": "predictor", "batch": [1, 2, 4, 8],
                            "context": [32, 64, 128, 256], "steps": 2, "repeats": 9,
@@ -631,14 +632,15 @@ class ServingToolsCliTest(CliCase):
             _, cells = self.validated(self.run_ok(cfg))
             s = cells["full"]["summary"]
             attempts.append(s)
-            if s["noise_max"] <= 0.10:
+            quiet = s["noise"] <= 0.10 and s["noise_max"] <= 0.25
+            if quiet:
                 break
         s = attempts[-1]
         detail = "; ".join(
             f"attempt {i}: accuracy mean {a['accuracy_mean']:.3f} min {a['accuracy_min']:.3f}, "
             f"least squares {a['models']['least_squares']['heldout_accuracy']['mean']:.3f}, "
             f"noise {a['noise']:.3f} (max {a['noise_max']:.3f})" for i, a in enumerate(attempts))
-        if s["noise_max"] > 0.10:
+        if not quiet:
             self.skipTest("timings too noisy to judge a predictor (" + detail + ")")
         self.assertGreaterEqual(s["accuracy_mean"], 0.85, detail)
 
