@@ -98,18 +98,17 @@ struct Point {
   int64_t batch = 0, context = 0;
   bool heldout = false;
   std::vector<double> steps, prefills;
-  std::vector<double> round_medians;  // one per timed generation
 };
 
 double point_time(const std::vector<double>& x, const std::string& statistic) {
   return statistic == "min" ? *std::min_element(x.begin(), x.end()) : median(x);
 }
 
-// Relative spread of a point's per-generation medians: (p75 - p25) / median. Measurement noise
-// of the machine, beside which the predictor's accuracy must be read.
-double spread(const std::vector<double>& round_medians) {
-  const double m = median(round_medians);
-  return m > 0 ? (percentile(round_medians, 75) - percentile(round_medians, 25)) / m : 0;
+// How well a point's time is determined: the half-width of the 95% bootstrap interval of the
+// median of its steps, relative to the median. Measurement noise of the machine, beside which the
+// predictor's accuracy must be read.
+double relative_ci(const Summary& s) {
+  return s.median > 0 ? (s.median_ci95.high - s.median_ci95.low) / (2 * s.median) : 0;
 }
 
 std::vector<int64_t> sorted_unique(std::vector<int64_t> v) {
@@ -213,7 +212,6 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
       if (r >= warmup) {
         pt.steps.insert(pt.steps.end(), res.decode_step_s.begin(), res.decode_step_s.end());
         pt.prefills.push_back(res.prefill_s);
-        pt.round_medians.push_back(median(res.decode_step_s));
       }
       ctx.progress.advance("batch " + std::to_string(pt.batch) + ", context " +
                            std::to_string(pt.context));
@@ -245,7 +243,8 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
     const double b = static_cast<double>(pt.batch), c = static_cast<double>(pt.context);
     const double measured = point_time(pt.steps, statistic);
     const double prefill = point_time(pt.prefills, statistic);
-    spreads.push_back(spread(pt.round_medians));
+    const Summary stats = summarize(pt.steps, ctx.seed);
+    spreads.push_back(relative_ci(stats));
     const double pb = bilinear.predict(b, c), pl = lsq.predict(b, c);
     const double pp = prefill_w[0] + prefill_w[1] * b * c + prefill_w[2] * b * c * c;
     json rec = {{"kind", "step_profile"},
@@ -253,9 +252,9 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                 {"batch", pt.batch},
                 {"context", pt.context},
                 {"samples_s", pt.steps},
-                {"time_s", to_json(summarize(pt.steps, ctx.seed))},
+                {"time_s", to_json(stats)},
                 {"step_s", measured},
-                {"round_spread", spreads.back()},
+                {"relative_ci95", spreads.back()},
                 {"decode_tok_s", b / measured},
                 {"prefill_samples_s", pt.prefills},
                 {"prefill_s", prefill},
@@ -283,7 +282,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                  {"repeats", repeats},
                  {"statistic", statistic},
                  {"noise", median(spreads)},
-      {"noise_max", *std::max_element(spreads.begin(), spreads.end())},
+                 {"noise_max", *std::max_element(spreads.begin(), spreads.end())},
                  {"model", p["model"]},
                  {"accuracy_mean", acc_chosen["mean"]},
                  {"accuracy_min", acc_chosen["min"]},
