@@ -300,7 +300,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
         "held-out accuracy of the " + p["model"].get<std::string>() + " predictor is " +
         format_fixed(100 * acc_chosen["mean"].get<double>(), 1) +
         "% (below 85%) with a measurement noise of " + format_fixed(100 * median(spreads), 1) +
-        "% (median spread of a point's repeats): a loaded machine (try "
+        "% (median relative 95% interval of a point's time): a loaded machine (try "
         "statistic min), or a grid too coarse for the method");
   }
 
