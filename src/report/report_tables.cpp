@@ -103,6 +103,7 @@ struct SuiteSpec {
   std::vector<std::string> point_params;  // suite parameters the points stand for
   std::vector<Metric> metrics;
   std::function<std::vector<Point>(const json& cell)> points;
+  std::string table;  // the table's name when it differs from the suite's (a suite's 2nd table)
 };
 
 json kv_bytes_of(const json& holder, const char* fallback) {
@@ -180,6 +181,101 @@ const std::vector<SuiteSpec>& suite_specs() {
                                                            number_at(r, "kv_memory.ratio_to_fp16")};
                                 });
        }},
+      {"throughput",
+       "capacity: per method, the largest batch whose KV bytes (the method's formula at the "
+       "context) fit the budget, and decode tokens/s measured at that batch (or at max_batch)",
+       {"context"},
+       {"capacity_context"},
+       {{"kv_budget_bytes", false},
+        {"bytes_per_sequence", true},
+        {"max_batch_fit", true},
+        {"batch", false},
+        {"capped", false},
+        {"decode_tok_s", true}},
+       [](const json& c) {
+         return records_of_kind(c, "capacity", {"context"}, [](const json& r) {
+           return std::vector<json>{number_at(r, "kv_budget_bytes"),
+                                    number_at(r, "bytes_per_sequence"),
+                                    number_at(r, "max_batch_fit"),
+                                    number_at(r, "batch"),
+                                    at(r, "capped"),
+                                    number_at(r, "decode_tok_s")};
+         });
+       },
+       "capacity"},
+      {"predictor",
+       "predictor: decode step time interpolated from a batch x context profile; accuracy "
+       "1 - |pred - true| / true on held-out points (mean and min), and the noise of the "
+       "measurements (median spread of a point's repeats)",
+       {},
+       {},
+       {{"accuracy_mean", false},
+        {"accuracy_min", false},
+        {"bilinear_accuracy_mean", false},
+        {"least_squares_accuracy_mean", false},
+        {"noise", false},
+        {"heldout_points", false}},
+       [](const json& c) {
+         const json& s = c["summary"];
+         Point p;
+         p.values = {number_at(s, "accuracy_mean"),
+                     number_at(s, "accuracy_min"),
+                     number_at(s, "models.bilinear.heldout_accuracy.mean"),
+                     number_at(s, "models.least_squares.heldout_accuracy.mean"),
+                     number_at(s, "noise"),
+                     s.contains("heldout_points") ? json(s["heldout_points"].size()) : json()};
+         return std::vector<Point>{p};
+       }},
+      {"predictor",
+       "routing: simulated replicas with the method's predicted step times; end-to-end latency "
+       "(simulated seconds) per routing policy",
+       {"policy"},
+       {},
+       {{"e2e_mean_s", false},
+        {"e2e_p99_s", false},
+        {"ttft_mean_s", false},
+        {"rate", false},
+        {"replicas", false}},
+       [](const json& c) {
+         return records_of_kind(c, "routing", {"policy"}, [](const json& r) {
+           return std::vector<json>{number_at(r, "e2e_s.mean"), number_at(r, "e2e_s.p99"),
+                                    number_at(r, "ttft_s.mean"), number_at(r, "rate"),
+                                    number_at(r, "replicas")};
+         });
+       },
+       "routing"},
+      {"output_length",
+       "length_shift: per method and task, mean and median generated length against the full "
+       "cache's on the same prompts (ratio > 1: the method talks longer)",
+       {"task"},
+       {},
+       {{"samples", false},
+        {"mean_length_full", false},
+        {"mean_length", false},
+        {"length_ratio", false},
+        {"median_length_full", false},
+        {"median_length", false},
+        {"median_length_ratio", false},
+        {"share_longer_50", false}},
+       [](const json& c) {
+         std::vector<Point> out;
+         for (const json& t :
+              at(c["summary"], "tasks").is_array() ? c["summary"]["tasks"] : json::array()) {
+           Point p;
+           p.key["task"] = t.value("task", "");
+           p.values = {number_at(t, "samples"),
+                       number_at(t, "mean_length_baseline"),
+                       number_at(t, "mean_length"),
+                       number_at(t, "length_ratio"),
+                       number_at(t, "median_length_baseline"),
+                       number_at(t, "median_length"),
+                       number_at(t, "median_length_ratio"),
+                       number_at(t, "share_longer_50")};
+           out.push_back(std::move(p));
+         }
+         return out;
+       },
+       "length_shift"},
       {"kernels",
        "kernels: one decode-attention step per context (median seconds, GB/s and the fraction "
        "of the copy bandwidth measured in the same cell)",
@@ -322,7 +418,7 @@ ResultTable suite_table(const SuiteSpec& spec, const std::vector<const MergedCel
   }
 
   ResultTable t;
-  t.name = spec.suite;
+  t.name = spec.table.empty() ? spec.suite : spec.table;
   t.title = spec.title;
   t.columns.push_back("method");
   if (!setup_keys.empty()) t.columns.push_back("setup");
@@ -603,7 +699,10 @@ ReportTables build_report_tables(const MergedReports& merged, const std::string&
         cells.push_back(&m);
       }
     }
-    if (!cells.empty()) out.tables.push_back(suite_table(spec, cells, ctx));
+    if (cells.empty()) continue;
+    ResultTable t = suite_table(spec, cells, ctx);
+    // A suite's second table (capacity, routing, length_shift) only when it has rows.
+    if (spec.table.empty() || !t.rows.empty()) out.tables.push_back(std::move(t));
   }
   std::set<std::string> unknown;
   for (const MergedCell& m : merged.cells) {

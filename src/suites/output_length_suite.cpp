@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
@@ -18,8 +19,9 @@ std::vector<ParamSpec> OutputLengthSuite::param_specs() {
   return {
       ParamSpec::string_list("prompt_texts", json::array(),
                              "prompts as text, tokenized with the model's tokenizer"),
-      ParamSpec::string("prompts_file", "",
-                        "JSONL file, one {\"prompt\": text, \"id\": optional} per line"),
+      ParamSpec::string(
+          "prompts_file", "",
+          "JSONL file, one {\"prompt\": text, \"id\": optional, \"task\": optional} per line"),
       ParamSpec::integer("samples", 8, "seeded random-id prompts when no texts are given")
           .range(1, 100000),
       ParamSpec::integer("prompt_tokens", 64, "length of the random-id prompts").range(1, 1 << 20),
@@ -78,6 +80,7 @@ namespace {
 struct Prompt {
   std::string id;
   std::vector<int64_t> tokens;
+  std::string task;  // the JSONL row's "task", "" when none
 };
 
 std::vector<Prompt> load_prompts(const CellContext& ctx) {
@@ -85,9 +88,12 @@ std::vector<Prompt> load_prompts(const CellContext& ctx) {
   const std::string file = p["prompts_file"];
   KVB_CHECK(file.empty() || p["prompt_texts"].empty(),
             "output_length: give prompt_texts or prompts_file, not both");
-  std::vector<std::pair<std::string, std::string>> texts;  // (id, text)
+  struct Text {
+    std::string id, text, task;
+  };
+  std::vector<Text> texts;
   for (size_t i = 0; i < p["prompt_texts"].size(); ++i)
-    texts.emplace_back("text-" + std::to_string(i), p["prompt_texts"][i].get<std::string>());
+    texts.push_back({"text-" + std::to_string(i), p["prompt_texts"][i].get<std::string>(), ""});
   if (!file.empty()) {
     std::ifstream in(file);
     KVB_CHECK(in.good(), "output_length: cannot read prompts_file '", file, "'");
@@ -103,8 +109,10 @@ std::vector<Prompt> load_prompts(const CellContext& ctx) {
       }
       KVB_CHECK(row.is_object() && row.contains("prompt") && row["prompt"].is_string(),
                 "output_length: ", file, ":", n, ": expected an object with a string \"prompt\"");
-      texts.emplace_back(row.contains("id") ? row["id"].dump() : "line-" + std::to_string(n),
-                         row["prompt"]);
+      KVB_CHECK(!row.contains("task") || row["task"].is_string(), "output_length: ", file, ":", n,
+                ": \"task\" must be a string");
+      texts.push_back({row.contains("id") ? row["id"].dump() : "line-" + std::to_string(n),
+                       row["prompt"], row.value("task", "")});
     }
     KVB_CHECK(!texts.empty(), "output_length: ", file, " holds no prompts");
   }
@@ -114,11 +122,11 @@ std::vector<Prompt> load_prompts(const CellContext& ctx) {
     // Seeded by the run, not the cell: every method of the run sees the same prompts.
     auto ids = synthetic_prompts(p["samples"], p["prompt_tokens"], vocab, ctx.spec.seed);
     for (size_t i = 0; i < ids.size(); ++i)
-      prompts.push_back({"random-" + std::to_string(i), ids[i]});
+      prompts.push_back({"random-" + std::to_string(i), ids[i], ""});
     return prompts;
   }
-  for (const auto& [id, text] : texts) {
-    Prompt pr{id, {}};
+  for (const auto& [id, text, task] : texts) {
+    Prompt pr{id, {}, task};
     for (int32_t t : ctx.model.tokenizer().encode(text, true)) {
       KVB_CHECK(t < vocab, "output_length: the tokenizer gave id ", t, " beyond the vocabulary of ",
                 vocab);
@@ -145,6 +153,37 @@ Run generate_one(const Transformer& model, KVCache& cache, const std::vector<int
   const SequenceResult& s = r.sequences.front();
   return {s.tokens, s.stop_reason, s.token_times_s.front(), s.token_times_s.back(),
           r.peak_storage.total()};
+}
+
+// The length-shift table's rows: per task (the prompts' "task", "" for prompts without one),
+// mean and median length with the full cache and with the method, their ratios, and D.
+json length_shift_by_task(const std::vector<Prompt>& prompts, const std::vector<double>& full,
+                          const std::vector<double>& method) {
+  std::vector<std::string> order;
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> by;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (!by.count(prompts[i].task)) order.push_back(prompts[i].task);
+    by[prompts[i].task].first.push_back(full[i]);
+    by[prompts[i].task].second.push_back(method[i]);
+  }
+  json out = json::array();
+  for (const std::string& task : order) {
+    const auto& [f, m] = by[task];
+    const LengthShift s = length_shift(f, m);
+    out.push_back({{"task", task},
+                   {"samples", f.size()},
+                   {"mean_length_baseline", s.mean_baseline},
+                   {"mean_length", s.mean_other},
+                   {"length_ratio", s.mean_other / s.mean_baseline},
+                   {"median_length_baseline", median(f)},
+                   {"median_length", median(m)},
+                   {"median_length_ratio", median(m) / median(f)},
+                   {"d_mean", s.d_mean},
+                   {"d_median", s.d_median},
+                   {"share_longer_50", s.share_longer_50},
+                   {"share_shorter_50", s.share_shorter_50}});
+  }
+  return out;
 }
 
 }  // namespace
@@ -210,6 +249,7 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
     runaway_method += run.stop == "length";
     json rec = {{"kind", "sample"},
                 {"id", pr.id},
+                {"task", pr.task},
                 {"prompt_hash", prompt_hash(pr.tokens)},
                 {"prompt_tokens", pr.tokens.size()},
                 {"samples_s", {run.e2e}},
@@ -239,6 +279,10 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
 
   const double n = static_cast<double>(prompts.size());
   out.summary = to_json(length_shift(len_full, len_method));
+  out.summary["median_length_baseline"] = median(len_full);
+  out.summary["median_length"] = median(len_method);
+  out.summary["median_length_ratio"] = median(len_method) / median(len_full);
+  out.summary["tasks"] = length_shift_by_task(prompts, len_full, len_method);
   out.summary["samples"] = prompts.size();
   out.summary["max_new_tokens"] = p["max_new_tokens"];
   out.summary["temperature"] = p["temperature"];

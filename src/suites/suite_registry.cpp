@@ -9,6 +9,7 @@
 #include "kvbench/suites/kernels_suite.h"
 #include "kvbench/suites/latency_suite.h"
 #include "kvbench/suites/output_length_suite.h"
+#include "kvbench/suites/predictor_suite.h"
 #include "kvbench/suites/serving_suite.h"
 #include "kvbench/suites/throughput_suite.h"
 
@@ -30,6 +31,8 @@ const std::vector<SuiteInfo>& suite_catalog() {
        [] { return std::make_unique<AccuracySuite>(); }},
       {"serving", ServingSuite::kSummary, ServingSuite::param_specs(), true,
        [] { return std::make_unique<ServingSuite>(); }},
+      {"predictor", PredictorSuite::kSummary, PredictorSuite::param_specs(), true,
+       [] { return std::make_unique<PredictorSuite>(); }},
   };
   return catalog;
 }

@@ -1,8 +1,14 @@
 #include "kvbench/suites/throughput_suite.h"
 
+#include <cmath>
+
+#include "kvbench/core/environment.h"
+#include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
 #include "kvbench/engine/generator.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/suites/capacity.h"
 #include "kvbench/suites/workload.h"
 
 namespace kvbench {
@@ -18,6 +24,30 @@ std::vector<ParamSpec> ThroughputSuite::param_specs() {
           .range(2, 1 << 16),
       ParamSpec::integer("warmup", 1, "untimed generations before each point").range(0, 1000),
       ParamSpec::integer("repeats", 3, "timed generations per point").range(1, 100000),
+      ParamSpec::integer("capacity_context", 0,
+                         "capacity view: tokens each sequence holds (0 = no capacity view); the "
+                         "largest batch whose KV bytes fit the budget, and its decode tok/s")
+          .range(0, 1 << 24),
+      ParamSpec::integer("capacity_new_tokens", 8,
+                         "capacity view: decode steps timed at the capacity batch (the prompt is "
+                         "capacity_context - capacity_new_tokens + 1 tokens)")
+          .range(2, 1 << 16),
+      ParamSpec::integer("kv_budget_bytes", 0,
+                         "capacity view: KV memory budget in bytes; 0 = kv_budget_fraction of "
+                         "device_memory_bytes")
+          .range(0, 1e15),
+      ParamSpec::number("kv_budget_fraction", 0.5,
+                        "capacity view: the budget as a fraction of device_memory_bytes, when "
+                        "kv_budget_bytes is 0")
+          .range(1e-6, 1),
+      ParamSpec::integer("device_memory_bytes", 0,
+                         "capacity view: the stated device memory the fraction applies to; 0 = "
+                         "the memory available when the cell starts")
+          .range(0, 1e15),
+      ParamSpec::integer("max_batch", 64,
+                         "capacity view: the largest batch run here; a larger fitting batch is "
+                         "recorded but measured at this one")
+          .range(1, 1 << 20),
   };
 }
 
@@ -61,6 +91,90 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           {"kv_bytes_per_token", static_cast<double>(kv_peak) / tokens}};
 }
 
+struct Budget {
+  double bytes = 0;
+  std::string source;
+};
+
+Budget capacity_budget(const json& p) {
+  if (p["kv_budget_bytes"].get<double>() > 0) {
+    return {p["kv_budget_bytes"].get<double>(), "kv_budget_bytes"};
+  }
+  const double fraction = p["kv_budget_fraction"];
+  if (p["device_memory_bytes"].get<double>() > 0) {
+    return {fraction * p["device_memory_bytes"].get<double>(),
+            "kv_budget_fraction of device_memory_bytes"};
+  }
+  const uint64_t available = available_memory_bytes();
+  KVB_CHECK(available > 0,
+            "throughput: the available memory is unknown; set kv_budget_bytes or "
+            "device_memory_bytes for the capacity view");
+  return {fraction * static_cast<double>(available),
+          "kv_budget_fraction of the memory available at the cell's start"};
+}
+
+// The capacity view: the largest batch of capacity_context-token sequences whose KV bytes (the
+// method's formula) fit the budget, and the decode throughput measured at that batch (or at
+// max_batch when the fitting batch is larger). Returns the summary entry; appends the record.
+json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, CellOutput& out) {
+  const json& p = ctx.params;
+  const ModelConfig& c = ctx.model.get().config();
+  const int64_t context = p["capacity_context"], news = p["capacity_new_tokens"];
+  const int64_t prompt = context - news + 1;
+  KVB_CHECK(prompt >= 1, "throughput: capacity_context (", context,
+            ") must be >= capacity_new_tokens (", news, ")");
+  const Budget budget = capacity_budget(p);
+  auto policy = make_policy(ctx.method);
+  const SequenceKvBytes bytes = sequence_kv_bytes(codec, *policy, c, prompt, context);
+  const int64_t fit = largest_batch(budget.bytes, bytes);
+  const int64_t cap = p["max_batch"];
+  const int64_t batch = std::min(fit, cap);
+  json summary = {{"context", context},
+                  {"kv_budget_bytes", budget.bytes},
+                  {"budget_source", budget.source},
+                  {"bytes_per_sequence", bytes.per_sequence},
+                  {"max_batch_fit", fit},
+                  {"max_batch", cap},
+                  {"batch", batch},
+                  {"capped", fit > cap},
+                  {"decode_tok_s", nullptr}};
+  if (fit == 0) {
+    out.warnings.push_back("capacity: a budget of " + format_bytes(budget.bytes) +
+                           " holds no sequence of " + std::to_string(context) + " tokens (" +
+                           format_bytes(static_cast<double>(bytes.per_sequence)) +
+                           " each); raise kv_budget_bytes or lower capacity_context");
+    return summary;
+  }
+  check_generation_fits(ctx, batch, prompt, news, "throughput (capacity view; lower max_batch)");
+  json r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
+  const uint64_t formula_at_batch =
+      bytes.shared + static_cast<uint64_t>(batch) * bytes.per_sequence;
+  const double measured = r["kv_memory"]["measured"]["total"].get<double>();
+  r["kind"] = "capacity";
+  r["context"] = context;
+  r["kv_budget_bytes"] = budget.bytes;
+  r["budget_source"] = budget.source;
+  r["bytes_per_sequence"] = bytes.per_sequence;
+  r["shared_bytes"] = bytes.shared;
+  r["held_tokens_per_layer"] = bytes.held_per_layer;
+  r["max_batch_fit"] = fit;
+  r["kv_bytes_at_fit"] = bytes.shared + static_cast<uint64_t>(fit) * bytes.per_sequence;
+  r["max_batch"] = cap;
+  r["capped"] = fit > cap;
+  r["kv_bytes_formula"] = formula_at_batch;
+  r["formula_matches_measured"] = std::abs(measured - static_cast<double>(formula_at_batch)) <=
+                                  0.01 * static_cast<double>(formula_at_batch);
+  if (!r["formula_matches_measured"].get<bool>()) {
+    out.warnings.push_back("capacity: the cache measured " + format_bytes(measured) + " at batch " +
+                           std::to_string(batch) + " where the method's formula says " +
+                           format_bytes(static_cast<double>(formula_at_batch)) +
+                           "; the capacity counts the formula");
+  }
+  summary["decode_tok_s"] = r["decode_tok_s"];
+  out.records.push_back(r);
+  return summary;
+}
+
 }  // namespace
 
 uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
@@ -70,6 +184,17 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
     for (int64_t p : ctx.params["prompt_tokens"].get<std::vector<int64_t>>())
       for (int64_t n : ctx.params["new_tokens"].get<std::vector<int64_t>>())
         peak = std::max(peak, generation_bytes(*ctx.model, ctx.kv_bytes_per_token, b, p, n));
+  const int64_t context = ctx.params["capacity_context"];
+  if (context > 0) {
+    // The capacity batch's KV stays within the budget (or max_batch sequences of it); its
+    // activations are those of max_batch sequences at most.
+    const int64_t b = ctx.params["max_batch"], n = ctx.params["capacity_new_tokens"];
+    const double kv = std::min(capacity_budget(ctx.params).bytes,
+                               ctx.kv_bytes_per_token * static_cast<double>(b * context));
+    peak = std::max(peak,
+                    generation_bytes(*ctx.model, 0, b, std::max<int64_t>(context - n + 1, 1), n) +
+                        static_cast<uint64_t>(kv));
+  }
   return model_weight_bytes(*ctx.model) + peak;
 }
 
@@ -108,6 +233,11 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   out.summary = {{"points", out.records.size()},
                  {"max_decode_tok_s", best_decode},
                  {"max_prefill_tok_s", best_prefill}};
+  if (p["capacity_context"].get<int64_t>() > 0) {
+    std::shared_ptr<const Codec> codec = make_codec(ctx.method, ctx.model.kv_dtype());
+    if (codec->needs_preparation()) codec = ctx.model.prepared_codec(ctx.method).codec;
+    out.summary["capacity"] = run_capacity(ctx, *cache, *codec, out);
+  }
   return out;
 }
 
@@ -116,8 +246,14 @@ Table ThroughputSuite::summary_table(const CellOutput& output) const {
   t.columns = {"batch",   "prompt",      "new",      "prefill tok/s", "decode tok/s",
                "ms/step", "retention %", "KV bytes", "bits/value"};
   for (const auto& r : output.records) {
-    t.rows.push_back({std::to_string(r["batch"].get<int64_t>()),
-                      std::to_string(r["prompt_tokens"].get<int64_t>()),
+    // The capacity record's row: "20 (capacity)", or "32 (capacity; fits 120)" when capped.
+    std::string batch = std::to_string(r["batch"].get<int64_t>());
+    if (r["kind"] == "capacity") {
+      batch += r["capped"].get<bool>()
+                   ? " (capacity; fits " + std::to_string(r["max_batch_fit"].get<int64_t>()) + ")"
+                   : " (capacity)";
+    }
+    t.rows.push_back({batch, std::to_string(r["prompt_tokens"].get<int64_t>()),
                       std::to_string(r["new_tokens"].get<int64_t>()),
                       format_fixed(r["prefill_tok_s"].get<double>(), 1),
                       format_fixed(r["decode_tok_s"].get<double>(), 1),

@@ -1,0 +1,36 @@
+// The capacity view of the `throughput` suite (issue 9, item 4): how many sequences of a given
+// context a KV memory budget holds for a method, by the method's exact byte formula, and the
+// decode throughput measured at that batch.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kvbench/kv/codec.h"
+#include "kvbench/kv/retention_policy.h"
+#include "kvbench/model/model_config.h"
+
+namespace kvbench {
+
+// KV bytes of one sequence that was prefilled with `prompt` tokens and decodes until `context`
+// tokens have entered it (prompt + decoded), at its largest state on the way (bytes are not
+// monotone in tokens: KIVI's window folds into groups), by the method's formula: per layer, the
+// codec's nominal bytes (per-sequence windows such as KIVI's full-precision residual included) for
+// the tokens the retention policy holds there — every token without a policy; min(context, budget)
+// for a policy evicting during decode; min(prompt, budget) + (context - prompt) for one evicting
+// once after the prefill — plus Quest's page bounds on its sparse layers. `shared` is what the
+// codec holds once for every sequence (fitted bases). Exact for every codec whose bytes depend only
+// on the tokens held (all but GEAR, whose compressed history depends on when it compressed).
+struct SequenceKvBytes {
+  uint64_t per_sequence = 0;
+  uint64_t shared = 0;
+  std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
+};
+SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
+                                  const ModelConfig& config, int64_t prompt, int64_t context);
+
+// The largest batch b with shared + b * per_sequence <= budget_bytes (0 when not even one
+// sequence fits). Throws Error when per_sequence is 0.
+int64_t largest_batch(double budget_bytes, const SequenceKvBytes& bytes);
+
+}  // namespace kvbench

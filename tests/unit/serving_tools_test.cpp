@@ -1,0 +1,505 @@
+// The seed paper's serving tools, done on measured data: the step-time interpolators of the
+// throughput predictor (exact on the cost model's family, within the interpolation error bound
+// on smooth data, least squares against a float64 reference), the routing simulation
+// (round-robin vs least predicted completion on hand-checkable workloads), the capacity view's
+// byte accounting (against the caches' measured bytes) and the suites end to end on a tiny model.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <numeric>
+
+#include "kvbench/core/error.h"
+#include "kvbench/core/rng.h"
+#include "kvbench/core/stats.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/model_config.h"
+#include "kvbench/model/presets.h"
+#include "kvbench/serving/router.h"
+#include "kvbench/serving/step_time_predictor.h"
+#include "kvbench/suites/capacity.h"
+#include "kvbench/suites/model_provider.h"
+#include "kvbench/suites/output_length_suite.h"
+#include "kvbench/suites/predictor_suite.h"
+#include "kvbench/suites/run_spec.h"
+#include "kvbench/suites/throughput_suite.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+const std::vector<double> kBatches = {1, 2, 4, 8};
+const std::vector<double> kContexts = {64, 128, 256, 512};
+
+template <class F>
+std::vector<StepSample> grid_of(F f) {
+  std::vector<StepSample> s;
+  for (double b : kBatches)
+    for (double c : kContexts) s.push_back({b, c, f(b, c)});
+  return s;
+}
+
+// The decode cost model: weights once per step, per-sequence work, attention per held token.
+double linear_cost(double b, double c) { return 2e-3 + 3e-4 * b + 1e-7 * c + 5e-8 * b * c; }
+
+// --- interpolators ----------------------------------------------------------------------------
+
+TEST(StepTimePredictor, BothModelsAreExactOnTheCostModelsFamily) {
+  const auto grid = grid_of(linear_cost);
+  const BilinearStepModel bilinear(grid);
+  const LeastSquaresStepModel lsq(grid);
+  for (double b : {1.0, 1.5, 3.0, 5.0, 7.9, 8.0, 12.0}) {        // 12: extrapolated
+    for (double c : {64.0, 91.0, 181.0, 300.0, 512.0, 700.0}) {  // 700: extrapolated
+      const double want = linear_cost(b, c);
+      EXPECT_NEAR(bilinear.predict(b, c), want, 1e-12 * want) << b << " x " << c;
+      EXPECT_NEAR(lsq.predict(b, c), want, 1e-9 * want) << b << " x " << c;
+      EXPECT_NEAR(prediction_accuracy(bilinear.predict(b, c), want), 1.0, 1e-9);
+    }
+  }
+  const auto& w = lsq.coefficients();
+  EXPECT_NEAR(w[0], 2e-3, 1e-12);
+  EXPECT_NEAR(w[1], 3e-4, 1e-12);
+  EXPECT_NEAR(w[2], 1e-7, 1e-14);
+  EXPECT_NEAR(w[3], 5e-8, 1e-15);
+}
+
+TEST(StepTimePredictor, BilinearPassesThroughTheGridAndFollowsAKink) {
+  // A retention budget caps the held tokens at 256: the step time stops growing with context.
+  auto capped = [](double b, double c) { return linear_cost(b, std::min(c, 256.0)); };
+  const auto grid = grid_of(capped);
+  const BilinearStepModel bilinear(grid);
+  for (const StepSample& s : grid)
+    EXPECT_DOUBLE_EQ(bilinear.predict(s.batch, s.context), s.seconds);
+  // Piecewise, so exact on both sides of a kink at a grid node; one global formula is not.
+  const LeastSquaresStepModel lsq(grid);
+  double worst_lsq = 0;
+  for (double b : {3.0, 6.0}) {
+    for (double c : {91.0, 181.0, 362.0}) {
+      EXPECT_NEAR(bilinear.predict(b, c), capped(b, c), 1e-12 * capped(b, c));
+      worst_lsq = std::max(worst_lsq, 1 - prediction_accuracy(lsq.predict(b, c), capped(b, c)));
+    }
+  }
+  EXPECT_GT(worst_lsq, 1e-3);
+}
+
+TEST(StepTimePredictor, BilinearErrorWithinTheInterpolationBoundOnSmoothData) {
+  // f = a + b B^0.8 + c B C^1.5: |f - p| <= hB^2/8 max|f_BB| + hC^2/8 max|f_CC| on each cell.
+  const double a = 1e-3, bb = 4e-4, cc = 2e-9;
+  auto f = [&](double b, double c) {
+    return a + bb * std::pow(b, 0.8) + cc * b * std::pow(c, 1.5);
+  };
+  const auto grid = grid_of(f);
+  const BilinearStepModel model(grid);
+  double worst_ratio = 0;
+  for (size_t i = 0; i + 1 < kBatches.size(); ++i) {
+    for (size_t j = 0; j + 1 < kContexts.size(); ++j) {
+      const double b0 = kBatches[i], b1 = kBatches[i + 1], c0 = kContexts[j], c1 = kContexts[j + 1];
+      const double fbb = bb * 0.8 * 0.2 * std::pow(b0, -1.2);       // |f_BB| largest at b0
+      const double fcc = cc * b1 * 1.5 * 0.5 * std::pow(c0, -0.5);  // |f_CC| largest at b1, c0
+      const double bound =
+          (b1 - b0) * (b1 - b0) / 8 * fbb + (c1 - c0) * (c1 - c0) / 8 * fcc + 1e-15;
+      for (int u = 0; u <= 10; ++u) {
+        for (int v = 0; v <= 10; ++v) {
+          const double b = b0 + (b1 - b0) * u / 10, c = c0 + (c1 - c0) * v / 10;
+          const double err = std::abs(model.predict(b, c) - f(b, c));
+          EXPECT_LE(err, bound) << "cell " << i << "," << j << " at " << b << " x " << c;
+          worst_ratio = std::max(worst_ratio, err / bound);
+        }
+      }
+    }
+  }
+  EXPECT_GT(worst_ratio, 0.05);  // the bound is not vacuous: some points come near it
+}
+
+TEST(StepTimePredictor, LeastSquaresMatchesAFloat64Reference) {
+  Rng rng(3);
+  std::vector<std::vector<double>> x;
+  std::vector<double> y;
+  for (int i = 0; i < 40; ++i) {
+    const double b = 1 + rng.below(16), c = 32 + rng.below(2048);
+    x.push_back({1.0, b, c, b * c});
+    y.push_back(linear_cost(b, c) * (1 + 0.1 * (rng.uniform() - 0.5)));
+  }
+  const std::vector<double> w = least_squares(x, y);
+  at::Tensor X = at::empty({40, 4}, at::kDouble), Y = at::empty({40, 1}, at::kDouble);
+  for (int i = 0; i < 40; ++i) {
+    for (int j = 0; j < 4; ++j) X[i][j] = x[i][j];
+    Y[i][0] = y[i];
+  }
+  // Normal equations in float64 on well-scaled columns as the reference.
+  at::Tensor scale = X.norm(2, {0});
+  at::Tensor Xs = X / scale;
+  at::Tensor ref = at::linalg_solve(Xs.t().mm(Xs), Xs.t().mm(Y)).squeeze(1) / scale;
+  for (int j = 0; j < 4; ++j) {
+    const double r = ref[j].item<double>();
+    EXPECT_NEAR(w[j], r, 1e-7 * std::abs(r) + 1e-15) << "coefficient " << j;
+  }
+  // Rank deficiency (a repeated column) and too few rows are errors, not garbage.
+  std::vector<std::vector<double>> dep;
+  for (const auto& row : x) dep.push_back({row[0], row[1], 2 * row[1]});
+  EXPECT_THROW(least_squares(dep, y), Error);
+  EXPECT_THROW(least_squares({{1.0, 2.0}}, {1.0}), Error);
+}
+
+TEST(StepTimePredictor, GridProblemsAreNamed) {
+  auto grid = grid_of(linear_cost);
+  grid.pop_back();
+  try {
+    BilinearStepModel m(grid);
+    FAIL() << "a missing grid point must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no sample at batch 8, context 512"), std::string::npos)
+        << e.what();
+  }
+  grid = grid_of(linear_cost);
+  grid.push_back(grid.front());
+  EXPECT_THROW(BilinearStepModel{grid}, Error);
+  EXPECT_THROW(
+      LeastSquaresStepModel({{1, 64, 1e-3}, {1, 128, 2e-3}, {1, 256, 3e-3}, {1, 512, 4e-3}}),
+      Error);  // one batch only
+  EXPECT_THROW(prediction_accuracy(1.0, 0.0), Error);
+  EXPECT_DOUBLE_EQ(prediction_accuracy(1.1, 1.0), 0.9);
+  EXPECT_DOUBLE_EQ(prediction_accuracy(0.8, 1.0), 0.8);
+}
+
+TEST(StepTimePredictor, MidpointsLieStrictlyBetweenNeighbours) {
+  EXPECT_EQ(midpoints_between({1, 2, 4, 8}), (std::vector<int64_t>{3, 6}));
+  EXPECT_EQ(midpoints_between({64, 128, 256, 512}), (std::vector<int64_t>{91, 181, 362}));
+  EXPECT_EQ(midpoints_between({1, 3}), (std::vector<int64_t>{2}));
+  EXPECT_TRUE(midpoints_between({1, 2}).empty());
+}
+
+// --- routing ----------------------------------------------------------------------------------
+
+// Decode: 10 ms + 2 ms per sequence; prefill: 1 ms + 10 us per prompt token.
+class LinearCost final : public StepCostModel {
+ public:
+  double step_s(const std::vector<int64_t>& decodes,
+                const std::vector<int64_t>& prompts) const override {
+    double t = 0;
+    if (!decodes.empty()) t += 0.010 + 0.002 * static_cast<double>(decodes.size());
+    if (!prompts.empty()) {
+      t += 0.001 + 1e-5 * static_cast<double>(std::accumulate(prompts.begin(), prompts.end(), 0));
+    }
+    return t;
+  }
+};
+
+RoutingResult route(const std::vector<RoutedRequest>& reqs, RoutingPolicy policy, int64_t replicas,
+                    double assumed = 0, int64_t max_batch = 8) {
+  RoutingConfig c;
+  c.replicas = replicas;
+  c.max_batch = max_batch;
+  c.policy = policy;
+  c.assumed_output_tokens = assumed;
+  return simulate_routing(reqs, c, LinearCost());
+}
+
+TEST(Routing, OneReplicaByHand) {
+  // Request 0 at t=0 (prompt 100, 3 tokens); request 1 at t=0.005 (prompt 100, 2 tokens).
+  const std::vector<RoutedRequest> reqs = {{0, 0.0, 100, 3}, {1, 0.005, 100, 2}};
+  const RoutingResult r = route(reqs, RoutingPolicy::kRoundRobin, 1);
+  // Step 1 [0, 0.002]: prefill 0 (1 ms + 100 x 10 us), its first token. Step 2 starts at 0.002 <
+  // 0.005: request 1 not there yet -> decode only, 12 ms, ends 0.014 (request 0 has 2 tokens). Step
+  // 3: decode 0 + prefill 1 = 12 + 2 = 14 ms, ends 0.028: request 0 done (3 tokens), request 1 has
+  // its first token. Step 4: decode 1, 12 ms, ends 0.040: request 1 done.
+  EXPECT_NEAR(r.ttft_s[0], 0.002, 1e-12);
+  EXPECT_NEAR(r.e2e_s[0], 0.028, 1e-12);
+  EXPECT_NEAR(r.ttft_s[1], 0.028 - 0.005, 1e-12);
+  EXPECT_NEAR(r.e2e_s[1], 0.040 - 0.005, 1e-12);
+  EXPECT_EQ(r.steps, 4);
+  EXPECT_NEAR(r.end_s, 0.040, 1e-12);
+}
+
+TEST(Routing, RoundRobinCyclesAndEveryRequestFinishesOnce) {
+  std::vector<RoutedRequest> reqs;
+  Rng rng(5);
+  double t = 0;
+  for (int i = 0; i < 50; ++i) {
+    t += 0.01 * rng.uniform();
+    reqs.push_back(
+        {i, t, 16 + static_cast<int64_t>(rng.below(200)), 1 + static_cast<int64_t>(rng.below(40))});
+  }
+  for (RoutingPolicy p : {RoutingPolicy::kRoundRobin, RoutingPolicy::kLeastPredicted}) {
+    const RoutingResult r = route(reqs, p, 3, 0, 2);
+    ASSERT_EQ(r.e2e_s.size(), reqs.size());
+    int64_t tokens = 0;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      if (p == RoutingPolicy::kRoundRobin) EXPECT_EQ(r.replica[i], static_cast<int64_t>(i % 3));
+      EXPECT_GT(r.ttft_s[i], 0);
+      EXPECT_GE(r.e2e_s[i], r.ttft_s[i]);
+      tokens += reqs[i].output_tokens;
+    }
+    // Deterministic: the same inputs give the same outcome.
+    const RoutingResult again = route(reqs, p, 3, 0, 2);
+    EXPECT_EQ(again.replica, r.replica);
+    EXPECT_EQ(again.e2e_s, r.e2e_s);
+    (void)tokens;
+  }
+}
+
+TEST(Routing, IdenticalRequestsRouteAlikeUnderBothPolicies) {
+  // All at once: the predictor spreads them exactly as round robin does.
+  std::vector<RoutedRequest> burst, spaced;
+  for (int i = 0; i < 24; ++i) {
+    burst.push_back({i, 0.0, 128, 20});
+    spaced.push_back({i, 10.0 * i, 128, 20});  // each finishes long before the next arrives
+  }
+  for (const auto* reqs : {&burst, &spaced}) {
+    const RoutingResult rr = route(*reqs, RoutingPolicy::kRoundRobin, 4);
+    for (double assumed : {0.0, 20.0, 5.0}) {
+      const RoutingResult lp = route(*reqs, RoutingPolicy::kLeastPredicted, 4, assumed);
+      EXPECT_DOUBLE_EQ(mean(lp.e2e_s), mean(rr.e2e_s));
+      EXPECT_DOUBLE_EQ(percentile(lp.e2e_s, 99), percentile(rr.e2e_s, 99));
+      if (reqs == &burst) {
+        EXPECT_EQ(lp.replica, rr.replica);
+      }
+    }
+  }
+}
+
+TEST(Routing, PredictorAwareRoutingWinsOnASkewedWorkload) {
+  // Long and short requests alternate: round robin sends every long one to the even replicas.
+  for (uint64_t seed : {1, 2, 3, 4, 5}) {
+    Rng rng(seed);
+    std::vector<RoutedRequest> reqs;
+    double t = 0;
+    for (int i = 0; i < 200; ++i) {
+      t += -std::log(1 - rng.uniform()) * 0.03;
+      const bool long_one = i % 2 == 0;
+      reqs.push_back({i, t, 64, long_one ? 150 + static_cast<int64_t>(rng.below(50)) : 2});
+    }
+    const RoutingResult rr = route(reqs, RoutingPolicy::kRoundRobin, 2, 0, 4);
+    const RoutingResult lp = route(reqs, RoutingPolicy::kLeastPredicted, 2, 0, 4);
+    EXPECT_LT(mean(lp.e2e_s), mean(rr.e2e_s)) << "seed " << seed;
+    EXPECT_LE(percentile(lp.e2e_s, 99), percentile(rr.e2e_s, 99)) << "seed " << seed;
+  }
+}
+
+TEST(Routing, BadConfigsAreErrors) {
+  const std::vector<RoutedRequest> ok = {{0, 0, 1, 1}};
+  EXPECT_THROW(route(ok, RoutingPolicy::kRoundRobin, 0), Error);
+  EXPECT_THROW(route(ok, RoutingPolicy::kRoundRobin, 1, 0, 0), Error);
+  EXPECT_THROW(route({{0, 0, 1, 0}}, RoutingPolicy::kRoundRobin, 1), Error);
+  EXPECT_THROW(route({{0, 1, 1, 1}, {1, 0, 1, 1}}, RoutingPolicy::kRoundRobin, 1), Error);
+}
+
+// --- capacity -----------------------------------------------------------------------------------
+
+TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config,
+                                           "tiny-llama");  // 4 layers, 2 KV heads, head_dim 32
+  const json full = resolve_method({{"name", "full"}}, "m");
+  const json stream = resolve_method({{"name", "stream-512"}}, "m");
+  const json kivi = resolve_method({{"name", "kivi-4"}}, "m");
+  // bf16 full cache: 4 layers x 2 (K, V) x 2 heads x 32 x 2 bytes = 1024 bytes per token.
+  SequenceKvBytes b =
+      sequence_kv_bytes(*make_codec(full, at::kBFloat16), *make_policy(full), c, 600, 700);
+  EXPECT_EQ(b.per_sequence, 700u * 1024);
+  EXPECT_EQ(b.held_per_layer, (std::vector<int64_t>{700, 700, 700, 700}));
+  EXPECT_EQ(largest_batch(700.0 * 1024 * 5 + 1023, b), 5);
+  EXPECT_EQ(largest_batch(700.0 * 1024 - 1, b), 0);
+  // StreamingLLM holds 512 of 700 tokens per layer.
+  b = sequence_kv_bytes(*make_codec(stream, at::kBFloat16), *make_policy(stream), c, 600, 700);
+  EXPECT_EQ(b.per_sequence, 512u * 1024);
+  EXPECT_EQ(b.held_per_layer, (std::vector<int64_t>{512, 512, 512, 512}));
+  // KIVI-4: the codec's formula per layer, its residual window included, at the largest state
+  // between the prefill (600) and 700 tokens: the window folds into groups at 640, so the
+  // largest is before that, not at 700.
+  auto kc = make_codec(kivi, at::kBFloat16);
+  b = sequence_kv_bytes(*kc, *make_policy(kivi), c, 600, 700);
+  uint64_t largest = 0;
+  for (int64_t t = 600; t <= 700; ++t)
+    largest = std::max(largest, kc->nominal_bytes(t, 2, 32).total());
+  EXPECT_EQ(b.per_sequence, 4 * largest);
+  EXPECT_GT(b.per_sequence, 4 * kc->nominal_bytes(700, 2, 32).total());
+  EXPECT_LT(b.per_sequence, 700u * 1024 / 2);
+  EXPECT_THROW(sequence_kv_bytes(*kc, *make_policy(kivi), c, 10, 9), Error);
+}
+
+struct Harness {
+  RunSpec spec;
+  Environment env;
+  ModelProvider model;
+  NullProgress progress;
+  json method = {{"name", "full"}};
+  std::string id = "test.cell";
+
+  explicit Harness(const json& suite)
+      : spec(parse_run_spec(json{{"suites", {suite}},
+                                 {"threads", 1},
+                                 {"model", {{"preset", "tiny-llama"}, {"random_init", true}}}},
+                            "t")),
+        model(spec.model) {}
+  CellOutput run(Suite& s) {
+    CellContext ctx{id, spec, env, method, spec.suites[0].params, 7, progress, model};
+    return s.run(ctx);
+  }
+};
+
+TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
+  // 3 MiB budget, 600-token sequences: full (600 KiB each) fits 5, stream-512 (512 KiB) 6,
+  // kivi-4 many more, capped at max_batch 8.
+  const json suite = json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
+      "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 600,
+      "capacity_new_tokens": 3, "kv_budget_bytes": 3145728, "max_batch": 8})");
+  std::map<std::string, json> cap;
+  for (const char* name : {"full", "stream-512", "kivi-4"}) {
+    Harness h(suite);
+    h.method = resolve_method({{"name", name}}, "methods[0]");
+    ThroughputSuite s;
+    CellOutput out = h.run(s);
+    ASSERT_EQ(out.records.size(), 2u) << name;
+    const json& r = out.records[1];
+    EXPECT_EQ(r["kind"], "capacity");
+    EXPECT_EQ(r["context"], 600);
+    EXPECT_EQ(r["prompt_tokens"], 598);
+    // The measured cache at the measured batch holds exactly what the formula counts.
+    EXPECT_EQ(r["kv_memory"]["measured"]["total"].get<uint64_t>(),
+              r["kv_bytes_formula"].get<uint64_t>())
+        << name;
+    EXPECT_TRUE(r["formula_matches_measured"].get<bool>()) << name;
+    EXPECT_LE(r["kv_bytes_at_fit"].get<double>(), 3145728.0);
+    EXPECT_GT(r["kv_bytes_at_fit"].get<double>() + r["bytes_per_sequence"].get<double>(),
+              3145728.0);
+    EXPECT_EQ(r["batch"].get<int64_t>(), std::min<int64_t>(r["max_batch_fit"].get<int64_t>(), 8));
+    EXPECT_EQ(r["samples_s"].size(), 2u);
+    EXPECT_GT(r["decode_tok_s"].get<double>(), 0);
+    EXPECT_EQ(out.summary["capacity"]["batch"], r["batch"]);
+    cap[name] = r;
+  }
+  EXPECT_EQ(cap["full"]["max_batch_fit"], 5);
+  EXPECT_FALSE(cap["full"]["capped"].get<bool>());
+  EXPECT_EQ(cap["stream-512"]["max_batch_fit"], 6);
+  EXPECT_GT(cap["kivi-4"]["max_batch_fit"].get<int64_t>(), 8);
+  EXPECT_TRUE(cap["kivi-4"]["capped"].get<bool>());
+  EXPECT_EQ(cap["kivi-4"]["batch"], 8);
+}
+
+TEST(Capacity, ABudgetBelowOneSequenceWarnsAndKeepsTheGrid) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
+      "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 600,
+      "kv_budget_bytes": 1000})"));
+  ThroughputSuite s;
+  CellOutput out = h.run(s);
+  EXPECT_EQ(out.records.size(), 1u);
+  EXPECT_EQ(out.summary["capacity"]["max_batch_fit"], 0);
+  ASSERT_FALSE(out.warnings.empty());
+  EXPECT_NE(out.warnings.back().find("kv_budget_bytes"), std::string::npos);
+}
+
+// --- length shift -----------------------------------------------------------------------------
+
+TEST(LengthShift, RowsPerTaskInFirstAppearanceOrder) {
+  const std::string path = ::testing::TempDir() + "/kvbench_tasks.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "the cat sat", "task": "b"})"
+      << "\n"
+      << R"({"prompt": "a dog ran far", "task": "a"})"
+      << "\n"
+      << R"({"prompt": "one two three"})"
+      << "\n"
+      << R"({"prompt": "red green blue", "task": "b"})"
+      << "\n";
+  }
+  Harness h(json{{"name", "output_length"},
+                 {"prompts_file", path},
+                 {"max_new_tokens", 6},
+                 {"control_temperatures", json::array()}});
+  OutputLengthSuite s;
+  CellOutput out = h.run(s);
+  const json& tasks = out.summary["tasks"];
+  ASSERT_EQ(tasks.size(), 3u);
+  EXPECT_EQ(tasks[0]["task"], "b");
+  EXPECT_EQ(tasks[0]["samples"], 2);
+  EXPECT_EQ(tasks[1]["task"], "a");
+  EXPECT_EQ(tasks[2]["task"], "");
+  // The full cache against itself: the same lengths, ratio 1, no shift.
+  for (const json& t : tasks) {
+    EXPECT_DOUBLE_EQ(t["length_ratio"].get<double>(), 1.0);
+    EXPECT_DOUBLE_EQ(t["median_length_ratio"].get<double>(), 1.0);
+    EXPECT_DOUBLE_EQ(t["d_mean"].get<double>(), 0.0);
+  }
+  // Task b's numbers are its two samples' (records 0 and 3).
+  const double l0 = out.records[0]["length_full"], l3 = out.records[3]["length_full"];
+  EXPECT_DOUBLE_EQ(tasks[0]["mean_length_baseline"].get<double>(), (l0 + l3) / 2);
+  EXPECT_EQ(out.records[1]["task"], "a");
+  EXPECT_DOUBLE_EQ(out.summary["median_length_ratio"].get<double>(), 1.0);
+}
+
+TEST(LengthShift, ANonStringTaskNamesTheLine) {
+  const std::string path = ::testing::TempDir() + "/kvbench_bad_task.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "x", "task": 3})"
+      << "\n";
+  }
+  Harness h(json{{"name", "output_length"}, {"prompts_file", path}});
+  OutputLengthSuite s;
+  try {
+    h.run(s);
+    FAIL() << "a numeric task must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(":1: \"task\" must be a string"), std::string::npos)
+        << e.what();
+  }
+}
+
+// --- predictor suite ----------------------------------------------------------------------------
+
+TEST(PredictorSuite, ProfilesFitsAndRoutes) {
+  Harness h(json::parse(R"({"name": "predictor", "batch": [1, 2, 4], "context": [16, 32, 64],
+      "steps": 2, "repeats": 2, "warmup": 0, "routing_requests": 40, "routing_replicas": 2,
+      "routing_prompt_tokens_min": 16, "routing_prompt_tokens_max": 48,
+      "routing_output_tokens_min": 2, "routing_output_tokens_max": 16})"));
+  PredictorSuite s;
+  CellOutput out = h.run(s);
+  size_t grid = 0, heldout = 0, routing = 0;
+  for (const json& r : out.records) {
+    if (r["kind"] == "step_profile") {
+      EXPECT_EQ(r["samples_s"].size(), 4u);  // 2 steps x 2 repeats
+      EXPECT_DOUBLE_EQ(r["step_s"].get<double>(),
+                       median(r["samples_s"].get<std::vector<double>>()));
+      (r["role"] == "grid" ? grid : heldout) += 1;
+      if (r["role"] == "grid") {  // bilinear passes through the grid's medians
+        EXPECT_NEAR(r["accuracy"]["bilinear"].get<double>(), 1.0, 1e-9);
+      }
+    } else {
+      EXPECT_EQ(r["kind"], "routing");
+      EXPECT_EQ(r["samples_s"].size(), 40u);
+      ++routing;
+    }
+  }
+  EXPECT_EQ(grid, 9u);
+  EXPECT_EQ(heldout, 2u);  // batch 3 (between 2 and 4; none between 1 and 2) x contexts 23, 45
+  EXPECT_EQ(routing, 3u);
+  EXPECT_EQ(out.summary["heldout_points"], json::parse("[[3, 23], [3, 45]]"));
+  EXPECT_EQ(out.summary["models"]["bilinear"]["heldout_accuracy"]["points"], 2);
+  EXPECT_LE(out.summary["accuracy_mean"].get<double>(), 1.0);
+  const json& routing_summary = out.summary["routing"];
+  EXPECT_EQ(routing_summary["replicas"], 2);
+  EXPECT_EQ(routing_summary["max_batch"], 4);
+  EXPECT_GT(routing_summary["rate"].get<double>(), 0);
+  EXPECT_TRUE(routing_summary["policies"].contains("least_predicted"));
+}
+
+TEST(PredictorSuite, HeldOutPointsOutsideTheGridAreConfigErrors) {
+  Harness h(json::parse(R"({"name": "predictor", "batch": [1, 2], "context": [16, 32],
+      "heldout_batch": [3], "steps": 1, "repeats": 1, "routing_requests": 0})"));
+  PredictorSuite s;
+  try {
+    h.run(s);
+    FAIL() << "a held-out batch outside the grid must be refused";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("heldout_batch"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kvbench
