@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <string>
 #include <vector>
@@ -255,7 +256,8 @@ TEST(FusedKernels, QueryInt8OffKeepsTheExactKeyPath) {
 // which a loaded machine's time slicing distorts less than wall time. Run with
 // --gtest_also_run_disabled_tests --gtest_filter='*SpeedProbe*'.
 TEST(FusedKernels, DISABLED_SpeedProbe) {
-  const int64_t heads = 8, tokens = 32768, dim = 128, group = 4;
+  const char* env = std::getenv("KVBENCH_PROBE_TOKENS");  // e.g. 2048: in cache
+  const int64_t heads = 8, tokens = env ? std::atoll(env) : 32768, dim = 128, group = 4;
   at::set_num_threads(1);
   struct Case {
     std::string name;
@@ -269,14 +271,17 @@ TEST(FusedKernels, DISABLED_SpeedProbe) {
       {"kivi-4", std::make_shared<KiviCodec>(4, 32, 128, at::kHalf)},
       {"kivi-2", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf)}};
   at::Tensor q = at::randn({heads * group, 1, dim}, at::detail::createCPUGenerator(1));
+  const char* only = std::getenv("KVBENCH_PROBE_CASE");  // one case by name
   for (const Case& c : cases) {
+    if (only && c.name != only) continue;
     auto keys = c.codec->make_key_store(heads, dim), values = c.codec->make_value_store(heads, dim);
     for (int64_t t = 0; t < tokens; t += 4096) {
-      keys->append(at::randn({heads, 4096, dim}, at::detail::createCPUGenerator(t + 2)));
-      values->append(at::randn({heads, 4096, dim}, at::detail::createCPUGenerator(t + 3)));
+      const int64_t n = std::min<int64_t>(4096, tokens - t);
+      keys->append(at::randn({heads, n, dim}, at::detail::createCPUGenerator(t + 2)));
+      values->append(at::randn({heads, n, dim}, at::detail::createCPUGenerator(t + 3)));
     }
     std::vector<double> cpu;
-    for (int i = 0; i < 13; ++i) {
+    for (int i = 0; i < (tokens < 8192 ? 103 : 13); ++i) {
       timespec a{}, b{};
       clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
       at::Tensor out = cpu_decode_attention(q, *keys, *values, heads, 0.088);
