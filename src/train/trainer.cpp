@@ -273,6 +273,7 @@ TrainExample make_train_example(const std::string& task, const Tokenizer& tokeni
   const auto prompt = tokenizer.encode(sample.prompt, true);
   const auto answer = tokenizer.encode(answer_text(sample.answers), false);
   TrainExample ex;
+  ex.task = task;
   ex.ids.assign(prompt.begin(), prompt.end());
   ex.answer_start = static_cast<int64_t>(ex.ids.size());
   ex.ids.insert(ex.ids.end(), answer.begin(), answer.end());
@@ -534,6 +535,12 @@ TrainProgress Trainer::train_step(int64_t step) {
     c10::NoGradGuard no_grad;
     pr.loss = loss.item<double>();
     pr.answer_loss = ((nll * answer_mask).sum() / answer_mask.sum()).item<double>();
+    const at::Tensor per_example = (nll * answer_mask).sum(1).to(at::kDouble);
+    const at::Tensor answer_tokens = answer_mask.sum(1).to(at::kLong);
+    for (int64_t b = 0; b < B; ++b) {
+      auto& [sum, count] = pr.task_answer[batch[static_cast<size_t>(b)].task];
+      sum += per_example[b].item<double>(), count += answer_tokens[b].item<int64_t>();
+    }
     double sq = 0;
     for (auto& [name, p] : params_) sq += sum_squares(p.grad());
     pr.grad_norm = std::sqrt(sq);
@@ -610,6 +617,7 @@ void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
   const int64_t stop = until > 0 ? std::min(until, total) : total;
   double loss_sum = 0, answer_sum = 0, time_sum = 0;
   int64_t n = 0;
+  std::map<std::string, std::pair<double, int64_t>> task_answer;
   auto evaluate = [&] {
     const json e = evaluate_model(snapshot(), tokenizer_, recipe_.evals, recipe_.eval_samples);
     emit({{"step", step_}, {"eval", e}});
@@ -625,17 +633,24 @@ void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
   while (step_ < stop) {
     const TrainProgress pr = train_step(step_);
     loss_sum += pr.loss, answer_sum += pr.answer_loss, time_sum += pr.step_s, ++n;
+    for (const auto& [task, v] : pr.task_answer)
+      task_answer[task].first += v.first, task_answer[task].second += v.second;
     if (on_step) on_step(pr);
     const bool last = step_ == stop;
     if (step_ % 10 == 0 || last) {
+      json by_task = json::object();  // mean answer-token loss per task over these steps
+      for (const auto& [task, v] : task_answer)
+        by_task[task] = v.first / static_cast<double>(std::max<int64_t>(1, v.second));
       emit({{"step", step_},
             {"loss", loss_sum / n},
             {"answer_loss", answer_sum / n},
+            {"answer_loss_by_task", by_task},
             {"lr", pr.lr},
             {"grad_norm", pr.grad_norm},
             {"tokens", pr.tokens},
             {"step_s", time_sum / n}});
       loss_sum = answer_sum = time_sum = 0, n = 0;
+      task_answer.clear();
     }
     if (!recipe_.evals.empty() &&
         ((recipe_.eval_every > 0 && step_ % recipe_.eval_every == 0) || last))

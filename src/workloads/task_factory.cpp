@@ -4,6 +4,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
+#include "kvbench/workloads/associative_recall.h"
 #include "kvbench/workloads/passkey.h"
 #include "kvbench/workloads/ruler.h"
 
@@ -110,6 +111,23 @@ const std::vector<TaskEntry>& tasks() {
          },
          [](const std::string& out, const TaskSample& s) {
            return passkey_score(out, s.answers.at(0));
+         }});
+    t.push_back(
+        {"associative_recall",
+         {target_spec(), depth_spec(0.5, "position of the asked pair in the key list"), seed_spec(),
+          ParamSpec::number("recall_fraction", 0.5,
+                            "share of the lines that recall earlier keys with their values")
+              .range(0, 0.5)},
+         [](const Tokenizer& tok, const json& p, const std::string&) {
+           AssociativeRecallOptions o;
+           o.target_tokens = p["target_tokens"].get<int64_t>();
+           o.depth = p["depth"].get<double>();
+           o.seed = p["seed"].get<uint64_t>();
+           o.recall_fraction = p["recall_fraction"].get<double>();
+           return make_associative_recall(tok, o);
+         },
+         [](const std::string& out, const TaskSample& s) {
+           return passkey_score(out, s.answers.at(0));  // the first integer is the value
          }});
     t.push_back(needle_entry("niah_single", 1, 1, 1));
     t.push_back(needle_entry("niah_multikey", 4, 1, 1));

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,7 @@ TrainRecipe load_train_recipe(const std::string& file);
 struct TrainExample {
   std::vector<int64_t> ids;
   int64_t answer_start = 0;  // index in ids of the answer's first token
+  std::string task;          // the task that made it (per-task losses in the training log)
 };
 // The answer text a model should produce after a task's prompt: " " + answers joined by ", ".
 std::string answer_text(const std::vector<std::string>& answers);
@@ -101,6 +103,9 @@ nlohmann::json evaluate_model(const Transformer& model, const Tokenizer& tokeniz
 struct TrainProgress {
   int64_t step = 0, total = 0, tokens = 0;
   double loss = 0, answer_loss = 0, lr = 0, grad_norm = 0, step_s = 0;
+  // Per task of this step's batch: (sum of answer-token losses, answer tokens), so the log can
+  // show which task a model has learned when the mixture's mean hides it.
+  std::map<std::string, std::pair<double, int64_t>> task_answer;
 };
 
 class Trainer {
