@@ -1,6 +1,7 @@
 #include "kvbench/suites/serving_suite.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 
 #include "kvbench/core/environment.h"
@@ -11,6 +12,7 @@
 #include "kvbench/engine/sampler.h"
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/serving/request_source.h"
 #include "kvbench/serving/serving_loop.h"
 #include "kvbench/suites/workload.h"
 
@@ -24,13 +26,41 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
                              "request arrival rates (requests per second, Poisson); 0 = every "
                              "request at time 0. One record per rate")
           .range(0, 1e6),
-      ParamSpec::integer("requests", 32, "requests per rate").range(1, 1000000),
-      ParamSpec::integer("prompt_tokens_min", 32, "shortest prompt (uniform)").range(1, 1 << 20),
-      ParamSpec::integer("prompt_tokens_max", 256, "longest prompt (uniform)").range(1, 1 << 20),
-      ParamSpec::integer("output_tokens_min", 8, "fewest generated tokens (uniform; EOS ignored)")
+      ParamSpec::integer("requests", 32, "requests per rate (not with duration_s or trace_file)")
+          .range(1, 1000000),
+      ParamSpec::number("duration_s", 0.0,
+                        "stop arrivals at this many seconds instead of after `requests` "
+                        "(Poisson rates > 0; cuts a trace); 0 = use `requests`")
+          .range(0, 1e7),
+      ParamSpec::string("trace_file", "",
+                        "JSONL of requests {arrival_s, prompt | prompt_tokens, output_tokens}; "
+                        "replaces rates and the length parameters"),
+      ParamSpec::string("sharegpt_file", "",
+                        "ShareGPT-style conversations (JSON list or JSONL): prompt = first user "
+                        "turn, output length = its reply's tokens; arrivals at each rate"),
+      ParamSpec::string("length_distribution", "uniform",
+                        "distribution of synthetic prompt and output lengths",
+                        {"uniform", "lognormal"}),
+      ParamSpec::integer("prompt_tokens_min", 32, "shortest prompt").range(1, 1 << 20),
+      ParamSpec::integer("prompt_tokens_max", 256, "longest prompt").range(1, 1 << 20),
+      ParamSpec::number("prompt_tokens_mean", 0.0,
+                        "lognormal: mean prompt length; 0 = midpoint of min and max")
+          .range(0, 1 << 20),
+      ParamSpec::number("prompt_tokens_sigma", 0.5, "lognormal: sigma of log(prompt length)")
+          .range(0.001, 10),
+      ParamSpec::integer("output_tokens_min", 8, "fewest generated tokens (EOS ignored)")
           .range(1, 1 << 20),
-      ParamSpec::integer("output_tokens_max", 64, "most generated tokens (uniform)")
-          .range(1, 1 << 20),
+      ParamSpec::integer("output_tokens_max", 64, "most generated tokens").range(1, 1 << 20),
+      ParamSpec::number("output_tokens_mean", 0.0,
+                        "lognormal: mean output length; 0 = midpoint of min and max")
+          .range(0, 1 << 20),
+      ParamSpec::number("output_tokens_sigma", 0.5, "lognormal: sigma of log(output length)")
+          .range(0.001, 10),
+      ParamSpec::boolean("chunked_prefill", false,
+                         "split long prefills over steps so running requests keep decoding"),
+      ParamSpec::integer("prefill_chunk_tokens", 512,
+                         "chunked_prefill: most prompt tokens of one request per step")
+          .range(1, 1 << 24),
       ParamSpec::integer("block_size", 64, "tokens per KV block").range(1, 1 << 16),
       ParamSpec::integer("kv_budget_bytes", 0,
                          "KV pool budget in bytes; 0 = kv_budget_fraction of available memory")
@@ -53,8 +83,10 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
   };
 }
 
-double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
-                          int64_t block_size) {
+namespace {
+
+std::shared_ptr<const Codec> checked_codec(const json& method, const ModelConfig& c,
+                                           at::ScalarType dtype) {
   auto codec = make_codec(method, dtype);
   // Building the stores checks the method against the model (e.g. group vs head_dim); codecs
   // that need preparation check it in their formula (their stores need the fitted bases).
@@ -62,53 +94,206 @@ double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarTy
     codec->make_key_store(c.num_kv_heads, c.head_dim);
     codec->make_value_store(c.num_kv_heads, c.head_dim);
   }
-  constexpr int64_t kBlocks = 64;
-  const double bytes =
-      static_cast<double>(
-          codec->nominal_bytes(kBlocks * block_size, c.num_kv_heads, c.head_dim).total()) *
-      static_cast<double>(c.num_layers);
-  return bytes / kBlocks;
+  return codec;
+}
+
+// The formula's bytes for `tokens` tokens of one sequence over all layers.
+double formula_bytes(const Codec& codec, const ModelConfig& c, int64_t tokens) {
+  return static_cast<double>(codec.nominal_bytes(tokens, c.num_kv_heads, c.head_dim).total()) *
+         static_cast<double>(c.num_layers);
+}
+
+}  // namespace
+
+double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
+                          int64_t block_size) {
+  auto codec = checked_codec(method, c, dtype);
+  // The cost of `span` more tokens after `span` tokens: long enough that a fixed window (and
+  // group rounding) is the same at both ends, or negligible against the span.
+  const int64_t span = 4096 * block_size;
+  const double grow = formula_bytes(*codec, c, 2 * span) - formula_bytes(*codec, c, span);
+  return grow / static_cast<double>(span) * static_cast<double>(block_size);
+}
+
+int64_t method_window_blocks(const json& method, const ModelConfig& c, at::ScalarType dtype,
+                             int64_t block_size, double bytes_per_block, int64_t longest) {
+  auto codec = make_codec(method, dtype);
+  KVB_CHECK(bytes_per_block > 0, "serving: bytes per block must be > 0");
+  int64_t window = 0;
+  for (int64_t t = 1; t <= longest; ++t) {
+    const double blocks = static_cast<double>((t + block_size - 1) / block_size);
+    const double over = formula_bytes(*codec, c, t) - blocks * bytes_per_block;
+    // A relative tolerance keeps rounding in bytes_per_block from adding a block.
+    if (over > 1e-9 * bytes_per_block) {
+      window = std::max(window, static_cast<int64_t>(std::ceil(over / bytes_per_block - 1e-9)));
+    }
+  }
+  return window;
 }
 
 namespace {
 
+// The requests of a cell, the same for every method and rate: request i has prompt ids
+// prompts[i] and generates output_len[i] tokens. A trace also fixes the arrivals.
 struct Workload {
-  std::vector<int64_t> prompt_len, output_len;
+  std::string source;  // "synthetic", "sharegpt" or "trace"
   std::vector<std::vector<int64_t>> prompts;
+  std::vector<int64_t> output_len;
+  std::vector<double> trace_arrivals;  // trace only
+  int64_t conversations = 0;           // sharegpt: usable conversations
+  int64_t skipped = 0;                 // sharegpt: entries without a reply or out of range
+  int64_t longest() const {
+    int64_t m = 1;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      m = std::max(m, static_cast<int64_t>(prompts[i].size()) + output_len[i]);
+    }
+    return m;
+  }
 };
 
-void check_ranges(const json& p) {
-  for (const char* what : {"prompt_tokens", "output_tokens"}) {
-    const std::string lo = std::string(what) + "_min", hi = std::string(what) + "_max";
-    if (p[lo].get<int64_t>() > p[hi].get<int64_t>()) {
-      throw Error("serving: " + hi + " (" + std::to_string(p[hi].get<int64_t>()) +
-                  ") must be >= " + lo + " (" + std::to_string(p[lo].get<int64_t>()) + ")");
+LengthDistribution distribution(const json& p, const std::string& what) {
+  LengthDistribution d;
+  d.name = p["length_distribution"];
+  d.min = p[what + "_min"];
+  d.max = p[what + "_max"];
+  d.mean = p[what + "_mean"];
+  d.sigma = p[what + "_sigma"];
+  check_length_distribution(d, what);
+  return d;
+}
+
+// The spec's default of `key`, to tell a parameter the config sets from one it leaves.
+const json& default_of(const std::string& key) {
+  static const std::vector<ParamSpec> specs = ServingSuite::param_specs();
+  for (const auto& s : specs) {
+    if (s.name == key) return s.default_value;
+  }
+  throw Error("serving: no parameter " + key);
+}
+
+void check_params(const json& p) {
+  const std::string trace = p["trace_file"], sharegpt = p["sharegpt_file"];
+  KVB_CHECK(trace.empty() || sharegpt.empty(),
+            "serving: give at most one of trace_file and sharegpt_file");
+  if (!trace.empty()) {
+    KVB_CHECK(p["rates"] == default_of("rates"),
+              "serving: rates and trace_file exclude each other (the trace's arrival_s are the "
+              "arrivals); remove rates");
+    KVB_CHECK(p["requests"] == default_of("requests"),
+              "serving: requests and trace_file exclude each other (every line of the trace is "
+              "a request; duration_s cuts it); remove requests");
+  } else {
+    distribution(p, "prompt_tokens");
+    distribution(p, "output_tokens");
+  }
+  if (p["duration_s"].get<double>() > 0) {
+    KVB_CHECK(p["requests"] == default_of("requests"),
+              "serving: give requests or duration_s, not both");
+    if (trace.empty()) {
+      for (double r : p["rates"].get<std::vector<double>>()) {
+        KVB_CHECK(r > 0,
+                  "serving: duration_s needs every rate > 0 (rate 0 puts every request "
+                  "at time 0), got rates ",
+                  p["rates"].dump());
+      }
     }
   }
   KVB_CHECK(p["kv_budget_bytes"].get<double>() >= 0, "serving: kv_budget_bytes must be >= 0");
 }
 
-// The same requests for every method and rate: seeded by the run seed, not the cell seed.
-Workload make_workload(const json& p, int64_t vocab, uint64_t seed) {
-  Rng rng(seed ^ 0x5e7e1a9d5eedull);
-  Workload w;
-  const int64_t n = p["requests"];
-  auto draw = [&](int64_t lo, int64_t hi) {
-    return lo + static_cast<int64_t>(rng.below(static_cast<uint64_t>(hi - lo + 1)));
-  };
-  for (int64_t i = 0; i < n; ++i) {
-    w.prompt_len.push_back(draw(p["prompt_tokens_min"], p["prompt_tokens_max"]));
-    w.output_len.push_back(draw(p["output_tokens_min"], p["output_tokens_max"]));
-    std::vector<int64_t> ids(static_cast<size_t>(w.prompt_len.back()));
+std::vector<int64_t> widen(const std::vector<int32_t>& ids) { return {ids.begin(), ids.end()}; }
+
+// Synthetic requests: lengths from the distributions, prompts of uniformly random ids.
+void synthetic_workload(Workload& w, const json& p, int64_t count, int64_t vocab, Rng& rng) {
+  const LengthDistribution prompt = distribution(p, "prompt_tokens");
+  const LengthDistribution output = distribution(p, "output_tokens");
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t plen = prompt.draw(rng);
+    w.output_len.push_back(output.draw(rng));
+    std::vector<int64_t> ids(static_cast<size_t>(plen));
     for (auto& id : ids) id = static_cast<int64_t>(rng.below(static_cast<uint64_t>(vocab)));
     w.prompts.push_back(std::move(ids));
+  }
+}
+
+// ShareGPT requests: conversations whose tokenized first user turn has prompt_tokens_min..max
+// tokens, in a seeded random order (cycled when more requests are needed than there are);
+// output length = the reply's token count clamped to output_tokens_min..max.
+void sharegpt_workload(Workload& w, const json& p, int64_t count, const Tokenizer& tok, Rng& rng) {
+  const std::string path = p["sharegpt_file"];
+  const ShareGptData data = load_sharegpt(path);
+  const int64_t pmin = p["prompt_tokens_min"], pmax = p["prompt_tokens_max"];
+  const int64_t omin = p["output_tokens_min"], omax = p["output_tokens_max"];
+  std::vector<std::pair<std::vector<int64_t>, int64_t>> usable;
+  for (const auto& c : data.conversations) {
+    std::vector<int64_t> ids = widen(tok.encode(c.prompt, true));
+    const auto n = static_cast<int64_t>(ids.size());
+    if (n < pmin || n > pmax) continue;
+    const auto reply = static_cast<int64_t>(tok.encode(c.reply, false).size());
+    usable.emplace_back(std::move(ids), std::clamp(reply, omin, omax));
+  }
+  KVB_CHECK(
+      !usable.empty(), "serving: sharegpt_file ", path, ": none of its ", data.conversations.size(),
+      " conversations has a prompt of prompt_tokens_min..max = ", pmin, "..", pmax, " tokens");
+  w.conversations = static_cast<int64_t>(usable.size());
+  w.skipped = data.entries - w.conversations;
+  std::vector<size_t> order(usable.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
+  for (int64_t i = 0; i < count; ++i) {
+    const auto& u = usable[order[static_cast<size_t>(i) % order.size()]];
+    w.prompts.push_back(u.first);
+    w.output_len.push_back(u.second);
+  }
+}
+
+// Trace requests: every line (before duration_s, when set), text prompts tokenized, prompt
+// lengths as random ids.
+void trace_workload(Workload& w, const json& p, int64_t vocab, ModelProvider* model, Rng& rng) {
+  const std::string path = p["trace_file"];
+  const double duration = p["duration_s"];
+  for (const TraceRequest& r : load_request_trace(path)) {
+    if (duration > 0 && r.arrival_s >= duration) break;
+    if (r.prompt.empty()) {
+      std::vector<int64_t> ids(static_cast<size_t>(r.prompt_tokens));
+      for (auto& id : ids) id = static_cast<int64_t>(rng.below(static_cast<uint64_t>(vocab)));
+      w.prompts.push_back(std::move(ids));
+    } else {
+      KVB_CHECK(model != nullptr, "serving: ", r.where, ": a text prompt needs a tokenizer");
+      w.prompts.push_back(widen(model->tokenizer().encode(r.prompt, true)));
+    }
+    w.output_len.push_back(r.output_tokens);
+    w.trace_arrivals.push_back(r.arrival_s);
+  }
+  KVB_CHECK(!w.prompts.empty(), "serving: trace_file ", path,
+            " has no request before duration_s = ", duration);
+}
+
+// The same requests for every method and rate: seeded by the run seed, not the cell seed.
+// `count`: requests to make (synthetic and sharegpt).
+Workload make_workload(const json& p, int64_t count, int64_t vocab, uint64_t seed,
+                       ModelProvider* model) {
+  Rng rng(seed ^ 0x5e7e1a9d5eedull);
+  Workload w;
+  if (!p["trace_file"].get<std::string>().empty()) {
+    w.source = "trace";
+    trace_workload(w, p, vocab, model, rng);
+  } else if (!p["sharegpt_file"].get<std::string>().empty()) {
+    w.source = "sharegpt";
+    KVB_CHECK(model != nullptr, "serving: sharegpt_file needs the model's tokenizer");
+    sharegpt_workload(w, p, count, model->tokenizer(), rng);
+  } else {
+    w.source = "synthetic";
+    synthetic_workload(w, p, count, vocab, rng);
   }
   return w;
 }
 
 // Runs each planned step on the model: preempted sequences leave the cache, admitted ones are
-// prefilled from every token they know (prompt + generated: the recompute), running ones
-// decode their latest token. Greedy sampling, EOS ignored.
+// prefilled from every token they know (prompt + generated: the recompute), chunk by chunk
+// with chunked prefill (a continued chunk appends to the sequence's cache), running ones
+// decode their latest token. Greedy sampling, EOS ignored; a request samples its first token
+// after its last chunk.
 class ModelExecutor final : public StepExecutor {
  public:
   ModelExecutor(const Transformer& model, KVCache& cache, const Workload& w, Progress& progress)
@@ -118,22 +303,30 @@ class ModelExecutor final : public StepExecutor {
   void execute(const StepPlan& plan) override {
     for (int64_t id : plan.preempted) drop(id);
     std::vector<SequenceStep> batch;
-    std::vector<int64_t> ids;
+    std::vector<int64_t> ids;  // per batch row: the request that samples, or -1
     for (int64_t id : plan.decodes) {
       KVB_CHECK(seq_[id] >= 0, "serving: decode of request ", id, " without a cache sequence");
       batch.push_back({seq_[id], {tokens_[id].back()}});
       ids.push_back(id);
     }
     for (const PrefillItem& p : plan.prefills) {
-      KVB_CHECK(seq_[p.id] < 0, "serving: prefill of request ", p.id, " that is running");
-      KVB_CHECK(static_cast<int64_t>(tokens_[p.id].size()) == p.tokens, "serving: request ", p.id,
-                " knows ", tokens_[p.id].size(), " tokens but the scheduler prefills ", p.tokens);
-      seq_[p.id] = cache_.add_sequence();
-      batch.push_back({seq_[p.id], tokens_[p.id]});
-      ids.push_back(p.id);
+      const auto& known = tokens_[p.id];
+      KVB_CHECK(static_cast<int64_t>(known.size()) == p.context, "serving: request ", p.id,
+                " knows ", known.size(), " tokens but the scheduler prefills ", p.context);
+      if (p.start == 0) {
+        KVB_CHECK(seq_[p.id] < 0, "serving: prefill of request ", p.id, " that is running");
+        seq_[p.id] = cache_.add_sequence();
+      } else {
+        KVB_CHECK(seq_[p.id] >= 0 && cache_.length(seq_[p.id]) == p.start, "serving: chunk at ",
+                  p.start, " of request ", p.id, " does not continue its cache");
+      }
+      batch.push_back({seq_[p.id], std::vector<int64_t>(known.begin() + p.start,
+                                                        known.begin() + p.start + p.tokens)});
+      ids.push_back(p.last() ? p.id : -1);
     }
     at::Tensor logits = model_.forward(batch, cache_);
     for (size_t r = 0; r < ids.size(); ++r) {
+      if (ids[r] < 0) continue;
       tokens_[ids[r]].push_back(sampler_.next(logits[static_cast<int64_t>(r)]));
     }
   }
@@ -158,15 +351,16 @@ class ModelExecutor final : public StepExecutor {
   std::vector<int64_t> seq_;                  // cache sequence id, -1 when not running
 };
 
-SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_layers) {
+SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_layers,
+                                 int64_t longest, at::ScalarType dtype) {
   SchedulerConfig s;
   s.max_batch_tokens = p["max_batch_tokens"];
   s.max_running = p["max_running"];
+  s.chunked_prefill = p["chunked_prefill"];
+  s.prefill_chunk_tokens = p["prefill_chunk_tokens"];
   auto policy = make_policy(method);
   // One cap per sequence: the largest layer budget at the longest context the cell can see
   // (budgets may differ per layer and grow with the length); none for a policy that never evicts.
-  const int64_t longest =
-      p["prompt_tokens_max"].get<int64_t>() + p["output_tokens_max"].get<int64_t>();
   int64_t budget = 0;
   RetentionInput in;
   in.num_layers = num_layers;
@@ -178,6 +372,15 @@ SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_
   if (budget != INT64_MAX) {
     s.retention_budget = budget;
     s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
+    // A chunk after the first is no longer "the prefill" to the cache: a policy that evicts
+    // once after the prefill would never evict, and codes spanning tokens cannot be rebuilt.
+    KVB_CHECK(!s.chunked_prefill ||
+                  (s.evict_during_decode && make_codec(method, dtype)->can_drop_tokens()),
+              "serving: chunked_prefill: method '", method.value("name", std::string("?")),
+              "' (retention policy '", policy->name(), "', evicting ",
+              eviction_timing_name(policy->timing()),
+              ") selects its tokens from the whole prefill, which chunks would split; set "
+              "chunked_prefill false for it");
   }
   return s;
 }
@@ -189,6 +392,18 @@ double budget_bytes(const json& p) {
   KVB_CHECK(available > 0,
             "serving: the available memory is unknown; set kv_budget_bytes explicitly");
   return p["kv_budget_fraction"].get<double>() * static_cast<double>(available);
+}
+
+// Requests per rate: `requests`, or with duration_s the Poisson arrivals before it.
+std::vector<std::vector<double>> rate_arrivals(const json& p, const std::vector<double>& rates,
+                                               uint64_t seed) {
+  std::vector<std::vector<double>> out;
+  const double duration = p["duration_s"];
+  for (double rate : rates) {
+    out.push_back(duration > 0 ? poisson_arrivals_until(duration, rate, seed, 1000000)
+                               : poisson_arrivals(p["requests"].get<int64_t>(), rate, seed));
+  }
+  return out;
 }
 
 }  // namespace
@@ -209,7 +424,7 @@ uint64_t ServingSuite::estimate_bytes(const EstimateContext& ctx) const {
 CellOutput ServingSuite::run(const CellContext& ctx) {
   const json& p = ctx.params;
   require_cpu(ctx, "serving");
-  check_ranges(p);
+  check_params(p);
   const Transformer& model = ctx.model.get();
   const ModelConfig& c = model.config();
   const int64_t block_size = p["block_size"];
@@ -219,14 +434,33 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   check_memory_fits(
       static_cast<uint64_t>(budget) + generation_bytes(c, 0, 1, p["max_batch_tokens"], 0),
       "serving: a KV budget of " + format_bytes(budget));
-  const SchedulerConfig sched = scheduler_config(p, ctx.method, c.num_layers);
-  const Workload w = make_workload(p, c.vocab_size, ctx.spec.seed);
+  const bool from_trace = !p["trace_file"].get<std::string>().empty();
+  // Arrivals per rate (the same seed for every rate, so rates differ only in their gaps), or
+  // the trace's own.
+  std::vector<double> rates = p["rates"].get<std::vector<double>>();
+  KVB_CHECK(!rates.empty(), "serving: rates is empty");
+  std::vector<std::vector<double>> arrivals;
+  int64_t count = 0;
+  if (!from_trace) {
+    arrivals = rate_arrivals(p, rates, ctx.spec.seed + 1);
+    for (const auto& a : arrivals) count = std::max(count, static_cast<int64_t>(a.size()));
+  }
+  const Workload w = make_workload(p, count, c.vocab_size, ctx.spec.seed, &ctx.model);
+  if (from_trace) {
+    arrivals = {w.trace_arrivals};
+    const double span = w.trace_arrivals.back() - w.trace_arrivals.front();
+    // The trace's mean arrival rate, reported as its record's rate (0: all at once).
+    rates = {span > 0 ? static_cast<double>(w.trace_arrivals.size() - 1) / span : 0.0};
+  }
+  SchedulerConfig sched =
+      scheduler_config(p, ctx.method, c.num_layers, w.longest(), ctx.model.kv_dtype());
+  // The format's per-sequence window (KIVI's residual), charged to every running sequence.
+  sched.window_blocks = method_window_blocks(ctx.method, c, ctx.model.kv_dtype(), block_size,
+                                             block_bytes, w.longest());
   SloThresholds slo;
   slo.ttft_s = p["slo_ttft_s"];
   slo.tpot_s = p["slo_tpot_s"];
   slo.e2e_s = p["slo_e2e_s"];
-  const std::vector<double> rates = p["rates"].get<std::vector<double>>();
-  KVB_CHECK(!rates.empty(), "serving: rates is empty");
   auto cache = make_cell_cache(ctx);
 
   // Warm-up (untimed): one short request through the same path, so first-call costs
@@ -239,19 +473,22 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
     NullProgress quiet;
     ModelExecutor ex(model, *cache, one, quiet);
     ManualClock clock;
-    run_serving({{0, 0.0, w.prompt_len[0], std::min<int64_t>(w.output_len[0], 4)}}, s, ex, clock);
+    run_serving({{0, 0.0, static_cast<int64_t>(w.prompts[0].size()),
+                  std::min<int64_t>(w.output_len[0], 4)}},
+                s, ex, clock);
   }
 
   CellOutput out;
   json per_rate = json::array();
-  ctx.progress.begin(ctx.cell_id, rates.size() * w.prompts.size());
+  size_t total = 0;
+  for (const auto& a : arrivals) total += a.size();
+  ctx.progress.begin(ctx.cell_id, total);
   for (size_t ri = 0; ri < rates.size(); ++ri) {
     const double rate = rates[ri];
-    const std::vector<double> arrivals =
-        poisson_arrivals(static_cast<int64_t>(w.prompts.size()), rate, ctx.spec.seed + 1);
     std::vector<ServingRequest> reqs;
-    for (size_t i = 0; i < w.prompts.size(); ++i) {
-      reqs.push_back({static_cast<int64_t>(i), arrivals[i], w.prompt_len[i], w.output_len[i]});
+    for (size_t i = 0; i < arrivals[ri].size(); ++i) {
+      reqs.push_back({static_cast<int64_t>(i), arrivals[ri][i],
+                      static_cast<int64_t>(w.prompts[i].size()), w.output_len[i]});
     }
     BlockPool pool(num_blocks, block_size);
     Scheduler s(pool, sched);
@@ -274,15 +511,14 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                              {"e2e_s", e2e.back()},
                              {"preemptions", r.preemptions}});
     }
-    json record = {{"kind", "serving"},
-                   {"rate", rate},
-                   {"samples_s", e2e},
-                   {"ttft_samples_s", ttft},
-                   {"requests_detail", per_request}};
+    const std::string arrivals_kind = from_trace ? "trace" : "poisson";
+    json record = {{"kind", "serving"}, {"rate", rate},           {"arrivals", arrivals_kind},
+                   {"samples_s", e2e},  {"ttft_samples_s", ttft}, {"requests_detail", per_request}};
     record.update(m);
     out.records.push_back(record);
     json row = m;
     row["rate"] = rate;
+    row["arrivals"] = arrivals_kind;
     per_rate.push_back(row);
     if (m["preemptions"].get<int64_t>() > 0) {
       out.warnings.push_back("rate " + format_fixed(rate, 2) + ": " +
@@ -294,15 +530,24 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
 
   out.summary = {{"rates", rates},
                  {"requests", w.prompts.size()},
+                 {"source", w.source},
+                 {"duration_s", p["duration_s"]},
                  {"block_size", block_size},
                  {"bytes_per_block", block_bytes},
                  {"kv_budget_bytes", budget},
                  {"num_blocks", num_blocks},
                  {"pool_tokens", num_blocks * block_size},
                  {"retention_budget", sched.retention_budget},
+                 {"window_blocks", sched.window_blocks},
                  {"max_batch_tokens", sched.max_batch_tokens},
                  {"max_running", sched.max_running},
+                 {"chunked_prefill", sched.chunked_prefill},
+                 {"prefill_chunk_tokens", sched.prefill_chunk_tokens},
                  {"per_rate", per_rate}};
+  if (w.source == "sharegpt") {
+    out.summary["sharegpt_conversations"] = w.conversations;
+    out.summary["sharegpt_skipped"] = w.skipped;
+  }
   return out;
 }
 

@@ -62,6 +62,9 @@ std::vector<ParamSpec> task_specs() {
   return {ParamSpec::string("task", "", "a synthetic task (kvbench list tasks)"),
           ParamSpec::number("weight", 1.0, "share of the mixture").range(0, 1e9),
           ParamSpec::integer("min_tokens", 0, "only in steps whose target is at least this")
+              .at_least(0),
+          ParamSpec::integer("max_tokens", 0,
+                             "only in steps whose target is at most this (0: no limit)")
               .at_least(0)};
 }
 
@@ -158,6 +161,7 @@ json TrainRecipe::to_json() const {
   for (const auto& t : tasks) {
     json e = t.params;
     e["task"] = t.task, e["weight"] = t.weight, e["min_tokens"] = t.min_tokens;
+    if (t.max_tokens > 0) e["max_tokens"] = t.max_tokens;  // recipes without it read as before
     j["tasks"].push_back(e);
   }
   j["stages"] = json::array();
@@ -214,7 +218,11 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
     for (const auto& [k, v] : extra.items()) own.erase(k);
     const json q = resolve_params(own, task_specs(), tp, {});
     check_task(q["task"], extra, tp);
-    r.tasks.push_back({q["task"], q["weight"], q["min_tokens"], extra});
+    TrainTask t{q["task"], q["weight"], q["min_tokens"], extra};
+    t.max_tokens = q["max_tokens"];
+    if (t.max_tokens > 0 && t.max_tokens < t.min_tokens)
+      throw ConfigError(join_path(tp, "max_tokens"), "must be 0 or >= min_tokens");
+    r.tasks.push_back(std::move(t));
   }
   double total_weight = 0;
   for (const auto& t : r.tasks) total_weight += t.weight;
@@ -227,11 +235,15 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
     TrainStage s{q["steps"], q["batch"], q["min_tokens"], q["max_tokens"]};
     if (s.max_tokens < s.min_tokens)
       throw ConfigError(join_path(sp, "max_tokens"), "must be >= min_tokens");
-    bool any = false;
-    for (const auto& t : r.tasks) any |= t.min_tokens <= s.min_tokens && t.weight > 0;
-    if (!any)
-      throw ConfigError(join_path(sp, "min_tokens"),
-                        "no task of the mixture is allowed at this length (tasks[].min_tokens)");
+    // Every length a step may draw must admit some task of the mixture.
+    for (int64_t len = s.min_tokens; len <= s.max_tokens; ++len) {
+      bool here = false;
+      for (const auto& t : r.tasks) here |= t.allowed_at(len);
+      if (!here)
+        throw ConfigError(join_path(sp, "min_tokens"),
+                          "no task of the mixture is allowed at " + std::to_string(len) +
+                              " tokens (tasks[].min_tokens / max_tokens)");
+    }
     r.stages.push_back(s);
   }
   if (config.contains("evals")) {
@@ -303,7 +315,7 @@ std::vector<TrainExample> make_train_batch(const TrainRecipe& recipe, const Toke
   std::vector<const TrainTask*> eligible;
   double total = 0;
   for (const auto& t : recipe.tasks) {
-    if (t.min_tokens <= target && t.weight > 0) eligible.push_back(&t), total += t.weight;
+    if (t.allowed_at(target)) eligible.push_back(&t), total += t.weight;
   }
   KVB_CHECK(!eligible.empty(), "train: no task allowed at ", target, " tokens");
   std::vector<TrainExample> batch;

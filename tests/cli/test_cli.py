@@ -498,7 +498,8 @@ class ServingCliTest(CliCase):
                           # request (39 tokens, 5 blocks) fits alone; three are admitted at
                           # rate 0 with 2 blocks each and outgrow the pool while decoding.
                           "kv_budget_bytes": 65536, "max_batch_tokens": 256,
-                          "slo_ttft_s": 10.0, "slo_tpot_s": 10.0}]
+                          # SLOs no run can miss, even on a loaded machine.
+                          "slo_ttft_s": 1000.0, "slo_tpot_s": 1000.0}]
         res = self.run_ok(cfg)
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
         self.assertIn("goodput/s", res.stdout)
@@ -520,6 +521,8 @@ class ServingCliTest(CliCase):
                 self.assertEqual(r["goodput"]["requests_meeting_slo"], 6)
                 self.assertEqual(r["goodput"]["fraction"], 1.0)
                 self.assertLessEqual(r["kv"]["blocks_peak"], c["summary"]["num_blocks"])
+                # The pool charges at least what the cache holds (kivi-4: its fp16 window).
+                self.assertGreaterEqual(r["kv"]["pool_bytes_peak"], r["kv"]["measured_bytes_peak"])
         # The same budget holds more kivi-4 blocks; full runs out and preempts at rate 0.
         self.assertEqual(cells["full"]["summary"]["num_blocks"], 8)
         self.assertGreater(cells["kivi-4"]["summary"]["num_blocks"], 8)
@@ -544,6 +547,115 @@ class ServingCliTest(CliCase):
         cell = report["cells"][0]
         self.assertEqual(cell["status"], "failed")
         self.assertIn("kv_budget_bytes", cell["error"])
+
+    def test_trace_sharegpt_duration_lognormal_and_chunked_prefill(self):
+        """The other request sources and chunked prefill, end to end in one short run."""
+        fixtures = ROOT / "tests" / "fixtures" / "serving"
+        trace = [json.loads(l) for l in (fixtures / "trace.jsonl").read_text().splitlines()]
+        common = {"name": "serving", "block_size": 16, "kv_budget_bytes": 2097152,
+                  "slo_ttft_s": 100.0, "slo_tpot_s": 100.0}
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True},
+               "methods": [{"name": "full"}, {"name": "kivi-4"}],
+               "suites": [
+                   # Prompts up to 160 tokens through a 64-token step budget: only chunks fit.
+                   dict(common, trace_file=str(fixtures / "trace.jsonl"), chunked_prefill=True,
+                        prefill_chunk_tokens=32, max_batch_tokens=64),
+                   dict(common, sharegpt_file=str(fixtures / "sharegpt.json"), rates=[50],
+                        requests=9, prompt_tokens_min=1, prompt_tokens_max=512,
+                        output_tokens_min=2, output_tokens_max=8),
+                   dict(common, rates=[100], duration_s=0.1, length_distribution="lognormal",
+                        prompt_tokens_min=8, prompt_tokens_max=64, prompt_tokens_mean=24,
+                        prompt_tokens_sigma=0.7, output_tokens_min=2, output_tokens_max=6),
+               ]}
+        res = self.run_ok(cfg)
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        path, report = self.report_from(res)
+        check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout)
+        cells = {(c["params"]["trace_file"] and "trace" or c["params"]["sharegpt_file"] and
+                  "sharegpt" or "synthetic", c["method"]["name"]): c for c in report["cells"]}
+        self.assertEqual(len(cells), 6)
+        for key, c in cells.items():
+            self.assertEqual(c["status"], "ok", (key, c.get("error")))
+            self.assertEqual(c["summary"]["source"], key[0])
+            for r in c["records"]:
+                self.assertEqual(r["arrivals"], "trace" if key[0] == "trace" else "poisson")
+                self.assertEqual(r["goodput"]["requests_meeting_slo"], r["requests"])
+                # The window blocks keep the pool's charge above what the cache holds.
+                self.assertGreaterEqual(r["kv"]["pool_bytes_peak"], r["kv"]["measured_bytes_peak"],
+                                        key)
+            self.assertEqual(c["summary"]["window_blocks"] > 0, key[1] == "kivi-4")
+        # The trace: every line a request, at its own time and lengths; one record, whose rate
+        # is the trace's mean arrival rate.
+        for name in ("full", "kivi-4"):
+            c = cells[("trace", name)]
+            self.assertTrue(c["summary"]["chunked_prefill"])
+            self.assertEqual(len(c["records"]), 1)
+            r = c["records"][0]
+            detail = r["requests_detail"]
+            self.assertEqual(len(detail), len(trace))
+            self.assertAlmostEqual(r["rate"], (len(trace) - 1) / trace[-1]["arrival_s"])
+            for d, t in zip(detail, trace):
+                self.assertEqual(d["arrival_s"], t["arrival_s"])
+                self.assertEqual(d["output_tokens"], t["output_tokens"])
+                if "prompt_tokens" in t:
+                    self.assertEqual(d["prompt_tokens"], t["prompt_tokens"])
+            self.assertGreater(max(d["prompt_tokens"] for d in detail), 64)
+        # ShareGPT: 7 usable conversations of 8 (one has no question), cycled over 9 requests;
+        # outputs clamped to [2, 8]; the same requests for both methods.
+        shares = [cells[("sharegpt", n)] for n in ("full", "kivi-4")]
+        self.assertEqual(shares[0]["summary"]["sharegpt_conversations"], 7)
+        self.assertEqual(shares[0]["summary"]["sharegpt_skipped"], 1)
+        lengths = [[(d["prompt_tokens"], d["output_tokens"])
+                    for d in c["records"][0]["requests_detail"]] for c in shares]
+        self.assertEqual(lengths[0], lengths[1])
+        self.assertEqual(len(lengths[0]), 9)
+        self.assertEqual(lengths[0][7:], lengths[0][:2])  # the 8th request starts the cycle again
+        self.assertTrue(all(2 <= o <= 8 for _, o in lengths[0]))
+        # Duration: arrivals stop before 0.1 s; lognormal lengths stay in their ranges.
+        for name in ("full", "kivi-4"):
+            r = cells[("synthetic", name)]["records"][0]
+            self.assertEqual(cells[("synthetic", name)]["summary"]["duration_s"], 0.1)
+            self.assertTrue(all(d["arrival_s"] < 0.1 for d in r["requests_detail"]))
+            self.assertTrue(all(8 <= d["prompt_tokens"] <= 64 for d in r["requests_detail"]))
+            self.assertTrue(all(2 <= d["output_tokens"] <= 6 for d in r["requests_detail"]))
+
+    def test_request_source_errors_name_the_key(self):
+        bad_trace = self.dir / "bad.jsonl"
+        bad_trace.write_text('{"arrival_s": 0, "prompt_tokens": 4, "output_tokens": 2}\n'
+                             '{"arrival_s": 1, "prompt_tokens": 4}\n')
+        good_trace = str(ROOT / "tests" / "fixtures" / "serving" / "trace.jsonl")
+        cases = [
+            ({"trace_file": good_trace, "rates": [2]}, "rates and trace_file exclude each other"),
+            ({"trace_file": good_trace, "requests": 3}, "requests and trace_file exclude"),
+            ({"trace_file": str(bad_trace)}, f'{bad_trace}:2: missing "output_tokens"'),
+            ({"trace_file": good_trace, "sharegpt_file": good_trace}, "at most one of trace_file"),
+            ({"rates": [0, 2], "duration_s": 1}, "duration_s needs every rate > 0"),
+            ({"rates": [2], "duration_s": 1, "requests": 4}, "give requests or duration_s"),
+            ({"length_distribution": "lognormal", "prompt_tokens_mean": 1000},
+             "prompt_tokens_mean (1000) must be 0 (the midpoint) or within"),
+            ({"chunked_prefill": True}, "chunked_prefill: method 'snapkv'"),
+        ]
+        suites = []
+        for params, _ in cases:
+            suite = {"name": "serving", "kv_budget_bytes": 2097152}
+            if "trace_file" not in params:
+                suite["rates"] = [0]
+            suites.append(dict(suite, **params))
+        # snapkv evicts once after the prefill: chunked prefill is refused for it.
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True},
+               "methods": [{"name": "snapkv"}], "suites": suites}
+        res = self.run_ok(cfg)
+        _, report = self.report_from(res)
+        self.assertEqual(len(report["cells"]), len(cases))
+        for cell, (params, fragment) in zip(report["cells"], cases):
+            with self.subTest(fragment):
+                self.assertEqual(cell["status"], "failed")
+                self.assertIn(fragment, cell["error"])
+        # An unknown distribution is a config error naming the valid ones.
+        res = self.run_ok({"suites": [{"name": "serving", "length_distribution": "zipf"}]})
+        self.assert_one_line_error(res, 2, "suites[0].length_distribution")
+        self.assertIn("lognormal", res.stderr)
 
 
 class ModelCliTest(CliCase):

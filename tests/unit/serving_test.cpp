@@ -1,19 +1,26 @@
 // Serving: the block pool's accounting, the continuous-batching scheduler (FIFO admission,
-// preemption and recompute, completion exactly once) over an injected clock and a step-cost
-// model, Poisson arrivals and the report metrics.
+// preemption and recompute, completion exactly once, chunked prefill) over an injected clock
+// and a step-cost model, Poisson arrivals, request sources (trace, ShareGPT, length
+// distributions) and the report metrics.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
+#include "kvbench/kv/codec.h"
+#include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
+#include "kvbench/model/transformer.h"
 #include "kvbench/serving/block_pool.h"
+#include "kvbench/serving/request_source.h"
 #include "kvbench/serving/scheduler.h"
 #include "kvbench/serving/serving_loop.h"
 #include "kvbench/suites/serving_suite.h"
@@ -121,9 +128,17 @@ class CostModelExecutor final : public StepExecutor {
     for (int64_t id : plan.decodes) ASSERT_TRUE(live_.count(id)) << "decode of " << id;
     int64_t tokens = static_cast<int64_t>(plan.decodes.size());
     for (const auto& p : plan.prefills) {
-      ASSERT_TRUE(live_.insert(p.id).second) << "prefill of live " << p.id;
+      if (p.start == 0) {
+        ASSERT_TRUE(live_.insert(p.id).second) << "prefill of live " << p.id;
+        prefill_tokens[p.id].push_back(p.context);
+      } else {
+        ASSERT_TRUE(live_.count(p.id)) << "continued prefill of " << p.id;
+      }
+      ASSERT_GE(p.tokens, 1);
+      ASSERT_LE(p.start + p.tokens, p.context);
+      ASSERT_LE(p.tokens, max_chunk);
       tokens += p.tokens;
-      prefill_tokens[p.id].push_back(p.tokens);
+      chunks[p.id].push_back(p.tokens);
     }
     ASSERT_EQ(tokens, plan.batch_tokens);
     ASSERT_LE(tokens, max_batch_tokens_);
@@ -137,9 +152,11 @@ class CostModelExecutor final : public StepExecutor {
     }
   }
   int steps = 0;
+  int64_t max_chunk = INT64_MAX;  // no prefill item may feed more tokens
   int64_t max_used_blocks = 0;
   std::set<int64_t> done;
-  std::map<int64_t, std::vector<int64_t>> prefill_tokens;
+  std::map<int64_t, std::vector<int64_t>> prefill_tokens;  // context of each (re)prefill
+  std::map<int64_t, std::vector<int64_t>> chunks;          // tokens of each prefill item
   size_t live() const { return live_.size(); }
 
  private:
@@ -344,6 +361,218 @@ TEST(Scheduler, OverloadStillCompletesEveryRequest) {
   EXPECT_EQ(pool.free_blocks(), 12);
 }
 
+// --- Chunked prefill ----------------------------------------------------------------------
+
+// A 100-token prompt in chunks of 30: four prefill steps of 30, 30, 30 and 10 tokens, the first
+// token at the end of the last one, so TTFT is the four steps' modelled cost.
+TEST(ChunkedPrefill, SplitsAPromptAndEmitsAfterTheLastChunk) {
+  BlockPool pool(100, 8);
+  SchedulerConfig cfg;
+  cfg.max_batch_tokens = 64;
+  cfg.chunked_prefill = true;
+  cfg.prefill_chunk_tokens = 30;
+  Scheduler s(pool, cfg);
+  ManualClock clock;
+  CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+  ex.max_chunk = 30;
+  // Without chunking this request (100 + 3 - 1 tokens > 64) could never run.
+  ServingTrace t = run_serving({{0, 0.5, 100, 3}}, s, ex, clock, true);
+  EXPECT_EQ(ex.chunks.at(0), (std::vector<int64_t>{30, 30, 30, 10}));
+  ASSERT_EQ(t.requests[0].token_times_s.size(), 3u);
+  const double prefill_cost = 3 * (0.01 + 0.030) + (0.01 + 0.010);
+  EXPECT_NEAR(t.requests[0].token_times_s.front() - 0.5, prefill_cost, 1e-12);
+  EXPECT_NEAR(t.requests[0].token_times_s.back() - 0.5, prefill_cost + 2 * (0.01 + 0.001), 1e-12);
+  EXPECT_EQ(t.steps.size(), 6u);  // 4 chunks + 2 decodes
+  EXPECT_EQ(t.steps[0].prefills, 1);
+  // The request held blocks for its whole context (13 blocks) from its first chunk.
+  EXPECT_EQ(t.steps[0].used_blocks, 13);
+  EXPECT_EQ(pool.free_blocks(), 100);
+
+  BlockPool pool2(100, 8);
+  cfg.chunked_prefill = false;
+  Scheduler s2(pool2, cfg);
+  EXPECT_THROW(s2.submit({0, 0, 100, 3}), Error);
+}
+
+// The point of chunking: a long prompt arriving while a request decodes no longer stalls it.
+// Without chunking the decode waits behind a 400-token step; with chunks of 32, no gap between
+// its tokens exceeds one step of 32 prefill tokens plus its own decode.
+TEST(ChunkedPrefill, DecodesAreNotStalledBehindALongPrefill) {
+  double gap[2] = {0, 0};
+  for (int chunked = 0; chunked < 2; ++chunked) {
+    BlockPool pool(200, 8);
+    SchedulerConfig cfg;
+    cfg.max_batch_tokens = 1024;
+    cfg.chunked_prefill = chunked == 1;
+    cfg.prefill_chunk_tokens = 32;
+    Scheduler s(pool, cfg);
+    ManualClock clock;
+    CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+    ServingTrace t = run_serving({{0, 0.0, 4, 40}, {1, 0.05, 400, 2}}, s, ex, clock, true);
+    const auto& times = t.requests[0].token_times_s;
+    ASSERT_EQ(times.size(), 40u);
+    for (size_t i = 1; i < times.size(); ++i)
+      gap[chunked] = std::max(gap[chunked], times[i] - times[i - 1]);
+    EXPECT_EQ(ex.done.size(), 2u);
+    if (chunked == 1) {
+      EXPECT_EQ(ex.chunks.at(1).size(), 13u);  // ceil(400 / 32)
+    }
+  }
+  EXPECT_NEAR(gap[0], 0.01 + 0.001 * 401, 1e-12);
+  EXPECT_LE(gap[1], 0.01 + 0.001 * 33 + 1e-12);
+}
+
+// Under a tight token budget the step's leftover budget goes to unfinished prefills first
+// (oldest first), then to new admissions: FIFO, and the batch never exceeds max_batch_tokens.
+TEST(ChunkedPrefill, ChunksFillTheLeftoverBudgetInFifoOrder) {
+  BlockPool pool(100, 4);
+  SchedulerConfig cfg;
+  cfg.max_batch_tokens = 16;
+  cfg.chunked_prefill = true;
+  cfg.prefill_chunk_tokens = 10;
+  Scheduler s(pool, cfg);
+  s.submit({0, 0, 25, 2});
+  s.submit({1, 0, 12, 2});
+  StepPlan p1 = s.schedule();
+  ASSERT_EQ(p1.prefills.size(), 2u);
+  EXPECT_EQ(p1.prefills[0].id, 0);
+  EXPECT_EQ(p1.prefills[0].tokens, 10);
+  EXPECT_EQ(p1.prefills[1].id, 1);
+  EXPECT_EQ(p1.prefills[1].tokens, 6);  // the leftover budget
+  EXPECT_EQ(p1.batch_tokens, 16);
+  EXPECT_TRUE(s.commit(p1).emitted.empty());
+  StepPlan p2 = s.schedule();
+  ASSERT_EQ(p2.prefills.size(), 2u);
+  EXPECT_EQ(p2.prefills[0].start, 10);
+  EXPECT_EQ(p2.prefills[0].tokens, 10);
+  EXPECT_EQ(p2.prefills[1].start, 6);
+  EXPECT_EQ(p2.prefills[1].tokens, 6);  // its last chunk
+  EXPECT_TRUE(p2.prefills[1].last());
+  EXPECT_EQ(s.commit(p2).emitted, std::vector<int64_t>{1});
+  StepPlan p3 = s.schedule();
+  EXPECT_EQ(p3.decodes, std::vector<int64_t>{1});
+  ASSERT_EQ(p3.prefills.size(), 1u);
+  EXPECT_EQ(p3.prefills[0].tokens, 5);
+  StepOutcome o3 = s.commit(p3);
+  EXPECT_EQ(o3.emitted, (std::vector<int64_t>{1, 0}));
+  EXPECT_EQ(o3.finished, std::vector<int64_t>{1});
+  s.check_invariants();
+}
+
+// The random mixes again with chunked prefill, contexts up to twice max_batch_tokens and tiny
+// token budgets: invariants after every step, no item above the chunk size or the step above
+// max_batch_tokens (checked by the executor), every request completes exactly once with its
+// output length, chunks of one prefill cover its context in order, first admissions FIFO.
+TEST(ChunkedPrefill, RandomMixesCompleteExactlyOnceWithoutLeaks) {
+  Rng rng(17);
+  int64_t total_preemptions = 0, split = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int64_t bs = 1 + static_cast<int64_t>(rng.below(8));
+    SchedulerConfig cfg;
+    cfg.max_batch_tokens = 8 + static_cast<int64_t>(rng.below(40));
+    cfg.max_running = 1 + static_cast<int64_t>(rng.below(8));
+    cfg.chunked_prefill = true;
+    cfg.prefill_chunk_tokens = 1 + static_cast<int64_t>(rng.below(20));
+    if (rng.below(3) == 0) {
+      cfg.retention_budget = 1 + static_cast<int64_t>(rng.below(16));
+      cfg.evict_during_decode = rng.below(2) == 0;
+    }
+    const int64_t n = 1 + static_cast<int64_t>(rng.below(20));
+    std::vector<ServingRequest> reqs;
+    int64_t largest = 1;
+    const double rate = rng.below(2) == 0 ? 0.0 : 5.0 + static_cast<double>(rng.below(200));
+    std::vector<double> arrivals = poisson_arrivals(n, rate, 300 + trial);
+    for (int64_t i = 0; i < n; ++i) {
+      ServingRequest r{
+          i, arrivals[static_cast<size_t>(i)],
+          1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * cfg.max_batch_tokens))),
+          1 + static_cast<int64_t>(rng.below(20))};
+      largest = std::max(largest, (r.prompt_tokens + r.output_tokens - 1 + bs - 1) / bs);
+      reqs.push_back(r);
+    }
+    BlockPool pool(largest + static_cast<int64_t>(rng.below(static_cast<uint64_t>(3 * largest))),
+                   bs);
+    Scheduler s(pool, cfg);
+    ManualClock clock;
+    CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+    ex.max_chunk = cfg.prefill_chunk_tokens;
+    ServingTrace t = run_serving(reqs, s, ex, clock, true);
+    ASSERT_EQ(static_cast<int64_t>(ex.done.size()), n) << "trial " << trial;
+    EXPECT_EQ(ex.live(), 0u);
+    EXPECT_EQ(pool.free_blocks(), pool.num_blocks());
+    for (const auto& r : t.requests) {
+      ASSERT_EQ(static_cast<int64_t>(r.token_times_s.size()), r.request.output_tokens);
+      EXPECT_GE(r.token_times_s.front(), r.request.arrival_s);
+      const auto& fed = ex.prefill_tokens.at(r.request.id);
+      EXPECT_EQ(static_cast<int64_t>(fed.size()), r.preemptions + 1);
+      EXPECT_EQ(fed.front(), r.request.prompt_tokens);
+      // Without preemption the chunks add up to the prompt exactly.
+      if (r.preemptions == 0) {
+        const auto& c = ex.chunks.at(r.request.id);
+        int64_t sum = 0;
+        for (int64_t x : c) sum += x;
+        EXPECT_EQ(sum, r.request.prompt_tokens);
+        split += c.size() > 1 ? 1 : 0;
+      }
+    }
+    std::vector<int64_t> first;
+    std::set<int64_t> seen;
+    for (int64_t id : s.admission_order()) {
+      if (seen.insert(id).second) first.push_back(id);
+    }
+    std::vector<int64_t> expected(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) expected[static_cast<size_t>(i)] = i;
+    EXPECT_EQ(first, expected) << "trial " << trial;
+    total_preemptions += t.preemptions;
+  }
+  EXPECT_GT(total_preemptions, 0);
+  EXPECT_GT(split, 0);
+}
+
+// A policy evicting during decode (StreamingLLM, 4 sinks + 28 recent) evicts after every
+// chunk of a chunked prefill: the cache holds min(fed, 32) tokens per layer after each chunk,
+// as the scheduler's retention rule (evict_during_decode) charges, and the logits of the first
+// chunk, before any eviction, equal the full cache's.
+TEST(ChunkedPrefill, StreamingCacheEvictsAfterEachChunk) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  const Transformer model = Transformer::random(c, 3);
+  const nlohmann::json m =
+      resolve_method({{"name", "streamingllm"}, {"sinks", 4}, {"window", 28}}, "m");
+  CompressedKVCache cache(make_codec(m, at::kFloat), AttentionBackend::kReference, c.num_layers,
+                          c.num_kv_heads, c.head_dim, make_policy(m), rope_inverse_frequencies(c));
+  FullKVCache full(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
+  const int64_t seq = cache.add_sequence(), fseq = full.add_sequence();
+  Rng rng(2);
+  std::vector<int64_t> prompt(100);
+  for (auto& t : prompt) t = static_cast<int64_t>(rng.below(static_cast<uint64_t>(c.vocab_size)));
+  BlockPool pool(100, 8);
+  SchedulerConfig cfg;
+  cfg.retention_budget = 32;
+  cfg.chunked_prefill = true;
+  cfg.prefill_chunk_tokens = 30;
+  Scheduler s(pool, cfg);
+  s.submit({0, 0, 100, 2});
+  int64_t fed = 0;
+  while (fed < 100) {
+    StepPlan plan = s.schedule();
+    ASSERT_EQ(plan.prefills.size(), 1u);
+    const PrefillItem& p = plan.prefills[0];
+    ASSERT_EQ(p.start, fed);
+    std::vector<int64_t> chunk(prompt.begin() + p.start, prompt.begin() + p.start + p.tokens);
+    at::Tensor got = model.forward({{seq, chunk}}, cache);
+    at::Tensor want = model.forward({{fseq, chunk}}, full);
+    if (fed == 0) {
+      EXPECT_LT((got - want).abs().max().item<double>(), 1e-4);
+    }
+    fed += p.tokens;
+    s.commit(plan);
+    EXPECT_EQ(cache.length(seq), fed);
+    for (int64_t kept : cache.kept_tokens(seq)) EXPECT_EQ(kept, std::min<int64_t>(fed, 32));
+    // The pool holds the whole context until the last chunk, then what the policy keeps.
+    EXPECT_EQ(pool.blocks_of(0), fed < 100 ? 13 : 4);
+  }
+}
+
 // --- Arrivals and metrics ---------------------------------------------------------------------
 
 TEST(Serving, PoissonArrivalsAreSeededWithTheRightMeanGap) {
@@ -394,9 +623,10 @@ namespace kvbench {
 namespace {
 
 // Bytes per block from the method's formula: the full cache's is exactly block_size tokens of
-// K and V over every layer in the model's dtype; kivi-4 (4-bit codes, fp16 scale and min per
-// group of 32, a 128-token fp16 residual amortized over 64 blocks) takes about 0.32 of it, so
-// the same budget holds about three times the blocks; a retention method's codec decides.
+// K and V over every layer in the model's dtype; kivi-4's is its steady cost (4-bit codes, fp16
+// scale and min per group of 32: 1.25 bytes per element against 4), its 128-token residual
+// left to the window blocks, so the same budget holds more than three times the blocks; a
+// retention method's codec decides.
 TEST(Serving, BlockBytesFollowTheMethodsFormula) {
   const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
   const double full =
@@ -404,12 +634,289 @@ TEST(Serving, BlockBytesFollowTheMethodsFormula) {
   EXPECT_DOUBLE_EQ(full, 64.0 * 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2);
   const double kivi =
       method_block_bytes(resolve_method({{"name", "kivi-4"}}, "m"), c, at::kBFloat16, 64);
-  EXPECT_GT(kivi, full * 0.3);
-  EXPECT_LT(kivi, full * 0.35);
+  EXPECT_NEAR(kivi / full, 1.25 / 4, 1e-3);
   EXPECT_GE(BlockPool::capacity(1 << 21, kivi), 3 * BlockPool::capacity(1 << 21, full));
   EXPECT_DOUBLE_EQ(
       method_block_bytes(resolve_method({{"name", "stream-512"}}, "m"), c, at::kBFloat16, 64),
       full);
+}
+
+// The window blocks make the pool's charge cover the formula at every length, and are the
+// fewest that do: none for the full cache and StreamingLLM (bytes linear in tokens), some for
+// kivi-4's full-precision residual (up to 2 x 128 tokens of fp16 keys and values).
+TEST(Serving, WindowBlocksCoverTheFormulaAtEveryLength) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  for (int64_t bs : {16, 64}) {
+    for (const char* name : {"full", "stream-512", "kivi-4", "kivi-2"}) {
+      const nlohmann::json m = resolve_method({{"name", name}}, "m");
+      const double bpb = method_block_bytes(m, c, at::kBFloat16, bs);
+      const int64_t w = method_window_blocks(m, c, at::kBFloat16, bs, bpb, 1500);
+      auto codec = make_codec(m, at::kBFloat16);
+      auto formula = [&](int64_t t) {
+        return static_cast<double>(codec->nominal_bytes(t, c.num_kv_heads, c.head_dim).total()) *
+               static_cast<double>(c.num_layers);
+      };
+      bool tight = false;
+      for (int64_t t = 1; t <= 1500; ++t) {
+        const double blocks = static_cast<double>((t + bs - 1) / bs);
+        ASSERT_GE((blocks + static_cast<double>(w)) * bpb * (1 + 1e-9), formula(t))
+            << name << " bs " << bs << " t " << t;
+        if ((blocks + static_cast<double>(w) - 1) * bpb < formula(t)) tight = true;
+      }
+      if (std::string(name).rfind("kivi", 0) == 0) {
+        EXPECT_GE(w, 1) << name;
+        EXPECT_TRUE(tight) << name << ": one block fewer would still cover every length";
+      } else {
+        EXPECT_EQ(w, 0) << name;
+      }
+    }
+  }
+}
+
+// Every running sequence holds its window blocks on top of its tokens' blocks, from admission
+// to completion, and a request that cannot fit with them is rejected.
+TEST(Scheduler, WindowBlocksAreChargedPerSequence) {
+  BlockPool pool(10, 4);
+  SchedulerConfig cfg;
+  cfg.window_blocks = 2;
+  Scheduler s(pool, cfg);
+  s.submit({0, 0, 3, 3});  // 3..5 tokens: 1-2 blocks + 2
+  s.submit({1, 0, 4, 1});  // 4 tokens: 1 block + 2
+  StepPlan p = s.schedule();
+  EXPECT_EQ(p.prefills.size(), 2u);
+  EXPECT_EQ(pool.blocks_of(0), 3);
+  EXPECT_EQ(pool.blocks_of(1), 3);
+  s.commit(p);  // request 1 is done
+  EXPECT_EQ(pool.used_blocks(), 3);
+  s.check_invariants();
+  s.commit(s.schedule());  // request 0 now holds 4 tokens
+  EXPECT_EQ(pool.blocks_of(0), 3);
+  StepPlan last = s.schedule();  // its context reaches 5 tokens: a second token block
+  EXPECT_EQ(pool.blocks_of(0), 4);
+  s.commit(last);
+  EXPECT_TRUE(s.idle());
+  EXPECT_EQ(pool.free_blocks(), 10);
+  // 33 tokens: 9 blocks + 2 > 10.
+  EXPECT_THROW(s.submit({2, 0, 30, 4}), Error);
+}
+
+}  // namespace
+}  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+// --- Request sources ------------------------------------------------------------------------
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const auto path = std::filesystem::temp_directory_path() / ("kvbench_serving_" + name);
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+// The error message of fn(), or "" when it does not throw.
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(RequestTrace, ReadsTextAndLengthPromptsInOrder) {
+  const std::string path =
+      write_temp("trace_ok.jsonl",
+                 "{\"arrival_s\": 0, \"prompt\": \"hello\", \"output_tokens\": 4}\n"
+                 "\n"
+                 "{\"arrival_s\": 0.5, \"prompt_tokens\": 12, \"output_tokens\": 2, "
+                 "\"note\": \"ignored\"}\n"
+                 "{\"arrival_s\": 0.5, \"prompt_tokens\": 3, \"output_tokens\": 1}\n");
+  const auto rows = load_request_trace(path);
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0].prompt, "hello");
+  EXPECT_EQ(rows[0].prompt_tokens, 0);
+  EXPECT_EQ(rows[0].output_tokens, 4);
+  EXPECT_DOUBLE_EQ(rows[1].arrival_s, 0.5);
+  EXPECT_TRUE(rows[1].prompt.empty());
+  EXPECT_EQ(rows[1].prompt_tokens, 12);
+  EXPECT_EQ(rows[1].where, path + ":3");
+  EXPECT_EQ(rows[2].output_tokens, 1);
+}
+
+// Every bad line is named by file:line and the key at fault.
+TEST(RequestTrace, BadLinesNameFileLineAndKey) {
+  struct Case {
+    std::string line, fragment;
+  };
+  const std::vector<Case> cases = {
+      {"{\"prompt_tokens\": 3, \"output_tokens\": 1}", "missing \"arrival_s\""},
+      {"{\"arrival_s\": -1, \"prompt_tokens\": 3, \"output_tokens\": 1}", "\"arrival_s\" must be"},
+      {"{\"arrival_s\": \"0\", \"prompt_tokens\": 3, \"output_tokens\": 1}",
+       "\"arrival_s\" must be"},
+      {"{\"arrival_s\": 1, \"output_tokens\": 1}", "exactly one of \"prompt\""},
+      {"{\"arrival_s\": 1, \"prompt\": \"x\", \"prompt_tokens\": 3, \"output_tokens\": 1}",
+       "exactly one of \"prompt\""},
+      {"{\"arrival_s\": 1, \"prompt\": \"\", \"output_tokens\": 1}", "\"prompt\" must be"},
+      {"{\"arrival_s\": 1, \"prompt_tokens\": 0, \"output_tokens\": 1}",
+       "\"prompt_tokens\" must be"},
+      {"{\"arrival_s\": 1, \"prompt_tokens\": 2.5, \"output_tokens\": 1}",
+       "\"prompt_tokens\" must be"},
+      {"{\"arrival_s\": 1, \"prompt_tokens\": 3}", "missing \"output_tokens\""},
+      {"{\"arrival_s\": 1, \"prompt_tokens\": 3, \"output_tokens\": 0}",
+       "\"output_tokens\" must be"},
+      {"{\"arrival_s\": 0.5, \"prompt_tokens\": 3, \"output_tokens\": 1}", "before the previous"},
+      {"[1, 2]", "expected a JSON object"},
+      {"{not json", "not JSON"},
+  };
+  for (const auto& c : cases) {
+    const std::string path = write_temp(
+        "trace_bad.jsonl",
+        "{\"arrival_s\": 1, \"prompt_tokens\": 3, \"output_tokens\": 1}\n" + c.line + "\n");
+    const std::string err = error_of([&] { load_request_trace(path); });
+    EXPECT_NE(err.find(path + ":2"), std::string::npos) << c.line << " -> " << err;
+    EXPECT_NE(err.find(c.fragment), std::string::npos) << c.line << " -> " << err;
+  }
+  EXPECT_NE(error_of([&] {
+              load_request_trace(write_temp("trace_empty.jsonl", "\n"));
+            }).find("no requests"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { load_request_trace("/nonexistent/trace.jsonl"); }).find("cannot read"),
+            std::string::npos);
+}
+
+TEST(ShareGpt, ReadsAListOrJsonlAndSkipsEntriesWithoutAReply) {
+  const std::string list =
+      write_temp("sharegpt.json",
+                 R"([{"id": "a", "conversations": [{"from": "system", "value": "be nice"},
+                                       {"from": "human", "value": "What is 2+2?"},
+                                       {"from": "gpt", "value": "4."},
+                                       {"from": "human", "value": "And 3+3?"},
+                                       {"from": "gpt", "value": "6."}]},
+          {"conversations": [{"from": "gpt", "value": "orphan reply"},
+                             {"from": "human", "value": "unanswered"}]},
+          {"conversations": [{"from": "user", "value": "Hi"}, {"from": "assistant", "value": "Hello there"}]}])");
+  const ShareGptData d = load_sharegpt(list);
+  EXPECT_EQ(d.entries, 3);
+  EXPECT_EQ(d.skipped, 1);
+  ASSERT_EQ(d.conversations.size(), 2u);
+  EXPECT_EQ(d.conversations[0].prompt, "What is 2+2?");  // the first user turn
+  EXPECT_EQ(d.conversations[0].reply, "4.");             // the first reply after it
+  EXPECT_EQ(d.conversations[1].prompt, "Hi");
+  EXPECT_EQ(d.conversations[1].reply, "Hello there");
+
+  const std::string lines = write_temp("sharegpt.jsonl",
+                                       "{\"conversations\": [{\"from\": \"human\", \"value\": "
+                                       "\"a\"}, {\"from\": \"gpt\", \"value\": \"b\"}]}\n"
+                                       "\n"
+                                       "{\"conversations\": [{\"from\": \"human\", \"value\": "
+                                       "\"c\"}, {\"from\": \"chatgpt\", \"value\": \"d\"}]}\n");
+  const ShareGptData e = load_sharegpt(lines);
+  ASSERT_EQ(e.conversations.size(), 2u);
+  EXPECT_EQ(e.conversations[1].reply, "d");
+}
+
+TEST(ShareGpt, MalformedEntriesNameTheirPlace) {
+  const std::string a =
+      write_temp("sharegpt_bad.json", R"([{"conversations": [{"from": "human"}]}])");
+  std::string err = error_of([&] { load_sharegpt(a); });
+  EXPECT_NE(err.find(a + ": entry 0: turn 0"), std::string::npos) << err;
+  const std::string b =
+      write_temp("sharegpt_bad.jsonl", "{\"conversations\": []}\n{\"turns\": []}\n");
+  err = error_of([&] { load_sharegpt(b); });
+  EXPECT_NE(err.find(b + ":2"), std::string::npos) << err;
+  EXPECT_NE(err.find("\"conversations\""), std::string::npos) << err;
+  const std::string c = write_temp(
+      "sharegpt_none.jsonl", "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}]}\n");
+  err = error_of([&] { load_sharegpt(c); });
+  EXPECT_NE(err.find("none of its 1 entries"), std::string::npos) << err;
+  const std::string d = write_temp("sharegpt_broken.json", "[{\"conversations\": ");
+  EXPECT_NE(error_of([&] { load_sharegpt(d); }).find("not JSON"), std::string::npos);
+}
+
+// Uniform draws are the suite's original ones (same generator calls), so earlier workloads are
+// unchanged; lognormal draws stay in range with the requested mean (wide range: no clamping to
+// speak of) and the median exp(mu) below it.
+TEST(LengthDistribution, UniformAsBeforeAndLognormalWithItsMean) {
+  LengthDistribution u;
+  u.min = 5;
+  u.max = 9;
+  Rng a(3), b(3);
+  for (int i = 0; i < 100; ++i) {
+    const int64_t want = 5 + static_cast<int64_t>(b.below(5));
+    EXPECT_EQ(u.draw(a), want);
+  }
+  LengthDistribution l;
+  l.name = "lognormal";
+  l.min = 1;
+  l.max = 1 << 20;
+  l.mean = 200;
+  l.sigma = 0.6;
+  check_length_distribution(l, "prompt_tokens");
+  Rng r(5);
+  std::vector<double> x;
+  for (int i = 0; i < 20000; ++i) {
+    const int64_t v = l.draw(r);
+    ASSERT_GE(v, l.min);
+    ASSERT_LE(v, l.max);
+    x.push_back(static_cast<double>(v));
+  }
+  double m = 0;
+  for (double v : x) m += v;
+  m /= static_cast<double>(x.size());
+  // sd of a lognormal with mean 200, sigma 0.6: 200 * sqrt(exp(0.36) - 1) = 130; the mean's
+  // standard error over 20000 draws is about 0.9.
+  EXPECT_NEAR(m, 200.0, 5.0);
+  std::sort(x.begin(), x.end());
+  EXPECT_NEAR(x[x.size() / 2], 200.0 * std::exp(-0.18), 5.0);
+  // A narrow range clamps: every draw lies in it, and both ends occur.
+  l.min = 150;
+  l.max = 250;
+  l.mean = 0;  // the midpoint
+  std::set<int64_t> seen;
+  for (int i = 0; i < 2000; ++i) seen.insert(l.draw(r));
+  EXPECT_EQ(*seen.begin(), 150);
+  EXPECT_EQ(*seen.rbegin(), 250);
+}
+
+TEST(LengthDistribution, BadSettingsNameTheKey) {
+  LengthDistribution d;
+  d.name = "zipf";
+  d.min = 1;
+  d.max = 10;
+  std::string err = error_of([&] { check_length_distribution(d, "prompt_tokens"); });
+  EXPECT_NE(err.find("\"zipf\""), std::string::npos) << err;
+  EXPECT_NE(err.find("uniform, lognormal"), std::string::npos) << err;
+  d.name = "uniform";
+  d.min = 11;
+  err = error_of([&] { check_length_distribution(d, "output_tokens"); });
+  EXPECT_NE(err.find("output_tokens_max (10) must be >= output_tokens_min (11)"), std::string::npos)
+      << err;
+  d.name = "lognormal";
+  d.min = 1;
+  d.mean = 20;
+  err = error_of([&] { check_length_distribution(d, "prompt_tokens"); });
+  EXPECT_NE(err.find("prompt_tokens_mean"), std::string::npos) << err;
+  d.mean = 5;
+  d.sigma = 0;
+  err = error_of([&] { check_length_distribution(d, "prompt_tokens"); });
+  EXPECT_NE(err.find("prompt_tokens_sigma"), std::string::npos) << err;
+}
+
+TEST(Serving, PoissonArrivalsUntilADurationArePrefixesOfTheCountedOnes) {
+  const auto cut = poisson_arrivals_until(50.0, 4.0, 9, 1000000);
+  const auto all = poisson_arrivals(static_cast<int64_t>(cut.size()) + 1, 4.0, 9);
+  ASSERT_GT(cut.size(), 100u);
+  for (size_t i = 0; i < cut.size(); ++i) EXPECT_EQ(cut[i], all[i]);
+  EXPECT_LT(cut.back(), 50.0);
+  EXPECT_GE(all.back(), 50.0);  // the next arrival is past the duration
+  // About rate × duration = 200 arrivals (Poisson sd 14).
+  EXPECT_NEAR(static_cast<double>(cut.size()), 200.0, 60.0);
+  EXPECT_THROW(poisson_arrivals_until(10.0, 0.0, 1, 100), Error);
+  EXPECT_THROW(poisson_arrivals_until(0.0, 1.0, 1, 100), Error);
+  EXPECT_NE(error_of([] { poisson_arrivals_until(100.0, 100.0, 1, 50); }).find("more than 50"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -190,6 +190,35 @@ TEST(Train, BatchesComeFromTheTaskGeneratorsWithTrainingSeeds) {
   }
 }
 
+TEST(Train, TaskLengthLimitsChooseTheMixturePerStep) {
+  // passkey only up to 300 tokens, niah_single from 360: stage one draws only passkey, stage
+  // two only niah_single; a stage length that no task admits is an error naming the length.
+  json r = tiny_recipe();
+  r["tasks"][0]["max_tokens"] = 300;
+  const TrainRecipe recipe = parse_train_recipe(r);
+  const Tokenizer tok = tiny_tokenizer();
+  for (int64_t s = 0; s < 4; ++s) {
+    for (const auto& ex : make_train_batch(recipe, tok, s)) {
+      EXPECT_EQ(ex.task, s < 2 ? "passkey" : "niah_single") << s;
+      const std::vector<int32_t> prompt(ex.ids.begin(), ex.ids.begin() + ex.answer_start);
+      EXPECT_EQ(tok.decode(prompt, true).find("magic number") != std::string::npos, s >= 2);
+    }
+  }
+  EXPECT_EQ(recipe.to_json()["tasks"][0]["max_tokens"], 300);
+  // Recipes without the key serialise as before (checkpoints' recipe check is unchanged).
+  EXPECT_FALSE(parse_train_recipe(tiny_recipe()).to_json()["tasks"][0].contains("max_tokens"));
+  r["stages"][0]["max_tokens"] = 320;  // 301-320: passkey is over, niah_single not yet
+  try {
+    parse_train_recipe(r);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("301 tokens"), std::string::npos) << e.what();
+  }
+  r = tiny_recipe();
+  r["tasks"][1]["max_tokens"] = 300;  // below its min_tokens 360
+  EXPECT_THROW(parse_train_recipe(r), ConfigError);
+}
+
 TEST(Train, LearningRateWarmsUpThenDecaysToMin) {
   json r = tiny_recipe();
   r["warmup_steps"] = 2;

@@ -7,7 +7,13 @@
 // the pool is empty, the most recently admitted request is preempted: its blocks are freed and
 // it goes back to the front of the queue, to be recomputed (prefill of prompt + generated)
 // later. The oldest running request is never preempted while others run, so every request
-// completes. No clock here: the caller executes each plan and commits it (serving_loop.h).
+// completes. With chunked prefill, a prefill longer than the step's remaining token budget (or
+// than prefill_chunk_tokens) is split over several steps: each step first decodes the running
+// requests, then continues unfinished prefills (admission order), then admits new ones with
+// whatever budget is left; a request's first token comes out at the end of its last chunk. A
+// chunked request holds blocks for its whole context from admission, so its own chunks never
+// need a block (it can still be the victim of an older request's decode growth). No clock here: the
+// caller executes each plan and commits it (serving_loop.h).
 #pragma once
 
 #include <cstddef>
@@ -35,23 +41,37 @@ struct SchedulerConfig {
   // min(prefill, budget) and grows by one per decode step.
   int64_t retention_budget = 0;
   bool evict_during_decode = true;
+  // Split prefills into chunks of at most prefill_chunk_tokens (and the step's remaining token
+  // budget), so a long prompt does not stall the decodes of running requests; a context may
+  // then exceed max_batch_tokens.
+  bool chunked_prefill = false;
+  int64_t prefill_chunk_tokens = 512;
+  // Blocks every running sequence holds beyond ceil(held / block_size): a format's
+  // per-sequence full-precision window (KIVI's residual), so the pool's charge covers its bytes.
+  int64_t window_blocks = 0;
 };
 
+// One prefill (or one chunk of it) in a step. Without chunking, start = 0 and tokens = context.
 struct PrefillItem {
   int64_t id = 0;
-  int64_t tokens = 0;  // context fed: prompt + tokens generated before a preemption
+  int64_t tokens = 0;   // tokens fed in this step: context[start, start + tokens)
+  int64_t start = 0;    // tokens of the context already in the KV (0: a new sequence)
+  int64_t context = 0;  // the whole context: prompt + tokens generated before a preemption
+  bool last() const { return start + tokens == context; }  // the request emits its first token
 };
 
 struct StepPlan {
-  std::vector<int64_t> preempted;     // dropped before this step; recomputed later
-  std::vector<int64_t> decodes;       // one token each, oldest admission first
-  std::vector<PrefillItem> prefills;  // admitted this step, FIFO order
+  std::vector<int64_t> preempted;  // dropped before this step; recomputed later
+  std::vector<int64_t> decodes;    // one token each, oldest admission first
+  // Continued chunks (admission order), then the requests admitted this step (FIFO order).
+  std::vector<PrefillItem> prefills;
   int64_t batch_tokens = 0;
   bool empty() const { return decodes.empty() && prefills.empty(); }
 };
 
 struct StepOutcome {
-  std::vector<int64_t> emitted;   // requests that produced a token (decodes, then prefills)
+  // Requests that produced a token (decodes, then prefills whose last chunk ran).
+  std::vector<int64_t> emitted;
   std::vector<int64_t> finished;  // requests that reached their output length
 };
 
@@ -61,7 +81,8 @@ class Scheduler {
   Scheduler(BlockPool& pool, SchedulerConfig config);
 
   // Queues a request (in arrival order). Throws Error when it could never run, even alone: its
-  // context exceeds max_batch_tokens or the pool's blocks, or it asks for no tokens.
+  // context exceeds the pool's blocks or (without chunked prefill) max_batch_tokens, or it asks
+  // for no tokens.
   void submit(const ServingRequest& request);
   // The next step. Decode block growth and preemptions are applied to the pool here; the
   // caller must execute the plan and then commit() it before scheduling again.
@@ -75,7 +96,8 @@ class Scheduler {
   int64_t total_preemptions() const { return preemptions_; }
   int64_t preemptions(int64_t id) const;
   int64_t generated(int64_t id) const;
-  // Tokens the request's KV holds now by the retention rule (0 when not running).
+  // Tokens the request's KV holds now by the retention rule (0 when not running; during a
+  // chunked prefill, the tokens prefilled so far).
   int64_t held_tokens(int64_t id) const;
   const std::vector<int64_t>& admission_order() const { return admissions_; }
   // Throws Error when the pool's tables disagree with the running set (a leak or a block
@@ -87,11 +109,15 @@ class Scheduler {
     ServingRequest req;
     int64_t generated = 0;
     int64_t prefill_len = 0;  // context of the last (re)prefill
+    int64_t prefilled = 0;    // tokens of the current prefill already fed (chunked prefill)
+    bool prefilling = false;  // admitted, its last prefill chunk not yet run
     int64_t preemptions = 0;
     bool running = false;
     bool done = false;
   };
   int64_t held(const State& s, int64_t context) const;
+  // Blocks a running sequence holding `tokens` tokens needs (0 for none).
+  int64_t blocks_needed(int64_t tokens) const;
   void preempt(int64_t id, StepPlan& plan);
 
   BlockPool& pool_;

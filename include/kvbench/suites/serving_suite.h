@@ -18,9 +18,10 @@ namespace kvbench {
 class ServingSuite final : public Suite {
  public:
   static constexpr const char* kSummary =
-      "online serving: Poisson arrivals at each rate, continuous batching over a paged KV pool "
-      "sized by a memory budget (preemption and recompute when it runs out); TTFT/TPOT/ITL/e2e "
-      "p50/p90/p99, throughput, goodput under SLOs, KV memory, preemptions";
+      "online serving: Poisson arrivals at each rate (or a trace's), lengths from distributions, "
+      "ShareGPT conversations or the trace, continuous batching (optional chunked prefill) over "
+      "a paged KV pool sized by a memory budget (preemption and recompute when it runs out); "
+      "TTFT/TPOT/ITL/e2e p50/p90/p99, throughput, goodput under SLOs, KV memory, preemptions";
   static std::vector<ParamSpec> param_specs();
 
   uint64_t estimate_bytes(const EstimateContext& ctx) const override;
@@ -29,9 +30,20 @@ class ServingSuite final : public Suite {
 };
 
 // Bytes one block of `block_size` tokens takes in the method's format over all layers: the
-// codec's formula at 64 blocks, divided by 64 (so a per-sequence full-precision window such as
-// KIVI's residual is amortized). Throws Error when the method cannot run on this model.
+// steady-state (marginal) cost of block_size more tokens by the codec's formula, measured over
+// a long stretch of tokens, so a per-sequence full-precision window such as KIVI's residual is
+// not in it (method_window_blocks charges that). Throws Error when the method cannot run on
+// this model.
 double method_block_bytes(const nlohmann::json& method, const ModelConfig& config,
                           at::ScalarType dtype, int64_t block_size);
+
+// Blocks each sequence needs beyond ceil(tokens / block_size) so that the pool's charge covers
+// the method's formula for every length up to `longest` tokens:
+//   the least W >= 0 with (ceil(T / block_size) + W) * bytes_per_block >= formula(T)
+// for T = 1 .. longest (formula over all layers). 0 for a format whose bytes grow linearly
+// (the full cache, fp8, retention over them); KIVI's full-precision residual needs a few.
+int64_t method_window_blocks(const nlohmann::json& method, const ModelConfig& config,
+                             at::ScalarType dtype, int64_t block_size, double bytes_per_block,
+                             int64_t longest);
 
 }  // namespace kvbench

@@ -37,6 +37,10 @@ struct TrainTask {
   double weight = 1;       // share of the mixture
   int64_t min_tokens = 0;  // left out of steps whose target length is shorter
   nlohmann::json params;   // extra task parameters (num_keys, num_hops, ...)
+  int64_t max_tokens = 0;  // left out of steps whose target is longer (0: no limit)
+  bool allowed_at(int64_t target) const {
+    return weight > 0 && min_tokens <= target && (max_tokens == 0 || target <= max_tokens);
+  }
 };
 
 struct TrainStage {
