@@ -66,6 +66,36 @@ at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
   }
   const float* pq = prefix_tokens > 0 ? prefix_q.data_ptr<float>() : nullptr;
   const float s = static_cast<float>(scale);
+  // Formats with integer key kernels read the query quantized to int8 blocks: once per step,
+  // for every head (and the prefix query), before the parallel loop.
+  const bool quantized = keys.quantized_query();
+  struct Q8 {
+    std::vector<int8_t> codes;
+    std::vector<float> scales, dsums;
+    void fill(const float* x, int64_t rows, int64_t n) {
+      codes.resize(static_cast<size_t>(rows * n));
+      scales.resize(static_cast<size_t>(rows * n / simd::kQ8Block));
+      dsums.resize(scales.size());
+      simd::quantize_q8(x, rows, n, codes.data(), scales.data(), dsums.data());
+    }
+    simd::Q8Rows at(int64_t row, int64_t n) const {  // from query row `row` on
+      const int64_t b = row * n / simd::kQ8Block;
+      return {codes.data() + row * n, scales.data() + b, dsums.data() + b};
+    }
+  } q8, pq8;
+  if (quantized) {
+    KVB_CHECK(dim % simd::kQ8Block == 0, "cpu attention: head_dim ", dim,
+              " is not a multiple of the int8 query block ", simd::kQ8Block);
+    q8.fill(qp, heads, dim);
+    if (pq) pq8.fill(pq, heads, dim);
+  }
+  auto score = [&](int64_t h, bool prefix, int64_t a, int64_t b, float* out, int64_t stride) {
+    if (quantized) {
+      keys.dot_quantized(h, (prefix ? pq8 : q8).at(h * group, dim), group, a, b, out, stride);
+    } else {
+      keys.dot(h, (prefix ? pq : qp) + h * group * dim, group, a, b, out, stride);
+    }
+  };
 
   at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<float> p;
@@ -76,9 +106,8 @@ at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
       p.assign(static_cast<size_t>(group * len), 0.0f);
       // Tokens before prefix_tokens are scored with the prefix query, the rest with q.
       const int64_t split = std::min(std::max(prefix_tokens, t0), t1);
-      if (split > t0) keys.dot(h, pq + h * group * dim, group, t0, split, p.data(), len);
-      if (t1 > split)
-        keys.dot(h, qp + h * group * dim, group, split, t1, p.data() + (split - t0), len);
+      if (split > t0) score(h, true, t0, split, p.data(), len);
+      if (t1 > split) score(h, false, split, t1, p.data() + (split - t0), len);
       part.max.assign(static_cast<size_t>(group), -INFINITY);
       part.sum.assign(static_cast<size_t>(group), 0.0f);
       for (int64_t r = 0; r < group; ++r) {

@@ -20,9 +20,17 @@ struct Format {
   bool symmetric;
   int64_t group, head_dim;
   int zero() const { return symmetric ? (bits == 8 ? 128 : 8) : 0; }
+  bool query_int8;  // score keys with integer dot products against an int8 query
   int64_t code_bytes() const { return head_dim * bits / 8; }
   int64_t groups() const { return head_dim / group; }
 };
+
+// Per-thread fp32 copies of a block of rows' scales and mins for the kernels.
+float* scale_scratch(size_t floats) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
+}
 
 void set_code(uint8_t* codes, int64_t j, int bits, int code) {
   switch (bits) {
@@ -123,9 +131,35 @@ class BlockQuantStore final : public TokenStore {
     for (int64_t t = t0; t < t1; ++t) decode_row(head, t, out + (t - t0) * f_.head_dim);
   }
 
+  // Values straight from the codes: the dequantized values exist in registers only.
+  void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
+                  int64_t stride, float* out) const override {
+    simd::codes_weighted_sum(code_rows(head, t0, t1), t1 - t0, p, rows, stride, out);
+  }
+
+  // The integer key kernel needs whole int8 query blocks inside each scale group.
+  bool quantized_query() const override {
+    return f_.query_int8 && f_.group % simd::kQ8Block == 0 && f_.head_dim % simd::kQ8Block == 0;
+  }
+  void dot_quantized(int64_t head, const simd::Q8Rows& q, int64_t rows, int64_t t0, int64_t t1,
+                     float* scores, int64_t stride) const override {
+    simd::q8_scores(code_rows(head, t0, t1), t1 - t0, q, rows, scores, stride);
+  }
+
   StorageBytes bytes() const override { return {codes_.bytes(), scales_.bytes() + mins_.bytes()}; }
 
  private:
+  // Rows [t0, t1) of `head` for the kernels, with their scales and mins converted to fp32 in a
+  // per-thread buffer (valid until this thread's next call).
+  simd::CodeRows code_rows(int64_t head, int64_t t0, int64_t t1) const {
+    const int64_t n = (t1 - t0) * f_.groups();
+    float* d = scale_scratch(static_cast<size_t>(2 * n));
+    float* m = f_.symmetric ? nullptr : d + n;
+    simd::to_float(scales_.row<at::Half>(head, t0), d, n);
+    if (m) simd::to_float(mins_.row<at::Half>(head, t0), m, n);
+    return {codes_.row<uint8_t>(head, t0), d, m, f_.bits, f_.zero(), f_.group, f_.head_dim};
+  }
+
   // Reconstructs one stored row into `out` [head_dim]: reads codes, scales and mins only.
   void decode_row(int64_t h, int64_t t, float* out) const {
     simd::dequant_row(codes_.row<uint8_t>(h, t), scales_.row<at::Half>(h, t),
@@ -140,8 +174,8 @@ class BlockQuantStore final : public TokenStore {
 
 }  // namespace
 
-BlockQuantCodec::BlockQuantCodec(int bits, bool symmetric, int64_t group)
-    : bits_(bits), symmetric_(symmetric), group_(group) {
+BlockQuantCodec::BlockQuantCodec(int bits, bool symmetric, int64_t group, bool query_int8)
+    : bits_(bits), symmetric_(symmetric), group_(group), query_int8_(query_int8) {
   KVB_CHECK(bits == 2 || bits == 4 || bits == 8, "block quantization: bits must be 2, 4 or 8");
   KVB_CHECK(!(symmetric && bits == 2), "block quantization: 2-bit codes are asymmetric only");
   KVB_CHECK(group >= 4 && group % 4 == 0, "block quantization: group must be a multiple of 4");
@@ -153,15 +187,19 @@ std::string BlockQuantCodec::name() const {
 }
 
 nlohmann::json BlockQuantCodec::params() const {
-  return {
-      {"bits", bits_}, {"symmetric", symmetric_}, {"group", group_}, {"scale_dtype", "float16"}};
+  return {{"bits", bits_},
+          {"symmetric", symmetric_},
+          {"group", group_},
+          {"scale_dtype", "float16"},
+          {"query_int8", query_int8_}};
 }
 
 std::unique_ptr<TokenStore> BlockQuantCodec::make_key_store(int64_t kv_heads,
                                                             int64_t head_dim) const {
   KVB_CHECK(head_dim % group_ == 0, "block quantization: group ", group_,
             " does not divide head_dim ", head_dim);
-  return std::make_unique<BlockQuantStore>(Format{bits_, symmetric_, group_, head_dim}, kv_heads);
+  return std::make_unique<BlockQuantStore>(Format{bits_, symmetric_, group_, head_dim, query_int8_},
+                                           kv_heads);
 }
 
 std::unique_ptr<TokenStore> BlockQuantCodec::make_value_store(int64_t kv_heads,

@@ -1,5 +1,6 @@
 #include "kvbench/kv/identity_codec.h"
 
+#include <type_traits>
 #include <vector>
 
 #include "kvbench/core/error.h"
@@ -39,9 +40,25 @@ class IdentityStore final : public TokenStore {
     simd::to_float(buffer_.row<T>(head, t0), out, (t1 - t0) * head_dim_);
   }
 
+  // Fused reads convert fp16/bf16 inside the dot products, with no fp32 staging buffer.
+  void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
+           int64_t stride) const override {
+    simd::rows_scores(kRowType, buffer_.row<T>(head, t0), t1 - t0, head_dim_, q, rows, scores,
+                      stride);
+  }
+  void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
+                  int64_t stride, float* out) const override {
+    simd::rows_weighted_sum(kRowType, buffer_.row<T>(head, t0), t1 - t0, head_dim_, p, rows, stride,
+                            out);
+  }
+
   StorageBytes bytes() const override { return {buffer_.bytes(), 0}; }
 
  private:
+  static constexpr simd::RowType kRowType = std::is_same_v<T, at::Half> ? simd::RowType::kFloat16
+                                            : std::is_same_v<T, at::BFloat16>
+                                                ? simd::RowType::kBFloat16
+                                                : simd::RowType::kFloat32;
   int64_t head_dim_;
   RowBuffer buffer_;
 };

@@ -53,6 +53,17 @@ class KiviStoreBase : public TokenStore {
   }
 
  protected:
+  // Row j of head h's exact window: [head_dim] fp32.
+  const float* window_row(int64_t h, int64_t j) const {
+    return window_.data_ptr<float>() + (h * window_.size(1) + j) * head_dim_;
+  }
+  // Per-thread fp32 scratch for the fused kernels (scales, mins, the scaled query).
+  static float* scratch(size_t floats) {
+    thread_local std::vector<float> buffer;
+    if (buffer.size() < floats) buffer.resize(floats);
+    return buffer.data();
+  }
+
   // Token t of head h, reconstructed into out[head_dim].
   void row(int64_t h, int64_t t, float* out) const {
     const int64_t quantized = codes_.size();
@@ -118,6 +129,44 @@ class KiviKeyStore final : public KiviStoreBase {
     mins_.append(groups).copy_(mins);
   }
 
+ public:
+  // Fused key read on the codes: within a token group every channel c has one scale s_c and
+  // min m_c, so q . k_t = sum_c (q_c s_c) code_tc + sum_c q_c m_c: the scaled query is formed
+  // once per group and the codes are read in registers; the exact window as fp32 rows.
+  void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
+           int64_t stride) const override {
+    const int64_t quantized = codes_.size(), mid = std::clamp(quantized, t0, t1), n = head_dim_;
+    float* s = scratch(static_cast<size_t>((rows + 2) * n + rows));
+    float* m = s + n;
+    float* qs = m + n;             // [rows, n]
+    float* shift = qs + rows * n;  // [rows]
+    for (int64_t a = t0; a < mid;) {
+      const int64_t g = a / group_, b = std::min(mid, (g + 1) * group_);
+      scales_.row_as_float(head, g, s);
+      mins_.row_as_float(head, g, m);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* qr = q + r * n;
+        float c = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          qs[r * n + i] = qr[i] * s[i];
+          c += qr[i] * m[i];
+        }
+        shift[r] = c;
+      }
+      simd::codes_scores({codes_.row<uint8_t>(head, a), nullptr, nullptr, bits_, 0, n, n}, b - a,
+                         qs, rows, scores + (a - t0), stride);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t t = a; t < b; ++t) scores[r * stride + (t - t0)] += shift[r];
+      }
+      a = b;
+    }
+    if (t1 > mid) {
+      simd::rows_scores(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid, n, q,
+                        rows, scores + (mid - t0), stride);
+    }
+  }
+
+ private:
   void decode(int64_t h, int64_t t, float* out) const override {
     // One scale/min row serves G consecutive tokens: convert it once per group, not per token
     // (decode_rows walks tokens in order).
@@ -173,6 +222,27 @@ class KiviValueStore final : public KiviStoreBase {
     mins_.append(n).copy_(mins);
   }
 
+ public:
+  // Fused value read: per-token groups straight from the codes, then the exact window.
+  void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
+                  int64_t stride, float* out) const override {
+    const int64_t quantized = codes_.size(), mid = std::clamp(quantized, t0, t1);
+    if (mid > t0) {
+      const int64_t n = (mid - t0) * (head_dim_ / group_);
+      float* s = scratch(static_cast<size_t>(2 * n));
+      scales_.rows_as_float(head, t0, mid, s);
+      mins_.rows_as_float(head, t0, mid, s + n);
+      simd::codes_weighted_sum(
+          {codes_.row<uint8_t>(head, t0), s, s + n, bits_, 0, group_, head_dim_}, mid - t0, p, rows,
+          stride, out);
+    }
+    if (t1 > mid) {
+      simd::rows_weighted_sum(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid,
+                              head_dim_, p + (mid - t0), rows, stride, out);
+    }
+  }
+
+ private:
   void decode(int64_t h, int64_t t, float* out) const override {
     const uint8_t* codes = codes_.row<uint8_t>(h, t);
     const int64_t groups = head_dim_ / group_;

@@ -36,6 +36,13 @@ MethodInfo identity_method(const std::string& name, const std::string& dtype) {
           {}};
 }
 
+ParamSpec query_int8_param() {
+  return ParamSpec::boolean("query_int8", true,
+                            "fused cpu attention: integer key dot products against the query "
+                            "quantized to int8 blocks of 32 once per step (needs group a multiple "
+                            "of 32); false: the exact fp32 path");
+}
+
 ParamSpec group_param() {
   return ParamSpec::integer("group", 32, "channels per quantization group (divides head_dim)")
       .one_of({8, 16, 32, 64, 128});
@@ -361,19 +368,21 @@ std::vector<MethodInfo> build_catalog() {
       {"int8",
        "q8_0: symmetric per-token blocks along head_dim, d = amax/127, 8-bit codes + fp16 scale "
        "(8.5 bits per value at group 32), every token kept",
-       {group_param()},
+       {group_param(), query_int8_param()},
        [](const json& p, at::ScalarType) {
-         return std::make_shared<BlockQuantCodec>(8, true, p["group"].get<int64_t>());
+         return std::make_shared<BlockQuantCodec>(8, true, p["group"].get<int64_t>(),
+                                                  p["query_int8"].get<bool>());
        },
        {}},
       {"int4",
        "q4_1: asymmetric per-token blocks, d = (max-min)/15, 4-bit codes + fp16 scale and min "
        "(5 bits per value at group 32); symmetric: q4_0 (4.5 bits); every token kept",
        {group_param(),
-        ParamSpec::boolean("symmetric", false, "q4_0 rule (scale only) instead of q4_1")},
+        ParamSpec::boolean("symmetric", false, "q4_0 rule (scale only) instead of q4_1"),
+        query_int8_param()},
        [](const json& p, at::ScalarType) {
-         return std::make_shared<BlockQuantCodec>(4, p["symmetric"].get<bool>(),
-                                                  p["group"].get<int64_t>());
+         return std::make_shared<BlockQuantCodec>(
+             4, p["symmetric"].get<bool>(), p["group"].get<int64_t>(), p["query_int8"].get<bool>());
        },
        {}},
       kivi_method(2),
@@ -396,9 +405,10 @@ std::vector<MethodInfo> build_catalog() {
       {"int2",
        "asymmetric per-token blocks, d = (max-min)/3, 2-bit codes + fp16 scale and min "
        "(3 bits per value at group 32), every token kept",
-       {group_param()},
+       {group_param(), query_int8_param()},
        [](const json& p, at::ScalarType) {
-         return std::make_shared<BlockQuantCodec>(2, false, p["group"].get<int64_t>());
+         return std::make_shared<BlockQuantCodec>(2, false, p["group"].get<int64_t>(),
+                                                  p["query_int8"].get<bool>());
        },
        {}},
       gear_method("gear",

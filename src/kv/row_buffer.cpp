@@ -48,13 +48,18 @@ at::Tensor RowBuffer::rows() const {
 }
 
 void RowBuffer::row_as_float(int64_t h, int64_t t, float* out) const {
+  rows_as_float(h, t, t + 1, out);
+}
+
+void RowBuffer::rows_as_float(int64_t h, int64_t t0, int64_t t1, float* out) const {
+  const int64_t n = (t1 - t0) * width_;  // the rows of one head are contiguous
   switch (dtype_) {
     case at::kHalf:
-      return simd::to_float(row<at::Half>(h, t), out, width_);
+      return simd::to_float(row<at::Half>(h, t0), out, n);
     case at::kBFloat16:
-      return simd::to_float(row<at::BFloat16>(h, t), out, width_);
+      return simd::to_float(row<at::BFloat16>(h, t0), out, n);
     default:
-      return simd::to_float(row<float>(h, t), out, width_);
+      return simd::to_float(row<float>(h, t0), out, n);
   }
 }
 

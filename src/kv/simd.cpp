@@ -208,7 +208,8 @@ KVB_CLONES float exp_shift_sum(float* x, int64_t n, float shift) {
     // split of ln 2), exp(r) by its degree-6 Taylor polynomial; below -87 the result is 0.
     float v = x[i] - shift;
     v = v < -87.0f ? -87.0f : v;
-    const float k = __builtin_roundf(v * 1.44269504088896341f);
+    // round to nearest by the 1.5 * 2^23 trick (|v / ln 2| < 126): vectorises, unlike roundf
+    const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
     float p = 1.0f / 720;
     p = p * r + 1.0f / 120;

@@ -102,4 +102,9 @@ void TokenStore::accumulate(int64_t head, const float* p, int64_t rows, int64_t 
   }
 }
 
+void TokenStore::dot_quantized(int64_t, const simd::Q8Rows&, int64_t, int64_t, int64_t, float*,
+                               int64_t) const {
+  throw Error("this storage format has no integer key kernel (quantized_query() is false)");
+}
+
 }  // namespace kvbench

@@ -13,6 +13,7 @@
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
 #include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/fused_kernels.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/quest_policy.h"
 #include "kvbench/model/model_config.h"
@@ -395,6 +396,7 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
                  {"best_fraction_of_copy_bandwidth_beyond_llc",
                   best_fraction ? json(*best_fraction) : json(nullptr)},
                  {"threads", ctx.env.threads},
+                 {"kernel_isa", simd::kernel_isa()},
                  {"contexts", contexts},
                  {"points", contexts.size() * kv_heads.size()}};
   return out;

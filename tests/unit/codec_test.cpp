@@ -39,6 +39,20 @@ at::Tensor kv_like(int64_t heads, int64_t tokens, int64_t dim, uint64_t seed) {
   return x;
 }
 
+// q ([heads, 1, dim]) as the integer key kernels read it: int8 blocks of 32, d * c.
+at::Tensor int8_rounded(const at::Tensor& q) {
+  at::Tensor x = q.contiguous();
+  const int64_t rows = x.size(0), dim = x.size(2), blocks = dim / simd::kQ8Block;
+  std::vector<int8_t> codes(static_cast<size_t>(rows * dim));
+  std::vector<float> scales(static_cast<size_t>(rows * blocks)), dsums(scales.size());
+  simd::quantize_q8(x.data_ptr<float>(), rows, dim, codes.data(), scales.data(), dsums.data());
+  at::Tensor out = at::empty_like(x);
+  for (int64_t i = 0; i < rows * dim; ++i) {
+    out.data_ptr<float>()[i] = scales[i / simd::kQ8Block] * codes[i];
+  }
+  return out;
+}
+
 class EveryMethod : public ::testing::TestWithParam<std::string> {
  protected:
   std::shared_ptr<const Codec> codec() const {
@@ -97,11 +111,32 @@ TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
         at::Tensor q = at::randn({2 * group, 1, dim}, at::detail::createCPUGenerator(9));
         const double scale = 1 / std::sqrt(double(dim));
         at::Tensor fused = cpu_decode_attention(q, *keys, *values, 2, scale);
-        at::Tensor ref =
-            block_attention_reference(q, keys->dequantize(), values->dequantize(), scale);
+        // Formats with integer key kernels score against the int8-rounded query: the
+        // reference gets that query, so only summation order differs (the rounding itself is
+        // bounded in FusedKernels.IntegerKeyScoresWithinTheQueryRoundingBound and below).
+        const at::Tensor kd = keys->dequantize(), vd = values->dequantize();
+        const at::Tensor q_read = keys->quantized_query() ? int8_rounded(q) : q;
+        at::Tensor ref = block_attention_reference(q_read, kd, vd, scale);
         const double rel = ((fused - ref).norm() / ref.norm()).item<double>();
         EXPECT_LT(rel, c->fused_tolerance())
             << GetParam() << " dim " << dim << " group " << group << " tokens " << tokens;
+        if (keys->quantized_query()) {
+          // Against the float query: each score moves by at most
+          // eps_t = scale * sum_b (d_qb / 2) sum_{i in b} |k_ti|, so every probability by a
+          // factor within exp(+-2 max eps), and the output by at most
+          // (exp(2 max eps) - 1) * max_t |v_t| (per component).
+          at::Tensor exact = block_attention_reference(q, kd, vd, scale);
+          at::Tensor half_step = (q - int8_rounded(q)).abs();  // <= d_qb / 2, per element
+          half_step = std::get<0>(half_step.view({2 * group, dim / 32, 32}).max(2));
+          for (int64_t h = 0; h < 2 * group; ++h) {
+            at::Tensor kb = kd[h / group].abs().view({tokens, dim / 32, 32}).sum(2);
+            const double eps = scale * at::mv(kb, half_step[h]).max().item<double>();
+            const double vmax = vd[h / group].abs().max().item<double>();
+            const double bound = (std::exp(2 * eps) - 1) * vmax + 1e-4 * vmax;
+            EXPECT_LE((fused[h] - exact[h]).abs().max().item<double>(), bound)
+                << GetParam() << " head " << h << " tokens " << tokens;
+          }
+        }
       }
     }
   }

@@ -8,6 +8,10 @@
 //                            x^ = q d + min
 // Codes are computed against the stored (fp16-rounded) scale and min, so the reconstruction
 // error bound refers to what is actually stored.
+// query_int8: the fused attention scores keys with integer dot products against the query
+// quantized to int8 blocks of 32 once per step (llama.cpp's q8 x q4), when group is a multiple
+// of 32; otherwise (and when false) it reads keys through the exact fp32 path. Values are
+// always accumulated straight from the codes.
 #pragma once
 
 #include "kvbench/kv/codec.h"
@@ -16,7 +20,7 @@ namespace kvbench {
 
 class BlockQuantCodec final : public Codec {
  public:
-  BlockQuantCodec(int bits, bool symmetric, int64_t group);
+  BlockQuantCodec(int bits, bool symmetric, int64_t group, bool query_int8 = true);
   std::string name() const override;
   nlohmann::json params() const override;
   std::unique_ptr<TokenStore> make_key_store(int64_t kv_heads, int64_t head_dim) const override;
@@ -24,11 +28,13 @@ class BlockQuantCodec final : public Codec {
   StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const override;
   at::Tensor max_error(const at::Tensor& row, bool is_key, double store_amax) const override;
   bool can_drop_tokens() const override { return true; }
+  bool query_int8() const { return query_int8_; }
 
  private:
   int bits_;
   bool symmetric_;
   int64_t group_;
+  bool query_int8_;
 };
 
 }  // namespace kvbench

@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvbench/kv/fused_kernels.h"
+
 namespace kvbench {
 
 // Bytes of K/V state: codes (payload) and everything that describes them (scales, mins,
@@ -76,6 +78,14 @@ class TokenStore {
   // Fused value read: out[r * head_dim + d] += sum_t p[r * stride + (t - t0)] * V[head, t, d].
   virtual void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
                           int64_t stride, float* out) const;
+  // Integer key read, for formats that score against a query quantized to int8 blocks
+  // (simd::quantize_q8) once per decode step: when quantized_query() is true the fused
+  // attention calls dot_quantized() instead of dot(), with `q` pointing at the head's first
+  // query row. The scores then differ from dot()'s by the query's rounding only:
+  // |delta| <= sum_b (d_qb / 2) sum_{i in b} |k_i| (see docs/methods.md).
+  virtual bool quantized_query() const { return false; }
+  virtual void dot_quantized(int64_t head, const simd::Q8Rows& q, int64_t rows, int64_t t0,
+                             int64_t t1, float* scores, int64_t stride) const;
 
   // Bytes held for the `size()` stored tokens, measured from the tensors' element sizes
   // (capacity reserved for future tokens is not counted).

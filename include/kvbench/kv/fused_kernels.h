@@ -1,0 +1,72 @@
+// Inner kernels of the fused CPU decode attention that read stored formats in registers, with
+// no fp32 staging buffer: fp16/bf16/fp32 rows converted inside the dot products, and blockwise
+// integer codes (q8_0, q4_0, q4_1, q2_1, KIVI's per-token values) read straight from the codes.
+// Key scores of integer formats can run as integer dot products against a query quantized once
+// per step to int8 blocks of 32 (llama.cpp's q8 x q4 scheme):
+//   q . k = sum_b dq_b (dk_b sum_i cq_i ck_i + off_b sum_i cq_i),  off = min - zero * dk
+// which changes the numerics by the query's rounding only (see quantize_q8). Every kernel has a
+// portable version and AVX2 (and AVX-512 VNNI) clones picked at run time. Kernels know nothing
+// of libtorch: raw pointers, strides and counts.
+#pragma once
+
+#include <cstdint>
+
+namespace kvbench::simd {
+
+// Query rows quantized for integer dot products: per row, blocks of kQ8Block values as int8
+// codes c = round(x / d) in [-127, 127] with d = amax / 127 (fp32), so |x - d c| <= d / 2.
+constexpr int64_t kQ8Block = 32;
+struct Q8Rows {
+  const int8_t* codes;  // [rows, n]
+  const float* scales;  // [rows, n / kQ8Block]: d
+  const float* dsums;   // [rows, n / kQ8Block]: d * sum of the block's codes
+};
+// x: [rows, n] fp32, n a multiple of kQ8Block; writes codes, scales and dsums as Q8Rows says.
+void quantize_q8(const float* x, int64_t rows, int64_t n, int8_t* codes, float* scales,
+                 float* dsums);
+
+// `len` consecutive token rows of blockwise codes: row t's `n` codes of `bits` bits (8, 4, 2;
+// packed low bits first) at codes + t * n * bits / 8; value_i = (c_i - zero) * d_g + m_g for
+// group g = i / group, with d and m given as fp32 [len, n / group] (m may be null: 0).
+struct CodeRows {
+  const uint8_t* codes;
+  const float* d;
+  const float* m;
+  int bits, zero;
+  int64_t group, n;
+};
+
+// Integer key scores: scores[r * stride + t] = sum_b dq_rb (d_tb sum_i cq_ri c_ti + off_tb
+// sum_i cq_ri) for r < rows, t < len; needs group % kQ8Block == 0. The integer sums are exact;
+// only the fp32 combination of the block terms rounds.
+void q8_scores(const CodeRows& k, int64_t len, const Q8Rows& q, int64_t rows, float* scores,
+               int64_t stride);
+// Value accumulation from the codes: out[r * n + i] += sum_t p[r * stride + t] * value_ti for
+// r < rows (the dequantized values are formed in registers only).
+void codes_weighted_sum(const CodeRows& v, int64_t len, const float* p, int64_t rows,
+                        int64_t stride, float* out);
+// Float scores from the codes (no query quantization): scores[r * stride + t] =
+// sum_i q[r * n + i] * value_ti. For formats whose scales fold into the query (KIVI's
+// per-channel keys pass d = null, zero = 0 and fold the scale into q and the min into a
+// constant the caller adds).
+void codes_scores(const CodeRows& k, int64_t len, const float* q, int64_t rows, float* scores,
+                  int64_t stride);
+
+// Float rows of a stored dtype (fp16, bf16 as uint16_t bit patterns, or fp32), `len` rows of
+// `n` values, read with the conversion in registers:
+//   scores[r * stride + t] = sum_i q[r * n + i] * k[t * n + i]
+//   out[r * n + i] += sum_t p[r * stride + t] * v[t * n + i]
+enum class RowType { kFloat16, kBFloat16, kFloat32 };
+void rows_scores(RowType type, const void* k, int64_t len, int64_t n, const float* q, int64_t rows,
+                 float* scores, int64_t stride);
+void rows_weighted_sum(RowType type, const void* v, int64_t len, int64_t n, const float* p,
+                       int64_t rows, int64_t stride, float* out);
+
+// The instruction set the kernels run with: "avx512-vnni", "avx2" or "portable". The
+// environment variable KVBENCH_SIMD=avx2|portable caps it (comparisons, tests of the fallback).
+const char* kernel_isa();
+// Selects the instruction set by that name for the whole process (tests run every clone the
+// CPU has); false, and no change, when the CPU lacks it.
+bool set_kernel_isa(const char* name);
+
+}  // namespace kvbench::simd

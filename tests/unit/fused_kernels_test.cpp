@@ -1,0 +1,303 @@
+// The fused CPU kernels that read stored formats in registers, against float64 loops on random
+// inputs, on every instruction set the CPU has (portable, AVX2, AVX-512 VNNI):
+//   - the int8 query quantization: |x - d c| <= d / 2 per element;
+//   - integer key scores: exactly the dequantized query's dot product with the dequantized key
+//     (up to fp32 rounding of the block terms), and within the derived bound of the float
+//     query's: |q.k - q^.k| <= sum_b (d_qb / 2) sum_{i in b} |k_i|;
+//   - values accumulated from the codes, and fp16/bf16/fp32 rows read with the conversion in
+//     registers, against float64 sums.
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "kvbench/attention/cpu_attention.h"
+#include "kvbench/kv/block_quant_codec.h"
+#include "kvbench/kv/fused_kernels.h"
+#include "kvbench/kv/identity_codec.h"
+#include "kvbench/kv/kivi_codec.h"
+
+namespace kvbench {
+namespace {
+
+// Random values with a per-channel offset and an outlier channel (never all zero).
+at::Tensor kv_like(int64_t heads, int64_t tokens, int64_t dim, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  at::Tensor x = at::randn({heads, tokens, dim}, gen, at::kFloat);
+  x += at::randn({heads, 1, dim}, gen, at::kFloat) * 2;
+  x.select(2, 3).mul_(8);
+  return x;
+}
+
+// Every instruction set this CPU runs; restores the best one when done.
+std::vector<std::string> isas() {
+  std::vector<std::string> out;
+  for (const char* name : {"portable", "avx2", "avx512-vnni"}) {
+    if (simd::set_kernel_isa(name)) out.push_back(name);
+  }
+  simd::set_kernel_isa("best");
+  return out;
+}
+struct IsaScope {
+  explicit IsaScope(const std::string& name) { EXPECT_TRUE(simd::set_kernel_isa(name.c_str())); }
+  ~IsaScope() { simd::set_kernel_isa("best"); }
+};
+
+struct Q8 {
+  std::vector<int8_t> codes;
+  std::vector<float> scales, dsums;
+  at::Tensor dequantized;  // [rows, n] float64: d * c
+};
+Q8 quantize(const at::Tensor& q) {  // q: [rows, n] fp32
+  const int64_t rows = q.size(0), n = q.size(1), blocks = n / simd::kQ8Block;
+  Q8 out{std::vector<int8_t>(static_cast<size_t>(rows * n)),
+         std::vector<float>(static_cast<size_t>(rows * blocks)),
+         std::vector<float>(static_cast<size_t>(rows * blocks)), at::Tensor()};
+  at::Tensor qc = q.contiguous();
+  simd::quantize_q8(qc.data_ptr<float>(), rows, n, out.codes.data(), out.scales.data(),
+                    out.dsums.data());
+  out.dequantized = at::empty({rows, n}, at::kDouble);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; ++i) {
+      out.dequantized[r][i] =
+          static_cast<double>(out.scales[r * blocks + i / simd::kQ8Block]) * out.codes[r * n + i];
+    }
+  }
+  return out;
+}
+
+TEST(FusedKernels, QueryQuantizationWithinHalfAStep) {
+  at::Tensor q = at::randn({5, 128}, at::detail::createCPUGenerator(1)) * 3;
+  q[2].narrow(0, 32, 32).zero_();  // an all-zero block: scale 0, codes 0
+  const Q8 q8 = quantize(q);
+  for (int64_t r = 0; r < 5; ++r) {
+    for (int64_t b = 0; b < 4; ++b) {
+      const double d = q8.scales[r * 4 + b];
+      EXPECT_NEAR(d, q[r].narrow(0, b * 32, 32).abs().max().item<double>() / 127, 1e-7 * d);
+      int64_t sum = 0;
+      for (int64_t i = b * 32; i < (b + 1) * 32; ++i) {
+        const int c = q8.codes[r * 128 + i];
+        ASSERT_LE(std::abs(c), 127);
+        sum += c;
+        // half a step, plus the rounding of x / d
+        EXPECT_LE(std::fabs(q[r][i].item<double>() - d * c), d / 2 * (1 + 1e-6)) << r << " " << i;
+      }
+      EXPECT_NEAR(q8.dsums[r * 4 + b], d * sum, 1e-6 * d * std::abs(sum) + 1e-30);
+    }
+  }
+}
+
+struct BlockFormat {
+  int bits;
+  bool symmetric;
+  int64_t group;
+};
+const BlockFormat kFormats[] = {{8, true, 32},  {4, true, 32},  {4, false, 32},
+                                {2, false, 32}, {4, false, 64}, {8, true, 128}};
+
+TEST(FusedKernels, IntegerKeyScoresWithinTheQueryRoundingBound) {
+  for (const std::string& isa : isas()) {
+    IsaScope scope(isa);
+    for (const BlockFormat& f : kFormats) {
+      for (int64_t dim : {64, 128}) {
+        if (dim % f.group) continue;
+        BlockQuantCodec codec(f.bits, f.symmetric, f.group, true);
+        auto keys = codec.make_key_store(2, dim);
+        keys->append(kv_like(2, 45, dim, 11));
+        ASSERT_TRUE(keys->quantized_query());
+        const at::Tensor k = keys->dequantize().to(at::kDouble);  // [2, 45, dim]
+        for (int64_t rows : {1, 3, 4, 5}) {
+          at::Tensor q = at::randn({rows, dim}, at::detail::createCPUGenerator(rows)) * 2;
+          const Q8 q8 = quantize(q);
+          const simd::Q8Rows qr{q8.codes.data(), q8.scales.data(), q8.dsums.data()};
+          for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, 45}, {3, 20}, {44, 45}}) {
+            const int64_t len = t1 - t0, stride = len + 3;
+            std::vector<float> scores(static_cast<size_t>(rows * stride), -1.0f);
+            keys->dot_quantized(1, qr, rows, t0, t1, scores.data(), stride);
+            at::Tensor kk = k[1].narrow(0, t0, len);               // [len, dim]
+            at::Tensor exact = at::mm(q.to(at::kDouble), kk.t());  // float query
+            at::Tensor rounded = at::mm(q8.dequantized, kk.t());   // the int8 query
+            at::Tensor magnitude = at::mm(q.to(at::kDouble).abs(), kk.abs().t());
+            for (int64_t r = 0; r < rows; ++r) {
+              for (int64_t t = 0; t < len; ++t) {
+                const double got = scores[r * stride + t];
+                // fp32 rounding of the block terms (the integer sums are exact)
+                const double slack = 1e-5 * magnitude[r][t].item<double>() + 1e-6;
+                EXPECT_NEAR(got, rounded[r][t].item<double>(), slack)
+                    << isa << " bits " << f.bits << " group " << f.group << " dim " << dim;
+                double bound = slack;
+                for (int64_t b = 0; b < dim / simd::kQ8Block; ++b) {
+                  bound += q8.scales[r * (dim / simd::kQ8Block) + b] / 2 *
+                           kk[t]
+                               .narrow(0, b * simd::kQ8Block, simd::kQ8Block)
+                               .abs()
+                               .sum()
+                               .item<double>();
+                }
+                EXPECT_LE(std::fabs(got - exact[r][t].item<double>()), bound)
+                    << isa << " bits " << f.bits << " group " << f.group << " dim " << dim;
+              }
+              // padding between rows is left alone
+              for (int64_t t = len; t < stride; ++t) ASSERT_EQ(scores[r * stride + t], -1.0f);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Values from the codes (block formats and KIVI's per-token values) and float rows, against
+// float64 sums of the dequantized values, within fp32 rounding of the terms the kernel sums:
+// for codes, (c - zero) d and the min separately, each at most 3 max_i |v_ti| in magnitude
+// (asymmetric: |m| <= max |v|, |c d| = |v - m|; q8_0: (255 + 128) / 127 amax; q4_0: 23 / 8 amax).
+void expect_accumulate_matches(const TokenStore& store, const std::string& what,
+                               bool codes = true) {
+  const int64_t dim = store.head_dim(), tokens = store.size();
+  const at::Tensor v = store.dequantize().to(at::kDouble);
+  for (int64_t rows : {1, 2, 4, 5}) {
+    at::Tensor p = at::rand({rows, tokens}, at::detail::createCPUGenerator(rows + 7));
+    for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, tokens}, {5, tokens - 2}}) {
+      const int64_t len = t1 - t0, stride = tokens;
+      at::Tensor pc = p.contiguous();
+      at::Tensor init = at::randn({rows, dim}, at::detail::createCPUGenerator(3));
+      at::Tensor out = init.clone();
+      store.accumulate(0, pc.data_ptr<float>() + t0, rows, t0, t1, stride, out.data_ptr<float>());
+      at::Tensor want = init.to(at::kDouble) +
+                        at::mm(p.narrow(1, t0, len).to(at::kDouble), v[0].narrow(0, t0, len));
+      at::Tensor vv = v[0].narrow(0, t0, len).abs();
+      if (codes) vv = std::get<0>(vv.max(1, true)).expand_as(vv) * 3;
+      at::Tensor magnitude =
+          init.to(at::kDouble).abs() + at::mm(p.narrow(1, t0, len).to(at::kDouble), vv);
+      at::Tensor excess = (out.to(at::kDouble) - want).abs() - magnitude * 1e-5;
+      EXPECT_LE(excess.max().item<double>(), 0.0)
+          << what << " rows " << rows << " [" << t0 << ", " << t1 << ")";
+    }
+  }
+}
+
+void expect_dot_matches(const TokenStore& store, const std::string& what) {
+  const int64_t dim = store.head_dim(), tokens = store.size();
+  const at::Tensor k = store.dequantize().to(at::kDouble);
+  for (int64_t rows : {1, 2, 3, 4, 8}) {
+    at::Tensor q = at::randn({rows, dim}, at::detail::createCPUGenerator(rows + 1)).contiguous();
+    std::vector<float> scores(static_cast<size_t>(rows * tokens));
+    store.dot(0, q.data_ptr<float>(), rows, 1, tokens, scores.data(), tokens);
+    at::Tensor want = at::mm(q.to(at::kDouble), k[0].narrow(0, 1, tokens - 1).t());
+    at::Tensor magnitude = at::mm(q.to(at::kDouble).abs(), k[0].narrow(0, 1, tokens - 1).abs().t());
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t t = 0; t < tokens - 1; ++t) {
+        EXPECT_NEAR(scores[r * tokens + t], want[r][t].item<double>(),
+                    1e-5 * magnitude[r][t].item<double>() + 1e-6)
+            << what << " rows " << rows << " token " << t;
+      }
+    }
+  }
+}
+
+TEST(FusedKernels, ValuesFromTheCodesMatchFloat64) {
+  for (const std::string& isa : isas()) {
+    IsaScope scope(isa);
+    for (const BlockFormat& f : kFormats) {
+      BlockQuantCodec codec(f.bits, f.symmetric, f.group);
+      auto values = codec.make_value_store(1, 128);
+      values->append(kv_like(1, 77, 128, 21));
+      expect_accumulate_matches(*values, isa + " block bits " + std::to_string(f.bits));
+    }
+    for (int bits : {2, 4}) {  // 300 tokens: 172 quantized values, the last 128 exact
+      KiviCodec codec(bits, 32, 128, at::kHalf);
+      auto values = codec.make_value_store(1, 128);
+      values->append(kv_like(1, 300, 128, 22));
+      expect_accumulate_matches(*values, isa + " kivi values bits " + std::to_string(bits));
+      auto keys = codec.make_key_store(1, 128);
+      keys->append(kv_like(1, 300, 128, 23));
+      expect_dot_matches(*keys, isa + " kivi keys bits " + std::to_string(bits));
+    }
+  }
+}
+
+TEST(FusedKernels, FloatRowsConvertedInRegistersMatchFloat64) {
+  for (const std::string& isa : isas()) {
+    IsaScope scope(isa);
+    for (at::ScalarType dtype : {at::kHalf, at::kBFloat16, at::kFloat}) {
+      for (int64_t dim : {64, 128}) {
+        IdentityCodec codec(dtype);
+        auto store = codec.make_key_store(1, dim);
+        store->append(kv_like(1, 70, dim, 31));
+        const std::string what = isa + " " + std::string(c10::toString(dtype));
+        expect_dot_matches(*store, what);
+        expect_accumulate_matches(*store, what, false);
+      }
+    }
+  }
+}
+
+// The exact fp32 path stays available: with query_int8 off the store scores through dot().
+TEST(FusedKernels, QueryInt8OffKeepsTheExactKeyPath) {
+  BlockQuantCodec off(4, false, 32, false), small_group(4, false, 16, true);
+  EXPECT_FALSE(off.make_key_store(1, 64)->quantized_query());
+  EXPECT_FALSE(small_group.make_key_store(1, 64)->quantized_query());  // group below 32
+  EXPECT_EQ(off.params()["query_int8"], false);
+  for (const std::string& isa : isas()) {
+    IsaScope scope(isa);
+    auto keys = off.make_key_store(1, 128);
+    keys->append(kv_like(1, 40, 128, 41));
+    expect_dot_matches(*keys, isa + " q4_1 exact");
+  }
+}
+
+// Not a test: CPU seconds of one fused decode step per format at 32k tokens on one thread,
+// which a loaded machine's time slicing distorts less than wall time. Run with
+// --gtest_also_run_disabled_tests --gtest_filter='*SpeedProbe*'.
+TEST(FusedKernels, DISABLED_SpeedProbe) {
+  const char* env = std::getenv("KVBENCH_PROBE_TOKENS");  // e.g. 2048: in cache
+  const int64_t heads = 8, tokens = env ? std::atoll(env) : 32768, dim = 128, group = 4;
+  at::set_num_threads(1);
+  struct Case {
+    std::string name;
+    std::shared_ptr<const Codec> codec;
+  };
+  std::vector<Case> cases = {
+      {"fp16", std::make_shared<IdentityCodec>(at::kHalf)},
+      {"q8_0", std::make_shared<BlockQuantCodec>(8, true, 32)},
+      {"q4_1", std::make_shared<BlockQuantCodec>(4, false, 32)},
+      {"q4_1 exact keys", std::make_shared<BlockQuantCodec>(4, false, 32, false)},
+      {"kivi-4", std::make_shared<KiviCodec>(4, 32, 128, at::kHalf)},
+      {"kivi-2", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf)}};
+  at::Tensor q = at::randn({heads * group, 1, dim}, at::detail::createCPUGenerator(1));
+  const char* only = std::getenv("KVBENCH_PROBE_CASE");  // one case by name
+  for (const Case& c : cases) {
+    if (only && c.name != only) continue;
+    auto keys = c.codec->make_key_store(heads, dim), values = c.codec->make_value_store(heads, dim);
+    for (int64_t t = 0; t < tokens; t += 4096) {
+      const int64_t n = std::min<int64_t>(4096, tokens - t);
+      keys->append(at::randn({heads, n, dim}, at::detail::createCPUGenerator(t + 2)));
+      values->append(at::randn({heads, n, dim}, at::detail::createCPUGenerator(t + 3)));
+    }
+    std::vector<double> cpu;
+    for (int i = 0; i < (tokens < 8192 ? 103 : 13); ++i) {
+      timespec a{}, b{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+      at::Tensor out = cpu_decode_attention(q, *keys, *values, heads, 0.088);
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+      if (i >= 3) cpu.push_back((b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) * 1e-6);
+    }
+    std::sort(cpu.begin(), cpu.end());
+    const StorageBytes bytes = [&] {
+      StorageBytes s = keys->bytes();
+      s += values->bytes();
+      return s;
+    }();
+    std::printf("%-16s %s  %8.2f ms cpu (median of 10)  %7.1f MiB\n", c.name.c_str(),
+                simd::kernel_isa(), cpu[cpu.size() / 2], bytes.total() / 1048576.0);
+  }
+}
+
+}  // namespace
+}  // namespace kvbench
