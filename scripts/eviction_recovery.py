@@ -10,6 +10,7 @@ failures B solves. Also the accuracy of each method by needle depth (the sample 
 import argparse
 import collections
 import json
+import re
 
 
 def label(method, b):
@@ -21,7 +22,8 @@ def label(method, b):
 
 
 def variants(m, b):
-    return sorted(k for k in m if k == b or k.startswith(b + " ("))
+    natural = lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]
+    return sorted((k for k in m if k == b or k.startswith(b + " (")), key=natural)
 
 
 def main():
