@@ -269,6 +269,18 @@ void codes_weighted_sum(const CodeRows& v, int64_t len, const float* p, int64_t 
   codes_weighted_sum_portable(v, len, p, rows, stride, out);
 }
 
+bool value_int8_supported(const CodeRows& v) {
+  return isa() == Isa::kVnni && v.d && v.n % 64 == 0 && v.group % 32 == 0;
+}
+
+void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int64_t rows,
+                             int64_t stride, float* out) {
+#if defined(__x86_64__)
+  if (value_int8_supported(v)) return vnni::codes_weighted_sum_int8(v, len, p, rows, stride, out);
+#endif
+  codes_weighted_sum(v, len, p, rows, stride, out);
+}
+
 void codes_scores(const CodeRows& k, int64_t len, const float* q, int64_t rows, float* scores,
                   int64_t stride) {
 #if defined(__x86_64__)
