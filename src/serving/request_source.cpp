@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/jsonl.h"
 
 namespace kvbench {
 
@@ -16,28 +17,11 @@ using nlohmann::json;
 
 namespace {
 
-std::string where(const std::string& path, int line) { return path + ":" + std::to_string(line); }
-
 // Calls fn(object, "file:line") for every non-blank line; each must be a JSON object.
 template <class Fn>
 void for_each_json_line(const std::string& path, const std::string& what, Fn&& fn) {
-  std::ifstream in(path);
-  KVB_CHECK(in.good(), what, ": cannot read ", path);
-  std::string line;
-  int n = 0;
-  while (std::getline(in, line)) {
-    ++n;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    json row;
-    try {
-      row = json::parse(line);
-    } catch (const json::exception& e) {
-      throw Error(what + ": " + where(path, n) + ": not JSON (" + e.what() + ")");
-    }
-    KVB_CHECK(row.is_object(), what, ": ", where(path, n), ": expected a JSON object, got ",
-              row.type_name());
-    fn(row, where(path, n));
-  }
+  read_jsonl(
+      path, [&](const json& row, int64_t line) { fn(row, jsonl_where(path, line)); }, what);
 }
 
 int64_t positive_integer(const json& row, const char* key, const std::string& at) {

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <map>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/jsonl.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
@@ -95,25 +95,18 @@ std::vector<Prompt> load_prompts(const CellContext& ctx) {
   for (size_t i = 0; i < p["prompt_texts"].size(); ++i)
     texts.push_back({"text-" + std::to_string(i), p["prompt_texts"][i].get<std::string>(), ""});
   if (!file.empty()) {
-    std::ifstream in(file);
-    KVB_CHECK(in.good(), "output_length: cannot read prompts_file '", file, "'");
-    std::string line;
-    for (int n = 1; std::getline(in, line); ++n) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      json row;
-      try {
-        row = json::parse(line);
-      } catch (const json::exception& e) {
-        throw Error("output_length: " + file + ":" + std::to_string(n) + ": not JSON (" + e.what() +
-                    ")");
-      }
-      KVB_CHECK(row.is_object() && row.contains("prompt") && row["prompt"].is_string(),
-                "output_length: ", file, ":", n, ": expected an object with a string \"prompt\"");
-      KVB_CHECK(!row.contains("task") || row["task"].is_string(), "output_length: ", file, ":", n,
-                ": \"task\" must be a string");
-      texts.push_back({row.contains("id") ? row["id"].dump() : "line-" + std::to_string(n),
-                       row["prompt"], row.value("task", "")});
-    }
+    read_jsonl(
+        file,
+        [&](const json& row, int64_t n) {
+          const std::string at = "output_length: prompts_file: " + jsonl_where(file, n);
+          KVB_CHECK(row.contains("prompt") && row["prompt"].is_string(), at,
+                    ": expected an object with a string \"prompt\"");
+          KVB_CHECK(!row.contains("task") || row["task"].is_string(), at,
+                    ": \"task\" must be a string");
+          texts.push_back({row.contains("id") ? row["id"].dump() : "line-" + std::to_string(n),
+                           row["prompt"], row.value("task", "")});
+        },
+        "output_length: prompts_file");
     KVB_CHECK(!texts.empty(), "output_length: ", file, " holds no prompts");
   }
   const int64_t vocab = ctx.model.get().config().vocab_size;

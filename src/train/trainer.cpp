@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/jsonl.h"
 #include "kvbench/core/param_spec.h"
 #include "kvbench/core/rng.h"
 #include "kvbench/engine/generator.h"
@@ -609,14 +610,16 @@ void Trainer::run(const std::function<void(const TrainProgress&)>& on_step,
   namespace fs = std::filesystem;
   fs::create_directories(out_dir_);
   const fs::path log_path = fs::path(out_dir_) / "train_log.jsonl";
-  // Keep the log lines up to the resumed step, so a resumed run's log reads as one run.
+  // Keep the log lines up to the resumed step, so a resumed run's log reads as one run (the
+  // lines are json::dump()s, which parse and dump back to the same text).
   std::string kept;
   if (step_ > 0 && fs::exists(log_path)) {
-    std::ifstream in(log_path);
-    for (std::string line; std::getline(in, line);) {
-      if (line.empty()) continue;
-      if (json::parse(line).value("step", int64_t{0}) <= step_) kept += line + "\n";
-    }
+    read_jsonl(
+        log_path,
+        [&](const json& row, int64_t) {
+          if (row.value("step", int64_t{0}) <= step_) kept += row.dump() + "\n";
+        },
+        "train: --resume");
   }
   write_file_atomically(log_path, kept);
   std::ofstream log(log_path, std::ios::app);

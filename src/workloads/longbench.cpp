@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/jsonl.h"
 #include "kvbench/core/text.h"
 #include "kvbench/workloads/scorers.h"
 
@@ -15,8 +16,6 @@ namespace kvbench {
 using nlohmann::json;
 
 namespace {
-
-std::string where(const std::string& path, int line) { return path + ":" + std::to_string(line); }
 
 std::string string_field(const json& row, const char* key, const std::string& at) {
   KVB_CHECK(row.contains(key) && row[key].is_string(), at, ": \"", key, "\": expected a string");
@@ -38,26 +37,14 @@ std::vector<std::string> string_list(const json& row, const char* key, const std
   return out;
 }
 
-// Calls fn(row, "file:line") for every non-blank line parsed as a JSON object.
+// Calls fn(row, "file:line") for every non-blank line parsed as a JSON object; none is an error.
 template <class Fn>
 void for_each_jsonl(const std::string& path, Fn&& fn) {
-  std::ifstream in(path);
-  KVB_CHECK(in.good(), "cannot read ", path);
-  std::string line;
-  int n = 0, rows = 0;
-  while (std::getline(in, line)) {
-    ++n;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    json row;
-    try {
-      row = json::parse(line);
-    } catch (const json::exception& e) {
-      throw Error(where(path, n) + ": not JSON (" + e.what() + ")");
-    }
-    KVB_CHECK(row.is_object(), where(path, n), ": expected a JSON object");
-    fn(row, where(path, n));
+  int64_t rows = 0;
+  read_jsonl(path, [&](const json& row, int64_t line) {
+    fn(row, jsonl_where(path, line));
     ++rows;
-  }
+  });
   KVB_CHECK(rows > 0, path, ": no rows");
 }
 

@@ -15,30 +15,16 @@
 #include "kvbench/suites/runner.h"
 #include "kvbench/suites/throughput_suite.h"
 #include "kvbench/suites/workload.h"
+#include "suite_harness.h"
 
 namespace kvbench {
 namespace {
 
 using nlohmann::json;
 
-struct Harness {
-  RunSpec spec;
-  Environment env;
-  ModelProvider model;
-  NullProgress progress;
-  json method = {{"name", "full"}};
-  std::string id = "test.cell";
-
-  explicit Harness(const json& suite)
-      : spec(parse_run_spec(json{{"suites", {suite}},
-                                 {"threads", 1},
-                                 {"model", {{"preset", "tiny-qwen3"}, {"random_init", true}}}},
-                            "t")),
-        model(spec.model) {}
-  CellOutput run(Suite& s) {
-    CellContext ctx{id, spec, env, method, spec.suites[0].params, 7, progress, model};
-    return s.run(ctx);
-  }
+// The suites here run on tiny-qwen3.
+struct Harness : testing_support::Harness {
+  explicit Harness(const json& suite) : testing_support::Harness(suite, "tiny-qwen3") {}
 };
 
 TEST(LatencySuite, KeepsEverySampleAndConsistentSummaries) {

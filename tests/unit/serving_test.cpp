@@ -8,8 +8,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
+#include <utility>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
@@ -281,37 +283,54 @@ TEST(Scheduler, RejectsRequestsThatCanNeverRun) {
   EXPECT_THROW(s2.submit({2, 0, 4, 3}), Error);  // id twice
 }
 
-// Seeded random mixes over small pools: invariants after every step, every request completes
-// exactly once with its output length, first admissions in arrival order, pool empty at the end.
-TEST(Scheduler, RandomMixesCompleteExactlyOnceWithoutLeaks) {
-  Rng rng(7);
-  int64_t total_preemptions = 0;
+// What a random-mix test draws, in this order from one Rng per trial sequence, so that a test's
+// mixes stay the same: the block size, the limits, a retention budget in a third of the mixes,
+// the request count, Poisson arrivals (or all at time 0), each request's lengths, the pool size.
+struct RandomMixes {
+  uint64_t seed;          // the Rng's
+  uint64_t arrival_seed;  // the Poisson arrivals' seed is this + the trial number
+  int64_t max_requests;
+  std::function<void(Rng&, SchedulerConfig&)> limits;  // max_batch_tokens, max_running, chunking
+  std::function<std::pair<int64_t, int64_t>(Rng&, const SchedulerConfig&)>
+      lengths;  // prompt, output
+};
+
+// Runs 60 seeded random mixes over small pools (from just enough for the largest request alone
+// to a comfortable pool) and checks what every mix must hold: the executor's invariants after
+// every step (with chunking, no prefill item above the chunk size), every request completes
+// exactly once with its output length, its tokens in time order from its arrival on, each
+// (re)prefill feeds the prompt first, first admissions follow arrival order, the pool is empty
+// at the end. `check` adds the test's own checks of a mix; `preemptions` sums over the mixes.
+void run_random_mixes(
+    const RandomMixes& m,
+    const std::function<void(const ServingTrace&, const CostModelExecutor&)>& check,
+    int64_t& preemptions) {
+  Rng rng(m.seed);
   for (int trial = 0; trial < 60; ++trial) {
     const int64_t bs = 1 + static_cast<int64_t>(rng.below(8));
     SchedulerConfig cfg;
-    cfg.max_batch_tokens = 64 + static_cast<int64_t>(rng.below(64));
-    cfg.max_running = 1 + static_cast<int64_t>(rng.below(12));
+    m.limits(rng, cfg);
     if (rng.below(3) == 0) {
       cfg.retention_budget = 1 + static_cast<int64_t>(rng.below(16));
       cfg.evict_during_decode = rng.below(2) == 0;
     }
-    const int64_t n = 1 + static_cast<int64_t>(rng.below(25));
+    const int64_t n = 1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(m.max_requests)));
     std::vector<ServingRequest> reqs;
     int64_t largest = 1;
     const double rate = rng.below(2) == 0 ? 0.0 : 5.0 + static_cast<double>(rng.below(200));
-    std::vector<double> arrivals = poisson_arrivals(n, rate, 100 + trial);
+    std::vector<double> arrivals = poisson_arrivals(n, rate, m.arrival_seed + trial);
     for (int64_t i = 0; i < n; ++i) {
-      ServingRequest r{i, arrivals[static_cast<size_t>(i)], 1 + static_cast<int64_t>(rng.below(30)),
-                       1 + static_cast<int64_t>(rng.below(30))};
+      const auto [prompt, output] = m.lengths(rng, cfg);
+      ServingRequest r{i, arrivals[static_cast<size_t>(i)], prompt, output};
       largest = std::max(largest, (r.prompt_tokens + r.output_tokens - 1 + bs - 1) / bs);
       reqs.push_back(r);
     }
-    // From just enough for the largest request alone to a comfortable pool.
     BlockPool pool(largest + static_cast<int64_t>(rng.below(static_cast<uint64_t>(3 * largest))),
                    bs);
     Scheduler s(pool, cfg);
     ManualClock clock;
     CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+    if (cfg.chunked_prefill) ex.max_chunk = cfg.prefill_chunk_tokens;
     ServingTrace t = run_serving(reqs, s, ex, clock, true);
     ASSERT_EQ(static_cast<int64_t>(ex.done.size()), n) << "trial " << trial;
     EXPECT_EQ(ex.live(), 0u);
@@ -335,8 +354,26 @@ TEST(Scheduler, RandomMixesCompleteExactlyOnceWithoutLeaks) {
     std::vector<int64_t> expected(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) expected[static_cast<size_t>(i)] = i;
     EXPECT_EQ(first, expected) << "trial " << trial;
-    total_preemptions += t.preemptions;
+    check(t, ex);
+    preemptions += t.preemptions;
   }
+}
+
+// Seeded random mixes over small pools: invariants after every step, every request completes
+// exactly once with its output length, first admissions in arrival order, pool empty at the end.
+TEST(Scheduler, RandomMixesCompleteExactlyOnceWithoutLeaks) {
+  RandomMixes m{7, 100, 25,
+                [](Rng& rng, SchedulerConfig& cfg) {
+                  cfg.max_batch_tokens = 64 + static_cast<int64_t>(rng.below(64));
+                  cfg.max_running = 1 + static_cast<int64_t>(rng.below(12));
+                },
+                [](Rng& rng, const SchedulerConfig&) {
+                  const int64_t prompt = 1 + static_cast<int64_t>(rng.below(30));
+                  return std::pair{prompt, 1 + static_cast<int64_t>(rng.below(30))};
+                }};
+  int64_t total_preemptions = 0;
+  ASSERT_NO_FATAL_FAILURE(run_random_mixes(
+      m, [](const ServingTrace&, const CostModelExecutor&) {}, total_preemptions));
   // The mixes include tight pools: preemption paths ran.
   EXPECT_GT(total_preemptions, 0);
 }
@@ -464,67 +501,34 @@ TEST(ChunkedPrefill, ChunksFillTheLeftoverBudgetInFifoOrder) {
 // max_batch_tokens (checked by the executor), every request completes exactly once with its
 // output length, chunks of one prefill cover its context in order, first admissions FIFO.
 TEST(ChunkedPrefill, RandomMixesCompleteExactlyOnceWithoutLeaks) {
-  Rng rng(17);
+  RandomMixes m{
+      17, 300, 20,
+      [](Rng& rng, SchedulerConfig& cfg) {
+        cfg.max_batch_tokens = 8 + static_cast<int64_t>(rng.below(40));
+        cfg.max_running = 1 + static_cast<int64_t>(rng.below(8));
+        cfg.chunked_prefill = true;
+        cfg.prefill_chunk_tokens = 1 + static_cast<int64_t>(rng.below(20));
+      },
+      [](Rng& rng, const SchedulerConfig& cfg) {
+        const int64_t prompt =
+            1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * cfg.max_batch_tokens)));
+        return std::pair{prompt, 1 + static_cast<int64_t>(rng.below(20))};
+      }};
   int64_t total_preemptions = 0, split = 0;
-  for (int trial = 0; trial < 60; ++trial) {
-    const int64_t bs = 1 + static_cast<int64_t>(rng.below(8));
-    SchedulerConfig cfg;
-    cfg.max_batch_tokens = 8 + static_cast<int64_t>(rng.below(40));
-    cfg.max_running = 1 + static_cast<int64_t>(rng.below(8));
-    cfg.chunked_prefill = true;
-    cfg.prefill_chunk_tokens = 1 + static_cast<int64_t>(rng.below(20));
-    if (rng.below(3) == 0) {
-      cfg.retention_budget = 1 + static_cast<int64_t>(rng.below(16));
-      cfg.evict_during_decode = rng.below(2) == 0;
-    }
-    const int64_t n = 1 + static_cast<int64_t>(rng.below(20));
-    std::vector<ServingRequest> reqs;
-    int64_t largest = 1;
-    const double rate = rng.below(2) == 0 ? 0.0 : 5.0 + static_cast<double>(rng.below(200));
-    std::vector<double> arrivals = poisson_arrivals(n, rate, 300 + trial);
-    for (int64_t i = 0; i < n; ++i) {
-      ServingRequest r{
-          i, arrivals[static_cast<size_t>(i)],
-          1 + static_cast<int64_t>(rng.below(static_cast<uint64_t>(2 * cfg.max_batch_tokens))),
-          1 + static_cast<int64_t>(rng.below(20))};
-      largest = std::max(largest, (r.prompt_tokens + r.output_tokens - 1 + bs - 1) / bs);
-      reqs.push_back(r);
-    }
-    BlockPool pool(largest + static_cast<int64_t>(rng.below(static_cast<uint64_t>(3 * largest))),
-                   bs);
-    Scheduler s(pool, cfg);
-    ManualClock clock;
-    CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
-    ex.max_chunk = cfg.prefill_chunk_tokens;
-    ServingTrace t = run_serving(reqs, s, ex, clock, true);
-    ASSERT_EQ(static_cast<int64_t>(ex.done.size()), n) << "trial " << trial;
-    EXPECT_EQ(ex.live(), 0u);
-    EXPECT_EQ(pool.free_blocks(), pool.num_blocks());
-    for (const auto& r : t.requests) {
-      ASSERT_EQ(static_cast<int64_t>(r.token_times_s.size()), r.request.output_tokens);
-      EXPECT_GE(r.token_times_s.front(), r.request.arrival_s);
-      const auto& fed = ex.prefill_tokens.at(r.request.id);
-      EXPECT_EQ(static_cast<int64_t>(fed.size()), r.preemptions + 1);
-      EXPECT_EQ(fed.front(), r.request.prompt_tokens);
-      // Without preemption the chunks add up to the prompt exactly.
-      if (r.preemptions == 0) {
-        const auto& c = ex.chunks.at(r.request.id);
-        int64_t sum = 0;
-        for (int64_t x : c) sum += x;
-        EXPECT_EQ(sum, r.request.prompt_tokens);
-        split += c.size() > 1 ? 1 : 0;
-      }
-    }
-    std::vector<int64_t> first;
-    std::set<int64_t> seen;
-    for (int64_t id : s.admission_order()) {
-      if (seen.insert(id).second) first.push_back(id);
-    }
-    std::vector<int64_t> expected(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) expected[static_cast<size_t>(i)] = i;
-    EXPECT_EQ(first, expected) << "trial " << trial;
-    total_preemptions += t.preemptions;
-  }
+  ASSERT_NO_FATAL_FAILURE(run_random_mixes(
+      m,
+      [&](const ServingTrace& t, const CostModelExecutor& ex) {
+        // Without preemption the chunks add up to the prompt exactly.
+        for (const auto& r : t.requests) {
+          if (r.preemptions > 0) continue;
+          const auto& c = ex.chunks.at(r.request.id);
+          int64_t sum = 0;
+          for (int64_t x : c) sum += x;
+          EXPECT_EQ(sum, r.request.prompt_tokens);
+          split += c.size() > 1 ? 1 : 0;
+        }
+      },
+      total_preemptions));
   EXPECT_GT(total_preemptions, 0);
   EXPECT_GT(split, 0);
 }

@@ -27,6 +27,7 @@
 #include "kvbench/suites/predictor_suite.h"
 #include "kvbench/suites/run_spec.h"
 #include "kvbench/suites/throughput_suite.h"
+#include "suite_harness.h"
 
 namespace kvbench {
 namespace {
@@ -322,24 +323,9 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
   EXPECT_THROW(sequence_kv_bytes(*kc, *make_policy(kivi), c, 10, 9), Error);
 }
 
-struct Harness {
-  RunSpec spec;
-  Environment env;
-  ModelProvider model;
-  NullProgress progress;
-  json method = {{"name", "full"}};
-  std::string id = "test.cell";
-
-  explicit Harness(const json& suite)
-      : spec(parse_run_spec(json{{"suites", {suite}},
-                                 {"threads", 1},
-                                 {"model", {{"preset", "tiny-llama"}, {"random_init", true}}}},
-                            "t")),
-        model(spec.model) {}
-  CellOutput run(Suite& s) {
-    CellContext ctx{id, spec, env, method, spec.suites[0].params, 7, progress, model};
-    return s.run(ctx);
-  }
+// The suites here run on tiny-llama.
+struct Harness : testing_support::Harness {
+  explicit Harness(const json& suite) : testing_support::Harness(suite, "tiny-llama") {}
 };
 
 TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {

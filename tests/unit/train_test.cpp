@@ -3,8 +3,11 @@
 // the data recipe, recipe validation, and the shipped checkpoint solving held-out prompts.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
@@ -144,6 +147,38 @@ TEST(Train, SeededRunsAreBitIdenticalAndResumeContinuesExactly) {
   EXPECT_FALSE(at::equal(td.parameters()[1].second, tb.parameters()[1].second));
   fs::remove_all(a), fs::remove_all(b), fs::remove_all(temp_dir("d")),
       fs::remove_all(temp_dir("adam"));
+}
+
+// A resumed run keeps the log's lines up to the resumed step as they were written, so the log
+// reads as one run; a log line that is not JSON fails the resume with its file and line.
+TEST(Train, ResumeKeepsTheLogLinesUpToTheResumedStep) {
+  const TrainRecipe recipe = parse_train_recipe(tiny_recipe());
+  const fs::path dir = temp_dir("log"), log = dir / "train_log.jsonl";
+  auto log_text = [&] {
+    std::ostringstream s;
+    s << std::ifstream(log).rdbuf();
+    return s.str();
+  };
+  Trainer(recipe, dir.string(), false).run(nullptr, nullptr, /*until=*/2);
+  const std::string before = log_text();
+  ASSERT_NE(before.find("\"step\":2"), std::string::npos) << before;
+  Trainer(recipe, dir.string(), /*resume=*/true).run();
+  const std::string after = log_text();
+  EXPECT_EQ(after.substr(0, before.size()), before);
+  EXPECT_NE(after.find("\"step\":4", before.size()), std::string::npos) << after;
+
+  std::ofstream(log, std::ios::app) << "\n{\"step\": \n";
+  const int64_t bad_line = std::count(after.begin(), after.end(), '\n') + 2;
+  try {
+    Trainer(recipe, dir.string(), /*resume=*/true).run();
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(
+        std::string(e.what()).find(log.string() + ":" + std::to_string(bad_line) + ": not JSON"),
+        std::string::npos)
+        << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 TEST(Train, ResumeRejectsAnotherRecipe) {
