@@ -267,6 +267,16 @@ class CliTest(CliCase):
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertIn("valid, 1 cell(s)", res.stdout)
 
+    def test_every_shipped_run_config_validates(self):
+        # The configs the README and docs tell users to run must not rot as keys change;
+        # train-*.json are training recipes (ShippedModel.IsTheRecipesModelAndLoads reads one).
+        configs = sorted(p for p in (ROOT / "configs").glob("*.json")
+                         if not p.name.startswith("train-"))
+        self.assertGreater(len(configs), 5)
+        for path in configs:
+            res = kvbench("validate", "--config", str(path))
+            self.assertEqual(res.returncode, 0, f"{path.name}: {res.stdout}{res.stderr}")
+
 
 
 class ReportCompareCliTest(CliCase):

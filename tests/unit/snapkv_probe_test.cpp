@@ -1,8 +1,9 @@
 // A measurement, not a test (DISABLED_, run with --gtest_also_run_disabled_tests): why does
 // SnapKV keep or lose the needle in the shipped retrieval model? For held-out passkey prompts it
-// prints, per layer and KV head, the best rank of the needle's key digits in SnapKV's scores,
-// and it generates with eviction variants that isolate the cause: SnapKV in some layers only,
-// and an oracle that keeps the needle sentence plus the recent window at the same budget.
+// prints, per layer and KV head, the best rank of the needle's key digits in SnapKV's scores
+// and in every decode step's attention (where the layer really looks), and it generates with
+// eviction variants that isolate the cause: SnapKV in some layers only, and an oracle that keeps
+// the needle sentence plus the recent window at the same budget.
 //   KVBENCH_PROBE_MODEL=dir (default: the shipped model), KVBENCH_PROBE_SAMPLES=n (default 10)
 #include <gtest/gtest.h>
 
@@ -79,6 +80,31 @@ class CapturePolicy final : public RetentionPolicy {
 
  private:
   int64_t window_;
+};
+
+// Records, at every decode step, each layer's attention of the new query over the held tokens
+// (mean over each KV head's query group); drops the least-attended token to stay within the
+// prompt's length (TOVA's rule: the smallest change a decode-time policy can make).
+class DecodeCapturePolicy final : public RetentionPolicy {
+ public:
+  explicit DecodeCapturePolicy(int64_t prompt) : prompt_(prompt) {}
+  std::string name() const override { return "decode-capture"; }
+  json params() const override { return json::object(); }
+  RetentionNeeds needs() const override { return RetentionNeeds::kLastQueryScores; }
+  EvictionTiming timing() const override { return EvictionTiming::kDecode; }
+  int64_t budget(const RetentionInput&) const override { return prompt_; }
+  at::Tensor select(const RetentionInput& in) const override {
+    steps.push_back({in.layer, in.positions.clone(), in.current.clone()});
+    return top_tokens(in.current, prompt_);
+  }
+  struct Step {
+    int64_t layer;
+    at::Tensor positions, attention;  // [kv_heads, held]
+  };
+  mutable std::vector<Step> steps;
+
+ private:
+  int64_t prompt_;
 };
 
 int64_t env_int(const char* name, int64_t fallback) {
@@ -175,6 +201,26 @@ TEST(SnapKvProbe, DISABLED_NeedleRanksAndLayerVariants) {
                     static_cast<long long>(best), static_cast<long long>(kept), needle.size(),
                     top.c_str());
       }
+    }
+    // Where each layer looks while the key is generated: the best rank of the key's digits in
+    // the new query's attention at each of the first key.size() decode steps.
+    auto decode = std::make_shared<DecodeCapturePolicy>(static_cast<int64_t>(ids.size()));
+    run(model, tok, ids, decode);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      std::string line;
+      for (const auto& st : decode->steps) {
+        if (st.layer != l) continue;
+        for (int64_t h = 0; h < c.num_kv_heads; ++h) {
+          const at::Tensor order = st.attention[h].argsort(0, /*descending=*/true);
+          const at::Tensor pos = st.positions[h].index_select(0, order);
+          int64_t best = -1;
+          for (int64_t r = 0; r < pos.size(0) && best < 0; ++r)
+            for (int64_t p : needle) best = pos[r].item<int64_t>() == p ? r : best;
+          line += std::to_string(best) + (h + 1 < c.num_kv_heads ? "/" : " ");
+        }
+      }
+      std::printf("  decode L%lld: key-digit rank per step (kv heads /): %s\n",
+                  static_cast<long long>(l), line.c_str());
     }
     for (size_t v = 0; v < variants.size(); ++v) {
       const auto& var = variants[v];
