@@ -21,6 +21,7 @@ struct Format {
   int64_t group, head_dim;
   int zero() const { return symmetric ? (bits == 8 ? 128 : 8) : 0; }
   bool query_int8;  // score keys with integer dot products against an int8 query
+  bool value_int8;  // accumulate values against int8 weights p d (per 32-token tile)
   int64_t code_bytes() const { return head_dim * bits / 8; }
   int64_t groups() const { return head_dim / group; }
 };
@@ -134,7 +135,11 @@ class BlockQuantStore final : public TokenStore {
   // Values straight from the codes: the dequantized values exist in registers only.
   void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
                   int64_t stride, float* out) const override {
-    simd::codes_weighted_sum(code_rows(head, t0, t1), t1 - t0, p, rows, stride, out);
+    if (f_.value_int8) {
+      simd::codes_weighted_sum_int8(code_rows(head, t0, t1), t1 - t0, p, rows, stride, out);
+    } else {
+      simd::codes_weighted_sum(code_rows(head, t0, t1), t1 - t0, p, rows, stride, out);
+    }
   }
 
   // The integer key kernel needs whole int8 query blocks inside each scale group.
@@ -174,8 +179,13 @@ class BlockQuantStore final : public TokenStore {
 
 }  // namespace
 
-BlockQuantCodec::BlockQuantCodec(int bits, bool symmetric, int64_t group, bool query_int8)
-    : bits_(bits), symmetric_(symmetric), group_(group), query_int8_(query_int8) {
+BlockQuantCodec::BlockQuantCodec(int bits, bool symmetric, int64_t group, bool query_int8,
+                                 bool value_int8)
+    : bits_(bits),
+      symmetric_(symmetric),
+      group_(group),
+      query_int8_(query_int8),
+      value_int8_(value_int8) {
   KVB_CHECK(bits == 2 || bits == 4 || bits == 8, "block quantization: bits must be 2, 4 or 8");
   KVB_CHECK(!(symmetric && bits == 2), "block quantization: 2-bit codes are asymmetric only");
   KVB_CHECK(group >= 4 && group % 4 == 0, "block quantization: group must be a multiple of 4");
@@ -191,15 +201,16 @@ nlohmann::json BlockQuantCodec::params() const {
           {"symmetric", symmetric_},
           {"group", group_},
           {"scale_dtype", "float16"},
-          {"query_int8", query_int8_}};
+          {"query_int8", query_int8_},
+          {"value_int8", value_int8_}};
 }
 
 std::unique_ptr<TokenStore> BlockQuantCodec::make_key_store(int64_t kv_heads,
                                                             int64_t head_dim) const {
   KVB_CHECK(head_dim % group_ == 0, "block quantization: group ", group_,
             " does not divide head_dim ", head_dim);
-  return std::make_unique<BlockQuantStore>(Format{bits_, symmetric_, group_, head_dim, query_int8_},
-                                           kv_heads);
+  return std::make_unique<BlockQuantStore>(
+      Format{bits_, symmetric_, group_, head_dim, query_int8_, value_int8_}, kv_heads);
 }
 
 std::unique_ptr<TokenStore> BlockQuantCodec::make_value_store(int64_t kv_heads,

@@ -160,11 +160,16 @@ namespace kvbench::simd::avx2 {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")
+// GCC 12's AVX-512 intrinsics (_mm512_cvtph_ps, the casts) start from an "undefined" register
+// and trip -Wmaybe-uninitialized once inlined; a known false positive.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace kvbench::simd::vnni {
 #define KVB_VNNI 1
 #include "fused_kernels_x86.inc"
 #undef KVB_VNNI
 }  // namespace kvbench::simd::vnni
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 
@@ -227,6 +232,9 @@ const char* kernel_isa() {
 
 void quantize_q8(const float* x, int64_t rows, int64_t n, int8_t* codes, float* scales,
                  float* dsums) {
+#if defined(__x86_64__)
+  if (isa() == Isa::kVnni) return vnni::quantize_q8(x, rows, n, codes, scales, dsums);
+#endif
   const int64_t blocks = n / kQ8Block;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t b = 0; b < blocks; ++b) {
@@ -267,6 +275,18 @@ void codes_weighted_sum(const CodeRows& v, int64_t len, const float* p, int64_t 
   }
 #endif
   codes_weighted_sum_portable(v, len, p, rows, stride, out);
+}
+
+bool value_int8_supported(const CodeRows& v) {
+  return isa() == Isa::kVnni && v.d && v.n % 64 == 0 && v.group % 32 == 0;
+}
+
+void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int64_t rows,
+                             int64_t stride, float* out) {
+#if defined(__x86_64__)
+  if (value_int8_supported(v)) return vnni::codes_weighted_sum_int8(v, len, p, rows, stride, out);
+#endif
+  codes_weighted_sum(v, len, p, rows, stride, out);
 }
 
 void codes_scores(const CodeRows& k, int64_t len, const float* q, int64_t rows, float* scores,

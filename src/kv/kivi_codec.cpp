@@ -103,8 +103,11 @@ class KiviKeyStore final : public KiviStoreBase {
     return ++counter;
   }
   KiviKeyStore(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
-               int64_t head_dim)
-      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim), id_(next_id()) {}
+               int64_t head_dim, bool query_int8)
+      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim),
+        id_(next_id()),
+        query_int8_(query_int8 && head_dim % simd::kQ8Block == 0),
+        ones_(static_cast<size_t>(group), 1.0f) {}
 
   void append(const at::Tensor& x) override {
     push_window(x.to(at::kFloat));
@@ -132,7 +135,9 @@ class KiviKeyStore final : public KiviStoreBase {
  public:
   // Fused key read on the codes: within a token group every channel c has one scale s_c and
   // min m_c, so q . k_t = sum_c (q_c s_c) code_tc + sum_c q_c m_c: the scaled query is formed
-  // once per group and the codes are read in registers; the exact window as fp32 rows.
+  // once per group and the codes are read in registers; the exact window as fp32 rows. With
+  // query_int8 the scaled query is quantized to int8 blocks of 32 (simd::quantize_q8) and the
+  // codes scored with integer dot products (simd::q8_scores with unit token scales).
   void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
            int64_t stride) const override {
     const int64_t quantized = codes_.size(), mid = std::clamp(quantized, t0, t1), n = head_dim_;
@@ -153,8 +158,20 @@ class KiviKeyStore final : public KiviStoreBase {
         }
         shift[r] = c;
       }
-      simd::codes_scores({codes_.row<uint8_t>(head, a), nullptr, nullptr, bits_, 0, n, n}, b - a,
-                         qs, rows, scores + (a - t0), stride);
+      if (query_int8_) {
+        thread_local std::vector<int8_t> codes;
+        thread_local std::vector<float> scales;
+        codes.resize(static_cast<size_t>(rows * n));
+        scales.resize(static_cast<size_t>(2 * rows * n / simd::kQ8Block));
+        float* dsums = scales.data() + rows * n / simd::kQ8Block;
+        simd::quantize_q8(qs, rows, n, codes.data(), scales.data(), dsums);
+        simd::q8_scores({codes_.row<uint8_t>(head, a), ones_.data(), nullptr, bits_, 0, n, n},
+                        b - a, {codes.data(), scales.data(), dsums}, rows, scores + (a - t0),
+                        stride);
+      } else {
+        simd::codes_scores({codes_.row<uint8_t>(head, a), nullptr, nullptr, bits_, 0, n, n}, b - a,
+                           qs, rows, scores + (a - t0), stride);
+      }
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t t = a; t < b; ++t) scores[r * stride + (t - t0)] += shift[r];
       }
@@ -192,14 +209,17 @@ class KiviKeyStore final : public KiviStoreBase {
   }
 
   const uint64_t id_;
+  const bool query_int8_;
+  const std::vector<float> ones_;  // unit token scales for q8_scores, one per token of a group
 };
 
 // Values: a sliding exact window of R tokens; older tokens per token in groups of G channels.
 class KiviValueStore final : public KiviStoreBase {
  public:
   KiviValueStore(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
-                 int64_t head_dim)
-      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim / group) {}
+                 int64_t head_dim, bool value_int8)
+      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim / group),
+        value_int8_(value_int8) {}
 
   void append(const at::Tensor& x) override {
     push_window(x.to(at::kFloat));
@@ -232,9 +252,12 @@ class KiviValueStore final : public KiviStoreBase {
       float* s = scratch(static_cast<size_t>(2 * n));
       scales_.rows_as_float(head, t0, mid, s);
       mins_.rows_as_float(head, t0, mid, s + n);
-      simd::codes_weighted_sum(
-          {codes_.row<uint8_t>(head, t0), s, s + n, bits_, 0, group_, head_dim_}, mid - t0, p, rows,
-          stride, out);
+      const simd::CodeRows v{codes_.row<uint8_t>(head, t0), s, s + n, bits_, 0, group_, head_dim_};
+      if (value_int8_) {
+        simd::codes_weighted_sum_int8(v, mid - t0, p, rows, stride, out);
+      } else {
+        simd::codes_weighted_sum(v, mid - t0, p, rows, stride, out);
+      }
     }
     if (t1 > mid) {
       simd::rows_weighted_sum(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid,
@@ -253,12 +276,20 @@ class KiviValueStore final : public KiviStoreBase {
     mins_.row_as_float(h, t, m.data());
     minmax::dequantize_per_token(codes, s.data(), m.data(), head_dim_, group_, bits_, out);
   }
+
+  const bool value_int8_;
 };
 
 }  // namespace
 
-KiviCodec::KiviCodec(int bits, int64_t group, int64_t residual, at::ScalarType model_dtype)
-    : bits_(bits), group_(group), residual_(residual), dtype_(model_dtype) {
+KiviCodec::KiviCodec(int bits, int64_t group, int64_t residual, at::ScalarType model_dtype,
+                     bool query_int8, bool value_int8)
+    : bits_(bits),
+      group_(group),
+      residual_(residual),
+      dtype_(model_dtype),
+      query_int8_(query_int8),
+      value_int8_(value_int8) {
   KVB_CHECK(bits == 2 || bits == 4, "kivi: bits must be 2 or 4");
   KVB_CHECK(group > 0 && residual >= group && residual % group == 0, "kivi: residual (", residual,
             ") must be a positive multiple of group (", group, ")");
@@ -268,16 +299,20 @@ nlohmann::json KiviCodec::params() const {
   return {{"bits", bits_},
           {"group", group_},
           {"residual", residual_},
-          {"scale_dtype", dtype_name(dtype_)}};
+          {"scale_dtype", dtype_name(dtype_)},
+          {"query_int8", query_int8_},
+          {"value_int8", value_int8_}};
 }
 
 std::unique_ptr<TokenStore> KiviCodec::make_key_store(int64_t kv_heads, int64_t head_dim) const {
-  return std::make_unique<KiviKeyStore>(bits_, group_, residual_, dtype_, kv_heads, head_dim);
+  return std::make_unique<KiviKeyStore>(bits_, group_, residual_, dtype_, kv_heads, head_dim,
+                                        query_int8_);
 }
 
 std::unique_ptr<TokenStore> KiviCodec::make_value_store(int64_t kv_heads, int64_t head_dim) const {
   KVB_CHECK(head_dim % group_ == 0, "kivi: group ", group_, " does not divide head_dim ", head_dim);
-  return std::make_unique<KiviValueStore>(bits_, group_, residual_, dtype_, kv_heads, head_dim);
+  return std::make_unique<KiviValueStore>(bits_, group_, residual_, dtype_, kv_heads, head_dim,
+                                          value_int8_);
 }
 
 StorageBytes KiviCodec::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const {

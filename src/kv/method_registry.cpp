@@ -43,6 +43,15 @@ ParamSpec query_int8_param() {
                             "of 32); false: the exact fp32 path");
 }
 
+// Values against int8 weights: on by default where its bound is small beside the codes' own
+// rounding (4- and 2-bit codes); off for 8-bit codes, whose half step it can exceed.
+ParamSpec value_int8_param(bool on) {
+  return ParamSpec::boolean("value_int8", on,
+                            "fused cpu attention: accumulate values against the weights p*scale "
+                            "quantized to int8 per 32-token tile (vpdpbusd; AVX-512 VNNI, group a "
+                            "multiple of 32, head_dim of 64); false: exact fp32 weights");
+}
+
 ParamSpec group_param() {
   return ParamSpec::integer("group", 32, "channels per quantization group (divides head_dim)")
       .one_of({8, 16, 32, 64, 128});
@@ -56,10 +65,17 @@ MethodInfo kivi_method(int bits) {
           {ParamSpec::integer("group", 32, "G: tokens per key group, channels per value group")
                .one_of({8, 16, 32, 64, 128}),
            ParamSpec::integer("residual", 128, "R: full-precision tokens (a multiple of group)")
-               .range(8, 1 << 20)},
+               .range(8, 1 << 20),
+           ParamSpec::boolean("query_int8", false,
+                              "fused cpu attention: per key group the query times the channel "
+                              "scales, quantized to int8 blocks of 32, scored with integer dot "
+                              "products on the codes (head_dim a multiple of 32); off by default: "
+                              "measured slower than the fp32 path (docs/perf-notes.md)"),
+           value_int8_param(true)},
           [bits](const json& p, at::ScalarType dtype) {
-            return std::make_shared<KiviCodec>(bits, p["group"].get<int64_t>(),
-                                               p["residual"].get<int64_t>(), dtype);
+            return std::make_shared<KiviCodec>(
+                bits, p["group"].get<int64_t>(), p["residual"].get<int64_t>(), dtype,
+                p["query_int8"].get<bool>(), p["value_int8"].get<bool>());
           },
           {}};
 }
@@ -368,10 +384,11 @@ std::vector<MethodInfo> build_catalog() {
       {"int8",
        "q8_0: symmetric per-token blocks along head_dim, d = amax/127, 8-bit codes + fp16 scale "
        "(8.5 bits per value at group 32), every token kept",
-       {group_param(), query_int8_param()},
+       {group_param(), query_int8_param(), value_int8_param(false)},
        [](const json& p, at::ScalarType) {
          return std::make_shared<BlockQuantCodec>(8, true, p["group"].get<int64_t>(),
-                                                  p["query_int8"].get<bool>());
+                                                  p["query_int8"].get<bool>(),
+                                                  p["value_int8"].get<bool>());
        },
        {}},
       {"int4",
@@ -379,10 +396,11 @@ std::vector<MethodInfo> build_catalog() {
        "(5 bits per value at group 32); symmetric: q4_0 (4.5 bits); every token kept",
        {group_param(),
         ParamSpec::boolean("symmetric", false, "q4_0 rule (scale only) instead of q4_1"),
-        query_int8_param()},
+        query_int8_param(), value_int8_param(true)},
        [](const json& p, at::ScalarType) {
          return std::make_shared<BlockQuantCodec>(
-             4, p["symmetric"].get<bool>(), p["group"].get<int64_t>(), p["query_int8"].get<bool>());
+             4, p["symmetric"].get<bool>(), p["group"].get<int64_t>(), p["query_int8"].get<bool>(),
+             p["value_int8"].get<bool>());
        },
        {}},
       kivi_method(2),
@@ -405,10 +423,11 @@ std::vector<MethodInfo> build_catalog() {
       {"int2",
        "asymmetric per-token blocks, d = (max-min)/3, 2-bit codes + fp16 scale and min "
        "(3 bits per value at group 32), every token kept",
-       {group_param(), query_int8_param()},
+       {group_param(), query_int8_param(), value_int8_param(true)},
        [](const json& p, at::ScalarType) {
          return std::make_shared<BlockQuantCodec>(2, false, p["group"].get<int64_t>(),
-                                                  p["query_int8"].get<bool>());
+                                                  p["query_int8"].get<bool>(),
+                                                  p["value_int8"].get<bool>());
        },
        {}},
       gear_method("gear",

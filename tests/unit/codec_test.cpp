@@ -99,9 +99,19 @@ TEST_P(EveryMethod, MeasuredBytesEqualTheFormula) {
   EXPECT_GT(measured.total(), 0u);
 }
 
+// Methods with int8 value weights (value_int8 on) are checked twice: their exact-weight path
+// against the reference as below, and the int8 path against the exact one within the bound of
+// simd::codes_weighted_sum_int8 restated with the input's group extremes: per output component
+//   |delta_ri| <= (32 / 254) 2.01 sum_T max_{t in T} P_rt amax_{t, g(i)}
+// over aligned 32-token tiles T of quantized values (P: the attention probabilities; |d| c <=
+// 2.01 amax for every code, see FusedKernels.StoresWithInt8ValueWeightsWithinTheBound).
 TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
+  json method = defaults(GetParam());
+  const bool int8_values = method.value("value_int8", false);
+  if (int8_values) method["value_int8"] = false;
   for (int64_t dim : {64, 128}) {
-    auto c = ready(codec(), 1, 2, dim);
+    auto c = ready(make_codec(method, at::kBFloat16), 1, 2, dim);
+    auto c8 = int8_values ? ready(codec(), 1, 2, dim) : nullptr;
     for (int64_t group : {1, 4}) {
       for (int64_t tokens : {1, 37, 1100}) {  // 1100 spans three 512-token chunks
         auto keys = c->make_layer_key_store(0, 2, dim),
@@ -120,6 +130,40 @@ TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
         const double rel = ((fused - ref).norm() / ref.norm()).item<double>();
         EXPECT_LT(rel, c->fused_tolerance())
             << GetParam() << " dim " << dim << " group " << group << " tokens " << tokens;
+        if (c8) {
+          auto keys8 = c8->make_layer_key_store(0, 2, dim),
+               values8 = c8->make_layer_value_store(0, 2, dim);
+          keys8->append(kv_like(2, tokens, dim, 7));
+          const at::Tensor v_in = kv_like(2, tokens, dim, 8);
+          values8->append(v_in);
+          const at::Tensor fused8 = cpu_decode_attention(q, *keys8, *values8, 2, scale);
+          const int64_t vgroup = method["group"].get<int64_t>();
+          const int64_t quantized =
+              method.contains("residual")
+                  ? std::max<int64_t>(0, tokens - method["residual"].get<int64_t>())
+                  : tokens;
+          for (int64_t h = 0; h < 2 * group; ++h) {
+            const at::Tensor p = at::softmax(
+                at::mv(kd[h / group].to(at::kDouble), q_read[h][0].to(at::kDouble)) * scale, 0);
+            const at::Tensor amax = v_in[h / group]
+                                        .abs()
+                                        .to(at::kDouble)
+                                        .view({tokens, dim / vgroup, vgroup})
+                                        .amax(2);  // [tokens, groups]
+            at::Tensor bound = at::zeros({dim / vgroup}, at::kDouble);
+            for (int64_t a = 0; a < quantized; a += simd::kValueTile) {
+              const int64_t b = std::min(quantized, a + simd::kValueTile);
+              at::Tensor prod = p.narrow(0, a, b - a).unsqueeze(1) * amax.narrow(0, a, b - a);
+              bound += std::get<0>(prod.max(0));
+            }
+            bound = bound.repeat_interleave(vgroup) * (32.0 / 254.0 * 2.01 * 1.01) +
+                    1e-5 * vd[h / group].abs().max().item<double>();
+            const at::Tensor excess = (fused8[h][0] - fused[h][0]).abs().to(at::kDouble) - bound;
+            EXPECT_LE(excess.max().item<double>(), 0.0)
+                << GetParam() << " int8 values, dim " << dim << " group " << group << " tokens "
+                << tokens << " head " << h;
+          }
+        }
         if (keys->quantized_query()) {
           // Against the float query: each score moves by at most
           // eps_t = scale * sum_b (d_qb / 2) sum_{i in b} |k_ti|, so every probability by a

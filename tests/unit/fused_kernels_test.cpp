@@ -5,7 +5,12 @@
 //     (up to fp32 rounding of the block terms), and within the derived bound of the float
 //     query's: |q.k - q^.k| <= sum_b (d_qb / 2) sum_{i in b} |k_i|;
 //   - values accumulated from the codes, and fp16/bf16/fp32 rows read with the conversion in
-//     registers, against float64 sums.
+//     registers, against float64 sums;
+//   - values against int8 weights (value_int8): within the derived bound
+//     |delta_ri| <= sum_tiles (s / 2) sum_{t in tile} c_ti, s = max_{t in tile} |p_rt d_tg| / 127,
+//     on synthetic codes and through the block and KIVI value stores;
+//   - KIVI keys scored against the scaled query quantized to int8 (query_int8): within
+//     sum_b (d'_b / 2) sum_{i in b} c_ti, d'_b = max_{i in b} |q_i s_i| / 127.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
@@ -14,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -238,6 +244,221 @@ TEST(FusedKernels, FloatRowsConvertedInRegistersMatchFloat64) {
   }
 }
 
+// Values against int8 weights, on synthetic codes with every code width, signed and unsigned
+// scales, with and without mins, against float64 sums of the exact terms: within
+//   sum over tiles of 32 tokens (from the call's first) of (s / 2) sum_t c_ti,
+//   s = max_t |p_rt d_tg| / 127,
+// plus fp32 rounding of the terms. Where the integer path does not run (no AVX-512 VNNI) the
+// call is the exact kernel, which the same bound covers.
+TEST(FusedKernels, IntegerValueWeightsWithinTheirBound) {
+  struct Case {
+    int bits, zero;
+    int64_t group, n;
+    bool mins, signed_scales;
+  };
+  const Case cases[] = {{8, 128, 32, 128, false, false}, {4, 8, 32, 128, false, true},
+                        {4, 0, 32, 128, true, false},    {2, 0, 32, 128, true, false},
+                        {4, 0, 64, 128, true, false},    {8, 128, 128, 128, false, false},
+                        {2, 0, 32, 64, true, false},     {4, 0, 32, 64, true, true}};
+  bool ran_int8 = false;
+  for (const std::string& isa : isas()) {
+    IsaScope scope(isa);
+    for (const Case& c : cases) {
+      const int64_t tokens = 77, n = c.n, groups = n / c.group, row_bytes = n * c.bits / 8;
+      std::mt19937 rng(static_cast<uint32_t>(c.bits * 100 + c.group + n));
+      std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+      std::vector<uint8_t> codes(static_cast<size_t>(tokens * row_bytes));
+      for (auto& b : codes) b = static_cast<uint8_t>(rng());
+      std::vector<float> d(static_cast<size_t>(tokens * groups)), m(d.size());
+      for (size_t i = 0; i < d.size(); ++i) {
+        d[i] = (0.01f + unit(rng)) * (c.signed_scales && rng() % 2 ? -1.0f : 1.0f);
+        m[i] = unit(rng) * 4 - 2;
+      }
+      d[5] = 0;  // a constant group
+      auto code = [&](int64_t t, int64_t i) {
+        const uint8_t* row = codes.data() + t * row_bytes;
+        if (c.bits == 8) return static_cast<int>(row[i]);
+        if (c.bits == 4) return (row[i / 2] >> (i % 2 * 4)) & 0xF;
+        return (row[i / 4] >> (i % 4 * 2)) & 0x3;
+      };
+      for (int64_t rows : {1, 2, 3, 4, 5}) {
+        const int64_t stride = tokens + 3;
+        std::vector<float> p(static_cast<size_t>(rows * stride));
+        for (auto& x : p) x = unit(rng) < 0.1f ? 0.0f : unit(rng);
+        for (auto [t0, t1] :
+             {std::pair<int64_t, int64_t>{0, tokens}, {5, 75}, {40, 41}, {10, 42}}) {
+          const int64_t len = t1 - t0;
+          const simd::CodeRows v{codes.data() + t0 * row_bytes,
+                                 d.data() + t0 * groups,
+                                 c.mins ? m.data() + t0 * groups : nullptr,
+                                 c.bits,
+                                 c.zero,
+                                 c.group,
+                                 n};
+          ran_int8 |= simd::value_int8_supported(v);
+          std::vector<float> out(static_cast<size_t>(rows * n));
+          for (auto& x : out) x = unit(rng) - 0.5f;
+          const std::vector<float> init = out;
+          simd::codes_weighted_sum_int8(v, len, p.data() + t0, rows, stride, out.data());
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t i = 0; i < n; ++i) {
+              const int64_t g = i / c.group;
+              double want = init[r * n + i], magnitude = std::fabs(init[r * n + i]), bound = 0;
+              for (int64_t a = t0; a < t1; a += simd::kValueTile) {
+                const int64_t b = std::min(t1, a + simd::kValueTile);
+                double s = 0, codes_sum = 0;
+                for (int64_t t = a; t < b; ++t) {
+                  const double pt = p[r * stride + t], dt = d[t * groups + g];
+                  const double mt = c.mins ? m[t * groups + g] : 0.0;
+                  const double term = (code(t, i) - c.zero) * dt + mt;
+                  want += pt * term;
+                  magnitude += pt * (std::fabs((code(t, i) - c.zero) * dt) + std::fabs(mt) +
+                                     std::fabs(c.zero * dt));
+                  s = std::max(s, std::fabs(pt * dt) / 127);
+                  codes_sum += code(t, i);
+                }
+                bound += s / 2 * codes_sum;
+              }
+              const double got = out[r * n + i];
+              ASSERT_LE(std::fabs(got - want), bound * (1 + 1e-5) + 1e-5 * magnitude + 1e-6)
+                  << isa << " bits " << c.bits << " group " << c.group << " n " << n << " rows "
+                  << rows << " [" << t0 << ", " << t1 << ") r " << r << " i " << i;
+            }
+          }
+        }
+      }
+    }
+  }
+  // The bound is not vacuous: the integer path ran where the CPU has it.
+  if (simd::set_kernel_isa("avx512-vnni")) EXPECT_TRUE(ran_int8);
+  simd::set_kernel_isa("best");
+}
+
+// Per-group absolute maximum of the input rows: x [1, tokens, dim] -> [tokens, dim / group].
+at::Tensor group_amax(const at::Tensor& x, int64_t group) {
+  return x[0].abs().view({x.size(1), x.size(2) / group, group}).amax(2).to(at::kDouble);
+}
+
+// Through the stores: block formats and KIVI values with value_int8 against float64 sums of
+// what they store, within the bound above restated with what the test knows: |d_tg| c_ti <=
+// 2.01 amax_tg for every format (asymmetric: d qmax <= (max - min)(1 + 2^-10); q8_0:
+// 255 / 127 amax; q4_0: 15 / 8 amax), so (s / 2) sum_t c_ti <= (32 / 254) max_t p_t 2.01 amax_tg.
+TEST(FusedKernels, StoresWithInt8ValueWeightsWithinTheBound) {
+  for (const std::string& isa : isas()) {
+    IsaScope scope(isa);
+    struct Store {
+      std::string name;
+      std::unique_ptr<TokenStore> store;
+      int64_t group, first_exact;  // values at or past first_exact are stored exactly
+    };
+    std::vector<Store> stores;
+    const at::Tensor x = kv_like(1, 300, 128, 51);
+    for (const BlockFormat& f : kFormats) {
+      BlockQuantCodec codec(f.bits, f.symmetric, f.group, true, true);
+      EXPECT_EQ(codec.params()["value_int8"], true);
+      stores.push_back(
+          {"block bits " + std::to_string(f.bits) + " group " + std::to_string(f.group),
+           codec.make_value_store(1, 128), f.group, 300});
+    }
+    for (int bits : {2, 4}) {
+      KiviCodec codec(bits, 32, 128, at::kHalf, true, true);
+      stores.push_back(
+          {"kivi bits " + std::to_string(bits), codec.make_value_store(1, 128), 32, 300 - 128});
+    }
+    for (Store& s : stores) {
+      s.store->append(x);
+      const at::Tensor v = s.store->dequantize().to(at::kDouble)[0];
+      const at::Tensor amax = group_amax(x, s.group);
+      for (int64_t rows : {1, 4, 5}) {
+        at::Tensor p = at::rand({rows, 300}, at::detail::createCPUGenerator(rows + 70));
+        for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, 300}, {7, 200}}) {
+          const int64_t len = t1 - t0;
+          at::Tensor out = at::zeros({rows, 128}, at::kFloat);
+          s.store->accumulate(0, p.data_ptr<float>() + t0, rows, t0, t1, 300,
+                              out.data_ptr<float>());
+          const at::Tensor pd = p.narrow(1, t0, len).to(at::kDouble);
+          const at::Tensor want = at::mm(pd, v.narrow(0, t0, len));
+          const at::Tensor magnitude = at::mm(pd, v.narrow(0, t0, len).abs()) * 3;
+          at::Tensor bound = at::zeros({rows, 128 / s.group}, at::kDouble);
+          // quantized tokens only, in tiles of 32 from t0
+          const int64_t mid = std::min(t1, std::max(t0, s.first_exact));
+          for (int64_t a = t0; a < mid; a += simd::kValueTile) {
+            const int64_t b = std::min(mid, a + simd::kValueTile);
+            // max over the tile of p_t 2.01 amax_tg, per row and group
+            at::Tensor prod = pd.narrow(1, a - t0, b - a).unsqueeze(2) *
+                              amax.narrow(0, a, b - a).unsqueeze(0) * 2.01;
+            bound += std::get<0>(prod.max(1)) * (32.0 / 254.0);
+          }
+          const at::Tensor tol = bound.repeat_interleave(s.group, 1) + magnitude * 1e-5 + 1e-6;
+          const at::Tensor excess = (out.to(at::kDouble) - want).abs() - tol;
+          EXPECT_LE(excess.max().item<double>(), 0.0)
+              << isa << " " << s.name << " rows " << rows << " [" << t0 << ", " << t1 << ")";
+        }
+      }
+    }
+  }
+}
+
+// KIVI keys scored against q' = q s quantized to int8 blocks of 32, per key group: against
+// float64 dot products of the stored keys, within sum_b (d'_b / 2) sum_{i in b} c_ti with
+// d'_b = max_{i in b} |q_i s_i| / 127, c_ti <= 2^b - 1 and s_i (2^b - 1) <= (range_gi +
+// 2^-10 amax_gi)(1 + 2^-10) for the token group's range and amax of channel i:
+//   |delta| <= sum_b (32 / 254) max_{i in b} |q_i| max_{i in b} (range_gi + 2^-10 amax_gi) 1.001
+TEST(FusedKernels, KiviIntegerKeyScoresWithinTheQueryRoundingBound) {
+  for (const std::string& isa : isas()) {
+    IsaScope scope(isa);
+    for (int bits : {2, 4}) {
+      KiviCodec on(bits, 32, 128, at::kHalf, true, false);
+      auto keys = on.make_key_store(1, 128);
+      const at::Tensor x = kv_like(1, 300, 128, 61);  // 256 quantized keys, 44 exact
+      keys->append(x);
+      const at::Tensor k = keys->dequantize().to(at::kDouble)[0];
+      // per token group of 32 and channel: range and amax of the input
+      std::vector<double> reach(static_cast<size_t>(8 * 128));  // [group][channel]
+      for (int64_t g = 0; g < 8; ++g) {
+        const at::Tensor block = x[0].narrow(0, g * 32, 32).to(at::kDouble);
+        const at::Tensor range = std::get<0>(block.max(0)) - std::get<0>(block.min(0));
+        const at::Tensor amax = block.abs().amax(0);
+        for (int64_t i = 0; i < 128; ++i) {
+          reach[g * 128 + i] =
+              (range[i].item<double>() + amax[i].item<double>() * 0x1.0p-10) * 1.001;
+        }
+      }
+      for (int64_t rows : {1, 4, 5}) {
+        at::Tensor q = at::randn({rows, 128}, at::detail::createCPUGenerator(rows + 90)) * 2;
+        for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, 300}, {40, 270}}) {
+          const int64_t len = t1 - t0;
+          std::vector<float> scores(static_cast<size_t>(rows * len));
+          keys->dot(0, q.data_ptr<float>(), rows, t0, t1, scores.data(), len);
+          const at::Tensor qd = q.to(at::kDouble);
+          const at::Tensor want = at::mm(qd, k.narrow(0, t0, len).t());
+          const at::Tensor magnitude = at::mm(qd.abs(), k.narrow(0, t0, len).abs().t());
+          const auto qa = qd.accessor<double, 2>();
+          const auto wa = want.accessor<double, 2>();
+          const auto ma = magnitude.accessor<double, 2>();
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t t = t0; t < t1; ++t) {
+              double bound = 1e-5 * ma[r][t - t0] + 1e-5;
+              if (t < 256) {
+                for (int64_t b = 0; b < 4; ++b) {
+                  double qmax = 0, rmax = 0;
+                  for (int64_t i = b * 32; i < (b + 1) * 32; ++i) {
+                    qmax = std::max(qmax, std::fabs(qa[r][i]));
+                    rmax = std::max(rmax, reach[(t / 32) * 128 + i]);
+                  }
+                  bound += 32.0 / 254.0 * qmax * rmax;
+                }
+              }
+              ASSERT_LE(std::fabs(scores[r * len + t - t0] - wa[r][t - t0]), bound)
+                  << isa << " kivi bits " << bits << " rows " << rows << " token " << t;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // The exact fp32 path stays available: with query_int8 off the store scores through dot().
 TEST(FusedKernels, QueryInt8OffKeepsTheExactKeyPath) {
   BlockQuantCodec off(4, false, 32, false), small_group(4, false, 16, true);
@@ -266,10 +487,13 @@ TEST(FusedKernels, DISABLED_SpeedProbe) {
   std::vector<Case> cases = {
       {"fp16", std::make_shared<IdentityCodec>(at::kHalf)},
       {"q8_0", std::make_shared<BlockQuantCodec>(8, true, 32)},
-      {"q4_1", std::make_shared<BlockQuantCodec>(4, false, 32)},
-      {"q4_1 exact keys", std::make_shared<BlockQuantCodec>(4, false, 32, false)},
-      {"kivi-4", std::make_shared<KiviCodec>(4, 32, 128, at::kHalf)},
-      {"kivi-2", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf)}};
+      {"q4_1", std::make_shared<BlockQuantCodec>(4, false, 32, true, true)},
+      {"q4_1 exact values", std::make_shared<BlockQuantCodec>(4, false, 32, true, false)},
+      {"q4_1 exact keys", std::make_shared<BlockQuantCodec>(4, false, 32, false, true)},
+      {"kivi-4", std::make_shared<KiviCodec>(4, 32, 128, at::kHalf, false, true)},
+      {"kivi-2", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, false, true)},
+      {"kivi-2 int8 keys", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, true, true)},
+      {"kivi-2 exact", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, false, false)}};
   at::Tensor q = at::randn({heads * group, 1, dim}, at::detail::createCPUGenerator(1));
   const char* only = std::getenv("KVBENCH_PROBE_CASE");  // one case by name
   for (const Case& c : cases) {

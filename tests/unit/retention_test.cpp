@@ -378,7 +378,11 @@ TEST(SnapKv, ComposesWithKiviAndGearAfterThePrefill) {
 
 TEST(MethodRegistry, RetentionMethodsResolveWithTheirCodec) {
   const json a = resolve({{"name", "snapkv"}, {"budget", 2048}, {"codec", "kivi-4"}});
-  EXPECT_EQ(a["codec"], json({{"name", "kivi-4"}, {"group", 32}, {"residual", 128}}));
+  EXPECT_EQ(a["codec"], json({{"name", "kivi-4"},
+                              {"group", 32},
+                              {"residual", 128},
+                              {"query_int8", false},
+                              {"value_int8", true}}));
   EXPECT_EQ(a["window"], 32);
   EXPECT_EQ(a["kernel"], 7);
   EXPECT_EQ(a["pooling"], "max");

@@ -11,7 +11,9 @@
 // query_int8: the fused attention scores keys with integer dot products against the query
 // quantized to int8 blocks of 32 once per step (llama.cpp's q8 x q4), when group is a multiple
 // of 32; otherwise (and when false) it reads keys through the exact fp32 path. Values are
-// always accumulated straight from the codes.
+// always accumulated straight from the codes; value_int8: with int8 weights p d per 32-token
+// tile (simd::codes_weighted_sum_int8, bound in docs/methods.md) where the CPU has AVX-512
+// VNNI, group is a multiple of 32 and head_dim of 64; otherwise (and when false) exactly.
 #pragma once
 
 #include "kvbench/kv/codec.h"
@@ -20,7 +22,8 @@ namespace kvbench {
 
 class BlockQuantCodec final : public Codec {
  public:
-  BlockQuantCodec(int bits, bool symmetric, int64_t group, bool query_int8 = true);
+  BlockQuantCodec(int bits, bool symmetric, int64_t group, bool query_int8 = true,
+                  bool value_int8 = false);
   std::string name() const override;
   nlohmann::json params() const override;
   std::unique_ptr<TokenStore> make_key_store(int64_t kv_heads, int64_t head_dim) const override;
@@ -29,12 +32,13 @@ class BlockQuantCodec final : public Codec {
   at::Tensor max_error(const at::Tensor& row, bool is_key, double store_amax) const override;
   bool can_drop_tokens() const override { return true; }
   bool query_int8() const { return query_int8_; }
+  bool value_int8() const { return value_int8_; }
 
  private:
   int bits_;
   bool symmetric_;
   int64_t group_;
-  bool query_int8_;
+  bool query_int8_, value_int8_;
 };
 
 }  // namespace kvbench

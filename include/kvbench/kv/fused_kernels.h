@@ -45,6 +45,20 @@ void q8_scores(const CodeRows& k, int64_t len, const Q8Rows& q, int64_t rows, fl
 // r < rows (the dequantized values are formed in registers only).
 void codes_weighted_sum(const CodeRows& v, int64_t len, const float* p, int64_t rows,
                         int64_t stride, float* out);
+// Value accumulation with int8 weights (the `value_int8` option of the block formats and
+// KIVI): per tile of kValueTile tokens (tiles start at the call's first token), query row r and
+// scale group g, the weights w_t = p[r * stride + t] d_tg are quantized to int8,
+//   u_t = round(w_t / s), s = max_t |w_t| / 127, so |w_t - s u_t| <= s / 2,
+// and the codes are summed against them exactly in int32 (vpdpbusd over 4 tokens' codes), while
+// the offsets stay in fp32:
+//   out[r, i] += sum_tiles s sum_t u_t c_ti + sum_t p[r, t] (m_tg - zero d_tg)
+// Against codes_weighted_sum: |delta_ri| <= sum_tiles (s / 2) sum_{t in tile} c_ti (plus fp32
+// rounding); see docs/methods.md. Runs where value_int8_supported() says so; elsewhere it is
+// codes_weighted_sum (exact weights).
+constexpr int64_t kValueTile = 32;
+bool value_int8_supported(const CodeRows& v);
+void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int64_t rows,
+                             int64_t stride, float* out);
 // Float scores from the codes (no query quantization): scores[r * stride + t] =
 // sum_i q[r * n + i] * value_ti. For formats whose scales fold into the query (KIVI's
 // per-channel keys pass d = null, zero = 0 and fold the scale into q and the min into a

@@ -7,6 +7,13 @@
 //           (a sliding full-precision window).
 // s = (max - min) / (2^b - 1), q = clamp(round((x - min) / s)), x^ = q s + min; scales, mins
 // and the window are kept in the model dtype. R >= T stores everything exactly.
+// Fused cpu attention (numerics options, bounds in docs/methods.md):
+//   query_int8: per key group the channel scales fold into the query, q'_c = q_c s_c, which is
+//               quantized to int8 blocks of 32 and scored against the codes with integer dot
+//               products (head_dim a multiple of 32); false: q' stays fp32.
+//   value_int8: values accumulated against int8 weights p s per 32-token tile
+//               (simd::codes_weighted_sum_int8; AVX-512 VNNI, G a multiple of 32, head_dim of
+//               64); false or elsewhere: exactly.
 #pragma once
 
 #include "kvbench/kv/codec.h"
@@ -15,7 +22,8 @@ namespace kvbench {
 
 class KiviCodec final : public Codec {
  public:
-  KiviCodec(int bits, int64_t group, int64_t residual, at::ScalarType model_dtype);
+  KiviCodec(int bits, int64_t group, int64_t residual, at::ScalarType model_dtype,
+            bool query_int8 = false, bool value_int8 = false);
   std::string name() const override { return "kivi"; }
   nlohmann::json params() const override;
   std::unique_ptr<TokenStore> make_key_store(int64_t kv_heads, int64_t head_dim) const override;
@@ -27,6 +35,7 @@ class KiviCodec final : public Codec {
   int bits_;
   int64_t group_, residual_;
   at::ScalarType dtype_;
+  bool query_int8_, value_int8_;
 };
 
 }  // namespace kvbench
