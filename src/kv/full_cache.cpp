@@ -308,6 +308,8 @@ void CompressedKVCache::maybe_evict(Layer& layer, RetentionInput& in, const at::
       case RetentionNeeds::kLowAttentionCounts:
         in.low_counts = low_attention_counts(layer);
         break;
+      case RetentionNeeds::kQueryPages:  // Quest never evicts: it chooses pages per step
+        break;
     }
     evict(layer, select(layer, in), k, v, in.prefill);
   }
