@@ -29,6 +29,28 @@ __attribute__((target("avx2,f16c"))) void half_to_float_f16c(const at::Half* src
 const bool kHasF16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
 #endif
 
+// exp(x - shift), the polynomial both exp_shift_sum loops use for single elements:
+// exp(v) = 2^k * exp(r), k = round(v / ln 2), r = v - k ln 2 in [-ln2/2, ln2/2] (Cody-Waite
+// split of ln 2), exp(r) by its degree-6 Taylor polynomial; below -87 the result is 0.
+inline __attribute__((always_inline)) float exp_shifted(float x, float shift) {
+  float v = x - shift;
+  v = v < -87.0f ? -87.0f : v;
+  // round to nearest by the 1.5 * 2^23 trick (|v / ln 2| < 126): vectorises, unlike roundf
+  const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
+  float p = 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
 #if defined(__x86_64__)
 const bool kAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 
@@ -63,20 +85,7 @@ __attribute__((target("avx2,fma"))) float exp_shift_sum_avx2(float* x, int64_t n
   float total = 0;
   for (float l : lanes) total += l;
   for (; i < n; ++i) {
-    float v = std::max(x[i] - shift, -87.0f);
-    const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
-    float p = 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t b = (static_cast<int32_t>(k) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &b, sizeof(scale));
-    x[i] = p * scale;
+    x[i] = exp_shifted(x[i], shift);
     total += x[i];
   }
   return total;
@@ -257,24 +266,7 @@ KVB_CLONES float exp_shift_sum(float* x, int64_t n, float shift) {
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {
-    // exp(v) = 2^k * exp(r), k = round(v / ln 2), r = v - k ln 2 in [-ln2/2, ln2/2] (Cody-Waite
-    // split of ln 2), exp(r) by its degree-6 Taylor polynomial; below -87 the result is 0.
-    float v = x[i] - shift;
-    v = v < -87.0f ? -87.0f : v;
-    // round to nearest by the 1.5 * 2^23 trick (|v / ln 2| < 126): vectorises, unlike roundf
-    const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;
-    float p = 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-    float scale;
-    __builtin_memcpy(&scale, &bits, sizeof(scale));
-    const float e = p * scale;
+    const float e = exp_shifted(x[i], shift);
     x[i] = e;
     sum += e;
   }

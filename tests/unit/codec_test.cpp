@@ -21,6 +21,7 @@
 #include "kvbench/model/tiny_tokenizer.h"
 #include "kvbench/suites/preparation.h"
 #include "preparation_helpers.h"
+#include "random_kv.h"
 
 namespace kvbench {
 namespace {
@@ -30,14 +31,7 @@ using testing_support::ready;
 
 json defaults(const std::string& name) { return resolve_method({{"name", name}}, "methods[0]"); }
 
-// Random values with a per-channel offset and a few outliers, like real keys (never all zero).
-at::Tensor kv_like(int64_t heads, int64_t tokens, int64_t dim, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  at::Tensor x = at::randn({heads, tokens, dim}, gen, at::kFloat);
-  x += at::randn({heads, 1, dim}, gen, at::kFloat) * 2;
-  x.select(2, 3).mul_(8);
-  return x;
-}
+using testing_support::kv_like;
 
 // q ([heads, 1, dim]) as the integer key kernels read it: int8 blocks of 32, d * c.
 at::Tensor int8_rounded(const at::Tensor& q) {

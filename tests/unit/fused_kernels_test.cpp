@@ -28,18 +28,12 @@
 #include "kvbench/kv/fused_kernels.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
+#include "random_kv.h"
 
 namespace kvbench {
 namespace {
 
-// Random values with a per-channel offset and an outlier channel (never all zero).
-at::Tensor kv_like(int64_t heads, int64_t tokens, int64_t dim, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  at::Tensor x = at::randn({heads, tokens, dim}, gen, at::kFloat);
-  x += at::randn({heads, 1, dim}, gen, at::kFloat) * 2;
-  x.select(2, 3).mul_(8);
-  return x;
-}
+using testing_support::kv_like;
 
 // Every instruction set this CPU runs; restores the best one when done.
 std::vector<std::string> isas() {

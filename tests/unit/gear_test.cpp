@@ -10,18 +10,12 @@
 #include "kvbench/kv/kivi_codec.h"
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/kv/method_registry.h"
+#include "random_kv.h"
 
 namespace kvbench {
 namespace {
 
-// Random values with per-channel offsets and a hot channel, like real keys (never all zero).
-at::Tensor kv_like(int64_t heads, int64_t tokens, int64_t dim, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  at::Tensor x = at::randn({heads, tokens, dim}, gen, at::kFloat);
-  x += at::randn({heads, 1, dim}, gen, at::kFloat) * 2;
-  x.select(2, 3).mul_(8);
-  return x;
-}
+using testing_support::kv_like;
 
 GearParams params(int bits, double outliers, int64_t rank, int64_t buffer) {
   GearParams p;
