@@ -52,8 +52,6 @@ class ProbePolicy final : public RetentionPolicy {
     std::vector<int64_t> idx(keep.begin(), keep.end());
     return at::tensor(idx, at::kLong).expand({kv, static_cast<int64_t>(idx.size())}).contiguous();
   }
-  // The last prefill's window attention per layer (captured by a keep-all variant).
-  mutable std::vector<at::Tensor> captured;
 
  private:
   int64_t budget_, window_, kernel_;
