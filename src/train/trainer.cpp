@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -66,7 +67,11 @@ std::vector<ParamSpec> task_specs() {
               .at_least(0),
           ParamSpec::integer("max_tokens", 0,
                              "only in steps whose target is at most this (0: no limit)")
-              .at_least(0)};
+              .at_least(0),
+          ParamSpec::number("repeat_keys", 0.0,
+                            "share of samples whose digit answers are redrawn with repeated "
+                            "digits (runs and cycles), everywhere in the prompt")
+              .range(0, 1)};
 }
 
 std::vector<ParamSpec> stage_specs() {
@@ -162,7 +167,8 @@ json TrainRecipe::to_json() const {
   for (const auto& t : tasks) {
     json e = t.params;
     e["task"] = t.task, e["weight"] = t.weight, e["min_tokens"] = t.min_tokens;
-    if (t.max_tokens > 0) e["max_tokens"] = t.max_tokens;  // recipes without it read as before
+    if (t.max_tokens > 0) e["max_tokens"] = t.max_tokens;     // recipes without it read as before
+    if (t.repeat_keys > 0) e["repeat_keys"] = t.repeat_keys;  // likewise
     j["tasks"].push_back(e);
   }
   j["stages"] = json::array();
@@ -221,6 +227,7 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
     check_task(q["task"], extra, tp);
     TrainTask t{q["task"], q["weight"], q["min_tokens"], extra};
     t.max_tokens = q["max_tokens"];
+    t.repeat_keys = q["repeat_keys"];
     if (t.max_tokens > 0 && t.max_tokens < t.min_tokens)
       throw ConfigError(join_path(tp, "max_tokens"), "must be 0 or >= min_tokens");
     r.tasks.push_back(std::move(t));
@@ -280,9 +287,51 @@ std::string answer_text(const std::vector<std::string>& answers) {
   return s;
 }
 
+std::string repeat_digit_key(size_t length, bool leading_zero_allowed, Rng& rng) {
+  std::string key;
+  for (size_t i = 0; i < length; ++i) {
+    if (i > 0 && rng.below(2) == 0) {
+      const size_t back = 1 + rng.below(std::min<uint64_t>(3, i));
+      key += key[i - back];
+    } else {
+      const uint64_t lo = (i == 0 && !leading_zero_allowed) ? 1 : 0;
+      key += static_cast<char>('0' + lo + rng.below(10 - lo));
+    }
+  }
+  return key;
+}
+
+namespace {
+
+bool all_digits(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+void replace_all(std::string& text, const std::string& from, const std::string& to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+}
+
+// Redraws each digit answer until the new one occurs nowhere in the prompt (a filler needle's
+// value must not become a second copy of the answer), then substitutes it everywhere.
+void redraw_digit_answers(TaskSample& sample, Rng& rng) {
+  for (auto& answer : sample.answers) {
+    if (!all_digits(answer)) continue;
+    std::string key;
+    do {
+      key = repeat_digit_key(answer.size(), answer[0] == '0', rng);
+    } while (key == answer || sample.prompt.find(key) != std::string::npos);
+    replace_all(sample.prompt, answer, key);
+    answer = key;
+  }
+}
+
+}  // namespace
+
 TrainExample make_train_example(const std::string& task, const Tokenizer& tokenizer,
-                                const json& params) {
-  const TaskSample sample = make_task_sample(task, tokenizer, params, "train");
+                                const json& params, Rng* repeat_rng) {
+  TaskSample sample = make_task_sample(task, tokenizer, params, "train");
+  if (repeat_rng) redraw_digit_answers(sample, *repeat_rng);
   const auto prompt = tokenizer.encode(sample.prompt, true);
   const auto answer = tokenizer.encode(answer_text(sample.answers), false);
   TrainExample ex;
@@ -336,7 +385,13 @@ std::vector<TrainExample> make_train_batch(const TrainRecipe& recipe, const Toke
     bool has_depth = false;
     for (const auto& s : task_param_specs(task->task)) has_depth |= s.name == "depth";
     if (has_depth) params["depth"] = rng.uniform();
-    batch.push_back(make_train_example(task->task, tokenizer, params));
+    // Only recipes that ask for it draw here, so older recipes keep their exact batches.
+    if (task->repeat_keys > 0 && rng.uniform() < task->repeat_keys) {
+      Rng key_rng(rng.next());
+      batch.push_back(make_train_example(task->task, tokenizer, params, &key_rng));
+    } else {
+      batch.push_back(make_train_example(task->task, tokenizer, params));
+    }
   }
   return batch;
 }

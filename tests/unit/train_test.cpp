@@ -254,6 +254,58 @@ TEST(Train, TaskLengthLimitsChooseTheMixturePerStep) {
   EXPECT_THROW(parse_train_recipe(r), ConfigError);
 }
 
+TEST(Train, RepeatKeysRedrawDigitAnswersEverywhereInThePrompt) {
+  // repeat_keys 1: every passkey answer is a redrawn key, written in both places the prompt
+  // states it, and the original key is gone; repeat_keys 0 keeps the generator's own batches.
+  json r = tiny_recipe();
+  r["tasks"][0]["repeat_keys"] = 1.0;
+  const TrainRecipe recipe = parse_train_recipe(r);
+  const TrainRecipe plain = parse_train_recipe(tiny_recipe());
+  const Tokenizer tok = tiny_tokenizer();
+  EXPECT_EQ(recipe.to_json()["tasks"][0]["repeat_keys"], 1.0);
+  EXPECT_FALSE(plain.to_json()["tasks"][0].contains("repeat_keys"));
+  int redrawn = 0;
+  for (int64_t s = 0; s < 2; ++s) {
+    const auto a = make_train_batch(recipe, tok, s);
+    const auto b = make_train_batch(plain, tok, s);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (a[i].task != "passkey") continue;
+      const std::string key =
+          tok.decode({a[i].ids.begin() + a[i].answer_start + 1, a[i].ids.end() - 1});
+      const std::string old =
+          tok.decode({b[i].ids.begin() + b[i].answer_start + 1, b[i].ids.end() - 1});
+      const std::string prompt =
+          tok.decode({a[i].ids.begin(), a[i].ids.begin() + a[i].answer_start}, true);
+      ASSERT_EQ(key.size(), 5u) << key;
+      EXPECT_NE(key, old);
+      EXPECT_NE(prompt.find("The pass key is " + key + ". Remember it. " + key + " is the"),
+                std::string::npos)
+          << prompt;
+      EXPECT_EQ(prompt.find(old), std::string::npos);
+      ++redrawn;
+    }
+  }
+  EXPECT_GT(redrawn, 0);
+  // The key generator: digits only, no leading zero unless allowed, and repeats far above the
+  // 10% a uniform digit has of equalling its predecessor.
+  Rng rng(3);
+  int repeats = 0, pairs = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const std::string k = repeat_digit_key(7, false, rng);
+    ASSERT_EQ(k.size(), 7u);
+    ASSERT_NE(k[0], '0');
+    for (size_t j = 1; j < k.size(); ++j) {
+      ASSERT_TRUE(k[j] >= '0' && k[j] <= '9');
+      repeats += k[j] == k[j - 1], ++pairs;
+    }
+  }
+  EXPECT_GT(repeats, pairs / 4);
+  EXPECT_LT(repeats, pairs / 2);
+  r["tasks"][0]["repeat_keys"] = 1.5;
+  EXPECT_THROW(parse_train_recipe(r), ConfigError);
+}
+
 TEST(Train, LearningRateWarmsUpThenDecaysToMin) {
   json r = tiny_recipe();
   r["warmup_steps"] = 2;

@@ -24,6 +24,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvbench/core/rng.h"
+
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/tokenizer.h"
 #include "kvbench/model/transformer.h"
@@ -38,6 +40,9 @@ struct TrainTask {
   int64_t min_tokens = 0;  // left out of steps whose target length is shorter
   nlohmann::json params;   // extra task parameters (num_keys, num_hops, ...)
   int64_t max_tokens = 0;  // left out of steps whose target is longer (0: no limit)
+  // Share of samples whose digit answers are redrawn with repeated digits (see
+  // repeat_digit_key): copying "9690900" or "7040404" is where a small model's copy loops.
+  double repeat_keys = 0;
   bool allowed_at(int64_t target) const {
     return weight > 0 && min_tokens <= target && (max_tokens == 0 || target <= max_tokens);
   }
@@ -88,8 +93,13 @@ struct TrainExample {
 };
 // The answer text a model should produce after a task's prompt: " " + answers joined by ", ".
 std::string answer_text(const std::vector<std::string>& answers);
+// With `repeat_rng`, every all-digit answer is first replaced, in the answers and everywhere in
+// the prompt, by repeat_digit_key of the same length (a leading zero only where it had one).
 TrainExample make_train_example(const std::string& task, const Tokenizer& tokenizer,
-                                const nlohmann::json& params);
+                                const nlohmann::json& params, Rng* repeat_rng = nullptr);
+// A digit string whose every digit after the first repeats the digit 1, 2 or 3 places back with
+// probability 1/2 (else uniform): runs and cycles such as 1111, 0404, 638638.
+std::string repeat_digit_key(size_t length, bool leading_zero_allowed, Rng& rng);
 
 // The batch of step `step` (0-based): a function of (recipe.seed, step) only.
 std::vector<TrainExample> make_train_batch(const TrainRecipe& recipe, const Tokenizer& tokenizer,
