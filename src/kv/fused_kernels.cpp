@@ -300,6 +300,53 @@ void codes_scores(const CodeRows& k, int64_t len, const float* q, int64_t rows, 
   codes_scores_portable(k, len, q, rows, scores, stride);
 }
 
+void channel_scores(const ChannelGroupRows& k, int64_t len, const float* q, int64_t rows,
+                    float* scores, int64_t stride, bool query_int8) {
+#if defined(__x86_64__)
+  if (isa() == Isa::kVnni && k.n % 32 == 0 && (k.bits == 2 || k.bits == 4)) {
+    return vnni::channel_scores(k, len, q, rows, scores, stride, query_int8);
+  }
+#endif
+  // Per token group: q' = q o s and the constant sum_i q_i z_i, then the codes kernels (AVX2 or
+  // portable, as the instruction set says).
+  const int64_t n = k.n, row_bytes = n * k.bits / 8;
+  query_int8 = query_int8 && n % kQ8Block == 0;
+  float* qs = scratch<float, 8>(static_cast<size_t>(rows * n + rows + k.group));
+  float* base = qs + rows * n;
+  float* ones = base + rows;  // unit token scales for q8_scores
+  std::fill(ones, ones + k.group, 1.0f);
+  int8_t* codes = scratch<int8_t, 9>(static_cast<size_t>(rows * n));
+  float* q8 = scratch<float, 10>(static_cast<size_t>(2 * rows * n / kQ8Block));
+  for (int64_t t0 = 0; t0 < len;) {
+    const int64_t g = (k.lead + t0) / k.group;
+    const int64_t t1 = std::min(len, (g + 1) * k.group - k.lead);
+    const float* s = k.s + g * n;
+    const float* z = k.z + g * n;
+    for (int64_t r = 0; r < rows; ++r) {
+      float c = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        qs[r * n + i] = q[r * n + i] * s[i];
+        c += q[r * n + i] * z[i];
+      }
+      base[r] = c;
+    }
+    const uint8_t* rows_at = k.codes + t0 * row_bytes;
+    if (query_int8) {
+      float* dsums = q8 + rows * n / kQ8Block;
+      quantize_q8(qs, rows, n, codes, q8, dsums);
+      q8_scores({rows_at, ones, nullptr, k.bits, 0, n, n}, t1 - t0, {codes, q8, dsums}, rows,
+                scores + t0, stride);
+    } else {
+      codes_scores({rows_at, nullptr, nullptr, k.bits, 0, n, n}, t1 - t0, qs, rows, scores + t0,
+                   stride);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t t = t0; t < t1; ++t) scores[r * stride + t] += base[r];
+    }
+    t0 = t1;
+  }
+}
+
 void rows_scores(RowType type, const void* k, int64_t len, int64_t n, const float* q, int64_t rows,
                  float* scores, int64_t stride) {
 #if defined(__x86_64__)

@@ -106,8 +106,7 @@ class KiviKeyStore final : public KiviStoreBase {
                int64_t head_dim, bool query_int8)
       : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim),
         id_(next_id()),
-        query_int8_(query_int8 && head_dim % simd::kQ8Block == 0),
-        ones_(static_cast<size_t>(group), 1.0f) {}
+        query_int8_(query_int8 && head_dim % simd::kQ8Block == 0) {}
 
   void append(const at::Tensor& x) override {
     push_window(x.to(at::kFloat));
@@ -134,48 +133,21 @@ class KiviKeyStore final : public KiviStoreBase {
 
  public:
   // Fused key read on the codes: within a token group every channel c has one scale s_c and
-  // min m_c, so q . k_t = sum_c (q_c s_c) code_tc + sum_c q_c m_c: the scaled query is formed
-  // once per group and the codes are read in registers; the exact window as fp32 rows. With
-  // query_int8 the scaled query is quantized to int8 blocks of 32 (simd::quantize_q8) and the
-  // codes scored with integer dot products (simd::q8_scores with unit token scales).
+  // min m_c, so q . k_t = sum_c (q_c s_c) code_tc + sum_c q_c m_c (simd::channel_scores: the
+  // scaled query once per group, the codes read in registers; with query_int8 the scaled query
+  // quantized to int8 blocks of 32 and the codes scored as integers). The groups' scale and
+  // min rows are converted to fp32 once per call; the exact window is read as fp32 rows.
   void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
            int64_t stride) const override {
     const int64_t quantized = codes_.size(), mid = std::clamp(quantized, t0, t1), n = head_dim_;
-    float* s = scratch(static_cast<size_t>((rows + 2) * n + rows));
-    float* m = s + n;
-    float* qs = m + n;             // [rows, n]
-    float* shift = qs + rows * n;  // [rows]
-    for (int64_t a = t0; a < mid;) {
-      const int64_t g = a / group_, b = std::min(mid, (g + 1) * group_);
-      scales_.row_as_float(head, g, s);
-      mins_.row_as_float(head, g, m);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* qr = q + r * n;
-        float c = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          qs[r * n + i] = qr[i] * s[i];
-          c += qr[i] * m[i];
-        }
-        shift[r] = c;
-      }
-      if (query_int8_) {
-        thread_local std::vector<int8_t> codes;
-        thread_local std::vector<float> scales;
-        codes.resize(static_cast<size_t>(rows * n));
-        scales.resize(static_cast<size_t>(2 * rows * n / simd::kQ8Block));
-        float* dsums = scales.data() + rows * n / simd::kQ8Block;
-        simd::quantize_q8(qs, rows, n, codes.data(), scales.data(), dsums);
-        simd::q8_scores({codes_.row<uint8_t>(head, a), ones_.data(), nullptr, bits_, 0, n, n},
-                        b - a, {codes.data(), scales.data(), dsums}, rows, scores + (a - t0),
-                        stride);
-      } else {
-        simd::codes_scores({codes_.row<uint8_t>(head, a), nullptr, nullptr, bits_, 0, n, n}, b - a,
-                           qs, rows, scores + (a - t0), stride);
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t t = a; t < b; ++t) scores[r * stride + (t - t0)] += shift[r];
-      }
-      a = b;
+    if (mid > t0) {
+      const int64_t g0 = t0 / group_, g1 = (mid - 1) / group_ + 1;
+      float* s = scratch(static_cast<size_t>(2 * (g1 - g0) * n));
+      float* m = s + (g1 - g0) * n;
+      scales_.rows_as_float(head, g0, g1, s);
+      mins_.rows_as_float(head, g0, g1, m);
+      simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
+                           mid - t0, q, rows, scores, stride, query_int8_);
     }
     if (t1 > mid) {
       simd::rows_scores(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid, n, q,
@@ -210,7 +182,6 @@ class KiviKeyStore final : public KiviStoreBase {
 
   const uint64_t id_;
   const bool query_int8_;
-  const std::vector<float> ones_;  // unit token scales for q8_scores, one per token of a group
 };
 
 // Values: a sliding exact window of R tokens; older tokens per token in groups of G channels.

@@ -66,11 +66,11 @@ MethodInfo kivi_method(int bits) {
                .one_of({8, 16, 32, 64, 128}),
            ParamSpec::integer("residual", 128, "R: full-precision tokens (a multiple of group)")
                .range(8, 1 << 20),
-           ParamSpec::boolean("query_int8", false,
+           ParamSpec::boolean("query_int8", true,
                               "fused cpu attention: per key group the query times the channel "
                               "scales, quantized to int8 blocks of 32, scored with integer dot "
-                              "products on the codes (head_dim a multiple of 32); off by default: "
-                              "measured slower than the fp32 path (docs/perf-notes.md)"),
+                              "products on the codes (head_dim a multiple of 32); false: the "
+                              "scaled query stays fp32"),
            value_int8_param(true)},
           [bits](const json& p, at::ScalarType dtype) {
             return std::make_shared<KiviCodec>(

@@ -99,13 +99,22 @@ TEST_P(EveryMethod, MeasuredBytesEqualTheFormula) {
 //   |delta_ri| <= (32 / 254) 2.01 sum_T max_{t in T} P_rt amax_{t, g(i)}
 // over aligned 32-token tiles T of quantized values (P: the attention probabilities; |d| c <=
 // 2.01 amax for every code, see FusedKernels.StoresWithInt8ValueWeightsWithinTheBound).
+// KIVI's integer keys (query_int8, on by default) are checked the same way: the default
+// method against the exact paths, each score moving by at most
+//   eps_t = scale sum_b (32 / 254) max_{i in b} |q_i| max_{i in b} reach_gi
+// (reach: the token group's input range plus the bf16 rounding of its scale, >= s_i qmax; see
+// FusedKernels.KiviIntegerKeyScoresWithinTheQueryRoundingBound), so the output by at most
+// (exp(2 max eps) - 1) max |v| plus the value bound scaled by exp(2 max eps).
 TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
   json method = defaults(GetParam());
   const bool int8_values = method.value("value_int8", false);
+  const bool kivi_int8_keys =
+      GetParam().rfind("kivi", 0) == 0 && method.value("query_int8", false);
   if (int8_values) method["value_int8"] = false;
+  if (kivi_int8_keys) method["query_int8"] = false;
   for (int64_t dim : {64, 128}) {
     auto c = ready(make_codec(method, at::kBFloat16), 1, 2, dim);
-    auto c8 = int8_values ? ready(codec(), 1, 2, dim) : nullptr;
+    auto c8 = int8_values || kivi_int8_keys ? ready(codec(), 1, 2, dim) : nullptr;
     for (int64_t group : {1, 4}) {
       for (int64_t tokens : {1, 37, 1100}) {  // 1100 spans three 512-token chunks
         auto keys = c->make_layer_key_store(0, 2, dim),
@@ -127,16 +136,34 @@ TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
         if (c8) {
           auto keys8 = c8->make_layer_key_store(0, 2, dim),
                values8 = c8->make_layer_value_store(0, 2, dim);
-          keys8->append(kv_like(2, tokens, dim, 7));
+          const at::Tensor k_in = kv_like(2, tokens, dim, 7);
+          keys8->append(k_in);
           const at::Tensor v_in = kv_like(2, tokens, dim, 8);
           values8->append(v_in);
           const at::Tensor fused8 = cpu_decode_attention(q, *keys8, *values8, 2, scale);
           const int64_t vgroup = method["group"].get<int64_t>();
           const int64_t quantized =
-              method.contains("residual")
+              !int8_values ? 0
+              : method.contains("residual")
                   ? std::max<int64_t>(0, tokens - method["residual"].get<int64_t>())
                   : tokens;
           for (int64_t h = 0; h < 2 * group; ++h) {
+            double key_eps = 0;  // the largest score move of the integer KIVI keys
+            if (kivi_int8_keys) {
+              const int64_t residual = method["residual"].get<int64_t>();
+              const at::Tensor xk = k_in[h / group].to(at::kDouble);
+              const at::Tensor qmag = q[h][0].abs().to(at::kDouble).view({dim / 32, 32}).amax(1);
+              for (int64_t a = 0; a + vgroup <= tokens - tokens % residual; a += vgroup) {
+                const at::Tensor block = xk.narrow(0, a, vgroup);
+                const at::Tensor reach =
+                    (std::get<0>(block.max(0)) - std::get<0>(block.min(0)) +
+                     block.abs().amax(0) * 0x1.0p-7) *
+                    (1 + 0x1.0p-7) * 1.001;
+                key_eps = std::max(key_eps, (qmag * reach.view({dim / 32, 32}).amax(1)).sum().item<double>() *
+                                                32.0 / 254.0 * scale);
+              }
+            }
+            const double key_factor = std::exp(2 * key_eps);
             const at::Tensor p = at::softmax(
                 at::mv(kd[h / group].to(at::kDouble), q_read[h][0].to(at::kDouble)) * scale, 0);
             const at::Tensor amax = v_in[h / group]
@@ -150,11 +177,12 @@ TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
               at::Tensor prod = p.narrow(0, a, b - a).unsqueeze(1) * amax.narrow(0, a, b - a);
               bound += std::get<0>(prod.max(0));
             }
-            bound = bound.repeat_interleave(vgroup) * (32.0 / 254.0 * 2.01 * 1.01) +
-                    1e-5 * vd[h / group].abs().max().item<double>();
+            const double vmax = vd[h / group].abs().max().item<double>();
+            bound = bound.repeat_interleave(vgroup) * (32.0 / 254.0 * 2.01 * 1.01) * key_factor +
+                    (key_factor - 1) * vmax + 1e-5 * vmax;
             const at::Tensor excess = (fused8[h][0] - fused[h][0]).abs().to(at::kDouble) - bound;
             EXPECT_LE(excess.max().item<double>(), 0.0)
-                << GetParam() << " int8 values, dim " << dim << " group " << group << " tokens "
+                << GetParam() << " int8 keys/values, dim " << dim << " group " << group << " tokens "
                 << tokens << " head " << h;
           }
         }

@@ -453,6 +453,84 @@ TEST(FusedKernels, KiviIntegerKeyScoresWithinTheQueryRoundingBound) {
   }
 }
 
+// simd::channel_scores on synthetic KIVI-style keys (random codes, per-group channel scales
+// with a few outlier channels, signed mins), token ranges that start inside a group, 1-5 query
+// rows: the fp32 path against float64 within fp32 rounding, the int8 path within its bound
+//   |delta_t| <= sum_b (d'_b / 2) sum_{i in b} c_ti,  d'_b = max_{i in b} |q_i s_gi| / 127,
+// on every instruction set.
+TEST(FusedKernels, ChannelScaledKeyScoresMatchFloat64WithinTheBound) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const std::string& isa : isas()) {
+    IsaScope scope(isa);
+    for (int bits : {2, 4}) {
+      for (int64_t n : {64, 128, 256}) {
+        for (int64_t group : {32, 64}) {
+          for (int64_t lead : {int64_t{0}, int64_t{5}, group - 1}) {
+            const int64_t len = 150, groups = (lead + len - 1) / group + 1;
+            const int64_t row_bytes = n * bits / 8, levels = (1 << bits) - 1;
+            std::vector<uint8_t> codes(static_cast<size_t>(len * row_bytes));
+            std::vector<int> c(static_cast<size_t>(len * n));
+            for (int64_t t = 0; t < len; ++t) {
+              for (int64_t i = 0; i < n; ++i) {
+                const int v = static_cast<int>(rng() % (levels + 1));
+                c[t * n + i] = v;
+                codes[t * row_bytes + i * bits / 8] |= static_cast<uint8_t>(v << (i * bits % 8));
+              }
+            }
+            std::vector<float> sc(static_cast<size_t>(groups * n)), z(sc.size());
+            for (size_t j = 0; j < sc.size(); ++j) {
+              sc[j] = (0.01f + unit(rng)) * (j % 17 == 3 ? 20.0f : 1.0f);
+              z[j] = normal(rng) * 3;
+            }
+            for (int64_t rows : {1, 4, 5}) {
+              std::vector<float> q(static_cast<size_t>(rows * n));
+              for (float& x : q) x = normal(rng) * 2;
+              for (bool int8 : {false, true}) {
+                std::vector<float> scores(static_cast<size_t>(rows * len), -1.0f);
+                simd::channel_scores({codes.data(), sc.data(), z.data(), bits, group, n, lead}, len,
+                                     q.data(), rows, scores.data(), len, int8);
+                double moved = 0;
+                for (int64_t r = 0; r < rows; ++r) {
+                  for (int64_t t = 0; t < len; ++t) {
+                    const int64_t g = (lead + t) / group;
+                    double want = 0, magnitude = 0, bound = 0;
+                    for (int64_t i = 0; i < n; ++i) {
+                      const double term =
+                          static_cast<double>(q[r * n + i]) *
+                          (static_cast<double>(sc[g * n + i]) * c[t * n + i] + z[g * n + i]);
+                      want += term;
+                      magnitude += std::fabs(term) +
+                                   std::fabs(q[r * n + i] * sc[g * n + i] * c[t * n + i]);
+                    }
+                    for (int64_t b = 0; int8 && b < n / 32; ++b) {
+                      double amax = 0, csum = 0;
+                      for (int64_t i = b * 32; i < (b + 1) * 32; ++i) {
+                        amax = std::max(amax, std::fabs(static_cast<double>(q[r * n + i]) *
+                                                        sc[g * n + i]));
+                        csum += c[t * n + i];
+                      }
+                      bound += amax / 127.0 / 2.0 * csum * (1 + 1e-5);
+                    }
+                    const double err = std::fabs(scores[r * len + t] - want);
+                    moved = std::max(moved, err);
+                    ASSERT_LE(err, bound + 1e-5 * magnitude + 1e-5)
+                        << isa << " bits " << bits << " n " << n << " group " << group << " lead "
+                        << lead << " rows " << rows << " int8 " << int8 << " r " << r << " t "
+                        << t;
+                  }
+                }
+                if (int8) EXPECT_GT(moved, 1e-3) << isa << ": the int8 path rounds the query";
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // The exact fp32 path stays available: with query_int8 off the store scores through dot().
 TEST(FusedKernels, QueryInt8OffKeepsTheExactKeyPath) {
   BlockQuantCodec off(4, false, 32, false), small_group(4, false, 16, true);
@@ -484,12 +562,13 @@ TEST(FusedKernels, DISABLED_SpeedProbe) {
       {"q4_1", std::make_shared<BlockQuantCodec>(4, false, 32, true, true)},
       {"q4_1 exact values", std::make_shared<BlockQuantCodec>(4, false, 32, true, false)},
       {"q4_1 exact keys", std::make_shared<BlockQuantCodec>(4, false, 32, false, true)},
-      {"kivi-4", std::make_shared<KiviCodec>(4, 32, 128, at::kHalf, false, true)},
-      {"kivi-2", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, false, true)},
-      {"kivi-2 int8 keys", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, true, true)},
+      {"kivi-4", std::make_shared<KiviCodec>(4, 32, 128, at::kHalf, true, true)},
+      {"kivi-2", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, true, true)},
+      {"kivi-2 fp32 keys", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, false, true)},
       {"kivi-2 exact", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, false, false)}};
   at::Tensor q = at::randn({heads * group, 1, dim}, at::detail::createCPUGenerator(1));
   const char* only = std::getenv("KVBENCH_PROBE_CASE");  // one case by name
+  const char* reps = std::getenv("KVBENCH_PROBE_REPEATS");  // more steps, e.g. for perf record
   for (const Case& c : cases) {
     if (only && c.name != only) continue;
     auto keys = c.codec->make_key_store(heads, dim), values = c.codec->make_value_store(heads, dim);
@@ -499,7 +578,8 @@ TEST(FusedKernels, DISABLED_SpeedProbe) {
       values->append(at::randn({heads, n, dim}, at::detail::createCPUGenerator(t + 3)));
     }
     std::vector<double> cpu;
-    for (int i = 0; i < (tokens < 8192 ? 103 : 13); ++i) {
+    const int steps = reps ? std::atoi(reps) + 3 : tokens < 8192 ? 103 : 13;
+    for (int i = 0; i < steps; ++i) {
       timespec a{}, b{};
       clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
       at::Tensor out = cpu_decode_attention(q, *keys, *values, heads, 0.088);
@@ -512,8 +592,9 @@ TEST(FusedKernels, DISABLED_SpeedProbe) {
       s += values->bytes();
       return s;
     }();
-    std::printf("%-16s %s  %8.2f ms cpu (median of 10)  %7.1f MiB\n", c.name.c_str(),
-                simd::kernel_isa(), cpu[cpu.size() / 2], bytes.total() / 1048576.0);
+    std::printf("%-16s %s  %8.2f ms cpu (median of %d)  %7.1f MiB\n", c.name.c_str(),
+                simd::kernel_isa(), cpu[cpu.size() / 2], static_cast<int>(cpu.size()),
+                bytes.total() / 1048576.0);
   }
 }
 

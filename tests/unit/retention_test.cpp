@@ -381,7 +381,7 @@ TEST(MethodRegistry, RetentionMethodsResolveWithTheirCodec) {
   EXPECT_EQ(a["codec"], json({{"name", "kivi-4"},
                               {"group", 32},
                               {"residual", 128},
-                              {"query_int8", false},
+                              {"query_int8", true},
                               {"value_int8", true}}));
   EXPECT_EQ(a["window"], 32);
   EXPECT_EQ(a["kernel"], 7);

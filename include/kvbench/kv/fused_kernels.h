@@ -66,6 +66,29 @@ void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int
 void codes_scores(const CodeRows& k, int64_t len, const float* q, int64_t rows, float* scores,
                   int64_t stride);
 
+// Keys quantized per channel over groups of tokens (KIVI): `len` token rows of packed codes
+// (as in CodeRows, 4 or 2 bits, no token scales), and per token group one fp32 row of channel
+// scales s and one of mins z. Token t (t < len) belongs to group g = (lead + t) / group, whose
+// rows are s + g * n and z + g * n (so `lead`, 0 <= lead < group, is how many tokens of the
+// first group come before the first row).
+struct ChannelGroupRows {
+  const uint8_t* codes;
+  const float* s;
+  const float* z;
+  int bits;
+  int64_t group, n, lead;
+};
+// scores[r * stride + t] = sum_i q[r * n + i] (s_gi c_ti + z_gi), computed per group as
+// sum_i (q_i s_gi) c_ti + sum_i q_i z_gi: the scaled query q' = q o s is formed once per group
+// (in fp32), and the constant once per group. With `query_int8` q' is quantized to int8 blocks
+// of kQ8Block per group (d'_b = max_{i in b} |q'_i| / 127, c = round(q' / d'_b)) and the codes
+// are scored as integer dot products (AVX-512 VNNI: 16 tokens in the lanes of one vector), so
+//   |delta_t| <= sum_b (d'_b / 2) sum_{i in b} c_ti     (plus fp32 rounding)
+// against the fp32 path; n a multiple of kQ8Block for query_int8 (see docs/methods.md, "KIVI
+// keys as integers").
+void channel_scores(const ChannelGroupRows& k, int64_t len, const float* q, int64_t rows,
+                    float* scores, int64_t stride, bool query_int8);
+
 // Float rows of a stored dtype (fp16, bf16 as uint16_t bit patterns, or fp32), `len` rows of
 // `n` values, read with the conversion in registers:
 //   scores[r * stride + t] = sum_i q[r * n + i] * k[t * n + i]
