@@ -103,7 +103,8 @@ at::Tensor cpu_decode_attention(const at::Tensor& q_in, const TokenStore& keys,
       const Task& task = tasks[static_cast<size_t>(i)];
       const int64_t h = task.head, t0 = task.t0, t1 = task.t1, len = t1 - t0;
       Partial& part = partials[static_cast<size_t>(i)];
-      p.assign(static_cast<size_t>(group * len), 0.0f);
+      // every score is written before it is read: no zero fill
+      if (p.size() < static_cast<size_t>(group * len)) p.resize(static_cast<size_t>(group * len));
       // Tokens before prefix_tokens are scored with the prefix query, the rest with q.
       const int64_t split = std::min(std::max(prefix_tokens, t0), t1);
       if (split > t0) score(h, true, t0, split, p.data(), len);

@@ -162,6 +162,16 @@ class BlockQuantStore final : public TokenStore {
     float* m = f_.symmetric ? nullptr : d + n;
     simd::to_float(scales_.row<at::Half>(head, t0), d, n);
     if (m) simd::to_float(mins_.row<at::Half>(head, t0), m, n);
+    // The next chunk's scales and mins (the fused attention walks a head's chunks in order),
+    // so that conversion does not wait on memory.
+    if (t1 + (t1 - t0) <= size()) {
+      const char* ns = reinterpret_cast<const char*>(scales_.row<at::Half>(head, t1));
+      const char* nm = m ? reinterpret_cast<const char*>(mins_.row<at::Half>(head, t1)) : nullptr;
+      for (int64_t b = 0; b < n * 2; b += 64) {
+        __builtin_prefetch(ns + b);
+        if (nm) __builtin_prefetch(nm + b);
+      }
+    }
     return {codes_.row<uint8_t>(head, t0), d, m, f_.bits, f_.zero(), f_.group, f_.head_dim};
   }
 
