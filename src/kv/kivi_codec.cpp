@@ -146,6 +146,9 @@ class KiviKeyStore final : public KiviStoreBase {
       float* m = s + (g1 - g0) * n;
       scales_.rows_as_float(head, g0, g1, s);
       mins_.rows_as_float(head, g0, g1, m);
+      // the next chunk's rows (the fused attention walks a head's chunks in order)
+      scales_.prefetch_rows(head, g1, g1 + (g1 - g0));
+      mins_.prefetch_rows(head, g1, g1 + (g1 - g0));
       simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
                            mid - t0, q, rows, scores, stride, query_int8_);
     }
@@ -223,6 +226,8 @@ class KiviValueStore final : public KiviStoreBase {
       float* s = scratch(static_cast<size_t>(2 * n));
       scales_.rows_as_float(head, t0, mid, s);
       mins_.rows_as_float(head, t0, mid, s + n);
+      scales_.prefetch_rows(head, mid, mid + (mid - t0));  // the next chunk's
+      mins_.prefetch_rows(head, mid, mid + (mid - t0));
       const simd::CodeRows v{codes_.row<uint8_t>(head, t0), s, s + n, bits_, 0, group_, head_dim_};
       if (value_int8_) {
         simd::codes_weighted_sum_int8(v, mid - t0, p, rows, stride, out);

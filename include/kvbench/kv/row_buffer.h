@@ -32,6 +32,8 @@ class RowBuffer {
   void row_as_float(int64_t h, int64_t t, float* out) const;
   // Rows [t0, t1) of head `h` converted to fp32: [t1 - t0, width].
   void rows_as_float(int64_t h, int64_t t0, int64_t t1, float* out) const;
+  // Software prefetch of rows [t0, min(t1, size)) of head `h` (e.g. a kernel's next chunk).
+  void prefetch_rows(int64_t h, int64_t t0, int64_t t1) const;
   template <typename T>
   T* mutable_row(int64_t h, int64_t t) {
     return data_.data_ptr<T>() + (h * data_.size(1) + t) * width_;
