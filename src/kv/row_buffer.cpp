@@ -67,7 +67,8 @@ void RowBuffer::prefetch_rows(int64_t h, int64_t t0, int64_t t1) const {
   t1 = std::min(t1, size_);
   if (t1 <= t0) return;
   const int64_t e = static_cast<int64_t>(at::elementSize(dtype_));
-  const char* first = static_cast<const char*>(data_.data_ptr()) + (h * data_.size(1) + t0) * width_ * e;
+  const char* first =
+      static_cast<const char*>(data_.data_ptr()) + (h * data_.size(1) + t0) * width_ * e;
   for (int64_t b = 0; b < (t1 - t0) * width_ * e; b += 64) __builtin_prefetch(first + b);
 }
 

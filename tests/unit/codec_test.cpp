@@ -108,8 +108,7 @@ TEST_P(EveryMethod, MeasuredBytesEqualTheFormula) {
 TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
   json method = defaults(GetParam());
   const bool int8_values = method.value("value_int8", false);
-  const bool kivi_int8_keys =
-      GetParam().rfind("kivi", 0) == 0 && method.value("query_int8", false);
+  const bool kivi_int8_keys = GetParam().rfind("kivi", 0) == 0 && method.value("query_int8", false);
   if (int8_values) method["value_int8"] = false;
   if (kivi_int8_keys) method["query_int8"] = false;
   for (int64_t dim : {64, 128}) {
@@ -155,12 +154,12 @@ TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
               const at::Tensor qmag = q[h][0].abs().to(at::kDouble).view({dim / 32, 32}).amax(1);
               for (int64_t a = 0; a + vgroup <= tokens - tokens % residual; a += vgroup) {
                 const at::Tensor block = xk.narrow(0, a, vgroup);
-                const at::Tensor reach =
-                    (std::get<0>(block.max(0)) - std::get<0>(block.min(0)) +
-                     block.abs().amax(0) * 0x1.0p-7) *
-                    (1 + 0x1.0p-7) * 1.001;
-                key_eps = std::max(key_eps, (qmag * reach.view({dim / 32, 32}).amax(1)).sum().item<double>() *
-                                                32.0 / 254.0 * scale);
+                const at::Tensor reach = (std::get<0>(block.max(0)) - std::get<0>(block.min(0)) +
+                                          block.abs().amax(0) * 0x1.0p-7) *
+                                         (1 + 0x1.0p-7) * 1.001;
+                key_eps = std::max(
+                    key_eps, (qmag * reach.view({dim / 32, 32}).amax(1)).sum().item<double>() *
+                                 32.0 / 254.0 * scale);
               }
             }
             const double key_factor = std::exp(2 * key_eps);
@@ -182,8 +181,8 @@ TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
                     (key_factor - 1) * vmax + 1e-5 * vmax;
             const at::Tensor excess = (fused8[h][0] - fused[h][0]).abs().to(at::kDouble) - bound;
             EXPECT_LE(excess.max().item<double>(), 0.0)
-                << GetParam() << " int8 keys/values, dim " << dim << " group " << group << " tokens "
-                << tokens << " head " << h;
+                << GetParam() << " int8 keys/values, dim " << dim << " group " << group
+                << " tokens " << tokens << " head " << h;
           }
         }
         if (keys->quantized_query()) {

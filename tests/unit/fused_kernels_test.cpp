@@ -501,14 +501,14 @@ TEST(FusedKernels, ChannelScaledKeyScoresMatchFloat64WithinTheBound) {
                           static_cast<double>(q[r * n + i]) *
                           (static_cast<double>(sc[g * n + i]) * c[t * n + i] + z[g * n + i]);
                       want += term;
-                      magnitude += std::fabs(term) +
-                                   std::fabs(q[r * n + i] * sc[g * n + i] * c[t * n + i]);
+                      magnitude +=
+                          std::fabs(term) + std::fabs(q[r * n + i] * sc[g * n + i] * c[t * n + i]);
                     }
                     for (int64_t b = 0; int8 && b < n / 32; ++b) {
                       double amax = 0, csum = 0;
                       for (int64_t i = b * 32; i < (b + 1) * 32; ++i) {
-                        amax = std::max(amax, std::fabs(static_cast<double>(q[r * n + i]) *
-                                                        sc[g * n + i]));
+                        amax = std::max(
+                            amax, std::fabs(static_cast<double>(q[r * n + i]) * sc[g * n + i]));
                         csum += c[t * n + i];
                       }
                       bound += amax / 127.0 / 2.0 * csum * (1 + 1e-5);
@@ -517,8 +517,7 @@ TEST(FusedKernels, ChannelScaledKeyScoresMatchFloat64WithinTheBound) {
                     moved = std::max(moved, err);
                     ASSERT_LE(err, bound + 1e-5 * magnitude + 1e-5)
                         << isa << " bits " << bits << " n " << n << " group " << group << " lead "
-                        << lead << " rows " << rows << " int8 " << int8 << " r " << r << " t "
-                        << t;
+                        << lead << " rows " << rows << " int8 " << int8 << " r " << r << " t " << t;
                   }
                 }
                 if (int8) EXPECT_GT(moved, 1e-3) << isa << ": the int8 path rounds the query";
@@ -567,7 +566,7 @@ TEST(FusedKernels, DISABLED_SpeedProbe) {
       {"kivi-2 fp32 keys", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, false, true)},
       {"kivi-2 exact", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, false, false)}};
   at::Tensor q = at::randn({heads * group, 1, dim}, at::detail::createCPUGenerator(1));
-  const char* only = std::getenv("KVBENCH_PROBE_CASE");  // one case by name
+  const char* only = std::getenv("KVBENCH_PROBE_CASE");     // one case by name
   const char* reps = std::getenv("KVBENCH_PROBE_REPEATS");  // more steps, e.g. for perf record
   for (const Case& c : cases) {
     if (only && c.name != only) continue;

@@ -10,7 +10,8 @@
 // Fused cpu attention (numerics options, bounds in docs/methods.md):
 //   query_int8: per key group the channel scales fold into the query, q'_c = q_c s_c, which is
 //               quantized to int8 blocks of 32 and scored against the codes with integer dot
-//               products (head_dim a multiple of 32); false: q' stays fp32.
+//               products (simd::channel_scores; head_dim a multiple of 32); false: q' stays
+//               fp32. The registry's kivi-2/kivi-4 default is true; this constructor's false.
 //   value_int8: values accumulated against int8 weights p s per 32-token tile
 //               (simd::codes_weighted_sum_int8; AVX-512 VNNI, G a multiple of 32, head_dim of
 //               64); false or elsewhere: exactly.
