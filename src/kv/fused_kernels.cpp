@@ -303,7 +303,10 @@ void codes_scores(const CodeRows& k, int64_t len, const float* q, int64_t rows, 
 void channel_scores(const ChannelGroupRows& k, int64_t len, const float* q, int64_t rows,
                     float* scores, int64_t stride, bool query_int8) {
 #if defined(__x86_64__)
-  if (isa() == Isa::kVnni && k.n % 32 == 0 && (k.bits == 2 || k.bits == 4)) {
+  // The AVX-512 kernels: fp32 q' for head_dim a multiple of 32; int8 q' with 16-byte row units
+  // (4-bit: head_dim a multiple of 32, 2-bit: of 64) up to head_dim 256.
+  if (isa() == Isa::kVnni && k.n % 32 == 0 && (k.bits == 2 || k.bits == 4) &&
+      (!query_int8 || (k.n <= 256 && k.n * k.bits % 128 == 0))) {
     return vnni::channel_scores(k, len, q, rows, scores, stride, query_int8);
   }
 #endif

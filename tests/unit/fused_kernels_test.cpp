@@ -455,7 +455,8 @@ TEST(FusedKernels, KiviIntegerKeyScoresWithinTheQueryRoundingBound) {
 
 // simd::channel_scores on synthetic KIVI-style keys (random codes, per-group channel scales
 // with a few outlier channels, signed mins), token ranges that start inside a group, 1-5 query
-// rows: the fp32 path against float64 within fp32 rounding, the int8 path within its bound
+// rows, head_dim 32-320 (the AVX-512 kernel and the generic form): the fp32 path against
+// float64 within fp32 rounding, the int8 path within its bound
 //   |delta_t| <= sum_b (d'_b / 2) sum_{i in b} c_ti,  d'_b = max_{i in b} |q_i s_gi| / 127,
 // on every instruction set.
 TEST(FusedKernels, ChannelScaledKeyScoresMatchFloat64WithinTheBound) {
@@ -465,7 +466,7 @@ TEST(FusedKernels, ChannelScaledKeyScoresMatchFloat64WithinTheBound) {
   for (const std::string& isa : isas()) {
     IsaScope scope(isa);
     for (int bits : {2, 4}) {
-      for (int64_t n : {64, 128, 256}) {
+      for (int64_t n : {32, 64, 128, 256, 320}) {
         for (int64_t group : {32, 64}) {
           for (int64_t lead : {int64_t{0}, int64_t{5}, group - 1}) {
             const int64_t len = 150, groups = (lead + len - 1) / group + 1;
