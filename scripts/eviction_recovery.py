@@ -59,7 +59,8 @@ def main():
             print(f"| {task} | {target} | {budget} | {len(ids)} | {mean(full):.2f} | {mean(a):.2f} "
                   f"| {mean(b):.2f} {bname[len(args.b):].strip()} | {len(lost)} | {share} |")
     print()
-    print(f"Accuracy by needle depth (full / {args.a} / {args.b}):")
+    print(f"Accuracy by needle depth (full / {args.a} / {args.b}; where {args.b} has several "
+          "variants at a budget, the last row of that budget above):")
     print()
     print("| task | prompt tokens | budget | depth | full | " + args.a + " | " + args.b + " |")
     print("|---|---:|---:|---|---:|---:|---:|")
