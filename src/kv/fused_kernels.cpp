@@ -167,6 +167,7 @@ namespace kvbench::simd::avx2 {
 namespace kvbench::simd::vnni {
 #define KVB_VNNI 1
 #include "fused_kernels_x86.inc"
+#include "kivi_value_kernels_x86.inc"
 #undef KVB_VNNI
 }  // namespace kvbench::simd::vnni
 #pragma GCC diagnostic pop
@@ -287,6 +288,21 @@ void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int
   if (value_int8_supported(v)) return vnni::codes_weighted_sum_int8(v, len, p, rows, stride, out);
 #endif
   codes_weighted_sum(v, len, p, rows, stride, out);
+}
+
+bool kivi_value_sum_supported(int bits, int64_t group, int64_t n) {
+  return isa() == Isa::kVnni && (bits == 2 || bits == 4) && group % 16 == 0 &&
+         n % (128 / bits) == 0 && n <= 256;
+}
+
+void kivi_value_sum_int8(const KiviValueTiles& v, int64_t t0, int64_t t1, const float* p,
+                         int64_t rows, int64_t stride, float* out) {
+#if defined(__x86_64__)
+  if (kivi_value_sum_supported(v.bits, v.group, v.n)) {
+    return vnni::kivi_value_sum_int8(v, t0, t1, p, rows, stride, out);
+  }
+#endif
+  std::abort();  // callers check kivi_value_sum_supported() first
 }
 
 void codes_scores(const CodeRows& k, int64_t len, const float* q, int64_t rows, float* scores,

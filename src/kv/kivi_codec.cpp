@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "kvbench/core/error.h"
@@ -14,23 +15,26 @@
 namespace kvbench {
 namespace {
 
-// What both stores share: packed codes per token row, scale/min rows, and the exact window.
+// What both stores share: packed codes (a buffer row holds code_tokens tokens), scale/min rows
+// (a row serves scale_tokens tokens), and the exact window.
 class KiviStoreBase : public TokenStore {
  public:
   KiviStoreBase(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
-                int64_t head_dim, int64_t scale_width)
+                int64_t head_dim, int64_t code_tokens, int64_t scale_width, int64_t scale_tokens)
       : bits_(bits),
         group_(group),
         residual_(residual),
         dtype_(dtype),
         kv_heads_(kv_heads),
         head_dim_(head_dim),
-        codes_(kv_heads, head_dim * bits / 8, at::kByte),
+        code_tokens_(code_tokens),
+        scale_tokens_(scale_tokens),
+        codes_(kv_heads, code_tokens * head_dim * bits / 8, at::kByte),
         scales_(kv_heads, scale_width, dtype),
         mins_(kv_heads, scale_width, dtype),
         window_(at::empty({kv_heads, 0, head_dim}, at::kFloat)) {}
 
-  int64_t size() const override { return codes_.size() + window_.size(1); }
+  int64_t size() const override { return quantized_ + window_.size(1); }
 
   at::Tensor dequantize() const override {
     at::Tensor out = at::empty({kv_heads_, size(), head_dim_}, at::kFloat);
@@ -47,9 +51,13 @@ class KiviStoreBase : public TokenStore {
     for (int64_t t = t0; t < t1; ++t) row(head, t, out + (t - t0) * head_dim_);
   }
 
+  // The buffers' bytes per token (row bytes over the tokens a row holds) times the quantized
+  // tokens: the unfilled slots of a last, partial row are capacity for tokens to come.
   StorageBytes bytes() const override {
     const uint64_t window = static_cast<uint64_t>(window_.numel()) * at::elementSize(dtype_);
-    return {codes_.bytes() + window, scales_.bytes() + mins_.bytes()};
+    const uint64_t q = static_cast<uint64_t>(quantized_);
+    return {codes_.row_bytes() * q / code_tokens_ + window,
+            (scales_.row_bytes() + mins_.row_bytes()) * q / scale_tokens_};
   }
 
  protected:
@@ -66,7 +74,7 @@ class KiviStoreBase : public TokenStore {
 
   // Token t of head h, reconstructed into out[head_dim].
   void row(int64_t h, int64_t t, float* out) const {
-    const int64_t quantized = codes_.size();
+    const int64_t quantized = quantized_;
     if (t >= quantized) {
       const float* w =
           window_.data_ptr<float>() + (h * window_.size(1) + (t - quantized)) * head_dim_;
@@ -87,10 +95,17 @@ class KiviStoreBase : public TokenStore {
     return taken;
   }
 
+  // Grows a buffer to `rows` rows, new rows zeroed (tokens are placed into them slot by slot).
+  static void grow(RowBuffer& buffer, int64_t rows) {
+    if (rows > buffer.size()) buffer.append(rows - buffer.size()).zero_();
+  }
+
   int bits_;
   int64_t group_, residual_;
   at::ScalarType dtype_;
   int64_t kv_heads_, head_dim_;
+  int64_t code_tokens_, scale_tokens_;
+  int64_t quantized_ = 0;  // tokens in codes_ (the rest are in the window)
   RowBuffer codes_, scales_, mins_;
   at::Tensor window_;  // [kv_heads, w, head_dim] fp32 holding model-dtype values
 };
@@ -104,7 +119,7 @@ class KiviKeyStore final : public KiviStoreBase {
   }
   KiviKeyStore(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
                int64_t head_dim, bool query_int8)
-      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim),
+      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, 1, head_dim, group),
         id_(next_id()),
         query_int8_(query_int8 && head_dim % simd::kQ8Block == 0) {}
 
@@ -129,6 +144,7 @@ class KiviKeyStore final : public KiviStoreBase {
     }
     scales_.append(groups).copy_(scales);
     mins_.append(groups).copy_(mins);
+    quantized_ += residual_;
   }
 
  public:
@@ -139,7 +155,7 @@ class KiviKeyStore final : public KiviStoreBase {
   // min rows are converted to fp32 once per call; the exact window is read as fp32 rows.
   void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
            int64_t stride) const override {
-    const int64_t quantized = codes_.size(), mid = std::clamp(quantized, t0, t1), n = head_dim_;
+    const int64_t quantized = quantized_, mid = std::clamp(quantized, t0, t1), n = head_dim_;
     if (mid > t0) {
       const int64_t g0 = t0 / group_, g1 = (mid - 1) / group_ + 1;
       float* s = scratch(static_cast<size_t>(2 * (g1 - g0) * n));
@@ -188,11 +204,19 @@ class KiviKeyStore final : public KiviStoreBase {
 };
 
 // Values: a sliding exact window of R tokens; older tokens per token in groups of G channels.
+// Layout (head_dim a multiple of 128 / bits): codes in quads of 4 tokens and scales/mins in
+// tiles of 16 tokens as simd::KiviValueTiles says, so the int8-weight kernel loads 4 tokens'
+// codes for 64 (2-bit) or 32 (4-bit) channels at once and needs no transposes; other head_dims
+// keep one packed row per token. Tokens fill the quads and tiles slot by slot.
 class KiviValueStore final : public KiviStoreBase {
  public:
   KiviValueStore(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
                  int64_t head_dim, bool value_int8)
-      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim / group),
+      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim,
+                      tiled(bits, head_dim) ? simd::kValueQuad : 1,
+                      head_dim / group * (tiled(bits, head_dim) ? simd::kValueMetaTile : 1),
+                      tiled(bits, head_dim) ? simd::kValueMetaTile : 1),
+        tiled_(tiled(bits, head_dim)),
         value_int8_(value_int8) {}
 
   void append(const at::Tensor& x) override {
@@ -201,58 +225,204 @@ class KiviValueStore final : public KiviStoreBase {
   }
 
  private:
-  void quantize_tokens(const at::Tensor& tokens) {  // [kv_heads, n, head_dim]
-    const int64_t n = tokens.size(1), start = codes_.size(), groups = head_dim_ / group_;
-    codes_.append(n).zero_();
-    at::Tensor scales = at::empty({kv_heads_, n, groups}, at::kFloat);
-    at::Tensor mins = at::empty({kv_heads_, n, groups}, at::kFloat);
+  static bool tiled(int bits, int64_t head_dim) { return head_dim % (128 / bits) == 0; }
+  int64_t row_bytes() const { return head_dim_ * bits_ / 8; }
+
+  void quantize_tokens(const at::Tensor& tokens) {  // [kv_heads, m, head_dim]
+    const int64_t m = tokens.size(1), first = quantized_, groups = head_dim_ / group_;
+    grow(codes_, (first + m + code_tokens_ - 1) / code_tokens_);
+    grow(scales_, (first + m + scale_tokens_ - 1) / scale_tokens_);
+    grow(mins_, (first + m + scale_tokens_ - 1) / scale_tokens_);
+    std::vector<uint8_t> rows(static_cast<size_t>(m * row_bytes()));
+    std::vector<float> s(static_cast<size_t>(m * groups)), z(s.size());
     for (int64_t h = 0; h < kv_heads_; ++h) {
-      minmax::quantize_per_token(tokens.data_ptr<float>() + h * n * head_dim_, n, head_dim_, group_,
-                                 bits_, dtype_, nullptr, codes_.mutable_row<uint8_t>(h, start),
-                                 head_dim_ * bits_ / 8, scales[h].data_ptr<float>(),
-                                 mins[h].data_ptr<float>());
+      std::fill(rows.begin(), rows.end(), 0);
+      minmax::quantize_per_token(tokens.data_ptr<float>() + h * m * head_dim_, m, head_dim_, group_,
+                                 bits_, dtype_, nullptr, rows.data(), row_bytes(), s.data(),
+                                 z.data());
+      for (int64_t t = 0; t < m; ++t) {
+        place_codes(h, first + t, rows.data() + t * row_bytes());
+        for (int64_t g = 0; g < groups; ++g) {
+          scales_.set_float(h, meta_row(first + t), meta_index(first + t, g), s[t * groups + g]);
+          mins_.set_float(h, meta_row(first + t), meta_index(first + t, g), z[t * groups + g]);
+        }
+      }
     }
-    scales_.append(n).copy_(scales);
-    mins_.append(n).copy_(mins);
+    quantized_ += m;
+  }
+
+  // Where token t's scale of group g lives: row and element of scales_ / mins_.
+  int64_t meta_row(int64_t t) const { return t / scale_tokens_; }
+  int64_t meta_index(int64_t t, int64_t g) const {
+    return tiled_ ? g * simd::kValueMetaTile + t % simd::kValueMetaTile : g;
+  }
+  // A quad and a packed row hold the same codes transposed: for a run of 16 (8 / bits)
+  // channels, dword i of the quad holds in byte j the fields f = channel 16 f + i of token j,
+  // while the row's byte k holds consecutive channels. Per 4 (2-bit) or 2 (4-bit) dwords the
+  // move is a 4x4 / 2x2 transpose of code fields, done by delta swaps in a register (its own
+  // inverse).
+  static uint32_t transpose_fields(uint32_t x, int bits) {
+    if (bits == 4) {  // 2x2 nibbles in 16 bits: (0,1) <-> (1,0)
+      const uint32_t t = ((x >> 4) ^ x) & 0x00F0u;
+      return x ^ t ^ (t << 4);
+    }
+    uint32_t t = ((x >> 12) ^ x) & 0x0000F0F0u;  // 4x4 crumbs: the off-diagonal 2x2 blocks,
+    x ^= t ^ (t << 12);
+    t = ((x >> 6) ^ x) & 0x00CC00CCu;  // then within each block
+    return x ^ t ^ (t << 6);
+  }
+  // Token j of a quad <-> its packed row, per 64-byte quad vector w: byte j of dword 16 w + i
+  // sits at quad + 64 w + 4 i + j; the 4 (2-bit) or 2 (4-bit) dwords 16 w + count a + e pair
+  // with row bytes 16 w + (16 / count) e + a through transpose_fields.
+  void tile_token(uint8_t* quad, int64_t j, const uint8_t* row) const {
+    const int count = 8 / bits_, units = 16 / count;
+    for (int64_t w = 0; w < head_dim_ * bits_ / 128; ++w) {
+      uint8_t* q = quad + 64 * w + j;
+      const uint8_t* r = row + 16 * w;
+      for (int a = 0; a < units; ++a) {
+        uint32_t x = 0;
+        for (int e = 0; e < count; ++e) x |= static_cast<uint32_t>(r[units * e + a]) << (8 * e);
+        x = transpose_fields(x, bits_);
+        for (int e = 0; e < count; ++e) q[4 * (count * a + e)] = static_cast<uint8_t>(x >> (8 * e));
+      }
+    }
+  }
+  void untile_token(const uint8_t* quad, int64_t j, uint8_t* row) const {
+    if (bits_ == 2) return untile_token_bits<2>(quad, j, row);
+    untile_token_bits<4>(quad, j, row);
+  }
+  // Compile-time field counts: the fallback kernels un-tile every token they read.
+  template <int kBits>
+  void untile_token_bits(const uint8_t* quad, int64_t j, uint8_t* row) const {
+    constexpr int kCount = 8 / kBits, kUnits = 16 / kCount;
+    for (int64_t w = 0; w < head_dim_ * kBits / 128; ++w) {
+      const uint8_t* q = quad + 64 * w + j;
+      uint8_t* r = row + 16 * w;
+      for (int a = 0; a < kUnits; ++a) {
+        uint32_t x = 0;
+        for (int e = 0; e < kCount; ++e)
+          x |= static_cast<uint32_t>(q[4 * (kCount * a + e)]) << (8 * e);
+        x = transpose_fields(x, kBits);
+        for (int e = 0; e < kCount; ++e) r[kUnits * e + a] = static_cast<uint8_t>(x >> (8 * e));
+      }
+    }
+  }
+  int64_t quad_bytes() const { return simd::kValueQuad * row_bytes(); }
+
+  void place_codes(int64_t h, int64_t t, const uint8_t* row) {
+    if (!tiled_) {
+      std::copy(row, row + row_bytes(), codes_.mutable_row<uint8_t>(h, t));
+      return;
+    }
+    tile_token(codes_.mutable_row<uint8_t>(h, t / simd::kValueQuad), t % simd::kValueQuad, row);
+  }
+  // Token t's codes as one packed row (the per-token layout): out [row_bytes].
+  void token_codes(int64_t h, int64_t t, uint8_t* out) const {
+    if (!tiled_) {
+      const uint8_t* row = codes_.row<uint8_t>(h, t);
+      std::copy(row, row + row_bytes(), out);
+      return;
+    }
+    untile_token(codes_.row<uint8_t>(h, t / simd::kValueQuad), t % simd::kValueQuad, out);
   }
 
  public:
-  // Fused value read: per-token groups straight from the codes, then the exact window.
+  // Fused value read: the quantized tokens straight from the codes, then the exact window.
   void accumulate(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
                   int64_t stride, float* out) const override {
-    const int64_t quantized = codes_.size(), mid = std::clamp(quantized, t0, t1);
+    const int64_t mid = std::clamp(quantized_, t0, t1);
     if (mid > t0) {
-      const int64_t n = (mid - t0) * (head_dim_ / group_);
-      float* s = scratch(static_cast<size_t>(2 * n));
-      scales_.rows_as_float(head, t0, mid, s);
-      mins_.rows_as_float(head, t0, mid, s + n);
-      scales_.prefetch_rows(head, mid, mid + (mid - t0));  // the next chunk's
-      mins_.prefetch_rows(head, mid, mid + (mid - t0));
-      const simd::CodeRows v{codes_.row<uint8_t>(head, t0), s, s + n, bits_, 0, group_, head_dim_};
-      if (value_int8_) {
-        simd::codes_weighted_sum_int8(v, mid - t0, p, rows, stride, out);
+      if (tiled_ && value_int8_ && simd::kivi_value_sum_supported(bits_, group_, head_dim_)) {
+        accumulate_tiles(head, p, rows, t0, mid, stride, out);
       } else {
-        simd::codes_weighted_sum(v, mid - t0, p, rows, stride, out);
+        accumulate_rows(head, p, rows, t0, mid, stride, out);
       }
     }
     if (t1 > mid) {
-      simd::rows_weighted_sum(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid,
+      simd::rows_weighted_sum(simd::RowType::kFloat32, window_row(head, mid - quantized_), t1 - mid,
                               head_dim_, p + (mid - t0), rows, stride, out);
     }
   }
 
  private:
-  void decode(int64_t h, int64_t t, float* out) const override {
-    const uint8_t* codes = codes_.row<uint8_t>(h, t);
-    const int64_t groups = head_dim_ / group_;
-    thread_local std::vector<float> s, m;  // no allocation per token
-    s.resize(static_cast<size_t>(groups));
-    m.resize(static_cast<size_t>(groups));
-    scales_.row_as_float(h, t, s.data());
-    mins_.row_as_float(h, t, m.data());
-    minmax::dequantize_per_token(codes, s.data(), m.data(), head_dim_, group_, bits_, out);
+  // The tiled kernel: the range's scale and min tiles converted to fp32 once per call.
+  void accumulate_tiles(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
+                        int64_t stride, float* out) const {
+    const int64_t j0 = t0 / simd::kValueMetaTile, j1 = (t1 - 1) / simd::kValueMetaTile + 1;
+    const int64_t n = (j1 - j0) * (head_dim_ / group_) * simd::kValueMetaTile;
+    float* s = scratch(static_cast<size_t>(2 * n));
+    scales_.rows_as_float(head, j0, j1, s);
+    mins_.rows_as_float(head, j0, j1, s + n);
+    scales_.prefetch_rows(head, j1, j1 + (j1 - j0));  // the next chunk's
+    mins_.prefetch_rows(head, j1, j1 + (j1 - j0));
+    simd::kivi_value_sum_int8(
+        {codes_.row<uint8_t>(head, 0), s, s + n, j0, bits_, group_, head_dim_}, t0, t1, p, rows,
+        stride, out);
   }
 
+  // Every other case (exact weights, other instruction sets and shapes): the range as packed
+  // token rows and [token][group] fp32 scales for the per-token kernels. With int8 weights the
+  // call is split at the first multiple of kValueTile, so its tiles are the tiled kernel's.
+  void accumulate_rows(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
+                       int64_t stride, float* out) const {
+    const int64_t len = t1 - t0, groups = head_dim_ / group_;
+    thread_local std::vector<uint8_t> codes;
+    const uint8_t* rows_at = codes_.row<uint8_t>(head, t0 / code_tokens_);
+    float* s = scratch(static_cast<size_t>(2 * len * groups));
+    if (tiled_) {  // token rows from the quads, [token][group] scales from the tiles
+      codes.resize(static_cast<size_t>(len * row_bytes()));
+      for (int64_t t = t0; t < t1; ++t) {
+        untile_token(rows_at + (t / simd::kValueQuad - t0 / simd::kValueQuad) * quad_bytes(),
+                     t % simd::kValueQuad, codes.data() + (t - t0) * row_bytes());
+      }
+      rows_at = codes.data();
+      const int64_t j0 = t0 / simd::kValueMetaTile, j1 = (t1 - 1) / simd::kValueMetaTile + 1;
+      thread_local std::vector<float> tiles;
+      tiles.resize(static_cast<size_t>(2 * (j1 - j0) * groups * simd::kValueMetaTile));
+      float* m = tiles.data() + (j1 - j0) * groups * simd::kValueMetaTile;
+      scales_.rows_as_float(head, j0, j1, tiles.data());
+      mins_.rows_as_float(head, j0, j1, m);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t at = (t / simd::kValueMetaTile - j0) * groups * simd::kValueMetaTile +
+                           t % simd::kValueMetaTile;
+        for (int64_t g = 0; g < groups; ++g) {
+          s[(t - t0) * groups + g] = tiles[at + g * simd::kValueMetaTile];
+          s[(len + t - t0) * groups + g] = m[at + g * simd::kValueMetaTile];
+        }
+      }
+    } else {
+      scales_.rows_as_float(head, t0, t1, s);
+      mins_.rows_as_float(head, t0, t1, s + len * groups);
+    }
+    const simd::CodeRows v{rows_at, s, s + len * groups, bits_, 0, group_, head_dim_};
+    if (!value_int8_) return simd::codes_weighted_sum(v, len, p, rows, stride, out);
+    const int64_t split =
+        std::min(t1, (t0 + simd::kValueTile - 1) / simd::kValueTile * simd::kValueTile);
+    simd::codes_weighted_sum_int8(v, split - t0, p, rows, stride, out);
+    if (t1 > split) {
+      const int64_t k = split - t0;
+      simd::codes_weighted_sum_int8({rows_at + k * row_bytes(), s + k * groups,
+                                     s + (len + k) * groups, bits_, 0, group_, head_dim_},
+                                    t1 - split, p + k, rows, stride, out);
+    }
+  }
+
+  void decode(int64_t h, int64_t t, float* out) const override {
+    const int64_t groups = head_dim_ / group_;
+    thread_local std::vector<uint8_t> codes;
+    thread_local std::vector<float> s, m;  // no allocation per token
+    codes.resize(static_cast<size_t>(row_bytes()));
+    s.resize(static_cast<size_t>(groups));
+    m.resize(static_cast<size_t>(groups));
+    token_codes(h, t, codes.data());
+    for (int64_t g = 0; g < groups; ++g) {
+      s[g] = scales_.get_float(h, meta_row(t), meta_index(t, g));
+      m[g] = mins_.get_float(h, meta_row(t), meta_index(t, g));
+    }
+    minmax::dequantize_per_token(codes.data(), s.data(), m.data(), head_dim_, group_, bits_, out);
+  }
+
+  const bool tiled_;
   const bool value_int8_;
 };
 

@@ -76,4 +76,32 @@ uint64_t RowBuffer::bytes() const {
   return static_cast<uint64_t>(kv_heads_ * size_ * width_) * at::elementSize(dtype_);
 }
 
+uint64_t RowBuffer::row_bytes() const {
+  return static_cast<uint64_t>(kv_heads_ * width_) * at::elementSize(dtype_);
+}
+
+float RowBuffer::get_float(int64_t h, int64_t t, int64_t i) const {
+  switch (dtype_) {
+    case at::kHalf:
+      return static_cast<float>(row<at::Half>(h, t)[i]);
+    case at::kBFloat16:
+      return static_cast<float>(row<at::BFloat16>(h, t)[i]);
+    default:
+      return row<float>(h, t)[i];
+  }
+}
+
+void RowBuffer::set_float(int64_t h, int64_t t, int64_t i, float v) {
+  switch (dtype_) {
+    case at::kHalf:
+      mutable_row<at::Half>(h, t)[i] = static_cast<at::Half>(v);
+      break;
+    case at::kBFloat16:
+      mutable_row<at::BFloat16>(h, t)[i] = static_cast<at::BFloat16>(v);
+      break;
+    default:
+      mutable_row<float>(h, t)[i] = v;
+  }
+}
+
 }  // namespace kvbench

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -343,7 +344,8 @@ TEST(FusedKernels, StoresWithInt8ValueWeightsWithinTheBound) {
     struct Store {
       std::string name;
       std::unique_ptr<TokenStore> store;
-      int64_t group, first_exact;  // values at or past first_exact are stored exactly
+      int64_t group, first_exact;   // values at or past first_exact are stored exactly
+      bool absolute_tiles = false;  // weight tiles at multiples of 32 (KIVI), else from t0
     };
     std::vector<Store> stores;
     const at::Tensor x = kv_like(1, 300, 128, 51);
@@ -356,16 +358,23 @@ TEST(FusedKernels, StoresWithInt8ValueWeightsWithinTheBound) {
     }
     for (int bits : {2, 4}) {
       KiviCodec codec(bits, 32, 128, at::kHalf, true, true);
-      stores.push_back(
-          {"kivi bits " + std::to_string(bits), codec.make_value_store(1, 128), 32, 300 - 128});
+      stores.push_back({"kivi bits " + std::to_string(bits), codec.make_value_store(1, 128), 32,
+                        300 - 128, true});
+      // group 16: 8 groups, two batches of the weights' maxima; group 8: the per-token rows
+      for (int64_t group : {16, 8}) {
+        KiviCodec other(bits, group, 128, at::kHalf, true, true);
+        stores.push_back({"kivi group " + std::to_string(group) + " bits " + std::to_string(bits),
+                          other.make_value_store(1, 128), group, 300 - 128, true});
+      }
     }
     for (Store& s : stores) {
       s.store->append(x);
       const at::Tensor v = s.store->dequantize().to(at::kDouble)[0];
       const at::Tensor amax = group_amax(x, s.group);
-      for (int64_t rows : {1, 4, 5}) {
+      for (int64_t rows : {1, 3, 4, 5, 8}) {
         at::Tensor p = at::rand({rows, 300}, at::detail::createCPUGenerator(rows + 70));
-        for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, 300}, {7, 200}}) {
+        for (auto [t0, t1] :
+             {std::pair<int64_t, int64_t>{0, 300}, {7, 200}, {33, 171}, {61, 62}, {150, 300}}) {
           const int64_t len = t1 - t0;
           at::Tensor out = at::zeros({rows, 128}, at::kFloat);
           s.store->accumulate(0, p.data_ptr<float>() + t0, rows, t0, t1, 300,
@@ -374,10 +383,11 @@ TEST(FusedKernels, StoresWithInt8ValueWeightsWithinTheBound) {
           const at::Tensor want = at::mm(pd, v.narrow(0, t0, len));
           const at::Tensor magnitude = at::mm(pd, v.narrow(0, t0, len).abs()) * 3;
           at::Tensor bound = at::zeros({rows, 128 / s.group}, at::kDouble);
-          // quantized tokens only, in tiles of 32 from t0
+          // quantized tokens only, in tiles of 32 from t0 or at multiples of 32
           const int64_t mid = std::min(t1, std::max(t0, s.first_exact));
-          for (int64_t a = t0; a < mid; a += simd::kValueTile) {
-            const int64_t b = std::min(mid, a + simd::kValueTile);
+          const int64_t first = s.absolute_tiles ? t0 / simd::kValueTile * simd::kValueTile : t0;
+          for (int64_t a0 = first; a0 < mid; a0 += simd::kValueTile) {
+            const int64_t a = std::max(a0, t0), b = std::min(mid, a0 + simd::kValueTile);
             // max over the tile of p_t 2.01 amax_tg, per row and group
             at::Tensor prod = pd.narrow(1, a - t0, b - a).unsqueeze(2) *
                               amax.narrow(0, a, b - a).unsqueeze(0) * 2.01;
@@ -595,6 +605,54 @@ TEST(FusedKernels, DISABLED_SpeedProbe) {
     std::printf("%-16s %s  %8.2f ms cpu (median of %d)  %7.1f MiB\n", c.name.c_str(),
                 simd::kernel_isa(), cpu[cpu.size() / 2], static_cast<int>(cpu.size()),
                 bytes.total() / 1048576.0);
+  }
+}
+
+// Not a test: the fastest of many calls of one KV head's key scores and value sums over 2048
+// tokens in cache (4 query rows), per format, in ns per token: the kernels' compute cost apart
+// from the memory system and the softmax. Run like the probe above with '*PartsProbe*'.
+TEST(FusedKernels, DISABLED_PartsProbe) {
+  const int64_t tokens = 2048, dim = 128, rows = 4;
+  at::set_num_threads(1);
+  std::vector<std::pair<std::string, std::shared_ptr<const Codec>>> cases = {
+      {"fp16", std::make_shared<IdentityCodec>(at::kHalf)},
+      {"q4_1", std::make_shared<BlockQuantCodec>(4, false, 32, true, true)},
+      {"kivi-4", std::make_shared<KiviCodec>(4, 32, 128, at::kHalf, true, true)},
+      {"kivi-2", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, true, true)},
+      {"kivi-2 exact", std::make_shared<KiviCodec>(2, 32, 128, at::kHalf, false, false)}};
+  at::Tensor q = at::randn({rows, dim}, at::detail::createCPUGenerator(1));
+  at::Tensor p = at::rand({rows, tokens}, at::detail::createCPUGenerator(2));
+  for (const auto& [name, codec] : cases) {
+    auto keys = codec->make_key_store(1, dim), values = codec->make_value_store(1, dim);
+    keys->append(at::randn({1, tokens + 128, dim}, at::detail::createCPUGenerator(3)));
+    values->append(at::randn({1, tokens + 128, dim}, at::detail::createCPUGenerator(4)));
+    std::vector<float> scores(static_cast<size_t>(rows * tokens)), out(rows * dim);
+    auto fastest = [&](auto&& call) {
+      double best = 1e30;
+      for (int i = 0; i < 3000; ++i) {
+        const auto a = std::chrono::steady_clock::now();
+        call();
+        const auto b = std::chrono::steady_clock::now();
+        best = std::min(best, std::chrono::duration<double, std::nano>(b - a).count());
+      }
+      return best / tokens;
+    };
+    const bool quantized = keys->quantized_query();
+    std::vector<int8_t> q8(rows * dim);
+    std::vector<float> q8s(rows * dim / simd::kQ8Block), q8d(q8s.size());
+    simd::quantize_q8(q.data_ptr<float>(), rows, dim, q8.data(), q8s.data(), q8d.data());
+    const double k = fastest([&] {
+      if (quantized) {
+        keys->dot_quantized(0, {q8.data(), q8s.data(), q8d.data()}, rows, 0, tokens, scores.data(),
+                            tokens);
+      } else {
+        keys->dot(0, q.data_ptr<float>(), rows, 0, tokens, scores.data(), tokens);
+      }
+    });
+    const double v = fastest(
+        [&] { values->accumulate(0, p.data_ptr<float>(), rows, 0, tokens, tokens, out.data()); });
+    std::printf("%-12s %s  keys %6.2f  values %6.2f  ns per token and KV head (4 rows)\n",
+                name.c_str(), simd::kernel_isa(), k, v);
   }
 }
 

@@ -12,9 +12,14 @@
 //               quantized to int8 blocks of 32 and scored against the codes with integer dot
 //               products (simd::channel_scores; head_dim a multiple of 32); false: q' stays
 //               fp32. The registry's kivi-2/kivi-4 default is true; this constructor's false.
-//   value_int8: values accumulated against int8 weights p s per 32-token tile
-//               (simd::codes_weighted_sum_int8; AVX-512 VNNI, G a multiple of 32, head_dim of
-//               64); false or elsewhere: exactly.
+//   value_int8: values accumulated against int8 weights p s per 32-token tile (tiles at
+//               multiples of 32; simd::kivi_value_sum_int8 on AVX-512 VNNI, G a multiple of 16,
+//               head_dim of 128 / bits); false or elsewhere: exactly.
+// Value layout (head_dim a multiple of 128 / bits): codes in quads of 4 tokens whose 32-bit
+// words hold 4 tokens' codes of 16 (8 / bits) channels, scales and mins in tiles of 16 tokens
+// ([group][token]), as simd::KiviValueTiles describes: the int8 kernel reads them with one
+// load per 4 tokens and 64 (2-bit) channels and no transposes. Other head_dims: one row per
+// token. Bytes are the same either way.
 #pragma once
 
 #include "kvbench/kv/codec.h"

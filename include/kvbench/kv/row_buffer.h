@@ -23,6 +23,8 @@ class RowBuffer {
   int64_t size() const { return size_; }
   // Bytes of the stored rows (not of spare capacity).
   uint64_t bytes() const;
+  // Bytes of one row over all heads (width x element size x kv_heads).
+  uint64_t row_bytes() const;
   // Row `t` of head `h`, for kernels: `width` elements of T.
   template <typename T>
   const T* row(int64_t h, int64_t t) const {
@@ -30,6 +32,10 @@ class RowBuffer {
   }
   // Row `t` of head `h` converted to fp32 (float32, float16 or bfloat16 storage).
   void row_as_float(int64_t h, int64_t t, float* out) const;
+  // Element i of row t of head h as fp32, and set from fp32 (rounded to the dtype): for formats
+  // that place tokens inside shared rows (KIVI's tiles).
+  float get_float(int64_t h, int64_t t, int64_t i) const;
+  void set_float(int64_t h, int64_t t, int64_t i, float v);
   // Rows [t0, t1) of head `h` converted to fp32: [t1 - t0, width].
   void rows_as_float(int64_t h, int64_t t0, int64_t t1, float* out) const;
   // Software prefetch of rows [t0, min(t1, size)) of head `h` (e.g. a kernel's next chunk).
