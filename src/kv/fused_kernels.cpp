@@ -295,11 +295,11 @@ bool kivi_value_sum_supported(int bits, int64_t group, int64_t n) {
          n % (128 / bits) == 0 && n <= 256;
 }
 
-void kivi_value_sum_int8(const KiviValueTiles& v, int64_t t0, int64_t t1, const float* p,
-                         int64_t rows, int64_t stride, float* out) {
+void kivi_value_sum(const KiviValueTiles& v, int64_t t0, int64_t t1, const float* p, int64_t rows,
+                    int64_t stride, float* out, bool value_int8) {
 #if defined(__x86_64__)
   if (kivi_value_sum_supported(v.bits, v.group, v.n)) {
-    return vnni::kivi_value_sum_int8(v, t0, t1, p, rows, stride, out);
+    return vnni::kivi_value_sum(v, t0, t1, p, rows, stride, out, value_int8);
   }
 #endif
   std::abort();  // callers check kivi_value_sum_supported() first

@@ -332,7 +332,7 @@ class KiviValueStore final : public KiviStoreBase {
                   int64_t stride, float* out) const override {
     const int64_t mid = std::clamp(quantized_, t0, t1);
     if (mid > t0) {
-      if (tiled_ && value_int8_ && simd::kivi_value_sum_supported(bits_, group_, head_dim_)) {
+      if (tiled_ && simd::kivi_value_sum_supported(bits_, group_, head_dim_)) {
         accumulate_tiles(head, p, rows, t0, mid, stride, out);
       } else {
         accumulate_rows(head, p, rows, t0, mid, stride, out);
@@ -345,7 +345,8 @@ class KiviValueStore final : public KiviStoreBase {
   }
 
  private:
-  // The tiled kernel: the range's scale and min tiles converted to fp32 once per call.
+  // The tiled kernels (int8 or exact weights): the range's scale and min tiles converted to
+  // fp32 once per call.
   void accumulate_tiles(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
                         int64_t stride, float* out) const {
     const int64_t j0 = t0 / simd::kValueMetaTile, j1 = (t1 - 1) / simd::kValueMetaTile + 1;
@@ -355,12 +356,11 @@ class KiviValueStore final : public KiviStoreBase {
     mins_.rows_as_float(head, j0, j1, s + n);
     scales_.prefetch_rows(head, j1, j1 + (j1 - j0));  // the next chunk's
     mins_.prefetch_rows(head, j1, j1 + (j1 - j0));
-    simd::kivi_value_sum_int8(
-        {codes_.row<uint8_t>(head, 0), s, s + n, j0, bits_, group_, head_dim_}, t0, t1, p, rows,
-        stride, out);
+    simd::kivi_value_sum({codes_.row<uint8_t>(head, 0), s, s + n, j0, bits_, group_, head_dim_}, t0,
+                         t1, p, rows, stride, out, value_int8_);
   }
 
-  // Every other case (exact weights, other instruction sets and shapes): the range as packed
+  // Every other case (other instruction sets and shapes): the range as packed
   // token rows and [token][group] fp32 scales for the per-token kernels. With int8 weights the
   // call is split at the first multiple of kValueTile, so its tiles are the tiled kernel's.
   void accumulate_rows(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,

@@ -162,7 +162,7 @@ void expect_accumulate_matches(const TokenStore& store, const std::string& what,
                                bool codes = true) {
   const int64_t dim = store.head_dim(), tokens = store.size();
   const at::Tensor v = store.dequantize().to(at::kDouble);
-  for (int64_t rows : {1, 2, 4, 5}) {
+  for (int64_t rows : {1, 2, 3, 4, 5}) {
     at::Tensor p = at::rand({rows, tokens}, at::detail::createCPUGenerator(rows + 7));
     for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, tokens}, {5, tokens - 2}}) {
       const int64_t len = t1 - t0, stride = tokens;
@@ -212,13 +212,19 @@ TEST(FusedKernels, ValuesFromTheCodesMatchFloat64) {
       expect_accumulate_matches(*values, isa + " block bits " + std::to_string(f.bits));
     }
     for (int bits : {2, 4}) {  // 300 tokens: 172 quantized values, the last 128 exact
-      KiviCodec codec(bits, 32, 128, at::kHalf);
-      auto values = codec.make_value_store(1, 128);
-      values->append(kv_like(1, 300, 128, 22));
-      expect_accumulate_matches(*values, isa + " kivi values bits " + std::to_string(bits));
-      auto keys = codec.make_key_store(1, 128);
-      keys->append(kv_like(1, 300, 128, 23));
-      expect_dot_matches(*keys, isa + " kivi keys bits " + std::to_string(bits));
+      // (group, head_dim): the tiled kernels with 4, 8 and 1 groups, and per-token rows (96)
+      for (auto [group, dim] :
+           {std::pair<int64_t, int64_t>{32, 128}, {16, 256}, {64, 64}, {32, 96}}) {
+        KiviCodec codec(bits, group, 128, at::kHalf);
+        const std::string what = isa + " kivi bits " + std::to_string(bits) + " group " +
+                                 std::to_string(group) + " head_dim " + std::to_string(dim);
+        auto values = codec.make_value_store(1, dim);
+        values->append(kv_like(1, 300, dim, 22));
+        expect_accumulate_matches(*values, what + " values");
+        auto keys = codec.make_key_store(1, dim);
+        keys->append(kv_like(1, 300, dim, 23));
+        expect_dot_matches(*keys, what + " keys");
+      }
     }
   }
 }

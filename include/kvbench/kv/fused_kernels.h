@@ -59,7 +59,7 @@ constexpr int64_t kValueTile = 32;
 bool value_int8_supported(const CodeRows& v);
 void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int64_t rows,
                              int64_t stride, float* out);
-// KIVI's quantized values in their tiled layout (kivi_codec.h), read with int8 weights:
+// KIVI's quantized values in their tiled layout (kivi_codec.h):
 //   codes: quads of 4 tokens, kValueQuad * n * bits / 8 bytes each; dword (w, i) of quad q (at
 //          byte 64 w + 4 i) holds in byte j the codes of token 4 q + j for the channels
 //          16 (8 / bits) w + 16 s + i, code s in bits [bits s, bits (s + 1)) of the byte;
@@ -67,9 +67,10 @@ void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int
 //          tile `first_tile` (token 16 first_tile) on.
 // So one 64-byte load holds 4 tokens' codes for 16 (8 / bits) channels, a shift and a mask give
 // vpdpbusd its 4 tokens per 32-bit lane and channels lie in natural order in the accumulators.
-// Weights as in codes_weighted_sum_int8, but per absolute tile of kValueTile tokens (tiles at
-// multiples of 32, cut to [t0, t1)): out[r, i] += sum_tiles s sum_t u_t c_ti + sum_t p m_tg,
-// with the same bound. p[r * stride + (t - t0)] weights token t.
+// out[r * n + i] += sum_t p[r * stride + (t - t0)] value_ti for t in [t0, t1). With value_int8
+// the weights are quantized as in codes_weighted_sum_int8, but per absolute tile of kValueTile
+// tokens (tiles at multiples of 32, cut to [t0, t1)), with the same bound; without, exactly
+// (fp32 weights p d, codes converted to fp32).
 constexpr int64_t kValueQuad = 4, kValueMetaTile = 16;
 struct KiviValueTiles {
   const uint8_t* codes;  // quad 0 of the head
@@ -79,11 +80,11 @@ struct KiviValueTiles {
   int bits;
   int64_t group, n;
 };
-// Whether kivi_value_sum_int8 runs for this shape here (AVX-512 VNNI, group a multiple of 16,
-// n of 16 (8 / bits)).
+// Whether kivi_value_sum runs for this shape here (AVX-512 VNNI, group a multiple of 16, n of
+// 16 (8 / bits) up to 256); elsewhere the store un-tiles tokens for the per-token kernels.
 bool kivi_value_sum_supported(int bits, int64_t group, int64_t n);
-void kivi_value_sum_int8(const KiviValueTiles& v, int64_t t0, int64_t t1, const float* p,
-                         int64_t rows, int64_t stride, float* out);
+void kivi_value_sum(const KiviValueTiles& v, int64_t t0, int64_t t1, const float* p, int64_t rows,
+                    int64_t stride, float* out, bool value_int8);
 
 // Float scores from the codes (no query quantization): scores[r * stride + t] =
 // sum_i q[r * n + i] * value_ti. For formats whose scales fold into the query (KIVI's
