@@ -345,19 +345,16 @@ class KiviValueStore final : public KiviStoreBase {
   }
 
  private:
-  // The tiled kernels (int8 or exact weights): the range's scale and min tiles converted to
-  // fp32 once per call.
+  // The tiled kernels (int8 or exact weights), which convert scales and mins in registers and
+  // prefetch them with the codes.
   void accumulate_tiles(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
                         int64_t stride, float* out) const {
-    const int64_t j0 = t0 / simd::kValueMetaTile, j1 = (t1 - 1) / simd::kValueMetaTile + 1;
-    const int64_t n = (j1 - j0) * (head_dim_ / group_) * simd::kValueMetaTile;
-    float* s = scratch(static_cast<size_t>(2 * n));
-    scales_.rows_as_float(head, j0, j1, s);
-    mins_.rows_as_float(head, j0, j1, s + n);
-    scales_.prefetch_rows(head, j1, j1 + (j1 - j0));  // the next chunk's
-    mins_.prefetch_rows(head, j1, j1 + (j1 - j0));
-    simd::kivi_value_sum({codes_.row<uint8_t>(head, 0), s, s + n, j0, bits_, group_, head_dim_}, t0,
-                         t1, p, rows, stride, out, value_int8_);
+    const simd::RowType meta = dtype_ == at::kHalf       ? simd::RowType::kFloat16
+                               : dtype_ == at::kBFloat16 ? simd::RowType::kBFloat16
+                                                         : simd::RowType::kFloat32;
+    simd::kivi_value_sum({codes_.row<uint8_t>(head, 0), scales_.raw_row(head, 0),
+                          mins_.raw_row(head, 0), meta, bits_, group_, head_dim_},
+                         t0, t1, p, rows, stride, out, value_int8_);
   }
 
   // Every other case (other instruction sets and shapes): the range as packed

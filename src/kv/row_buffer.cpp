@@ -63,6 +63,11 @@ void RowBuffer::rows_as_float(int64_t h, int64_t t0, int64_t t1, float* out) con
   }
 }
 
+const void* RowBuffer::raw_row(int64_t h, int64_t t) const {
+  return static_cast<const char*>(data_.data_ptr()) +
+         (h * data_.size(1) + t) * width_ * static_cast<int64_t>(at::elementSize(dtype_));
+}
+
 void RowBuffer::prefetch_rows(int64_t h, int64_t t0, int64_t t1) const {
   t1 = std::min(t1, size_);
   if (t1 <= t0) return;

@@ -212,12 +212,20 @@ TEST(FusedKernels, ValuesFromTheCodesMatchFloat64) {
       expect_accumulate_matches(*values, isa + " block bits " + std::to_string(f.bits));
     }
     for (int bits : {2, 4}) {  // 300 tokens: 172 quantized values, the last 128 exact
-      // (group, head_dim): the tiled kernels with 4, 8 and 1 groups, and per-token rows (96)
-      for (auto [group, dim] :
-           {std::pair<int64_t, int64_t>{32, 128}, {16, 256}, {64, 64}, {32, 96}}) {
-        KiviCodec codec(bits, group, 128, at::kHalf);
+      // the tiled kernels with 4, 8 and 1 groups and each scale dtype (converted in registers),
+      // and per-token rows (head_dim 96 at 2 bits)
+      struct Shape {
+        int64_t group, dim;
+        at::ScalarType dtype;
+      };
+      for (Shape sh :
+           {Shape{32, 128, at::kHalf}, Shape{16, 256, at::kHalf}, Shape{64, 64, at::kHalf},
+            Shape{32, 96, at::kHalf}, Shape{32, 128, at::kBFloat16}, Shape{32, 128, at::kFloat}}) {
+        const int64_t group = sh.group, dim = sh.dim;
+        KiviCodec codec(bits, group, 128, sh.dtype);
         const std::string what = isa + " kivi bits " + std::to_string(bits) + " group " +
-                                 std::to_string(group) + " head_dim " + std::to_string(dim);
+                                 std::to_string(group) + " head_dim " + std::to_string(dim) + " " +
+                                 c10::toString(sh.dtype);
         auto values = codec.make_value_store(1, dim);
         values->append(kv_like(1, 300, dim, 22));
         expect_accumulate_matches(*values, what + " values");

@@ -13,6 +13,9 @@
 
 namespace kvbench::simd {
 
+// Stored float dtypes the kernels convert in registers (fp16 and bf16 as uint16_t bit patterns).
+enum class RowType { kFloat16, kBFloat16, kFloat32 };
+
 // Query rows quantized for integer dot products: per row, blocks of kQ8Block values as int8
 // codes c = round(x / d) in [-127, 127] with d = amax / 127 (fp32), so |x - d c| <= d / 2.
 constexpr int64_t kQ8Block = 32;
@@ -63,8 +66,8 @@ void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int
 //   codes: quads of 4 tokens, kValueQuad * n * bits / 8 bytes each; dword (w, i) of quad q (at
 //          byte 64 w + 4 i) holds in byte j the codes of token 4 q + j for the channels
 //          16 (8 / bits) w + 16 s + i, code s in bits [bits s, bits (s + 1)) of the byte;
-//   d, m:  fp32 scales and mins in tiles of kValueMetaTile tokens, [group][16] per tile, from
-//          tile `first_tile` (token 16 first_tile) on.
+//   d, m:  scales and mins (stored dtype `meta`, converted in registers) in tiles of
+//          kValueMetaTile tokens, [group][16] per tile, from the head's tile 0.
 // So one 64-byte load holds 4 tokens' codes for 16 (8 / bits) channels, a shift and a mask give
 // vpdpbusd its 4 tokens per 32-bit lane and channels lie in natural order in the accumulators.
 // out[r * n + i] += sum_t p[r * stride + (t - t0)] value_ti for t in [t0, t1). With value_int8
@@ -74,9 +77,9 @@ void codes_weighted_sum_int8(const CodeRows& v, int64_t len, const float* p, int
 constexpr int64_t kValueQuad = 4, kValueMetaTile = 16;
 struct KiviValueTiles {
   const uint8_t* codes;  // quad 0 of the head
-  const float* d;
-  const float* m;
-  int64_t first_tile;
+  const void* d;
+  const void* m;
+  RowType meta;
   int bits;
   int64_t group, n;
 };
@@ -120,7 +123,6 @@ void channel_scores(const ChannelGroupRows& k, int64_t len, const float* q, int6
 // `n` values, read with the conversion in registers:
 //   scores[r * stride + t] = sum_i q[r * n + i] * k[t * n + i]
 //   out[r * n + i] += sum_t p[r * stride + t] * v[t * n + i]
-enum class RowType { kFloat16, kBFloat16, kFloat32 };
 void rows_scores(RowType type, const void* k, int64_t len, int64_t n, const float* q, int64_t rows,
                  float* scores, int64_t stride);
 void rows_weighted_sum(RowType type, const void* v, int64_t len, int64_t n, const float* p,

@@ -30,6 +30,8 @@ class RowBuffer {
   const T* row(int64_t h, int64_t t) const {
     return data_.data_ptr<T>() + (h * data_.size(1) + t) * width_;
   }
+  // Row `t` of head `h` as untyped bytes (kernels that convert the dtype themselves).
+  const void* raw_row(int64_t h, int64_t t) const;
   // Row `t` of head `h` converted to fp32 (float32, float16 or bfloat16 storage).
   void row_as_float(int64_t h, int64_t t, float* out) const;
   // Element i of row t of head h as fp32, and set from fp32 (rounded to the dtype): for formats
