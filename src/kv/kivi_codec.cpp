@@ -30,7 +30,7 @@ class KiviStoreBase : public TokenStore {
         mins_(kv_heads, scale_width, dtype),
         window_(at::empty({kv_heads, 0, head_dim}, at::kFloat)) {}
 
-  int64_t size() const override { return codes_.size() + window_.size(1); }
+  int64_t size() const override { return quantized() + window_.size(1); }
 
   at::Tensor dequantize() const override {
     at::Tensor out = at::empty({kv_heads_, size(), head_dim_}, at::kFloat);
@@ -49,10 +49,13 @@ class KiviStoreBase : public TokenStore {
 
   StorageBytes bytes() const override {
     const uint64_t window = static_cast<uint64_t>(window_.numel()) * at::elementSize(dtype_);
-    return {codes_.bytes() + window, scales_.bytes() + mins_.bytes()};
+    return {codes_bytes() + window, scales_.bytes() + mins_.bytes()};
   }
 
  protected:
+  // Tokens held as codes (the rest are in the window), and the bytes of their codes.
+  virtual int64_t quantized() const { return codes_.size(); }
+  virtual uint64_t codes_bytes() const { return codes_.bytes(); }
   // Row j of head h's exact window: [head_dim] fp32.
   const float* window_row(int64_t h, int64_t j) const {
     return window_.data_ptr<float>() + (h * window_.size(1) + j) * head_dim_;
@@ -66,7 +69,7 @@ class KiviStoreBase : public TokenStore {
 
   // Token t of head h, reconstructed into out[head_dim].
   void row(int64_t h, int64_t t, float* out) const {
-    const int64_t quantized = codes_.size();
+    const int64_t quantized = this->quantized();
     if (t >= quantized) {
       const float* w =
           window_.data_ptr<float>() + (h * window_.size(1) + (t - quantized)) * head_dim_;
@@ -106,7 +109,11 @@ class KiviKeyStore final : public KiviStoreBase {
                int64_t head_dim, bool query_int8)
       : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, head_dim),
         id_(next_id()),
-        query_int8_(query_int8 && head_dim % simd::kQ8Block == 0) {}
+        query_int8_(query_int8 && head_dim % simd::kQ8Block == 0),
+        words_(head_dim * bits % 32 == 0 ? head_dim * bits / 32 : 0) {
+    // one row of codes_ per tile of kKeyTile tokens (simd::KiviKeyTiles)
+    if (tiled()) codes_ = RowBuffer(kv_heads, simd::kKeyTile * head_dim * bits / 8, at::kByte);
+  }
 
   void append(const at::Tensor& x) override {
     push_window(x.to(at::kFloat));
@@ -114,21 +121,47 @@ class KiviKeyStore final : public KiviStoreBase {
   }
 
  private:
+  bool tiled() const { return words_ > 0; }
+
   // block: [kv_heads, R, head_dim]; scale rows: one per group of G tokens, one value per channel.
+  // Tiled, the codes are quantized as token rows into a staging buffer and then copied into
+  // their slots: the block need not start or end on a tile (R % 16 != 0).
   void quantize_block(const at::Tensor& block) {
-    const int64_t start = codes_.size();
-    const int64_t groups = residual_ / group_;
-    codes_.append(residual_).zero_();
+    const int64_t start = quantized_, groups = residual_ / group_,
+                  row_bytes = head_dim_ * bits_ / 8;
+    at::Tensor staging;  // [kv_heads, R, row_bytes]
+    if (tiled()) {
+      staging = at::zeros({kv_heads_, residual_, row_bytes}, at::kByte);
+      const int64_t tiles = (start + residual_ + simd::kKeyTile - 1) / simd::kKeyTile;
+      if (tiles > codes_.size()) codes_.append(tiles - codes_.size()).zero_();
+    } else {
+      codes_.append(residual_).zero_();
+    }
     at::Tensor scales = at::empty({kv_heads_, groups, head_dim_}, at::kFloat);
     at::Tensor mins = at::empty({kv_heads_, groups, head_dim_}, at::kFloat);
     for (int64_t h = 0; h < kv_heads_; ++h) {
+      uint8_t* rows =
+          tiled() ? staging[h].data_ptr<uint8_t>() : codes_.mutable_row<uint8_t>(h, start);
       minmax::quantize_per_channel(block.data_ptr<float>() + h * residual_ * head_dim_, residual_,
-                                   head_dim_, group_, bits_, dtype_, nullptr,
-                                   codes_.mutable_row<uint8_t>(h, start), head_dim_ * bits_ / 8,
+                                   head_dim_, group_, bits_, dtype_, nullptr, rows, row_bytes,
                                    scales[h].data_ptr<float>(), mins[h].data_ptr<float>());
+      if (tiled()) {
+        simd::tile_key_rows(rows, words_, start, start + residual_,
+                            codes_.mutable_row<uint8_t>(h, 0));
+      }
     }
+    quantized_ += residual_;
     scales_.append(groups).copy_(scales);
     mins_.append(groups).copy_(mins);
+  }
+
+  int64_t quantized() const override { return quantized_; }
+  // The quantized tokens' bytes, not whole tiles': a partial last tile's free slots are
+  // capacity for the next tokens (like a RowBuffer's spare rows), so bytes() stays the
+  // method's nominal size. Codes are bytes (element size 1).
+  uint64_t codes_bytes() const override {
+    const int64_t tokens_per_row = tiled() ? simd::kKeyTile : 1;
+    return static_cast<uint64_t>(kv_heads_ * quantized_ * codes_.width() / tokens_per_row);
   }
 
  public:
@@ -139,7 +172,7 @@ class KiviKeyStore final : public KiviStoreBase {
   // min rows are converted to fp32 once per call; the exact window is read as fp32 rows.
   void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
            int64_t stride) const override {
-    const int64_t quantized = codes_.size(), mid = std::clamp(quantized, t0, t1), n = head_dim_;
+    const int64_t quantized = quantized_, mid = std::clamp(quantized, t0, t1), n = head_dim_;
     if (mid > t0) {
       const int64_t g0 = t0 / group_, g1 = (mid - 1) / group_ + 1;
       float* s = scratch(static_cast<size_t>(2 * (g1 - g0) * n));
@@ -149,8 +182,13 @@ class KiviKeyStore final : public KiviStoreBase {
       // the next chunk's rows (the fused attention walks a head's chunks in order)
       scales_.prefetch_rows(head, g1, g1 + (g1 - g0));
       mins_.prefetch_rows(head, g1, g1 + (g1 - g0));
-      simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
-                           mid - t0, q, rows, scores, stride, query_int8_);
+      if (tiled()) {
+        simd::kivi_key_tile_scores({codes_.row<uint8_t>(head, 0), s, m, bits_, group_, n, g0}, t0,
+                                   mid, q, rows, scores, stride, query_int8_);
+      } else {
+        simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
+                             mid - t0, q, rows, scores, stride, query_int8_);
+      }
     }
     if (t1 > mid) {
       simd::rows_scores(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid, n, q,
@@ -177,14 +215,26 @@ class KiviKeyStore final : public KiviStoreBase {
       cache.head = h;
       cache.group = t / group_;
     }
-    const uint8_t* codes = codes_.row<uint8_t>(h, t);
     const float* s = cache.s.data();
     const float* m = cache.m.data();
-    minmax::dequantize_per_channel(codes, s, m, head_dim_, bits_, out);
+    minmax::dequantize_per_channel(token_codes(h, t), s, m, head_dim_, bits_, out);
+  }
+  // Token t's packed codes as a row (copied out of its tile when tiled).
+  const uint8_t* token_codes(int64_t h, int64_t t) const {
+    if (!tiled()) return codes_.row<uint8_t>(h, t);
+    thread_local std::vector<uint8_t> row;
+    row.resize(static_cast<size_t>(words_ * 4));
+    simd::untile_key_rows(codes_.row<uint8_t>(h, 0), words_, t, t + 1, row.data());
+    return row.data();
   }
 
   const uint64_t id_;
   const bool query_int8_;
+  // dwords per token row when a row is whole dwords (head_dim * bits % 32 == 0): the codes are
+  // then tiled (simd::KiviKeyTiles, codes_ holds [kv_heads, tiles, 16 rows' bytes]); 0: token
+  // rows, as the value store keeps them
+  const int64_t words_;
+  int64_t quantized_ = 0;  // tokens quantized per head (the last tile may be partial)
 };
 
 // Values: a sliding exact window of R tokens; older tokens per token in groups of G channels.
