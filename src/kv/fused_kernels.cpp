@@ -160,10 +160,12 @@ namespace kvbench::simd::avx2 {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")
-// GCC 12's AVX-512 intrinsics (_mm512_cvtph_ps, the casts) start from an "undefined" register
-// and trip -Wmaybe-uninitialized once inlined; a known false positive.
+// GCC 12's AVX-512 intrinsics (_mm512_cvtph_ps, the casts, the shuffles inside
+// _mm512_reduce_add_ps) start from an "undefined" register and trip -Wmaybe-uninitialized or
+// -Wuninitialized once inlined; a known false positive.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 namespace kvbench::simd::vnni {
 #define KVB_VNNI 1
 #include "fused_kernels_x86.inc"

@@ -659,5 +659,60 @@ TEST(FusedKernels, DISABLED_SpeedProbe) {
   }
 }
 
+// Not a test: CPU ms of the KIVI key kernels alone on one thread, rows (token rows,
+// simd::channel_scores) against tiles (simd::kivi_key_tile_scores) on the same codes: 8 heads x
+// 32k tokens, head_dim 128, group 32, 4 query rows, chunks of 512 tokens as the fused attention
+// calls them. Run with --gtest_also_run_disabled_tests --gtest_filter='*KeyKernelProbe*'.
+TEST(FusedKernels, DISABLED_KeyKernelProbe) {
+  const int64_t heads = 8, tokens = 32768, n = 128, group = 32, rows = 4, chunk = 512;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> s(static_cast<size_t>(tokens / group * n)), z(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    s[i] = 0.01f + std::fabs(normal(rng));
+    z[i] = normal(rng);
+  }
+  std::vector<float> q(static_cast<size_t>(rows * n)), scores(static_cast<size_t>(rows * chunk));
+  for (float& x : q) x = normal(rng);
+  for (int bits : {2, 4}) {
+    const int64_t row_bytes = n * bits / 8, words = row_bytes / 4;
+    std::vector<uint8_t> codes(static_cast<size_t>(heads * tokens * row_bytes)),
+        tiles(codes.size());
+    for (uint8_t& c : codes) c = static_cast<uint8_t>(rng());
+    for (int64_t h = 0; h < heads; ++h) {
+      simd::tile_key_rows(codes.data() + h * tokens * row_bytes, words, 0, tokens,
+                          tiles.data() + h * tokens * row_bytes);
+    }
+    for (bool tiled : {false, true}) {
+      std::vector<double> cpu;
+      for (int rep = 0; rep < 23; ++rep) {
+        timespec a{}, b{};
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+        for (int64_t h = 0; h < heads; ++h) {
+          for (int64_t t0 = 0; t0 < tokens; t0 += chunk) {
+            const float* sg = s.data() + t0 / group * n;
+            const float* zg = z.data() + t0 / group * n;
+            if (tiled) {
+              simd::kivi_key_tile_scores(
+                  {tiles.data() + h * tokens * row_bytes, sg, zg, bits, group, n, t0 / group}, t0,
+                  t0 + chunk, q.data(), rows, scores.data(), chunk, true);
+            } else {
+              simd::channel_scores(
+                  {codes.data() + (h * tokens + t0) * row_bytes, sg, zg, bits, group, n, 0}, chunk,
+                  q.data(), rows, scores.data(), chunk, true);
+            }
+          }
+        }
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+        if (rep >= 3) cpu.push_back((b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) * 1e-6);
+      }
+      std::sort(cpu.begin(), cpu.end());
+      std::printf("keys %d-bit %-5s %s  %6.3f ms cpu (median of %d, min %6.3f)\n", bits,
+                  tiled ? "tiles" : "rows", simd::kernel_isa(), cpu[cpu.size() / 2],
+                  static_cast<int>(cpu.size()), cpu[0]);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kvbench
