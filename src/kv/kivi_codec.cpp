@@ -168,8 +168,9 @@ class KiviKeyStore final : public KiviStoreBase {
   // Fused key read on the codes: within a token group every channel c has one scale s_c and
   // min m_c, so q . k_t = sum_c (q_c s_c) code_tc + sum_c q_c m_c (simd::channel_scores: the
   // scaled query once per group, the codes read in registers; with query_int8 the scaled query
-  // quantized to int8 blocks of 32 and the codes scored as integers). The groups' scale and
-  // min rows are converted to fp32 once per call; the exact window is read as fp32 rows.
+  // quantized to int8 blocks of 32 and the codes scored as integers; simd::kivi_key_tile_scores
+  // on tiled codes). The groups' scale and min rows are converted to fp32 once per call; the
+  // exact window is read as fp32 rows.
   void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
            int64_t stride) const override {
     const int64_t quantized = quantized_, mid = std::clamp(quantized, t0, t1), n = head_dim_;
