@@ -160,13 +160,16 @@ namespace kvbench::simd::avx2 {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")
-// GCC 12's AVX-512 intrinsics (_mm512_cvtph_ps, the casts) start from an "undefined" register
-// and trip -Wmaybe-uninitialized once inlined; a known false positive.
+// GCC 12's AVX-512 intrinsics (_mm512_cvtph_ps, the casts, the shuffles inside
+// _mm512_reduce_add_ps) start from an "undefined" register and trip -Wmaybe-uninitialized or
+// -Wuninitialized once inlined; a known false positive.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 namespace kvbench::simd::vnni {
 #define KVB_VNNI 1
 #include "fused_kernels_x86.inc"
+#include "kivi_key_kernels_x86.inc"
 #include "kivi_value_kernels_x86.inc"
 #undef KVB_VNNI
 }  // namespace kvbench::simd::vnni
@@ -363,6 +366,44 @@ void channel_scores(const ChannelGroupRows& k, int64_t len, const float* q, int6
       for (int64_t t = t0; t < t1; ++t) scores[r * stride + t] += base[r];
     }
     t0 = t1;
+  }
+}
+
+void kivi_key_tile_scores(const KiviKeyTiles& k, int64_t t0, int64_t t1, const float* q,
+                          int64_t rows, float* scores, int64_t stride, bool query_int8) {
+#if defined(__x86_64__)
+  if (query_int8 && isa() == Isa::kVnni && k.group % kKeyTile == 0 && k.n % 32 == 0 && k.n <= 256 &&
+      (k.bits == 2 || k.bits == 4)) {
+    return vnni::kivi_key_tile_scores_int8(k, t0, t1, q, rows, scores, stride);
+  }
+#endif
+  // Elsewhere the rows are copied out of their tiles and scored as rows: the tiled layout only
+  // pays off where a vector holds 16 tokens' words.
+  const int64_t words = k.n * k.bits / 32, g = t0 / k.group;
+  uint8_t* rows_at = scratch<uint8_t, 11>(static_cast<size_t>((t1 - t0) * words * 4));
+  untile_key_rows(k.codes, words, t0, t1, rows_at);
+  channel_scores(
+      {rows_at, k.s + (g - k.g0) * k.n, k.z + (g - k.g0) * k.n, k.bits, k.group, k.n, t0 % k.group},
+      t1 - t0, q, rows, scores, stride, query_int8);
+}
+
+// dword (w, j) of tile k is word w of token 16 k + j (see KiviKeyTiles); memcpy: the buffers
+// are bytes
+void tile_key_rows(const uint8_t* rows, int64_t words, int64_t t0, int64_t t1, uint8_t* tiles) {
+  for (int64_t t = t0; t < t1; ++t) {
+    uint8_t* slot = tiles + ((t / kKeyTile) * kKeyTile * words + t % kKeyTile) * 4;
+    for (int64_t w = 0; w < words; ++w) {
+      std::memcpy(slot + w * kKeyTile * 4, rows + ((t - t0) * words + w) * 4, 4);
+    }
+  }
+}
+
+void untile_key_rows(const uint8_t* tiles, int64_t words, int64_t t0, int64_t t1, uint8_t* rows) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const uint8_t* slot = tiles + ((t / kKeyTile) * kKeyTile * words + t % kKeyTile) * 4;
+    for (int64_t w = 0; w < words; ++w) {
+      std::memcpy(rows + ((t - t0) * words + w) * 4, slot + w * kKeyTile * 4, 4);
+    }
   }
 }
 

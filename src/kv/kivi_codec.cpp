@@ -119,9 +119,12 @@ class KiviKeyStore final : public KiviStoreBase {
   }
   KiviKeyStore(int bits, int64_t group, int64_t residual, at::ScalarType dtype, int64_t kv_heads,
                int64_t head_dim, bool query_int8)
-      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim, 1, head_dim, group),
+      // one row of codes_ per tile of kKeyTile tokens when tiled (simd::KiviKeyTiles)
+      : KiviStoreBase(bits, group, residual, dtype, kv_heads, head_dim,
+                      head_dim * bits % 32 == 0 ? simd::kKeyTile : 1, head_dim, group),
         id_(next_id()),
-        query_int8_(query_int8 && head_dim % simd::kQ8Block == 0) {}
+        query_int8_(query_int8 && head_dim % simd::kQ8Block == 0),
+        words_(head_dim * bits % 32 == 0 ? head_dim * bits / 32 : 0) {}
 
   void append(const at::Tensor& x) override {
     push_window(x.to(at::kFloat));
@@ -129,30 +132,47 @@ class KiviKeyStore final : public KiviStoreBase {
   }
 
  private:
+  bool tiled() const { return words_ > 0; }
+
   // block: [kv_heads, R, head_dim]; scale rows: one per group of G tokens, one value per channel.
+  // Tiled, the codes are quantized as token rows into a staging buffer and then copied into
+  // their slots: the block need not start or end on a tile (R % 16 != 0).
   void quantize_block(const at::Tensor& block) {
-    const int64_t start = codes_.size();
-    const int64_t groups = residual_ / group_;
-    codes_.append(residual_).zero_();
+    const int64_t start = quantized_, groups = residual_ / group_,
+                  row_bytes = head_dim_ * bits_ / 8;
+    at::Tensor staging;  // [kv_heads, R, row_bytes]
+    if (tiled()) {
+      staging = at::zeros({kv_heads_, residual_, row_bytes}, at::kByte);
+      const int64_t tiles = (start + residual_ + simd::kKeyTile - 1) / simd::kKeyTile;
+      if (tiles > codes_.size()) codes_.append(tiles - codes_.size()).zero_();
+    } else {
+      codes_.append(residual_).zero_();
+    }
     at::Tensor scales = at::empty({kv_heads_, groups, head_dim_}, at::kFloat);
     at::Tensor mins = at::empty({kv_heads_, groups, head_dim_}, at::kFloat);
     for (int64_t h = 0; h < kv_heads_; ++h) {
+      uint8_t* rows =
+          tiled() ? staging[h].data_ptr<uint8_t>() : codes_.mutable_row<uint8_t>(h, start);
       minmax::quantize_per_channel(block.data_ptr<float>() + h * residual_ * head_dim_, residual_,
-                                   head_dim_, group_, bits_, dtype_, nullptr,
-                                   codes_.mutable_row<uint8_t>(h, start), head_dim_ * bits_ / 8,
+                                   head_dim_, group_, bits_, dtype_, nullptr, rows, row_bytes,
                                    scales[h].data_ptr<float>(), mins[h].data_ptr<float>());
+      if (tiled()) {
+        simd::tile_key_rows(rows, words_, start, start + residual_,
+                            codes_.mutable_row<uint8_t>(h, 0));
+      }
     }
+    quantized_ += residual_;
     scales_.append(groups).copy_(scales);
     mins_.append(groups).copy_(mins);
-    quantized_ += residual_;
   }
 
  public:
   // Fused key read on the codes: within a token group every channel c has one scale s_c and
   // min m_c, so q . k_t = sum_c (q_c s_c) code_tc + sum_c q_c m_c (simd::channel_scores: the
   // scaled query once per group, the codes read in registers; with query_int8 the scaled query
-  // quantized to int8 blocks of 32 and the codes scored as integers). The groups' scale and
-  // min rows are converted to fp32 once per call; the exact window is read as fp32 rows.
+  // quantized to int8 blocks of 32 and the codes scored as integers; simd::kivi_key_tile_scores
+  // on tiled codes). The groups' scale and min rows are converted to fp32 once per call; the
+  // exact window is read as fp32 rows.
   void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
            int64_t stride) const override {
     const int64_t quantized = quantized_, mid = std::clamp(quantized, t0, t1), n = head_dim_;
@@ -165,8 +185,13 @@ class KiviKeyStore final : public KiviStoreBase {
       // the next chunk's rows (the fused attention walks a head's chunks in order)
       scales_.prefetch_rows(head, g1, g1 + (g1 - g0));
       mins_.prefetch_rows(head, g1, g1 + (g1 - g0));
-      simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
-                           mid - t0, q, rows, scores, stride, query_int8_);
+      if (tiled()) {
+        simd::kivi_key_tile_scores({codes_.row<uint8_t>(head, 0), s, m, bits_, group_, n, g0}, t0,
+                                   mid, q, rows, scores, stride, query_int8_);
+      } else {
+        simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
+                             mid - t0, q, rows, scores, stride, query_int8_);
+      }
     }
     if (t1 > mid) {
       simd::rows_scores(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid, n, q,
@@ -193,14 +218,25 @@ class KiviKeyStore final : public KiviStoreBase {
       cache.head = h;
       cache.group = t / group_;
     }
-    const uint8_t* codes = codes_.row<uint8_t>(h, t);
     const float* s = cache.s.data();
     const float* m = cache.m.data();
-    minmax::dequantize_per_channel(codes, s, m, head_dim_, bits_, out);
+    minmax::dequantize_per_channel(token_codes(h, t), s, m, head_dim_, bits_, out);
+  }
+  // Token t's packed codes as a row (copied out of its tile when tiled).
+  const uint8_t* token_codes(int64_t h, int64_t t) const {
+    if (!tiled()) return codes_.row<uint8_t>(h, t);
+    thread_local std::vector<uint8_t> row;
+    row.resize(static_cast<size_t>(words_ * 4));
+    simd::untile_key_rows(codes_.row<uint8_t>(h, 0), words_, t, t + 1, row.data());
+    return row.data();
   }
 
   const uint64_t id_;
   const bool query_int8_;
+  // dwords per token row when a row is whole dwords (head_dim * bits % 32 == 0): the codes are
+  // then tiled (simd::KiviKeyTiles, codes_ holds [kv_heads, tiles, 16 rows' bytes]); 0: token
+  // rows, as the value store keeps them
+  const int64_t words_;
 };
 
 // Values: a sliding exact window of R tokens; older tokens per token in groups of G channels.

@@ -29,6 +29,7 @@
 #include "kvbench/kv/fused_kernels.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
+#include "kvbench/kv/minmax_quant.h"
 #include "random_kv.h"
 
 namespace kvbench {
@@ -417,37 +418,57 @@ TEST(FusedKernels, StoresWithInt8ValueWeightsWithinTheBound) {
   }
 }
 
+// Store shapes: the tiled key layout with whole tiles per block (group 32, residual 128, and
+// group 16 at head_dim 256), blocks that end inside a tile (residual 24: the next block fills
+// the tile; group 8 runs the rows fallback), and head_dim 72 at 2 bits, whose rows are not
+// whole 32-bit words (stored as rows).
+struct KiviShape {
+  int bits;
+  int64_t group, residual, dim;
+};
+const KiviShape kKiviShapes[] = {{2, 32, 128, 128}, {4, 32, 128, 128}, {2, 16, 48, 256},
+                                 {4, 8, 24, 64},    {2, 8, 24, 64},    {2, 8, 24, 72}};
+std::string kivi_name(const KiviShape& k) {
+  return "kivi bits " + std::to_string(k.bits) + " group " + std::to_string(k.group) +
+         " residual " + std::to_string(k.residual) + " dim " + std::to_string(k.dim);
+}
+
 // KIVI keys scored against q' = q s quantized to int8 blocks of 32, per key group: against
 // float64 dot products of the stored keys, within sum_b (d'_b / 2) sum_{i in b} c_ti with
 // d'_b = max_{i in b} |q_i s_i| / 127, c_ti <= 2^b - 1 and s_i (2^b - 1) <= (range_gi +
 // 2^-10 amax_gi)(1 + 2^-10) for the token group's range and amax of channel i:
 //   |delta| <= sum_b (32 / 254) max_{i in b} |q_i| max_{i in b} (range_gi + 2^-10 amax_gi) 1.001
+// On every store shape, head 1 of 2 (tiles are addressed per head), 300 tokens appended in
+// two pieces, ranges that start and end inside tiles and groups.
 TEST(FusedKernels, KiviIntegerKeyScoresWithinTheQueryRoundingBound) {
   for (const std::string& isa : isas()) {
     IsaScope scope(isa);
-    for (int bits : {2, 4}) {
-      KiviCodec on(bits, 32, 128, at::kHalf, true, false);
-      auto keys = on.make_key_store(1, 128);
-      const at::Tensor x = kv_like(1, 300, 128, 61);  // 256 quantized keys, 44 exact
-      keys->append(x);
-      const at::Tensor k = keys->dequantize().to(at::kDouble)[0];
-      // per token group of 32 and channel: range and amax of the input
-      std::vector<double> reach(static_cast<size_t>(8 * 128));  // [group][channel]
-      for (int64_t g = 0; g < 8; ++g) {
-        const at::Tensor block = x[0].narrow(0, g * 32, 32).to(at::kDouble);
+    for (const KiviShape& shape : kKiviShapes) {
+      const int64_t n = shape.dim, group = shape.group, tokens = 300;
+      const int64_t quantized = tokens - tokens % shape.residual;
+      KiviCodec on(shape.bits, group, shape.residual, at::kHalf, true, false);
+      auto keys = on.make_key_store(2, n);
+      const at::Tensor x = kv_like(2, tokens, n, 61);
+      keys->append(x.narrow(1, 0, 37));
+      keys->append(x.narrow(1, 37, tokens - 37));
+      const at::Tensor k = keys->dequantize().to(at::kDouble)[1];
+      // per token group and channel: range and amax of the input
+      std::vector<double> reach(static_cast<size_t>(quantized * n));  // [group][channel]
+      for (int64_t g = 0; g < quantized / group; ++g) {
+        const at::Tensor block = x[1].narrow(0, g * group, group).to(at::kDouble);
         const at::Tensor range = std::get<0>(block.max(0)) - std::get<0>(block.min(0));
         const at::Tensor amax = block.abs().amax(0);
-        for (int64_t i = 0; i < 128; ++i) {
-          reach[g * 128 + i] =
-              (range[i].item<double>() + amax[i].item<double>() * 0x1.0p-10) * 1.001;
+        for (int64_t i = 0; i < n; ++i) {
+          reach[g * n + i] = (range[i].item<double>() + amax[i].item<double>() * 0x1.0p-10) * 1.001;
         }
       }
-      for (int64_t rows : {1, 4, 5}) {
-        at::Tensor q = at::randn({rows, 128}, at::detail::createCPUGenerator(rows + 90)) * 2;
-        for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, 300}, {40, 270}}) {
+      for (int64_t rows : {1, 4, 5, 8}) {
+        at::Tensor q = at::randn({rows, n}, at::detail::createCPUGenerator(rows + 90)) * 2;
+        for (auto [t0, t1] :
+             {std::pair<int64_t, int64_t>{0, 300}, {40, 270}, {3, 299}, {17, 61}, {250, 300}}) {
           const int64_t len = t1 - t0;
           std::vector<float> scores(static_cast<size_t>(rows * len));
-          keys->dot(0, q.data_ptr<float>(), rows, t0, t1, scores.data(), len);
+          keys->dot(1, q.data_ptr<float>(), rows, t0, t1, scores.data(), len);
           const at::Tensor qd = q.to(at::kDouble);
           const at::Tensor want = at::mm(qd, k.narrow(0, t0, len).t());
           const at::Tensor magnitude = at::mm(qd.abs(), k.narrow(0, t0, len).abs().t());
@@ -457,23 +478,63 @@ TEST(FusedKernels, KiviIntegerKeyScoresWithinTheQueryRoundingBound) {
           for (int64_t r = 0; r < rows; ++r) {
             for (int64_t t = t0; t < t1; ++t) {
               double bound = 1e-5 * ma[r][t - t0] + 1e-5;
-              if (t < 256) {
-                for (int64_t b = 0; b < 4; ++b) {
-                  double qmax = 0, rmax = 0;
-                  for (int64_t i = b * 32; i < (b + 1) * 32; ++i) {
-                    qmax = std::max(qmax, std::fabs(qa[r][i]));
-                    rmax = std::max(rmax, reach[(t / 32) * 128 + i]);
-                  }
-                  bound += 32.0 / 254.0 * qmax * rmax;
+              for (int64_t b = 0; t < quantized && b < n / 32; ++b) {
+                double qmax = 0, rmax = 0;
+                for (int64_t i = b * 32; i < (b + 1) * 32; ++i) {
+                  qmax = std::max(qmax, std::fabs(qa[r][i]));
+                  rmax = std::max(rmax, reach[(t / group) * n + i]);
                 }
+                bound += 32.0 / 254.0 * qmax * rmax;
               }
               ASSERT_LE(std::fabs(scores[r * len + t - t0] - wa[r][t - t0]), bound)
-                  << isa << " kivi bits " << bits << " rows " << rows << " token " << t;
+                  << isa << " " << kivi_name(shape) << " rows " << rows << " token " << t;
             }
           }
         }
       }
     }
+  }
+}
+
+// The tiled key store reconstructs exactly what per-channel quantization of token rows gives:
+// each block of R tokens (as the window held them: rounded to the model dtype) through
+// minmax::quantize_per_channel and dequantize_per_channel, the rest the window.
+TEST(FusedKernels, KiviKeysDequantizeAsTheirRows) {
+  for (const KiviShape& shape : kKiviShapes) {
+    const int64_t n = shape.dim, r = shape.residual, tokens = 301;
+    KiviCodec codec(shape.bits, shape.group, r, at::kHalf, true, false);
+    auto keys = codec.make_key_store(2, n);
+    const at::Tensor x = kv_like(2, tokens, n, 67);
+    for (int64_t t = 0; t < tokens; t += 29)
+      keys->append(x.narrow(1, t, std::min<int64_t>(29, tokens - t)));
+    const at::Tensor got = keys->dequantize();
+    at::Tensor want = x.to(at::kHalf).to(at::kFloat);
+    const int64_t row_bytes = n * shape.bits / 8, groups = r / shape.group;
+    std::vector<uint8_t> codes(static_cast<size_t>(r * row_bytes));
+    std::vector<float> s(static_cast<size_t>(groups * n)), m(s.size());
+    for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t t0 = 0; t0 + r <= tokens; t0 += r) {
+        std::fill(codes.begin(), codes.end(), 0);
+        const at::Tensor block = want[h].narrow(0, t0, r).clone();
+        minmax::quantize_per_channel(block.data_ptr<float>(), r, n, shape.group, shape.bits,
+                                     at::kHalf, nullptr, codes.data(), row_bytes, s.data(),
+                                     m.data());
+        for (int64_t t = 0; t < r; ++t) {
+          const int64_t g = t / shape.group;
+          minmax::dequantize_per_channel(codes.data() + t * row_bytes, s.data() + g * n,
+                                         m.data() + g * n, n, shape.bits,
+                                         want[h][t0 + t].data_ptr<float>());
+        }
+      }
+    }
+    EXPECT_TRUE(at::equal(got, want))
+        << kivi_name(shape) << ": max difference " << (got - want).abs().max().item<double>();
+    // bytes as the method's formula says, whole tiles or not
+    const StorageBytes bytes = keys->bytes();
+    const uint64_t kq = tokens - tokens % r;
+    EXPECT_EQ(bytes.payload, 2 * (kq * n * shape.bits / 8 + (tokens - kq) * n * 2))
+        << kivi_name(shape);
+    EXPECT_EQ(bytes.metadata, 2 * 2 * 2 * (kq / shape.group * n)) << kivi_name(shape);
   }
 }
 
@@ -667,6 +728,61 @@ TEST(FusedKernels, DISABLED_PartsProbe) {
         [&] { values->accumulate(0, p.data_ptr<float>(), rows, 0, tokens, tokens, out.data()); });
     std::printf("%-12s %s  keys %6.2f  values %6.2f  ns per token and KV head (4 rows)\n",
                 name.c_str(), simd::kernel_isa(), k, v);
+  }
+}
+
+// Not a test: CPU ms of the KIVI key kernels alone on one thread, rows (token rows,
+// simd::channel_scores) against tiles (simd::kivi_key_tile_scores) on the same codes: 8 heads x
+// 32k tokens, head_dim 128, group 32, 4 query rows, chunks of 512 tokens as the fused attention
+// calls them. Run with --gtest_also_run_disabled_tests --gtest_filter='*KeyKernelProbe*'.
+TEST(FusedKernels, DISABLED_KeyKernelProbe) {
+  const int64_t heads = 8, tokens = 32768, n = 128, group = 32, rows = 4, chunk = 512;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> s(static_cast<size_t>(tokens / group * n)), z(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    s[i] = 0.01f + std::fabs(normal(rng));
+    z[i] = normal(rng);
+  }
+  std::vector<float> q(static_cast<size_t>(rows * n)), scores(static_cast<size_t>(rows * chunk));
+  for (float& x : q) x = normal(rng);
+  for (int bits : {2, 4}) {
+    const int64_t row_bytes = n * bits / 8, words = row_bytes / 4;
+    std::vector<uint8_t> codes(static_cast<size_t>(heads * tokens * row_bytes)),
+        tiles(codes.size());
+    for (uint8_t& c : codes) c = static_cast<uint8_t>(rng());
+    for (int64_t h = 0; h < heads; ++h) {
+      simd::tile_key_rows(codes.data() + h * tokens * row_bytes, words, 0, tokens,
+                          tiles.data() + h * tokens * row_bytes);
+    }
+    for (bool tiled : {false, true}) {
+      std::vector<double> cpu;
+      for (int rep = 0; rep < 23; ++rep) {
+        timespec a{}, b{};
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+        for (int64_t h = 0; h < heads; ++h) {
+          for (int64_t t0 = 0; t0 < tokens; t0 += chunk) {
+            const float* sg = s.data() + t0 / group * n;
+            const float* zg = z.data() + t0 / group * n;
+            if (tiled) {
+              simd::kivi_key_tile_scores(
+                  {tiles.data() + h * tokens * row_bytes, sg, zg, bits, group, n, t0 / group}, t0,
+                  t0 + chunk, q.data(), rows, scores.data(), chunk, true);
+            } else {
+              simd::channel_scores(
+                  {codes.data() + (h * tokens + t0) * row_bytes, sg, zg, bits, group, n, 0}, chunk,
+                  q.data(), rows, scores.data(), chunk, true);
+            }
+          }
+        }
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+        if (rep >= 3) cpu.push_back((b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) * 1e-6);
+      }
+      std::sort(cpu.begin(), cpu.end());
+      std::printf("keys %d-bit %-5s %s  %6.3f ms cpu (median of %d, min %6.3f)\n", bits,
+                  tiled ? "tiles" : "rows", simd::kernel_isa(), cpu[cpu.size() / 2],
+                  static_cast<int>(cpu.size()), cpu[0]);
+    }
   }
 }
 

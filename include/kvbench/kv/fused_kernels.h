@@ -118,6 +118,32 @@ struct ChannelGroupRows {
 // keys as integers").
 void channel_scores(const ChannelGroupRows& k, int64_t len, const float* q, int64_t rows,
                     float* scores, int64_t stride, bool query_int8);
+// The same keys stored in tiles of kKeyTile tokens so that one 64-byte load gives one 32-bit
+// code word of 16 consecutive tokens, token j in lane j (needs n * bits % 32 == 0). Token rows
+// are as in ChannelGroupRows, `words` = n * bits / 32 dwords each; tile k holds tokens
+// [16 k, 16 k + 16) word-major: word w of token 16 k + j is dword w * 16 + j of the tile, so a
+// tile has the bytes of 16 rows. Token t (absolute, from 0) belongs to group g = t / group,
+// whose scale and min rows are s + (g - g0) * n and z + (g - g0) * n.
+constexpr int64_t kKeyTile = 16;
+struct KiviKeyTiles {
+  const uint8_t* codes;  // the head's tile 0: [tiles][words][kKeyTile] dwords
+  const float* s;        // [groups from g0, n]
+  const float* z;        // [groups from g0, n]
+  int bits;
+  int64_t group, n, g0;
+};
+// scores[r * stride + t - t0] for tokens t in [t0, t1) (any t0, t1: tiles may be cut at both
+// ends) as channel_scores computes them, with the same bound for query_int8: per token group
+// q' = q o s quantized to int8 blocks of kQ8Block, the codes scored as integers with the tile's
+// words in vector lanes (AVX-512 VNNI, group a multiple of 16, n a multiple of 32 up to 256),
+//   |delta_t| <= sum_b (d'_b / 2) sum_{i in b} c_ti     (plus fp32 rounding);
+// other shapes and instruction sets un-tile the rows and run channel_scores.
+void kivi_key_tile_scores(const KiviKeyTiles& k, int64_t t0, int64_t t1, const float* q,
+                          int64_t rows, float* scores, int64_t stride, bool query_int8);
+// The layout's two copies: token rows [t0, t1) (`words` dwords each, row t0 first) into their
+// tiles, and back out of them.
+void tile_key_rows(const uint8_t* rows, int64_t words, int64_t t0, int64_t t1, uint8_t* tiles);
+void untile_key_rows(const uint8_t* tiles, int64_t words, int64_t t0, int64_t t1, uint8_t* rows);
 
 // Float rows of a stored dtype (fp16, bf16 as uint16_t bit patterns, or fp32), `len` rows of
 // `n` values, read with the conversion in registers:

@@ -7,6 +7,10 @@
 //           (a sliding full-precision window).
 // s = (max - min) / (2^b - 1), q = clamp(round((x - min) / s)), x^ = q s + min; scales, mins
 // and the window are kept in the model dtype. R >= T stores everything exactly.
+// Key codes layout: when a token's packed codes are whole 32-bit words (head_dim * bits % 32
+// == 0, always so for head_dim a multiple of 16) they are stored in tiles of 16 tokens, word-
+// major (simd::KiviKeyTiles), so that the key kernel loads one word of 16 tokens per vector
+// with no transposes; otherwise as token rows. Values are token rows.
 // Fused cpu attention (numerics options, bounds in docs/methods.md):
 //   query_int8: per key group the channel scales fold into the query, q'_c = q_c s_c, which is
 //               quantized to int8 blocks of 32 and scored against the codes with integer dot

@@ -21,6 +21,7 @@ class RowBuffer {
   // The stored rows: [kv_heads, size, width].
   at::Tensor rows() const;
   int64_t size() const { return size_; }
+  int64_t width() const { return width_; }
   // Bytes of the stored rows (not of spare capacity).
   uint64_t bytes() const;
   // Bytes of one row over all heads (width x element size x kv_heads).
