@@ -95,6 +95,12 @@ class KiviStoreBase : public TokenStore {
     return taken;
   }
 
+  // The kernels' name for a stored float dtype (scales and mins are in the model dtype).
+  static simd::RowType row_type(at::ScalarType dtype) {
+    return dtype == at::kHalf       ? simd::RowType::kFloat16
+           : dtype == at::kBFloat16 ? simd::RowType::kBFloat16
+                                    : simd::RowType::kFloat32;
+  }
   // Grows a buffer to `rows` rows, new rows zeroed (tokens are placed into them slot by slot).
   static void grow(RowBuffer& buffer, int64_t rows) {
     if (rows > buffer.size()) buffer.append(rows - buffer.size()).zero_();
@@ -168,15 +174,19 @@ class KiviKeyStore final : public KiviStoreBase {
 
  public:
   // Fused key read on the codes: within a token group every channel c has one scale s_c and
-  // min m_c, so q . k_t = sum_c (q_c s_c) code_tc + sum_c q_c m_c (simd::channel_scores: the
-  // scaled query once per group, the codes read in registers; with query_int8 the scaled query
-  // quantized to int8 blocks of 32 and the codes scored as integers; simd::kivi_key_tile_scores
-  // on tiled codes). The groups' scale and min rows are converted to fp32 once per call; the
-  // exact window is read as fp32 rows.
+  // min m_c, so q . k_t = sum_c (q_c s_c) code_tc + sum_c q_c m_c (the scaled query once per
+  // group, the codes read in registers; with query_int8 the scaled query quantized to int8
+  // blocks of 32 and the codes scored as integers). Tiled codes: simd::kivi_key_tile_scores,
+  // which reads the scale and min rows in the model dtype; rows: simd::channel_scores on the
+  // rows converted to fp32 once per call. The exact window is read as fp32 rows.
   void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
            int64_t stride) const override {
     const int64_t quantized = quantized_, mid = std::clamp(quantized, t0, t1), n = head_dim_;
-    if (mid > t0) {
+    if (mid > t0 && tiled()) {
+      simd::kivi_key_tile_scores({codes_.row<uint8_t>(head, 0), scales_.raw_row(head, 0),
+                                  mins_.raw_row(head, 0), row_type(dtype_), bits_, group_, n},
+                                 t0, mid, q, rows, scores, stride, query_int8_);
+    } else if (mid > t0) {
       const int64_t g0 = t0 / group_, g1 = (mid - 1) / group_ + 1;
       float* s = scratch(static_cast<size_t>(2 * (g1 - g0) * n));
       float* m = s + (g1 - g0) * n;
@@ -185,13 +195,8 @@ class KiviKeyStore final : public KiviStoreBase {
       // the next chunk's rows (the fused attention walks a head's chunks in order)
       scales_.prefetch_rows(head, g1, g1 + (g1 - g0));
       mins_.prefetch_rows(head, g1, g1 + (g1 - g0));
-      if (tiled()) {
-        simd::kivi_key_tile_scores({codes_.row<uint8_t>(head, 0), s, m, bits_, group_, n, g0}, t0,
-                                   mid, q, rows, scores, stride, query_int8_);
-      } else {
-        simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
-                             mid - t0, q, rows, scores, stride, query_int8_);
-      }
+      simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
+                           mid - t0, q, rows, scores, stride, query_int8_);
     }
     if (t1 > mid) {
       simd::rows_scores(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid, n, q,
@@ -385,11 +390,8 @@ class KiviValueStore final : public KiviStoreBase {
   // prefetch them with the codes.
   void accumulate_tiles(int64_t head, const float* p, int64_t rows, int64_t t0, int64_t t1,
                         int64_t stride, float* out) const {
-    const simd::RowType meta = dtype_ == at::kHalf       ? simd::RowType::kFloat16
-                               : dtype_ == at::kBFloat16 ? simd::RowType::kBFloat16
-                                                         : simd::RowType::kFloat32;
     simd::kivi_value_sum({codes_.row<uint8_t>(head, 0), scales_.raw_row(head, 0),
-                          mins_.raw_row(head, 0), meta, bits_, group_, head_dim_},
+                          mins_.raw_row(head, 0), row_type(dtype_), bits_, group_, head_dim_},
                          t0, t1, p, rows, stride, out, value_int8_);
   }
 

@@ -421,16 +421,25 @@ TEST(FusedKernels, StoresWithInt8ValueWeightsWithinTheBound) {
 // Store shapes: the tiled key layout with whole tiles per block (group 32, residual 128, and
 // group 16 at head_dim 256), blocks that end inside a tile (residual 24: the next block fills
 // the tile; group 8 runs the rows fallback), and head_dim 72 at 2 bits, whose rows are not
-// whole 32-bit words (stored as rows).
+// whole 32-bit words (stored as rows); scales and mins in fp16, and in bf16 and fp32 (which the
+// tiled kernel converts in registers).
 struct KiviShape {
   int bits;
   int64_t group, residual, dim;
+  at::ScalarType dtype = at::kHalf;
 };
-const KiviShape kKiviShapes[] = {{2, 32, 128, 128}, {4, 32, 128, 128}, {2, 16, 48, 256},
-                                 {4, 8, 24, 64},    {2, 8, 24, 64},    {2, 8, 24, 72}};
+const KiviShape kKiviShapes[] = {{2, 32, 128, 128},
+                                 {4, 32, 128, 128},
+                                 {2, 16, 48, 256},
+                                 {4, 8, 24, 64},
+                                 {2, 8, 24, 64},
+                                 {2, 8, 24, 72},
+                                 {2, 32, 128, 128, at::kBFloat16},
+                                 {4, 32, 128, 128, at::kFloat}};
 std::string kivi_name(const KiviShape& k) {
   return "kivi bits " + std::to_string(k.bits) + " group " + std::to_string(k.group) +
-         " residual " + std::to_string(k.residual) + " dim " + std::to_string(k.dim);
+         " residual " + std::to_string(k.residual) + " dim " + std::to_string(k.dim) + " " +
+         c10::toString(k.dtype);
 }
 
 // KIVI keys scored against q' = q s quantized to int8 blocks of 32, per key group: against
@@ -446,7 +455,11 @@ TEST(FusedKernels, KiviIntegerKeyScoresWithinTheQueryRoundingBound) {
     for (const KiviShape& shape : kKiviShapes) {
       const int64_t n = shape.dim, group = shape.group, tokens = 300;
       const int64_t quantized = tokens - tokens % shape.residual;
-      KiviCodec on(shape.bits, group, shape.residual, at::kHalf, true, false);
+      KiviCodec on(shape.bits, group, shape.residual, shape.dtype, true, false);
+      // the scales' and mins' relative rounding in their dtype
+      const double unit = shape.dtype == at::kBFloat16 ? 0x1.0p-7
+                          : shape.dtype == at::kFloat  ? 0x1.0p-23
+                                                       : 0x1.0p-10;
       auto keys = on.make_key_store(2, n);
       const at::Tensor x = kv_like(2, tokens, n, 61);
       keys->append(x.narrow(1, 0, 37));
@@ -459,7 +472,8 @@ TEST(FusedKernels, KiviIntegerKeyScoresWithinTheQueryRoundingBound) {
         const at::Tensor range = std::get<0>(block.max(0)) - std::get<0>(block.min(0));
         const at::Tensor amax = block.abs().amax(0);
         for (int64_t i = 0; i < n; ++i) {
-          reach[g * n + i] = (range[i].item<double>() + amax[i].item<double>() * 0x1.0p-10) * 1.001;
+          reach[g * n + i] =
+              (range[i].item<double>() + amax[i].item<double>() * unit) * (1 + unit) * 1.001;
         }
       }
       for (int64_t rows : {1, 4, 5, 8}) {
@@ -765,9 +779,10 @@ TEST(FusedKernels, DISABLED_KeyKernelProbe) {
             const float* sg = s.data() + t0 / group * n;
             const float* zg = z.data() + t0 / group * n;
             if (tiled) {
-              simd::kivi_key_tile_scores(
-                  {tiles.data() + h * tokens * row_bytes, sg, zg, bits, group, n, t0 / group}, t0,
-                  t0 + chunk, q.data(), rows, scores.data(), chunk, true);
+              simd::kivi_key_tile_scores({tiles.data() + h * tokens * row_bytes, s.data(), z.data(),
+                                          simd::RowType::kFloat32, bits, group, n},
+                                         t0, t0 + chunk, q.data(), rows, scores.data(), chunk,
+                                         true);
             } else {
               simd::channel_scores(
                   {codes.data() + (h * tokens + t0) * row_bytes, sg, zg, bits, group, n, 0}, chunk,

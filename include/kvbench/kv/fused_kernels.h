@@ -123,14 +123,16 @@ void channel_scores(const ChannelGroupRows& k, int64_t len, const float* q, int6
 // are as in ChannelGroupRows, `words` = n * bits / 32 dwords each; tile k holds tokens
 // [16 k, 16 k + 16) word-major: word w of token 16 k + j is dword w * 16 + j of the tile, so a
 // tile has the bytes of 16 rows. Token t (absolute, from 0) belongs to group g = t / group,
-// whose scale and min rows are s + (g - g0) * n and z + (g - g0) * n.
+// whose scale and min rows are rows g of s and z, stored in dtype `meta` (the AVX-512 kernel
+// converts them in registers and prefetches them with the codes).
 constexpr int64_t kKeyTile = 16;
 struct KiviKeyTiles {
   const uint8_t* codes;  // the head's tile 0: [tiles][words][kKeyTile] dwords
-  const float* s;        // [groups from g0, n]
-  const float* z;        // [groups from g0, n]
+  const void* s;         // the head's group 0: [groups, n]
+  const void* z;         // [groups, n]
+  RowType meta;
   int bits;
-  int64_t group, n, g0;
+  int64_t group, n;
 };
 // scores[r * stride + t - t0] for tokens t in [t0, t1) (any t0, t1: tiles may be cut at both
 // ends) as channel_scores computes them, with the same bound for query_int8: per token group
