@@ -369,11 +369,15 @@ void channel_scores(const ChannelGroupRows& k, int64_t len, const float* q, int6
   }
 }
 
+bool kivi_key_tile_supported(int bits, int64_t group, int64_t n, bool query_int8) {
+  return query_int8 && isa() == Isa::kVnni && group % kKeyTile == 0 && n % 32 == 0 && n <= 256 &&
+         (bits == 2 || bits == 4);
+}
+
 void kivi_key_tile_scores(const KiviKeyTiles& k, int64_t t0, int64_t t1, const float* q,
                           int64_t rows, float* scores, int64_t stride, bool query_int8) {
 #if defined(__x86_64__)
-  if (query_int8 && isa() == Isa::kVnni && k.group % kKeyTile == 0 && k.n % 32 == 0 && k.n <= 256 &&
-      (k.bits == 2 || k.bits == 4)) {
+  if (kivi_key_tile_supported(k.bits, k.group, k.n, query_int8)) {
     return vnni::kivi_key_tile_scores_int8(k, t0, t1, q, rows, scores, stride);
   }
 #endif

@@ -182,11 +182,11 @@ class KiviKeyStore final : public KiviStoreBase {
   void dot(int64_t head, const float* q, int64_t rows, int64_t t0, int64_t t1, float* scores,
            int64_t stride) const override {
     const int64_t quantized = quantized_, mid = std::clamp(quantized, t0, t1), n = head_dim_;
-    if (mid > t0 && tiled()) {
+    if (mid > t0 && tiled() && simd::kivi_key_tile_supported(bits_, group_, n, query_int8_)) {
       simd::kivi_key_tile_scores({codes_.row<uint8_t>(head, 0), scales_.raw_row(head, 0),
                                   mins_.raw_row(head, 0), row_type(dtype_), bits_, group_, n},
                                  t0, mid, q, rows, scores, stride, query_int8_);
-    } else if (mid > t0) {
+    } else if (mid > t0) {  // token rows (copied out of the tiles when tiled)
       const int64_t g0 = t0 / group_, g1 = (mid - 1) / group_ + 1;
       float* s = scratch(static_cast<size_t>(2 * (g1 - g0) * n));
       float* m = s + (g1 - g0) * n;
@@ -195,8 +195,15 @@ class KiviKeyStore final : public KiviStoreBase {
       // the next chunk's rows (the fused attention walks a head's chunks in order)
       scales_.prefetch_rows(head, g1, g1 + (g1 - g0));
       mins_.prefetch_rows(head, g1, g1 + (g1 - g0));
-      simd::channel_scores({codes_.row<uint8_t>(head, t0), s, m, bits_, group_, n, t0 % group_},
-                           mid - t0, q, rows, scores, stride, query_int8_);
+      const uint8_t* codes = tiled() ? nullptr : codes_.row<uint8_t>(head, t0);
+      if (tiled()) {
+        thread_local std::vector<uint8_t> untiled;
+        untiled.resize(static_cast<size_t>((mid - t0) * words_ * 4));
+        simd::untile_key_rows(codes_.row<uint8_t>(head, 0), words_, t0, mid, untiled.data());
+        codes = untiled.data();
+      }
+      simd::channel_scores({codes, s, m, bits_, group_, n, t0 % group_}, mid - t0, q, rows, scores,
+                           stride, query_int8_);
     }
     if (t1 > mid) {
       simd::rows_scores(simd::RowType::kFloat32, window_row(head, mid - quantized), t1 - mid, n, q,

@@ -139,7 +139,9 @@ struct KiviKeyTiles {
 // q' = q o s quantized to int8 blocks of kQ8Block, the codes scored as integers with the tile's
 // words in vector lanes (AVX-512 VNNI, group a multiple of 16, n a multiple of 32 up to 256),
 //   |delta_t| <= sum_b (d'_b / 2) sum_{i in b} c_ti     (plus fp32 rounding);
-// other shapes and instruction sets un-tile the rows and run channel_scores.
+// other shapes and instruction sets un-tile the rows and run channel_scores
+// (kivi_key_tile_supported() says which runs here).
+bool kivi_key_tile_supported(int bits, int64_t group, int64_t n, bool query_int8);
 void kivi_key_tile_scores(const KiviKeyTiles& k, int64_t t0, int64_t t1, const float* q,
                           int64_t rows, float* scores, int64_t stride, bool query_int8);
 // The layout's two copies: token rows [t0, t1) (`words` dwords each, row t0 first) into their
