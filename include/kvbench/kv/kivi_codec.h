@@ -10,20 +10,21 @@
 // Key codes layout: when a token's packed codes are whole 32-bit words (head_dim * bits % 32
 // == 0, always so for head_dim a multiple of 16) they are stored in tiles of 16 tokens, word-
 // major (simd::KiviKeyTiles), so that the key kernel loads one word of 16 tokens per vector
-// with no transposes; otherwise as token rows. Values are token rows.
+// with no transposes; otherwise as token rows. Values: see below.
 // Fused cpu attention (numerics options, bounds in docs/methods.md):
 //   query_int8: per key group the channel scales fold into the query, q'_c = q_c s_c, which is
 //               quantized to int8 blocks of 32 and scored against the codes with integer dot
-//               products (simd::channel_scores; head_dim a multiple of 32); false: q' stays
-//               fp32. The registry's kivi-2/kivi-4 default is true; this constructor's false.
+//               products (simd::kivi_key_tile_scores on tiles, simd::channel_scores on
+//               rows; head_dim a multiple of 32); false: q' stays fp32. The registry's
+//               kivi-2/kivi-4 default is true; this constructor's false.
 //   value_int8: values accumulated against int8 weights p s per 32-token tile (tiles at
-//               multiples of 32; simd::kivi_value_sum_int8 on AVX-512 VNNI, G a multiple of 16,
+//               multiples of 32; simd::kivi_value_sum on AVX-512 VNNI, G a multiple of 16,
 //               head_dim of 128 / bits); false or elsewhere: exactly.
 // Value layout (head_dim a multiple of 128 / bits): codes in quads of 4 tokens whose 32-bit
 // words hold 4 tokens' codes of 16 (8 / bits) channels, scales and mins in tiles of 16 tokens
-// ([group][token]), as simd::KiviValueTiles describes: the int8 kernel reads them with one
+// ([group][token]), as simd::KiviValueTiles describes: the value kernels read them with one
 // load per 4 tokens and 64 (2-bit) channels and no transposes. Other head_dims: one row per
-// token. Bytes are the same either way.
+// token. Bytes are the same either way (a partial last quad or tile counts only its tokens).
 #pragma once
 
 #include "kvbench/kv/codec.h"
