@@ -381,20 +381,7 @@ void kivi_key_tile_scores(const KiviKeyTiles& k, int64_t t0, int64_t t1, const f
     return vnni::kivi_key_tile_scores_int8(k, t0, t1, q, rows, scores, stride);
   }
 #endif
-  // Elsewhere the rows are copied out of their tiles and scored as rows: the tiled layout only
-  // pays off where a vector holds 16 tokens' words.
-  // The groups' scale and min rows are converted to fp32 for channel_scores.
-  const int64_t words = k.n * k.bits / 32, g0 = t0 / k.group, g1 = (t1 - 1) / k.group + 1;
-  uint8_t* rows_at = scratch<uint8_t, 11>(static_cast<size_t>((t1 - t0) * words * 4));
-  untile_key_rows(k.codes, words, t0, t1, rows_at);
-  const int64_t n = (g1 - g0) * k.n;
-  float* sz = scratch<float, 13>(static_cast<size_t>(2 * n));
-  for (int64_t i = 0; i < n; ++i) {
-    sz[i] = row_value(k.meta, k.s, g0 * k.n + i);
-    sz[n + i] = row_value(k.meta, k.z, g0 * k.n + i);
-  }
-  channel_scores({rows_at, sz, sz + n, k.bits, k.group, k.n, t0 % k.group}, t1 - t0, q, rows,
-                 scores, stride, query_int8);
+  std::abort();  // callers check kivi_key_tile_supported() first (the store un-tiles otherwise)
 }
 
 // dword (w, j) of tile k is word w of token 16 k + j (see KiviKeyTiles); memcpy: the buffers

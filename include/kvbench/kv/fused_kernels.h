@@ -139,8 +139,8 @@ struct KiviKeyTiles {
 // q' = q o s quantized to int8 blocks of kQ8Block, the codes scored as integers with the tile's
 // words in vector lanes (AVX-512 VNNI, group a multiple of 16, n a multiple of 32 up to 256),
 //   |delta_t| <= sum_b (d'_b / 2) sum_{i in b} c_ti     (plus fp32 rounding);
-// other shapes and instruction sets un-tile the rows and run channel_scores
-// (kivi_key_tile_supported() says which runs here).
+// it runs where kivi_key_tile_supported() says so (query_int8 only); elsewhere callers copy
+// the rows out of the tiles (untile_key_rows) and run channel_scores.
 bool kivi_key_tile_supported(int bits, int64_t group, int64_t n, bool query_int8);
 void kivi_key_tile_scores(const KiviKeyTiles& k, int64_t t0, int64_t t1, const float* q,
                           int64_t rows, float* scores, int64_t stride, bool query_int8);
