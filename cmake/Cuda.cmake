@@ -22,7 +22,8 @@ endif()
 
 if(KVBENCH_HAVE_CUDA)
   find_package(CUDAToolkit REQUIRED)
-  add_library(kvbench_kernels STATIC kernels/decode_attention.cu kernels/device_query.cu)
+  add_library(kvbench_kernels STATIC kernels/decode_attention.cu kernels/device_query.cu
+    kernels/kv_append.cu)
   target_include_directories(kvbench_kernels PUBLIC kernels)
   set_target_properties(kvbench_kernels PROPERTIES
     CUDA_ARCHITECTURES OFF POSITION_INDEPENDENT_CODE ON CUDA_STANDARD 17)

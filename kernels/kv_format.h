@@ -28,6 +28,13 @@
 #include <cstddef>
 #include <cstdint>
 
+// Host and device functions (the appender runs the same code on both; kv_encode.h).
+#if defined(__CUDACC__)
+#define KVB_HD __host__ __device__ __forceinline__
+#else
+#define KVB_HD inline
+#endif
+
 namespace kvbench::kernels {
 
 enum class KvFormat : int { kFp16 = 0, kBf16, kInt8, kInt4, kFp8, kKivi2, kKivi4 };
@@ -52,10 +59,10 @@ inline const char* format_name(KvFormat f) {
   return "?";
 }
 
-inline bool is_kivi(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4; }
+KVB_HD bool is_kivi(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4; }
 
 // Code bits per element (16 for the float formats).
-inline int format_bits(KvFormat f) {
+KVB_HD int format_bits(KvFormat f) {
   switch (f) {
     case KvFormat::kFp16:
     case KvFormat::kBf16:

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "decode_attention.h"
+#include "device_buffer.h"
 #include "paged_cache_builder.h"
 
 namespace kvbench::gpu_test {
@@ -22,37 +23,7 @@ namespace {
 
 using kernels::KvFormat;
 
-#define ASSERT_CUDA(expr)                                                        \
-  do {                                                                           \
-    cudaError_t e_ = (expr);                                                     \
-    ASSERT_EQ(e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(e_) << " " \
-                               << kernels::decode_last_error();                  \
-  } while (0)
-
-bool have_gpu(std::string* why) {
-  int n = 0;
-  cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess || n == 0) {
-    *why = std::string("no CUDA device: ") +
-           (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
-    return false;
-  }
-  return true;
-}
-
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { cudaFree(ptr); }
-  template <class T>
-  cudaError_t upload(const std::vector<T>& host) {
-    if (host.empty()) return cudaSuccess;
-    cudaError_t e = cudaMalloc(&ptr, host.size() * sizeof(T));
-    if (e != cudaSuccess) return e;
-    return cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-  }
-};
+#define ASSERT_CUDA(expr) ASSERT_CUDA_WITH(expr, kernels::decode_last_error())
 
 struct Case {
   KvFormat format;
@@ -76,17 +47,6 @@ std::string case_name(const Case& c) {
 void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
 
 class DecodeAttentionTest : public ::testing::TestWithParam<Case> {};
-
-// Random tokens with per-channel magnitudes (keys have outlier channels in real models).
-std::vector<float> random_tokens(std::mt19937& rng, int heads, int T, int D, bool outliers) {
-  std::normal_distribution<float> normal(0.f, 1.f);
-  std::vector<float> channel(D, 1.f);
-  if (outliers)
-    for (int d = 0; d < D; d += 13) channel[d] = 6.f;
-  std::vector<float> x(size_t(heads) * T * D);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = normal(rng) * channel[i % D];
-  return x;
-}
 
 TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   std::string why;

@@ -37,6 +37,13 @@ float bf16_bits_to_float(uint16_t bits) {
   return __bfloat162float(h);
 }
 
+std::vector<float> random_tokens(std::mt19937& rng, int heads, int T, int D, bool outliers) {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> x(size_t(heads) * T * D);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = normal(rng) * (outliers && i % D % 13 == 0 ? 6 : 1);
+  return x;
+}
+
 namespace {
 
 float round_half(float x) { return half_bits_to_float(float_to_half_bits(x)); }
@@ -104,9 +111,10 @@ class Builder {
           encode_block(c_.format == KvFormat::kInt8, data, meta, r, g, x, out);
         break;
       case KvFormat::kFp8: {
-        const float s = (key ? c_.k_head_scale : c_.v_head_scale)[h];
+        // x times the reciprocal of the scale, as the CPU codec computes it
+        const float s = (key ? c_.k_head_scale : c_.v_head_scale)[h], inv = 1.0f / s;
         for (int d = 0; d < D_; ++d) {
-          __nv_fp8_storage_t f = __nv_cvt_float_to_fp8(x[d] / s, __NV_SATFINITE, __NV_E4M3);
+          __nv_fp8_storage_t f = __nv_cvt_float_to_fp8(x[d] * inv, __NV_SATFINITE, __NV_E4M3);
           data[base + d] = f;
           __half_raw hr = __nv_cvt_fp8_to_halfraw(f, __NV_E4M3);
           out[d] = half_bits_to_float(hr.x) * s;

@@ -33,6 +33,10 @@ HostPagedCache build_paged_cache(kernels::KvFormat format, int kv_heads, int hea
                                  const std::vector<std::vector<float>>& values,
                                  const std::vector<int>& seq_lens, std::mt19937& rng);
 
+// Random tokens [heads, T, D], N(0, 1), with every 13th channel 6x larger when `outliers`
+// (keys have outlier channels in real models).
+std::vector<float> random_tokens(std::mt19937& rng, int heads, int T, int D, bool outliers);
+
 uint16_t float_to_half_bits(float x);
 float half_bits_to_float(uint16_t h);
 uint16_t float_to_bf16_bits(float x);

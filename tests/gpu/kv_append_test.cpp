@@ -1,0 +1,102 @@
+// The GPU appender (kernels/kv_append.cu) against its host reference (kv_append.h, itself
+// checked byte for byte against the paged-cache builder by tests/unit/kv_append_test.cpp):
+// the same calls (prefills and decode chunks of several sequences) on pools poisoned with
+// 0xff must leave identical bytes, codes, scales and rings alike. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "append_schedule.h"
+#include "device_buffer.h"
+#include "kv_append_launcher.h"
+#include "paged_cache_builder.h"
+
+namespace kvbench::gpu_test {
+namespace {
+
+using kernels::KvFormat;
+
+#define ASSERT_CUDA(expr) ASSERT_CUDA_WITH(expr, kernels::append_last_error())
+
+class KvAppendGpuTest : public ::testing::TestWithParam<AppendCase> {};
+
+TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
+  std::string why;
+  if (!have_gpu(&why)) GTEST_SKIP() << why;
+  const AppendCase& c = GetParam();
+  const int kv_heads = 4, D = c.head_dim, P = c.page_size, R = c.residual;
+  const bool bf16 = c.format == KvFormat::kBf16;
+  const int W = R > 0 ? R : 64;  // lengths around the window (pages when there is none)
+  const std::vector<int> lens = {1000, 37, 2 * W + 1, W, 1, 3 * W - 1, 513};
+  const std::vector<int> prefill = {900, 0, W + 5, 3, 1, 0, 512};
+  std::mt19937 rng(29 + int(c.format) * 5 + D);
+  const SequenceTokens x = rounded_tokens(rng, lens, kv_heads, D, bf16);
+  const auto &keys = x.keys, &values = x.values;
+  HostPagedCache host = build_paged_cache(c.format, kv_heads, D, P, R, keys, values, lens, rng);
+  poison(host);
+  HostPagedCache device_result = host;  // poisoned copies of the same pools
+
+  DeviceBuffer k_data, v_data, k_meta, v_meta, k_ring, v_ring, k_scale, v_scale, table;
+  ASSERT_CUDA(k_data.upload(host.k_data));
+  ASSERT_CUDA(v_data.upload(host.v_data));
+  ASSERT_CUDA(k_meta.upload(host.k_meta));
+  ASSERT_CUDA(v_meta.upload(host.v_meta));
+  ASSERT_CUDA(k_ring.upload(host.k_residual));
+  ASSERT_CUDA(v_ring.upload(host.v_residual));
+  ASSERT_CUDA(k_scale.upload(host.k_head_scale));
+  ASSERT_CUDA(v_scale.upload(host.v_head_scale));
+  ASSERT_CUDA(table.upload(host.block_table));
+  kernels::PagedKvStore dev = store_of(host);
+  dev.k_data = k_data.ptr, dev.v_data = v_data.ptr, dev.k_meta = k_meta.ptr,
+  dev.v_meta = v_meta.ptr, dev.k_residual = k_ring.ptr, dev.v_residual = v_ring.ptr;
+  dev.k_head_scale = static_cast<const float*>(k_scale.ptr);
+  dev.v_head_scale = static_cast<const float*>(v_scale.ptr);
+
+  const kernels::PagedKvStore on_host = store_of(host);
+  for (const AppendCall& call : append_schedule(keys, values, lens, prefill, kv_heads, D, bf16)) {
+    const kernels::AppendProblem p = problem_of(call, host);
+    kernels::append_kv_host(p, on_host);
+    DeviceBuffer old_lens, cu_new, k, v;
+    ASSERT_CUDA(old_lens.upload(call.old_lens));
+    ASSERT_CUDA(cu_new.upload(call.cu_new));
+    ASSERT_CUDA(k.upload(call.k));
+    ASSERT_CUDA(v.upload(call.v));
+    kernels::AppendProblem dp = p;
+    dp.block_table = static_cast<const int*>(table.ptr);
+    dp.old_lens = static_cast<const int*>(old_lens.ptr);
+    dp.cu_new = static_cast<const int*>(cu_new.ptr);
+    dp.k = k.ptr, dp.v = v.ptr;
+    ASSERT_CUDA(kernels::append_kv(dp, dev, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());  // the inputs are freed at the end of the loop body
+  }
+  ASSERT_CUDA(k_data.download(device_result.k_data));
+  ASSERT_CUDA(v_data.download(device_result.v_data));
+  ASSERT_CUDA(k_meta.download(device_result.k_meta));
+  ASSERT_CUDA(v_meta.download(device_result.v_meta));
+  ASSERT_CUDA(k_ring.download(device_result.k_residual));
+  ASSERT_CUDA(v_ring.download(device_result.v_residual));
+  EXPECT_TRUE(device_result.k_data == host.k_data) << "key codes differ";
+  EXPECT_TRUE(device_result.v_data == host.v_data) << "value codes differ";
+  EXPECT_TRUE(device_result.k_meta == host.k_meta) << "key scales differ";
+  EXPECT_TRUE(device_result.v_meta == host.v_meta) << "value scales differ";
+  EXPECT_TRUE(device_result.k_residual == host.k_residual) << "key rings differ";
+  EXPECT_TRUE(device_result.v_residual == host.v_residual) << "value rings differ";
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, KvAppendGpuTest, ::testing::ValuesIn(append_cases()),
+                         [](const ::testing::TestParamInfo<AppendCase>& i) {
+                           return append_case_name(i.param);
+                         });
+
+TEST(KvAppendLaunchTest, RejectsBadShapesWithAReason) {
+  kernels::AppendProblem p;
+  p.batch = 1, p.kv_heads = 1, p.head_dim = 96;
+  kernels::PagedKvStore s;
+  EXPECT_EQ(kernels::append_kv(p, s, nullptr), cudaErrorInvalidValue);
+  EXPECT_STRNE(kernels::append_last_error(), "");
+}
+
+}  // namespace
+}  // namespace kvbench::gpu_test

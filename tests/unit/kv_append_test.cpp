@@ -1,0 +1,94 @@
+// Quantize-on-append's host reference (kernels/kv_append.h, the code the GPU appender runs)
+// against the independent paged-cache builder (tests/gpu/paged_cache_builder.cpp, itself
+// checked against the CPU codecs by gpu_format_test): a cache appended chunk by chunk, over
+// calls that mix prefills and decode steps of different sequences, must hold exactly the
+// bytes the builder writes from the whole sequences at once. Host code; runs without a GPU.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "append_schedule.h"
+#include "kv_append.h"
+#include "paged_cache_builder.h"
+
+namespace kvbench::gpu_test {
+namespace {
+
+using kernels::KvFormat;
+
+class KvAppendHostTest : public ::testing::TestWithParam<AppendCase> {};
+
+TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
+  const AppendCase& c = GetParam();
+  const int kv_heads = 2, D = c.head_dim, P = c.page_size, R = c.residual;
+  const bool kivi = kernels::is_kivi(c.format), bf16 = c.format == KvFormat::kBf16;
+  // Lengths around page and window boundaries; prefills of 0, inside the window, past it.
+  const int W = R > 0 ? R : 64;
+  const std::vector<int> lens = {300, 37, 2 * W + 1, W, 1}, prefill = {0, 37, W + 5, 3, 1};
+  std::mt19937 rng(11 + int(c.format) * 3 + D);
+  const SequenceTokens x = rounded_tokens(rng, lens, kv_heads, D, bf16);
+  const auto &keys = x.keys, &values = x.values;
+  const HostPagedCache want =
+      build_paged_cache(c.format, kv_heads, D, P, R, keys, values, lens, rng);
+
+  // The same pools, poisoned the same way, filled by appends instead.
+  HostPagedCache got = want;
+  poison(got);
+  const kernels::PagedKvStore store = store_of(got);
+  const auto calls = append_schedule(keys, values, lens, prefill, kv_heads, D, bf16);
+  ASSERT_GT(calls.size(), 10u);  // many calls, mixing prefills and decode chunks
+  for (const AppendCall& call : calls) {
+    const kernels::AppendProblem p = problem_of(call, want);
+    ASSERT_STREQ(kernels::append_check(p, store), "");
+    kernels::append_kv_host(p, store);
+  }
+
+  EXPECT_TRUE(got.k_data == want.k_data) << "key codes differ";
+  EXPECT_TRUE(got.v_data == want.v_data) << "value codes differ";
+  EXPECT_TRUE(got.k_meta == want.k_meta) << "key scales differ";
+  EXPECT_TRUE(got.v_meta == want.v_meta) << "value scales differ";
+  if (!kivi) return;
+  // Ring slots of tokens still in the window (others hold tokens that have left it).
+  for (int b = 0; b < int(lens.size()); ++b) {
+    const int T = lens[b];
+    for (bool key : {true, false})
+      for (int t = key ? T - T % R : std::max(0, T - R); t < T; ++t)
+        for (int h = 0; h < kv_heads; ++h) {
+          const size_t off = ((size_t(b) * kv_heads + h) * R + t % R) * D * 2;
+          const auto& g = key ? got.k_residual : got.v_residual;
+          const auto& w = key ? want.k_residual : want.v_residual;
+          ASSERT_EQ(std::memcmp(g.data() + off, w.data() + off, D * 2), 0)
+              << (key ? "key" : "value") << " ring of seq " << b << " token " << t;
+        }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, KvAppendHostTest, ::testing::ValuesIn(append_cases()),
+                         [](const ::testing::TestParamInfo<AppendCase>& i) {
+                           return append_case_name(i.param);
+                         });
+
+TEST(KvAppendCheckTest, SaysWhatIsWrong) {
+  int table = 0, lens = 0, cu[2] = {0, 1};
+  uint16_t x[128] = {};
+  uint8_t pool[1] = {};
+  kernels::AppendProblem p;
+  p.batch = 1, p.kv_heads = 1, p.head_dim = 80, p.max_pages_per_seq = 1, p.max_new = 1;
+  p.block_table = &table, p.old_lens = &lens, p.cu_new = cu, p.k = x, p.v = x;
+  kernels::PagedKvStore s;
+  s.format = KvFormat::kKivi2, s.page_size = 32, s.residual = 48;
+  s.k_data = s.v_data = s.k_meta = s.v_meta = s.k_residual = s.v_residual = pool;
+  EXPECT_STREQ(kernels::append_check(p, s), "head_dim must be a positive multiple of 32");
+  p.head_dim = 128;
+  EXPECT_NE(std::string(kernels::append_check(p, s)).find("residual"), std::string::npos);
+  s.residual = 64;
+  EXPECT_STREQ(kernels::append_check(p, s), "");
+  s.format = KvFormat::kFp8;
+  EXPECT_NE(std::string(kernels::append_check(p, s)).find("fp8"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvbench::gpu_test
