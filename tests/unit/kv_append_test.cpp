@@ -2,7 +2,8 @@
 // against the independent paged-cache builder (tests/gpu/paged_cache_builder.cpp, itself
 // checked against the CPU codecs by gpu_format_test): a cache appended chunk by chunk, over
 // calls that mix prefills and decode steps of different sequences, must hold exactly the
-// bytes the builder writes from the whole sequences at once. Host code; runs without a GPU.
+// bytes the builder writes from the whole sequences at once, and decode (kv_paged_decode.h)
+// to the values the builder records. Host code; runs without a GPU.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -12,6 +13,7 @@
 
 #include "append_schedule.h"
 #include "kv_append.h"
+#include "kv_paged_decode.h"
 #include "paged_cache_builder.h"
 
 namespace kvbench::gpu_test {
@@ -50,6 +52,20 @@ TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
   EXPECT_TRUE(got.v_data == want.v_data) << "value codes differ";
   EXPECT_TRUE(got.k_meta == want.k_meta) << "key scales differ";
   EXPECT_TRUE(got.v_meta == want.v_meta) << "value scales differ";
+  // Every stored token decodes to what the builder says it does (the CPU paged cache's input).
+  std::vector<float> row(D);
+  for (int b = 0; b < int(lens.size()); ++b)
+    for (bool key : {true, false})
+      for (int h = 0; h < kv_heads; ++h)
+        for (int t = 0; t < lens[b]; ++t) {
+          kernels::decode_paged_token(store, want.block_table.data() + b * want.max_pages, kv_heads,
+                                      D, b, key, h, t, lens[b], row.data());
+          const float* w =
+              (key ? want.k_decoded : want.v_decoded)[b].data() + (size_t(h) * lens[b] + t) * D;
+          for (int d = 0; d < D; ++d)
+            ASSERT_EQ(row[d], w[d]) << (key ? "key" : "value") << " of seq " << b << " head " << h
+                                    << " token " << t << " channel " << d;
+        }
   if (!kivi) return;
   // Ring slots of tokens still in the window (others hold tokens that have left it).
   for (int b = 0; b < int(lens.size()); ++b) {
