@@ -108,11 +108,11 @@ Result time_format(KvFormat f, int B, int T, int sm_count, cudaStream_t s) {
   vm.alloc(pages * Hkv * vb.meta, 2, 4);
   if (kivi)
     kr.alloc(size_t(B) * Hkv * R * D * 2, 1, 5), vr.alloc(size_t(B) * Hkv * R * D * 2, 1, 6);
-  std::vector<float> scales(Hkv, 0.01f);
-  CHECK(cudaMalloc(&ks.p, Hkv * 4));
-  CHECK(cudaMalloc(&vs.p, Hkv * 4));
-  CHECK(cudaMemcpy(ks.p, scales.data(), Hkv * 4, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(vs.p, scales.data(), Hkv * 4, cudaMemcpyHostToDevice));
+  std::vector<float> scales(size_t(B) * Hkv, 0.01f);  // fp8: [batch, kv_heads]
+  CHECK(cudaMalloc(&ks.p, scales.size() * 4));
+  CHECK(cudaMalloc(&vs.p, scales.size() * 4));
+  CHECK(cudaMemcpy(ks.p, scales.data(), scales.size() * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(vs.p, scales.data(), scales.size() * 4, cudaMemcpyHostToDevice));
   q.alloc(size_t(B) * Hq * D * 2, 1, 7);
   out.alloc(size_t(B) * Hq * D * 2, 0, 8);
   // Block tables: a shuffled page pool, as a paged allocator leaves it after some churn.

@@ -329,7 +329,8 @@ __global__ void __launch_bounds__(kThreads)
   float score_scale = pr.softmax_scale * kLog2e;
   float out_scale = 1.f;
   if constexpr (F == KvFormat::kFp8)
-    score_scale *= kv.k_head_scale[kvh], out_scale = kv.v_head_scale[kvh];
+    score_scale *= kv.k_head_scale[b * pr.kv_heads + kvh],
+        out_scale = kv.v_head_scale[b * pr.kv_heads + kvh];
 
   // Query fragments (A of the score mma): head r, the channels of key slice m in pair order.
   uint32_t qf[K::kChunks][2];

@@ -23,7 +23,7 @@ struct PagedKv {
   const void* v_data = nullptr;
   const void* k_meta = nullptr;
   const void* v_meta = nullptr;
-  const float* k_head_scale = nullptr;  // kFp8: [kv_heads]
+  const float* k_head_scale = nullptr;  // kFp8: [batch, kv_heads]
   const float* v_head_scale = nullptr;
   const void* k_residual = nullptr;  // KIVI: [batch, kv_heads, residual, head_dim] fp16
   const void* v_residual = nullptr;

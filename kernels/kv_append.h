@@ -31,7 +31,7 @@ struct PagedKvStore {
   void* v_data = nullptr;
   void* k_meta = nullptr;
   void* v_meta = nullptr;
-  const float* k_head_scale = nullptr;  // kFp8: [kv_heads]
+  const float* k_head_scale = nullptr;  // kFp8: [batch, kv_heads]
   const float* v_head_scale = nullptr;
   void* k_residual = nullptr;  // KIVI: [batch, kv_heads, residual, head_dim] fp16 rings
   void* v_residual = nullptr;
@@ -144,7 +144,7 @@ KVB_HD void token_block(const AppendProblem& p, const PagedKvStore& s, bool key,
       return;
     }
     case KvFormat::kFp8: {
-      const float inv = 1.0f / (key ? s.k_head_scale : s.v_head_scale)[h];
+      const float inv = 1.0f / (key ? s.k_head_scale : s.v_head_scale)[size_t(b) * p.kv_heads + h];
       uint8_t* codes = static_cast<uint8_t*>(data) + r * D + blk * kBlock;
       for (int i = 0; i < kBlock; ++i)
         codes[i] = encode::e4m3_bits(encode::mul_rn(encode::half_value(in[i]), inv));

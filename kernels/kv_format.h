@@ -11,7 +11,8 @@
 //                 nibble of byte i, 2i+1 in the high one;
 //                 meta [pages, kv_heads, page_size, head_dim / 32] fp16 scales; x = (q - 8) * d.
 //   kFp8          data [pages, kv_heads, page_size, head_dim] e4m3fn bytes;
-//                 head_scale [kv_heads] fp32 (one value repeated for per-layer scales); x = f * s.
+//                 head_scale [batch, kv_heads] fp32: per sequence, as the fp8 codec calibrates
+//                 each sequence on its first tokens (per-layer scales repeat one value); x = f * s.
 //   kKivi2/kKivi4 page_size is KIVI's group G. Codes: data [pages, kv_heads, page_size,
 //                 head_dim * bits / 8], channel d at bit (d mod (8 / bits)) * bits of byte
 //                 d / (8 / bits). Keys per channel over the page's G tokens:

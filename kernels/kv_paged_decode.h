@@ -12,9 +12,9 @@
 namespace kvbench::kernels {
 
 // Token t (of T held) of KV head h, keys or values, into out[head_dim]. `pages`: the
-// sequence's block-table row; `ring`: the sequence's slot in the KIVI rings.
+// sequence's block-table row; `seq_row`: the sequence's row in the KIVI rings and fp8 scales.
 inline void decode_paged_token(const PagedKvStore& s, const int* pages, int kv_heads, int head_dim,
-                               int ring, bool key, int h, int t, int T, float* out) {
+                               int seq_row, bool key, int h, int t, int T, float* out) {
   namespace e = encode;
   const int D = head_dim, P = s.page_size, R = s.residual;
   const size_t slab = size_t(pages[t / P]) * kv_heads + h, row = slab * P + t % P;
@@ -39,7 +39,7 @@ inline void decode_paged_token(const PagedKvStore& s, const int* pages, int kv_h
       }
       return;
     case KvFormat::kFp8: {
-      const float scale = (key ? s.k_head_scale : s.v_head_scale)[h];
+      const float scale = (key ? s.k_head_scale : s.v_head_scale)[size_t(seq_row) * kv_heads + h];
       for (int d = 0; d < D; ++d) out[d] = e::e4m3_value(data[row * D + d]) * scale;
       return;
     }
@@ -51,7 +51,7 @@ inline void decode_paged_token(const PagedKvStore& s, const int* pages, int kv_h
   const bool paged = key ? t < append::key_pages_end(T, R) : t < append::value_pages_end(T, R);
   if (!paged) {  // the full-precision window
     const uint16_t* x = static_cast<const uint16_t*>(key ? s.k_residual : s.v_residual) +
-                        ((size_t(ring) * kv_heads + h) * R + t % R) * D;
+                        ((size_t(seq_row) * kv_heads + h) * R + t % R) * D;
     for (int d = 0; d < D; ++d) out[d] = e::half_value(x[d]);
     return;
   }

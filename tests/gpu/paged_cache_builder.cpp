@@ -112,7 +112,8 @@ class Builder {
         break;
       case KvFormat::kFp8: {
         // x times the reciprocal of the scale, as the CPU codec computes it
-        const float s = (key ? c_.k_head_scale : c_.v_head_scale)[h], inv = 1.0f / s;
+        const float s = (key ? c_.k_head_scale : c_.v_head_scale)[size_t(b) * c_.kv_heads + h];
+        const float inv = 1.0f / s;
         for (int d = 0; d < D_; ++d) {
           __nv_fp8_storage_t f = __nv_cvt_float_to_fp8(x[d] * inv, __NV_SATFINITE, __NV_E4M3);
           data[base + d] = f;
@@ -233,11 +234,13 @@ HostPagedCache build_paged_cache(KvFormat format, int kv_heads, int head_dim, in
   if (format == KvFormat::kFp8) {
     for (auto* side : {&keys, &values}) {
       auto& scales = side == &keys ? c.k_head_scale : c.v_head_scale;
-      scales.assign(kv_heads, 0.f);
+      scales.assign(size_t(c.batch) * kv_heads, 0.f);  // per sequence and head: amax / 448
       for (int b = 0; b < c.batch; ++b)
         for (int h = 0; h < kv_heads; ++h)
           for (size_t i = 0; i < size_t(seq_lens[b]) * D; ++i)
-            scales[h] = std::max(scales[h], std::fabs((*side)[b][h * size_t(seq_lens[b]) * D + i]));
+            scales[size_t(b) * kv_heads + h] =
+                std::max(scales[size_t(b) * kv_heads + h],
+                         std::fabs((*side)[b][h * size_t(seq_lens[b]) * D + i]));
       for (float& s : scales) s = s > 0.f ? s / 448.f : 1.f;
     }
   }

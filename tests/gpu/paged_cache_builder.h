@@ -20,7 +20,7 @@ struct HostPagedCache {
   int num_pages = 0;                                    // physical pages in the pools
   std::vector<uint8_t> k_data, v_data, k_meta, v_meta;  // pools, kv_format.h layouts
   std::vector<uint8_t> k_residual, v_residual;          // KIVI rings [batch, kv_heads, R, D] fp16
-  std::vector<float> k_head_scale, v_head_scale;        // fp8 [kv_heads]
+  std::vector<float> k_head_scale, v_head_scale;        // fp8 [batch, kv_heads]
   // What each token decodes to: [batch][kv_heads][T_b][head_dim] flattened per sequence.
   std::vector<std::vector<float>> k_decoded, v_decoded;
 };

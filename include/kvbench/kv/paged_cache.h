@@ -1,0 +1,92 @@
+// The KV cache of the GPU path, runnable on the CPU: every layer's keys and values in pools of
+// pages in a kernels/kv_format.h format, one block table per sequence shared by all layers
+// (vLLM's layout), new tokens written by the quantize-on-append units (kernels/kv_append.h)
+// that the GPU appender runs too. On the CPU, attention runs over what the pages decode to
+// (kernels/kv_paged_decode.h) with the reference attention: the same numbers the GPU decode
+// kernel must produce, so this cache is the GPU path's oracle on any machine.
+//
+// Pools are sized once (`max_pages`), as a serving engine sizes its cache from free memory:
+// running out is an error that says how many pages were needed, not a silent reallocation.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kv_append.h"
+#include "kv_format.h"
+#include "kvbench/kv/kv_cache.h"
+
+namespace kvbench {
+
+// A method's paged storage: format, page size (KIVI: its group), KIVI's window, and the fp8
+// scale rule (calibrated per sequence from its first tokens as the fp8 codec does, or fixed).
+struct PagedFormat {
+  kernels::KvFormat format = kernels::KvFormat::kFp16;
+  int page_size = 16;
+  int residual = 0;
+  bool fp8_amax = true;
+  double fp8_scale_value = 1.0, fp8_amax_divisor = 448.0;
+  bool fp8_per_head = true;
+};
+
+// The paged format of a resolved method entry with uncompressed storage `model_dtype`.
+// Throws Error naming the method and what the paged formats offer when there is none.
+PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype);
+
+class PagedKVCache final : public KVCache {
+ public:
+  // `max_pages`: pages per layer pool (each page holds page_size tokens of every KV head).
+  PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
+               int64_t max_pages, int64_t max_sequences);
+
+  int64_t add_sequence() override;
+  void remove_sequence(int64_t seq) override;
+  int64_t length(int64_t seq) const override;
+  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v) override;
+  std::vector<int64_t> kept_tokens(int64_t seq) const override;
+  // Pages held (partly filled last pages included), rings and scales.
+  StorageBytes storage() const override;
+  // The format's bytes per token times the tokens held, plus rings and scales.
+  StorageBytes nominal() const override;
+
+  const PagedFormat& format() const { return format_; }
+  int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
+
+ private:
+  struct Sequence {
+    std::vector<int> pages;  // block-table row: physical page of each logical page
+    int slot = 0;            // row in the KIVI rings and fp8 scales
+    int64_t length = 0;
+  };
+  struct Layer {
+    at::Tensor k_data, v_data, k_meta, v_meta;  // [max_pages, kv_heads, page bytes] uint8
+    at::Tensor k_ring, v_ring;     // KIVI: [max_sequences, kv_heads, residual, head_dim] fp16
+    at::Tensor k_scale, v_scale;   // fp8: [max_sequences, kv_heads] fp32
+    std::vector<bool> calibrated;  // fp8: [max_sequences] scales set by the slot's first append
+  };
+  Sequence& sequence(int64_t seq);
+  const Sequence& sequence(int64_t seq) const;
+  // Assigns pages to `s` until they cover `tokens` tokens.
+  void reserve(Sequence& s, int64_t tokens);
+  // fp8: the scales of `slot` from its first tokens k, v ([kv_heads, n, head_dim]).
+  void calibrate(Layer& layer, int slot, const at::Tensor& k, const at::Tensor& v) const;
+  // The layer's pools as the appender and the decoder see them (host pointers; rings whole).
+  kernels::PagedKvStore store_of(const Layer& layer) const;
+  at::Tensor decode(const Layer& layer, const Sequence& s, bool key, int64_t tokens) const;
+
+  PagedFormat format_;
+  int64_t num_layers_, num_kv_heads_, head_dim_, max_pages_, max_sequences_;
+  std::vector<Layer> layers_;
+  std::vector<int> free_;        // free physical pages (shared by all layers' pools)
+  std::vector<int> free_slots_;  // free sequence slots
+  int64_t next_id_ = 0;
+  std::map<int64_t, Sequence> sequences_;
+};
+
+}  // namespace kvbench

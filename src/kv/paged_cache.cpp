@@ -1,0 +1,302 @@
+#include "kvbench/kv/paged_cache.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "kv_append.h"
+#include "kv_paged_decode.h"
+#include "kvbench/attention/reference_attention.h"
+#include "kvbench/core/error.h"
+
+namespace kvbench {
+
+using kernels::KvFormat;
+
+namespace {
+
+constexpr int kPageSize = 32;  // tokens per page of the per-token formats
+
+const char* kPagedMethods =
+    "full/fp16/bf16 (model dtype fp16 or bf16), int8 (group 32), int4 (symmetric: true, "
+    "group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64)";
+
+}  // namespace
+
+PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype) {
+  const std::string name = method.at("name");
+  auto fail = [&](const std::string& why) {
+    return Error("paged cache: method '" + name + "' " + why + "; paged formats: " + kPagedMethods);
+  };
+  if (method.contains("codec"))
+    throw fail(
+        "evicts tokens, and the paged cache keeps every token (retained-index attention "
+        "over evicted pages is not built yet)");
+  PagedFormat f;
+  f.page_size = kPageSize;
+  if (name == "full" || name == "fp16" || name == "bf16") {
+    const at::ScalarType dtype =
+        name == "fp16" ? at::kHalf : (name == "bf16" ? at::kBFloat16 : model_dtype);
+    if (dtype != at::kHalf && dtype != at::kBFloat16)
+      throw fail("stores " + std::string(c10::toString(dtype)) + ", which has no paged format");
+    f.format = dtype == at::kHalf ? KvFormat::kFp16 : KvFormat::kBf16;
+    return f;
+  }
+  if (name == "int8" || name == "int4") {
+    if (method.at("group").get<int>() != 32) throw fail("has group != 32 (q4_0/q8_0 use 32)");
+    if (name == "int4" && !method.at("symmetric").get<bool>())
+      throw fail("is q4_1 (asymmetric); the paged int4 format is q4_0 (symmetric: true)");
+    f.format = name == "int8" ? KvFormat::kInt8 : KvFormat::kInt4;
+    return f;
+  }
+  if (name == "fp8") {
+    f.format = KvFormat::kFp8;
+    f.fp8_amax = method.at("scale") == "amax";
+    f.fp8_scale_value = method.at("scale_value");
+    f.fp8_amax_divisor = method.at("amax_divisor");
+    f.fp8_per_head = method.at("granularity") == "head";
+    return f;
+  }
+  if (name == "kivi-2" || name == "kivi-4") {
+    const int group = method.at("group"), residual = method.at("residual");
+    if (group != 16 && group != 32 && group != 64) throw fail("has a group the kernels lack");
+    if (residual % group != 0) throw fail("has a residual that is not a multiple of its group");
+    f.format = name == "kivi-2" ? KvFormat::kKivi2 : KvFormat::kKivi4;
+    f.page_size = group;
+    f.residual = residual;
+    return f;
+  }
+  throw fail("has no paged format");
+}
+
+PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads,
+                           int64_t head_dim, int64_t max_pages, int64_t max_sequences)
+    : format_(format),
+      num_layers_(num_layers),
+      num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      max_pages_(max_pages),
+      max_sequences_(max_sequences) {
+  const bool kivi = kernels::is_kivi(format_.format);
+  KVB_CHECK(head_dim % 32 == 0, "paged cache: head_dim ", head_dim, " is not a multiple of 32");
+  KVB_CHECK(!kivi || head_dim % format_.page_size == 0, "paged cache: KIVI group ",
+            format_.page_size, " does not divide head_dim ", head_dim);
+  KVB_CHECK(max_pages >= 1 && max_pages < (int64_t{1} << 31) && max_sequences >= 1,
+            "paged cache: max_pages must be in [1, 2^31) and max_sequences >= 1");
+  const int P = format_.page_size;
+  const auto k = kernels::page_bytes(format_.format, true, P, int(head_dim)),
+             v = kernels::page_bytes(format_.format, false, P, int(head_dim));
+  const auto bytes = at::TensorOptions().dtype(at::kByte);
+  // 0xff everywhere: NaN in fp16 and bf16, so reading a byte nothing wrote shows.
+  auto pool = [&](size_t per_head) {
+    return per_head ? at::full({max_pages, num_kv_heads, int64_t(per_head)}, 0xff, bytes)
+                    : at::Tensor();
+  };
+  for (int64_t l = 0; l < num_layers; ++l) {
+    Layer layer;
+    layer.k_data = pool(k.data), layer.v_data = pool(v.data);
+    layer.k_meta = pool(k.meta), layer.v_meta = pool(v.meta);
+    if (kivi) {
+      layer.k_ring = at::full({max_sequences, num_kv_heads, format_.residual, head_dim},
+                              std::nan(""), at::kHalf);
+      layer.v_ring = layer.k_ring.clone();
+    }
+    if (format_.format == KvFormat::kFp8) {
+      layer.k_scale = at::full({max_sequences, num_kv_heads}, std::nan(""), at::kFloat);
+      layer.v_scale = layer.k_scale.clone();
+      layer.calibrated.assign(size_t(max_sequences), false);
+    }
+    layers_.push_back(std::move(layer));
+  }
+  for (int64_t p = max_pages - 1; p >= 0; --p) free_.push_back(int(p));
+  for (int64_t r = max_sequences - 1; r >= 0; --r) free_slots_.push_back(int(r));
+}
+
+int64_t PagedKVCache::add_sequence() {
+  KVB_CHECK(!free_slots_.empty(), "paged cache: all ", max_sequences_,
+            " sequence slots are in use");
+  Sequence s;
+  s.slot = free_slots_.back();
+  free_slots_.pop_back();
+  for (Layer& layer : layers_)
+    if (!layer.calibrated.empty()) layer.calibrated[size_t(s.slot)] = false;
+  const int64_t id = next_id_++;
+  sequences_[id] = std::move(s);
+  return id;
+}
+
+void PagedKVCache::remove_sequence(int64_t seq) {
+  Sequence& s = sequence(seq);
+  free_.insert(free_.end(), s.pages.rbegin(), s.pages.rend());
+  free_slots_.push_back(s.slot);
+  sequences_.erase(seq);
+}
+
+PagedKVCache::Sequence& PagedKVCache::sequence(int64_t seq) {
+  auto it = sequences_.find(seq);
+  KVB_CHECK(it != sequences_.end(), "paged cache: unknown sequence ", seq);
+  return it->second;
+}
+
+const PagedKVCache::Sequence& PagedKVCache::sequence(int64_t seq) const {
+  auto it = sequences_.find(seq);
+  KVB_CHECK(it != sequences_.end(), "paged cache: unknown sequence ", seq);
+  return it->second;
+}
+
+int64_t PagedKVCache::length(int64_t seq) const { return sequence(seq).length; }
+
+std::vector<int64_t> PagedKVCache::kept_tokens(int64_t seq) const {
+  return std::vector<int64_t>(size_t(num_layers_), sequence(seq).length);
+}
+
+void PagedKVCache::reserve(Sequence& s, int64_t tokens) {
+  const size_t need = size_t((tokens + format_.page_size - 1) / format_.page_size);
+  if (s.pages.size() >= need) return;
+  const size_t missing = need - s.pages.size();
+  KVB_CHECK(missing <= free_.size(), "paged cache: out of pages: a sequence of ", tokens,
+            " tokens needs ", need, " pages of ", format_.page_size, " tokens, ", free_.size(),
+            " of the pool's ", max_pages_,
+            " are free; size the pool for the batch's longest "
+            "contexts");
+  for (size_t i = 0; i < missing; ++i) {
+    s.pages.push_back(free_.back());
+    free_.pop_back();
+  }
+}
+
+// The fp8 codec's rule: per head (or layer) amax of the sequence's first tokens / divisor; a
+// head of zeros keeps scale 1.
+void PagedKVCache::calibrate(Layer& layer, int slot, const at::Tensor& k,
+                             const at::Tensor& v) const {
+  auto scale = [&](const at::Tensor& x) {
+    if (!format_.fp8_amax) return at::full({num_kv_heads_}, format_.fp8_scale_value, at::kFloat);
+    at::Tensor amax =
+        x.abs().amax(format_.fp8_per_head ? at::IntArrayRef{1, 2} : at::IntArrayRef{0, 1, 2});
+    at::Tensor s = at::where(amax > 0, amax / format_.fp8_amax_divisor, at::ones_like(amax));
+    return s.reshape({-1}).expand({num_kv_heads_}).contiguous();
+  };
+  layer.k_scale[slot].copy_(scale(k.to(at::kFloat)));
+  layer.v_scale[slot].copy_(scale(v.to(at::kFloat)));
+  layer.calibrated[size_t(slot)] = true;
+}
+
+at::Tensor PagedKVCache::append_and_attend(int64_t seq, int64_t layer_index, const at::Tensor& q,
+                                           const at::Tensor& k, const at::Tensor& v) {
+  KVB_CHECK(layer_index >= 0 && layer_index < num_layers_, "paged cache: layer ", layer_index,
+            " outside [0, ", num_layers_, ")");
+  KVB_CHECK(k.dim() == 3 && k.size(0) == num_kv_heads_ && k.size(2) == head_dim_ &&
+                v.sizes() == k.sizes() && q.dim() == 3 && q.size(1) == k.size(1) &&
+                q.size(2) == head_dim_ && q.size(0) % num_kv_heads_ == 0,
+            "paged cache: expected q [heads, n, ", head_dim_, "], k and v [", num_kv_heads_,
+            ", n, ", head_dim_, "]");
+  Sequence& s = sequence(seq);
+  Layer& layer = layers_[size_t(layer_index)];
+  const int64_t n = k.size(1), t1 = s.length + n;
+  KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
+  if (layer_index == 0) reserve(s, t1);
+  if (format_.format == KvFormat::kFp8 && !layer.calibrated[size_t(s.slot)])
+    calibrate(layer, s.slot, k, v);
+
+  // Rows as the transformer packs them ([n, kv_heads, head_dim]) in the kernels' input dtype.
+  const at::ScalarType in_dtype = format_.format == KvFormat::kBf16 ? at::kBFloat16 : at::kHalf;
+  const at::Tensor k_rows = k.transpose(0, 1).to(in_dtype).contiguous();
+  const at::Tensor v_rows = v.transpose(0, 1).to(in_dtype).contiguous();
+  const int old_len = int(s.length), cu_new[2] = {0, int(n)};
+  kernels::AppendProblem p;
+  p.batch = 1, p.kv_heads = int(num_kv_heads_), p.head_dim = int(head_dim_);
+  p.max_pages_per_seq = int(s.pages.size()), p.block_table = s.pages.data();
+  p.old_lens = &old_len, p.cu_new = cu_new, p.max_new = int(n);
+  p.k = k_rows.data_ptr(), p.v = v_rows.data_ptr();
+  kernels::PagedKvStore store = store_of(layer);
+  if (kernels::is_kivi(format_.format)) {  // the appender sees this sequence's ring as row 0
+    const int64_t ring = int64_t(s.slot) * num_kv_heads_ * format_.residual * head_dim_;
+    store.k_residual = layer.k_ring.data_ptr<at::Half>() + ring;
+    store.v_residual = layer.v_ring.data_ptr<at::Half>() + ring;
+  }
+  if (format_.format == KvFormat::kFp8) {  // and its scales as row 0
+    store.k_head_scale += int64_t(s.slot) * num_kv_heads_;
+    store.v_head_scale += int64_t(s.slot) * num_kv_heads_;
+  }
+  const std::string why = kernels::append_check(p, store);
+  KVB_CHECK(why.empty(), "paged cache: ", why);
+  kernels::append_kv_host(p, store);
+
+  at::Tensor out =
+      block_attention_reference(q.to(at::kFloat), decode(layer, s, true, t1),
+                                decode(layer, s, false, t1), 1.0 / std::sqrt(double(head_dim_)));
+  if (layer_index == num_layers_ - 1) s.length = t1;
+  return out;
+}
+
+kernels::PagedKvStore PagedKVCache::store_of(const Layer& layer) const {
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+  kernels::PagedKvStore s;
+  s.format = format_.format, s.page_size = format_.page_size, s.residual = format_.residual;
+  s.k_data = ptr(layer.k_data), s.v_data = ptr(layer.v_data);
+  s.k_meta = ptr(layer.k_meta), s.v_meta = ptr(layer.v_meta);
+  s.k_residual = ptr(layer.k_ring), s.v_residual = ptr(layer.v_ring);
+  if (layer.k_scale.defined()) {
+    s.k_head_scale = layer.k_scale.data_ptr<float>();
+    s.v_head_scale = layer.v_scale.data_ptr<float>();
+  }
+  return s;
+}
+
+// [kv_heads, tokens, head_dim] fp32: what the sequence's first `tokens` tokens decode to.
+at::Tensor PagedKVCache::decode(const Layer& layer, const Sequence& s, bool key,
+                                int64_t tokens) const {
+  const kernels::PagedKvStore store = store_of(layer);
+  at::Tensor out = at::empty({num_kv_heads_, tokens, head_dim_}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t t = 0; t < tokens; ++t)
+      kernels::decode_paged_token(store, s.pages.data(), int(num_kv_heads_), int(head_dim_), s.slot,
+                                  key, int(h), int(t), int(tokens),
+                                  o + (h * tokens + t) * head_dim_);
+  return out;
+}
+
+StorageBytes PagedKVCache::storage() const {
+  const int P = format_.page_size, D = int(head_dim_);
+  const auto k = kernels::page_bytes(format_.format, true, P, D),
+             v = kernels::page_bytes(format_.format, false, P, D);
+  const uint64_t pages = uint64_t(max_pages_) - free_.size(), heads = uint64_t(num_kv_heads_);
+  StorageBytes b;
+  b.payload = pages * heads * (k.data + v.data);
+  b.metadata = pages * heads * (k.meta + v.meta);
+  if (kernels::is_kivi(format_.format))  // whole rings of the sequences present
+    b.payload += sequences_.size() * 2 * heads * uint64_t(format_.residual) * D * 2;
+  if (format_.format == KvFormat::kFp8)  // the scales of the sequences present
+    b.metadata += sequences_.size() * 2 * heads * sizeof(float);
+  b.payload *= uint64_t(num_layers_);
+  b.metadata *= uint64_t(num_layers_);
+  return b;
+}
+
+StorageBytes PagedKVCache::nominal() const {
+  const int P = format_.page_size, R = format_.residual, D = int(head_dim_);
+  const auto k = kernels::page_bytes(format_.format, true, P, D),
+             v = kernels::page_bytes(format_.format, false, P, D);
+  const uint64_t heads = uint64_t(num_kv_heads_);
+  StorageBytes b;
+  for (const auto& [id, s] : sequences_) {
+    const int64_t T = s.length;
+    if (!kernels::is_kivi(format_.format)) {
+      b.payload += uint64_t(T) * heads * (k.data + v.data) / P;
+      b.metadata += uint64_t(T) * heads * (k.meta + v.meta) / P;
+      continue;
+    }
+    const int64_t key_pages = kernels::append::key_pages_end(int(T), R) / P;
+    const int64_t values = kernels::append::value_pages_end(int(T), R);
+    b.payload += heads * (uint64_t(key_pages) * k.data + uint64_t(values) * v.data / P);
+    b.metadata += heads * (uint64_t(key_pages) * k.meta + uint64_t(values) * v.meta / P);
+    b.payload += heads * uint64_t((T - key_pages * P) + (T - values)) * D * 2;  // the window
+  }
+  if (format_.format == KvFormat::kFp8)  // the method counts one scale per layer when it has one
+    b.metadata += sequences_.size() * 2 * (format_.fp8_per_head ? heads : 1) * sizeof(float);
+  b.payload *= uint64_t(num_layers_);
+  b.metadata *= uint64_t(num_layers_);
+  return b;
+}
+
+}  // namespace kvbench
