@@ -12,6 +12,7 @@
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
 #include "kvbench/kv/lowrank_codec.h"
+#include "kvbench/kv/paged_cache.h"
 #include "kvbench/kv/pyramidkv_policy.h"
 #include "kvbench/kv/quest_policy.h"
 #include "kvbench/kv/scissorhands_policy.h"
@@ -660,6 +661,9 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
                                        const std::string& backend,
                                        const at::Tensor& rope_inv_freq) {
+  if (backend == "paged")
+    return std::make_unique<PagedKVCache>(paged_format_for(method, dtype), num_layers,
+                                          num_kv_heads, head_dim);
   return std::make_unique<CompressedKVCache>(
       make_codec(method, dtype), attention_backend_from_name(backend), num_layers, num_kv_heads,
       head_dim, make_policy(method), rope_inv_freq);
@@ -670,6 +674,8 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        int64_t num_kv_heads, int64_t head_dim,
                                        const std::string& backend,
                                        const at::Tensor& rope_inv_freq) {
+  KVB_CHECK(backend != "paged", "make_kv_cache: the paged cache takes no codec; call the overload "
+            "with the model dtype");
   return std::make_unique<CompressedKVCache>(std::move(codec), attention_backend_from_name(backend),
                                              num_layers, num_kv_heads, head_dim,
                                              make_policy(method), rope_inv_freq);

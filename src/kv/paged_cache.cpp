@@ -1,5 +1,6 @@
 #include "kvbench/kv/paged_cache.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -69,51 +70,67 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
 }
 
 PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads,
-                           int64_t head_dim, int64_t max_pages, int64_t max_sequences)
+                           int64_t head_dim, PagedCapacity capacity)
     : format_(format),
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
-      max_pages_(max_pages),
-      max_sequences_(max_sequences) {
-  const bool kivi = kernels::is_kivi(format_.format);
+      max_pages_(capacity.max_pages > 0 ? capacity.max_pages : int64_t{1} << 30),
+      layers_(size_t(num_layers)) {
   KVB_CHECK(head_dim % 32 == 0, "paged cache: head_dim ", head_dim, " is not a multiple of 32");
-  KVB_CHECK(!kivi || head_dim % format_.page_size == 0, "paged cache: KIVI group ",
-            format_.page_size, " does not divide head_dim ", head_dim);
-  KVB_CHECK(max_pages >= 1 && max_pages < (int64_t{1} << 31) && max_sequences >= 1,
-            "paged cache: max_pages must be in [1, 2^31) and max_sequences >= 1");
-  const int P = format_.page_size;
-  const auto k = kernels::page_bytes(format_.format, true, P, int(head_dim)),
-             v = kernels::page_bytes(format_.format, false, P, int(head_dim));
-  const auto bytes = at::TensorOptions().dtype(at::kByte);
-  // 0xff everywhere: NaN in fp16 and bf16, so reading a byte nothing wrote shows.
-  auto pool = [&](size_t per_head) {
-    return per_head ? at::full({max_pages, num_kv_heads, int64_t(per_head)}, 0xff, bytes)
-                    : at::Tensor();
+  KVB_CHECK(!kernels::is_kivi(format_.format) || head_dim % format_.page_size == 0,
+            "paged cache: KIVI group ", format_.page_size, " does not divide head_dim ", head_dim);
+  KVB_CHECK(capacity.pages >= 1 && capacity.pages <= max_pages_ && capacity.sequences >= 1,
+            "paged cache: expected 1 <= pages <= max_pages and sequences >= 1");
+  grow_pages(capacity.pages);
+  grow_slots(capacity.sequences);
+}
+
+void PagedKVCache::grow_pages(int64_t pages) {
+  const int P = format_.page_size, D = int(head_dim_);
+  const auto k = kernels::page_bytes(format_.format, true, P, D),
+             v = kernels::page_bytes(format_.format, false, P, D);
+  auto extend = [&](at::Tensor& pool, size_t per_head) {
+    if (per_head == 0) return;
+    at::Tensor more = at::full({pages - pages_, num_kv_heads_, int64_t(per_head)}, 0xff,
+                               at::TensorOptions().dtype(at::kByte));
+    pool = pool.defined() ? at::cat({pool, more}, 0) : more;
   };
-  for (int64_t l = 0; l < num_layers; ++l) {
-    Layer layer;
-    layer.k_data = pool(k.data), layer.v_data = pool(v.data);
-    layer.k_meta = pool(k.meta), layer.v_meta = pool(v.meta);
-    if (kivi) {
-      layer.k_ring = at::full({max_sequences, num_kv_heads, format_.residual, head_dim},
-                              std::nan(""), at::kHalf);
-      layer.v_ring = layer.k_ring.clone();
-    }
-    if (format_.format == KvFormat::kFp8) {
-      layer.k_scale = at::full({max_sequences, num_kv_heads}, std::nan(""), at::kFloat);
-      layer.v_scale = layer.k_scale.clone();
-      layer.calibrated.assign(size_t(max_sequences), false);
-    }
-    layers_.push_back(std::move(layer));
+  for (Layer& layer : layers_) {
+    extend(layer.k_data, k.data), extend(layer.v_data, v.data);
+    extend(layer.k_meta, k.meta), extend(layer.v_meta, v.meta);
   }
-  for (int64_t p = max_pages - 1; p >= 0; --p) free_.push_back(int(p));
-  for (int64_t r = max_sequences - 1; r >= 0; --r) free_slots_.push_back(int(r));
+  std::vector<int> fresh;  // popped from the back: old free pages first, then ascending
+  for (int64_t p = pages - 1; p >= pages_; --p) fresh.push_back(int(p));
+  free_.insert(free_.begin(), fresh.begin(), fresh.end());
+  pages_ = pages;
+}
+
+void PagedKVCache::grow_slots(int64_t slots) {
+  auto extend = [&](at::Tensor& t, at::IntArrayRef row, at::ScalarType dtype) {
+    std::vector<int64_t> shape = {slots - slots_};
+    shape.insert(shape.end(), row.begin(), row.end());
+    at::Tensor more = at::full(shape, std::nan(""), dtype);
+    t = t.defined() ? at::cat({t, more}, 0) : more;
+  };
+  for (Layer& layer : layers_) {
+    if (kernels::is_kivi(format_.format))
+      for (at::Tensor* ring : {&layer.k_ring, &layer.v_ring})
+        extend(*ring, {num_kv_heads_, format_.residual, head_dim_}, at::kHalf);
+    if (format_.format == KvFormat::kFp8) {
+      extend(layer.k_scale, {num_kv_heads_}, at::kFloat);
+      extend(layer.v_scale, {num_kv_heads_}, at::kFloat);
+      layer.calibrated.resize(size_t(slots), false);
+    }
+  }
+  std::vector<int> fresh;
+  for (int64_t r = slots - 1; r >= slots_; --r) fresh.push_back(int(r));
+  free_slots_.insert(free_slots_.begin(), fresh.begin(), fresh.end());
+  slots_ = slots;
 }
 
 int64_t PagedKVCache::add_sequence() {
-  KVB_CHECK(!free_slots_.empty(), "paged cache: all ", max_sequences_,
-            " sequence slots are in use");
+  if (free_slots_.empty()) grow_slots(2 * slots_);
   Sequence s;
   s.slot = free_slots_.back();
   free_slots_.pop_back();
@@ -152,13 +169,16 @@ std::vector<int64_t> PagedKVCache::kept_tokens(int64_t seq) const {
 void PagedKVCache::reserve(Sequence& s, int64_t tokens) {
   const size_t need = size_t((tokens + format_.page_size - 1) / format_.page_size);
   if (s.pages.size() >= need) return;
-  const size_t missing = need - s.pages.size();
-  KVB_CHECK(missing <= free_.size(), "paged cache: out of pages: a sequence of ", tokens,
-            " tokens needs ", need, " pages of ", format_.page_size, " tokens, ", free_.size(),
-            " of the pool's ", max_pages_,
-            " are free; size the pool for the batch's longest "
-            "contexts");
-  for (size_t i = 0; i < missing; ++i) {
+  const int64_t missing = int64_t(need - s.pages.size());
+  if (missing > int64_t(free_.size())) {
+    const int64_t want = pages_ + missing - int64_t(free_.size());
+    KVB_CHECK(want <= max_pages_, "paged cache: out of pages: a sequence of ", tokens,
+              " tokens needs ", need, " pages of ", format_.page_size, " tokens, ", free_.size(),
+              " of the pool's ", pages_, " are free and the pool may not grow past ", max_pages_,
+              "; size the pool for the batch's longest contexts");
+    grow_pages(std::min(max_pages_, std::max(want, 2 * pages_)));
+  }
+  for (int64_t i = 0; i < missing; ++i) {
     s.pages.push_back(free_.back());
     free_.pop_back();
   }
@@ -260,7 +280,7 @@ StorageBytes PagedKVCache::storage() const {
   const int P = format_.page_size, D = int(head_dim_);
   const auto k = kernels::page_bytes(format_.format, true, P, D),
              v = kernels::page_bytes(format_.format, false, P, D);
-  const uint64_t pages = uint64_t(max_pages_) - free_.size(), heads = uint64_t(num_kv_heads_);
+  const uint64_t pages = uint64_t(pages_) - free_.size(), heads = uint64_t(num_kv_heads_);
   StorageBytes b;
   b.payload = pages * heads * (k.data + v.data);
   b.metadata = pages * heads * (k.meta + v.meta);

@@ -330,6 +330,9 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
   const uint64_t llc = ctx.env.llc_bytes;
   const double min_multiple = p["min_llc_multiple"];
   const Plan plan = make_plan(p, ctx.method, llc);
+  KVB_CHECK(ctx.spec.attention != "paged",
+            "kernels: attention 'paged' is the GPU path's storage with reference attention, "
+            "not a kernel to time; use cpu or reference");
   const AttentionBackend backend = attention_backend_from_name(ctx.spec.attention);
   const std::vector<int64_t>& contexts = plan.contexts;
   const std::vector<int64_t>& kv_heads = plan.kv_heads;

@@ -45,9 +45,11 @@ const std::vector<ParamSpec>& scalar_specs() {
       ParamSpec::string("description", "", "free text, copied into the report"),
       ParamSpec::string("device", "cpu", "where attention runs", {"cpu", "cuda"}),
       ParamSpec::string("attention", "cpu",
-                        "decode attention backend: cpu (fused, reads the stored format) or "
-                        "reference (dequantize, then plain attention: the oracle)",
-                        {"cpu", "reference"}),
+                        "decode attention backend: cpu (fused, reads the stored format), "
+                        "reference (dequantize, then plain attention: the oracle) or paged (the "
+                        "GPU path's paged formats and appender, reference attention over the "
+                        "pages)",
+                        {"cpu", "reference", "paged"}),
       ParamSpec::integer("threads", "auto", "intra-op CPU threads; auto = all cores")
           .range(1, 4096)
           .or_auto(),

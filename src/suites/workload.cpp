@@ -33,6 +33,9 @@ void require_cpu(const CellContext& ctx, const std::string& suite) {
 
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
   const ModelConfig& c = ctx.model.get().config();
+  if (ctx.spec.attention == "paged")  // fixed formats: nothing to prepare
+    return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim,
+                         ctx.model.kv_dtype(), "paged");
   std::shared_ptr<const Codec> codec = make_codec(ctx.method, ctx.model.kv_dtype());
   // Codecs fitted to the model are prepared here (once per run), before anything is timed.
   if (codec->needs_preparation()) codec = ctx.model.prepared_codec(ctx.method).codec;

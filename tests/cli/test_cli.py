@@ -840,6 +840,37 @@ class ModelCliTest(CliCase):
         check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout)
 
+    def test_paged_attention_runs_the_gpu_formats_and_matches_reference_for_kivi(self):
+        # attention "paged": the GPU path's paged formats and appender on the CPU. KIVI codes
+        # fp16 values on both paths, so its fidelity equals the reference backend's; methods
+        # without a paged format fail their cell with the reason, the others still run.
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True, "dtype": "float16"},
+               "methods": [{"name": "full"}, {"name": "kivi-2"},
+                           {"name": "int4", "symmetric": True}, {"name": "int4"}],
+               "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
+                           "eval_tokens": 16},
+                          {"name": "latency", "prompt_tokens": 40, "new_tokens": 3,
+                           "repeats": 1}]}
+        kl = {}
+        for attention in ("paged", "reference"):
+            res = self.run_ok(dict(cfg, attention=attention))
+            path, report = self.report_from(res)
+            self.assertEqual(report["config"]["attention"], attention)
+            cells = {(c["suite"], c["method"]["name"], c["method"].get("symmetric")): c
+                     for c in report["cells"]}
+            q4_1 = cells[("fidelity", "int4", False)]
+            if attention == "paged":
+                self.assertEqual(res.returncode, 1, res.stderr)
+                self.assertEqual(q4_1["status"], "failed")
+                self.assertIn("q4_1", q4_1["error"])
+            ok = [c for c in report["cells"] if c["status"] == "ok"]
+            self.assertEqual(len(ok), 6 if attention == "paged" else 8, res.stdout + res.stderr)
+            kl[attention] = cells[("fidelity", "kivi-2", None)]["summary"]["kl_mean"]
+            check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+            self.assertEqual(check.returncode, 0, check.stdout)
+        self.assertGreater(kl["paged"], 0)
+        self.assertAlmostEqual(kl["paged"], kl["reference"], delta=1e-6 * kl["reference"] + 1e-9)
+
     def test_low_rank_methods_report_their_untimed_prepare_step(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},
                "methods": [{"name": "full"}, {"name": "palu"},

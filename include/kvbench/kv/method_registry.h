@@ -54,14 +54,16 @@ std::shared_ptr<const Codec> make_codec(const nlohmann::json& method, at::Scalar
 // The retention policy a resolved method entry describes (FullRetention for codec methods).
 std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method);
 // Builds the KV cache a resolved method entry describes, for a model with these dimensions;
-// `dtype` is the uncompressed storage dtype (model.dtype); `backend` is "reference" or "cpu";
+// `dtype` is the uncompressed storage dtype (model.dtype); `backend` is "reference", "cpu" or
+// "paged" (PagedKVCache: the GPU path's paged formats, reference attention over the pages);
 // `rope_inv_freq`: the model's RoPE frequencies (rope_inverse_frequencies), needed by methods
 // whose kept tokens take cache positions (streamingllm with positions "rerotated").
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
                                        const std::string& backend = "cpu",
                                        const at::Tensor& rope_inv_freq = at::Tensor());
-// The same with the method's codec given, e.g. prepared (prepare_codec) for a low-rank method.
+// The same with the method's codec given, e.g. prepared (prepare_codec) for a low-rank method
+// (not "paged": the paged formats are fixed, none needs preparation).
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        std::shared_ptr<const Codec> codec, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim,

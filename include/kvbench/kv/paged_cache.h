@@ -5,8 +5,9 @@
 // (kernels/kv_paged_decode.h) with the reference attention: the same numbers the GPU decode
 // kernel must produce, so this cache is the GPU path's oracle on any machine.
 //
-// Pools are sized once (`max_pages`), as a serving engine sizes its cache from free memory:
-// running out is an error that says how many pages were needed, not a silent reallocation.
+// Pools start at `PagedCapacity::pages` and double when full, up to `max_pages` when one is
+// set (a serving engine sizes its pool once from free memory: max_pages = pages); running out
+// is then an error that says how many pages were needed.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -38,11 +39,16 @@ struct PagedFormat {
 // Throws Error naming the method and what the paged formats offer when there is none.
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype);
 
+struct PagedCapacity {
+  int64_t pages = 64;     // pages per layer pool at first (a page: page_size tokens, every KV head)
+  int64_t max_pages = 0;  // the pools double up to this many pages; 0: no limit
+  int64_t sequences = 4;  // sequence slots (KIVI rings, fp8 scales) at first; they double
+};
+
 class PagedKVCache final : public KVCache {
  public:
-  // `max_pages`: pages per layer pool (each page holds page_size tokens of every KV head).
   PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
-               int64_t max_pages, int64_t max_sequences);
+               PagedCapacity capacity = {});
 
   int64_t add_sequence() override;
   void remove_sequence(int64_t seq) override;
@@ -65,15 +71,19 @@ class PagedKVCache final : public KVCache {
     int64_t length = 0;
   };
   struct Layer {
-    at::Tensor k_data, v_data, k_meta, v_meta;  // [max_pages, kv_heads, page bytes] uint8
-    at::Tensor k_ring, v_ring;     // KIVI: [max_sequences, kv_heads, residual, head_dim] fp16
-    at::Tensor k_scale, v_scale;   // fp8: [max_sequences, kv_heads] fp32
-    std::vector<bool> calibrated;  // fp8: [max_sequences] scales set by the slot's first append
+    at::Tensor k_data, v_data, k_meta, v_meta;  // [pages, kv_heads, page bytes] uint8
+    at::Tensor k_ring, v_ring;                  // KIVI: [slots, kv_heads, residual, head_dim] fp16
+    at::Tensor k_scale, v_scale;                // fp8: [slots, kv_heads] fp32
+    std::vector<bool> calibrated;  // fp8: [slots] scales set by the slot's first append
   };
   Sequence& sequence(int64_t seq);
   const Sequence& sequence(int64_t seq) const;
-  // Assigns pages to `s` until they cover `tokens` tokens.
+  // Assigns pages to `s` until they cover `tokens` tokens, growing the pools if allowed.
   void reserve(Sequence& s, int64_t tokens);
+  // Extends every layer's pools to `pages` pages / `slots` sequence slots (0xff / NaN filled:
+  // a byte nothing wrote reads as NaN).
+  void grow_pages(int64_t pages);
+  void grow_slots(int64_t slots);
   // fp8: the scales of `slot` from its first tokens k, v ([kv_heads, n, head_dim]).
   void calibrate(Layer& layer, int slot, const at::Tensor& k, const at::Tensor& v) const;
   // The layer's pools as the appender and the decoder see them (host pointers; rings whole).
@@ -81,7 +91,8 @@ class PagedKVCache final : public KVCache {
   at::Tensor decode(const Layer& layer, const Sequence& s, bool key, int64_t tokens) const;
 
   PagedFormat format_;
-  int64_t num_layers_, num_kv_heads_, head_dim_, max_pages_, max_sequences_;
+  int64_t num_layers_, num_kv_heads_, head_dim_;
+  int64_t pages_ = 0, slots_ = 0, max_pages_;
   std::vector<Layer> layers_;
   std::vector<int> free_;        // free physical pages (shared by all layers' pools)
   std::vector<int> free_slots_;  // free sequence slots
