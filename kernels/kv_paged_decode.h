@@ -1,7 +1,9 @@
 // What a stored token of a paged cache decodes to, read straight from the pools of
 // kv_format.h: the values the GPU decode kernel attends over, written out. The CPU paged
 // cache (src/kv/paged_cache.cpp) attends over them with the reference attention, which makes
-// it the oracle of the GPU path on any machine. Torch-free and CUDA-free.
+// it the oracle of the GPU path on any machine; on a GPU, dequantize_paged()
+// (kv_paged_decode_launcher.h) runs the same code for prefill attention. Torch-free and
+// CUDA-free: plain C++ unless compiled by nvcc.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +15,7 @@ namespace kvbench::kernels {
 
 // Token t (of T held) of KV head h, keys or values, into out[head_dim]. `pages`: the
 // sequence's block-table row; `seq_row`: the sequence's row in the KIVI rings and fp8 scales.
-inline void decode_paged_token(const PagedKvStore& s, const int* pages, int kv_heads, int head_dim,
+KVB_HD void decode_paged_token(const PagedKvStore& s, const int* pages, int kv_heads, int head_dim,
                                int seq_row, bool key, int h, int t, int T, float* out) {
   namespace e = encode;
   const int D = head_dim, P = s.page_size, R = s.residual;

@@ -659,11 +659,12 @@ std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method)
 
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
-                                       const std::string& backend,
-                                       const at::Tensor& rope_inv_freq) {
+                                       const std::string& backend, const at::Tensor& rope_inv_freq,
+                                       at::Device device) {
   if (backend == "paged")
-    return std::make_unique<PagedKVCache>(paged_format_for(method, dtype), num_layers,
-                                          num_kv_heads, head_dim);
+    return std::make_unique<PagedKVCache>(paged_format_for(method, dtype), num_layers, num_kv_heads,
+                                          head_dim, PagedCapacity{}, device);
+  KVB_CHECK(device.is_cpu(), "KV cache: device ", device.str(), " needs the paged cache");
   return std::make_unique<CompressedKVCache>(
       make_codec(method, dtype), attention_backend_from_name(backend), num_layers, num_kv_heads,
       head_dim, make_policy(method), rope_inv_freq);
@@ -674,7 +675,8 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        int64_t num_kv_heads, int64_t head_dim,
                                        const std::string& backend,
                                        const at::Tensor& rope_inv_freq) {
-  KVB_CHECK(backend != "paged", "make_kv_cache: the paged cache takes no codec; call the overload "
+  KVB_CHECK(backend != "paged",
+            "make_kv_cache: the paged cache takes no codec; call the overload "
             "with the model dtype");
   return std::make_unique<CompressedKVCache>(std::move(codec), attention_backend_from_name(backend),
                                              num_layers, num_kv_heads, head_dim,

@@ -8,6 +8,7 @@
 #include "kv_paged_decode.h"
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
+#include "paged_cache_cuda.h"
 
 namespace kvbench {
 
@@ -70,14 +71,21 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
 }
 
 PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads,
-                           int64_t head_dim, PagedCapacity capacity)
+                           int64_t head_dim, PagedCapacity capacity, at::Device device)
     : format_(format),
+      device_(device),
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       max_pages_(capacity.max_pages > 0 ? capacity.max_pages : int64_t{1} << 30),
       layers_(size_t(num_layers)) {
   KVB_CHECK(head_dim % 32 == 0, "paged cache: head_dim ", head_dim, " is not a multiple of 32");
+  KVB_CHECK(device.is_cpu() || device.is_cuda(), "paged cache: device ", device.str(),
+            " (expected cpu or cuda)");
+  if (device.is_cuda()) {
+    const std::string why = paged_cuda::unavailable_reason();
+    KVB_CHECK(why.empty(), "paged cache: device ", device.str(), ": ", why);
+  }
   KVB_CHECK(!kernels::is_kivi(format_.format) || head_dim % format_.page_size == 0,
             "paged cache: KIVI group ", format_.page_size, " does not divide head_dim ", head_dim);
   KVB_CHECK(capacity.pages >= 1 && capacity.pages <= max_pages_ && capacity.sequences >= 1,
@@ -93,7 +101,7 @@ void PagedKVCache::grow_pages(int64_t pages) {
   auto extend = [&](at::Tensor& pool, size_t per_head) {
     if (per_head == 0) return;
     at::Tensor more = at::full({pages - pages_, num_kv_heads_, int64_t(per_head)}, 0xff,
-                               at::TensorOptions().dtype(at::kByte));
+                               at::TensorOptions().dtype(at::kByte).device(device_));
     pool = pool.defined() ? at::cat({pool, more}, 0) : more;
   };
   for (Layer& layer : layers_) {
@@ -110,7 +118,8 @@ void PagedKVCache::grow_slots(int64_t slots) {
   auto extend = [&](at::Tensor& t, at::IntArrayRef row, at::ScalarType dtype) {
     std::vector<int64_t> shape = {slots - slots_};
     shape.insert(shape.end(), row.begin(), row.end());
-    at::Tensor more = at::full(shape, std::nan(""), dtype);
+    at::Tensor more =
+        at::full(shape, std::nan(""), at::TensorOptions().dtype(dtype).device(device_));
     t = t.defined() ? at::cat({t, more}, 0) : more;
   };
   for (Layer& layer : layers_) {
@@ -217,62 +226,75 @@ at::Tensor PagedKVCache::append_and_attend(int64_t seq, int64_t layer_index, con
   if (format_.format == KvFormat::kFp8 && !layer.calibrated[size_t(s.slot)])
     calibrate(layer, s.slot, k, v);
 
-  // Rows as the transformer packs them ([n, kv_heads, head_dim]) in the kernels' input dtype.
+  // Rows as the transformer packs them ([n, kv_heads, head_dim]) in the kernels' input dtype,
+  // where the pools are.
   const at::ScalarType in_dtype = format_.format == KvFormat::kBf16 ? at::kBFloat16 : at::kHalf;
-  const at::Tensor k_rows = k.transpose(0, 1).to(in_dtype).contiguous();
-  const at::Tensor v_rows = v.transpose(0, 1).to(in_dtype).contiguous();
-  const int old_len = int(s.length), cu_new[2] = {0, int(n)};
+  const at::Tensor k_rows = k.transpose(0, 1).to(device_, in_dtype).contiguous();
+  const at::Tensor v_rows = v.transpose(0, 1).to(device_, in_dtype).contiguous();
+  const bool gpu = device_.is_cuda();
+  // Block-table row, old length and new-token offsets: host arrays, or their device copies.
+  const at::Tensor pages = at::tensor(s.pages, at::kInt).to(device_);
+  const at::Tensor lens =
+      at::tensor(std::vector<int>{int(s.length), 0, int(n)}, at::kInt).to(device_);
   kernels::AppendProblem p;
   p.batch = 1, p.kv_heads = int(num_kv_heads_), p.head_dim = int(head_dim_);
-  p.max_pages_per_seq = int(s.pages.size()), p.block_table = s.pages.data();
-  p.old_lens = &old_len, p.cu_new = cu_new, p.max_new = int(n);
+  p.max_pages_per_seq = int(s.pages.size()), p.block_table = pages.data_ptr<int>();
+  p.old_lens = lens.data_ptr<int>(), p.cu_new = lens.data_ptr<int>() + 1, p.max_new = int(n);
   p.k = k_rows.data_ptr(), p.v = v_rows.data_ptr();
-  kernels::PagedKvStore store = store_of(layer);
-  if (kernels::is_kivi(format_.format)) {  // the appender sees this sequence's ring as row 0
-    const int64_t ring = int64_t(s.slot) * num_kv_heads_ * format_.residual * head_dim_;
-    store.k_residual = layer.k_ring.data_ptr<at::Half>() + ring;
-    store.v_residual = layer.v_ring.data_ptr<at::Half>() + ring;
-  }
-  if (format_.format == KvFormat::kFp8) {  // and its scales as row 0
-    store.k_head_scale += int64_t(s.slot) * num_kv_heads_;
-    store.v_head_scale += int64_t(s.slot) * num_kv_heads_;
-  }
+  const kernels::PagedKvStore store = store_of(layer, s);
   const std::string why = kernels::append_check(p, store);
   KVB_CHECK(why.empty(), "paged cache: ", why);
-  kernels::append_kv_host(p, store);
+  if (gpu)
+    paged_cuda::append(p, store);
+  else
+    kernels::append_kv_host(p, store);
 
-  at::Tensor out =
-      block_attention_reference(q.to(at::kFloat), decode(layer, s, true, t1),
-                                decode(layer, s, false, t1), 1.0 / std::sqrt(double(head_dim_)));
+  const double scale = 1.0 / std::sqrt(double(head_dim_));
+  at::Tensor out;
+  if (gpu && n == 1) {  // the decode kernel, reading the formats in place
+    const at::Tensor qd = q.select(1, 0).to(device_, in_dtype).contiguous();
+    out = paged_cuda::decode(store, pages, num_kv_heads_, t1, qd).to(at::kFloat).unsqueeze(1);
+  } else if (gpu) {  // prefill: dequantize, then the reference attention (on the device)
+    const auto [keys, values] =
+        paged_cuda::dequantize(store, pages, num_kv_heads_, head_dim_, 0, t1);
+    out = block_attention_reference(q.to(device_, at::kFloat), keys, values, scale);
+  } else {
+    out = block_attention_reference(q.to(at::kFloat), decode(store, s, true, t1),
+                                    decode(store, s, false, t1), scale);
+  }
+  out = out.to(q.device());
   if (layer_index == num_layers_ - 1) s.length = t1;
   return out;
 }
 
-kernels::PagedKvStore PagedKVCache::store_of(const Layer& layer) const {
+kernels::PagedKvStore PagedKVCache::store_of(const Layer& layer, const Sequence& seq) const {
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
   kernels::PagedKvStore s;
   s.format = format_.format, s.page_size = format_.page_size, s.residual = format_.residual;
   s.k_data = ptr(layer.k_data), s.v_data = ptr(layer.v_data);
   s.k_meta = ptr(layer.k_meta), s.v_meta = ptr(layer.v_meta);
-  s.k_residual = ptr(layer.k_ring), s.v_residual = ptr(layer.v_ring);
-  if (layer.k_scale.defined()) {
-    s.k_head_scale = layer.k_scale.data_ptr<float>();
-    s.v_head_scale = layer.v_scale.data_ptr<float>();
+  if (kernels::is_kivi(format_.format)) {
+    const int64_t ring = int64_t(seq.slot) * num_kv_heads_ * format_.residual * head_dim_;
+    s.k_residual = layer.k_ring.data_ptr<at::Half>() + ring;
+    s.v_residual = layer.v_ring.data_ptr<at::Half>() + ring;
+  }
+  if (format_.format == KvFormat::kFp8) {
+    s.k_head_scale = layer.k_scale.data_ptr<float>() + int64_t(seq.slot) * num_kv_heads_;
+    s.v_head_scale = layer.v_scale.data_ptr<float>() + int64_t(seq.slot) * num_kv_heads_;
   }
   return s;
 }
 
-// [kv_heads, tokens, head_dim] fp32: what the sequence's first `tokens` tokens decode to.
-at::Tensor PagedKVCache::decode(const Layer& layer, const Sequence& s, bool key,
+// [kv_heads, tokens, head_dim] fp32: what the sequence's first `tokens` tokens decode to
+// (host pools).
+at::Tensor PagedKVCache::decode(const kernels::PagedKvStore& store, const Sequence& s, bool key,
                                 int64_t tokens) const {
-  const kernels::PagedKvStore store = store_of(layer);
   at::Tensor out = at::empty({num_kv_heads_, tokens, head_dim_}, at::kFloat);
   float* o = out.data_ptr<float>();
   for (int64_t h = 0; h < num_kv_heads_; ++h)
     for (int64_t t = 0; t < tokens; ++t)
-      kernels::decode_paged_token(store, s.pages.data(), int(num_kv_heads_), int(head_dim_), s.slot,
-                                  key, int(h), int(t), int(tokens),
-                                  o + (h * tokens + t) * head_dim_);
+      kernels::decode_paged_token(store, s.pages.data(), int(num_kv_heads_), int(head_dim_), 0, key,
+                                  int(h), int(t), int(tokens), o + (h * tokens + t) * head_dim_);
   return out;
 }
 

@@ -27,15 +27,18 @@ std::vector<std::vector<int64_t>> synthetic_prompts(int64_t count, int64_t token
 }
 
 void require_cpu(const CellContext& ctx, const std::string& suite) {
-  KVB_CHECK(ctx.spec.device == "cpu", suite, ": device '", ctx.spec.device,
-            "' is not supported yet: the model runtime computes on the CPU only");
+  KVB_CHECK(ctx.spec.device == "cpu" || ctx.spec.attention == "paged", suite, ": device '",
+            ctx.spec.device,
+            "' needs attention 'paged' (the KV cache and attention on the GPU; the model "
+            "runtime computes on the CPU)");
 }
 
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
   const ModelConfig& c = ctx.model.get().config();
+  require_cpu(ctx, ctx.cell_id.substr(0, ctx.cell_id.find('.')));  // "<suite>.<method>.<hash>"
   if (ctx.spec.attention == "paged")  // fixed formats: nothing to prepare
-    return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim,
-                         ctx.model.kv_dtype(), "paged");
+    return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(),
+                         "paged", at::Tensor(), at::Device(ctx.spec.device));
   std::shared_ptr<const Codec> codec = make_codec(ctx.method, ctx.model.kv_dtype());
   // Codecs fitted to the model are prepared here (once per run), before anything is timed.
   if (codec->needs_preparation()) codec = ctx.model.prepared_codec(ctx.method).codec;
@@ -46,7 +49,8 @@ std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
 std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx) {
   const ModelConfig& c = ctx.model.get().config();
   return make_kv_cache(resolve_method({{"name", "full"}}, "baseline"), c.num_layers, c.num_kv_heads,
-                       c.head_dim, ctx.model.kv_dtype(), ctx.spec.attention);
+                       c.head_dim, ctx.model.kv_dtype(), ctx.spec.attention, at::Tensor(),
+                       at::Device(ctx.spec.device));
 }
 
 double full_cache_bytes_per_token(const ModelConfig& c) {

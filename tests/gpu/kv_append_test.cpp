@@ -1,9 +1,11 @@
 // The GPU appender (kernels/kv_append.cu) against its host reference (kv_append.h, itself
 // checked byte for byte against the paged-cache builder by tests/unit/kv_append_test.cpp):
 // the same calls (prefills and decode chunks of several sequences) on pools poisoned with
-// 0xff must leave identical bytes, codes, scales and rings alike. Skips without a GPU.
+// 0xff must leave identical bytes, codes, scales and rings alike; the device dequantizer
+// (prefill's reader) must return exactly the host decoder's values. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 #include <string>
 #include <vector>
@@ -11,6 +13,8 @@
 #include "append_schedule.h"
 #include "device_buffer.h"
 #include "kv_append_launcher.h"
+#include "kv_paged_decode.h"
+#include "kv_paged_decode_launcher.h"
 #include "paged_cache_builder.h"
 
 namespace kvbench::gpu_test {
@@ -83,6 +87,31 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
   EXPECT_TRUE(device_result.v_meta == host.v_meta) << "value scales differ";
   EXPECT_TRUE(device_result.k_residual == host.k_residual) << "key rings differ";
   EXPECT_TRUE(device_result.v_residual == host.v_residual) << "value rings differ";
+
+  // The device dequantizer reads back exactly what the host decoder does.
+  for (int b = 0; b < int(lens.size()); ++b) {
+    const int T = lens[b];
+    DeviceBuffer k_out, v_out;
+    std::vector<float> k_got(size_t(kv_heads) * T * D, NAN), v_got(k_got);
+    ASSERT_CUDA(k_out.upload(k_got));  // NaN poison
+    ASSERT_CUDA(v_out.upload(v_got));
+    ASSERT_CUDA(kernels::dequantize_paged(
+        dev, static_cast<const int*>(table.ptr) + b * host.max_pages, kv_heads, D, b, T,
+        static_cast<float*>(k_out.ptr), static_cast<float*>(v_out.ptr), nullptr));
+    ASSERT_CUDA(k_out.download(k_got));
+    ASSERT_CUDA(v_out.download(v_got));
+    std::vector<float> want(D);
+    for (bool key : {true, false})
+      for (int h = 0; h < kv_heads; ++h)
+        for (int t = 0; t < T; ++t) {
+          kernels::decode_paged_token(on_host, host.block_table.data() + b * host.max_pages,
+                                      kv_heads, D, b, key, h, t, T, want.data());
+          const float* got = (key ? k_got : v_got).data() + (size_t(h) * T + t) * D;
+          for (int d = 0; d < D; ++d)
+            ASSERT_EQ(got[d], want[d]) << (key ? "key" : "value") << " of seq " << b << " head "
+                                       << h << " token " << t << " channel " << d;
+        }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, KvAppendGpuTest, ::testing::ValuesIn(append_cases()),

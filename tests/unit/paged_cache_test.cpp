@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <tuple>
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
@@ -17,7 +18,9 @@
 namespace kvbench {
 namespace {
 
-class PagedCacheTest : public ::testing::TestWithParam<const char*> {};
+// (method entry, device): on cuda the pools live on the GPU and the kernels of kernels/ append,
+// decode and dequantize; skipped where libtorch has no CUDA.
+class PagedCacheTest : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
 
 constexpr int64_t kLayers = 2, kKvHeads = 2, kHeads = 4, kDim = 64;
 
@@ -36,13 +39,19 @@ Block random_block(int64_t n, at::ScalarType dtype, at::Generator& gen) {
 }
 
 TEST_P(PagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameStoredValues) {
-  const nlohmann::json method = resolve_method(nlohmann::json::parse(GetParam()), "methods[0]");
+  const auto [entry, device_name] = GetParam();
+  const at::Device device(device_name);
+  if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
+  const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
   const PagedFormat format = paged_format_for(method, at::kHalf);
   // Pools of 2 pages and 1 slot: they grow several times on the way (copying what they hold).
-  PagedKVCache paged(format, kLayers, kKvHeads, kDim, PagedCapacity{2, 0, 1});
+  PagedKVCache paged(format, kLayers, kKvHeads, kDim, PagedCapacity{2, 0, 1}, device);
+  const bool bf16 = format.format == kernels::KvFormat::kBf16;
+  // The same values attended: fp32 rounding on the CPU; the GPU decode kernel's fp16 (bf16)
+  // output and fast exp2 (its own tests' bounds).
+  const double tolerance = device.is_cpu() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
   auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
-  const at::ScalarType dtype =
-      format.format == kernels::KvFormat::kBf16 ? at::kBFloat16 : at::kHalf;
+  const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kHalf;
   auto gen = at::detail::createCPUGenerator(17);
 
   const int64_t a = paged.add_sequence(), b = paged.add_sequence();
@@ -59,8 +68,8 @@ TEST_P(PagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameStoredValues) {
       const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
       ASSERT_EQ(got.sizes(), want.sizes());
       const double rel = ((got - want).norm() / want.norm()).item<double>();
-      ASSERT_LT(rel, 1e-5) << "sequence " << seq << " at " << paged.length(seq) << " tokens, " << n
-                           << " new, layer " << layer;
+      ASSERT_LT(rel, tolerance) << "sequence " << seq << " at " << paged.length(seq) << " tokens, "
+                                << n << " new, layer " << layer;
     }
   EXPECT_EQ(paged.length(a), 220);
   EXPECT_EQ(paged.kept_tokens(b), std::vector<int64_t>(kLayers, 122));
@@ -76,13 +85,29 @@ TEST_P(PagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameStoredValues) {
 
 INSTANTIATE_TEST_SUITE_P(
     Methods, PagedCacheTest,
-    ::testing::Values(R"({"name": "full"})", R"({"name": "fp16"})", R"({"name": "bf16"})",
-                      R"({"name": "int8"})", R"({"name": "int4", "symmetric": true})",
-                      R"({"name": "fp8"})", R"({"name": "fp8", "granularity": "layer"})",
-                      R"({"name": "kivi-2", "group": 32, "residual": 64})",
-                      R"({"name": "kivi-4", "group": 16, "residual": 32})",
-                      R"({"name": "kivi-2"})"),
-    [](const ::testing::TestParamInfo<const char*>& i) { return "m" + std::to_string(i.index); });
+    ::testing::Combine(::testing::Values(R"({"name": "full"})", R"({"name": "fp16"})",
+                                         R"({"name": "bf16"})", R"({"name": "int8"})",
+                                         R"({"name": "int4", "symmetric": true})",
+                                         R"({"name": "fp8"})",
+                                         R"({"name": "fp8", "granularity": "layer"})",
+                                         R"({"name": "kivi-2", "group": 32, "residual": 64})",
+                                         R"({"name": "kivi-4", "group": 16, "residual": 32})",
+                                         R"({"name": "kivi-2"})"),
+                       ::testing::Values("cpu", "cuda")),
+    [](const auto& i) {
+      return std::string(std::get<1>(i.param)) + "_m" + std::to_string(i.index / 2);
+    });
+
+TEST(PagedCacheErrorsTest, CudaWithoutCudaSaysWhy) {
+  if (at::hasCUDA()) GTEST_SKIP() << "libtorch has CUDA here";
+  try {
+    PagedKVCache cache(PagedFormat{}, 1, kKvHeads, kDim, PagedCapacity{}, at::Device("cuda"));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("paged cache: device cuda"), std::string::npos)
+        << e.what();
+  }
+}
 
 TEST(PagedCacheErrorsTest, MethodsWithoutAPagedFormatSayWhatExists) {
   auto why = [](const char* entry, at::ScalarType dtype = at::kHalf) {

@@ -58,10 +58,12 @@ std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method)
 // "paged" (PagedKVCache: the GPU path's paged formats, reference attention over the pages);
 // `rope_inv_freq`: the model's RoPE frequencies (rope_inverse_frequencies), needed by methods
 // whose kept tokens take cache positions (streamingllm with positions "rerotated").
+// `device`: where a paged cache's pools live (cpu for every other backend).
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
                                        const std::string& backend = "cpu",
-                                       const at::Tensor& rope_inv_freq = at::Tensor());
+                                       const at::Tensor& rope_inv_freq = at::Tensor(),
+                                       at::Device device = at::kCPU);
 // The same with the method's codec given, e.g. prepared (prepare_codec) for a low-rank method
 // (not "paged": the paged formats are fixed, none needs preparation).
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,

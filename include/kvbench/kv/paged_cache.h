@@ -47,8 +47,11 @@ struct PagedCapacity {
 
 class PagedKVCache final : public KVCache {
  public:
+  // `device`: where the pools live. cuda: appends, decode steps and prefill attention run the
+  // kernels of kernels/ (needs a build with them and a libtorch with CUDA; Error otherwise).
+  // Inputs may be on either device; outputs come back on the queries' device.
   PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
-               PagedCapacity capacity = {});
+               PagedCapacity capacity = {}, at::Device device = at::kCPU);
 
   int64_t add_sequence() override;
   void remove_sequence(int64_t seq) override;
@@ -86,11 +89,14 @@ class PagedKVCache final : public KVCache {
   void grow_slots(int64_t slots);
   // fp8: the scales of `slot` from its first tokens k, v ([kv_heads, n, head_dim]).
   void calibrate(Layer& layer, int slot, const at::Tensor& k, const at::Tensor& v) const;
-  // The layer's pools as the appender and the decoder see them (host pointers; rings whole).
-  kernels::PagedKvStore store_of(const Layer& layer) const;
-  at::Tensor decode(const Layer& layer, const Sequence& s, bool key, int64_t tokens) const;
+  // The layer's pools as the appender and the decoder see them, with the sequence's ring and
+  // fp8 scale rows as row 0.
+  kernels::PagedKvStore store_of(const Layer& layer, const Sequence& seq) const;
+  at::Tensor decode(const kernels::PagedKvStore& store, const Sequence& s, bool key,
+                    int64_t tokens) const;
 
   PagedFormat format_;
+  at::Device device_;
   int64_t num_layers_, num_kv_heads_, head_dim_;
   int64_t pages_ = 0, slots_ = 0, max_pages_;
   std::vector<Layer> layers_;

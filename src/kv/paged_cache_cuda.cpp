@@ -1,0 +1,105 @@
+#include "paged_cache_cuda.h"
+
+#include <cmath>
+#include <string>
+
+#include "kvbench/core/error.h"
+
+#ifdef KVBENCH_HAVE_CUDA
+#include "decode_attention.h"
+#include "device_query.h"
+#include "kv_append_launcher.h"
+#include "kv_paged_decode_launcher.h"
+#endif
+
+namespace kvbench::paged_cuda {
+
+#ifdef KVBENCH_HAVE_CUDA
+
+namespace {
+
+void check(cudaError_t err, const char* what, const char* reason) {
+  KVB_CHECK(err == cudaSuccess, "paged cache: ", what, ": ", kernels::error_name(err),
+            reason && *reason ? std::string(" (") + reason + ")" : std::string());
+}
+
+int sm_count(const at::Tensor& on) {
+  kernels::DeviceInfo info;
+  check(kernels::device_info(on.get_device(), &info), "device query", nullptr);
+  return info.sm_count;
+}
+
+}  // namespace
+
+std::string unavailable_reason() {
+  if (!at::hasCUDA())
+    return "this libtorch has no CUDA support (Debian's is CPU-only; build against a PyTorch "
+           "with CUDA)";
+  return "";
+}
+
+void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store) {
+  check(kernels::append_kv(problem, store, nullptr), "append", kernels::append_last_error());
+}
+
+at::Tensor decode(const kernels::PagedKvStore& store, const at::Tensor& pages, int64_t kv_heads,
+                  int64_t tokens, const at::Tensor& q) {
+  const at::Tensor lens = at::full({1}, tokens, pages.options());
+  at::Tensor out = at::empty_like(q);
+  kernels::DecodeProblem pr;
+  pr.batch = 1, pr.q_heads = int(q.size(0)), pr.kv_heads = int(kv_heads);
+  pr.head_dim = int(q.size(1));
+  pr.max_pages_per_seq = int(pages.numel()), pr.max_seq_len = int(tokens);
+  pr.block_table = pages.data_ptr<int>(), pr.seq_lens = lens.data_ptr<int>();
+  pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
+  pr.q = q.data_ptr(), pr.out = out.data_ptr();
+  kernels::PagedKv kv;
+  kv.format = store.format, kv.page_size = store.page_size, kv.residual = store.residual;
+  kv.k_data = store.k_data, kv.v_data = store.v_data;
+  kv.k_meta = store.k_meta, kv.v_meta = store.v_meta;
+  kv.k_head_scale = store.k_head_scale, kv.v_head_scale = store.v_head_scale;
+  kv.k_residual = store.k_residual, kv.v_residual = store.v_residual;
+  kernels::DecodePlan plan;
+  check(kernels::decode_plan(pr, kv, sm_count(q), 0, &plan), "decode plan",
+        kernels::decode_last_error());
+  at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, q.options().dtype(at::kByte));
+  check(kernels::decode_attention(pr, kv, plan,
+                                  plan.workspace_bytes ? workspace.data_ptr() : nullptr, nullptr),
+        "decode attention", kernels::decode_last_error());
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,
+                                             const at::Tensor& pages, int64_t kv_heads,
+                                             int64_t head_dim, int seq_row, int64_t tokens) {
+  const auto opts = pages.options().dtype(at::kFloat);
+  at::Tensor k = at::empty({kv_heads, tokens, head_dim}, opts), v = at::empty_like(k);
+  check(
+      kernels::dequantize_paged(store, pages.data_ptr<int>(), int(kv_heads), int(head_dim), seq_row,
+                                int(tokens), k.data_ptr<float>(), v.data_ptr<float>(), nullptr),
+      "dequantize", nullptr);
+  return {k, v};
+}
+
+#else  // built without the CUDA kernels
+
+namespace {
+[[noreturn]] void unavailable() { throw Error("paged cache: " + unavailable_reason()); }
+}  // namespace
+
+std::string unavailable_reason() {
+  return "kvbench was built without the CUDA kernels (no nvcc found; KVBENCH_CUDA)";
+}
+void append(const kernels::AppendProblem&, const kernels::PagedKvStore&) { unavailable(); }
+at::Tensor decode(const kernels::PagedKvStore&, const at::Tensor&, int64_t, int64_t,
+                  const at::Tensor&) {
+  unavailable();
+}
+std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore&, const at::Tensor&,
+                                             int64_t, int64_t, int, int64_t) {
+  unavailable();
+}
+
+#endif
+
+}  // namespace kvbench::paged_cuda

@@ -1,0 +1,30 @@
+// The paged cache's GPU calls (private to src/kv): the appender, the decode kernel and the
+// dequantizer of kernels/ on tensors that live on a CUDA device, on the default stream (the
+// one libtorch's ops use unless a caller sets another). Built into every binary; where
+// kvbench was built without the CUDA kernels each call throws Error saying so.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "kv_append.h"
+
+namespace kvbench::paged_cuda {
+
+// Whether this build and libtorch can put a paged cache on `device`; the reason when not.
+std::string unavailable_reason();
+
+// Appends with every pointer of `problem` and `store` on the device.
+void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store);
+
+// One decode step of one sequence (t tokens held): q [q_heads, head_dim] fp16 (bf16 for
+// kBf16) on the device; returns [q_heads, head_dim] in q's dtype. `pages`: its block-table row
+// (int32, on the device); `store` points at its ring and scale rows as row 0.
+at::Tensor decode(const kernels::PagedKvStore& store, const at::Tensor& pages, int64_t kv_heads,
+                  int64_t tokens, const at::Tensor& q);
+
+// Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values.
+std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,
+                                             const at::Tensor& pages, int64_t kv_heads,
+                                             int64_t head_dim, int seq_row, int64_t tokens);
+
+}  // namespace kvbench::paged_cuda
