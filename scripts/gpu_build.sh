@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the torch-free GPU programs into build-gpu/ with nvcc alone (no CMake, no libtorch):
-# the kernel tests (gtest, linked statically) and the decode benchmark. Runs here (CUDA
-# toolkit, no GPU) so the binaries can travel to a lent GPU machine, or there.
+# the kernel tests (gtest, linked statically) and the decode benchmark; and downloads the
+# Debian packages the full build on the GPU machine needs into build-gpu/debs. Runs here
+# (CUDA toolkit, no GPU) so that build-gpu/ can travel to a lent GPU machine (carry it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
@@ -20,5 +21,13 @@ if [ -f /usr/lib/x86_64-linux-gnu/libgtest.a ]; then
     tests/gpu/decode_attention_test.cpp tests/gpu/kv_append_test.cpp tests/gpu/paged_cache_builder.cpp \
     "$OUT/decode_attention.o" "$OUT/kv_append.o" "$OUT/kv_paged_decode.o" \
     -L/usr/local/cuda/lib64 -lcudart_static -lgtest -lgtest_main -lpthread -ldl -lrt
+fi
+# The C++ libraries the full build there needs (scripts/gpu_full_build.sh): Debian packages,
+# downloaded here (that machine has no registry), unpacked there.
+mkdir -p "$OUT/debs"
+if command -v apt-get >/dev/null; then
+  (cd "$OUT/debs" && apt-get download -q libcli11-dev nlohmann-json3-dev libspdlog-dev \
+    libspdlog1.10 libfmt-dev libfmt9 libpcre2-dev libpcre2-8-0 libicu-dev libicu72 \
+    libgtest-dev >/dev/null 2>&1) || echo "apt-get download failed: no debs for the full build"
 fi
 grep -c "spill stores" "$OUT/ptxas.log" >/dev/null && echo "built $OUT/ (ptxas report: $OUT/ptxas.log)"

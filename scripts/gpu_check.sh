@@ -2,7 +2,10 @@
 # One call's worth of GPU checks for a lent GPU machine: kernel tests, compute-sanitizer
 # memcheck on a subset, the decode benchmark and PyTorch's SDPA beside it. Expects
 # build-gpu/ from scripts/gpu_build.sh (built here or there); writes logs under $OUT.
-#   usage: scripts/gpu_check.sh [tests|bench|all]
+#   usage: scripts/gpu_check.sh [tests|bench|all|full]
+# full: builds all of kvbench there (scripts/gpu_full_build.sh), runs the paged-cache and
+# appender unit tests on cuda, and configs/paged-formats.json on the CPU and on the GPU
+# (attention "paged"), whose fidelity must agree.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/kvbench-gpu}
@@ -14,6 +17,18 @@ if ! build-gpu/gpu_tests --gtest_list_tests >/dev/null 2>&1; then
   scripts/gpu_build.sh || exit 1
 fi
 rc=0
+if [ "$what" = full ]; then
+  scripts/gpu_full_build.sh build-cuda 2>&1 | tee "$OUT/full_build.log" || exit 1
+  export LD_LIBRARY_PATH=${DEPS:-/tmp/kvbench-deps}/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+  build-cuda/tests/kvbench_tests --gtest_brief=1 \
+    --gtest_filter='*PagedCache*:*KvAppend*:*KvEncode*:*GpuFormat*' 2>&1 | tee "$OUT/paged_tests.log" | tail -15 || rc=1
+  for dev in cpu cuda; do
+    build-cuda/kvbench run -c configs/paged-formats.json --set device=$dev --out "$OUT/paged-$dev" \
+      --log-level warn >"$OUT/paged-$dev.log" 2>&1 || rc=1
+    grep -E "^== |KL|^ +[0-9]" "$OUT/paged-$dev.log" | head -60
+  done
+  exit $rc
+fi
 if [ "$what" != bench ]; then
   build-gpu/gpu_tests --gtest_brief=1 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || rc=1
   compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests --gtest_brief=1 \

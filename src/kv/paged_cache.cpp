@@ -85,6 +85,8 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
   if (device.is_cuda()) {
     const std::string why = paged_cuda::unavailable_reason();
     KVB_CHECK(why.empty(), "paged cache: device ", device.str(), ": ", why);
+    KVB_CHECK(head_dim == 64 || head_dim == 128, "paged cache: device ", device.str(),
+              ": unsupported head_dim: ", head_dim, " (the GPU decode kernels take 64 and 128)");
   }
   KVB_CHECK(!kernels::is_kivi(format_.format) || head_dim % format_.page_size == 0,
             "paged cache: KIVI group ", format_.page_size, " does not divide head_dim ", head_dim);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds all of kvbench (model runtime, CLI, unit tests) on a lent GPU machine against the
+# PyTorch with CUDA installed there, so that the engine's CUDA paths (the paged cache on
+# `cuda`) build and run. That machine has nvcc, CMake, ninja and PyTorch but no Debian
+# packages and no registry: the C++ libraries (CLI11, nlohmann_json, spdlog, fmt, PCRE2, ICU,
+# googletest) travel as the .deb files scripts/gpu_build.sh downloads here into
+# build-gpu/debs (carry build-gpu) and are unpacked under $DEPS; cmake/TextLibs.cmake finds
+# PCRE2 and ICU without pkg-config.
+#   usage: scripts/gpu_full_build.sh [build-dir]        (default: build-cuda)
+# Run what it built with the libraries on the loader path:
+#   export LD_LIBRARY_PATH=${DEPS:-/tmp/kvbench-deps}/usr/lib/x86_64-linux-gnu
+#   build-cuda/tests/kvbench_tests --gtest_filter='*PagedCache*'
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build-cuda}
+deps=${DEPS:-/tmp/kvbench-deps}
+ls build-gpu/debs/*.deb >/dev/null 2>&1 || { echo "no build-gpu/debs: run scripts/gpu_build.sh here and carry build-gpu"; exit 1; }
+mkdir -p "$deps" "$build"
+for f in build-gpu/debs/*.deb; do
+  if command -v dpkg-deb >/dev/null; then
+    dpkg-deb -x "$f" "$deps"
+  else  # a .deb is an ar archive holding data.tar.*
+    tmp=$(mktemp -d) && (cd "$tmp" && ar x "$OLDPWD/$f" && tar -xf data.tar.* -C "$deps") && rm -rf "$tmp"
+  fi
+done
+torch_prefix=${TORCH_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+echo "configuring $build (torch: $torch_prefix; log: $build/configure.log)"
+cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKVBENCH_CUDA=ON \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" >"$build/configure.log" 2>&1 ||
+  { tail -60 "$build/configure.log"; exit 1; }
+grep "kvbench:" "$build/configure.log" || true
+echo "building kvbench and kvbench_tests with $(nproc) jobs"
+cmake --build "$build" -j"$(nproc)" --target kvbench kvbench_tests >"$build/build.log" 2>&1 ||
+  { grep -E "error|Error" "$build/build.log" | head -40; tail -20 "$build/build.log"; exit 1; }
+echo "built $build/kvbench and $build/tests/kvbench_tests"
