@@ -324,13 +324,14 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane >> 2, m = lane & 3;
   const int P = kv.page_size, gq = pr.q_heads / pr.kv_heads;
   const int T = pr.seq_lens[b];
+  const int seq_row = pr.seq_rows ? pr.seq_rows[b] : b;      // its ring and scale row
   const int key_end = kKivi ? T - T % kv.residual : T;       // keys before: from pages
   const int main_end = kKivi ? max(0, T - kv.residual) : T;  // values before: from pages
   float score_scale = pr.softmax_scale * kLog2e;
   float out_scale = 1.f;
   if constexpr (F == KvFormat::kFp8)
-    score_scale *= kv.k_head_scale[b * pr.kv_heads + kvh],
-        out_scale = kv.v_head_scale[b * pr.kv_heads + kvh];
+    score_scale *= kv.k_head_scale[size_t(seq_row) * pr.kv_heads + kvh],
+        out_scale = kv.v_head_scale[size_t(seq_row) * pr.kv_heads + kvh];
 
   // Query fragments (A of the score mma): head r, the channels of key slice m in pair order.
   uint32_t qf[K::kChunks][2];
@@ -424,7 +425,7 @@ __global__ void __launch_bounds__(kThreads)
     // The full-precision window [main_end, T), on the last split: keys before key_end are
     // still quantized, the rest and every value come from the rings (slot t mod R).
     if (split == num_splits - 1) {
-      const size_t ring = (size_t(b) * pr.kv_heads + kvh) * kv.residual;
+      const size_t ring = (size_t(seq_row) * pr.kv_heads + kvh) * kv.residual;
       const __half* kring = static_cast<const __half*>(kv.k_residual);
       const __half* vring = static_cast<const __half*>(kv.v_residual);
       for (int t0 = (main_end / kTile + warp) * kTile; t0 < T; t0 += kWarps * kTile) {

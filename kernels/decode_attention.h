@@ -23,9 +23,9 @@ struct PagedKv {
   const void* v_data = nullptr;
   const void* k_meta = nullptr;
   const void* v_meta = nullptr;
-  const float* k_head_scale = nullptr;  // kFp8: [batch, kv_heads]
+  const float* k_head_scale = nullptr;  // kFp8: [rows, kv_heads] (DecodeProblem::seq_rows)
   const float* v_head_scale = nullptr;
-  const void* k_residual = nullptr;  // KIVI: [batch, kv_heads, residual, head_dim] fp16
+  const void* k_residual = nullptr;  // KIVI: [rows, kv_heads, residual, head_dim] fp16
   const void* v_residual = nullptr;
   int residual = 0;  // KIVI's R, a multiple of page_size
 };
@@ -36,6 +36,9 @@ struct DecodeProblem {
   int max_seq_len = 0;               // an upper bound of seq_lens, used to size the splits
   const int* block_table = nullptr;  // [batch, max_pages_per_seq] physical page ids (device)
   const int* seq_lens = nullptr;     // [batch] tokens per sequence, >= 1 (device)
+  // [batch] each sequence's row in the KIVI rings and fp8 head scales (device); null: row b.
+  // Lets a batch be any subset of a cache's sequences, in any order.
+  const int* seq_rows = nullptr;
   float softmax_scale = 0.f;
   const void* q = nullptr;  // [batch, q_heads, head_dim] fp16 (bf16 for kBf16)
   void* out = nullptr;      // [batch, q_heads, head_dim] same dtype

@@ -31,9 +31,9 @@ struct PagedKvStore {
   void* v_data = nullptr;
   void* k_meta = nullptr;
   void* v_meta = nullptr;
-  const float* k_head_scale = nullptr;  // kFp8: [batch, kv_heads]
+  const float* k_head_scale = nullptr;  // kFp8: [rows, kv_heads] (AppendProblem::seq_rows)
   const float* v_head_scale = nullptr;
-  void* k_residual = nullptr;  // KIVI: [batch, kv_heads, residual, head_dim] fp16 rings
+  void* k_residual = nullptr;  // KIVI: [rows, kv_heads, residual, head_dim] fp16 rings
   void* v_residual = nullptr;
   int residual = 0;  // KIVI's R, a multiple of page_size
 };
@@ -45,7 +45,9 @@ struct AppendProblem {
   const int* block_table = nullptr;
   const int* old_lens = nullptr;  // [batch] tokens held before the append (T0)
   const int* cu_new = nullptr;    // [batch + 1] offsets of each sequence's new tokens in k, v
-  int max_new = 0;                // >= every sequence's new-token count (sizes the launch)
+  // [batch] each sequence's row in the KIVI rings and fp8 head scales; null: row b.
+  const int* seq_rows = nullptr;
+  int max_new = 0;  // >= every sequence's new-token count (sizes the launch)
   // [cu_new[batch], kv_heads, head_dim] (the packed batch's rows): fp16, bf16 for kBf16.
   const void* k = nullptr;
   const void* v = nullptr;
@@ -66,6 +68,8 @@ KVB_HD Seq sequence(const AppendProblem& p, int b) {
   return {t0, n, t0 + n, row0};
 }
 
+KVB_HD int seq_row(const AppendProblem& p, int b) { return p.seq_rows ? p.seq_rows[b] : b; }
+
 KVB_HD int key_pages_end(int t, int residual) { return t - t % residual; }
 KVB_HD int value_pages_end(int t, int residual) { return t > residual ? t - residual : 0; }
 
@@ -84,7 +88,7 @@ KVB_HD const uint16_t* input_row(const AppendProblem& p, bool key, int row, int 
 KVB_HD uint16_t* ring_row(const AppendProblem& p, const PagedKvStore& s, bool key, int b, int h,
                           int t) {
   return static_cast<uint16_t*>(key ? s.k_residual : s.v_residual) +
-         ((size_t(b) * p.kv_heads + h) * s.residual + t % s.residual) * p.head_dim;
+         ((size_t(seq_row(p, b)) * p.kv_heads + h) * s.residual + t % s.residual) * p.head_dim;
 }
 // Token t's 16-bit row: in the ring while t < T0 (KIVI), else among the new rows.
 KVB_HD const uint16_t* token_row(const AppendProblem& p, const PagedKvStore& s, const Seq& q,
@@ -144,7 +148,8 @@ KVB_HD void token_block(const AppendProblem& p, const PagedKvStore& s, bool key,
       return;
     }
     case KvFormat::kFp8: {
-      const float inv = 1.0f / (key ? s.k_head_scale : s.v_head_scale)[size_t(b) * p.kv_heads + h];
+      const float inv =
+          1.0f / (key ? s.k_head_scale : s.v_head_scale)[size_t(seq_row(p, b)) * p.kv_heads + h];
       uint8_t* codes = static_cast<uint8_t*>(data) + r * D + blk * kBlock;
       for (int i = 0; i < kBlock; ++i)
         codes[i] = encode::e4m3_bits(encode::mul_rn(encode::half_value(in[i]), inv));

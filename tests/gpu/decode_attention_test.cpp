@@ -61,6 +61,8 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   }
   HostPagedCache cache = build_paged_cache(c.format, c.kv_heads, D, c.page_size, c.residual, keys,
                                            values, c.seq_lens, rng);
+  const std::vector<int> rows = reversed_rows(B);  // rings and scales not in batch order
+  move_rows(cache, rows);
   const bool bf16 = c.format == KvFormat::kBf16;
   std::normal_distribution<float> normal(0.f, 1.f);
   std::vector<uint16_t> q_bits(size_t(B) * c.q_heads * D);
@@ -76,6 +78,8 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   ASSERT_CUDA(dout.upload(std::vector<uint16_t>(q_bits.size(), 0xffff)));  // NaN poison
   ASSERT_CUDA(dtable.upload(cache.block_table));
   ASSERT_CUDA(dlens.upload(cache.seq_lens));
+  DeviceBuffer drows;
+  ASSERT_CUDA(drows.upload(rows));
   ASSERT_CUDA(dk.upload(cache.k_data));
   ASSERT_CUDA(dv.upload(cache.v_data));
   ASSERT_CUDA(dkm.upload(cache.k_meta));
@@ -91,6 +95,7 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   for (int T : c.seq_lens) pr.max_seq_len = std::max(pr.max_seq_len, T);
   pr.block_table = static_cast<const int*>(dtable.ptr);
   pr.seq_lens = static_cast<const int*>(dlens.ptr);
+  pr.seq_rows = static_cast<const int*>(drows.ptr);
   pr.softmax_scale = 1.f / std::sqrt(float(D));
   pr.q = dq.ptr, pr.out = dout.ptr;
   kernels::PagedKv kv;

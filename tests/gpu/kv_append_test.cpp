@@ -39,6 +39,8 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
   const SequenceTokens x = rounded_tokens(rng, lens, kv_heads, D, bf16);
   const auto &keys = x.keys, &values = x.values;
   HostPagedCache host = build_paged_cache(c.format, kv_heads, D, P, R, keys, values, lens, rng);
+  const std::vector<int> rows = reversed_rows(int(lens.size()));  // exercises seq_rows
+  move_rows(host, rows);
   poison(host);
   HostPagedCache device_result = host;  // poisoned copies of the same pools
 
@@ -52,6 +54,8 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
   ASSERT_CUDA(k_scale.upload(host.k_head_scale));
   ASSERT_CUDA(v_scale.upload(host.v_head_scale));
   ASSERT_CUDA(table.upload(host.block_table));
+  DeviceBuffer seq_rows;
+  ASSERT_CUDA(seq_rows.upload(rows));
   kernels::PagedKvStore dev = store_of(host);
   dev.k_data = k_data.ptr, dev.v_data = v_data.ptr, dev.k_meta = k_meta.ptr,
   dev.v_meta = v_meta.ptr, dev.k_residual = k_ring.ptr, dev.v_residual = v_ring.ptr;
@@ -60,7 +64,8 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
 
   const kernels::PagedKvStore on_host = store_of(host);
   for (const AppendCall& call : append_schedule(keys, values, lens, prefill, kv_heads, D, bf16)) {
-    const kernels::AppendProblem p = problem_of(call, host);
+    kernels::AppendProblem p = problem_of(call, host);
+    p.seq_rows = rows.data();
     kernels::append_kv_host(p, on_host);
     DeviceBuffer old_lens, cu_new, k, v;
     ASSERT_CUDA(old_lens.upload(call.old_lens));
@@ -71,6 +76,7 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
     dp.block_table = static_cast<const int*>(table.ptr);
     dp.old_lens = static_cast<const int*>(old_lens.ptr);
     dp.cu_new = static_cast<const int*>(cu_new.ptr);
+    dp.seq_rows = static_cast<const int*>(seq_rows.ptr);
     dp.k = k.ptr, dp.v = v.ptr;
     ASSERT_CUDA(kernels::append_kv(dp, dev, nullptr));
     ASSERT_CUDA(cudaDeviceSynchronize());  // the inputs are freed at the end of the loop body
@@ -96,7 +102,7 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
     ASSERT_CUDA(k_out.upload(k_got));  // NaN poison
     ASSERT_CUDA(v_out.upload(v_got));
     ASSERT_CUDA(kernels::dequantize_paged(
-        dev, static_cast<const int*>(table.ptr) + b * host.max_pages, kv_heads, D, b, T,
+        dev, static_cast<const int*>(table.ptr) + b * host.max_pages, kv_heads, D, rows[b], T,
         static_cast<float*>(k_out.ptr), static_cast<float*>(v_out.ptr), nullptr));
     ASSERT_CUDA(k_out.download(k_got));
     ASSERT_CUDA(v_out.download(v_got));
@@ -105,7 +111,7 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
       for (int h = 0; h < kv_heads; ++h)
         for (int t = 0; t < T; ++t) {
           kernels::decode_paged_token(on_host, host.block_table.data() + b * host.max_pages,
-                                      kv_heads, D, b, key, h, t, T, want.data());
+                                      kv_heads, D, rows[b], key, h, t, T, want.data());
           const float* got = (key ? k_got : v_got).data() + (size_t(h) * T + t) * D;
           for (int d = 0; d < D; ++d)
             ASSERT_EQ(got[d], want[d]) << (key ? "key" : "value") << " of seq " << b << " head "

@@ -44,6 +44,28 @@ std::vector<float> random_tokens(std::mt19937& rng, int heads, int T, int D, boo
   return x;
 }
 
+void move_rows(HostPagedCache& c, const std::vector<int>& rows) {
+  auto move = [&](auto& v, size_t row_elems) {
+    if (v.empty()) return;
+    auto moved = v;
+    for (int b = 0; b < c.batch; ++b)
+      std::copy(v.begin() + b * row_elems, v.begin() + (b + 1) * row_elems,
+                moved.begin() + size_t(rows[b]) * row_elems);
+    v.swap(moved);
+  };
+  const size_t ring_bytes = size_t(c.kv_heads) * c.residual * c.head_dim * 2;
+  move(c.k_residual, ring_bytes);
+  move(c.v_residual, ring_bytes);
+  move(c.k_head_scale, size_t(c.kv_heads));
+  move(c.v_head_scale, size_t(c.kv_heads));
+}
+
+std::vector<int> reversed_rows(int batch) {
+  std::vector<int> rows(batch);
+  for (int b = 0; b < batch; ++b) rows[b] = batch - 1 - b;
+  return rows;
+}
+
 namespace {
 
 float round_half(float x) { return half_bits_to_float(float_to_half_bits(x)); }

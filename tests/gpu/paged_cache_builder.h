@@ -37,6 +37,13 @@ HostPagedCache build_paged_cache(kernels::KvFormat format, int kv_heads, int hea
 // (keys have outlier channels in real models).
 std::vector<float> random_tokens(std::mt19937& rng, int heads, int T, int D, bool outliers);
 
+// Moves each sequence's KIVI ring rows and fp8 head scales from row b to row rows[b] (a
+// permutation), as a cache holds them when its batch is not in row order (seq_rows).
+void move_rows(HostPagedCache& c, const std::vector<int>& rows);
+
+// The reverse of the batch order: the rows the tests use so that seq_rows is exercised.
+std::vector<int> reversed_rows(int batch);
+
 uint16_t float_to_half_bits(float x);
 float half_bits_to_float(uint16_t h);
 uint16_t float_to_bf16_bits(float x);

@@ -36,14 +36,18 @@ TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
   const HostPagedCache want =
       build_paged_cache(c.format, kv_heads, D, P, R, keys, values, lens, rng);
 
-  // The same pools, poisoned the same way, filled by appends instead.
+  // The same pools, poisoned the same way, filled by appends instead; each sequence's ring
+  // and fp8 scale row is the reverse of its batch index (AppendProblem::seq_rows).
+  const std::vector<int> rows = reversed_rows(int(lens.size()));
   HostPagedCache got = want;
+  move_rows(got, rows);
   poison(got);
   const kernels::PagedKvStore store = store_of(got);
   const auto calls = append_schedule(keys, values, lens, prefill, kv_heads, D, bf16);
   ASSERT_GT(calls.size(), 10u);  // many calls, mixing prefills and decode chunks
   for (const AppendCall& call : calls) {
-    const kernels::AppendProblem p = problem_of(call, want);
+    kernels::AppendProblem p = problem_of(call, want);
+    p.seq_rows = rows.data();
     ASSERT_STREQ(kernels::append_check(p, store), "");
     kernels::append_kv_host(p, store);
   }
@@ -59,7 +63,7 @@ TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
       for (int h = 0; h < kv_heads; ++h)
         for (int t = 0; t < lens[b]; ++t) {
           kernels::decode_paged_token(store, want.block_table.data() + b * want.max_pages, kv_heads,
-                                      D, b, key, h, t, lens[b], row.data());
+                                      D, rows[b], key, h, t, lens[b], row.data());
           const float* w =
               (key ? want.k_decoded : want.v_decoded)[b].data() + (size_t(h) * lens[b] + t) * D;
           for (int d = 0; d < D; ++d)
@@ -74,9 +78,10 @@ TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
       for (int t = key ? T - T % R : std::max(0, T - R); t < T; ++t)
         for (int h = 0; h < kv_heads; ++h) {
           const size_t off = ((size_t(b) * kv_heads + h) * R + t % R) * D * 2;
+          const size_t got_off = ((size_t(rows[b]) * kv_heads + h) * R + t % R) * D * 2;
           const auto& g = key ? got.k_residual : got.v_residual;
           const auto& w = key ? want.k_residual : want.v_residual;
-          ASSERT_EQ(std::memcmp(g.data() + off, w.data() + off, D * 2), 0)
+          ASSERT_EQ(std::memcmp(g.data() + got_off, w.data() + off, D * 2), 0)
               << (key ? "key" : "value") << " ring of seq " << b << " token " << t;
         }
   }
