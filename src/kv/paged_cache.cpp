@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
+#include <tuple>
 
 #include "kv_append.h"
 #include "kv_paged_decode.h"
@@ -213,76 +215,125 @@ void PagedKVCache::calibrate(Layer& layer, int slot, const at::Tensor& k,
 
 at::Tensor PagedKVCache::append_and_attend(int64_t seq, int64_t layer_index, const at::Tensor& q,
                                            const at::Tensor& k, const at::Tensor& v) {
+  KVB_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
+            "paged cache: expected q [heads, n, head_dim], k and v [kv_heads, n, head_dim]");
+  return append_and_attend_batch(layer_index, {seq}, {k.size(1)}, q.transpose(0, 1),
+                                 k.transpose(0, 1), v.transpose(0, 1))
+      .transpose(0, 1);
+}
+
+at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
+                                                 const std::vector<int64_t>& seqs,
+                                                 const std::vector<int64_t>& counts,
+                                                 const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v) {
   KVB_CHECK(layer_index >= 0 && layer_index < num_layers_, "paged cache: layer ", layer_index,
             " outside [0, ", num_layers_, ")");
-  KVB_CHECK(k.dim() == 3 && k.size(0) == num_kv_heads_ && k.size(2) == head_dim_ &&
-                v.sizes() == k.sizes() && q.dim() == 3 && q.size(1) == k.size(1) &&
-                q.size(2) == head_dim_ && q.size(0) % num_kv_heads_ == 0,
-            "paged cache: expected q [heads, n, ", head_dim_, "], k and v [", num_kv_heads_,
-            ", n, ", head_dim_, "]");
-  Sequence& s = sequence(seq);
+  const int64_t rows = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  KVB_CHECK(!seqs.empty() && seqs.size() == counts.size() && k.dim() == 3 && k.size(0) == rows &&
+                k.size(1) == num_kv_heads_ && k.size(2) == head_dim_ && v.sizes() == k.sizes() &&
+                q.dim() == 3 && q.size(0) == rows && q.size(2) == head_dim_ &&
+                q.size(1) % num_kv_heads_ == 0,
+            "paged cache: expected q [n, heads, ", head_dim_, "], k and v [n, ", num_kv_heads_,
+            ", ", head_dim_, "] with n the sum of the sequences' new tokens");
   Layer& layer = layers_[size_t(layer_index)];
-  const int64_t n = k.size(1), t1 = s.length + n;
-  KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
-  if (layer_index == 0) reserve(s, t1);
-  if (format_.format == KvFormat::kFp8 && !layer.calibrated[size_t(s.slot)])
-    calibrate(layer, s.slot, k, v);
+  const int B = int(seqs.size());
+  std::vector<Sequence*> batch;
+  int max_pages = 1, max_new = 0;
+  int64_t max_len = 1;
+  for (int b = 0; b < B; ++b) {
+    Sequence& s = sequence(seqs[size_t(b)]);
+    KVB_CHECK(counts[size_t(b)] >= 1, "paged cache: sequence ", seqs[size_t(b)],
+              " has no new tokens");
+    const int64_t t1 = s.length + counts[size_t(b)];
+    KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
+    if (layer_index == 0) reserve(s, t1);
+    batch.push_back(&s);
+    max_pages = std::max(max_pages, int(s.pages.size()));
+    max_new = std::max(max_new, int(counts[size_t(b)]));
+    max_len = std::max(max_len, t1);
+  }
+  // fp8: sequences seen for the first time calibrate on their new tokens.
+  for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b)
+    if (format_.format == KvFormat::kFp8 && !layer.calibrated[size_t(batch[size_t(b)]->slot)])
+      calibrate(layer, batch[size_t(b)]->slot, k.narrow(0, row, counts[size_t(b)]).transpose(0, 1),
+                v.narrow(0, row, counts[size_t(b)]).transpose(0, 1));
 
-  // Rows as the transformer packs them ([n, kv_heads, head_dim]) in the kernels' input dtype,
-  // where the pools are.
+  // Block tables (rows padded with page 0, never read), then per sequence its old length, the
+  // offsets of its new rows and its ring/scale row: host arrays, or their device copies.
+  std::vector<int> table(size_t(B) * max_pages, 0), ints;
+  for (int b = 0; b < B; ++b)
+    std::copy(batch[size_t(b)]->pages.begin(), batch[size_t(b)]->pages.end(),
+              table.begin() + size_t(b) * max_pages);
+  for (Sequence* s : batch) ints.push_back(int(s->length));  // [0, B): old lengths
+  ints.push_back(0);                                         // [B, 2B]: offsets of new rows
+  for (int64_t n : counts) ints.push_back(ints.back() + int(n));
+  for (Sequence* s : batch) ints.push_back(s->slot);  // [2B + 1, 3B + 1): ring/scale rows
+  for (int b = 0; b < B; ++b) ints.push_back(int(batch[size_t(b)]->length + counts[size_t(b)]));
+  const at::Tensor table_t = at::tensor(table, at::kInt).view({B, max_pages}).to(device_);
+  const at::Tensor ints_t = at::tensor(ints, at::kInt).to(device_);
+  const int* old_lens = ints_t.data_ptr<int>();
+
+  // New rows as the transformer packs them ([n, kv_heads, head_dim]) in the kernels' input
+  // dtype, where the pools are.
   const at::ScalarType in_dtype = format_.format == KvFormat::kBf16 ? at::kBFloat16 : at::kHalf;
-  const at::Tensor k_rows = k.transpose(0, 1).to(device_, in_dtype).contiguous();
-  const at::Tensor v_rows = v.transpose(0, 1).to(device_, in_dtype).contiguous();
-  const bool gpu = device_.is_cuda();
-  // Block-table row, old length and new-token offsets: host arrays, or their device copies.
-  const at::Tensor pages = at::tensor(s.pages, at::kInt).to(device_);
-  const at::Tensor lens =
-      at::tensor(std::vector<int>{int(s.length), 0, int(n)}, at::kInt).to(device_);
+  const at::Tensor k_rows = k.to(device_, in_dtype).contiguous();
+  const at::Tensor v_rows = v.to(device_, in_dtype).contiguous();
   kernels::AppendProblem p;
-  p.batch = 1, p.kv_heads = int(num_kv_heads_), p.head_dim = int(head_dim_);
-  p.max_pages_per_seq = int(s.pages.size()), p.block_table = pages.data_ptr<int>();
-  p.old_lens = lens.data_ptr<int>(), p.cu_new = lens.data_ptr<int>() + 1, p.max_new = int(n);
-  p.k = k_rows.data_ptr(), p.v = v_rows.data_ptr();
-  const kernels::PagedKvStore store = store_of(layer, s);
+  p.batch = B, p.kv_heads = int(num_kv_heads_), p.head_dim = int(head_dim_);
+  p.max_pages_per_seq = max_pages, p.block_table = table_t.data_ptr<int>();
+  p.old_lens = old_lens, p.cu_new = old_lens + B, p.seq_rows = old_lens + 2 * B + 1;
+  p.max_new = max_new, p.k = k_rows.data_ptr(), p.v = v_rows.data_ptr();
+  const kernels::PagedKvStore store = store_of(layer);
   const std::string why = kernels::append_check(p, store);
   KVB_CHECK(why.empty(), "paged cache: ", why);
+  const bool gpu = device_.is_cuda();
   if (gpu)
     paged_cuda::append(p, store);
   else
     kernels::append_kv_host(p, store);
 
-  const double scale = 1.0 / std::sqrt(double(head_dim_));
   at::Tensor out;
-  if (gpu && n == 1) {  // the decode kernel, reading the formats in place
-    const at::Tensor qd = q.select(1, 0).to(device_, in_dtype).contiguous();
-    out = paged_cuda::decode(store, pages, num_kv_heads_, t1, qd).to(at::kFloat).unsqueeze(1);
-  } else if (gpu) {  // prefill: dequantize, then the reference attention (on the device)
-    const auto [keys, values] =
-        paged_cuda::dequantize(store, pages, num_kv_heads_, head_dim_, 0, t1);
-    out = block_attention_reference(q.to(device_, at::kFloat), keys, values, scale);
-  } else {
-    out = block_attention_reference(q.to(at::kFloat), decode(store, s, true, t1),
-                                    decode(store, s, false, t1), scale);
+  if (gpu && max_new == 1) {  // one decode step for the whole batch, reading the formats in place
+    paged_cuda::DecodeBatch d{table_t, ints_t.narrow(0, 3 * B + 1, B),
+                              ints_t.narrow(0, 2 * B + 1, B), max_len};
+    out = paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, in_dtype).contiguous());
+  } else {  // prefill (or a mixed batch): per sequence, reference attention over its tokens
+    const double scale = 1.0 / std::sqrt(double(head_dim_));
+    std::vector<at::Tensor> parts;
+    for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+      const Sequence& s = *batch[size_t(b)];
+      const int64_t t1 = s.length + counts[size_t(b)];
+      at::Tensor keys, values;
+      if (gpu) {
+        std::tie(keys, values) =
+            paged_cuda::dequantize(store, table_t[b], num_kv_heads_, head_dim_, s.slot, t1);
+      } else {
+        keys = decode(store, s, true, t1), values = decode(store, s, false, t1);
+      }
+      const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
+      parts.push_back(block_attention_reference(qb.to(device_, at::kFloat), keys, values, scale)
+                          .transpose(0, 1));
+    }
+    out = at::cat(parts, 0);
   }
-  out = out.to(q.device());
-  if (layer_index == num_layers_ - 1) s.length = t1;
-  return out;
+  if (layer_index == num_layers_ - 1)
+    for (int b = 0; b < B; ++b) batch[size_t(b)]->length += counts[size_t(b)];
+  return out.to(q.device(), at::kFloat);
 }
 
-kernels::PagedKvStore PagedKVCache::store_of(const Layer& layer, const Sequence& seq) const {
+// The layer's pools as the appender and the decoders see them: rings and fp8 scales whole,
+// each sequence's at the row of its slot.
+kernels::PagedKvStore PagedKVCache::store_of(const Layer& layer) const {
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
   kernels::PagedKvStore s;
   s.format = format_.format, s.page_size = format_.page_size, s.residual = format_.residual;
   s.k_data = ptr(layer.k_data), s.v_data = ptr(layer.v_data);
   s.k_meta = ptr(layer.k_meta), s.v_meta = ptr(layer.v_meta);
-  if (kernels::is_kivi(format_.format)) {
-    const int64_t ring = int64_t(seq.slot) * num_kv_heads_ * format_.residual * head_dim_;
-    s.k_residual = layer.k_ring.data_ptr<at::Half>() + ring;
-    s.v_residual = layer.v_ring.data_ptr<at::Half>() + ring;
-  }
-  if (format_.format == KvFormat::kFp8) {
-    s.k_head_scale = layer.k_scale.data_ptr<float>() + int64_t(seq.slot) * num_kv_heads_;
-    s.v_head_scale = layer.v_scale.data_ptr<float>() + int64_t(seq.slot) * num_kv_heads_;
+  s.k_residual = ptr(layer.k_ring), s.v_residual = ptr(layer.v_ring);
+  if (layer.k_scale.defined()) {
+    s.k_head_scale = layer.k_scale.data_ptr<float>();
+    s.v_head_scale = layer.v_scale.data_ptr<float>();
   }
   return s;
 }
@@ -295,8 +346,9 @@ at::Tensor PagedKVCache::decode(const kernels::PagedKvStore& store, const Sequen
   float* o = out.data_ptr<float>();
   for (int64_t h = 0; h < num_kv_heads_; ++h)
     for (int64_t t = 0; t < tokens; ++t)
-      kernels::decode_paged_token(store, s.pages.data(), int(num_kv_heads_), int(head_dim_), 0, key,
-                                  int(h), int(t), int(tokens), o + (h * tokens + t) * head_dim_);
+      kernels::decode_paged_token(store, s.pages.data(), int(num_kv_heads_), int(head_dim_), s.slot,
+                                  key, int(h), int(t), int(tokens),
+                                  o + (h * tokens + t) * head_dim_);
   return out;
 }
 

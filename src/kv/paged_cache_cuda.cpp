@@ -42,15 +42,15 @@ void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& 
   check(kernels::append_kv(problem, store, nullptr), "append", kernels::append_last_error());
 }
 
-at::Tensor decode(const kernels::PagedKvStore& store, const at::Tensor& pages, int64_t kv_heads,
-                  int64_t tokens, const at::Tensor& q) {
-  const at::Tensor lens = at::full({1}, tokens, pages.options());
+at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
+                  const at::Tensor& q) {
   at::Tensor out = at::empty_like(q);
   kernels::DecodeProblem pr;
-  pr.batch = 1, pr.q_heads = int(q.size(0)), pr.kv_heads = int(kv_heads);
-  pr.head_dim = int(q.size(1));
-  pr.max_pages_per_seq = int(pages.numel()), pr.max_seq_len = int(tokens);
-  pr.block_table = pages.data_ptr<int>(), pr.seq_lens = lens.data_ptr<int>();
+  pr.batch = int(q.size(0)), pr.q_heads = int(q.size(1)), pr.kv_heads = int(kv_heads);
+  pr.head_dim = int(q.size(2));
+  pr.max_pages_per_seq = int(batch.table.size(1)), pr.max_seq_len = int(batch.max_len);
+  pr.block_table = batch.table.data_ptr<int>(), pr.seq_lens = batch.seq_lens.data_ptr<int>();
+  pr.seq_rows = batch.seq_rows.data_ptr<int>();
   pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
   pr.q = q.data_ptr(), pr.out = out.data_ptr();
   kernels::PagedKv kv;
@@ -91,8 +91,7 @@ std::string unavailable_reason() {
   return "kvbench was built without the CUDA kernels (no nvcc found; KVBENCH_CUDA)";
 }
 void append(const kernels::AppendProblem&, const kernels::PagedKvStore&) { unavailable(); }
-at::Tensor decode(const kernels::PagedKvStore&, const at::Tensor&, int64_t, int64_t,
-                  const at::Tensor&) {
+at::Tensor decode(const kernels::PagedKvStore&, const DecodeBatch&, int64_t, const at::Tensor&) {
   unavailable();
 }
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore&, const at::Tensor&,

@@ -16,13 +16,21 @@ std::string unavailable_reason();
 // Appends with every pointer of `problem` and `store` on the device.
 void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store);
 
-// One decode step of one sequence (t tokens held): q [q_heads, head_dim] fp16 (bf16 for
-// kBf16) on the device; returns [q_heads, head_dim] in q's dtype. `pages`: its block-table row
-// (int32, on the device); `store` points at its ring and scale rows as row 0.
-at::Tensor decode(const kernels::PagedKvStore& store, const at::Tensor& pages, int64_t kv_heads,
-                  int64_t tokens, const at::Tensor& q);
+// A batch's decode-step inputs, int32 on the device.
+struct DecodeBatch {
+  at::Tensor table;     // [batch, max_pages] block tables
+  at::Tensor seq_lens;  // [batch] tokens held, the new one included
+  at::Tensor seq_rows;  // [batch] rows in the rings and fp8 scales
+  int64_t max_len = 0;  // >= every seq_lens entry
+};
 
-// Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values.
+// One decode step of a batch: q [batch, q_heads, head_dim] fp16 (bf16 for kBf16) on the
+// device; returns [batch, q_heads, head_dim] in q's dtype.
+at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
+                  const at::Tensor& q);
+
+// Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
+// `pages`: its block-table row (int32, on the device).
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,
                                              const at::Tensor& pages, int64_t kv_heads,
                                              int64_t head_dim, int seq_row, int64_t tokens);

@@ -149,17 +149,13 @@ at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at
   }
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
-  std::vector<at::Tensor> outputs;
-  int64_t offset = 0;
+  std::vector<int64_t> seqs, counts;
   for (const auto& s : batch) {
-    const int64_t len = static_cast<int64_t>(s.tokens.size());
-    auto block = [&](const at::Tensor& t) { return t.narrow(0, offset, len).transpose(0, 1); };
-    at::Tensor o = cache.append_and_attend(s.seq, layer, block(q).contiguous(),
-                                           block(k).contiguous(), block(v).contiguous());
-    outputs.push_back(o.transpose(0, 1).reshape({len, c.num_heads * c.head_dim}));
-    offset += len;
+    seqs.push_back(s.seq);
+    counts.push_back(static_cast<int64_t>(s.tokens.size()));
   }
-  return linear(at::cat(outputs, 0), w.o_proj, w.o_bias);
+  const at::Tensor o = cache.append_and_attend_batch(layer, seqs, counts, q, k, v);
+  return linear(o.reshape({n, c.num_heads * c.head_dim}), w.o_proj, w.o_bias);
 }
 
 at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache& cache,

@@ -34,6 +34,17 @@ class KVCache {
   virtual at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
                                        const at::Tensor& k, const at::Tensor& v) = 0;
 
+  // The same for a packed batch at one layer: sequence seqs[i] brings counts[i] new tokens,
+  // rows in sequence order (the transformer's layout), so a cache can serve the whole batch
+  // in one call (one kernel launch per step on a GPU). Default: append_and_attend per
+  // sequence.
+  //   q: [n, num_heads, head_dim]   k, v: [n, num_kv_heads, head_dim]   (n = sum of counts)
+  //   returns [n, num_heads, head_dim] fp32
+  virtual at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
+                                             const std::vector<int64_t>& counts,
+                                             const at::Tensor& q, const at::Tensor& k,
+                                             const at::Tensor& v);
+
   // Tokens `seq` holds now at each layer, per KV head ([num_layers]): length() without
   // eviction, fewer once a retention policy has evicted. Every KV head of a layer holds the
   // same number of tokens (which tokens may differ per head).

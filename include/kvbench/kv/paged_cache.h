@@ -58,6 +58,11 @@ class PagedKVCache final : public KVCache {
   int64_t length(int64_t seq) const override;
   at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v) override;
+  // One appender call for the batch; on cuda, a batch of single tokens is one decode-kernel
+  // launch; prefills attend per sequence over their dequantized pages.
+  at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
+                                     const std::vector<int64_t>& counts, const at::Tensor& q,
+                                     const at::Tensor& k, const at::Tensor& v) override;
   std::vector<int64_t> kept_tokens(int64_t seq) const override;
   // Pages held (partly filled last pages included), rings and scales.
   StorageBytes storage() const override;
@@ -89,9 +94,8 @@ class PagedKVCache final : public KVCache {
   void grow_slots(int64_t slots);
   // fp8: the scales of `slot` from its first tokens k, v ([kv_heads, n, head_dim]).
   void calibrate(Layer& layer, int slot, const at::Tensor& k, const at::Tensor& v) const;
-  // The layer's pools as the appender and the decoder see them, with the sequence's ring and
-  // fp8 scale rows as row 0.
-  kernels::PagedKvStore store_of(const Layer& layer, const Sequence& seq) const;
+  // The layer's pools as the appender and the decoders see them (rings and scales whole).
+  kernels::PagedKvStore store_of(const Layer& layer) const;
   at::Tensor decode(const kernels::PagedKvStore& store, const Sequence& s, bool key,
                     int64_t tokens) const;
 
