@@ -244,8 +244,8 @@ TEST(ModelSuites, CudaIsRefusedByTheCpuRuntime) {
     FAIL() << "expected an Error";
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()),
-              "latency: device 'cuda' is not supported yet: the model runtime computes on the CPU "
-              "only");
+              "latency: device 'cuda' needs attention 'paged' (the KV cache and attention on the "
+              "GPU; the model runtime computes on the CPU)");
   }
 }
 
