@@ -1,0 +1,101 @@
+// Decode attention over the tokens an eviction policy retained, read in place by index from
+// the paged pools of kv_format.h: SnapKV, H2O, StreamingLLM and the other retention methods
+// keep a different subset of positions per (sequence, KV head), and attending over it through
+// an index list costs no compaction copy (the pages stay where they are; evicted slots are
+// simply never read). One query per sequence, every format (decode_paged_token), any GQA group.
+//
+// Work is cut into partial softmaxes over strided slices of a head's kept tokens, merged with
+// a running maximum: retained_decode_host() below takes one slice per query head; the CUDA
+// launcher (retained_decode_launcher.h) gives each lane of a warp one and merges the 32.
+// Torch-free and CUDA-free: plain C++ unless compiled by nvcc.
+#pragma once
+
+#include <math.h>
+
+#include <cstddef>
+
+#include "kv_paged_decode.h"
+
+namespace kvbench::kernels {
+
+constexpr int kRetainedMaxHeadDim = 128;
+
+struct RetainedProblem {
+  int batch = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
+  int max_pages_per_seq = 0;         // block_table's row length
+  const int* block_table = nullptr;  // [batch, max_pages_per_seq] physical page ids
+  const int* seq_lens = nullptr;     // [batch] tokens stored (KIVI's window is relative to it)
+  const int* seq_rows = nullptr;     // [batch] ring / fp8-scale row; null: row b
+  int max_kept = 0;                  // kept_index's row length
+  // [batch, kv_heads, max_kept] stored positions in [0, seq_len), any order; the first
+  // kept_lens[b, h] of each row are read.
+  const int* kept_index = nullptr;
+  const int* kept_lens = nullptr;  // [batch, kv_heads], each in [1, max_kept]
+  float softmax_scale = 0.f;
+  const float* q = nullptr;  // [batch, q_heads, head_dim] fp32
+  float* out = nullptr;      // [batch, q_heads, head_dim] fp32
+};
+
+// A softmax over part of a query's kept tokens: max score, sum of exp(score - max) and the
+// exp-weighted sum of their values.
+struct RetainedPartial {
+  float max = -INFINITY;
+  float sum = 0.f;
+  float acc[kRetainedMaxHeadDim];
+};
+
+// Query head qh of sequence b over its kept tokens first, first + stride, ... into `p`.
+KVB_HD void retained_partial(const RetainedProblem& pr, const PagedKvStore& s, int b, int qh,
+                             int first, int stride, RetainedPartial& p) {
+  const int D = pr.head_dim, h = qh / (pr.q_heads / pr.kv_heads);
+  const int* pages = pr.block_table + size_t(b) * pr.max_pages_per_seq;
+  const int row = pr.seq_rows ? pr.seq_rows[b] : b, T = pr.seq_lens[b];
+  const size_t head_row = size_t(b) * pr.kv_heads + h;
+  const int n = pr.kept_lens[head_row];
+  const int* index = pr.kept_index + head_row * pr.max_kept;
+  const float* q = pr.q + (size_t(b) * pr.q_heads + qh) * D;
+  float x[kRetainedMaxHeadDim];
+  p.max = -INFINITY;
+  p.sum = 0.f;
+  for (int d = 0; d < D; ++d) p.acc[d] = 0.f;
+  for (int i = first; i < n; i += stride) {
+    const int t = index[i];
+    decode_paged_token(s, pages, pr.kv_heads, D, row, /*key=*/true, h, t, T, x);
+    float dot = 0.f;
+    for (int d = 0; d < D; ++d) dot = fmaf(q[d], x[d], dot);
+    const float score = dot * pr.softmax_scale, m = fmaxf(p.max, score);
+    const float rescale = expf(p.max - m), w = expf(score - m);  // expf(-inf) = 0 at first
+    decode_paged_token(s, pages, pr.kv_heads, D, row, /*key=*/false, h, t, T, x);
+    for (int d = 0; d < D; ++d) p.acc[d] = fmaf(w, x[d], p.acc[d] * rescale);
+    p.sum = p.sum * rescale + w;
+    p.max = m;
+  }
+}
+
+// Checks what can be checked without reading device memory; "" when the problem is valid.
+inline const char* retained_check(const RetainedProblem& p, const PagedKvStore& s) {
+  if (p.batch < 1 || p.kv_heads < 1 || p.q_heads < 1) return "batch and heads must be positive";
+  if (p.q_heads % p.kv_heads != 0) return "q_heads must be a multiple of kv_heads";
+  if (p.head_dim < 32 || p.head_dim > kRetainedMaxHeadDim || p.head_dim % 32 != 0)
+    return "head_dim must be 32, 64, 96 or 128";
+  if (p.max_kept < 1 || p.max_pages_per_seq < 1) return "max_kept and max_pages must be >= 1";
+  if (!p.block_table || !p.seq_lens || !p.kept_index || !p.kept_lens || !p.q || !p.out)
+    return "a required pointer is null";
+  if (!s.k_data || !s.v_data) return "the store has no pools";
+  if (is_kivi(s.format) && (s.residual <= 0 || s.residual % s.page_size != 0))
+    return "KIVI needs a residual window that is a positive multiple of page_size";
+  return "";
+}
+
+// The reference loop: every query head of every sequence in one slice, in order.
+inline void retained_decode_host(const RetainedProblem& pr, const PagedKvStore& s) {
+  RetainedPartial p;
+  for (int b = 0; b < pr.batch; ++b)
+    for (int qh = 0; qh < pr.q_heads; ++qh) {
+      retained_partial(pr, s, b, qh, 0, 1, p);
+      float* out = pr.out + (size_t(b) * pr.q_heads + qh) * pr.head_dim;
+      for (int d = 0; d < pr.head_dim; ++d) out[d] = p.acc[d] / p.sum;
+    }
+}
+
+}  // namespace kvbench::kernels

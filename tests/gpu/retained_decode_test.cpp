@@ -1,0 +1,85 @@
+// Retained-index decode attention on the GPU (kernels/retained_decode.cu) against its host
+// reference (retained_decode.h, checked against float64 by tests/unit/retained_decode_test.cpp)
+// and float64 itself: every format, GQA group 4, random kept subsets in random order, the
+// output poisoned with NaN first. The lanes' partial softmaxes merge in another order than the
+// host's single pass, so the bound is relative (1e-5 of the output's scale), not bitwise.
+// Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "device_buffer.h"
+#include "retained_case.h"
+#include "retained_decode_launcher.h"
+
+namespace kvbench::gpu_test {
+namespace {
+
+#define ASSERT_CUDA(expr) ASSERT_CUDA_WITH(expr, "")
+
+class RetainedDecodeGpuTest : public ::testing::TestWithParam<AppendCase> {};
+
+TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
+  std::string why;
+  if (!have_gpu(&why)) GTEST_SKIP() << why;
+  const AppendCase& c = GetParam();
+  RetainedCase r = retained_case(c, {1000, 37, 129, 1, 513}, 2, 4, 0.25, 41 + int(c.format));
+  std::vector<float> host_out(r.want.size());
+  const kernels::PagedKvStore on_host = store_of(r.cache);
+  kernels::retained_decode_host(r.problem(host_out.data()), on_host);
+
+  HostPagedCache& h = r.cache;
+  DeviceBuffer k_data, v_data, k_meta, v_meta, k_ring, v_ring, k_scale, v_scale;
+  ASSERT_CUDA(k_data.upload(h.k_data));
+  ASSERT_CUDA(v_data.upload(h.v_data));
+  ASSERT_CUDA(k_meta.upload(h.k_meta));
+  ASSERT_CUDA(v_meta.upload(h.v_meta));
+  ASSERT_CUDA(k_ring.upload(h.k_residual));
+  ASSERT_CUDA(v_ring.upload(h.v_residual));
+  ASSERT_CUDA(k_scale.upload(h.k_head_scale));
+  ASSERT_CUDA(v_scale.upload(h.v_head_scale));
+  kernels::PagedKvStore dev = on_host;
+  dev.k_data = k_data.ptr, dev.v_data = v_data.ptr, dev.k_meta = k_meta.ptr,
+  dev.v_meta = v_meta.ptr, dev.k_residual = k_ring.ptr, dev.v_residual = v_ring.ptr;
+  dev.k_head_scale = static_cast<const float*>(k_scale.ptr);
+  dev.v_head_scale = static_cast<const float*>(v_scale.ptr);
+  DeviceBuffer table, lens, rows, index, kept, q, out;
+  ASSERT_CUDA(table.upload(h.block_table));
+  ASSERT_CUDA(lens.upload(h.seq_lens));
+  ASSERT_CUDA(rows.upload(r.rows));
+  ASSERT_CUDA(index.upload(r.kept_index));
+  ASSERT_CUDA(kept.upload(r.kept_lens));
+  ASSERT_CUDA(q.upload(r.q));
+  std::vector<float> got(r.want.size(), NAN);
+  ASSERT_CUDA(out.upload(got));
+  kernels::RetainedProblem p = r.problem(nullptr);
+  p.block_table = static_cast<const int*>(table.ptr);
+  p.seq_lens = static_cast<const int*>(lens.ptr);
+  p.seq_rows = static_cast<const int*>(rows.ptr);
+  p.kept_index = static_cast<const int*>(index.ptr);
+  p.kept_lens = static_cast<const int*>(kept.ptr);
+  p.q = static_cast<const float*>(q.ptr);
+  p.out = static_cast<float*>(out.ptr);
+  ASSERT_CUDA(kernels::retained_decode(p, dev, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  ASSERT_CUDA(out.download(got));
+  std::vector<double> host_d(host_out.begin(), host_out.end());
+  EXPECT_LT(retained_error(got, host_d), 1e-5);
+  EXPECT_LT(retained_error(got, r.want), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, RetainedDecodeGpuTest, ::testing::ValuesIn(append_cases()),
+                         [](const ::testing::TestParamInfo<AppendCase>& i) {
+                           return append_case_name(i.param);
+                         });
+
+TEST(RetainedDecodeLaunchTest, RejectsBadShapes) {
+  kernels::RetainedProblem p;
+  p.batch = 1, p.q_heads = 3, p.kv_heads = 2, p.head_dim = 128;
+  EXPECT_EQ(kernels::retained_decode(p, kernels::PagedKvStore{}, nullptr), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace kvbench::gpu_test

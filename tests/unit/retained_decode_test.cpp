@@ -1,0 +1,75 @@
+// Retained-index decode attention's host reference (kernels/retained_decode.h, the code the GPU
+// kernel runs per lane) against float64 attention over the builder's decoded values of the
+// kept tokens, for every format: random subsets in random order, GQA groups, page and window
+// boundaries. Keeping every token must give ordinary decode attention. Host code; no GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "retained_case.h"
+#include "retained_decode.h"
+
+namespace kvbench::gpu_test {
+namespace {
+
+const std::vector<int> kLens = {300, 37, 129, 1};
+
+class RetainedDecodeHostTest : public ::testing::TestWithParam<AppendCase> {};
+
+// fp32 accumulation of up to 300 terms against float64: relative error below 1e-5 of the
+// output's scale (measured ~1e-7); a wrong index, head or scale is off by order 1.
+TEST_P(RetainedDecodeHostTest, MatchesFloat64AttentionOverTheKeptTokens) {
+  const AppendCase& c = GetParam();
+  for (double fraction : {0.3, 1.0}) {
+    RetainedCase r = retained_case(c, kLens, 2, 4, fraction, 17 + int(c.format));
+    std::vector<float> out(r.want.size(), NAN);  // poisoned: an unwritten output shows
+    const kernels::PagedKvStore s = store_of(r.cache);
+    const kernels::RetainedProblem p = r.problem(out.data());
+    ASSERT_STREQ(kernels::retained_check(p, s), "");
+    kernels::retained_decode_host(p, s);
+    EXPECT_LT(retained_error(out, r.want), 1e-5) << "fraction " << fraction;
+  }
+}
+
+// The kept subset matters: the same problem with one head's subset swapped for another head's
+// is far off, so the bound above separates right from wrong.
+TEST_P(RetainedDecodeHostTest, AnotherSubsetGivesAnotherAnswer) {
+  const AppendCase& c = GetParam();
+  RetainedCase r = retained_case(c, kLens, 2, 2, 0.3, 5 + int(c.format));
+  std::swap(r.kept_lens[0], r.kept_lens[1]);
+  std::swap_ranges(r.kept_index.begin(), r.kept_index.begin() + r.max_kept,
+                   r.kept_index.begin() + r.max_kept);
+  std::vector<float> out(r.want.size());
+  kernels::PagedKvStore s = store_of(r.cache);
+  kernels::retained_decode_host(r.problem(out.data()), s);
+  EXPECT_GT(retained_error(out, r.want), 1e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, RetainedDecodeHostTest, ::testing::ValuesIn(append_cases()),
+                         [](const ::testing::TestParamInfo<AppendCase>& i) {
+                           return append_case_name(i.param);
+                         });
+
+TEST(RetainedCheckTest, SaysWhatIsWrong) {
+  int i = 0;
+  float f = 0;
+  uint8_t pool[1] = {};
+  kernels::RetainedProblem p;
+  p.batch = 1, p.q_heads = 6, p.kv_heads = 4, p.head_dim = 128, p.max_kept = 1;
+  p.max_pages_per_seq = 1, p.block_table = p.seq_lens = p.kept_index = p.kept_lens = &i;
+  p.q = &f, p.out = &f;
+  kernels::PagedKvStore s;
+  s.k_data = s.v_data = pool;
+  EXPECT_STREQ(kernels::retained_check(p, s), "q_heads must be a multiple of kv_heads");
+  p.q_heads = 8;
+  EXPECT_STREQ(kernels::retained_check(p, s), "");
+  p.head_dim = 256;
+  EXPECT_STREQ(kernels::retained_check(p, s), "head_dim must be 32, 64, 96 or 128");
+  p.head_dim = 64, p.kept_index = nullptr;
+  EXPECT_STREQ(kernels::retained_check(p, s), "a required pointer is null");
+}
+
+}  // namespace
+}  // namespace kvbench::gpu_test
