@@ -37,10 +37,11 @@ struct RetainedProblem {
 };
 
 // A softmax over part of a query's kept tokens: max score, sum of exp(score - max) and the
-// exp-weighted sum of their values.
+// exp-weighted sum of their values. No initializers: it lives in shared memory on the GPU;
+// retained_partial() sets every field it reads.
 struct RetainedPartial {
-  float max = -INFINITY;
-  float sum = 0.f;
+  float max;
+  float sum;
   float acc[kRetainedMaxHeadDim];
 };
 
