@@ -2,10 +2,12 @@
 # One call's worth of GPU checks for a lent GPU machine: kernel tests, compute-sanitizer
 # memcheck on a subset, the decode benchmark and PyTorch's SDPA beside it. Expects
 # build-gpu/ from scripts/gpu_build.sh (built here or there); writes logs under $OUT.
-#   usage: scripts/gpu_check.sh [tests|bench|all|full]
-# full: builds all of kvbench there (scripts/gpu_full_build.sh), runs the paged-cache and
-# appender unit tests on cuda, and configs/paged-formats.json on the CPU and on the GPU
-# (attention "paged"), whose fidelity must agree.
+#   usage: scripts/gpu_check.sh [tests|bench|all|full|e2e]
+# full: builds all of kvbench there (scripts/gpu_full_build.sh), runs the paged-cache,
+# appender and model-placement unit tests on cuda, and configs/paged-formats.json on the CPU
+# and on the GPU (attention "paged"), whose fidelity must agree.
+# e2e: the full build, then configs/gpu-e2e.json (Llama-3-8B shapes, fp16 weights on the GPU,
+# batch 16 x 8k: the issue's end-to-end acceptance numbers).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/kvbench-gpu}
@@ -17,11 +19,19 @@ if ! build-gpu/gpu_tests --gtest_list_tests >/dev/null 2>&1; then
   scripts/gpu_build.sh || exit 1
 fi
 rc=0
-if [ "$what" = full ]; then
-  scripts/gpu_full_build.sh build-cuda 2>&1 | tee "$OUT/full_build.log" || exit 1
+if [ "$what" = full ] || [ "$what" = e2e ]; then
+  scripts/gpu_full_build.sh build-cuda 2>&1 | tee "$OUT/full_build.log" | tail -5
+  [ -x build-cuda/kvbench ] || exit 1
   export LD_LIBRARY_PATH=${DEPS:-/tmp/kvbench-deps}/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+fi
+if [ "$what" = e2e ]; then
+  build-cuda/kvbench run -c configs/gpu-e2e.json --out "$OUT/e2e" 2>&1 | tee "$OUT/e2e.log" | tail -40
+  exit "${PIPESTATUS[0]}"
+fi
+if [ "$what" = full ]; then
   build-cuda/tests/kvbench_tests --gtest_brief=1 \
-    --gtest_filter='*PagedCache*:*KvAppend*:*KvEncode*:*GpuFormat*' 2>&1 | tee "$OUT/paged_tests.log" | tail -15 || rc=1
+    --gtest_filter='*PagedCache*:*PagedRetention*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*ModelPlacement*:*Bf16*' 2>&1 |
+    tee "$OUT/paged_tests.log" | tail -15 || rc=1
   for dev in cpu cuda; do
     build-cuda/kvbench run -c configs/paged-formats.json --set device=$dev --out "$OUT/paged-$dev" \
       --log-level warn >"$OUT/paged-$dev.log" 2>&1 || rc=1
@@ -32,7 +42,7 @@ fi
 if [ "$what" != bench ]; then
   build-gpu/gpu_tests --gtest_brief=1 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || rc=1
   compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests --gtest_brief=1 \
-    --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*' >"$OUT/memcheck.log" 2>&1
+    --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*' >"$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$? ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses); tail:"; tail -3 "$OUT/memcheck.log"
 fi
 if [ "$what" != tests ]; then

@@ -59,8 +59,10 @@ int dry_run(const std::vector<GridRun>& runs, const RunOptions& opt) {
     if (runs.size() > 1)
       std::cout << "run " << g.spec.name << " (grid " << g.point.dump() << "):\n";
     print_cell_plan(std::cout, cells, estimates);
-    std::cout << "available memory: " << format_bytes(double(env.memory_available_bytes)) << "\n";
-    refuse_oversized_plan(cells, estimates, env.memory_available_bytes);
+    const uint64_t available = plan_memory_bytes(g.spec, env);
+    std::cout << "available memory: " << format_bytes(double(available))
+              << (g.spec.device == "cuda" ? " (GPU)" : "") << "\n";
+    refuse_oversized_plan(cells, estimates, available);
     spdlog::info("dry run: {} cell(s) fit; nothing executed, no report written", cells.size());
   }
   return 0;

@@ -37,7 +37,9 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   while (!active.empty()) {
     Stopwatch step;
     const double retention_before = cache.retention_seconds();
-    at::Tensor logits = model.forward(batch, cache);  // [active, vocab]
+    // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
+    // also waits for the step's kernels, so the step time is the device's).
+    const at::Tensor logits = model.forward(batch, cache).to(at::kCPU);
     const double retention = cache.retention_seconds() - retention_before;
     std::vector<size_t> still;
     std::vector<SequenceStep> next_batch;

@@ -145,16 +145,7 @@ at::Tensor CompressedKVCache::attend_runs(const Layer& layer, const at::Tensor& 
 
 at::Tensor CompressedKVCache::window_attention(const at::Tensor& q, const at::Tensor& k,
                                                int64_t w) const {
-  const int64_t heads = q.size(0), n = k.size(1), group = heads / num_kv_heads_;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  at::Tensor qw = q.narrow(1, n - w, w).to(at::kFloat).reshape({num_kv_heads_, group * w, -1});
-  at::Tensor scores = at::bmm(qw, k.to(at::kFloat).transpose(1, 2)).mul_(scale);  // [kvh, g*w, n]
-  // Window query i sits at position n - w + i and sees keys up to it.
-  at::Tensor key_pos = at::arange(n, at::kLong).view({1, n});
-  at::Tensor limit = at::arange(w, at::kLong).add_(n - w).view({w, 1});
-  at::Tensor hidden = key_pos.gt(limit).repeat({group, 1});  // [g*w, n]
-  scores.masked_fill_(hidden.unsqueeze(0), -std::numeric_limits<float>::infinity());
-  return at::softmax(scores, -1).reshape({heads, w, n});
+  return prefill_window_attention(q, k, w);
 }
 
 at::Tensor CompressedKVCache::select(const Layer& layer, RetentionInput in) const {

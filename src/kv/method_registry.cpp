@@ -663,7 +663,7 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
                                        at::Device device) {
   if (backend == "paged")
     return std::make_unique<PagedKVCache>(paged_format_for(method, dtype), num_layers, num_kv_heads,
-                                          head_dim, PagedCapacity{}, device);
+                                          head_dim, PagedCapacity{}, device, make_policy(method));
   KVB_CHECK(device.is_cpu(), "KV cache: device ", device.str(), " needs the paged cache");
   return std::make_unique<CompressedKVCache>(
       make_codec(method, dtype), attention_backend_from_name(backend), num_layers, num_kv_heads,

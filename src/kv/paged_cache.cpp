@@ -9,6 +9,7 @@
 #include "kv_paged_decode.h"
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/time.h"
 #include "paged_cache_cuda.h"
 
 namespace kvbench {
@@ -23,6 +24,24 @@ const char* kPagedMethods =
     "full/fp16/bf16 (model dtype fp16 or bf16), int8 (group 32), int4 (symmetric: true, "
     "group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64)";
 
+// Reference attention of a block's queries q [heads, n, D] over keys/values [kv_heads, L, D]
+// whose last n are the block's own, a chunk of queries at a time: a chunk ending at query c1
+// sees keys [0, L - n + c1), so the scores held are [heads, chunk, L], not [heads, n, L]
+// (8k-token prefills on a GPU: 1 GiB per layer instead of 8).
+at::Tensor chunked_block_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   double scale) {
+  constexpr int64_t kChunk = 1024;
+  const int64_t n = q.size(1), L = k.size(1);
+  if (n <= kChunk) return block_attention_reference(q, k, v, scale);
+  std::vector<at::Tensor> parts;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t c1 = std::min(n, c0 + kChunk), seen = L - n + c1;
+    parts.push_back(block_attention_reference(q.narrow(1, c0, c1 - c0), k.narrow(1, 0, seen),
+                                              v.narrow(1, 0, seen), scale));
+  }
+  return at::cat(parts, 1);
+}
+
 }  // namespace
 
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype) {
@@ -30,10 +49,7 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
   auto fail = [&](const std::string& why) {
     return Error("paged cache: method '" + name + "' " + why + "; paged formats: " + kPagedMethods);
   };
-  if (method.contains("codec"))
-    throw fail(
-        "evicts tokens, and the paged cache keeps every token (retained-index attention "
-        "over evicted pages is not built yet)");
+  if (method.contains("codec")) return paged_format_for(method["codec"], model_dtype);
   PagedFormat f;
   f.page_size = kPageSize;
   if (name == "full" || name == "fp16" || name == "bf16") {
@@ -71,8 +87,21 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
   throw fail("has no paged format");
 }
 
+void check_paged_policy(const RetentionPolicy* policy) {
+  if (policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr) return;
+  KVB_CHECK(!policy->cache_positions(), "paged cache: retention policy '", policy->name(),
+            "' gives kept tokens cache positions, which would rewrite their keys in the pages; "
+            "use positions: original");
+  const RetentionNeeds needs = policy->needs();
+  KVB_CHECK(needs == RetentionNeeds::kPositions || needs == RetentionNeeds::kWindowScores,
+            "paged cache: retention policy '", policy->name(),
+            "' needs attention scores the paged attention does not compute; paged retention: "
+            "streamingllm (original positions), snapkv, pyramidkv");
+}
+
 PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads,
-                           int64_t head_dim, PagedCapacity capacity, at::Device device)
+                           int64_t head_dim, PagedCapacity capacity, at::Device device,
+                           std::shared_ptr<const RetentionPolicy> policy)
     : format_(format),
       device_(device),
       num_layers_(num_layers),
@@ -80,6 +109,9 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
       head_dim_(head_dim),
       max_pages_(capacity.max_pages > 0 ? capacity.max_pages : int64_t{1} << 30),
       layers_(size_t(num_layers)) {
+  check_paged_policy(policy.get());
+  if (policy && dynamic_cast<const FullRetention*>(policy.get()) == nullptr)
+    policy_ = std::move(policy);
   KVB_CHECK(head_dim % 32 == 0, "paged cache: head_dim ", head_dim, " is not a multiple of 32");
   KVB_CHECK(device.is_cpu() || device.is_cuda(), "paged cache: device ", device.str(),
             " (expected cpu or cuda)");
@@ -144,6 +176,7 @@ void PagedKVCache::grow_slots(int64_t slots) {
 int64_t PagedKVCache::add_sequence() {
   if (free_slots_.empty()) grow_slots(2 * slots_);
   Sequence s;
+  s.kept.resize(size_t(num_layers_));
   s.slot = free_slots_.back();
   free_slots_.pop_back();
   for (Layer& layer : layers_)
@@ -155,7 +188,9 @@ int64_t PagedKVCache::add_sequence() {
 
 void PagedKVCache::remove_sequence(int64_t seq) {
   Sequence& s = sequence(seq);
-  free_.insert(free_.end(), s.pages.rbegin(), s.pages.rend());
+  attend_seqs_.clear();  // its tables may name this sequence
+  for (auto p = s.pages.rbegin(); p != s.pages.rend(); ++p)
+    if (*p >= 0) free_.push_back(*p);  // pages eviction freed are already free
   free_slots_.push_back(s.slot);
   sequences_.erase(seq);
 }
@@ -175,7 +210,18 @@ const PagedKVCache::Sequence& PagedKVCache::sequence(int64_t seq) const {
 int64_t PagedKVCache::length(int64_t seq) const { return sequence(seq).length; }
 
 std::vector<int64_t> PagedKVCache::kept_tokens(int64_t seq) const {
-  return std::vector<int64_t>(size_t(num_layers_), sequence(seq).length);
+  const Sequence& s = sequence(seq);
+  std::vector<int64_t> kept;
+  for (const at::Tensor& k : s.kept) kept.push_back(k.defined() ? k.size(1) : s.length);
+  return kept;
+}
+
+at::Tensor PagedKVCache::kept_positions(int64_t seq, int64_t layer) const {
+  KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
+            num_layers_, ")");
+  const Sequence& s = sequence(seq);
+  const at::Tensor& kept = s.kept[size_t(layer)];
+  return kept.defined() ? kept : at::arange(s.length, at::kLong).expand({num_kv_heads_, -1});
 }
 
 void PagedKVCache::reserve(Sequence& s, int64_t tokens) {
@@ -226,77 +272,29 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
                                                  const std::vector<int64_t>& counts,
                                                  const at::Tensor& q, const at::Tensor& k,
                                                  const at::Tensor& v) {
-  KVB_CHECK(layer_index >= 0 && layer_index < num_layers_, "paged cache: layer ", layer_index,
-            " outside [0, ", num_layers_, ")");
-  const int64_t rows = std::accumulate(counts.begin(), counts.end(), int64_t{0});
-  KVB_CHECK(!seqs.empty() && seqs.size() == counts.size() && k.dim() == 3 && k.size(0) == rows &&
-                k.size(1) == num_kv_heads_ && k.size(2) == head_dim_ && v.sizes() == k.sizes() &&
-                q.dim() == 3 && q.size(0) == rows && q.size(2) == head_dim_ &&
+  check_batch(layer_index, seqs, counts, k, v);
+  KVB_CHECK(q.dim() == 3 && q.size(0) == k.size(0) && q.size(2) == head_dim_ &&
                 q.size(1) % num_kv_heads_ == 0,
-            "paged cache: expected q [n, heads, ", head_dim_, "], k and v [n, ", num_kv_heads_,
-            ", ", head_dim_, "] with n the sum of the sequences' new tokens");
+            "paged cache: expected q [n, heads, ", head_dim_, "] beside k and v [n, ",
+            num_kv_heads_, ", ", head_dim_, "]");
   Layer& layer = layers_[size_t(layer_index)];
-  const int B = int(seqs.size());
-  std::vector<Sequence*> batch;
-  int max_pages = 1, max_new = 0;
-  int64_t max_len = 1;
-  for (int b = 0; b < B; ++b) {
-    Sequence& s = sequence(seqs[size_t(b)]);
-    KVB_CHECK(counts[size_t(b)] >= 1, "paged cache: sequence ", seqs[size_t(b)],
-              " has no new tokens");
-    const int64_t t1 = s.length + counts[size_t(b)];
-    KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
-    if (layer_index == 0) reserve(s, t1);
-    batch.push_back(&s);
-    max_pages = std::max(max_pages, int(s.pages.size()));
-    max_new = std::max(max_new, int(counts[size_t(b)]));
-    max_len = std::max(max_len, t1);
-  }
-  // fp8: sequences seen for the first time calibrate on their new tokens.
-  for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b)
-    if (format_.format == KvFormat::kFp8 && !layer.calibrated[size_t(batch[size_t(b)]->slot)])
-      calibrate(layer, batch[size_t(b)]->slot, k.narrow(0, row, counts[size_t(b)]).transpose(0, 1),
-                v.narrow(0, row, counts[size_t(b)]).transpose(0, 1));
-
-  // Block tables (rows padded with page 0, never read), then per sequence its old length, the
-  // offsets of its new rows and its ring/scale row: host arrays, or their device copies.
-  std::vector<int> table(size_t(B) * max_pages, 0), ints;
-  for (int b = 0; b < B; ++b)
-    std::copy(batch[size_t(b)]->pages.begin(), batch[size_t(b)]->pages.end(),
-              table.begin() + size_t(b) * max_pages);
-  for (Sequence* s : batch) ints.push_back(int(s->length));  // [0, B): old lengths
-  ints.push_back(0);                                         // [B, 2B]: offsets of new rows
-  for (int64_t n : counts) ints.push_back(ints.back() + int(n));
-  for (Sequence* s : batch) ints.push_back(s->slot);  // [2B + 1, 3B + 1): ring/scale rows
-  for (int b = 0; b < B; ++b) ints.push_back(int(batch[size_t(b)]->length + counts[size_t(b)]));
-  const at::Tensor table_t = at::tensor(table, at::kInt).view({B, max_pages}).to(device_);
-  const at::Tensor ints_t = at::tensor(ints, at::kInt).to(device_);
-  const int* old_lens = ints_t.data_ptr<int>();
-
-  // New rows as the transformer packs them ([n, kv_heads, head_dim]) in the kernels' input
-  // dtype, where the pools are.
-  const at::ScalarType in_dtype = format_.format == KvFormat::kBf16 ? at::kBFloat16 : at::kHalf;
-  const at::Tensor k_rows = k.to(device_, in_dtype).contiguous();
-  const at::Tensor v_rows = v.to(device_, in_dtype).contiguous();
-  kernels::AppendProblem p;
-  p.batch = B, p.kv_heads = int(num_kv_heads_), p.head_dim = int(head_dim_);
-  p.max_pages_per_seq = max_pages, p.block_table = table_t.data_ptr<int>();
-  p.old_lens = old_lens, p.cu_new = old_lens + B, p.seq_rows = old_lens + 2 * B + 1;
-  p.max_new = max_new, p.k = k_rows.data_ptr(), p.v = v_rows.data_ptr();
+  const Step step = begin_step(layer_index, seqs, counts);
   const kernels::PagedKvStore store = store_of(layer);
-  const std::string why = kernels::append_check(p, store);
-  KVB_CHECK(why.empty(), "paged cache: ", why);
+  append_rows(layer, step, counts, k, v, store);
+  const std::vector<Sequence*>& batch = step.batch;
+  const int B = int(batch.size()), max_new = step.max_new;
+  const int64_t max_len = step.max_len;
+  const at::Tensor &table_t = step.table, &ints_t = step.ints;
   const bool gpu = device_.is_cuda();
-  if (gpu)
-    paged_cuda::append(p, store);
-  else
-    kernels::append_kv_host(p, store);
 
   at::Tensor out;
-  if (gpu && max_new == 1) {  // one decode step for the whole batch, reading the formats in place
+  if (policy_) {
+    out = attend_retaining(layer_index, batch, counts, q, k, store, table_t, ints_t, max_len);
+  } else if (gpu &&
+             max_new == 1) {  // one decode step for the whole batch, reading the formats in place
     paged_cuda::DecodeBatch d{table_t, ints_t.narrow(0, 3 * B + 1, B),
                               ints_t.narrow(0, 2 * B + 1, B), max_len};
-    out = paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, in_dtype).contiguous());
+    out = paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
   } else {  // prefill (or a mixed batch): per sequence, reference attention over its tokens
     const double scale = 1.0 / std::sqrt(double(head_dim_));
     std::vector<at::Tensor> parts;
@@ -311,14 +309,295 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
         keys = decode(store, s, true, t1), values = decode(store, s, false, t1);
       }
       const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
-      parts.push_back(block_attention_reference(qb.to(device_, at::kFloat), keys, values, scale)
+      parts.push_back(
+          chunked_block_attention(qb.to(device_, at::kFloat), keys, values, scale).transpose(0, 1));
+    }
+    out = at::cat(parts, 0);
+  }
+  end_step(layer_index, step, counts);
+  return out.to(q.device(), at::kFloat);
+}
+
+PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int64_t>& seqs,
+                                            const std::vector<int64_t>& counts) {
+  Step step;
+  const int B = int(seqs.size());
+  int max_pages = 1;
+  for (int b = 0; b < B; ++b) {
+    Sequence& s = sequence(seqs[size_t(b)]);
+    const int64_t t1 = s.length + counts[size_t(b)];
+    KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
+    if (layer == 0) reserve(s, t1);
+    step.batch.push_back(&s);
+    max_pages = std::max(max_pages, int(s.pages.size()));
+    step.max_new = std::max(step.max_new, int(counts[size_t(b)]));
+    step.max_len = std::max(step.max_len, t1);
+  }
+  // Block tables (rows padded with page 0, never read; so are pages eviction freed, which the
+  // GPU dequantizer may read but nothing attends), then per sequence its old length, the
+  // offsets of its new rows, its ring/scale row and its new length: host arrays, or their
+  // device copies.
+  std::vector<int> table(size_t(B) * max_pages, 0), ints;
+  for (int b = 0; b < B; ++b)
+    std::transform(step.batch[size_t(b)]->pages.begin(), step.batch[size_t(b)]->pages.end(),
+                   table.begin() + size_t(b) * max_pages, [](int p) { return std::max(p, 0); });
+  for (Sequence* s : step.batch) ints.push_back(int(s->length));  // [0, B): old lengths
+  ints.push_back(0);                                              // [B, 2B]: new-row offsets
+  for (int64_t n : counts) ints.push_back(ints.back() + int(n));
+  for (Sequence* s : step.batch) ints.push_back(s->slot);  // [2B + 1, 3B + 1): ring/scale rows
+  for (int b = 0; b < B; ++b)                              // [3B + 1, 4B + 1): new lengths
+    ints.push_back(int(step.batch[size_t(b)]->length + counts[size_t(b)]));
+  step.table = at::tensor(table, at::kInt).view({B, max_pages}).to(device_);
+  step.ints = at::tensor(ints, at::kInt).to(device_);
+  return step;
+}
+
+void PagedKVCache::append_rows(Layer& layer, const Step& step, const std::vector<int64_t>& counts,
+                               const at::Tensor& k, const at::Tensor& v,
+                               const kernels::PagedKvStore& store) {
+  const int B = int(step.batch.size());
+  // fp8: sequences seen for the first time calibrate on their new tokens.
+  for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b)
+    if (format_.format == KvFormat::kFp8 && !layer.calibrated[size_t(step.batch[size_t(b)]->slot)])
+      calibrate(layer, step.batch[size_t(b)]->slot,
+                k.narrow(0, row, counts[size_t(b)]).transpose(0, 1),
+                v.narrow(0, row, counts[size_t(b)]).transpose(0, 1));
+  // fp8 scales were just written: the store's pointers are the same tensors'.
+  // New rows as the transformer packs them ([n, kv_heads, head_dim]) in the kernels' input
+  // dtype, where the pools are.
+  const at::Tensor k_rows = k.to(device_, input_dtype()).contiguous();
+  const at::Tensor v_rows = v.to(device_, input_dtype()).contiguous();
+  const int* ints = step.ints.data_ptr<int>();
+  kernels::AppendProblem p;
+  p.batch = B, p.kv_heads = int(num_kv_heads_), p.head_dim = int(head_dim_);
+  p.max_pages_per_seq = int(step.table.size(1)), p.block_table = step.table.data_ptr<int>();
+  p.old_lens = ints, p.cu_new = ints + B, p.seq_rows = ints + 2 * B + 1;
+  p.max_new = step.max_new, p.k = k_rows.data_ptr(), p.v = v_rows.data_ptr();
+  const std::string why = kernels::append_check(p, store);
+  KVB_CHECK(why.empty(), "paged cache: ", why);
+  if (device_.is_cuda())
+    paged_cuda::append(p, store);
+  else
+    kernels::append_kv_host(p, store);
+}
+
+void PagedKVCache::end_step(int64_t layer, const Step& step, const std::vector<int64_t>& counts) {
+  if (layer != num_layers_ - 1) return;
+  for (size_t b = 0; b < step.batch.size(); ++b) {
+    Sequence& s = *step.batch[b];
+    s.length += counts[b];
+    if (s.evicted) free_evicted_pages(s);
+  }
+}
+
+void PagedKVCache::append_batch(int64_t layer_index, const std::vector<int64_t>& seqs,
+                                const std::vector<int64_t>& counts, const at::Tensor& k,
+                                const at::Tensor& v) {
+  KVB_CHECK(!policy_,
+            "paged cache: append_batch stores tokens unattended, which a retention "
+            "policy cannot select from");
+  check_batch(layer_index, seqs, counts, k, v);
+  Layer& layer = layers_[size_t(layer_index)];
+  const Step step = begin_step(layer_index, seqs, counts);
+  append_rows(layer, step, counts, k, v, store_of(layer));
+  end_step(layer_index, step, counts);
+}
+
+at::Tensor PagedKVCache::attend_batch(int64_t layer_index, const std::vector<int64_t>& seqs,
+                                      const at::Tensor& q) {
+  KVB_CHECK(!policy_, "paged cache: attend_batch reads every stored token; not with a policy");
+  KVB_CHECK(layer_index >= 0 && layer_index < num_layers_ && !seqs.empty() && q.dim() == 3 &&
+                q.size(0) == int64_t(seqs.size()) && q.size(2) == head_dim_ &&
+                q.size(1) % num_kv_heads_ == 0,
+            "paged cache: attend_batch expects a layer in range and q [batch, heads, ", head_dim_,
+            "]");
+  std::vector<int64_t> lengths;
+  for (int64_t id : seqs) {
+    lengths.push_back(sequence(id).length);
+    KVB_CHECK(lengths.back() >= 1, "paged cache: sequence ", id, " holds no tokens");
+  }
+  // An unchanged batch reuses its tables: a repeated call is the decode kernel alone.
+  if (attend_seqs_ != seqs || attend_lengths_ != lengths) {
+    attend_step_ = begin_step(-1, seqs, std::vector<int64_t>(seqs.size(), 0));
+    attend_seqs_ = seqs, attend_lengths_ = lengths;
+  }
+  const Step& step = attend_step_;
+  const kernels::PagedKvStore store = store_of(layers_[size_t(layer_index)]);
+  const int B = int(seqs.size());
+  if (device_.is_cuda()) {
+    paged_cuda::DecodeBatch d{step.table, step.ints.narrow(0, 3 * B + 1, B),
+                              step.ints.narrow(0, 2 * B + 1, B), step.max_len};
+    return paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous())
+        .to(q.device(), at::kFloat);
+  }
+  const double scale = 1.0 / std::sqrt(double(head_dim_));
+  std::vector<at::Tensor> parts;
+  for (int b = 0; b < B; ++b) {
+    const Sequence& s = *step.batch[size_t(b)];
+    parts.push_back(block_attention_reference(q[b].unsqueeze(1).to(at::kFloat),
+                                              decode(store, s, true, s.length),
+                                              decode(store, s, false, s.length), scale)
+                        .squeeze(1));
+  }
+  return at::stack(parts).to(q.device());
+}
+
+void PagedKVCache::check_batch(int64_t layer, const std::vector<int64_t>& seqs,
+                               const std::vector<int64_t>& counts, const at::Tensor& k,
+                               const at::Tensor& v) const {
+  KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
+            num_layers_, ")");
+  const int64_t rows = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  KVB_CHECK(!seqs.empty() && seqs.size() == counts.size() && k.dim() == 3 && k.size(0) == rows &&
+                k.size(1) == num_kv_heads_ && k.size(2) == head_dim_ && v.sizes() == k.sizes(),
+            "paged cache: expected k and v [n, ", num_kv_heads_, ", ", head_dim_,
+            "] with n the sum of the sequences' new tokens");
+  for (size_t b = 0; b < counts.size(); ++b)
+    KVB_CHECK(counts[b] >= 1, "paged cache: sequence ", seqs[b], " has no new tokens");
+}
+
+at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Sequence*>& batch,
+                                          const std::vector<int64_t>& counts, const at::Tensor& q,
+                                          const at::Tensor& k, const kernels::PagedKvStore& store,
+                                          const at::Tensor& table, const at::Tensor& ints,
+                                          int64_t max_len) {
+  const int B = int(batch.size());
+  // A decode token of a decode-timing policy is appended, the policy evicts, then the token
+  // attends what stays; a block (the prefill) attends everything, then the policy evicts.
+  std::vector<at::Tensor> positions(static_cast<size_t>(B));
+  std::vector<RetentionInput> inputs(static_cast<size_t>(B));
+  std::vector<bool> evict_after(size_t(B), false);
+  bool all_single = true, any_kept = false;
+  for (int b = 0; b < B; ++b) {
+    Sequence& s = *batch[size_t(b)];
+    const int64_t n = counts[size_t(b)];
+    RetentionInput& in = inputs[size_t(b)];
+    in.layer = layer, in.num_layers = num_layers_, in.length = s.length + n;
+    in.prefill = s.length == 0;
+    in.positions = attended_positions(s, layer, n);
+    const bool over =
+        (in.prefill || policy_->timing() == EvictionTiming::kDecode) && policy_->over_budget(in);
+    if (over && n == 1 && !in.prefill) {
+      select(s, layer, in);
+      positions[size_t(b)] = s.kept[size_t(layer)];
+    } else {
+      positions[size_t(b)] = in.positions;
+      evict_after[size_t(b)] = over;
+      // New tokens join what an earlier eviction kept.
+      if (s.kept[size_t(layer)].defined()) s.kept[size_t(layer)] = in.positions.contiguous();
+    }
+    all_single = all_single && n == 1;
+    any_kept = any_kept || s.kept[size_t(layer)].defined();
+  }
+  const int64_t kv = num_kv_heads_;
+  at::Tensor out;
+  if (device_.is_cuda() && all_single) {
+    paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
+                              max_len};
+    if (any_kept) {
+      int64_t widest = 1;
+      for (const at::Tensor& p : positions) widest = std::max(widest, p.size(1));
+      at::Tensor index = at::zeros({B, kv, widest}, at::kInt);
+      at::Tensor lens = at::empty({B, kv}, at::kInt);
+      for (int b = 0; b < B; ++b) {
+        index[b].narrow(1, 0, positions[size_t(b)].size(1)).copy_(positions[size_t(b)]);
+        lens[b].fill_(positions[size_t(b)].size(1));
+      }
+      out = paged_cuda::retained(store, d, kv, index.to(device_), lens.to(device_),
+                                 q.to(device_, at::kFloat).contiguous());
+    } else {  // nothing evicted yet at this layer: the dense decode kernel
+      out = paged_cuda::decode(store, d, kv, q.to(device_, input_dtype()).contiguous());
+    }
+  } else {
+    std::vector<at::Tensor> parts;
+    for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+      const Sequence& s = *batch[size_t(b)];
+      const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
+      parts.push_back(attend_positions(store, s, table[b], positions[size_t(b)],
+                                       s.length + counts[size_t(b)], qb)
                           .transpose(0, 1));
     }
     out = at::cat(parts, 0);
   }
-  if (layer_index == num_layers_ - 1)
-    for (int b = 0; b < B; ++b) batch[size_t(b)]->length += counts[size_t(b)];
-  return out.to(q.device(), at::kFloat);
+  for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+    if (!evict_after[size_t(b)]) continue;
+    RetentionInput& in = inputs[size_t(b)];
+    if (policy_->needs() == RetentionNeeds::kWindowScores) {
+      KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
+                "' needs window scores, which exist only at the prefill");
+      Stopwatch watch;
+      const int64_t n = counts[size_t(b)];
+      in.window_attention = prefill_window_attention(q.narrow(0, row, n).transpose(0, 1),
+                                                     k.narrow(0, row, n).transpose(0, 1),
+                                                     std::min(policy_->observation_window(), n));
+      retention_s_ += watch.seconds();
+    }
+    select(*batch[size_t(b)], layer, in);
+  }
+  return out;
+}
+
+at::Tensor PagedKVCache::attended_positions(const Sequence& s, int64_t layer, int64_t n) const {
+  const at::Tensor& kept = s.kept[size_t(layer)];
+  if (!kept.defined()) return at::arange(s.length + n, at::kLong).expand({num_kv_heads_, -1});
+  const at::Tensor block = at::arange(s.length, s.length + n, at::kLong);
+  return at::cat({kept, block.expand({num_kv_heads_, n})}, 1);
+}
+
+void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
+  Stopwatch watch;
+  // The policy works where its scores are (window scores live with the queries: the GPU on
+  // cuda); the retained positions stay on the host.
+  RetentionInput where = in;
+  if (in.window_attention.defined())
+    where.positions = in.positions.to(in.window_attention.device());
+  const at::Tensor chosen = policy_->select(where).to(at::kCPU);
+  KVB_CHECK(chosen.dim() == 2 && chosen.size(0) == num_kv_heads_ && chosen.size(1) <= in.held(),
+            "retention policy '", policy_->name(), "' returned a selection of shape ",
+            chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
+  s.kept[size_t(layer)] = in.positions.gather(1, chosen.to(at::kLong)).contiguous();
+  s.evicted = true;
+  retention_s_ += watch.seconds();
+}
+
+void PagedKVCache::free_evicted_pages(Sequence& s) {
+  s.evicted = false;
+  const int P = format_.page_size, T = int(s.length);
+  int64_t settled = T / P;  // pages no later append writes
+  if (kernels::is_kivi(format_.format))
+    settled = std::min(kernels::append::key_pages_end(T, format_.residual),
+                       kernels::append::value_pages_end(T, format_.residual)) /
+              P;
+  if (settled <= 0) return;
+  std::vector<bool> used(size_t(settled), false);
+  for (const at::Tensor& kept : s.kept) {
+    if (!kept.defined()) return;  // a layer that still holds every token
+    const int64_t* p = kept.data_ptr<int64_t>();
+    for (int64_t i = 0; i < kept.numel(); ++i)
+      if (p[i] / P < settled) used[size_t(p[i] / P)] = true;
+  }
+  for (int64_t page = 0; page < settled; ++page)
+    if (!used[size_t(page)] && s.pages[size_t(page)] >= 0) {
+      free_.push_back(s.pages[size_t(page)]);
+      s.pages[size_t(page)] = -1;
+    }
+}
+
+at::Tensor PagedKVCache::attend_positions(const kernels::PagedKvStore& store, const Sequence& s,
+                                          const at::Tensor& table_row, const at::Tensor& positions,
+                                          int64_t tokens, const at::Tensor& qb) const {
+  at::Tensor keys, values;
+  if (device_.is_cuda()) {
+    std::tie(keys, values) =
+        paged_cuda::dequantize(store, table_row, num_kv_heads_, head_dim_, s.slot, tokens);
+    const at::Tensor index = positions.to(device_).unsqueeze(2).expand({-1, -1, head_dim_});
+    keys = keys.gather(1, index), values = values.gather(1, index);
+  } else {
+    keys = decode_at(store, s, true, positions, tokens);
+    values = decode_at(store, s, false, positions, tokens);
+  }
+  const double scale = 1.0 / std::sqrt(double(head_dim_));
+  return chunked_block_attention(qb.to(device_, at::kFloat), keys, values, scale);
 }
 
 // The layer's pools as the appender and the decoders see them: rings and fp8 scales whole,
@@ -351,6 +630,21 @@ at::Tensor PagedKVCache::decode(const kernels::PagedKvStore& store, const Sequen
   return out;
 }
 
+at::Tensor PagedKVCache::decode_at(const kernels::PagedKvStore& store, const Sequence& s, bool key,
+                                   const at::Tensor& positions, int64_t tokens) const {
+  const at::Tensor pos = positions.contiguous();
+  const int64_t held = pos.size(1);
+  at::Tensor out = at::empty({num_kv_heads_, held, head_dim_}, at::kFloat);
+  const int64_t* p = pos.data_ptr<int64_t>();
+  float* o = out.data_ptr<float>();
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t i = 0; i < held; ++i)
+      kernels::decode_paged_token(store, s.pages.data(), int(num_kv_heads_), int(head_dim_), s.slot,
+                                  key, int(h), int(p[h * held + i]), int(tokens),
+                                  o + (h * held + i) * head_dim_);
+  return out;
+}
+
 StorageBytes PagedKVCache::storage() const {
   const int P = format_.page_size, D = int(head_dim_);
   const auto k = kernels::page_bytes(format_.format, true, P, D),
@@ -376,9 +670,11 @@ StorageBytes PagedKVCache::nominal() const {
   StorageBytes b;
   for (const auto& [id, s] : sequences_) {
     const int64_t T = s.length;
-    if (!kernels::is_kivi(format_.format)) {
-      b.payload += uint64_t(T) * heads * (k.data + v.data) / P;
-      b.metadata += uint64_t(T) * heads * (k.meta + v.meta) / P;
+    if (!kernels::is_kivi(format_.format)) {  // per layer: the tokens it retains
+      uint64_t held = 0;
+      for (int64_t kept : kept_tokens(id)) held += uint64_t(kept);
+      b.payload += held * heads * (k.data + v.data) / P / uint64_t(num_layers_);
+      b.metadata += held * heads * (k.meta + v.meta) / P / uint64_t(num_layers_);
       continue;
     }
     const int64_t key_pages = kernels::append::key_pages_end(int(T), R) / P;

@@ -10,6 +10,7 @@
 #include "device_query.h"
 #include "kv_append_launcher.h"
 #include "kv_paged_decode_launcher.h"
+#include "retained_decode_launcher.h"
 #endif
 
 namespace kvbench::paged_cuda {
@@ -69,6 +70,24 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
   return out;
 }
 
+at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
+                    const at::Tensor& kept_index, const at::Tensor& kept_lens,
+                    const at::Tensor& q) {
+  at::Tensor out = at::empty_like(q);
+  kernels::RetainedProblem pr;
+  pr.batch = int(q.size(0)), pr.q_heads = int(q.size(1)), pr.kv_heads = int(kv_heads);
+  pr.head_dim = int(q.size(2)), pr.max_pages_per_seq = int(batch.table.size(1));
+  pr.block_table = batch.table.data_ptr<int>(), pr.seq_lens = batch.seq_lens.data_ptr<int>();
+  pr.seq_rows = batch.seq_rows.data_ptr<int>();
+  pr.max_kept = int(kept_index.size(2)), pr.kept_index = kept_index.data_ptr<int>();
+  pr.kept_lens = kept_lens.data_ptr<int>();
+  pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
+  pr.q = q.data_ptr<float>(), pr.out = out.data_ptr<float>();
+  check(kernels::retained_decode(pr, store, nullptr), "retained decode",
+        kernels::retained_check(pr, store));
+  return out;
+}
+
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,
                                              const at::Tensor& pages, int64_t kv_heads,
                                              int64_t head_dim, int seq_row, int64_t tokens) {
@@ -92,6 +111,10 @@ std::string unavailable_reason() {
 }
 void append(const kernels::AppendProblem&, const kernels::PagedKvStore&) { unavailable(); }
 at::Tensor decode(const kernels::PagedKvStore&, const DecodeBatch&, int64_t, const at::Tensor&) {
+  unavailable();
+}
+at::Tensor retained(const kernels::PagedKvStore&, const DecodeBatch&, int64_t, const at::Tensor&,
+                    const at::Tensor&, const at::Tensor&) {
   unavailable();
 }
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore&, const at::Tensor&,

@@ -1,5 +1,9 @@
 #include "kvbench/model/transformer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <mutex>
+
 #include "kvbench/core/error.h"
 #include "kvbench/model/safetensors.h"
 
@@ -12,7 +16,36 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
 
 std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 
+// A generator seeded with `seed` on `device`: a private one on the CPU; on a GPU the device's
+// default generator, reseeded (libtorch offers no other without CUDA headers).
+at::Generator seeded_generator(const at::Device& device, uint64_t seed) {
+  if (device.is_cpu()) return at::detail::createCPUGenerator(seed);
+  at::Generator gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_current_seed(seed);
+  return gen;
+}
+
 }  // namespace
+
+std::string ModelPlacement::describe() const {
+  return std::string(dtype_name(dtype)) + " on " + device.str();
+}
+
+void check_placement(const ModelPlacement& p) {
+  KVB_CHECK(p.dtype == at::kFloat || p.dtype == at::kBFloat16 || p.dtype == at::kHalf,
+            "model: compute dtype ", c10::toString(p.dtype),
+            " is not one of float32, bfloat16, float16");
+  if (p.device.is_cpu()) {
+    KVB_CHECK(p.dtype != at::kHalf,
+              "model: float16 compute needs a GPU (libtorch's CPU matrix multiply has no fp16 "
+              "kernels); use bfloat16 or float32 on the CPU");
+    return;
+  }
+  KVB_CHECK(p.device.is_cuda(), "model: device ", p.device.str(), " is not cpu or cuda");
+  KVB_CHECK(at::hasCUDA(), "model: device ", p.device.str(),
+            " requested but this libtorch has no CUDA (a CPU-only build)");
+}
 
 std::vector<std::pair<std::string, at::Tensor*>> bind_weights(const ModelConfig& c,
                                                               ModelWeights& w) {
@@ -94,31 +127,58 @@ Transformer::Transformer(ModelConfig config, ModelWeights weights)
   KVB_CHECK(weights_.layers.size() == static_cast<size_t>(config_.num_layers),
             "model: ", weights_.layers.size(), " layers of weights for ", config_.num_layers,
             " layers in the config");
+  KVB_CHECK(weights_.embed.defined(), "model: no embedding weights");
+  placement_ = {weights_.embed.device(), weights_.embed.scalar_type()};
+  check_placement(placement_);
+  ModelWeights& w = weights_;
+  for (auto& [name, slot] : bind_weights(config_, w)) {
+    KVB_CHECK(slot->defined(), "model: weight ", name, " is missing");
+    KVB_CHECK(slot->device() == placement_.device && slot->scalar_type() == placement_.dtype,
+              "model: ", name, " is ", dtype_name(slot->scalar_type()), " on ",
+              slot->device().str(), ", the embedding ", placement_.describe());
+  }
 }
 
-Transformer Transformer::load(const std::string& dir) {
+Transformer Transformer::load(const std::string& dir, const ModelPlacement& placement) {
+  check_placement(placement);
   ModelConfig config = load_model_config(dir);
   SafetensorsCheckpoint checkpoint(dir);
   ModelWeights w;
   for (auto& [name, slot] : bind_weights(config, w)) {
-    // Compute runs in fp32; the checkpoint's own dtype stays recorded in the config.
-    *slot = checkpoint.load(name, shape_of(config, name)).to(at::kFloat).contiguous();
+    // The checkpoint's own dtype stays recorded in the config.
+    *slot = checkpoint.load(name, shape_of(config, name)).to(placement.options()).contiguous();
   }
   finish_weights(config, w);
   return Transformer(std::move(config), std::move(w));
 }
 
-Transformer Transformer::random(const ModelConfig& config, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
+Transformer Transformer::random(const ModelConfig& config, uint64_t seed,
+                                const ModelPlacement& placement) {
+  check_placement(placement);
+  at::Generator gen = seeded_generator(placement.device, seed);
+  const auto fp32 = at::TensorOptions().device(placement.device).dtype(at::kFloat);
   ModelWeights w;
   for (auto& [name, slot] : bind_weights(config, w)) {
     const auto shape = shape_of(config, name);
     const bool norm = name.find("norm.weight") != std::string::npos;
-    at::Tensor t = at::randn(shape, gen, at::kFloat);
-    *slot = norm ? t.mul_(0.1).add_(1.0) : t.mul_(0.02);
+    at::Tensor t = at::randn(shape, gen, fp32);
+    t = norm ? t.mul_(0.1).add_(1.0) : t.mul_(0.02);
+    *slot = t.to(placement.dtype);
   }
   finish_weights(config, w);
   return Transformer(config, std::move(w));
+}
+
+Transformer Transformer::to(const ModelPlacement& placement) const {
+  check_placement(placement);
+  ModelWeights source = weights_, w;
+  auto from = bind_weights(config_, source);
+  auto into = bind_weights(config_, w);
+  for (size_t i = 0; i < from.size(); ++i) {
+    *into[i].second = from[i].second->to(placement.options()).contiguous();
+  }
+  finish_weights(config_, w);
+  return Transformer(config_, std::move(w));
 }
 
 uint64_t Transformer::weight_bytes() const {
@@ -128,11 +188,13 @@ uint64_t Transformer::weight_bytes() const {
     for (int64_t d : shape) n *= static_cast<uint64_t>(d);
     elements += n;
   }
-  return elements * sizeof(float);  // weights are held in fp32 for compute
+  return elements * at::elementSize(placement_.dtype);
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true).add_(eps)) * weight;
+  const at::Tensor xf = x.to(at::kFloat);  // the same tensor when x is fp32
+  const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true).add_(eps));
+  return normed.to(x.scalar_type()) * weight;
 }
 
 at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at::Tensor& h,
@@ -154,8 +216,9 @@ at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at
     seqs.push_back(s.seq);
     counts.push_back(static_cast<int64_t>(s.tokens.size()));
   }
-  const at::Tensor o = cache.append_and_attend_batch(layer, seqs, counts, q, k, v);
-  return linear(o.reshape({n, c.num_heads * c.head_dim}), w.o_proj, w.o_bias);
+  const at::Tensor o = cache.append_and_attend_batch(layer, seqs, counts, q.to(at::kFloat),
+                                                     k.to(at::kFloat), v.to(at::kFloat));
+  return linear(o.to(h.options()).reshape({n, c.num_heads * c.head_dim}), w.o_proj, w.o_bias);
 }
 
 at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache& cache,
@@ -173,10 +236,15 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
     }
     last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
   }
-  // RoPE angles in float64, then fp32 cos/sin: [tokens, head_dim] as cat(freqs, freqs).
-  const auto [cos, sin] = rope_cos_sin(at::tensor(positions, at::kLong), inv_freq_);
+  // RoPE angles in float64, then fp32 cos/sin: [tokens, head_dim] as cat(freqs, freqs), rounded
+  // to the compute dtype (as Hugging Face does) on the model's device.
+  const at::TensorOptions opts = placement_.options();
+  auto [cos, sin] = rope_cos_sin(at::tensor(positions, at::kLong), inv_freq_);
+  cos = cos.to(opts);
+  sin = sin.to(opts);
 
-  at::Tensor x = at::embedding(weights_.embed, at::tensor(ids, at::kLong));  // [N, hidden]
+  const at::Tensor id_t = at::tensor(ids, at::kLong).to(placement_.device);
+  at::Tensor x = at::embedding(weights_.embed, id_t);  // [N, hidden]
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(i)];
     x = x +
@@ -186,8 +254,9 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
         at::silu(linear(h, w.gate_proj, w.gate_bias)) * linear(h, w.up_proj, w.up_bias);
     x = x + linear(act, w.down_proj, w.down_bias);
   }
-  if (!all_logits) x = x.index_select(0, at::tensor(last_rows, at::kLong));
-  return at::mm(rms_norm(x, weights_.norm, config_.rms_norm_eps), weights_.lm_head.t());
+  if (!all_logits) x = x.index_select(0, at::tensor(last_rows, at::kLong).to(placement_.device));
+  return at::mm(rms_norm(x, weights_.norm, config_.rms_norm_eps), weights_.lm_head.t())
+      .to(at::kFloat);
 }
 
 }  // namespace kvbench

@@ -17,6 +17,7 @@
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/quest_policy.h"
 #include "kvbench/model/model_config.h"
+#include "kvbench/suites/kernels_gpu.h"
 
 namespace kvbench {
 namespace {
@@ -319,13 +320,13 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
 }  // namespace
 
 uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {
+  if (ctx.gpu) return estimate_kernels_on_gpu(ctx.params, ctx.method);
   const Plan plan = make_plan(ctx.params, ctx.method, ctx.env.llc_bytes);
   return std::max(plan.largest, 2 * plan.copy_bytes);
 }
 
 CellOutput KernelsSuite::run(const CellContext& ctx) {
-  KVB_CHECK(ctx.spec.device == "cpu", "kernels: device '", ctx.spec.device,
-            "' is not supported yet (the CUDA kernels are not built into this suite)");
+  if (ctx.spec.device == "cuda") return run_kernels_on_gpu(ctx);
   const json& p = ctx.params;
   const uint64_t llc = ctx.env.llc_bytes;
   const double min_multiple = p["min_llc_multiple"];
@@ -427,15 +428,20 @@ Table KernelsSuite::summary_table(const CellOutput& output) const {
       continue;
     }
     if (r["kind"] != "decode_attention") continue;
+    // On a GPU: no LLC multiple; the last column is the time against PyTorch's SDPA.
+    const bool gpu = r["backend"] == "cuda";
     t.rows.push_back({r["format"].get<std::string>() + " (" + r["backend"].get<std::string>() + ")",
                       std::to_string(r["context"].get<int64_t>()),
                       std::to_string(r["kv_heads"].get<int64_t>()),
                       format_bytes(r["working_set_bytes"].get<double>()),
-                      format_fixed(r["llc_multiple"].get<double>(), 2),
+                      gpu ? "" : format_fixed(r["llc_multiple"].get<double>(), 2),
                       format_fixed(r["time_s"]["median"].get<double>() * 1e6, 1),
                       format_fixed(r["time_s"]["p90"].get<double>() * 1e6, 1),
                       format_fixed(r["gbps"].get<double>(), 2),
-                      format_fixed(100 * r["fraction_of_copy_bandwidth"].get<double>(), 1), ""});
+                      format_fixed(100 * r["fraction_of_copy_bandwidth"].get<double>(), 1),
+                      r.contains("ratio_to_sdpa")
+                          ? format_fixed(r["ratio_to_sdpa"].get<double>(), 2) + "x SDPA time"
+                          : ""});
   }
   if (output.summary.contains("copy_bandwidth_gbps")) {
     t.rows.push_back({"copy", "", "", "", "", "", "",

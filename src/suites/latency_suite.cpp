@@ -29,9 +29,9 @@ std::vector<ParamSpec> LatencySuite::param_specs() {
 uint64_t LatencySuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   const json& p = ctx.params;
-  return model_weight_bytes(*ctx.model) + generation_bytes(*ctx.model, ctx.kv_bytes_per_token,
-                                                           p["batch"], p["prompt_tokens"],
-                                                           p["new_tokens"]);
+  return model_weight_bytes(*ctx.model, ctx.weight_dtype) +
+         generation_bytes(*ctx.model, ctx.kv_bytes_per_token, p["batch"], p["prompt_tokens"],
+                          p["new_tokens"], ctx.weight_dtype);
 }
 
 CellOutput LatencySuite::run(const CellContext& ctx) {

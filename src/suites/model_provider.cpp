@@ -38,17 +38,24 @@ void check_marker_matches(const ModelSpec& spec, const nlohmann::json& mark) {
 
 ModelProvider::ModelProvider(ModelSpec spec) : spec_(std::move(spec)) {}
 
+ModelPlacement ModelProvider::placement() const {
+  return {at::Device(spec_.device), dtype_from_name(spec_.compute_dtype)};
+}
+
 const Transformer& ModelProvider::get() {
   if (model_) return *model_;
   if (error_) throw Error(*error_);
   try {
     Stopwatch sw;
+    const ModelPlacement placement = this->placement();
+    check_placement(placement);
     bool random = spec_.random_init;
     if (spec_.random_init) {
       const ModelPreset& p = find_model_preset(spec_.preset);
       const ModelConfig config = parse_model_config(p.config, p.name);
-      check_memory_fits(model_weight_bytes(config), "model: preset " + p.name + " (fp32 weights)");
-      model_ = std::make_unique<Transformer>(Transformer::random(config, spec_.seed));
+      check_fits_on(placement, model_weight_bytes(config, placement.dtype),
+                    "model: preset " + p.name + " (" + placement.describe() + ")");
+      model_ = std::make_unique<Transformer>(Transformer::random(config, spec_.seed, placement));
     } else {
       KVB_CHECK(!spec_.path.empty(),
                 "model: none configured; set model.path to a Hugging Face checkpoint directory, "
@@ -59,14 +66,21 @@ const Transformer& ModelProvider::get() {
       }
       const nlohmann::json mark = marker(spec_.path);
       check_marker_matches(spec_, mark);
-      model_ = std::make_unique<Transformer>(Transformer::load(spec_.path));
+      check_fits_on(placement, model_weight_bytes(load_model_config(spec_.path), placement.dtype),
+                    "model: " + spec_.path + " (" + placement.describe() + ")");
+      model_ = std::make_unique<Transformer>(Transformer::load(spec_.path, placement));
       random = mark.is_object() && mark.value("random_weights", false);
     }
     const ModelConfig& c = model_->config();
-    identity_ = {{"path", spec_.path},         {"preset", spec_.preset},
-                 {"seed", spec_.seed},         {"random_weights", random},
-                 {"config", c.to_json()},      {"weight_bytes", model_->weight_bytes()},
-                 {"compute_dtype", "float32"}, {"kv_dtype", dtype_name(kv_dtype())},
+    identity_ = {{"path", spec_.path},
+                 {"preset", spec_.preset},
+                 {"seed", spec_.seed},
+                 {"random_weights", random},
+                 {"config", c.to_json()},
+                 {"weight_bytes", model_->weight_bytes()},
+                 {"compute_dtype", dtype_name(placement.dtype)},
+                 {"device", placement.device.str()},
+                 {"kv_dtype", dtype_name(kv_dtype())},
                  {"load_s", sw.seconds()}};
     if (random) spdlog::warn("model: random weights; accuracy and output lengths mean nothing");
     return *model_;

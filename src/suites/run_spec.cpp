@@ -27,6 +27,10 @@ const std::vector<ParamSpec>& model_specs() {
                         "storage dtype of the uncompressed KV cache (weights are held in fp32 "
                         "on CPU); auto = the checkpoint's torch_dtype",
                         {"auto", "float32", "float16", "bfloat16"}),
+      ParamSpec::string("compute_dtype", "auto",
+                        "dtype of the weights and activations; auto = float32 on the CPU, "
+                        "float16 on a GPU (float16 needs device cuda)",
+                        {"auto", "float32", "float16", "bfloat16"}),
   };
   return specs;
 }
@@ -102,6 +106,16 @@ void check_model_spec(const ModelSpec& m) {
   }
 }
 
+std::string resolve_compute_dtype(const std::string& configured, const std::string& device) {
+  if (configured == "auto") return device == "cuda" ? "float16" : "float32";
+  if (configured == "float16" && device != "cuda") {
+    throw ConfigError("model.compute_dtype",
+                      "\"float16\" needs device \"cuda\" (libtorch's CPU matrix multiply has no "
+                      "fp16 kernels); use \"bfloat16\" or \"float32\" on the CPU");
+  }
+  return configured;
+}
+
 }  // namespace
 
 void check_device(const RunSpec& spec, const CudaInfo& cuda) {
@@ -139,9 +153,12 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
   RunSpec spec;
   spec.name = resolved["name"];
   const json& m = resolved["model"];
-  spec.model = {m["path"], m["dtype"], m["preset"], m["random_init"], m["seed"]};
-  check_model_spec(spec.model);
   spec.device = resolved["device"];
+  spec.model = {m["path"], m["dtype"], m["preset"], m["random_init"], m["seed"]};
+  spec.model.device = spec.device;
+  spec.model.compute_dtype = resolve_compute_dtype(m["compute_dtype"], spec.device);
+  check_model_spec(spec.model);
+  resolved["model"]["compute_dtype"] = spec.model.compute_dtype;  // what "auto" became
   spec.attention = resolved["attention"];
   spec.threads = resolved["threads"];
   spec.seed = resolved["seed"];

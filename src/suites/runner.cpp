@@ -71,10 +71,17 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
         throw Error("plan: cell " + c.id + ": " + e.what());
       }
     }
-    EstimateContext ctx{c.params, c.method, config, per_token, env};
+    const ModelPlacement placement = model.placement();
+    EstimateContext ctx{
+        c.params, c.method, config, per_token, env, placement.dtype, placement.device.is_cuda()};
     out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
   }
   return out;
+}
+
+uint64_t plan_memory_bytes(const RunSpec& spec, const Environment& env) {
+  if (spec.device != "cuda") return env.memory_available_bytes;
+  return env.cuda.devices.empty() ? 0 : env.cuda.devices.front().memory_bytes;
 }
 
 void refuse_oversized_plan(const std::vector<Cell>& cells, const std::vector<uint64_t>& estimates,

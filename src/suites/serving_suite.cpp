@@ -324,7 +324,7 @@ class ModelExecutor final : public StepExecutor {
                                                         known.begin() + p.start + p.tokens)});
       ids.push_back(p.last() ? p.id : -1);
     }
-    at::Tensor logits = model_.forward(batch, cache_);
+    const at::Tensor logits = model_.forward(batch, cache_).to(at::kCPU);  // sampled on the host
     for (size_t r = 0; r < ids.size(); ++r) {
       if (ids[r] < 0) continue;
       tokens_[ids[r]].push_back(sampler_.next(logits[static_cast<int64_t>(r)]));
@@ -417,13 +417,13 @@ uint64_t ServingSuite::estimate_bytes(const EstimateContext& ctx) const {
           : p["kv_budget_fraction"].get<double>() * static_cast<double>(available_memory_bytes());
   // Weights, the pool, and the activations of the largest step (one sequence of
   // max_batch_tokens bounds the attention scores).
-  return model_weight_bytes(*ctx.model) + static_cast<uint64_t>(budget) +
+  return model_weight_bytes(*ctx.model, ctx.weight_dtype) + static_cast<uint64_t>(budget) +
          generation_bytes(*ctx.model, 0, 1, p["max_batch_tokens"], 0);
 }
 
 CellOutput ServingSuite::run(const CellContext& ctx) {
   const json& p = ctx.params;
-  require_cpu(ctx, "serving");
+  require_device_support(ctx, "serving");
   check_params(p);
   const Transformer& model = ctx.model.get();
   const ModelConfig& c = model.config();

@@ -183,7 +183,8 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
   for (int64_t b : ctx.params["batch"].get<std::vector<int64_t>>())
     for (int64_t p : ctx.params["prompt_tokens"].get<std::vector<int64_t>>())
       for (int64_t n : ctx.params["new_tokens"].get<std::vector<int64_t>>())
-        peak = std::max(peak, generation_bytes(*ctx.model, ctx.kv_bytes_per_token, b, p, n));
+        peak = std::max(
+            peak, generation_bytes(*ctx.model, ctx.kv_bytes_per_token, b, p, n, ctx.weight_dtype));
   const int64_t context = ctx.params["capacity_context"];
   if (context > 0) {
     // The capacity batch's KV stays within the budget (or max_batch sequences of it); its
@@ -191,11 +192,11 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
     const int64_t b = ctx.params["max_batch"], n = ctx.params["capacity_new_tokens"];
     const double kv = std::min(capacity_budget(ctx.params).bytes,
                                ctx.kv_bytes_per_token * static_cast<double>(b * context));
-    peak = std::max(peak,
-                    generation_bytes(*ctx.model, 0, b, std::max<int64_t>(context - n + 1, 1), n) +
-                        static_cast<uint64_t>(kv));
+    peak = std::max(peak, generation_bytes(*ctx.model, 0, b, std::max<int64_t>(context - n + 1, 1),
+                                           n, ctx.weight_dtype) +
+                              static_cast<uint64_t>(kv));
   }
-  return model_weight_bytes(*ctx.model) + peak;
+  return model_weight_bytes(*ctx.model, ctx.weight_dtype) + peak;
 }
 
 CellOutput ThroughputSuite::run(const CellContext& ctx) {

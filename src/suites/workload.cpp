@@ -26,16 +26,17 @@ std::vector<std::vector<int64_t>> synthetic_prompts(int64_t count, int64_t token
   return prompts;
 }
 
-void require_cpu(const CellContext& ctx, const std::string& suite) {
+void require_device_support(const CellContext& ctx, const std::string& suite) {
   KVB_CHECK(ctx.spec.device == "cpu" || ctx.spec.attention == "paged", suite, ": device '",
             ctx.spec.device,
-            "' needs attention 'paged' (the KV cache and attention on the GPU; the model "
-            "runtime computes on the CPU)");
+            "' needs attention 'paged' (on a GPU the KV cache is paged and attention runs in "
+            "the paged kernels)");
 }
 
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
+  require_device_support(
+      ctx, ctx.cell_id.substr(0, ctx.cell_id.find('.')));  // "<suite>.<method>.<hash>"
   const ModelConfig& c = ctx.model.get().config();
-  require_cpu(ctx, ctx.cell_id.substr(0, ctx.cell_id.find('.')));  // "<suite>.<method>.<hash>"
   if (ctx.spec.attention == "paged")  // fixed formats: nothing to prepare
     return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(),
                          "paged", at::Tensor(), at::Device(ctx.spec.device));
@@ -133,24 +134,36 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
           {"nominal_mismatch", std::abs(measured - nominal) > 0.01 * std::max(nominal, 1.0)}};
 }
 
-uint64_t model_weight_bytes(const ModelConfig& config) {
+uint64_t model_weight_bytes(const ModelConfig& config, at::ScalarType dtype) {
   uint64_t elements = 0;
   for (const auto& [name, shape] : Transformer::expected_tensors(config)) {
     uint64_t n = 1;
     for (int64_t d : shape) n *= static_cast<uint64_t>(d);
     elements += n;
   }
-  return elements * sizeof(float);
+  return elements * at::elementSize(dtype);
+}
+
+void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::string& what) {
+  if (placement.device.is_cpu()) return check_memory_fits(bytes, what);
+  const CudaInfo cuda = query_cuda();
+  const size_t index = placement.device.has_index() ? placement.device.index() : 0;
+  if (index >= cuda.devices.size() || cuda.devices[index].memory_bytes == 0) return;
+  const uint64_t total = cuda.devices[index].memory_bytes;
+  KVB_CHECK(bytes <= total / 10 * 8, what, " needs ", format_bytes(bytes), " but ",
+            placement.device.str(), " has ", format_bytes(total));
 }
 
 uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64_t batch,
-                          int64_t prompt, int64_t new_tokens) {
+                          int64_t prompt, int64_t new_tokens, at::ScalarType compute_dtype) {
   const uint64_t b = static_cast<uint64_t>(batch), p = static_cast<uint64_t>(prompt);
   const uint64_t total = p + static_cast<uint64_t>(new_tokens);
   const uint64_t kv = static_cast<uint64_t>(static_cast<double>(b * total) * kv_bytes_per_token);
-  const uint64_t width =
-      6 * c.hidden_size + 4 * c.intermediate_size + 4 * c.num_heads * c.head_dim + c.vocab_size;
-  const uint64_t activations = b * p * width * sizeof(float);
+  // The packed prefill's hidden states, norms, q/k/v/o and MLP intermediates in the compute
+  // dtype; fp32 logits for each sequence's last token only (the suites never ask for all).
+  const uint64_t width = 6 * c.hidden_size + 4 * c.intermediate_size + 4 * c.num_heads * c.head_dim;
+  const uint64_t activations =
+      b * p * width * at::elementSize(compute_dtype) + b * c.vocab_size * sizeof(float);
   const uint64_t scores = 3ull * c.num_heads * p * p * sizeof(float);
   const uint64_t kv_fp32 = 2ull * c.num_kv_heads * total * c.head_dim * sizeof(float);
   return kv + activations + scores + kv_fp32;
@@ -172,12 +185,16 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
 
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite) {
-  require_cpu(ctx, suite);
+  require_device_support(ctx, suite);
   const ModelConfig& c = ctx.model.get().config();
   const double per_token = method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype());
-  check_memory_fits(generation_bytes(c, per_token, batch, prompt, new_tokens),
-                    suite + ": batch " + std::to_string(batch) + " x " + std::to_string(prompt) +
-                        "+" + std::to_string(new_tokens) + " tokens");
+  const ModelPlacement placement = ctx.model.placement();
+  const uint64_t bytes = generation_bytes(c, per_token, batch, prompt, new_tokens, placement.dtype);
+  const std::string what = suite + ": batch " + std::to_string(batch) + " x " +
+                           std::to_string(prompt) + "+" + std::to_string(new_tokens) + " tokens";
+  // On the CPU the weights are already out of MemAvailable; a GPU's total holds them too.
+  check_fits_on(placement, bytes + (placement.device.is_cpu() ? 0 : ctx.model.get().weight_bytes()),
+                what);
 }
 
 }  // namespace kvbench

@@ -139,6 +139,25 @@ TEST(Config, MethodsAndSuitesAreCheckedByName) {
             "config: suites: required key missing; expected a list like [{\"name\": ...}]");
 }
 
+// compute_dtype "auto" becomes float32 on the CPU and float16 on a GPU, and the resolved config
+// (copied into the report) says which; float16 on the CPU is refused with the reason.
+TEST(Config, ComputeDtypeResolvesPerDevice) {
+  RunSpec cpu = parse_run_spec(minimal(), "t");
+  EXPECT_EQ(cpu.model.compute_dtype, "float32");
+  EXPECT_EQ(cpu.model.device, "cpu");
+  EXPECT_EQ(cpu.resolved["model"]["compute_dtype"], "float32");
+  RunSpec gpu = parse_run_spec(with(R"({"device": "cuda"})"), "t");
+  EXPECT_EQ(gpu.model.compute_dtype, "float16");
+  EXPECT_EQ(gpu.model.device, "cuda");
+  RunSpec bf16 = parse_run_spec(with(R"({"model": {"compute_dtype": "bfloat16"}})"), "t");
+  EXPECT_EQ(bf16.model.compute_dtype, "bfloat16");
+  EXPECT_EQ(error_of(with(R"({"model": {"compute_dtype": "float16"}})")),
+            "config: model.compute_dtype: \"float16\" needs device \"cuda\" (libtorch's CPU "
+            "matrix multiply has no fp16 kernels); use \"bfloat16\" or \"float32\" on the CPU");
+  EXPECT_NE(error_of(with(R"({"model": {"compute_dtype": "fp16"}})")).find("model.compute_dtype"),
+            std::string::npos);
+}
+
 TEST(Config, CudaWithoutDeviceIsAClearError) {
   RunSpec spec = parse_run_spec(with(R"({"device": "cuda"})"), "t");
   CudaInfo none;

@@ -81,8 +81,10 @@ struct SuiteRun {
   CellOutput out;
 };
 
-SuiteRun run_kernels(const json& suite, const json& method_entry = {{"name", "full"}}) {
+SuiteRun run_kernels(const json& suite, const json& method_entry = {{"name", "full"}},
+                     const std::string& device = "cpu") {
   SuiteRun r{parse_run_spec(json{{"suites", {suite}}, {"threads", 1}}, "t"), {}, {}};
+  r.spec.device = device;
   r.env.llc_bytes = 1 << 19;  // pretend 512 KiB so small points count as beyond the cache
   r.env.threads = 1;
   const json method = resolve_method(method_entry, "methods[0]");
@@ -185,6 +187,44 @@ TEST(KernelsSuite, ImpossibleMemoryRequestFailsClearly) {
     EXPECT_NE(msg.find("kernels: context 16777216 x kv_heads 256 (K and V) needs 2.00 TiB"),
               std::string::npos)
         << msg;
+  }
+}
+
+// On a GPU the suite times the paged decode kernel per format, beside the device's copy
+// bandwidth and PyTorch's SDPA; the bytes are the pages, rings and scales the cache holds.
+TEST(KernelsSuiteGpu, TimesThePagedKernelsAgainstCopyBandwidthAndSdpa) {
+  const json suite = json::parse(
+      R"({"name": "kernels", "contexts": [1000, 4096], "kv_heads": [8], "head_dim": 128,
+          "group_size": 4, "batch": 2, "warmup": 1, "repeats": 3})");
+  if (!at::hasCUDA()) {
+    try {
+      run_kernels(suite, {{"name", "full"}}, "cuda");
+      FAIL() << "expected an Error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("needs a libtorch with CUDA"), std::string::npos)
+          << e.what();
+    }
+    GTEST_SKIP() << "libtorch has no CUDA: only the refusal is checked";
+  }
+  for (const char* method : {R"({"name": "full"})", R"({"name": "kivi-2"})"}) {
+    auto r = run_kernels(suite, json::parse(method), "cuda");
+    const auto& recs = r.out.records;
+    ASSERT_EQ(recs.size(), 2u + 2u) << method;
+    for (const auto& rec : recs) {
+      if (rec["kind"] != "decode_attention") continue;
+      EXPECT_EQ(rec["backend"], "cuda");
+      const int64_t ctx = rec["context"];
+      if (std::string(method).find("full") != std::string::npos) {  // fp16 pages of 32 tokens
+        const uint64_t pages = 2 * ((ctx + 31) / 32);
+        EXPECT_EQ(rec["working_set_bytes"], pages * 32 * 8 * 128 * 2 * 2);
+      }
+      EXPECT_NEAR(rec["gbps"].get<double>(),
+                  rec["bytes_moved"].get<double>() / rec["time_s"]["median"].get<double>() / 1e9,
+                  1e-6 * rec["gbps"].get<double>());
+      ASSERT_TRUE(rec.contains("sdpa")) << "libtorch 2.x has SDPA";
+      EXPECT_GT(rec["ratio_to_sdpa"].get<double>(), 0.0);
+    }
+    EXPECT_GT(r.out.summary["copy_bandwidth_gbps"].get<double>(), 100.0);  // any GPU's HBM
   }
 }
 

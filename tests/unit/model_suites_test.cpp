@@ -235,7 +235,7 @@ TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(ModelSuites, CudaIsRefusedByTheCpuRuntime) {
+TEST(ModelSuites, CudaNeedsThePagedCache) {
   Harness h(json::parse(R"({"name": "latency", "repeats": 1})"));
   h.spec.device = "cuda";
   LatencySuite suite;
@@ -244,8 +244,8 @@ TEST(ModelSuites, CudaIsRefusedByTheCpuRuntime) {
     FAIL() << "expected an Error";
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()),
-              "latency: device 'cuda' needs attention 'paged' (the KV cache and attention on the "
-              "GPU; the model runtime computes on the CPU)");
+              "latency: device 'cuda' needs attention 'paged' (on a GPU the KV cache is paged "
+              "and attention runs in the paged kernels)");
   }
 }
 

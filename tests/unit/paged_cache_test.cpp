@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
 
@@ -98,6 +99,71 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(std::get<1>(i.param)) + "_m" + std::to_string(i.index / 2);
     });
 
+// Prefills longer than the attention's query chunk (1024) are attended a chunk at a time; the
+// result is the one-block attention of the reference cache.
+TEST(PagedCacheChunkTest, LongPrefillsAttendInChunksLikeOneBlock) {
+  const nlohmann::json method = resolve_method({{"name", "fp16"}}, "methods[0]");
+  PagedKVCache paged(paged_format_for(method, at::kHalf), 1, kKvHeads, kDim);
+  auto ref = make_kv_cache(method, 1, kKvHeads, kDim, at::kHalf, "reference");
+  auto gen = at::detail::createCPUGenerator(29);
+  const int64_t s = paged.add_sequence();
+  ASSERT_EQ(ref->add_sequence(), s);
+  for (int64_t n : {2100, 1, 1100}) {
+    const Block x = random_block(n, at::kHalf, gen);
+    const at::Tensor got = paged.append_and_attend(s, 0, x.q, x.k, x.v);
+    const at::Tensor want = ref->append_and_attend(s, 0, x.q, x.k, x.v);
+    EXPECT_LT(((got - want).norm() / want.norm()).item<double>(), 1e-5) << n << " new tokens";
+  }
+}
+
+// The benchmark calls: tokens stored unattended (append_batch), then one query per sequence
+// over them (attend_batch, repeatable with the same tables), equal to the reference cache
+// attending a last token over the same history.
+TEST_P(PagedCacheTest, AppendedUnattendedThenAttendedLikeTheReference) {
+  const auto [entry, device_name] = GetParam();
+  const at::Device device(device_name);
+  if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
+  const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+  const PagedFormat format = paged_format_for(method, at::kHalf);
+  const bool bf16 = format.format == kernels::KvFormat::kBf16;
+  PagedKVCache paged(format, 1, kKvHeads, kDim, PagedCapacity{}, device);
+  auto ref = make_kv_cache(method, 1, kKvHeads, kDim, at::kHalf, "reference");
+  auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
+  auto gen = at::detail::createCPUGenerator(31);
+  const std::vector<int64_t> lens = {300, 77};
+  std::vector<int64_t> seqs;
+  std::vector<Block> history;
+  for (int64_t n : lens) {
+    seqs.push_back(paged.add_sequence());
+    ASSERT_EQ(ref->add_sequence(), seqs.back());
+    history.push_back(random_block(n, bf16 ? at::kBFloat16 : at::kHalf, gen));
+  }
+  // Both sequences' tokens in one packed call, the reference's all but the last unattended.
+  paged.append_batch(0, seqs, lens,
+                     at::cat({history[0].k.transpose(0, 1), history[1].k.transpose(0, 1)}),
+                     at::cat({history[0].v.transpose(0, 1), history[1].v.transpose(0, 1)}));
+  std::vector<at::Tensor> want, queries;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    const Block& x = history[b];
+    const int64_t n = lens[b];
+    reference.append_unattended(seqs[b], 0, x.k.narrow(1, 0, n - 1), x.v.narrow(1, 0, n - 1));
+    queries.push_back(x.q.narrow(1, n - 1, 1));  // [heads, 1, D]
+    want.push_back(ref->append_and_attend(seqs[b], 0, queries.back(), x.k.narrow(1, n - 1, 1),
+                                          x.v.narrow(1, n - 1, 1)));
+  }
+  const at::Tensor q = at::cat(queries, 1).transpose(0, 1);  // [batch, heads, D]
+  const double tolerance = device.is_cpu() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
+  for (int repeat = 0; repeat < 2; ++repeat) {
+    const at::Tensor got = paged.attend_batch(0, seqs, q);
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      const at::Tensor w = want[b].squeeze(1);
+      const double rel = ((got[int64_t(b)] - w).norm() / w.norm()).item<double>();
+      EXPECT_LT(rel, tolerance) << "sequence " << b << " call " << repeat;
+    }
+  }
+  EXPECT_EQ(paged.length(seqs[0]), 300);
+}
+
 TEST(PagedCacheErrorsTest, CudaWithoutCudaSaysWhy) {
   if (at::hasCUDA()) GTEST_SKIP() << "libtorch has CUDA here";
   try {
@@ -119,7 +185,8 @@ TEST(PagedCacheErrorsTest, MethodsWithoutAPagedFormatSayWhatExists) {
     return std::string("no error");
   };
   EXPECT_NE(why(R"({"name": "int4"})").find("q4_1"), std::string::npos);
-  EXPECT_NE(why(R"({"name": "snapkv"})").find("evicts"), std::string::npos);
+  // A retention method's format is its codec's.
+  EXPECT_NE(why(R"({"name": "snapkv", "codec": "int4"})").find("q4_1"), std::string::npos);
   EXPECT_NE(why(R"({"name": "full"})", at::kFloat).find("Float"), std::string::npos);
   EXPECT_NE(why(R"({"name": "gear"})").find("paged formats: full/fp16/bf16"), std::string::npos);
   EXPECT_NE(why(R"({"name": "kivi-4", "group": 8, "residual": 64})").find("group"),
@@ -144,6 +211,124 @@ TEST(PagedCacheErrorsTest, RunningOutOfALimitedPoolSaysHowManyPagesWereNeeded) {
   cache.remove_sequence(s);
   EXPECT_EQ(cache.free_pages(), 4);                  // pages come back
   for (int i = 0; i < 3; ++i) cache.add_sequence();  // slots grow past the first one
+}
+
+// Retention on the paged cache (retained positions read by index, pages freed behind them)
+// against the compressed cache with the same policy and the reference backend: the policy sees
+// the same inputs, so it keeps the same positions; for the per-token formats the kept tokens'
+// stored values are the same too, so attention agrees as closely as without eviction. KIVI's
+// groups differ (the reference re-quantizes the kept tokens): there only the selection is
+// compared.
+class PagedRetentionTest : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+
+TEST_P(PagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
+  const auto [entry, device_name] = GetParam();
+  const at::Device device(device_name);
+  if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
+  const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+  auto made =
+      make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "paged", at::Tensor(), device);
+  auto& paged = dynamic_cast<PagedKVCache&>(*made);
+  auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+  auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
+  const PagedFormat format = paged.format();
+  const bool kivi = kernels::is_kivi(format.format),
+             bf16 = format.format == kernels::KvFormat::kBf16;
+  const double tolerance = device.is_cpu() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
+  auto gen = at::detail::createCPUGenerator(23);
+  const int64_t a = paged.add_sequence(), b = paged.add_sequence();
+  ASSERT_EQ(ref->add_sequence(), a);
+  ASSERT_EQ(ref->add_sequence(), b);
+  // Prefills over and under the budgets, decode steps past them, then a block after eviction.
+  std::vector<std::pair<int64_t, int64_t>> steps = {{a, 400}, {b, 7}};
+  for (int i = 0; i < 70; ++i) steps.insert(steps.end(), {{a, 1}, {b, 1}});
+  steps.push_back({b, 45});
+  for (const auto& [seq, n] : steps)
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      const Block x = random_block(n, bf16 ? at::kBFloat16 : at::kHalf, gen);
+      const at::Tensor got = paged.append_and_attend(seq, layer, x.q, x.k, x.v);
+      const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
+      if (layer == kLayers - 1)  // a step is over: every layer has its length
+        for (int64_t l = 0; l < kLayers; ++l)
+          ASSERT_TRUE(at::equal(paged.kept_positions(seq, l), reference.kept_positions(seq, l)))
+              << "sequence " << seq << " layer " << l << " at " << paged.length(seq);
+      if (kivi) continue;
+      const double rel = ((got - want).norm() / want.norm()).item<double>();
+      ASSERT_LT(rel, tolerance) << "sequence " << seq << " at " << paged.length(seq) << " tokens, "
+                                << n << " new, layer " << layer;
+    }
+  EXPECT_EQ(paged.kept_tokens(a), ref->kept_tokens(a));
+  EXPECT_LT(paged.kept_tokens(a)[0], paged.length(a));  // the policy did evict
+  if (!kivi) EXPECT_EQ(paged.nominal().total(), ref->nominal().total());
+  EXPECT_GE(paged.storage().total(), paged.nominal().total());
+  EXPECT_GT(paged.retention_seconds(), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Policies, PagedRetentionTest,
+    ::testing::Combine(
+        ::testing::Values(
+            R"({"name": "streamingllm", "sinks": 4, "window": 60, "codec": "fp16"})",
+            R"({"name": "streamingllm", "sinks": 4, "window": 60, "codec": "int8"})",
+            R"({"name": "streamingllm", "sinks": 4, "window": 100, "evict": "after_prefill",
+                "codec": "bf16"})",
+            R"({"name": "snapkv", "budget": 64, "window": 8, "codec": "fp16"})",
+            R"({"name": "snapkv", "budget": 64, "window": 8,
+                "codec": {"name": "int4", "symmetric": true}})",
+            R"({"name": "pyramidkv", "budget": 48, "window": 8, "codec": "fp8"})",
+            R"({"name": "snapkv", "budget": 96, "window": 8,
+                "codec": {"name": "kivi-4", "group": 32, "residual": 64}})"),
+        ::testing::Values("cpu", "cuda")),
+    [](const auto& i) {
+      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 2);
+    });
+
+// StreamingLLM's pages behind the window go back to the pool: a 470-token sequence that keeps
+// 4 sinks and a 60-token window holds the sink page, the window's pages and the page being
+// written, not the 15 pages its tokens filled.
+TEST(PagedRetentionMemoryTest, StreamingLlmFreesThePagesBehindItsWindow) {
+  const nlohmann::json method =
+      resolve_method(nlohmann::json::parse(R"({"name": "streamingllm", "sinks": 4, "window": 60,
+                                "codec": "fp16"})"),
+                     "methods[0]");
+  auto made = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "paged");
+  auto& paged = dynamic_cast<PagedKVCache&>(*made);
+  auto full = make_kv_cache(resolve_method({{"name", "fp16"}}, "m"), kLayers, kKvHeads, kDim,
+                            at::kHalf, "paged");
+  auto gen = at::detail::createCPUGenerator(5);
+  const int64_t s = paged.add_sequence();
+  ASSERT_EQ(full->add_sequence(), s);
+  for (int64_t n : {400, 1, 1, 1, 67})
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      const Block x = random_block(n, at::kHalf, gen);
+      paged.append_and_attend(s, layer, x.q, x.k, x.v);
+      full->append_and_attend(s, layer, x.q, x.k, x.v);
+    }
+  const int P = paged.format().page_size;  // 32
+  const uint64_t page = kernels::bytes_per_token(paged.format().format, P, kDim) * P * kKvHeads;
+  EXPECT_EQ(full->storage().total(), uint64_t(kLayers) * 15 * page);  // 470 tokens: 15 pages
+  // sink page + the window (60 tokens across at most 3 pages) + the page being written
+  EXPECT_LE(paged.storage().total(), uint64_t(kLayers) * 5 * page);
+  EXPECT_EQ(paged.kept_tokens(s), std::vector<int64_t>(kLayers, 64));
+}
+
+TEST(PagedRetentionErrorsTest, PoliciesThatNeedStepScoresSayWhichWork) {
+  auto why = [](const char* entry) {
+    try {
+      make_kv_cache(resolve_method(nlohmann::json::parse(entry), "methods[0]"), kLayers, kKvHeads,
+                    kDim, at::kHalf, "paged");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(why(R"({"name": "h2o-512", "codec": "fp16"})")
+                .find("streamingllm (original "
+                      "positions), snapkv"),
+            std::string::npos);
+  EXPECT_NE(why(R"({"name": "stream-512", "positions": "rerotated", "codec": "fp16"})")
+                .find("positions: original"),
+            std::string::npos);
 }
 
 }  // namespace

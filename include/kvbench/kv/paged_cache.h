@@ -8,11 +8,22 @@
 // Pools start at `PagedCapacity::pages` and double when full, up to `max_pages` when one is
 // set (a serving engine sizes its pool once from free memory: max_pages = pages); running out
 // is then an error that says how many pages were needed.
+//
+// With a retention policy (StreamingLLM with original positions, SnapKV, PyramidKV: those that
+// need positions or the prefill's window scores) the pages keep every token where it was
+// written and each (sequence, layer) keeps a list of retained positions per KV head; attention
+// reads the retained tokens by index (kernels/retained_decode.h on the GPU), never a compacted
+// copy. A page is freed once no layer and no head of its sequence retains a token in it and no
+// later append writes it, so memory falls at page granularity: StreamingLLM frees the pages
+// behind its window, a per-head selection (SnapKV) frees only pages every head left. Tokens
+// are selected as the reference cache selects them (same policy inputs), but KIVI groups keep
+// the tokens they were quantized with (the reference cache re-quantizes the kept ones).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,6 +32,7 @@
 #include "kv_append.h"
 #include "kv_format.h"
 #include "kvbench/kv/kv_cache.h"
+#include "kvbench/kv/retention_policy.h"
 
 namespace kvbench {
 
@@ -37,7 +49,11 @@ struct PagedFormat {
 
 // The paged format of a resolved method entry with uncompressed storage `model_dtype`.
 // Throws Error naming the method and what the paged formats offer when there is none.
+// A retention method's format is its codec's.
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype);
+// Throws Error when the paged cache cannot run `policy` (it needs per-step scores or cache
+// positions); null and FullRetention are fine.
+void check_paged_policy(const RetentionPolicy* policy);
 
 struct PagedCapacity {
   int64_t pages = 64;     // pages per layer pool at first (a page: page_size tokens, every KV head)
@@ -50,8 +66,10 @@ class PagedKVCache final : public KVCache {
   // `device`: where the pools live. cuda: appends, decode steps and prefill attention run the
   // kernels of kernels/ (needs a build with them and a libtorch with CUDA; Error otherwise).
   // Inputs may be on either device; outputs come back on the queries' device.
+  // `policy`: which tokens stay (check_paged_policy); null: every token.
   PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
-               PagedCapacity capacity = {}, at::Device device = at::kCPU);
+               PagedCapacity capacity = {}, at::Device device = at::kCPU,
+               std::shared_ptr<const RetentionPolicy> policy = nullptr);
 
   int64_t add_sequence() override;
   void remove_sequence(int64_t seq) override;
@@ -63,20 +81,39 @@ class PagedKVCache final : public KVCache {
   at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
+  // Stores new tokens without attending (benchmarks fill caches this way); k, v packed as in
+  // append_and_attend_batch. Not with a retention policy.
+  void append_batch(int64_t layer, const std::vector<int64_t>& seqs,
+                    const std::vector<int64_t>& counts, const at::Tensor& k, const at::Tensor& v);
+  // One query per sequence over its stored tokens, nothing appended: q [batch, heads, head_dim]
+  // -> [batch, heads, head_dim] fp32 on q's device. The tables of an unchanged batch are kept
+  // on the device, so a repeated call is one decode-kernel launch (what the kernels suite
+  // times). Not with a retention policy.
+  at::Tensor attend_batch(int64_t layer, const std::vector<int64_t>& seqs, const at::Tensor& q);
+  // Tokens each layer retains (per KV head).
   std::vector<int64_t> kept_tokens(int64_t seq) const override;
   // Pages held (partly filled last pages included), rings and scales.
   StorageBytes storage() const override;
-  // The format's bytes per token times the tokens held, plus rings and scales.
+  // The format's bytes per token times the tokens retained, plus rings and scales (KIVI: the
+  // tokens entered, as its pages keep them).
   StorageBytes nominal() const override;
+  double retention_seconds() const override { return retention_s_; }
 
+  // Positions `layer` retains of `seq` between steps: [kv_heads, held] int64, ascending per
+  // head (every token when nothing was evicted there).
+  at::Tensor kept_positions(int64_t seq, int64_t layer) const;
   const PagedFormat& format() const { return format_; }
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
  private:
   struct Sequence {
-    std::vector<int> pages;  // block-table row: physical page of each logical page
+    std::vector<int> pages;  // block-table row: physical page of each logical page; -1: freed
     int slot = 0;            // row in the KIVI rings and fp8 scales
     int64_t length = 0;
+    // Per layer once the policy has evicted there: [kv_heads, held] int64 retained positions,
+    // ascending per head (undefined: every token).
+    std::vector<at::Tensor> kept;
+    bool evicted = false;  // this step evicted somewhere: look for pages to free
   };
   struct Layer {
     at::Tensor k_data, v_data, k_meta, v_meta;  // [pages, kv_heads, page bytes] uint8
@@ -84,6 +121,31 @@ class PagedKVCache final : public KVCache {
     at::Tensor k_scale, v_scale;                // fp8: [slots, kv_heads] fp32
     std::vector<bool> calibrated;  // fp8: [slots] scales set by the slot's first append
   };
+  // A step's batch and its tables (PagedKVCache::begin_step).
+  struct Step {
+    std::vector<Sequence*> batch;
+    at::Tensor table;  // [batch, max_pages] int32 block tables, where the pools are
+    // int32, where the pools are: [0, B) old lengths, [B, 2B] new-row offsets, [2B + 1, 3B + 1)
+    // ring/scale rows, [3B + 1, 4B + 1) new lengths
+    at::Tensor ints;
+    int max_new = 0;
+    int64_t max_len = 1;
+  };
+  // The kernels' input dtype: bf16 for the bf16 format, fp16 otherwise.
+  at::ScalarType input_dtype() const {
+    return format_.format == kernels::KvFormat::kBf16 ? at::kBFloat16 : at::kHalf;
+  }
+  void check_batch(int64_t layer, const std::vector<int64_t>& seqs,
+                   const std::vector<int64_t>& counts, const at::Tensor& k,
+                   const at::Tensor& v) const;
+  // Reserves pages for the new tokens (at layer 0) and builds the step's tables.
+  Step begin_step(int64_t layer, const std::vector<int64_t>& seqs,
+                  const std::vector<int64_t>& counts);
+  // fp8 calibration of new sequences, then the appender.
+  void append_rows(Layer& layer, const Step& step, const std::vector<int64_t>& counts,
+                   const at::Tensor& k, const at::Tensor& v, const kernels::PagedKvStore& store);
+  // After the last layer: lengths grow, evicted pages are freed.
+  void end_step(int64_t layer, const Step& step, const std::vector<int64_t>& counts);
   Sequence& sequence(int64_t seq);
   const Sequence& sequence(int64_t seq) const;
   // Assigns pages to `s` until they cover `tokens` tokens, growing the pools if allowed.
@@ -98,7 +160,25 @@ class PagedKVCache final : public KVCache {
   kernels::PagedKvStore store_of(const Layer& layer) const;
   at::Tensor decode(const kernels::PagedKvStore& store, const Sequence& s, bool key,
                     int64_t tokens) const;
-
+  // [kv_heads, held, head_dim] fp32: the tokens at `positions` ([kv_heads, held]) of each head.
+  at::Tensor decode_at(const kernels::PagedKvStore& store, const Sequence& s, bool key,
+                       const at::Tensor& positions, int64_t tokens) const;
+  // What a block of n new tokens attends: the layer's retained positions (or every old one)
+  // followed by the block's, [kv_heads, held + n].
+  at::Tensor attended_positions(const Sequence& s, int64_t layer, int64_t n) const;
+  // Attention of a batch's new tokens under the policy, and its evictions (see the header).
+  at::Tensor attend_retaining(int64_t layer, const std::vector<Sequence*>& batch,
+                              const std::vector<int64_t>& counts, const at::Tensor& q,
+                              const at::Tensor& k, const kernels::PagedKvStore& store,
+                              const at::Tensor& table, const at::Tensor& ints, int64_t max_len);
+  // Asks the policy; on a selection, s.kept[layer] becomes its subset of `in.positions`.
+  void select(Sequence& s, int64_t layer, RetentionInput& in);
+  // Frees the pages of `s` no layer retains a token in and no later append writes.
+  void free_evicted_pages(Sequence& s);
+  // Reference attention of a block's queries qb [heads, n, head_dim] over `positions` of `s`.
+  at::Tensor attend_positions(const kernels::PagedKvStore& store, const Sequence& s,
+                              const at::Tensor& table_row, const at::Tensor& positions,
+                              int64_t tokens, const at::Tensor& qb) const;
   PagedFormat format_;
   at::Device device_;
   int64_t num_layers_, num_kv_heads_, head_dim_;
@@ -108,6 +188,11 @@ class PagedKVCache final : public KVCache {
   std::vector<int> free_slots_;  // free sequence slots
   int64_t next_id_ = 0;
   std::map<int64_t, Sequence> sequences_;
+  std::shared_ptr<const RetentionPolicy> policy_;  // null: every token stays
+  double retention_s_ = 0;
+  // attend_batch's last batch, its lengths and tables (reused while they match).
+  std::vector<int64_t> attend_seqs_, attend_lengths_;
+  Step attend_step_;
 };
 
 }  // namespace kvbench

@@ -110,4 +110,9 @@ class FullRetention final : public RetentionPolicy {
 // deterministic. The shared tail of every score-based policy (kvpress's ScorerPress).
 at::Tensor top_tokens(const at::Tensor& scores, int64_t n);
 
+// The window scores of RetentionNeeds::kWindowScores: [num_heads, w, n] softmax attention of a
+// block's last w queries over its n keys (causal), scaled by 1/sqrt(head_dim), in fp32.
+//   q: [num_heads, n, head_dim], k: [num_kv_heads, n, head_dim]
+at::Tensor prefill_window_attention(const at::Tensor& q, const at::Tensor& k, int64_t w);
+
 }  // namespace kvbench

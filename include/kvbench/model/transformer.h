@@ -1,7 +1,9 @@
 // The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) in libtorch: RMSNorm, GQA
 // attention with RoPE (Hugging Face rotate_half layout), optional q/k/v biases and Qwen3
-// q/k-norm, SwiGLU MLP. Compute is fp32 on CPU (libtorch 1.13 has no fp16 CPU matmul); the
-// KV cache decides its own storage.
+// q/k-norm, SwiGLU MLP. Weights and activations are held in the placement's dtype on its device
+// (fp32 or bf16 on the CPU, where libtorch 1.13 has no fp16 matmul; fp16/bf16/fp32 on a GPU);
+// norms, RoPE angles and logits are computed in fp32 as Hugging Face does. The KV cache decides
+// its own storage; it is handed q/k/v in fp32.
 //
 // A forward step takes a packed batch: each sequence contributes its new tokens (a prompt at
 // prefill, one token at decode), the linear layers run once over all of them, and attention
@@ -38,6 +40,18 @@ struct ModelWeights {
   at::Tensor lm_head;  // [vocab, hidden]; the embedding itself when tied
 };
 
+// Where a model lives and the dtype its weights and activations are held in.
+struct ModelPlacement {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;
+  at::TensorOptions options() const { return at::TensorOptions().device(device).dtype(dtype); }
+  std::string describe() const;  // e.g. "bfloat16 on cpu"
+};
+
+// Throws Error saying why when this build cannot compute in `placement` (fp16 on the CPU, a GPU
+// without CUDA in libtorch, a dtype that is not a float).
+void check_placement(const ModelPlacement& placement);
+
 // One sequence's part of a forward step.
 struct SequenceStep {
   int64_t seq = 0;              // id in the KV cache
@@ -49,20 +63,28 @@ class Transformer {
   Transformer(ModelConfig config, ModelWeights weights);
 
   // Loads a Hugging Face checkpoint directory (config.json, safetensors, generation_config.json),
-  // checking every tensor's shape against the config.
-  static Transformer load(const std::string& dir);
+  // checking every tensor's shape against the config, into `placement`.
+  static Transformer load(const std::string& dir, const ModelPlacement& placement = {});
   // Random weights for `config` (for presets built in memory and tests): linear weights
-  // N(0, 0.02), norm weights 1 + N(0, 0.1), biases N(0, 0.02); seeded.
-  static Transformer random(const ModelConfig& config, uint64_t seed);
+  // N(0, 0.02), norm weights 1 + N(0, 0.1), biases N(0, 0.02); seeded. They are drawn in fp32 on
+  // the placement's device with that device's generator (no host copy: a GPU-sized model is
+  // made in GPU memory), then rounded to its dtype; on the CPU a dtype's weights are the fp32
+  // ones rounded.
+  static Transformer random(const ModelConfig& config, uint64_t seed,
+                            const ModelPlacement& placement = {});
+  // A copy with every weight converted to `placement`.
+  Transformer to(const ModelPlacement& placement) const;
 
-  // Runs one step. Returns logits [num_sequences, vocab] for each sequence's last new token,
-  // or [total_new_tokens, vocab] (sequences in order) when `all_logits`.
+  // Runs one step. Returns fp32 logits [num_sequences, vocab] on the model's device for each
+  // sequence's last new token, or [total_new_tokens, vocab] (sequences in order) when
+  // `all_logits`.
   at::Tensor forward(const std::vector<SequenceStep>& batch, KVCache& cache,
                      bool all_logits = false) const;
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
-  // Bytes of weights held in memory.
+  const ModelPlacement& placement() const { return placement_; }
+  // Bytes of weights held in memory (in the placement's dtype).
   uint64_t weight_bytes() const;
   // Hugging Face tensor names and shapes this config expects, in checkpoint order.
   static std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
@@ -75,7 +97,8 @@ class Transformer {
 
   ModelConfig config_;
   ModelWeights weights_;
-  at::Tensor inv_freq_;  // [head_dim / 2] float64
+  ModelPlacement placement_;  // the embedding's device and dtype
+  at::Tensor inv_freq_;       // [head_dim / 2] float64
 };
 
 // Each Hugging Face tensor name this config expects, bound to its slot in `weights` (layers
@@ -83,7 +106,8 @@ class Transformer {
 std::vector<std::pair<std::string, at::Tensor*>> bind_weights(const ModelConfig& config,
                                                               ModelWeights& weights);
 
-// x * rsqrt(mean(x^2) + eps) * weight over the last dimension (Hugging Face LlamaRMSNorm).
+// x * rsqrt(mean(x^2) + eps) * weight over the last dimension (Hugging Face LlamaRMSNorm): the
+// normalisation in fp32, the result rounded to x's dtype before the weight is applied.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
 }  // namespace kvbench

@@ -25,6 +25,8 @@ class ModelProvider {
   // The model's config without loading weights (config.json, or the preset's); nullptr when
   // no model is configured. Throws Error for an unreadable config.
   const ModelConfig* config_only();
+  // Where the model computes and in which dtype (model.compute_dtype on the run's device).
+  ModelPlacement placement() const;
   // Storage dtype of the uncompressed KV cache: model.dtype, or the checkpoint's for "auto".
   at::ScalarType kv_dtype();
   // The model's tokenizer, loaded on first use: <path>/tokenizer.json, or the tiny tokenizer

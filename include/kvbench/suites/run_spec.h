@@ -18,6 +18,10 @@ struct ModelSpec {
   std::string preset;  // tiny preset name, or empty
   bool random_init = false;  // build `preset` in memory
   int64_t seed = 0;          // weight seed of `preset`
+  // Weights' and activations' dtype: float32 | bfloat16 | float16, resolved from "auto" (float32
+  // on the CPU, float16 on a GPU).
+  std::string compute_dtype = "float32";
+  std::string device = "cpu";  // where the model computes: the run's `device`
 };
 
 struct SuiteEntry {

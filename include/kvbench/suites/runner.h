@@ -47,6 +47,9 @@ size_t count_failed(const std::vector<CellResult>& results);
 // Each cell's estimated peak bytes (Suite::estimate_bytes), reading only the model's config.
 std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvider& model,
                                      const Environment& env);
+// The memory a run's cells are planned against: the GPU's when the run's device is cuda (the
+// model, cache and activations live there), else MemAvailable; 0 when unknown.
+uint64_t plan_memory_bytes(const RunSpec& spec, const Environment& env);
 // Throws Error naming the first cell whose estimate exceeds 80% of `available` bytes.
 void refuse_oversized_plan(const std::vector<Cell>& cells, const std::vector<uint64_t>& estimates,
                            uint64_t available);

@@ -40,6 +40,8 @@ struct EstimateContext {
   const ModelConfig* model;      // the run's model config, or nullptr when none is configured
   double kv_bytes_per_token;     // the method's cache bytes per token, all layers (upper bound)
   const Environment& env;
+  at::ScalarType weight_dtype = at::kFloat;  // the model's compute dtype
+  bool gpu = false;                          // the run's device is cuda: bytes of GPU memory
 };
 
 class Suite {

@@ -16,8 +16,8 @@ namespace kvbench {
 // `count` prompts of `tokens` ids drawn uniformly from [0, vocab), seeded.
 std::vector<std::vector<int64_t>> synthetic_prompts(int64_t count, int64_t tokens, int64_t vocab,
                                                     uint64_t seed);
-// Throws Error when the run asks for a device the model runtime does not support yet.
-void require_cpu(const CellContext& ctx, const std::string& suite);
+// Throws Error when the run asks for a GPU without the paged cache (the only GPU cache).
+void require_device_support(const CellContext& ctx, const std::string& suite);
 // The cell's KV cache for the run's model and the cell's method.
 std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx);
 // The full cache (the run's KV dtype and attention backend) that the comparison suites
@@ -44,13 +44,18 @@ struct RetentionTimes {
   //  "prefill_share", "decode_share": total retention time / total prefill / decode time}
   nlohmann::json to_json() const;
 };
-// Bytes of fp32 weights of a model with this config.
-uint64_t model_weight_bytes(const ModelConfig& config);
+// Bytes of the weights of a model with this config held in `dtype`.
+uint64_t model_weight_bytes(const ModelConfig& config, at::ScalarType dtype = at::kFloat);
+// check_memory_fits on the CPU; on a GPU, `bytes` against 80% of the device's memory (when
+// known). `what` names what needs them.
+void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::string& what);
 // Peak bytes of generating `new_tokens` after `prompt` tokens for `batch` sequences, beyond the
-// weights: the uncompressed KV cache, packed-prefill activations, one sequence's prefill
-// attention scores, and the fp32 copy of one layer's K/V that the reference attention reads.
+// weights: the uncompressed KV cache, packed-prefill activations (in `compute_dtype`), one
+// sequence's prefill attention scores, and the fp32 copy of one layer's K/V that the reference
+// attention reads.
 uint64_t generation_bytes(const ModelConfig& config, double kv_bytes_per_token, int64_t batch,
-                          int64_t prompt, int64_t new_tokens);
+                          int64_t prompt, int64_t new_tokens,
+                          at::ScalarType compute_dtype = at::kFloat);
 // Upper bound of the method's KV bytes per token over all layers; throws Error when the method
 // cannot run on this model (e.g. a quantization group that does not divide head_dim).
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& config,
