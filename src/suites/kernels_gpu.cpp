@@ -147,6 +147,7 @@ json point_record(const PagedFormat& format, const Point& pt, const at::Device& 
             {"head_dim", pt.head_dim},
             {"context", pt.context},
             {"working_set_bytes", stored.total()},
+            {"nominal_bytes", cache->nominal().total()},
             {"metadata_bytes", stored.metadata},
             {"bytes_moved", moved},
             {"samples_s", samples},
