@@ -37,7 +37,8 @@ at::Tensor snapkv_select(const RetentionInput& in, int64_t keep, int64_t window,
             " tokens with a window of ", window);
   at::Tensor scores = snapkv_scores(in.window_attention, kv_heads, kernel, pooling);
   at::Tensor prefix = top_tokens(scores, keep - window);
-  at::Tensor recent = at::arange(held - window, held, at::kLong).expand({kv_heads, window});
+  // On the scores' device (a GPU when the cache computed them there).
+  at::Tensor recent = at::arange(held - window, held, prefix.options()).expand({kv_heads, window});
   return at::cat({prefix, recent}, 1).contiguous();
 }
 
