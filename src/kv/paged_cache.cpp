@@ -188,7 +188,7 @@ int64_t PagedKVCache::add_sequence() {
 
 void PagedKVCache::remove_sequence(int64_t seq) {
   Sequence& s = sequence(seq);
-  attend_seqs_.clear();  // its tables may name this sequence
+  attend_seqs_.clear(), step_seqs_.clear();  // their tables may name this sequence
   for (auto p = s.pages.rbegin(); p != s.pages.rend(); ++p)
     if (*p >= 0) free_.push_back(*p);  // pages eviction freed are already free
   free_slots_.push_back(s.slot);
@@ -278,7 +278,7 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
             "paged cache: expected q [n, heads, ", head_dim_, "] beside k and v [n, ",
             num_kv_heads_, ", ", head_dim_, "]");
   Layer& layer = layers_[size_t(layer_index)];
-  const Step step = begin_step(layer_index, seqs, counts);
+  const Step& step = step_for(layer_index, seqs, counts);
   const kernels::PagedKvStore store = store_of(layer);
   append_rows(layer, step, counts, k, v, store);
   const std::vector<Sequence*>& batch = step.batch;
@@ -347,9 +347,29 @@ PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int
   for (Sequence* s : step.batch) ints.push_back(s->slot);  // [2B + 1, 3B + 1): ring/scale rows
   for (int b = 0; b < B; ++b)                              // [3B + 1, 4B + 1): new lengths
     ints.push_back(int(step.batch[size_t(b)]->length + counts[size_t(b)]));
-  step.table = at::tensor(table, at::kInt).view({B, max_pages}).to(device_);
-  step.ints = at::tensor(ints, at::kInt).to(device_);
+  step.table = upload(at::tensor(table, at::kInt).view({B, max_pages}));
+  step.ints = upload(at::tensor(ints, at::kInt));
   return step;
+}
+
+const PagedKVCache::Step& PagedKVCache::step_for(int64_t layer, const std::vector<int64_t>& seqs,
+                                                 const std::vector<int64_t>& counts) {
+  std::vector<int64_t> lengths;
+  for (int64_t id : seqs) lengths.push_back(sequence(id).length);
+  // Every layer of a step shares the block tables (pages serve all layers): built at layer 0,
+  // or whenever a call does not continue the step.
+  if (layer == 0 || step_seqs_ != seqs || step_counts_ != counts || step_lengths_ != lengths) {
+    step_ = begin_step(layer, seqs, counts);
+    step_seqs_ = seqs, step_counts_ = counts, step_lengths_ = lengths;
+  }
+  return step_;
+}
+
+at::Tensor PagedKVCache::upload(const at::Tensor& host) const {
+  if (!device_.is_cuda()) return host;
+  // From pinned memory the copy is queued behind the step's kernels instead of waiting for
+  // them, so the host keeps launching ahead of the device.
+  return host.pin_memory().to(at::TensorOptions().device(device_), /*non_blocking=*/true);
 }
 
 void PagedKVCache::append_rows(Layer& layer, const Step& step, const std::vector<int64_t>& counts,
@@ -503,7 +523,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
         index[b].narrow(1, 0, positions[size_t(b)].size(1)).copy_(positions[size_t(b)]);
         lens[b].fill_(positions[size_t(b)].size(1));
       }
-      out = paged_cuda::retained(store, d, kv, index.to(device_), lens.to(device_),
+      out = paged_cuda::retained(store, d, kv, upload(index), upload(lens),
                                  q.to(device_, at::kFloat).contiguous());
     } else {  // nothing evicted yet at this layer: the dense decode kernel
       out = paged_cuda::decode(store, d, kv, q.to(device_, input_dtype()).contiguous());

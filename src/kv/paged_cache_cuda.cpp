@@ -1,6 +1,8 @@
 #include "paged_cache_cuda.h"
 
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "kvbench/core/error.h"
@@ -24,10 +26,17 @@ void check(cudaError_t err, const char* what, const char* reason) {
             reason && *reason ? std::string(" (") + reason + ")" : std::string());
 }
 
+// Per device, asked once: the full property query costs far more than a decode step.
 int sm_count(const at::Tensor& on) {
+  static std::mutex mutex;
+  static std::map<int, int> counts;
+  std::lock_guard<std::mutex> lock(mutex);
+  const int device = on.get_device();
+  auto it = counts.find(device);
+  if (it != counts.end()) return it->second;
   kernels::DeviceInfo info;
-  check(kernels::device_info(on.get_device(), &info), "device query", nullptr);
-  return info.sm_count;
+  check(kernels::device_info(device, &info), "device query", nullptr);
+  return counts[device] = info.sm_count;
 }
 
 }  // namespace

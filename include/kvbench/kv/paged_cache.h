@@ -141,6 +141,11 @@ class PagedKVCache final : public KVCache {
   // Reserves pages for the new tokens (at layer 0) and builds the step's tables.
   Step begin_step(int64_t layer, const std::vector<int64_t>& seqs,
                   const std::vector<int64_t>& counts);
+  // The step's tables for `layer`: layer 0's, reused by the later layers of the same step.
+  const Step& step_for(int64_t layer, const std::vector<int64_t>& seqs,
+                       const std::vector<int64_t>& counts);
+  // A host tensor where the pools are (on a GPU: through pinned memory, asynchronously).
+  at::Tensor upload(const at::Tensor& host) const;
   // fp8 calibration of new sequences, then the appender.
   void append_rows(Layer& layer, const Step& step, const std::vector<int64_t>& counts,
                    const at::Tensor& k, const at::Tensor& v, const kernels::PagedKvStore& store);
@@ -193,6 +198,9 @@ class PagedKVCache final : public KVCache {
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;
+  // The current step's batch and tables (step_for).
+  std::vector<int64_t> step_seqs_, step_counts_, step_lengths_;
+  Step step_;
 };
 
 }  // namespace kvbench
