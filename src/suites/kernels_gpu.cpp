@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "kvbench/attention/torch_sdpa.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
@@ -12,13 +13,6 @@
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
 #include "kvbench/model/model_config.h"
-
-// PyTorch's scaled_dot_product_attention is public from libtorch 2.0 (its per-operator header
-// appears with it); Debian's 1.13 has only private variants.
-#if __has_include(<ATen/ops/scaled_dot_product_attention.h>)
-#include <ATen/ops/scaled_dot_product_attention.h>
-#define KVBENCH_HAVE_SDPA 1
-#endif
 
 namespace kvbench {
 namespace {
@@ -89,28 +83,21 @@ std::unique_ptr<PagedKVCache> filled_cache(const PagedFormat& format, const Poin
 // PyTorch's SDPA on an fp16 cache of the point's shape, one query per sequence, GQA in place.
 json sdpa_record(const Point& pt, const at::Device& device, at::Generator& gen, int warmup,
                  int repeats, uint64_t seed) {
-#ifdef KVBENCH_HAVE_SDPA
-  const auto opts = at::TensorOptions().dtype(at::kHalf).device(device);
+  if (!torch_sdpa_available()) return json();
+  const auto fp32 = at::TensorOptions().dtype(at::kFloat).device(device);
   const at::Tensor q =
-      at::randn({pt.batch, pt.kv_heads * pt.group, 1, pt.head_dim}, gen, opts.dtype(at::kFloat))
-          .to(at::kHalf);
+      at::randn({pt.batch, pt.kv_heads * pt.group, 1, pt.head_dim}, gen, fp32).to(at::kHalf);
   const at::Tensor k =
-      at::randn({pt.batch, pt.kv_heads, pt.context, pt.head_dim}, gen, opts.dtype(at::kFloat))
-          .to(at::kHalf);
-  const at::Tensor v = at::randn(k.sizes(), gen, opts.dtype(at::kFloat)).to(at::kHalf);
-  const auto samples = time_launches(warmup, repeats, [&] {
-    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, {}, /*enable_gqa=*/true);
-  });
+      at::randn({pt.batch, pt.kv_heads, pt.context, pt.head_dim}, gen, fp32).to(at::kHalf);
+  const at::Tensor v = at::randn(k.sizes(), gen, fp32).to(at::kHalf);
+  const auto samples =
+      time_launches(warmup, repeats, [&] { return torch_sdpa(q, k, v, /*causal=*/false); });
   const Summary s = summarize(samples, seed);
   const uint64_t moved = uint64_t(k.numel() + v.numel()) * 2 + 2 * uint64_t(q.numel()) * 2;
   return {{"samples_s", samples},
           {"time_s", to_json(s)},
           {"bytes_moved", moved},
           {"gbps", moved / s.median / 1e9}};
-#else
-  (void)pt, (void)device, (void)gen, (void)warmup, (void)repeats, (void)seed;
-  return json();
-#endif
 }
 
 json point_record(const PagedFormat& format, const Point& pt, const at::Device& device, int warmup,
@@ -221,22 +208,16 @@ CellOutput run_kernels_on_gpu(const CellContext& ctx) {
     r["fraction_of_copy_bandwidth"] = r["gbps"].get<double>() / copy;
     best = std::max(best, r["fraction_of_copy_bandwidth"].get<double>());
   }
-#ifndef KVBENCH_HAVE_SDPA
-  out.warnings.push_back(
-      "no scaled_dot_product_attention in this libtorch (1.x): no PyTorch peer timed");
-#endif
+  if (!torch_sdpa_available())
+    out.warnings.push_back(
+        "no scaled_dot_product_attention in this libtorch (1.x): no PyTorch peer timed");
   const std::string gpu = ctx.env.cuda.devices.empty() ? "" : ctx.env.cuda.devices[0].name;
   out.summary = {{"copy_bandwidth_gbps", copy},
                  {"device", gpu},
                  {"best_fraction_of_copy_bandwidth", best},
                  {"contexts", contexts},
                  {"points", contexts.size() * kv_heads.size()},
-#ifdef KVBENCH_HAVE_SDPA
-                 {"sdpa_peer", true}
-#else
-                 {"sdpa_peer", false}
-#endif
-  };
+                 {"sdpa_peer", torch_sdpa_available()}};
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "kvbench/attention/reference_attention.h"
+#include "kvbench/attention/torch_sdpa.h"
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/kernels_suite.h"
@@ -57,6 +58,25 @@ TEST(ReferenceAttention, MatchesFloat64LoopsOnRandomInputs) {
   double rel = ((got - want).norm() / want.norm()).item<double>();
   EXPECT_LT(rel, 1e-5);
   EXPECT_GT(want.abs().max().item<double>(), 0.1);  // not a trivially small output
+}
+
+// PyTorch's fused SDPA (libtorch 2.x) against the reference attention, GQA, causal and one
+// query; on 1.13 it reports itself unavailable and returns nothing.
+TEST(TorchSdpa, MatchesTheReferenceWhereAvailable) {
+  auto gen = at::detail::createCPUGenerator(41);
+  const at::Tensor q = at::randn({8, 33, 64}, gen), k = at::randn({2, 33, 64}, gen),
+                   v = at::randn({2, 33, 64}, gen);
+  const at::Tensor got = torch_sdpa(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), true);
+  if (!torch_sdpa_available()) {
+    EXPECT_FALSE(got.defined());
+    GTEST_SKIP() << "this libtorch has no scaled_dot_product_attention";
+  }
+  const at::Tensor want = block_attention_reference(q, k, v, 1.0 / 8.0);
+  EXPECT_LT(((got.squeeze(0) - want).norm() / want.norm()).item<double>(), 1e-5);
+  const at::Tensor last = q.narrow(1, 32, 1);
+  const at::Tensor one = torch_sdpa(last.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), false);
+  const at::Tensor one_want = block_attention_reference(last, k, v, 1.0 / 8.0);
+  EXPECT_LT(((one.squeeze(0) - one_want).norm() / one_want.norm()).item<double>(), 1e-5);
 }
 
 TEST(ReferenceAttention, RejectsMismatchedShapes) {
