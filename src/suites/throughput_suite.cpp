@@ -75,6 +75,9 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   }
   const Summary step = summarize(steps, ctx.seed), pre = summarize(prefill, ctx.seed);
   const double tokens = static_cast<double>(batch) * static_cast<double>(prompt + new_tokens - 1);
+  // What a decode step must read at least: every weight once and the cache as held at its
+  // peak. Between methods its ratio is the ideal decode speed-up of a memory-bound step.
+  const uint64_t step_bytes = model.weight_bytes() + kv_peak;
   return {{"kind", "throughput"},
           {"batch", batch},
           {"prompt_tokens", prompt},
@@ -88,7 +91,9 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           {"kv_bytes", kv_peak},
           {"kv_memory", kv_memory},
           {"retention", retention.to_json()},
-          {"kv_bytes_per_token", static_cast<double>(kv_peak) / tokens}};
+          {"kv_bytes_per_token", static_cast<double>(kv_peak) / tokens},
+          {"decode_bytes_per_step", step_bytes},
+          {"decode_gbps", static_cast<double>(step_bytes) / step.median / 1e9}};
 }
 
 struct Budget {

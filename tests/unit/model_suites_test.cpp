@@ -80,6 +80,13 @@ TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
     EXPECT_NEAR(r["prefill_tok_s"].get<double>(), b * 8 / r["prefill_s"]["median"].get<double>(),
                 1e-9 * r["prefill_tok_s"].get<double>());
     EXPECT_EQ(r["kv_bytes"], uint64_t(b) * (8 + n - 1) * 4 * 2 * 2 * 64 * 2);
+    // A decode step reads every weight (fp32 on the CPU) and the cache at least.
+    EXPECT_EQ(r["decode_bytes_per_step"],
+              h.model.get().weight_bytes() + r["kv_bytes"].get<uint64_t>());
+    EXPECT_NEAR(
+        r["decode_gbps"].get<double>(),
+        r["decode_bytes_per_step"].get<double>() / r["decode_step_s"]["median"].get<double>() / 1e9,
+        1e-9 * r["decode_gbps"].get<double>());
   }
   EXPECT_EQ(out.summary["points"], 4);
   // bf16 full cache: 16 bits per value, half of nothing saved against fp16, formula agrees.
