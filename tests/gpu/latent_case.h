@@ -11,6 +11,7 @@
 
 #include "kv_encode.h"
 #include "latent_decode.h"
+#include "scaled_error.h"
 
 namespace kvbench::gpu_test {
 
@@ -101,16 +102,6 @@ inline LatentCase latent_case(int kv_heads, int q_per_kv, int head_dim, int grou
       c.want.insert(c.want.end(), o.begin(), o.end());
     }
   return c;
-}
-
-// Largest |got - want| over the largest |want| (NaN counts as infinitely wrong).
-inline double latent_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, std::isnan(got[i]) ? INFINITY : std::abs(got[i] - want[i]));
-    scale = std::max(scale, std::abs(want[i]));
-  }
-  return err / scale;
 }
 
 }  // namespace kvbench::gpu_test

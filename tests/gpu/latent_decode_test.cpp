@@ -46,8 +46,8 @@ TEST(LatentDecodeGpuTest, MatchesTheHostReference) {
     ASSERT_CUDA(cudaDeviceSynchronize());
     ASSERT_CUDA(out.download(got));
     std::vector<double> host_d(host.begin(), host.end());
-    EXPECT_LT(latent_error(got, host_d), 1e-5) << "rank " << r;
-    EXPECT_LT(latent_error(got, c.want), 1e-5) << "rank " << r;
+    EXPECT_LT(scaled_error(got, host_d), 1e-5) << "rank " << r;
+    EXPECT_LT(scaled_error(got, c.want), 1e-5) << "rank " << r;
   }
 }
 

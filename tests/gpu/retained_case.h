@@ -13,6 +13,7 @@
 #include "append_schedule.h"
 #include "paged_cache_builder.h"
 #include "retained_decode.h"
+#include "scaled_error.h"
 
 namespace kvbench::gpu_test {
 
@@ -102,16 +103,6 @@ inline RetainedCase retained_case(const AppendCase& c, const std::vector<int>& l
       }
     }
   return r;
-}
-
-// Largest |got - want| over the largest |want|: the error relative to the output's scale.
-inline double retained_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, std::isnan(got[i]) ? INFINITY : std::abs(got[i] - want[i]));
-    scale = std::max(scale, std::abs(want[i]));
-  }
-  return err / scale;
 }
 
 }  // namespace kvbench::gpu_test

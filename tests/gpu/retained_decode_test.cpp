@@ -66,8 +66,8 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   ASSERT_CUDA(cudaDeviceSynchronize());
   ASSERT_CUDA(out.download(got));
   std::vector<double> host_d(host_out.begin(), host_out.end());
-  EXPECT_LT(retained_error(got, host_d), 1e-5);
-  EXPECT_LT(retained_error(got, r.want), 1e-5);
+  EXPECT_LT(scaled_error(got, host_d), 1e-5);
+  EXPECT_LT(scaled_error(got, r.want), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, RetainedDecodeGpuTest, ::testing::ValuesIn(append_cases()),
