@@ -26,11 +26,14 @@ struct RetainedProblem {
   const int* block_table = nullptr;  // [batch, max_pages_per_seq] physical page ids
   const int* seq_lens = nullptr;     // [batch] tokens stored (KIVI's window is relative to it)
   const int* seq_rows = nullptr;     // [batch] ring / fp8-scale row; null: row b
-  int max_kept = 0;                  // kept_index's row length
-  // [batch, kv_heads, max_kept] stored positions in [0, seq_len), any order; the first
-  // kept_lens[b, h] of each row are read.
-  const int* kept_index = nullptr;
-  const int* kept_lens = nullptr;  // [batch, kv_heads], each in [1, max_kept]
+  // What sequence b keeps, per KV head: the positions listed at kept_lists[b] ([kv_heads,
+  // kept_counts[b]], any order, each < tail_start[b]), then every token of the tail
+  // [tail_start[b], seq_lens[b]) (the tokens since the policy last chose, or a window). A
+  // sequence nothing was evicted from lists none and has tail 0; at least one token is kept.
+  // The lists stay in device memory between steps: only the three [batch] arrays change.
+  const int* const* kept_lists = nullptr;  // [batch] pointers; may be null where the count is 0
+  const int* kept_counts = nullptr;        // [batch]
+  const int* tail_start = nullptr;         // [batch]
   float softmax_scale = 0.f;
   const float* q = nullptr;  // [batch, q_heads, head_dim] fp32
   float* out = nullptr;      // [batch, q_heads, head_dim] fp32
@@ -51,16 +54,16 @@ KVB_HD void retained_partial(const RetainedProblem& pr, const PagedKvStore& s, i
   const int D = pr.head_dim, h = qh / (pr.q_heads / pr.kv_heads);
   const int* pages = pr.block_table + size_t(b) * pr.max_pages_per_seq;
   const int row = pr.seq_rows ? pr.seq_rows[b] : b, T = pr.seq_lens[b];
-  const size_t head_row = size_t(b) * pr.kv_heads + h;
-  const int n = pr.kept_lens[head_row];
-  const int* index = pr.kept_index + head_row * pr.max_kept;
+  const int listed = pr.kept_counts[b], tail = pr.tail_start[b];
+  const int n = listed + (T > tail ? T - tail : 0);
+  const int* index = listed > 0 ? pr.kept_lists[b] + size_t(h) * listed : nullptr;
   const float* q = pr.q + (size_t(b) * pr.q_heads + qh) * D;
   float x[kRetainedMaxHeadDim];
   p.max = -INFINITY;
   p.sum = 0.f;
   for (int d = 0; d < D; ++d) p.acc[d] = 0.f;
   for (int i = first; i < n; i += stride) {
-    const int t = index[i];
+    const int t = i < listed ? index[i] : tail + (i - listed);
     decode_paged_token(s, pages, pr.kv_heads, D, row, /*key=*/true, h, t, T, x);
     float dot = 0.f;
     for (int d = 0; d < D; ++d) dot = fmaf(q[d], x[d], dot);
@@ -79,8 +82,9 @@ inline const char* retained_check(const RetainedProblem& p, const PagedKvStore& 
   if (p.q_heads % p.kv_heads != 0) return "q_heads must be a multiple of kv_heads";
   if (p.head_dim < 32 || p.head_dim > kRetainedMaxHeadDim || p.head_dim % 32 != 0)
     return "head_dim must be 32, 64, 96 or 128";
-  if (p.max_kept < 1 || p.max_pages_per_seq < 1) return "max_kept and max_pages must be >= 1";
-  if (!p.block_table || !p.seq_lens || !p.kept_index || !p.kept_lens || !p.q || !p.out)
+  if (p.max_pages_per_seq < 1) return "max_pages must be >= 1";
+  if (!p.block_table || !p.seq_lens || !p.kept_lists || !p.kept_counts || !p.tail_start || !p.q ||
+      !p.out)
     return "a required pointer is null";
   if (!s.k_data || !s.v_data) return "the store has no pools";
   if (is_kivi(s.format) && (s.residual <= 0 || s.residual % s.page_size != 0))

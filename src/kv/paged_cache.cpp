@@ -187,6 +187,7 @@ int64_t PagedKVCache::add_sequence() {
   if (free_slots_.empty()) grow_slots(2 * slots_);
   Sequence s;
   s.kept.resize(size_t(num_layers_));
+  s.listed.resize(size_t(num_layers_));
   s.slot = free_slots_.back();
   free_slots_.pop_back();
   for (Layer& layer : layers_)
@@ -232,6 +233,15 @@ at::Tensor PagedKVCache::kept_positions(int64_t seq, int64_t layer) const {
   const Sequence& s = sequence(seq);
   const at::Tensor& kept = s.kept[size_t(layer)];
   return kept.defined() ? kept : at::arange(s.length, at::kLong).expand({num_kv_heads_, -1});
+}
+
+std::pair<at::Tensor, int64_t> PagedKVCache::listed_positions(int64_t seq, int64_t layer) const {
+  KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
+            num_layers_, ")");
+  const Sequence& s = sequence(seq);
+  if (!s.kept[size_t(layer)].defined()) return {at::Tensor(), 0};
+  const Sequence::Listed& l = s.listed[size_t(layer)];
+  return {l.host, l.tail};
 }
 
 void PagedKVCache::reserve(Sequence& s, int64_t tokens) {
@@ -525,15 +535,22 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
                               max_len};
     if (any_kept) {
-      int64_t widest = 1;
-      for (const at::Tensor& p : positions) widest = std::max(widest, p.size(1));
-      at::Tensor index = at::zeros({B, kv, widest}, at::kInt);
-      at::Tensor lens = at::empty({B, kv}, at::kInt);
+      // Each sequence's lists stay on the device; per step only their addresses, counts and
+      // tails travel (a sequence nothing was evicted from: no list, tail 0).
+      at::Tensor lists = at::zeros({B}, at::kLong), counts_tails = at::zeros({2 * B}, at::kInt);
+      int64_t* addresses = lists.data_ptr<int64_t>();
+      int* ct = counts_tails.data_ptr<int>();
       for (int b = 0; b < B; ++b) {
-        index[b].narrow(1, 0, positions[size_t(b)].size(1)).copy_(positions[size_t(b)]);
-        lens[b].fill_(positions[size_t(b)].size(1));
+        if (!batch[size_t(b)]->kept[size_t(layer)].defined()) continue;
+        Sequence::Listed& l = batch[size_t(b)]->listed[size_t(layer)];
+        if (l.host.size(1) > 0) {
+          if (!l.device.defined()) l.device = upload(l.host);
+          addresses[b] = reinterpret_cast<int64_t>(l.device.data_ptr<int>());
+          ct[b] = int(l.host.size(1));
+        }
+        ct[B + b] = int(l.tail);
       }
-      out = paged_cuda::retained(store, d, kv, upload(index), upload(lens),
+      out = paged_cuda::retained(store, d, kv, upload(lists), upload(counts_tails),
                                  q.to(device_, at::kFloat).contiguous());
     } else {  // nothing evicted yet at this layer: the dense decode kernel
       out = paged_cuda::decode(store, d, kv, q.to(device_, input_dtype()).contiguous());
@@ -587,7 +604,27 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
             chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
   s.kept[size_t(layer)] = in.positions.gather(1, chosen.to(at::kLong)).contiguous();
   s.evicted = true;
+  split_kept(s.listed[size_t(layer)], s.kept[size_t(layer)], in.length);
   retention_s_ += watch.seconds();
+}
+
+void PagedKVCache::split_kept(Sequence::Listed& listed, const at::Tensor& kept, int64_t length) {
+  // The tail: the longest run of the newest tokens that every head keeps.
+  const int64_t held = kept.size(1);
+  const int64_t* p = kept.data_ptr<int64_t>();
+  int64_t run = held;
+  for (int64_t h = 0; h < num_kv_heads_; ++h) {
+    int64_t r = 0;
+    while (r < held && p[h * held + held - 1 - r] == length - 1 - r) ++r;
+    run = std::min(run, r);
+  }
+  listed.tail = length - run;
+  const at::Tensor head = kept.narrow(1, 0, held - run).to(at::kInt).contiguous();
+  // StreamingLLM lists the same sinks after every selection: nothing to upload again.
+  if (listed.host.defined() && listed.host.sizes() == head.sizes() && at::equal(listed.host, head))
+    return;
+  listed.host = head;
+  listed.device = at::Tensor();
 }
 
 void PagedKVCache::free_evicted_pages(Sequence& s) {

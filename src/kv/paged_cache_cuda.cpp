@@ -80,16 +80,16 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
 }
 
 at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
-                    const at::Tensor& kept_index, const at::Tensor& kept_lens,
-                    const at::Tensor& q) {
+                    const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q) {
   at::Tensor out = at::empty_like(q);
   kernels::RetainedProblem pr;
   pr.batch = int(q.size(0)), pr.q_heads = int(q.size(1)), pr.kv_heads = int(kv_heads);
   pr.head_dim = int(q.size(2)), pr.max_pages_per_seq = int(batch.table.size(1));
   pr.block_table = batch.table.data_ptr<int>(), pr.seq_lens = batch.seq_lens.data_ptr<int>();
   pr.seq_rows = batch.seq_rows.data_ptr<int>();
-  pr.max_kept = int(kept_index.size(2)), pr.kept_index = kept_index.data_ptr<int>();
-  pr.kept_lens = kept_lens.data_ptr<int>();
+  const int64_t B = q.size(0);
+  pr.kept_lists = reinterpret_cast<const int* const*>(lists.data_ptr<int64_t>());
+  pr.kept_counts = counts_tails.data_ptr<int>(), pr.tail_start = pr.kept_counts + B;
   pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
   pr.q = q.data_ptr<float>(), pr.out = out.data_ptr<float>();
   check(kernels::retained_decode(pr, store, nullptr), "retained decode",

@@ -30,10 +30,11 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
                   const at::Tensor& q);
 
 // One decode step over each sequence's retained tokens (kernels/retained_decode.h), read in
-// place by index: kept_index [batch, kv_heads, max_kept] and kept_lens [batch, kv_heads] int32
-// on the device; q [batch, q_heads, head_dim] fp32; returns fp32 of q's shape.
+// place by index: `lists` [batch] int64 device addresses of each sequence's [kv_heads, count]
+// int32 listed positions, `counts_tails` [2 * batch] int32 (the counts, then the tail starts),
+// both on the device; q [batch, q_heads, head_dim] fp32; returns fp32 of q's shape.
 at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
-                    const at::Tensor& kept_index, const at::Tensor& kept_lens, const at::Tensor& q);
+                    const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q);
 
 // Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
 // `pages`: its block-table row (int32, on the device).

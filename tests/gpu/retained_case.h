@@ -20,40 +20,37 @@ namespace kvbench::gpu_test {
 struct RetainedCase {
   HostPagedCache cache;
   std::vector<int> rows;  // seq_rows (the reverse of the batch order)
-  int q_heads = 0, max_kept = 0;
-  std::vector<int> kept_index, kept_lens;  // [batch, kv_heads, max_kept], [batch, kv_heads]
-  std::vector<float> q;                    // [batch, q_heads, head_dim]
-  std::vector<double> want;                // [batch, q_heads, head_dim]
+  int q_heads = 0;
+  // Per sequence: its listed positions [kv_heads, count] (random, any order, below the tail),
+  // their count and the start of its kept tail.
+  std::vector<std::vector<int>> lists;
+  std::vector<int> counts, tails;
+  std::vector<float> q;      // [batch, q_heads, head_dim]
+  std::vector<double> want;  // [batch, q_heads, head_dim]
   float scale = 0.f;
+  mutable std::vector<const int*> list_ptrs;
 
   // The problem over host pointers; tests swap in device ones where they need them.
   kernels::RetainedProblem problem(float* out) const {
+    list_ptrs.clear();
+    for (const auto& l : lists) list_ptrs.push_back(l.empty() ? nullptr : l.data());
     kernels::RetainedProblem p;
     p.batch = cache.batch, p.q_heads = q_heads, p.kv_heads = cache.kv_heads;
     p.head_dim = cache.head_dim, p.max_pages_per_seq = cache.max_pages;
     p.block_table = cache.block_table.data(), p.seq_lens = cache.seq_lens.data();
-    p.seq_rows = rows.data(), p.max_kept = max_kept;
-    p.kept_index = kept_index.data(), p.kept_lens = kept_lens.data();
+    p.seq_rows = rows.data(), p.kept_lists = list_ptrs.data();
+    p.kept_counts = counts.data(), p.tail_start = tails.data();
     p.softmax_scale = scale, p.q = q.data(), p.out = out;
     return p;
   }
 };
 
-// Keeps about `fraction` of each head's tokens (at least one), always including token 0, the
-// last one and one on each side of a page boundary, shuffled.
-inline std::vector<int> kept_positions(std::mt19937& rng, int T, int page, double fraction) {
-  std::vector<int> all(T);
-  std::iota(all.begin(), all.end(), 0);
-  std::shuffle(all.begin(), all.end(), rng);
-  all.resize(std::max<size_t>(1, size_t(T * fraction)));
-  for (int t : {0, T - 1, page - 1, page})
-    if (t < T && std::find(all.begin(), all.end(), t) == all.end()) all.push_back(t);
-  std::shuffle(all.begin(), all.end(), rng);
-  return all;
-}
-
+// Sequence b keeps a tail of `tail_len[b % size]` tokens (all of them where that is -1: nothing
+// evicted) and, per KV head, a random `fraction` of the tokens before it, shuffled; page
+// boundaries fall in both parts.
 inline RetainedCase retained_case(const AppendCase& c, const std::vector<int>& lens, int kv_heads,
-                                  int group, double fraction, uint32_t seed) {
+                                  int group, double fraction, uint32_t seed,
+                                  const std::vector<int>& tail_len = {17, 0, 64, -1}) {
   std::mt19937 rng(seed);
   const int D = c.head_dim;
   const SequenceTokens x =
@@ -65,16 +62,24 @@ inline RetainedCase retained_case(const AppendCase& c, const std::vector<int>& l
   move_rows(r.cache, r.rows);
   r.q_heads = kv_heads * group;
   r.scale = 1.f / std::sqrt(float(D));
-  std::vector<std::vector<int>> kept;
-  for (int b = 0; b < int(lens.size()); ++b)
+  std::vector<std::vector<std::vector<int>>> kept(lens.size());  // [b][h] positions
+  for (size_t b = 0; b < lens.size(); ++b) {
+    const int T = lens[b], want_tail = tail_len[b % tail_len.size()];
+    const int tail = want_tail < 0 ? 0 : std::max(0, T - want_tail);
+    int count = want_tail < 0 ? 0 : int(tail * fraction);
+    if (tail == T) count = std::max(count, 1);  // at least one token kept
+    r.tails.push_back(tail);
+    r.counts.push_back(count);
+    r.lists.emplace_back();
     for (int h = 0; h < kv_heads; ++h) {
-      kept.push_back(kept_positions(rng, lens[b], c.page_size, fraction));
-      r.max_kept = std::max(r.max_kept, int(kept.back().size()));
+      std::vector<int> all(tail);
+      std::iota(all.begin(), all.end(), 0);
+      std::shuffle(all.begin(), all.end(), rng);
+      all.resize(count);
+      r.lists.back().insert(r.lists.back().end(), all.begin(), all.end());
+      kept[b].push_back(all);
+      for (int t = tail; t < T; ++t) kept[b].back().push_back(t);
     }
-  r.kept_index.assign(kept.size() * r.max_kept, -1);  // unused tail: an index never read
-  for (size_t i = 0; i < kept.size(); ++i) {
-    r.kept_lens.push_back(int(kept[i].size()));
-    std::copy(kept[i].begin(), kept[i].end(), r.kept_index.begin() + i * r.max_kept);
   }
   std::normal_distribution<float> normal;
   r.q.resize(size_t(lens.size()) * r.q_heads * D);
@@ -83,7 +88,7 @@ inline RetainedCase retained_case(const AppendCase& c, const std::vector<int>& l
   for (int b = 0; b < int(lens.size()); ++b)
     for (int qh = 0; qh < r.q_heads; ++qh) {
       const int h = qh / group;
-      const std::vector<int>& idx = kept[size_t(b) * kv_heads + h];
+      const std::vector<int>& idx = kept[b][h];
       const float* q = r.q.data() + (size_t(b) * r.q_heads + qh) * D;
       std::vector<double> s;
       for (int t : idx) {

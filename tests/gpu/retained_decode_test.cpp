@@ -45,12 +45,20 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   dev.v_meta = v_meta.ptr, dev.k_residual = k_ring.ptr, dev.v_residual = v_ring.ptr;
   dev.k_head_scale = static_cast<const float*>(k_scale.ptr);
   dev.v_head_scale = static_cast<const float*>(v_scale.ptr);
-  DeviceBuffer table, lens, rows, index, kept, q, out;
+  DeviceBuffer table, lens, rows, counts, tails, pointers, q, out;
   ASSERT_CUDA(table.upload(h.block_table));
   ASSERT_CUDA(lens.upload(h.seq_lens));
   ASSERT_CUDA(rows.upload(r.rows));
-  ASSERT_CUDA(index.upload(r.kept_index));
-  ASSERT_CUDA(kept.upload(r.kept_lens));
+  ASSERT_CUDA(counts.upload(r.counts));
+  ASSERT_CUDA(tails.upload(r.tails));
+  // Each sequence's list in its own allocation, as the paged cache keeps them.
+  std::vector<DeviceBuffer> lists(r.lists.size());
+  std::vector<const int*> list_ptrs;
+  for (size_t b = 0; b < r.lists.size(); ++b) {
+    ASSERT_CUDA(lists[b].upload(r.lists[b]));
+    list_ptrs.push_back(static_cast<const int*>(lists[b].ptr));
+  }
+  ASSERT_CUDA(pointers.upload(list_ptrs));
   ASSERT_CUDA(q.upload(r.q));
   std::vector<float> got(r.want.size(), NAN);
   ASSERT_CUDA(out.upload(got));
@@ -58,8 +66,9 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   p.block_table = static_cast<const int*>(table.ptr);
   p.seq_lens = static_cast<const int*>(lens.ptr);
   p.seq_rows = static_cast<const int*>(rows.ptr);
-  p.kept_index = static_cast<const int*>(index.ptr);
-  p.kept_lens = static_cast<const int*>(kept.ptr);
+  p.kept_lists = static_cast<const int* const*>(pointers.ptr);
+  p.kept_counts = static_cast<const int*>(counts.ptr);
+  p.tail_start = static_cast<const int*>(tails.ptr);
   p.q = static_cast<const float*>(q.ptr);
   p.out = static_cast<float*>(out.ptr);
   ASSERT_CUDA(kernels::retained_decode(p, dev, nullptr));

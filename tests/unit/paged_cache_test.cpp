@@ -249,9 +249,22 @@ TEST_P(PagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
       const at::Tensor got = paged.append_and_attend(seq, layer, x.q, x.k, x.v);
       const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
       if (layer == kLayers - 1)  // a step is over: every layer has its length
-        for (int64_t l = 0; l < kLayers; ++l)
-          ASSERT_TRUE(at::equal(paged.kept_positions(seq, l), reference.kept_positions(seq, l)))
+        for (int64_t l = 0; l < kLayers; ++l) {
+          const at::Tensor kept = paged.kept_positions(seq, l);
+          ASSERT_TRUE(at::equal(kept, reference.kept_positions(seq, l)))
               << "sequence " << seq << " layer " << l << " at " << paged.length(seq);
+          // The GPU kernel's view (listed positions, then a tail every head keeps) is the same
+          // set: nothing travels to the device per step but the tail's start.
+          const auto [listed, tail] = paged.listed_positions(seq, l);
+          if (!listed.defined()) continue;
+          const int64_t T = paged.length(seq);
+          const at::Tensor whole = at::cat(
+              {listed.to(at::kLong), at::arange(tail, T, at::kLong).expand({kKvHeads, T - tail})},
+              1);
+          ASSERT_TRUE(at::equal(whole, kept)) << "sequence " << seq << " layer " << l;
+          if (std::string(entry).find("streamingllm") != std::string::npos && T > 64)
+            EXPECT_EQ(listed.size(1), 4) << "the sinks are the only listed tokens";
+        }
       if (kivi) continue;
       const double rel = ((got - want).norm() / want.norm()).item<double>();
       ASSERT_LT(rel, tolerance) << "sequence " << seq << " at " << paged.length(seq) << " tokens, "

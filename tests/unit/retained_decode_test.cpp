@@ -38,9 +38,9 @@ TEST_P(RetainedDecodeHostTest, MatchesFloat64AttentionOverTheKeptTokens) {
 TEST_P(RetainedDecodeHostTest, AnotherSubsetGivesAnotherAnswer) {
   const AppendCase& c = GetParam();
   RetainedCase r = retained_case(c, kLens, 2, 2, 0.3, 5 + int(c.format));
-  std::swap(r.kept_lens[0], r.kept_lens[1]);
-  std::swap_ranges(r.kept_index.begin(), r.kept_index.begin() + r.max_kept,
-                   r.kept_index.begin() + r.max_kept);
+  const int m = r.counts[0];
+  ASSERT_GT(m, 10);
+  std::swap_ranges(r.lists[0].begin(), r.lists[0].begin() + m, r.lists[0].begin() + m);
   std::vector<float> out(r.want.size());
   kernels::PagedKvStore s = store_of(r.cache);
   kernels::retained_decode_host(r.problem(out.data()), s);
@@ -57,9 +57,10 @@ TEST(RetainedCheckTest, SaysWhatIsWrong) {
   float f = 0;
   uint8_t pool[1] = {};
   kernels::RetainedProblem p;
-  p.batch = 1, p.q_heads = 6, p.kv_heads = 4, p.head_dim = 128, p.max_kept = 1;
-  p.max_pages_per_seq = 1, p.block_table = p.seq_lens = p.kept_index = p.kept_lens = &i;
-  p.q = &f, p.out = &f;
+  const int* list = &i;
+  p.batch = 1, p.q_heads = 6, p.kv_heads = 4, p.head_dim = 128, p.max_pages_per_seq = 1;
+  p.block_table = p.seq_lens = p.kept_counts = p.tail_start = &i;
+  p.kept_lists = &list, p.q = &f, p.out = &f;
   kernels::PagedKvStore s;
   s.k_data = s.v_data = pool;
   EXPECT_STREQ(kernels::retained_check(p, s), "q_heads must be a multiple of kv_heads");
@@ -67,7 +68,7 @@ TEST(RetainedCheckTest, SaysWhatIsWrong) {
   EXPECT_STREQ(kernels::retained_check(p, s), "");
   p.head_dim = 256;
   EXPECT_STREQ(kernels::retained_check(p, s), "head_dim must be 32, 64, 96 or 128");
-  p.head_dim = 64, p.kept_index = nullptr;
+  p.head_dim = 64, p.kept_lists = nullptr;
   EXPECT_STREQ(kernels::retained_check(p, s), "a required pointer is null");
 }
 

@@ -102,6 +102,9 @@ class PagedKVCache final : public KVCache {
   // Positions `layer` retains of `seq` between steps: [kv_heads, held] int64, ascending per
   // head (every token when nothing was evicted there).
   at::Tensor kept_positions(int64_t seq, int64_t layer) const;
+  // The same as the GPU kernel reads it: positions listed per head (int32 [kv_heads, count];
+  // undefined when nothing was evicted there) and the start of the tail every head keeps.
+  std::pair<at::Tensor, int64_t> listed_positions(int64_t seq, int64_t layer) const;
   const PagedFormat& format() const { return format_; }
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
@@ -113,6 +116,15 @@ class PagedKVCache final : public KVCache {
     // Per layer once the policy has evicted there: [kv_heads, held] int64 retained positions,
     // ascending per head (undefined: every token).
     std::vector<at::Tensor> kept;
+    // Per layer, `kept` as the GPU kernel reads it: positions listed per head (int32 [kv_heads,
+    // count], on the host and, once uploaded, on the device) and a tail [tail, length) every
+    // head keeps. New tokens only lengthen the tail, so the lists change (and travel) only
+    // when a selection changes them.
+    struct Listed {
+      at::Tensor host, device;
+      int64_t tail = 0;
+    };
+    std::vector<Listed> listed;
     bool evicted = false;  // this step evicted somewhere: look for pages to free
   };
   struct Layer {
@@ -178,6 +190,9 @@ class PagedKVCache final : public KVCache {
                               const at::Tensor& table, const at::Tensor& ints, int64_t max_len);
   // Asks the policy; on a selection, s.kept[layer] becomes its subset of `in.positions`.
   void select(Sequence& s, int64_t layer, RetentionInput& in);
+  // `kept` ([kv_heads, held] ascending, of a sequence of `length` tokens) as listed positions
+  // and a tail; the device copy is dropped only when the list changed.
+  void split_kept(Sequence::Listed& listed, const at::Tensor& kept, int64_t length);
   // Frees the pages of `s` no layer retains a token in and no later append writes.
   void free_evicted_pages(Sequence& s);
   // Reference attention of a block's queries qb [heads, n, head_dim] over `positions` of `s`.
