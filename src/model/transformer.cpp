@@ -216,8 +216,10 @@ at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at
     seqs.push_back(s.seq);
     counts.push_back(static_cast<int64_t>(s.tokens.size()));
   }
-  const at::Tensor o = cache.append_and_attend_batch(layer, seqs, counts, q.to(at::kFloat),
-                                                     k.to(at::kFloat), v.to(at::kFloat));
+  const at::Device where = cache.device();
+  const at::Tensor o =
+      cache.append_and_attend_batch(layer, seqs, counts, q.to(where, at::kFloat),
+                                    k.to(where, at::kFloat), v.to(where, at::kFloat));
   return linear(o.to(h.options()).reshape({n, c.num_heads * c.head_dim}), w.o_proj, w.o_bias);
 }
 

@@ -62,6 +62,9 @@ class KVCache {
   // rotated query of re-rotated positions), selecting and evicting. Part of the step times;
   // 0 without a policy.
   virtual double retention_seconds() const { return 0; }
+  // Where the cache wants its inputs: the model hands q/k/v over on this device (a model on a
+  // GPU can still fill a CPU cache, e.g. to fit a codec's bases), and takes the output back.
+  virtual at::Device device() const { return at::kCPU; }
 };
 
 }  // namespace kvbench

@@ -98,6 +98,7 @@ class PagedKVCache final : public KVCache {
   // tokens entered, as its pages keep them).
   StorageBytes nominal() const override;
   double retention_seconds() const override { return retention_s_; }
+  at::Device device() const override { return device_; }
 
   // Positions `layer` retains of `seq` between steps: [kv_heads, held] int64, ascending per
   // head (every token when nothing was evicted there).

@@ -3,7 +3,7 @@
 // q/k-norm, SwiGLU MLP. Weights and activations are held in the placement's dtype on its device
 // (fp32 or bf16 on the CPU, where libtorch 1.13 has no fp16 matmul; fp16/bf16/fp32 on a GPU);
 // norms, RoPE angles and logits are computed in fp32 as Hugging Face does. The KV cache decides
-// its own storage; it is handed q/k/v in fp32.
+// its own storage; it is handed q/k/v in fp32 on its device (KVCache::device()).
 //
 // A forward step takes a packed batch: each sequence contributes its new tokens (a prompt at
 // prefill, one token at decode), the linear layers run once over all of them, and attention
