@@ -875,6 +875,29 @@ class ModelCliTest(CliCase):
         self.assertGreater(kl["paged"], 0)
         self.assertAlmostEqual(kl["paged"], kl["reference"], delta=1e-6 * kl["reference"] + 1e-9)
 
+    def test_bfloat16_compute_halves_the_weights_and_is_reported(self):
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True},
+               "methods": [{"name": "full"}],
+               "suites": [{"name": "latency", "prompt_tokens": 32, "new_tokens": 3,
+                           "repeats": 1}]}
+        weights = {}
+        for dtype in ("float32", "bfloat16"):
+            cfg["model"]["compute_dtype"] = dtype
+            res = self.run_ok(cfg)
+            self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+            path, report = self.report_from(res)
+            self.assertEqual(report["model"]["compute_dtype"], dtype)
+            self.assertEqual(report["model"]["device"], "cpu")
+            self.assertEqual(report["config"]["model"]["compute_dtype"], dtype)
+            weights[dtype] = report["model"]["weight_bytes"]
+            check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+            self.assertEqual(check.returncode, 0, check.stdout)
+        self.assertEqual(weights["bfloat16"] * 2, weights["float32"])
+        cfg["model"]["compute_dtype"] = "float16"  # no fp16 matmul on the CPU: a config error
+        res = self.run_ok(cfg)
+        self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
+        self.assertIn("model.compute_dtype", res.stderr)
+
     def test_paged_attention_runs_retention_methods_like_the_reference(self):
         # Retention over the paged cache (retained positions read by index, pages freed behind
         # StreamingLLM's window): the same positions are kept as with the reference backend and
