@@ -6,7 +6,8 @@
 //
 // Work is cut into partial softmaxes over strided slices of a head's kept tokens, merged with
 // a running maximum: retained_decode_host() below takes one slice per query head; the CUDA
-// launcher (retained_decode_launcher.h) gives each lane of a warp one and merges the 32.
+// kernel (retained_decode.cu) gives each of four warps one, its lanes splitting each token's
+// channels (decode_paged_channels), and merges the four.
 // Torch-free and CUDA-free: plain C++ unless compiled by nvcc.
 #pragma once
 
@@ -40,8 +41,7 @@ struct RetainedProblem {
 };
 
 // A softmax over part of a query's kept tokens: max score, sum of exp(score - max) and the
-// exp-weighted sum of their values. No initializers: it lives in shared memory on the GPU;
-// retained_partial() sets every field it reads.
+// exp-weighted sum of their values. retained_partial() sets every field.
 struct RetainedPartial {
   float max;
   float sum;

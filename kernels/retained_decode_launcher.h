@@ -1,6 +1,7 @@
-// Launches retained-index decode attention (retained_decode.h) on the GPU: one warp per
-// (sequence, query head), each lane a strided slice of the head's kept tokens, the 32 partial
-// softmaxes merged in shared memory. All pointers in the problem and store are device pointers.
+// Launches retained-index decode attention (retained_decode.h) on the GPU: one block of four
+// warps per (sequence, query head), each warp a strided slice of the head's kept tokens with
+// its lanes over channels, the four partial softmaxes merged in shared memory. All pointers in
+// the problem and store are device pointers.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -69,6 +69,16 @@ TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
           for (int d = 0; d < D; ++d)
             ASSERT_EQ(row[d], w[d]) << (key ? "key" : "value") << " of seq " << b << " head " << h
                                     << " token " << t << " channel " << d;
+          // A warp's lanes decode a token in channel slices (the retained-index kernel): the
+          // slices put together are the row.
+          for (int d0 = 0; d0 < D; d0 += D / 32) {
+            float part[4];
+            kernels::decode_paged_channels(store, want.block_table.data() + b * want.max_pages,
+                                           kv_heads, D, rows[b], key, h, t, lens[b], d0,
+                                           d0 + D / 32, part);
+            for (int j = 0; j < D / 32; ++j)
+              ASSERT_EQ(part[j], row[d0 + j]) << "slice at channel " << d0 + j << " token " << t;
+          }
         }
   if (!kivi) return;
   // Ring slots of tokens still in the window (others hold tokens that have left it).
