@@ -21,18 +21,31 @@ __device__ float block_reduce(float v, bool max, float* scratch) {
   return r;
 }
 
-// A first version that reads the layout exactly as the host reference does (one thread per
-// token reads its row of coefficients); coalescing the score loop is the next step.
+// Scores: a warp per token, its lanes over the token's coefficients (contiguous, so a warp
+// reads a row at once), reduced with shuffles. Value sums: threads over rank, so each token's
+// row is again read by consecutive threads. The host reference (latent_decode_host) sums in
+// another order.
 __global__ void latent_decode_kernel(LatentProblem p, float* workspace) {
   __shared__ float q_lat[kLatentMaxRank], v_lat[kLatentMaxRank], scratch[kThreads];
   const int b = blockIdx.x / p.q_heads, qh = blockIdx.x % p.q_heads, tid = threadIdx.x;
+  const int lane = tid % 32, warp = tid / 32, warps = kThreads / 32;
   const int T = p.seq_lens[b];
   float* w = workspace + size_t(blockIdx.x) * p.max_tokens;
   for (int i = tid; i < p.rank; i += kThreads) q_lat[i] = latent::query_component(p, b, qh, i);
   __syncthreads();
+  const uint16_t* keys = latent::coefficients(p, p.k_coef, b, latent::head_of(p, qh));
   float m = -INFINITY;
-  for (int t = tid; t < T; t += kThreads) m = fmaxf(m, w[t] = latent::score(p, b, qh, q_lat, t));
+  for (int t = warp; t < T; t += warps) {
+    const uint16_t* c = keys + size_t(t) * p.rank;
+    float dot = 0.f;
+    for (int i = lane; i < p.rank; i += 32) dot = fmaf(q_lat[i], encode::half_value(c[i]), dot);
+    for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    const float score = dot * p.softmax_scale;
+    if (lane == 0) w[t] = score;
+    m = fmaxf(m, score);
+  }
   m = block_reduce(m, true, scratch);
+  __syncthreads();  // the scores written by lane 0 of each warp, before any thread reads them
   float sum = 0.f;
   for (int t = tid; t < T; t += kThreads) sum += (w[t] = expf(w[t] - m));
   sum = block_reduce(sum, false, scratch);
