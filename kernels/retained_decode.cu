@@ -16,25 +16,21 @@ __global__ void retained_decode_kernel(RetainedProblem pr, PagedKvStore s) {
   const int b = blockIdx.x / pr.q_heads, qh = blockIdx.x % pr.q_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int D = pr.head_dim, per = D / 32, d0 = lane * per;
-  const int h = qh / (pr.q_heads / pr.kv_heads);
-  const int* pages = pr.block_table + size_t(b) * pr.max_pages_per_seq;
-  const int row = pr.seq_rows ? pr.seq_rows[b] : b, T = pr.seq_lens[b];
-  const int listed = pr.kept_counts[b], tail = pr.tail_start[b];
-  const int n = listed + (T > tail ? T - tail : 0);
-  const int* index = listed > 0 ? pr.kept_lists[b] + size_t(h) * listed : nullptr;
-  const float* q = pr.q + (size_t(b) * pr.q_heads + qh) * D;
+  const RetainedHead r = retained_head(pr, b, qh);
+  const int h = r.h, row = r.row, T = r.T;
+  const float* q = r.q;
   float qv[kMaxPerLane], x[kMaxPerLane], acc[kMaxPerLane];
   for (int j = 0; j < per; ++j) qv[j] = q[d0 + j], acc[j] = 0.f;
   float m = -INFINITY, sum = 0.f;
-  for (int i = warp; i < n; i += kWarps) {
-    const int t = i < listed ? index[i] : tail + (i - listed);
-    decode_paged_channels(s, pages, pr.kv_heads, D, row, /*key=*/true, h, t, T, d0, d0 + per, x);
+  for (int i = warp; i < r.n; i += kWarps) {
+    const int t = r.token(i);
+    decode_paged_channels(s, r.pages, pr.kv_heads, D, row, /*key=*/true, h, t, T, d0, d0 + per, x);
     float dot = 0.f;
     for (int j = 0; j < per; ++j) dot = fmaf(qv[j], x[j], dot);
     for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
     const float score = dot * pr.softmax_scale, mn = fmaxf(m, score);
     const float rescale = expf(m - mn), w = expf(score - mn);  // expf(-inf) = 0 at first
-    decode_paged_channels(s, pages, pr.kv_heads, D, row, /*key=*/false, h, t, T, d0, d0 + per, x);
+    decode_paged_channels(s, r.pages, pr.kv_heads, D, row, /*key=*/false, h, t, T, d0, d0 + per, x);
     for (int j = 0; j < per; ++j) acc[j] = fmaf(w, x[j], acc[j] * rescale);
     sum = sum * rescale + w;
     m = mn;

@@ -48,22 +48,40 @@ struct RetainedPartial {
   float acc[kRetainedMaxHeadDim];
 };
 
+// What query head qh of sequence b reads: its KV head, pages, ring row, length, query, and its
+// n kept tokens (token(i) for i < n: the listed ones, then the tail).
+struct RetainedHead {
+  int h, row, T, listed, tail, n;
+  const int* pages;
+  const int* index;
+  const float* q;
+  KVB_HD int token(int i) const { return i < listed ? index[i] : tail + (i - listed); }
+};
+KVB_HD RetainedHead retained_head(const RetainedProblem& pr, int b, int qh) {
+  RetainedHead r;
+  r.h = qh / (pr.q_heads / pr.kv_heads);
+  r.pages = pr.block_table + size_t(b) * pr.max_pages_per_seq;
+  r.row = pr.seq_rows ? pr.seq_rows[b] : b, r.T = pr.seq_lens[b];
+  r.listed = pr.kept_counts[b], r.tail = pr.tail_start[b];
+  r.n = r.listed + (r.T > r.tail ? r.T - r.tail : 0);
+  r.index = r.listed > 0 ? pr.kept_lists[b] + size_t(r.h) * r.listed : nullptr;
+  r.q = pr.q + (size_t(b) * pr.q_heads + qh) * pr.head_dim;
+  return r;
+}
+
 // Query head qh of sequence b over its kept tokens first, first + stride, ... into `p`.
 KVB_HD void retained_partial(const RetainedProblem& pr, const PagedKvStore& s, int b, int qh,
                              int first, int stride, RetainedPartial& p) {
-  const int D = pr.head_dim, h = qh / (pr.q_heads / pr.kv_heads);
-  const int* pages = pr.block_table + size_t(b) * pr.max_pages_per_seq;
-  const int row = pr.seq_rows ? pr.seq_rows[b] : b, T = pr.seq_lens[b];
-  const int listed = pr.kept_counts[b], tail = pr.tail_start[b];
-  const int n = listed + (T > tail ? T - tail : 0);
-  const int* index = listed > 0 ? pr.kept_lists[b] + size_t(h) * listed : nullptr;
-  const float* q = pr.q + (size_t(b) * pr.q_heads + qh) * D;
+  const RetainedHead r = retained_head(pr, b, qh);
+  const int D = pr.head_dim, h = r.h, row = r.row, T = r.T;
+  const int* pages = r.pages;
+  const float* q = r.q;
   float x[kRetainedMaxHeadDim];
   p.max = -INFINITY;
   p.sum = 0.f;
   for (int d = 0; d < D; ++d) p.acc[d] = 0.f;
-  for (int i = first; i < n; i += stride) {
-    const int t = i < listed ? index[i] : tail + (i - listed);
+  for (int i = first; i < r.n; i += stride) {
+    const int t = r.token(i);
     decode_paged_token(s, pages, pr.kv_heads, D, row, /*key=*/true, h, t, T, x);
     float dot = 0.f;
     for (int d = 0; d < D; ++d) dot = fmaf(q[d], x[d], dot);
