@@ -2,12 +2,14 @@
 # One call's worth of GPU checks for a lent GPU machine: kernel tests, compute-sanitizer
 # memcheck on a subset, the decode benchmark and PyTorch's SDPA beside it. Expects
 # build-gpu/ from scripts/gpu_build.sh (built here or there); writes logs under $OUT.
-#   usage: scripts/gpu_check.sh [tests|bench|all|full|e2e]
+#   usage: scripts/gpu_check.sh [tests|bench|all|full|e2e|kernels]
 # full: builds all of kvbench there (scripts/gpu_full_build.sh), runs the paged-cache,
 # appender and model-placement unit tests on cuda, and configs/paged-formats.json on the CPU
 # and on the GPU (attention "paged"), whose fidelity must agree.
 # e2e: the full build, then configs/gpu-e2e.json (Llama-3-8B shapes, fp16 weights on the GPU,
 # batch 16 x 8k: the issue's end-to-end acceptance numbers).
+# kernels: the full build, then configs/gpu-kernels.json (the kernels suite on cuda: every
+# paged format's decode kernel against copy bandwidth and SDPA, batch 16, 1k-128k).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/kvbench-gpu}
@@ -19,13 +21,13 @@ if ! build-gpu/gpu_tests --gtest_list_tests >/dev/null 2>&1; then
   scripts/gpu_build.sh || exit 1
 fi
 rc=0
-if [ "$what" = full ] || [ "$what" = e2e ]; then
+if [ "$what" = full ] || [ "$what" = e2e ] || [ "$what" = kernels ]; then
   scripts/gpu_full_build.sh build-cuda 2>&1 | tee "$OUT/full_build.log" | tail -5
   [ -x build-cuda/kvbench ] || exit 1
   export LD_LIBRARY_PATH=${DEPS:-/tmp/kvbench-deps}/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
-if [ "$what" = e2e ]; then
-  build-cuda/kvbench run -c configs/gpu-e2e.json --out "$OUT/e2e" 2>&1 | tee "$OUT/e2e.log" | tail -40
+if [ "$what" = e2e ] || [ "$what" = kernels ]; then
+  build-cuda/kvbench run -c "configs/gpu-$what.json" --out "$OUT/$what" 2>&1 | tee "$OUT/$what.log" | tail -60
   exit "${PIPESTATUS[0]}"
 fi
 if [ "$what" = full ]; then
