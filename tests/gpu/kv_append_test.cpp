@@ -12,6 +12,7 @@
 
 #include "append_schedule.h"
 #include "device_buffer.h"
+#include "device_pools.h"
 #include "kv_append_launcher.h"
 #include "kv_paged_decode.h"
 #include "kv_paged_decode_launcher.h"
@@ -44,23 +45,12 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
   poison(host);
   HostPagedCache device_result = host;  // poisoned copies of the same pools
 
-  DeviceBuffer k_data, v_data, k_meta, v_meta, k_ring, v_ring, k_scale, v_scale, table;
-  ASSERT_CUDA(k_data.upload(host.k_data));
-  ASSERT_CUDA(v_data.upload(host.v_data));
-  ASSERT_CUDA(k_meta.upload(host.k_meta));
-  ASSERT_CUDA(v_meta.upload(host.v_meta));
-  ASSERT_CUDA(k_ring.upload(host.k_residual));
-  ASSERT_CUDA(v_ring.upload(host.v_residual));
-  ASSERT_CUDA(k_scale.upload(host.k_head_scale));
-  ASSERT_CUDA(v_scale.upload(host.v_head_scale));
+  DevicePools pools;
+  kernels::PagedKvStore dev;
+  ASSERT_CUDA(pools.upload(host, &dev));
+  DeviceBuffer table, seq_rows;
   ASSERT_CUDA(table.upload(host.block_table));
-  DeviceBuffer seq_rows;
   ASSERT_CUDA(seq_rows.upload(rows));
-  kernels::PagedKvStore dev = store_of(host);
-  dev.k_data = k_data.ptr, dev.v_data = v_data.ptr, dev.k_meta = k_meta.ptr,
-  dev.v_meta = v_meta.ptr, dev.k_residual = k_ring.ptr, dev.v_residual = v_ring.ptr;
-  dev.k_head_scale = static_cast<const float*>(k_scale.ptr);
-  dev.v_head_scale = static_cast<const float*>(v_scale.ptr);
 
   const kernels::PagedKvStore on_host = store_of(host);
   for (const AppendCall& call : append_schedule(keys, values, lens, prefill, kv_heads, D, bf16)) {
@@ -81,12 +71,7 @@ TEST_P(KvAppendGpuTest, MatchesTheHostAppenderByteForByte) {
     ASSERT_CUDA(kernels::append_kv(dp, dev, nullptr));
     ASSERT_CUDA(cudaDeviceSynchronize());  // the inputs are freed at the end of the loop body
   }
-  ASSERT_CUDA(k_data.download(device_result.k_data));
-  ASSERT_CUDA(v_data.download(device_result.v_data));
-  ASSERT_CUDA(k_meta.download(device_result.k_meta));
-  ASSERT_CUDA(v_meta.download(device_result.v_meta));
-  ASSERT_CUDA(k_ring.download(device_result.k_residual));
-  ASSERT_CUDA(v_ring.download(device_result.v_residual));
+  ASSERT_CUDA(pools.download(device_result));
   EXPECT_TRUE(device_result.k_data == host.k_data) << "key codes differ";
   EXPECT_TRUE(device_result.v_data == host.v_data) << "value codes differ";
   EXPECT_TRUE(device_result.k_meta == host.k_meta) << "key scales differ";

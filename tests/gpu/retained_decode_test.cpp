@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "device_buffer.h"
+#include "device_pools.h"
 #include "retained_case.h"
 #include "retained_decode_launcher.h"
 
@@ -31,20 +32,9 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   kernels::retained_decode_host(r.problem(host_out.data()), on_host);
 
   HostPagedCache& h = r.cache;
-  DeviceBuffer k_data, v_data, k_meta, v_meta, k_ring, v_ring, k_scale, v_scale;
-  ASSERT_CUDA(k_data.upload(h.k_data));
-  ASSERT_CUDA(v_data.upload(h.v_data));
-  ASSERT_CUDA(k_meta.upload(h.k_meta));
-  ASSERT_CUDA(v_meta.upload(h.v_meta));
-  ASSERT_CUDA(k_ring.upload(h.k_residual));
-  ASSERT_CUDA(v_ring.upload(h.v_residual));
-  ASSERT_CUDA(k_scale.upload(h.k_head_scale));
-  ASSERT_CUDA(v_scale.upload(h.v_head_scale));
-  kernels::PagedKvStore dev = on_host;
-  dev.k_data = k_data.ptr, dev.v_data = v_data.ptr, dev.k_meta = k_meta.ptr,
-  dev.v_meta = v_meta.ptr, dev.k_residual = k_ring.ptr, dev.v_residual = v_ring.ptr;
-  dev.k_head_scale = static_cast<const float*>(k_scale.ptr);
-  dev.v_head_scale = static_cast<const float*>(v_scale.ptr);
+  DevicePools pools;
+  kernels::PagedKvStore dev;
+  ASSERT_CUDA(pools.upload(h, &dev));
   DeviceBuffer table, lens, rows, counts, tails, pointers, q, out;
   ASSERT_CUDA(table.upload(h.block_table));
   ASSERT_CUDA(lens.upload(h.seq_lens));
