@@ -11,6 +11,7 @@
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/kivi_codec.h"
+#include "kvbench/kv/latent_paged_cache.h"
 #include "kvbench/kv/lowrank_codec.h"
 #include "kvbench/kv/paged_cache.h"
 #include "kvbench/kv/pyramidkv_policy.h"
@@ -670,14 +671,25 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
       head_dim, make_policy(method), rope_inv_freq);
 }
 
+std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
+                                          std::shared_ptr<const Codec> codec, int64_t num_layers,
+                                          int64_t num_kv_heads, int64_t head_dim,
+                                          at::ScalarType dtype, at::Device device) {
+  if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec))
+    return std::make_unique<LatentPagedCache>(std::move(lowrank), dtype, num_layers, num_kv_heads,
+                                              head_dim, PagedCapacity{}, device,
+                                              make_policy(method));
+  return make_kv_cache(method, num_layers, num_kv_heads, head_dim, dtype, "paged", at::Tensor(),
+                       device);
+}
+
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        std::shared_ptr<const Codec> codec, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim,
                                        const std::string& backend,
                                        const at::Tensor& rope_inv_freq) {
   KVB_CHECK(backend != "paged",
-            "make_kv_cache: the paged cache takes no codec; call the overload "
-            "with the model dtype");
+            "make_kv_cache: a paged cache with a given codec comes from make_paged_cache");
   return std::make_unique<CompressedKVCache>(std::move(codec), attention_backend_from_name(backend),
                                              num_layers, num_kv_heads, head_dim,
                                              make_policy(method), rope_inv_freq);

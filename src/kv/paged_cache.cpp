@@ -23,7 +23,8 @@ constexpr int kPageSize = 32;  // tokens per page of the per-token formats
 
 const char* kPagedMethods =
     "full/fp16/bf16 (model dtype fp16 or bf16), int8 (group 32), int4 (symmetric: true, "
-    "group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64)";
+    "group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64), kvproj (latent pages of its "
+    "coefficients: rank a multiple of 32; 64 or 128 on a GPU)";
 
 // Reference attention of a block's queries q [heads, n, D] over keys/values [kv_heads, L, D]
 // whose last n are the block's own, a chunk of queries at a time: a chunk ending at query c1
@@ -94,6 +95,10 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
     f.residual = residual;
     return f;
   }
+  if (name == "kvproj")
+    throw fail(
+        "stores coefficients in bases fitted to the model: its pages (LatentPagedCache) "
+        "are built from the prepared codec, not a fixed format");
   throw fail("has no paged format");
 }
 

@@ -37,12 +37,12 @@ std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
   require_device_support(
       ctx, ctx.cell_id.substr(0, ctx.cell_id.find('.')));  // "<suite>.<method>.<hash>"
   const ModelConfig& c = ctx.model.get().config();
-  if (ctx.spec.attention == "paged")  // fixed formats: nothing to prepare
-    return make_kv_cache(ctx.method, c.num_layers, c.num_kv_heads, c.head_dim, ctx.model.kv_dtype(),
-                         "paged", at::Tensor(), at::Device(ctx.spec.device));
   std::shared_ptr<const Codec> codec = make_codec(ctx.method, ctx.model.kv_dtype());
   // Codecs fitted to the model are prepared here (once per run), before anything is timed.
   if (codec->needs_preparation()) codec = ctx.model.prepared_codec(ctx.method).codec;
+  if (ctx.spec.attention == "paged")
+    return make_paged_cache(ctx.method, codec, c.num_layers, c.num_kv_heads, c.head_dim,
+                            ctx.model.kv_dtype(), at::Device(ctx.spec.device));
   return make_kv_cache(ctx.method, codec, c.num_layers, c.num_kv_heads, c.head_dim,
                        ctx.spec.attention, rope_inverse_frequencies(c));
 }

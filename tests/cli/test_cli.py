@@ -931,6 +931,37 @@ class ModelCliTest(CliCase):
             self.assertAlmostEqual(kl["paged", name], kl["reference", name],
                                    delta=1e-4 * kl["reference", name] + 1e-9)
 
+    def test_paged_attention_runs_kvproj_in_its_latent_space(self):
+        # kvproj on the paged cache: latent coefficient pages, attention in the latent space
+        # (the prepare step fits the bases first). The same fp16 coefficients as the reference
+        # backend stores, so fidelity agrees; with StreamingLLM the same positions are kept.
+        # Palu (keys stored before RoPE) fails its cell with the reason.
+        kvproj = {"name": "kvproj", "calib_prompts": 2, "calib_tokens": 64, "rank": 32}
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True, "dtype": "float16"},
+               "methods": [kvproj,
+                           {"name": "streamingllm", "sinks": 4, "window": 60, "codec": kvproj},
+                           {"name": "palu", "rank": 32}],
+               "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
+                           "eval_tokens": 16}]}
+        kl = {}
+        for attention in ("paged", "reference"):
+            res = self.run_ok(dict(cfg, attention=attention))
+            path, report = self.report_from(res)
+            cells = {c["method"]["name"]: c for c in report["cells"]}
+            if attention == "paged":
+                self.assertEqual(res.returncode, 1, res.stderr)
+                self.assertEqual(cells["palu"]["status"], "failed")
+                self.assertIn("before RoPE", cells["palu"]["error"])
+            for name in ("kvproj", "streamingllm"):
+                self.assertEqual(cells[name]["status"], "ok", res.stdout + res.stderr)
+                kl[attention, name] = cells[name]["summary"]["kl_mean"]
+            check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+            self.assertEqual(check.returncode, 0, check.stdout)
+        for name in ("kvproj", "streamingllm"):
+            self.assertGreater(kl["paged", name], 0)
+            self.assertAlmostEqual(kl["paged", name], kl["reference", name],
+                                   delta=1e-4 * kl["reference", name] + 1e-9)
+
     def test_low_rank_methods_report_their_untimed_prepare_step(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},
                "methods": [{"name": "full"}, {"name": "palu"},

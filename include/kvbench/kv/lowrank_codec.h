@@ -65,6 +65,8 @@ class LowRankCodec final : public Codec {
   StorageBytes shared_bytes() const override;
   StorageBytes shared_nominal() const override;
 
+  LowRankKind kind() const { return p_.kind; }
+  int64_t group() const { return p_.group; }
   // r for groups of g heads of head_dim channels.
   int64_t rank_for(int64_t head_dim) const;
   // The fitted bases of `layer`: [kv_heads / g, g * head_dim, r] fp32 (prepared codecs only).

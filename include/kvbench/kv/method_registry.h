@@ -65,11 +65,18 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
                                        const at::Tensor& rope_inv_freq = at::Tensor(),
                                        at::Device device = at::kCPU);
 // The same with the method's codec given, e.g. prepared (prepare_codec) for a low-rank method
-// (not "paged": the paged formats are fixed, none needs preparation).
+// (not "paged": make_paged_cache).
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        std::shared_ptr<const Codec> codec, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim,
                                        const std::string& backend = "cpu",
                                        const at::Tensor& rope_inv_freq = at::Tensor());
+// The paged cache of a resolved method entry with its codec (prepared when it needs it): a
+// LatentPagedCache of coefficients for kvproj, a PagedKVCache in the method's fixed format
+// otherwise. `dtype`: the uncompressed storage dtype; `device`: where the pools live.
+std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
+                                          std::shared_ptr<const Codec> codec, int64_t num_layers,
+                                          int64_t num_kv_heads, int64_t head_dim,
+                                          at::ScalarType dtype, at::Device device = at::kCPU);
 
 }  // namespace kvbench

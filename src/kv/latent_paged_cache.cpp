@@ -1,0 +1,123 @@
+#include "kvbench/kv/latent_paged_cache.h"
+
+#include <cmath>
+#include <string>
+
+#include "kvbench/core/error.h"
+
+namespace kvbench {
+namespace {
+
+// The codec's rank, once the pair (codec, cache shape) is known to fit the latent pages.
+int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, at::ScalarType coef_dtype,
+                     int64_t num_kv_heads, int64_t head_dim, at::Device device) {
+  KVB_CHECK(codec != nullptr, "latent paged cache: no codec");
+  KVB_CHECK(codec->kind() == LowRankKind::kProjection, "paged cache: method '", codec->name(),
+            "' stores keys before RoPE (each would be rotated at its position when read), which "
+            "the paged kernels do not do; its latent attention runs with attention cpu or "
+            "reference; kvproj's latents run paged");
+  KVB_CHECK(!codec->needs_preparation(), "latent paged cache: codec '", codec->name(),
+            "' is not prepared (its bases are fitted in the prepare step)");
+  KVB_CHECK(coef_dtype == at::kHalf || coef_dtype == at::kBFloat16, "paged cache: method '",
+            codec->name(), "' stores ", c10::toString(coef_dtype),
+            " coefficients, which have no paged format (model dtype fp16 or bf16)");
+  const int64_t g = codec->group(), r = codec->rank_for(head_dim);
+  KVB_CHECK(num_kv_heads % g == 0, "paged cache: ", codec->name(), " group ", g,
+            " does not divide ", num_kv_heads, " KV heads");
+  KVB_CHECK(r % 32 == 0, "paged cache: ", codec->name(), " rank ", r,
+            " is not a multiple of 32 (the latent pages hold rows of whole 32-value blocks); "
+            "set rank (or rank_ratio) so that it is");
+  KVB_CHECK(device.is_cpu() || r == 64 || r == 128, "paged cache: ", codec->name(), " rank ", r,
+            " on ", device.str(), ": the GPU decode kernels take latent widths 64 and 128");
+  return r;
+}
+
+}  // namespace
+
+LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
+                                   at::ScalarType coef_dtype, int64_t num_layers,
+                                   int64_t num_kv_heads, int64_t head_dim, PagedCapacity capacity,
+                                   at::Device device, std::shared_ptr<const RetentionPolicy> policy)
+    : codec_(std::move(codec)),
+      num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      group_(codec_ ? codec_->group() : 1),
+      rank_(checked_rank(codec_, coef_dtype, num_kv_heads, head_dim, device)),
+      latent_(paged_format_for({{"name", coef_dtype == at::kHalf ? "fp16" : "bf16"}}, coef_dtype),
+              num_layers, num_kv_heads / group_, rank_, capacity, device, std::move(policy)) {
+  const int64_t groups = num_kv_heads_ / group_;
+  // The inner cache scales scores by 1 / sqrt(r); the model's scale is 1 / sqrt(head_dim).
+  const double query_scale = std::sqrt(double(rank_) / double(head_dim_));
+  const auto where = at::TensorOptions().dtype(at::kFloat).device(device);
+  for (int64_t l = 0; l < num_layers; ++l) {
+    Bases b;
+    b.key = codec_->key_basis(l).to(where).contiguous();
+    b.value = codec_->value_basis(l).to(where).contiguous();
+    KVB_CHECK(b.key.dim() == 3 && b.key.size(0) == groups && b.key.size(1) == group_ * head_dim_ &&
+                  b.key.size(2) == rank_ && b.value.sizes() == b.key.sizes(),
+              "latent paged cache: ", codec_->name(), " bases of layer ", l, " have shape ",
+              b.key.sizes(), ", expected [", groups, ", ", group_ * head_dim_, ", ", rank_, "]");
+    // A group's rows are its KV heads' [head_dim, r] blocks in order.
+    b.query = (b.key.reshape({num_kv_heads_, head_dim_, rank_}) * query_scale).contiguous();
+    b.output = b.value.reshape({num_kv_heads_, head_dim_, rank_}).transpose(1, 2).contiguous();
+    bases_.push_back(std::move(b));
+  }
+}
+
+at::Tensor LatentPagedCache::coefficients(const at::Tensor& x, const at::Tensor& basis) const {
+  const int64_t n = x.size(0), groups = basis.size(0);
+  // [groups, n, g * head_dim] @ [groups, g * head_dim, r] -> [groups, n, r]
+  const at::Tensor rows = x.to(basis.device(), at::kFloat).reshape({n, groups, -1}).transpose(0, 1);
+  return at::bmm(rows, basis).transpose(0, 1).contiguous();
+}
+
+at::Tensor LatentPagedCache::per_head(const at::Tensor& rows, const at::Tensor& m) {
+  const int64_t n = rows.size(0), kv = rows.size(1), per = rows.size(2);
+  const at::Tensor a = rows.permute({1, 0, 2, 3}).reshape({kv, n * per, rows.size(3)});
+  return at::bmm(a, m).view({kv, n, per, m.size(2)}).permute({1, 0, 2, 3});
+}
+
+at::Tensor LatentPagedCache::append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
+                                               const at::Tensor& k, const at::Tensor& v) {
+  KVB_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
+            "paged cache: expected q [heads, n, head_dim], k and v [kv_heads, n, head_dim]");
+  return append_and_attend_batch(layer, {seq}, {k.size(1)}, q.transpose(0, 1), k.transpose(0, 1),
+                                 v.transpose(0, 1))
+      .transpose(0, 1);
+}
+
+at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
+                                                     const std::vector<int64_t>& seqs,
+                                                     const std::vector<int64_t>& counts,
+                                                     const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& v) {
+  KVB_CHECK(layer >= 0 && layer < int64_t(bases_.size()), "paged cache: layer ", layer,
+            " outside [0, ", bases_.size(), ")");
+  KVB_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(0) == k.size(0) &&
+                k.size(1) == num_kv_heads_ && k.size(2) == head_dim_ && q.size(2) == head_dim_ &&
+                q.size(1) % num_kv_heads_ == 0,
+            "paged cache: expected q [n, heads, ", head_dim_, "], k and v [n, ", num_kv_heads_,
+            ", ", head_dim_, "]");
+  const Bases& b = bases_[size_t(layer)];
+  const int64_t n = q.size(0), heads = q.size(1), per = heads / num_kv_heads_;
+  const at::Tensor q_rows = q.to(b.query.device(), at::kFloat).reshape({n, num_kv_heads_, per, -1});
+  const at::Tensor q_latent = per_head(q_rows, b.query).reshape({n, heads, rank_});
+  const at::Tensor out_latent = latent_.append_and_attend_batch(
+      layer, seqs, counts, q_latent, coefficients(k, b.key), coefficients(v, b.value));
+  const at::Tensor out_rows = out_latent.to(b.output.device()).reshape({n, num_kv_heads_, per, -1});
+  return per_head(out_rows, b.output).reshape({n, heads, head_dim_}).to(q.device());
+}
+
+StorageBytes LatentPagedCache::storage() const {
+  StorageBytes b = latent_.storage();
+  b += codec_->shared_bytes();
+  return b;
+}
+
+StorageBytes LatentPagedCache::nominal() const {
+  StorageBytes b = latent_.nominal();
+  b += codec_->shared_nominal();
+  return b;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,204 @@
+// kvproj on the paged cache (latent coefficient pages, attention in the latent space) against
+// the compressed cache with the same prepared codec and the reference backend (which
+// reconstructs every token, U c, and attends in fp32): both store the same fp16 coefficients,
+// so the outputs agree to fp32 rounding on the CPU; retention keeps the same positions; the
+// nominal bytes are the same. At full rank the latent cache is the fp16 cache up to rounding.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+#include <tuple>
+
+#include "kvbench/core/error.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/latent_paged_cache.h"
+#include "kvbench/kv/method_registry.h"
+#include "preparation_helpers.h"
+
+namespace kvbench {
+namespace {
+
+constexpr int64_t kLayers = 2, kKvHeads = 2, kHeads = 4, kDim = 64;
+
+struct Block {
+  at::Tensor q, k, v;
+};
+// Keys with a few large channels (as real keys have), fp16-rounded like the model hands them.
+Block random_block(int64_t n, at::Generator& gen) {
+  at::Tensor scale = at::ones({kDim});
+  scale.index_put_({at::arange(0, kDim, 13)}, 6.0);
+  auto round = [](at::Tensor x) { return x.to(at::kHalf).to(at::kFloat); };
+  return {round(at::randn({kHeads, n, kDim}, gen)),
+          round(at::randn({kKvHeads, n, kDim}, gen) * scale),
+          round(at::randn({kKvHeads, n, kDim}, gen))};
+}
+
+struct Caches {
+  std::unique_ptr<KVCache> paged, reference;
+};
+Caches make_caches(const std::string& entry, const at::Device& device) {
+  const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+  auto codec = testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim);
+  return {make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, device),
+          make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference")};
+}
+
+// Two interleaved sequences: prefills around the page size, decode steps across pages, a late
+// block; every output compared.
+void run_steps(KVCache& paged, KVCache& ref, double tolerance, int64_t first_prefill,
+               const std::function<void(int64_t seq)>& after_step = {}) {
+  auto gen = at::detail::createCPUGenerator(29);
+  const int64_t a = paged.add_sequence(), b = paged.add_sequence();
+  ASSERT_EQ(ref.add_sequence(), a);
+  ASSERT_EQ(ref.add_sequence(), b);
+  std::vector<std::pair<int64_t, int64_t>> steps = {{a, first_prefill}, {b, 7}};
+  for (int i = 0; i < 40; ++i) steps.insert(steps.end(), {{a, 1}, {b, 1}});
+  steps.push_back({b, 45});
+  for (const auto& [seq, n] : steps) {
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      const Block x = random_block(n, gen);
+      const at::Tensor got = paged.append_and_attend(seq, layer, x.q, x.k, x.v);
+      const at::Tensor want = ref.append_and_attend(seq, layer, x.q, x.k, x.v);
+      ASSERT_EQ(got.sizes(), want.sizes());
+      ASSERT_EQ(got.device(), x.q.device());
+      const double rel = ((got - want).norm() / want.norm()).item<double>();
+      ASSERT_LT(rel, tolerance) << "sequence " << seq << " at " << paged.length(seq) << " tokens, "
+                                << n << " new, layer " << layer;
+    }
+    if (after_step) after_step(seq);
+  }
+}
+
+// (method entry, device): on cuda the latent pages live on the GPU and the paged decode
+// kernel reads them; skipped where libtorch has no CUDA.
+class LatentPagedCacheTest : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {
+};
+
+TEST_P(LatentPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameCoefficients) {
+  const auto [entry, device_name] = GetParam();
+  const at::Device device(device_name);
+  if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
+  Caches c = make_caches(entry, device);
+  auto& latent = dynamic_cast<LatentPagedCache&>(*c.paged);
+  // CPU: the same fp16 coefficients, fp32 attention in another order (latent scores, values
+  // projected once) than the reference's (reconstructed rows). GPU: the decode kernel's fp16
+  // query and output and fast exp2 (its own tests' bound).
+  const double tolerance = device.is_cpu() ? 2e-5 : 2e-3;
+  run_steps(*c.paged, *c.reference, tolerance, 150);
+  EXPECT_EQ(latent.latent().format().format, kernels::KvFormat::kFp16);
+  EXPECT_EQ(c.paged->kept_tokens(0), std::vector<int64_t>(kLayers, 190));
+  // Same coefficients, same bases: the formula's bytes agree, the pages hold at most a partly
+  // filled page per sequence and layer more (r fp16 values per token, key and value).
+  EXPECT_EQ(c.paged->nominal().total(), c.reference->nominal().total());
+  const uint64_t page = 2ull * 32 * kKvHeads * latent.rank() * 2;
+  EXPECT_GE(c.paged->storage().total(), c.paged->nominal().total());
+  EXPECT_LE(c.paged->storage().total(), c.paged->nominal().total() + 2 * kLayers * page);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ranks, LatentPagedCacheTest,
+                         ::testing::Combine(::testing::Values(R"({"name": "kvproj"})",
+                                                              R"({"name": "kvproj", "rank": 64})"),
+                                            ::testing::Values("cpu", "cuda")),
+                         [](const auto& i) {
+                           return std::string(std::get<1>(i.param)) + "_p" +
+                                  std::to_string(i.index / 2);
+                         });
+
+// At full rank the basis is square and orthonormal: the latent cache attends as the fp16 cache
+// does, up to the rounding of the coefficients (instead of the values) to fp16.
+TEST(LatentPagedCacheFullRankTest, IsTheFp16CacheUpToRounding) {
+  Caches c = make_caches(R"({"name": "kvproj", "rank": 64})", at::kCPU);
+  auto fp16 = make_kv_cache(resolve_method({{"name", "fp16"}}, "m"), kLayers, kKvHeads, kDim,
+                            at::kHalf, "reference");
+  run_steps(*c.paged, *fp16, 3e-3, 150);
+}
+
+// Retention over latent pages: the inner paged cache's retained-index path, so the same
+// positions as the reference cache (StreamingLLM: by position; SnapKV at full rank: scores of
+// the stored latent keys equal the exact keys' up to rounding), and StreamingLLM frees pages.
+class LatentPagedRetentionTest
+    : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+
+TEST_P(LatentPagedRetentionTest, KeepsWhatTheReferenceKeeps) {
+  const auto [entry, device_name] = GetParam();
+  const at::Device device(device_name);
+  if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
+  Caches c = make_caches(entry, device);
+  auto& latent = dynamic_cast<LatentPagedCache&>(*c.paged);
+  auto& reference = dynamic_cast<CompressedKVCache&>(*c.reference);
+  const double tolerance = device.is_cpu() ? 2e-5 : 2e-3;
+  run_steps(*c.paged, *c.reference, tolerance, 400, [&](int64_t seq) {
+    for (int64_t l = 0; l < kLayers; ++l)
+      ASSERT_TRUE(
+          at::equal(latent.latent().kept_positions(seq, l), reference.kept_positions(seq, l)))
+          << "sequence " << seq << " layer " << l << " at " << latent.length(seq);
+  });
+  EXPECT_EQ(c.paged->kept_tokens(0), c.reference->kept_tokens(0));
+  EXPECT_LT(c.paged->kept_tokens(0)[0], c.paged->length(0));  // the policy did evict
+  EXPECT_EQ(c.paged->nominal().total(), c.reference->nominal().total());
+  EXPECT_GT(c.paged->retention_seconds(), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Policies, LatentPagedRetentionTest,
+    ::testing::Combine(::testing::Values(R"({"name": "streamingllm", "sinks": 4, "window": 60,
+                              "codec": "kvproj"})",
+                                         R"({"name": "snapkv", "budget": 64, "window": 8,
+                              "codec": {"name": "kvproj", "rank": 64}})"),
+                       ::testing::Values("cpu", "cuda")),
+    [](const auto& i) {
+      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 2);
+    });
+
+TEST(LatentPagedRetentionMemoryTest, StreamingLlmFreesLatentPagesBehindItsWindow) {
+  Caches c = make_caches(R"({"name": "streamingllm", "sinks": 4, "window": 60,
+                             "codec": "kvproj"})",
+                         at::kCPU);
+  auto& latent = dynamic_cast<LatentPagedCache&>(*c.paged);
+  const int64_t seq = c.paged->add_sequence();
+  auto gen = at::detail::createCPUGenerator(3);
+  for (int64_t step = 0; step < 470; ++step)
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      const Block x = random_block(1, gen);
+      c.paged->append_and_attend(seq, layer, x.q, x.k, x.v);
+    }
+  // The sink page, the window's (at most 3 pages of 32) and nothing else.
+  const uint64_t page = 2ull * 32 * kKvHeads * latent.rank() * 2 * kLayers;
+  const uint64_t bases = c.paged->storage().total() - latent.latent().storage().total();
+  EXPECT_LE(latent.latent().storage().total(), 4 * page);
+  EXPECT_EQ(bases, 2ull * kLayers * kKvHeads * kDim * latent.rank() * sizeof(float));
+}
+
+TEST(LatentPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {
+  auto message = [](const std::string& entry, const at::Device& device,
+                    at::ScalarType dtype = at::kHalf) {
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+    auto codec = testing_support::ready(make_codec(method, dtype), kLayers, kKvHeads, kDim);
+    try {
+      make_paged_cache(method, codec, kLayers, kKvHeads, kDim, dtype, device);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message(R"({"name": "palu"})", at::kCPU).find("before RoPE"), std::string::npos);
+  EXPECT_NE(message(R"({"name": "kvproj", "rank": 48})", at::kCPU).find("multiple of 32"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"name": "kvproj"})", at::Device("cuda")).find("widths 64 and 128"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"name": "kvproj"})", at::kCPU, at::kFloat).find("no paged format"),
+            std::string::npos);
+  // Without its fitted bases kvproj has no fixed format to page.
+  try {
+    make_kv_cache(resolve_method({{"name", "kvproj"}}, "m"), kLayers, kKvHeads, kDim, at::kHalf,
+                  "paged");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("prepared codec"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kvbench
