@@ -74,10 +74,12 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 }
 
 template <KvFormat F>
-constexpr int kBitsOf = F == KvFormat::kKivi2                             ? 2
-                        : (F == KvFormat::kInt4 || F == KvFormat::kKivi4) ? 4
-                        : (F == KvFormat::kInt8 || F == KvFormat::kFp8)   ? 8
-                                                                          : 16;
+constexpr int kBitsOf = (F == KvFormat::kKivi2 || F == KvFormat::kInt2) ? 2
+                        : (F == KvFormat::kInt4 || F == KvFormat::kKivi4 ||
+                           F == KvFormat::kInt4Asym)
+                            ? 4
+                        : (F == KvFormat::kInt8 || F == KvFormat::kFp8) ? 8
+                                                                        : 16;
 
 // The N channels of a row that one lane holds, when NL lanes share the row. The slice is
 // cut in pieces of at most 16 bytes; piece k of lane `who` starts at channel k*NL*E + who*E.
@@ -131,15 +133,17 @@ struct Slice {
 };
 
 // Dequantizes a slice into fp16 (bf16 for kBf16) pairs in Slice::pair order.
-//   scale[k]: per-piece scale (int8, int4); kivi: sm = (scale, min) per token (values) or
+//   scale[k]: per-piece scale (int8, int4, and with mins[k] int4-asym, int2; a piece lies in
+//   one 32-channel block); kivi: sm = (scale, min) per token (values) or
 //   per pair of channels in cs/cm (keys). fp8 is left unscaled (its per-head scale is applied
 //   to scores and outputs in fp32).
 template <KvFormat F, int N, int NL>
 struct Dequant {
   using S = Slice<F, N, NL>;
   __device__ static void run(const uint32_t (&w)[S::kWords], const __half2* scale,
-                             const __half2* cs, const __half2* cm, __half2 sm_scale, __half2 sm_min,
-                             uint32_t (&out)[S::kPairs]) {
+                             const __half2* mins, const __half2* cs, const __half2* cm,
+                             __half2 sm_scale, __half2 sm_min, uint32_t (&out)[S::kPairs]) {
+    static_assert(!is_block(F) || 32 % S::kE == 0, "a piece must lie in one 32-channel block");
     if constexpr (F == KvFormat::kFp16 || F == KvFormat::kBf16) {
 #pragma unroll
       for (int p = 0; p < S::kPairs; ++p) out[p] = w[p];
@@ -172,12 +176,16 @@ struct Dequant {
           const int p = j * kPerWord + i;
           const __half2 c =
               __hsub2(u32_as_h2(lop3_and_or(w[j] >> (kBits * i), kMask, 0x64006400u)), bias);
-          if constexpr (F == KvFormat::kInt4)
+          if constexpr (F == KvFormat::kInt4) {
             out[p] = as_u32(__hmul2(c, scale[(j * 8) / S::kE]));
-          else if (cs)
+          } else if constexpr (has_min(F)) {
+            const int k = (j * (32 / kBits)) / S::kE;  // the word's piece
+            out[p] = as_u32(__hfma2(c, scale[k], mins[k]));
+          } else if (cs) {
             out[p] = as_u32(__hfma2(c, cs[p], cm[p]));
-          else
+          } else {
             out[p] = as_u32(__hfma2(c, sm_scale, sm_min));
+          }
         }
       }
     }
@@ -204,7 +212,7 @@ template <KvFormat F, int D>
 struct Kernel {
   static constexpr bool kBf16 = F == KvFormat::kBf16;
   static constexpr bool kKivi = F == KvFormat::kKivi2 || F == KvFormat::kKivi4;
-  static constexpr bool kPerTokenScale = F == KvFormat::kInt8 || F == KvFormat::kInt4;
+  static constexpr bool kPerTokenScale = is_block(F);
   using KS = Slice<F, D / 4, 4>;
   using VS = Slice<F, D / 8, 8>;
   static constexpr int kChunks = D / 16;  // k-chunks of the score mma
@@ -216,14 +224,18 @@ struct Kernel {
     float acc[kMTiles][4];         // O^T fragments
   };
 
-  // Per-piece fp16 scales of a token (int8/int4).
+  // Per-piece fp16 scales (and mins) of a token (the block formats).
   template <class Sl>
   __device__ static void piece_scales(const void* meta, size_t row, int who,
-                                      __half2 (&sc)[Sl::kPieces]) {
-    const __half* h = static_cast<const __half*>(meta) + row * (D / 32);
+                                      __half2 (&sc)[Sl::kPieces], __half2 (&mn)[Sl::kPieces]) {
+    constexpr int kMeta = has_min(F) ? 2 : 1;  // fp16 values per block
+    const __half* h = static_cast<const __half*>(meta) + row * (D / 32) * kMeta;
 #pragma unroll
-    for (int k = 0; k < Sl::kPieces; ++k)
-      sc[k] = __half2half2(h[Sl::channel(who, k * Sl::kE) / 32]);
+    for (int k = 0; k < Sl::kPieces; ++k) {
+      const int blk = Sl::channel(who, k * Sl::kE) / 32;
+      sc[k] = __half2half2(h[blk * kMeta]);
+      if constexpr (has_min(F)) mn[k] = __half2half2(h[blk * kMeta + 1]);
+    }
   }
 
   __device__ static void kivi_token_meta(const void* meta, size_t row, int channel, int group,
@@ -379,6 +391,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     uint32_t kw[2][KS::kWords], vw[4][VS::kWords];
     __half2 ksc[2][KS::kPieces], vsc[4][VS::kPieces], vs_s[4], vs_m[4];
+    __half2 kmn[2][KS::kPieces], vmn[4][VS::kPieces];  // block mins (int4-asym, int2)
     bool kpresent[2], present[4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -387,11 +400,11 @@ __global__ void __launch_bounds__(kThreads)
       if (kpresent[h]) {
         KS::load(kdata + (row0 + i) * K::kRowBytes, m, kw[h]);
         if constexpr (K::kPerTokenScale)
-          K::template piece_scales<KS>(kv.k_meta, row0 + i, m, ksc[h]);
+          K::template piece_scales<KS>(kv.k_meta, row0 + i, m, ksc[h], kmn[h]);
       } else {
         KS::zero(kw[h]);
 #pragma unroll
-        for (int k = 0; k < KS::kPieces; ++k) ksc[h][k] = zero2;
+        for (int k = 0; k < KS::kPieces; ++k) ksc[h][k] = kmn[h][k] = zero2;
       }
     }
 #pragma unroll
@@ -402,22 +415,23 @@ __global__ void __launch_bounds__(kThreads)
       if (present[j]) {
         VS::load(vdata + (row0 + i) * K::kRowBytes, r, vw[j]);
         if constexpr (K::kPerTokenScale)
-          K::template piece_scales<VS>(kv.v_meta, row0 + i, r, vsc[j]);
+          K::template piece_scales<VS>(kv.v_meta, row0 + i, r, vsc[j], vmn[j]);
         if constexpr (kKivi)
           K::kivi_token_meta(kv.v_meta, row0 + i, VS::channel(r, 0), P, vs_s[j], vs_m[j]);
       } else {
         VS::zero(vw[j]);
 #pragma unroll
-        for (int k = 0; k < VS::kPieces; ++k) vsc[j][k] = zero2;
+        for (int k = 0; k < VS::kPieces; ++k) vsc[j][k] = vmn[j][k] = zero2;
       }
     }
     uint32_t kf[2][KS::kPairs], vf[4][VS::kPairs];
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      Dequant<F, D / 4, 4>::run(kw[h], ksc[h], kKivi ? cs : nullptr, cm, zero2, zero2, kf[h]);
+      Dequant<F, D / 4, 4>::run(kw[h], ksc[h], kmn[h], kKivi ? cs : nullptr, cm, zero2, zero2,
+                                kf[h]);
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      Dequant<F, D / 8, 8>::run(vw[j], vsc[j], nullptr, nullptr, vs_s[j], vs_m[j], vf[j]);
+      Dequant<F, D / 8, 8>::run(vw[j], vsc[j], vmn[j], nullptr, nullptr, vs_s[j], vs_m[j], vf[j]);
     K::tile_step(st, qf, kf, vf, present, score_scale, lane);
   }
 
@@ -443,7 +457,7 @@ __global__ void __launch_bounds__(kThreads)
             K::kivi_key_meta(kv.k_meta, slab, m, tcs, tcm);
             uint32_t w[KS::kWords];
             KS::load(kdata + (slab * P + t % P) * K::kRowBytes, m, w);
-            Dequant<F, D / 4, 4>::run(w, nullptr, tcs, tcm, zero2, zero2, kf[h]);
+            Dequant<F, D / 4, 4>::run(w, nullptr, nullptr, tcs, tcm, zero2, zero2, kf[h]);
           } else {
             ring_pairs<F, D / 4, 4>(kring + (ring + t % kv.residual) * D, m, kf[h]);
           }
@@ -574,7 +588,7 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
   if (!pr.q || !pr.out || !pr.block_table || !pr.seq_lens || !kv.k_data || !kv.v_data)
     return reject("null pointer among q, out, block_table, seq_lens, k_data, v_data");
   const KvFormat f = kv.format;
-  if ((f == KvFormat::kInt8 || f == KvFormat::kInt4 || is_kivi(f)) && (!kv.k_meta || !kv.v_meta))
+  if ((is_block(f) || is_kivi(f)) && (!kv.k_meta || !kv.v_meta))
     return reject(std::string(format_name(f)) + " needs k_meta and v_meta");
   if (f == KvFormat::kFp8 && (!kv.k_head_scale || !kv.v_head_scale))
     return reject("fp8 needs k_head_scale and v_head_scale");

@@ -12,15 +12,17 @@
     break;                            \
   }
 
-#define KVB_DISPATCH_FORMAT(value, NAME, ...)            \
-  switch (value) {                                       \
-    KVB_CASE_FORMAT(KvFormat::kFp16, NAME, __VA_ARGS__)  \
-    KVB_CASE_FORMAT(KvFormat::kBf16, NAME, __VA_ARGS__)  \
-    KVB_CASE_FORMAT(KvFormat::kInt8, NAME, __VA_ARGS__)  \
-    KVB_CASE_FORMAT(KvFormat::kInt4, NAME, __VA_ARGS__)  \
-    KVB_CASE_FORMAT(KvFormat::kFp8, NAME, __VA_ARGS__)   \
-    KVB_CASE_FORMAT(KvFormat::kKivi2, NAME, __VA_ARGS__) \
-    KVB_CASE_FORMAT(KvFormat::kKivi4, NAME, __VA_ARGS__) \
+#define KVB_DISPATCH_FORMAT(value, NAME, ...)               \
+  switch (value) {                                          \
+    KVB_CASE_FORMAT(KvFormat::kFp16, NAME, __VA_ARGS__)     \
+    KVB_CASE_FORMAT(KvFormat::kBf16, NAME, __VA_ARGS__)     \
+    KVB_CASE_FORMAT(KvFormat::kInt8, NAME, __VA_ARGS__)     \
+    KVB_CASE_FORMAT(KvFormat::kInt4, NAME, __VA_ARGS__)     \
+    KVB_CASE_FORMAT(KvFormat::kFp8, NAME, __VA_ARGS__)      \
+    KVB_CASE_FORMAT(KvFormat::kKivi2, NAME, __VA_ARGS__)    \
+    KVB_CASE_FORMAT(KvFormat::kKivi4, NAME, __VA_ARGS__)    \
+    KVB_CASE_FORMAT(KvFormat::kInt4Asym, NAME, __VA_ARGS__) \
+    KVB_CASE_FORMAT(KvFormat::kInt2, NAME, __VA_ARGS__)     \
   }
 
 // head_dim: 64 and 128 (the shapes of every supported model preset).

@@ -147,6 +147,19 @@ KVB_HD void token_block(const AppendProblem& p, const PagedKvStore& s, bool key,
       encode::put_u16(key ? s.k_meta : s.v_meta, r * (D / 32) + blk, d);
       return;
     }
+    case KvFormat::kInt4Asym:
+    case KvFormat::kInt2: {
+      const int bits = format_bits(s.format);
+      for (int i = 0; i < kBlock; ++i) x[i] = encode::half_value(in[i]);
+      uint8_t* codes =
+          static_cast<uint8_t*>(data) + r * (size_t(D) * bits / 8) + blk * (kBlock * bits / 8);
+      uint16_t sm[2];
+      encode::encode_asym_block(bits, x, codes, sm);
+      void* meta = key ? s.k_meta : s.v_meta;
+      encode::put_u16(meta, (r * (D / 32) + blk) * 2, sm[0]);
+      encode::put_u16(meta, (r * (D / 32) + blk) * 2 + 1, sm[1]);
+      return;
+    }
     case KvFormat::kFp8: {
       const float inv =
           1.0f / (key ? s.k_head_scale : s.v_head_scale)[size_t(seq_row(p, b)) * p.kv_heads + h];
@@ -251,8 +264,7 @@ inline const char* append_check(const AppendProblem& p, const PagedKvStore& s) {
     return "head_dim must be a positive multiple of 32";
   if (!p.block_table || !p.old_lens || !p.cu_new || !p.k || !p.v || !s.k_data || !s.v_data)
     return "null block_table, old_lens, cu_new, k, v or page pool";
-  if ((s.format == KvFormat::kInt8 || s.format == KvFormat::kInt4 || is_kivi(s.format)) &&
-      (!s.k_meta || !s.v_meta))
+  if ((is_block(s.format) || is_kivi(s.format)) && (!s.k_meta || !s.v_meta))
     return "null scale pool";
   if (s.format == KvFormat::kFp8 && (!s.k_head_scale || !s.v_head_scale))
     return "fp8 needs per-head scales";

@@ -174,4 +174,17 @@ struct MinMax {
   }
 };
 
+// q4_1 and q2_1: one block of 32 channels by the min-max rule above (the CPU codecs'
+// asymmetric rule: m = fp16(min), d = fp16((max - m) / levels), codes round((x - m) / d)).
+//   x: [32] floats;  codes: the block's 32 * bits / 8 bytes;  scale_min: its (d, m)
+KVB_HD void encode_asym_block(int bits, const float* x, uint8_t* codes, uint16_t* scale_min) {
+  float lo = x[0], hi = x[0];
+  for (int i = 1; i < 32; ++i) lo = min_f(lo, x[i]), hi = max_f(hi, x[i]);
+  const int levels = (1 << bits) - 1;
+  const MinMax mm(lo, hi, levels);
+  scale_min[0] = mm.scale_h;
+  scale_min[1] = mm.min_h;
+  for (int i = 0; i < 32; ++i) put_code(codes, i, bits, mm.code(x[i], levels));
+}
+
 }  // namespace kvbench::kernels::encode

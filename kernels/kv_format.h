@@ -10,6 +10,10 @@
 //   kInt4 (q4_0)  data [pages, kv_heads, page_size, head_dim / 2] bytes, channel 2i in the low
 //                 nibble of byte i, 2i+1 in the high one;
 //                 meta [pages, kv_heads, page_size, head_dim / 32] fp16 scales; x = (q - 8) * d.
+//   kInt4Asym (q4_1), kInt2 (q2_1)  data [pages, kv_heads, page_size, head_dim * bits / 8]
+//                 bytes, channel d at bit (d mod (8 / bits)) * bits of byte d / (8 / bits);
+//                 meta [pages, kv_heads, page_size, head_dim / 32, 2] fp16 (scale, min) per
+//                 32-channel block; x = q * d + m (the CPU codecs' asymmetric rule).
 //   kFp8          data [pages, kv_heads, page_size, head_dim] e4m3fn bytes;
 //                 head_scale [batch, kv_heads] fp32: per sequence, as the fp8 codec calibrates
 //                 each sequence on its first tokens (per-layer scales repeat one value); x = f * s.
@@ -38,7 +42,17 @@
 
 namespace kvbench::kernels {
 
-enum class KvFormat : int { kFp16 = 0, kBf16, kInt8, kInt4, kFp8, kKivi2, kKivi4 };
+enum class KvFormat : int {
+  kFp16 = 0,
+  kBf16,
+  kInt8,
+  kInt4,
+  kFp8,
+  kKivi2,
+  kKivi4,
+  kInt4Asym,
+  kInt2
+};
 
 inline const char* format_name(KvFormat f) {
   switch (f) {
@@ -56,11 +70,23 @@ inline const char* format_name(KvFormat f) {
       return "kivi-2";
     case KvFormat::kKivi4:
       return "kivi-4";
+    case KvFormat::kInt4Asym:
+      return "int4-asym";
+    case KvFormat::kInt2:
+      return "int2";
   }
   return "?";
 }
 
-KVB_HD bool is_kivi(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4; }
+constexpr KVB_HD bool is_kivi(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4; }
+// Per-token 32-channel blocks with fp16 meta: a scale (q8_0, q4_0), a scale and a min (q4_1,
+// q2_1).
+constexpr KVB_HD bool has_min(KvFormat f) {
+  return f == KvFormat::kInt4Asym || f == KvFormat::kInt2;
+}
+constexpr KVB_HD bool is_block(KvFormat f) {
+  return f == KvFormat::kInt8 || f == KvFormat::kInt4 || has_min(f);
+}
 
 // Code bits per element (16 for the float formats).
 KVB_HD int format_bits(KvFormat f) {
@@ -73,8 +99,10 @@ KVB_HD int format_bits(KvFormat f) {
       return 8;
     case KvFormat::kInt4:
     case KvFormat::kKivi4:
+    case KvFormat::kInt4Asym:
       return 4;
     case KvFormat::kKivi2:
+    case KvFormat::kInt2:
       return 2;
   }
   return 0;
@@ -87,8 +115,7 @@ struct PageBytes {
 inline PageBytes page_bytes(KvFormat f, bool keys, int page_size, int head_dim) {
   PageBytes b;
   b.data = size_t(page_size) * head_dim * format_bits(f) / 8;
-  if (f == KvFormat::kInt8 || f == KvFormat::kInt4)
-    b.meta = size_t(page_size) * (head_dim / 32) * 2;
+  if (is_block(f)) b.meta = size_t(page_size) * (head_dim / 32) * (has_min(f) ? 4 : 2);
   if (is_kivi(f))
     b.meta = keys ? size_t(2) * head_dim * 2 : size_t(page_size) * (head_dim / page_size) * 4;
   return b;

@@ -43,6 +43,17 @@ KVB_HD void decode_paged_channels(const PagedKvStore& s, const int* pages, int k
         out[d - d0] = float(q - 8) * e::half_value(meta[row * (D / 32) + d / 32]);
       }
       return;
+    case KvFormat::kInt4Asym:
+    case KvFormat::kInt2: {
+      const int bits = format_bits(s.format), per = 8 / bits, mask = (1 << bits) - 1;
+      const uint8_t* codes = data + row * (size_t(D) * bits / 8);
+      for (int d = d0; d < d1; ++d) {
+        const int c = (codes[d / per] >> ((d % per) * bits)) & mask;
+        const uint16_t* sm = meta + (row * (D / 32) + d / 32) * 2;  // (scale, min)
+        out[d - d0] = fmaf(float(c), e::half_value(sm[0]), e::half_value(sm[1]));
+      }
+      return;
+    }
     case KvFormat::kFp8: {
       const float scale = (key ? s.k_head_scale : s.v_head_scale)[size_t(seq_row) * kv_heads + h];
       for (int d = d0; d < d1; ++d) out[d - d0] = e::e4m3_value(data[row * D + d]) * scale;

@@ -22,8 +22,9 @@ namespace {
 constexpr int kPageSize = 32;  // tokens per page of the per-token formats
 
 const char* kPagedMethods =
-    "full/fp16/bf16 (model dtype fp16 or bf16), int8 (group 32), int4 (symmetric: true, "
-    "group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64), kvproj (latent pages of its "
+    "full/fp16/bf16 (model dtype fp16 or bf16), int8, int4 (q4_1, or q4_0 with symmetric: "
+    "true) and int2 (group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64), kvproj (latent pages "
+    "of its "
     "coefficients: rank a multiple of 32; 64 or 128 on a GPU)";
 
 // Reference attention of a block's queries q [heads, n, D] over keys/values [kv_heads, L, D]
@@ -71,11 +72,13 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
     f.format = dtype == at::kHalf ? KvFormat::kFp16 : KvFormat::kBf16;
     return f;
   }
-  if (name == "int8" || name == "int4") {
-    if (method.at("group").get<int>() != 32) throw fail("has group != 32 (q4_0/q8_0 use 32)");
-    if (name == "int4" && !method.at("symmetric").get<bool>())
-      throw fail("is q4_1 (asymmetric); the paged int4 format is q4_0 (symmetric: true)");
-    f.format = name == "int8" ? KvFormat::kInt8 : KvFormat::kInt4;
+  if (name == "int8" || name == "int4" || name == "int2") {
+    if (method.at("group").get<int>() != 32)
+      throw fail("has group != 32 (the paged blocks are 32 channels)");
+    if (name == "int8") f.format = KvFormat::kInt8;
+    if (name == "int4")
+      f.format = method.at("symmetric").get<bool>() ? KvFormat::kInt4 : KvFormat::kInt4Asym;
+    if (name == "int2") f.format = KvFormat::kInt2;
     return f;
   }
   if (name == "fp8") {

@@ -91,11 +91,13 @@ struct AppendCase {
 
 inline std::vector<AppendCase> append_cases() {
   using kernels::KvFormat;
-  return {{KvFormat::kFp16, 128, 16, 0},    {KvFormat::kBf16, 64, 32, 0},
-          {KvFormat::kInt8, 128, 32, 0},    {KvFormat::kInt4, 128, 16, 0},
-          {KvFormat::kInt4, 64, 32, 0},     {KvFormat::kFp8, 128, 32, 0},
-          {KvFormat::kKivi2, 128, 32, 128}, {KvFormat::kKivi2, 64, 16, 32},
-          {KvFormat::kKivi4, 128, 32, 64},  {KvFormat::kKivi4, 128, 16, 128}};
+  return {{KvFormat::kFp16, 128, 16, 0},     {KvFormat::kBf16, 64, 32, 0},
+          {KvFormat::kInt8, 128, 32, 0},     {KvFormat::kInt4, 128, 16, 0},
+          {KvFormat::kInt4, 64, 32, 0},      {KvFormat::kFp8, 128, 32, 0},
+          {KvFormat::kKivi2, 128, 32, 128},  {KvFormat::kKivi2, 64, 16, 32},
+          {KvFormat::kKivi4, 128, 32, 64},   {KvFormat::kKivi4, 128, 16, 128},
+          {KvFormat::kInt4Asym, 128, 32, 0}, {KvFormat::kInt4Asym, 64, 16, 0},
+          {KvFormat::kInt2, 128, 16, 0},     {KvFormat::kInt2, 64, 32, 0}};
 }
 
 // A gtest-safe name: "kivi_2_d128_p32_r128".

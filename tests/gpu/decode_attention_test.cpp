@@ -152,8 +152,9 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   const std::vector<int> lens = {1, 33, 517, 2049};  // odd lengths across page boundaries
-  for (KvFormat f : {KvFormat::kFp16, KvFormat::kBf16, KvFormat::kInt8, KvFormat::kInt4,
-                     KvFormat::kFp8, KvFormat::kKivi2, KvFormat::kKivi4}) {
+  for (KvFormat f :
+       {KvFormat::kFp16, KvFormat::kBf16, KvFormat::kInt8, KvFormat::kInt4, KvFormat::kFp8,
+        KvFormat::kKivi2, KvFormat::kKivi4, KvFormat::kInt4Asym, KvFormat::kInt2}) {
     const bool kivi = kernels::is_kivi(f);
     for (int D : {64, 128})
       for (auto heads : std::vector<std::pair<int, int>>{{4, 4}, {8, 2}, {28, 4}, {16, 2}})

@@ -132,6 +132,22 @@ class Builder {
         for (int g = 0; g < D_ / 32; ++g)
           encode_block(c_.format == KvFormat::kInt8, data, meta, r, g, x, out);
         break;
+      case KvFormat::kInt4Asym:
+      case KvFormat::kInt2: {
+        // q4_1 / q2_1: per 32-channel block the min-max rule, (scale, min) interleaved
+        const int bits = kernels::format_bits(c_.format), levels = (1 << bits) - 1;
+        for (int g = 0; g < D_ / 32; ++g) {
+          const MinMaxQuant mq = min_max(x + 32 * g, 32, 1, levels);
+          put_u16(meta, ((r * (D_ / 32) + g) * 2) * 2, float_to_half_bits(mq.scale));
+          put_u16(meta, ((r * (D_ / 32) + g) * 2 + 1) * 2, float_to_half_bits(mq.min));
+          for (int i = 0; i < 32; ++i) {
+            const int ch = 32 * g + i, code = mq.code(x[ch], levels);
+            put_code(data, base, ch, bits, code);
+            out[ch] = mq.decode(code);
+          }
+        }
+        break;
+      }
       case KvFormat::kFp8: {
         // x times the reciprocal of the scale, as the CPU codec computes it
         const float s = (key ? c_.k_head_scale : c_.v_head_scale)[size_t(b) * c_.kv_heads + h];

@@ -70,7 +70,9 @@ INSTANTIATE_TEST_SUITE_P(Formats, GpuFormatTest,
                                                       R"({"name": "int4", "symmetric": true})"},
                                            FormatCase{KvFormat::kFp8, R"({"name": "fp8"})"},
                                            FormatCase{KvFormat::kKivi2, R"({"name": "kivi-2"})"},
-                                           FormatCase{KvFormat::kKivi4, R"({"name": "kivi-4"})"}),
+                                           FormatCase{KvFormat::kKivi4, R"({"name": "kivi-4"})"},
+                                           FormatCase{KvFormat::kInt4Asym, R"({"name": "int4"})"},
+                                           FormatCase{KvFormat::kInt2, R"({"name": "int2"})"}),
                          [](const ::testing::TestParamInfo<FormatCase>& i) {
                            std::string n = kernels::format_name(i.param.format);
                            for (char& ch : n)

@@ -86,15 +86,14 @@ TEST_P(PagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameStoredValues) {
 
 INSTANTIATE_TEST_SUITE_P(
     Methods, PagedCacheTest,
-    ::testing::Combine(::testing::Values(R"({"name": "full"})", R"({"name": "fp16"})",
-                                         R"({"name": "bf16"})", R"({"name": "int8"})",
-                                         R"({"name": "int4", "symmetric": true})",
-                                         R"({"name": "fp8"})",
-                                         R"({"name": "fp8", "granularity": "layer"})",
-                                         R"({"name": "kivi-2", "group": 32, "residual": 64})",
-                                         R"({"name": "kivi-4", "group": 16, "residual": 32})",
-                                         R"({"name": "kivi-2"})"),
-                       ::testing::Values("cpu", "cuda")),
+    ::testing::Combine(
+        ::testing::Values(R"({"name": "full"})", R"({"name": "fp16"})", R"({"name": "bf16"})",
+                          R"({"name": "int8"})", R"({"name": "int4", "symmetric": true})",
+                          R"({"name": "fp8"})", R"({"name": "fp8", "granularity": "layer"})",
+                          R"({"name": "kivi-2", "group": 32, "residual": 64})",
+                          R"({"name": "kivi-4", "group": 16, "residual": 32})",
+                          R"({"name": "kivi-2"})", R"({"name": "int4"})", R"({"name": "int2"})"),
+        ::testing::Values("cpu", "cuda")),
     [](const auto& i) {
       return std::string(std::get<1>(i.param)) + "_m" + std::to_string(i.index / 2);
     });
@@ -184,9 +183,11 @@ TEST(PagedCacheErrorsTest, MethodsWithoutAPagedFormatSayWhatExists) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(why(R"({"name": "int4"})").find("q4_1"), std::string::npos);
+  EXPECT_NE(why(R"({"name": "int4", "group": 64})").find("group != 32"), std::string::npos);
   // A retention method's format is its codec's.
-  EXPECT_NE(why(R"({"name": "snapkv", "codec": "int4"})").find("q4_1"), std::string::npos);
+  EXPECT_NE(why(R"({"name": "snapkv", "codec": "gear"})").find("no paged format"),
+            std::string::npos);
+  EXPECT_EQ(why(R"({"name": "snapkv", "codec": "int4"})"), "no error");
   EXPECT_NE(why(R"({"name": "full"})", at::kFloat).find("Float"), std::string::npos);
   EXPECT_NE(why(R"({"name": "gear"})").find("paged formats: full/fp16/bf16"), std::string::npos);
   EXPECT_NE(why(R"({"name": "kivi-4", "group": 8, "residual": 64})").find("group"),
@@ -289,6 +290,7 @@ INSTANTIATE_TEST_SUITE_P(
             R"({"name": "snapkv", "budget": 64, "window": 8,
                 "codec": {"name": "int4", "symmetric": true}})",
             R"({"name": "pyramidkv", "budget": 48, "window": 8, "codec": "fp8"})",
+            R"({"name": "snapkv", "budget": 64, "window": 8, "codec": "int2"})",
             R"({"name": "snapkv", "budget": 96, "window": 8,
                 "codec": {"name": "kivi-4", "group": 32, "residual": 64}})"),
         ::testing::Values("cpu", "cuda")),
