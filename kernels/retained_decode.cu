@@ -29,6 +29,8 @@ __global__ void retained_decode_kernel(RetainedProblem pr, PagedKvStore s) {
     for (int j = 0; j < per; ++j) dot = fmaf(qv[j], x[j], dot);
     for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
     const float score = dot * pr.softmax_scale, mn = fmaxf(m, score);
+    if (pr.scores && lane == 0)
+      pr.scores[(size_t(b) * pr.q_heads + qh) * pr.score_stride + i] = score;
     const float rescale = expf(m - mn), w = expf(score - mn);  // expf(-inf) = 0 at first
     decode_paged_channels(s, r.pages, pr.kv_heads, D, row, /*key=*/false, h, t, T, d0, d0 + per, x);
     for (int j = 0; j < per; ++j) acc[j] = fmaf(w, x[j], acc[j] * rescale);

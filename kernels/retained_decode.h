@@ -38,6 +38,12 @@ struct RetainedProblem {
   float softmax_scale = 0.f;
   const float* q = nullptr;  // [batch, q_heads, head_dim] fp32
   float* out = nullptr;      // [batch, q_heads, head_dim] fp32
+  // Optional, for policies that select by attention (H2O, TOVA, ScissorHands): each kept
+  // token's scaled score q . k * softmax_scale (the softmax's input), [batch, q_heads,
+  // score_stride] fp32, entry i the i-th kept token (listed ones, then the tail); entries past
+  // a sequence's kept count are not written. score_stride >= every kept count.
+  float* scores = nullptr;
+  int score_stride = 0;
 };
 
 // A softmax over part of a query's kept tokens: max score, sum of exp(score - max) and the
@@ -86,6 +92,7 @@ KVB_HD void retained_partial(const RetainedProblem& pr, const PagedKvStore& s, i
     float dot = 0.f;
     for (int d = 0; d < D; ++d) dot = fmaf(q[d], x[d], dot);
     const float score = dot * pr.softmax_scale, m = fmaxf(p.max, score);
+    if (pr.scores) pr.scores[(size_t(b) * pr.q_heads + qh) * pr.score_stride + i] = score;
     const float rescale = expf(p.max - m), w = expf(score - m);  // expf(-inf) = 0 at first
     decode_paged_token(s, pages, pr.kv_heads, D, row, /*key=*/false, h, t, T, x);
     for (int d = 0; d < D; ++d) p.acc[d] = fmaf(w, x[d], p.acc[d] * rescale);
@@ -104,6 +111,7 @@ inline const char* retained_check(const RetainedProblem& p, const PagedKvStore& 
   if (!p.block_table || !p.seq_lens || !p.kept_lists || !p.kept_counts || !p.tail_start || !p.q ||
       !p.out)
     return "a required pointer is null";
+  if (p.scores && p.score_stride < 1) return "scores need score_stride >= every kept count";
   if (!s.k_data || !s.v_data) return "the store has no pools";
   if (is_kivi(s.format) && (s.residual <= 0 || s.residual % s.page_size != 0))
     return "KIVI needs a residual window that is a positive multiple of page_size";

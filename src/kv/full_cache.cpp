@@ -203,25 +203,14 @@ void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Te
 
 void CompressedKVCache::record_low_attention(Layer& layer, const at::Tensor& q,
                                              int64_t start) const {
-  const int64_t heads = q.size(0), n = q.size(1), group = heads / num_kv_heads_;
+  const int64_t n = q.size(1), group = q.size(0) / num_kv_heads_;
   const int64_t held = layer.keys->size(), history = policy_->observation_window();
   const int64_t before = layer.low.defined() ? layer.low.size(1) : 0;
   const at::Tensor fresh = at::zeros({num_kv_heads_, held - before, group, history}, at::kBool);
   layer.low = layer.low.defined() ? at::cat({layer.low, fresh}, 1) : fresh;
-  // Only the block's last `history` queries can still be in the window.
-  const int64_t m = std::min(n, history), first = start + n - m;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  at::Tensor qm =
-      q.narrow(1, n - m, m).to(at::kFloat).reshape({num_kv_heads_, group * m, head_dim_});
-  at::Tensor s = at::bmm(qm, layer.keys->dequantize().transpose(1, 2)).mul_(scale);
-  // Row g * m + i is the query at position first + i; it sees held tokens at or before it.
-  at::Tensor query_pos =
-      at::arange(m, at::kLong).add_(first).repeat({group}).view({1, group * m, 1});
-  at::Tensor seen = layer.positions.unsqueeze(1).le(query_pos);  // [kvh, g*m, held]
-  s.masked_fill_(seen.logical_not(), -std::numeric_limits<float>::infinity());
-  at::Tensor uniform = seen.sum(-1, /*keepdim=*/true).to(at::kFloat).reciprocal_();  // 1/t
-  at::Tensor low = at::softmax(s, -1).lt(uniform).logical_and_(seen);
-  low = low.reshape({num_kv_heads_, group, m, held}).permute({0, 3, 1, 2});  // [kvh, held, g, m]
+  const at::Tensor low =
+      low_attention(q, layer.keys->dequantize(), layer.positions, start, history);
+  const int64_t m = low.size(3), first = start + n - m;
   at::Tensor columns = at::arange(first, first + m, at::kLong).remainder_(history);
   layer.low.index_copy_(3, columns, low);
 }
@@ -308,38 +297,15 @@ void CompressedKVCache::maybe_evict(Layer& layer, RetentionInput& in, const at::
 }
 
 at::Tensor CompressedKVCache::last_query_scores(const Layer& layer, const at::Tensor& q) const {
-  const int64_t heads = q.size(0), group = heads / num_kv_heads_;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  // The newest query sees every held token, so no mask.
-  at::Tensor ql =
-      q.narrow(1, q.size(1) - 1, 1).to(at::kFloat).reshape({num_kv_heads_, group, head_dim_});
-  at::Tensor s =
-      at::bmm(ql, layer.keys->dequantize().transpose(1, 2)).mul_(scale);  // [kvh, g, held]
-  return at::softmax(s, -1).mean(1);
+  return newest_query_attention(q, layer.keys->dequantize());
 }
 
 void CompressedKVCache::accumulate_scores(Layer& layer, const at::Tensor& q, int64_t start) const {
-  const int64_t heads = q.size(0), n = q.size(1), group = heads / num_kv_heads_;
   const int64_t held = layer.keys->size();
   const at::Tensor fresh =
       at::zeros({num_kv_heads_, held - (layer.scores.defined() ? layer.scores.size(1) : 0)});
   layer.scores = layer.scores.defined() ? at::cat({layer.scores, fresh}, 1) : fresh;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  const at::Tensor keys = layer.keys->dequantize().transpose(1, 2);  // [kvh, d, held], as stored
-  const at::Tensor key_pos = layer.positions.unsqueeze(1);           // [kvh, 1, held]
-  // Queries in chunks, so a long prefill never builds a [heads, n, n] matrix at once.
-  constexpr int64_t kChunk = 256;
-  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
-    const int64_t c = std::min(kChunk, n - c0);
-    at::Tensor qc =
-        q.narrow(1, c0, c).to(at::kFloat).reshape({num_kv_heads_, group * c, head_dim_});
-    at::Tensor s = at::bmm(qc, keys).mul_(scale);  // [kvh, group * c, held]
-    // Row g * c + i is query position start + c0 + i; it sees held tokens at or before it.
-    at::Tensor query_pos =
-        at::arange(c, at::kLong).add_(start + c0).repeat({group}).view({1, group * c, 1});
-    s.masked_fill_(key_pos.gt(query_pos), -std::numeric_limits<float>::infinity());
-    layer.scores.add_(at::softmax(s, -1).sum(1).div_(static_cast<double>(group)));
-  }
+  layer.scores.add_(summed_attention(q, layer.keys->dequantize(), layer.positions, start));
 }
 
 at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <tuple>
 
@@ -110,11 +111,11 @@ void check_paged_policy(const RetentionPolicy* policy) {
   KVB_CHECK(!policy->cache_positions(), "paged cache: retention policy '", policy->name(),
             "' gives kept tokens cache positions, which would rewrite their keys in the pages; "
             "use positions: original");
-  const RetentionNeeds needs = policy->needs();
-  KVB_CHECK(needs == RetentionNeeds::kPositions || needs == RetentionNeeds::kWindowScores,
-            "paged cache: retention policy '", policy->name(),
-            "' needs attention scores the paged attention does not compute; paged retention: "
-            "streamingllm (original positions), snapkv, pyramidkv");
+  KVB_CHECK(policy->needs() != RetentionNeeds::kQueryPages, "paged cache: retention policy '",
+            policy->name(),
+            "' chooses pages per step from key bounds, which the paged cache does not keep; "
+            "paged retention: streamingllm (original positions), snapkv, pyramidkv, h2o, tova, "
+            "scissorhands");
 }
 
 PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads,
@@ -196,6 +197,7 @@ int64_t PagedKVCache::add_sequence() {
   Sequence s;
   s.kept.resize(size_t(num_layers_));
   s.listed.resize(size_t(num_layers_));
+  s.scores.resize(size_t(num_layers_));
   s.slot = free_slots_.back();
   free_slots_.pop_back();
   for (Layer& layer : layers_)
@@ -512,6 +514,9 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   const int B = int(batch.size());
   // A decode token of a decode-timing policy is appended, the policy evicts, then the token
   // attends what stays; a block (the prefill) attends everything, then the policy evicts.
+  // Policies that select by attention see every step's attention first: the new tokens attend
+  // everything held, their attention is recorded, then the layer shrinks (H2O's order).
+  const bool by_attention = scored();
   std::vector<at::Tensor> positions(static_cast<size_t>(B));
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false);
@@ -525,7 +530,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     in.positions = attended_positions(s, layer, n);
     const bool over =
         (in.prefill || policy_->timing() == EvictionTiming::kDecode) && policy_->over_budget(in);
-    if (over && n == 1 && !in.prefill) {
+    if (over && n == 1 && !in.prefill && !by_attention) {
       select(s, layer, in);
       positions[size_t(b)] = s.kept[size_t(layer)];
     } else {
@@ -538,11 +543,11 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     any_kept = any_kept || s.kept[size_t(layer)].defined();
   }
   const int64_t kv = num_kv_heads_;
-  at::Tensor out;
+  at::Tensor out, logits;
   if (device_.is_cuda() && all_single) {
     paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
                               max_len};
-    if (any_kept) {
+    if (any_kept || by_attention) {
       // Each sequence's lists stay on the device; per step only their addresses, counts and
       // tails travel (a sequence nothing was evicted from: no list, tail 0).
       at::Tensor lists = at::zeros({B}, at::kLong), counts_tails = at::zeros({2 * B}, at::kInt);
@@ -558,8 +563,14 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
         }
         ct[B + b] = int(l.tail);
       }
+      if (by_attention) {  // the kernel writes each held token's score for the policy
+        int64_t most = 1;
+        for (const at::Tensor& p : positions) most = std::max(most, p.size(1));
+        logits = at::full({B, q.size(1), most}, -std::numeric_limits<float>::infinity(),
+                          at::TensorOptions().dtype(at::kFloat).device(device_));
+      }
       out = paged_cuda::retained(store, d, kv, upload(lists), upload(counts_tails),
-                                 q.to(device_, at::kFloat).contiguous());
+                                 q.to(device_, at::kFloat).contiguous(), logits);
     } else {  // nothing evicted yet at this layer: the dense decode kernel
       out = paged_cuda::decode(store, d, kv, q.to(device_, input_dtype()).contiguous());
     }
@@ -574,9 +585,34 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     }
     out = at::cat(parts, 0);
   }
+  std::vector<at::Tensor> newest(static_cast<size_t>(B));  // TOVA's, per sequence
+  if (by_attention) {
+    Stopwatch watch;
+    for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+      const int64_t n = counts[size_t(b)];
+      record_scores(*batch[size_t(b)], layer, q.narrow(0, row, n).transpose(0, 1), n, store,
+                    table[b], positions[size_t(b)], logits.defined() ? logits[b] : at::Tensor(),
+                    newest[size_t(b)]);
+    }
+    retention_s_ += watch.seconds();
+  }
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     if (!evict_after[size_t(b)]) continue;
     RetentionInput& in = inputs[size_t(b)];
+    const Sequence::Scores& st = batch[size_t(b)]->scores[size_t(layer)];
+    switch (policy_->needs()) {
+      case RetentionNeeds::kScoresEveryStep:
+        in.accumulated = st.summed;
+        break;
+      case RetentionNeeds::kLastQueryScores:
+        in.current = newest[size_t(b)];
+        break;
+      case RetentionNeeds::kLowAttentionCounts:
+        in.low_counts = st.low.sum(3).to(at::kFloat).mean(2);
+        break;
+      default:
+        break;
+    }
     if (policy_->needs() == RetentionNeeds::kWindowScores) {
       KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
                 "' needs window scores, which exist only at the prefill");
@@ -604,13 +640,21 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   // The policy works where its scores are (window scores live with the queries: the GPU on
   // cuda); the retained positions stay on the host.
   RetentionInput where = in;
-  if (in.window_attention.defined())
-    where.positions = in.positions.to(in.window_attention.device());
+  for (const at::Tensor* t : {&in.window_attention, &in.accumulated, &in.current, &in.low_counts})
+    if (t->defined()) where.positions = in.positions.to(t->device());
   const at::Tensor chosen = policy_->select(where).to(at::kCPU);
   KVB_CHECK(chosen.dim() == 2 && chosen.size(0) == num_kv_heads_ && chosen.size(1) <= in.held(),
             "retention policy '", policy_->name(), "' returned a selection of shape ",
             chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
   s.kept[size_t(layer)] = in.positions.gather(1, chosen.to(at::kLong)).contiguous();
+  Sequence::Scores& st = s.scores[size_t(layer)];
+  if (st.summed.defined()) st.summed = st.summed.gather(1, chosen.to(st.summed.device()));
+  if (st.low.defined()) {
+    const at::Tensor rows = chosen.to(st.low.device())
+                                .view({num_kv_heads_, -1, 1, 1})
+                                .expand({-1, -1, st.low.size(2), st.low.size(3)});
+    st.low = st.low.gather(1, rows);
+  }
   s.evicted = true;
   split_kept(s.listed[size_t(layer)], s.kept[size_t(layer)], in.length);
   retention_s_ += watch.seconds();
@@ -656,6 +700,75 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
       free_.push_back(s.pages[size_t(page)]);
       s.pages[size_t(page)] = -1;
     }
+}
+
+bool PagedKVCache::scored() const {
+  if (!policy_) return false;
+  const RetentionNeeds needs = policy_->needs();
+  return needs == RetentionNeeds::kScoresEveryStep || needs == RetentionNeeds::kLastQueryScores ||
+         needs == RetentionNeeds::kLowAttentionCounts;
+}
+
+void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n,
+                                 const kernels::PagedKvStore& store, const at::Tensor& table_row,
+                                 const at::Tensor& positions, const at::Tensor& logits,
+                                 at::Tensor& newest) {
+  const RetentionNeeds needs = policy_->needs();
+  const int64_t held = positions.size(1), start = s.length, heads = qb.size(0);
+  const int64_t group = heads / num_kv_heads_, window = policy_->observation_window();
+  at::Tensor summed, low;
+  if (n == 1) {
+    // One decode query (at position `start`), which sees every held token: the reference's
+    // formulas with nothing masked, from the decode kernel's scores on a GPU, from the same
+    // product over the pages' keys elsewhere.
+    at::Tensor scores = logits;
+    if (!scores.defined()) {
+      const at::Tensor keys = keys_at(store, s, table_row, positions, start + n);
+      const double scale = 1.0 / std::sqrt(double(head_dim_));
+      scores = at::bmm(qb.to(keys.device(), at::kFloat).reshape({num_kv_heads_, group, -1}),
+                       keys.transpose(1, 2))
+                   .mul_(scale)
+                   .view({heads, held});
+    }
+    const at::Tensor p =
+        at::softmax(scores.narrow(1, 0, held), -1).view({num_kv_heads_, group, held});
+    if (needs == RetentionNeeds::kScoresEveryStep) summed = p.sum(1).div_(double(group));
+    if (needs == RetentionNeeds::kLastQueryScores) newest = p.mean(1);
+    if (needs == RetentionNeeds::kLowAttentionCounts)
+      low = p.lt(1.0 / double(held)).permute({0, 2, 1}).unsqueeze(3);  // [kvh, held, g, 1]
+  } else {
+    const at::Tensor keys = keys_at(store, s, table_row, positions, start + n);
+    if (needs == RetentionNeeds::kScoresEveryStep)
+      summed = summed_attention(qb, keys, positions, start);
+    if (needs == RetentionNeeds::kLastQueryScores) newest = newest_query_attention(qb, keys);
+    if (needs == RetentionNeeds::kLowAttentionCounts)
+      low = low_attention(qb, keys, positions, start, window);
+  }
+  Sequence::Scores& st = s.scores[size_t(layer)];
+  auto grown = [&](const at::Tensor& state, at::IntArrayRef row, const at::Tensor& like) {
+    const int64_t before = state.defined() ? state.size(1) : 0;
+    std::vector<int64_t> shape = {num_kv_heads_, held - before};
+    shape.insert(shape.end(), row.begin(), row.end());
+    const at::Tensor fresh = at::zeros(shape, like.options());
+    return state.defined() ? at::cat({state, fresh}, 1) : fresh;
+  };
+  if (summed.defined()) st.summed = grown(st.summed, {}, summed).add_(summed);
+  if (low.defined()) {
+    st.low = grown(st.low, {group, window}, low);
+    const int64_t m = low.size(3), first = start + n - m;
+    const at::Tensor columns =
+        at::arange(first, first + m, low.options().dtype(at::kLong)).remainder_(window);
+    st.low.index_copy_(3, columns, low);
+  }
+}
+
+at::Tensor PagedKVCache::keys_at(const kernels::PagedKvStore& store, const Sequence& s,
+                                 const at::Tensor& table_row, const at::Tensor& positions,
+                                 int64_t tokens) const {
+  if (!device_.is_cuda()) return decode_at(store, s, true, positions, tokens);
+  const at::Tensor keys =
+      paged_cuda::dequantize(store, table_row, num_kv_heads_, head_dim_, s.slot, tokens).first;
+  return keys.gather(1, positions.to(device_).unsqueeze(2).expand({-1, -1, head_dim_}));
 }
 
 at::Tensor PagedKVCache::attend_positions(const kernels::PagedKvStore& store, const Sequence& s,

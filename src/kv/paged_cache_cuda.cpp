@@ -80,7 +80,8 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
 }
 
 at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
-                    const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q) {
+                    const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q,
+                    const at::Tensor& scores) {
   at::Tensor out = at::empty_like(q);
   kernels::RetainedProblem pr;
   pr.batch = int(q.size(0)), pr.q_heads = int(q.size(1)), pr.kv_heads = int(kv_heads);
@@ -92,6 +93,12 @@ at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch
   pr.kept_counts = counts_tails.data_ptr<int>(), pr.tail_start = pr.kept_counts + B;
   pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
   pr.q = q.data_ptr<float>(), pr.out = out.data_ptr<float>();
+  if (scores.defined()) {
+    KVB_CHECK(scores.is_contiguous() && scores.scalar_type() == at::kFloat && scores.dim() == 3 &&
+                  scores.size(0) == B && scores.size(1) == q.size(1),
+              "paged cache: retained-decode scores must be contiguous fp32 [batch, heads, n]");
+    pr.scores = scores.data_ptr<float>(), pr.score_stride = int(scores.size(2));
+  }
   check(kernels::retained_decode(pr, store, nullptr), "retained decode",
         kernels::retained_check(pr, store));
   return out;
@@ -123,7 +130,7 @@ at::Tensor decode(const kernels::PagedKvStore&, const DecodeBatch&, int64_t, con
   unavailable();
 }
 at::Tensor retained(const kernels::PagedKvStore&, const DecodeBatch&, int64_t, const at::Tensor&,
-                    const at::Tensor&, const at::Tensor&) {
+                    const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   unavailable();
 }
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore&, const at::Tensor&,

@@ -33,8 +33,11 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
 // place by index: `lists` [batch] int64 device addresses of each sequence's [kv_heads, count]
 // int32 listed positions, `counts_tails` [2 * batch] int32 (the counts, then the tail starts),
 // both on the device; q [batch, q_heads, head_dim] fp32; returns fp32 of q's shape.
+// `scores` defined ([batch, q_heads, n] fp32 on the device, n >= every kept count): each kept
+// token's scaled score is written there, in the kept order (listed, then the tail).
 at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
-                    const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q);
+                    const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q,
+                    const at::Tensor& scores = at::Tensor());
 
 // Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
 // `pages`: its block-table row (int32, on the device).

@@ -908,24 +908,29 @@ class ModelCliTest(CliCase):
 
     def test_paged_attention_runs_retention_methods_like_the_reference(self):
         # Retention over the paged cache (retained positions read by index, pages freed behind
-        # StreamingLLM's window): the same positions are kept as with the reference backend and
+        # StreamingLLM's window; H2O, TOVA and ScissorHands from each step's attention): the
+        # same positions are kept as with the reference backend and
         # the fp16 values are the same, so fidelity agrees; the latency cell reports the kept
         # tokens and its measured bytes fall below the full cache's.
         cfg = {"model": {"preset": "tiny-llama", "random_init": True, "dtype": "float16"},
                "methods": [{"name": "full"},
                            {"name": "streamingllm", "sinks": 4, "window": 60},
-                           {"name": "snapkv", "budget": 64, "window": 8}],
+                           {"name": "snapkv", "budget": 64, "window": 8},
+                           {"name": "h2o", "heavy": 30, "recent": 34},
+                           {"name": "tova", "budget": 64},
+                           {"name": "scissorhands", "budget": 64, "recent": 16}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16},
                           {"name": "latency", "prompt_tokens": 200, "new_tokens": 4,
                            "repeats": 1}]}
+        names = ("streamingllm", "snapkv", "h2o", "tova", "scissorhands")
         kl = {}
         for attention in ("paged", "reference"):
             res = self.run_ok(dict(cfg, attention=attention))
             self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
             path, report = self.report_from(res)
             cells = {(c["suite"], c["method"]["name"]): c for c in report["cells"]}
-            for name in ("streamingllm", "snapkv"):
+            for name in names:
                 kl[attention, name] = cells[("fidelity", name)]["summary"]["kl_mean"]
             if attention == "paged":
                 stream = cells[("latency", "streamingllm")]["summary"]["kv_memory"]
@@ -934,7 +939,7 @@ class ModelCliTest(CliCase):
                 self.assertLess(stream["measured"]["total"], 0.6 * full["measured"]["total"])
             check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
             self.assertEqual(check.returncode, 0, check.stdout)
-        for name in ("streamingllm", "snapkv"):
+        for name in names:
             self.assertGreater(kl["paged", name], 0)
             self.assertAlmostEqual(kl["paged", name], kl["reference", name],
                                    delta=1e-4 * kl["reference", name] + 1e-9)

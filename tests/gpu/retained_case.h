@@ -27,6 +27,10 @@ struct RetainedCase {
   std::vector<int> counts, tails;
   std::vector<float> q;      // [batch, q_heads, head_dim]
   std::vector<double> want;  // [batch, q_heads, head_dim]
+  // Per (sequence, query head), b * q_heads + qh: the scaled score of each kept token, in the
+  // kernel's order (listed, then the tail).
+  std::vector<std::vector<double>> want_scores;
+  int max_kept = 0;
   float scale = 0.f;
   mutable std::vector<const int*> list_ptrs;
 
@@ -97,6 +101,8 @@ inline RetainedCase retained_case(const AppendCase& c, const std::vector<int>& l
         for (int d = 0; d < D; ++d) dot += double(q[d]) * k[d];
         s.push_back(dot * r.scale);
       }
+      r.want_scores.push_back(s);
+      r.max_kept = std::max(r.max_kept, int(s.size()));
       const double m = *std::max_element(s.begin(), s.end());
       double sum = 0;
       for (double& v : s) sum += (v = std::exp(v - m));

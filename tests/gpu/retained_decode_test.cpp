@@ -35,7 +35,7 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   DevicePools pools;
   kernels::PagedKvStore dev;
   ASSERT_CUDA(pools.upload(h, &dev));
-  DeviceBuffer table, lens, rows, counts, tails, pointers, q, out;
+  DeviceBuffer table, lens, rows, counts, tails, pointers, q, out, scores;
   ASSERT_CUDA(table.upload(h.block_table));
   ASSERT_CUDA(lens.upload(h.seq_lens));
   ASSERT_CUDA(rows.upload(r.rows));
@@ -61,9 +61,25 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   p.tail_start = static_cast<const int*>(tails.ptr);
   p.q = static_cast<const float*>(q.ptr);
   p.out = static_cast<float*>(out.ptr);
+  // The scores for selection policies too, poisoned: entries past a kept count stay NaN.
+  const int stride = r.max_kept + 3;
+  std::vector<float> got_scores(r.want_scores.size() * size_t(stride), NAN);
+  ASSERT_CUDA(scores.upload(got_scores));
+  p.scores = static_cast<float*>(scores.ptr), p.score_stride = stride;
   ASSERT_CUDA(kernels::retained_decode(p, dev, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
   ASSERT_CUDA(out.download(got));
+  ASSERT_CUDA(scores.download(got_scores));
+  for (size_t row = 0; row < r.want_scores.size(); ++row)
+    for (int i = 0; i < stride; ++i) {
+      const float g = got_scores[row * stride + size_t(i)];
+      if (i >= int(r.want_scores[row].size())) {
+        ASSERT_TRUE(std::isnan(g)) << "row " << row << " entry " << i << " past the kept count";
+      } else {
+        const double w = r.want_scores[row][size_t(i)];
+        ASSERT_NEAR(g, w, 1e-5 * std::max(1.0, std::fabs(w))) << "row " << row << " token " << i;
+      }
+    }
   std::vector<double> host_d(host_out.begin(), host_out.end());
   EXPECT_LT(scaled_error(got, host_d), 1e-5);
   EXPECT_LT(scaled_error(got, r.want), 1e-5);

@@ -291,6 +291,13 @@ INSTANTIATE_TEST_SUITE_P(
                 "codec": {"name": "int4", "symmetric": true}})",
             R"({"name": "pyramidkv", "budget": 48, "window": 8, "codec": "fp8"})",
             R"({"name": "snapkv", "budget": 64, "window": 8, "codec": "int2"})",
+            R"({"name": "h2o", "heavy": 24, "recent": 40, "codec": "fp16"})",
+            R"({"name": "h2o", "heavy": 30, "recent": 34, "normalize": true, "codec": "int8"})",
+            R"({"name": "tova", "budget": 64, "codec": "bf16"})",
+            R"({"name": "scissorhands", "budget": 64, "recent": 16, "history": 8,
+                "codec": "int4"})",
+            R"({"name": "h2o", "heavy": 40, "recent": 40, "evict": "after_prefill",
+                "codec": "fp8"})",
             R"({"name": "snapkv", "budget": 96, "window": 8,
                 "codec": {"name": "kivi-4", "group": 32, "residual": 64}})"),
         ::testing::Values("cpu", "cuda")),
@@ -327,7 +334,7 @@ TEST(PagedRetentionMemoryTest, StreamingLlmFreesThePagesBehindItsWindow) {
   EXPECT_EQ(paged.kept_tokens(s), std::vector<int64_t>(kLayers, 64));
 }
 
-TEST(PagedRetentionErrorsTest, PoliciesThatNeedStepScoresSayWhichWork) {
+TEST(PagedRetentionErrorsTest, PoliciesThePagesCannotServeSayWhichWork) {
   auto why = [](const char* entry) {
     try {
       make_kv_cache(resolve_method(nlohmann::json::parse(entry), "methods[0]"), kLayers, kKvHeads,
@@ -337,10 +344,9 @@ TEST(PagedRetentionErrorsTest, PoliciesThatNeedStepScoresSayWhichWork) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(why(R"({"name": "h2o-512", "codec": "fp16"})")
-                .find("streamingllm (original "
-                      "positions), snapkv"),
+  EXPECT_NE(why(R"({"name": "quest", "codec": "fp16"})").find("h2o, tova, scissorhands"),
             std::string::npos);
+  EXPECT_EQ(why(R"({"name": "h2o-512", "codec": "fp16"})"), "no error");
   EXPECT_NE(why(R"({"name": "stream-512", "positions": "rerotated", "codec": "fp16"})")
                 .find("positions: original"),
             std::string::npos);

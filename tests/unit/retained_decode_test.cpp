@@ -33,6 +33,33 @@ TEST_P(RetainedDecodeHostTest, MatchesFloat64AttentionOverTheKeptTokens) {
   }
 }
 
+// The scores written for selection policies are each kept token's scaled score, in the kept
+// order, and nothing past a sequence's kept count (poisoned entries stay NaN).
+TEST_P(RetainedDecodeHostTest, WritesEachKeptTokensScore) {
+  const AppendCase& c = GetParam();
+  RetainedCase r = retained_case(c, kLens, 2, 4, 0.3, 23 + int(c.format));
+  std::vector<float> out(r.want.size());
+  const int stride = r.max_kept + 3;
+  std::vector<float> scores(size_t(r.want_scores.size()) * stride, NAN);
+  kernels::RetainedProblem p = r.problem(out.data());
+  p.scores = scores.data(), p.score_stride = stride;
+  const kernels::PagedKvStore s = store_of(r.cache);
+  ASSERT_STREQ(kernels::retained_check(p, s), "");
+  kernels::retained_decode_host(p, s);
+  for (size_t row = 0; row < r.want_scores.size(); ++row) {
+    const std::vector<double>& want = r.want_scores[row];
+    for (int i = 0; i < stride; ++i) {
+      const float got = scores[row * stride + size_t(i)];
+      if (i >= int(want.size())) {
+        ASSERT_TRUE(std::isnan(got)) << "row " << row << " entry " << i << " past the kept count";
+      } else {
+        ASSERT_NEAR(got, want[size_t(i)], 1e-5 * std::max(1.0, std::fabs(want[size_t(i)])))
+            << "row " << row << " kept token " << i;
+      }
+    }
+  }
+}
+
 // The kept subset matters: the same problem with one head's subset swapped for another head's
 // is far off, so the bound above separates right from wrong.
 TEST_P(RetainedDecodeHostTest, AnotherSubsetGivesAnotherAnswer) {
@@ -68,7 +95,9 @@ TEST(RetainedCheckTest, SaysWhatIsWrong) {
   EXPECT_STREQ(kernels::retained_check(p, s), "");
   p.head_dim = 256;
   EXPECT_STREQ(kernels::retained_check(p, s), "head_dim must be 32, 64, 96 or 128");
-  p.head_dim = 64, p.kept_lists = nullptr;
+  p.head_dim = 64, p.scores = &f;
+  EXPECT_STREQ(kernels::retained_check(p, s), "scores need score_stride >= every kept count");
+  p.scores = nullptr, p.kept_lists = nullptr;
   EXPECT_STREQ(kernels::retained_check(p, s), "a required pointer is null");
 }
 

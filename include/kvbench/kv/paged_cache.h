@@ -126,6 +126,14 @@ class PagedKVCache final : public KVCache {
       int64_t tail = 0;
     };
     std::vector<Listed> listed;
+    // Per layer, for the policies that select by attention, aligned with the held tokens
+    // (kept positions, then the newer ones): H2O's summed probabilities [kv_heads, held] fp32,
+    // ScissorHands' low-attention history [kv_heads, held, group, window] bool; where the
+    // pools are.
+    struct Scores {
+      at::Tensor summed, low;
+    };
+    std::vector<Scores> scores;
     bool evicted = false;  // this step evicted somewhere: look for pages to free
   };
   struct Layer {
@@ -189,8 +197,24 @@ class PagedKVCache final : public KVCache {
                               const std::vector<int64_t>& counts, const at::Tensor& q,
                               const at::Tensor& k, const kernels::PagedKvStore& store,
                               const at::Tensor& table, const at::Tensor& ints, int64_t max_len);
-  // Asks the policy; on a selection, s.kept[layer] becomes its subset of `in.positions`.
+  // Asks the policy; on a selection, s.kept[layer] becomes its subset of `in.positions` (and
+  // the layer's attention state its rows).
   void select(Sequence& s, int64_t layer, RetentionInput& in);
+  // Whether the policy selects by attention (H2O, TOVA, ScissorHands): every token then
+  // attends everything held and the layer's attention state is recorded before eviction.
+  bool scored() const;
+  // Records what a step's queries gave the held tokens at `positions` for the policy, into
+  // s.scores[layer] (and `newest`: TOVA's newest-query attention). A decode step (n = 1)
+  // takes `logits`, the decode kernel's scaled scores of its query ([heads, >= held], kept
+  // order), or computes them from the keys the pages hold when undefined.
+  void record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n,
+                     const kernels::PagedKvStore& store, const at::Tensor& table_row,
+                     const at::Tensor& positions, const at::Tensor& logits, at::Tensor& newest);
+  // [kv_heads, held, head_dim] fp32 keys at `positions` of `s`'s first `tokens` tokens, where
+  // the pools are.
+  at::Tensor keys_at(const kernels::PagedKvStore& store, const Sequence& s,
+                     const at::Tensor& table_row, const at::Tensor& positions,
+                     int64_t tokens) const;
   // `kept` ([kv_heads, held] ascending, of a sequence of `length` tokens) as listed positions
   // and a tail; the device copy is dropped only when the list changed.
   void split_kept(Sequence::Listed& listed, const at::Tensor& kept, int64_t length);

@@ -115,4 +115,21 @@ at::Tensor top_tokens(const at::Tensor& scores, int64_t n);
 //   q: [num_heads, n, head_dim], k: [num_kv_heads, n, head_dim]
 at::Tensor prefill_window_attention(const at::Tensor& q, const at::Tensor& k, int64_t w);
 
+// The per-step attention state of the score-based policies, computed the same way by every
+// cache. A block of queries q [num_heads, n, head_dim] at positions start .. start + n - 1
+// attends held keys [kv_heads, held, head_dim] at positions key_pos [kv_heads, held] (a query
+// sees the keys at or before it), scores scaled by 1/sqrt(head_dim), fp32, on keys' device.
+//   summed_attention: per held token, its probabilities summed over the block's queries and
+//     averaged over each KV head's query group, [kv_heads, held] (H2O's accumulated scores).
+//   newest_query_attention: the newest query's probabilities (it sees every held token),
+//     averaged over each group, [kv_heads, held] (TOVA).
+//   low_attention: for the block's last m = min(n, history) queries, whether each gave a held
+//     token it sees less than uniform attention (1/t, t the tokens it sees): [kv_heads, held,
+//     group, m] bool, query i at position start + n - m + i (ScissorHands' history).
+at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& key_pos,
+                            int64_t start);
+at::Tensor newest_query_attention(const at::Tensor& q, const at::Tensor& keys);
+at::Tensor low_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& key_pos,
+                         int64_t start, int64_t history);
+
 }  // namespace kvbench
