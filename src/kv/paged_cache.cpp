@@ -542,37 +542,20 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     all_single = all_single && n == 1;
     any_kept = any_kept || s.kept[size_t(layer)].defined();
   }
-  const int64_t kv = num_kv_heads_;
   at::Tensor out, logits;
   if (device_.is_cuda() && all_single) {
     paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
                               max_len};
     if (any_kept || by_attention) {
-      // Each sequence's lists stay on the device; per step only their addresses, counts and
-      // tails travel (a sequence nothing was evicted from: no list, tail 0).
-      at::Tensor lists = at::zeros({B}, at::kLong), counts_tails = at::zeros({2 * B}, at::kInt);
-      int64_t* addresses = lists.data_ptr<int64_t>();
-      int* ct = counts_tails.data_ptr<int>();
-      for (int b = 0; b < B; ++b) {
-        if (!batch[size_t(b)]->kept[size_t(layer)].defined()) continue;
-        Sequence::Listed& l = batch[size_t(b)]->listed[size_t(layer)];
-        if (l.host.size(1) > 0) {
-          if (!l.device.defined()) l.device = upload(l.host);
-          addresses[b] = reinterpret_cast<int64_t>(l.device.data_ptr<int>());
-          ct[b] = int(l.host.size(1));
-        }
-        ct[B + b] = int(l.tail);
-      }
       if (by_attention) {  // the kernel writes each held token's score for the policy
         int64_t most = 1;
         for (const at::Tensor& p : positions) most = std::max(most, p.size(1));
         logits = at::full({B, q.size(1), most}, -std::numeric_limits<float>::infinity(),
                           at::TensorOptions().dtype(at::kFloat).device(device_));
       }
-      out = paged_cuda::retained(store, d, kv, upload(lists), upload(counts_tails),
-                                 q.to(device_, at::kFloat).contiguous(), logits);
+      out = decode_retained(layer, batch, d, store, q, logits);
     } else {  // nothing evicted yet at this layer: the dense decode kernel
-      out = paged_cuda::decode(store, d, kv, q.to(device_, input_dtype()).contiguous());
+      out = paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
     }
   } else {
     std::vector<at::Tensor> parts;
@@ -598,34 +581,66 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   }
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     if (!evict_after[size_t(b)]) continue;
+    const int64_t n = counts[size_t(b)];
     RetentionInput& in = inputs[size_t(b)];
-    const Sequence::Scores& st = batch[size_t(b)]->scores[size_t(layer)];
-    switch (policy_->needs()) {
-      case RetentionNeeds::kScoresEveryStep:
-        in.accumulated = st.summed;
-        break;
-      case RetentionNeeds::kLastQueryScores:
-        in.current = newest[size_t(b)];
-        break;
-      case RetentionNeeds::kLowAttentionCounts:
-        in.low_counts = st.low.sum(3).to(at::kFloat).mean(2);
-        break;
-      default:
-        break;
-    }
-    if (policy_->needs() == RetentionNeeds::kWindowScores) {
-      KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
-                "' needs window scores, which exist only at the prefill");
-      Stopwatch watch;
-      const int64_t n = counts[size_t(b)];
-      in.window_attention = prefill_window_attention(q.narrow(0, row, n).transpose(0, 1),
-                                                     k.narrow(0, row, n).transpose(0, 1),
-                                                     std::min(policy_->observation_window(), n));
-      retention_s_ += watch.seconds();
-    }
+    fill_policy_input(*batch[size_t(b)], layer, q.narrow(0, row, n).transpose(0, 1),
+                      k.narrow(0, row, n).transpose(0, 1), newest[size_t(b)], in);
     select(*batch[size_t(b)], layer, in);
   }
   return out;
+}
+
+at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
+                                         const paged_cuda::DecodeBatch& d,
+                                         const kernels::PagedKvStore& store, const at::Tensor& q,
+                                         const at::Tensor& logits) {
+  // Each sequence's lists stay on the device; per step only their addresses, counts and
+  // tails travel (a sequence nothing was evicted from: no list, tail 0).
+  const int B = int(batch.size());
+  at::Tensor lists = at::zeros({B}, at::kLong), counts_tails = at::zeros({2 * B}, at::kInt);
+  int64_t* addresses = lists.data_ptr<int64_t>();
+  int* ct = counts_tails.data_ptr<int>();
+  for (int b = 0; b < B; ++b) {
+    if (!batch[size_t(b)]->kept[size_t(layer)].defined()) continue;
+    Sequence::Listed& l = batch[size_t(b)]->listed[size_t(layer)];
+    if (l.host.size(1) > 0) {
+      if (!l.device.defined()) l.device = upload(l.host);
+      addresses[b] = reinterpret_cast<int64_t>(l.device.data_ptr<int>());
+      ct[b] = int(l.host.size(1));
+    }
+    ct[B + b] = int(l.tail);
+  }
+  return paged_cuda::retained(store, d, num_kv_heads_, upload(lists), upload(counts_tails),
+                              q.to(device_, at::kFloat).contiguous(), logits);
+}
+
+void PagedKVCache::fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& qb,
+                                     const at::Tensor& kb, const at::Tensor& newest,
+                                     RetentionInput& in) {
+  const Sequence::Scores& st = s.scores[size_t(layer)];
+  switch (policy_->needs()) {
+    case RetentionNeeds::kScoresEveryStep:
+      in.accumulated = st.summed;
+      break;
+    case RetentionNeeds::kLastQueryScores:
+      in.current = newest;
+      break;
+    case RetentionNeeds::kLowAttentionCounts:
+      in.low_counts = st.low.sum(3).to(at::kFloat).mean(2);
+      break;
+    case RetentionNeeds::kWindowScores: {
+      KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
+                "' needs window scores, which exist only at the prefill");
+      Stopwatch watch;
+      const int64_t n = qb.size(1);
+      in.window_attention =
+          prefill_window_attention(qb, kb, std::min(policy_->observation_window(), n));
+      retention_s_ += watch.seconds();
+      break;
+    }
+    default:
+      break;
+  }
 }
 
 at::Tensor PagedKVCache::attended_positions(const Sequence& s, int64_t layer, int64_t n) const {

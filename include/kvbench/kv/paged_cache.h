@@ -36,6 +36,10 @@
 
 namespace kvbench {
 
+namespace paged_cuda {
+struct DecodeBatch;  // src/kv/paged_cache_cuda.h
+}
+
 // A method's paged storage: format, page size (KIVI: its group), KIVI's window, and the fp8
 // scale rule (calibrated per sequence from its first tokens as the fp8 codec does, or fixed).
 struct PagedFormat {
@@ -197,6 +201,15 @@ class PagedKVCache final : public KVCache {
                               const std::vector<int64_t>& counts, const at::Tensor& q,
                               const at::Tensor& k, const kernels::PagedKvStore& store,
                               const at::Tensor& table, const at::Tensor& ints, int64_t max_len);
+  // A GPU decode step of single tokens over each sequence's retained positions (the retained-
+  // index kernel; `logits` defined: each held token's scaled score is written there).
+  at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
+                             const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
+                             const at::Tensor& q, const at::Tensor& logits);
+  // What the policy needs to select for `s` at `layer` (its block's queries qb [heads, n, d] and
+  // keys kb [kv_heads, n, d]; `newest`: TOVA's recorded attention), into `in`.
+  void fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& qb,
+                         const at::Tensor& kb, const at::Tensor& newest, RetentionInput& in);
   // Asks the policy; on a selection, s.kept[layer] becomes its subset of `in.positions` (and
   // the layer's attention state its rows).
   void select(Sequence& s, int64_t layer, RetentionInput& in);
