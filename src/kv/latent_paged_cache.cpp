@@ -37,14 +37,16 @@ int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, at::Scala
 LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
                                    at::ScalarType coef_dtype, int64_t num_layers,
                                    int64_t num_kv_heads, int64_t head_dim, PagedCapacity capacity,
-                                   at::Device device, std::shared_ptr<const RetentionPolicy> policy)
+                                   at::Device device, std::shared_ptr<const RetentionPolicy> policy,
+                                   bool kernel_path_on_cpu)
     : codec_(std::move(codec)),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       group_(codec_ ? codec_->group() : 1),
       rank_(checked_rank(codec_, coef_dtype, num_kv_heads, head_dim, device)),
       latent_(paged_format_for({{"name", coef_dtype == at::kHalf ? "fp16" : "bf16"}}, coef_dtype),
-              num_layers, num_kv_heads / group_, rank_, capacity, device, std::move(policy)) {
+              num_layers, num_kv_heads / group_, rank_, capacity, device, std::move(policy),
+              kernel_path_on_cpu) {
   const int64_t groups = num_kv_heads_ / group_;
   // The inner cache scales scores by 1 / sqrt(r); the model's scale is 1 / sqrt(head_dim).
   const double query_scale = std::sqrt(double(rank_) / double(head_dim_));

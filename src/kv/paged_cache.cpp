@@ -120,9 +120,10 @@ void check_paged_policy(const RetentionPolicy* policy) {
 
 PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads,
                            int64_t head_dim, PagedCapacity capacity, at::Device device,
-                           std::shared_ptr<const RetentionPolicy> policy)
+                           std::shared_ptr<const RetentionPolicy> policy, bool kernel_path_on_cpu)
     : format_(format),
       device_(device),
+      kernel_path_(device.is_cuda() || kernel_path_on_cpu),
       num_layers_(num_layers),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
@@ -137,6 +138,8 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
   if (device.is_cuda()) {
     const std::string why = paged_cuda::unavailable_reason();
     KVB_CHECK(why.empty(), "paged cache: device ", device.str(), ": ", why);
+  }
+  if (kernel_path_) {
     KVB_CHECK(head_dim == 64 || head_dim == 128, "paged cache: device ", device.str(),
               ": unsupported head_dim: ", head_dim, " (the GPU decode kernels take 64 and 128)");
   }
@@ -315,7 +318,7 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
   const int B = int(batch.size()), max_new = step.max_new;
   const int64_t max_len = step.max_len;
   const at::Tensor &table_t = step.table, &ints_t = step.ints;
-  const bool gpu = device_.is_cuda();
+  const bool gpu = kernel_path_;
 
   at::Tensor out;
   if (policy_) {
@@ -474,7 +477,7 @@ at::Tensor PagedKVCache::attend_batch(int64_t layer_index, const std::vector<int
   const Step& step = attend_step_;
   const kernels::PagedKvStore store = store_of(layers_[size_t(layer_index)]);
   const int B = int(seqs.size());
-  if (device_.is_cuda()) {
+  if (kernel_path_) {
     paged_cuda::DecodeBatch d{step.table, step.ints.narrow(0, 3 * B + 1, B),
                               step.ints.narrow(0, 2 * B + 1, B), step.max_len};
     return paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous())
@@ -543,7 +546,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     any_kept = any_kept || s.kept[size_t(layer)].defined();
   }
   at::Tensor out, logits;
-  if (device_.is_cuda() && all_single) {
+  if (kernel_path_ && all_single) {
     paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
                               max_len};
     if (any_kept || by_attention) {
@@ -553,7 +556,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
         logits = at::full({B, q.size(1), most}, -std::numeric_limits<float>::infinity(),
                           at::TensorOptions().dtype(at::kFloat).device(device_));
       }
-      out = decode_retained(layer, batch, d, store, q, logits);
+      out = decode_retained(layer, batch, positions, d, store, q, logits);
     } else {  // nothing evicted yet at this layer: the dense decode kernel
       out = paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
     }
@@ -591,6 +594,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
 }
 
 at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
+                                         const std::vector<at::Tensor>& positions,
                                          const paged_cuda::DecodeBatch& d,
                                          const kernels::PagedKvStore& store, const at::Tensor& q,
                                          const at::Tensor& logits) {
@@ -601,14 +605,22 @@ at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequen
   int64_t* addresses = lists.data_ptr<int64_t>();
   int* ct = counts_tails.data_ptr<int>();
   for (int b = 0; b < B; ++b) {
-    if (!batch[size_t(b)]->kept[size_t(layer)].defined()) continue;
-    Sequence::Listed& l = batch[size_t(b)]->listed[size_t(layer)];
-    if (l.host.size(1) > 0) {
-      if (!l.device.defined()) l.device = upload(l.host);
-      addresses[b] = reinterpret_cast<int64_t>(l.device.data_ptr<int>());
-      ct[b] = int(l.host.size(1));
+    const Sequence& s = *batch[size_t(b)];
+    if (s.kept[size_t(layer)].defined()) {
+      Sequence::Listed& l = batch[size_t(b)]->listed[size_t(layer)];
+      if (l.host.size(1) > 0) {
+        if (!l.device.defined()) l.device = upload(l.host);
+        addresses[b] = reinterpret_cast<int64_t>(l.device.data_ptr<int>());
+        ct[b] = int(l.host.size(1));
+      }
+      ct[B + b] = int(l.tail);
     }
-    ct[B + b] = int(l.tail);
+    // The kernel reads the listed positions, then the tail up to the new token: exactly the
+    // held positions the step's scores are aligned with.
+    KVB_CHECK(ct[b] + (s.length + 1 - ct[B + b]) == positions[size_t(b)].size(1),
+              "paged cache: the retained lists of sequence ", b, " at layer ", layer, " hold ",
+              ct[b] + (s.length + 1 - ct[B + b]), " tokens, the step attends ",
+              positions[size_t(b)].size(1));
   }
   return paged_cuda::retained(store, d, num_kv_heads_, upload(lists), upload(counts_tails),
                               q.to(device_, at::kFloat).contiguous(), logits);
@@ -780,7 +792,7 @@ void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q
 at::Tensor PagedKVCache::keys_at(const kernels::PagedKvStore& store, const Sequence& s,
                                  const at::Tensor& table_row, const at::Tensor& positions,
                                  int64_t tokens) const {
-  if (!device_.is_cuda()) return decode_at(store, s, true, positions, tokens);
+  if (!kernel_path_) return decode_at(store, s, true, positions, tokens);
   const at::Tensor keys =
       paged_cuda::dequantize(store, table_row, num_kv_heads_, head_dim_, s.slot, tokens).first;
   return keys.gather(1, positions.to(device_).unsqueeze(2).expand({-1, -1, head_dim_}));
@@ -790,7 +802,7 @@ at::Tensor PagedKVCache::attend_positions(const kernels::PagedKvStore& store, co
                                           const at::Tensor& table_row, const at::Tensor& positions,
                                           int64_t tokens, const at::Tensor& qb) const {
   at::Tensor keys, values;
-  if (device_.is_cuda()) {
+  if (kernel_path_) {
     std::tie(keys, values) =
         paged_cuda::dequantize(store, table_row, num_kv_heads_, head_dim_, s.slot, tokens);
     const at::Tensor index = positions.to(device_).unsqueeze(2).expand({-1, -1, head_dim_});

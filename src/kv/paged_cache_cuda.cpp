@@ -4,8 +4,11 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
+#include "kv_paged_decode.h"
 #include "kvbench/core/error.h"
+#include "retained_decode.h"
 
 #ifdef KVBENCH_HAVE_CUDA
 #include "decode_attention.h"
@@ -52,8 +55,8 @@ void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& 
   check(kernels::append_kv(problem, store, nullptr), "append", kernels::append_last_error());
 }
 
-at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
-                  const at::Tensor& q) {
+static at::Tensor device_decode(const kernels::PagedKvStore& store, const DecodeBatch& batch,
+                                int64_t kv_heads, const at::Tensor& q) {
   at::Tensor out = at::empty_like(q);
   kernels::DecodeProblem pr;
   pr.batch = int(q.size(0)), pr.q_heads = int(q.size(1)), pr.kv_heads = int(kv_heads);
@@ -79,9 +82,10 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
   return out;
 }
 
-at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
-                    const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q,
-                    const at::Tensor& scores) {
+static at::Tensor device_retained(const kernels::PagedKvStore& store, const DecodeBatch& batch,
+                                  int64_t kv_heads, const at::Tensor& lists,
+                                  const at::Tensor& counts_tails, const at::Tensor& q,
+                                  const at::Tensor& scores) {
   at::Tensor out = at::empty_like(q);
   kernels::RetainedProblem pr;
   pr.batch = int(q.size(0)), pr.q_heads = int(q.size(1)), pr.kv_heads = int(kv_heads);
@@ -104,9 +108,10 @@ at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch
   return out;
 }
 
-std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,
-                                             const at::Tensor& pages, int64_t kv_heads,
-                                             int64_t head_dim, int seq_row, int64_t tokens) {
+static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedKvStore& store,
+                                                           const at::Tensor& pages,
+                                                           int64_t kv_heads, int64_t head_dim,
+                                                           int seq_row, int64_t tokens) {
   const auto opts = pages.options().dtype(at::kFloat);
   at::Tensor k = at::empty({kv_heads, tokens, head_dim}, opts), v = at::empty_like(k);
   check(
@@ -126,18 +131,92 @@ std::string unavailable_reason() {
   return "kvbench was built without the CUDA kernels (no nvcc found; KVBENCH_CUDA)";
 }
 void append(const kernels::AppendProblem&, const kernels::PagedKvStore&) { unavailable(); }
-at::Tensor decode(const kernels::PagedKvStore&, const DecodeBatch&, int64_t, const at::Tensor&) {
+static at::Tensor device_decode(const kernels::PagedKvStore&, const DecodeBatch&, int64_t,
+                                const at::Tensor&) {
   unavailable();
 }
-at::Tensor retained(const kernels::PagedKvStore&, const DecodeBatch&, int64_t, const at::Tensor&,
-                    const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+static at::Tensor device_retained(const kernels::PagedKvStore&, const DecodeBatch&, int64_t,
+                                  const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor&) {
   unavailable();
 }
-std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore&, const at::Tensor&,
-                                             int64_t, int64_t, int, int64_t) {
+static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedKvStore&,
+                                                           const at::Tensor&, int64_t, int64_t, int,
+                                                           int64_t) {
   unavailable();
 }
 
 #endif
+
+// ---- On CPU tensors: the kernels' host references (the GPU path's code run on the CPU) ----
+
+namespace {
+
+// The retained-index problem of a batch over host pointers; no lists: every token.
+kernels::RetainedProblem host_problem(const DecodeBatch& batch, int64_t kv_heads,
+                                      const at::Tensor& q, const at::Tensor& out) {
+  kernels::RetainedProblem pr;
+  pr.batch = int(q.size(0)), pr.q_heads = int(q.size(1)), pr.kv_heads = int(kv_heads);
+  pr.head_dim = int(q.size(2)), pr.max_pages_per_seq = int(batch.table.size(1));
+  pr.block_table = batch.table.data_ptr<int>(), pr.seq_lens = batch.seq_lens.data_ptr<int>();
+  pr.seq_rows = batch.seq_rows.data_ptr<int>();
+  pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
+  pr.q = q.data_ptr<float>(), pr.out = out.data_ptr<float>();
+  return pr;
+}
+
+void check_host(const kernels::RetainedProblem& pr, const kernels::PagedKvStore& store) {
+  const char* why = kernels::retained_check(pr, store);
+  KVB_CHECK(why[0] == '\0', "paged cache: host decode: ", why);
+}
+
+}  // namespace
+
+at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
+                  const at::Tensor& q) {
+  if (q.is_cuda()) return device_decode(store, batch, kv_heads, q);
+  // The dense kernel's attention is the retained one's over every token; its output comes
+  // back in q's dtype, as the kernel writes it.
+  const at::Tensor qf = q.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty_like(qf);
+  const int B = int(q.size(0));
+  const std::vector<const int*> lists(size_t(B), nullptr);
+  const std::vector<int> zeros(size_t(2 * B), 0);
+  kernels::RetainedProblem pr = host_problem(batch, kv_heads, qf, out);
+  pr.kept_lists = lists.data(), pr.kept_counts = zeros.data(), pr.tail_start = zeros.data() + B;
+  check_host(pr, store);
+  kernels::retained_decode_host(pr, store);
+  return out.to(q.scalar_type());
+}
+
+at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
+                    const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q,
+                    const at::Tensor& scores) {
+  if (q.is_cuda()) return device_retained(store, batch, kv_heads, lists, counts_tails, q, scores);
+  at::Tensor out = at::empty_like(q);
+  kernels::RetainedProblem pr = host_problem(batch, kv_heads, q, out);
+  pr.kept_lists = reinterpret_cast<const int* const*>(lists.data_ptr<int64_t>());
+  pr.kept_counts = counts_tails.data_ptr<int>(), pr.tail_start = pr.kept_counts + q.size(0);
+  if (scores.defined()) pr.scores = scores.data_ptr<float>(), pr.score_stride = int(scores.size(2));
+  check_host(pr, store);
+  kernels::retained_decode_host(pr, store);
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,
+                                             const at::Tensor& pages, int64_t kv_heads,
+                                             int64_t head_dim, int seq_row, int64_t tokens) {
+  if (pages.is_cuda()) return device_dequantize(store, pages, kv_heads, head_dim, seq_row, tokens);
+  at::Tensor k = at::empty({kv_heads, tokens, head_dim}, at::kFloat), v = at::empty_like(k);
+  const int* table = pages.data_ptr<int>();
+  for (int key = 0; key < 2; ++key) {
+    float* o = (key ? k : v).data_ptr<float>();
+    for (int64_t h = 0; h < kv_heads; ++h)
+      for (int64_t t = 0; t < tokens; ++t)
+        kernels::decode_paged_token(store, table, int(kv_heads), int(head_dim), seq_row, key == 1,
+                                    int(h), int(t), int(tokens), o + (h * tokens + t) * head_dim);
+  }
+  return {k, v};
+}
 
 }  // namespace kvbench::paged_cuda

@@ -1,7 +1,10 @@
-// The paged cache's GPU calls (private to src/kv): the appender, the decode kernel and the
+// The paged cache's GPU calls (private to src/kv): the appender, the decode kernels and the
 // dequantizer of kernels/ on tensors that live on a CUDA device, on the default stream (the
 // one libtorch's ops use unless a caller sets another). Built into every binary; where
-// kvbench was built without the CUDA kernels each call throws Error saying so.
+// kvbench was built without the CUDA kernels each call on CUDA tensors throws Error saying so.
+// decode, retained and dequantize also take CPU tensors (host pointers), and then run the
+// kernels' host references: the paged cache's GPU path runs that way on the CPU in tests
+// (PagedKVCache's kernel_path_on_cpu), so its tables, lists and scores are checked anywhere.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -15,6 +15,7 @@
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/latent_paged_cache.h"
 #include "kvbench/kv/method_registry.h"
+#include "paged_device.h"
 #include "preparation_helpers.h"
 
 namespace kvbench {
@@ -37,12 +38,19 @@ Block random_block(int64_t n, at::Generator& gen) {
 
 struct Caches {
   std::unique_ptr<KVCache> paged, reference;
+  std::string unsupported;  // why the GPU path cannot take this rank (then no caches)
 };
-Caches make_caches(const std::string& entry, const at::Device& device) {
+Caches make_caches(const std::string& entry, const at::Device& device, bool emulated = false) {
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
   auto codec = testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim);
-  return {make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, device),
-          make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference")};
+  auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec);
+  const int64_t r = lowrank->rank_for(kDim);
+  if ((device.is_cuda() || emulated) && r != 64 && r != 128)
+    return {nullptr, nullptr, "rank " + std::to_string(r) + ": the GPU kernels take 64 and 128"};
+  return {
+      std::make_unique<LatentPagedCache>(lowrank, at::kHalf, kLayers, kKvHeads, kDim,
+                                         PagedCapacity{}, device, make_policy(method), emulated),
+      make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference"), ""};
 }
 
 // Two interleaved sequences: prefills around the page size, decode steps across pages, a late
@@ -78,14 +86,16 @@ class LatentPagedCacheTest : public ::testing::TestWithParam<std::tuple<const ch
 
 TEST_P(LatentPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameCoefficients) {
   const auto [entry, device_name] = GetParam();
-  const at::Device device(device_name);
+  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
+  const at::Device device = where.device;
   if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
-  Caches c = make_caches(entry, device);
+  Caches c = make_caches(entry, device, where.emulated);
+  if (!c.unsupported.empty()) GTEST_SKIP() << c.unsupported;
   auto& latent = dynamic_cast<LatentPagedCache&>(*c.paged);
   // CPU: the same fp16 coefficients, fp32 attention in another order (latent scores, values
   // projected once) than the reference's (reconstructed rows). GPU: the decode kernel's fp16
   // query and output and fast exp2 (its own tests' bound).
-  const double tolerance = device.is_cpu() ? 2e-5 : 2e-3;
+  const double tolerance = !where.kernel_path() ? 2e-5 : 2e-3;
   run_steps(*c.paged, *c.reference, tolerance, 150);
   EXPECT_EQ(latent.latent().format().format, kernels::KvFormat::kFp16);
   EXPECT_EQ(c.paged->kept_tokens(0), std::vector<int64_t>(kLayers, 190));
@@ -100,10 +110,10 @@ TEST_P(LatentPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameCoefficients
 INSTANTIATE_TEST_SUITE_P(Ranks, LatentPagedCacheTest,
                          ::testing::Combine(::testing::Values(R"({"name": "kvproj"})",
                                                               R"({"name": "kvproj", "rank": 64})"),
-                                            ::testing::Values("cpu", "cuda")),
+                                            ::testing::Values("cpu", "cuda", "emulated")),
                          [](const auto& i) {
                            return std::string(std::get<1>(i.param)) + "_p" +
-                                  std::to_string(i.index / 2);
+                                  std::to_string(i.index / 3);
                          });
 
 // At full rank the basis is square and orthonormal: the latent cache attends as the fp16 cache
@@ -123,12 +133,14 @@ class LatentPagedRetentionTest
 
 TEST_P(LatentPagedRetentionTest, KeepsWhatTheReferenceKeeps) {
   const auto [entry, device_name] = GetParam();
-  const at::Device device(device_name);
+  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
+  const at::Device device = where.device;
   if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
-  Caches c = make_caches(entry, device);
+  Caches c = make_caches(entry, device, where.emulated);
+  if (!c.unsupported.empty()) GTEST_SKIP() << c.unsupported;
   auto& latent = dynamic_cast<LatentPagedCache&>(*c.paged);
   auto& reference = dynamic_cast<CompressedKVCache&>(*c.reference);
-  const double tolerance = device.is_cpu() ? 2e-5 : 2e-3;
+  const double tolerance = !where.kernel_path() ? 2e-5 : 2e-3;
   run_steps(*c.paged, *c.reference, tolerance, 400, [&](int64_t seq) {
     for (int64_t l = 0; l < kLayers; ++l)
       ASSERT_TRUE(
@@ -147,9 +159,9 @@ INSTANTIATE_TEST_SUITE_P(
                               "codec": "kvproj"})",
                                          R"({"name": "snapkv", "budget": 64, "window": 8,
                               "codec": {"name": "kvproj", "rank": 64}})"),
-                       ::testing::Values("cpu", "cuda")),
+                       ::testing::Values("cpu", "cuda", "emulated")),
     [](const auto& i) {
-      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 2);
+      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 3);
     });
 
 TEST(LatentPagedRetentionMemoryTest, StreamingLlmFreesLatentPagesBehindItsWindow) {

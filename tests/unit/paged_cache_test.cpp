@@ -15,6 +15,7 @@
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
+#include "paged_device.h"
 
 namespace kvbench {
 namespace {
@@ -41,16 +42,18 @@ Block random_block(int64_t n, at::ScalarType dtype, at::Generator& gen) {
 
 TEST_P(PagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameStoredValues) {
   const auto [entry, device_name] = GetParam();
-  const at::Device device(device_name);
+  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
+  const at::Device device = where.device;
   if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
   const PagedFormat format = paged_format_for(method, at::kHalf);
   // Pools of 2 pages and 1 slot: they grow several times on the way (copying what they hold).
-  PagedKVCache paged(format, kLayers, kKvHeads, kDim, PagedCapacity{2, 0, 1}, device);
+  PagedKVCache paged(format, kLayers, kKvHeads, kDim, PagedCapacity{2, 0, 1}, device, nullptr,
+                     where.emulated);
   const bool bf16 = format.format == kernels::KvFormat::kBf16;
   // The same values attended: fp32 rounding on the CPU; the GPU decode kernel's fp16 (bf16)
   // output and fast exp2 (its own tests' bounds).
-  const double tolerance = device.is_cpu() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
+  const double tolerance = !where.kernel_path() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
   auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
   const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kHalf;
   auto gen = at::detail::createCPUGenerator(17);
@@ -93,9 +96,9 @@ INSTANTIATE_TEST_SUITE_P(
                           R"({"name": "kivi-2", "group": 32, "residual": 64})",
                           R"({"name": "kivi-4", "group": 16, "residual": 32})",
                           R"({"name": "kivi-2"})", R"({"name": "int4"})", R"({"name": "int2"})"),
-        ::testing::Values("cpu", "cuda")),
+        ::testing::Values("cpu", "cuda", "emulated")),
     [](const auto& i) {
-      return std::string(std::get<1>(i.param)) + "_m" + std::to_string(i.index / 2);
+      return std::string(std::get<1>(i.param)) + "_m" + std::to_string(i.index / 3);
     });
 
 // Prefills longer than the attention's query chunk (1024) are attended a chunk at a time; the
@@ -120,12 +123,13 @@ TEST(PagedCacheChunkTest, LongPrefillsAttendInChunksLikeOneBlock) {
 // attending a last token over the same history.
 TEST_P(PagedCacheTest, AppendedUnattendedThenAttendedLikeTheReference) {
   const auto [entry, device_name] = GetParam();
-  const at::Device device(device_name);
+  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
+  const at::Device device = where.device;
   if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
   const PagedFormat format = paged_format_for(method, at::kHalf);
   const bool bf16 = format.format == kernels::KvFormat::kBf16;
-  PagedKVCache paged(format, 1, kKvHeads, kDim, PagedCapacity{}, device);
+  PagedKVCache paged(format, 1, kKvHeads, kDim, PagedCapacity{}, device, nullptr, where.emulated);
   auto ref = make_kv_cache(method, 1, kKvHeads, kDim, at::kHalf, "reference");
   auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
   auto gen = at::detail::createCPUGenerator(31);
@@ -151,7 +155,7 @@ TEST_P(PagedCacheTest, AppendedUnattendedThenAttendedLikeTheReference) {
                                           x.v.narrow(1, n - 1, 1)));
   }
   const at::Tensor q = at::cat(queries, 1).transpose(0, 1);  // [batch, heads, D]
-  const double tolerance = device.is_cpu() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
+  const double tolerance = !where.kernel_path() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
   for (int repeat = 0; repeat < 2; ++repeat) {
     const at::Tensor got = paged.attend_batch(0, seqs, q);
     for (size_t b = 0; b < seqs.size(); ++b) {
@@ -224,18 +228,18 @@ class PagedRetentionTest : public ::testing::TestWithParam<std::tuple<const char
 
 TEST_P(PagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
   const auto [entry, device_name] = GetParam();
-  const at::Device device(device_name);
+  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
+  const at::Device device = where.device;
   if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
-  auto made =
-      make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "paged", at::Tensor(), device);
-  auto& paged = dynamic_cast<PagedKVCache&>(*made);
+  PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim, PagedCapacity{},
+                     device, make_policy(method), where.emulated);
   auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
   auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
   const PagedFormat format = paged.format();
   const bool kivi = kernels::is_kivi(format.format),
              bf16 = format.format == kernels::KvFormat::kBf16;
-  const double tolerance = device.is_cpu() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
+  const double tolerance = !where.kernel_path() ? 1e-5 : (bf16 ? 8e-3 : 2e-3);
   auto gen = at::detail::createCPUGenerator(23);
   const int64_t a = paged.add_sequence(), b = paged.add_sequence();
   ASSERT_EQ(ref->add_sequence(), a);
@@ -300,9 +304,9 @@ INSTANTIATE_TEST_SUITE_P(
                 "codec": "fp8"})",
             R"({"name": "snapkv", "budget": 96, "window": 8,
                 "codec": {"name": "kivi-4", "group": 32, "residual": 64}})"),
-        ::testing::Values("cpu", "cuda")),
+        ::testing::Values("cpu", "cuda", "emulated")),
     [](const auto& i) {
-      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 2);
+      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 3);
     });
 
 // StreamingLLM's pages behind the window go back to the pool: a 470-token sequence that keeps

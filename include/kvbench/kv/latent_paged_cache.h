@@ -36,7 +36,8 @@ class LatentPagedCache final : public KVCache {
   LatentPagedCache(std::shared_ptr<const LowRankCodec> codec, at::ScalarType coef_dtype,
                    int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
                    PagedCapacity capacity = {}, at::Device device = at::kCPU,
-                   std::shared_ptr<const RetentionPolicy> policy = nullptr);
+                   std::shared_ptr<const RetentionPolicy> policy = nullptr,
+                   bool kernel_path_on_cpu = false);  // tests: see PagedKVCache
 
   int64_t add_sequence() override { return latent_.add_sequence(); }
   void remove_sequence(int64_t seq) override { latent_.remove_sequence(seq); }

@@ -71,9 +71,13 @@ class PagedKVCache final : public KVCache {
   // kernels of kernels/ (needs a build with them and a libtorch with CUDA; Error otherwise).
   // Inputs may be on either device; outputs come back on the queries' device.
   // `policy`: which tokens stay (check_paged_policy); null: every token.
+  // `kernel_path_on_cpu` (tests): pools on the CPU, but steps take the GPU path (block tables,
+  // retained lists and tails, kernel scores) with the kernels' host references in place of
+  // the kernels, so that path is checked on machines without a GPU.
   PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
                PagedCapacity capacity = {}, at::Device device = at::kCPU,
-               std::shared_ptr<const RetentionPolicy> policy = nullptr);
+               std::shared_ptr<const RetentionPolicy> policy = nullptr,
+               bool kernel_path_on_cpu = false);
 
   int64_t add_sequence() override;
   void remove_sequence(int64_t seq) override;
@@ -204,6 +208,7 @@ class PagedKVCache final : public KVCache {
   // A GPU decode step of single tokens over each sequence's retained positions (the retained-
   // index kernel; `logits` defined: each held token's scaled score is written there).
   at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
+                             const std::vector<at::Tensor>& positions,
                              const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
                              const at::Tensor& q, const at::Tensor& logits);
   // What the policy needs to select for `s` at `layer` (its block's queries qb [heads, n, d] and
@@ -239,6 +244,7 @@ class PagedKVCache final : public KVCache {
                               int64_t tokens, const at::Tensor& qb) const;
   PagedFormat format_;
   at::Device device_;
+  bool kernel_path_;  // steps run the GPU path's code (on cuda, or emulated on the CPU)
   int64_t num_layers_, num_kv_heads_, head_dim_;
   int64_t pages_ = 0, slots_ = 0, max_pages_;
   std::vector<Layer> layers_;
