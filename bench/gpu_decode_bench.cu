@@ -91,7 +91,7 @@ struct Result {
   int splits;
 };
 
-Result time_format(KvFormat f, int B, int T, int sm_count, cudaStream_t s) {
+Result time_format(KvFormat f, int B, int T, int sm_count, bool multi_tile, cudaStream_t s) {
   const int Hq = 32, Hkv = 8, D = 128;
   const bool kivi = k::is_kivi(f);
   const int P = kivi ? 32 : 16, R = 128;
@@ -136,6 +136,7 @@ Result time_format(KvFormat f, int B, int T, int sm_count, cudaStream_t s) {
   kv.k_residual = kr.p, kv.v_residual = vr.p;
   kv.k_head_scale = static_cast<float*>(ks.p), kv.v_head_scale = static_cast<float*>(vs.p);
   k::DecodePlan plan;
+  plan.multi_tile = multi_tile;
   pr.block_table = static_cast<int*>(table.p);
   CHECK(k::decode_plan(pr, kv, sm_count, 0, &plan));
   if (plan.workspace_bytes) CHECK(cudaMalloc(&ws.p, plan.workspace_bytes));
@@ -189,33 +190,37 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, copy_gbs);
   FILE* jl = out_path.empty() ? nullptr : std::fopen(out_path.c_str(), "w");
   if (jl) std::fprintf(jl, "{\"device\":\"%s\",\"copy_gbps\":%.1f}\n", prop.name, copy_gbs);
-  const std::vector<KvFormat> formats = {KvFormat::kFp16, KvFormat::kBf16, KvFormat::kInt8,
-                                         KvFormat::kFp8,  KvFormat::kInt4, KvFormat::kKivi4,
-                                         KvFormat::kKivi2};
+  const std::vector<KvFormat> formats = {KvFormat::kFp16,  KvFormat::kBf16,     KvFormat::kInt8,
+                                         KvFormat::kFp8,   KvFormat::kInt4,     KvFormat::kKivi4,
+                                         KvFormat::kKivi2, KvFormat::kInt4Asym, KvFormat::kInt2};
   std::vector<std::pair<int, int>> shapes;  // (batch, context)
   for (int B : {1, 16, 64})
     for (int T : {1024, 4096, 16384, 32768, 65536, 131072})
       if (double(B) * T <= 2.1e6 && (!quick || T == 32768 || T == 4096)) shapes.push_back({B, T});
-  std::printf("%-7s %5s %7s %10s %9s %6s %8s %8s %6s\n", "format", "batch", "context", "us/step",
-              "GB/s", "%copy", "vs fp16", "ideal", "splits");
+  // Both main loops side by side (v2: one tile per warp step; v3: DecodePlan::multi_tile),
+  // every speed-up against v2's fp16 at the same shape.
+  std::printf("%-9s %4s %5s %7s %10s %9s %6s %8s %8s %6s\n", "format", "loop", "batch", "context",
+              "us/step", "GB/s", "%copy", "vs fp16", "ideal", "splits");
   for (auto [B, T] : shapes) {
     double fp16_us = 0;
-    for (KvFormat f : formats) {
-      Result r = time_format(f, B, T, prop.multiProcessorCount, s);
-      if (f == KvFormat::kFp16) fp16_us = r.us;
-      const double ideal = k::bytes_per_token(KvFormat::kFp16, 16, 128) /
-                           k::bytes_per_token(f, k::is_kivi(f) ? 32 : 16, 128);
-      std::printf("%-7s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", k::format_name(f), B, T,
-                  r.us, r.gbps, 100 * r.gbps / copy_gbs, fp16_us / r.us, ideal, r.splits);
-      if (jl)
-        std::fprintf(
-            jl,
-            "{\"format\":\"%s\",\"batch\":%d,\"context\":%d,\"us_per_step\":%.3f,\"bytes\":%.0f,"
-            "\"gbps\":%.1f,\"copy_fraction\":%.4f,\"speedup_vs_fp16\":%.3f,\"ideal_ratio\":%.3f,"
-            "\"splits\":%d}\n",
-            k::format_name(f), B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs, fp16_us / r.us,
-            ideal, r.splits);
-    }
+    for (KvFormat f : formats)
+      for (bool multi : {false, true}) {
+        Result r = time_format(f, B, T, prop.multiProcessorCount, multi, s);
+        if (f == KvFormat::kFp16 && !multi) fp16_us = r.us;
+        const double ideal = k::bytes_per_token(KvFormat::kFp16, 16, 128) /
+                             k::bytes_per_token(f, k::is_kivi(f) ? 32 : 16, 128);
+        const char* loop = multi ? "v3" : "v2";
+        std::printf("%-9s %4s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", k::format_name(f),
+                    loop, B, T, r.us, r.gbps, 100 * r.gbps / copy_gbs, fp16_us / r.us, ideal,
+                    r.splits);
+        if (jl)
+          std::fprintf(jl,
+                       "{\"format\":\"%s\",\"loop\":\"%s\",\"batch\":%d,\"context\":%d,"
+                       "\"us_per_step\":%.3f,\"bytes\":%.0f,\"gbps\":%.1f,\"copy_fraction\":%.4f,"
+                       "\"speedup_vs_fp16\":%.3f,\"ideal_ratio\":%.3f,\"splits\":%d}\n",
+                       k::format_name(f), loop, B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs,
+                       fp16_us / r.us, ideal, r.splits);
+      }
   }
   if (jl) std::fclose(jl);
   return 0;

@@ -269,6 +269,83 @@ struct Kernel {
     }
   }
 
+  // ---- v3 (multi-tile) helpers ----
+  // Tiles per step, so that one step of a warp has about 4 KB or more of loads in flight.
+  static constexpr int kTilesPerStep = kBitsOf<F> == 16 ? 1 : (kBitsOf<F> == 8 ? 2 : 4);
+
+  // One tile's raw loads: key rows r and 8 + r (slice m), value rows 2m, 2m+1, 8+2m, 9+2m
+  // (slice r), their block scales and mins, KIVI values' (scale, min) per token as one word,
+  // and for KIVI this lane's 16 bytes of the page's key metadata.
+  struct TileRaw {
+    uint32_t kw[2][KS::kWords], vw[4][VS::kWords];
+    __half2 ksc[2][KS::kPieces], vsc[4][VS::kPieces];
+    __half2 kmn[2][KS::kPieces], vmn[4][VS::kPieces];
+    uint32_t vsm[4];
+    bool present[4];
+    uint4 kmeta;
+    int page;
+  };
+
+  // tile < 0: nothing to load (zeros, nothing present).
+  __device__ static void load_tile(TileRaw& t, const PagedKv& kv, const int* table, int kv_heads,
+                                   int kvh, int tile, int main_end, int r, int m, int lane) {
+    const __half2 zero2 = __float2half2_rn(0.f);
+    const int t0 = tile * kTile, page = tile < 0 ? -1 : t0 / kv.page_size;
+    t.page = page;
+    const size_t slab = tile < 0 ? 0 : size_t(table[page]) * kv_heads + kvh;
+    const size_t row0 = slab * kv.page_size + (tile < 0 ? 0 : t0 % kv.page_size);
+    if constexpr (kKivi) {
+      if (tile >= 0 && lane < D / 8)
+        t.kmeta = __ldg(
+            reinterpret_cast<const uint4*>(static_cast<const __half*>(kv.k_meta) + slab * 2 * D) +
+            lane);
+    }
+    const char* kdata = static_cast<const char*>(kv.k_data);
+    const char* vdata = static_cast<const char*>(kv.v_data);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = h * 8 + r;
+      if (tile >= 0 && t0 + i < main_end) {
+        KS::load(kdata + (row0 + i) * kRowBytes, m, t.kw[h]);
+        if constexpr (kPerTokenScale) piece_scales<KS>(kv.k_meta, row0 + i, m, t.ksc[h], t.kmn[h]);
+      } else {
+        KS::zero(t.kw[h]);
+#pragma unroll
+        for (int k = 0; k < KS::kPieces; ++k) t.ksc[h][k] = t.kmn[h][k] = zero2;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int i = 2 * m + (j & 1) + 8 * (j >> 1);
+      t.present[j] = tile >= 0 && t0 + i < main_end;
+      t.vsm[j] = 0u;
+      if (t.present[j]) {
+        VS::load(vdata + (row0 + i) * kRowBytes, r, t.vw[j]);
+        if constexpr (kPerTokenScale) piece_scales<VS>(kv.v_meta, row0 + i, r, t.vsc[j], t.vmn[j]);
+        if constexpr (kKivi)
+          t.vsm[j] = __ldg(reinterpret_cast<const uint32_t*>(kv.v_meta) +
+                           (row0 + i) * (D / kv.page_size) + VS::channel(r, 0) / kv.page_size);
+      } else {
+        VS::zero(t.vw[j]);
+#pragma unroll
+        for (int k = 0; k < VS::kPieces; ++k) t.vsc[j][k] = t.vmn[j][k] = zero2;
+      }
+    }
+  }
+
+  // KIVI key (scale, min) pairs of slice m from a page's metadata staged in shared memory
+  // ([2][D] halves: the scale row, then the min row).
+  __device__ static void kivi_key_meta_smem(const __half* h, int m, __half2 (&cs)[KS::kPairs],
+                                            __half2 (&cm)[KS::kPairs]) {
+#pragma unroll
+    for (int p = 0; p < KS::kPairs; ++p) {
+      const int2 e = KS::pair(p);
+      const int c0 = KS::channel(m, e.x), c1 = KS::channel(m, e.y);
+      cs[p] = __halves2half2(h[c0], h[c1]);
+      cm[p] = __halves2half2(h[D + c0], h[D + c1]);
+    }
+  }
+
   // S = Q K^T for the tile's two halves, then the online-softmax update and O += P V.
   // kf[h]: key pairs of tile token h * 8 + r; vf[j]: value pairs of the lane's 4 tokens.
   __device__ static void tile_step(State& st, const uint32_t (&qf)[kChunks][2],
@@ -325,7 +402,7 @@ struct Kernel {
   }
 };
 
-template <KvFormat F, int D>
+template <KvFormat F, int D, bool kMulti>
 __global__ void __launch_bounds__(kThreads)
     decode_kernel(DecodeProblem pr, PagedKv kv, int num_splits, float* ws) {
   using K = Kernel<F, D>;
@@ -382,7 +459,48 @@ __global__ void __launch_bounds__(kThreads)
   int kivi_page = -1;
   __half2 cs[kKivi ? KS::kPairs : 1], cm[kKivi ? KS::kPairs : 1];
 
-  for (int tile = tile_begin + warp; tile < tile_end; tile += kWarps) {
+  if constexpr (kMulti) {
+    // v3: each warp a contiguous run of the split's tiles (KIVI key metadata is per page),
+    // NT tiles per step with all their loads issued before any is computed.
+    const int per_warp = (max(0, tile_end - tile_begin) + kWarps - 1) / kWarps;
+    const int warp_begin = tile_begin + warp * per_warp,
+              warp_end = min(tile_end, warp_begin + per_warp);
+    __shared__ uint4 sm_kmeta[kKivi ? kWarps : 1][kKivi ? D / 8 : 1];  // a page's key meta
+    constexpr int NT = K::kTilesPerStep;
+    for (int tile = warp_begin; tile < warp_end; tile += NT) {
+      typename K::TileRaw raw[NT];
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+        K::load_tile(raw[n], kv, table, pr.kv_heads, kvh, tile + n < warp_end ? tile + n : -1,
+                     main_end, r, m, lane);
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        if (tile + n >= warp_end) break;
+        if constexpr (kKivi) {
+          if (raw[n].page != kivi_page) {
+            __syncwarp();
+            if (lane < D / 8) sm_kmeta[warp][lane] = raw[n].kmeta;
+            __syncwarp();
+            K::kivi_key_meta_smem(reinterpret_cast<const __half*>(sm_kmeta[warp]), m, cs, cm);
+            kivi_page = raw[n].page;
+          }
+        }
+        uint32_t kf[2][KS::kPairs], vf[4][VS::kPairs];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          Dequant<F, D / 4, 4>::run(raw[n].kw[h], raw[n].ksc[h], raw[n].kmn[h],
+                                    kKivi ? cs : nullptr, cm, zero2, zero2, kf[h]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          Dequant<F, D / 8, 8>::run(raw[n].vw[j], raw[n].vsc[j], raw[n].vmn[j], nullptr, nullptr,
+                                    __low2half2(u32_as_h2(raw[n].vsm[j])),
+                                    __high2half2(u32_as_h2(raw[n].vsm[j])), vf[j]);
+        K::tile_step(st, qf, kf, vf, raw[n].present, score_scale, lane);
+      }
+    }
+  }
+
+  for (int tile = tile_begin + warp; !kMulti && tile < tile_end; tile += kWarps) {
     const int t0 = tile * kTile, page = t0 / P;
     const size_t slab = size_t(table[page]) * pr.kv_heads + kvh;
     const size_t row0 = slab * P + t0 % P;  // row of the tile's first token in the pool
@@ -549,8 +667,12 @@ template <KvFormat F, int D>
 cudaError_t launch(const DecodeProblem& pr, const PagedKv& kv, const DecodePlan& plan, void* ws,
                    cudaStream_t stream) {
   dim3 grid(plan.num_splits, pr.kv_heads, pr.batch);
-  decode_kernel<F, D>
-      <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
+  if (plan.multi_tile)
+    decode_kernel<F, D, true>
+        <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
+  else
+    decode_kernel<F, D, false>
+        <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || plan.num_splits == 1) return err;
   dim3 cgrid(pr.q_heads, pr.batch);
@@ -601,11 +723,14 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
   }
   if (pr.max_seq_len < 1 || pr.max_pages_per_seq * kv.page_size < pr.max_seq_len)
     return reject("max_seq_len must be >= 1 and fit in max_pages_per_seq pages");
-  // Splits: enough blocks to fill every multiprocessor twice, each split at least 4 tiles per warp.
+  // Splits. v2: enough blocks to fill every multiprocessor twice, each split at least 4 tiles
+  // per warp. v3: about eight blocks per multiprocessor, so the last wave's idle tail is short,
+  // but at least 8 tiles (128 tokens) per warp of a split.
   const int tiles = (pr.max_seq_len + kTile - 1) / kTile;
   const int blocks = pr.batch * pr.kv_heads;
-  int splits = (2 * sm_count + blocks - 1) / blocks;
-  splits = std::max(1, std::min(splits, tiles / (4 * kWarps)));
+  const int per_sm = plan->multi_tile ? 8 : 2, min_tiles = plan->multi_tile ? 8 : 4;
+  int splits = (per_sm * sm_count + blocks - 1) / blocks;
+  splits = std::max(1, std::min(splits, tiles / (min_tiles * kWarps)));
   if (force_splits > 0) splits = force_splits;
   plan->num_splits = splits;
   plan->workspace_bytes =

@@ -45,12 +45,19 @@ struct DecodeProblem {
 };
 
 struct DecodePlan {
+  // Set by the caller before decode_plan(): the main loop. false: each warp computes one
+  // 16-token tile at a time, tiles dealt round-robin (v2, measured in docs/perf-notes.md).
+  // true: each warp takes a contiguous run of tiles and issues the loads of several (4 for
+  // 4- and 2-bit codes, 2 for 8-bit, 1 for 16-bit) before computing any, KIVI key metadata
+  // staged once per page (v3: prepared for the next GPU session, not yet measured).
+  bool multi_tile = false;
   int num_splits = 1;
   size_t workspace_bytes = 0;  // fp32 partials when num_splits > 1
 };
 
-// Validates the problem and chooses the splits: enough blocks to fill `sm_count`
-// multiprocessors twice, never fewer than 4 tiles of 16 tokens per warp. `force_splits` > 0
+// Validates the problem and chooses the splits: v2, enough blocks to fill `sm_count`
+// multiprocessors twice, never fewer than 4 tiles of 16 tokens per warp; v3 (multi_tile),
+// about 8 blocks per multiprocessor, never fewer than 8 tiles per warp. `force_splits` > 0
 // overrides.
 cudaError_t decode_plan(const DecodeProblem& problem, const PagedKv& kv, int sm_count,
                         int force_splits, DecodePlan* plan);

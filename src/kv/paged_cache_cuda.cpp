@@ -1,6 +1,7 @@
 #include "paged_cache_cuda.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -27,6 +28,16 @@ namespace {
 void check(cudaError_t err, const char* what, const char* reason) {
   KVB_CHECK(err == cudaSuccess, "paged cache: ", what, ": ", kernels::error_name(err),
             reason && *reason ? std::string(" (") + reason + ")" : std::string());
+}
+
+// The decode kernel's main loop: v3 (multi-tile) when KVBENCH_DECODE_LOOP=v3, else v2 (the
+// measured one) until v3 is measured faster (docs/perf-notes.md).
+bool multi_tile() {
+  static const bool v3 = [] {
+    const char* loop = std::getenv("KVBENCH_DECODE_LOOP");
+    return loop != nullptr && std::string(loop) == "v3";
+  }();
+  return v3;
 }
 
 // Per device, asked once: the full property query costs far more than a decode step.
@@ -73,6 +84,7 @@ static at::Tensor device_decode(const kernels::PagedKvStore& store, const Decode
   kv.k_head_scale = store.k_head_scale, kv.v_head_scale = store.v_head_scale;
   kv.k_residual = store.k_residual, kv.v_residual = store.v_residual;
   kernels::DecodePlan plan;
+  plan.multi_tile = multi_tile();
   check(kernels::decode_plan(pr, kv, sm_count(q), 0, &plan), "decode plan",
         kernels::decode_last_error());
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, q.options().dtype(at::kByte));

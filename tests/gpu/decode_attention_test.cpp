@@ -29,7 +29,8 @@ struct Case {
   KvFormat format;
   int head_dim, q_heads, kv_heads, page_size, residual;
   std::vector<int> seq_lens;
-  int force_splits;  // 0: the plan's choice
+  int force_splits;         // 0: the plan's choice
+  bool multi_tile = false;  // the v3 main loop (DecodePlan::multi_tile)
 };
 
 std::string case_name(const Case& c) {
@@ -38,6 +39,7 @@ std::string case_name(const Case& c) {
                   std::to_string(c.page_size);
   if (c.residual) n += "_r" + std::to_string(c.residual);
   n += "_s" + std::to_string(c.force_splits);
+  if (c.multi_tile) n += "_v3";
   for (char& ch : n)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return n;
@@ -105,6 +107,7 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   kv.k_head_scale = static_cast<const float*>(dks.ptr),
   kv.v_head_scale = static_cast<const float*>(dvs.ptr);
   kernels::DecodePlan plan;
+  plan.multi_tile = c.multi_tile;
   ASSERT_CUDA(kernels::decode_plan(pr, kv, 132, c.force_splits, &plan));
   if (plan.workspace_bytes) ASSERT_CUDA(cudaMalloc(&dws.ptr, plan.workspace_bytes));
   ASSERT_CUDA(kernels::decode_attention(pr, kv, plan, dws.ptr, nullptr));
@@ -166,6 +169,12 @@ std::vector<Case> all_cases() {
       cases.push_back({f, 128, 32, 8, 16, 128, {1, 100, 129, 1000}, 0});
     else
       cases.push_back({f, 128, 32, 8, 64, 0, {1, 100, 129, 1000}, 0});
+  }
+  // Every case again through the v3 (multi-tile) main loop.
+  const size_t v2 = cases.size();
+  for (size_t i = 0; i < v2; ++i) {
+    cases.push_back(cases[i]);
+    cases.back().multi_tile = true;
   }
   return cases;
 }
