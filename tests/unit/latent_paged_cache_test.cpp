@@ -38,7 +38,11 @@ Block random_block(int64_t n, at::Generator& gen) {
 
 struct Caches {
   std::unique_ptr<KVCache> paged, reference;
-  std::string unsupported;  // why the GPU path cannot take this rank (then no caches)
+  std::string unsupported;  // why the case cannot run here (then no caches)
+  // CPU: the same fp16 coefficients, fp32 attention in another order (latent scores, values
+  // projected once) than the reference's (reconstructed rows). GPU path: the decode kernel's
+  // fp16 query and output and fast exp2 (its own tests' bound).
+  double tolerance = 2e-5;
 };
 Caches make_caches(const std::string& entry, const at::Device& device, bool emulated = false) {
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
@@ -50,7 +54,16 @@ Caches make_caches(const std::string& entry, const at::Device& device, bool emul
   return {
       std::make_unique<LatentPagedCache>(lowrank, at::kHalf, kLayers, kKvHeads, kDim,
                                          PagedCapacity{}, device, make_policy(method), emulated),
-      make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference"), ""};
+      make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference"), "",
+      device.is_cuda() || emulated ? 2e-3 : 2e-5};
+}
+
+// The caches of a (method entry, device) test parameter.
+Caches param_caches(const std::tuple<const char*, const char*>& param) {
+  const auto [entry, device_name] = param;
+  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
+  if (where.device.is_cuda() && !at::hasCUDA()) return {nullptr, nullptr, "libtorch has no CUDA"};
+  return make_caches(entry, where.device, where.emulated);
 }
 
 // Two interleaved sequences: prefills around the page size, decode steps across pages, a late
@@ -85,18 +98,10 @@ class LatentPagedCacheTest : public ::testing::TestWithParam<std::tuple<const ch
 };
 
 TEST_P(LatentPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameCoefficients) {
-  const auto [entry, device_name] = GetParam();
-  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
-  const at::Device device = where.device;
-  if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
-  Caches c = make_caches(entry, device, where.emulated);
+  Caches c = param_caches(GetParam());
   if (!c.unsupported.empty()) GTEST_SKIP() << c.unsupported;
   auto& latent = dynamic_cast<LatentPagedCache&>(*c.paged);
-  // CPU: the same fp16 coefficients, fp32 attention in another order (latent scores, values
-  // projected once) than the reference's (reconstructed rows). GPU: the decode kernel's fp16
-  // query and output and fast exp2 (its own tests' bound).
-  const double tolerance = !where.kernel_path() ? 2e-5 : 2e-3;
-  run_steps(*c.paged, *c.reference, tolerance, 150);
+  run_steps(*c.paged, *c.reference, c.tolerance, 150);
   EXPECT_EQ(latent.latent().format().format, kernels::KvFormat::kFp16);
   EXPECT_EQ(c.paged->kept_tokens(0), std::vector<int64_t>(kLayers, 190));
   // Same coefficients, same bases: the formula's bytes agree, the pages hold at most a partly
@@ -132,16 +137,11 @@ class LatentPagedRetentionTest
     : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
 
 TEST_P(LatentPagedRetentionTest, KeepsWhatTheReferenceKeeps) {
-  const auto [entry, device_name] = GetParam();
-  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
-  const at::Device device = where.device;
-  if (device.is_cuda() && !at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA";
-  Caches c = make_caches(entry, device, where.emulated);
+  Caches c = param_caches(GetParam());
   if (!c.unsupported.empty()) GTEST_SKIP() << c.unsupported;
   auto& latent = dynamic_cast<LatentPagedCache&>(*c.paged);
   auto& reference = dynamic_cast<CompressedKVCache&>(*c.reference);
-  const double tolerance = !where.kernel_path() ? 2e-5 : 2e-3;
-  run_steps(*c.paged, *c.reference, tolerance, 400, [&](int64_t seq) {
+  run_steps(*c.paged, *c.reference, c.tolerance, 400, [&](int64_t seq) {
     for (int64_t l = 0; l < kLayers; ++l)
       ASSERT_TRUE(
           at::equal(latent.latent().kept_positions(seq, l), reference.kept_positions(seq, l)))
