@@ -12,6 +12,7 @@
 #include "kvbench/attention/torch_sdpa.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/time.h"
+#include "kvbench/kv/quest_policy.h"
 #include "paged_cache_cuda.h"
 
 namespace kvbench {
@@ -111,11 +112,6 @@ void check_paged_policy(const RetentionPolicy* policy) {
   KVB_CHECK(!policy->cache_positions(), "paged cache: retention policy '", policy->name(),
             "' gives kept tokens cache positions, which would rewrite their keys in the pages; "
             "use positions: original");
-  KVB_CHECK(policy->needs() != RetentionNeeds::kQueryPages, "paged cache: retention policy '",
-            policy->name(),
-            "' chooses pages per step from key bounds, which the paged cache does not keep; "
-            "paged retention: streamingllm (original positions), snapkv, pyramidkv, h2o, tova, "
-            "scissorhands");
 }
 
 PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_kv_heads,
@@ -132,6 +128,11 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
   check_paged_policy(policy.get());
   if (policy && dynamic_cast<const FullRetention*>(policy.get()) == nullptr)
     policy_ = std::move(policy);
+  quest_ = dynamic_cast<const QuestPolicy*>(policy_.get());
+  KVB_CHECK(!quest_ || !kernels::is_kivi(format_.format),
+            "paged cache: quest bounds pages by their keys as stored, but KIVI's keys are "
+            "quantized per channel over groups that the window still changes; use a per-token "
+            "format");
   KVB_CHECK(head_dim % 32 == 0, "paged cache: head_dim ", head_dim, " is not a multiple of 32");
   KVB_CHECK(device.is_cpu() || device.is_cuda(), "paged cache: device ", device.str(),
             " (expected cpu or cuda)");
@@ -201,6 +202,7 @@ int64_t PagedKVCache::add_sequence() {
   s.kept.resize(size_t(num_layers_));
   s.listed.resize(size_t(num_layers_));
   s.scores.resize(size_t(num_layers_));
+  s.quest.resize(size_t(num_layers_));
   s.slot = free_slots_.back();
   free_slots_.pop_back();
   for (Layer& layer : layers_)
@@ -315,40 +317,154 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
   const kernels::PagedKvStore store = store_of(layer);
   append_rows(layer, step, counts, k, v, store);
   const std::vector<Sequence*>& batch = step.batch;
-  const int B = int(batch.size()), max_new = step.max_new;
-  const int64_t max_len = step.max_len;
-  const at::Tensor &table_t = step.table, &ints_t = step.ints;
-  const bool gpu = kernel_path_;
-
   at::Tensor out;
-  if (policy_) {
-    out = attend_retaining(layer_index, batch, counts, q, k, store, table_t, ints_t, max_len);
-  } else if (gpu &&
-             max_new == 1) {  // one decode step for the whole batch, reading the formats in place
-    paged_cuda::DecodeBatch d{table_t, ints_t.narrow(0, 3 * B + 1, B),
-                              ints_t.narrow(0, 2 * B + 1, B), max_len};
-    out = paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
-  } else {  // prefill (or a mixed batch): per sequence, reference attention over its tokens
-    const double scale = 1.0 / std::sqrt(double(head_dim_));
-    std::vector<at::Tensor> parts;
-    for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
-      const Sequence& s = *batch[size_t(b)];
-      const int64_t t1 = s.length + counts[size_t(b)];
-      at::Tensor keys, values;
-      if (gpu) {
-        std::tie(keys, values) =
-            paged_cuda::dequantize(store, table_t[b], num_kv_heads_, head_dim_, s.slot, t1);
-      } else {
-        keys = decode(store, s, true, t1), values = decode(store, s, false, t1);
-      }
-      const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
-      parts.push_back(
-          chunked_block_attention(qb.to(device_, at::kFloat), keys, values, scale).transpose(0, 1));
-    }
-    out = at::cat(parts, 0);
+  if (quest_) {
+    out = attend_quest(layer_index, step, counts, q, store);
+  } else if (policy_) {
+    out = attend_retaining(layer_index, step.batch, counts, q, k, store, step.table, step.ints,
+                           step.max_len);
+  } else {
+    out = attend_dense(step, counts, q, store);
   }
   end_step(layer_index, step, counts);
   return out.to(q.device(), at::kFloat);
+}
+
+at::Tensor PagedKVCache::attend_dense(const Step& step, const std::vector<int64_t>& counts,
+                                      const at::Tensor& q, const kernels::PagedKvStore& store) {
+  const std::vector<Sequence*>& batch = step.batch;
+  const int B = int(batch.size());
+  if (kernel_path_ &&
+      step.max_new == 1) {  // one decode step for the whole batch, reading the formats in place
+    paged_cuda::DecodeBatch d{step.table, step.ints.narrow(0, 3 * B + 1, B),
+                              step.ints.narrow(0, 2 * B + 1, B), step.max_len};
+    return paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
+  }
+  // Prefill (or a mixed batch): per sequence, reference attention over its tokens.
+  const double scale = 1.0 / std::sqrt(double(head_dim_));
+  std::vector<at::Tensor> parts;
+  for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+    const Sequence& s = *batch[size_t(b)];
+    const int64_t t1 = s.length + counts[size_t(b)];
+    at::Tensor keys, values;
+    if (kernel_path_) {
+      std::tie(keys, values) =
+          paged_cuda::dequantize(store, step.table[b], num_kv_heads_, head_dim_, s.slot, t1);
+    } else {
+      keys = decode(store, s, true, t1), values = decode(store, s, false, t1);
+    }
+    const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
+    parts.push_back(
+        chunked_block_attention(qb.to(device_, at::kFloat), keys, values, scale).transpose(0, 1));
+  }
+  return at::cat(parts, 0);
+}
+
+void PagedKVCache::fold_quest_bounds(Sequence& s, int64_t layer, const kernels::PagedKvStore& store,
+                                     const at::Tensor& table_row, int64_t n) {
+  const int64_t P = quest_->page_size(), t0 = s.length, t1 = s.length + n;
+  const int64_t first = t0 / P, last = (t1 - 1) / P, pages = last - first + 1;
+  const at::Tensor keys = new_keys(store, s, table_row, t0, t1);
+  // The new keys padded to whole pages, so each page's min and max is one reduction.
+  auto padded = [&](double fill) {
+    const auto opts = keys.options();
+    return at::cat({at::full({num_kv_heads_, t0 - first * P, head_dim_}, fill, opts), keys,
+                    at::full({num_kv_heads_, (last + 1) * P - t1, head_dim_}, fill, opts)},
+                   1)
+        .view({num_kv_heads_, pages, P, head_dim_});
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  const at::Tensor lo = half_bounds(std::get<0>(padded(inf).min(2)), true);
+  const at::Tensor hi = half_bounds(std::get<0>(padded(-inf).max(2)), false);
+  QuestBounds& qb = s.quest[size_t(layer)];
+  const int64_t have = qb.mins.defined() ? qb.mins.size(1) : 0;
+  if (last + 1 > have) {  // new pages start empty: +inf mins, -inf maxs
+    const auto opts = at::TensorOptions().dtype(at::kHalf).device(device_);
+    const at::Tensor more_lo = at::full({num_kv_heads_, last + 1 - have, head_dim_}, inf, opts);
+    const at::Tensor more_hi = at::full({num_kv_heads_, last + 1 - have, head_dim_}, -inf, opts);
+    qb.mins = qb.mins.defined() ? at::cat({qb.mins, more_lo}, 1) : more_lo;
+    qb.maxs = qb.maxs.defined() ? at::cat({qb.maxs, more_hi}, 1) : more_hi;
+  }
+  at::Tensor mins = qb.mins.narrow(1, first, pages), maxs = qb.maxs.narrow(1, first, pages);
+  mins.copy_(at::minimum(mins, lo.to(mins.device())));
+  maxs.copy_(at::maximum(maxs, hi.to(maxs.device())));
+}
+
+at::Tensor PagedKVCache::new_keys(const kernels::PagedKvStore& store, const Sequence& s,
+                                  const at::Tensor& table_row, int64_t t0, int64_t t1) const {
+  const int64_t n = t1 - t0;
+  if (!kernel_path_)
+    return decode_at(store, s, true, at::arange(t0, t1, at::kLong).expand({num_kv_heads_, n}), t1);
+  // The pages holding [t0, t1) only (per-token formats: a token decodes from its page alone).
+  const int64_t P = format_.page_size, p0 = t0 / P;
+  const at::Tensor pages = table_row.narrow(0, p0, (t1 - 1) / P - p0 + 1);
+  const at::Tensor keys =
+      paged_cuda::dequantize(store, pages, num_kv_heads_, head_dim_, s.slot, t1 - p0 * P).first;
+  return keys.narrow(1, t0 - p0 * P, n);
+}
+
+at::Tensor PagedKVCache::quest_positions(const Sequence& s, int64_t layer, const at::Tensor& q,
+                                         int64_t held) const {
+  const QuestBounds& qb = s.quest[size_t(layer)];
+  const int64_t group = q.size(0) / num_kv_heads_, P = quest_->page_size();
+  // U = sum_i P_i max_i + N_i min_i with the group's mean positive and negative query parts.
+  const at::Tensor qg = q.to(qb.mins.device(), at::kFloat).reshape({num_kv_heads_, group, -1});
+  const at::Tensor pos = qg.clamp_min(0).mean(1).unsqueeze(2),
+                   neg = qg.clamp_max(0).mean(1).unsqueeze(2);
+  const at::Tensor bounds = at::bmm(qb.maxs.to(at::kFloat), pos)
+                                .add_(at::bmm(qb.mins.to(at::kFloat), neg))
+                                .squeeze(2);                           // [kv_heads, pages]
+  const at::Tensor pages = quest_->select_pages(bounds).to(at::kCPU);  // ascending per head
+  // Their tokens, the newest (partly filled, always chosen) page cut at `held`.
+  const at::Tensor offsets = at::arange(P, at::kLong);
+  at::Tensor tokens = (pages.unsqueeze(2) * P + offsets).reshape({num_kv_heads_, -1});
+  const int64_t keep = (pages.size(1) - 1) * P + (held - (held - 1) / P * P);
+  return tokens.narrow(1, 0, keep).contiguous();
+}
+
+at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
+                                      const std::vector<int64_t>& counts, const at::Tensor& q,
+                                      const kernels::PagedKvStore& store) {
+  const std::vector<Sequence*>& batch = step.batch;
+  const int B = int(batch.size());
+  if (layer < quest_->dense_layers()) return attend_dense(step, counts, q, store);
+  Stopwatch watch;
+  bool any_sparse = false;
+  std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
+  for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+    Sequence& s = *batch[size_t(b)];
+    const int64_t n = counts[size_t(b)], held = s.length + n;
+    fold_quest_bounds(s, layer, store, step.table[b], n);
+    // A decode token of a layer holding more than the budget reads the chosen pages only.
+    if (n == 1 && s.length > 0 && quest_->sparse(layer, held)) {
+      positions[size_t(b)] = quest_positions(s, layer, q[row], held);
+      any_sparse = true;
+    }
+  }
+  retention_s_ += watch.seconds();
+  if (!any_sparse) return attend_dense(step, counts, q, store);
+  if (kernel_path_ && step.max_new == 1) {
+    // Each sequence's pages this step as a list the retained-index kernel reads (no tail).
+    std::vector<ListedRows> lists(static_cast<size_t>(B));
+    for (int b = 0; b < B; ++b)
+      if (positions[size_t(b)].defined())
+        lists[size_t(b)] = {upload(positions[size_t(b)].to(at::kInt)), positions[size_t(b)].size(1),
+                            batch[size_t(b)]->length + 1};
+    paged_cuda::DecodeBatch d{step.table, step.ints.narrow(0, 3 * B + 1, B),
+                              step.ints.narrow(0, 2 * B + 1, B), step.max_len};
+    return decode_lists(lists, d, store, q, at::Tensor());
+  }
+  std::vector<at::Tensor> parts;
+  for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+    const Sequence& s = *batch[size_t(b)];
+    const int64_t n = counts[size_t(b)];
+    const at::Tensor all = at::arange(s.length + n, at::kLong).expand({num_kv_heads_, -1});
+    const at::Tensor& pos = positions[size_t(b)].defined() ? positions[size_t(b)] : all;
+    parts.push_back(attend_positions(store, s, step.table[b], pos, s.length + n,
+                                     q.narrow(0, row, n).transpose(0, 1))
+                        .transpose(0, 1));
+  }
+  return at::cat(parts, 0);
 }
 
 PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int64_t>& seqs,
@@ -601,26 +717,37 @@ at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequen
   // Each sequence's lists stay on the device; per step only their addresses, counts and
   // tails travel (a sequence nothing was evicted from: no list, tail 0).
   const int B = int(batch.size());
+  std::vector<ListedRows> lists(static_cast<size_t>(B));
+  for (int b = 0; b < B; ++b) {
+    const Sequence& s = *batch[size_t(b)];
+    ListedRows& rows = lists[size_t(b)];
+    if (s.kept[size_t(layer)].defined()) {
+      Sequence::Listed& l = batch[size_t(b)]->listed[size_t(layer)];
+      if (l.host.size(1) > 0 && !l.device.defined()) l.device = upload(l.host);
+      rows = {l.host.size(1) > 0 ? l.device : at::Tensor(), l.host.size(1), l.tail};
+    }
+    // The kernel reads the listed positions, then the tail up to the new token: exactly the
+    // held positions the step's scores are aligned with.
+    const int64_t reads = rows.count + (s.length + 1 - rows.tail);
+    KVB_CHECK(reads == positions[size_t(b)].size(1), "paged cache: the retained lists of sequence ",
+              b, " at layer ", layer, " hold ", reads, " tokens, the step attends ",
+              positions[size_t(b)].size(1));
+  }
+  return decode_lists(lists, d, store, q, logits);
+}
+
+at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
+                                      const paged_cuda::DecodeBatch& d,
+                                      const kernels::PagedKvStore& store, const at::Tensor& q,
+                                      const at::Tensor& logits) {
+  const int B = int(rows.size());
   at::Tensor lists = at::zeros({B}, at::kLong), counts_tails = at::zeros({2 * B}, at::kInt);
   int64_t* addresses = lists.data_ptr<int64_t>();
   int* ct = counts_tails.data_ptr<int>();
   for (int b = 0; b < B; ++b) {
-    const Sequence& s = *batch[size_t(b)];
-    if (s.kept[size_t(layer)].defined()) {
-      Sequence::Listed& l = batch[size_t(b)]->listed[size_t(layer)];
-      if (l.host.size(1) > 0) {
-        if (!l.device.defined()) l.device = upload(l.host);
-        addresses[b] = reinterpret_cast<int64_t>(l.device.data_ptr<int>());
-        ct[b] = int(l.host.size(1));
-      }
-      ct[B + b] = int(l.tail);
-    }
-    // The kernel reads the listed positions, then the tail up to the new token: exactly the
-    // held positions the step's scores are aligned with.
-    KVB_CHECK(ct[b] + (s.length + 1 - ct[B + b]) == positions[size_t(b)].size(1),
-              "paged cache: the retained lists of sequence ", b, " at layer ", layer, " hold ",
-              ct[b] + (s.length + 1 - ct[B + b]), " tokens, the step attends ",
-              positions[size_t(b)].size(1));
+    const ListedRows& r = rows[size_t(b)];
+    if (r.list.defined()) addresses[b] = reinterpret_cast<int64_t>(r.list.data_ptr<int>());
+    ct[b] = int(r.count), ct[B + b] = int(r.tail);
   }
   return paged_cuda::retained(store, d, num_kv_heads_, upload(lists), upload(counts_tails),
                               q.to(device_, at::kFloat).contiguous(), logits);
@@ -874,6 +1001,9 @@ StorageBytes PagedKVCache::storage() const {
     b.metadata += sequences_.size() * 2 * heads * sizeof(float);
   b.payload *= uint64_t(num_layers_);
   b.metadata *= uint64_t(num_layers_);
+  for (const auto& [id, s] : sequences_)  // Quest's page bounds
+    for (const QuestBounds& qb : s.quest)
+      if (qb.mins.defined()) b.metadata += uint64_t(qb.mins.nbytes() + qb.maxs.nbytes());
   return b;
 }
 
@@ -902,6 +1032,11 @@ StorageBytes PagedKVCache::nominal() const {
     b.metadata += sequences_.size() * 2 * (format_.fp8_per_head ? heads : 1) * sizeof(float);
   b.payload *= uint64_t(num_layers_);
   b.metadata *= uint64_t(num_layers_);
+  if (quest_)  // the page bounds of every layer past the dense ones, as the method counts them
+    for (const auto& [id, s] : sequences_)
+      b.metadata +=
+          uint64_t(num_layers_ - std::min(num_layers_, quest_->dense_layers())) *
+          QuestPages::nominal_bytes(s.length, num_kv_heads_, head_dim_, quest_->page_size());
   return b;
 }
 

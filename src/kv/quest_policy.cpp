@@ -37,6 +37,21 @@ at::Half half_bound(float x, bool down) {
 
 }  // namespace
 
+// The nearest fp16, stepped one code when it overshoots (half_bound's rule, on tensors).
+at::Tensor half_bounds(const at::Tensor& x, bool down) {
+  const at::Tensor h = x.to(at::kHalf);
+  const at::Tensor bits = h.view(at::kShort);  // sign and magnitude
+  const at::Tensor zero = bits.bitwise_and(0x7fff).eq(0), negative = bits.lt(0);
+  // Away from zero on the side of the step, towards it on the other; from zero, the smallest
+  // subnormal of the needed sign (0x8001 is -32767 as int16).
+  const at::Tensor stepped =
+      at::where(zero, at::full_like(bits, down ? -32767 : 1),
+                at::where(down ? negative : negative.logical_not(), bits + 1, bits - 1));
+  const at::Tensor back = h.to(at::kFloat);
+  const at::Tensor over = down ? back.gt(x) : back.lt(x);
+  return at::where(over, stepped, bits).view(at::kHalf);
+}
+
 QuestPolicy::QuestPolicy(int64_t budget, int64_t page_size, int64_t dense_layers)
     : budget_(budget), page_(page_size), dense_layers_(dense_layers) {
   KVB_CHECK(budget >= 1 && page_size >= 1 && dense_layers >= 0,

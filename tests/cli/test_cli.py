@@ -908,7 +908,8 @@ class ModelCliTest(CliCase):
 
     def test_paged_attention_runs_retention_methods_like_the_reference(self):
         # Retention over the paged cache (retained positions read by index, pages freed behind
-        # StreamingLLM's window; H2O, TOVA and ScissorHands from each step's attention): the
+        # StreamingLLM's window; H2O, TOVA and ScissorHands from each step's attention; Quest's
+        # pages read by index): the
         # same positions are kept as with the reference backend and
         # the fp16 values are the same, so fidelity agrees; the latency cell reports the kept
         # tokens and its measured bytes fall below the full cache's.
@@ -918,12 +919,13 @@ class ModelCliTest(CliCase):
                            {"name": "snapkv", "budget": 64, "window": 8},
                            {"name": "h2o", "heavy": 30, "recent": 34},
                            {"name": "tova", "budget": 64},
-                           {"name": "scissorhands", "budget": 64, "recent": 16}],
+                           {"name": "scissorhands", "budget": 64, "recent": 16},
+                           {"name": "quest", "budget": 64, "dense_layers": 1}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16},
                           {"name": "latency", "prompt_tokens": 200, "new_tokens": 4,
                            "repeats": 1}]}
-        names = ("streamingllm", "snapkv", "h2o", "tova", "scissorhands")
+        names = ("streamingllm", "snapkv", "h2o", "tova", "scissorhands", "quest")
         kl = {}
         for attention in ("paged", "reference"):
             res = self.run_ok(dict(cfg, attention=attention))

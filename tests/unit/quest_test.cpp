@@ -59,6 +59,38 @@ TEST(Quest, PageBoundIsAtLeastEveryKeysScore) {
   }
 }
 
+// half_bounds (the tensor rounding the paged cache keeps its page bounds with) is the
+// closest fp16 on the bound's side: below (down) or above x, and no fp16 lies between it and
+// x; exact values stay. Signs, zeros, subnormals and values near fp16 spacing.
+TEST(Quest, HalfBoundsRoundOutwardsToTheNearestFp16) {
+  auto gen = at::detail::createCPUGenerator(5);
+  const at::Tensor x = at::cat({at::randn({4000}, gen) * 3, at::randn({500}, gen) * 1e-6,
+                                at::tensor({0.f, -0.f, 1.f, -2.5f, 65504.f, 6e-8f, -6e-8f})});
+  auto value = [](uint16_t b) { return static_cast<float>(at::Half(b, at::Half::from_bits())); };
+  // The next fp16 code towards +inf (up) or -inf.
+  auto step = [](uint16_t b, bool up) -> uint16_t {
+    if ((b & 0x7fff) == 0) return up ? 0x0001 : 0x8001;
+    return (b & 0x8000) ? (up ? b - 1 : b + 1) : (up ? b + 1 : b - 1);
+  };
+  for (bool down : {true, false}) {
+    const at::Tensor r = half_bounds(x, down);
+    ASSERT_EQ(r.scalar_type(), at::kHalf);
+    const at::Tensor bits = r.view(at::kShort).contiguous();
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float xi = x[i].item<float>();
+      const uint16_t b = static_cast<uint16_t>(bits[i].item<int16_t>());
+      const float got = value(b);
+      if (got == xi) continue;  // exact (what x.to(half) keeps)
+      // On the bound's side, and one code further is past x: the nearest such fp16.
+      ASSERT_TRUE(down ? got < xi : got > xi)
+          << xi << " -> " << got << (down ? " (down)" : " (up)");
+      const float further = value(step(b, down));
+      ASSERT_TRUE(down ? further > xi : further < xi)
+          << xi << " -> " << got << ", next " << further;
+    }
+  }
+}
+
 TEST(Quest, SelectsTheTopPagesAndAlwaysTheNewest) {
   QuestPolicy policy(/*budget=*/40, /*page=*/8, /*dense=*/0);  // 5 pages a step
   ASSERT_EQ(policy.pages_to_read(), 5);

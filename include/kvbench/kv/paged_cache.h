@@ -39,6 +39,7 @@ namespace kvbench {
 namespace paged_cuda {
 struct DecodeBatch;  // src/kv/paged_cache_cuda.h
 }
+class QuestPolicy;
 
 // A method's paged storage: format, page size (KIVI: its group), KIVI's window, and the fp8
 // scale rule (calibrated per sequence from its first tokens as the fp8 codec does, or fixed).
@@ -118,6 +119,17 @@ class PagedKVCache final : public KVCache {
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
  private:
+  // Quest's per-page key bounds of one (sequence, layer): [kv_heads, pages, head_dim] fp16
+  // minima and maxima of the stored keys, rounded outwards, where the pools are.
+  struct QuestBounds {
+    at::Tensor mins, maxs;
+  };
+  // What the retained-index kernel reads of one sequence: `count` listed positions per head
+  // (int32 [kv_heads, count] where the pools are; undefined when none) and the tail from `tail`.
+  struct ListedRows {
+    at::Tensor list;
+    int64_t count = 0, tail = 0;
+  };
   struct Sequence {
     std::vector<int> pages;  // block-table row: physical page of each logical page; -1: freed
     int slot = 0;            // row in the KIVI rings and fp8 scales
@@ -142,7 +154,8 @@ class PagedKVCache final : public KVCache {
       at::Tensor summed, low;
     };
     std::vector<Scores> scores;
-    bool evicted = false;  // this step evicted somewhere: look for pages to free
+    std::vector<QuestBounds> quest;  // per layer (Quest's layers past its dense ones)
+    bool evicted = false;            // this step evicted somewhere: look for pages to free
   };
   struct Layer {
     at::Tensor k_data, v_data, k_meta, v_meta;  // [pages, kv_heads, page bytes] uint8
@@ -205,6 +218,27 @@ class PagedKVCache final : public KVCache {
                               const std::vector<int64_t>& counts, const at::Tensor& q,
                               const at::Tensor& k, const kernels::PagedKvStore& store,
                               const at::Tensor& table, const at::Tensor& ints, int64_t max_len);
+  // Attention over every held token: one decode-kernel launch for a batch of single tokens on
+  // the GPU path, else reference attention per sequence over its decoded pages.
+  at::Tensor attend_dense(const Step& step, const std::vector<int64_t>& counts, const at::Tensor& q,
+                          const kernels::PagedKvStore& store);
+  // Quest: past its dense layers, the new keys fold into the page bounds, and a decode token of
+  // a layer over the budget reads the top pages only (quest_positions); otherwise dense.
+  at::Tensor attend_quest(int64_t layer, const Step& step, const std::vector<int64_t>& counts,
+                          const at::Tensor& q, const kernels::PagedKvStore& store);
+  void fold_quest_bounds(Sequence& s, int64_t layer, const kernels::PagedKvStore& store,
+                         const at::Tensor& table_row, int64_t n);
+  // [kv_heads, count] int64 positions of the pages Quest chooses for the query q [heads, d].
+  at::Tensor quest_positions(const Sequence& s, int64_t layer, const at::Tensor& q,
+                             int64_t held) const;
+  // [kv_heads, t1 - t0, head_dim] fp32 stored keys of tokens [t0, t1), decoding their pages
+  // only (per-token formats).
+  at::Tensor new_keys(const kernels::PagedKvStore& store, const Sequence& s,
+                      const at::Tensor& table_row, int64_t t0, int64_t t1) const;
+  // One retained-index kernel step over explicit lists per sequence.
+  at::Tensor decode_lists(const std::vector<ListedRows>& rows, const paged_cuda::DecodeBatch& d,
+                          const kernels::PagedKvStore& store, const at::Tensor& q,
+                          const at::Tensor& logits);
   // A GPU decode step of single tokens over each sequence's retained positions (the retained-
   // index kernel; `logits` defined: each held token's scaled score is written there).
   at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
@@ -253,6 +287,7 @@ class PagedKVCache final : public KVCache {
   int64_t next_id_ = 0;
   std::map<int64_t, Sequence> sequences_;
   std::shared_ptr<const RetentionPolicy> policy_;  // null: every token stays
+  const QuestPolicy* quest_ = nullptr;             // policy_ when it is Quest
   double retention_s_ = 0;
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;

@@ -46,6 +46,10 @@ class QuestPolicy final : public RetentionPolicy {
   int64_t budget_, page_, dense_layers_;
 };
 
+// x rounded to fp16 towards -inf (down) or +inf, so the result bounds x: how QuestPages rounds
+// its minima and maxima, on tensors of any device (the paged cache keeps its bounds this way).
+at::Tensor half_bounds(const at::Tensor& x, bool down);
+
 // Per-page key bounds of one layer: elementwise min and max per (KV head, page, channel) of
 // the stored keys, in fp16 rounded outwards (min down, max up), so the bound stays valid for
 // the stored keys themselves.
