@@ -330,6 +330,65 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 3);
     });
 
+// Batched steps (the engine's calls): several sequences' new tokens in one call per layer,
+// prefills of different lengths, then decode steps of the whole batch (one kernel launch on
+// the GPU path), then a mixed step. Each sequence's rows must be what the reference cache
+// gives that sequence alone, with and without a retention policy.
+class PagedBatchTest : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+
+TEST_P(PagedBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
+  PolicyCase c = policy_case(GetParam());
+  if (!c.skip.empty()) GTEST_SKIP() << c.skip;
+  PagedKVCache& paged = *c.paged;
+  auto ref = make_kv_cache(c.method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+  const double tolerance = c.where.kernel_path() ? 2e-3 : 1e-5;
+  auto gen = at::detail::createCPUGenerator(37);
+  const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
+                                     paged.add_sequence()};
+  for (int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
+  std::vector<std::vector<int64_t>> steps = {{150, 7, 90}};
+  for (int i = 0; i < 30; ++i) steps.push_back({1, 1, 1});
+  steps.push_back({1, 20, 1});
+  for (const std::vector<int64_t>& counts : steps)
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      std::vector<Block> blocks;
+      std::vector<at::Tensor> q, k, v;
+      for (int64_t n : counts) {
+        blocks.push_back(random_block(n, at::kHalf, gen));
+        q.push_back(blocks.back().q.transpose(0, 1));
+        k.push_back(blocks.back().k.transpose(0, 1));
+        v.push_back(blocks.back().v.transpose(0, 1));
+      }
+      const at::Tensor got =
+          paged.append_and_attend_batch(layer, seqs, counts, at::cat(q), at::cat(k), at::cat(v));
+      int64_t row = 0;
+      for (size_t b = 0; b < seqs.size(); ++b) {
+        const Block& x = blocks[b];
+        const at::Tensor want = ref->append_and_attend(seqs[b], layer, x.q, x.k, x.v);
+        const at::Tensor mine = got.narrow(0, row, counts[b]).transpose(0, 1);
+        row += counts[b];
+        const double rel = ((mine - want).norm() / want.norm()).item<double>();
+        ASSERT_LT(rel, tolerance) << "sequence " << b << " at " << paged.length(seqs[b])
+                                  << " tokens, " << counts[b] << " new, layer " << layer;
+      }
+    }
+  for (int64_t id : seqs) EXPECT_EQ(paged.kept_tokens(id), ref->kept_tokens(id));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Batches, PagedBatchTest,
+    ::testing::Combine(
+        ::testing::Values(R"({"name": "fp16"})", R"({"name": "int4"})",
+                          R"({"name": "kivi-2", "group": 32, "residual": 64})",
+                          R"({"name": "streamingllm", "sinks": 4, "window": 60, "codec": "int8"})",
+                          R"({"name": "h2o", "heavy": 24, "recent": 40, "codec": "fp16"})",
+                          R"({"name": "quest", "budget": 64, "page_size": 16, "dense_layers": 1,
+                              "codec": "fp16"})"),
+        ::testing::Values("cpu", "cuda", "emulated")),
+    [](const auto& i) {
+      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 3);
+    });
+
 // Quest on the paged cache: page bounds from the stored keys, then each decode token of a
 // layer past the dense ones reads only the top pages (by index, as evicted caches are read):
 // the same pages as the reference cache, so the same outputs; nothing is evicted, and the
