@@ -1,6 +1,7 @@
 #include "kvbench/kv/method_registry.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
@@ -658,13 +659,28 @@ std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method)
   return m->policy(method);
 }
 
+namespace {
+
+// KVBENCH_PAGED_PATH=kernels (tests): paged caches on the CPU take the GPU path with the
+// kernels' host references (PagedKVCache's kernel_path_on_cpu), so whole runs exercise it.
+bool kernel_path_on_cpu() {
+  static const bool on = [] {
+    const char* path = std::getenv("KVBENCH_PAGED_PATH");
+    return path != nullptr && std::string(path) == "kernels";
+  }();
+  return on;
+}
+
+}  // namespace
+
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
                                        const std::string& backend, const at::Tensor& rope_inv_freq,
                                        at::Device device) {
   if (backend == "paged")
     return std::make_unique<PagedKVCache>(paged_format_for(method, dtype), num_layers, num_kv_heads,
-                                          head_dim, PagedCapacity{}, device, make_policy(method));
+                                          head_dim, PagedCapacity{}, device, make_policy(method),
+                                          kernel_path_on_cpu());
   KVB_CHECK(device.is_cpu(), "KV cache: device ", device.str(), " needs the paged cache");
   return std::make_unique<CompressedKVCache>(
       make_codec(method, dtype), attention_backend_from_name(backend), num_layers, num_kv_heads,
@@ -678,7 +694,7 @@ std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
   if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec))
     return std::make_unique<LatentPagedCache>(std::move(lowrank), dtype, num_layers, num_kv_heads,
                                               head_dim, PagedCapacity{}, device,
-                                              make_policy(method));
+                                              make_policy(method), kernel_path_on_cpu());
   return make_kv_cache(method, num_layers, num_kv_heads, head_dim, dtype, "paged", at::Tensor(),
                        device);
 }

@@ -977,6 +977,45 @@ class ModelCliTest(CliCase):
             self.assertAlmostEqual(kl["paged", name], kl["reference", name],
                                    delta=1e-4 * kl["reference", name] + 1e-9)
 
+    def test_paged_kernel_path_on_the_cpu_runs_like_the_cpu_path(self):
+        # KVBENCH_PAGED_PATH=kernels: whole runs take the paged cache's GPU path on the CPU
+        # (block tables, one decode call per batched step, retained lists, kernel scores, the
+        # kernels' host references), so the engine's batching over it is checked without a GPU.
+        # Its decode steps round queries to fp16 as the kernels do: fidelity within 5%.
+        cfg = {"model": {"preset": "tiny-qwen3", "random_init": True, "dtype": "float16"},
+               "attention": "paged",
+               "methods": [{"name": "full"}, {"name": "int4"}, {"name": "kivi-2"},
+                           {"name": "streamingllm", "sinks": 4, "window": 60},
+                           {"name": "h2o", "heavy": 30, "recent": 34},
+                           {"name": "quest", "budget": 64, "dense_layers": 1},
+                           {"name": "kvproj", "rank": 64, "calib_prompts": 2,
+                            "calib_tokens": 64}],
+               "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
+                           "eval_tokens": 16},
+                          {"name": "throughput", "batch": [3], "prompt_tokens": [100],
+                           "new_tokens": [6], "repeats": 1}]}
+        names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj")
+        kl = {}
+        for path in ("cpu", "kernels"):
+            old = os.environ.pop("KVBENCH_PAGED_PATH", None)
+            if path == "kernels":
+                os.environ["KVBENCH_PAGED_PATH"] = "kernels"
+            try:
+                res = self.run_ok(cfg)
+            finally:
+                os.environ.pop("KVBENCH_PAGED_PATH", None)
+                if old is not None:
+                    os.environ["KVBENCH_PAGED_PATH"] = old
+            self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+            _, report = self.report_from(res)
+            cells = {(c["suite"], c["method"]["name"]): c for c in report["cells"]}
+            for name in names:
+                kl[path, name] = cells[("fidelity", name)]["summary"]["kl_mean"]
+        for name in names:
+            self.assertGreater(kl["kernels", name], 0)
+            self.assertAlmostEqual(kl["kernels", name], kl["cpu", name],
+                                   delta=0.05 * kl["cpu", name] + 1e-6, msg=name)
+
     def test_low_rank_methods_report_their_untimed_prepare_step(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},
                "methods": [{"name": "full"}, {"name": "palu"},
