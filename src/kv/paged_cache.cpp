@@ -460,9 +460,8 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
     const int64_t n = counts[size_t(b)];
     const at::Tensor all = at::arange(s.length + n, at::kLong).expand({num_kv_heads_, -1});
     const at::Tensor& pos = positions[size_t(b)].defined() ? positions[size_t(b)] : all;
-    parts.push_back(attend_positions(store, s, step.table[b], pos, s.length + n,
-                                     q.narrow(0, row, n).transpose(0, 1))
-                        .transpose(0, 1));
+    const Rows rows = rows_at(store, s, step.table[b], pos, s.length + n, true);
+    parts.push_back(attend_rows(rows, q.narrow(0, row, n).transpose(0, 1)).transpose(0, 1));
   }
   return at::cat(parts, 0);
 }
@@ -662,6 +661,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     any_kept = any_kept || s.kept[size_t(layer)].defined();
   }
   at::Tensor out, logits;
+  std::vector<at::Tensor> keys(static_cast<size_t>(B));  // the held keys, where gathered
   if (kernel_path_ && all_single) {
     paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
                               max_len};
@@ -680,10 +680,11 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     std::vector<at::Tensor> parts;
     for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
       const Sequence& s = *batch[size_t(b)];
+      const Rows rows =
+          rows_at(store, s, table[b], positions[size_t(b)], s.length + counts[size_t(b)], true);
+      if (by_attention) keys[size_t(b)] = rows.keys;  // the policy's scores reuse them
       const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
-      parts.push_back(attend_positions(store, s, table[b], positions[size_t(b)],
-                                       s.length + counts[size_t(b)], qb)
-                          .transpose(0, 1));
+      parts.push_back(attend_rows(rows, qb).transpose(0, 1));
     }
     out = at::cat(parts, 0);
   }
@@ -694,7 +695,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
       const int64_t n = counts[size_t(b)];
       record_scores(*batch[size_t(b)], layer, q.narrow(0, row, n).transpose(0, 1), n, store,
                     table[b], positions[size_t(b)], logits.defined() ? logits[b] : at::Tensor(),
-                    newest[size_t(b)]);
+                    keys[size_t(b)], newest[size_t(b)]);
     }
     retention_s_ += watch.seconds();
   }
@@ -866,10 +867,12 @@ bool PagedKVCache::scored() const {
 void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n,
                                  const kernels::PagedKvStore& store, const at::Tensor& table_row,
                                  const at::Tensor& positions, const at::Tensor& logits,
-                                 at::Tensor& newest) {
+                                 at::Tensor keys, at::Tensor& newest) {
   const RetentionNeeds needs = policy_->needs();
   const int64_t held = positions.size(1), start = s.length, heads = qb.size(0);
   const int64_t group = heads / num_kv_heads_, window = policy_->observation_window();
+  if (!logits.defined() && !keys.defined())
+    keys = rows_at(store, s, table_row, positions, start + n, false).keys;
   at::Tensor summed, low;
   if (n == 1) {
     // One decode query (at position `start`), which sees every held token: the reference's
@@ -877,7 +880,6 @@ void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q
     // product over the pages' keys elsewhere.
     at::Tensor scores = logits;
     if (!scores.defined()) {
-      const at::Tensor keys = keys_at(store, s, table_row, positions, start + n);
       const double scale = 1.0 / std::sqrt(double(head_dim_));
       scores = at::bmm(qb.to(keys.device(), at::kFloat).reshape({num_kv_heads_, group, -1}),
                        keys.transpose(1, 2))
@@ -891,7 +893,6 @@ void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q
     if (needs == RetentionNeeds::kLowAttentionCounts)
       low = p.lt(1.0 / double(held)).permute({0, 2, 1}).unsqueeze(3);  // [kvh, held, g, 1]
   } else {
-    const at::Tensor keys = keys_at(store, s, table_row, positions, start + n);
     if (needs == RetentionNeeds::kScoresEveryStep)
       summed = summed_attention(qb, keys, positions, start);
     if (needs == RetentionNeeds::kLastQueryScores) newest = newest_query_attention(qb, keys);
@@ -916,30 +917,22 @@ void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q
   }
 }
 
-at::Tensor PagedKVCache::keys_at(const kernels::PagedKvStore& store, const Sequence& s,
-                                 const at::Tensor& table_row, const at::Tensor& positions,
-                                 int64_t tokens) const {
-  if (!kernel_path_) return decode_at(store, s, true, positions, tokens);
-  const at::Tensor keys =
-      paged_cuda::dequantize(store, table_row, num_kv_heads_, head_dim_, s.slot, tokens).first;
-  return keys.gather(1, positions.to(device_).unsqueeze(2).expand({-1, -1, head_dim_}));
+PagedKVCache::Rows PagedKVCache::rows_at(const kernels::PagedKvStore& store, const Sequence& s,
+                                         const at::Tensor& table_row, const at::Tensor& positions,
+                                         int64_t tokens, bool values) const {
+  if (!kernel_path_)
+    return {decode_at(store, s, true, positions, tokens),
+            values ? decode_at(store, s, false, positions, tokens) : at::Tensor()};
+  // The dequantizer writes keys and values of every token; the positions are gathered.
+  const auto [k, v] =
+      paged_cuda::dequantize(store, table_row, num_kv_heads_, head_dim_, s.slot, tokens);
+  const at::Tensor index = positions.to(device_).unsqueeze(2).expand({-1, -1, head_dim_});
+  return {k.gather(1, index), values ? v.gather(1, index) : at::Tensor()};
 }
 
-at::Tensor PagedKVCache::attend_positions(const kernels::PagedKvStore& store, const Sequence& s,
-                                          const at::Tensor& table_row, const at::Tensor& positions,
-                                          int64_t tokens, const at::Tensor& qb) const {
-  at::Tensor keys, values;
-  if (kernel_path_) {
-    std::tie(keys, values) =
-        paged_cuda::dequantize(store, table_row, num_kv_heads_, head_dim_, s.slot, tokens);
-    const at::Tensor index = positions.to(device_).unsqueeze(2).expand({-1, -1, head_dim_});
-    keys = keys.gather(1, index), values = values.gather(1, index);
-  } else {
-    keys = decode_at(store, s, true, positions, tokens);
-    values = decode_at(store, s, false, positions, tokens);
-  }
+at::Tensor PagedKVCache::attend_rows(const Rows& rows, const at::Tensor& qb) const {
   const double scale = 1.0 / std::sqrt(double(head_dim_));
-  return chunked_block_attention(qb.to(device_, at::kFloat), keys, values, scale);
+  return chunked_block_attention(qb.to(device_, at::kFloat), rows.keys, rows.values, scale);
 }
 
 // The layer's pools as the appender and the decoders see them: rings and fp8 scales whole,

@@ -116,10 +116,7 @@ INSTANTIATE_TEST_SUITE_P(Ranks, LatentPagedCacheTest,
                          ::testing::Combine(::testing::Values(R"({"name": "kvproj"})",
                                                               R"({"name": "kvproj", "rank": 64})"),
                                             ::testing::Values("cpu", "cuda", "emulated")),
-                         [](const auto& i) {
-                           return std::string(std::get<1>(i.param)) + "_p" +
-                                  std::to_string(i.index / 3);
-                         });
+                         [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
 // At full rank the basis is square and orthonormal: the latent cache attends as the fp16 cache
 // does, up to the rounding of the coefficients (instead of the values) to fp16.
@@ -160,9 +157,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          R"({"name": "snapkv", "budget": 64, "window": 8,
                               "codec": {"name": "kvproj", "rank": 64}})"),
                        ::testing::Values("cpu", "cuda", "emulated")),
-    [](const auto& i) {
-      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 3);
-    });
+    [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
 TEST(LatentPagedRetentionMemoryTest, StreamingLlmFreesLatentPagesBehindItsWindow) {
   Caches c = make_caches(R"({"name": "streamingllm", "sinks": 4, "window": 60,

@@ -97,9 +97,7 @@ INSTANTIATE_TEST_SUITE_P(
                           R"({"name": "kivi-4", "group": 16, "residual": 32})",
                           R"({"name": "kivi-2"})", R"({"name": "int4"})", R"({"name": "int2"})"),
         ::testing::Values("cpu", "cuda", "emulated")),
-    [](const auto& i) {
-      return std::string(std::get<1>(i.param)) + "_m" + std::to_string(i.index / 3);
-    });
+    [](const auto& i) { return testing_support::paged_case_name(i, "_m"); });
 
 // Prefills longer than the attention's query chunk (1024) are attended a chunk at a time; the
 // result is the one-block attention of the reference cache.
@@ -326,9 +324,7 @@ INSTANTIATE_TEST_SUITE_P(
             R"({"name": "snapkv", "budget": 96, "window": 8,
                 "codec": {"name": "kivi-4", "group": 32, "residual": 64}})"),
         ::testing::Values("cpu", "cuda", "emulated")),
-    [](const auto& i) {
-      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 3);
-    });
+    [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
 // Batched steps (the engine's calls): several sequences' new tokens in one call per layer,
 // prefills of different lengths, then decode steps of the whole batch (one kernel launch on
@@ -385,9 +381,7 @@ INSTANTIATE_TEST_SUITE_P(
                           R"({"name": "quest", "budget": 64, "page_size": 16, "dense_layers": 1,
                               "codec": "fp16"})"),
         ::testing::Values("cpu", "cuda", "emulated")),
-    [](const auto& i) {
-      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 3);
-    });
+    [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
 // Quest on the paged cache: page bounds from the stored keys, then each decode token of a
 // layer past the dense ones reads only the top pages (by index, as evicted caches are read):
@@ -437,9 +431,7 @@ INSTANTIATE_TEST_SUITE_P(
                            R"({"name": "quest", "budget": 96, "page_size": 32, "dense_layers": 0,
                 "codec": "int8"})"),
                        ::testing::Values("cpu", "cuda", "emulated")),
-    [](const auto& i) {
-      return std::string(std::get<1>(i.param)) + "_p" + std::to_string(i.index / 3);
-    });
+    [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
 // StreamingLLM's pages behind the window go back to the pool: a 470-token sequence that keeps
 // 4 sinks and a 60-token window holds the sink page, the window's pages and the page being

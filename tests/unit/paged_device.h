@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <tuple>
 
 namespace kvbench::testing_support {
 
@@ -20,6 +21,13 @@ struct PagedDevice {
 inline PagedDevice paged_device(const std::string& name) {
   if (name == "emulated") return {at::kCPU, true};
   return {at::Device(name), false};
+}
+
+// The gtest name of a (method entry, device) parameter whose entries each run on the three
+// devices above, in that order: "cpu_p3" (`tag` "_p"), "emulated_m0" ("_m").
+template <class Info>
+std::string paged_case_name(const Info& info, const char* tag = "_p") {
+  return std::string(std::get<1>(info.param)) + tag + std::to_string(info.index / 3);
 }
 
 }  // namespace kvbench::testing_support

@@ -258,24 +258,25 @@ class PagedKVCache final : public KVCache {
   // Records what a step's queries gave the held tokens at `positions` for the policy, into
   // s.scores[layer] (and `newest`: TOVA's newest-query attention). A decode step (n = 1)
   // takes `logits`, the decode kernel's scaled scores of its query ([heads, >= held], kept
-  // order), or computes them from the keys the pages hold when undefined.
+  // order), or computes them from `keys` (the held keys, rows_at; gathered here if undefined).
   void record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n,
                      const kernels::PagedKvStore& store, const at::Tensor& table_row,
-                     const at::Tensor& positions, const at::Tensor& logits, at::Tensor& newest);
-  // [kv_heads, held, head_dim] fp32 keys at `positions` of `s`'s first `tokens` tokens, where
-  // the pools are.
-  at::Tensor keys_at(const kernels::PagedKvStore& store, const Sequence& s,
-                     const at::Tensor& table_row, const at::Tensor& positions,
-                     int64_t tokens) const;
+                     const at::Tensor& positions, const at::Tensor& logits, at::Tensor keys,
+                     at::Tensor& newest);
+  // [kv_heads, held, head_dim] fp32 keys (and values when `values`) at `positions` of `s`'s
+  // first `tokens` tokens, where the pools are.
+  struct Rows {
+    at::Tensor keys, values;
+  };
+  Rows rows_at(const kernels::PagedKvStore& store, const Sequence& s, const at::Tensor& table_row,
+               const at::Tensor& positions, int64_t tokens, bool values) const;
   // `kept` ([kv_heads, held] ascending, of a sequence of `length` tokens) as listed positions
   // and a tail; the device copy is dropped only when the list changed.
   void split_kept(Sequence::Listed& listed, const at::Tensor& kept, int64_t length);
   // Frees the pages of `s` no layer retains a token in and no later append writes.
   void free_evicted_pages(Sequence& s);
-  // Reference attention of a block's queries qb [heads, n, head_dim] over `positions` of `s`.
-  at::Tensor attend_positions(const kernels::PagedKvStore& store, const Sequence& s,
-                              const at::Tensor& table_row, const at::Tensor& positions,
-                              int64_t tokens, const at::Tensor& qb) const;
+  // Reference attention of a block's queries qb [heads, n, head_dim] over `rows` (rows_at).
+  at::Tensor attend_rows(const Rows& rows, const at::Tensor& qb) const;
   PagedFormat format_;
   at::Device device_;
   bool kernel_path_;  // steps run the GPU path's code (on cuda, or emulated on the CPU)
