@@ -23,7 +23,7 @@ endif()
 if(KVBENCH_HAVE_CUDA)
   find_package(CUDAToolkit REQUIRED)
   add_library(kvbench_kernels STATIC kernels/decode_attention.cu kernels/device_query.cu
-    kernels/kv_append.cu kernels/kv_paged_decode.cu kernels/retained_decode.cu
+    kernels/kv_append.cu kernels/kv_paged_decode.cu kernels/model_ops.cu kernels/retained_decode.cu
     kernels/latent_decode.cu)
   target_include_directories(kvbench_kernels PUBLIC kernels)
   set_target_properties(kvbench_kernels PROPERTIES

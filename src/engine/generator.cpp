@@ -39,7 +39,9 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     const double retention_before = cache.retention_seconds();
     // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
     // also waits for the step's kernels, so the step time is the device's).
-    const at::Tensor logits = model.forward(batch, cache).to(at::kCPU);
+    const at::Tensor out = model.forward(batch, cache);
+    const double issued = step.seconds();
+    const at::Tensor logits = out.to(at::kCPU);
     const double retention = cache.retention_seconds() - retention_before;
     std::vector<size_t> still;
     std::vector<SequenceStep> next_batch;
@@ -79,6 +81,7 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
       first = false;
     } else {
       result.decode_step_s.push_back(elapsed);
+      result.decode_step_host_s.push_back(issued);
       result.decode_step_retention_s.push_back(retention);
       result.decode_step_batch.push_back(static_cast<int64_t>(active.size()));
     }

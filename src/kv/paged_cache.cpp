@@ -327,7 +327,8 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
     out = attend_dense(step, counts, q, store);
   }
   end_step(layer_index, step, counts);
-  return out.to(q.device(), at::kFloat);
+  // fp32 in, fp32 out; the kernels' dtype in (attend_dtype()), the same out.
+  return out.to(q.device(), q.scalar_type() == input_dtype() ? q.scalar_type() : at::kFloat);
 }
 
 at::Tensor PagedKVCache::attend_dense(const Step& step, const std::vector<int64_t>& counts,

@@ -108,6 +108,31 @@ void finish_weights(const ModelConfig& c, ModelWeights& w) {
   if (c.tie_word_embeddings) w.lm_head = w.embed;
 }
 
+// Stacks `parts` (along dim 0) into one tensor and makes each part a view into it, so the
+// stacked copy is the only one held.
+at::Tensor stack_rows(const std::vector<at::Tensor*>& parts) {
+  std::vector<at::Tensor> rows;
+  for (at::Tensor* p : parts) rows.push_back(*p);
+  at::Tensor all = at::cat(rows, 0);
+  int64_t at_row = 0;
+  for (at::Tensor* p : parts) {
+    const int64_t n = p->size(0);
+    *p = all.narrow(0, at_row, n);
+    at_row += n;
+  }
+  return all;
+}
+
+// The fused projections of every layer (LayerWeights::qkv_proj, gate_up_proj).
+void fuse_projections(ModelWeights& w) {
+  for (LayerWeights& l : w.layers) {
+    l.qkv_proj = stack_rows({&l.q_proj, &l.k_proj, &l.v_proj});
+    if (l.q_bias.defined()) l.qkv_bias = stack_rows({&l.q_bias, &l.k_bias, &l.v_bias});
+    l.gate_up_proj = stack_rows({&l.gate_proj, &l.up_proj});
+    if (l.gate_bias.defined()) l.gate_up_bias = stack_rows({&l.gate_bias, &l.up_bias});
+  }
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> Transformer::expected_tensors(
@@ -137,6 +162,7 @@ Transformer::Transformer(ModelConfig config, ModelWeights weights)
               "model: ", name, " is ", dtype_name(slot->scalar_type()), " on ",
               slot->device().str(), ", the embedding ", placement_.describe());
   }
+  fuse_projections(weights_);
 }
 
 Transformer Transformer::load(const std::string& dir, const ModelPlacement& placement) {
@@ -198,28 +224,23 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 }
 
 at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at::Tensor& h,
-                                  const at::Tensor& cos, const at::Tensor& sin,
-                                  const std::vector<SequenceStep>& batch, KVCache& cache) const {
+                                  const RopeTables& rope, const std::vector<SequenceStep>& batch,
+                                  KVCache& cache) const {
   const ModelConfig& c = config_;
   const int64_t n = h.size(0);
-  at::Tensor q = linear(h, w.q_proj, w.q_bias).view({n, c.num_heads, c.head_dim});
-  at::Tensor k = linear(h, w.k_proj, w.k_bias).view({n, c.num_kv_heads, c.head_dim});
-  at::Tensor v = linear(h, w.v_proj, w.v_bias).view({n, c.num_kv_heads, c.head_dim});
-  if (c.qk_norm) {  // Qwen3 normalises each head before RoPE
-    q = rms_norm(q, w.q_norm, c.rms_norm_eps);
-    k = rms_norm(k, w.k_norm, c.rms_norm_eps);
-  }
-  q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
+  const QkvRows rows = split_qkv_rope(
+      linear(h, w.qkv_proj, w.qkv_bias), c.num_heads, c.num_kv_heads, c.head_dim, rope,
+      c.qk_norm ? w.q_norm : at::Tensor(), c.qk_norm ? w.k_norm : at::Tensor(), c.rms_norm_eps);
   std::vector<int64_t> seqs, counts;
   for (const auto& s : batch) {
     seqs.push_back(s.seq);
     counts.push_back(static_cast<int64_t>(s.tokens.size()));
   }
   const at::Device where = cache.device();
+  const at::ScalarType dtype = cache.attend_dtype();
   const at::Tensor o =
-      cache.append_and_attend_batch(layer, seqs, counts, q.to(where, at::kFloat),
-                                    k.to(where, at::kFloat), v.to(where, at::kFloat));
+      cache.append_and_attend_batch(layer, seqs, counts, rows.q.to(where, dtype),
+                                    rows.k.to(where, dtype), rows.v.to(where, dtype));
   return linear(o.to(h.options()).reshape({n, c.num_heads * c.head_dim}), w.o_proj, w.o_bias);
 }
 
@@ -238,27 +259,36 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
     }
     last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
   }
-  // RoPE angles in float64, then fp32 cos/sin: [tokens, head_dim] as cat(freqs, freqs), rounded
-  // to the compute dtype (as Hugging Face does) on the model's device.
   const at::TensorOptions opts = placement_.options();
-  auto [cos, sin] = rope_cos_sin(at::tensor(positions, at::kLong), inv_freq_);
-  cos = cos.to(opts);
-  sin = sin.to(opts);
+  RopeTables rope;
+  {
+    auto [cos, sin] = rope_cos_sin(at::tensor(positions, at::kLong), inv_freq_);
+    // The eager formulas take them in the activation dtype, the kernels in fp32.
+    if (model_ops_path(placement_.device) == ModelOpsPath::kEager) {
+      rope.cos_act = cos.to(opts), rope.sin_act = sin.to(opts);
+      rope.cos = cos, rope.sin = sin;  // (shapes only)
+    } else {
+      rope.cos = cos.to(placement_.device), rope.sin = sin.to(placement_.device);
+    }
+  }
 
   const at::Tensor id_t = at::tensor(ids, at::kLong).to(placement_.device);
   at::Tensor x = at::embedding(weights_.embed, id_t);  // [N, hidden]
+  // Each sublayer's output waits in `pending` until the next norm adds it to x (one kernel).
+  at::Tensor pending;
+  const double eps = config_.rms_norm_eps;
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(i)];
-    x = x +
-        attention(w, i, rms_norm(x, w.input_norm, config_.rms_norm_eps), cos, sin, batch, cache);
-    at::Tensor h = rms_norm(x, w.post_norm, config_.rms_norm_eps);
-    at::Tensor act =
-        at::silu(linear(h, w.gate_proj, w.gate_bias)) * linear(h, w.up_proj, w.up_bias);
-    x = x + linear(act, w.down_proj, w.down_bias);
+    pending = attention(w, i, add_rms_norm(x, pending, w.input_norm, eps), rope, batch, cache);
+    const at::Tensor h = add_rms_norm(x, pending, w.post_norm, eps);
+    pending = linear(silu_mul(linear(h, w.gate_up_proj, w.gate_up_bias)), w.down_proj, w.down_bias);
   }
-  if (!all_logits) x = x.index_select(0, at::tensor(last_rows, at::kLong).to(placement_.device));
-  return at::mm(rms_norm(x, weights_.norm, config_.rms_norm_eps), weights_.lm_head.t())
-      .to(at::kFloat);
+  if (!all_logits) {
+    const at::Tensor last = at::tensor(last_rows, at::kLong).to(placement_.device);
+    x = x.index_select(0, last);
+    pending = pending.index_select(0, last);
+  }
+  return at::mm(add_rms_norm(x, pending, weights_.norm, eps), weights_.lm_head.t()).to(at::kFloat);
 }
 
 }  // namespace kvbench

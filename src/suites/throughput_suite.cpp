@@ -59,7 +59,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   GenerationConfig g;
   g.max_new_tokens = new_tokens;
   g.ignore_eos = true;
-  std::vector<double> prefill, steps;
+  std::vector<double> prefill, steps, host;
   uint64_t kv_peak = 0;
   json kv_memory;
   RetentionTimes retention;
@@ -69,11 +69,13 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
     if (r < warmup) continue;
     prefill.push_back(res.prefill_s);
     steps.insert(steps.end(), res.decode_step_s.begin(), res.decode_step_s.end());
+    host.insert(host.end(), res.decode_step_host_s.begin(), res.decode_step_host_s.end());
     retention.add(res);
     if (res.peak_kv_bytes >= kv_peak) kv_memory = kv_memory_json(res, model.config());
     kv_peak = std::max(kv_peak, res.peak_kv_bytes);
   }
   const Summary step = summarize(steps, ctx.seed), pre = summarize(prefill, ctx.seed);
+  const Summary issue = summarize(host, ctx.seed);
   const double tokens = static_cast<double>(batch) * static_cast<double>(prompt + new_tokens - 1);
   // What a decode step must read at least: every weight once and the cache as held at its
   // peak. Between methods its ratio is the ideal decode speed-up of a memory-bound step.
@@ -85,6 +87,10 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           {"samples_s", steps},  // decode step times
           {"prefill_samples_s", prefill},
           {"decode_step_s", to_json(step)},
+          // On a GPU: how long the host took to issue a step; a share near 1 means the step
+          // waits for launches, not for memory (on the CPU the share is ~1 by construction).
+          {"decode_host_s", to_json(issue)},
+          {"decode_host_share", issue.median / step.median},
           {"prefill_s", to_json(pre)},
           {"prefill_tok_s", static_cast<double>(batch * prompt) / pre.median},
           {"decode_tok_s", static_cast<double>(batch) / step.median},

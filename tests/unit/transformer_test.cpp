@@ -168,8 +168,10 @@ TEST_P(PerArchitecture, ForwardMatchesNaiveFloat64Reference) {
 }
 
 // Oracle (b): decoding token by token through the cache equals recomputing the whole
-// sequence from scratch at every step (fp32 cache: 1e-5; bf16 cache: both paths read the same
-// rounded K/V, so only fp32 summation order differs).
+// sequence from scratch at every step (fp32 cache: 1e-5; bf16 cache: 1e-3, because OpenBLAS
+// sums a block of 8 rows in another order than a single row, so the two paths' fp32 keys and
+// values can differ in the last bit and a few of them round to neighbouring bf16 values,
+// each a 2^-9 relative change; measured 2.8e-4 on tiny-qwen3).
 TEST_P(PerArchitecture, CachedDecodeEqualsRecomputation) {
   Transformer m = preset_model(GetParam());
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
@@ -183,7 +185,7 @@ TEST_P(PerArchitecture, CachedDecodeEqualsRecomputation) {
       const int64_t s2 = fresh.add_sequence();
       std::vector<int64_t> prefix(kIds.begin(), kIds.begin() + t + 1);
       at::Tensor full = m.forward({{s2, prefix}}, fresh);
-      EXPECT_LT(rel_error(step, full), dtype == at::kFloat ? 1e-5 : 1e-4)
+      EXPECT_LT(rel_error(step, full), dtype == at::kFloat ? 1e-5 : 1e-3)
           << GetParam() << " step " << t << " dtype " << dtype_name(dtype);
     }
     EXPECT_EQ(cache.length(seq), int64_t(kIds.size()));

@@ -39,7 +39,8 @@ class KVCache {
   // in one call (one kernel launch per step on a GPU). Default: append_and_attend per
   // sequence.
   //   q: [n, num_heads, head_dim]   k, v: [n, num_kv_heads, head_dim]   (n = sum of counts)
-  //   returns [n, num_heads, head_dim] fp32
+  //   in fp32, or in attend_dtype() where a cache takes that
+  //   returns [n, num_heads, head_dim] fp32, or in q's dtype when q came in attend_dtype()
   virtual at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
                                              const std::vector<int64_t>& counts,
                                              const at::Tensor& q, const at::Tensor& k,
@@ -65,6 +66,10 @@ class KVCache {
   // Where the cache wants its inputs: the model hands q/k/v over on this device (a model on a
   // GPU can still fill a CPU cache, e.g. to fit a codec's bases), and takes the output back.
   virtual at::Device device() const { return at::kCPU; }
+  // The dtype append_and_attend_batch takes q/k/v (and gives its output) in without a
+  // conversion: a GPU cache whose kernels read fp16 saves the model two casts per tensor and
+  // layer (each a launch on the host's critical path). fp32 unless a cache says otherwise.
+  virtual at::ScalarType attend_dtype() const { return at::kFloat; }
 };
 
 }  // namespace kvbench

@@ -108,6 +108,10 @@ class PagedKVCache final : public KVCache {
   StorageBytes nominal() const override;
   double retention_seconds() const override { return retention_s_; }
   at::Device device() const override { return device_; }
+  // On a GPU, the kernels' fp16/bf16 (policies and Quest take fp32 in and convert it).
+  at::ScalarType attend_dtype() const override {
+    return device_.is_cuda() && !policy_ ? input_dtype() : at::kFloat;
+  }
 
   // Positions `layer` retains of `seq` between steps: [kv_heads, held] int64, ascending per
   // head (every token when nothing was evicted there).

@@ -3,7 +3,10 @@
 // q/k-norm, SwiGLU MLP. Weights and activations are held in the placement's dtype on its device
 // (fp32 or bf16 on the CPU, where libtorch 1.13 has no fp16 matmul; fp16/bf16/fp32 on a GPU);
 // norms, RoPE angles and logits are computed in fp32 as Hugging Face does. The KV cache decides
-// its own storage; it is handed q/k/v in fp32 on its device (KVCache::device()).
+// its own storage; it is handed q/k/v on its device (KVCache::device()) in the dtype it asks for
+// (KVCache::attend_dtype(), fp32 unless its kernels read fp16/bf16). A layer is four matmuls
+// (fused QKV, o_proj, fused gate/up, down) and the per-row work of fused_ops.h: one kernel
+// per norm, per QKV split with RoPE and per SwiGLU product on a GPU.
 //
 // A forward step takes a packed batch: each sequence contributes its new tokens (a prompt at
 // prefill, one token at decode), the linear layers run once over all of them, and attention
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "kvbench/kv/kv_cache.h"
+#include "kvbench/model/fused_ops.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/rope.h"
 
@@ -31,6 +35,10 @@ struct LayerWeights {
   at::Tensor gate_proj, up_proj;             // [intermediate, hidden]
   at::Tensor down_proj;                      // [hidden, intermediate]
   at::Tensor gate_bias, up_bias, down_bias;  // Llama mlp_bias only
+  // The fused projections a step runs (one matmul each): q, k, v rows stacked, and gate, up.
+  // The Transformer builds them from the tensors above, which then become views into them.
+  at::Tensor qkv_proj, qkv_bias;          // [(heads + 2 kv_heads) * hd, hidden], [...]
+  at::Tensor gate_up_proj, gate_up_bias;  // [2 * intermediate, hidden], [2 * intermediate]
 };
 
 struct ModelWeights {
@@ -92,8 +100,8 @@ class Transformer {
 
  private:
   at::Tensor attention(const LayerWeights& w, int64_t layer, const at::Tensor& h,
-                       const at::Tensor& cos, const at::Tensor& sin,
-                       const std::vector<SequenceStep>& batch, KVCache& cache) const;
+                       const RopeTables& rope, const std::vector<SequenceStep>& batch,
+                       KVCache& cache) const;
 
   ModelConfig config_;
   ModelWeights weights_;

@@ -1,0 +1,47 @@
+// The transformer's per-row work (norms, the QKV split with RoPE, SwiGLU's product), where
+// the model runs it:
+//   CUDA tensors   one kernel each (kernels/model_ops.h): about 10 launches per layer and
+//                  decode step instead of eager libtorch's ~45, so the host keeps ahead of
+//                  the GPU and the step's time is the bytes it reads (KVBENCH_MODEL_OPS=aten
+//                  selects the eager formulas there, to compare).
+//   CPU tensors    the eager libtorch formulas (rms_norm, apply_rope, silu), unchanged; with
+//                  KVBENCH_PAGED_PATH=kernels (tests) the kernels' host references instead,
+//                  so whole runs exercise the GPU path's layouts on the CPU.
+// Both agree up to fp32 summation order and one rounding of the activation dtype
+// (tests/unit/model_ops_test.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace kvbench {
+
+enum class ModelOpsPath { kEager, kHostKernels, kCuda };
+
+// Which implementation runs for tensors on `device`.
+ModelOpsPath model_ops_path(const at::Device& device);
+
+// With `residual` defined: x += residual (x is updated: in place on the kernel paths), then
+// the RMSNorm of x; without: the RMSNorm of x. x, residual [rows, dim] in the activation
+// dtype; weight [dim] in the same dtype. Returns [rows, dim].
+at::Tensor add_rms_norm(at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                        double eps);
+
+struct RopeTables {
+  at::Tensor cos, sin;          // [rows, head_dim] fp32 (rope_cos_sin)
+  at::Tensor cos_act, sin_act;  // the same in the activation dtype (the eager path's)
+};
+
+struct QkvRows {
+  at::Tensor q, k, v;  // [rows, heads, head_dim] and [rows, kv_heads, head_dim]
+};
+
+// The fused projection's output qkv [rows, (heads + 2 kv_heads) * head_dim] split into q, k,
+// v; q and k normed per head first when q_norm / k_norm are defined (Qwen3), then rotated.
+QkvRows split_qkv_rope(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                       const RopeTables& rope, const at::Tensor& q_norm, const at::Tensor& k_norm,
+                       double eps);
+
+// silu(gate) * up from the fused projection's output [rows, 2 dim] (gate first).
+at::Tensor silu_mul(const at::Tensor& gate_up);
+
+}  // namespace kvbench

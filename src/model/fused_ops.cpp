@@ -1,0 +1,161 @@
+#include "kvbench/model/fused_ops.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "kvbench/core/error.h"
+#include "kvbench/model/rope.h"
+#include "kvbench/model/transformer.h"
+#include "model_ops.h"
+
+#ifdef KVBENCH_HAVE_CUDA
+#include "model_ops_launcher.h"
+#endif
+
+namespace kvbench {
+namespace {
+
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == value;
+}
+
+kernels::ActDtype act_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return kernels::ActDtype::kF32;
+    case at::kHalf:
+      return kernels::ActDtype::kF16;
+    case at::kBFloat16:
+      return kernels::ActDtype::kBf16;
+    default:
+      throw Error("model ops: activations in " + std::string(c10::toString(t.scalar_type())) +
+                  " (expected float32, float16 or bfloat16)");
+  }
+}
+
+// Runs `problem` with the kernel (CUDA tensors) or its host reference (CPU tensors).
+template <typename Problem, typename Host, typename Launch>
+void run(const Problem& problem, bool cuda, Host host, Launch launch, const char* what) {
+  const std::string why = kernels::model_ops_check(problem);
+  KVB_CHECK(why.empty(), "model ops: ", why);
+  if (!cuda) {
+    host(problem);
+    return;
+  }
+#ifdef KVBENCH_HAVE_CUDA
+  const cudaError_t err = launch(problem, nullptr);
+  KVB_CHECK(err == cudaSuccess, "model ops: ", what, ": ", cudaGetErrorString(err));
+#else
+  (void)launch;
+  throw Error(std::string("model ops: ") + what +
+              " on a GPU needs the CUDA kernels (KVBENCH_CUDA)");
+#endif
+}
+
+#ifdef KVBENCH_HAVE_CUDA
+#define KVB_LAUNCHER(fn) [](const auto& p, cudaStream_t s) { return kernels::fn(p, s); }
+#else
+#define KVB_LAUNCHER(fn) [](const auto&, void*) { return 0; }
+#endif
+
+at::Tensor ready(const at::Tensor& t, const at::Tensor& like) {
+  return t.to(like.device(), like.scalar_type()).contiguous();
+}
+
+}  // namespace
+
+ModelOpsPath model_ops_path(const at::Device& device) {
+  if (device.is_cuda()) {
+#ifdef KVBENCH_HAVE_CUDA
+    static const bool eager = env_is("KVBENCH_MODEL_OPS", "aten");
+    return eager ? ModelOpsPath::kEager : ModelOpsPath::kCuda;
+#else
+    return ModelOpsPath::kEager;
+#endif
+  }
+  // Read per call (a few per layer, against a matmul's microseconds): tests switch it.
+  return env_is("KVBENCH_PAGED_PATH", "kernels") ? ModelOpsPath::kHostKernels
+                                                 : ModelOpsPath::kEager;
+}
+
+at::Tensor add_rms_norm(at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                        double eps) {
+  KVB_CHECK(x.dim() == 2 && weight.dim() == 1 && weight.size(0) == x.size(1) &&
+                (!residual.defined() || residual.sizes() == x.sizes()),
+            "model ops: add_rms_norm expects x [rows, dim], residual like x, weight [dim]");
+  const ModelOpsPath path = model_ops_path(x.device());
+  if (path == ModelOpsPath::kEager) {
+    if (residual.defined()) x = x + residual;
+    return rms_norm(x, weight, eps);
+  }
+  if (!x.is_contiguous()) x = x.contiguous();
+  const at::Tensor r = residual.defined() ? ready(residual, x) : at::Tensor();
+  const at::Tensor w = ready(weight, x);
+  at::Tensor out = at::empty_like(x);
+  kernels::RmsNormProblem p;
+  p.rows = int(x.size(0)), p.dim = int(x.size(1)), p.eps = float(eps), p.dtype = act_dtype(x);
+  p.x = x.data_ptr(), p.residual = r.defined() ? r.data_ptr() : nullptr;
+  p.weight = w.data_ptr(), p.out = out.data_ptr();
+  run(p, path == ModelOpsPath::kCuda, kernels::rms_norm_host, KVB_LAUNCHER(rms_norm), "rms_norm");
+  return out;
+}
+
+QkvRows split_qkv_rope(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                       const RopeTables& rope, const at::Tensor& q_norm, const at::Tensor& k_norm,
+                       double eps) {
+  const int64_t n = qkv.size(0), qd = heads * head_dim, kvd = kv_heads * head_dim;
+  KVB_CHECK(qkv.dim() == 2 && qkv.size(1) == qd + 2 * kvd && rope.cos.size(0) == n &&
+                rope.cos.size(1) == head_dim,
+            "model ops: split_qkv_rope expects qkv [rows, ", qd + 2 * kvd, "] and cos/sin [rows, ",
+            head_dim, "]");
+  const ModelOpsPath path = model_ops_path(qkv.device());
+  if (path == ModelOpsPath::kEager) {
+    at::Tensor q = qkv.narrow(1, 0, qd).view({n, heads, head_dim});
+    at::Tensor k = qkv.narrow(1, qd, kvd).view({n, kv_heads, head_dim});
+    at::Tensor v = qkv.narrow(1, qd + kvd, kvd).view({n, kv_heads, head_dim});
+    // Contiguous first: the norm's fp32 sums then take one order whatever the batch holds (a
+    // strided view of one row reduces in another order than of several, which can flip the
+    // rounding of a key stored in bf16).
+    if (q_norm.defined()) q = rms_norm(q.contiguous(), q_norm, eps);
+    if (k_norm.defined()) k = rms_norm(k.contiguous(), k_norm, eps);
+    return {apply_rope(q, rope.cos_act, rope.sin_act), apply_rope(k, rope.cos_act, rope.sin_act),
+            v};
+  }
+  const at::Tensor in = qkv.contiguous();
+  const at::Tensor cos = rope.cos.to(in.device(), at::kFloat).contiguous();
+  const at::Tensor sin = rope.sin.to(in.device(), at::kFloat).contiguous();
+  const at::Tensor qn = q_norm.defined() ? ready(q_norm, in) : at::Tensor();
+  const at::Tensor kn = k_norm.defined() ? ready(k_norm, in) : at::Tensor();
+  QkvRows out{at::empty({n, heads, head_dim}, in.options()),
+              at::empty({n, kv_heads, head_dim}, in.options()),
+              at::empty({n, kv_heads, head_dim}, in.options())};
+  kernels::RopeSplitProblem p;
+  p.rows = int(n), p.q_heads = int(heads), p.kv_heads = int(kv_heads), p.head_dim = int(head_dim);
+  p.eps = float(eps), p.dtype = act_dtype(in), p.qkv = in.data_ptr();
+  p.cos = cos.data_ptr<float>(), p.sin = sin.data_ptr<float>();
+  p.q_norm = qn.defined() ? qn.data_ptr() : nullptr;
+  p.k_norm = kn.defined() ? kn.data_ptr() : nullptr;
+  p.q = out.q.data_ptr(), p.k = out.k.data_ptr(), p.v = out.v.data_ptr();
+  run(p, path == ModelOpsPath::kCuda, kernels::rope_split_host, KVB_LAUNCHER(rope_split),
+      "rope_split");
+  return out;
+}
+
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  KVB_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0,
+            "model ops: silu_mul expects gate_up [rows, 2 dim]");
+  const int64_t n = gate_up.size(0), dim = gate_up.size(1) / 2;
+  const ModelOpsPath path = model_ops_path(gate_up.device());
+  if (path == ModelOpsPath::kEager)
+    return at::silu(gate_up.narrow(1, 0, dim)) * gate_up.narrow(1, dim, dim);
+  const at::Tensor in = gate_up.contiguous();
+  at::Tensor out = at::empty({n, dim}, in.options());
+  kernels::SiluMulProblem p;
+  p.rows = int(n), p.dim = int(dim), p.dtype = act_dtype(in);
+  p.gate_up = in.data_ptr(), p.out = out.data_ptr();
+  run(p, path == ModelOpsPath::kCuda, kernels::silu_mul_host, KVB_LAUNCHER(silu_mul), "silu_mul");
+  return out;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,169 @@
+// The transformer's fused per-row work (kernels/model_ops.h, the code the CUDA kernels run):
+// its host reference against float64 formulas in every activation dtype; the wrappers
+// (fused_ops.h) on their host-kernel path against the eager libtorch formulas; and whole
+// forward passes both ways. Host code; runs without a GPU.
+#include "kvbench/model/fused_ops.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/model/model_config.h"
+#include "kvbench/model/presets.h"
+#include "kvbench/model/rope.h"
+#include "kvbench/model/transformer.h"
+#include "model_ops_case.h"
+#include "scaled_error.h"
+
+namespace kvbench::gpu_test {
+namespace {
+
+using kernels::ActDtype;
+
+const std::vector<ActDtype> kDtypes = {ActDtype::kF32, ActDtype::kF16, ActDtype::kBf16};
+
+std::string dtype_label(ActDtype t) {
+  return t == ActDtype::kF32 ? "f32" : (t == ActDtype::kF16 ? "f16" : "bf16");
+}
+
+// Unwritten outputs stay NaN (the arrays start poisoned), which scaled_error counts as wrong.
+TEST(ModelOpsHostTest, RmsNormMatchesFloat64) {
+  for (ActDtype t : kDtypes)
+    for (bool residual : {false, true})
+      for (auto [rows, dim] : std::vector<std::pair<int, int>>{{1, 4096}, {5, 97}, {3, 128}}) {
+        const RmsNormCase c(t, rows, dim, residual, 11 + dim);
+        ActArray x = c.x, out(t, c.x.n);
+        kernels::rms_norm_host(
+            c.problem(x, residual ? c.residual.data() : nullptr, c.weight.data(), out.data()));
+        const std::vector<float> got_x = x.floats();
+        for (size_t i = 0; i < got_x.size(); ++i)
+          ASSERT_EQ(got_x[i], float(c.want_x[i])) << "x + residual, element " << i;
+        EXPECT_LT(scaled_error(out.floats(), c.want_out), act_tolerance(t))
+            << dtype_label(t) << " rows " << rows << " dim " << dim << " residual " << residual;
+      }
+}
+
+TEST(ModelOpsHostTest, RopeSplitMatchesFloat64) {
+  for (ActDtype t : kDtypes)
+    for (bool norms : {false, true})
+      for (auto [rows, qh, kvh, hd] : std::vector<std::tuple<int, int, int, int>>{
+               {1, 32, 8, 128}, {4, 4, 2, 64}, {3, 6, 3, 32}}) {
+        const RopeCase c(t, rows, qh, kvh, hd, norms, 5 + hd + rows);
+        ActArray q(t, c.want_q.size()), k(t, c.want_k.size()), v(t, c.want_v.size());
+        kernels::rope_split_host(c.problem(c.qkv.data(), c.cos.data(), c.sin.data(),
+                                           c.q_norm.data(), c.k_norm.data(), q.data(), k.data(),
+                                           v.data()));
+        const std::string label = dtype_label(t) + " heads " + std::to_string(qh) + " hd " +
+                                  std::to_string(hd) + " norms " + std::to_string(norms);
+        // RoPE rounds once; the norms twice more; cos/sin carry fp32 rounding.
+        EXPECT_LT(scaled_error(q.floats(), c.want_q), act_tolerance(t) + 1e-6) << label;
+        EXPECT_LT(scaled_error(k.floats(), c.want_k), act_tolerance(t) + 1e-6) << label;
+        EXPECT_EQ(scaled_error(v.floats(), c.want_v), 0.0) << label;  // v is copied
+      }
+}
+
+TEST(ModelOpsHostTest, SiluMulMatchesFloat64) {
+  for (ActDtype t : kDtypes)
+    for (auto [rows, dim] : std::vector<std::pair<int, int>>{{1, 14336}, {7, 45}}) {
+      const SiluMulCase c(t, rows, dim, 3 + dim);
+      ActArray out(t, c.want.size());
+      kernels::silu_mul_host(c.problem(c.gate_up.data(), out.data()));
+      EXPECT_LT(scaled_error(out.floats(), c.want), act_tolerance(t)) << dtype_label(t);
+    }
+}
+
+TEST(ModelOpsHostTest, ChecksRejectBadProblems) {
+  kernels::RopeSplitProblem rope;
+  rope.rows = 1, rope.q_heads = 1, rope.kv_heads = 1, rope.head_dim = 63;
+  EXPECT_NE(kernels::model_ops_check(rope).find("head_dim"), std::string::npos);
+  kernels::RmsNormProblem norm;
+  norm.rows = 1, norm.dim = 8;
+  EXPECT_NE(kernels::model_ops_check(norm).find("required"), std::string::npos);
+  float buffer[8];
+  norm.x = norm.out = buffer, norm.weight = buffer;
+  EXPECT_NE(kernels::model_ops_check(norm).find("alias"), std::string::npos);
+}
+
+// Runs `body` with the wrappers on their host-kernel path (KVBENCH_PAGED_PATH=kernels).
+template <typename Body>
+void on_host_kernels(Body body) {
+  const char* old = std::getenv("KVBENCH_PAGED_PATH");
+  const std::string saved = old ? old : "";
+  setenv("KVBENCH_PAGED_PATH", "kernels", 1);
+  ASSERT_EQ(model_ops_path(at::kCPU), ModelOpsPath::kHostKernels);
+  body();
+  if (old)
+    setenv("KVBENCH_PAGED_PATH", saved.c_str(), 1);
+  else
+    unsetenv("KVBENCH_PAGED_PATH");
+}
+
+double rel_error(const at::Tensor& got, const at::Tensor& want) {
+  return ((got.to(at::kDouble) - want.to(at::kDouble)).norm() / want.to(at::kDouble).norm())
+      .item<double>();
+}
+
+// The wrappers' layouts (strided qkv views, per-head norms, in-place residual) agree with the
+// eager formulas: fp32 to summation order, bf16 to one rounding.
+TEST(ModelOpsWrapperTest, HostKernelsMatchTheEagerFormulas) {
+  ASSERT_EQ(model_ops_path(at::kCPU), ModelOpsPath::kEager);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    const double tol = dtype == at::kFloat ? 2e-6 : 8e-3;
+    at::manual_seed(4);
+    const int64_t n = 5, heads = 6, kv = 2, hd = 64;
+    const at::Tensor qkv = at::randn({n, (heads + 2 * kv) * hd}).to(dtype);
+    const at::Tensor qn = (1 + 0.1 * at::randn({hd})).to(dtype);
+    const at::Tensor kn = (1 + 0.1 * at::randn({hd})).to(dtype);
+    auto [cos, sin] = rope_cos_sin(at::tensor(std::vector<int64_t>{0, 3, 90, 91, 4000}, at::kLong),
+                                   at::pow(10000.0, -at::arange(0, hd, 2, at::kDouble) / hd));
+    const RopeTables rope{cos, sin, cos.to(dtype), sin.to(dtype)};
+    const QkvRows eager = split_qkv_rope(qkv, heads, kv, hd, rope, qn, kn, 1e-6);
+    at::Tensor x0 = at::randn({n, 96}).to(dtype), r = at::randn({n, 96}).to(dtype);
+    const at::Tensor w = (1 + 0.1 * at::randn({96})).to(dtype);
+    at::Tensor x_eager = x0.clone();
+    const at::Tensor norm_eager = add_rms_norm(x_eager, r, w, 1e-5);
+    const at::Tensor gu = at::randn({n, 2 * 40}).to(dtype);
+    const at::Tensor act_eager = silu_mul(gu);
+    on_host_kernels([&] {
+      const QkvRows host = split_qkv_rope(qkv, heads, kv, hd, rope, qn, kn, 1e-6);
+      EXPECT_LT(rel_error(host.q, eager.q), tol);
+      EXPECT_LT(rel_error(host.k, eager.k), tol);
+      EXPECT_TRUE(host.v.equal(eager.v));
+      EXPECT_TRUE(host.q.is_contiguous() && host.k.is_contiguous() && host.v.is_contiguous());
+      at::Tensor x_host = x0.clone();
+      const at::Tensor norm_host = add_rms_norm(x_host, r, w, 1e-5);
+      EXPECT_TRUE(x_host.equal(x_eager));  // the residual sum, rounded once either way
+      EXPECT_LT(rel_error(norm_host, norm_eager), tol);
+      EXPECT_LT(rel_error(silu_mul(gu), act_eager), tol);
+    });
+  }
+}
+
+// Whole forward passes (prefill, then batched decode steps) on the host-kernel path give the
+// eager path's logits: every architecture (biases, Qwen3's q/k norms, tied embeddings).
+TEST(ModelOpsWrapperTest, ForwardOnHostKernelsMatchesEager) {
+  for (const char* name : {"tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-mistral"}) {
+    const Transformer m =
+        Transformer::random(parse_model_config(find_model_preset(name).config, name), 9);
+    const ModelConfig& c = m.config();
+    auto run = [&] {
+      FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
+      std::vector<SequenceStep> steps = {{cache.add_sequence(), {5, 6, 7, 8}},
+                                         {cache.add_sequence(), {9, 10}}};
+      std::vector<at::Tensor> logits = {m.forward(steps, cache, /*all_logits=*/true)};
+      for (int64_t t : {11, 12}) {
+        for (auto& s : steps) s.tokens = {t};
+        logits.push_back(m.forward(steps, cache));
+      }
+      return at::cat(logits, 0);
+    };
+    const at::Tensor eager = run();
+    on_host_kernels([&] { EXPECT_LT(rel_error(run(), eager), 1e-5) << name; });
+  }
+}
+
+}  // namespace
+}  // namespace kvbench::gpu_test
