@@ -24,10 +24,12 @@ for f in build-gpu/debs/*.deb; do
   fi
 done
 torch_prefix=${TORCH_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
+# PyTorch 2.12 and later refuse C++17 in ATen's headers; kvbench is also valid C++20.
+cxx_std=$(python3 -c 'import torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); print(20 if v >= (2, 12) else 17)' 2>/dev/null || echo 17)
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
-echo "configuring $build (torch: $torch_prefix; log: $build/configure.log)"
-cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKVBENCH_CUDA=ON \
+echo "configuring $build (torch: $torch_prefix, C++$cxx_std; log: $build/configure.log)"
+cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKVBENCH_CUDA=ON -DCMAKE_CXX_STANDARD="$cxx_std" \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" >"$build/configure.log" 2>&1 ||
   { tail -60 "$build/configure.log"; exit 1; }
 grep "kvbench:" "$build/configure.log" || true

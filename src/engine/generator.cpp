@@ -38,17 +38,24 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     Stopwatch step;
     const double retention_before = cache.retention_seconds();
     // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
-    // also waits for the step's kernels, so the step time is the device's).
+    // also waits for the step's kernels, so the step time includes the device's).
     const at::Tensor out = model.forward(batch, cache);
     const double issued = step.seconds();
-    const at::Tensor logits = out.to(at::kCPU);
+    // Greedy decoding reads back only each row's argmax (the first of equal maxima, as the
+    // sampler's), not [active, vocab] fp32 logits (8 MB per step at batch 16 on Llama-3).
+    at::Tensor logits, greedy;
+    if (config.sampling.temperature == 0)
+      greedy = out.argmax(-1).to(at::kCPU);
+    else
+      logits = out.to(at::kCPU);
     const double retention = cache.retention_seconds() - retention_before;
     std::vector<size_t> still;
     std::vector<SequenceStep> next_batch;
     for (size_t r = 0; r < active.size(); ++r) {
       const size_t i = active[r];
       SequenceResult& s = result.sequences[i];
-      const int64_t id = samplers[i].next(logits[static_cast<int64_t>(r)]);
+      const int64_t id = greedy.defined() ? greedy.data_ptr<int64_t>()[r]
+                                          : samplers[i].next(logits[static_cast<int64_t>(r)]);
       s.tokens.push_back(id);
       s.token_times_s.push_back(clock.seconds());
       if (is_eos(id)) {
