@@ -68,8 +68,7 @@ at::Tensor ready(const at::Tensor& t, const at::Tensor& like) {
 ModelOpsPath model_ops_path(const at::Device& device) {
   if (device.is_cuda()) {
 #ifdef KVBENCH_HAVE_CUDA
-    static const bool eager = env_is("KVBENCH_MODEL_OPS", "aten");
-    return eager ? ModelOpsPath::kEager : ModelOpsPath::kCuda;
+    return env_is("KVBENCH_MODEL_OPS", "aten") ? ModelOpsPath::kEager : ModelOpsPath::kCuda;
 #else
     return ModelOpsPath::kEager;
 #endif

@@ -87,18 +87,26 @@ TEST(ModelOpsHostTest, ChecksRejectBadProblems) {
   EXPECT_NE(kernels::model_ops_check(norm).find("alias"), std::string::npos);
 }
 
+// Runs `body` with environment variable `name` set to `value`, then restores it.
+template <typename Body>
+void with_env(const char* name, const char* value, Body body) {
+  const char* old = std::getenv(name);
+  const std::string saved = old ? old : "";
+  setenv(name, value, 1);
+  body();
+  if (old)
+    setenv(name, saved.c_str(), 1);
+  else
+    unsetenv(name);
+}
+
 // Runs `body` with the wrappers on their host-kernel path (KVBENCH_PAGED_PATH=kernels).
 template <typename Body>
 void on_host_kernels(Body body) {
-  const char* old = std::getenv("KVBENCH_PAGED_PATH");
-  const std::string saved = old ? old : "";
-  setenv("KVBENCH_PAGED_PATH", "kernels", 1);
-  ASSERT_EQ(model_ops_path(at::kCPU), ModelOpsPath::kHostKernels);
-  body();
-  if (old)
-    setenv("KVBENCH_PAGED_PATH", saved.c_str(), 1);
-  else
-    unsetenv("KVBENCH_PAGED_PATH");
+  with_env("KVBENCH_PAGED_PATH", "kernels", [&] {
+    ASSERT_EQ(model_ops_path(at::kCPU), ModelOpsPath::kHostKernels);
+    body();
+  });
 }
 
 double rel_error(const at::Tensor& got, const at::Tensor& want) {
@@ -162,6 +170,63 @@ TEST(ModelOpsWrapperTest, ForwardOnHostKernelsMatchesEager) {
     };
     const at::Tensor eager = run();
     on_host_kernels([&] { EXPECT_LT(rel_error(run(), eager), 1e-5) << name; });
+  }
+}
+
+// On a GPU: the CUDA kernels (the default there) against the eager formulas on the same
+// device (KVBENCH_MODEL_OPS=aten), per op in fp16 and bf16 and for whole fp16 forwards of
+// every tiny architecture. The eager path rounds each of RoPE's terms and each norm's fp32
+// sum in its own order: one or two roundings of the dtype apart.
+TEST(ModelOpsWrapperTest, CudaKernelsMatchTheEagerFormulasOnTheGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA (or no GPU is visible)";
+  const at::Device gpu(at::kCUDA, 0);
+  ASSERT_EQ(model_ops_path(gpu), ModelOpsPath::kCuda) << "built without the CUDA kernels";
+  for (at::ScalarType dtype : {at::kHalf, at::kBFloat16}) {
+    const double tol = dtype == at::kHalf ? 2e-3 : 1.6e-2;
+    const auto on = at::TensorOptions().device(gpu).dtype(dtype);
+    at::manual_seed(5);
+    const int64_t n = 16, heads = 32, kv = 8, hd = 128, hidden = 4096, inter = 1024;
+    const at::Tensor qkv = at::randn({n, (heads + 2 * kv) * hd}).to(on);
+    const at::Tensor qn = (1 + 0.1 * at::randn({hd})).to(on),
+                     kn = (1 + 0.1 * at::randn({hd})).to(on);
+    std::vector<int64_t> positions;
+    for (int64_t i = 0; i < n; ++i) positions.push_back(i * 517);
+    auto [cos, sin] = rope_cos_sin(at::tensor(positions, at::kLong),
+                                   at::pow(500000.0, -at::arange(0, hd, 2, at::kDouble) / hd));
+    const RopeTables rope{cos.to(gpu), sin.to(gpu), cos.to(on), sin.to(on)};
+    const at::Tensor x0 = at::randn({n, hidden}).to(on), r = at::randn({n, hidden}).to(on);
+    const at::Tensor w = (1 + 0.1 * at::randn({hidden})).to(on);
+    const at::Tensor gu = at::randn({n, 2 * inter}).to(on);
+    at::Tensor x_kernel = x0.clone();
+    const at::Tensor norm_kernel = add_rms_norm(x_kernel, r, w, 1e-5);
+    const QkvRows kernel = split_qkv_rope(qkv, heads, kv, hd, rope, qn, kn, 1e-6);
+    const at::Tensor act_kernel = silu_mul(gu);
+    with_env("KVBENCH_MODEL_OPS", "aten", [&] {
+      ASSERT_EQ(model_ops_path(gpu), ModelOpsPath::kEager);
+      at::Tensor x_eager = x0.clone();
+      EXPECT_LT(rel_error(norm_kernel, add_rms_norm(x_eager, r, w, 1e-5)), tol);
+      EXPECT_TRUE(x_kernel.equal(x_eager));
+      const QkvRows eager = split_qkv_rope(qkv, heads, kv, hd, rope, qn, kn, 1e-6);
+      EXPECT_LT(rel_error(kernel.q, eager.q), tol);
+      EXPECT_LT(rel_error(kernel.k, eager.k), tol);
+      EXPECT_TRUE(kernel.v.equal(eager.v));
+      EXPECT_LT(rel_error(act_kernel, silu_mul(gu)), tol);
+    });
+  }
+  const ModelPlacement fp16{gpu, at::kHalf};
+  for (const char* name : {"tiny-llama", "tiny-qwen2", "tiny-qwen3"}) {
+    const Transformer m =
+        Transformer::random(parse_model_config(find_model_preset(name).config, name), 9, fp16);
+    const ModelConfig& c = m.config();
+    auto run = [&] {
+      FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
+      const int64_t seq = cache.add_sequence();
+      at::Tensor prefill = m.forward({{seq, {5, 6, 7, 8}}}, cache, /*all_logits=*/true);
+      return at::cat({prefill, m.forward({{seq, {11}}}, cache)}, 0);
+    };
+    const at::Tensor kernels = run();
+    with_env("KVBENCH_MODEL_OPS", "aten",
+             [&] { EXPECT_LT(rel_error(kernels, run()), 1e-2) << name; });
   }
 }
 
