@@ -316,7 +316,6 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
   const Step& step = step_for(layer_index, seqs, counts);
   const kernels::PagedKvStore store = store_of(layer);
   append_rows(layer, step, counts, k, v, store);
-  const std::vector<Sequence*>& batch = step.batch;
   at::Tensor out;
   if (quest_) {
     out = attend_quest(layer_index, step, counts, q, store);

@@ -237,7 +237,9 @@ at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at
     counts.push_back(static_cast<int64_t>(s.tokens.size()));
   }
   const at::Device where = cache.device();
-  const at::ScalarType dtype = cache.attend_dtype();
+  // The cache's own dtype only when it is the model's: never a rounding of the model's values.
+  const at::ScalarType dtype =
+      cache.attend_dtype() == h.scalar_type() ? cache.attend_dtype() : at::kFloat;
   const at::Tensor o =
       cache.append_and_attend_batch(layer, seqs, counts, rows.q.to(where, dtype),
                                     rows.k.to(where, dtype), rows.v.to(where, dtype));
@@ -272,7 +274,12 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
     }
   }
 
+  // Every host-to-device copy of the step happens here, before its first launch: a copy from
+  // pageable memory waits for the stream, which is idle now but would not be later (the
+  // step's host time, decode_host_s, would then include the device's).
   const at::Tensor id_t = at::tensor(ids, at::kLong).to(placement_.device);
+  const at::Tensor last =
+      all_logits ? at::Tensor() : at::tensor(last_rows, at::kLong).to(placement_.device);
   at::Tensor x = at::embedding(weights_.embed, id_t);  // [N, hidden]
   // Each sublayer's output waits in `pending` until the next norm adds it to x (one kernel).
   at::Tensor pending;
@@ -284,7 +291,6 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
     pending = linear(silu_mul(linear(h, w.gate_up_proj, w.gate_up_bias)), w.down_proj, w.down_bias);
   }
   if (!all_logits) {
-    const at::Tensor last = at::tensor(last_rows, at::kLong).to(placement_.device);
     x = x.index_select(0, last);
     pending = pending.index_select(0, last);
   }

@@ -103,6 +103,7 @@ TEST(ModelOpsGpuTest, RopeSplitMatchesTheHostReference) {
         EXPECT_LT(scaled_error(gk.floats(), as_double(hk.floats())), tol) << label;
         EXPECT_EQ(gv.bytes, hv.bytes) << label;
         EXPECT_LT(scaled_error(gq.floats(), c.want_q), act_tolerance(t) + 1e-6) << label;
+        EXPECT_LT(scaled_error(gk.floats(), c.want_k), act_tolerance(t) + 1e-6) << label;
       }
 }
 

@@ -67,8 +67,9 @@ class KVCache {
   // GPU can still fill a CPU cache, e.g. to fit a codec's bases), and takes the output back.
   virtual at::Device device() const { return at::kCPU; }
   // The dtype append_and_attend_batch takes q/k/v (and gives its output) in without a
-  // conversion: a GPU cache whose kernels read fp16 saves the model two casts per tensor and
-  // layer (each a launch on the host's critical path). fp32 unless a cache says otherwise.
+  // conversion: a GPU cache whose kernels read fp16 saves a model computing in fp16 two casts
+  // per tensor and layer (each a launch on the host's critical path); a model in another
+  // dtype hands fp32 over. fp32 unless a cache says otherwise.
   virtual at::ScalarType attend_dtype() const { return at::kFloat; }
 };
 

@@ -7,8 +7,11 @@
 //   CPU tensors    the eager libtorch formulas (rms_norm, apply_rope, silu), unchanged; with
 //                  KVBENCH_PAGED_PATH=kernels (tests) the kernels' host references instead,
 //                  so whole runs exercise the GPU path's layouts on the CPU.
-// Both agree up to fp32 summation order and one rounding of the activation dtype
-// (tests/unit/model_ops_test.cpp).
+// Both agree up to fp32 summation order and a few roundings of the activation dtype (the
+// eager path rounds cos/sin and each RoPE term to it; tests/unit/model_ops_test.cpp). The
+// kernels launch on the legacy default stream of the current device, as the paged cache's do
+// (libtorch's default too): a caller that sets another current stream or device must not
+// interleave work with them.
 #pragma once
 
 #include <ATen/ATen.h>
