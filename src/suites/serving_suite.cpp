@@ -9,7 +9,6 @@
 #include "kvbench/core/memory.h"
 #include "kvbench/core/rng.h"
 #include "kvbench/core/text.h"
-#include "kvbench/engine/sampler.h"
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/serving/request_source.h"
@@ -324,10 +323,12 @@ class ModelExecutor final : public StepExecutor {
                                                         known.begin() + p.start + p.tokens)});
       ids.push_back(p.last() ? p.id : -1);
     }
-    const at::Tensor logits = model_.forward(batch, cache_).to(at::kCPU);  // sampled on the host
+    // Greedy: each row's argmax (the first of equal maxima, as Sampler's) is all that comes
+    // back to the host, not [rows, vocab] fp32 logits.
+    const at::Tensor next = model_.forward(batch, cache_).argmax(-1).to(at::kCPU);
     for (size_t r = 0; r < ids.size(); ++r) {
       if (ids[r] < 0) continue;
-      tokens_[ids[r]].push_back(sampler_.next(logits[static_cast<int64_t>(r)]));
+      tokens_[ids[r]].push_back(next.data_ptr<int64_t>()[r]);
     }
   }
   void finished(const std::vector<int64_t>& ids) override {
@@ -346,7 +347,6 @@ class ModelExecutor final : public StepExecutor {
   const Transformer& model_;
   KVCache& cache_;
   Progress& progress_;
-  Sampler sampler_{SamplingParams{}};
   std::vector<std::vector<int64_t>> tokens_;  // prompt + generated, per request
   std::vector<int64_t> seq_;                  // cache sequence id, -1 when not running
 };
