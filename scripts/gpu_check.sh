@@ -27,8 +27,11 @@ if [ "$what" = full ] || [ "$what" = e2e ] || [ "$what" = kernels ]; then
   export LD_LIBRARY_PATH=${DEPS:-/tmp/kvbench-deps}/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
 if [ "$what" = e2e ] || [ "$what" = kernels ]; then
-  build-cuda/kvbench run -c "configs/gpu-$what.json" --out "$OUT/$what" 2>&1 | tee "$OUT/$what.log" | tail -60
-  exit "${PIPESTATUS[0]}"
+  build-cuda/kvbench run -c "configs/gpu-$what.json" --out "$OUT/$what" 2>&1 | tee "$OUT/$what.log" | tail -30
+  rc=${PIPESTATUS[0]}
+  # The tables with each method's ratios to fp16 (the acceptance numbers) and host shares.
+  build-cuda/kvbench report "$OUT/$what"/*.json 2>&1 | tee "$OUT/$what-report.md" | grep -v "^$" | head -60
+  exit "$rc"
 fi
 if [ "$what" = full ]; then
   build-cuda/tests/kvbench_tests --gtest_brief=1 \

@@ -159,11 +159,13 @@ const std::vector<SuiteSpec>& suite_specs() {
        }},
       {"throughput",
        "throughput: tokens per second per point (prefill: batch x prompt / median prefill; "
-       "decode: batch / median step)",
+       "decode: batch / median step; host_share: the share of a step the host spent issuing "
+       "it, near 1 on a GPU = bound by launches, not bytes; ~1 on the CPU by construction)",
        {"batch", "prompt_tokens", "new_tokens"},
        {"batch", "prompt_tokens", "new_tokens"},
        {{"prefill_tok_s", true},
         {"decode_tok_s", true},
+        {"host_share", false},
         {"retention_prefill_share", false},
         {"retention_decode_share", false},
         {"kv_bytes", true},
@@ -174,6 +176,7 @@ const std::vector<SuiteSpec>& suite_specs() {
                                 [](const json& r) {
                                   return std::vector<json>{number_at(r, "prefill_tok_s"),
                                                            number_at(r, "decode_tok_s"),
+                                                           number_at(r, "decode_host_share"),
                                                            number_at(r, "retention.prefill_share"),
                                                            number_at(r, "retention.decode_share"),
                                                            kv_bytes_of(r, "kv_bytes"),

@@ -60,6 +60,7 @@ json throughput_cell(const std::string& method, std::vector<double> decode_tok_s
                        {"new_tokens", 4},
                        {"prefill_tok_s", 1000.0 * batch},
                        {"decode_tok_s", d},
+                       {"decode_host_share", 0.25 * batch},
                        {"kv_bytes", 1000 * batch},
                        {"kv_memory", kv_memory(bits, 1000 * batch)}});
     batch *= 2;
@@ -138,6 +139,9 @@ TEST(ReportMerge, TwoFilesGiveRatiosAgainstTheBaseline) {
   EXPECT_DOUBLE_EQ(value(thr, 1, "decode_tok_s/full").get<double>(), 1.5);
   EXPECT_EQ(value(thr, 3, "batch"), 2);
   EXPECT_DOUBLE_EQ(value(thr, 3, "decode_tok_s/full").get<double>(), 2.0);
+  // The host's share of a step is shown as it is, with no ratio to the baseline's.
+  EXPECT_DOUBLE_EQ(value(thr, 3, "host_share").get<double>(), 0.5);
+  EXPECT_EQ(std::count(thr.columns.begin(), thr.columns.end(), "host_share/full"), 0);
   // batch, prompt_tokens and new_tokens are points, not varying parameters.
   EXPECT_EQ(std::count(thr.columns.begin(), thr.columns.end(), "batch"), 1);
 }
