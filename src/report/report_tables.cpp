@@ -103,7 +103,8 @@ struct SuiteSpec {
   std::vector<std::string> point_params;  // suite parameters the points stand for
   std::vector<Metric> metrics;
   std::function<std::vector<Point>(const json& cell)> points;
-  std::string table;  // the table's name when it differs from the suite's (a suite's 2nd table)
+  std::string table =
+      {};  // the table's name when it differs from the suite's (a suite's 2nd table)
 };
 
 json kv_bytes_of(const json& holder, const char* fallback) {
