@@ -699,14 +699,24 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     }
     retention_s_ += watch.seconds();
   }
+  // The over-budget sequences' policy inputs, then their choices in one read-back.
+  std::vector<RetentionInput*> evicting;
+  std::vector<Sequence*> evicted;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     if (!evict_after[size_t(b)]) continue;
     const int64_t n = counts[size_t(b)];
     RetentionInput& in = inputs[size_t(b)];
     fill_policy_input(*batch[size_t(b)], layer, q.narrow(0, row, n).transpose(0, 1),
                       k.narrow(0, row, n).transpose(0, 1), newest[size_t(b)], in);
-    select(*batch[size_t(b)], layer, in);
+    evicting.push_back(&in);
+    evicted.push_back(batch[size_t(b)]);
   }
+  if (evicting.empty()) return out;
+  Stopwatch watch;
+  const std::vector<Choice> chosen = choose(evicting);
+  retention_s_ += watch.seconds();
+  for (size_t i = 0; i < evicting.size(); ++i)
+    apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
   return out;
 }
 
@@ -792,20 +802,49 @@ at::Tensor PagedKVCache::attended_positions(const Sequence& s, int64_t layer, in
 
 void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   Stopwatch watch;
-  // The policy works where its scores are (window scores live with the queries: the GPU on
-  // cuda); the retained positions stay on the host.
-  RetentionInput where = in;
-  for (const at::Tensor* t : {&in.window_attention, &in.accumulated, &in.current, &in.low_counts})
-    if (t->defined()) where.positions = in.positions.to(t->device());
-  const at::Tensor chosen = policy_->select(where).to(at::kCPU);
+  const Choice chosen = choose({&in})[0];
+  retention_s_ += watch.seconds();
+  apply_choice(s, layer, in, chosen);
+}
+
+std::vector<PagedKVCache::Choice> PagedKVCache::choose(
+    const std::vector<RetentionInput*>& inputs) const {
+  std::vector<Choice> chosen;
+  std::vector<at::Tensor> on_device;  // flattened, in order
+  for (RetentionInput* in : inputs) {
+    // The policy works where its scores are (window scores live with the queries: the GPU on
+    // cuda); the retained positions stay on the host.
+    RetentionInput where = *in;
+    for (const at::Tensor* t :
+         {&in->window_attention, &in->accumulated, &in->current, &in->low_counts})
+      if (t->defined()) where.positions = in->positions.to(t->device());
+    const at::Tensor c = policy_->select(where);
+    chosen.push_back({c, c});
+    if (!c.device().is_cpu()) on_device.push_back(c.reshape({-1}));
+  }
+  if (on_device.empty()) return chosen;
+  const at::Tensor host = at::cat(on_device).to(at::kCPU);  // the one wait
+  int64_t offset = 0;
+  for (Choice& c : chosen) {
+    if (c.where.device().is_cpu()) continue;
+    c.host = host.narrow(0, offset, c.where.numel()).view(c.where.sizes());
+    offset += c.where.numel();
+  }
+  return chosen;
+}
+
+void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput& in,
+                                const Choice& choice) {
+  Stopwatch watch;
+  const at::Tensor& chosen = choice.host;
   KVB_CHECK(chosen.dim() == 2 && chosen.size(0) == num_kv_heads_ && chosen.size(1) <= in.held(),
             "retention policy '", policy_->name(), "' returned a selection of shape ",
             chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
   s.kept[size_t(layer)] = in.positions.gather(1, chosen.to(at::kLong)).contiguous();
   Sequence::Scores& st = s.scores[size_t(layer)];
-  if (st.summed.defined()) st.summed = st.summed.gather(1, chosen.to(st.summed.device()));
+  if (st.summed.defined()) st.summed = st.summed.gather(1, choice.where.to(st.summed.device()));
   if (st.low.defined()) {
-    const at::Tensor rows = chosen.to(st.low.device())
+    const at::Tensor rows = choice.where.to(st.low.device())
                                 .view({num_kv_heads_, -1, 1, 1})
                                 .expand({-1, -1, st.low.size(2), st.low.size(3)});
     st.low = st.low.gather(1, rows);

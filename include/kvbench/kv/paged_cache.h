@@ -256,6 +256,16 @@ class PagedKVCache final : public KVCache {
   // Asks the policy; on a selection, s.kept[layer] becomes its subset of `in.positions` (and
   // the layer's attention state its rows).
   void select(Sequence& s, int64_t layer, RetentionInput& in);
+  // A policy's choice: where it was computed (beside the scores) and its host copy.
+  struct Choice {
+    at::Tensor where, host;
+  };
+  // The policy's choices for several inputs, run where each input's scores are, brought to
+  // the host together: one wait for the device per call, not one per sequence.
+  std::vector<Choice> choose(const std::vector<RetentionInput*>& inputs) const;
+  // Applies a choice as select() does (the positions from the host copy, the attention
+  // state's rows on its device from the other: no copy back).
+  void apply_choice(Sequence& s, int64_t layer, const RetentionInput& in, const Choice& chosen);
   // Whether the policy selects by attention (H2O, TOVA, ScissorHands): every token then
   // attends everything held and the layer's attention state is recorded before eviction.
   bool scored() const;
