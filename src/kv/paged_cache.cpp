@@ -517,7 +517,8 @@ at::Tensor PagedKVCache::upload(const at::Tensor& host) const {
   if (!device_.is_cuda()) return host;
   // From pinned memory the copy is queued behind the step's kernels instead of waiting for
   // them, so the host keeps launching ahead of the device.
-  return host.pin_memory().to(at::TensorOptions().device(device_), /*non_blocking=*/true);
+  return host.contiguous().pin_memory().to(at::TensorOptions().device(device_),
+                                           /*non_blocking=*/true);
 }
 
 void PagedKVCache::append_rows(Layer& layer, const Step& step, const std::vector<int64_t>& counts,
@@ -817,7 +818,10 @@ std::vector<PagedKVCache::Choice> PagedKVCache::choose(
     RetentionInput where = *in;
     for (const at::Tensor* t :
          {&in->window_attention, &in->accumulated, &in->current, &in->low_counts})
-      if (t->defined()) where.positions = in->positions.to(t->device());
+      if (t->defined())  // from pinned memory, so the upload does not wait for the device
+        where.positions = t->is_cuda()
+                              ? in->positions.contiguous().pin_memory().to(t->device(), true)
+                              : in->positions.to(t->device());
     const at::Tensor c = policy_->select(where);
     chosen.push_back({c, c});
     if (!c.device().is_cpu()) on_device.push_back(c.reshape({-1}));
