@@ -403,19 +403,21 @@ at::Tensor PagedKVCache::new_keys(const kernels::PagedKvStore& store, const Sequ
   return keys.narrow(1, t0 - p0 * P, n);
 }
 
-at::Tensor PagedKVCache::quest_positions(const Sequence& s, int64_t layer, const at::Tensor& q,
-                                         int64_t held) const {
+at::Tensor PagedKVCache::quest_pages(const Sequence& s, int64_t layer, const at::Tensor& q) const {
   const QuestBounds& qb = s.quest[size_t(layer)];
-  const int64_t group = q.size(0) / num_kv_heads_, P = quest_->page_size();
+  const int64_t group = q.size(0) / num_kv_heads_;
   // U = sum_i P_i max_i + N_i min_i with the group's mean positive and negative query parts.
   const at::Tensor qg = q.to(qb.mins.device(), at::kFloat).reshape({num_kv_heads_, group, -1});
   const at::Tensor pos = qg.clamp_min(0).mean(1).unsqueeze(2),
                    neg = qg.clamp_max(0).mean(1).unsqueeze(2);
   const at::Tensor bounds = at::bmm(qb.maxs.to(at::kFloat), pos)
                                 .add_(at::bmm(qb.mins.to(at::kFloat), neg))
-                                .squeeze(2);                           // [kv_heads, pages]
-  const at::Tensor pages = quest_->select_pages(bounds).to(at::kCPU);  // ascending per head
-  // Their tokens, the newest (partly filled, always chosen) page cut at `held`.
+                                .squeeze(2);  // [kv_heads, pages]
+  return quest_->select_pages(bounds);        // ascending per head
+}
+
+at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t held) const {
+  const int64_t P = quest_->page_size();
   const at::Tensor offsets = at::arange(P, at::kLong);
   at::Tensor tokens = (pages.unsqueeze(2) * P + offsets).reshape({num_kv_heads_, -1});
   const int64_t keep = (pages.size(1) - 1) * P + (held - (held - 1) / P * P);
@@ -437,8 +439,22 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
     fold_quest_bounds(s, layer, store, step.table[b], n);
     // A decode token of a layer holding more than the budget reads the chosen pages only.
     if (n == 1 && s.length > 0 && quest_->sparse(layer, held)) {
-      positions[size_t(b)] = quest_positions(s, layer, q[row], held);
+      positions[size_t(b)] = quest_pages(s, layer, q[row]);  // pages, for now
       any_sparse = true;
+    }
+  }
+  if (any_sparse) {  // every sparse sequence's pages in one read-back, then their tokens
+    std::vector<at::Tensor> flat;
+    for (const at::Tensor& p : positions)
+      if (p.defined()) flat.push_back(p.reshape({-1}));
+    const at::Tensor host = at::cat(flat).to(at::kCPU, at::kLong);
+    int64_t offset = 0;
+    for (int b = 0; b < B; ++b) {
+      at::Tensor& p = positions[size_t(b)];
+      if (!p.defined()) continue;
+      const at::Tensor pages = host.narrow(0, offset, p.numel()).view(p.sizes());
+      offset += p.numel();
+      p = quest_tokens(pages, batch[size_t(b)]->length + 1);
     }
   }
   retention_s_ += watch.seconds();

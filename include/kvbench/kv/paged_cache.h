@@ -227,14 +227,18 @@ class PagedKVCache final : public KVCache {
   at::Tensor attend_dense(const Step& step, const std::vector<int64_t>& counts, const at::Tensor& q,
                           const kernels::PagedKvStore& store);
   // Quest: past its dense layers, the new keys fold into the page bounds, and a decode token of
-  // a layer over the budget reads the top pages only (quest_positions); otherwise dense.
+  // a layer over the budget reads the top pages only (quest_pages, then quest_tokens);
+  // otherwise dense. The batch's chosen pages come back to the host in one copy per layer.
   at::Tensor attend_quest(int64_t layer, const Step& step, const std::vector<int64_t>& counts,
                           const at::Tensor& q, const kernels::PagedKvStore& store);
   void fold_quest_bounds(Sequence& s, int64_t layer, const kernels::PagedKvStore& store,
                          const at::Tensor& table_row, int64_t n);
-  // [kv_heads, count] int64 positions of the pages Quest chooses for the query q [heads, d].
-  at::Tensor quest_positions(const Sequence& s, int64_t layer, const at::Tensor& q,
-                             int64_t held) const;
+  // [kv_heads, pages] the pages Quest chooses for the query q [heads, d], ascending per
+  // head, where the bounds are.
+  at::Tensor quest_pages(const Sequence& s, int64_t layer, const at::Tensor& q) const;
+  // [kv_heads, count] int64 positions of those pages' tokens (host), the newest (partly
+  // filled, always chosen) page cut at `held`.
+  at::Tensor quest_tokens(const at::Tensor& pages, int64_t held) const;
   // [kv_heads, t1 - t0, head_dim] fp32 stored keys of tokens [t0, t1), decoding their pages
   // only (per-token formats).
   at::Tensor new_keys(const kernels::PagedKvStore& store, const Sequence& s,
