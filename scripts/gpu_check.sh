@@ -30,7 +30,8 @@ if [ "$what" = e2e ] || [ "$what" = kernels ]; then
   build-cuda/kvbench run -c "configs/gpu-$what.json" --out "$OUT/$what" 2>&1 | tee "$OUT/$what.log" | tail -30
   rc=${PIPESTATUS[0]}
   # The tables with each method's ratios to fp16 (the acceptance numbers) and host shares.
-  build-cuda/kvbench report "$OUT/$what"/*.json 2>&1 | tee "$OUT/$what-report.md" | grep -v "^$" | head -60
+  build-cuda/kvbench report "$OUT/$what"/*.json >"$OUT/$what-report.md" 2>&1
+  grep -v "^$" "$OUT/$what-report.md" | head -60
   exit "$rc"
 fi
 if [ "$what" = full ]; then

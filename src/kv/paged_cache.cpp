@@ -862,9 +862,10 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
             chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
   s.kept[size_t(layer)] = in.positions.gather(1, chosen.to(at::kLong)).contiguous();
   Sequence::Scores& st = s.scores[size_t(layer)];
-  if (st.summed.defined()) st.summed = st.summed.gather(1, choice.where.to(st.summed.device()));
+  if (st.summed.defined())
+    st.summed = st.summed.gather(1, choice.where.to(st.summed.device(), at::kLong));
   if (st.low.defined()) {
-    const at::Tensor rows = choice.where.to(st.low.device())
+    const at::Tensor rows = choice.where.to(st.low.device(), at::kLong)
                                 .view({num_kv_heads_, -1, 1, 1})
                                 .expand({-1, -1, st.low.size(2), st.low.size(3)});
     st.low = st.low.gather(1, rows);
