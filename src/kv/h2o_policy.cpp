@@ -28,7 +28,7 @@ at::Tensor H2oPolicy::select(const RetentionInput& in) const {
   // Heavy hitters come from outside the recent window, which is kept whole.
   scores = scores.masked_fill(recent, -std::numeric_limits<double>::infinity());
   at::Tensor heavy = top_tokens(scores, heavy_);
-  at::Tensor window = at::nonzero(recent).select(1, 1).reshape({pos.size(0), -1});
+  const at::Tensor window = newest_indices(in, in.length - recent_);
   return std::get<0>(at::cat({heavy, window}, 1).sort(1)).contiguous();
 }
 

@@ -832,6 +832,7 @@ std::vector<PagedKVCache::Choice> PagedKVCache::choose(
     // The policy works where its scores are (window scores live with the queries: the GPU on
     // cuda); the retained positions stay on the host.
     RetentionInput where = *in;
+    where.host_positions = in->positions;  // lets the policy count on the host
     for (const at::Tensor* t :
          {&in->window_attention, &in->accumulated, &in->current, &in->low_counts})
       if (t->defined())  // from pinned memory, so the upload does not wait for the device

@@ -17,6 +17,17 @@ at::Tensor FullRetention::select(const RetentionInput& in) const {
   return at::arange(held, at::kLong).expand({in.positions.size(0), held}).contiguous();
 }
 
+at::Tensor newest_indices(const RetentionInput& in, int64_t first) {
+  const at::Tensor& pos = in.positions;
+  if (!in.host_positions.defined())
+    return at::nonzero(pos.ge(first)).select(1, 1).reshape({pos.size(0), -1});
+  const at::Tensor counts = in.host_positions.ge(first).sum(1);
+  const int64_t r = counts[0].item<int64_t>(), held = pos.size(1);
+  KVB_CHECK(counts.eq(r).all().item<bool>(),
+            "retention: KV heads hold different numbers of tokens at positions >= ", first);
+  return at::arange(held - r, held, pos.options().dtype(at::kLong)).expand({pos.size(0), r});
+}
+
 at::Tensor top_tokens(const at::Tensor& scores, int64_t n) {
   KVB_CHECK(scores.dim() == 2 && n >= 0 && n <= scores.size(1), "top_tokens: ", n, " of ",
             scores.sizes());

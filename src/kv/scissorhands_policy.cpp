@@ -30,7 +30,7 @@ at::Tensor ScissorHandsPolicy::select(const RetentionInput& in) const {
                           .neg()
                           .masked_fill(recent, -std::numeric_limits<double>::infinity());
   at::Tensor keep = top_tokens(scores, budget_ - recent_);
-  at::Tensor window = at::nonzero(recent).select(1, 1).reshape({pos.size(0), -1});
+  const at::Tensor window = newest_indices(in, in.length - recent_);
   return std::get<0>(at::cat({keep, window}, 1).sort(1)).contiguous();
 }
 

@@ -47,6 +47,10 @@ struct RetentionInput {
   bool prefill = false;    // the block just appended is the sequence's first
   // [kv_heads, held] int64: logical position of every held token, ascending per head.
   at::Tensor positions;
+  // Optional, on the host: the same positions, given by a cache whose `positions` (moved next
+  // to the scores) live on a GPU, so that a policy can size its results without waiting for
+  // the device (newest_indices).
+  at::Tensor host_positions;
   // kWindowScores only: [num_heads, w, held] fp32 softmax attention probabilities of the
   // block's last w queries over the held tokens (causal: query i sees held positions up to
   // its own), scaled by 1/sqrt(head_dim). Undefined otherwise.
@@ -104,6 +108,11 @@ class FullRetention final : public RetentionPolicy {
   int64_t budget(const RetentionInput&) const override { return INT64_MAX; }
   at::Tensor select(const RetentionInput& in) const override;
 };
+
+// [kv_heads, r] indices of the held tokens at positions >= first: the newest r, as positions
+// ascend (every head must hold the same number). Counted on the host copy of the positions
+// when the input has one (no wait for the device, as at::nonzero on a GPU has to).
+at::Tensor newest_indices(const RetentionInput& in, int64_t first);
 
 // The top-`n` entries of each row of `scores` ([kv_heads, tokens]) as ascending indices
 // ([kv_heads, n] int64). Ties go to the earlier token (a stable sort), so selections are
