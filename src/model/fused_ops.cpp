@@ -104,11 +104,12 @@ QkvRows split_qkv_rope(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, i
                        const RopeTables& rope, const at::Tensor& q_norm, const at::Tensor& k_norm,
                        double eps) {
   const int64_t n = qkv.size(0), qd = heads * head_dim, kvd = kv_heads * head_dim;
-  KVB_CHECK(qkv.dim() == 2 && qkv.size(1) == qd + 2 * kvd && rope.cos.size(0) == n &&
-                rope.cos.size(1) == head_dim,
+  const ModelOpsPath path = model_ops_path(qkv.device());
+  const at::Tensor& table = path == ModelOpsPath::kEager ? rope.cos_act : rope.cos;
+  KVB_CHECK(qkv.dim() == 2 && qkv.size(1) == qd + 2 * kvd && table.defined() &&
+                table.size(0) == n && table.size(1) == head_dim,
             "model ops: split_qkv_rope expects qkv [rows, ", qd + 2 * kvd, "] and cos/sin [rows, ",
             head_dim, "]");
-  const ModelOpsPath path = model_ops_path(qkv.device());
   if (path == ModelOpsPath::kEager) {
     at::Tensor q = qkv.narrow(1, 0, qd).view({n, heads, head_dim});
     at::Tensor k = qkv.narrow(1, qd, kvd).view({n, kv_heads, head_dim});

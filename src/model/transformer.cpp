@@ -268,7 +268,6 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
     // The eager formulas take them in the activation dtype, the kernels in fp32.
     if (model_ops_path(placement_.device) == ModelOpsPath::kEager) {
       rope.cos_act = cos.to(opts), rope.sin_act = sin.to(opts);
-      rope.cos = cos, rope.sin = sin;  // (shapes only)
     } else {
       rope.cos = cos.to(placement_.device), rope.sin = sin.to(placement_.device);
     }

@@ -29,9 +29,10 @@ ModelOpsPath model_ops_path(const at::Device& device);
 at::Tensor add_rms_norm(at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                         double eps);
 
+// Each path reads one pair; the caller fills the pair model_ops_path() picks.
 struct RopeTables {
-  at::Tensor cos, sin;          // [rows, head_dim] fp32 (rope_cos_sin)
-  at::Tensor cos_act, sin_act;  // the same in the activation dtype (the eager path's)
+  at::Tensor cos, sin;          // [rows, head_dim] fp32 (rope_cos_sin): the kernels'
+  at::Tensor cos_act, sin_act;  // the same in the activation dtype: the eager formulas'
 };
 
 struct QkvRows {
