@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "dispatch.h"
+#include "mma_sm80.cuh"
 
 // Design (see docs/perf-notes.md for the measurements behind it). A warp attends over tiles
 // of 16 tokens with tensor-core mma.m16n8k16: scores S = Q K^T with the GQA group's (up to 8)
@@ -36,42 +37,16 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 thread_local std::string g_last_error;
 
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t mask, uint32_t bits) {
   uint32_t r;
   asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));  // (a & b) | c
   return r;
 }
 
-template <class T2>
-__device__ __forceinline__ uint32_t as_u32(T2 v) {
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-__device__ __forceinline__ __half2 u32_as_h2(uint32_t v) { return *reinterpret_cast<__half2*>(&v); }
-
-template <bool kBf16>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  if constexpr (kBf16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
+using mma::as_u32;
+using mma::fast_exp2;
+using mma::mma16816;
+using mma::u32_as_h2;
 
 template <KvFormat F>
 constexpr int kBitsOf = (F == KvFormat::kKivi2 || F == KvFormat::kInt2) ? 2

@@ -12,10 +12,10 @@ namespace {
 int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, at::ScalarType coef_dtype,
                      int64_t num_kv_heads, int64_t head_dim, at::Device device) {
   KVB_CHECK(codec != nullptr, "latent paged cache: no codec");
-  KVB_CHECK(codec->kind() == LowRankKind::kProjection, "paged cache: method '", codec->name(),
-            "' stores keys before RoPE (each would be rotated at its position when read), which "
-            "the paged kernels do not do; its latent attention runs with attention cpu or "
-            "reference; kvproj's latents run paged");
+  KVB_CHECK(codec->kind() == LowRankKind::kProjection, "latent paged cache: method '",
+            codec->name(),
+            "' stores keys before RoPE, which scores in latent space cannot rotate; its pages are "
+            "PaluPagedCache's (make_paged_cache)");
   KVB_CHECK(!codec->needs_preparation(), "latent paged cache: codec '", codec->name(),
             "' is not prepared (its bases are fitted in the prepare step)");
   KVB_CHECK(coef_dtype == at::kHalf || coef_dtype == at::kBFloat16, "paged cache: method '",
@@ -81,11 +81,7 @@ at::Tensor LatentPagedCache::per_head(const at::Tensor& rows, const at::Tensor& 
 
 at::Tensor LatentPagedCache::append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
                                                const at::Tensor& k, const at::Tensor& v) {
-  KVB_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
-            "paged cache: expected q [heads, n, head_dim], k and v [kv_heads, n, head_dim]");
-  return append_and_attend_batch(layer, {seq}, {k.size(1)}, q.transpose(0, 1), k.transpose(0, 1),
-                                 v.transpose(0, 1))
-      .transpose(0, 1);
+  return attend_as_batch_of_one(*this, seq, layer, q, k, v);
 }
 
 at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
@@ -93,13 +89,7 @@ at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
                                                      const std::vector<int64_t>& counts,
                                                      const at::Tensor& q, const at::Tensor& k,
                                                      const at::Tensor& v) {
-  KVB_CHECK(layer >= 0 && layer < int64_t(bases_.size()), "paged cache: layer ", layer,
-            " outside [0, ", bases_.size(), ")");
-  KVB_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(0) == k.size(0) &&
-                k.size(1) == num_kv_heads_ && k.size(2) == head_dim_ && q.size(2) == head_dim_ &&
-                q.size(1) % num_kv_heads_ == 0,
-            "paged cache: expected q [n, heads, ", head_dim_, "], k and v [n, ", num_kv_heads_,
-            ", ", head_dim_, "]");
+  check_batch_block(layer, int64_t(bases_.size()), q, k, v, num_kv_heads_, head_dim_);
   const Bases& b = bases_[size_t(layer)];
   const int64_t n = q.size(0), heads = q.size(1), per = heads / num_kv_heads_;
   const at::Tensor q_rows = q.to(b.query.device(), at::kFloat).reshape({n, num_kv_heads_, per, -1});

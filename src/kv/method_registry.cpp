@@ -15,6 +15,7 @@
 #include "kvbench/kv/latent_paged_cache.h"
 #include "kvbench/kv/lowrank_codec.h"
 #include "kvbench/kv/paged_cache.h"
+#include "kvbench/kv/palu_paged_cache.h"
 #include "kvbench/kv/pyramidkv_policy.h"
 #include "kvbench/kv/quest_policy.h"
 #include "kvbench/kv/scissorhands_policy.h"
@@ -691,7 +692,12 @@ std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
                                           std::shared_ptr<const Codec> codec, int64_t num_layers,
                                           int64_t num_kv_heads, int64_t head_dim,
                                           at::ScalarType dtype, at::Device device) {
-  if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec))
+  auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec);
+  if (lowrank && lowrank->kind() == LowRankKind::kPalu)
+    return std::make_unique<PaluPagedCache>(std::move(lowrank), dtype, num_layers, num_kv_heads,
+                                            head_dim, PagedCapacity{}, device, make_policy(method),
+                                            kernel_path_on_cpu());
+  if (lowrank)
     return std::make_unique<LatentPagedCache>(std::move(lowrank), dtype, num_layers, num_kv_heads,
                                               head_dim, PagedCapacity{}, device,
                                               make_policy(method), kernel_path_on_cpu());

@@ -27,7 +27,10 @@ const char* kPagedMethods =
     "full/fp16/bf16 (model dtype fp16 or bf16), int8, int4 (q4_1, or q4_0 with symmetric: "
     "true) and int2 (group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64), kvproj (latent pages "
     "of its "
-    "coefficients: rank a multiple of 32; 64 or 128 on a GPU)";
+    "coefficients: rank a multiple of 32; 64 or 128 on a GPU), palu (latent pages: group 1, rank "
+    "a multiple of 32; 32 to 128 on a GPU)";
+
+}  // namespace
 
 // Reference attention of a block's queries q [heads, n, D] over keys/values [kv_heads, L, D]
 // whose last n are the block's own, a chunk of queries at a time: a chunk ending at query c1
@@ -37,8 +40,8 @@ const char* kPagedMethods =
 // A fresh prefill on a GPU (the queries are all the keys) goes through PyTorch's fused SDPA in
 // fp16 instead where libtorch has it: the stored values are fp16-exact, the result differs from
 // the fp32 reference by fp16 rounding of q and the softmax (tests bound it by 2e-3).
-at::Tensor chunked_block_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   double scale) {
+at::Tensor paged_block_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 double scale) {
   constexpr int64_t kChunk = 1024;
   const int64_t n = q.size(1), L = k.size(1);
   if (q.is_cuda() && n == L && n > 1 && torch_sdpa_available())
@@ -55,8 +58,6 @@ at::Tensor chunked_block_attention(const at::Tensor& q, const at::Tensor& k, con
   }
   return at::cat(parts, 1);
 }
-
-}  // namespace
 
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype) {
   const std::string name = method.at("name");
@@ -100,10 +101,10 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
     f.residual = residual;
     return f;
   }
-  if (name == "kvproj")
+  if (name == "kvproj" || name == "palu")
     throw fail(
-        "stores coefficients in bases fitted to the model: its pages (LatentPagedCache) "
-        "are built from the prepared codec, not a fixed format");
+        "stores coefficients in bases fitted to the model: its pages (LatentPagedCache, "
+        "PaluPagedCache) are built from the prepared codec, not a fixed format");
   throw fail("has no paged format");
 }
 
@@ -140,7 +141,7 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
     const std::string why = paged_cuda::unavailable_reason();
     KVB_CHECK(why.empty(), "paged cache: device ", device.str(), ": ", why);
   }
-  if (kernel_path_) {
+  if (kernel_path_ && !format_.own_attention) {
     KVB_CHECK(head_dim == 64 || head_dim == 128, "paged cache: device ", device.str(),
               ": unsupported head_dim: ", head_dim, " (the GPU decode kernels take 64 and 128)");
   }
@@ -293,13 +294,30 @@ void PagedKVCache::calibrate(Layer& layer, int slot, const at::Tensor& k,
   layer.calibrated[size_t(slot)] = true;
 }
 
-at::Tensor PagedKVCache::append_and_attend(int64_t seq, int64_t layer_index, const at::Tensor& q,
-                                           const at::Tensor& k, const at::Tensor& v) {
+at::Tensor attend_as_batch_of_one(KVCache& cache, int64_t seq, int64_t layer, const at::Tensor& q,
+                                  const at::Tensor& k, const at::Tensor& v) {
   KVB_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
             "paged cache: expected q [heads, n, head_dim], k and v [kv_heads, n, head_dim]");
-  return append_and_attend_batch(layer_index, {seq}, {k.size(1)}, q.transpose(0, 1),
-                                 k.transpose(0, 1), v.transpose(0, 1))
+  return cache
+      .append_and_attend_batch(layer, {seq}, {k.size(1)}, q.transpose(0, 1), k.transpose(0, 1),
+                               v.transpose(0, 1))
       .transpose(0, 1);
+}
+
+void check_batch_block(int64_t layer, int64_t num_layers, const at::Tensor& q, const at::Tensor& k,
+                       const at::Tensor& v, int64_t kv_heads, int64_t head_dim) {
+  KVB_CHECK(layer >= 0 && layer < num_layers, "paged cache: layer ", layer, " outside [0, ",
+            num_layers, ")");
+  KVB_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && q.size(0) == k.size(0) &&
+                k.size(1) == kv_heads && k.size(2) == head_dim && q.size(2) == head_dim &&
+                q.size(1) % kv_heads == 0,
+            "paged cache: expected q [n, heads, ", head_dim, "], k and v [n, ", kv_heads, ", ",
+            head_dim, "]");
+}
+
+at::Tensor PagedKVCache::append_and_attend(int64_t seq, int64_t layer_index, const at::Tensor& q,
+                                           const at::Tensor& k, const at::Tensor& v) {
+  return attend_as_batch_of_one(*this, seq, layer_index, q, k, v);
 }
 
 at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
@@ -355,7 +373,7 @@ at::Tensor PagedKVCache::attend_dense(const Step& step, const std::vector<int64_
     }
     const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
     parts.push_back(
-        chunked_block_attention(qb.to(device_, at::kFloat), keys, values, scale).transpose(0, 1));
+        paged_block_attention(qb.to(device_, at::kFloat), keys, values, scale).transpose(0, 1));
   }
   return at::cat(parts, 0);
 }
@@ -586,6 +604,27 @@ void PagedKVCache::append_batch(int64_t layer_index, const std::vector<int64_t>&
   const Step step = begin_step(layer_index, seqs, counts);
   append_rows(layer, step, counts, k, v, store_of(layer));
   end_step(layer_index, step, counts);
+}
+
+PagedKVCache::StepPages PagedKVCache::append_pages(int64_t layer_index,
+                                                   const std::vector<int64_t>& seqs,
+                                                   const std::vector<int64_t>& counts,
+                                                   const at::Tensor& k, const at::Tensor& v) {
+  KVB_CHECK(!policy_,
+            "paged cache: append_pages stores tokens for another cache's attention, "
+            "which a retention policy cannot select from");
+  check_batch(layer_index, seqs, counts, k, v);
+  Layer& layer = layers_[size_t(layer_index)];
+  const Step& step = step_for(layer_index, seqs, counts);
+  StepPages out;
+  out.store = store_of(layer);
+  append_rows(layer, step, counts, k, v, out.store);
+  const int64_t B = int64_t(seqs.size());
+  out.table = step.table, out.lengths = step.ints.narrow(0, 3 * B + 1, B);
+  for (const Sequence* s : step.batch) out.old_lengths.push_back(s->length);
+  out.max_len = step.max_len;
+  end_step(layer_index, step, counts);
+  return out;
 }
 
 at::Tensor PagedKVCache::attend_batch(int64_t layer_index, const std::vector<int64_t>& seqs,
@@ -993,7 +1032,7 @@ PagedKVCache::Rows PagedKVCache::rows_at(const kernels::PagedKvStore& store, con
 
 at::Tensor PagedKVCache::attend_rows(const Rows& rows, const at::Tensor& qb) const {
   const double scale = 1.0 / std::sqrt(double(head_dim_));
-  return chunked_block_attention(qb.to(device_, at::kFloat), rows.keys, rows.values, scale);
+  return paged_block_attention(qb.to(device_, at::kFloat), rows.keys, rows.values, scale);
 }
 
 // The layer's pools as the appender and the decoders see them: rings and fp8 scales whole,

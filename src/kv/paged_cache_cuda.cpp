@@ -16,6 +16,7 @@
 #include "device_query.h"
 #include "kv_append_launcher.h"
 #include "kv_paged_decode_launcher.h"
+#include "palu_decode_launcher.h"
 #include "retained_decode_launcher.h"
 #endif
 
@@ -133,6 +134,16 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
   return {k, v};
 }
 
+static void device_palu(const kernels::PaluProblem& problem, int64_t max_len,
+                        const at::Tensor& on) {
+  kernels::PaluPlan plan;
+  check(kernels::palu_plan(problem, int(max_len), sm_count(on), &plan), "palu plan",
+        kernels::palu_check(problem));
+  at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, on.options().dtype(at::kByte));
+  check(kernels::palu_decode(problem, plan, workspace.data_ptr(), nullptr), "palu decode",
+        kernels::palu_check(problem));
+}
+
 #else  // built without the CUDA kernels
 
 namespace {
@@ -157,6 +168,7 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
                                                            int64_t) {
   unavailable();
 }
+static void device_palu(const kernels::PaluProblem&, int64_t, const at::Tensor&) { unavailable(); }
 
 #endif
 
@@ -213,6 +225,14 @@ at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch
   check_host(pr, store);
   kernels::retained_decode_host(pr, store);
   return out;
+}
+
+void palu(const kernels::PaluProblem& problem, int64_t max_len, const at::Tensor& on) {
+  if (on.is_cuda()) return device_palu(problem, max_len, on);
+  const char* why = kernels::palu_check(problem);
+  KVB_CHECK(why[0] == '\0', "paged cache: host palu decode: ", why);
+  std::vector<float> scratch(size_t(2 * problem.head_dim + problem.rank + max_len));
+  kernels::palu_decode_host(problem, scratch.data());
 }
 
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,

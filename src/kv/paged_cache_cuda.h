@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include "kv_append.h"
+#include "palu_decode.h"
 
 namespace kvbench::paged_cuda {
 
@@ -41,6 +42,10 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
 at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
                     const at::Tensor& lists, const at::Tensor& counts_tails, const at::Tensor& q,
                     const at::Tensor& scores = at::Tensor());
+
+// Palu's decode step (kernels/palu_decode.h) with every pointer of `problem` where `on` is:
+// the CUDA kernel on a GPU, its host reference on the CPU. `max_len` >= every sequence length.
+void palu(const kernels::PaluProblem& problem, int64_t max_len, const at::Tensor& on);
 
 // Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
 // `pages`: its block-table row (int32, on the device).

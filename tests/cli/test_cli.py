@@ -946,36 +946,39 @@ class ModelCliTest(CliCase):
             self.assertAlmostEqual(kl["paged", name], kl["reference", name],
                                    delta=1e-4 * kl["reference", name] + 1e-9)
 
-    def test_paged_attention_runs_kvproj_in_its_latent_space(self):
-        # kvproj on the paged cache: latent coefficient pages, attention in the latent space
-        # (the prepare step fits the bases first). The same fp16 coefficients as the reference
-        # backend stores, so fidelity agrees; with StreamingLLM the same positions are kept.
-        # Palu (keys stored before RoPE) fails its cell with the reason.
+    def test_paged_attention_runs_the_low_rank_codecs_on_latent_pages(self):
+        # kvproj on the paged cache: latent coefficient pages, attention in the latent space;
+        # Palu: latent pages of its pre-RoPE keys, reconstructed and rotated when read (the
+        # prepare step fits the bases first). The same fp16 latents as the reference backend
+        # stores, so fidelity agrees; with StreamingLLM kvproj keeps the same positions. Palu
+        # under a retention policy fails its cell with the reason.
         kvproj = {"name": "kvproj", "calib_prompts": 2, "calib_tokens": 64, "rank": 32}
         cfg = {"model": {"preset": "tiny-llama", "random_init": True, "dtype": "float16"},
                "methods": [kvproj,
                            {"name": "streamingllm", "sinks": 4, "window": 60, "codec": kvproj},
-                           {"name": "palu", "rank": 32}],
+                           {"name": "palu", "rank": 32},
+                           {"name": "stream-512", "codec": {"name": "palu", "rank": 32}}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16}]}
         kl = {}
+        names = ("kvproj", "streamingllm", "palu")
         for attention in ("paged", "reference"):
             res = self.run_ok(dict(cfg, attention=attention))
             path, report = self.report_from(res)
             cells = {c["method"]["name"]: c for c in report["cells"]}
             if attention == "paged":
                 self.assertEqual(res.returncode, 1, res.stderr)
-                self.assertEqual(cells["palu"]["status"], "failed")
-                self.assertIn("before RoPE", cells["palu"]["error"])
-            for name in ("kvproj", "streamingllm"):
+                self.assertEqual(cells["stream-512"]["status"], "failed")
+                self.assertIn("attention cpu or reference", cells["stream-512"]["error"])
+            for name in names:
                 self.assertEqual(cells[name]["status"], "ok", res.stdout + res.stderr)
                 kl[attention, name] = cells[name]["summary"]["kl_mean"]
             check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
             self.assertEqual(check.returncode, 0, check.stdout)
-        for name in ("kvproj", "streamingllm"):
+        for name in names:
             self.assertGreater(kl["paged", name], 0)
             self.assertAlmostEqual(kl["paged", name], kl["reference", name],
-                                   delta=1e-4 * kl["reference", name] + 1e-9)
+                                   delta=1e-4 * kl["reference", name] + 1e-9, msg=name)
 
     def test_paged_kernel_path_on_the_cpu_runs_like_the_cpu_path(self):
         # KVBENCH_PAGED_PATH=kernels: whole runs take the paged cache's GPU path on the CPU
@@ -989,12 +992,13 @@ class ModelCliTest(CliCase):
                            {"name": "h2o", "heavy": 30, "recent": 34},
                            {"name": "quest", "budget": 64, "dense_layers": 1},
                            {"name": "kvproj", "rank": 64, "calib_prompts": 2,
-                            "calib_tokens": 64}],
+                            "calib_tokens": 64},
+                           {"name": "palu", "rank": 32}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16},
                           {"name": "throughput", "batch": [3], "prompt_tokens": [100],
                            "new_tokens": [6], "repeats": 1}]}
-        names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj")
+        names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj", "palu")
         kl = {}
         for path in ("cpu", "kernels"):
             old = os.environ.pop("KVBENCH_PAGED_PATH", None)

@@ -14,7 +14,7 @@
 //
 // This reads the same bytes per token as kernels/latent_decode.h (r coefficients), through
 // the paged tensor-core decode kernel instead of a contiguous per-sequence layout.
-// Palu stores keys before RoPE (a rotation per position at read time): not this cache.
+// Palu stores keys before RoPE (a rotation per position at read time): PaluPagedCache.
 #pragma once
 
 #include <ATen/ATen.h>

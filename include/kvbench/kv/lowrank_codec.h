@@ -72,6 +72,8 @@ class LowRankCodec final : public Codec {
   // The fitted bases of `layer`: [kv_heads / g, g * head_dim, r] fp32 (prepared codecs only).
   const at::Tensor& key_basis(int64_t layer) const;
   const at::Tensor& value_basis(int64_t layer) const;
+  // Palu: the model's RoPE frequencies [head_dim / 2] float64 (prepared codecs; else undefined).
+  const at::Tensor& rope_inv_freq() const { return inv_freq_; }
 
  private:
   void check_prepared(int64_t layer, int64_t kv_heads, int64_t head_dim) const;

@@ -50,12 +50,29 @@ struct PagedFormat {
   bool fp8_amax = true;
   double fp8_scale_value = 1.0, fp8_amax_divisor = 448.0;
   bool fp8_per_head = true;
+  // Pages another cache attends with its own kernel (PaluPagedCache's latents): the paged
+  // decode kernels' head_dim limits do not apply (the appender takes multiples of 32).
+  bool own_attention = false;
 };
 
 // The paged format of a resolved method entry with uncompressed storage `model_dtype`.
 // Throws Error naming the method and what the paged formats offer when there is none.
 // A retention method's format is its codec's.
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype);
+// Attention of a block's queries q [heads, n, head_dim] fp32 over keys and values [kv_heads,
+// L, head_dim] fp32 whose last n are the block's own (causal within the block), in chunks of
+// queries; a fresh prefill on a GPU goes through PyTorch's fused SDPA in fp16. The paged
+// caches' prefill attention.
+at::Tensor paged_block_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 double scale);
+// append_and_attend of the paged caches: one sequence's block (q [heads, n, head_dim], k and v
+// [kv_heads, n, head_dim]) as a batch of one.
+at::Tensor attend_as_batch_of_one(KVCache& cache, int64_t seq, int64_t layer, const at::Tensor& q,
+                                  const at::Tensor& k, const at::Tensor& v);
+// Throws Error unless `layer` is in [0, num_layers) and q [n, heads, head_dim], k and v
+// [n, kv_heads, head_dim] are a packed batch's block.
+void check_batch_block(int64_t layer, int64_t num_layers, const at::Tensor& q, const at::Tensor& k,
+                       const at::Tensor& v, int64_t kv_heads, int64_t head_dim);
 // Throws Error when the paged cache cannot run `policy` (it needs per-step scores or cache
 // positions); null and FullRetention are fine.
 void check_paged_policy(const RetentionPolicy* policy);
@@ -94,6 +111,21 @@ class PagedKVCache final : public KVCache {
   // append_and_attend_batch. Not with a retention policy.
   void append_batch(int64_t layer, const std::vector<int64_t>& seqs,
                     const std::vector<int64_t>& counts, const at::Tensor& k, const at::Tensor& v);
+  // What a cache built on these pages reads to attend with its own kernel (PaluPagedCache):
+  // the layer's pools and the step's tables after the new rows were stored.
+  struct StepPages {
+    kernels::PagedKvStore store;
+    at::Tensor table;    // [batch, max_pages] int32 block tables, where the pools are
+    at::Tensor lengths;  // [batch] int32 lengths with the new rows, where the pools are
+    std::vector<int64_t> old_lengths;  // [batch] before the new rows
+    int64_t max_len = 0;               // the longest new length
+  };
+  // Stores the batch's new rows as append_batch does (the step's tables built at layer 0 and
+  // shared by its later layers) and returns what was written where. Not with a retention
+  // policy.
+  StepPages append_pages(int64_t layer, const std::vector<int64_t>& seqs,
+                         const std::vector<int64_t>& counts, const at::Tensor& k,
+                         const at::Tensor& v);
   // One query per sequence over its stored tokens, nothing appended: q [batch, heads, head_dim]
   // -> [batch, heads, head_dim] fp32 on q's device. The tables of an unchanged batch are kept
   // on the device, so a repeated call is one decode-kernel launch (what the kernels suite

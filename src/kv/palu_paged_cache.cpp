@@ -1,0 +1,210 @@
+#include "kvbench/kv/palu_paged_cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "kvbench/core/error.h"
+#include "kvbench/model/rope.h"
+#include "paged_cache_cuda.h"
+#include "palu_decode.h"
+
+namespace kvbench {
+namespace {
+
+// The inner cache's format: 16-bit pages of `rank` latents, attended by this cache's kernel.
+PagedFormat latent_format(at::ScalarType dtype) {
+  KVB_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "paged cache: method 'palu' stores ",
+            c10::toString(dtype),
+            " latents, which have no paged format (model dtype fp16 or bf16)");
+  PagedFormat f = paged_format_for({{"name", dtype == at::kHalf ? "fp16" : "bf16"}}, dtype);
+  f.own_attention = true;
+  return f;
+}
+
+// The codec's rank, once the pair (codec, cache) is known to fit the kernel.
+int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, int64_t head_dim,
+                     bool kernel_path, const RetentionPolicy* policy) {
+  KVB_CHECK(codec != nullptr && codec->kind() == LowRankKind::kPalu,
+            "palu paged cache: expects a palu codec");
+  KVB_CHECK(!codec->needs_preparation(), "palu paged cache: codec '", codec->name(),
+            "' is not prepared (its bases come from the SVD of W_k and W_v in the prepare step)");
+  KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr,
+            "paged cache: palu keeps every token on the paged path; with retention policy '",
+            policy ? policy->name() : "", "' run it with attention cpu or reference");
+  KVB_CHECK(codec->group() == 1, "paged cache: palu group ", codec->group(),
+            " shares one latent between KV heads; the paged kernel takes group 1");
+  const int64_t r = codec->rank_for(head_dim);
+  KVB_CHECK(r % 32 == 0, "paged cache: palu rank ", r,
+            " is not a multiple of 32 (the latent pages hold rows of whole 32-value blocks); "
+            "set rank (or rank_ratio, e.g. 0.75 of 128 = 96) so that it is");
+  KVB_CHECK(!kernel_path || ((r <= 128) && (head_dim == 64 || head_dim == 128)),
+            "paged cache: palu rank ", r, " at head_dim ", head_dim,
+            ": the GPU kernel takes ranks 32, 64, 96 and 128 at head_dim 64 or 128");
+  return r;
+}
+
+}  // namespace
+
+PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
+                               at::ScalarType latent_dtype, int64_t num_layers,
+                               int64_t num_kv_heads, int64_t head_dim, PagedCapacity capacity,
+                               at::Device device, std::shared_ptr<const RetentionPolicy> policy,
+                               bool kernel_path_on_cpu)
+    : codec_(std::move(codec)),
+      latent_dtype_(latent_dtype),
+      num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      rank_(checked_rank(codec_, head_dim, device.is_cuda() || kernel_path_on_cpu, policy.get())),
+      kernel_path_(device.is_cuda() || kernel_path_on_cpu),
+      latent_(latent_format(latent_dtype), num_layers, num_kv_heads, rank_, capacity, device,
+              nullptr, kernel_path_on_cpu) {
+  inv_freq_ = codec_->rope_inv_freq().to(at::kDouble).contiguous();
+  KVB_CHECK(inv_freq_.numel() == head_dim_ / 2, "palu paged cache: RoPE frequencies for head_dim ",
+            2 * inv_freq_.numel(), ", the cache has ", head_dim_);
+  const auto where = at::TensorOptions().dtype(at::kFloat).device(device);
+  for (int64_t l = 0; l < num_layers; ++l) {
+    Bases b;
+    // Group 1: [kv_heads, head_dim, r], head j's rows are its basis L_j.
+    b.key = codec_->key_basis(l).to(where).contiguous();
+    b.value = codec_->value_basis(l).to(where).contiguous();
+    KVB_CHECK(b.key.dim() == 3 && b.key.size(0) == num_kv_heads_ && b.key.size(1) == head_dim_ &&
+                  b.key.size(2) == rank_ && b.value.sizes() == b.key.sizes(),
+              "palu paged cache: bases of layer ", l, " have shape ", b.key.sizes(), ", expected [",
+              num_kv_heads_, ", ", head_dim_, ", ", rank_, "]");
+    b.key16 = b.key.to(latent_dtype_).contiguous();
+    bases_.push_back(std::move(b));
+  }
+}
+
+at::Tensor PaluPagedCache::latents(const at::Tensor& x, const at::Tensor& basis,
+                                   const at::Tensor& positions) {
+  at::Tensor rows = x.to(basis.device(), at::kFloat);  // [n, kv_heads, d]
+  if (positions.defined()) {
+    // The inverse rotation: the pre-RoPE key, which lies in W_k's column space.
+    const auto [cos, sin] = rope_rows(0);
+    rows = apply_rope(rows, cos.index_select(0, positions), sin.index_select(0, positions).neg());
+  }
+  return at::bmm(rows.transpose(0, 1), basis).transpose(0, 1);  // [n, kv_heads, r]
+}
+
+std::pair<at::Tensor, at::Tensor> PaluPagedCache::rope_rows(int64_t tokens) {
+  const int64_t have = rope_cos_.defined() ? rope_cos_.size(0) : 0;
+  if (tokens > have) {
+    const int64_t grown = std::max<int64_t>({tokens, 2 * have, 256});
+    const auto [cos, sin] = rope_cos_sin(at::arange(grown, at::kLong), inv_freq_);
+    rope_cos_ = cos.to(latent_.device()), rope_sin_ = sin.to(latent_.device());
+  }
+  return {rope_cos_, rope_sin_};
+}
+
+const at::Tensor& PaluPagedCache::step_positions(const std::vector<int64_t>& positions) {
+  if (positions != positions_ || !positions_device_.defined()) {
+    const at::Tensor host = at::tensor(positions, at::kLong);
+    positions_device_ = latent_.device().is_cuda()
+                            ? host.pin_memory().to(latent_.device(), /*non_blocking=*/true)
+                            : host;
+    positions_ = positions;
+  }
+  return positions_device_;
+}
+
+std::pair<at::Tensor, at::Tensor> PaluPagedCache::reconstruct(const PagedKVCache::StepPages& pages,
+                                                              int64_t b, const Bases& bases,
+                                                              int64_t tokens) {
+  const auto [k_lat, v_lat] =
+      paged_cuda::dequantize(pages.store, pages.table[b], num_kv_heads_, rank_, 0, tokens);
+  // [kv, t, r] @ [kv, r, d]
+  const at::Tensor pre = at::bmm(k_lat, bases.key.transpose(1, 2));
+  const auto [cos, sin] = rope_rows(tokens);
+  const at::Tensor keys =
+      apply_rope(pre.transpose(0, 1), cos.narrow(0, 0, tokens), sin.narrow(0, 0, tokens))
+          .transpose(0, 1);
+  return {keys, at::bmm(v_lat, bases.value.transpose(1, 2))};
+}
+
+void PaluPagedCache::cover(int64_t tokens) {
+  const int64_t tiles = (tokens + kernels::kPaluTile - 1) / kernels::kPaluTile;
+  if (tiles <= rope_tiles_) return;
+  const int64_t grown = std::max<int64_t>({tiles, 2 * rope_tiles_, 64});
+  at::Tensor coarse = at::empty({grown, 2, head_dim_ / 2}, at::kFloat);
+  at::Tensor fine = at::empty({kernels::kPaluTile, 2, head_dim_ / 2}, at::kFloat);
+  kernels::palu_rope_tables(inv_freq_.data_ptr<double>(), int(head_dim_), int(grown),
+                            coarse.data_ptr<float>(), fine.data_ptr<float>());
+  rope_coarse_ = coarse.to(latent_.device()), rope_fine_ = fine.to(latent_.device());
+  rope_tiles_ = grown;
+}
+
+at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Bases& bases,
+                                  const at::Tensor& q_in) {
+  cover(pages.max_len);
+  const at::Tensor q = q_in.to(latent_.device(), at::kFloat).contiguous();
+  at::Tensor out = at::empty_like(q);
+  kernels::PaluProblem p;
+  p.batch = int(q.size(0)), p.q_heads = int(q.size(1)), p.kv_heads = int(num_kv_heads_);
+  p.head_dim = int(head_dim_), p.rank = int(rank_), p.bf16 = latent_dtype_ == at::kBFloat16;
+  p.page_size = pages.store.page_size, p.max_pages_per_seq = int(pages.table.size(1));
+  p.block_table = pages.table.data_ptr<int>(), p.seq_lens = pages.lengths.data_ptr<int>();
+  p.k_latent = pages.store.k_data, p.v_latent = pages.store.v_data;
+  p.k_basis = bases.key16.data_ptr(), p.v_basis = bases.value.data_ptr<float>();
+  p.rope_coarse = rope_coarse_.data_ptr<float>(), p.rope_tiles = int(rope_tiles_);
+  p.rope_fine = rope_fine_.data_ptr<float>();
+  p.softmax_scale = float(1.0 / std::sqrt(double(head_dim_)));
+  p.q = q.data_ptr<float>(), p.out = out.data_ptr<float>();
+  paged_cuda::palu(p, pages.max_len, q);
+  return out;
+}
+
+at::Tensor PaluPagedCache::append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
+                                             const at::Tensor& k, const at::Tensor& v) {
+  return attend_as_batch_of_one(*this, seq, layer, q, k, v);
+}
+
+at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
+                                                   const std::vector<int64_t>& counts,
+                                                   const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v) {
+  check_batch_block(layer, int64_t(bases_.size()), q, k, v, num_kv_heads_, head_dim_);
+  KVB_CHECK(seqs.size() == counts.size(), "paged cache: ", seqs.size(), " sequences, ",
+            counts.size(), " counts");
+  const Bases& b = bases_[size_t(layer)];
+  // Each new key's position: its sequence's length before it, onwards.
+  std::vector<int64_t> positions;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const int64_t start = latent_.length(seqs[i]);
+    for (int64_t t = 0; t < counts[i]; ++t) positions.push_back(start + t);
+  }
+  KVB_CHECK(!positions.empty() && int64_t(positions.size()) == k.size(0),
+            "paged cache: ", k.size(0), " new rows for counts summing to ", positions.size());
+  rope_rows(*std::max_element(positions.begin(), positions.end()) + 1);
+  const PagedKVCache::StepPages pages =
+      latent_.append_pages(layer, seqs, counts, latents(k, b.key, step_positions(positions)),
+                           latents(v, b.value, at::Tensor()));
+  const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
+  if (kernel_path_ && single) return decode(pages, b, q).to(q.device());
+  // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens.
+  const double scale = 1.0 / std::sqrt(double(head_dim_));
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
+    const auto [keys, values] = reconstruct(pages, int64_t(i), b, pages.old_lengths[i] + counts[i]);
+    const at::Tensor qb = q.narrow(0, int64_t(row), counts[i]).transpose(0, 1);
+    parts.push_back(paged_block_attention(qb.to(keys.device(), at::kFloat), keys, values, scale)
+                        .transpose(0, 1));
+  }
+  return at::cat(parts, 0).to(q.device());
+}
+
+StorageBytes PaluPagedCache::storage() const {
+  StorageBytes s = latent_.storage();
+  s += codec_->shared_bytes();
+  for (const Bases& b : bases_) s.metadata += b.key16.numel() * b.key16.element_size();
+  return s;
+}
+
+StorageBytes PaluPagedCache::nominal() const {
+  StorageBytes s = latent_.nominal();
+  s += codec_->shared_nominal();
+  return s;
+}
+
+}  // namespace kvbench

@@ -1,0 +1,98 @@
+// Palu's decode kernel (kernels/palu_decode.cu) against its host reference (palu_decode.h,
+// checked against float64 by tests/unit/palu_paged_cache_test.cpp) and float64 itself, the
+// output poisoned with NaN first, pages unmapped by any table NaN (a read past a sequence or
+// of a wrong page shows). The kernel rounds its probabilities to 16-bit for the tensor cores
+// and sums in another order: bound 2e-3 of the output's scale (fp16), 1e-2 (bf16), as the
+// paged decode kernel's. Lengths: a single token, a part tile, a tile and a page boundary,
+// several splits. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "device_buffer.h"
+#include "palu_case.h"
+#include "palu_decode_launcher.h"
+
+namespace kvbench::gpu_test {
+namespace {
+
+#define ASSERT_CUDA(expr) ASSERT_CUDA_WITH(expr, "")
+
+struct Shape {
+  int kv, per, d, r;
+  bool bf16;
+};
+
+class PaluDecodeGpuTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
+  std::string why;
+  if (!have_gpu(&why)) GTEST_SKIP() << why;
+  const Shape s = GetParam();
+  const PaluCase c = palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 15, 16, 33, 1000, 2100}, 3 + s.r);
+  std::vector<float> host(c.want.size()), scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
+  kernels::palu_decode_host(c.problem(host.data()), scratch.data());
+  DeviceBuffer lens, table, kl, vl, kb, vb, coarse, fine, q, out, work;
+  ASSERT_CUDA(lens.upload(c.lens));
+  ASSERT_CUDA(table.upload(c.table));
+  ASSERT_CUDA(kl.upload(c.k_latent));
+  ASSERT_CUDA(vl.upload(c.v_latent));
+  ASSERT_CUDA(kb.upload(c.k_basis));
+  ASSERT_CUDA(vb.upload(c.v_basis));
+  ASSERT_CUDA(coarse.upload(c.coarse));
+  ASSERT_CUDA(fine.upload(c.fine));
+  ASSERT_CUDA(q.upload(c.q));
+  std::vector<float> got(c.want.size(), NAN);
+  ASSERT_CUDA(out.upload(got));
+  kernels::PaluProblem p = c.problem(nullptr);
+  p.seq_lens = static_cast<const int*>(lens.ptr),
+  p.block_table = static_cast<const int*>(table.ptr);
+  p.k_latent = kl.ptr, p.v_latent = vl.ptr, p.k_basis = kb.ptr;
+  p.v_basis = static_cast<const float*>(vb.ptr);
+  p.rope_coarse = static_cast<const float*>(coarse.ptr);
+  p.rope_fine = static_cast<const float*>(fine.ptr);
+  p.q = static_cast<const float*>(q.ptr), p.out = static_cast<float*>(out.ptr);
+  for (const int sms : {1, 132}) {  // one split per sequence, and several
+    kernels::PaluPlan plan;
+    ASSERT_CUDA(kernels::palu_plan(p, c.max_len(), sms, &plan));
+    ASSERT_CUDA(work.upload(std::vector<char>(plan.workspace_bytes)));
+    ASSERT_CUDA(out.upload(std::vector<float>(got.size(), NAN)));
+    ASSERT_CUDA_WITH(kernels::palu_decode(p, plan, work.ptr, nullptr), kernels::palu_check(p));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    ASSERT_CUDA(out.download(got));
+    const double bound = s.bf16 ? 1e-2 : 2e-3;
+    EXPECT_LT(scaled_error(got, std::vector<double>(host.begin(), host.end())), bound)
+        << "splits " << plan.splits;
+    EXPECT_LT(scaled_error(got, c.want), bound) << "splits " << plan.splits;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PaluDecodeGpuTest,
+                         ::testing::Values(Shape{8, 4, 128, 96, false},
+                                           Shape{8, 4, 128, 128, false}, Shape{2, 8, 128, 32, true},
+                                           Shape{4, 2, 64, 64, false}, Shape{2, 1, 64, 96, true}),
+                         [](const auto& i) {
+                           const Shape& s = i.param;
+                           return "d" + std::to_string(s.d) + "_r" + std::to_string(s.r) + "_h" +
+                                  std::to_string(s.kv) + "x" + std::to_string(s.per) +
+                                  (s.bf16 ? "_bf16" : "_fp16");
+                         });
+
+TEST(PaluDecodeGpuErrorsTest, RejectsBadProblems) {
+  const PaluCase c = palu_case(2, 4, 64, 32, false, {40}, 1);
+  std::vector<float> out(c.q.size());
+  kernels::PaluProblem p = c.problem(out.data());
+  kernels::PaluPlan plan;
+  p.rank = 48;
+  EXPECT_EQ(kernels::palu_plan(p, c.max_len(), 132, &plan), cudaErrorInvalidValue);
+  p.rank = 32;
+  // RoPE tables shorter than the longest sequence.
+  EXPECT_EQ(kernels::palu_plan(p, 100 * c.max_len(), 132, &plan), cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::palu_decode(p, plan, nullptr, nullptr), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace kvbench::gpu_test

@@ -1,0 +1,220 @@
+// Palu on the GPU path. Two layers of checks:
+//  - the decode kernel's host reference (kernels/palu_decode.h) against float64 on random
+//    paged problems (fp16 and bf16, head_dim 64 and 128, ranks 32 to 128, lengths across tiles
+//    and pages): both round keys and queries to 16-bit, so what is left is fp32 arithmetic and
+//    the composed RoPE tables, plus the odd 16-bit rounding that lands on the other side;
+//  - PaluPagedCache against the compressed cache with the same prepared codec and the
+//    reference backend (which stores the same fp16 latents, reconstructs every token and
+//    attends in fp32): on the CPU path within fp32 rounding; on the kernel path (emulated:
+//    the host reference in place of the kernel) within the 16-bit rounding of keys and queries.
+//    At full rank the basis is orthonormal and square: the cache is the fp16 cache up to rounding.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+#include <tuple>
+
+#include "kvbench/core/error.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/palu_paged_cache.h"
+#include "paged_device.h"
+#include "palu_case.h"
+#include "preparation_helpers.h"
+
+namespace kvbench {
+namespace {
+
+TEST(PaluDecodeHostTest, MatchesFloat64) {
+  struct Shape {
+    int kv, per, d, r;
+    bool bf16;
+  };
+  for (const Shape& s : {Shape{2, 4, 128, 96, false}, Shape{2, 4, 128, 128, true},
+                         Shape{1, 8, 64, 32, false}, Shape{2, 2, 64, 64, true}}) {
+    const gpu_test::PaluCase c =
+        gpu_test::palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 17, 100, 250}, 5 + s.r);
+    std::vector<float> got(c.want.size(), NAN),
+        scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
+    const kernels::PaluProblem p = c.problem(got.data());
+    ASSERT_STREQ(kernels::palu_check(p), "");
+    kernels::palu_decode_host(p, scratch.data());
+    // Measured: ~1e-7 (fp16) and ~1e-6 (bf16); a key element that rounds to the neighbouring
+    // 16-bit value moves its score by one unit in the last place of that value.
+    EXPECT_LT(gpu_test::scaled_error(got, c.want), s.bf16 ? 2e-4 : 2e-5)
+        << "d " << s.d << " r " << s.r << (s.bf16 ? " bf16" : " fp16");
+  }
+}
+
+TEST(PaluDecodeHostTest, RejectsWhatTheKernelCannotTake) {
+  const gpu_test::PaluCase c = gpu_test::palu_case(2, 4, 64, 32, false, {5}, 1);
+  std::vector<float> out(c.q.size());
+  auto with = [&](const std::function<void(kernels::PaluProblem&)>& change) {
+    kernels::PaluProblem p = c.problem(out.data());
+    change(p);
+    return std::string(kernels::palu_check(p));
+  };
+  EXPECT_EQ(with([](auto&) {}), "");
+  EXPECT_NE(with([](auto& p) { p.rank = 48; }), "");
+  EXPECT_NE(with([](auto& p) { p.head_dim = 96; }), "");
+  EXPECT_NE(with([](auto& p) { p.q_heads = 32; }), "");  // 16 per KV head
+  EXPECT_NE(with([](auto& p) { p.page_size = 24; }), "");
+  EXPECT_NE(with([](auto& p) { p.rope_fine = nullptr; }), "");
+}
+
+constexpr int64_t kLayers = 2, kKvHeads = 2, kHeads = 8, kDim = 128;
+
+struct Block {
+  at::Tensor q, k, v;
+};
+// Keys with a few large channels (as real keys have), fp16-rounded like the model hands them.
+Block random_block(int64_t n, at::Generator& gen) {
+  at::Tensor scale = at::ones({kDim});
+  scale.index_put_({at::arange(0, kDim, 13)}, 4.0);
+  auto round = [](at::Tensor x) { return x.to(at::kHalf).to(at::kFloat); };
+  return {round(at::randn({kHeads, n, kDim}, gen) * 0.3),
+          round(at::randn({kKvHeads, n, kDim}, gen) * scale),
+          round(at::randn({kKvHeads, n, kDim}, gen))};
+}
+
+// Two interleaved sequences: prefills around the page size, decode steps across pages and
+// tiles, a late block; every output compared.
+void run_steps(KVCache& paged, KVCache& ref, double tolerance) {
+  auto gen = at::detail::createCPUGenerator(31);
+  const int64_t a = paged.add_sequence(), b = paged.add_sequence();
+  ASSERT_EQ(ref.add_sequence(), a);
+  ASSERT_EQ(ref.add_sequence(), b);
+  std::vector<std::pair<int64_t, int64_t>> steps = {{a, 45}, {b, 7}};
+  for (int i = 0; i < 30; ++i) steps.insert(steps.end(), {{a, 1}, {b, 1}});
+  steps.push_back({b, 40});
+  steps.push_back({a, 1});
+  for (const auto& [seq, n] : steps) {
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      const Block x = random_block(n, gen);
+      const at::Tensor got = paged.append_and_attend(seq, layer, x.q, x.k, x.v);
+      const at::Tensor want = ref.append_and_attend(seq, layer, x.q, x.k, x.v);
+      ASSERT_EQ(got.sizes(), want.sizes());
+      ASSERT_EQ(got.device(), x.q.device());
+      const double rel = ((got - want).norm() / want.norm()).item<double>();
+      ASSERT_LT(rel, tolerance) << "sequence " << seq << " at " << paged.length(seq) << " tokens, "
+                                << n << " new, layer " << layer;
+    }
+  }
+}
+
+struct Caches {
+  std::unique_ptr<KVCache> paged, reference;
+  std::string unsupported;
+  double tolerance = 0;
+};
+Caches make_caches(const std::string& entry, const testing_support::PagedDevice& where) {
+  if (where.device.is_cuda() && !at::hasCUDA()) return {nullptr, nullptr, "libtorch has no CUDA"};
+  const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+  auto codec = testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim);
+  return {make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, where.device),
+          make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference"), "",
+          // CPU: the same fp16 latents, fp32 reconstruction either way. Kernel path: keys and
+          // queries rounded to fp16 for the tensor cores (relative 2^-11 each; measured
+          // ~3e-4 emulated), probabilities too on the GPU.
+          where.kernel_path() ? 3e-3 : 2e-5};
+}
+
+class PaluPagedCacheTest : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+
+TEST_P(PaluPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameLatents) {
+  const auto [entry, device_name] = GetParam();
+  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
+  if (where.emulated) {
+    // The registry's caches take the kernel path on the CPU only by the environment; build
+    // this one directly.
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+        testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+    PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                         nullptr, /*kernel_path_on_cpu=*/true);
+    auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+    run_steps(paged, *ref, 3e-3);
+    return;
+  }
+  Caches c = make_caches(entry, where);
+  if (!c.unsupported.empty()) GTEST_SKIP() << c.unsupported;
+  ASSERT_NE(dynamic_cast<PaluPagedCache*>(c.paged.get()), nullptr);
+  run_steps(*c.paged, *c.reference, c.tolerance);
+  EXPECT_EQ(c.paged->kept_tokens(0), std::vector<int64_t>(kLayers, 76));
+  // The reference also stores each key's position (int32 per token and head); the pages do
+  // not (positions are slots). Otherwise the same latents.
+  auto& palu = dynamic_cast<PaluPagedCache&>(*c.paged);
+  const uint64_t positions = (76ull + 77) * kKvHeads * kLayers * sizeof(int32_t);
+  EXPECT_EQ(c.paged->nominal().total() + positions, c.reference->nominal().total());
+  const uint64_t page = 2ull * 32 * kKvHeads * palu.rank() * 2;  // keys and values, one layer
+  const uint64_t key16 = uint64_t(kLayers) * kKvHeads * kDim * palu.rank() * 2;
+  EXPECT_GE(c.paged->storage().total(), c.paged->nominal().total() + key16);
+  EXPECT_LE(c.paged->storage().total(), c.paged->nominal().total() + key16 + 2 * kLayers * page);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Ranks, PaluPagedCacheTest,
+    ::testing::Combine(::testing::Values(R"({"name": "palu", "rank": 96})",
+                                         R"({"name": "palu", "rank": 32})",
+                                         R"({"name": "palu", "rank_ratio": 0.5})"),
+                       ::testing::Values("cpu", "cuda", "emulated")),
+    [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
+
+// At full rank the basis is square and orthonormal: the latent pages hold the pre-RoPE keys in
+// another basis, and the cache attends as the fp16 cache does up to the rounding of the latents
+// (instead of the keys) to fp16 — on the CPU path and on the kernel path.
+TEST(PaluPagedCacheFullRankTest, IsTheFp16CacheUpToRounding) {
+  const nlohmann::json method = resolve_method({{"name", "palu"}, {"rank", 128}}, "m");
+  auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+      testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+  for (const bool kernel_path : {false, true}) {
+    PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                         nullptr, kernel_path);
+    auto fp16 = make_kv_cache(resolve_method({{"name", "fp16"}}, "m"), kLayers, kKvHeads, kDim,
+                              at::kHalf, "reference");
+    run_steps(paged, *fp16, 5e-3);
+  }
+}
+
+TEST(PaluPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {
+  auto message = [](const std::string& entry, at::ScalarType dtype, bool kernel_path,
+                    int64_t dim = kDim) {
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+    try {
+      auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+          testing_support::ready(make_codec(method, dtype), kLayers, kKvHeads, dim));
+      PaluPagedCache cache(codec, dtype, kLayers, kKvHeads, dim, PagedCapacity{}, at::kCPU,
+                           make_policy(method), kernel_path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(
+      message(R"({"name": "palu", "group": 2, "rank": 64})", at::kHalf, false).find("group 1"),
+      std::string::npos);
+  EXPECT_NE(message(R"({"name": "palu"})", at::kHalf, false).find("multiple of 32"),
+            std::string::npos);  // 0.7 * 128 = 90
+  EXPECT_NE(message(R"({"name": "palu", "rank": 64})", at::kFloat, false).find("no paged format"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"name": "palu", "rank": 64})", at::kHalf, true, 96).find("head_dim 96"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"name": "streamingllm", "sinks": 4, "window": 60,
+                       "codec": {"name": "palu", "rank": 64}})",
+                    at::kHalf, false)
+                .find("attention cpu or reference"),
+            std::string::npos);
+  // Without its bases there is nothing to page.
+  try {
+    make_kv_cache(resolve_method({{"name", "palu"}}, "m"), kLayers, kKvHeads, kDim, at::kHalf,
+                  "paged");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("prepared codec"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kvbench
