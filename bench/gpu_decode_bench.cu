@@ -1,8 +1,9 @@
 // Times the paged decode kernels of kernels/ per format, context and batch on the GPU, beside
-// the device's copy bandwidth measured in the same process. One layer of a Llama-3-8B-shaped
-// model (32 query heads, 8 KV heads, head_dim 128). Caches hold random codes and scales (speed
-// does not depend on values; fp formats hold finite random values); inputs are rotated among
-// replicas so a small working set is not served from L2.
+// the device's copy bandwidth measured in the same process, and Palu's latent decode kernel
+// (kernels/palu_decode.h: keys rebuilt and rotated per tile) at ranks 64 and 96. One layer of a
+// Llama-3-8B-shaped model (32 query heads, 8 KV heads, head_dim 128). Caches hold random codes and
+// scales (speed does not depend on values; fp formats hold finite random values); inputs are
+// rotated among replicas so a small working set is not served from L2.
 //
 // usage: gpu_decode_bench [--out FILE.jsonl] [--quick]
 #include <cuda_fp16.h>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "decode_attention.h"
+#include "palu_decode_launcher.h"
 
 using kvbench::kernels::KvFormat;
 namespace k = kvbench::kernels;
@@ -44,6 +46,12 @@ __global__ void fill_random(uint8_t* p, size_t n, uint32_t seed, int kind) {
     if (kind == 3 && ((x & 0x7f) == 0x7f)) x = 0;        // e4m3: no NaN codes
     p[i] = uint8_t(x);
   }
+}
+
+__global__ void fill_float(float* p, size_t n, float lo, float span) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x)
+    p[i] = lo + span * float((uint32_t(i) * 2654435761u) >> 8) * (1.f / 16777216.f);
 }
 
 struct Buffer {
@@ -166,6 +174,70 @@ Result time_format(KvFormat f, int B, int T, int sm_count, bool multi_tile, cuda
   return {t, bytes / (t * 1e-6) / 1e9, bytes, plan.num_splits};
 }
 
+// Palu at rank R: fp16 latents in 32-token pages (as PaluPagedCache keeps them), fp16 key
+// basis, fp32 value basis, cos/sin tables of finite values.
+Result time_palu(int R, int B, int T, int sm_count, cudaStream_t s) {
+  const int Hq = 32, Hkv = 8, D = 128, P = 32;
+  const int pages_per_seq = (T + P - 1) / P;
+  const double cache_bytes = 2.0 * B * pages_per_seq * Hkv * P * R * 2;
+  const int replicas = std::clamp(int(512e6 / cache_bytes), 1, 16);
+  const size_t pages = size_t(replicas) * B * pages_per_seq;
+  const int tiles = (T + k::kPaluTile - 1) / k::kPaluTile;
+  Buffer kl, vl, kb, vb, coarse, fine, q, out, table, lens, ws;
+  kl.alloc(pages * Hkv * P * R * 2, 1, 11), vl.alloc(pages * Hkv * P * R * 2, 1, 12);
+  kb.alloc(size_t(Hkv) * D * R * 2, 1, 13);
+  const size_t nvb = size_t(Hkv) * D * R, ncoarse = size_t(tiles) * D, nfine = 16 * D,
+               nq = size_t(B) * Hq * D;
+  for (auto [buf, n] : {std::pair<Buffer*, size_t>{&vb, nvb},
+                        {&coarse, ncoarse},
+                        {&fine, nfine},
+                        {&q, nq},
+                        {&out, nq}}) {
+    CHECK(cudaMalloc(&buf->p, n * 4));
+    fill_float<<<256, 256>>>(static_cast<float*>(buf->p), n, -1.f, 2.f);
+  }
+  std::vector<int> ids(pages);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(42));
+  CHECK(cudaMalloc(&table.p, ids.size() * 4));
+  CHECK(cudaMemcpy(table.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  std::vector<int> seq(B, T);
+  CHECK(cudaMalloc(&lens.p, B * 4));
+  CHECK(cudaMemcpy(lens.p, seq.data(), B * 4, cudaMemcpyHostToDevice));
+  k::PaluProblem p;
+  p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.head_dim = D, p.rank = R, p.page_size = P;
+  p.max_pages_per_seq = pages_per_seq, p.seq_lens = static_cast<int*>(lens.p);
+  p.k_latent = kl.p, p.v_latent = vl.p, p.k_basis = kb.p, p.v_basis = static_cast<float*>(vb.p);
+  p.rope_coarse = static_cast<float*>(coarse.p), p.rope_tiles = tiles;
+  p.rope_fine = static_cast<float*>(fine.p), p.softmax_scale = 0.088f;
+  p.q = static_cast<float*>(q.p), p.out = static_cast<float*>(out.p);
+  p.block_table = static_cast<int*>(table.p);
+  k::PaluPlan plan;
+  CHECK(k::palu_plan(p, T, sm_count, &plan));
+  CHECK(cudaMalloc(&ws.p, plan.workspace_bytes));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  std::vector<double> us;
+  const int reps = 10;
+  for (int it = 0; it < 13; ++it) {
+    cudaEventRecord(e0, s);
+    for (int r = 0; r < reps; ++r) {
+      p.block_table =
+          static_cast<int*>(table.p) + size_t((it * reps + r) % replicas) * B * pages_per_seq;
+      CHECK(k::palu_decode(p, plan, ws.p, s));
+    }
+    cudaEventRecord(e1, s);
+    CHECK(cudaEventSynchronize(e1));
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (it >= 3) us.push_back(ms * 1e3 / reps);
+  }
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  const double t = median(us);
+  const double bytes = cache_bytes + 2.0 * B * Hq * D * 4;  // latents + fp32 q and out
+  return {t, bytes / (t * 1e-6) / 1e9, bytes, plan.splits};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -221,6 +293,20 @@ int main(int argc, char** argv) {
                        k::format_name(f), loop, B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs,
                        fp16_us / r.us, ideal, r.splits);
       }
+    for (int R : {64, 96}) {
+      Result r = time_palu(R, B, T, prop.multiProcessorCount, s);
+      const std::string name = "palu-r" + std::to_string(R);
+      const double ideal = 128.0 / R;  // fp16's 2 * 128 values per token and head over 2 * R
+      std::printf("%-9s %4s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", name.c_str(), "-", B,
+                  T, r.us, r.gbps, 100 * r.gbps / copy_gbs, fp16_us / r.us, ideal, r.splits);
+      if (jl)
+        std::fprintf(jl,
+                     "{\"format\":\"%s\",\"loop\":\"-\",\"batch\":%d,\"context\":%d,"
+                     "\"us_per_step\":%.3f,\"bytes\":%.0f,\"gbps\":%.1f,\"copy_fraction\":%.4f,"
+                     "\"speedup_vs_fp16\":%.3f,\"ideal_ratio\":%.3f,\"splits\":%d}\n",
+                     name.c_str(), B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs, fp16_us / r.us,
+                     ideal, r.splits);
+    }
   }
   if (jl) std::fclose(jl);
   return 0;
