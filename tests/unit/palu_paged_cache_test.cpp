@@ -162,6 +162,51 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values("cpu", "cuda", "emulated")),
     [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
+// A packed batch of sequences at different lengths: prefills together, decode steps of the
+// whole batch in one call (one kernel launch on the kernel path), a mixed step; each
+// sequence's rows equal what the reference cache gives it alone (positions per sequence,
+// block-table rows, lengths).
+TEST(PaluPagedBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
+  const nlohmann::json method = resolve_method({{"name", "palu"}, {"rank", 96}}, "m");
+  auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+      testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+  for (const bool kernel_path : {false, true}) {
+    PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                         nullptr, kernel_path);
+    auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+    auto gen = at::detail::createCPUGenerator(37);
+    const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
+                                       paged.add_sequence()};
+    for (int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
+    std::vector<std::vector<int64_t>> steps = {{50, 7, 33}};
+    for (int i = 0; i < 12; ++i) steps.push_back({1, 1, 1});
+    steps.push_back({1, 20, 1});
+    steps.push_back({1, 1, 1});
+    for (const std::vector<int64_t>& counts : steps)
+      for (int64_t layer = 0; layer < kLayers; ++layer) {
+        std::vector<Block> blocks;
+        std::vector<at::Tensor> q, k, v;
+        for (int64_t n : counts) {
+          blocks.push_back(random_block(n, gen));
+          q.push_back(blocks.back().q.transpose(0, 1));
+          k.push_back(blocks.back().k.transpose(0, 1));
+          v.push_back(blocks.back().v.transpose(0, 1));
+        }
+        const at::Tensor got =
+            paged.append_and_attend_batch(layer, seqs, counts, at::cat(q), at::cat(k), at::cat(v));
+        for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
+          const Block& x = blocks[b];
+          const at::Tensor want = ref->append_and_attend(seqs[b], layer, x.q, x.k, x.v);
+          const at::Tensor mine = got.narrow(0, int64_t(row), counts[b]).transpose(0, 1);
+          const double rel = ((mine - want).norm() / want.norm()).item<double>();
+          ASSERT_LT(rel, kernel_path ? 3e-3 : 2e-5)
+              << "sequence " << b << " at " << paged.length(seqs[b]) << " tokens, " << counts[b]
+              << " new, layer " << layer << (kernel_path ? " (kernel path)" : "");
+        }
+      }
+  }
+}
+
 // At full rank the basis is square and orthonormal: the latent pages hold the pre-RoPE keys in
 // another basis, and the cache attends as the fp16 cache does up to the rounding of the latents
 // (instead of the keys) to fp16 — on the CPU path and on the kernel path.
