@@ -48,9 +48,12 @@ constexpr float kLog2e = 1.4426950408889634f;
 // bytes fall in distinct banks).
 template <int D, int R>
 struct Smem {
-  static constexpr int kStride = R + 8;                              // 16-bit elements per row
-  static constexpr size_t kBasis = size_t(D) * kStride * 2;          // L [D][R]
-  static constexpr size_t kFine = size_t(kTile) * D * 4;             // RoPE offsets 0..15
+  static constexpr int kStride = R + 8;                      // 16-bit elements per row
+  static constexpr size_t kBasis = size_t(D) * kStride * 2;  // L [D][R]
+  // RoPE offsets 0..15, rows padded by 8 floats: the four lanes of a row read the same
+  // offset at neighbouring channels, which a pitch of D floats would put in one bank.
+  static constexpr int kFinePitch = D + 8;
+  static constexpr size_t kFine = size_t(kTile) * kFinePitch * 4;
   static constexpr size_t kTileBytes = size_t(kTile) * kStride * 2;  // one latent tile
   static constexpr size_t kWarpStage = 4 * kTileBytes;               // 2 stages x (K, V)
   static constexpr size_t kTotal = kBasis + kFine + kWarps * kWarpStage;
@@ -89,7 +92,8 @@ __global__ void __launch_bounds__(kThreads)
     *reinterpret_cast<uint4*>(basis + row * S::kStride + col) =
         __ldg(reinterpret_cast<const uint4*>(lk + size_t(row) * R + col));
   }
-  for (int i = threadIdx.x; i < kTile * D; i += kThreads) fine[i] = __ldg(p.rope_fine + i);
+  for (int i = threadIdx.x; i < kTile * D; i += kThreads)
+    fine[(i / D) * S::kFinePitch + i % D] = __ldg(p.rope_fine + i);
 
   // Query fragments: head g of the group (zero beyond it), channels in natural order.
   uint32_t qf[D / 16][2];
@@ -169,7 +173,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) {  // (token g, i), (g, i+1), (g+8, i), (g+8, i+1)
         const int off = g + 8 * (e >> 1), ii = i + (e & 1);
         const float chv = (e & 1) ? ch.y : ch.x, shv = (e & 1) ? sh.y : sh.x;
-        const float cl = fine[off * D + ii], sl = fine[off * D + D / 2 + ii];
+        const float cl = fine[off * S::kFinePitch + ii],
+                    sl = fine[off * S::kFinePitch + D / 2 + ii];
         const float c = fmaf(chv, cl, -shv * sl), s = fmaf(shv, cl, chv * sl);
         const float x1 = acc[nt][e], x2 = acc[nt + D / 16][e];
         acc[nt][e] = fmaf(x1, c, -x2 * s);

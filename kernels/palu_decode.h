@@ -131,6 +131,14 @@ inline const char* palu_check(const PaluProblem& p) {
   if (!p.block_table || !p.seq_lens || !p.k_latent || !p.v_latent || !p.k_basis || !p.v_basis ||
       !p.rope_coarse || !p.rope_fine || !p.q || !p.out)
     return "a required pointer is null";
+  // The kernel reads latents and the key basis 16 bytes at a time, the coarse table 8.
+  if ((reinterpret_cast<uintptr_t>(p.k_latent) | reinterpret_cast<uintptr_t>(p.v_latent) |
+       reinterpret_cast<uintptr_t>(p.k_basis)) %
+          16 !=
+      0)
+    return "latent pools and key basis must be 16-byte aligned";
+  if (reinterpret_cast<uintptr_t>(p.rope_coarse) % 8 != 0)
+    return "the coarse RoPE table must be 8-byte aligned";
   return "";
 }
 

@@ -19,7 +19,9 @@ struct PaluPlan {
   size_t workspace_bytes = 0;  // split partials: (max, sum, rank latent sums) per query head
 };
 
-// cudaErrorInvalidValue when the problem is invalid (palu_check() says why).
+// cudaErrorInvalidValue when the problem is invalid (palu_check() says why) or the RoPE tables
+// do not cover max_len. max_len must be >= every seq_lens entry: the splits cover that many
+// tokens, and a longer sequence's last tiles would be left out.
 cudaError_t palu_plan(const PaluProblem& problem, int max_len, int sm_count, PaluPlan* plan);
 cudaError_t palu_decode(const PaluProblem& problem, const PaluPlan& plan, void* workspace,
                         cudaStream_t stream);
