@@ -94,6 +94,40 @@ double copy_bandwidth(cudaStream_t s) {
   return median(gbs);
 }
 
+// Block tables of a shuffled page pool (as a paged allocator leaves it after some churn),
+// `pages` entries, and B sequence lengths of T tokens.
+void upload_tables(Buffer& table, Buffer& lens, size_t pages, int B, int T) {
+  std::vector<int> ids(pages);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(42));
+  CHECK(cudaMalloc(&table.p, ids.size() * 4));
+  CHECK(cudaMemcpy(table.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+  std::vector<int> seq(B, T);
+  CHECK(cudaMalloc(&lens.p, B * 4));
+  CHECK(cudaMemcpy(lens.p, seq.data(), B * 4, cudaMemcpyHostToDevice));
+}
+
+// Median microseconds per step: 10 launches per timed round (step i rotates the replicas),
+// 10 rounds after 3 warm-up rounds, CUDA events on stream s.
+template <class Launch>
+double time_steps(cudaStream_t s, Launch launch) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  std::vector<double> us;
+  const int reps = 10;
+  for (int it = 0; it < 13; ++it) {
+    cudaEventRecord(e0, s);
+    for (int r = 0; r < reps; ++r) launch(it * reps + r);
+    cudaEventRecord(e1, s);
+    CHECK(cudaEventSynchronize(e1));
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (it >= 3) us.push_back(ms * 1e3 / reps);
+  }
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  return median(us);
+}
+
 struct Result {
   double us, gbps, bytes;
   int splits;
@@ -123,15 +157,7 @@ Result time_format(KvFormat f, int B, int T, int sm_count, bool multi_tile, cuda
   CHECK(cudaMemcpy(vs.p, scales.data(), scales.size() * 4, cudaMemcpyHostToDevice));
   q.alloc(size_t(B) * Hq * D * 2, 1, 7);
   out.alloc(size_t(B) * Hq * D * 2, 0, 8);
-  // Block tables: a shuffled page pool, as a paged allocator leaves it after some churn.
-  std::vector<int> ids(pages);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), std::mt19937(42));
-  CHECK(cudaMalloc(&table.p, ids.size() * 4));
-  CHECK(cudaMemcpy(table.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
-  std::vector<int> seq(B, T);
-  CHECK(cudaMalloc(&lens.p, B * 4));
-  CHECK(cudaMemcpy(lens.p, seq.data(), B * 4, cudaMemcpyHostToDevice));
+  upload_tables(table, lens, pages, B, T);
 
   k::DecodeProblem pr;
   pr.batch = B, pr.q_heads = Hq, pr.kv_heads = Hkv, pr.head_dim = D;
@@ -149,25 +175,10 @@ Result time_format(KvFormat f, int B, int T, int sm_count, bool multi_tile, cuda
   CHECK(k::decode_plan(pr, kv, sm_count, 0, &plan));
   if (plan.workspace_bytes) CHECK(cudaMalloc(&ws.p, plan.workspace_bytes));
 
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0), cudaEventCreate(&e1);
-  std::vector<double> us;
-  const int reps = 10;
-  for (int it = 0; it < 13; ++it) {
-    cudaEventRecord(e0, s);
-    for (int r = 0; r < reps; ++r) {
-      pr.block_table =
-          static_cast<int*>(table.p) + size_t((it * reps + r) % replicas) * B * pages_per_seq;
-      CHECK(k::decode_attention(pr, kv, plan, ws.p, s));
-    }
-    cudaEventRecord(e1, s);
-    CHECK(cudaEventSynchronize(e1));
-    float ms;
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (it >= 3) us.push_back(ms * 1e3 / reps);
-  }
-  cudaEventDestroy(e0), cudaEventDestroy(e1);
-  const double t = median(us);
+  const double t = time_steps(s, [&](int step) {
+    pr.block_table = static_cast<int*>(table.p) + size_t(step % replicas) * B * pages_per_seq;
+    CHECK(k::decode_attention(pr, kv, plan, ws.p, s));
+  });
   // Bytes a step must read: the cache (codes + meta; for KIVI the window rings too) + q + out.
   double bytes = cache_bytes + 2.0 * B * Hq * D * 2;
   if (kivi) bytes += 2.0 * B * Hkv * std::min(T, R) * D * 2;
@@ -196,14 +207,7 @@ Result time_palu(int R, int B, int T, int sm_count, cudaStream_t s) {
     CHECK(cudaMalloc(&buf->p, n * 4));
     fill_float<<<256, 256>>>(static_cast<float*>(buf->p), n, -1.f, 2.f);
   }
-  std::vector<int> ids(pages);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), std::mt19937(42));
-  CHECK(cudaMalloc(&table.p, ids.size() * 4));
-  CHECK(cudaMemcpy(table.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
-  std::vector<int> seq(B, T);
-  CHECK(cudaMalloc(&lens.p, B * 4));
-  CHECK(cudaMemcpy(lens.p, seq.data(), B * 4, cudaMemcpyHostToDevice));
+  upload_tables(table, lens, pages, B, T);
   k::PaluProblem p;
   p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.head_dim = D, p.rank = R, p.page_size = P;
   p.max_pages_per_seq = pages_per_seq, p.seq_lens = static_cast<int*>(lens.p);
@@ -215,25 +219,10 @@ Result time_palu(int R, int B, int T, int sm_count, cudaStream_t s) {
   k::PaluPlan plan;
   CHECK(k::palu_plan(p, T, sm_count, &plan));
   CHECK(cudaMalloc(&ws.p, plan.workspace_bytes));
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0), cudaEventCreate(&e1);
-  std::vector<double> us;
-  const int reps = 10;
-  for (int it = 0; it < 13; ++it) {
-    cudaEventRecord(e0, s);
-    for (int r = 0; r < reps; ++r) {
-      p.block_table =
-          static_cast<int*>(table.p) + size_t((it * reps + r) % replicas) * B * pages_per_seq;
-      CHECK(k::palu_decode(p, plan, ws.p, s));
-    }
-    cudaEventRecord(e1, s);
-    CHECK(cudaEventSynchronize(e1));
-    float ms;
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (it >= 3) us.push_back(ms * 1e3 / reps);
-  }
-  cudaEventDestroy(e0), cudaEventDestroy(e1);
-  const double t = median(us);
+  const double t = time_steps(s, [&](int step) {
+    p.block_table = static_cast<int*>(table.p) + size_t(step % replicas) * B * pages_per_seq;
+    CHECK(k::palu_decode(p, plan, ws.p, s));
+  });
   const double bytes = cache_bytes + 2.0 * B * Hq * D * 4;  // latents + fp32 q and out
   return {t, bytes / (t * 1e-6) / 1e9, bytes, plan.splits};
 }
