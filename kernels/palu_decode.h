@@ -13,8 +13,9 @@
 // The key basis is 16-bit (it is a tensor-core operand), the value basis fp32 (the projection
 // runs once per query head, on CUDA cores).
 //
-// RoPE's cos and sin of t * inv_freq[i] come from two tables computed in float64 on the host
-// and rounded to fp32: a coarse one per 16-token tile (angle of 16 * (t / 16)) and a fine one
+// RoPE's cos and sin of t * inv_freq[i] come from two tables computed in float64 and rounded
+// to fp32 (palu_rope_tables() below; PaluPagedCache builds the same with ATen ops where its
+// pools are): a coarse one per 16-token tile (angle of 16 * (t / 16)) and a fine one
 // for the offsets 0..15 in the tile, composed by the angle-addition formulas in fp32. Small
 // enough to stay in cache at 128k tokens (4 MB coarse), where a table per position would not.
 //

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <tuple>
 
 #include "kvbench/core/error.h"
 #include "kvbench/model/rope.h"
@@ -59,7 +60,7 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
       kernel_path_(device.is_cuda() || kernel_path_on_cpu),
       latent_(latent_format(latent_dtype), num_layers, num_kv_heads, rank_, capacity, device,
               nullptr, kernel_path_on_cpu) {
-  inv_freq_ = codec_->rope_inv_freq().to(at::kDouble).contiguous();
+  inv_freq_ = codec_->rope_inv_freq().to(latent_.device(), at::kDouble).contiguous();
   KVB_CHECK(inv_freq_.numel() == head_dim_ / 2, "palu paged cache: RoPE frequencies for head_dim ",
             2 * inv_freq_.numel(), ", the cache has ", head_dim_);
   const auto where = at::TensorOptions().dtype(at::kFloat).device(device);
@@ -72,7 +73,7 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
                   b.key.size(2) == rank_ && b.value.sizes() == b.key.sizes(),
               "palu paged cache: bases of layer ", l, " have shape ", b.key.sizes(), ", expected [",
               num_kv_heads_, ", ", head_dim_, ", ", rank_, "]");
-    b.key16 = b.key.to(latent_dtype_).contiguous();
+    if (kernel_path_) b.key16 = b.key.to(latent_dtype_).contiguous();  // the kernel's operand
     bases_.push_back(std::move(b));
   }
 }
@@ -91,9 +92,12 @@ at::Tensor PaluPagedCache::latents(const at::Tensor& x, const at::Tensor& basis,
 std::pair<at::Tensor, at::Tensor> PaluPagedCache::rope_rows(int64_t tokens) {
   const int64_t have = rope_cos_.defined() ? rope_cos_.size(0) : 0;
   if (tokens > have) {
-    const int64_t grown = std::max<int64_t>({tokens, 2 * have, 256});
-    const auto [cos, sin] = rope_cos_sin(at::arange(grown, at::kLong), inv_freq_);
-    rope_cos_ = cos.to(latent_.device()), rope_sin_ = sin.to(latent_.device());
+    // Built where the pools are (no host work, no copy that waits for the device), with
+    // headroom so that a decode step after a prefill rarely grows it.
+    const int64_t grown = std::max<int64_t>({tokens + tokens / 4, 2 * have, 256});
+    std::tie(rope_cos_, rope_sin_) = rope_cos_sin(
+        at::arange(grown, at::TensorOptions().dtype(at::kLong).device(latent_.device())),
+        inv_freq_);
   }
   return {rope_cos_, rope_sin_};
 }
@@ -126,12 +130,16 @@ std::pair<at::Tensor, at::Tensor> PaluPagedCache::reconstruct(const PagedKVCache
 void PaluPagedCache::cover(int64_t tokens) {
   const int64_t tiles = (tokens + kernels::kPaluTile - 1) / kernels::kPaluTile;
   if (tiles <= rope_tiles_) return;
-  const int64_t grown = std::max<int64_t>({tiles, 2 * rope_tiles_, 64});
-  at::Tensor coarse = at::empty({grown, 2, head_dim_ / 2}, at::kFloat);
-  at::Tensor fine = at::empty({kernels::kPaluTile, 2, head_dim_ / 2}, at::kFloat);
-  kernels::palu_rope_tables(inv_freq_.data_ptr<double>(), int(head_dim_), int(grown),
-                            coarse.data_ptr<float>(), fine.data_ptr<float>());
-  rope_coarse_ = coarse.to(latent_.device()), rope_fine_ = fine.to(latent_.device());
+  const int64_t grown = std::max<int64_t>({tiles + tiles / 4, 2 * rope_tiles_, 64});
+  // palu_rope_tables' layout, built where the pools are: [rows, 2, head_dim / 2], cos then sin
+  // of position * inv_freq in float64, rounded to fp32.
+  auto table = [&](const at::Tensor& positions) {
+    const at::Tensor angles = at::outer(positions.to(at::kDouble), inv_freq_);
+    return at::stack({angles.cos(), angles.sin()}, 1).to(at::kFloat).contiguous();
+  };
+  const auto longs = at::TensorOptions().dtype(at::kLong).device(latent_.device());
+  rope_coarse_ = table(at::arange(grown, longs) * kernels::kPaluTile);
+  rope_fine_ = table(at::arange(kernels::kPaluTile, longs));
   rope_tiles_ = grown;
 }
 
@@ -167,6 +175,9 @@ at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vec
   check_batch_block(layer, int64_t(bases_.size()), q, k, v, num_kv_heads_, head_dim_);
   KVB_CHECK(seqs.size() == counts.size(), "paged cache: ", seqs.size(), " sequences, ",
             counts.size(), " counts");
+  KVB_CHECK(!kernel_path_ || q.size(1) / num_kv_heads_ <= kernels::kPaluMaxQPerKv,
+            "paged cache: palu on the GPU path takes at most ", kernels::kPaluMaxQPerKv,
+            " query heads per KV head; the model has ", q.size(1) / num_kv_heads_);
   const Bases& b = bases_[size_t(layer)];
   // Each new key's position: its sequence's length before it, onwards.
   std::vector<int64_t> positions;
@@ -197,14 +208,22 @@ at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vec
 StorageBytes PaluPagedCache::storage() const {
   StorageBytes s = latent_.storage();
   s += codec_->shared_bytes();
-  for (const Bases& b : bases_) s.metadata += b.key16.numel() * b.key16.element_size();
+  s.metadata += key16_bytes();
   return s;
 }
 
 StorageBytes PaluPagedCache::nominal() const {
   StorageBytes s = latent_.nominal();
   s += codec_->shared_nominal();
+  s.metadata += key16_bytes();
   return s;
+}
+
+uint64_t PaluPagedCache::key16_bytes() const {
+  uint64_t bytes = 0;
+  for (const Bases& b : bases_)
+    if (b.key16.defined()) bytes += uint64_t(b.key16.numel() * b.key16.element_size());
+  return bytes;
 }
 
 }  // namespace kvbench

@@ -46,9 +46,10 @@ class PaluPagedCache final : public KVCache {
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
   std::vector<int64_t> kept_tokens(int64_t seq) const override { return latent_.kept_tokens(seq); }
-  // The latent pages plus the bases (once per cache, as the codec counts them).
+  // The latent pages plus the bases (once per cache, as the codec counts them, and on the
+  // kernel path the key basis again in 16-bit).
   StorageBytes storage() const override;
-  // The pages' bytes per token (no positions: they are the slots) plus the bases.
+  // The pages' bytes per token (no positions: they are the slots) plus the bases, as storage().
   StorageBytes nominal() const override;
   at::Device device() const override { return latent_.device(); }
 
@@ -58,7 +59,7 @@ class PaluPagedCache final : public KVCache {
  private:
   struct Bases {
     at::Tensor key, value;  // [kv_heads, head_dim, r] fp32, where the pools are
-    at::Tensor key16;       // the key basis in the latents' dtype (the kernel's operand)
+    at::Tensor key16;       // the key basis in the latents' dtype (the kernel path's operand)
   };
   // [n, kv_heads, head_dim] keys with RoPE at `positions` ([n] int64) -> pre-RoPE latents
   // [n, kv_heads, r] (values: positions undefined).
@@ -66,6 +67,8 @@ class PaluPagedCache final : public KVCache {
   // Keys (rotated) and values of tokens [0, tokens) of batch row b: [kv_heads, tokens, head_dim].
   std::pair<at::Tensor, at::Tensor> reconstruct(const PagedKVCache::StepPages& pages, int64_t b,
                                                 const Bases& bases, int64_t tokens);
+  // Bytes of the 16-bit key bases (kernel path only).
+  uint64_t key16_bytes() const;
   // The decode kernel (or its host reference) for a batch of single tokens.
   at::Tensor decode(const PagedKVCache::StepPages& pages, const Bases& bases, const at::Tensor& q);
   // The kernel's RoPE tables covering `tokens` positions (grown by doubling), where the pools
@@ -82,7 +85,7 @@ class PaluPagedCache final : public KVCache {
   at::ScalarType latent_dtype_;
   int64_t num_kv_heads_, head_dim_, rank_;
   bool kernel_path_;
-  at::Tensor inv_freq_;  // [head_dim / 2] float64 (host)
+  at::Tensor inv_freq_;  // [head_dim / 2] float64, where the pools are
   std::vector<Bases> bases_;
   int64_t rope_tiles_ = 0;
   at::Tensor rope_coarse_, rope_fine_;  // palu_decode.h's tables, where the pools are
