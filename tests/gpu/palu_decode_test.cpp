@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <ostream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -25,6 +26,13 @@ struct Shape {
   int kv, per, d, r;
   bool bf16;
 };
+
+std::string shape_name(const Shape& s) {
+  return "d" + std::to_string(s.d) + "_r" + std::to_string(s.r) + "_h" + std::to_string(s.kv) +
+         "x" + std::to_string(s.per) + (s.bf16 ? "_bf16" : "_fp16");
+}
+// gtest prints parameters; the struct's padding bytes would show as noise.
+void PrintTo(const Shape& s, std::ostream* os) { *os << shape_name(s); }
 
 class PaluDecodeGpuTest : public ::testing::TestWithParam<Shape> {};
 
@@ -74,12 +82,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PaluDecodeGpuTest,
                          ::testing::Values(Shape{8, 4, 128, 96, false},
                                            Shape{8, 4, 128, 128, false}, Shape{2, 8, 128, 32, true},
                                            Shape{4, 2, 64, 64, false}, Shape{2, 1, 64, 96, true}),
-                         [](const auto& i) {
-                           const Shape& s = i.param;
-                           return "d" + std::to_string(s.d) + "_r" + std::to_string(s.r) + "_h" +
-                                  std::to_string(s.kv) + "x" + std::to_string(s.per) +
-                                  (s.bf16 ? "_bf16" : "_fp16");
-                         });
+                         [](const auto& i) { return shape_name(i.param); });
 
 TEST(PaluDecodeGpuErrorsTest, RejectsBadProblems) {
   const PaluCase c = palu_case(2, 4, 64, 32, false, {40}, 1);
