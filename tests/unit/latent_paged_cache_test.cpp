@@ -11,6 +11,7 @@
 #include <string>
 #include <tuple>
 
+#include "cache_compare.h"
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/latent_paged_cache.h"
@@ -23,9 +24,7 @@ namespace {
 
 constexpr int64_t kLayers = 2, kKvHeads = 2, kHeads = 4, kDim = 64;
 
-struct Block {
-  at::Tensor q, k, v;
-};
+using testing_support::Block;
 // Keys with a few large channels (as real keys have), fp16-rounded like the model hands them.
 Block random_block(int64_t n, at::Generator& gen) {
   at::Tensor scale = at::ones({kDim});
@@ -70,26 +69,11 @@ Caches param_caches(const std::tuple<const char*, const char*>& param) {
 // block; every output compared.
 void run_steps(KVCache& paged, KVCache& ref, double tolerance, int64_t first_prefill,
                const std::function<void(int64_t seq)>& after_step = {}) {
-  auto gen = at::detail::createCPUGenerator(29);
-  const int64_t a = paged.add_sequence(), b = paged.add_sequence();
-  ASSERT_EQ(ref.add_sequence(), a);
-  ASSERT_EQ(ref.add_sequence(), b);
-  std::vector<std::pair<int64_t, int64_t>> steps = {{a, first_prefill}, {b, 7}};
-  for (int i = 0; i < 40; ++i) steps.insert(steps.end(), {{a, 1}, {b, 1}});
-  steps.push_back({b, 45});
-  for (const auto& [seq, n] : steps) {
-    for (int64_t layer = 0; layer < kLayers; ++layer) {
-      const Block x = random_block(n, gen);
-      const at::Tensor got = paged.append_and_attend(seq, layer, x.q, x.k, x.v);
-      const at::Tensor want = ref.append_and_attend(seq, layer, x.q, x.k, x.v);
-      ASSERT_EQ(got.sizes(), want.sizes());
-      ASSERT_EQ(got.device(), x.q.device());
-      const double rel = ((got - want).norm() / want.norm()).item<double>();
-      ASSERT_LT(rel, tolerance) << "sequence " << seq << " at " << paged.length(seq) << " tokens, "
-                                << n << " new, layer " << layer;
-    }
-    if (after_step) after_step(seq);
-  }
+  std::vector<std::pair<int, int64_t>> steps = {{0, first_prefill}, {1, 7}};
+  for (int i = 0; i < 40; ++i) steps.insert(steps.end(), {{0, 1}, {1, 1}});
+  steps.push_back({1, 45});
+  testing_support::compare_steps(paged, ref, kLayers, tolerance, 2, steps, random_block, 29,
+                                 after_step);
 }
 
 // (method entry, device): on cuda the latent pages live on the GPU and the paged decode

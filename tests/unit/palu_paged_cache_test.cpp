@@ -16,6 +16,7 @@
 #include <string>
 #include <tuple>
 
+#include "cache_compare.h"
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
@@ -66,9 +67,7 @@ TEST(PaluDecodeHostTest, RejectsWhatTheKernelCannotTake) {
 
 constexpr int64_t kLayers = 2, kKvHeads = 2, kHeads = 8, kDim = 128;
 
-struct Block {
-  at::Tensor q, k, v;
-};
+using testing_support::Block;
 // Keys with a few large channels (as real keys have), fp16-rounded like the model hands them.
 Block random_block(int64_t n, at::Generator& gen) {
   at::Tensor scale = at::ones({kDim});
@@ -82,26 +81,11 @@ Block random_block(int64_t n, at::Generator& gen) {
 // Two interleaved sequences: prefills around the page size, decode steps across pages and
 // tiles, a late block; every output compared.
 void run_steps(KVCache& paged, KVCache& ref, double tolerance) {
-  auto gen = at::detail::createCPUGenerator(31);
-  const int64_t a = paged.add_sequence(), b = paged.add_sequence();
-  ASSERT_EQ(ref.add_sequence(), a);
-  ASSERT_EQ(ref.add_sequence(), b);
-  std::vector<std::pair<int64_t, int64_t>> steps = {{a, 45}, {b, 7}};
-  for (int i = 0; i < 30; ++i) steps.insert(steps.end(), {{a, 1}, {b, 1}});
-  steps.push_back({b, 40});
-  steps.push_back({a, 1});
-  for (const auto& [seq, n] : steps) {
-    for (int64_t layer = 0; layer < kLayers; ++layer) {
-      const Block x = random_block(n, gen);
-      const at::Tensor got = paged.append_and_attend(seq, layer, x.q, x.k, x.v);
-      const at::Tensor want = ref.append_and_attend(seq, layer, x.q, x.k, x.v);
-      ASSERT_EQ(got.sizes(), want.sizes());
-      ASSERT_EQ(got.device(), x.q.device());
-      const double rel = ((got - want).norm() / want.norm()).item<double>();
-      ASSERT_LT(rel, tolerance) << "sequence " << seq << " at " << paged.length(seq) << " tokens, "
-                                << n << " new, layer " << layer;
-    }
-  }
+  std::vector<std::pair<int, int64_t>> steps = {{0, 45}, {1, 7}};
+  for (int i = 0; i < 30; ++i) steps.insert(steps.end(), {{0, 1}, {1, 1}});
+  steps.push_back({1, 40});
+  steps.push_back({0, 1});
+  testing_support::compare_steps(paged, ref, kLayers, tolerance, 2, steps, random_block, 31);
 }
 
 struct Caches {
