@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int n = 0; n < R / 8; n += 2) {
       uint32_t bb[4];
-      mma::ldmatrix_x4_trans(
+      mma::ldmatrix_x4<true>(
           bb, hv + (lane % 8 + ((lane / 8) % 2) * 8) * S::kStride + 8 * n + (lane / 16) * 8);
       o[n][0] *= alpha, o[n][1] *= alpha, o[n + 1][0] *= alpha, o[n + 1][1] *= alpha;
       mma16816<kBf16>(o[n], pa, bb[0], bb[1]);
@@ -298,9 +299,19 @@ template <int D, int R, bool kBf16>
 cudaError_t launch(const PaluProblem& p, const PaluPlan& plan, int tiles_per_split, float* ws,
                    cudaStream_t stream) {
   constexpr size_t kSmem = Smem<D, R>::kTotal;
-  cudaError_t err = cudaFuncSetAttribute(palu_kernel<D, R, kBf16>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
+  // More than 48 KB of dynamic shared memory needs an opt-in per device: asked once per device
+  // (bit d of `configured`), not on every decode step.
+  static std::atomic<uint64_t> configured{0};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (!(configured.load(std::memory_order_relaxed) & bit)) {
+    err = cudaFuncSetAttribute(palu_kernel<D, R, kBf16>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
+    if (err != cudaSuccess) return err;
+    configured.fetch_or(bit, std::memory_order_relaxed);
+  }
   palu_kernel<D, R, kBf16><<<dim3(plan.splits, p.kv_heads, p.batch), kThreads, kSmem, stream>>>(
       p, tiles_per_split, plan.splits, ws);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;

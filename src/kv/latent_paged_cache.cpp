@@ -39,14 +39,14 @@ LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
                                    int64_t num_kv_heads, int64_t head_dim, PagedCapacity capacity,
                                    at::Device device, std::shared_ptr<const RetentionPolicy> policy,
                                    bool kernel_path_on_cpu)
-    : codec_(std::move(codec)),
+    : LatentPagesCache(
+          codec, checked_rank(codec, coef_dtype, num_kv_heads, head_dim, device),
+          paged_format_for({{"name", coef_dtype == at::kHalf ? "fp16" : "bf16"}}, coef_dtype),
+          num_layers, num_kv_heads / (codec ? codec->group() : 1), capacity, device,
+          std::move(policy), kernel_path_on_cpu),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
-      group_(codec_ ? codec_->group() : 1),
-      rank_(checked_rank(codec_, coef_dtype, num_kv_heads, head_dim, device)),
-      latent_(paged_format_for({{"name", coef_dtype == at::kHalf ? "fp16" : "bf16"}}, coef_dtype),
-              num_layers, num_kv_heads / group_, rank_, capacity, device, std::move(policy),
-              kernel_path_on_cpu) {
+      group_(codec_->group()) {
   const int64_t groups = num_kv_heads_ / group_;
   // The inner cache scales scores by 1 / sqrt(r); the model's scale is 1 / sqrt(head_dim).
   const double query_scale = std::sqrt(double(rank_) / double(head_dim_));
@@ -79,11 +79,6 @@ at::Tensor LatentPagedCache::per_head(const at::Tensor& rows, const at::Tensor& 
   return at::bmm(a, m).view({kv, n, per, m.size(2)}).permute({1, 0, 2, 3});
 }
 
-at::Tensor LatentPagedCache::append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
-                                               const at::Tensor& k, const at::Tensor& v) {
-  return attend_as_batch_of_one(*this, seq, layer, q, k, v);
-}
-
 at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
                                                      const std::vector<int64_t>& seqs,
                                                      const std::vector<int64_t>& counts,
@@ -98,18 +93,6 @@ at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
       layer, seqs, counts, q_latent, coefficients(k, b.key), coefficients(v, b.value));
   const at::Tensor out_rows = out_latent.to(b.output.device()).reshape({n, num_kv_heads_, per, -1});
   return per_head(out_rows, b.output).reshape({n, heads, head_dim_}).to(q.device());
-}
-
-StorageBytes LatentPagedCache::storage() const {
-  StorageBytes b = latent_.storage();
-  b += codec_->shared_bytes();
-  return b;
-}
-
-StorageBytes LatentPagedCache::nominal() const {
-  StorageBytes b = latent_.nominal();
-  b += codec_->shared_nominal();
-  return b;
 }
 
 }  // namespace kvbench

@@ -52,14 +52,15 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
                                int64_t num_kv_heads, int64_t head_dim, PagedCapacity capacity,
                                at::Device device, std::shared_ptr<const RetentionPolicy> policy,
                                bool kernel_path_on_cpu)
-    : codec_(std::move(codec)),
+    : LatentPagesCache(
+          codec,
+          checked_rank(codec, head_dim, device.is_cuda() || kernel_path_on_cpu, policy.get()),
+          latent_format(latent_dtype), num_layers, num_kv_heads, capacity, device, nullptr,
+          kernel_path_on_cpu),
       latent_dtype_(latent_dtype),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
-      rank_(checked_rank(codec_, head_dim, device.is_cuda() || kernel_path_on_cpu, policy.get())),
-      kernel_path_(device.is_cuda() || kernel_path_on_cpu),
-      latent_(latent_format(latent_dtype), num_layers, num_kv_heads, rank_, capacity, device,
-              nullptr, kernel_path_on_cpu) {
+      kernel_path_(device.is_cuda() || kernel_path_on_cpu) {
   inv_freq_ = codec_->rope_inv_freq().to(latent_.device(), at::kDouble).contiguous();
   KVB_CHECK(inv_freq_.numel() == head_dim_ / 2, "palu paged cache: RoPE frequencies for head_dim ",
             2 * inv_freq_.numel(), ", the cache has ", head_dim_);
@@ -163,11 +164,6 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
   return out;
 }
 
-at::Tensor PaluPagedCache::append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
-                                             const at::Tensor& k, const at::Tensor& v) {
-  return attend_as_batch_of_one(*this, seq, layer, q, k, v);
-}
-
 at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
                                                    const std::vector<int64_t>& counts,
                                                    const at::Tensor& q, const at::Tensor& k,
@@ -205,21 +201,7 @@ at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vec
   return at::cat(parts, 0).to(q.device());
 }
 
-StorageBytes PaluPagedCache::storage() const {
-  StorageBytes s = latent_.storage();
-  s += codec_->shared_bytes();
-  s.metadata += key16_bytes();
-  return s;
-}
-
-StorageBytes PaluPagedCache::nominal() const {
-  StorageBytes s = latent_.nominal();
-  s += codec_->shared_nominal();
-  s.metadata += key16_bytes();
-  return s;
-}
-
-uint64_t PaluPagedCache::key16_bytes() const {
+uint64_t PaluPagedCache::extra_metadata() const {
   uint64_t bytes = 0;
   for (const Bases& b : bases_)
     if (b.key16.defined()) bytes += uint64_t(b.key16.numel() * b.key16.element_size());

@@ -22,13 +22,11 @@
 #include <memory>
 #include <vector>
 
-#include "kvbench/kv/kv_cache.h"
-#include "kvbench/kv/lowrank_codec.h"
-#include "kvbench/kv/paged_cache.h"
+#include "kvbench/kv/latent_pages_cache.h"
 
 namespace kvbench {
 
-class LatentPagedCache final : public KVCache {
+class LatentPagedCache final : public LatentPagesCache {
  public:
   // `codec`: a prepared kvproj codec; `coef_dtype`: the coefficients' storage (kHalf or
   // kBFloat16: the paged fp16/bf16 formats). Throws Error naming what does not fit (Palu, an
@@ -39,24 +37,9 @@ class LatentPagedCache final : public KVCache {
                    std::shared_ptr<const RetentionPolicy> policy = nullptr,
                    bool kernel_path_on_cpu = false);  // tests: see PagedKVCache
 
-  int64_t add_sequence() override { return latent_.add_sequence(); }
-  void remove_sequence(int64_t seq) override { latent_.remove_sequence(seq); }
-  int64_t length(int64_t seq) const override { return latent_.length(seq); }
-  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v) override;
   at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
-  std::vector<int64_t> kept_tokens(int64_t seq) const override { return latent_.kept_tokens(seq); }
-  // The latent pages plus the bases (once per cache, as the codec counts them).
-  StorageBytes storage() const override;
-  StorageBytes nominal() const override;
-  double retention_seconds() const override { return latent_.retention_seconds(); }
-  at::Device device() const override { return latent_.device(); }
-
-  // The paged cache of coefficients ([kv_heads / g] heads of width r).
-  const PagedKVCache& latent() const { return latent_; }
-  int64_t rank() const { return rank_; }
 
  private:
   // Per layer, where the pools are, fp32.
@@ -70,10 +53,8 @@ class LatentPagedCache final : public KVCache {
   // Per KV head, rows [n, kv_heads, per, a] times `m` [kv_heads, a, b] -> [n, kv_heads, per, b].
   static at::Tensor per_head(const at::Tensor& rows, const at::Tensor& m);
 
-  std::shared_ptr<const LowRankCodec> codec_;
-  int64_t num_kv_heads_, head_dim_, group_, rank_;
+  int64_t num_kv_heads_, head_dim_, group_;
   std::vector<Bases> bases_;
-  PagedKVCache latent_;
 };
 
 }  // namespace kvbench

@@ -22,13 +22,11 @@
 #include <memory>
 #include <vector>
 
-#include "kvbench/kv/kv_cache.h"
-#include "kvbench/kv/lowrank_codec.h"
-#include "kvbench/kv/paged_cache.h"
+#include "kvbench/kv/latent_pages_cache.h"
 
 namespace kvbench {
 
-class PaluPagedCache final : public KVCache {
+class PaluPagedCache final : public LatentPagesCache {
  public:
   // `codec`: a prepared palu codec; `latent_dtype`: kHalf or kBFloat16 (the model's).
   PaluPagedCache(std::shared_ptr<const LowRankCodec> codec, at::ScalarType latent_dtype,
@@ -37,24 +35,9 @@ class PaluPagedCache final : public KVCache {
                  std::shared_ptr<const RetentionPolicy> policy = nullptr,
                  bool kernel_path_on_cpu = false);
 
-  int64_t add_sequence() override { return latent_.add_sequence(); }
-  void remove_sequence(int64_t seq) override { latent_.remove_sequence(seq); }
-  int64_t length(int64_t seq) const override { return latent_.length(seq); }
-  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v) override;
   at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
-  std::vector<int64_t> kept_tokens(int64_t seq) const override { return latent_.kept_tokens(seq); }
-  // The latent pages plus the bases (once per cache, as the codec counts them, and on the
-  // kernel path the key basis again in 16-bit).
-  StorageBytes storage() const override;
-  // The pages' bytes per token (no positions: they are the slots) plus the bases, as storage().
-  StorageBytes nominal() const override;
-  at::Device device() const override { return latent_.device(); }
-
-  const PagedKVCache& latent() const { return latent_; }
-  int64_t rank() const { return rank_; }
 
  private:
   struct Bases {
@@ -67,8 +50,9 @@ class PaluPagedCache final : public KVCache {
   // Keys (rotated) and values of tokens [0, tokens) of batch row b: [kv_heads, tokens, head_dim].
   std::pair<at::Tensor, at::Tensor> reconstruct(const PagedKVCache::StepPages& pages, int64_t b,
                                                 const Bases& bases, int64_t tokens);
-  // Bytes of the 16-bit key bases (kernel path only).
-  uint64_t key16_bytes() const;
+  // Bytes of the 16-bit key bases (kernel path only): the pages' storage and nominal bytes
+  // (no positions: they are the slots), the codec's bases, and these.
+  uint64_t extra_metadata() const override;
   // The decode kernel (or its host reference) for a batch of single tokens.
   at::Tensor decode(const PagedKVCache::StepPages& pages, const Bases& bases, const at::Tensor& q);
   // The kernel's RoPE tables covering `tokens` positions (grown by doubling), where the pools
@@ -81,9 +65,8 @@ class PaluPagedCache final : public KVCache {
   // from pinned memory, without waiting for the device), reused by its later layers.
   const at::Tensor& step_positions(const std::vector<int64_t>& positions);
 
-  std::shared_ptr<const LowRankCodec> codec_;
   at::ScalarType latent_dtype_;
-  int64_t num_kv_heads_, head_dim_, rank_;
+  int64_t num_kv_heads_, head_dim_;
   bool kernel_path_;
   at::Tensor inv_freq_;  // [head_dim / 2] float64, where the pools are
   std::vector<Bases> bases_;
@@ -92,7 +75,6 @@ class PaluPagedCache final : public KVCache {
   at::Tensor rope_cos_, rope_sin_;      // [positions, head_dim] fp32, where the pools are
   std::vector<int64_t> positions_;      // the last step's new positions, and on the device:
   at::Tensor positions_device_;
-  PagedKVCache latent_;
 };
 
 }  // namespace kvbench

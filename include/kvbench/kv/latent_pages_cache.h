@@ -1,0 +1,54 @@
+// The shell shared by the low-rank codecs' caches on the GPU path (LatentPagedCache: kvproj,
+// PaluPagedCache: Palu): a prepared codec and an inner PagedKVCache whose pages hold the
+// latents, r values per token and latent head. Sequences, lengths, kept tokens, retention time
+// and the device are the inner cache's; the bytes are the pages', plus the codec's bases (once
+// per cache), plus whatever a subclass holds besides (extra_metadata()).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <vector>
+
+#include "kvbench/kv/kv_cache.h"
+#include "kvbench/kv/lowrank_codec.h"
+#include "kvbench/kv/paged_cache.h"
+
+namespace kvbench {
+
+class LatentPagesCache : public KVCache {
+ public:
+  int64_t add_sequence() override { return latent_.add_sequence(); }
+  void remove_sequence(int64_t seq) override { latent_.remove_sequence(seq); }
+  int64_t length(int64_t seq) const override { return latent_.length(seq); }
+  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v) override {
+    return attend_as_batch_of_one(*this, seq, layer, q, k, v);
+  }
+  std::vector<int64_t> kept_tokens(int64_t seq) const override { return latent_.kept_tokens(seq); }
+  StorageBytes storage() const override;
+  StorageBytes nominal() const override;
+  double retention_seconds() const override { return latent_.retention_seconds(); }
+  at::Device device() const override { return latent_.device(); }
+
+  // The paged cache of latents (latent heads of width r).
+  const PagedKVCache& latent() const { return latent_; }
+  int64_t rank() const { return rank_; }
+
+ protected:
+  // The inner cache: `latent_heads` heads of width `rank` in `format`; the rest as
+  // PagedKVCache's constructor takes them.
+  LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, int64_t rank, PagedFormat format,
+                   int64_t num_layers, int64_t latent_heads, PagedCapacity capacity,
+                   at::Device device, std::shared_ptr<const RetentionPolicy> policy,
+                   bool kernel_path_on_cpu);
+  // Metadata bytes a subclass holds besides the pages and the codec's bases (in both
+  // storage() and nominal()).
+  virtual uint64_t extra_metadata() const { return 0; }
+
+  std::shared_ptr<const LowRankCodec> codec_;
+  int64_t rank_;
+  PagedKVCache latent_;
+};
+
+}  // namespace kvbench
