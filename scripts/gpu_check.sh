@@ -36,7 +36,7 @@ if [ "$what" = e2e ] || [ "$what" = kernels ]; then
 fi
 if [ "$what" = full ]; then
   build-cuda/tests/kvbench_tests --gtest_brief=1 \
-    --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*' 2>&1 |
+    --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*Gear*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*' 2>&1 |
     tee "$OUT/paged_tests.log" | tail -15 || rc=1
   for dev in cpu cuda; do
     build-cuda/kvbench run -c configs/paged-formats.json --set device=$dev --out "$OUT/paged-$dev" \
@@ -48,7 +48,7 @@ fi
 if [ "$what" != bench ]; then
   build-gpu/gpu_tests --gtest_brief=1 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || rc=1
   compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests --gtest_brief=1 \
-    --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*ModelOpsGpu*' >"$OUT/memcheck.log" 2>&1
+    --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*' >"$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$? ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses); tail:"; tail -3 "$OUT/memcheck.log"
 fi
 if [ "$what" != tests ]; then

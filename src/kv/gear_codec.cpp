@@ -13,11 +13,6 @@
 namespace kvbench {
 namespace {
 
-// Outliers kept on each side of a vector of `length` values.
-int64_t outliers_per_side(double ratio, int64_t length) {
-  return std::min<int64_t>(std::llround(ratio * static_cast<double>(length) / 2), length / 2);
-}
-
 // Positions of the k smallest and k largest of x[0, len) (2k <= len), in ascending order.
 // Ties break by position, so the choice is deterministic.
 void extremes(const float* x, int64_t len, int64_t k, std::vector<int32_t>& out) {
@@ -75,7 +70,7 @@ class GearStore final : public TokenStore {
         kv_heads_(kv_heads),
         d_(head_dim),
         group_(is_key ? p.group : std::min(p.group, head_dim)),
-        value_k_(is_key ? 0 : outliers_per_side(p.outlier_ratio, head_dim)),
+        value_k_(is_key ? 0 : gear_outliers_per_side(p.outlier_ratio, head_dim)),
         codes_(kv_heads, head_dim * p.bits / 8, at::kByte),
         scales_(kv_heads, scale_width(), dtype),
         mins_(kv_heads, scale_width(), dtype),
@@ -172,7 +167,7 @@ class GearStore final : public TokenStore {
     b.rank = std::min({rank, n, d});
     b.scale_row = is_key_ ? scales_.size() : b.start;
     b.outlier_row = is_key_ ? outlier_values_.size() : b.start;
-    b.k = is_key_ ? outliers_per_side(p_.outlier_ratio, n) : value_k_;
+    b.k = is_key_ ? gear_outliers_per_side(p_.outlier_ratio, n) : value_k_;
     const int64_t scale_rows = is_key_ ? (n + g - 1) / g : n;
     const int64_t outlier_rows = is_key_ ? 2 * b.k : n;
     const int64_t outlier_width = is_key_ ? d : 2 * value_k_;
@@ -241,8 +236,8 @@ class GearStore final : public TokenStore {
       outlier_index_.append(outlier_rows).copy_(index);
     }
     if (b.rank > 0) {
-      auto [q, p] = gear_low_rank(residual, b.rank, p_.power_iters,
-                                  p_.seed * 0x9E3779B97F4A7C15ull + blocks_.size());
+      auto [q, p] =
+          gear_low_rank(residual, b.rank, p_.power_iters, gear_block_seed(p_, blocks_.size()));
       b.q = q.to(dtype_).to(at::kFloat).contiguous();
       b.p = p.transpose(1, 2).to(dtype_).to(at::kFloat).contiguous();  // rows along head_dim
       // Rounding the factors to the model dtype could, for a residual the projection barely
@@ -356,6 +351,19 @@ class GearStore final : public TokenStore {
 
 }  // namespace
 
+int64_t gear_outliers_per_side(double ratio, int64_t length) {
+  return std::min<int64_t>(std::llround(ratio * static_cast<double>(length) / 2), length / 2);
+}
+
+uint64_t gear_block_seed(const GearParams& params, uint64_t block_index) {
+  return params.seed * 0x9E3779B97F4A7C15ull + block_index;
+}
+
+at::Tensor gear_random_start(int64_t batch, int64_t d, int64_t rank, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randn({batch, d, rank}, gen, at::kFloat);
+}
+
 std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, int64_t rank, int64_t iters,
                                                 uint64_t seed) {
   KVB_CHECK(e.dim() == 3 && e.scalar_type() == at::kFloat,
@@ -363,10 +371,18 @@ std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, int64_t ran
             "fp32");
   KVB_CHECK(rank >= 1 && rank <= std::min(e.size(1), e.size(2)), "gear: rank ", rank,
             " must be in [1, min(n, d)] for a ", e.size(1), " x ", e.size(2), " residual");
+  return gear_low_rank(e, gear_random_start(e.size(0), e.size(2), rank, seed).to(e.device()),
+                       iters);
+}
+
+std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, const at::Tensor& start,
+                                                int64_t iters) {
   KVB_CHECK(iters >= 1, "gear: power_iters must be >= 1, got ", iters);
-  auto gen = at::detail::createCPUGenerator(seed);
-  at::Tensor p = at::randn({e.size(0), e.size(2), rank}, gen, at::kFloat);  // [batch, d, r]
-  at::Tensor q;                                                             // [batch, n, r]
+  KVB_CHECK(start.dim() == 3 && start.size(0) == e.size(0) && start.size(1) == e.size(2) &&
+                start.size(2) >= 1 && start.size(2) <= std::min(e.size(1), e.size(2)),
+            "gear: random start ", start.sizes(), " does not fit a residual ", e.sizes());
+  at::Tensor p = start;  // [batch, d, r]
+  at::Tensor q;          // [batch, n, r]
   for (int64_t i = 0; i < iters; ++i) {
     q = std::get<0>(at::linalg_qr(at::bmm(e, p), "reduced"));
     p = at::bmm(e.transpose(1, 2), q);
@@ -426,8 +442,8 @@ StorageBytes GearCodec::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t 
           ? std::min<int64_t>({tokens > 1 ? p_.rank_prefill : p_.rank_decode, block, head_dim})
           : 0;
   const uint64_t factors = 2 * rank * (c + d) * e;  // Q and P, for K and for V
-  const uint64_t key_k = block > 0 ? outliers_per_side(p_.outlier_ratio, block) : 0;
-  const uint64_t value_k = outliers_per_side(p_.outlier_ratio, head_dim);
+  const uint64_t key_k = block > 0 ? gear_outliers_per_side(p_.outlier_ratio, block) : 0;
+  const uint64_t value_k = gear_outliers_per_side(p_.outlier_ratio, head_dim);
   const uint64_t key_meta = (c + g - 1) / g * d * 2 * e + 2 * key_k * d * (e + 4);
   const uint64_t value_meta = c * (d / value_g) * 2 * e + c * 2 * value_k * (e + 2);
   const uint64_t payload = 2 * (c * d * p_.bits / 8 + w * d * e);

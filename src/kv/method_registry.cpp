@@ -8,6 +8,7 @@
 #include "kvbench/kv/block_quant_codec.h"
 #include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/gear_block_cache.h"
 #include "kvbench/kv/gear_codec.h"
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
@@ -672,12 +673,21 @@ bool kernel_path_on_cpu() {
   return on;
 }
 
+// GEAR's presets (or a composition storing with one): its own cache on the paged path.
+bool is_gear(const nlohmann::json& method) {
+  const nlohmann::json& m = method.contains("codec") ? method["codec"] : method;
+  return m.at("name").get<std::string>().rfind("gear", 0) == 0;
+}
+
 }  // namespace
 
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
                                        const std::string& backend, const at::Tensor& rope_inv_freq,
                                        at::Device device) {
+  if (backend == "paged" && is_gear(method))
+    return make_paged_cache(method, make_codec(method, dtype), num_layers, num_kv_heads, head_dim,
+                            dtype, device);
   if (backend == "paged")
     return std::make_unique<PagedKVCache>(paged_format_for(method, dtype), num_layers, num_kv_heads,
                                           head_dim, PagedCapacity{}, device, make_policy(method),
@@ -692,6 +702,9 @@ std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
                                           std::shared_ptr<const Codec> codec, int64_t num_layers,
                                           int64_t num_kv_heads, int64_t head_dim,
                                           at::ScalarType dtype, at::Device device) {
+  if (auto gear = std::dynamic_pointer_cast<const GearCodec>(codec))
+    return std::make_unique<GearBlockCache>(std::move(gear), num_layers, num_kv_heads, head_dim,
+                                            device, make_policy(method), kernel_path_on_cpu());
   auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec);
   if (lowrank && lowrank->kind() == LowRankKind::kPalu)
     return std::make_unique<PaluPagedCache>(std::move(lowrank), dtype, num_layers, num_kv_heads,

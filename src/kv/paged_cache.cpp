@@ -28,7 +28,8 @@ const char* kPagedMethods =
     "true) and int2 (group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64), kvproj (latent pages "
     "of its "
     "coefficients: rank a multiple of 32; 64 or 128 on a GPU), palu (latent pages: group 1, rank "
-    "a multiple of 32; 32 to 128 on a GPU)";
+    "a multiple of 32; 32 to 128 on a GPU), gear, gear-4 and gear-8 (blocks read in place: model "
+    "dtype fp16 or bf16, head_dim <= 128 on a GPU)";
 
 }  // namespace
 
@@ -105,6 +106,10 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
     throw fail(
         "stores coefficients in bases fitted to the model: its pages (LatentPagedCache, "
         "PaluPagedCache) are built from the prepared codec, not a fixed format");
+  if (name.rfind("gear", 0) == 0)
+    throw fail(
+        "stores blocks whose codes span tokens: its cache (GearBlockCache) is built from the "
+        "codec, not a fixed page format");
   throw fail("has no paged format");
 }
 

@@ -14,6 +14,7 @@
 #ifdef KVBENCH_HAVE_CUDA
 #include "decode_attention.h"
 #include "device_query.h"
+#include "gear_decode_launcher.h"
 #include "kv_append_launcher.h"
 #include "kv_paged_decode_launcher.h"
 #include "palu_decode_launcher.h"
@@ -144,6 +145,16 @@ static void device_palu(const kernels::PaluProblem& problem, int64_t max_len,
         kernels::palu_check(problem));
 }
 
+static void device_gear(const kernels::GearProblem& problem, int64_t max_len,
+                        const at::Tensor& on) {
+  kernels::GearPlan plan;
+  check(kernels::gear_plan(problem, int(max_len), sm_count(on), &plan), "gear plan",
+        kernels::gear_check(problem));
+  at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, on.options().dtype(at::kByte));
+  check(kernels::gear_decode(problem, plan, workspace.data_ptr(), nullptr), "gear decode",
+        kernels::gear_check(problem));
+}
+
 #else  // built without the CUDA kernels
 
 namespace {
@@ -169,6 +180,7 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
   unavailable();
 }
 static void device_palu(const kernels::PaluProblem&, int64_t, const at::Tensor&) { unavailable(); }
+static void device_gear(const kernels::GearProblem&, int64_t, const at::Tensor&) { unavailable(); }
 
 #endif
 
@@ -233,6 +245,14 @@ void palu(const kernels::PaluProblem& problem, int64_t max_len, const at::Tensor
   KVB_CHECK(why[0] == '\0', "paged cache: host palu decode: ", why);
   std::vector<float> scratch(size_t(2 * problem.head_dim + problem.rank + max_len));
   kernels::palu_decode_host(problem, scratch.data());
+}
+
+void gear(const kernels::GearProblem& problem, int64_t max_len, const at::Tensor& on) {
+  if (on.is_cuda()) return device_gear(problem, max_len, on);
+  const char* why = kernels::gear_check(problem);
+  KVB_CHECK(why[0] == '\0', "paged cache: host gear decode: ", why);
+  std::vector<float> scratch(size_t(2 * problem.head_dim + 1) * size_t(max_len));
+  kernels::gear_decode_host(problem, scratch.data());
 }
 
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,

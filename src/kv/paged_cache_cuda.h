@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 
+#include "gear_decode.h"
 #include "kv_append.h"
 #include "palu_decode.h"
 
@@ -46,6 +47,10 @@ at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch
 // Palu's decode step (kernels/palu_decode.h) with every pointer of `problem` where `on` is:
 // the CUDA kernel on a GPU, its host reference on the CPU. `max_len` >= every sequence length.
 void palu(const kernels::PaluProblem& problem, int64_t max_len, const at::Tensor& on);
+
+// GEAR's decode step (kernels/gear_decode.h) with every pointer of `problem` where `on` is: the
+// CUDA kernel on a GPU, its host reference on the CPU. `max_len` >= every sequence length.
+void gear(const kernels::GearProblem& problem, int64_t max_len, const at::Tensor& on);
 
 // Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
 // `pages`: its block-table row (int32, on the device).

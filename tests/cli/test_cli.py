@@ -855,7 +855,7 @@ class ModelCliTest(CliCase):
                          "compute_dtype": "bfloat16"},
                "methods": [{"name": "full"}, {"name": "kivi-2"},
                            {"name": "int4", "symmetric": True}, {"name": "int4"},
-                           {"name": "int2"}, {"name": "gear"}],
+                           {"name": "int2"}, {"name": "int8", "group": 16}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16},
                           {"name": "latency", "prompt_tokens": 40, "new_tokens": 3,
@@ -867,11 +867,11 @@ class ModelCliTest(CliCase):
             self.assertEqual(report["config"]["attention"], attention)
             cells = {(c["suite"], c["method"]["name"], c["method"].get("symmetric")): c
                      for c in report["cells"]}
-            gear = cells[("fidelity", "gear", None)]
+            int8 = cells[("fidelity", "int8", None)]
             if attention == "paged":
                 self.assertEqual(res.returncode, 1, res.stderr)
-                self.assertEqual(gear["status"], "failed")
-                self.assertIn("no paged format", gear["error"])
+                self.assertEqual(int8["status"], "failed")
+                self.assertIn("group != 32", int8["error"])
             ok = [c for c in report["cells"] if c["status"] == "ok"]
             self.assertEqual(len(ok), 10 if attention == "paged" else 12, res.stdout + res.stderr)
             for name, symmetric in (("kivi-2", None), ("int4", False), ("int2", None)):
@@ -980,6 +980,41 @@ class ModelCliTest(CliCase):
             self.assertAlmostEqual(kl["paged", name], kl["reference", name],
                                    delta=1e-4 * kl["reference", name] + 1e-9, msg=name)
 
+    def test_paged_attention_runs_gear_on_its_blocks_like_the_reference(self):
+        # GEAR on the paged path: its blocks made with ATen ops where the cache lives and read in
+        # place. The same codes, outliers and factors as the reference backend's store, so
+        # fidelity agrees; the latency cell's measured bytes equal the reference's. GEAR under
+        # a retention policy fails its cell with the reason.
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True, "dtype": "float16"},
+               "methods": [{"name": "gear"}, {"name": "gear-4"},
+                           {"name": "snapkv", "budget": 64, "codec": "gear-4"}],
+               "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
+                           "eval_tokens": 16},
+                          {"name": "latency", "prompt_tokens": 100, "new_tokens": 30,
+                           "repeats": 1}]}
+        kl, measured = {}, {}
+        for attention in ("paged", "reference"):
+            res = self.run_ok(dict(cfg, attention=attention))
+            path, report = self.report_from(res)
+            cells = {(c["suite"], c["method"]["name"]): c for c in report["cells"]}
+            if attention == "paged":
+                self.assertEqual(res.returncode, 1, res.stderr)
+                snapkv = cells[("fidelity", "snapkv")]
+                self.assertEqual(snapkv["status"], "failed")
+                self.assertIn("attention cpu or reference", snapkv["error"])
+            for name in ("gear", "gear-4"):
+                fid, lat = cells[("fidelity", name)], cells[("latency", name)]
+                self.assertEqual(fid["status"], "ok", res.stdout + res.stderr)
+                kl[attention, name] = fid["summary"]["kl_mean"]
+                measured[attention, name] = lat["summary"]["kv_memory"]["measured"]["total"]
+            check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+            self.assertEqual(check.returncode, 0, check.stdout)
+        for name in ("gear", "gear-4"):
+            self.assertGreater(kl["paged", name], 0)
+            self.assertAlmostEqual(kl["paged", name], kl["reference", name],
+                                   delta=1e-4 * kl["reference", name] + 1e-9, msg=name)
+            self.assertEqual(measured["paged", name], measured["reference", name], msg=name)
+
     def test_paged_kernel_path_on_the_cpu_runs_like_the_cpu_path(self):
         # KVBENCH_PAGED_PATH=kernels: whole runs take the paged cache's GPU path on the CPU
         # (block tables, one decode call per batched step, retained lists, kernel scores, the
@@ -993,12 +1028,12 @@ class ModelCliTest(CliCase):
                            {"name": "quest", "budget": 64, "dense_layers": 1},
                            {"name": "kvproj", "rank": 64, "calib_prompts": 2,
                             "calib_tokens": 64},
-                           {"name": "palu", "rank": 32}],
+                           {"name": "palu", "rank": 32}, {"name": "gear-4"}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16},
                           {"name": "throughput", "batch": [3], "prompt_tokens": [100],
                            "new_tokens": [6], "repeats": 1}]}
-        names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj", "palu")
+        names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj", "palu", "gear-4")
         kl = {}
         for path in ("cpu", "kernels"):
             old = os.environ.pop("KVBENCH_PAGED_PATH", None)

@@ -187,7 +187,7 @@ TEST(PagedCacheErrorsTest, MethodsWithoutAPagedFormatSayWhatExists) {
   };
   EXPECT_NE(why(R"({"name": "int4", "group": 64})").find("group != 32"), std::string::npos);
   // A retention method's format is its codec's.
-  EXPECT_NE(why(R"({"name": "snapkv", "codec": "gear"})").find("no paged format"),
+  EXPECT_NE(why(R"({"name": "snapkv", "codec": "gear"})").find("GearBlockCache"),
             std::string::npos);
   EXPECT_EQ(why(R"({"name": "snapkv", "codec": "int4"})"), "no error");
   EXPECT_NE(why(R"({"name": "full"})", at::kFloat).find("Float"), std::string::npos);

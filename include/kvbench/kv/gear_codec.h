@@ -57,16 +57,31 @@ class GearCodec final : public Codec {
   StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const override;
   at::Tensor max_error(const at::Tensor& row, bool is_key, double store_amax) const override;
 
+  const GearParams& gear_params() const { return p_; }
+  at::ScalarType model_dtype() const { return dtype_; }
+
  private:
   GearParams p_;
   at::ScalarType dtype_;
 };
 
+// Outliers GEAR keeps on each side of a vector of `length` values: round(ratio * length / 2),
+// at most length / 2.
+int64_t gear_outliers_per_side(double ratio, int64_t length);
+
+// The seed of the power iteration's random start for a store's block number `block_index`.
+uint64_t gear_block_seed(const GearParams& params, uint64_t block_index);
+// That start: [batch, d, rank] fp32 from a CPU generator seeded with `seed` (on the CPU).
+at::Tensor gear_random_start(int64_t batch, int64_t d, int64_t rank, uint64_t seed);
+
 // Rank-`rank` factors of each matrix e[i] ([batch, n, d] fp32) by `iters` power iterations from
 // a random start seeded by `seed`: returns {q [batch, n, rank] with orthonormal columns,
 // p [batch, d, rank]} with e ~ q p^T = q q^T e, so ||e - q p^T|| <= ||e|| (a projection).
-// rank <= min(n, d).
+// rank <= min(n, d). Runs where `e` is (the random start is drawn on the CPU, then moved).
 std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, int64_t rank, int64_t iters,
                                                 uint64_t seed);
+// The same from a given start p [batch, d, rank] fp32, where e is.
+std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, const at::Tensor& start,
+                                                int64_t iters);
 
 }  // namespace kvbench

@@ -1,0 +1,367 @@
+#include "kvbench/kv/gear_block_cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "gear_decode.h"
+#include "kvbench/core/error.h"
+#include "kvbench/kv/paged_cache.h"
+#include "paged_cache_cuda.h"
+
+namespace kvbench {
+namespace {
+
+const std::shared_ptr<const GearCodec>& checked(const std::shared_ptr<const GearCodec>& codec,
+                                                const RetentionPolicy* policy, at::Device device,
+                                                int64_t head_dim, bool kernel_path) {
+  KVB_CHECK(codec != nullptr, "gear cache: no codec");
+  const at::ScalarType dtype = codec->model_dtype();
+  KVB_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "paged cache: method 'gear' stores ",
+            c10::toString(dtype),
+            " scales, outliers and factors, which the GPU path lacks (model dtype fp16 or bf16)");
+  KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr,
+            "paged cache: gear keeps every token on the paged path (its codes span tokens, so a "
+            "retained list cannot drop some); with retention policy '",
+            policy ? policy->name() : "", "' run it with attention cpu or reference");
+  KVB_CHECK(device.is_cpu() || device.is_cuda(), "paged cache: device ", device.str(),
+            " (expected cpu or cuda)");
+  if (device.is_cuda()) {
+    const std::string why = paged_cuda::unavailable_reason();
+    KVB_CHECK(why.empty(), "paged cache: device ", device.str(), ": ", why);
+  }
+  KVB_CHECK(!kernel_path || head_dim <= kernels::kGearMaxHeadDim, "paged cache: gear at head_dim ",
+            head_dim, ": the GPU kernel takes head_dim <= ", kernels::kGearMaxHeadDim);
+  // The codec's own checks of the head size (codes pack into bytes, groups divide head_dim).
+  codec->make_key_store(1, head_dim);
+  codec->make_value_store(1, head_dim);
+  return codec;
+}
+
+kernels::GearSide side_view(const GearSideTensors& t) {
+  kernels::GearSide s;
+  s.codes = static_cast<const uint8_t*>(t.codes.data_ptr());
+  s.scales = static_cast<const uint16_t*>(t.scales.data_ptr());
+  s.mins = static_cast<const uint16_t*>(t.mins.data_ptr());
+  s.outlier_values = static_cast<const uint16_t*>(t.outlier_values.data_ptr());
+  s.outlier_index = t.outlier_index.data_ptr();
+  s.q = static_cast<const uint16_t*>(t.q.data_ptr());
+  s.p = static_cast<const uint16_t*>(t.p.data_ptr());
+  return s;
+}
+
+}  // namespace
+
+GearBlockCache::GearBlockCache(std::shared_ptr<const GearCodec> codec, int64_t num_layers,
+                               int64_t num_kv_heads, int64_t head_dim, at::Device device,
+                               std::shared_ptr<const RetentionPolicy> policy,
+                               bool kernel_path_on_cpu)
+    : codec_(
+          checked(codec, policy.get(), device, head_dim, device.is_cuda() || kernel_path_on_cpu)),
+      params_(codec_->gear_params()),
+      dtype_(codec_->model_dtype()),
+      num_layers_(num_layers),
+      num_kv_heads_(num_kv_heads),
+      head_dim_(head_dim),
+      device_(device),
+      kernel_path_(device.is_cuda() || kernel_path_on_cpu),
+      value_k_(gear_outliers_per_side(params_.outlier_ratio, head_dim)) {
+  KVB_CHECK(num_layers >= 1 && num_kv_heads >= 1, "gear cache: ", num_layers, " layers and ",
+            num_kv_heads, " KV heads");
+  const auto where = at::TensorOptions().dtype(dtype_).device(device_);
+  for (int64_t l = 0; l < num_layers_; ++l) {
+    exact_k_.push_back(at::empty({0, params_.buffer, num_kv_heads_, head_dim_}, where));
+    exact_v_.push_back(at::empty({0, params_.buffer, num_kv_heads_, head_dim_}, where));
+  }
+  tables_.resize(size_t(num_layers_));
+}
+
+int64_t GearBlockCache::add_sequence() {
+  Sequence s;
+  if (!free_slots_.empty()) {
+    s.slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    s.slot = slots_++;
+    reserve_slots(slots_);
+  }
+  s.layers.resize(size_t(num_layers_));
+  seqs_.emplace(next_id_, std::move(s));
+  return next_id_++;
+}
+
+void GearBlockCache::remove_sequence(int64_t seq) {
+  free_slots_.push_back(sequence(seq).slot);
+  seqs_.erase(seq);
+}
+
+GearBlockCache::Sequence& GearBlockCache::sequence(int64_t seq) {
+  auto it = seqs_.find(seq);
+  KVB_CHECK(it != seqs_.end(), "gear cache: unknown sequence ", seq);
+  return it->second;
+}
+const GearBlockCache::Sequence& GearBlockCache::sequence(int64_t seq) const {
+  auto it = seqs_.find(seq);
+  KVB_CHECK(it != seqs_.end(), "gear cache: unknown sequence ", seq);
+  return it->second;
+}
+
+int64_t GearBlockCache::length(int64_t seq) const { return sequence(seq).layers.back().length; }
+
+std::vector<int64_t> GearBlockCache::kept_tokens(int64_t seq) const {
+  std::vector<int64_t> kept;
+  for (const Layer& l : sequence(seq).layers) kept.push_back(l.length);
+  return kept;
+}
+
+int64_t GearBlockCache::blocks(int64_t seq, int64_t layer) const {
+  return int64_t(sequence(seq).layers.at(size_t(layer)).blocks.size());
+}
+
+void GearBlockCache::reserve_slots(int64_t slots) {
+  const int64_t have = exact_k_[0].size(0);
+  if (slots <= have) return;
+  const int64_t grown = std::max<int64_t>({slots, 2 * have, 4});
+  for (auto* pools : {&exact_k_, &exact_v_})
+    for (at::Tensor& pool : *pools) {
+      at::Tensor bigger =
+          at::empty({grown, params_.buffer, num_kv_heads_, head_dim_}, pool.options());
+      bigger.narrow(0, 0, have).copy_(pool);
+      pool = bigger;
+    }
+}
+
+void GearBlockCache::append_with_blocks(Sequence& s, int64_t layer, const at::Tensor& k,
+                                        const at::Tensor& v) {
+  Layer& ly = s.layers[size_t(layer)];
+  const int64_t n = k.size(0), held = ly.length - ly.compressed + n;
+  const int64_t ready = held - held % params_.buffer;
+  at::Tensor exact[2] = {exact_k_[size_t(layer)][s.slot], exact_v_[size_t(layer)][s.slot]};
+  // [held, kv_heads, head_dim]: the buffered rows, then the new ones.
+  const at::Tensor all[2] = {at::cat({exact[0].narrow(0, 0, held - n), k}),
+                             at::cat({exact[1].narrow(0, 0, held - n), v})};
+  if (ready > 0) {
+    Block b;
+    b.start = ly.compressed;
+    b.n = ready;
+    b.rank = std::min({n > 1 ? params_.rank_prefill : params_.rank_decode, ready, head_dim_});
+    const uint64_t index = ly.blocks.size();
+    auto rows = [&](const at::Tensor& x) {
+      return x.narrow(0, 0, ready).transpose(0, 1).to(at::kFloat).contiguous();
+    };
+    const at::Tensor& start = random_start(index, b.rank);
+    b.key = gear_compress(params_, dtype_, true, rows(all[0]), b.rank, index, start);
+    b.value = gear_compress(params_, dtype_, false, rows(all[1]), b.rank, index, start);
+    ly.blocks.push_back(std::move(b));
+    ly.compressed += ready;
+  }
+  for (int side = 0; side < 2; ++side)
+    exact[side].narrow(0, 0, held - ready).copy_(all[side].narrow(0, ready, held - ready));
+  ly.length += n;
+}
+
+at::Tensor GearBlockCache::append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
+                                             const at::Tensor& k, const at::Tensor& v) {
+  return attend_as_batch_of_one(*this, seq, layer, q, k, v);
+}
+
+at::Tensor GearBlockCache::append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
+                                                   const std::vector<int64_t>& counts,
+                                                   const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v) {
+  check_batch_block(layer, num_layers_, q, k, v, num_kv_heads_, head_dim_);
+  KVB_CHECK(seqs.size() == counts.size(), "paged cache: ", seqs.size(), " sequences, ",
+            counts.size(), " counts");
+  KVB_CHECK(!kernel_path_ || q.size(1) / num_kv_heads_ <= kernels::kGearMaxQPerKv,
+            "paged cache: gear on the GPU path takes at most ", kernels::kGearMaxQPerKv,
+            " query heads per KV head; the model has ", q.size(1) / num_kv_heads_);
+  int64_t rows = 0;
+  for (int64_t n : counts) rows += n;
+  KVB_CHECK(rows == k.size(0), "paged cache: ", k.size(0), " new rows for counts summing to ",
+            rows);
+  const at::Tensor k16 = k.to(device_, dtype_), v16 = v.to(device_, dtype_);
+  // Rows that only join the exact buffer go in with one index_copy per side; a sequence whose
+  // buffer fills compresses a block on its own (once every `buffer` decode steps).
+  std::vector<int64_t> source, dest;
+  for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
+    Sequence& s = sequence(seqs[i]);
+    Layer& ly = s.layers[size_t(layer)];
+    const int64_t held = ly.length - ly.compressed;
+    if (held + counts[i] >= params_.buffer) {
+      append_with_blocks(s, layer, k16.narrow(0, int64_t(row), counts[i]),
+                         v16.narrow(0, int64_t(row), counts[i]));
+      continue;
+    }
+    for (int64_t t = 0; t < counts[i]; ++t) {
+      source.push_back(int64_t(row) + t);
+      dest.push_back(s.slot * params_.buffer + held + t);
+    }
+    ly.length += counts[i];
+  }
+  if (!dest.empty()) {
+    const bool all = int64_t(source.size()) == rows;
+    const at::Tensor to = upload(dest_, dest);
+    const at::Tensor from = all ? at::Tensor() : upload(source_, source);
+    for (int side = 0; side < 2; ++side) {
+      at::Tensor& pool = (side == 0 ? exact_k_ : exact_v_)[size_t(layer)];
+      const at::Tensor& x = side == 0 ? k16 : v16;
+      pool.view({-1, num_kv_heads_, head_dim_})
+          .index_copy_(0, to, all ? x : x.index_select(0, from));
+    }
+  }
+  const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
+  if (kernel_path_ && single) return decode(layer, seqs, q).to(q.device());
+  // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens.
+  const double scale = 1.0 / std::sqrt(double(head_dim_));
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
+    const auto [keys, values] = reconstruct(sequence(seqs[i]), layer);
+    const at::Tensor qb = q.narrow(0, int64_t(row), counts[i]).transpose(0, 1);
+    parts.push_back(paged_block_attention(qb.to(keys.device(), at::kFloat), keys, values, scale)
+                        .transpose(0, 1));
+  }
+  return at::cat(parts, 0).to(q.device());
+}
+
+std::pair<at::Tensor, at::Tensor> GearBlockCache::reconstruct(const Sequence& s,
+                                                              int64_t layer) const {
+  const Layer& ly = s.layers[size_t(layer)];
+  std::vector<at::Tensor> keys, values;
+  for (const Block& b : ly.blocks) {
+    keys.push_back(gear_reconstruct(params_, true, b.key));
+    values.push_back(gear_reconstruct(params_, false, b.value));
+  }
+  const int64_t held = ly.length - ly.compressed;
+  keys.push_back(exact_k_[size_t(layer)][s.slot].narrow(0, 0, held).transpose(0, 1).to(at::kFloat));
+  values.push_back(
+      exact_v_[size_t(layer)][s.slot].narrow(0, 0, held).transpose(0, 1).to(at::kFloat));
+  return {at::cat(keys, 1), at::cat(values, 1)};
+}
+
+const at::Tensor& GearBlockCache::tables(int64_t layer, const std::vector<int64_t>& seqs) {
+  Tables& t = tables_[size_t(layer)];
+  std::vector<int64_t> key = {
+      int64_t(reinterpret_cast<uintptr_t>(exact_k_[size_t(layer)].data_ptr())),
+      int64_t(reinterpret_cast<uintptr_t>(exact_v_[size_t(layer)].data_ptr()))};
+  int64_t blocks = 0;
+  for (int64_t id : seqs) {
+    const Layer& ly = sequence(id).layers[size_t(layer)];
+    key.insert(key.end(), {id, int64_t(ly.blocks.size())});
+    blocks += int64_t(ly.blocks.size());
+  }
+  if (t.bytes.defined() && key == t.key) return t.bytes;
+  // GearSequence rows, then every sequence's GearBlock rows (both 8-byte aligned structs of
+  // pointers and ints), addressed where the table will live.
+  const size_t seq_bytes = seqs.size() * sizeof(kernels::GearSequence);
+  const size_t total = seq_bytes + size_t(blocks) * sizeof(kernels::GearBlock);
+  at::Tensor table =
+      at::empty({int64_t(total)}, at::TensorOptions().dtype(at::kByte).device(device_));
+  std::vector<uint8_t> host(total);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(table.data_ptr());
+  size_t next_block = seq_bytes;
+  const int64_t row = num_kv_heads_ * head_dim_;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const Sequence& s = sequence(seqs[i]);
+    const Layer& ly = s.layers[size_t(layer)];
+    kernels::GearSequence gs;
+    gs.blocks = reinterpret_cast<const kernels::GearBlock*>(base + next_block);
+    gs.num_blocks = int(ly.blocks.size());
+    gs.compressed = int(ly.compressed);
+    gs.exact_k = static_cast<const uint16_t*>(exact_k_[size_t(layer)].data_ptr()) +
+                 s.slot * params_.buffer * row;
+    gs.exact_v = static_cast<const uint16_t*>(exact_v_[size_t(layer)].data_ptr()) +
+                 s.slot * params_.buffer * row;
+    gs.exact_stride = row;
+    std::memcpy(host.data() + i * sizeof(gs), &gs, sizeof(gs));
+    for (const Block& b : ly.blocks) {
+      kernels::GearBlock gb;
+      gb.start = int(b.start), gb.n = int(b.n), gb.rank = int(b.rank), gb.key_k = int(b.key.k);
+      gb.key = side_view(b.key);
+      gb.value = side_view(b.value);
+      std::memcpy(host.data() + next_block, &gb, sizeof(gb));
+      next_block += sizeof(gb);
+    }
+  }
+  const at::Tensor staged = at::from_blob(host.data(), {int64_t(total)}, at::kByte);
+  if (device_.is_cuda()) {
+    table.copy_(staged.pin_memory(), /*non_blocking=*/true);
+  } else {
+    table.copy_(staged);
+  }
+  t.key = std::move(key);
+  t.bytes = table;
+  return t.bytes;
+}
+
+const at::Tensor& GearBlockCache::random_start(uint64_t block_index, int64_t rank) {
+  at::Tensor& start = starts_[{block_index, rank}];
+  if (!start.defined())
+    start = gear_random_start(num_kv_heads_, head_dim_, rank, gear_block_seed(params_, block_index))
+                .to(device_);
+  return start;
+}
+
+template <class T>
+const at::Tensor& GearBlockCache::upload(Uploaded<T>& cached, const std::vector<T>& values) {
+  if (values != cached.host || !cached.device.defined()) {
+    const at::Tensor host = at::tensor(values, c10::CppTypeToScalarType<T>::value);
+    cached.device = device_.is_cuda() ? host.pin_memory().to(device_, /*non_blocking=*/true) : host;
+    cached.host = values;
+  }
+  return cached.device;
+}
+
+at::Tensor GearBlockCache::decode(int64_t layer, const std::vector<int64_t>& seqs,
+                                  const at::Tensor& q_in) {
+  std::vector<int> lengths;
+  for (int64_t id : seqs) lengths.push_back(int(sequence(id).layers[size_t(layer)].length));
+  const at::Tensor& table = tables(layer, seqs);
+  const at::Tensor& lens = upload(lengths_, lengths);
+  const at::Tensor q = q_in.to(device_, at::kFloat).contiguous();
+  at::Tensor out = at::empty_like(q);
+  kernels::GearProblem p;
+  p.batch = int(q.size(0)), p.q_heads = int(q.size(1)), p.kv_heads = int(num_kv_heads_);
+  p.head_dim = int(head_dim_), p.bits = params_.bits, p.key_group = int(params_.group);
+  p.value_group = int(std::min(params_.group, head_dim_)), p.value_k = int(value_k_);
+  p.bf16 = dtype_ == at::kBFloat16;
+  p.seqs = static_cast<const kernels::GearSequence*>(table.data_ptr());
+  p.seq_lens = lens.data_ptr<int>();
+  p.softmax_scale = float(1.0 / std::sqrt(double(head_dim_)));
+  p.q = q.data_ptr<float>(), p.out = out.data_ptr<float>();
+  paged_cuda::gear(p, *std::max_element(lengths.begin(), lengths.end()), q);
+  return out;
+}
+
+StorageBytes GearBlockCache::storage() const {
+  StorageBytes total;
+  const uint64_t row = uint64_t(num_kv_heads_ * head_dim_) * at::elementSize(dtype_);
+  for (const auto& [id, s] : seqs_)
+    for (const Layer& ly : s.layers) {
+      for (const Block& b : ly.blocks) {
+        total += b.key.bytes();
+        total += b.value.bytes();
+      }
+      total.payload += 2 * uint64_t(ly.length - ly.compressed) * row;
+    }
+  return total;
+}
+
+StorageBytes GearBlockCache::nominal() const {
+  StorageBytes total;
+  const uint64_t row = uint64_t(num_kv_heads_ * head_dim_) * at::elementSize(dtype_);
+  for (const auto& [id, s] : seqs_)
+    for (const Layer& ly : s.layers) {
+      for (const Block& b : ly.blocks) {
+        total += gear_block_nominal(params_, dtype_, true, b.n, b.rank,
+                                    gear_outliers_per_side(params_.outlier_ratio, b.n),
+                                    num_kv_heads_, head_dim_);
+        total += gear_block_nominal(params_, dtype_, false, b.n, b.rank, value_k_, num_kv_heads_,
+                                    head_dim_);
+      }
+      total.payload += 2 * uint64_t(ly.length - ly.compressed) * row;
+    }
+  return total;
+}
+
+}  // namespace kvbench

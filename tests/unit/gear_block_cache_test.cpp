@@ -1,0 +1,311 @@
+// GEAR on the GPU path. Three layers of checks:
+//  - the ATen-op compression (gear_blocks.h, which runs where the cache lives) against the CPU
+//    codec's store on the same block: the same reconstruction (same outliers, codes, scales,
+//    factors), the same bytes held and by formula;
+//  - the decode kernel's host reference (kernels/gear_decode.h) against an independent float64
+//    reconstruction and attention over random blocks (tests/gpu/gear_case.h), so the kernel's
+//    indexing of codes, groups, factors and both outlier layouts is checked anywhere;
+//  - GearBlockCache against the compressed cache with the GEAR codec and the reference
+//    backend, step by step: prefills, decode steps across several compressions, batched steps
+//    with sequences at different phases of their buffers, on the CPU path, the kernel path
+//    emulated on the CPU (the host reference in place of the kernel) and cuda where present.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+#include <tuple>
+
+#include "cache_compare.h"
+#include "gear_case.h"
+#include "kvbench/core/error.h"
+#include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/gear_block_cache.h"
+#include "kvbench/kv/gear_blocks.h"
+#include "kvbench/kv/method_registry.h"
+#include "paged_device.h"
+
+namespace kvbench {
+namespace {
+
+constexpr int64_t kLayers = 2, kKvHeads = 2, kHeads = 8, kDim = 64;
+
+// Keys with a few large channels (as real keys have), rounded like the model hands them.
+at::Tensor keys_like(int64_t heads, int64_t n, int64_t d, at::Generator& gen,
+                     at::ScalarType dtype) {
+  at::Tensor scale = at::ones({d});
+  scale.index_put_({at::arange(0, d, 13)}, 4.0);
+  return (at::randn({heads, n, d}, gen) * scale).to(dtype).to(at::kFloat);
+}
+
+std::shared_ptr<const GearCodec> gear_codec(const nlohmann::json& entry, at::ScalarType dtype) {
+  auto codec =
+      std::dynamic_pointer_cast<const GearCodec>(make_codec(resolve_method(entry, "m"), dtype));
+  EXPECT_NE(codec, nullptr);
+  return codec;
+}
+
+TEST(GearBlocksTest, CompressionMatchesTheCpuStore) {
+  struct Case {
+    const char* entry;
+    at::ScalarType dtype;
+    int64_t n;
+    bool is_key;
+  };
+  for (const Case& c : {Case{R"({"name": "gear"})", at::kHalf, 128, true},
+                        Case{R"({"name": "gear"})", at::kHalf, 128, false},
+                        Case{R"({"name": "gear-4"})", at::kBFloat16, 100, true},
+                        Case{R"({"name": "gear-4"})", at::kBFloat16, 100, false},
+                        Case{R"({"name": "gear-8", "outlier_ratio": 0.1})", at::kHalf, 60, true},
+                        Case{R"({"name": "gear", "rank_prefill": 0})", at::kHalf, 64, false}}) {
+    SCOPED_TRACE(std::string(c.entry) + (c.is_key ? " keys" : " values"));
+    const auto codec = gear_codec(nlohmann::json::parse(c.entry), c.dtype);
+    const GearParams& p = codec->gear_params();
+    ASSERT_EQ(c.n % p.buffer, 0);  // one block, nothing left in the buffer
+    auto gen = at::detail::createCPUGenerator(3 + c.n);
+    const at::Tensor x = keys_like(kKvHeads, c.n, kDim, gen, c.dtype);
+    auto store =
+        c.is_key ? codec->make_key_store(kKvHeads, kDim) : codec->make_value_store(kKvHeads, kDim);
+    store->append(x);
+    const int64_t rank = std::min({p.rank_prefill, c.n, kDim});
+    const GearSideTensors side = gear_compress(p, c.dtype, c.is_key, x, rank, 0);
+    const at::Tensor mine = gear_reconstruct(p, c.is_key, side);
+    const at::Tensor want = store->dequantize();
+    // The same codes, scales, outliers and factors (the same fp32 operations on the same
+    // inputs); only L's sums run in another order. Measured: 0 to 1 ulp.
+    EXPECT_LT((mine - want).abs().max().item<double>(), 1e-5 * x.abs().max().item<double>());
+    // Not just matching noise: the reconstruction is within GEAR's error of x.
+    EXPECT_LT(((mine - x).norm() / x.norm()).item<double>(),
+              p.bits == 2 ? 0.5 : (p.bits == 4 ? 0.1 : 0.01));
+    EXPECT_EQ(side.bytes().payload, store->bytes().payload);
+    EXPECT_EQ(side.bytes().metadata, store->bytes().metadata);
+    const StorageBytes formula =
+        gear_block_nominal(p, c.dtype, c.is_key, c.n, rank, side.k, kKvHeads, kDim);
+    EXPECT_EQ(formula.payload, store->history_nominal()->payload);
+    EXPECT_EQ(formula.metadata, store->history_nominal()->metadata);
+  }
+}
+
+TEST(GearBlocksTest, TiesAtTheExtremesBreakByPositionAsTheCpuStoreDoes) {
+  // Coarse values: many equal extremes per channel and per token.
+  const auto codec = gear_codec({{"name", "gear"}, {"outlier_ratio", 0.2}}, at::kHalf);
+  auto gen = at::detail::createCPUGenerator(9);
+  const at::Tensor x = at::randint(-3, 4, {kKvHeads, 64, kDim}, gen).to(at::kFloat);
+  for (bool is_key : {true, false}) {
+    auto store =
+        is_key ? codec->make_key_store(kKvHeads, kDim) : codec->make_value_store(kKvHeads, kDim);
+    store->append(x);
+    const GearSideTensors side = gear_compress(codec->gear_params(), at::kHalf, is_key, x, 4, 0);
+    EXPECT_LT((gear_reconstruct(codec->gear_params(), is_key, side) - store->dequantize())
+                  .abs()
+                  .max()
+                  .item<double>(),
+              1e-5)
+        << (is_key ? "keys" : "values");
+  }
+}
+
+TEST(GearDecodeHostTest, MatchesFloat64) {
+  for (const gpu_test::GearShape& s : gpu_test::gear_shapes()) {
+    SCOPED_TRACE(s.name());
+    const gpu_test::GearCase c = gpu_test::gear_case(s, 11);
+    std::vector<float> got(c.want.size(), NAN), scratch(size_t(2 * s.d + 1) * size_t(c.max_len()));
+    const kernels::GearProblem p = c.problem(got.data());
+    ASSERT_STREQ(kernels::gear_check(p), "");
+    kernels::gear_decode_host(p, scratch.data());
+    // fp32 sums of the same 16-bit inputs. Measured: ~1e-7.
+    EXPECT_LT(gpu_test::gear_scaled_error(got, c.want), 1e-5);
+  }
+}
+
+TEST(GearDecodeHostTest, RejectsWhatTheKernelCannotTake) {
+  const gpu_test::GearCase c = gpu_test::gear_case(gpu_test::gear_shapes()[0], 1);
+  std::vector<float> out(c.want.size());
+  auto with = [&](const std::function<void(kernels::GearProblem&)>& change) {
+    kernels::GearProblem p = c.problem(out.data());
+    change(p);
+    return std::string(kernels::gear_check(p));
+  };
+  EXPECT_EQ(with([](auto&) {}), "");
+  EXPECT_NE(with([](auto& p) { p.head_dim = 256; }), "");
+  EXPECT_NE(with([](auto& p) { p.q_heads = 18 * p.kv_heads; }), "");
+  EXPECT_NE(with([](auto& p) { p.bits = 3; }), "");
+  EXPECT_NE(with([](auto& p) { p.value_group = 48; }), "");
+  EXPECT_NE(with([](auto& p) { p.seqs = nullptr; }), "");
+}
+
+using testing_support::Block;
+Block random_block(int64_t n, at::Generator& gen) {
+  auto round = [](at::Tensor x) { return x.to(at::kHalf).to(at::kFloat); };
+  return {round(at::randn({kHeads, n, kDim}, gen) * 0.3),
+          keys_like(kKvHeads, n, kDim, gen, at::kHalf), round(at::randn({kKvHeads, n, kDim}, gen))};
+}
+
+// The GPU path's tolerance against the reference cache over the same blocks: the same codes
+// and factors, fp32 attention either way (measured ~1e-7 on the CPU path and emulated).
+constexpr double kTolerance = 2e-5;
+
+std::unique_ptr<GearBlockCache> gear_cache(const std::shared_ptr<const GearCodec>& codec,
+                                           const testing_support::PagedDevice& where) {
+  return std::make_unique<GearBlockCache>(codec, kLayers, kKvHeads, kDim, where.device, nullptr,
+                                          where.emulated);
+}
+
+std::vector<testing_support::PagedDevice> gear_devices() {
+  std::vector<testing_support::PagedDevice> out = {{at::kCPU, false}, {at::kCPU, true}};
+  if (at::hasCUDA()) out.push_back({at::Device("cuda"), false});
+  return out;
+}
+
+class GearBlockCacheTest : public ::testing::TestWithParam<const char*> {};
+
+// Two interleaved sequences: prefills that leave the buffer part full, decode steps across
+// several compressions (gear-4's buffer is 20), a late multi-token block; every output
+// compared, then the bytes.
+TEST_P(GearBlockCacheTest, AttendsLikeTheReferenceCache) {
+  const nlohmann::json entry = nlohmann::json::parse(GetParam());
+  const auto codec = gear_codec(entry, at::kHalf);
+  for (const testing_support::PagedDevice& where : gear_devices()) {
+    SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
+    auto cache = gear_cache(codec, where);
+    auto ref =
+        make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
+    std::vector<std::pair<int, int64_t>> steps = {{0, 45}, {1, 7}};
+    for (int i = 0; i < 70; ++i) steps.insert(steps.end(), {{0, 1}, {1, 1}});
+    steps.push_back({1, 40});
+    steps.push_back({0, 1});
+    testing_support::compare_steps(*cache, *ref, kLayers, kTolerance, 2, steps, random_block, 31);
+    EXPECT_EQ(cache->kept_tokens(0), std::vector<int64_t>(kLayers, 116));
+    EXPECT_GE(cache->blocks(0, 1), 1);
+    EXPECT_EQ(cache->storage().payload, ref->storage().payload);
+    EXPECT_EQ(cache->storage().metadata, ref->storage().metadata);
+    EXPECT_EQ(cache->nominal().payload, ref->nominal().payload);
+    EXPECT_EQ(cache->nominal().metadata, ref->nominal().metadata);
+    EXPECT_EQ(cache->storage().total(), cache->nominal().total());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, GearBlockCacheTest,
+                         ::testing::Values(R"({"name": "gear"})", R"({"name": "gear-4"})",
+                                           R"({"name": "gear-8", "outlier_ratio": 0.1})",
+                                           R"({"name": "gear", "rank_decode": 0, "buffer": 8})"));
+
+// A packed batch at different lengths and buffer phases: prefills together, decode steps of the
+// whole batch in one call (one launch on the kernel path) while sequences compress at
+// different steps, a mixed step; each sequence's rows equal what the reference cache gives it
+// alone. Sequences come and go (slots reused).
+TEST(GearBlockBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
+  const nlohmann::json entry = {{"name", "gear-4"}};
+  const auto codec = gear_codec(entry, at::kHalf);
+  for (const testing_support::PagedDevice& where : gear_devices()) {
+    SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
+    auto cache = gear_cache(codec, where);
+    auto ref =
+        make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
+    auto gen = at::detail::createCPUGenerator(37);
+    const int64_t gone = cache->add_sequence();
+    ASSERT_EQ(ref->add_sequence(), gone);
+    cache->remove_sequence(gone);
+    ref->remove_sequence(gone);
+    std::vector<int64_t> seqs;
+    for (int i = 0; i < 3; ++i) {
+      seqs.push_back(cache->add_sequence());
+      ASSERT_EQ(ref->add_sequence(), seqs.back());
+    }
+    std::vector<std::vector<int64_t>> steps = {{50, 7, 33}};
+    for (int i = 0; i < 25; ++i) steps.push_back({1, 1, 1});
+    steps.push_back({1, 20, 1});
+    for (int i = 0; i < 5; ++i) steps.push_back({1, 1, 1});
+    for (const std::vector<int64_t>& counts : steps)
+      for (int64_t layer = 0; layer < kLayers; ++layer) {
+        std::vector<Block> blocks;
+        std::vector<at::Tensor> q, k, v;
+        for (int64_t n : counts) {
+          blocks.push_back(random_block(n, gen));
+          q.push_back(blocks.back().q.transpose(0, 1));
+          k.push_back(blocks.back().k.transpose(0, 1));
+          v.push_back(blocks.back().v.transpose(0, 1));
+        }
+        const at::Tensor got = cache->append_and_attend_batch(
+            layer, seqs, counts, at::cat(q).to(where.device), at::cat(k).to(where.device),
+            at::cat(v).to(where.device));
+        for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
+          const Block& x = blocks[b];
+          const at::Tensor want = ref->append_and_attend(seqs[b], layer, x.q, x.k, x.v);
+          const at::Tensor mine =
+              got.narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kCPU);
+          const double rel = ((mine - want).norm() / want.norm()).item<double>();
+          ASSERT_LT(rel, kTolerance) << "sequence " << b << " at " << cache->length(seqs[b])
+                                     << " tokens, " << counts[b] << " new, layer " << layer;
+        }
+      }
+    EXPECT_EQ(cache->nominal().total(), ref->nominal().total());
+  }
+}
+
+TEST(GearBlockBatchTest, Bf16ModelsAttendLikeTheReferenceCache) {
+  const nlohmann::json entry = {{"name", "gear"}, {"buffer", 16}};
+  const auto codec = gear_codec(entry, at::kBFloat16);
+  for (const testing_support::PagedDevice& where : gear_devices()) {
+    auto cache = gear_cache(codec, where);
+    auto ref =
+        make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
+    std::vector<std::pair<int, int64_t>> steps = {{0, 70}};
+    for (int i = 0; i < 40; ++i) steps.push_back({0, 1});
+    auto draw = [](int64_t n, at::Generator& gen) {
+      auto round = [](at::Tensor x) { return x.to(at::kBFloat16).to(at::kFloat); };
+      return Block{round(at::randn({kHeads, n, kDim}, gen) * 0.3),
+                   keys_like(kKvHeads, n, kDim, gen, at::kBFloat16),
+                   round(at::randn({kKvHeads, n, kDim}, gen))};
+    };
+    testing_support::compare_steps(*cache, *ref, kLayers, kTolerance, 1, steps, draw, 5);
+  }
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(GearBlockCacheErrorsTest, SaysWhatThePagedPathCannotRun) {
+  const auto fp32 = gear_codec({{"name", "gear"}}, at::kFloat);
+  EXPECT_NE(error_of([&] { GearBlockCache(fp32, 1, 1, kDim); }).find("fp16 or bf16"),
+            std::string::npos);
+  const auto codec = gear_codec({{"name", "gear"}}, at::kHalf);
+  const nlohmann::json snapkv =
+      resolve_method({{"name", "snapkv"}, {"codec", "gear"}, {"budget", 64}}, "m");
+  EXPECT_NE(error_of([&] {
+              make_paged_cache(snapkv, make_codec(snapkv, at::kHalf), 1, 1, kDim, at::kHalf,
+                               at::kCPU);
+            }).find("run it with attention cpu or reference"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              GearBlockCache(codec, 1, 1, 256, at::kCPU, nullptr, true);
+            }).find("head_dim <= 128"),
+            std::string::npos);
+  GearBlockCache wide(codec, 1, 1, kDim, at::kCPU, nullptr, true);
+  wide.add_sequence();
+  EXPECT_NE(error_of([&] {
+              wide.append_and_attend(0, 0, at::randn({16, 1, kDim}), at::randn({1, 1, kDim}),
+                                     at::randn({1, 1, kDim}));
+            }).find("at most 8 query heads"),
+            std::string::npos);
+  if (!at::hasCUDA()) {
+    EXPECT_NE(error_of([&] { GearBlockCache(codec, 1, 1, kDim, at::Device("cuda")); }).find("cuda"),
+              std::string::npos);
+  }
+  // The registry routes every GEAR preset (and GEAR under a composition's codec) here.
+  for (const char* name : {"gear", "gear-4", "gear-8"}) {
+    const nlohmann::json m = resolve_method({{"name", name}}, "m");
+    auto cache = make_kv_cache(m, 1, 1, kDim, at::kHalf, "paged", at::Tensor(), at::kCPU);
+    EXPECT_NE(dynamic_cast<GearBlockCache*>(cache.get()), nullptr) << name;
+  }
+}
+
+}  // namespace
+}  // namespace kvbench
