@@ -1,6 +1,7 @@
 // Times the paged decode kernels of kernels/ per format, context and batch on the GPU, beside
 // the device's copy bandwidth measured in the same process, and Palu's latent decode kernel
-// (kernels/palu_decode.h: keys rebuilt and rotated per tile) at ranks 64 and 96. One layer of a
+// (kernels/palu_decode.h: keys rebuilt and rotated per tile) at ranks 64 and 96, and GEAR's
+// block decode kernel (kernels/gear_decode.h) at gear's and gear-4's settings. One layer of a
 // Llama-3-8B-shaped model (32 query heads, 8 KV heads, head_dim 128). Caches hold random codes and
 // scales (speed does not depend on values; fp formats hold finite random values); inputs are
 // rotated among replicas so a small working set is not served from L2.
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "decode_attention.h"
+#include "gear_decode_launcher.h"
 #include "palu_decode_launcher.h"
 
 using kvbench::kernels::KvFormat;
@@ -227,6 +229,109 @@ Result time_palu(int R, int B, int T, int sm_count, cudaStream_t s) {
   return {t, bytes / (t * 1e-6) / 1e9, bytes, plan.splits};
 }
 
+// GEAR's outlier indices in a valid layout: keys, row j of channel c at token j * stride +
+// c % stride (ascending in j, distinct, < n); values, token t's channels t % half and
+// half + t % half (ascending, distinct).
+__global__ void fill_key_index(int32_t* p, size_t rows, int d, int stride, size_t heads) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < heads * rows * d;
+       i += size_t(gridDim.x) * blockDim.x)
+    p[i] = int32_t((i / d % rows) * stride + (i % d) % stride);
+}
+__global__ void fill_value_index(int16_t* p, size_t n, int per_token, int d) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const int half = d / 2, j = int(i % per_token), t = int(i / per_token);
+    p[i] = int16_t((j % 2) * half + (t + j / 2) % half);
+  }
+}
+
+// GEAR with `bits`-bit codes, key group G, value group min(G, 128), outlier ratio 0.02 and
+// `buffer`: each sequence one prefill block of T - T % buffer tokens (rank 4) and the rest
+// exact, every tensor in the layout GearBlockCache keeps (random codes, positive scales,
+// finite 16-bit factors, outliers in valid sorted positions).
+Result time_gear(int bits, int G, int buffer, int B, int T, int sm_count, cudaStream_t s) {
+  const int Hq = 32, Hkv = 8, D = 128, Gv = std::min(G, D), value_k = 1, rank = 4;
+  const int w = T % buffer, n = T - w;
+  const int key_k = std::min(int(std::lround(0.02 * n / 2)), n / 2);
+  const size_t groups = n > 0 ? size_t(n + G - 1) / G : 0;
+  // Bytes of one sequence (all KV heads): codes, scales and mins, outliers, factors, exact.
+  const size_t codes = size_t(Hkv) * n * D * bits / 8, kscale = size_t(Hkv) * groups * D * 2,
+               vscale = size_t(Hkv) * n * (D / Gv) * 2, kout = size_t(Hkv) * 2 * key_k * D,
+               vout = size_t(Hkv) * n * 2 * value_k, qf = size_t(Hkv) * n * rank * 2,
+               pf = size_t(Hkv) * rank * D * 2, exact = size_t(Hkv) * std::max(w, 1) * D * 2;
+  const double seq_bytes = 2.0 * codes + 2.0 * kscale + 2.0 * vscale + kout * 6.0 + vout * 4.0 +
+                           2.0 * (qf + pf) + 2.0 * Hkv * w * D * 2;
+  const int replicas = std::clamp(int(512e6 / (seq_bytes * B)), 1, 16);
+  const int seqs = replicas * B;
+  std::vector<Buffer> bufs(size_t(seqs) * 16);
+  std::vector<k::GearBlock> blocks(static_cast<size_t>(seqs));
+  std::vector<k::GearSequence> rows(static_cast<size_t>(seqs));
+  Buffer blocks_dev, rows_dev, lens, q, out, ws;
+  CHECK(cudaMalloc(&blocks_dev.p, blocks.size() * sizeof(k::GearBlock)));
+  for (int i = 0; i < seqs; ++i) {
+    Buffer* b = &bufs[size_t(i) * 16];
+    k::GearBlock& g = blocks[size_t(i)];
+    g.start = 0, g.n = n, g.rank = n > 0 ? rank : 0, g.key_k = key_k;
+    k::GearSide* sides[2] = {&g.key, &g.value};
+    for (int side = 0; side < 2; ++side, b += 7) {
+      b[0].alloc(codes, 0, 100 + i);
+      b[1].alloc(side ? vscale : kscale, 2, 200 + i);
+      b[2].alloc(side ? vscale : kscale, 1, 300 + i);
+      b[3].alloc((side ? vout : kout) * 2, 1, 400 + i);
+      b[4].alloc((side ? vout : kout) * (side ? 2 : 4), 0, 0);
+      b[5].alloc(qf, 1, 500 + i);
+      b[6].alloc(pf, 1, 600 + i);
+      if (side == 0 && kout)
+        fill_key_index<<<256, 256>>>(static_cast<int32_t*>(b[4].p), 2 * key_k, D, n / (2 * key_k),
+                                     Hkv);
+      if (side == 1 && vout)
+        fill_value_index<<<256, 256>>>(static_cast<int16_t*>(b[4].p), vout, 2 * value_k, D);
+      k::GearSide& x = *sides[side];
+      x.codes = static_cast<const uint8_t*>(b[0].p);
+      x.scales = static_cast<const uint16_t*>(b[1].p),
+      x.mins = static_cast<const uint16_t*>(b[2].p);
+      x.outlier_values = static_cast<const uint16_t*>(b[3].p), x.outlier_index = b[4].p;
+      x.q = static_cast<const uint16_t*>(b[5].p), x.p = static_cast<const uint16_t*>(b[6].p);
+    }
+    b[0].alloc(exact, 1, 700 + i), b[1].alloc(exact, 1, 800 + i);
+    k::GearSequence& r = rows[size_t(i)];
+    r.blocks = static_cast<const k::GearBlock*>(blocks_dev.p) + i;
+    r.num_blocks = n > 0 ? 1 : 0, r.compressed = n;
+    r.exact_k = static_cast<const uint16_t*>(b[0].p),
+    r.exact_v = static_cast<const uint16_t*>(b[1].p);
+    r.exact_stride = Hkv * D;
+  }
+  CHECK(cudaGetLastError());
+  CHECK(cudaMemcpy(blocks_dev.p, blocks.data(), blocks.size() * sizeof(k::GearBlock),
+                   cudaMemcpyHostToDevice));
+  CHECK(cudaMalloc(&rows_dev.p, rows.size() * sizeof(k::GearSequence)));
+  CHECK(cudaMemcpy(rows_dev.p, rows.data(), rows.size() * sizeof(k::GearSequence),
+                   cudaMemcpyHostToDevice));
+  const std::vector<int> seq_lens(size_t(B), T);
+  CHECK(cudaMalloc(&lens.p, B * 4));
+  CHECK(cudaMemcpy(lens.p, seq_lens.data(), B * 4, cudaMemcpyHostToDevice));
+  const size_t nq = size_t(B) * Hq * D;
+  for (Buffer* buf : {&q, &out}) {
+    CHECK(cudaMalloc(&buf->p, nq * 4));
+    fill_float<<<256, 256>>>(static_cast<float*>(buf->p), nq, -1.f, 2.f);
+  }
+  k::GearProblem p;
+  p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.head_dim = D, p.bits = bits;
+  p.key_group = G, p.value_group = Gv, p.value_k = value_k;
+  p.seq_lens = static_cast<int*>(lens.p), p.softmax_scale = 0.088f;
+  p.q = static_cast<float*>(q.p), p.out = static_cast<float*>(out.p);
+  p.seqs = static_cast<const k::GearSequence*>(rows_dev.p);
+  k::GearPlan plan;
+  CHECK(k::gear_plan(p, T, sm_count, &plan));
+  CHECK(cudaMalloc(&ws.p, plan.workspace_bytes));
+  const double t = time_steps(s, [&](int step) {
+    p.seqs = static_cast<const k::GearSequence*>(rows_dev.p) + size_t(step % replicas) * B;
+    CHECK(k::gear_decode(p, plan, ws.p, s));
+  });
+  const double bytes = seq_bytes * B + 2.0 * nq * 4;  // the blocks and exact rows + fp32 q, out
+  return {t, bytes / (t * 1e-6) / 1e9, bytes, plan.splits};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -254,6 +359,7 @@ int main(int argc, char** argv) {
   const std::vector<KvFormat> formats = {KvFormat::kFp16,  KvFormat::kBf16,     KvFormat::kInt8,
                                          KvFormat::kFp8,   KvFormat::kInt4,     KvFormat::kKivi4,
                                          KvFormat::kKivi2, KvFormat::kInt4Asym, KvFormat::kInt2};
+  const int Hkv_all = 8;                    // KV heads of the timed layer
   std::vector<std::pair<int, int>> shapes;  // (batch, context)
   for (int B : {1, 16, 64})
     for (int T : {1024, 4096, 16384, 32768, 65536, 131072})
@@ -295,6 +401,23 @@ int main(int argc, char** argv) {
                      "\"speedup_vs_fp16\":%.3f,\"ideal_ratio\":%.3f,\"splits\":%d}\n",
                      name.c_str(), B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs, fp16_us / r.us,
                      ideal, r.splits);
+    }
+    struct GearRow {
+      const char* name;
+      int bits, group, buffer;
+    };
+    for (const GearRow g : {GearRow{"gear", 2, 64, 64}, GearRow{"gear-4", 4, 32, 20}}) {
+      Result r = time_gear(g.bits, g.group, g.buffer, B, T, prop.multiProcessorCount, s);
+      const double ideal = 2.0 * B * Hkv_all * T * 128 * 2 / (r.bytes - 2.0 * B * 32 * 128 * 4);
+      std::printf("%-9s %4s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", g.name, "-", B, T,
+                  r.us, r.gbps, 100 * r.gbps / copy_gbs, fp16_us / r.us, ideal, r.splits);
+      if (jl)
+        std::fprintf(jl,
+                     "{\"format\":\"%s\",\"loop\":\"-\",\"batch\":%d,\"context\":%d,"
+                     "\"us_per_step\":%.3f,\"bytes\":%.0f,\"gbps\":%.1f,\"copy_fraction\":%.4f,"
+                     "\"speedup_vs_fp16\":%.3f,\"ideal_ratio\":%.3f,\"splits\":%d}\n",
+                     g.name, B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs, fp16_us / r.us, ideal,
+                     r.splits);
     }
   }
   if (jl) std::fclose(jl);
