@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "gear_decode.h"
@@ -333,35 +334,34 @@ at::Tensor GearBlockCache::decode(int64_t layer, const std::vector<int64_t>& seq
   return out;
 }
 
-StorageBytes GearBlockCache::storage() const {
-  StorageBytes total;
+StorageBytes GearBlockCache::total(const std::function<StorageBytes(const Block&)>& block) const {
+  StorageBytes sum;
   const uint64_t row = uint64_t(num_kv_heads_ * head_dim_) * at::elementSize(dtype_);
   for (const auto& [id, s] : seqs_)
     for (const Layer& ly : s.layers) {
-      for (const Block& b : ly.blocks) {
-        total += b.key.bytes();
-        total += b.value.bytes();
-      }
-      total.payload += 2 * uint64_t(ly.length - ly.compressed) * row;
+      for (const Block& b : ly.blocks) sum += block(b);
+      sum.payload += 2 * uint64_t(ly.length - ly.compressed) * row;  // the exact buffers
     }
-  return total;
+  return sum;
+}
+
+StorageBytes GearBlockCache::storage() const {
+  return total([](const Block& b) {
+    StorageBytes s = b.key.bytes();
+    s += b.value.bytes();
+    return s;
+  });
 }
 
 StorageBytes GearBlockCache::nominal() const {
-  StorageBytes total;
-  const uint64_t row = uint64_t(num_kv_heads_ * head_dim_) * at::elementSize(dtype_);
-  for (const auto& [id, s] : seqs_)
-    for (const Layer& ly : s.layers) {
-      for (const Block& b : ly.blocks) {
-        total += gear_block_nominal(params_, dtype_, true, b.n, b.rank,
-                                    gear_outliers_per_side(params_.outlier_ratio, b.n),
-                                    num_kv_heads_, head_dim_);
-        total += gear_block_nominal(params_, dtype_, false, b.n, b.rank, value_k_, num_kv_heads_,
-                                    head_dim_);
-      }
-      total.payload += 2 * uint64_t(ly.length - ly.compressed) * row;
-    }
-  return total;
+  return total([&](const Block& b) {
+    StorageBytes s = gear_block_nominal(params_, dtype_, true, b.n, b.rank,
+                                        gear_outliers_per_side(params_.outlier_ratio, b.n),
+                                        num_kv_heads_, head_dim_);
+    s +=
+        gear_block_nominal(params_, dtype_, false, b.n, b.rank, value_k_, num_kv_heads_, head_dim_);
+    return s;
+  });
 }
 
 }  // namespace kvbench

@@ -1,6 +1,7 @@
-// Test helper: feeds the same blocks to a cache under test and a reference cache, step by
-// step, and compares every output (relative Frobenius error). Used by the latent-page caches'
-// tests, whose blocks and step plans differ but whose comparison does not.
+// Test helpers: feed the same blocks to a cache under test and a reference cache, step by
+// step (one sequence at a time, or packed batches), and compare every output (relative
+// Frobenius error). Used by the latent-page and GEAR caches' tests, whose blocks and step plans
+// differ but whose comparison does not.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -46,6 +47,39 @@ inline void compare_steps(KVCache& cache, KVCache& ref, int64_t layers, double t
     }
     if (after_step) after_step(seq);
   }
+}
+
+// Packed batches: `seqs` (already added to both caches) take step after step, step i bringing
+// steps[i][b] tokens to seqs[b], every layer in one append_and_attend_batch call of `cache`
+// (inputs on `device`); each sequence's rows must equal what `ref` gives it alone, within
+// `tolerance`.
+inline void compare_batched_steps(KVCache& cache, KVCache& ref, int64_t layers, double tolerance,
+                                  const std::vector<int64_t>& seqs,
+                                  const std::vector<std::vector<int64_t>>& steps,
+                                  const std::function<Block(int64_t n, at::Generator& gen)>& draw,
+                                  uint64_t seed, at::Device device) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (const std::vector<int64_t>& counts : steps)
+    for (int64_t layer = 0; layer < layers; ++layer) {
+      std::vector<Block> blocks;
+      std::vector<at::Tensor> q, k, v;
+      for (int64_t n : counts) {
+        blocks.push_back(draw(n, gen));
+        q.push_back(blocks.back().q.transpose(0, 1));
+        k.push_back(blocks.back().k.transpose(0, 1));
+        v.push_back(blocks.back().v.transpose(0, 1));
+      }
+      const at::Tensor got = cache.append_and_attend_batch(
+          layer, seqs, counts, at::cat(q).to(device), at::cat(k).to(device), at::cat(v).to(device));
+      for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
+        const Block& x = blocks[b];
+        const at::Tensor want = ref.append_and_attend(seqs[b], layer, x.q, x.k, x.v);
+        const at::Tensor mine = got.narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kCPU);
+        const double rel = ((mine - want).norm() / want.norm()).item<double>();
+        ASSERT_LT(rel, tolerance) << "sequence " << b << " at " << cache.length(seqs[b])
+                                  << " tokens, " << counts[b] << " new, layer " << layer;
+      }
+    }
 }
 
 }  // namespace kvbench::testing_support

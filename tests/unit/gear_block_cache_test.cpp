@@ -203,7 +203,6 @@ TEST(GearBlockBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
     auto cache = gear_cache(codec, where);
     auto ref =
         make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
-    auto gen = at::detail::createCPUGenerator(37);
     const int64_t gone = cache->add_sequence();
     ASSERT_EQ(ref->add_sequence(), gone);
     cache->remove_sequence(gone);
@@ -217,29 +216,8 @@ TEST(GearBlockBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
     for (int i = 0; i < 25; ++i) steps.push_back({1, 1, 1});
     steps.push_back({1, 20, 1});
     for (int i = 0; i < 5; ++i) steps.push_back({1, 1, 1});
-    for (const std::vector<int64_t>& counts : steps)
-      for (int64_t layer = 0; layer < kLayers; ++layer) {
-        std::vector<Block> blocks;
-        std::vector<at::Tensor> q, k, v;
-        for (int64_t n : counts) {
-          blocks.push_back(random_block(n, gen));
-          q.push_back(blocks.back().q.transpose(0, 1));
-          k.push_back(blocks.back().k.transpose(0, 1));
-          v.push_back(blocks.back().v.transpose(0, 1));
-        }
-        const at::Tensor got = cache->append_and_attend_batch(
-            layer, seqs, counts, at::cat(q).to(where.device), at::cat(k).to(where.device),
-            at::cat(v).to(where.device));
-        for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
-          const Block& x = blocks[b];
-          const at::Tensor want = ref->append_and_attend(seqs[b], layer, x.q, x.k, x.v);
-          const at::Tensor mine =
-              got.narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kCPU);
-          const double rel = ((mine - want).norm() / want.norm()).item<double>();
-          ASSERT_LT(rel, kTolerance) << "sequence " << b << " at " << cache->length(seqs[b])
-                                     << " tokens, " << counts[b] << " new, layer " << layer;
-        }
-      }
+    testing_support::compare_batched_steps(*cache, *ref, kLayers, kTolerance, seqs, steps,
+                                           random_block, 37, where.device);
     EXPECT_EQ(cache->nominal().total(), ref->nominal().total());
   }
 }

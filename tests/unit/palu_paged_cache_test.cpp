@@ -169,7 +169,6 @@ TEST(PaluPagedBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
     PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
                          nullptr, where.emulated);
     auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
-    auto gen = at::detail::createCPUGenerator(37);
     const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
                                        paged.add_sequence()};
     for (int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
@@ -177,28 +176,9 @@ TEST(PaluPagedBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
     for (int i = 0; i < 12; ++i) steps.push_back({1, 1, 1});
     steps.push_back({1, 20, 1});
     steps.push_back({1, 1, 1});
-    for (const std::vector<int64_t>& counts : steps)
-      for (int64_t layer = 0; layer < kLayers; ++layer) {
-        std::vector<Block> blocks;
-        std::vector<at::Tensor> q, k, v;
-        for (int64_t n : counts) {
-          blocks.push_back(random_block(n, gen));
-          q.push_back(blocks.back().q.transpose(0, 1));
-          k.push_back(blocks.back().k.transpose(0, 1));
-          v.push_back(blocks.back().v.transpose(0, 1));
-        }
-        const at::Tensor got =
-            paged.append_and_attend_batch(layer, seqs, counts, at::cat(q), at::cat(k), at::cat(v));
-        for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
-          const Block& x = blocks[b];
-          const at::Tensor want = ref->append_and_attend(seqs[b], layer, x.q, x.k, x.v);
-          const at::Tensor mine = got.narrow(0, int64_t(row), counts[b]).transpose(0, 1);
-          const double rel = ((mine - want).norm() / want.norm()).item<double>();
-          ASSERT_LT(rel, kernel_path ? 3e-3 : 2e-5)
-              << "sequence " << b << " at " << paged.length(seqs[b]) << " tokens, " << counts[b]
-              << " new, layer " << layer << (kernel_path ? " (kernel path)" : "");
-        }
-      }
+    SCOPED_TRACE(kernel_path ? "kernel path" : "cpu path");
+    testing_support::compare_batched_steps(paged, *ref, kLayers, kernel_path ? 3e-3 : 2e-5, seqs,
+                                           steps, random_block, 37, where.device);
   }
 }
 

@@ -21,6 +21,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -88,6 +89,8 @@ class GearBlockCache final : public KVCache {
   // The decode kernel (or its host reference) for a batch of single tokens.
   at::Tensor decode(int64_t layer, const std::vector<int64_t>& seqs, const at::Tensor& q);
   const at::Tensor& tables(int64_t layer, const std::vector<int64_t>& seqs);
+  // Bytes of every layer of every sequence: `block` of each block, plus the exact rows.
+  StorageBytes total(const std::function<StorageBytes(const Block&)>& block) const;
   // Values the host computes once per step and every layer uses (the batch's lengths, the
   // exact-buffer rows its tokens go to), where the pools are: uploaded from pinned memory
   // without waiting for the device when they differ from the last upload.
