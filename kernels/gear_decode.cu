@@ -186,7 +186,8 @@ __global__ void gear_merge_kernel(const GearProblem p, int splits, const float* 
     sum += w * part[1];
     acc += w * part[2 + c];
   }
-  p.out[(size_t(b) * p.q_heads + qh) * d + c] = acc / sum;
+  // sum > 0 unless the sequence held no token (seq_lens 0, which the cache never passes).
+  p.out[(size_t(b) * p.q_heads + qh) * d + c] = sum > 0.f ? acc / sum : 0.f;
 }
 
 }  // namespace

@@ -37,7 +37,7 @@ inline std::vector<GearShape> gear_shapes() {
   return {GearShape{2, 4, 128, 2, 64, 64, 1, 64, false, 0.04, {1, 17, 64, 65, 200, 1000}},
           GearShape{2, 8, 64, 4, 32, 32, 2, 20, true, 0.1, {5, 20, 21, 99, 333}},
           GearShape{1, 1, 128, 8, 32, 32, 3, 20, false, 0.02, {40, 700}},
-          GearShape{4, 2, 96, 2, 64, 32, 0, 64, false, 0.0, {130, 7}}};
+          GearShape{4, 2, 96, 2, 64, 32, 0, 64, false, 0.0, {130, 7, 300}}};
 }
 
 inline double gear_scaled_error(const std::vector<float>& got, const std::vector<double>& want) {

@@ -4,7 +4,9 @@
 // sequence shows). The kernel sums in fp32 in another order than the host: bound 1e-5 of the
 // output's scale (host: measured ~4e-7 against float64). Shapes: 2-, 4- and 8-bit codes,
 // head_dim 64, 96 and 128, fp16 and bf16, with and without outliers; lengths of a single token,
-// only exact tokens, a block boundary, several blocks and splits. Skips without a GPU.
+// only exact tokens, a block boundary, several blocks; plans for sm_count 1 (one split, two for
+// the single-KV-head shape) and 132 (2 to 8 splits for every shape's longest sequence). Skips
+// without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -43,7 +45,7 @@ TEST_P(GearDecodeGpuTest, MatchesTheHostReference) {
   const kernels::GearProblem p =
       c.problem_at(static_cast<const kernels::GearSequence*>(tables.ptr),
                    static_cast<const int*>(lens.ptr), static_cast<const float*>(q.ptr), nullptr);
-  for (const int sms : {1, 132}) {  // one split per sequence, and several
+  for (const int sms : {1, 132}) {  // few splits per sequence (one for short ones), and many
     kernels::GearProblem run = p;
     std::vector<float> got(c.want.size(), NAN);
     ASSERT_CUDA(out.upload(got));
