@@ -5,6 +5,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <tuple>
 
 #include "gear_decode.h"
 #include "kvbench/core/error.h"
@@ -133,33 +134,83 @@ void GearBlockCache::reserve_slots(int64_t slots) {
     }
 }
 
-void GearBlockCache::append_with_blocks(Sequence& s, int64_t layer, const at::Tensor& k,
-                                        const at::Tensor& v) {
-  Layer& ly = s.layers[size_t(layer)];
-  const int64_t n = k.size(0), held = ly.length - ly.compressed + n;
-  const int64_t ready = held - held % params_.buffer;
-  at::Tensor exact[2] = {exact_k_[size_t(layer)][s.slot], exact_v_[size_t(layer)][s.slot]};
-  // [held, kv_heads, head_dim]: the buffered rows, then the new ones.
-  const at::Tensor all[2] = {at::cat({exact[0].narrow(0, 0, held - n), k}),
-                             at::cat({exact[1].narrow(0, 0, held - n), v})};
-  if (ready > 0) {
-    Block b;
-    b.start = ly.compressed;
-    b.n = ready;
-    b.rank = std::min({n > 1 ? params_.rank_prefill : params_.rank_decode, ready, head_dim_});
-    const uint64_t index = ly.blocks.size();
-    auto rows = [&](const at::Tensor& x) {
-      return x.narrow(0, 0, ready).transpose(0, 1).to(at::kFloat).contiguous();
-    };
-    const at::Tensor& start = random_start(index, b.rank);
-    b.key = gear_compress(params_, dtype_, true, rows(all[0]), b.rank, index, start);
-    b.value = gear_compress(params_, dtype_, false, rows(all[1]), b.rank, index, start);
-    ly.blocks.push_back(std::move(b));
-    ly.compressed += ready;
+namespace {
+
+// Rows [j * heads, (j + 1) * heads) of every tensor of a group's side: sequence j's block, in
+// its own memory when the group has others (so that its bytes go when it does).
+GearSideTensors member(const GearSideTensors& group, int64_t j, int64_t heads, bool alone) {
+  auto part = [&](const at::Tensor& t) {
+    const at::Tensor rows = t.narrow(0, j * heads, heads);
+    return alone ? rows : rows.clone();
+  };
+  GearSideTensors out;
+  out.codes = part(group.codes), out.scales = part(group.scales), out.mins = part(group.mins);
+  out.outlier_values = part(group.outlier_values), out.outlier_index = part(group.outlier_index);
+  out.q = part(group.q), out.p = part(group.p), out.k = group.k;
+  return out;
+}
+
+}  // namespace
+
+void GearBlockCache::append_with_blocks(int64_t layer, const std::vector<Pending>& pending) {
+  struct Plan {
+    Sequence* s;
+    int64_t n, held, ready;
+    at::Tensor all[2];  // [held, kv_heads, head_dim]: the buffered rows, then the new ones
+  };
+  std::vector<Plan> plans;
+  // Sequences whose blocks form alike (token count, rank, block number) compress together: the
+  // ops work per head, so a group of G sequences is one compression of G * kv_heads heads,
+  // whose blocks are exactly those each sequence would form alone.
+  std::map<std::tuple<int64_t, int64_t, uint64_t>, std::vector<size_t>> groups;
+  for (const Pending& p : pending) {
+    Layer& ly = p.seq->layers[size_t(layer)];
+    Plan x{p.seq, p.k.size(0), 0, 0, {}};
+    x.held = ly.length - ly.compressed + x.n;
+    x.ready = x.held - x.held % params_.buffer;
+    const at::Tensor* rows[2] = {&p.k, &p.v};
+    for (int side = 0; side < 2; ++side) {
+      const at::Tensor& pool = (side == 0 ? exact_k_ : exact_v_)[size_t(layer)];
+      x.all[side] = at::cat({pool[p.seq->slot].narrow(0, 0, x.held - x.n), *rows[side]});
+    }
+    if (x.ready > 0) {
+      const int64_t rank =
+          std::min({x.n > 1 ? params_.rank_prefill : params_.rank_decode, x.ready, head_dim_});
+      groups[{x.ready, rank, ly.blocks.size()}].push_back(plans.size());
+    }
+    plans.push_back(std::move(x));
   }
-  for (int side = 0; side < 2; ++side)
-    exact[side].narrow(0, 0, held - ready).copy_(all[side].narrow(0, ready, held - ready));
-  ly.length += n;
+  for (const auto& [key, members] : groups) {
+    const auto [ready, rank, index] = key;
+    const int64_t count = int64_t(members.size());
+    GearSideTensors sides[2];
+    for (int side = 0; side < 2; ++side) {
+      std::vector<at::Tensor> blocks;
+      for (size_t i : members)
+        blocks.push_back(plans[i].all[side].narrow(0, 0, ready).transpose(0, 1));
+      const at::Tensor start =
+          rank > 0 ? random_start(index, rank).repeat({count, 1, 1}) : at::Tensor();
+      sides[side] =
+          gear_compress(params_, dtype_, side == 0, at::cat(blocks, 0).to(at::kFloat).contiguous(),
+                        rank, index, start);
+    }
+    for (int64_t j = 0; j < count; ++j) {
+      Layer& ly = plans[members[size_t(j)]].s->layers[size_t(layer)];
+      Block b;
+      b.start = ly.compressed, b.n = ready, b.rank = rank;
+      b.key = member(sides[0], j, num_kv_heads_, count == 1);
+      b.value = member(sides[1], j, num_kv_heads_, count == 1);
+      ly.blocks.push_back(std::move(b));
+      ly.compressed += ready;
+    }
+  }
+  for (Plan& x : plans) {
+    for (int side = 0; side < 2; ++side) {
+      at::Tensor pool = (side == 0 ? exact_k_ : exact_v_)[size_t(layer)][x.s->slot];
+      pool.narrow(0, 0, x.held - x.ready).copy_(x.all[side].narrow(0, x.ready, x.held - x.ready));
+    }
+    x.s->layers[size_t(layer)].length += x.n;
+  }
 }
 
 at::Tensor GearBlockCache::append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q,
@@ -185,13 +236,14 @@ at::Tensor GearBlockCache::append_and_attend_batch(int64_t layer, const std::vec
   // Rows that only join the exact buffer go in with one index_copy per side; a sequence whose
   // buffer fills compresses a block on its own (once every `buffer` decode steps).
   std::vector<int64_t> source, dest;
+  std::vector<Pending> filling;
   for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
     Sequence& s = sequence(seqs[i]);
     Layer& ly = s.layers[size_t(layer)];
     const int64_t held = ly.length - ly.compressed;
     if (held + counts[i] >= params_.buffer) {
-      append_with_blocks(s, layer, k16.narrow(0, int64_t(row), counts[i]),
-                         v16.narrow(0, int64_t(row), counts[i]));
+      filling.push_back(
+          {&s, k16.narrow(0, int64_t(row), counts[i]), v16.narrow(0, int64_t(row), counts[i])});
       continue;
     }
     for (int64_t t = 0; t < counts[i]; ++t) {
@@ -211,6 +263,7 @@ at::Tensor GearBlockCache::append_and_attend_batch(int64_t layer, const std::vec
           .index_copy_(0, to, all ? x : x.index_select(0, from));
     }
   }
+  if (!filling.empty()) append_with_blocks(layer, filling);
   const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
   if (kernel_path_ && single) return decode(layer, seqs, q).to(q.device());
   // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens.

@@ -191,35 +191,41 @@ INSTANTIATE_TEST_SUITE_P(Presets, GearBlockCacheTest,
                                            R"({"name": "gear-8", "outlier_ratio": 0.1})",
                                            R"({"name": "gear", "rank_decode": 0, "buffer": 8})"));
 
-// A packed batch at different lengths and buffer phases: prefills together, decode steps of the
-// whole batch in one call (one launch on the kernel path) while sequences compress at
-// different steps, a mixed step; each sequence's rows equal what the reference cache gives it
-// alone. Sequences come and go (slots reused).
+// A packed batch: prefills together, decode steps of the whole batch in one call (one launch on
+// the kernel path), a mixed step; each sequence's rows equal what the reference cache gives it
+// alone, and the bytes are the reference's. Two plans: lengths at different phases of their
+// buffers (each sequence compresses at its own step), and lengths whose blocks form alike
+// (two equal prefills, then every decode block at the same step: compressed as one group).
+// Sequences come and go (slots reused).
 TEST(GearBlockBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
   const nlohmann::json entry = {{"name", "gear-4"}};
   const auto codec = gear_codec(entry, at::kHalf);
-  for (const testing_support::PagedDevice& where : gear_devices()) {
-    SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
-    auto cache = gear_cache(codec, where);
-    auto ref =
-        make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
-    const int64_t gone = cache->add_sequence();
-    ASSERT_EQ(ref->add_sequence(), gone);
-    cache->remove_sequence(gone);
-    ref->remove_sequence(gone);
-    std::vector<int64_t> seqs;
-    for (int i = 0; i < 3; ++i) {
-      seqs.push_back(cache->add_sequence());
-      ASSERT_EQ(ref->add_sequence(), seqs.back());
+  for (const std::vector<int64_t>& prefill : {std::vector<int64_t>{50, 7, 33}, {40, 40, 60}})
+    for (const testing_support::PagedDevice& where : gear_devices()) {
+      SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : "") + ", prefill " +
+                   std::to_string(prefill[0]));
+      auto cache = gear_cache(codec, where);
+      auto ref =
+          make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
+      const int64_t gone = cache->add_sequence();
+      ASSERT_EQ(ref->add_sequence(), gone);
+      cache->remove_sequence(gone);
+      ref->remove_sequence(gone);
+      std::vector<int64_t> seqs;
+      for (int i = 0; i < 3; ++i) {
+        seqs.push_back(cache->add_sequence());
+        ASSERT_EQ(ref->add_sequence(), seqs.back());
+      }
+      std::vector<std::vector<int64_t>> steps = {prefill};
+      for (int i = 0; i < 25; ++i) steps.push_back({1, 1, 1});
+      steps.push_back({1, 20, 1});
+      for (int i = 0; i < 5; ++i) steps.push_back({1, 1, 1});
+      testing_support::compare_batched_steps(*cache, *ref, kLayers, kTolerance, seqs, steps,
+                                             random_block, 37, where.device);
+      EXPECT_EQ(cache->storage().total(), ref->storage().total());
+      EXPECT_EQ(cache->nominal().total(), ref->nominal().total());
+      EXPECT_EQ(cache->blocks(seqs[0], 0), prefill[0] == 40 ? 2 : 3);
     }
-    std::vector<std::vector<int64_t>> steps = {{50, 7, 33}};
-    for (int i = 0; i < 25; ++i) steps.push_back({1, 1, 1});
-    steps.push_back({1, 20, 1});
-    for (int i = 0; i < 5; ++i) steps.push_back({1, 1, 1});
-    testing_support::compare_batched_steps(*cache, *ref, kLayers, kTolerance, seqs, steps,
-                                           random_block, 37, where.device);
-    EXPECT_EQ(cache->nominal().total(), ref->nominal().total());
-  }
 }
 
 TEST(GearBlockBatchTest, Bf16ModelsAttendLikeTheReferenceCache) {

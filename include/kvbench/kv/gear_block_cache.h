@@ -81,9 +81,15 @@ class GearBlockCache final : public KVCache {
   const Sequence& sequence(int64_t seq) const;
   // Rows of the exact pools for `rows` more sequences' slots, grown by doubling.
   void reserve_slots(int64_t slots);
-  // Appends one sequence's new rows ([n, kv_heads, head_dim], model dtype) at `layer`,
-  // compressing a block when the buffer fills.
-  void append_with_blocks(Sequence& s, int64_t layer, const at::Tensor& k, const at::Tensor& v);
+  // A sequence whose buffer fills at this step, with its new rows ([n, kv_heads, head_dim],
+  // model dtype).
+  struct Pending {
+    Sequence* seq;
+    at::Tensor k, v;
+  };
+  // Appends those sequences' rows at `layer`, each compressing the largest multiple of `buffer`
+  // of its buffered and new rows as one block (sequences forming alike blocks together).
+  void append_with_blocks(int64_t layer, const std::vector<Pending>& pending);
   // Keys and values [kv_heads, tokens, head_dim] fp32 of every token `s` holds at `layer`.
   std::pair<at::Tensor, at::Tensor> reconstruct(const Sequence& s, int64_t layer) const;
   // The decode kernel (or its host reference) for a batch of single tokens.
