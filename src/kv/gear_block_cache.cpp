@@ -85,8 +85,8 @@ int64_t GearBlockCache::add_sequence() {
     s.slot = free_slots_.back();
     free_slots_.pop_back();
   } else {
+    reserve_slots(slots_ + 1);  // first: a failed allocation leaves the cache as it was
     s.slot = slots_++;
-    reserve_slots(slots_);
   }
   s.layers.resize(size_t(num_layers_));
   seqs_.emplace(next_id_, std::move(s));
@@ -125,13 +125,17 @@ void GearBlockCache::reserve_slots(int64_t slots) {
   const int64_t have = exact_k_[0].size(0);
   if (slots <= have) return;
   const int64_t grown = std::max<int64_t>({slots, 2 * have, 4});
-  for (auto* pools : {&exact_k_, &exact_v_})
-    for (at::Tensor& pool : *pools) {
-      at::Tensor bigger =
-          at::empty({grown, params_.buffer, num_kv_heads_, head_dim_}, pool.options());
-      bigger.narrow(0, 0, have).copy_(pool);
-      pool = bigger;
+  // Every layer's new pools before any is swapped in, so that running out of memory midway
+  // leaves every layer at the old size.
+  std::vector<at::Tensor> bigger[2];
+  for (int side = 0; side < 2; ++side)
+    for (const at::Tensor& pool : side == 0 ? exact_k_ : exact_v_) {
+      bigger[side].push_back(
+          at::empty({grown, params_.buffer, num_kv_heads_, head_dim_}, pool.options()));
+      bigger[side].back().narrow(0, 0, have).copy_(pool);
     }
+  exact_k_ = std::move(bigger[0]);
+  exact_v_ = std::move(bigger[1]);
 }
 
 namespace {
@@ -161,7 +165,8 @@ void GearBlockCache::append_with_blocks(int64_t layer, const std::vector<Pending
   std::vector<Plan> plans;
   // Sequences whose blocks form alike (token count, rank, block number) compress together: the
   // ops work per head, so a group of G sequences is one compression of G * kv_heads heads,
-  // whose blocks are exactly those each sequence would form alone.
+  // whose blocks are those each sequence would form alone (on the CPU to the bit; a GPU's
+  // batched QR may differ from a smaller batch's in the last unit).
   std::map<std::tuple<int64_t, int64_t, uint64_t>, std::vector<size_t>> groups;
   for (const Pending& p : pending) {
     Layer& ly = p.seq->layers[size_t(layer)];
@@ -228,8 +233,16 @@ at::Tensor GearBlockCache::append_and_attend_batch(int64_t layer, const std::vec
   KVB_CHECK(!kernel_path_ || q.size(1) / num_kv_heads_ <= kernels::kGearMaxQPerKv,
             "paged cache: gear on the GPU path takes at most ", kernels::kGearMaxQPerKv,
             " query heads per KV head; the model has ", q.size(1) / num_kv_heads_);
+  // Everything checked before any state changes: known, distinct sequences, positive counts.
+  KVB_CHECK(!seqs.empty(), "paged cache: an empty batch");
   int64_t rows = 0;
-  for (int64_t n : counts) rows += n;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    sequence(seqs[i]);
+    KVB_CHECK(counts[i] >= 1, "paged cache: sequence ", seqs[i], " brings ", counts[i], " tokens");
+    KVB_CHECK(std::count(seqs.begin(), seqs.end(), seqs[i]) == 1, "paged cache: sequence ", seqs[i],
+              " appears twice in one batch");
+    rows += counts[i];
+  }
   KVB_CHECK(rows == k.size(0), "paged cache: ", k.size(0), " new rows for counts summing to ",
             rows);
   const at::Tensor k16 = k.to(device_, dtype_), v16 = v.to(device_, dtype_);
@@ -350,9 +363,12 @@ const at::Tensor& GearBlockCache::tables(int64_t layer, const std::vector<int64_
 
 const at::Tensor& GearBlockCache::random_start(uint64_t block_index, int64_t rank) {
   at::Tensor& start = starts_[{block_index, rank}];
-  if (!start.defined())
-    start = gear_random_start(num_kv_heads_, head_dim_, rank, gear_block_seed(params_, block_index))
-                .to(device_);
+  if (!start.defined()) {
+    // Drawn on the CPU (the CPU store's generator); uploaded without waiting for the device.
+    const at::Tensor host =
+        gear_random_start(num_kv_heads_, head_dim_, rank, gear_block_seed(params_, block_index));
+    start = device_.is_cuda() ? host.pin_memory().to(device_, /*non_blocking=*/true) : host;
+  }
   return start;
 }
 

@@ -29,7 +29,7 @@ at::Tensor spread(const at::Tensor& per_group, bool is_key, int64_t group, int64
 // The bit offsets of the values in a byte, 0, bits, 2 bits, ..., made where the codes are (no
 // host-to-device copy).
 at::Tensor shifts(int bits, at::Device device) {
-  return at::arange(0, 8, bits, at::TensorOptions().dtype(at::kLong).device(device));
+  return at::arange(0, 8, bits, at::TensorOptions().dtype(at::kInt).device(device));
 }
 
 // Codes [kv_heads, n, head_dim] (integers in fp32) packed `bits` to a value, low bits first.
@@ -37,14 +37,14 @@ at::Tensor pack(const at::Tensor& codes, int bits) {
   const int64_t per_byte = 8 / bits;
   if (per_byte == 1) return codes.to(at::kByte);
   const at::Tensor grouped =
-      codes.to(at::kLong).view({codes.size(0), codes.size(1), codes.size(2) / per_byte, per_byte});
+      codes.to(at::kInt).view({codes.size(0), codes.size(1), codes.size(2) / per_byte, per_byte});
   return at::bitwise_left_shift(grouped, shifts(bits, codes.device())).sum(-1).to(at::kByte);
 }
 
 at::Tensor unpack(const at::Tensor& packed, int bits) {
   if (bits == 8) return packed.to(at::kFloat);
   const at::Tensor codes =
-      at::bitwise_right_shift(packed.to(at::kLong).unsqueeze(-1), shifts(bits, packed.device()))
+      at::bitwise_right_shift(packed.to(at::kInt).unsqueeze(-1), shifts(bits, packed.device()))
           .bitwise_and((1 << bits) - 1);
   return codes.reshape({packed.size(0), packed.size(1), -1}).to(at::kFloat);
 }
@@ -103,7 +103,9 @@ GearSideTensors gear_compress(const GearParams& params, at::ScalarType dtype, bo
   lo = lo.masked_fill(none, 0.0);
   hi = hi.masked_fill(none, 0.0);
   const at::Tensor mins = round_to(lo, dtype);
-  const at::Tensor steps = round_to((hi - mins) / double(qmax), dtype);
+  // Divided by a tensor where the values are: CUDA's division by a host scalar multiplies by
+  // its reciprocal, which can land one ulp away from the CPU store's quotient.
+  const at::Tensor steps = round_to((hi - mins) / at::scalar_tensor(qmax, hi.options()), dtype);
   const at::Tensor inv = at::where(steps != 0, steps.reciprocal(), at::zeros_like(steps));
   const at::Tensor m_e = spread(mins, is_key, g, n), s_e = spread(steps, is_key, g, n);
   const at::Tensor codes = at::clamp(at::round((x - m_e) * spread(inv, is_key, g, n)), 0, qmax);

@@ -5,7 +5,8 @@
 //            written by one index_copy per side). When a sequence's buffer holds `buffer`
 //            tokens or more, the largest multiple of `buffer` is compressed as one block
 //            (rank_prefill for an append of several tokens, rank_decode for one), exactly the
-//            CPU store's rule, so blocks, codes and bytes are the CPU cache's.
+//            CPU store's rule, so blocks form where the CPU cache's do, with its bytes (and on
+//            the CPU its codes and factors to the bit; gear_blocks.h says what a GPU may move).
 //   decode   one launch for the batch (kernels/gear_decode.h): each token's key and value
 //            rebuilt from codes, scales, factors and outliers in shared memory and attended;
 //            nothing reconstructed is written to global memory. On the CPU with the emulated
