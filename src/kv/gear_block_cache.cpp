@@ -9,6 +9,7 @@
 
 #include "gear_decode.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/time.h"
 #include "kvbench/kv/paged_cache.h"
 #include "paged_cache_cuda.h"
 
@@ -23,9 +24,13 @@ const std::shared_ptr<const GearCodec>& checked(const std::shared_ptr<const Gear
   KVB_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "paged cache: method 'gear' stores ",
             c10::toString(dtype),
             " scales, outliers and factors, which the GPU path lacks (model dtype fp16 or bf16)");
-  KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr,
-            "paged cache: gear keeps every token on the paged path (its codes span tokens, so a "
-            "retained list cannot drop some); with retention policy '",
+  KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr ||
+                (policy->timing() == EvictionTiming::kAfterPrefill && !policy->cache_positions() &&
+                 (policy->needs() == RetentionNeeds::kPositions ||
+                  policy->needs() == RetentionNeeds::kWindowScores)),
+            "paged cache: gear's codes span tokens, so on the paged path it takes only policies "
+            "that select once after the prefill from positions or window scores (SnapKV, "
+            "PyramidKV); with retention policy '",
             policy ? policy->name() : "", "' run it with attention cpu or reference");
   KVB_CHECK(device.is_cpu() || device.is_cuda(), "paged cache: device ", device.str(),
             " (expected cpu or cuda)");
@@ -68,7 +73,10 @@ GearBlockCache::GearBlockCache(std::shared_ptr<const GearCodec> codec, int64_t n
       head_dim_(head_dim),
       device_(device),
       kernel_path_(device.is_cuda() || kernel_path_on_cpu),
-      value_k_(gear_outliers_per_side(params_.outlier_ratio, head_dim)) {
+      value_k_(gear_outliers_per_side(params_.outlier_ratio, head_dim)),
+      policy_(policy && dynamic_cast<const FullRetention*>(policy.get()) == nullptr
+                  ? std::move(policy)
+                  : nullptr) {
   KVB_CHECK(num_layers >= 1 && num_kv_heads >= 1, "gear cache: ", num_layers, " layers and ",
             num_kv_heads, " KV heads");
   const auto where = at::TensorOptions().dtype(dtype_).device(device_);
@@ -113,7 +121,7 @@ int64_t GearBlockCache::length(int64_t seq) const { return sequence(seq).layers.
 
 std::vector<int64_t> GearBlockCache::kept_tokens(int64_t seq) const {
   std::vector<int64_t> kept;
-  for (const Layer& l : sequence(seq).layers) kept.push_back(l.length);
+  for (const Layer& l : sequence(seq).layers) kept.push_back(l.held);
   return kept;
 }
 
@@ -171,7 +179,7 @@ void GearBlockCache::append_with_blocks(int64_t layer, const std::vector<Pending
   for (const Pending& p : pending) {
     Layer& ly = p.seq->layers[size_t(layer)];
     Plan x{p.seq, p.k.size(0), 0, 0, {}};
-    x.held = ly.length - ly.compressed + x.n;
+    x.held = ly.held - ly.compressed + x.n;
     x.ready = x.held - x.held % params_.buffer;
     const at::Tensor* rows[2] = {&p.k, &p.v};
     for (int side = 0; side < 2; ++side) {
@@ -214,7 +222,7 @@ void GearBlockCache::append_with_blocks(int64_t layer, const std::vector<Pending
       at::Tensor pool = (side == 0 ? exact_k_ : exact_v_)[size_t(layer)][x.s->slot];
       pool.narrow(0, 0, x.held - x.ready).copy_(x.all[side].narrow(0, x.ready, x.held - x.ready));
     }
-    x.s->layers[size_t(layer)].length += x.n;
+    x.s->layers[size_t(layer)].held += x.n;
   }
 }
 
@@ -250,10 +258,13 @@ at::Tensor GearBlockCache::append_and_attend_batch(int64_t layer, const std::vec
   // buffer fills compresses a block on its own (once every `buffer` decode steps).
   std::vector<int64_t> source, dest;
   std::vector<Pending> filling;
+  std::vector<bool> first;  // the sequence's first block: a prefill the policy may shrink
   for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
     Sequence& s = sequence(seqs[i]);
     Layer& ly = s.layers[size_t(layer)];
-    const int64_t held = ly.length - ly.compressed;
+    const int64_t held = ly.held - ly.compressed;
+    first.push_back(ly.length == 0);
+    ly.length += counts[i];
     if (held + counts[i] >= params_.buffer) {
       filling.push_back(
           {&s, k16.narrow(0, int64_t(row), counts[i]), v16.narrow(0, int64_t(row), counts[i])});
@@ -263,7 +274,7 @@ at::Tensor GearBlockCache::append_and_attend_batch(int64_t layer, const std::vec
       source.push_back(int64_t(row) + t);
       dest.push_back(s.slot * params_.buffer + held + t);
     }
-    ly.length += counts[i];
+    ly.held += counts[i];
   }
   if (!dest.empty()) {
     const bool all = int64_t(source.size()) == rows;
@@ -278,17 +289,66 @@ at::Tensor GearBlockCache::append_and_attend_batch(int64_t layer, const std::vec
   }
   if (!filling.empty()) append_with_blocks(layer, filling);
   const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
-  if (kernel_path_ && single) return decode(layer, seqs, q).to(q.device());
-  // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens.
-  const double scale = 1.0 / std::sqrt(double(head_dim_));
-  std::vector<at::Tensor> parts;
-  for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
-    const auto [keys, values] = reconstruct(sequence(seqs[i]), layer);
-    const at::Tensor qb = q.narrow(0, int64_t(row), counts[i]).transpose(0, 1);
-    parts.push_back(paged_block_attention(qb.to(keys.device(), at::kFloat), keys, values, scale)
-                        .transpose(0, 1));
+  at::Tensor out;
+  if (kernel_path_ && single) {
+    out = decode(layer, seqs, q);
+  } else {
+    // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens.
+    const double scale = 1.0 / std::sqrt(double(head_dim_));
+    std::vector<at::Tensor> parts;
+    for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
+      const auto [keys, values] = reconstruct(sequence(seqs[i]), layer);
+      const at::Tensor qb = q.narrow(0, int64_t(row), counts[i]).transpose(0, 1);
+      parts.push_back(paged_block_attention(qb.to(keys.device(), at::kFloat), keys, values, scale)
+                          .transpose(0, 1));
+    }
+    out = at::cat(parts, 0);
   }
-  return at::cat(parts, 0).to(q.device());
+  if (policy_) evict_after_prefill(layer, seqs, counts, first, q, k, v);
+  return out.to(q.device());
+}
+
+void GearBlockCache::evict_after_prefill(int64_t layer, const std::vector<int64_t>& seqs,
+                                         const std::vector<int64_t>& counts,
+                                         const std::vector<bool>& first, const at::Tensor& q,
+                                         const at::Tensor& k, const at::Tensor& v) {
+  Stopwatch watch;
+  std::vector<Pending> rebuilt;
+  for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
+    if (!first[i]) continue;
+    const int64_t n = counts[i];
+    RetentionInput in;
+    in.layer = layer, in.num_layers = num_layers_, in.length = n, in.prefill = true;
+    in.positions = at::arange(n, at::kLong).expand({num_kv_heads_, n});
+    if (!policy_->over_budget(in)) continue;
+    // Selection from the prefill's full-precision queries and keys, as the CPU cache does.
+    auto rows_of = [&](const at::Tensor& x) {
+      return x.narrow(0, int64_t(row), n).transpose(0, 1).to(device_, at::kFloat);
+    };
+    const at::Tensor kb = rows_of(k), vb = rows_of(v);  // [kv_heads, n, head_dim]
+    if (policy_->needs() == RetentionNeeds::kWindowScores) {
+      in.window_attention =
+          prefill_window_attention(rows_of(q), kb, std::min(policy_->observation_window(), n));
+      in.host_positions = in.positions;
+      in.positions = device_.is_cuda()
+                         ? in.positions.contiguous().pin_memory().to(device_, /*non_blocking=*/true)
+                         : in.positions;
+    }
+    const at::Tensor kept = policy_->select(in).to(device_);  // [kv_heads, kept], ascending
+    KVB_CHECK(kept.dim() == 2 && kept.size(0) == num_kv_heads_, "retention policy '",
+              policy_->name(), "' selected ", kept.sizes(), " for ", num_kv_heads_, " KV heads");
+    const at::Tensor index = kept.unsqueeze(-1).expand({num_kv_heads_, kept.size(1), head_dim_});
+    // Codes that span tokens cannot lose one: the layer is stored afresh from the kept tokens
+    // (its blocks form over them alone, the block numbers from 0), as the CPU store is.
+    Sequence& s = sequence(seqs[i]);
+    Layer& ly = s.layers[size_t(layer)];
+    ly.blocks.clear();
+    ly.compressed = 0, ly.held = 0;
+    rebuilt.push_back({&s, kb.gather(1, index).transpose(0, 1).to(dtype_),
+                       vb.gather(1, index).transpose(0, 1).to(dtype_)});
+  }
+  if (!rebuilt.empty()) append_with_blocks(layer, rebuilt);
+  retention_s_ += watch.seconds();
 }
 
 std::pair<at::Tensor, at::Tensor> GearBlockCache::reconstruct(const Sequence& s,
@@ -299,7 +359,7 @@ std::pair<at::Tensor, at::Tensor> GearBlockCache::reconstruct(const Sequence& s,
     keys.push_back(gear_reconstruct(params_, true, b.key));
     values.push_back(gear_reconstruct(params_, false, b.value));
   }
-  const int64_t held = ly.length - ly.compressed;
+  const int64_t held = ly.held - ly.compressed;
   keys.push_back(exact_k_[size_t(layer)][s.slot].narrow(0, 0, held).transpose(0, 1).to(at::kFloat));
   values.push_back(
       exact_v_[size_t(layer)][s.slot].narrow(0, 0, held).transpose(0, 1).to(at::kFloat));
@@ -385,7 +445,7 @@ const at::Tensor& GearBlockCache::upload(Uploaded<T>& cached, const std::vector<
 at::Tensor GearBlockCache::decode(int64_t layer, const std::vector<int64_t>& seqs,
                                   const at::Tensor& q_in) {
   std::vector<int> lengths;
-  for (int64_t id : seqs) lengths.push_back(int(sequence(id).layers[size_t(layer)].length));
+  for (int64_t id : seqs) lengths.push_back(int(sequence(id).layers[size_t(layer)].held));
   const at::Tensor& table = tables(layer, seqs);
   const at::Tensor& lens = upload(lengths_, lengths);
   const at::Tensor q = q_in.to(device_, at::kFloat).contiguous();
@@ -409,7 +469,7 @@ StorageBytes GearBlockCache::total(const std::function<StorageBytes(const Block&
   for (const auto& [id, s] : seqs_)
     for (const Layer& ly : s.layers) {
       for (const Block& b : ly.blocks) sum += block(b);
-      sum.payload += 2 * uint64_t(ly.length - ly.compressed) * row;  // the exact buffers
+      sum.payload += 2 * uint64_t(ly.held - ly.compressed) * row;  // the exact buffers
     }
   return sum;
 }

@@ -29,7 +29,7 @@ const char* kPagedMethods =
     "of its "
     "coefficients: rank a multiple of 32; 64 or 128 on a GPU), palu (latent pages: group 1, rank "
     "a multiple of 32; 32 to 128 on a GPU), gear, gear-4 and gear-8 (blocks read in place: model "
-    "dtype fp16 or bf16, head_dim <= 128 on a GPU)";
+    "dtype fp16 or bf16, head_dim <= 128 on a GPU; policies selecting after the prefill only)";
 
 }  // namespace
 

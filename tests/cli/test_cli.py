@@ -983,15 +983,20 @@ class ModelCliTest(CliCase):
     def test_paged_attention_runs_gear_on_its_blocks_like_the_reference(self):
         # GEAR on the paged path: its blocks made with ATen ops where the cache lives and read in
         # place. The same codes, outliers and factors as the reference backend's store, so
-        # fidelity agrees; the latency cell's measured bytes equal the reference's. GEAR under
-        # a retention policy fails its cell with the reason.
+        # fidelity agrees and the latency cell's measured bytes equal the reference's; SnapKV
+        # over GEAR selects after the prefill and stores the kept tokens afresh, as the
+        # reference does. GEAR under a policy that selects from every step's scores (H2O)
+        # fails its cell with the reason.
         cfg = {"model": {"preset": "tiny-llama", "random_init": True, "dtype": "float16"},
                "methods": [{"name": "gear"}, {"name": "gear-4"},
-                           {"name": "snapkv", "budget": 64, "codec": "gear-4"}],
+                           {"name": "snapkv", "budget": 64, "codec": "gear-4"},
+                           {"name": "h2o", "heavy": 32, "recent": 32, "evict": "after_prefill",
+                            "codec": "gear"}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16},
                           {"name": "latency", "prompt_tokens": 100, "new_tokens": 30,
                            "repeats": 1}]}
+        names = ("gear", "gear-4", "snapkv")
         kl, measured = {}, {}
         for attention in ("paged", "reference"):
             res = self.run_ok(dict(cfg, attention=attention))
@@ -999,21 +1004,22 @@ class ModelCliTest(CliCase):
             cells = {(c["suite"], c["method"]["name"]): c for c in report["cells"]}
             if attention == "paged":
                 self.assertEqual(res.returncode, 1, res.stderr)
-                snapkv = cells[("fidelity", "snapkv")]
-                self.assertEqual(snapkv["status"], "failed")
-                self.assertIn("attention cpu or reference", snapkv["error"])
-            for name in ("gear", "gear-4"):
+                h2o = cells[("fidelity", "h2o")]
+                self.assertEqual(h2o["status"], "failed")
+                self.assertIn("attention cpu or reference", h2o["error"])
+            for name in names:
                 fid, lat = cells[("fidelity", name)], cells[("latency", name)]
                 self.assertEqual(fid["status"], "ok", res.stdout + res.stderr)
                 kl[attention, name] = fid["summary"]["kl_mean"]
                 measured[attention, name] = lat["summary"]["kv_memory"]["measured"]["total"]
             check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
             self.assertEqual(check.returncode, 0, check.stdout)
-        for name in ("gear", "gear-4"):
+        for name in names:
             self.assertGreater(kl["paged", name], 0)
             self.assertAlmostEqual(kl["paged", name], kl["reference", name],
                                    delta=1e-4 * kl["reference", name] + 1e-9, msg=name)
             self.assertEqual(measured["paged", name], measured["reference", name], msg=name)
+        self.assertLess(measured["paged", "snapkv"], measured["paged", "gear-4"])
 
     def test_paged_kernel_path_on_the_cpu_runs_like_the_cpu_path(self):
         # KVBENCH_PAGED_PATH=kernels: whole runs take the paged cache's GPU path on the CPU

@@ -263,6 +263,43 @@ TEST(GearBlockBatchTest, Bf16ModelsAttendLikeTheReferenceCache) {
   }
 }
 
+// Policies that select once after the prefill (SnapKV from window scores, PyramidKV's
+// per-layer budgets, StreamingLLM evicting at the prefill from positions): the prefill attends
+// everything, then each layer is stored afresh from the kept tokens; the kept counts, every
+// later output and the bytes equal the reference cache's (which rebuilds GEAR's store alike).
+TEST(GearBlockRetentionTest, SelectsAfterThePrefillLikeTheReferenceCache) {
+  for (const char* entry :
+       {R"({"name": "snapkv", "budget": 48, "window": 8, "codec": "gear-4"})",
+        R"({"name": "pyramidkv", "budget": 40, "window": 8, "codec": "gear"})",
+        R"({"name": "streamingllm", "sinks": 4, "window": 30, "evict": "after_prefill",
+            "codec": "gear-4"})"}) {
+    SCOPED_TRACE(entry);
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
+    const auto codec = std::dynamic_pointer_cast<const GearCodec>(make_codec(method, at::kHalf));
+    for (const testing_support::PagedDevice& where : gear_devices()) {
+      SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
+      auto cache =
+          where.emulated
+              ? std::make_unique<GearBlockCache>(codec, kLayers, kKvHeads, kDim, where.device,
+                                                 make_policy(method), true)
+              : make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, where.device);
+      ASSERT_NE(dynamic_cast<GearBlockCache*>(cache.get()), nullptr);
+      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+      std::vector<std::pair<int, int64_t>> steps = {{0, 90}, {1, 30}};
+      for (int i = 0; i < 30; ++i) steps.insert(steps.end(), {{0, 1}, {1, 1}});
+      testing_support::compare_steps(*cache, *ref, kLayers, tolerance(where), 2, steps,
+                                     random_block, 17);
+      EXPECT_EQ(cache->kept_tokens(0), ref->kept_tokens(0));
+      EXPECT_EQ(cache->kept_tokens(1), ref->kept_tokens(1));
+      EXPECT_LT(cache->kept_tokens(0)[0], 120);  // the prefill was over the budget
+      EXPECT_EQ(cache->length(0), 120);
+      EXPECT_EQ(cache->storage().total(), ref->storage().total());
+      EXPECT_EQ(cache->nominal().total(), ref->nominal().total());
+      EXPECT_GT(cache->retention_seconds(), 0);
+    }
+  }
+}
+
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
@@ -277,11 +314,12 @@ TEST(GearBlockCacheErrorsTest, SaysWhatThePagedPathCannotRun) {
   EXPECT_NE(error_of([&] { GearBlockCache(fp32, 1, 1, kDim); }).find("fp16 or bf16"),
             std::string::npos);
   const auto codec = gear_codec({{"name", "gear"}}, at::kHalf);
-  const nlohmann::json snapkv =
-      resolve_method({{"name", "snapkv"}, {"codec", "gear"}, {"budget", 64}}, "m");
+  // A policy that selects from every step's scores (H2O, even evicting once after the prefill).
+  const nlohmann::json h2o = resolve_method(
+      {{"name", "h2o"}, {"codec", "gear"}, {"heavy", 32}, {"recent", 32}, {"evict", "after_prefill"}},
+      "m");
   EXPECT_NE(error_of([&] {
-              make_paged_cache(snapkv, make_codec(snapkv, at::kHalf), 1, 1, kDim, at::kHalf,
-                               at::kCPU);
+              make_paged_cache(h2o, make_codec(h2o, at::kHalf), 1, 1, kDim, at::kHalf, at::kCPU);
             }).find("run it with attention cpu or reference"),
             std::string::npos);
   EXPECT_NE(error_of([&] {

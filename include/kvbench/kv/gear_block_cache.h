@@ -14,10 +14,12 @@
 //   prefill  per sequence, every held token reconstructed with ATen ops and the block attended
 //            over them (paged_block_attention: SDPA on a GPU); also the CPU's decode steps.
 // Not pages: a block's tensors come from the device's caching allocator when it forms (its size
-// depends on its token count and outliers), and a retained list cannot drop tokens from
-// blocks whose codes span tokens, so no retention policy runs here (GEAR with a policy runs
-// with attention cpu or reference). The model must be fp16 or bf16 (the kernel's 16-bit
-// metadata); the kernel takes head_dim <= 128 and <= 8 query heads per KV head.
+// depends on its token count and outliers). Codes span tokens, so no token can be dropped from
+// a block: retention policies run only if they select once after the prefill from positions or
+// window scores (SnapKV, PyramidKV); the layer is then stored afresh from the kept tokens'
+// full-precision values, as the CPU cache does (others run with attention cpu or reference).
+// The model must be fp16 or bf16 (the kernel's 16-bit metadata); the kernel takes
+// head_dim <= 128 and <= 8 query heads per KV head.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -53,6 +55,7 @@ class GearBlockCache final : public KVCache {
   StorageBytes storage() const override;
   StorageBytes nominal() const override;
   at::Device device() const override { return device_; }
+  double retention_seconds() const override { return retention_s_; }
 
   // Blocks sequence `seq` holds at `layer` (tests).
   int64_t blocks(int64_t seq, int64_t layer) const;
@@ -64,8 +67,9 @@ class GearBlockCache final : public KVCache {
   };
   struct Layer {
     std::vector<Block> blocks;
-    int64_t compressed = 0;
-    int64_t length = 0;  // tokens appended (advances at each layer's append)
+    int64_t compressed = 0;  // tokens held in blocks
+    int64_t held = 0;        // tokens held: the blocks', then the exact buffer's
+    int64_t length = 0;      // tokens that entered (advances at each layer's append)
   };
   struct Sequence {
     int64_t slot = 0;
@@ -93,6 +97,12 @@ class GearBlockCache final : public KVCache {
   void append_with_blocks(int64_t layer, const std::vector<Pending>& pending);
   // Keys and values [kv_heads, tokens, head_dim] fp32 of every token `s` holds at `layer`.
   std::pair<at::Tensor, at::Tensor> reconstruct(const Sequence& s, int64_t layer) const;
+  // After a step's attention: each sequence whose first block this was and whose layer is over
+  // the policy's budget keeps the policy's selection, stored afresh (blocks over the kept
+  // tokens only). q, k, v: the step's rows as appended.
+  void evict_after_prefill(int64_t layer, const std::vector<int64_t>& seqs,
+                           const std::vector<int64_t>& counts, const std::vector<bool>& first,
+                           const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
   // The decode kernel (or its host reference) for a batch of single tokens.
   at::Tensor decode(int64_t layer, const std::vector<int64_t>& seqs, const at::Tensor& q);
   const at::Tensor& tables(int64_t layer, const std::vector<int64_t>& seqs);
@@ -120,6 +130,8 @@ class GearBlockCache final : public KVCache {
   at::Device device_;
   bool kernel_path_;
   int64_t value_k_;
+  std::shared_ptr<const RetentionPolicy> policy_;  // null: every token kept
+  double retention_s_ = 0;
   std::map<int64_t, Sequence> seqs_;
   int64_t next_id_ = 0;
   std::vector<int64_t> free_slots_;
