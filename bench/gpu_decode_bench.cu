@@ -1,6 +1,7 @@
 // Times the paged decode kernels of kernels/ per format, context and batch on the GPU, beside
 // the device's copy bandwidth measured in the same process, and Palu's latent decode kernel
-// (kernels/palu_decode.h: keys rebuilt and rotated per tile) at ranks 64 and 96, and GEAR's
+// (kernels/palu_decode.h: keys rebuilt and rotated per tile) at ranks 64 and 96 and its G-LRD
+// (rank 128 per group of 4 KV heads), and GEAR's
 // block decode kernel (kernels/gear_decode.h) at gear's and gear-4's settings. One layer of a
 // Llama-3-8B-shaped model (32 query heads, 8 KV heads, head_dim 128). Caches hold random codes and
 // scales (speed does not depend on values; fp formats hold finite random values); inputs are
@@ -189,15 +190,16 @@ Result time_format(KvFormat f, int B, int T, int sm_count, bool multi_tile, cuda
 
 // Palu at rank R: fp16 latents in 32-token pages (as PaluPagedCache keeps them), fp16 key
 // basis, fp32 value basis, cos/sin tables of finite values.
-Result time_palu(int R, int B, int T, int sm_count, cudaStream_t s) {
-  const int Hq = 32, Hkv = 8, D = 128, P = 32;
+Result time_palu(int R, int B, int T, int sm_count, cudaStream_t s, int group = 1) {
+  const int Hq = 32, Hkv = 8, D = 128, P = 32, latent_heads = Hkv / group;
   const int pages_per_seq = (T + P - 1) / P;
-  const double cache_bytes = 2.0 * B * pages_per_seq * Hkv * P * R * 2;
+  const double cache_bytes = 2.0 * B * pages_per_seq * latent_heads * P * R * 2;
   const int replicas = std::clamp(int(512e6 / cache_bytes), 1, 16);
   const size_t pages = size_t(replicas) * B * pages_per_seq;
   const int tiles = (T + k::kPaluTile - 1) / k::kPaluTile;
   Buffer kl, vl, kb, vb, coarse, fine, q, out, table, lens, ws;
-  kl.alloc(pages * Hkv * P * R * 2, 1, 11), vl.alloc(pages * Hkv * P * R * 2, 1, 12);
+  kl.alloc(pages * latent_heads * P * R * 2, 1, 11);
+  vl.alloc(pages * latent_heads * P * R * 2, 1, 12);
   kb.alloc(size_t(Hkv) * D * R * 2, 1, 13);
   const size_t nvb = size_t(Hkv) * D * R, ncoarse = size_t(tiles) * D, nfine = 16 * D,
                nq = size_t(B) * Hq * D;
@@ -212,6 +214,7 @@ Result time_palu(int R, int B, int T, int sm_count, cudaStream_t s) {
   upload_tables(table, lens, pages, B, T);
   k::PaluProblem p;
   p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.head_dim = D, p.rank = R, p.page_size = P;
+  p.group = group;
   p.max_pages_per_seq = pages_per_seq, p.seq_lens = static_cast<int*>(lens.p);
   p.k_latent = kl.p, p.v_latent = vl.p, p.k_basis = kb.p, p.v_basis = static_cast<float*>(vb.p);
   p.rope_coarse = static_cast<float*>(coarse.p), p.rope_tiles = tiles;
@@ -388,10 +391,12 @@ int main(int argc, char** argv) {
                        k::format_name(f), loop, B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs,
                        fp16_us / r.us, ideal, r.splits);
       }
-    for (int R : {64, 96}) {
-      Result r = time_palu(R, B, T, prop.multiProcessorCount, s);
-      const std::string name = "palu-r" + std::to_string(R);
-      const double ideal = 128.0 / R;  // fp16's 2 * 128 values per token and head over 2 * R
+    // Palu at ranks 64 and 96 (a latent per KV head), and G-LRD: a rank-128 latent per 4 heads.
+    for (auto [R, G] : {std::pair<int, int>{64, 1}, {96, 1}, {128, 4}}) {
+      Result r = time_palu(R, B, T, prop.multiProcessorCount, s, G);
+      const std::string name =
+          "palu-r" + std::to_string(R) + (G > 1 ? "-g" + std::to_string(G) : std::string());
+      const double ideal = 128.0 * G / R;  // fp16's 2 * 128 values per token and head over 2 R / G
       std::printf("%-9s %4s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", name.c_str(), "-", B,
                   T, r.us, r.gbps, 100 * r.gbps / copy_gbs, fp16_us / r.us, ideal, r.splits);
       if (jl)

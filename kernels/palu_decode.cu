@@ -28,6 +28,11 @@
 // the splits and projects back through the value basis, out = L_v O_lat / sum (fp32, CUDA
 // cores: D x R per query head, once).
 //
+// Palu's G-LRD (group g > 1: one latent per g KV heads) takes the same blocks, each KV head's
+// reading its group's latents: g blocks read the same rows (from L2 when they run close
+// together, else g times from memory); one block per group, its g * gq query rows in one
+// mma's M, is the version that reads them once.
+//
 // Bytes: a token reads 2 R 16-bit latents per KV head (R = 96 of D = 128: 0.75 of fp16) and the
 // RoPE tables stay in cache. Work per 16-token tile and KV head: D R / 128 + D / 8 + R / 8 mmas
 // (R = 96, D = 128: 124), the price of keys that must be rotated after reconstruction.
@@ -109,11 +114,14 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // Copies tile `tile`'s key and value latents into stage `s` (rows past T zeroed).
+  // Copies tile `tile`'s key and value latents into stage `s` (rows past T zeroed), from the
+  // latent head of this KV head's group (`head_row`: its first row in a page's rows).
+  const size_t head_row = size_t(kvh / p.group) * p.page_size;
+  const size_t page_rows = size_t(p.kv_heads / p.group) * p.page_size;
   auto load_tile = [&](int tile, int s) {
     const int t0 = tile * kTile;
     const int page = p.block_table[size_t(b) * p.max_pages_per_seq + t0 / p.page_size];
-    const size_t row0 = (size_t(page) * p.kv_heads + kvh) * p.page_size + t0 % p.page_size;
+    const size_t row0 = size_t(page) * page_rows + head_row + t0 % p.page_size;
     for (int kv = 0; kv < 2; ++kv) {
       const uint16_t* src = static_cast<const uint16_t*>(kv ? p.v_latent : p.k_latent) + row0 * R;
       uint16_t* dst = reinterpret_cast<uint16_t*>(stage + (2 * s + kv) * S::kTileBytes);

@@ -8,8 +8,10 @@
 // Positions are slots: the paged cache never moves a token, so token t sits at position t.
 //
 // Layout (kv_format.h's kFp16/kBf16 pages at width `rank`): latents [pages, kv_heads,
-// page_size, rank] 16-bit, page_size a multiple of the 16-token tile; one latent per KV head
-// (Palu's group g = 1).
+// page_size, rank] 16-bit, page_size a multiple of the 16-token tile; one latent per group of
+// `group` KV heads (Palu's G-LRD; g = 1: one per head): the pools hold kv_heads / group latent
+// heads, and KV head j reads latent head j / group. The bases are per KV head ([kv_heads,
+// head_dim, rank]: a group's [g * head_dim, rank] basis is its heads' blocks, head-major).
 // The key basis is 16-bit (it is a tensor-core operand), the value basis fp32 (the projection
 // runs once per query head, on CUDA cores).
 //
@@ -40,12 +42,13 @@ constexpr int kPaluMaxQPerKv = 8;  // query heads per KV head (the mma's M rows,
 
 struct PaluProblem {
   int batch = 0, q_heads = 0, kv_heads = 0, head_dim = 0, rank = 0;
+  int group = 1;                     // KV heads sharing one latent (divides kv_heads)
   bool bf16 = false;                 // latents and key basis in bf16 (else fp16)
   int page_size = 32;                // tokens per page, a multiple of kPaluTile
   int max_pages_per_seq = 0;         // block_table's row length
   const int* block_table = nullptr;  // [batch, max_pages_per_seq] physical pages
   const int* seq_lens = nullptr;     // [batch] tokens held, the new one included (>= 1)
-  const void* k_latent = nullptr;    // [pages, kv_heads, 16, rank] 16-bit
+  const void* k_latent = nullptr;    // [pages, kv_heads / group, page_size, rank] 16-bit
   const void* v_latent = nullptr;
   const void* k_basis = nullptr;   // [kv_heads, head_dim, rank] 16-bit: L's row c
   const float* v_basis = nullptr;  // [kv_heads, head_dim, rank] fp32
@@ -69,10 +72,11 @@ KVB_HD float round16(const PaluProblem& p, float x) {
                 : encode::half_value(encode::half_bits(x));
 }
 
-// The latent row (rank values) of token t of sequence b at KV head j.
+// The latent row (rank values) of token t of sequence b read by KV head j (its group's).
 KVB_HD const uint16_t* latent_row(const PaluProblem& p, const void* pool, int b, int j, int t) {
   const int page = p.block_table[size_t(b) * p.max_pages_per_seq + t / p.page_size];
-  const size_t row = (size_t(page) * p.kv_heads + j) * p.page_size + t % p.page_size;
+  const size_t row =
+      (size_t(page) * (p.kv_heads / p.group) + j / p.group) * p.page_size + t % p.page_size;
   return static_cast<const uint16_t*>(pool) + row * p.rank;
 }
 
@@ -124,6 +128,7 @@ inline const char* palu_check(const PaluProblem& p) {
   if (p.batch < 1 || p.q_heads < 1 || p.kv_heads < 1) return "batch and heads must be positive";
   if (p.q_heads % p.kv_heads != 0) return "q_heads must be a multiple of kv_heads";
   if (p.q_heads / p.kv_heads > kPaluMaxQPerKv) return "more than 8 query heads per KV head";
+  if (p.group < 1 || p.kv_heads % p.group != 0) return "group must divide kv_heads";
   if (p.head_dim != 64 && p.head_dim != 128) return "head_dim must be 64 or 128";
   if (p.rank < 32 || p.rank > 128 || p.rank % 32 != 0) return "rank must be 32, 64, 96 or 128";
   if (p.page_size < kPaluTile || p.page_size % kPaluTile != 0)

@@ -27,7 +27,7 @@ const char* kPagedMethods =
     "full/fp16/bf16 (model dtype fp16 or bf16), int8, int4 (q4_1, or q4_0 with symmetric: "
     "true) and int2 (group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64), kvproj (latent pages "
     "of its "
-    "coefficients: rank a multiple of 32; 64 or 128 on a GPU), palu (latent pages: group 1, rank "
+    "coefficients: rank a multiple of 32; 64 or 128 on a GPU), palu (latent pages: any group, rank "
     "a multiple of 32; 32 to 128 on a GPU), gear, gear-4 and gear-8 (blocks read in place: model "
     "dtype fp16 or bf16, head_dim <= 128 on a GPU; policies selecting after the prefill only)";
 

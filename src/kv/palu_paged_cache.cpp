@@ -33,8 +33,6 @@ int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, int64_t h
   KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr,
             "paged cache: palu keeps every token on the paged path; with retention policy '",
             policy ? policy->name() : "", "' run it with attention cpu or reference");
-  KVB_CHECK(codec->group() == 1, "paged cache: palu group ", codec->group(),
-            " shares one latent between KV heads; the paged kernel takes group 1");
   const int64_t r = codec->rank_for(head_dim);
   KVB_CHECK(r % 32 == 0, "paged cache: palu rank ", r,
             " is not a multiple of 32 (the latent pages hold rows of whole 32-value blocks); "
@@ -43,6 +41,14 @@ int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, int64_t h
             "paged cache: palu rank ", r, " at head_dim ", head_dim,
             ": the GPU kernel takes ranks 32, 64, 96 and 128 at head_dim 64 or 128");
   return r;
+}
+
+// The pages' heads: one latent per group of the codec's `group` KV heads.
+int64_t latent_heads(const std::shared_ptr<const LowRankCodec>& codec, int64_t kv_heads) {
+  KVB_CHECK(codec != nullptr, "palu paged cache: expects a palu codec");
+  KVB_CHECK(codec->group() >= 1 && kv_heads % codec->group() == 0, "palu paged cache: group ",
+            codec->group(), " does not divide ", kv_heads, " KV heads");
+  return kv_heads / codec->group();
 }
 
 }  // namespace
@@ -55,8 +61,9 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
     : LatentPagesCache(
           codec,
           checked_rank(codec, head_dim, device.is_cuda() || kernel_path_on_cpu, policy.get()),
-          latent_format(latent_dtype), num_layers, num_kv_heads, capacity, device, nullptr,
-          kernel_path_on_cpu),
+          latent_format(latent_dtype), num_layers, latent_heads(codec, num_kv_heads), capacity,
+          device, nullptr, kernel_path_on_cpu),
+      group_(codec->group()),
       latent_dtype_(latent_dtype),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
@@ -67,9 +74,10 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
   const auto where = at::TensorOptions().dtype(at::kFloat).device(device);
   for (int64_t l = 0; l < num_layers; ++l) {
     Bases b;
-    // Group 1: [kv_heads, head_dim, r], head j's rows are its basis L_j.
-    b.key = codec_->key_basis(l).to(where).contiguous();
-    b.value = codec_->value_basis(l).to(where).contiguous();
+    // The codec's [groups, g * head_dim, r] is, head-major, [kv_heads, head_dim, r]: head j's
+    // rows are its block L_j of its group's basis.
+    b.key = codec_->key_basis(l).to(where).reshape({num_kv_heads_, head_dim_, -1}).contiguous();
+    b.value = codec_->value_basis(l).to(where).reshape({num_kv_heads_, head_dim_, -1}).contiguous();
     KVB_CHECK(b.key.dim() == 3 && b.key.size(0) == num_kv_heads_ && b.key.size(1) == head_dim_ &&
                   b.key.size(2) == rank_ && b.value.sizes() == b.key.sizes(),
               "palu paged cache: bases of layer ", l, " have shape ", b.key.sizes(), ", expected [",
@@ -87,7 +95,11 @@ at::Tensor PaluPagedCache::latents(const at::Tensor& x, const at::Tensor& basis,
     const auto [cos, sin] = rope_rows(0);
     rows = apply_rope(rows, cos.index_select(0, positions), sin.index_select(0, positions).neg());
   }
-  return at::bmm(rows.transpose(0, 1), basis).transpose(0, 1);  // [n, kv_heads, r]
+  // Each token's g heads side by side: [groups, n, g * d] @ [groups, g * d, r].
+  const int64_t n = rows.size(0), groups = num_kv_heads_ / group_;
+  return at::bmm(rows.reshape({n, groups, group_ * head_dim_}).transpose(0, 1),
+                 basis.reshape({groups, group_ * head_dim_, rank_}))
+      .transpose(0, 1);  // [n, groups, r]
 }
 
 std::pair<at::Tensor, at::Tensor> PaluPagedCache::rope_rows(int64_t tokens) {
@@ -117,15 +129,22 @@ const at::Tensor& PaluPagedCache::step_positions(const std::vector<int64_t>& pos
 std::pair<at::Tensor, at::Tensor> PaluPagedCache::reconstruct(const PagedKVCache::StepPages& pages,
                                                               int64_t b, const Bases& bases,
                                                               int64_t tokens) {
+  const int64_t groups = num_kv_heads_ / group_;
   const auto [k_lat, v_lat] =
-      paged_cuda::dequantize(pages.store, pages.table[b], num_kv_heads_, rank_, 0, tokens);
-  // [kv, t, r] @ [kv, r, d]
-  const at::Tensor pre = at::bmm(k_lat, bases.key.transpose(1, 2));
+      paged_cuda::dequantize(pages.store, pages.table[b], groups, rank_, 0, tokens);
+  // [groups, t, r] @ [groups, r, g * d], then each group's heads apart: [kv_heads, t, d].
+  auto up = [&](const at::Tensor& lat, const at::Tensor& basis) {
+    return at::bmm(lat, basis.reshape({groups, group_ * head_dim_, rank_}).transpose(1, 2))
+        .reshape({groups, tokens, group_, head_dim_})
+        .permute({0, 2, 1, 3})
+        .reshape({num_kv_heads_, tokens, head_dim_});
+  };
+  const at::Tensor pre = up(k_lat, bases.key);
   const auto [cos, sin] = rope_rows(tokens);
   const at::Tensor keys =
       apply_rope(pre.transpose(0, 1), cos.narrow(0, 0, tokens), sin.narrow(0, 0, tokens))
           .transpose(0, 1);
-  return {keys, at::bmm(v_lat, bases.value.transpose(1, 2))};
+  return {keys, up(v_lat, bases.value)};
 }
 
 void PaluPagedCache::cover(int64_t tokens) {
@@ -152,6 +171,7 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
   kernels::PaluProblem p;
   p.batch = int(q.size(0)), p.q_heads = int(q.size(1)), p.kv_heads = int(num_kv_heads_);
   p.head_dim = int(head_dim_), p.rank = int(rank_), p.bf16 = latent_dtype_ == at::kBFloat16;
+  p.group = int(group_);
   p.page_size = pages.store.page_size, p.max_pages_per_seq = int(pages.table.size(1));
   p.block_table = pages.table.data_ptr<int>(), p.seq_lens = pages.lengths.data_ptr<int>();
   p.k_latent = pages.store.k_data, p.v_latent = pages.store.v_data;

@@ -1,10 +1,11 @@
-// A Palu decode problem for the tests of kernels/palu_decode.h: random 16-bit latents in pages
-// (shuffled block tables; pages nothing wrote are NaN, so a read past a sequence shows), a
-// random key basis (any matrix will do for the arithmetic), a random value basis, random
-// queries, the RoPE tables of theta 10000, and the answer in float64: every key reconstructed
-// from the latents and the basis as stored, rotated at its position with float64 angles and
-// rounded to 16-bit as the kernel rounds its tensor-core operand (queries too), then plain
-// softmax attention and the projection of the latent value sum. Host-only.
+// A Palu decode problem for the tests of kernels/palu_decode.h: random 16-bit latents in pages,
+// one per group of `group` KV heads (G-LRD; 1: one per head) (shuffled block tables; pages nothing
+// wrote are NaN, so a read past a sequence shows), a random key basis (any matrix will do for the
+// arithmetic), a random value basis, random queries, the RoPE tables of theta 10000, and the answer
+// in float64: every key reconstructed from the latents and the basis as stored, rotated at its
+// position with float64 angles and rounded to 16-bit as the kernel rounds its tensor-core operand
+// (queries too), then plain softmax attention and the projection of the latent value sum.
+// Host-only.
 #pragma once
 
 #include <algorithm>
@@ -20,7 +21,7 @@
 namespace kvbench::gpu_test {
 
 struct PaluCase {
-  int batch, q_heads, kv_heads, head_dim, rank, page_size, max_pages;
+  int batch, q_heads, kv_heads, head_dim, rank, page_size, max_pages, group;
   bool bf16;
   std::vector<int> lens, table;
   std::vector<uint16_t> k_latent, v_latent, k_basis;  // 16-bit
@@ -31,6 +32,7 @@ struct PaluCase {
   kernels::PaluProblem problem(float* out) const {
     kernels::PaluProblem p;
     p.batch = batch, p.q_heads = q_heads, p.kv_heads = kv_heads, p.head_dim = head_dim;
+    p.group = group;
     p.rank = rank, p.bf16 = bf16, p.page_size = page_size, p.max_pages_per_seq = max_pages;
     p.block_table = table.data(), p.seq_lens = lens.data();
     p.k_latent = k_latent.data(), p.v_latent = v_latent.data();
@@ -43,7 +45,7 @@ struct PaluCase {
 };
 
 inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bool bf16,
-                          std::vector<int> lens, uint32_t seed, int page_size = 32) {
+                          std::vector<int> lens, uint32_t seed, int page_size = 32, int group = 1) {
   namespace e = kernels::encode;
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
@@ -52,6 +54,8 @@ inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bo
   PaluCase c{};
   c.batch = int(lens.size()), c.q_heads = kv_heads * q_per_kv, c.kv_heads = kv_heads;
   c.head_dim = head_dim, c.rank = rank, c.page_size = page_size, c.bf16 = bf16, c.lens = lens;
+  c.group = group;
+  const int latent_heads = kv_heads / group;
   const int max_len = c.max_len();
   c.max_pages = (max_len + page_size - 1) / page_size;
   // Physical pages shuffled over the batch, one spare page per sequence that nothing maps.
@@ -59,15 +63,15 @@ inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bo
   std::iota(pages.begin(), pages.end(), 0);
   std::shuffle(pages.begin(), pages.end(), rng);
   c.table.assign(pages.begin(), pages.begin() + size_t(c.batch) * c.max_pages);
-  const size_t pool = pages.size() * kv_heads * page_size * rank;
+  const size_t pool = pages.size() * latent_heads * page_size * rank;
   for (auto* lat : {&c.k_latent, &c.v_latent}) {
     lat->assign(pool, bf16 ? 0x7fc0 : 0x7e00);  // NaN: never read
     for (int b = 0; b < c.batch; ++b)
-      for (int j = 0; j < kv_heads; ++j)
+      for (int j = 0; j < latent_heads; ++j)
         for (int t = 0; t < lens[b]; ++t) {
           const int page = c.table[size_t(b) * c.max_pages + t / page_size];
           uint16_t* row =
-              lat->data() + ((size_t(page) * kv_heads + j) * page_size + t % page_size) * rank;
+              lat->data() + ((size_t(page) * latent_heads + j) * page_size + t % page_size) * rank;
           for (int a = 0; a < rank; ++a) row[a] = bits(2.f * normal(rng));
         }
   }
@@ -87,9 +91,11 @@ inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bo
   kernels::palu_rope_tables(inv_freq.data(), head_dim, c.tiles, c.coarse.data(), c.fine.data());
 
   // float64.
+  // KV head j reads its group's latent, j / group.
   auto row_of = [&](const std::vector<uint16_t>& lat, int b, int j, int t) {
     const int page = c.table[size_t(b) * c.max_pages + t / page_size];
-    return lat.data() + ((size_t(page) * kv_heads + j) * page_size + t % page_size) * rank;
+    return lat.data() +
+           ((size_t(page) * latent_heads + j / group) * page_size + t % page_size) * rank;
   };
   const double scale = 1.0 / std::sqrt(double(head_dim));
   c.want.resize(c.q.size());

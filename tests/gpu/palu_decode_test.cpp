@@ -25,11 +25,13 @@ namespace {
 struct Shape {
   int kv, per, d, r;
   bool bf16;
+  int group = 1;
 };
 
 std::string shape_name(const Shape& s) {
   return "d" + std::to_string(s.d) + "_r" + std::to_string(s.r) + "_h" + std::to_string(s.kv) +
-         "x" + std::to_string(s.per) + (s.bf16 ? "_bf16" : "_fp16");
+         "x" + std::to_string(s.per) + (s.group > 1 ? "_g" + std::to_string(s.group) : "") +
+         (s.bf16 ? "_bf16" : "_fp16");
 }
 // gtest prints parameters; the struct's padding bytes would show as noise.
 void PrintTo(const Shape& s, std::ostream* os) { *os << shape_name(s); }
@@ -40,7 +42,8 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
   std::string why;
   if (!have_gpu(&why)) GTEST_SKIP() << why;
   const Shape s = GetParam();
-  const PaluCase c = palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 15, 16, 33, 1000, 2100}, 3 + s.r);
+  const PaluCase c =
+      palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 15, 16, 33, 1000, 2100}, 3 + s.r, 32, s.group);
   std::vector<float> host(c.want.size()), scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
   kernels::palu_decode_host(c.problem(host.data()), scratch.data());
   DeviceBuffer lens, table, kl, vl, kb, vb, coarse, fine, q, out, work;
@@ -81,7 +84,9 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, PaluDecodeGpuTest,
                          ::testing::Values(Shape{8, 4, 128, 96, false},
                                            Shape{8, 4, 128, 128, false}, Shape{2, 8, 128, 32, true},
-                                           Shape{4, 2, 64, 64, false}, Shape{2, 1, 64, 96, true}),
+                                           Shape{4, 2, 64, 64, false}, Shape{2, 1, 64, 96, true},
+                                           Shape{8, 4, 128, 128, false, 4},
+                                           Shape{4, 2, 64, 64, true, 2}),
                          [](const auto& i) { return shape_name(i.param); });
 
 TEST(PaluDecodeGpuErrorsTest, RejectsBadProblems) {

@@ -12,9 +12,12 @@
 // is emulated (tests): then the kernel's host reference runs, 16-bit roundings included.
 // Positions are slots (pages never move a token), so no positions are stored.
 //
-// What the GPU kernel takes: group g = 1 (one latent per KV head), rank 32, 64, 96 or 128,
-// head_dim 64 or 128, at most 8 query heads per KV head; no retention policy (Palu with a
-// policy runs with attention cpu or reference). The constructor says which one does not fit.
+// Palu's G-LRD (group g > 1: one latent of rank r per g KV heads, from the SVD of the group's
+// stacked W_k rows) keeps kv_heads / g latent heads in the pages; the kernel's block for KV head
+// j reads its group's latents and multiplies by its block L_j of the group's basis.
+// What the GPU kernel takes: rank 32, 64, 96 or 128, head_dim 64 or 128, at most 8 query heads
+// per KV head; no retention policy (Palu with a policy runs with attention cpu or reference).
+// The constructor says which one does not fit.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -45,7 +48,8 @@ class PaluPagedCache final : public LatentPagesCache {
     at::Tensor key16;       // the key basis in the latents' dtype (the kernel path's operand)
   };
   // [n, kv_heads, head_dim] keys with RoPE at `positions` ([n] int64) -> pre-RoPE latents
-  // [n, kv_heads, r] (values: positions undefined).
+  // [n, kv_heads / group, r], each group's heads projected together (values: positions
+  // undefined).
   at::Tensor latents(const at::Tensor& x, const at::Tensor& basis, const at::Tensor& positions);
   // Keys (rotated) and values of tokens [0, tokens) of batch row b: [kv_heads, tokens, head_dim].
   std::pair<at::Tensor, at::Tensor> reconstruct(const PagedKVCache::StepPages& pages, int64_t b,
@@ -65,6 +69,7 @@ class PaluPagedCache final : public LatentPagesCache {
   // from pinned memory, without waiting for the device), reused by its later layers.
   const at::Tensor& step_positions(const std::vector<int64_t>& positions);
 
+  int64_t group_;  // KV heads per latent
   at::ScalarType latent_dtype_;
   int64_t num_kv_heads_, head_dim_;
   bool kernel_path_;
