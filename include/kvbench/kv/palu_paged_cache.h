@@ -1,8 +1,8 @@
 // Palu on the GPU path: a paged cache of Palu's latents. Each token's key arrives with RoPE
 // applied; the cache undoes the rotation at its position and stores the latent h = L^T k_pre
 // (L: the layer's key basis from the SVD of W_k), and the value's latent L_v^T v, as fp16 or
-// bf16 pages of `rank` values per token and KV head (kv_format.h's kFp16/kBf16 layout at width
-// rank, held by an inner PagedKVCache). Attention:
+// bf16 pages of `rank` values per token and group of KV heads (group 1: per head;
+// kv_format.h's kFp16/kBf16 layout at width rank, held by an inner PagedKVCache). Attention:
 //   decode   one kernel launch for the batch (kernels/palu_decode.h): keys reconstructed and
 //            rotated tile by tile in registers (tensor cores), never written back; values summed
 //            in latent space and projected once per query head.
