@@ -315,9 +315,12 @@ TEST(GearBlockCacheErrorsTest, SaysWhatThePagedPathCannotRun) {
             std::string::npos);
   const auto codec = gear_codec({{"name", "gear"}}, at::kHalf);
   // A policy that selects from every step's scores (H2O, even evicting once after the prefill).
-  const nlohmann::json h2o = resolve_method(
-      {{"name", "h2o"}, {"codec", "gear"}, {"heavy", 32}, {"recent", 32}, {"evict", "after_prefill"}},
-      "m");
+  const nlohmann::json h2o = resolve_method({{"name", "h2o"},
+                                             {"codec", "gear"},
+                                             {"heavy", 32},
+                                             {"recent", 32},
+                                             {"evict", "after_prefill"}},
+                                            "m");
   EXPECT_NE(error_of([&] {
               make_paged_cache(h2o, make_codec(h2o, at::kHalf), 1, 1, kDim, at::kHalf, at::kCPU);
             }).find("run it with attention cpu or reference"),
