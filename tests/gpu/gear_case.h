@@ -40,10 +40,6 @@ inline std::vector<GearShape> gear_shapes() {
           GearShape{4, 2, 96, 2, 64, 32, 0, 64, false, 0.0, {130, 7, 300}}};
 }
 
-inline double gear_scaled_error(const std::vector<float>& got, const std::vector<double>& want) {
-  return scaled_error(got, want);
-}
-
 struct GearCase {
   GearShape s;
   struct Side {

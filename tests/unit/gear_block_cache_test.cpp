@@ -124,7 +124,7 @@ TEST(GearDecodeHostTest, MatchesFloat64) {
     ASSERT_STREQ(kernels::gear_check(p), "");
     kernels::gear_decode_host(p, scratch.data());
     // fp32 sums of the same 16-bit inputs. Measured: ~1e-7.
-    EXPECT_LT(gpu_test::gear_scaled_error(got, c.want), 1e-5);
+    EXPECT_LT(gpu_test::scaled_error(got, c.want), 1e-5);
   }
 }
 
