@@ -584,7 +584,7 @@ void PagedKVCache::append_rows(Layer& layer, const Step& step, const std::vector
   const std::string why = kernels::append_check(p, store);
   KVB_CHECK(why.empty(), "paged cache: ", why);
   if (device_.is_cuda())
-    paged_cuda::append(p, store);
+    paged_cuda::append(p, store, device_);
   else
     kernels::append_kv_host(p, store);
 }

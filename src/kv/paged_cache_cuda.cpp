@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kv_paged_decode.h"
+#include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 #include "retained_decode.h"
 
@@ -55,6 +56,11 @@ int sm_count(const at::Tensor& on) {
   return counts[device] = info.sm_count;
 }
 
+// torch's current stream where `on` lives: kernels queue behind the ops that wrote their inputs.
+cudaStream_t stream_of(const at::Device& on) {
+  return static_cast<cudaStream_t>(current_cuda_stream(on));
+}
+
 }  // namespace
 
 std::string unavailable_reason() {
@@ -64,8 +70,10 @@ std::string unavailable_reason() {
   return "";
 }
 
-void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store) {
-  check(kernels::append_kv(problem, store, nullptr), "append", kernels::append_last_error());
+void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store,
+            const at::Device& device) {
+  check(kernels::append_kv(problem, store, stream_of(device)), "append",
+        kernels::append_last_error());
 }
 
 static at::Tensor device_decode(const kernels::PagedKvStore& store, const DecodeBatch& batch,
@@ -90,9 +98,10 @@ static at::Tensor device_decode(const kernels::PagedKvStore& store, const Decode
   check(kernels::decode_plan(pr, kv, sm_count(q), 0, &plan), "decode plan",
         kernels::decode_last_error());
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, q.options().dtype(at::kByte));
-  check(kernels::decode_attention(pr, kv, plan,
-                                  plan.workspace_bytes ? workspace.data_ptr() : nullptr, nullptr),
-        "decode attention", kernels::decode_last_error());
+  check(
+      kernels::decode_attention(pr, kv, plan, plan.workspace_bytes ? workspace.data_ptr() : nullptr,
+                                stream_of(q.device())),
+      "decode attention", kernels::decode_last_error());
   return out;
 }
 
@@ -117,7 +126,7 @@ static at::Tensor device_retained(const kernels::PagedKvStore& store, const Deco
               "paged cache: retained-decode scores must be contiguous fp32 [batch, heads, n]");
     pr.scores = scores.data_ptr<float>(), pr.score_stride = int(scores.size(2));
   }
-  check(kernels::retained_decode(pr, store, nullptr), "retained decode",
+  check(kernels::retained_decode(pr, store, stream_of(q.device())), "retained decode",
         kernels::retained_check(pr, store));
   return out;
 }
@@ -128,10 +137,10 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
                                                            int seq_row, int64_t tokens) {
   const auto opts = pages.options().dtype(at::kFloat);
   at::Tensor k = at::empty({kv_heads, tokens, head_dim}, opts), v = at::empty_like(k);
-  check(
-      kernels::dequantize_paged(store, pages.data_ptr<int>(), int(kv_heads), int(head_dim), seq_row,
-                                int(tokens), k.data_ptr<float>(), v.data_ptr<float>(), nullptr),
-      "dequantize", nullptr);
+  check(kernels::dequantize_paged(store, pages.data_ptr<int>(), int(kv_heads), int(head_dim),
+                                  seq_row, int(tokens), k.data_ptr<float>(), v.data_ptr<float>(),
+                                  stream_of(pages.device())),
+        "dequantize", nullptr);
   return {k, v};
 }
 
@@ -141,8 +150,8 @@ static void device_palu(const kernels::PaluProblem& problem, int64_t max_len,
   check(kernels::palu_plan(problem, int(max_len), sm_count(on), &plan), "palu plan",
         kernels::palu_check(problem));
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, on.options().dtype(at::kByte));
-  check(kernels::palu_decode(problem, plan, workspace.data_ptr(), nullptr), "palu decode",
-        kernels::palu_check(problem));
+  check(kernels::palu_decode(problem, plan, workspace.data_ptr(), stream_of(on.device())),
+        "palu decode", kernels::palu_check(problem));
 }
 
 static void device_gear(const kernels::GearProblem& problem, int64_t max_len,
@@ -151,8 +160,8 @@ static void device_gear(const kernels::GearProblem& problem, int64_t max_len,
   check(kernels::gear_plan(problem, int(max_len), sm_count(on), &plan), "gear plan",
         kernels::gear_check(problem));
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, on.options().dtype(at::kByte));
-  check(kernels::gear_decode(problem, plan, workspace.data_ptr(), nullptr), "gear decode",
-        kernels::gear_check(problem));
+  check(kernels::gear_decode(problem, plan, workspace.data_ptr(), stream_of(on.device())),
+        "gear decode", kernels::gear_check(problem));
 }
 
 #else  // built without the CUDA kernels
@@ -164,7 +173,9 @@ namespace {
 std::string unavailable_reason() {
   return "kvbench was built without the CUDA kernels (no nvcc found; KVBENCH_CUDA)";
 }
-void append(const kernels::AppendProblem&, const kernels::PagedKvStore&) { unavailable(); }
+void append(const kernels::AppendProblem&, const kernels::PagedKvStore&, const at::Device&) {
+  unavailable();
+}
 static at::Tensor device_decode(const kernels::PagedKvStore&, const DecodeBatch&, int64_t,
                                 const at::Tensor&) {
   unavailable();

@@ -1,9 +1,9 @@
 // The paged cache's GPU calls (private to src/kv): the appender, the decode kernels and the
-// dequantizer of kernels/ on tensors that live on a CUDA device, on the default stream (the
-// one libtorch's ops use unless a caller sets another). Built into every binary; where
-// kvbench was built without the CUDA kernels each call on CUDA tensors throws Error saying so.
-// decode, retained and dequantize also take CPU tensors (host pointers), and then run the
-// kernels' host references: the paged cache's GPU path runs that way on the CPU in tests
+// dequantizer of kernels/ on tensors that live on a CUDA device, on torch's current stream
+// there (core/cuda_stream.h), so they queue in order with the torch ops around them. Built into
+// every binary; where kvbench was built without the CUDA kernels each call on CUDA tensors throws
+// Error saying so. decode, retained and dequantize also take CPU tensors (host pointers), and then
+// run the kernels' host references: the paged cache's GPU path runs that way on the CPU in tests
 // (PagedKVCache's kernel_path_on_cpu), so its tables, lists and scores are checked anywhere.
 #pragma once
 
@@ -18,8 +18,9 @@ namespace kvbench::paged_cuda {
 // Whether this build and libtorch can put a paged cache on `device`; the reason when not.
 std::string unavailable_reason();
 
-// Appends with every pointer of `problem` and `store` on the device.
-void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store);
+// Appends with every pointer of `problem` and `store` on `device`.
+void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store,
+            const at::Device& device);
 
 // A batch's decode-step inputs, int32 on the device.
 struct DecodeBatch {

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 #include "kvbench/model/rope.h"
 #include "kvbench/model/transformer.h"
@@ -34,9 +35,11 @@ kernels::ActDtype act_dtype(const at::Tensor& t) {
   }
 }
 
-// Runs `problem` with the kernel (CUDA tensors) or its host reference (CPU tensors).
+// Runs `problem` with the kernel (CUDA tensors, on torch's current stream of `device`) or its
+// host reference (CPU tensors).
 template <typename Problem, typename Host, typename Launch>
-void run(const Problem& problem, bool cuda, Host host, Launch launch, const char* what) {
+void run(const Problem& problem, bool cuda, const at::Device& device, Host host, Launch launch,
+         const char* what) {
   const std::string why = kernels::model_ops_check(problem);
   KVB_CHECK(why.empty(), "model ops: ", why);
   if (!cuda) {
@@ -44,10 +47,10 @@ void run(const Problem& problem, bool cuda, Host host, Launch launch, const char
     return;
   }
 #ifdef KVBENCH_HAVE_CUDA
-  const cudaError_t err = launch(problem, nullptr);
+  const cudaError_t err = launch(problem, static_cast<cudaStream_t>(current_cuda_stream(device)));
   KVB_CHECK(err == cudaSuccess, "model ops: ", what, ": ", cudaGetErrorString(err));
 #else
-  (void)launch;
+  (void)launch, (void)device;
   throw Error(std::string("model ops: ") + what +
               " on a GPU needs the CUDA kernels (KVBENCH_CUDA)");
 #endif
@@ -96,7 +99,8 @@ at::Tensor add_rms_norm(at::Tensor& x, const at::Tensor& residual, const at::Ten
   p.rows = int(x.size(0)), p.dim = int(x.size(1)), p.eps = float(eps), p.dtype = act_dtype(x);
   p.x = x.data_ptr(), p.residual = r.defined() ? r.data_ptr() : nullptr;
   p.weight = w.data_ptr(), p.out = out.data_ptr();
-  run(p, path == ModelOpsPath::kCuda, kernels::rms_norm_host, KVB_LAUNCHER(rms_norm), "rms_norm");
+  run(p, path == ModelOpsPath::kCuda, x.device(), kernels::rms_norm_host, KVB_LAUNCHER(rms_norm),
+      "rms_norm");
   return out;
 }
 
@@ -137,8 +141,8 @@ QkvRows split_qkv_rope(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, i
   p.q_norm = qn.defined() ? qn.data_ptr() : nullptr;
   p.k_norm = kn.defined() ? kn.data_ptr() : nullptr;
   p.q = out.q.data_ptr(), p.k = out.k.data_ptr(), p.v = out.v.data_ptr();
-  run(p, path == ModelOpsPath::kCuda, kernels::rope_split_host, KVB_LAUNCHER(rope_split),
-      "rope_split");
+  run(p, path == ModelOpsPath::kCuda, in.device(), kernels::rope_split_host,
+      KVB_LAUNCHER(rope_split), "rope_split");
   return out;
 }
 
@@ -154,7 +158,8 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
   kernels::SiluMulProblem p;
   p.rows = int(n), p.dim = int(dim), p.dtype = act_dtype(in);
   p.gate_up = in.data_ptr(), p.out = out.data_ptr();
-  run(p, path == ModelOpsPath::kCuda, kernels::silu_mul_host, KVB_LAUNCHER(silu_mul), "silu_mul");
+  run(p, path == ModelOpsPath::kCuda, in.device(), kernels::silu_mul_host, KVB_LAUNCHER(silu_mul),
+      "silu_mul");
   return out;
 }
 

@@ -1,0 +1,114 @@
+// kvbench's kernels launch on torch's current CUDA stream (core/cuda_stream.h). A caller that
+// makes a pool stream current (one created non-blocking: it does not wait for the legacy
+// default stream, nor the default stream for it) must get the same results as on the default
+// stream; a kernel launched on the wrong stream would race the uploads and copies torch queued
+// on the current one.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvbench/core/cuda_stream.h"
+#include "kvbench/kv/kv_cache.h"
+#include "kvbench/kv/method_registry.h"
+#include "kvbench/model/fused_ops.h"
+
+#ifdef KVBENCH_TORCH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace kvbench {
+namespace {
+
+TEST(CudaStreamTest, IsTheLegacyDefaultStreamOffTheGpu) {
+  EXPECT_EQ(current_cuda_stream(at::Device(at::kCPU)), nullptr);
+  if (!follows_torch_streams())
+    EXPECT_EQ(current_cuda_stream(at::Device(at::kCUDA, 0)), nullptr)
+        << "a libtorch without CUDA has only the default stream to name";
+}
+
+#ifdef KVBENCH_TORCH_CUDA
+
+constexpr int64_t kLayers = 2, kHeads = 8, kKvHeads = 2, kDim = 128;
+
+// Every output of a prefill and decode steps (random inputs from a seeded CPU generator, so
+// two runs see the same ones), read back to the host.
+std::vector<at::Tensor> run_steps(const std::string& entry, const at::Device& device) {
+  const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+  std::unique_ptr<KVCache> cache =
+      make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "paged", at::Tensor(), device);
+  auto gen = at::detail::createCPUGenerator(41);
+  const int64_t seq = cache->add_sequence();
+  std::vector<at::Tensor> outs;
+  std::vector<int64_t> steps = {300};
+  steps.insert(steps.end(), 70, 1);
+  for (int64_t n : steps)
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      auto draw = [&](int64_t heads) {
+        return at::randn({n, heads, kDim}, gen).to(device, cache->attend_dtype());
+      };
+      const at::Tensor q = draw(kHeads), k = draw(kKvHeads), v = draw(kKvHeads);
+      outs.push_back(cache->append_and_attend_batch(layer, {seq}, {n}, q, k, v).to(at::kCPU));
+    }
+  return outs;
+}
+
+TEST(CudaStreamTest, PagedCachesGiveTheSameOutputsOnAPoolStream) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA (or no GPU is visible)";
+  const at::Device device(at::kCUDA, 0);
+  // The dense decode kernel with its ring, the appender, retained-index decode with kernel
+  // scores (H2O), and the GEAR cache's own kernel.
+  for (const char* entry :
+       {R"({"name": "fp16"})", R"({"name": "kivi-2"})", R"({"name": "int4"})",
+        R"({"name": "h2o", "heavy": 32, "recent": 32})", R"({"name": "gear-4"})"}) {
+    SCOPED_TRACE(entry);
+    const std::vector<at::Tensor> want = run_steps(entry, device);
+    const c10::cuda::CUDAStream pool = c10::cuda::getStreamFromPool(false, device.index());
+    std::vector<at::Tensor> got;
+    {
+      const c10::cuda::CUDAStreamGuard guard(pool);
+      EXPECT_EQ(current_cuda_stream(device), static_cast<void*>(pool.stream()));
+      got = run_steps(entry, device);
+    }
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double rel =
+          ((got[i].to(at::kFloat) - want[i].to(at::kFloat)).norm() / want[i].to(at::kFloat).norm())
+              .item<double>();
+      // The same kernels on the same inputs; a race would read stale or unwritten memory.
+      ASSERT_LT(rel, 1e-3) << "output " << i;
+    }
+  }
+}
+
+TEST(CudaStreamTest, ModelOpsGiveTheSameOutputsOnAPoolStream) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA (or no GPU is visible)";
+  const at::Device device(at::kCUDA, 0);
+  auto gen = at::detail::createCPUGenerator(43);
+  const at::Tensor x = at::randn({64, 4096}, gen).to(device, at::kHalf);
+  const at::Tensor r = at::randn({64, 4096}, gen).to(device, at::kHalf);
+  const at::Tensor w = at::randn({4096}, gen).to(device, at::kHalf);
+  const at::Tensor gu = at::randn({64, 2 * 4096}, gen).to(device, at::kHalf);
+  auto ops = [&] {
+    at::Tensor xs = x.clone();
+    const at::Tensor norm = add_rms_norm(xs, r, w, 1e-5);
+    return std::vector<at::Tensor>{norm.cpu(), xs.cpu(), silu_mul(gu).cpu()};
+  };
+  const std::vector<at::Tensor> want = ops();
+  const c10::cuda::CUDAStream pool = c10::cuda::getStreamFromPool(false, device.index());
+  std::vector<at::Tensor> got;
+  {
+    const c10::cuda::CUDAStreamGuard guard(pool);
+    got = ops();
+  }
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(at::equal(got[i], want[i])) << i;
+}
+
+#endif  // KVBENCH_TORCH_CUDA
+
+}  // namespace
+}  // namespace kvbench
