@@ -90,17 +90,37 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
                  to_run.size());
   }
 
+  // Chosen before the first cell: the partial reports and the final one share the file.
+  const auto path = report_path(spec, stamp);
+  // The report of the cells so far: reused ones and those run, in plan order.
+  auto cells_json = [&](const std::vector<CellResult>& done) {
+    nlohmann::json out = nlohmann::json::array();
+    for (size_t i = 0, r = 0; i < cells.size(); ++i) {
+      auto it = previous.find(cells[i].id);
+      if (it != previous.end())
+        out.push_back(it->second);
+      else if (r < done.size())
+        out.push_back(cell_to_json(done[r++]));
+    }
+    return out;
+  };
+  // After every cell but the last, a partial report (written atomically, like the final one):
+  // a run killed or timed out keeps what it measured, and --resume goes on from there.
+  auto write_partial = [&](const std::vector<CellResult>& done) {
+    if (done.size() == to_run.size()) return;
+    info.finished = now_rfc3339();
+    info.model = model.identity();
+    nlohmann::json report = build_report(spec, env, cells_json(done), info);
+    report["partial"] = {{"cells_done", report["cells"].size()}, {"cells_planned", cells.size()}};
+    write_report(report, path);
+  };
+
   ProgressDisplay progress(std::cerr, stderr_is_tty());
-  const std::vector<CellResult> results = Runner().run(spec, to_run, env, progress, model);
+  const std::vector<CellResult> results =
+      Runner().run(spec, to_run, env, progress, model, write_partial);
   info.finished = now_rfc3339();
   info.model = model.identity();
-  nlohmann::json cell_json = nlohmann::json::array();
-  for (size_t i = 0, r = 0; i < cells.size(); ++i) {
-    auto it = previous.find(cells[i].id);
-    cell_json.push_back(it != previous.end() ? it->second : cell_to_json(results[r++]));
-  }
-  const auto path = report_path(spec, stamp);
-  write_report(build_report(spec, env, cell_json, info), path);
+  write_report(build_report(spec, env, cells_json(results), info), path);
 
   print_run_summary(std::cout, results);
   const size_t failed = count_failed(results);

@@ -1,6 +1,7 @@
 #include "kvbench/report/report_merge.h"
 
 #include <map>
+#include <string>
 
 namespace kvbench {
 
@@ -9,6 +10,13 @@ MergedReports merge_reports(const std::vector<LoadedReport>& reports) {
   std::map<std::string, size_t> index;  // cell id -> position in out.cells
   for (const LoadedReport& r : reports) {
     out.sources.push_back(r.source);
+    if (r.doc.contains("partial")) {
+      const nlohmann::json& p = r.doc["partial"];
+      out.warnings.push_back(r.source + " is a partial report (" +
+                             std::to_string(p.value("cells_done", 0)) + " of " +
+                             std::to_string(p.value("cells_planned", 0)) +
+                             " cells): its run was stopped; `run --resume` finishes it");
+    }
     for (const nlohmann::json& cell : r.doc["cells"]) {
       MergedCell m{r.source, cell, cell_setup(r.doc, cell)};
       const std::string id = cell["id"].get<std::string>();

@@ -19,7 +19,7 @@ Runner::Runner(SuiteFactory factory) : factory_(std::move(factory)) {
 
 std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>& cells,
                                     const Environment& env, Progress& progress,
-                                    ModelProvider& model) const {
+                                    ModelProvider& model, const AfterCell& after_cell) const {
   std::vector<CellResult> results;
   for (size_t i = 0; i < cells.size(); ++i) {
     CellResult r;
@@ -53,6 +53,7 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     }
     for (const auto& w : r.output.warnings) spdlog::warn("cell {}: {}", r.cell.id, w);
     results.push_back(std::move(r));
+    if (after_cell) after_cell(results);
   }
   return results;
 }

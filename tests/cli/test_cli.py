@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -134,6 +135,46 @@ class CliTest(CliCase):
         self.assertEqual(r2["cells"][1]["status"], "failed")                # failed: ran again
         self.assertNotEqual(r2["cells"][1]["started"], done[r2["cells"][1]["id"]]["started"])
         self.assertEqual(r2["totals"], {"cells": 2, "failed": 1})
+        self.assertEqual(subprocess.run([*VALIDATE, str(path2)]).returncode, 0)
+
+    def test_a_killed_run_leaves_a_partial_report_that_resume_finishes(self):
+        methods = ["full", "int8", "int4", "fp8", "kivi-2", "kivi-4"]
+        cfg = {"suites": [TINY_SUITE], "methods": [{"name": m} for m in methods], "threads": 1}
+        out = self.dir / "out"
+        run = [KVBENCH, "run", "--config", self.write_config(cfg), "--out", str(out),
+               "--log-level", "warn"]
+        proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        partial = None
+        try:
+            deadline = time.monotonic() + 300
+            while partial is None and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                for f in out.glob("*.json"):  # written atomically: never half a file
+                    if "partial" in json.loads(f.read_text()):
+                        partial = f
+        finally:
+            proc.kill()
+            proc.wait()
+        self.assertIsNotNone(partial, "no partial report before the run ended")
+        r1 = json.loads(partial.read_text())  # the last one written before the kill
+        done = r1["partial"]["cells_done"]
+        self.assertEqual(r1["partial"]["cells_planned"], len(methods))
+        self.assertTrue(1 <= done < len(methods), r1["partial"])
+        self.assertEqual(r1["totals"], {"cells": done, "failed": 0})
+        self.assertEqual([c["method"]["name"] for c in r1["cells"]], methods[:done])
+        self.assertEqual(subprocess.run([*VALIDATE, str(partial)]).returncode, 0)
+        rep = kvbench("report", str(partial))
+        self.assertEqual(rep.returncode, 0, rep.stderr)
+        self.assertIn(f"partial report ({done} of {len(methods)} cells)", rep.stderr)
+
+        res = self.run_ok(cfg, "--resume")
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        self.assertIn(f"{done} reused from earlier reports", res.stdout)
+        path2, r2 = self.report_from(res)
+        self.assertNotIn("partial", r2)
+        self.assertEqual([c["method"]["name"] for c in r2["cells"]], methods)
+        self.assertEqual(sum("resumed_from" in c for c in r2["cells"]), done)
+        self.assertEqual(r2["cells"][0]["records"], r1["cells"][0]["records"])
         self.assertEqual(subprocess.run([*VALIDATE, str(path2)]).returncode, 0)
 
     def test_grid_runs_every_combination_and_loads_each_model_once(self):

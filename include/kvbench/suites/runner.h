@@ -34,9 +34,13 @@ class Runner {
   // The default factory builds suites from the registry; tests inject their own.
   explicit Runner(SuiteFactory factory = {});
 
+  // Called after each cell with the results so far (the last one just ended), e.g. to write
+  // a partial report that survives the process being killed.
+  using AfterCell = std::function<void(const std::vector<CellResult>& done)>;
+
   std::vector<CellResult> run(const RunSpec& spec, const std::vector<Cell>& cells,
-                              const Environment& env, Progress& progress,
-                              ModelProvider& model) const;
+                              const Environment& env, Progress& progress, ModelProvider& model,
+                              const AfterCell& after_cell = {}) const;
 
  private:
   SuiteFactory factory_;
