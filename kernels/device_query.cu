@@ -39,4 +39,28 @@ cudaError_t driver_version(int* version) { return cudaDriverGetVersion(version);
 cudaError_t runtime_version(int* version) { return cudaRuntimeGetVersion(version); }
 const char* error_name(cudaError_t error) { return cudaGetErrorName(error); }
 
+cudaError_t event_create(int device, cudaEvent_t* event) {
+  *event = nullptr;
+  int current = 0;
+  cudaError_t err = cudaGetDevice(&current);
+  if (err != cudaSuccess) return err;
+  // Events belong to the device current at creation; leave the caller's current device alone.
+  if (current != device && (err = cudaSetDevice(device)) != cudaSuccess) return err;
+  err = cudaEventCreate(event);
+  if (current != device) cudaSetDevice(current);
+  return err;
+}
+
+cudaError_t event_record(cudaEvent_t event, cudaStream_t stream) {
+  return cudaEventRecord(event, stream);
+}
+
+cudaError_t event_elapsed_ms(cudaEvent_t start, cudaEvent_t end, float* ms) {
+  *ms = 0.f;
+  cudaError_t err = cudaEventSynchronize(end);
+  return err != cudaSuccess ? err : cudaEventElapsedTime(ms, start, end);
+}
+
+cudaError_t event_destroy(cudaEvent_t event) { return cudaEventDestroy(event); }
+
 }  // namespace kvbench::kernels

@@ -22,4 +22,11 @@ cudaError_t driver_version(int* version);
 cudaError_t runtime_version(int* version);
 const char* error_name(cudaError_t error);
 
+// CUDA events for timing work queued on a stream (device time, no host read-back in it).
+// event_create makes a timing event on `device`; event_elapsed_ms waits for `end` first.
+cudaError_t event_create(int device, cudaEvent_t* event);
+cudaError_t event_record(cudaEvent_t event, cudaStream_t stream);
+cudaError_t event_elapsed_ms(cudaEvent_t start, cudaEvent_t end, float* ms);
+cudaError_t event_destroy(cudaEvent_t event);
+
 }  // namespace kvbench::kernels

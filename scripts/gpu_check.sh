@@ -36,7 +36,7 @@ if [ "$what" = e2e ] || [ "$what" = kernels ]; then
 fi
 if [ "$what" = full ]; then
   build-cuda/tests/kvbench_tests --gtest_brief=1 \
-    --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*Gear*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*:*CudaStream*' 2>&1 |
+    --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*Gear*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*:*CudaStream*:*DeviceTimer*' 2>&1 |
     tee "$OUT/paged_tests.log" | tail -15 || rc=1
   for dev in cpu cuda; do
     build-cuda/kvbench run -c configs/paged-formats.json --set device=$dev --out "$OUT/paged-$dev" \

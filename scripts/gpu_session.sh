@@ -68,7 +68,7 @@ stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gp
 if [ -x build-cuda/kvbench ] &&
   stage build_tests 240 env KVBENCH_TARGETS=kvbench_tests scripts/gpu_full_build.sh build-cuda; then
   stage unit_tests 180 build-cuda/tests/kvbench_tests --gtest_brief=1 \
-    --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*Gear*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*:*CudaStream*'
+    --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*Gear*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*:*CudaStream*:*DeviceTimer*'
   tail -15 "$OUT/unit_tests.log"
 fi
 log "done"

@@ -6,10 +6,10 @@
 #include <string>
 
 #include "kvbench/attention/torch_sdpa.h"
+#include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
-#include "kvbench/core/time.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
 #include "kvbench/model/model_config.h"
@@ -26,19 +26,19 @@ constexpr int kLaunchesPerSample = 10;            // back to back, then one read
 // device-synchronize call outside its CUDA headers).
 void wait_for(const at::Tensor& t) { (void)t.reshape({-1})[0].item<float>(); }
 
-// Seconds per call of `fn` (which returns a tensor its work writes): each sample times
-// kLaunchesPerSample calls queued back to back and one read-back, as CUDA events around the
-// launches would, so host launch cost overlaps the device's work except at the smallest points.
+// Seconds per call of `fn` (which returns a tensor its work writes): each sample is the device
+// time (CUDA events on torch's current stream) of kLaunchesPerSample calls queued back to
+// back, so host launch cost overlaps the device's work except at the smallest points, and no
+// read-back's latency is in it.
 template <typename Fn>
-std::vector<double> time_launches(int warmup, int repeats, Fn&& fn) {
+std::vector<double> time_launches(const at::Device& device, int warmup, int repeats, Fn&& fn) {
   for (int i = 0; i < warmup; ++i) wait_for(fn());
+  DeviceTimer timer(device);
   std::vector<double> samples;
   for (int i = 0; i < repeats; ++i) {
-    Stopwatch sw;
-    at::Tensor last;
-    for (int j = 0; j < kLaunchesPerSample; ++j) last = fn();
-    wait_for(last);
-    samples.push_back(sw.seconds() / kLaunchesPerSample);
+    timer.start();
+    for (int j = 0; j < kLaunchesPerSample; ++j) fn();
+    samples.push_back(timer.stop_seconds() / kLaunchesPerSample);
   }
   return samples;
 }
@@ -48,7 +48,7 @@ json copy_record(const at::Device& device, int warmup, int repeats, uint64_t see
   const auto bytes = at::TensorOptions().dtype(at::kByte).device(device);
   at::Tensor src = at::full({kCopyBytes}, static_cast<int64_t>(seed % 251), bytes);
   at::Tensor dst = at::empty_like(src);
-  const auto samples = time_launches(warmup, repeats, [&] { return dst.copy_(src); });
+  const auto samples = time_launches(device, warmup, repeats, [&] { return dst.copy_(src); });
   const Summary s = summarize(samples, seed);
   const uint64_t moved = 2 * uint64_t(kCopyBytes);
   return {{"kind", "copy_bandwidth"}, {"phase", phase},
@@ -91,7 +91,7 @@ json sdpa_record(const Point& pt, const at::Device& device, at::Generator& gen, 
       at::randn({pt.batch, pt.kv_heads, pt.context, pt.head_dim}, gen, fp32).to(at::kHalf);
   const at::Tensor v = at::randn(k.sizes(), gen, fp32).to(at::kHalf);
   const auto samples =
-      time_launches(warmup, repeats, [&] { return torch_sdpa(q, k, v, /*causal=*/false); });
+      time_launches(device, warmup, repeats, [&] { return torch_sdpa(q, k, v, /*causal=*/false); });
   const Summary s = summarize(samples, seed);
   const uint64_t moved = uint64_t(k.numel() + v.numel()) * 2 + 2 * uint64_t(q.numel()) * 2;
   return {{"samples_s", samples},
@@ -114,7 +114,7 @@ json point_record(const PagedFormat& format, const Point& pt, const at::Device& 
                 at::TensorOptions().dtype(at::kFloat).device(device))
           .to(format.format == kernels::KvFormat::kBf16 ? at::kBFloat16 : at::kHalf);
   at::Tensor out;
-  const auto samples = time_launches(warmup, repeats, [&] {
+  const auto samples = time_launches(device, warmup, repeats, [&] {
     out = cache->attend_batch(0, seqs, q);
     return out;
   });

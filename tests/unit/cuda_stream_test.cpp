@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kvbench/core/cuda_stream.h"
+#include "kvbench/core/error.h"
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/fused_ops.h"
@@ -29,6 +30,30 @@ TEST(CudaStreamTest, IsTheLegacyDefaultStreamOffTheGpu) {
   if (!follows_torch_streams())
     EXPECT_EQ(current_cuda_stream(at::Device(at::kCUDA, 0)), nullptr)
         << "a libtorch without CUDA has only the default stream to name";
+}
+
+TEST(DeviceTimerTest, RefusesADeviceThatIsNotAGpu) {
+  EXPECT_THROW(DeviceTimer(at::Device(at::kCPU)), Error);
+}
+
+// Device time of copies: positive, longer for four times the bytes, and under a bandwidth no
+// GPU reaches (a timer that read the host clock or a wrong event would fail one of these).
+TEST(DeviceTimerTest, TimesCopiesOnTheGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA (or no GPU is visible)";
+  const at::Device device(at::kCUDA, 0);
+  const auto bytes = at::TensorOptions().dtype(at::kByte).device(device);
+  at::Tensor src = at::full({int64_t{1} << 30}, 7, bytes), dst = at::empty_like(src);
+  DeviceTimer timer(device);
+  auto time_copy = [&](int64_t n) {
+    dst.narrow(0, 0, n).copy_(src.narrow(0, 0, n));  // warm
+    timer.start();
+    dst.narrow(0, 0, n).copy_(src.narrow(0, 0, n));
+    return timer.stop_seconds();
+  };
+  const double small = time_copy(int64_t{1} << 28), large = time_copy(int64_t{1} << 30);
+  EXPECT_GT(small, 0);
+  EXPECT_GT(large, 2 * small);
+  EXPECT_LT(2.0 * double(int64_t{1} << 30) / large, 20e12) << "bytes moved per second";
 }
 
 #ifdef KVBENCH_TORCH_CUDA

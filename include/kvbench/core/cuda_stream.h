@@ -17,4 +17,24 @@ void* current_cuda_stream(const at::Device& device);
 // Whether current_cuda_stream can name a stream other than the default (a libtorch with CUDA).
 bool follows_torch_streams();
 
+// Times work queued on torch's current stream of a CUDA device with CUDA events: the device's
+// time from start() to stop_seconds(), without the latency of a read-back to the host that a
+// wall clock around the same calls would add. Throws Error where kvbench has no CUDA kernels.
+class DeviceTimer {
+ public:
+  explicit DeviceTimer(const at::Device& device);
+  ~DeviceTimer();
+  DeviceTimer(const DeviceTimer&) = delete;
+  DeviceTimer& operator=(const DeviceTimer&) = delete;
+
+  void start();
+  // Seconds since start() on the device; waits for the work queued until now to finish.
+  double stop_seconds();
+
+ private:
+  at::Device device_;
+  void* start_ = nullptr;  // cudaEvent_t
+  void* end_ = nullptr;
+};
+
 }  // namespace kvbench
