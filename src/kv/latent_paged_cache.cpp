@@ -8,9 +8,10 @@
 namespace kvbench {
 namespace {
 
-// The codec's rank, once the pair (codec, cache shape) is known to fit the latent pages.
-int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, at::ScalarType coef_dtype,
-                     int64_t num_kv_heads, int64_t head_dim, at::Device device) {
+// The stored width of the codec's rank r (zero-padded up to whole 32-value blocks; on a GPU to
+// the decode kernels' head_dim 64 or 128), once the pair (codec, cache shape) is known to fit.
+int64_t checked_width(const std::shared_ptr<const LowRankCodec>& codec, at::ScalarType coef_dtype,
+                      int64_t num_kv_heads, int64_t head_dim, at::Device device, bool kernel_path) {
   KVB_CHECK(codec != nullptr, "latent paged cache: no codec");
   KVB_CHECK(codec->kind() == LowRankKind::kProjection, "latent paged cache: method '",
             codec->name(),
@@ -24,12 +25,11 @@ int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, at::Scala
   const int64_t g = codec->group(), r = codec->rank_for(head_dim);
   KVB_CHECK(num_kv_heads % g == 0, "paged cache: ", codec->name(), " group ", g,
             " does not divide ", num_kv_heads, " KV heads");
-  KVB_CHECK(r % 32 == 0, "paged cache: ", codec->name(), " rank ", r,
-            " is not a multiple of 32 (the latent pages hold rows of whole 32-value blocks); "
-            "set rank (or rank_ratio) so that it is");
-  KVB_CHECK(device.is_cpu() || r == 64 || r == 128, "paged cache: ", codec->name(), " rank ", r,
-            " on ", device.str(), ": the GPU decode kernels take latent widths 64 and 128");
-  return r;
+  if (!kernel_path) return (r + 31) / 32 * 32;
+  KVB_CHECK(r <= 128, "paged cache: ", codec->name(), " rank ", r, " on ", device.str(),
+            ": the GPU decode kernels take latent widths 64 and 128 (ranks up to 128, "
+            "zero-padded)");
+  return r <= 64 ? 64 : 128;
 }
 
 }  // namespace
@@ -40,7 +40,9 @@ LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
                                    at::Device device, std::shared_ptr<const RetentionPolicy> policy,
                                    bool kernel_path_on_cpu)
     : LatentPagesCache(
-          codec, checked_rank(codec, coef_dtype, num_kv_heads, head_dim, device),
+          codec, codec ? codec->rank_for(head_dim) : 0,
+          checked_width(codec, coef_dtype, num_kv_heads, head_dim, device,
+                        device.is_cuda() || kernel_path_on_cpu),
           paged_format_for({{"name", coef_dtype == at::kHalf ? "fp16" : "bf16"}}, coef_dtype),
           num_layers, num_kv_heads / (codec ? codec->group() : 1), capacity, device,
           std::move(policy), kernel_path_on_cpu),
@@ -48,20 +50,21 @@ LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
       head_dim_(head_dim),
       group_(codec_->group()) {
   const int64_t groups = num_kv_heads_ / group_;
-  // The inner cache scales scores by 1 / sqrt(r); the model's scale is 1 / sqrt(head_dim).
-  const double query_scale = std::sqrt(double(rank_) / double(head_dim_));
+  // The inner cache scales scores by 1 / sqrt(width); the model's is 1 / sqrt(head_dim).
+  const double query_scale = std::sqrt(double(width_) / double(head_dim_));
   const auto where = at::TensorOptions().dtype(at::kFloat).device(device);
   for (int64_t l = 0; l < num_layers; ++l) {
     Bases b;
-    b.key = codec_->key_basis(l).to(where).contiguous();
-    b.value = codec_->value_basis(l).to(where).contiguous();
+    b.key = codec_->key_basis(l).to(where);
+    b.value = codec_->value_basis(l).to(where);
     KVB_CHECK(b.key.dim() == 3 && b.key.size(0) == groups && b.key.size(1) == group_ * head_dim_ &&
                   b.key.size(2) == rank_ && b.value.sizes() == b.key.sizes(),
               "latent paged cache: ", codec_->name(), " bases of layer ", l, " have shape ",
               b.key.sizes(), ", expected [", groups, ", ", group_ * head_dim_, ", ", rank_, "]");
+    b.key = padded(b.key).contiguous(), b.value = padded(b.value).contiguous();
     // A group's rows are its KV heads' [head_dim, r] blocks in order.
-    b.query = (b.key.reshape({num_kv_heads_, head_dim_, rank_}) * query_scale).contiguous();
-    b.output = b.value.reshape({num_kv_heads_, head_dim_, rank_}).transpose(1, 2).contiguous();
+    b.query = (b.key.reshape({num_kv_heads_, head_dim_, width_}) * query_scale).contiguous();
+    b.output = b.value.reshape({num_kv_heads_, head_dim_, width_}).transpose(1, 2).contiguous();
     bases_.push_back(std::move(b));
   }
 }
@@ -88,7 +91,7 @@ at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
   const Bases& b = bases_[size_t(layer)];
   const int64_t n = q.size(0), heads = q.size(1), per = heads / num_kv_heads_;
   const at::Tensor q_rows = q.to(b.query.device(), at::kFloat).reshape({n, num_kv_heads_, per, -1});
-  const at::Tensor q_latent = per_head(q_rows, b.query).reshape({n, heads, rank_});
+  const at::Tensor q_latent = per_head(q_rows, b.query).reshape({n, heads, width_});
   const at::Tensor out_latent = latent_.append_and_attend_batch(
       layer, seqs, counts, q_latent, coefficients(k, b.key), coefficients(v, b.value));
   const at::Tensor out_rows = out_latent.to(b.output.device()).reshape({n, num_kv_heads_, per, -1});

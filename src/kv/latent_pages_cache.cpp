@@ -1,16 +1,27 @@
 #include "kvbench/kv/latent_pages_cache.h"
 
+#include "kvbench/core/error.h"
+
 namespace kvbench {
 
 LatentPagesCache::LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, int64_t rank,
-                                   PagedFormat format, int64_t num_layers, int64_t latent_heads,
-                                   PagedCapacity capacity, at::Device device,
+                                   int64_t width, PagedFormat format, int64_t num_layers,
+                                   int64_t latent_heads, PagedCapacity capacity, at::Device device,
                                    std::shared_ptr<const RetentionPolicy> policy,
                                    bool kernel_path_on_cpu)
     : codec_(std::move(codec)),
       rank_(rank),
-      latent_(format, num_layers, latent_heads, rank, capacity, device, std::move(policy),
-              kernel_path_on_cpu) {}
+      width_(width),
+      latent_(format, num_layers, latent_heads, width, capacity, device, std::move(policy),
+              kernel_path_on_cpu) {
+  KVB_CHECK(rank >= 1 && width >= rank, "latent pages: width ", width, " below rank ", rank);
+}
+
+at::Tensor LatentPagesCache::padded(const at::Tensor& basis) const {
+  KVB_CHECK(basis.size(-1) == rank_, "latent pages: a basis of ", basis.size(-1),
+            " columns, expected rank ", rank_);
+  return width_ == rank_ ? basis : at::constant_pad_nd(basis, {0, width_ - rank_});
+}
 
 StorageBytes LatentPagesCache::storage() const {
   StorageBytes b = latent_.storage();
@@ -21,6 +32,8 @@ StorageBytes LatentPagesCache::storage() const {
 
 StorageBytes LatentPagesCache::nominal() const {
   StorageBytes b = latent_.nominal();
+  // The formula stores r of every row's width values.
+  b.payload = b.payload * uint64_t(rank_) / uint64_t(width_);
   b += codec_->shared_nominal();
   b.metadata += extra_metadata();
   return b;

@@ -26,10 +26,10 @@ constexpr int kPageSize = 32;  // tokens per page of the per-token formats
 const char* kPagedMethods =
     "full/fp16/bf16 (model dtype fp16 or bf16), int8, int4 (q4_1, or q4_0 with symmetric: "
     "true) and int2 (group 32), fp8, kivi-2 and kivi-4 (group 16, 32 or 64), kvproj (latent pages "
-    "of its "
-    "coefficients: rank a multiple of 32; 64 or 128 on a GPU), palu (latent pages: any group, rank "
-    "a multiple of 32; 32 to 128 on a GPU), gear, gear-4 and gear-8 (blocks read in place: model "
-    "dtype fp16 or bf16, head_dim <= 128 on a GPU; policies selecting after the prefill only)";
+    "of its coefficients, rows zero-padded to 32-value blocks, on a GPU to 64 or 128), palu "
+    "(latent pages: any group, rows zero-padded to 32-value blocks, rank <= 128 on a GPU), gear, "
+    "gear-4 and gear-8 (blocks read in place: model dtype fp16 or bf16, head_dim <= 128 on a GPU; "
+    "policies selecting after the prefill only)";
 
 }  // namespace
 

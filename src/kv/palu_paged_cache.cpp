@@ -23,9 +23,10 @@ PagedFormat latent_format(at::ScalarType dtype) {
   return f;
 }
 
-// The codec's rank, once the pair (codec, cache) is known to fit the kernel.
-int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, int64_t head_dim,
-                     bool kernel_path, const RetentionPolicy* policy) {
+// The stored width of the codec's rank r (r rounded up to whole 32-value blocks, zero-padded),
+// once the pair (codec, cache) is known to fit the kernel.
+int64_t checked_width(const std::shared_ptr<const LowRankCodec>& codec, int64_t head_dim,
+                      bool kernel_path, const RetentionPolicy* policy) {
   KVB_CHECK(codec != nullptr && codec->kind() == LowRankKind::kPalu,
             "palu paged cache: expects a palu codec");
   KVB_CHECK(!codec->needs_preparation(), "palu paged cache: codec '", codec->name(),
@@ -33,14 +34,12 @@ int64_t checked_rank(const std::shared_ptr<const LowRankCodec>& codec, int64_t h
   KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr,
             "paged cache: palu keeps every token on the paged path; with retention policy '",
             policy ? policy->name() : "", "' run it with attention cpu or reference");
-  const int64_t r = codec->rank_for(head_dim);
-  KVB_CHECK(r % 32 == 0, "paged cache: palu rank ", r,
-            " is not a multiple of 32 (the latent pages hold rows of whole 32-value blocks); "
-            "set rank (or rank_ratio, e.g. 0.75 of 128 = 96) so that it is");
-  KVB_CHECK(!kernel_path || ((r <= 128) && (head_dim == 64 || head_dim == 128)),
+  const int64_t r = codec->rank_for(head_dim), width = (r + 31) / 32 * 32;
+  KVB_CHECK(!kernel_path || ((width <= 128) && (head_dim == 64 || head_dim == 128)),
             "paged cache: palu rank ", r, " at head_dim ", head_dim,
-            ": the GPU kernel takes ranks 32, 64, 96 and 128 at head_dim 64 or 128");
-  return r;
+            ": the GPU kernel takes ranks up to 128 (stored in rows of 32, 64, 96 or 128) at "
+            "head_dim 64 or 128");
+  return width;
 }
 
 // The pages' heads: one latent per group of the codec's `group` KV heads.
@@ -59,8 +58,8 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
                                at::Device device, std::shared_ptr<const RetentionPolicy> policy,
                                bool kernel_path_on_cpu)
     : LatentPagesCache(
-          codec,
-          checked_rank(codec, head_dim, device.is_cuda() || kernel_path_on_cpu, policy.get()),
+          codec, codec ? codec->rank_for(head_dim) : 0,
+          checked_width(codec, head_dim, device.is_cuda() || kernel_path_on_cpu, policy.get()),
           latent_format(latent_dtype), num_layers, latent_heads(codec, num_kv_heads), capacity,
           device, nullptr, kernel_path_on_cpu),
       group_(codec->group()),
@@ -76,12 +75,13 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
     Bases b;
     // The codec's [groups, g * head_dim, r] is, head-major, [kv_heads, head_dim, r]: head j's
     // rows are its block L_j of its group's basis.
-    b.key = codec_->key_basis(l).to(where).reshape({num_kv_heads_, head_dim_, -1}).contiguous();
-    b.value = codec_->value_basis(l).to(where).reshape({num_kv_heads_, head_dim_, -1}).contiguous();
+    b.key = codec_->key_basis(l).to(where).reshape({num_kv_heads_, head_dim_, -1});
+    b.value = codec_->value_basis(l).to(where).reshape({num_kv_heads_, head_dim_, -1});
     KVB_CHECK(b.key.dim() == 3 && b.key.size(0) == num_kv_heads_ && b.key.size(1) == head_dim_ &&
                   b.key.size(2) == rank_ && b.value.sizes() == b.key.sizes(),
               "palu paged cache: bases of layer ", l, " have shape ", b.key.sizes(), ", expected [",
               num_kv_heads_, ", ", head_dim_, ", ", rank_, "]");
+    b.key = padded(b.key).contiguous(), b.value = padded(b.value).contiguous();
     if (kernel_path_) b.key16 = b.key.to(latent_dtype_).contiguous();  // the kernel's operand
     bases_.push_back(std::move(b));
   }
@@ -98,7 +98,7 @@ at::Tensor PaluPagedCache::latents(const at::Tensor& x, const at::Tensor& basis,
   // Each token's g heads side by side: [groups, n, g * d] @ [groups, g * d, r].
   const int64_t n = rows.size(0), groups = num_kv_heads_ / group_;
   return at::bmm(rows.reshape({n, groups, group_ * head_dim_}).transpose(0, 1),
-                 basis.reshape({groups, group_ * head_dim_, rank_}))
+                 basis.reshape({groups, group_ * head_dim_, width_}))
       .transpose(0, 1);  // [n, groups, r]
 }
 
@@ -131,10 +131,10 @@ std::pair<at::Tensor, at::Tensor> PaluPagedCache::reconstruct(const PagedKVCache
                                                               int64_t tokens) {
   const int64_t groups = num_kv_heads_ / group_;
   const auto [k_lat, v_lat] =
-      paged_cuda::dequantize(pages.store, pages.table[b], groups, rank_, 0, tokens);
+      paged_cuda::dequantize(pages.store, pages.table[b], groups, width_, 0, tokens);
   // [groups, t, r] @ [groups, r, g * d], then each group's heads apart: [kv_heads, t, d].
   auto up = [&](const at::Tensor& lat, const at::Tensor& basis) {
-    return at::bmm(lat, basis.reshape({groups, group_ * head_dim_, rank_}).transpose(1, 2))
+    return at::bmm(lat, basis.reshape({groups, group_ * head_dim_, width_}).transpose(1, 2))
         .reshape({groups, tokens, group_, head_dim_})
         .permute({0, 2, 1, 3})
         .reshape({num_kv_heads_, tokens, head_dim_});
@@ -170,7 +170,7 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
   at::Tensor out = at::empty_like(q);
   kernels::PaluProblem p;
   p.batch = int(q.size(0)), p.q_heads = int(q.size(1)), p.kv_heads = int(num_kv_heads_);
-  p.head_dim = int(head_dim_), p.rank = int(rank_), p.bf16 = latent_dtype_ == at::kBFloat16;
+  p.head_dim = int(head_dim_), p.rank = int(width_), p.bf16 = latent_dtype_ == at::kBFloat16;
   p.group = int(group_);
   p.page_size = pages.store.page_size, p.max_pages_per_seq = int(pages.table.size(1));
   p.block_table = pages.table.data_ptr<int>(), p.seq_lens = pages.lengths.data_ptr<int>();

@@ -1102,6 +1102,32 @@ class ModelCliTest(CliCase):
             self.assertAlmostEqual(kl["kernels", name], kl["cpu", name],
                                    delta=0.05 * kl["cpu", name] + 1e-6, msg=name)
 
+    def test_every_preset_but_fp32_runs_on_the_kernel_path(self):
+        # Issue 11: the engine's GPU path serves every method. Each preset `list` names, at its
+        # defaults (Palu's rank 0.7 * 64 = 45 in rows of 64, kvproj's 32 in rows of 64), takes
+        # the paged cache's kernel path on the CPU; fp32 storage has no GPU format and says so.
+        listed = kvbench("list", "methods").stdout.splitlines()
+        presets = [l.split(" - ")[0].strip() for l in listed
+                   if l.startswith("  ") and not l.startswith("   ") and " - " in l]
+        self.assertIn("palu-70", presets)
+        self.assertIn("snapkv-2048", presets)
+        cfg = {"model": {"preset": "tiny-qwen3", "random_init": True, "dtype": "float16"},
+               "attention": "paged", "methods": [{"name": p} for p in presets],
+               "suites": [{"name": "throughput", "batch": [2], "prompt_tokens": [600],
+                           "new_tokens": [4], "repeats": 1}]}
+        old = os.environ.get("KVBENCH_PAGED_PATH")
+        os.environ["KVBENCH_PAGED_PATH"] = "kernels"
+        try:
+            res = self.run_ok(cfg)
+        finally:
+            os.environ.pop("KVBENCH_PAGED_PATH", None)
+            if old is not None:
+                os.environ["KVBENCH_PAGED_PATH"] = old
+        _, report = self.report_from(res)
+        failed = {c["method"]["name"]: c["error"] for c in report["cells"] if c["status"] != "ok"}
+        self.assertEqual(list(failed), ["fp32"], failed)
+        self.assertIn("no paged format", failed["fp32"])
+
     def test_low_rank_methods_report_their_untimed_prepare_step(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},
                "methods": [{"name": "full"}, {"name": "palu"},

@@ -6,11 +6,12 @@
 //   output  U_j^v (sum_t p_t c_t^v)            (projected back once per query)
 // So the inner PagedKVCache holds kv_heads / g "heads" of width r, and a query head attends
 // the latent head of its KV head's group, which is the GQA mapping the paged kernels already
-// use. The latent query is pre-scaled by sqrt(r / head_dim) because the inner cache scales
-// scores by 1 / sqrt(r). Everything the paged cache does applies unchanged: pages, batched
-// decode steps in one launch, retention by index (StreamingLLM, SnapKV, PyramidKV, whose
-// window scores are then taken against the stored latent keys: the scores of the
-// reconstructed keys U c).
+// use. Rows are stored `width` wide (LatentPagesCache: r zero-padded to whole 32-value blocks,
+// on a GPU to the decode kernels' 64 or 128). The latent query is pre-scaled by
+// sqrt(width / head_dim) because the inner cache scales scores by 1 / sqrt(width). Everything the
+// paged cache does applies unchanged: pages, batched decode steps in one launch, retention by index
+// (StreamingLLM, SnapKV, PyramidKV, whose window scores are then taken against the stored latent
+// keys: the scores of the reconstructed keys U c).
 //
 // This reads the same bytes per token as kernels/latent_decode.h (r coefficients), through
 // the paged tensor-core decode kernel instead of a contiguous per-sequence layout.

@@ -3,6 +3,11 @@
 // latents, r values per token and latent head. Sequences, lengths, kept tokens, retention time
 // and the device are the inner cache's; the bytes are the pages', plus the codec's bases (once
 // per cache), plus whatever a subclass holds besides (extra_metadata()).
+//
+// Rows are stored `width` values wide: the codec's rank r rounded up to what the pages and the
+// kernels take (whole 32-value blocks; the GPU kernels' widths), the extra columns of the
+// bases zero, so the extra coefficients are exact zeros and every score and output is the
+// rank-r one. storage() measures the padded pages; nominal() is the method's formula at r.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -31,23 +36,26 @@ class LatentPagesCache : public KVCache {
   double retention_seconds() const override { return latent_.retention_seconds(); }
   at::Device device() const override { return latent_.device(); }
 
-  // The paged cache of latents (latent heads of width r).
+  // The paged cache of latents (latent heads of width width()).
   const PagedKVCache& latent() const { return latent_; }
-  int64_t rank() const { return rank_; }
+  int64_t rank() const { return rank_; }    // the codec's r
+  int64_t width() const { return width_; }  // stored values per row, >= r
 
  protected:
-  // The inner cache: `latent_heads` heads of width `rank` in `format`; the rest as
-  // PagedKVCache's constructor takes them.
-  LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, int64_t rank, PagedFormat format,
-                   int64_t num_layers, int64_t latent_heads, PagedCapacity capacity,
-                   at::Device device, std::shared_ptr<const RetentionPolicy> policy,
-                   bool kernel_path_on_cpu);
+  // The inner cache: `latent_heads` heads of `width` (>= the codec's `rank`) in `format`;
+  // the rest as PagedKVCache's constructor takes them.
+  LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, int64_t rank, int64_t width,
+                   PagedFormat format, int64_t num_layers, int64_t latent_heads,
+                   PagedCapacity capacity, at::Device device,
+                   std::shared_ptr<const RetentionPolicy> policy, bool kernel_path_on_cpu);
+  // A basis [..., r] with zero columns appended up to width().
+  at::Tensor padded(const at::Tensor& basis) const;
   // Metadata bytes a subclass holds besides the pages and the codec's bases (in both
   // storage() and nominal()).
   virtual uint64_t extra_metadata() const { return 0; }
 
   std::shared_ptr<const LowRankCodec> codec_;
-  int64_t rank_;
+  int64_t rank_, width_;
   PagedKVCache latent_;
 };
 

@@ -15,8 +15,10 @@
 // Palu's G-LRD (group g > 1: one latent of rank r per g KV heads, from the SVD of the group's
 // stacked W_k rows) keeps kv_heads / g latent heads in the pages; the kernel's block for KV head
 // j reads its group's latents and multiplies by its block L_j of the group's basis.
-// What the GPU kernel takes: rank 32, 64, 96 or 128, head_dim 64 or 128, at most 8 query heads
-// per KV head; no retention policy (Palu with a policy runs with attention cpu or reference).
+// Rows are stored r rounded up to whole 32-value blocks wide (LatentPagesCache: zero-padded, so
+// Palu's default rank 0.7 * 128 = 90 runs in rows of 96 with the rank-90 results).
+// What the GPU kernel takes: rank up to 128, head_dim 64 or 128, at most 8 query heads per KV
+// head; no retention policy (Palu with a policy runs with attention cpu or reference).
 // The constructor says which one does not fit.
 #pragma once
 
