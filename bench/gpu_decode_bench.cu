@@ -7,7 +7,8 @@
 // scales (speed does not depend on values; fp formats hold finite random values); inputs are
 // rotated among replicas so a small working set is not served from L2.
 //
-// usage: gpu_decode_bench [--out FILE.jsonl] [--quick]
+// usage: gpu_decode_bench [--out FILE.jsonl] [--quick] [--profile FORMAT:LOOP:BATCH:CONTEXT]
+// --profile times that one case alone (e.g. int4:v3:16:32768), for a profiler such as ncu.
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
@@ -335,21 +336,51 @@ Result time_gear(int bits, int G, int buffer, int B, int T, int sm_count, cudaSt
   return {t, bytes / (t * 1e-6) / 1e9, bytes, plan.splits};
 }
 
+// One case alone ("int4:v3:16:32768"), so that a profiler sees only its launches.
+int profile_one(const std::string& spec) {
+  char name[32] = {}, loop[8] = {};
+  int B = 0, T = 0;
+  if (std::sscanf(spec.c_str(), "%31[^:]:%7[^:]:%d:%d", name, loop, &B, &T) != 4 || B < 1 ||
+      T < 1 || (std::strcmp(loop, "v2") && std::strcmp(loop, "v3"))) {
+    std::fprintf(stderr, "--profile expects FORMAT:v2|v3:BATCH:CONTEXT, got '%s'\n", spec.c_str());
+    return 2;
+  }
+  for (int f = 0; f <= int(KvFormat::kInt2); ++f) {
+    if (std::strcmp(k::format_name(KvFormat(f)), name)) continue;
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    cudaStream_t s;
+    CHECK(cudaStreamCreate(&s));
+    const Result r =
+        time_format(KvFormat(f), B, T, prop.multiProcessorCount, !std::strcmp(loop, "v3"), s);
+    std::printf("%s %s %d x %d: %.1f us/step, %.0f GB/s, %d splits\n", name, loop, B, T, r.us,
+                r.gbps, r.splits);
+    return 0;
+  }
+  std::fprintf(stderr, "--profile: unknown format '%s'\n", name);
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string out_path;
+  std::string out_path, profile;
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc)
       out_path = argv[++i];
     else if (!std::strcmp(argv[i], "--quick"))
       quick = true;
+    else if (!std::strcmp(argv[i], "--profile") && i + 1 < argc)
+      profile = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--out FILE.jsonl] [--quick]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--out FILE.jsonl] [--quick] [--profile FORMAT:LOOP:BATCH:CONTEXT]\n",
+                   argv[0]);
       return 2;
     }
   }
+  if (!profile.empty()) return profile_one(profile);
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   cudaStream_t s;

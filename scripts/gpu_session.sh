@@ -45,6 +45,9 @@ fi
 # 1. The kernels against their float64 references (numbers from a wrong kernel mean nothing).
 stage gpu_tests 120 build-gpu/gpu_tests --gtest_brief=1
 tail -4 "$OUT/gpu_tests.log"
+# The kernels' SASS, to read here (this machine has no cuobjdump; perf-notes: instruction budget).
+stage sass 30 bash -o pipefail -c "for o in decode_attention palu_decode gear_decode; do
+  cuobjdump --dump-sass build-gpu/\$o.o | gzip > '$OUT'/\$o.sass.gz || exit 1; done"
 # 2. Every format's decode kernel (v2 and v3 loops, Palu, GEAR) and SDPA in the same call.
 stage decode_bench 150 build-gpu/gpu_decode_bench --out "$OUT/decode_bench.jsonl"
 stage sdpa_peer 90 env PYTHONUNBUFFERED=1 python3 scripts/gpu_sdpa_peer.py \
@@ -71,4 +74,12 @@ if [ -x build-cuda/kvbench ] &&
     --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*Gear*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*:*CudaStream*:*DeviceTimer*'
   tail -15 "$OUT/unit_tests.log"
 fi
+# 7. What the decode kernels issue and where their warps wait (ncu, no clock control: the
+#    card's settings are left alone), for the formats behind the acceptance gap, each loop at
+#    batch 16 x 32k.
+stage ncu 150 bash -c "for c in fp16:v2 int4:v2 int4:v3 kivi-2:v2 kivi-2:v3 kivi-4:v3; do
+  echo \"== \$c\"; ncu --clock-control none --section SpeedOfLight --section Occupancy \
+    --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+    -k regex:decode_kernel --launch-skip 40 --launch-count 1 \
+    build-gpu/gpu_decode_bench --profile \$c:16:32768 || exit 1; done"
 log "done"
