@@ -60,6 +60,16 @@ int compare(const CompareCliOptions& opt) {
     spdlog::error("{}", e.what());
     return 2;
   }
+  // A partial report is a run that stopped: its missing cells would pass as "not compared".
+  for (const LoadedReport* r : {&base, &cand}) {
+    if (!r->doc.contains("partial")) continue;
+    const nlohmann::json& p = r->doc["partial"];
+    spdlog::error(
+        "{} is a partial report ({} of {} cells): its run did not finish; finish it "
+        "with run --resume before comparing",
+        r->source, p.value("cells_done", 0), p.value("cells_planned", 0));
+    return 2;
+  }
   options.seed = opt.seed;
   const CompareResult result = compare_reports(base.doc, cand.doc, options);
   for (const std::string& n : result.notes) spdlog::warn("{}", n);

@@ -90,8 +90,14 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
                  to_run.size());
   }
 
-  // Chosen before the first cell: the partial reports and the final one share the file.
-  const auto path = report_path(spec, stamp);
+  // Claimed by the first write (a new name, exclusively); later writes replace it.
+  std::filesystem::path path;
+  auto write = [&](const nlohmann::json& report) {
+    if (path.empty())
+      path = write_new_report(report, spec, stamp);
+    else
+      write_report(report, path);
+  };
   // The report of the cells so far: reused ones and those run, in plan order.
   auto cells_json = [&](const std::vector<CellResult>& done) {
     nlohmann::json out = nlohmann::json::array();
@@ -105,14 +111,19 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
     return out;
   };
   // After every cell but the last, a partial report (written atomically, like the final one):
-  // a run killed or timed out keeps what it measured, and --resume goes on from there.
+  // a run killed or timed out keeps what it measured, and --resume goes on from there. A
+  // failed write (a full disk) costs the checkpoint, not the run: the final write still tries.
   auto write_partial = [&](const std::vector<CellResult>& done) {
     if (done.size() == to_run.size()) return;
     info.finished = now_rfc3339();
     info.model = model.identity();
     nlohmann::json report = build_report(spec, env, cells_json(done), info);
     report["partial"] = {{"cells_done", report["cells"].size()}, {"cells_planned", cells.size()}};
-    write_report(report, path);
+    try {
+      write(report);
+    } catch (const std::exception& e) {
+      spdlog::warn("partial report not written: {}", e.what());
+    }
   };
 
   ProgressDisplay progress(std::cerr, stderr_is_tty());
@@ -120,7 +131,7 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
       Runner().run(spec, to_run, env, progress, model, write_partial);
   info.finished = now_rfc3339();
   info.model = model.identity();
-  write_report(build_report(spec, env, cells_json(results), info), path);
+  write(build_report(spec, env, cells_json(results), info));
 
   print_run_summary(std::cout, results);
   const size_t failed = count_failed(results);

@@ -11,7 +11,8 @@
 
 namespace kvbench {
 
-void write_file_atomically(const std::filesystem::path& path, const std::string& content) {
+bool write_file_atomically(const std::filesystem::path& path, const std::string& content,
+                           bool exclusive) {
   std::error_code ec;
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
   KVB_CHECK(!ec, "cannot create directory ", path.parent_path().string(), ": ", ec.message());
@@ -33,11 +34,27 @@ void write_file_atomically(const std::filesystem::path& path, const std::string&
   const bool synced = ::fsync(fd) == 0;
   const int sync_errno = errno;
   ::close(fd);
-  if (!synced || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = synced ? errno : sync_errno;
-    ::unlink(tmp.c_str());
-    KVB_CHECK(false, "cannot write ", path.string(), ": ", std::strerror(err));
+  // link() fails with EEXIST where rename() would replace: the exclusive write's claim. A file
+  // system without hard links gets a check then a rename (exclusive between processes only
+  // where link works).
+  bool placed = false;
+  int err = sync_errno;
+  if (synced && exclusive) {
+    placed = ::link(tmp.c_str(), path.c_str()) == 0;
+    err = errno;
+    if (!placed && (err == EPERM || err == EOPNOTSUPP || err == ENOSYS) &&
+        !std::filesystem::exists(path)) {
+      placed = std::rename(tmp.c_str(), path.c_str()) == 0;
+      err = errno;
+      if (placed) exclusive = false;  // the temporary is gone
+    }
+  } else if (synced) {
+    placed = std::rename(tmp.c_str(), path.c_str()) == 0;
+    err = errno;
   }
+  if (!placed || exclusive) ::unlink(tmp.c_str());
+  if (!placed && exclusive && synced && err == EEXIST) return false;
+  KVB_CHECK(placed, "cannot write ", path.string(), ": ", std::strerror(err));
   // The rename itself is durable only once the directory entry is on disk.
   const std::string dir = path.has_parent_path() ? path.parent_path().string() : ".";
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -45,6 +62,7 @@ void write_file_atomically(const std::filesystem::path& path, const std::string&
     ::fsync(dfd);
     ::close(dfd);
   }
+  return true;
 }
 
 }  // namespace kvbench

@@ -87,18 +87,24 @@ std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::p
   return cells;
 }
 
-std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp) {
+std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp,
+                                  int attempt) {
   std::string stem = spec.name;
   for (char& c : stem) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
   }
-  // Two runs of one config within a second must not overwrite each other.
-  const std::filesystem::path dir(spec.output_dir);
-  std::filesystem::path path = dir / (stem + "-" + compact_stamp + ".json");
-  for (int i = 2; std::filesystem::exists(path); ++i) {
-    path = dir / (stem + "-" + compact_stamp + "-" + std::to_string(i) + ".json");
+  std::string name = stem + "-" + compact_stamp;
+  if (attempt > 1) name += "-" + std::to_string(attempt);
+  return std::filesystem::path(spec.output_dir) / (name + ".json");
+}
+
+std::filesystem::path write_new_report(const nlohmann::json& report, const RunSpec& spec,
+                                       const std::string& compact_stamp) {
+  const std::string content = report.dump(2) + "\n";
+  for (int attempt = 1;; ++attempt) {
+    const std::filesystem::path path = report_path(spec, compact_stamp, attempt);
+    if (write_file_atomically(path, content, /*exclusive=*/true)) return path;
   }
-  return path;
 }
 
 void write_report(const nlohmann::json& report, const std::filesystem::path& path) {

@@ -1,22 +1,33 @@
 #include "kvbench/report/report_merge.h"
 
+#include <filesystem>
 #include <map>
 #include <string>
 
 namespace kvbench {
 
+namespace {
+
+// Whether `resumed_from` (a path as `run --resume` recorded it) names the report `source`.
+bool same_file(const std::string& resumed_from, const std::string& source) {
+  std::error_code ec;
+  const bool same = std::filesystem::equivalent(resumed_from, source, ec);
+  return !ec ? same
+             : std::filesystem::path(resumed_from).filename() ==
+                   std::filesystem::path(source).filename();
+}
+
+}  // namespace
+
 MergedReports merge_reports(const std::vector<LoadedReport>& reports) {
   MergedReports out;
-  std::map<std::string, size_t> index;  // cell id -> position in out.cells
-  for (const LoadedReport& r : reports) {
+  std::map<std::string, size_t> index;                // cell id -> position in out.cells
+  std::vector<size_t> superseded(reports.size(), 0);  // cells a later file replaced
+  std::map<std::string, size_t> report_of;            // source -> its position in `reports`
+  for (size_t i = 0; i < reports.size(); ++i) {
+    const LoadedReport& r = reports[i];
+    report_of[r.source] = i;
     out.sources.push_back(r.source);
-    if (r.doc.contains("partial")) {
-      const nlohmann::json& p = r.doc["partial"];
-      out.warnings.push_back(r.source + " is a partial report (" +
-                             std::to_string(p.value("cells_done", 0)) + " of " +
-                             std::to_string(p.value("cells_planned", 0)) +
-                             " cells): its run was stopped; `run --resume` finishes it");
-    }
     for (const nlohmann::json& cell : r.doc["cells"]) {
       MergedCell m{r.source, cell, cell_setup(r.doc, cell)};
       const std::string id = cell["id"].get<std::string>();
@@ -27,10 +38,23 @@ MergedReports merge_reports(const std::vector<LoadedReport>& reports) {
         continue;
       }
       MergedCell& old = out.cells[it->second];
-      out.warnings.push_back("cell " + id + " appears in " + old.source + " and " + r.source +
-                             "; using the one from " + r.source + " (the later file)");
+      ++superseded[report_of[old.source]];
+      // A cell `run --resume` reused from the earlier file is the same measurement.
+      if (!same_file(cell.value("resumed_from", ""), old.source))
+        out.warnings.push_back("cell " + id + " appears in " + old.source + " and " + r.source +
+                               "; using the one from " + r.source + " (the later file)");
       old = std::move(m);
     }
+  }
+  // A partial report whose cells a later file (its resumed run) all replaced needs no warning.
+  for (size_t i = 0; i < reports.size(); ++i) {
+    const nlohmann::json& doc = reports[i].doc;
+    if (!doc.contains("partial") || superseded[i] == doc["cells"].size()) continue;
+    const nlohmann::json& p = doc["partial"];
+    out.warnings.push_back(reports[i].source + " is a partial report (" +
+                           std::to_string(p.value("cells_done", 0)) + " of " +
+                           std::to_string(p.value("cells_planned", 0)) +
+                           " cells): its run was stopped; `run --resume` finishes it");
   }
   return out;
 }

@@ -176,6 +176,39 @@ class CliTest(CliCase):
         self.assertEqual(sum("resumed_from" in c for c in r2["cells"]), done)
         self.assertEqual(r2["cells"][0]["records"], r1["cells"][0]["records"])
         self.assertEqual(subprocess.run([*VALIDATE, str(path2)]).returncode, 0)
+        # A CI gate never passes a run that stopped: compare refuses a partial report.
+        cmp = kvbench("compare", str(path2), str(partial))
+        self.assertEqual(cmp.returncode, 2, cmp.stdout + cmp.stderr)
+        self.assertIn("partial report", cmp.stderr)
+        # Once resumed, merging both files says nothing about a stopped run or duplicates.
+        rep = kvbench("report", str(partial), str(path2))
+        self.assertEqual(rep.returncode, 0, rep.stderr)
+        self.assertNotIn("partial report", rep.stderr)
+        self.assertNotIn("appears in", rep.stderr)
+
+    def test_shards_started_together_write_separate_reports(self):
+        # Started in the same second they pick the same file name; the first write claims it
+        # exclusively and the other moves on to "-2" (no report overwrites another).
+        methods = ["full", "int8", "int4", "fp8"]
+        cfg = {"suites": [TINY_SUITE], "methods": [{"name": m} for m in methods], "threads": 1}
+        path = self.write_config(cfg)
+        out = self.dir / "out"
+        procs = [subprocess.Popen([KVBENCH, "run", "--config", path, "--out", str(out),
+                                   "--shard", f"{i}/2", "--log-level", "warn"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+        reports = []
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=600)
+            self.assertEqual(p.returncode, 0, stdout + stderr)
+            reports += [l[len("report: "):] for l in stdout.splitlines()
+                        if l.startswith("report: ")]
+        self.assertEqual(len(set(reports)), 2, reports)
+        self.assertEqual(sorted(f.name for f in out.glob("*.json")),
+                         sorted(pathlib.Path(r).name for r in reports))
+        names = [c["method"]["name"] for r in reports
+                 for c in json.loads(pathlib.Path(r).read_text())["cells"]]
+        self.assertEqual(sorted(names), sorted(methods))
 
     def test_grid_runs_every_combination_and_loads_each_model_once(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 1,

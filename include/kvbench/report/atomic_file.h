@@ -8,6 +8,9 @@
 namespace kvbench {
 
 // Creates parent directories as needed; throws Error naming the path on failure.
-void write_file_atomically(const std::filesystem::path& path, const std::string& content);
+// `exclusive`: only if `path` does not exist yet (the file appears whole or not at all, even
+// against another process writing the same name); returns false, writing nothing, if it does.
+bool write_file_atomically(const std::filesystem::path& path, const std::string& content,
+                           bool exclusive = false);
 
 }  // namespace kvbench

@@ -36,8 +36,15 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
 // unreadable JSON files are skipped with a warning. Cell ids include fingerprints of the
 // model and data files, so a changed input is never reused.
 std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::path& dir);
-// <output_dir>/<run name>-<UTC stamp>.json
-std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp);
+// <output_dir>/<run name>-<UTC stamp>.json, or -2, -3, ... after it for `attempt` 2, 3, ...
+std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp,
+                                  int attempt = 1);
+// Writes a new report under the first of report_path's names that no file has, claimed
+// atomically (two runs started in the same second, e.g. shards of one config, never share a
+// file); returns it.
+std::filesystem::path write_new_report(const nlohmann::json& report, const RunSpec& spec,
+                                       const std::string& compact_stamp);
+// Replaces the report at `path` atomically.
 void write_report(const nlohmann::json& report, const std::filesystem::path& path);
 
 }  // namespace kvbench
