@@ -1,6 +1,11 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -9,6 +14,7 @@
 #include "kvbench/cli/progress_display.h"
 #include "kvbench/cli/summary_table.h"
 #include "kvbench/core/environment.h"
+#include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
 #include "kvbench/report/report.h"
@@ -36,6 +42,21 @@ void warn_about_environment(const Environment& env) {
         "run scripts/setup.sh (installs libopenblas0-openmp)",
         env.blas.library);
   }
+}
+
+// The output directory must take the report before any cell runs (a sweep whose report cannot
+// be written measures for nothing). A dry run creates nothing: it checks what exists.
+void check_output_dir(const RunSpec& spec, bool create) {
+  const std::filesystem::path dir(spec.output_dir);
+  std::error_code ec;
+  if (create) std::filesystem::create_directories(dir, ec);
+  if (ec) throw ConfigError("output.dir", "cannot create '" + dir.string() + "': " + ec.message());
+  if (!std::filesystem::exists(dir)) return;  // dry run: created by the real one
+  if (!std::filesystem::is_directory(dir))
+    throw ConfigError("output.dir", "'" + dir.string() + "' exists and is not a directory");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw ConfigError("output.dir",
+                      "cannot write reports into '" + dir.string() + "': " + std::strerror(errno));
 }
 
 // The cells of one run, after --shard.
@@ -151,6 +172,7 @@ int run(const RunOptions& opt) {
   const std::vector<GridRun> runs = load_run_specs(opt.config, sets);
   if (!opt.shard.empty()) parse_shard(opt.shard);  // a bad --shard fails before anything runs
   for (const GridRun& g : runs) check_device(g.spec, query_cuda());
+  for (const GridRun& g : runs) check_output_dir(g.spec, !opt.dry_run);
   if (opt.dry_run) return dry_run(runs, opt);
 
   // Runs come ordered by model: one provider serves every run of the same model section, so

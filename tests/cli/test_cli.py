@@ -186,6 +186,17 @@ class CliTest(CliCase):
         self.assertNotIn("partial report", rep.stderr)
         self.assertNotIn("appears in", rep.stderr)
 
+    def test_an_unwritable_output_dir_fails_before_any_cell(self):
+        blocker = self.dir / "file"
+        blocker.write_text("not a directory")
+        cfg = self.write_config({"suites": [TINY_SUITE], "threads": 1})
+        for extra in ([], ["--dry-run"]):
+            res = kvbench("run", "--config", cfg, "--out", str(blocker), *extra)
+            self.assert_one_line_error(res, 2, "output.dir")
+            self.assertIn("directory", res.stderr)
+        res = kvbench("run", "--config", cfg, "--out", str(blocker / "sub"))
+        self.assert_one_line_error(res, 2, "output.dir")
+
     def test_shards_started_together_write_separate_reports(self):
         # Started in the same second they pick the same file name; the first write claims it
         # exclusively and the other moves on to "-2" (no report overwrites another).
