@@ -76,7 +76,7 @@ int dry_run(const std::vector<GridRun>& runs, const RunOptions& opt) {
     const Environment env = capture_environment();
     const std::vector<Cell> cells = shard_cells(g.spec, opt);
     ModelProvider model(g.spec.model);
-    const auto estimates = estimate_cells(cells, model, env);
+    const auto estimates = estimate_cells(cells, model, env, g.spec.attention == "paged");
     if (runs.size() > 1)
       std::cout << "run " << g.spec.name << " (grid " << g.point.dump() << "):\n";
     print_cell_plan(std::cout, cells, estimates);

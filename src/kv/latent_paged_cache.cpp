@@ -25,11 +25,11 @@ int64_t checked_width(const std::shared_ptr<const LowRankCodec>& codec, at::Scal
   const int64_t g = codec->group(), r = codec->rank_for(head_dim);
   KVB_CHECK(num_kv_heads % g == 0, "paged cache: ", codec->name(), " group ", g,
             " does not divide ", num_kv_heads, " KV heads");
-  if (!kernel_path) return (r + 31) / 32 * 32;
-  KVB_CHECK(r <= 128, "paged cache: ", codec->name(), " rank ", r, " on ", device.str(),
+  KVB_CHECK(!kernel_path || r <= 128, "paged cache: ", codec->name(), " rank ", r, " on ",
+            device.str(),
             ": the GPU decode kernels take latent widths 64 and 128 (ranks up to 128, "
             "zero-padded)");
-  return r <= 64 ? 64 : 128;
+  return latent_row_width(LowRankKind::kProjection, r, kernel_path);
 }
 
 }  // namespace

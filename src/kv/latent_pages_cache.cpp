@@ -4,6 +4,18 @@
 
 namespace kvbench {
 
+int64_t latent_row_width(LowRankKind kind, int64_t rank, bool kernel_path) {
+  if (kind == LowRankKind::kProjection && kernel_path && rank <= 128) return rank <= 64 ? 64 : 128;
+  return (rank + 31) / 32 * 32;
+}
+
+double paged_storage_factor(const Codec& codec, int64_t head_dim, bool kernel_path) {
+  const auto* lowrank = dynamic_cast<const LowRankCodec*>(&codec);
+  if (lowrank == nullptr) return 1.0;
+  const int64_t r = lowrank->rank_for(head_dim);
+  return r < 1 ? 1.0 : double(latent_row_width(lowrank->kind(), r, kernel_path)) / double(r);
+}
+
 LatentPagesCache::LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, int64_t rank,
                                    int64_t width, PagedFormat format, int64_t num_layers,
                                    int64_t latent_heads, PagedCapacity capacity, at::Device device,

@@ -34,7 +34,8 @@ int64_t checked_width(const std::shared_ptr<const LowRankCodec>& codec, int64_t 
   KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr,
             "paged cache: palu keeps every token on the paged path; with retention policy '",
             policy ? policy->name() : "", "' run it with attention cpu or reference");
-  const int64_t r = codec->rank_for(head_dim), width = (r + 31) / 32 * 32;
+  const int64_t r = codec->rank_for(head_dim),
+                width = latent_row_width(LowRankKind::kPalu, r, kernel_path);
   KVB_CHECK(!kernel_path || ((width <= 128) && (head_dim == 64 || head_dim == 128)),
             "paged cache: palu rank ", r, " at head_dim ", head_dim,
             ": the GPU kernel takes ranks up to 128 (stored in rows of 32, 64, 96 or 128) at "

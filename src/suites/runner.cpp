@@ -59,7 +59,7 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
 }
 
 std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvider& model,
-                                     const Environment& env) {
+                                     const Environment& env, bool paged) {
   std::vector<uint64_t> out;
   for (const auto& c : cells) {
     const bool needs_model = find_suite(c.suite).needs_model;
@@ -67,7 +67,8 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
     double per_token = 0;
     if (config) {
       try {
-        per_token = method_kv_bytes_per_token(c.method, *config, model.kv_dtype());
+        per_token = method_kv_bytes_per_token(c.method, *config, model.kv_dtype(), paged,
+                                              model.placement().device.is_cuda());
       } catch (const Error& e) {
         throw Error("plan: cell " + c.id + ": " + e.what());
       }

@@ -10,6 +10,7 @@
 #include "kvbench/core/rng.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/codec.h"
+#include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/serving/request_source.h"
 #include "kvbench/serving/serving_loop.h"
@@ -105,13 +106,14 @@ double formula_bytes(const Codec& codec, const ModelConfig& c, int64_t tokens) {
 }  // namespace
 
 double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
-                          int64_t block_size) {
+                          int64_t block_size, bool paged, bool on_gpu) {
   auto codec = checked_codec(method, c, dtype);
   // The cost of `span` more tokens after `span` tokens: long enough that a fixed window (and
   // group rounding) is the same at both ends, or negligible against the span.
   const int64_t span = 4096 * block_size;
   const double grow = formula_bytes(*codec, c, 2 * span) - formula_bytes(*codec, c, span);
-  return grow / static_cast<double>(span) * static_cast<double>(block_size);
+  return grow / static_cast<double>(span) * static_cast<double>(block_size) *
+         (paged ? paged_storage_factor(*codec, c.head_dim, on_gpu) : 1.0);
 }
 
 int64_t method_window_blocks(const json& method, const ModelConfig& c, at::ScalarType dtype,
@@ -428,7 +430,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   const Transformer& model = ctx.model.get();
   const ModelConfig& c = model.config();
   const int64_t block_size = p["block_size"];
-  const double block_bytes = method_block_bytes(ctx.method, c, ctx.model.kv_dtype(), block_size);
+  const double block_bytes =
+      method_block_bytes(ctx.method, c, ctx.model.kv_dtype(), block_size,
+                         ctx.spec.attention == "paged", ctx.spec.device == "cuda");
   const double budget = budget_bytes(p);
   const int64_t num_blocks = BlockPool::capacity(budget, block_bytes);
   check_memory_fits(

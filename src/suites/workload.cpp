@@ -9,6 +9,7 @@
 #include "kvbench/core/rng.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/codec.h"
+#include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/transformer.h"
 #include "kvbench/suites/cell.h"
@@ -170,7 +171,7 @@ uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64
 }
 
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& c,
-                                 at::ScalarType dtype) {
+                                 at::ScalarType dtype, bool paged, bool on_gpu) {
   auto codec = make_codec(method, dtype);
   // Building the stores checks the method against the model (e.g. group vs head_dim); codecs
   // that need preparation check it in their formula (their stores need the fitted bases).
@@ -180,14 +181,17 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
   }
   // One token: formats with an exact window (KIVI) are at their most expensive per token.
   return static_cast<double>(codec->nominal_bytes(1, c.num_kv_heads, c.head_dim).total()) *
-         static_cast<double>(c.num_layers);
+         static_cast<double>(c.num_layers) *
+         (paged ? paged_storage_factor(*codec, c.head_dim, on_gpu) : 1.0);
 }
 
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite) {
   require_device_support(ctx, suite);
   const ModelConfig& c = ctx.model.get().config();
-  const double per_token = method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype());
+  const double per_token =
+      method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
+                                ctx.spec.device == "cuda");
   const ModelPlacement placement = ctx.model.placement();
   const uint64_t bytes = generation_bytes(c, per_token, batch, prompt, new_tokens, placement.dtype);
   const std::string what = suite + ": batch " + std::to_string(batch) + " x " +

@@ -16,6 +16,9 @@
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/latent_paged_cache.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/model/model_config.h"
+#include "kvbench/model/presets.h"
+#include "kvbench/suites/workload.h"
 #include "paged_device.h"
 #include "preparation_helpers.h"
 
@@ -163,6 +166,25 @@ TEST(LatentPagedRetentionMemoryTest, StreamingLlmFreesLatentPagesBehindItsWindow
   const uint64_t bases = c.paged->storage().total() - latent.latent().storage().total();
   EXPECT_LE(latent.latent().storage().total(), 4 * page);
   EXPECT_EQ(bases, 2ull * kLayers * kKvHeads * kDim * latent.rank() * sizeof(float));
+}
+
+// Memory plans (dry-run estimates, generation fits, the serving pool) charge the padded rows.
+TEST(LatentStorageFactorTest, MemoryPlansCountThePaddedRows) {
+  auto factor = [](const char* entry, int64_t dim, bool gpu) {
+    auto codec = make_codec(resolve_method(nlohmann::json::parse(entry), "m"), at::kHalf);
+    return paged_storage_factor(*codec, dim, gpu);
+  };
+  EXPECT_DOUBLE_EQ(factor(R"({"name": "palu"})", 128, true), 96.0 / 90);
+  EXPECT_DOUBLE_EQ(factor(R"({"name": "palu"})", 128, false), 96.0 / 90);
+  EXPECT_DOUBLE_EQ(factor(R"({"name": "kvproj", "rank": 72})", 128, true), 128.0 / 72);
+  EXPECT_DOUBLE_EQ(factor(R"({"name": "kvproj", "rank": 72})", 128, false), 96.0 / 72);
+  EXPECT_DOUBLE_EQ(factor(R"({"name": "kvproj", "rank": 64})", 128, true), 1.0);
+  EXPECT_DOUBLE_EQ(factor(R"({"name": "int4"})", 128, true), 1.0);
+  const ModelConfig config =
+      parse_model_config(find_model_preset("llama-3-8b").config, "llama-3-8b");
+  const nlohmann::json palu = resolve_method({{"name", "palu"}}, "m");
+  EXPECT_DOUBLE_EQ(method_kv_bytes_per_token(palu, config, at::kHalf, true, true),
+                   method_kv_bytes_per_token(palu, config, at::kHalf) * 96.0 / 90);
 }
 
 TEST(LatentPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {

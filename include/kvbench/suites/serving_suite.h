@@ -33,9 +33,10 @@ class ServingSuite final : public Suite {
 // steady-state (marginal) cost of block_size more tokens by the codec's formula, measured over
 // a long stretch of tokens, so a per-sequence full-precision window such as KIVI's residual is
 // not in it (method_window_blocks charges that). Throws Error when the method cannot run on
-// this model.
+// this model. `paged` (`on_gpu`): the paged path's stored bytes (latent rows padded).
 double method_block_bytes(const nlohmann::json& method, const ModelConfig& config,
-                          at::ScalarType dtype, int64_t block_size);
+                          at::ScalarType dtype, int64_t block_size, bool paged = false,
+                          bool on_gpu = false);
 
 // Blocks each sequence needs beyond ceil(tokens / block_size) so that the pool's charge covers
 // the method's formula for every length up to `longest` tokens:
