@@ -32,7 +32,7 @@ stage() {
   local t0=$SECONDS rc
   timeout --kill-after=5 "$cap" "$@" >"$OUT/$name.log" 2>&1
   rc=$?
-  log "$name: rc=$rc in $((SECONDS - t0)) s$([ "$rc" = 124 ] && echo " (cut at the cap)")"
+  log "$name: rc=$rc in $((SECONDS - t0)) s$( { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && echo " (cut at the cap)")"
   return "$rc"
 }
 

@@ -20,7 +20,7 @@ namespace {
 using nlohmann::json;
 
 constexpr int64_t kCopyBytes = int64_t{1} << 30;  // far beyond any GPU's L2
-constexpr int kLaunchesPerSample = 10;            // back to back, then one read-back
+constexpr int kLaunchesPerSample = 10;            // back to back between two CUDA events
 
 // Waits for the queued work on the tensor's device by reading one value back (libtorch has no
 // device-synchronize call outside its CUDA headers).

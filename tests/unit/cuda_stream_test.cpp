@@ -16,8 +16,10 @@
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/fused_ops.h"
+#include "preparation_helpers.h"
 
 #ifdef KVBENCH_TORCH_CUDA
+#include <ATen/cuda/Sleep.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -61,11 +63,19 @@ TEST(DeviceTimerTest, TimesCopiesOnTheGpu) {
 constexpr int64_t kLayers = 2, kHeads = 8, kKvHeads = 2, kDim = 128;
 
 // Every output of a prefill and decode steps (random inputs from a seeded CPU generator, so
-// two runs see the same ones), read back to the host.
+// two runs see the same ones), read back to the host. Each step's inputs are copied on the
+// current stream behind a ~1 ms spin kernel, so a kernel launched on another stream would
+// read them unwritten. Palu's codec is prepared first (its bases from a random model's SVD).
 std::vector<at::Tensor> run_steps(const std::string& entry, const at::Device& device) {
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
   std::unique_ptr<KVCache> cache =
-      make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "paged", at::Tensor(), device);
+      method.value("name", "") == "palu"
+          ? make_paged_cache(
+                method,
+                testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim),
+                kLayers, kKvHeads, kDim, at::kHalf, device)
+          : make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "paged", at::Tensor(),
+                          device);
   auto gen = at::detail::createCPUGenerator(41);
   const int64_t seq = cache->add_sequence();
   std::vector<at::Tensor> outs;
@@ -76,7 +86,9 @@ std::vector<at::Tensor> run_steps(const std::string& entry, const at::Device& de
       auto draw = [&](int64_t heads) {
         return at::randn({n, heads, kDim}, gen).to(device, cache->attend_dtype());
       };
-      const at::Tensor q = draw(kHeads), k = draw(kKvHeads), v = draw(kKvHeads);
+      const at::Tensor qs = draw(kHeads), ks = draw(kKvHeads), vs = draw(kKvHeads);
+      at::cuda::sleep(2'000'000);
+      const at::Tensor q = qs.clone(), k = ks.clone(), v = vs.clone();
       outs.push_back(cache->append_and_attend_batch(layer, {seq}, {n}, q, k, v).to(at::kCPU));
     }
   return outs;
@@ -86,10 +98,10 @@ TEST(CudaStreamTest, PagedCachesGiveTheSameOutputsOnAPoolStream) {
   if (!at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA (or no GPU is visible)";
   const at::Device device(at::kCUDA, 0);
   // The dense decode kernel with its ring, the appender, retained-index decode with kernel
-  // scores (H2O), and the GEAR cache's own kernel.
-  for (const char* entry :
-       {R"({"name": "fp16"})", R"({"name": "kivi-2"})", R"({"name": "int4"})",
-        R"({"name": "h2o", "heavy": 32, "recent": 32})", R"({"name": "gear-4"})"}) {
+  // scores (H2O), and the GEAR and Palu caches' own kernels.
+  for (const char* entry : {R"({"name": "fp16"})", R"({"name": "kivi-2"})", R"({"name": "int4"})",
+                            R"({"name": "h2o", "heavy": 32, "recent": 32})",
+                            R"({"name": "gear-4"})", R"({"name": "palu", "rank": 64})"}) {
     SCOPED_TRACE(entry);
     const std::vector<at::Tensor> want = run_steps(entry, device);
     const c10::cuda::CUDAStream pool = c10::cuda::getStreamFromPool(false, device.index());
@@ -119,9 +131,10 @@ TEST(CudaStreamTest, ModelOpsGiveTheSameOutputsOnAPoolStream) {
   const at::Tensor w = at::randn({4096}, gen).to(device, at::kHalf);
   const at::Tensor gu = at::randn({64, 2 * 4096}, gen).to(device, at::kHalf);
   auto ops = [&] {
+    at::cuda::sleep(2'000'000);  // the clone below lands late on the current stream
     at::Tensor xs = x.clone();
     const at::Tensor norm = add_rms_norm(xs, r, w, 1e-5);
-    return std::vector<at::Tensor>{norm.cpu(), xs.cpu(), silu_mul(gu).cpu()};
+    return std::vector<at::Tensor>{norm.cpu(), xs.cpu(), silu_mul(gu.clone()).cpu()};
   };
   const std::vector<at::Tensor> want = ops();
   const c10::cuda::CUDAStream pool = c10::cuda::getStreamFromPool(false, device.index());

@@ -1,8 +1,10 @@
 // The CUDA stream kvbench's own kernels launch on: torch's current stream on the tensor's
 // device, so that a kernel is ordered after the torch ops that wrote its inputs and before
-// the ones that read its outputs, whatever stream a caller made current (a pool stream, a
-// stream under CUDA-graph capture). Kept as an opaque handle so that this header needs no
-// CUDA headers.
+// the ones that read its outputs when a caller makes another stream current (e.g. a pool
+// stream). A cache's device state (pools, tables) is ordered on the stream that used it: use
+// one cache from one stream. (CUDA-graph capture would also need steps without host syncs,
+// which the caches' uploads and read-backs are not yet.) Kept as an opaque handle so that this
+// header needs no CUDA headers.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -7,7 +7,9 @@
 // Rows are stored `width` values wide: the codec's rank r rounded up to what the pages and the
 // kernels take (whole 32-value blocks; the GPU kernels' widths), the extra columns of the
 // bases zero, so the extra coefficients are exact zeros and every score and output is the
-// rank-r one. storage() measures the padded pages; nominal() is the method's formula at r.
+// rank-r one. storage() measures the padded pages; nominal() counts the pages by the method's
+// formula at r (a subclass's extra_metadata(), e.g. Palu's 16-bit kernel bases, is what it
+// holds, in both).
 #pragma once
 
 #include <ATen/ATen.h>
