@@ -90,6 +90,12 @@ int compare(const CompareCliOptions& opt) {
 
   const size_t n = result.regressions();
   std::cout << "\n";
+  if (n == 0 && result.comparisons.empty()) {
+    // A gate that judged nothing must not pass (no shared cells, or suites with no metric).
+    std::cout << "nothing compared: no metric of the baseline's cells was found in the new "
+                 "report\n";
+    return 1;
+  }
   if (n == 0) {
     std::cout << "no regression beyond the thresholds\n";
     return 0;
@@ -97,6 +103,9 @@ int compare(const CompareCliOptions& opt) {
   std::cout << n << " regression(s):\n";
   for (const std::string& f : result.newly_failed) {
     std::cout << "  failed now (ok in the baseline): " << f << "\n";
+  }
+  for (const std::string& id : result.missing) {
+    std::cout << "  missing now (ok in the baseline): " << id << "\n";
   }
   for (const MetricComparison& c : result.comparisons) {
     if (!c.regressed) continue;

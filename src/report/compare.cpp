@@ -257,14 +257,36 @@ std::map<std::string, double> parse_thresholds(const std::vector<std::string>& a
 }
 
 size_t CompareResult::regressions() const {
-  size_t n = newly_failed.size();
+  size_t n = newly_failed.size() + missing.size();
   for (const MetricComparison& c : comparisons) n += c.regressed;
   return n;
 }
 
+namespace {
+
+// What two reports' cells must share to be matched when their ids differ (ids also change with
+// the thread count or the model's path, which a CI machine may not keep): the attention
+// backend, the device, and the model's shape and dtypes.
+json report_setup(const json& doc) {
+  const json config = doc.value("config", json::object());
+  const json model = doc.value("model", json::object());
+  return {{"attention", config.value("attention", json())},
+          {"device", config.value("device", json())},
+          {"model", model.value("config", json())},
+          {"compute_dtype", model.value("compute_dtype", json())},
+          {"kv_dtype", model.value("kv_dtype", json())}};
+}
+
+}  // namespace
+
 CompareResult compare_reports(const json& baseline, const json& candidate,
                               const CompareOptions& options) {
   CompareResult out;
+  const json base_setup = report_setup(baseline), cand_setup = report_setup(candidate);
+  const bool same_setup = base_setup == cand_setup;
+  if (!same_setup)
+    out.notes.push_back("the reports differ in setup (" + base_setup.dump() + " vs " +
+                        cand_setup.dump() + "): only cells with equal ids are compared");
   std::map<std::string, const json*> by_id;
   std::multimap<std::string, const json*> by_key;
   for (const json& c : candidate["cells"]) {
@@ -277,7 +299,7 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
     const json* n = nullptr;
     if (auto it = by_id.find(id); it != by_id.end()) {
       n = it->second;
-    } else {
+    } else if (same_setup) {
       const auto range = by_key.equal_range(match_key(b));
       for (auto it2 = range.first; it2 != range.second && !n; ++it2) {
         if (!matched.count(it2->second)) n = it2->second;
@@ -287,7 +309,12 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
                             " by suite, method and parameters (the ids differ)");
     }
     if (!n) {
-      out.notes.push_back(id + ": not in the new report; not compared");
+      // An ok cell the new run did not measure is a regression of the gate itself: a run that
+      // silently drops cells must not pass.
+      if (b.value("status", "") == "ok")
+        out.missing.push_back(id);
+      else
+        out.notes.push_back(id + ": failed in the baseline and not in the new report");
       continue;
     }
     matched.insert(n);

@@ -191,6 +191,25 @@ TEST(Compare, FailedCellsAndMatchingByParameters) {
   EXPECT_EQ(find(byparams, "tpot").cell, "l.a");
 }
 
+TEST(Compare, MissingCellsRegressAndOtherSetupsDoNotMatchByParameters) {
+  // An ok baseline cell the new report lacks fails the gate (a run that dropped cells).
+  const CompareResult dropped =
+      compare_reports(report({latency_cell("l.a", kTight), fidelity_cell("f.a", 0.1)}),
+                      report({latency_cell("l.a", kTight)}), defaults());
+  EXPECT_EQ(dropped.missing, std::vector<std::string>{"f.a"});
+  EXPECT_EQ(dropped.regressions(), 1u);
+  // Another attention backend (or device, or model): cells with other ids are not the same
+  // measurement, so the parameter match is off and the baseline cell counts as missing.
+  json base = report({latency_cell("l.a", kTight)}), other = report({latency_cell("l.b", kTight)});
+  base["config"]["attention"] = "cpu";
+  other["config"]["attention"] = "reference";
+  const CompareResult r = compare_reports(base, other, defaults());
+  EXPECT_TRUE(r.comparisons.empty());
+  EXPECT_EQ(r.missing, std::vector<std::string>{"l.a"});
+  other["config"]["attention"] = "cpu";
+  EXPECT_EQ(compare_reports(base, other, defaults()).missing.size(), 0u);
+}
+
 TEST(Compare, ThresholdArguments) {
   const auto t = parse_thresholds({"tpot=10", "kv_bytes=0.5", "itl=off"});
   EXPECT_DOUBLE_EQ(t.at("tpot"), 10);

@@ -65,12 +65,15 @@ struct MetricComparison {
 struct CompareResult {
   std::vector<MetricComparison> comparisons;
   std::vector<std::string> newly_failed;  // "<id>: <error>": ok in the baseline, failed now
+  std::vector<std::string> missing;       // ids ok in the baseline, absent from the new report
   std::vector<std::string> notes;         // cells or points that could not be compared
   size_t regressions() const;
 };
 
-// Matches cells by id, else by suite + method + resolved params (ids change with the thread
-// count or model path, which a CI machine may not keep). Throws Error on malformed reports.
+// Matches cells by id, else (when both reports have the same attention, device and model
+// shape) by suite + method + resolved params (ids change with the thread count or model path,
+// which a CI machine may not keep). A baseline ok cell with no match counts as a regression
+// (`missing`). Throws Error on malformed reports.
 CompareResult compare_reports(const nlohmann::json& baseline, const nlohmann::json& candidate,
                               const CompareOptions& options);
 
