@@ -579,6 +579,22 @@ json resolve_codec_entry(const json& given, const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// Builds the codec of a resolved entry once, so that parameters that contradict each other
+// (a KIVI residual that is not a multiple of its group) fail as config errors at `path`.
+std::shared_ptr<const Codec> check_codec_builds(const json& codec, const std::string& path) {
+  try {
+    return make_codec(codec, at::kHalf);
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const Error& e) {
+    throw ConfigError(path, e.what());
+  }
+}
+
+}  // namespace
+
 nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string& path) {
   json entry = entry_in;
   if (entry.is_object() && entry.contains("name") && entry["name"].is_string()) {
@@ -614,7 +630,11 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
                           (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
                           "; known methods: " + join(method_names(), ", "));
   }
-  if (!it->policy) return resolve_params(entry, it->params, path);
+  if (!it->policy) {
+    json resolved = resolve_params(entry, it->params, path);
+    check_codec_builds(resolved, path);
+    return resolved;
+  }
 
   // A retention method: resolve its codec, check the pair, and build the policy once so that
   // inconsistent parameters (budget <= window, an even kernel) fail here.
@@ -632,14 +652,19 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
   } catch (const Error& e) {
     throw ConfigError(path, e.what());
   }
-  if (policy->timing() == EvictionTiming::kDecode &&
-      !make_codec(codec, at::kHalf)->can_drop_tokens()) {
-    throw ConfigError(join_path(path, "evict"),
-                      "decode-time eviction drops tokens in place, which codec '" +
-                          codec["name"].get<std::string>() +
-                          "' cannot (its codes span tokens); use \"evict\": \"after_prefill\" "
-                          "or a per-token codec (full, fp32, fp16, bf16, int8, int4, int2, fp8, "
-                          "kvproj, palu)");
+  const bool drops = check_codec_builds(codec, codec_path)->can_drop_tokens();
+  if (policy->timing() == EvictionTiming::kDecode && !drops) {
+    const std::string why =
+        "codec '" + codec["name"].get<std::string>() + "' cannot (its codes span tokens); ";
+    const std::string per_token =
+        "a per-token codec (full, fp32, fp16, bf16, int8, int4, int2, fp8, kvproj, palu)";
+    // Only the methods with an `evict` key can move their selection after the prefill.
+    if (resolved.contains("evict"))
+      throw ConfigError(join_path(path, "evict"),
+                        "decode-time eviction drops tokens in place, which " + why +
+                            "use \"evict\": \"after_prefill\" or " + per_token);
+    throw ConfigError(codec_path, "'" + name + "' selects tokens at every decode step, which " +
+                                      why + "use " + per_token);
   }
   return resolved;
 }

@@ -331,6 +331,14 @@ class CliTest(CliCase):
              "config: methods[0].name: unknown method 'kivi'"),
             ('{"suites": [{"name": "kernels"}], "device": "cuda"}',
              'config: device: "cuda" requested but no CUDA device is visible'),
+            # Parameters that contradict each other, also inside a retention method's codec.
+            ('{"suites": [{"name": "kernels"}], "methods": [{"name": "kivi-2", "residual": 40}]}',
+             "config: methods[0]: kivi: residual (40) must be a positive multiple of group"),
+            ('{"suites": [{"name": "kernels"}], "methods": [{"name": "streamingllm",'
+             ' "codec": {"name": "kivi-2", "residual": 40}}]}',
+             "config: methods[0].codec: kivi: residual (40)"),
+            ('{"suites": [{"name": "kernels"}], "methods": [{"name": "quest", "codec": "kivi-2"}]}',
+             "config: methods[0].codec: 'quest' selects tokens at every decode step"),
         ]
         for text, fragment in cases:
             with self.subTest(fragment):
