@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "kvbench/core/error.h"
 #include "kvbench/core/memory.h"
 #include "kvbench/core/text.h"
@@ -31,9 +33,14 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     try {
       model.set_current_cell(r.cell.id);
       auto suite = factory_(r.cell.suite);
-      CellContext ctx{r.cell.id,     spec,        env,      r.cell.method,
-                      r.cell.params, r.cell.seed, progress, model};
+      std::vector<std::string> shared_warnings;
+      CellContext ctx{r.cell.id,   spec,     env,   r.cell.method,   r.cell.params,
+                      r.cell.seed, progress, model, &shared_warnings};
       r.output = suite->run(ctx);
+      for (const std::string& w : shared_warnings)
+        if (std::find(r.output.warnings.begin(), r.output.warnings.end(), w) ==
+            r.output.warnings.end())
+          r.output.warnings.push_back(w);
       r.ok = true;
     } catch (const Error& e) {
       r.error = e.what();

@@ -189,6 +189,17 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
                            int64_t new_tokens, const std::string& suite) {
   require_device_support(ctx, suite);
   const ModelConfig& c = ctx.model.get().config();
+  if (ctx.warnings != nullptr && c.max_position_embeddings > 0 &&
+      prompt + new_tokens > c.max_position_embeddings) {
+    // Past the trained context a real model's outputs (and so accuracy, fidelity and output
+    // lengths) mean little; speed is still measured.
+    const std::string w = suite + ": " + std::to_string(prompt) + " prompt + " +
+                          std::to_string(new_tokens) +
+                          " new tokens exceed the model's max_position_embeddings (" +
+                          std::to_string(c.max_position_embeddings) + ")";
+    if (std::find(ctx.warnings->begin(), ctx.warnings->end(), w) == ctx.warnings->end())
+      ctx.warnings->push_back(w);
+  }
   const double per_token =
       method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
                                 ctx.spec.device == "cuda");

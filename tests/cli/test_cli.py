@@ -186,6 +186,17 @@ class CliTest(CliCase):
         self.assertNotIn("partial report", rep.stderr)
         self.assertNotIn("appears in", rep.stderr)
 
+    def test_prompts_past_the_models_context_are_warned_about_in_the_report(self):
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 2,
+               "suites": [{"name": "latency", "prompt_tokens": 4095, "new_tokens": 2,
+                           "repeats": 1, "warmup": 0}]}
+        _, report = self.report_from(self.run_ok(cfg))
+        warnings = report["cells"][0]["warnings"]
+        self.assertTrue(any("max_position_embeddings (4096)" in w for w in warnings), warnings)
+        cfg["suites"][0]["prompt_tokens"] = 4094  # 4096 in all: within the context
+        _, report = self.report_from(self.run_ok(cfg))
+        self.assertFalse(any("max_position" in w for w in report["cells"][0]["warnings"]))
+
     def test_an_unwritable_output_dir_fails_before_any_cell(self):
         blocker = self.dir / "file"
         blocker.write_text("not a directory")

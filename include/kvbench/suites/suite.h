@@ -25,6 +25,9 @@ struct CellContext {
   uint64_t seed;                 // the cell's own seed, derived from the run seed and cell id
   Progress& progress;
   ModelProvider& model;  // loads the run's model on first use
+  // Where shared checks (e.g. check_generation_fits) leave warnings for the cell's report;
+  // the runner adds them to the suite's own. Null: none are kept.
+  std::vector<std::string>* warnings = nullptr;
 };
 
 struct CellOutput {
