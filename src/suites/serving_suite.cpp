@@ -172,7 +172,9 @@ const json& default_of(const std::string& key) {
   throw Error("serving: no parameter " + key);
 }
 
-void check_params(const json& p) {
+}  // namespace
+
+void check_serving_params(const json& p) {
   const std::string trace = p["trace_file"], sharegpt = p["sharegpt_file"];
   KVB_CHECK(trace.empty() || sharegpt.empty(),
             "serving: give at most one of trace_file and sharegpt_file");
@@ -184,6 +186,7 @@ void check_params(const json& p) {
               "serving: requests and trace_file exclude each other (every line of the trace is "
               "a request; duration_s cuts it); remove requests");
   } else {
+    KVB_CHECK(!p["rates"].empty(), "serving: rates must list at least one arrival rate");
     distribution(p, "prompt_tokens");
     distribution(p, "output_tokens");
   }
@@ -201,6 +204,8 @@ void check_params(const json& p) {
   }
   KVB_CHECK(p["kv_budget_bytes"].get<double>() >= 0, "serving: kv_budget_bytes must be >= 0");
 }
+
+namespace {
 
 std::vector<int64_t> widen(const std::vector<int32_t>& ids) { return {ids.begin(), ids.end()}; }
 
@@ -426,7 +431,7 @@ uint64_t ServingSuite::estimate_bytes(const EstimateContext& ctx) const {
 CellOutput ServingSuite::run(const CellContext& ctx) {
   const json& p = ctx.params;
   require_device_support(ctx, "serving");
-  check_params(p);
+  check_serving_params(p);
   const Transformer& model = ctx.model.get();
   const ModelConfig& c = model.config();
   const int64_t block_size = p["block_size"];

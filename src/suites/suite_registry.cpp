@@ -15,24 +15,67 @@
 
 namespace kvbench {
 
+namespace {
+
+void check_accuracy(const nlohmann::json& p) {
+  const std::string task = p["task"], file = p["data_file"];
+  KVB_CHECK(task.empty() != file.empty(), "accuracy: give exactly one of task and data_file");
+  if (!task.empty() && p["samples"].get<int64_t>() < 1)
+    throw ConfigError("samples", "must be at least 1 for a synthetic task");
+}
+
+void check_fidelity(const nlohmann::json& p) {
+  KVB_CHECK(p["text"].get<std::string>().empty() || p["text_file"].get<std::string>().empty(),
+            "fidelity: give text or text_file, not both");
+}
+
+void check_predictor(const nlohmann::json& p) {
+  auto distinct = [](const nlohmann::json& v) {
+    std::vector<int64_t> x = v.get<std::vector<int64_t>>();
+    std::sort(x.begin(), x.end());
+    return std::unique(x.begin(), x.end()) - x.begin();
+  };
+  if (distinct(p["batch"]) < 2) throw ConfigError("batch", "the grid needs at least two batches");
+  if (distinct(p["context"]) < 2)
+    throw ConfigError("context", "the grid needs at least two contexts");
+}
+
+}  // namespace
+
 const std::vector<SuiteInfo>& suite_catalog() {
   static const std::vector<SuiteInfo> catalog = {
-      {"kernels", KernelsSuite::kSummary, KernelsSuite::param_specs(), /*needs_model=*/false,
-       [] { return std::make_unique<KernelsSuite>(); }},
-      {"latency", LatencySuite::kSummary, LatencySuite::param_specs(), true,
-       [] { return std::make_unique<LatencySuite>(); }},
-      {"throughput", ThroughputSuite::kSummary, ThroughputSuite::param_specs(), true,
-       [] { return std::make_unique<ThroughputSuite>(); }},
+      {"kernels",
+       KernelsSuite::kSummary,
+       KernelsSuite::param_specs(),
+       /*needs_model=*/false,
+       [] { return std::make_unique<KernelsSuite>(); },
+       {}},
+      {"latency",
+       LatencySuite::kSummary,
+       LatencySuite::param_specs(),
+       true,
+       [] { return std::make_unique<LatencySuite>(); },
+       {}},
+      {"throughput",
+       ThroughputSuite::kSummary,
+       ThroughputSuite::param_specs(),
+       true,
+       [] { return std::make_unique<ThroughputSuite>(); },
+       {}},
       {"fidelity", FidelitySuite::kSummary, FidelitySuite::param_specs(), true,
-       [] { return std::make_unique<FidelitySuite>(); }},
-      {"output_length", OutputLengthSuite::kSummary, OutputLengthSuite::param_specs(), true,
-       [] { return std::make_unique<OutputLengthSuite>(); }},
+       [] { return std::make_unique<FidelitySuite>(); }, check_fidelity},
+      {"output_length",
+       OutputLengthSuite::kSummary,
+       OutputLengthSuite::param_specs(),
+       true,
+       [] { return std::make_unique<OutputLengthSuite>(); },
+       {}},
       {"accuracy", AccuracySuite::kSummary, AccuracySuite::param_specs(), true,
-       [] { return std::make_unique<AccuracySuite>(); }},
+       [] { return std::make_unique<AccuracySuite>(); }, check_accuracy},
       {"serving", ServingSuite::kSummary, ServingSuite::param_specs(), true,
-       [] { return std::make_unique<ServingSuite>(); }},
+       [] { return std::make_unique<ServingSuite>(); }, check_serving_params},
       {"predictor", PredictorSuite::kSummary, PredictorSuite::param_specs(), true,
-       [] { return std::make_unique<PredictorSuite>(); }},
+       [] { return std::make_unique<PredictorSuite>(); }, check_predictor},
   };
   return catalog;
 }
@@ -69,7 +112,20 @@ nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& pat
   } catch (const Error& e) {
     throw ConfigError(join_path(path, "name"), e.what());
   }
-  return resolve_params(entry, info->params, path);
+  nlohmann::json resolved = resolve_params(entry, info->params, path);
+  if (info->check) {
+    try {
+      info->check(resolved);
+    } catch (const ConfigError& e) {
+      // "config: <key>: <problem>" again, with the key under this suite's path.
+      const std::string prefix = "config: " + e.key_path() + ": ", what = e.what();
+      throw ConfigError(join_path(path, e.key_path()),
+                        what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what);
+    } catch (const Error& e) {
+      throw ConfigError(path, e.what());
+    }
+  }
+  return resolved;
 }
 
 }  // namespace kvbench

@@ -350,6 +350,15 @@ class CliTest(CliCase):
              "config: methods[0].codec: kivi: residual (40)"),
             ('{"suites": [{"name": "kernels"}], "methods": [{"name": "quest", "codec": "kivi-2"}]}',
              "config: methods[0].codec: 'quest' selects tokens at every decode step"),
+            # Rules across a suite's keys, checked before any model is loaded.
+            ('{"suites": [{"name": "accuracy"}]}',
+             "config: suites[0]: accuracy: give exactly one of task and data_file"),
+            ('{"suites": [{"name": "predictor", "batch": [1]}]}',
+             "config: suites[0].batch: the grid needs at least two batches"),
+            ('{"suites": [{"name": "serving", "rates": []}]}',
+             "config: suites[0]: serving: rates must list at least one arrival rate"),
+            ('{"suites": [{"name": "fidelity", "text": "a", "text_file": "b"}]}',
+             "config: suites[0]: fidelity: give text or text_file, not both"),
         ]
         for text, fragment in cases:
             with self.subTest(fragment):

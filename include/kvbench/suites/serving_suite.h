@@ -15,6 +15,10 @@
 
 namespace kvbench {
 
+// The serving parameters' rules across keys (trace vs rates, requests vs duration_s, the
+// prompt and output distributions); throws Error. Also run at validate (suite_registry).
+void check_serving_params(const nlohmann::json& params);
+
 class ServingSuite final : public Suite {
  public:
   static constexpr const char* kSummary =

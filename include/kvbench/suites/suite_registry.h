@@ -19,6 +19,10 @@ struct SuiteInfo {
   std::vector<ParamSpec> params;
   bool needs_model = true;  // false: the suite never loads the model (and its ids ignore it)
   std::function<std::unique_ptr<Suite>()> make;
+  // Rules across parameters that need no model (one of two keys, a grid of two points), run
+  // by resolve_suite so that validate and --dry-run refuse what a run would; throws Error
+  // (ConfigError naming a parameter).
+  std::function<void(const nlohmann::json& params)> check;
 };
 
 const std::vector<SuiteInfo>& suite_catalog();
