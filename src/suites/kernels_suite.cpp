@@ -299,6 +299,10 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
   plan.retained = acts_during_decode(*plan.policy);
   plan.kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
   const int64_t max_heads = *std::max_element(plan.kv_heads.begin(), plan.kv_heads.end());
+  // The stores check the method against the shape (a group that does not divide head_dim) here,
+  // in the plan a dry run makes too, not after a copy-bandwidth measurement.
+  plan.codec->make_key_store(max_heads, p["head_dim"]);
+  plan.codec->make_value_store(max_heads, p["head_dim"]);
   plan.base = Shape{p["batch"], 0, p["group_size"], p["head_dim"], 0, plan.codec.get()};
   const double min_multiple = p["min_llc_multiple"];
   Shape one = plan.base;
