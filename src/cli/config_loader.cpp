@@ -53,7 +53,9 @@ json parse_json_text(const std::string& text, const std::string& source) {
 json read_config_file(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
-    throw ConfigError("", path + ": no such file");
+    throw ConfigError("", path + (std::filesystem::is_directory(path, ec)
+                                      ? ": is a directory, expected a JSON config file"
+                                      : ": no such file"));
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError("", path + ": cannot be read");

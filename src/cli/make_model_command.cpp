@@ -23,7 +23,10 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
                   "built in memory only)")
       ->required();
   sub->add_option("--out", opt->out, "directory to write (created if absent)")->required();
-  sub->add_option("--seed", opt->seed, "weight seed")->capture_default_str();
+  // A number, not a negative one (CLI11 would wrap -1 into 2^64 - 1).
+  sub->add_option("--seed", opt->seed, "weight seed")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   sub->callback([opt, &global] {
     global.action = [opt] {
       const ModelPreset& preset = find_model_preset(opt->preset);

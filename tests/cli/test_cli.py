@@ -371,6 +371,12 @@ class CliTest(CliCase):
     def test_missing_config_and_bad_usage(self):
         self.assert_one_line_error(kvbench("run", "--config", str(self.dir / "none.json")), 2,
                                    "no such file")
+        self.assert_one_line_error(kvbench("run", "--config", str(self.dir)), 2,
+                                   "is a directory")
+        res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(self.dir / "m"),
+                      "--seed", "-1")
+        self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
+        self.assertIn("--seed", res.stderr)
         self.assertEqual(kvbench("frobnicate").returncode, 2)
         self.assertEqual(kvbench("run").returncode, 2)  # --config is required
         res = kvbench("version", "--log-level", "loud")
