@@ -26,7 +26,12 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
   // A number, not a negative one (CLI11 would wrap -1 into 2^64 - 1).
   sub->add_option("--seed", opt->seed, "weight seed")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Validator(
+          [](const std::string& v) {
+            return v.find('-') == std::string::npos ? std::string()
+                                                    : "expected a seed >= 0, got " + v;
+          },
+          "NONNEGATIVE"));
   sub->callback([opt, &global] {
     global.action = [opt] {
       const ModelPreset& preset = find_model_preset(opt->preset);
