@@ -159,8 +159,15 @@ std::vector<GridRun> load_run_specs(const std::string& path,
         throw ConfigError("grid." + it->first, e.what());
       }
     }
-    RunSpec spec = parse_run_spec(c, stem + "-g" + std::to_string(i));
-    runs.push_back({std::move(spec), point});
+    try {
+      runs.push_back({parse_run_spec(c, stem + "-g" + std::to_string(i)), point});
+    } catch (const ConfigError& e) {
+      // The value may come from the grid, not the file: say which combination.
+      const std::string prefix = "config: " + e.key_path() + ": ", what = e.what();
+      throw ConfigError(e.key_path(),
+                        (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what) +
+                            " (in grid point " + point.dump() + ")");
+    }
   }
   // Runs of one model next to each other, otherwise in grid order.
   std::stable_sort(runs.begin(), runs.end(), [](const GridRun& a, const GridRun& b) {

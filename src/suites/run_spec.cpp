@@ -138,7 +138,12 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
   if (!config.is_object()) {
     throw ConfigError("", "expected a JSON object at the top level, got " + json_type_name(config));
   }
-  check_known_keys(config, config_keys(), "");
+  // "grid" is taken apart before this (config_loader); listed so a typo of it gets a hint.
+  std::vector<std::string> known = config_keys();
+  known.push_back("grid");
+  check_known_keys(config, known, "");
+  if (config.contains("grid"))
+    throw ConfigError("grid", "a sweep is expanded by kvbench run or validate, not here");
   json resolved =
       resolve_params(config, scalar_specs(), "", {"model", "methods", "suites", "output"});
   if (resolved["name"] == "") resolved["name"] = default_name;

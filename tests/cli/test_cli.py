@@ -359,6 +359,11 @@ class CliTest(CliCase):
              "config: suites[0]: serving: rates must list at least one arrival rate"),
             ('{"suites": [{"name": "fidelity", "text": "a", "text_file": "b"}]}',
              "config: suites[0]: fidelity: give text or text_file, not both"),
+            # A bad value from a sweep names the combination it came from.
+            ('{"suites": [{"name": "kernels"}], "grid": {"suites.0.repeats": [1, 0]}}',
+             'got 0 (in grid point {"suites.0.repeats":0})'),
+            ('{"suites": [{"name": "kernels"}], "gird": {}}',
+             "config: gird: unknown key (did you mean 'grid'?)"),
         ]
         for text, fragment in cases:
             with self.subTest(fragment):
