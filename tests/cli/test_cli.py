@@ -50,6 +50,19 @@ class CliCase(unittest.TestCase):
                       "--log-level", "warn", *extra)
         return res
 
+    def run_on_path(self, config, path):
+        """run_ok with KVBENCH_PAGED_PATH=kernels ("kernels": the paged cache's GPU path on the
+        CPU) or without it ("cpu"), the environment restored afterwards."""
+        old = os.environ.pop("KVBENCH_PAGED_PATH", None)
+        if path == "kernels":
+            os.environ["KVBENCH_PAGED_PATH"] = "kernels"
+        try:
+            return self.run_ok(config)
+        finally:
+            os.environ.pop("KVBENCH_PAGED_PATH", None)
+            if old is not None:
+                os.environ["KVBENCH_PAGED_PATH"] = old
+
     def report_from(self, res):
         lines = [l for l in res.stdout.splitlines() if l.startswith("report: ")]
         self.assertEqual(len(lines), 1, res.stdout + res.stderr)
@@ -1166,15 +1179,7 @@ class ModelCliTest(CliCase):
         names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj", "palu", "gear-4")
         kl = {}
         for path in ("cpu", "kernels"):
-            old = os.environ.pop("KVBENCH_PAGED_PATH", None)
-            if path == "kernels":
-                os.environ["KVBENCH_PAGED_PATH"] = "kernels"
-            try:
-                res = self.run_ok(cfg)
-            finally:
-                os.environ.pop("KVBENCH_PAGED_PATH", None)
-                if old is not None:
-                    os.environ["KVBENCH_PAGED_PATH"] = old
+            res = self.run_on_path(cfg, path)
             self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
             _, report = self.report_from(res)
             cells = {(c["suite"], c["method"]["name"]): c for c in report["cells"]}
@@ -1198,15 +1203,7 @@ class ModelCliTest(CliCase):
                "attention": "paged", "methods": [{"name": p} for p in presets],
                "suites": [{"name": "throughput", "batch": [2], "prompt_tokens": [600],
                            "new_tokens": [4], "repeats": 1}]}
-        old = os.environ.get("KVBENCH_PAGED_PATH")
-        os.environ["KVBENCH_PAGED_PATH"] = "kernels"
-        try:
-            res = self.run_ok(cfg)
-        finally:
-            os.environ.pop("KVBENCH_PAGED_PATH", None)
-            if old is not None:
-                os.environ["KVBENCH_PAGED_PATH"] = old
-        _, report = self.report_from(res)
+        _, report = self.report_from(self.run_on_path(cfg, "kernels"))
         failed = {c["method"]["name"]: c["error"] for c in report["cells"] if c["status"] != "ok"}
         self.assertEqual(list(failed), ["fp32"], failed)
         self.assertIn("no paged format", failed["fp32"])
