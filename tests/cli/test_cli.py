@@ -63,6 +63,13 @@ class CliCase(unittest.TestCase):
             if old is not None:
                 os.environ["KVBENCH_PAGED_PATH"] = old
 
+    def assert_paged_kl_like_reference(self, kl, names):
+        """Each method's fidelity KL with attention "paged" equals the reference backend's."""
+        for name in names:
+            self.assertGreater(kl["paged", name], 0)
+            self.assertAlmostEqual(kl["paged", name], kl["reference", name],
+                                   delta=1e-4 * kl["reference", name] + 1e-9, msg=name)
+
     def report_from(self, res):
         lines = [l for l in res.stdout.splitlines() if l.startswith("report: ")]
         self.assertEqual(len(lines), 1, res.stdout + res.stderr)
@@ -1112,10 +1119,7 @@ class ModelCliTest(CliCase):
                 kl[attention, name] = cells[name]["summary"]["kl_mean"]
             check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
             self.assertEqual(check.returncode, 0, check.stdout)
-        for name in names:
-            self.assertGreater(kl["paged", name], 0)
-            self.assertAlmostEqual(kl["paged", name], kl["reference", name],
-                                   delta=1e-4 * kl["reference", name] + 1e-9, msg=name)
+        self.assert_paged_kl_like_reference(kl, names)
 
     def test_paged_attention_runs_gear_on_its_blocks_like_the_reference(self):
         # GEAR on the paged path: its blocks made with ATen ops where the cache lives and read in
@@ -1151,10 +1155,8 @@ class ModelCliTest(CliCase):
                 measured[attention, name] = lat["summary"]["kv_memory"]["measured"]["total"]
             check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
             self.assertEqual(check.returncode, 0, check.stdout)
+        self.assert_paged_kl_like_reference(kl, names)
         for name in names:
-            self.assertGreater(kl["paged", name], 0)
-            self.assertAlmostEqual(kl["paged", name], kl["reference", name],
-                                   delta=1e-4 * kl["reference", name] + 1e-9, msg=name)
             self.assertEqual(measured["paged", name], measured["reference", name], msg=name)
         self.assertLess(measured["paged", "snapkv"], measured["paged", "gear-4"])
 
