@@ -785,15 +785,27 @@ class ServingCliTest(CliCase):
         bad_trace.write_text('{"arrival_s": 0, "prompt_tokens": 4, "output_tokens": 2}\n'
                              '{"arrival_s": 1, "prompt_tokens": 4}\n')
         good_trace = str(ROOT / "tests" / "fixtures" / "serving" / "trace.jsonl")
-        cases = [
+        # Rules across the suite's keys: config errors at validate and run, before any model.
+        config_cases = [
             ({"trace_file": good_trace, "rates": [2]}, "rates and trace_file exclude each other"),
             ({"trace_file": good_trace, "requests": 3}, "requests and trace_file exclude"),
-            ({"trace_file": str(bad_trace)}, f'{bad_trace}:2: missing "output_tokens"'),
-            ({"trace_file": good_trace, "sharegpt_file": good_trace}, "at most one of trace_file"),
+            ({"trace_file": good_trace, "sharegpt_file": good_trace},
+             "give at most one of trace_file"),
             ({"rates": [0, 2], "duration_s": 1}, "duration_s needs every rate > 0"),
             ({"rates": [2], "duration_s": 1, "requests": 4}, "give requests or duration_s"),
             ({"length_distribution": "lognormal", "prompt_tokens_mean": 1000},
              "prompt_tokens_mean (1000) must be 0 (the midpoint) or within"),
+        ]
+        for params, fragment in config_cases:
+            with self.subTest(fragment):
+                suite = dict({"name": "serving", "kv_budget_bytes": 2097152}, **params)
+                path = self.write_config({"model": {"preset": "tiny-llama", "random_init": True},
+                                          "suites": [suite]})
+                self.assert_one_line_error(kvbench("validate", "--config", path), 2,
+                                           "config: suites[0]: serving: " + fragment)
+        # What needs the trace's contents or the method: the cell fails with the reason.
+        cases = [
+            ({"trace_file": str(bad_trace)}, f'{bad_trace}:2: missing "output_tokens"'),
             ({"chunked_prefill": True}, "chunked_prefill: method 'snapkv'"),
         ]
         suites = []
