@@ -144,24 +144,27 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
   return {k, v};
 }
 
+// A kernel with a plan and a workspace (Palu's, GEAR's): plan for `max_len`, then launch where
+// `on` is. `why` names what the problem breaks when a call fails.
+template <class Plan, class Problem, class PlanFn, class LaunchFn, class WhyFn>
+void planned_launch(const char* what, const Problem& problem, int64_t max_len, const at::Tensor& on,
+                    PlanFn plan_fn, LaunchFn launch_fn, WhyFn why) {
+  Plan plan;
+  check(plan_fn(problem, int(max_len), sm_count(on), &plan), what, why(problem));
+  at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, on.options().dtype(at::kByte));
+  check(launch_fn(problem, plan, workspace.data_ptr(), stream_of(on.device())), what, why(problem));
+}
+
 static void device_palu(const kernels::PaluProblem& problem, int64_t max_len,
                         const at::Tensor& on) {
-  kernels::PaluPlan plan;
-  check(kernels::palu_plan(problem, int(max_len), sm_count(on), &plan), "palu plan",
-        kernels::palu_check(problem));
-  at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, on.options().dtype(at::kByte));
-  check(kernels::palu_decode(problem, plan, workspace.data_ptr(), stream_of(on.device())),
-        "palu decode", kernels::palu_check(problem));
+  planned_launch<kernels::PaluPlan>("palu decode", problem, max_len, on, kernels::palu_plan,
+                                    kernels::palu_decode, kernels::palu_check);
 }
 
 static void device_gear(const kernels::GearProblem& problem, int64_t max_len,
                         const at::Tensor& on) {
-  kernels::GearPlan plan;
-  check(kernels::gear_plan(problem, int(max_len), sm_count(on), &plan), "gear plan",
-        kernels::gear_check(problem));
-  at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, on.options().dtype(at::kByte));
-  check(kernels::gear_decode(problem, plan, workspace.data_ptr(), stream_of(on.device())),
-        "gear decode", kernels::gear_check(problem));
+  planned_launch<kernels::GearPlan>("gear decode", problem, max_len, on, kernels::gear_plan,
+                                    kernels::gear_decode, kernels::gear_check);
 }
 
 #else  // built without the CUDA kernels
