@@ -20,7 +20,7 @@ int print_version(int threads) {
   if (!env.blas.detail.empty()) std::cout << "BLAS config: " << env.blas.detail << "\n";
   std::cout << "threads: " << env.threads << " (of " << env.cores << " cores)\n"
             << "CPU: " << env.cpu_model << ", last-level cache " << format_bytes(env.llc_bytes)
-            << "\n"
+            << " (" << env.llc_source << ")\n"
             << "CUDA support: " << (env.cuda.built ? "built" : "not built") << "\n";
   if (env.cuda.device_count > 0) {
     for (const auto& g : env.cuda.devices) {

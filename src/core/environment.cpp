@@ -89,7 +89,12 @@ std::string host_name() {
 
 }  // namespace
 
-uint64_t last_level_cache_bytes() {
+struct CacheSize {
+  uint64_t bytes = 0;
+  const char* source = "unknown";
+};
+
+CacheSize last_level_cache() {
   int best_level = -1;
   uint64_t best_size = 0;
   const fs::path base = "/sys/devices/system/cpu/cpu0/cache";
@@ -104,12 +109,12 @@ uint64_t last_level_cache_bytes() {
       best_size = size;
     }
   }
-  if (best_size == 0) {
-    long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    best_size = static_cast<uint64_t>(l3 > 0 ? l3 : (l2 > 0 ? l2 : 0));
-  }
-  return best_size;
+  if (best_size > 0) return {best_size, "sysfs"};
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  const long size = l3 > 0 ? l3 : l2;
+  if (size > 0) return {static_cast<uint64_t>(size), "cpuid"};
+  return {};
 }
 
 uint64_t available_memory_bytes() { return proc_kb_field("/proc/meminfo", "MemAvailable"); }
@@ -194,7 +199,9 @@ Environment capture_environment() {
   env.cpu_model = cpu_model();
   env.cores = available_cores();
   env.threads = at::get_num_threads();
-  env.llc_bytes = last_level_cache_bytes();
+  const CacheSize llc = last_level_cache();
+  env.llc_bytes = llc.bytes;
+  env.llc_source = llc.source;
   env.memory_bytes = proc_kb_field("/proc/meminfo", "MemTotal");
   env.memory_available_bytes = available_memory_bytes();
   env.libtorch = TORCH_VERSION;
@@ -228,6 +235,7 @@ nlohmann::json to_json(const Environment& env) {
           {"cores", env.cores},
           {"threads", env.threads},
           {"llc_bytes", env.llc_bytes},
+          {"llc_source", env.llc_source},
           {"memory_bytes", env.memory_bytes},
           {"memory_available_bytes", env.memory_available_bytes},
           {"libtorch", env.libtorch},

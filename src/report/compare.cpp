@@ -76,6 +76,24 @@ Extract summary_value(const std::string& key) {
 
 const std::vector<std::string> kThroughputPoint = {"batch", "prompt_tokens", "new_tokens"};
 const std::vector<std::string> kKernelPoint = {"context", "kv_heads"};
+const std::vector<std::string> kServingPoint = {"rate", "arrivals"};
+const std::vector<std::string> kPredictorPoint = {"role", "batch", "context"};
+
+// A number inside a record (`goodput.fraction`), when present.
+std::function<bool(const json&, Series&)> record_value(const json::json_pointer& at) {
+  return [at](const json& r, Series& s) {
+    if (!r.contains(at) || !r[at].is_number()) return false;
+    s.value = r[at].get<double>();
+    return true;
+  };
+}
+
+std::function<bool(const json&, Series&)> record_samples(const char* key) {
+  return [key](const json& r, Series& s) {
+    s.samples = samples_of(r, key);
+    return true;
+  };
+}
 
 const std::vector<MetricImpl>& metric_impls() {
   static const std::vector<MetricImpl> impls = {
@@ -127,6 +145,28 @@ const std::vector<MetricImpl>& metric_impls() {
                     s.value = r.value("working_set_bytes", 0.0);
                     return r.contains("working_set_bytes");
                   })},
+      {{"kv_bytes", "serving", false, Worse::kHigher, 1, 0,
+        "KV bytes per pool block: serving bytes_per_block (the format's, not the timing-dependent "
+        "peak)"},
+       summary_value("bytes_per_block")},
+      {{"serving_ttft", "serving", true, Worse::kHigher, 10, 0,
+        "time to first token per rate, queueing included (serving ttft_samples_s)"},
+       per_record("serving", kServingPoint, record_samples("ttft_samples_s"))},
+      {{"serving_e2e", "serving", true, Worse::kHigher, 10, 0,
+        "end-to-end request latency per rate (serving samples_s)"},
+       per_record("serving", kServingPoint, record_samples("samples_s"))},
+      {{"goodput", "serving", false, Worse::kLower, 5, 0.02,
+        "share of requests meeting the SLOs per rate (serving goodput.fraction)"},
+       per_record("serving", kServingPoint, record_value(json::json_pointer("/goodput/fraction")))},
+      {{"token_throughput", "serving", false, Worse::kLower, 5, 0,
+        "output tokens/s per rate (serving token_throughput)"},
+       per_record("serving", kServingPoint, record_value(json::json_pointer("/token_throughput")))},
+      {{"predictor_step", "predictor", true, Worse::kHigher, 10, 0,
+        "decode step time per batch x context (step_profile samples_s)"},
+       per_record("step_profile", kPredictorPoint, record_samples("samples_s"))},
+      {{"predictor_accuracy", "predictor", false, Worse::kLower, 5, 0.02,
+        "held-out accuracy of the chosen step-time predictor (summary accuracy_mean)"},
+       summary_value("accuracy_mean")},
       {{"kl_mean", "fidelity", false, Worse::kHigher, 20, 1e-6, "mean KL(full || method) in nats"},
        summary_value("kl_mean")},
       {{"top1_agreement", "fidelity", false, Worse::kLower, 5, 0,

@@ -257,11 +257,29 @@ std::vector<ParamSpec> KernelsSuite::param_specs() {
                         {"float32", "float16", "bfloat16"}),
       ParamSpec::integer("warmup", 3, "untimed calls before timing each point").range(0, 10000),
       ParamSpec::integer("repeats", 20, "timed calls per point (all kept)").range(1, 100000),
+      ParamSpec::integer("llc_bytes", "auto",
+                         "last-level cache size in bytes the plan targets; auto = detected (a "
+                         "CPUID-only figure is capped, see the warning)")
+          .range(1, 1e15)
+          .or_auto(),
       ParamSpec::number("min_llc_multiple", 4.0,
                         "the largest working set must reach this multiple of the last-level "
                         "cache (auto contexts grow to it; a warning otherwise)")
           .range(0, 1024),
   };
+}
+
+KernelsSuite::CachePlan KernelsSuite::planned_llc(const json& llc_param, const Environment& env) {
+  if (llc_param.is_number()) return {llc_param.get<uint64_t>(), "llc_bytes parameter", ""};
+  if (env.llc_source != "cpuid") return {env.llc_bytes, env.llc_source, ""};
+  const uint64_t cap = kCpuidLlcPerCore * static_cast<uint64_t>(std::max(1, env.cores));
+  if (env.llc_bytes <= cap) return {env.llc_bytes, "cpuid", ""};
+  return {cap, "cpuid (capped)",
+          "CPUID reports a " + format_bytes(env.llc_bytes) +
+              " last-level cache but the system reports no cache topology (as in many VMs); "
+              "planned with " +
+              format_bytes(cap) + " (" + format_bytes(kCpuidLlcPerCore) + " per core for " +
+              std::to_string(env.cores) + " cores); set llc_bytes to the real size"};
 }
 
 std::vector<int64_t> KernelsSuite::auto_contexts(uint64_t bytes_per_token, uint64_t llc_bytes,
@@ -325,14 +343,16 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
 
 uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (ctx.gpu) return estimate_kernels_on_gpu(ctx.params, ctx.method);
-  const Plan plan = make_plan(ctx.params, ctx.method, ctx.env.llc_bytes);
+  const Plan plan =
+      make_plan(ctx.params, ctx.method, planned_llc(ctx.params["llc_bytes"], ctx.env).bytes);
   return std::max(plan.largest, 2 * plan.copy_bytes);
 }
 
 CellOutput KernelsSuite::run(const CellContext& ctx) {
   if (ctx.spec.device == "cuda") return run_kernels_on_gpu(ctx);
   const json& p = ctx.params;
-  const uint64_t llc = ctx.env.llc_bytes;
+  const CachePlan cache = planned_llc(p["llc_bytes"], ctx.env);
+  const uint64_t llc = cache.bytes;
   const double min_multiple = p["min_llc_multiple"];
   const Plan plan = make_plan(p, ctx.method, llc);
   KVB_CHECK(ctx.spec.attention != "paged",
@@ -346,6 +366,7 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
   const int warmup = p["warmup"], repeats = p["repeats"];
 
   CellOutput out;
+  if (!cache.warning.empty()) out.warnings.push_back(cache.warning);
   const size_t points = contexts.size() * kv_heads.size();
   ctx.progress.begin(ctx.cell_id, points * (plan.retained ? 2 : 1) + 2);
   out.records.push_back(copy_bandwidth_record(copy_bytes, warmup, repeats, ctx.seed, "before"));
@@ -399,6 +420,7 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
   }
   out.summary = {{"copy_bandwidth_gbps", copy},
                  {"llc_bytes", llc},
+                 {"llc_source", cache.source},
                  {"max_working_set_bytes", largest},
                  {"max_llc_multiple", max_multiple},
                  {"best_fraction_of_copy_bandwidth_beyond_llc",

@@ -42,9 +42,10 @@ std::vector<ParamSpec> PredictorSuite::param_specs() {
                         "a point's step time from its samples: median (of every timed step), "
                         "or min (the uncontended time: robust on a shared, loaded machine)",
                         {"median", "min"}),
-      ParamSpec::string("model", "bilinear",
-                        "the interpolator reported as `accuracy` and used for routing",
-                        {"bilinear", "least_squares"}),
+      ParamSpec::string(
+          "model", "bilinear",
+          "the interpolator reported as accuracy_mean/accuracy_min and used for routing",
+          {"bilinear", "least_squares"}),
       ParamSpec::integer("routing_requests", 400,
                          "routing simulation: requests (0 = no routing simulation)")
           .range(0, 10000000),

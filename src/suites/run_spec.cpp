@@ -18,8 +18,9 @@ const std::vector<ParamSpec>& model_specs() {
                         "Hugging Face checkpoint directory (config.json, *.safetensors); with "
                         "`preset`, written there on first use if absent"),
       ParamSpec::string("preset", "",
-                        "tiny random-weight preset: tiny-llama, tiny-mistral, tiny-qwen2, "
-                        "tiny-qwen3 (see kvbench make-model)"),
+                        "random-weight preset: tiny-llama, tiny-mistral, tiny-qwen2, tiny-qwen3 "
+                        "(see kvbench make-model), or one with a real model's shapes: llama-3-8b, "
+                        "mistral-7b, qwen2.5-7b (with random_init)"),
       ParamSpec::boolean("random_init", false,
                          "build `preset` in memory with random weights instead of files"),
       ParamSpec::integer("seed", 0, "weight seed of `preset`").at_least(0),

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 import shutil
 import struct
 import subprocess
@@ -22,6 +23,10 @@ VALIDATE = [sys.executable, str(ROOT / "scripts" / "validate_report.py")]
 # Small enough to run in about a second; min_llc_multiple 0 accepts in-cache points.
 TINY_SUITE = {"name": "kernels", "contexts": [256, 512], "kv_heads": [1, 2], "head_dim": 64,
               "warmup": 1, "repeats": 3, "min_llc_multiple": 0}
+
+
+def cuda_visible():
+    return "CUDA device: none visible" not in kvbench("version").stdout
 
 
 def kvbench(*args, cwd=None):
@@ -392,6 +397,67 @@ class CliTest(CliCase):
                     args = [cmd, "--config", path] + (["--out", str(self.dir / "out")] if cmd == "run" else [])
                     self.assert_one_line_error(kvbench(*args), 2, fragment)
         self.assertFalse((self.dir / "out").exists())
+
+    def test_config_reference_lists_real_messages(self):
+        """docs/config.md's "Real messages" block is exactly what validate prints for these
+        configs, so the reference cannot drift from the code."""
+        k = {"name": "kernels"}
+
+        def cfg(**top):
+            return {"suites": [k], **top}
+
+        lat, thr = {"name": "latency"}, {"name": "throughput"}
+        cases = [
+            cfg(threads=0), cfg(thread=2), cfg(atention="cpu"), cfg(attention="fused"),
+            {"suites": [{**k, "repeat": 3}]}, {"suites": [{**k, "dtype": "fp16"}]},
+            {"suites": [{**k, "repeats": "many"}]}, {"suites": [{**k, "contexts": [1024, 0]}]},
+            {"suites": [{**k, "head_dim": 96}]}, {"suites": [{"name": "kernel"}]},
+            {"suites": [{**k, "llc_bytes": "32MiB"}]},
+            {"suites": [{**lat, "new_token": 8}]}, {"suites": [{**lat, "new_tokens": 1}]},
+            {"suites": [{**lat, "prompt_tokens": [128]}]}, {"suites": [{**thr, "batch": 4}]},
+            {"suites": [{**thr, "batch": []}]}, {"suites": [{**thr, "prompt_tokens": [0]}]},
+            cfg(methods=[{"name": "ful"}]), cfg(methods=[{"name": "int9"}]),
+            cfg(methods=[{"name": 4}]), cfg(methods=[{"name": "int4", "group": 24}]),
+            cfg(methods=[{"name": "int4", "group": "32"}]),
+            cfg(methods=[{"name": "int4", "symetric": True}]),
+            cfg(methods=[{"name": "int4", "symmetric": "yes"}]),
+            cfg(methods=[{"name": "full", "group": 32}]), cfg(methods=[7]), cfg(methods=[]),
+            cfg(model={"dtype": "fp16"}), cfg(model={"paht": "m"}),
+            cfg(model={"preset": "tiny-lama", "path": "m"}), cfg(model={"preset": "tiny-llama"}),
+            cfg(model={"random_init": True}),
+            cfg(model={"preset": "tiny-llama", "random_init": True, "path": "m"}),
+            cfg(model={"preset": "tiny-llama", "random_init": "yes"}),
+            cfg(model={"preset": "tiny-llama", "path": "m", "seed": -1}),
+            cfg(device="cuda"), cfg(seed=-1), {"threads": 2}, {"suites": []},
+            {"suites": [k, k]}, cfg(methods=[{"name": "int4"}, {"name": "int4", "group": 32}]),
+            [k],
+        ]
+        gpu = cuda_visible()  # then device "cuda" is valid and its line is not checked
+        if gpu:
+            cases.remove(cfg(device="cuda"))
+        actual = []
+        for i, config in enumerate(cases):
+            path = self.write_config(config, f"case{i}.json")
+            res = kvbench("validate", "--config", path)
+            self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
+            lines = res.stderr.strip().splitlines()
+            self.assertEqual(len(lines), 1, res.stderr)
+            actual.append(lines[0].split("[error] ", 1)[-1])
+        configs = self.dir / "configs"
+        configs.mkdir()
+        (configs / "x.json").write_text('{"suites": [{"name": "kernels"}],\n "seed": 1,\n "x": ,}')
+        for name in ("configs/x.json", "configs/none.json"):
+            res = kvbench("validate", "--config", name, cwd=self.dir)
+            self.assertEqual(res.returncode, 2, res.stderr)
+            actual.append(res.stderr.strip().splitlines()[-1].split("[error] ", 1)[-1])
+        doc = (ROOT / "docs" / "config.md").read_text()
+        block = doc.split("Real messages (`kvbench validate`", 1)[1].split("```\n", 2)[1]
+        documented = [l for l in block.splitlines() if not (gpu and '"cuda" requested' in l)]
+        # Why no device is visible depends on the machine (no driver, no device, no CUDA build).
+        why = re.compile(r"no CUDA device is visible \(.*\)")
+        documented = [why.sub("no CUDA device is visible (...)", l) for l in documented]
+        actual = [why.sub("no CUDA device is visible (...)", l) for l in actual]
+        self.assertEqual(documented, actual, "\n".join(["docs/config.md should read:"] + actual))
 
     def test_missing_config_and_bad_usage(self):
         self.assert_one_line_error(kvbench("run", "--config", str(self.dir / "none.json")), 2,

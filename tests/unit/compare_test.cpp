@@ -174,6 +174,73 @@ TEST(Compare, DecodeTokensPerSecondRegressesWhenStepsSlowDown) {
   EXPECT_FALSE(find(r, "prefill_tok_s").regressed);
 }
 
+json serving_record(double rate, const std::vector<double>& ttft, double goodput) {
+  return {{"kind", "serving"},
+          {"rate", rate},
+          {"arrivals", "poisson"},
+          {"samples_s", kTight},
+          {"ttft_samples_s", ttft},
+          {"token_throughput", 50.0 * rate},
+          {"goodput", {{"fraction", goodput}}}};
+}
+
+json serving_cell(const std::vector<double>& slow_ttft, double goodput) {
+  return {{"id", "s.a"},
+          {"suite", "serving"},
+          {"method", {{"name", "int4"}}},
+          {"params", json::object()},
+          {"status", "ok"},
+          {"summary", {{"bytes_per_block", 4096}}},
+          {"records", {serving_record(1, kTight, 1.0), serving_record(4, slow_ttft, goodput)}}};
+}
+
+// Serving cells compare per rate: a TTFT slow-down and a goodput drop at one rate regress only
+// there; throughput and the format's bytes per block are unchanged.
+TEST(Compare, ServingMetricsPerRate) {
+  const CompareResult r =
+      compare_reports(report({serving_cell(kTight, 0.9)}),
+                      report({serving_cell(scaled(kTight, 1.3), 0.8)}), defaults());
+  size_t ttft = 0;
+  for (const MetricComparison& c : r.comparisons) {
+    if (c.metric == "serving_ttft") {
+      ++ttft;
+      EXPECT_EQ(c.regressed, c.point == "rate=4.0 arrivals=\"poisson\"") << c.point;
+    }
+    if (c.metric == "goodput") EXPECT_EQ(c.regressed, c.point.rfind("rate=4", 0) == 0) << c.point;
+    if (c.metric == "serving_e2e" || c.metric == "token_throughput") EXPECT_FALSE(c.regressed);
+  }
+  EXPECT_EQ(ttft, 2u);
+  EXPECT_FALSE(find(r, "kv_bytes").regressed);
+  EXPECT_EQ(r.regressions(), 2u);
+  // A goodput change within its absolute floor (0.02) is not a regression.
+  const CompareResult small = compare_reports(report({serving_cell(kTight, 0.9)}),
+                                              report({serving_cell(kTight, 0.89)}), defaults());
+  EXPECT_EQ(small.regressions(), 0u);
+}
+
+TEST(Compare, PredictorStepTimesAndAccuracy) {
+  auto cell = [](const std::vector<double>& steps, double accuracy) {
+    return json{{"id", "p.a"},
+                {"suite", "predictor"},
+                {"method", {{"name", "full"}}},
+                {"params", json::object()},
+                {"status", "ok"},
+                {"summary", {{"accuracy_mean", accuracy}}},
+                {"records",
+                 {{{"kind", "step_profile"},
+                   {"role", "grid"},
+                   {"batch", 2},
+                   {"context", 64},
+                   {"samples_s", steps}}}}};
+  };
+  const CompareResult r = compare_reports(report({cell(kTight, 0.95)}),
+                                          report({cell(scaled(kTight, 1.2), 0.80)}), defaults());
+  EXPECT_TRUE(find(r, "predictor_step").regressed);
+  EXPECT_EQ(find(r, "predictor_step").point, "role=\"grid\" batch=2 context=64");
+  EXPECT_TRUE(find(r, "predictor_accuracy").regressed);
+  EXPECT_EQ(r.regressions(), 2u);
+}
+
 TEST(Compare, FailedCellsAndMatchingByParameters) {
   json failed = latency_cell("l.a", kTight);
   failed["status"] = "failed";

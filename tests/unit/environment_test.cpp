@@ -20,10 +20,12 @@ TEST(Environment, CapturesThreadsCachesAndMemory) {
   EXPECT_EQ(env.threads, at::get_num_threads());
   EXPECT_GE(env.cores, 1);
   EXPECT_GT(env.llc_bytes, 0u);
+  EXPECT_TRUE(env.llc_source == "sysfs" || env.llc_source == "cpuid") << env.llc_source;
   EXPECT_GT(env.memory_available_bytes, 0u);
   EXPECT_FALSE(env.libtorch.empty());
   auto j = to_json(env);
   EXPECT_EQ(j["threads"], 1);
+  EXPECT_EQ(j["llc_source"], env.llc_source);
   EXPECT_TRUE(j["cuda"].contains("built"));
   set_thread_count(available_cores());
 }

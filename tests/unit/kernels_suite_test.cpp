@@ -95,6 +95,33 @@ TEST(KernelsSuite, AutoContextsReachTheCacheMultiple) {
   EXPECT_EQ(KernelsSuite::auto_contexts(8192, 0, 4.0), std::vector<int64_t>{1024});
 }
 
+TEST(KernelsSuite, PlansWithTheDetectedCacheUnlessOnlyCpuidOvershoots) {
+  Environment env;
+  env.cores = 2;
+  env.llc_bytes = uint64_t{508} << 20;
+  env.llc_source = "sysfs";  // the kernel's topology is trusted as it is
+  EXPECT_EQ(KernelsSuite::planned_llc("auto", env).bytes, env.llc_bytes);
+  EXPECT_TRUE(KernelsSuite::planned_llc("auto", env).warning.empty());
+  env.llc_source = "cpuid";  // a VM's synthesized figure: capped at 32 MiB per core
+  const auto capped = KernelsSuite::planned_llc("auto", env);
+  EXPECT_EQ(capped.bytes, uint64_t{64} << 20);
+  EXPECT_EQ(capped.source, "cpuid (capped)");
+  EXPECT_NE(capped.warning.find("508.00 MiB"), std::string::npos) << capped.warning;
+  EXPECT_NE(capped.warning.find("set llc_bytes"), std::string::npos) << capped.warning;
+  env.llc_bytes = uint64_t{48} << 20;  // plausible for two cores: kept
+  EXPECT_EQ(KernelsSuite::planned_llc("auto", env).bytes, env.llc_bytes);
+  EXPECT_EQ(KernelsSuite::planned_llc("auto", env).source, "cpuid");
+  EXPECT_TRUE(KernelsSuite::planned_llc("auto", env).warning.empty());
+  env.cores = 0;  // unknown cores count as one
+  env.llc_bytes = uint64_t{508} << 20;
+  EXPECT_EQ(KernelsSuite::planned_llc("auto", env).bytes, KernelsSuite::kCpuidLlcPerCore);
+  // The parameter wins over any detection.
+  const auto given = KernelsSuite::planned_llc(12345, env);
+  EXPECT_EQ(given.bytes, 12345u);
+  EXPECT_EQ(given.source, "llc_bytes parameter");
+  EXPECT_TRUE(given.warning.empty());
+}
+
 struct SuiteRun {
   RunSpec spec;
   Environment env;
@@ -102,10 +129,11 @@ struct SuiteRun {
 };
 
 SuiteRun run_kernels(const json& suite, const json& method_entry = {{"name", "full"}},
-                     const std::string& device = "cpu") {
+                     const std::string& device = "cpu", const Environment* env = nullptr) {
   SuiteRun r{parse_run_spec(json{{"suites", {suite}}, {"threads", 1}}, "t"), {}, {}};
   r.spec.device = device;
   r.env.llc_bytes = 1 << 19;  // pretend 512 KiB so small points count as beyond the cache
+  if (env) r.env = *env;
   r.env.threads = 1;
   const json method = resolve_method(method_entry, "methods[0]");
   const json& params = r.spec.suites[0].params;
@@ -149,6 +177,25 @@ TEST(KernelsSuite, RecordsRawSamplesBytesAndBandwidth) {
               1e-12);
   EXPECT_TRUE(r.out.warnings.empty());                             // 2 MiB = 4x the pretend cache
   EXPECT_EQ(KernelsSuite().summary_table(r.out).rows.size(), 5u);  // 4 points + copy
+}
+
+// A CPUID-only cache figure that overshoots is capped in the plan, and the cell says so.
+TEST(KernelsSuite, ACappedCpuidCacheIsRecordedAndWarned) {
+  Environment env;
+  env.cores = 1;
+  env.llc_bytes = uint64_t{1} << 30;
+  env.llc_source = "cpuid";
+  const json suite = json::parse(
+      R"({"name": "kernels", "contexts": [256], "kv_heads": [1], "head_dim": 64,
+          "warmup": 0, "repeats": 2, "dtype": "float32", "min_llc_multiple": 0})");
+  auto r = run_kernels(suite, {{"name", "full"}}, "cpu", &env);
+  EXPECT_EQ(r.out.summary["llc_bytes"], KernelsSuite::kCpuidLlcPerCore);
+  EXPECT_EQ(r.out.summary["llc_source"], "cpuid (capped)");
+  ASSERT_EQ(r.out.warnings.size(), 1u);
+  EXPECT_NE(r.out.warnings[0].find("CPUID reports a 1.00 GiB"), std::string::npos)
+      << r.out.warnings[0];
+  // The copy buffers follow the planned size: 64 MiB minimum here.
+  EXPECT_EQ(r.out.records.front()["bytes"], uint64_t{64} << 20);
 }
 
 // Methods whose policy acts during decode get retained-token step records beside the codec's

@@ -39,6 +39,10 @@ struct Environment {
   int cores = 0;
   int threads = 0;  // intra-op threads in use (at::get_num_threads)
   uint64_t llc_bytes = 0;
+  // Where llc_bytes came from: "sysfs" (the kernel's cache topology), "cpuid" (glibc's sysconf
+  // reading CPUID's legacy leaf: what a VM without cache topology reports, possibly synthesized
+  // by the hypervisor) or "unknown".
+  std::string llc_source = "unknown";
   uint64_t memory_bytes = 0, memory_available_bytes = 0;
   std::string libtorch;
   BlasInfo blas;

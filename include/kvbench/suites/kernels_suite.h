@@ -2,13 +2,13 @@
 // bandwidth. Decode attention reads the whole KV cache once per step and does little
 // arithmetic per byte, so its floor is memory bandwidth; this suite reports achieved bytes/s
 // beside a copy bandwidth measured in the same run. Working sets grow to a multiple of the
-// last-level cache so the numbers are DRAM numbers, not cache numbers.
-//
-// Today it times the full-precision reference path (plain libtorch ops) on CPU; compressed
-// formats and CUDA kernels join as their backends land.
+// last-level cache so the numbers are DRAM numbers, not cache numbers. On the CPU it times the
+// fused or reference attention over each method's stored format; on cuda, the paged kernels
+// (kernels_gpu.h).
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kvbench/core/param_spec.h"
@@ -31,6 +31,19 @@ class KernelsSuite final : public Suite {
   // `llc_multiple` x `llc_bytes` (at least one entry, at most 2^24 tokens).
   static std::vector<int64_t> auto_contexts(uint64_t bytes_per_token, uint64_t llc_bytes,
                                             double llc_multiple);
+
+  // The last-level cache size a cell plans with: the `llc_bytes` parameter when it is a number,
+  // else the detected size. CPUID's figure, all a VM without cache topology offers, can exceed
+  // any cache its cores share (508 MiB on a 2-core EPYC guest), which would grow "auto"
+  // contexts to gigabytes; it is capped at kCpuidLlcPerCore per core (at least one core's
+  // worth) and `warning` says so.
+  static constexpr uint64_t kCpuidLlcPerCore = uint64_t{32} << 20;
+  struct CachePlan {
+    uint64_t bytes = 0;
+    std::string source;   // "sysfs", "cpuid", "cpuid (capped)", "llc_bytes parameter", "unknown"
+    std::string warning;  // empty unless the detected size was capped
+  };
+  static CachePlan planned_llc(const nlohmann::json& llc_param, const Environment& env);
 };
 
 }  // namespace kvbench
