@@ -14,6 +14,7 @@
 #include "kvbench/report/compare.h"
 #include "kvbench/report/report_reader.h"
 #include "kvbench/report/table_render.h"
+#include "kvbench/suites/suite_registry.h"
 
 namespace kvbench {
 namespace {
@@ -54,6 +55,7 @@ int compare(const CompareCliOptions& opt) {
   CompareOptions options;
   try {  // unreadable files, wrong schema and bad thresholds are input errors: exit 2
     options.thresholds = parse_thresholds(opt.thresholds);
+    options.canonical = resolve_cell_parts;
     base = load_report(opt.baseline);
     cand = load_report(opt.candidate);
   } catch (const Error& e) {
@@ -92,8 +94,15 @@ int compare(const CompareCliOptions& opt) {
   std::cout << "\n";
   if (n == 0 && result.comparisons.empty()) {
     // A gate that judged nothing must not pass (no shared cells, or suites with no metric).
-    std::cout << "nothing compared: no metric of the baseline's cells was found in the new "
-                 "report\n";
+    size_t ok = 0, cells = 0;
+    for (const auto& c : base.doc["cells"]) ++cells, ok += c.value("status", "") == "ok";
+    if (ok == 0) {
+      std::cout << "nothing compared: no cell of the baseline is ok (" << cells
+                << " cell(s), all failed); fix the baseline run first\n";
+    } else {
+      std::cout << "nothing compared: no metric of the baseline's " << ok
+                << " ok cell(s) was found in the new report (see the warnings above)\n";
+    }
     return 1;
   }
   if (n == 0) {

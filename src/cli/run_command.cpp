@@ -111,8 +111,15 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
                  to_run.size());
   }
 
-  // Claimed by the first write (a new name, exclusively); later writes replace it.
+  // Claimed by the first write (a new name, exclusively); later writes replace it. A resumed
+  // run continues the partial report it resumes from.
   std::filesystem::path path;
+  if (opt.resume) {
+    std::vector<std::string> ids;
+    for (const auto& c : cells) ids.push_back(c.id);
+    path = partial_report_to_continue(spec.output_dir, spec.resolved, ids);
+    if (!path.empty()) spdlog::info("resume: continuing {}", path.string());
+  }
   auto write = [&](const nlohmann::json& report) {
     if (path.empty())
       path = write_new_report(report, spec, stamp);

@@ -64,22 +64,24 @@ double median_in_place(std::vector<double>& v) {
 
 }  // namespace
 
-Interval bootstrap_median_difference_ci(const std::vector<double>& baseline,
-                                        const std::vector<double>& candidate, double confidence,
-                                        int resamples, uint64_t seed) {
+Interval bootstrap_median_change_ci(const std::vector<double>& baseline,
+                                    const std::vector<double>& candidate, double confidence,
+                                    int resamples, uint64_t seed) {
   KVB_CHECK(!baseline.empty() && !candidate.empty(), "bootstrap of an empty sample");
+  KVB_CHECK(*std::min_element(baseline.begin(), baseline.end()) > 0,
+            "a relative change needs positive baseline samples");
   KVB_CHECK(confidence > 0 && confidence < 1, "confidence must be in (0, 1)");
   KVB_CHECK(resamples > 0, "resamples must be positive");
   Rng rng(seed);
-  std::vector<double> diffs(static_cast<size_t>(resamples));
+  std::vector<double> changes(static_cast<size_t>(resamples));
   std::vector<double> draw_b(baseline.size()), draw_c(candidate.size());
-  for (auto& d : diffs) {
+  for (auto& d : changes) {
     for (auto& v : draw_b) v = baseline[rng.below(baseline.size())];
     for (auto& v : draw_c) v = candidate[rng.below(candidate.size())];
-    d = median_in_place(draw_c) - median_in_place(draw_b);
+    d = median_in_place(draw_c) / median_in_place(draw_b) - 1;
   }
   const double tail = (1 - confidence) / 2 * 100;
-  return {percentile(diffs, tail), percentile(diffs, 100 - tail)};
+  return {percentile(changes, tail), percentile(changes, 100 - tail)};
 }
 
 namespace {

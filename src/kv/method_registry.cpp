@@ -136,7 +136,8 @@ MethodInfo gear_method(const std::string& name, const std::string& summary, cons
 
 ParamSpec rank_param() {
   return ParamSpec::integer("rank", 0,
-                            "r: coefficients kept per token and group; 0: round(rank_ratio * "
+                            "r: coefficients kept per token (per KV head; palu: per group of "
+                            "heads); 0: round(rank_ratio * head_dim), palu: round(rank_ratio * "
                             "group * head_dim)")
       .range(0, 1 << 20);
 }

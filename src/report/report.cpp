@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
@@ -85,6 +86,38 @@ std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::p
     }
   }
   return cells;
+}
+
+std::filesystem::path partial_report_to_continue(const std::filesystem::path& dir,
+                                                 const nlohmann::json& resolved_config,
+                                                 const std::vector<std::string>& ids) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return {};
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.is_regular_file() && e.path().extension() == ".json") files.push_back(e.path());
+  }
+  std::sort(files.rbegin(), files.rend());  // latest stamp first
+  const std::set<std::string> planned(ids.begin(), ids.end());
+  for (const auto& f : files) {
+    nlohmann::json report;
+    try {
+      std::ifstream in(f);
+      report = nlohmann::json::parse(in);
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (!report.is_object() || !report.contains("partial") || !report["cells"].is_array() ||
+        report.value("config", nlohmann::json()) != resolved_config ||
+        report["partial"].value("cells_planned", size_t{0}) != ids.size())
+      continue;
+    const bool ours =
+        std::all_of(report["cells"].begin(), report["cells"].end(), [&](const auto& c) {
+          return c.contains("id") && planned.count(c["id"].template get<std::string>());
+        });
+    if (ours) return f;
+  }
+  return {};
 }
 
 std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp,

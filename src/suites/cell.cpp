@@ -88,7 +88,8 @@ nlohmann::json model_fingerprint(const std::string& dir) {
 // Data files named by a suite's parameters.
 nlohmann::json data_fingerprints(const nlohmann::json& params) {
   nlohmann::json files = nlohmann::json::object();
-  for (const char* key : {"data_file", "prompts_file", "text_file", "templates_dir"}) {
+  for (const char* key :
+       {"data_file", "prompts_file", "text_file", "templates_dir", "trace_file", "sharegpt_file"}) {
     if (params.contains(key) && params[key].is_string() &&
         !params[key].get<std::string>().empty()) {
       files[key] = file_fingerprint(params[key].get<std::string>());

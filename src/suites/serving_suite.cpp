@@ -187,6 +187,11 @@ void check_serving_params(const json& p) {
               "a request; duration_s cuts it); remove requests");
   } else {
     KVB_CHECK(!p["rates"].empty(), "serving: rates must list at least one arrival rate");
+    std::vector<double> rates = p["rates"];
+    std::sort(rates.begin(), rates.end());
+    const auto twice = std::adjacent_find(rates.begin(), rates.end());
+    KVB_CHECK(twice == rates.end(), "serving: rates lists ", json(*twice).dump(),
+              " twice (each rate is one point of the report)");
     distribution(p, "prompt_tokens");
     distribution(p, "output_tokens");
   }

@@ -4,6 +4,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/accuracy_suite.h"
 #include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/kernels_suite.h"
@@ -126,6 +127,14 @@ nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& pat
     }
   }
   return resolved;
+}
+
+nlohmann::json resolve_cell_parts(const nlohmann::json& cell) {
+  nlohmann::json entry = cell.value("params", nlohmann::json::object());
+  entry["name"] = cell.value("suite", "");
+  nlohmann::json params = resolve_suite(entry, "params");
+  params.erase("name");
+  return {{"method", resolve_method(cell.at("method"), "method")}, {"params", params}};
 }
 
 }  // namespace kvbench

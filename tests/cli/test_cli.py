@@ -191,22 +191,41 @@ class CliTest(CliCase):
         rep = kvbench("report", str(partial))
         self.assertEqual(rep.returncode, 0, rep.stderr)
         self.assertIn(f"partial report ({done} of {len(methods)} cells)", rep.stderr)
+        stopped = self.dir / "stopped.json"  # the partial report as the kill left it
+        shutil.copy(partial, stopped)
 
         res = self.run_ok(cfg, "--resume")
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
         self.assertIn(f"{done} reused from earlier reports", res.stdout)
         path2, r2 = self.report_from(res)
+        # The resumed run continued the partial report: one report in the directory.
+        self.assertEqual(path2, partial)
+        self.assertEqual(list(out.glob("*.json")), [partial])
         self.assertNotIn("partial", r2)
         self.assertEqual([c["method"]["name"] for c in r2["cells"]], methods)
         self.assertEqual(sum("resumed_from" in c for c in r2["cells"]), done)
         self.assertEqual(r2["cells"][0]["records"], r1["cells"][0]["records"])
         self.assertEqual(subprocess.run([*VALIDATE, str(path2)]).returncode, 0)
         # A CI gate never passes a run that stopped: compare refuses a partial report.
-        cmp = kvbench("compare", str(path2), str(partial))
+        cmp = kvbench("compare", str(path2), str(stopped))
         self.assertEqual(cmp.returncode, 2, cmp.stdout + cmp.stderr)
         self.assertIn("partial report", cmp.stderr)
-        # Once resumed, merging both files says nothing about a stopped run or duplicates.
-        rep = kvbench("report", str(partial), str(path2))
+        # The finished report says nothing about a stopped run.
+        rep = kvbench("report", str(path2))
+        self.assertEqual(rep.returncode, 0, rep.stderr)
+        self.assertNotIn("partial report", rep.stderr)
+        # A resumed run of another config (here another name: the cells and their ids are the
+        # same) reuses the cells but writes its own file; merging both files says nothing
+        # about a stopped run or duplicates.
+        other = self.dir / "other"
+        other.mkdir()
+        shutil.copy(stopped, other / stopped.name)
+        res = kvbench("run", "--config", self.write_config(cfg), "--out", str(other), "--resume",
+                      "--set", "name=renamed", "--log-level", "warn")
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        path3, _ = self.report_from(res)
+        self.assertNotEqual(path3, other / stopped.name)
+        rep = kvbench("report", str(other / stopped.name), str(path3))
         self.assertEqual(rep.returncode, 0, rep.stderr)
         self.assertNotIn("partial report", rep.stderr)
         self.assertNotIn("appears in", rep.stderr)
@@ -459,6 +478,27 @@ class CliTest(CliCase):
         actual = [why.sub("no CUDA device is visible (...)", l) for l in actual]
         self.assertEqual(documented, actual, "\n".join(["docs/config.md should read:"] + actual))
 
+    def test_documented_cell_ids_are_real(self):
+        """The ids config.md and report-schema.md give for the default kernels cell are the ones
+        kvbench computes, and report-schema.md's canonical JSON hashes to the first."""
+        ids = {}
+        for attention in ("cpu", "reference"):
+            path = self.write_config({"suites": [{"name": "kernels"}], "threads": 2,
+                                      "attention": attention})
+            res = kvbench("validate", "--config", path)
+            self.assertEqual(res.returncode, 0, res.stderr)
+            ids[attention] = re.search(r"kernels\.full\.[0-9a-f]{16}", res.stdout).group(0)
+        for doc in ("config.md", "report-schema.md"):
+            text = (ROOT / "docs" / doc).read_text()
+            for attention, cell_id in ids.items():
+                self.assertTrue(f"`{cell_id}`" in text, f"{doc} should give {cell_id} ({attention})")
+        schema = (ROOT / "docs" / "report-schema.md").read_text()
+        canonical = re.search(r'\n(\{"attention":"cpu".*"suite":"kernels".*\})\n', schema).group(1)
+        h = 0xCBF29CE484222325
+        for byte in canonical.encode():
+            h = ((h ^ byte) * 0x100000001B3) % (1 << 64)
+        self.assertEqual(f"kernels.full.{h:016x}", ids["cpu"])
+
     def test_missing_config_and_bad_usage(self):
         self.assert_one_line_error(kvbench("run", "--config", str(self.dir / "none.json")), 2,
                                    "no such file")
@@ -610,6 +650,14 @@ class ReportCompareCliTest(CliCase):
         old["schema_version"] = 3
         self.assert_one_line_error(
             kvbench("compare", self.write_report(old, "v3.json"), str(path)), 2, "v3.json")
+        # A baseline whose cells all failed judges nothing, and says why.
+        failed = copy.deepcopy(report)
+        for c in failed["cells"]:
+            c.update(status="failed", error="out of memory")
+        failed_path = self.write_report(failed, "failed.json")
+        res = kvbench("compare", failed_path, failed_path)
+        self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
+        self.assertIn("no cell of the baseline is ok", res.stdout)
 
 
 def read_safetensors(path):

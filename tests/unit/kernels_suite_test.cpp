@@ -175,8 +175,10 @@ TEST(KernelsSuite, RecordsRawSamplesBytesAndBandwidth) {
   EXPECT_GT(r.out.summary["copy_bandwidth_gbps"].get<double>(), 0.0);
   EXPECT_NEAR(r.out.summary["max_llc_multiple"].get<double>(), 2.0 * 2 * 2048 * 64 * 4 / (1 << 19),
               1e-12);
-  EXPECT_TRUE(r.out.warnings.empty());                             // 2 MiB = 4x the pretend cache
-  EXPECT_EQ(KernelsSuite().summary_table(r.out).rows.size(), 5u);  // 4 points + copy
+  EXPECT_TRUE(r.out.warnings.empty());  // 2 MiB = 4x the pretend cache
+  const Table table = KernelsSuite().summary_table(r.out);
+  EXPECT_EQ(table.rows.size(), 5u);              // 4 points + copy
+  EXPECT_EQ(table.columns.back(), "% copy BW");  // no retained steps: no "vs full" column
 }
 
 // A CPUID-only cache figure that overshoots is capped in the plan, and the cell says so.
@@ -233,7 +235,9 @@ TEST(KernelsSuite, RetainedTokenStepsForPoliciesThatActDuringDecode) {
                       rec["full_at_kept_time_s"]["median"].get<double>(),
                   1e-9);
     }
-    EXPECT_EQ(KernelsSuite().summary_table(r.out).rows.size(), 2u + 2u + 1u);
+    const Table table = KernelsSuite().summary_table(r.out);
+    EXPECT_EQ(table.rows.size(), 2u + 2u + 1u);
+    EXPECT_EQ(table.columns.back(), "vs full");
   }
 }
 

@@ -19,6 +19,7 @@
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
+#include "kvbench/report/compare.h"
 #include "kvbench/serving/router.h"
 #include "kvbench/serving/step_time_predictor.h"
 #include "kvbench/suites/capacity.h"
@@ -473,6 +474,20 @@ TEST(PredictorSuite, ProfilesFitsAndRoutes) {
   EXPECT_EQ(routing_summary["max_batch"], 4);
   EXPECT_GT(routing_summary["rate"].get<double>(), 0);
   EXPECT_TRUE(routing_summary["policies"].contains("least_predicted"));
+  // compare reads what the suite writes: every step point and the accuracy, no regression
+  // against itself.
+  const json cell = {{"id", "p.real"},        {"suite", "predictor"}, {"method", h.method},
+                     {"params", json({})},    {"status", "ok"},       {"records", out.records},
+                     {"summary", out.summary}};
+  const json report = {{"cells", {cell}}};
+  CompareOptions o;
+  o.thresholds = parse_thresholds({});
+  const CompareResult r = compare_reports(report, report, o);
+  std::map<std::string, size_t> count;
+  for (const MetricComparison& c : r.comparisons) ++count[c.metric];
+  EXPECT_EQ(count,
+            (std::map<std::string, size_t>{{"predictor_accuracy", 1}, {"predictor_step", 11}}));
+  EXPECT_EQ(r.regressions(), 0u);
 }
 
 TEST(PredictorSuite, HeldOutPointsOutsideTheGridAreConfigErrors) {

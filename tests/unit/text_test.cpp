@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include "kvbench/core/rng.h"
+#include "kvbench/core/table.h"
 #include "kvbench/core/text.h"
 
 namespace kvbench {
@@ -51,6 +54,27 @@ TEST(Rng, DeterministicAndInRange) {
   double u = r.uniform();
   EXPECT_GE(u, 0.0);
   EXPECT_LT(u, 1.0);
+}
+
+}  // namespace
+}  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+// Numbers right-aligned whatever their sign, so "+5.0%" lines up with "-3.2%".
+TEST(Table, SignedNumbersAlignRight) {
+  Table t;
+  t.columns = {"name", "change"};
+  t.rows = {{"a", "+5.0%"}, {"bb", "-13.2%"}, {"c", "7"}};
+  std::ostringstream os;
+  print_table(os, t);
+  EXPECT_EQ(os.str(),
+            "name  change\n"
+            "----  ------\n"
+            "a      +5.0%\n"
+            "bb    -13.2%\n"
+            "c          7\n");
 }
 
 }  // namespace

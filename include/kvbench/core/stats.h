@@ -27,15 +27,16 @@ struct Interval {
 Interval bootstrap_median_ci(const std::vector<double>& x, double confidence = 0.95,
                              int resamples = 2000, uint64_t seed = 0);
 
-// Percentile-bootstrap confidence interval of median(candidate) - median(baseline): each of
-// `resamples` rounds draws a resample of `baseline` and then one of `candidate` (with
-// replacement, one seeded Rng for both) and keeps the difference of their medians; the interval
-// is the (1-c)/2 and (1+c)/2 percentiles of those differences. Used by `kvbench compare` to
-// call a timing regression only when the whole interval lies beyond the threshold.
-Interval bootstrap_median_difference_ci(const std::vector<double>& baseline,
-                                        const std::vector<double>& candidate,
-                                        double confidence = 0.95, int resamples = 2000,
-                                        uint64_t seed = 0);
+// Percentile-bootstrap confidence interval of the relative change of medians,
+// median(candidate) / median(baseline) - 1: each of `resamples` rounds draws a resample of
+// `baseline` and then one of `candidate` (with replacement, one seeded Rng for both) and keeps
+// the ratio of their medians minus one; the interval is the (1-c)/2 and (1+c)/2 percentiles of
+// those. A ratio, not a difference over the observed baseline median, so a time's interval
+// never reaches below -100%. Used by `kvbench compare` to call a timing regression only when
+// the whole interval lies beyond the threshold. Baseline samples must be positive.
+Interval bootstrap_median_change_ci(const std::vector<double>& baseline,
+                                    const std::vector<double>& candidate, double confidence = 0.95,
+                                    int resamples = 2000, uint64_t seed = 0);
 
 struct Summary {
   size_t n = 0;

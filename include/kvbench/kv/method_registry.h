@@ -7,8 +7,11 @@
 //   {"name": "snapkv", "budget": 2048, "codec": "kivi-4"}
 //   {"name": "snapkv-2048", "codec": {"name": "kivi-4", "residual": 64}}
 //   {"name": "snapkv-2048+kivi-4"}          (shorthand for the first form's codec)
-// Resolved entries always carry the codec as a resolved object. Presets follow
-// ../shared/reference/presets.md.
+// Resolved entries always carry the codec as a resolved object. A preset (`kivi-2`,
+// `stream-512`, `snapkv-2048`, ...) is another entry of the same codec or policy with other
+// defaults: a paper's setting, or the seed paper's where that differs (the plain name keeps
+// the original defaults); its summary says what it expands to (`kvbench list methods`), and
+// docs/methods.md lists the methods and presets.
 #pragma once
 
 #include <ATen/ATen.h>

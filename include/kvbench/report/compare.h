@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -46,6 +47,10 @@ struct CompareOptions {
   double confidence = 0.95;
   int resamples = 2000;
   uint64_t seed = 0;
+  // A cell's {"method", "params"} resolved under this version's defaults, for matching cells
+  // whose ids differ: a baseline from an older version lacks the parameters added since.
+  // Unset, or throwing (a parameter since removed), the cell's own are used.
+  std::function<nlohmann::json(const nlohmann::json& cell)> canonical;
 };
 
 struct MetricComparison {

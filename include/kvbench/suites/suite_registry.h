@@ -31,5 +31,9 @@ std::vector<std::string> suite_names();
 const SuiteInfo& find_suite(const std::string& name);
 // Validates one `suites[i]` entry and returns it with defaults filled in.
 nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& path);
+// A report cell's {"method", "params"} resolved under this version's defaults, so that a cell
+// from a report written before a parameter existed matches today's (compare). Throws Error
+// when the cell has a parameter this version does not know.
+nlohmann::json resolve_cell_parts(const nlohmann::json& cell);
 
 }  // namespace kvbench
