@@ -141,6 +141,16 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       c.seed = fnv1a64(std::to_string(spec.seed) + ":" + hex);
       const std::string where =
           "suites[" + std::to_string(s) + "] x methods[" + std::to_string(m) + "]";
+      const SuiteInfo& info = find_suite(c.suite);
+      if (info.check_method && spec.device != "cuda") {
+        try {
+          info.check_method(c.params, c.method);
+        } catch (const ConfigError&) {
+          throw;
+        } catch (const Error& e) {
+          throw ConfigError(where, e.what());
+        }
+      }
       auto [it, inserted] = seen.emplace(c.id, where);
       if (!inserted) {
         throw ConfigError("suites",

@@ -341,6 +341,10 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
 
 }  // namespace
 
+void KernelsSuite::check_method(const json& params, const json& method) {
+  make_plan(params, method, 0);
+}
+
 uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (ctx.gpu) return estimate_kernels_on_gpu(ctx.params, ctx.method);
   const Plan plan =

@@ -1366,11 +1366,13 @@ class ModelCliTest(CliCase):
         self.assertLess(cells["latency.snapkv"]["summary"]["kv_memory"]["kept_tokens"]["max"], 64)
         check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout)
-        # The model-free kernels suite cannot prepare a low-rank codec: a clear failure.
-        res = self.run_ok({"methods": [{"name": "palu"}], "suites": [TINY_SUITE]})
-        self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
-        _, report = self.report_from(res)
-        self.assertIn("fitted to a model in a prepare step", report["cells"][0]["error"])
+        # The model-free kernels suite cannot prepare a low-rank codec: a config error, at
+        # validate as at run, before any cell runs.
+        bad = {"methods": [{"name": "palu"}], "suites": [TINY_SUITE]}
+        self.assert_one_line_error(
+            kvbench("validate", "--config", self.write_config(bad)), 2,
+            "config: suites[0] x methods[0]: kernels: codec 'palu' is fitted to a model")
+        self.assert_one_line_error(self.run_ok(bad), 2, "fitted to a model in a prepare step")
 
     def test_dry_run_estimates_memory_and_refuses_what_cannot_fit(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},

@@ -34,6 +34,25 @@ TEST(Cells, IdsAreStableAndContentDerived) {
   EXPECT_EQ(expand_cells(d)[0].id, ca[0].id);
 }
 
+// What the kernels suite cannot plan with a method is a config error naming the pair, before
+// any cell runs; the same pair on cuda is left to the GPU plan.
+TEST(Cells, KernelsCellsTheSuiteCannotPlanAreConfigErrors) {
+  auto spec_with = [](const json& method, const json& suite) {
+    return parse_run_spec(json{{"suites", {suite}}, {"methods", {method}}, {"threads", 1}}, "t");
+  };
+  const json kernels = {{"name", "kernels"}, {"head_dim", 64}};
+  try {
+    expand_cells(spec_with({{"name", "kvproj"}}, kernels));
+    FAIL() << "kvproj in the kernels suite was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.key_path(), "suites[0] x methods[0]");
+    EXPECT_NE(std::string(e.what()).find("fitted to a model"), std::string::npos) << e.what();
+  }
+  // int8 at group 128 does not divide head_dim 64.
+  EXPECT_THROW(expand_cells(spec_with({{"name", "int8"}, {"group", 128}}, kernels)), ConfigError);
+  EXPECT_EQ(expand_cells(spec_with({{"name", "int8"}, {"group", 64}}, kernels)).size(), 1u);
+}
+
 TEST(Cells, ShardsAreDisjointAndComplete) {
   json suites = json::array();
   for (int r = 1; r <= 12; ++r) suites.push_back({{"name", "kernels"}, {"repeats", r}});

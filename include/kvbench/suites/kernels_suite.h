@@ -44,6 +44,10 @@ class KernelsSuite final : public Suite {
     std::string warning;  // empty unless the detected size was capped
   };
   static CachePlan planned_llc(const nlohmann::json& llc_param, const Environment& env);
+
+  // Throws Error when a CPU cell of `method` cannot be planned with these parameters (a codec
+  // fitted to a model; a group that does not divide head_dim): checked at validation.
+  static void check_method(const nlohmann::json& params, const nlohmann::json& method);
 };
 
 }  // namespace kvbench
