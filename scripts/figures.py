@@ -3,26 +3,32 @@
 
 usage: scripts/figures.py REPORT.json [REPORT.json ...] --out DIR
 
-Figures (each written only when the reports hold the suite it needs):
+Figures (each written only when the reports hold the suite it needs; the ones skipped are
+listed on stderr):
   throughput_vs_batch     decode tokens/s against batch, one line per method and prompt length
   throughput_vs_length    decode tokens/s against prompt length, one line per method and batch
   decode_speedup          decode tokens/s of each method over the full cache, bars per point
   length_shift            histograms of the per-sample length shift D (output_length suite)
-  accuracy_scatter        per-sample score, full cache against method (accuracy suite)
-  negative_samples        negative samples per method and task (accuracy suite)
-  latency_cdf             CDF of end-to-end request latency per method (latency suite; the
-                          serving suite's CDFs join when it lands)
+  accuracy_scatter        per-sample score, full cache (x) against method (y), per method and
+                          task; marker area and the number beside it count the samples at a
+                          point (accuracy suite; the full cache against itself is left out)
+  negative_samples        negative samples per method and task, with theta (accuracy suite)
+  latency_cdf             CDF of end-to-end request latency per method (latency suite)
+  serving_cdf             CDFs of TTFT and end-to-end latency per method and request rate
+                          (serving suite)
   fidelity_kl             mean and p99 KL divergence per method (fidelity suite)
-Later files win for cells with the same id. Methods are labelled by name (and params when
-two cells share a name). Needs python3-matplotlib (installed by scripts/setup.sh).
+Later files win for cells with the same id. Methods are labelled by name (and the params that
+differ when two methods share a name). When a report holds several configurations of one suite
+(two fidelity suites with prefix_tokens 100 and 900, say), each is its own series, labelled by
+the suite params that differ between them ("[prefix_tokens=100]"); no cell is merged away.
+Needs python3-matplotlib (installed by scripts/setup.sh).
 """
 import argparse
 import collections
 import json
+import os
 import pathlib
 import sys
-
-import os
 
 try:
     import matplotlib
@@ -36,26 +42,77 @@ except ImportError:
 
 matplotlib.use("Agg")  # no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def load_cells(paths):
-    cells = {}
+    cells, not_ok = {}, {}
     for path in paths:
-        report = json.loads(pathlib.Path(path).read_text())
-        if report.get("schema_version") != 2:
-            sys.exit(f"figures: {path}: schema_version {report.get('schema_version')} (expected 2)")
-        for cell in report["cells"]:
+        try:
+            report = json.loads(pathlib.Path(path).read_text())
+        except OSError as e:
+            sys.exit(f"figures: {path}: cannot read: {e.strerror or e}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            sys.exit(f"figures: {path}: not a JSON report: {e}")
+        if not isinstance(report, dict) or report.get("schema_version") != 2:
+            version = report.get("schema_version") if isinstance(report, dict) else None
+            sys.exit(f"figures: {path}: schema_version {version} (expected 2)")
+        for cell in report.get("cells", []):
             if cell.get("status") == "ok":
                 cells[cell["id"]] = cell
+                not_ok.pop(cell["id"], None)
+            else:
+                not_ok[cell["id"]] = cell.get("status")
+                cells.pop(cell["id"], None)
+    if not_ok:
+        print(f"figures: left out {len(not_ok)} cell(s) not ok: " + ", ".join(sorted(not_ok)),
+              file=sys.stderr)
     return list(cells.values())
 
 
-def label(cell, names):
-    m = cell["method"]
-    if names[m["name"]] <= 1:
-        return m["name"]
-    extra = ",".join(f"{k}={v}" for k, v in sorted(m.items()) if k != "name")
-    return f"{m['name']}({extra})" if extra else m["name"]
+def fmt(v):
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"), sort_keys=True)
+    return str(v)
+
+
+def differing(dicts, skip=()):
+    """Keys whose values differ between the given dicts (missing counts as different)."""
+    keys = sorted({k for d in dicts for k in d} - set(skip))
+    return [k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in dicts}) > 1]
+
+
+class Labels:
+    """Method labels (name, plus the params that differ between methods of that name) and
+    suite-configuration labels (the params that differ between the cells of that suite)."""
+
+    def __init__(self, cells):
+        methods = collections.defaultdict(dict)
+        self.params = collections.defaultdict(dict)
+        for c in cells:
+            methods[c["method"]["name"]][json.dumps(c["method"], sort_keys=True)] = c["method"]
+            self.params[c["suite"]][json.dumps(c.get("params", {}), sort_keys=True)] = c.get("params", {})
+        self.method_keys = {n: differing(list(ms.values()), skip=("name",)) for n, ms in methods.items()}
+
+    def method(self, cell):
+        m = cell["method"]
+        extra = ",".join(f"{k}={fmt(m.get(k))}" for k in self.method_keys[m["name"]])
+        return f"{m['name']}({extra})" if extra else m["name"]
+
+    def config(self, cell, skip=(), within=None):
+        """The suite params that differ between the suite's cells; with `within`, only between
+        the cells whose param `within` (e.g. "task") has this cell's value."""
+        p = cell.get("params", {})
+        peers = [q for q in self.params[cell["suite"]].values()
+                 if within is None or q.get(within) == p.get(within)]
+        return ",".join(f"{k}={fmt(p.get(k))}" for k in differing(peers, skip))
+
+    def series(self, cell, skip=()):
+        conf = self.config(cell, skip)
+        return f"{self.method(cell)} [{conf}]" if conf else self.method(cell)
 
 
 def save(fig, out, name, written):
@@ -67,53 +124,71 @@ def save(fig, out, name, written):
     plt.close(fig)
 
 
-def throughput_figures(cells, names, out, written):
-    pts = collections.defaultdict(list)  # label -> [(batch, prompt, decode, prefill)]
-    for c in cells:
-        if c["suite"] != "throughput":
-            continue
-        for r in c["records"]:
-            pts[label(c, names)].append((r["batch"], r["prompt_tokens"], r["decode_tok_s"], r["prefill_tok_s"]))
-    if not pts:
+def of_suite(cells, suite):
+    return [c for c in cells if c["suite"] == suite]
+
+
+def throughput_figures(cells, lab, out, written, skipped):
+    names = ("throughput_vs_batch", "throughput_vs_length", "decode_speedup")
+    cs = of_suite(cells, "throughput")
+    if not cs:
+        skipped.append((", ".join(names), "no throughput cells"))
         return
-    for x_index, other_index, name, xlabel, other in ((0, 1, "throughput_vs_batch", "batch", "prompt"),
-                                                      (1, 0, "throughput_vs_length", "prompt tokens", "batch")):
+    pts = collections.defaultdict(list)  # series -> [(batch, prompt, decode)]
+    conf_of, is_full = {}, {}
+    for c in cs:
+        s = lab.series(c)
+        conf_of[s], is_full[s] = lab.config(c), c["method"]["name"] == "full"
+        for r in c["records"]:
+            pts[s].append((r["batch"], r["prompt_tokens"], r["decode_tok_s"]))
+    for x_index, other_index, name, xlabel, other in ((0, 1, names[0], "batch", "prompt"),
+                                                      (1, 0, names[1], "prompt tokens", "batch")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for lab, rows in sorted(pts.items()):
+        for s, rows in sorted(pts.items()):
             for fixed in sorted({r[other_index] for r in rows}):
                 sel = sorted((r[x_index], r[2]) for r in rows if r[other_index] == fixed)
-                ax.plot([s[0] for s in sel], [s[1] for s in sel], marker="o", label=f"{lab} ({other} {fixed})")
+                ax.plot([p[0] for p in sel], [p[1] for p in sel], marker="o", label=f"{s} ({other} {fixed})")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("decode tokens/s")
         ax.set_xscale("log", base=2)
         ax.legend(fontsize=7)
         ax.set_title("Decode throughput")
         save(fig, out, name, written)
-    base = {(r[0], r[1]): r[2] for lab, rows in pts.items() if lab == "full" for r in rows}
-    if base:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        keys = sorted(base)
-        methods = [lab for lab in sorted(pts) if lab != "full"]
-        width = 0.8 / max(len(methods), 1)
-        for i, lab in enumerate(methods):
-            got = {(r[0], r[1]): r[2] for r in pts[lab]}
-            ax.bar([k + i * width for k in range(len(keys))],
-                   [got.get(key, 0) / base[key] for key in keys], width, label=lab)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks([k + width * (len(methods) - 1) / 2 for k in range(len(keys))])
-        ax.set_xticklabels([f"b{b}\np{p}" for b, p in keys], fontsize=7)
-        ax.set_ylabel("decode speed-up over full")
-        ax.legend(fontsize=7)
-        save(fig, out, "decode_speedup", written)
+    # Each method against the full cache of the same suite configuration.
+    base = {}
+    for s, rows in pts.items():
+        if is_full[s]:
+            for r in rows:
+                base[(conf_of[s], r[0], r[1])] = r[2]
+    methods = [s for s in sorted(pts) if not is_full[s]]
+    if not base or not methods:
+        skipped.append((names[2], "no throughput cells of both full and another method"))
+        return
+    keys = sorted(base)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / len(methods)
+    for i, s in enumerate(methods):
+        got = {(conf_of[s], r[0], r[1]): r[2] for r in pts[s]}
+        ax.bar([k + i * width for k in range(len(keys))],
+               [got.get(key, 0) / base[key] for key in keys], width, label=s)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([k + width * (len(methods) - 1) / 2 for k in range(len(keys))])
+    ax.set_xticklabels([f"b{b}\np{p}" + (f"\n{conf}" if conf else "") for conf, b, p in keys], fontsize=7)
+    ax.set_ylabel("decode speed-up over full")
+    ax.legend(fontsize=7)
+    save(fig, out, names[2], written)
 
 
-def length_shift(cells, names, out, written):
-    ds = {label(c, names): [r["d"] for r in c["records"]] for c in cells if c["suite"] == "output_length"}
+def length_shift(cells, lab, out, written, skipped):
+    ds = collections.defaultdict(list)
+    for c in of_suite(cells, "output_length"):
+        ds[lab.series(c)].extend(r["d"] for r in c["records"])
     if not ds:
+        skipped.append(("length_shift", "no output_length cells"))
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for lab, d in sorted(ds.items()):
-        ax.hist(d, bins=20, alpha=0.5, label=lab)
+    for s, d in sorted(ds.items()):
+        ax.hist(d, bins=20, alpha=0.5, label=s)
     ax.set_xlabel("D = (L_full - L_method) / L_full x 100 (negative: longer)")
     ax.set_ylabel("samples")
     ax.legend(fontsize=7)
@@ -121,48 +196,103 @@ def length_shift(cells, names, out, written):
     save(fig, out, "length_shift", written)
 
 
-def accuracy_figures(cells, names, out, written):
-    acc = [c for c in cells if c["suite"] == "accuracy"]
+def accuracy_figures(cells, lab, out, written, skipped):
+    acc = of_suite(cells, "accuracy")
     if not acc:
+        skipped.append(("accuracy_scatter, negative_samples", "no accuracy cells"))
         return
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for c in acc:
-        ax.scatter([r["score_full"] for r in c["records"]], [r["score"] for r in c["records"]], s=12,
-                   alpha=0.6, label=label(c, names))
+    methods = [c for c in acc if c["method"]["name"] != "full"]
+    if not methods:
+        skipped.append(("accuracy_scatter, negative_samples", "no accuracy cells of a method other than full"))
+        return
+    # Series: method x task (the record's task: the synthetic task or the data set) x the
+    # other suite params that differ; theta and threshold only matter to negative_samples.
+    points = collections.defaultdict(collections.Counter)  # series -> (full, method) -> n
+    negatives = collections.defaultdict(lambda: [0, 0])  # (task group, method) -> [neg, n]
+    thetas = {(fmt(c.get("params", {}).get("theta")), c.get("params", {}).get("threshold")) for c in methods}
+    for c in methods:
+        p = c.get("params", {})
+        conf = lab.config(c, skip=("task", "theta", "threshold"), within="task")
+        neg_conf = lab.config(c, skip=("task", "theta", "threshold"), within="task")
+        if len(thetas) > 1:  # the rule of each bar group, when the cells differ in it
+            neg_conf = ",".join(filter(None, [neg_conf, f"theta={fmt(p.get('theta'))}",
+                                              f"threshold={p.get('threshold')}"]))
+        for r in c["records"]:
+            task = r.get("task") or p.get("task") or "?"
+            s = f"{lab.method(c)} · {task}" + (f" [{conf}]" if conf else "")
+            points[s][(r["score_full"], r["score"])] += 1
+            group = task + (f"\n{neg_conf}" if neg_conf else "")
+            negatives[(group, lab.method(c))][0] += bool(r["negative"])
+            negatives[(group, lab.method(c))][1] += 1
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    series = sorted(points)
+    # Series side by side around each point, so pass/fail scores of several series do not
+    # hide each other at (1, 1) and (1, 0); the area and the number give the count.
+    step = min(0.05, 0.3 / len(series))
+    peak = max(n for pts in points.values() for n in pts.values())
+    for i, s in enumerate(series):
+        dx = (i - (len(series) - 1) / 2) * step
+        xy = sorted(points[s].items())
+        xs = [k[0] + dx for k, _ in xy]
+        ys = [k[1] for k, _ in xy]
+        ax.scatter(xs, ys, s=[15 + 185 * n / peak for _, n in xy], alpha=0.6, label=s)
+        for x, y, (_, n) in zip(xs, ys, xy):
+            if n > 1:
+                ax.annotate(str(n), (x, y), fontsize=6, ha="center", va="center")
     ax.plot([0, 1], [0, 1], color="black", linewidth=0.8)
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("score, full cache")
+    margin = 0.08 + step * len(series) / 2
+    ax.set_xlim(-margin, 1 + margin)
+    ax.set_ylim(-0.08, 1.08)
+    ax.set_xlabel("score, full cache (series offset side by side)")
     ax.set_ylabel("score, method")
-    ax.legend(fontsize=7)
-    ax.set_title("Per-sample accuracy")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), title="method · task",
+              title_fontsize=7)
+    ax.set_title("Per-sample accuracy (marker area, number: samples)")
     save(fig, out, "accuracy_scatter", written)
-    counts = collections.Counter()
-    for c in acc:
-        counts[label(c, names)] += c["summary"]["negative_samples"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    labs = sorted(counts)
-    ax.bar(labs, [counts[lab] for lab in labs])
-    ax.set_ylabel("negative samples")
-    ax.set_title("Negative samples (theta as configured)")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=7)
+
+    groups = sorted({g for g, _ in negatives})
+    mlabels = sorted({m for _, m in negatives})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) + 3), 4))
+    width = 0.8 / len(mlabels)
+    top = 0
+    for i, m in enumerate(mlabels):
+        xs = [g_i + (i - (len(mlabels) - 1) / 2) * width for g_i in range(len(groups))]
+        vals = [negatives.get((g, m), [0, 0]) for g in groups]
+        bars = ax.bar(xs, [v[0] for v in vals], width, label=m)
+        for bar, (neg, n) in zip(bars, vals):
+            if n:
+                ax.annotate(f"{neg}/{n}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            fontsize=6, ha="center", va="bottom")
+        top = max([top] + [v[0] for v in vals])
+    ax.set_xticks(list(range(len(groups))))
+    ax.set_xticklabels(groups, fontsize=7)
+    ax.set_ylim(0, max(top, 1) * 1.3)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("negative samples (of the task's samples)")
+    ax.legend(fontsize=7)
+    rule = "; ".join(f"theta = {t}, {th} threshold" for t, th in sorted(thetas, key=str))
+    ax.set_title(f"Negative samples per task ({rule})", fontsize=9)
     save(fig, out, "negative_samples", written)
 
 
-def latency_cdf(cells, names, out, written):
+def cdf(ax, xs, **kw):
+    xs = sorted(xs)
+    ax.step([x * 1e3 for x in xs], [(i + 1) / len(xs) for i in range(len(xs))], where="post", **kw)
+
+
+def latency_cdf(cells, lab, out, written, skipped):
     e2e = collections.defaultdict(list)
-    for c in cells:
-        if c["suite"] != "latency":
-            continue
+    for c in of_suite(cells, "latency"):
         for r in c["records"]:
             if r["kind"] == "e2e":
-                e2e[label(c, names)].extend(r["samples_s"])
+                e2e[lab.series(c)].extend(r["samples_s"])
     if not e2e:
+        skipped.append(("latency_cdf", "no latency cells"))
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for lab, xs in sorted(e2e.items()):
-        xs = sorted(xs)
-        ax.step([x * 1e3 for x in xs], [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=lab)
+    for s, xs in sorted(e2e.items()):
+        cdf(ax, xs, label=s)
     ax.set_xlabel("end-to-end latency (ms)")
     ax.set_ylabel("fraction of requests")
     ax.legend(fontsize=7)
@@ -170,17 +300,52 @@ def latency_cdf(cells, names, out, written):
     save(fig, out, "latency_cdf", written)
 
 
-def fidelity_kl(cells, names, out, written):
-    fid = {label(c, names): c["summary"] for c in cells if c["suite"] == "fidelity"}
-    if not fid:
+def serving_cdf(cells, lab, out, written, skipped):
+    runs = collections.defaultdict(dict)  # series -> rate label -> (ttft samples, e2e samples)
+    for c in of_suite(cells, "serving"):
+        for r in c["records"]:
+            if r.get("kind") != "serving":
+                continue
+            rate = f"{fmt(r['rate'])}/s" + (" (trace)" if r.get("arrivals") == "trace" else "")
+            runs[lab.series(c)][rate] = (r["ttft_samples_s"], r["samples_s"])
+    if not runs:
+        skipped.append(("serving_cdf", "no serving cells"))
         return
-    labs = sorted(fid)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = range(len(labs))
-    ax.bar([i - 0.2 for i in x], [fid[lab]["kl_mean"] for lab in labs], 0.4, label="mean")
-    ax.bar([i + 0.2 for i in x], [fid[lab]["kl_p99"] for lab in labs], 0.4, label="p99")
+    series = sorted(runs)
+    rates = sorted({rt for v in runs.values() for rt in v}, key=lambda t: float(t.split("/")[0]))
+    colors = {s: f"C{i % 10}" for i, s in enumerate(series)}
+    styles = ["-", "--", ":", "-."]
+    style = {rt: styles[i % len(styles)] for i, rt in enumerate(rates)}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, which, title in ((axes[0], 0, "time to first token"), (axes[1], 1, "end-to-end latency")):
+        for s in series:
+            for rt, samples in sorted(runs[s].items()):
+                if samples[which]:
+                    cdf(ax, samples[which], color=colors[s], linestyle=style[rt])
+        ax.set_xlabel(f"{title} (ms)")
+        ax.set_title(f"Serving: {title}")
+    axes[0].set_ylabel("fraction of requests")
+    handles = [Line2D([], [], color=colors[s], label=s) for s in series]
+    handles += [Line2D([], [], color="gray", linestyle=style[rt], label=f"rate {rt}") for rt in rates]
+    axes[1].legend(handles=handles, fontsize=7)
+    save(fig, out, "serving_cdf", written)
+
+
+def fidelity_kl(cells, lab, out, written, skipped):
+    fid = {}
+    for c in of_suite(cells, "fidelity"):
+        fid[(lab.config(c), lab.method(c))] = c["summary"]
+    if not fid:
+        skipped.append(("fidelity_kl", "no fidelity cells"))
+        return
+    keys = sorted(fid)
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(keys) + 2), 4))
+    x = range(len(keys))
+    ax.bar([i - 0.2 for i in x], [fid[k]["kl_mean"] for k in keys], 0.4, label="mean")
+    ax.bar([i + 0.2 for i in x], [fid[k]["kl_p99"] for k in keys], 0.4, label="p99")
     ax.set_xticks(list(x))
-    ax.set_xticklabels(labs, rotation=30, ha="right", fontsize=7)
+    ax.set_xticklabels([m + (f"\n[{conf}]" if conf else "") for conf, m in keys], rotation=30,
+                       ha="right", fontsize=7)
     ax.set_ylabel("KL(full || method), nats")
     ax.set_yscale("symlog", linthresh=1e-6)
     ax.legend(fontsize=7)
@@ -193,19 +358,15 @@ def main():
     ap.add_argument("reports", nargs="+")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    cells = load_cells(args.reports)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cells = load_cells(args.reports)
-    names = collections.Counter()
-    seen = set()
-    for c in cells:
-        key = json.dumps(c["method"], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            names[c["method"]["name"]] += 1
-    written = []
-    for fn in (throughput_figures, length_shift, accuracy_figures, latency_cdf, fidelity_kl):
-        fn(cells, names, out, written)
+    lab = Labels(cells)
+    written, skipped = [], []
+    for fn in (throughput_figures, length_shift, accuracy_figures, latency_cdf, serving_cdf, fidelity_kl):
+        fn(cells, lab, out, written, skipped)
+    for what, why in skipped:
+        print(f"figures: skipped {what}: {why}", file=sys.stderr)
     if not written:
         sys.exit("figures: the reports hold no ok cell of a suite with a figure")
     for path in written:

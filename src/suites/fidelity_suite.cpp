@@ -166,6 +166,14 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
       {"ppl_full", std::exp(nll_full / n)},
       {"ppl_method", std::exp(nll_method / n)},
       {"ppl_ratio", std::exp((nll_method - nll_full) / n)}};
+  // A method that changed nothing reads as lossless; say why it may have changed nothing.
+  const bool exact = std::all_of(kl_all.begin(), kl_all.end(), [](double k) { return k == 0; });
+  if (exact && ctx.method.value("name", "") != "full") {
+    out.warnings.push_back(
+        "every step's KL is exactly 0: the method stored what the full cache stores here (a "
+        "full-precision window or token budget that covers prefix_tokens + eval_tokens, or the "
+        "baseline's own format); raise prefix_tokens to measure its compression");
+  }
   return out;
 }
 

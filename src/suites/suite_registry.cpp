@@ -1,6 +1,7 @@
 #include "kvbench/suites/suite_registry.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
@@ -99,7 +100,34 @@ const SuiteInfo& find_suite(const std::string& name) {
               "; known suites: " + join(suite_names(), ", "));
 }
 
-nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& path) {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+void check_input_paths(const nlohmann::json& params, const std::string& path) {
+  for (const auto& [key, value] : params.items()) {
+    const bool file = ends_with(key, "_file"), dir = ends_with(key, "_dir");
+    if (!(file || dir) || !value.is_string() || value.get<std::string>().empty()) continue;
+    const std::filesystem::path p = value.get<std::string>();
+    std::error_code ec;
+    const bool ok =
+        dir ? std::filesystem::is_directory(p, ec) : std::filesystem::is_regular_file(p, ec);
+    if (ok) continue;
+    const bool exists = std::filesystem::exists(p, ec);
+    throw ConfigError(join_path(path, key),
+                      std::string(exists ? (dir ? "not a directory: '" : "not a file: '")
+                                         : (dir ? "no such directory: '" : "no such file: '")) +
+                          p.string() + "'" +
+                          (p.is_relative() ? " (relative to the working directory, " +
+                                                 std::filesystem::current_path(ec).string() + ")"
+                                           : ""));
+  }
+}
+
+nlohmann::json resolve_suite_entry(const nlohmann::json& entry, const std::string& path,
+                                   bool check_files) {
   if (!entry.is_object()) {
     throw ConfigError(
         path, "expected an object like {\"name\": \"kernels\"}, got " + json_type_name(entry));
@@ -127,13 +155,21 @@ nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& pat
       throw ConfigError(path, e.what());
     }
   }
+  if (check_files) check_input_paths(resolved, path);
   return resolved;
+}
+
+}  // namespace
+
+nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& path) {
+  return resolve_suite_entry(entry, path, /*check_files=*/true);
 }
 
 nlohmann::json resolve_cell_parts(const nlohmann::json& cell) {
   nlohmann::json entry = cell.value("params", nlohmann::json::object());
   entry["name"] = cell.value("suite", "");
-  nlohmann::json params = resolve_suite(entry, "params");
+  // A report's data files need not exist where it is compared.
+  nlohmann::json params = resolve_suite_entry(entry, "params", /*check_files=*/false);
   params.erase("name");
   return {{"method", resolve_method(cell.at("method"), "method")}, {"params", params}};
 }

@@ -403,6 +403,11 @@ class CliTest(CliCase):
              "config: suites[0]: serving: rates must list at least one arrival rate"),
             ('{"suites": [{"name": "fidelity", "text": "a", "text_file": "b"}]}',
              "config: suites[0]: fidelity: give text or text_file, not both"),
+            # Input files must exist before any cell runs, with the key and where it looked.
+            ('{"suites": [{"name": "accuracy", "data_file": "nope.jsonl"}]}',
+             "config: suites[0].data_file: no such file: 'nope.jsonl' (relative to the working"),
+            ('{"suites": [{"name": "accuracy", "data_file": "/", "templates_dir": "/nodir"}]}',
+             "config: suites[0].data_file: not a file: '/'"),
             # A bad value from a sweep names the combination it came from.
             ('{"suites": [{"name": "kernels"}], "grid": {"suites.0.repeats": [1, 0]}}',
              'got 0 (in grid point {"suites.0.repeats":0})'),
@@ -526,7 +531,8 @@ class CliTest(CliCase):
                          if not p.name.startswith("train-"))
         self.assertGreater(len(configs), 5)
         for path in configs:
-            res = kvbench("validate", "--config", str(path))
+            # From the repository root, as the README runs them: their data paths are relative.
+            res = kvbench("validate", "--config", str(path), cwd=str(ROOT))
             if res.returncode == 2 and json.loads(path.read_text()).get("device") == "cuda":
                 # GPU-only configs are refused without a GPU, with the reason.
                 self.assertIn("no CUDA device is visible", res.stderr, path.name)
@@ -684,7 +690,11 @@ class FiguresCliTest(CliCase):
     """scripts/figures.py on a real run of every suite with a figure."""
 
     FIGURES = ["throughput_vs_batch", "throughput_vs_length", "decode_speedup", "length_shift",
-               "accuracy_scatter", "negative_samples", "latency_cdf", "fidelity_kl"]
+               "accuracy_scatter", "negative_samples", "latency_cdf", "serving_cdf", "fidelity_kl"]
+
+    def figures(self, py, *args):
+        return subprocess.run([py, str(ROOT / "scripts" / "figures.py"), *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
 
     def test_every_figure_type_is_a_valid_non_blank_image(self):
         py = python_with_matplotlib()
@@ -699,14 +709,19 @@ class FiguresCliTest(CliCase):
                            "max_new_tokens": 12, "control_temperatures": []},
                           {"name": "accuracy", "task": "passkey", "samples": 2,
                            "target_tokens": 300, "max_new_tokens": 6},
-                          {"name": "fidelity", "windows": 1, "prefix_tokens": 32, "eval_tokens": 4}]}
+                          {"name": "serving", "rates": [2, 8], "requests": 3,
+                           "prompt_tokens_min": 16, "prompt_tokens_max": 32,
+                           "output_tokens_min": 2, "output_tokens_max": 4, "block_size": 16},
+                          # Two configurations of one suite: each its own series.
+                          {"name": "fidelity", "windows": 1, "prefix_tokens": 32, "eval_tokens": 4},
+                          {"name": "fidelity", "windows": 1, "prefix_tokens": 16, "eval_tokens": 4}]}
         res = self.run_ok(cfg)
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
-        path, _ = self.report_from(res)
+        path, report = self.report_from(res)
         out = self.dir / "figs"
-        fig = subprocess.run([py, str(ROOT / "scripts" / "figures.py"), str(path), "--out", str(out)],
-                             capture_output=True, text=True, timeout=300)
+        fig = self.figures(py, path, "--out", out)
         self.assertEqual(fig.returncode, 0, fig.stdout + fig.stderr)
+        self.assertNotIn("skipped", fig.stderr)
         check = ("import sys, matplotlib.image as m\n"
                  "for p in sys.argv[1:]:\n"
                  "    a = m.imread(p)\n"
@@ -721,6 +736,38 @@ class FiguresCliTest(CliCase):
             self.assertGreater(float(spread), 0.01, name + ": blank image")
         for name in self.FIGURES:
             self.assertTrue((out / f"{name}.pdf").read_bytes().startswith(b"%PDF"), name)
+
+        # The two fidelity configurations get distinct series labels, named by what differs.
+        labels = ("import importlib.util, sys\n"
+                  "spec = importlib.util.spec_from_file_location('figures', sys.argv[1])\n"
+                  "f = importlib.util.module_from_spec(spec); spec.loader.exec_module(f)\n"
+                  "cells = f.load_cells([sys.argv[2]]); lab = f.Labels(cells)\n"
+                  "for c in cells:\n"
+                  "    if c['suite'] == 'fidelity': print(lab.series(c))\n")
+        got = subprocess.run([py, "-c", labels, str(ROOT / "scripts" / "figures.py"), str(path)],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(got.returncode, 0, got.stderr)
+        self.assertEqual(sorted(got.stdout.split("\n")[:-1]),
+                         ["full [prefix_tokens=16]", "full [prefix_tokens=32]",
+                          "int4 [prefix_tokens=16]", "int4 [prefix_tokens=32]"])
+
+        # Figures whose suite the report lacks are listed on stderr.
+        only = dict(report, cells=[c for c in report["cells"] if c["suite"] == "fidelity"])
+        part = self.dir / "fidelity_only.json"
+        part.write_text(json.dumps(only))
+        fig = self.figures(py, part, "--out", self.dir / "figs2")
+        self.assertEqual(fig.returncode, 0, fig.stdout + fig.stderr)
+        self.assertIn("figures: skipped serving_cdf: no serving cells", fig.stderr)
+        self.assertIn("figures: skipped accuracy_scatter, negative_samples: no accuracy cells", fig.stderr)
+        self.assertTrue((self.dir / "figs2" / "fidelity_kl.png").is_file())
+
+    def test_a_missing_report_is_a_one_line_error(self):
+        py = python_with_matplotlib()
+        if py is None:
+            self.skipTest("matplotlib not installed (python3-matplotlib, installed by scripts/setup.sh)")
+        res = self.figures(py, self.dir / "missing.json", "--out", self.dir / "figs")
+        self.assert_one_line_error(res, 1, "missing.json: cannot read: No such file or directory")
+        self.assertFalse((self.dir / "figs").exists())
 
 
 class WorkloadsAcceptanceCliTest(CliCase):

@@ -307,6 +307,7 @@ TEST(FidelitySuite, TheFullCacheAgainstItselfIsExact) {
   EXPECT_EQ(out.summary["top1_agreement"], 1.0);
   EXPECT_EQ(out.summary["ppl_ratio"], 1.0);
   EXPECT_EQ(out.summary["corpus"], "synthetic token ids");
+  EXPECT_TRUE(out.warnings.empty());  // the full cache is expected to be exact
 }
 
 TEST(FidelitySuite, KiviWithAWindowLongerThanTheTextIsExact) {
@@ -316,6 +317,9 @@ TEST(FidelitySuite, KiviWithAWindowLongerThanTheTextIsExact) {
                                     "eval_tokens": 6})");
   EXPECT_EQ(out.summary["kl_max"], 0.0);
   EXPECT_EQ(out.summary["top1_agreement"], 1.0);
+  // A compression method that compressed nothing must not read as lossless unremarked.
+  ASSERT_EQ(out.warnings.size(), 1u);
+  EXPECT_NE(out.warnings[0].find("raise prefix_tokens"), std::string::npos) << out.warnings[0];
 }
 
 TEST(FidelitySuite, QuantizationMovesTheDistributionsMeasurably) {
@@ -330,6 +334,7 @@ TEST(FidelitySuite, QuantizationMovesTheDistributionsMeasurably) {
   EXPECT_GE(out.summary["top1_agreement"].get<double>(), 0.0);
   EXPECT_LE(out.summary["top1_agreement"].get<double>(), 1.0);
   EXPECT_GT(out.summary["ppl_method"].get<double>(), 1.0);
+  EXPECT_TRUE(out.warnings.empty());
   // Every method of a run scores the same corpus: the baseline's perplexity is the same.
   CellOutput full = run_fidelity({{"name", "full"}}, R"({"name": "fidelity", "windows": 2,
                                   "prefix_tokens": 40, "eval_tokens": 8})");

@@ -33,7 +33,9 @@ const std::vector<SuiteInfo>& suite_catalog();
 std::vector<std::string> suite_names();
 // Throws Error listing the known suites when `name` is unknown.
 const SuiteInfo& find_suite(const std::string& name);
-// Validates one `suites[i]` entry and returns it with defaults filled in.
+// Validates one `suites[i]` entry and returns it with defaults filled in. A non-empty
+// `*_file` / `*_dir` parameter must name an existing file / directory (a config error naming
+// the key, not a failed cell per method).
 nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& path);
 // A report cell's {"method", "params"} resolved under this version's defaults, so that a cell
 // from a report written before a parameter existed matches today's (compare). Throws Error
