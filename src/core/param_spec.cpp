@@ -182,7 +182,10 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
       if (!value.is_string()) fail(s, value, path);
       if (!s.choices.empty() && std::find(s.choices.begin(), s.choices.end(),
                                           value.get<std::string>()) == s.choices.end()) {
-        fail(s, value, path);
+        const std::string hint = closest_match(value.get<std::string>(), s.choices);
+        if (hint.empty()) fail(s, value, path);
+        throw ConfigError(path, "expected " + describe_expected(s) + ", got " + value.dump() +
+                                    " (did you mean \"" + hint + "\"?)");
       }
       return;
     case ParamType::kIntList:
