@@ -140,7 +140,8 @@ def throughput_figures(cells, lab, out, written, skipped):
         s = lab.series(c)
         conf_of[s], is_full[s] = lab.config(c), c["method"]["name"] == "full"
         for r in c["records"]:
-            pts[s].append((r["batch"], r["prompt_tokens"], r["decode_tok_s"]))
+            if r.get("kind") == "throughput":  # not the capacity view's record
+                pts[s].append((r["batch"], r["prompt_tokens"], r["decode_tok_s"]))
     for x_index, other_index, name, xlabel, other in ((0, 1, names[0], "batch", "prompt"),
                                                       (1, 0, names[1], "prompt tokens", "batch")):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -213,10 +214,10 @@ def accuracy_figures(cells, lab, out, written, skipped):
     for c in methods:
         p = c.get("params", {})
         conf = lab.config(c, skip=("task", "theta", "threshold"), within="task")
-        neg_conf = lab.config(c, skip=("task", "theta", "threshold"), within="task")
-        if len(thetas) > 1:  # the rule of each bar group, when the cells differ in it
-            neg_conf = ",".join(filter(None, [neg_conf, f"theta={fmt(p.get('theta'))}",
-                                              f"threshold={p.get('threshold')}"]))
+        if len(thetas) > 1:  # the rule of each series and bar group, when the cells differ in it
+            conf = ",".join(filter(None, [conf, f"theta={fmt(p.get('theta'))}",
+                                          f"threshold={p.get('threshold')}"]))
+        neg_conf = conf
         for r in c["records"]:
             task = r.get("task") or p.get("task") or "?"
             s = f"{lab.method(c)} · {task}" + (f" [{conf}]" if conf else "")
@@ -225,6 +226,9 @@ def accuracy_figures(cells, lab, out, written, skipped):
             negatives[(group, lab.method(c))][0] += bool(r["negative"])
             negatives[(group, lab.method(c))][1] += 1
 
+    if not points:
+        skipped.append(("accuracy_scatter, negative_samples", "no per-sample records"))
+        return
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     series = sorted(points)
     # Series side by side around each point, so pass/fail scores of several series do not

@@ -96,7 +96,9 @@ int compare(const CompareCliOptions& opt) {
     // A gate that judged nothing must not pass (no shared cells, or suites with no metric).
     size_t ok = 0, cells = 0;
     for (const auto& c : base.doc["cells"]) ++cells, ok += c.value("status", "") == "ok";
-    if (ok == 0) {
+    if (cells == 0) {
+      std::cout << "nothing compared: the baseline has no cells\n";
+    } else if (ok == 0) {
       std::cout << "nothing compared: no cell of the baseline is ok (" << cells
                 << " cell(s), all failed); fix the baseline run first\n";
     } else {

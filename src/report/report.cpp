@@ -107,13 +107,18 @@ std::filesystem::path partial_report_to_continue(const std::filesystem::path& di
     } catch (const std::exception&) {
       continue;
     }
-    if (!report.is_object() || !report.contains("partial") || !report["cells"].is_array() ||
-        report.value("config", nlohmann::json()) != resolved_config ||
-        report["partial"].value("cells_planned", size_t{0}) != ids.size())
+    // Anything but a well-formed partial kvbench report of this run is left alone.
+    if (!report.is_object() || report.value("schema", "") != kReportSchemaId ||
+        report.value("schema_version", 0) != kReportSchemaVersion || !report.contains("partial") ||
+        !report["partial"].is_object() || !report.contains("cells") ||
+        !report["cells"].is_array() || report.value("config", nlohmann::json()) != resolved_config)
       continue;
+    const nlohmann::json& want = report["partial"].value("cells_planned", nlohmann::json());
+    if (!want.is_number_unsigned() || want.get<size_t>() != ids.size()) continue;
     const bool ours =
         std::all_of(report["cells"].begin(), report["cells"].end(), [&](const auto& c) {
-          return c.contains("id") && planned.count(c["id"].template get<std::string>());
+          return c.is_object() && c.contains("id") && c["id"].is_string() &&
+                 planned.count(c["id"].template get<std::string>());
         });
     if (ours) return f;
   }

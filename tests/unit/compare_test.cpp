@@ -34,10 +34,6 @@ TEST(Stats, BootstrapMedianChangeByHand) {
   EXPECT_EQ(x.high, y.high);
   EXPECT_LE(x.low, 0.25);
   EXPECT_GE(x.high, 0.25);
-  // A large speed-up: the interval of a time's change stays above -100%, which a difference
-  // divided by the observed baseline median would not (one slow baseline sample, 10 -> 1).
-  const Interval fast = bootstrap_median_change_ci({1, 1, 10, 10, 10}, {0.5, 0.5, 0.5});
-  EXPECT_GT(fast.low, -1.0);
   EXPECT_THROW(bootstrap_median_change_ci({}, {1}), Error);
   EXPECT_THROW(bootstrap_median_change_ci({0, 1}, {1}), Error);
 }

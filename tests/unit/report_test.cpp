@@ -89,3 +89,44 @@ TEST(Report, CarriesIdentityEnvironmentConfigAndCells) {
 
 }  // namespace
 }  // namespace kvbench
+
+namespace kvbench {
+namespace {
+
+// run --resume continues only a well-formed partial report of the same config and cells;
+// anything else in the directory (other runs, other shards, broken files) is left alone.
+TEST(Report, ResumeContinuesOnlyThisRunsPartialReport) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "kvbench_resume";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const nlohmann::json config = {{"name", "r"}, {"threads", 1}};
+  auto partial = [&](const nlohmann::json& cells, size_t planned) {
+    return nlohmann::json{{"schema", "kvbench.report"},
+                          {"schema_version", 2},
+                          {"config", config},
+                          {"cells", cells},
+                          {"partial", {{"cells_done", cells.size()}, {"cells_planned", planned}}}};
+  };
+  auto write = [&](const std::string& name, const nlohmann::json& j) {
+    std::ofstream(dir / name) << j.dump();
+  };
+  const std::vector<std::string> ids = {"a", "b", "c"};
+  write("r-1.json", partial({{{"id", "a"}}}, 3));
+  write("r-2.json", partial({{{"id", "x"}}}, 3));  // another shard's cell
+  write("r-3.json", partial({{{"id", 7}}}, 3));    // not an id
+  nlohmann::json bad = partial({{{"id", "a"}}}, 3);
+  bad["partial"] = 3;
+  write("r-4.json", bad);
+  nlohmann::json other = partial({{{"id", "b"}}}, 3);
+  other["config"]["threads"] = 2;  // another config
+  write("r-5.json", other);
+  write("r-6.json", partial({{{"id", "a"}}}, 2));  // planned another cell count
+  std::ofstream(dir / "r-7.json") << "{not json";
+  EXPECT_EQ(partial_report_to_continue(dir, config, ids), dir / "r-1.json");
+  std::filesystem::remove(dir / "r-1.json");
+  EXPECT_EQ(partial_report_to_continue(dir, config, ids), std::filesystem::path());
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kvbench
