@@ -56,25 +56,50 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
           {"totals", {{"cells", cells.size()}, {"failed", failed}}}};
 }
 
-std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::path& dir) {
-  std::map<std::string, nlohmann::json> cells;
-  if (!std::filesystem::is_directory(dir)) return cells;
+namespace {
+
+// The `.json` files of `dir` in name order (the UTC stamps in report names sort by time), each
+// parsed, or null when it is not JSON; none when `dir` is not a directory.
+std::vector<std::pair<std::filesystem::path, nlohmann::json>> json_files_in(
+    const std::filesystem::path& dir) {
+  std::error_code ec;
   std::vector<std::filesystem::path> files;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) {
-    if (e.is_regular_file() && e.path().extension() == ".json") files.push_back(e.path());
+  if (std::filesystem::is_directory(dir, ec)) {
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      if (e.is_regular_file() && e.path().extension() == ".json") files.push_back(e.path());
+    }
   }
   std::sort(files.begin(), files.end());
+  std::vector<std::pair<std::filesystem::path, nlohmann::json>> out;
   for (const auto& f : files) {
-    nlohmann::json report;
+    nlohmann::json j;
     try {
       std::ifstream in(f);
-      report = nlohmann::json::parse(in);
-    } catch (const std::exception& e) {
+      j = nlohmann::json::parse(in);
+    } catch (const std::exception&) {
+      j = nullptr;
+    }
+    out.emplace_back(f, std::move(j));
+  }
+  return out;
+}
+
+bool is_current_report(const nlohmann::json& report) {
+  return report.is_object() && report.value("schema", "") == kReportSchemaId &&
+         report.value("schema_version", 0) == kReportSchemaVersion && report.contains("cells") &&
+         report["cells"].is_array();
+}
+
+}  // namespace
+
+std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::path& dir) {
+  std::map<std::string, nlohmann::json> cells;
+  for (const auto& [f, report] : json_files_in(dir)) {
+    if (report.is_null()) {
       spdlog::warn("resume: skipping {}: not JSON", f.string());
       continue;
     }
-    if (!report.is_object() || report.value("schema", "") != kReportSchemaId ||
-        report.value("schema_version", 0) != kReportSchemaVersion || !report["cells"].is_array()) {
+    if (!is_current_report(report)) {
       spdlog::warn("resume: skipping {}: not a schema_version {} kvbench report", f.string(),
                    kReportSchemaVersion);
       continue;
@@ -91,27 +116,14 @@ std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::p
 std::filesystem::path partial_report_to_continue(const std::filesystem::path& dir,
                                                  const nlohmann::json& resolved_config,
                                                  const std::vector<std::string>& ids) {
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) return {};
-  std::vector<std::filesystem::path> files;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    if (e.is_regular_file() && e.path().extension() == ".json") files.push_back(e.path());
-  }
-  std::sort(files.rbegin(), files.rend());  // latest stamp first
   const std::set<std::string> planned(ids.begin(), ids.end());
-  for (const auto& f : files) {
-    nlohmann::json report;
-    try {
-      std::ifstream in(f);
-      report = nlohmann::json::parse(in);
-    } catch (const std::exception&) {
-      continue;
-    }
+  const auto files = json_files_in(dir);
+  for (auto it = files.rbegin(); it != files.rend(); ++it) {  // latest stamp first
+    const nlohmann::json& report = it->second;
     // Anything but a well-formed partial kvbench report of this run is left alone.
-    if (!report.is_object() || report.value("schema", "") != kReportSchemaId ||
-        report.value("schema_version", 0) != kReportSchemaVersion || !report.contains("partial") ||
-        !report["partial"].is_object() || !report.contains("cells") ||
-        !report["cells"].is_array() || report.value("config", nlohmann::json()) != resolved_config)
+    if (!is_current_report(report) || !report.contains("partial") ||
+        !report["partial"].is_object() ||
+        report.value("config", nlohmann::json()) != resolved_config)
       continue;
     const nlohmann::json& want = report["partial"].value("cells_planned", nlohmann::json());
     if (!want.is_number_unsigned() || want.get<size_t>() != ids.size()) continue;
@@ -120,7 +132,7 @@ std::filesystem::path partial_report_to_continue(const std::filesystem::path& di
           return c.is_object() && c.contains("id") && c["id"].is_string() &&
                  planned.count(c["id"].template get<std::string>());
         });
-    if (ours) return f;
+    if (ours) return it->first;
   }
   return {};
 }
