@@ -112,8 +112,9 @@ void check_input_paths(const nlohmann::json& params, const std::string& path) {
     if (!(file || dir) || !value.is_string() || value.get<std::string>().empty()) continue;
     const std::filesystem::path p = value.get<std::string>();
     std::error_code ec;
-    const bool ok =
-        dir ? std::filesystem::is_directory(p, ec) : std::filesystem::is_regular_file(p, ec);
+    // A file is anything readable but a directory: pipes and /dev/stdin included.
+    const bool ok = dir ? std::filesystem::is_directory(p, ec)
+                        : std::filesystem::exists(p, ec) && !std::filesystem::is_directory(p, ec);
     if (ok) continue;
     const bool exists = std::filesystem::exists(p, ec);
     throw ConfigError(join_path(path, key),
