@@ -88,17 +88,25 @@ nlohmann::json model_fingerprint(const std::string& dir) {
 // Data files named by a suite's parameters.
 nlohmann::json data_fingerprints(const nlohmann::json& params) {
   nlohmann::json files = nlohmann::json::object();
-  for (const char* key :
-       {"data_file", "prompts_file", "text_file", "templates_dir", "trace_file", "sharegpt_file"}) {
-    if (params.contains(key) && params[key].is_string() &&
-        !params[key].get<std::string>().empty()) {
-      files[key] = file_fingerprint(params[key].get<std::string>());
-    }
-  }
+  for (const InputPath& in : input_paths(params)) files[in.key] = file_fingerprint(in.path);
   return files;
 }
 
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
 }  // namespace
+
+std::vector<InputPath> input_paths(const nlohmann::json& params) {
+  std::vector<InputPath> out;
+  for (const auto& [key, value] : params.items()) {
+    const bool file = ends_with(key, "_file"), dir = ends_with(key, "_dir");
+    if ((file || dir) && value.is_string() && !value.get<std::string>().empty())
+      out.push_back({key, value.get<std::string>(), dir});
+  }
+  return out;
+}
 
 std::vector<Cell> expand_cells(const RunSpec& spec) {
   std::optional<nlohmann::json> model_files;  // computed on first use

@@ -7,6 +7,7 @@
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/accuracy_suite.h"
+#include "kvbench/suites/cell.h"
 #include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/kernels_suite.h"
 #include "kvbench/suites/latency_suite.h"
@@ -102,15 +103,11 @@ const SuiteInfo& find_suite(const std::string& name) {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 void check_input_paths(const nlohmann::json& params, const std::string& path) {
-  for (const auto& [key, value] : params.items()) {
-    const bool file = ends_with(key, "_file"), dir = ends_with(key, "_dir");
-    if (!(file || dir) || !value.is_string() || value.get<std::string>().empty()) continue;
-    const std::filesystem::path p = value.get<std::string>();
+  for (const InputPath& in : input_paths(params)) {
+    const std::string& key = in.key;
+    const bool dir = in.is_dir;
+    const std::filesystem::path p = in.path;
     std::error_code ec;
     // A file is anything readable but a directory: pipes and /dev/stdin included.
     const bool ok = dir ? std::filesystem::is_directory(p, ec)

@@ -40,4 +40,12 @@ std::vector<Cell> select_shard(const std::vector<Cell>& cells, Shard shard);
 // Throws ConfigError when two cells would be identical.
 std::vector<Cell> expand_cells(const RunSpec& spec);
 
+// A suite parameter that names an input: a `*_file` or `*_dir` key with a non-empty value.
+// Validation checks that each exists; cell ids fingerprint each one's content.
+struct InputPath {
+  std::string key, path;
+  bool is_dir = false;
+};
+std::vector<InputPath> input_paths(const nlohmann::json& params);
+
 }  // namespace kvbench
