@@ -3,11 +3,37 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <iostream>
 
 #include "kvbench/cli/commands.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/logging.h"
+#include "kvbench/core/text.h"
+
+namespace {
+
+std::vector<std::string> command_names(const CLI::App& app) {
+  std::vector<std::string> names;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    names.push_back(sub->get_name());
+  return names;
+}
+
+// CLI11 says only "A subcommand is required" for a misspelt or missing command.
+std::string unknown_command_message(const std::vector<std::string>& names,
+                                    const std::string& word) {
+  std::string msg = "kvbench: unknown command '" + word + "'";
+  const std::string hint = kvbench::closest_match(word, names);
+  if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
+  msg += "; commands: " + kvbench::join(names, ", ");
+  if (word == "figures" || word == "figure" || word == "plot")
+    msg +=
+        ". Figures are drawn by scripts/figures.py REPORT.json... --out DIR (Python, matplotlib)";
+  return msg + ". Run 'kvbench --help' for more.";
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace kvbench;
@@ -30,6 +56,12 @@ int main(int argc, char** argv) {
   register_report_command(app, global);
   register_compare_command(app, global);
   register_train_command(app, global);
+  const std::vector<std::string> names = command_names(app);
+  if (argc > 1 && argv[1][0] != '-' &&
+      std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+    std::cerr << unknown_command_message(names, argv[1]) << "\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -42,6 +42,8 @@ void warn_about_environment(const Environment& env) {
         "run scripts/setup.sh (installs libopenblas0-openmp)",
         env.blas.library);
   }
+  const std::string busy = busy_machine_warning(env);
+  if (!busy.empty()) spdlog::warn("{}", busy);
 }
 
 // The output directory must take the report before any cell runs (a sweep whose report cannot
@@ -167,7 +169,10 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
   std::cout << "\n"
             << results.size() - failed << " of " << results.size() << " cell(s) ok"
             << (failed ? ", " + std::to_string(failed) + " failed" : "")
-            << (reused ? ", " + std::to_string(reused) + " reused from earlier reports" : "")
+            << (reused
+                    ? " (run now), " + std::to_string(reused) + " reused from earlier reports; " +
+                          std::to_string(cells.size()) + " in the report"
+                    : "")
             << "\n";
   std::cout << "report: " << path.string() << "\n";
   return failed;

@@ -53,7 +53,10 @@ void register_tokenize_command(CLI::App& app, GlobalOptions& global) {
       const Tokenizer tokenizer = Tokenizer::load(opt->model);
       // A chat prompt carries its own BOS; plain text is tokenised as is (no special tokens
       // added), like tokenizer.encode(text, add_special_tokens=False).
-      if (!opt->chat.empty()) input = render_chat(opt->chat, {{"user", input}});
+      if (!opt->chat.empty()) {
+        input = render_chat(opt->chat, {{"user", input}});
+        check_chat_tokens(opt->chat, tokenizer);
+      }
       const std::vector<int32_t> ids = tokenizer.encode(input);
       std::cout << ids.size() << "\n";
       if (opt->ids) std::cout << nlohmann::json(ids).dump() << "\n";

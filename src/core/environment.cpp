@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -119,6 +120,25 @@ CacheSize last_level_cache() {
 
 uint64_t available_memory_bytes() { return proc_kb_field("/proc/meminfo", "MemAvailable"); }
 
+double load_average_1m() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  if (!(in >> load)) return -1;
+  return load;
+}
+
+std::string busy_machine_warning(const Environment& env) {
+  if (env.load_average < 0.5 || env.cores < 1) return "";
+  if (env.load_average + env.threads <= env.cores + 0.5) return "";
+  char text[320];
+  std::snprintf(text, sizeof(text),
+                "the machine is busy: load average %.1f over the last minute on %d core(s), "
+                "before this run's %d thread(s); timings will be slower and noisier than on a "
+                "quiet machine (recorded as environment.load_average)",
+                env.load_average, env.cores, env.threads);
+  return text;
+}
+
 int available_cores() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
@@ -204,6 +224,7 @@ Environment capture_environment() {
   env.llc_source = llc.source;
   env.memory_bytes = proc_kb_field("/proc/meminfo", "MemTotal");
   env.memory_available_bytes = available_memory_bytes();
+  env.load_average = load_average_1m();
   env.libtorch = TORCH_VERSION;
   env.blas = detect_blas();
   env.cuda = query_cuda();
@@ -238,6 +259,7 @@ nlohmann::json to_json(const Environment& env) {
           {"llc_source", env.llc_source},
           {"memory_bytes", env.memory_bytes},
           {"memory_available_bytes", env.memory_available_bytes},
+          {"load_average", env.load_average},
           {"libtorch", env.libtorch},
           {"blas",
            {{"name", env.blas.name},

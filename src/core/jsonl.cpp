@@ -33,4 +33,13 @@ void read_jsonl(const std::filesystem::path& path,
   }
 }
 
+void throw_field_error(const json& row, const std::string& key, const std::string& expected,
+                       const std::string& at) {
+  const std::string lead = at + ": \"" + key + "\": ";
+  if (!row.contains(key)) throw Error(lead + "missing (expected " + expected + ")");
+  std::string value = row[key].dump();
+  if (value.size() > 60) value = value.substr(0, 57) + "...";
+  throw Error(lead + "expected " + expected + ", got " + value);
+}
+
 }  // namespace kvbench

@@ -75,6 +75,9 @@ ParamSpec ParamSpec::number_list(std::string name, json def, std::string help) {
 ParamSpec ParamSpec::string_list(std::string name, json def, std::string help) {
   return make(std::move(name), ParamType::kStringList, std::move(def), std::move(help));
 }
+ParamSpec ParamSpec::object(std::string name, std::string help) {
+  return make(std::move(name), ParamType::kObject, json::object(), std::move(help));
+}
 ParamSpec ParamSpec::range(double lo, double hi) const {
   ParamSpec s = *this;
   s.min = lo;
@@ -146,6 +149,9 @@ std::string describe_expected(const ParamSpec& s) {
     case ParamType::kStringList:
       text = "list of strings";
       break;
+    case ParamType::kObject:
+      text = "object";
+      break;
   }
   if (s.allow_auto) text += " or \"auto\"";
   return text;
@@ -216,6 +222,9 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
       }
       return;
     }
+    case ParamType::kObject:
+      if (!value.is_object()) fail(s, value, path);
+      return;
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
+#include "kvbench/model/tokenizer.h"
 #include "tokenizer_parts.h"
 
 namespace kvbench {
@@ -137,6 +138,19 @@ std::string detect_chat_format(const std::string& chat_template) {
   if (chat_template.find("<|start_header_id|>") != std::string::npos) return "llama3";
   if (chat_template.find("<|im_start|>") != std::string::npos) return "chatml";
   return "";
+}
+
+void check_chat_tokens(const std::string& format, const Tokenizer& tokenizer) {
+  const std::vector<std::string> markers =
+      format == "llama3" ? std::vector<std::string>{"<|begin_of_text|>", "<|start_header_id|>",
+                                                    "<|end_header_id|>", "<|eot_id|>"}
+                         : std::vector<std::string>{"<|im_start|>", "<|im_end|>"};
+  for (const std::string& m : markers) {
+    KVB_CHECK(tokenizer.encode(m).size() == 1, "chat format ", format, ": ", m,
+              " is not one token of the model's tokenizer (", tokenizer.encode(m).size(),
+              " tokens), so the template would be read as plain text; use the model's own "
+              "format or none");
+  }
 }
 
 }  // namespace kvbench

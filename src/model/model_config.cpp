@@ -104,14 +104,34 @@ RopeScaling parse_rope_scaling(const Reader& r) {
   s.factor = sr.number("factor", 0);
   if (!(s.factor > 0)) r.fail("rope_scaling.factor", "required for " + s.type + " scaling");
   if (s.type == "llama3") {
+    // Required, as transformers requires them: a guessed default would move every frequency.
+    for (const char* key :
+         {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
+      if (!sr.has(key)) r.fail(std::string("rope_scaling.") + key, "required for llama3 scaling");
     s.low_freq_factor = sr.number("low_freq_factor", 1.0);
     s.high_freq_factor = sr.number("high_freq_factor", 4.0);
-    s.original_max_position_embeddings = sr.integer("original_max_position_embeddings", 8192);
+    s.original_max_position_embeddings = sr.integer("original_max_position_embeddings");
     if (!(s.high_freq_factor > s.low_freq_factor)) {
       r.fail("rope_scaling", "high_freq_factor must exceed low_freq_factor");
     }
   }
   return s;
+}
+
+// eos_token_id and bos_token_id, each inside the vocabulary: an id the model can never produce
+// would let every generation run to its cap unnoticed.
+void read_special_ids(const Reader& r, ModelConfig& c) {
+  const std::vector<int64_t> eos = r.ids("eos_token_id");
+  if (!eos.empty()) c.eos_token_ids = eos;
+  if (r.has("bos_token_id")) c.bos_token_id = r.integer("bos_token_id", {}, 0);
+  auto check = [&](const char* key, int64_t id) {
+    if (id < 0 || id >= c.vocab_size) {
+      r.fail(key, "id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                      std::to_string(c.vocab_size) + ")");
+    }
+  };
+  for (int64_t id : c.eos_token_ids) check("eos_token_id", id);
+  if (c.bos_token_id) check("bos_token_id", *c.bos_token_id);
 }
 
 }  // namespace
@@ -192,9 +212,15 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       r.boolean("use_sliding_window", c.arch == Architecture::kMistral)) {
     c.sliding_window = r.integer("sliding_window");
   }
-  c.torch_dtype = r.string("torch_dtype", "float32");
-  c.eos_token_ids = r.ids("eos_token_id");
-  if (r.has("bos_token_id")) c.bos_token_id = r.integer("bos_token_id", {}, 0);
+  // transformers >= 4.56 writes "dtype" where older versions wrote "torch_dtype".
+  const std::string dtype_key = r.has("torch_dtype") || !r.has("dtype") ? "torch_dtype" : "dtype";
+  c.torch_dtype = r.string(dtype_key, "float32");
+  try {
+    dtype_from_name(c.torch_dtype);
+  } catch (const Error& e) {
+    r.fail(dtype_key, e.what());
+  }
+  read_special_ids(r, c);
   return c;
 }
 
@@ -225,10 +251,7 @@ ModelConfig load_model_config(const std::string& dir) {
   const fs::path gen_path = fs::path(dir) / "generation_config.json";
   if (fs::is_regular_file(gen_path)) {
     json g = read_json_file(gen_path);
-    Reader r{g, gen_path.string()};
-    auto eos = r.ids("eos_token_id");
-    if (!eos.empty()) c.eos_token_ids = eos;
-    if (r.has("bos_token_id")) c.bos_token_id = r.integer("bos_token_id", {}, 0);
+    read_special_ids(Reader{g, gen_path.string()}, c);
   }
   return c;
 }

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <mutex>
+#include <set>
 
 #include "kvbench/core/error.h"
 #include "kvbench/model/safetensors.h"
@@ -170,12 +171,23 @@ Transformer Transformer::load(const std::string& dir, const ModelPlacement& plac
   ModelConfig config = load_model_config(dir);
   SafetensorsCheckpoint checkpoint(dir);
   ModelWeights w;
+  std::set<std::string> read;
   for (auto& [name, slot] : bind_weights(config, w)) {
     // The checkpoint's own dtype stays recorded in the config.
     *slot = checkpoint.load(name, shape_of(config, name)).to(placement.options()).contiguous();
+    read.insert(name);
+  }
+  std::vector<std::string> unused;
+  for (const std::string& name : checkpoint.names()) {
+    const bool rope_cache =
+        name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0;
+    const bool tied_head = config.tie_word_embeddings && name == "lm_head.weight";
+    if (!read.count(name) && !rope_cache && !tied_head) unused.push_back(name);
   }
   finish_weights(config, w);
-  return Transformer(std::move(config), std::move(w));
+  Transformer model(std::move(config), std::move(w));
+  model.unused_tensors_ = std::move(unused);
+  return model;
 }
 
 Transformer Transformer::random(const ModelConfig& config, uint64_t seed,

@@ -649,12 +649,23 @@ ResultTable pareto_table(const std::vector<MergedCell>& cells, Context& ctx) {
                             : json());
         }
       }
-      row.push_back(front[i]);
+      // No shared dimension: nothing was compared, so no method is on or off the front.
+      row.push_back(used.empty() ? json() : json(front[i]));
       row.push_back(join(used_names, ", "));
       t.rows.push_back(std::move(row));
     }
+    const std::string where =
+        setup_keys.empty() ? "" : " (" + describe(json::parse(s), setup_keys) + ")";
     if (used.empty()) {
-      ctx.notes.push_back("pareto: no dimension is present for every method of a setup");
+      ctx.notes.push_back("pareto" + where +
+                          ": no dimension is present for every method, so on_front is empty");
+    } else if (std::none_of(used.begin(), used.end(), [](const Dim* d) {
+                 return d->name == "kl_mean" || d->name == "accuracy";
+               })) {
+      ctx.notes.push_back("pareto" + where +
+                          ": no quality dimension (kl_mean, accuracy) is shared, so a lossy "
+                          "method can be on the front by bits and speed alone; add a fidelity or "
+                          "accuracy suite");
     }
   }
   return t;

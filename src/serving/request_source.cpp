@@ -25,10 +25,9 @@ void for_each_json_line(const std::string& path, const std::string& what, Fn&& f
 }
 
 int64_t positive_integer(const json& row, const char* key, const std::string& at) {
-  const json& v = row[key];
-  KVB_CHECK(v.is_number_integer() && v.get<int64_t>() >= 1, "trace_file: ", at, ": \"", key,
-            "\" must be an integer >= 1, got ", v.dump());
-  return v.get<int64_t>();
+  if (!row.contains(key) || !row[key].is_number_integer() || row[key].get<int64_t>() < 1)
+    throw_field_error(row, key, "an integer >= 1", "trace_file: " + at);
+  return row[key].get<int64_t>();
 }
 
 bool is_user(const std::string& role) { return role == "human" || role == "user"; }
@@ -41,12 +40,12 @@ bool is_model(const std::string& role) {
 bool parse_entry(const json& entry, const std::string& at, Conversation& out) {
   KVB_CHECK(entry.is_object(), "sharegpt_file: ", at, ": expected an object, got ",
             entry.type_name());
-  KVB_CHECK(entry.contains("conversations"), "sharegpt_file: ", at,
-            ": no \"conversations\" key (expected {\"conversations\": [{\"from\": ..., "
-            "\"value\": ...}, ...]})");
+  if (!entry.contains("conversations") || !entry["conversations"].is_array()) {
+    throw_field_error(entry, "conversations",
+                      "a list of turns [{\"from\": ..., \"value\": ...}, ...]",
+                      "sharegpt_file: " + at);
+  }
   const json& turns = entry["conversations"];
-  KVB_CHECK(turns.is_array(), "sharegpt_file: ", at, ": \"conversations\" must be a list, got ",
-            turns.type_name());
   bool have_prompt = false;
   for (size_t i = 0; i < turns.size(); ++i) {
     const json& t = turns[i];
@@ -74,11 +73,10 @@ std::vector<TraceRequest> load_request_trace(const std::string& path) {
   for_each_json_line(path, "trace_file", [&](const json& row, const std::string& at) {
     TraceRequest r;
     r.where = at;
-    KVB_CHECK(row.contains("arrival_s"), "trace_file: ", at, ": missing \"arrival_s\"");
-    const json& a = row["arrival_s"];
-    KVB_CHECK(a.is_number() && std::isfinite(a.get<double>()) && a.get<double>() >= 0,
-              "trace_file: ", at, ": \"arrival_s\" must be a number >= 0, got ", a.dump());
-    r.arrival_s = a.get<double>();
+    const json* a = row.contains("arrival_s") ? &row["arrival_s"] : nullptr;
+    if (!a || !a->is_number() || !std::isfinite(a->get<double>()) || a->get<double>() < 0)
+      throw_field_error(row, "arrival_s", "a number >= 0", "trace_file: " + at);
+    r.arrival_s = a->get<double>();
     if (!out.empty()) {
       KVB_CHECK(r.arrival_s >= out.back().arrival_s, "trace_file: ", at, ": \"arrival_s\" ",
                 r.arrival_s, " is before the previous line's ", out.back().arrival_s,
@@ -88,13 +86,12 @@ std::vector<TraceRequest> load_request_trace(const std::string& path) {
     KVB_CHECK(text != count, "trace_file: ", at,
               ": give exactly one of \"prompt\" (text) and \"prompt_tokens\" (a length)");
     if (text) {
-      KVB_CHECK(row["prompt"].is_string() && !row["prompt"].get<std::string>().empty(),
-                "trace_file: ", at, ": \"prompt\" must be a non-empty string");
+      if (!row["prompt"].is_string() || row["prompt"].get<std::string>().empty())
+        throw_field_error(row, "prompt", "a non-empty string", "trace_file: " + at);
       r.prompt = row["prompt"];
     } else {
       r.prompt_tokens = positive_integer(row, "prompt_tokens", at);
     }
-    KVB_CHECK(row.contains("output_tokens"), "trace_file: ", at, ": missing \"output_tokens\"");
     r.output_tokens = positive_integer(row, "output_tokens", at);
     out.push_back(std::move(r));
   });

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
@@ -44,6 +45,9 @@ std::vector<ParamSpec> AccuracySuite::param_specs() {
       ParamSpec::integer("samples", 8,
                          "synthetic samples; for data files the first N rows (0: all)")
           .range(0, 1000000),
+      ParamSpec::object("task_params",
+                        "the task's own parameters (docs/workloads.md), e.g. {\"num_keys\": 8}; "
+                        "target_tokens and seed are the suite's, depth fixes every sample's"),
       ParamSpec::integer("target_tokens", 1024,
                          "prompt length of synthetic samples, in model tokens")
           .range(16, 1 << 22),
@@ -129,12 +133,13 @@ std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& fo
   return {ids.begin(), ids.end()};
 }
 
-std::vector<Sample> load_samples(const CellContext& ctx) {
+std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string>& warnings) {
   const json& p = ctx.params;
   const std::string task = p["task"], file = p["data_file"];
   KVB_CHECK(task.empty() != file.empty(), "accuracy: give exactly one of task and data_file");
   const int64_t cap = p["max_new_tokens"], n = p["samples"];
   const std::string format = resolve_chat_format(ctx);
+  if (!format.empty()) check_chat_tokens(format, ctx.model.tokenizer());
   std::vector<Sample> out;
   if (!task.empty()) {
     KVB_CHECK(n > 0, "accuracy: samples must be at least 1 for a synthetic task");
@@ -143,11 +148,13 @@ std::vector<Sample> load_samples(const CellContext& ctx) {
     for (int64_t i = 0; i < n; ++i) {
       // Seeded by the run, not the cell: every method of the run sees the same samples, with
       // needles spread evenly over depths.
-      json params = {{"target_tokens", p["target_tokens"]},
-                     {"seed", ctx.spec.seed + static_cast<uint64_t>(i)}};
-      if (has_depth) params["depth"] = (static_cast<double>(i) + 0.5) / static_cast<double>(n);
+      json params = p["task_params"];
+      params["target_tokens"] = p["target_tokens"];
+      params["seed"] = ctx.spec.seed + static_cast<uint64_t>(i);
+      if (has_depth && !params.contains("depth"))
+        params["depth"] = (static_cast<double>(i) + 0.5) / static_cast<double>(n);
       Sample s;
-      s.synthetic = make_task_sample(task, ctx.model.tokenizer(), params, "accuracy");
+      s.synthetic = make_task_sample(task, ctx.model.tokenizer(), params, "task_params");
       s.id = s.synthetic->id, s.task = task;
       s.tokens = encode_prompt(ctx, format, s.synthetic->prompt);
       s.max_new_tokens = cap > 0 ? cap : 64;
@@ -162,8 +169,14 @@ std::vector<Sample> load_samples(const CellContext& ctx) {
     templates = load_longbench_templates(p["templates_dir"]);
   if (n > 0 && static_cast<int64_t>(rows.size()) > n) rows.resize(static_cast<size_t>(n));
   const int64_t limit = p["max_prompt_tokens"];
+  std::set<std::string> untemplated;
   for (auto& row : rows) {
-    longbench_metric(row.dataset);  // unknown or unsupported data sets fail before generating
+    try {
+      longbench_metric(row.dataset);  // unknown or unsupported data sets fail before generating
+    } catch (const Error& e) {
+      throw Error("accuracy: " + file + ": row '" + row.id + "': " + e.what());
+    }
+    if (templates && !longbench_has_template(row, *templates)) untemplated.insert(row.dataset);
     Sample s;
     s.id = row.id, s.task = row.dataset;
     std::vector<int32_t> ids = ctx.model.tokenizer().encode(longbench_prompt(row, templates), true);
@@ -178,6 +191,13 @@ std::vector<Sample> load_samples(const CellContext& ctx) {
     s.max_new_tokens = cap > 0 ? cap : longbench_max_new_tokens(row, templates);
     s.row = std::move(row);
     out.push_back(std::move(s));
+  }
+  if (!untemplated.empty()) {
+    warnings.push_back("templates_dir " + p["templates_dir"].get<std::string>() +
+                       " has no prompt template for " +
+                       join({untemplated.begin(), untemplated.end()}, ", ") +
+                       ": those rows use the generic {context}\\n\\n{input} prompt and 128 new "
+                       "tokens (or max_new_tokens)");
   }
   return out;
 }
@@ -233,7 +253,8 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   const ModelConfig& c = model.config();
   KVB_CHECK(!c.eos_token_ids.empty(),
             "accuracy: the model has no EOS token id; generation to EOS needs one");
-  const std::vector<Sample> samples = load_samples(ctx);
+  std::vector<std::string> load_warnings;
+  const std::vector<Sample> samples = load_samples(ctx, load_warnings);
   int64_t longest = 0, cap = 0;
   for (const auto& s : samples) {
     longest = std::max<int64_t>(longest, s.tokens.size());
@@ -244,6 +265,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   auto full = make_baseline_cache(ctx);
 
   CellOutput out;
+  out.warnings = load_warnings;
   std::vector<std::string> tasks;
   std::vector<double> s_full, s_method, diff;
   int64_t identical = 0;
@@ -275,6 +297,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
          {"samples_s", {run.e2e}},
          {"score", sm},
          {"score_full", sf},
+         {"answers", s.synthetic ? s.synthetic->answers : s.row->answers},
          {"output", run.text},
          {"output_full", base.text},
          {"length", run.tokens.size()},

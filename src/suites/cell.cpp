@@ -150,9 +150,9 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       const std::string where =
           "suites[" + std::to_string(s) + "] x methods[" + std::to_string(m) + "]";
       const SuiteInfo& info = find_suite(c.suite);
-      if (info.check_method && spec.device != "cuda") {
+      if (info.check_method) {
         try {
-          info.check_method(c.params, c.method);
+          info.check_method(c.params, c.method, spec.device);
         } catch (const ConfigError&) {
           throw;
         } catch (const Error& e) {

@@ -38,7 +38,9 @@ StepFidelity step_fidelity(const at::Tensor& full_logits, const at::Tensor& meth
   StepFidelity s;
   // KL(P || Q) = sum p (log p - log q); terms with p = 0 contribute 0 (exp(-inf) * inf is NaN).
   const at::Tensor p = lf.exp();
-  s.kl = std::max(0.0, at::where(p > 0, p * (lf - lm), at::zeros_like(p)).sum().item<double>());
+  // Rounding can leave a tiny negative sum; NaN (non-finite logits) must stay NaN.
+  const double kl = at::where(p > 0, p * (lf - lm), at::zeros_like(p)).sum().item<double>();
+  s.kl = kl < 0 ? 0.0 : kl;
   s.top1_agree = lf.argmax().item<int64_t>() == lm.argmax().item<int64_t>();
   s.nll_full = -lf[target].item<double>();
   s.nll_method = -lm[target].item<double>();
@@ -58,6 +60,8 @@ std::vector<int64_t> corpus_tokens(const CellContext& ctx, int64_t needed) {
     std::ostringstream s;
     s << in.rdbuf();
     text = s.str();
+    KVB_CHECK(!text.empty(), "fidelity: text_file '", file,
+              "' is empty (for seeded random token ids, give neither text nor text_file)");
   }
   const int64_t vocab = ctx.model.get().config().vocab_size;
   // Seeded by the run, not the cell: every method of the run scores the same tokens.
@@ -72,6 +76,24 @@ std::vector<int64_t> corpus_tokens(const CellContext& ctx, int64_t needed) {
             " tokens but windows * (prefix_tokens + eval_tokens + 1) = ", needed,
             " are needed; give a longer text or fewer/shorter windows");
   return ids;
+}
+
+// Non-finite logits would read as KL 0 (or NaN) and put a broken method on the Pareto front.
+void check_finite_logits(const at::Tensor& full, const at::Tensor& method, int64_t window,
+                         int64_t step) {
+  const std::string at = " at window " + std::to_string(window) + ", step " + std::to_string(step);
+  KVB_CHECK(at::isfinite(full).all().item<bool>(),
+            "fidelity: the full cache's logits are not "
+            "finite (NaN or inf)",
+            at,
+            ": the model's weights or dtype overflow, so nothing can be "
+            "compared");
+  KVB_CHECK(at::isfinite(method).all().item<bool>(),
+            "fidelity: the method's logits are not "
+            "finite (NaN or inf)",
+            at,
+            " while the full cache's are: its stored keys or values "
+            "overflow or are corrupt");
 }
 
 double quantile(std::vector<double> v, double q) {
@@ -124,6 +146,7 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
       Stopwatch timer;
       const at::Tensor lm = model.forward({{sm, input}}, *cache);
       step_s.push_back(timer.seconds());
+      check_finite_logits(lb, lm, w, i);
       const StepFidelity s = step_fidelity(lb, lm, tok[prefix + i + 1]);
       kl.push_back(s.kl), top1.push_back(s.top1_agree ? 1 : 0);
       nf.push_back(s.nll_full), nm.push_back(s.nll_method);

@@ -103,17 +103,26 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   return out;
 }
 
+namespace {
+constexpr int64_t kMinSamplesForInterval = 6;
+}  // namespace
+
 Table LatencySuite::summary_table(const CellOutput& output) const {
   Table t;
-  t.columns = {"metric",  "median ms", "p90 ms",         "p99 ms",
-               "mean ms", "stddev ms", "95% CI (median)"};
+  t.columns = {"metric", "n",       "median ms", "p90 ms",
+               "p99 ms", "mean ms", "stddev ms", "95% CI (median)"};
   for (const auto& r : output.records) {
     const json& s = r["time_s"];
     auto ms = [&](const char* key) { return format_fixed(s[key].get<double>() * 1e3, 2); };
-    t.rows.push_back({r["kind"].get<std::string>(), ms("median"), ms("p90"), ms("p99"), ms("mean"),
-                      ms("stddev"),
-                      format_fixed(s["median_ci95"][0].get<double>() * 1e3, 2) + " - " +
-                          format_fixed(s["median_ci95"][1].get<double>() * 1e3, 2)});
+    const int64_t n = s.value("n", int64_t{0});
+    // Below 6 samples a bootstrap interval of the median is a few order statistics, not an
+    // interval anyone should read (one sample: zero width).
+    const std::string ci = n < kMinSamplesForInterval
+                               ? std::string("- (n < 6)")
+                               : format_fixed(s["median_ci95"][0].get<double>() * 1e3, 2) + " - " +
+                                     format_fixed(s["median_ci95"][1].get<double>() * 1e3, 2);
+    t.rows.push_back({r["kind"].get<std::string>(), std::to_string(n), ms("median"), ms("p90"),
+                      ms("p99"), ms("mean"), ms("stddev"), ci});
   }
   return t;
 }

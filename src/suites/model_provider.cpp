@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/presets.h"
@@ -32,6 +33,26 @@ void check_marker_matches(const ModelSpec& spec, const nlohmann::json& mark) {
   KVB_CHECK(preset == spec.preset && seed == spec.seed, "model: ", spec.path, " holds preset ",
             preset, " seed ", seed, " but the config asks for ", spec.preset, " seed ", spec.seed,
             "; remove the directory or change model.path");
+}
+
+void warn_about_checkpoint(const Transformer& model, const std::string& path, bool random) {
+  const std::vector<std::string>& unused = model.unused_tensors();
+  if (!unused.empty()) {
+    std::vector<std::string> shown(unused.begin(),
+                                   unused.begin() + std::min<size_t>(unused.size(), 4));
+    spdlog::warn(
+        "model: {}: {} tensor(s) of the checkpoint are not used by its config.json ({}{}); "
+        "check num_hidden_layers, attention_bias and mlp_bias against the weights",
+        path, unused.size(), join(shown, ", "), unused.size() > shown.size() ? ", ..." : "");
+  }
+  const std::optional<int64_t>& window = model.config().sliding_window;
+  if (window && !random) {
+    spdlog::warn(
+        "model: {}: sliding_window {} is recorded but not applied (kvbench attends every "
+        "token): prompts longer than {} tokens are not computed as the checkpoint's "
+        "reference implementation computes them",
+        path, *window, *window);
+  }
 }
 
 }  // namespace
@@ -83,6 +104,7 @@ const Transformer& ModelProvider::get() {
                  {"kv_dtype", dtype_name(kv_dtype())},
                  {"load_s", sw.seconds()}};
     if (random) spdlog::warn("model: random weights; accuracy and output lengths mean nothing");
+    warn_about_checkpoint(*model_, spec_.path, random);
     return *model_;
   } catch (const std::exception& e) {
     error_ = e.what();

@@ -99,10 +99,10 @@ std::vector<Prompt> load_prompts(const CellContext& ctx) {
         file,
         [&](const json& row, int64_t n) {
           const std::string at = "output_length: prompts_file: " + jsonl_where(file, n);
-          KVB_CHECK(row.contains("prompt") && row["prompt"].is_string(), at,
-                    ": expected an object with a string \"prompt\"");
-          KVB_CHECK(!row.contains("task") || row["task"].is_string(), at,
-                    ": \"task\" must be a string");
+          if (!row.contains("prompt") || !row["prompt"].is_string())
+            throw_field_error(row, "prompt", "a string", at);
+          if (row.contains("task") && !row["task"].is_string())
+            throw_field_error(row, "task", "a string", at);
           texts.push_back({row.contains("id") ? row["id"].dump() : "line-" + std::to_string(n),
                            row["prompt"], row.value("task", "")});
         },

@@ -208,6 +208,17 @@ void check_serving_params(const json& p) {
     }
   }
   KVB_CHECK(p["kv_budget_bytes"].get<double>() >= 0, "serving: kv_budget_bytes must be >= 0");
+  // A request is (re)prefilled whole with the tokens it has generated (a preempted one is
+  // recomputed), so without chunks the longest must fit one step's token budget. A trace's
+  // lengths are known only when it is read.
+  const int64_t longest = p["prompt_tokens_max"].get<int64_t>() +
+                          p["output_tokens_max"].get<int64_t>() - 1,
+                budget = p["max_batch_tokens"];
+  KVB_CHECK(!trace.empty() || p["chunked_prefill"].get<bool>() || longest <= budget,
+            "serving: prompt_tokens_max + output_tokens_max - 1 = ", longest,
+            " tokens can be one request's prefill (a preempted request is recomputed with its "
+            "output), more than max_batch_tokens = ",
+            budget, "; raise max_batch_tokens or set chunked_prefill true");
 }
 
 namespace {
@@ -363,6 +374,18 @@ class ModelExecutor final : public StepExecutor {
   std::vector<int64_t> seq_;                  // cache sequence id, -1 when not running
 };
 
+// A chunk after the first is no longer "the prefill" to the cache: a policy that evicts once
+// after the prefill would never evict, and codes spanning tokens cannot be rebuilt.
+void check_chunkable(const json& method, const RetentionPolicy& policy, at::ScalarType dtype) {
+  const bool chunkable =
+      policy.timing() == EvictionTiming::kDecode && make_codec(method, dtype)->can_drop_tokens();
+  KVB_CHECK(chunkable, "serving: chunked_prefill: method '", method.value("name", std::string("?")),
+            "' (retention policy '", policy.name(), "', evicting ",
+            eviction_timing_name(policy.timing()),
+            ") selects its tokens from the whole prefill, which chunks would split; set "
+            "chunked_prefill false for it");
+}
+
 SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_layers,
                                  int64_t longest, at::ScalarType dtype) {
   SchedulerConfig s;
@@ -384,15 +407,7 @@ SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_
   if (budget != INT64_MAX) {
     s.retention_budget = budget;
     s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
-    // A chunk after the first is no longer "the prefill" to the cache: a policy that evicts
-    // once after the prefill would never evict, and codes spanning tokens cannot be rebuilt.
-    KVB_CHECK(!s.chunked_prefill ||
-                  (s.evict_during_decode && make_codec(method, dtype)->can_drop_tokens()),
-              "serving: chunked_prefill: method '", method.value("name", std::string("?")),
-              "' (retention policy '", policy->name(), "', evicting ",
-              eviction_timing_name(policy->timing()),
-              ") selects its tokens from the whole prefill, which chunks would split; set "
-              "chunked_prefill false for it");
+    if (s.chunked_prefill) check_chunkable(method, *policy, dtype);
   }
   return s;
 }
@@ -404,6 +419,24 @@ double budget_bytes(const json& p) {
   KVB_CHECK(available > 0,
             "serving: the available memory is unknown; set kv_budget_bytes explicitly");
   return p["kv_budget_fraction"].get<double>() * static_cast<double>(available);
+}
+
+// The arrival rate the requests actually had: n over the last arrival (the Poisson process
+// starts at 0), what a rate's few seeded gaps give rather than the nominal rate; 0 for rate 0.
+double offered_rate(const std::vector<double>& arrivals, double rate) {
+  if (rate == 0 || arrivals.empty() || !(arrivals.back() > 0)) return 0;
+  return static_cast<double>(arrivals.size()) / arrivals.back();
+}
+
+// With few requests the seeded gaps can average far from 1 / rate (every rate scales the same
+// draws, so the methods still see identical arrivals); say so beside the nominal rate.
+void warn_off_rate(double rate, double offered, size_t requests,
+                   std::vector<std::string>& warnings) {
+  if (rate == 0 || std::fabs(offered / rate - 1) <= 0.2) return;
+  warnings.push_back("rate " + format_fixed(rate, 2) + ": its " + std::to_string(requests) +
+                     " Poisson arrivals came at " + format_fixed(offered, 2) + "/s (" +
+                     format_fixed(offered / rate, 2) +
+                     "x the nominal rate; more requests bring it closer)");
 }
 
 // Requests per rate: `requests`, or with duration_s the Poisson arrivals before it.
@@ -526,6 +559,8 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                              {"preemptions", r.preemptions}});
     }
     const std::string arrivals_kind = from_trace ? "trace" : "poisson";
+    m["offered_rate"] = from_trace ? rate : offered_rate(arrivals[ri], rate);
+    if (!from_trace) warn_off_rate(rate, m["offered_rate"], arrivals[ri].size(), out.warnings);
     json record = {{"kind", "serving"}, {"rate", rate},           {"arrivals", arrivals_kind},
                    {"samples_s", e2e},  {"ttft_samples_s", ttft}, {"requests_detail", per_request}};
     record.update(m);
@@ -567,15 +602,20 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
 
 Table ServingSuite::summary_table(const CellOutput& output) const {
   Table t;
-  t.columns = {"rate/s",          "req/s",         "tok/s",   "goodput/s", "TTFT p50/p99 ms",
-               "TPOT p50/p99 ms", "e2e p50/p99 s", "KV peak", "preempt"};
+  // rate/s: nominal ("burst": every request at 0); arrived/s: what the seeded arrivals gave;
+  // out tok/s: generated tokens; pool tokens: what the method's KV budget holds.
+  t.columns = {"rate/s",    "arrived/s",       "req/s",           "out tok/s",
+               "goodput/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "e2e p50/p99 s",
+               "KV peak",   "pool tokens",     "preempt"};
   auto pair_ms = [](const json& s) {
     if (s.is_null()) return std::string("-");
     return format_fixed(s["p50"].get<double>() * 1e3, 1) + " / " +
            format_fixed(s["p99"].get<double>() * 1e3, 1);
   };
   for (const auto& r : output.summary["per_rate"]) {
-    t.rows.push_back({format_fixed(r["rate"].get<double>(), 2),
+    const double rate = r["rate"].get<double>();
+    t.rows.push_back({rate == 0 ? std::string("burst") : format_fixed(rate, 2),
+                      rate == 0 ? std::string("-") : format_fixed(r.value("offered_rate", rate), 2),
                       format_fixed(r["request_throughput"].get<double>(), 2),
                       format_fixed(r["token_throughput"].get<double>(), 1),
                       format_fixed(r["goodput"]["requests_per_s"].get<double>(), 2),
@@ -583,9 +623,21 @@ Table ServingSuite::summary_table(const CellOutput& output) const {
                       format_fixed(r["e2e_s"]["p50"].get<double>(), 2) + " / " +
                           format_fixed(r["e2e_s"]["p99"].get<double>(), 2),
                       format_bytes(r["kv"]["pool_bytes_peak"].get<double>()),
+                      std::to_string(output.summary["pool_tokens"].get<int64_t>()),
                       std::to_string(r["preemptions"].get<int64_t>())});
   }
   return t;
+}
+
+void check_serving_method(const json& params, const json& method, const std::string&) {
+  if (!params["chunked_prefill"].get<bool>()) return;
+  const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
+  RetentionInput in;  // the run asks at the longest context; a policy that never evicts is fine
+  in.num_layers = 1;
+  in.length =
+      params["prompt_tokens_max"].get<int64_t>() + params["output_tokens_max"].get<int64_t>();
+  if (policy->budget(in) == INT64_MAX) return;
+  check_chunkable(method, *policy, at::kFloat);  // whether codes span tokens: any dtype
 }
 
 }  // namespace kvbench

@@ -15,6 +15,7 @@
 #include "kvbench/suites/predictor_suite.h"
 #include "kvbench/suites/serving_suite.h"
 #include "kvbench/suites/throughput_suite.h"
+#include "kvbench/workloads/task_factory.h"
 
 namespace kvbench {
 
@@ -25,6 +26,20 @@ void check_accuracy(const nlohmann::json& p) {
   KVB_CHECK(task.empty() != file.empty(), "accuracy: give exactly one of task and data_file");
   if (!task.empty() && p["samples"].get<int64_t>() < 1)
     throw ConfigError("samples", "must be at least 1 for a synthetic task");
+  const nlohmann::json& given = p["task_params"];
+  if (task.empty()) {
+    if (!given.empty())
+      throw ConfigError("task_params",
+                        "sets a synthetic task's parameters; data_file rows are "
+                        "used as written (remove task_params or name a task)");
+    return;
+  }
+  if (given.contains("target_tokens"))
+    throw ConfigError("task_params.target_tokens",
+                      "is the suite's own key; set target_tokens beside task");
+  if (given.contains("seed"))
+    throw ConfigError("task_params.seed", "is set per sample: the run's seed + the sample's index");
+  resolve_task_params(task, given, "task_params");
 }
 
 void check_fidelity(const nlohmann::json& p) {
@@ -77,7 +92,7 @@ const std::vector<SuiteInfo>& suite_catalog() {
       {"accuracy", AccuracySuite::kSummary, AccuracySuite::param_specs(), true,
        [] { return std::make_unique<AccuracySuite>(); }, check_accuracy},
       {"serving", ServingSuite::kSummary, ServingSuite::param_specs(), true,
-       [] { return std::make_unique<ServingSuite>(); }, check_serving_params},
+       [] { return std::make_unique<ServingSuite>(); }, check_serving_params, check_serving_method},
       {"predictor", PredictorSuite::kSummary, PredictorSuite::param_specs(), true,
        [] { return std::make_unique<PredictorSuite>(); }, check_predictor},
   };

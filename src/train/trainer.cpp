@@ -114,6 +114,7 @@ void check_task(const std::string& task, const json& extra, const std::string& p
     if (extra.contains(owned))
       throw ConfigError(join_path(path, owned), "is set by the trainer per sample");
   }
+  resolve_task_params(task, extra, path, {"task"});  // types, ranges, checks across keys
 }
 
 std::vector<json> entries(const json& config, const char* key, const std::string& path) {

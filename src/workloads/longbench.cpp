@@ -18,20 +18,20 @@ using nlohmann::json;
 namespace {
 
 std::string string_field(const json& row, const char* key, const std::string& at) {
-  KVB_CHECK(row.contains(key) && row[key].is_string(), at, ": \"", key, "\": expected a string");
+  if (!row.contains(key) || !row[key].is_string()) throw_field_error(row, key, "a string", at);
   return row[key];
 }
 
 std::vector<std::string> string_list(const json& row, const char* key, const std::string& at,
                                      bool required) {
   if (!row.contains(key) || row[key].is_null()) {
-    KVB_CHECK(!required, at, ": \"", key, "\": required list of strings missing");
+    if (required) throw_field_error(row, key, "a list of strings", at);
     return {};
   }
-  KVB_CHECK(row[key].is_array(), at, ": \"", key, "\": expected a list of strings");
+  if (!row[key].is_array()) throw_field_error(row, key, "a list of strings", at);
   std::vector<std::string> out;
   for (const auto& v : row[key]) {
-    KVB_CHECK(v.is_string(), at, ": \"", key, "\": expected a list of strings");
+    if (!v.is_string()) throw_field_error(row, key, "a list of strings", at);
     out.push_back(v);
   }
   return out;
@@ -95,14 +95,18 @@ std::vector<LongBenchRow> load_ruler_jsonl(const std::string& path, const std::s
   std::vector<LongBenchRow> rows;
   for_each_jsonl(path, [&](const json& row, const std::string& at) {
     LongBenchRow r;
-    KVB_CHECK(
-        row.contains("index") && (row["index"].is_number_integer() || row["index"].is_string()), at,
-        ": \"index\": expected an integer or string");
+    if (!row.contains("index") || !(row["index"].is_number_integer() || row["index"].is_string()))
+      throw_field_error(row, "index", "an integer or a string", at);
     r.id = row["index"].is_string() ? row["index"].get<std::string>()
                                     : std::to_string(row["index"].get<int64_t>());
     r.dataset = "ruler:" + task;
     r.input = string_field(row, "input", at);
+    // RULER's prepare step cuts the answer prefix ("The special magic number for X is:") off
+    // the input into its own field; the prompt is the two together.
+    if (row.contains("answer_prefix") && !row["answer_prefix"].is_null())
+      r.input += string_field(row, "answer_prefix", at);
     r.answers = string_list(row, "outputs", at, true);
+    KVB_CHECK(!r.answers.empty(), at, ": \"outputs\": empty (a row needs a reference)");
     if (row.contains("length") && row["length"].is_number_integer()) r.length = row["length"];
     rows.push_back(std::move(r));
   });
@@ -125,6 +129,10 @@ LongBenchTemplates load_longbench_templates(const std::string& dir) {
     t.max_new_tokens[name] = v;
   }
   return t;
+}
+
+bool longbench_has_template(const LongBenchRow& row, const LongBenchTemplates& templates) {
+  return row.dataset.rfind("ruler:", 0) == 0 || templates.prompt.count(base_dataset(row.dataset));
 }
 
 std::string longbench_prompt(const LongBenchRow& row,

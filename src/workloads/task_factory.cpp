@@ -49,8 +49,17 @@ std::vector<ParamSpec> needle_specs(int64_t keys, int64_t values, int64_t querie
                         {"repeat", "needle"})};
 }
 
-TaskSample make_needle(const std::string& task, const Tokenizer& tok, const json& p,
-                       const std::string& path) {
+// The needle tasks' check that spans two keys.
+void check_needle(const json& p, const std::string& path) {
+  const int64_t keys = p["num_keys"], queries = p["num_queries"];
+  if (queries > keys) {
+    throw ConfigError(
+        join_path(path, "num_queries"),
+        "expected at most num_keys (" + std::to_string(keys) + "), got " + std::to_string(queries));
+  }
+}
+
+TaskSample make_needle(const std::string& task, const Tokenizer& tok, const json& p) {
   NeedleOptions o;
   o.task = task;
   o.target_tokens = p["target_tokens"].get<int64_t>();
@@ -59,11 +68,6 @@ TaskSample make_needle(const std::string& task, const Tokenizer& tok, const json
   o.num_keys = p["num_keys"].get<int64_t>();
   o.num_values = p["num_values"].get<int64_t>();
   o.num_queries = p["num_queries"].get<int64_t>();
-  if (o.num_queries > o.num_keys) {
-    throw ConfigError(join_path(path, "num_queries"), "expected at most num_keys (" +
-                                                          std::to_string(o.num_keys) + "), got " +
-                                                          std::to_string(o.num_queries));
-  }
   const std::string key = p["key_type"], value = p["value_type"];
   o.key_type = key == "words"     ? NeedleKeyType::kWords
                : key == "numbers" ? NeedleKeyType::kNumbers
@@ -73,15 +77,14 @@ TaskSample make_needle(const std::string& task, const Tokenizer& tok, const json
   return make_needle_task(tok, o);
 }
 
-// Takes the resolved parameters and the key path for errors that span two keys.
-using MakeWithPath =
-    std::function<TaskSample(const Tokenizer&, const json&, const std::string& path)>;
-
 struct TaskEntry {
   std::string name;
   std::vector<ParamSpec> specs;
-  MakeWithPath make;
+  // Takes the resolved (checked) parameters.
+  std::function<TaskSample(const Tokenizer&, const json&)> make;
   std::function<double(const std::string&, const TaskSample&)> score;
+  // The checks that span two keys (ConfigError under the key path); none when empty.
+  std::function<void(const json&, const std::string& path)> check = {};
 };
 
 double score_needle(const std::string& output, const TaskSample& s) {
@@ -90,10 +93,8 @@ double score_needle(const std::string& output, const TaskSample& s) {
 
 TaskEntry needle_entry(const std::string& name, int64_t keys, int64_t values, int64_t queries) {
   return {name, needle_specs(keys, values, queries),
-          [name](const Tokenizer& tok, const json& p, const std::string& path) {
-            return make_needle(name, tok, p, path);
-          },
-          score_needle};
+          [name](const Tokenizer& tok, const json& p) { return make_needle(name, tok, p); },
+          score_needle, check_needle};
 }
 
 const std::vector<TaskEntry>& tasks() {
@@ -102,7 +103,7 @@ const std::vector<TaskEntry>& tasks() {
     t.push_back(
         {"passkey",
          {target_spec(), depth_spec(0.5, "depth of the pass key line in the filler"), seed_spec()},
-         [](const Tokenizer& tok, const json& p, const std::string&) {
+         [](const Tokenizer& tok, const json& p) {
            PasskeyOptions o;
            o.target_tokens = p["target_tokens"].get<int64_t>();
            o.depth = p["depth"].get<double>();
@@ -118,7 +119,7 @@ const std::vector<TaskEntry>& tasks() {
           ParamSpec::number("recall_fraction", 0.5,
                             "share of the lines that recall earlier keys with their values")
               .range(0, 0.5)},
-         [](const Tokenizer& tok, const json& p, const std::string&) {
+         [](const Tokenizer& tok, const json& p) {
            AssociativeRecallOptions o;
            o.target_tokens = p["target_tokens"].get<int64_t>();
            o.depth = p["depth"].get<double>();
@@ -141,7 +142,7 @@ const std::vector<TaskEntry>& tasks() {
           ParamSpec::integer("num_chains", 1, "chains; the first is asked, the others distract")
               .range(1, 100),
           ParamSpec::integer("num_hops", 4, "\"VAR Y = VAR X\" links per chain").range(1, 100)},
-         [](const Tokenizer& tok, const json& p, const std::string&) {
+         [](const Tokenizer& tok, const json& p) {
            VariableTrackingOptions o;
            o.target_tokens = p["target_tokens"].get<int64_t>();
            o.depth = p["depth"].get<double>();
@@ -160,27 +161,30 @@ const std::vector<TaskEntry>& tasks() {
           ParamSpec::integer("common_freq", 30, "times each asked word appears").range(2, 1000),
           ParamSpec::integer("uncommon_freq", 3, "times every other word appears (< common_freq)")
               .range(1, 999)},
-         [](const Tokenizer& tok, const json& p, const std::string& path) {
+         [](const Tokenizer& tok, const json& p) {
            CommonWordsOptions o;
            o.target_tokens = p["target_tokens"].get<int64_t>();
            o.seed = p["seed"].get<uint64_t>();
            o.num_common = p["num_common"].get<int64_t>();
            o.common_freq = p["common_freq"].get<int64_t>();
            o.uncommon_freq = p["uncommon_freq"].get<int64_t>();
-           if (o.uncommon_freq >= o.common_freq) {
-             throw ConfigError(join_path(path, "uncommon_freq"),
-                               "expected less than common_freq (" + std::to_string(o.common_freq) +
-                                   "), got " + std::to_string(o.uncommon_freq));
-           }
            return make_common_words(tok, o);
          },
          [](const std::string& out, const TaskSample& s) {
            return common_words_score(out, s.answers);
+         },
+         [](const json& p, const std::string& path) {
+           const int64_t common = p["common_freq"], uncommon = p["uncommon_freq"];
+           if (uncommon >= common) {
+             throw ConfigError(join_path(path, "uncommon_freq"),
+                               "expected less than common_freq (" + std::to_string(common) +
+                                   "), got " + std::to_string(uncommon));
+           }
          }});
     t.push_back({"kv_retrieval",
                  {target_spec(), depth_spec(0.5, "position of the asked pair among the pairs"),
                   seed_spec()},
-                 [](const Tokenizer& tok, const json& p, const std::string&) {
+                 [](const Tokenizer& tok, const json& p) {
                    KvRetrievalOptions o;
                    o.target_tokens = p["target_tokens"].get<int64_t>();
                    o.depth = p["depth"].get<double>();
@@ -228,9 +232,15 @@ TaskSample make_task_sample(const std::string& task, const Tokenizer& tokenizer,
     throw ConfigError(join_path(path, "task"),
                       "expected \"" + task + "\" (or no key), got " + params["task"].dump());
   }
-  const json p =
-      resolve_params(params.is_null() ? json::object() : params, t.specs, path, {"task", "name"});
-  return t.make(tokenizer, p, path);
+  return t.make(tokenizer, resolve_task_params(task, params, path, {"task", "name"}));
+}
+
+json resolve_task_params(const std::string& task, const json& params, const std::string& path,
+                         const std::vector<std::string>& passthrough) {
+  const TaskEntry& t = find_task(task, path);
+  json p = resolve_params(params.is_null() ? json::object() : params, t.specs, path, passthrough);
+  if (t.check) t.check(p, path);
+  return p;
 }
 
 double score_task_sample(const std::string& task, const std::string& output,

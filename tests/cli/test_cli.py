@@ -152,6 +152,8 @@ class CliTest(CliCase):
         self.assertEqual(second.returncode, 1, second.stdout + second.stderr)
         self.assertIn("1 reused from earlier reports", second.stdout)
         path2, r2 = self.report_from(second)
+        self.assertIn(f"(run now), 1 reused from earlier reports; {len(r2['cells'])} in the report",
+                      second.stdout)
         self.assertEqual([c["id"] for c in r2["cells"]], [c["id"] for c in r1["cells"]])
         kernels = r2["cells"][0]
         self.assertEqual(kernels["status"], "ok")
@@ -513,7 +515,10 @@ class CliTest(CliCase):
                       "--seed", "-1")
         self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
         self.assertIn("--seed", res.stderr)
-        self.assertEqual(kvbench("frobnicate").returncode, 2)
+        self.assert_one_line_error(kvbench("frobnicate"), 2, "unknown command 'frobnicate'; "
+                                   "commands: run, validate, list")
+        self.assert_one_line_error(kvbench("compair"), 2, "(did you mean 'compare'?)")
+        self.assert_one_line_error(kvbench("figures", "r.json"), 2, "scripts/figures.py")
         self.assertEqual(kvbench("run").returncode, 2)  # --config is required
         res = kvbench("version", "--log-level", "loud")
         self.assertEqual(res.returncode, 2)
@@ -956,6 +961,9 @@ class ServingCliTest(CliCase):
             ({"rates": [2], "duration_s": 1, "requests": 4}, "give requests or duration_s"),
             ({"length_distribution": "lognormal", "prompt_tokens_mean": 1000},
              "prompt_tokens_mean (1000) must be 0 (the midpoint) or within"),
+            ({"prompt_tokens_max": 1000, "output_tokens_max": 64, "max_batch_tokens": 512},
+             "prompt_tokens_max + output_tokens_max - 1 = 1063 tokens can be one request's "
+             "prefill"),
         ]
         for params, fragment in config_cases:
             with self.subTest(fragment):
@@ -964,10 +972,16 @@ class ServingCliTest(CliCase):
                                           "suites": [suite]})
                 self.assert_one_line_error(kvbench("validate", "--config", path), 2,
                                            "config: suites[0]: serving: " + fragment)
-        # What needs the trace's contents or the method: the cell fails with the reason.
+        # snapkv selects once from the whole prefill: chunked prefill is refused at validate.
+        path = self.write_config({"model": {"preset": "tiny-llama", "random_init": True},
+                                  "methods": [{"name": "full"}, {"name": "snapkv"}],
+                                  "suites": [{"name": "serving", "chunked_prefill": True}]})
+        self.assert_one_line_error(kvbench("validate", "--config", path), 2,
+                                   "config: suites[0] x methods[1]: serving: chunked_prefill: "
+                                   "method 'snapkv'")
+        # What needs the trace's contents: the cell fails with the reason.
         cases = [
-            ({"trace_file": str(bad_trace)}, f'{bad_trace}:2: missing "output_tokens"'),
-            ({"chunked_prefill": True}, "chunked_prefill: method 'snapkv'"),
+            ({"trace_file": str(bad_trace)}, f'{bad_trace}:2: "output_tokens": missing'),
         ]
         suites = []
         for params, _ in cases:
@@ -975,7 +989,6 @@ class ServingCliTest(CliCase):
             if "trace_file" not in params:
                 suite["rates"] = [0]
             suites.append(dict(suite, **params))
-        # snapkv evicts once after the prefill: chunked prefill is refused for it.
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},
                "methods": [{"name": "snapkv"}], "suites": suites}
         res = self.run_ok(cfg)
@@ -1483,6 +1496,44 @@ class ModelCliTest(CliCase):
             "unsupported architecture": (unsupported_architecture,
                                          "unsupported architecture: FalconForCausalLM"),
         }
+
+    def test_unused_checkpoint_tensors_are_named(self):
+        # config.json says 3 layers, the weights hold 4: the fourth is named, not dropped
+        # silently (transformers warns the same way).
+        d = self.make_model()
+        config = json.loads((d / "config.json").read_text())
+        config["num_hidden_layers"] = 3
+        (d / "config.json").write_text(json.dumps(config))
+        cfg = {"model": {"path": str(d)},
+               "suites": [{"name": "latency", "prompt_tokens": 8, "new_tokens": 2,
+                           "warmup": 0, "repeats": 1}]}
+        res = kvbench("run", "--config", self.write_config(cfg), "--out", str(self.dir / "out"))
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("tensor(s) of the checkpoint are not used by its config.json "
+                      "(model.layers.3.", res.stderr)
+
+    def test_fidelity_fails_a_method_whose_logits_overflow(self):
+        # Layer 0's value projection at 65536 everywhere: bf16 (the model's and the full
+        # cache's dtype) holds its values, an fp16 cache overflows to inf and the logits turn
+        # NaN. That cell must fail, not score KL 0 and land on the Pareto front.
+        d = self.make_model()
+        header, data = read_safetensors(d / "model.safetensors")
+        name = "model.layers.0.self_attn.v_proj.weight"
+        self.assertEqual(header[name]["dtype"], "BF16")
+        b, e = header[name]["data_offsets"]
+        data = data[:b] + b"\x80\x47" * ((e - b) // 2) + data[e:]
+        write_safetensors(d / "model.safetensors", header, data)
+        cfg = {"model": {"path": str(d)}, "methods": [{"name": "full"}, {"name": "fp16"}],
+               "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 16,
+                           "eval_tokens": 4}]}
+        res = kvbench("run", "--config", self.write_config(cfg), "--out",
+                      str(self.dir / "out"), "--log-level", "error")
+        self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
+        _, report = self.report_from(res)
+        status = {c["method"]["name"]: c for c in report["cells"]}
+        self.assertEqual(status["full"]["status"], "ok")
+        self.assertEqual(status["fp16"]["status"], "failed")
+        self.assertIn("the method's logits are not finite", status["fp16"]["error"])
 
     def test_corrupt_checkpoints_fail_with_one_line(self):
         for name, (corrupt, fragment) in self.corrupt_cases().items():

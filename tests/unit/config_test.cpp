@@ -118,6 +118,42 @@ TEST(Config, OutOfRangeValues) {
       "got \"fp16\"");
 }
 
+TEST(Config, AccuracyTaskParamsAreCheckedAgainstTheTask) {
+  auto accuracy = [](const std::string& extra) {
+    return json::parse(R"({"suites": [{"name": "accuracy", "task": "niah_multikey")" + extra +
+                       "}]}");
+  };
+  EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"num_keys": 8, "key_type": "uuids"})")), "");
+  EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"depth": 0.25})")), "");
+  const std::string unknown = error_of(accuracy(R"(, "task_params": {"num_key": 8})"));
+  EXPECT_NE(unknown.find("config: suites[0].task_params.num_key: unknown key (did you mean "
+                         "'num_keys'?); valid keys: target_tokens, depth, seed, num_keys"),
+            std::string::npos)
+      << unknown;
+  EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"num_keys": 0})")),
+            "config: suites[0].task_params.num_keys: expected integer in [1, 1000], got 0");
+  // A check across two keys (num_queries <= num_keys) fails at validation, not mid-run.
+  EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"num_keys": 2, "num_queries": 3})")),
+            "config: suites[0].task_params.num_queries: expected at most num_keys (2), got 3");
+  EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"target_tokens": 512})")),
+            "config: suites[0].task_params.target_tokens: is the suite's own key; set "
+            "target_tokens beside task");
+  EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"seed": 3})")),
+            "config: suites[0].task_params.seed: is set per sample: the run's seed + the "
+            "sample's index");
+  EXPECT_EQ(error_of(accuracy(R"(, "task_params": [1])")),
+            "config: suites[0].task_params: expected object, got [1]");
+  // passkey has no num_keys; a data file takes no task parameters.
+  EXPECT_NE(error_of(json::parse(R"({"suites": [{"name": "accuracy", "task": "passkey",
+                                     "task_params": {"num_keys": 2}}]})"))
+                .find("config: suites[0].task_params.num_keys: unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of(json::parse(R"({"suites": [{"name": "accuracy", "data_file": "/dev/null",
+                                     "task_params": {"depth": 0.5}}]})"))
+                .find("config: suites[0].task_params: sets a synthetic task's parameters"),
+            std::string::npos);
+}
+
 TEST(Config, MethodsAndSuitesAreCheckedByName) {
   EXPECT_EQ(
       error_of(with(R"({"methods": [{"name": "ful"}]})")),

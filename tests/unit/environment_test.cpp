@@ -27,7 +27,25 @@ TEST(Environment, CapturesThreadsCachesAndMemory) {
   EXPECT_EQ(j["threads"], 1);
   EXPECT_EQ(j["llc_source"], env.llc_source);
   EXPECT_TRUE(j["cuda"].contains("built"));
+  EXPECT_GE(env.load_average, 0.0);  // Linux always has /proc/loadavg
+  EXPECT_EQ(j["load_average"], env.load_average);
   set_thread_count(available_cores());
+}
+
+TEST(Environment, WarnsWhenOtherWorkCompetesForTheCores) {
+  Environment env;
+  env.cores = 2, env.threads = 2;
+  env.load_average = 0.1;
+  EXPECT_EQ(busy_machine_warning(env), "");  // quiet
+  env.load_average = 2.0;
+  EXPECT_NE(busy_machine_warning(env).find("the machine is busy: load average 2.0 over the last "
+                                           "minute on 2 core(s), before this run's 2 thread(s)"),
+            std::string::npos)
+      << busy_machine_warning(env);
+  env.threads = 1, env.cores = 16;
+  EXPECT_EQ(busy_machine_warning(env), "");  // room to spare
+  env.load_average = -1;
+  EXPECT_EQ(busy_machine_warning(env), "");  // unknown
 }
 
 TEST(Environment, NoGpuMeansAReasonNotACrash) {

@@ -102,5 +102,22 @@ TEST(Jsonl, ErrorsFromTheCallbackPassThrough) {
   }
 }
 
+// Every reader words a bad field the same way: missing, or expected/got with the value cut.
+TEST(Jsonl, FieldErrorsHaveOneWording) {
+  auto message = [](const json& row, const std::string& key) {
+    try {
+      throw_field_error(row, key, "a string", "f.jsonl:3");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message(json{{"a", 1}}, "id"), "f.jsonl:3: \"id\": missing (expected a string)");
+  EXPECT_EQ(message(json{{"id", 7}}, "id"), "f.jsonl:3: \"id\": expected a string, got 7");
+  const std::string long_value = message(json{{"id", std::vector<int>(100, 1)}}, "id");
+  EXPECT_LE(long_value.size(), 100u) << long_value;
+  EXPECT_EQ(long_value.substr(long_value.size() - 3), "...");
+}
+
 }  // namespace
 }  // namespace kvbench

@@ -115,5 +115,30 @@ TEST(LongBench, RulerRowsLoadAndScoreByStringMatchAll) {
   EXPECT_EQ(score_longbench(rows[0], "The values are 456."), 0.5);
 }
 
+TEST(LongBench, RulerAnswerPrefixIsAppendedAndEmptyOutputsRefused) {
+  const std::string path = ::testing::TempDir() + "/kvbench_ruler_prefix.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"index": 0, "input": "Find the number. ", "answer_prefix": "The number is:",)"
+      << R"( "outputs": ["42"]})"
+      << "\n";
+  }
+  const auto rows = load_ruler_jsonl(path, "data");
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(longbench_prompt(rows[0], std::nullopt), "Find the number. The number is:");
+  {
+    std::ofstream f(path);
+    f << R"({"index": 0, "input": "q", "outputs": []})"
+      << "\n";
+  }
+  try {
+    load_ruler_jsonl(path, "data");
+    FAIL() << "a row without references must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ":1: \"outputs\": empty"), std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace kvbench

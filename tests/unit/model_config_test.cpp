@@ -104,6 +104,42 @@ TEST(ModelConfig, RejectsBadValues) {
   c = llama();
   c["vocab_size"] = "big";
   EXPECT_NE(error_of(c).find("vocab_size: expected an integer"), std::string::npos);
+  c = llama();
+  c["torch_dtype"] = "float64";
+  EXPECT_EQ(error_of(c),
+            "model config: cfg.json: torch_dtype: unsupported dtype 'float64' "
+            "(supported: float32, float16, bfloat16)");
+  // An EOS the model can never produce would let every generation run to its cap unnoticed.
+  c = llama();
+  c["eos_token_id"] = {2, c["vocab_size"].get<int64_t>()};
+  EXPECT_EQ(error_of(c), "model config: cfg.json: eos_token_id: id " +
+                             std::to_string(c["vocab_size"].get<int64_t>()) +
+                             " is outside the vocabulary [0, " +
+                             std::to_string(c["vocab_size"].get<int64_t>()) + ")");
+  c = llama();
+  c["eos_token_id"] = -1;
+  EXPECT_NE(error_of(c).find("eos_token_id: id -1 is outside"), std::string::npos);
+  // transformers requires llama3 scaling's frequency bounds; a guessed default is refused.
+  for (const char* key : {"original_max_position_embeddings", "low_freq_factor"}) {
+    c = llama();
+    ASSERT_EQ(c["rope_scaling"]["rope_type"], "llama3");
+    c["rope_scaling"].erase(key);
+    EXPECT_EQ(error_of(c), std::string("model config: cfg.json: rope_scaling.") + key +
+                               ": required for llama3 scaling");
+  }
+}
+
+TEST(ModelConfig, ReadsTheDtypeKeyOfNewerTransformers) {
+  // transformers >= 4.56 writes "dtype"; "torch_dtype" wins when both are present.
+  json c = llama();
+  c.erase("torch_dtype");
+  c["dtype"] = "bfloat16";
+  EXPECT_EQ(parse_model_config(c, "l").torch_dtype, "bfloat16");
+  c["torch_dtype"] = "float16";
+  EXPECT_EQ(parse_model_config(c, "l").torch_dtype, "float16");
+  c.erase("torch_dtype");
+  c["dtype"] = "int8";
+  EXPECT_NE(error_of(c).find("cfg.json: dtype: unsupported dtype 'int8'"), std::string::npos);
 }
 
 TEST(ModelConfig, DefaultRopeFrequencies) {

@@ -2,6 +2,7 @@
 // consistent with them, memory estimates, and the model provider's choices.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -265,6 +266,16 @@ TEST(ModelSuites, KernelsCellIdsIgnoreTheModel) {
   EXPECT_NE(a[1].id, b[1].id);
 }
 
+TEST(ThroughputSuite, AWideDecodeSpreadIsNamed) {
+  json r = {{"batch", 4}, {"prompt_tokens", 256}};
+  r["decode_step_s"] = {{"min", 0.0006}, {"median", 0.0007}, {"p90", 0.0009}, {"max", 0.001}};
+  EXPECT_EQ(decode_spread_warning(r), "");
+  r["decode_step_s"] = {{"min", 0.0006}, {"median", 0.0007}, {"p90", 0.03}, {"max", 0.048}};
+  EXPECT_EQ(decode_spread_warning(r),
+            "batch 4, prompt 256: decode steps spread from 0.60 to 48.00 ms (p90 42.9x the "
+            "median): the machine was busy or the step is bimodal; the median may mislead");
+}
+
 TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {
   // p = (1/2, 1/2), q = (3/4, 1/4): KL = 1/2 ln(2/3) + 1/2 ln 2 = 0.1438410362.
   const at::Tensor full = at::tensor({0.0, 0.0}, at::kDouble);
@@ -279,6 +290,8 @@ TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {
   const at::Tensor hard = at::tensor({0.0, -INFINITY}, at::kDouble);
   EXPECT_NEAR(step_fidelity(hard, method, 0).kl, std::log(4.0 / 3.0), 1e-12);
   EXPECT_FALSE(step_fidelity(at::tensor({0.0, 1.0}, at::kDouble), method, 0).top1_agree);
+  // NaN logits give a NaN divergence, never a clamped 0 that reads as lossless.
+  EXPECT_TRUE(std::isnan(step_fidelity(full, at::tensor({NAN, 0.0}, at::kDouble), 0).kl));
 }
 
 // Runs one cell of suite S with `method` on the harness's tiny model.
@@ -348,6 +361,18 @@ TEST(FidelitySuite, ACorpusTooShortForTheWindowsIsAClearError) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("corpus has"), std::string::npos) << e.what();
+  }
+}
+
+TEST(FidelitySuite, AnEmptyTextFileIsAnErrorNotRandomTokens) {
+  const std::string path = ::testing::TempDir() + "/kvbench_empty_corpus.txt";
+  std::ofstream(path).close();
+  try {
+    run_fidelity({{"name", "full"}}, R"({"name": "fidelity", "text_file": ")" + path + R"("})");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("text_file '" + path + "' is empty"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -470,6 +495,24 @@ TEST(AccuracySuite, TheFullCacheAgreesWithItselfOnEverySample) {
   EXPECT_FALSE(out.warnings.empty());                                // 3 samples are few
 }
 
+TEST(AccuracySuite, TaskParamsReachTheGeneratedSamples) {
+  // Two keys asked at once: every sample's references hold two values; a fixed depth replaces
+  // the spread over depths.
+  CellOutput out = run_accuracy({{"name", "full"}}, R"({"name": "accuracy",
+      "task": "niah_multiquery", "samples": 2, "target_tokens": 400, "max_new_tokens": 4,
+      "task_params": {"num_keys": 2, "num_queries": 2, "depth": 0.3}})");
+  ASSERT_EQ(out.records.size(), 2u);
+  for (const auto& r : out.records) {
+    EXPECT_EQ(r.at("answers").size(), 2u) << r.dump();
+    EXPECT_NE(r["id"].get<std::string>().find("-0.30"), std::string::npos) << r["id"];
+  }
+  CellOutput spread = run_accuracy({{"name", "full"}}, R"({"name": "accuracy",
+      "task": "niah_multiquery", "samples": 2, "target_tokens": 400, "max_new_tokens": 4})");
+  ASSERT_EQ(spread.records.size(), 2u);
+  EXPECT_EQ(spread.records[0].at("answers").size(), 4u);  // the task's default: 4 queries
+  EXPECT_EQ(spread.records[0]["id"].get<std::string>().find("-0.30"), std::string::npos);
+}
+
 TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
   const std::string dir = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench";
   CellOutput out = run_accuracy({{"name", "kivi-2"}, {"group", 16}, {"residual", 16}},
@@ -487,6 +530,24 @@ TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
   }
   const json& ci = out.summary["score_difference_ci95"];
   EXPECT_LE(ci[0].get<double>(), ci[1].get<double>());
+}
+
+TEST(AccuracySuite, DatasetsWithoutATemplateAreNamedInAWarning) {
+  // Templates for qasper only: gov_report (the second row) falls back to the generic prompt.
+  const std::string fixtures = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench";
+  const std::string dir = ::testing::TempDir() + "/kvbench_partial_templates";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/dataset2prompt.json") << R"({"qasper": "{context} Q: {input} A:"})";
+  std::ofstream(dir + "/dataset2maxlen.json") << R"({"qasper": 4})";
+  CellOutput out = run_accuracy({{"name", "full"}}, R"({"name": "accuracy", "data_file": ")" +
+                                                        fixtures + R"(/sample.jsonl",
+      "templates_dir": ")" + dir + R"(", "samples": 2, "max_new_tokens": 2})");
+  ASSERT_EQ(out.records.size(), 2u);
+  int named = 0;
+  for (const std::string& w : out.warnings)
+    named += w.find("has no prompt template for gov_report: those rows use the generic") !=
+             std::string::npos;
+  EXPECT_EQ(named, 1) << json(out.warnings).dump();
 }
 
 TEST(AccuracySuite, AutoChatFormatNeedsACheckpointTemplate) {

@@ -236,6 +236,27 @@ TEST(ReportMerge, MethodsWithDifferentParametersGetDistinctLabels) {
   EXPECT_EQ(value(lat, 1, "method"), "int4(symmetric=true)");
 }
 
+TEST(ReportMerge, ParetoSaysWhatItCouldNotCompare) {
+  // Bits and speed only: the front holds, with a note that quality was not measured.
+  ReportTables t = build_report_tables(
+      merge_reports({make_report("a.json", {throughput_cell("full", {100, 200}, 16),
+                                            throughput_cell("int2", {150, 300}, 3)})}),
+      "");
+  EXPECT_EQ(value(table(t, "pareto"), 1, "on_front"), true);
+  bool noted = false;
+  for (const std::string& note : t.notes)
+    noted |= note.find("no quality dimension") != std::string::npos;
+  EXPECT_TRUE(noted);
+  // No dimension in common: neither on nor off the front.
+  t = build_report_tables(merge_reports({make_report("a.json", {throughput_cell("full", {100}, 16),
+                                                                fidelity_cell("int4", 0.01)})}),
+                          "");
+  const ResultTable& p = table(t, "pareto");
+  ASSERT_EQ(p.rows.size(), 2u);
+  EXPECT_TRUE(value(p, 0, "on_front").is_null());
+  EXPECT_TRUE(value(p, 1, "on_front").is_null());
+}
+
 TEST(ReportMerge, ParetoFrontOfBitsDecodeSpeedAndKl) {
   // full: 16 bits, fast-ish, exact; int4: fewer bits, faster, small KL; int2: fewest bits,
   // slowest, large KL; fp8x: as many bits as full, slower and worse: dominated by full.
@@ -255,6 +276,8 @@ TEST(ReportMerge, ParetoFrontOfBitsDecodeSpeedAndKl) {
   EXPECT_EQ(value(p, 3, "method"), "fp8x");
   EXPECT_EQ(value(p, 3, "on_front"), false);
   EXPECT_EQ(value(p, 0, "dimensions"), "bits_per_value, decode_tok_s, kl_mean");
+  for (const std::string& note : t.notes)
+    EXPECT_EQ(note.find("no quality dimension"), std::string::npos) << note;
   // Geometric mean over the shared points: sqrt(120 * 240).
   EXPECT_NEAR(value(p, 1, "decode_tok_s").get<double>(), std::sqrt(120.0 * 240.0), 1e-9);
 

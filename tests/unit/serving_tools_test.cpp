@@ -433,7 +433,8 @@ TEST(LengthShift, ANonStringTaskNamesTheLine) {
     h.run(s);
     FAIL() << "a numeric task must be refused";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(":1: \"task\" must be a string"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find(":1: \"task\": expected a string, got 3"),
+              std::string::npos)
         << e.what();
   }
 }

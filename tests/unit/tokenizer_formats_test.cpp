@@ -290,6 +290,22 @@ TEST(TokenizerTiny, LoadsRoundTripsAndStaysUnder512) {
   EXPECT_LT(tok.encode(english).size(), english.size() / 2);  // the merges do compress English
   EXPECT_EQ(tok.encode("hi", true).front(), 1);
   EXPECT_EQ(tok.encode(render_chat("llama3", {{"user", "hi"}})).front(), 1);
+  EXPECT_NO_THROW(check_chat_tokens("llama3", tok));
+  EXPECT_NO_THROW(check_chat_tokens("chatml", tok));
+}
+
+TEST(ChatFormat, ATokenizerWithoutTheMarkersIsRefused) {
+  // The sentencepiece-style test tokenizer has no chat tokens: the template would be text.
+  const Tokenizer tok = Tokenizer::from_json(metaspace_tokenizer());
+  try {
+    check_chat_tokens("chatml", tok);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("chat format chatml: <|im_start|> is not one token of "
+                                         "the model's tokenizer"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(TokenizerTiny, WrittenNextToTheCheckpointFiles) {

@@ -44,6 +44,9 @@ struct Environment {
   // by the hypervisor) or "unknown".
   std::string llc_source = "unknown";
   uint64_t memory_bytes = 0, memory_available_bytes = 0;
+  // The 1-minute load average when captured (/proc/loadavg; -1: unknown): other work competing
+  // for the cores makes every timing slower and noisier.
+  double load_average = -1;
   std::string libtorch;
   BlasInfo blas;
   CudaInfo cuda;
@@ -58,6 +61,11 @@ CudaInfo query_cuda();
 uint64_t last_level_cache_bytes();
 // MemAvailable from /proc/meminfo; 0 if unknown.
 uint64_t available_memory_bytes();
+// The 1-minute load average from /proc/loadavg; -1 if unknown.
+double load_average_1m();
+// A warning when `env` shows other work competing for the cores (load average plus this run's
+// threads beyond the cores); "" on a quiet machine or when unknown.
+std::string busy_machine_warning(const Environment& env);
 // Cores this process may run on.
 int available_cores();
 // Sets libtorch's intra-op thread count (and OpenMP's); n >= 1.

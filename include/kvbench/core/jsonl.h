@@ -25,4 +25,10 @@ void read_jsonl(const std::filesystem::path& path,
 // "<path>:<line>", the place read_jsonl's errors name, for the callers' own row errors.
 std::string jsonl_where(const std::filesystem::path& path, int64_t line);
 
+// Throws Error in the one wording of a row's bad field, `at` being where the row is:
+//   "<at>: \"<key>\": missing (expected <expected>)"      the row has no such key;
+//   "<at>: \"<key>\": expected <expected>, got <value>"  it has another value (cut at 60 chars).
+[[noreturn]] void throw_field_error(const nlohmann::json& row, const std::string& key,
+                                    const std::string& expected, const std::string& at);
+
 }  // namespace kvbench

@@ -11,7 +11,7 @@
 
 namespace kvbench {
 
-enum class ParamType { kInt, kFloat, kBool, kString, kIntList, kNumberList, kStringList };
+enum class ParamType { kInt, kFloat, kBool, kString, kIntList, kNumberList, kStringList, kObject };
 
 struct ParamSpec {
   std::string name;
@@ -35,6 +35,8 @@ struct ParamSpec {
   // Lists that may be empty (an empty list switches the feature off).
   static ParamSpec number_list(std::string name, nlohmann::json def, std::string help);
   static ParamSpec string_list(std::string name, nlohmann::json def, std::string help);
+  // A JSON object whose keys the owner checks against its own table (a task's parameters).
+  static ParamSpec object(std::string name, std::string help);
   ParamSpec range(double lo, double hi) const;
   ParamSpec at_least(double lo) const;
   ParamSpec one_of(std::vector<int64_t> values) const;

@@ -9,6 +9,8 @@
 
 namespace kvbench {
 
+class Tokenizer;
+
 struct ChatMessage {
   std::string role;  // system, user, assistant (chatml also: tool)
   std::string content;
@@ -23,5 +25,9 @@ std::string detect_chat_format(const std::string& chat_template);
 // unknown format or role.
 std::string render_chat(const std::string& format, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt = true);
+// Throws Error unless every marker of `format` (<|start_header_id|>, <|im_start|>, ...) is one
+// token of `tokenizer`: a tokenizer without them would read the template as plain text, and
+// the model would see a prompt it was never trained on.
+void check_chat_tokens(const std::string& format, const Tokenizer& tokenizer);
 
 }  // namespace kvbench

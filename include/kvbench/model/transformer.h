@@ -90,6 +90,10 @@ class Transformer {
                      bool all_logits = false) const;
 
   const ModelConfig& config() const { return config_; }
+  // Tensors of the loaded checkpoint that the config does not read (sorted; RoPE caches named
+  // rotary_emb.inv_freq and a tied lm_head.weight left out): weights for layers or biases the
+  // config does not declare, which transformers would report as unused. Empty for random().
+  const std::vector<std::string>& unused_tensors() const { return unused_tensors_; }
   const ModelWeights& weights() const { return weights_; }
   const ModelPlacement& placement() const { return placement_; }
   // Bytes of weights held in memory (in the placement's dtype).
@@ -104,6 +108,7 @@ class Transformer {
                        KVCache& cache) const;
 
   ModelConfig config_;
+  std::vector<std::string> unused_tensors_;
   ModelWeights weights_;
   ModelPlacement placement_;  // the embedding's device and dtype
   at::Tensor inv_freq_;       // [head_dim / 2] float64

@@ -23,10 +23,13 @@ struct SuiteInfo {
   // by resolve_suite so that validate and --dry-run refuse what a run would; throws Error
   // (ConfigError naming a parameter).
   std::function<void(const nlohmann::json& params)> check;
-  // Rules across the suite's parameters and a method that need no model (the kernels suite: a
-  // codec fitted to a model, a group that does not divide head_dim), run by expand_cells for
-  // cells on the CPU; throws Error.
-  std::function<void(const nlohmann::json& params, const nlohmann::json& method)> check_method;
+  // Rules across the suite's parameters and a method that need no model (the kernels suite on
+  // the CPU: a codec fitted to a model, a group that does not divide head_dim; serving: chunked
+  // prefill with a policy that selects from the whole prefill), run by expand_cells with the
+  // run's device ("cpu" or "cuda"); throws Error.
+  std::function<void(const nlohmann::json& params, const nlohmann::json& method,
+                     const std::string& device)>
+      check_method;
 };
 
 const std::vector<SuiteInfo>& suite_catalog();

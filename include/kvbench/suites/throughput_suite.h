@@ -10,6 +10,10 @@
 
 namespace kvbench {
 
+// The warning for a throughput record whose decode steps spread widely (p90 above 3x the
+// median: other work took the cores, or the step is bimodal), naming the range; "" otherwise.
+std::string decode_spread_warning(const nlohmann::json& record);
+
 class ThroughputSuite final : public Suite {
  public:
   static constexpr const char* kSummary =

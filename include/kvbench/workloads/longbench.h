@@ -40,6 +40,9 @@ LongBenchTemplates load_longbench_templates(const std::string& dir);
 // for it, or is absent) with {context} and {input} substituted; a RULER row's input as it is.
 std::string longbench_prompt(const LongBenchRow& row,
                              const std::optional<LongBenchTemplates>& templates);
+// Whether `templates` has a prompt template for the row's dataset ("_e" suffix ignored); RULER
+// rows need none.
+bool longbench_has_template(const LongBenchRow& row, const LongBenchTemplates& templates);
 // The dataset's generation length (128 when unknown).
 int64_t longbench_max_new_tokens(const LongBenchRow& row,
                                  const std::optional<LongBenchTemplates>& templates);

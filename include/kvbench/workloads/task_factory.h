@@ -28,6 +28,12 @@ std::vector<ParamSpec> task_param_specs(const std::string& task, const std::stri
 // small for the task throws Error.
 TaskSample make_task_sample(const std::string& task, const Tokenizer& tokenizer,
                             const nlohmann::json& params, const std::string& path = "");
+// `params` validated against the task's table (unknown keys, types, ranges, and the checks that
+// span two keys, such as num_queries <= num_keys) with defaults filled in, without generating;
+// keys in `passthrough` are copied unchecked. ConfigError names `path`.<key>.
+nlohmann::json resolve_task_params(const std::string& task, const nlohmann::json& params,
+                                   const std::string& path = "",
+                                   const std::vector<std::string>& passthrough = {});
 // The task's scorer on one output, in [0, 1].
 double score_task_sample(const std::string& task, const std::string& output,
                          const TaskSample& sample);
