@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -127,15 +128,38 @@ double load_average_1m() {
   return load;
 }
 
+namespace {
+// /proc/stat's "procs_running N" (runnable threads, this one included); 0 if unreadable.
+int64_t procs_running() {
+  std::ifstream in("/proc/stat");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("procs_running ", 0) == 0) return std::strtoll(line.c_str() + 14, nullptr, 10);
+  }
+  return 0;
+}
+}  // namespace
+
+double competing_threads_now() {
+  double sum = 0;
+  constexpr int kSamples = 5;
+  for (int i = 0; i < kSamples; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const int64_t running = procs_running();
+    if (running <= 0) return -1;  // it counts this thread: 0 means unreadable
+    sum += static_cast<double>(running - 1);
+  }
+  return sum / kSamples;
+}
+
 std::string busy_machine_warning(const Environment& env) {
-  if (env.load_average < 0.5 || env.cores < 1) return "";
-  if (env.load_average + env.threads <= env.cores + 0.5) return "";
-  char text[320];
+  if (env.competing_threads < 0.5 || env.cores < 1) return "";
+  if (env.competing_threads + env.threads <= env.cores + 0.25) return "";
+  char text[360];
   std::snprintf(text, sizeof(text),
-                "the machine is busy: load average %.1f over the last minute on %d core(s), "
-                "before this run's %d thread(s); timings will be slower and noisier than on a "
-                "quiet machine (recorded as environment.load_average)",
-                env.load_average, env.cores, env.threads);
+                "the machine is busy: %.1f other runnable thread(s) on %d core(s) beside this "
+                "run's %d (1-minute load average %.1f); timings will be slower and noisier than "
+                "on a quiet machine (recorded as environment.competing_threads)",
+                env.competing_threads, env.cores, env.threads, env.load_average);
   return text;
 }
 
@@ -224,7 +248,12 @@ Environment capture_environment() {
   env.llc_source = llc.source;
   env.memory_bytes = proc_kb_field("/proc/meminfo", "MemTotal");
   env.memory_available_bytes = available_memory_bytes();
-  env.load_average = load_average_1m();
+  // Sampled once, before this process ran anything: a grid's later runs would otherwise read
+  // the load of its own earlier cells.
+  static const double load_before_any_cell = load_average_1m();
+  static const double competing_before_any_cell = competing_threads_now();
+  env.load_average = load_before_any_cell;
+  env.competing_threads = competing_before_any_cell;
   env.libtorch = TORCH_VERSION;
   env.blas = detect_blas();
   env.cuda = query_cuda();
@@ -260,6 +289,7 @@ nlohmann::json to_json(const Environment& env) {
           {"memory_bytes", env.memory_bytes},
           {"memory_available_bytes", env.memory_available_bytes},
           {"load_average", env.load_average},
+          {"competing_threads", env.competing_threads},
           {"libtorch", env.libtorch},
           {"blas",
            {{"name", env.blas.name},

@@ -242,6 +242,9 @@ void judge(MetricComparison& c, Worse worse) {
   }
 }
 
+// Below this many samples a side, a bootstrap interval is a few order statistics.
+constexpr size_t kFewSamples = 10;
+
 MetricComparison compare_series(const CompareMetric& m, const Series& b, const Series& n,
                                 const CompareOptions& opt) {
   MetricComparison c;
@@ -406,6 +409,13 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
         c.cell = id;
         c.point = point;
         out.comparisons.push_back(c);
+        const size_t fewest = std::min(sb.samples.size(), it->second.samples.size());
+        if (m.spec.timing && fewest < kFewSamples) {
+          out.notes.push_back(where + ": " + std::to_string(sb.samples.size()) + " baseline and " +
+                              std::to_string(it->second.samples.size()) +
+                              " new samples; an interval from fewer than 10 understates the "
+                              "noise (and none sees drift between runs): raise repeats");
+        }
       }
     }
   }

@@ -124,12 +124,14 @@ std::string resolve_chat_format(const CellContext& ctx) {
   return detected;
 }
 
+// `text` as the model reads it: wrapped as one user turn when `format` is set, then `suffix`
+// (RULER's answer prefix, which opens the model's reply).
 std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& format,
-                                   const std::string& text) {
+                                   const std::string& text, const std::string& suffix = "") {
   const Tokenizer& tok = ctx.model.tokenizer();
-  const std::vector<int32_t> ids = format.empty()
-                                       ? tok.encode(text, true)
-                                       : tok.encode(render_chat(format, {{"user", text}}), false);
+  const std::vector<int32_t> ids =
+      format.empty() ? tok.encode(text + suffix, true)
+                     : tok.encode(render_chat(format, {{"user", text}}) + suffix, false);
   return {ids.begin(), ids.end()};
 }
 
@@ -181,10 +183,10 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
     s.id = row.id, s.task = row.dataset;
     std::vector<int32_t> ids = ctx.model.tokenizer().encode(longbench_prompt(row, templates), true);
     if (limit > 0) ids = truncate_middle(ids, limit);
-    if (!format.empty()) {
+    if (!format.empty() || !row.answer_prefix.empty()) {
       // LongBench cuts the raw prompt, then wraps it: decode the cut ids back to text.
       const std::string text = ctx.model.tokenizer().decode(ids, true);
-      s.tokens = encode_prompt(ctx, format, text);
+      s.tokens = encode_prompt(ctx, format, text, row.answer_prefix);
     } else {
       s.tokens.assign(ids.begin(), ids.end());
     }
@@ -196,8 +198,7 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
     warnings.push_back("templates_dir " + p["templates_dir"].get<std::string>() +
                        " has no prompt template for " +
                        join({untemplated.begin(), untemplated.end()}, ", ") +
-                       ": those rows use the generic {context}\\n\\n{input} prompt and 128 new "
-                       "tokens (or max_new_tokens)");
+                       ": those rows use the generic {context}\\n\\n{input} prompt");
   }
   return out;
 }

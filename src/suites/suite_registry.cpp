@@ -39,6 +39,10 @@ void check_accuracy(const nlohmann::json& p) {
                       "is the suite's own key; set target_tokens beside task");
   if (given.contains("seed"))
     throw ConfigError("task_params.seed", "is set per sample: the run's seed + the sample's index");
+  std::vector<std::string> keys;  // what task_params may set: not the two above
+  for (const ParamSpec& s : task_param_specs(task))
+    if (s.name != "target_tokens" && s.name != "seed") keys.push_back(s.name);
+  check_known_keys(given, keys, "task_params");
   resolve_task_params(task, given, "task_params");
 }
 

@@ -218,7 +218,8 @@ std::string decode_spread_warning(const json& r) {
   const double spread = step["p90"].get<double>() / step["median"].get<double>();
   if (!(spread > kSpreadWarning)) return "";
   return "batch " + std::to_string(r["batch"].get<int64_t>()) + ", prompt " +
-         std::to_string(r["prompt_tokens"].get<int64_t>()) + ": decode steps spread from " +
+         std::to_string(r["prompt_tokens"].get<int64_t>()) + ", new " +
+         std::to_string(r["new_tokens"].get<int64_t>()) + ": decode steps spread from " +
          format_fixed(step["min"].get<double>() * 1e3, 2) + " to " +
          format_fixed(step["max"].get<double>() * 1e3, 2) + " ms (p90 " + format_fixed(spread, 1) +
          "x the median): the machine was busy or the step is bimodal; the median may mislead";

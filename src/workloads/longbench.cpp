@@ -101,10 +101,8 @@ std::vector<LongBenchRow> load_ruler_jsonl(const std::string& path, const std::s
                                     : std::to_string(row["index"].get<int64_t>());
     r.dataset = "ruler:" + task;
     r.input = string_field(row, "input", at);
-    // RULER's prepare step cuts the answer prefix ("The special magic number for X is:") off
-    // the input into its own field; the prompt is the two together.
     if (row.contains("answer_prefix") && !row["answer_prefix"].is_null())
-      r.input += string_field(row, "answer_prefix", at);
+      r.answer_prefix = string_field(row, "answer_prefix", at);
     r.answers = string_list(row, "outputs", at, true);
     KVB_CHECK(!r.answers.empty(), at, ": \"outputs\": empty (a row needs a reference)");
     if (row.contains("length") && row["length"].is_number_integer()) r.length = row["length"];

@@ -127,7 +127,7 @@ TEST(Config, AccuracyTaskParamsAreCheckedAgainstTheTask) {
   EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"depth": 0.25})")), "");
   const std::string unknown = error_of(accuracy(R"(, "task_params": {"num_key": 8})"));
   EXPECT_NE(unknown.find("config: suites[0].task_params.num_key: unknown key (did you mean "
-                         "'num_keys'?); valid keys: target_tokens, depth, seed, num_keys"),
+                         "'num_keys'?); valid keys: depth, num_keys, num_values"),
             std::string::npos)
       << unknown;
   EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"num_keys": 0})")),

@@ -29,22 +29,26 @@ TEST(Environment, CapturesThreadsCachesAndMemory) {
   EXPECT_TRUE(j["cuda"].contains("built"));
   EXPECT_GE(env.load_average, 0.0);  // Linux always has /proc/loadavg
   EXPECT_EQ(j["load_average"], env.load_average);
+  EXPECT_GE(env.competing_threads, 0.0);  // and /proc/stat's procs_running
+  EXPECT_EQ(j["competing_threads"], env.competing_threads);
   set_thread_count(available_cores());
 }
 
 TEST(Environment, WarnsWhenOtherWorkCompetesForTheCores) {
   Environment env;
   env.cores = 2, env.threads = 2;
-  env.load_average = 0.1;
-  EXPECT_EQ(busy_machine_warning(env), "");  // quiet
-  env.load_average = 2.0;
-  EXPECT_NE(busy_machine_warning(env).find("the machine is busy: load average 2.0 over the last "
-                                           "minute on 2 core(s), before this run's 2 thread(s)"),
+  env.load_average = 1.8;  // lags: only the threads runnable now count
+  env.competing_threads = 0.2;
+  EXPECT_EQ(busy_machine_warning(env), "");  // quiet now
+  env.competing_threads = 2.0;
+  EXPECT_NE(busy_machine_warning(env).find("the machine is busy: 2.0 other runnable thread(s) on "
+                                           "2 core(s) beside this run's 2 (1-minute load "
+                                           "average 1.8)"),
             std::string::npos)
       << busy_machine_warning(env);
   env.threads = 1, env.cores = 16;
   EXPECT_EQ(busy_machine_warning(env), "");  // room to spare
-  env.load_average = -1;
+  env.competing_threads = -1;
   EXPECT_EQ(busy_machine_warning(env), "");  // unknown
 }
 

@@ -125,7 +125,8 @@ TEST(LongBench, RulerAnswerPrefixIsAppendedAndEmptyOutputsRefused) {
   }
   const auto rows = load_ruler_jsonl(path, "data");
   ASSERT_EQ(rows.size(), 1u);
-  EXPECT_EQ(longbench_prompt(rows[0], std::nullopt), "Find the number. The number is:");
+  EXPECT_EQ(longbench_prompt(rows[0], std::nullopt), "Find the number. ");
+  EXPECT_EQ(rows[0].answer_prefix, "The number is:");  // the accuracy suite appends it
   {
     std::ofstream f(path);
     f << R"({"index": 0, "input": "q", "outputs": []})"

@@ -267,12 +267,12 @@ TEST(ModelSuites, KernelsCellIdsIgnoreTheModel) {
 }
 
 TEST(ThroughputSuite, AWideDecodeSpreadIsNamed) {
-  json r = {{"batch", 4}, {"prompt_tokens", 256}};
+  json r = {{"batch", 4}, {"prompt_tokens", 256}, {"new_tokens", 32}};
   r["decode_step_s"] = {{"min", 0.0006}, {"median", 0.0007}, {"p90", 0.0009}, {"max", 0.001}};
   EXPECT_EQ(decode_spread_warning(r), "");
   r["decode_step_s"] = {{"min", 0.0006}, {"median", 0.0007}, {"p90", 0.03}, {"max", 0.048}};
   EXPECT_EQ(decode_spread_warning(r),
-            "batch 4, prompt 256: decode steps spread from 0.60 to 48.00 ms (p90 42.9x the "
+            "batch 4, prompt 256, new 32: decode steps spread from 0.60 to 48.00 ms (p90 42.9x the "
             "median): the machine was busy or the step is bimodal; the median may mislead");
 }
 

@@ -44,9 +44,14 @@ struct Environment {
   // by the hypervisor) or "unknown".
   std::string llc_source = "unknown";
   uint64_t memory_bytes = 0, memory_available_bytes = 0;
-  // The 1-minute load average when captured (/proc/loadavg; -1: unknown): other work competing
-  // for the cores makes every timing slower and noisier.
+  // The host's 1-minute load average when this process first captured the environment, before
+  // any cell ran (/proc/loadavg; -1: unknown): other work competing for the cores makes every
+  // timing slower and noisier.
   double load_average = -1;
+  // Other runnable threads at that moment (/proc/stat's procs_running less this thread, the
+  // mean of 5 samples 20 ms apart; -1: unknown): unlike the load average, which lags a minute
+  // behind, work that competes now.
+  double competing_threads = -1;
   std::string libtorch;
   BlasInfo blas;
   CudaInfo cuda;
@@ -63,8 +68,10 @@ uint64_t last_level_cache_bytes();
 uint64_t available_memory_bytes();
 // The 1-minute load average from /proc/loadavg; -1 if unknown.
 double load_average_1m();
-// A warning when `env` shows other work competing for the cores (load average plus this run's
-// threads beyond the cores); "" on a quiet machine or when unknown.
+// Other runnable threads now (see Environment::competing_threads); -1 if unknown.
+double competing_threads_now();
+// A warning when `env` shows other work competing for the cores (other runnable threads plus
+// this run's threads beyond the cores); "" on a quiet machine or when unknown.
 std::string busy_machine_warning(const Environment& env);
 // Cores this process may run on.
 int available_cores();

@@ -22,6 +22,9 @@ struct LongBenchRow {
   std::vector<std::string> answers;      // RULER: "outputs"
   std::vector<std::string> all_classes;  // classification tasks only
   int64_t length = 0;                    // the data set's own length field (words), 0 if absent
+  // RULER: the answer's lead-in ("The special magic number for X is:") that RULER's prepare
+  // step cuts off the input; it follows the prompt (after any chat wrapper), "" when absent.
+  std::string answer_prefix;
 };
 
 // Every row of a LongBench-format JSONL file; a bad line throws Error naming file:line and key.
