@@ -56,10 +56,13 @@ int main(int argc, char** argv) {
   register_report_command(app, global);
   register_compare_command(app, global);
   register_train_command(app, global);
+  // The first word that is neither an option nor --log-level's value names the command.
+  int first = 1;
+  while (first < argc && argv[first][0] == '-')
+    first += std::string(argv[first]) == "--log-level" ? 2 : 1;
   const std::vector<std::string> names = command_names(app);
-  if (argc > 1 && argv[1][0] != '-' &&
-      std::find(names.begin(), names.end(), argv[1]) == names.end()) {
-    std::cerr << unknown_command_message(names, argv[1]) << "\n";
+  if (first < argc && std::find(names.begin(), names.end(), argv[first]) == names.end()) {
+    std::cerr << unknown_command_message(names, argv[first]) << "\n";
     return 2;
   }
   try {

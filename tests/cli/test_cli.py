@@ -519,6 +519,8 @@ class CliTest(CliCase):
                                    "commands: run, validate, list")
         self.assert_one_line_error(kvbench("compair"), 2, "(did you mean 'compare'?)")
         self.assert_one_line_error(kvbench("figures", "r.json"), 2, "scripts/figures.py")
+        self.assert_one_line_error(kvbench("--log-level", "debug", "figures"), 2,
+                                   "unknown command 'figures'")
         self.assertEqual(kvbench("run").returncode, 2)  # --config is required
         res = kvbench("version", "--log-level", "loud")
         self.assertEqual(res.returncode, 2)
