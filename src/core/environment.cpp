@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -148,7 +149,10 @@ double competing_threads_now() {
     if (running <= 0) return -1;  // it counts this thread: 0 means unreadable
     sum += static_cast<double>(running - 1);
   }
-  return sum / kSamples;
+  // procs_running counts the whole host; a process pinned to some CPUs competes for its share.
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  const double share = online > 0 ? std::min(1.0, double(available_cores()) / double(online)) : 1.0;
+  return share * sum / kSamples;
 }
 
 std::string busy_machine_warning(const Environment& env) {

@@ -414,7 +414,8 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
           out.notes.push_back(where + ": " + std::to_string(sb.samples.size()) + " baseline and " +
                               std::to_string(it->second.samples.size()) +
                               " new samples; an interval from fewer than 10 understates the "
-                              "noise (and none sees drift between runs): raise repeats");
+                              "noise (and none sees drift between runs): raise " +
+                              (m.spec.suite == "serving" ? "requests" : "repeats"));
         }
       }
     }

@@ -422,30 +422,35 @@ double budget_bytes(const json& p) {
 }
 
 // The arrival rate the requests actually had, what a rate's few seeded gaps give rather than
-// the nominal rate: arrivals over duration_s when it cuts them, else n - 1 gaps over the span
-// from the first arrival (at 0) to the last. Null below two requests or for rate 0.
+// the nominal rate: the arrivals after the first (at 0) over duration_s when it cuts them,
+// else n - 1 gaps over the span from the first arrival to the last. Null below two requests
+// or for rate 0.
 json offered_rate(const std::vector<double>& arrivals, double rate, double duration_s) {
   if (rate == 0) return nullptr;
-  if (duration_s > 0) return static_cast<double>(arrivals.size()) / duration_s;
+  if (duration_s > 0) return static_cast<double>(arrivals.size() - 1) / duration_s;
   if (arrivals.size() < 2 || !(arrivals.back() > arrivals.front())) return nullptr;
   return static_cast<double>(arrivals.size() - 1) / (arrivals.back() - arrivals.front());
 }
 
-// Every rate scales the same seeded draws (so the methods see identical arrivals), and with few
-// requests their mean gap can sit far from 1 / rate: one warning per cell past 25%.
+// With few requests the seeded gaps can average far from 1 / rate. One warning per cell, for
+// the rate furthest off past 25% (with `requests`, every rate scales the same draws and sits
+// off by the same factor; with duration_s, the lowest rates have the fewest arrivals).
 void warn_off_rate(const json& per_rate, std::vector<std::string>& warnings) {
+  const json* worst = nullptr;
+  double worst_off = 0.25;
   for (const json& r : per_rate) {
-    const double rate = r["rate"];
-    if (rate == 0 || !r["offered_rate"].is_number()) continue;
-    const double ratio = r["offered_rate"].get<double>() / rate;
-    if (std::fabs(ratio - 1) <= 0.25) return;
-    warnings.push_back("the " + std::to_string(r["requests"].get<int64_t>()) +
-                       " seeded Poisson arrivals come at " + format_fixed(ratio, 2) +
-                       "x the nominal rate (e.g. " +
-                       format_fixed(r["offered_rate"].get<double>(), 2) + "/s at rate " +
-                       format_fixed(rate, 2) + "; see arrived/s); more requests bring them closer");
-    return;
+    if (r["rate"].get<double>() == 0 || !r["offered_rate"].is_number()) continue;
+    const double off = std::fabs(r["offered_rate"].get<double>() / r["rate"].get<double>() - 1);
+    if (off > worst_off) worst = &r, worst_off = off;
   }
+  if (worst == nullptr) return;
+  const double rate = (*worst)["rate"], offered = (*worst)["offered_rate"];
+  warnings.push_back("rate " + format_fixed(rate, 2) + ": its " +
+                     std::to_string((*worst)["requests"].get<int64_t>()) +
+                     " seeded Poisson arrivals came at " + format_fixed(offered, 2) + "/s (" +
+                     format_fixed(offered / rate, 2) +
+                     "x the nominal rate; see arrived/s); more requests or a longer duration_s "
+                     "bring them closer");
 }
 
 // Requests per rate: `requests`, or with duration_s the Poisson arrivals before it.
@@ -568,8 +573,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                              {"preemptions", r.preemptions}});
     }
     const std::string arrivals_kind = from_trace ? "trace" : "poisson";
-    m["offered_rate"] =
-        from_trace ? json(rate) : offered_rate(arrivals[ri], rate, p["duration_s"].get<double>());
+    m["offered_rate"] = from_trace
+                            ? (rate > 0 ? json(rate) : json())
+                            : offered_rate(arrivals[ri], rate, p["duration_s"].get<double>());
     json record = {{"kind", "serving"}, {"rate", rate},           {"arrivals", arrivals_kind},
                    {"samples_s", e2e},  {"ttft_samples_s", ttft}, {"requests_detail", per_request}};
     record.update(m);
