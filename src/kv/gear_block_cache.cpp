@@ -26,11 +26,10 @@ const std::shared_ptr<const GearCodec>& checked(const std::shared_ptr<const Gear
             " scales, outliers and factors, which the GPU path lacks (model dtype fp16 or bf16)");
   KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr ||
                 (policy->timing() == EvictionTiming::kAfterPrefill && !policy->cache_positions() &&
-                 (policy->needs() == RetentionNeeds::kPositions ||
-                  policy->needs() == RetentionNeeds::kWindowScores)),
+                 policy->needs() != RetentionNeeds::kQueryPages),
             "paged cache: gear's codes span tokens, so on the paged path it takes only policies "
-            "that select once after the prefill from positions or window scores (SnapKV, "
-            "PyramidKV); with retention policy '",
+            "that select once after the prefill (SnapKV, PyramidKV, or H2O, TOVA, ScissorHands "
+            "and StreamingLLM with \"evict\": \"after_prefill\"); with retention policy '",
             policy ? policy->name() : "", "' run it with attention cpu or reference");
   KVB_CHECK(device.is_cpu() || device.is_cuda(), "paged cache: device ", device.str(),
             " (expected cpu or cuda)");
@@ -326,14 +325,11 @@ void GearBlockCache::evict_after_prefill(int64_t layer, const std::vector<int64_
       return x.narrow(0, int64_t(row), n).transpose(0, 1).to(device_, at::kFloat);
     };
     const at::Tensor kb = rows_of(k), vb = rows_of(v);  // [kv_heads, n, head_dim]
-    if (policy_->needs() == RetentionNeeds::kWindowScores) {
-      in.window_attention =
-          prefill_window_attention(rows_of(q), kb, std::min(policy_->observation_window(), n));
-      in.host_positions = in.positions;
-      in.positions = device_.is_cuda()
-                         ? in.positions.contiguous().pin_memory().to(device_, /*non_blocking=*/true)
-                         : in.positions;
-    }
+    in.host_positions = in.positions;
+    in.positions = device_.is_cuda()
+                       ? in.positions.contiguous().pin_memory().to(device_, /*non_blocking=*/true)
+                       : in.positions;
+    select_inputs(in, sequence(seqs[i]), layer, rows_of(q), kb);
     const at::Tensor kept = policy_->select(in).to(device_);  // [kv_heads, kept], ascending
     KVB_CHECK(kept.dim() == 2 && kept.size(0) == num_kv_heads_, "retention policy '",
               policy_->name(), "' selected ", kept.sizes(), " for ", num_kv_heads_, " KV heads");
@@ -349,6 +345,41 @@ void GearBlockCache::evict_after_prefill(int64_t layer, const std::vector<int64_
   }
   if (!rebuilt.empty()) append_with_blocks(layer, rebuilt);
   retention_s_ += watch.seconds();
+}
+
+void GearBlockCache::select_inputs(RetentionInput& in, const Sequence& s, int64_t layer,
+                                   const at::Tensor& q, const at::Tensor& k) const {
+  const int64_t n = k.size(1);
+  switch (policy_->needs()) {
+    case RetentionNeeds::kPositions:
+    case RetentionNeeds::kQueryPages:
+      return;
+    case RetentionNeeds::kWindowScores:  // from the full-precision keys, as the CPU cache does
+      in.window_attention =
+          prefill_window_attention(q, k, std::min(policy_->observation_window(), n));
+      return;
+    default:
+      break;
+  }
+  // The per-step policies score the prefill's attention as the CPU cache records it: over the
+  // keys attention read, the layer's reconstructed blocks and its exact buffer.
+  const at::Tensor keys = reconstruct(s, layer).first;  // [kv_heads, n, head_dim] fp32
+  switch (policy_->needs()) {
+    case RetentionNeeds::kScoresEveryStep:
+      in.accumulated = summed_attention(q, keys, in.positions, 0);
+      return;
+    case RetentionNeeds::kLastQueryScores:
+      in.current = newest_query_attention(q, keys);
+      return;
+    case RetentionNeeds::kLowAttentionCounts:
+      in.low_counts = low_attention(q, keys, in.positions, 0, policy_->observation_window())
+                          .sum(3)
+                          .to(at::kFloat)
+                          .mean(2);
+      return;
+    default:
+      return;
+  }
 }
 
 std::pair<at::Tensor, at::Tensor> GearBlockCache::reconstruct(const Sequence& s,

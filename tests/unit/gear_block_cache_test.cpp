@@ -23,6 +23,7 @@
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/gear_block_cache.h"
 #include "kvbench/kv/gear_blocks.h"
+#include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/method_registry.h"
 #include "paged_device.h"
 
@@ -264,7 +265,8 @@ TEST(GearBlockBatchTest, Bf16ModelsAttendLikeTheReferenceCache) {
 }
 
 // Policies that select once after the prefill (SnapKV from window scores, PyramidKV's
-// per-layer budgets, StreamingLLM evicting at the prefill from positions): the prefill attends
+// per-layer budgets, StreamingLLM evicting at the prefill from positions; H2O, TOVA and
+// ScissorHands from the prefill's attention over the reconstructed keys): the prefill attends
 // everything, then each layer is stored afresh from the kept tokens; the kept counts, every
 // later output and the bytes equal the reference cache's (which rebuilds GEAR's store alike).
 TEST(GearBlockRetentionTest, SelectsAfterThePrefillLikeTheReferenceCache) {
@@ -272,7 +274,11 @@ TEST(GearBlockRetentionTest, SelectsAfterThePrefillLikeTheReferenceCache) {
        {R"({"name": "snapkv", "budget": 48, "window": 8, "codec": "gear-4"})",
         R"({"name": "pyramidkv", "budget": 40, "window": 8, "codec": "gear"})",
         R"({"name": "streamingllm", "sinks": 4, "window": 30, "evict": "after_prefill",
-            "codec": "gear-4"})"}) {
+            "codec": "gear-4"})",
+        R"({"name": "h2o", "heavy": 24, "recent": 16, "evict": "after_prefill", "codec": "gear"})",
+        R"({"name": "tova", "budget": 40, "evict": "after_prefill", "codec": "gear-4"})",
+        R"({"name": "scissorhands", "budget": 44, "recent": 8, "history": 12,
+            "evict": "after_prefill", "codec": "gear"})"}) {
     SCOPED_TRACE(entry);
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
     const auto codec = std::dynamic_pointer_cast<const GearCodec>(make_codec(method, at::kHalf));
@@ -314,15 +320,11 @@ TEST(GearBlockCacheErrorsTest, SaysWhatThePagedPathCannotRun) {
   EXPECT_NE(error_of([&] { GearBlockCache(fp32, 1, 1, kDim); }).find("fp16 or bf16"),
             std::string::npos);
   const auto codec = gear_codec({{"name", "gear"}}, at::kHalf);
-  // A policy that selects from every step's scores (H2O, even evicting once after the prefill).
-  const nlohmann::json h2o = resolve_method({{"name", "h2o"},
-                                             {"codec", "gear"},
-                                             {"heavy", 32},
-                                             {"recent", 32},
-                                             {"evict", "after_prefill"}},
-                                            "m");
+  // A policy that evicts during decode (a token cannot leave a block; method resolution
+  // already refuses it with GEAR, the cache says so too).
+  const auto decode_h2o = std::make_shared<H2oPolicy>(32, 32, false, EvictionTiming::kDecode);
   EXPECT_NE(error_of([&] {
-              make_paged_cache(h2o, make_codec(h2o, at::kHalf), 1, 1, kDim, at::kHalf, at::kCPU);
+              GearBlockCache(codec, 1, 1, kDim, at::kCPU, decode_h2o);
             }).find("run it with attention cpu or reference"),
             std::string::npos);
   EXPECT_NE(error_of([&] {

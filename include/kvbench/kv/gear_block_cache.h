@@ -15,8 +15,10 @@
 //            over them (paged_block_attention: SDPA on a GPU); also the CPU's decode steps.
 // Not pages: a block's tensors come from the device's caching allocator when it forms (its size
 // depends on its token count and outliers). Codes span tokens, so no token can be dropped from
-// a block: retention policies run only if they select once after the prefill from positions or
-// window scores (SnapKV, PyramidKV); the layer is then stored afresh from the kept tokens'
+// a block: retention policies run only if they select once after the prefill (SnapKV and
+// PyramidKV from window scores of the full-precision keys; H2O, TOVA and ScissorHands with
+// "evict": "after_prefill" from the prefill's attention over the reconstructed keys, which is
+// what the CPU cache records); the layer is then stored afresh from the kept tokens'
 // full-precision values, as the CPU cache does (others run with attention cpu or reference).
 // The model must be fp16 or bf16 (the kernel's 16-bit metadata); the kernel takes
 // head_dim <= 128 and <= 8 query heads per KV head.
@@ -103,6 +105,10 @@ class GearBlockCache final : public KVCache {
   void evict_after_prefill(int64_t layer, const std::vector<int64_t>& seqs,
                            const std::vector<int64_t>& counts, const std::vector<bool>& first,
                            const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+  // Fills what the policy needs to select from `s`'s prefill at `layer` (in.positions set):
+  // q [num_heads, n, head_dim] and k [kv_heads, n, head_dim] fp32, the prefill's rows.
+  void select_inputs(RetentionInput& in, const Sequence& s, int64_t layer, const at::Tensor& q,
+                     const at::Tensor& k) const;
   // The decode kernel (or its host reference) for a batch of single tokens.
   at::Tensor decode(int64_t layer, const std::vector<int64_t>& seqs, const at::Tensor& q);
   const at::Tensor& tables(int64_t layer, const std::vector<int64_t>& seqs);
