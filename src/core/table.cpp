@@ -37,6 +37,7 @@ void print_table(std::ostream& os, const Table& table) {
   print_row(rule);
   for (const auto& row : table.rows) print_row(row);
   os << std::left;
+  for (const auto& note : table.notes) os << note << '\n';
 }
 
 }  // namespace kvbench

@@ -124,6 +124,8 @@ Table LatencySuite::summary_table(const CellOutput& output) const {
     t.rows.push_back({r["kind"].get<std::string>(), std::to_string(n), ms("median"), ms("p90"),
                       ms("p99"), ms("mean"), ms("stddev"), ci});
   }
+  const std::string memory = kv_memory_note(output.summary.value("kv_memory", json()));
+  if (!memory.empty()) t.notes.push_back(memory);
   return t;
 }
 

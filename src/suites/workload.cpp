@@ -135,6 +135,17 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
           {"nominal_mismatch", std::abs(measured - nominal) > 0.01 * std::max(nominal, 1.0)}};
 }
 
+std::string kv_memory_note(const nlohmann::json& m) {
+  if (!m.is_object() || !m.contains("measured") || !m.contains("tokens")) return "";
+  std::string note = "KV cache at peak: " + format_bytes(m["measured"].value("total", 0.0)) +
+                     " for " + std::to_string(m["tokens"].get<int64_t>()) + " tokens (" +
+                     format_fixed(m.value("bits_per_value", 0.0), 2) + " bits/value, " +
+                     format_fixed(m.value("ratio_to_fp16", 0.0), 2) + "x fp16";
+  const double kept = m.contains("kept_tokens") ? m["kept_tokens"].value("fraction", 1.0) : 1.0;
+  if (kept < 1.0) note += ", " + format_fixed(kept * 100.0, 1) + "% of tokens kept";
+  return note + ")";
+}
+
 uint64_t model_weight_bytes(const ModelConfig& config, at::ScalarType dtype) {
   uint64_t elements = 0;
   for (const auto& [name, shape] : Transformer::expected_tensors(config)) {

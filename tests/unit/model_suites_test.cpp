@@ -51,7 +51,14 @@ TEST(LatencySuite, KeepsEverySampleAndConsistentSummaries) {
   EXPECT_EQ(out.summary["ttft_s"]["n"], 6);
   // 2 sequences x (12 + 4 fed back) tokens x 4 layers x 2 (K, V) x 2 heads x 64 dims x bf16.
   EXPECT_EQ(out.summary["kv_bytes_peak"], 2u * 16 * 4 * 2 * 2 * 64 * 2);
-  EXPECT_EQ(suite.summary_table(out).rows.size(), 4u);
+  const Table table = suite.summary_table(out);
+  EXPECT_EQ(table.rows.size(), 4u);
+  // The cache's peak under the table: 64 KiB of bf16 values, 16 bits each, as fp16 would be.
+  ASSERT_EQ(table.notes.size(), 1u);
+  EXPECT_NE(table.notes[0].find("KV cache at peak: 64.00 KiB for 32 tokens"), std::string::npos)
+      << table.notes[0];
+  EXPECT_NE(table.notes[0].find("(16.00 bits/value, 1.00x fp16)"), std::string::npos)
+      << table.notes[0];
 }
 
 TEST(LatencySuite, TextPromptsGoThroughTheModelsTokenizer) {

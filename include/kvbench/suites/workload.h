@@ -35,6 +35,10 @@ void check_memory_fits(uint64_t bytes, const std::string& what);
 // the method's formula, bytes per token, bits per stored value, the ratio to an fp16 cache, and
 // whether measured and nominal disagree (compression that did not happen as claimed).
 nlohmann::json kv_memory_json(const GenerationResult& result, const ModelConfig& config);
+// One line under a table for kv_memory_json's object: "KV cache at peak: 502.8 KiB for 539
+// tokens (7.46 bits/value, 0.47x fp16)", plus the kept share when a policy evicted. Empty when
+// `kv_memory` is not such an object (a cell that generated nothing).
+std::string kv_memory_note(const nlohmann::json& kv_memory);
 // Accumulates generations' step times and the KV cache's retention time within them.
 struct RetentionTimes {
   std::vector<double> prefill_s, prefill_retention_s;  // one per generation
