@@ -50,6 +50,25 @@ std::string metrics_help() {
   return text;
 }
 
+// The distinct suites of a report's ok cells, in order of first appearance.
+std::vector<std::string> suites_of(const nlohmann::json& report) {
+  std::vector<std::string> out;
+  for (const auto& c : report["cells"]) {
+    const std::string s = c.value("suite", "");
+    if (c.value("status", "") == "ok" && std::find(out.begin(), out.end(), s) == out.end())
+      out.push_back(s);
+  }
+  return out;
+}
+
+// "tpot (latency)", ... for every metric with a threshold.
+std::vector<std::string> checked_metrics(const CompareOptions& options) {
+  std::vector<std::string> out;
+  for (const CompareMetric& m : compare_metrics())
+    if (options.thresholds.count(m.name)) out.push_back(m.name + " (" + m.suite + ")");
+  return out;
+}
+
 int compare(const CompareCliOptions& opt) {
   LoadedReport base, cand;
   CompareOptions options;
@@ -101,9 +120,14 @@ int compare(const CompareCliOptions& opt) {
     } else if (ok == 0) {
       std::cout << "nothing compared: no cell of the baseline is ok (" << cells
                 << " cell(s), all failed); fix the baseline run first\n";
+    } else if (options.thresholds.empty()) {
+      std::cout << "nothing compared: every metric is off (--threshold METRIC=off)\n";
     } else {
-      std::cout << "nothing compared: no metric of the baseline's " << ok
-                << " ok cell(s) was found in the new report (see the warnings above)\n";
+      std::cout << "nothing compared: none of the baseline's " << ok
+                << " ok cell(s) has a metric this compare checks (its suites: "
+                << join(suites_of(base.doc), ", ")
+                << "; metrics checked: " << join(checked_metrics(options), ", ") << ")"
+                << (result.notes.empty() ? "" : "; see the warnings above") << "\n";
     }
     return 1;
   }
@@ -112,6 +136,12 @@ int compare(const CompareCliOptions& opt) {
     return 0;
   }
   std::cout << n << " regression(s):\n";
+  // A red job on a busy runner: say so beside the verdict, not only in the log's warnings.
+  const std::string busy = busy_machine_note(base.doc, cand.doc);
+  const bool timing_regressed =
+      std::any_of(result.comparisons.begin(), result.comparisons.end(),
+                  [](const MetricComparison& c) { return c.regressed && c.timing; });
+  if (timing_regressed && !busy.empty()) std::cout << "  note: " << busy << "\n";
   for (const std::string& f : result.newly_failed) {
     std::cout << "  failed now (ok in the baseline): " << f << "\n";
   }

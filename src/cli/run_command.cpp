@@ -114,13 +114,24 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
   }
 
   // Claimed by the first write (a new name, exclusively); later writes replace it. A resumed
-  // run continues the partial report it resumes from.
+  // run continues this run's report (partial, or finished with failed cells to run again) and
+  // keeps its start time.
   std::filesystem::path path;
   if (opt.resume) {
     std::vector<std::string> ids;
     for (const auto& c : cells) ids.push_back(c.id);
-    path = partial_report_to_continue(spec.output_dir, spec.resolved, ids);
-    if (!path.empty()) spdlog::info("resume: continuing {}", path.string());
+    const ContinuedReport continued = report_to_continue(spec.output_dir, spec.resolved, ids);
+    path = continued.path;
+    if (!path.empty()) {
+      spdlog::info("resume: continuing {}", path.string());
+      if (!continued.created.empty()) info.created = continued.created;
+      if (!continued.partial && to_run.empty()) {
+        // Nothing failed or missing: the finished report stays as it is.
+        std::cout << "nothing to run: every cell is ok in " << path.string() << "\n";
+        std::cout << "report: " << path.string() << "\n";
+        return 0;
+      }
+    }
   }
   auto write = [&](const nlohmann::json& report) {
     if (path.empty())

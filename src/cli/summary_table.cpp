@@ -2,6 +2,7 @@
 
 #include "kvbench/core/table.h"
 #include "kvbench/core/text.h"
+#include "kvbench/report/report_tables.h"
 #include "kvbench/suites/suite_registry.h"
 
 namespace kvbench {
@@ -20,9 +21,16 @@ void print_cell_plan(std::ostream& os, const std::vector<Cell>& cells,
 }
 
 void print_run_summary(std::ostream& os, const std::vector<CellResult>& results) {
+  // Cells of one method name with different parameters (four SnapKV budgets) are told apart
+  // by the parameters that differ.
+  std::vector<nlohmann::json> methods;
+  for (const auto& r : results) methods.push_back(r.cell.method);
+  const std::map<std::string, std::string> labels = method_labels(methods);
   for (const auto& r : results) {
-    os << "\n== " << r.cell.id << "  (" << (r.ok ? "ok" : "FAILED") << ", "
-       << format_fixed(r.duration_s, 1) << " s, peak RSS "
+    const std::string label = labels.at(r.cell.method.dump());
+    os << "\n== " << r.cell.id
+       << (label != r.cell.method.value("name", "") ? "  " + label : std::string()) << "  ("
+       << (r.ok ? "ok" : "FAILED") << ", " << format_fixed(r.duration_s, 1) << " s, peak RSS "
        << format_bytes(static_cast<double>(r.peak_rss_bytes)) << ")\n";
     if (!r.ok) {
       os << "error: " << r.error << "\n";

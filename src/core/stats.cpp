@@ -34,16 +34,37 @@ double percentile(std::vector<double> x, double p) {
 
 double median(const std::vector<double>& x) { return percentile(x, 50); }
 
+namespace {
+
+void check_block(const std::vector<double>& x, size_t block) {
+  KVB_CHECK(block >= 1 && x.size() % block == 0, "bootstrap: runs of ", block,
+            " samples do not divide ", x.size(), " samples");
+}
+
+// One bootstrap resample of x into draw (x's size): whole runs of `block` samples drawn with
+// replacement (single samples when block is 1, the same draws as before blocks existed).
+void resample(const std::vector<double>& x, size_t block, Rng& rng, std::vector<double>& draw) {
+  const size_t runs = x.size() / block;
+  for (size_t r = 0; r < runs; ++r) {
+    const size_t from = rng.below(runs) * block;
+    std::copy_n(x.begin() + static_cast<std::ptrdiff_t>(from), block,
+                draw.begin() + static_cast<std::ptrdiff_t>(r * block));
+  }
+}
+
+}  // namespace
+
 Interval bootstrap_median_ci(const std::vector<double>& x, double confidence, int resamples,
-                             uint64_t seed) {
+                             uint64_t seed, size_t block) {
   KVB_CHECK(!x.empty(), "bootstrap of an empty sample");
   KVB_CHECK(confidence > 0 && confidence < 1, "confidence must be in (0, 1)");
   KVB_CHECK(resamples > 0, "resamples must be positive");
+  check_block(x, block);
   Rng rng(seed);
   std::vector<double> medians(static_cast<size_t>(resamples));
   std::vector<double> draw(x.size());
   for (auto& m : medians) {
-    for (auto& d : draw) d = x[rng.below(x.size())];
+    resample(x, block, rng, draw);
     m = median(draw);
   }
   const double tail = (1 - confidence) / 2 * 100;
@@ -66,18 +87,21 @@ double median_in_place(std::vector<double>& v) {
 
 Interval bootstrap_median_change_ci(const std::vector<double>& baseline,
                                     const std::vector<double>& candidate, double confidence,
-                                    int resamples, uint64_t seed) {
+                                    int resamples, uint64_t seed, size_t baseline_block,
+                                    size_t candidate_block) {
   KVB_CHECK(!baseline.empty() && !candidate.empty(), "bootstrap of an empty sample");
   KVB_CHECK(*std::min_element(baseline.begin(), baseline.end()) > 0,
             "a relative change needs positive baseline samples");
   KVB_CHECK(confidence > 0 && confidence < 1, "confidence must be in (0, 1)");
   KVB_CHECK(resamples > 0, "resamples must be positive");
+  check_block(baseline, baseline_block);
+  check_block(candidate, candidate_block);
   Rng rng(seed);
   std::vector<double> changes(static_cast<size_t>(resamples));
   std::vector<double> draw_b(baseline.size()), draw_c(candidate.size());
   for (auto& d : changes) {
-    for (auto& v : draw_b) v = baseline[rng.below(baseline.size())];
-    for (auto& v : draw_c) v = candidate[rng.below(candidate.size())];
+    resample(baseline, baseline_block, rng, draw_b);
+    resample(candidate, candidate_block, rng, draw_c);
     d = median_in_place(draw_c) / median_in_place(draw_b) - 1;
   }
   const double tail = (1 - confidence) / 2 * 100;
@@ -166,7 +190,7 @@ double wasserstein_1(const std::vector<double>& x, const std::vector<double>& y)
   return w;
 }
 
-Summary summarize(const std::vector<double>& x, uint64_t seed) {
+Summary summarize(const std::vector<double>& x, uint64_t seed, size_t block) {
   KVB_CHECK(!x.empty(), "summary of an empty sample");
   Summary s;
   s.n = x.size();
@@ -177,7 +201,7 @@ Summary summarize(const std::vector<double>& x, uint64_t seed) {
   s.median = median(x);
   s.p90 = percentile(x, 90);
   s.p99 = percentile(x, 99);
-  s.median_ci95 = bootstrap_median_ci(x, 0.95, 2000, seed);
+  s.median_ci95 = bootstrap_median_ci(x, 0.95, 2000, seed, block);
   return s;
 }
 

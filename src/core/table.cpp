@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <iomanip>
 
 namespace kvbench {
 namespace {
@@ -23,20 +22,21 @@ void print_table(std::ostream& os, const Table& table) {
     }
   }
   auto print_row = [&](const std::vector<std::string>& row) {
+    std::string line;
     for (size_t c = 0; c < width.size(); ++c) {
       const std::string cell = c < row.size() ? row[c] : "";
-      os << (c ? "  " : "") << (numeric(cell) ? std::right : std::left)
-         << std::setw(static_cast<int>(width[c])) << cell;
+      const std::string pad(width[c] - std::min(width[c], cell.size()), ' ');
+      line += (c ? "  " : "") + (numeric(cell) ? pad + cell : cell + pad);
     }
-    os << '\n';
+    // No trailing blanks (a left-aligned last column would leave them in diffs and logs).
+    line.erase(line.find_last_not_of(' ') + 1);
+    os << line << '\n';
   };
   print_row(table.columns);
   std::vector<std::string> rule;
   for (size_t w : width) rule.push_back(std::string(w, '-'));
-  os << std::left;
   print_row(rule);
   for (const auto& row : table.rows) print_row(row);
-  os << std::left;
   for (const auto& note : table.notes) os << note << '\n';
 }
 

@@ -53,8 +53,10 @@ ParamSpec query_int8_param() {
 ParamSpec value_int8_param(bool on) {
   return ParamSpec::boolean("value_int8", on,
                             "fused cpu attention: accumulate values against the weights p*scale "
-                            "quantized to int8 per 32-token tile (vpdpbusd; AVX-512 VNNI, group a "
-                            "multiple of 32, head_dim of 64); false: exact fp32 weights");
+                            "quantized to int8 per 32-token tile (vpdpbusd; AVX-512 VNNI; "
+                            "block formats: group a multiple of 32, head_dim of 64; KIVI: group "
+                            "a multiple of 16, head_dim of 128/bits, at most 256); false: exact "
+                            "fp32 weights");
 }
 
 ParamSpec group_param() {

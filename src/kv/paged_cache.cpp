@@ -1099,10 +1099,34 @@ StorageBytes PagedKVCache::storage() const {
     b.metadata += sequences_.size() * 2 * heads * sizeof(float);
   b.payload *= uint64_t(num_layers_);
   b.metadata *= uint64_t(num_layers_);
+  b.padding = padding_bytes();
   for (const auto& [id, s] : sequences_)  // Quest's page bounds
     for (const QuestBounds& qb : s.quest)
       if (qb.mins.defined()) b.metadata += uint64_t(qb.mins.nbytes() + qb.maxs.nbytes());
   return b;
+}
+
+uint64_t PagedKVCache::padding_bytes() const {
+  const int64_t P = format_.page_size, R = format_.residual, D = head_dim_;
+  const auto k = kernels::page_bytes(format_.format, true, int(P), int(D)),
+             v = kernels::page_bytes(format_.format, false, int(P), int(D));
+  const double key_token = double(k.data + k.meta) / double(P),
+               value_token = double(v.data + v.meta) / double(P);
+  double slots = 0;  // bytes per KV head and layer
+  for (const auto& [id, s] : sequences_) {
+    const int64_t T = s.length, pages = (T + P - 1) / P;  // reserve()'s pages for T tokens
+    if (!kernels::is_kivi(format_.format)) {
+      slots += double(pages * P - T) * (key_token + value_token);
+      continue;
+    }
+    // Pages cover T positions, their keys and values filled up to the quantized ends only;
+    // each ring holds R rows of which the window fills T - end.
+    const int64_t keys = kernels::append::key_pages_end(int(T), int(R)),
+                  values = kernels::append::value_pages_end(int(T), int(R));
+    slots += double(pages * P - keys) * key_token + double(pages * P - values) * value_token;
+    slots += double((R - (T - keys)) + (R - (T - values))) * double(D) * 2.0;
+  }
+  return uint64_t(std::llround(slots * double(num_kv_heads_) * double(num_layers_)));
 }
 
 StorageBytes PagedKVCache::nominal() const {

@@ -19,6 +19,7 @@ struct Series {
   std::vector<double> samples;
   double value = 0;
   double rate_scale = 0;  // > 0: the metric is rate_scale / median(samples) (tokens/s)
+  size_t block = 1;       // samples come in correlated runs of this many (bootstrap_median_ci)
 };
 using Points = std::map<std::string, Series>;  // point label -> series
 using Extract = std::function<Points(const json& cell)>;
@@ -42,12 +43,20 @@ std::string point_label(const json& r, const std::vector<std::string>& keys) {
   return join(parts, " ");
 }
 
-// A latency record kind ("tpot") as one timing series for the cell.
+// A latency record kind ("tpot") as one timing series for the cell. ITL samples are each
+// request's gaps in turn, correlated within a request: they are resampled by request (the
+// summary's request count; single gaps if it does not divide them).
 Extract latency_kind(const std::string& kind) {
   return [kind](const json& cell) {
     Points out;
     for (const json& r : cell.value("records", json::array())) {
-      if (r.value("kind", "") == kind) out[""] = {samples_of(r, "samples_s")};
+      if (r.value("kind", "") != kind) continue;
+      Series s{samples_of(r, "samples_s")};
+      const json requests = cell.value("summary", json::object()).value("requests", json());
+      if (kind == "itl" && requests.is_number_integer() && requests.get<int64_t>() > 0 &&
+          s.samples.size() % requests.get<size_t>() == 0)
+        s.block = s.samples.size() / requests.get<size_t>();
+      out[""] = s;
     }
     return out;
   };
@@ -260,8 +269,8 @@ MetricComparison compare_series(const CompareMetric& m, const Series& b, const S
     return c;
   }
   const double mb = median(b.samples), mn = median(n.samples);
-  const Interval d =
-      bootstrap_median_change_ci(b.samples, n.samples, opt.confidence, opt.resamples, opt.seed);
+  const Interval d = bootstrap_median_change_ci(b.samples, n.samples, opt.confidence, opt.resamples,
+                                                opt.seed, b.block, n.block);
   const double x = (mn - mb) / mb, lo = d.low, hi = d.high;  // relative time change
   if (b.rate_scale > 0) {
     // A rate r = scale / t changes by 1 / (1 + x) - 1 when t changes by x; decreasing in x.
@@ -338,11 +347,28 @@ json report_setup(const json& doc) {
           {"kv_dtype", model.value("kv_dtype", json())}};
 }
 
+// Other work competing for the cores when a report's run started (environment
+// competing_threads), or a negative value when the report does not say.
+double competing_threads(const json& doc) {
+  const json t = doc.value("environment", json::object()).value("competing_threads", json());
+  return t.is_number() ? t.get<double>() : -1;
+}
+
 }  // namespace
+
+std::string busy_machine_note(const json& baseline, const json& candidate) {
+  const double b = competing_threads(baseline), n = competing_threads(candidate);
+  if (b < 1 && n < 1) return "";
+  auto say = [](double t) { return t < 0 ? std::string("unknown") : format_fixed(t, 1); };
+  return "other work competed for the cores (threads runnable at the start: baseline " + say(b) +
+         ", new " + say(n) + "): timing changes may come from the machine, not the change";
+}
 
 CompareResult compare_reports(const json& baseline, const json& candidate,
                               const CompareOptions& options) {
   CompareResult out;
+  if (std::string busy = busy_machine_note(baseline, candidate); !busy.empty())
+    out.notes.push_back(busy);
   const json base_setup = report_setup(baseline), cand_setup = report_setup(candidate);
   const bool same_setup = base_setup == cand_setup;
   if (!same_setup)
@@ -393,12 +419,18 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
       for (const auto& [point, sb] : pb) {
         auto it = pn.find(point);
         const std::string where = id + " " + m.spec.name + (point.empty() ? "" : " " + point);
+        // A point or metric the baseline measured and the new run lacks fails the gate, as a
+        // missing cell does: a run that stops measuring something must not pass.
         if (it == pn.end()) {
-          out.notes.push_back(where + ": not in the new report; not compared");
+          out.missing.push_back(where);
           continue;
         }
-        if (m.spec.timing && (sb.samples.empty() || it->second.samples.empty())) {
-          out.notes.push_back(where + ": no raw samples; not compared");
+        if (m.spec.timing && sb.samples.empty()) {
+          out.notes.push_back(where + ": no raw samples in the baseline; not compared");
+          continue;
+        }
+        if (m.spec.timing && it->second.samples.empty()) {
+          out.missing.push_back(where + " (no raw samples now)");
           continue;
         }
         if (m.spec.timing && *std::min_element(sb.samples.begin(), sb.samples.end()) <= 0) {

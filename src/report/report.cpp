@@ -113,26 +113,34 @@ std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::p
   return cells;
 }
 
-std::filesystem::path partial_report_to_continue(const std::filesystem::path& dir,
-                                                 const nlohmann::json& resolved_config,
-                                                 const std::vector<std::string>& ids) {
+ContinuedReport report_to_continue(const std::filesystem::path& dir,
+                                   const nlohmann::json& resolved_config,
+                                   const std::vector<std::string>& ids) {
   const std::set<std::string> planned(ids.begin(), ids.end());
   const auto files = json_files_in(dir);
   for (auto it = files.rbegin(); it != files.rend(); ++it) {  // latest stamp first
     const nlohmann::json& report = it->second;
-    // Anything but a well-formed partial kvbench report of this run is left alone.
-    if (!is_current_report(report) || !report.contains("partial") ||
-        !report["partial"].is_object() ||
-        report.value("config", nlohmann::json()) != resolved_config)
+    // Anything but a well-formed kvbench report of this run is left alone.
+    if (!is_current_report(report) || report.value("config", nlohmann::json()) != resolved_config)
       continue;
-    const nlohmann::json& want = report["partial"].value("cells_planned", nlohmann::json());
-    if (!want.is_number_unsigned() || want.get<size_t>() != ids.size()) continue;
+    const bool partial = report.contains("partial");
+    size_t cells_planned = report["cells"].size();
+    if (partial) {
+      const nlohmann::json& want = report["partial"].is_object()
+                                       ? report["partial"].value("cells_planned", nlohmann::json())
+                                       : nlohmann::json();
+      if (!want.is_number_unsigned()) continue;
+      cells_planned = want.get<size_t>();
+    }
+    if (cells_planned != ids.size()) continue;
     const bool ours =
         std::all_of(report["cells"].begin(), report["cells"].end(), [&](const auto& c) {
           return c.is_object() && c.contains("id") && c["id"].is_string() &&
                  planned.count(c["id"].template get<std::string>());
         });
-    if (ours) return it->first;
+    if (!ours) continue;
+    const nlohmann::json& created = report.value("created", nlohmann::json());
+    return {it->first, created.is_string() ? created.get<std::string>() : "", partial};
   }
   return {};
 }

@@ -1,5 +1,6 @@
 #include "kvbench/report/report_reader.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -26,6 +27,9 @@ void check_report_document(const nlohmann::json& doc, const std::string& source)
 }
 
 LoadedReport load_report(const std::string& path) {
+  std::error_code ec;
+  KVB_CHECK(!std::filesystem::is_directory(path, ec), path,
+            ": is a directory (expected a report file, e.g. ", path, "/*.json)");
   std::ifstream in(path);
   KVB_CHECK(in.good(), path, ": cannot read the file");
   std::stringstream text;

@@ -74,8 +74,10 @@ std::string describe(const json& obj, const std::vector<std::string>& keys) {
   flatten(obj, "", flat);
   std::vector<std::string> parts;
   for (const std::string& k : keys) {
+    // A key this method lacks (another codec's parameter) is left out: the present ones
+    // already tell the methods apart.
     auto it = flat.find(k);
-    parts.push_back(k + "=" + (it == flat.end() ? std::string("-") : plain(it->second)));
+    if (it != flat.end()) parts.push_back(k + "=" + plain(it->second));
   }
   return join(parts, ", ");
 }
@@ -365,18 +367,27 @@ const std::vector<SuiteSpec>& suite_specs() {
 
 std::string method_name(const json& cell) { return cell["method"].value("name", "?"); }
 
-// "int4" when every int4 cell has the same method parameters, else "int4(symmetric=true)".
-std::map<std::string, std::string> method_labels(const std::vector<MergedCell>& cells) {
+}  // namespace
+
+std::map<std::string, std::string> method_labels(const std::vector<json>& methods) {
   std::map<std::string, std::vector<json>> by_name;
-  for (const MergedCell& m : cells) by_name[method_name(m.cell)].push_back(m.cell["method"]);
+  for (const json& m : methods) by_name[m.value("name", "?")].push_back(m);
   std::map<std::string, std::string> labels;  // method JSON dump -> label
-  for (const auto& [name, methods] : by_name) {
-    const std::vector<std::string> keys = varying_keys(methods);
-    for (const json& method : methods) {
+  for (const auto& [name, same] : by_name) {
+    const std::vector<std::string> keys = varying_keys(same);
+    for (const json& method : same) {
       labels[method.dump()] = keys.empty() ? name : name + "(" + describe(method, keys) + ")";
     }
   }
   return labels;
+}
+
+namespace {
+
+std::map<std::string, std::string> method_labels(const std::vector<MergedCell>& cells) {
+  std::vector<json> methods;
+  for (const MergedCell& m : cells) methods.push_back(m.cell["method"]);
+  return kvbench::method_labels(methods);
 }
 
 struct Context {
@@ -656,6 +667,16 @@ ResultTable pareto_table(const std::vector<MergedCell>& cells, Context& ctx) {
     }
     const std::string where =
         setup_keys.empty() ? "" : " (" + describe(json::parse(s), setup_keys) + ")";
+    // An eviction method's bits per value fall as the context grows past its budget: cells at
+    // other lengths give other values, and the column is their mean.
+    for (const std::string& l : labels) {
+      if (!bits.count(l)) continue;
+      const auto [lo, hi] = std::minmax_element(bits.at(l).begin(), bits.at(l).end());
+      if (*hi > 1.1 * *lo)
+        ctx.notes.push_back("pareto" + where + ": " + l + "'s bits_per_value differs across its " +
+                            "cells (" + format_fixed(*lo, 2) + " to " + format_fixed(*hi, 2) +
+                            ": other context lengths or backends); the column is their mean");
+    }
     if (used.empty()) {
       ctx.notes.push_back("pareto" + where +
                           ": no dimension is present for every method, so on_front is empty");

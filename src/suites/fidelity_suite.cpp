@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -131,6 +132,7 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   std::vector<double> kl_all;
   double nll_full = 0, nll_method = 0;
   int64_t agree = 0;
+  GenerationResult held;  // the method's cache at a window's end, for the memory columns
   ctx.progress.begin(ctx.cell_id, static_cast<size_t>(windows * steps));
   for (int64_t w = 0; w < windows; ++w) {
     const int64_t* tok = corpus.data() + w * span;
@@ -155,6 +157,12 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
       nll_full += s.nll_full, nll_method += s.nll_method;
       ctx.progress.advance("window " + std::to_string(w + 1));
     }
+    // Every window ends at the same length: its last state is the cell's peak, so KL and
+    // bits per value come from the same cache at the same context.
+    held.peak_tokens = cache->length(sm);
+    held.peak_storage = cache->storage();
+    held.peak_nominal = cache->nominal();
+    held.peak_kept_tokens = cache->kept_tokens(sm);
     base_cache->remove_sequence(sb);
     cache->remove_sequence(sm);
     out.records.push_back({{"kind", "window"},
@@ -188,7 +196,15 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
       {"top1_agreement", static_cast<double>(agree) / n},
       {"ppl_full", std::exp(nll_full / n)},
       {"ppl_method", std::exp(nll_method / n)},
-      {"ppl_ratio", std::exp((nll_method - nll_full) / n)}};
+      {"ppl_ratio", std::exp((nll_method - nll_full) / n)},
+      {"kv_memory", kv_memory_json(held, model.config())}};
+  // (Random weights are warned about once per run, by the model's loader.)
+  const bool synthetic = out.summary["corpus"] == "synthetic token ids";
+  if (synthetic && !ctx.model.identity().value("random_weights", true)) {
+    out.warnings.push_back(
+        "the corpus is random token ids: a trained model's perplexities on them are those of "
+        "noise (ppl_full far above the vocabulary's); give text or text_file");
+  }
   // A method that changed nothing reads as lossless; say why it may have changed nothing.
   const bool exact = std::all_of(kl_all.begin(), kl_all.end(), [](double k) { return k == 0; });
   if (exact && ctx.method.value("name", "") != "full") {
@@ -200,16 +216,30 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   return out;
 }
 
+namespace {
+
+// Six decimals, or three significant digits below 1e-4 (fp32's KL of 7e-8 is not 0).
+std::string format_kl(double kl) {
+  if (kl == 0 || std::fabs(kl) >= 1e-4) return format_fixed(kl, 6);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2e", kl);
+  return buf;
+}
+
+}  // namespace
+
 Table FidelitySuite::summary_table(const CellOutput& output) const {
   const json& s = output.summary;
   Table t;
   t.columns = {"positions", "KL mean", "KL p99", "KL max", "top-1 agree", "PPL full", "PPL method"};
-  t.rows.push_back(
-      {std::to_string(s["positions"].get<int64_t>()), format_fixed(s["kl_mean"].get<double>(), 6),
-       format_fixed(s["kl_p99"].get<double>(), 6), format_fixed(s["kl_max"].get<double>(), 6),
-       format_fixed(100 * s["top1_agreement"].get<double>(), 2) + "%",
-       format_fixed(s["ppl_full"].get<double>(), 3),
-       format_fixed(s["ppl_method"].get<double>(), 3)});
+  t.rows.push_back({std::to_string(s["positions"].get<int64_t>()),
+                    format_kl(s["kl_mean"].get<double>()), format_kl(s["kl_p99"].get<double>()),
+                    format_kl(s["kl_max"].get<double>()),
+                    format_fixed(100 * s["top1_agreement"].get<double>(), 2) + "%",
+                    format_fixed(s["ppl_full"].get<double>(), 3),
+                    format_fixed(s["ppl_method"].get<double>(), 3)});
+  const std::string memory = kv_memory_note(s.value("kv_memory", json()));
+  if (!memory.empty()) t.notes.push_back(memory);
   return t;
 }
 

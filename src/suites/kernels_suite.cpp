@@ -414,6 +414,15 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
           std::max(best_fraction.value_or(0.0), r["fraction_of_copy_bandwidth"].get<double>());
     }
   }
+  if (best_fraction && *best_fraction > 1.5) {
+    // Reads alone may beat a copy (no write traffic) by some, not by half again: the machine's
+    // speed changed between the measurements, or the working sets still fit a cache.
+    out.warnings.push_back("a point beyond the last-level cache reached " +
+                           format_fixed(100 * *best_fraction, 1) +
+                           "% of the copy bandwidth measured in the same run: the machine's "
+                           "load changed between measurements (rerun on a quiet machine), or "
+                           "the cache is larger than llc_bytes says");
+  }
   const double max_multiple = llc ? static_cast<double>(largest) / llc : 0.0;
   if (llc == 0) {
     out.warnings.push_back("last-level cache size unknown; cannot tell cache from DRAM numbers");

@@ -85,7 +85,10 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   json metrics = json::object();
   for (const auto& [name, samples] : std::vector<std::pair<std::string, std::vector<double>*>>{
            {"ttft", &ttft}, {"tpot", &tpot}, {"itl", &itl}, {"e2e", &e2e}}) {
-    json summary = to_json(summarize(*samples, ctx.seed));
+    // One request's inter-token gaps move together (its batch, its context): its interval
+    // resamples whole requests (new_tokens - 1 gaps each), not single gaps.
+    const size_t block = name == "itl" ? itl.size() / ttft.size() : 1;
+    json summary = to_json(summarize(*samples, ctx.seed, block));
     out.records.push_back({{"kind", name}, {"samples_s", *samples}, {"time_s", summary}});
     metrics[name + "_s"] = summary;
   }

@@ -103,7 +103,10 @@ const Transformer& ModelProvider::get() {
                  {"device", placement.device.str()},
                  {"kv_dtype", dtype_name(kv_dtype())},
                  {"load_s", sw.seconds()}};
-    if (random) spdlog::warn("model: random weights; accuracy and output lengths mean nothing");
+    if (random)
+      spdlog::warn(
+          "model: random weights; accuracy, output lengths and fidelity rankings mean nothing "
+          "(speed and memory do)");
     warn_about_checkpoint(*model_, spec_.path, random);
     return *model_;
   } catch (const std::exception& e) {

@@ -295,6 +295,13 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
     out.warnings.push_back(
         "every full-cache generation reached max_new_tokens without EOS: lengths are "
         "censored at the cap (random weights, or a cap too low)");
+  } else if (std::max(runaway_full, runaway_method) >= 0.1 * n) {
+    // Capped lengths enter D, the KS test and W1 as if they were lengths.
+    out.warnings.push_back(
+        format_fixed(100.0 * double(std::max(runaway_full, runaway_method)) / n, 0) + "% of the " +
+        (runaway_full >= runaway_method ? "full cache's" : "method's") +
+        " generations reached max_new_tokens without EOS: their lengths are censored at the "
+        "cap, and the shift statistics treat them as lengths; raise max_new_tokens");
   }
   if (prompts.size() < 20) {
     out.warnings.push_back("fewer than 20 samples: the shares and the KS test say little");
@@ -305,20 +312,24 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
 Table OutputLengthSuite::summary_table(const CellOutput& output) const {
   const json& s = output.summary;
   Table t;
-  t.columns = {"run", "mean length", "D mean %", ">=50% longer", ">=50% shorter", "KS p", "W1"};
-  auto row = [&](const std::string& name, const json& j) {
-    t.rows.push_back({name, format_fixed(j["mean_length"].get<double>(), 1),
+  t.columns = {"run",          "mean length",   "at cap", "D mean %",
+               ">=50% longer", ">=50% shorter", "KS p",   "W1"};
+  auto share = [](const json& j, const char* key) {
+    return j.contains(key) ? format_fixed(100 * j[key].get<double>(), 1) + "%" : std::string();
+  };
+  auto row = [&](const std::string& name, const json& j, const std::string& capped) {
+    t.rows.push_back({name, format_fixed(j["mean_length"].get<double>(), 1), capped,
                       format_fixed(j["d_mean"].get<double>(), 1),
                       format_fixed(100 * j["share_longer_50"].get<double>(), 1) + "%",
                       format_fixed(100 * j["share_shorter_50"].get<double>(), 1) + "%",
                       format_fixed(j["ks_p_value"].get<double>(), 3),
                       format_fixed(j["wasserstein"].get<double>(), 2)});
   };
-  t.rows.push_back(
-      {"full", format_fixed(s["mean_length_baseline"].get<double>(), 1), "", "", "", "", ""});
-  row("method", s);
+  t.rows.push_back({"full", format_fixed(s["mean_length_baseline"].get<double>(), 1),
+                    share(s, "runaway_rate_full"), "", "", "", "", ""});
+  row("method", s, share(s, "runaway_rate"));
   for (const auto& c : s["controls"])
-    row("full @ T=" + format_fixed(c["temperature"].get<double>(), 2), c);
+    row("full @ T=" + format_fixed(c["temperature"].get<double>(), 2), c, "");
   return t;
 }
 

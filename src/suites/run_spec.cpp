@@ -174,6 +174,16 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
     params.erase("name");
     spec.suites.push_back({s["name"], params});
   }
+  // Caught here rather than by every cell at run time: a suite that runs a model, and none.
+  if (spec.model.path.empty() && !spec.model.random_init) {
+    for (size_t i = 0; i < spec.suites.size(); ++i) {
+      if (!find_suite(spec.suites[i].name).needs_model) continue;
+      throw ConfigError("model", "none configured, but suites[" + std::to_string(i) + "] (" +
+                                     spec.suites[i].name +
+                                     ") runs one; set model.path to a Hugging Face checkpoint "
+                                     "directory, or model.preset with model.random_init: true");
+    }
+  }
   spec.output_dir = resolved["output"]["dir"];
   spec.resolved = resolved;
   return spec;

@@ -2,6 +2,7 @@
 // interval of a difference of medians it rests on (checked by hand on degenerate samples).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "kvbench/core/error.h"
@@ -344,6 +345,79 @@ TEST(Compare, MissingCellsRegressAndOtherSetupsDoNotMatchByParameters) {
   EXPECT_EQ(r.missing, std::vector<std::string>{"l.a"});
   other["config"]["attention"] = "cpu";
   EXPECT_EQ(compare_reports(base, other, defaults()).missing.size(), 0u);
+}
+
+// A metric or point of a matched cell that the new run no longer measures fails the gate as a
+// missing cell does; one the baseline lacks is only noted.
+TEST(Compare, MissingPointsAndMetricsRegress) {
+  json lost = latency_cell("l.a", kTight);
+  lost["records"].erase(1);  // the tpot record
+  json empty_kl = fidelity_cell("f.a", 0.1);
+  empty_kl["summary"].erase("kl_mean");
+  const CompareResult r =
+      compare_reports(report({latency_cell("l.a", kTight), fidelity_cell("f.a", 0.1)}),
+                      report({lost, empty_kl}), defaults());
+  EXPECT_EQ(r.missing, (std::vector<std::string>{"l.a tpot", "f.a kl_mean"}));
+  EXPECT_EQ(r.regressions(), 2u);
+  // Samples gone from a record still there count as missing too.
+  json no_samples = latency_cell("l.a", kTight);
+  no_samples["records"][1]["samples_s"] = json::array();
+  EXPECT_EQ(compare_reports(report({latency_cell("l.a", kTight)}), report({no_samples}), defaults())
+                .missing,
+            std::vector<std::string>{"l.a tpot (no raw samples now)"});
+  // The other way round (the new run measures more) passes, with a note.
+  const CompareResult more =
+      compare_reports(report({no_samples}), report({latency_cell("l.a", kTight)}), defaults());
+  EXPECT_TRUE(more.missing.empty());
+  EXPECT_EQ(more.regressions(), 0u);
+}
+
+// ITL samples are each request's gaps in turn. Requests whose gaps sit at different levels
+// (one request slow throughout) make single gaps a poor unit: the interval resampled by request
+// is much wider than the one over single gaps, and a shift inside it passes.
+TEST(Compare, InterTokenLatencyIsResampledByRequest) {
+  std::vector<double> base, cand;
+  for (int request = 0; request < 8; ++request)
+    for (int gap = 0; gap < 15; ++gap) {
+      const double level = 0.010 * (1 + 0.1 * request);  // 10 .. 17 ms per request
+      base.push_back(level * (1 + 0.001 * gap));
+      cand.push_back(level * 1.12 * (1 + 0.001 * gap));
+    }
+  auto cell = [](const std::vector<double>& itl, json requests) {
+    json c = latency_cell("l.a", kTight);
+    c["records"][2]["samples_s"] = itl;
+    c["summary"]["requests"] = requests;
+    return c;
+  };
+  const CompareResult by_request =
+      compare_reports(report({cell(base, 8)}), report({cell(cand, 8)}), defaults());
+  const CompareResult by_gap =
+      compare_reports(report({cell(base, json())}), report({cell(cand, json())}), defaults());
+  const MetricComparison &r = find(by_request, "itl"), &g = find(by_gap, "itl");
+  EXPECT_NEAR(r.change, g.change, 1e-12);
+  EXPECT_GT(r.change_ci.high - r.change_ci.low, 2 * (g.change_ci.high - g.change_ci.low));
+  EXPECT_FALSE(r.regressed);
+  // A request count that does not divide the samples falls back to single gaps.
+  const MetricComparison& odd =
+      find(compare_reports(report({cell(base, 7)}), report({cell(cand, 7)}), defaults()), "itl");
+  EXPECT_EQ(odd.change_ci.low, g.change_ci.low);
+  // And the bootstrap itself: runs of 3 equal values resample as whole runs only.
+  const Interval whole = bootstrap_median_ci({1, 1, 1, 5, 5, 5}, 0.95, 2000, 0, 3);
+  EXPECT_DOUBLE_EQ(whole.low, 1.0);
+  EXPECT_DOUBLE_EQ(whole.high, 5.0);
+  EXPECT_THROW(bootstrap_median_ci({1, 2, 3, 4}, 0.95, 10, 0, 3), Error);
+}
+
+TEST(Compare, BusyMachinesAreNoted) {
+  json quiet = report({latency_cell("l.a", kTight)}), busy = quiet;
+  quiet["environment"]["competing_threads"] = 0.0;
+  busy["environment"]["competing_threads"] = 2.0;
+  EXPECT_EQ(busy_machine_note(quiet, quiet), "");
+  const std::string note = busy_machine_note(quiet, busy);
+  EXPECT_NE(note.find("baseline 0.0, new 2.0"), std::string::npos) << note;
+  EXPECT_NE(busy_machine_note(report({}), busy).find("baseline unknown"), std::string::npos);
+  const CompareResult r = compare_reports(quiet, busy, defaults());
+  EXPECT_NE(std::find(r.notes.begin(), r.notes.end(), note), r.notes.end());
 }
 
 TEST(Compare, ThresholdArguments) {

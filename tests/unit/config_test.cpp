@@ -97,6 +97,9 @@ TEST(Config, NumberAndStringListsCheckEachElement) {
   c["suites"][0] = {{"name", "output_length"}, {"prompt_texts", {"a", 3}}};
   EXPECT_EQ(error_of(c), "config: suites[0].prompt_texts[1]: expected string, got 3");
   c["suites"][0] = {{"name", "output_length"}, {"control_temperatures", json::array()}};
+  EXPECT_NE(error_of(c).find("model: none configured, but suites[0] (output_length) runs one"),
+            std::string::npos);
+  c["model"] = {{"preset", "tiny-llama"}, {"random_init", true}};
   EXPECT_EQ(error_of(c), "");  // an empty list switches the controls off
 }
 
@@ -120,8 +123,9 @@ TEST(Config, OutOfRangeValues) {
 
 TEST(Config, AccuracyTaskParamsAreCheckedAgainstTheTask) {
   auto accuracy = [](const std::string& extra) {
-    return json::parse(R"({"suites": [{"name": "accuracy", "task": "niah_multikey")" + extra +
-                       "}]}");
+    return json::parse(R"({"model": {"preset": "tiny-llama", "random_init": true},
+                           "suites": [{"name": "accuracy", "task": "niah_multikey")" +
+                       extra + "}]}");
   };
   EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"num_keys": 8, "key_type": "uuids"})")), "");
   EXPECT_EQ(error_of(accuracy(R"(, "task_params": {"depth": 0.25})")), "");

@@ -265,7 +265,9 @@ TEST(ModelSuites, CudaNeedsThePagedCache) {
 }
 
 TEST(ModelSuites, KernelsCellIdsIgnoreTheModel) {
-  json cfg = {{"suites", {{{"name", "kernels"}}, {{"name", "latency"}}}}, {"threads", 1}};
+  json cfg = {{"suites", {{{"name", "kernels"}}, {{"name", "latency"}}}},
+              {"threads", 1},
+              {"model", {{"preset", "tiny-llama"}, {"random_init", true}, {"seed", 1}}}};
   auto a = expand_cells(parse_run_spec(cfg, "t"));
   cfg["model"] = {{"preset", "tiny-llama"}, {"random_init", true}};
   auto b = expand_cells(parse_run_spec(cfg, "t"));

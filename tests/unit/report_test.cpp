@@ -93,9 +93,10 @@ TEST(Report, CarriesIdentityEnvironmentConfigAndCells) {
 namespace kvbench {
 namespace {
 
-// run --resume continues only a well-formed partial report of the same config and cells;
-// anything else in the directory (other runs, other shards, broken files) is left alone.
-TEST(Report, ResumeContinuesOnlyThisRunsPartialReport) {
+// run --resume continues only a well-formed report of the same config and cells, partial or
+// finished; anything else in the directory (other runs, other shards, broken files) is left
+// alone.
+TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "kvbench_resume";
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
@@ -122,9 +123,24 @@ TEST(Report, ResumeContinuesOnlyThisRunsPartialReport) {
   write("r-5.json", other);
   write("r-6.json", partial({{{"id", "a"}}}, 2));  // planned another cell count
   std::ofstream(dir / "r-7.json") << "{not json";
-  EXPECT_EQ(partial_report_to_continue(dir, config, ids), dir / "r-1.json");
+  ContinuedReport found = report_to_continue(dir, config, ids);
+  EXPECT_EQ(found.path, dir / "r-1.json");
+  EXPECT_TRUE(found.partial);
   std::filesystem::remove(dir / "r-1.json");
-  EXPECT_EQ(partial_report_to_continue(dir, config, ids), std::filesystem::path());
+  EXPECT_EQ(report_to_continue(dir, config, ids).path, std::filesystem::path());
+  // A finished report of the three cells (one failed) is continued, keeping its start time;
+  // one of other cells, or fewer of them, is not.
+  nlohmann::json finished = partial({{{"id", "a"}}, {{"id", "b"}}, {{"id", "c"}}}, 3);
+  finished.erase("partial");
+  finished["created"] = "2026-01-02T03:04:05Z";
+  write("r-0.json", finished);
+  nlohmann::json two = finished;
+  two["cells"].erase(2);
+  write("r-8.json", two);
+  found = report_to_continue(dir, config, ids);
+  EXPECT_EQ(found.path, dir / "r-0.json");
+  EXPECT_FALSE(found.partial);
+  EXPECT_EQ(found.created, "2026-01-02T03:04:05Z");
   std::filesystem::remove_all(dir);
 }
 

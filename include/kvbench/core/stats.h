@@ -24,8 +24,11 @@ struct Interval {
 
 // Percentile-bootstrap confidence interval of the median: `resamples` resamples with
 // replacement drawn from a seeded Rng, interval = the (1-c)/2 and (1+c)/2 percentiles.
+// `block` > 1: x is consecutive runs of `block` correlated samples (one request's inter-token
+// gaps), and whole runs are drawn (a block bootstrap), so the interval reflects the spread
+// between runs, not the count of samples within them; block must divide x's size.
 Interval bootstrap_median_ci(const std::vector<double>& x, double confidence = 0.95,
-                             int resamples = 2000, uint64_t seed = 0);
+                             int resamples = 2000, uint64_t seed = 0, size_t block = 1);
 
 // Percentile-bootstrap confidence interval of the relative change of medians,
 // median(candidate) / median(baseline) - 1: each of `resamples` rounds draws a resample of
@@ -33,10 +36,12 @@ Interval bootstrap_median_ci(const std::vector<double>& x, double confidence = 0
 // the ratio of their medians minus one; the interval is the (1-c)/2 and (1+c)/2 percentiles of
 // those. A ratio, not a difference over the observed baseline median, so a time's interval
 // never reaches below -100%. Used by `kvbench compare` to call a timing regression only when
-// the whole interval lies beyond the threshold. Baseline samples must be positive.
+// the whole interval lies beyond the threshold. Baseline samples must be positive. Blocks as
+// in bootstrap_median_ci, one size per side.
 Interval bootstrap_median_change_ci(const std::vector<double>& baseline,
                                     const std::vector<double>& candidate, double confidence = 0.95,
-                                    int resamples = 2000, uint64_t seed = 0);
+                                    int resamples = 2000, uint64_t seed = 0,
+                                    size_t baseline_block = 1, size_t candidate_block = 1);
 
 struct Summary {
   size_t n = 0;
@@ -64,8 +69,9 @@ Interval bootstrap_mean_ci(const std::vector<double>& x, double confidence = 0.9
 // c only by the second; p = min(1, 2 P[Binomial(b + c, 1/2) <= min(b, c)]), 1 when b + c = 0.
 double mcnemar_exact_p(int64_t b, int64_t c);
 
-// All of the above; throws Error on an empty sample.
-Summary summarize(const std::vector<double>& x, uint64_t seed = 0);
+// All of the above (the median's interval over runs of `block` samples, as
+// bootstrap_median_ci); throws Error on an empty sample.
+Summary summarize(const std::vector<double>& x, uint64_t seed = 0, size_t block = 1);
 nlohmann::json to_json(const Summary& s);
 
 }  // namespace kvbench

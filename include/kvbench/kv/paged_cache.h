@@ -199,6 +199,9 @@ class PagedKVCache final : public KVCache {
     at::Tensor k_scale, v_scale;                // fp8: [slots, kv_heads] fp32
     std::vector<bool> calibrated;  // fp8: [slots] scales set by the slot's first append
   };
+  // StorageBytes::padding of storage(): every sequence's page slots past its written tokens
+  // (per side, KIVI's quantized ends) and its rings' empty rows, in every layer.
+  uint64_t padding_bytes() const;
   // A step's batch and its tables (PagedKVCache::begin_step).
   struct Step {
     std::vector<Sequence*> batch;

@@ -70,15 +70,23 @@ struct MetricComparison {
 struct CompareResult {
   std::vector<MetricComparison> comparisons;
   std::vector<std::string> newly_failed;  // "<id>: <error>": ok in the baseline, failed now
-  std::vector<std::string> missing;       // ids ok in the baseline, absent from the new report
-  std::vector<std::string> notes;         // cells or points that could not be compared
+  // Ok in the baseline, absent from the new report: cell ids, or "<id> <metric> <point>" for a
+  // metric or point of a matched cell (a timing without raw samples counts as absent).
+  std::vector<std::string> missing;
+  std::vector<std::string> notes;  // cells or points that could not be compared
   size_t regressions() const;
 };
 
+// A note when either report's run started with other work competing for its cores
+// (environment competing_threads >= 1), empty otherwise: timings judged across such runs may
+// differ because of the machine.
+std::string busy_machine_note(const nlohmann::json& baseline, const nlohmann::json& candidate);
+
 // Matches cells by id, else (when both reports have the same attention, device and model
 // shape) by suite + method + resolved params (ids change with the thread count or model path,
-// which a CI machine may not keep). A baseline ok cell with no match counts as a regression
-// (`missing`). Throws Error on malformed reports.
+// which a CI machine may not keep). A baseline ok cell with no match, or a metric or point of
+// it that the new cell lacks, counts as a regression (`missing`). Throws Error on malformed
+// reports.
 CompareResult compare_reports(const nlohmann::json& baseline, const nlohmann::json& candidate,
                               const CompareOptions& options);
 

@@ -36,13 +36,20 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
 // unreadable JSON files are skipped with a warning. Cell ids include fingerprints of the
 // model and data files, so a changed input is never reused.
 std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::path& dir);
-// The partial report in `dir` that a resumed run continues: one written by a run of the same
-// resolved config that planned exactly `ids` (so not another shard's) and stopped; the latest
-// by name, or an empty path. Continuing it, instead of writing a second file, keeps one report
-// per run in the directory (what `compare DIR_A/*.json DIR_B/*.json` expects).
-std::filesystem::path partial_report_to_continue(const std::filesystem::path& dir,
-                                                 const nlohmann::json& resolved_config,
-                                                 const std::vector<std::string>& ids);
+// The report in `dir` that a resumed run continues: one written by a run of the same resolved
+// config that planned exactly `ids` (so not another shard's), partial (it stopped) or finished
+// (its failed cells run again); the latest by name, or an empty path. Continuing it, instead of
+// writing a second file, keeps one report per run in the directory (what
+// `compare DIR_A/*.json DIR_B/*.json` expects). `created`: its start time, which the
+// continued report keeps.
+struct ContinuedReport {
+  std::filesystem::path path;
+  std::string created;
+  bool partial = false;
+};
+ContinuedReport report_to_continue(const std::filesystem::path& dir,
+                                   const nlohmann::json& resolved_config,
+                                   const std::vector<std::string>& ids);
 // <output_dir>/<run name>-<UTC stamp>.json, or -2, -3, ... after it for `attempt` 2, 3, ...
 std::filesystem::path report_path(const RunSpec& spec, const std::string& compact_stamp,
                                   int attempt = 1);

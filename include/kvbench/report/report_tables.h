@@ -5,6 +5,7 @@
 // strings, booleans, null) so that md, csv and json render the same table.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,11 @@ struct ReportTables {
 // `baseline` is a method name; empty means "full" when some ok cell has it, else no ratios.
 // A non-empty baseline that no ok cell has throws Error listing the methods present.
 ReportTables build_report_tables(const MergedReports& merged, const std::string& baseline);
+
+// A label per method entry (keyed by its JSON dump): its name when every entry of that name
+// has the same parameters, else "snapkv(budget=48, codec.name=kivi-4)" with the flattened
+// parameters that differ among them (those an entry lacks left out).
+std::map<std::string, std::string> method_labels(const std::vector<nlohmann::json>& methods);
 
 // Indices of the rows not dominated by another row: `values[i][d]` is row i's value on
 // dimension d, oriented so that larger is better. Exposed for tests.
