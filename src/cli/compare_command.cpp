@@ -172,7 +172,9 @@ void register_compare_command(CLI::App& app, GlobalOptions& global) {
   sub->add_option("baseline", opt->baseline, "the reference report")->required();
   sub->add_option("new", opt->candidate, "the report to check")->required();
   sub->add_option("--threshold", opt->thresholds, metrics_help())->allow_extra_args(false);
-  sub->add_option("--seed", opt->seed, "seed of the bootstrap resampling")->capture_default_str();
+  sub->add_option("--seed", opt->seed, "seed of the bootstrap resampling")
+      ->capture_default_str()
+      ->check(non_negative());
   sub->callback([opt, &global] { global.action = [opt] { return compare(*opt); }; });
 }
 

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "kvbench/core/error.h"
 
@@ -33,15 +36,30 @@ std::string parse_problem(const std::string& what) {
   return colon == std::string::npos ? what : what.substr(colon + 2);
 }
 
+// "0", "12": not "01" (a padded index names no other element, and says something else was meant).
 bool is_index(const std::string& s) {
-  return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos &&
+         (s.size() == 1 || s[0] != '0');
 }
 
 }  // namespace
 
 json parse_json_text(const std::string& text, const std::string& source) {
+  // A key given twice in one object would silently keep the later value (JSON allows the
+  // text, nlohmann keeps the last); a config meant one of them.
+  std::vector<std::set<std::string>> keys;  // per open object
+  const json::parser_callback_t no_duplicates = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) keys.emplace_back();
+    if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+    if (event == json::parse_event_t::key && !keys.empty() &&
+        !keys.back().insert(parsed.get<std::string>()).second)
+      throw ConfigError("", source + ": key \"" + parsed.get<std::string>() +
+                                "\" appears twice in one object (the later value would "
+                                "silently win); keep one");
+    return true;
+  };
   try {
-    return json::parse(text);
+    return json::parse(text, no_duplicates);
   } catch (const json::parse_error& e) {
     // byte is 1-based and points one past the offending character.
     auto [line, column] = line_column(text, e.byte > 0 ? e.byte - 1 : 0);

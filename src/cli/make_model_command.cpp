@@ -9,6 +9,15 @@
 
 namespace kvbench {
 
+CLI::Validator non_negative() {
+  return CLI::Validator(
+      [](const std::string& v) {
+        return v.find('-') == std::string::npos ? std::string()
+                                                : "expected a number >= 0, got " + v;
+      },
+      "NONNEGATIVE");
+}
+
 void register_make_model_command(CLI::App& app, GlobalOptions& global) {
   struct Options {
     std::string preset;
@@ -23,15 +32,7 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
                   "built in memory only)")
       ->required();
   sub->add_option("--out", opt->out, "directory to write (created if absent)")->required();
-  // A number, not a negative one (CLI11 would wrap -1 into 2^64 - 1).
-  sub->add_option("--seed", opt->seed, "weight seed")
-      ->capture_default_str()
-      ->check(CLI::Validator(
-          [](const std::string& v) {
-            return v.find('-') == std::string::npos ? std::string()
-                                                    : "expected a seed >= 0, got " + v;
-          },
-          "NONNEGATIVE"));
+  sub->add_option("--seed", opt->seed, "weight seed")->capture_default_str()->check(non_negative());
   sub->callback([opt, &global] {
     global.action = [opt] {
       const ModelPreset& preset = find_model_preset(opt->preset);

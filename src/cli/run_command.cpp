@@ -125,8 +125,9 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
     if (!path.empty()) {
       spdlog::info("resume: continuing {}", path.string());
       if (!continued.created.empty()) info.created = continued.created;
-      if (!continued.partial && to_run.empty()) {
-        // Nothing failed or missing: the finished report stays as it is.
+      if (!continued.partial && continued.all_ok && to_run.empty()) {
+        // Nothing failed or missing: the finished report stays as it is. (One with a failed
+        // cell that another report has ok is rewritten with that cell.)
         std::cout << "nothing to run: every cell is ok in " << path.string() << "\n";
         std::cout << "report: " << path.string() << "\n";
         return 0;

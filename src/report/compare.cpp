@@ -43,19 +43,35 @@ std::string point_label(const json& r, const std::vector<std::string>& keys) {
   return join(parts, " ");
 }
 
-// A latency record kind ("tpot") as one timing series for the cell. ITL samples are each
-// request's gaps in turn, correlated within a request: they are resampled by request (the
-// summary's request count; single gaps if it does not divide them).
+// Samples of one latency generation move together (its batch shares every step; a request's
+// ITL gaps share its context), so they are resampled as one unit: the record's
+// samples_per_generation, or for older reports samples / (requests / batch) from the summary;
+// single samples when that does not divide them.
+size_t generation_block(const json& cell, const json& record, size_t samples) {
+  const json given = record.value("samples_per_generation", json());
+  size_t block = 1;
+  if (given.is_number_integer() && given.get<int64_t>() > 0) {
+    block = given.get<size_t>();
+  } else {
+    const json& s = cell.value("summary", json::object());
+    const json requests = s.value("requests", json()), batch = s.value("batch", json(1));
+    if (requests.is_number_integer() && batch.is_number_integer() && batch.get<int64_t>() > 0 &&
+        requests.get<int64_t>() > 0 && requests.get<int64_t>() % batch.get<int64_t>() == 0) {
+      const size_t generations = size_t(requests.get<int64_t>() / batch.get<int64_t>());
+      if (samples % generations == 0) block = samples / generations;
+    }
+  }
+  return samples % block == 0 ? block : 1;
+}
+
+// A latency record kind ("tpot") as one timing series for the cell.
 Extract latency_kind(const std::string& kind) {
   return [kind](const json& cell) {
     Points out;
     for (const json& r : cell.value("records", json::array())) {
       if (r.value("kind", "") != kind) continue;
       Series s{samples_of(r, "samples_s")};
-      const json requests = cell.value("summary", json::object()).value("requests", json());
-      if (kind == "itl" && requests.is_number_integer() && requests.get<int64_t>() > 0 &&
-          s.samples.size() % requests.get<size_t>() == 0)
-        s.block = s.samples.size() / requests.get<size_t>();
+      s.block = generation_block(cell, r, s.samples.size());
       out[""] = s;
     }
     return out;
@@ -416,13 +432,27 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
     for (const MetricImpl& m : metric_impls()) {
       if (m.spec.suite != b.value("suite", "") || !options.thresholds.count(m.spec.name)) continue;
       const Points pb = m.extract(b), pn = m.extract(*n);
+      for (const auto& [point, sn] : pn)
+        if (!pb.count(point))
+          out.notes.push_back(id + " " + m.spec.name + (point.empty() ? "" : " " + point) +
+                              ": only in the new report; not compared");
+      // A kernels cell sizing its contexts from the machine's cache ("auto") measures other
+      // points on another machine: a point it lacks is noted, not a regression.
+      const bool machine_points =
+          m.spec.suite == "kernels" &&
+          b.value("params", json::object()).value("contexts", json()) == json("auto");
       for (const auto& [point, sb] : pb) {
         auto it = pn.find(point);
         const std::string where = id + " " + m.spec.name + (point.empty() ? "" : " " + point);
         // A point or metric the baseline measured and the new run lacks fails the gate, as a
         // missing cell does: a run that stops measuring something must not pass.
         if (it == pn.end()) {
-          out.missing.push_back(where);
+          if (machine_points)
+            out.notes.push_back(where +
+                                ": not measured now (contexts \"auto\" follow the "
+                                "machine's cache); not compared");
+          else
+            out.missing.push_back(where);
           continue;
         }
         if (m.spec.timing && sb.samples.empty()) {
@@ -441,11 +471,14 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
         c.cell = id;
         c.point = point;
         out.comparisons.push_back(c);
-        const size_t fewest = std::min(sb.samples.size(), it->second.samples.size());
-        if (m.spec.timing && fewest < kFewSamples) {
-          out.notes.push_back(where + ": " + std::to_string(sb.samples.size()) + " baseline and " +
-                              std::to_string(it->second.samples.size()) +
-                              " new samples; an interval from fewer than 10 understates the "
+        // Resampled units: samples, or whole generations when those are drawn together.
+        const size_t units_b = sb.samples.size() / sb.block,
+                     units_n = it->second.samples.size() / it->second.block;
+        if (m.spec.timing && std::min(units_b, units_n) < kFewSamples) {
+          const char* unit = sb.block > 1 || it->second.block > 1 ? " generations" : " samples";
+          out.notes.push_back(where + ": " + std::to_string(units_b) + " baseline and " +
+                              std::to_string(units_n) + " new" + unit +
+                              "; an interval from fewer than 10 understates the "
                               "noise (and none sees drift between runs): raise " +
                               (m.spec.suite == "serving" ? "requests" : "repeats"));
         }

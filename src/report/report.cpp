@@ -140,7 +140,9 @@ ContinuedReport report_to_continue(const std::filesystem::path& dir,
         });
     if (!ours) continue;
     const nlohmann::json& created = report.value("created", nlohmann::json());
-    return {it->first, created.is_string() ? created.get<std::string>() : "", partial};
+    const bool all_ok = std::all_of(report["cells"].begin(), report["cells"].end(),
+                                    [](const auto& c) { return c.value("status", "") == "ok"; });
+    return {it->first, created.is_string() ? created.get<std::string>() : "", partial, all_ok};
   }
   return {};
 }

@@ -1,5 +1,7 @@
 #include "kvbench/suites/latency_suite.h"
 
+#include <algorithm>
+
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
@@ -85,11 +87,16 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   json metrics = json::object();
   for (const auto& [name, samples] : std::vector<std::pair<std::string, std::vector<double>*>>{
            {"ttft", &ttft}, {"tpot", &tpot}, {"itl", &itl}, {"e2e", &e2e}}) {
-    // One request's inter-token gaps move together (its batch, its context): its interval
-    // resamples whole requests (new_tokens - 1 gaps each), not single gaps.
-    const size_t block = name == "itl" ? itl.size() / ttft.size() : 1;
+    // One generation's samples move together (its batch shares every step, a request's gaps
+    // share its context): the interval resamples whole generations (batch samples each, batch
+    // x (new_tokens - 1) for ITL), not single samples.
+    const size_t block =
+        samples->size() % size_t(repeats) == 0 ? samples->size() / size_t(repeats) : 1;
     json summary = to_json(summarize(*samples, ctx.seed, block));
-    out.records.push_back({{"kind", name}, {"samples_s", *samples}, {"time_s", summary}});
+    out.records.push_back({{"kind", name},
+                           {"samples_s", *samples},
+                           {"samples_per_generation", block},
+                           {"time_s", summary}});
     metrics[name + "_s"] = summary;
   }
   out.summary = metrics;
@@ -118,10 +125,12 @@ Table LatencySuite::summary_table(const CellOutput& output) const {
     const json& s = r["time_s"];
     auto ms = [&](const char* key) { return format_fixed(s[key].get<double>() * 1e3, 2); };
     const int64_t n = s.value("n", int64_t{0});
-    // Below 6 samples a bootstrap interval of the median is a few order statistics, not an
-    // interval anyone should read (one sample: zero width).
-    const std::string ci = n < kMinSamplesForInterval
-                               ? std::string("- (n < 6)")
+    // Below 6 resampled units (samples, or generations when a generation's samples are drawn
+    // together) a bootstrap interval of the median is a few order statistics, not an interval
+    // anyone should read (one unit: zero width).
+    const int64_t block = std::max<int64_t>(r.value("samples_per_generation", int64_t{1}), 1);
+    const std::string ci = n / block < kMinSamplesForInterval
+                               ? std::string(block > 1 ? "- (< 6 generations)" : "- (n < 6)")
                                : format_fixed(s["median_ci95"][0].get<double>() * 1e3, 2) + " - " +
                                      format_fixed(s["median_ci95"][1].get<double>() * 1e3, 2);
     t.rows.push_back({r["kind"].get<std::string>(), std::to_string(n), ms("median"), ms("p90"),

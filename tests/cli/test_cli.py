@@ -684,6 +684,9 @@ class ReportCompareCliTest(CliCase):
             "unknown metric 'latency'")
         self.assertEqual(kvbench("compare", str(path), slow_path, "--threshold", "tpot").returncode, 2)
         self.assertEqual(kvbench("compare", str(path)).returncode, 2)
+        res = kvbench("compare", str(path), slow_path, "--seed", "-1")
+        self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
+        self.assertIn("expected a number >= 0, got -1", res.stderr)
         self.assert_one_line_error(kvbench("compare", str(path), str(self.dir / "none.json")), 2,
                                    "none.json")
         old = copy.deepcopy(report)
@@ -699,12 +702,17 @@ class ReportCompareCliTest(CliCase):
         self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
         self.assertIn("no cell of the baseline is ok", res.stdout)
         # Every metric off judges nothing either, and says so.
-        offs = [a for m in ("ttft", "tpot", "itl", "e2e", "kv_bytes", "decode_tok_s",
-                            "prefill_tok_s", "attention_step", "kl_mean", "top1_agreement",
-                            "ppl_ratio") for a in ("--threshold", m + "=off")]
+        metrics = ("ttft", "tpot", "itl", "e2e", "kv_bytes", "decode_tok_s", "prefill_tok_s",
+                   "attention_step", "serving_ttft", "serving_e2e", "goodput", "predictor_step",
+                   "predictor_accuracy", "kl_mean", "top1_agreement", "ppl_ratio",
+                   "length_ratio", "mean_score", "runaway_rate")
+        offs = [a for m in metrics for a in ("--threshold", m + "=off")]
         res = kvbench("compare", str(path), str(path), *offs)
         self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
-        self.assertIn("nothing compared: ", res.stdout)
+        self.assertIn("nothing compared: every metric is off", res.stdout)
+        # Only the latency metrics off: the kernels cell is compared.
+        res = kvbench("compare", str(path), str(path), *offs[:8])
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
         # A directory where a report should be is named as such.
         self.assert_one_line_error(kvbench("compare", str(path), str(self.dir)), 2,
                                    "is a directory")

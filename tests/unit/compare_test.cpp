@@ -383,6 +383,8 @@ TEST(Compare, InterTokenLatencyIsResampledByRequest) {
       base.push_back(level * (1 + 0.001 * gap));
       cand.push_back(level * 1.12 * (1 + 0.001 * gap));
     }
+  // (A report from before samples_per_generation: the unit comes from the summary's request
+  // count and batch, 1 when absent.)
   auto cell = [](const std::vector<double>& itl, json requests) {
     json c = latency_cell("l.a", kTight);
     c["records"][2]["samples_s"] = itl;
@@ -401,10 +403,24 @@ TEST(Compare, InterTokenLatencyIsResampledByRequest) {
   const MetricComparison& odd =
       find(compare_reports(report({cell(base, 7)}), report({cell(cand, 7)}), defaults()), "itl");
   EXPECT_EQ(odd.change_ci.low, g.change_ci.low);
-  // And the bootstrap itself: runs of 3 equal values resample as whole runs only.
-  const Interval whole = bootstrap_median_ci({1, 1, 1, 5, 5, 5}, 0.95, 2000, 0, 3);
-  EXPECT_DOUBLE_EQ(whole.low, 1.0);
-  EXPECT_DOUBLE_EQ(whole.high, 5.0);
+  // The record's own samples_per_generation wins: 2 requests of a batch share their steps, so
+  // 8 requests in batches of 2 are 4 units of 30 gaps.
+  json batched = cell(cand, 8);
+  batched["records"][2]["samples_per_generation"] = 30;
+  const CompareResult four =
+      compare_reports(report({cell(base, 8)}), report({batched}), defaults());
+  bool noted = false;
+  for (const std::string& n : four.notes)
+    noted = noted || n.find("itl: 8 baseline and 4 new generations") != std::string::npos;
+  EXPECT_TRUE(noted);
+  // And the bootstrap itself: one run of all six samples resamples to itself every time (its
+  // median, 3), where single samples would spread from 1 to 5.
+  const Interval whole = bootstrap_median_ci({1, 1, 1, 5, 5, 5}, 0.95, 2000, 0, 6);
+  EXPECT_DOUBLE_EQ(whole.low, 3.0);
+  EXPECT_DOUBLE_EQ(whole.high, 3.0);
+  const Interval single = bootstrap_median_ci({1, 1, 1, 5, 5, 5}, 0.95, 2000, 0, 1);
+  EXPECT_DOUBLE_EQ(single.low, 1.0);
+  EXPECT_DOUBLE_EQ(single.high, 5.0);
   EXPECT_THROW(bootstrap_median_ci({1, 2, 3, 4}, 0.95, 10, 0, 3), Error);
 }
 

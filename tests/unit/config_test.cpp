@@ -227,6 +227,22 @@ TEST(ConfigFile, MalformedJsonReportsLineAndColumn) {
   }
 }
 
+TEST(ConfigFile, AKeyGivenTwiceIsAnError) {
+  // JSON parsers keep the later value; a config that says "methods" twice meant one of them.
+  const std::string text = R"({"threads": 1, "suites": [{"name": "kernels", "repeats": 2,
+                                                          "repeats": 3}]})";
+  try {
+    parse_json_text(text, "twice.json");
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "config: twice.json: key \"repeats\" appears twice in one object (the later "
+              "value would silently win); keep one");
+  }
+  // The same key in two objects is two keys.
+  EXPECT_NO_THROW(parse_json_text(R"({"a": {"name": 1}, "b": {"name": 2}, "name": 3})", "ok"));
+}
+
 TEST(ConfigFile, MissingFile) {
   try {
     read_config_file("/nonexistent/kvbench.json");
@@ -305,6 +321,9 @@ TEST(Overrides, BadAssignments) {
   EXPECT_THROW(apply_override(c, "=3"), ConfigError);
   EXPECT_THROW(apply_override(c, "suites.4.repeats=1"), ConfigError);
   EXPECT_THROW(apply_override(c, "suites.x.repeats=1"), ConfigError);
+  EXPECT_THROW(apply_override(c, "suites.00.repeats=1"), ConfigError);  // a padded index
+  apply_override(c, "suites.0.repeats=1");
+  EXPECT_EQ(c["suites"][0]["repeats"], 1);
   apply_override(c, "threads=2");
   EXPECT_THROW(apply_override(c, "threads.count=1"), ConfigError);
   // A typo through --set is caught by validation like one in the file.

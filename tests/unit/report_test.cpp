@@ -130,7 +130,10 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   EXPECT_EQ(report_to_continue(dir, config, ids).path, std::filesystem::path());
   // A finished report of the three cells (one failed) is continued, keeping its start time;
   // one of other cells, or fewer of them, is not.
-  nlohmann::json finished = partial({{{"id", "a"}}, {{"id", "b"}}, {{"id", "c"}}}, 3);
+  nlohmann::json finished = partial({{{"id", "a"}, {"status", "ok"}},
+                                     {{"id", "b"}, {"status", "failed"}},
+                                     {{"id", "c"}, {"status", "ok"}}},
+                                    3);
   finished.erase("partial");
   finished["created"] = "2026-01-02T03:04:05Z";
   write("r-0.json", finished);
@@ -141,6 +144,7 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   EXPECT_EQ(found.path, dir / "r-0.json");
   EXPECT_FALSE(found.partial);
   EXPECT_EQ(found.created, "2026-01-02T03:04:05Z");
+  EXPECT_FALSE(found.all_ok);  // b failed: a resumed run rewrites it even with nothing to run
   std::filesystem::remove_all(dir);
 }
 

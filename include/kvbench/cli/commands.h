@@ -9,7 +9,8 @@
 
 namespace CLI {
 class App;
-}
+class Validator;
+}  // namespace CLI
 
 namespace kvbench {
 
@@ -18,6 +19,10 @@ struct GlobalOptions {
   std::string command_line;  // argv joined, recorded in reports
   std::function<int()> action;
 };
+
+// For unsigned options such as --seed: refuses a negative number, which CLI11 would wrap into
+// 2^64 - 1.
+CLI::Validator non_negative();
 
 void register_run_command(CLI::App& app, GlobalOptions& global);
 void register_validate_command(CLI::App& app, GlobalOptions& global);

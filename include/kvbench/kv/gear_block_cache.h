@@ -16,9 +16,10 @@
 // Not pages: a block's tensors come from the device's caching allocator when it forms (its size
 // depends on its token count and outliers). Codes span tokens, so no token can be dropped from
 // a block: retention policies run only if they select once after the prefill (SnapKV and
-// PyramidKV from window scores of the full-precision keys; H2O, TOVA and ScissorHands with
-// "evict": "after_prefill" from the prefill's attention over the reconstructed keys, which is
-// what the CPU cache records); the layer is then stored afresh from the kept tokens'
+// PyramidKV from window scores of the full-precision keys; StreamingLLM with "evict":
+// "after_prefill" from positions; H2O, TOVA and ScissorHands with "evict": "after_prefill"
+// from the prefill's attention over the reconstructed keys, which is what the CPU cache
+// records); the layer is then stored afresh from the kept tokens'
 // full-precision values, as the CPU cache does (others run with attention cpu or reference).
 // The model must be fp16 or bf16 (the kernel's 16-bit metadata); the kernel takes
 // head_dim <= 128 and <= 8 query heads per KV head.

@@ -46,6 +46,7 @@ struct ContinuedReport {
   std::filesystem::path path;
   std::string created;
   bool partial = false;
+  bool all_ok = false;  // every cell it holds is ok
 };
 ContinuedReport report_to_continue(const std::filesystem::path& dir,
                                    const nlohmann::json& resolved_config,
