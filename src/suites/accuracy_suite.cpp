@@ -91,6 +91,7 @@ struct Sample {
   std::vector<int64_t> tokens;
   int64_t max_new_tokens = 64;
   std::optional<TaskSample> synthetic;
+  nlohmann::json task_params;  // a synthetic sample's resolved task parameters (its depth, seed)
   std::optional<LongBenchRow> row;
 };
 
@@ -158,6 +159,7 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
       Sample s;
       s.synthetic = make_task_sample(task, ctx.model.tokenizer(), params, "task_params");
       s.id = s.synthetic->id, s.task = task;
+      s.task_params = params;
       s.tokens = encode_prompt(ctx, format, s.synthetic->prompt);
       s.max_new_tokens = cap > 0 ? cap : 64;
       out.push_back(std::move(s));
@@ -299,6 +301,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
          {"score", sm},
          {"score_full", sf},
          {"answers", s.synthetic ? s.synthetic->answers : s.row->answers},
+         {"task_params", s.task_params},
          {"output", run.text},
          {"output_full", base.text},
          {"length", run.tokens.size()},

@@ -514,12 +514,17 @@ TEST(AccuracySuite, TaskParamsReachTheGeneratedSamples) {
   for (const auto& r : out.records) {
     EXPECT_EQ(r.at("answers").size(), 2u) << r.dump();
     EXPECT_NE(r["id"].get<std::string>().find("-0.30"), std::string::npos) << r["id"];
+    EXPECT_EQ(r.at("task_params").at("depth"), 0.3);  // groupable without parsing the id
+    EXPECT_EQ(r.at("task_params").at("num_keys"), 2);
   }
   CellOutput spread = run_accuracy({{"name", "full"}}, R"({"name": "accuracy",
       "task": "niah_multiquery", "samples": 2, "target_tokens": 400, "max_new_tokens": 4})");
   ASSERT_EQ(spread.records.size(), 2u);
   EXPECT_EQ(spread.records[0].at("answers").size(), 4u);  // the task's default: 4 queries
   EXPECT_EQ(spread.records[0]["id"].get<std::string>().find("-0.30"), std::string::npos);
+  // Spread over depths: the 1st of 2 samples sits at (0 + 0.5) / 2.
+  EXPECT_EQ(spread.records[0].at("task_params").at("depth"), 0.25);
+  EXPECT_EQ(spread.records[1].at("task_params").at("depth"), 0.75);
 }
 
 TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
