@@ -436,18 +436,28 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
         if (!pb.count(point))
           out.notes.push_back(id + " " + m.spec.name + (point.empty() ? "" : " " + point) +
                               ": only in the new report; not compared");
-      // A kernels cell sizing its contexts from the machine's cache ("auto") measures other
-      // points on another machine: a point it lacks is noted, not a regression.
-      const bool machine_points =
+      // A kernels cell sizing its contexts from the machine's cache ("auto") plans other
+      // contexts on another machine: a point whose context the new cell did not plan (its
+      // summary.contexts) is noted, not a regression; one it planned and lacks is missing.
+      const bool auto_contexts =
           m.spec.suite == "kernels" &&
           b.value("params", json::object()).value("contexts", json()) == json("auto");
+      auto not_planned_now = [&](const std::string& point) {
+        if (!auto_contexts) return false;
+        const json planned = n->value("summary", json::object()).value("contexts", json::array());
+        for (const json& r : b.value("records", json::array()))
+          if (r.value("kind", "") == "decode_attention" && point_label(r, kKernelPoint) == point)
+            return std::find(planned.begin(), planned.end(), r.value("context", json())) ==
+                   planned.end();
+        return false;
+      };
       for (const auto& [point, sb] : pb) {
         auto it = pn.find(point);
         const std::string where = id + " " + m.spec.name + (point.empty() ? "" : " " + point);
         // A point or metric the baseline measured and the new run lacks fails the gate, as a
         // missing cell does: a run that stops measuring something must not pass.
         if (it == pn.end()) {
-          if (machine_points)
+          if (not_planned_now(point))
             out.notes.push_back(where +
                                 ": not measured now (contexts \"auto\" follow the "
                                 "machine's cache); not compared");
@@ -475,9 +485,10 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
         const size_t units_b = sb.samples.size() / sb.block,
                      units_n = it->second.samples.size() / it->second.block;
         if (m.spec.timing && std::min(units_b, units_n) < kFewSamples) {
-          const char* unit = sb.block > 1 || it->second.block > 1 ? " generations" : " samples";
-          out.notes.push_back(where + ": " + std::to_string(units_b) + " baseline and " +
-                              std::to_string(units_n) + " new" + unit +
+          auto unit = [](size_t block) { return block > 1 ? " generations" : " samples"; };
+          out.notes.push_back(where + ": " + std::to_string(units_b) + " baseline" +
+                              unit(sb.block) + " and " + std::to_string(units_n) + " new" +
+                              unit(it->second.block) +
                               "; an interval from fewer than 10 understates the "
                               "noise (and none sees drift between runs): raise " +
                               (m.spec.suite == "serving" ? "requests" : "repeats"));

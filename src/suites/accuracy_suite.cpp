@@ -159,7 +159,7 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
       Sample s;
       s.synthetic = make_task_sample(task, ctx.model.tokenizer(), params, "task_params");
       s.id = s.synthetic->id, s.task = task;
-      s.task_params = params;
+      s.task_params = resolve_task_params(task, params, "task_params", {});
       s.tokens = encode_prompt(ctx, format, s.synthetic->prompt);
       s.max_new_tokens = cap > 0 ? cap : 64;
       out.push_back(std::move(s));

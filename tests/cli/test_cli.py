@@ -710,9 +710,11 @@ class ReportCompareCliTest(CliCase):
         res = kvbench("compare", str(path), str(path), *offs)
         self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
         self.assertIn("nothing compared: every metric is off", res.stdout)
-        # Only the latency metrics off: the kernels cell is compared.
-        res = kvbench("compare", str(path), str(path), *offs[:8])
+        # Only the latency metrics and kv_bytes off: the kernels cell's steps are compared.
+        res = kvbench("compare", str(path), str(path), *offs[:10])
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        self.assertIn("attention_step", res.stdout)
+        self.assertNotIn("tpot", res.stdout)
         # A directory where a report should be is named as such.
         self.assert_one_line_error(kvbench("compare", str(path), str(self.dir)), 2,
                                    "is a directory")

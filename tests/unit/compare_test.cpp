@@ -305,7 +305,7 @@ TEST(Compare, ARealServingCellComparesWithItself) {
   // Every point was compared; with 3 requests a rate, each timing says its samples are few.
   ASSERT_EQ(r.notes.size(), 4u);
   for (const std::string& note : r.notes)
-    EXPECT_NE(note.find(": 3 baseline and 3 new samples; an interval from fewer than 10 "
+    EXPECT_NE(note.find(": 3 baseline samples and 3 new samples; an interval from fewer than 10 "
                         "understates the noise"),
               std::string::npos)
         << note;
@@ -411,7 +411,8 @@ TEST(Compare, InterTokenLatencyIsResampledByRequest) {
       compare_reports(report({cell(base, 8)}), report({batched}), defaults());
   bool noted = false;
   for (const std::string& n : four.notes)
-    noted = noted || n.find("itl: 8 baseline and 4 new generations") != std::string::npos;
+    noted =
+        noted || n.find("itl: 8 baseline generations and 4 new generations") != std::string::npos;
   EXPECT_TRUE(noted);
   // And the bootstrap itself: one run of all six samples resamples to itself every time (its
   // median, 3), where single samples would spread from 1 to 5.
@@ -422,6 +423,36 @@ TEST(Compare, InterTokenLatencyIsResampledByRequest) {
   EXPECT_DOUBLE_EQ(single.low, 1.0);
   EXPECT_DOUBLE_EQ(single.high, 5.0);
   EXPECT_THROW(bootstrap_median_ci({1, 2, 3, 4}, 0.95, 10, 0, 3), Error);
+}
+
+// A kernels cell with contexts "auto" plans its contexts from the machine's cache: a context
+// the new machine did not plan is noted; one it planned and did not measure is missing.
+TEST(Compare, AutoKernelContextsFollowTheMachine) {
+  auto kernels = [](const std::vector<int64_t>& planned, const std::vector<int64_t>& measured) {
+    json records = json::array();
+    for (int64_t c : measured)
+      records.push_back({{"kind", "decode_attention"},
+                         {"context", c},
+                         {"kv_heads", 2},
+                         {"samples_s", kTight},
+                         {"working_set_bytes", c * 100}});
+    return json{{"id", "k.a"},
+                {"suite", "kernels"},
+                {"method", {{"name", "full"}}},
+                {"params", {{"contexts", "auto"}}},
+                {"status", "ok"},
+                {"records", records},
+                {"summary", {{"contexts", planned}}}};
+  };
+  const json base = report({kernels({1024, 4096}, {1024, 4096})});
+  const CompareResult smaller =
+      compare_reports(base, report({kernels({1024}, {1024})}), defaults());
+  EXPECT_TRUE(smaller.missing.empty());
+  EXPECT_EQ(smaller.regressions(), 0u);
+  const CompareResult dropped =
+      compare_reports(base, report({kernels({1024, 4096}, {1024})}), defaults());
+  EXPECT_EQ(dropped.missing, (std::vector<std::string>{"k.a attention_step context=4096 kv_heads=2",
+                                                       "k.a kv_bytes context=4096 kv_heads=2"}));
 }
 
 TEST(Compare, BusyMachinesAreNoted) {

@@ -239,8 +239,12 @@ TEST(ConfigFile, AKeyGivenTwiceIsAnError) {
               "config: twice.json: key \"repeats\" appears twice in one object (the later "
               "value would silently win); keep one");
   }
-  // The same key in two objects is two keys.
-  EXPECT_NO_THROW(parse_json_text(R"({"a": {"name": 1}, "b": {"name": 2}, "name": 3})", "ok"));
+  // The same key in two objects is two keys, objects in lists included; one repeated after a
+  // nested object closes is still caught.
+  EXPECT_NO_THROW(
+      parse_json_text(R"({"a": {"name": 1}, "b": [{"name": 2}, {"name": 3}], "name": 4})", "ok"));
+  EXPECT_THROW(parse_json_text(R"({"a": {"x": 1}, "a": 2})", "twice"), ConfigError);
+  EXPECT_THROW(parse_json_text(R"({"l": [{"n": 1, "n": 2}]})", "twice"), ConfigError);
 }
 
 TEST(ConfigFile, MissingFile) {

@@ -40,6 +40,9 @@ TEST(LatencySuite, KeepsEverySampleAndConsistentSummaries) {
   EXPECT_EQ(by_kind["tpot"]["samples_s"].size(), 6u);
   EXPECT_EQ(by_kind["itl"]["samples_s"].size(), 24u);  // 4 gaps per request
   EXPECT_EQ(by_kind["e2e"]["samples_s"].size(), 6u);
+  // One generation (the warm-up not counted) gave 2 requests' samples, 2 x 4 gaps for ITL.
+  EXPECT_EQ(by_kind["ttft"]["samples_per_generation"], 2);
+  EXPECT_EQ(by_kind["itl"]["samples_per_generation"], 8);
   for (size_t i = 0; i < 6; ++i) {
     const double ttft = by_kind["ttft"]["samples_s"][i], e2e = by_kind["e2e"]["samples_s"][i];
     const double tpot = by_kind["tpot"]["samples_s"][i];
@@ -525,6 +528,7 @@ TEST(AccuracySuite, TaskParamsReachTheGeneratedSamples) {
   // Spread over depths: the 1st of 2 samples sits at (0 + 0.5) / 2.
   EXPECT_EQ(spread.records[0].at("task_params").at("depth"), 0.25);
   EXPECT_EQ(spread.records[1].at("task_params").at("depth"), 0.75);
+  EXPECT_EQ(spread.records[0].at("task_params").at("num_queries"), 4);  // defaults resolved
 }
 
 TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
