@@ -400,8 +400,9 @@ TEST(Compare, InterTokenLatencyIsResampledByRequest) {
   EXPECT_GT(r.change_ci.high - r.change_ci.low, 2 * (g.change_ci.high - g.change_ci.low));
   EXPECT_FALSE(r.regressed);
   // A request count that does not divide the samples falls back to single gaps.
-  const MetricComparison& odd =
-      find(compare_reports(report({cell(base, 7)}), report({cell(cand, 7)}), defaults()), "itl");
+  const CompareResult odd_result =
+      compare_reports(report({cell(base, 7)}), report({cell(cand, 7)}), defaults());
+  const MetricComparison& odd = find(odd_result, "itl");
   EXPECT_EQ(odd.change_ci.low, g.change_ci.low);
   // The record's own samples_per_generation wins: 2 requests of a batch share their steps, so
   // 8 requests in batches of 2 are 4 units of 30 gaps.
