@@ -76,7 +76,10 @@ __device__ __forceinline__ F* partial(F* ws, int R, int b, int kvh, int split, i
   return ws + (block * kPaluMaxQPerKv + h) * (R + 2);
 }
 
-template <int D, int R, bool kBf16>
+// kListed: the problem has kept lists (palu_decode.h): a tile's 16 entries are the i-th kept
+// tokens, each gathered from its own slot and rotated at its own position; otherwise a tile is
+// 16 consecutive slots of one page, rotated by the tile's coarse angle.
+template <int D, int R, bool kBf16, bool kListed>
 __global__ void __launch_bounds__(kThreads)
     palu_kernel(PaluProblem p, int tiles_per_split, int splits, float* ws) {
   using S = Smem<D, R>;
@@ -86,7 +89,9 @@ __global__ void __launch_bounds__(kThreads)
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, m = lane & 3;
   unsigned char* stage = smem + S::kBasis + S::kFine + warp * S::kWarpStage;
-  const int gq = p.q_heads / p.kv_heads, T = p.seq_lens[b];
+  const int gq = p.q_heads / p.kv_heads;
+  const palu::Kept kept = palu::kept(p, b, kvh);
+  const int T = kept.n;  // tokens attended (every one held, or the kept ones)
   const int tiles = (T + kTile - 1) / kTile;
   const int tile_begin = split * tiles_per_split;
   const int tile_end = min(tiles, tile_begin + tiles_per_split);
@@ -118,19 +123,25 @@ __global__ void __launch_bounds__(kThreads)
   // latent head of this KV head's group (`head_row`: its first row in a page's rows).
   const size_t head_row = size_t(kvh / p.group) * p.page_size;
   const size_t page_rows = size_t(p.kv_heads / p.group) * p.page_size;
+  const int* pages = p.block_table + size_t(b) * p.max_pages_per_seq;
+  // The pool row of the token at `slot` (the tile's first one: rows follow within its page).
+  auto pool_row = [&](int slot) {
+    return size_t(pages[slot / p.page_size]) * page_rows + head_row + slot % p.page_size;
+  };
   auto load_tile = [&](int tile, int s) {
     const int t0 = tile * kTile;
-    const int page = p.block_table[size_t(b) * p.max_pages_per_seq + t0 / p.page_size];
-    const size_t row0 = size_t(page) * page_rows + head_row + t0 % p.page_size;
+    const size_t row0 = kListed ? 0 : pool_row(t0);
     for (int kv = 0; kv < 2; ++kv) {
-      const uint16_t* src = static_cast<const uint16_t*>(kv ? p.v_latent : p.k_latent) + row0 * R;
+      const uint16_t* pool = static_cast<const uint16_t*>(kv ? p.v_latent : p.k_latent);
       uint16_t* dst = reinterpret_cast<uint16_t*>(stage + (2 * s + kv) * S::kTileBytes);
       for (int i = lane; i < kTile * R / 8; i += 32) {
         const int row = i / (R / 8), col = (i % (R / 8)) * 8;
-        if (t0 + row < T)
-          mma::cp_async16(dst + row * S::kStride + col, src + size_t(row) * R + col);
-        else
+        if (t0 + row < T) {
+          const size_t at = kListed ? pool_row(kept.token(t0 + row)) : row0 + row;
+          mma::cp_async16(dst + row * S::kStride + col, pool + at * R + col);
+        } else {
           *reinterpret_cast<uint4*>(dst + row * S::kStride + col) = make_uint4(0, 0, 0, 0);
+        }
       }
     }
   };
@@ -170,24 +181,53 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 
-    // 2. RoPE at positions t0 + g and t0 + g + 8 (palu::rope_cos_sin's formulas).
+    // 2. RoPE at the positions of rows g and g + 8 (palu::rope_cos_sin's formulas): slots
+    // t0 + g and t0 + g + 8, or the kept tokens' (rows past T are zero latents: any angle).
     const int t0 = tile * kTile;
-    const float* coarse = p.rope_coarse + size_t(tile) * D;  // [2][D / 2]
+    if constexpr (kListed) {
+      int pos[2];
 #pragma unroll
-    for (int nt = 0; nt < D / 16; ++nt) {
-      const int i = 8 * nt + 2 * m;
-      const float2 ch = __ldg(reinterpret_cast<const float2*>(coarse + i));
-      const float2 sh = __ldg(reinterpret_cast<const float2*>(coarse + D / 2 + i));
+      for (int h = 0; h < 2; ++h) pos[h] = kept.token(min(t0 + g + 8 * h, T - 1));
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {  // (token g, i), (g, i+1), (g+8, i), (g+8, i+1)
-        const int off = g + 8 * (e >> 1), ii = i + (e & 1);
-        const float chv = (e & 1) ? ch.y : ch.x, shv = (e & 1) ? sh.y : sh.x;
-        const float cl = fine[off * S::kFinePitch + ii],
-                    sl = fine[off * S::kFinePitch + D / 2 + ii];
-        const float c = fmaf(chv, cl, -shv * sl), s = fmaf(shv, cl, chv * sl);
-        const float x1 = acc[nt][e], x2 = acc[nt + D / 16][e];
-        acc[nt][e] = fmaf(x1, c, -x2 * s);
-        acc[nt + D / 16][e] = fmaf(x2, c, x1 * s);
+      for (int nt = 0; nt < D / 16; ++nt) {
+        const int i = 8 * nt + 2 * m;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float* coarse = p.rope_coarse + size_t(pos[h] / kTile) * D;  // [2][D / 2]
+          const float2 ch = __ldg(reinterpret_cast<const float2*>(coarse + i));
+          const float2 sh = __ldg(reinterpret_cast<const float2*>(coarse + D / 2 + i));
+          const int off = pos[h] % kTile;
+#pragma unroll
+          for (int e = 2 * h; e < 2 * h + 2; ++e) {  // (row g + 8h, i), (g + 8h, i + 1)
+            const int ii = i + (e & 1);
+            const float chv = (e & 1) ? ch.y : ch.x, shv = (e & 1) ? sh.y : sh.x;
+            const float cl = fine[off * S::kFinePitch + ii],
+                        sl = fine[off * S::kFinePitch + D / 2 + ii];
+            const float c = fmaf(chv, cl, -shv * sl), s = fmaf(shv, cl, chv * sl);
+            const float x1 = acc[nt][e], x2 = acc[nt + D / 16][e];
+            acc[nt][e] = fmaf(x1, c, -x2 * s);
+            acc[nt + D / 16][e] = fmaf(x2, c, x1 * s);
+          }
+        }
+      }
+    } else {
+      const float* coarse = p.rope_coarse + size_t(tile) * D;  // [2][D / 2]
+#pragma unroll
+      for (int nt = 0; nt < D / 16; ++nt) {
+        const int i = 8 * nt + 2 * m;
+        const float2 ch = __ldg(reinterpret_cast<const float2*>(coarse + i));
+        const float2 sh = __ldg(reinterpret_cast<const float2*>(coarse + D / 2 + i));
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {  // (token g, i), (g, i+1), (g+8, i), (g+8, i+1)
+          const int off = g + 8 * (e >> 1), ii = i + (e & 1);
+          const float chv = (e & 1) ? ch.y : ch.x, shv = (e & 1) ? sh.y : sh.x;
+          const float cl = fine[off * S::kFinePitch + ii],
+                      sl = fine[off * S::kFinePitch + D / 2 + ii];
+          const float c = fmaf(chv, cl, -shv * sl), s = fmaf(shv, cl, chv * sl);
+          const float x1 = acc[nt][e], x2 = acc[nt + D / 16][e];
+          acc[nt][e] = fmaf(x1, c, -x2 * s);
+          acc[nt + D / 16][e] = fmaf(x2, c, x1 * s);
+        }
       }
     }
 
@@ -303,7 +343,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <int D, int R, bool kBf16>
+template <int D, int R, bool kBf16, bool kListed>
 cudaError_t launch(const PaluProblem& p, const PaluPlan& plan, int tiles_per_split, float* ws,
                    cudaStream_t stream) {
   constexpr size_t kSmem = Smem<D, R>::kTotal;
@@ -315,13 +355,14 @@ cudaError_t launch(const PaluProblem& p, const PaluPlan& plan, int tiles_per_spl
   if (err != cudaSuccess) return err;
   const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
   if (!(configured.load(std::memory_order_relaxed) & bit)) {
-    err = cudaFuncSetAttribute(palu_kernel<D, R, kBf16>,
+    err = cudaFuncSetAttribute(palu_kernel<D, R, kBf16, kListed>,
                                cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
     if (err != cudaSuccess) return err;
     configured.fetch_or(bit, std::memory_order_relaxed);
   }
-  palu_kernel<D, R, kBf16><<<dim3(plan.splits, p.kv_heads, p.batch), kThreads, kSmem, stream>>>(
-      p, tiles_per_split, plan.splits, ws);
+  palu_kernel<D, R, kBf16, kListed>
+      <<<dim3(plan.splits, p.kv_heads, p.batch), kThreads, kSmem, stream>>>(p, tiles_per_split,
+                                                                            plan.splits, ws);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   palu_combine<D, R><<<dim3(p.kv_heads, p.batch), kThreads, 0, stream>>>(p, plan.splits, ws);
   return cudaGetLastError();
@@ -330,15 +371,20 @@ cudaError_t launch(const PaluProblem& p, const PaluPlan& plan, int tiles_per_spl
 template <int D, bool kBf16>
 cudaError_t launch_rank(const PaluProblem& p, const PaluPlan& plan, int tps, float* ws,
                         cudaStream_t stream) {
+  const bool listed = p.kept_counts != nullptr;
   switch (p.rank) {
     case 32:
-      return launch<D, 32, kBf16>(p, plan, tps, ws, stream);
+      return listed ? launch<D, 32, kBf16, true>(p, plan, tps, ws, stream)
+                    : launch<D, 32, kBf16, false>(p, plan, tps, ws, stream);
     case 64:
-      return launch<D, 64, kBf16>(p, plan, tps, ws, stream);
+      return listed ? launch<D, 64, kBf16, true>(p, plan, tps, ws, stream)
+                    : launch<D, 64, kBf16, false>(p, plan, tps, ws, stream);
     case 96:
-      return launch<D, 96, kBf16>(p, plan, tps, ws, stream);
+      return listed ? launch<D, 96, kBf16, true>(p, plan, tps, ws, stream)
+                    : launch<D, 96, kBf16, false>(p, plan, tps, ws, stream);
     case 128:
-      return launch<D, 128, kBf16>(p, plan, tps, ws, stream);
+      return listed ? launch<D, 128, kBf16, true>(p, plan, tps, ws, stream)
+                    : launch<D, 128, kBf16, false>(p, plan, tps, ws, stream);
   }
   return cudaErrorInvalidValue;
 }

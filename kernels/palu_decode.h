@@ -6,6 +6,10 @@
 //   score_t = q . key_t * softmax_scale         (q: the query with RoPE applied)
 //   out     = L_v (sum_t p_t h^v_t)              values summed in latent space, projected once
 // Positions are slots: the paged cache never moves a token, so token t sits at position t.
+// After a retention policy chose (SnapKV, StreamingLLM, ...), a sequence attends only the
+// tokens it keeps, read in place by index as kernels/retained_decode.h reads them: listed
+// positions per latent head, then a tail of every newer token; each is rotated at its own
+// position (its slot), so eviction needs no copy and no stored positions.
 //
 // Layout (kv_format.h's kFp16/kBf16 pages at width `rank`): latents [pages, kv_heads,
 // page_size, rank] 16-bit, page_size a multiple of the 16-token tile; one latent per group of
@@ -60,9 +64,31 @@ struct PaluProblem {
   float softmax_scale = 0.f;
   const float* q = nullptr;  // [batch, q_heads, head_dim] fp32, RoPE applied
   float* out = nullptr;      // [batch, q_heads, head_dim] fp32
+  // Optional (all three or none), after a retention policy chose: what sequence b keeps, per
+  // latent head (KV head j reads row j / group): the positions listed at kept_lists[b]
+  // ([kv_heads / group, kept_counts[b]], any order, each < tail_start[b]), then every token of
+  // the tail [tail_start[b], seq_lens[b]). A sequence nothing was evicted from lists none and
+  // has tail 0. Null: every sequence attends all its tokens.
+  const int* const* kept_lists = nullptr;  // [batch] pointers; may be null where the count is 0
+  const int* kept_counts = nullptr;        // [batch]
+  const int* tail_start = nullptr;         // [batch]
 };
 
 namespace palu {
+
+// The tokens KV head j of sequence b attends: n of them, the i-th at position token(i).
+struct Kept {
+  const int* list;
+  int listed, tail, n;
+  KVB_HD int token(int i) const { return i < listed ? list[i] : tail + (i - listed); }
+};
+KVB_HD Kept kept(const PaluProblem& p, int b, int j) {
+  const int T = p.seq_lens[b];
+  if (p.kept_counts == nullptr) return {nullptr, 0, 0, T};
+  const int listed = p.kept_counts[b], tail = p.tail_start[b];
+  return {listed > 0 ? p.kept_lists[b] + size_t(j / p.group) * listed : nullptr, listed, tail,
+          listed + (T > tail ? T - tail : 0)};
+}
 
 KVB_HD float value16(const PaluProblem& p, uint16_t bits) {
   return p.bf16 ? encode::bf16_value(bits) : encode::half_value(bits);
@@ -137,6 +163,8 @@ inline const char* palu_check(const PaluProblem& p) {
   if (!p.block_table || !p.seq_lens || !p.k_latent || !p.v_latent || !p.k_basis || !p.v_basis ||
       !p.rope_coarse || !p.rope_fine || !p.q || !p.out)
     return "a required pointer is null";
+  if (!p.kept_lists != !p.kept_counts || !p.kept_counts != !p.tail_start)
+    return "kept_lists, kept_counts and tail_start go together";
   // The kernel reads latents and the key basis 16 bytes at a time, the coarse table 8.
   if ((reinterpret_cast<uintptr_t>(p.k_latent) | reinterpret_cast<uintptr_t>(p.v_latent) |
        reinterpret_cast<uintptr_t>(p.k_basis)) %
@@ -158,20 +186,22 @@ inline void palu_decode_host(const PaluProblem& p, float* scratch) {
   float* w = v_lat + p.rank;
   for (int b = 0; b < p.batch; ++b)
     for (int qh = 0; qh < p.q_heads; ++qh) {
-      const int j = qh / gq, T = p.seq_lens[b];
+      const int j = qh / gq;
+      const palu::Kept kept = palu::kept(p, b, j);
       const float* q = p.q + (size_t(b) * p.q_heads + qh) * d;
       float m = -INFINITY, sum = 0.f;
-      for (int t = 0; t < T; ++t) {
-        palu::rotated_key(p, b, j, t, pre, key);
+      for (int i = 0; i < kept.n; ++i) {
+        palu::rotated_key(p, b, j, kept.token(i), pre, key);
         float acc = 0.f;
         for (int c = 0; c < d; ++c) acc = fmaf(palu::round16(p, q[c]), key[c], acc);
-        m = fmaxf(m, w[t] = acc * p.softmax_scale);
+        m = fmaxf(m, w[i] = acc * p.softmax_scale);
       }
-      for (int t = 0; t < T; ++t) sum += (w[t] = expf(w[t] - m));
+      for (int i = 0; i < kept.n; ++i) sum += (w[i] = expf(w[i] - m));
       for (int a = 0; a < p.rank; ++a) {
         float acc = 0.f;
-        for (int t = 0; t < T; ++t)
-          acc = fmaf(w[t], palu::value16(p, palu::latent_row(p, p.v_latent, b, j, t)[a]), acc);
+        for (int i = 0; i < kept.n; ++i)
+          acc = fmaf(
+              w[i], palu::value16(p, palu::latent_row(p, p.v_latent, b, j, kept.token(i))[a]), acc);
         v_lat[a] = acc / sum;
       }
       float* out = p.out + (size_t(b) * p.q_heads + qh) * d;

@@ -20,8 +20,10 @@ struct PaluPlan {
 };
 
 // cudaErrorInvalidValue when the problem is invalid (palu_check() says why) or the RoPE tables
-// do not cover max_len. max_len must be >= every seq_lens entry: the splits cover that many
-// tokens, and a longer sequence's last tiles would be left out.
+// do not cover max_len. max_len must be >= the tokens every sequence attends (its seq_lens
+// entry, or with kept lists its kept count): the splits cover that many, and a longer
+// sequence's last tiles would be left out. The RoPE tables must cover every position read
+// (every seq_lens entry), which with kept lists the caller ensures.
 cudaError_t palu_plan(const PaluProblem& problem, int max_len, int sm_count, PaluPlan* plan);
 cudaError_t palu_decode(const PaluProblem& problem, const PaluPlan& plan, void* workspace,
                         cudaStream_t stream);

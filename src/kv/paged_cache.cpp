@@ -626,10 +626,42 @@ PagedKVCache::StepPages PagedKVCache::append_pages(int64_t layer_index,
   append_rows(layer, step, counts, k, v, out.store);
   const int64_t B = int64_t(seqs.size());
   out.table = step.table, out.lengths = step.ints.narrow(0, 3 * B + 1, B);
-  for (const Sequence* s : step.batch) out.old_lengths.push_back(s->length);
+  for (size_t b = 0; b < step.batch.size(); ++b) {
+    Sequence& s = *step.batch[b];
+    out.old_lengths.push_back(s.length);
+    // New tokens join what an earlier selection kept.
+    at::Tensor& kept = s.kept[size_t(layer_index)];
+    if (kept.defined()) kept = attended_positions(s, layer_index, counts[b]).contiguous();
+  }
   out.max_len = step.max_len;
   end_step(layer_index, step, counts);
   return out;
+}
+
+void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, int64_t length) {
+  KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
+            num_layers_, ")");
+  KVB_CHECK(!policy_, "paged cache: retain takes another cache's selection; this one has policy '",
+            policy_ ? policy_->name() : "", "'");
+  Sequence& s = sequence(seq);
+  KVB_CHECK(kept.dim() == 2 && kept.size(0) == num_kv_heads_ && kept.device().is_cpu() &&
+                kept.size(1) <= length && length <= int64_t(s.pages.size()) * format_.page_size,
+            "paged cache: a selection of shape ", kept.sizes(), " on ", kept.device().str(),
+            " for ", num_kv_heads_, " heads of a sequence of ", length, " tokens");
+  const at::Tensor positions = kept.to(at::kLong).contiguous();
+  KVB_CHECK(positions.numel() == 0 ||
+                (positions.min().item<int64_t>() >= 0 && positions.max().item<int64_t>() < length),
+            "paged cache: a selection outside the sequence's ", length, " tokens");
+  const int64_t held = positions.size(1);
+  KVB_CHECK(
+      held < 2 ||
+          positions.narrow(1, 1, held - 1).gt(positions.narrow(1, 0, held - 1)).all().item<bool>(),
+      "paged cache: a selection's positions must ascend per head");
+  s.kept[size_t(layer)] = positions;
+  split_kept(s.listed[size_t(layer)], positions, length);
+  s.evicted = true;
+  // After the step's last layer its length is final: free now (else at the step's end).
+  if (s.length == length) free_evicted_pages(s);
 }
 
 at::Tensor PagedKVCache::attend_batch(int64_t layer_index, const std::vector<int64_t>& seqs,

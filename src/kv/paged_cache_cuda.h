@@ -46,7 +46,8 @@ at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch
                     const at::Tensor& scores = at::Tensor());
 
 // Palu's decode step (kernels/palu_decode.h) with every pointer of `problem` where `on` is:
-// the CUDA kernel on a GPU, its host reference on the CPU. `max_len` >= every sequence length.
+// the CUDA kernel on a GPU, its host reference on the CPU. `max_len` >= the tokens every
+// sequence attends (its length, or its kept count under a policy; palu_plan).
 void palu(const kernels::PaluProblem& problem, int64_t max_len, const at::Tensor& on);
 
 // GEAR's decode step (kernels/gear_decode.h) with every pointer of `problem` where `on` is: the

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <string>
 #include <tuple>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/time.h"
 #include "kvbench/model/rope.h"
 #include "paged_cache_cuda.h"
 #include "palu_decode.h"
@@ -26,14 +28,11 @@ PagedFormat latent_format(at::ScalarType dtype) {
 // The stored width of the codec's rank r (r rounded up to whole 32-value blocks, zero-padded),
 // once the pair (codec, cache) is known to fit the kernel.
 int64_t checked_width(const std::shared_ptr<const LowRankCodec>& codec, int64_t head_dim,
-                      bool kernel_path, const RetentionPolicy* policy) {
+                      bool kernel_path) {
   KVB_CHECK(codec != nullptr && codec->kind() == LowRankKind::kPalu,
             "palu paged cache: expects a palu codec");
   KVB_CHECK(!codec->needs_preparation(), "palu paged cache: codec '", codec->name(),
             "' is not prepared (its bases come from the SVD of W_k and W_v in the prepare step)");
-  KVB_CHECK(policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr,
-            "paged cache: palu keeps every token on the paged path; with retention policy '",
-            policy ? policy->name() : "", "' run it with attention cpu or reference");
   const int64_t r = codec->rank_for(head_dim),
                 width = latent_row_width(LowRankKind::kPalu, r, kernel_path);
   KVB_CHECK(!kernel_path || ((width <= 128) && (head_dim == 64 || head_dim == 128)),
@@ -41,6 +40,24 @@ int64_t checked_width(const std::shared_ptr<const LowRankCodec>& codec, int64_t 
             ": the GPU kernel takes ranks up to 128 (stored in rows of 32, 64, 96 or 128) at "
             "head_dim 64 or 128");
   return width;
+}
+
+// The policy the cache runs (null: every token stays), once it is one the paged path takes.
+std::shared_ptr<const RetentionPolicy> checked_policy(
+    std::shared_ptr<const RetentionPolicy> policy) {
+  if (policy == nullptr || dynamic_cast<const FullRetention*>(policy.get()) != nullptr)
+    return nullptr;
+  check_paged_policy(policy.get());
+  const std::string where = "paged cache: palu under retention policy '" + policy->name() + "': ";
+  KVB_CHECK(policy->needs() != RetentionNeeds::kQueryPages, where,
+            "Quest bounds pages of the stored keys, and palu stores latents of keys before "
+            "RoPE; run it with attention cpu or reference");
+  KVB_CHECK(policy->timing() == EvictionTiming::kAfterPrefill ||
+                policy->needs() == RetentionNeeds::kPositions,
+            where,
+            "its decode kernel writes no scores for a policy that selects by attention at every "
+            "step; use \"evict\": \"after_prefill\" or run it with attention cpu or reference");
+  return policy;
 }
 
 // The pages' heads: one latent per group of the codec's `group` KV heads.
@@ -58,11 +75,11 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
                                int64_t num_kv_heads, int64_t head_dim, PagedCapacity capacity,
                                at::Device device, std::shared_ptr<const RetentionPolicy> policy,
                                bool kernel_path_on_cpu)
-    : LatentPagesCache(
-          codec, codec ? codec->rank_for(head_dim) : 0,
-          checked_width(codec, head_dim, device.is_cuda() || kernel_path_on_cpu, policy.get()),
-          latent_format(latent_dtype), num_layers, latent_heads(codec, num_kv_heads), capacity,
-          device, nullptr, kernel_path_on_cpu),
+    : LatentPagesCache(codec, codec ? codec->rank_for(head_dim) : 0,
+                       checked_width(codec, head_dim, device.is_cuda() || kernel_path_on_cpu),
+                       latent_format(latent_dtype), num_layers, latent_heads(codec, num_kv_heads),
+                       capacity, device, nullptr, kernel_path_on_cpu),
+      policy_(checked_policy(std::move(policy))),
       group_(codec->group()),
       latent_dtype_(latent_dtype),
       num_kv_heads_(num_kv_heads),
@@ -164,8 +181,49 @@ void PaluPagedCache::cover(int64_t tokens) {
   rope_tiles_ = grown;
 }
 
+PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
+                                                     const std::vector<int64_t>& seqs,
+                                                     const PagedKVCache::StepPages& pages,
+                                                     int64_t& attended) {
+  const int64_t B = int64_t(seqs.size());
+  int64_t most = 1;
+  at::Tensor addresses = at::zeros({B}, at::kLong), counts_tails = at::zeros({2 * B}, at::kInt);
+  int64_t* address = addresses.data_ptr<int64_t>();
+  int* ct = counts_tails.data_ptr<int>();
+  bool any = false;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto [host, tail] = latent_.listed_positions(seqs[size_t(b)], layer);
+    const int64_t length = pages.old_lengths[size_t(b)] + 1;
+    if (!host.defined()) {  // nothing evicted there: no list, tail 0
+      most = std::max(most, length);
+      continue;
+    }
+    any = true;
+    most = std::max(most, host.size(1) + length - tail);
+    // A list travels once per selection: the inner cache replaces its host list only then.
+    Listed& l = lists_[{seqs[size_t(b)], layer}];
+    if (!l.host.is_same(host)) {
+      l.host = host;
+      l.device = host.numel() == 0 ? at::Tensor()
+                 : latent_.device().is_cuda()
+                     ? host.pin_memory().to(latent_.device(), /*non_blocking=*/true)
+                     : host;
+    }
+    if (l.device.defined()) address[b] = reinterpret_cast<int64_t>(l.device.data_ptr<int>());
+    ct[b] = int(host.size(1)), ct[B + b] = int(tail);
+  }
+  if (!any) return {};
+  attended = most;
+  auto upload = [&](const at::Tensor& t) {
+    return latent_.device().is_cuda() ? t.pin_memory().to(latent_.device(), /*non_blocking=*/true)
+                                      : t;
+  };
+  return {upload(addresses), upload(counts_tails)};
+}
+
 at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Bases& bases,
-                                  const at::Tensor& q_in) {
+                                  const at::Tensor& q_in, int64_t layer,
+                                  const std::vector<int64_t>& seqs) {
   cover(pages.max_len);
   const at::Tensor q = q_in.to(latent_.device(), at::kFloat).contiguous();
   at::Tensor out = at::empty_like(q);
@@ -181,8 +239,136 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
   p.rope_fine = rope_fine_.data_ptr<float>();
   p.softmax_scale = float(1.0 / std::sqrt(double(head_dim_)));
   p.q = q.data_ptr<float>(), p.out = out.data_ptr<float>();
-  paged_cuda::palu(p, pages.max_len, q);
+  int64_t attended = pages.max_len;  // the most tokens a sequence attends: what splits cover
+  const StepLists lists = policy_ ? step_lists(layer, seqs, pages, attended) : StepLists{};
+  if (lists.addresses.defined()) {
+    p.kept_lists = reinterpret_cast<const int* const*>(lists.addresses.data_ptr<int64_t>());
+    p.kept_counts = lists.counts_tails.data_ptr<int>();
+    p.tail_start = p.kept_counts + q.size(0);
+  }
+  paged_cuda::palu(p, attended, q);
   return out;
+}
+
+at::Tensor PaluPagedCache::retained(int64_t seq, int64_t layer, int64_t length) const {
+  if (!latent_.listed_positions(seq, layer).first.defined())
+    return at::arange(length, at::kLong).expand({num_kv_heads_, length});
+  // Per latent head (its new rows joined in append_pages), each row for its group's heads.
+  const at::Tensor kept = latent_.kept_positions(seq, layer);
+  return group_ == 1 ? kept : kept.repeat_interleave(group_, 0);
+}
+
+void PaluPagedCache::select(int64_t seq, int64_t layer, RetentionInput& in, const at::Tensor& qb,
+                            const at::Tensor& kb, const at::Tensor& keys) {
+  Stopwatch watch;
+  switch (policy_->needs()) {
+    case RetentionNeeds::kWindowScores:  // from the full-precision keys, as the CPU cache does
+      KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
+                "' needs window scores, which exist only at the prefill");
+      in.window_attention = prefill_window_attention(
+          qb.to(keys.device(), at::kFloat), kb.to(keys.device(), at::kFloat),
+          std::min(policy_->observation_window(), qb.size(1)));
+      break;
+    // The per-step policies select after the prefill only (checked_policy), from its attention
+    // over the keys attention read, as the CPU cache records it.
+    case RetentionNeeds::kScoresEveryStep:
+      in.accumulated = summed_attention(qb.to(keys.device(), at::kFloat), keys,
+                                        in.positions.to(keys.device()), 0);
+      break;
+    case RetentionNeeds::kLastQueryScores:
+      in.current = newest_query_attention(qb.to(keys.device(), at::kFloat), keys);
+      break;
+    case RetentionNeeds::kLowAttentionCounts:
+      in.low_counts =
+          low_attention(qb.to(keys.device(), at::kFloat), keys, in.positions.to(keys.device()), 0,
+                        policy_->observation_window())
+              .sum(3)
+              .to(at::kFloat)
+              .mean(2);
+      break;
+    default:
+      break;
+  }
+  // The policy works where its scores are; the positions stay on the host.
+  const at::Tensor host = in.positions;
+  in.host_positions = host;
+  for (const at::Tensor* t : {&in.window_attention, &in.accumulated, &in.current, &in.low_counts})
+    if (t->defined()) in.positions = host.to(t->device());
+  const at::Tensor chosen = policy_->select(in).to(at::kCPU, at::kLong);
+  KVB_CHECK(chosen.dim() == 2 && chosen.size(0) == num_kv_heads_ && chosen.size(1) <= in.held(),
+            "retention policy '", policy_->name(), "' returned a selection of shape ",
+            chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
+  at::Tensor kept = host.gather(1, chosen);  // [kv_heads, kept] positions
+  if (group_ > 1) {
+    // One latent per group: its heads must keep the same tokens (the reference's store says
+    // the same).
+    const at::Tensor rows = kept.view({num_kv_heads_ / group_, group_, -1});
+    KVB_CHECK(rows.eq(rows.narrow(1, 0, 1)).all().item<bool>(),
+              "palu: the retention policy kept different tokens for KV heads that share one "
+              "latent (group ",
+              group_,
+              "); use \"group\": 1 or a policy that keeps the same tokens for every head "
+              "(streamingllm, tova)");
+    kept = rows.select(1, 0);
+  }
+  latent_.retain(seq, layer, kept.contiguous(), in.length);
+  retention_s_ += watch.seconds();
+}
+
+at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seqs,
+                                  const std::vector<int64_t>& counts,
+                                  const PagedKVCache::StepPages& pages, const Bases& bases,
+                                  const at::Tensor& q, const at::Tensor& k) {
+  const int64_t B = int64_t(seqs.size());
+  // As the reference cache orders it: a decode token of a decode-timing policy is appended,
+  // the policy evicts, then the token attends what stays; a block (the prefill) attends
+  // everything, then the policy evicts.
+  std::vector<RetentionInput> inputs(static_cast<size_t>(B));
+  std::vector<bool> evict_after(size_t(B), false);
+  for (int64_t i = 0; i < B; ++i) {
+    RetentionInput& in = inputs[size_t(i)];
+    const int64_t n = counts[size_t(i)];
+    in.layer = layer, in.num_layers = int64_t(bases_.size());
+    in.length = pages.old_lengths[size_t(i)] + n;
+    in.prefill = pages.old_lengths[size_t(i)] == 0;
+    if (!policy_) continue;
+    in.positions = retained(seqs[size_t(i)], layer, in.length);
+    const bool over =
+        (in.prefill || policy_->timing() == EvictionTiming::kDecode) && policy_->over_budget(in);
+    if (over && n == 1 && !in.prefill) {  // positions only (checked_policy)
+      select(seqs[size_t(i)], layer, in, at::Tensor(), at::Tensor(), at::Tensor());
+    } else {
+      evict_after[size_t(i)] = over;
+    }
+  }
+  // (A one-token prefill over the budget, which no policy's budget allows, takes the block path.)
+  const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
+  const bool selecting =
+      std::find(evict_after.begin(), evict_after.end(), true) != evict_after.end();
+  if (kernel_path_ && single && !selecting)
+    return decode(pages, bases, q, layer, seqs).to(q.device());
+  // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens (those it
+  // retains), then the over-budget blocks' selections.
+  const double scale = 1.0 / std::sqrt(double(head_dim_));
+  std::vector<at::Tensor> parts;
+  for (int64_t i = 0, row = 0; i < B; row += counts[size_t(i)], ++i) {
+    const RetentionInput& in = inputs[size_t(i)];
+    auto [keys, values] = reconstruct(pages, i, bases, in.length);
+    if (policy_ && latent_.listed_positions(seqs[size_t(i)], layer).first.defined()) {
+      const at::Tensor index = retained(seqs[size_t(i)], layer, in.length)
+                                   .to(keys.device())
+                                   .unsqueeze(-1)
+                                   .expand({num_kv_heads_, -1, head_dim_});
+      keys = keys.gather(1, index), values = values.gather(1, index);
+    }
+    const at::Tensor qb = q.narrow(0, row, counts[size_t(i)]).transpose(0, 1);
+    parts.push_back(paged_block_attention(qb.to(keys.device(), at::kFloat), keys, values, scale)
+                        .transpose(0, 1));
+    if (evict_after[size_t(i)])
+      select(seqs[size_t(i)], layer, inputs[size_t(i)], qb,
+             k.narrow(0, row, counts[size_t(i)]).transpose(0, 1), keys);
+  }
+  return at::cat(parts, 0).to(q.device());
 }
 
 at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
@@ -208,18 +394,13 @@ at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vec
   const PagedKVCache::StepPages pages =
       latent_.append_pages(layer, seqs, counts, latents(k, b.key, step_positions(positions)),
                            latents(v, b.value, at::Tensor()));
-  const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
-  if (kernel_path_ && single) return decode(pages, b, q).to(q.device());
-  // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens.
-  const double scale = 1.0 / std::sqrt(double(head_dim_));
-  std::vector<at::Tensor> parts;
-  for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
-    const auto [keys, values] = reconstruct(pages, int64_t(i), b, pages.old_lengths[i] + counts[i]);
-    const at::Tensor qb = q.narrow(0, int64_t(row), counts[i]).transpose(0, 1);
-    parts.push_back(paged_block_attention(qb.to(keys.device(), at::kFloat), keys, values, scale)
-                        .transpose(0, 1));
-  }
-  return at::cat(parts, 0).to(q.device());
+  return attend(layer, seqs, counts, pages, b, q, k);
+}
+
+void PaluPagedCache::remove_sequence(int64_t seq) {
+  latent_.remove_sequence(seq);
+  for (auto it = lists_.begin(); it != lists_.end();)
+    it = it->first.first == seq ? lists_.erase(it) : std::next(it);
 }
 
 uint64_t PaluPagedCache::extra_metadata() const {

@@ -1329,26 +1329,29 @@ class ModelCliTest(CliCase):
         # kvproj on the paged cache: latent coefficient pages, attention in the latent space;
         # Palu: latent pages of its pre-RoPE keys, reconstructed and rotated when read (the
         # prepare step fits the bases first). The same fp16 latents as the reference backend
-        # stores, so fidelity agrees; with StreamingLLM kvproj keeps the same positions. Palu
-        # under a retention policy fails its cell with the reason.
+        # stores, so fidelity agrees; with StreamingLLM kvproj keeps the same positions, and so
+        # does Palu under SnapKV (its kernel reads the kept tokens by index). H2O evicting during
+        # decode needs scores Palu's kernel does not write: its paged cell fails with the reason.
         kvproj = {"name": "kvproj", "calib_prompts": 2, "calib_tokens": 64, "rank": 32}
+        palu = {"name": "palu", "rank": 32}
         cfg = {"model": {"preset": "tiny-llama", "random_init": True, "dtype": "float16"},
                "methods": [kvproj,
                            {"name": "streamingllm", "sinks": 4, "window": 60, "codec": kvproj},
-                           {"name": "palu", "rank": 32},
-                           {"name": "stream-512", "codec": {"name": "palu", "rank": 32}}],
+                           palu, {"name": "snapkv", "budget": 64, "window": 8, "codec": palu},
+                           {"name": "h2o", "heavy": 32, "recent": 32, "codec": palu}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16}]}
         kl = {}
-        names = ("kvproj", "streamingllm", "palu")
+        names = ("kvproj", "streamingllm", "palu", "snapkv")
         for attention in ("paged", "reference"):
             res = self.run_ok(dict(cfg, attention=attention))
             path, report = self.report_from(res)
             cells = {c["method"]["name"]: c for c in report["cells"]}
             if attention == "paged":
                 self.assertEqual(res.returncode, 1, res.stderr)
-                self.assertEqual(cells["stream-512"]["status"], "failed")
-                self.assertIn("attention cpu or reference", cells["stream-512"]["error"])
+                self.assertEqual(cells["h2o"]["status"], "failed")
+                self.assertIn("\"evict\": \"after_prefill\" or run it with attention cpu or "
+                              "reference", cells["h2o"]["error"])
             for name in names:
                 self.assertEqual(cells[name]["status"], "ok", res.stdout + res.stderr)
                 kl[attention, name] = cells[name]["summary"]["kl_mean"]
@@ -1405,12 +1408,15 @@ class ModelCliTest(CliCase):
                            {"name": "quest", "budget": 64, "dense_layers": 1},
                            {"name": "kvproj", "rank": 64, "calib_prompts": 2,
                             "calib_tokens": 64},
-                           {"name": "palu", "rank": 32}, {"name": "gear-4"}],
+                           {"name": "palu", "rank": 32}, {"name": "gear-4"},
+                           {"name": "snapkv", "budget": 64, "codec": {"name": "palu",
+                                                                      "rank": 32}}],
                "suites": [{"name": "fidelity", "windows": 1, "prefix_tokens": 160,
                            "eval_tokens": 16},
                           {"name": "throughput", "batch": [3], "prompt_tokens": [100],
                            "new_tokens": [6], "repeats": 1}]}
-        names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj", "palu", "gear-4")
+        names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj", "palu", "gear-4",
+                 "snapkv")
         kl = {}
         for path in ("cpu", "kernels"):
             res = self.run_on_path(cfg, path)

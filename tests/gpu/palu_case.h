@@ -5,6 +5,10 @@
 // in float64: every key reconstructed from the latents and the basis as stored, rotated at its
 // position with float64 angles and rounded to 16-bit as the kernel rounds its tensor-core operand
 // (queries too), then plain softmax attention and the projection of the latent value sum.
+// With `evict`, sequences keep subsets as a retention policy leaves them (kept lists in
+// palu_decode.h's layout): sequence b % 3 == 0 keeps every token, 1 a shuffled list of
+// distinct positions per latent head plus a tail of its newest tokens, 2 a tail alone; the
+// answer attends the kept tokens only, each rotated at its own position.
 // Host-only.
 #pragma once
 
@@ -28,6 +32,19 @@ struct PaluCase {
   std::vector<float> v_basis, q, coarse, fine;
   int tiles;
   std::vector<double> want;
+  // With `evict`: per sequence its lists ([latent heads, count]), counts and tail starts.
+  std::vector<std::vector<int>> lists;
+  std::vector<int> counts, tails;
+  mutable std::vector<const int*> list_ptrs;  // problem()'s, into `lists`
+
+  // The i-th token KV head j of sequence b attends (`n`: how many).
+  int token(int b, int j, int i) const {
+    if (counts.empty()) return i;
+    return i < counts[b] ? lists[b][size_t(j / group) * counts[b] + i] : tails[b] + i - counts[b];
+  }
+  int attended(int b) const {
+    return counts.empty() ? lens[b] : counts[b] + std::max(0, lens[b] - tails[b]);
+  }
 
   kernels::PaluProblem problem(float* out) const {
     kernels::PaluProblem p;
@@ -39,13 +56,18 @@ struct PaluCase {
     p.k_basis = k_basis.data(), p.v_basis = v_basis.data();
     p.rope_coarse = coarse.data(), p.rope_tiles = tiles, p.rope_fine = fine.data();
     p.softmax_scale = 1.f / std::sqrt(float(head_dim)), p.q = q.data(), p.out = out;
+    list_ptrs.clear();
+    for (const std::vector<int>& l : lists) list_ptrs.push_back(l.empty() ? nullptr : l.data());
+    if (!counts.empty())
+      p.kept_lists = list_ptrs.data(), p.kept_counts = counts.data(), p.tail_start = tails.data();
     return p;
   }
   int max_len() const { return *std::max_element(lens.begin(), lens.end()); }
 };
 
 inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bool bf16,
-                          std::vector<int> lens, uint32_t seed, int page_size = 32, int group = 1) {
+                          std::vector<int> lens, uint32_t seed, int page_size = 32, int group = 1,
+                          bool evict = false) {
   namespace e = kernels::encode;
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
@@ -75,6 +97,26 @@ inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bo
           for (int a = 0; a < rank; ++a) row[a] = bits(2.f * normal(rng));
         }
   }
+  if (evict) {
+    for (int b = 0; b < c.batch; ++b) {
+      const int T = lens[b];
+      int count = 0, tail = 0;
+      std::vector<int> list;
+      if (b % 3 == 1 && T >= 4) {
+        tail = T - std::min(T / 3, 20);
+        count = tail / 2;
+        for (int j = 0; j < latent_heads; ++j) {  // `count` distinct positions below the tail
+          std::vector<int> all(static_cast<size_t>(tail));
+          std::iota(all.begin(), all.end(), 0);
+          std::shuffle(all.begin(), all.end(), rng);
+          list.insert(list.end(), all.begin(), all.begin() + count);
+        }
+      } else if (b % 3 == 2) {
+        tail = T / 2;
+      }
+      c.lists.push_back(list), c.counts.push_back(count), c.tails.push_back(tail);
+    }
+  }
   // Latents ~ N(0, 4) and basis entries ~ N(0, 1/rank): keys ~ N(0, 4) per channel; with
   // queries ~ N(0, 1/4) the scores are ~ N(0, 1), softmax neither flat nor one-hot.
   c.k_basis.resize(size_t(kv_heads) * head_dim * rank);
@@ -101,10 +143,11 @@ inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bo
   c.want.resize(c.q.size());
   for (int b = 0; b < c.batch; ++b)
     for (int qh = 0; qh < c.q_heads; ++qh) {
-      const int j = qh / q_per_kv, T = lens[b];
+      const int j = qh / q_per_kv, T = c.attended(b);
       const float* q = c.q.data() + (size_t(b) * c.q_heads + qh) * head_dim;
       std::vector<double> s(T), pre(head_dim);
-      for (int t = 0; t < T; ++t) {
+      for (int i = 0; i < T; ++i) {
+        const int t = c.token(b, j, i);  // its slot and position
         const uint16_t* h = row_of(c.k_latent, b, j, t);
         for (int ch = 0; ch < head_dim; ++ch) {
           double acc = 0;
@@ -119,15 +162,15 @@ inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bo
           const double k2 = value(bits(float(pre[i + half] * cs + pre[i] * sn)));
           dot += value(bits(q[i])) * k1 + value(bits(q[i + half])) * k2;
         }
-        s[t] = dot * scale;
+        s[i] = dot * scale;
       }
       const double mx = *std::max_element(s.begin(), s.end());
       double sum = 0;
       for (double& x : s) sum += (x = std::exp(x - mx));
       std::vector<double> v_lat(rank, 0.0);
-      for (int t = 0; t < T; ++t) {
-        const uint16_t* h = row_of(c.v_latent, b, j, t);
-        for (int a = 0; a < rank; ++a) v_lat[a] += s[t] / sum * value(h[a]);
+      for (int i = 0; i < T; ++i) {
+        const uint16_t* h = row_of(c.v_latent, b, j, c.token(b, j, i));
+        for (int a = 0; a < rank; ++a) v_lat[a] += s[i] / sum * value(h[a]);
       }
       for (int ch = 0; ch < head_dim; ++ch) {
         double acc = 0;

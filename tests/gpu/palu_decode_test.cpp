@@ -4,7 +4,8 @@
 // of a wrong page shows). The kernel rounds its probabilities to 16-bit for the tensor cores
 // and sums in another order: bound 2e-3 of the output's scale (fp16), 1e-2 (bf16), as the
 // paged decode kernel's. Lengths: a single token, a part tile, a tile and a page boundary,
-// several splits. Skips without a GPU.
+// several splits; the `_evicted` shapes attend kept lists and tails (tokens gathered from their
+// slots, rotated at their positions). Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,12 +27,13 @@ struct Shape {
   int kv, per, d, r;
   bool bf16;
   int group = 1;
+  bool evict = false;  // kept lists and tails (palu_case)
 };
 
 std::string shape_name(const Shape& s) {
   return "d" + std::to_string(s.d) + "_r" + std::to_string(s.r) + "_h" + std::to_string(s.kv) +
          "x" + std::to_string(s.per) + (s.group > 1 ? "_g" + std::to_string(s.group) : "") +
-         (s.bf16 ? "_bf16" : "_fp16");
+         (s.bf16 ? "_bf16" : "_fp16") + (s.evict ? "_evicted" : "");
 }
 // gtest prints parameters; the struct's padding bytes would show as noise.
 void PrintTo(const Shape& s, std::ostream* os) { *os << shape_name(s); }
@@ -42,8 +44,8 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
   std::string why;
   if (!have_gpu(&why)) GTEST_SKIP() << why;
   const Shape s = GetParam();
-  const PaluCase c =
-      palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 15, 16, 33, 1000, 2100}, 3 + s.r, 32, s.group);
+  const PaluCase c = palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 15, 16, 33, 1000, 2100}, 3 + s.r,
+                               32, s.group, s.evict);
   std::vector<float> host(c.want.size()), scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
   kernels::palu_decode_host(c.problem(host.data()), scratch.data());
   DeviceBuffer lens, table, kl, vl, kb, vb, coarse, fine, q, out, work;
@@ -66,6 +68,22 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
   p.rope_coarse = static_cast<const float*>(coarse.ptr);
   p.rope_fine = static_cast<const float*>(fine.ptr);
   p.q = static_cast<const float*>(q.ptr), p.out = static_cast<float*>(out.ptr);
+  // Kept lists: each list in device memory, then the array of their device addresses.
+  std::vector<DeviceBuffer> lists(c.lists.size());
+  DeviceBuffer list_ptrs, counts, tails;
+  if (s.evict) {
+    std::vector<const int*> ptrs;
+    for (size_t b = 0; b < c.lists.size(); ++b) {
+      if (!c.lists[b].empty()) ASSERT_CUDA(lists[b].upload(c.lists[b]));
+      ptrs.push_back(c.lists[b].empty() ? nullptr : static_cast<const int*>(lists[b].ptr));
+    }
+    ASSERT_CUDA(list_ptrs.upload(ptrs));
+    ASSERT_CUDA(counts.upload(c.counts));
+    ASSERT_CUDA(tails.upload(c.tails));
+    p.kept_lists = static_cast<const int* const*>(list_ptrs.ptr);
+    p.kept_counts = static_cast<const int*>(counts.ptr);
+    p.tail_start = static_cast<const int*>(tails.ptr);
+  }
   for (const int sms : {1, 132}) {  // one split per sequence, and several
     kernels::PaluPlan plan;
     ASSERT_CUDA(kernels::palu_plan(p, c.max_len(), sms, &plan));
@@ -81,13 +99,14 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, PaluDecodeGpuTest,
-                         ::testing::Values(Shape{8, 4, 128, 96, false},
-                                           Shape{8, 4, 128, 128, false}, Shape{2, 8, 128, 32, true},
-                                           Shape{4, 2, 64, 64, false}, Shape{2, 1, 64, 96, true},
-                                           Shape{8, 4, 128, 128, false, 4},
-                                           Shape{4, 2, 64, 64, true, 2}),
-                         [](const auto& i) { return shape_name(i.param); });
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, PaluDecodeGpuTest,
+    ::testing::Values(Shape{8, 4, 128, 96, false}, Shape{8, 4, 128, 128, false},
+                      Shape{2, 8, 128, 32, true}, Shape{4, 2, 64, 64, false},
+                      Shape{2, 1, 64, 96, true}, Shape{8, 4, 128, 128, false, 4},
+                      Shape{4, 2, 64, 64, true, 2}, Shape{8, 4, 128, 96, false, 1, true},
+                      Shape{2, 8, 128, 128, true, 1, true}, Shape{4, 2, 64, 64, false, 2, true}),
+    [](const auto& i) { return shape_name(i.param); });
 
 TEST(PaluDecodeGpuErrorsTest, RejectsBadProblems) {
   const PaluCase c = palu_case(2, 4, 64, 32, false, {40}, 1);

@@ -34,21 +34,46 @@ TEST(PaluDecodeHostTest, MatchesFloat64) {
     bool bf16;
     int group;
   };
-  for (const Shape& s : {Shape{2, 4, 128, 96, false, 1}, Shape{2, 4, 128, 128, true, 1},
-                         Shape{1, 8, 64, 32, false, 1}, Shape{2, 2, 64, 64, true, 1},
-                         Shape{4, 2, 128, 128, false, 4}, Shape{4, 2, 64, 64, true, 2}}) {
-    const gpu_test::PaluCase c =
-        gpu_test::palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 17, 100, 250}, 5 + s.r, 32, s.group);
-    std::vector<float> got(c.want.size(), NAN),
-        scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
-    const kernels::PaluProblem p = c.problem(got.data());
-    ASSERT_STREQ(kernels::palu_check(p), "");
-    kernels::palu_decode_host(p, scratch.data());
-    // Measured: ~1e-7 (fp16) and ~1e-6 (bf16); a key element that rounds to the neighbouring
-    // 16-bit value moves its score by one unit in the last place of that value.
-    EXPECT_LT(gpu_test::scaled_error(got, c.want), s.bf16 ? 2e-4 : 2e-5)
-        << "d " << s.d << " r " << s.r << " g " << s.group << (s.bf16 ? " bf16" : " fp16");
-  }
+  for (const bool evict : {false, true})
+    for (const Shape& s : {Shape{2, 4, 128, 96, false, 1}, Shape{2, 4, 128, 128, true, 1},
+                           Shape{1, 8, 64, 32, false, 1}, Shape{2, 2, 64, 64, true, 1},
+                           Shape{4, 2, 128, 128, false, 4}, Shape{4, 2, 64, 64, true, 2}}) {
+      // With `evict`: every token, a list and a tail, a tail alone, every token.
+      const gpu_test::PaluCase c = gpu_test::palu_case(
+          s.kv, s.per, s.d, s.r, s.bf16, {1, 17, 100, 250}, 5 + s.r, 32, s.group, evict);
+      std::vector<float> got(c.want.size(), NAN),
+          scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
+      const kernels::PaluProblem p = c.problem(got.data());
+      ASSERT_STREQ(kernels::palu_check(p), "");
+      if (evict) {
+        ASSERT_GT(c.counts[1], 0);  // a list and a tail
+        ASSERT_LT(c.attended(1), c.lens[1]);
+        ASSERT_EQ(c.counts[2], 0);  // a tail alone
+        ASSERT_LT(c.attended(2), c.lens[2]);
+      }
+      kernels::palu_decode_host(p, scratch.data());
+      // Measured: ~1e-7 (fp16) and ~1e-6 (bf16); a key element that rounds to the neighbouring
+      // 16-bit value moves its score by one unit in the last place of that value.
+      EXPECT_LT(gpu_test::scaled_error(got, c.want), s.bf16 ? 2e-4 : 2e-5)
+          << "d " << s.d << " r " << s.r << " g " << s.group << (s.bf16 ? " bf16" : " fp16")
+          << (evict ? " evicted" : "");
+    }
+}
+
+// The kept lists are read as listed: a list that names other positions attends other tokens
+// (the reference does not fall back to every token or the slots in order).
+TEST(PaluDecodeHostTest, ReadsTheKeptTokensOnly) {
+  gpu_test::PaluCase c = gpu_test::palu_case(2, 4, 64, 32, false, {60, 60}, 9, 32, 1, true);
+  std::vector<float> got(c.want.size(), NAN), scratch(size_t(2 * 64 + 32 + 60));
+  kernels::palu_decode_host(c.problem(got.data()), scratch.data());
+  ASSERT_LT(gpu_test::scaled_error(got, c.want), 2e-5);
+  std::swap(c.lists[1][0], c.lists[1][size_t(c.counts[1]) - 1]);  // head 0: other order
+  kernels::palu_decode_host(c.problem(got.data()), scratch.data());
+  EXPECT_LT(gpu_test::scaled_error(got, c.want), 2e-5);
+  c.lists[1][0] = c.tails[1] - 1 == c.lists[1][0] ? 0 : c.tails[1] - 1;  // another token
+  for (int x : c.lists[1]) ASSERT_LT(x, c.tails[1]);
+  kernels::palu_decode_host(c.problem(got.data()), scratch.data());
+  EXPECT_GT(gpu_test::scaled_error(got, c.want), 1e-4);
 }
 
 TEST(PaluDecodeHostTest, RejectsWhatTheKernelCannotTake) {
@@ -66,6 +91,13 @@ TEST(PaluDecodeHostTest, RejectsWhatTheKernelCannotTake) {
   EXPECT_NE(with([](auto& p) { p.page_size = 24; }), "");
   EXPECT_NE(with([](auto& p) { p.rope_fine = nullptr; }), "");
   EXPECT_NE(with([](auto& p) { p.group = 3; }), "");  // does not divide 2 KV heads
+  static const int counts[1] = {0}, tails[1] = {0};
+  EXPECT_NE(with([](auto& p) { p.kept_counts = counts; }), "");  // lists without the rest
+  EXPECT_EQ(with([](auto& p) {
+              static const int* const lists[1] = {nullptr};
+              p.kept_lists = lists, p.kept_counts = counts, p.tail_start = tails;
+            }),
+            "");
 }
 
 constexpr int64_t kLayers = 2, kKvHeads = 2, kHeads = 8, kDim = 128;
@@ -239,6 +271,96 @@ TEST(PaluPagedCacheFullRankTest, IsTheFp16CacheUpToRounding) {
   }
 }
 
+// Under retention policies: the same kept tokens, outputs and bytes as the reference cache
+// over the same latents (prefills past the budget, then decode steps; StreamingLLM evicting at
+// every decode step too), on the CPU path, the emulated kernel path (the kernel's host
+// reference reading the kept lists) and cuda where there is one.
+TEST(PaluPagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
+  for (const char* entry :
+       {R"({"name": "snapkv", "budget": 48, "window": 8, "codec": {"name": "palu", "rank": 64}})",
+        R"({"name": "pyramidkv", "budget": 40, "window": 8, "codec": "palu"})",
+        R"({"name": "streamingllm", "sinks": 4, "window": 30,
+            "codec": {"name": "palu", "rank": 96}})",
+        R"({"name": "streamingllm", "sinks": 4, "window": 30, "evict": "after_prefill",
+            "codec": {"name": "palu", "rank": 64, "group": 2}})",
+        R"({"name": "h2o", "heavy": 24, "recent": 16, "evict": "after_prefill",
+            "codec": {"name": "palu", "rank": 64}})",
+        R"({"name": "tova", "budget": 40, "evict": "after_prefill",
+            "codec": {"name": "palu", "rank": 32, "group": 2}})",
+        R"({"name": "scissorhands", "budget": 44, "recent": 8, "history": 12,
+            "evict": "after_prefill", "codec": {"name": "palu", "rank": 64}})"}) {
+    SCOPED_TRACE(entry);
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
+    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+        testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+    for (const testing_support::PagedDevice& where : palu_devices()) {
+      SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
+      PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
+                           make_policy(method), where.emulated);
+      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+      std::vector<std::pair<int, int64_t>> steps = {{0, 90}, {1, 30}};
+      for (int i = 0; i < 30; ++i) steps.insert(steps.end(), {{0, 1}, {1, 1}});
+      testing_support::compare_steps(paged, *ref, kLayers, where.kernel_path() ? 3e-3 : 2e-5, 2,
+                                     steps, random_block, 17);
+      for (int64_t seq : {0, 1}) {
+        EXPECT_EQ(paged.kept_tokens(seq), ref->kept_tokens(seq)) << "sequence " << seq;
+        EXPECT_EQ(paged.length(seq), ref->length(seq));
+      }
+      EXPECT_LT(paged.kept_tokens(0)[0], 120);  // the prefill was over the budget
+      EXPECT_GT(paged.retention_seconds(), 0);
+      // Bytes: the pages' nominal count is the reference's less its stored positions (int32 per
+      // kept token and latent head), plus the kernel path's 16-bit key bases.
+      const int64_t group = codec->group(), w = paged.width();
+      uint64_t positions = 0;
+      for (int64_t seq : {0, 1})
+        for (int64_t kept : ref->kept_tokens(seq))
+          positions += uint64_t(kept) * uint64_t(kKvHeads / group) * sizeof(int32_t);
+      const uint64_t key16 =
+          where.kernel_path() ? uint64_t(kLayers) * kKvHeads * kDim * uint64_t(w) * 2 : 0;
+      EXPECT_EQ(paged.nominal().total() + positions, ref->nominal().total() + key16);
+      // Pages go back once no layer and no head keeps a token in them: StreamingLLM's window,
+      // moving at every decode step, leaves the pages behind it.
+      const uint64_t page = 2ull * 32 * uint64_t(kKvHeads / group) * uint64_t(w) * 2 * kLayers;
+      const uint64_t all_pages = (4 + 2) * page + paged.storage().metadata;  // 120 and 60 tokens
+      if (method["name"] == "streamingllm" && method["evict"] == "decode")
+        EXPECT_LT(paged.storage().total(), all_pages);
+      else
+        EXPECT_LE(paged.storage().total(), all_pages);
+    }
+  }
+}
+
+// A packed batch under StreamingLLM (evicting at every decode step) and SnapKV: sequences at
+// different lengths, some over the budget and some not, decode steps of the whole batch in one
+// call (one kernel launch reading kept lists for some sequences and every token for others).
+TEST(PaluPagedRetentionTest, BatchedStepsKeepLikeEachSequenceAlone) {
+  for (
+      const char* entry :
+      {R"({"name": "streamingllm", "sinks": 4, "window": 40, "codec": {"name": "palu", "rank": 96}})",
+       R"({"name": "snapkv", "budget": 48, "window": 8, "codec": {"name": "palu", "rank": 64}})"}) {
+    SCOPED_TRACE(entry);
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
+    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+        testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+    for (const testing_support::PagedDevice& where : palu_devices()) {
+      SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
+      PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
+                           make_policy(method), where.emulated);
+      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+      const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
+                                         paged.add_sequence()};
+      for (int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
+      std::vector<std::vector<int64_t>> steps = {{70, 9, 50}};
+      for (int i = 0; i < 20; ++i) steps.push_back({1, 1, 1});
+      testing_support::compare_batched_steps(paged, *ref, kLayers,
+                                             where.kernel_path() ? 3e-3 : 2e-5, seqs, steps,
+                                             random_block, 43, where.device);
+      for (int64_t seq : seqs) EXPECT_EQ(paged.kept_tokens(seq), ref->kept_tokens(seq));
+      EXPECT_EQ(paged.kept_tokens(seqs[1]), std::vector<int64_t>(kLayers, 29));  // under budget
+    }
+  }
+}
+
 TEST(PaluPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {
   auto message = [](const std::string& entry, at::ScalarType dtype, bool kernel_path,
                     int64_t dim = kDim) {
@@ -263,11 +385,39 @@ TEST(PaluPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {
             std::string::npos);
   EXPECT_NE(message(R"({"name": "palu", "rank": 64})", at::kHalf, true, 96).find("head_dim 96"),
             std::string::npos);
-  EXPECT_NE(message(R"({"name": "streamingllm", "sinks": 4, "window": 60,
+  // Policies: those that select by each step's attention only after the prefill (the kernel
+  // writes no scores), not Quest; with a group, the heads of a latent keep the same tokens.
+  EXPECT_EQ(message(R"({"name": "streamingllm", "sinks": 4, "window": 60,
+                       "codec": {"name": "palu", "rank": 64}})",
+                    at::kHalf, true),
+            "no error");
+  EXPECT_NE(message(R"({"name": "h2o", "heavy": 24, "recent": 16,
                        "codec": {"name": "palu", "rank": 64}})",
                     at::kHalf, false)
-                .find("attention cpu or reference"),
+                .find("\"evict\": \"after_prefill\" or run it with attention cpu or reference"),
             std::string::npos);
+  EXPECT_NE(message(R"({"name": "quest", "codec": {"name": "palu", "rank": 64}})", at::kHalf, false)
+                .find("Quest bounds pages"),
+            std::string::npos);
+  {
+    const nlohmann::json method =
+        resolve_method(nlohmann::json::parse(R"({"name": "snapkv", "budget": 16, "window": 4,
+                                  "codec": {"name": "palu", "rank": 64, "group": 2}})"),
+                       "m");
+    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+        testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+    PaluPagedCache cache(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                         make_policy(method), false);
+    const int64_t seq = cache.add_sequence();
+    auto gen = at::detail::createCPUGenerator(3);
+    const Block x = random_block(40, gen);
+    try {
+      cache.append_and_attend(seq, 0, x.q, x.k, x.v);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("share one latent"), std::string::npos) << e.what();
+    }
+  }
   // The kernel takes at most 8 query heads per KV head: said at the first step.
   {
     const nlohmann::json method = resolve_method({{"name", "palu"}, {"rank", 64}}, "m");

@@ -122,10 +122,16 @@ class PagedKVCache final : public KVCache {
   };
   // Stores the batch's new rows as append_batch does (the step's tables built at layer 0 and
   // shared by its later layers) and returns what was written where. Not with a retention
-  // policy.
+  // policy (the outer cache selects and calls retain()); the new rows join what a layer keeps.
   StepPages append_pages(int64_t layer, const std::vector<int64_t>& seqs,
                          const std::vector<int64_t>& counts, const at::Tensor& k,
                          const at::Tensor& v);
+  // Another cache's selection (PaluPagedCache, which attends with its own kernel): `layer` of
+  // `seq` keeps `kept` ([kv_heads, held] int64 positions on the host, ascending per head, each
+  // < `length`, the sequence's length with the step's rows) from now on, as a policy's choice
+  // would: kept_tokens, listed_positions and the bytes follow it, and a page goes back to the
+  // pool once no layer and no head keeps a token in it (every layer must have selected).
+  void retain(int64_t seq, int64_t layer, const at::Tensor& kept, int64_t length);
   // One query per sequence over its stored tokens, nothing appended: q [batch, heads, head_dim]
   // -> [batch, heads, head_dim] fp32 on q's device. The tables of an unchanged batch are kept
   // on the device, so a repeated call is one decode-kernel launch (what the kernels suite

@@ -18,16 +18,30 @@
 // Rows are stored r rounded up to whole 32-value blocks wide (LatentPagesCache: zero-padded, so
 // Palu's default rank 0.7 * 128 = 90 runs in rows of 96 with the rank-90 results).
 // What the GPU kernel takes: rank up to 128, head_dim 64 or 128, at most 8 query heads per KV
-// head; no retention policy (Palu with a policy runs with attention cpu or reference).
-// The constructor says which one does not fit.
+// head. The constructor says which one does not fit.
+//
+// Under a retention policy the pages keep every token where it was written and each (sequence,
+// layer) keeps its retained positions in the inner cache (PagedKVCache::retain: listed
+// positions per latent head and a tail; pages freed once nothing retains a token in them), and
+// the decode kernel reads the kept tokens by index, each rotated at its own position (its
+// slot): no compaction copy. Selection as the reference cache makes it: SnapKV and PyramidKV
+// from the prefill's window scores over the full-precision keys; StreamingLLM from positions,
+// at the prefill and (with "evict": "decode") before each decode token attends; H2O, TOVA and
+// ScissorHands once after the prefill ("evict": "after_prefill": the kernel writes no scores
+// for their per-step records), from the prefill's attention over the reconstructed keys.
+// Not Quest, nor cache positions. With group g > 1 the heads of a group share one latent, so
+// the policy must keep the same tokens for all of them (as the reference's store requires).
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kvbench/kv/latent_pages_cache.h"
+#include "kvbench/kv/retention_policy.h"
 
 namespace kvbench {
 
@@ -43,6 +57,8 @@ class PaluPagedCache final : public LatentPagesCache {
   at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
+  void remove_sequence(int64_t seq) override;
+  double retention_seconds() const override { return retention_s_; }
 
  private:
   struct Bases {
@@ -59,8 +75,31 @@ class PaluPagedCache final : public LatentPagesCache {
   // Bytes of the 16-bit key bases (kernel path only): the pages' storage and nominal bytes
   // (no positions: they are the slots), the codec's bases, and these.
   uint64_t extra_metadata() const override;
-  // The decode kernel (or its host reference) for a batch of single tokens.
-  at::Tensor decode(const PagedKVCache::StepPages& pages, const Bases& bases, const at::Tensor& q);
+  // The decode kernel (or its host reference) for a batch of single tokens, over the tokens
+  // each sequence retains at `layer`.
+  at::Tensor decode(const PagedKVCache::StepPages& pages, const Bases& bases, const at::Tensor& q,
+                    int64_t layer, const std::vector<int64_t>& seqs);
+  // Attention of the batch's new rows (after append_pages) over every stored token, or over
+  // what each sequence retains under the policy; then the policy's selections.
+  at::Tensor attend(int64_t layer, const std::vector<int64_t>& seqs,
+                    const std::vector<int64_t>& counts, const PagedKVCache::StepPages& pages,
+                    const Bases& bases, const at::Tensor& q, const at::Tensor& k);
+  // Positions sequence `seq` retains at `layer` with its new rows, per KV head
+  // [kv_heads, held] (every one of its `length` tokens before any selection).
+  at::Tensor retained(int64_t seq, int64_t layer, int64_t length) const;
+  // Asks the policy (its inputs filled: window scores from the block's queries qb and
+  // full-precision keys kb, per-step records from `keys`, the held keys reconstructed) and
+  // has the inner cache retain its choice.
+  void select(int64_t seq, int64_t layer, RetentionInput& in, const at::Tensor& qb,
+              const at::Tensor& kb, const at::Tensor& keys);
+  // The kept lists of a decode step of single tokens where the pools are, for the kernel
+  // (undefined tensors when no sequence of the batch has selected at `layer`; then `attended`
+  // is left alone, else set to the most tokens a sequence attends).
+  struct StepLists {
+    at::Tensor addresses, counts_tails;
+  };
+  StepLists step_lists(int64_t layer, const std::vector<int64_t>& seqs,
+                       const PagedKVCache::StepPages& pages, int64_t& attended);
   // The kernel's RoPE tables covering `tokens` positions (grown by doubling), where the pools
   // are.
   void cover(int64_t tokens);
@@ -71,6 +110,13 @@ class PaluPagedCache final : public LatentPagesCache {
   // from pinned memory, without waiting for the device), reused by its later layers.
   const at::Tensor& step_positions(const std::vector<int64_t>& positions);
 
+  std::shared_ptr<const RetentionPolicy> policy_;  // null: every token stays
+  double retention_s_ = 0;
+  // Per (sequence, layer): the inner cache's host list the device copy was made from.
+  struct Listed {
+    at::Tensor host, device;
+  };
+  std::map<std::pair<int64_t, int64_t>, Listed> lists_;
   int64_t group_;  // KV heads per latent
   at::ScalarType latent_dtype_;
   int64_t num_kv_heads_, head_dim_;
