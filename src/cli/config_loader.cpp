@@ -3,38 +3,17 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 
 namespace kvbench {
 namespace {
 
 using nlohmann::json;
-
-// 1-based line and column of byte offset `pos` in `text`.
-std::pair<size_t, size_t> line_column(const std::string& text, size_t pos) {
-  size_t line = 1, column = 1;
-  for (size_t i = 0; i < pos && i < text.size(); ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      column = 1;
-    } else {
-      ++column;
-    }
-  }
-  return {line, column};
-}
-
-// nlohmann's messages start with "[json.exception.parse_error.101] parse error at line 3,
-// column 5: "; keep only the part after the location.
-std::string parse_problem(const std::string& what) {
-  auto colon = what.find(": ");
-  return colon == std::string::npos ? what : what.substr(colon + 2);
-}
 
 // "0", "12": not "01" (a padded index names no other element, and says something else was meant).
 bool is_index(const std::string& s) {
@@ -43,30 +22,6 @@ bool is_index(const std::string& s) {
 }
 
 }  // namespace
-
-json parse_json_text(const std::string& text, const std::string& source) {
-  // A key given twice in one object would silently keep the later value (JSON allows the
-  // text, nlohmann keeps the last); a config meant one of them.
-  std::vector<std::set<std::string>> keys;  // per open object
-  const json::parser_callback_t no_duplicates = [&](int, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start) keys.emplace_back();
-    if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
-    if (event == json::parse_event_t::key && !keys.empty() &&
-        !keys.back().insert(parsed.get<std::string>()).second)
-      throw ConfigError("", source + ": key \"" + parsed.get<std::string>() +
-                                "\" appears twice in one object (the later value would "
-                                "silently win); keep one");
-    return true;
-  };
-  try {
-    return json::parse(text, no_duplicates);
-  } catch (const json::parse_error& e) {
-    // byte is 1-based and points one past the offending character.
-    auto [line, column] = line_column(text, e.byte > 0 ? e.byte - 1 : 0);
-    throw ConfigError("", source + ":" + std::to_string(line) + ":" + std::to_string(column) +
-                              ": invalid JSON: " + parse_problem(e.what()));
-  }
-}
 
 json read_config_file(const std::string& path) {
   std::error_code ec;
@@ -89,12 +44,9 @@ void apply_override(json& config, const std::string& assignment) {
   }
   const std::string key = assignment.substr(0, eq);
   const std::string text = assignment.substr(eq + 1);
-  json value;
-  try {
-    value = json::parse(text);
-  } catch (const json::parse_error&) {
-    value = text;  // an unquoted string
-  }
+  // JSON, checked as a config file is (a repeated key is an error); else an unquoted string.
+  const bool is_json = json::accept(text);
+  const json value = is_json ? parse_json_text(text, "--set " + key) : json(text);
   json* node = &config;
   std::string path;
   std::stringstream parts(key);

@@ -166,8 +166,9 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
     }
     return out;
   }
-  std::vector<LongBenchRow> rows =
-      p["data_format"] == "ruler" ? load_ruler_jsonl(file, "data") : load_longbench_jsonl(file);
+  std::vector<LongBenchRow> rows = p["data_format"] == "ruler"
+                                       ? load_ruler_jsonl(file, ruler_task_name(file))
+                                       : load_longbench_jsonl(file);
   std::optional<LongBenchTemplates> templates;
   if (!p["templates_dir"].get<std::string>().empty())
     templates = load_longbench_templates(p["templates_dir"]);

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/jsonl.h"
 #include "kvbench/core/param_spec.h"
 #include "kvbench/core/rng.h"
@@ -271,15 +272,12 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
 }
 
 TrainRecipe load_train_recipe(const std::string& file) {
-  std::ifstream in(file);
+  std::ifstream in(file, std::ios::binary);
   if (!in) throw ConfigError(file, "cannot read the training recipe");
-  json config;
-  try {
-    config = json::parse(in, nullptr, true, /*ignore_comments=*/true);
-  } catch (const json::exception& e) {
-    throw ConfigError(file, std::string("not valid JSON: ") + e.what());
-  }
-  return parse_train_recipe(config, "train");
+  std::ostringstream text;
+  text << in.rdbuf();
+  // As configs are read: line and column of a syntax error, a repeated key refused.
+  return parse_train_recipe(parse_json_text(text.str(), file, /*comments=*/true), "train");
 }
 
 std::string answer_text(const std::vector<std::string>& answers) {

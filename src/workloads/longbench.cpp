@@ -1,6 +1,7 @@
 #include "kvbench/workloads/longbench.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <set>
 
@@ -109,6 +110,16 @@ std::vector<LongBenchRow> load_ruler_jsonl(const std::string& path, const std::s
     rows.push_back(std::move(r));
   });
   return rows;
+}
+
+std::string ruler_task_name(const std::string& path) {
+  const std::filesystem::path file(path);
+  const std::string stem = file.stem().string();
+  const std::string folder = file.parent_path().filename().string();
+  if ((stem == "validation" || stem == "test") && !folder.empty() && folder != "." &&
+      folder != "..")
+    return folder;
+  return stem;
 }
 
 LongBenchTemplates load_longbench_templates(const std::string& dir) {

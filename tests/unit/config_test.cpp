@@ -326,6 +326,15 @@ TEST(Overrides, BadAssignments) {
   EXPECT_THROW(apply_override(c, "suites.4.repeats=1"), ConfigError);
   EXPECT_THROW(apply_override(c, "suites.x.repeats=1"), ConfigError);
   EXPECT_THROW(apply_override(c, "suites.00.repeats=1"), ConfigError);  // a padded index
+  // A JSON value is checked as a config file is: a repeated key would silently lose one.
+  try {
+    apply_override(c, R"(methods=[{"name":"snapkv","budget":64,"budget":128}])");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--set methods: key \"budget\" appears twice"),
+              std::string::npos)
+        << e.what();
+  }
   apply_override(c, "suites.0.repeats=1");
   EXPECT_EQ(c["suites"][0]["repeats"], 1);
   apply_override(c, "threads=2");

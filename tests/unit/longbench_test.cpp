@@ -115,6 +115,14 @@ TEST(LongBench, RulerRowsLoadAndScoreByStringMatchAll) {
   EXPECT_EQ(score_longbench(rows[0], "The values are 456."), 0.5);
 }
 
+TEST(Ruler, TaskNamedAfterItsFile) {
+  EXPECT_EQ(ruler_task_name("data/ruler/niah_multikey_2/validation.jsonl"), "niah_multikey_2");
+  EXPECT_EQ(ruler_task_name("/x/vt/test.jsonl"), "vt");
+  EXPECT_EQ(ruler_task_name("niah_single_1.jsonl"), "niah_single_1");
+  EXPECT_EQ(ruler_task_name("validation.jsonl"), "validation");  // no folder to name it
+  EXPECT_EQ(ruler_task_name("/x/qa_1.jsonl"), "qa_1");
+}
+
 TEST(LongBench, RulerAnswerPrefixIsAppendedAndEmptyOutputsRefused) {
   const std::string path = ::testing::TempDir() + "/kvbench_ruler_prefix.jsonl";
   {

@@ -67,6 +67,32 @@ fs::path temp_dir(const std::string& name) {
   return p;
 }
 
+// Recipe files are read as configs are: comments allowed, a syntax error at its line and
+// column, a repeated key refused (the later value would silently win).
+TEST(TrainRecipeFile, ReadsLikeAConfigFile) {
+  const fs::path dir = temp_dir("recipe_file");
+  fs::create_directories(dir);
+  auto load_error = [&](const std::string& text) {
+    const fs::path path = dir / "recipe.json";
+    std::ofstream(path) << text;
+    try {
+      load_train_recipe(path.string());
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(load_error("{\n  \"steps\": 3,\n  \"steps\": 4\n}")
+                .find("key \"steps\" appears twice in one object"),
+            std::string::npos);
+  EXPECT_NE(load_error("{\n  \"steps\": 3,,\n}").find("recipe.json:2:14: invalid JSON"),
+            std::string::npos)
+      << load_error("{\n  \"steps\": 3,,\n}");
+  // Comments pass the parser (the recipe is then validated: not a JSON error).
+  EXPECT_EQ(load_error("// a recipe\n{\"nonsense\": 1}").find("invalid JSON"), std::string::npos);
+  fs::remove_all(dir);
+}
+
 TEST(Train, ForwardMatchesInferenceTransformer) {
   // The trainable forward (batched, padded, causal mask) and the inference path (packed, KV
   // cache) compute the same function: logits at every position agree.

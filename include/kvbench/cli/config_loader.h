@@ -7,12 +7,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvbench/core/json_text.h"  // parse_json_text: configs are read with it
 #include "kvbench/suites/run_spec.h"
 
 namespace kvbench {
 
-// Parses JSON text; on failure throws ConfigError "<source>:<line>:<column>: <problem>".
-nlohmann::json parse_json_text(const std::string& text, const std::string& source);
 nlohmann::json read_config_file(const std::string& path);
 // Applies one "dotted.key=value" override. The value is parsed as JSON; if that fails it is
 // taken as a plain string (so --set model.path=/data/llama works unquoted). List elements are

@@ -29,8 +29,13 @@ struct LongBenchRow {
 
 // Every row of a LongBench-format JSONL file; a bad line throws Error naming file:line and key.
 std::vector<LongBenchRow> load_longbench_jsonl(const std::string& path);
-// RULER's format; `task` becomes each row's dataset (its scorer: string_match_all).
+// RULER's format; `task` becomes each row's dataset as "ruler:<task>" (its scorer:
+// string_match_all).
 std::vector<LongBenchRow> load_ruler_jsonl(const std::string& path, const std::string& task);
+// The task a RULER file holds: RULER's prepare step writes <dir>/<task>/validation.jsonl
+// (or test.jsonl), so such a file is named by its folder; any other by its stem
+// ("niah_single_1.jsonl": niah_single_1).
+std::string ruler_task_name(const std::string& path);
 
 struct LongBenchTemplates {
   std::map<std::string, std::string> prompt;      // dataset -> template with {context}, {input}

@@ -1,0 +1,62 @@
+#include "kvbench/core/json_text.h"
+
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kvbench/core/error.h"
+
+namespace kvbench {
+namespace {
+
+using nlohmann::json;
+
+// 1-based line and column of byte offset `pos` in `text`.
+std::pair<size_t, size_t> line_column(const std::string& text, size_t pos) {
+  size_t line = 1, column = 1;
+  for (size_t i = 0; i < pos && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  return {line, column};
+}
+
+// nlohmann's messages start with "[json.exception.parse_error.101] parse error at line 3,
+// column 5: "; keep only the part after the location.
+std::string parse_problem(const std::string& what) {
+  auto colon = what.find(": ");
+  return colon == std::string::npos ? what : what.substr(colon + 2);
+}
+
+}  // namespace
+
+json parse_json_text(const std::string& text, const std::string& source, bool comments) {
+  // A key given twice in one object would silently keep the later value (JSON allows the
+  // text, nlohmann keeps the last); the author meant one of them.
+  std::vector<std::set<std::string>> keys;  // per open object
+  const json::parser_callback_t no_duplicates = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) keys.emplace_back();
+    if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+    if (event == json::parse_event_t::key && !keys.empty() &&
+        !keys.back().insert(parsed.get<std::string>()).second)
+      throw ConfigError("", source + ": key \"" + parsed.get<std::string>() +
+                                "\" appears twice in one object (the later value would "
+                                "silently win); keep one");
+    return true;
+  };
+  try {
+    return json::parse(text, no_duplicates, /*allow_exceptions=*/true, comments);
+  } catch (const json::parse_error& e) {
+    // byte is 1-based and points one past the offending character.
+    auto [line, column] = line_column(text, e.byte > 0 ? e.byte - 1 : 0);
+    throw ConfigError("", source + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                              ": invalid JSON: " + parse_problem(e.what()));
+  }
+}
+
+}  // namespace kvbench
