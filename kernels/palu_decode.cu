@@ -76,6 +76,18 @@ __device__ __forceinline__ F* partial(F* ws, int R, int b, int kvh, int split, i
   return ws + (block * kPaluMaxQPerKv + h) * (R + 2);
 }
 
+// Rotates channels (ii, ii + D/2) of one token, (x1, x2), by the angle whose cos and sin are
+// composed from the coarse (ch, sh) and the fine offset row's (palu::rope_cos_sin's formulas).
+template <int D>
+__device__ __forceinline__ void rotate(float& x1, float& x2, float ch, float sh,
+                                       const float* fine_row, int ii) {
+  const float cl = fine_row[ii], sl = fine_row[D / 2 + ii];
+  const float c = fmaf(ch, cl, -sh * sl), s = fmaf(sh, cl, ch * sl);
+  const float a = x1, b = x2;
+  x1 = fmaf(a, c, -b * s);
+  x2 = fmaf(b, c, a * s);
+}
+
 // kListed: the problem has kept lists (palu_decode.h): a tile's 16 entries are the i-th kept
 // tokens, each gathered from its own slot and rotated at its own position; otherwise a tile is
 // 16 consecutive slots of one page, rotated by the tile's coarse angle.
@@ -199,14 +211,8 @@ __global__ void __launch_bounds__(kThreads)
           const int off = pos[h] % kTile;
 #pragma unroll
           for (int e = 2 * h; e < 2 * h + 2; ++e) {  // (row g + 8h, i), (g + 8h, i + 1)
-            const int ii = i + (e & 1);
-            const float chv = (e & 1) ? ch.y : ch.x, shv = (e & 1) ? sh.y : sh.x;
-            const float cl = fine[off * S::kFinePitch + ii],
-                        sl = fine[off * S::kFinePitch + D / 2 + ii];
-            const float c = fmaf(chv, cl, -shv * sl), s = fmaf(shv, cl, chv * sl);
-            const float x1 = acc[nt][e], x2 = acc[nt + D / 16][e];
-            acc[nt][e] = fmaf(x1, c, -x2 * s);
-            acc[nt + D / 16][e] = fmaf(x2, c, x1 * s);
+            rotate<D>(acc[nt][e], acc[nt + D / 16][e], (e & 1) ? ch.y : ch.x, (e & 1) ? sh.y : sh.x,
+                      fine + off * S::kFinePitch, i + (e & 1));
           }
         }
       }
@@ -219,14 +225,9 @@ __global__ void __launch_bounds__(kThreads)
         const float2 sh = __ldg(reinterpret_cast<const float2*>(coarse + D / 2 + i));
 #pragma unroll
         for (int e = 0; e < 4; ++e) {  // (token g, i), (g, i+1), (g+8, i), (g+8, i+1)
-          const int off = g + 8 * (e >> 1), ii = i + (e & 1);
-          const float chv = (e & 1) ? ch.y : ch.x, shv = (e & 1) ? sh.y : sh.x;
-          const float cl = fine[off * S::kFinePitch + ii],
-                      sl = fine[off * S::kFinePitch + D / 2 + ii];
-          const float c = fmaf(chv, cl, -shv * sl), s = fmaf(shv, cl, chv * sl);
-          const float x1 = acc[nt][e], x2 = acc[nt + D / 16][e];
-          acc[nt][e] = fmaf(x1, c, -x2 * s);
-          acc[nt + D / 16][e] = fmaf(x2, c, x1 * s);
+          const int off = g + 8 * (e >> 1);
+          rotate<D>(acc[nt][e], acc[nt + D / 16][e], (e & 1) ? ch.y : ch.x, (e & 1) ? sh.y : sh.x,
+                    fine + off * S::kFinePitch, i + (e & 1));
         }
       }
     }

@@ -271,6 +271,23 @@ TEST(PaluPagedCacheFullRankTest, IsTheFp16CacheUpToRounding) {
   }
 }
 
+// A method's Palu codec (its own, or its retention method's), prepared for the test shape.
+std::shared_ptr<const LowRankCodec> prepared_palu(const nlohmann::json& method) {
+  return std::dynamic_pointer_cast<const LowRankCodec>(
+      testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+}
+
+// The paged cache of a retention method over Palu on `where` (built directly: the emulated
+// kernel path is not the registry's), and the reference cache over the same codec.
+std::pair<std::unique_ptr<PaluPagedCache>, std::unique_ptr<KVCache>> policy_caches(
+    const nlohmann::json& method, const std::shared_ptr<const LowRankCodec>& codec,
+    const testing_support::PagedDevice& where) {
+  return {
+      std::make_unique<PaluPagedCache>(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{},
+                                       where.device, make_policy(method), where.emulated),
+      make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference")};
+}
+
 // Under retention policies: the same kept tokens, outputs and bytes as the reference cache
 // over the same latents (prefills past the budget, then decode steps; StreamingLLM evicting at
 // every decode step too), on the CPU path, the emulated kernel path (the kernel's host
@@ -291,13 +308,11 @@ TEST(PaluPagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
             "evict": "after_prefill", "codec": {"name": "palu", "rank": 64}})"}) {
     SCOPED_TRACE(entry);
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
-    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
-        testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+    const auto codec = prepared_palu(method);
     for (const testing_support::PagedDevice& where : palu_devices()) {
       SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
-      PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
-                           make_policy(method), where.emulated);
-      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+      auto [cache, ref] = policy_caches(method, codec, where);
+      PaluPagedCache& paged = *cache;
       std::vector<std::pair<int, int64_t>> steps = {{0, 90}, {1, 30}};
       for (int i = 0; i < 30; ++i) steps.insert(steps.end(), {{0, 1}, {1, 1}});
       testing_support::compare_steps(paged, *ref, kLayers, where.kernel_path() ? 3e-3 : 2e-5, 2,
@@ -340,13 +355,11 @@ TEST(PaluPagedRetentionTest, BatchedStepsKeepLikeEachSequenceAlone) {
        R"({"name": "snapkv", "budget": 48, "window": 8, "codec": {"name": "palu", "rank": 64}})"}) {
     SCOPED_TRACE(entry);
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
-    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
-        testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+    const auto codec = prepared_palu(method);
     for (const testing_support::PagedDevice& where : palu_devices()) {
       SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
-      PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
-                           make_policy(method), where.emulated);
-      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+      auto [cache, ref] = policy_caches(method, codec, where);
+      PaluPagedCache& paged = *cache;
       const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
                                          paged.add_sequence()};
       for (int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
