@@ -380,6 +380,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // Line-buffered: a run cut at its time cap keeps every row it finished, whole.
+  std::setvbuf(stdout, nullptr, _IOLBF, 1 << 16);
   if (!profile.empty()) return profile_one(profile);
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -389,6 +391,7 @@ int main(int argc, char** argv) {
   std::printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n", prop.name,
               prop.multiProcessorCount, copy_gbs);
   FILE* jl = out_path.empty() ? nullptr : std::fopen(out_path.c_str(), "w");
+  if (jl) std::setvbuf(jl, nullptr, _IOLBF, 1 << 16);
   if (jl) std::fprintf(jl, "{\"device\":\"%s\",\"copy_gbps\":%.1f}\n", prop.name, copy_gbs);
   const std::vector<KvFormat> formats = {KvFormat::kFp16,  KvFormat::kBf16,     KvFormat::kInt8,
                                          KvFormat::kFp8,   KvFormat::kInt4,     KvFormat::kKivi4,

@@ -9,17 +9,23 @@ NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
 ARCH=(-gencode=arch=compute_90a,code=sm_90a)
 OUT=build-gpu
 mkdir -p "$OUT"
-"$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -Ikernels -c kernels/decode_attention.cu -o "$OUT/decode_attention.o" \
-  2>"$OUT/ptxas.log"
+# nvcc with its ptxas report in LOG (shown, and the script stopped, when the compile fails).
+compile_logged() {
+  local log=$1
+  shift
+  "$NVCC" "$@" 2>"$log" || { tail -30 "$log"; exit 1; }
+}
+compile_logged "$OUT/ptxas.log" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -Ikernels \
+  -c kernels/decode_attention.cu -o "$OUT/decode_attention.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/device_query.cu -o "$OUT/device_query.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/kv_append.cu -o "$OUT/kv_append.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/kv_paged_decode.cu -o "$OUT/kv_paged_decode.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/retained_decode.cu -o "$OUT/retained_decode.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/latent_decode.cu -o "$OUT/latent_decode.o"
-"$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -Ikernels -c kernels/palu_decode.cu -o "$OUT/palu_decode.o" \
-  2>"$OUT/ptxas-palu.log"
-"$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -Ikernels -c kernels/gear_decode.cu -o "$OUT/gear_decode.o" \
-  2>"$OUT/ptxas-gear.log"
+compile_logged "$OUT/ptxas-palu.log" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -Ikernels \
+  -c kernels/palu_decode.cu -o "$OUT/palu_decode.o"
+compile_logged "$OUT/ptxas-gear.log" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -Ikernels \
+  -c kernels/gear_decode.cu -o "$OUT/gear_decode.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/model_ops.cu -o "$OUT/model_ops.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -o "$OUT/gpu_decode_bench" bench/gpu_decode_bench.cu \
   "$OUT/decode_attention.o" "$OUT/palu_decode.o" "$OUT/gear_decode.o"
@@ -41,4 +47,5 @@ if command -v apt-get >/dev/null; then
     libspdlog1.10 libfmt-dev libfmt9 libpcre2-dev libpcre2-8-0 libicu-dev libicu72 \
     libgtest-dev >/dev/null 2>&1) || echo "apt-get download failed: no debs for the full build"
 fi
-grep -c "spill stores" "$OUT/ptxas.log" >/dev/null && echo "built $OUT/ (ptxas report: $OUT/ptxas.log)"
+[ -x "$OUT/gpu_tests" ] || echo "no libgtest.a here: $OUT/gpu_tests not built (install libgtest-dev)"
+echo "built $OUT/ (ptxas reports: $OUT/ptxas*.log)"

@@ -49,7 +49,9 @@ if [ "$what" != bench ]; then
   build-gpu/gpu_tests --gtest_brief=1 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || rc=1
   compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests --gtest_brief=1 \
     --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*' >"$OUT/memcheck.log" 2>&1
-  echo "memcheck rc=$? ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses); tail:"; tail -3 "$OUT/memcheck.log"
+  memcheck_rc=$?
+  [ "$memcheck_rc" = 0 ] || rc=1
+  echo "memcheck rc=$memcheck_rc ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses); tail:"; tail -3 "$OUT/memcheck.log"
 fi
 if [ "$what" != tests ]; then
   build-gpu/gpu_decode_bench --out "$OUT/decode_bench.jsonl" 2>&1 | tee "$OUT/decode_bench.log" || rc=1

@@ -5,9 +5,10 @@
 # packages and no registry: the C++ libraries (CLI11, nlohmann_json, spdlog, fmt, PCRE2, ICU,
 # googletest) travel as the .deb files scripts/gpu_build.sh downloads here into
 # build-gpu/debs (carry build-gpu) and are unpacked under $DEPS; cmake/TextLibs.cmake finds
-# PCRE2 and ICU without pkg-config.
+# PCRE2 and ICU without pkg-config (turned off: the unpacked .pc files would point at /usr).
 #   usage: scripts/gpu_full_build.sh [build-dir]        (default: build-cuda)
-#   KVBENCH_TARGETS="kvbench" builds the CLI alone (default: "kvbench kvbench_tests").
+#   KVBENCH_TARGETS="kvbench" builds the CLI alone (default: "kvbench kvbench_tests");
+#   JOBS: parallel jobs (default: every core).
 # Run what it built with the libraries on the loader path:
 #   export LD_LIBRARY_PATH=${DEPS:-/tmp/kvbench-deps}/usr/lib/x86_64-linux-gnu
 #   build-cuda/tests/kvbench_tests --gtest_filter='*PagedCache*'
@@ -31,11 +32,13 @@ generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 echo "configuring $build (torch: $torch_prefix, C++$cxx_std; log: $build/configure.log)"
 cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKVBENCH_CUDA=ON -DCMAKE_CXX_STANDARD="$cxx_std" \
-  -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" >"$build/configure.log" 2>&1 ||
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
+  >"$build/configure.log" 2>&1 ||
   { tail -60 "$build/configure.log"; exit 1; }
 grep "kvbench:" "$build/configure.log" || true
 read -r -a targets <<<"${KVBENCH_TARGETS:-kvbench kvbench_tests}"
-echo "building ${targets[*]} with $(nproc) jobs"
-cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" >"$build/build.log" 2>&1 ||
+jobs=${JOBS:-$(nproc)}
+echo "building ${targets[*]} with $jobs jobs"
+cmake --build "$build" -j"$jobs" --target "${targets[@]}" >"$build/build.log" 2>&1 ||
   { grep -E "error|Error" "$build/build.log" | head -40; tail -20 "$build/build.log"; exit 1; }
 echo "built ${targets[*]} in $build"

@@ -6,7 +6,7 @@ head_dim 128, one query token), contiguous fp16 caches [batch, kv_heads, context
 enable_gqa=True, rotated among replicas so small caches are not served from L2. Reads the
 kernel bench's JSON lines (--ours) and prints both side by side.
 
-usage: gpu_sdpa_peer.py --ours decode_bench.jsonl [--out sdpa.jsonl] [--quick]
+usage: gpu_sdpa_peer.py --ours decode_bench.jsonl [--out sdpa.jsonl]
 """
 import argparse
 import json
@@ -69,7 +69,14 @@ def main():
     ap.add_argument("--ours", required=True)
     ap.add_argument("--out")
     args = ap.parse_args()
-    ours = [json.loads(l) for l in open(args.ours)]
+    ours = []
+    for line in open(args.ours):
+        try:
+            ours.append(json.loads(line))
+        except json.JSONDecodeError:  # the bench was cut mid-line: keep what it finished
+            print(f"skipping an unfinished line of {args.ours}")
+    if not ours:
+        raise SystemExit(f"{args.ours}: no rows")
     header, rows = ours[0], ours[1:]
     gbps = copy_gbps()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}; torch copy bandwidth {gbps:.0f} GB/s "
