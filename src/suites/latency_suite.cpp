@@ -107,9 +107,8 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   out.summary["kv_bytes_peak"] = kv_peak;
   out.summary["kv_memory"] = kv_memory;
   out.summary["retention"] = retention.to_json();
-  if (kv_memory.value("nominal_mismatch", false)) {
-    out.warnings.push_back("measured KV bytes differ from the method's formula by more than 1%");
-  }
+  if (std::string w = nominal_mismatch_warning(kv_memory); !w.empty())
+    out.warnings.push_back(std::move(w));
   return out;
 }
 

@@ -249,11 +249,8 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   ctx.progress.end();
   double best_decode = 0, best_prefill = 0;
   for (const auto& r : out.records) {
-    if (r["kv_memory"].value("nominal_mismatch", false)) {
-      out.warnings.push_back(
-          "batch " + std::to_string(r["batch"].get<int64_t>()) +
-          ": measured KV bytes differ from the method's formula by more than 1%");
-    }
+    if (const std::string w = nominal_mismatch_warning(r["kv_memory"]); !w.empty())
+      out.warnings.push_back("batch " + std::to_string(r["batch"].get<int64_t>()) + ": " + w);
     if (const std::string w = decode_spread_warning(r); !w.empty()) out.warnings.push_back(w);
     best_decode = std::max(best_decode, r["decode_tok_s"].get<double>());
     best_prefill = std::max(best_prefill, r["prefill_tok_s"].get<double>());

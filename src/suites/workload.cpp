@@ -137,6 +137,27 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
                                    0.01 * std::max(nominal, 1.0)}};
 }
 
+std::string nominal_mismatch_warning(const nlohmann::json& m) {
+  if (!m.is_object() || !m.value("nominal_mismatch", false) || !m.contains("measured") ||
+      !m.contains("nominal"))
+    return "";
+  const double padding = m["measured"].value("padding", 0.0);
+  const double measured = m["measured"].value("total", 0.0) - padding,
+               nominal = m["nominal"].value("total", 0.0);
+  std::string w = "measured KV bytes differ from the method's formula by more than 1%: " +
+                  format_bytes(measured) + (padding > 0 ? " without padding" : "") + " held, " +
+                  format_bytes(nominal) + " by the formula (" +
+                  (nominal > 0 ? (measured >= nominal ? "+" : "") +
+                                     format_fixed(100.0 * (measured - nominal) / nominal, 1) + "%"
+                               : std::string("no formula bytes")) +
+                  ")";
+  const double kept = m.contains("kept_tokens") ? m["kept_tokens"].value("fraction", 1.0) : 1.0;
+  if (kept < 1.0 && measured > nominal)
+    w += "; the formula counts kept tokens, and a page holding an evicted token is freed only "
+         "once no layer and no KV head keeps a token in it";
+  return w;
+}
+
 std::string kv_memory_note(const nlohmann::json& m) {
   if (!m.is_object() || !m.contains("measured") || !m.contains("tokens")) return "";
   std::string note = "KV cache at peak: " + format_bytes(m["measured"].value("total", 0.0)) +

@@ -107,6 +107,28 @@ TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
   EXPECT_FALSE(mem["nominal_mismatch"].get<bool>());
 }
 
+// The mismatch warning says by how much, and why when eviction is the reason (pages held for
+// tokens some layer or head still keeps); nothing when formula and measurement agree.
+TEST(KvMemoryWarning, SaysBothSizesAndWhyPagesHoldMore) {
+  json m = {{"nominal_mismatch", true},
+            {"measured", {{"total", 3072}, {"padding", 1024}}},
+            {"nominal", {{"total", 1024}}},
+            {"kept_tokens", {{"fraction", 0.4}}}};
+  EXPECT_EQ(nominal_mismatch_warning(m),
+            "measured KV bytes differ from the method's formula by more than 1%: 2.00 KiB "
+            "without padding held, 1.00 KiB by the formula (+100.0%); the formula counts kept "
+            "tokens, and a page holding an evicted token is freed only once no layer and no KV "
+            "head keeps a token in it");
+  m["kept_tokens"]["fraction"] = 1.0;  // nothing evicted: no reason offered
+  m["measured"]["padding"] = 0;
+  EXPECT_EQ(nominal_mismatch_warning(m),
+            "measured KV bytes differ from the method's formula by more than 1%: 3.00 KiB "
+            "held, 1.00 KiB by the formula (+200.0%)");
+  m["nominal_mismatch"] = false;
+  EXPECT_EQ(nominal_mismatch_warning(m), "");
+  EXPECT_EQ(nominal_mismatch_warning(json()), "");
+}
+
 TEST(ThroughputSuite, QuantizedCacheReportsItsRealSize) {
   Harness h(json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [20],
                             "new_tokens": [3], "warmup": 0, "repeats": 1})"));

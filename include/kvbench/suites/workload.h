@@ -39,6 +39,11 @@ nlohmann::json kv_memory_json(const GenerationResult& result, const ModelConfig&
 // tokens (7.46 bits/value, 0.47x fp16)", plus the kept share when a policy evicted. Empty when
 // `kv_memory` is not such an object (a cell that generated nothing).
 std::string kv_memory_note(const nlohmann::json& kv_memory);
+// The warning of a kv_memory_json object whose measured bytes (less padding) and the method's
+// formula disagree: both sizes and the difference, and, when a policy evicted and more is held
+// than the formula counts, that pages keep evicted tokens until no layer or head keeps one in
+// them. Empty when they agree (or `kv_memory` is not such an object).
+std::string nominal_mismatch_warning(const nlohmann::json& kv_memory);
 // Accumulates generations' step times and the KV cache's retention time within them.
 struct RetentionTimes {
   std::vector<double> prefill_s, prefill_retention_s;  // one per generation
