@@ -689,17 +689,18 @@ std::shared_ptr<const RetentionPolicy> make_policy(const nlohmann::json& method)
   return m->policy(method);
 }
 
-namespace {
-
-// KVBENCH_PAGED_PATH=kernels (tests): paged caches on the CPU take the GPU path with the
-// kernels' host references (PagedKVCache's kernel_path_on_cpu), so whole runs exercise it.
-bool kernel_path_on_cpu() {
+bool paged_kernel_path_on_cpu() {
   static const bool on = [] {
     const char* path = std::getenv("KVBENCH_PAGED_PATH");
     return path != nullptr && std::string(path) == "kernels";
   }();
   return on;
 }
+
+namespace {
+
+// PagedKVCache's kernel_path_on_cpu argument, from KVBENCH_PAGED_PATH.
+bool kernel_path_on_cpu() { return paged_kernel_path_on_cpu(); }
 
 // GEAR's presets (or a composition storing with one): its own cache on the paged path.
 bool is_gear(const nlohmann::json& method) {

@@ -148,6 +148,7 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
   }
   if (kernel_path_ && !format_.own_attention) {
     KVB_CHECK(head_dim == 64 || head_dim == 128, "paged cache: device ", device.str(),
+              device.is_cpu() ? " (the GPU path on the CPU: KVBENCH_PAGED_PATH=kernels)" : "",
               ": unsupported head_dim: ", head_dim, " (the GPU decode kernels take 64 and 128)");
   }
   KVB_CHECK(!kernels::is_kivi(format_.format) || head_dim % format_.page_size == 0,

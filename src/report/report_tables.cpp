@@ -370,11 +370,22 @@ std::string method_name(const json& cell) { return cell["method"].value("name", 
 }  // namespace
 
 std::map<std::string, std::string> method_labels(const std::vector<json>& methods) {
+  // A retention method over a codec other than the full cache is named with it, as the
+  // registry's composed names are ("snapkv+palu"), alone or not.
+  auto base = [](const json& m) {
+    std::string name = m.value("name", "?");
+    if (m.contains("codec") && m["codec"].is_object()) {
+      const std::string codec = m["codec"].value("name", "full");
+      if (codec != "full") name += "+" + codec;
+    }
+    return name;
+  };
   std::map<std::string, std::vector<json>> by_name;
-  for (const json& m : methods) by_name[m.value("name", "?")].push_back(m);
+  for (const json& m : methods) by_name[base(m)].push_back(m);
   std::map<std::string, std::string> labels;  // method JSON dump -> label
   for (const auto& [name, same] : by_name) {
-    const std::vector<std::string> keys = varying_keys(same);
+    std::vector<std::string> keys = varying_keys(same);
+    keys.erase(std::remove(keys.begin(), keys.end(), "codec.name"), keys.end());
     for (const json& method : same) {
       labels[method.dump()] = keys.empty() ? name : name + "(" + describe(method, keys) + ")";
     }

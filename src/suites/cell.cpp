@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/suite_registry.h"
 
 namespace kvbench {
@@ -142,6 +143,9 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       if (nlohmann::json data = data_fingerprints(c.params); !data.empty())
         inputs["data_files"] = data;
       if (!inputs.empty()) identity["inputs"] = inputs;
+      // The GPU path's code on the CPU measures other numbers than the plain paged path.
+      if (spec.attention == "paged" && paged_kernel_path_on_cpu())
+        identity["paged_path"] = "kernels";
       const uint64_t h = fnv1a64(identity.dump());
       char hex[17];
       std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));

@@ -125,7 +125,14 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   const Transformer& model = ctx.model.get();
   check_generation_fits(ctx, 2, prefix, steps, "fidelity");  // two caches of one sequence
   const std::vector<int64_t> corpus = corpus_tokens(ctx, windows * span);
-  auto base_cache = make_baseline_cache(ctx);
+  std::unique_ptr<KVCache> base_cache;
+  try {
+    base_cache = make_baseline_cache(ctx);
+  } catch (const Error& e) {  // else the message names 'full', not the cell's method
+    throw Error(std::string("fidelity: the full-cache baseline the KL is measured against "
+                            "cannot run with this attention backend and model dtype: ") +
+                e.what());
+  }
   auto cache = make_cell_cache(ctx);
 
   CellOutput out;
@@ -198,6 +205,8 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
       {"ppl_method", std::exp(nll_method / n)},
       {"ppl_ratio", std::exp((nll_method - nll_full) / n)},
       {"kv_memory", kv_memory_json(held, model.config())}};
+  if (std::string w = nominal_mismatch_warning(out.summary["kv_memory"]); !w.empty())
+    out.warnings.push_back(std::move(w));
   // (Random weights are warned about once per run, by the model's loader.)
   const bool synthetic = out.summary["corpus"] == "synthetic token ids";
   if (synthetic && !ctx.model.identity().value("random_weights", true)) {

@@ -145,8 +145,10 @@ std::string nominal_mismatch_warning(const nlohmann::json& m) {
   const double measured = m["measured"].value("total", 0.0) - padding,
                nominal = m["nominal"].value("total", 0.0);
   std::string w = "measured KV bytes differ from the method's formula by more than 1%: " +
-                  format_bytes(measured) + (padding > 0 ? " without padding" : "") + " held, " +
-                  format_bytes(nominal) + " by the formula (" +
+                  format_bytes(measured) + " held" +
+                  (padding > 0 ? " (not counting " + format_bytes(padding) + " of empty page slots)"
+                               : std::string()) +
+                  ", " + format_bytes(nominal) + " by the formula (" +
                   (nominal > 0 ? (measured >= nominal ? "+" : "") +
                                      format_fixed(100.0 * (measured - nominal) / nominal, 1) + "%"
                                : std::string("no formula bytes")) +

@@ -1417,14 +1417,18 @@ class ModelCliTest(CliCase):
                            "new_tokens": [6], "repeats": 1}]}
         names = ("int4", "kivi-2", "streamingllm", "h2o", "quest", "kvproj", "palu", "gear-4",
                  "snapkv")
-        kl = {}
+        kl, ids = {}, {}
         for path in ("cpu", "kernels"):
             res = self.run_on_path(cfg, path)
             self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
             _, report = self.report_from(res)
             cells = {(c["suite"], c["method"]["name"]): c for c in report["cells"]}
+            ids[path] = {c["id"] for c in report["cells"]}
             for name in names:
                 kl[path, name] = cells[("fidelity", name)]["summary"]["kl_mean"]
+        # The two paths measure different numbers: their cells never share an id, so --resume
+        # and compare keep them apart.
+        self.assertFalse(ids["cpu"] & ids["kernels"])
         for name in names:
             self.assertGreater(kl["kernels", name], 0)
             self.assertAlmostEqual(kl["kernels", name], kl["cpu", name],

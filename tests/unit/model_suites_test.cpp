@@ -116,7 +116,8 @@ TEST(KvMemoryWarning, SaysBothSizesAndWhyPagesHoldMore) {
             {"kept_tokens", {{"fraction", 0.4}}}};
   EXPECT_EQ(nominal_mismatch_warning(m),
             "measured KV bytes differ from the method's formula by more than 1%: 2.00 KiB "
-            "without padding held, 1.00 KiB by the formula (+100.0%); the formula counts kept "
+            "held (not counting 1.00 KiB of empty page slots), 1.00 KiB by the formula "
+            "(+100.0%); the formula counts kept "
             "tokens, and a page holding an evicted token is freed only once no layer and no KV "
             "head keeps a token in it");
   m["kept_tokens"]["fraction"] = 1.0;  // nothing evicted: no reason offered

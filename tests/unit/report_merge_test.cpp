@@ -236,6 +236,22 @@ TEST(ReportMerge, MethodsWithDifferentParametersGetDistinctLabels) {
   EXPECT_EQ(value(lat, 1, "method"), "int4(symmetric=true)");
 }
 
+// A retention method over a compressing codec carries its codec's name, alone or beside
+// others of its name; one over the full cache does not.
+TEST(ReportMerge, RetentionMethodsAreLabelledWithTheirCodec) {
+  const json snap_full = {{"name", "snapkv"}, {"budget", 64}, {"codec", {{"name", "full"}}}};
+  const json snap_palu = {
+      {"name", "snapkv"}, {"budget", 64}, {"codec", {{"name", "palu"}, {"rank", 32}}}};
+  const json pyr_palu = {{"name", "pyramidkv"}, {"codec", {{"name", "palu"}, {"rank", 32}}}};
+  const json snap_palu64 = {
+      {"name", "snapkv"}, {"budget", 64}, {"codec", {{"name", "palu"}, {"rank", 64}}}};
+  const auto labels = method_labels({snap_full, snap_palu, pyr_palu, snap_palu64});
+  EXPECT_EQ(labels.at(snap_full.dump()), "snapkv");
+  EXPECT_EQ(labels.at(pyr_palu.dump()), "pyramidkv+palu");
+  EXPECT_EQ(labels.at(snap_palu.dump()), "snapkv+palu(codec.rank=32)");
+  EXPECT_EQ(labels.at(snap_palu64.dump()), "snapkv+palu(codec.rank=64)");
+}
+
 TEST(ReportMerge, ParetoSaysWhatItCouldNotCompare) {
   // Bits and speed only: the front holds, with a note that quality was not measured.
   ReportTables t = build_report_tables(

@@ -74,6 +74,11 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        int64_t num_kv_heads, int64_t head_dim,
                                        const std::string& backend = "cpu",
                                        const at::Tensor& rope_inv_freq = at::Tensor());
+// Whether KVBENCH_PAGED_PATH=kernels is set: paged caches on the CPU then take the GPU path
+// with the kernels' host references (tests; whole runs check that path without a GPU). Their
+// numbers differ from the plain paged path's (16-bit queries, the kernel path's own buffers),
+// so cells record it (cell ids, hence --resume and compare, keep the two apart).
+bool paged_kernel_path_on_cpu();
 // The paged cache of a resolved method entry with its codec (prepared when it needs it): a
 // LatentPagedCache of coefficients for kvproj, a PagedKVCache in the method's fixed format
 // otherwise. `dtype`: the uncompressed storage dtype; `device`: where the pools live.

@@ -32,9 +32,10 @@ struct ReportTables {
 // A non-empty baseline that no ok cell has throws Error listing the methods present.
 ReportTables build_report_tables(const MergedReports& merged, const std::string& baseline);
 
-// A label per method entry (keyed by its JSON dump): its name when every entry of that name
-// has the same parameters, else "snapkv(budget=48, codec.name=kivi-4)" with the flattened
-// parameters that differ among them (those an entry lacks left out).
+// A label per method entry (keyed by its JSON dump): its name, joined by its codec's when a
+// retention method stores anything but the full cache ("snapkv+palu"); then, when entries of
+// that label differ, "snapkv+kivi-4(budget=48, codec.group=32)" with the flattened parameters
+// that differ among them (those an entry lacks left out).
 std::map<std::string, std::string> method_labels(const std::vector<nlohmann::json>& methods);
 
 // Indices of the rows not dominated by another row: `values[i][d]` is row i's value on
