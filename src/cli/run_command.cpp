@@ -77,6 +77,7 @@ int dry_run(const std::vector<GridRun>& runs, const RunOptions& opt) {
     set_thread_count(g.spec.threads);
     const Environment env = capture_environment();
     const std::vector<Cell> cells = shard_cells(g.spec, opt);
+    check_methods_fit_model(g.spec, cells);
     ModelProvider model(g.spec.model);
     const auto estimates = estimate_cells(cells, model, env, g.spec.attention == "paged");
     if (runs.size() > 1)

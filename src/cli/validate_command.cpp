@@ -8,18 +8,14 @@
 #include "kvbench/cli/summary_table.h"
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/cell.h"
 #include "kvbench/suites/model_provider.h"
 #include "kvbench/suites/suite_registry.h"
 #include "kvbench/suites/workload.h"
 
 namespace kvbench {
-namespace {
 
-// What only the model's shape can tell (a Palu group that does not divide its KV heads, a
-// rank above head_dim, a group that does not divide head_dim), refused here as --dry-run does,
-// when the model's config can be read: a checkpoint that is not there yet is the run's to
-// report.
 void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells) {
   ModelProvider model(spec.model);
   const ModelConfig* config = nullptr;
@@ -31,19 +27,32 @@ void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells
     return;
   }
   if (!config) return;
+  const bool paged = spec.attention == "paged";
+  // The GPU path's checks: on a GPU, or on the CPU with KVBENCH_PAGED_PATH=kernels.
+  const bool kernel_path = spec.device == "cuda" || paged_kernel_path_on_cpu();
   for (const Cell& c : cells) {
     if (!find_suite(c.suite).needs_model) continue;
     try {
-      method_kv_bytes_per_token(c.method, *config, kv_dtype, spec.attention == "paged",
-                                spec.device == "cuda");
+      method_kv_bytes_per_token(c.method, *config, kv_dtype, paged, spec.device == "cuda");
+      if (paged)
+        check_paged_method(c.method, config->num_kv_heads, config->head_dim, kv_dtype, kernel_path);
     } catch (const Error& e) {
       throw ConfigError("methods[" + std::to_string(c.method_index) + "]",
                         std::string(e.what()) + " (the model of this config)");
     }
+    // The fidelity suite measures against the full cache on the same backend.
+    if (paged && c.suite == "fidelity") {
+      try {
+        check_paged_method(resolve_method({{"name", "full"}}, "baseline"), config->num_kv_heads,
+                           config->head_dim, kv_dtype, kernel_path);
+      } catch (const Error& e) {
+        throw ConfigError("suites[" + std::to_string(c.suite_index) + "]",
+                          std::string("fidelity: its full-cache baseline: ") + e.what() +
+                              " (the model of this config)");
+      }
+    }
   }
 }
-
-}  // namespace
 
 void register_validate_command(CLI::App& app, GlobalOptions& global) {
   struct Options {

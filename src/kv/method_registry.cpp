@@ -747,6 +747,37 @@ std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
                        device);
 }
 
+void check_paged_method(const nlohmann::json& method, int64_t num_kv_heads, int64_t head_dim,
+                        at::ScalarType dtype, bool kernel_path) {
+  const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
+  if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec)) {
+    // Its cache needs the fitted bases; what it checks besides them: 16-bit latents, the rank
+    // the GPU kernels take, and Palu's policies.
+    KVB_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "paged cache: method '", codec->name(),
+              "' stores ", c10::toString(dtype),
+              " latents, which have no paged format (model dtype fp16 or bf16)");
+    const int64_t rank = lowrank->rank_for(head_dim);
+    KVB_CHECK(!kernel_path || latent_row_width(lowrank->kind(), rank, true) <= 128,
+              "paged cache: ", codec->name(), " rank ", rank,
+              ": the GPU decode kernels take latent ranks up to 128");
+    if (lowrank->kind() == LowRankKind::kPalu) {
+      KVB_CHECK(!kernel_path || head_dim == 64 || head_dim == 128, "paged cache: palu at head_dim ",
+                head_dim, ": the GPU kernel takes head_dim 64 or 128");
+      check_palu_paged_policy(make_policy(method).get());
+    }
+    return;
+  }
+  // Every other method: its cache built for one layer on the CPU (its constructor's checks),
+  // with the GPU path's checks when asked.
+  if (auto gear = std::dynamic_pointer_cast<const GearCodec>(codec)) {
+    GearBlockCache(std::move(gear), 1, num_kv_heads, head_dim, at::kCPU, make_policy(method),
+                   kernel_path);
+    return;
+  }
+  PagedKVCache(paged_format_for(method, dtype), 1, num_kv_heads, head_dim, PagedCapacity{1, 0, 1},
+               at::kCPU, make_policy(method), kernel_path);
+}
+
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        std::shared_ptr<const Codec> codec, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim,

@@ -45,18 +45,9 @@ int64_t checked_width(const std::shared_ptr<const LowRankCodec>& codec, int64_t 
 // The policy the cache runs (null: every token stays), once it is one the paged path takes.
 std::shared_ptr<const RetentionPolicy> checked_policy(
     std::shared_ptr<const RetentionPolicy> policy) {
+  check_palu_paged_policy(policy.get());
   if (policy == nullptr || dynamic_cast<const FullRetention*>(policy.get()) != nullptr)
     return nullptr;
-  check_paged_policy(policy.get());
-  const std::string where = "paged cache: palu under retention policy '" + policy->name() + "': ";
-  KVB_CHECK(policy->needs() != RetentionNeeds::kQueryPages, where,
-            "Quest bounds pages of the stored keys, and palu stores latents of keys before "
-            "RoPE; run it with attention cpu or reference");
-  KVB_CHECK(policy->timing() == EvictionTiming::kAfterPrefill ||
-                policy->needs() == RetentionNeeds::kPositions,
-            where,
-            "its decode kernel writes no scores for a policy that selects by attention at every "
-            "step; use \"evict\": \"after_prefill\" or run it with attention cpu or reference");
   return policy;
 }
 
@@ -69,6 +60,20 @@ int64_t latent_heads(const std::shared_ptr<const LowRankCodec>& codec, int64_t k
 }
 
 }  // namespace
+
+void check_palu_paged_policy(const RetentionPolicy* policy) {
+  if (policy == nullptr || dynamic_cast<const FullRetention*>(policy) != nullptr) return;
+  check_paged_policy(policy);
+  const std::string where = "paged cache: palu under retention policy '" + policy->name() + "': ";
+  KVB_CHECK(policy->needs() != RetentionNeeds::kQueryPages, where,
+            "Quest bounds pages of the stored keys, and palu stores latents of keys before "
+            "RoPE; run it with attention cpu or reference");
+  KVB_CHECK(policy->timing() == EvictionTiming::kAfterPrefill ||
+                policy->needs() == RetentionNeeds::kPositions,
+            where,
+            "its decode kernel writes no scores for a policy that selects by attention at every "
+            "step; use \"evict\": \"after_prefill\" or run it with attention cpu or reference");
+}
 
 PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
                                at::ScalarType latent_dtype, int64_t num_layers,

@@ -29,10 +29,11 @@ def cuda_visible():
     return "CUDA device: none visible" not in kvbench("version").stdout
 
 
-def kvbench(*args, cwd=None):
+def kvbench(*args, cwd=None, env=None):
     # Generous: the workloads acceptance run takes ~85 s on a quiet 2-core machine and over
     # 300 s when other jobs share it; a timeout here should mean a hang, not a busy machine.
-    return subprocess.run([KVBENCH, *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+    return subprocess.run([KVBENCH, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=900)
 
 
 class CliCase(unittest.TestCase):
@@ -558,6 +559,38 @@ class CliTest(CliCase):
         self.assert_one_line_error(
             res, 2, "methods[1]: palu: group 3 must divide the model's KV heads (2)")
 
+    def test_validate_refuses_what_the_paged_path_cannot_run(self):
+        # On attention "paged", what a paged cache would refuse when built is refused before any
+        # model loads: a policy Palu's kernel cannot serve, an fp32 model's full-cache baseline
+        # (fidelity), a head size the GPU kernels do not take on the GPU path. A plain run
+        # still fails only those cells.
+        base = {"model": {"preset": "tiny-qwen3", "random_init": True, "dtype": "float16"},
+                "attention": "paged",
+                "suites": [{"name": "latency", "prompt_tokens": 32, "new_tokens": 2}]}
+        palu_h2o = {"name": "h2o", "heavy": 16, "recent": 16,
+                    "codec": {"name": "palu", "rank": 32}}
+        for command in (["validate"], ["run", "--dry-run"]):
+            res = kvbench(*command, "--config", self.write_config(
+                dict(base, methods=[{"name": "full"}, palu_h2o])))
+            self.assert_one_line_error(
+                res, 2, "methods[1]: paged cache: palu under retention policy 'h2o'")
+        fp32 = dict(base, model=dict(base["model"], dtype="float32"), methods=[{"name": "int8"}],
+                    suites=[{"name": "fidelity", "windows": 1, "prefix_tokens": 32,
+                             "eval_tokens": 4}])
+        res = kvbench("validate", "--config", self.write_config(fp32))
+        self.assert_one_line_error(res, 2, "suites[0]: fidelity: its full-cache baseline: "
+                                   "paged cache: method 'full' stores Float")
+        # tiny-llama's head_dim 32: fine on the plain paged path, not on the kernels'.
+        llama = dict(base, model={"preset": "tiny-llama", "random_init": True,
+                                  "dtype": "float16"}, methods=[{"name": "int8"}])
+        self.assertEqual(kvbench("validate", "--config", self.write_config(llama)).returncode, 0)
+        res = kvbench("validate", "--config", self.write_config(llama),
+                      env=dict(os.environ, KVBENCH_PAGED_PATH="kernels"))
+        self.assert_one_line_error(res, 2, "unsupported head_dim: 32")
+        # With evict after_prefill the composition is valid.
+        ok = dict(base, methods=[dict(palu_h2o, evict="after_prefill")])
+        self.assertEqual(kvbench("validate", "--config", self.write_config(ok)).returncode, 0)
+
     def test_every_shipped_run_config_validates(self):
         # The configs the README and docs tell users to run must not rot as keys change;
         # train-*.json are training recipes (ShippedModel.IsTheRecipesModelAndLoads reads one).
@@ -568,8 +601,12 @@ class CliTest(CliCase):
             # From the repository root, as the README runs them: their data paths are relative.
             res = kvbench("validate", "--config", str(path), cwd=str(ROOT))
             if res.returncode == 2 and json.loads(path.read_text()).get("device") == "cuda":
-                # GPU-only configs are refused without a GPU, with the reason.
+                # GPU-only configs are refused without a GPU, with the reason; their methods
+                # pass the GPU path's checks (the kernel path on the CPU).
                 self.assertIn("no CUDA device is visible", res.stderr, path.name)
+                res = kvbench("validate", "--config", str(path), "--set", "device=cpu",
+                              cwd=str(ROOT), env=dict(os.environ, KVBENCH_PAGED_PATH="kernels"))
+                self.assertEqual(res.returncode, 0, f"{path.name}: {res.stdout}{res.stderr}")
                 continue
             self.assertEqual(res.returncode, 0, f"{path.name}: {res.stdout}{res.stderr}")
 

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace CLI {
 class App;
@@ -13,6 +14,9 @@ class Validator;
 }  // namespace CLI
 
 namespace kvbench {
+
+struct RunSpec;
+struct Cell;
 
 struct GlobalOptions {
   std::string log_level = "info";
@@ -23,6 +27,12 @@ struct GlobalOptions {
 // For unsigned options such as --seed: refuses a negative number, which CLI11 would wrap into
 // 2^64 - 1.
 CLI::Validator non_negative();
+// What only the model's shape and dtype can tell (a Palu group that does not divide its KV
+// heads; on attention "paged", a method or the fidelity baseline without a paged format, a
+// policy its paged cache cannot run), refused as ConfigError naming the entry, when the model's
+// config can be read (a checkpoint not there yet is the run's to report). validate and
+// run --dry-run (defined in validate_command.cpp).
+void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells);
 
 void register_run_command(CLI::App& app, GlobalOptions& global);
 void register_validate_command(CLI::App& app, GlobalOptions& global);

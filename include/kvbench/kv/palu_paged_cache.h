@@ -45,6 +45,10 @@
 
 namespace kvbench {
 
+// Throws Error when PaluPagedCache cannot run `policy` (null and FullRetention are fine): Quest,
+// cache positions, or a policy that selects by attention at every decode step.
+void check_palu_paged_policy(const RetentionPolicy* policy);
+
 class PaluPagedCache final : public LatentPagesCache {
  public:
   // `codec`: a prepared palu codec; `latent_dtype`: kHalf or kBFloat16 (the model's).
