@@ -29,6 +29,7 @@ compile_logged "$OUT/ptxas-gear.log" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -Ike
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/model_ops.cu -o "$OUT/model_ops.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -o "$OUT/gpu_decode_bench" bench/gpu_decode_bench.cu \
   "$OUT/decode_attention.o" "$OUT/palu_decode.o" "$OUT/gear_decode.o"
+rm -f "$OUT/gpu_tests"  # never carry a stale one that tests older kernels
 if [ -f /usr/lib/x86_64-linux-gnu/libgtest.a ]; then
   g++ -std=c++17 -O2 -Ikernels -Itests/gpu -I/usr/local/cuda/include -o "$OUT/gpu_tests" \
     tests/gpu/decode_attention_test.cpp tests/gpu/kv_append_test.cpp tests/gpu/retained_decode_test.cpp \

@@ -20,14 +20,22 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/kvbench-gpu}
 LOGS=${LOGS:-/tmp/kvbench-gpu-logs}
-mkdir -p "$OUT" "$LOGS"
+SASS=/tmp/kvbench-sass
+# A machine kept warm between calls still holds the last call's logs and reports: start clean.
+rm -rf "$LOGS" "$SASS"
+mkdir -p "$OUT" "$LOGS" "$SASS"
 budget=${1:-540}
 start=$SECONDS
+# What the full build unpacks (scripts/gpu_full_build.sh), for the programs it builds only.
+deps_lib=${DEPS:-/tmp/kvbench-deps}/usr/lib/x86_64-linux-gnu
+cuda_env=(env "LD_LIBRARY_PATH=$deps_lib:${LD_LIBRARY_PATH:-}")
 
 log() { echo "[$((SECONDS - start))s] $*" | tee -a "$OUT/session.log"; }
-# bundle.tgz from $LOGS, replaced whole (never a half-written archive in $OUT).
+# bundle.tgz from $LOGS, replaced whole (never a half-written archive in $OUT). The build's
+# log may grow while it is read: tar then exits 1 with a complete archive.
 bundle() {
-  tar czf /tmp/kvbench-bundle.tgz -C "$LOGS" . 2>/dev/null && mv /tmp/kvbench-bundle.tgz "$OUT/bundle.tgz"
+  tar czf /tmp/kvbench-bundle.tgz --warning=no-file-changed -C "$LOGS" . 2>/dev/null
+  [ $? -le 1 ] && mv /tmp/kvbench-bundle.tgz "$OUT/bundle.tgz"
 }
 
 # stage NAME CAP COMMAND...: runs COMMAND for at most CAP seconds (fewer when the budget has
@@ -50,16 +58,19 @@ stage() {
   return "$rc"
 }
 
-# Waits (within the budget, leaving `reserve` seconds) until the background build has made
-# FILE or ended; true when FILE is there.
+# Waits (within the budget, leaving `reserve` seconds) until the background build has written
+# the marker MARK (a target built and linked in this call) or ended; true when MARK is there.
 wait_for() {
-  local file=$1 reserve=$2
-  while [ ! -x "$file" ] && kill -0 "$build_pid" 2>/dev/null &&
+  local mark=$1 reserve=$2
+  while [ ! -e "$mark" ] && kill -0 "$build_pid" 2>/dev/null &&
     [ $((budget - (SECONDS - start))) -gt "$reserve" ]; do
     sleep 2
   done
-  [ -x "$file" ]
+  [ -e "$mark" ]
 }
+# The background build's whole process group paused (STOP) or resumed (CONT): the timed
+# end-to-end stages must not share the host with a 12-job compile.
+build_signal() { kill -"$1" -- -"$build_pid" 2>/dev/null; }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader |
   tee -a "$OUT/session.log"
@@ -68,13 +79,13 @@ if ! build-gpu/gpu_tests --gtest_list_tests >"$LOGS/gpu_tests_list.log" 2>&1; th
   log "build-gpu/gpu_tests does not run here: $(tail -1 "$LOGS/gpu_tests_list.log")"
 fi
 
-# 0. The full build in the background: the CLI first (the e2e stage waits for it), then the
-#    unit tests.
-export LD_LIBRARY_PATH=${DEPS:-/tmp/kvbench-deps}/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-(
-  JOBS=12 KVBENCH_TARGETS=kvbench nice -n 19 scripts/gpu_full_build.sh build-cuda &&
-    JOBS=12 KVBENCH_TARGETS=kvbench_tests nice -n 19 scripts/gpu_full_build.sh build-cuda
-) >"$LOGS/full_build.log" 2>&1 &
+# 0. The full build in the background, in its own process group (so that it can be paused
+#    and stopped whole): the CLI first (the e2e stage waits for it), then the unit tests; each
+#    leaves a marker once built in this call.
+setsid bash -c "JOBS=12 KVBENCH_TARGETS=kvbench nice -n 19 scripts/gpu_full_build.sh build-cuda &&
+  touch '$LOGS/cli.built' &&
+  JOBS=12 KVBENCH_TARGETS=kvbench_tests nice -n 19 scripts/gpu_full_build.sh build-cuda &&
+  touch '$LOGS/tests.built'" >"$LOGS/full_build.log" 2>&1 &
 build_pid=$!
 log "full build: started in the background"
 
@@ -82,10 +93,15 @@ log "full build: started in the background"
 stage gpu_tests 120 build-gpu/gpu_tests --gtest_brief=1
 tail -4 "$LOGS/gpu_tests.log"
 # The kernels' SASS, to read here (this machine has no cuobjdump; perf-notes: instruction budget).
-mkdir -p /tmp/kvbench-sass
 stage sass 30 bash -c "rc=0; for o in decode_attention palu_decode gear_decode; do
-  cuobjdump --dump-sass build-gpu/\$o.o > /tmp/kvbench-sass/\$o.sass || rc=1; done; exit \$rc"
-tar czf "$OUT/sass.tgz" -C /tmp/kvbench-sass . 2>/dev/null
+  cuobjdump --dump-sass build-gpu/\$o.o > $SASS/\$o.sass || rc=1; done; exit \$rc"
+tar czf "$OUT/sass.tgz" -C "$SASS" . 2>/dev/null
+# The tool brings back files up to 16 MiB: a larger archive would be dropped silently.
+if [ "$(stat -c%s "$OUT/sass.tgz" 2>/dev/null || echo 0)" -gt $((15 * 1024 * 1024)) ]; then
+  rm -f "$OUT/sass.tgz"
+  tar czf "$OUT/sass.tgz" -C "$SASS" palu_decode.sass gear_decode.sass 2>/dev/null
+  log "sass: decode_attention's SASS left out (the archive was over 15 MiB)"
+fi
 # 2. Every format's decode kernel (v2 and v3 loops, Palu, GEAR) at batch 1, 16, 64 x 4k, 32k
 #    (--quick; the kernels suite below sweeps 1k-128k), and SDPA in the same call.
 stage decode_bench 150 build-gpu/gpu_decode_bench --quick --out "$LOGS/decode_bench.jsonl"
@@ -99,28 +115,32 @@ memcheck() {
   memcheck_done=1
 }
 memcheck_done=0
-[ -x build-cuda/kvbench ] || memcheck
-# 4. The end-to-end acceptance (Llama-3-8B shapes, batch 16 x 8k), then the kernels suite.
-if wait_for build-cuda/kvbench 60; then
+[ -e "$LOGS/cli.built" ] || memcheck
+# 4. The end-to-end acceptance (Llama-3-8B shapes, batch 16 x 8k), then the kernels suite,
+#    the build paused meanwhile.
+if wait_for "$LOGS/cli.built" 60; then
+  build_signal STOP
   for suite in e2e kernels; do
-    stage "$suite" 240 build-cuda/kvbench run -c "configs/gpu-$suite.json" --out "$LOGS/$suite" \
-      --log-level warn
-    build-cuda/kvbench report "$LOGS/$suite"/*.json >"$LOGS/$suite-report.md" 2>&1 &&
+    stage "$suite" 240 "${cuda_env[@]}" build-cuda/kvbench run -c "configs/gpu-$suite.json" \
+      --out "$LOGS/$suite" --log-level warn
+    "${cuda_env[@]}" build-cuda/kvbench report "$LOGS/$suite"/*.json >"$LOGS/$suite-report.md" 2>&1 &&
       grep -v "^$" "$LOGS/$suite-report.md" | head -40
     bundle
   done
+  build_signal CONT
 else
   log "full build: no build-cuda/kvbench in time; see full_build.log"
   tail -20 "$LOGS/full_build.log"
 fi
 [ "$memcheck_done" = 1 ] || memcheck
 # 5. The engine's unit tests on cuda (paged caches, model placement, streams).
-if wait_for build-cuda/tests/kvbench_tests 40; then
-  stage unit_tests 180 build-cuda/tests/kvbench_tests --gtest_brief=1 \
+if wait_for "$LOGS/tests.built" 40; then
+  stage unit_tests 180 "${cuda_env[@]}" build-cuda/tests/kvbench_tests --gtest_brief=1 \
     --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*Gear*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*:*CudaStream*:*DeviceTimer*'
   tail -15 "$LOGS/unit_tests.log"
 fi
-kill "$build_pid" 2>/dev/null
+build_signal CONT
+build_signal TERM
 # 6. What the decode kernels issue and where their warps wait (ncu, no clock control: the
 #    card's settings are left alone), for the formats behind the acceptance gap, each loop at
 #    batch 16 x 32k.

@@ -40,15 +40,17 @@ void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells
       throw ConfigError("methods[" + std::to_string(c.method_index) + "]",
                         std::string(e.what()) + " (the model of this config)");
     }
-    // The fidelity suite measures against the full cache on the same backend.
-    if (paged && c.suite == "fidelity") {
+    // These suites measure against the full cache on the same backend (make_baseline_cache).
+    const bool baseline =
+        c.suite == "fidelity" || c.suite == "accuracy" || c.suite == "output_length";
+    if (paged && baseline) {
       try {
         check_paged_method(resolve_method({{"name", "full"}}, "baseline"), config->num_kv_heads,
                            config->head_dim, kv_dtype, kernel_path);
       } catch (const Error& e) {
-        throw ConfigError("suites[" + std::to_string(c.suite_index) + "]",
-                          std::string("fidelity: its full-cache baseline: ") + e.what() +
-                              " (the model of this config)");
+        throw ConfigError(
+            "suites[" + std::to_string(c.suite_index) + "]",
+            c.suite + ": its full-cache baseline: " + e.what() + " (the model of this config)");
       }
     }
   }

@@ -760,6 +760,7 @@ void check_paged_method(const nlohmann::json& method, int64_t num_kv_heads, int6
     KVB_CHECK(!kernel_path || latent_row_width(lowrank->kind(), rank, true) <= 128,
               "paged cache: ", codec->name(), " rank ", rank,
               ": the GPU decode kernels take latent ranks up to 128");
+    if (lowrank->kind() == LowRankKind::kProjection) check_paged_policy(make_policy(method).get());
     if (lowrank->kind() == LowRankKind::kPalu) {
       KVB_CHECK(!kernel_path || head_dim == 64 || head_dim == 128, "paged cache: palu at head_dim ",
                 head_dim, ": the GPU kernel takes head_dim 64 or 128");

@@ -143,14 +143,19 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       if (nlohmann::json data = data_fingerprints(c.params); !data.empty())
         inputs["data_files"] = data;
       if (!inputs.empty()) identity["inputs"] = inputs;
-      // The GPU path's code on the CPU measures other numbers than the plain paged path.
-      if (spec.attention == "paged" && paged_kernel_path_on_cpu())
+      auto hex_of = [](const nlohmann::json& j) {
+        char hex[17];
+        std::snprintf(hex, sizeof(hex), "%016llx",
+                      static_cast<unsigned long long>(fnv1a64(j.dump())));
+        return std::string(hex);
+      };
+      // The cell's seed (its prompts and corpora) comes from what it measures...
+      c.seed = fnv1a64(std::to_string(spec.seed) + ":" + hex_of(identity));
+      // ...and its id also tells the GPU path's code on the CPU (which measures other numbers)
+      // from the plain paged path's.
+      if (spec.attention == "paged" && spec.device == "cpu" && paged_kernel_path_on_cpu())
         identity["paged_path"] = "kernels";
-      const uint64_t h = fnv1a64(identity.dump());
-      char hex[17];
-      std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
-      c.id = c.suite + "." + c.method["name"].get<std::string>() + "." + hex;
-      c.seed = fnv1a64(std::to_string(spec.seed) + ":" + hex);
+      c.id = c.suite + "." + c.method["name"].get<std::string>() + "." + hex_of(identity);
       const std::string where =
           "suites[" + std::to_string(s) + "] x methods[" + std::to_string(m) + "]";
       const SuiteInfo& info = find_suite(c.suite);

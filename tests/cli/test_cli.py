@@ -590,6 +590,11 @@ class CliTest(CliCase):
         # With evict after_prefill the composition is valid.
         ok = dict(base, methods=[dict(palu_h2o, evict="after_prefill")])
         self.assertEqual(kvbench("validate", "--config", self.write_config(ok)).returncode, 0)
+        # A plain run fails the refused cell only.
+        res = self.run_ok(dict(base, methods=[{"name": "full"}, palu_h2o]))
+        self.assertEqual(res.returncode, 1, res.stderr)
+        _, report = self.report_from(res)
+        self.assertEqual([c["status"] for c in report["cells"]], ["ok", "failed"])
 
     def test_every_shipped_run_config_validates(self):
         # The configs the README and docs tell users to run must not rot as keys change;
