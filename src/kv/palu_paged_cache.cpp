@@ -336,10 +336,11 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
     in.layer = layer, in.num_layers = int64_t(bases_.size());
     in.length = pages.old_lengths[size_t(i)] + n;
     in.prefill = pages.old_lengths[size_t(i)] == 0;
-    if (!policy_) continue;
+    // Only a prefill, or any step of a decode-timing policy, may evict: the others skip the
+    // positions (host work per sequence, layer and step).
+    if (!policy_ || !(in.prefill || policy_->timing() == EvictionTiming::kDecode)) continue;
     in.positions = retained(seqs[size_t(i)], layer, in.length);
-    const bool over =
-        (in.prefill || policy_->timing() == EvictionTiming::kDecode) && policy_->over_budget(in);
+    const bool over = policy_->over_budget(in);
     if (over && n == 1 && !in.prefill) {  // positions only (checked_policy)
       select(seqs[size_t(i)], layer, in, at::Tensor(), at::Tensor(), at::Tensor());
     } else {
