@@ -655,7 +655,17 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
   } catch (const Error& e) {
     throw ConfigError(path, e.what());
   }
-  const bool drops = check_codec_builds(codec, codec_path)->can_drop_tokens();
+  const std::shared_ptr<const Codec> built = check_codec_builds(codec, codec_path);
+  const bool drops = built->can_drop_tokens();
+  // Palu's G-LRD stores one latent per group of KV heads: they cannot keep different tokens.
+  if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(built);
+      lowrank && lowrank->kind() == LowRankKind::kPalu && lowrank->group() > 1 &&
+      !policy->same_tokens_every_head())
+    throw ConfigError(join_path(codec_path, "group"),
+                      "palu's group " + std::to_string(lowrank->group()) +
+                          " shares one latent between KV heads, for which '" + name +
+                          "' would keep different tokens; use \"group\": 1 or a policy that "
+                          "keeps the same tokens for every head (streamingllm, tova)");
   if (policy->timing() == EvictionTiming::kDecode && !drops) {
     const std::string why =
         "codec '" + codec["name"].get<std::string>() + "' cannot (its codes span tokens); ";

@@ -287,9 +287,14 @@ TEST(LowRank, ComposesWithRetentionPolicies) {
       EXPECT_EQ(r.peak_storage.total(), r.peak_nominal.total()) << entry.dump();
     }
   }
-  const json m =
-      resolve({{"name", "snapkv"}, {"budget", 40}, {"codec", {{"name", "palu"}, {"group", 2}}}});
-  const PreparedCodec p = prepare_codec(make_codec(m, at::kBFloat16), model, nullptr);
+  // Resolution refuses a per-head policy over a group; the store refuses such selections too
+  // (here a group-2 codec under a SnapKV resolved beside group 1).
+  EXPECT_THROW(
+      resolve({{"name", "snapkv"}, {"budget", 40}, {"codec", {{"name", "palu"}, {"group", 2}}}}),
+      ConfigError);
+  const json m = resolve({{"name", "snapkv"}, {"budget", 40}, {"codec", {{"name", "palu"}}}});
+  const PreparedCodec p = prepare_codec(
+      make_codec(resolve({{"name", "palu"}, {"group", 2}}), at::kBFloat16), model, nullptr);
   auto cache = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, "cpu");
   GenerationConfig g;
   g.max_new_tokens = 2;

@@ -413,12 +413,25 @@ TEST(PaluPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {
                 .find("Quest bounds pages"),
             std::string::npos);
   {
+    // Method resolution refuses a per-head policy over a G-LRD group; the cache checks the
+    // selections it gets too (here a group-2 codec under a policy resolved beside group 1).
+    try {
+      resolve_method(nlohmann::json::parse(R"({"name": "snapkv", "budget": 16, "window": 4,
+                                  "codec": {"name": "palu", "rank": 64, "group": 2}})"),
+                     "m");
+      ADD_FAILURE() << "no error";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("m.codec.group: palu's group 2 shares one latent"),
+                std::string::npos)
+          << e.what();
+    }
     const nlohmann::json method =
         resolve_method(nlohmann::json::parse(R"({"name": "snapkv", "budget": 16, "window": 4,
-                                  "codec": {"name": "palu", "rank": 64, "group": 2}})"),
+                                  "codec": {"name": "palu", "rank": 64}})"),
                        "m");
-    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
-        testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(testing_support::ready(
+        make_codec(resolve_method({{"name", "palu"}, {"rank", 64}, {"group", 2}}, "c"), at::kHalf),
+        kLayers, kKvHeads, kDim));
     PaluPagedCache cache(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
                          make_policy(method), false);
     const int64_t seq = cache.add_sequence();

@@ -81,6 +81,10 @@ class RetentionPolicy {
   // positions instead of their logical ones (StreamingLLM's re-rotation); the cache then needs
   // the model's RoPE frequencies.
   virtual bool cache_positions() const { return false; }
+  // Whether every KV head of a layer always keeps the same tokens (StreamingLLM's positions,
+  // TOVA's head-averaged scores): what codecs sharing one latent between heads need (Palu's
+  // G-LRD groups).
+  virtual bool same_tokens_every_head() const { return false; }
   // kWindowScores: queries at the end of the prefill whose attention the policy needs;
   // kLowAttentionCounts: the history window of queries whose low-attention counts it needs.
   // 0 otherwise.
@@ -105,6 +109,7 @@ class FullRetention final : public RetentionPolicy {
   nlohmann::json params() const override { return nlohmann::json::object(); }
   RetentionNeeds needs() const override { return RetentionNeeds::kPositions; }
   EvictionTiming timing() const override { return EvictionTiming::kAfterPrefill; }
+  bool same_tokens_every_head() const override { return true; }
   int64_t budget(const RetentionInput&) const override { return INT64_MAX; }
   at::Tensor select(const RetentionInput& in) const override;
 };

@@ -23,6 +23,7 @@ class StreamingLlmPolicy final : public RetentionPolicy {
   RetentionNeeds needs() const override { return RetentionNeeds::kPositions; }
   EvictionTiming timing() const override { return timing_; }
   bool cache_positions() const override { return rerotated_; }
+  bool same_tokens_every_head() const override { return true; }
   int64_t budget(const RetentionInput&) const override { return sinks_ + window_; }
   at::Tensor select(const RetentionInput& in) const override;
 

@@ -17,6 +17,7 @@ class TovaPolicy final : public RetentionPolicy {
   nlohmann::json params() const override;
   RetentionNeeds needs() const override { return RetentionNeeds::kLastQueryScores; }
   EvictionTiming timing() const override { return timing_; }
+  bool same_tokens_every_head() const override { return true; }
   int64_t budget(const RetentionInput&) const override { return budget_; }
   at::Tensor select(const RetentionInput& in) const override;
 
