@@ -650,14 +650,18 @@ void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, in
             "paged cache: a selection of shape ", kept.sizes(), " on ", kept.device().str(),
             " for ", num_kv_heads_, " heads of a sequence of ", length, " tokens");
   const at::Tensor positions = kept.to(at::kLong).contiguous();
-  KVB_CHECK(positions.numel() == 0 ||
-                (positions.min().item<int64_t>() >= 0 && positions.max().item<int64_t>() < length),
-            "paged cache: a selection outside the sequence's ", length, " tokens");
+  // One pass over the host copy (a decode-timing policy selects at every step and layer: no
+  // tensor ops here).
   const int64_t held = positions.size(1);
-  KVB_CHECK(
-      held < 2 ||
-          positions.narrow(1, 1, held - 1).gt(positions.narrow(1, 0, held - 1)).all().item<bool>(),
-      "paged cache: a selection's positions must ascend per head");
+  const int64_t* p = positions.data_ptr<int64_t>();
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t i = 0; i < held; ++i) {
+      const int64_t t = p[h * held + i];
+      KVB_CHECK(t >= 0 && t < length, "paged cache: a selection outside the sequence's ", length,
+                " tokens");
+      KVB_CHECK(i == 0 || t > p[h * held + i - 1],
+                "paged cache: a selection's positions must ascend per head");
+    }
   s.kept[size_t(layer)] = positions;
   split_kept(s.listed[size_t(layer)], positions, length);
   s.evicted = true;

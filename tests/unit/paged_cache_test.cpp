@@ -493,5 +493,42 @@ TEST(PagedRetentionErrorsTest, PoliciesThePagesCannotServeSayWhichWork) {
             std::string::npos);
 }
 
+// Another cache's selection (PaluPagedCache's): kept positions and what they free, and the
+// selections it refuses.
+TEST(PagedCacheRetainTest, KeepsASelectionAndFreesWhatNothingKeeps) {
+  const PagedFormat format = paged_format_for({{"name", "fp16"}}, at::kHalf);
+  PagedKVCache paged(format, 1, kKvHeads, kDim);
+  const int64_t seq = paged.add_sequence();
+  const int64_t n = 3 * format.page_size + 5;
+  paged.append_batch(0, {seq}, {n}, at::randn({n, kKvHeads, kDim}), at::randn({n, kKvHeads, kDim}));
+  const int64_t before = paged.free_pages();
+  auto error_of = [&](const at::Tensor& kept) {
+    try {
+      paged.retain(seq, 0, kept, n);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const at::Tensor heads = at::ones({kKvHeads, 1}, at::kLong);
+  EXPECT_NE(error_of(heads * n).find("outside the sequence"), std::string::npos);
+  EXPECT_NE(error_of(at::cat({heads * 3, heads * 2}, 1)).find("must ascend"), std::string::npos);
+  EXPECT_NE(error_of(at::zeros({kKvHeads + 1, 1}, at::kLong)).find("a selection of shape"),
+            std::string::npos);
+  // Keep the first token and the newest page's: the two pages between go back.
+  const at::Tensor kept = at::cat({heads * 0, heads * (n - 2), heads * (n - 1)}, 1);
+  EXPECT_EQ(error_of(kept), "no error");
+  EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>({3}));
+  EXPECT_EQ(paged.free_pages(), before + 2);
+  const auto [listed, tail] = paged.listed_positions(seq, 0);
+  EXPECT_EQ(tail, n - 2);  // the newest run every head keeps
+  EXPECT_EQ(listed.size(1), 1);
+  // A cache with its own policy selects by itself.
+  PagedKVCache with_policy(format, 1, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                           make_policy(resolve_method({{"name", "snapkv"}}, "m")));
+  const int64_t other = with_policy.add_sequence();
+  EXPECT_THROW(with_policy.retain(other, 0, kept, n), Error);
+}
+
 }  // namespace
 }  // namespace kvbench
