@@ -243,8 +243,17 @@ __global__ void __launch_bounds__(kThreads)
                       pack2<kBf16>(acc[2 * c + 1][2], acc[2 * c + 1][3]));
     }
 
-    // 4. Online softmax (log2 domain) for head g over tokens 2m, 2m+1, 8+2m, 9+2m.
+    // 4. Online softmax (log2 domain) for head g over tokens 2m, 2m+1, 8+2m, 9+2m; the scaled
+    // scores go out first when a policy records them (entry i: the i-th token attended).
     float x[4] = {s0[0], s0[1], s1[0], s1[1]};
+    if (p.scores != nullptr && g < gq) {
+      float* row = p.scores + (size_t(b) * p.q_heads + size_t(kvh) * gq + g) * p.score_stride;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int at = t0 + 2 * m + (i & 1) + 8 * (i >> 1);
+        if (at < T) row[at] = x[i] * p.softmax_scale;
+      }
+    }
     float mx = -INFINITY;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {

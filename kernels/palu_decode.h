@@ -72,6 +72,12 @@ struct PaluProblem {
   const int* const* kept_lists = nullptr;  // [batch] pointers; may be null where the count is 0
   const int* kept_counts = nullptr;        // [batch]
   const int* tail_start = nullptr;         // [batch]
+  // Optional, for policies that select by attention (H2O, TOVA, ScissorHands): each attended
+  // token's scaled score q . key * softmax_scale (the softmax's input), [batch, q_heads,
+  // score_stride] fp32, entry i the i-th token attended (the listed ones, then the tail; or
+  // slot i); entries past a sequence's count are not written. score_stride >= every count.
+  float* scores = nullptr;
+  int score_stride = 0;
 };
 
 namespace palu {
@@ -165,6 +171,7 @@ inline const char* palu_check(const PaluProblem& p) {
     return "a required pointer is null";
   if (!p.kept_lists != !p.kept_counts || !p.kept_counts != !p.tail_start)
     return "kept_lists, kept_counts and tail_start go together";
+  if (p.scores != nullptr && p.score_stride < 1) return "scores need a positive score_stride";
   // The kernel reads latents and the key basis 16 bytes at a time, the coarse table 8.
   if ((reinterpret_cast<uintptr_t>(p.k_latent) | reinterpret_cast<uintptr_t>(p.v_latent) |
        reinterpret_cast<uintptr_t>(p.k_basis)) %
@@ -196,6 +203,9 @@ inline void palu_decode_host(const PaluProblem& p, float* scratch) {
         for (int c = 0; c < d; ++c) acc = fmaf(palu::round16(p, q[c]), key[c], acc);
         m = fmaxf(m, w[i] = acc * p.softmax_scale);
       }
+      if (p.scores != nullptr)
+        for (int i = 0; i < kept.n; ++i)
+          p.scores[(size_t(b) * p.q_heads + qh) * p.score_stride + i] = w[i];
       for (int i = 0; i < kept.n; ++i) sum += (w[i] = expf(w[i] - m));
       for (int a = 0; a < p.rank; ++a) {
         float acc = 0.f;

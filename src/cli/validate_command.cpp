@@ -35,7 +35,8 @@ void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells
     try {
       method_kv_bytes_per_token(c.method, *config, kv_dtype, paged, spec.device == "cuda");
       if (paged)
-        check_paged_method(c.method, config->num_kv_heads, config->head_dim, kv_dtype, kernel_path);
+        check_paged_method(c.method, config->num_heads, config->num_kv_heads, config->head_dim,
+                           kv_dtype, kernel_path);
     } catch (const Error& e) {
       throw ConfigError("methods[" + std::to_string(c.method_index) + "]",
                         std::string(e.what()) + " (the model of this config)");
@@ -45,8 +46,8 @@ void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells
         c.suite == "fidelity" || c.suite == "accuracy" || c.suite == "output_length";
     if (paged && baseline) {
       try {
-        check_paged_method(resolve_method({{"name", "full"}}, "baseline"), config->num_kv_heads,
-                           config->head_dim, kv_dtype, kernel_path);
+        check_paged_method(resolve_method({{"name", "full"}}, "baseline"), config->num_heads,
+                           config->num_kv_heads, config->head_dim, kv_dtype, kernel_path);
       } catch (const Error& e) {
         throw ConfigError(
             "suites[" + std::to_string(c.suite_index) + "]",

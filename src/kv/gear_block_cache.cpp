@@ -10,6 +10,7 @@
 #include "gear_decode.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/time.h"
+#include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/paged_cache.h"
 #include "paged_cache_cuda.h"
 
@@ -364,22 +365,10 @@ void GearBlockCache::select_inputs(RetentionInput& in, const Sequence& s, int64_
   // The per-step policies score the prefill's attention as the CPU cache records it: over the
   // keys attention read, the layer's reconstructed blocks and its exact buffer.
   const at::Tensor keys = reconstruct(s, layer).first;  // [kv_heads, n, head_dim] fp32
-  switch (policy_->needs()) {
-    case RetentionNeeds::kScoresEveryStep:
-      in.accumulated = summed_attention(q, keys, in.positions, 0);
-      return;
-    case RetentionNeeds::kLastQueryScores:
-      in.current = newest_query_attention(q, keys);
-      return;
-    case RetentionNeeds::kLowAttentionCounts:
-      in.low_counts = low_attention(q, keys, in.positions, 0, policy_->observation_window())
-                          .sum(3)
-                          .to(at::kFloat)
-                          .mean(2);
-      return;
-    default:
-      return;
-  }
+  AttentionRecord record;
+  at::Tensor newest;
+  record.add_block(*policy_, q, keys, in.positions, 0, newest);
+  record.fill(*policy_, newest, in);
 }
 
 std::pair<at::Tensor, at::Tensor> GearBlockCache::reconstruct(const Sequence& s,

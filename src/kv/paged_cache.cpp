@@ -732,7 +732,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   // attends what stays; a block (the prefill) attends everything, then the policy evicts.
   // Policies that select by attention see every step's attention first: the new tokens attend
   // everything held, their attention is recorded, then the layer shrinks (H2O's order).
-  const bool by_attention = scored();
+  const bool by_attention = selects_by_attention(policy_.get());
   std::vector<at::Tensor> positions(static_cast<size_t>(B));
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false);
@@ -811,7 +811,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   }
   if (evicting.empty()) return out;
   Stopwatch watch;
-  const std::vector<Choice> chosen = choose(evicting);
+  const std::vector<RetentionChoice> chosen = choose_retained(*policy_, evicting);
   retention_s_ += watch.seconds();
   for (size_t i = 0; i < evicting.size(); ++i)
     apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
@@ -865,16 +865,11 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
 void PagedKVCache::fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& qb,
                                      const at::Tensor& kb, const at::Tensor& newest,
                                      RetentionInput& in) {
-  const Sequence::Scores& st = s.scores[size_t(layer)];
   switch (policy_->needs()) {
     case RetentionNeeds::kScoresEveryStep:
-      in.accumulated = st.summed;
-      break;
     case RetentionNeeds::kLastQueryScores:
-      in.current = newest;
-      break;
     case RetentionNeeds::kLowAttentionCounts:
-      in.low_counts = st.low.sum(3).to(at::kFloat).mean(2);
+      s.scores[size_t(layer)].fill(*policy_, newest, in);
       break;
     case RetentionNeeds::kWindowScores: {
       KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
@@ -900,58 +895,20 @@ at::Tensor PagedKVCache::attended_positions(const Sequence& s, int64_t layer, in
 
 void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   Stopwatch watch;
-  const Choice chosen = choose({&in})[0];
+  const RetentionChoice chosen = choose_retained(*policy_, {&in})[0];
   retention_s_ += watch.seconds();
   apply_choice(s, layer, in, chosen);
 }
 
-std::vector<PagedKVCache::Choice> PagedKVCache::choose(
-    const std::vector<RetentionInput*>& inputs) const {
-  std::vector<Choice> chosen;
-  std::vector<at::Tensor> on_device;  // flattened, in order
-  for (RetentionInput* in : inputs) {
-    // The policy works where its scores are (window scores live with the queries: the GPU on
-    // cuda); the retained positions stay on the host.
-    RetentionInput where = *in;
-    where.host_positions = in->positions;  // lets the policy count on the host
-    for (const at::Tensor* t :
-         {&in->window_attention, &in->accumulated, &in->current, &in->low_counts})
-      if (t->defined())  // from pinned memory, so the upload does not wait for the device
-        where.positions = t->is_cuda()
-                              ? in->positions.contiguous().pin_memory().to(t->device(), true)
-                              : in->positions.to(t->device());
-    const at::Tensor c = policy_->select(where);
-    chosen.push_back({c, c});
-    if (!c.device().is_cpu()) on_device.push_back(c.reshape({-1}));
-  }
-  if (on_device.empty()) return chosen;
-  const at::Tensor host = at::cat(on_device).to(at::kCPU);  // the one wait
-  int64_t offset = 0;
-  for (Choice& c : chosen) {
-    if (c.where.device().is_cpu()) continue;
-    c.host = host.narrow(0, offset, c.where.numel()).view(c.where.sizes());
-    offset += c.where.numel();
-  }
-  return chosen;
-}
-
 void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput& in,
-                                const Choice& choice) {
+                                const RetentionChoice& choice) {
   Stopwatch watch;
   const at::Tensor& chosen = choice.host;
   KVB_CHECK(chosen.dim() == 2 && chosen.size(0) == num_kv_heads_ && chosen.size(1) <= in.held(),
             "retention policy '", policy_->name(), "' returned a selection of shape ",
             chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
   s.kept[size_t(layer)] = in.positions.gather(1, chosen.to(at::kLong)).contiguous();
-  Sequence::Scores& st = s.scores[size_t(layer)];
-  if (st.summed.defined())
-    st.summed = st.summed.gather(1, choice.where.to(st.summed.device(), at::kLong));
-  if (st.low.defined()) {
-    const at::Tensor rows = choice.where.to(st.low.device(), at::kLong)
-                                .view({num_kv_heads_, -1, 1, 1})
-                                .expand({-1, -1, st.low.size(2), st.low.size(3)});
-    st.low = st.low.gather(1, rows);
-  }
+  s.scores[size_t(layer)].keep(choice.where);
   s.evicted = true;
   split_kept(s.listed[size_t(layer)], s.kept[size_t(layer)], in.length);
   retention_s_ += watch.seconds();
@@ -999,64 +956,26 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
     }
 }
 
-bool PagedKVCache::scored() const {
-  if (!policy_) return false;
-  const RetentionNeeds needs = policy_->needs();
-  return needs == RetentionNeeds::kScoresEveryStep || needs == RetentionNeeds::kLastQueryScores ||
-         needs == RetentionNeeds::kLowAttentionCounts;
-}
-
 void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n,
                                  const kernels::PagedKvStore& store, const at::Tensor& table_row,
                                  const at::Tensor& positions, const at::Tensor& logits,
                                  at::Tensor keys, at::Tensor& newest) {
-  const RetentionNeeds needs = policy_->needs();
   const int64_t held = positions.size(1), start = s.length, heads = qb.size(0);
-  const int64_t group = heads / num_kv_heads_, window = policy_->observation_window();
   if (!logits.defined() && !keys.defined())
     keys = rows_at(store, s, table_row, positions, start + n, false).keys;
-  at::Tensor summed, low;
-  if (n == 1) {
-    // One decode query (at position `start`), which sees every held token: the reference's
-    // formulas with nothing masked, from the decode kernel's scores on a GPU, from the same
-    // product over the pages' keys elsewhere.
-    at::Tensor scores = logits;
-    if (!scores.defined()) {
-      const double scale = 1.0 / std::sqrt(double(head_dim_));
-      scores = at::bmm(qb.to(keys.device(), at::kFloat).reshape({num_kv_heads_, group, -1}),
-                       keys.transpose(1, 2))
-                   .mul_(scale)
-                   .view({heads, held});
-    }
-    const at::Tensor p =
-        at::softmax(scores.narrow(1, 0, held), -1).view({num_kv_heads_, group, held});
-    if (needs == RetentionNeeds::kScoresEveryStep) summed = p.sum(1).div_(double(group));
-    if (needs == RetentionNeeds::kLastQueryScores) newest = p.mean(1);
-    if (needs == RetentionNeeds::kLowAttentionCounts)
-      low = p.lt(1.0 / double(held)).permute({0, 2, 1}).unsqueeze(3);  // [kvh, held, g, 1]
-  } else {
-    if (needs == RetentionNeeds::kScoresEveryStep)
-      summed = summed_attention(qb, keys, positions, start);
-    if (needs == RetentionNeeds::kLastQueryScores) newest = newest_query_attention(qb, keys);
-    if (needs == RetentionNeeds::kLowAttentionCounts)
-      low = low_attention(qb, keys, positions, start, window);
-  }
-  Sequence::Scores& st = s.scores[size_t(layer)];
-  auto grown = [&](const at::Tensor& state, at::IntArrayRef row, const at::Tensor& like) {
-    const int64_t before = state.defined() ? state.size(1) : 0;
-    std::vector<int64_t> shape = {num_kv_heads_, held - before};
-    shape.insert(shape.end(), row.begin(), row.end());
-    const at::Tensor fresh = at::zeros(shape, like.options());
-    return state.defined() ? at::cat({state, fresh}, 1) : fresh;
-  };
-  if (summed.defined()) st.summed = grown(st.summed, {}, summed).add_(summed);
-  if (low.defined()) {
-    st.low = grown(st.low, {group, window}, low);
-    const int64_t m = low.size(3), first = start + n - m;
-    const at::Tensor columns =
-        at::arange(first, first + m, low.options().dtype(at::kLong)).remainder_(window);
-    st.low.index_copy_(3, columns, low);
-  }
+  AttentionRecord& record = s.scores[size_t(layer)];
+  if (n > 1) return record.add_block(*policy_, qb, keys, positions, start, newest);
+  // One decode query (at position `start`), which sees every held token: the decode kernel's
+  // scores on a GPU, the same product over the pages' keys elsewhere.
+  at::Tensor scores = logits;
+  if (!scores.defined())
+    scores =
+        at::bmm(
+            qb.to(keys.device(), at::kFloat).reshape({num_kv_heads_, heads / num_kv_heads_, -1}),
+            keys.transpose(1, 2))
+            .mul_(1.0 / std::sqrt(double(head_dim_)))
+            .view({heads, held});
+  record.add_scores(*policy_, scores.narrow(1, 0, held), num_kv_heads_, start, newest);
 }
 
 PagedKVCache::Rows PagedKVCache::rows_at(const kernels::PagedKvStore& store, const Sequence& s,

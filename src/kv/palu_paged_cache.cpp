@@ -68,11 +68,6 @@ void check_palu_paged_policy(const RetentionPolicy* policy) {
   KVB_CHECK(policy->needs() != RetentionNeeds::kQueryPages, where,
             "Quest bounds pages of the stored keys, and palu stores latents of keys before "
             "RoPE; run it with attention cpu or reference");
-  KVB_CHECK(policy->timing() == EvictionTiming::kAfterPrefill ||
-                policy->needs() == RetentionNeeds::kPositions,
-            where,
-            "its decode kernel writes no scores for a policy that selects by attention at every "
-            "step; use \"evict\": \"after_prefill\" or run it with attention cpu or reference");
 }
 
 PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
@@ -228,7 +223,7 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
 
 at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Bases& bases,
                                   const at::Tensor& q_in, int64_t layer,
-                                  const std::vector<int64_t>& seqs) {
+                                  const std::vector<int64_t>& seqs, at::Tensor* scores) {
   cover(pages.max_len);
   const at::Tensor q = q_in.to(latent_.device(), at::kFloat).contiguous();
   at::Tensor out = at::empty_like(q);
@@ -251,6 +246,10 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
     p.kept_counts = lists.counts_tails.data_ptr<int>();
     p.tail_start = p.kept_counts + q.size(0);
   }
+  if (scores != nullptr) {  // entries past a sequence's count are never written nor read
+    *scores = at::empty({q.size(0), q.size(1), attended}, q.options());
+    p.scores = scores->data_ptr<float>(), p.score_stride = int(attended);
+  }
   paged_cuda::palu(p, attended, q);
   return out;
 }
@@ -263,60 +262,50 @@ at::Tensor PaluPagedCache::retained(int64_t seq, int64_t layer, int64_t length) 
   return group_ == 1 ? kept : kept.repeat_interleave(group_, 0);
 }
 
-void PaluPagedCache::select(int64_t seq, int64_t layer, RetentionInput& in, const at::Tensor& qb,
-                            const at::Tensor& kb, const at::Tensor& keys) {
+void PaluPagedCache::fill_input(int64_t seq, int64_t layer, RetentionInput& in,
+                                const at::Tensor& qb, const at::Tensor& kb,
+                                const at::Tensor& newest) {
+  if (policy_->needs() == RetentionNeeds::kWindowScores) {  // from the full-precision keys
+    KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
+              "' needs window scores, which exist only at the prefill");
+    Stopwatch watch;
+    const at::Device where = latent_.device();
+    in.window_attention =
+        prefill_window_attention(qb.to(where, at::kFloat), kb.to(where, at::kFloat),
+                                 std::min(policy_->observation_window(), qb.size(1)));
+    retention_s_ += watch.seconds();
+  } else if (selects_by_attention(policy_.get())) {
+    records_.at({seq, layer}).fill(*policy_, newest, in);
+  }
+}
+
+void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
+                            const std::vector<RetentionInput*>& inputs) {
   Stopwatch watch;
-  switch (policy_->needs()) {
-    case RetentionNeeds::kWindowScores:  // from the full-precision keys, as the CPU cache does
-      KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
-                "' needs window scores, which exist only at the prefill");
-      in.window_attention = prefill_window_attention(
-          qb.to(keys.device(), at::kFloat), kb.to(keys.device(), at::kFloat),
-          std::min(policy_->observation_window(), qb.size(1)));
-      break;
-    // The per-step policies select after the prefill only (checked_policy), from its attention
-    // over the keys attention read, as the CPU cache records it.
-    case RetentionNeeds::kScoresEveryStep:
-      in.accumulated = summed_attention(qb.to(keys.device(), at::kFloat), keys,
-                                        in.positions.to(keys.device()), 0);
-      break;
-    case RetentionNeeds::kLastQueryScores:
-      in.current = newest_query_attention(qb.to(keys.device(), at::kFloat), keys);
-      break;
-    case RetentionNeeds::kLowAttentionCounts:
-      in.low_counts =
-          low_attention(qb.to(keys.device(), at::kFloat), keys, in.positions.to(keys.device()), 0,
-                        policy_->observation_window())
-              .sum(3)
-              .to(at::kFloat)
-              .mean(2);
-      break;
-    default:
-      break;
+  const std::vector<RetentionChoice> chosen = choose_retained(*policy_, inputs);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const RetentionInput& in = *inputs[i];
+    const at::Tensor& c = chosen[i].host;
+    KVB_CHECK(c.dim() == 2 && c.size(0) == num_kv_heads_ && c.size(1) <= in.held(),
+              "retention policy '", policy_->name(), "' returned a selection of shape ", c.sizes(),
+              " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
+    at::Tensor kept = in.positions.gather(1, c.to(at::kLong));  // [kv_heads, kept] positions
+    if (group_ > 1) {
+      // One latent per group: its heads must keep the same tokens (the reference's store says
+      // the same).
+      const at::Tensor rows = kept.view({num_kv_heads_ / group_, group_, -1});
+      KVB_CHECK(rows.eq(rows.narrow(1, 0, 1)).all().item<bool>(),
+                "palu: the retention policy kept different tokens for KV heads that share one "
+                "latent (group ",
+                group_,
+                "); use \"group\": 1 or a policy that keeps the same tokens for every head "
+                "(streamingllm, tova)");
+      kept = rows.select(1, 0);
+    }
+    latent_.retain(seqs[i], layer, kept.contiguous(), in.length);
+    const auto record = records_.find({seqs[i], layer});
+    if (record != records_.end()) record->second.keep(chosen[i].where);
   }
-  // The policy works where its scores are; the positions stay on the host.
-  const at::Tensor host = in.positions;
-  in.host_positions = host;
-  for (const at::Tensor* t : {&in.window_attention, &in.accumulated, &in.current, &in.low_counts})
-    if (t->defined()) in.positions = host.to(t->device());
-  const at::Tensor chosen = policy_->select(in).to(at::kCPU, at::kLong);
-  KVB_CHECK(chosen.dim() == 2 && chosen.size(0) == num_kv_heads_ && chosen.size(1) <= in.held(),
-            "retention policy '", policy_->name(), "' returned a selection of shape ",
-            chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
-  at::Tensor kept = host.gather(1, chosen);  // [kv_heads, kept] positions
-  if (group_ > 1) {
-    // One latent per group: its heads must keep the same tokens (the reference's store says
-    // the same).
-    const at::Tensor rows = kept.view({num_kv_heads_ / group_, group_, -1});
-    KVB_CHECK(rows.eq(rows.narrow(1, 0, 1)).all().item<bool>(),
-              "palu: the retention policy kept different tokens for KV heads that share one "
-              "latent (group ",
-              group_,
-              "); use \"group\": 1 or a policy that keeps the same tokens for every head "
-              "(streamingllm, tova)");
-    kept = rows.select(1, 0);
-  }
-  latent_.retain(seq, layer, kept.contiguous(), in.length);
   retention_s_ += watch.seconds();
 }
 
@@ -325,11 +314,13 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
                                   const PagedKVCache::StepPages& pages, const Bases& bases,
                                   const at::Tensor& q, const at::Tensor& k) {
   const int64_t B = int64_t(seqs.size());
-  // As the reference cache orders it: a decode token of a decode-timing policy is appended,
-  // the policy evicts, then the token attends what stays; a block (the prefill) attends
-  // everything, then the policy evicts.
+  // As the reference cache orders it: a decode token of a decode-timing policy that selects
+  // by positions is appended, the policy evicts, then the token attends what stays; a block
+  // (the prefill), or any step of a policy that selects by attention, attends everything held,
+  // its attention is recorded, then the policy evicts.
+  const bool by_attention = selects_by_attention(policy_.get());
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
-  std::vector<bool> evict_after(size_t(B), false);
+  std::vector<bool> evict_after(size_t(B), false), recording(size_t(B), false);
   for (int64_t i = 0; i < B; ++i) {
     RetentionInput& in = inputs[size_t(i)];
     const int64_t n = counts[size_t(i)];
@@ -340,41 +331,74 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
     // positions (host work per sequence, layer and step).
     if (!policy_ || !(in.prefill || policy_->timing() == EvictionTiming::kDecode)) continue;
     in.positions = retained(seqs[size_t(i)], layer, in.length);
+    recording[size_t(i)] = by_attention;
     const bool over = policy_->over_budget(in);
-    if (over && n == 1 && !in.prefill) {  // positions only (checked_policy)
-      select(seqs[size_t(i)], layer, in, at::Tensor(), at::Tensor(), at::Tensor());
-    } else {
+    if (over && n == 1 && !in.prefill && !by_attention)
+      select(layer, {seqs[size_t(i)]}, {&in});
+    else
       evict_after[size_t(i)] = over;
-    }
   }
-  // (A one-token prefill over the budget, which no policy's budget allows, takes the block path.)
   const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
-  const bool selecting =
-      std::find(evict_after.begin(), evict_after.end(), true) != evict_after.end();
-  if (kernel_path_ && single && !selecting)
-    return decode(pages, bases, q, layer, seqs).to(q.device());
-  // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens (those it
-  // retains), then the over-budget blocks' selections.
-  const double scale = 1.0 / std::sqrt(double(head_dim_));
-  std::vector<at::Tensor> parts;
-  for (int64_t i = 0, row = 0; i < B; row += counts[size_t(i)], ++i) {
-    const RetentionInput& in = inputs[size_t(i)];
-    auto [keys, values] = reconstruct(pages, i, bases, in.length);
-    if (policy_ && latent_.listed_positions(seqs[size_t(i)], layer).first.defined()) {
-      const at::Tensor index = retained(seqs[size_t(i)], layer, in.length)
-                                   .to(keys.device())
-                                   .unsqueeze(-1)
-                                   .expand({num_kv_heads_, -1, head_dim_});
-      keys = keys.gather(1, index), values = values.gather(1, index);
+  const bool record_any = std::find(recording.begin(), recording.end(), true) != recording.end();
+  std::vector<at::Tensor> newest(static_cast<size_t>(B));  // TOVA's, per sequence
+  at::Tensor out;
+  if (kernel_path_ && single) {
+    at::Tensor scores;
+    out = decode(pages, bases, q, layer, seqs, record_any ? &scores : nullptr).to(q.device());
+    Stopwatch watch;
+    for (int64_t i = 0; i < B; ++i) {
+      if (!recording[size_t(i)]) continue;
+      const int64_t held = inputs[size_t(i)].held();
+      KVB_CHECK(held <= scores.size(2), "palu paged cache: sequence ", seqs[size_t(i)], " holds ",
+                held, " tokens at layer ", layer, ", its decode step attended ", scores.size(2));
+      records_[{seqs[size_t(i)], layer}].add_scores(*policy_, scores[i].narrow(1, 0, held),
+                                                    num_kv_heads_, pages.old_lengths[size_t(i)],
+                                                    newest[size_t(i)]);
     }
-    const at::Tensor qb = q.narrow(0, row, counts[size_t(i)]).transpose(0, 1);
-    parts.push_back(paged_block_attention(qb.to(keys.device(), at::kFloat), keys, values, scale)
-                        .transpose(0, 1));
-    if (evict_after[size_t(i)])
-      select(seqs[size_t(i)], layer, inputs[size_t(i)], qb,
-             k.narrow(0, row, counts[size_t(i)]).transpose(0, 1), keys);
+    retention_s_ += watch.seconds();
+  } else {
+    // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens (those it
+    // retains).
+    const double scale = 1.0 / std::sqrt(double(head_dim_));
+    std::vector<at::Tensor> parts;
+    for (int64_t i = 0, row = 0; i < B; row += counts[size_t(i)], ++i) {
+      const RetentionInput& in = inputs[size_t(i)];
+      auto [keys, values] = reconstruct(pages, i, bases, in.length);
+      if (policy_ && latent_.listed_positions(seqs[size_t(i)], layer).first.defined()) {
+        const at::Tensor index = retained(seqs[size_t(i)], layer, in.length)
+                                     .to(keys.device())
+                                     .unsqueeze(-1)
+                                     .expand({num_kv_heads_, -1, head_dim_});
+        keys = keys.gather(1, index), values = values.gather(1, index);
+      }
+      const at::Tensor qb =
+          q.narrow(0, row, counts[size_t(i)]).transpose(0, 1).to(keys.device(), at::kFloat);
+      parts.push_back(paged_block_attention(qb, keys, values, scale).transpose(0, 1));
+      if (recording[size_t(i)]) {
+        Stopwatch watch;
+        records_[{seqs[size_t(i)], layer}].add_block(
+            *policy_, qb, keys, in.positions, pages.old_lengths[size_t(i)], newest[size_t(i)]);
+        retention_s_ += watch.seconds();
+      }
+    }
+    out = at::cat(parts, 0).to(q.device());
   }
-  return at::cat(parts, 0).to(q.device());
+  // The over-budget sequences' selections, in one read-back.
+  std::vector<int64_t> evicted;
+  std::vector<RetentionInput*> evicting;
+  for (int64_t i = 0, row = 0; i < B; row += counts[size_t(i)], ++i) {
+    if (!evict_after[size_t(i)]) continue;
+    const int64_t n = counts[size_t(i)];
+    fill_input(seqs[size_t(i)], layer, inputs[size_t(i)], q.narrow(0, row, n).transpose(0, 1),
+               k.narrow(0, row, n).transpose(0, 1), newest[size_t(i)]);
+    evicted.push_back(seqs[size_t(i)]);
+    evicting.push_back(&inputs[size_t(i)]);
+  }
+  if (!evicting.empty()) select(layer, evicted, evicting);
+  // A policy that evicts after the prefill selects no more: its records go.
+  if (record_any && policy_->timing() == EvictionTiming::kAfterPrefill)
+    for (int64_t i = 0; i < B; ++i) records_.erase({seqs[size_t(i)], layer});
+  return out;
 }
 
 at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
@@ -407,6 +431,8 @@ void PaluPagedCache::remove_sequence(int64_t seq) {
   latent_.remove_sequence(seq);
   for (auto it = lists_.begin(); it != lists_.end();)
     it = it->first.first == seq ? lists_.erase(it) : std::next(it);
+  for (auto it = records_.begin(); it != records_.end();)
+    it = it->first.first == seq ? records_.erase(it) : std::next(it);
 }
 
 uint64_t PaluPagedCache::extra_metadata() const {

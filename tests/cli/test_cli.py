@@ -567,13 +567,12 @@ class CliTest(CliCase):
         base = {"model": {"preset": "tiny-qwen3", "random_init": True, "dtype": "float16"},
                 "attention": "paged",
                 "suites": [{"name": "latency", "prompt_tokens": 32, "new_tokens": 2}]}
-        palu_h2o = {"name": "h2o", "heavy": 16, "recent": 16,
-                    "codec": {"name": "palu", "rank": 32}}
+        palu_quest = {"name": "quest", "codec": {"name": "palu", "rank": 32}}
         for command in (["validate"], ["run", "--dry-run"]):
             res = kvbench(*command, "--config", self.write_config(
-                dict(base, methods=[{"name": "full"}, palu_h2o])))
+                dict(base, methods=[{"name": "full"}, palu_quest])))
             self.assert_one_line_error(
-                res, 2, "methods[1]: paged cache: palu under retention policy 'h2o'")
+                res, 2, "methods[1]: paged cache: palu under retention policy 'quest'")
         fp32 = dict(base, model=dict(base["model"], dtype="float32"), methods=[{"name": "int8"}],
                     suites=[{"name": "fidelity", "windows": 1, "prefix_tokens": 32,
                              "eval_tokens": 4}])
@@ -587,11 +586,27 @@ class CliTest(CliCase):
         res = kvbench("validate", "--config", self.write_config(llama),
                       env=dict(os.environ, KVBENCH_PAGED_PATH="kernels"))
         self.assert_one_line_error(res, 2, "unsupported head_dim: 32")
-        # With evict after_prefill the composition is valid.
-        ok = dict(base, methods=[dict(palu_h2o, evict="after_prefill")])
+        # Palu's kernel holds a KV head's query heads in 8 rows: a checkpoint whose config says
+        # 16 per KV head (validate reads only its config.json) is refused on the kernel path.
+        wide = self.dir / "wide"
+        self.assertEqual(kvbench("make-model", "--preset", "tiny-qwen3", "--out",
+                                 str(wide)).returncode, 0)
+        shape = json.loads((wide / "config.json").read_text())
+        shape["num_attention_heads"] = 16 * shape["num_key_value_heads"]
+        (wide / "config.json").write_text(json.dumps(shape))
+        palu = dict(base, model={"path": str(wide), "dtype": "float16"},
+                    methods=[{"name": "palu", "rank": 32}])
+        self.assertEqual(kvbench("validate", "--config", self.write_config(palu)).returncode, 0)
+        res = kvbench("validate", "--config", self.write_config(palu),
+                      env=dict(os.environ, KVBENCH_PAGED_PATH="kernels"))
+        self.assert_one_line_error(
+            res, 2, "palu on the GPU path takes at most 8 query heads per KV head; the model has 16")
+        # H2O over Palu, evicting at every decode step, is valid (its kernel writes the scores).
+        ok = dict(base, methods=[{"name": "h2o", "heavy": 16, "recent": 16,
+                                  "codec": {"name": "palu", "rank": 32}}])
         self.assertEqual(kvbench("validate", "--config", self.write_config(ok)).returncode, 0)
         # A plain run fails the refused cell only.
-        res = self.run_ok(dict(base, methods=[{"name": "full"}, palu_h2o]))
+        res = self.run_ok(dict(base, methods=[{"name": "full"}, palu_quest]))
         self.assertEqual(res.returncode, 1, res.stderr)
         _, report = self.report_from(res)
         self.assertEqual([c["status"] for c in report["cells"]], ["ok", "failed"])

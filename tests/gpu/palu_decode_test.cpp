@@ -5,7 +5,8 @@
 // and sums in another order: bound 2e-3 of the output's scale (fp16), 1e-2 (bf16), as the
 // paged decode kernel's. Lengths: a single token, a part tile, a tile and a page boundary,
 // several splits; the `_evicted` shapes attend kept lists and tails (tokens gathered from their
-// slots, rotated at their positions). Skips without a GPU.
+// slots, rotated at their positions). The second pass also writes each attended token's scaled
+// score (what H2O, TOVA and ScissorHands record) into a NaN-poisoned array. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -47,8 +48,15 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
   const PaluCase c = palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 15, 16, 33, 1000, 2100}, 3 + s.r,
                                32, s.group, s.evict);
   std::vector<float> host(c.want.size()), scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
-  kernels::palu_decode_host(c.problem(host.data()), scratch.data());
-  DeviceBuffer lens, table, kl, vl, kb, vb, coarse, fine, q, out, work;
+  // Each attended token's scaled score, as a policy that selects by attention records them.
+  const int stride = c.max_len() + 3;
+  std::vector<float> host_scores(size_t(c.batch) * c.q_heads * stride, NAN);
+  {
+    kernels::PaluProblem hp = c.problem(host.data());
+    hp.scores = host_scores.data(), hp.score_stride = stride;
+    kernels::palu_decode_host(hp, scratch.data());
+  }
+  DeviceBuffer lens, table, kl, vl, kb, vb, coarse, fine, q, out, work, scores;
   ASSERT_CUDA(lens.upload(c.lens));
   ASSERT_CUDA(table.upload(c.table));
   ASSERT_CUDA(kl.upload(c.k_latent));
@@ -85,6 +93,12 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
     p.tail_start = static_cast<const int*>(tails.ptr);
   }
   for (const int sms : {1, 132}) {  // one split per sequence, and several
+    // The scores too, on the second pass (poisoned: an entry past a count stays NaN).
+    const bool scored = sms > 1;
+    std::vector<float> got_scores(host_scores.size(), NAN);
+    ASSERT_CUDA(scores.upload(got_scores));
+    p.scores = scored ? static_cast<float*>(scores.ptr) : nullptr;
+    p.score_stride = scored ? stride : 0;
     kernels::PaluPlan plan;
     ASSERT_CUDA(kernels::palu_plan(p, c.max_len(), sms, &plan));
     ASSERT_CUDA(work.upload(std::vector<char>(plan.workspace_bytes)));
@@ -96,6 +110,23 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
     EXPECT_LT(scaled_error(got, std::vector<double>(host.begin(), host.end())), bound)
         << "splits " << plan.splits;
     EXPECT_LT(scaled_error(got, c.want), bound) << "splits " << plan.splits;
+    if (!scored) continue;
+    ASSERT_CUDA(scores.download(got_scores));
+    std::vector<float> written;
+    std::vector<double> expected;
+    for (int b = 0; b < c.batch; ++b)
+      for (int qh = 0; qh < c.q_heads; ++qh)
+        for (int i = 0; i < stride; ++i) {
+          const size_t at = (size_t(b) * c.q_heads + qh) * stride + i;
+          if (i >= c.attended(b)) {
+            EXPECT_TRUE(std::isnan(got_scores[at])) << "written past the count: " << b << ", " << i;
+            continue;
+          }
+          written.push_back(got_scores[at]), expected.push_back(host_scores[at]);
+        }
+    // Both round keys and queries to 16-bit; what is left is fp32 order and the odd rounding
+    // that lands on the other side of a 16-bit step.
+    EXPECT_LT(scaled_error(written, expected), s.bf16 ? 1e-2 : 2e-3);
   }
 }
 

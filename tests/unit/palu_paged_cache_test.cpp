@@ -305,7 +305,13 @@ TEST(PaluPagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
         R"({"name": "tova", "budget": 40, "evict": "after_prefill",
             "codec": {"name": "palu", "rank": 32, "group": 2}})",
         R"({"name": "scissorhands", "budget": 44, "recent": 8, "history": 12,
-            "evict": "after_prefill", "codec": {"name": "palu", "rank": 64}})"}) {
+            "evict": "after_prefill", "codec": {"name": "palu", "rank": 64}})",
+        // Selecting by attention at every step over budget: decode steps record the kernel's
+        // scores (its host reference on the emulated path).
+        R"({"name": "h2o", "heavy": 24, "recent": 16, "codec": {"name": "palu", "rank": 64}})",
+        R"({"name": "tova", "budget": 40, "codec": {"name": "palu", "rank": 32, "group": 2}})",
+        R"({"name": "scissorhands", "budget": 44, "recent": 8, "history": 12,
+            "codec": {"name": "palu", "rank": 96}})"}) {
     SCOPED_TRACE(entry);
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
     const auto codec = prepared_palu(method);
@@ -345,14 +351,16 @@ TEST(PaluPagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
   }
 }
 
-// A packed batch under StreamingLLM (evicting at every decode step) and SnapKV: sequences at
-// different lengths, some over the budget and some not, decode steps of the whole batch in one
-// call (one kernel launch reading kept lists for some sequences and every token for others).
+// A packed batch under StreamingLLM and H2O (evicting at every decode step) and SnapKV:
+// sequences at different lengths, some over the budget and some not, decode steps of the whole
+// batch in one call (one kernel launch reading kept lists for some sequences and every token
+// for others, and writing the scores H2O records).
 TEST(PaluPagedRetentionTest, BatchedStepsKeepLikeEachSequenceAlone) {
   for (
       const char* entry :
       {R"({"name": "streamingllm", "sinks": 4, "window": 40, "codec": {"name": "palu", "rank": 96}})",
-       R"({"name": "snapkv", "budget": 48, "window": 8, "codec": {"name": "palu", "rank": 64}})"}) {
+       R"({"name": "snapkv", "budget": 48, "window": 8, "codec": {"name": "palu", "rank": 64}})",
+       R"({"name": "h2o", "heavy": 24, "recent": 16, "codec": {"name": "palu", "rank": 64}})"}) {
     SCOPED_TRACE(entry);
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
     const auto codec = prepared_palu(method);
@@ -398,17 +406,16 @@ TEST(PaluPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {
             std::string::npos);
   EXPECT_NE(message(R"({"name": "palu", "rank": 64})", at::kHalf, true, 96).find("head_dim 96"),
             std::string::npos);
-  // Policies: those that select by each step's attention only after the prefill (the kernel
-  // writes no scores), not Quest; with a group, the heads of a latent keep the same tokens.
+  // Policies: any but Quest (those that select by each step's attention during decode too:
+  // the kernel writes the scores); with a group, the heads of a latent keep the same tokens.
   EXPECT_EQ(message(R"({"name": "streamingllm", "sinks": 4, "window": 60,
                        "codec": {"name": "palu", "rank": 64}})",
                     at::kHalf, true),
             "no error");
-  EXPECT_NE(message(R"({"name": "h2o", "heavy": 24, "recent": 16,
+  EXPECT_EQ(message(R"({"name": "h2o", "heavy": 24, "recent": 16,
                        "codec": {"name": "palu", "rank": 64}})",
-                    at::kHalf, false)
-                .find("\"evict\": \"after_prefill\" or run it with attention cpu or reference"),
-            std::string::npos);
+                    at::kHalf, true),
+            "no error");
   EXPECT_NE(message(R"({"name": "quest", "codec": {"name": "palu", "rank": 64}})", at::kHalf, false)
                 .find("Quest bounds pages"),
             std::string::npos);

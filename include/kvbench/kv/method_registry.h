@@ -81,11 +81,12 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
 bool paged_kernel_path_on_cpu();
 // Throws Error saying why a resolved method entry cannot run on the paged path for a model of
 // these dimensions and storage dtype: no paged format for what it stores, a retention policy
-// its paged cache cannot run, a head size the GPU kernels do not take (`kernel_path`: the GPU
-// path's checks, as on a GPU). The checks the paged caches make when built, made before any
-// model is loaded (validate, --dry-run); a low-rank codec's bases are not needed.
-void check_paged_method(const nlohmann::json& method, int64_t num_kv_heads, int64_t head_dim,
-                        at::ScalarType dtype, bool kernel_path);
+// its paged cache cannot run, a head size or GQA group the GPU kernels do not take
+// (`kernel_path`: the GPU path's checks, as on a GPU). The checks the paged caches make when
+// built or at their first step, made before any model is loaded (validate, --dry-run); a
+// low-rank codec's bases are not needed.
+void check_paged_method(const nlohmann::json& method, int64_t num_heads, int64_t num_kv_heads,
+                        int64_t head_dim, at::ScalarType dtype, bool kernel_path);
 // The paged cache of a resolved method entry with its codec (prepared when it needs it): a
 // LatentPagedCache of coefficients for kvproj, a PagedKVCache in the method's fixed format
 // otherwise. `dtype`: the uncompressed storage dtype; `device`: where the pools live.

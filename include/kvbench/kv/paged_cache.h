@@ -31,6 +31,7 @@
 
 #include "kv_append.h"
 #include "kv_format.h"
+#include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/kv/retention_policy.h"
 
@@ -192,12 +193,9 @@ class PagedKVCache final : public KVCache {
     // (kept positions, then the newer ones): H2O's summed probabilities [kv_heads, held] fp32,
     // ScissorHands' low-attention history [kv_heads, held, group, window] bool; where the
     // pools are.
-    struct Scores {
-      at::Tensor summed, low;
-    };
-    std::vector<Scores> scores;
-    std::vector<QuestBounds> quest;  // per layer (Quest's layers past its dense ones)
-    bool evicted = false;            // this step evicted somewhere: look for pages to free
+    std::vector<AttentionRecord> scores;  // per layer (policies that select by attention)
+    std::vector<QuestBounds> quest;       // per layer (Quest's layers past its dense ones)
+    bool evicted = false;                 // this step evicted somewhere: look for pages to free
   };
   struct Layer {
     at::Tensor k_data, v_data, k_meta, v_meta;  // [pages, kv_heads, page bytes] uint8
@@ -301,19 +299,10 @@ class PagedKVCache final : public KVCache {
   // Asks the policy; on a selection, s.kept[layer] becomes its subset of `in.positions` (and
   // the layer's attention state its rows).
   void select(Sequence& s, int64_t layer, RetentionInput& in);
-  // A policy's choice: where it was computed (beside the scores) and its host copy.
-  struct Choice {
-    at::Tensor where, host;
-  };
-  // The policy's choices for several inputs, run where each input's scores are, brought to
-  // the host together: one wait for the device per call, not one per sequence.
-  std::vector<Choice> choose(const std::vector<RetentionInput*>& inputs) const;
   // Applies a choice as select() does (the positions from the host copy, the attention
-  // state's rows on its device from the other: no copy back).
-  void apply_choice(Sequence& s, int64_t layer, const RetentionInput& in, const Choice& chosen);
-  // Whether the policy selects by attention (H2O, TOVA, ScissorHands): every token then
-  // attends everything held and the layer's attention state is recorded before eviction.
-  bool scored() const;
+  // record's rows on its device from the other: no copy back).
+  void apply_choice(Sequence& s, int64_t layer, const RetentionInput& in,
+                    const RetentionChoice& chosen);
   // Records what a step's queries gave the held tokens at `positions` for the policy, into
   // s.scores[layer] (and `newest`: TOVA's newest-query attention). A decode step (n = 1)
   // takes `logits`, the decode kernel's scaled scores of its query ([heads, >= held], kept

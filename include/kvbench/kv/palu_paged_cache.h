@@ -27,8 +27,9 @@
 // slot): no compaction copy. Selection as the reference cache makes it: SnapKV and PyramidKV
 // from the prefill's window scores over the full-precision keys; StreamingLLM from positions,
 // at the prefill and (with "evict": "decode") before each decode token attends; H2O, TOVA and
-// ScissorHands once after the prefill ("evict": "after_prefill": the kernel writes no scores
-// for their per-step records), from the prefill's attention over the reconstructed keys.
+// ScissorHands from their record of every step's attention (AttentionRecord): the prefill's
+// over the reconstructed keys, each decode step's from the scores the decode kernel writes
+// (the token attends everything held, its attention is recorded, then the layer shrinks).
 // Not Quest, nor cache positions. With group g > 1 the heads of a group share one latent, so
 // the policy must keep the same tokens for all of them (as the reference's store requires).
 #pragma once
@@ -40,13 +41,14 @@
 #include <utility>
 #include <vector>
 
+#include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/retention_policy.h"
 
 namespace kvbench {
 
-// Throws Error when PaluPagedCache cannot run `policy` (null and FullRetention are fine): Quest,
-// cache positions, or a policy that selects by attention at every decode step.
+// Throws Error when PaluPagedCache cannot run `policy` (null and FullRetention are fine): Quest
+// or cache positions.
 void check_palu_paged_policy(const RetentionPolicy* policy);
 
 class PaluPagedCache final : public LatentPagesCache {
@@ -80,22 +82,28 @@ class PaluPagedCache final : public LatentPagesCache {
   // (no positions: they are the slots), the codec's bases, and these.
   uint64_t extra_metadata() const override;
   // The decode kernel (or its host reference) for a batch of single tokens, over the tokens
-  // each sequence retains at `layer`.
+  // each sequence retains at `layer`; with `scores`, also each attended token's scaled score
+  // ([batch, q_heads, >= every count] fp32, kept order; for the policy's record).
   at::Tensor decode(const PagedKVCache::StepPages& pages, const Bases& bases, const at::Tensor& q,
-                    int64_t layer, const std::vector<int64_t>& seqs);
+                    int64_t layer, const std::vector<int64_t>& seqs, at::Tensor* scores);
   // Attention of the batch's new rows (after append_pages) over every stored token, or over
-  // what each sequence retains under the policy; then the policy's selections.
+  // what each sequence retains under the policy; the attention recorded for a policy that
+  // selects by it; then the policy's selections.
   at::Tensor attend(int64_t layer, const std::vector<int64_t>& seqs,
                     const std::vector<int64_t>& counts, const PagedKVCache::StepPages& pages,
                     const Bases& bases, const at::Tensor& q, const at::Tensor& k);
   // Positions sequence `seq` retains at `layer` with its new rows, per KV head
   // [kv_heads, held] (every one of its `length` tokens before any selection).
   at::Tensor retained(int64_t seq, int64_t layer, int64_t length) const;
-  // Asks the policy (its inputs filled: window scores from the block's queries qb and
-  // full-precision keys kb, per-step records from `keys`, the held keys reconstructed) and
-  // has the inner cache retain its choice.
-  void select(int64_t seq, int64_t layer, RetentionInput& in, const at::Tensor& qb,
-              const at::Tensor& kb, const at::Tensor& keys);
+  // What the policy needs to select for over-budget `in` of sequence `seq`: window scores from
+  // the block's queries qb [heads, n, d] and full-precision keys kb [kv_heads, n, d], or the
+  // record's attention (`newest`: the step's, for TOVA).
+  void fill_input(int64_t seq, int64_t layer, RetentionInput& in, const at::Tensor& qb,
+                  const at::Tensor& kb, const at::Tensor& newest);
+  // Asks the policy for every input at once (one wait for the device) and has the inner cache
+  // retain each choice; the records keep their chosen rows.
+  void select(int64_t layer, const std::vector<int64_t>& seqs,
+              const std::vector<RetentionInput*>& inputs);
   // The kept lists of a decode step of single tokens where the pools are, for the kernel
   // (undefined tensors when no sequence of the batch has selected at `layer`; then `attended`
   // is left alone, else set to the most tokens a sequence attends).
@@ -121,6 +129,9 @@ class PaluPagedCache final : public LatentPagesCache {
     at::Tensor host, device;
   };
   std::map<std::pair<int64_t, int64_t>, Listed> lists_;
+  // Per (sequence, layer), for a policy that selects by attention: what it has seen (while
+  // it may still select: a policy that evicts after the prefill drops it then).
+  std::map<std::pair<int64_t, int64_t>, AttentionRecord> records_;
   int64_t group_;  // KV heads per latent
   at::ScalarType latent_dtype_;
   int64_t num_kv_heads_, head_dim_;

@@ -1,0 +1,61 @@
+// What the retention policies that select by attention (H2O, TOVA, ScissorHands) need a cache
+// to remember of one (sequence, layer), and how a cache asks them for a batch of selections.
+// The paged caches (PagedKVCache, PaluPagedCache) attend through kernels that hand back each
+// decode query's scores, or through blocks of reconstructed keys at the prefill; both feed
+// the same record, with the reference cache's formulas (retention_policy.h), so a policy sees
+// what it would see in the reference cache. The record's rows follow the held tokens: a step
+// appends zero rows for its new tokens, a selection keeps the chosen rows.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "kvbench/kv/retention_policy.h"
+
+namespace kvbench {
+
+// Whether `policy` selects by attention (its cache records every step's attention, and every
+// new token attends everything held before the layer shrinks: H2O's order). False for null.
+bool selects_by_attention(const RetentionPolicy* policy);
+
+class AttentionRecord {
+ public:
+  // A block of queries qb [heads, n, d] at positions start .. start + n - 1 over the held keys
+  // [kv_heads, held, d] at `positions` [kv_heads, held] (a query sees the keys at or before
+  // it). `newest` becomes TOVA's newest-query attention (other policies: left alone).
+  void add_block(const RetentionPolicy& policy, const at::Tensor& qb, const at::Tensor& keys,
+                 const at::Tensor& positions, int64_t start, at::Tensor& newest);
+  // One decode query at position `start`, which sees every held token: its scaled scores
+  // q . k / sqrt(d) over them, [heads, held] fp32 (the decode kernel's, or computed).
+  void add_scores(const RetentionPolicy& policy, const at::Tensor& scores, int64_t kv_heads,
+                  int64_t start, at::Tensor& newest);
+  // The policy's input from the record (`newest`: the step's, for TOVA) into `in`.
+  void fill(const RetentionPolicy& policy, const at::Tensor& newest, RetentionInput& in) const;
+  // After a selection: keeps the rows at `where` ([kv_heads, kept] indices into the held
+  // tokens, on any device).
+  void keep(const at::Tensor& where);
+
+ private:
+  // `state` with zero rows for the held tokens it does not cover yet: `shape` is the whole
+  // state's ([kv_heads, held, ...]).
+  static at::Tensor grown(const at::Tensor& state, std::vector<int64_t> shape,
+                          const at::TensorOptions& options);
+
+  at::Tensor summed_;  // H2O: [kv_heads, held] fp32, probabilities summed over every query
+  at::Tensor low_;     // ScissorHands: [kv_heads, held, group, window] bool, a ring of queries
+};
+
+// A policy's choice for one input: where it was computed (beside the scores) and its host copy.
+struct RetentionChoice {
+  at::Tensor where, host;
+};
+
+// The policy's choices for several over-budget inputs, each run where its scores are (its
+// positions moved there from pinned memory; host_positions set so the policy can count on the
+// host), brought to the host together: one wait for the device per call, not one per sequence.
+std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
+                                             const std::vector<RetentionInput*>& inputs);
+
+}  // namespace kvbench

@@ -1,0 +1,135 @@
+#include "kvbench/kv/attention_record.h"
+
+#include <vector>
+
+namespace kvbench {
+
+bool selects_by_attention(const RetentionPolicy* policy) {
+  if (policy == nullptr) return false;
+  const RetentionNeeds needs = policy->needs();
+  return needs == RetentionNeeds::kScoresEveryStep || needs == RetentionNeeds::kLastQueryScores ||
+         needs == RetentionNeeds::kLowAttentionCounts;
+}
+
+at::Tensor AttentionRecord::grown(const at::Tensor& state, std::vector<int64_t> shape,
+                                  const at::TensorOptions& options) {
+  const int64_t before = state.defined() ? state.size(1) : 0;
+  if (before == shape[1]) return state;
+  shape[1] -= before;
+  const at::Tensor fresh = at::zeros(shape, options);
+  return state.defined() ? at::cat({state, fresh}, 1) : fresh;
+}
+
+void AttentionRecord::add_block(const RetentionPolicy& policy, const at::Tensor& qb,
+                                const at::Tensor& keys, const at::Tensor& positions, int64_t start,
+                                at::Tensor& newest) {
+  const int64_t held = keys.size(1);
+  switch (policy.needs()) {
+    case RetentionNeeds::kScoresEveryStep: {
+      const at::Tensor summed = summed_attention(qb, keys, positions, start);
+      summed_ = grown(summed_, summed.sizes().vec(), summed.options()).add_(summed);
+      break;
+    }
+    case RetentionNeeds::kLastQueryScores:
+      newest = newest_query_attention(qb, keys);
+      break;
+    case RetentionNeeds::kLowAttentionCounts: {
+      const int64_t window = policy.observation_window(), n = qb.size(1);
+      const at::Tensor low = low_attention(qb, keys, positions, start, window);  // [kvh,held,g,m]
+      const int64_t m = low.size(3);
+      low_ = grown(low_, {low.size(0), held, low.size(2), window}, low.options());
+      // The ring's columns: query position modulo the window.
+      const at::Tensor columns =
+          at::arange(start + n - m, start + n, low.options().dtype(at::kLong)).remainder_(window);
+      low_.index_copy_(3, columns, low);
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+void AttentionRecord::add_scores(const RetentionPolicy& policy, const at::Tensor& scores,
+                                 int64_t kv_heads, int64_t start, at::Tensor& newest) {
+  const int64_t heads = scores.size(0), held = scores.size(1), group = heads / kv_heads;
+  // The reference's formulas with nothing masked (the query sees every held token).
+  const at::Tensor p = at::softmax(scores.to(at::kFloat), -1).view({kv_heads, group, held});
+  switch (policy.needs()) {
+    case RetentionNeeds::kScoresEveryStep: {
+      const at::Tensor summed = p.sum(1).div_(double(group));
+      summed_ = grown(summed_, summed.sizes().vec(), summed.options()).add_(summed);
+      break;
+    }
+    case RetentionNeeds::kLastQueryScores:
+      newest = p.mean(1);
+      break;
+    case RetentionNeeds::kLowAttentionCounts: {
+      const int64_t window = policy.observation_window();
+      const at::Tensor low = p.lt(1.0 / double(held)).permute({0, 2, 1}).unsqueeze(3);
+      low_ = grown(low_, {kv_heads, held, group, window}, low.options());
+      low_.select(3, start % window).copy_(low.squeeze(3));
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+void AttentionRecord::fill(const RetentionPolicy& policy, const at::Tensor& newest,
+                           RetentionInput& in) const {
+  switch (policy.needs()) {
+    case RetentionNeeds::kScoresEveryStep:
+      in.accumulated = summed_;
+      break;
+    case RetentionNeeds::kLastQueryScores:
+      in.current = newest;
+      break;
+    case RetentionNeeds::kLowAttentionCounts:
+      in.low_counts = low_.sum(3).to(at::kFloat).mean(2);
+      break;
+    default:
+      break;
+  }
+}
+
+void AttentionRecord::keep(const at::Tensor& where) {
+  if (summed_.defined()) summed_ = summed_.gather(1, where.to(summed_.device(), at::kLong));
+  if (low_.defined()) {
+    const at::Tensor rows = where.to(low_.device(), at::kLong)
+                                .view({low_.size(0), -1, 1, 1})
+                                .expand({-1, -1, low_.size(2), low_.size(3)});
+    low_ = low_.gather(1, rows);
+  }
+}
+
+std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
+                                             const std::vector<RetentionInput*>& inputs) {
+  std::vector<RetentionChoice> chosen;
+  std::vector<at::Tensor> on_device;  // flattened, in order
+  for (RetentionInput* in : inputs) {
+    // The policy works where its scores are (window scores live with the queries: the GPU on
+    // cuda); the retained positions stay on the host.
+    RetentionInput where = *in;
+    where.host_positions = in->positions;  // lets the policy count on the host
+    for (const at::Tensor* t :
+         {&in->window_attention, &in->accumulated, &in->current, &in->low_counts})
+      if (t->defined())  // from pinned memory, so the upload does not wait for the device
+        where.positions = t->is_cuda()
+                              ? in->positions.contiguous().pin_memory().to(t->device(), true)
+                              : in->positions.to(t->device());
+    const at::Tensor c = policy.select(where);
+    chosen.push_back({c, c});
+    if (!c.device().is_cpu()) on_device.push_back(c.reshape({-1}));
+  }
+  if (on_device.empty()) return chosen;
+  const at::Tensor host = at::cat(on_device).to(at::kCPU);  // the one wait
+  int64_t offset = 0;
+  for (RetentionChoice& c : chosen) {
+    if (c.where.device().is_cpu()) continue;
+    c.host = host.narrow(0, offset, c.where.numel()).view(c.where.sizes());
+    offset += c.where.numel();
+  }
+  return chosen;
+}
+
+}  // namespace kvbench
