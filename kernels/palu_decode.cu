@@ -90,8 +90,10 @@ __device__ __forceinline__ void rotate(float& x1, float& x2, float ch, float sh,
 
 // kListed: the problem has kept lists (palu_decode.h): a tile's 16 entries are the i-th kept
 // tokens, each gathered from its own slot and rotated at its own position; otherwise a tile is
-// 16 consecutive slots of one page, rotated by the tile's coarse angle.
-template <int D, int R, bool kBf16, bool kListed>
+// 16 consecutive slots of one page, rotated by the tile's coarse angle. kScores: the problem
+// asks for each attended token's scaled score (a separate instantiation, so that a step
+// without a policy's record pays no registers for it).
+template <int D, int R, bool kBf16, bool kListed, bool kScores>
 __global__ void __launch_bounds__(kThreads)
     palu_kernel(PaluProblem p, int tiles_per_split, int splits, float* ws) {
   using S = Smem<D, R>;
@@ -246,7 +248,7 @@ __global__ void __launch_bounds__(kThreads)
     // 4. Online softmax (log2 domain) for head g over tokens 2m, 2m+1, 8+2m, 9+2m; the scaled
     // scores go out first when a policy records them (entry i: the i-th token attended).
     float x[4] = {s0[0], s0[1], s1[0], s1[1]};
-    if (p.scores != nullptr && g < gq) {
+    if (kScores && g < gq) {
       float* row = p.scores + (size_t(b) * p.q_heads + size_t(kvh) * gq + g) * p.score_stride;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -353,7 +355,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <int D, int R, bool kBf16, bool kListed>
+template <int D, int R, bool kBf16, bool kListed, bool kScores>
 cudaError_t launch(const PaluProblem& p, const PaluPlan& plan, int tiles_per_split, float* ws,
                    cudaStream_t stream) {
   constexpr size_t kSmem = Smem<D, R>::kTotal;
@@ -365,12 +367,12 @@ cudaError_t launch(const PaluProblem& p, const PaluPlan& plan, int tiles_per_spl
   if (err != cudaSuccess) return err;
   const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
   if (!(configured.load(std::memory_order_relaxed) & bit)) {
-    err = cudaFuncSetAttribute(palu_kernel<D, R, kBf16, kListed>,
+    err = cudaFuncSetAttribute(palu_kernel<D, R, kBf16, kListed, kScores>,
                                cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
     if (err != cudaSuccess) return err;
     configured.fetch_or(bit, std::memory_order_relaxed);
   }
-  palu_kernel<D, R, kBf16, kListed>
+  palu_kernel<D, R, kBf16, kListed, kScores>
       <<<dim3(plan.splits, p.kv_heads, p.batch), kThreads, kSmem, stream>>>(p, tiles_per_split,
                                                                             plan.splits, ws);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -378,23 +380,30 @@ cudaError_t launch(const PaluProblem& p, const PaluPlan& plan, int tiles_per_spl
   return cudaGetLastError();
 }
 
+// The instantiation for the problem's kept lists and scores.
+template <int D, int R, bool kBf16>
+cudaError_t launch_for(const PaluProblem& p, const PaluPlan& plan, int tps, float* ws,
+                       cudaStream_t stream) {
+  const bool scored = p.scores != nullptr;
+  if (p.kept_counts != nullptr)
+    return scored ? launch<D, R, kBf16, true, true>(p, plan, tps, ws, stream)
+                  : launch<D, R, kBf16, true, false>(p, plan, tps, ws, stream);
+  return scored ? launch<D, R, kBf16, false, true>(p, plan, tps, ws, stream)
+                : launch<D, R, kBf16, false, false>(p, plan, tps, ws, stream);
+}
+
 template <int D, bool kBf16>
 cudaError_t launch_rank(const PaluProblem& p, const PaluPlan& plan, int tps, float* ws,
                         cudaStream_t stream) {
-  const bool listed = p.kept_counts != nullptr;
   switch (p.rank) {
     case 32:
-      return listed ? launch<D, 32, kBf16, true>(p, plan, tps, ws, stream)
-                    : launch<D, 32, kBf16, false>(p, plan, tps, ws, stream);
+      return launch_for<D, 32, kBf16>(p, plan, tps, ws, stream);
     case 64:
-      return listed ? launch<D, 64, kBf16, true>(p, plan, tps, ws, stream)
-                    : launch<D, 64, kBf16, false>(p, plan, tps, ws, stream);
+      return launch_for<D, 64, kBf16>(p, plan, tps, ws, stream);
     case 96:
-      return listed ? launch<D, 96, kBf16, true>(p, plan, tps, ws, stream)
-                    : launch<D, 96, kBf16, false>(p, plan, tps, ws, stream);
+      return launch_for<D, 96, kBf16>(p, plan, tps, ws, stream);
     case 128:
-      return listed ? launch<D, 128, kBf16, true>(p, plan, tps, ws, stream)
-                    : launch<D, 128, kBf16, false>(p, plan, tps, ws, stream);
+      return launch_for<D, 128, kBf16>(p, plan, tps, ws, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -27,7 +27,8 @@ void AttentionRecord::add_block(const RetentionPolicy& policy, const at::Tensor&
   switch (policy.needs()) {
     case RetentionNeeds::kScoresEveryStep: {
       const at::Tensor summed = summed_attention(qb, keys, positions, start);
-      summed_ = grown(summed_, summed.sizes().vec(), summed.options()).add_(summed);
+      // Out of place: a state a policy was handed (fill) stays as it was.
+      summed_ = grown(summed_, summed.sizes().vec(), summed.options()) + summed;
       break;
     }
     case RetentionNeeds::kLastQueryScores:
@@ -57,7 +58,8 @@ void AttentionRecord::add_scores(const RetentionPolicy& policy, const at::Tensor
   switch (policy.needs()) {
     case RetentionNeeds::kScoresEveryStep: {
       const at::Tensor summed = p.sum(1).div_(double(group));
-      summed_ = grown(summed_, summed.sizes().vec(), summed.options()).add_(summed);
+      // Out of place: a state a policy was handed (fill) stays as it was.
+      summed_ = grown(summed_, summed.sizes().vec(), summed.options()) + summed;
       break;
     }
     case RetentionNeeds::kLastQueryScores:

@@ -275,7 +275,10 @@ void PaluPagedCache::fill_input(int64_t seq, int64_t layer, RetentionInput& in,
                                  std::min(policy_->observation_window(), qb.size(1)));
     retention_s_ += watch.seconds();
   } else if (selects_by_attention(policy_.get())) {
-    records_.at({seq, layer}).fill(*policy_, newest, in);
+    const auto record = records_.find({seq, layer});
+    KVB_CHECK(record != records_.end(), "palu paged cache: no attention recorded for sequence ",
+              seq, " at layer ", layer, " before its selection");
+    record->second.fill(*policy_, newest, in);
   }
 }
 
@@ -348,9 +351,13 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
     Stopwatch watch;
     for (int64_t i = 0; i < B; ++i) {
       if (!recording[size_t(i)]) continue;
-      const int64_t held = inputs[size_t(i)].held();
-      KVB_CHECK(held <= scores.size(2), "palu paged cache: sequence ", seqs[size_t(i)], " holds ",
-                held, " tokens at layer ", layer, ", its decode step attended ", scores.size(2));
+      // The kernel read the listed positions, then the tail up to the new token: exactly the
+      // held positions the record's rows follow.
+      const int64_t held = inputs[size_t(i)].held(), length = inputs[size_t(i)].length;
+      const auto [list, tail] = latent_.listed_positions(seqs[size_t(i)], layer);
+      const int64_t read = list.defined() ? list.size(1) + length - tail : length;
+      KVB_CHECK(held == read, "palu paged cache: sequence ", seqs[size_t(i)], " holds ", held,
+                " tokens at layer ", layer, ", its decode step attended ", read);
       records_[{seqs[size_t(i)], layer}].add_scores(*policy_, scores[i].narrow(1, 0, held),
                                                     num_kv_heads_, pages.old_lengths[size_t(i)],
                                                     newest[size_t(i)]);

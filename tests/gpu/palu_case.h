@@ -4,7 +4,8 @@
 // arithmetic), a random value basis, random queries, the RoPE tables of theta 10000, and the answer
 // in float64: every key reconstructed from the latents and the basis as stored, rotated at its
 // position with float64 angles and rounded to 16-bit as the kernel rounds its tensor-core operand
-// (queries too), then plain softmax attention and the projection of the latent value sum.
+// (queries too), then plain softmax attention and the projection of the latent value sum (and
+// the scaled scores it softmaxes).
 // With `evict`, sequences keep subsets as a retention policy leaves them (kept lists in
 // palu_decode.h's layout): sequence b % 3 == 0 keeps every token, 1 a shuffled list of
 // distinct positions per latent head plus a tail of its newest tokens, 2 a tail alone; the
@@ -32,6 +33,8 @@ struct PaluCase {
   std::vector<float> v_basis, q, coarse, fine;
   int tiles;
   std::vector<double> want;
+  // Each attended token's scaled score, [batch, q_heads, max_len()] (past a count: NaN).
+  std::vector<double> want_scores;
   // With `evict`: per sequence its lists ([latent heads, count]), counts and tail starts.
   std::vector<std::vector<int>> lists;
   std::vector<int> counts, tails;
@@ -141,6 +144,7 @@ inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bo
   };
   const double scale = 1.0 / std::sqrt(double(head_dim));
   c.want.resize(c.q.size());
+  c.want_scores.assign(size_t(c.batch) * c.q_heads * max_len, NAN);
   for (int b = 0; b < c.batch; ++b)
     for (int qh = 0; qh < c.q_heads; ++qh) {
       const int j = qh / q_per_kv, T = c.attended(b);
@@ -163,6 +167,7 @@ inline PaluCase palu_case(int kv_heads, int q_per_kv, int head_dim, int rank, bo
           dot += value(bits(q[i])) * k1 + value(bits(q[i + half])) * k2;
         }
         s[i] = dot * scale;
+        c.want_scores[(size_t(b) * c.q_heads + qh) * max_len + i] = s[i];
       }
       const double mx = *std::max_element(s.begin(), s.end());
       double sum = 0;

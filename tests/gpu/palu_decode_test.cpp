@@ -113,7 +113,7 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
     if (!scored) continue;
     ASSERT_CUDA(scores.download(got_scores));
     std::vector<float> written;
-    std::vector<double> expected;
+    std::vector<double> expected, wanted;
     for (int b = 0; b < c.batch; ++b)
       for (int qh = 0; qh < c.q_heads; ++qh)
         for (int i = 0; i < stride; ++i) {
@@ -123,10 +123,12 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
             continue;
           }
           written.push_back(got_scores[at]), expected.push_back(host_scores[at]);
+          wanted.push_back(c.want_scores[(size_t(b) * c.q_heads + qh) * c.max_len() + i]);
         }
     // Both round keys and queries to 16-bit; what is left is fp32 order and the odd rounding
     // that lands on the other side of a 16-bit step.
     EXPECT_LT(scaled_error(written, expected), s.bf16 ? 1e-2 : 2e-3);
+    EXPECT_LT(scaled_error(written, wanted), s.bf16 ? 1e-2 : 2e-3);
   }
 }
 

@@ -42,8 +42,9 @@ TEST(PaluDecodeHostTest, MatchesFloat64) {
       const gpu_test::PaluCase c = gpu_test::palu_case(
           s.kv, s.per, s.d, s.r, s.bf16, {1, 17, 100, 250}, 5 + s.r, 32, s.group, evict);
       std::vector<float> got(c.want.size(), NAN),
-          scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
-      const kernels::PaluProblem p = c.problem(got.data());
+          scratch(size_t(2 * c.head_dim + c.rank + c.max_len())), scores(c.want_scores.size(), NAN);
+      kernels::PaluProblem p = c.problem(got.data());
+      p.scores = scores.data(), p.score_stride = c.max_len();
       ASSERT_STREQ(kernels::palu_check(p), "");
       if (evict) {
         ASSERT_GT(c.counts[1], 0);  // a list and a tail
@@ -55,6 +56,22 @@ TEST(PaluDecodeHostTest, MatchesFloat64) {
       // Measured: ~1e-7 (fp16) and ~1e-6 (bf16); a key element that rounds to the neighbouring
       // 16-bit value moves its score by one unit in the last place of that value.
       EXPECT_LT(gpu_test::scaled_error(got, c.want), s.bf16 ? 2e-4 : 2e-5)
+          << "d " << s.d << " r " << s.r << " g " << s.group << (s.bf16 ? " bf16" : " fp16")
+          << (evict ? " evicted" : "");
+      // The scores it softmaxes, where a policy's record reads them: each attended token's,
+      // nothing past a count. A key element rounded to the neighbouring 16-bit value moves a
+      // score by |q_c| times that value's step, which the output averages away but a score shows
+      // whole: measured up to 7e-5 (fp16) and 2.2e-4 (bf16).
+      std::vector<float> written;
+      std::vector<double> expected;
+      for (size_t i = 0; i < scores.size(); ++i) {
+        if (std::isnan(c.want_scores[i])) {
+          EXPECT_TRUE(std::isnan(scores[i])) << "written past a count at " << i;
+          continue;
+        }
+        written.push_back(scores[i]), expected.push_back(c.want_scores[i]);
+      }
+      EXPECT_LT(gpu_test::scaled_error(written, expected), s.bf16 ? 2e-3 : 3e-4)
           << "d " << s.d << " r " << s.r << " g " << s.group << (s.bf16 ? " bf16" : " fp16")
           << (evict ? " evicted" : "");
     }
@@ -93,6 +110,7 @@ TEST(PaluDecodeHostTest, RejectsWhatTheKernelCannotTake) {
   EXPECT_NE(with([](auto& p) { p.group = 3; }), "");  // does not divide 2 KV heads
   static const int counts[1] = {0}, tails[1] = {0};
   EXPECT_NE(with([](auto& p) { p.kept_counts = counts; }), "");  // lists without the rest
+  EXPECT_EQ(with([&](auto& p) { p.scores = out.data(); }), "scores need a positive score_stride");
   EXPECT_EQ(with([](auto& p) {
               static const int* const lists[1] = {nullptr};
               p.kept_lists = lists, p.kept_counts = counts, p.tail_start = tails;

@@ -28,8 +28,9 @@
 // from the prefill's window scores over the full-precision keys; StreamingLLM from positions,
 // at the prefill and (with "evict": "decode") before each decode token attends; H2O, TOVA and
 // ScissorHands from their record of every step's attention (AttentionRecord): the prefill's
-// over the reconstructed keys, each decode step's from the scores the decode kernel writes
-// (the token attends everything held, its attention is recorded, then the layer shrinks).
+// over the reconstructed keys, each decode step's from the scores the decode kernel writes (on
+// the CPU path: from the reconstructed keys) (the token attends everything held, its attention
+// is recorded, then the layer shrinks).
 // Not Quest, nor cache positions. With group g > 1 the heads of a group share one latent, so
 // the policy must keep the same tokens for all of them (as the reference's store requires).
 #pragma once
