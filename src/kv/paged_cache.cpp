@@ -1092,7 +1092,6 @@ StorageBytes PagedKVCache::nominal() const {
   const uint64_t heads = uint64_t(num_kv_heads_);
   StorageBytes b;
   for (const auto& [id, s] : sequences_) {
-    const int64_t T = s.length;
     if (!kernels::is_kivi(format_.format)) {  // per layer: the tokens it retains
       uint64_t held = 0;
       for (int64_t kept : kept_tokens(id)) held += uint64_t(kept);
@@ -1100,16 +1099,23 @@ StorageBytes PagedKVCache::nominal() const {
       b.metadata += held * heads * (k.meta + v.meta) / P / uint64_t(num_layers_);
       continue;
     }
-    const int64_t key_pages = kernels::append::key_pages_end(int(T), R) / P;
-    const int64_t values = kernels::append::value_pages_end(int(T), R);
-    b.payload += heads * (uint64_t(key_pages) * k.data + uint64_t(values) * v.data / P);
-    b.metadata += heads * (uint64_t(key_pages) * k.meta + uint64_t(values) * v.meta / P);
-    b.payload += heads * uint64_t((T - key_pages * P) + (T - values)) * D * 2;  // the window
+    // KIVI: per layer, the method's groups and window for the tokens it retains (all T
+    // before an eviction), as the reference counts its re-quantized kept tokens; the pages
+    // still hold every token of a group some head keeps, which `storage` shows.
+    for (const int64_t held : kept_tokens(id)) {
+      const int64_t key_pages = kernels::append::key_pages_end(int(held), R) / P;
+      const int64_t values = kernels::append::value_pages_end(int(held), R);
+      b.payload += heads * (uint64_t(key_pages) * k.data + uint64_t(values) * v.data / P);
+      b.metadata += heads * (uint64_t(key_pages) * k.meta + uint64_t(values) * v.meta / P);
+      b.payload += heads * uint64_t((held - key_pages * P) + (held - values)) * D * 2;  // window
+    }
   }
   if (format_.format == KvFormat::kFp8)  // the method counts one scale per layer when it has one
     b.metadata += sequences_.size() * 2 * (format_.fp8_per_head ? heads : 1) * sizeof(float);
-  b.payload *= uint64_t(num_layers_);
-  b.metadata *= uint64_t(num_layers_);
+  // Per layer so far, except KIVI's, summed over its layers above.
+  const uint64_t layers = kernels::is_kivi(format_.format) ? 1 : uint64_t(num_layers_);
+  b.payload *= layers;
+  b.metadata *= layers;
   if (quest_)  // the page bounds of every layer past the dense ones, as the method counts them
     for (const auto& [id, s] : sequences_)
       b.metadata +=
