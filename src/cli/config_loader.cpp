@@ -129,8 +129,13 @@ std::vector<GridRun> load_run_specs(const std::string& path,
         throw ConfigError("grid." + it->first, e.what());
       }
     }
+    // Each run its own name (and report file): the config's name, else the file's stem.
+    const json& named = c.contains("name") ? c["name"] : json();
+    const std::string base =
+        named.is_string() && !named.get<std::string>().empty() ? named.get<std::string>() : stem;
+    if (named.is_null() || named.is_string()) c["name"] = base + "-g" + std::to_string(i);
     try {
-      runs.push_back({parse_run_spec(c, stem + "-g" + std::to_string(i)), point});
+      runs.push_back({parse_run_spec(c, base + "-g" + std::to_string(i)), point});
     } catch (const ConfigError& e) {
       // The value may come from the grid, not the file: say which combination.
       const std::string prefix = "config: " + e.key_path() + ": ", what = e.what();

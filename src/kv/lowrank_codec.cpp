@@ -272,8 +272,11 @@ int64_t LowRankCodec::rank_for(int64_t head_dim) const {
   const int64_t r =
       p_.rank > 0 ? p_.rank
                   : std::max<int64_t>(1, std::llround(p_.rank_ratio * static_cast<double>(width)));
-  KVB_CHECK(r <= width, name(), ": rank ", r, " exceeds group * head_dim = ", width,
-            " (the full rank)");
+  KVB_CHECK(r <= width, name(), ": rank ", r, " exceeds ",
+            p_.group > 1 ? "group * head_dim = " + std::to_string(p_.group) + " * " +
+                               std::to_string(head_dim) + " = "
+                         : std::string("head_dim = "),
+            width, " (the full rank)");
   return r;
 }
 

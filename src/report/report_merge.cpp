@@ -28,6 +28,9 @@ MergedReports merge_reports(const std::vector<LoadedReport>& reports) {
     const LoadedReport& r = reports[i];
     report_of[r.source] = i;
     out.sources.push_back(r.source);
+    const nlohmann::json& model = r.doc.value("model", nlohmann::json::object());
+    if (model.is_object() && model.value("random_weights", false))
+      out.random_weights.push_back(r.source);
     for (const nlohmann::json& cell : r.doc["cells"]) {
       MergedCell m{r.source, cell, cell_setup(r.doc, cell)};
       const std::string id = cell["id"].get<std::string>();

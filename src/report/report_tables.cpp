@@ -736,6 +736,10 @@ ReportTables build_report_tables(const MergedReports& merged, const std::string&
     ctx.baseline = "full";
   }
 
+  if (!merged.random_weights.empty())
+    ctx.notes.push_back("random model weights in " + join(merged.random_weights, ", ") +
+                        ": speed and memory there are real; accuracy, output lengths and "
+                        "fidelity rankings mean nothing");
   ReportTables out;
   std::set<std::string> known;
   for (const SuiteSpec& spec : suite_specs()) {

@@ -184,6 +184,14 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
                                      "directory, or model.preset with model.random_init: true");
     }
   }
+  // The kernels suite on the CPU times attention kernels; "paged" there is storage with
+  // reference attention, nothing to time (on cuda the suite times the GPU kernels).
+  for (size_t i = 0; i < spec.suites.size(); ++i)
+    if (spec.suites[i].name == "kernels" && spec.attention == "paged" && spec.device != "cuda")
+      throw ConfigError("suites[" + std::to_string(i) + "]",
+                        "kernels: attention \"paged\" on the CPU is the GPU path's storage with "
+                        "reference attention, not a kernel to time; use attention \"cpu\" or "
+                        "\"reference\" (or device \"cuda\")");
   spec.output_dir = resolved["output"]["dir"];
   spec.resolved = resolved;
   return spec;

@@ -306,9 +306,16 @@ class CliTest(CliCase):
             r = json.loads(pathlib.Path(p).read_text())
             seen.add((r["config"]["model"]["preset"], r["config"]["suites"][0]["prompt_tokens"]))
         self.assertEqual(len(seen), 4)
+        names = sorted(json.loads(pathlib.Path(p).read_text())["config"]["name"] for p in paths)
+        self.assertEqual(names, [f"sweep-g{i}" for i in range(4)])
         # Each random-weight model is built (and warned about) once, not once per run.
         self.assertEqual(res.stderr.count("random weights"), 2, res.stderr)
         self.assertEqual(kvbench("validate", "--config", self.write_config(cfg, "sweep.json")).returncode, 0)
+        # A named config's runs take its name, each with its index.
+        res = kvbench("validate", "--config", self.write_config(dict(cfg, name="mine"), "x.json"))
+        self.assertEqual(res.returncode, 0, res.stderr)
+        for i in range(4):
+            self.assertIn(f"mine-g{i}", res.stdout + res.stderr)
 
     # --- run ---------------------------------------------------------------------------
     def test_run_writes_a_report_that_validates(self):
@@ -601,6 +608,10 @@ class CliTest(CliCase):
                       env=dict(os.environ, KVBENCH_PAGED_PATH="kernels"))
         self.assert_one_line_error(
             res, 2, "palu on the GPU path takes at most 8 query heads per KV head; the model has 16")
+        # The kernels suite on the CPU has no paged kernel to time.
+        res = kvbench("validate", "--config", self.write_config(
+            {"attention": "paged", "suites": [TINY_SUITE]}))
+        self.assert_one_line_error(res, 2, "suites[0]: kernels: attention \"paged\" on the CPU")
         # H2O over Palu, evicting at every decode step, is valid (its kernel writes the scores).
         ok = dict(base, methods=[{"name": "h2o", "heavy": 16, "recent": 16,
                                   "codec": {"name": "palu", "rank": 32}}])

@@ -160,6 +160,24 @@ TEST(ReportMerge, LaterFileWinsWithAWarning) {
   EXPECT_DOUBLE_EQ(value(table(t, "latency"), 1, "tpot_median_s").get<double>(), 0.01);
 }
 
+// A report of a model with random weights says so in the tables' notes (markdown carries
+// them), naming the file; a trained model's report adds no such note.
+TEST(ReportMerge, RandomWeightsAreNoted) {
+  auto a = make_report("random.json", {latency_cell("full", 0.1, 0.02, 16, 4000)});
+  a.doc["model"] = {{"random_weights", true}};
+  auto b = make_report("trained.json", {latency_cell("int4", 0.1, 0.04, 5, 1250)});
+  b.doc["model"] = {{"random_weights", false}};
+  auto noted = [](const ReportTables& t) {
+    for (const std::string& n : t.notes)
+      if (n.find("random model weights") != std::string::npos) return n;
+    return std::string();
+  };
+  const std::string note = noted(build_report_tables(merge_reports({a, b}), ""));
+  EXPECT_NE(note.find("random.json"), std::string::npos) << note;
+  EXPECT_EQ(note.find("trained.json"), std::string::npos) << note;
+  EXPECT_EQ(noted(build_report_tables(merge_reports({b}), "")), "");
+}
+
 TEST(ReportMerge, FailedCellsAreListedWithTheirErrors) {
   const auto a = make_report(
       "a.json", {latency_cell("full", 0.1, 0.02, 16, 4000), failed_cell("int2", "needs 1.00 TiB")});

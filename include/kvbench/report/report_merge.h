@@ -23,6 +23,9 @@ struct MergedReports {
   std::vector<std::string> sources;   // in the order given
   std::vector<MergedCell> cells;      // ok and failed, in order of first appearance of the id
   std::vector<std::string> warnings;  // one per replaced cell
+  // Sources whose model had random weights (the report's model.random_weights): their
+  // accuracy, output lengths and fidelity rankings mean nothing.
+  std::vector<std::string> random_weights;
 };
 
 // Later reports win: a cell id seen again replaces the earlier cell in place, with a warning
