@@ -352,6 +352,35 @@ uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {
   return std::max(plan.largest, 2 * plan.copy_bytes);
 }
 
+std::string KernelsSuite::spread_warning(const std::vector<json>& records) {
+  constexpr double kSpread = 3;  // p90 / median, as the throughput suite's decode steps
+  size_t wide = 0, timed = 0;
+  const json* worst = nullptr;
+  double worst_spread = 0;
+  for (const json& r : records) {
+    if (!r.contains("time_s")) continue;
+    ++timed;
+    const double spread = r["time_s"]["p90"].get<double>() / r["time_s"]["median"].get<double>();
+    if (!(spread > kSpread)) continue;
+    ++wide;
+    if (spread > worst_spread) worst_spread = spread, worst = &r;
+  }
+  if (worst == nullptr) return "";
+  const json& t = (*worst)["time_s"];
+  const std::string point =
+      (*worst)["kind"] == "copy_bandwidth"
+          ? "copy bandwidth (" + (*worst)["phase"].get<std::string>() + ")"
+          : "context " + std::to_string((*worst).value("context", int64_t{0})) + ", kv_heads " +
+                std::to_string((*worst).value("kv_heads", int64_t{0}));
+  return std::to_string(wide) + " of " + std::to_string(timed) +
+         " timed points spread widely (worst: " + point + ", samples " +
+         format_fixed(t["min"].get<double>() * 1e6, 1) + " to " +
+         format_fixed(t["max"].get<double>() * 1e6, 1) + " us, p90 " +
+         format_fixed(worst_spread, 1) +
+         "x the median): the machine was busy or warmup was too short; rerun on a quiet machine "
+         "or raise warmup";
+}
+
 CellOutput KernelsSuite::run(const CellContext& ctx) {
   if (ctx.spec.device == "cuda") return run_kernels_on_gpu(ctx);
   const json& p = ctx.params;
@@ -423,6 +452,7 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
                            "load changed between measurements (rerun on a quiet machine), or "
                            "the cache is larger than llc_bytes says");
   }
+  if (const std::string w = spread_warning(out.records); !w.empty()) out.warnings.push_back(w);
   const double max_multiple = llc ? static_cast<double>(largest) / llc : 0.0;
   if (llc == 0) {
     out.warnings.push_back("last-level cache size unknown; cannot tell cache from DRAM numbers");

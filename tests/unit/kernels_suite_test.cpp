@@ -85,6 +85,32 @@ TEST(ReferenceAttention, RejectsMismatchedShapes) {
   EXPECT_THROW(decode_attention_reference(at::randn({1, 3, 1, 64}), k, k, 1.0), Error);
 }
 
+// A point whose p90 is more than 3x its median is named (the worst of them) with the count;
+// steady points and records without times say nothing.
+TEST(KernelsSuite, WarnsOfWidelySpreadPoints) {
+  auto point = [](int64_t context, double median, double p90, double max) {
+    return nlohmann::json{
+        {"kind", "decode_attention"},
+        {"context", context},
+        {"kv_heads", 2},
+        {"time_s", {{"min", median * 0.9}, {"median", median}, {"p90", p90}, {"max", max}}}};
+  };
+  std::vector<nlohmann::json> records = {
+      {{"kind", "copy_bandwidth"},
+       {"phase", "before"},
+       {"time_s", {{"min", 1e-3}, {"median", 1e-3}, {"p90", 1.1e-3}, {"max", 1.2e-3}}}},
+      point(1024, 50e-6, 60e-6, 70e-6),
+      {{"kind", "note without times"}}};
+  EXPECT_EQ(KernelsSuite::spread_warning(records), "");
+  records.push_back(point(2048, 50e-6, 400e-6, 8000e-6));
+  records.push_back(point(4096, 100e-6, 350e-6, 500e-6));
+  const std::string w = KernelsSuite::spread_warning(records);
+  EXPECT_NE(w.find("2 of 4 timed points spread widely (worst: context 2048, kv_heads 2"),
+            std::string::npos)
+      << w;
+  EXPECT_NE(w.find("p90 8.0x the median"), std::string::npos) << w;
+}
+
 TEST(KernelsSuite, AutoContextsReachTheCacheMultiple) {
   // 8 KiB per token (2 x 8 heads x 128 dims x 4 bytes), 32 MiB cache, 4x: 16384 tokens.
   auto c = KernelsSuite::auto_contexts(8192, 32u << 20, 4.0);

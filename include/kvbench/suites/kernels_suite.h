@@ -45,6 +45,11 @@ class KernelsSuite final : public Suite {
   };
   static CachePlan planned_llc(const nlohmann::json& llc_param, const Environment& env);
 
+  // One warning for a cell's timed records (copy bandwidth and attention points) whose samples
+  // spread widely (p90 above 3x the median: other work took the cores, or the warmup did not
+  // reach the steady state), naming how many and the worst; "" when none did.
+  static std::string spread_warning(const std::vector<nlohmann::json>& records);
+
   // Throws Error when a CPU cell of `method` cannot be planned with these parameters (a codec
   // fitted to a model; a group that does not divide head_dim): checked at validation. GPU cells
   // plan differently and are not checked here.
