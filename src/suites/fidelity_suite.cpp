@@ -207,6 +207,8 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
       {"kv_memory", kv_memory_json(held, model.config())}};
   if (std::string w = nominal_mismatch_warning(out.summary["kv_memory"]); !w.empty())
     out.warnings.push_back(std::move(w));
+  if (std::string w = nothing_evicted_warning(ctx.method, out.summary["kv_memory"]); !w.empty())
+    out.warnings.push_back(std::move(w));
   // (Random weights are warned about once per run, by the model's loader.)
   const bool synthetic = out.summary["corpus"] == "synthetic token ids";
   if (synthetic && !ctx.model.identity().value("random_weights", true)) {

@@ -109,6 +109,8 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   out.summary["retention"] = retention.to_json();
   if (std::string w = nominal_mismatch_warning(kv_memory); !w.empty())
     out.warnings.push_back(std::move(w));
+  if (std::string w = nothing_evicted_warning(ctx.method, kv_memory); !w.empty())
+    out.warnings.push_back(std::move(w));
   return out;
 }
 

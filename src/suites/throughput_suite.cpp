@@ -248,6 +248,13 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   }
   ctx.progress.end();
   double best_decode = 0, best_prefill = 0;
+  std::string nothing_evicted;  // set while no point has evicted
+  for (size_t i = 0; i < out.records.size(); ++i) {
+    const std::string w = nothing_evicted_warning(ctx.method, out.records[i]["kv_memory"]);
+    if (w.empty()) break;
+    if (i + 1 == out.records.size()) nothing_evicted = "at every point: " + w;
+  }
+  if (!nothing_evicted.empty()) out.warnings.push_back(nothing_evicted);
   for (const auto& r : out.records) {
     if (const std::string w = nominal_mismatch_warning(r["kv_memory"]); !w.empty())
       out.warnings.push_back("batch " + std::to_string(r["batch"].get<int64_t>()) + ": " + w);

@@ -161,6 +161,19 @@ std::string nominal_mismatch_warning(const nlohmann::json& m) {
   return w;
 }
 
+std::string nothing_evicted_warning(const nlohmann::json& method, const nlohmann::json& m) {
+  if (!m.is_object() || !m.contains("kept_tokens") || !m.contains("tokens")) return "";
+  if (m["kept_tokens"].value("fraction", 0.0) < 1.0) return "";
+  const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
+  if (!policy || policy->needs() == RetentionNeeds::kQueryPages ||
+      dynamic_cast<const FullRetention*>(policy.get()) != nullptr)
+    return "";
+  return "retention policy '" + policy->name() + "' evicted nothing: every layer kept all " +
+         std::to_string(m["tokens"].get<int64_t>()) +
+         " tokens at the peak (its budget covers these prompts), so this cell measures its codec "
+         "alone; use prompts longer than the budget to measure eviction";
+}
+
 std::string kv_memory_note(const nlohmann::json& m) {
   if (!m.is_object() || !m.contains("measured") || !m.contains("tokens")) return "";
   std::string note = "KV cache at peak: " + format_bytes(m["measured"].value("total", 0.0)) +

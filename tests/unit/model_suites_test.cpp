@@ -312,6 +312,22 @@ TEST(ThroughputSuite, AWideDecodeSpreadIsNamed) {
             "median): the machine was busy or the step is bimodal; the median may mislead");
 }
 
+// A retention method that kept every token at the peak measured its codec alone; Quest (which
+// evicts nothing by design), methods without a policy and cells that evicted say nothing.
+TEST(Workload, ARetentionMethodThatEvictedNothingIsNamed) {
+  json kept_all = {{"tokens", 80}, {"kept_tokens", {{"fraction", 1.0}}}};
+  json evicted = {{"tokens", 80}, {"kept_tokens", {{"fraction", 0.4}}}};
+  const json snapkv = resolve_method({{"name", "snapkv"}, {"budget", 4096}}, "m");
+  EXPECT_EQ(nothing_evicted_warning(snapkv, kept_all),
+            "retention policy 'snapkv' evicted nothing: every layer kept all 80 tokens at the "
+            "peak (its budget covers these prompts), so this cell measures its codec alone; use "
+            "prompts longer than the budget to measure eviction");
+  EXPECT_EQ(nothing_evicted_warning(snapkv, evicted), "");
+  EXPECT_EQ(nothing_evicted_warning(resolve_method({{"name", "quest"}}, "m"), kept_all), "");
+  EXPECT_EQ(nothing_evicted_warning(resolve_method({{"name", "int4"}}, "m"), kept_all), "");
+  EXPECT_EQ(nothing_evicted_warning(snapkv, json()), "");
+}
+
 TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {
   // p = (1/2, 1/2), q = (3/4, 1/4): KL = 1/2 ln(2/3) + 1/2 ln 2 = 0.1438410362.
   const at::Tensor full = at::tensor({0.0, 0.0}, at::kDouble);

@@ -44,6 +44,10 @@ std::string kv_memory_note(const nlohmann::json& kv_memory);
 // than the formula counts, that pages keep evicted tokens until no layer or head keeps one in
 // them. Empty when they agree (or `kv_memory` is not such an object).
 std::string nominal_mismatch_warning(const nlohmann::json& kv_memory);
+// The warning of a retention method (a policy that evicts: not Quest, which only reads fewer
+// pages) whose kv_memory_json object shows every token kept at the peak: its budget covered
+// the prompts, so the cell measured its codec alone. Empty otherwise.
+std::string nothing_evicted_warning(const nlohmann::json& method, const nlohmann::json& kv_memory);
 // Accumulates generations' step times and the KV cache's retention time within them.
 struct RetentionTimes {
   std::vector<double> prefill_s, prefill_retention_s;  // one per generation
