@@ -23,8 +23,10 @@ void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells
   try {
     config = model.config_only();
     if (config) kv_dtype = model.kv_dtype();
+  } catch (const ConfigError&) {
+    throw;  // the config's own mistake (a checkpoint written for another preset)
   } catch (const Error&) {
-    return;
+    return;  // an unreadable checkpoint fails its cells, with the loader's message
   }
   if (!config) return;
   const bool paged = spec.attention == "paged";

@@ -122,6 +122,15 @@ const ModelConfig* ModelProvider::config_only() {
       const ModelPreset& p = find_model_preset(spec_.preset);
       config_ = parse_model_config(p.config, p.name);
     } else if (!spec_.path.empty()) {
+      // A checkpoint written for another preset or seed is the config's mistake: said here, so
+      // that validate and --dry-run refuse it before any cell loads it.
+      try {
+        check_marker_matches(spec_, marker(spec_.path));
+      } catch (const Error& e) {
+        const std::string what = e.what(), prefix = "model: ";
+        throw ConfigError("model.path",
+                          what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what);
+      }
       config_ = load_model_config(spec_.path);
     } else {
       return nullptr;

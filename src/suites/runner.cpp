@@ -97,9 +97,10 @@ void refuse_oversized_plan(const std::vector<Cell>& cells, const std::vector<uin
                            uint64_t available) {
   if (available == 0) return;
   for (size_t i = 0; i < cells.size(); ++i) {
+    if (estimates[i] <= available / 10 * 8) continue;
     // A model's weights are often most of it: their dtype is the other lever.
     const bool model = find_suite(cells[i].suite).needs_model;
-    KVB_CHECK(estimates[i] <= available / 10 * 8, "plan: cell ", cells[i].id, " needs about ",
+    KVB_CHECK(false, "plan: cell ", cells[i].id, " needs about ",
               format_bytes(static_cast<double>(estimates[i])), " but only ",
               format_bytes(static_cast<double>(available)),
               " of memory is available; reduce its batch, lengths or contexts",

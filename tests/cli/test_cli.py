@@ -525,6 +525,19 @@ class CliTest(CliCase):
             h = ((h ^ byte) * 0x100000001B3) % (1 << 64)
         self.assertEqual(f"kernels.full.{h:016x}", ids["cpu"])
 
+    def test_validate_refuses_a_checkpoint_written_for_another_preset(self):
+        # model.path holds make-model's tiny-qwen3; the config asks for tiny-llama there.
+        out = self.dir / "m2"
+        self.assertEqual(kvbench("make-model", "--preset", "tiny-qwen3", "--out",
+                                 str(out)).returncode, 0)
+        cfg = {"model": {"preset": "tiny-llama", "path": str(out)},
+               "suites": [{"name": "latency", "prompt_tokens": 8, "new_tokens": 2}]}
+        for command in (["validate"], ["run", "--dry-run"]):
+            res = kvbench(*command, "--config", self.write_config(cfg))
+            self.assert_one_line_error(res, 2, "config: model.path: " + str(out) +
+                                       " holds preset tiny-qwen3 seed 0 but the config asks for "
+                                       "tiny-llama seed 0")
+
     def test_missing_config_and_bad_usage(self):
         self.assert_one_line_error(kvbench("run", "--config", str(self.dir / "none.json")), 2,
                                    "no such file")

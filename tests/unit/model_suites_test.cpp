@@ -215,7 +215,7 @@ TEST(ModelSuites, MethodsThatCannotRunOnTheModelAreRefusedInThePlan) {
 
 TEST(ModelSuites, OversizedPlanIsRefused) {
   std::vector<Cell> cells(1);
-  cells[0].id = "throughput.full.x";
+  cells[0].id = "throughput.full.x", cells[0].suite = "throughput";
   EXPECT_NO_THROW(refuse_oversized_plan(cells, {100}, 1000));
   try {
     refuse_oversized_plan(cells, {900}, 1000);
@@ -223,6 +223,8 @@ TEST(ModelSuites, OversizedPlanIsRefused) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("plan: cell throughput.full.x needs about 900 B"),
               std::string::npos);
+    // A model's cell: its weights' dtype is named as the other lever.
+    EXPECT_NE(std::string(e.what()).find("model.compute_dtype"), std::string::npos) << e.what();
   }
 }
 
@@ -271,6 +273,18 @@ TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("holds preset tiny-mistral seed 0 but the config asks "
                                          "for tiny-mistral seed 8"),
+              std::string::npos)
+        << e.what();
+  }
+  // The config alone (what validate and --dry-run read) says so too, as the config's mistake.
+  ModelProvider config_only(other);
+  try {
+    config_only.config_only();
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(e.key_path(), "model.path");
+    EXPECT_NE(std::string(e.what()).find("config: model.path: " + dir.string() +
+                                         " holds preset tiny-mistral seed 0"),
               std::string::npos)
         << e.what();
   }
