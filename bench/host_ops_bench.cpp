@@ -74,10 +74,13 @@ int main(int argc, char** argv) {
     std::vector<int64_t> seqs, prompts(size_t(batch), prompt), ones(size_t(batch), 1);
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(cache->add_sequence());
     auto gen = at::detail::createCPUGenerator(7);
-    auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, head_dim}, gen).to(at::kHalf); };
+    auto rows = [&](int64_t n, int64_t h) {
+      return at::randn({n, h, head_dim}, gen).to(at::kHalf);
+    };
     for (int64_t l = 0; l < layers; ++l)
       cache->append_and_attend_batch(l, seqs, prompts, rows(batch * prompt, heads),
-                                     rows(batch * prompt, kv_heads), rows(batch * prompt, kv_heads));
+                                     rows(batch * prompt, kv_heads),
+                                     rows(batch * prompt, kv_heads));
     // One untimed step (lists uploaded, states grown), then the counted one.
     for (int step = 0; step < 2; ++step) {
       const at::Tensor q = rows(batch, heads), k = rows(batch, kv_heads), v = rows(batch, kv_heads);

@@ -182,6 +182,12 @@ std::string kv_memory_note(const nlohmann::json& m) {
                      format_fixed(m.value("ratio_to_fp16", 0.0), 2) + "x fp16";
   const double kept = m.contains("kept_tokens") ? m["kept_tokens"].value("fraction", 1.0) : 1.0;
   if (kept < 1.0) note += ", " + format_fixed(kept * 100.0, 1) + "% of tokens kept";
+  // Whole pages (and a KIVI ring's empty rows) of short prompts can outweigh the compression:
+  // say how much of the total they are, so a ratio above 1x is not read as the format's.
+  const double padding = m["measured"].value("padding", 0.0),
+               total = m["measured"].value("total", 0.0);
+  if (total > 0 && padding > 0.05 * total)
+    note += ", of which " + format_bytes(padding) + " empty page slots";
   return note + ")";
 }
 

@@ -342,6 +342,22 @@ TEST(Workload, ARetentionMethodThatEvictedNothingIsNamed) {
   EXPECT_EQ(nothing_evicted_warning(snapkv, json()), "");
 }
 
+// Empty page slots above 5% of the measured bytes are named in the memory note (a short prompt's
+// whole pages can make a paged format read above 1x fp16).
+TEST(Workload, TheMemoryNoteNamesEmptyPageSlots) {
+  json m = {{"tokens", 40},
+            {"bits_per_value", 19.2},
+            {"ratio_to_fp16", 1.2},
+            {"measured", {{"total", 65536}, {"padding", 16384}}}};
+  EXPECT_EQ(kv_memory_note(m),
+            "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, 1.20x fp16, of which "
+            "16.00 KiB empty page slots)");
+  m["measured"]["padding"] = 1024;
+  EXPECT_EQ(kv_memory_note(m),
+            "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, "
+            "1.20x fp16)");
+}
+
 TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {
   // p = (1/2, 1/2), q = (3/4, 1/4): KL = 1/2 ln(2/3) + 1/2 ln 2 = 0.1438410362.
   const at::Tensor full = at::tensor({0.0, 0.0}, at::kDouble);
