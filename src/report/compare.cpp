@@ -498,7 +498,13 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
   }
   for (const json& c : candidate["cells"]) {
     if (!matched.count(&c)) {
-      out.notes.push_back(c["id"].get<std::string>() + ": only in the new report; not compared");
+      // A cell that failed says so (with its error): an id that changed with its parameters
+      // leaves the baseline's cell "missing" and this one's failure would otherwise hide.
+      const bool failed = c.value("status", "") != "ok";
+      out.notes.push_back(c["id"].get<std::string>() + ": only in the new report" +
+                          (failed ? ", where it failed (" + c.value("error", std::string("?")) + ")"
+                                  : std::string()) +
+                          "; not compared");
     }
   }
   return out;

@@ -345,6 +345,16 @@ TEST(Compare, MissingCellsRegressAndOtherSetupsDoNotMatchByParameters) {
   EXPECT_EQ(r.missing, std::vector<std::string>{"l.a"});
   other["config"]["attention"] = "cpu";
   EXPECT_EQ(compare_reports(base, other, defaults()).missing.size(), 0u);
+  // A new cell with another id that failed is noted with its error beside the missing one.
+  json failed = latency_cell("l.c", kTight);
+  failed["status"] = "failed", failed["error"] = "out of memory";
+  other["config"]["attention"] = "reference";
+  other["cells"].push_back(failed);
+  const CompareResult f = compare_reports(base, other, defaults());
+  EXPECT_EQ(f.missing, std::vector<std::string>{"l.a"});
+  EXPECT_NE(std::find(f.notes.begin(), f.notes.end(),
+                      "l.c: only in the new report, where it failed (out of memory); not compared"),
+            f.notes.end());
 }
 
 // A metric or point of a matched cell that the new run no longer measures fails the gate as a
