@@ -9,9 +9,11 @@
 //   KVBENCH_PAGED_PATH=kernels build/host_ops_bench [batch] [prompt] [layers]
 //
 // One JSON line per method: {"method", "batch", "ops_per_layer", "ops_per_layer_and_sequence",
-// "top": the five most frequent operators per layer}. The kernel path (KVBENCH_PAGED_PATH=
-// kernels) is the GPU's sequence of operators with the kernels' host references in place of
-// the kernels; without it the CPU path's reference attention is counted.
+// "top": the five most frequent operators per layer}. With KVBENCH_PAGED_PATH=kernels the
+// cache takes the GPU path's branches with the kernels' host references in place of the
+// kernels; what differs on a GPU: the kernels themselves are not ATen operators (one launch
+// each, not counted here), and each upload from the host adds a pin_memory and a copy there
+// (on the CPU it is free). Without the variable the CPU path's reference attention is counted.
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 
@@ -20,6 +22,7 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -29,26 +32,28 @@
 
 namespace {
 
-// Top-level operators only (those a caller issued, not their internals), by name.
+// Top-level operators of the calling thread only (those a caller issued, not their internals
+// nor what intra-op worker threads run), by name.
 struct Counter {
-  int depth = 0;
   bool on = false;
   std::map<std::string, int64_t> names;
   int64_t total = 0;
 };
 Counter counter;
+thread_local int depth = 0;
+const std::thread::id main_thread = std::this_thread::get_id();
 
 void install_counter() {
   at::addGlobalCallback(
       at::RecordFunctionCallback(
           [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-            if (counter.depth++ == 0 && counter.on) {
+            if (depth++ == 0 && counter.on && std::this_thread::get_id() == main_thread) {
               ++counter.total;
               ++counter.names[fn.name()];
             }
             return nullptr;
           },
-          [](const at::RecordFunction&, at::ObserverContext*) { --counter.depth; })
+          [](const at::RecordFunction&, at::ObserverContext*) { --depth; })
           .scopes({at::RecordScope::FUNCTION}));
 }
 

@@ -133,7 +133,7 @@ std::vector<GridRun> load_run_specs(const std::string& path,
     const json& named = c.contains("name") ? c["name"] : json();
     const std::string base =
         named.is_string() && !named.get<std::string>().empty() ? named.get<std::string>() : stem;
-    if (named.is_null() || named.is_string()) c["name"] = base + "-g" + std::to_string(i);
+    if (!c.contains("name") || named.is_string()) c["name"] = base + "-g" + std::to_string(i);
     try {
       runs.push_back({parse_run_spec(c, base + "-g" + std::to_string(i)), point});
     } catch (const ConfigError& e) {

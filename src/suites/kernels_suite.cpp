@@ -360,7 +360,8 @@ std::string KernelsSuite::spread_warning(const std::vector<json>& records) {
   for (const json& r : records) {
     if (!r.contains("time_s")) continue;
     ++timed;
-    const double spread = r["time_s"]["p90"].get<double>() / r["time_s"]["median"].get<double>();
+    const double median = r["time_s"]["median"].get<double>();
+    const double spread = median > 0 ? r["time_s"]["p90"].get<double>() / median : 0.0;
     if (!(spread > kSpread)) continue;
     ++wide;
     if (spread > worst_spread) worst_spread = spread, worst = &r;
@@ -370,7 +371,8 @@ std::string KernelsSuite::spread_warning(const std::vector<json>& records) {
   const std::string point =
       (*worst)["kind"] == "copy_bandwidth"
           ? "copy bandwidth (" + (*worst)["phase"].get<std::string>() + ")"
-          : "context " + std::to_string((*worst).value("context", int64_t{0})) + ", kv_heads " +
+          : std::string((*worst)["kind"] == "decode_attention" ? "" : "retained tokens, ") +
+                "context " + std::to_string((*worst).value("context", int64_t{0})) + ", kv_heads " +
                 std::to_string((*worst).value("kv_heads", int64_t{0}));
   return std::to_string(wide) + " of " + std::to_string(timed) +
          " timed points spread widely (worst: " + point + ", samples " +

@@ -29,6 +29,10 @@ nlohmann::json marker(const std::string& dir) {
 void check_marker_matches(const ModelSpec& spec, const nlohmann::json& mark) {
   if (spec.preset.empty() || !mark.is_object()) return;
   const std::string preset = mark.value("preset", "");
+  // kvbench train marks its checkpoints without a preset: trained weights, not the preset's.
+  KVB_CHECK(!preset.empty(), "model: ", spec.path,
+            " holds a checkpoint trained by kvbench train, but the config asks for preset ",
+            spec.preset, "; remove model.preset to load it, or change model.path");
   const int64_t seed = mark.value("seed", int64_t{-1});
   KVB_CHECK(preset == spec.preset && seed == spec.seed, "model: ", spec.path, " holds preset ",
             preset, " seed ", seed, " but the config asks for ", spec.preset, " seed ", spec.seed,

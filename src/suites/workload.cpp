@@ -168,10 +168,10 @@ std::string nothing_evicted_warning(const nlohmann::json& method, const nlohmann
   if (!policy || policy->needs() == RetentionNeeds::kQueryPages ||
       dynamic_cast<const FullRetention*>(policy.get()) != nullptr)
     return "";
-  return "retention policy '" + policy->name() + "' evicted nothing: every layer kept all " +
-         std::to_string(m["tokens"].get<int64_t>()) +
-         " tokens at the peak (its budget covers these prompts), so this cell measures its codec "
-         "alone; use prompts longer than the budget to measure eviction";
+  return "retention policy '" + policy->name() +
+         "' evicted nothing: every layer kept every token at the peak (its budget covers these "
+         "prompts), so this cell measures its codec alone; use prompts longer than the budget to "
+         "measure eviction";
 }
 
 std::string kv_memory_note(const nlohmann::json& m) {

@@ -525,6 +525,25 @@ class CliTest(CliCase):
             h = ((h ^ byte) * 0x100000001B3) % (1 << 64)
         self.assertEqual(f"kernels.full.{h:016x}", ids["cpu"])
 
+    def test_a_retention_method_that_evicted_nothing_is_warned_about(self):
+        # SnapKV with a budget above the prompt keeps every token: its latency, throughput and
+        # fidelity cells measure its codec alone and say so; one that evicts says nothing.
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 1,
+               "methods": [{"name": "snapkv", "budget": 4096},
+                           {"name": "snapkv", "budget": 16, "window": 4}],
+               "suites": [{"name": "latency", "prompt_tokens": 40, "new_tokens": 2,
+                           "repeats": 1, "warmup": 0},
+                          {"name": "throughput", "batch": [1], "prompt_tokens": [40],
+                           "new_tokens": [2], "repeats": 1, "warmup": 0},
+                          {"name": "fidelity", "windows": 1, "prefix_tokens": 40,
+                           "eval_tokens": 4}]}
+        res = self.run_ok(cfg)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        _, report = self.report_from(res)
+        for cell in report["cells"]:
+            warned = any("evicted nothing" in w for w in cell.get("warnings", []))
+            self.assertEqual(warned, cell["method"]["budget"] == 4096, cell["id"])
+
     def test_validate_refuses_a_checkpoint_written_for_another_preset(self):
         # model.path holds make-model's tiny-qwen3; the config asks for tiny-llama there.
         out = self.dir / "m2"
@@ -537,6 +556,10 @@ class CliTest(CliCase):
             self.assert_one_line_error(res, 2, "config: model.path: " + str(out) +
                                        " holds preset tiny-qwen3 seed 0 but the config asks for "
                                        "tiny-llama seed 0")
+        # A kernels-only run reads no model: the same model section is not its concern.
+        kernels_only = dict(cfg, suites=[TINY_SUITE])
+        self.assertEqual(kvbench("validate", "--config",
+                                 self.write_config(kernels_only)).returncode, 0)
 
     def test_missing_config_and_bad_usage(self):
         self.assert_one_line_error(kvbench("run", "--config", str(self.dir / "none.json")), 2,

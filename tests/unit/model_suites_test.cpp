@@ -276,6 +276,25 @@ TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
               std::string::npos)
         << e.what();
   }
+  // A checkpoint kvbench train wrote (marked without a preset) is named as one.
+  {
+    auto trained = std::filesystem::temp_directory_path() / "kvbench_provider_trained";
+    std::filesystem::create_directories(trained);
+    std::ofstream(trained / "config.json")
+        << R"({"kvbench": {"random_weights": false, "seed": 1}})";
+    ModelSpec asks = written;
+    asks.path = trained.string();
+    try {
+      ModelProvider(asks).config_only();
+      ADD_FAILURE() << "expected a ConfigError";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("holds a checkpoint trained by kvbench train, but the "
+                                           "config asks for preset tiny-mistral"),
+                std::string::npos)
+          << e.what();
+    }
+    std::filesystem::remove_all(trained);
+  }
   // The config alone (what validate and --dry-run read) says so too, as the config's mistake.
   ModelProvider config_only(other);
   try {
@@ -333,7 +352,7 @@ TEST(Workload, ARetentionMethodThatEvictedNothingIsNamed) {
   json evicted = {{"tokens", 80}, {"kept_tokens", {{"fraction", 0.4}}}};
   const json snapkv = resolve_method({{"name", "snapkv"}, {"budget", 4096}}, "m");
   EXPECT_EQ(nothing_evicted_warning(snapkv, kept_all),
-            "retention policy 'snapkv' evicted nothing: every layer kept all 80 tokens at the "
+            "retention policy 'snapkv' evicted nothing: every layer kept every token at the "
             "peak (its budget covers these prompts), so this cell measures its codec alone; use "
             "prompts longer than the budget to measure eviction");
   EXPECT_EQ(nothing_evicted_warning(snapkv, evicted), "");
