@@ -226,6 +226,13 @@ TEST(ModelSuites, OversizedPlanIsRefused) {
     // A model's cell: its weights' dtype is named as the other lever.
     EXPECT_NE(std::string(e.what()).find("model.compute_dtype"), std::string::npos) << e.what();
   }
+  cells[0].id = "kernels.full.x", cells[0].suite = "kernels";  // no model: no such hint
+  try {
+    refuse_oversized_plan(cells, {900}, 1000);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("model.compute_dtype"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
