@@ -169,6 +169,32 @@ struct Layer1 {
   const double scale = 0.25;
 };
 
+// The selection over host positions (a loop, no tensor operators) and over others (tensor
+// operators) agree on random ascending positions per head: sinks and window overlapping or not,
+// held sets with gaps (after earlier selections) and without.
+TEST(StreamingLlm, HostSelectionMatchesTheTensorOne) {
+  auto gen = at::detail::createCPUGenerator(11);
+  for (const auto& [sinks, window] : {std::pair<int64_t, int64_t>{4, 16}, {0, 8}, {30, 40}}) {
+    const StreamingLlmPolicy policy(sinks, window, EvictionTiming::kDecode);
+    for (int trial = 0; trial < 20; ++trial) {
+      const int64_t length = 40 + trial * 7, heads = 3;
+      // Every head holds the same positions, a random subset (ascending) of [0, length).
+      const at::Tensor keep = at::rand({length}, gen).lt(0.7);
+      keep[length - 1] = true;
+      const at::Tensor held = at::nonzero(keep).squeeze(1);
+      RetentionInput in;
+      in.length = length;
+      in.positions = held.expand({heads, held.size(0)}).contiguous();
+      const at::Tensor fast = policy.select(in);
+      in.positions = in.positions.t().contiguous().t();  // not contiguous: the tensor path
+      ASSERT_FALSE(in.positions.is_contiguous());
+      const at::Tensor slow = policy.select(in);
+      ASSERT_TRUE(at::equal(fast, slow))
+          << "sinks " << sinks << " window " << window << " length " << length;
+    }
+  }
+}
+
 TEST(StreamingLlm, KeepsExactlyTheSinksAndTheWindowAfterPrefill) {
   auto policy = std::make_shared<StreamingLlmPolicy>(4, 16, EvictionTiming::kAfterPrefill);
   CompressedKVCache cache(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kCpu, 1,

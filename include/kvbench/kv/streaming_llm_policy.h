@@ -28,6 +28,10 @@ class StreamingLlmPolicy final : public RetentionPolicy {
   at::Tensor select(const RetentionInput& in) const override;
 
  private:
+  // select() over positions on the host ([kv_heads, held] int64, contiguous), without tensor
+  // operators.
+  at::Tensor select_on_host(const at::Tensor& positions, int64_t length) const;
+
   int64_t sinks_, window_;
   EvictionTiming timing_;
   bool rerotated_;
