@@ -20,17 +20,19 @@ at::Tensor AttentionRecord::grown(const at::Tensor& state, std::vector<int64_t> 
   return state.defined() ? at::cat({state, fresh}, 1) : fresh;
 }
 
+void AttentionRecord::add_summed(const at::Tensor& summed) {
+  // Out of place: a state a policy was handed (fill) stays as it was.
+  summed_ = grown(summed_, summed.sizes().vec(), summed.options()) + summed;
+}
+
 void AttentionRecord::add_block(const RetentionPolicy& policy, const at::Tensor& qb,
                                 const at::Tensor& keys, const at::Tensor& positions, int64_t start,
                                 at::Tensor& newest) {
   const int64_t held = keys.size(1);
   switch (policy.needs()) {
-    case RetentionNeeds::kScoresEveryStep: {
-      const at::Tensor summed = summed_attention(qb, keys, positions, start);
-      // Out of place: a state a policy was handed (fill) stays as it was.
-      summed_ = grown(summed_, summed.sizes().vec(), summed.options()) + summed;
+    case RetentionNeeds::kScoresEveryStep:
+      add_summed(summed_attention(qb, keys, positions, start));
       break;
-    }
     case RetentionNeeds::kLastQueryScores:
       newest = newest_query_attention(qb, keys);
       break;
@@ -56,12 +58,9 @@ void AttentionRecord::add_scores(const RetentionPolicy& policy, const at::Tensor
   // The reference's formulas with nothing masked (the query sees every held token).
   const at::Tensor p = at::softmax(scores.to(at::kFloat), -1).view({kv_heads, group, held});
   switch (policy.needs()) {
-    case RetentionNeeds::kScoresEveryStep: {
-      const at::Tensor summed = p.sum(1).div_(double(group));
-      // Out of place: a state a policy was handed (fill) stays as it was.
-      summed_ = grown(summed_, summed.sizes().vec(), summed.options()) + summed;
+    case RetentionNeeds::kScoresEveryStep:
+      add_summed(p.sum(1).div_(double(group)));
       break;
-    }
     case RetentionNeeds::kLastQueryScores:
       newest = p.mean(1);
       break;

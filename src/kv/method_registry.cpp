@@ -772,7 +772,7 @@ void check_paged_method(const nlohmann::json& method, int64_t num_heads, int64_t
             "paged cache: ", codec->name(), " on the GPU path takes at most ",
             kernels::kPaluMaxQPerKv, " query heads per KV head; the model has ", group);
   static_assert(kernels::kPaluMaxQPerKv == kernels::kGearMaxQPerKv, "one limit for both");
-  if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec)) {
+  if (const auto& lowrank = latent) {
     // Its cache needs the fitted bases; what it checks besides them: 16-bit latents, the rank
     // the GPU kernels take, and Palu's policies.
     KVB_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "paged cache: method '", codec->name(),

@@ -38,6 +38,8 @@ class AttentionRecord {
   void keep(const at::Tensor& where);
 
  private:
+  // H2O's sums grown to the held tokens `summed` [kv_heads, held] covers, plus it.
+  void add_summed(const at::Tensor& summed);
   // `state` with zero rows for the held tokens it does not cover yet: `shape` is the whole
   // state's ([kv_heads, held, ...]).
   static at::Tensor grown(const at::Tensor& state, std::vector<int64_t> shape,
