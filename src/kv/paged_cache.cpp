@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <tuple>
 
 #include "kv_append.h"
@@ -207,7 +208,6 @@ int64_t PagedKVCache::add_sequence() {
   if (free_slots_.empty()) grow_slots(2 * slots_);
   Sequence s;
   s.kept.resize(size_t(num_layers_));
-  s.listed.resize(size_t(num_layers_));
   s.scores.resize(size_t(num_layers_));
   s.quest.resize(size_t(num_layers_));
   s.slot = free_slots_.back();
@@ -245,25 +245,26 @@ int64_t PagedKVCache::length(int64_t seq) const { return sequence(seq).length; }
 std::vector<int64_t> PagedKVCache::kept_tokens(int64_t seq) const {
   const Sequence& s = sequence(seq);
   std::vector<int64_t> kept;
-  for (const at::Tensor& k : s.kept) kept.push_back(k.defined() ? k.size(1) : s.length);
+  for (const Retained& r : s.kept) kept.push_back(r.held(s.length));
   return kept;
 }
 
-at::Tensor PagedKVCache::kept_positions(int64_t seq, int64_t layer) const {
+at::Tensor PagedKVCache::kept_positions(int64_t seq, int64_t layer, int64_t length) const {
   KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
             num_layers_, ")");
   const Sequence& s = sequence(seq);
-  const at::Tensor& kept = s.kept[size_t(layer)];
-  return kept.defined() ? kept : at::arange(s.length, at::kLong).expand({num_kv_heads_, -1});
+  if (length < 0) length = s.length;
+  KVB_CHECK(length >= s.length && length <= int64_t(s.pages.size()) * format_.page_size,
+            "paged cache: sequence ", seq, " has ", s.length, " tokens and room for ",
+            int64_t(s.pages.size()) * format_.page_size, "; asked for the positions of ", length);
+  return positions_of(s.kept[size_t(layer)], length);
 }
 
 std::pair<at::Tensor, int64_t> PagedKVCache::listed_positions(int64_t seq, int64_t layer) const {
   KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
             num_layers_, ")");
-  const Sequence& s = sequence(seq);
-  if (!s.kept[size_t(layer)].defined()) return {at::Tensor(), 0};
-  const Sequence::Listed& l = s.listed[size_t(layer)];
-  return {l.host, l.tail};
+  const Retained& r = sequence(seq).kept[size_t(layer)];
+  return {r.host, r.tail};
 }
 
 void PagedKVCache::reserve(Sequence& s, int64_t tokens) {
@@ -627,13 +628,8 @@ PagedKVCache::StepPages PagedKVCache::append_pages(int64_t layer_index,
   append_rows(layer, step, counts, k, v, out.store);
   const int64_t B = int64_t(seqs.size());
   out.table = step.table, out.lengths = step.ints.narrow(0, 3 * B + 1, B);
-  for (size_t b = 0; b < step.batch.size(); ++b) {
-    Sequence& s = *step.batch[b];
-    out.old_lengths.push_back(s.length);
-    // New tokens join what an earlier selection kept.
-    at::Tensor& kept = s.kept[size_t(layer_index)];
-    if (kept.defined()) kept = attended_positions(s, layer_index, counts[b]).contiguous();
-  }
+  // New tokens join the tail of what an earlier selection kept: nothing to do here.
+  for (const Sequence* s : step.batch) out.old_lengths.push_back(s->length);
   out.max_len = step.max_len;
   end_step(layer_index, step, counts);
   return out;
@@ -662,8 +658,7 @@ void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, in
       KVB_CHECK(i == 0 || t > p[h * held + i - 1],
                 "paged cache: a selection's positions must ascend per head");
     }
-  s.kept[size_t(layer)] = positions;
-  split_kept(s.listed[size_t(layer)], positions, length);
+  keep_positions(s.kept[size_t(layer)], p, held, length);
   s.evicted = true;
   // After the step's last layer its length is final: free now (else at the step's end).
   if (s.length == length) free_evicted_pages(s);
@@ -732,8 +727,9 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   // attends what stays; a block (the prefill) attends everything, then the policy evicts.
   // Policies that select by attention see every step's attention first: the new tokens attend
   // everything held, their attention is recorded, then the layer shrinks (H2O's order).
+  // The retained lists and tails are read as they are: a step that neither selects nor
+  // records makes no positions tensor.
   const bool by_attention = selects_by_attention(policy_.get());
-  std::vector<at::Tensor> positions(static_cast<size_t>(B));
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false);
   bool all_single = true, any_kept = false;
@@ -743,21 +739,23 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     RetentionInput& in = inputs[size_t(b)];
     in.layer = layer, in.num_layers = num_layers_, in.length = s.length + n;
     in.prefill = s.length == 0;
-    in.positions = attended_positions(s, layer, n);
-    const bool over =
-        (in.prefill || policy_->timing() == EvictionTiming::kDecode) && policy_->over_budget(in);
-    if (over && n == 1 && !in.prefill && !by_attention) {
+    const bool over = (in.prefill || policy_->timing() == EvictionTiming::kDecode) &&
+                      s.kept[size_t(layer)].held(in.length) > policy_->budget(in);
+    if (over && n == 1 && !in.prefill && !by_attention)
       select(s, layer, in);
-      positions[size_t(b)] = s.kept[size_t(layer)];
-    } else {
-      positions[size_t(b)] = in.positions;
+    else
       evict_after[size_t(b)] = over;
-      // New tokens join what an earlier eviction kept.
-      if (s.kept[size_t(layer)].defined()) s.kept[size_t(layer)] = in.positions.contiguous();
-    }
     all_single = all_single && n == 1;
-    any_kept = any_kept || s.kept[size_t(layer)].defined();
+    any_kept = any_kept || s.kept[size_t(layer)].selected();
   }
+  // What each sequence attends (after a selection above), made only where it is read.
+  std::vector<at::Tensor> positions(static_cast<size_t>(B));
+  auto attended = [&](int b) -> const at::Tensor& {
+    at::Tensor& p = positions[size_t(b)];
+    if (!p.defined())
+      p = positions_of(batch[size_t(b)]->kept[size_t(layer)], inputs[size_t(b)].length);
+    return p;
+  };
   at::Tensor out, logits;
   std::vector<at::Tensor> keys(static_cast<size_t>(B));  // the held keys, where gathered
   if (kernel_path_ && all_single) {
@@ -766,11 +764,13 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     if (any_kept || by_attention) {
       if (by_attention) {  // the kernel writes each held token's score for the policy
         int64_t most = 1;
-        for (const at::Tensor& p : positions) most = std::max(most, p.size(1));
+        for (int b = 0; b < B; ++b)
+          most =
+              std::max(most, batch[size_t(b)]->kept[size_t(layer)].held(inputs[size_t(b)].length));
         logits = at::full({B, q.size(1), most}, -std::numeric_limits<float>::infinity(),
                           at::TensorOptions().dtype(at::kFloat).device(device_));
       }
-      out = decode_retained(layer, batch, positions, d, store, q, logits);
+      out = decode_retained(layer, batch, d, store, q, logits);
     } else {  // nothing evicted yet at this layer: the dense decode kernel
       out = paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
     }
@@ -778,8 +778,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     std::vector<at::Tensor> parts;
     for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
       const Sequence& s = *batch[size_t(b)];
-      const Rows rows =
-          rows_at(store, s, table[b], positions[size_t(b)], s.length + counts[size_t(b)], true);
+      const Rows rows = rows_at(store, s, table[b], attended(b), inputs[size_t(b)].length, true);
       if (by_attention) keys[size_t(b)] = rows.keys;  // the policy's scores reuse them
       const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
       parts.push_back(attend_rows(rows, qb).transpose(0, 1));
@@ -791,8 +790,10 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     Stopwatch watch;
     for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
       const int64_t n = counts[size_t(b)];
-      record_scores(*batch[size_t(b)], layer, q.narrow(0, row, n).transpose(0, 1), n, store,
-                    table[b], positions[size_t(b)], logits.defined() ? logits[b] : at::Tensor(),
+      Sequence& s = *batch[size_t(b)];
+      record_scores(s, layer, q.narrow(0, row, n).transpose(0, 1), n,
+                    s.kept[size_t(layer)].held(inputs[size_t(b)].length), store, table[b],
+                    positions[size_t(b)], logits.defined() ? logits[b] : at::Tensor(),
                     keys[size_t(b)], newest[size_t(b)]);
     }
     retention_s_ += watch.seconds();
@@ -804,6 +805,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     if (!evict_after[size_t(b)]) continue;
     const int64_t n = counts[size_t(b)];
     RetentionInput& in = inputs[size_t(b)];
+    in.positions = attended(b);
     fill_policy_input(*batch[size_t(b)], layer, q.narrow(0, row, n).transpose(0, 1),
                       k.narrow(0, row, n).transpose(0, 1), newest[size_t(b)], in);
     evicting.push_back(&in);
@@ -819,28 +821,20 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
 }
 
 at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
-                                         const std::vector<at::Tensor>& positions,
                                          const paged_cuda::DecodeBatch& d,
                                          const kernels::PagedKvStore& store, const at::Tensor& q,
                                          const at::Tensor& logits) {
   // Each sequence's lists stay on the device; per step only their addresses, counts and
-  // tails travel (a sequence nothing was evicted from: no list, tail 0).
+  // tails travel (a sequence nothing was evicted from: no list, tail 0). The kernel reads
+  // the listed positions, then the tail up to the new token: the held positions in order,
+  // which the step's scores are aligned with.
   const int B = int(batch.size());
   std::vector<ListedRows> lists(static_cast<size_t>(B));
   for (int b = 0; b < B; ++b) {
-    const Sequence& s = *batch[size_t(b)];
-    ListedRows& rows = lists[size_t(b)];
-    if (s.kept[size_t(layer)].defined()) {
-      Sequence::Listed& l = batch[size_t(b)]->listed[size_t(layer)];
-      if (l.host.size(1) > 0 && !l.device.defined()) l.device = upload(l.host);
-      rows = {l.host.size(1) > 0 ? l.device : at::Tensor(), l.host.size(1), l.tail};
-    }
-    // The kernel reads the listed positions, then the tail up to the new token: exactly the
-    // held positions the step's scores are aligned with.
-    const int64_t reads = rows.count + (s.length + 1 - rows.tail);
-    KVB_CHECK(reads == positions[size_t(b)].size(1), "paged cache: the retained lists of sequence ",
-              b, " at layer ", layer, " hold ", reads, " tokens, the step attends ",
-              positions[size_t(b)].size(1));
+    Retained& r = batch[size_t(b)]->kept[size_t(layer)];
+    if (!r.selected()) continue;
+    if (r.count() > 0 && !r.device.defined()) r.device = upload(r.host);
+    lists[size_t(b)] = {r.count() > 0 ? r.device : at::Tensor(), r.count(), r.tail};
   }
   return decode_lists(lists, d, store, q, logits);
 }
@@ -886,15 +880,28 @@ void PagedKVCache::fill_policy_input(const Sequence& s, int64_t layer, const at:
   }
 }
 
-at::Tensor PagedKVCache::attended_positions(const Sequence& s, int64_t layer, int64_t n) const {
-  const at::Tensor& kept = s.kept[size_t(layer)];
-  if (!kept.defined()) return at::arange(s.length + n, at::kLong).expand({num_kv_heads_, -1});
-  const at::Tensor block = at::arange(s.length, s.length + n, at::kLong);
-  return at::cat({kept, block.expand({num_kv_heads_, n})}, 1);
+at::Tensor PagedKVCache::positions_of(const Retained& r, int64_t length) const {
+  const int64_t count = r.count(), held = r.held(length), tail = r.selected() ? r.tail : 0;
+  at::Tensor out = at::empty({num_kv_heads_, held}, at::kLong);
+  int64_t* o = out.data_ptr<int64_t>();
+  const int* listed = count > 0 ? r.host.data_ptr<int>() : nullptr;
+  for (int64_t h = 0; h < num_kv_heads_; ++h) {
+    for (int64_t i = 0; i < count; ++i) *o++ = listed[h * count + i];
+    for (int64_t t = tail; t < length; ++t) *o++ = t;
+  }
+  return out;
 }
 
 void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   Stopwatch watch;
+  Retained& r = s.kept[size_t(layer)];
+  if (const std::optional<RetentionSpan> span = policy_->span(in)) {
+    keep_span(r, *span, in.length);
+    s.evicted = true;
+    retention_s_ += watch.seconds();
+    return;
+  }
+  in.positions = positions_of(r, in.length);
   const RetentionChoice chosen = choose_retained(*policy_, {&in})[0];
   retention_s_ += watch.seconds();
   apply_choice(s, layer, in, chosen);
@@ -903,36 +910,81 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
 void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput& in,
                                 const RetentionChoice& choice) {
   Stopwatch watch;
-  const at::Tensor& chosen = choice.host;
-  KVB_CHECK(chosen.dim() == 2 && chosen.size(0) == num_kv_heads_ && chosen.size(1) <= in.held(),
-            "retention policy '", policy_->name(), "' returned a selection of shape ",
-            chosen.sizes(), " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
-  s.kept[size_t(layer)] = in.positions.gather(1, chosen.to(at::kLong)).contiguous();
+  Retained& r = s.kept[size_t(layer)];
+  const int64_t held = r.held(in.length);
+  KVB_CHECK(
+      choice.host.dim() == 2 && choice.host.size(0) == num_kv_heads_ && choice.host.size(1) <= held,
+      "retention policy '", policy_->name(), "' returned a selection of shape ",
+      choice.host.sizes(), " for ", num_kv_heads_, " heads holding ", held, " tokens");
+  const at::Tensor chosen = choice.host.scalar_type() == at::kLong && choice.host.is_contiguous()
+                                ? choice.host
+                                : choice.host.to(at::kLong).contiguous();
+  // Index i of a head's held tokens is its i-th listed position, then the tail's.
+  const int64_t kept = chosen.size(1), count = r.count(), tail = r.selected() ? r.tail : 0;
+  const int64_t* c = chosen.data_ptr<int64_t>();
+  const int* listed = count > 0 ? r.host.data_ptr<int>() : nullptr;
+  scratch_.resize(size_t(num_kv_heads_ * kept));
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t i = 0; i < kept; ++i) {
+      const int64_t at = c[h * kept + i];
+      KVB_CHECK(at >= 0 && at < held && (i == 0 || at > c[h * kept + i - 1]), "retention policy '",
+                policy_->name(), "' returned indices that are not ascending indices of the ", held,
+                " held tokens");
+      scratch_[size_t(h * kept + i)] = at < count ? listed[h * count + at] : tail + at - count;
+    }
+  keep_positions(r, scratch_.data(), kept, in.length);
   s.scores[size_t(layer)].keep(choice.where);
   s.evicted = true;
-  split_kept(s.listed[size_t(layer)], s.kept[size_t(layer)], in.length);
   retention_s_ += watch.seconds();
 }
 
-void PagedKVCache::split_kept(Sequence::Listed& listed, const at::Tensor& kept, int64_t length) {
+void PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length) {
   // The tail: the longest run of the newest tokens that every head keeps.
-  const int64_t held = kept.size(1);
-  const int64_t* p = kept.data_ptr<int64_t>();
   int64_t run = held;
   for (int64_t h = 0; h < num_kv_heads_; ++h) {
-    int64_t r = 0;
-    while (r < held && p[h * held + held - 1 - r] == length - 1 - r) ++r;
-    run = std::min(run, r);
+    int64_t n = 0;
+    while (n < held && kept[h * held + held - 1 - n] == length - 1 - n) ++n;
+    run = std::min(run, n);
   }
-  listed.tail = length - run;
-  const at::Tensor head = kept.narrow(1, 0, held - run).to(at::kInt).contiguous();
-  // StreamingLLM lists the same sinks after every selection: nothing to upload again.
-  if (listed.host.defined() && listed.host.sizes() == head.sizes() && at::equal(listed.host, head))
-    return;
-  listed.host = head;
-  listed.device = at::Tensor();
+  r.tail = length - run;
+  const int64_t count = held - run;
+  // An unchanged list (StreamingLLM's sinks after every selection): nothing made or uploaded.
+  bool same = r.selected() && r.count() == count;
+  const int* old = same && count > 0 ? r.host.data_ptr<int>() : nullptr;
+  for (int64_t h = 0; same && h < num_kv_heads_; ++h)
+    for (int64_t i = 0; same && i < count; ++i) same = old[h * count + i] == kept[h * held + i];
+  if (same) return;
+  r.host = at::empty({num_kv_heads_, count}, at::kInt);
+  int* list = r.host.data_ptr<int>();
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t i = 0; i < count; ++i) list[h * count + i] = int(kept[h * held + i]);
+  r.device = at::Tensor();
 }
 
+void PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t length) {
+  // Of the tail [tail, length): [tail, prefix) and [newest, length), one run when they meet.
+  const int64_t tail = r.selected() ? r.tail : 0, count = r.count();
+  const int64_t newest = std::min(length, std::max(tail, span.newest));
+  const int64_t prefix_end = std::max(tail, std::min(span.prefix, newest));
+  // Each head's listed positions the span covers, then the tail's prefix part, then the tail.
+  const int* listed = count > 0 ? r.host.data_ptr<int>() : nullptr;
+  int64_t kept = -1;
+  scratch_.clear();
+  for (int64_t h = 0; h < num_kv_heads_; ++h) {
+    const size_t before = scratch_.size();
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t p = listed[h * count + i];
+      if (p < span.prefix || p >= span.newest) scratch_.push_back(p);
+    }
+    for (int64_t t = tail; t < prefix_end; ++t) scratch_.push_back(t);
+    for (int64_t t = newest; t < length; ++t) scratch_.push_back(t);
+    const int64_t n = int64_t(scratch_.size() - before);
+    KVB_CHECK(kept < 0 || n == kept, "retention policy '", policy_->name(),
+              "': its span keeps different numbers of tokens in different heads");
+    kept = n;
+  }
+  keep_positions(r, scratch_.data(), kept, length);
+}
 void PagedKVCache::free_evicted_pages(Sequence& s) {
   s.evicted = false;
   const int P = format_.page_size, T = int(s.length);
@@ -943,11 +995,12 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
               P;
   if (settled <= 0) return;
   std::vector<bool> used(size_t(settled), false);
-  for (const at::Tensor& kept : s.kept) {
-    if (!kept.defined()) return;  // a layer that still holds every token
-    const int64_t* p = kept.data_ptr<int64_t>();
-    for (int64_t i = 0; i < kept.numel(); ++i)
+  for (const Retained& r : s.kept) {
+    if (!r.selected()) return;  // a layer that still holds every token
+    const int* p = r.count() > 0 ? r.host.data_ptr<int>() : nullptr;
+    for (int64_t i = 0; i < r.host.numel(); ++i)
       if (p[i] / P < settled) used[size_t(p[i] / P)] = true;
+    for (int64_t page = r.tail / P; page < settled; ++page) used[size_t(page)] = true;
   }
   for (int64_t page = 0; page < settled; ++page)
     if (!used[size_t(page)] && s.pages[size_t(page)] >= 0) {
@@ -957,10 +1010,12 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
 }
 
 void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n,
-                                 const kernels::PagedKvStore& store, const at::Tensor& table_row,
-                                 const at::Tensor& positions, const at::Tensor& logits,
-                                 at::Tensor keys, at::Tensor& newest) {
-  const int64_t held = positions.size(1), start = s.length, heads = qb.size(0);
+                                 int64_t held, const kernels::PagedKvStore& store,
+                                 const at::Tensor& table_row, at::Tensor positions,
+                                 const at::Tensor& logits, at::Tensor keys, at::Tensor& newest) {
+  const int64_t start = s.length, heads = qb.size(0);
+  if (!positions.defined() && (n > 1 || (!logits.defined() && !keys.defined())))
+    positions = positions_of(s.kept[size_t(layer)], start + n);
   if (!logits.defined() && !keys.defined())
     keys = rows_at(store, s, table_row, positions, start + n, false).keys;
   AttentionRecord& record = s.scores[size_t(layer)];

@@ -257,8 +257,8 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
 at::Tensor PaluPagedCache::retained(int64_t seq, int64_t layer, int64_t length) const {
   if (!latent_.listed_positions(seq, layer).first.defined())
     return at::arange(length, at::kLong).expand({num_kv_heads_, length});
-  // Per latent head (its new rows joined in append_pages), each row for its group's heads.
-  const at::Tensor kept = latent_.kept_positions(seq, layer);
+  // Per latent head (its new rows in the tail), each row for its group's heads.
+  const at::Tensor kept = latent_.kept_positions(seq, layer, length);
   return group_ == 1 ? kept : kept.repeat_interleave(group_, 0);
 }
 

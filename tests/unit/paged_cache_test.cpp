@@ -7,7 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 
+#include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -15,6 +18,7 @@
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
+#include "kvbench/kv/streaming_llm_policy.h"
 #include "paged_device.h"
 
 namespace kvbench {
@@ -491,6 +495,138 @@ TEST(PagedRetentionErrorsTest, PoliciesThePagesCannotServeSayWhichWork) {
   EXPECT_NE(why(R"({"name": "stream-512", "positions": "rerotated", "codec": "fp16"})")
                 .find("positions: original"),
             std::string::npos);
+}
+
+// A policy that forwards to another but has no span (or answers with `indices` when set): the
+// cache then asks select(), the path every positions-only policy without a span takes.
+class Forwarding final : public RetentionPolicy {
+ public:
+  explicit Forwarding(std::shared_ptr<const RetentionPolicy> inner, at::Tensor indices = {})
+      : inner_(std::move(inner)), indices_(std::move(indices)) {}
+  std::string name() const override { return "forwarding"; }
+  nlohmann::json params() const override { return inner_->params(); }
+  RetentionNeeds needs() const override { return inner_->needs(); }
+  EvictionTiming timing() const override { return inner_->timing(); }
+  int64_t budget(const RetentionInput& in) const override { return inner_->budget(in); }
+  at::Tensor select(const RetentionInput& in) const override {
+    return indices_.defined() ? indices_ : inner_->select(in);
+  }
+
+ private:
+  std::shared_ptr<const RetentionPolicy> inner_;
+  at::Tensor indices_;
+};
+
+// StreamingLLM's span applied to the retained list and tail (no positions tensor) against the
+// same policy asked through select(): the same lists, tails and outputs after every step, for
+// sinks below and above the window, sinks past the prompt, decode and after-prefill eviction,
+// and blocks after eviction.
+TEST(PagedRetentionSpanTest, SpanAndSelectionKeepTheSameLists) {
+  const PagedFormat format = paged_format_for({{"name", "fp16"}}, at::kHalf);
+  for (const auto& [sinks, window, timing] :
+       {std::tuple<int64_t, int64_t, EvictionTiming>{4, 60, EvictionTiming::kDecode},
+        {0, 8, EvictionTiming::kDecode},
+        {30, 10, EvictionTiming::kDecode},
+        {50, 6, EvictionTiming::kDecode},
+        {4, 20, EvictionTiming::kAfterPrefill}}) {
+    auto streaming = std::make_shared<StreamingLlmPolicy>(sinks, window, timing);
+    PagedKVCache span(format, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU, streaming, true);
+    PagedKVCache asked(format, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                       std::make_shared<Forwarding>(streaming), true);
+    auto gen = at::detail::createCPUGenerator(3);
+    const int64_t a = span.add_sequence(), b = span.add_sequence();
+    asked.add_sequence(), asked.add_sequence();
+    std::vector<std::pair<int64_t, int64_t>> steps = {{a, 40}, {b, 3}};
+    for (int i = 0; i < 30; ++i) steps.insert(steps.end(), {{a, 1}, {b, 1}});
+    steps.insert(steps.end(), {{a, 9}, {b, 1}, {a, 1}});
+    for (const auto& [seq, n] : steps)
+      for (int64_t layer = 0; layer < kLayers; ++layer) {
+        const Block x = random_block(n, at::kHalf, gen);
+        const at::Tensor got = span.append_and_attend(seq, layer, x.q, x.k, x.v);
+        const at::Tensor want = asked.append_and_attend(seq, layer, x.q, x.k, x.v);
+        ASSERT_TRUE(at::equal(got, want)) << "sinks " << sinks << " window " << window;
+      }
+    for (int64_t seq : {a, b})
+      for (int64_t l = 0; l < kLayers; ++l) {
+        const auto [listed, tail] = span.listed_positions(seq, l);
+        const auto [listed_asked, tail_asked] = asked.listed_positions(seq, l);
+        ASSERT_EQ(listed.defined(), listed_asked.defined());
+        EXPECT_EQ(tail, tail_asked) << "sinks " << sinks << " window " << window;
+        if (listed.defined()) EXPECT_TRUE(at::equal(listed, listed_asked));
+        EXPECT_TRUE(at::equal(span.kept_positions(seq, l), asked.kept_positions(seq, l)));
+      }
+    EXPECT_EQ(span.free_pages(), asked.free_pages());
+  }
+}
+
+// A policy's choice that is not ascending indices of the held tokens is refused by name.
+TEST(PagedRetentionErrorsTest, AChoiceThatIsNotAscendingIndicesSaysSo) {
+  const PagedFormat format = paged_format_for({{"name", "fp16"}}, at::kHalf);
+  auto streaming = std::make_shared<StreamingLlmPolicy>(2, 6, EvictionTiming::kDecode);
+  for (const at::Tensor& bad : {at::tensor({3, 1}, at::kLong).expand({kKvHeads, 2}),
+                                at::full({kKvHeads, 2}, 9, at::kLong)}) {
+    PagedKVCache paged(format, 1, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                       std::make_shared<Forwarding>(streaming, bad.contiguous()), true);
+    const int64_t seq = paged.add_sequence();
+    auto gen = at::detail::createCPUGenerator(4);
+    const Block x = random_block(8, at::kHalf, gen);
+    paged.append_and_attend(seq, 0, x.q, x.k, x.v);  // within the budget of 8
+    const Block y = random_block(1, at::kHalf, gen);
+    try {
+      paged.append_and_attend(seq, 0, y.q, y.k, y.v);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'forwarding' returned indices that are not ascending"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+// The host's share of a GPU decode step: the top-level ATen operators a step issues (each a
+// launch or a dispatch on a GPU, bench/host_ops_bench.cpp). A decode step of StreamingLLM
+// (selecting every step) or SnapKV (selected once) must issue none per sequence: a batch of
+// 6 issues as many as a batch of 2.
+TEST(PagedHostOpsTest, PositionPoliciesIssueNoOperatorsPerSequence) {
+  static thread_local int64_t ops = 0, depth = 0;
+  const at::CallbackHandle handle = at::addThreadLocalCallback(
+      at::RecordFunctionCallback(
+          [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+            if (depth++ == 0) ++ops;
+            return nullptr;
+          },
+          [](const at::RecordFunction&, at::ObserverContext*) { --depth; })
+          .scopes({at::RecordScope::FUNCTION}));
+  struct Removal {
+    at::CallbackHandle handle;
+    ~Removal() { at::removeCallback(handle); }
+  } removal{handle};
+  auto step_ops = [&](const char* entry, int64_t batch) {
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
+    PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim,
+                       PagedCapacity{}, at::kCPU, make_policy(method), true);
+    std::vector<int64_t> seqs, prompts(size_t(batch), 80), ones(size_t(batch), 1);
+    for (int64_t b = 0; b < batch; ++b) seqs.push_back(paged.add_sequence());
+    auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}).to(at::kHalf); };
+    for (int64_t l = 0; l < kLayers; ++l)
+      paged.append_and_attend_batch(l, seqs, prompts, rows(batch * 80, kHeads),
+                                    rows(batch * 80, kKvHeads), rows(batch * 80, kKvHeads));
+    int64_t counted = 0;
+    for (int step = 0; step < 3; ++step) {
+      const at::Tensor q = rows(batch, kHeads), k = rows(batch, kKvHeads),
+                       v = rows(batch, kKvHeads);
+      ops = 0;
+      for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
+      counted = ops;  // the last step's (lists uploaded, nothing left to grow)
+    }
+    return counted;
+  };
+  for (const char* entry : {R"({"name": "streamingllm", "sinks": 4, "window": 40})",
+                            R"({"name": "snapkv", "budget": 48, "window": 8})"}) {
+    const int64_t two = step_ops(entry, 2), six = step_ops(entry, 6);
+    EXPECT_GT(two, 0) << "the counter saw nothing";
+    EXPECT_EQ(six, two) << entry;
+  }
 }
 
 // Another cache's selection (PaluPagedCache's): kept positions and what they free, and the

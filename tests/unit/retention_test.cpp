@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include "kvbench/attention/reference_attention.h"
@@ -193,6 +194,32 @@ TEST(StreamingLlm, HostSelectionMatchesTheTensorOne) {
           << "sinks " << sinks << " window " << window << " length " << length;
     }
   }
+}
+
+// The span a cache may apply without asking select() covers exactly the held tokens select()
+// keeps, on random held sets (with gaps, sinks and window overlapping or not).
+TEST(StreamingLlm, SpanCoversWhatTheSelectionKeeps) {
+  auto gen = at::detail::createCPUGenerator(12);
+  for (const auto& [sinks, window] : {std::pair<int64_t, int64_t>{4, 16}, {0, 8}, {30, 10}}) {
+    const StreamingLlmPolicy policy(sinks, window, EvictionTiming::kDecode);
+    for (int trial = 0; trial < 20; ++trial) {
+      const int64_t length = 40 + trial * 7;
+      const at::Tensor keep = at::rand({length}, gen).lt(0.7);
+      keep[length - 1] = true;
+      RetentionInput in;
+      in.length = length;
+      in.positions = at::nonzero(keep).squeeze(1).expand({2, -1}).contiguous();
+      const std::optional<RetentionSpan> span = policy.span(in);
+      ASSERT_TRUE(span.has_value());
+      const at::Tensor pos = in.positions;
+      const at::Tensor covered = pos.lt(span->prefix).logical_or(pos.ge(span->newest));
+      const at::Tensor selected = pos.gather(1, policy.select(in));
+      ASSERT_TRUE(at::equal(selected, pos.masked_select(covered).view({2, -1})))
+          << "sinks " << sinks << " window " << window << " length " << length;
+    }
+  }
+  // A policy without a span: the cache asks select().
+  EXPECT_FALSE(FullRetention().span(RetentionInput{}).has_value());
 }
 
 TEST(StreamingLlm, KeepsExactlyTheSinksAndTheWindowAfterPrefill) {

@@ -152,9 +152,10 @@ class PagedKVCache final : public KVCache {
     return device_.is_cuda() && !policy_ ? input_dtype() : at::kFloat;
   }
 
-  // Positions `layer` retains of `seq` between steps: [kv_heads, held] int64, ascending per
-  // head (every token when nothing was evicted there).
-  at::Tensor kept_positions(int64_t seq, int64_t layer) const;
+  // Positions `layer` retains of `seq`: [kv_heads, held] int64, ascending per head (every
+  // token when nothing was evicted there). `length`: the sequence's length with a step's new
+  // rows (append_pages), before the step's end makes it the sequence's; -1: its length.
+  at::Tensor kept_positions(int64_t seq, int64_t layer, int64_t length = -1) const;
   // The same as the GPU kernel reads it: positions listed per head (int32 [kv_heads, count];
   // undefined when nothing was evicted there) and the start of the tail every head keeps.
   std::pair<at::Tensor, int64_t> listed_positions(int64_t seq, int64_t layer) const;
@@ -173,22 +174,27 @@ class PagedKVCache final : public KVCache {
     at::Tensor list;
     int64_t count = 0, tail = 0;
   };
+  // One (sequence, layer)'s retained positions once the policy has evicted there: each head's
+  // listed positions (`host`: int32 [kv_heads, count], on the host and, once uploaded,
+  // `device`), then the tail [tail, length) every head keeps. New tokens only lengthen the
+  // tail, so a step that selects nothing changes nothing here (no positions tensor is made),
+  // and the lists travel only when a selection changes them. Listed positions are below
+  // `tail`, and the tail starts the longest run of newest tokens every head keeps (so an
+  // unchanged selection compares equal). Undefined `host`: every token (nothing evicted).
+  struct Retained {
+    at::Tensor host, device;
+    int64_t tail = 0;
+    bool selected() const { return host.defined(); }
+    int64_t count() const { return host.defined() ? host.size(1) : 0; }
+    // Tokens per head of a sequence of `length` tokens (its new ones included).
+    int64_t held(int64_t length) const { return selected() ? count() + length - tail : length; }
+  };
   struct Sequence {
     std::vector<int> pages;  // block-table row: physical page of each logical page; -1: freed
     int slot = 0;            // row in the KIVI rings and fp8 scales
     int64_t length = 0;
-    // Per layer once the policy has evicted there: [kv_heads, held] int64 retained positions,
-    // ascending per head (undefined: every token).
-    std::vector<at::Tensor> kept;
-    // Per layer, `kept` as the GPU kernel reads it: positions listed per head (int32 [kv_heads,
-    // count], on the host and, once uploaded, on the device) and a tail [tail, length) every
-    // head keeps. New tokens only lengthen the tail, so the lists change (and travel) only
-    // when a selection changes them.
-    struct Listed {
-      at::Tensor host, device;
-      int64_t tail = 0;
-    };
-    std::vector<Listed> listed;
+    // Per layer: the retained positions as the GPU kernel reads them (Retained).
+    std::vector<Retained> kept;
     // Per layer, for the policies that select by attention, aligned with the held tokens
     // (kept positions, then the newer ones): H2O's summed probabilities [kv_heads, held] fp32,
     // ScissorHands' low-attention history [kv_heads, held, group, window] bool; where the
@@ -253,9 +259,9 @@ class PagedKVCache final : public KVCache {
   // [kv_heads, held, head_dim] fp32: the tokens at `positions` ([kv_heads, held]) of each head.
   at::Tensor decode_at(const kernels::PagedKvStore& store, const Sequence& s, bool key,
                        const at::Tensor& positions, int64_t tokens) const;
-  // What a block of n new tokens attends: the layer's retained positions (or every old one)
-  // followed by the block's, [kv_heads, held + n].
-  at::Tensor attended_positions(const Sequence& s, int64_t layer, int64_t n) const;
+  // [kv_heads, held] int64 on the host: what `r` retains of a sequence of `length` tokens
+  // (the step's new ones included), in one allocation.
+  at::Tensor positions_of(const Retained& r, int64_t length) const;
   // Attention of a batch's new tokens under the policy, and its evictions (see the header).
   at::Tensor attend_retaining(int64_t layer, const std::vector<Sequence*>& batch,
                               const std::vector<int64_t>& counts, const at::Tensor& q,
@@ -289,27 +295,28 @@ class PagedKVCache final : public KVCache {
   // A GPU decode step of single tokens over each sequence's retained positions (the retained-
   // index kernel; `logits` defined: each held token's scaled score is written there).
   at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
-                             const std::vector<at::Tensor>& positions,
                              const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
                              const at::Tensor& q, const at::Tensor& logits);
   // What the policy needs to select for `s` at `layer` (its block's queries qb [heads, n, d] and
   // keys kb [kv_heads, n, d]; `newest`: TOVA's recorded attention), into `in`.
   void fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& qb,
                          const at::Tensor& kb, const at::Tensor& newest, RetentionInput& in);
-  // Asks the policy; on a selection, s.kept[layer] becomes its subset of `in.positions` (and
-  // the layer's attention state its rows).
+  // A decode-timing selection before the step attends (policies that need positions only):
+  // the policy's span when it has one (no tensor made), else its choice over in.positions.
   void select(Sequence& s, int64_t layer, RetentionInput& in);
-  // Applies a choice as select() does (the positions from the host copy, the attention
-  // record's rows on its device from the other: no copy back).
+  // s.kept[layer] becomes the chosen subset of what it held for `in` (indices from the host
+  // copy, read off the retained list and tail), the attention record's rows the same subset
+  // (on its device, from the other copy: no copy back).
   void apply_choice(Sequence& s, int64_t layer, const RetentionInput& in,
                     const RetentionChoice& chosen);
-  // Records what a step's queries gave the held tokens at `positions` for the policy, into
-  // s.scores[layer] (and `newest`: TOVA's newest-query attention). A decode step (n = 1)
+  // Records what a step's queries gave the `held` tokens s.kept[layer] holds for the policy,
+  // into s.scores[layer] (and `newest`: TOVA's newest-query attention). A decode step (n = 1)
   // takes `logits`, the decode kernel's scaled scores of its query ([heads, >= held], kept
   // order), or computes them from `keys` (the held keys, rows_at; gathered here if undefined).
-  void record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n,
+  // `positions`: the held positions (positions_of), made here when a block needs them.
+  void record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n, int64_t held,
                      const kernels::PagedKvStore& store, const at::Tensor& table_row,
-                     const at::Tensor& positions, const at::Tensor& logits, at::Tensor keys,
+                     at::Tensor positions, const at::Tensor& logits, at::Tensor keys,
                      at::Tensor& newest);
   // [kv_heads, held, head_dim] fp32 keys (and values when `values`) at `positions` of `s`'s
   // first `tokens` tokens, where the pools are.
@@ -318,9 +325,13 @@ class PagedKVCache final : public KVCache {
   };
   Rows rows_at(const kernels::PagedKvStore& store, const Sequence& s, const at::Tensor& table_row,
                const at::Tensor& positions, int64_t tokens, bool values) const;
-  // `kept` ([kv_heads, held] ascending, of a sequence of `length` tokens) as listed positions
-  // and a tail; the device copy is dropped only when the list changed.
-  void split_kept(Sequence::Listed& listed, const at::Tensor& kept, int64_t length);
+  // `r` becomes `kept` (kv_heads rows of `held` positions, ascending, of a sequence of
+  // `length` tokens) as listed positions and a tail; a new list (and upload) only when the
+  // list changed.
+  void keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length);
+  // `r` keeps, of what it holds, positions [0, span.prefix) and [span.newest, length): a
+  // positions-only policy's choice applied to the list and tail, without a positions tensor.
+  void keep_span(Retained& r, const RetentionSpan& span, int64_t length);
   // Frees the pages of `s` no layer retains a token in and no later append writes.
   void free_evicted_pages(Sequence& s);
   // Reference attention of a block's queries qb [heads, n, head_dim] over `rows` (rows_at).
@@ -338,6 +349,7 @@ class PagedKVCache final : public KVCache {
   std::shared_ptr<const RetentionPolicy> policy_;  // null: every token stays
   const QuestPolicy* quest_ = nullptr;             // policy_ when it is Quest
   double retention_s_ = 0;
+  std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -69,6 +70,12 @@ struct RetentionInput {
   int64_t held() const { return positions.size(1); }
 };
 
+// A choice that is a span of positions: of the held tokens, those at positions [0, prefix) and
+// [newest, length) stay (RetentionPolicy::span).
+struct RetentionSpan {
+  int64_t prefix = 0, newest = 0;
+};
+
 class RetentionPolicy {
  public:
   virtual ~RetentionPolicy() = default;
@@ -100,6 +107,11 @@ class RetentionPolicy {
   // Which held tokens stay: [kv_heads, kept] int64 indices into the held tokens, ascending per
   // head, the same count for every head. Called only when over_budget(in).
   virtual at::Tensor select(const RetentionInput& in) const = 0;
+  // A positions-only policy whose choice is a span (StreamingLLM: its sinks and window) says
+  // so here, reading what budget() reads; select() must return the held tokens the span
+  // covers. A cache that keeps its retained positions as a list and a tail applies it
+  // without a positions tensor. nullopt (the default): ask select().
+  virtual std::optional<RetentionSpan> span(const RetentionInput&) const { return std::nullopt; }
 };
 
 // Keeps every token: the behaviour of a cache without eviction.

@@ -26,6 +26,10 @@ class StreamingLlmPolicy final : public RetentionPolicy {
   bool same_tokens_every_head() const override { return true; }
   int64_t budget(const RetentionInput&) const override { return sinks_ + window_; }
   at::Tensor select(const RetentionInput& in) const override;
+  // [0, sinks) and [length - window, length).
+  std::optional<RetentionSpan> span(const RetentionInput& in) const override {
+    return RetentionSpan{sinks_, in.length - window_};
+  }
 
  private:
   // select() over positions on the host ([kv_heads, held] int64, contiguous), without tensor
