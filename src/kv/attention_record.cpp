@@ -56,7 +56,7 @@ void AttentionRecord::add_scores(const RetentionPolicy& policy, const at::Tensor
                                  int64_t kv_heads, int64_t start, at::Tensor& newest) {
   const int64_t heads = scores.size(0), held = scores.size(1), group = heads / kv_heads;
   // The reference's formulas with nothing masked (the query sees every held token).
-  const at::Tensor p = at::softmax(scores.to(at::kFloat), -1).view({kv_heads, group, held});
+  const at::Tensor p = at::softmax(scores, -1, at::kFloat).view({kv_heads, group, held});
   switch (policy.needs()) {
     case RetentionNeeds::kScoresEveryStep:
       add_summed(p.sum(1).div_(double(group)));
@@ -94,11 +94,15 @@ void AttentionRecord::fill(const RetentionPolicy& policy, const at::Tensor& newe
 }
 
 void AttentionRecord::keep(const at::Tensor& where) {
-  if (summed_.defined()) summed_ = summed_.gather(1, where.to(summed_.device(), at::kLong));
+  if (!summed_.defined() && !low_.defined()) return;
+  const at::Device device = summed_.defined() ? summed_.device() : low_.device();
+  const at::Tensor index = where.device() == device && where.scalar_type() == at::kLong
+                               ? where
+                               : where.to(device, at::kLong);
+  if (summed_.defined()) summed_ = summed_.gather(1, index);
   if (low_.defined()) {
-    const at::Tensor rows = where.to(low_.device(), at::kLong)
-                                .view({low_.size(0), -1, 1, 1})
-                                .expand({-1, -1, low_.size(2), low_.size(3)});
+    const at::Tensor rows =
+        index.view({low_.size(0), -1, 1, 1}).expand({-1, -1, low_.size(2), low_.size(3)});
     low_ = low_.gather(1, rows);
   }
 }
@@ -114,10 +118,10 @@ std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
     where.host_positions = in->positions;  // lets the policy count on the host
     for (const at::Tensor* t :
          {&in->window_attention, &in->accumulated, &in->current, &in->low_counts})
-      if (t->defined())  // from pinned memory, so the upload does not wait for the device
-        where.positions = t->is_cuda()
-                              ? in->positions.contiguous().pin_memory().to(t->device(), true)
-                              : in->positions.to(t->device());
+      if (t->defined() && t->device() != in->positions.device())  // from pinned memory, so
+        where.positions =  // the upload does not wait for the device
+            t->is_cuda() ? in->positions.contiguous().pin_memory().to(t->device(), true)
+                         : in->positions.to(t->device());
     const at::Tensor c = policy.select(where);
     chosen.push_back({c, c});
     if (!c.device().is_cpu()) on_device.push_back(c.reshape({-1}));

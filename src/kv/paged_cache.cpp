@@ -791,10 +791,10 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
       const int64_t n = counts[size_t(b)];
       Sequence& s = *batch[size_t(b)];
-      record_scores(s, layer, q.narrow(0, row, n).transpose(0, 1), n,
-                    s.kept[size_t(layer)].held(inputs[size_t(b)].length), store, table[b],
-                    positions[size_t(b)], logits.defined() ? logits[b] : at::Tensor(),
-                    keys[size_t(b)], newest[size_t(b)]);
+      record_scores(s, layer, q, row, n, s.kept[size_t(layer)].held(inputs[size_t(b)].length),
+                    store, table[b], positions[size_t(b)],
+                    logits.defined() ? logits[b] : at::Tensor(), keys[size_t(b)],
+                    newest[size_t(b)]);
     }
     retention_s_ += watch.seconds();
   }
@@ -806,8 +806,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     const int64_t n = counts[size_t(b)];
     RetentionInput& in = inputs[size_t(b)];
     in.positions = attended(b);
-    fill_policy_input(*batch[size_t(b)], layer, q.narrow(0, row, n).transpose(0, 1),
-                      k.narrow(0, row, n).transpose(0, 1), newest[size_t(b)], in);
+    fill_policy_input(*batch[size_t(b)], layer, q, k, row, n, newest[size_t(b)], in);
     evicting.push_back(&in);
     evicted.push_back(batch[size_t(b)]);
   }
@@ -856,9 +855,9 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
                               q.to(device_, at::kFloat).contiguous(), logits);
 }
 
-void PagedKVCache::fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& qb,
-                                     const at::Tensor& kb, const at::Tensor& newest,
-                                     RetentionInput& in) {
+void PagedKVCache::fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& q,
+                                     const at::Tensor& k, int64_t row, int64_t n,
+                                     const at::Tensor& newest, RetentionInput& in) {
   switch (policy_->needs()) {
     case RetentionNeeds::kScoresEveryStep:
     case RetentionNeeds::kLastQueryScores:
@@ -869,9 +868,9 @@ void PagedKVCache::fill_policy_input(const Sequence& s, int64_t layer, const at:
       KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
                 "' needs window scores, which exist only at the prefill");
       Stopwatch watch;
-      const int64_t n = qb.size(1);
-      in.window_attention =
-          prefill_window_attention(qb, kb, std::min(policy_->observation_window(), n));
+      in.window_attention = prefill_window_attention(q.narrow(0, row, n).transpose(0, 1),
+                                                     k.narrow(0, row, n).transpose(0, 1),
+                                                     std::min(policy_->observation_window(), n));
       retention_s_ += watch.seconds();
       break;
     }
@@ -1009,28 +1008,31 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
     }
 }
 
-void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n,
-                                 int64_t held, const kernels::PagedKvStore& store,
+void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q, int64_t row,
+                                 int64_t n, int64_t held, const kernels::PagedKvStore& store,
                                  const at::Tensor& table_row, at::Tensor positions,
                                  const at::Tensor& logits, at::Tensor keys, at::Tensor& newest) {
-  const int64_t start = s.length, heads = qb.size(0);
+  const int64_t start = s.length, heads = q.size(1);
   if (!positions.defined() && (n > 1 || (!logits.defined() && !keys.defined())))
     positions = positions_of(s.kept[size_t(layer)], start + n);
   if (!logits.defined() && !keys.defined())
     keys = rows_at(store, s, table_row, positions, start + n, false).keys;
   AttentionRecord& record = s.scores[size_t(layer)];
-  if (n > 1) return record.add_block(*policy_, qb, keys, positions, start, newest);
+  if (n > 1)
+    return record.add_block(*policy_, q.narrow(0, row, n).transpose(0, 1), keys, positions, start,
+                            newest);
   // One decode query (at position `start`), which sees every held token: the decode kernel's
   // scores on a GPU, the same product over the pages' keys elsewhere.
   at::Tensor scores = logits;
   if (!scores.defined())
-    scores =
-        at::bmm(
-            qb.to(keys.device(), at::kFloat).reshape({num_kv_heads_, heads / num_kv_heads_, -1}),
-            keys.transpose(1, 2))
-            .mul_(1.0 / std::sqrt(double(head_dim_)))
-            .view({heads, held});
-  record.add_scores(*policy_, scores.narrow(1, 0, held), num_kv_heads_, start, newest);
+    scores = at::bmm(q[row]
+                         .to(keys.device(), at::kFloat)
+                         .reshape({num_kv_heads_, heads / num_kv_heads_, -1}),
+                     keys.transpose(1, 2))
+                 .mul_(1.0 / std::sqrt(double(head_dim_)))
+                 .view({heads, held});
+  record.add_scores(*policy_, scores.size(1) == held ? scores : scores.narrow(1, 0, held),
+                    num_kv_heads_, start, newest);
 }
 
 PagedKVCache::Rows PagedKVCache::rows_at(const kernels::PagedKvStore& store, const Sequence& s,

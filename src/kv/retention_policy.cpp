@@ -21,10 +21,22 @@ at::Tensor newest_indices(const RetentionInput& in, int64_t first) {
   const at::Tensor& pos = in.positions;
   if (!in.host_positions.defined())
     return at::nonzero(pos.ge(first)).select(1, 1).reshape({pos.size(0), -1});
-  const at::Tensor counts = in.host_positions.ge(first).sum(1);
-  const int64_t r = counts[0].item<int64_t>(), held = pos.size(1);
-  KVB_CHECK(counts.eq(r).all().item<bool>(),
-            "retention: KV heads hold different numbers of tokens at positions >= ", first);
+  // Counted with a loop over the host copy (this runs per sequence, layer and decode step).
+  const at::Tensor host =
+      in.host_positions.scalar_type() == at::kLong && in.host_positions.is_contiguous()
+          ? in.host_positions
+          : in.host_positions.to(at::kLong).contiguous();
+  const int64_t heads = host.size(0), held = host.size(1);
+  const int64_t* p = host.data_ptr<int64_t>();
+  int64_t r = -1;
+  for (int64_t h = 0; h < heads; ++h) {
+    // Positions ascend per head: those >= first are a suffix.
+    const int64_t* row = p + h * held;
+    const int64_t n = held - (std::lower_bound(row, row + held, first) - row);
+    KVB_CHECK(r < 0 || n == r,
+              "retention: KV heads hold different numbers of tokens at positions >= ", first);
+    r = n;
+  }
   return at::arange(held - r, held, pos.options().dtype(at::kLong)).expand({pos.size(0), r});
 }
 

@@ -196,6 +196,34 @@ TEST(StreamingLlm, HostSelectionMatchesTheTensorOne) {
   }
 }
 
+// The newest tokens counted on the host copy (a loop) and on the positions themselves (tensor
+// operators) agree on random held sets whose heads hold different positions; heads with
+// different numbers of tokens past `first` are refused by name.
+TEST(Retention, NewestIndicesOnTheHostMatchTheTensorOnes) {
+  auto gen = at::detail::createCPUGenerator(13);
+  for (int trial = 0; trial < 30; ++trial) {
+    const int64_t heads = 3, length = 30 + trial, first = length - 1 - trial % 9, held = 12;
+    // Each head: `held` ascending positions, the newest length - first of them shared.
+    std::vector<at::Tensor> rows;
+    for (int64_t h = 0; h < heads; ++h) {
+      const at::Tensor older =
+          std::get<0>(at::randperm(first, gen).narrow(0, 0, held - (length - first)).sort());
+      rows.push_back(at::cat({older, at::arange(first, length, at::kLong)}));
+    }
+    RetentionInput in;
+    in.length = length;
+    in.positions = at::stack(rows);
+    const at::Tensor slow = newest_indices(in, first);
+    in.host_positions = in.positions;
+    ASSERT_TRUE(at::equal(newest_indices(in, first), slow)) << "trial " << trial;
+    ASSERT_EQ(slow.size(1), length - first);
+  }
+  RetentionInput uneven;
+  uneven.positions = at::tensor({0, 5, 6, 1, 2, 6}, at::kLong).view({2, 3});
+  uneven.host_positions = uneven.positions;
+  EXPECT_THROW(newest_indices(uneven, 5), Error);
+}
+
 // The span a cache may apply without asking select() covers exactly the held tokens select()
 // keeps, on random held sets (with gaps, sinks and window overlapping or not).
 TEST(StreamingLlm, SpanCoversWhatTheSelectionKeeps) {

@@ -297,10 +297,11 @@ class PagedKVCache final : public KVCache {
   at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
                              const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
                              const at::Tensor& q, const at::Tensor& logits);
-  // What the policy needs to select for `s` at `layer` (its block's queries qb [heads, n, d] and
-  // keys kb [kv_heads, n, d]; `newest`: TOVA's recorded attention), into `in`.
-  void fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& qb,
-                         const at::Tensor& kb, const at::Tensor& newest, RetentionInput& in);
+  // What the policy needs to select for `s` at `layer` (its block: rows [row, row + n) of the
+  // step's q [rows, heads, d] and k [rows, kv_heads, d]; `newest`: TOVA's recorded
+  // attention), into `in`.
+  void fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                         int64_t row, int64_t n, const at::Tensor& newest, RetentionInput& in);
   // A decode-timing selection before the step attends (policies that need positions only):
   // the policy's span when it has one (no tensor made), else its choice over in.positions.
   void select(Sequence& s, int64_t layer, RetentionInput& in);
@@ -313,9 +314,10 @@ class PagedKVCache final : public KVCache {
   // into s.scores[layer] (and `newest`: TOVA's newest-query attention). A decode step (n = 1)
   // takes `logits`, the decode kernel's scaled scores of its query ([heads, >= held], kept
   // order), or computes them from `keys` (the held keys, rows_at; gathered here if undefined).
-  // `positions`: the held positions (positions_of), made here when a block needs them.
-  void record_scores(Sequence& s, int64_t layer, const at::Tensor& qb, int64_t n, int64_t held,
-                     const kernels::PagedKvStore& store, const at::Tensor& table_row,
+  // The step's queries are rows [row, row + n) of q [rows, heads, d]; `positions`: the held
+  // positions (positions_of), made here when a block needs them.
+  void record_scores(Sequence& s, int64_t layer, const at::Tensor& q, int64_t row, int64_t n,
+                     int64_t held, const kernels::PagedKvStore& store, const at::Tensor& table_row,
                      at::Tensor positions, const at::Tensor& logits, at::Tensor keys,
                      at::Tensor& newest);
   // [kv_heads, held, head_dim] fp32 keys (and values when `values`) at `positions` of `s`'s
