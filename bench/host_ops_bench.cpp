@@ -6,14 +6,15 @@
 // cost"). The counts do not depend on the machine: a change that batches per-sequence work
 // shows here before any GPU run.
 //
-//   KVBENCH_PAGED_PATH=kernels build/host_ops_bench [batch] [prompt] [layers]
+//   KVBENCH_PAGED_PATH=kernels build/host_ops_bench [batch] [prompt] [layers] [top] [method]
 //
-// One JSON line per method: {"method", "batch", "ops_per_layer", "ops_per_layer_and_sequence",
-// "top": the five most frequent operators per layer}. With KVBENCH_PAGED_PATH=kernels the
-// cache takes the GPU path's branches with the kernels' host references in place of the
-// kernels; what differs on a GPU: the kernels themselves are not ATen operators (one launch
-// each, not counted here), and each upload from the host adds a pin_memory and a copy there
-// (on the CPU it is free). Without the variable the CPU path's reference attention is counted.
+// One JSON line per method (or only `method`): {"method", "batch", "ops_per_layer",
+// "ops_per_layer_and_sequence", "top": the `top` (5) most frequent operators per layer}. With
+// KVBENCH_PAGED_PATH=kernels the cache takes the GPU path's branches with the kernels' host
+// references in place of the kernels; what differs on a GPU: the kernels themselves are not ATen
+// operators (one launch each, not counted here), and each upload from the host adds a pin_memory
+// and a copy there (on the CPU it is free). Without the variable the CPU path's reference attention
+// is counted.
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 
@@ -64,6 +65,8 @@ int main(int argc, char** argv) {
   const int64_t batch = argc > 1 ? std::atoll(argv[1]) : 16;
   const int64_t prompt = argc > 2 ? std::atoll(argv[2]) : 600;
   const int64_t layers = argc > 3 ? std::atoll(argv[3]) : 4;
+  const size_t shown = argc > 4 ? size_t(std::atoll(argv[4])) : 5;
+  const std::string only = argc > 5 ? argv[5] : "";
   // Llama-3-8B's attention shape; budgets below the prompt, so every policy evicts each step.
   const int64_t kv_heads = 8, heads = 32, head_dim = 128;
   install_counter();
@@ -75,6 +78,7 @@ int main(int argc, char** argv) {
         R"({"name": "scissorhands", "budget": 512, "recent": 64, "history": 64})",
         R"({"name": "quest", "budget": 256, "dense_layers": 0})"}) {
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "method");
+    if (!only.empty() && method["name"] != only) continue;
     auto cache = make_kv_cache(method, layers, kv_heads, head_dim, at::kHalf, "paged");
     std::vector<int64_t> seqs, prompts(size_t(batch), prompt), ones(size_t(batch), 1);
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(cache->add_sequence());
@@ -97,7 +101,7 @@ int main(int argc, char** argv) {
     for (const auto& [name, n] : counter.names) top.emplace_back(n, name);
     std::sort(top.rbegin(), top.rend());
     nlohmann::json most = nlohmann::json::object();
-    for (size_t i = 0; i < std::min<size_t>(5, top.size()); ++i)
+    for (size_t i = 0; i < std::min(shown, top.size()); ++i)
       most[top[i].second] = double(top[i].first) / double(layers);
     const double per_layer = double(counter.total) / double(layers);
     std::cout << nlohmann::json{{"method", method["name"]},
