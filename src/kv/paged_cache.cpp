@@ -399,8 +399,9 @@ void PagedKVCache::fold_quest_bounds(Sequence& s, int64_t layer, const kernels::
         .view({num_kv_heads_, pages, P, head_dim_});
   };
   const double inf = std::numeric_limits<double>::infinity();
-  const at::Tensor lo = half_bounds(std::get<0>(padded(inf).min(2)), true);
-  const at::Tensor hi = half_bounds(std::get<0>(padded(-inf).max(2)), false);
+  // One new key (a decode step) is its page's update as it is.
+  const at::Tensor lo = half_bounds(n == 1 ? keys : std::get<0>(padded(inf).min(2)), true);
+  const at::Tensor hi = half_bounds(n == 1 ? keys : std::get<0>(padded(-inf).max(2)), false);
   QuestBounds& qb = s.quest[size_t(layer)];
   const int64_t have = qb.mins.defined() ? qb.mins.size(1) : 0;
   if (last + 1 > have) {  // new pages start empty: +inf mins, -inf maxs
@@ -411,8 +412,9 @@ void PagedKVCache::fold_quest_bounds(Sequence& s, int64_t layer, const kernels::
     qb.maxs = qb.maxs.defined() ? at::cat({qb.maxs, more_hi}, 1) : more_hi;
   }
   at::Tensor mins = qb.mins.narrow(1, first, pages), maxs = qb.maxs.narrow(1, first, pages);
-  mins.copy_(at::minimum(mins, lo.to(mins.device())));
-  maxs.copy_(at::maximum(maxs, hi.to(maxs.device())));
+  // (The new keys are where the pools are, as the bounds.)
+  mins.copy_(at::minimum(mins, lo));
+  maxs.copy_(at::maximum(maxs, hi));
 }
 
 at::Tensor PagedKVCache::new_keys(const kernels::PagedKvStore& store, const Sequence& s,
@@ -442,11 +444,16 @@ at::Tensor PagedKVCache::quest_pages(const Sequence& s, int64_t layer, const at:
 }
 
 at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t held) const {
-  const int64_t P = quest_->page_size();
-  const at::Tensor offsets = at::arange(P, at::kLong);
-  at::Tensor tokens = (pages.unsqueeze(2) * P + offsets).reshape({num_kv_heads_, -1});
-  const int64_t keep = (pages.size(1) - 1) * P + (held - (held - 1) / P * P);
-  return tokens.narrow(1, 0, keep).contiguous();
+  // A loop over the host copy: this runs per sequence, layer and decode step.
+  const int64_t P = quest_->page_size(), n = pages.size(1);
+  const int64_t keep = (n - 1) * P + (held - (held - 1) / P * P);
+  const at::Tensor chosen = pages.is_contiguous() ? pages : pages.contiguous();
+  const int64_t* page = chosen.data_ptr<int64_t>();
+  at::Tensor tokens = at::empty({num_kv_heads_, keep}, at::kLong);
+  int64_t* t = tokens.data_ptr<int64_t>();
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t i = 0; i < keep; ++i) *t++ = page[h * n + i / P] * P + i % P;
+  return tokens;
 }
 
 at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,

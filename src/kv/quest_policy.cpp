@@ -71,7 +71,7 @@ at::Tensor QuestPolicy::select_pages(const at::Tensor& bounds) const {
   KVB_CHECK(bounds.dim() == 2 && bounds.size(1) >= 1, "quest: bounds ", bounds.sizes());
   const int64_t pages = bounds.size(1), n = std::min(pages_to_read(), pages);
   // The newest page holds the current token: it is always read.
-  at::Tensor b = bounds.to(at::kFloat).clone();
+  at::Tensor b = bounds.scalar_type() == at::kFloat ? bounds.clone() : bounds.to(at::kFloat);
   b.select(1, pages - 1).fill_(std::numeric_limits<float>::infinity());
   return top_tokens(b, n);
 }
