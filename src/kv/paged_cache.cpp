@@ -257,6 +257,9 @@ at::Tensor PagedKVCache::kept_positions(int64_t seq, int64_t layer, int64_t leng
   KVB_CHECK(length >= s.length && length <= int64_t(s.pages.size()) * format_.page_size,
             "paged cache: sequence ", seq, " has ", s.length, " tokens and room for ",
             int64_t(s.pages.size()) * format_.page_size, "; asked for the positions of ", length);
+  KVB_CHECK(length >= s.kept[size_t(layer)].tail, "paged cache: layer ", layer, " of sequence ",
+            seq, " selected among ", s.kept[size_t(layer)].tail,
+            " tokens this step; pass the step's length to read its positions");
   return positions_of(s.kept[size_t(layer)], length);
 }
 
@@ -649,7 +652,8 @@ void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, in
             policy_ ? policy_->name() : "", "'");
   Sequence& s = sequence(seq);
   KVB_CHECK(kept.dim() == 2 && kept.size(0) == num_kv_heads_ && kept.device().is_cpu() &&
-                kept.size(1) <= length && length <= int64_t(s.pages.size()) * format_.page_size,
+                kept.size(1) <= length && length >= s.length &&
+                length <= int64_t(s.pages.size()) * format_.page_size,
             "paged cache: a selection of shape ", kept.sizes(), " on ", kept.device().str(),
             " for ", num_kv_heads_, " heads of a sequence of ", length, " tokens");
   const at::Tensor positions = kept.to(at::kLong).contiguous();
@@ -734,8 +738,8 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   // attends what stays; a block (the prefill) attends everything, then the policy evicts.
   // Policies that select by attention see every step's attention first: the new tokens attend
   // everything held, their attention is recorded, then the layer shrinks (H2O's order).
-  // The retained lists and tails are read as they are: a step that neither selects nor
-  // records makes no positions tensor.
+  // The retained lists and tails are read as they are: on the kernel path, a decode step that
+  // neither selects nor records makes no positions tensor.
   const bool by_attention = selects_by_attention(policy_.get());
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false);

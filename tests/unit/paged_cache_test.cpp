@@ -651,6 +651,13 @@ TEST(PagedCacheRetainTest, KeepsASelectionAndFreesWhatNothingKeeps) {
   EXPECT_NE(error_of(at::cat({heads * 3, heads * 2}, 1)).find("must ascend"), std::string::npos);
   EXPECT_NE(error_of(at::zeros({kKvHeads + 1, 1}, at::kLong)).find("a selection of shape"),
             std::string::npos);
+  // A selection for fewer tokens than the sequence holds would keep the rest through the tail.
+  try {
+    paged.retain(seq, 0, heads * 0, n - 1);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("a selection of shape"), std::string::npos);
+  }
   // Keep the first token and the newest page's: the two pages between go back.
   const at::Tensor kept = at::cat({heads * 0, heads * (n - 2), heads * (n - 1)}, 1);
   EXPECT_EQ(error_of(kept), "no error");
@@ -664,6 +671,25 @@ TEST(PagedCacheRetainTest, KeepsASelectionAndFreesWhatNothingKeeps) {
                            make_policy(resolve_method({{"name", "snapkv"}}, "m")));
   const int64_t other = with_policy.add_sequence();
   EXPECT_THROW(with_policy.retain(other, 0, kept, n), Error);
+}
+
+// Mid-step (layer 0 of two selected, the step not over): the sequence's length is still the
+// old one, so reading the layer's positions needs the step's length.
+TEST(PagedCacheRetainTest, PositionsMidStepNeedTheStepsLength) {
+  const PagedFormat format = paged_format_for({{"name", "fp16"}}, at::kHalf);
+  PagedKVCache paged(format, 2, kKvHeads, kDim);
+  const int64_t seq = paged.add_sequence();
+  const int64_t n = 20;
+  paged.append_pages(0, {seq}, {n}, at::randn({n, kKvHeads, kDim}), at::randn({n, kKvHeads, kDim}));
+  const at::Tensor kept = at::arange(0, n - 1, 2, at::kLong).expand({kKvHeads, -1}).contiguous();
+  paged.retain(seq, 0, kept, n);  // the newest token not kept: the tail starts at n
+  EXPECT_TRUE(at::equal(paged.kept_positions(seq, 0, n), kept));
+  try {
+    paged.kept_positions(seq, 0);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pass the step's length"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

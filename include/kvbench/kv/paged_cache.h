@@ -9,9 +9,10 @@
 // set (a serving engine sizes its pool once from free memory: max_pages = pages); running out
 // is then an error that says how many pages were needed.
 //
-// With a retention policy (StreamingLLM with original positions, SnapKV, PyramidKV: those that
-// need positions or the prefill's window scores) the pages keep every token where it was
-// written and each (sequence, layer) keeps a list of retained positions per KV head; attention
+// With a retention policy (StreamingLLM with original positions, SnapKV, PyramidKV, H2O, TOVA,
+// ScissorHands; Quest reads chosen pages and evicts none) the pages keep every token where it
+// was written and each (sequence, layer) keeps its retained positions as a list per KV head and
+// a tail of newest tokens every head keeps (Retained); attention
 // reads the retained tokens by index (kernels/retained_decode.h on the GPU), never a compacted
 // copy. A page is freed once no layer and no head of its sequence retains a token in it and no
 // later append writes it, so memory falls at page granularity: StreamingLLM frees the pages
@@ -315,7 +316,7 @@ class PagedKVCache final : public KVCache {
   // takes `logits`, the decode kernel's scaled scores of its query ([heads, >= held], kept
   // order), or computes them from `keys` (the held keys, rows_at; gathered here if undefined).
   // The step's queries are rows [row, row + n) of q [rows, heads, d]; `positions`: the held
-  // positions (positions_of), made here when a block needs them.
+  // positions (positions_of), made here when they are read and undefined.
   void record_scores(Sequence& s, int64_t layer, const at::Tensor& q, int64_t row, int64_t n,
                      int64_t held, const kernels::PagedKvStore& store, const at::Tensor& table_row,
                      at::Tensor positions, const at::Tensor& logits, at::Tensor keys,
