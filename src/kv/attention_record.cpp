@@ -2,6 +2,8 @@
 
 #include <vector>
 
+#include "kvbench/core/error.h"
+
 namespace kvbench {
 
 bool selects_by_attention(const RetentionPolicy* policy) {
@@ -109,20 +111,21 @@ void AttentionRecord::keep(const at::Tensor& where) {
 
 std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
                                              const std::vector<RetentionInput*>& inputs) {
+  // The positions stay on the host beside each input (the policy counts there; select_batch
+  // moves them where the scores are).
+  std::vector<RetentionInput> where(inputs.size());
+  std::vector<const RetentionInput*> batch;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    where[i] = *inputs[i];
+    where[i].host_positions = inputs[i]->positions;
+    batch.push_back(&where[i]);
+  }
+  const std::vector<at::Tensor> picks = policy.select_batch(batch);
+  KVB_CHECK(picks.size() == inputs.size(), "retention policy '", policy.name(), "' chose for ",
+            picks.size(), " of ", inputs.size(), " inputs");
   std::vector<RetentionChoice> chosen;
   std::vector<at::Tensor> on_device;  // flattened, in order
-  for (RetentionInput* in : inputs) {
-    // The policy works where its scores are (window scores live with the queries: the GPU on
-    // cuda); the retained positions stay on the host.
-    RetentionInput where = *in;
-    where.host_positions = in->positions;  // lets the policy count on the host
-    for (const at::Tensor* t :
-         {&in->window_attention, &in->accumulated, &in->current, &in->low_counts})
-      if (t->defined() && t->device() != in->positions.device())  // from pinned memory, so
-        where.positions =  // the upload does not wait for the device
-            t->is_cuda() ? in->positions.contiguous().pin_memory().to(t->device(), true)
-                         : in->positions.to(t->device());
-    const at::Tensor c = policy.select(where);
+  for (const at::Tensor& c : picks) {
     chosen.push_back({c, c});
     if (!c.device().is_cpu()) on_device.push_back(c.reshape({-1}));
   }

@@ -17,36 +17,96 @@ at::Tensor FullRetention::select(const RetentionInput& in) const {
   return at::arange(held, at::kLong).expand({in.positions.size(0), held}).contiguous();
 }
 
-at::Tensor newest_indices(const RetentionInput& in, int64_t first) {
-  const at::Tensor& pos = in.positions;
-  if (!in.host_positions.defined())
-    return at::nonzero(pos.ge(first)).select(1, 1).reshape({pos.size(0), -1});
-  // Counted with a loop over the host copy (this runs per sequence, layer and decode step).
-  const at::Tensor host =
-      in.host_positions.scalar_type() == at::kLong && in.host_positions.is_contiguous()
-          ? in.host_positions
-          : in.host_positions.to(at::kLong).contiguous();
+namespace {
+
+// The host copy as int64, contiguous (no operator when it already is).
+at::Tensor host_longs(const at::Tensor& host) {
+  return host.scalar_type() == at::kLong && host.is_contiguous() ? host
+                                                                 : host.to(at::kLong).contiguous();
+}
+
+// How many positions >= first each head of `host` ([kv_heads, held] int64, ascending per head)
+// holds when every head holds as many; -1 when they differ. A loop: this runs per sequence,
+// layer and decode step.
+int64_t newest_count(const at::Tensor& host, int64_t first) {
   const int64_t heads = host.size(0), held = host.size(1);
   const int64_t* p = host.data_ptr<int64_t>();
   int64_t r = -1;
   for (int64_t h = 0; h < heads; ++h) {
-    // Positions ascend per head: those >= first are a suffix.
-    const int64_t* row = p + h * held;
+    const int64_t* row = p + h * held;  // ascending: those >= first are a suffix
     const int64_t n = held - (std::lower_bound(row, row + held, first) - row);
-    KVB_CHECK(r < 0 || n == r,
-              "retention: KV heads hold different numbers of tokens at positions >= ", first);
+    if (r >= 0 && n != r) return -1;
     r = n;
   }
+  return r;
+}
+
+}  // namespace
+
+at::Tensor newest_indices(const RetentionInput& in, int64_t first) {
+  const at::Tensor& pos = in.positions;
+  if (!in.host_positions.defined())
+    return at::nonzero(pos.ge(first)).select(1, 1).reshape({pos.size(0), -1});
+  const at::Tensor host = host_longs(in.host_positions);
+  const int64_t r = newest_count(host, first), held = host.size(1);
+  KVB_CHECK(r >= 0, "retention: KV heads hold different numbers of tokens at positions >= ", first);
   return at::arange(held - r, held, pos.options().dtype(at::kLong)).expand({pos.size(0), r});
 }
 
+std::optional<NewestBatch> newest_batch(const std::vector<const RetentionInput*>& inputs,
+                                        int64_t recent, at::Device device) {
+  if (inputs.empty()) return std::nullopt;
+  const int64_t E = int64_t(inputs.size());
+  std::vector<at::Tensor> hosts;
+  at::Tensor lengths = at::empty({E, 1, 1}, at::kLong);
+  int64_t newest = -1;
+  for (int64_t e = 0; e < E; ++e) {
+    const RetentionInput& in = *inputs[size_t(e)];
+    if (!in.host_positions.defined() || !in.host_positions.is_cpu()) return std::nullopt;
+    hosts.push_back(host_longs(in.host_positions));
+    if (hosts.back().sizes() != hosts.front().sizes()) return std::nullopt;
+    const int64_t r = newest_count(hosts.back(), in.length - recent);
+    if (r < 0 || (newest >= 0 && r != newest)) return std::nullopt;
+    newest = r;
+    lengths.data_ptr<int64_t>()[e] = in.length;
+  }
+  NewestBatch b;
+  b.newest = newest;
+  b.positions = at::stack(hosts);
+  b.lengths = lengths;
+  if (device.is_cuda()) {  // from pinned memory: the uploads do not wait for the device
+    b.positions = b.positions.pin_memory().to(device, /*non_blocking=*/true);
+    b.lengths = lengths.pin_memory().to(device, /*non_blocking=*/true);
+  }
+  return b;
+}
+
+std::vector<at::Tensor> RetentionPolicy::select_batch(
+    const std::vector<const RetentionInput*>& inputs) const {
+  std::vector<at::Tensor> out;
+  for (const RetentionInput* in : inputs) {
+    // The policy works where its scores are (window scores live with the queries: the GPU on
+    // cuda); the positions follow them.
+    RetentionInput where = *in;
+    for (const at::Tensor* t :
+         {&in->window_attention, &in->accumulated, &in->current, &in->low_counts})
+      if (t->defined() && t->device() != in->positions.device())  // from pinned memory, so
+        where.positions =  // the upload does not wait for the device
+            t->is_cuda() ? in->positions.contiguous().pin_memory().to(t->device(), true)
+                         : in->positions.to(t->device());
+    out.push_back(select(where));
+  }
+  return out;
+}
+
 at::Tensor top_tokens(const at::Tensor& scores, int64_t n) {
-  KVB_CHECK(scores.dim() == 2 && n >= 0 && n <= scores.size(1), "top_tokens: ", n, " of ",
-            scores.sizes());
+  KVB_CHECK((scores.dim() == 2 || scores.dim() == 3) && n >= 0 && n <= scores.size(-1),
+            "top_tokens: ", n, " of ", scores.sizes());
   // Stable descending sort: equal scores keep their token order, so the earlier token wins.
-  at::Tensor order = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/1,
+  const int64_t last = scores.dim() - 1;
+  at::Tensor order = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/last,
                                           /*descending=*/true));
-  return std::get<0>(at::sort(order.narrow(1, 0, n), 1)).contiguous();
+  return std::get<0>(at::sort(order.narrow(last, 0, n), last)).contiguous();
 }
 
 at::Tensor prefill_window_attention(const at::Tensor& q, const at::Tensor& k, int64_t w) {

@@ -224,6 +224,48 @@ TEST(Retention, NewestIndicesOnTheHostMatchTheTensorOnes) {
   EXPECT_THROW(newest_indices(uneven, 5), Error);
 }
 
+// A batch's selection (one set of operators for the over-budget sequences of a step) is each
+// input's own select(): H2O with and without normalization and ScissorHands, on random
+// positions (heads and inputs holding different older tokens), scores with ties, inputs of
+// different lengths; a batch of another shape falls back to select() per input.
+TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
+  auto gen = at::detail::createCPUGenerator(14);
+  const int64_t heads = 3, recent = 8;
+  auto input = [&](int64_t length, int64_t held) {
+    RetentionInput in;
+    in.length = length;
+    std::vector<at::Tensor> rows;
+    for (int64_t h = 0; h < heads; ++h) {
+      const at::Tensor older =
+          std::get<0>(at::randperm(length - recent, gen).narrow(0, 0, held - recent).sort());
+      rows.push_back(at::cat({older, at::arange(length - recent, length, at::kLong)}));
+    }
+    in.positions = at::stack(rows);
+    in.host_positions = in.positions;
+    // Scores in tenths: ties among them.
+    in.accumulated = at::rand({heads, held}, gen).mul(10).round().div(10);
+    in.low_counts = at::randint(0, 4, {heads, held}, gen).to(at::kFloat);
+    return in;
+  };
+  const H2oPolicy h2o(10, recent, false, EvictionTiming::kDecode);
+  const H2oPolicy normalized(10, recent, true, EvictionTiming::kDecode);
+  const ScissorHandsPolicy scissors(20, recent, 4, EvictionTiming::kDecode);
+  for (const RetentionPolicy* policy :
+       std::vector<const RetentionPolicy*>{&h2o, &normalized, &scissors})
+    for (const bool rectangular : {true, false}) {
+      std::vector<RetentionInput> inputs;
+      for (int e = 0; e < 5; ++e)
+        inputs.push_back(input(60 + 9 * e, rectangular || e != 2 ? 40 : 33));
+      std::vector<const RetentionInput*> batch;
+      for (const RetentionInput& in : inputs) batch.push_back(&in);
+      const std::vector<at::Tensor> got = policy->select_batch(batch);
+      ASSERT_EQ(got.size(), inputs.size());
+      for (size_t e = 0; e < inputs.size(); ++e)
+        ASSERT_TRUE(at::equal(got[e], policy->select(inputs[e])))
+            << policy->name() << " input " << e << (rectangular ? "" : " (mixed shapes)");
+    }
+}
+
 // The span a cache may apply without asking select() covers exactly the held tokens select()
 // keeps, on random held sets (with gaps, sinks and window overlapping or not).
 TEST(StreamingLlm, SpanCoversWhatTheSelectionKeeps) {

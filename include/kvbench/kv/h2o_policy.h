@@ -23,6 +23,9 @@ class H2oPolicy final : public RetentionPolicy {
   EvictionTiming timing() const override { return timing_; }
   int64_t budget(const RetentionInput&) const override { return heavy_ + recent_; }
   at::Tensor select(const RetentionInput& in) const override;
+  // One set of operators for a rectangular batch (newest_batch), else per input.
+  std::vector<at::Tensor> select_batch(
+      const std::vector<const RetentionInput*>& inputs) const override;
 
  private:
   int64_t heavy_, recent_;

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -112,6 +113,13 @@ class RetentionPolicy {
   // covers. A cache that keeps its retained positions as a list and a tail applies it
   // without a positions tensor. nullopt (the default): ask select().
   virtual std::optional<RetentionSpan> span(const RetentionInput&) const { return std::nullopt; }
+  // select() for several over-budget inputs (a decode step's sequences at one layer), each
+  // result what select() returns for its input. The default asks select() per input, its
+  // positions moved where its scores are; a policy that can select a rectangular batch with
+  // one set of tensor operators overrides it (a GPU step then issues them once, not per
+  // sequence). Inputs carry host_positions.
+  virtual std::vector<at::Tensor> select_batch(
+      const std::vector<const RetentionInput*>& inputs) const;
 };
 
 // Keeps every token: the behaviour of a cache without eviction.
@@ -130,10 +138,22 @@ class FullRetention final : public RetentionPolicy {
 // ascend (every head must hold the same number). Counted on the host copy of the positions
 // when the input has one (no wait for the device, as at::nonzero on a GPU has to).
 at::Tensor newest_indices(const RetentionInput& in, int64_t first);
+// A batch of inputs of one shape, for select_batch: the same held count and the same number
+// `newest` of held tokens at positions >= length - recent in every head of every input (the
+// steady state of decode-time eviction). positions [inputs, kv_heads, held] and lengths
+// [inputs, 1, 1], int64 on `device` (from the inputs' host positions, uploaded once). nullopt
+// when the inputs differ (or lack host positions): select them one by one.
+struct NewestBatch {
+  at::Tensor positions, lengths;
+  int64_t newest = 0;
+};
+std::optional<NewestBatch> newest_batch(const std::vector<const RetentionInput*>& inputs,
+                                        int64_t recent, at::Device device);
 
-// The top-`n` entries of each row of `scores` ([kv_heads, tokens]) as ascending indices
-// ([kv_heads, n] int64). Ties go to the earlier token (a stable sort), so selections are
-// deterministic. The shared tail of every score-based policy (kvpress's ScorerPress).
+// The top-`n` entries of each row of `scores` ([kv_heads, tokens], or [batch, kv_heads,
+// tokens]) as ascending indices ([kv_heads, n] int64; [batch, kv_heads, n]). Ties go to the earlier
+// token (a stable sort), so selections are deterministic. The shared tail of every score-based
+// policy (kvpress's ScorerPress).
 at::Tensor top_tokens(const at::Tensor& scores, int64_t n);
 
 // The window scores of RetentionNeeds::kWindowScores: [num_heads, w, n] softmax attention of a

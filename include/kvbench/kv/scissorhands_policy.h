@@ -24,6 +24,9 @@ class ScissorHandsPolicy final : public RetentionPolicy {
   int64_t observation_window() const override { return history_; }
   int64_t budget(const RetentionInput&) const override { return budget_; }
   at::Tensor select(const RetentionInput& in) const override;
+  // One set of operators for a rectangular batch (newest_batch), else per input.
+  std::vector<at::Tensor> select_batch(
+      const std::vector<const RetentionInput*>& inputs) const override;
 
  private:
   int64_t budget_, recent_, history_;
