@@ -34,27 +34,15 @@ at::Tensor H2oPolicy::select(const RetentionInput& in) const {
 
 std::vector<at::Tensor> H2oPolicy::select_batch(
     const std::vector<const RetentionInput*>& inputs) const {
-  if (inputs.size() < 2) return RetentionPolicy::select_batch(inputs);
-  std::vector<at::Tensor> accumulated;
-  for (const RetentionInput* in : inputs) {
-    if (!in->accumulated.defined() || in->accumulated.sizes() != in->positions.sizes())
-      return RetentionPolicy::select_batch(inputs);  // select() says what is wrong
-    accumulated.push_back(in->accumulated);
-  }
-  const std::optional<NewestBatch> b = newest_batch(inputs, recent_, accumulated.front().device());
+  const std::optional<NewestBatch> b = newest_batch(inputs, recent_, &RetentionInput::accumulated);
   if (!b) return RetentionPolicy::select_batch(inputs);
   // select()'s operators over [inputs, kv_heads, held].
-  const at::Tensor& pos = b->positions;
-  at::Tensor scores = at::stack(accumulated).to(at::kDouble);
-  if (normalize_) scores = scores / (b->lengths - pos).to(at::kDouble);
-  scores =
-      scores.masked_fill(pos.ge(b->lengths - recent_), -std::numeric_limits<double>::infinity());
-  const int64_t held = pos.size(2), r = b->newest;
-  const at::Tensor window =
-      at::arange(held - r, held, pos.options()).expand({pos.size(0), pos.size(1), r});
-  const at::Tensor kept =
-      std::get<0>(at::cat({top_tokens(scores, heavy_), window}, 2).sort(2)).contiguous();
-  return kept.unbind(0);
+  at::Tensor scores = b->scores.to(at::kDouble);
+  if (normalize_) scores = scores / (b->lengths - b->positions).to(at::kDouble);
+  return top_and_newest(*b,
+                        scores.masked_fill(b->positions.ge(b->lengths - recent_),
+                                           -std::numeric_limits<double>::infinity()),
+                        heavy_);
 }
 
 }  // namespace kvbench

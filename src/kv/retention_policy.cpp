@@ -54,16 +54,21 @@ at::Tensor newest_indices(const RetentionInput& in, int64_t first) {
 }
 
 std::optional<NewestBatch> newest_batch(const std::vector<const RetentionInput*>& inputs,
-                                        int64_t recent, at::Device device) {
-  if (inputs.empty()) return std::nullopt;
+                                        int64_t recent, at::Tensor RetentionInput::*scores) {
+  if (inputs.size() < 2) return std::nullopt;
   const int64_t E = int64_t(inputs.size());
-  std::vector<at::Tensor> hosts;
+  std::vector<at::Tensor> hosts, stacked;
   at::Tensor lengths = at::empty({E, 1, 1}, at::kLong);
   int64_t newest = -1;
   for (int64_t e = 0; e < E; ++e) {
     const RetentionInput& in = *inputs[size_t(e)];
-    if (!in.host_positions.defined() || !in.host_positions.is_cpu()) return std::nullopt;
+    const at::Tensor& s = in.*scores;
+    if (!s.defined() || !in.host_positions.defined() || !in.host_positions.is_cpu() ||
+        s.sizes() != in.host_positions.sizes() ||
+        (!stacked.empty() && s.device() != stacked.front().device()))
+      return std::nullopt;
     hosts.push_back(host_longs(in.host_positions));
+    stacked.push_back(s);
     if (hosts.back().sizes() != hosts.front().sizes()) return std::nullopt;
     const int64_t r = newest_count(hosts.back(), in.length - recent);
     if (r < 0 || (newest >= 0 && r != newest)) return std::nullopt;
@@ -72,13 +77,24 @@ std::optional<NewestBatch> newest_batch(const std::vector<const RetentionInput*>
   }
   NewestBatch b;
   b.newest = newest;
+  b.scores = at::stack(stacked);
   b.positions = at::stack(hosts);
   b.lengths = lengths;
+  const at::Device device = b.scores.device();
   if (device.is_cuda()) {  // from pinned memory: the uploads do not wait for the device
     b.positions = b.positions.pin_memory().to(device, /*non_blocking=*/true);
     b.lengths = lengths.pin_memory().to(device, /*non_blocking=*/true);
   }
   return b;
+}
+
+std::vector<at::Tensor> top_and_newest(const NewestBatch& batch, const at::Tensor& masked,
+                                       int64_t top) {
+  const at::Tensor& pos = batch.positions;
+  const int64_t held = pos.size(2), r = batch.newest;
+  const at::Tensor window =
+      at::arange(held - r, held, pos.options()).expand({pos.size(0), pos.size(1), r});
+  return std::get<0>(at::cat({top_tokens(masked, top), window}, 2).sort(2)).contiguous().unbind(0);
 }
 
 std::vector<at::Tensor> RetentionPolicy::select_batch(

@@ -36,28 +36,14 @@ at::Tensor ScissorHandsPolicy::select(const RetentionInput& in) const {
 
 std::vector<at::Tensor> ScissorHandsPolicy::select_batch(
     const std::vector<const RetentionInput*>& inputs) const {
-  if (inputs.size() < 2) return RetentionPolicy::select_batch(inputs);
-  std::vector<at::Tensor> counts;
-  for (const RetentionInput* in : inputs) {
-    if (!in->low_counts.defined() || in->low_counts.sizes() != in->positions.sizes())
-      return RetentionPolicy::select_batch(inputs);  // select() says what is wrong
-    counts.push_back(in->low_counts);
-  }
-  const std::optional<NewestBatch> b = newest_batch(inputs, recent_, counts.front().device());
+  const std::optional<NewestBatch> b = newest_batch(inputs, recent_, &RetentionInput::low_counts);
   if (!b) return RetentionPolicy::select_batch(inputs);
   // select()'s operators over [inputs, kv_heads, held].
-  const at::Tensor& pos = b->positions;
-  const at::Tensor scores =
-      at::stack(counts)
-          .to(at::kDouble)
-          .neg()
-          .masked_fill(pos.ge(b->lengths - recent_), -std::numeric_limits<double>::infinity());
-  const int64_t held = pos.size(2), r = b->newest;
-  const at::Tensor window =
-      at::arange(held - r, held, pos.options()).expand({pos.size(0), pos.size(1), r});
-  const at::Tensor kept =
-      std::get<0>(at::cat({top_tokens(scores, budget_ - recent_), window}, 2).sort(2)).contiguous();
-  return kept.unbind(0);
+  const at::Tensor scores = b->scores.to(at::kDouble)
+                                .neg()
+                                .masked_fill(b->positions.ge(b->lengths - recent_),
+                                             -std::numeric_limits<double>::infinity());
+  return top_and_newest(*b, scores, budget_ - recent_);
 }
 
 }  // namespace kvbench

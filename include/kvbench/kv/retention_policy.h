@@ -138,17 +138,24 @@ class FullRetention final : public RetentionPolicy {
 // ascend (every head must hold the same number). Counted on the host copy of the positions
 // when the input has one (no wait for the device, as at::nonzero on a GPU has to).
 at::Tensor newest_indices(const RetentionInput& in, int64_t first);
-// A batch of inputs of one shape, for select_batch: the same held count and the same number
-// `newest` of held tokens at positions >= length - recent in every head of every input (the
-// steady state of decode-time eviction). positions [inputs, kv_heads, held] and lengths
-// [inputs, 1, 1], int64 on `device` (from the inputs' host positions, uploaded once). nullopt
-// when the inputs differ (or lack host positions): select them one by one.
+// Two or more inputs of one shape, for a select_batch that keeps a recent window whole: the
+// same held count and the same number `newest` of held tokens at positions >= length - recent
+// in every head of every input (the steady state of decode-time eviction). `scores`: each
+// input's `scores` member stacked, [inputs, kv_heads, held]; positions (from the inputs' host
+// positions, uploaded once) and lengths [inputs, 1, 1], int64, where the scores are. nullopt
+// when the inputs differ or lack those scores: select them one by one (select() says what is
+// wrong with an input).
 struct NewestBatch {
-  at::Tensor positions, lengths;
+  at::Tensor positions, lengths, scores;
   int64_t newest = 0;
 };
 std::optional<NewestBatch> newest_batch(const std::vector<const RetentionInput*>& inputs,
-                                        int64_t recent, at::Device device);
+                                        int64_t recent, at::Tensor RetentionInput::*scores);
+// Per input: the `top` entries of `masked` ([inputs, kv_heads, held], the recent window
+// masked to -inf) and the batch's newest held tokens, ascending (H2O's and ScissorHands'
+// choice).
+std::vector<at::Tensor> top_and_newest(const NewestBatch& batch, const at::Tensor& masked,
+                                       int64_t top);
 
 // The top-`n` entries of each row of `scores` ([kv_heads, tokens], or [batch, kv_heads,
 // tokens]) as ascending indices ([kv_heads, n] int64; [batch, kv_heads, n]). Ties go to the earlier
