@@ -450,6 +450,8 @@ at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t held) con
   // A loop over the host copy: this runs per sequence, layer and decode step.
   const int64_t P = quest_->page_size(), n = pages.size(1);
   const int64_t keep = (n - 1) * P + (held - (held - 1) / P * P);
+  KVB_CHECK(pages.is_cpu() && pages.scalar_type() == at::kLong,
+            "paged cache: Quest's chosen pages must be int64 on the host");
   const at::Tensor chosen = pages.is_contiguous() ? pages : pages.contiguous();
   const int64_t* page = chosen.data_ptr<int64_t>();
   at::Tensor tokens = at::empty({num_kv_heads_, keep}, at::kLong);

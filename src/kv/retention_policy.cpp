@@ -45,7 +45,7 @@ int64_t newest_count(const at::Tensor& host, int64_t first) {
 
 at::Tensor newest_indices(const RetentionInput& in, int64_t first) {
   const at::Tensor& pos = in.positions;
-  if (!in.host_positions.defined())
+  if (!in.host_positions.defined() || !in.host_positions.is_cpu())
     return at::nonzero(pos.ge(first)).select(1, 1).reshape({pos.size(0), -1});
   const at::Tensor host = host_longs(in.host_positions);
   const int64_t r = newest_count(host, first), held = host.size(1);
@@ -84,6 +84,9 @@ std::optional<NewestBatch> newest_batch(const std::vector<const RetentionInput*>
   if (device.is_cuda()) {  // from pinned memory: the uploads do not wait for the device
     b.positions = b.positions.pin_memory().to(device, /*non_blocking=*/true);
     b.lengths = lengths.pin_memory().to(device, /*non_blocking=*/true);
+  } else if (!device.is_cpu()) {
+    b.positions = b.positions.to(device);
+    b.lengths = lengths.to(device);
   }
   return b;
 }

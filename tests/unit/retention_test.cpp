@@ -247,6 +247,23 @@ TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
     in.low_counts = at::randint(0, 4, {heads, held}, gen).to(at::kFloat);
     return in;
   };
+  {  // as many held tokens, one recent token fewer in one input: not one batch
+    std::vector<RetentionInput> inputs = {input(60, 40), input(70, 40)};
+    inputs[1].positions = inputs[1].positions.clone();
+    inputs[1].positions.select(1, 40 - recent).sub_(40);  // was length - recent: now older
+    inputs[1].positions = std::get<0>(inputs[1].positions.sort(1));
+    inputs[1].host_positions = inputs[1].positions;
+    EXPECT_FALSE(
+        newest_batch({&inputs[0], &inputs[1]}, recent, &RetentionInput::accumulated).has_value());
+    // int32 and non-contiguous host positions batch as int64 ones do
+    inputs = {input(60, 40), input(70, 40)};
+    inputs[0].host_positions = inputs[0].positions.to(at::kInt);
+    inputs[1].host_positions = inputs[1].positions.t().contiguous().t();
+    const auto b = newest_batch({&inputs[0], &inputs[1]}, recent, &RetentionInput::accumulated);
+    ASSERT_TRUE(b.has_value());
+    EXPECT_EQ(b->newest, recent);
+    EXPECT_TRUE(at::equal(b->positions, at::stack({inputs[0].positions, inputs[1].positions})));
+  }
   const H2oPolicy h2o(10, recent, false, EvictionTiming::kDecode);
   const H2oPolicy normalized(10, recent, true, EvictionTiming::kDecode);
   const ScissorHandsPolicy scissors(20, recent, 4, EvictionTiming::kDecode);
@@ -258,6 +275,8 @@ TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
         inputs.push_back(input(60 + 9 * e, rectangular || e != 2 ? 40 : 33));
       std::vector<const RetentionInput*> batch;
       for (const RetentionInput& in : inputs) batch.push_back(&in);
+      // The batch path is taken exactly for the rectangular batch.
+      ASSERT_EQ(newest_batch(batch, recent, &RetentionInput::accumulated).has_value(), rectangular);
       const std::vector<at::Tensor> got = policy->select_batch(batch);
       ASSERT_EQ(got.size(), inputs.size());
       for (size_t e = 0; e < inputs.size(); ++e)
