@@ -893,7 +893,7 @@ void PagedKVCache::fill_policy_input(const Sequence& s, int64_t layer, const at:
 }
 
 at::Tensor PagedKVCache::positions_of(const Retained& r, int64_t length) const {
-  const int64_t count = r.count(), held = r.held(length), tail = r.selected() ? r.tail : 0;
+  const int64_t count = r.count(), held = r.held(length), tail = r.tail;
   at::Tensor out = at::empty({num_kv_heads_, held}, at::kLong);
   int64_t* o = out.data_ptr<int64_t>();
   const int* listed = count > 0 ? r.host.data_ptr<int>() : nullptr;
@@ -932,7 +932,7 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
                                 ? choice.host
                                 : choice.host.to(at::kLong).contiguous();
   // Index i of a head's held tokens is its i-th listed position, then the tail's.
-  const int64_t kept = chosen.size(1), count = r.count(), tail = r.selected() ? r.tail : 0;
+  const int64_t kept = chosen.size(1), count = r.count(), tail = r.tail;
   const int64_t* c = chosen.data_ptr<int64_t>();
   const int* listed = count > 0 ? r.host.data_ptr<int>() : nullptr;
   scratch_.resize(size_t(num_kv_heads_ * kept));
@@ -975,7 +975,7 @@ void PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held
 
 void PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t length) {
   // Of the tail [tail, length): [tail, prefix) and [newest, length), one run when they meet.
-  const int64_t tail = r.selected() ? r.tail : 0, count = r.count();
+  const int64_t tail = r.tail, count = r.count();
   const int64_t newest = std::min(length, std::max(tail, span.newest));
   const int64_t prefix_end = std::max(tail, std::min(span.prefix, newest));
   // Each head's listed positions the span covers, then the tail's prefix part, then the tail.

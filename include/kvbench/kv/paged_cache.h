@@ -181,14 +181,14 @@ class PagedKVCache final : public KVCache {
   // tail, so a step that selects nothing changes nothing here (no positions tensor is made),
   // and the lists travel only when a selection changes them. Listed positions are below
   // `tail`, and the tail starts the longest run of newest tokens every head keeps (so an
-  // unchanged selection compares equal). Undefined `host`: every token (nothing evicted).
+  // unchanged selection compares equal). Undefined `host`: every token (nothing evicted; tail 0).
   struct Retained {
     at::Tensor host, device;
     int64_t tail = 0;
     bool selected() const { return host.defined(); }
     int64_t count() const { return host.defined() ? host.size(1) : 0; }
     // Tokens per head of a sequence of `length` tokens (its new ones included).
-    int64_t held(int64_t length) const { return selected() ? count() + length - tail : length; }
+    int64_t held(int64_t length) const { return count() + length - tail; }
   };
   struct Sequence {
     std::vector<int> pages;  // block-table row: physical page of each logical page; -1: freed
