@@ -202,9 +202,11 @@ TEST(KernelsSuite, RecordsRawSamplesBytesAndBandwidth) {
   EXPECT_NEAR(r.out.summary["max_llc_multiple"].get<double>(), 2.0 * 2 * 2048 * 64 * 4 / (1 << 19),
               1e-12);
   // 2 MiB = 4x the pretend cache: no warning about the cache's size (the real cache may hold
-  // it, so its speed may be beyond the copy bandwidth, which is warned about).
+  // it, so its speed may be beyond the copy bandwidth, which is warned about). A busy machine
+  // may also spread the timed samples, which is warned about too (spread_warning).
   for (const std::string& w : r.out.warnings)
-    EXPECT_NE(w.find("larger than llc_bytes says"), std::string::npos) << w;
+    if (w.find("spread widely") == std::string::npos)
+      EXPECT_NE(w.find("larger than llc_bytes says"), std::string::npos) << w;
   const Table table = KernelsSuite().summary_table(r.out);
   EXPECT_EQ(table.rows.size(), 5u);              // 4 points + copy
   EXPECT_EQ(table.columns.back(), "% copy BW");  // no retained steps: no "vs full" column
