@@ -1,5 +1,8 @@
 #include "kvbench/kv/attention_record.h"
 
+#include <ATen/TensorIndexing.h>
+
+#include <map>
 #include <vector>
 
 #include "kvbench/core/error.h"
@@ -106,6 +109,189 @@ void AttentionRecord::keep(const at::Tensor& where) {
     const at::Tensor rows =
         index.view({low_.size(0), -1, 1, 1}).expand({-1, -1, low_.size(2), low_.size(3)});
     low_ = low_.gather(1, rows);
+  }
+}
+
+namespace {
+
+// The indices of `keys` grouped by equal key, each group in order, groups in order of their
+// first member.
+std::vector<std::vector<size_t>> groups_of(const std::vector<std::vector<int64_t>>& keys) {
+  std::map<std::vector<int64_t>, size_t> group;
+  std::vector<std::vector<size_t>> out;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const auto [it, fresh] = group.emplace(keys[i], out.size());
+    if (fresh) out.emplace_back();
+    out[it->second].push_back(i);
+  }
+  return out;
+}
+
+// A key part for a state: its shape, or -1 when it does not exist yet.
+void append_shape(std::vector<int64_t>& key, const at::Tensor& state) {
+  if (!state.defined()) return key.push_back(-1);
+  key.push_back(state.dim());
+  for (const int64_t n : state.sizes()) key.push_back(n);
+}
+
+}  // namespace
+
+void AttentionRecord::add_scores_batch(const RetentionPolicy& policy,
+                                       const std::vector<AttentionRecord*>& records,
+                                       const at::Tensor& logits, const std::vector<int64_t>& held,
+                                       int64_t kv_heads, const std::vector<int64_t>& starts,
+                                       std::vector<at::Tensor>& newest) {
+  KVB_CHECK(held.size() == records.size() && starts.size() == records.size() &&
+                newest.size() == records.size() && logits.dim() == 3 &&
+                logits.size(0) == int64_t(records.size()),
+            "attention record: ", records.size(), " records for scores of shape ", logits.sizes());
+  std::vector<std::vector<int64_t>> keys(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i] == nullptr) continue;
+    keys[i] = {held[i]};
+    append_shape(keys[i], records[i]->summed_);
+    append_shape(keys[i], records[i]->low_);
+  }
+  for (const std::vector<size_t>& group : groups_of(keys)) {
+    const size_t first = group[0];
+    if (records[first] == nullptr) continue;
+    if (group.size() == 1) {
+      records[first]->add_scores(policy, logits[int64_t(first)].narrow(1, 0, held[first]), kv_heads,
+                                 starts[first], newest[first]);
+      continue;
+    }
+    add_group_scores(policy, records, group, logits, held[first], kv_heads, starts, newest);
+  }
+}
+
+void AttentionRecord::add_group_scores(const RetentionPolicy& policy,
+                                       const std::vector<AttentionRecord*>& records,
+                                       const std::vector<size_t>& group, const at::Tensor& logits,
+                                       int64_t held, int64_t kv_heads,
+                                       const std::vector<int64_t>& starts,
+                                       std::vector<at::Tensor>& newest) {
+  const int64_t G = int64_t(group.size()), heads = logits.size(1), g = heads / kv_heads;
+  at::Tensor rows = logits;  // [G, heads, held]
+  if (G != logits.size(0) || held != logits.size(2)) {
+    std::vector<at::Tensor> parts;
+    for (const size_t i : group) parts.push_back(logits[int64_t(i)].narrow(1, 0, held));
+    rows = at::stack(parts);
+  }
+  // add_scores' formulas with the group's records as the leading dimension.
+  const at::Tensor p = at::softmax(rows, -1, at::kFloat).view({G, kv_heads, g, held});
+  auto states = [&](at::Tensor AttentionRecord::*state) {
+    std::vector<at::Tensor> parts;
+    for (const size_t i : group) parts.push_back(records[i]->*state);
+    return at::stack(parts);
+  };
+  switch (policy.needs()) {
+    case RetentionNeeds::kScoresEveryStep: {
+      at::Tensor summed = p.sum(2).div_(double(g));  // [G, kv_heads, held]
+      const at::Tensor& before = records[group[0]]->summed_;
+      if (before.defined())
+        summed =
+            at::constant_pad_nd(states(&AttentionRecord::summed_), {0, held - before.size(1)}) +
+            summed;
+      const std::vector<at::Tensor> rows = summed.unbind(0);
+      for (size_t j = 0; j < group.size(); ++j) records[group[j]]->summed_ = rows[j];
+      break;
+    }
+    case RetentionNeeds::kLastQueryScores: {
+      const std::vector<at::Tensor> means = p.mean(2).unbind(0);
+      for (size_t j = 0; j < group.size(); ++j) newest[group[j]] = means[j];
+      break;
+    }
+    case RetentionNeeds::kLowAttentionCounts: {
+      const int64_t window = policy.observation_window();
+      const at::Tensor low = p.lt(1.0 / double(held)).permute({0, 1, 3, 2});  // [G, kvh, held, g]
+      const at::Tensor& before = records[group[0]]->low_;
+      at::Tensor ring = before.defined()
+                            ? at::constant_pad_nd(states(&AttentionRecord::low_),
+                                                  {0, 0, 0, 0, 0, held - before.size(1)})
+                            : at::zeros({G, kv_heads, held, g, window}, low.options());
+      // Each record's column: its query's position modulo the window.
+      std::vector<int64_t> columns;
+      for (const size_t i : group) columns.push_back(starts[i] % window);
+      const at::TensorOptions index = low.options().dtype(at::kLong);
+      using at::indexing::Slice;
+      ring.index_put_({at::arange(G, index), Slice(), Slice(), Slice(),
+                       at::tensor(columns, at::kLong).to(index.device())},
+                      low);
+      const std::vector<at::Tensor> rings = ring.unbind(0);
+      for (size_t j = 0; j < group.size(); ++j) records[group[j]]->low_ = rings[j];
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+void AttentionRecord::fill_batch(const RetentionPolicy& policy,
+                                 const std::vector<const AttentionRecord*>& records,
+                                 const std::vector<at::Tensor>& newest,
+                                 const std::vector<RetentionInput*>& inputs) {
+  KVB_CHECK(newest.size() == records.size() && inputs.size() == records.size(),
+            "attention record: ", records.size(), " records for ", inputs.size(), " inputs");
+  // Only ScissorHands' counts are computed here; the other states are handed over as they are.
+  std::vector<std::vector<int64_t>> keys(records.size());
+  const bool counts = policy.needs() == RetentionNeeds::kLowAttentionCounts;
+  for (size_t i = 0; i < records.size(); ++i)
+    if (counts && records[i]) append_shape(keys[i], records[i]->low_);
+  for (const std::vector<size_t>& group : groups_of(keys)) {
+    if (group.size() == 1 || !counts || records[group[0]] == nullptr ||
+        !records[group[0]]->low_.defined()) {
+      for (const size_t i : group)
+        if (records[i]) records[i]->fill(policy, newest[i], *inputs[i]);
+      continue;
+    }
+    std::vector<at::Tensor> lows;
+    for (const size_t i : group) lows.push_back(records[i]->low_);
+    // fill's formula over the stacked states.
+    const std::vector<at::Tensor> c = at::stack(lows).sum(4).to(at::kFloat).mean(3).unbind(0);
+    for (size_t j = 0; j < group.size(); ++j) inputs[group[j]]->low_counts = c[j];
+  }
+}
+
+void AttentionRecord::keep_batch(const std::vector<AttentionRecord*>& records,
+                                 const std::vector<at::Tensor>& wheres) {
+  KVB_CHECK(wheres.size() == records.size(), "attention record: ", records.size(), " records for ",
+            wheres.size(), " selections");
+  std::vector<std::vector<int64_t>> keys(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i] == nullptr) continue;
+    append_shape(keys[i], records[i]->summed_);
+    append_shape(keys[i], records[i]->low_);
+    append_shape(keys[i], wheres[i]);
+    keys[i].push_back(int64_t(wheres[i].device().type()));
+  }
+  for (const std::vector<size_t>& group : groups_of(keys)) {
+    AttentionRecord* first = records[group[0]];
+    if (first == nullptr) continue;
+    if (group.size() == 1 || (!first->summed_.defined() && !first->low_.defined())) {
+      for (const size_t i : group) records[i]->keep(wheres[i]);
+      continue;
+    }
+    const at::Device device =
+        first->summed_.defined() ? first->summed_.device() : first->low_.device();
+    std::vector<at::Tensor> parts;
+    for (const size_t i : group) parts.push_back(wheres[i]);
+    const at::Tensor index = at::stack(parts).to(device, at::kLong);  // [G, kv_heads, kept]
+    const int64_t G = index.size(0);
+    if (first->summed_.defined()) {
+      parts.clear();
+      for (const size_t i : group) parts.push_back(records[i]->summed_);
+      const std::vector<at::Tensor> kept = at::stack(parts).gather(2, index).unbind(0);
+      for (size_t j = 0; j < group.size(); ++j) records[group[j]]->summed_ = kept[j];
+    }
+    if (first->low_.defined()) {
+      parts.clear();
+      for (const size_t i : group) parts.push_back(records[i]->low_);
+      const at::Tensor low = at::stack(parts);  // [G, kv_heads, held, group, window]
+      const at::Tensor rows =
+          index.view({G, index.size(1), -1, 1, 1}).expand({-1, -1, -1, low.size(3), low.size(4)});
+      const std::vector<at::Tensor> kept = low.gather(2, rows).unbind(0);
+      for (size_t j = 0; j < group.size(); ++j) records[group[j]]->low_ = kept[j];
+    }
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <optional>
@@ -17,6 +18,39 @@
 #include "paged_cache_cuda.h"
 
 namespace kvbench {
+
+std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
+                                       const at::Device& device) {
+  auto as_int = [](const at::Tensor& h) {
+    return h.scalar_type() == at::kInt && h.is_contiguous() ? h : h.to(at::kInt).contiguous();
+  };
+  std::vector<UploadedList> out;
+  int64_t total = 0;
+  for (const at::Tensor& h : hosts) {
+    KVB_CHECK(h.is_cpu(), "upload_lists: a list to upload is not on the host");
+    total += h.numel();
+  }
+  if (!device.is_cuda()) {
+    for (const at::Tensor& h : hosts) out.push_back({as_int(h), 0});
+    return out;
+  }
+  if (total == 0) return std::vector<UploadedList>(hosts.size());  // nothing to read there
+  // Written straight into pinned memory, so the one copy is queued behind the device's work
+  // instead of waiting for it.
+  const at::Tensor pinned =
+      at::empty({total}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  int* const first = pinned.data_ptr<int>();
+  int* to = first;
+  for (const at::Tensor& h : hosts) {
+    const at::Tensor list = as_int(h);
+    std::memcpy(to, list.data_ptr<int>(), size_t(list.numel()) * sizeof(int));
+    out.push_back({at::Tensor(), int64_t(to - first)});
+    to += list.numel();
+  }
+  const at::Tensor buffer = pinned.to(at::TensorOptions().device(device), /*non_blocking=*/true);
+  for (UploadedList& u : out) u.buffer = buffer;
+  return out;
+}
 
 using kernels::KvFormat;
 
@@ -498,11 +532,17 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   if (!any_sparse) return attend_dense(step, counts, q, store);
   if (kernel_path_ && step.max_new == 1) {
     // Each sequence's pages this step as a list the retained-index kernel reads (no tail).
+    std::vector<at::Tensor> hosts;
+    for (const at::Tensor& p : positions)
+      if (p.defined()) hosts.push_back(p);
+    const std::vector<UploadedList> up = upload_lists(hosts, device_);
     std::vector<ListedRows> lists(static_cast<size_t>(B));
-    for (int b = 0; b < B; ++b)
-      if (positions[size_t(b)].defined())
-        lists[size_t(b)] = {upload(positions[size_t(b)].to(at::kInt)), positions[size_t(b)].size(1),
-                            batch[size_t(b)]->length + 1};
+    for (int b = 0, i = 0; b < B; ++b)
+      if (positions[size_t(b)].defined()) {
+        lists[size_t(b)] = {up[size_t(i)].buffer, up[size_t(i)].offset,
+                            positions[size_t(b)].size(1), batch[size_t(b)]->length + 1};
+        ++i;
+      }
     paged_cuda::DecodeBatch d{step.table, step.ints.narrow(0, 3 * B + 1, B),
                               step.ints.narrow(0, 2 * B + 1, B), step.max_len};
     return decode_lists(lists, d, store, q, at::Tensor());
@@ -801,34 +841,61 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   std::vector<at::Tensor> newest(static_cast<size_t>(B));  // TOVA's, per sequence
   if (by_attention) {
     Stopwatch watch;
-    for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
-      const int64_t n = counts[size_t(b)];
-      Sequence& s = *batch[size_t(b)];
-      record_scores(s, layer, q, row, n, s.kept[size_t(layer)].held(inputs[size_t(b)].length),
-                    store, table[b], positions[size_t(b)],
-                    logits.defined() ? logits[b] : at::Tensor(), keys[size_t(b)],
-                    newest[size_t(b)]);
+    if (logits.defined()) {  // one query per sequence, scored by the kernel: batched
+      std::vector<AttentionRecord*> records;
+      std::vector<int64_t> held, starts;
+      for (int b = 0; b < B; ++b) {
+        Sequence& s = *batch[size_t(b)];
+        records.push_back(&s.scores[size_t(layer)]);
+        held.push_back(s.kept[size_t(layer)].held(inputs[size_t(b)].length));
+        starts.push_back(s.length);
+      }
+      AttentionRecord::add_scores_batch(*policy_, records, logits, held, num_kv_heads_, starts,
+                                        newest);
+    } else {
+      for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+        const int64_t n = counts[size_t(b)];
+        Sequence& s = *batch[size_t(b)];
+        record_scores(s, layer, q, row, n, s.kept[size_t(layer)].held(inputs[size_t(b)].length),
+                      store, table[b], positions[size_t(b)], keys[size_t(b)], newest[size_t(b)]);
+      }
     }
     retention_s_ += watch.seconds();
   }
   // The over-budget sequences' policy inputs, then their choices in one read-back.
   std::vector<RetentionInput*> evicting;
   std::vector<Sequence*> evicted;
+  std::vector<const AttentionRecord*> records;
+  std::vector<at::Tensor> newest_evicting;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     if (!evict_after[size_t(b)]) continue;
     const int64_t n = counts[size_t(b)];
     RetentionInput& in = inputs[size_t(b)];
     in.positions = attended(b);
-    fill_policy_input(*batch[size_t(b)], layer, q, k, row, n, newest[size_t(b)], in);
+    if (by_attention) {
+      records.push_back(&batch[size_t(b)]->scores[size_t(layer)]);
+      newest_evicting.push_back(newest[size_t(b)]);
+    } else {
+      fill_window_scores(q, k, row, n, in);
+    }
     evicting.push_back(&in);
     evicted.push_back(batch[size_t(b)]);
   }
   if (evicting.empty()) return out;
   Stopwatch watch;
+  if (by_attention) AttentionRecord::fill_batch(*policy_, records, newest_evicting, evicting);
   const std::vector<RetentionChoice> chosen = choose_retained(*policy_, evicting);
   retention_s_ += watch.seconds();
-  for (size_t i = 0; i < evicting.size(); ++i)
+  std::vector<AttentionRecord*> kept_records;
+  std::vector<at::Tensor> wheres;
+  for (size_t i = 0; i < evicting.size(); ++i) {
     apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
+    kept_records.push_back(&evicted[i]->scores[size_t(layer)]);
+    wheres.push_back(chosen[i].where);
+  }
+  watch = Stopwatch();
+  AttentionRecord::keep_batch(kept_records, wheres);
+  retention_s_ += watch.seconds();
   return out;
 }
 
@@ -841,12 +908,20 @@ at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequen
   // the listed positions, then the tail up to the new token: the held positions in order,
   // which the step's scores are aligned with.
   const int B = int(batch.size());
-  std::vector<ListedRows> lists(static_cast<size_t>(B));
+  std::vector<Retained*> stale;  // lists changed by a selection since they last travelled
+  std::vector<at::Tensor> hosts;
   for (int b = 0; b < B; ++b) {
     Retained& r = batch[size_t(b)]->kept[size_t(layer)];
-    if (!r.selected()) continue;
-    if (r.count() > 0 && !r.device.defined()) r.device = upload(r.host);
-    lists[size_t(b)] = {r.count() > 0 ? r.device : at::Tensor(), r.count(), r.tail};
+    if (r.count() > 0 && !r.device.defined()) stale.push_back(&r), hosts.push_back(r.host);
+  }
+  const std::vector<UploadedList> up = upload_lists(hosts, device_);
+  for (size_t i = 0; i < stale.size(); ++i)
+    stale[i]->device = up[i].buffer, stale[i]->offset = up[i].offset;
+  std::vector<ListedRows> lists(static_cast<size_t>(B));
+  for (int b = 0; b < B; ++b) {
+    const Retained& r = batch[size_t(b)]->kept[size_t(layer)];
+    if (r.selected())
+      lists[size_t(b)] = {r.count() > 0 ? r.device : at::Tensor(), r.offset, r.count(), r.tail};
   }
   return decode_lists(lists, d, store, q, logits);
 }
@@ -861,35 +936,24 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
   int* ct = counts_tails.data_ptr<int>();
   for (int b = 0; b < B; ++b) {
     const ListedRows& r = rows[size_t(b)];
-    if (r.list.defined()) addresses[b] = reinterpret_cast<int64_t>(r.list.data_ptr<int>());
+    if (r.list.defined())
+      addresses[b] = reinterpret_cast<int64_t>(r.list.data_ptr<int>() + r.offset);
     ct[b] = int(r.count), ct[B + b] = int(r.tail);
   }
   return paged_cuda::retained(store, d, num_kv_heads_, upload(lists), upload(counts_tails),
                               q.to(device_, at::kFloat).contiguous(), logits);
 }
 
-void PagedKVCache::fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& q,
-                                     const at::Tensor& k, int64_t row, int64_t n,
-                                     const at::Tensor& newest, RetentionInput& in) {
-  switch (policy_->needs()) {
-    case RetentionNeeds::kScoresEveryStep:
-    case RetentionNeeds::kLastQueryScores:
-    case RetentionNeeds::kLowAttentionCounts:
-      s.scores[size_t(layer)].fill(*policy_, newest, in);
-      break;
-    case RetentionNeeds::kWindowScores: {
-      KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
-                "' needs window scores, which exist only at the prefill");
-      Stopwatch watch;
-      in.window_attention = prefill_window_attention(q.narrow(0, row, n).transpose(0, 1),
-                                                     k.narrow(0, row, n).transpose(0, 1),
-                                                     std::min(policy_->observation_window(), n));
-      retention_s_ += watch.seconds();
-      break;
-    }
-    default:
-      break;
-  }
+void PagedKVCache::fill_window_scores(const at::Tensor& q, const at::Tensor& k, int64_t row,
+                                      int64_t n, RetentionInput& in) {
+  if (policy_->needs() != RetentionNeeds::kWindowScores) return;  // positions only
+  KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
+            "' needs window scores, which exist only at the prefill");
+  Stopwatch watch;
+  in.window_attention = prefill_window_attention(q.narrow(0, row, n).transpose(0, 1),
+                                                 k.narrow(0, row, n).transpose(0, 1),
+                                                 std::min(policy_->observation_window(), n));
+  retention_s_ += watch.seconds();
 }
 
 at::Tensor PagedKVCache::positions_of(const Retained& r, int64_t length) const {
@@ -917,6 +981,7 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   const RetentionChoice chosen = choose_retained(*policy_, {&in})[0];
   retention_s_ += watch.seconds();
   apply_choice(s, layer, in, chosen);
+  s.scores[size_t(layer)].keep(chosen.where);  // nothing recorded for these policies: a no-op
 }
 
 void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput& in,
@@ -945,7 +1010,6 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
       scratch_[size_t(h * kept + i)] = at < count ? listed[h * count + at] : tail + at - count;
     }
   keep_positions(r, scratch_.data(), kept, in.length);
-  s.scores[size_t(layer)].keep(choice.where);
   s.evicted = true;
   retention_s_ += watch.seconds();
 }
@@ -1023,29 +1087,25 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
 
 void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q, int64_t row,
                                  int64_t n, int64_t held, const kernels::PagedKvStore& store,
-                                 const at::Tensor& table_row, at::Tensor positions,
-                                 const at::Tensor& logits, at::Tensor keys, at::Tensor& newest) {
+                                 const at::Tensor& table_row, at::Tensor positions, at::Tensor keys,
+                                 at::Tensor& newest) {
   const int64_t start = s.length, heads = q.size(1);
-  if (!positions.defined() && (n > 1 || (!logits.defined() && !keys.defined())))
+  if (!positions.defined() && (n > 1 || !keys.defined()))
     positions = positions_of(s.kept[size_t(layer)], start + n);
-  if (!logits.defined() && !keys.defined())
-    keys = rows_at(store, s, table_row, positions, start + n, false).keys;
+  if (!keys.defined()) keys = rows_at(store, s, table_row, positions, start + n, false).keys;
   AttentionRecord& record = s.scores[size_t(layer)];
   if (n > 1)
     return record.add_block(*policy_, q.narrow(0, row, n).transpose(0, 1), keys, positions, start,
                             newest);
-  // One decode query (at position `start`), which sees every held token: the decode kernel's
-  // scores on a GPU, the same product over the pages' keys elsewhere.
-  at::Tensor scores = logits;
-  if (!scores.defined())
-    scores = at::bmm(q[row]
-                         .to(keys.device(), at::kFloat)
-                         .reshape({num_kv_heads_, heads / num_kv_heads_, -1}),
-                     keys.transpose(1, 2))
-                 .mul_(1.0 / std::sqrt(double(head_dim_)))
-                 .view({heads, held});
-  record.add_scores(*policy_, scores.size(1) == held ? scores : scores.narrow(1, 0, held),
-                    num_kv_heads_, start, newest);
+  // One decode query (at position `start`), which sees every held token: the product over
+  // the pages' keys (the kernel path hands its scores to add_scores_batch instead).
+  const at::Tensor scores =
+      at::bmm(
+          q[row].to(keys.device(), at::kFloat).reshape({num_kv_heads_, heads / num_kv_heads_, -1}),
+          keys.transpose(1, 2))
+          .mul_(1.0 / std::sqrt(double(head_dim_)))
+          .view({heads, held});
+  record.add_scores(*policy_, scores, num_kv_heads_, start, newest);
 }
 
 PagedKVCache::Rows PagedKVCache::rows_at(const kernels::PagedKvStore& store, const Sequence& s,

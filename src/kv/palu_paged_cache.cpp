@@ -191,6 +191,20 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
   int64_t* address = addresses.data_ptr<int64_t>();
   int* ct = counts_tails.data_ptr<int>();
   bool any = false;
+  // A list travels once per selection (the inner cache replaces its host list only then);
+  // the step's changed lists travel together.
+  std::vector<Listed*> stale;
+  std::vector<at::Tensor> hosts;
+  for (int64_t b = 0; b < B; ++b) {
+    const at::Tensor& host = latent_.listed_positions(seqs[size_t(b)], layer).first;
+    if (!host.defined()) continue;
+    Listed& l = lists_[{seqs[size_t(b)], layer}];
+    if (l.host.is_same(host)) continue;
+    l.host = host;
+    stale.push_back(&l), hosts.push_back(host);
+  }
+  const std::vector<UploadedList> up = upload_lists(hosts, latent_.device());
+  for (size_t i = 0; i < stale.size(); ++i) stale[i]->device = up[i];
   for (int64_t b = 0; b < B; ++b) {
     const auto [host, tail] = latent_.listed_positions(seqs[size_t(b)], layer);
     const int64_t length = pages.old_lengths[size_t(b)] + 1;
@@ -200,16 +214,9 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
     }
     any = true;
     most = std::max(most, host.size(1) + length - tail);
-    // A list travels once per selection: the inner cache replaces its host list only then.
-    Listed& l = lists_[{seqs[size_t(b)], layer}];
-    if (!l.host.is_same(host)) {
-      l.host = host;
-      l.device = host.numel() == 0 ? at::Tensor()
-                 : latent_.device().is_cuda()
-                     ? host.pin_memory().to(latent_.device(), /*non_blocking=*/true)
-                     : host;
-    }
-    if (l.device.defined()) address[b] = reinterpret_cast<int64_t>(l.device.data_ptr<int>());
+    const UploadedList& l = lists_[{seqs[size_t(b)], layer}].device;
+    if (l.buffer.defined() && host.numel() > 0)
+      address[b] = reinterpret_cast<int64_t>(l.buffer.data_ptr<int>() + l.offset);
     ct[b] = int(host.size(1)), ct[B + b] = int(tail);
   }
   if (!any) return {};
@@ -262,30 +269,25 @@ at::Tensor PaluPagedCache::retained(int64_t seq, int64_t layer, int64_t length) 
   return group_ == 1 ? kept : kept.repeat_interleave(group_, 0);
 }
 
-void PaluPagedCache::fill_input(int64_t seq, int64_t layer, RetentionInput& in,
-                                const at::Tensor& qb, const at::Tensor& kb,
-                                const at::Tensor& newest) {
-  if (policy_->needs() == RetentionNeeds::kWindowScores) {  // from the full-precision keys
-    KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
-              "' needs window scores, which exist only at the prefill");
-    Stopwatch watch;
-    const at::Device where = latent_.device();
-    in.window_attention =
-        prefill_window_attention(qb.to(where, at::kFloat), kb.to(where, at::kFloat),
-                                 std::min(policy_->observation_window(), qb.size(1)));
-    retention_s_ += watch.seconds();
-  } else if (selects_by_attention(policy_.get())) {
-    const auto record = records_.find({seq, layer});
-    KVB_CHECK(record != records_.end(), "palu paged cache: no attention recorded for sequence ",
-              seq, " at layer ", layer, " before its selection");
-    record->second.fill(*policy_, newest, in);
-  }
+void PaluPagedCache::fill_window_scores(RetentionInput& in, const at::Tensor& qb,
+                                        const at::Tensor& kb) {
+  if (policy_->needs() != RetentionNeeds::kWindowScores) return;  // positions only
+  KVB_CHECK(in.prefill, "retention policy '", policy_->name(),
+            "' needs window scores, which exist only at the prefill");
+  Stopwatch watch;
+  const at::Device where = latent_.device();  // from the full-precision keys
+  in.window_attention =
+      prefill_window_attention(qb.to(where, at::kFloat), kb.to(where, at::kFloat),
+                               std::min(policy_->observation_window(), qb.size(1)));
+  retention_s_ += watch.seconds();
 }
 
 void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
                             const std::vector<RetentionInput*>& inputs) {
   Stopwatch watch;
   const std::vector<RetentionChoice> chosen = choose_retained(*policy_, inputs);
+  std::vector<AttentionRecord*> records;
+  std::vector<at::Tensor> wheres;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const RetentionInput& in = *inputs[i];
     const at::Tensor& c = chosen[i].host;
@@ -307,8 +309,11 @@ void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
     }
     latent_.retain(seqs[i], layer, kept.contiguous(), in.length);
     const auto record = records_.find({seqs[i], layer});
-    if (record != records_.end()) record->second.keep(chosen[i].where);
+    if (record == records_.end()) continue;
+    records.push_back(&record->second);
+    wheres.push_back(chosen[i].where);
   }
+  AttentionRecord::keep_batch(records, wheres);
   retention_s_ += watch.seconds();
 }
 
@@ -349,19 +354,23 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
     at::Tensor scores;
     out = decode(pages, bases, q, layer, seqs, record_any ? &scores : nullptr).to(q.device());
     Stopwatch watch;
+    std::vector<AttentionRecord*> records(size_t(B), nullptr);
+    std::vector<int64_t> held(size_t(B), 0);
     for (int64_t i = 0; i < B; ++i) {
       if (!recording[size_t(i)]) continue;
       // The kernel read the listed positions, then the tail up to the new token: exactly the
       // held positions the record's rows follow.
-      const int64_t held = inputs[size_t(i)].held(), length = inputs[size_t(i)].length;
+      const int64_t length = inputs[size_t(i)].length;
+      held[size_t(i)] = inputs[size_t(i)].held();
       const auto [list, tail] = latent_.listed_positions(seqs[size_t(i)], layer);
       const int64_t read = list.defined() ? list.size(1) + length - tail : length;
-      KVB_CHECK(held == read, "palu paged cache: sequence ", seqs[size_t(i)], " holds ", held,
-                " tokens at layer ", layer, ", its decode step attended ", read);
-      records_[{seqs[size_t(i)], layer}].add_scores(*policy_, scores[i].narrow(1, 0, held),
-                                                    num_kv_heads_, pages.old_lengths[size_t(i)],
-                                                    newest[size_t(i)]);
+      KVB_CHECK(held[size_t(i)] == read, "palu paged cache: sequence ", seqs[size_t(i)], " holds ",
+                held[size_t(i)], " tokens at layer ", layer, ", its decode step attended ", read);
+      records[size_t(i)] = &records_[{seqs[size_t(i)], layer}];
     }
+    if (record_any)
+      AttentionRecord::add_scores_batch(*policy_, records, scores, held, num_kv_heads_,
+                                        pages.old_lengths, newest);
     retention_s_ += watch.seconds();
   } else {
     // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens (those it
@@ -393,13 +402,28 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
   // The over-budget sequences' selections, in one read-back.
   std::vector<int64_t> evicted;
   std::vector<RetentionInput*> evicting;
+  std::vector<const AttentionRecord*> records;
+  std::vector<at::Tensor> newest_evicting;
   for (int64_t i = 0, row = 0; i < B; row += counts[size_t(i)], ++i) {
     if (!evict_after[size_t(i)]) continue;
     const int64_t n = counts[size_t(i)];
-    fill_input(seqs[size_t(i)], layer, inputs[size_t(i)], q.narrow(0, row, n).transpose(0, 1),
-               k.narrow(0, row, n).transpose(0, 1), newest[size_t(i)]);
+    if (by_attention) {
+      const auto record = records_.find({seqs[size_t(i)], layer});
+      KVB_CHECK(record != records_.end(), "palu paged cache: no attention recorded for sequence ",
+                seqs[size_t(i)], " at layer ", layer, " before its selection");
+      records.push_back(&record->second);
+      newest_evicting.push_back(newest[size_t(i)]);
+    } else {
+      fill_window_scores(inputs[size_t(i)], q.narrow(0, row, n).transpose(0, 1),
+                         k.narrow(0, row, n).transpose(0, 1));
+    }
     evicted.push_back(seqs[size_t(i)]);
     evicting.push_back(&inputs[size_t(i)]);
+  }
+  if (by_attention && !evicting.empty()) {
+    Stopwatch watch;
+    AttentionRecord::fill_batch(*policy_, records, newest_evicting, evicting);
+    retention_s_ += watch.seconds();
   }
   if (!evicting.empty()) select(layer, evicted, evicting);
   // A policy that evicts after the prefill selects no more: its records go.

@@ -21,4 +21,22 @@ at::Tensor TovaPolicy::select(const RetentionInput& in) const {
   return top_tokens(scores, budget_).expand({kv_heads, budget_}).contiguous();
 }
 
+std::vector<at::Tensor> TovaPolicy::select_batch(
+    const std::vector<const RetentionInput*>& inputs) const {
+  std::vector<at::Tensor> scores;
+  for (const RetentionInput* in : inputs) {
+    const at::Tensor& c = in->current;
+    if (!c.defined() || c.dim() != 2 || c.sizes() != inputs[0]->current.sizes() ||
+        c.device() != inputs[0]->current.device() || c.size(1) < budget_)
+      return RetentionPolicy::select_batch(inputs);  // select() says what is wrong
+    scores.push_back(c);
+  }
+  if (scores.size() < 2) return RetentionPolicy::select_batch(inputs);
+  const int64_t kv_heads = scores[0].size(0);
+  return top_tokens(at::stack(scores).mean(1, /*keepdim=*/true), budget_)  // [inputs, 1, budget]
+      .expand({-1, kv_heads, budget_})
+      .contiguous()
+      .unbind(0);
+}
+
 }  // namespace kvbench

@@ -586,8 +586,9 @@ TEST(PagedRetentionErrorsTest, AChoiceThatIsNotAscendingIndicesSaysSo) {
 // The host's share of a GPU decode step: the top-level ATen operators a step issues (each a
 // launch or a dispatch on a GPU, bench/host_ops_bench.cpp). A decode step of StreamingLLM
 // (selecting every step) or SnapKV (selected once) must issue none per sequence: a batch of
-// 6 issues as many as a batch of 2.
-TEST(PagedHostOpsTest, PositionPoliciesIssueNoOperatorsPerSequence) {
+// 6 issues as many as a batch of 2; H2O, TOVA and ScissorHands (recording, selecting and
+// keeping every step) at most two host allocations per sequence and layer.
+TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
   static thread_local int64_t ops = 0, depth = 0;
   const at::CallbackHandle handle = at::addThreadLocalCallback(
       at::RecordFunctionCallback(
@@ -626,6 +627,17 @@ TEST(PagedHostOpsTest, PositionPoliciesIssueNoOperatorsPerSequence) {
     const int64_t two = step_ops(entry, 2), six = step_ops(entry, 6);
     EXPECT_GT(two, 0) << "the counter saw nothing";
     EXPECT_EQ(six, two) << entry;
+  }
+  // Policies that select by attention record, select and keep every sequence with one set of
+  // operators per layer; what remains per sequence is host memory: its positions for the
+  // policy and its new retained list (an allocation each, no device work).
+  for (const char* entry :
+       {R"({"name": "h2o", "heavy": 24, "recent": 16})", R"({"name": "tova", "budget": 40})",
+        R"({"name": "scissorhands", "budget": 40, "recent": 8, "history": 8})"}) {
+    const int64_t two = step_ops(entry, 2), six = step_ops(entry, 6);
+    EXPECT_GT(two, 0) << "the counter saw nothing";
+    EXPECT_LE(six - two, 2 * 4 * kLayers)
+        << entry << ": " << two << " operators at batch 2, " << six << " at batch 6";
   }
 }
 

@@ -13,6 +13,7 @@
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
 #include "kvbench/engine/generator.h"
+#include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/block_quant_codec.h"
 #include "kvbench/kv/fp8_codec.h"
 #include "kvbench/kv/full_cache.h"
@@ -225,7 +226,7 @@ TEST(Retention, NewestIndicesOnTheHostMatchTheTensorOnes) {
 }
 
 // A batch's selection (one set of operators for the over-budget sequences of a step) is each
-// input's own select(): H2O with and without normalization and ScissorHands, on random
+// input's own select(): H2O with and without normalization, ScissorHands and TOVA, on random
 // positions (heads and inputs holding different older tokens), scores with ties, inputs of
 // different lengths; a batch of another shape falls back to select() per input.
 TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
@@ -244,6 +245,7 @@ TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
     in.host_positions = in.positions;
     // Scores in tenths: ties among them.
     in.accumulated = at::rand({heads, held}, gen).mul(10).round().div(10);
+    in.current = at::rand({heads, held}, gen).mul(10).round().div(10);
     in.low_counts = at::randint(0, 4, {heads, held}, gen).to(at::kFloat);
     return in;
   };
@@ -267,8 +269,9 @@ TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
   const H2oPolicy h2o(10, recent, false, EvictionTiming::kDecode);
   const H2oPolicy normalized(10, recent, true, EvictionTiming::kDecode);
   const ScissorHandsPolicy scissors(20, recent, 4, EvictionTiming::kDecode);
+  const TovaPolicy tova(20, EvictionTiming::kDecode);
   for (const RetentionPolicy* policy :
-       std::vector<const RetentionPolicy*>{&h2o, &normalized, &scissors})
+       std::vector<const RetentionPolicy*>{&h2o, &normalized, &scissors, &tova})
     for (const bool rectangular : {true, false}) {
       std::vector<RetentionInput> inputs;
       for (int e = 0; e < 5; ++e)
@@ -283,6 +286,83 @@ TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
         ASSERT_TRUE(at::equal(got[e], policy->select(inputs[e])))
             << policy->name() << " input " << e << (rectangular ? "" : " (mixed shapes)");
     }
+}
+
+// A decode step's attention records updated together (add_scores_batch, fill_batch,
+// keep_batch: one set of operators for the records of one shape) are each record's own, bitwise:
+// five sequences, two of which hold other token counts (one record of its own shape, one
+// still growing), over steps that select (random kept rows) and steps that do not; scores
+// padded with -inf past each record's tokens, as the decode kernel writes them.
+TEST(Retention, BatchedAttentionRecordsAreEachRecordsOwn) {
+  auto gen = at::detail::createCPUGenerator(15);
+  const int64_t kv_heads = 2, group = 3, heads = kv_heads * group, dim = 16, budget = 24;
+  const H2oPolicy h2o(12, 8, false, EvictionTiming::kDecode);
+  const TovaPolicy tova(budget, EvictionTiming::kDecode);
+  const ScissorHandsPolicy scissors(budget, 8, 5, EvictionTiming::kDecode);
+  for (const RetentionPolicy* policy :
+       std::vector<const RetentionPolicy*>{&h2o, &tova, &scissors}) {
+    SCOPED_TRACE(policy->name());
+    const std::vector<int64_t> prompts = {30, 30, 41, 30, 9};
+    const size_t B = prompts.size();
+    std::vector<AttentionRecord> together(B), alone(B);
+    std::vector<int64_t> held = prompts, length = prompts;
+    for (size_t i = 0; i < B; ++i) {  // the prefills, as a cache records them
+      const at::Tensor q = at::randn({heads, prompts[i], dim}, gen),
+                       k = at::randn({kv_heads, prompts[i], dim}, gen);
+      const at::Tensor pos = at::arange(prompts[i], at::kLong).expand({kv_heads, -1});
+      at::Tensor unused;
+      together[i].add_block(*policy, q, k, pos, 0, unused);
+      alone[i].add_block(*policy, q, k, pos, 0, unused);
+    }
+    for (int step = 0; step < 12; ++step) {
+      for (size_t i = 0; i < B; ++i) ++held[i];
+      const int64_t most = *std::max_element(held.begin(), held.end());
+      at::Tensor logits = at::randn({int64_t(B), heads, most}, gen);
+      for (size_t i = 0; i < B; ++i)
+        logits[int64_t(i)].narrow(1, held[i], most - held[i]).fill_(-INFINITY);
+      std::vector<AttentionRecord*> records;
+      std::vector<const AttentionRecord*> readers;
+      for (AttentionRecord& r : together) records.push_back(&r), readers.push_back(&r);
+      std::vector<at::Tensor> newest(B), newest_alone(B);
+      AttentionRecord::add_scores_batch(*policy, records, logits, held, kv_heads, length, newest);
+      std::vector<RetentionInput> in(B), in_alone(B);
+      std::vector<RetentionInput*> inputs;
+      for (size_t i = 0; i < B; ++i) {
+        alone[i].add_scores(*policy, logits[int64_t(i)].narrow(1, 0, held[i]), kv_heads, length[i],
+                            newest_alone[i]);
+        alone[i].fill(*policy, newest_alone[i], in_alone[i]);
+        inputs.push_back(&in[i]);
+      }
+      AttentionRecord::fill_batch(*policy, readers, newest, inputs);
+      for (size_t i = 0; i < B; ++i)
+        for (const auto member : {&RetentionInput::accumulated, &RetentionInput::current,
+                                  &RetentionInput::low_counts}) {
+          const at::Tensor &got = in[i].*member, &want = in_alone[i].*member;
+          ASSERT_EQ(got.defined(), want.defined());
+          if (got.defined())
+            ASSERT_TRUE(at::equal(got, want)) << "record " << i << " at step " << step;
+        }
+      // Every other step, those over the budget keep `budget` random rows (ascending per head).
+      std::vector<at::Tensor> wheres(B);
+      for (size_t i = 0; i < B; ++i) {
+        ++length[i];
+        if (step % 2 == 1 || held[i] <= budget) continue;
+        std::vector<at::Tensor> rows;
+        for (int64_t h = 0; h < kv_heads; ++h)
+          rows.push_back(std::get<0>(at::randperm(held[i], gen).narrow(0, 0, budget).sort()));
+        wheres[i] = at::stack(rows);
+        held[i] = budget;
+      }
+      std::vector<AttentionRecord*> kept;
+      std::vector<at::Tensor> kept_where;
+      for (size_t i = 0; i < B; ++i) {
+        if (!wheres[i].defined()) continue;
+        kept.push_back(&together[i]), kept_where.push_back(wheres[i]);
+        alone[i].keep(wheres[i]);
+      }
+      AttentionRecord::keep_batch(kept, kept_where);
+    }
+  }
 }
 
 // The span a cache may apply without asking select() covers exactly the held tokens select()

@@ -37,9 +37,35 @@ class AttentionRecord {
   // tokens, on any device).
   void keep(const at::Tensor& where);
 
+  // The three calls above for a decode step's sequences at one layer (record i is sequence
+  // i's; null: not recorded). Records that hold as many tokens, in states of one shape (the
+  // steady state of decode-time eviction), are served by one set of operators over their
+  // stacked states, so a GPU step issues them once per layer, not once per sequence; each
+  // record's result is what the single call gives (the same operators, row by row). The
+  // others go one by one.
+  //   add_scores_batch: record i's query at position starts[i] scored its held[i] tokens
+  //     in logits[i] ([records, heads, >= held[i]] fp32; columns past held[i] ignored).
+  static void add_scores_batch(const RetentionPolicy& policy,
+                               const std::vector<AttentionRecord*>& records,
+                               const at::Tensor& logits, const std::vector<int64_t>& held,
+                               int64_t kv_heads, const std::vector<int64_t>& starts,
+                               std::vector<at::Tensor>& newest);
+  static void fill_batch(const RetentionPolicy& policy,
+                         const std::vector<const AttentionRecord*>& records,
+                         const std::vector<at::Tensor>& newest,
+                         const std::vector<RetentionInput*>& inputs);
+  static void keep_batch(const std::vector<AttentionRecord*>& records,
+                         const std::vector<at::Tensor>& wheres);
+
  private:
   // H2O's sums grown to the held tokens `summed` [kv_heads, held] covers, plus it.
   void add_summed(const at::Tensor& summed);
+  // add_scores_batch for records of one held count and state shape (group: their indices).
+  static void add_group_scores(const RetentionPolicy& policy,
+                               const std::vector<AttentionRecord*>& records,
+                               const std::vector<size_t>& group, const at::Tensor& logits,
+                               int64_t held, int64_t kv_heads, const std::vector<int64_t>& starts,
+                               std::vector<at::Tensor>& newest);
   // `state` with zero rows for the held tokens it does not cover yet: `shape` is the whole
   // state's ([kv_heads, held, ...]).
   static at::Tensor grown(const at::Tensor& state, std::vector<int64_t> shape,

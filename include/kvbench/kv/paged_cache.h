@@ -85,6 +85,16 @@ struct PagedCapacity {
   int64_t sequences = 4;  // sequence slots (KIVI rings, fp8 scales) at first; they double
 };
 
+// Host lists of positions (int32 or int64) as int32 on `device`, in one copy from pinned
+// memory on a GPU (not one per list): the buffer holding them and each list's first element in
+// it (elsewhere: each list itself as int32, offset 0).
+struct UploadedList {
+  at::Tensor buffer;
+  int64_t offset = 0;
+};
+std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
+                                       const at::Device& device);
+
 class PagedKVCache final : public KVCache {
  public:
   // `device`: where the pools live. cuda: appends, decode steps and prefill attention run the
@@ -172,7 +182,8 @@ class PagedKVCache final : public KVCache {
   // What the retained-index kernel reads of one sequence: `count` listed positions per head
   // (int32 [kv_heads, count] where the pools are; undefined when none) and the tail from `tail`.
   struct ListedRows {
-    at::Tensor list;
+    at::Tensor list;     // holds the lists: this one starts at element `offset`
+    int64_t offset = 0;  // (lists uploaded together share one buffer: upload_lists)
     int64_t count = 0, tail = 0;
   };
   // One (sequence, layer)'s retained positions once the policy has evicted there: each head's
@@ -184,6 +195,7 @@ class PagedKVCache final : public KVCache {
   // unchanged selection compares equal). Undefined `host`: every token (nothing evicted; tail 0).
   struct Retained {
     at::Tensor host, device;
+    int64_t offset = 0;  // the list's first element in `device` (a buffer of several lists)
     int64_t tail = 0;
     bool selected() const { return host.defined(); }
     int64_t count() const { return host.defined() ? host.size(1) : 0; }
@@ -238,6 +250,7 @@ class PagedKVCache final : public KVCache {
                        const std::vector<int64_t>& counts);
   // A host tensor where the pools are (on a GPU: through pinned memory, asynchronously).
   at::Tensor upload(const at::Tensor& host) const;
+
   // fp8 calibration of new sequences, then the appender.
   void append_rows(Layer& layer, const Step& step, const std::vector<int64_t>& counts,
                    const at::Tensor& k, const at::Tensor& v, const kernels::PagedKvStore& store);
@@ -298,29 +311,28 @@ class PagedKVCache final : public KVCache {
   at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
                              const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
                              const at::Tensor& q, const at::Tensor& logits);
-  // What the policy needs to select for `s` at `layer` (its block: rows [row, row + n) of the
-  // step's q [rows, heads, d] and k [rows, kv_heads, d]; `newest`: TOVA's recorded
-  // attention), into `in`.
-  void fill_policy_input(const Sequence& s, int64_t layer, const at::Tensor& q, const at::Tensor& k,
-                         int64_t row, int64_t n, const at::Tensor& newest, RetentionInput& in);
+  // A policy that needs window scores (SnapKV): those of a sequence's prefill (rows [row, row
+  // + n) of the step's q [rows, heads, d] and k [rows, kv_heads, d]), into `in`; nothing for
+  // the others (the attention records fill theirs: AttentionRecord::fill_batch).
+  void fill_window_scores(const at::Tensor& q, const at::Tensor& k, int64_t row, int64_t n,
+                          RetentionInput& in);
   // A decode-timing selection before the step attends (policies that need positions only):
   // the policy's span when it has one (no tensor made), else its choice over in.positions.
   void select(Sequence& s, int64_t layer, RetentionInput& in);
   // s.kept[layer] becomes the chosen subset of what it held for `in` (indices from the host
-  // copy, read off the retained list and tail), the attention record's rows the same subset
-  // (on its device, from the other copy: no copy back).
+  // copy, read off the retained list and tail); the caller keeps the attention record's rows
+  // (AttentionRecord::keep_batch, from the other copy: no copy back).
   void apply_choice(Sequence& s, int64_t layer, const RetentionInput& in,
                     const RetentionChoice& chosen);
   // Records what a step's queries gave the `held` tokens s.kept[layer] holds for the policy,
-  // into s.scores[layer] (and `newest`: TOVA's newest-query attention). A decode step (n = 1)
-  // takes `logits`, the decode kernel's scaled scores of its query ([heads, >= held], kept
-  // order), or computes them from `keys` (the held keys, rows_at; gathered here if undefined).
-  // The step's queries are rows [row, row + n) of q [rows, heads, d]; `positions`: the held
-  // positions (positions_of), made here when they are read and undefined.
+  // into s.scores[layer] (and `newest`: TOVA's newest-query attention), computed from `keys`
+  // (the held keys, rows_at; gathered here if undefined). The step's queries are rows [row,
+  // row + n) of q [rows, heads, d]; `positions`: the held positions (positions_of), made here
+  // when they are read and undefined. (A kernel decode step's scores go to
+  // AttentionRecord::add_scores_batch instead.)
   void record_scores(Sequence& s, int64_t layer, const at::Tensor& q, int64_t row, int64_t n,
                      int64_t held, const kernels::PagedKvStore& store, const at::Tensor& table_row,
-                     at::Tensor positions, const at::Tensor& logits, at::Tensor keys,
-                     at::Tensor& newest);
+                     at::Tensor positions, at::Tensor keys, at::Tensor& newest);
   // [kv_heads, held, head_dim] fp32 keys (and values when `values`) at `positions` of `s`'s
   // first `tokens` tokens, where the pools are.
   struct Rows {

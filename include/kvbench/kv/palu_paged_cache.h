@@ -96,11 +96,10 @@ class PaluPagedCache final : public LatentPagesCache {
   // Positions sequence `seq` retains at `layer` with its new rows, per KV head
   // [kv_heads, held] (every one of its `length` tokens before any selection).
   at::Tensor retained(int64_t seq, int64_t layer, int64_t length) const;
-  // What the policy needs to select for over-budget `in` of sequence `seq`: window scores from
-  // the block's queries qb [heads, n, d] and full-precision keys kb [kv_heads, n, d], or the
-  // record's attention (`newest`: the step's, for TOVA).
-  void fill_input(int64_t seq, int64_t layer, RetentionInput& in, const at::Tensor& qb,
-                  const at::Tensor& kb, const at::Tensor& newest);
+  // A policy that needs window scores (SnapKV): those of over-budget `in`'s prefill, from the
+  // block's queries qb [heads, n, d] and full-precision keys kb [kv_heads, n, d]; nothing for
+  // the others (policies that select by attention: AttentionRecord::fill_batch).
+  void fill_window_scores(RetentionInput& in, const at::Tensor& qb, const at::Tensor& kb);
   // Asks the policy for every input at once (one wait for the device) and has the inner cache
   // retain each choice; the records keep their chosen rows.
   void select(int64_t layer, const std::vector<int64_t>& seqs,
@@ -127,7 +126,8 @@ class PaluPagedCache final : public LatentPagesCache {
   double retention_s_ = 0;
   // Per (sequence, layer): the inner cache's host list the device copy was made from.
   struct Listed {
-    at::Tensor host, device;
+    at::Tensor host;
+    UploadedList device;
   };
   std::map<std::pair<int64_t, int64_t>, Listed> lists_;
   // Per (sequence, layer), for a policy that selects by attention: what it has seen (while

@@ -20,6 +20,10 @@ class TovaPolicy final : public RetentionPolicy {
   bool same_tokens_every_head() const override { return true; }
   int64_t budget(const RetentionInput&) const override { return budget_; }
   at::Tensor select(const RetentionInput& in) const override;
+  // Inputs holding as many tokens: select()'s operators over their stacked scores (TOVA reads
+  // no positions).
+  std::vector<at::Tensor> select_batch(
+      const std::vector<const RetentionInput*>& inputs) const override;
 
  private:
   int64_t budget_;
