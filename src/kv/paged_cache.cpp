@@ -436,22 +436,41 @@ void PagedKVCache::fold_quest_bounds(Sequence& s, int64_t layer, const kernels::
         .view({num_kv_heads_, pages, P, head_dim_});
   };
   const double inf = std::numeric_limits<double>::infinity();
-  // One new key (a decode step) is its page's update as it is.
-  const at::Tensor lo = half_bounds(n == 1 ? keys : std::get<0>(padded(inf).min(2)), true);
-  const at::Tensor hi = half_bounds(n == 1 ? keys : std::get<0>(padded(-inf).max(2)), false);
+  const at::Tensor lo = half_bounds(std::get<0>(padded(inf).min(2)), true);
+  const at::Tensor hi = half_bounds(std::get<0>(padded(-inf).max(2)), false);
+  grow_quest_bounds(s, layer, last + 1);
   QuestBounds& qb = s.quest[size_t(layer)];
-  const int64_t have = qb.mins.defined() ? qb.mins.size(1) : 0;
-  if (last + 1 > have) {  // new pages start empty: +inf mins, -inf maxs
-    const auto opts = at::TensorOptions().dtype(at::kHalf).device(device_);
-    const at::Tensor more_lo = at::full({num_kv_heads_, last + 1 - have, head_dim_}, inf, opts);
-    const at::Tensor more_hi = at::full({num_kv_heads_, last + 1 - have, head_dim_}, -inf, opts);
-    qb.mins = qb.mins.defined() ? at::cat({qb.mins, more_lo}, 1) : more_lo;
-    qb.maxs = qb.maxs.defined() ? at::cat({qb.maxs, more_hi}, 1) : more_hi;
-  }
   at::Tensor mins = qb.mins.narrow(1, first, pages), maxs = qb.maxs.narrow(1, first, pages);
   // (The new keys are where the pools are, as the bounds.)
   mins.copy_(at::minimum(mins, lo));
   maxs.copy_(at::maximum(maxs, hi));
+}
+
+void PagedKVCache::fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer,
+                                   const at::Tensor& keys) {
+  // One new key is its page's update as it is.
+  const at::Tensor lo = half_bounds(keys, true), hi = half_bounds(keys, false);
+  for (size_t j = 0; j < seqs.size(); ++j) {
+    Sequence& s = *seqs[j];
+    const int64_t page = s.length / quest_->page_size();
+    grow_quest_bounds(s, layer, page + 1);
+    QuestBounds& qb = s.quest[size_t(layer)];
+    at::Tensor mins = qb.mins.narrow(1, page, 1), maxs = qb.maxs.narrow(1, page, 1);
+    at::minimum_out(mins, mins, lo.narrow(1, int64_t(j), 1));
+    at::maximum_out(maxs, maxs, hi.narrow(1, int64_t(j), 1));
+  }
+}
+
+void PagedKVCache::grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const {
+  QuestBounds& qb = s.quest[size_t(layer)];
+  const int64_t have = qb.mins.defined() ? qb.mins.size(1) : 0;
+  if (pages <= have) return;
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto opts = at::TensorOptions().dtype(at::kHalf).device(device_);
+  const at::Tensor more_lo = at::full({num_kv_heads_, pages - have, head_dim_}, inf, opts);
+  const at::Tensor more_hi = at::full({num_kv_heads_, pages - have, head_dim_}, -inf, opts);
+  qb.mins = qb.mins.defined() ? at::cat({qb.mins, more_lo}, 1) : more_lo;
+  qb.maxs = qb.maxs.defined() ? at::cat({qb.maxs, more_hi}, 1) : more_hi;
 }
 
 at::Tensor PagedKVCache::new_keys(const kernels::PagedKvStore& store, const Sequence& s,
@@ -467,17 +486,30 @@ at::Tensor PagedKVCache::new_keys(const kernels::PagedKvStore& store, const Sequ
   return keys.narrow(1, t0 - p0 * P, n);
 }
 
-at::Tensor PagedKVCache::quest_pages(const Sequence& s, int64_t layer, const at::Tensor& q) const {
-  const QuestBounds& qb = s.quest[size_t(layer)];
-  const int64_t group = q.size(0) / num_kv_heads_;
-  // U = sum_i P_i max_i + N_i min_i with the group's mean positive and negative query parts.
-  const at::Tensor qg = q.to(qb.mins.device(), at::kFloat).reshape({num_kv_heads_, group, -1});
-  const at::Tensor pos = qg.clamp_min(0).mean(1).unsqueeze(2),
-                   neg = qg.clamp_max(0).mean(1).unsqueeze(2);
-  const at::Tensor bounds = at::bmm(qb.maxs.to(at::kFloat), pos)
-                                .add_(at::bmm(qb.mins.to(at::kFloat), neg))
-                                .squeeze(2);  // [kv_heads, pages]
-  return quest_->select_pages(bounds);        // ascending per head
+at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t layer,
+                                     const at::Tensor& q, const std::vector<int64_t>& rows) const {
+  const int64_t S = int64_t(seqs.size()), group = q.size(1) / num_kv_heads_;
+  // U = sum_i P_i max_i + N_i min_i with the group's mean positive and negative query parts,
+  // for every row at once: [rows, kv_heads, d, 1].
+  const at::Tensor qg = q.to(device_, at::kFloat).view({q.size(0), num_kv_heads_, group, -1});
+  const at::Tensor pos = qg.clamp_min(0).mean(2).unsqueeze(3),
+                   neg = qg.clamp_max(0).mean(2).unsqueeze(3);
+  std::vector<int64_t> pages;
+  for (const Sequence* s : seqs) pages.push_back(s->quest[size_t(layer)].mins.size(1));
+  const int64_t most = *std::max_element(pages.begin(), pages.end());
+  // Each sequence's two products into its rows of the batch's (padding stays 0: masked).
+  const auto f = at::TensorOptions().dtype(at::kFloat).device(device_);
+  const at::Tensor up = at::zeros({S, num_kv_heads_, most, 1}, f),
+                   down = at::zeros({S, num_kv_heads_, most, 1}, f);
+  for (int64_t j = 0; j < S; ++j) {
+    const QuestBounds& qb = seqs[size_t(j)]->quest[size_t(layer)];
+    const int64_t row = rows[size_t(j)], p = pages[size_t(j)];
+    at::Tensor u = up[j].narrow(1, 0, p), d = down[j].narrow(1, 0, p);
+    at::bmm_out(u, qb.maxs.to(at::kFloat), pos[row]);
+    at::bmm_out(d, qb.mins.to(at::kFloat), neg[row]);
+  }
+  const at::Tensor bounds = up.add_(down).squeeze(3);  // [S, kv_heads, most]
+  return quest_->select_pages(bounds, upload(at::tensor(pages, at::kLong))).to(at::kCPU);
 }
 
 at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t held) const {
@@ -502,32 +534,33 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   const int B = int(batch.size());
   if (layer < quest_->dense_layers()) return attend_dense(step, counts, q, store);
   Stopwatch watch;
-  bool any_sparse = false;
-  std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
+  // The new keys into the page bounds: a block (the prefill) per sequence, single keys (decode
+  // tokens) together.
+  std::vector<Sequence*> singles, sparse;
+  std::vector<at::Tensor> keys;
+  std::vector<int64_t> sparse_rows;
+  std::vector<int> sparse_b;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     Sequence& s = *batch[size_t(b)];
-    const int64_t n = counts[size_t(b)], held = s.length + n;
-    fold_quest_bounds(s, layer, store, step.table[b], n);
+    const int64_t n = counts[size_t(b)];
+    if (n == 1) {
+      singles.push_back(&s);
+      keys.push_back(new_keys(store, s, step.table[b], s.length, s.length + 1));
+    } else {
+      fold_quest_bounds(s, layer, store, step.table[b], n);
+    }
     // A decode token of a layer holding more than the budget reads the chosen pages only.
-    if (n == 1 && s.length > 0 && quest_->sparse(layer, held)) {
-      positions[size_t(b)] = quest_pages(s, layer, q[row]);  // pages, for now
-      any_sparse = true;
-    }
+    if (n == 1 && s.length > 0 && quest_->sparse(layer, s.length + 1))
+      sparse.push_back(&s), sparse_rows.push_back(row), sparse_b.push_back(b);
   }
-  if (any_sparse) {  // every sparse sequence's pages in one read-back, then their tokens
-    std::vector<at::Tensor> flat;
-    for (const at::Tensor& p : positions)
-      if (p.defined()) flat.push_back(p.reshape({-1}));
-    const at::Tensor host = at::cat(flat).to(at::kCPU, at::kLong);
-    int64_t offset = 0;
-    for (int b = 0; b < B; ++b) {
-      at::Tensor& p = positions[size_t(b)];
-      if (!p.defined()) continue;
-      const at::Tensor pages = host.narrow(0, offset, p.numel()).view(p.sizes());
-      offset += p.numel();
-      p = quest_tokens(pages, batch[size_t(b)]->length + 1);
-    }
+  if (!singles.empty()) fold_quest_keys(singles, layer, at::cat(keys, 1));
+  std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
+  if (!sparse.empty()) {  // the sparse sequences' pages in one read-back, then their tokens
+    const at::Tensor pages = quest_pages(sparse, layer, q, sparse_rows);
+    for (size_t j = 0; j < sparse.size(); ++j)
+      positions[size_t(sparse_b[j])] = quest_tokens(pages[int64_t(j)], sparse[j]->length + 1);
   }
+  const bool any_sparse = !sparse.empty();
   retention_s_ += watch.seconds();
   if (!any_sparse) return attend_dense(step, counts, q, store);
   if (kernel_path_ && step.max_new == 1) {

@@ -76,6 +76,19 @@ at::Tensor QuestPolicy::select_pages(const at::Tensor& bounds) const {
   return top_tokens(b, n);
 }
 
+at::Tensor QuestPolicy::select_pages(const at::Tensor& bounds, const at::Tensor& pages) const {
+  KVB_CHECK(bounds.dim() == 3 && bounds.size(2) >= pages_to_read() && pages.dim() == 1 &&
+                pages.size(0) == bounds.size(0),
+            "quest: bounds ", bounds.sizes(), " for pages ", pages.sizes());
+  // select_pages' rule per row: past its pages nothing is read, its newest page always is.
+  const at::Tensor page = at::arange(bounds.size(2), pages.options()).view({1, 1, -1});
+  const at::Tensor held = pages.view({-1, 1, 1});
+  const double inf = std::numeric_limits<double>::infinity();
+  const at::Tensor b =
+      bounds.to(at::kFloat).masked_fill(page.ge(held), -inf).masked_fill_(page.eq(held - 1), inf);
+  return top_tokens(b, pages_to_read());
+}
+
 QuestPages::QuestPages(int64_t kv_heads, int64_t head_dim, int64_t page_size)
     : kv_heads_(kv_heads),
       head_dim_(head_dim),

@@ -114,6 +114,20 @@ TEST(Quest, SelectsTheTopPagesAndAlwaysTheNewest) {
   EXPECT_EQ(policy.select_pages(rand({1, 3}, 2)).size(1), 3);
 }
 
+// The batch's choice (rows of several sequences' bounds, each valid up to its page count, the
+// rest garbage) is each row's own select_pages, ties included.
+TEST(Quest, BatchedPageChoicesAreEachRowsOwn) {
+  QuestPolicy policy(/*budget=*/40, /*page=*/8, /*dense=*/0);  // 5 pages a step
+  const std::vector<int64_t> pages = {12, 6, 9, 12};
+  at::Tensor bounds = rand({4, 3, 12}, 10).mul(4).round();  // ties among whole numbers
+  bounds[1].narrow(1, 6, 6).fill_(1e6);                     // past row 1's pages: must not be read
+  const at::Tensor got = policy.select_pages(bounds, at::tensor(pages, at::kLong));
+  ASSERT_EQ(got.sizes(), (at::IntArrayRef{4, 3, 5}));
+  for (int64_t r = 0; r < 4; ++r)
+    EXPECT_TRUE(at::equal(got[r], policy.select_pages(bounds[r].narrow(1, 0, pages[size_t(r)]))))
+        << "row " << r;
+}
+
 // The rule in float64: bounds from the stored keys, top pages (+ the newest), softmax over them.
 at::Tensor quest_oracle(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t page,
                         int64_t read) {

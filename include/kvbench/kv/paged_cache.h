@@ -290,11 +290,19 @@ class PagedKVCache final : public KVCache {
   // otherwise dense. The batch's chosen pages come back to the host in one copy per layer.
   at::Tensor attend_quest(int64_t layer, const Step& step, const std::vector<int64_t>& counts,
                           const at::Tensor& q, const kernels::PagedKvStore& store);
+  // Folds s's `n` new keys (a block) into its page bounds at `layer`.
   void fold_quest_bounds(Sequence& s, int64_t layer, const kernels::PagedKvStore& store,
                          const at::Tensor& table_row, int64_t n);
-  // [kv_heads, pages] the pages Quest chooses for the query q [heads, d], ascending per
-  // head, where the bounds are.
-  at::Tensor quest_pages(const Sequence& s, int64_t layer, const at::Tensor& q) const;
+  // Folds one new key per sequence (keys [kv_heads, seqs, d] where the bounds are, in the
+  // order of `seqs`) into their page bounds: their rounding in one set of operators.
+  void fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& keys);
+  // s's bounds at `layer` grown (empty pages: +inf mins, -inf maxs) to cover `pages` pages.
+  void grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const;
+  // [seqs, kv_heads, pages_to_read] int64 on the host: the pages Quest chooses for each
+  // sequence's query (q [rows, heads, d], sequence i's at rows[i]), ascending per head; one
+  // score and choice for the batch, one copy back.
+  at::Tensor quest_pages(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& q,
+                         const std::vector<int64_t>& rows) const;
   // [kv_heads, count] int64 positions of those pages' tokens (host), the newest (partly
   // filled, always chosen) page cut at `held`.
   at::Tensor quest_tokens(const at::Tensor& pages, int64_t held) const;

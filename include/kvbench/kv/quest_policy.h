@@ -41,6 +41,10 @@ class QuestPolicy final : public RetentionPolicy {
   // Top pages of each row of `bounds` ([kv_heads, pages]): [kv_heads, n] ascending page
   // indices, the newest page always among them, n = min(pages_to_read(), pages).
   at::Tensor select_pages(const at::Tensor& bounds) const;
+  // select_pages for several rows of bounds at once: bounds [rows, kv_heads, most], row r's
+  // first pages[r] pages valid (pages: [rows] int64 where the bounds are; every row holds at
+  // least pages_to_read() pages: a sparse step's). [rows, kv_heads, pages_to_read()].
+  at::Tensor select_pages(const at::Tensor& bounds, const at::Tensor& pages) const;
 
  private:
   int64_t budget_, page_, dense_layers_;
