@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvbench/kv/method_registry.h"
+#include "preparation_helpers.h"  // tests/unit: bases fitted on synthetic data (palu, kvproj)
 
 namespace {
 
@@ -76,10 +77,18 @@ int main(int argc, char** argv) {
         R"({"name": "snapkv", "budget": 512})", R"({"name": "h2o", "heavy": 256, "recent": 256})",
         R"({"name": "tova", "budget": 512})",
         R"({"name": "scissorhands", "budget": 512, "recent": 64, "history": 64})",
-        R"({"name": "quest", "budget": 256, "dense_layers": 0})"}) {
+        R"({"name": "quest", "budget": 256, "dense_layers": 0})", R"({"name": "kvproj"})",
+        R"({"name": "palu"})", R"({"name": "h2o", "heavy": 256, "recent": 256, "codec": "palu"})",
+        R"({"name": "gear-4"})"}) {
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "method");
-    if (!only.empty() && method["name"] != only) continue;
-    auto cache = make_kv_cache(method, layers, kv_heads, head_dim, at::kHalf, "paged");
+    // "h2o+palu": a retention method over a codec other than full.
+    std::string label = method["name"];
+    if (method.contains("codec") && method["codec"].value("name", "full") != "full")
+      label += "+" + method["codec"]["name"].get<std::string>();
+    if (!only.empty() && label != only) continue;
+    const auto codec =
+        testing_support::ready(make_codec(method, at::kHalf), layers, kv_heads, head_dim);
+    auto cache = make_paged_cache(method, codec, layers, kv_heads, head_dim, at::kHalf, at::kCPU);
     std::vector<int64_t> seqs, prompts(size_t(batch), prompt), ones(size_t(batch), 1);
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(cache->add_sequence());
     auto gen = at::detail::createCPUGenerator(7);
@@ -104,7 +113,7 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < std::min(shown, top.size()); ++i)
       most[top[i].second] = double(top[i].first) / double(layers);
     const double per_layer = double(counter.total) / double(layers);
-    std::cout << nlohmann::json{{"method", method["name"]},
+    std::cout << nlohmann::json{{"method", label},
                                 {"batch", batch},
                                 {"ops_per_layer", per_layer},
                                 {"ops_per_layer_and_sequence", per_layer / double(batch)},

@@ -127,11 +127,23 @@ std::vector<std::vector<size_t>> groups_of(const std::vector<std::vector<int64_t
   return out;
 }
 
-// A key part for a state: its shape, or -1 when it does not exist yet.
+// A key part for a state: its shape, dtype and device, or -1 when it does not exist yet
+// (records of one key stack).
 void append_shape(std::vector<int64_t>& key, const at::Tensor& state) {
   if (!state.defined()) return key.push_back(-1);
   key.push_back(state.dim());
   for (const int64_t n : state.sizes()) key.push_back(n);
+  key.push_back(int64_t(state.scalar_type()));
+  key.push_back(int64_t(state.device().type()));
+  key.push_back(int64_t(state.device().index()));
+}
+
+// Host values as a tensor on `device`: from pinned memory on a GPU, so the copy is queued
+// behind the device's work instead of waiting for it.
+at::Tensor on_device(const std::vector<int64_t>& values, const at::Device& device) {
+  const at::Tensor host = at::tensor(values, at::kLong);
+  if (!device.is_cuda()) return host.to(device);
+  return host.pin_memory().to(device, /*non_blocking=*/true);
 }
 
 }  // namespace
@@ -148,6 +160,10 @@ void AttentionRecord::add_scores_batch(const RetentionPolicy& policy,
   std::vector<std::vector<int64_t>> keys(records.size());
   for (size_t i = 0; i < records.size(); ++i) {
     if (records[i] == nullptr) continue;
+    for (const at::Tensor* state : {&records[i]->summed_, &records[i]->low_})
+      KVB_CHECK(!state->defined() || state->size(1) <= held[i],
+                "attention record: ", state->size(1), " tokens recorded, the step's scores cover ",
+                held[i]);
     keys[i] = {held[i]};
     append_shape(keys[i], records[i]->summed_);
     append_shape(keys[i], records[i]->low_);
@@ -214,9 +230,9 @@ void AttentionRecord::add_group_scores(const RetentionPolicy& policy,
       for (const size_t i : group) columns.push_back(starts[i] % window);
       const at::TensorOptions index = low.options().dtype(at::kLong);
       using at::indexing::Slice;
-      ring.index_put_({at::arange(G, index), Slice(), Slice(), Slice(),
-                       at::tensor(columns, at::kLong).to(index.device())},
-                      low);
+      ring.index_put_(
+          {at::arange(G, index), Slice(), Slice(), Slice(), on_device(columns, index.device())},
+          low);
       const std::vector<at::Tensor> rings = ring.unbind(0);
       for (size_t j = 0; j < group.size(); ++j) records[group[j]]->low_ = rings[j];
       break;

@@ -43,7 +43,7 @@ std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
   int* to = first;
   for (const at::Tensor& h : hosts) {
     const at::Tensor list = as_int(h);
-    std::memcpy(to, list.data_ptr<int>(), size_t(list.numel()) * sizeof(int));
+    if (list.numel() > 0) std::memcpy(to, list.data_ptr<int>(), size_t(list.numel()) * sizeof(int));
     out.push_back({at::Tensor(), int64_t(to - first)});
     to += list.numel();
   }
@@ -491,11 +491,15 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
   const int64_t S = int64_t(seqs.size()), group = q.size(1) / num_kv_heads_;
   // U = sum_i P_i max_i + N_i min_i with the group's mean positive and negative query parts,
   // for every row at once: [rows, kv_heads, d, 1].
-  const at::Tensor qg = q.to(device_, at::kFloat).view({q.size(0), num_kv_heads_, group, -1});
+  const at::Tensor qg = q.to(device_, at::kFloat).reshape({q.size(0), num_kv_heads_, group, -1});
   const at::Tensor pos = qg.clamp_min(0).mean(2).unsqueeze(3),
                    neg = qg.clamp_max(0).mean(2).unsqueeze(3);
   std::vector<int64_t> pages;
-  for (const Sequence* s : seqs) pages.push_back(s->quest[size_t(layer)].mins.size(1));
+  for (const Sequence* s : seqs) {
+    pages.push_back(s->quest[size_t(layer)].mins.size(1));
+    KVB_CHECK(pages.back() >= quest_->pages_to_read(), "paged cache: a sparse Quest step over ",
+              pages.back(), " pages, fewer than the ", quest_->pages_to_read(), " it reads");
+  }
   const int64_t most = *std::max_element(pages.begin(), pages.end());
   // Each sequence's two products into its rows of the batch's (padding stays 0: masked).
   const auto f = at::TensorOptions().dtype(at::kFloat).device(device_);

@@ -27,7 +27,8 @@ std::vector<at::Tensor> TovaPolicy::select_batch(
   for (const RetentionInput* in : inputs) {
     const at::Tensor& c = in->current;
     if (!c.defined() || c.dim() != 2 || c.sizes() != inputs[0]->current.sizes() ||
-        c.device() != inputs[0]->current.device() || c.size(1) < budget_)
+        c.device() != inputs[0]->current.device() ||
+        c.scalar_type() != inputs[0]->current.scalar_type() || c.size(1) < budget_)
       return RetentionPolicy::select_batch(inputs);  // select() says what is wrong
     scores.push_back(c);
   }

@@ -289,80 +289,89 @@ TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
 }
 
 // A decode step's attention records updated together (add_scores_batch, fill_batch,
-// keep_batch: one set of operators for the records of one shape) are each record's own, bitwise:
-// five sequences, two of which hold other token counts (one record of its own shape, one
-// still growing), over steps that select (random kept rows) and steps that do not; scores
-// padded with -inf past each record's tokens, as the decode kernel writes them.
+// keep_batch: one set of operators for the records of one shape) are each record's own, bitwise
+// (states and policy inputs): five sequences, two of which hold other token counts (one record
+// of its own shape, one still growing), beside a sequence that records nothing (null); and four
+// that always hold as many (the whole batch as one group); over steps that select (random kept
+// rows) and steps that do not, scores padded with -inf past each record's tokens, as the decode
+// kernel writes them.
 TEST(Retention, BatchedAttentionRecordsAreEachRecordsOwn) {
   auto gen = at::detail::createCPUGenerator(15);
   const int64_t kv_heads = 2, group = 3, heads = kv_heads * group, dim = 16, budget = 24;
   const H2oPolicy h2o(12, 8, false, EvictionTiming::kDecode);
   const TovaPolicy tova(budget, EvictionTiming::kDecode);
   const ScissorHandsPolicy scissors(budget, 8, 5, EvictionTiming::kDecode);
-  for (const RetentionPolicy* policy :
-       std::vector<const RetentionPolicy*>{&h2o, &tova, &scissors}) {
-    SCOPED_TRACE(policy->name());
-    const std::vector<int64_t> prompts = {30, 30, 41, 30, 9};
-    const size_t B = prompts.size();
-    std::vector<AttentionRecord> together(B), alone(B);
-    std::vector<int64_t> held = prompts, length = prompts;
-    for (size_t i = 0; i < B; ++i) {  // the prefills, as a cache records them
-      const at::Tensor q = at::randn({heads, prompts[i], dim}, gen),
-                       k = at::randn({kv_heads, prompts[i], dim}, gen);
-      const at::Tensor pos = at::arange(prompts[i], at::kLong).expand({kv_heads, -1});
-      at::Tensor unused;
-      together[i].add_block(*policy, q, k, pos, 0, unused);
-      alone[i].add_block(*policy, q, k, pos, 0, unused);
-    }
-    for (int step = 0; step < 12; ++step) {
-      for (size_t i = 0; i < B; ++i) ++held[i];
-      const int64_t most = *std::max_element(held.begin(), held.end());
-      at::Tensor logits = at::randn({int64_t(B), heads, most}, gen);
-      for (size_t i = 0; i < B; ++i)
-        logits[int64_t(i)].narrow(1, held[i], most - held[i]).fill_(-INFINITY);
-      std::vector<AttentionRecord*> records;
-      std::vector<const AttentionRecord*> readers;
-      for (AttentionRecord& r : together) records.push_back(&r), readers.push_back(&r);
-      std::vector<at::Tensor> newest(B), newest_alone(B);
-      AttentionRecord::add_scores_batch(*policy, records, logits, held, kv_heads, length, newest);
-      std::vector<RetentionInput> in(B), in_alone(B);
-      std::vector<RetentionInput*> inputs;
-      for (size_t i = 0; i < B; ++i) {
-        alone[i].add_scores(*policy, logits[int64_t(i)].narrow(1, 0, held[i]), kv_heads, length[i],
-                            newest_alone[i]);
-        alone[i].fill(*policy, newest_alone[i], in_alone[i]);
-        inputs.push_back(&in[i]);
+  auto same = [](const at::Tensor& a, const at::Tensor& b) {
+    return a.defined() == b.defined() && (!a.defined() || at::equal(a, b));
+  };
+  for (const RetentionPolicy* policy : std::vector<const RetentionPolicy*>{&h2o, &tova, &scissors})
+    for (const std::vector<int64_t>& prompts :
+         {std::vector<int64_t>{30, 30, 41, 0, 30, 9}, std::vector<int64_t>{30, 30, 30, 30}}) {
+      SCOPED_TRACE(policy->name() + (prompts.size() == 4 ? " (one group)" : " (mixed)"));
+      const size_t B = prompts.size();  // a prompt of 0: a sequence that records nothing
+      std::vector<AttentionRecord> together(B), alone(B);
+      std::vector<int64_t> held = prompts, length = prompts;
+      for (size_t i = 0; i < B; ++i) {  // the prefills, as a cache records them
+        if (prompts[i] == 0) continue;
+        const at::Tensor q = at::randn({heads, prompts[i], dim}, gen),
+                         k = at::randn({kv_heads, prompts[i], dim}, gen);
+        const at::Tensor pos = at::arange(prompts[i], at::kLong).expand({kv_heads, -1});
+        at::Tensor unused;
+        together[i].add_block(*policy, q, k, pos, 0, unused);
+        alone[i].add_block(*policy, q, k, pos, 0, unused);
       }
-      AttentionRecord::fill_batch(*policy, readers, newest, inputs);
-      for (size_t i = 0; i < B; ++i)
-        for (const auto member : {&RetentionInput::accumulated, &RetentionInput::current,
-                                  &RetentionInput::low_counts}) {
-          const at::Tensor &got = in[i].*member, &want = in_alone[i].*member;
-          ASSERT_EQ(got.defined(), want.defined());
-          if (got.defined())
-            ASSERT_TRUE(at::equal(got, want)) << "record " << i << " at step " << step;
+      for (int step = 0; step < 12; ++step) {
+        for (size_t i = 0; i < B; ++i) ++held[i];
+        const int64_t most = *std::max_element(held.begin(), held.end());
+        at::Tensor logits = at::randn({int64_t(B), heads, most}, gen);
+        for (size_t i = 0; i < B; ++i)
+          logits[int64_t(i)].narrow(1, held[i], most - held[i]).fill_(-INFINITY);
+        std::vector<AttentionRecord*> records;
+        std::vector<const AttentionRecord*> readers;
+        std::vector<RetentionInput> in(B), in_alone(B);
+        std::vector<RetentionInput*> inputs;
+        std::vector<at::Tensor> newest(B), newest_alone(B), newest_read;
+        for (size_t i = 0; i < B; ++i) {
+          records.push_back(prompts[i] > 0 ? &together[i] : nullptr);
+          if (prompts[i] == 0) continue;
+          readers.push_back(&together[i]), inputs.push_back(&in[i]);
+          alone[i].add_scores(*policy, logits[int64_t(i)].narrow(1, 0, held[i]), kv_heads,
+                              length[i], newest_alone[i]);
+          alone[i].fill(*policy, newest_alone[i], in_alone[i]);
         }
-      // Every other step, those over the budget keep `budget` random rows (ascending per head).
-      std::vector<at::Tensor> wheres(B);
-      for (size_t i = 0; i < B; ++i) {
-        ++length[i];
-        if (step % 2 == 1 || held[i] <= budget) continue;
-        std::vector<at::Tensor> rows;
-        for (int64_t h = 0; h < kv_heads; ++h)
-          rows.push_back(std::get<0>(at::randperm(held[i], gen).narrow(0, 0, budget).sort()));
-        wheres[i] = at::stack(rows);
-        held[i] = budget;
+        AttentionRecord::add_scores_batch(*policy, records, logits, held, kv_heads, length, newest);
+        for (size_t i = 0; i < B; ++i)
+          if (prompts[i] > 0) newest_read.push_back(newest[i]);
+        AttentionRecord::fill_batch(*policy, readers, newest_read, inputs);
+        for (size_t i = 0; i < B; ++i) {
+          if (prompts[i] == 0) {
+            ASSERT_FALSE(newest[i].defined()) << "a null record got scores";
+            continue;
+          }
+          ASSERT_TRUE(same(together[i].summed(), alone[i].summed())) << i << " at " << step;
+          ASSERT_TRUE(same(together[i].low_history(), alone[i].low_history()))
+              << i << " at " << step;
+          for (const auto member : {&RetentionInput::accumulated, &RetentionInput::current,
+                                    &RetentionInput::low_counts})
+            ASSERT_TRUE(same(in[i].*member, in_alone[i].*member)) << i << " at " << step;
+        }
+        // Every other step, those over the budget keep `budget` random rows (ascending per
+        // head).
+        std::vector<AttentionRecord*> kept;
+        std::vector<at::Tensor> wheres;
+        for (size_t i = 0; i < B; ++i) {
+          ++length[i];
+          if (prompts[i] == 0 || step % 2 == 1 || held[i] <= budget) continue;
+          std::vector<at::Tensor> rows;
+          for (int64_t h = 0; h < kv_heads; ++h)
+            rows.push_back(std::get<0>(at::randperm(held[i], gen).narrow(0, 0, budget).sort()));
+          kept.push_back(&together[i]), wheres.push_back(at::stack(rows));
+          alone[i].keep(wheres.back());
+          held[i] = budget;
+        }
+        AttentionRecord::keep_batch(kept, wheres);
       }
-      std::vector<AttentionRecord*> kept;
-      std::vector<at::Tensor> kept_where;
-      for (size_t i = 0; i < B; ++i) {
-        if (!wheres[i].defined()) continue;
-        kept.push_back(&together[i]), kept_where.push_back(wheres[i]);
-        alone[i].keep(wheres[i]);
-      }
-      AttentionRecord::keep_batch(kept, kept_where);
     }
-  }
 }
 
 // The span a cache may apply without asking select() covers exactly the held tokens select()

@@ -36,6 +36,10 @@ class AttentionRecord {
   // After a selection: keeps the rows at `where` ([kv_heads, kept] indices into the held
   // tokens, on any device).
   void keep(const at::Tensor& where);
+  // The recorded states (undefined until recorded): H2O's summed probabilities, ScissorHands'
+  // low-attention ring.
+  const at::Tensor& summed() const { return summed_; }
+  const at::Tensor& low_history() const { return low_; }
 
   // The three calls above for a decode step's sequences at one layer (record i is sequence
   // i's; null: not recorded). Records that hold as many tokens, in states of one shape (the
@@ -45,6 +49,9 @@ class AttentionRecord {
   // others go one by one.
   //   add_scores_batch: record i's query at position starts[i] scored its held[i] tokens
   //     in logits[i] ([records, heads, >= held[i]] fp32; columns past held[i] ignored).
+  //   fill_batch: inputs[i] from records[i] (newest[i]: TOVA's); only ScissorHands' counts
+  //     are computed, the other states are handed over as they are.
+  //   keep_batch: records[i] keeps its rows at wheres[i] ([kv_heads, kept] indices).
   static void add_scores_batch(const RetentionPolicy& policy,
                                const std::vector<AttentionRecord*>& records,
                                const at::Tensor& logits, const std::vector<int64_t>& held,

@@ -87,7 +87,9 @@ struct PagedCapacity {
 
 // Host lists of positions (int32 or int64) as int32 on `device`, in one copy from pinned
 // memory on a GPU (not one per list): the buffer holding them and each list's first element in
-// it (elsewhere: each list itself as int32, offset 0).
+// it (elsewhere: each list itself as int32, offset 0). The buffer lives while any list in it is
+// in use: upload together lists that are replaced together (a step's selections), or one
+// long-lived list keeps its step's whole buffer (at most the step's lists of that layer).
 struct UploadedList {
   at::Tensor buffer;
   int64_t offset = 0;
@@ -299,8 +301,8 @@ class PagedKVCache final : public KVCache {
   // s's bounds at `layer` grown (empty pages: +inf mins, -inf maxs) to cover `pages` pages.
   void grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const;
   // [seqs, kv_heads, pages_to_read] int64 on the host: the pages Quest chooses for each
-  // sequence's query (q [rows, heads, d], sequence i's at rows[i]), ascending per head; one
-  // score and choice for the batch, one copy back.
+  // sequence's query (q [rows, heads, d], sequence i's at rows[i]), ascending per head: each
+  // sequence's bounds scored (two products), then one choice and one copy back for the batch.
   at::Tensor quest_pages(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& q,
                          const std::vector<int64_t>& rows) const;
   // [kv_heads, count] int64 positions of those pages' tokens (host), the newest (partly
