@@ -735,7 +735,9 @@ void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, in
                 length <= int64_t(s.pages.size()) * format_.page_size,
             "paged cache: a selection of shape ", kept.sizes(), " on ", kept.device().str(),
             " for ", num_kv_heads_, " heads of a sequence of ", length, " tokens");
-  const at::Tensor positions = kept.to(at::kLong).contiguous();
+  const at::Tensor positions = kept.scalar_type() == at::kLong && kept.is_contiguous()
+                                   ? kept
+                                   : kept.to(at::kLong).contiguous();
   // One pass over the host copy (a decode-timing policy selects at every step and layer: no
   // tensor ops here).
   const int64_t held = positions.size(1);

@@ -294,20 +294,38 @@ void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
     KVB_CHECK(c.dim() == 2 && c.size(0) == num_kv_heads_ && c.size(1) <= in.held(),
               "retention policy '", policy_->name(), "' returned a selection of shape ", c.sizes(),
               " for ", num_kv_heads_, " heads holding ", in.held(), " tokens");
-    at::Tensor kept = in.positions.gather(1, c.to(at::kLong));  // [kv_heads, kept] positions
-    if (group_ > 1) {
-      // One latent per group: its heads must keep the same tokens (the reference's store says
-      // the same).
-      const at::Tensor rows = kept.view({num_kv_heads_ / group_, group_, -1});
-      KVB_CHECK(rows.eq(rows.narrow(1, 0, 1)).all().item<bool>(),
-                "palu: the retention policy kept different tokens for KV heads that share one "
-                "latent (group ",
-                group_,
-                "); use \"group\": 1 or a policy that keeps the same tokens for every head "
-                "(streamingllm, tova)");
-      kept = rows.select(1, 0);
-    }
-    latent_.retain(seqs[i], layer, kept.contiguous(), in.length);
+    // The kept positions per latent head, by a loop over the host copies (this runs per
+    // sequence, layer and step). One latent per group: its heads must keep the same tokens
+    // (the reference's store says the same).
+    auto longs = [](const at::Tensor& t) {
+      return t.scalar_type() == at::kLong && t.is_contiguous() ? t : t.to(at::kLong).contiguous();
+    };
+    const at::Tensor pos = longs(in.positions), choice = longs(c);
+    KVB_CHECK(pos.is_cpu() && choice.is_cpu(),
+              "palu paged cache: positions and choices must be "
+              "on the host");
+    const int64_t held = pos.size(1), n = choice.size(1);
+    const int64_t* p = pos.data_ptr<int64_t>();
+    const int64_t* at = choice.data_ptr<int64_t>();
+    at::Tensor kept = at::empty({num_kv_heads_ / group_, n}, at::kLong);
+    int64_t* k = kept.data_ptr<int64_t>();
+    for (int64_t h = 0; h < num_kv_heads_; ++h)
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t index = at[h * n + j];
+        KVB_CHECK(index >= 0 && index < held, "retention policy '", policy_->name(),
+                  "' chose index ", index, " of ", held, " held tokens");
+        int64_t& slot = k[(h / group_) * n + j];
+        if (h % group_ == 0)
+          slot = p[h * held + index];
+        else
+          KVB_CHECK(slot == p[h * held + index],
+                    "palu: the retention policy kept different tokens for KV heads that share one "
+                    "latent (group ",
+                    group_,
+                    "); use \"group\": 1 or a policy that keeps the same tokens for every head "
+                    "(streamingllm, tova)");
+      }
+    latent_.retain(seqs[i], layer, kept, in.length);
     const auto record = records_.find({seqs[i], layer});
     if (record == records_.end()) continue;
     records.push_back(&record->second);
