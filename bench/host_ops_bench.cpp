@@ -8,7 +8,8 @@
 //
 //   KVBENCH_PAGED_PATH=kernels build/host_ops_bench [batch] [prompt] [layers] [top] [method]
 //
-// One JSON line per method (or only `method`): {"method", "batch", "ops_per_layer",
+// One JSON line per method (or only `method`, e.g. "h2o" or "h2o+palu": a retention method over a
+// codec other than full): {"method", "batch", "ops_per_layer",
 // "ops_per_layer_and_sequence", "top": the `top` (5) most frequent operators per layer}. With
 // KVBENCH_PAGED_PATH=kernels the cache takes the GPU path's branches with the kernels' host
 // references in place of the kernels; what differs on a GPU: the kernels themselves are not ATen
