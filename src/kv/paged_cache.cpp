@@ -380,7 +380,7 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
   append_rows(layer, step, counts, k, v, store);
   at::Tensor out;
   if (quest_) {
-    out = attend_quest(layer_index, step, counts, q, store);
+    out = attend_quest(layer_index, step, counts, q, k, store);
   } else if (policy_) {
     out = attend_retaining(layer_index, step.batch, counts, q, k, store, step.table, step.ints,
                            step.max_len);
@@ -533,13 +533,17 @@ at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t held) con
 
 at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
                                       const std::vector<int64_t>& counts, const at::Tensor& q,
-                                      const kernels::PagedKvStore& store) {
+                                      const at::Tensor& k, const kernels::PagedKvStore& store) {
   const std::vector<Sequence*>& batch = step.batch;
   const int B = int(batch.size());
   if (layer < quest_->dense_layers()) return attend_dense(step, counts, q, store);
   Stopwatch watch;
   // The new keys into the page bounds: a block (the prefill) per sequence, single keys (decode
-  // tokens) together.
+  // tokens) together. A decode step over a 16-bit format takes them as they came: the format
+  // stores them exactly (in its dtype), so no page is decoded.
+  const bool exact_keys =
+      (format_.format == KvFormat::kFp16 || format_.format == KvFormat::kBf16) &&
+      std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
   std::vector<Sequence*> singles, sparse;
   std::vector<at::Tensor> keys;
   std::vector<int64_t> sparse_rows;
@@ -549,7 +553,7 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
     const int64_t n = counts[size_t(b)];
     if (n == 1) {
       singles.push_back(&s);
-      keys.push_back(new_keys(store, s, step.table[b], s.length, s.length + 1));
+      if (!exact_keys) keys.push_back(new_keys(store, s, step.table[b], s.length, s.length + 1));
     } else {
       fold_quest_bounds(s, layer, store, step.table[b], n);
     }
@@ -557,7 +561,10 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
     if (n == 1 && s.length > 0 && quest_->sparse(layer, s.length + 1))
       sparse.push_back(&s), sparse_rows.push_back(row), sparse_b.push_back(b);
   }
-  if (!singles.empty()) fold_quest_keys(singles, layer, at::cat(keys, 1));
+  if (!singles.empty())
+    fold_quest_keys(singles, layer,
+                    exact_keys ? k.to(device_, input_dtype()).to(at::kFloat).transpose(0, 1)
+                               : at::cat(keys, 1));
   std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
   if (!sparse.empty()) {  // the sparse sequences' pages in one read-back, then their tokens
     const at::Tensor pages = quest_pages(sparse, layer, q, sparse_rows);

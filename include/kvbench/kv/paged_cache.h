@@ -291,7 +291,8 @@ class PagedKVCache final : public KVCache {
   // a layer over the budget reads the top pages only (quest_pages, then quest_tokens);
   // otherwise dense. The batch's chosen pages come back to the host in one copy per layer.
   at::Tensor attend_quest(int64_t layer, const Step& step, const std::vector<int64_t>& counts,
-                          const at::Tensor& q, const kernels::PagedKvStore& store);
+                          const at::Tensor& q, const at::Tensor& k,
+                          const kernels::PagedKvStore& store);
   // Folds s's `n` new keys (a block) into its page bounds at `layer`.
   void fold_quest_bounds(Sequence& s, int64_t layer, const kernels::PagedKvStore& store,
                          const at::Tensor& table_row, int64_t n);
