@@ -92,12 +92,25 @@ template <typename Body>
 void with_env(const char* name, const char* value, Body body) {
   const char* old = std::getenv(name);
   const std::string saved = old ? old : "";
-  setenv(name, value, 1);
+  if (value)
+    setenv(name, value, 1);
+  else
+    unsetenv(name);  // null: unset
   body();
   if (old)
     setenv(name, saved.c_str(), 1);
   else
     unsetenv(name);
+}
+
+// Runs `body` with the wrappers on their eager path (the variable unset: a developer may run
+// the tests with it set).
+template <typename Body>
+void on_eager(Body body) {
+  with_env("KVBENCH_PAGED_PATH", nullptr, [&] {
+    ASSERT_EQ(model_ops_path(at::kCPU), ModelOpsPath::kEager);
+    body();
+  });
 }
 
 // Runs `body` with the wrappers on their host-kernel path (KVBENCH_PAGED_PATH=kernels).
@@ -117,37 +130,39 @@ double rel_error(const at::Tensor& got, const at::Tensor& want) {
 // The wrappers' layouts (strided qkv views, per-head norms, in-place residual) agree with the
 // eager formulas: fp32 to summation order, bf16 to one rounding.
 TEST(ModelOpsWrapperTest, HostKernelsMatchTheEagerFormulas) {
-  ASSERT_EQ(model_ops_path(at::kCPU), ModelOpsPath::kEager);
-  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    const double tol = dtype == at::kFloat ? 2e-6 : 8e-3;
-    at::manual_seed(4);
-    const int64_t n = 5, heads = 6, kv = 2, hd = 64;
-    const at::Tensor qkv = at::randn({n, (heads + 2 * kv) * hd}).to(dtype);
-    const at::Tensor qn = (1 + 0.1 * at::randn({hd})).to(dtype);
-    const at::Tensor kn = (1 + 0.1 * at::randn({hd})).to(dtype);
-    auto [cos, sin] = rope_cos_sin(at::tensor(std::vector<int64_t>{0, 3, 90, 91, 4000}, at::kLong),
-                                   at::pow(10000.0, -at::arange(0, hd, 2, at::kDouble) / hd));
-    const RopeTables rope{cos, sin, cos.to(dtype), sin.to(dtype)};
-    const QkvRows eager = split_qkv_rope(qkv, heads, kv, hd, rope, qn, kn, 1e-6);
-    at::Tensor x0 = at::randn({n, 96}).to(dtype), r = at::randn({n, 96}).to(dtype);
-    const at::Tensor w = (1 + 0.1 * at::randn({96})).to(dtype);
-    at::Tensor x_eager = x0.clone();
-    const at::Tensor norm_eager = add_rms_norm(x_eager, r, w, 1e-5);
-    const at::Tensor gu = at::randn({n, 2 * 40}).to(dtype);
-    const at::Tensor act_eager = silu_mul(gu);
-    on_host_kernels([&] {
-      const QkvRows host = split_qkv_rope(qkv, heads, kv, hd, rope, qn, kn, 1e-6);
-      EXPECT_LT(rel_error(host.q, eager.q), tol);
-      EXPECT_LT(rel_error(host.k, eager.k), tol);
-      EXPECT_TRUE(host.v.equal(eager.v));
-      EXPECT_TRUE(host.q.is_contiguous() && host.k.is_contiguous() && host.v.is_contiguous());
-      at::Tensor x_host = x0.clone();
-      const at::Tensor norm_host = add_rms_norm(x_host, r, w, 1e-5);
-      EXPECT_TRUE(x_host.equal(x_eager));  // the residual sum, rounded once either way
-      EXPECT_LT(rel_error(norm_host, norm_eager), tol);
-      EXPECT_LT(rel_error(silu_mul(gu), act_eager), tol);
-    });
-  }
+  on_eager([] {
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      const double tol = dtype == at::kFloat ? 2e-6 : 8e-3;
+      at::manual_seed(4);
+      const int64_t n = 5, heads = 6, kv = 2, hd = 64;
+      const at::Tensor qkv = at::randn({n, (heads + 2 * kv) * hd}).to(dtype);
+      const at::Tensor qn = (1 + 0.1 * at::randn({hd})).to(dtype);
+      const at::Tensor kn = (1 + 0.1 * at::randn({hd})).to(dtype);
+      auto [cos, sin] =
+          rope_cos_sin(at::tensor(std::vector<int64_t>{0, 3, 90, 91, 4000}, at::kLong),
+                       at::pow(10000.0, -at::arange(0, hd, 2, at::kDouble) / hd));
+      const RopeTables rope{cos, sin, cos.to(dtype), sin.to(dtype)};
+      const QkvRows eager = split_qkv_rope(qkv, heads, kv, hd, rope, qn, kn, 1e-6);
+      at::Tensor x0 = at::randn({n, 96}).to(dtype), r = at::randn({n, 96}).to(dtype);
+      const at::Tensor w = (1 + 0.1 * at::randn({96})).to(dtype);
+      at::Tensor x_eager = x0.clone();
+      const at::Tensor norm_eager = add_rms_norm(x_eager, r, w, 1e-5);
+      const at::Tensor gu = at::randn({n, 2 * 40}).to(dtype);
+      const at::Tensor act_eager = silu_mul(gu);
+      on_host_kernels([&] {
+        const QkvRows host = split_qkv_rope(qkv, heads, kv, hd, rope, qn, kn, 1e-6);
+        EXPECT_LT(rel_error(host.q, eager.q), tol);
+        EXPECT_LT(rel_error(host.k, eager.k), tol);
+        EXPECT_TRUE(host.v.equal(eager.v));
+        EXPECT_TRUE(host.q.is_contiguous() && host.k.is_contiguous() && host.v.is_contiguous());
+        at::Tensor x_host = x0.clone();
+        const at::Tensor norm_host = add_rms_norm(x_host, r, w, 1e-5);
+        EXPECT_TRUE(x_host.equal(x_eager));  // the residual sum, rounded once either way
+        EXPECT_LT(rel_error(norm_host, norm_eager), tol);
+        EXPECT_LT(rel_error(silu_mul(gu), act_eager), tol);
+      });
+    }
+  });
 }
 
 // Whole forward passes (prefill, then batched decode steps) on the host-kernel path give the
@@ -168,7 +183,8 @@ TEST(ModelOpsWrapperTest, ForwardOnHostKernelsMatchesEager) {
       }
       return at::cat(logits, 0);
     };
-    const at::Tensor eager = run();
+    at::Tensor eager;
+    on_eager([&] { eager = run(); });
     on_host_kernels([&] { EXPECT_LT(rel_error(run(), eager), 1e-5) << name; });
   }
 }
