@@ -490,30 +490,39 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
                                      const at::Tensor& q, const std::vector<int64_t>& rows) const {
   const int64_t S = int64_t(seqs.size()), group = q.size(1) / num_kv_heads_;
   // U = sum_i P_i max_i + N_i min_i with the group's mean positive and negative query parts,
-  // for every row at once: [rows, kv_heads, d, 1].
+  // for every row at once: [rows, kv_heads, d].
   const at::Tensor qg = q.to(device_, at::kFloat).reshape({q.size(0), num_kv_heads_, group, -1});
-  const at::Tensor pos = qg.clamp_min(0).mean(2).unsqueeze(3),
-                   neg = qg.clamp_max(0).mean(2).unsqueeze(3);
-  std::vector<int64_t> pages;
+  const at::Tensor pos = qg.clamp_min(0).mean(2), neg = qg.clamp_max(0).mean(2);
+  // The sequences' pages side by side ([kv_heads, pages in all, d]), each page beside its
+  // query's parts: one product for the batch, whatever each sequence's page count.
+  std::vector<int64_t> pages, owner, place;  // per page: its query's row; its padded column
+  std::vector<at::Tensor> maxs, mins;
   for (const Sequence* s : seqs) {
-    pages.push_back(s->quest[size_t(layer)].mins.size(1));
+    const QuestBounds& qb = s->quest[size_t(layer)];
+    pages.push_back(qb.mins.size(1));
     KVB_CHECK(pages.back() >= quest_->pages_to_read(), "paged cache: a sparse Quest step over ",
               pages.back(), " pages, fewer than the ", quest_->pages_to_read(), " it reads");
+    maxs.push_back(qb.maxs), mins.push_back(qb.mins);
   }
   const int64_t most = *std::max_element(pages.begin(), pages.end());
-  // Each sequence's two products into its rows of the batch's (padding stays 0: masked).
-  const auto f = at::TensorOptions().dtype(at::kFloat).device(device_);
-  const at::Tensor up = at::zeros({S, num_kv_heads_, most, 1}, f),
-                   down = at::zeros({S, num_kv_heads_, most, 1}, f);
-  for (int64_t j = 0; j < S; ++j) {
-    const QuestBounds& qb = seqs[size_t(j)]->quest[size_t(layer)];
-    const int64_t row = rows[size_t(j)], p = pages[size_t(j)];
-    at::Tensor u = up[j].narrow(1, 0, p), d = down[j].narrow(1, 0, p);
-    at::bmm_out(u, qb.maxs.to(at::kFloat), pos[row]);
-    at::bmm_out(d, qb.mins.to(at::kFloat), neg[row]);
-  }
-  const at::Tensor bounds = up.add_(down).squeeze(3);  // [S, kv_heads, most]
-  return quest_->select_pages(bounds, upload(at::tensor(pages, at::kLong))).to(at::kCPU);
+  for (int64_t j = 0; j < S; ++j)
+    for (int64_t t = 0; t < pages[size_t(j)]; ++t)
+      owner.push_back(rows[size_t(j)]), place.push_back(j * most + t);
+  const int64_t all = int64_t(owner.size());
+  owner.insert(owner.end(), place.begin(), place.end());
+  owner.insert(owner.end(), pages.begin(), pages.end());
+  const at::Tensor index = upload(at::tensor(owner, at::kLong));  // one copy up
+  const at::Tensor who = index.narrow(0, 0, all), where = index.narrow(0, all, all);
+  const at::Tensor up = (at::cat(maxs, 1).to(at::kFloat) * pos.index_select(0, who).transpose(0, 1))
+                            .sum(2);  // [kv_heads, pages in all]
+  const at::Tensor down =
+      (at::cat(mins, 1).to(at::kFloat) * neg.index_select(0, who).transpose(0, 1)).sum(2);
+  const at::Tensor bounds =
+      at::zeros({num_kv_heads_, S * most}, up.options())
+          .index_copy_(1, where, up.add_(down))
+          .view({num_kv_heads_, S, most})
+          .transpose(0, 1);  // [S, kv_heads, most]; padding masked by select_pages
+  return quest_->select_pages(bounds, index.narrow(0, 2 * all, S)).to(at::kCPU);
 }
 
 at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t held) const {
