@@ -513,13 +513,17 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
   owner.insert(owner.end(), pages.begin(), pages.end());
   const at::Tensor index = upload(at::tensor(owner, at::kLong));  // one copy up
   const at::Tensor who = index.narrow(0, 0, all), where = index.narrow(0, all, all);
-  const at::Tensor up = (at::cat(maxs, 1).to(at::kFloat) * pos.index_select(0, who).transpose(0, 1))
-                            .sum(2);  // [kv_heads, pages in all]
-  const at::Tensor down =
-      (at::cat(mins, 1).to(at::kFloat) * neg.index_select(0, who).transpose(0, 1)).sum(2);
+  // In place where it can be: at long contexts each [kv_heads, pages in all, d] fp32 tensor is
+  // ~100 MB.
+  const at::Tensor u =
+      at::cat(maxs, 1)
+          .to(at::kFloat)
+          .mul_(pos.index_select(0, who).transpose(0, 1))
+          .addcmul_(at::cat(mins, 1).to(at::kFloat), neg.index_select(0, who).transpose(0, 1))
+          .sum(2);  // [kv_heads, pages in all]
   const at::Tensor bounds =
-      at::zeros({num_kv_heads_, S * most}, up.options())
-          .index_copy_(1, where, up.add_(down))
+      at::zeros({num_kv_heads_, S * most}, u.options())
+          .index_copy_(1, where, u)
           .view({num_kv_heads_, S, most})
           .transpose(0, 1);  // [S, kv_heads, most]; padding masked by select_pages
   return quest_->select_pages(bounds, index.narrow(0, 2 * all, S)).to(at::kCPU);

@@ -304,14 +304,16 @@ void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
     KVB_CHECK(pos.is_cpu() && choice.is_cpu(),
               "palu paged cache: positions and choices must be "
               "on the host");
+    KVB_CHECK(pos.dim() == 2 && pos.size(0) == num_kv_heads_, "palu paged cache: positions ",
+              pos.sizes(), " for ", num_kv_heads_, " KV heads");
     const int64_t held = pos.size(1), n = choice.size(1);
     const int64_t* p = pos.data_ptr<int64_t>();
-    const int64_t* at = choice.data_ptr<int64_t>();
+    const int64_t* choices = choice.data_ptr<int64_t>();
     at::Tensor kept = at::empty({num_kv_heads_ / group_, n}, at::kLong);
     int64_t* k = kept.data_ptr<int64_t>();
     for (int64_t h = 0; h < num_kv_heads_; ++h)
       for (int64_t j = 0; j < n; ++j) {
-        const int64_t index = at[h * n + j];
+        const int64_t index = choices[h * n + j];
         KVB_CHECK(index >= 0 && index < held, "retention policy '", policy_->name(),
                   "' chose index ", index, " of ", held, " held tokens");
         int64_t& slot = k[(h / group_) * n + j];

@@ -150,8 +150,16 @@ Caches make_caches(const std::string& entry, const testing_support::PagedDevice&
   if (where.device.is_cuda() && !at::hasCUDA()) return {nullptr, nullptr, "libtorch has no CUDA"};
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
   auto codec = testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim);
-  return {make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, where.device),
-          make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference"), "",
+  std::unique_ptr<KVCache> paged;
+  // (Codec entries: no policy.) With KVBENCH_PAGED_PATH=kernels the registry would build the
+  // emulated cache; the cpu cases test the CPU path all the same.
+  if (where.device.is_cpu() && paged_kernel_path_on_cpu())
+    paged = std::make_unique<PaluPagedCache>(std::dynamic_pointer_cast<const LowRankCodec>(codec),
+                                             at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{},
+                                             at::kCPU, nullptr, /*kernel_path_on_cpu=*/false);
+  else
+    paged = make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, where.device);
+  return {std::move(paged), make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference"), "",
           // CPU: the same fp16 latents, fp32 reconstruction either way. Kernel path: keys and
           // queries rounded to fp16 for the tensor cores (relative 2^-11 each; measured
           // ~3e-4 emulated), probabilities too on the GPU.
@@ -162,9 +170,7 @@ class PaluPagedCacheTest : public ::testing::TestWithParam<std::tuple<const char
 
 TEST_P(PaluPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameLatents) {
   const auto [entry, device_name] = GetParam();
-  testing_support::PagedDevice where = testing_support::paged_device(device_name);
-  // With KVBENCH_PAGED_PATH=kernels the registry's CPU cache is the emulated one: so tested.
-  if (where.device.is_cpu() && paged_kernel_path_on_cpu()) where.emulated = true;
+  const testing_support::PagedDevice where = testing_support::paged_device(device_name);
   if (where.emulated) {
     // The registry's caches take the kernel path on the CPU only by the environment; build
     // this one directly.
