@@ -19,11 +19,29 @@
 
 namespace kvbench {
 
+std::vector<int64_t> pack_lists(const std::vector<at::Tensor>& hosts, int* to) {
+  std::vector<int64_t> offsets;
+  int64_t used = 0;
+  for (const at::Tensor& h : hosts) {
+    KVB_CHECK(h.is_cpu() && (h.scalar_type() == at::kInt || h.scalar_type() == at::kLong),
+              "pack_lists: a list must be int32 or int64 on the host, not ", h.scalar_type(),
+              " on ", h.device().str());
+    offsets.push_back(used);
+    const at::Tensor list = h.is_contiguous() ? h : h.contiguous();
+    const int64_t n = list.numel();
+    if (list.scalar_type() == at::kInt) {
+      if (n > 0) std::memcpy(to + used, list.data_ptr<int>(), size_t(n) * sizeof(int));
+    } else {  // int64 (Quest's tokens): converted here, no tensor operator
+      const int64_t* from = list.data_ptr<int64_t>();
+      for (int64_t i = 0; i < n; ++i) to[used + i] = int(from[i]);
+    }
+    used += n;
+  }
+  return offsets;
+}
+
 std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
                                        const at::Device& device) {
-  auto as_int = [](const at::Tensor& h) {
-    return h.scalar_type() == at::kInt && h.is_contiguous() ? h : h.to(at::kInt).contiguous();
-  };
   std::vector<UploadedList> out;
   int64_t total = 0;
   for (const at::Tensor& h : hosts) {
@@ -31,7 +49,9 @@ std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
     total += h.numel();
   }
   if (!device.is_cuda()) {
-    for (const at::Tensor& h : hosts) out.push_back({as_int(h), 0});
+    for (const at::Tensor& h : hosts)
+      out.push_back(
+          {h.scalar_type() == at::kInt && h.is_contiguous() ? h : h.to(at::kInt).contiguous(), 0});
     return out;
   }
   if (total == 0) return std::vector<UploadedList>(hosts.size());  // nothing to read there
@@ -39,16 +59,9 @@ std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
   // instead of waiting for it.
   const at::Tensor pinned =
       at::empty({total}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
-  int* const first = pinned.data_ptr<int>();
-  int* to = first;
-  for (const at::Tensor& h : hosts) {
-    const at::Tensor list = as_int(h);
-    if (list.numel() > 0) std::memcpy(to, list.data_ptr<int>(), size_t(list.numel()) * sizeof(int));
-    out.push_back({at::Tensor(), int64_t(to - first)});
-    to += list.numel();
-  }
+  const std::vector<int64_t> offsets = pack_lists(hosts, pinned.data_ptr<int>());
   const at::Tensor buffer = pinned.to(at::TensorOptions().device(device), /*non_blocking=*/true);
-  for (UploadedList& u : out) u.buffer = buffer;
+  for (const int64_t offset : offsets) out.push_back({buffer, offset});
   return out;
 }
 

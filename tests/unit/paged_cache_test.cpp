@@ -641,6 +641,27 @@ TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
   }
 }
 
+// The lists a step uploads in one copy are packed as the kernels read them: int32, one after
+// another, each at its offset (int64, strided and empty lists too); other dtypes are refused.
+TEST(PagedCacheRetainTest, ListsArePackedOneAfterAnotherAsInt32) {
+  const at::Tensor a = at::arange(6, at::kInt).view({2, 3});
+  const at::Tensor b = at::arange(100, 108, at::kLong).view({2, 4});
+  const at::Tensor c = at::arange(50, 56, at::kLong).view({3, 2}).t();  // strided
+  const at::Tensor empty = at::empty({2, 0}, at::kInt);
+  std::vector<int> packed(20, -1);
+  const std::vector<int64_t> offsets = pack_lists({a, empty, b, c}, packed.data());
+  EXPECT_EQ(offsets, (std::vector<int64_t>{0, 6, 6, 14}));
+  const std::vector<int> want = {0,   1,   2,   3,   4,  5,  100, 101, 102, 103,
+                                 104, 105, 106, 107, 50, 52, 54,  51,  53,  55};
+  EXPECT_EQ(packed, want);
+  EXPECT_THROW(pack_lists({at::zeros({2, 2}, at::kFloat)}, packed.data()), Error);
+  // Off a GPU each list is itself, as int32.
+  const std::vector<UploadedList> up = upload_lists({a, b}, at::kCPU);
+  EXPECT_TRUE(up[0].buffer.is_same(a));
+  EXPECT_EQ(up[1].buffer.scalar_type(), at::kInt);
+  EXPECT_TRUE(at::equal(up[1].buffer, b.to(at::kInt)));
+}
+
 // Another cache's selection (PaluPagedCache's): kept positions and what they free, and the
 // selections it refuses.
 TEST(PagedCacheRetainTest, KeepsASelectionAndFreesWhatNothingKeeps) {

@@ -96,6 +96,9 @@ struct UploadedList {
 };
 std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
                                        const at::Device& device);
+// upload_lists' packing: the host lists (int32 or int64, any strides) as int32, one after
+// another from `to` (room for all their elements); each list's first element's offset.
+std::vector<int64_t> pack_lists(const std::vector<at::Tensor>& hosts, int* to);
 
 class PagedKVCache final : public KVCache {
  public:
