@@ -449,11 +449,12 @@ void PagedKVCache::fold_quest_bounds(Sequence& s, int64_t layer, const kernels::
         .view({num_kv_heads_, pages, P, head_dim_});
   };
   const double inf = std::numeric_limits<double>::infinity();
-  const at::Tensor lo = half_bounds(std::get<0>(padded(inf).min(2)), true);
-  const at::Tensor hi = half_bounds(std::get<0>(padded(-inf).max(2)), false);
+  // [pages, kv_heads, d], the bounds' layout.
+  const at::Tensor lo = half_bounds(std::get<0>(padded(inf).min(2)).transpose(0, 1), true);
+  const at::Tensor hi = half_bounds(std::get<0>(padded(-inf).max(2)).transpose(0, 1), false);
   grow_quest_bounds(s, layer, last + 1);
   QuestBounds& qb = s.quest[size_t(layer)];
-  at::Tensor mins = qb.mins.narrow(1, first, pages), maxs = qb.maxs.narrow(1, first, pages);
+  at::Tensor mins = qb.mins.narrow(0, first, pages), maxs = qb.maxs.narrow(0, first, pages);
   // (The new keys are where the pools are, as the bounds.)
   mins.copy_(at::minimum(mins, lo));
   maxs.copy_(at::maximum(maxs, hi));
@@ -461,29 +462,32 @@ void PagedKVCache::fold_quest_bounds(Sequence& s, int64_t layer, const kernels::
 
 void PagedKVCache::fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer,
                                    const at::Tensor& keys) {
-  // One new key is its page's update as it is.
-  const at::Tensor lo = half_bounds(keys, true), hi = half_bounds(keys, false);
-  for (size_t j = 0; j < seqs.size(); ++j) {
-    Sequence& s = *seqs[j];
-    const int64_t page = s.length / quest_->page_size();
-    grow_quest_bounds(s, layer, page + 1);
-    QuestBounds& qb = s.quest[size_t(layer)];
-    at::Tensor mins = qb.mins.narrow(1, page, 1), maxs = qb.maxs.narrow(1, page, 1);
-    at::minimum_out(mins, mins, lo.narrow(1, int64_t(j), 1));
-    at::maximum_out(maxs, maxs, hi.narrow(1, int64_t(j), 1));
+  // One new key is its page's update as it is. Each page's bounds are one contiguous
+  // [kv_heads, d] row, so the batch's updates are one foreach operator each (one launch on a
+  // GPU).
+  const at::Tensor lo = half_bounds(keys, true).contiguous(),
+                   hi = half_bounds(keys, false).contiguous();
+  std::vector<at::Tensor> mins, maxs;
+  for (Sequence* s : seqs) {
+    const int64_t page = s->length / quest_->page_size();
+    grow_quest_bounds(*s, layer, page + 1);
+    const QuestBounds& qb = s->quest[size_t(layer)];
+    mins.push_back(qb.mins[page]), maxs.push_back(qb.maxs[page]);
   }
+  at::_foreach_minimum_(mins, lo.unbind(0));
+  at::_foreach_maximum_(maxs, hi.unbind(0));
 }
 
 void PagedKVCache::grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const {
   QuestBounds& qb = s.quest[size_t(layer)];
-  const int64_t have = qb.mins.defined() ? qb.mins.size(1) : 0;
+  const int64_t have = qb.mins.defined() ? qb.mins.size(0) : 0;
   if (pages <= have) return;
   const double inf = std::numeric_limits<double>::infinity();
   const auto opts = at::TensorOptions().dtype(at::kHalf).device(device_);
-  const at::Tensor more_lo = at::full({num_kv_heads_, pages - have, head_dim_}, inf, opts);
-  const at::Tensor more_hi = at::full({num_kv_heads_, pages - have, head_dim_}, -inf, opts);
-  qb.mins = qb.mins.defined() ? at::cat({qb.mins, more_lo}, 1) : more_lo;
-  qb.maxs = qb.maxs.defined() ? at::cat({qb.maxs, more_hi}, 1) : more_hi;
+  const at::Tensor more_lo = at::full({pages - have, num_kv_heads_, head_dim_}, inf, opts);
+  const at::Tensor more_hi = at::full({pages - have, num_kv_heads_, head_dim_}, -inf, opts);
+  qb.mins = qb.mins.defined() ? at::cat({qb.mins, more_lo}, 0) : more_lo;
+  qb.maxs = qb.maxs.defined() ? at::cat({qb.maxs, more_hi}, 0) : more_hi;
 }
 
 at::Tensor PagedKVCache::new_keys(const kernels::PagedKvStore& store, const Sequence& s,
@@ -506,13 +510,13 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
   // for every row at once: [rows, kv_heads, d].
   const at::Tensor qg = q.to(device_, at::kFloat).reshape({q.size(0), num_kv_heads_, group, -1});
   const at::Tensor pos = qg.clamp_min(0).mean(2), neg = qg.clamp_max(0).mean(2);
-  // The sequences' pages side by side ([kv_heads, pages in all, d]), each page beside its
+  // The sequences' pages side by side ([pages in all, kv_heads, d]), each page beside its
   // query's parts: one product for the batch, whatever each sequence's page count.
   std::vector<int64_t> pages, owner, place;  // per page: its query's row; its padded column
   std::vector<at::Tensor> maxs, mins;
   for (const Sequence* s : seqs) {
     const QuestBounds& qb = s->quest[size_t(layer)];
-    pages.push_back(qb.mins.size(1));
+    pages.push_back(qb.mins.size(0));
     KVB_CHECK(pages.back() >= quest_->pages_to_read(), "paged cache: a sparse Quest step over ",
               pages.back(), " pages, fewer than the ", quest_->pages_to_read(), " it reads");
     maxs.push_back(qb.maxs), mins.push_back(qb.mins);
@@ -526,19 +530,18 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
   owner.insert(owner.end(), pages.begin(), pages.end());
   const at::Tensor index = upload(at::tensor(owner, at::kLong));  // one copy up
   const at::Tensor who = index.narrow(0, 0, all), where = index.narrow(0, all, all);
-  // In place where it can be: at long contexts each [kv_heads, pages in all, d] fp32 tensor is
-  // ~100 MB.
-  const at::Tensor u =
-      at::cat(maxs, 1)
-          .to(at::kFloat)
-          .mul_(pos.index_select(0, who).transpose(0, 1))
-          .addcmul_(at::cat(mins, 1).to(at::kFloat), neg.index_select(0, who).transpose(0, 1))
-          .sum(2);  // [kv_heads, pages in all]
+  // In place where it can be: at long contexts each [pages in all, kv_heads, d] fp32 tensor
+  // is ~100 MB.
+  const at::Tensor u = at::cat(maxs, 0)
+                           .to(at::kFloat)
+                           .mul_(pos.index_select(0, who))
+                           .addcmul_(at::cat(mins, 0).to(at::kFloat), neg.index_select(0, who))
+                           .sum(2);  // [pages in all, kv_heads]
   const at::Tensor bounds =
-      at::zeros({num_kv_heads_, S * most}, u.options())
-          .index_copy_(1, where, u)
-          .view({num_kv_heads_, S, most})
-          .transpose(0, 1);  // [S, kv_heads, most]; padding masked by select_pages
+      at::zeros({S * most, num_kv_heads_}, u.options())
+          .index_copy_(0, where, u)
+          .view({S, most, num_kv_heads_})
+          .permute({0, 2, 1});  // [S, kv_heads, most]; padding masked by select_pages
   return quest_->select_pages(bounds, index.narrow(0, 2 * all, S)).to(at::kCPU);
 }
 
@@ -589,8 +592,8 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   }
   if (!singles.empty())
     fold_quest_keys(singles, layer,
-                    exact_keys ? k.to(device_, input_dtype()).to(at::kFloat).transpose(0, 1)
-                               : at::cat(keys, 1));
+                    exact_keys ? k.to(device_, input_dtype()).to(at::kFloat)
+                               : at::cat(keys, 1).transpose(0, 1));
   std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
   if (!sparse.empty()) {  // the sparse sequences' pages in one read-back, then their tokens
     const at::Tensor pages = quest_pages(sparse, layer, q, sparse_rows);

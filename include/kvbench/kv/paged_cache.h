@@ -179,8 +179,9 @@ class PagedKVCache final : public KVCache {
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
  private:
-  // Quest's per-page key bounds of one (sequence, layer): [kv_heads, pages, head_dim] fp16
-  // minima and maxima of the stored keys, rounded outwards, where the pools are.
+  // Quest's per-page key bounds of one (sequence, layer): [pages, kv_heads, head_dim] fp16
+  // minima and maxima of the stored keys, rounded outwards, where the pools are (a page's
+  // bounds one contiguous row: a step's new keys fold in with one foreach operator).
   struct QuestBounds {
     at::Tensor mins, maxs;
   };
@@ -299,8 +300,9 @@ class PagedKVCache final : public KVCache {
   // Folds s's `n` new keys (a block) into its page bounds at `layer`.
   void fold_quest_bounds(Sequence& s, int64_t layer, const kernels::PagedKvStore& store,
                          const at::Tensor& table_row, int64_t n);
-  // Folds one new key per sequence (keys [kv_heads, seqs, d] where the bounds are, in the
-  // order of `seqs`) into their page bounds: their rounding in one set of operators.
+  // Folds one new key per sequence (keys [seqs, kv_heads, d] where the bounds are, in the
+  // order of `seqs`) into their page bounds: their rounding and updates in one set of
+  // operators.
   void fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& keys);
   // s's bounds at `layer` grown (empty pages: +inf mins, -inf maxs) to cover `pages` pages.
   void grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const;
