@@ -843,6 +843,12 @@ void PagedKVCache::check_batch(int64_t layer, const std::vector<int64_t>& seqs,
             "] with n the sum of the sequences' new tokens");
   for (size_t b = 0; b < counts.size(); ++b)
     KVB_CHECK(counts[b] >= 1, "paged cache: sequence ", seqs[b], " has no new tokens");
+  // A sequence twice in one step would append and update its state twice at once.
+  std::vector<int64_t> sorted = seqs;
+  std::sort(sorted.begin(), sorted.end());
+  const auto twice = std::adjacent_find(sorted.begin(), sorted.end());
+  KVB_CHECK(twice == sorted.end(), "paged cache: sequence ", twice == sorted.end() ? 0 : *twice,
+            " appears twice in one batch");
 }
 
 at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Sequence*>& batch,

@@ -210,6 +210,22 @@ TEST(PagedCacheErrorsTest, MethodsWithoutAPagedFormatSayWhatExists) {
             std::string::npos);
 }
 
+TEST(PagedCacheErrorsTest, ASequenceTwiceInOneBatchIsRefused) {
+  PagedKVCache cache(PagedFormat{}, 1, kKvHeads, kDim);
+  const int64_t s = cache.add_sequence();
+  cache.add_sequence();
+  const at::Tensor kv = at::randn({2, kKvHeads, kDim}).to(at::kHalf);
+  try {
+    cache.append_and_attend_batch(0, {s, s}, {1, 1}, at::randn({2, kHeads, kDim}).to(at::kHalf), kv,
+                                  kv);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sequence 0 appears twice"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(cache.length(s), 0);  // refused before anything was stored
+}
+
 TEST(PagedCacheErrorsTest, RunningOutOfALimitedPoolSaysHowManyPagesWereNeeded) {
   PagedFormat f;  // fp16, pages of 16 tokens
   PagedKVCache cache(f, 1, kKvHeads, kDim, PagedCapacity{4, 4, 1});
