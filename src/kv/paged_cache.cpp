@@ -612,8 +612,8 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
     std::vector<ListedRows> lists(static_cast<size_t>(B));
     for (int b = 0, i = 0; b < B; ++b)
       if (positions[size_t(b)].defined()) {
-        lists[size_t(b)] = {up[size_t(i)].buffer, up[size_t(i)].offset,
-                            positions[size_t(b)].size(1), batch[size_t(b)]->length + 1};
+        lists[size_t(b)] = {up[size_t(i)], positions[size_t(b)].size(1),
+                            batch[size_t(b)]->length + 1};
         ++i;
       }
     paged_cuda::DecodeBatch d{step.table, step.ints.narrow(0, 3 * B + 1, B),
@@ -993,16 +993,15 @@ at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequen
   std::vector<at::Tensor> hosts;
   for (int b = 0; b < B; ++b) {
     Retained& r = batch[size_t(b)]->kept[size_t(layer)];
-    if (r.count() > 0 && !r.device.defined()) stale.push_back(&r), hosts.push_back(r.host);
+    if (r.count() > 0 && !r.device.buffer.defined()) stale.push_back(&r), hosts.push_back(r.host);
   }
   const std::vector<UploadedList> up = upload_lists(hosts, device_);
-  for (size_t i = 0; i < stale.size(); ++i)
-    stale[i]->device = up[i].buffer, stale[i]->offset = up[i].offset;
+  for (size_t i = 0; i < stale.size(); ++i) stale[i]->device = up[i];
   std::vector<ListedRows> lists(static_cast<size_t>(B));
   for (int b = 0; b < B; ++b) {
     const Retained& r = batch[size_t(b)]->kept[size_t(layer)];
     if (r.selected())
-      lists[size_t(b)] = {r.count() > 0 ? r.device : at::Tensor(), r.offset, r.count(), r.tail};
+      lists[size_t(b)] = {r.count() > 0 ? r.device : UploadedList{}, r.count(), r.tail};
   }
   return decode_lists(lists, d, store, q, logits);
 }
@@ -1017,8 +1016,8 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
   int* ct = counts_tails.data_ptr<int>();
   for (int b = 0; b < B; ++b) {
     const ListedRows& r = rows[size_t(b)];
-    if (r.list.defined())
-      addresses[b] = reinterpret_cast<int64_t>(r.list.data_ptr<int>() + r.offset);
+    if (r.list.buffer.defined())
+      addresses[b] = reinterpret_cast<int64_t>(r.list.buffer.data_ptr<int>() + r.list.offset);
     ct[b] = int(r.count), ct[B + b] = int(r.tail);
   }
   return paged_cuda::retained(store, d, num_kv_heads_, upload(lists), upload(counts_tails),
@@ -1115,7 +1114,7 @@ void PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held
   int* list = r.host.data_ptr<int>();
   for (int64_t h = 0; h < num_kv_heads_; ++h)
     for (int64_t i = 0; i < count; ++i) list[h * count + i] = int(kept[h * held + i]);
-  r.device = at::Tensor();
+  r.device = UploadedList{};
 }
 
 void PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t length) {

@@ -188,8 +188,7 @@ class PagedKVCache final : public KVCache {
   // What the retained-index kernel reads of one sequence: `count` listed positions per head
   // (int32 [kv_heads, count] where the pools are; undefined when none) and the tail from `tail`.
   struct ListedRows {
-    at::Tensor list;     // holds the lists: this one starts at element `offset`
-    int64_t offset = 0;  // (lists uploaded together share one buffer: upload_lists)
+    UploadedList list;  // undefined buffer: no list (lists uploaded together share one buffer)
     int64_t count = 0, tail = 0;
   };
   // One (sequence, layer)'s retained positions once the policy has evicted there: each head's
@@ -200,8 +199,8 @@ class PagedKVCache final : public KVCache {
   // `tail`, and the tail starts the longest run of newest tokens every head keeps (so an
   // unchanged selection compares equal). Undefined `host`: every token (nothing evicted; tail 0).
   struct Retained {
-    at::Tensor host, device;
-    int64_t offset = 0;  // the list's first element in `device` (a buffer of several lists)
+    at::Tensor host;
+    UploadedList device;  // undefined buffer until uploaded (possibly beside other lists)
     int64_t tail = 0;
     bool selected() const { return host.defined(); }
     int64_t count() const { return host.defined() ? host.size(1) : 0; }
