@@ -10,6 +10,7 @@
 #include <string>
 #include <type_traits>
 
+#include "code_pairs.h"
 #include "dispatch.h"
 #include "mma_sm80.cuh"
 
@@ -18,9 +19,11 @@
 // query heads as the M rows, and the output as O^T = V^T P^T, so the score fragment of one
 // mma is already the P fragment of the next (no shuffles, no shared memory). Codes are
 // dequantized in registers straight into fp16 fragments with the magic-number tricks
-// (0x6400 | code is the fp16 value 1024 + code), one or two instructions per pair of codes:
-// the first version did the dot products on CUDA cores in fp32 and was bound by dequantize
-// and FMA instructions (INT4 at 9% of copy bandwidth).
+// (code_pairs.h: one LOP3 makes a pair of codes an fp16 pair base + code, one shift per
+// word), then a subtraction and a scale: the first version did the dot products on CUDA
+// cores in fp32 and was bound by dequantize and FMA instructions (INT4 at 9% of copy
+// bandwidth). In the v3 loop KIVI keys skip the scale: their per-channel scales and mins
+// are folded into the query once per page (Kernel::fold_key_meta).
 //
 // Which channels a lane holds is free on the key side (a dot product does not care about
 // channel order, so the query fragment is loaded in the same order) and bookkeeping on the
@@ -70,17 +73,10 @@ struct Slice {
 
   __device__ static int channel(int who, int e) { return (e / kE) * (NL * kE) + who * kE + e % kE; }
 
-  // The two slice elements of pair p, in the order dequant() emits them.
+  // The two slice elements of pair p, in the order dequant() emits them (code_pairs.h).
   __device__ static int2 pair(int p) {
-    if constexpr (kBits == 16 || kBits == 8) {
-      return make_int2(2 * p, 2 * p + 1);
-    } else if constexpr (kBits == 4) {
-      return make_int2(8 * (p / 4) + p % 4, 8 * (p / 4) + p % 4 + 4);
-    } else if constexpr (kBytes >= 4) {
-      return make_int2(16 * (p / 8) + p % 8, 16 * (p / 8) + p % 8 + 8);
-    } else {
-      return make_int2(p, p + 4);  // a 16-bit slice, spread to bytes 0 and 2 on load
-    }
+    const codes::PairElements e = codes::pair_elements(kBits, kBytes, p);
+    return make_int2(e.x, e.y);
   }
 
   __device__ static void load(const char* row, int who, uint32_t (&w)[kWords]) {
@@ -111,8 +107,9 @@ struct Slice {
 //   scale[k]: per-piece scale (int8, int4, and with mins[k] int4-asym, int2; a piece lies in
 //   one 32-channel block); kivi: sm = (scale, min) per token (values) or
 //   per pair of channels in cs/cm (keys). fp8 is left unscaled (its per-head scale is applied
-//   to scores and outputs in fp32).
-template <KvFormat F, int N, int NL>
+//   to scores and outputs in fp32). kCodes (KIVI keys whose scales and mins the query
+//   carries, Kernel::fold_key_meta): the codes themselves, as exact fp16 integers.
+template <KvFormat F, int N, int NL, bool kCodes = false>
 struct Dequant {
   using S = Slice<F, N, NL>;
   __device__ static void run(const uint32_t (&w)[S::kWords], const __half2* scale,
@@ -141,17 +138,23 @@ struct Dequant {
             as_u32(__hmul2(__hsub2(u32_as_h2(__byte_perm(u, 0x64646464u, 0x4342)), bias), d));
       }
     } else {
-      constexpr int kBits = S::kBits, kPerWord = 16 / kBits;  // pairs per word
-      constexpr uint32_t kMask = kBits == 4 ? 0x000f000fu : 0x00030003u;
-      const __half2 bias = __float2half2_rn(F == KvFormat::kInt4 ? 1032.f : 1024.f);
+      constexpr int kBits = S::kBits, kPerWord = codes::pairs_per_word(kBits);
 #pragma unroll
       for (int j = 0; j < S::kWords; ++j) {
+        const uint32_t high = w[j] >> 8;  // bytes 1 and 3: one shift per word (code_pairs.h)
 #pragma unroll
         for (int i = 0; i < kPerWord && j * kPerWord + i < S::kPairs; ++i) {
           const int p = j * kPerWord + i;
-          const __half2 c =
-              __hsub2(u32_as_h2(lop3_and_or(w[j] >> (kBits * i), kMask, 0x64006400u)), bias);
-          if constexpr (F == KvFormat::kInt4) {
+          // q4_0 stores q + 8: its base absorbs the offset (exact in fp16).
+          constexpr uint32_t kOffset = F == KvFormat::kInt4 ? 8u : 0u;
+          const __half2 c = __hsub2(
+              u32_as_h2(lop3_and_or(codes::pair_high_bytes(kBits, i) ? high : w[j],
+                                    codes::pair_mask(kBits, i), codes::pair_magic(kBits, i))),
+              u32_as_h2(codes::pair_base_bits(kBits, i, kOffset)));
+          if constexpr (kCodes) {
+            static_assert(is_kivi(F), "only KIVI keys fold their scales into the query");
+            out[p] = as_u32(c);
+          } else if constexpr (F == KvFormat::kInt4) {
             out[p] = as_u32(__hmul2(c, scale[(j * 8) / S::kE]));
           } else if constexpr (has_min(F)) {
             const int k = (j * (32 / kBits)) / S::kE;  // the word's piece
@@ -219,18 +222,20 @@ struct Kernel {
     s = __half2half2(h[0]), mn = __half2half2(h[1]);
   }
 
-  // Per-channel (scale, min) of the page for key slice m, in pair order. KIVI key slices
+  // Per-channel (scale, min) of a page for key slice m, in pair order, from its [2][D] halves
+  // (the scale row, then the min row) in global (kGlobal) or shared memory. KIVI key slices
   // are at most 16 bytes, so one piece: channels m*N .. m*N + N - 1, read as 16-byte rows.
-  __device__ static void kivi_key_meta(const void* meta, size_t slab, int m,
-                                       __half2 (&cs)[KS::kPairs], __half2 (&cm)[KS::kPairs]) {
+  template <bool kGlobal>
+  __device__ static void kivi_key_meta_rows(const __half* rows, int m, __half2 (&cs)[KS::kPairs],
+                                            __half2 (&cm)[KS::kPairs]) {
     static_assert(KS::kPieces == 1, "KIVI key slices are one piece");
     constexpr int N = D / 4;
-    const uint4* base =
-        reinterpret_cast<const uint4*>(static_cast<const __half*>(meta) + slab * 2 * D + m * N);
+    const uint4* base = reinterpret_cast<const uint4*>(rows + m * N);
     __half s[N], mn[N];
 #pragma unroll
     for (int v = 0; v < N / 8; ++v) {
-      const uint4 a = __ldg(base + v), c = __ldg(base + D / 8 + v);
+      const uint4 a = kGlobal ? __ldg(base + v) : base[v];
+      const uint4 c = kGlobal ? __ldg(base + D / 8 + v) : base[D / 8 + v];
       const __half* ah = reinterpret_cast<const __half*>(&a);
       const __half* ch = reinterpret_cast<const __half*>(&c);
 #pragma unroll
@@ -242,6 +247,31 @@ struct Kernel {
       cs[p] = __halves2half2(s[e.x], s[e.y]);
       cm[p] = __halves2half2(mn[e.x], mn[e.y]);
     }
+  }
+  __device__ static void kivi_key_meta(const void* meta, size_t slab, int m,
+                                       __half2 (&cs)[KS::kPairs], __half2 (&cm)[KS::kPairs]) {
+    kivi_key_meta_rows<true>(static_cast<const __half*>(meta) + slab * 2 * D, m, cs, cm);
+  }
+
+  // KIVI keys are k_c = code_c * s_c + min_c with (s, min) per channel over a page, so a
+  // head's score over the page is sum_c (q_c s_c) code_c + sum_c q_c min_c: the scales go
+  // into the query once per page (qk), the mins become one score offset per head (bias), and
+  // a tile's key fragments are the bare codes. This saves an HFMA2 per key pair for 16 HMUL2
+  // and 8 mma per page. bias is the mma of the query against the min row, repeated in every
+  // column of B, so each lane receives its head r's offset in o[0] (and o[1]).
+  __device__ static void fold_key_meta(const uint32_t (&qf)[kChunks][2],
+                                       const __half2 (&cs)[KS::kPairs],
+                                       const __half2 (&cm)[KS::kPairs], uint32_t (&qk)[kChunks][2],
+                                       float& bias) {
+    float o[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) qk[j][h] = as_u32(__hmul2(u32_as_h2(qf[j][h]), cs[2 * j + h]));
+      const uint32_t a[4] = {qf[j][0], 0u, qf[j][1], 0u};
+      mma16816<false>(o, a, as_u32(cm[2 * j]), as_u32(cm[2 * j + 1]));
+    }
+    bias = o[0];
   }
 
   // ---- v3 (multi-tile) helpers ----
@@ -308,28 +338,17 @@ struct Kernel {
     }
   }
 
-  // KIVI key (scale, min) pairs of slice m from a page's metadata staged in shared memory
-  // ([2][D] halves: the scale row, then the min row).
-  __device__ static void kivi_key_meta_smem(const __half* h, int m, __half2 (&cs)[KS::kPairs],
-                                            __half2 (&cm)[KS::kPairs]) {
-#pragma unroll
-    for (int p = 0; p < KS::kPairs; ++p) {
-      const int2 e = KS::pair(p);
-      const int c0 = KS::channel(m, e.x), c1 = KS::channel(m, e.y);
-      cs[p] = __halves2half2(h[c0], h[c1]);
-      cm[p] = __halves2half2(h[D + c0], h[D + c1]);
-    }
-  }
-
   // S = Q K^T for the tile's two halves, then the online-softmax update and O += P V.
-  // kf[h]: key pairs of tile token h * 8 + r; vf[j]: value pairs of the lane's 4 tokens.
+  // kf[h]: key pairs of tile token h * 8 + r; vf[j]: value pairs of the lane's 4 tokens;
+  // bias: added to head r's scores (fold_key_meta).
   __device__ static void tile_step(State& st, const uint32_t (&qf)[kChunks][2],
                                    uint32_t (&kf)[2][KS::kPairs], uint32_t (&vf)[4][VS::kPairs],
-                                   const bool (&present)[4], float score_scale, int lane) {
+                                   const bool (&present)[4], float score_scale, int lane,
+                                   float bias = 0.f) {
     float s[2][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      s[h][0] = s[h][1] = s[h][2] = s[h][3] = 0.f;
+      s[h][0] = s[h][1] = bias, s[h][2] = s[h][3] = 0.f;
 #pragma unroll
       for (int j = 0; j < kChunks; ++j) {
         const uint32_t a[4] = {qf[j][0], 0u, qf[j][1], 0u};
@@ -441,6 +460,8 @@ __global__ void __launch_bounds__(kThreads)
     const int warp_begin = tile_begin + warp * per_warp,
               warp_end = min(tile_end, warp_begin + per_warp);
     __shared__ uint4 sm_kmeta[kKivi ? kWarps : 1][kKivi ? D / 8 : 1];  // a page's key meta
+    uint32_t qk[K::kChunks][2];  // KIVI: the query times the page's key scales
+    float kbias = 0.f;           // KIVI: head r's sum of query times the page's key mins
     constexpr int NT = K::kTilesPerStep;
     for (int tile = warp_begin; tile < warp_end; tile += NT) {
       typename K::TileRaw raw[NT];
@@ -456,21 +477,27 @@ __global__ void __launch_bounds__(kThreads)
             __syncwarp();
             if (lane < D / 8) sm_kmeta[warp][lane] = raw[n].kmeta;
             __syncwarp();
-            K::kivi_key_meta_smem(reinterpret_cast<const __half*>(sm_kmeta[warp]), m, cs, cm);
+            __half2 pcs[KS::kPairs], pcm[KS::kPairs];
+            K::template kivi_key_meta_rows<false>(reinterpret_cast<const __half*>(sm_kmeta[warp]),
+                                                  m, pcs, pcm);
+            K::fold_key_meta(qf, pcs, pcm, qk, kbias);
             kivi_page = raw[n].page;
           }
         }
         uint32_t kf[2][KS::kPairs], vf[4][VS::kPairs];
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          Dequant<F, D / 4, 4>::run(raw[n].kw[h], raw[n].ksc[h], raw[n].kmn[h],
-                                    kKivi ? cs : nullptr, cm, zero2, zero2, kf[h]);
+          Dequant<F, D / 4, 4, kKivi>::run(raw[n].kw[h], raw[n].ksc[h], raw[n].kmn[h], nullptr,
+                                           nullptr, zero2, zero2, kf[h]);
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           Dequant<F, D / 8, 8>::run(raw[n].vw[j], raw[n].vsc[j], raw[n].vmn[j], nullptr, nullptr,
                                     __low2half2(u32_as_h2(raw[n].vsm[j])),
                                     __high2half2(u32_as_h2(raw[n].vsm[j])), vf[j]);
-        K::tile_step(st, qf, kf, vf, raw[n].present, score_scale, lane);
+        if constexpr (kKivi)
+          K::tile_step(st, qk, kf, vf, raw[n].present, score_scale, lane, kbias);
+        else
+          K::tile_step(st, qf, kf, vf, raw[n].present, score_scale, lane);
       }
     }
   }
