@@ -146,21 +146,27 @@ at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const a
   const int64_t heads = q.size(0), n = q.size(1), kv_heads = keys.size(0), held = keys.size(1);
   const int64_t group = heads / kv_heads, head_dim = keys.size(2);
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  KVB_CHECK(held >= n, "summed_attention: the block's ", n, " keys must be among the ", held,
+            " held");
   const at::Tensor keys_t = keys.to(at::kFloat).transpose(1, 2);   // [kvh, d, held]
   const at::Tensor kpos = key_pos.to(keys.device()).unsqueeze(1);  // [kvh, 1, held]
   at::Tensor total = at::zeros({kv_heads, held}, keys.options().dtype(at::kFloat));
-  // Queries in chunks, so a long prefill never builds a [heads, n, n] matrix at once.
+  // Queries in chunks, so a long prefill never builds a [heads, n, n] matrix at once. A chunk
+  // reads only the keys its queries can see: what was held before the block, and the block's
+  // own keys up to its last query (they are the last n held, in order), which halves the work
+  // of a prefill against scoring every chunk over every key.
   constexpr int64_t kChunk = 256;
+  const int64_t before = held - n;
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
-    const int64_t c = std::min(kChunk, n - c0);
+    const int64_t c = std::min(kChunk, n - c0), seen = before + c0 + c;
     at::Tensor qc =
         q.narrow(1, c0, c).to(keys.device(), at::kFloat).reshape({kv_heads, group * c, -1});
-    at::Tensor s = at::bmm(qc, keys_t).mul_(scale);  // [kvh, group * c, held]
+    at::Tensor s = at::bmm(qc, keys_t.narrow(2, 0, seen)).mul_(scale);  // [kvh, group * c, seen]
     // Row g * c + i is query position start + c0 + i; it sees held tokens at or before it.
     at::Tensor query_pos =
         at::arange(c, kpos.options()).add_(start + c0).repeat({group}).view({1, group * c, 1});
-    s.masked_fill_(kpos.gt(query_pos), -std::numeric_limits<float>::infinity());
-    total.add_(at::softmax(s, -1).sum(1).div_(static_cast<double>(group)));
+    s.masked_fill_(kpos.narrow(2, 0, seen).gt(query_pos), -std::numeric_limits<float>::infinity());
+    total.narrow(1, 0, seen).add_(at::softmax(s, -1).sum(1).div_(static_cast<double>(group)));
   }
   return total;
 }

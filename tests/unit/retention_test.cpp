@@ -295,6 +295,35 @@ TEST(Retention, BatchedSelectionsAreEachInputsOwn) {
 // that always hold as many (the whole batch as one group); over steps that select (random kept
 // rows) and steps that do not, scores padded with -inf past each record's tokens, as the decode
 // kernel writes them.
+// H2O's accumulated scores against a float64 softmax per query: a block of 600 queries (three
+// chunks) after 70 held keys in shuffled order (what eviction leaves), GQA group 3. Each chunk
+// reads only the keys it can see; a key it skipped that a query sees would be missing here.
+TEST(Retention, SummedAttentionMatchesAFloat64Reference) {
+  auto gen = at::detail::createCPUGenerator(21);
+  const int64_t kv_heads = 2, group = 3, heads = kv_heads * group, dim = 16, n = 600, before = 70,
+                start = 1000, held = before + n;
+  const at::Tensor q = at::randn({heads, n, dim}, gen, at::kFloat);
+  const at::Tensor keys = at::randn({kv_heads, held, dim}, gen, at::kFloat);
+  // Earlier positions: distinct, below start, a different shuffle per head.
+  at::Tensor pos = at::empty({kv_heads, held}, at::kLong);
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    pos[h].narrow(0, 0, before).copy_(at::randperm(start, gen, at::kLong).narrow(0, 0, before));
+    pos[h].narrow(0, before, n).copy_(at::arange(start, start + n, at::kLong));
+  }
+  const at::Tensor got = summed_attention(q, keys, pos, start);
+  const at::Tensor qd = q.to(at::kDouble), kd = keys.to(at::kDouble);
+  at::Tensor want = at::zeros({kv_heads, held}, at::kDouble);
+  for (int64_t hq = 0; hq < heads; ++hq) {
+    const int64_t h = hq / group;
+    at::Tensor s = at::matmul(qd[hq], kd[h].t()).div_(std::sqrt(double(dim)));  // [n, held]
+    const at::Tensor seen = pos[h].unsqueeze(0).le(at::arange(start, start + n).unsqueeze(1));
+    s.masked_fill_(seen.logical_not(), -INFINITY);
+    want[h].add_(at::softmax(s, -1).sum(0).div_(double(group)));
+  }
+  EXPECT_TRUE(at::allclose(got.to(at::kDouble), want, 1e-5, 1e-4))
+      << "max difference " << (got.to(at::kDouble) - want).abs().max().item<double>();
+}
+
 TEST(Retention, BatchedAttentionRecordsAreEachRecordsOwn) {
   auto gen = at::detail::createCPUGenerator(15);
   const int64_t kv_heads = 2, group = 3, heads = kv_heads * group, dim = 16, budget = 24;

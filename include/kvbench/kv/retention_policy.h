@@ -172,6 +172,8 @@ at::Tensor prefill_window_attention(const at::Tensor& q, const at::Tensor& k, in
 // cache. A block of queries q [num_heads, n, head_dim] at positions start .. start + n - 1
 // attends held keys [kv_heads, held, head_dim] at positions key_pos [kv_heads, held] (a query
 // sees the keys at or before it), scores scaled by 1/sqrt(head_dim), fp32, on keys' device.
+// The block's own keys are the last n held, in position order (every cache appends a block
+// after what it held); the keys before them may be in any order.
 //   summed_attention: per held token, its probabilities summed over the block's queries and
 //     averaged over each KV head's query group, [kv_heads, held] (H2O's accumulated scores).
 //   newest_query_attention: the newest query's probabilities (it sees every held token),
