@@ -154,18 +154,25 @@ at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const a
   // Queries in chunks, so a long prefill never builds a [heads, n, n] matrix at once. A chunk
   // reads only the keys its queries can see: what was held before the block, and the block's
   // own keys up to its last query (they are the last n held, in order), which halves the work
-  // of a prefill against scoring every chunk over every key.
+  // of a prefill against scoring every chunk over every key. Of those, only the chunk's own
+  // keys can lie after one of its queries.
   constexpr int64_t kChunk = 256;
   const int64_t before = held - n;
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     const int64_t c = std::min(kChunk, n - c0), seen = before + c0 + c;
-    at::Tensor qc =
-        q.narrow(1, c0, c).to(keys.device(), at::kFloat).reshape({kv_heads, group * c, -1});
-    at::Tensor s = at::bmm(qc, keys_t.narrow(2, 0, seen)).mul_(scale);  // [kvh, group * c, seen]
+    // The scale goes on the queries, and the mask on the chunk's own keys (every earlier key
+    // is before each of its queries): the score matrix is written once, then read by softmax.
+    at::Tensor qc = q.narrow(1, c0, c)
+                        .to(keys.device(), at::kFloat)
+                        .mul(scale)
+                        .reshape({kv_heads, group * c, -1});
+    at::Tensor s = at::bmm(qc, keys_t.narrow(2, 0, seen));  // [kvh, group * c, seen]
     // Row g * c + i is query position start + c0 + i; it sees held tokens at or before it.
     at::Tensor query_pos =
         at::arange(c, kpos.options()).add_(start + c0).repeat({group}).view({1, group * c, 1});
-    s.masked_fill_(kpos.narrow(2, 0, seen).gt(query_pos), -std::numeric_limits<float>::infinity());
+    s.narrow(2, before + c0, c)
+        .masked_fill_(kpos.narrow(2, before + c0, c).gt(query_pos),
+                      -std::numeric_limits<float>::infinity());
     total.narrow(1, 0, seen).add_(at::softmax(s, -1).sum(1).div_(static_cast<double>(group)));
   }
   return total;
