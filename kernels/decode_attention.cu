@@ -171,13 +171,25 @@ struct Dequant {
 };
 
 // Full-precision fp16 row slice (KIVI residual ring) emitted in the format's pair order.
+// KIVI's key and value slices are one piece each (N contiguous channels from who * N), read
+// as 16-byte vectors: the ring's window is read by the last split alone, so its loads are on
+// the kernel's critical path.
 template <KvFormat F, int N, int NL>
 __device__ __forceinline__ void ring_pairs(const __half* row, int who, uint32_t (&out)[N / 2]) {
   using S = Slice<F, N, NL>;
+  static_assert(S::kPieces == 1 && N % 8 == 0, "a KIVI slice is one piece of whole vectors");
+  const uint4* v = reinterpret_cast<const uint4*>(row + who * N);
+  uint32_t w[N / 2];  // halves 2i, 2i + 1 in word i
+#pragma unroll
+  for (int i = 0; i < N / 8; ++i) {
+    const uint4 x = __ldg(v + i);
+    w[4 * i] = x.x, w[4 * i + 1] = x.y, w[4 * i + 2] = x.z, w[4 * i + 3] = x.w;
+  }
 #pragma unroll
   for (int p = 0; p < N / 2; ++p) {
-    const int2 e = S::pair(p);
-    out[p] = as_u32(__halves2half2(row[S::channel(who, e.x)], row[S::channel(who, e.y)]));
+    const int2 e = S::pair(p);  // one PRMT: half e.x low, half e.y high
+    out[p] =
+        __byte_perm(w[e.x / 2], w[e.y / 2], (e.x % 2 ? 0x32 : 0x10) | (e.y % 2 ? 0x7600 : 0x5400));
   }
 }
 
