@@ -522,6 +522,7 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
     maxs.push_back(qb.maxs), mins.push_back(qb.mins);
   }
   const int64_t most = *std::max_element(pages.begin(), pages.end());
+  if (kernel_path_) return quest_pages_kernel(seqs, layer, pos, neg, rows, pages, most);
   for (int64_t j = 0; j < S; ++j)
     for (int64_t t = 0; t < pages[size_t(j)]; ++t)
       owner.push_back(rows[size_t(j)]), place.push_back(j * most + t);
@@ -543,6 +544,40 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
           .view({S, most, num_kv_heads_})
           .permute({0, 2, 1});  // [S, kv_heads, most]; padding masked by select_pages
   return quest_->select_pages(bounds, index.narrow(0, 2 * all, S)).to(at::kCPU);
+}
+
+at::Tensor PagedKVCache::quest_pages_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
+                                            const at::Tensor& pos, const at::Tensor& neg,
+                                            const std::vector<int64_t>& rows,
+                                            const std::vector<int64_t>& pages, int64_t most) const {
+  // The bounds stay where each sequence keeps them: their addresses, the page counts and the
+  // query rows go up in one copy, and the kernel reads every bound once.
+  const int64_t S = int64_t(seqs.size());
+  std::vector<int64_t> packed;  // [mins S][maxs S][pages S][rows S]
+  for (const at::Tensor QuestBounds::*bound : {&QuestBounds::mins, &QuestBounds::maxs})
+    for (const Sequence* s : seqs) {
+      const at::Tensor& t = s->quest[size_t(layer)].*bound;
+      KVB_CHECK(t.is_contiguous() && t.scalar_type() == at::kHalf,
+                "paged cache: Quest's page bounds must be contiguous fp16");
+      packed.push_back(int64_t(reinterpret_cast<uintptr_t>(t.data_ptr())));
+    }
+  packed.insert(packed.end(), pages.begin(), pages.end());
+  packed.insert(packed.end(), rows.begin(), rows.end());
+  const at::Tensor up = upload(at::tensor(packed, at::kLong));
+  const at::Tensor counts = up.narrow(0, 2 * S, S), row_index = up.narrow(0, 3 * S, S);
+  const at::Tensor p = pos.index_select(0, row_index).contiguous(),
+                   n = neg.index_select(0, row_index).contiguous();
+  at::Tensor bounds = at::empty({S, num_kv_heads_, most}, p.options());  // [S, kv_heads, most]
+  kernels::QuestScoreProblem pr;
+  pr.batch = int(S), pr.kv_heads = int(num_kv_heads_), pr.head_dim = int(head_dim_);
+  pr.most = int(most);
+  const int64_t* base = up.data_ptr<int64_t>();
+  pr.mins = reinterpret_cast<const uint16_t* const*>(base);
+  pr.maxs = reinterpret_cast<const uint16_t* const*>(base + S);
+  pr.pages = base + 2 * S;
+  pr.pos = p.data_ptr<float>(), pr.neg = n.data_ptr<float>(), pr.out = bounds.data_ptr<float>();
+  paged_cuda::quest_score(pr, bounds);
+  return quest_->select_pages(bounds, counts).to(at::kCPU);
 }
 
 at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t held) const {

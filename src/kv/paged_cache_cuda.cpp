@@ -19,6 +19,7 @@
 #include "kv_append_launcher.h"
 #include "kv_paged_decode_launcher.h"
 #include "palu_decode_launcher.h"
+#include "quest_score_launcher.h"
 #include "retained_decode_launcher.h"
 #endif
 
@@ -161,6 +162,11 @@ static void device_palu(const kernels::PaluProblem& problem, int64_t max_len,
                                     kernels::palu_decode, kernels::palu_check);
 }
 
+static void device_quest(const kernels::QuestScoreProblem& problem, const at::Tensor& on) {
+  check(kernels::quest_score(problem, stream_of(on.device())), "quest page scores",
+        kernels::quest_score_check(problem));
+}
+
 static void device_gear(const kernels::GearProblem& problem, int64_t max_len,
                         const at::Tensor& on) {
   planned_launch<kernels::GearPlan>("gear decode", problem, max_len, on, kernels::gear_plan,
@@ -195,6 +201,7 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
 }
 static void device_palu(const kernels::PaluProblem&, int64_t, const at::Tensor&) { unavailable(); }
 static void device_gear(const kernels::GearProblem&, int64_t, const at::Tensor&) { unavailable(); }
+static void device_quest(const kernels::QuestScoreProblem&, const at::Tensor&) { unavailable(); }
 
 #endif
 
@@ -267,6 +274,13 @@ void gear(const kernels::GearProblem& problem, int64_t max_len, const at::Tensor
   KVB_CHECK(why[0] == '\0', "paged cache: host gear decode: ", why);
   std::vector<float> scratch(size_t(2 * problem.head_dim + 1) * size_t(max_len));
   kernels::gear_decode_host(problem, scratch.data());
+}
+
+void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on) {
+  if (on.is_cuda()) return device_quest(problem, on);
+  const char* why = kernels::quest_score_check(problem);
+  KVB_CHECK(why[0] == '\0', "paged cache: host quest page scores: ", why);
+  kernels::quest_score_host(problem);
 }
 
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,

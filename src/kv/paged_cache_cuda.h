@@ -12,6 +12,7 @@
 #include "gear_decode.h"
 #include "kv_append.h"
 #include "palu_decode.h"
+#include "quest_score.h"
 
 namespace kvbench::paged_cuda {
 
@@ -53,6 +54,10 @@ void palu(const kernels::PaluProblem& problem, int64_t max_len, const at::Tensor
 // GEAR's decode step (kernels/gear_decode.h) with every pointer of `problem` where `on` is: the
 // CUDA kernel on a GPU, its host reference on the CPU. `max_len` >= every sequence length.
 void gear(const kernels::GearProblem& problem, int64_t max_len, const at::Tensor& on);
+
+// Quest's page scores (kernels/quest_score.h) with every pointer of `problem` where `on` is:
+// the CUDA kernel on a GPU, its host reference on the CPU.
+void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on);
 
 // Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
 // `pages`: its block-table row (int32, on the device).

@@ -310,6 +310,13 @@ class PagedKVCache final : public KVCache {
   // sequence's bounds scored (two products), then one choice and one copy back for the batch.
   at::Tensor quest_pages(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& q,
                          const std::vector<int64_t>& rows) const;
+  // quest_pages on the kernel path: the scores by kernels/quest_score (each sequence's bounds
+  // read once where they are) from the group's query parts pos / neg [rows, kv_heads, d] fp32;
+  // pages[i]: sequence i's page count, most their maximum.
+  at::Tensor quest_pages_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
+                                const at::Tensor& pos, const at::Tensor& neg,
+                                const std::vector<int64_t>& rows, const std::vector<int64_t>& pages,
+                                int64_t most) const;
   // [kv_heads, count] int64 positions of those pages' tokens (host), the newest (partly
   // filled, always chosen) page cut at `held`.
   at::Tensor quest_tokens(const at::Tensor& pages, int64_t held) const;
