@@ -312,7 +312,7 @@ struct Kernel {
     const size_t slab = tile < 0 ? 0 : size_t(table[page]) * kv_heads + kvh;
     const size_t row0 = slab * kv.page_size + (tile < 0 ? 0 : t0 % kv.page_size);
     if constexpr (kKivi) {
-      if (tile >= 0 && lane < D / 8)
+      if (tile >= 0 && lane < D / 4)
         t.kmeta = __ldg(
             reinterpret_cast<const uint4*>(static_cast<const __half*>(kv.k_meta) + slab * 2 * D) +
             lane);
@@ -471,7 +471,8 @@ __global__ void __launch_bounds__(kThreads)
     const int per_warp = (max(0, tile_end - tile_begin) + kWarps - 1) / kWarps;
     const int warp_begin = tile_begin + warp * per_warp,
               warp_end = min(tile_end, warp_begin + per_warp);
-    __shared__ uint4 sm_kmeta[kKivi ? kWarps : 1][kKivi ? D / 8 : 1];  // a page's key meta
+    // A page's KIVI key meta per warp: [2][D] halves (scales, then mins), D / 4 vectors.
+    __shared__ uint4 sm_kmeta[kKivi ? kWarps : 1][kKivi ? D / 4 : 1];
     uint32_t qk[K::kChunks][2];  // KIVI: the query times the page's key scales
     float kbias = 0.f;           // KIVI: head r's sum of query times the page's key mins
     constexpr int NT = K::kTilesPerStep;
@@ -487,7 +488,7 @@ __global__ void __launch_bounds__(kThreads)
         if constexpr (kKivi) {
           if (raw[n].page != kivi_page) {
             __syncwarp();
-            if (lane < D / 8) sm_kmeta[warp][lane] = raw[n].kmeta;
+            if (lane < D / 4) sm_kmeta[warp][lane] = raw[n].kmeta;
             __syncwarp();
             __half2 pcs[KS::kPairs], pcm[KS::kPairs];
             K::template kivi_key_meta_rows<false>(reinterpret_cast<const __half*>(sm_kmeta[warp]),
@@ -735,6 +736,10 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
       return reject("KIVI group (page_size) must divide head_dim");
     if (!kv.k_residual || !kv.v_residual) return reject("KIVI needs k_residual and v_residual");
   }
+  // Rows, metadata and rings are read as 16-byte vectors.
+  for (const void* p : {kv.k_data, kv.v_data, kv.k_meta, kv.v_meta, kv.k_residual, kv.v_residual})
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+      return reject("k_data, v_data, k_meta, v_meta and the rings must be 16-byte aligned");
   if (pr.max_seq_len < 1 || pr.max_pages_per_seq * kv.page_size < pr.max_seq_len)
     return reject("max_seq_len must be >= 1 and fit in max_pages_per_seq pages");
   // Splits. v2: enough blocks to fill every multiprocessor twice, each split at least 4 tiles

@@ -197,6 +197,18 @@ TEST(DecodePlanTest, RejectsUnsupportedShapesWithAReason) {
   kv.page_size = 24;
   EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
   EXPECT_NE(std::string(kernels::decode_last_error()).find("page_size"), std::string::npos);
+  // A view that starts 8 bytes into its allocation cannot be read as 16-byte vectors.
+  alignas(16) static const uint16_t pool[64] = {};
+  int table = 0, len = 1;
+  uint16_t q[128], out[128];
+  kv.page_size = 16, kv.format = KvFormat::kFp16;
+  pr.q = q, pr.out = out, pr.block_table = &table, pr.seq_lens = &len;
+  kv.k_data = pool, kv.v_data = pool + 4;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
+  EXPECT_NE(std::string(kernels::decode_last_error()).find("16-byte aligned"), std::string::npos);
+  kv.v_data = pool + 8;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaSuccess)
+      << kernels::decode_last_error();
 }
 
 }  // namespace
