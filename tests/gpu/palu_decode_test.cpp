@@ -29,12 +29,14 @@ struct Shape {
   bool bf16;
   int group = 1;
   bool evict = false;  // kept lists and tails (palu_case)
+  int page = 32;       // tokens per page (the engine's default is 16)
 };
 
 std::string shape_name(const Shape& s) {
   return "d" + std::to_string(s.d) + "_r" + std::to_string(s.r) + "_h" + std::to_string(s.kv) +
          "x" + std::to_string(s.per) + (s.group > 1 ? "_g" + std::to_string(s.group) : "") +
-         (s.bf16 ? "_bf16" : "_fp16") + (s.evict ? "_evicted" : "");
+         (s.bf16 ? "_bf16" : "_fp16") + (s.evict ? "_evicted" : "") +
+         (s.page != 32 ? "_p" + std::to_string(s.page) : "");
 }
 // gtest prints parameters; the struct's padding bytes would show as noise.
 void PrintTo(const Shape& s, std::ostream* os) { *os << shape_name(s); }
@@ -46,7 +48,7 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
   if (!have_gpu(&why)) GTEST_SKIP() << why;
   const Shape s = GetParam();
   const PaluCase c = palu_case(s.kv, s.per, s.d, s.r, s.bf16, {1, 15, 16, 33, 1000, 2100}, 3 + s.r,
-                               32, s.group, s.evict);
+                               s.page, s.group, s.evict);
   std::vector<float> host(c.want.size()), scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
   // Each attended token's scaled score, as a policy that selects by attention records them.
   const int stride = c.max_len() + 3;
@@ -138,7 +140,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{2, 8, 128, 32, true}, Shape{4, 2, 64, 64, false},
                       Shape{2, 1, 64, 96, true}, Shape{8, 4, 128, 128, false, 4},
                       Shape{4, 2, 64, 64, true, 2}, Shape{8, 4, 128, 96, false, 1, true},
-                      Shape{2, 8, 128, 128, true, 1, true}, Shape{4, 2, 64, 64, false, 2, true}),
+                      Shape{2, 8, 128, 128, true, 1, true}, Shape{4, 2, 64, 64, false, 2, true},
+                      Shape{8, 4, 128, 128, false, 1, false, 16},
+                      Shape{8, 4, 128, 96, false, 1, true, 16}),
     [](const auto& i) { return shape_name(i.param); });
 
 TEST(PaluDecodeGpuErrorsTest, RejectsBadProblems) {
