@@ -716,9 +716,9 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
     return reject("unsupported head_dim: " + std::to_string(pr.head_dim) + " (supported: 64, 128)");
   if (pr.batch < 1 || pr.kv_heads < 1 || pr.q_heads < 1 || pr.q_heads % pr.kv_heads != 0)
     return reject("q_heads must be a positive multiple of kv_heads");
-  if (pr.q_heads / pr.kv_heads > 8)
+  if (pr.q_heads / pr.kv_heads > kDecodeMaxQPerKv)
     return reject("unsupported GQA group: " + std::to_string(pr.q_heads / pr.kv_heads) +
-                  " (at most 8)");
+                  " (at most " + std::to_string(kDecodeMaxQPerKv) + ")");
   if (kv.page_size != 16 && kv.page_size != 32 && kv.page_size != 64)
     return reject("unsupported page_size: " + std::to_string(kv.page_size) +
                   " (supported: 16, 32, 64)");

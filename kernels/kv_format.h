@@ -78,6 +78,9 @@ inline const char* format_name(KvFormat f) {
   return "?";
 }
 
+// Query heads per KV head the decode kernels take: a group's heads are one mma's M rows.
+constexpr int kDecodeMaxQPerKv = 8;
+
 constexpr KVB_HD bool is_kivi(KvFormat f) { return f == KvFormat::kKivi2 || f == KvFormat::kKivi4; }
 // Per-token 32-channel blocks with fp16 meta: a scale (q8_0, q4_0), a scale and a min (q4_1,
 // q2_1).

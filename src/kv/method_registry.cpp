@@ -762,16 +762,16 @@ std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
 void check_paged_method(const nlohmann::json& method, int64_t num_heads, int64_t num_kv_heads,
                         int64_t head_dim, at::ScalarType dtype, bool kernel_path) {
   const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
-  // Palu's and GEAR's kernels hold a KV head's query group in one mma's 8 rows (their caches
-  // check it at the first step).
+  // The GPU path's decode kernels (the dense one every method's cache uses, Palu's, GEAR's)
+  // hold a KV head's query group in one mma's 8 rows.
   const auto latent = std::dynamic_pointer_cast<const LowRankCodec>(codec);
-  const bool gear = std::dynamic_pointer_cast<const GearCodec>(codec) != nullptr;
   const int64_t group = num_heads / std::max<int64_t>(num_kv_heads, 1);
-  KVB_CHECK(!kernel_path || !(gear || (latent && latent->kind() == LowRankKind::kPalu)) ||
-                group <= kernels::kPaluMaxQPerKv,
-            "paged cache: ", codec->name(), " on the GPU path takes at most ",
-            kernels::kPaluMaxQPerKv, " query heads per KV head; the model has ", group);
-  static_assert(kernels::kPaluMaxQPerKv == kernels::kGearMaxQPerKv, "one limit for both");
+  KVB_CHECK(!kernel_path || group <= kernels::kDecodeMaxQPerKv, "paged cache: ", codec->name(),
+            " on the GPU path takes at most ", kernels::kDecodeMaxQPerKv,
+            " query heads per KV head; the model has ", group);
+  static_assert(kernels::kPaluMaxQPerKv == kernels::kDecodeMaxQPerKv &&
+                    kernels::kGearMaxQPerKv == kernels::kDecodeMaxQPerKv,
+                "one limit for every decode kernel");
   if (const auto& lowrank = latent) {
     // Its cache needs the fitted bases; what it checks besides them: 16-bit latents, the rank
     // the GPU kernels take, and Palu's policies.

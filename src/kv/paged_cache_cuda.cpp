@@ -73,8 +73,9 @@ std::string unavailable_reason() {
 
 void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store,
             const at::Device& device) {
-  check(kernels::append_kv(problem, store, stream_of(device)), "append",
-        kernels::append_last_error());
+  // The call first: its reason is read after it has set it (argument order is unspecified).
+  const cudaError_t err = kernels::append_kv(problem, store, stream_of(device));
+  check(err, "append", kernels::append_last_error());
 }
 
 static at::Tensor device_decode(const kernels::PagedKvStore& store, const DecodeBatch& batch,
@@ -96,13 +97,12 @@ static at::Tensor device_decode(const kernels::PagedKvStore& store, const Decode
   kv.k_residual = store.k_residual, kv.v_residual = store.v_residual;
   kernels::DecodePlan plan;
   plan.multi_tile = multi_tile();
-  check(kernels::decode_plan(pr, kv, sm_count(q), 0, &plan), "decode plan",
-        kernels::decode_last_error());
+  cudaError_t err = kernels::decode_plan(pr, kv, sm_count(q), 0, &plan);
+  check(err, "decode plan", kernels::decode_last_error());  // read after the call has set it
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, q.options().dtype(at::kByte));
-  check(
-      kernels::decode_attention(pr, kv, plan, plan.workspace_bytes ? workspace.data_ptr() : nullptr,
-                                stream_of(q.device())),
-      "decode attention", kernels::decode_last_error());
+  err = kernels::decode_attention(
+      pr, kv, plan, plan.workspace_bytes ? workspace.data_ptr() : nullptr, stream_of(q.device()));
+  check(err, "decode attention", kernels::decode_last_error());
   return out;
 }
 
@@ -233,7 +233,11 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
                   const at::Tensor& q) {
   if (q.is_cuda()) return device_decode(store, batch, kv_heads, q);
   // The dense kernel's attention is the retained one's over every token; its output comes
-  // back in q's dtype, as the kernel writes it.
+  // back in q's dtype, as the kernel writes it. Its limits hold here too, so that the CPU
+  // tests of the GPU path meet them.
+  KVB_CHECK(q.size(1) / kv_heads <= kernels::kDecodeMaxQPerKv,
+            "paged cache: decode attention: unsupported GQA group: ", q.size(1) / kv_heads,
+            " (at most ", kernels::kDecodeMaxQPerKv, ")");
   const at::Tensor qf = q.to(at::kFloat).contiguous();
   at::Tensor out = at::empty_like(qf);
   const int B = int(q.size(0));
