@@ -851,8 +851,12 @@ at::Tensor PagedKVCache::attend_batch(int64_t layer_index, const std::vector<int
   if (kernel_path_) {
     paged_cuda::DecodeBatch d{step.table, step.ints.narrow(0, 3 * B + 1, B),
                               step.ints.narrow(0, 2 * B + 1, B), step.max_len};
-    return paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous())
-        .to(q.device(), at::kFloat);
+    const at::Tensor out =
+        paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
+    // A query already where and as the kernel takes it gets the kernel's output as it is: the
+    // kernels suite times one launch, not a launch and a cast.
+    if (q.device() == device_ && q.scalar_type() == input_dtype()) return out;
+    return out.to(q.device(), at::kFloat);
   }
   const double scale = 1.0 / std::sqrt(double(head_dim_));
   std::vector<at::Tensor> parts;

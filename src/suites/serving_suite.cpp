@@ -63,11 +63,12 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
           .range(1, 1 << 24),
       ParamSpec::integer("block_size", 64, "tokens per KV block").range(1, 1 << 16),
       ParamSpec::integer("kv_budget_bytes", 0,
-                         "KV pool budget in bytes; 0 = kv_budget_fraction of available memory")
+                         "KV pool budget in bytes; 0 = kv_budget_fraction of available memory "
+                         "(on a GPU: its memory less the weights)")
           .range(0, 1e15),
       ParamSpec::number("kv_budget_fraction", 0.1,
                         "KV pool budget as a fraction of the memory available at the cell's "
-                        "start, when kv_budget_bytes is 0")
+                        "start (on a GPU: its memory less the weights), when kv_budget_bytes is 0")
           .range(1e-6, 0.9),
       ParamSpec::integer("max_batch_tokens", 2048,
                          "tokens entering the model per step (prefills + one per decode)")
@@ -412,10 +413,11 @@ SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_
   return s;
 }
 
-double budget_bytes(const json& p) {
+// `device`, `weight_bytes`: where the cell runs and its model's weights (kv_budget_base_bytes).
+double budget_bytes(const json& p, const at::Device& device, uint64_t weight_bytes) {
   const double bytes = p["kv_budget_bytes"].get<double>();
   if (bytes > 0) return bytes;
-  const uint64_t available = available_memory_bytes();
+  const uint64_t available = kv_budget_base_bytes(device, weight_bytes);
   KVB_CHECK(available > 0,
             "serving: the available memory is unknown; set kv_budget_bytes explicitly");
   return p["kv_budget_fraction"].get<double>() * static_cast<double>(available);
@@ -470,13 +472,15 @@ std::vector<std::vector<double>> rate_arrivals(const json& p, const std::vector<
 uint64_t ServingSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   const json& p = ctx.params;
+  const uint64_t weights = model_weight_bytes(*ctx.model, ctx.weight_dtype);
   const double budget =
       p["kv_budget_bytes"].get<double>() > 0
           ? p["kv_budget_bytes"].get<double>()
-          : p["kv_budget_fraction"].get<double>() * static_cast<double>(available_memory_bytes());
+          : p["kv_budget_fraction"].get<double>() *
+                static_cast<double>(kv_budget_base_bytes(ctx.gpu ? at::kCUDA : at::kCPU, weights));
   // Weights, the pool, and the activations of the largest step (one sequence of
   // max_batch_tokens bounds the attention scores).
-  return model_weight_bytes(*ctx.model, ctx.weight_dtype) + static_cast<uint64_t>(budget) +
+  return weights + static_cast<uint64_t>(budget) +
          generation_bytes(*ctx.model, 0, 1, p["max_batch_tokens"], 0);
 }
 
@@ -490,11 +494,15 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   const double block_bytes =
       method_block_bytes(ctx.method, c, ctx.model.kv_dtype(), block_size,
                          ctx.spec.attention == "paged", ctx.spec.device == "cuda");
-  const double budget = budget_bytes(p);
+  const ModelPlacement placement = ctx.model.placement();
+  const double budget = budget_bytes(p, placement.device, model.weight_bytes());
   const int64_t num_blocks = BlockPool::capacity(budget, block_bytes);
-  check_memory_fits(
-      static_cast<uint64_t>(budget) + generation_bytes(c, 0, 1, p["max_batch_tokens"], 0),
-      "serving: a KV budget of " + format_bytes(budget));
+  // On the CPU the weights are already out of what is available; a GPU's total holds them too.
+  check_fits_on(placement,
+                static_cast<uint64_t>(budget) +
+                    generation_bytes(c, 0, 1, p["max_batch_tokens"], 0) +
+                    (placement.device.is_cpu() ? 0 : model.weight_bytes()),
+                "serving: a KV budget of " + format_bytes(budget));
   const bool from_trace = !p["trace_file"].get<std::string>().empty();
   // Arrivals per rate (the same seed for every rate, so rates differ only in their gaps), or
   // the trace's own.

@@ -42,7 +42,8 @@ std::vector<ParamSpec> ThroughputSuite::param_specs() {
           .range(1e-6, 1),
       ParamSpec::integer("device_memory_bytes", 0,
                          "capacity view: the stated device memory the fraction applies to; 0 = "
-                         "the memory available when the cell starts")
+                         "the memory available when the cell starts (on a GPU: its memory less "
+                         "the weights)")
           .range(0, 1e15),
       ParamSpec::integer("max_batch", 64,
                          "capacity view: the largest batch run here; a larger fitting batch is "
@@ -107,7 +108,8 @@ struct Budget {
   std::string source;
 };
 
-Budget capacity_budget(const json& p) {
+// `device`, `weight_bytes`: where the cell runs and its model's weights (kv_budget_base_bytes).
+Budget capacity_budget(const json& p, const at::Device& device, uint64_t weight_bytes) {
   if (p["kv_budget_bytes"].get<double>() > 0) {
     return {p["kv_budget_bytes"].get<double>(), "kv_budget_bytes"};
   }
@@ -116,12 +118,13 @@ Budget capacity_budget(const json& p) {
     return {fraction * p["device_memory_bytes"].get<double>(),
             "kv_budget_fraction of device_memory_bytes"};
   }
-  const uint64_t available = available_memory_bytes();
+  const uint64_t available = kv_budget_base_bytes(device, weight_bytes);
   KVB_CHECK(available > 0,
             "throughput: the available memory is unknown; set kv_budget_bytes or "
             "device_memory_bytes for the capacity view");
   return {fraction * static_cast<double>(available),
-          "kv_budget_fraction of the memory available at the cell's start"};
+          device.is_cpu() ? "kv_budget_fraction of the memory available at the cell's start"
+                          : "kv_budget_fraction of the GPU's memory less the model's weights"};
 }
 
 // The capacity view: the largest batch of capacity_context-token sequences whose KV bytes (the
@@ -134,7 +137,8 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   const int64_t prompt = context - news + 1;
   KVB_CHECK(prompt >= 1, "throughput: capacity_context (", context,
             ") must be >= capacity_new_tokens (", news, ")");
-  const Budget budget = capacity_budget(p);
+  const Budget budget =
+      capacity_budget(p, ctx.model.placement().device, ctx.model.get().weight_bytes());
   auto policy = make_policy(ctx.method);
   const SequenceKvBytes bytes = sequence_kv_bytes(codec, *policy, c, prompt, context);
   const int64_t fit = largest_batch(budget.bytes, bytes);
@@ -201,7 +205,9 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
     // The capacity batch's KV stays within the budget (or max_batch sequences of it); its
     // activations are those of max_batch sequences at most.
     const int64_t b = ctx.params["max_batch"], n = ctx.params["capacity_new_tokens"];
-    const double kv = std::min(capacity_budget(ctx.params).bytes,
+    const double kv = std::min(capacity_budget(ctx.params, ctx.gpu ? at::kCUDA : at::kCPU,
+                                               model_weight_bytes(*ctx.model, ctx.weight_dtype))
+                                   .bytes,
                                ctx.kv_bytes_per_token * static_cast<double>(b * context));
     peak = std::max(peak, generation_bytes(*ctx.model, 0, b, std::max<int64_t>(context - n + 1, 1),
                                            n, ctx.weight_dtype) +

@@ -211,6 +211,15 @@ void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::s
             placement.device.str(), " has ", format_bytes(total));
 }
 
+uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes) {
+  if (device.is_cpu()) return available_memory_bytes();
+  const CudaInfo cuda = query_cuda();
+  const size_t index = device.has_index() ? device.index() : 0;
+  if (index >= cuda.devices.size()) return 0;
+  const uint64_t total = cuda.devices[index].memory_bytes;
+  return total > weight_bytes ? total - weight_bytes : 0;
+}
+
 uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64_t batch,
                           int64_t prompt, int64_t new_tokens, at::ScalarType compute_dtype) {
   const uint64_t b = static_cast<uint64_t>(batch), p = static_cast<uint64_t>(prompt);

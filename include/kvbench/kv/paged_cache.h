@@ -150,9 +150,10 @@ class PagedKVCache final : public KVCache {
   // pool once no layer and no head keeps a token in it (every layer must have selected).
   void retain(int64_t seq, int64_t layer, const at::Tensor& kept, int64_t length);
   // One query per sequence over its stored tokens, nothing appended: q [batch, heads, head_dim]
-  // -> [batch, heads, head_dim] fp32 on q's device. The tables of an unchanged batch are kept
-  // on the device, so a repeated call is one decode-kernel launch (what the kernels suite
-  // times). Not with a retention policy.
+  // -> [batch, heads, head_dim] fp32 on q's device; on the kernel path, a q already on the
+  // cache's device in the kernel's dtype (fp16; bf16 for kBf16) gets the kernel's output in
+  // that dtype. The tables of an unchanged batch are kept on the device, so a repeated call is
+  // one decode-kernel launch (what the kernels suite times). Not with a retention policy.
   at::Tensor attend_batch(int64_t layer, const std::vector<int64_t>& seqs, const at::Tensor& q);
   // Tokens each layer retains (per KV head).
   std::vector<int64_t> kept_tokens(int64_t seq) const override;
