@@ -9,9 +9,8 @@
 //                  so whole runs exercise the GPU path's layouts on the CPU.
 // Both agree up to fp32 summation order and a few roundings of the activation dtype (the
 // eager path rounds cos/sin and each RoPE term to it; tests/unit/model_ops_test.cpp). The
-// kernels launch on the legacy default stream of the current device, as the paged cache's do
-// (libtorch's default too): a caller that sets another current stream or device must not
-// interleave work with them.
+// kernels launch on torch's current stream of the tensors' device (core/cuda_stream.h), as the
+// paged cache's do, so they queue in order with the torch ops around them.
 #pragma once
 
 #include <ATen/ATen.h>
