@@ -644,6 +644,13 @@ class CliTest(CliCase):
                       env=dict(os.environ, KVBENCH_PAGED_PATH="kernels"))
         self.assert_one_line_error(
             res, 2, "palu on the GPU path takes at most 8 query heads per KV head; the model has 16")
+        # So does every other method's: the dense decode kernel has the same 8 rows.
+        int8 = dict(palu, methods=[{"name": "int8"}])
+        self.assertEqual(kvbench("validate", "--config", self.write_config(int8)).returncode, 0)
+        res = kvbench("validate", "--config", self.write_config(int8),
+                      env=dict(os.environ, KVBENCH_PAGED_PATH="kernels"))
+        self.assert_one_line_error(
+            res, 2, "on the GPU path takes at most 8 query heads per KV head; the model has 16")
         # The kernels suite on the CPU has no paged kernel to time.
         res = kvbench("validate", "--config", self.write_config(
             {"attention": "paged", "suites": [TINY_SUITE]}))
