@@ -201,22 +201,26 @@ uint64_t model_weight_bytes(const ModelConfig& config, at::ScalarType dtype) {
   return elements * at::elementSize(dtype);
 }
 
+namespace {
+// The memory of the GPU `device` names (the first when it names none); 0 when unknown.
+uint64_t gpu_memory_bytes(const at::Device& device) {
+  const CudaInfo cuda = query_cuda();
+  const size_t index = device.has_index() ? device.index() : 0;
+  return index < cuda.devices.size() ? cuda.devices[index].memory_bytes : 0;
+}
+}  // namespace
+
 void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::string& what) {
   if (placement.device.is_cpu()) return check_memory_fits(bytes, what);
-  const CudaInfo cuda = query_cuda();
-  const size_t index = placement.device.has_index() ? placement.device.index() : 0;
-  if (index >= cuda.devices.size() || cuda.devices[index].memory_bytes == 0) return;
-  const uint64_t total = cuda.devices[index].memory_bytes;
+  const uint64_t total = gpu_memory_bytes(placement.device);
+  if (total == 0) return;
   KVB_CHECK(bytes <= total / 10 * 8, what, " needs ", format_bytes(bytes), " but ",
             placement.device.str(), " has ", format_bytes(total));
 }
 
 uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes) {
   if (device.is_cpu()) return available_memory_bytes();
-  const CudaInfo cuda = query_cuda();
-  const size_t index = device.has_index() ? device.index() : 0;
-  if (index >= cuda.devices.size()) return 0;
-  const uint64_t total = cuda.devices[index].memory_bytes;
+  const uint64_t total = gpu_memory_bytes(device);
   return total > weight_bytes ? total - weight_bytes : 0;
 }
 
