@@ -24,7 +24,8 @@ if(KVBENCH_HAVE_CUDA)
   find_package(CUDAToolkit REQUIRED)
   add_library(kvbench_kernels STATIC kernels/decode_attention.cu kernels/device_query.cu
     kernels/kv_append.cu kernels/kv_paged_decode.cu kernels/model_ops.cu kernels/retained_decode.cu
-    kernels/latent_decode.cu kernels/palu_decode.cu kernels/gear_decode.cu kernels/quest_score.cu)
+    kernels/latent_decode.cu kernels/palu_decode.cu kernels/gear_decode.cu kernels/quest_score.cu
+    kernels/summed_attention.cu)
   target_include_directories(kvbench_kernels PUBLIC kernels)
   set_target_properties(kvbench_kernels PROPERTIES
     CUDA_ARCHITECTURES OFF POSITION_INDEPENDENT_CODE ON CUDA_STANDARD 17)
@@ -37,5 +38,11 @@ if(KVBENCH_HAVE_CUDA)
   target_link_libraries(gpu_decode_bench PRIVATE kvbench_kernels)
   set_target_properties(gpu_decode_bench PROPERTIES CUDA_ARCHITECTURES OFF CUDA_STANDARD 17)
   target_compile_options(gpu_decode_bench PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a>)
+  # H2O's prefill sums at a Llama-3-8B layer's shape (docs/perf-notes.md).
+  add_executable(summed_attention_bench bench/summed_attention_bench.cu)
+  target_link_libraries(summed_attention_bench PRIVATE kvbench_kernels)
+  set_target_properties(summed_attention_bench PROPERTIES CUDA_ARCHITECTURES OFF CUDA_STANDARD 17)
+  target_compile_options(summed_attention_bench PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a>)
 endif()

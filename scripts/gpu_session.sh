@@ -108,10 +108,12 @@ stage decode_bench 150 build-gpu/gpu_decode_bench --quick --out "$LOGS/decode_be
 stage sdpa_peer 90 env PYTHONUNBUFFERED=1 python3 scripts/gpu_sdpa_peer.py \
   --ours "$LOGS/decode_bench.jsonl" --out "$LOGS/sdpa.jsonl"
 tail -30 "$LOGS/sdpa_peer.log"
+#    H2O's prefill sums (kernels/summed_attention.cu) at the e2e shape, 2k-16k tokens.
+stage summed_bench 30 build-gpu/summed_attention_bench --out "$LOGS/summed_bench.jsonl"
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.
 memcheck() {
   stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests \
-    --gtest_brief=1 --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*'
+    --gtest_brief=1 --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*'
   memcheck_done=1
 }
 memcheck_done=0

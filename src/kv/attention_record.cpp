@@ -32,11 +32,11 @@ void AttentionRecord::add_summed(const at::Tensor& summed) {
 
 void AttentionRecord::add_block(const RetentionPolicy& policy, const at::Tensor& qb,
                                 const at::Tensor& keys, const at::Tensor& positions, int64_t start,
-                                at::Tensor& newest) {
+                                at::Tensor& newest, SummedFn summed) {
   const int64_t held = keys.size(1);
   switch (policy.needs()) {
     case RetentionNeeds::kScoresEveryStep:
-      add_summed(summed_attention(qb, keys, positions, start));
+      add_summed((summed ? summed : &summed_attention)(qb, keys, positions, start));
       break;
     case RetentionNeeds::kLastQueryScores:
       newest = newest_query_attention(qb, keys);

@@ -1204,6 +1204,16 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
     }
 }
 
+bool PagedKVCache::exact_in_16_bits(const at::Tensor& q) const {
+  // The 16-bit kernels of H2O's prefill sums (paged_cuda::summed_attention) round q and the
+  // keys to q's dtype: only where both already hold such values do their sums equal the fp32
+  // formula's up to the order of addition, so that the policy keeps what it keeps elsewhere.
+  // Quantized keys (code times scale) are not fp16 values; they take the fp32 formula.
+  return kernel_path_ &&
+         ((format_.format == kernels::KvFormat::kFp16 && q.scalar_type() == at::kHalf) ||
+          (format_.format == kernels::KvFormat::kBf16 && q.scalar_type() == at::kBFloat16));
+}
+
 void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q, int64_t row,
                                  int64_t n, int64_t held, const kernels::PagedKvStore& store,
                                  const at::Tensor& table_row, at::Tensor positions, at::Tensor keys,
@@ -1215,7 +1225,7 @@ void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q
   AttentionRecord& record = s.scores[size_t(layer)];
   if (n > 1)
     return record.add_block(*policy_, q.narrow(0, row, n).transpose(0, 1), keys, positions, start,
-                            newest);
+                            newest, exact_in_16_bits(q) ? &paged_cuda::summed_attention : nullptr);
   // One decode query (at position `start`), which sees every held token: the product over
   // the pages' keys (the kernel path hands its scores to add_scores_batch instead).
   const at::Tensor scores =

@@ -10,7 +10,9 @@
 #include "kv_paged_decode.h"
 #include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
+#include "kvbench/kv/retention_policy.h"
 #include "retained_decode.h"
+#include "summed_attention.h"
 
 #ifdef KVBENCH_HAVE_CUDA
 #include "decode_attention.h"
@@ -21,6 +23,7 @@
 #include "palu_decode_launcher.h"
 #include "quest_score_launcher.h"
 #include "retained_decode_launcher.h"
+#include "summed_attention_launcher.h"
 #endif
 
 namespace kvbench::paged_cuda {
@@ -167,6 +170,11 @@ static void device_quest(const kernels::QuestScoreProblem& problem, const at::Te
         kernels::quest_score_check(problem));
 }
 
+static void device_summed(const kernels::SummedAttentionProblem& problem, const at::Tensor& on) {
+  check(kernels::summed_attention(problem, stream_of(on.device())), "summed attention",
+        kernels::summed_attention_check(problem));
+}
+
 static void device_gear(const kernels::GearProblem& problem, int64_t max_len,
                         const at::Tensor& on) {
   planned_launch<kernels::GearPlan>("gear decode", problem, max_len, on, kernels::gear_plan,
@@ -202,6 +210,9 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
 static void device_palu(const kernels::PaluProblem&, int64_t, const at::Tensor&) { unavailable(); }
 static void device_gear(const kernels::GearProblem&, int64_t, const at::Tensor&) { unavailable(); }
 static void device_quest(const kernels::QuestScoreProblem&, const at::Tensor&) { unavailable(); }
+static void device_summed(const kernels::SummedAttentionProblem&, const at::Tensor&) {
+  unavailable();
+}
 
 #endif
 
@@ -285,6 +296,42 @@ void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on
   const char* why = kernels::quest_score_check(problem);
   KVB_CHECK(why[0] == '\0', "paged cache: host quest page scores: ", why);
   kernels::quest_score_host(problem);
+}
+
+namespace {
+// `t` in 16-bit `type`, contiguous, at a 16-byte aligned address (the kernels' loads).
+at::Tensor aligned16(const at::Tensor& t, at::ScalarType type, const at::Device& device) {
+  at::Tensor out = t.to(device, type).contiguous();
+  return reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0 ? out : out.clone();
+}
+}  // namespace
+
+at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& key_pos,
+                            int64_t start) {
+  const int64_t heads = q.size(0), n = q.size(1), kv_heads = keys.size(0), held = keys.size(1);
+  const int64_t head_dim = keys.size(2);
+  if (keys.is_cuda() && !kernels::summed_attention_gpu_shape(int(head_dim)))
+    return kvbench::summed_attention(q, keys, key_pos, start);
+  const at::ScalarType type = q.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kHalf;
+  const at::Tensor q16 = aligned16(q, type, keys.device()),
+                   k16 = aligned16(keys, type, keys.device());
+  at::Tensor lse = at::empty({heads, n}, keys.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({kv_heads, held}, lse.options());
+  kernels::SummedAttentionProblem p;
+  p.heads = int(heads), p.kv_heads = int(kv_heads), p.head_dim = int(head_dim);
+  p.n = int(n), p.held = int(held), p.bf16 = type == at::kBFloat16;
+  p.scale = float(1.0 / std::sqrt(double(head_dim)));
+  p.q = static_cast<const uint16_t*>(q16.data_ptr());
+  p.k = static_cast<const uint16_t*>(k16.data_ptr());
+  p.lse = lse.data_ptr<float>(), p.out = out.data_ptr<float>();
+  if (keys.is_cuda()) {
+    device_summed(p, keys);
+  } else {
+    const char* why = kernels::summed_attention_check(p);
+    KVB_CHECK(why[0] == '\0', "paged cache: host summed attention: ", why);
+    kernels::summed_attention_host(p);
+  }
+  return out;
 }
 
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,

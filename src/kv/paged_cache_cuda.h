@@ -59,6 +59,13 @@ void gear(const kernels::GearProblem& problem, int64_t max_len, const at::Tensor
 // the CUDA kernel on a GPU, its host reference on the CPU.
 void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on);
 
+// H2O's accumulated attention of a prefill block: retention_policy.h's summed_attention (same
+// arguments and contract, `key_pos` and `start` unused), from q and keys rounded to 16 bits (the
+// model's bf16, else fp16), fp32 accumulation: kernels/summed_attention.h's two passes on a GPU
+// (torch's formula at a head_dim they do not take), its host reference on the CPU.
+at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& key_pos,
+                            int64_t start);
+
 // Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
 // `pages`: its block-table row (int32, on the device).
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,

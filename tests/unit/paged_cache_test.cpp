@@ -299,8 +299,14 @@ TEST_P(PagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
   steps.push_back({b, 45});
   for (const auto& [seq, n] : steps)
     for (int64_t layer = 0; layer < kLayers; ++layer) {
-      const Block x = random_block(n, bf16 ? at::kBFloat16 : at::kHalf, gen);
-      const at::Tensor got = paged.append_and_attend(seq, layer, x.q, x.k, x.v);
+      const at::ScalarType half = bf16 ? at::kBFloat16 : at::kHalf;
+      const Block x = random_block(n, half, gen);
+      // The kernel path takes q in the kernels' dtype, as the engine hands it over on a GPU
+      // (the same values: random_block rounds them); so fp16/bf16 pages give H2O's prefill
+      // sums to the 16-bit kernels (PagedKVCache::exact_in_16_bits).
+      const at::Tensor got =
+          paged.append_and_attend(seq, layer, where.kernel_path() ? x.q.to(half) : x.q, x.k, x.v)
+              .to(at::kFloat);
       const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
       if (layer == kLayers - 1)  // a step is over: every layer has its length
         for (int64_t l = 0; l < kLayers; ++l) {

@@ -25,8 +25,13 @@ class AttentionRecord {
   // A block of queries qb [heads, n, d] at positions start .. start + n - 1 over the held keys
   // [kv_heads, held, d] at `positions` [kv_heads, held] (a query sees the keys at or before
   // it). `newest` becomes TOVA's newest-query attention (other policies: left alone).
+  // `summed`: what computes H2O's sums (summed_attention's arguments and result; null: that
+  // function), so a paged cache on its kernel path hands in its kernels'.
+  using SummedFn = at::Tensor (*)(const at::Tensor& q, const at::Tensor& keys,
+                                  const at::Tensor& key_pos, int64_t start);
   void add_block(const RetentionPolicy& policy, const at::Tensor& qb, const at::Tensor& keys,
-                 const at::Tensor& positions, int64_t start, at::Tensor& newest);
+                 const at::Tensor& positions, int64_t start, at::Tensor& newest,
+                 SummedFn summed = nullptr);
   // One decode query at position `start`, which sees every held token: its scaled scores
   // q . k / sqrt(d) over them, [heads, held] fp32 (the decode kernel's, or computed).
   void add_scores(const RetentionPolicy& policy, const at::Tensor& scores, int64_t kv_heads,
