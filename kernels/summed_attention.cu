@@ -77,7 +77,32 @@ __device__ void tile_scores(float (&s)[8][4], const uint32_t (&a)[D / 16][4], co
     }
 }
 
-template <int D, bool kBf16>
+// The warp's scores against the streamed tile b, in base 2: c * (A.B + 2^-11 * the remainders'
+// product when keys are split, kSplit). The lse pass streams keys (kLoInB: their remainders
+// in b_lo); the column pass holds them as A (their remainders in a_lo).
+template <int D, bool kBf16, bool kSplit, bool kLoInB>
+__device__ void scaled_scores(float (&s)[8][4], const uint32_t (&a)[D / 16][4],
+                              const uint32_t (&a_lo)[D / 16][4], const uint16_t* b,
+                              const uint16_t* b_lo, int lane, float c) {
+  tile_scores<D, kBf16>(s, a, b, lane);
+  if constexpr (kSplit) {
+    float lo[8][4];
+    if constexpr (kLoInB)
+      tile_scores<D, false>(lo, a, b_lo, lane);
+    else
+      tile_scores<D, false>(lo, a_lo, b, lane);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) s[nt][x] = fmaf(lo[nt][x], kSummedLoScale, s[nt][x]);
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) s[nt][x] *= c;
+}
+
+template <int D, bool kBf16, bool kSplit>
 __global__ void __launch_bounds__(kThreads) lse_kernel(SummedAttentionProblem p) {
   __shared__ __align__(16) Smem<D> sm;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, m4 = lane % 4;
@@ -85,19 +110,25 @@ __global__ void __launch_bounds__(kThreads) lse_kernel(SummedAttentionProblem p)
   const int rows = min(kTile, p.n - q0), before = p.held - p.n;
   const float c = p.scale * kSummedLog2e;
   const int qi[2] = {q0 + 16 * warp + lane / 4, q0 + 16 * warp + lane / 4 + 8};
-  const uint16_t* keys = p.k + size_t(kvh) * p.held * D;
+  const size_t key0 = size_t(kvh) * p.held * D;
+  // The queries go to registers once; sm.a then holds the key remainders (kSplit).
   load_tile<D>(sm.a, p.q + (size_t(h) * p.n + q0) * D, rows);
+  mma::cp_async_wait<0>();
+  __syncthreads();
   uint32_t a[D / 16][4];
+  load_a<D>(a, sm.a, warp, lane);
+  __syncthreads();  // every warp has its queries before sm.a is overwritten
   float mx[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
   const int seen = before + q0 + rows;  // keys [0, seen) are seen by a query of the block
   for (int t0 = 0; t0 < seen; t0 += kTile) {
-    load_tile<D>(sm.b, keys + size_t(t0) * D, min(kTile, p.held - t0));
+    load_tile<D>(sm.b, p.k + key0 + size_t(t0) * D, min(kTile, p.held - t0));
+    if constexpr (kSplit)
+      load_tile<D>(sm.a, p.k_lo + key0 + size_t(t0) * D, min(kTile, p.held - t0));
     mma::cp_async_wait<0>();
     __syncthreads();
-    if (t0 == 0) load_a<D>(a, sm.a, warp, lane);
     if (t0 <= before + q0 + 16 * warp + 15) {  // else past the reach of the warp's queries
       float s[8][4];
-      tile_scores<D, kBf16>(s, a, sm.b, lane);
+      scaled_scores<D, kBf16, kSplit, true>(s, a, a, sm.b, sm.a, lane, c);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float tmax = -INFINITY;
@@ -106,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) lse_kernel(SummedAttentionProblem p)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int j = t0 + 8 * nt + 2 * m4 + e;
-            const float x = qi[r] < p.n && j <= before + qi[r] ? s[nt][2 * r + e] * c : -INFINITY;
+            const float x = qi[r] < p.n && j <= before + qi[r] ? s[nt][2 * r + e] : -INFINITY;
             s[nt][2 * r + e] = x;
             tmax = fmaxf(tmax, x);
           }
@@ -120,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) lse_kernel(SummedAttentionProblem p)
         mx[r] = nm;
       }
     }
-    __syncthreads();  // the next tile overwrites sm.b
+    __syncthreads();  // the next tile overwrites sm.b (and sm.a)
   }
   // A row's four lanes (4g .. 4g + 3) each saw every fourth pair of keys: merge them.
 #pragma unroll
@@ -138,7 +169,7 @@ __global__ void __launch_bounds__(kThreads) lse_kernel(SummedAttentionProblem p)
   }
 }
 
-template <int D, bool kBf16>
+template <int D, bool kBf16, bool kSplit>
 __global__ void __launch_bounds__(kThreads) column_kernel(SummedAttentionProblem p) {
   __shared__ __align__(16) Smem<D> sm;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, m4 = lane % 4;
@@ -146,8 +177,16 @@ __global__ void __launch_bounds__(kThreads) column_kernel(SummedAttentionProblem
   const int before = p.held - p.n;
   const float c = p.scale * kSummedLog2e;
   const int kj[2] = {j0 + 16 * warp + lane / 4, j0 + 16 * warp + lane / 4 + 8};
-  load_tile<D>(sm.a, p.k + (size_t(kvh) * p.held + j0) * D, min(kTile, p.held - j0));
-  uint32_t a[D / 16][4];
+  // The block's keys (and remainders) go to registers once; sm.b then streams the queries.
+  const size_t key0 = (size_t(kvh) * p.held + j0) * D;
+  load_tile<D>(sm.a, p.k + key0, min(kTile, p.held - j0));
+  if constexpr (kSplit) load_tile<D>(sm.b, p.k_lo + key0, min(kTile, p.held - j0));
+  mma::cp_async_wait<0>();
+  __syncthreads();
+  uint32_t a[D / 16][4], a_lo[D / 16][4];  // a_lo: kSplit only (unused registers otherwise)
+  load_a<D>(a, sm.a, warp, lane);
+  if constexpr (kSplit) load_a<D>(a_lo, sm.b, warp, lane);
+  __syncthreads();  // every warp has its keys before sm.b is overwritten
   float acc[2] = {0.f, 0.f};
   // Key j is seen from query j - before on: the block's first key from `first` (< n, as j0 <
   // held), so every block runs at least one step.
@@ -161,11 +200,10 @@ __global__ void __launch_bounds__(kThreads) column_kernel(SummedAttentionProblem
             int(threadIdx.x) < rows ? p.lse[size_t(h) * p.n + i0 + threadIdx.x] : 0.f;
       mma::cp_async_wait<0>();
       __syncthreads();
-      if (h == kvh * group && i0 == first) load_a<D>(a, sm.a, warp, lane);
-      if (j0 + 16 * warp <=
-          before + i0 + rows - 1) {  // else no query of the tile sees the warp's keys
+      // Skipped when no query of the tile sees the warp's keys.
+      if (j0 + 16 * warp <= before + i0 + rows - 1) {
         float s[8][4];
-        tile_scores<D, kBf16>(s, a, sm.b, lane);
+        scaled_scores<D, kBf16, kSplit, false>(s, a, a_lo, sm.b, nullptr, lane, c);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -174,8 +212,7 @@ __global__ void __launch_bounds__(kThreads) column_kernel(SummedAttentionProblem
             const float lse = sm.lse[col];
 #pragma unroll
             for (int r = 0; r < 2; ++r)
-              if (i < p.n && kj[r] <= before + i)
-                acc[r] += mma::fast_exp2(s[nt][2 * r + e] * c - lse);
+              if (i < p.n && kj[r] <= before + i) acc[r] += mma::fast_exp2(s[nt][2 * r + e] - lse);
           }
       }
       __syncthreads();  // the next step overwrites sm.b and sm.lse
@@ -189,12 +226,13 @@ __global__ void __launch_bounds__(kThreads) column_kernel(SummedAttentionProblem
   }
 }
 
-template <int D, bool kBf16>
+template <int D, bool kBf16, bool kSplit>
 cudaError_t launch(const SummedAttentionProblem& p, cudaStream_t stream) {
-  lse_kernel<D, kBf16><<<dim3((p.n + kTile - 1) / kTile, p.heads), kThreads, 0, stream>>>(p);
+  lse_kernel<D, kBf16, kSplit>
+      <<<dim3((p.n + kTile - 1) / kTile, p.heads), kThreads, 0, stream>>>(p);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  column_kernel<D, kBf16>
+  column_kernel<D, kBf16, kSplit>
       <<<dim3((p.held + kTile - 1) / kTile, p.kv_heads), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
@@ -203,12 +241,17 @@ cudaError_t launch(const SummedAttentionProblem& p, cudaStream_t stream) {
 
 cudaError_t summed_attention(const SummedAttentionProblem& p, cudaStream_t stream) {
   if (summed_attention_check(p)[0] != '\0' || !summed_attention_gpu_shape(p.head_dim) ||
-      (reinterpret_cast<uintptr_t>(p.q) | reinterpret_cast<uintptr_t>(p.k)) % 16 != 0 ||
+      (reinterpret_cast<uintptr_t>(p.q) | reinterpret_cast<uintptr_t>(p.k) |
+       reinterpret_cast<uintptr_t>(p.k_lo)) %
+              16 !=
+          0 ||
       p.heads > 65535 || p.kv_heads > 65535)
     return cudaErrorInvalidValue;
   cudaError_t err = cudaErrorInvalidValue;
   KVB_DISPATCH_HEAD_DIM(p.head_dim, D,
-                        err = p.bf16 ? launch<D, true>(p, stream) : launch<D, false>(p, stream));
+                        err = p.k_lo   ? launch<D, false, true>(p, stream)
+                              : p.bf16 ? launch<D, true, false>(p, stream)
+                                       : launch<D, false, false>(p, stream));
   return err;
 }
 

@@ -32,12 +32,19 @@ struct SummedAttentionProblem {
   float scale = 0.f;            // the scores' scale, 1/sqrt(head_dim)
   const uint16_t* q = nullptr;  // [heads, n, head_dim]
   const uint16_t* k = nullptr;  // [kv_heads, held, head_dim]
-  float* lse = nullptr;         // [heads, n] workspace: log2 of each query's sum of 2^score'
-  float* out = nullptr;         // [kv_heads, held]
+  // Optional, fp16 only: the keys' remainders, so that a key is k + k_lo * 2^-11 (keys that
+  // are no 16-bit values, such as dequantized codes, split in two fp16 parts: 22 bits of
+  // mantissa, agreement with fp32 scores to ~2^-22 relative). Each score is then two products.
+  const uint16_t* k_lo = nullptr;
+  float* lse = nullptr;  // [heads, n] workspace: log2 of each query's sum of 2^score'
+  float* out = nullptr;  // [kv_heads, held]
 };
 
 // log2(e): the kernels work in base 2 (score' = score * log2(e), one ex2 per probability).
 constexpr float kSummedLog2e = 1.4426950408889634f;
+// The weight of k_lo: a remainder scaled up by 2^11 keeps fp16's 11 bits (for |k| >= 2^-12;
+// below, a subnormal remainder errs by at most ~2^-36 absolute). 2^12 could overflow.
+constexpr float kSummedLoScale = 1.f / 2048.f;
 
 // Checks what can be checked without reading device memory; "" when the problem is valid.
 // (The GPU kernels take head_dim 64 and 128: summed_attention_gpu_shape.)
@@ -48,6 +55,7 @@ inline const char* summed_attention_check(const SummedAttentionProblem& p) {
   if (p.held < p.n) return "the block's n keys must be among the held";
   if (!(p.scale > 0.f)) return "scale must be positive";
   if (!p.q || !p.k || !p.lse || !p.out) return "a required pointer is null";
+  if (p.k_lo && p.bf16) return "k_lo needs fp16 q and k";
   return "";
 }
 
@@ -61,11 +69,14 @@ KVB_HD float summed_value(bool bf16, uint16_t bits) {
 inline float summed_score_host(const SummedAttentionProblem& p, int h, int i, int j) {
   const int group = p.heads / p.kv_heads;
   const uint16_t* q = p.q + (size_t(h) * p.n + i) * p.head_dim;
-  const uint16_t* k = p.k + (size_t(h / group) * p.held + j) * p.head_dim;
-  float s = 0.f;
-  for (int d = 0; d < p.head_dim; ++d)
-    s = std::fma(summed_value(p.bf16, q[d]), summed_value(p.bf16, k[d]), s);
-  return s * (p.scale * kSummedLog2e);
+  const size_t row = (size_t(h / group) * p.held + j) * p.head_dim;
+  float s = 0.f, lo = 0.f;  // two sums, as the kernels' two products
+  for (int d = 0; d < p.head_dim; ++d) {
+    const float x = summed_value(p.bf16, q[d]);
+    s = std::fma(x, summed_value(p.bf16, p.k[row + d]), s);
+    if (p.k_lo) lo = std::fma(x, summed_value(false, p.k_lo[row + d]), lo);
+  }
+  return std::fma(lo, kSummedLoScale, s) * (p.scale * kSummedLog2e);
 }
 
 // The reference: each query's lse over the keys it sees, then each key's probabilities summed

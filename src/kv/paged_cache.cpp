@@ -1204,14 +1204,18 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
     }
 }
 
-bool PagedKVCache::exact_in_16_bits(const at::Tensor& q) const {
-  // The 16-bit kernels of H2O's prefill sums (paged_cuda::summed_attention) round q and the
-  // keys to q's dtype: only where both already hold such values do their sums equal the fp32
-  // formula's up to the order of addition, so that the policy keeps what it keeps elsewhere.
-  // Quantized keys (code times scale) are not fp16 values; they take the fp32 formula.
-  return kernel_path_ &&
-         ((format_.format == kernels::KvFormat::kFp16 && q.scalar_type() == at::kHalf) ||
-          (format_.format == kernels::KvFormat::kBf16 && q.scalar_type() == at::kBFloat16));
+AttentionRecord::SummedFn PagedKVCache::summed_kernels(const at::Tensor& q) const {
+  // The kernels read 16-bit q and keys. Where the pages store q's own dtype (fp16 with fp16
+  // q, bf16 with bf16) those are the values the fp32 formula reads; other keys (code times
+  // scale) split in two fp16 parts for fp16 q. Either way the sums agree with the formula's
+  // up to the order of addition, so H2O keeps what it keeps with the reference cache. Other
+  // queries (fp32; bf16 over quantized pages) take the formula.
+  if (!kernel_path_) return nullptr;
+  const at::ScalarType t = q.scalar_type();
+  if ((format_.format == kernels::KvFormat::kFp16 && t == at::kHalf) ||
+      (format_.format == kernels::KvFormat::kBf16 && t == at::kBFloat16))
+    return &paged_cuda::summed_attention;
+  return t == at::kHalf ? &paged_cuda::summed_attention_split : nullptr;
 }
 
 void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q, int64_t row,
@@ -1225,7 +1229,7 @@ void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q
   AttentionRecord& record = s.scores[size_t(layer)];
   if (n > 1)
     return record.add_block(*policy_, q.narrow(0, row, n).transpose(0, 1), keys, positions, start,
-                            newest, exact_in_16_bits(q) ? &paged_cuda::summed_attention : nullptr);
+                            newest, summed_kernels(q));
   // One decode query (at position `start`), which sees every held token: the product over
   // the pages' keys (the kernel path hands its scores to add_scores_batch instead).
   const at::Tensor scores =

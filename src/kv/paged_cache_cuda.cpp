@@ -304,17 +304,33 @@ at::Tensor aligned16(const at::Tensor& t, at::ScalarType type, const at::Device&
   at::Tensor out = t.to(device, type).contiguous();
   return reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0 ? out : out.clone();
 }
-}  // namespace
 
-at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& key_pos,
-                            int64_t start) {
+// H2O's sums by kernels/summed_attention.h: q and keys in `type`, or (split) q in fp16 and
+// each key as two fp16 parts, k = hi + lo * 2^-11.
+at::Tensor summed_by_kernels(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& key_pos,
+                             int64_t start, bool split) {
   const int64_t heads = q.size(0), n = q.size(1), kv_heads = keys.size(0), held = keys.size(1);
   const int64_t head_dim = keys.size(2);
   if (keys.is_cuda() && !kernels::summed_attention_gpu_shape(int(head_dim)))
     return kvbench::summed_attention(q, keys, key_pos, start);
-  const at::ScalarType type = q.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kHalf;
-  const at::Tensor q16 = aligned16(q, type, keys.device()),
-                   k16 = aligned16(keys, type, keys.device());
+  const at::ScalarType type =
+      !split && q.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kHalf;
+  const at::Device device = keys.device();
+  const at::Tensor q16 = aligned16(q, type, device);
+  at::Tensor k16, k_lo;
+  if (split) {
+    // hi = fp16(k), lo = fp16((k - hi) * 2^11): the remainder is exact in fp32, and scaled up
+    // fp16 keeps its 11 bits. Keys past fp16's range (a dequantized code whose scale rounded
+    // up) saturate instead of turning every sum of the head into NaN (inf - inf).
+    constexpr double kMax = 65504.0;
+    const at::Tensor k32 = keys.to(at::kFloat);
+    k16 = aligned16(k32.clamp(-kMax, kMax), at::kHalf, device);
+    k_lo = aligned16(
+        k32.sub(k16.to(at::kFloat)).mul_(1.0 / kernels::kSummedLoScale).clamp_(-kMax, kMax),
+        at::kHalf, device);
+  } else {
+    k16 = aligned16(keys, type, device);
+  }
   at::Tensor lse = at::empty({heads, n}, keys.options().dtype(at::kFloat));
   at::Tensor out = at::empty({kv_heads, held}, lse.options());
   kernels::SummedAttentionProblem p;
@@ -323,6 +339,7 @@ at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const a
   p.scale = float(1.0 / std::sqrt(double(head_dim)));
   p.q = static_cast<const uint16_t*>(q16.data_ptr());
   p.k = static_cast<const uint16_t*>(k16.data_ptr());
+  if (split) p.k_lo = static_cast<const uint16_t*>(k_lo.data_ptr());
   p.lse = lse.data_ptr<float>(), p.out = out.data_ptr<float>();
   if (keys.is_cuda()) {
     device_summed(p, keys);
@@ -332,6 +349,18 @@ at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const a
     kernels::summed_attention_host(p);
   }
   return out;
+}
+
+}  // namespace
+
+at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& key_pos,
+                            int64_t start) {
+  return summed_by_kernels(q, keys, key_pos, start, false);
+}
+
+at::Tensor summed_attention_split(const at::Tensor& q, const at::Tensor& keys,
+                                  const at::Tensor& key_pos, int64_t start) {
+  return summed_by_kernels(q, keys, key_pos, start, true);
 }
 
 std::pair<at::Tensor, at::Tensor> dequantize(const kernels::PagedKvStore& store,

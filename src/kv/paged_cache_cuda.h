@@ -65,6 +65,11 @@ void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on
 // (torch's formula at a head_dim they do not take), its host reference on the CPU.
 at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& key_pos,
                             int64_t start);
+// The same with q converted to fp16 (callers hand fp16 q) and each key split in two fp16 parts (hi
+// + lo * 2^-11: 22 bits), for keys that are no 16-bit values (dequantized codes): sums within
+// ~2^-22 of the fp32 formula's, at twice the products.
+at::Tensor summed_attention_split(const at::Tensor& q, const at::Tensor& keys,
+                                  const at::Tensor& key_pos, int64_t start);
 
 // Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
 // `pages`: its block-table row (int32, on the device).

@@ -2,7 +2,8 @@
 // (summed_attention.h, checked against float64 and the policies' formula by
 // tests/unit/summed_attention_test.cpp): random 16-bit q and k, blocks of one query and of
 // a tile and one, keys before the block or none, tiles across the diagonal, GQA groups of 1
-// and 4, fp16 and bf16; lse and out poisoned with NaN first. Tensor-core sums run in another
+// and 4, fp16 and bf16, keys split in two fp16 parts (k_lo); lse and out poisoned with NaN
+// first. Tensor-core sums run in another
 // order and ex2 is approximate, so the bound is relative, not bitwise. Skips without a GPU.
 #include <gtest/gtest.h>
 
@@ -22,13 +23,13 @@ namespace {
 
 struct Shape {
   int heads, kv_heads, head_dim, n, held;
-  bool bf16;
+  bool bf16, split = false;
 };
 
 std::string name(const Shape& s) {
   return "h" + std::to_string(s.heads) + "x" + std::to_string(s.kv_heads) + "_d" +
          std::to_string(s.head_dim) + "_n" + std::to_string(s.n) + "_held" +
-         std::to_string(s.held) + (s.bf16 ? "_bf16" : "_fp16");
+         std::to_string(s.held) + (s.bf16 ? "_bf16" : "_fp16") + (s.split ? "_split" : "");
 }
 
 class SummedAttentionGpuTest : public ::testing::TestWithParam<Shape> {};
@@ -43,23 +44,32 @@ TEST_P(SummedAttentionGpuTest, MatchesTheHostReference) {
     return s.bf16 ? kernels::encode::bf16_bits(x) : kernels::encode::half_bits(x);
   };
   std::vector<uint16_t> q(size_t(s.heads) * s.n * s.head_dim),
-      k(size_t(s.kv_heads) * s.held * s.head_dim);
+      k(size_t(s.kv_heads) * s.held * s.head_dim), k_lo;
   for (auto& x : q) x = bits(normal(rng));
-  for (auto& x : k) x = bits(normal(rng));
+  for (auto& x : k) {
+    const float v = normal(rng);
+    x = bits(v);
+    if (s.split)  // the remainder of an fp32 key, as paged_cuda::summed_attention_split makes it
+      k_lo.push_back(kernels::encode::half_bits((v - kernels::encode::half_value(x)) /
+                                                kernels::kSummedLoScale));
+  }
   std::vector<float> lse(size_t(s.heads) * s.n, NAN), out(size_t(s.kv_heads) * s.held, NAN);
   std::vector<float> want_lse = lse, want_out = out;
   kernels::SummedAttentionProblem p;
   p.heads = s.heads, p.kv_heads = s.kv_heads, p.head_dim = s.head_dim, p.n = s.n;
   p.held = s.held, p.bf16 = s.bf16, p.scale = float(1.0 / std::sqrt(double(s.head_dim)));
   p.q = q.data(), p.k = k.data(), p.lse = want_lse.data(), p.out = want_out.data();
+  if (s.split) p.k_lo = k_lo.data();
   kernels::summed_attention_host(p);
 
-  DeviceBuffer dq, dk, dlse, dout;
+  DeviceBuffer dq, dk, dk_lo, dlse, dout;
   ASSERT_CUDA(dq.upload(q));
   ASSERT_CUDA(dk.upload(k));
+  ASSERT_CUDA(dk_lo.upload(k_lo));
   ASSERT_CUDA(dlse.upload(lse));
   ASSERT_CUDA(dout.upload(out));
   p.q = static_cast<const uint16_t*>(dq.ptr), p.k = static_cast<const uint16_t*>(dk.ptr);
+  if (s.split) p.k_lo = static_cast<const uint16_t*>(dk_lo.ptr);
   p.lse = static_cast<float*>(dlse.ptr), p.out = static_cast<float*>(dout.ptr);
   ASSERT_CUDA(kernels::summed_attention(p, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
@@ -73,12 +83,14 @@ TEST_P(SummedAttentionGpuTest, MatchesTheHostReference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SummedAttentionGpuTest,
-    ::testing::Values(Shape{8, 2, 128, 200, 330, false},  // GQA 4, 130 keys before
-                      Shape{8, 2, 64, 200, 330, true},    //   at head_dim 64, bf16
-                      Shape{4, 4, 128, 65, 65, false},    // a whole prefill: a tile and one
-                      Shape{4, 4, 64, 64, 97, false},     // one tile, 33 keys before
-                      Shape{8, 2, 128, 1, 77, false},     // one query sees everything
-                      Shape{4, 1, 128, 520, 600, true}),  // many tiles, GQA 4, bf16
+    ::testing::Values(Shape{8, 2, 128, 200, 330, false},        // GQA 4, 130 keys before
+                      Shape{8, 2, 64, 200, 330, true},          //   at head_dim 64, bf16
+                      Shape{4, 4, 128, 65, 65, false},          // a whole prefill: a tile and one
+                      Shape{4, 4, 64, 64, 97, false},           // one tile, 33 keys before
+                      Shape{8, 2, 128, 1, 77, false},           // one query sees everything
+                      Shape{4, 1, 128, 520, 600, true},         // many tiles, GQA 4, bf16
+                      Shape{8, 2, 128, 200, 330, false, true},  // keys split in two
+                      Shape{4, 4, 64, 65, 98, false, true}),    //   at head_dim 64
     [](const ::testing::TestParamInfo<Shape>& i) { return name(i.param); });
 
 TEST(SummedAttentionGpuTest, RefusesShapesItDoesNotTake) {

@@ -2,7 +2,8 @@
 // host reference: against a float64 evaluation of its definition on the same 16-bit q and k,
 // and against the policies' own formula (retention_policy.h's summed_attention) with the
 // earlier keys in shuffled order, as a cache under eviction holds them. Blocks with and
-// without keys before them, one query, GQA groups of 1 and 4, fp16 and bf16.
+// without keys before them, one query, GQA groups of 1 and 4, fp16 and bf16, and fp32 keys
+// split in two fp16 parts (k_lo), whose sums must match the fp32 keys'.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "../../src/kv/paged_cache_cuda.h"  // the paged cache's wrapper (private to src/kv)
 #include "kvbench/kv/retention_policy.h"
 #include "summed_attention.h"
 
@@ -24,16 +26,18 @@ namespace {
 
 struct Case {
   int heads, kv_heads, head_dim, n, held;
-  bool bf16;
+  bool bf16, split = false;
 };
 
 struct Inputs {
-  std::vector<uint16_t> q, k;
+  std::vector<uint16_t> q, k, k_lo;
+  std::vector<float> k32;  // the keys' values: k's, or (split) the fp32 keys k and k_lo stand for
   std::vector<float> lse, out;
   kernels::SummedAttentionProblem p;
 };
 
 uint16_t bits16(float x, bool bf16) { return bf16 ? c10::BFloat16(x).x : c10::Half(x).x; }
+double value(uint16_t bits, bool bf16) { return kernels::summed_value(bf16, bits); }
 
 // Random q and k (scaled so that some probabilities are sharp), lse and out poisoned.
 void fill(const Case& c, unsigned seed, Inputs& in) {
@@ -42,20 +46,27 @@ void fill(const Case& c, unsigned seed, Inputs& in) {
   in.q.resize(size_t(c.heads) * c.n * c.head_dim);
   in.k.resize(size_t(c.kv_heads) * c.held * c.head_dim);
   for (auto& x : in.q) x = bits16(normal(rng), c.bf16);
-  for (auto& x : in.k) x = bits16(normal(rng), c.bf16);
+  in.k32.resize(in.k.size());
+  for (size_t i = 0; i < in.k.size(); ++i) {
+    const float x = normal(rng);  // an fp32 value no 16-bit type holds, as code times scale
+    in.k[i] = bits16(x, c.bf16);
+    in.k32[i] = c.split ? x : value(in.k[i], c.bf16);
+    if (c.split)
+      in.k_lo.push_back(c10::Half((x - float(c10::Half(x))) / kernels::kSummedLoScale).x);
+  }
   in.lse.assign(size_t(c.heads) * c.n, NAN);
   in.out.assign(size_t(c.kv_heads) * c.held, NAN);
   auto& p = in.p;
   p.heads = c.heads, p.kv_heads = c.kv_heads, p.head_dim = c.head_dim, p.n = c.n, p.held = c.held,
   p.bf16 = c.bf16, p.scale = float(1.0 / std::sqrt(double(c.head_dim)));
   p.q = in.q.data(), p.k = in.k.data(), p.lse = in.lse.data(), p.out = in.out.data();
+  if (c.split) p.k_lo = in.k_lo.data();
 }
-
-double value(uint16_t bits, bool bf16) { return kernels::summed_value(bf16, bits); }
 
 // The definition in float64: softmax over the keys each query sees, summed per key over the
 // group's queries, divided by the group.
-std::vector<double> float64_sums(const kernels::SummedAttentionProblem& p) {
+std::vector<double> float64_sums(const kernels::SummedAttentionProblem& p,
+                                 const std::vector<float>& k32) {
   const int group = p.heads / p.kv_heads, before = p.held - p.n, D = p.head_dim;
   std::vector<double> out(size_t(p.kv_heads) * p.held, 0.0), s(size_t(p.held));
   for (int h = 0; h < p.heads; ++h)
@@ -66,7 +77,7 @@ std::vector<double> float64_sums(const kernels::SummedAttentionProblem& p) {
         double dot = 0.0;
         for (int d = 0; d < D; ++d)
           dot += value(p.q[(size_t(h) * p.n + i) * D + d], p.bf16) *
-                 value(p.k[(size_t(kvh) * p.held + j) * D + d], p.bf16);
+                 double(k32[(size_t(kvh) * p.held + j) * D + d]);
         s[size_t(j)] = dot * p.scale, m = std::max(m, s[size_t(j)]);
       }
       for (int j = 0; j < seen; ++j) l += std::exp(s[size_t(j)] - m);
@@ -84,7 +95,7 @@ TEST_P(SummedAttentionTest, HostReferenceMatchesFloat64) {
   fill(c, 11 + c.held, in);
   ASSERT_STREQ(kernels::summed_attention_check(in.p), "");
   kernels::summed_attention_host(in.p);
-  const std::vector<double> want = float64_sums(in.p);
+  const std::vector<double> want = float64_sums(in.p, in.k32);
   double total = 0.0;
   for (size_t j = 0; j < want.size(); ++j) {
     ASSERT_NEAR(in.out[j], want[j], 2e-5 * (1.0 + want[j])) << "key " << j;
@@ -92,6 +103,35 @@ TEST_P(SummedAttentionTest, HostReferenceMatchesFloat64) {
   }
   // Each query's probabilities sum to 1: the sums over all keys count the queries.
   EXPECT_NEAR(total, double(c.n) * c.kv_heads, 1e-4 * c.n * c.kv_heads);
+}
+
+// The tolerance above sees fp16 rounding: split keys read without their remainders (plain
+// fp16 keys, what the kernels would read unsplit) miss it.
+TEST(SummedAttentionSplitTest, WithoutTheRemaindersTheSumsMissTheBound) {
+  Inputs in;
+  fill(Case{8, 2, 16, 37, 66, false, true}, 5, in);
+  in.p.k_lo = nullptr;
+  kernels::summed_attention_host(in.p);
+  const std::vector<double> want = float64_sums(in.p, in.k32);
+  double worst = 0.0;
+  for (size_t j = 0; j < want.size(); ++j)
+    worst = std::max(worst, std::abs(in.out[j] - want[j]) / (1.0 + want[j]));
+  EXPECT_GT(worst, 2e-5);
+}
+
+// The paged cache's wrapper on the CPU (its kernels' host twin): split keys agree with the
+// fp32 formula, and a key past fp16's range (a dequantized code whose scale rounded up)
+// saturates instead of making the head's sums NaN.
+TEST(SummedAttentionSplitTest, TheWrapperSplitsKeysAndSaturatesPastFp16) {
+  auto gen = at::detail::createCPUGenerator(9);
+  const at::Tensor q = at::randn({8, 40, 32}, gen).to(at::kHalf);
+  at::Tensor k = at::randn({2, 50, 32}, gen);  // fp32 keys, no fp16 values
+  const at::Tensor pos = at::arange(50, at::kLong).expand({2, 50});
+  const at::Tensor want = summed_attention(q.to(at::kFloat), k, pos, 10);
+  const at::Tensor got = paged_cuda::summed_attention_split(q, k, pos, 10);
+  EXPECT_LT((got - want).abs().max().item<double>(), 2e-5 * (1 + want.abs().max().item<double>()));
+  k[1][7][3] = 70000.f;
+  EXPECT_TRUE(at::isfinite(paged_cuda::summed_attention_split(q, k, pos, 10)).all().item<bool>());
 }
 
 // The policies' formula on the same values, with the keys before the block shuffled (their
@@ -120,7 +160,7 @@ TEST_P(SummedAttentionTest, HostReferenceMatchesThePolicyFormula) {
     return at::tensor(v).view(shape);
   };
   const at::Tensor q = to_float(in.q, {c.heads, c.n, D});
-  const at::Tensor k = to_float(in.k, {c.kv_heads, c.held, D});
+  const at::Tensor k = at::tensor(in.k32).view({c.kv_heads, c.held, D});
   const at::Tensor want =
       summed_attention(q, k, at::tensor(pos).view({c.kv_heads, c.held}), start).contiguous();
   const float* w = want.data_ptr<float>();
@@ -130,14 +170,16 @@ TEST_P(SummedAttentionTest, HostReferenceMatchesThePolicyFormula) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SummedAttentionTest,
-    ::testing::Values(Case{8, 2, 16, 37, 66, false},  // GQA 4, 29 keys before the block
-                      Case{3, 3, 24, 20, 20, false},  // a whole prefill, no GQA
-                      Case{4, 1, 32, 1, 9, false},    // one query sees everything
-                      Case{4, 2, 16, 70, 75, true}),  // bf16
+    ::testing::Values(Case{8, 2, 16, 37, 66, false},         // GQA 4, 29 keys before the block
+                      Case{3, 3, 24, 20, 20, false},         // a whole prefill, no GQA
+                      Case{4, 1, 32, 1, 9, false},           // one query sees everything
+                      Case{4, 2, 16, 70, 75, true},          // bf16
+                      Case{8, 2, 16, 37, 66, false, true}),  // fp32 keys split in two
     [](const ::testing::TestParamInfo<Case>& i) {
       const Case& c = i.param;
       return "h" + std::to_string(c.heads) + "x" + std::to_string(c.kv_heads) + "_n" +
-             std::to_string(c.n) + "_held" + std::to_string(c.held) + (c.bf16 ? "_bf16" : "");
+             std::to_string(c.n) + "_held" + std::to_string(c.held) + (c.bf16 ? "_bf16" : "") +
+             (c.split ? "_split" : "");
     });
 
 TEST(SummedAttentionCheckTest, RefusesBadProblems) {
@@ -153,6 +195,8 @@ TEST(SummedAttentionCheckTest, RefusesBadProblems) {
   EXPECT_STREQ(kernels::summed_attention_check(p), "a required pointer is null");
   p = in.p, p.scale = 0.f;
   EXPECT_STREQ(kernels::summed_attention_check(p), "scale must be positive");
+  p = in.p, p.k_lo = in.k.data(), p.bf16 = true;
+  EXPECT_STREQ(kernels::summed_attention_check(p), "k_lo needs fp16 q and k");
   EXPECT_TRUE(kernels::summed_attention_gpu_shape(128));
   EXPECT_FALSE(kernels::summed_attention_gpu_shape(96));
 }

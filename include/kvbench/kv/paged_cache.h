@@ -256,9 +256,10 @@ class PagedKVCache final : public KVCache {
                        const std::vector<int64_t>& counts);
   // A host tensor where the pools are (on a GPU: through pinned memory, asynchronously).
   at::Tensor upload(const at::Tensor& host) const;
-  // Whether a prefill block's H2O sums take the 16-bit kernels (kernel path, keys stored as
-  // q's 16-bit dtype): then their results are the fp32 formula's up to rounding order.
-  bool exact_in_16_bits(const at::Tensor& q) const;
+  // What computes a prefill block's H2O sums for queries like q: on the kernel path with
+  // 16-bit q, kernels/summed_attention (paged_cuda::summed_attention or its split-key form),
+  // else null (the fp32 formula).
+  AttentionRecord::SummedFn summed_kernels(const at::Tensor& q) const;
 
   // fp8 calibration of new sequences, then the appender.
   void append_rows(Layer& layer, const Step& step, const std::vector<int64_t>& counts,
