@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -31,6 +32,9 @@ std::string name(const Shape& s) {
          std::to_string(s.head_dim) + "_n" + std::to_string(s.n) + "_held" +
          std::to_string(s.held) + (s.bf16 ? "_bf16" : "_fp16") + (s.split ? "_split" : "");
 }
+
+// gtest prints a parameter by its name, not its bytes.
+void PrintTo(const Shape& s, std::ostream* os) { *os << name(s); }
 
 class SummedAttentionGpuTest : public ::testing::TestWithParam<Shape> {};
 

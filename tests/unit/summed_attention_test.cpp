@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -85,6 +86,12 @@ std::vector<double> float64_sums(const kernels::SummedAttentionProblem& p,
         out[size_t(kvh) * p.held + j] += std::exp(s[size_t(j)] - m) / l / group;
     }
   return out;
+}
+
+// gtest prints a parameter by its fields, not its bytes.
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.heads << "x" << c.kv_heads << " heads, d " << c.head_dim << ", n " << c.n << ", held "
+      << c.held << (c.bf16 ? ", bf16" : "") << (c.split ? ", split" : "");
 }
 
 class SummedAttentionTest : public ::testing::TestWithParam<Case> {};
