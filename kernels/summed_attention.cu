@@ -10,6 +10,9 @@
 //      is written once, by one lane: no atomics, the same order every run.
 // Only the keys a query sees (summed_attention.h) enter either pass: a tile past every
 // query's reach is skipped, a tile across the diagonal masked element by element.
+// Split keys (k_lo set, kSplit): each score is a second product with the keys' remainders,
+// added at 2^-11. Each block's own operand (queries, or keys and remainders) is read into
+// registers first, so the two shared-memory tiles then stream what the pass multiplies.
 #include "dispatch.h"
 #include "mma_sm80.cuh"
 #include "summed_attention_launcher.h"
