@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kvbench/core/error.h"
+#include "paged_cache_cuda.h"
 
 namespace kvbench {
 namespace {
@@ -48,7 +49,9 @@ LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
           std::move(policy), kernel_path_on_cpu),
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
-      group_(codec_->group()) {
+      group_(codec_->group()),
+      coef_dtype_(coef_dtype),
+      has_policy_(latent_.retains()) {
   const int64_t groups = num_kv_heads_ / group_;
   // The inner cache scales scores by 1 / sqrt(width); the model's is 1 / sqrt(head_dim).
   const double query_scale = std::sqrt(double(width_) / double(head_dim_));
@@ -88,6 +91,13 @@ at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
                                                      const at::Tensor& q, const at::Tensor& k,
                                                      const at::Tensor& v) {
   check_batch_block(layer, int64_t(bases_.size()), q, k, v, num_kv_heads_, head_dim_);
+  // fp32 in, fp32 out; the coefficients' dtype in (attend_dtype()), the same out.
+  const at::ScalarType out_dtype = q.scalar_type() == coef_dtype_ ? coef_dtype_ : at::kFloat;
+  // (The fused projections take up to 256 channels in: every real head_dim.)
+  const bool fits =
+      group_ * head_dim_ <= kernels::kHeadProjectMaxIn && width_ <= kernels::kHeadProjectMaxIn;
+  if (latent_.kernel_path() && fits && q.size(0) <= kProjectedRows)
+    return attend_projected(layer, seqs, counts, q, k, v, out_dtype);
   const Bases& b = bases_[size_t(layer)];
   const int64_t n = q.size(0), heads = q.size(1), per = heads / num_kv_heads_;
   const at::Tensor q_rows = q.to(b.query.device(), at::kFloat).reshape({n, num_kv_heads_, per, -1});
@@ -95,7 +105,28 @@ at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
   const at::Tensor out_latent = latent_.append_and_attend_batch(
       layer, seqs, counts, q_latent, coefficients(k, b.key), coefficients(v, b.value));
   const at::Tensor out_rows = out_latent.to(b.output.device()).reshape({n, num_kv_heads_, per, -1});
-  return per_head(out_rows, b.output).reshape({n, heads, head_dim_}).to(q.device());
+  return per_head(out_rows, b.output).reshape({n, heads, head_dim_}).to(q.device(), out_dtype);
+}
+
+at::Tensor LatentPagedCache::attend_projected(int64_t layer, const std::vector<int64_t>& seqs,
+                                              const std::vector<int64_t>& counts,
+                                              const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, at::ScalarType out_dtype) {
+  const Bases& b = bases_[size_t(layer)];
+  const at::Device where = b.query.device();
+  auto here = [&](const at::Tensor& t) { return t.device() == where ? t : t.to(where); };
+  const int64_t n = q.size(0), groups = num_kv_heads_ / group_;
+  // The inner cache takes 16-bit queries straight to its kernels; under a policy, fp32 (its
+  // scores are the policy's).
+  const at::ScalarType q_dtype = has_policy_ ? at::kFloat : coef_dtype_;
+  const std::vector<at::Tensor> in = paged_cuda::head_project(
+      {{here(q), b.query, q_dtype},
+       {here(k).reshape({n, groups, group_ * head_dim_}), b.key, coef_dtype_},
+       {here(v).reshape({n, groups, group_ * head_dim_}), b.value, coef_dtype_}});
+  const at::Tensor out_latent =
+      latent_.append_and_attend_batch(layer, seqs, counts, in[0], in[1], in[2]);
+  const at::Tensor out = paged_cuda::head_project({{out_latent, b.output, out_dtype}})[0];
+  return out.device() == q.device() ? out : out.to(q.device());
 }
 
 }  // namespace kvbench

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kv_paged_decode.h"
+#include "kvbench/core/act_dtype.h"
 #include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 #include "kvbench/kv/retention_policy.h"
@@ -18,6 +19,7 @@
 #include "decode_attention.h"
 #include "device_query.h"
 #include "gear_decode_launcher.h"
+#include "head_project_launcher.h"
 #include "kv_append_launcher.h"
 #include "kv_paged_decode_launcher.h"
 #include "palu_decode_launcher.h"
@@ -170,6 +172,11 @@ static void device_quest(const kernels::QuestScoreProblem& problem, const at::Te
         kernels::quest_score_check(problem));
 }
 
+static void device_project(const kernels::HeadProjectProblem& problem, const at::Tensor& on) {
+  check(kernels::head_project(problem, stream_of(on.device())), "head projection",
+        kernels::head_project_check(problem));
+}
+
 static void device_summed(const kernels::SummedAttentionProblem& problem, const at::Tensor& on) {
   check(kernels::summed_attention(problem, stream_of(on.device())), "summed attention",
         kernels::summed_attention_check(problem));
@@ -213,6 +220,7 @@ static void device_quest(const kernels::QuestScoreProblem&, const at::Tensor&) {
 static void device_summed(const kernels::SummedAttentionProblem&, const at::Tensor&) {
   unavailable();
 }
+static void device_project(const kernels::HeadProjectProblem&, const at::Tensor&) { unavailable(); }
 
 #endif
 
@@ -296,6 +304,42 @@ void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on
   const char* why = kernels::quest_score_check(problem);
   KVB_CHECK(why[0] == '\0', "paged cache: host quest page scores: ", why);
   kernels::quest_score_host(problem);
+}
+
+std::vector<at::Tensor> head_project(const std::vector<Projection>& jobs) {
+  KVB_CHECK(!jobs.empty() && jobs.size() <= size_t(kernels::kHeadProjectMaxJobs),
+            "paged cache: 1 to ", kernels::kHeadProjectMaxJobs, " head projections per launch");
+  const at::Tensor& on = jobs[0].x;
+  kernels::HeadProjectProblem p;
+  p.rows = int(on.size(0)), p.jobs = int(jobs.size());
+  std::vector<at::Tensor> outs, held;  // held: the contiguous inputs, alive until the launch
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const Projection& job = jobs[j];
+    KVB_CHECK(job.x.dim() == 3 && job.basis.dim() == 3 && job.x.size(0) == on.size(0) &&
+                  job.x.size(2) == job.basis.size(1) && job.basis.scalar_type() == at::kFloat &&
+                  job.x.device() == on.device() && job.basis.device() == on.device(),
+              "paged cache: head projection ", j, ": x ", job.x.sizes(), " and fp32 basis ",
+              job.basis.sizes(),
+              " on one device expected ([n, heads, in], [basis_heads, in, out])");
+    kernels::HeadProjectJob& a = p.job[j];
+    held.push_back(job.x.contiguous()), held.push_back(job.basis.contiguous());
+    const at::Tensor &x = held[held.size() - 2], &basis = held.back();
+    outs.push_back(
+        at::empty({x.size(0), x.size(1), basis.size(2)}, x.options().dtype(job.out_dtype)));
+    a.heads = int(x.size(1)), a.basis_heads = int(basis.size(0));
+    a.in_dim = int(x.size(2)), a.out_dim = int(basis.size(2));
+    a.x_dtype = act_dtype(x.scalar_type(), "paged cache", "a head projection's input");
+    a.out_dtype = act_dtype(job.out_dtype, "paged cache", "a head projection's output");
+    a.x = x.data_ptr(), a.basis = basis.data_ptr<float>(), a.out = outs.back().data_ptr();
+  }
+  if (on.is_cuda()) {
+    device_project(p, on);
+  } else {
+    const char* why = kernels::head_project_check(p);
+    KVB_CHECK(why[0] == '\0', "paged cache: host head projection: ", why);
+    kernels::head_project_host(p);
+  }
+  return outs;
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include "gear_decode.h"
+#include "head_project.h"
 #include "kv_append.h"
 #include "palu_decode.h"
 #include "quest_score.h"
@@ -70,6 +71,16 @@ at::Tensor summed_attention(const at::Tensor& q, const at::Tensor& keys, const a
 // ~2^-22 of the fp32 formula's, at twice the products.
 at::Tensor summed_attention_split(const at::Tensor& q, const at::Tensor& keys,
                                   const at::Tensor& key_pos, int64_t start);
+
+// One job of head_project: x [n, heads, in] (fp32, fp16 or bf16) through `basis`
+// [basis_heads, in, out] fp32 (head h through basis h / (heads / basis_heads)) into `out_dtype`.
+struct Projection {
+  at::Tensor x, basis;
+  at::ScalarType out_dtype = at::kFloat;
+};
+// Up to three per-head projections (kernels/head_project.h) in one launch, on the jobs' device
+// (the CUDA kernel on a GPU, its host reference on the CPU): [n, heads, out] each, in order.
+std::vector<at::Tensor> head_project(const std::vector<Projection>& jobs);
 
 // Tokens [0, tokens) of one sequence as [kv_heads, tokens, head_dim] fp32 keys and values;
 // `pages`: its block-table row (int32, on the device).

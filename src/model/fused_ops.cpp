@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "kvbench/core/act_dtype.h"
 #include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 #include "kvbench/model/rope.h"
@@ -22,17 +23,7 @@ bool env_is(const char* name, const char* value) {
 }
 
 kernels::ActDtype act_dtype(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return kernels::ActDtype::kF32;
-    case at::kHalf:
-      return kernels::ActDtype::kF16;
-    case at::kBFloat16:
-      return kernels::ActDtype::kBf16;
-    default:
-      throw Error("model ops: activations in " + std::string(c10::toString(t.scalar_type())) +
-                  " (expected float32, float16 or bfloat16)");
-  }
+  return kvbench::act_dtype(t.scalar_type(), "model ops", "activations");
 }
 
 // Runs `problem` with the kernel (CUDA tensors, on torch's current stream of `device`) or its

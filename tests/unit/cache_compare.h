@@ -51,13 +51,14 @@ inline void compare_steps(KVCache& cache, KVCache& ref, int64_t layers, double t
 
 // Packed batches: `seqs` (already added to both caches) take step after step, step i bringing
 // steps[i][b] tokens to seqs[b], every layer in one append_and_attend_batch call of `cache`
-// (inputs on `device`); each sequence's rows must equal what `ref` gives it alone, within
-// `tolerance`.
+// (inputs on `device`, in `dtype`); each sequence's rows must equal what `ref` gives it alone
+// (inputs in fp32), within `tolerance`; `cache` answers in `dtype`.
 inline void compare_batched_steps(KVCache& cache, KVCache& ref, int64_t layers, double tolerance,
                                   const std::vector<int64_t>& seqs,
                                   const std::vector<std::vector<int64_t>>& steps,
                                   const std::function<Block(int64_t n, at::Generator& gen)>& draw,
-                                  uint64_t seed, at::Device device) {
+                                  uint64_t seed, at::Device device,
+                                  at::ScalarType dtype = at::kFloat) {
   auto gen = at::detail::createCPUGenerator(seed);
   for (const std::vector<int64_t>& counts : steps)
     for (int64_t layer = 0; layer < layers; ++layer) {
@@ -69,12 +70,15 @@ inline void compare_batched_steps(KVCache& cache, KVCache& ref, int64_t layers, 
         k.push_back(blocks.back().k.transpose(0, 1));
         v.push_back(blocks.back().v.transpose(0, 1));
       }
-      const at::Tensor got = cache.append_and_attend_batch(
-          layer, seqs, counts, at::cat(q).to(device), at::cat(k).to(device), at::cat(v).to(device));
+      const at::Tensor got =
+          cache.append_and_attend_batch(layer, seqs, counts, at::cat(q).to(device, dtype),
+                                        at::cat(k).to(device, dtype), at::cat(v).to(device, dtype));
+      ASSERT_EQ(got.scalar_type(), dtype);
       for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
         const Block& x = blocks[b];
         const at::Tensor want = ref.append_and_attend(seqs[b], layer, x.q, x.k, x.v);
-        const at::Tensor mine = got.narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kCPU);
+        const at::Tensor mine =
+            got.narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kCPU, at::kFloat);
         const double rel = ((mine - want).norm() / want.norm()).item<double>();
         ASSERT_LT(rel, tolerance) << "sequence " << b << " at " << cache.length(seqs[b])
                                   << " tokens, " << counts[b] << " new, layer " << layer;

@@ -117,6 +117,30 @@ TEST(LatentPagedCacheFullRankTest, IsTheFp16CacheUpToRounding) {
   run_steps(*c.paged, *fp16, 3e-3, 150);
 }
 
+// On a GPU the engine hands q, k and v in the model's fp16 (attend_dtype()) and takes fp16
+// back. The emulated GPU path given fp16 agrees with the reference given the same values in
+// fp32: batched decode steps and a short prefill through the fused projections
+// (kernels/head_project.h), and a block past kProjectedRows through the batched matmuls.
+TEST(LatentPagedCacheDtypeTest, TakesAndGivesTheModelsDtypeOnTheKernelPath) {
+  for (const char* entry : {R"({"name": "kvproj"})", R"({"name": "kvproj", "rank": 64})",
+                            R"({"name": "streamingllm", "sinks": 4, "window": 60,
+                                "codec": "kvproj"})"}) {
+    SCOPED_TRACE(entry);
+    Caches c = make_caches(entry, at::kCPU, true);
+    std::vector<int64_t> seqs;
+    for (int i = 0; i < 3; ++i) {
+      seqs.push_back(c.paged->add_sequence());
+      ASSERT_EQ(c.reference->add_sequence(), seqs.back());
+    }
+    const int64_t long_block = LatentPagedCache::kProjectedRows + 40;
+    std::vector<std::vector<int64_t>> steps = {{30, long_block, 5}};
+    for (int i = 0; i < 6; ++i) steps.push_back({1, 1, 1});
+    steps.push_back({1, 9, 1});
+    testing_support::compare_batched_steps(*c.paged, *c.reference, kLayers, 3e-3, seqs, steps,
+                                           random_block, 41, at::kCPU, at::kHalf);
+  }
+}
+
 // Retention over latent pages: the inner paged cache's retained-index path, so the same
 // positions as the reference cache (StreamingLLM: by position; SnapKV at full rank: scores of
 // the stored latent keys equal the exact keys' up to rounding), and StreamingLLM frees pages.

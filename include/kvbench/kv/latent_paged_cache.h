@@ -41,6 +41,16 @@ class LatentPagedCache final : public LatentPagesCache {
   at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
+  // On a GPU, the coefficients' fp16/bf16: the model's activations go to the projections as
+  // they are.
+  at::ScalarType attend_dtype() const override {
+    return device().is_cuda() ? coef_dtype_ : at::kFloat;
+  }
+
+  // Blocks of at most this many rows (decode steps, small prefill chunks) take the fused
+  // projections on the kernel path; longer blocks the batched matmuls, whose launches are
+  // spread over many rows.
+  static constexpr int64_t kProjectedRows = 1024;
 
  private:
   // Per layer, where the pools are, fp32.
@@ -53,8 +63,15 @@ class LatentPagedCache final : public LatentPagesCache {
   at::Tensor coefficients(const at::Tensor& x, const at::Tensor& basis) const;
   // Per KV head, rows [n, kv_heads, per, a] times `m` [kv_heads, a, b] -> [n, kv_heads, per, b].
   static at::Tensor per_head(const at::Tensor& rows, const at::Tensor& m);
+  // A block on the kernel path: its query, keys and values projected in one launch
+  // (kernels/head_project.h), the latent output back to head_dim in another.
+  at::Tensor attend_projected(int64_t layer, const std::vector<int64_t>& seqs,
+                              const std::vector<int64_t>& counts, const at::Tensor& q,
+                              const at::Tensor& k, const at::Tensor& v, at::ScalarType out_dtype);
 
   int64_t num_kv_heads_, head_dim_, group_;
+  at::ScalarType coef_dtype_;
+  bool has_policy_;
   std::vector<Bases> bases_;
 };
 

@@ -177,6 +177,10 @@ class PagedKVCache final : public KVCache {
   // undefined when nothing was evicted there) and the start of the tail every head keeps.
   std::pair<at::Tensor, int64_t> listed_positions(int64_t seq, int64_t layer) const;
   const PagedFormat& format() const { return format_; }
+  // Whether steps run the GPU path's code (on a GPU, or emulated on the CPU).
+  bool kernel_path() const { return kernel_path_; }
+  // Whether a retention policy (Quest included) chooses what stays.
+  bool retains() const { return policy_ != nullptr; }
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
  private:
