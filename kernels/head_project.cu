@@ -11,13 +11,11 @@ constexpr int kTile = kHeadProjectRowTile;
 __global__ void head_project_kernel(HeadProjectProblem p) {
   const HeadProjectJob& a = p.job[blockIdx.z];
   const int h = blockIdx.x, r0 = blockIdx.y * kTile;
-  if (h >= a.heads) return;  // the grid spans the job with the most heads
-  __shared__ float xs[kTile][kHeadProjectMaxIn];
+  if (h >= a.heads) return;      // the grid spans the job with the most heads
+  extern __shared__ float xs[];  // [kTile][in_dim]: the launch sizes it for the widest job
   for (int i = threadIdx.x; i < kTile * a.in_dim; i += kThreads) {
     const int r = i / a.in_dim, k = i % a.in_dim;
-    xs[r][k] = r0 + r < p.rows
-                   ? load_act(a.x, (size_t(r0 + r) * a.heads + h) * a.in_dim + k, a.x_dtype)
-                   : 0.f;
+    xs[r * a.in_dim + k] = r0 + r < p.rows ? head_project_in(a, r0 + r, h, k) : 0.f;
   }
   __syncthreads();
   const float* basis = a.basis + size_t(h / (a.heads / a.basis_heads)) * a.in_dim * a.out_dim;
@@ -30,7 +28,7 @@ __global__ void head_project_kernel(HeadProjectProblem p) {
     for (int k = 0; k < a.in_dim; ++k) {
       const float b = __ldg(basis + size_t(k) * a.out_dim + c);
 #pragma unroll
-      for (int r = 0; r < kTile; ++r) acc[r] = fmaf(xs[r][k], b, acc[r]);
+      for (int r = 0; r < kTile; ++r) acc[r] = fmaf(xs[r * a.in_dim + k], b, acc[r]);
     }
 #pragma unroll
     for (int r = 0; r < kTile; ++r)
@@ -44,11 +42,12 @@ __global__ void head_project_kernel(HeadProjectProblem p) {
 cudaError_t head_project(const HeadProjectProblem& problem, cudaStream_t stream) {
   if (head_project_check(problem)[0] != '\0') return cudaErrorInvalidValue;
   if (problem.rows == 0) return cudaSuccess;
-  int heads = 0;
-  for (int j = 0; j < problem.jobs; ++j) heads = max(heads, problem.job[j].heads);
+  int heads = 0, in = 0;
+  for (int j = 0; j < problem.jobs; ++j)
+    heads = max(heads, problem.job[j].heads), in = max(in, problem.job[j].in_dim);
   const dim3 grid(heads, (problem.rows + kTile - 1) / kTile, problem.jobs);
   if (grid.y > 65535u) return cudaErrorInvalidValue;
-  head_project_kernel<<<grid, kThreads, 0, stream>>>(problem);
+  head_project_kernel<<<grid, kThreads, kTile * in * sizeof(float), stream>>>(problem);
   return cudaGetLastError();
 }
 

@@ -331,6 +331,20 @@ std::vector<at::Tensor> head_project(const std::vector<Projection>& jobs) {
     a.x_dtype = act_dtype(x.scalar_type(), "paged cache", "a head projection's input");
     a.out_dtype = act_dtype(job.out_dtype, "paged cache", "a head projection's output");
     a.x = x.data_ptr(), a.basis = basis.data_ptr<float>(), a.out = outs.back().data_ptr();
+    if (job.rope_cos.defined()) {
+      const at::Tensor &cos = job.rope_cos, &sin = job.rope_sin, &pos = job.positions;
+      KVB_CHECK(cos.dim() == 2 && cos.is_contiguous() && cos.scalar_type() == at::kFloat &&
+                    sin.defined() && sin.sizes() == cos.sizes() && sin.is_contiguous() &&
+                    sin.scalar_type() == at::kFloat && pos.defined() && pos.dim() == 1 &&
+                    pos.size(0) == x.size(0) && pos.scalar_type() == at::kLong &&
+                    pos.is_contiguous() && cos.device() == on.device() &&
+                    sin.device() == on.device() && pos.device() == on.device(),
+                "paged cache: head projection ", j,
+                ": contiguous fp32 RoPE tables [positions, head_dim] and int64 positions [n] "
+                "beside x expected");
+      a.rope_cos = cos.data_ptr<float>(), a.rope_sin = sin.data_ptr<float>();
+      a.positions = pos.data_ptr<int64_t>(), a.rope_dim = int(cos.size(1));
+    }
   }
   if (on.is_cuda()) {
     device_project(p, on);

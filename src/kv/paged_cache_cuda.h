@@ -73,10 +73,13 @@ at::Tensor summed_attention_split(const at::Tensor& q, const at::Tensor& keys,
                                   const at::Tensor& key_pos, int64_t start);
 
 // One job of head_project: x [n, heads, in] (fp32, fp16 or bf16) through `basis`
-// [basis_heads, in, out] fp32 (head h through basis h / (heads / basis_heads)) into `out_dtype`.
+// [basis_heads, in, out] fp32 (head h through basis h / (heads / basis_heads)) into `out_dtype`;
+// with `rope_cos` defined, each head_dim-wide segment of x's row i rotated back from RoPE at
+// positions[i] first (rope_cos, rope_sin: [positions, head_dim] fp32; positions: [n] int64).
 struct Projection {
   at::Tensor x, basis;
   at::ScalarType out_dtype = at::kFloat;
+  at::Tensor rope_cos, rope_sin, positions;
 };
 // Up to three per-head projections (kernels/head_project.h) in one launch, on the jobs' device
 // (the CUDA kernel on a GPU, its host reference on the CPU): [n, heads, out] each, in order.

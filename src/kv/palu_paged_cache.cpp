@@ -120,6 +120,24 @@ at::Tensor PaluPagedCache::latents(const at::Tensor& x, const at::Tensor& basis,
       .transpose(0, 1);  // [n, groups, r]
 }
 
+std::pair<at::Tensor, at::Tensor> PaluPagedCache::fused_latents(const at::Tensor& k,
+                                                                const at::Tensor& v,
+                                                                const Bases& bases,
+                                                                const at::Tensor& positions) {
+  const at::Device where = latent_.device();
+  auto here = [&](const at::Tensor& t) { return t.device() == where ? t : t.to(where); };
+  const int64_t n = k.size(0), groups = num_kv_heads_ / group_, in = group_ * head_dim_;
+  // Each token's g heads side by side through its group's basis, as latents() multiplies them;
+  // the keys rotated back from RoPE on the way in.
+  paged_cuda::Projection keys{here(k).reshape({n, groups, in}),
+                              bases.key.view({groups, in, width_}), latent_dtype_};
+  keys.rope_cos = rope_cos_, keys.rope_sin = rope_sin_, keys.positions = positions;
+  const std::vector<at::Tensor> out = paged_cuda::head_project(
+      {keys,
+       {here(v).reshape({n, groups, in}), bases.value.view({groups, in, width_}), latent_dtype_}});
+  return {out[0], out[1]};
+}
+
 std::pair<at::Tensor, at::Tensor> PaluPagedCache::rope_rows(int64_t tokens) {
   const int64_t have = rope_cos_.defined() ? rope_cos_.size(0) : 0;
   if (tokens > have) {
@@ -472,9 +490,16 @@ at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vec
   KVB_CHECK(!positions.empty() && int64_t(positions.size()) == k.size(0),
             "paged cache: ", k.size(0), " new rows for counts summing to ", positions.size());
   rope_rows(*std::max_element(positions.begin(), positions.end()) + 1);
+  const at::Tensor& where = step_positions(positions);
+  at::Tensor k_latents, v_latents;
+  if (kernel_path_ && k.size(0) <= kProjectedRows &&
+      group_ * head_dim_ <= kernels::kHeadProjectMaxIn) {
+    std::tie(k_latents, v_latents) = fused_latents(k, v, b, where);
+  } else {
+    k_latents = latents(k, b.key, where), v_latents = latents(v, b.value, at::Tensor());
+  }
   const PagedKVCache::StepPages pages =
-      latent_.append_pages(layer, seqs, counts, latents(k, b.key, step_positions(positions)),
-                           latents(v, b.value, at::Tensor()));
+      latent_.append_pages(layer, seqs, counts, k_latents, v_latents);
   return attend(layer, seqs, counts, pages, b, q, k);
 }
 

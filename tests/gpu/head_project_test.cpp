@@ -3,10 +3,13 @@
 // jobs at Llama-3-8B's attention shape (32 query heads, 8 KV heads, head_dim 128, rank 64),
 // a grouped basis (two KV heads per group), three jobs in one launch, row counts below, at and
 // past a block's tile of 16, every activation dtype in and out, outputs poisoned with NaN
-// first. Both sum the channels in order with fmaf, so the outputs must match bit for bit.
+// first; Palu's keys rotated back from RoPE before their projection. Both sum the channels in
+// order with fmaf (the rotation: one rounded product and an fmaf), so the outputs must match
+// bit for bit.
 // Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -27,7 +30,22 @@ struct JobData {
   kernels::HeadProjectJob job;
   std::vector<uint8_t> x, want, got;
   std::vector<float> basis;
+  std::vector<float> cos, sin;  // a rotation back from RoPE (job.rope_dim > 0)
+  std::vector<int64_t> positions;
 };
+
+// Rotates `d`'s rows back from RoPE at random positions below 4096 first (Palu's keys).
+void add_rotation(JobData& d, int rows, int rope_dim, std::mt19937& rng) {
+  const int positions = 4096;
+  for (int t = 0; t < positions; ++t)
+    for (int i = 0; i < rope_dim; ++i) {
+      const double angle = t * std::pow(10000.0, -2.0 * (i % (rope_dim / 2)) / rope_dim);
+      d.cos.push_back(float(std::cos(angle))), d.sin.push_back(float(std::sin(angle)));
+    }
+  std::uniform_int_distribution<int64_t> pos(0, positions - 1);
+  for (int r = 0; r < rows; ++r) d.positions.push_back(pos(rng));
+  d.job.rope_dim = rope_dim;
+}
 
 JobData make_job(int rows, int heads, int basis_heads, int in, int out, kernels::ActDtype xt,
                  kernels::ActDtype ot, std::mt19937& rng) {
@@ -49,6 +67,7 @@ void run_case(int rows, std::vector<JobData>& jobs) {
   host.rows = dev.rows = rows;
   host.jobs = dev.jobs = int(jobs.size());
   std::vector<DeviceBuffer> x(jobs.size()), basis(jobs.size()), out(jobs.size());
+  std::vector<DeviceBuffer> cos(jobs.size()), sin(jobs.size()), positions(jobs.size());
   for (size_t j = 0; j < jobs.size(); ++j) {
     host.job[j] = dev.job[j] = jobs[j].job;
     host.job[j].x = jobs[j].x.data(), host.job[j].basis = jobs[j].basis.data();
@@ -58,6 +77,16 @@ void run_case(int rows, std::vector<JobData>& jobs) {
     ASSERT_CUDA(out[j].upload(jobs[j].got));
     dev.job[j].x = x[j].ptr, dev.job[j].basis = static_cast<const float*>(basis[j].ptr);
     dev.job[j].out = out[j].ptr;
+    if (jobs[j].job.rope_dim > 0) {
+      host.job[j].rope_cos = jobs[j].cos.data(), host.job[j].rope_sin = jobs[j].sin.data();
+      host.job[j].positions = jobs[j].positions.data();
+      ASSERT_CUDA(cos[j].upload(jobs[j].cos));
+      ASSERT_CUDA(sin[j].upload(jobs[j].sin));
+      ASSERT_CUDA(positions[j].upload(jobs[j].positions));
+      dev.job[j].rope_cos = static_cast<const float*>(cos[j].ptr);
+      dev.job[j].rope_sin = static_cast<const float*>(sin[j].ptr);
+      dev.job[j].positions = static_cast<const int64_t*>(positions[j].ptr);
+    }
   }
   kernels::head_project_host(host);
   ASSERT_CUDA(kernels::head_project(dev, nullptr));
@@ -93,6 +122,27 @@ TEST(HeadProjectGpuTest, MatchesTheHostReferenceBitForBit) {
   }
 }
 
+// Palu's key and value latents: keys rotated back from RoPE first, one latent per KV head
+// (rank 90 in rows of 96) and per group of four heads (512 channels in).
+TEST(HeadProjectGpuTest, RotatesBackLikeTheHostReference) {
+  std::string why;
+  if (!have_gpu(&why)) GTEST_SKIP() << why;
+  using kernels::ActDtype;
+  for (int rows : {1, 17}) {
+    for (ActDtype t : {ActDtype::kF16, ActDtype::kBf16}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + ", dtype " + std::to_string(int(t)));
+      std::mt19937 rng(rows * 11 + int(t));
+      std::vector<JobData> jobs;
+      jobs.push_back(make_job(rows, 8, 8, 128, 96, t, t, rng));
+      add_rotation(jobs.back(), rows, 128, rng);
+      jobs.push_back(make_job(rows, 8, 8, 128, 96, t, t, rng));
+      jobs.push_back(make_job(rows, 2, 2, 512, 128, t, t, rng));
+      add_rotation(jobs.back(), rows, 128, rng);
+      ASSERT_NO_FATAL_FAILURE(run_case(rows, jobs));
+    }
+  }
+}
+
 TEST(HeadProjectGpuTest, RefusesWhatItCannotRun) {
   std::string why;
   if (!have_gpu(&why)) GTEST_SKIP() << why;
@@ -105,9 +155,11 @@ TEST(HeadProjectGpuTest, RefusesWhatItCannotRun) {
   a.x = buf.ptr, a.basis = static_cast<const float*>(buf.ptr),
   a.out = static_cast<float*>(buf.ptr) + 512;
   EXPECT_EQ(kernels::head_project(p, nullptr), cudaErrorInvalidValue);
-  a.heads = 8, a.in_dim = 300;
+  a.heads = 8, a.in_dim = 600;  // past 512
   EXPECT_EQ(kernels::head_project(p, nullptr), cudaErrorInvalidValue);
-  a.in_dim = 8, p.rows = 16 * 65536;  // past the grid
+  a.in_dim = 8, a.rope_cos = static_cast<const float*>(buf.ptr), a.rope_dim = 8;  // no sin
+  EXPECT_EQ(kernels::head_project(p, nullptr), cudaErrorInvalidValue);
+  a.rope_cos = nullptr, p.rows = 16 * 65536;  // past the grid
   EXPECT_EQ(kernels::head_project(p, nullptr), cudaErrorInvalidValue);
   cudaGetLastError();
 }

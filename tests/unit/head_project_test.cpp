@@ -10,6 +10,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../../src/kv/paged_cache_cuda.h"  // the paged cache's wrapper (private to src/kv)
@@ -29,13 +30,31 @@ double unit_roundoff(ActDtype t) {
 
 struct Shape {
   int rows, heads, basis_heads, in, out;
+  int rope_dim = 0;  // > 0: rows rotated back from their RoPE positions first (Palu's keys)
 };
+
+// RoPE tables as model/rope.h lays them out: [positions, d], cat(freqs, freqs).
+std::pair<std::vector<float>, std::vector<float>> rope_tables(int positions, int d) {
+  std::vector<float> cos(size_t(positions) * d), sin(cos.size());
+  for (int t = 0; t < positions; ++t)
+    for (int i = 0; i < d; ++i) {
+      const double angle = t * std::pow(10000.0, -2.0 * (i % (d / 2)) / d);
+      cos[size_t(t) * d + i] = float(std::cos(angle)),
+                          sin[size_t(t) * d + i] = float(std::sin(angle));
+    }
+  return {cos, sin};
+}
 
 TEST(HeadProjectTest, HostReferenceMatchesFloat64) {
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.f, 1.f);
-  for (const Shape s : {Shape{3, 32, 8, 128, 64}, Shape{17, 4, 4, 256, 128},
-                        Shape{2, 32, 8, 64, 128}, Shape{1, 6, 1, 5, 7}}) {
+  const auto tables = rope_tables(600, 128);
+  const std::vector<float>&cos = tables.first, &sin = tables.second;
+  const std::vector<int64_t> positions = {0, 1, 599, 37, 300};  // rows' positions
+  // kvproj's jobs; Palu's keys (rotated back) per KV head and per group of four heads.
+  for (const Shape s :
+       {Shape{3, 32, 8, 128, 64}, Shape{17, 4, 4, 256, 128}, Shape{2, 32, 8, 64, 128},
+        Shape{1, 6, 1, 5, 7}, Shape{5, 8, 8, 128, 96, 128}, Shape{4, 2, 2, 512, 96, 128}}) {
     for (ActDtype xt : {ActDtype::kF32, ActDtype::kF16, ActDtype::kBf16}) {
       for (ActDtype ot : {ActDtype::kF32, ActDtype::kF16, ActDtype::kBf16}) {
         SCOPED_TRACE("heads " + std::to_string(s.heads) + ", in " + std::to_string(s.in) +
@@ -53,6 +72,10 @@ TEST(HeadProjectTest, HostReferenceMatchesFloat64) {
         a.heads = s.heads, a.basis_heads = s.basis_heads, a.in_dim = s.in, a.out_dim = s.out;
         a.x_dtype = xt, a.out_dtype = ot, a.x = x.data(), a.basis = basis.data(),
         a.out = out.data();
+        if (s.rope_dim > 0) {
+          a.rope_cos = cos.data(), a.rope_sin = sin.data(), a.positions = positions.data();
+          a.rope_dim = s.rope_dim;
+        }
         ASSERT_STREQ(kernels::head_project_check(p), "");
         kernels::head_project_host(p);
         const int per = s.heads / s.basis_heads;
@@ -61,10 +84,19 @@ TEST(HeadProjectTest, HostReferenceMatchesFloat64) {
             for (int c = 0; c < s.out; ++c) {
               double want = 0, mag = 0;
               for (int k = 0; k < s.in; ++k) {
-                const double t =
-                    double(kernels::load_act(x.data(), (size_t(r) * s.heads + h) * s.in + k, xt)) *
-                    basis[(size_t(h / per) * s.in + k) * s.out + c];
-                want += t, mag += std::abs(t);
+                const size_t x0 = (size_t(r) * s.heads + h) * s.in;
+                double x_k = kernels::load_act(x.data(), x0 + k, xt), x_mag = std::abs(x_k);
+                if (s.rope_dim > 0) {  // x cos - rotate_half(x) sin
+                  const int d = s.rope_dim, i = k % d, half = d / 2;
+                  const double other = kernels::load_act(
+                      x.data(), x0 + (k - i) + (i < half ? i + half : i - half), xt);
+                  const size_t t = size_t(positions[size_t(r)]) * d + i;
+                  const double rotated = i < half ? -other : other;
+                  x_k = x_k * cos[t] - rotated * sin[t];
+                  x_mag = std::abs(x_mag * cos[t]) + std::abs(rotated * sin[t]);
+                }
+                const double b = basis[(size_t(h / per) * s.in + k) * s.out + c];
+                want += x_k * b, mag += x_mag * std::abs(b);
               }
               const double got =
                   kernels::load_act(out.data(), (size_t(r) * s.heads + h) * s.out + c, ot);

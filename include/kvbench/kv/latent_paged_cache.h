@@ -47,11 +47,6 @@ class LatentPagedCache final : public LatentPagesCache {
     return device().is_cuda() ? coef_dtype_ : at::kFloat;
   }
 
-  // Blocks of at most this many rows (decode steps, small prefill chunks) take the fused
-  // projections on the kernel path; longer blocks the batched matmuls, whose launches are
-  // spread over many rows.
-  static constexpr int64_t kProjectedRows = 1024;
-
  private:
   // Per layer, where the pools are, fp32.
   struct Bases {

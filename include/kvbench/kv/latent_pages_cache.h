@@ -51,6 +51,11 @@ class LatentPagesCache : public KVCache {
   int64_t rank() const { return rank_; }    // the codec's r
   int64_t width() const { return width_; }  // stored values per row, >= r
 
+  // Blocks of at most this many rows (decode steps, small prefill chunks) take the fused
+  // projections (kernels/head_project.h) on the kernel path; longer blocks batched matmuls,
+  // whose launches are spread over many rows.
+  static constexpr int64_t kProjectedRows = 1024;
+
  protected:
   // The inner cache: `latent_heads` heads of `width` (>= the codec's `rank`) in `format`;
   // the rest as PagedKVCache's constructor takes them.

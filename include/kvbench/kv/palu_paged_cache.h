@@ -76,6 +76,11 @@ class PaluPagedCache final : public LatentPagesCache {
   // [n, kv_heads / group, r], each group's heads projected together (values: positions
   // undefined).
   at::Tensor latents(const at::Tensor& x, const at::Tensor& basis, const at::Tensor& positions);
+  // The same for a block's keys and values in one launch (kernels/head_project.h, the keys
+  // rotated back on the way in), in the latents' dtype: the kernel path's blocks of at most
+  // kProjectedRows rows.
+  std::pair<at::Tensor, at::Tensor> fused_latents(const at::Tensor& k, const at::Tensor& v,
+                                                  const Bases& bases, const at::Tensor& positions);
   // Keys (rotated) and values of tokens [0, tokens) of batch row b: [kv_heads, tokens, head_dim].
   std::pair<at::Tensor, at::Tensor> reconstruct(const PagedKVCache::StepPages& pages, int64_t b,
                                                 const Bases& bases, int64_t tokens);
