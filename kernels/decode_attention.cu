@@ -408,7 +408,8 @@ struct Kernel {
   }
 };
 
-template <KvFormat F, int D, bool kMulti>
+// kNT: v3's tiles per step (0: the format's default, K::kTilesPerStep).
+template <KvFormat F, int D, bool kMulti, int kNT = 0>
 __global__ void __launch_bounds__(kThreads)
     decode_kernel(DecodeProblem pr, PagedKv kv, int num_splits, float* ws) {
   using K = Kernel<F, D>;
@@ -475,7 +476,7 @@ __global__ void __launch_bounds__(kThreads)
     __shared__ uint4 sm_kmeta[kKivi ? kWarps : 1][kKivi ? D / 4 : 1];
     uint32_t qk[K::kChunks][2];  // KIVI: the query times the page's key scales
     float kbias = 0.f;           // KIVI: head r's sum of query times the page's key mins
-    constexpr int NT = K::kTilesPerStep;
+    constexpr int NT = kNT > 0 ? kNT : K::kTilesPerStep;
     for (int tile = warp_begin; tile < warp_end; tile += NT) {
       typename K::TileRaw raw[NT];
 #pragma unroll
@@ -682,7 +683,12 @@ template <KvFormat F, int D>
 cudaError_t launch(const DecodeProblem& pr, const PagedKv& kv, const DecodePlan& plan, void* ws,
                    cudaStream_t stream) {
   dim3 grid(plan.num_splits, pr.kv_heads, pr.batch);
-  if (plan.multi_tile)
+  // Two tiles per step is its own instantiation only where it is not the format's default.
+  constexpr bool kOwnTwo = Kernel<F, D>::kTilesPerStep != 2;
+  if (plan.multi_tile && plan.tiles_per_step == 2 && kOwnTwo)
+    decode_kernel<F, D, true, kOwnTwo ? 2 : 0>
+        <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
+  else if (plan.multi_tile)
     decode_kernel<F, D, true>
         <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
   else
@@ -719,6 +725,8 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
   if (pr.q_heads / pr.kv_heads > kDecodeMaxQPerKv)
     return reject("unsupported GQA group: " + std::to_string(pr.q_heads / pr.kv_heads) +
                   " (at most " + std::to_string(kDecodeMaxQPerKv) + ")");
+  if (plan->tiles_per_step != 0 && !(plan->multi_tile && plan->tiles_per_step == 2))
+    return reject("tiles_per_step must be 0, or 2 with multi_tile");
   if (kv.page_size != 16 && kv.page_size != 32 && kv.page_size != 64)
     return reject("unsupported page_size: " + std::to_string(kv.page_size) +
                   " (supported: 16, 32, 64)");

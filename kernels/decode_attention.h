@@ -51,6 +51,10 @@ struct DecodePlan {
   // 4- and 2-bit codes, 2 for 8-bit, 1 for 16-bit) before computing any, KIVI key metadata
   // staged once per page (v3: prepared for the next GPU session, not yet measured).
   bool multi_tile = false;
+  // v3 only: tiles whose loads a warp issues per step. 0: the format's default (above); 2: two
+  // for every format (16-bit, 4- and 2-bit codes included: fewer registers, so more blocks per
+  // multiprocessor; "v3h" in gpu_decode_bench, which measures which wins).
+  int tiles_per_step = 0;
   int num_splits = 1;
   size_t workspace_bytes = 0;  // fp32 partials when num_splits > 1
 };

@@ -39,14 +39,17 @@ void check(cudaError_t err, const char* what, const char* reason) {
             reason && *reason ? std::string(" (") + reason + ")" : std::string());
 }
 
-// The decode kernel's main loop: v3 (multi-tile) when KVBENCH_DECODE_LOOP=v3, else v2 (the
-// measured one) until v3 is measured faster (docs/perf-notes.md).
-bool multi_tile() {
-  static const bool v3 = [] {
-    const char* loop = std::getenv("KVBENCH_DECODE_LOOP");
-    return loop != nullptr && std::string(loop) == "v3";
+// The decode kernel's main loop: v3 (multi-tile) when KVBENCH_DECODE_LOOP=v3, v3 with two
+// tiles per step for every format when v3h, else v2 (the measured one) until v3 is measured
+// faster (docs/perf-notes.md).
+const std::string& decode_loop() {
+  static const std::string loop = [] {
+    const char* env = std::getenv("KVBENCH_DECODE_LOOP");
+    return std::string(env ? env : "v2");
   }();
-  return v3;
+  KVB_CHECK(loop == "v2" || loop == "v3" || loop == "v3h", "KVBENCH_DECODE_LOOP='", loop,
+            "' (expected v2, v3 or v3h)");
+  return loop;
 }
 
 // Per device, asked once: the full property query costs far more than a decode step.
@@ -101,7 +104,8 @@ static at::Tensor device_decode(const kernels::PagedKvStore& store, const Decode
   kv.k_head_scale = store.k_head_scale, kv.v_head_scale = store.v_head_scale;
   kv.k_residual = store.k_residual, kv.v_residual = store.v_residual;
   kernels::DecodePlan plan;
-  plan.multi_tile = multi_tile();
+  plan.multi_tile = decode_loop() == "v3" || decode_loop() == "v3h";
+  plan.tiles_per_step = decode_loop() == "v3h" ? 2 : 0;
   cudaError_t err = kernels::decode_plan(pr, kv, sm_count(q), 0, &plan);
   check(err, "decode plan", kernels::decode_last_error());  // read after the call has set it
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, q.options().dtype(at::kByte));

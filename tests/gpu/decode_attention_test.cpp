@@ -31,6 +31,7 @@ struct Case {
   std::vector<int> seq_lens;
   int force_splits;         // 0: the plan's choice
   bool multi_tile = false;  // the v3 main loop (DecodePlan::multi_tile)
+  int tiles_per_step = 0;   // v3's (DecodePlan::tiles_per_step): 2 is "v3h"
 };
 
 std::string case_name(const Case& c) {
@@ -39,7 +40,7 @@ std::string case_name(const Case& c) {
                   std::to_string(c.page_size);
   if (c.residual) n += "_r" + std::to_string(c.residual);
   n += "_s" + std::to_string(c.force_splits);
-  if (c.multi_tile) n += "_v3";
+  if (c.multi_tile) n += c.tiles_per_step == 2 ? "_v3h" : "_v3";
   for (char& ch : n)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return n;
@@ -107,7 +108,7 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   kv.k_head_scale = static_cast<const float*>(dks.ptr),
   kv.v_head_scale = static_cast<const float*>(dvs.ptr);
   kernels::DecodePlan plan;
-  plan.multi_tile = c.multi_tile;
+  plan.multi_tile = c.multi_tile, plan.tiles_per_step = c.tiles_per_step;
   ASSERT_CUDA(kernels::decode_plan(pr, kv, 132, c.force_splits, &plan));
   if (plan.workspace_bytes) ASSERT_CUDA(cudaMalloc(&dws.ptr, plan.workspace_bytes));
   ASSERT_CUDA(kernels::decode_attention(pr, kv, plan, dws.ptr, nullptr));
@@ -176,6 +177,16 @@ std::vector<Case> all_cases() {
     cases.push_back(cases[i]);
     cases.back().multi_tile = true;
   }
+  // And through v3 with two tiles per step where that is not the format's default (the formats
+  // the acceptance names; the bench times them).
+  for (size_t i = 0; i < v2; ++i) {
+    const KvFormat f = cases[i].format;
+    if (f != KvFormat::kFp16 && f != KvFormat::kInt4 && f != KvFormat::kKivi4 &&
+        f != KvFormat::kKivi2)
+      continue;
+    cases.push_back(cases[i]);
+    cases.back().multi_tile = true, cases.back().tiles_per_step = 2;
+  }
   return cases;
 }
 
@@ -207,6 +218,15 @@ TEST(DecodePlanTest, RejectsUnsupportedShapesWithAReason) {
   EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
   EXPECT_NE(std::string(kernels::decode_last_error()).find("16-byte aligned"), std::string::npos);
   kv.v_data = pool + 8;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaSuccess)
+      << kernels::decode_last_error();
+  // Two tiles per step is a v3 option, and the only other count.
+  plan.tiles_per_step = 2;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
+  EXPECT_NE(std::string(kernels::decode_last_error()).find("tiles_per_step"), std::string::npos);
+  plan.multi_tile = true, plan.tiles_per_step = 3;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
+  plan.tiles_per_step = 2;
   EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaSuccess)
       << kernels::decode_last_error();
 }
