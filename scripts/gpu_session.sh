@@ -108,6 +108,14 @@ stage decode_bench 150 build-gpu/gpu_decode_bench --quick --out "$LOGS/decode_be
 stage sdpa_peer 90 env PYTHONUNBUFFERED=1 python3 scripts/gpu_sdpa_peer.py \
   --ours "$LOGS/decode_bench.jsonl" --out "$LOGS/sdpa.jsonl"
 tail -30 "$LOGS/sdpa_peer.log"
+#    The suites below run each format on its fastest loop of the bench at batch 16 x 32k (v2
+#    where the bench has no line); their reports record it (environment.overrides).
+suite_env=("${cuda_env[@]}")
+loops=$(python3 scripts/best_decode_loops.py "$LOGS/decode_bench.jsonl" 2>/dev/null)
+if [ -n "$loops" ]; then
+  suite_env+=("KVBENCH_DECODE_LOOP=$loops")
+  log "decode loops for the suites: $loops"
+fi
 #    H2O's prefill sums (kernels/summed_attention.cu) at the e2e shape, 2k-16k tokens.
 stage summed_bench 30 build-gpu/summed_attention_bench --out "$LOGS/summed_bench.jsonl"
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.
@@ -123,7 +131,7 @@ memcheck_done=0
 if wait_for "$LOGS/cli.built" 60; then
   build_signal STOP
   for suite in e2e kernels; do
-    stage "$suite" 240 "${cuda_env[@]}" build-cuda/kvbench run -c "configs/gpu-$suite.json" \
+    stage "$suite" 240 "${suite_env[@]}" build-cuda/kvbench run -c "configs/gpu-$suite.json" \
       --out "$LOGS/$suite" --log-level warn
     "${cuda_env[@]}" build-cuda/kvbench report "$LOGS/$suite"/*.json >"$LOGS/$suite-report.md" 2>&1 &&
       grep -v "^$" "$LOGS/$suite-report.md" | head -40

@@ -261,6 +261,9 @@ Environment capture_environment() {
   env.libtorch = TORCH_VERSION;
   env.blas = detect_blas();
   env.cuda = query_cuda();
+  for (const char* name :
+       {"KVBENCH_DECODE_LOOP", "KVBENCH_MODEL_OPS", "KVBENCH_PAGED_PATH", "KVBENCH_SIMD"})
+    if (const char* value = std::getenv(name)) env.overrides[name] = value;
   return env;
 }
 
@@ -300,7 +303,8 @@ nlohmann::json to_json(const Environment& env) {
             {"detail", env.blas.detail},
             {"library", env.blas.library},
             {"reference", env.blas.reference}}},
-          {"cuda", cuda}};
+          {"cuda", cuda},
+          {"overrides", env.overrides}};
 }
 
 }  // namespace kvbench

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -39,17 +40,13 @@ void check(cudaError_t err, const char* what, const char* reason) {
             reason && *reason ? std::string(" (") + reason + ")" : std::string());
 }
 
-// The decode kernel's main loop: v3 (multi-tile) when KVBENCH_DECODE_LOOP=v3, v3 with two
-// tiles per step for every format when v3h, else v2 (the measured one) until v3 is measured
-// faster (docs/perf-notes.md).
-const std::string& decode_loop() {
-  static const std::string loop = [] {
+// The decode kernel's main loop for `format`, from KVBENCH_DECODE_LOOP (decode_loop_for).
+std::string decode_loop(kernels::KvFormat format) {
+  static const std::string spec = [] {
     const char* env = std::getenv("KVBENCH_DECODE_LOOP");
-    return std::string(env ? env : "v2");
+    return std::string(env ? env : "");
   }();
-  KVB_CHECK(loop == "v2" || loop == "v3" || loop == "v3h", "KVBENCH_DECODE_LOOP='", loop,
-            "' (expected v2, v3 or v3h)");
-  return loop;
+  return decode_loop_for(spec, format);
 }
 
 // Per device, asked once: the full property query costs far more than a decode step.
@@ -104,8 +101,8 @@ static at::Tensor device_decode(const kernels::PagedKvStore& store, const Decode
   kv.k_head_scale = store.k_head_scale, kv.v_head_scale = store.v_head_scale;
   kv.k_residual = store.k_residual, kv.v_residual = store.v_residual;
   kernels::DecodePlan plan;
-  plan.multi_tile = decode_loop() == "v3" || decode_loop() == "v3h";
-  plan.tiles_per_step = decode_loop() == "v3h" ? 2 : 0;
+  const std::string loop = decode_loop(store.format);
+  plan.multi_tile = loop != "v2", plan.tiles_per_step = loop == "v3h" ? 2 : 0;
   cudaError_t err = kernels::decode_plan(pr, kv, sm_count(q), 0, &plan);
   check(err, "decode plan", kernels::decode_last_error());  // read after the call has set it
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, q.options().dtype(at::kByte));
@@ -227,6 +224,31 @@ static void device_summed(const kernels::SummedAttentionProblem&, const at::Tens
 static void device_project(const kernels::HeadProjectProblem&, const at::Tensor&) { unavailable(); }
 
 #endif
+
+std::string decode_loop_for(const std::string& spec, kernels::KvFormat format) {
+  auto loop = [&](const std::string& v) {
+    KVB_CHECK(v == "v2" || v == "v3" || v == "v3h", "KVBENCH_DECODE_LOOP='", spec, "': loop '", v,
+              "' (expected v2, v3 or v3h)");
+    return v;
+  };
+  if (spec.empty()) return "v2";
+  if (spec.find('=') == std::string::npos) return loop(spec);
+  std::string chosen = "v2";
+  std::stringstream items(spec);
+  for (std::string item; std::getline(items, item, ',');) {
+    const size_t eq = item.find('=');
+    KVB_CHECK(eq != std::string::npos, "KVBENCH_DECODE_LOOP='", spec, "': '", item,
+              "' is not FORMAT=LOOP");
+    const std::string name = item.substr(0, eq), value = loop(item.substr(eq + 1));
+    bool known = false;
+    for (int f = 0; f <= int(kernels::KvFormat::kInt2); ++f)
+      known = known || name == kernels::format_name(kernels::KvFormat(f));
+    KVB_CHECK(known, "KVBENCH_DECODE_LOOP='", spec, "': unknown format '", name,
+              "' (fp16, bf16, int8, int4, fp8, kivi-2, kivi-4, int4-asym, int2)");
+    if (name == kernels::format_name(format)) chosen = value;
+  }
+  return chosen;
+}
 
 // ---- On CPU tensors: the kernels' host references (the GPU path's code run on the CPU) ----
 

@@ -9,6 +9,8 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 #include "gear_decode.h"
 #include "head_project.h"
 #include "kv_append.h"
@@ -19,6 +21,12 @@ namespace kvbench::paged_cuda {
 
 // Whether this build and libtorch can put a paged cache on `device`; the reason when not.
 std::string unavailable_reason();
+
+// The decode kernel's main loop for `format` under `spec` (KVBENCH_DECODE_LOOP's value): one
+// loop for every format ("v2", "v3" or "v3h": kernels/decode_attention.h's DecodePlan), or a
+// list "FORMAT=LOOP,..." (formats as kernels::format_name spells them; unlisted ones v2); ""
+// is v2. Throws Error naming what it cannot read.
+std::string decode_loop_for(const std::string& spec, kernels::KvFormat format);
 
 // Appends with every pointer of `problem` and `store` on `device`.
 void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store,
@@ -77,9 +85,11 @@ at::Tensor summed_attention_split(const at::Tensor& q, const at::Tensor& keys,
 // with `rope_cos` defined, each head_dim-wide segment of x's row i rotated back from RoPE at
 // positions[i] first (rope_cos, rope_sin: [positions, head_dim] fp32; positions: [n] int64).
 struct Projection {
+  Projection(at::Tensor x_in, at::Tensor basis_in, at::ScalarType out = at::kFloat)
+      : x(std::move(x_in)), basis(std::move(basis_in)), out_dtype(out) {}
   at::Tensor x, basis;
-  at::ScalarType out_dtype = at::kFloat;
-  at::Tensor rope_cos, rope_sin, positions;
+  at::ScalarType out_dtype;
+  at::Tensor rope_cos, rope_sin, positions;  // set after construction where a job rotates
 };
 // Up to three per-head projections (kernels/head_project.h) in one launch, on the jobs' device
 // (the CUDA kernel on a GPU, its host reference on the CPU): [n, heads, out] each, in order.

@@ -1529,6 +1529,9 @@ class ModelCliTest(CliCase):
             res = self.run_on_path(cfg, path)
             self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
             _, report = self.report_from(res)
+            # The report says which code path its numbers came from.
+            self.assertEqual(report["environment"]["overrides"].get("KVBENCH_PAGED_PATH"),
+                             "kernels" if path == "kernels" else None)
             cells = {(c["suite"], c["method"]["name"]): c for c in report["cells"]}
             ids[path] = {c["id"] for c in report["cells"]}
             for name in names:

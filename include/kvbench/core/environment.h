@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,10 @@ struct Environment {
   std::string libtorch;
   BlasInfo blas;
   CudaInfo cuda;
+  // The variables that change which code paths kvbench takes (KVBENCH_DECODE_LOOP,
+  // KVBENCH_MODEL_OPS, KVBENCH_PAGED_PATH, KVBENCH_SIMD), as set when the environment was
+  // captured: the report says which kernels its timings came from.
+  std::map<std::string, std::string> overrides;
 };
 
 Environment capture_environment();

@@ -1,0 +1,43 @@
+// KVBENCH_DECODE_LOOP's reading (paged_cuda::decode_loop_for): one loop for every format, or a
+// loop per format (what scripts/gpu_session.sh writes from the decode bench), and clear errors.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "../../src/kv/paged_cache_cuda.h"  // the paged cache's GPU calls (private to src/kv)
+#include "kvbench/core/error.h"
+
+namespace kvbench {
+namespace {
+
+using kernels::KvFormat;
+
+TEST(DecodeLoopTest, OneLoopOrALoopPerFormat) {
+  EXPECT_EQ(paged_cuda::decode_loop_for("", KvFormat::kInt4), "v2");
+  EXPECT_EQ(paged_cuda::decode_loop_for("v3", KvFormat::kFp16), "v3");
+  EXPECT_EQ(paged_cuda::decode_loop_for("v3h", KvFormat::kKivi4), "v3h");
+  const std::string spec = "fp16=v2,int4=v3h,kivi-4=v3";
+  EXPECT_EQ(paged_cuda::decode_loop_for(spec, KvFormat::kFp16), "v2");
+  EXPECT_EQ(paged_cuda::decode_loop_for(spec, KvFormat::kInt4), "v3h");
+  EXPECT_EQ(paged_cuda::decode_loop_for(spec, KvFormat::kKivi4), "v3");
+  EXPECT_EQ(paged_cuda::decode_loop_for(spec, KvFormat::kKivi2), "v2");  // unlisted
+  EXPECT_EQ(paged_cuda::decode_loop_for("int4-asym=v3", KvFormat::kInt4Asym), "v3");
+}
+
+TEST(DecodeLoopTest, SaysWhatItCannotRead) {
+  auto message = [](const std::string& spec) {
+    try {
+      paged_cuda::decode_loop_for(spec, KvFormat::kInt4);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message("v4").find("loop 'v4' (expected v2, v3 or v3h)"), std::string::npos);
+  EXPECT_NE(message("int5=v3").find("unknown format 'int5'"), std::string::npos);
+  EXPECT_NE(message("int4=v3,kivi").find("'kivi' is not FORMAT=LOOP"), std::string::npos);
+  EXPECT_NE(message("fp16=fast").find("loop 'fast'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvbench
