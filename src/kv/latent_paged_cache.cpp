@@ -93,7 +93,7 @@ at::Tensor LatentPagedCache::append_and_attend_batch(int64_t layer,
   check_batch_block(layer, int64_t(bases_.size()), q, k, v, num_kv_heads_, head_dim_);
   // fp32 in, fp32 out; the coefficients' dtype in (attend_dtype()), the same out.
   const at::ScalarType out_dtype = q.scalar_type() == coef_dtype_ ? coef_dtype_ : at::kFloat;
-  // (The fused projections take up to 256 channels in: every real head_dim.)
+  // (The fused projections take up to 512 channels in: every real head_dim.)
   const bool fits =
       group_ * head_dim_ <= kernels::kHeadProjectMaxIn && width_ <= kernels::kHeadProjectMaxIn;
   if (latent_.kernel_path() && fits && q.size(0) <= kProjectedRows)

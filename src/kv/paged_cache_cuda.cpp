@@ -338,7 +338,13 @@ std::vector<at::Tensor> head_project(const std::vector<Projection>& jobs) {
   const at::Tensor& on = jobs[0].x;
   kernels::HeadProjectProblem p;
   p.rows = int(on.size(0)), p.jobs = int(jobs.size());
-  std::vector<at::Tensor> outs, held;  // held: the contiguous inputs, alive until the launch
+  std::vector<at::Tensor> outs, held;      // held: the contiguous inputs, alive until the launch
+  if (on.dim() >= 1 && on.size(0) == 0) {  // no rows: nothing to launch (and null data pointers)
+    for (const Projection& job : jobs)
+      outs.push_back(
+          at::empty({0, job.x.size(1), job.basis.size(2)}, job.x.options().dtype(job.out_dtype)));
+    return outs;
+  }
   for (size_t j = 0; j < jobs.size(); ++j) {
     const Projection& job = jobs[j];
     KVB_CHECK(job.x.dim() == 3 && job.basis.dim() == 3 && job.x.size(0) == on.size(0) &&

@@ -129,14 +129,16 @@ TEST(HeadProjectGpuTest, RotatesBackLikeTheHostReference) {
   if (!have_gpu(&why)) GTEST_SKIP() << why;
   using kernels::ActDtype;
   for (int rows : {1, 17}) {
-    for (ActDtype t : {ActDtype::kF16, ActDtype::kBf16}) {
+    for (ActDtype t : {ActDtype::kF16, ActDtype::kBf16, ActDtype::kF32}) {
       SCOPED_TRACE("rows " + std::to_string(rows) + ", dtype " + std::to_string(int(t)));
       std::mt19937 rng(rows * 11 + int(t));
+      // fp32 keys (Palu takes fp32 activations) into 16-bit latents too.
+      const ActDtype o = t == ActDtype::kF32 ? ActDtype::kF16 : t;
       std::vector<JobData> jobs;
-      jobs.push_back(make_job(rows, 8, 8, 128, 96, t, t, rng));
+      jobs.push_back(make_job(rows, 8, 8, 128, 96, t, o, rng));
       add_rotation(jobs.back(), rows, 128, rng);
-      jobs.push_back(make_job(rows, 8, 8, 128, 96, t, t, rng));
-      jobs.push_back(make_job(rows, 2, 2, 512, 128, t, t, rng));
+      jobs.push_back(make_job(rows, 8, 8, 128, 96, t, o, rng));
+      jobs.push_back(make_job(rows, 2, 2, 512, 128, t, o, rng));
       add_rotation(jobs.back(), rows, 128, rng);
       ASSERT_NO_FATAL_FAILURE(run_case(rows, jobs));
     }

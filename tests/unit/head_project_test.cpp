@@ -140,6 +140,12 @@ TEST(HeadProjectTest, WrapperMatchesTheFormula) {
   const at::Tensor lat = at::randn({n, 32, 64}).to(at::kHalf), bo = at::randn({8, 64, 128}) * 0.1;
   const at::Tensor back = paged_cuda::head_project({{lat, bo, at::kHalf}})[0];
   EXPECT_TRUE(at::allclose(back.to(at::kFloat), formula(lat, bo), 2e-3, 2e-3));
+  // No rows: empty outputs of the jobs' shapes, nothing launched.
+  const std::vector<at::Tensor> none =
+      paged_cuda::head_project({{q.narrow(0, 0, 0), bq, at::kHalf}, {v.narrow(0, 0, 0), bv}});
+  EXPECT_EQ(none[0].sizes(), (std::vector<int64_t>{0, 32, 64}));
+  EXPECT_EQ(none[1].sizes(), (std::vector<int64_t>{0, 8, 64}));
+  EXPECT_EQ(none[1].scalar_type(), at::kFloat);
 }
 
 TEST(HeadProjectTest, WrapperRefusesBadJobs) {
@@ -153,6 +159,7 @@ TEST(HeadProjectTest, WrapperRefusesBadJobs) {
   EXPECT_THROW(paged_cuda::head_project({{x, b}, {at::randn({3, 8, 16}), b}}), Error);  // rows
   try {
     paged_cuda::head_project({{x, at::randn({3, 16, 8})}});
+    ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("multiple of basis_heads"), std::string::npos) << e.what();
   }

@@ -46,13 +46,14 @@ struct Caches {
   // fp16 query and output and fast exp2 (its own tests' bound).
   double tolerance = 2e-5;
 };
-Caches make_caches(const std::string& entry, const at::Device& device, bool emulated = false) {
+Caches make_caches(const std::string& entry, const at::Device& device, bool emulated = false,
+                   at::ScalarType dtype = at::kHalf) {
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
-  auto codec = testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim);
+  auto codec = testing_support::ready(make_codec(method, dtype), kLayers, kKvHeads, kDim);
   auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec);
   return {
-      std::make_unique<LatentPagedCache>(lowrank, at::kHalf, kLayers, kKvHeads, kDim,
-                                         PagedCapacity{}, device, make_policy(method), emulated),
+      std::make_unique<LatentPagedCache>(lowrank, dtype, kLayers, kKvHeads, kDim, PagedCapacity{},
+                                         device, make_policy(method), emulated),
       make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference"), "",
       device.is_cuda() || emulated ? 2e-3 : 2e-5};
 }
@@ -124,9 +125,13 @@ TEST(LatentPagedCacheFullRankTest, IsTheFp16CacheUpToRounding) {
 TEST(LatentPagedCacheDtypeTest, TakesAndGivesTheModelsDtypeOnTheKernelPath) {
   for (const char* entry : {R"({"name": "kvproj"})", R"({"name": "kvproj", "rank": 64})",
                             R"({"name": "streamingllm", "sinks": 4, "window": 60,
-                                "codec": "kvproj"})"}) {
+                                "codec": "kvproj"})",
+                            "bf16"}) {
     SCOPED_TRACE(entry);
-    Caches c = make_caches(entry, at::kCPU, true);
+    // A bf16 model: bf16 coefficients, activations and output (its rounding: 2^-9).
+    const bool bf16 = std::string(entry) == "bf16";
+    Caches c = make_caches(bf16 ? R"({"name": "kvproj"})" : entry, at::kCPU, true,
+                           bf16 ? at::kBFloat16 : at::kHalf);
     std::vector<int64_t> seqs;
     for (int i = 0; i < 3; ++i) {
       seqs.push_back(c.paged->add_sequence());
@@ -136,8 +141,9 @@ TEST(LatentPagedCacheDtypeTest, TakesAndGivesTheModelsDtypeOnTheKernelPath) {
     std::vector<std::vector<int64_t>> steps = {{30, long_block, 5}};
     for (int i = 0; i < 6; ++i) steps.push_back({1, 1, 1});
     steps.push_back({1, 9, 1});
-    testing_support::compare_batched_steps(*c.paged, *c.reference, kLayers, 3e-3, seqs, steps,
-                                           random_block, 41, at::kCPU, at::kHalf);
+    testing_support::compare_batched_steps(*c.paged, *c.reference, kLayers, bf16 ? 2e-2 : 3e-3,
+                                           seqs, steps, random_block, 41, at::kCPU,
+                                           bf16 ? at::kBFloat16 : at::kHalf);
   }
 }
 
