@@ -50,8 +50,7 @@ LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
       num_kv_heads_(num_kv_heads),
       head_dim_(head_dim),
       group_(codec_->group()),
-      coef_dtype_(coef_dtype),
-      has_policy_(latent_.retains()) {
+      coef_dtype_(coef_dtype) {
   const int64_t groups = num_kv_heads_ / group_;
   // The inner cache scales scores by 1 / sqrt(width); the model's is 1 / sqrt(head_dim).
   const double query_scale = std::sqrt(double(width_) / double(head_dim_));
@@ -118,7 +117,7 @@ at::Tensor LatentPagedCache::attend_projected(int64_t layer, const std::vector<i
   const int64_t n = q.size(0), groups = num_kv_heads_ / group_;
   // The inner cache takes 16-bit queries straight to its kernels; under a policy, fp32 (its
   // scores are the policy's).
-  const at::ScalarType q_dtype = has_policy_ ? at::kFloat : coef_dtype_;
+  const at::ScalarType q_dtype = latent_.retains() ? at::kFloat : coef_dtype_;
   const std::vector<at::Tensor> in = paged_cuda::head_project(
       {{here(q), b.query, q_dtype},
        {here(k).reshape({n, groups, group_ * head_dim_}), b.key, coef_dtype_},

@@ -40,13 +40,17 @@ void check(cudaError_t err, const char* what, const char* reason) {
             reason && *reason ? std::string(" (") + reason + ")" : std::string());
 }
 
-// The decode kernel's main loop for `format`, from KVBENCH_DECODE_LOOP (decode_loop_for).
-std::string decode_loop(kernels::KvFormat format) {
-  static const std::string spec = [] {
+// The decode kernel's main loop for `format`, from KVBENCH_DECODE_LOOP (decode_loop_for), read
+// once for every format (not once per launch).
+const std::string& decode_loop(kernels::KvFormat format) {
+  static const std::vector<std::string> loops = [] {
     const char* env = std::getenv("KVBENCH_DECODE_LOOP");
-    return std::string(env ? env : "");
+    std::vector<std::string> per_format;
+    for (int f = 0; f <= int(kernels::KvFormat::kInt2); ++f)
+      per_format.push_back(decode_loop_for(env ? env : "", kernels::KvFormat(f)));
+    return per_format;
   }();
-  return decode_loop_for(spec, format);
+  return loops[size_t(format)];
 }
 
 // Per device, asked once: the full property query costs far more than a decode step.
@@ -101,7 +105,7 @@ static at::Tensor device_decode(const kernels::PagedKvStore& store, const Decode
   kv.k_head_scale = store.k_head_scale, kv.v_head_scale = store.v_head_scale;
   kv.k_residual = store.k_residual, kv.v_residual = store.v_residual;
   kernels::DecodePlan plan;
-  const std::string loop = decode_loop(store.format);
+  const std::string& loop = decode_loop(store.format);
   plan.multi_tile = loop != "v2", plan.tiles_per_step = loop == "v3h" ? 2 : 0;
   cudaError_t err = kernels::decode_plan(pr, kv, sm_count(q), 0, &plan);
   check(err, "decode plan", kernels::decode_last_error());  // read after the call has set it

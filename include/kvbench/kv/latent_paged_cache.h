@@ -66,7 +66,6 @@ class LatentPagedCache final : public LatentPagesCache {
 
   int64_t num_kv_heads_, head_dim_, group_;
   at::ScalarType coef_dtype_;
-  bool has_policy_;
   std::vector<Bases> bases_;
 };
 
