@@ -52,8 +52,9 @@ struct DecodePlan {
   // staged once per page (v3: prepared for the next GPU session, not yet measured).
   bool multi_tile = false;
   // v3 only: tiles whose loads a warp issues per step. 0: the format's default (above); 2: two
-  // for every format (16-bit, 4- and 2-bit codes included: fewer registers, so more blocks per
-  // multiprocessor; "v3h" in gpu_decode_bench, which measures which wins).
+  // for every format ("v3h" in gpu_decode_bench, which measures which wins). For 4- and 2-bit
+  // codes that is fewer registers than their default of 4, so more blocks per multiprocessor;
+  // for 16-bit formats (default 1) it is more bytes in flight per warp at more registers.
   int tiles_per_step = 0;
   int num_splits = 1;
   size_t workspace_bytes = 0;  // fp32 partials when num_splits > 1

@@ -20,12 +20,25 @@ __global__ void quest_score_kernel(QuestScoreProblem p) {
   }
 }
 
+__global__ void quest_fold_kernel(QuestFoldProblem p) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < p.kv_heads * p.head_dim) quest_fold_element(p, blockIdx.y, e);
+}
+
 }  // namespace
 
 cudaError_t quest_score(const QuestScoreProblem& problem, cudaStream_t stream) {
   if (quest_score_check(problem)[0] != '\0') return cudaErrorInvalidValue;
   const dim3 grid((problem.most + kWarps - 1) / kWarps, problem.batch);
   quest_score_kernel<<<grid, 32 * kWarps, 0, stream>>>(problem);
+  return cudaGetLastError();
+}
+
+cudaError_t quest_fold(const QuestFoldProblem& problem, cudaStream_t stream) {
+  if (quest_fold_check(problem)[0] != '\0') return cudaErrorInvalidValue;
+  constexpr int kThreads = 256;
+  const dim3 grid((problem.kv_heads * problem.head_dim + kThreads - 1) / kThreads, problem.batch);
+  quest_fold_kernel<<<grid, kThreads, 0, stream>>>(problem);
   return cudaGetLastError();
 }
 

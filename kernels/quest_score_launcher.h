@@ -1,6 +1,6 @@
-// Launches Quest's page scoring (quest_score.h) on the GPU: one warp per (sequence, page),
-// its lanes over channels, every KV head in turn. All pointers in the problem are device
-// pointers.
+// Launches Quest's page scoring and bound folding (quest_score.h) on the GPU. Scoring: one warp per
+// (sequence, page), its lanes over channels, every KV head in turn. All pointers in the problem are
+// device pointers.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,5 +10,8 @@
 namespace kvbench::kernels {
 
 cudaError_t quest_score(const QuestScoreProblem& problem, cudaStream_t stream);
+
+// The step's new keys into their pages' bounds (QuestFoldProblem): a thread per element.
+cudaError_t quest_fold(const QuestFoldProblem& problem, cudaStream_t stream);
 
 }  // namespace kvbench::kernels

@@ -121,7 +121,7 @@ stage summed_bench 30 build-gpu/summed_attention_bench --out "$LOGS/summed_bench
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.
 memcheck() {
   stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests \
-    --gtest_brief=1 --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*HeadProjectGpu*-*_v3h'
+    --gtest_brief=1 --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*HeadProjectGpu*-*_v3h'
   memcheck_done=1
 }
 memcheck_done=0
@@ -160,11 +160,12 @@ stage ncu 150 bash -c "rc=0; for c in fp16:v2 int4:v2 int4:v3 kivi-2:v2 kivi-2:v
     -k regex:decode_kernel --launch-skip 40 --launch-count 1 \
     build-gpu/gpu_decode_bench --profile \$c:16:32768 || rc=1; done; exit \$rc"
 # 7. Shared-memory races in the never-run v3 loop (its KIVI staging once read a neighbour's
-#    buffer, which memcheck cannot see) and in summed_attention's reused tiles (split keys):
-#    racecheck on five cases, if time is left.
+#    buffer, which memcheck cannot see), in v3h's restaging of KIVI's key metadata every two
+#    tiles, and in summed_attention's reused tiles (split keys): racecheck on six cases, if
+#    time is left.
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/gpu_tests \
   --gtest_brief=1 \
-  --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split'
+  --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v3h:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split'
 log "done"
 cp "$OUT/session.log" "$LOGS/session.log"
 bundle

@@ -462,20 +462,58 @@ void PagedKVCache::fold_quest_bounds(Sequence& s, int64_t layer, const kernels::
 
 void PagedKVCache::fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer,
                                    const at::Tensor& keys) {
+  std::vector<int64_t> pages;  // the page each sequence's new key falls in
+  for (Sequence* s : seqs) {
+    pages.push_back(s->length / quest_->page_size());
+    grow_quest_bounds(*s, layer, pages.back() + 1);
+  }
+  if (kernel_path_) return fold_quest_keys_kernel(seqs, layer, keys, pages);
   // One new key is its page's update as it is. Each page's bounds are one contiguous
-  // [kv_heads, d] row, so the batch's updates are one foreach operator each (one launch on a
-  // GPU).
+  // [kv_heads, d] row, so the batch's updates are one foreach operator each.
   const at::Tensor lo = half_bounds(keys, true).contiguous(),
                    hi = half_bounds(keys, false).contiguous();
   std::vector<at::Tensor> mins, maxs;
-  for (Sequence* s : seqs) {
-    const int64_t page = s->length / quest_->page_size();
-    grow_quest_bounds(*s, layer, page + 1);
-    const QuestBounds& qb = s->quest[size_t(layer)];
-    mins.push_back(qb.mins[page]), maxs.push_back(qb.maxs[page]);
+  for (size_t j = 0; j < seqs.size(); ++j) {
+    const QuestBounds& qb = seqs[j]->quest[size_t(layer)];
+    mins.push_back(qb.mins[pages[j]]), maxs.push_back(qb.maxs[pages[j]]);
   }
   at::_foreach_minimum_(mins, lo.unbind(0));
   at::_foreach_maximum_(maxs, hi.unbind(0));
+}
+
+void PagedKVCache::fold_quest_keys_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
+                                          const at::Tensor& keys,
+                                          const std::vector<int64_t>& pages) const {
+  // The bounds' addresses and pages go up in one copy; the kernel rounds and folds every
+  // element (no per-sequence views, no rounding operators).
+  const int64_t S = int64_t(seqs.size());
+  std::vector<int64_t> packed;  // [mins S][maxs S][page S]
+  for (at::Tensor QuestBounds::*bound : {&QuestBounds::mins, &QuestBounds::maxs})
+    for (const Sequence* s : seqs)
+      packed.push_back(int64_t(reinterpret_cast<uintptr_t>(quest_bound_data(*s, layer, bound))));
+  packed.insert(packed.end(), pages.begin(), pages.end());
+  const at::Tensor up = upload(at::tensor(packed, at::kLong));
+  const at::Tensor x = keys.to(at::kFloat).contiguous();
+  KVB_CHECK(x.dim() == 3 && x.size(0) == S && x.size(1) == num_kv_heads_ &&
+                x.size(2) == head_dim_ && x.device() == device_,
+            "paged cache: Quest's new keys must be [sequences, kv_heads, head_dim] on ",
+            device_.str());
+  kernels::QuestFoldProblem pr;
+  pr.batch = int(S), pr.kv_heads = int(num_kv_heads_), pr.head_dim = int(head_dim_);
+  int64_t* base = up.data_ptr<int64_t>();
+  pr.mins = reinterpret_cast<uint16_t* const*>(base);
+  pr.maxs = reinterpret_cast<uint16_t* const*>(base + S);
+  pr.page = base + 2 * S;
+  pr.keys = x.data_ptr<float>();
+  paged_cuda::quest_fold(pr, x);
+}
+
+uint16_t* PagedKVCache::quest_bound_data(const Sequence& s, int64_t layer,
+                                         at::Tensor QuestBounds::*bound) const {
+  const at::Tensor& t = s.quest[size_t(layer)].*bound;
+  KVB_CHECK(t.is_contiguous() && t.scalar_type() == at::kHalf,
+            "paged cache: Quest's page bounds must be contiguous fp16");
+  return reinterpret_cast<uint16_t*>(t.data_ptr());
 }
 
 void PagedKVCache::grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const {
@@ -543,7 +581,7 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
           .index_copy_(0, where, u)
           .view({S, most, num_kv_heads_})
           .permute({0, 2, 1});  // [S, kv_heads, most]; padding masked by select_pages
-  return quest_->select_pages(bounds, index.narrow(0, 2 * all, S)).to(at::kCPU);
+  return quest_->select_pages(bounds, index.narrow(0, 2 * all, S)).to(at::kCPU).contiguous();
 }
 
 at::Tensor PagedKVCache::quest_pages_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
@@ -554,13 +592,9 @@ at::Tensor PagedKVCache::quest_pages_kernel(const std::vector<Sequence*>& seqs, 
   // query rows go up in one copy, and the kernel reads every bound once.
   const int64_t S = int64_t(seqs.size());
   std::vector<int64_t> packed;  // [mins S][maxs S][pages S][rows S]
-  for (const at::Tensor QuestBounds::*bound : {&QuestBounds::mins, &QuestBounds::maxs})
-    for (const Sequence* s : seqs) {
-      const at::Tensor& t = s->quest[size_t(layer)].*bound;
-      KVB_CHECK(t.is_contiguous() && t.scalar_type() == at::kHalf,
-                "paged cache: Quest's page bounds must be contiguous fp16");
-      packed.push_back(int64_t(reinterpret_cast<uintptr_t>(t.data_ptr())));
-    }
+  for (at::Tensor QuestBounds::*bound : {&QuestBounds::mins, &QuestBounds::maxs})
+    for (const Sequence* s : seqs)
+      packed.push_back(int64_t(reinterpret_cast<uintptr_t>(quest_bound_data(*s, layer, bound))));
   packed.insert(packed.end(), pages.begin(), pages.end());
   packed.insert(packed.end(), rows.begin(), rows.end());
   const at::Tensor up = upload(at::tensor(packed, at::kLong));
@@ -577,21 +611,28 @@ at::Tensor PagedKVCache::quest_pages_kernel(const std::vector<Sequence*>& seqs, 
   pr.pages = base + 2 * S;
   pr.pos = p.data_ptr<float>(), pr.neg = n.data_ptr<float>(), pr.out = bounds.data_ptr<float>();
   paged_cuda::quest_score(pr, bounds);
-  return quest_->select_pages(bounds, counts).to(at::kCPU);
+  return quest_->select_pages(bounds, counts).to(at::kCPU).contiguous();
 }
 
-at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t held) const {
+at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t j, int64_t held,
+                                      at::ScalarType dtype) const {
   // A loop over the host copy: this runs per sequence, layer and decode step.
-  const int64_t P = quest_->page_size(), n = pages.size(1);
+  const int64_t P = quest_->page_size(), n = pages.size(2);
   const int64_t keep = (n - 1) * P + (held - (held - 1) / P * P);
-  KVB_CHECK(pages.is_cpu() && pages.scalar_type() == at::kLong,
-            "paged cache: Quest's chosen pages must be int64 on the host");
-  const at::Tensor chosen = pages.is_contiguous() ? pages : pages.contiguous();
-  const int64_t* page = chosen.data_ptr<int64_t>();
-  at::Tensor tokens = at::empty({num_kv_heads_, keep}, at::kLong);
-  int64_t* t = tokens.data_ptr<int64_t>();
-  for (int64_t h = 0; h < num_kv_heads_; ++h)
-    for (int64_t i = 0; i < keep; ++i) *t++ = page[h * n + i / P] * P + i % P;
+  KVB_CHECK(pages.is_cpu() && pages.scalar_type() == at::kLong && pages.is_contiguous(),
+            "paged cache: Quest's chosen pages must be contiguous int64 on the host");
+  KVB_CHECK(dtype == at::kLong || dtype == at::kInt,
+            "paged cache: Quest's tokens are int32 or int64");
+  const int64_t* page = pages.data_ptr<int64_t>() + j * num_kv_heads_ * n;
+  at::Tensor tokens = at::empty({num_kv_heads_, keep}, dtype);
+  auto fill = [&](auto* t) {
+    for (int64_t h = 0; h < num_kv_heads_; ++h)
+      for (int64_t i = 0; i < keep; ++i) *t++ = page[h * n + i / P] * P + i % P;
+  };
+  if (dtype == at::kInt)
+    fill(tokens.data_ptr<int>());
+  else
+    fill(tokens.data_ptr<int64_t>());
   return tokens;
 }
 
@@ -630,15 +671,18 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
                     exact_keys ? k.to(device_, input_dtype()).to(at::kFloat)
                                : at::cat(keys, 1).transpose(0, 1));
   std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
+  // The retained-index kernel reads int32 lists; the reference rows take int64 positions.
+  const bool listed = kernel_path_ && step.max_new == 1;
   if (!sparse.empty()) {  // the sparse sequences' pages in one read-back, then their tokens
     const at::Tensor pages = quest_pages(sparse, layer, q, sparse_rows);
     for (size_t j = 0; j < sparse.size(); ++j)
-      positions[size_t(sparse_b[j])] = quest_tokens(pages[int64_t(j)], sparse[j]->length + 1);
+      positions[size_t(sparse_b[j])] =
+          quest_tokens(pages, int64_t(j), sparse[j]->length + 1, listed ? at::kInt : at::kLong);
   }
   const bool any_sparse = !sparse.empty();
   retention_s_ += watch.seconds();
   if (!any_sparse) return attend_dense(step, counts, q, store);
-  if (kernel_path_ && step.max_new == 1) {
+  if (listed) {
     // Each sequence's pages this step as a list the retained-index kernel reads (no tail).
     std::vector<at::Tensor> hosts;
     for (const at::Tensor& p : positions)

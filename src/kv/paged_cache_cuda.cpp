@@ -177,6 +177,11 @@ static void device_quest(const kernels::QuestScoreProblem& problem, const at::Te
         kernels::quest_score_check(problem));
 }
 
+static void device_quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on) {
+  check(kernels::quest_fold(problem, stream_of(on.device())), "quest bound folding",
+        kernels::quest_fold_check(problem));
+}
+
 static void device_project(const kernels::HeadProjectProblem& problem, const at::Tensor& on) {
   check(kernels::head_project(problem, stream_of(on.device())), "head projection",
         kernels::head_project_check(problem));
@@ -222,6 +227,9 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
 static void device_palu(const kernels::PaluProblem&, int64_t, const at::Tensor&) { unavailable(); }
 static void device_gear(const kernels::GearProblem&, int64_t, const at::Tensor&) { unavailable(); }
 static void device_quest(const kernels::QuestScoreProblem&, const at::Tensor&) { unavailable(); }
+static void device_quest_fold(const kernels::QuestFoldProblem&, const at::Tensor&) {
+  unavailable();
+}
 static void device_summed(const kernels::SummedAttentionProblem&, const at::Tensor&) {
   unavailable();
 }
@@ -334,6 +342,13 @@ void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on
   const char* why = kernels::quest_score_check(problem);
   KVB_CHECK(why[0] == '\0', "paged cache: host quest page scores: ", why);
   kernels::quest_score_host(problem);
+}
+
+void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on) {
+  if (on.is_cuda()) return device_quest_fold(problem, on);
+  const char* why = kernels::quest_fold_check(problem);
+  KVB_CHECK(why[0] == '\0', "paged cache: host quest bound folding: ", why);
+  kernels::quest_fold_host(problem);
 }
 
 std::vector<at::Tensor> head_project(const std::vector<Projection>& jobs) {

@@ -68,6 +68,10 @@ void gear(const kernels::GearProblem& problem, int64_t max_len, const at::Tensor
 // the CUDA kernel on a GPU, its host reference on the CPU.
 void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on);
 
+// A decode step's keys folded into Quest's page bounds (kernels/quest_score.h's
+// QuestFoldProblem), where `on` is: the CUDA kernel on a GPU, its host reference on the CPU.
+void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on);
+
 // H2O's accumulated attention of a prefill block: retention_policy.h's summed_attention (same
 // arguments and contract, `key_pos` and `start` unused), from q and keys rounded to 16 bits (the
 // model's bf16, else fp16), fp32 accumulation: kernels/summed_attention.h's two passes on a GPU

@@ -32,6 +32,7 @@ struct Case {
   int force_splits;         // 0: the plan's choice
   bool multi_tile = false;  // the v3 main loop (DecodePlan::multi_tile)
   int tiles_per_step = 0;   // v3's (DecodePlan::tiles_per_step): 2 is "v3h"
+  bool batch_rows = false;  // no seq_rows: sequence b's rings and scales at row b
 };
 
 std::string case_name(const Case& c) {
@@ -40,6 +41,7 @@ std::string case_name(const Case& c) {
                   std::to_string(c.page_size);
   if (c.residual) n += "_r" + std::to_string(c.residual);
   n += "_s" + std::to_string(c.force_splits);
+  if (c.batch_rows) n += "_norows";
   if (c.multi_tile) n += c.tiles_per_step == 2 ? "_v3h" : "_v3";
   for (char& ch : n)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
@@ -64,8 +66,9 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   }
   HostPagedCache cache = build_paged_cache(c.format, c.kv_heads, D, c.page_size, c.residual, keys,
                                            values, c.seq_lens, rng);
-  const std::vector<int> rows = reversed_rows(B);  // rings and scales not in batch order
-  move_rows(cache, rows);
+  // Rings and scales not in batch order, unless the case reads them at the batch's rows.
+  const std::vector<int> rows = reversed_rows(B);
+  if (!c.batch_rows) move_rows(cache, rows);
   const bool bf16 = c.format == KvFormat::kBf16;
   std::normal_distribution<float> normal(0.f, 1.f);
   std::vector<uint16_t> q_bits(size_t(B) * c.q_heads * D);
@@ -98,7 +101,7 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   for (int T : c.seq_lens) pr.max_seq_len = std::max(pr.max_seq_len, T);
   pr.block_table = static_cast<const int*>(dtable.ptr);
   pr.seq_lens = static_cast<const int*>(dlens.ptr);
-  pr.seq_rows = static_cast<const int*>(drows.ptr);
+  pr.seq_rows = c.batch_rows ? nullptr : static_cast<const int*>(drows.ptr);
   pr.softmax_scale = 1.f / std::sqrt(float(D));
   pr.q = dq.ptr, pr.out = dout.ptr;
   kernels::PagedKv kv;
@@ -166,11 +169,19 @@ std::vector<Case> all_cases() {
           const int page = kivi ? 32 : (D == 64 ? 16 : 32);
           cases.push_back({f, D, heads.first, heads.second, page, kivi ? 64 : 0, lens, splits});
         }
-    if (kivi)
+    if (kivi) {
       cases.push_back({f, 128, 32, 8, 16, 128, {1, 100, 129, 1000}, 0});
-    else
+      // Pages of 64 tokens: four tiles to a page, one value group per token at head_dim 64.
+      cases.push_back({f, 64, 8, 2, 64, 64, {1, 100, 129, 1000}, 5});
+    } else {
       cases.push_back({f, 128, 32, 8, 64, 0, {1, 100, 129, 1000}, 0});
+    }
   }
+  // The rings and scales at the batch's own rows (seq_rows null, as the bench launches).
+  cases.push_back({KvFormat::kFp16, 128, 32, 8, 32, 0, {1, 100, 129, 1000}, 0});
+  cases.back().batch_rows = true;
+  cases.push_back({KvFormat::kKivi4, 128, 32, 8, 32, 64, {1, 100, 129, 1000}, 0});
+  cases.back().batch_rows = true;
   // Every case again through the v3 (multi-tile) main loop.
   const size_t v2 = cases.size();
   for (size_t i = 0; i < v2; ++i) {

@@ -312,9 +312,17 @@ class PagedKVCache final : public KVCache {
   // order of `seqs`) into their page bounds: their rounding and updates in one set of
   // operators.
   void fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& keys);
+  // fold_quest_keys on the kernel path (kernels/quest_score.h's QuestFoldProblem): pages[i] is
+  // the page sequence i's key falls in, its bounds already grown to hold it.
+  void fold_quest_keys_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
+                              const at::Tensor& keys, const std::vector<int64_t>& pages) const;
+  // The fp16 data of s's mins or maxs at `layer` (checked contiguous fp16), for the kernels'
+  // address arrays.
+  uint16_t* quest_bound_data(const Sequence& s, int64_t layer,
+                             at::Tensor QuestBounds::*bound) const;
   // s's bounds at `layer` grown (empty pages: +inf mins, -inf maxs) to cover `pages` pages.
   void grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const;
-  // [seqs, kv_heads, pages_to_read] int64 on the host: the pages Quest chooses for each
+  // [seqs, kv_heads, pages_to_read] contiguous int64 on the host: the pages Quest chooses for each
   // sequence's query (q [rows, heads, d], sequence i's at rows[i]), ascending per head: each
   // sequence's bounds scored (two products), then one choice and one copy back for the batch.
   at::Tensor quest_pages(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& q,
@@ -326,9 +334,11 @@ class PagedKVCache final : public KVCache {
                                 const at::Tensor& pos, const at::Tensor& neg,
                                 const std::vector<int64_t>& rows, const std::vector<int64_t>& pages,
                                 int64_t most) const;
-  // [kv_heads, count] int64 positions of those pages' tokens (host), the newest (partly
-  // filled, always chosen) page cut at `held`.
-  at::Tensor quest_tokens(const at::Tensor& pages, int64_t held) const;
+  // [kv_heads, count] positions (int32 or int64, on the host) of the tokens of sequence j's
+  // pages (pages: quest_pages' result), the newest (partly filled, always chosen) page cut at
+  // `held`.
+  at::Tensor quest_tokens(const at::Tensor& pages, int64_t j, int64_t held,
+                          at::ScalarType dtype) const;
   // [kv_heads, t1 - t0, head_dim] fp32 stored keys of tokens [t0, t1), decoding their pages
   // only (per-token formats).
   at::Tensor new_keys(const kernels::PagedKvStore& store, const Sequence& s,
