@@ -9,15 +9,17 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/json_text.h"
+#include "kvbench/core/text.h"
 
 namespace kvbench {
 namespace {
 
 using nlohmann::json;
 
-// "0", "12": not "01" (a padded index names no other element, and says something else was meant).
+// "0", "12": not "01" (a padded index names no other element, and says something else was
+// meant), and not past nine digits (no list is that long; std::stoul would overflow).
 bool is_index(const std::string& s) {
-  return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos &&
+  return !s.empty() && s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos &&
          (s.size() == 1 || s[0] != '0');
 }
 
@@ -44,6 +46,11 @@ void apply_override(json& config, const std::string& assignment) {
   }
   const std::string key = assignment.substr(0, eq);
   const std::string text = assignment.substr(eq + 1);
+  // JSON (and so the report that records the config) holds UTF-8 text only.
+  if (!is_valid_utf8(assignment))
+    throw ConfigError("", "--set " + printable_utf8(assignment) + ": not valid UTF-8 text");
+  // getline drops a trailing empty segment ("a."), so check the ends here.
+  if (key.front() == '.' || key.back() == '.') throw ConfigError(key, "--set: empty key segment");
   // JSON, checked as a config file is (a repeated key is an error); else an unquoted string.
   const bool is_json = json::accept(text);
   const json value = is_json ? parse_json_text(text, "--set " + key) : json(text);

@@ -1,14 +1,14 @@
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <iostream>
 #include <memory>
 
-#include <algorithm>
 #include "kvbench/cli/commands.h"
 #include "kvbench/cli/config_loader.h"
 #include "kvbench/cli/summary_table.h"
 #include "kvbench/core/environment.h"
-
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/cell.h"
@@ -31,8 +31,14 @@ void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells
     if (config) kv_dtype = model.kv_dtype();
   } catch (const ConfigError&) {
     throw;  // the config's own mistake (a checkpoint written for another preset)
-  } catch (const Error&) {
-    return;  // an unreadable checkpoint fails its cells, with the loader's message
+  } catch (const Error& e) {
+    // An unreadable checkpoint fails its cells at run time, with the loader's message; the
+    // config itself may still be right, so this is a warning.
+    spdlog::warn(
+        "validate: the methods were not checked against the model, which cannot be read "
+        "({}); its cells will fail",
+        e.what());
+    return;
   }
   if (!config) return;
   const bool paged = spec.attention == "paged";

@@ -56,6 +56,11 @@ json parse_json_text(const std::string& text, const std::string& source, bool co
     auto [line, column] = line_column(text, e.byte > 0 ? e.byte - 1 : 0);
     throw ConfigError("", source + ":" + std::to_string(line) + ":" + std::to_string(column) +
                               ": invalid JSON: " + parse_problem(e.what()));
+  } catch (const json::exception& e) {  // e.g. out_of_range.406: a number past a double's range
+    const std::string what = e.what();
+    const size_t tag = what.find("] ");
+    throw ConfigError(
+        "", source + ": invalid JSON: " + (tag == std::string::npos ? what : what.substr(tag + 2)));
   }
 }
 

@@ -7,10 +7,23 @@
 
 #include <spdlog/spdlog.h>
 
+#include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
 #include "kvbench/core/version.h"
 #include "kvbench/report/atomic_file.h"
+#include "kvbench/report/report_reader.h"
 
 namespace kvbench {
+namespace {
+
+// The report as JSON text. Strings from outside (prompts and outputs read from files, paths,
+// --set values) may hold bytes that are not UTF-8, which JSON cannot: each such byte becomes
+// U+FFFD instead of costing the whole report.
+std::string report_text(const nlohmann::json& report) {
+  return report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+}  // namespace
 
 nlohmann::json cell_to_json(const CellResult& r) {
   nlohmann::json j = {{"id", r.cell.id},
@@ -26,7 +39,7 @@ nlohmann::json cell_to_json(const CellResult& r) {
                       {"records", r.output.records},
                       {"summary", r.output.summary},
                       {"warnings", r.output.warnings}};
-  if (!r.ok) j["error"] = r.error;
+  if (!r.ok) j["error"] = printable_utf8(r.error);  // it may quote a file's bytes
   if (!r.preparation.is_null()) j["preparation"] = r.preparation;
   return j;
 }
@@ -84,10 +97,15 @@ std::vector<std::pair<std::filesystem::path, nlohmann::json>> json_files_in(
   return out;
 }
 
-bool is_current_report(const nlohmann::json& report) {
-  return report.is_object() && report.value("schema", "") == kReportSchemaId &&
-         report.value("schema_version", 0) == kReportSchemaVersion && report.contains("cells") &&
-         report["cells"].is_array();
+// "" when `report` is a well-formed kvbench report of this schema version (what `kvbench
+// report` reads), else why not.
+std::string report_problem(const nlohmann::json& report, const std::filesystem::path& file) {
+  try {
+    check_report_document(report, file.string());
+    return "";
+  } catch (const Error& e) {
+    return e.what();
+  }
 }
 
 }  // namespace
@@ -99,9 +117,8 @@ std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::p
       spdlog::warn("resume: skipping {}: not JSON", f.string());
       continue;
     }
-    if (!is_current_report(report)) {
-      spdlog::warn("resume: skipping {}: not a schema_version {} kvbench report", f.string(),
-                   kReportSchemaVersion);
+    if (const std::string why = report_problem(report, f); !why.empty()) {
+      spdlog::warn("resume: skipping {}", why);
       continue;
     }
     for (auto c : report["cells"]) {
@@ -121,7 +138,8 @@ ContinuedReport report_to_continue(const std::filesystem::path& dir,
   for (auto it = files.rbegin(); it != files.rend(); ++it) {  // latest stamp first
     const nlohmann::json& report = it->second;
     // Anything but a well-formed kvbench report of this run is left alone.
-    if (!is_current_report(report) || report.value("config", nlohmann::json()) != resolved_config)
+    if (!report_problem(report, it->first).empty() ||
+        report.value("config", nlohmann::json()) != resolved_config)
       continue;
     const bool partial = report.contains("partial");
     size_t cells_planned = report["cells"].size();
@@ -153,6 +171,8 @@ std::filesystem::path report_path(const RunSpec& spec, const std::string& compac
   for (char& c : stem) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
   }
+  // A file name holds 255 bytes; the report's name field keeps the whole name.
+  if (stem.size() > 120) stem.resize(120);
   std::string name = stem + "-" + compact_stamp;
   if (attempt > 1) name += "-" + std::to_string(attempt);
   return std::filesystem::path(spec.output_dir) / (name + ".json");
@@ -160,7 +180,7 @@ std::filesystem::path report_path(const RunSpec& spec, const std::string& compac
 
 std::filesystem::path write_new_report(const nlohmann::json& report, const RunSpec& spec,
                                        const std::string& compact_stamp) {
-  const std::string content = report.dump(2) + "\n";
+  const std::string content = report_text(report);
   for (int attempt = 1;; ++attempt) {
     const std::filesystem::path path = report_path(spec, compact_stamp, attempt);
     if (write_file_atomically(path, content, /*exclusive=*/true)) return path;
@@ -168,7 +188,7 @@ std::filesystem::path write_new_report(const nlohmann::json& report, const RunSp
 }
 
 void write_report(const nlohmann::json& report, const std::filesystem::path& path) {
-  write_file_atomically(path, report.dump(2) + "\n");
+  write_file_atomically(path, report_text(report));
 }
 
 }  // namespace kvbench

@@ -21,7 +21,8 @@ void check_report_document(const nlohmann::json& doc, const std::string& source)
   for (size_t i = 0; i < doc["cells"].size(); ++i) {
     const nlohmann::json& c = doc["cells"][i];
     KVB_CHECK(c.is_object() && c.contains("id") && c["id"].is_string() && c.contains("suite") &&
-                  c.contains("method") && c["method"].is_object() && c.contains("status"),
+                  c["suite"].is_string() && c.contains("method") && c["method"].is_object() &&
+                  c.contains("status") && c["status"].is_string(),
               source, ": cells[", i, "]: expected id, suite, method and status");
   }
 }

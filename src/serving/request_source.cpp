@@ -74,8 +74,11 @@ std::vector<TraceRequest> load_request_trace(const std::string& path) {
     TraceRequest r;
     r.where = at;
     const json* a = row.contains("arrival_s") ? &row["arrival_s"] : nullptr;
-    if (!a || !a->is_number() || !std::isfinite(a->get<double>()) || a->get<double>() < 0)
-      throw_field_error(row, "arrival_s", "a number >= 0", "trace_file: " + at);
+    // Bounded so that a request's latencies (token times minus its arrival) keep their
+    // precision: at 1e7 s (~4 months) a double still resolves nanoseconds.
+    if (!a || !a->is_number() || !std::isfinite(a->get<double>()) || a->get<double>() < 0 ||
+        a->get<double>() > 1e7)
+      throw_field_error(row, "arrival_s", "a number of seconds in [0, 1e7]", "trace_file: " + at);
     r.arrival_s = a->get<double>();
     if (!out.empty()) {
       KVB_CHECK(r.arrival_s >= out.back().arrival_s, "trace_file: ", at, ": \"arrival_s\" ",

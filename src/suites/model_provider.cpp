@@ -19,7 +19,11 @@ namespace {
 // make-model marks its checkpoints in config.json: {"kvbench": {"random_weights", "preset",
 // "seed"}}; any other checkpoint is taken as trained. Null when unmarked.
 nlohmann::json marker(const std::string& dir) {
-  std::ifstream in(std::filesystem::path(dir) / "config.json");
+  // (Not a file, e.g. a directory: unmarked here; loading the model says what is wrong.)
+  const std::filesystem::path path = std::filesystem::path(dir) / "config.json";
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return nlohmann::json();
+  std::ifstream in(path);
   auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   return j.is_object() && j.contains("kvbench") ? j["kvbench"] : nlohmann::json();
 }

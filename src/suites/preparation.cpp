@@ -45,8 +45,11 @@ std::vector<int64_t> text_prompt(const Tokenizer& tokenizer, int64_t tokens, Rng
   };
   std::string text;
   std::vector<int32_t> ids;
-  while (static_cast<int64_t>(ids.size()) < tokens) {
-    for (int i = 0; i < 32; ++i) {
+  // Sentences added 32 at first, then as many as the text holds: each round re-tokenizes the
+  // whole text, so doubling keeps a long prompt linear in its length.
+  for (int sentences = 0, more = 32; static_cast<int64_t>(ids.size()) < tokens;
+       sentences += more, more = sentences) {
+    for (int i = 0; i < more; ++i) {
       text += "The " + pick(adjectives) + " " + pick(nouns) + kLinks[rng.below(6)] + "a " +
               pick(adjectives) + " " + pick(nouns) + ". ";
     }
@@ -114,6 +117,11 @@ PreparedCodec prepare_codec(std::shared_ptr<const Codec> codec, const Transforme
   }
   const CalibrationSpec spec = codec->calibration();
   nlohmann::json calibration = nullptr;
+  KVB_CHECK(spec.prompts == 0 || c.max_position_embeddings <= 0 ||
+                spec.tokens <= c.max_position_embeddings,
+            "calibration: calib_tokens ", spec.tokens,
+            " is more than the model's max_position_embeddings (", c.max_position_embeddings,
+            "); calibration prompts must fit the model");
   if (spec.prompts > 0) {
     const auto prompts = calibration_prompts(spec, c.vocab_size, tokenizer);
     std::tie(in.keys, in.values) = capture_kv(model, prompts);

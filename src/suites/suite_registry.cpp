@@ -60,6 +60,12 @@ void check_predictor(const nlohmann::json& p) {
   if (distinct(p["batch"]) < 2) throw ConfigError("batch", "the grid needs at least two batches");
   if (distinct(p["context"]) < 2)
     throw ConfigError("context", "the grid needs at least two contexts");
+  for (const char* what : {"prompt", "output"}) {  // the routing's uniform length ranges
+    const std::string lo = std::string("routing_") + what + "_tokens_min",
+                      hi = std::string("routing_") + what + "_tokens_max";
+    if (p[lo].get<int64_t>() > p[hi].get<int64_t>())
+      throw ConfigError(hi, "must be >= " + lo + " (" + std::to_string(p[lo].get<int64_t>()) + ")");
+  }
 }
 
 }  // namespace

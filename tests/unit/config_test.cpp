@@ -227,6 +227,16 @@ TEST(ConfigFile, MalformedJsonReportsLineAndColumn) {
   }
 }
 
+TEST(ConfigFile, ANumberPastADoubleNamesTheFile) {
+  try {
+    parse_json_text(R"({"seed": 1e400})", "big.json");
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "config: big.json: invalid JSON: number overflow parsing '1e400'");
+  }
+}
+
 TEST(ConfigFile, AKeyGivenTwiceIsAnError) {
   // JSON parsers keep the later value; a config that says "methods" twice meant one of them.
   const std::string text = R"({"threads": 1, "suites": [{"name": "kernels", "repeats": 2,
@@ -326,6 +336,19 @@ TEST(Overrides, BadAssignments) {
   EXPECT_THROW(apply_override(c, "suites.4.repeats=1"), ConfigError);
   EXPECT_THROW(apply_override(c, "suites.x.repeats=1"), ConfigError);
   EXPECT_THROW(apply_override(c, "suites.00.repeats=1"), ConfigError);  // a padded index
+  // An index past any list's length is refused as one, not by std::stoul overflowing.
+  EXPECT_THROW(apply_override(c, "suites.99999999999999999999.repeats=1"), ConfigError);
+  EXPECT_THROW(apply_override(c, "suites.0.repeats.=1"), ConfigError);  // an empty last segment
+  EXPECT_THROW(apply_override(c, ".threads=1"), ConfigError);
+  // JSON holds UTF-8 text only; the message shows the bytes.
+  try {
+    apply_override(c, "description=caf\xe9");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("description=caf\\xe9: not valid UTF-8"),
+              std::string::npos)
+        << e.what();
+  }
   // A JSON value is checked as a config file is: a repeated key would silently lose one.
   try {
     apply_override(c, R"(methods=[{"name":"snapkv","budget":64,"budget":128}])");

@@ -371,8 +371,24 @@ TEST(LowRank, PrepareStepReportsItsInputsAndIsDeterministic) {
   for (const auto& t : text) EXPECT_EQ(t.size(), 100u);
   EXPECT_NE(text[0], text[1]);
   EXPECT_THROW(calibration_prompts(spec, model.config().vocab_size, nullptr), Error);
+  // Long text prompts: the text doubles until it tokenizes long enough (was 32 sentences at a
+  // time, each round re-tokenizing the whole text: quadratic).
+  spec.prompts = 1, spec.tokens = 3000;
+  EXPECT_EQ(calibration_prompts(spec, model.config().vocab_size, &tok)[0].size(), 3000u);
   spec.source = "random";
   EXPECT_EQ(calibration_prompts(spec, 500, nullptr), calibration_prompts(spec, 500, nullptr));
+  // Prompts longer than the model's positions are refused before any is made.
+  const json too_long = resolve({{"name", "kvproj"},
+                                 {"calib_prompts", 1},
+                                 {"calib_tokens", model.config().max_position_embeddings + 1}});
+  try {
+    prepare_codec(make_codec(too_long, at::kHalf), model, &tok);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is more than the model's max_position_embeddings"),
+              std::string::npos)
+        << e.what();
+  }
 
   const PreparedCodec palu =
       prepare_codec(make_codec(resolve({{"name", "palu"}}), at::kHalf), model, nullptr);

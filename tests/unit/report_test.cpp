@@ -83,8 +83,34 @@ TEST(Report, CarriesIdentityEnvironmentConfigAndCells) {
   EXPECT_EQ(report["cells"][1]["status"], "failed");
   EXPECT_EQ(report["cells"][1]["error"], "boom");
   EXPECT_EQ(report["totals"]["failed"], 1);
-  // The run name is made safe for a file name.
+  // The run name is made safe for a file name, and short enough for one.
   EXPECT_EQ(report_path(spec, "20261123T100000Z").filename(), "my_run_1-20261123T100000Z.json");
+  RunSpec long_name = spec;
+  long_name.name = std::string(5000, 'a');
+  EXPECT_EQ(report_path(long_name, "20261123T100000Z").filename().string(),
+            std::string(120, 'a') + "-20261123T100000Z.json");
+}
+
+// A cell's error may quote a file's bytes (a corrupt header), and strings from files or --set
+// may not be UTF-8: the report is still written, with those bytes shown or replaced.
+TEST(Report, BytesThatAreNotUtf8DoNotCostTheReport) {
+  RunSpec spec = parse_run_spec(nlohmann::json::parse(R"({"suites": [{"name": "kernels"}]})"), "u");
+  CellResult failed;
+  failed.cell = expand_cells(spec)[0];
+  failed.ok = false;
+  failed.error = "header is not valid JSON; last read: '\xff'";
+  failed.output.records.push_back({{"text", "caf\xe9"}});
+  RunInfo info{"2026-11-23T10:00:00.000Z", "2026-11-23T10:00:01.000Z", "kvbench run", "x.json",
+               nlohmann::json::object()};
+  const nlohmann::json report = build_report(spec, capture_environment(), {failed}, info);
+  EXPECT_EQ(report["cells"][0]["error"], "header is not valid JSON; last read: '\\xff'");
+  const std::filesystem::path path =
+      std::filesystem::temp_directory_path() / "kvbench_utf8_report.json";
+  write_report(report, path);
+  std::ifstream in(path);
+  const nlohmann::json back = nlohmann::json::parse(in);
+  EXPECT_EQ(back["cells"][0]["records"][0]["text"], "caf\xef\xbf\xbd");  // U+FFFD
+  std::filesystem::remove(path);
 }
 
 }  // namespace
@@ -108,21 +134,29 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
                           {"cells", cells},
                           {"partial", {{"cells_done", cells.size()}, {"cells_planned", planned}}}};
   };
+  // A cell as reports hold it (what `kvbench report` checks), with its id and status.
+  auto cell = [](const nlohmann::json& id, const std::string& status = "ok") {
+    return nlohmann::json{
+        {"id", id}, {"suite", "kernels"}, {"method", {{"name", "full"}}}, {"status", status}};
+  };
   auto write = [&](const std::string& name, const nlohmann::json& j) {
     std::ofstream(dir / name) << j.dump();
   };
   const std::vector<std::string> ids = {"a", "b", "c"};
-  write("r-1.json", partial({{{"id", "a"}}}, 3));
-  write("r-2.json", partial({{{"id", "x"}}}, 3));  // another shard's cell
-  write("r-3.json", partial({{{"id", 7}}}, 3));    // not an id
-  nlohmann::json bad = partial({{{"id", "a"}}}, 3);
+  write("r-1.json", partial(nlohmann::json::array({cell("a")}), 3));
+  write("r-2.json", partial(nlohmann::json::array({cell("x")}), 3));  // another shard's cell
+  write("r-3.json", partial(nlohmann::json::array({cell(7)}), 3));    // not an id
+  nlohmann::json bad = partial(nlohmann::json::array({cell("a")}), 3);
   bad["partial"] = 3;
   write("r-4.json", bad);
-  nlohmann::json other = partial({{{"id", "b"}}}, 3);
+  nlohmann::json other = partial(nlohmann::json::array({cell("b")}), 3);
   other["config"]["threads"] = 2;  // another config
   write("r-5.json", other);
-  write("r-6.json", partial({{{"id", "a"}}}, 2));  // planned another cell count
+  write("r-6.json", partial(nlohmann::json::array({cell("a")}), 2));  // planned another cell count
   std::ofstream(dir / "r-7.json") << "{not json";
+  write("r-9.json", partial(nlohmann::json::array({5}), 3));  // a cell not an object
+  write("r-10.json", partial(nlohmann::json::array({{{"id", "a"}, {"status", nullptr}}}),
+                             3));  // a status not a string
   ContinuedReport found = report_to_continue(dir, config, ids);
   EXPECT_EQ(found.path, dir / "r-1.json");
   EXPECT_TRUE(found.partial);
@@ -130,10 +164,7 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   EXPECT_EQ(report_to_continue(dir, config, ids).path, std::filesystem::path());
   // A finished report of the three cells (one failed) is continued, keeping its start time;
   // one of other cells, or fewer of them, is not.
-  nlohmann::json finished = partial({{{"id", "a"}, {"status", "ok"}},
-                                     {{"id", "b"}, {"status", "failed"}},
-                                     {{"id", "c"}, {"status", "ok"}}},
-                                    3);
+  nlohmann::json finished = partial({cell("a"), cell("b", "failed"), cell("c")}, 3);
   finished.erase("partial");
   finished["created"] = "2026-01-02T03:04:05Z";
   write("r-0.json", finished);
@@ -145,6 +176,14 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   EXPECT_FALSE(found.partial);
   EXPECT_EQ(found.created, "2026-01-02T03:04:05Z");
   EXPECT_FALSE(found.all_ok);  // b failed: a resumed run rewrites it even with nothing to run
+  // The cells a resumed run reuses: the ok cells of well-formed reports (ids name a cell's
+  // config, so other configs' cells are never planned); the malformed files (r-3's id 7, r-9,
+  // r-10) are skipped with a warning, not fatal.
+  std::map<std::string, nlohmann::json> reused;
+  ASSERT_NO_THROW(reused = previous_ok_cells(dir));
+  std::vector<std::string> names;
+  for (const auto& [id, c] : reused) names.push_back(id);
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c", "x"}));
   std::filesystem::remove_all(dir);
 }
 

@@ -756,10 +756,13 @@ TEST(RequestTrace, BadLinesNameFileLineAndKey) {
   };
   const std::vector<Case> cases = {
       {"{\"prompt_tokens\": 3, \"output_tokens\": 1}",
-       "\"arrival_s\": missing (expected a number >= 0)"},
+       "\"arrival_s\": missing (expected a number of seconds in [0, 1e7])"},
       {"{\"arrival_s\": -1, \"prompt_tokens\": 3, \"output_tokens\": 1}",
        "\"arrival_s\": expected"},
       {"{\"arrival_s\": \"0\", \"prompt_tokens\": 3, \"output_tokens\": 1}",
+       "\"arrival_s\": expected"},
+      // Past 1e7 s a request's latencies would lose their precision (1e308: exactly zero).
+      {"{\"arrival_s\": 1e308, \"prompt_tokens\": 3, \"output_tokens\": 1}",
        "\"arrival_s\": expected"},
       {"{\"arrival_s\": 1, \"output_tokens\": 1}", "exactly one of \"prompt\""},
       {"{\"arrival_s\": 1, \"prompt\": \"x\", \"prompt_tokens\": 3, \"output_tokens\": 1}",

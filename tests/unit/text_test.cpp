@@ -9,6 +9,19 @@
 namespace kvbench {
 namespace {
 
+TEST(Text, Utf8IsCheckedAndInvalidBytesPrinted) {
+  EXPECT_TRUE(is_valid_utf8(""));
+  EXPECT_TRUE(is_valid_utf8("plain \xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+  for (const char* bad :
+       {"\xff", "a\x80", "\xc3", "\xc0\xaf" /* overlong '/' */, "\xed\xa0\x80" /* a surrogate */,
+        "\xf4\x90\x80\x80" /* > U+10FFFF */, "\xe2\x82" /* cut short */})
+    EXPECT_FALSE(is_valid_utf8(bad)) << printable_utf8(bad);
+  EXPECT_EQ(printable_utf8("ok \xc3\xa9"), "ok \xc3\xa9");
+  EXPECT_EQ(printable_utf8("last read: '\xff'"), "last read: '\\xff'");
+  EXPECT_EQ(printable_utf8("\xe2\x82x\xc0\xaf"), "\\xe2\\x82x\\xc0\\xaf");
+  EXPECT_TRUE(is_valid_utf8(printable_utf8("\x80\xff\xfe a")));
+}
+
 TEST(Text, EditDistance) {
   EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
   EXPECT_EQ(edit_distance("", "abc"), 3u);

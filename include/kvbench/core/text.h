@@ -17,5 +17,11 @@ std::string replace_all(const std::string& text, const std::string& from, const 
 std::string format_bytes(double bytes);
 // Fixed-point number with `digits` decimals.
 std::string format_fixed(double value, int digits);
+// Whether `text` is well-formed UTF-8 (no overlong forms, surrogates or code points past
+// U+10FFFF): what JSON text, and so a report, can hold.
+bool is_valid_utf8(const std::string& text);
+// `text` with each byte that is not part of well-formed UTF-8 written as \xNN, so a message
+// quoting a file's bytes can go into a report and still say which bytes they were.
+std::string printable_utf8(const std::string& text);
 
 }  // namespace kvbench
