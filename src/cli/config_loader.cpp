@@ -118,6 +118,12 @@ std::vector<GridRun> load_run_specs(const std::string& path,
     if (!values.is_array() || values.empty()) {
       throw ConfigError("grid." + key, "expected a non-empty list of values, got " + values.dump());
     }
+    for (size_t i = 0; i < values.size(); ++i)
+      for (size_t j = 0; j < i; ++j)
+        if (values[i] == values[j])
+          throw ConfigError("grid." + key, "lists " + values[i].dump() +
+                                               " twice (two runs of one config, with the same "
+                                               "cell ids)");
     total *= values.size();
     if (total > 100000) throw ConfigError("grid", "more than 100000 combinations");
   }

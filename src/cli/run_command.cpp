@@ -28,6 +28,7 @@ namespace {
 struct RunOptions {
   std::string config;
   std::string out;
+  bool out_given = false;  // --out on the command line, even as ""
   std::vector<std::string> sets;
   bool dry_run = false;
   std::string shard;  // "i/n"
@@ -193,7 +194,8 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
 
 int run(const RunOptions& opt) {
   std::vector<std::string> sets = opt.sets;
-  if (!opt.out.empty()) sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
+  // (An empty --out, e.g. from an unset shell variable, is an error: output.dir "" is one.)
+  if (opt.out_given) sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
   const std::vector<GridRun> runs = load_run_specs(opt.config, sets);
   if (!opt.shard.empty()) parse_shard(opt.shard);  // a bad --shard fails before anything runs
   for (const GridRun& g : runs) check_device(g.spec, query_cuda());
@@ -222,7 +224,8 @@ void register_run_command(CLI::App& app, GlobalOptions& global) {
   auto opt = std::make_shared<RunOptions>();
   CLI::App* sub = app.add_subcommand("run", "run every cell of a config and write a JSON report");
   sub->add_option("-c,--config", opt->config, "run configuration (JSON)")->required();
-  sub->add_option("-o,--out", opt->out, "report directory (overrides output.dir)");
+  CLI::Option* out =
+      sub->add_option("-o,--out", opt->out, "report directory (overrides output.dir)");
   sub->add_option("--set", opt->sets, "override a config key: --set threads=2 (repeatable)")
       ->allow_extra_args(false);
   sub->add_flag("--dry-run", opt->dry_run, "validate and list the cells without running them");
@@ -232,8 +235,9 @@ void register_run_command(CLI::App& app, GlobalOptions& global) {
   sub->add_flag("--resume", opt->resume,
                 "reuse the ok cells of earlier reports in the output directory (same cell id) "
                 "instead of running them again; failed cells run again");
-  sub->callback([opt, &global] {
+  sub->callback([opt, out, &global] {
     opt->command_line = global.command_line;
+    opt->out_given = out->count() > 0;
     global.action = [opt] { return run(*opt); };
   });
 }

@@ -1,6 +1,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -44,6 +45,9 @@ void register_tokenize_command(CLI::App& app, GlobalOptions& global) {
     global.action = [opt] {
       std::string input = opt->text;
       if (!opt->file.empty()) {
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(opt->file, ec))
+          throw Error("tokenize: " + opt->file + ": not a file");
         std::ifstream in(opt->file, std::ios::binary);
         if (!in) throw Error("tokenize: cannot read " + opt->file);
         std::stringstream s;

@@ -349,6 +349,15 @@ class GearStore final : public TokenStore {
   at::Tensor buffer_;          // [kv_heads, w < buffer, head_dim] fp32 holding model-dtype values
 };
 
+// L's rank is at most head_dim (a block's rank is min(rank, its tokens, head_dim)): a larger
+// setting would silently mean full rank, whose factors outweigh the cache they correct.
+void check_gear_rank(const GearParams& p, int64_t head_dim) {
+  for (const auto& [key, rank] : {std::pair<const char*, int64_t>{"rank_prefill", p.rank_prefill},
+                                  {"rank_decode", p.rank_decode}})
+    KVB_CHECK(rank <= head_dim, "gear: ", key, " ", rank, " exceeds head_dim = ", head_dim,
+              " (the full rank)");
+}
+
 }  // namespace
 
 int64_t gear_outliers_per_side(double ratio, int64_t length) {
@@ -418,12 +427,14 @@ nlohmann::json GearCodec::params() const {
 }
 
 std::unique_ptr<TokenStore> GearCodec::make_key_store(int64_t kv_heads, int64_t head_dim) const {
+  check_gear_rank(p_, head_dim);
   KVB_CHECK(head_dim * p_.bits % 8 == 0, "gear: head_dim ", head_dim, " does not pack into ",
             p_.bits, "-bit codes");
   return std::make_unique<GearStore>(p_, dtype_, true, kv_heads, head_dim);
 }
 
 std::unique_ptr<TokenStore> GearCodec::make_value_store(int64_t kv_heads, int64_t head_dim) const {
+  check_gear_rank(p_, head_dim);
   // A value group never spans more than one token: G > head_dim means one group per token.
   KVB_CHECK(head_dim % std::min(p_.group, head_dim) == 0, "gear: group ", p_.group,
             " does not divide head_dim ", head_dim);
@@ -432,6 +443,7 @@ std::unique_ptr<TokenStore> GearCodec::make_value_store(int64_t kv_heads, int64_
 }
 
 StorageBytes GearCodec::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const {
+  check_gear_rank(p_, head_dim);
   // All tokens in one append: one block of T - T mod N tokens, the rest in the exact buffer.
   const uint64_t e = at::elementSize(dtype_), h = kv_heads, d = head_dim, g = p_.group;
   const uint64_t value_g = std::min<uint64_t>(g, d);

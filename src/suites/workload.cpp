@@ -11,6 +11,7 @@
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/quest_policy.h"
 #include "kvbench/model/transformer.h"
 #include "kvbench/suites/cell.h"
 
@@ -258,17 +259,24 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
                            int64_t new_tokens, const std::string& suite) {
   require_device_support(ctx, suite);
   const ModelConfig& c = ctx.model.get().config();
-  if (ctx.warnings != nullptr && c.max_position_embeddings > 0 &&
-      prompt + new_tokens > c.max_position_embeddings) {
-    // Past the trained context a real model's outputs (and so accuracy, fidelity and output
-    // lengths) mean little; speed is still measured.
-    const std::string w = suite + ": " + std::to_string(prompt) + " prompt + " +
-                          std::to_string(new_tokens) +
-                          " new tokens exceed the model's max_position_embeddings (" +
-                          std::to_string(c.max_position_embeddings) + ")";
-    if (std::find(ctx.warnings->begin(), ctx.warnings->end(), w) == ctx.warnings->end())
+  auto warn_once = [&](const std::string& w) {
+    if (ctx.warnings != nullptr &&
+        std::find(ctx.warnings->begin(), ctx.warnings->end(), w) == ctx.warnings->end())
       ctx.warnings->push_back(w);
-  }
+  };
+  // Past the trained context a real model's outputs (and so accuracy, fidelity and output
+  // lengths) mean little; speed is still measured.
+  if (c.max_position_embeddings > 0 && prompt + new_tokens > c.max_position_embeddings)
+    warn_once(suite + ": " + std::to_string(prompt) + " prompt + " + std::to_string(new_tokens) +
+              " new tokens exceed the model's max_position_embeddings (" +
+              std::to_string(c.max_position_embeddings) + ")");
+  // Quest never evicts, so "evicted nothing" cannot tell; dense layers covering the model can.
+  const auto policy = make_policy(ctx.method);
+  if (const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());
+      quest != nullptr && quest->dense_layers() >= c.num_layers)
+    warn_once("quest: dense_layers " + std::to_string(quest->dense_layers()) +
+              " covers all of the model's " + std::to_string(c.num_layers) +
+              " layers: every layer reads every token, so this cell measures the full cache");
   const double per_token =
       method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
                                 ctx.spec.device == "cuda");

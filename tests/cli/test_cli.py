@@ -255,6 +255,19 @@ class CliTest(CliCase):
         _, report = self.report_from(self.run_ok(cfg))
         self.assertFalse(any("max_position" in w for w in report["cells"][0]["warnings"]))
 
+    def test_quest_with_every_layer_dense_is_warned_about(self):
+        # Quest never evicts, so "evicted nothing" cannot flag it: dense_layers covering every
+        # layer of the model means the cell measured the full cache.
+        cfg = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 2,
+               "methods": [{"name": "quest", "budget": 32, "dense_layers": 4},
+                           {"name": "quest", "budget": 32, "dense_layers": 1}],
+               "suites": [{"name": "latency", "prompt_tokens": 64, "new_tokens": 2,
+                           "repeats": 1, "warmup": 0}]}
+        _, report = self.report_from(self.run_ok(cfg))
+        warned = [any("covers all of the model's 4 layers" in w for w in c["warnings"])
+                  for c in report["cells"]]
+        self.assertEqual(warned, [True, False], report["cells"])
+
     def test_an_unwritable_output_dir_fails_before_any_cell(self):
         blocker = self.dir / "file"
         blocker.write_text("not a directory")
@@ -577,6 +590,10 @@ class CliTest(CliCase):
         self.assert_one_line_error(kvbench("--log-level", "debug", "figures"), 2,
                                    "unknown command 'figures'")
         self.assertEqual(kvbench("run").returncode, 2)  # --config is required
+        # An empty --out (an unset shell variable) is an error, not the config's folder.
+        res = kvbench("run", "--config", self.write_config({"suites": [TINY_SUITE]}), "--out", "")
+        self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
+        self.assertIn("output.dir", res.stderr)
         res = kvbench("version", "--log-level", "loud")
         self.assertEqual(res.returncode, 2)
         self.assertIn("--log-level", res.stderr)
@@ -1789,6 +1806,8 @@ class TokenizeCliTest(unittest.TestCase):
             {"model": {"type": "WordPiece", "vocab": {}}}))
         res = self.tokenize("--text", "x")
         self.assert_one_line_error(res, 1, "unsupported tokenizer model: WordPiece")
+        res = self.tokenize("--file", str(self.dir))  # a folder, not a file
+        self.assert_one_line_error(res, 1, "not a file")
 
 
 class TrainCliTest(CliCase):

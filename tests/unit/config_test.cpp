@@ -310,6 +310,15 @@ TEST(ConfigFile, GridExpandsIntoRunsGroupedByModel) {
   }
   std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"suites.0.repeats": [0]}})";
   EXPECT_THROW(load_run_specs(path.string(), {}), ConfigError);  // each run is validated
+  // A value listed twice would be two runs of one config, with the same cell ids.
+  std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"seed": [1, 2, 1]}})";
+  try {
+    load_run_specs(path.string(), {});
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("grid.seed: lists 1 twice"), std::string::npos)
+        << e.what();
+  }
   std::filesystem::remove(path);
 }
 

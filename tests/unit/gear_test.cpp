@@ -265,6 +265,12 @@ TEST(Gear, PresetsAndParameterErrors) {
   EXPECT_THROW(resolve({{"name", "gear"}, {"outlier_ratio", 1.5}}), ConfigError);
   EXPECT_THROW(resolve({{"name", "gear"}, {"power_iters", 0}}), ConfigError);
   EXPECT_THROW(resolve({{"name", "gear"}, {"rank_decode", -1}}), ConfigError);
+  // A rank past head_dim would silently be the full rank: refused where head_dim is known.
+  GearCodec too_high(params(4, 0.02, 65, 20), at::kHalf);
+  EXPECT_THROW(too_high.make_key_store(1, 64), Error);
+  EXPECT_THROW(too_high.make_value_store(1, 64), Error);
+  EXPECT_THROW(too_high.nominal_bytes(100, 1, 64), Error);
+  EXPECT_NO_THROW(too_high.nominal_bytes(100, 1, 128));
   EXPECT_THROW(resolve({{"name", "gear"}, {"ranks", 2}}), ConfigError);
   GearParams bad;
   bad.power_iters = 0;
