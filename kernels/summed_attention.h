@@ -53,7 +53,7 @@ inline const char* summed_attention_check(const SummedAttentionProblem& p) {
     return "heads, kv_heads, head_dim and n must be positive";
   if (p.heads % p.kv_heads != 0) return "heads must be a multiple of kv_heads";
   if (p.held < p.n) return "the block's n keys must be among the held";
-  if (!(p.scale > 0.f)) return "scale must be positive";
+  if (!(p.scale > 0.f && p.scale <= 3.4e38f)) return "scale must be positive and finite";
   if (!p.q || !p.k || !p.lse || !p.out) return "a required pointer is null";
   if (p.k_lo && p.bf16) return "k_lo needs fp16 q and k";
   return "";

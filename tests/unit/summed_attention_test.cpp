@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <ostream>
 #include <random>
@@ -201,7 +202,9 @@ TEST(SummedAttentionCheckTest, RefusesBadProblems) {
   p = in.p, p.lse = nullptr;
   EXPECT_STREQ(kernels::summed_attention_check(p), "a required pointer is null");
   p = in.p, p.scale = 0.f;
-  EXPECT_STREQ(kernels::summed_attention_check(p), "scale must be positive");
+  EXPECT_STREQ(kernels::summed_attention_check(p), "scale must be positive and finite");
+  p = in.p, p.scale = std::numeric_limits<float>::infinity();
+  EXPECT_STREQ(kernels::summed_attention_check(p), "scale must be positive and finite");
   p = in.p, p.k_lo = in.k.data(), p.bf16 = true;
   EXPECT_STREQ(kernels::summed_attention_check(p), "k_lo needs fp16 q and k");
   EXPECT_TRUE(kernels::summed_attention_gpu_shape(128));
