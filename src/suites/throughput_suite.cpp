@@ -202,16 +202,29 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
             peak, generation_bytes(*ctx.model, ctx.kv_bytes_per_token, b, p, n, ctx.weight_dtype));
   const int64_t context = ctx.params["capacity_context"];
   if (context > 0) {
-    // The capacity batch's KV stays within the budget (or max_batch sequences of it); its
-    // activations are those of max_batch sequences at most.
-    const int64_t b = ctx.params["max_batch"], n = ctx.params["capacity_new_tokens"];
-    const double kv = std::min(capacity_budget(ctx.params, ctx.gpu ? at::kCUDA : at::kCPU,
-                                               model_weight_bytes(*ctx.model, ctx.weight_dtype))
-                                   .bytes,
-                               ctx.kv_bytes_per_token * static_cast<double>(b * context));
-    peak = std::max(peak, generation_bytes(*ctx.model, 0, b, std::max<int64_t>(context - n + 1, 1),
-                                           n, ctx.weight_dtype) +
-                              static_cast<uint64_t>(kv));
+    // The capacity batch as the run chooses it (run_capacity: the sequences of the method's
+    // formula that fit the budget, at most max_batch; none, and nothing runs, when not one
+    // fits). Its KV stays within the budget.
+    const int64_t n = ctx.params["capacity_new_tokens"];
+    const int64_t prompt = std::max<int64_t>(context - n + 1, 1);
+    const double budget = capacity_budget(ctx.params, ctx.gpu ? at::kCUDA : at::kCPU,
+                                          model_weight_bytes(*ctx.model, ctx.weight_dtype))
+                              .bytes;
+    int64_t b = ctx.params["max_batch"];
+    try {
+      const auto policy = make_policy(ctx.method);
+      b = std::min(
+          b, largest_batch(budget, sequence_kv_bytes(*make_codec(ctx.method, ctx.weight_dtype),
+                                                     *policy, *ctx.model, prompt, context)));
+    } catch (const Error&) {
+      // (The run fails this cell with the reason; the estimate keeps max_batch's bound.)
+    }
+    if (b > 0) {
+      const double kv =
+          std::min(budget, ctx.kv_bytes_per_token * static_cast<double>(b) * double(context));
+      peak = std::max(peak, generation_bytes(*ctx.model, 0, b, prompt, n, ctx.weight_dtype) +
+                                static_cast<uint64_t>(kv));
+    }
   }
   return model_weight_bytes(*ctx.model, ctx.weight_dtype) + peak;
 }

@@ -192,6 +192,27 @@ TEST(ModelSuites, EstimatesCoverKvAndWeights) {
   EXPECT_EQ(model_weight_bytes(*config), h.model.get().weight_bytes());
 }
 
+// The capacity view's estimate takes the batch the run takes: none when not one sequence of
+// capacity_context tokens fits the budget (the run then measures nothing there), so --dry-run
+// does not refuse a plan the run carries out.
+TEST(ModelSuites, TheCapacityEstimateTakesTheRunsBatch) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [16],
+                            "new_tokens": [2], "capacity_context": 16777216,
+                            "kv_budget_bytes": 1000000, "max_batch": 64})"));
+  const ModelConfig* config = h.model.config_only();
+  ASSERT_NE(config, nullptr);
+  const double per_token = method_kv_bytes_per_token(h.method, *config, at::kBFloat16);
+  EstimateContext ctx{h.spec.suites[0].params, h.method, config, per_token, h.env};
+  const uint64_t none_fits = ThroughputSuite().estimate_bytes(ctx);
+  EXPECT_LT(none_fits, 100 * model_weight_bytes(*config));  // not 64 sequences of 16M tokens
+  json fits = h.spec.suites[0].params;
+  fits["capacity_context"] = 64;
+  fits["kv_budget_bytes"] = 1000000000;
+  EstimateContext ctx2{fits, h.method, config, per_token, h.env};
+  const uint64_t some = ThroughputSuite().estimate_bytes(ctx2);
+  EXPECT_GE(some, model_weight_bytes(*config) + uint64_t(64 * 64 * per_token));  // 64 sequences
+}
+
 TEST(ModelSuites, MethodsThatCannotRunOnTheModelAreRefusedInThePlan) {
   // tiny-mistral has head_dim 16: an int8 group of 32 cannot divide it.
   json cfg = {{"suites", {{{"name", "latency"}}}},
