@@ -91,6 +91,7 @@ struct QuestFoldProblem {
 inline const char* quest_fold_check(const QuestFoldProblem& p) {
   if (p.batch < 1 || p.kv_heads < 1 || p.head_dim < 1)
     return "batch, kv_heads and head_dim must be positive";
+  if (p.batch > 65535) return "at most 65535 sequences (a grid's y)";
   if (!p.mins || !p.maxs || !p.page || !p.keys) return "a required pointer is null";
   return "";
 }
@@ -107,7 +108,9 @@ KVB_HD uint16_t quest_half_toward(float x, bool down) {
   return uint16_t(down == negative ? h + 1 : h - 1);
 }
 
-// Element e (of kv_heads * head_dim) of sequence b: what one thread does.
+// Element e (of kv_heads * head_dim) of sequence b: what one thread does. A NaN key leaves the
+// bounds as they were (torch's minimum would carry it into them), and of +0 and -0 the bound
+// keeps the one it holds: neither changes a page's score.
 KVB_HD void quest_fold_element(const QuestFoldProblem& p, int b, int e) {
   const size_t row = size_t(p.kv_heads) * p.head_dim;
   const float x = p.keys[size_t(b) * row + e];

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -40,15 +41,15 @@ json read_config_file(const std::string& path) {
 }
 
 void apply_override(json& config, const std::string& assignment) {
+  // JSON (and so the report that records the config) holds UTF-8 text only.
+  if (!is_valid_utf8(assignment))
+    throw ConfigError("", "--set " + printable_utf8(assignment) + ": not valid UTF-8 text");
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0) {
     throw ConfigError("", "--set " + assignment + ": expected key=value, e.g. --set threads=2");
   }
   const std::string key = assignment.substr(0, eq);
   const std::string text = assignment.substr(eq + 1);
-  // JSON (and so the report that records the config) holds UTF-8 text only.
-  if (!is_valid_utf8(assignment))
-    throw ConfigError("", "--set " + printable_utf8(assignment) + ": not valid UTF-8 text");
   // getline drops a trailing empty segment ("a."), so check the ends here.
   if (key.front() == '.' || key.back() == '.') throw ConfigError(key, "--set: empty key segment");
   // JSON, checked as a config file is (a repeated key is an error); else an unquoted string.
@@ -72,7 +73,8 @@ void apply_override(json& config, const std::string& assignment) {
       path += "[" + seg + "]";
       node = &(*node)[std::stoul(seg)];
     } else {
-      if (node->is_null() && is_index(seg)) {
+      if (node->is_null() && !seg.empty() &&
+          seg.find_first_not_of("0123456789") == std::string::npos) {
         throw ConfigError(path, "--set " + key + ": '" + seg + "' indexes a list, but " +
                                     (path.empty() ? "the config" : path) +
                                     " has none; set the whole list instead");
@@ -118,14 +120,14 @@ std::vector<GridRun> load_run_specs(const std::string& path,
     if (!values.is_array() || values.empty()) {
       throw ConfigError("grid." + key, "expected a non-empty list of values, got " + values.dump());
     }
-    for (size_t i = 0; i < values.size(); ++i)
-      for (size_t j = 0; j < i; ++j)
-        if (values[i] == values[j])
-          throw ConfigError("grid." + key, "lists " + values[i].dump() +
-                                               " twice (two runs of one config, with the same "
-                                               "cell ids)");
     total *= values.size();
     if (total > 100000) throw ConfigError("grid", "more than 100000 combinations");
+    std::set<std::string> seen;
+    for (const json& v : values)
+      if (!seen.insert(v.dump()).second)
+        throw ConfigError("grid." + key, "lists " + v.dump() +
+                                             " twice (two runs of one config, with the same "
+                                             "cell ids)");
   }
   std::vector<GridRun> runs;
   for (size_t i = 0; i < total; ++i) {

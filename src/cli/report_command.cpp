@@ -41,7 +41,10 @@ int report(const ReportOptions& opt) {
   } else if (opt.format == "csv") {
     render_csv(std::cout, tables);
   } else {
-    std::cout << render_json(tables, merged.sources, merged.warnings).dump(2) << "\n";
+    // (File names from the command line need not be UTF-8: such bytes print as U+FFFD.)
+    std::cout << render_json(tables, merged.sources, merged.warnings)
+                     .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+              << "\n";
   }
   return 0;
 }

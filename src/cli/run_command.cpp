@@ -195,7 +195,12 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
 int run(const RunOptions& opt) {
   std::vector<std::string> sets = opt.sets;
   // (An empty --out, e.g. from an unset shell variable, is an error: output.dir "" is one.)
-  if (opt.out_given) sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
+  if (opt.out_given) {
+    if (!is_valid_utf8(opt.out))
+      throw ConfigError("output.dir",
+                        "--out " + printable_utf8(opt.out) + ": not valid UTF-8 text");
+    sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
+  }
   const std::vector<GridRun> runs = load_run_specs(opt.config, sets);
   if (!opt.shard.empty()) parse_shard(opt.shard);  // a bad --shard fails before anything runs
   for (const GridRun& g : runs) check_device(g.spec, query_cuda());

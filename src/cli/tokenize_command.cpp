@@ -46,8 +46,8 @@ void register_tokenize_command(CLI::App& app, GlobalOptions& global) {
       std::string input = opt->text;
       if (!opt->file.empty()) {
         std::error_code ec;
-        if (!std::filesystem::is_regular_file(opt->file, ec))
-          throw Error("tokenize: " + opt->file + ": not a file");
+        if (std::filesystem::is_directory(opt->file, ec))  // (pipes and /dev/stdin are fine)
+          throw Error("tokenize: " + opt->file + ": is a directory, not a file");
         std::ifstream in(opt->file, std::ios::binary);
         if (!in) throw Error("tokenize: cannot read " + opt->file);
         std::stringstream s;

@@ -35,7 +35,7 @@ void check_methods_fit_model(const RunSpec& spec, const std::vector<Cell>& cells
     // An unreadable checkpoint fails its cells at run time, with the loader's message; the
     // config itself may still be right, so this is a warning.
     spdlog::warn(
-        "validate: the methods were not checked against the model, which cannot be read "
+        "the methods were not checked against the model, which cannot be read "
         "({}); its cells will fail",
         e.what());
     return;

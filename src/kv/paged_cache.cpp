@@ -495,7 +495,7 @@ void PagedKVCache::fold_quest_keys_kernel(const std::vector<Sequence*>& seqs, in
   const at::Tensor up = upload(at::tensor(packed, at::kLong));
   const at::Tensor x = keys.to(at::kFloat).contiguous();
   KVB_CHECK(x.dim() == 3 && x.size(0) == S && x.size(1) == num_kv_heads_ &&
-                x.size(2) == head_dim_ && x.device() == device_,
+                x.size(2) == head_dim_ && x.device().type() == device_.type(),
             "paged cache: Quest's new keys must be [sequences, kv_heads, head_dim] on ",
             device_.str());
   kernels::QuestFoldProblem pr;

@@ -235,6 +235,8 @@ json read_json_file(const std::filesystem::path& path) {
   } catch (const json::parse_error& e) {
     throw Error("model config: " + path.string() + ": invalid JSON at byte " +
                 std::to_string(e.byte));
+  } catch (const json::exception& e) {  // e.g. a number past a double's range
+    throw Error("model config: " + path.string() + ": invalid JSON (" + e.what() + ")");
   }
 }
 }  // namespace

@@ -98,10 +98,14 @@ std::vector<std::pair<std::filesystem::path, nlohmann::json>> json_files_in(
 }
 
 // "" when `report` is a well-formed kvbench report of this schema version (what `kvbench
-// report` reads), else why not.
-std::string report_problem(const nlohmann::json& report, const std::filesystem::path& file) {
+// report` reads; with `cells`, each of its cells too), else why not.
+std::string report_problem(const nlohmann::json& report, const std::filesystem::path& file,
+                           bool cells) {
   try {
-    check_report_document(report, file.string());
+    if (cells)
+      check_report_document(report, file.string());
+    else
+      check_report_header(report, file.string());
     return "";
   } catch (const Error& e) {
     return e.what();
@@ -117,12 +121,18 @@ std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::p
       spdlog::warn("resume: skipping {}: not JSON", f.string());
       continue;
     }
-    if (const std::string why = report_problem(report, f); !why.empty()) {
+    if (const std::string why = report_problem(report, f, false); !why.empty()) {
       spdlog::warn("resume: skipping {}", why);
       continue;
     }
-    for (auto c : report["cells"]) {
-      if (c.value("status", "") != "ok" || !c.contains("id")) continue;
+    for (size_t i = 0; i < report["cells"].size(); ++i) {
+      nlohmann::json c = report["cells"][i];
+      if (!is_report_cell(c)) {  // the file's other cells are still reused
+        spdlog::warn("resume: skipping {}: cells[{}]: expected id, suite, method and status",
+                     f.string(), i);
+        continue;
+      }
+      if (c["status"] != "ok") continue;
       if (!c.contains("resumed_from")) c["resumed_from"] = f.string();
       cells[c["id"].get<std::string>()] = c;
     }
@@ -138,7 +148,7 @@ ContinuedReport report_to_continue(const std::filesystem::path& dir,
   for (auto it = files.rbegin(); it != files.rend(); ++it) {  // latest stamp first
     const nlohmann::json& report = it->second;
     // Anything but a well-formed kvbench report of this run is left alone.
-    if (!report_problem(report, it->first).empty() ||
+    if (!report_problem(report, it->first, true).empty() ||
         report.value("config", nlohmann::json()) != resolved_config)
       continue;
     const bool partial = report.contains("partial");
@@ -171,8 +181,9 @@ std::filesystem::path report_path(const RunSpec& spec, const std::string& compac
   for (char& c : stem) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
   }
-  // A file name holds 255 bytes; the report's name field keeps the whole name.
-  if (stem.size() > 120) stem.resize(120);
+  // A file name holds 255 bytes; the report's config keeps the whole name. The end stays (a
+  // grid run's -gN), so a sweep's files still differ by their runs.
+  if (stem.size() > 120) stem = stem.substr(0, 100) + stem.substr(stem.size() - 20);
   std::string name = stem + "-" + compact_stamp;
   if (attempt > 1) name += "-" + std::to_string(attempt);
   return std::filesystem::path(spec.output_dir) / (name + ".json");

@@ -9,7 +9,13 @@
 
 namespace kvbench {
 
-void check_report_document(const nlohmann::json& doc, const std::string& source) {
+bool is_report_cell(const nlohmann::json& c) {
+  return c.is_object() && c.contains("id") && c["id"].is_string() && c.contains("suite") &&
+         c["suite"].is_string() && c.contains("method") && c["method"].is_object() &&
+         c.contains("status") && c["status"].is_string();
+}
+
+void check_report_header(const nlohmann::json& doc, const std::string& source) {
   KVB_CHECK(doc.is_object() && doc.value("schema", "") == kReportSchemaId, source,
             ": not a kvbench report (expected \"schema\": \"", kReportSchemaId, "\")");
   const nlohmann::json version = doc.value("schema_version", nlohmann::json());
@@ -18,13 +24,13 @@ void check_report_document(const nlohmann::json& doc, const std::string& source)
             kReportSchemaVersion, "; re-run the config with this build)");
   KVB_CHECK(doc.contains("cells") && doc["cells"].is_array(), source, ": no \"cells\" array");
   KVB_CHECK(doc.contains("config") && doc["config"].is_object(), source, ": no \"config\" object");
-  for (size_t i = 0; i < doc["cells"].size(); ++i) {
-    const nlohmann::json& c = doc["cells"][i];
-    KVB_CHECK(c.is_object() && c.contains("id") && c["id"].is_string() && c.contains("suite") &&
-                  c["suite"].is_string() && c.contains("method") && c["method"].is_object() &&
-                  c.contains("status") && c["status"].is_string(),
-              source, ": cells[", i, "]: expected id, suite, method and status");
-  }
+}
+
+void check_report_document(const nlohmann::json& doc, const std::string& source) {
+  check_report_header(doc, source);
+  for (size_t i = 0; i < doc["cells"].size(); ++i)
+    KVB_CHECK(is_report_cell(doc["cells"][i]), source, ": cells[", i,
+              "]: expected id, suite, method and status");
 }
 
 LoadedReport load_report(const std::string& path) {
@@ -39,7 +45,7 @@ LoadedReport load_report(const std::string& path) {
   r.source = path;
   try {
     r.doc = nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // syntax, or a number past a double's range
     throw Error(path + ": invalid JSON (" + e.what() + ")");
   }
   check_report_document(r.doc, path);

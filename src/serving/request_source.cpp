@@ -75,10 +75,12 @@ std::vector<TraceRequest> load_request_trace(const std::string& path) {
     r.where = at;
     const json* a = row.contains("arrival_s") ? &row["arrival_s"] : nullptr;
     // Bounded so that a request's latencies (token times minus its arrival) keep their
-    // precision: at 1e7 s (~4 months) a double still resolves nanoseconds.
+    // precision: at 1e7 s (~4 months) a double still resolves ~2 ns. (Seconds from the trace's
+    // start: absolute Unix times would also have the replay wait for them.)
     if (!a || !a->is_number() || !std::isfinite(a->get<double>()) || a->get<double>() < 0 ||
         a->get<double>() > 1e7)
-      throw_field_error(row, "arrival_s", "a number of seconds in [0, 1e7]", "trace_file: " + at);
+      throw_field_error(row, "arrival_s", "seconds from the trace's start, in [0, 1e7]",
+                        "trace_file: " + at);
     r.arrival_s = a->get<double>();
     if (!out.empty()) {
       KVB_CHECK(r.arrival_s >= out.back().arrival_s, "trace_file: ", at, ": \"arrival_s\" ",

@@ -193,6 +193,8 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
                         "reference attention, not a kernel to time; use attention \"cpu\" or "
                         "\"reference\" (or device \"cuda\")");
   spec.output_dir = resolved["output"]["dir"];
+  if (spec.output_dir.empty())  // (an unset shell variable in --out, say): no folder to write to
+    throw ConfigError("output.dir", "expected a directory path, got \"\"");
   spec.resolved = resolved;
   return spec;
 }

@@ -72,9 +72,11 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
     const bool needs_model = find_suite(c.suite).needs_model;
     const ModelConfig* config = needs_model ? model.config_only() : nullptr;
     double per_token = 0;
+    at::ScalarType kv_dtype = at::kFloat;
     if (config) {
       try {
-        per_token = method_kv_bytes_per_token(c.method, *config, model.kv_dtype(), paged,
+        kv_dtype = model.kv_dtype();
+        per_token = method_kv_bytes_per_token(c.method, *config, kv_dtype, paged,
                                               model.placement().device.is_cuda());
       } catch (const Error& e) {
         throw Error("plan: cell " + c.id + ": " + e.what());
@@ -82,7 +84,8 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
     }
     const ModelPlacement placement = model.placement();
     EstimateContext ctx{
-        c.params, c.method, config, per_token, env, placement.dtype, placement.device.is_cuda()};
+        c.params, c.method, config, per_token, env, placement.dtype, placement.device.is_cuda(),
+        kv_dtype};
     out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
   }
   return out;

@@ -214,8 +214,8 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
     try {
       const auto policy = make_policy(ctx.method);
       b = std::min(
-          b, largest_batch(budget, sequence_kv_bytes(*make_codec(ctx.method, ctx.weight_dtype),
-                                                     *policy, *ctx.model, prompt, context)));
+          b, largest_batch(budget, sequence_kv_bytes(*make_codec(ctx.method, ctx.kv_dtype), *policy,
+                                                     *ctx.model, prompt, context)));
     } catch (const Error&) {
       // (The run fails this cell with the reason; the estimate keeps max_batch's bound.)
     }

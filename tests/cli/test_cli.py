@@ -1807,7 +1807,7 @@ class TokenizeCliTest(unittest.TestCase):
         res = self.tokenize("--text", "x")
         self.assert_one_line_error(res, 1, "unsupported tokenizer model: WordPiece")
         res = self.tokenize("--file", str(self.dir))  # a folder, not a file
-        self.assert_one_line_error(res, 1, "not a file")
+        self.assert_one_line_error(res, 1, "is a directory, not a file")
 
 
 class TrainCliTest(CliCase):

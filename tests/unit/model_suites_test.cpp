@@ -203,12 +203,14 @@ TEST(ModelSuites, TheCapacityEstimateTakesTheRunsBatch) {
   ASSERT_NE(config, nullptr);
   const double per_token = method_kv_bytes_per_token(h.method, *config, at::kBFloat16);
   EstimateContext ctx{h.spec.suites[0].params, h.method, config, per_token, h.env};
+  ctx.kv_dtype = at::kBFloat16;  // per_token's
   const uint64_t none_fits = ThroughputSuite().estimate_bytes(ctx);
   EXPECT_LT(none_fits, 100 * model_weight_bytes(*config));  // not 64 sequences of 16M tokens
   json fits = h.spec.suites[0].params;
   fits["capacity_context"] = 64;
   fits["kv_budget_bytes"] = 1000000000;
   EstimateContext ctx2{fits, h.method, config, per_token, h.env};
+  ctx2.kv_dtype = at::kBFloat16;
   const uint64_t some = ThroughputSuite().estimate_bytes(ctx2);
   EXPECT_GE(some, model_weight_bytes(*config) + uint64_t(64 * 64 * per_token));  // 64 sequences
 }

@@ -89,6 +89,9 @@ TEST(Report, CarriesIdentityEnvironmentConfigAndCells) {
   long_name.name = std::string(5000, 'a');
   EXPECT_EQ(report_path(long_name, "20261123T100000Z").filename().string(),
             std::string(120, 'a') + "-20261123T100000Z.json");
+  long_name.name = std::string(300, 'b') + "-g12";  // a grid run's: its end is kept
+  EXPECT_EQ(report_path(long_name, "20261123T100000Z").filename().string(),
+            std::string(116, 'b') + "-g12-20261123T100000Z.json");
 }
 
 // A cell's error may quote a file's bytes (a corrupt header), and strings from files or --set
@@ -157,6 +160,8 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   write("r-9.json", partial(nlohmann::json::array({5}), 3));  // a cell not an object
   write("r-10.json", partial(nlohmann::json::array({{{"id", "a"}, {"status", nullptr}}}),
                              3));  // a status not a string
+  // One malformed cell costs only itself: y is reused.
+  write("r-11.json", partial(nlohmann::json::array({cell("y"), 5}), 3));
   ContinuedReport found = report_to_continue(dir, config, ids);
   EXPECT_EQ(found.path, dir / "r-1.json");
   EXPECT_TRUE(found.partial);
@@ -177,13 +182,13 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   EXPECT_EQ(found.created, "2026-01-02T03:04:05Z");
   EXPECT_FALSE(found.all_ok);  // b failed: a resumed run rewrites it even with nothing to run
   // The cells a resumed run reuses: the ok cells of well-formed reports (ids name a cell's
-  // config, so other configs' cells are never planned); the malformed files (r-3's id 7, r-9,
-  // r-10) are skipped with a warning, not fatal.
+  // config, so other configs' cells are never planned); malformed cells (r-3's id 7, r-9's 5,
+  // r-10's status) are skipped with a warning, not fatal, and their files' other cells kept.
   std::map<std::string, nlohmann::json> reused;
   ASSERT_NO_THROW(reused = previous_ok_cells(dir));
   std::vector<std::string> names;
   for (const auto& [id, c] : reused) names.push_back(id);
-  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c", "x"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c", "x", "y"}));
   std::filesystem::remove_all(dir);
 }
 

@@ -756,7 +756,7 @@ TEST(RequestTrace, BadLinesNameFileLineAndKey) {
   };
   const std::vector<Case> cases = {
       {"{\"prompt_tokens\": 3, \"output_tokens\": 1}",
-       "\"arrival_s\": missing (expected a number of seconds in [0, 1e7])"},
+       "\"arrival_s\": missing (expected seconds from the trace's start, in [0, 1e7])"},
       {"{\"arrival_s\": -1, \"prompt_tokens\": 3, \"output_tokens\": 1}",
        "\"arrival_s\": expected"},
       {"{\"arrival_s\": \"0\", \"prompt_tokens\": 3, \"output_tokens\": 1}",

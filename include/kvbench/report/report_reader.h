@@ -17,6 +17,10 @@ struct LoadedReport {
 // Throws Error "<source>: ..." when the document is not a kvbench report of schema_version 2
 // or lacks `cells` / `config`.
 void check_report_document(const nlohmann::json& doc, const std::string& source);
+// The same checks less the cells': what run --resume needs before it looks at each cell.
+void check_report_header(const nlohmann::json& doc, const std::string& source);
+// Whether `cell` has what every report cell has: string id, suite and status, a method object.
+bool is_report_cell(const nlohmann::json& cell);
 // Reads, parses and checks one file; throws Error naming the file on any problem.
 LoadedReport load_report(const std::string& path);
 
