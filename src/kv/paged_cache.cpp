@@ -495,7 +495,7 @@ void PagedKVCache::fold_quest_keys_kernel(const std::vector<Sequence*>& seqs, in
   const at::Tensor up = upload(at::tensor(packed, at::kLong));
   const at::Tensor x = keys.to(at::kFloat).contiguous();
   KVB_CHECK(x.dim() == 3 && x.size(0) == S && x.size(1) == num_kv_heads_ &&
-                x.size(2) == head_dim_ && x.device().type() == device_.type(),
+                x.size(2) == head_dim_ && on_device(x, device_),
             "paged cache: Quest's new keys must be [sequences, kv_heads, head_dim] on ",
             device_.str());
   kernels::QuestFoldProblem pr;
@@ -899,7 +899,7 @@ at::Tensor PagedKVCache::attend_batch(int64_t layer_index, const std::vector<int
         paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
     // A query already where and as the kernel takes it gets the kernel's output as it is: the
     // kernels suite times one launch, not a launch and a cast.
-    if (q.device() == device_ && q.scalar_type() == input_dtype()) return out;
+    if (on_device(q, device_) && q.scalar_type() == input_dtype()) return out;
     return out.to(q.device(), at::kFloat);
   }
   const double scale = 1.0 / std::sqrt(double(head_dim_));

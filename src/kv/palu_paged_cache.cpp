@@ -125,7 +125,7 @@ std::pair<at::Tensor, at::Tensor> PaluPagedCache::fused_latents(const at::Tensor
                                                                 const Bases& bases,
                                                                 const at::Tensor& positions) {
   const at::Device where = latent_.device();
-  auto here = [&](const at::Tensor& t) { return t.device() == where ? t : t.to(where); };
+  auto here = [&](const at::Tensor& t) { return on_device(t, where) ? t : t.to(where); };
   const int64_t n = k.size(0), groups = num_kv_heads_ / group_, in = group_ * head_dim_;
   // Each token's g heads side by side through its group's basis, as latents() multiplies them;
   // the keys rotated back from RoPE on the way in.

@@ -179,6 +179,16 @@ TEST_P(PagedCacheTest, AppendedUnattendedThenAttendedLikeTheReference) {
   EXPECT_EQ(paged.length(seqs[0]), 300);
 }
 
+// The config's "cuda" has no index; tensors there have one (cuda:0), and == would call them
+// elsewhere (a Quest decode step on a GPU once threw over it).
+TEST(PagedCacheDeviceTest, ADeviceWithoutAnIndexMeansTheCurrentOne) {
+  const at::Tensor t = at::zeros({2});
+  EXPECT_TRUE(on_device(t, at::Device("cpu")));
+  EXPECT_FALSE(on_device(t, at::Device("cuda")));
+  EXPECT_FALSE(at::Device("cuda") == at::Device("cuda:0"));  // why on_device exists
+  EXPECT_TRUE(at::Device("cuda").type() == at::Device("cuda:0").type());
+}
+
 TEST(PagedCacheErrorsTest, CudaWithoutCudaSaysWhy) {
   if (at::hasCUDA()) GTEST_SKIP() << "libtorch has CUDA here";
   try {

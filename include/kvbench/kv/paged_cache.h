@@ -41,6 +41,14 @@ namespace kvbench {
 namespace paged_cuda {
 struct DecodeBatch;  // src/kv/paged_cache_cuda.h
 }
+
+// Whether t is on `device`, where a device without an index (the config's "cuda") means the
+// current one: at::Device("cuda") == cuda:0 is false, so comparing devices would take every
+// tensor there as elsewhere.
+inline bool on_device(const at::Tensor& t, const at::Device& device) {
+  return t.device().type() == device.type() &&
+         (!device.has_index() || t.device().index() == device.index());
+}
 class QuestPolicy;
 
 // A method's paged storage: format, page size (KIVI: its group), KIVI's window, and the fp8
