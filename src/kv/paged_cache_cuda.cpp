@@ -284,6 +284,15 @@ void check_host(const kernels::RetainedProblem& pr, const kernels::PagedKvStore&
   KVB_CHECK(why[0] == '\0', "paged cache: host decode: ", why);
 }
 
+// A kernel's host twin on a problem over host pointers, checked as its launcher checks it.
+template <class Problem>
+void run_host_twin(const Problem& p, const char* (*check)(const Problem&),
+                   void (*twin)(const Problem&), const char* what) {
+  const char* why = check(p);
+  KVB_CHECK(why[0] == '\0', "paged cache: host ", what, ": ", why);
+  twin(p);
+}
+
 }  // namespace
 
 at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,
@@ -339,16 +348,14 @@ void gear(const kernels::GearProblem& problem, int64_t max_len, const at::Tensor
 
 void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on) {
   if (on.is_cuda()) return device_quest(problem, on);
-  const char* why = kernels::quest_score_check(problem);
-  KVB_CHECK(why[0] == '\0', "paged cache: host quest page scores: ", why);
-  kernels::quest_score_host(problem);
+  run_host_twin(problem, kernels::quest_score_check, kernels::quest_score_host,
+                "quest page scores");
 }
 
 void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on) {
   if (on.is_cuda()) return device_quest_fold(problem, on);
-  const char* why = kernels::quest_fold_check(problem);
-  KVB_CHECK(why[0] == '\0', "paged cache: host quest bound folding: ", why);
-  kernels::quest_fold_host(problem);
+  run_host_twin(problem, kernels::quest_fold_check, kernels::quest_fold_host,
+                "quest bound folding");
 }
 
 std::vector<at::Tensor> head_project(const std::vector<Projection>& jobs) {
@@ -397,13 +404,10 @@ std::vector<at::Tensor> head_project(const std::vector<Projection>& jobs) {
       a.positions = pos.data_ptr<int64_t>(), a.rope_dim = int(cos.size(1));
     }
   }
-  if (on.is_cuda()) {
+  if (on.is_cuda())
     device_project(p, on);
-  } else {
-    const char* why = kernels::head_project_check(p);
-    KVB_CHECK(why[0] == '\0', "paged cache: host head projection: ", why);
-    kernels::head_project_host(p);
-  }
+  else
+    run_host_twin(p, kernels::head_project_check, kernels::head_project_host, "head projection");
   return outs;
 }
 
@@ -450,13 +454,11 @@ at::Tensor summed_by_kernels(const at::Tensor& q, const at::Tensor& keys, const 
   p.k = static_cast<const uint16_t*>(k16.data_ptr());
   if (split) p.k_lo = static_cast<const uint16_t*>(k_lo.data_ptr());
   p.lse = lse.data_ptr<float>(), p.out = out.data_ptr<float>();
-  if (keys.is_cuda()) {
+  if (keys.is_cuda())
     device_summed(p, keys);
-  } else {
-    const char* why = kernels::summed_attention_check(p);
-    KVB_CHECK(why[0] == '\0', "paged cache: host summed attention: ", why);
-    kernels::summed_attention_host(p);
-  }
+  else
+    run_host_twin(p, kernels::summed_attention_check, kernels::summed_attention_host,
+                  "summed attention");
   return out;
 }
 
