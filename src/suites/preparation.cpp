@@ -101,6 +101,14 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> capture_kv(
   return {keys, values};
 }
 
+void check_calibration_fits(const CalibrationSpec& spec, const ModelConfig& c) {
+  KVB_CHECK(spec.prompts == 0 || c.max_position_embeddings <= 0 ||
+                spec.tokens <= c.max_position_embeddings,
+            "calibration: calib_tokens ", spec.tokens,
+            " is more than the model's max_position_embeddings (", c.max_position_embeddings,
+            "); calibration prompts must fit the model");
+}
+
 PreparedCodec prepare_codec(std::shared_ptr<const Codec> codec, const Transformer& model,
                             const Tokenizer* tokenizer) {
   if (!codec->needs_preparation()) return {std::move(codec), nullptr};
@@ -117,11 +125,7 @@ PreparedCodec prepare_codec(std::shared_ptr<const Codec> codec, const Transforme
   }
   const CalibrationSpec spec = codec->calibration();
   nlohmann::json calibration = nullptr;
-  KVB_CHECK(spec.prompts == 0 || c.max_position_embeddings <= 0 ||
-                spec.tokens <= c.max_position_embeddings,
-            "calibration: calib_tokens ", spec.tokens,
-            " is more than the model's max_position_embeddings (", c.max_position_embeddings,
-            "); calibration prompts must fit the model");
+  check_calibration_fits(spec, c);
   if (spec.prompts > 0) {
     const auto prompts = calibration_prompts(spec, c.vocab_size, tokenizer);
     std::tie(in.keys, in.values) = capture_kv(model, prompts);

@@ -14,6 +14,7 @@
 #include "kvbench/kv/quest_policy.h"
 #include "kvbench/model/transformer.h"
 #include "kvbench/suites/cell.h"
+#include "kvbench/suites/preparation.h"
 
 namespace kvbench {
 
@@ -244,7 +245,9 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
                                  at::ScalarType dtype, bool paged, bool on_gpu) {
   auto codec = make_codec(method, dtype);
   // Building the stores checks the method against the model (e.g. group vs head_dim); codecs
-  // that need preparation check it in their formula (their stores need the fitted bases).
+  // that need preparation check it in their formula (their stores need the fitted bases), and
+  // their calibration here, before any cell loads the weights.
+  check_calibration_fits(codec->calibration(), c);
   if (!codec->needs_preparation()) {
     codec->make_key_store(c.num_kv_heads, c.head_dim);
     codec->make_value_store(c.num_kv_heads, c.head_dim);

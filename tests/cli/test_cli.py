@@ -618,6 +618,14 @@ class CliTest(CliCase):
              "suites": [{"name": "latency"}]}))
         self.assert_one_line_error(
             res, 2, "methods[1]: palu: group 3 must divide the model's KV heads (2)")
+        # kvproj's calibration prompts longer than the model's positions (tiny-llama: 4096).
+        res = kvbench("validate", "--config", self.write_config(
+            {"model": {"preset": "tiny-llama", "random_init": True},
+             "methods": [{"name": "kvproj", "calib_prompts": 1, "calib_tokens": 5000}],
+             "suites": [{"name": "latency"}]}))
+        self.assert_one_line_error(
+            res, 2, "methods[0]: calibration: calib_tokens 5000 is more than the model's "
+            "max_position_embeddings")
 
     def test_validate_refuses_what_the_paged_path_cannot_run(self):
         # On attention "paged", what a paged cache would refuse when built is refused before any

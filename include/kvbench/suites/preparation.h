@@ -30,6 +30,9 @@ std::vector<std::vector<int64_t>> calibration_prompts(const CalibrationSpec& spe
 // values as the cache received them: {keys, values}, per layer [kv_heads, total tokens, d].
 std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> capture_kv(
     const Transformer& model, const std::vector<std::vector<int64_t>>& prompts);
+// Throws when the calibration prompts `spec` asks for cannot run on a model of config `c`
+// (longer than its max_position_embeddings). `validate` checks this too, without the weights.
+void check_calibration_fits(const CalibrationSpec& spec, const ModelConfig& c);
 // `codec` prepared for `model` (unchanged, with a null report, when it needs no preparation).
 // `tokenizer` may be null unless the codec calibrates on text.
 PreparedCodec prepare_codec(std::shared_ptr<const Codec> codec, const Transformer& model,
