@@ -28,8 +28,10 @@ done
 torch_prefix=${TORCH_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
 # PyTorch 2.12 and later refuse C++17 in ATen's headers; kvbench is also valid C++20.
 cxx_std=$(python3 -c 'import torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); print(20 if v >= (2, 12) else 17)' 2>/dev/null || echo 17)
-generator=()
-command -v ninja >/dev/null && generator=(-G Ninja)
+# A failed build goes on with the other files (-k), so that one log shows every error a
+# PyTorch release's API changes cause, not only the first file's.
+generator=() keep_going=(-- -k)
+command -v ninja >/dev/null && generator=(-G Ninja) keep_going=(-- -k 0)
 echo "configuring $build (torch: $torch_prefix, C++$cxx_std; log: $build/configure.log)"
 cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKVBENCH_CUDA=ON -DCMAKE_CXX_STANDARD="$cxx_std" \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
@@ -39,6 +41,6 @@ grep "kvbench:" "$build/configure.log" || true
 read -r -a targets <<<"${KVBENCH_TARGETS:-kvbench kvbench_tests}"
 jobs=${JOBS:-$(nproc)}
 echo "building ${targets[*]} with $jobs jobs"
-cmake --build "$build" -j"$jobs" --target "${targets[@]}" >"$build/build.log" 2>&1 ||
-  { grep -E "error|Error" "$build/build.log" | head -40; tail -20 "$build/build.log"; exit 1; }
+cmake --build "$build" -j"$jobs" --target "${targets[@]}" "${keep_going[@]}" >"$build/build.log" 2>&1 ||
+  { grep -E "error|Error" "$build/build.log" | head -80; tail -20 "$build/build.log"; exit 1; }
 echo "built ${targets[*]} in $build"

@@ -166,6 +166,10 @@ stage ncu 150 bash -c "rc=0; for c in fp16:v2 int4:v2 int4:v3 kivi-2:v2 kivi-2:v
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/gpu_tests \
   --gtest_brief=1 \
   --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v3h:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split'
+# The full build's own logs (every compile error, with -k), whatever became of it.
+for f in configure build; do
+  [ -f "build-cuda/$f.log" ] && cp "build-cuda/$f.log" "$LOGS/cuda-$f.log"
+done
 log "done"
 cp "$OUT/session.log" "$LOGS/session.log"
 bundle
