@@ -46,7 +46,6 @@ cudaError_t head_project(const HeadProjectProblem& problem, cudaStream_t stream)
   for (int j = 0; j < problem.jobs; ++j)
     heads = max(heads, problem.job[j].heads), in = max(in, problem.job[j].in_dim);
   const dim3 grid(heads, (problem.rows + kTile - 1) / kTile, problem.jobs);
-  if (grid.y > 65535u) return cudaErrorInvalidValue;
   head_project_kernel<<<grid, kThreads, kTile * in * sizeof(float), stream>>>(problem);
   return cudaGetLastError();
 }

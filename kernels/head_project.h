@@ -50,6 +50,8 @@ struct HeadProjectProblem {
 inline const char* head_project_check(const HeadProjectProblem& p) {
   if (p.rows < 0 || p.jobs < 1 || p.jobs > kHeadProjectMaxJobs)
     return "head_project: rows >= 0 and 1 to 3 jobs expected";
+  // Blocks of 16 rows along a grid's y.
+  if (p.rows > kHeadProjectRowTile * 65535) return "head_project: at most 1048560 rows";
   for (int j = 0; j < p.jobs; ++j) {
     const HeadProjectJob& a = p.job[j];
     if (a.heads < 1 || a.basis_heads < 1 || a.heads % a.basis_heads != 0)
@@ -58,9 +60,11 @@ inline const char* head_project_check(const HeadProjectProblem& p) {
       return "head_project: in_dim must be 1 to 512 and out_dim positive";
     if (!a.x || !a.basis || !a.out) return "head_project: x, basis and out are required";
     if (a.out == a.x) return "head_project: out may not alias x";
-    if (a.rope_cos && (!a.rope_sin || !a.positions || a.rope_dim < 2 || a.rope_dim % 2 != 0 ||
-                       a.in_dim % a.rope_dim != 0))
-      return "head_project: a rotation needs sin, positions and an even rope_dim dividing in_dim";
+    // A rotation is cos, sin and positions together: a half-given one would be skipped.
+    if (!a.rope_cos != !a.rope_sin || !a.rope_cos != !a.positions)
+      return "head_project: rope_cos, rope_sin and positions go together";
+    if (a.rope_cos && (a.rope_dim < 2 || a.rope_dim % 2 != 0 || a.in_dim % a.rope_dim != 0))
+      return "head_project: a rotation needs an even rope_dim dividing in_dim";
   }
   return "";
 }

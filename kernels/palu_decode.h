@@ -158,6 +158,8 @@ KVB_HD float output_channel(const PaluProblem& p, int j, const float* v_lat, int
 // "" when the problem is valid (what can be checked without reading device memory).
 inline const char* palu_check(const PaluProblem& p) {
   if (p.batch < 1 || p.q_heads < 1 || p.kv_heads < 1) return "batch and heads must be positive";
+  // kv_heads and batch are a grid's y and z (the combine's x and y).
+  if (p.kv_heads > 65535 || p.batch > 65535) return "at most 65535 sequences and KV heads";
   if (p.q_heads % p.kv_heads != 0) return "q_heads must be a multiple of kv_heads";
   if (p.q_heads / p.kv_heads > kPaluMaxQPerKv) return "more than 8 query heads per KV head";
   if (p.group < 1 || p.kv_heads % p.group != 0) return "group must divide kv_heads";

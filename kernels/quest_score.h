@@ -37,6 +37,7 @@ struct QuestScoreProblem {
 inline const char* quest_score_check(const QuestScoreProblem& p) {
   if (p.batch < 1 || p.kv_heads < 1 || p.head_dim < 1 || p.most < 1)
     return "batch, kv_heads, head_dim and most must be positive";
+  if (p.batch > 65535) return "at most 65535 sequences (a grid's y)";
   if (!p.mins || !p.maxs || !p.pages || !p.pos || !p.neg || !p.out)
     return "a required pointer is null";
   return "";

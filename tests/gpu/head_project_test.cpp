@@ -118,6 +118,12 @@ TEST(HeadProjectGpuTest, MatchesTheHostReferenceBitForBit) {
       std::vector<JobData> wide;  // more output columns than a block has threads
       wide.push_back(make_job(rows, 2, 1, 256, 200, t, t, rng));
       ASSERT_NO_FATAL_FAILURE(run_case(rows, wide));
+      // Widths that leave the channel loop's unrolling a remainder (the engine pads its own),
+      // and fp32 activations into a bf16 output.
+      std::vector<JobData> odd;
+      odd.push_back(make_job(rows, 4, 2, 90, 48, t, t, rng));
+      odd.push_back(make_job(rows, 2, 2, 33, 20, ActDtype::kF32, ActDtype::kBf16, rng));
+      ASSERT_NO_FATAL_FAILURE(run_case(rows, odd));
     }
   }
 }

@@ -136,13 +136,16 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, PaluDecodeGpuTest,
-    ::testing::Values(Shape{8, 4, 128, 96, false}, Shape{8, 4, 128, 128, false},
-                      Shape{2, 8, 128, 32, true}, Shape{4, 2, 64, 64, false},
-                      Shape{2, 1, 64, 96, true}, Shape{8, 4, 128, 128, false, 4},
-                      Shape{4, 2, 64, 64, true, 2}, Shape{8, 4, 128, 96, false, 1, true},
-                      Shape{2, 8, 128, 128, true, 1, true}, Shape{4, 2, 64, 64, false, 2, true},
-                      Shape{8, 4, 128, 128, false, 1, false, 16},
-                      Shape{8, 4, 128, 96, false, 1, true, 16}),
+    ::testing::Values(
+        Shape{8, 4, 128, 96, false}, Shape{8, 4, 128, 128, false}, Shape{2, 8, 128, 32, true},
+        Shape{4, 2, 64, 64, false}, Shape{2, 1, 64, 96, true}, Shape{8, 4, 128, 128, false, 4},
+        Shape{4, 2, 64, 64, true, 2}, Shape{8, 4, 128, 96, false, 1, true},
+        Shape{2, 8, 128, 128, true, 1, true}, Shape{4, 2, 64, 64, false, 2, true},
+        Shape{8, 4, 128, 128, false, 1, false, 16}, Shape{8, 4, 128, 96, false, 1, true, 16},
+        // Pages of 16 with a group (bf16; listed), three query heads per KV head
+        // over pages of three tiles.
+        Shape{4, 2, 64, 64, true, 2, false, 16}, Shape{4, 2, 64, 64, false, 2, true, 16},
+        Shape{2, 3, 64, 96, false, 1, true, 48}),
     [](const auto& i) { return shape_name(i.param); });
 
 TEST(PaluDecodeGpuErrorsTest, RejectsBadProblems) {

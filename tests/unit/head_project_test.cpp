@@ -165,5 +165,34 @@ TEST(HeadProjectTest, WrapperRefusesBadJobs) {
   }
 }
 
+// The launcher's check refuses what the kernel would launch wrong or skip without a word.
+TEST(HeadProjectTest, CheckRefusesWhatTheKernelCannotRun) {
+  std::vector<float> buf(64, 1.f), table(64, 0.5f);
+  const int64_t positions[1] = {0};
+  kernels::HeadProjectProblem p;
+  p.rows = 1, p.jobs = 1;
+  kernels::HeadProjectJob& a = p.job[0];
+  a.heads = 2, a.basis_heads = 1, a.in_dim = 8, a.out_dim = 8;
+  a.x = buf.data(), a.basis = buf.data(), a.out = buf.data() + 32;
+  ASSERT_STREQ(kernels::head_project_check(p), "");
+  p.rows = 16 * 65535 + 1;  // blocks of 16 rows past a grid's y
+  EXPECT_STREQ(kernels::head_project_check(p), "head_project: at most 1048560 rows");
+  p.rows = 16 * 65535;
+  EXPECT_STREQ(kernels::head_project_check(p), "");
+  p.rows = 1;
+  // A rotation with a table missing would be skipped (the kernel tests rope_cos alone).
+  a.rope_dim = 8, a.rope_sin = table.data(), a.positions = positions;
+  EXPECT_STREQ(kernels::head_project_check(p),
+               "head_project: rope_cos, rope_sin and positions go together");
+  a.rope_cos = table.data(), a.positions = nullptr;
+  EXPECT_STREQ(kernels::head_project_check(p),
+               "head_project: rope_cos, rope_sin and positions go together");
+  a.positions = positions;
+  EXPECT_STREQ(kernels::head_project_check(p), "");
+  a.rope_dim = 6;  // does not divide in_dim 8
+  EXPECT_STREQ(kernels::head_project_check(p),
+               "head_project: a rotation needs an even rope_dim dividing in_dim");
+}
+
 }  // namespace
 }  // namespace kvbench

@@ -33,14 +33,16 @@ TEST(PaluDecodeHostTest, MatchesFloat64) {
     int kv, per, d, r;
     bool bf16;
     int group;
+    int page = 32;
   };
   for (const bool evict : {false, true})
     for (const Shape& s : {Shape{2, 4, 128, 96, false, 1}, Shape{2, 4, 128, 128, true, 1},
                            Shape{1, 8, 64, 32, false, 1}, Shape{2, 2, 64, 64, true, 1},
-                           Shape{4, 2, 128, 128, false, 4}, Shape{4, 2, 64, 64, true, 2}}) {
+                           Shape{4, 2, 128, 128, false, 4}, Shape{4, 2, 64, 64, true, 2},
+                           Shape{4, 2, 64, 64, true, 2, 16}, Shape{2, 3, 64, 96, false, 1, 48}}) {
       // With `evict`: every token, a list and a tail, a tail alone, every token.
       const gpu_test::PaluCase c = gpu_test::palu_case(
-          s.kv, s.per, s.d, s.r, s.bf16, {1, 17, 100, 250}, 5 + s.r, 32, s.group, evict);
+          s.kv, s.per, s.d, s.r, s.bf16, {1, 17, 100, 250}, 5 + s.r, s.page, s.group, evict);
       std::vector<float> got(c.want.size(), NAN),
           scratch(size_t(2 * c.head_dim + c.rank + c.max_len())), scores(c.want_scores.size(), NAN);
       kernels::PaluProblem p = c.problem(got.data());
@@ -56,8 +58,8 @@ TEST(PaluDecodeHostTest, MatchesFloat64) {
       // Measured: ~1e-7 (fp16) and ~1e-6 (bf16); a key element that rounds to the neighbouring
       // 16-bit value moves its score by one unit in the last place of that value.
       EXPECT_LT(gpu_test::scaled_error(got, c.want), s.bf16 ? 2e-4 : 2e-5)
-          << "d " << s.d << " r " << s.r << " g " << s.group << (s.bf16 ? " bf16" : " fp16")
-          << (evict ? " evicted" : "");
+          << "d " << s.d << " r " << s.r << " g " << s.group << " page " << s.page
+          << (s.bf16 ? " bf16" : " fp16") << (evict ? " evicted" : "");
       // The scores it softmaxes, where a policy's record reads them: each attended token's,
       // nothing past a count. A key element rounded to the neighbouring 16-bit value moves a
       // score by |q_c| times that value's step, which the output averages away but a score shows
@@ -72,8 +74,8 @@ TEST(PaluDecodeHostTest, MatchesFloat64) {
         written.push_back(scores[i]), expected.push_back(c.want_scores[i]);
       }
       EXPECT_LT(gpu_test::scaled_error(written, expected), s.bf16 ? 2e-3 : 3e-4)
-          << "d " << s.d << " r " << s.r << " g " << s.group << (s.bf16 ? " bf16" : " fp16")
-          << (evict ? " evicted" : "");
+          << "d " << s.d << " r " << s.r << " g " << s.group << " page " << s.page
+          << (s.bf16 ? " bf16" : " fp16") << (evict ? " evicted" : "");
     }
 }
 
@@ -108,6 +110,10 @@ TEST(PaluDecodeHostTest, RejectsWhatTheKernelCannotTake) {
   EXPECT_NE(with([](auto& p) { p.page_size = 24; }), "");
   EXPECT_NE(with([](auto& p) { p.rope_fine = nullptr; }), "");
   EXPECT_NE(with([](auto& p) { p.group = 3; }), "");  // does not divide 2 KV heads
+  // A grid's y and z (and the combine's x and y).
+  EXPECT_EQ(with([](auto& p) { p.batch = 65536; }), "at most 65535 sequences and KV heads");
+  EXPECT_EQ(with([](auto& p) { p.kv_heads = 65536, p.q_heads = 65536, p.group = 1; }),
+            "at most 65535 sequences and KV heads");
   static const int counts[1] = {0}, tails[1] = {0};
   EXPECT_NE(with([](auto& p) { p.kept_counts = counts; }), "");  // lists without the rest
   EXPECT_EQ(with([&](auto& p) { p.scores = out.data(); }), "scores need a positive score_stride");
