@@ -30,6 +30,12 @@ torch_prefix=${TORCH_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake
 cxx_std=$(python3 -c 'import torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); print(20 if v >= (2, 12) else 17)' 2>/dev/null || echo 17)
 # A failed build goes on with the other files (-k), so that one log shows every error a
 # PyTorch release's API changes cause, not only the first file's.
+# PyTorch's CUDA config finds the toolkit by nvcc on PATH (or CUDA_PATH), not by CMake's
+# CUDA compiler; and its architecture probe needs no guess on a Hopper.
+if [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH=/usr/local/cuda/bin:$PATH CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
+fi
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 generator=() keep_going=(-- -k)
 command -v ninja >/dev/null && generator=(-G Ninja) keep_going=(-- -k 0)
 echo "configuring $build (torch: $torch_prefix, C++$cxx_std; log: $build/configure.log)"

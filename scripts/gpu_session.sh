@@ -74,6 +74,14 @@ build_signal() { kill -"$1" -- -"$build_pid" 2>/dev/null; }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader |
   tee -a "$OUT/session.log"
+# What the full build's Debian 12 libraries need of the machine (glibc 2.34, GCC 12's
+# libstdc++), and whether the wheel ships fmt headers that would shadow Debian's fmt 9.
+{
+  ldd --version | head -1
+  echo "GLIBCXX_3.4.30: $(strings "$(g++ -print-file-name=libstdc++.so.6)" 2>/dev/null | grep -c GLIBCXX_3.4.30)"
+  python3 -c 'import os, torch; i = os.path.join(os.path.dirname(torch.__file__), "include"); print("torch", torch.__version__, "cuda", torch.version.cuda, "fmt headers in wheel:", os.path.isdir(os.path.join(i, "fmt")))'
+  which nvcc cmake ninja g++
+} >"$LOGS/host.log" 2>&1
 if ! build-gpu/gpu_tests --gtest_list_tests >"$LOGS/gpu_tests_list.log" 2>&1; then
   # (Rebuilding there cannot help: the machine has no googletest to link.)
   log "build-gpu/gpu_tests does not run here: $(tail -1 "$LOGS/gpu_tests_list.log")"

@@ -30,9 +30,11 @@ at::Tensor block_attention_reference(const at::Tensor& q, const at::Tensor& k, c
   at::Tensor qg = q.reshape({kv_heads, group * n, d});             // rows: (g, i)
   at::Tensor scores = at::bmm(qg, k.transpose(1, 2)).mul_(scale);  // [kvh, g*n, L]
   if (n > 1) {
-    // Query i may see keys up to total - n + i.
-    at::Tensor key_pos = at::arange(total, at::kLong).view({1, total});
-    at::Tensor limit = at::arange(n, at::kLong).add_(total - n).view({n, 1});
+    // Query i may see keys up to total - n + i. (The mask where the scores are: on a GPU a
+    // host mask is an error.)
+    const auto longs = scores.options().dtype(at::kLong);
+    at::Tensor key_pos = at::arange(total, longs).view({1, total});
+    at::Tensor limit = at::arange(n, longs).add_(total - n).view({n, 1});
     at::Tensor hidden = key_pos.gt(limit).repeat({group, 1});  // [g*n, L]
     scores.masked_fill_(hidden.unsqueeze(0), -std::numeric_limits<float>::infinity());
   }

@@ -1,6 +1,7 @@
 #include "kvbench/core/cuda_stream.h"
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/time.h"
 
 #ifdef KVBENCH_HAVE_CUDA
 #include "device_query.h"
@@ -25,6 +26,18 @@ bool follows_torch_streams() {
 #else
   return false;
 #endif
+}
+
+double wait_for_device(const at::Device& device) {
+#ifdef KVBENCH_TORCH_CUDA
+  if (device.is_cuda()) {
+    const Stopwatch watch;
+    c10::cuda::getCurrentCUDAStream(device.index()).synchronize();
+    return watch.seconds();
+  }
+#endif
+  (void)device;
+  return 0;
 }
 
 #ifdef KVBENCH_HAVE_CUDA

@@ -5,6 +5,7 @@
 #include <map>
 #include <vector>
 
+#include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 
 namespace kvbench {
@@ -312,7 +313,8 @@ void AttentionRecord::keep_batch(const std::vector<AttentionRecord*>& records,
 }
 
 std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
-                                             const std::vector<RetentionInput*>& inputs) {
+                                             const std::vector<RetentionInput*>& inputs,
+                                             double* waited_s) {
   // The positions stay on the host beside each input (the policy counts there; select_batch
   // moves them where the scores are).
   std::vector<RetentionInput> where(inputs.size());
@@ -332,7 +334,9 @@ std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
     if (!c.device().is_cpu()) on_device.push_back(c.reshape({-1}));
   }
   if (on_device.empty()) return chosen;
-  const at::Tensor host = at::cat(on_device).to(at::kCPU);  // the one wait
+  const at::Tensor all = at::cat(on_device);
+  if (waited_s != nullptr) *waited_s += wait_for_device(all.device());
+  const at::Tensor host = all.to(at::kCPU);  // the one wait
   int64_t offset = 0;
   for (RetentionChoice& c : chosen) {
     if (c.where.device().is_cpu()) continue;

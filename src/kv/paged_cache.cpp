@@ -12,6 +12,7 @@
 #include "kv_paged_decode.h"
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/attention/torch_sdpa.h"
+#include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/time.h"
 #include "kvbench/kv/quest_policy.h"
@@ -87,13 +88,16 @@ const char* kPagedMethods =
 // (8k-token prefills on a GPU: 1 GiB per layer instead of 8).
 //
 // A fresh prefill on a GPU (the queries are all the keys) goes through PyTorch's fused SDPA in
-// fp16 instead where libtorch has it: the stored values are fp16-exact, the result differs from
-// the fp32 reference by fp16 rounding of q and the softmax (tests bound it by 2e-3).
+// fp16 instead where libtorch has it: fp16 pages are fp16-exact, the result differs from the
+// fp32 reference by fp16 rounding of q and the softmax (tests bound it by 2e-3); bf16 pages
+// are rounded to fp16 too (values past 65504 would overflow: real keys and values stay far
+// below). SDPA's own scale is 1/sqrt(d): another `scale` takes the reference path.
 at::Tensor paged_block_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  double scale) {
   constexpr int64_t kChunk = 1024;
   const int64_t n = q.size(1), L = k.size(1);
-  if (q.is_cuda() && n == L && n > 1 && torch_sdpa_available())
+  const bool default_scale = std::abs(scale * std::sqrt(double(q.size(2))) - 1.0) < 1e-12;
+  if (q.is_cuda() && n == L && n > 1 && default_scale && torch_sdpa_available())
     return torch_sdpa(q.unsqueeze(0).to(at::kHalf), k.unsqueeze(0).to(at::kHalf),
                       v.unsqueeze(0).to(at::kHalf), /*causal=*/true)
         .squeeze(0)
@@ -581,7 +585,7 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
           .index_copy_(0, where, u)
           .view({S, most, num_kv_heads_})
           .permute({0, 2, 1});  // [S, kv_heads, most]; padding masked by select_pages
-  return quest_->select_pages(bounds, index.narrow(0, 2 * all, S)).to(at::kCPU).contiguous();
+  return quest_->select_pages(bounds, index.narrow(0, 2 * all, S));
 }
 
 at::Tensor PagedKVCache::quest_pages_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
@@ -611,7 +615,7 @@ at::Tensor PagedKVCache::quest_pages_kernel(const std::vector<Sequence*>& seqs, 
   pr.pages = base + 2 * S;
   pr.pos = p.data_ptr<float>(), pr.neg = n.data_ptr<float>(), pr.out = bounds.data_ptr<float>();
   paged_cuda::quest_score(pr, bounds);
-  return quest_->select_pages(bounds, counts).to(at::kCPU).contiguous();
+  return quest_->select_pages(bounds, counts);
 }
 
 at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t j, int64_t held,
@@ -673,14 +677,17 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
   // The retained-index kernel reads int32 lists; the reference rows take int64 positions.
   const bool listed = kernel_path_ && step.max_new == 1;
+  double waited = 0;      // for the layer's queued work, at the read-back
   if (!sparse.empty()) {  // the sparse sequences' pages in one read-back, then their tokens
-    const at::Tensor pages = quest_pages(sparse, layer, q, sparse_rows);
+    const at::Tensor chosen = quest_pages(sparse, layer, q, sparse_rows);
+    waited = wait_for_device(chosen.device());
+    const at::Tensor pages = chosen.to(at::kCPU).contiguous();
     for (size_t j = 0; j < sparse.size(); ++j)
       positions[size_t(sparse_b[j])] =
           quest_tokens(pages, int64_t(j), sparse[j]->length + 1, listed ? at::kInt : at::kLong);
   }
   const bool any_sparse = !sparse.empty();
-  retention_s_ += watch.seconds();
+  retention_s_ += watch.seconds() - waited;
   if (!any_sparse) return attend_dense(step, counts, q, store);
   if (listed) {
     // Each sequence's pages this step as a list the retained-index kernel reads (no tail).
@@ -1047,9 +1054,10 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   }
   if (evicting.empty()) return out;
   Stopwatch watch;
+  double waited = 0;  // for the layer's queued work, at the choices' read-back
   if (by_attention) AttentionRecord::fill_batch(*policy_, records, newest_evicting, evicting);
-  const std::vector<RetentionChoice> chosen = choose_retained(*policy_, evicting);
-  retention_s_ += watch.seconds();
+  const std::vector<RetentionChoice> chosen = choose_retained(*policy_, evicting, &waited);
+  retention_s_ += watch.seconds() - waited;
   std::vector<AttentionRecord*> kept_records;
   std::vector<at::Tensor> wheres;
   for (size_t i = 0; i < evicting.size(); ++i) {
@@ -1141,8 +1149,9 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
     return;
   }
   in.positions = positions_of(r, in.length);
-  const RetentionChoice chosen = choose_retained(*policy_, {&in})[0];
-  retention_s_ += watch.seconds();
+  double waited = 0;
+  const RetentionChoice chosen = choose_retained(*policy_, {&in}, &waited)[0];
+  retention_s_ += watch.seconds() - waited;
   apply_choice(s, layer, in, chosen);
   s.scores[size_t(layer)].keep(chosen.where);  // nothing recorded for these policies: a no-op
 }

@@ -303,7 +303,8 @@ void PaluPagedCache::fill_window_scores(RetentionInput& in, const at::Tensor& qb
 void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
                             const std::vector<RetentionInput*>& inputs) {
   Stopwatch watch;
-  const std::vector<RetentionChoice> chosen = choose_retained(*policy_, inputs);
+  double waited = 0;  // for the layer's queued work, at the choices' read-back
+  const std::vector<RetentionChoice> chosen = choose_retained(*policy_, inputs, &waited);
   std::vector<AttentionRecord*> records;
   std::vector<at::Tensor> wheres;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -352,7 +353,7 @@ void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
     wheres.push_back(chosen[i].where);
   }
   AttentionRecord::keep_batch(records, wheres);
-  retention_s_ += watch.seconds();
+  retention_s_ += watch.seconds() - waited;
 }
 
 at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seqs,

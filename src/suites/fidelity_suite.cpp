@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
@@ -152,8 +153,12 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
     for (int64_t i = 0; i < steps; ++i) {
       const std::vector<int64_t> input = {tok[prefix + i]};
       const at::Tensor lb = model.forward({{sb, input}}, *base_cache);
+      // On a GPU forward() returns before its work ends: the step's time is from an idle
+      // device to the end of the method's own work (the baseline's is not in it).
+      wait_for_device(lb.device());
       Stopwatch timer;
       const at::Tensor lm = model.forward({{sm, input}}, *cache);
+      wait_for_device(lm.device());
       step_s.push_back(timer.seconds());
       check_finite_logits(lb, lm, w, i);
       const StepFidelity s = step_fidelity(lb, lm, tok[prefix + i + 1]);

@@ -34,6 +34,18 @@ TEST(CudaStreamTest, IsTheLegacyDefaultStreamOffTheGpu) {
         << "a libtorch without CUDA has only the default stream to name";
 }
 
+// The wait a retention timer takes out: none off the GPU; on it, at least the work queued.
+TEST(CudaStreamTest, WaitForDeviceWaitsForTheQueuedWork) {
+  EXPECT_EQ(wait_for_device(at::Device(at::kCPU)), 0.0);
+#ifdef KVBENCH_TORCH_CUDA
+  if (!at::hasCUDA()) GTEST_SKIP() << "no GPU is visible";
+  wait_for_device(at::Device("cuda"));
+  at::cuda::sleep(200'000'000);  // ~0.1 s at 2 GHz
+  EXPECT_GT(wait_for_device(at::Device("cuda")), 0.02);
+  EXPECT_LT(wait_for_device(at::Device("cuda")), 0.02);  // nothing left
+#endif
+}
+
 TEST(DeviceTimerTest, RefusesADeviceThatIsNotAGpu) {
   EXPECT_THROW(DeviceTimer(at::Device(at::kCPU)), Error);
 }

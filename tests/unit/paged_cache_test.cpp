@@ -189,6 +189,23 @@ TEST(PagedCacheDeviceTest, ADeviceWithoutAnIndexMeansTheCurrentOne) {
   EXPECT_TRUE(at::Device("cuda").type() == at::Device("cuda:0").type());
 }
 
+// A block of queries over a sequence's earlier keys too (chunked prefill, a late block) masks
+// where its scores are: a host mask on GPU scores is an error. And a scale other than
+// 1/sqrt(d) is kept, not replaced by SDPA's.
+TEST(PagedCacheDeviceTest, BlockAttentionRunsWhereItsInputsAre) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA (or no GPU is visible)";
+  const at::Device gpu(at::kCUDA, 0);
+  auto gen = at::detail::createCPUGenerator(5);
+  for (const auto& [n, L, scale] : {std::tuple{5, 12, 0.125}, std::tuple{7, 7, 0.5}}) {
+    const at::Tensor q = at::randn({4, n, 64}, gen), k = at::randn({2, L, 64}, gen),
+                     v = at::randn({2, L, 64}, gen);
+    const at::Tensor want = paged_block_attention(q, k, v, scale);
+    const at::Tensor got =
+        paged_block_attention(q.to(gpu), k.to(gpu), v.to(gpu), scale).to(at::kCPU);
+    EXPECT_TRUE(at::allclose(got, want, 1e-4, 1e-4)) << n << " queries over " << L << " keys";
+  }
+}
+
 TEST(PagedCacheErrorsTest, CudaWithoutCudaSaysWhy) {
   if (at::hasCUDA()) GTEST_SKIP() << "libtorch has CUDA here";
   try {

@@ -7,6 +7,8 @@
 //   KVBENCH_PROBE_MODEL=dir (default: the shipped model), KVBENCH_PROBE_SAMPLES=n (default 10)
 #include <gtest/gtest.h>
 
+#include <c10/core/GradMode.h>  // NoGradGuard: ATen.h no longer brings it in PyTorch 2.x
+
 #include <cstdio>
 #include <cstdlib>
 #include <set>

@@ -19,6 +19,12 @@ void* current_cuda_stream(const at::Device& device);
 // Whether current_cuda_stream can name a stream other than the default (a libtorch with CUDA).
 bool follows_torch_streams();
 
+// Waits until the work queued on torch's current stream of `device` has finished and returns
+// the seconds waited: 0 at once off the GPU. A wall clock around work that ends in a read-back
+// to the host (a retention policy's choice) would otherwise count the wait for everything
+// queued before it; its callers take this wait out.
+double wait_for_device(const at::Device& device);
+
 // Times work queued on torch's current stream of a CUDA device with CUDA events: the device's
 // time from start() to stop_seconds(), without the latency of a read-back to the host that a
 // wall clock around the same calls would add. Throws Error where kvbench has no CUDA kernels.

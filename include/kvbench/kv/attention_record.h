@@ -95,7 +95,11 @@ struct RetentionChoice {
 // The policy's choices for several over-budget inputs, each run where its scores are (its
 // positions moved there from pinned memory; host_positions set so the policy can count on the
 // host), brought to the host together: one wait for the device per call, not one per sequence.
+// `waited_s`, when given, gains the seconds spent waiting for the work queued before the
+// read-back (the layer's, and the choice's own small kernels): what a retention timer takes
+// out, so that it does not count the layer's attention as the policy's.
 std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
-                                             const std::vector<RetentionInput*>& inputs);
+                                             const std::vector<RetentionInput*>& inputs,
+                                             double* waited_s = nullptr);
 
 }  // namespace kvbench

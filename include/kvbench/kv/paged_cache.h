@@ -330,9 +330,10 @@ class PagedKVCache final : public KVCache {
                              at::Tensor QuestBounds::*bound) const;
   // s's bounds at `layer` grown (empty pages: +inf mins, -inf maxs) to cover `pages` pages.
   void grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const;
-  // [seqs, kv_heads, pages_to_read] contiguous int64 on the host: the pages Quest chooses for each
-  // sequence's query (q [rows, heads, d], sequence i's at rows[i]), ascending per head: each
-  // sequence's bounds scored (two products), then one choice and one copy back for the batch.
+  // [seqs, kv_heads, pages_to_read] int64 where the bounds are: the pages Quest chooses for
+  // each sequence's query (q [rows, heads, d], sequence i's at rows[i]), ascending per head:
+  // each sequence's bounds scored (two products), then one choice for the batch (its caller
+  // copies it back once).
   at::Tensor quest_pages(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& q,
                          const std::vector<int64_t>& rows) const;
   // quest_pages on the kernel path: the scores by kernels/quest_score (each sequence's bounds
