@@ -161,6 +161,11 @@ const Tokenizer& ModelProvider::tokenizer() {
 
 at::ScalarType ModelProvider::kv_dtype() {
   if (spec_.dtype != "auto") return dtype_from_name(spec_.dtype);
+  // On a GPU the cache holds what the model computes, as a deployment's does: bf16 pages
+  // beside fp16 activations would send every layer's q, k and v through fp32 and round the
+  // decode kernel's query to bf16.
+  if (spec_.device == "cuda" && spec_.compute_dtype != "float32")
+    return dtype_from_name(spec_.compute_dtype);
   const ModelConfig* c = config_only();
   KVB_CHECK(c, "model: none configured");
   return dtype_from_name(c->torch_dtype);

@@ -258,6 +258,20 @@ TEST(ModelSuites, OversizedPlanIsRefused) {
   }
 }
 
+// model.dtype "auto": the checkpoint's dtype, except on a GPU computing in 16 bits, where the
+// cache stores what the model computes (no fp32 round trip per layer).
+TEST(ModelProvider, AutoKvDtypeFollowsTheComputeDtypeOnAGpu) {
+  ModelSpec spec;
+  spec.preset = "tiny-llama", spec.random_init = true, spec.dtype = "auto";
+  EXPECT_EQ(ModelProvider(spec).kv_dtype(), at::kBFloat16);  // the preset's torch_dtype
+  spec.device = "cuda", spec.compute_dtype = "float16";
+  EXPECT_EQ(ModelProvider(spec).kv_dtype(), at::kHalf);  // no weights loaded to say so
+  spec.compute_dtype = "float32";
+  EXPECT_EQ(ModelProvider(spec).kv_dtype(), at::kBFloat16);
+  spec.dtype = "bfloat16", spec.compute_dtype = "float16";
+  EXPECT_EQ(ModelProvider(spec).kv_dtype(), at::kBFloat16);  // as configured
+}
+
 TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
   ModelSpec none;
   ModelProvider empty(none);
