@@ -28,7 +28,7 @@ for s in "${suites[@]}"; do
   version=$(apt-cache "${apt_opts[@]}" madison libtorch-dev | awk -F' *[|] *' -v s=" $s/" \
     'index($3, s) { print $2; exit }')
   [ -n "$version" ] || { echo "$s: no libtorch-dev"; failed=1; continue; }
-  dest=$root/$s
+  dest=$root/$s-${version//[:~]/_}  # a new version in the suite unpacks afresh
   if [ ! -d "$dest/usr/include/ATen" ]; then
     rm -rf "$dest" && mkdir -p "$dest"
     (cd "$apt_dir" && apt-get "${apt_opts[@]}" -qq download "libtorch-dev=$version")
@@ -43,7 +43,7 @@ for s in "${suites[@]}"; do
   std=c++17
   if [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 14 ]; }; then std=c++20; fi
   echo "== $s: libtorch $version, -std=$std"
-  python3 - "$dest" "$std" "$root/$s.log" <<'EOF' || failed=1
+  python3 - "$dest" "$std" "$dest.log" <<'EOF' || failed=1
 import concurrent.futures as cf, json, os, shlex, subprocess, sys
 torch, std, log = sys.argv[1:4]
 jobs = []

@@ -26,7 +26,8 @@ for f in build-gpu/debs/*.deb; do
   fi
 done
 torch_prefix=${TORCH_PREFIX:-$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')}
-# PyTorch 2.12 and later refuse C++17 in ATen's headers; kvbench is also valid C++20.
+# PyTorch 2.14's ATen headers refuse C++17 (2.13's still take it); from 2.12 on the build uses
+# C++20, which kvbench also is.
 cxx_std=$(python3 -c 'import torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); print(20 if v >= (2, 12) else 17)' 2>/dev/null || echo 17)
 # A failed build goes on with the other files (-k), so that one log shows every error a
 # PyTorch release's API changes cause, not only the first file's.
@@ -47,6 +48,9 @@ grep "kvbench:" "$build/configure.log" || true
 read -r -a targets <<<"${KVBENCH_TARGETS:-kvbench kvbench_tests}"
 jobs=${JOBS:-$(nproc)}
 echo "building ${targets[*]} with $jobs jobs"
-cmake --build "$build" -j"$jobs" --target "${targets[@]}" "${keep_going[@]}" >"$build/build.log" 2>&1 ||
-  { grep -E "error|Error" "$build/build.log" | head -80; tail -20 "$build/build.log"; exit 1; }
+# One log per target list (build-kvbench.log, build-kvbench_tests.log, ...): a later build in
+# the same folder keeps an earlier one's errors.
+log=$build/build-$(IFS=-; echo "${targets[*]}").log
+cmake --build "$build" -j"$jobs" --target "${targets[@]}" "${keep_going[@]}" >"$log" 2>&1 ||
+  { grep -E "error|Error" "$log" | head -80 || true; tail -20 "$log"; exit 1; }
 echo "built ${targets[*]} in $build"

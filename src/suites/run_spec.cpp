@@ -24,10 +24,12 @@ const std::vector<ParamSpec>& model_specs() {
       ParamSpec::boolean("random_init", false,
                          "build `preset` in memory with random weights instead of files"),
       ParamSpec::integer("seed", 0, "weight seed of `preset`").at_least(0),
-      ParamSpec::string("dtype", "auto",
-                        "storage dtype of the uncompressed KV cache (the weights' dtype is "
-                        "compute_dtype); auto = the checkpoint's torch_dtype",
-                        {"auto", "float32", "float16", "bfloat16"}),
+      ParamSpec::string(
+          "dtype", "auto",
+          "storage dtype of the uncompressed KV cache (the weights' dtype is "
+          "compute_dtype); auto = the checkpoint's torch_dtype (on cuda with a 16-bit "
+          "compute_dtype, that dtype)",
+          {"auto", "float32", "float16", "bfloat16"}),
       ParamSpec::string("compute_dtype", "auto",
                         "dtype of the weights and activations; auto = float32 on the CPU, "
                         "float16 on a GPU (float16 needs device cuda)",

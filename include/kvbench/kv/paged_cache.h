@@ -344,8 +344,8 @@ class PagedKVCache final : public KVCache {
                                 const std::vector<int64_t>& rows, const std::vector<int64_t>& pages,
                                 int64_t most) const;
   // [kv_heads, count] positions (int32 or int64, on the host) of the tokens of sequence j's
-  // pages (pages: quest_pages' result), the newest (partly filled, always chosen) page cut at
-  // `held`.
+  // pages (pages: the host copy of quest_pages' result), the newest (partly filled, always chosen)
+  // page cut at `held`.
   at::Tensor quest_tokens(const at::Tensor& pages, int64_t j, int64_t held,
                           at::ScalarType dtype) const;
   // [kv_heads, t1 - t0, head_dim] fp32 stored keys of tokens [t0, t1), decoding their pages
