@@ -17,8 +17,13 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   result.sequences.resize(n);
   std::vector<Sampler> samplers;
   std::vector<SequenceStep> steps;
+  std::vector<int64_t> entering;  // tokens each sequence enters at most (the last is not fed)
   for (size_t i = 0; i < n; ++i) {
     KVB_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
+    entering.push_back(static_cast<int64_t>(prompts[i].size()) + config.max_new_tokens - 1);
+  }
+  cache.reserve(entering);
+  for (size_t i = 0; i < n; ++i) {
     SamplingParams sp = config.sampling;
     sp.seed += i;
     samplers.emplace_back(sp);
@@ -69,6 +74,7 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     }
     const double elapsed = step.seconds();
     const StorageBytes held = cache.storage();
+    result.peak_allocated_bytes = std::max(result.peak_allocated_bytes, cache.allocated_bytes());
     if (held.total() >= result.peak_kv_bytes) {
       result.peak_kv_bytes = held.total();
       result.peak_storage = held;

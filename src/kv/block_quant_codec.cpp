@@ -152,6 +152,9 @@ class BlockQuantStore final : public TokenStore {
   }
 
   StorageBytes bytes() const override { return {codes_.bytes(), scales_.bytes() + mins_.bytes()}; }
+  uint64_t allocated_bytes() const override {
+    return codes_.allocated_bytes() + scales_.allocated_bytes() + mins_.allocated_bytes();
+  }
 
  private:
   // Rows [t0, t1) of `head` for the kernels, with their scales and mins converted to fp32 in a

@@ -392,6 +392,17 @@ void CompressedKVCache::append_unattended(int64_t seq, int64_t layer_index, cons
   }
 }
 
+uint64_t CompressedKVCache::allocated_bytes() const {
+  uint64_t total = codec_->shared_bytes().total();
+  for (const auto& [id, s] : sequences_) {
+    for (const auto& l : s.layers) {
+      total += l.keys->allocated_bytes() + l.values->allocated_bytes();
+      if (l.pages) total += l.pages->bytes();
+    }
+  }
+  return total;
+}
+
 StorageBytes CompressedKVCache::storage() const {
   StorageBytes total = codec_->shared_bytes();  // bases and factors, once for every sequence
   for (const auto& [id, s] : sequences_) {

@@ -502,6 +502,20 @@ StorageBytes GearBlockCache::storage() const {
   });
 }
 
+uint64_t GearBlockCache::allocated_bytes() const {
+  StorageBytes blocks;
+  for (const auto& [id, s] : seqs_)
+    for (const Layer& ly : s.layers)
+      for (const Block& b : ly.blocks) {
+        blocks += b.key.bytes();
+        blocks += b.value.bytes();
+      }
+  uint64_t pools = 0;
+  for (const std::vector<at::Tensor>* side : {&exact_k_, &exact_v_})
+    for (const at::Tensor& pool : *side) pools += uint64_t(pool.nbytes());
+  return blocks.total() + pools;
+}
+
 StorageBytes GearBlockCache::nominal() const {
   return total([&](const Block& b) {
     StorageBytes s = gear_block_nominal(params_, dtype_, true, b.n, b.rank,

@@ -127,6 +127,14 @@ class GearStore final : public TokenStore {
             scales_.bytes() + mins_.bytes() + outlier_values_.bytes() + outlier_index_.bytes() +
                 factors * e};
   }
+  // The exact buffer and factors counted in the model dtype, as bytes() counts them.
+  uint64_t allocated_bytes() const override {
+    const StorageBytes held = bytes();
+    return held.total() - codes_.bytes() - scales_.bytes() - mins_.bytes() -
+           outlier_values_.bytes() - outlier_index_.bytes() + codes_.allocated_bytes() +
+           scales_.allocated_bytes() + mins_.allocated_bytes() + outlier_values_.allocated_bytes() +
+           outlier_index_.allocated_bytes();
+  }
 
   // Per block: codes, scales and mins by group, 2k outliers (value + index) per vector, and
   // the factors Q [n, r] and P [r, d]; then the exact buffer. Token counts only.

@@ -59,6 +59,11 @@ class KiviStoreBase : public TokenStore {
     return {codes_.row_bytes() * q / code_tokens_ + window,
             (scales_.row_bytes() + mins_.row_bytes()) * q / scale_tokens_};
   }
+  // The window counted in the model dtype, as bytes() counts it (fp32 here only to compute).
+  uint64_t allocated_bytes() const override {
+    return codes_.allocated_bytes() + scales_.allocated_bytes() + mins_.allocated_bytes() +
+           static_cast<uint64_t>(window_.numel()) * at::elementSize(dtype_);
+  }
 
  protected:
   // Row j of head h's exact window: [head_dim] fp32.

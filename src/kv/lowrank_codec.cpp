@@ -207,6 +207,9 @@ class LatentStore final : public TokenStore {
   }
 
   StorageBytes bytes() const override { return {latent_.bytes(), rope() ? positions_.bytes() : 0}; }
+  uint64_t allocated_bytes() const override {
+    return latent_.allocated_bytes() + (rope() ? positions_.allocated_bytes() : 0);
+  }
 
  private:
   bool rope() const { return inv_freq_.defined(); }

@@ -231,6 +231,49 @@ void PagedKVCache::grow_pages(int64_t pages) {
   pages_ = pages;
 }
 
+void PagedKVCache::reserve(const std::vector<int64_t>& tokens) {
+  int64_t pages = pages_ - int64_t(free_.size());
+  for (int64_t t : tokens) {
+    KVB_CHECK(t >= 0, "paged cache: cannot reserve room for a sequence of ", t, " tokens");
+    pages += (t + format_.page_size - 1) / format_.page_size;
+  }
+  pages = std::min(std::max<int64_t>(pages, 1), max_pages_);
+  const int64_t slots = std::max<int64_t>(int64_t(sequences_.size() + tokens.size()), 1);
+  if (sequences_.empty()) {  // nothing to keep: the pools start again at the exact size
+    if (pages != pages_) {
+      for (Layer& layer : layers_)
+        layer.k_data = layer.v_data = layer.k_meta = layer.v_meta = at::Tensor();
+      free_.clear();
+      pages_ = 0;
+      grow_pages(pages);
+    }
+    if (slots != slots_) {
+      for (Layer& layer : layers_) {
+        layer.k_ring = layer.v_ring = layer.k_scale = layer.v_scale = at::Tensor();
+        layer.calibrated.clear();
+      }
+      free_slots_.clear();
+      slots_ = 0;
+      grow_slots(slots);
+    }
+    return;
+  }
+  if (pages > pages_) grow_pages(pages);
+  if (slots > slots_) grow_slots(slots);
+}
+
+uint64_t PagedKVCache::allocated_bytes() const {
+  uint64_t bytes = 0;
+  for (const Layer& layer : layers_)
+    for (const at::Tensor* t : {&layer.k_data, &layer.v_data, &layer.k_meta, &layer.v_meta,
+                                &layer.k_ring, &layer.v_ring, &layer.k_scale, &layer.v_scale})
+      if (t->defined()) bytes += uint64_t(t->nbytes());
+  for (const auto& [id, s] : sequences_)  // Quest's page bounds, as storage() counts them
+    for (const QuestBounds& qb : s.quest)
+      if (qb.mins.defined()) bytes += uint64_t(qb.mins.nbytes() + qb.maxs.nbytes());
+  return bytes;
+}
+
 void PagedKVCache::grow_slots(int64_t slots) {
   auto extend = [&](at::Tensor& t, at::IntArrayRef row, at::ScalarType dtype) {
     std::vector<int64_t> shape = {slots - slots_};
@@ -321,7 +364,7 @@ std::pair<at::Tensor, int64_t> PagedKVCache::listed_positions(int64_t seq, int64
   return {r.host, r.tail};
 }
 
-void PagedKVCache::reserve(Sequence& s, int64_t tokens) {
+void PagedKVCache::assign_pages(Sequence& s, int64_t tokens) {
   const size_t need = size_t((tokens + format_.page_size - 1) / format_.page_size);
   if (s.pages.size() >= need) return;
   const int64_t missing = int64_t(need - s.pages.size());
@@ -727,7 +770,7 @@ PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int
     Sequence& s = sequence(seqs[size_t(b)]);
     const int64_t t1 = s.length + counts[size_t(b)];
     KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
-    if (layer == 0) reserve(s, t1);
+    if (layer == 0) assign_pages(s, t1);
     step.batch.push_back(&s);
     max_pages = std::max(max_pages, int(s.pages.size()));
     step.max_new = std::max(step.max_new, int(counts[size_t(b)]));
@@ -1386,7 +1429,7 @@ uint64_t PagedKVCache::padding_bytes() const {
                value_token = double(v.data + v.meta) / double(P);
   double slots = 0;  // bytes per KV head and layer
   for (const auto& [id, s] : sequences_) {
-    const int64_t T = s.length, pages = (T + P - 1) / P;  // reserve()'s pages for T tokens
+    const int64_t T = s.length, pages = (T + P - 1) / P;  // assign_pages()'s pages for T tokens
     if (!kernels::is_kivi(format_.format)) {
       slots += double(pages * P - T) * (key_token + value_token);
       continue;

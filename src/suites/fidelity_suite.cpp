@@ -144,6 +144,8 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   ctx.progress.begin(ctx.cell_id, static_cast<size_t>(windows * steps));
   for (int64_t w = 0; w < windows; ++w) {
     const int64_t* tok = corpus.data() + w * span;
+    base_cache->reserve({prefix + steps});  // no pool grows inside a timed step
+    cache->reserve({prefix + steps});
     const int64_t sb = base_cache->add_sequence(), sm = cache->add_sequence();
     const std::vector<int64_t> prompt(tok, tok + prefix);
     model.forward({{sb, prompt}}, *base_cache);
@@ -173,6 +175,7 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
     // bits per value come from the same cache at the same context.
     held.peak_tokens = cache->length(sm);
     held.peak_storage = cache->storage();
+    held.peak_allocated_bytes = cache->allocated_bytes();
     held.peak_nominal = cache->nominal();
     held.peak_kept_tokens = cache->kept_tokens(sm);
     base_cache->remove_sequence(sb);

@@ -362,6 +362,7 @@ class ModelExecutor final : public StepExecutor {
     }
   }
   double kv_bytes() const override { return static_cast<double>(cache_.bytes()); }
+  double allocated_bytes() const override { return static_cast<double>(cache_.allocated_bytes()); }
 
  private:
   void drop(int64_t id) {
@@ -531,6 +532,16 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   slo.tpot_s = p["slo_tpot_s"];
   slo.e2e_s = p["slo_e2e_s"];
   auto cache = make_cell_cache(ctx);
+  // The pool's tokens and a slot for every sequence that can run at once, reserved before any
+  // runs: a paged pool holds the budget's pages from the start (as vLLM sizes its pool once)
+  // instead of doubling while requests arrive.
+  {
+    const int64_t running = std::max<int64_t>(
+        1, std::min({sched.max_running, num_blocks, static_cast<int64_t>(w.prompts.size())}));
+    std::vector<int64_t> tokens(static_cast<size_t>(running), 0);
+    tokens[0] = num_blocks * block_size;
+    cache->reserve(tokens);
+  }
 
   // Warm-up (untimed): one short request through the same path, so first-call costs
   // (allocator, thread pool) stay out of the first rate's numbers.

@@ -129,6 +129,8 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
             {"fraction", static_cast<double>(kept_sum) / layers / tokens}}},
           {"bits_per_kept_value", measured * 8.0 / kept_values},
           {"measured", r.peak_storage.to_json()},
+          // What the cache's storage occupied: free pool pages, spare buffer rows included.
+          {"allocated_bytes", r.peak_allocated_bytes},
           {"nominal", r.peak_nominal.to_json()},
           {"bytes_per_token", measured / tokens},
           {"bits_per_value", measured * 8.0 / values},
@@ -190,6 +192,11 @@ std::string kv_memory_note(const nlohmann::json& m) {
                total = m["measured"].value("total", 0.0);
   if (total > 0 && padding > 0.05 * total)
     note += ", of which " + format_bytes(padding) + " empty page slots";
+  // Storage grown by doubling holds more than its tokens need: say what the device paid.
+  const double allocated = m.value("allocated_bytes", 0.0);
+  if (allocated > 1.1 * total)
+    note += "; its storage occupied " + format_bytes(allocated) +
+            " with free pool pages and spare rows";
   return note + ")";
 }
 

@@ -1034,6 +1034,9 @@ class ServingCliTest(CliCase):
                 self.assertLessEqual(r["kv"]["blocks_peak"], c["summary"]["num_blocks"])
                 # The pool charges at least what the cache holds (kivi-4: its fp16 window).
                 self.assertGreaterEqual(r["kv"]["pool_bytes_peak"], r["kv"]["measured_bytes_peak"])
+                # What the storage occupied includes what it held.
+                self.assertGreaterEqual(r["kv"]["allocated_bytes_peak"],
+                                        r["kv"]["measured_bytes_peak"])
         # The same budget holds more kivi-4 blocks; full runs out and preempts at rate 0.
         self.assertEqual(cells["full"]["summary"]["num_blocks"], 8)
         self.assertGreater(cells["kivi-4"]["summary"]["num_blocks"], 8)

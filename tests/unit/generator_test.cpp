@@ -3,6 +3,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/engine/generator.h"
 #include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/paged_cache.h"
 #include "kvbench/model/presets.h"
 
 namespace kvbench {
@@ -69,6 +70,30 @@ TEST(Generate, StopsAtMaxNewTokensAndTimesEveryStep) {
   // Peak: 3 + 2 prompt tokens + 5 generated each (the 6th is never fed back), 4 layers, fp32.
   EXPECT_EQ(r.peak_kv_bytes, (5u + 10u) * 4 * 2 * 2 * 32 * 4);
   EXPECT_EQ(f.cache.bytes(), 0u);  // sequences removed afterwards
+}
+
+TEST(Generate, ReservesAPagedPoolForItsPromptsAndReportsWhatItOccupied) {
+  Fixture f;
+  // fp16 pages of 16 tokens, 4 layers, 2 KV heads of 32. The pool starts at 64 pages and
+  // would double when full.
+  PagedKVCache paged(PagedFormat{}, 4, 2, 32);
+  const uint64_t page = 2 * 16 * 2 * 32 * 2 * 4;  // K and V of 2 heads, every layer
+  EXPECT_EQ(paged.allocated_bytes(), 64 * page);
+  GenerationConfig g;
+  g.max_new_tokens = 6;
+  // 40 and 3 prompt tokens + 5 fed back: 45 and 8 tokens, 3 + 1 pages.
+  auto r = generate(f.model, paged, {std::vector<int64_t>(40, 7), {1, 2, 3}}, g);
+  EXPECT_EQ(r.peak_allocated_bytes, 4 * page);
+  EXPECT_EQ(r.peak_storage.total(), 4 * page);  // whole pages, as allocated
+  EXPECT_EQ(paged.allocated_bytes(), 4 * page);
+  // A longer prompt: the idle pool is made again at its size, not doubled.
+  auto longer = generate(f.model, paged, {std::vector<int64_t>(200, 5)}, g);
+  EXPECT_EQ(longer.peak_allocated_bytes, 13 * page);  // 204 tokens
+  // Without eviction the pages held are the pages reserved.
+  EXPECT_EQ(longer.peak_storage.total(), longer.peak_allocated_bytes);
+  // The CPU cache's buffers double: what they occupy is at least what they hold.
+  auto cpu = generate(f.model, f.cache, {std::vector<int64_t>(40, 7)}, g);
+  EXPECT_GT(cpu.peak_allocated_bytes, cpu.peak_storage.total());
 }
 
 TEST(Generate, PerSequenceEosStopAndBatchConsistency) {

@@ -419,6 +419,15 @@ TEST(Workload, TheMemoryNoteNamesEmptyPageSlots) {
   EXPECT_EQ(kv_memory_note(m),
             "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, "
             "1.20x fp16)");
+  // Storage occupying over 10% more than it holds (free pool pages, spare rows) is named too.
+  m["allocated_bytes"] = 131072;
+  EXPECT_EQ(kv_memory_note(m),
+            "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, 1.20x fp16; its "
+            "storage occupied 128.00 KiB with free pool pages and spare rows)");
+  m["allocated_bytes"] = 70000;
+  EXPECT_EQ(kv_memory_note(m),
+            "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, "
+            "1.20x fp16)");
 }
 
 TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {

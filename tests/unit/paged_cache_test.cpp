@@ -273,6 +273,49 @@ TEST(PagedCacheErrorsTest, RunningOutOfALimitedPoolSaysHowManyPagesWereNeeded) {
   for (int i = 0; i < 3; ++i) cache.add_sequence();  // slots grow past the first one
 }
 
+// KVCache::reserve on pools: exact growth while sequences live (never a shrink under them), the
+// exact size again once idle, slots for every sequence, max_pages as the cap.
+TEST(PagedCacheReserveTest, LivePoolsGrowToTheNeedAndIdlePoolsTakeItExactly) {
+  PagedFormat f;
+  f.format = kernels::KvFormat::kKivi4, f.page_size = 32, f.residual = 32;
+  const auto key = kernels::page_bytes(f.format, true, 32, int(kDim)),
+             value = kernels::page_bytes(f.format, false, 32, int(kDim));
+  const uint64_t page = kKvHeads * (key.data + key.meta + value.data + value.meta),
+                 slot = 2 * kKvHeads * 32 * kDim * 2;  // the fp16 rings of K and V
+  PagedKVCache cache(f, 1, kKvHeads, kDim, PagedCapacity{2, 10, 1});
+  EXPECT_EQ(cache.allocated_bytes(), 2 * page + slot);
+  auto gen = at::detail::createCPUGenerator(5);
+  const int64_t s = cache.add_sequence();
+  const Block x = random_block(64, at::kHalf, gen);
+  cache.append_and_attend(s, 0, x.q, x.k, x.v);  // 2 pages
+  cache.reserve({33, 1});                        // + 2 + 1 pages, 2 more slots
+  EXPECT_EQ(cache.allocated_bytes(), 5 * page + 3 * slot);
+  EXPECT_EQ(cache.free_pages(), 3);
+  cache.reserve({1});  // needs less than the pools hold: nothing shrinks under a sequence
+  EXPECT_EQ(cache.allocated_bytes(), 5 * page + 3 * slot);
+  const int64_t t = cache.add_sequence(), u = cache.add_sequence();
+  const Block y = random_block(33, at::kHalf, gen), z = random_block(1, at::kHalf, gen);
+  cache.append_and_attend(t, 0, y.q, y.k, y.v);
+  cache.append_and_attend(u, 0, z.q, z.k, z.v);
+  EXPECT_EQ(cache.free_pages(), 0);
+  EXPECT_EQ(cache.allocated_bytes(), 5 * page + 3 * slot);  // no growth on the way
+  const StorageBytes held = cache.storage();
+  EXPECT_LE(held.total(), cache.allocated_bytes());
+  for (int64_t id : {s, t, u}) cache.remove_sequence(id);
+  cache.reserve({40});  // idle: exactly 2 pages and 1 slot
+  EXPECT_EQ(cache.allocated_bytes(), 2 * page + slot);
+  EXPECT_EQ(cache.free_pages(), 2);
+  cache.reserve({1000});  // capped at max_pages; running out stays the step's error
+  EXPECT_EQ(cache.free_pages(), 10);
+  EXPECT_THROW(cache.reserve({-1}), Error);
+  // The pools made again still attend like fresh ones.
+  PagedKVCache fresh(f, 1, kKvHeads, kDim, PagedCapacity{10, 10, 1});
+  const int64_t a = cache.add_sequence(), b = fresh.add_sequence();
+  const at::Tensor got = cache.append_and_attend(a, 0, x.q, x.k, x.v),
+                   want = fresh.append_and_attend(b, 0, x.q, x.k, x.v);
+  EXPECT_TRUE(at::equal(got, want));
+}
+
 // A retention test's parameter (method entry, device): the resolved method, where it runs and
 // its paged cache, or why it is skipped here.
 struct PolicyCase {

@@ -17,6 +17,7 @@
 #include "kvbench/core/rng.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/paged_cache.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/report/compare.h"
@@ -27,6 +28,7 @@
 #include "kvbench/suites/output_length_suite.h"
 #include "kvbench/suites/predictor_suite.h"
 #include "kvbench/suites/run_spec.h"
+#include "kvbench/suites/serving_suite.h"
 #include "kvbench/suites/throughput_suite.h"
 #include "suite_harness.h"
 
@@ -366,6 +368,29 @@ TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
   EXPECT_GT(cap["kivi-4"]["max_batch_fit"].get<int64_t>(), 8);
   EXPECT_TRUE(cap["kivi-4"]["capped"].get<bool>());
   EXPECT_EQ(cap["kivi-4"]["batch"], 8);
+}
+
+// The serving suite sizes a paged pool once, before its first request, for the budget's
+// tokens (as vLLM does): it holds those pages from the start and never doubles.
+TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
+  // int8 (q8_0, pages of 32 tokens) on tiny-llama: 4 layers, 2 KV heads of 32; 8 blocks of 64
+  // tokens: 16 pages.
+  const auto k = kernels::page_bytes(kernels::KvFormat::kInt8, true, 32, 32),
+             v = kernels::page_bytes(kernels::KvFormat::kInt8, false, 32, 32);
+  const double page = 4.0 * 2 * double(k.data + k.meta + v.data + v.meta);
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 4,
+      "prompt_tokens_min": 8, "prompt_tokens_max": 40, "output_tokens_min": 4,
+      "output_tokens_max": 8, "block_size": 64, "kv_budget_bytes": 0})");
+  Harness h(suite);
+  h.spec.suites[0].params["kv_budget_bytes"] = static_cast<int64_t>(16 * page);
+  h.spec.attention = "paged";
+  h.method = resolve_method({{"name", "int8"}}, "methods[0]");
+  ServingSuite s;
+  CellOutput out = h.run(s);
+  ASSERT_EQ(out.summary["num_blocks"], 8) << out.summary.dump();
+  const json& kv = out.records.at(0)["kv"];
+  EXPECT_EQ(kv["allocated_bytes_peak"].get<double>(), 16 * page);
+  EXPECT_GT(kv["measured_bytes_peak"].get<double>(), 0);
 }
 
 TEST(Capacity, ABudgetBelowOneSequenceWarnsAndKeepsTheGrid) {

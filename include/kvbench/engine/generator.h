@@ -42,14 +42,19 @@ struct GenerationResult {
   uint64_t peak_kv_bytes = 0;
   StorageBytes peak_storage;  // measured K/V state at the peak
   StorageBytes peak_nominal;  // the method's formula for the same tokens
-  int64_t peak_tokens = 0;    // tokens entered (all sequences) at the peak
+  // The most bytes the cache's storage occupied after a step (KVCache::allocated_bytes: free
+  // pool pages and spare buffer rows included); generate() reserves the cache's storage for its
+  // prompts first (KVCache::reserve).
+  uint64_t peak_allocated_bytes = 0;
+  int64_t peak_tokens = 0;  // tokens entered (all sequences) at the peak
   // Tokens held per KV head at each layer at the peak, summed over sequences: peak_tokens per
   // layer without eviction, fewer with a retention policy.
   std::vector<int64_t> peak_kept_tokens;
   int64_t prompt_tokens = 0;
 };
 
-// Adds one cache sequence per prompt, generates, and removes them again.
+// Reserves the cache's storage for the prompts and max_new_tokens (KVCache::reserve), adds one
+// cache sequence per prompt, generates, and removes them again.
 GenerationResult generate(const Transformer& model, KVCache& cache,
                           const std::vector<std::vector<int64_t>>& prompts,
                           const GenerationConfig& config);

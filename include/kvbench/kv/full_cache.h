@@ -48,6 +48,8 @@ class CompressedKVCache : public KVCache {
                                const at::Tensor& v) override;
   std::vector<int64_t> kept_tokens(int64_t seq) const override;
   StorageBytes storage() const override;
+  // The stores' buffers whole (they grow by doubling), with the shared bytes and Quest's pages.
+  uint64_t allocated_bytes() const override;
   StorageBytes nominal() const override;
   double retention_seconds() const override { return retention_s_; }
 

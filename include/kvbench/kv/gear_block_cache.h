@@ -57,6 +57,8 @@ class GearBlockCache final : public KVCache {
   std::vector<int64_t> kept_tokens(int64_t seq) const override;
   StorageBytes storage() const override;
   StorageBytes nominal() const override;
+  // The blocks, and the exact buffers' pools whole (every slot, `buffer` rows each).
+  uint64_t allocated_bytes() const override;
   at::Device device() const override { return device_; }
   double retention_seconds() const override { return retention_s_; }
 

@@ -57,6 +57,17 @@ class KVCache {
   // rounding means compression did not happen as claimed.
   virtual StorageBytes nominal() const = 0;
   uint64_t bytes() const { return storage().total(); }
+  // Bytes the cache's storage occupies where it lives, in use or not: a pool's free pages, a
+  // buffer's rows kept for tokens to come. What the cache costs its device; storage() is the
+  // state it holds in them. Default: storage().total().
+  virtual uint64_t allocated_bytes() const { return storage().total(); }
+  // Sizes the storage for the sequences about to be added, one entry each: the most tokens it
+  // will have entered (prompt plus new tokens). A pooled cache (PagedKVCache) then holds the
+  // pages those and the live sequences can need, grown or (with no sequence live) shrunk to
+  // that in one allocation: no later step grows it (a growth copies every pool inside a timed
+  // step and leaves up to half of the pool free). A hint: without it caches grow as tokens
+  // come. Default: nothing.
+  virtual void reserve(const std::vector<int64_t>& tokens) { (void)tokens; }
 
   // Wall seconds spent, since construction, on retention work: computing what the retention
   // policy needs (window scores, accumulated or last-query scores, low-attention counts, the

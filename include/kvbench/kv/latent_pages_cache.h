@@ -43,6 +43,11 @@ class LatentPagesCache : public KVCache {
   std::vector<int64_t> kept_tokens(int64_t seq) const override { return latent_.kept_tokens(seq); }
   StorageBytes storage() const override;
   StorageBytes nominal() const override;
+  // storage() with the latent pages' pools whole (PagedKVCache::allocated_bytes).
+  uint64_t allocated_bytes() const override {
+    return storage().total() - latent_.storage().total() + latent_.allocated_bytes();
+  }
+  void reserve(const std::vector<int64_t>& tokens) override { latent_.reserve(tokens); }
   double retention_seconds() const override { return latent_.retention_seconds(); }
   at::Device device() const override { return latent_.device(); }
 

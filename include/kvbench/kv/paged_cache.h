@@ -7,7 +7,9 @@
 //
 // Pools start at `PagedCapacity::pages` and double when full, up to `max_pages` when one is
 // set (a serving engine sizes its pool once from free memory: max_pages = pages); running out
-// is then an error that says how many pages were needed.
+// is then an error that says how many pages were needed. reserve() sizes them beforehand for
+// the sequences to come (generate(), the fidelity and serving suites call it), so a run's
+// pools hold what it can need and no timed step grows them.
 //
 // With a retention policy (StreamingLLM with original positions, SnapKV, PyramidKV, H2O, TOVA,
 // ScissorHands; Quest reads chosen pages and evicts none) the pages keep every token where it
@@ -170,6 +172,12 @@ class PagedKVCache final : public KVCache {
   // The format's bytes per token times the tokens retained, plus rings and scales (KIVI: the
   // tokens entered, as its pages keep them).
   StorageBytes nominal() const override;
+  // Every layer's pools (free pages included), rings and scales, and Quest's page bounds.
+  uint64_t allocated_bytes() const override;
+  // Pools of exactly the pages the live sequences hold plus those `tokens` can need (whole
+  // pages per sequence, at most max_pages), and slots for them all; with no sequence live the
+  // pools are made again at that size (shrinking too), else they only grow.
+  void reserve(const std::vector<int64_t>& tokens) override;
   double retention_seconds() const override { return retention_s_; }
   at::Device device() const override { return device_; }
   // On a GPU, the kernels' fp16/bf16 (policies and Quest take fp32 in and convert it).
@@ -281,7 +289,7 @@ class PagedKVCache final : public KVCache {
   Sequence& sequence(int64_t seq);
   const Sequence& sequence(int64_t seq) const;
   // Assigns pages to `s` until they cover `tokens` tokens, growing the pools if allowed.
-  void reserve(Sequence& s, int64_t tokens);
+  void assign_pages(Sequence& s, int64_t tokens);
   // Extends every layer's pools to `pages` pages / `slots` sequence slots (0xff / NaN filled:
   // a byte nothing wrote reads as NaN).
   void grow_pages(int64_t pages);

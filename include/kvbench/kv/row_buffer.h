@@ -24,6 +24,8 @@ class RowBuffer {
   int64_t width() const { return width_; }
   // Bytes of the stored rows (not of spare capacity).
   uint64_t bytes() const;
+  // Bytes of the whole buffer, spare capacity included.
+  uint64_t allocated_bytes() const { return data_.defined() ? uint64_t(data_.nbytes()) : 0; }
   // Bytes of one row over all heads (width x element size x kv_heads).
   uint64_t row_bytes() const;
   // Row `t` of head `h`, for kernels: `width` elements of T.

@@ -95,6 +95,9 @@ class TokenStore {
   // Bytes held for the `size()` stored tokens, measured from the tensors' element sizes
   // (capacity reserved for future tokens is not counted).
   virtual StorageBytes bytes() const = 0;
+  // Bytes of the store's tensors as allocated, rows kept for tokens to come included
+  // (KVCache::allocated_bytes). Default: bytes().total().
+  virtual uint64_t allocated_bytes() const { return bytes().total(); }
   // The method's formula for what this store holds, for formats whose layout depends on how
   // tokens arrived (GEAR: one block per compression, each with its own factors), computed from
   // token counts alone, never from the tensors. Empty: the codec's nominal_bytes(size()) applies.

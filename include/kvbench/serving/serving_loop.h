@@ -57,6 +57,8 @@ class StepExecutor {
   virtual void finished(const std::vector<int64_t>& ids) { (void)ids; }
   // KV bytes the executor holds now (measured); 0 when it holds none (a cost model).
   virtual double kv_bytes() const { return 0; }
+  // Bytes its KV storage occupies now, in use or not (KVCache::allocated_bytes); 0 for none.
+  virtual double allocated_bytes() const { return 0; }
 };
 
 struct RequestTrace {
@@ -68,8 +70,9 @@ struct RequestTrace {
 struct StepTrace {
   double start_s = 0, end_s = 0;
   int64_t decodes = 0, prefills = 0, preempted = 0, batch_tokens = 0;
-  int64_t used_blocks = 0;  // during the step (after scheduling, before finished ones go)
-  double kv_bytes = 0;      // executor's measured bytes after the step (before finished go)
+  int64_t used_blocks = 0;     // during the step (after scheduling, before finished ones go)
+  double kv_bytes = 0;         // executor's measured bytes after the step (before finished go)
+  double allocated_bytes = 0;  // what its storage occupied then (free pool pages included)
 };
 
 struct ServingTrace {
