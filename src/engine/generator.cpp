@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/time.h"
 
@@ -23,6 +24,7 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     entering.push_back(static_cast<int64_t>(prompts[i].size()) + config.max_new_tokens - 1);
   }
   cache.reserve(entering);
+  wait_for_device(cache.device());  // a pool made again is filled before the prefill's clock
   for (size_t i = 0; i < n; ++i) {
     SamplingParams sp = config.sampling;
     sp.seed += i;

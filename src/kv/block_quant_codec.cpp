@@ -155,6 +155,9 @@ class BlockQuantStore final : public TokenStore {
   uint64_t allocated_bytes() const override {
     return codes_.allocated_bytes() + scales_.allocated_bytes() + mins_.allocated_bytes();
   }
+  void reserve(int64_t tokens) override {
+    for (RowBuffer* b : {&codes_, &scales_, &mins_}) b->reserve(tokens);
+  }
 
  private:
   // Rows [t0, t1) of `head` for the kernels, with their scales and mins converted to fp32 in a

@@ -50,13 +50,25 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
 int64_t CompressedKVCache::add_sequence() {
   const int64_t id = next_id_++;
   Sequence& s = sequences_[id];
+  const int64_t tokens = reserved_.empty() ? 0 : reserved_.front();
+  if (!reserved_.empty()) reserved_.pop_front();
   for (int64_t l = 0; l < num_layers_; ++l) {
     Layer layer;
     layer.keys = codec_->make_layer_key_store(l, num_kv_heads_, head_dim_);
     layer.values = codec_->make_layer_value_store(l, num_kv_heads_, head_dim_);
+    if (tokens > 0) {
+      layer.keys->reserve(tokens);
+      layer.values->reserve(tokens);
+    }
     s.layers.push_back(std::move(layer));
   }
   return id;
+}
+
+void CompressedKVCache::reserve(const std::vector<int64_t>& tokens) {
+  for (int64_t t : tokens)
+    KVB_CHECK(t >= 0, "KV cache: cannot reserve room for a sequence of ", t, " tokens");
+  reserved_.assign(tokens.begin(), tokens.end());
 }
 
 void CompressedKVCache::remove_sequence(int64_t seq) {

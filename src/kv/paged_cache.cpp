@@ -215,15 +215,23 @@ void PagedKVCache::grow_pages(int64_t pages) {
   const int P = format_.page_size, D = int(head_dim_);
   const auto k = kernels::page_bytes(format_.format, true, P, D),
              v = kernels::page_bytes(format_.format, false, P, D);
-  auto extend = [&](at::Tensor& pool, size_t per_head) {
-    if (per_head == 0) return;
+  // Every layer's new pools before any replaces the old, so that running out of memory midway
+  // leaves the cache as it was.
+  std::vector<at::Tensor> grown;
+  auto extend = [&](const at::Tensor& pool, size_t per_head) {
+    if (per_head == 0) return grown.push_back(pool);
     at::Tensor more = at::full({pages - pages_, num_kv_heads_, int64_t(per_head)}, 0xff,
                                at::TensorOptions().dtype(at::kByte).device(device_));
-    pool = pool.defined() ? at::cat({pool, more}, 0) : more;
+    grown.push_back(pool.defined() ? at::cat({pool, more}, 0) : more);
   };
-  for (Layer& layer : layers_) {
+  for (const Layer& layer : layers_) {
     extend(layer.k_data, k.data), extend(layer.v_data, v.data);
     extend(layer.k_meta, k.meta), extend(layer.v_meta, v.meta);
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& layer = layers_[l];
+    layer.k_data = grown[4 * l], layer.v_data = grown[4 * l + 1];
+    layer.k_meta = grown[4 * l + 2], layer.v_meta = grown[4 * l + 3];
   }
   std::vector<int> fresh;  // popped from the back: old free pages first, then ascending
   for (int64_t p = pages - 1; p >= pages_; --p) fresh.push_back(int(p));
@@ -232,13 +240,26 @@ void PagedKVCache::grow_pages(int64_t pages) {
 }
 
 void PagedKVCache::reserve(const std::vector<int64_t>& tokens) {
-  int64_t pages = pages_ - int64_t(free_.size());
+  int64_t pages = 0;
   for (int64_t t : tokens) {
     KVB_CHECK(t >= 0, "paged cache: cannot reserve room for a sequence of ", t, " tokens");
     pages += (t + format_.page_size - 1) / format_.page_size;
   }
-  pages = std::min(std::max<int64_t>(pages, 1), max_pages_);
-  const int64_t slots = std::max<int64_t>(int64_t(sequences_.size() + tokens.size()), 1);
+  size_pools(pages, int64_t(tokens.size()));
+}
+
+void PagedKVCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block) {
+  KVB_CHECK(sequences >= 0 && tokens >= 0 && block >= 1, "paged cache: cannot reserve room for ",
+            sequences, " sequences of ", tokens, " tokens in blocks of ", block);
+  // A sequence's last page reaches past its last block unless pages tile blocks.
+  const int64_t P = format_.page_size, spill = block % P == 0 ? 0 : sequences;
+  size_pools((tokens + P - 1) / P + spill, sequences);
+}
+
+void PagedKVCache::size_pools(int64_t more_pages, int64_t more_slots) {
+  const int64_t pages =
+      std::min(std::max<int64_t>(pages_ - int64_t(free_.size()) + more_pages, 1), max_pages_);
+  const int64_t slots = std::max<int64_t>(int64_t(sequences_.size()) + more_slots, 1);
   if (sequences_.empty()) {  // nothing to keep: the pools start again at the exact size
     if (pages != pages_) {
       for (Layer& layer : layers_)
@@ -275,12 +296,14 @@ uint64_t PagedKVCache::allocated_bytes() const {
 }
 
 void PagedKVCache::grow_slots(int64_t slots) {
+  // As grow_pages: every new tensor first, then the swap.
+  std::vector<std::pair<at::Tensor*, at::Tensor>> grown;
   auto extend = [&](at::Tensor& t, at::IntArrayRef row, at::ScalarType dtype) {
     std::vector<int64_t> shape = {slots - slots_};
     shape.insert(shape.end(), row.begin(), row.end());
     at::Tensor more =
         at::full(shape, std::nan(""), at::TensorOptions().dtype(dtype).device(device_));
-    t = t.defined() ? at::cat({t, more}, 0) : more;
+    grown.emplace_back(&t, t.defined() ? at::cat({t, more}, 0) : more);
   };
   for (Layer& layer : layers_) {
     if (kernels::is_kivi(format_.format))
@@ -289,9 +312,11 @@ void PagedKVCache::grow_slots(int64_t slots) {
     if (format_.format == KvFormat::kFp8) {
       extend(layer.k_scale, {num_kv_heads_}, at::kFloat);
       extend(layer.v_scale, {num_kv_heads_}, at::kFloat);
-      layer.calibrated.resize(size_t(slots), false);
     }
   }
+  for (auto& [tensor, bigger] : grown) *tensor = std::move(bigger);
+  if (format_.format == KvFormat::kFp8)
+    for (Layer& layer : layers_) layer.calibrated.resize(size_t(slots), false);
   std::vector<int> fresh;
   for (int64_t r = slots - 1; r >= slots_; --r) fresh.push_back(int(r));
   free_slots_.insert(free_slots_.begin(), fresh.begin(), fresh.end());
@@ -299,7 +324,7 @@ void PagedKVCache::grow_slots(int64_t slots) {
 }
 
 int64_t PagedKVCache::add_sequence() {
-  if (free_slots_.empty()) grow_slots(2 * slots_);
+  if (free_slots_.empty()) grow_slots(std::max<int64_t>(2 * slots_, 1));
   Sequence s;
   s.kept.resize(size_t(num_layers_));
   s.scores.resize(size_t(num_layers_));
@@ -374,7 +399,9 @@ void PagedKVCache::assign_pages(Sequence& s, int64_t tokens) {
               " tokens needs ", need, " pages of ", format_.page_size, " tokens, ", free_.size(),
               " of the pool's ", pages_, " are free and the pool may not grow past ", max_pages_,
               "; size the pool for the batch's longest contexts");
-    grow_pages(std::min(max_pages_, std::max(want, 2 * pages_)));
+    // A quarter more than the step needs (at least): a reserved pool that a step outgrows
+    // (serving's pages past its blocks) grows by little, an unreserved one geometrically.
+    grow_pages(std::min(max_pages_, std::max(want, pages_ + pages_ / 4)));
   }
   for (int64_t i = 0; i < missing; ++i) {
     s.pages.push_back(free_.back());

@@ -11,14 +11,16 @@ namespace kvbench {
 RowBuffer::RowBuffer(int64_t kv_heads, int64_t width, at::ScalarType dtype)
     : kv_heads_(kv_heads), width_(width), dtype_(dtype) {}
 
+void RowBuffer::reserve(int64_t rows) {
+  if (rows <= (data_.defined() ? data_.size(1) : 0)) return;
+  at::Tensor bigger = at::empty({kv_heads_, rows, width_}, at::TensorOptions().dtype(dtype_));
+  if (size_ > 0) bigger.narrow(1, 0, size_).copy_(data_.narrow(1, 0, size_));
+  data_ = bigger;
+}
+
 at::Tensor RowBuffer::append(int64_t extra) {
   const int64_t capacity = data_.defined() ? data_.size(1) : 0;
-  if (size_ + extra > capacity) {
-    const int64_t grown = std::max<int64_t>({size_ + extra, 2 * capacity, 16});
-    at::Tensor bigger = at::empty({kv_heads_, grown, width_}, at::TensorOptions().dtype(dtype_));
-    if (size_ > 0) bigger.narrow(1, 0, size_).copy_(data_.narrow(1, 0, size_));
-    data_ = bigger;
-  }
+  if (size_ + extra > capacity) reserve(std::max<int64_t>({size_ + extra, 2 * capacity, 16}));
   at::Tensor view = data_.narrow(1, size_, extra);
   size_ += extra;
   return view;

@@ -535,13 +535,11 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // The pool's tokens and a slot for every sequence that can run at once, reserved before any
   // runs: a paged pool holds the budget's pages from the start (as vLLM sizes its pool once)
   // instead of doubling while requests arrive.
-  {
-    const int64_t running = std::max<int64_t>(
-        1, std::min({sched.max_running, num_blocks, static_cast<int64_t>(w.prompts.size())}));
-    std::vector<int64_t> tokens(static_cast<size_t>(running), 0);
-    tokens[0] = num_blocks * block_size;
-    cache->reserve(tokens);
-  }
+  // (A running request holds at least one block and its window's.)
+  cache->reserve_pool(
+      std::max<int64_t>(1, std::min({sched.max_running, num_blocks / (1 + sched.window_blocks),
+                                     static_cast<int64_t>(w.prompts.size())})),
+      num_blocks * block_size, block_size);
 
   // Warm-up (untimed): one short request through the same path, so first-call costs
   // (allocator, thread pool) stay out of the first rate's numbers.

@@ -88,12 +88,22 @@ TEST(Generate, ReservesAPagedPoolForItsPromptsAndReportsWhatItOccupied) {
   EXPECT_EQ(paged.allocated_bytes(), 4 * page);
   // A longer prompt: the idle pool is made again at its size, not doubled.
   auto longer = generate(f.model, paged, {std::vector<int64_t>(200, 5)}, g);
-  EXPECT_EQ(longer.peak_allocated_bytes, 13 * page);  // 204 tokens
+  EXPECT_EQ(longer.peak_allocated_bytes, 13 * page);  // 205 tokens
   // Without eviction the pages held are the pages reserved.
   EXPECT_EQ(longer.peak_storage.total(), longer.peak_allocated_bytes);
-  // The CPU cache's buffers double: what they occupy is at least what they hold.
+  // The CPU cache's row buffers are sized for the sequence too: they occupy what they hold.
   auto cpu = generate(f.model, f.cache, {std::vector<int64_t>(40, 7)}, g);
-  EXPECT_GT(cpu.peak_allocated_bytes, cpu.peak_storage.total());
+  EXPECT_EQ(cpu.peak_allocated_bytes, cpu.peak_storage.total());
+  EXPECT_EQ(cpu.peak_storage.total(), 45u * 4 * 2 * 2 * 32 * 4);
+  // Unreserved, they double: 40 rows, then 80 for the 41st token.
+  const int64_t s = f.cache.add_sequence();
+  auto gen = at::detail::createCPUGenerator(1);
+  for (int64_t n : {40, 1})
+    for (int64_t l = 0; l < 4; ++l)
+      f.cache.append_and_attend(s, l, at::randn({4, n, 32}, gen), at::randn({2, n, 32}, gen),
+                                at::randn({2, n, 32}, gen));
+  EXPECT_EQ(f.cache.storage().total(), 41u * 4 * 2 * 2 * 32 * 4);
+  EXPECT_EQ(f.cache.allocated_bytes(), 80u * 4 * 2 * 2 * 32 * 4);
 }
 
 TEST(Generate, PerSequenceEosStopAndBatchConsistency) {

@@ -371,10 +371,12 @@ TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
 }
 
 // The serving suite sizes a paged pool once, before its first request, for the budget's
-// tokens (as vLLM does): it holds those pages from the start and never doubles.
+// tokens (as vLLM does), and a page per running sequence when pages do not tile blocks: it
+// holds those pages from the start and does not grow.
 TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   // int8 (q8_0, pages of 32 tokens) on tiny-llama: 4 layers, 2 KV heads of 32; 8 blocks of 64
-  // tokens: 16 pages.
+  // tokens: 16 pages (pages tile blocks: none for a last page past its blocks). Blocks of 48:
+  // 12 pages and one for each of the 4 requests that can run at once.
   const auto k = kernels::page_bytes(kernels::KvFormat::kInt8, true, 32, 32),
              v = kernels::page_bytes(kernels::KvFormat::kInt8, false, 32, 32);
   const double page = 4.0 * 2 * double(k.data + k.meta + v.data + v.meta);
@@ -391,6 +393,11 @@ TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   const json& kv = out.records.at(0)["kv"];
   EXPECT_EQ(kv["allocated_bytes_peak"].get<double>(), 16 * page);
   EXPECT_GT(kv["measured_bytes_peak"].get<double>(), 0);
+  h.spec.suites[0].params["block_size"] = 48;
+  h.spec.suites[0].params["kv_budget_bytes"] = static_cast<int64_t>(12 * page);
+  out = h.run(s);
+  ASSERT_EQ(out.summary["num_blocks"], 8) << out.summary.dump();
+  EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (12 + 4) * page);
 }
 
 TEST(Capacity, ABudgetBelowOneSequenceWarnsAndKeepsTheGrid) {

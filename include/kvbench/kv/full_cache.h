@@ -14,6 +14,7 @@
 // A policy that never finds the layer over budget leaves every step exactly as the full cache.
 #pragma once
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -50,6 +51,9 @@ class CompressedKVCache : public KVCache {
   StorageBytes storage() const override;
   // The stores' buffers whole (they grow by doubling), with the shared bytes and Quest's pages.
   uint64_t allocated_bytes() const override;
+  // The next sequences added get stores sized for their tokens (TokenStore::reserve), in
+  // order; a store of one row per token then never doubles. Replaces any unused reservation.
+  void reserve(const std::vector<int64_t>& tokens) override;
   StorageBytes nominal() const override;
   double retention_seconds() const override { return retention_s_; }
 
@@ -134,6 +138,7 @@ class CompressedKVCache : public KVCache {
   double retention_s_ = 0;    // wall time spent on the policy's inputs, selection and eviction
   int64_t next_id_ = 0;
   std::map<int64_t, Sequence> sequences_;
+  std::deque<int64_t> reserved_;  // tokens of the next sequences to add (reserve())
 };
 
 // The uncompressed cache: identity storage in `dtype`, reference attention.

@@ -68,6 +68,12 @@ class KVCache {
   // step and leaves up to half of the pool free). A hint: without it caches grow as tokens
   // come. Default: nothing.
   virtual void reserve(const std::vector<int64_t>& tokens) { (void)tokens; }
+  // The same for a pool shared by whatever runs: up to `sequences` sequences at once holding
+  // `tokens` tokens in all, each sequence's in whole blocks of `block` tokens (a serving
+  // engine's budget). Caches that keep storage per sequence ignore it. Default: nothing.
+  virtual void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) {
+    (void)sequences, (void)tokens, (void)block;
+  }
 
   // Wall seconds spent, since construction, on retention work: computing what the retention
   // policy needs (window scores, accumulated or last-query scores, low-attention counts, the

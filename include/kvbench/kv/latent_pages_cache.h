@@ -48,6 +48,9 @@ class LatentPagesCache : public KVCache {
     return storage().total() - latent_.storage().total() + latent_.allocated_bytes();
   }
   void reserve(const std::vector<int64_t>& tokens) override { latent_.reserve(tokens); }
+  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) override {
+    latent_.reserve_pool(sequences, tokens, block);
+  }
   double retention_seconds() const override { return latent_.retention_seconds(); }
   at::Device device() const override { return latent_.device(); }
 

@@ -5,7 +5,8 @@
 // (kernels/kv_paged_decode.h) with the reference attention: the same numbers the GPU decode
 // kernel must produce, so this cache is the GPU path's oracle on any machine.
 //
-// Pools start at `PagedCapacity::pages` and double when full, up to `max_pages` when one is
+// Pools start at `PagedCapacity::pages` and grow by a quarter (at least what a step needs)
+// when full, up to `max_pages` when one is
 // set (a serving engine sizes its pool once from free memory: max_pages = pages); running out
 // is then an error that says how many pages were needed. reserve() sizes them beforehand for
 // the sequences to come (generate(), the fidelity and serving suites call it), so a run's
@@ -91,7 +92,7 @@ void check_paged_policy(const RetentionPolicy* policy);
 
 struct PagedCapacity {
   int64_t pages = 64;     // pages per layer pool at first (a page: page_size tokens, every KV head)
-  int64_t max_pages = 0;  // the pools double up to this many pages; 0: no limit
+  int64_t max_pages = 0;  // the pools grow up to this many pages; 0: no limit
   int64_t sequences = 4;  // sequence slots (KIVI rings, fp8 scales) at first; they double
 };
 
@@ -178,6 +179,10 @@ class PagedKVCache final : public KVCache {
   // pages per sequence, at most max_pages), and slots for them all; with no sequence live the
   // pools are made again at that size (shrinking too), else they only grow.
   void reserve(const std::vector<int64_t>& tokens) override;
+  // Pages for `tokens` more tokens (ceil(tokens / page_size); plus one per sequence, whose last
+  // page may reach past its blocks, unless page_size divides `block`) and `sequences` more
+  // slots, sized as reserve() sizes them.
+  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) override;
   double retention_seconds() const override { return retention_s_; }
   at::Device device() const override { return device_; }
   // On a GPU, the kernels' fp16/bf16 (policies and Quest take fp32 in and convert it).
@@ -294,6 +299,9 @@ class PagedKVCache final : public KVCache {
   // a byte nothing wrote reads as NaN).
   void grow_pages(int64_t pages);
   void grow_slots(int64_t slots);
+  // reserve()'s sizing: `pages` more pages than those in use and `slots` more than the live
+  // sequences', made again at exactly that when no sequence is live, else only grown.
+  void size_pools(int64_t pages, int64_t slots);
   // fp8: the scales of `slot` from its first tokens k, v ([kv_heads, n, head_dim]).
   void calibrate(Layer& layer, int slot, const at::Tensor& k, const at::Tensor& v) const;
   // The layer's pools as the appender and the decoders see them (rings and scales whole).

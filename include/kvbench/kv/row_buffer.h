@@ -15,6 +15,8 @@ class RowBuffer {
   RowBuffer(int64_t kv_heads, int64_t width, at::ScalarType dtype);
   // Makes room for `extra` more rows and returns the view of them: [kv_heads, extra, width].
   at::Tensor append(int64_t extra);
+  // Capacity for `rows` rows in all, allocated once (no doubling up to there); never shrinks.
+  void reserve(int64_t rows);
   // Moves rows as `moves` says and shrinks to moves.size rows per head; capacity is kept for
   // later appends. No row is re-encoded.
   void retain(const RowMoves& moves);
