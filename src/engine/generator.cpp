@@ -18,10 +18,11 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   result.sequences.resize(n);
   std::vector<Sampler> samplers;
   std::vector<SequenceStep> steps;
-  std::vector<int64_t> entering;  // tokens each sequence enters at most (the last is not fed)
+  std::vector<SequenceTokens> entering;  // at most max_new_tokens - 1 are fed back
   for (size_t i = 0; i < n; ++i) {
     KVB_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
-    entering.push_back(static_cast<int64_t>(prompts[i].size()) + config.max_new_tokens - 1);
+    const int64_t prompt = static_cast<int64_t>(prompts[i].size());
+    entering.push_back({prompt, prompt + config.max_new_tokens - 1});
   }
   cache.reserve(entering);
   wait_for_device(cache.device());  // a pool made again is filled before the prefill's clock

@@ -48,10 +48,9 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
 }
 
 int64_t CompressedKVCache::add_sequence() {
-  const int64_t id = next_id_++;
-  Sequence& s = sequences_[id];
   const int64_t tokens = reserved_.empty() ? 0 : reserved_.front();
   if (!reserved_.empty()) reserved_.pop_front();
+  Sequence s;  // built whole before it joins the cache
   for (int64_t l = 0; l < num_layers_; ++l) {
     Layer layer;
     layer.keys = codec_->make_layer_key_store(l, num_kv_heads_, head_dim_);
@@ -62,13 +61,18 @@ int64_t CompressedKVCache::add_sequence() {
     }
     s.layers.push_back(std::move(layer));
   }
+  const int64_t id = next_id_++;
+  sequences_.emplace(id, std::move(s));
   return id;
 }
 
-void CompressedKVCache::reserve(const std::vector<int64_t>& tokens) {
-  for (int64_t t : tokens)
-    KVB_CHECK(t >= 0, "KV cache: cannot reserve room for a sequence of ", t, " tokens");
-  reserved_.assign(tokens.begin(), tokens.end());
+void CompressedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
+  reserved_.clear();
+  for (const SequenceTokens& s : seqs) {
+    KVB_CHECK(s.prompt >= 0 && s.total >= s.prompt, "KV cache: cannot reserve room for a ",
+              s.prompt, "-token prompt of a ", s.total, "-token sequence");
+    reserved_.push_back(evicts_ && !quest_ ? 0 : s.total);
+  }
 }
 
 void CompressedKVCache::remove_sequence(int64_t seq) {

@@ -215,23 +215,19 @@ void PagedKVCache::grow_pages(int64_t pages) {
   const int P = format_.page_size, D = int(head_dim_);
   const auto k = kernels::page_bytes(format_.format, true, P, D),
              v = kernels::page_bytes(format_.format, false, P, D);
-  // Every layer's new pools before any replaces the old, so that running out of memory midway
-  // leaves the cache as it was.
-  std::vector<at::Tensor> grown;
-  auto extend = [&](const at::Tensor& pool, size_t per_head) {
-    if (per_head == 0) return grown.push_back(pool);
-    at::Tensor more = at::full({pages - pages_, num_kv_heads_, int64_t(per_head)}, 0xff,
+  // One pool at a time, each old one freed as its copy replaces it (the peak is the pools plus
+  // one copy); each grows by what it lacks, so a growth that ran out of memory midway and is
+  // tried again leaves every pool the same size.
+  auto extend = [&](at::Tensor& pool, size_t per_head) {
+    const int64_t have = pool.defined() ? pool.size(0) : 0;
+    if (per_head == 0 || have >= pages) return;
+    at::Tensor more = at::full({pages - have, num_kv_heads_, int64_t(per_head)}, 0xff,
                                at::TensorOptions().dtype(at::kByte).device(device_));
-    grown.push_back(pool.defined() ? at::cat({pool, more}, 0) : more);
+    pool = pool.defined() ? at::cat({pool, more}, 0) : more;
   };
-  for (const Layer& layer : layers_) {
+  for (Layer& layer : layers_) {
     extend(layer.k_data, k.data), extend(layer.v_data, v.data);
     extend(layer.k_meta, k.meta), extend(layer.v_meta, v.meta);
-  }
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    Layer& layer = layers_[l];
-    layer.k_data = grown[4 * l], layer.v_data = grown[4 * l + 1];
-    layer.k_meta = grown[4 * l + 2], layer.v_meta = grown[4 * l + 3];
   }
   std::vector<int> fresh;  // popped from the back: old free pages first, then ascending
   for (int64_t p = pages - 1; p >= pages_; --p) fresh.push_back(int(p));
@@ -239,13 +235,15 @@ void PagedKVCache::grow_pages(int64_t pages) {
   pages_ = pages;
 }
 
-void PagedKVCache::reserve(const std::vector<int64_t>& tokens) {
+void PagedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
+  const bool evicts = policy_ && !quest_;  // Quest reads pages and keeps every token
   int64_t pages = 0;
-  for (int64_t t : tokens) {
-    KVB_CHECK(t >= 0, "paged cache: cannot reserve room for a sequence of ", t, " tokens");
-    pages += (t + format_.page_size - 1) / format_.page_size;
+  for (const SequenceTokens& s : seqs) {
+    KVB_CHECK(s.prompt >= 0 && s.total >= s.prompt, "paged cache: cannot reserve room for a ",
+              s.prompt, "-token prompt of a ", s.total, "-token sequence");
+    pages += ((evicts ? s.prompt : s.total) + format_.page_size - 1) / format_.page_size;
   }
-  size_pools(pages, int64_t(tokens.size()));
+  size_pools(pages, int64_t(seqs.size()));
 }
 
 void PagedKVCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block) {
@@ -296,14 +294,15 @@ uint64_t PagedKVCache::allocated_bytes() const {
 }
 
 void PagedKVCache::grow_slots(int64_t slots) {
-  // As grow_pages: every new tensor first, then the swap.
-  std::vector<std::pair<at::Tensor*, at::Tensor>> grown;
+  // As grow_pages: each tensor by what it lacks.
   auto extend = [&](at::Tensor& t, at::IntArrayRef row, at::ScalarType dtype) {
-    std::vector<int64_t> shape = {slots - slots_};
+    const int64_t have = t.defined() ? t.size(0) : 0;
+    if (have >= slots) return;
+    std::vector<int64_t> shape = {slots - have};
     shape.insert(shape.end(), row.begin(), row.end());
     at::Tensor more =
         at::full(shape, std::nan(""), at::TensorOptions().dtype(dtype).device(device_));
-    grown.emplace_back(&t, t.defined() ? at::cat({t, more}, 0) : more);
+    t = t.defined() ? at::cat({t, more}, 0) : more;
   };
   for (Layer& layer : layers_) {
     if (kernels::is_kivi(format_.format))
@@ -314,7 +313,6 @@ void PagedKVCache::grow_slots(int64_t slots) {
       extend(layer.v_scale, {num_kv_heads_}, at::kFloat);
     }
   }
-  for (auto& [tensor, bigger] : grown) *tensor = std::move(bigger);
   if (format_.format == KvFormat::kFp8)
     for (Layer& layer : layers_) layer.calibrated.resize(size_t(slots), false);
   std::vector<int> fresh;

@@ -504,6 +504,13 @@ at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vec
   return attend(layer, seqs, counts, pages, b, q, k);
 }
 
+void PaluPagedCache::reserve(const std::vector<SequenceTokens>& seqs) {
+  if (!policy_) return latent_.reserve(seqs);
+  std::vector<SequenceTokens> prompts = seqs;
+  for (SequenceTokens& s : prompts) s.total = s.prompt;
+  latent_.reserve(prompts);
+}
+
 void PaluPagedCache::remove_sequence(int64_t seq) {
   latent_.remove_sequence(seq);
   for (auto it = lists_.begin(); it != lists_.end();)

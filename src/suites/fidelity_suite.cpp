@@ -144,8 +144,8 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   ctx.progress.begin(ctx.cell_id, static_cast<size_t>(windows * steps));
   for (int64_t w = 0; w < windows; ++w) {
     const int64_t* tok = corpus.data() + w * span;
-    base_cache->reserve({prefix + steps});  // no pool grows inside a timed step
-    cache->reserve({prefix + steps});
+    base_cache->reserve({{prefix, prefix + steps}});  // no pool grows inside a timed step
+    cache->reserve({{prefix, prefix + steps}});
     const int64_t sb = base_cache->add_sequence(), sm = cache->add_sequence();
     const std::vector<int64_t> prompt(tok, tok + prefix);
     model.forward({{sb, prompt}}, *base_cache);

@@ -288,10 +288,10 @@ TEST(PagedCacheReserveTest, LivePoolsGrowToTheNeedAndIdlePoolsTakeItExactly) {
   const int64_t s = cache.add_sequence();
   const Block x = random_block(64, at::kHalf, gen);
   cache.append_and_attend(s, 0, x.q, x.k, x.v);  // 2 pages
-  cache.reserve({33, 1});                        // + 2 + 1 pages, 2 more slots
+  cache.reserve({{33, 33}, {1, 1}});             // + 2 + 1 pages, 2 more slots
   EXPECT_EQ(cache.allocated_bytes(), 5 * page + 3 * slot);
   EXPECT_EQ(cache.free_pages(), 3);
-  cache.reserve({1});  // needs less than the pools hold: nothing shrinks under a sequence
+  cache.reserve({{1, 1}});  // needs less than the pools hold: nothing shrinks under a sequence
   EXPECT_EQ(cache.allocated_bytes(), 5 * page + 3 * slot);
   const int64_t t = cache.add_sequence(), u = cache.add_sequence();
   const Block y = random_block(33, at::kHalf, gen), z = random_block(1, at::kHalf, gen);
@@ -302,12 +302,13 @@ TEST(PagedCacheReserveTest, LivePoolsGrowToTheNeedAndIdlePoolsTakeItExactly) {
   const StorageBytes held = cache.storage();
   EXPECT_LE(held.total(), cache.allocated_bytes());
   for (int64_t id : {s, t, u}) cache.remove_sequence(id);
-  cache.reserve({40});  // idle: exactly 2 pages and 1 slot
+  cache.reserve({{8, 40}});  // idle: exactly 2 pages and 1 slot
   EXPECT_EQ(cache.allocated_bytes(), 2 * page + slot);
   EXPECT_EQ(cache.free_pages(), 2);
-  cache.reserve({1000});  // capped at max_pages; running out stays the step's error
+  cache.reserve({{1000, 1000}});  // capped at max_pages; running out stays the step's error
   EXPECT_EQ(cache.free_pages(), 10);
-  EXPECT_THROW(cache.reserve({-1}), Error);
+  EXPECT_THROW(cache.reserve({{-1, 0}}), Error);
+  EXPECT_THROW(cache.reserve({{5, 4}}), Error);
   // The pools made again still attend like fresh ones.
   PagedKVCache fresh(f, 1, kKvHeads, kDim, PagedCapacity{10, 10, 1});
   const int64_t a = cache.add_sequence(), b = fresh.add_sequence();
@@ -542,6 +543,33 @@ INSTANTIATE_TEST_SUITE_P(
                 "codec": "int8"})"),
                        ::testing::Values("cpu", "cuda", "emulated")),
     [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
+
+// Under an evicting policy a reservation covers the prompts only (what stays afterwards is the
+// policy's), on the paged and the CPU caches alike; Quest evicts nothing and reserves it all.
+TEST(PagedRetentionMemoryTest, AnEvictingPolicyReservesThePromptsOnly) {
+  auto method = [](const char* text) {
+    return resolve_method(nlohmann::json::parse(text), "methods[0]");
+  };
+  const auto stream = method(R"({"name": "streamingllm", "sinks": 4, "window": 60})");
+  auto paged = make_kv_cache(stream, kLayers, kKvHeads, kDim, at::kHalf, "paged");
+  const int64_t P = dynamic_cast<PagedKVCache&>(*paged).format().page_size;
+  paged->reserve({{100, 1000}, {P, 10 * P}});
+  EXPECT_EQ(dynamic_cast<PagedKVCache&>(*paged).free_pages(), (100 + P - 1) / P + 1);
+  auto quest =
+      make_kv_cache(method(R"({"name": "quest"})"), kLayers, kKvHeads, kDim, at::kHalf, "paged");
+  quest->reserve({{100, 1000}});
+  EXPECT_EQ(dynamic_cast<PagedKVCache&>(*quest).free_pages(), (1000 + P - 1) / P);
+  // The CPU cache: an unreserved store's first append sizes it to the prompt.
+  auto cpu = make_kv_cache(stream, kLayers, kKvHeads, kDim, at::kHalf, "cpu");
+  cpu->reserve({{100, 1000}});
+  const int64_t s = cpu->add_sequence();
+  auto gen = at::detail::createCPUGenerator(2);
+  for (int64_t layer = 0; layer < kLayers; ++layer) {
+    const Block x = random_block(100, at::kHalf, gen);
+    cpu->append_and_attend(s, layer, x.q, x.k, x.v);
+  }
+  EXPECT_LE(cpu->allocated_bytes(), uint64_t(kLayers) * 100 * 2 * kKvHeads * kDim * 2);
+}
 
 // StreamingLLM's pages behind the window go back to the pool: a 470-token sequence that keeps
 // 4 sinks and a 60-token window holds the sink page, the window's pages and the page being

@@ -49,11 +49,12 @@ class CompressedKVCache : public KVCache {
                                const at::Tensor& v) override;
   std::vector<int64_t> kept_tokens(int64_t seq) const override;
   StorageBytes storage() const override;
-  // The stores' buffers whole (they grow by doubling), with the shared bytes and Quest's pages.
+  // The stores' buffers whole (spare rows included), with the shared bytes and Quest's pages.
   uint64_t allocated_bytes() const override;
   // The next sequences added get stores sized for their tokens (TokenStore::reserve), in
-  // order; a store of one row per token then never doubles. Replaces any unused reservation.
-  void reserve(const std::vector<int64_t>& tokens) override;
+  // order, so a store of one row per token never doubles; not under an evicting policy (the
+  // first append sizes the stores to the prompt). Replaces any unused reservation.
+  void reserve(const std::vector<SequenceTokens>& seqs) override;
   StorageBytes nominal() const override;
   double retention_seconds() const override { return retention_s_; }
 

@@ -14,6 +14,13 @@
 
 namespace kvbench {
 
+// A sequence about to be added, for KVCache::reserve: the tokens its first step enters at once
+// (the prompt) and the most it will have entered.
+struct SequenceTokens {
+  int64_t prompt = 0;
+  int64_t total = 0;
+};
+
 class KVCache {
  public:
   virtual ~KVCache() = default;
@@ -61,13 +68,13 @@ class KVCache {
   // buffer's rows kept for tokens to come. What the cache costs its device; storage() is the
   // state it holds in them. Default: storage().total().
   virtual uint64_t allocated_bytes() const { return storage().total(); }
-  // Sizes the storage for the sequences about to be added, one entry each: the most tokens it
-  // will have entered (prompt plus new tokens). A pooled cache (PagedKVCache) then holds the
-  // pages those and the live sequences can need, grown or (with no sequence live) shrunk to
-  // that in one allocation: no later step grows it (a growth copies every pool inside a timed
-  // step and leaves up to half of the pool free). A hint: without it caches grow as tokens
-  // come. Default: nothing.
-  virtual void reserve(const std::vector<int64_t>& tokens) { (void)tokens; }
+  // Sizes the storage for the sequences about to be added, one entry each. A pooled cache
+  // (PagedKVCache) then holds the pages those and the live sequences can need, grown or (with
+  // no sequence live) shrunk to that in one allocation, so that no later step grows it (a
+  // growth copies every pool inside a timed step and leaves part of the pool free). A cache
+  // whose policy evicts reserves the prompts only: what it holds afterwards is its policy's.
+  // A hint: without it caches grow as tokens come. Default: nothing.
+  virtual void reserve(const std::vector<SequenceTokens>& seqs) { (void)seqs; }
   // The same for a pool shared by whatever runs: up to `sequences` sequences at once holding
   // `tokens` tokens in all, each sequence's in whole blocks of `block` tokens (a serving
   // engine's budget). Caches that keep storage per sequence ignore it. Default: nothing.

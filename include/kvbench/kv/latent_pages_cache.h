@@ -47,7 +47,7 @@ class LatentPagesCache : public KVCache {
   uint64_t allocated_bytes() const override {
     return storage().total() - latent_.storage().total() + latent_.allocated_bytes();
   }
-  void reserve(const std::vector<int64_t>& tokens) override { latent_.reserve(tokens); }
+  void reserve(const std::vector<SequenceTokens>& seqs) override { latent_.reserve(seqs); }
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) override {
     latent_.reserve_pool(sequences, tokens, block);
   }

@@ -8,9 +8,10 @@
 // Pools start at `PagedCapacity::pages` and grow by a quarter (at least what a step needs)
 // when full, up to `max_pages` when one is
 // set (a serving engine sizes its pool once from free memory: max_pages = pages); running out
-// is then an error that says how many pages were needed. reserve() sizes them beforehand for
-// the sequences to come (generate(), the fidelity and serving suites call it), so a run's
-// pools hold what it can need and no timed step grows them.
+// is then an error that says how many pages were needed. reserve() and reserve_pool() size
+// them beforehand (generate() and the fidelity suite call the first, the serving suite the
+// second), so a run's pools hold what it can need; steps grow them only past that (a
+// retention policy's pages past its prompt, or past the serving scheduler's blocks).
 //
 // With a retention policy (StreamingLLM with original positions, SnapKV, PyramidKV, H2O, TOVA,
 // ScissorHands; Quest reads chosen pages and evicts none) the pages keep every token where it
@@ -175,10 +176,11 @@ class PagedKVCache final : public KVCache {
   StorageBytes nominal() const override;
   // Every layer's pools (free pages included), rings and scales, and Quest's page bounds.
   uint64_t allocated_bytes() const override;
-  // Pools of exactly the pages the live sequences hold plus those `tokens` can need (whole
-  // pages per sequence, at most max_pages), and slots for them all; with no sequence live the
-  // pools are made again at that size (shrinking too), else they only grow.
-  void reserve(const std::vector<int64_t>& tokens) override;
+  // Pools of exactly the pages the live sequences hold plus those the new ones can need (whole
+  // pages per sequence for its total, or its prompt under an evicting policy; at most
+  // max_pages), and slots for them all; with no sequence live the pools are made again at
+  // that size (shrinking too), else they only grow.
+  void reserve(const std::vector<SequenceTokens>& seqs) override;
   // Pages for `tokens` more tokens (ceil(tokens / page_size); plus one per sequence, whose last
   // page may reach past its blocks, unless page_size divides `block`) and `sequences` more
   // slots, sized as reserve() sizes them.

@@ -66,6 +66,9 @@ class PaluPagedCache final : public LatentPagesCache {
                                      const at::Tensor& k, const at::Tensor& v) override;
   void remove_sequence(int64_t seq) override;
   double retention_seconds() const override { return retention_s_; }
+  // As LatentPagesCache's, but the policy is this cache's (its latent pages have none): the
+  // prompts only under one.
+  void reserve(const std::vector<SequenceTokens>& seqs) override;
 
  private:
   struct Bases {
