@@ -686,26 +686,45 @@ at::Tensor PagedKVCache::quest_pages_kernel(const std::vector<Sequence*>& seqs, 
   return quest_->select_pages(bounds, counts);
 }
 
-at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t j, int64_t held,
-                                      at::ScalarType dtype) const {
+at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t j, int64_t held) const {
   // A loop over the host copy: this runs per sequence, layer and decode step.
   const int64_t P = quest_->page_size(), n = pages.size(2);
   const int64_t keep = (n - 1) * P + (held - (held - 1) / P * P);
   KVB_CHECK(pages.is_cpu() && pages.scalar_type() == at::kLong && pages.is_contiguous(),
             "paged cache: Quest's chosen pages must be contiguous int64 on the host");
-  KVB_CHECK(dtype == at::kLong || dtype == at::kInt,
-            "paged cache: Quest's tokens are int32 or int64");
   const int64_t* page = pages.data_ptr<int64_t>() + j * num_kv_heads_ * n;
-  at::Tensor tokens = at::empty({num_kv_heads_, keep}, dtype);
-  auto fill = [&](auto* t) {
-    for (int64_t h = 0; h < num_kv_heads_; ++h)
-      for (int64_t i = 0; i < keep; ++i) *t++ = page[h * n + i / P] * P + i % P;
-  };
-  if (dtype == at::kInt)
-    fill(tokens.data_ptr<int>());
-  else
-    fill(tokens.data_ptr<int64_t>());
+  at::Tensor tokens = at::empty({num_kv_heads_, keep}, at::kLong);
+  int64_t* t = tokens.data_ptr<int64_t>();
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t i = 0; i < keep; ++i) *t++ = page[h * n + i / P] * P + i % P;
   return tokens;
+}
+
+std::vector<PagedKVCache::ListedRows> PagedKVCache::quest_lists(
+    const at::Tensor& chosen, const std::vector<Sequence*>& seqs) const {
+  // Each head's chosen pages ascend, so the newest (always chosen, partly filled) is the last:
+  // the others' tokens are the list, and the newest page is the tail up to the new token.
+  const int64_t S = chosen.size(0), n = chosen.size(2), P = quest_->page_size();
+  KVB_CHECK(chosen.dim() == 3 && S == int64_t(seqs.size()) && chosen.size(1) == num_kv_heads_ &&
+                n >= 1,
+            "paged cache: Quest chose pages of shape ", chosen.sizes(), " for ", seqs.size(),
+            " sequences");
+  at::Tensor tokens;  // [S, kv_heads, (n - 1) P] int32: page p's tokens p P .. p P + P - 1
+  if (n > 1)
+    tokens = chosen.narrow(2, 0, n - 1)
+                 .to(at::kInt)
+                 .mul(int(P))
+                 .unsqueeze(3)
+                 .add(at::arange(int(P), chosen.options().dtype(at::kInt)))
+                 .view({S, num_kv_heads_, (n - 1) * P});
+  std::vector<ListedRows> out(seqs.size());
+  for (int64_t j = 0; j < S; ++j) {
+    const int64_t held = seqs[size_t(j)]->length + 1;
+    out[size_t(j)] = {n > 1 ? UploadedList{tokens, j * num_kv_heads_ * (n - 1) * P}
+                            : UploadedList{},
+                      (n - 1) * P, (held - 1) / P * P};
+  }
+  return out;
 }
 
 at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
@@ -742,38 +761,31 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
     fold_quest_keys(singles, layer,
                     exact_keys ? k.to(device_, input_dtype()).to(at::kFloat)
                                : at::cat(keys, 1).transpose(0, 1));
-  std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
-  // The retained-index kernel reads int32 lists; the reference rows take int64 positions.
-  const bool listed = kernel_path_ && step.max_new == 1;
-  double waited = 0;      // for the layer's queued work, at the read-back
-  if (!sparse.empty()) {  // the sparse sequences' pages in one read-back, then their tokens
-    const at::Tensor chosen = quest_pages(sparse, layer, q, sparse_rows);
-    waited = wait_for_device(chosen.device());
-    const at::Tensor pages = chosen.to(at::kCPU).contiguous();
-    for (size_t j = 0; j < sparse.size(); ++j)
-      positions[size_t(sparse_b[j])] =
-          quest_tokens(pages, int64_t(j), sparse[j]->length + 1, listed ? at::kInt : at::kLong);
+  if (sparse.empty()) {
+    retention_s_ += watch.seconds();
+    return attend_dense(step, counts, q, store);
   }
-  const bool any_sparse = !sparse.empty();
-  retention_s_ += watch.seconds() - waited;
-  if (!any_sparse) return attend_dense(step, counts, q, store);
-  if (listed) {
-    // Each sequence's pages this step as a list the retained-index kernel reads (no tail).
-    std::vector<at::Tensor> hosts;
-    for (const at::Tensor& p : positions)
-      if (p.defined()) hosts.push_back(p);
-    const std::vector<UploadedList> up = upload_lists(hosts, device_);
-    std::vector<ListedRows> lists(static_cast<size_t>(B));
-    for (int b = 0, i = 0; b < B; ++b)
-      if (positions[size_t(b)].defined()) {
-        lists[size_t(b)] = {up[size_t(i)], positions[size_t(b)].size(1),
-                            batch[size_t(b)]->length + 1};
-        ++i;
-      }
+  const at::Tensor chosen = quest_pages(sparse, layer, q, sparse_rows);
+  if (kernel_path_ && step.max_new == 1) {
+    // The chosen pages become the retained-index kernel's lists where they are: nothing comes
+    // back to the host, so the host keeps launching ahead of the device.
+    std::vector<ListedRows> lists(static_cast<size_t>(B));  // default: every token
+    const std::vector<ListedRows> chosen_rows = quest_lists(chosen, sparse);
+    for (size_t j = 0; j < sparse.size(); ++j) lists[size_t(sparse_b[j])] = chosen_rows[j];
+    retention_s_ += watch.seconds();
     paged_cuda::DecodeBatch d{step.table, step.ints.narrow(0, 3 * B + 1, B),
                               step.ints.narrow(0, 2 * B + 1, B), step.max_len};
     return decode_lists(lists, d, store, q, at::Tensor());
   }
+  // The reference rows take positions on the host: the sparse sequences' pages in one
+  // read-back, then their tokens.
+  const double waited = wait_for_device(chosen.device());  // for the layer's queued work
+  const at::Tensor pages = chosen.to(at::kCPU).contiguous();
+  std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
+  for (size_t j = 0; j < sparse.size(); ++j)
+    positions[size_t(sparse_b[j])] =
+        quest_tokens(pages, int64_t(j), sparse[j]->length + 1);
+  retention_s_ += watch.seconds() - waited;
   std::vector<at::Tensor> parts;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     const Sequence& s = *batch[size_t(b)];
@@ -1170,16 +1182,20 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
                                       const kernels::PagedKvStore& store, const at::Tensor& q,
                                       const at::Tensor& logits) {
   const int B = int(rows.size());
-  at::Tensor lists = at::zeros({B}, at::kLong), counts_tails = at::zeros({2 * B}, at::kInt);
-  int64_t* addresses = lists.data_ptr<int64_t>();
-  int* ct = counts_tails.data_ptr<int>();
+  // One copy up: B list addresses (int64), then B counts and B tails (int32, in the next B
+  // int64 words).
+  at::Tensor packed = at::zeros({2 * B}, at::kLong);
+  int64_t* addresses = packed.data_ptr<int64_t>();
+  int* ct = reinterpret_cast<int*>(addresses + B);
   for (int b = 0; b < B; ++b) {
     const ListedRows& r = rows[size_t(b)];
     if (r.list.buffer.defined())
       addresses[b] = reinterpret_cast<int64_t>(r.list.buffer.data_ptr<int>() + r.list.offset);
     ct[b] = int(r.count), ct[B + b] = int(r.tail);
   }
-  return paged_cuda::retained(store, d, num_kv_heads_, upload(lists), upload(counts_tails),
+  const at::Tensor up = upload(packed);
+  return paged_cuda::retained(store, d, num_kv_heads_, up.narrow(0, 0, B),
+                              up.narrow(0, B, B).view(at::kInt),
                               q.to(device_, at::kFloat).contiguous(), logits);
 }
 

@@ -327,7 +327,8 @@ class PagedKVCache final : public KVCache {
                           const kernels::PagedKvStore& store);
   // Quest: past its dense layers, the new keys fold into the page bounds, and a decode token of
   // a layer over the budget reads the top pages only (quest_pages, then quest_tokens);
-  // otherwise dense. The batch's chosen pages come back to the host in one copy per layer.
+  // otherwise dense. On the kernel path the chosen pages stay on the device (quest_lists); the
+  // reference rows take them back to the host in one copy per layer.
   at::Tensor attend_quest(int64_t layer, const Step& step, const std::vector<int64_t>& counts,
                           const at::Tensor& q, const at::Tensor& k,
                           const kernels::PagedKvStore& store);
@@ -361,11 +362,15 @@ class PagedKVCache final : public KVCache {
                                 const at::Tensor& pos, const at::Tensor& neg,
                                 const std::vector<int64_t>& rows, const std::vector<int64_t>& pages,
                                 int64_t most) const;
-  // [kv_heads, count] positions (int32 or int64, on the host) of the tokens of sequence j's
-  // pages (pages: the host copy of quest_pages' result), the newest (partly filled, always chosen)
-  // page cut at `held`.
-  at::Tensor quest_tokens(const at::Tensor& pages, int64_t j, int64_t held,
-                          at::ScalarType dtype) const;
+  // [kv_heads, count] int64 positions on the host of the tokens of sequence j's pages (pages:
+  // the host copy of quest_pages' result), the newest (partly filled, always chosen) page cut
+  // at `held`.
+  at::Tensor quest_tokens(const at::Tensor& pages, int64_t j, int64_t held) const;
+  // The same tokens as retained-index lists, without leaving the device: per sequence the
+  // chosen pages but the newest as an int32 list (views of one tensor), the newest page as
+  // the tail. chosen: quest_pages' result for `seqs`, each about to hold one more token.
+  std::vector<ListedRows> quest_lists(const at::Tensor& chosen,
+                                      const std::vector<Sequence*>& seqs) const;
   // [kv_heads, t1 - t0, head_dim] fp32 stored keys of tokens [t0, t1), decoding their pages
   // only (per-token formats).
   at::Tensor new_keys(const kernels::PagedKvStore& store, const Sequence& s,
