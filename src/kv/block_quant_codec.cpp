@@ -155,7 +155,7 @@ class BlockQuantStore final : public TokenStore {
   uint64_t allocated_bytes() const override {
     return codes_.allocated_bytes() + scales_.allocated_bytes() + mins_.allocated_bytes();
   }
-  void reserve(int64_t tokens) override {
+  void reserve(int64_t, int64_t tokens) override {
     for (RowBuffer* b : {&codes_, &scales_, &mins_}) b->reserve(tokens);
   }
 

@@ -48,16 +48,16 @@ CompressedKVCache::CompressedKVCache(std::shared_ptr<const Codec> codec, Attenti
 }
 
 int64_t CompressedKVCache::add_sequence() {
-  const int64_t tokens = reserved_.empty() ? 0 : reserved_.front();
+  const SequenceTokens tokens = reserved_.empty() ? SequenceTokens{} : reserved_.front();
   if (!reserved_.empty()) reserved_.pop_front();
   Sequence s;  // built whole before it joins the cache
   for (int64_t l = 0; l < num_layers_; ++l) {
     Layer layer;
     layer.keys = codec_->make_layer_key_store(l, num_kv_heads_, head_dim_);
     layer.values = codec_->make_layer_value_store(l, num_kv_heads_, head_dim_);
-    if (tokens > 0) {
-      layer.keys->reserve(tokens);
-      layer.values->reserve(tokens);
+    if (tokens.total > 0) {
+      layer.keys->reserve(tokens.prompt, tokens.total);
+      layer.values->reserve(tokens.prompt, tokens.total);
     }
     s.layers.push_back(std::move(layer));
   }
@@ -71,7 +71,7 @@ void CompressedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
   for (const SequenceTokens& s : seqs) {
     KVB_CHECK(s.prompt >= 0 && s.total >= s.prompt, "KV cache: cannot reserve room for a ",
               s.prompt, "-token prompt of a ", s.total, "-token sequence");
-    reserved_.push_back(evicts_ && !quest_ ? 0 : s.total);
+    reserved_.push_back(evicts_ && !quest_ ? SequenceTokens{} : s);
   }
 }
 

@@ -90,6 +90,23 @@ class GearStore final : public TokenStore {
 
   int64_t size() const override { return codes_.size() + buffer_.size(1); }
 
+  // The prompt compresses as one block of its whole buffers' tokens, then every `buffer`
+  // tokens form a block: the rows those blocks take, so no buffer grows up to `total`.
+  void reserve(int64_t prompt, int64_t total) override {
+    const int64_t B = p_.buffer, first = prompt / B * B, more = (total / B * B - first) / B;
+    codes_.reserve(first + more * B);
+    const auto rows = [&](auto per_block) {
+      return (first > 0 ? per_block(first) : 0) + more * per_block(B);
+    };
+    const int64_t scale_rows = is_key_ ? rows([&](int64_t n) { return (n + group_ - 1) / group_; })
+                                       : first + more * B;
+    const int64_t outlier_rows =
+        is_key_ ? rows([&](int64_t n) { return 2 * gear_outliers_per_side(p_.outlier_ratio, n); })
+                : (value_k_ > 0 ? first + more * B : 0);
+    scales_.reserve(scale_rows), mins_.reserve(scale_rows);
+    if (outlier_rows > 0) outlier_values_.reserve(outlier_rows), outlier_index_.reserve(outlier_rows);
+  }
+
   at::Tensor dequantize() const override {
     at::Tensor out = at::empty({kv_heads_, size(), d_}, at::kFloat);
     for (int64_t h = 0; h < kv_heads_; ++h) {

@@ -59,6 +59,14 @@ class KiviStoreBase : public TokenStore {
     return {codes_.row_bytes() * q / code_tokens_ + window,
             (scales_.row_bytes() + mins_.row_bytes()) * q / scale_tokens_};
   }
+  // The rows that the tokens quantized by then need: their codes, scales and mins grow no
+  // further up to `tokens` tokens (the window stays a tensor of its own).
+  void reserve(int64_t, int64_t tokens) override {
+    const int64_t q = quantized_by(tokens);
+    codes_.reserve((q + code_tokens_ - 1) / code_tokens_);
+    scales_.reserve((q + scale_tokens_ - 1) / scale_tokens_);
+    mins_.reserve((q + scale_tokens_ - 1) / scale_tokens_);
+  }
   // The window counted in the model dtype, as bytes() counts it (fp32 here only to compute).
   uint64_t allocated_bytes() const override {
     return codes_.allocated_bytes() + scales_.allocated_bytes() + mins_.allocated_bytes() +
@@ -89,6 +97,8 @@ class KiviStoreBase : public TokenStore {
     decode(h, t, out);
   }
   virtual void decode(int64_t h, int64_t t, float* out) const = 0;
+  // How many of `tokens` appended tokens are quantized (the rest are the window).
+  virtual int64_t quantized_by(int64_t tokens) const = 0;
 
   // Appends to the exact window, stored rounded to the model dtype like the cache it replaces.
   void push_window(const at::Tensor& x) {
@@ -141,6 +151,7 @@ class KiviKeyStore final : public KiviStoreBase {
     push_window(x.to(at::kFloat));
     while (window_.size(1) >= residual_) quantize_block(take_window(residual_));
   }
+  int64_t quantized_by(int64_t tokens) const override { return tokens / residual_ * residual_; }
 
  private:
   bool tiled() const { return words_ > 0; }
@@ -275,6 +286,9 @@ class KiviValueStore final : public KiviStoreBase {
   void append(const at::Tensor& x) override {
     push_window(x.to(at::kFloat));
     if (window_.size(1) > residual_) quantize_tokens(take_window(window_.size(1) - residual_));
+  }
+  int64_t quantized_by(int64_t tokens) const override {
+    return std::max<int64_t>(0, tokens - residual_);
   }
 
  private:

@@ -210,7 +210,7 @@ class LatentStore final : public TokenStore {
   uint64_t allocated_bytes() const override {
     return latent_.allocated_bytes() + (rope() ? positions_.allocated_bytes() : 0);
   }
-  void reserve(int64_t tokens) override {
+  void reserve(int64_t, int64_t tokens) override {
     latent_.reserve(tokens);
     if (rope()) positions_.reserve(tokens);
   }

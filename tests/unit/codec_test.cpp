@@ -372,6 +372,43 @@ TEST(Kivi, KeysQuantizeWholeBlocksValuesKeepASlidingWindow) {
   EXPECT_EQ(keys->bytes().total() + values->bytes().total(), b.total());
 }
 
+// A store reserved for its tokens sizes its code, scale and min rows once: appends up to there
+// never grow them (unreserved, they double), and what it holds reads back the same.
+TEST(Kivi, ReservedStoresSizeTheirRowsOnce) {
+  struct Shape {
+    int bits;
+    int64_t group, head_dim;  // 2-bit at 64: tiled keys and values; 4-bit at 48: untiled values
+  };
+  for (const Shape& c : {Shape{2, 32, 64}, Shape{4, 16, 48}}) {
+    KiviCodec kivi(c.bits, c.group, 32, at::kHalf);
+    const int64_t T = 301, heads = 2;
+    at::Tensor x = kv_like(heads, T, c.head_dim, 5);
+    for (bool is_key : {true, false}) {
+      SCOPED_TRACE(testing::Message() << c.bits << "-bit, head_dim " << c.head_dim
+                                      << (is_key ? ", keys" : ", values"));
+      auto make = [&] {
+        return is_key ? kivi.make_key_store(heads, c.head_dim)
+                      : kivi.make_value_store(heads, c.head_dim);
+      };
+      auto reserved = make(), grown = make();
+      reserved->reserve(77, T);
+      const uint64_t rows = reserved->allocated_bytes();
+      EXPECT_GT(rows, 0u);
+      for (auto* store : {reserved.get(), grown.get()}) {
+        store->append(x.narrow(1, 0, 77));  // a prompt, then single tokens
+        for (int64_t t = 77; t < T; ++t) store->append(x.narrow(1, t, 1));
+      }
+      const int64_t window = T - (is_key ? T / 32 * 32 : T - 32);
+      const uint64_t window_bytes = uint64_t(window * heads * c.head_dim * 2);
+      EXPECT_EQ(reserved->allocated_bytes(), rows + window_bytes);  // the rows never grew
+      EXPECT_LT(reserved->allocated_bytes(), grown->allocated_bytes());
+      // At most a partly filled last row of each buffer beyond what is held.
+      EXPECT_LT(double(reserved->allocated_bytes()), 1.1 * double(reserved->bytes().total()));
+      EXPECT_TRUE(at::equal(reserved->dequantize(), grown->dequantize()));
+    }
+  }
+}
+
 TEST(Kivi, BytesPerTokenMatchThePaper) {
   // d = 128, G = 32, fp16 scales: 2-bit 96 B and 4-bit 160 B per token per KV head once the
   // residual window is full (each further block of R tokens adds exactly that much).

@@ -213,6 +213,31 @@ TEST(Gear, BytesByHand) {
   EXPECT_EQ(keys->history_nominal()->payload, keys->bytes().payload);
 }
 
+// A store reserved for a prompt and a total sizes every row buffer exactly: after the prompt's
+// block and the decode blocks up to the total, it occupies what it holds (unreserved, its
+// buffers double), and reads back the same. Blocks of 20 (not a whole number of key groups)
+// and of 64.
+TEST(Gear, ReservedStoresSizeTheirRowsExactly) {
+  for (int64_t buffer : {20, 64}) {
+    GearCodec codec(params(4, 0.1, 2, buffer), at::kHalf);
+    const int64_t prompt = 45, total = 350;
+    at::Tensor x = kv_like(2, total, 64, 62);
+    for (bool is_key : {true, false}) {
+      SCOPED_TRACE(testing::Message() << "buffer " << buffer << (is_key ? ", keys" : ", values"));
+      auto make = [&] {
+        return is_key ? codec.make_key_store(2, 64) : codec.make_value_store(2, 64);
+      };
+      auto reserved = make(), grown = make();
+      reserved->reserve(prompt, total);
+      feed(*reserved, x, prompt);
+      feed(*grown, x, prompt);
+      EXPECT_EQ(reserved->allocated_bytes(), reserved->bytes().total());
+      EXPECT_GT(grown->allocated_bytes(), grown->bytes().total());
+      EXPECT_TRUE(at::equal(reserved->dequantize(), grown->dequantize()));
+    }
+  }
+}
+
 // A long generation after a short prompt: many decode blocks, each with its own factors. The
 // cache's nominal (from the blocks' token counts) must equal what the tensors hold, so no
 // false "compression did not happen" flag is raised.

@@ -139,7 +139,7 @@ class CompressedKVCache : public KVCache {
   double retention_s_ = 0;    // wall time spent on the policy's inputs, selection and eviction
   int64_t next_id_ = 0;
   std::map<int64_t, Sequence> sequences_;
-  std::deque<int64_t> reserved_;  // tokens of the next sequences to add (reserve())
+  std::deque<SequenceTokens> reserved_;  // the next sequences to add (reserve())
 };
 
 // The uncompressed cache: identity storage in `dtype`, reference attention.

@@ -60,10 +60,10 @@ class TokenStore {
 
   // Appends n tokens.  x: [kv_heads, n, head_dim] fp32.
   virtual void append(const at::Tensor& x) = 0;
-  // Room for `tokens` tokens in all, allocated once: a store of one row per token sizes its
-  // buffers so that appends up to there never double them (KVCache::reserve). A hint;
-  // default: nothing (formats whose rows span tokens grow as they go).
-  virtual void reserve(int64_t tokens) { (void)tokens; }
+  // Room for `total` tokens in all, the first `prompt` of them appended at once, allocated
+  // once: the store sizes its buffers so that appends up to there never double them
+  // (KVCache::reserve). A hint (appends past it still grow); default: nothing.
+  virtual void reserve(int64_t prompt, int64_t total) { (void)prompt, (void)total; }
   virtual int64_t size() const = 0;
   // Drops tokens in place by moving rows (see RowMoves), without re-encoding any: the retention
   // policy's eviction. Per-token formats (identity, block quantization, fp8) support it; formats
