@@ -37,7 +37,12 @@ at::Tensor LatentPagesCache::padded(const at::Tensor& basis) const {
 
 StorageBytes LatentPagesCache::storage() const {
   StorageBytes b = latent_.storage();
-  b += codec_->shared_bytes();
+  b += codec_shared_and_extra();
+  return b;
+}
+
+StorageBytes LatentPagesCache::codec_shared_and_extra() const {
+  StorageBytes b = codec_->shared_bytes();
   b.metadata += extra_metadata();
   return b;
 }

@@ -534,7 +534,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   auto cache = make_cell_cache(ctx);
   // The pool's tokens and a slot for every sequence that can run at once, reserved before any
   // runs: a paged pool holds the budget's pages from the start (as vLLM sizes its pool once)
-  // instead of doubling while requests arrive.
+  // instead of growing while requests arrive.
   // (A running request holds at least one block and its window's.)
   cache->reserve_pool(
       std::max<int64_t>(1, std::min({sched.max_running, num_blocks / (1 + sched.window_blocks),

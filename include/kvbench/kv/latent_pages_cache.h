@@ -45,7 +45,7 @@ class LatentPagesCache : public KVCache {
   StorageBytes nominal() const override;
   // storage() with the latent pages' pools whole (PagedKVCache::allocated_bytes).
   uint64_t allocated_bytes() const override {
-    return storage().total() - latent_.storage().total() + latent_.allocated_bytes();
+    return latent_.allocated_bytes() + codec_shared_and_extra().total();
   }
   void reserve(const std::vector<SequenceTokens>& seqs) override { latent_.reserve(seqs); }
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) override {
@@ -76,6 +76,8 @@ class LatentPagesCache : public KVCache {
   // Metadata bytes a subclass holds besides the pages and the codec's bases (in both
   // storage() and nominal()).
   virtual uint64_t extra_metadata() const { return 0; }
+  // What storage() adds to the latent pages: the codec's bases and extra_metadata().
+  StorageBytes codec_shared_and_extra() const;
 
   std::shared_ptr<const LowRankCodec> codec_;
   int64_t rank_, width_;
