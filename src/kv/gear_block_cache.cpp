@@ -129,10 +129,34 @@ int64_t GearBlockCache::blocks(int64_t seq, int64_t layer) const {
   return int64_t(sequence(seq).layers.at(size_t(layer)).blocks.size());
 }
 
-void GearBlockCache::reserve_slots(int64_t slots) {
+void GearBlockCache::reserve(const std::vector<SequenceTokens>& seqs) {
+  reserve_sequences(int64_t(seqs.size()));
+}
+
+void GearBlockCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block) {
+  (void)tokens, (void)block;  // blocks are allocated as they form
+  reserve_sequences(sequences);
+}
+
+void GearBlockCache::reserve_sequences(int64_t sequences) {
+  KVB_CHECK(sequences >= 0, "gear cache: cannot reserve room for ", sequences, " sequences");
+  if (seqs_.empty()) {  // idle: the pools are made again at exactly the size asked
+    const auto where = at::TensorOptions().dtype(dtype_).device(device_);
+    for (std::vector<at::Tensor>* side : {&exact_k_, &exact_v_})
+      for (at::Tensor& pool : *side)
+        pool = at::Tensor(), pool = at::empty({0, params_.buffer, num_kv_heads_, head_dim_}, where);
+    free_slots_.clear();
+    slots_ = 0;
+    tables_.assign(size_t(num_layers_), Tables{});
+  }
+  const int64_t taken = std::max<int64_t>(0, sequences - int64_t(free_slots_.size()));
+  reserve_slots(slots_ + taken, /*exact=*/true);
+}
+
+void GearBlockCache::reserve_slots(int64_t slots, bool exact) {
   const int64_t have = exact_k_[0].size(0);
   if (slots <= have) return;
-  const int64_t grown = std::max<int64_t>({slots, 2 * have, 4});
+  const int64_t grown = exact ? slots : std::max<int64_t>({slots, 2 * have, 4});
   // Every layer's new pools before any is swapped in, so that running out of memory midway
   // leaves every layer at the old size.
   std::vector<at::Tensor> bigger[2];

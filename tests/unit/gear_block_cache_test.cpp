@@ -315,6 +315,36 @@ std::string error_of(const std::function<void()>& f) {
   return "no error";
 }
 
+// A reservation sizes the exact-buffer pools to the live and coming sequences: adding them
+// grows nothing, an idle cache's pools are made again at the size asked (smaller too), and
+// without one they grow to 4 slots, then double.
+TEST(GearBlockCacheReserveTest, ExactPoolsTakeTheSlotsReserved) {
+  auto codec = gear_codec({{"name", "gear-4"}}, at::kHalf);
+  GearBlockCache cache(codec, kLayers, kKvHeads, kDim);
+  const uint64_t slot = uint64_t(2 * kLayers * codec->gear_params().buffer * kKvHeads * kDim * 2);
+  EXPECT_EQ(cache.allocated_bytes(), 0u);
+  cache.reserve({{10, 20}, {30, 40}, {5, 9}});
+  EXPECT_EQ(cache.allocated_bytes(), 3 * slot);
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(cache.add_sequence());
+  EXPECT_EQ(cache.allocated_bytes(), 3 * slot);
+  cache.remove_sequence(ids[1]);
+  cache.reserve({{1, 2}, {1, 2}});  // one free slot and one more
+  EXPECT_EQ(cache.allocated_bytes(), 4 * slot);
+  for (int64_t id : {ids[0], ids[2]}) cache.remove_sequence(id);
+  cache.reserve_pool(2, 1024, 16);  // idle: made again at 2 slots
+  EXPECT_EQ(cache.allocated_bytes(), 2 * slot);
+  const int64_t seq = cache.add_sequence();
+  at::Tensor x = at::randn({7, kKvHeads, kDim}).to(at::kHalf);
+  for (int64_t layer = 0; layer < kLayers; ++layer)
+    cache.append_and_attend(seq, layer, at::randn({kHeads, 7, kDim}).to(at::kHalf),
+                            x.transpose(0, 1), x.transpose(0, 1));
+  EXPECT_EQ(cache.length(seq), 7);
+  GearBlockCache unreserved(codec, kLayers, kKvHeads, kDim);
+  unreserved.add_sequence();
+  EXPECT_EQ(unreserved.allocated_bytes(), 4 * slot);
+}
+
 TEST(GearBlockCacheErrorsTest, SaysWhatThePagedPathCannotRun) {
   const auto fp32 = gear_codec({{"name", "gear"}}, at::kFloat);
   EXPECT_NE(error_of([&] { GearBlockCache(fp32, 1, 1, kDim); }).find("fp16 or bf16"),

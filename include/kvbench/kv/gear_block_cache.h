@@ -59,6 +59,11 @@ class GearBlockCache final : public KVCache {
   StorageBytes nominal() const override;
   // The blocks, and the exact buffers' pools whole (every slot, `buffer` rows each).
   uint64_t allocated_bytes() const override;
+  // Exact-buffer slots for the coming sequences: the pools take exactly what the live and the
+  // coming sequences need (an idle cache's are made again at that size), so no add_sequence
+  // grows them. Blocks are allocated as they form.
+  void reserve(const std::vector<SequenceTokens>& seqs) override;
+  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) override;
   at::Device device() const override { return device_; }
   double retention_seconds() const override { return retention_s_; }
 
@@ -89,8 +94,11 @@ class GearBlockCache final : public KVCache {
 
   Sequence& sequence(int64_t seq);
   const Sequence& sequence(int64_t seq) const;
-  // Rows of the exact pools for `rows` more sequences' slots, grown by doubling.
-  void reserve_slots(int64_t slots);
+  // The exact pools with room for `slots` slots in all: at least doubled when they grow, or
+  // exactly `slots` when `exact`.
+  void reserve_slots(int64_t slots, bool exact = false);
+  // reserve()'s sizing: room for `sequences` more sequences than are live.
+  void reserve_sequences(int64_t sequences);
   // A sequence whose buffer fills at this step, with its new rows ([n, kv_heads, head_dim],
   // model dtype).
   struct Pending {
