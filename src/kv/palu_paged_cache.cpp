@@ -138,12 +138,13 @@ std::pair<at::Tensor, at::Tensor> PaluPagedCache::fused_latents(const at::Tensor
   return {out[0], out[1]};
 }
 
-std::pair<at::Tensor, at::Tensor> PaluPagedCache::rope_rows(int64_t tokens) {
+std::pair<at::Tensor, at::Tensor> PaluPagedCache::rope_rows(int64_t tokens, bool exact) {
   const int64_t have = rope_cos_.defined() ? rope_cos_.size(0) : 0;
   if (tokens > have) {
     // Built where the pools are (no host work, no copy that waits for the device), with
     // headroom so that a decode step after a prefill rarely grows it.
-    const int64_t grown = std::max<int64_t>({tokens + tokens / 4, 2 * have, 256});
+    const int64_t grown =
+        exact ? tokens : std::max<int64_t>({tokens + tokens / 4, 2 * have, 256});
     std::tie(rope_cos_, rope_sin_) = rope_cos_sin(
         at::arange(grown, at::TensorOptions().dtype(at::kLong).device(latent_.device())),
         inv_freq_);
@@ -183,10 +184,10 @@ std::pair<at::Tensor, at::Tensor> PaluPagedCache::reconstruct(const PagedKVCache
   return {keys, up(v_lat, bases.value)};
 }
 
-void PaluPagedCache::cover(int64_t tokens) {
+void PaluPagedCache::cover(int64_t tokens, bool exact) {
   const int64_t tiles = (tokens + kernels::kPaluTile - 1) / kernels::kPaluTile;
   if (tiles <= rope_tiles_) return;
-  const int64_t grown = std::max<int64_t>({tiles + tiles / 4, 2 * rope_tiles_, 64});
+  const int64_t grown = exact ? tiles : std::max<int64_t>({tiles + tiles / 4, 2 * rope_tiles_, 64});
   // palu_rope_tables' layout, built where the pools are: [rows, 2, head_dim / 2], cos then sin
   // of position * inv_freq in float64, rounded to fp32.
   auto table = [&](const at::Tensor& positions) {
@@ -505,10 +506,18 @@ at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vec
 }
 
 void PaluPagedCache::reserve(const std::vector<SequenceTokens>& seqs) {
-  if (!policy_) return latent_.reserve(seqs);
-  std::vector<SequenceTokens> prompts = seqs;
-  for (SequenceTokens& s : prompts) s.total = s.prompt;
-  latent_.reserve(prompts);
+  if (!policy_) {
+    latent_.reserve(seqs);
+  } else {
+    std::vector<SequenceTokens> prompts = seqs;
+    for (SequenceTokens& s : prompts) s.total = s.prompt;
+    latent_.reserve(prompts);
+  }
+  int64_t most = 0;
+  for (const SequenceTokens& s : seqs) most = std::max(most, s.total);
+  if (most == 0) return;
+  rope_rows(most, /*exact=*/true);
+  if (kernel_path_) cover(most, /*exact=*/true);
 }
 
 void PaluPagedCache::remove_sequence(int64_t seq) {

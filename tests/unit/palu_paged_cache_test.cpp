@@ -287,6 +287,40 @@ TEST(PaluPagedLongTest, TablesGrowAndBf16LatentsAttendLikeTheReference) {
   }
 }
 
+// A reservation builds the RoPE tables for the longest total at once, exactly: the steps up to
+// it grow nothing, and attend bit for bit as an unreserved cache (whose tables grow) does.
+TEST(PaluPagedLongTest, ReservedTablesCoverTheTotalAndAttendTheSame) {
+  const nlohmann::json method = resolve_method({{"name", "palu"}, {"rank", 64}}, "m");
+  auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+      testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+  for (const testing_support::PagedDevice& where : palu_devices()) {
+    if (where.device.is_cuda() && !at::hasCUDA()) continue;
+    PaluPagedCache reserved(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{},
+                            where.device, nullptr, where.emulated);
+    PaluPagedCache grown(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{},
+                         where.device, nullptr, where.emulated);
+    reserved.reserve({{300, 309}, {20, 40}});
+    const int64_t tiles = where.kernel_path() ? (309 + kernels::kPaluTile - 1) / kernels::kPaluTile
+                                              : 0;
+    EXPECT_EQ(reserved.rope_positions(), 309);
+    EXPECT_EQ(reserved.rope_tiles(), tiles);
+    auto gen = at::detail::createCPUGenerator(43);
+    const int64_t seq = reserved.add_sequence();
+    ASSERT_EQ(grown.add_sequence(), seq);
+    for (int64_t n : {300, 1, 1, 1, 1, 1, 1, 1, 1, 1})
+      for (int64_t layer = 0; layer < kLayers; ++layer) {
+        const Block x = random_block(n, gen);
+        const at::Tensor a = reserved.append_and_attend(seq, layer, x.q, x.k, x.v);
+        const at::Tensor b = grown.append_and_attend(seq, layer, x.q, x.k, x.v);
+        ASSERT_TRUE(at::equal(a.cpu(), b.cpu())) << where.device << (where.emulated ? " emulated" : "") << " at "
+                                               << reserved.length(seq);
+      }
+    EXPECT_EQ(reserved.rope_positions(), 309);
+    EXPECT_EQ(reserved.rope_tiles(), tiles);
+    EXPECT_GT(grown.rope_positions(), 309);  // headroom
+  }
+}
+
 // At full rank the basis is square and orthonormal: the latent pages hold the pre-RoPE keys in
 // another basis, and the cache attends as the fp16 cache does up to the rounding of the latents
 // (instead of the keys) to fp16 — on the CPU path and on the kernel path.

@@ -67,8 +67,12 @@ class PaluPagedCache final : public LatentPagesCache {
   void remove_sequence(int64_t seq) override;
   double retention_seconds() const override { return retention_s_; }
   // As LatentPagesCache's, but the policy is this cache's (its latent pages have none): the
-  // prompts only under one.
+  // prompts only under one. The RoPE tables are built for the longest total here (positions
+  // go on under eviction too), so no step grows them.
   void reserve(const std::vector<SequenceTokens>& seqs) override;
+  // Positions the RoPE rows cover, and (kernel path) the tiles of its tables (tests).
+  int64_t rope_positions() const { return rope_cos_.defined() ? rope_cos_.size(0) : 0; }
+  int64_t rope_tiles() const { return rope_tiles_; }
 
  private:
   struct Bases {
@@ -120,12 +124,12 @@ class PaluPagedCache final : public LatentPagesCache {
   };
   StepLists step_lists(int64_t layer, const std::vector<int64_t>& seqs,
                        const PagedKVCache::StepPages& pages, int64_t& attended);
-  // The kernel's RoPE tables covering `tokens` positions (grown by doubling), where the pools
-  // are.
-  void cover(int64_t tokens);
+  // The kernel's RoPE tables covering `tokens` positions, where the pools are: grown with
+  // headroom (at least doubled), or to exactly `tokens` when `exact`.
+  void cover(int64_t tokens, bool exact = false);
   // cos and sin [tokens, head_dim] of positions [0, tokens) as rope_cos_sin computes them,
-  // where the pools are (grown by doubling: a model constant, not KV memory).
-  std::pair<at::Tensor, at::Tensor> rope_rows(int64_t tokens);
+  // where the pools are (a model constant, not KV memory); grown as cover() grows its tables.
+  std::pair<at::Tensor, at::Tensor> rope_rows(int64_t tokens, bool exact = false);
   // The new rows' positions where the pools are: uploaded once per step (at its first layer,
   // from pinned memory, without waiting for the device), reused by its later layers.
   const at::Tensor& step_positions(const std::vector<int64_t>& positions);
