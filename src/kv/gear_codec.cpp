@@ -98,13 +98,14 @@ class GearStore final : public TokenStore {
     const auto rows = [&](auto per_block) {
       return (first > 0 ? per_block(first) : 0) + more * per_block(B);
     };
-    const int64_t scale_rows = is_key_ ? rows([&](int64_t n) { return (n + group_ - 1) / group_; })
-                                       : first + more * B;
+    const int64_t scale_rows =
+        is_key_ ? rows([&](int64_t n) { return (n + group_ - 1) / group_; }) : first + more * B;
     const int64_t outlier_rows =
         is_key_ ? rows([&](int64_t n) { return 2 * gear_outliers_per_side(p_.outlier_ratio, n); })
                 : (value_k_ > 0 ? first + more * B : 0);
     scales_.reserve(scale_rows), mins_.reserve(scale_rows);
-    if (outlier_rows > 0) outlier_values_.reserve(outlier_rows), outlier_index_.reserve(outlier_rows);
+    if (outlier_rows > 0)
+      outlier_values_.reserve(outlier_rows), outlier_index_.reserve(outlier_rows);
   }
 
   at::Tensor dequantize() const override {

@@ -705,10 +705,10 @@ std::vector<PagedKVCache::ListedRows> PagedKVCache::quest_lists(
   // Each head's chosen pages ascend, so the newest (always chosen, partly filled) is the last:
   // the others' tokens are the list, and the newest page is the tail up to the new token.
   const int64_t S = chosen.size(0), n = chosen.size(2), P = quest_->page_size();
-  KVB_CHECK(chosen.dim() == 3 && S == int64_t(seqs.size()) && chosen.size(1) == num_kv_heads_ &&
-                n >= 1,
-            "paged cache: Quest chose pages of shape ", chosen.sizes(), " for ", seqs.size(),
-            " sequences");
+  KVB_CHECK(
+      chosen.dim() == 3 && S == int64_t(seqs.size()) && chosen.size(1) == num_kv_heads_ && n >= 1,
+      "paged cache: Quest chose pages of shape ", chosen.sizes(), " for ", seqs.size(),
+      " sequences");
   at::Tensor tokens;  // [S, kv_heads, (n - 1) P] int32: page p's tokens p P .. p P + P - 1
   if (n > 1)
     tokens = chosen.narrow(2, 0, n - 1)
@@ -720,9 +720,9 @@ std::vector<PagedKVCache::ListedRows> PagedKVCache::quest_lists(
   std::vector<ListedRows> out(seqs.size());
   for (int64_t j = 0; j < S; ++j) {
     const int64_t held = seqs[size_t(j)]->length + 1;
-    out[size_t(j)] = {n > 1 ? UploadedList{tokens, j * num_kv_heads_ * (n - 1) * P}
-                            : UploadedList{},
-                      (n - 1) * P, (held - 1) / P * P};
+    out[size_t(j)] = {
+        n > 1 ? UploadedList{tokens, j * num_kv_heads_ * (n - 1) * P} : UploadedList{}, (n - 1) * P,
+        (held - 1) / P * P};
   }
   return out;
 }
@@ -783,8 +783,7 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   const at::Tensor pages = chosen.to(at::kCPU).contiguous();
   std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
   for (size_t j = 0; j < sparse.size(); ++j)
-    positions[size_t(sparse_b[j])] =
-        quest_tokens(pages, int64_t(j), sparse[j]->length + 1);
+    positions[size_t(sparse_b[j])] = quest_tokens(pages, int64_t(j), sparse[j]->length + 1);
   retention_s_ += watch.seconds() - waited;
   std::vector<at::Tensor> parts;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {

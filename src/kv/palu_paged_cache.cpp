@@ -143,8 +143,7 @@ std::pair<at::Tensor, at::Tensor> PaluPagedCache::rope_rows(int64_t tokens, bool
   if (tokens > have) {
     // Built where the pools are (no host work, no copy that waits for the device), with
     // headroom so that a decode step after a prefill rarely grows it.
-    const int64_t grown =
-        exact ? tokens : std::max<int64_t>({tokens + tokens / 4, 2 * have, 256});
+    const int64_t grown = exact ? tokens : std::max<int64_t>({tokens + tokens / 4, 2 * have, 256});
     std::tie(rope_cos_, rope_sin_) = rope_cos_sin(
         at::arange(grown, at::TensorOptions().dtype(at::kLong).device(latent_.device())),
         inv_freq_);

@@ -297,11 +297,11 @@ TEST(PaluPagedLongTest, ReservedTablesCoverTheTotalAndAttendTheSame) {
     if (where.device.is_cuda() && !at::hasCUDA()) continue;
     PaluPagedCache reserved(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{},
                             where.device, nullptr, where.emulated);
-    PaluPagedCache grown(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{},
-                         where.device, nullptr, where.emulated);
+    PaluPagedCache grown(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
+                         nullptr, where.emulated);
     reserved.reserve({{300, 309}, {20, 40}});
-    const int64_t tiles = where.kernel_path() ? (309 + kernels::kPaluTile - 1) / kernels::kPaluTile
-                                              : 0;
+    const int64_t tiles =
+        where.kernel_path() ? (309 + kernels::kPaluTile - 1) / kernels::kPaluTile : 0;
     EXPECT_EQ(reserved.rope_positions(), 309);
     EXPECT_EQ(reserved.rope_tiles(), tiles);
     auto gen = at::detail::createCPUGenerator(43);
@@ -312,8 +312,9 @@ TEST(PaluPagedLongTest, ReservedTablesCoverTheTotalAndAttendTheSame) {
         const Block x = random_block(n, gen);
         const at::Tensor a = reserved.append_and_attend(seq, layer, x.q, x.k, x.v);
         const at::Tensor b = grown.append_and_attend(seq, layer, x.q, x.k, x.v);
-        ASSERT_TRUE(at::equal(a.cpu(), b.cpu())) << where.device << (where.emulated ? " emulated" : "") << " at "
-                                               << reserved.length(seq);
+        ASSERT_TRUE(at::equal(a.cpu(), b.cpu()))
+            << where.device << (where.emulated ? " emulated" : "") << " at "
+            << reserved.length(seq);
       }
     EXPECT_EQ(reserved.rope_positions(), 309);
     EXPECT_EQ(reserved.rope_tiles(), tiles);
