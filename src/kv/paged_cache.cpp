@@ -704,11 +704,11 @@ std::vector<PagedKVCache::ListedRows> PagedKVCache::quest_lists(
     const at::Tensor& chosen, const std::vector<Sequence*>& seqs) const {
   // Each head's chosen pages ascend, so the newest (always chosen, partly filled) is the last:
   // the others' tokens are the list, and the newest page is the tail up to the new token.
+  KVB_CHECK(chosen.dim() == 3 && chosen.size(0) == int64_t(seqs.size()) &&
+                chosen.size(1) == num_kv_heads_ && chosen.size(2) >= 1,
+            "paged cache: Quest chose pages of shape ", chosen.sizes(), " for ", seqs.size(),
+            " sequences");
   const int64_t S = chosen.size(0), n = chosen.size(2), P = quest_->page_size();
-  KVB_CHECK(
-      chosen.dim() == 3 && S == int64_t(seqs.size()) && chosen.size(1) == num_kv_heads_ && n >= 1,
-      "paged cache: Quest chose pages of shape ", chosen.sizes(), " for ", seqs.size(),
-      " sequences");
   at::Tensor tokens;  // [S, kv_heads, (n - 1) P] int32: page p's tokens p P .. p P + P - 1
   if (n > 1)
     tokens = chosen.narrow(2, 0, n - 1)
