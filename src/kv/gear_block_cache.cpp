@@ -140,7 +140,7 @@ void GearBlockCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t blo
 
 void GearBlockCache::reserve_sequences(int64_t sequences) {
   KVB_CHECK(sequences >= 0, "gear cache: cannot reserve room for ", sequences, " sequences");
-  if (seqs_.empty()) {  // idle: the pools are made again at exactly the size asked
+  if (seqs_.empty() && exact_k_[0].size(0) != sequences) {  // idle: made again at that size
     const auto where = at::TensorOptions().dtype(dtype_).device(device_);
     for (std::vector<at::Tensor>* side : {&exact_k_, &exact_v_})
       for (at::Tensor& pool : *side)

@@ -1185,7 +1185,7 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
   // int64 words).
   at::Tensor packed = at::zeros({2 * B}, at::kLong);
   int64_t* addresses = packed.data_ptr<int64_t>();
-  int* ct = reinterpret_cast<int*>(addresses + B);
+  int* ct = packed.narrow(0, B, B).view(at::kInt).data_ptr<int>();
   for (int b = 0; b < B; ++b) {
     const ListedRows& r = rows[size_t(b)];
     if (r.list.buffer.defined())

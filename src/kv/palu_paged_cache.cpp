@@ -205,9 +205,11 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
                                                      int64_t& attended) {
   const int64_t B = int64_t(seqs.size());
   int64_t most = 1;
-  at::Tensor addresses = at::zeros({B}, at::kLong), counts_tails = at::zeros({2 * B}, at::kInt);
-  int64_t* address = addresses.data_ptr<int64_t>();
-  int* ct = counts_tails.data_ptr<int>();
+  // One copy up: B list addresses (int64), then B counts and B tails (int32, in the next B
+  // int64 words).
+  at::Tensor packed = at::zeros({2 * B}, at::kLong);
+  int64_t* address = packed.data_ptr<int64_t>();
+  int* ct = packed.narrow(0, B, B).view(at::kInt).data_ptr<int>();
   bool any = false;
   // A list travels once per selection (the inner cache replaces its host list only then);
   // the step's changed lists travel together.
@@ -239,11 +241,10 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
   }
   if (!any) return {};
   attended = most;
-  auto upload = [&](const at::Tensor& t) {
-    return latent_.device().is_cuda() ? t.pin_memory().to(latent_.device(), /*non_blocking=*/true)
-                                      : t;
-  };
-  return {upload(addresses), upload(counts_tails)};
+  const at::Tensor there = latent_.device().is_cuda()
+                               ? packed.pin_memory().to(latent_.device(), /*non_blocking=*/true)
+                               : packed;
+  return {there.narrow(0, 0, B), there.narrow(0, B, B).view(at::kInt)};
 }
 
 at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Bases& bases,

@@ -317,30 +317,54 @@ std::string error_of(const std::function<void()>& f) {
 
 // A reservation sizes the exact-buffer pools to the live and coming sequences: adding them
 // grows nothing, an idle cache's pools are made again at the size asked (smaller too), and
-// without one they grow to 4 slots, then double.
+// without one they grow to 4 slots, then double. On the kernel path (emulated, so the decode
+// tables are in use) the steps before and after each re-sizing attend bit for bit as an
+// unreserved cache's.
 TEST(GearBlockCacheReserveTest, ExactPoolsTakeTheSlotsReserved) {
   auto codec = gear_codec({{"name", "gear-4"}}, at::kHalf);
-  GearBlockCache cache(codec, kLayers, kKvHeads, kDim);
+  auto make = [&] {
+    return GearBlockCache(codec, kLayers, kKvHeads, kDim, at::kCPU, nullptr,
+                          /*kernel_path_on_cpu=*/true);
+  };
+  GearBlockCache cache = make(), twin = make();
   const uint64_t slot = uint64_t(2 * kLayers * codec->gear_params().buffer * kKvHeads * kDim * 2);
+  auto gen = at::detail::createCPUGenerator(47);
+  // n new tokens of `seq` in `cache` and of `other` in `twin`, every layer, outputs compared.
+  auto steps = [&](int64_t seq, int64_t other, std::vector<int64_t> counts) {
+    for (int64_t n : counts)
+      for (int64_t layer = 0; layer < kLayers; ++layer) {
+        const at::Tensor q = at::randn({kHeads, n, kDim}, gen).to(at::kHalf);
+        const at::Tensor k = keys_like(kKvHeads, n, kDim, gen, at::kHalf).to(at::kHalf);
+        const at::Tensor v = at::randn({kKvHeads, n, kDim}, gen).to(at::kHalf);
+        ASSERT_TRUE(at::equal(cache.append_and_attend(seq, layer, q, k, v),
+                              twin.append_and_attend(other, layer, q, k, v)))
+            << "at " << cache.length(seq) << " tokens, layer " << layer;
+      }
+  };
+  const std::vector<int64_t> decode(30, 1);  // across a compression of the buffer
   EXPECT_EQ(cache.allocated_bytes(), 0u);
   cache.reserve({{10, 20}, {30, 40}, {5, 9}});
   EXPECT_EQ(cache.allocated_bytes(), 3 * slot);
   std::vector<int64_t> ids;
   for (int i = 0; i < 3; ++i) ids.push_back(cache.add_sequence());
   EXPECT_EQ(cache.allocated_bytes(), 3 * slot);
+  const int64_t a = twin.add_sequence();
+  steps(ids[0], a, {45});
+  steps(ids[0], a, decode);
   cache.remove_sequence(ids[1]);
-  cache.reserve({{1, 2}, {1, 2}});  // one free slot and one more
-  EXPECT_EQ(cache.allocated_bytes(), 4 * slot);
+  const uint64_t before = cache.allocated_bytes();
+  cache.reserve({{1, 2}, {1, 2}});  // one free slot and one more: the live pools grow
+  EXPECT_EQ(cache.allocated_bytes() - before, slot);
+  steps(ids[0], a, decode);
   for (int64_t id : {ids[0], ids[2]}) cache.remove_sequence(id);
+  twin.remove_sequence(a);
   cache.reserve_pool(2, 1024, 16);  // idle: made again at 2 slots
   EXPECT_EQ(cache.allocated_bytes(), 2 * slot);
-  const int64_t seq = cache.add_sequence();
-  at::Tensor x = at::randn({7, kKvHeads, kDim}).to(at::kHalf);
-  for (int64_t layer = 0; layer < kLayers; ++layer)
-    cache.append_and_attend(seq, layer, at::randn({kHeads, 7, kDim}).to(at::kHalf),
-                            x.transpose(0, 1), x.transpose(0, 1));
-  EXPECT_EQ(cache.length(seq), 7);
-  GearBlockCache unreserved(codec, kLayers, kKvHeads, kDim);
+  const int64_t seq = cache.add_sequence(), b = twin.add_sequence();
+  steps(seq, b, {7});
+  steps(seq, b, decode);
+  EXPECT_EQ(cache.length(seq), 37);
+  GearBlockCache unreserved = make();
   unreserved.add_sequence();
   EXPECT_EQ(unreserved.allocated_bytes(), 4 * slot);
 }

@@ -51,9 +51,10 @@ class CompressedKVCache : public KVCache {
   StorageBytes storage() const override;
   // The stores' buffers whole (spare rows included), with the shared bytes and Quest's pages.
   uint64_t allocated_bytes() const override;
-  // The next sequences added get stores sized for their tokens (TokenStore::reserve), in
-  // order, so a store of one row per token never doubles; not under an evicting policy (the
-  // first append sizes the stores to the prompt). Replaces any unused reservation.
+  // The next sequences added get stores sized for their prompts and totals
+  // (TokenStore::reserve), in order, so no store's buffers double up to there; not under an
+  // evicting policy (the first append sizes the stores to the prompt). Replaces any unused
+  // reservation.
   void reserve(const std::vector<SequenceTokens>& seqs) override;
   StorageBytes nominal() const override;
   double retention_seconds() const override { return retention_s_; }

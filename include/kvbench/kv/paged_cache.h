@@ -326,9 +326,9 @@ class PagedKVCache final : public KVCache {
   at::Tensor attend_dense(const Step& step, const std::vector<int64_t>& counts, const at::Tensor& q,
                           const kernels::PagedKvStore& store);
   // Quest: past its dense layers, the new keys fold into the page bounds, and a decode token of
-  // a layer over the budget reads the top pages only (quest_pages, then quest_tokens);
-  // otherwise dense. On the kernel path the chosen pages stay on the device (quest_lists); the
-  // reference rows take them back to the host in one copy per layer.
+  // a layer over the budget reads the top pages only (quest_pages, then quest_lists or
+  // quest_tokens); otherwise dense. On the kernel path the chosen pages stay on the device
+  // (quest_lists); the reference rows take them back to the host in one copy per layer.
   at::Tensor attend_quest(int64_t layer, const Step& step, const std::vector<int64_t>& counts,
                           const at::Tensor& q, const at::Tensor& k,
                           const kernels::PagedKvStore& store);
@@ -351,8 +351,8 @@ class PagedKVCache final : public KVCache {
   void grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const;
   // [seqs, kv_heads, pages_to_read] int64 where the bounds are: the pages Quest chooses for
   // each sequence's query (q [rows, heads, d], sequence i's at rows[i]), ascending per head:
-  // each sequence's bounds scored (two products), then one choice for the batch (its caller
-  // copies it back once).
+  // each sequence's bounds scored (two products), then one choice for the batch (which stays
+  // where it is on the kernel path; the reference rows copy it back once).
   at::Tensor quest_pages(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& q,
                          const std::vector<int64_t>& rows) const;
   // quest_pages on the kernel path: the scores by kernels/quest_score (each sequence's bounds
