@@ -66,6 +66,25 @@ std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
   return out;
 }
 
+ListTable::ListTable(int64_t batch)
+    : batch_(batch),
+      packed_(at::zeros({2 * batch}, at::kLong)),
+      addresses_(packed_.data_ptr<int64_t>()),
+      counts_tails_(reinterpret_cast<int*>(addresses_ + batch)) {}
+
+void ListTable::set(int64_t b, const UploadedList& list, int64_t count, int64_t tail) {
+  KVB_CHECK(b >= 0 && b < batch_, "list table: sequence ", b, " of ", batch_);
+  if (list.buffer.defined())
+    addresses_[b] = reinterpret_cast<int64_t>(list.buffer.data_ptr<int>() + list.offset);
+  counts_tails_[b] = int(count), counts_tails_[batch_ + b] = int(tail);
+}
+
+std::pair<at::Tensor, at::Tensor> ListTable::on(const at::Device& device) const {
+  const at::Tensor there =
+      device.is_cuda() ? packed_.pin_memory().to(device, /*non_blocking=*/true) : packed_;
+  return {there.narrow(0, 0, batch_), there.narrow(0, batch_, batch_).view(at::kInt)};
+}
+
 using kernels::KvFormat;
 
 namespace {
@@ -1180,21 +1199,11 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
                                       const paged_cuda::DecodeBatch& d,
                                       const kernels::PagedKvStore& store, const at::Tensor& q,
                                       const at::Tensor& logits) {
-  const int B = int(rows.size());
-  // One copy up: B list addresses (int64), then B counts and B tails (int32, in the next B
-  // int64 words).
-  at::Tensor packed = at::zeros({2 * B}, at::kLong);
-  int64_t* addresses = packed.data_ptr<int64_t>();
-  int* ct = packed.narrow(0, B, B).view(at::kInt).data_ptr<int>();
-  for (int b = 0; b < B; ++b) {
-    const ListedRows& r = rows[size_t(b)];
-    if (r.list.buffer.defined())
-      addresses[b] = reinterpret_cast<int64_t>(r.list.buffer.data_ptr<int>() + r.list.offset);
-    ct[b] = int(r.count), ct[B + b] = int(r.tail);
-  }
-  const at::Tensor up = upload(packed);
-  return paged_cuda::retained(store, d, num_kv_heads_, up.narrow(0, 0, B),
-                              up.narrow(0, B, B).view(at::kInt),
+  ListTable table(int64_t(rows.size()));
+  for (size_t b = 0; b < rows.size(); ++b)
+    table.set(int64_t(b), rows[b].list, rows[b].count, rows[b].tail);
+  const auto [lists, counts_tails] = table.on(device_);
+  return paged_cuda::retained(store, d, num_kv_heads_, lists, counts_tails,
                               q.to(device_, at::kFloat).contiguous(), logits);
 }
 

@@ -205,11 +205,7 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
                                                      int64_t& attended) {
   const int64_t B = int64_t(seqs.size());
   int64_t most = 1;
-  // One copy up: B list addresses (int64), then B counts and B tails (int32, in the next B
-  // int64 words).
-  at::Tensor packed = at::zeros({2 * B}, at::kLong);
-  int64_t* address = packed.data_ptr<int64_t>();
-  int* ct = packed.narrow(0, B, B).view(at::kInt).data_ptr<int>();
+  ListTable table(B);  // one copy up
   bool any = false;
   // A list travels once per selection (the inner cache replaces its host list only then);
   // the step's changed lists travel together.
@@ -235,16 +231,12 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
     any = true;
     most = std::max(most, host.size(1) + length - tail);
     const UploadedList& l = lists_[{seqs[size_t(b)], layer}].device;
-    if (l.buffer.defined() && host.numel() > 0)
-      address[b] = reinterpret_cast<int64_t>(l.buffer.data_ptr<int>() + l.offset);
-    ct[b] = int(host.size(1)), ct[B + b] = int(tail);
+    table.set(b, host.numel() > 0 ? l : UploadedList{}, host.size(1), tail);
   }
   if (!any) return {};
   attended = most;
-  const at::Tensor there = latent_.device().is_cuda()
-                               ? packed.pin_memory().to(latent_.device(), /*non_blocking=*/true)
-                               : packed;
-  return {there.narrow(0, 0, B), there.narrow(0, B, B).view(at::kInt)};
+  const auto [addresses, counts_tails] = table.on(latent_.device());
+  return {addresses, counts_tails};
 }
 
 at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Bases& bases,

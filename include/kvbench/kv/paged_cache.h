@@ -111,6 +111,24 @@ std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
 // upload_lists' packing: the host lists (int32 or int64, any strides) as int32, one after
 // another from `to` (room for all their elements); each list's first element's offset.
 std::vector<int64_t> pack_lists(const std::vector<at::Tensor>& hosts, int* to);
+// A retained-index step's per-sequence table (kernels/retained_decode.h's kept_lists,
+// kept_counts and tail_start), written on the host into one buffer (B int64 list addresses,
+// then B counts and B tails as int32 in the next B int64 words, zero until set), so that one
+// copy takes it up.
+class ListTable {
+ public:
+  explicit ListTable(int64_t batch);
+  void set(int64_t b, const UploadedList& list, int64_t count, int64_t tail);
+  // The [B] int64 addresses and the [2B] int32 counts then tails on `device` (from pinned
+  // memory on a GPU, queued without waiting; elsewhere the host buffer itself).
+  std::pair<at::Tensor, at::Tensor> on(const at::Device& device) const;
+
+ private:
+  int64_t batch_;
+  at::Tensor packed_;
+  int64_t* addresses_;  // packed_'s first B words
+  int* counts_tails_;   // and its next B as 2B int32 (no operator per set())
+};
 
 class PagedKVCache final : public KVCache {
  public:
