@@ -551,14 +551,18 @@ void PagedKVCache::fold_quest_bounds(Sequence& s, int64_t layer, const kernels::
   maxs.copy_(at::maximum(maxs, hi));
 }
 
-void PagedKVCache::fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer,
-                                   const at::Tensor& keys) {
-  std::vector<int64_t> pages;  // the page each sequence's new key falls in
+std::vector<int64_t> PagedKVCache::quest_key_pages(const std::vector<Sequence*>& seqs,
+                                                   int64_t layer) {
+  std::vector<int64_t> pages;
   for (Sequence* s : seqs) {
     pages.push_back(s->length / quest_->page_size());
     grow_quest_bounds(*s, layer, pages.back() + 1);
   }
-  if (kernel_path_) return fold_quest_keys_kernel(seqs, layer, keys, pages);
+  return pages;
+}
+
+void PagedKVCache::fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer,
+                                   const at::Tensor& keys, const std::vector<int64_t>& pages) {
   // One new key is its page's update as it is. Each page's bounds are one contiguous
   // [kv_heads, d] row, so the batch's updates are one foreach operator each.
   const at::Tensor lo = half_bounds(keys, true).contiguous(),
@@ -572,18 +576,38 @@ void PagedKVCache::fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t l
   at::_foreach_maximum_(maxs, hi.unbind(0));
 }
 
-void PagedKVCache::fold_quest_keys_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
-                                          const at::Tensor& keys,
-                                          const std::vector<int64_t>& pages) const {
-  // The bounds' addresses and pages go up in one copy; the kernel rounds and folds every
-  // element (no per-sequence views, no rounding operators).
-  const int64_t S = int64_t(seqs.size());
-  std::vector<int64_t> packed;  // [mins S][maxs S][page S]
+void PagedKVCache::pack_quest_bounds(std::vector<int64_t>& packed,
+                                     const std::vector<Sequence*>& seqs, int64_t layer) const {
   for (at::Tensor QuestBounds::*bound : {&QuestBounds::mins, &QuestBounds::maxs})
     for (const Sequence* s : seqs)
       packed.push_back(int64_t(reinterpret_cast<uintptr_t>(quest_bound_data(*s, layer, bound))));
+}
+
+at::Tensor PagedKVCache::quest_kernels(const QuestKernelStep& k, int64_t layer,
+                                       const at::Tensor& q) const {
+  // The fold's and the scores' tables go up in one copy per layer:
+  // [mins S1][maxs S1][page S1] for the folded keys, then
+  // [mins S2][maxs S2][pages S2][rows S2] for the scored sequences. (Addresses are taken
+  // after every bound has grown: a growth moves them.)
+  const int64_t S1 = int64_t(k.folded.size()), S2 = int64_t(k.scored.size());
+  std::vector<int64_t> packed;
+  pack_quest_bounds(packed, k.folded, layer);
+  packed.insert(packed.end(), k.key_pages.begin(), k.key_pages.end());
+  pack_quest_bounds(packed, k.scored, layer);
+  const std::vector<int64_t> pages = quest_page_counts(k.scored, layer);
   packed.insert(packed.end(), pages.begin(), pages.end());
+  packed.insert(packed.end(), k.rows.begin(), k.rows.end());
   const at::Tensor up = upload(at::tensor(packed, at::kLong));
+  if (S1 > 0) launch_quest_fold(up.narrow(0, 0, 3 * S1), k.keys);
+  if (S2 == 0) return at::Tensor();
+  const auto [pos, neg] = quest_query_parts(q);
+  return quest_scores_kernel(up.narrow(0, 3 * S1, 4 * S2), pos, neg,
+                             *std::max_element(pages.begin(), pages.end()));
+}
+
+void PagedKVCache::launch_quest_fold(const at::Tensor& table, const at::Tensor& keys) const {
+  // The kernel rounds and folds every element (no per-sequence views, no rounding operators).
+  const int64_t S = table.size(0) / 3;
   const at::Tensor x = keys.to(at::kFloat).contiguous();
   KVB_CHECK(x.dim() == 3 && x.size(0) == S && x.size(1) == num_kv_heads_ &&
                 x.size(2) == head_dim_ && on_device(x, device_),
@@ -591,7 +615,7 @@ void PagedKVCache::fold_quest_keys_kernel(const std::vector<Sequence*>& seqs, in
             device_.str());
   kernels::QuestFoldProblem pr;
   pr.batch = int(S), pr.kv_heads = int(num_kv_heads_), pr.head_dim = int(head_dim_);
-  int64_t* base = up.data_ptr<int64_t>();
+  int64_t* base = table.data_ptr<int64_t>();
   pr.mins = reinterpret_cast<uint16_t* const*>(base);
   pr.maxs = reinterpret_cast<uint16_t* const*>(base + S);
   pr.page = base + 2 * S;
@@ -632,26 +656,38 @@ at::Tensor PagedKVCache::new_keys(const kernels::PagedKvStore& store, const Sequ
   return keys.narrow(1, t0 - p0 * P, n);
 }
 
+std::vector<int64_t> PagedKVCache::quest_page_counts(const std::vector<Sequence*>& seqs,
+                                                     int64_t layer) const {
+  std::vector<int64_t> pages;
+  for (const Sequence* s : seqs) {
+    pages.push_back(s->quest[size_t(layer)].mins.size(0));
+    KVB_CHECK(pages.back() >= quest_->pages_to_read(), "paged cache: a sparse Quest step over ",
+              pages.back(), " pages, fewer than the ", quest_->pages_to_read(), " it reads");
+  }
+  return pages;
+}
+
+std::pair<at::Tensor, at::Tensor> PagedKVCache::quest_query_parts(const at::Tensor& q) const {
+  // U = sum_i P_i max_i + N_i min_i with the group's mean positive and negative query parts.
+  const int64_t group = q.size(1) / num_kv_heads_;
+  const at::Tensor qg = q.to(device_, at::kFloat).reshape({q.size(0), num_kv_heads_, group, -1});
+  return {qg.clamp_min(0).mean(2), qg.clamp_max(0).mean(2)};
+}
+
 at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t layer,
                                      const at::Tensor& q, const std::vector<int64_t>& rows) const {
-  const int64_t S = int64_t(seqs.size()), group = q.size(1) / num_kv_heads_;
-  // U = sum_i P_i max_i + N_i min_i with the group's mean positive and negative query parts,
-  // for every row at once: [rows, kv_heads, d].
-  const at::Tensor qg = q.to(device_, at::kFloat).reshape({q.size(0), num_kv_heads_, group, -1});
-  const at::Tensor pos = qg.clamp_min(0).mean(2), neg = qg.clamp_max(0).mean(2);
+  const int64_t S = int64_t(seqs.size());
+  const auto [pos, neg] = quest_query_parts(q);  // [rows, kv_heads, d]
   // The sequences' pages side by side ([pages in all, kv_heads, d]), each page beside its
   // query's parts: one product for the batch, whatever each sequence's page count.
-  std::vector<int64_t> pages, owner, place;  // per page: its query's row; its padded column
+  const std::vector<int64_t> pages = quest_page_counts(seqs, layer);
+  std::vector<int64_t> owner, place;  // per page: its query's row; its padded column
   std::vector<at::Tensor> maxs, mins;
   for (const Sequence* s : seqs) {
     const QuestBounds& qb = s->quest[size_t(layer)];
-    pages.push_back(qb.mins.size(0));
-    KVB_CHECK(pages.back() >= quest_->pages_to_read(), "paged cache: a sparse Quest step over ",
-              pages.back(), " pages, fewer than the ", quest_->pages_to_read(), " it reads");
     maxs.push_back(qb.maxs), mins.push_back(qb.mins);
   }
   const int64_t most = *std::max_element(pages.begin(), pages.end());
-  if (kernel_path_) return quest_pages_kernel(seqs, layer, pos, neg, rows, pages, most);
   for (int64_t j = 0; j < S; ++j)
     for (int64_t t = 0; t < pages[size_t(j)]; ++t)
       owner.push_back(rows[size_t(j)]), place.push_back(j * most + t);
@@ -675,28 +711,18 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
   return quest_->select_pages(bounds, index.narrow(0, 2 * all, S));
 }
 
-at::Tensor PagedKVCache::quest_pages_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
-                                            const at::Tensor& pos, const at::Tensor& neg,
-                                            const std::vector<int64_t>& rows,
-                                            const std::vector<int64_t>& pages, int64_t most) const {
-  // The bounds stay where each sequence keeps them: their addresses, the page counts and the
-  // query rows go up in one copy, and the kernel reads every bound once.
-  const int64_t S = int64_t(seqs.size());
-  std::vector<int64_t> packed;  // [mins S][maxs S][pages S][rows S]
-  for (at::Tensor QuestBounds::*bound : {&QuestBounds::mins, &QuestBounds::maxs})
-    for (const Sequence* s : seqs)
-      packed.push_back(int64_t(reinterpret_cast<uintptr_t>(quest_bound_data(*s, layer, bound))));
-  packed.insert(packed.end(), pages.begin(), pages.end());
-  packed.insert(packed.end(), rows.begin(), rows.end());
-  const at::Tensor up = upload(at::tensor(packed, at::kLong));
-  const at::Tensor counts = up.narrow(0, 2 * S, S), row_index = up.narrow(0, 3 * S, S);
+at::Tensor PagedKVCache::quest_scores_kernel(const at::Tensor& table, const at::Tensor& pos,
+                                             const at::Tensor& neg, int64_t most) const {
+  // The bounds stay where each sequence keeps them and the kernel reads every bound once.
+  const int64_t S = table.size(0) / 4;
+  const at::Tensor counts = table.narrow(0, 2 * S, S), row_index = table.narrow(0, 3 * S, S);
   const at::Tensor p = pos.index_select(0, row_index).contiguous(),
                    n = neg.index_select(0, row_index).contiguous();
   at::Tensor bounds = at::empty({S, num_kv_heads_, most}, p.options());  // [S, kv_heads, most]
   kernels::QuestScoreProblem pr;
   pr.batch = int(S), pr.kv_heads = int(num_kv_heads_), pr.head_dim = int(head_dim_);
   pr.most = int(most);
-  const int64_t* base = up.data_ptr<int64_t>();
+  const int64_t* base = table.data_ptr<int64_t>();
   pr.mins = reinterpret_cast<const uint16_t* const*>(base);
   pr.maxs = reinterpret_cast<const uint16_t* const*>(base + S);
   pr.pages = base + 2 * S;
@@ -776,15 +802,21 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
     if (n == 1 && s.length > 0 && quest_->sparse(layer, s.length + 1))
       sparse.push_back(&s), sparse_rows.push_back(row), sparse_b.push_back(b);
   }
+  QuestKernelStep ks{singles, quest_key_pages(singles, layer), {}, sparse, sparse_rows};
   if (!singles.empty())
-    fold_quest_keys(singles, layer,
-                    exact_keys ? k.to(device_, input_dtype()).to(at::kFloat)
-                               : at::cat(keys, 1).transpose(0, 1));
+    ks.keys =
+        exact_keys ? k.to(device_, input_dtype()).to(at::kFloat) : at::cat(keys, 1).transpose(0, 1);
+  at::Tensor chosen;
+  if (kernel_path_) {
+    chosen = quest_kernels(ks, layer, q);
+  } else {
+    if (!singles.empty()) fold_quest_keys(singles, layer, ks.keys, ks.key_pages);
+    if (!sparse.empty()) chosen = quest_pages(sparse, layer, q, sparse_rows);
+  }
   if (sparse.empty()) {
     retention_s_ += watch.seconds();
     return attend_dense(step, counts, q, store);
   }
-  const at::Tensor chosen = quest_pages(sparse, layer, q, sparse_rows);
   if (kernel_path_ && step.max_new == 1) {
     // The chosen pages become the retained-index kernel's lists where they are: nothing comes
     // back to the host, so the host keeps launching ahead of the device.
@@ -845,8 +877,12 @@ PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int
   for (Sequence* s : step.batch) ints.push_back(s->slot);  // [2B + 1, 3B + 1): ring/scale rows
   for (int b = 0; b < B; ++b)                              // [3B + 1, 4B + 1): new lengths
     ints.push_back(int(step.batch[size_t(b)]->length + counts[size_t(b)]));
-  step.table = upload(at::tensor(table, at::kInt).view({B, max_pages}));
-  step.ints = upload(at::tensor(ints, at::kInt));
+  // Both in one copy up.
+  const int64_t cells = int64_t(table.size());
+  table.insert(table.end(), ints.begin(), ints.end());
+  const at::Tensor up = upload(at::tensor(table, at::kInt));
+  step.table = up.narrow(0, 0, cells).view({B, max_pages});
+  step.ints = up.narrow(0, cells, int64_t(ints.size()));
   return step;
 }
 

@@ -353,33 +353,53 @@ class PagedKVCache final : public KVCache {
   // Folds s's `n` new keys (a block) into its page bounds at `layer`.
   void fold_quest_bounds(Sequence& s, int64_t layer, const kernels::PagedKvStore& store,
                          const at::Tensor& table_row, int64_t n);
+  // The page each sequence's new key falls in, its bounds at `layer` grown to hold it.
+  std::vector<int64_t> quest_key_pages(const std::vector<Sequence*>& seqs, int64_t layer);
   // Folds one new key per sequence (keys [seqs, kv_heads, d] where the bounds are, in the
-  // order of `seqs`) into their page bounds: their rounding and updates in one set of
-  // operators.
-  void fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& keys);
-  // fold_quest_keys on the kernel path (kernels/quest_score.h's QuestFoldProblem): pages[i] is
-  // the page sequence i's key falls in, its bounds already grown to hold it.
-  void fold_quest_keys_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
-                              const at::Tensor& keys, const std::vector<int64_t>& pages) const;
+  // order of `seqs`; pages from quest_key_pages) into their page bounds: their rounding and
+  // updates in one set of operators (the reference path).
+  void fold_quest_keys(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& keys,
+                       const std::vector<int64_t>& pages);
+  // A decode step's Quest work at one layer on the kernel path: the single keys to fold
+  // (`folded`, their key pages and keys as fold_quest_keys takes them) and the sequences to
+  // score (`scored`, sequence i's query at q's row rows[i]).
+  struct QuestKernelStep {
+    std::vector<Sequence*> folded;
+    std::vector<int64_t> key_pages;
+    at::Tensor keys;
+    std::vector<Sequence*> scored;
+    std::vector<int64_t> rows;
+  };
+  // Runs it: kernels/quest_score.h's fold, then its scores, their tables in one upload.
+  // Returns quest_pages' result for `scored` (undefined when none).
+  at::Tensor quest_kernels(const QuestKernelStep& step, int64_t layer, const at::Tensor& q) const;
+  // Appends the addresses of the sequences' mins, then of their maxs, at `layer`.
+  void pack_quest_bounds(std::vector<int64_t>& packed, const std::vector<Sequence*>& seqs,
+                         int64_t layer) const;
+  // The fold kernel over table [mins S][maxs S][page S] (uploaded) and keys [S, kv_heads, d].
+  void launch_quest_fold(const at::Tensor& table, const at::Tensor& keys) const;
   // The fp16 data of s's mins or maxs at `layer` (checked contiguous fp16), for the kernels'
   // address arrays.
   uint16_t* quest_bound_data(const Sequence& s, int64_t layer,
                              at::Tensor QuestBounds::*bound) const;
   // s's bounds at `layer` grown (empty pages: +inf mins, -inf maxs) to cover `pages` pages.
   void grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const;
+  // Each sequence's page count at `layer`, checked to reach the pages Quest reads.
+  std::vector<int64_t> quest_page_counts(const std::vector<Sequence*>& seqs, int64_t layer) const;
+  // The group's mean positive and negative query parts, [rows, kv_heads, d] fp32 where the
+  // bounds are, from q [rows, heads, d].
+  std::pair<at::Tensor, at::Tensor> quest_query_parts(const at::Tensor& q) const;
   // [seqs, kv_heads, pages_to_read] int64 where the bounds are: the pages Quest chooses for
   // each sequence's query (q [rows, heads, d], sequence i's at rows[i]), ascending per head:
-  // each sequence's bounds scored (two products), then one choice for the batch (which stays
-  // where it is on the kernel path; the reference rows copy it back once).
+  // each sequence's bounds scored (two products), then one choice for the batch (the
+  // reference path).
   at::Tensor quest_pages(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& q,
                          const std::vector<int64_t>& rows) const;
   // quest_pages on the kernel path: the scores by kernels/quest_score (each sequence's bounds
-  // read once where they are) from the group's query parts pos / neg [rows, kv_heads, d] fp32;
-  // pages[i]: sequence i's page count, most their maximum.
-  at::Tensor quest_pages_kernel(const std::vector<Sequence*>& seqs, int64_t layer,
-                                const at::Tensor& pos, const at::Tensor& neg,
-                                const std::vector<int64_t>& rows, const std::vector<int64_t>& pages,
-                                int64_t most) const;
+  // read once where they are) over table [mins S][maxs S][pages S][rows S] (uploaded) and the
+  // query parts pos / neg [rows, kv_heads, d] fp32; most: the largest page count.
+  at::Tensor quest_scores_kernel(const at::Tensor& table, const at::Tensor& pos,
+                                 const at::Tensor& neg, int64_t most) const;
   // [kv_heads, count] int64 positions on the host of the tokens of sequence j's pages (pages:
   // the host copy of quest_pages' result), the newest (partly filled, always chosen) page cut
   // at `held`.
