@@ -130,12 +130,14 @@ int64_t GearBlockCache::blocks(int64_t seq, int64_t layer) const {
 }
 
 void GearBlockCache::reserve(const std::vector<SequenceTokens>& seqs) {
-  reserve_sequences(int64_t(seqs.size()));
+  if (!pooled_) reserve_sequences(int64_t(seqs.size()));
 }
 
-void GearBlockCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block) {
-  (void)tokens, (void)block;  // blocks are allocated as they form
+void GearBlockCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block,
+                                  int64_t longest) {
+  (void)tokens, (void)block, (void)longest;  // blocks are allocated as they form
   reserve_sequences(sequences);
+  pooled_ = true;
 }
 
 void GearBlockCache::reserve_sequences(int64_t sequences) {

@@ -262,15 +262,17 @@ void PagedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
               s.prompt, "-token prompt of a ", s.total, "-token sequence");
     pages += ((evicts ? s.prompt : s.total) + format_.page_size - 1) / format_.page_size;
   }
-  size_pools(pages, int64_t(seqs.size()));
+  if (!pooled_) size_pools(pages, int64_t(seqs.size()));
 }
 
-void PagedKVCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block) {
-  KVB_CHECK(sequences >= 0 && tokens >= 0 && block >= 1, "paged cache: cannot reserve room for ",
-            sequences, " sequences of ", tokens, " tokens in blocks of ", block);
+void PagedKVCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) {
+  KVB_CHECK(sequences >= 0 && tokens >= 0 && block >= 1 && longest >= 0,
+            "paged cache: cannot reserve room for ", sequences, " sequences of ", tokens,
+            " tokens in blocks of ", block, ", none past ", longest, " tokens");
   // A sequence's last page reaches past its last block unless pages tile blocks.
   const int64_t P = format_.page_size, spill = block % P == 0 ? 0 : sequences;
   size_pools((tokens + P - 1) / P + spill, sequences);
+  pooled_ = true;  // from now on the budget, which reserve() leaves as it is
 }
 
 void PagedKVCache::size_pools(int64_t more_pages, int64_t more_slots) {

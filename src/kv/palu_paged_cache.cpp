@@ -507,9 +507,19 @@ void PaluPagedCache::reserve(const std::vector<SequenceTokens>& seqs) {
   }
   int64_t most = 0;
   for (const SequenceTokens& s : seqs) most = std::max(most, s.total);
-  if (most == 0) return;
-  rope_rows(most, /*exact=*/true);
-  if (kernel_path_) cover(most, /*exact=*/true);
+  reserve_rope(most);
+}
+
+void PaluPagedCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block,
+                                  int64_t longest) {
+  LatentPagesCache::reserve_pool(sequences, tokens, block, longest);
+  reserve_rope(longest);
+}
+
+void PaluPagedCache::reserve_rope(int64_t tokens) {
+  if (tokens == 0) return;
+  rope_rows(tokens, /*exact=*/true);
+  if (kernel_path_) cover(tokens, /*exact=*/true);
 }
 
 void PaluPagedCache::remove_sequence(int64_t seq) {

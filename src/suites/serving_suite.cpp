@@ -322,6 +322,8 @@ class ModelExecutor final : public StepExecutor {
   ModelExecutor(const Transformer& model, KVCache& cache, const Workload& w, Progress& progress)
       : model_(model), cache_(cache), progress_(progress), tokens_(w.prompts) {
     seq_.assign(tokens_.size(), -1);
+    for (size_t i = 0; i < w.prompts.size(); ++i)
+      totals_.push_back(static_cast<int64_t>(w.prompts[i].size()) + w.output_len[i]);
   }
   void execute(const StepPlan& plan) override {
     for (int64_t id : plan.preempted) drop(id);
@@ -338,6 +340,9 @@ class ModelExecutor final : public StepExecutor {
                 " knows ", known.size(), " tokens but the scheduler prefills ", p.context);
       if (p.start == 0) {
         KVB_CHECK(seq_[p.id] < 0, "serving: prefill of request ", p.id, " that is running");
+        // Its first step's tokens and what it will hold at most: storage kept per sequence
+        // (the CPU caches' stores) is sized once; a pool reserved for the budget stays.
+        cache_.reserve({{p.tokens, std::max(p.context, totals_[p.id])}});
         seq_[p.id] = cache_.add_sequence();
       } else {
         KVB_CHECK(seq_[p.id] >= 0 && cache_.length(seq_[p.id]) == p.start, "serving: chunk at ",
@@ -373,6 +378,7 @@ class ModelExecutor final : public StepExecutor {
   KVCache& cache_;
   Progress& progress_;
   std::vector<std::vector<int64_t>> tokens_;  // prompt + generated, per request
+  std::vector<int64_t> totals_;               // prompt + output tokens, per request
   std::vector<int64_t> seq_;                  // cache sequence id, -1 when not running
 };
 
@@ -539,7 +545,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   cache->reserve_pool(
       std::max<int64_t>(1, std::min({sched.max_running, num_blocks / (1 + sched.window_blocks),
                                      static_cast<int64_t>(w.prompts.size())})),
-      num_blocks * block_size, block_size);
+      num_blocks * block_size, block_size, w.longest());
 
   // Warm-up (untimed): one short request through the same path, so first-call costs
   // (allocator, thread pool) stay out of the first rate's numbers.

@@ -358,7 +358,9 @@ TEST(GearBlockCacheReserveTest, ExactPoolsTakeTheSlotsReserved) {
   steps(ids[0], a, decode);
   for (int64_t id : {ids[0], ids[2]}) cache.remove_sequence(id);
   twin.remove_sequence(a);
-  cache.reserve_pool(2, 1024, 16);  // idle: made again at 2 slots
+  cache.reserve_pool(2, 1024, 16, 512);  // idle: made again at 2 slots
+  EXPECT_EQ(cache.allocated_bytes(), 2 * slot);
+  cache.reserve({{7, 37}});  // a request admitted: the pool is the budget and stays
   EXPECT_EQ(cache.allocated_bytes(), 2 * slot);
   const int64_t seq = cache.add_sequence(), b = twin.add_sequence();
   steps(seq, b, {7});

@@ -317,6 +317,30 @@ TEST(PagedCacheReserveTest, LivePoolsGrowToTheNeedAndIdlePoolsTakeItExactly) {
   EXPECT_TRUE(at::equal(got, want));
 }
 
+// After reserve_pool the pools are an engine's budget: reserve() for an admitted request (the
+// serving suite's) neither remakes idle pools nor grows live ones.
+TEST(PagedCacheReserveTest, APoolReservedForABudgetStaysAsItIs) {
+  PagedFormat f;
+  f.format = kernels::KvFormat::kInt8, f.page_size = 32;
+  const auto key = kernels::page_bytes(f.format, true, 32, int(kDim)),
+             value = kernels::page_bytes(f.format, false, 32, int(kDim));
+  const uint64_t page = kKvHeads * (key.data + key.meta + value.data + value.meta);
+  PagedKVCache cache(f, 1, kKvHeads, kDim, PagedCapacity{1, 100, 1});
+  cache.reserve_pool(4, 8 * 32, 64, 200);  // 8 pages (pages tile blocks of 64)
+  EXPECT_EQ(cache.allocated_bytes(), 8 * page);
+  cache.reserve({{10, 40}});  // idle: not made again for this one
+  EXPECT_EQ(cache.allocated_bytes(), 8 * page);
+  const int64_t s = cache.add_sequence();
+  auto gen = at::detail::createCPUGenerator(6);
+  const Block x = random_block(100, at::kHalf, gen);
+  cache.append_and_attend(s, 0, x.q, x.k, x.v);  // 4 pages
+  cache.reserve({{150, 200}});  // 7 more pages than the 4 free: the budget's scheduler decides
+  EXPECT_EQ(cache.allocated_bytes(), 8 * page);
+  EXPECT_EQ(cache.free_pages(), 4);
+  EXPECT_THROW(cache.reserve({{5, 4}}), Error);  // still checked
+  EXPECT_THROW(cache.reserve_pool(1, 32, 32, -1), Error);
+}
+
 // A retention test's parameter (method entry, device): the resolved method, where it runs and
 // its paged cache, or why it is skipped here.
 struct PolicyCase {

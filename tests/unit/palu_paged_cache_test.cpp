@@ -322,6 +322,30 @@ TEST(PaluPagedLongTest, ReservedTablesCoverTheTotalAndAttendTheSame) {
   }
 }
 
+// A pool reserved for a serving budget: the latent pages once, the RoPE tables for the longest
+// request, and an admitted request's reserve() changes neither.
+TEST(PaluPagedLongTest, APoolReservedForABudgetCoversTheLongestRequest) {
+  const nlohmann::json method = resolve_method({{"name", "palu"}, {"rank", 64}}, "m");
+  auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
+      testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
+  for (const bool kernel_path : {false, true}) {
+    PaluPagedCache cache(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                         nullptr, kernel_path);
+    cache.reserve_pool(3, 640, 32, 300);
+    const uint64_t pool = cache.allocated_bytes();
+    const int64_t tiles = kernel_path ? (300 + kernels::kPaluTile - 1) / kernels::kPaluTile : 0;
+    EXPECT_EQ(cache.rope_positions(), 300);
+    EXPECT_EQ(cache.rope_tiles(), tiles);
+    cache.reserve({{20, 40}});  // idle, shorter: nothing made again
+    EXPECT_EQ(cache.allocated_bytes(), pool);
+    EXPECT_EQ(cache.rope_positions(), 300);
+    PaluPagedCache small(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                         nullptr, kernel_path);
+    small.reserve_pool(1, 64, 32, 300);
+    EXPECT_LT(small.allocated_bytes(), pool);  // the pool follows the budget's tokens
+  }
+}
+
 // At full rank the basis is square and orthonormal: the latent pages hold the pre-RoPE keys in
 // another basis, and the cache attends as the fp16 cache does up to the rounding of the latents
 // (instead of the keys) to fp16 — on the CPU path and on the kernel path.

@@ -400,6 +400,27 @@ TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (12 + 4) * page);
 }
 
+// A cache keeping its storage per sequence (the CPU stores) is reserved per request as the
+// scheduler admits it, for its prompt and output: at its last step it holds all but the last
+// token and occupies no more than that one token's rows beyond (growing by doubling instead,
+// it would occupy 80 rows for 47 held).
+TEST(Capacity, ServingSizesPerSequenceStoresForEachRequest) {
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 1,
+      "prompt_tokens_min": 40, "prompt_tokens_max": 40, "output_tokens_min": 8,
+      "output_tokens_max": 8, "block_size": 16, "kv_budget_bytes": 4194304})");
+  for (const char* name : {"int8", "full"}) {
+    Harness h(suite);
+    h.method = resolve_method({{"name", name}}, "methods[0]");
+    ServingSuite s;
+    CellOutput out = h.run(s);
+    const json& kv = out.records.at(0)["kv"];
+    const double held = kv["measured_bytes_peak"].get<double>(),
+                 allocated = kv["allocated_bytes_peak"].get<double>();
+    EXPECT_GE(allocated, held) << name;
+    EXPECT_LE(allocated, held * 48.0 / 47.0 * (1 + 1e-9)) << name;
+  }
+}
+
 TEST(Capacity, ABudgetBelowOneSequenceWarnsAndKeepsTheGrid) {
   Harness h(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
       "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 600,

@@ -61,9 +61,10 @@ class GearBlockCache final : public KVCache {
   uint64_t allocated_bytes() const override;
   // Exact-buffer slots for the coming sequences: the pools take exactly what the live and the
   // coming sequences need (an idle cache's are made again at that size), so no add_sequence
-  // grows them. Blocks are allocated as they form.
+  // grows them. Blocks are allocated as they form. After reserve_pool: nothing (the slots are
+  // the engine's budget).
   void reserve(const std::vector<SequenceTokens>& seqs) override;
-  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) override;
+  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   at::Device device() const override { return device_; }
   double retention_seconds() const override { return retention_s_; }
 
@@ -153,6 +154,7 @@ class GearBlockCache final : public KVCache {
   int64_t next_id_ = 0;
   std::vector<int64_t> free_slots_;
   int64_t slots_ = 0;
+  bool pooled_ = false;                        // reserve_pool sized the slots
   std::vector<at::Tensor> exact_k_, exact_v_;  // per layer [slots, buffer, kv_heads, head_dim]
   std::vector<Tables> tables_;                 // per layer
   Uploaded<int> lengths_;

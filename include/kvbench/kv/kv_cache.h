@@ -76,10 +76,12 @@ class KVCache {
   // A hint: without it caches grow as tokens come. Default: nothing.
   virtual void reserve(const std::vector<SequenceTokens>& seqs) { (void)seqs; }
   // The same for a pool shared by whatever runs: up to `sequences` sequences at once holding
-  // `tokens` tokens in all, each sequence's in whole blocks of `block` tokens (a serving
-  // engine's budget). Caches that keep storage per sequence ignore it. Default: nothing.
-  virtual void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) {
-    (void)sequences, (void)tokens, (void)block;
+  // `tokens` tokens in all, each sequence's in whole blocks of `block` tokens, none past
+  // `longest` tokens (a serving engine's budget). The pool is then that budget: a later
+  // reserve() (a request admitted) sizes what the cache keeps per sequence and leaves the
+  // pool as it is. Caches that keep storage per sequence only ignore it. Default: nothing.
+  virtual void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) {
+    (void)sequences, (void)tokens, (void)block, (void)longest;
   }
 
   // Wall seconds spent, since construction, on retention work: computing what the retention

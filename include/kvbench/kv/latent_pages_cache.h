@@ -48,8 +48,8 @@ class LatentPagesCache : public KVCache {
     return latent_.allocated_bytes() + codec_shared_and_extra().total();
   }
   void reserve(const std::vector<SequenceTokens>& seqs) override { latent_.reserve(seqs); }
-  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) override {
-    latent_.reserve_pool(sequences, tokens, block);
+  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override {
+    latent_.reserve_pool(sequences, tokens, block, longest);
   }
   double retention_seconds() const override { return latent_.retention_seconds(); }
   at::Device device() const override { return latent_.device(); }

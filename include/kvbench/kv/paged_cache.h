@@ -197,12 +197,13 @@ class PagedKVCache final : public KVCache {
   // Pools of exactly the pages the live sequences hold plus those the new ones can need (whole
   // pages per sequence for its total, or its prompt under an evicting policy; at most
   // max_pages), and slots for them all; with no sequence live the pools are made again at
-  // that size (shrinking too), else they only grow.
+  // that size (shrinking too), else they only grow. After reserve_pool: nothing (the pool is
+  // the engine's budget, which its scheduler keeps to).
   void reserve(const std::vector<SequenceTokens>& seqs) override;
   // Pages for `tokens` more tokens (ceil(tokens / page_size); plus one per sequence, whose last
   // page may reach past its blocks, unless page_size divides `block`) and `sequences` more
   // slots, sized as reserve() sizes them.
-  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block) override;
+  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   double retention_seconds() const override { return retention_s_; }
   at::Device device() const override { return device_; }
   // On a GPU, the kernels' fp16/bf16 (policies and Quest take fp32 in and convert it).
@@ -474,6 +475,7 @@ class PagedKVCache final : public KVCache {
   std::map<int64_t, Sequence> sequences_;
   std::shared_ptr<const RetentionPolicy> policy_;  // null: every token stays
   const QuestPolicy* quest_ = nullptr;             // policy_ when it is Quest
+  bool pooled_ = false;                            // reserve_pool sized the pools
   double retention_s_ = 0;
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
   // attend_batch's last batch, its lengths and tables (reused while they match).

@@ -70,6 +70,8 @@ class PaluPagedCache final : public LatentPagesCache {
   // prompts only under one. The RoPE tables are built for the longest total here (positions
   // go on under eviction too), so no step grows them.
   void reserve(const std::vector<SequenceTokens>& seqs) override;
+  // LatentPagesCache's, and the RoPE tables built for `longest` tokens.
+  void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   // Positions the RoPE rows cover, and (kernel path) the tiles of its tables (tests).
   int64_t rope_positions() const { return rope_cos_.defined() ? rope_cos_.size(0) : 0; }
   int64_t rope_tiles() const { return rope_tiles_; }
@@ -130,6 +132,8 @@ class PaluPagedCache final : public LatentPagesCache {
   // cos and sin [tokens, head_dim] of positions [0, tokens) as rope_cos_sin computes them,
   // where the pools are (a model constant, not KV memory); grown as cover() grows its tables.
   std::pair<at::Tensor, at::Tensor> rope_rows(int64_t tokens, bool exact = false);
+  // Both exactly for `tokens` positions unless they cover them already (0: nothing).
+  void reserve_rope(int64_t tokens);
   // The new rows' positions where the pools are: uploaded once per step (at its first layer,
   // from pinned memory, without waiting for the device), reused by its later layers.
   const at::Tensor& step_positions(const std::vector<int64_t>& positions);
