@@ -212,9 +212,10 @@ json retained_record(const Shape& sh, std::shared_ptr<const RetentionPolicy> pol
   int64_t kept = 0;
   Summary method = summarize(
       time_decode_steps(policy, sh, backend, sh.context, warmup, repeats, seed, &kept), seed);
-  // Quest keeps every token but reads `budget` of them: its baseline is a cache that size.
+  // Quest keeps every token but reads its chosen pages: its baseline is a cache that size (what
+  // its last timed step read).
   const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());
-  const int64_t read = quest ? std::min(kept, quest->token_budget()) : kept;
+  const int64_t read = quest ? quest->tokens_read(kept) : kept;
   auto full = std::make_shared<FullRetention>();
   Summary at_kept = summarize(
       time_decode_steps(full, sh, backend, read, warmup, repeats, seed + 1, nullptr), seed);

@@ -240,12 +240,14 @@ TEST(KernelsSuite, RetainedTokenStepsForPoliciesThatActDuringDecode) {
   struct Case {
     json method;
     int64_t kept_at_1000;  // -1: no retained records
+    int64_t read_at_1000;  // the tokens its last step read: what the baseline holds
   };
-  for (const Case& c :
-       std::vector<Case>{{{{"name", "streamingllm"}, {"sinks", 4}, {"window", 60}}, 64},
-                         {{{"name", "h2o"}, {"heavy", 32}, {"recent", 32}, {"codec", "int8"}}, 64},
-                         {{{"name", "quest"}, {"budget", 64}, {"dense_layers", 0}}, 1000 + 4},
-                         {{{"name", "snapkv"}, {"budget", 64}}, -1}}) {
+  for (const Case& c : std::vector<Case>{
+           {{{"name", "streamingllm"}, {"sinks", 4}, {"window", 60}}, 64, 64},
+           {{{"name", "h2o"}, {"heavy", 32}, {"recent", 32}, {"codec", "int8"}}, 64, 64},
+           // 3 whole pages of 16 and the newest page's 12 tokens (992 .. 1003).
+           {{{"name", "quest"}, {"budget", 64}, {"dense_layers", 0}}, 1000 + 4, 3 * 16 + 12},
+           {{{"name", "snapkv"}, {"budget", 64}}, -1, -1}}) {
     auto r = run_kernels(suite, c.method);
     std::vector<json> retained;
     for (const auto& rec : r.out.records) {
@@ -258,6 +260,7 @@ TEST(KernelsSuite, RetainedTokenStepsForPoliciesThatActDuringDecode) {
     ASSERT_EQ(retained.size(), 2u) << c.method.dump();
     EXPECT_EQ(retained[1]["context"], 1000);
     EXPECT_EQ(retained[1]["kept_tokens"], c.kept_at_1000) << c.method.dump();
+    EXPECT_EQ(retained[1]["read_tokens"], c.read_at_1000) << c.method.dump();
     for (const auto& rec : retained) {
       EXPECT_EQ(rec["policy"], c.method["name"]);
       EXPECT_GT(rec["time_s"]["median"].get<double>(), 0.0);

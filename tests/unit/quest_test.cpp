@@ -201,6 +201,12 @@ TEST(Quest, DenseLayersAndShortContextsReadEverything) {
   EXPECT_FALSE(policy.sparse(1, 10000));
   EXPECT_FALSE(policy.sparse(2, 64));
   EXPECT_TRUE(policy.sparse(2, 65));
+  // Up to the budget every token; past it 3 whole pages and the newest page's tokens.
+  EXPECT_EQ(policy.tokens_read(64), 64);
+  EXPECT_EQ(policy.tokens_read(65), 3 * 16 + 1);
+  EXPECT_EQ(policy.tokens_read(80), 3 * 16 + 16);
+  EXPECT_EQ(policy.tokens_read(10000), 3 * 16 + 16);
+  EXPECT_EQ(policy.tokens_read(10001), 3 * 16 + 1);
 }
 
 TEST(Quest, NeedsAPerTokenCodecAndValidParams) {
@@ -209,6 +215,16 @@ TEST(Quest, NeedsAPerTokenCodecAndValidParams) {
                                  AttentionBackend::kCpu, 1, 2, 32, policy),
                Error);
   EXPECT_THROW(QuestPolicy(0, 16, 0), Error);
+  // A step reads whole pages: a budget of 8 or 40 tokens over pages of 16 would read 16 or 32.
+  for (int64_t budget : {8, 40}) {
+    try {
+      resolve_method(nlohmann::json{{"name", "quest"}, {"budget", budget}}, "methods[0]");
+      ADD_FAILURE() << budget << " accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("not a multiple of page_size 16"), std::string::npos)
+          << e.what();
+    }
+  }
   EXPECT_THROW(resolve_method(nlohmann::json{{"name", "quest"}, {"page_size", 0}}, "methods[0]"),
                ConfigError);
   const auto resolved = resolve_method(nlohmann::json{{"name", "quest-1024+int8"}}, "methods[0]");

@@ -36,8 +36,15 @@ class QuestPolicy final : public RetentionPolicy {
   bool sparse(int64_t layer, int64_t held) const {
     return layer >= dense_layers_ && held > budget_;
   }
-  // Pages read per step: budget / P, at least one.
+  // Pages read per step: budget / P (the budget is a multiple of P).
   int64_t pages_to_read() const { return std::max<int64_t>(1, budget_ / page_); }
+  // Tokens a decode step at a layer past the dense ones reads when it holds `held` tokens (the
+  // new one included): all of them up to the budget, else pages_to_read() - 1 whole pages and
+  // the newest page's tokens.
+  int64_t tokens_read(int64_t held) const {
+    if (held <= budget_) return held;
+    return (pages_to_read() - 1) * page_ + (held - (held - 1) / page_ * page_);
+  }
   // Top pages of each row of `bounds` ([kv_heads, pages]): [kv_heads, n] ascending page
   // indices, the newest page always among them, n = min(pages_to_read(), pages).
   at::Tensor select_pages(const at::Tensor& bounds) const;
