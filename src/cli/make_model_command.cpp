@@ -1,5 +1,9 @@
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -18,11 +22,34 @@ CLI::Validator non_negative() {
       "NONNEGATIVE");
 }
 
+namespace {
+
+// Why `dir` must not be written over, or "" when it may: it is absent or empty, or holds a
+// preset checkpoint kvbench wrote (which make-model can write again). Anything else (a
+// downloaded or trained checkpoint, other files) is the user's.
+std::string why_not_overwrite(const std::filesystem::path& dir) {
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) return "";
+  if (!std::filesystem::is_directory(dir, ec)) return "it exists and is not a directory";
+  if (std::filesystem::is_empty(dir, ec)) return "";
+  std::ifstream in(dir / "config.json");
+  const nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  const bool preset = config.is_object() && config.contains("kvbench") &&
+                      config["kvbench"].is_object() && config["kvbench"].contains("preset") &&
+                      config["kvbench"]["preset"].is_string();
+  return preset ? ""
+                : "it holds files that are not a kvbench preset checkpoint (no config.json with "
+                  "kvbench's preset mark)";
+}
+
+}  // namespace
+
 void register_make_model_command(CLI::App& app, GlobalOptions& global) {
   struct Options {
     std::string preset;
     std::string out;
     uint64_t seed = 0;
+    bool force = false;
   };
   auto opt = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand(
@@ -33,9 +60,19 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
       ->required();
   sub->add_option("--out", opt->out, "directory to write (created if absent)")->required();
   sub->add_option("--seed", opt->seed, "weight seed")->capture_default_str()->check(non_negative());
+  sub->add_flag("--force", opt->force,
+                "write into --out even when it holds files other than a kvbench preset "
+                "checkpoint (they may be overwritten)");
   sub->callback([opt, &global] {
     global.action = [opt] {
       const ModelPreset& preset = find_model_preset(opt->preset);
+      if (const std::string why = why_not_overwrite(opt->out); !why.empty() && !opt->force) {
+        spdlog::error(
+            "make-model: will not write into {}: {}; choose another --out, or pass "
+            "--force to overwrite",
+            opt->out, why);
+        return 2;
+      }
       write_preset_checkpoint(preset, opt->out, opt->seed);
       std::cout << "wrote " << preset.name << " (" << preset.summary << ") to " << opt->out << "\n";
       return 0;

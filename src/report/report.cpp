@@ -181,6 +181,8 @@ std::filesystem::path report_path(const RunSpec& spec, const std::string& compac
   for (char& c : stem) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') c = '_';
   }
+  // Not a hidden file (a name "../x" or ".x"), which `results/*.json` would skip.
+  if (!stem.empty() && stem[0] == '.') stem[0] = '_';
   // A file name holds 255 bytes; the report's config keeps the whole name. The end stays (a
   // grid run's -gN), so a sweep's files still differ by their runs.
   if (stem.size() > 120) stem = stem.substr(0, 100) + stem.substr(stem.size() - 20);

@@ -136,7 +136,10 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
           {"model",
            needs_model ? spec.resolved.value("model", nlohmann::json()) : nlohmann::json()}};
       nlohmann::json inputs = nlohmann::json::object();
-      if (needs_model && !spec.model.path.empty()) {
+      // A preset's weights are named by the preset and seed (in `model`): a checkpoint at its
+      // path is checked at load to be that preset's, so ids do not change once the preset is
+      // written on first use (or --shard would split the cells differently before and after).
+      if (needs_model && !spec.model.path.empty() && spec.model.preset.empty()) {
         if (!model_files) model_files = model_fingerprint(spec.model.path);
         if (!model_files->empty()) inputs["model_files"] = *model_files;
       }

@@ -31,7 +31,17 @@ nlohmann::json marker(const std::string& dir) {
 // A preset checkpoint written earlier must be the one this run asks for, or the report would
 // describe weights the run did not use.
 void check_marker_matches(const ModelSpec& spec, const nlohmann::json& mark) {
-  if (spec.preset.empty() || !mark.is_object()) return;
+  if (spec.preset.empty()) return;
+  // A checkpoint kvbench did not write is not the preset: loading it under the preset's name
+  // would mislabel the report (a missing config.json is the loader's to report).
+  std::error_code ec;
+  KVB_CHECK(mark.is_object() || !std::filesystem::is_regular_file(
+                                    std::filesystem::path(spec.path) / "config.json", ec),
+            "model: ", spec.path,
+            " holds a checkpoint kvbench did not write (its config.json has no \"kvbench\" "
+            "mark), but the config asks for preset ",
+            spec.preset, "; set model.preset to \"\" to load it as it is, or change model.path");
+  if (!mark.is_object()) return;
   const std::string preset = mark.value("preset", "");
   // kvbench train marks its checkpoints without a preset: trained weights, not the preset's.
   KVB_CHECK(!preset.empty(), "model: ", spec.path,
@@ -79,7 +89,11 @@ const Transformer& ModelProvider::get() {
     const ModelPlacement placement = this->placement();
     check_placement(placement);
     bool random = spec_.random_init;
+    // The seed the weights were drawn from: this run's, or the one a kvbench random-weight
+    // checkpoint records; null for any other (trained) checkpoint.
+    nlohmann::json weight_seed = nullptr;
     if (spec_.random_init) {
+      weight_seed = spec_.seed;
       const ModelPreset& p = find_model_preset(spec_.preset);
       const ModelConfig config = parse_model_config(p.config, p.name);
       check_fits_on(placement, model_weight_bytes(config, placement.dtype),
@@ -99,11 +113,12 @@ const Transformer& ModelProvider::get() {
                     "model: " + spec_.path + " (" + placement.describe() + ")");
       model_ = std::make_unique<Transformer>(Transformer::load(spec_.path, placement));
       random = mark.is_object() && mark.value("random_weights", false);
+      if (random && mark.contains("seed")) weight_seed = mark["seed"];
     }
     const ModelConfig& c = model_->config();
     identity_ = {{"path", spec_.path},
                  {"preset", spec_.preset},
-                 {"seed", spec_.seed},
+                 {"seed", weight_seed},
                  {"random_weights", random},
                  {"config", c.to_json()},
                  {"weight_bytes", model_->weight_bytes()},

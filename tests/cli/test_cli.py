@@ -278,6 +278,11 @@ class CliTest(CliCase):
             self.assertIn("directory", res.stderr)
         res = kvbench("run", "--config", cfg, "--out", str(blocker / "sub"))
         self.assert_one_line_error(res, 2, "output.dir")
+        # A directory that exists but takes no file, even for root (access() says yes): sysfs.
+        if pathlib.Path("/sys/kernel").is_dir():
+            res = kvbench("run", "--config", cfg, "--out", "/sys/kernel")
+            self.assert_one_line_error(res, 2, "output.dir")
+            self.assertIn("cannot write reports into '/sys/kernel'", res.stderr)
 
     def test_shards_started_together_write_separate_reports(self):
         # Started in the same second they pick the same file name; the first write claims it
@@ -708,6 +713,10 @@ class CliTest(CliCase):
                 self.assertEqual(res.returncode, 0, f"{path.name}: {res.stdout}{res.stderr}")
                 continue
             self.assertEqual(res.returncode, 0, f"{path.name}: {res.stdout}{res.stderr}")
+        # A training recipe given to validate is named as one, with the command that runs it.
+        res = kvbench("validate", "--config", str(ROOT / "configs" / "train-retrieval-1m.json"))
+        self.assert_one_line_error(res, 2, "this is a training recipe")
+        self.assertIn("kvbench train --config", res.stderr)
 
 
 
@@ -1340,10 +1349,24 @@ class ModelCliTest(CliCase):
         self.assertEqual(res.returncode, 0, res.stderr)
         _, report = self.report_from(res)
         self.assertTrue(report["model"]["random_weights"])
+        self.assertEqual(report["model"]["seed"], 3)  # the checkpoint's, not config.seed's
         self.assertEqual(report["model"]["config"]["architecture"], "Qwen3ForCausalLM")
         self.assertGreater(report["cells"][0]["peak_rss_bytes"], 0)
         self.assertEqual(kvbench("make-model", "--preset", "tiny-gpt", "--out",
                                  str(self.dir / "x")).returncode, 1)
+        # Its own preset checkpoint make-model writes again; anything else only with --force.
+        again = kvbench("make-model", "--preset", "tiny-llama", "--out", str(out))
+        self.assertEqual(again.returncode, 0, again.stderr)
+        precious = self.dir / "precious"
+        precious.mkdir()
+        (precious / "config.json").write_text('{"note": "precious"}')
+        res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(precious))
+        self.assert_one_line_error(res, 2, "not a kvbench preset checkpoint")
+        self.assertIn("--force", res.stderr)
+        self.assertEqual((precious / "config.json").read_text(), '{"note": "precious"}')
+        res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(precious), "--force")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("kvbench", json.loads((precious / "config.json").read_text()))
 
     def test_latency_and_throughput_report_validates(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},

@@ -339,6 +339,35 @@ TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
     }
     std::filesystem::remove_all(trained);
   }
+  // A checkpoint kvbench did not write (no mark) is not the preset either: loading it under
+  // the preset's name would mislabel the report.
+  {
+    auto foreign = std::filesystem::temp_directory_path() / "kvbench_provider_foreign";
+    std::filesystem::create_directories(foreign);
+    std::ofstream(foreign / "config.json") << R"({"architectures": ["LlamaForCausalLM"]})";
+    ModelSpec asks = written;
+    asks.path = foreign.string();
+    try {
+      ModelProvider(asks).config_only();
+      ADD_FAILURE() << "expected a ConfigError";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("holds a checkpoint kvbench did not write"),
+                std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find("set model.preset to \"\""), std::string::npos);
+    }
+    std::filesystem::remove_all(foreign);
+  }
+  // The seed the weights came from: the checkpoint's own, loaded by path alone.
+  {
+    ModelSpec by_path;
+    by_path.path = dir.string();
+    by_path.dtype = "float32";
+    by_path.seed = 123;  // the config's, not the weights'
+    ModelProvider loaded(by_path);
+    loaded.get();
+    EXPECT_EQ(loaded.identity()["seed"], 0);
+  }
   // The config alone (what validate and --dry-run read) says so too, as the config's mistake.
   ModelProvider config_only(other);
   try {

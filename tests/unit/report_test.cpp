@@ -92,6 +92,10 @@ TEST(Report, CarriesIdentityEnvironmentConfigAndCells) {
   long_name.name = std::string(300, 'b') + "-g12";  // a grid run's: its end is kept
   EXPECT_EQ(report_path(long_name, "20261123T100000Z").filename().string(),
             std::string(116, 'b') + "-g12-20261123T100000Z.json");
+  RunSpec dotted = spec;
+  dotted.name = "../x";  // neither a path nor a hidden file
+  EXPECT_EQ(report_path(dotted, "20261123T100000Z").filename().string(),
+            "_._x-20261123T100000Z.json");
 }
 
 // A cell's error may quote a file's bytes (a corrupt header), and strings from files or --set

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "kvbench/core/error.h"
+#include "kvbench/model/presets.h"
 #include "kvbench/suites/cell.h"
 #include "kvbench/suites/runner.h"
 
@@ -128,6 +129,26 @@ TEST(Cells, IdsFollowTheContentOfModelAndDataFiles) {
   write(dir / "model" / "model.safetensors", std::string(999, 'x') + "y");
   EXPECT_NE(id_of("latency"), lat);  // nor do changed weights
   EXPECT_EQ(id_of("kernels"), ker);  // a suite without a model does not care
+}
+
+// A preset's cells keep their ids (and seeds) once the preset is written on first use: the
+// preset and seed name its weights, so --shard splits a run the same before and after.
+TEST(Cells, PresetIdsDoNotChangeOnceThePresetIsWritten) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "kvbench_preset_ids" / "tiny-llama";
+  std::filesystem::remove_all(dir);
+  const json cfg = {{"threads", 1},
+                    {"model", {{"preset", "tiny-llama"}, {"path", dir.string()}}},
+                    {"suites", json::parse(R"([{"name": "latency"}])")},
+                    {"methods", json::parse(R"([{"name": "full"}, {"name": "int8"}])")}};
+  const std::vector<Cell> before = expand_cells(parse_run_spec(cfg, "t"));
+  write_preset_checkpoint(find_model_preset("tiny-llama"), dir.string(), 0);
+  const std::vector<Cell> after = expand_cells(parse_run_spec(cfg, "t"));
+  ASSERT_EQ(before.size(), after.size());
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_EQ(before[i].id, after[i].id);
+    EXPECT_EQ(before[i].seed, after[i].seed);
+  }
 }
 
 TEST(Cells, SeedDependsOnRunSeedAndCell) {
