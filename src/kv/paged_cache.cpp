@@ -262,6 +262,11 @@ void PagedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
               s.prompt, "-token prompt of a ", s.total, "-token sequence");
     pages += ((evicts ? s.prompt : s.total) + format_.page_size - 1) / format_.page_size;
   }
+  // Quest's bounds, made on a sequence's first step, take room for its total at once.
+  quest_rooms_.clear();
+  if (quest_)
+    for (const SequenceTokens& s : seqs)
+      quest_rooms_.push_back((s.total + quest_->page_size() - 1) / quest_->page_size());
   if (!pooled_) size_pools(pages, int64_t(seqs.size()));
 }
 
@@ -308,7 +313,7 @@ uint64_t PagedKVCache::allocated_bytes() const {
     for (const at::Tensor* t : {&layer.k_data, &layer.v_data, &layer.k_meta, &layer.v_meta,
                                 &layer.k_ring, &layer.v_ring, &layer.k_scale, &layer.v_scale})
       if (t->defined()) bytes += uint64_t(t->nbytes());
-  for (const auto& [id, s] : sequences_)  // Quest's page bounds, as storage() counts them
+  for (const auto& [id, s] : sequences_)  // Quest's page bounds, room for pages to come too
     for (const QuestBounds& qb : s.quest)
       if (qb.mins.defined()) bytes += uint64_t(qb.mins.nbytes() + qb.maxs.nbytes());
   return bytes;
@@ -348,6 +353,7 @@ int64_t PagedKVCache::add_sequence() {
   s.kept.resize(size_t(num_layers_));
   s.scores.resize(size_t(num_layers_));
   s.quest.resize(size_t(num_layers_));
+  if (!quest_rooms_.empty()) s.quest_room = quest_rooms_.front(), quest_rooms_.pop_front();
   s.slot = free_slots_.back();
   free_slots_.pop_back();
   for (Layer& layer : layers_)
@@ -635,14 +641,19 @@ uint16_t* PagedKVCache::quest_bound_data(const Sequence& s, int64_t layer,
 
 void PagedKVCache::grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const {
   QuestBounds& qb = s.quest[size_t(layer)];
+  if (pages <= qb.pages) return;
   const int64_t have = qb.mins.defined() ? qb.mins.size(0) : 0;
-  if (pages <= have) return;
-  const double inf = std::numeric_limits<double>::infinity();
-  const auto opts = at::TensorOptions().dtype(at::kHalf).device(device_);
-  const at::Tensor more_lo = at::full({pages - have, num_kv_heads_, head_dim_}, inf, opts);
-  const at::Tensor more_hi = at::full({pages - have, num_kv_heads_, head_dim_}, -inf, opts);
-  qb.mins = qb.mins.defined() ? at::cat({qb.mins, more_lo}, 0) : more_lo;
-  qb.maxs = qb.maxs.defined() ? at::cat({qb.maxs, more_hi}, 0) : more_hi;
+  if (pages > have) {
+    const int64_t room =
+        have == 0 ? std::max(pages, s.quest_room) : std::max(pages, have + have / 4 + 1);
+    const double inf = std::numeric_limits<double>::infinity();
+    const auto opts = at::TensorOptions().dtype(at::kHalf).device(device_);
+    const at::Tensor more_lo = at::full({room - have, num_kv_heads_, head_dim_}, inf, opts);
+    const at::Tensor more_hi = at::full({room - have, num_kv_heads_, head_dim_}, -inf, opts);
+    qb.mins = qb.mins.defined() ? at::cat({qb.mins, more_lo}, 0) : more_lo;
+    qb.maxs = qb.maxs.defined() ? at::cat({qb.maxs, more_hi}, 0) : more_hi;
+  }
+  qb.pages = pages;
 }
 
 at::Tensor PagedKVCache::new_keys(const kernels::PagedKvStore& store, const Sequence& s,
@@ -662,7 +673,7 @@ std::vector<int64_t> PagedKVCache::quest_page_counts(const std::vector<Sequence*
                                                      int64_t layer) const {
   std::vector<int64_t> pages;
   for (const Sequence* s : seqs) {
-    pages.push_back(s->quest[size_t(layer)].mins.size(0));
+    pages.push_back(s->quest[size_t(layer)].pages);
     KVB_CHECK(pages.back() >= quest_->pages_to_read(), "paged cache: a sparse Quest step over ",
               pages.back(), " pages, fewer than the ", quest_->pages_to_read(), " it reads");
   }
@@ -687,7 +698,7 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
   std::vector<at::Tensor> maxs, mins;
   for (const Sequence* s : seqs) {
     const QuestBounds& qb = s->quest[size_t(layer)];
-    maxs.push_back(qb.maxs), mins.push_back(qb.mins);
+    maxs.push_back(qb.maxs.narrow(0, 0, qb.pages)), mins.push_back(qb.mins.narrow(0, 0, qb.pages));
   }
   const int64_t most = *std::max_element(pages.begin(), pages.end());
   for (int64_t j = 0; j < S; ++j)
@@ -1502,9 +1513,9 @@ StorageBytes PagedKVCache::storage() const {
   b.payload *= uint64_t(num_layers_);
   b.metadata *= uint64_t(num_layers_);
   b.padding = padding_bytes();
-  for (const auto& [id, s] : sequences_)  // Quest's page bounds
+  for (const auto& [id, s] : sequences_)  // Quest's page bounds of the held pages
     for (const QuestBounds& qb : s.quest)
-      if (qb.mins.defined()) b.metadata += uint64_t(qb.mins.nbytes() + qb.maxs.nbytes());
+      b.metadata += uint64_t(2 * qb.pages * num_kv_heads_ * head_dim_) * sizeof(at::Half);
   return b;
 }
 

@@ -599,6 +599,39 @@ TEST(PagedRetentionMemoryTest, AnEvictingPolicyReservesThePromptsOnly) {
   EXPECT_LE(cpu->allocated_bytes(), uint64_t(kLayers) * 100 * 2 * kKvHeads * kDim * 2);
 }
 
+// Quest's page bounds take room for a reserved sequence's total when first made, so decode
+// steps crossing into new pages allocate and copy nothing; they attend bit for bit as bounds
+// grown a page at a time, and storage() counts the held pages' bounds only.
+TEST(PagedRetentionMemoryTest, QuestBoundsTakeRoomForTheReservedTotal) {
+  const char* entry = R"({"name": "quest", "budget": 32, "page_size": 16, "dense_layers": 0,
+                          "codec": "fp16"})";
+  for (const char* device : {"cpu", "emulated"}) {
+    PolicyCase reserved = policy_case(std::make_tuple(entry, device)),
+               grown = policy_case(std::make_tuple(entry, device));
+    ASSERT_TRUE(reserved.skip.empty()) << reserved.skip;
+    PagedKVCache &a = *reserved.paged, &b = *grown.paged;
+    a.reserve({{40, 200}});
+    const int64_t s = a.add_sequence();
+    ASSERT_EQ(b.add_sequence(), s);
+    auto gen = at::detail::createCPUGenerator(9);
+    uint64_t after_prefill = 0;
+    std::vector<int64_t> counts = {40};
+    counts.resize(1 + 150, 1);
+    for (size_t i = 0; i < counts.size(); ++i) {
+      for (int64_t layer = 0; layer < kLayers; ++layer) {
+        const Block x = random_block(counts[i], at::kHalf, gen);
+        ASSERT_TRUE(at::equal(a.append_and_attend(s, layer, x.q, x.k, x.v),
+                              b.append_and_attend(s, layer, x.q, x.k, x.v)))
+            << device << " at " << a.length(s) << " tokens, layer " << layer;
+      }
+      if (i == 0) after_prefill = a.allocated_bytes();
+      ASSERT_EQ(a.allocated_bytes(), after_prefill) << device << " at " << a.length(s);
+    }
+    EXPECT_EQ(a.storage().total(), b.storage().total());  // the held pages' bounds only
+    EXPECT_EQ(a.nominal().total(), b.nominal().total());
+  }
+}
+
 // StreamingLLM's pages behind the window go back to the pool: a 470-token sequence that keeps
 // 4 sinks and a 60-token window holds the sink page, the window's pages and the page being
 // written, not the 15 pages its tokens filled.

@@ -27,6 +27,7 @@
 
 #include <ATen/ATen.h>
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -226,11 +227,14 @@ class PagedKVCache final : public KVCache {
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
  private:
-  // Quest's per-page key bounds of one (sequence, layer): [pages, kv_heads, head_dim] fp16
+  // Quest's per-page key bounds of one (sequence, layer): [room, kv_heads, head_dim] fp16
   // minima and maxima of the stored keys, rounded outwards, where the pools are (a page's
-  // bounds one contiguous row: a step's new keys fold in with one foreach operator).
+  // bounds one contiguous row: a step's new keys fold in with one foreach operator). The
+  // first `pages` rows are the held pages' bounds; the others (+inf / -inf) wait for pages to
+  // come, so that a decode step crossing into a new page copies nothing.
   struct QuestBounds {
     at::Tensor mins, maxs;
+    int64_t pages = 0;
   };
   // What the retained-index kernel reads of one sequence: `count` listed positions per head
   // (int32 [kv_heads, count] where the pools are; undefined when none) and the tail from `tail`.
@@ -266,6 +270,7 @@ class PagedKVCache final : public KVCache {
     // pools are.
     std::vector<AttentionRecord> scores;  // per layer (policies that select by attention)
     std::vector<QuestBounds> quest;       // per layer (Quest's layers past its dense ones)
+    int64_t quest_room = 0;               // pages the bounds are first made for (reserve())
     bool evicted = false;                 // this step evicted somewhere: look for pages to free
   };
   struct Layer {
@@ -383,7 +388,8 @@ class PagedKVCache final : public KVCache {
   // address arrays.
   uint16_t* quest_bound_data(const Sequence& s, int64_t layer,
                              at::Tensor QuestBounds::*bound) const;
-  // s's bounds at `layer` grown (empty pages: +inf mins, -inf maxs) to cover `pages` pages.
+  // s's bounds at `layer` grown to cover `pages` pages (empty pages: +inf mins, -inf maxs).
+  // Room is made for the reserved total at first, then by a quarter more at a time.
   void grow_quest_bounds(Sequence& s, int64_t layer, int64_t pages) const;
   // Each sequence's page count at `layer`, checked to reach the pages Quest reads.
   std::vector<int64_t> quest_page_counts(const std::vector<Sequence*>& seqs, int64_t layer) const;
@@ -476,6 +482,7 @@ class PagedKVCache final : public KVCache {
   std::shared_ptr<const RetentionPolicy> policy_;  // null: every token stays
   const QuestPolicy* quest_ = nullptr;             // policy_ when it is Quest
   bool pooled_ = false;                            // reserve_pool sized the pools
+  std::deque<int64_t> quest_rooms_;  // Quest: pages of the sequences reserve() announced
   double retention_s_ = 0;
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
   // attend_batch's last batch, its lengths and tables (reused while they match).
