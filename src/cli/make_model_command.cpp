@@ -32,6 +32,7 @@ std::string why_not_overwrite(const std::filesystem::path& dir) {
   if (!std::filesystem::exists(dir, ec)) return "";
   if (!std::filesystem::is_directory(dir, ec)) return "it exists and is not a directory";
   if (std::filesystem::is_empty(dir, ec)) return "";
+  if (ec) return "it cannot be read (" + ec.message() + ")";
   std::ifstream in(dir / "config.json");
   const nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   const bool preset = config.is_object() && config.contains("kvbench") &&
@@ -66,6 +67,7 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
   sub->callback([opt, &global] {
     global.action = [opt] {
       const ModelPreset& preset = find_model_preset(opt->preset);
+      check_preset_writable(preset);
       if (const std::string why = why_not_overwrite(opt->out); !why.empty() && !opt->force) {
         spdlog::error(
             "make-model: will not write into {}: {}; choose another --out, or pass "

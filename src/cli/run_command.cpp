@@ -1,7 +1,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
-#include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -64,8 +64,9 @@ void check_output_dir(const RunSpec& spec, bool create) {
   if (!create) return;  // a dry run writes nothing
   // access() passes root everywhere, also where no file can be made (a read-only mount,
   // sysfs): a file made and removed again is the real test.
-  const std::string probe = (dir / (".kvbench-probe." + std::to_string(::getpid()))).string();
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  // (A unique name: runs sharing the directory, or a pid in containers, never meet.)
+  std::string probe = (dir / ".kvbench-probe.XXXXXX").string();
+  const int fd = ::mkstemp(probe.data());
   if (fd < 0)
     throw ConfigError("output.dir",
                       "cannot write reports into '" + dir.string() + "': " + std::strerror(errno));

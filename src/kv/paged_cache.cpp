@@ -821,7 +821,7 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
         exact_keys ? k.to(device_, input_dtype()).to(at::kFloat) : at::cat(keys, 1).transpose(0, 1);
   at::Tensor chosen;
   if (kernel_path_) {
-    chosen = quest_kernels(ks, layer, q);
+    if (!singles.empty()) chosen = quest_kernels(ks, layer, q);  // (prefills only: nothing)
   } else {
     if (!singles.empty()) fold_quest_keys(singles, layer, ks.keys, ks.key_pages);
     if (!sparse.empty()) chosen = quest_pages(sparse, layer, q, sparse_rows);

@@ -57,10 +57,11 @@ QuestPolicy::QuestPolicy(int64_t budget, int64_t page_size, int64_t dense_layers
   KVB_CHECK(budget >= 1 && page_size >= 1 && dense_layers >= 0,
             "quest: budget and page_size must be >= 1 and dense_layers >= 0");
   // A step reads whole pages: any other budget would read more or fewer tokens than it says.
-  KVB_CHECK(budget % page_size == 0, "quest: budget ", budget, " is not a multiple of page_size ",
-            page_size, " (a step reads budget / page_size whole pages); use ",
-            std::max<int64_t>(1, budget / page_size) * page_size, " or ",
-            (budget / page_size + 1) * page_size);
+  const int64_t below = budget / page_size * page_size, above = below + page_size;
+  KVB_CHECK(
+      budget % page_size == 0, "quest: budget ", budget, " is not a multiple of page_size ",
+      page_size, " (a step reads budget / page_size whole pages); use ",
+      below > 0 ? std::to_string(below) + " or " + std::to_string(above) : std::to_string(above));
 }
 
 nlohmann::json QuestPolicy::params() const {

@@ -163,10 +163,14 @@ void write_checkpoint(const Transformer& model, const json& config, const std::s
   write_file_atomically(std::filesystem::path(dir) / "config.json", config.dump(2) + "\n");
 }
 
-void write_preset_checkpoint(const ModelPreset& preset, const std::string& dir, uint64_t seed) {
+void check_preset_writable(const ModelPreset& preset) {
   KVB_CHECK(!preset.real_scale, "preset ", preset.name,
             " has real-model shapes and is built in memory only (model.preset with "
             "model.random_init: true); make-model writes the tiny presets");
+}
+
+void write_preset_checkpoint(const ModelPreset& preset, const std::string& dir, uint64_t seed) {
+  check_preset_writable(preset);
   const ModelConfig config = parse_model_config(preset.config, preset.name);
   json marked = preset.config;
   // Extra config.json keys are ignored by transformers; reports use this to flag the weights.

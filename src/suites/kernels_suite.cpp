@@ -485,7 +485,7 @@ Table KernelsSuite::summary_table(const CellOutput& output) const {
   for (const auto& r : output.records) {
     if (r["kind"] == "retained_decode") {
       // Step time against the same codec keeping every token: at the tokens the method reads
-      // (its kept count; Quest's budget) and at the context.
+      // (its kept count; Quest's chosen pages) and at the context.
       const int64_t kept = r["kept_tokens"], read = r.value("read_tokens", kept);
       const std::string reads = read == kept ? "" : ", reads " + std::to_string(read);
       t.rows.push_back({r["policy"].get<std::string>() + "+" + r["format"].get<std::string>() +

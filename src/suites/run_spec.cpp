@@ -145,9 +145,9 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
   std::vector<std::string> known = config_keys();
   known.push_back("grid");
   // A training recipe (configs/train-*.json) given to run or validate: say what it is.
-  if (config.contains("lr") && config.contains("warmup_steps") && !config.contains("suites"))
+  if ((config.contains("stages") || config.contains("tasks")) && !config.contains("suites"))
     throw ConfigError("",
-                      "this is a training recipe (it has lr and warmup_steps, no suites): "
+                      "this is a training recipe (it has stages or tasks, no suites): "
                       "run it with kvbench train --config FILE --out DIR");
   check_known_keys(config, known, "");
   if (config.contains("grid"))

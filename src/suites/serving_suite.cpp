@@ -323,7 +323,8 @@ class ModelExecutor final : public StepExecutor {
       : model_(model), cache_(cache), progress_(progress), tokens_(w.prompts) {
     seq_.assign(tokens_.size(), -1);
     for (size_t i = 0; i < w.prompts.size(); ++i)
-      totals_.push_back(static_cast<int64_t>(w.prompts[i].size()) + w.output_len[i]);
+      // (The last output token is sampled, never entered.)
+      totals_.push_back(static_cast<int64_t>(w.prompts[i].size()) + w.output_len[i] - 1);
   }
   void execute(const StepPlan& plan) override {
     for (int64_t id : plan.preempted) drop(id);
@@ -378,8 +379,8 @@ class ModelExecutor final : public StepExecutor {
   KVCache& cache_;
   Progress& progress_;
   std::vector<std::vector<int64_t>> tokens_;  // prompt + generated, per request
-  std::vector<int64_t> totals_;               // prompt + output tokens, per request
-  std::vector<int64_t> seq_;                  // cache sequence id, -1 when not running
+  std::vector<int64_t> totals_;  // tokens a request enters at most (prompt + output - 1)
+  std::vector<int64_t> seq_;     // cache sequence id, -1 when not running
 };
 
 // A chunk after the first is no longer "the prefill" to the cache: a policy that evicts once

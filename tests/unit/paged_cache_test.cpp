@@ -629,6 +629,9 @@ TEST(PagedRetentionMemoryTest, QuestBoundsTakeRoomForTheReservedTotal) {
     }
     EXPECT_EQ(a.storage().total(), b.storage().total());  // the held pages' bounds only
     EXPECT_EQ(a.nominal().total(), b.nominal().total());
+    // The formula's bounds are the held pages' (12 of the 13 made room for at 191 tokens).
+    EXPECT_EQ(a.nominal().metadata, b.nominal().metadata);
+    EXPECT_EQ(a.storage().metadata, a.nominal().metadata);
   }
 }
 

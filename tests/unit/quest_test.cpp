@@ -216,7 +216,7 @@ TEST(Quest, NeedsAPerTokenCodecAndValidParams) {
                Error);
   EXPECT_THROW(QuestPolicy(0, 16, 0), Error);
   // A step reads whole pages: a budget of 8 or 40 tokens over pages of 16 would read 16 or 32.
-  for (int64_t budget : {8, 40}) {
+  for (int64_t budget : {8, 40}) {  // "use 16", "use 32 or 48"
     try {
       resolve_method(nlohmann::json{{"name", "quest"}, {"budget", budget}}, "methods[0]");
       ADD_FAILURE() << budget << " accepted";

@@ -28,6 +28,8 @@ const ModelPreset& find_model_preset(const std::string& name);
 // Writes config.json, generation_config.json and model.safetensors (weights from
 // Transformer::random(seed), stored in the preset's torch_dtype) into `dir`.
 void write_preset_checkpoint(const ModelPreset& preset, const std::string& dir, uint64_t seed);
+// Throws unless write_preset_checkpoint can write the preset (a tiny one, not real-scale).
+void check_preset_writable(const ModelPreset& preset);
 // Writes `model`'s weights as a Hugging Face checkpoint in `dir` with `config` as config.json.
 void write_checkpoint(const Transformer& model, const nlohmann::json& config,
                       const std::string& dir);
