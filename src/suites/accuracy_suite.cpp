@@ -211,6 +211,7 @@ struct Run {
   std::string stop, text;
   double ttft = 0, e2e = 0;
   uint64_t kv_bytes = 0;
+  size_t generated = 0;  // tokens timed: EOS included (e2e ends with it)
 };
 
 Run generate_one(const CellContext& ctx, KVCache& cache, const Sample& s) {
@@ -225,7 +226,8 @@ Run generate_one(const CellContext& ctx, KVCache& cache, const Sample& s) {
           "",
           q.token_times_s.front(),
           q.token_times_s.back(),
-          r.peak_storage.total()};
+          r.peak_storage.total(),
+          q.tokens.size()};
   if (run.stop == "eos" && !run.tokens.empty()) run.tokens.pop_back();
   run.text = ctx.model.tokenizer().decode(
       std::vector<int32_t>(run.tokens.begin(), run.tokens.end()), true);
@@ -291,7 +293,6 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
     s_full.push_back(sf), s_method.push_back(sm), diff.push_back(sm - sf);
     identical += same;
     agreement_sum += agreement;
-    const double n_out = static_cast<double>(std::max<size_t>(run.tokens.size(), 1));
     out.records.push_back(
         {{"kind", "scored_sample"},
          {"id", s.id},
@@ -312,7 +313,8 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
          {"first_divergence", same ? -1 : static_cast<int64_t>(first)},
          {"token_agreement", agreement},
          {"ttft_s", run.ttft},
-         {"tpot_s", run.tokens.size() > 1 ? (run.e2e - run.ttft) / (n_out - 1) : 0.0},
+         // Over every timed token: an EOS answer's e2e ends with the EOS.
+         {"tpot_s", run.generated > 1 ? (run.e2e - run.ttft) / double(run.generated - 1) : 0.0},
          {"e2e_s", run.e2e},
          {"kv_bytes", run.kv_bytes}});
     ctx.progress.advance(s.id);

@@ -678,6 +678,34 @@ TEST(AccuracySuite, TheFullCacheAgreesWithItselfOnEverySample) {
   EXPECT_FALSE(out.warnings.empty());                                // 3 samples are few
 }
 
+// TPOT spreads e2e after the first token over every token timed: an answer ending in EOS
+// (the project's trained model answers passkey and stops) includes the EOS's step.
+TEST(AccuracySuite, TpotCountsTheEosStepItTimed) {
+  const json cfg = {
+      {"suites", {json::parse(R"({"name": "accuracy", "task": "passkey", "samples": 3,
+                                  "target_tokens": 256})")}},
+      {"threads", 1},
+      {"model",
+       {{"path", std::string(KVBENCH_SOURCE_DIR) + "/assets/models/kvbench-retrieval-1m"}}}};
+  const RunSpec spec = parse_run_spec(cfg, "t");
+  ModelProvider model(spec.model);
+  Environment env;
+  NullProgress progress;
+  const json method = {{"name", "full"}};
+  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
+  AccuracySuite suite;
+  const CellOutput out = suite.run(ctx);
+  int eos = 0;
+  for (const auto& r : out.records) {
+    const bool stopped = r["stop"] == "eos";
+    eos += stopped;
+    const double timed = r["length"].get<double>() + (stopped ? 1 : 0);
+    const double e2e = r["e2e_s"], ttft = r["ttft_s"], tpot = r["tpot_s"];
+    EXPECT_NEAR(ttft + tpot * (timed - 1), e2e, 1e-9 * e2e) << r["id"];
+  }
+  EXPECT_GT(eos, 0) << "no answer ended in EOS: the test shows nothing";
+}
+
 TEST(AccuracySuite, TaskParamsReachTheGeneratedSamples) {
   // Two keys asked at once: every sample's references hold two values; a fixed depth replaces
   // the spread over depths.
