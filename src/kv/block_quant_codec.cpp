@@ -158,6 +158,9 @@ class BlockQuantStore final : public TokenStore {
   void reserve(int64_t, int64_t tokens) override {
     for (RowBuffer* b : {&codes_, &scales_, &mins_}) b->reserve(tokens);
   }
+  void fit(int64_t tokens) override {
+    for (RowBuffer* b : {&codes_, &scales_, &mins_}) b->fit(tokens);
+  }
 
  private:
   // Rows [t0, t1) of `head` for the kernels, with their scales and mins converted to fp32 in a

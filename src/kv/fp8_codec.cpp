@@ -86,6 +86,7 @@ class Fp8Store final : public TokenStore {
   StorageBytes bytes() const override { return {codes_.bytes(), scales_.nbytes()}; }
   uint64_t allocated_bytes() const override { return codes_.allocated_bytes() + scales_.nbytes(); }
   void reserve(int64_t, int64_t tokens) override { codes_.reserve(tokens); }
+  void fit(int64_t tokens) override { codes_.fit(tokens); }
 
  private:
   void calibrate(const at::Tensor& x) {

@@ -55,12 +55,16 @@ int64_t CompressedKVCache::add_sequence() {
     Layer layer;
     layer.keys = codec_->make_layer_key_store(l, num_kv_heads_, head_dim_);
     layer.values = codec_->make_layer_value_store(l, num_kv_heads_, head_dim_);
-    if (tokens.total > 0) {
-      layer.keys->reserve(tokens.prompt, tokens.total);
-      layer.values->reserve(tokens.prompt, tokens.total);
+    // Under eviction the stores first take the prompt (the model attends over all of it before
+    // the policy evicts); each eviction then gives back what its policy no longer needs.
+    const int64_t rows = evicts_ && !quest_ ? tokens.prompt : tokens.total;
+    if (rows > 0) {
+      layer.keys->reserve(tokens.prompt, rows);
+      layer.values->reserve(tokens.prompt, rows);
     }
     s.layers.push_back(std::move(layer));
   }
+  s.total = tokens.total;
   const int64_t id = next_id_++;
   sequences_.emplace(id, std::move(s));
   return id;
@@ -71,7 +75,7 @@ void CompressedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
   for (const SequenceTokens& s : seqs) {
     KVB_CHECK(s.prompt >= 0 && s.total >= s.prompt, "KV cache: cannot reserve room for a ",
               s.prompt, "-token prompt of a ", s.total, "-token sequence");
-    reserved_.push_back(evicts_ && !quest_ ? SequenceTokens{} : s);
+    reserved_.push_back(s);
   }
 }
 
@@ -187,13 +191,22 @@ at::Tensor CompressedKVCache::select(const Layer& layer, RetentionInput in) cons
   return order.defined() ? order.gather(1, kept) : kept;
 }
 
+int64_t CompressedKVCache::room_after_eviction(int64_t length, int64_t total) const {
+  if (policy_->timing() == EvictionTiming::kDecode) return 1;
+  return total > 0 ? std::max<int64_t>(total - length, 0) : -1;
+}
+
 void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k,
-                              const at::Tensor& v, bool prefill) const {
+                              const at::Tensor& v, bool prefill, int64_t more) const {
   if (codec_->can_drop_tokens()) {
     // Moves at most as many rows as are dropped: one per head per decode step.
     const RowMoves moves = row_moves(kept, layer.keys->size());
     layer.keys->retain(moves);
     layer.values->retain(moves);
+    if (more >= 0) {  // a no-op once the stores are that size (every later decode eviction)
+      layer.keys->fit(moves.size + more);
+      layer.values->fit(moves.size + more);
+    }
     layer.positions = apply_row_moves(layer.positions, moves);
     if (layer.scores.defined()) layer.scores = apply_row_moves(layer.scores, moves);
     if (layer.low.defined()) layer.low = apply_row_moves(layer.low.contiguous(), moves);
@@ -206,6 +219,10 @@ void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Te
   at::Tensor rows = kept.unsqueeze(-1).expand({kept.size(0), kept.size(1), head_dim_});
   layer.keys = codec_->make_key_store(num_kv_heads_, head_dim_);
   layer.values = codec_->make_value_store(num_kv_heads_, head_dim_);
+  if (more >= 0) {
+    layer.keys->reserve(kept.size(1), kept.size(1) + more);
+    layer.values->reserve(kept.size(1), kept.size(1) + more);
+  }
   layer.keys->append(k.gather(1, rows));
   layer.values->append(v.gather(1, rows));
   layer.positions = layer.positions.gather(1, kept);
@@ -283,7 +300,7 @@ at::Tensor CompressedKVCache::attend_cache_positions(const Layer& layer,
 }
 
 void CompressedKVCache::maybe_evict(Layer& layer, RetentionInput& in, const at::Tensor& q,
-                                    const at::Tensor& k, const at::Tensor& v) {
+                                    const at::Tensor& k, const at::Tensor& v, int64_t total) {
   Stopwatch watch;
   in.positions = layer.positions;
   if (policy_->over_budget(in)) {
@@ -307,7 +324,7 @@ void CompressedKVCache::maybe_evict(Layer& layer, RetentionInput& in, const at::
       case RetentionNeeds::kQueryPages:  // Quest never evicts: it chooses pages per step
         break;
     }
-    evict(layer, select(layer, in), k, v, in.prefill);
+    evict(layer, select(layer, in), k, v, in.prefill, room_after_eviction(in.length, total));
   }
   retention_s_ += watch.seconds();
 }
@@ -375,17 +392,17 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
     if (needs == RetentionNeeds::kScoresEveryStep) accumulate_scores(layer, q, start);
     if (needs == RetentionNeeds::kLowAttentionCounts) record_low_attention(layer, q, start);
     retention_s_ += watch.seconds();
-    if (may_evict) maybe_evict(layer, in, q, k, v);
+    if (may_evict) maybe_evict(layer, in, q, k, v, s.total);
     return out;
   }
   if (!may_evict || !policy_->over_budget(in)) return attend(layer, q);
   if (n == 1 && !prefill) {  // a decode token: evict first, then it attends what stays
-    maybe_evict(layer, in, q, k, v);
+    maybe_evict(layer, in, q, k, v, s.total);
     return attend(layer, q);
   }
   // A block: every query sees everything held plus the block; the layer shrinks afterwards.
   at::Tensor out = attend(layer, q);
-  maybe_evict(layer, in, q, k, v);
+  maybe_evict(layer, in, q, k, v, s.total);
   return out;
 }
 

@@ -55,6 +55,7 @@ class IdentityStore final : public TokenStore {
   StorageBytes bytes() const override { return {buffer_.bytes(), 0}; }
   uint64_t allocated_bytes() const override { return buffer_.allocated_bytes(); }
   void reserve(int64_t, int64_t tokens) override { buffer_.reserve(tokens); }
+  void fit(int64_t tokens) override { buffer_.fit(tokens); }
 
  private:
   static constexpr simd::RowType kRowType = std::is_same_v<T, at::Half> ? simd::RowType::kFloat16

@@ -214,6 +214,10 @@ class LatentStore final : public TokenStore {
     latent_.reserve(tokens);
     if (rope()) positions_.reserve(tokens);
   }
+  void fit(int64_t tokens) override {
+    latent_.fit(tokens);
+    if (rope()) positions_.fit(tokens);
+  }
 
  private:
   bool rope() const { return inv_freq_.defined(); }

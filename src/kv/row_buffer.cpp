@@ -18,6 +18,14 @@ void RowBuffer::reserve(int64_t rows) {
   data_ = bigger;
 }
 
+void RowBuffer::fit(int64_t rows) {
+  rows = std::max(rows, size_);
+  if (!data_.defined() || data_.size(1) == rows) return;
+  at::Tensor exact = at::empty({kv_heads_, rows, width_}, at::TensorOptions().dtype(dtype_));
+  if (size_ > 0) exact.narrow(1, 0, size_).copy_(data_.narrow(1, 0, size_));
+  data_ = exact;
+}
+
 at::Tensor RowBuffer::append(int64_t extra) {
   const int64_t capacity = data_.defined() ? data_.size(1) : 0;
   if (size_ + extra > capacity) reserve(std::max<int64_t>({size_ + extra, 2 * capacity, 16}));

@@ -43,14 +43,25 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     out.per_sequence = std::max(out.per_sequence, bytes);
     if (t == context) out.held_per_layer = held;
   }
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    out.prefill += codec.nominal_bytes(prompt, c.num_kv_heads, c.head_dim).total();
+    if (quest && l >= quest->dense_layers())
+      out.prefill +=
+          QuestPages::nominal_bytes(prompt, c.num_kv_heads, c.head_dim, quest->page_size());
+  }
   return out;
+}
+
+uint64_t SequenceKvBytes::batch_bytes(int64_t batch) const {
+  if (batch <= 0) return shared;
+  return shared + static_cast<uint64_t>(batch - 1) * per_sequence + std::max(per_sequence, prefill);
 }
 
 int64_t largest_batch(double budget_bytes, const SequenceKvBytes& bytes) {
   KVB_CHECK(bytes.per_sequence > 0, "capacity: a sequence takes 0 KV bytes");
-  const double left = budget_bytes - static_cast<double>(bytes.shared);
-  if (left < static_cast<double>(bytes.per_sequence)) return 0;
-  return static_cast<int64_t>(std::floor(left / static_cast<double>(bytes.per_sequence)));
+  const double left = budget_bytes - static_cast<double>(bytes.batch_bytes(1));
+  if (left < 0) return 0;
+  return 1 + static_cast<int64_t>(std::floor(left / static_cast<double>(bytes.per_sequence)));
 }
 
 }  // namespace kvbench

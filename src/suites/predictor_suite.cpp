@@ -373,6 +373,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
          {"replicas", replicas},
          {"max_batch", max_batch},
          {"rate", rate},
+         {"rate_source", p["routing_rate"].get<double>() > 0 ? "routing_rate" : "routing_load"},
          {"requests", nreq},
          {"samples_s", res.e2e_s},
          {"e2e_s", e2e},

@@ -77,10 +77,19 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   }
   const Summary step = summarize(steps, ctx.seed), pre = summarize(prefill, ctx.seed);
   const Summary issue = summarize(host, ctx.seed);
-  const double tokens = static_cast<double>(batch) * static_cast<double>(prompt + new_tokens - 1);
+  // The tokens entered at the peak: batch * (prompt + new_tokens - 1) unless the bytes fell later
+  // (KIVI's window folding into groups), so the per-token rate is the peak's own.
+  const double tokens =
+      kv_memory.is_object() && kv_memory.value("tokens", int64_t{0}) > 0
+          ? static_cast<double>(kv_memory["tokens"].get<int64_t>())
+          : static_cast<double>(batch) * static_cast<double>(prompt + new_tokens - 1);
   // What a decode step must read at least: every weight once and the cache as held at its
   // peak. Between methods its ratio is the ideal decode speed-up of a memory-bound step.
-  const uint64_t step_bytes = model.weight_bytes() + kv_peak;
+  // Empty page slots (paged attention) are neither read nor a token's bytes.
+  const uint64_t padding =
+      kv_memory.is_object() ? kv_memory["measured"].value("padding", uint64_t{0}) : uint64_t{0};
+  const uint64_t kv_held = kv_peak - std::min(padding, kv_peak);
+  const uint64_t step_bytes = model.weight_bytes() + kv_held;
   return {{"kind", "throughput"},
           {"batch", batch},
           {"prompt_tokens", prompt},
@@ -98,7 +107,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           {"kv_bytes", kv_peak},
           {"kv_memory", kv_memory},
           {"retention", retention.to_json()},
-          {"kv_bytes_per_token", static_cast<double>(kv_peak) / tokens},
+          {"kv_bytes_per_token", static_cast<double>(kv_held) / tokens},
           {"decode_bytes_per_step", step_bytes},
           {"decode_gbps", static_cast<double>(step_bytes) / step.median / 1e9}};
 }
@@ -154,17 +163,23 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
                   {"capped", fit > cap},
                   {"decode_tok_s", nullptr}};
   if (fit == 0) {
-    out.warnings.push_back("capacity: a budget of " + format_bytes(budget.bytes) +
-                           " holds no sequence of " + std::to_string(context) + " tokens (" +
-                           format_bytes(static_cast<double>(bytes.per_sequence)) +
-                           " each); raise kv_budget_bytes or lower capacity_context");
+    out.warnings.push_back(
+        "capacity: a budget of " + format_bytes(budget.bytes) + " holds no sequence of " +
+        std::to_string(context) + " tokens (" +
+        format_bytes(static_cast<double>(bytes.per_sequence)) + " each" +
+        (bytes.prefill > bytes.per_sequence
+             ? ", " + format_bytes(static_cast<double>(bytes.prefill)) + " while its prompt enters"
+             : std::string()) +
+        "); raise kv_budget_bytes or lower capacity_context");
     return summary;
   }
   check_generation_fits(ctx, batch, prompt, news, "throughput (capacity view; lower max_batch)");
   json r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
   const uint64_t formula_at_batch =
       bytes.shared + static_cast<uint64_t>(batch) * bytes.per_sequence;
-  const double measured = r["kv_memory"]["measured"]["total"].get<double>();
+  // Whole pages' empty slots are not the method's bytes (the formula counts tokens).
+  const double measured = r["kv_memory"]["measured"]["total"].get<double>() -
+                          r["kv_memory"]["measured"].value("padding", 0.0);
   r["kind"] = "capacity";
   r["context"] = context;
   r["kv_budget_bytes"] = budget.bytes;
@@ -173,7 +188,8 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   r["shared_bytes"] = bytes.shared;
   r["held_tokens_per_layer"] = bytes.held_per_layer;
   r["max_batch_fit"] = fit;
-  r["kv_bytes_at_fit"] = bytes.shared + static_cast<uint64_t>(fit) * bytes.per_sequence;
+  r["prefill_bytes_per_sequence"] = bytes.prefill;
+  r["kv_bytes_at_fit"] = bytes.batch_bytes(fit);
   r["max_batch"] = cap;
   r["capped"] = fit > cap;
   r["kv_bytes_formula"] = formula_at_batch;

@@ -108,6 +108,9 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
   const double values = tokens * 2.0 * c.num_layers * c.num_kv_heads * c.head_dim;
   const double fp16 = values * 2.0;
   const double measured = static_cast<double>(r.peak_storage.total());
+  // The rates describe the format: whole pages' empty slots (paged attention) are memory the
+  // cache occupied, counted in `measured.total`, but no token's bytes.
+  const double held = measured - static_cast<double>(r.peak_storage.padding);
   const double nominal = static_cast<double>(r.peak_nominal.total());
   // Kept tokens per KV head per layer (all KV heads of a layer keep the same count).
   int64_t kept_sum = 0, kept_min = 0, kept_max = 0;
@@ -127,18 +130,17 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
             {"max", kept_max},
             {"mean", static_cast<double>(kept_sum) / layers},
             {"fraction", static_cast<double>(kept_sum) / layers / tokens}}},
-          {"bits_per_kept_value", measured * 8.0 / kept_values},
+          {"bits_per_kept_value", held * 8.0 / kept_values},
           {"measured", r.peak_storage.to_json()},
           // What the cache's storage occupied: free pool pages, spare buffer rows included.
           {"allocated_bytes", r.peak_allocated_bytes},
           {"nominal", r.peak_nominal.to_json()},
-          {"bytes_per_token", measured / tokens},
-          {"bits_per_value", measured * 8.0 / values},
-          {"ratio_to_fp16", measured / fp16},
+          {"bytes_per_token", held / tokens},
+          {"bits_per_value", held * 8.0 / values},
+          {"ratio_to_fp16", held / fp16},
           // Beyond rounding (1%) and allocation units (whole pages, a ring's empty rows): the
           // stored tensors do not match what the method claims.
-          {"nominal_mismatch", std::abs(measured - double(r.peak_storage.padding) - nominal) >
-                                   0.01 * std::max(nominal, 1.0)}};
+          {"nominal_mismatch", std::abs(held - nominal) > 0.01 * std::max(nominal, 1.0)}};
 }
 
 std::string nominal_mismatch_warning(const nlohmann::json& m) {
@@ -186,12 +188,12 @@ std::string kv_memory_note(const nlohmann::json& m) {
                      format_fixed(m.value("ratio_to_fp16", 0.0), 2) + "x fp16";
   const double kept = m.contains("kept_tokens") ? m["kept_tokens"].value("fraction", 1.0) : 1.0;
   if (kept < 1.0) note += ", " + format_fixed(kept * 100.0, 1) + "% of tokens kept";
-  // Whole pages (and a KIVI ring's empty rows) of short prompts can outweigh the compression:
-  // say how much of the total they are, so a ratio above 1x is not read as the format's.
+  // Whole pages (and a KIVI ring's empty rows) of short prompts can be much of the total: say how
+  // much, as the rates leave them out.
   const double padding = m["measured"].value("padding", 0.0),
                total = m["measured"].value("total", 0.0);
   if (total > 0 && padding > 0.05 * total)
-    note += ", of which " + format_bytes(padding) + " empty page slots";
+    note += ", of which " + format_bytes(padding) + " empty page slots, not in the bits/value";
   // Storage grown by doubling holds more than its tokens need: say what the device paid.
   const double allocated = m.value("allocated_bytes", 0.0);
   if (allocated > 1.1 * total)

@@ -131,6 +131,30 @@ TEST(KvMemoryWarning, SaysBothSizesAndWhyPagesHoldMore) {
   EXPECT_EQ(nominal_mismatch_warning(json()), "");
 }
 
+// With paged attention the cache occupies whole pages; their empty slots count in the bytes it
+// occupied (kv_bytes, measured.total) but not in the format's rates, which stay the format's.
+TEST(ThroughputSuite, PagedRatesLeaveOutEmptyPageSlots) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [20],
+                            "new_tokens": [3], "warmup": 0, "repeats": 1})"));
+  h.spec.attention = "paged";
+  for (const char* name : {"full", "int8"}) {
+    h.method = resolve_method({{"name", name}}, "methods[0]");
+    ThroughputSuite suite;
+    CellOutput out = h.run(suite);
+    const json& r = out.records[0];
+    const json& mem = r["kv_memory"];
+    const double padding = mem["measured"]["padding"].get<double>();
+    ASSERT_GT(padding, 0) << name;  // 22 tokens in pages of 16 or 32
+    EXPECT_DOUBLE_EQ(mem["bits_per_value"].get<double>(), name == std::string("full") ? 16 : 8.5)
+        << name;
+    EXPECT_DOUBLE_EQ(r["kv_bytes_per_token"].get<double>(), mem["bytes_per_token"].get<double>());
+    EXPECT_EQ(r["kv_bytes"].get<double>(), mem["measured"]["total"].get<double>());
+    EXPECT_EQ(r["decode_bytes_per_step"].get<double>(),
+              double(h.model.get().weight_bytes()) + r["kv_bytes"].get<double>() - padding);
+    EXPECT_FALSE(mem["nominal_mismatch"].get<bool>()) << name;
+  }
+}
+
 TEST(ThroughputSuite, QuantizedCacheReportsItsRealSize) {
   Harness h(json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [20],
                             "new_tokens": [3], "warmup": 0, "repeats": 1})"));
@@ -443,7 +467,7 @@ TEST(Workload, TheMemoryNoteNamesEmptyPageSlots) {
             {"measured", {{"total", 65536}, {"padding", 16384}}}};
   EXPECT_EQ(kv_memory_note(m),
             "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, 1.20x fp16, of which "
-            "16.00 KiB empty page slots)");
+            "16.00 KiB empty page slots, not in the bits/value)");
   m["measured"]["padding"] = 1024;
   EXPECT_EQ(kv_memory_note(m),
             "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, "

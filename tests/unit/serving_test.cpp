@@ -152,8 +152,10 @@ class CostModelExecutor final : public StepExecutor {
       ASSERT_EQ(live_.erase(id), 1u) << "finished " << id;
       ASSERT_TRUE(done.insert(id).second) << id << " finished twice";
     }
+    clock_.advance(release_s);
   }
   int steps = 0;
+  double release_s = 0;  // what releasing finished sequences costs (after their last token)
   int64_t max_chunk = INT64_MAX;  // no prefill item may feed more tokens
   int64_t max_used_blocks = 0;
   std::set<int64_t> done;
@@ -185,6 +187,19 @@ TEST(Scheduler, AdmitsInFifoOrderUnderTheSequenceLimit) {
     EXPECT_EQ(static_cast<int64_t>(r.token_times_s.size()), r.request.output_tokens);
   }
   EXPECT_EQ(pool.free_blocks(), 100);
+}
+
+// The run ends at its last token: releasing the finished sequences after it is not serving.
+TEST(Scheduler, DurationEndsAtTheLastToken) {
+  BlockPool pool(100, 4);
+  Scheduler s(pool, SchedulerConfig{});
+  ManualClock clock;
+  CostModelExecutor ex(clock, s, SchedulerConfig{}.max_batch_tokens);
+  ex.release_s = 0.5;
+  ServingTrace t = run_serving({{0, 0.0, 3, 2}, {1, 0.0, 5, 4}}, s, ex, clock, true);
+  double last = 0;
+  for (const auto& r : t.requests) last = std::max(last, r.token_times_s.back());
+  EXPECT_DOUBLE_EQ(t.end_s, last);
 }
 
 // The hand-traced case: two requests fill a 4-block pool; at the 4th step the older one needs a

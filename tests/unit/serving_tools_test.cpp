@@ -312,6 +312,13 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
   b = sequence_kv_bytes(*make_codec(stream, at::kBFloat16), *make_policy(stream), c, 600, 700);
   EXPECT_EQ(b.per_sequence, 512u * 1024);
   EXPECT_EQ(b.held_per_layer, (std::vector<int64_t>{512, 512, 512, 512}));
+  // ... but its prefill holds all 600 first: sequences entering one at a time need one such
+  // prefill beside the others' 512.
+  EXPECT_EQ(b.prefill, 600u * 1024);
+  EXPECT_EQ(b.batch_bytes(5), (4u * 512 + 600) * 1024);
+  EXPECT_EQ(largest_batch((4.0 * 512 + 600) * 1024, b), 5);
+  EXPECT_EQ(largest_batch((4.0 * 512 + 600) * 1024 - 1, b), 4);
+  EXPECT_EQ(largest_batch(600.0 * 1024 - 1, b), 0);
   // KIVI-4: the codec's formula per layer, its residual window included, at the largest state
   // between the prefill (600) and 700 tokens: the window folds into groups at 640, so the
   // largest is before that, not at 700.
@@ -363,8 +370,11 @@ TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
     cap[name] = r;
   }
   EXPECT_EQ(cap["full"]["max_batch_fit"], 5);
+  // stream-512 holds 512 KiB per sequence but 598 KiB while a prompt enters: 4 x 512 + 598 fit
+  // 3 MiB, 5 x 512 + 598 do not (6 x 512 would, counting no prefill).
+  EXPECT_EQ(cap["stream-512"]["max_batch_fit"], 5);
+  EXPECT_EQ(cap["stream-512"]["prefill_bytes_per_sequence"], 598 * 1024);
   EXPECT_FALSE(cap["full"]["capped"].get<bool>());
-  EXPECT_EQ(cap["stream-512"]["max_batch_fit"], 6);
   EXPECT_GT(cap["kivi-4"]["max_batch_fit"].get<int64_t>(), 8);
   EXPECT_TRUE(cap["kivi-4"]["capped"].get<bool>());
   EXPECT_EQ(cap["kivi-4"]["batch"], 8);
@@ -418,6 +428,42 @@ TEST(Capacity, ServingSizesPerSequenceStoresForEachRequest) {
                  allocated = kv["allocated_bytes_peak"].get<double>();
     EXPECT_GT(held, 0) << name;
     EXPECT_EQ(allocated, held) << name;
+  }
+}
+
+// Under a retention policy the CPU stores first take the prompt, then give back what the policy
+// dropped: a policy evicting every decode step keeps one row per store beyond its budget (the
+// new token enters before the oldest leaves), one evicting after the prefill keeps room for the
+// rest of the request. Growing by doubling instead, the stores kept the prompt's rows (and
+// chunked prefill doubled them), far above the tokens held and the pool's charge.
+TEST(Capacity, ServingStoresGiveBackWhatRetentionDrops) {
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 1,
+      "prompt_tokens_min": 40, "prompt_tokens_max": 40, "output_tokens_min": 8,
+      "output_tokens_max": 8, "block_size": 16, "kv_budget_bytes": 4194304})");
+  struct Case {
+    json method;
+    bool chunked;
+    double spare;  // allocated / held at the peak
+  };
+  const Case cases[] = {
+      {{{"name", "streamingllm"}, {"sinks", 4}, {"window", 12}}, false, 17.0 / 16},
+      {{{"name", "streamingllm"}, {"sinks", 4}, {"window", 12}, {"codec", "int8"}},
+       true,
+       17.0 / 16},
+      {{{"name", "snapkv"}, {"budget", 16}, {"window", 4}}, false, 1.0},
+  };
+  for (const Case& c : cases) {
+    Harness h(suite);
+    h.spec.suites[0].params["chunked_prefill"] = c.chunked;
+    h.spec.suites[0].params["prefill_chunk_tokens"] = 16;
+    h.method = resolve_method(c.method, "methods[0]");
+    ServingSuite s;
+    CellOutput out = h.run(s);
+    const json& kv = out.records.at(0)["kv"];
+    const double held = kv["measured_bytes_peak"].get<double>(),
+                 allocated = kv["allocated_bytes_peak"].get<double>();
+    ASSERT_GT(held, 0) << c.method.dump();
+    EXPECT_NEAR(allocated / held, c.spare, 1e-9) << c.method.dump() << " " << kv.dump();
   }
 }
 
@@ -514,6 +560,7 @@ TEST(PredictorSuite, ProfilesFitsAndRoutes) {
     } else {
       EXPECT_EQ(r["kind"], "routing");
       EXPECT_EQ(r["samples_s"].size(), 40u);
+      EXPECT_EQ(r["rate_source"], "routing_load");  // routing_rate 0: this method's own load
       ++routing;
     }
   }

@@ -89,6 +89,7 @@ class CompressedKVCache : public KVCache {
   struct Sequence {
     std::vector<Layer> layers;
     int64_t length = 0;
+    int64_t total = 0;  // the tokens reserve() announced (0: none)
   };
   Sequence& sequence(int64_t seq);
   const Sequence& sequence(int64_t seq) const;
@@ -113,13 +114,19 @@ class CompressedKVCache : public KVCache {
   // Asks the policy which tokens stay (it sees them in position order): kept slots
   // [kv_heads, n].
   at::Tensor select(const Layer& layer, RetentionInput in) const;
-  // Shrinks the layer to the slots `kept` ([kv_heads, n]).
+  // Shrinks the layer to the slots `kept` ([kv_heads, n]); its stores keep room for `more`
+  // tokens beyond the kept ones (-1: as they are).
   void evict(Layer& layer, const at::Tensor& kept, const at::Tensor& k, const at::Tensor& v,
-             bool prefill) const;
+             bool prefill, int64_t more) const;
   // Asks the policy and evicts if the layer is over budget; the policy's inputs are computed
   // only then (or every step where the policy needs per-step state). Timed as retention.
+  // `total`: the tokens the sequence was reserved for (0: unknown).
   void maybe_evict(Layer& layer, RetentionInput& in, const at::Tensor& q, const at::Tensor& k,
-                   const at::Tensor& v);
+                   const at::Tensor& v, int64_t total);
+  // Tokens that can enter a layer's stores after an eviction at `length` tokens and before the
+  // next one: one for a policy evicting every decode step, the rest of the reserved `total` for
+  // one evicting after the prefill; -1 when that is not known (no reservation).
+  int64_t room_after_eviction(int64_t length, int64_t total) const;
   // Cache positions (cache_positions() policies): each held token's RoPE offset, its rank
   // among the held tokens minus its logical position, [kv_heads, held] int64.
   at::Tensor cache_offsets(const Layer& layer) const;

@@ -17,6 +17,9 @@ class RowBuffer {
   at::Tensor append(int64_t extra);
   // Capacity for `rows` rows in all, allocated once (no doubling up to there); never shrinks.
   void reserve(int64_t rows);
+  // Capacity for exactly max(rows, size()) rows: gives back the room an eviction left (or grows
+  // to it without doubling). Reallocates only when the capacity differs.
+  void fit(int64_t rows);
   // Moves rows as `moves` says and shrinks to moves.size rows per head; capacity is kept for
   // later appends. No row is re-encoded.
   void retain(const RowMoves& moves);

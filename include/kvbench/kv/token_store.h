@@ -64,6 +64,10 @@ class TokenStore {
   // once: the store sizes its buffers so that appends up to there never double them
   // (KVCache::reserve). A hint (appends past it still grow); default: nothing.
   virtual void reserve(int64_t prompt, int64_t total) { (void)prompt, (void)total; }
+  // Room for exactly `tokens` tokens (at least those held), after an eviction dropped some: the
+  // spare rows go back (KVCache under a retention policy). A hint; default: nothing. Stores
+  // that can drop tokens (retain) implement it.
+  virtual void fit(int64_t tokens) { (void)tokens; }
   virtual int64_t size() const = 0;
   // Drops tokens in place by moving rows (see RowMoves), without re-encoding any: the retention
   // policy's eviction. Per-token formats (identity, block quantization, fp8) support it; formats

@@ -21,16 +21,23 @@ namespace kvbench {
 // once after the prefill — plus Quest's page bounds on its sparse layers. `shared` is what the
 // codec holds once for every sequence (fitted bases). Exact for every codec whose bytes depend only
 // on the tokens held (all but GEAR, whose compressed history depends on when it compressed).
+// `prefill` is one sequence while its prompt enters, before a policy evicts: the codec's bytes
+// for the whole prompt at every layer (the model attends over all of it first).
 struct SequenceKvBytes {
   uint64_t per_sequence = 0;
   uint64_t shared = 0;
+  uint64_t prefill = 0;
   std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
+
+  // What `batch` sequences need when they enter one at a time, as a serving engine admits them:
+  // batch - 1 of them held, and the last one's larger of its prefill and its held state.
+  uint64_t batch_bytes(int64_t batch) const;
 };
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
                                   const ModelConfig& config, int64_t prompt, int64_t context);
 
-// The largest batch b with shared + b * per_sequence <= budget_bytes (0 when not even one
-// sequence fits). Throws Error when per_sequence is 0.
+// The largest batch b with batch_bytes(b) <= budget_bytes (0 when not even one sequence fits).
+// Throws Error when per_sequence is 0.
 int64_t largest_batch(double budget_bytes, const SequenceKvBytes& bytes);
 
 }  // namespace kvbench
