@@ -20,7 +20,10 @@ listed on stderr):
 Later files win for cells with the same id. Methods are labelled by name (and the params that
 differ when two methods share a name). When a report holds several configurations of one suite
 (two fidelity suites with prefix_tokens 100 and 900, say), each is its own series, labelled by
-the suite params that differ between them ("[prefix_tokens=100]"); no cell is merged away.
+the suite params that differ between them ("[prefix_tokens=100]"); so are cells run on
+different setups (model, device, threads, attention: "[model.preset=tiny-qwen3]"), as
+`kvbench report`'s setup column keeps them apart, and each method's speed-up is over the full
+cache of its own setup; no cell is merged away.
 Needs python3-matplotlib (installed by scripts/setup.sh).
 """
 import argparse
@@ -60,7 +63,7 @@ def load_cells(paths):
             sys.exit(f"figures: {path}: schema_version {version} (expected 2)")
         for cell in report.get("cells", []):
             if cell.get("status") == "ok":
-                cells[cell["id"]] = cell
+                cells[cell["id"]] = dict(cell, _setup=setup_of(report, cell))
                 not_ok.pop(cell["id"], None)
             else:
                 not_ok[cell["id"]] = cell.get("status")
@@ -69,6 +72,23 @@ def load_cells(paths):
         print(f"figures: left out {len(not_ok)} cell(s) not ok: " + ", ".join(sorted(not_ok)),
               file=sys.stderr)
     return list(cells.values())
+
+
+def setup_of(report, cell):
+    """What a cell ran on, as `kvbench report` names it (its `setup` column): attention, device,
+    threads and, but for the kernels suite, the model's keys (dotted: model.preset)."""
+    cfg = report.get("config", {})
+    setup = {"attention": cfg.get("attention", "cpu"), "device": cfg.get("device", "cpu"),
+             "threads": cfg.get("threads")}
+    if cell.get("suite") != "kernels" and isinstance(cfg.get("model"), dict):
+        setup.update({f"model.{k}": v for k, v in cfg["model"].items()})
+    return setup
+
+
+def labelled_params(cell):
+    """The cell's suite params with its setup: cells of two models or devices never share a
+    series (the setup keys that differ join the label, as params do)."""
+    return {**cell.get("_setup", {}), **cell.get("params", {})}
 
 
 def fmt(v):
@@ -94,7 +114,8 @@ class Labels:
         self.params = collections.defaultdict(dict)
         for c in cells:
             methods[c["method"]["name"]][json.dumps(c["method"], sort_keys=True)] = c["method"]
-            self.params[c["suite"]][json.dumps(c.get("params", {}), sort_keys=True)] = c.get("params", {})
+            p = labelled_params(c)
+            self.params[c["suite"]][json.dumps(p, sort_keys=True)] = p
         self.method_keys = {n: differing(list(ms.values()), skip=("name",)) for n, ms in methods.items()}
 
     def method(self, cell):
@@ -105,7 +126,7 @@ class Labels:
     def config(self, cell, skip=(), within=None):
         """The suite params that differ between the suite's cells; with `within`, only between
         the cells whose param `within` (e.g. "task") has this cell's value."""
-        p = cell.get("params", {})
+        p = labelled_params(cell)
         peers = [q for q in self.params[cell["suite"]].values()
                  if within is None or q.get(within) == p.get(within)]
         return ",".join(f"{k}={fmt(p.get(k))}" for k in differing(peers, skip))
@@ -171,7 +192,8 @@ def throughput_figures(cells, lab, out, written, skipped):
     for i, s in enumerate(methods):
         got = {(conf_of[s], r[0], r[1]): r[2] for r in pts[s]}
         ax.bar([k + i * width for k in range(len(keys))],
-               [got.get(key, 0) / base[key] for key in keys], width, label=s)
+               # A point the method lacks (a failed cell, another grid) is a gap, not 0x.
+               [got.get(key, float("nan")) / base[key] for key in keys], width, label=s)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([k + width * (len(methods) - 1) / 2 for k in range(len(keys))])
     ax.set_xticklabels([f"b{b}\np{p}" + (f"\n{conf}" if conf else "") for conf, b, p in keys], fontsize=7)

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <set>
+#include <string>
 
 #include "kvbench/cli/commands.h"
 #include "kvbench/cli/config_loader.h"
@@ -18,6 +20,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
+#include "kvbench/core/version.h"
 #include "kvbench/report/report.h"
 #include "kvbench/suites/cell.h"
 #include "kvbench/suites/model_provider.h"
@@ -125,6 +128,26 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
   if (opt.resume) {
     spdlog::info("resume: {} cell(s) already done, {} to run", cells.size() - to_run.size(),
                  to_run.size());
+    std::set<std::string> builds;
+    size_t other = 0;
+    for (const auto& c : cells) {
+      auto it = previous.find(c.id);
+      if (it == previous.end() ||
+          it->second.value("measured_by", nlohmann::json()) == nlohmann::json(git_revision()))
+        continue;
+      ++other;
+      const nlohmann::json by = it->second.value("measured_by", nlohmann::json());
+      builds.insert(by.is_string() ? by.get<std::string>() : "of an unknown revision");
+    }
+    if (other > 0) {
+      std::string names;
+      for (const std::string& b : builds) names += (names.empty() ? "" : ", ") + b;
+      spdlog::warn(
+          "resume: {} reused cell(s) were measured by kvbench {}, not by this build ({}): their "
+          "numbers are that build's (each names it in measured_by); run without --resume to "
+          "measure them again",
+          other, names, git_revision());
+    }
   }
 
   // Claimed by the first write (a new name, exclusively); later writes replace it. A resumed

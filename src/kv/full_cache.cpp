@@ -55,9 +55,7 @@ int64_t CompressedKVCache::add_sequence() {
     Layer layer;
     layer.keys = codec_->make_layer_key_store(l, num_kv_heads_, head_dim_);
     layer.values = codec_->make_layer_value_store(l, num_kv_heads_, head_dim_);
-    // Under eviction the stores first take the prompt (the model attends over all of it before
-    // the policy evicts); each eviction then gives back what its policy no longer needs.
-    const int64_t rows = evicts_ && !quest_ ? tokens.prompt : tokens.total;
+    const int64_t rows = first_rows(l, tokens);
     if (rows > 0) {
       layer.keys->reserve(tokens.prompt, rows);
       layer.values->reserve(tokens.prompt, rows);
@@ -191,8 +189,25 @@ at::Tensor CompressedKVCache::select(const Layer& layer, RetentionInput in) cons
   return order.defined() ? order.gather(1, kept) : kept;
 }
 
-int64_t CompressedKVCache::room_after_eviction(int64_t length, int64_t total) const {
-  if (policy_->timing() == EvictionTiming::kDecode) return 1;
+int64_t CompressedKVCache::first_rows(int64_t layer, const SequenceTokens& t) const {
+  if (!evicts_ || quest_ || t.total <= 0) return t.total;
+  const bool decode = policy_->timing() == EvictionTiming::kDecode;
+  RetentionInput in;
+  in.layer = layer;
+  in.num_layers = num_layers_;
+  in.length = decode ? t.total : t.prompt;
+  const int64_t budget = policy_->budget(in);
+  if (t.prompt > budget) return t.prompt;  // the model attends over all of it first
+  if (!decode || budget >= t.total) return t.total;
+  return budget + 1;  // a decode token enters before the oldest leaves
+}
+
+int64_t CompressedKVCache::room_after_eviction(bool prefill, int64_t n, int64_t length,
+                                               int64_t total) const {
+  if (policy_->timing() == EvictionTiming::kDecode) {
+    if (prefill) return 1;
+    return n > 1 ? n : -1;
+  }
   return total > 0 ? std::max<int64_t>(total - length, 0) : -1;
 }
 
@@ -203,7 +218,7 @@ void CompressedKVCache::evict(Layer& layer, const at::Tensor& kept, const at::Te
     const RowMoves moves = row_moves(kept, layer.keys->size());
     layer.keys->retain(moves);
     layer.values->retain(moves);
-    if (more >= 0) {  // a no-op once the stores are that size (every later decode eviction)
+    if (more >= 0) {  // a no-op once the stores are that size
       layer.keys->fit(moves.size + more);
       layer.values->fit(moves.size + more);
     }
@@ -324,7 +339,8 @@ void CompressedKVCache::maybe_evict(Layer& layer, RetentionInput& in, const at::
       case RetentionNeeds::kQueryPages:  // Quest never evicts: it chooses pages per step
         break;
     }
-    evict(layer, select(layer, in), k, v, in.prefill, room_after_eviction(in.length, total));
+    evict(layer, select(layer, in), k, v, in.prefill,
+          room_after_eviction(in.prefill, k.size(1), in.length, total));
   }
   retention_s_ += watch.seconds();
 }

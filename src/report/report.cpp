@@ -134,6 +134,11 @@ std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::p
       }
       if (c["status"] != "ok") continue;
       if (!c.contains("resumed_from")) c["resumed_from"] = f.string();
+      // The build that measured it: a later resume by another build must not pass its timings
+      // off as its own (the report's kvbench block names the build that writes it).
+      if (!c.contains("measured_by") && report.contains("kvbench") &&
+          report["kvbench"].is_object() && report["kvbench"].contains("git_revision"))
+        c["measured_by"] = report["kvbench"]["git_revision"];
       cells[c["id"].get<std::string>()] = c;
     }
   }

@@ -31,6 +31,12 @@ void check_report_document(const nlohmann::json& doc, const std::string& source)
   for (size_t i = 0; i < doc["cells"].size(); ++i)
     KVB_CHECK(is_report_cell(doc["cells"][i]), source, ": cells[", i,
               "]: expected id, suite, method and status");
+  if (doc.contains("partial")) {
+    const nlohmann::json& p = doc["partial"];
+    KVB_CHECK(p.is_object() && p.value("cells_done", nlohmann::json()).is_number_integer() &&
+                  p.value("cells_planned", nlohmann::json()).is_number_integer(),
+              source, ": partial: expected an object with integer cells_done and cells_planned");
+  }
 }
 
 LoadedReport load_report(const std::string& path) {

@@ -189,11 +189,13 @@ const std::vector<SuiteSpec>& suite_specs() {
        }},
       {"throughput",
        "capacity: per method, the largest batch whose KV bytes (the method's formula at the "
-       "context) fit the budget, and decode tokens/s measured at that batch (or at max_batch)",
+       "context, one prompt entering in full) fit the budget, and decode tokens/s measured at "
+       "that batch (or at max_batch)",
        {"context"},
        {"capacity_context"},
        {{"kv_budget_bytes", false},
         {"bytes_per_sequence", true},
+        {"prefill_bytes_per_sequence", false},
         {"max_batch_fit", true},
         {"batch", false},
         {"capped", false},
@@ -202,6 +204,7 @@ const std::vector<SuiteSpec>& suite_specs() {
          return records_of_kind(c, "capacity", {"context"}, [](const json& r) {
            return std::vector<json>{number_at(r, "kv_budget_bytes"),
                                     number_at(r, "bytes_per_sequence"),
+                                    number_at(r, "prefill_bytes_per_sequence"),
                                     number_at(r, "max_batch_fit"),
                                     number_at(r, "batch"),
                                     at(r, "capped"),

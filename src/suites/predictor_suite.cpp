@@ -333,9 +333,9 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
       cost.step_s({}, std::vector<int64_t>(static_cast<size_t>(max_batch),
                                            static_cast<int64_t>(std::llround(mean_prompt))));
   const double saturation = static_cast<double>(replicas * max_batch) / batch_s;
-  const double rate = p["routing_rate"].get<double>() > 0
-                          ? p["routing_rate"].get<double>()
-                          : p["routing_load"].get<double>() * saturation;
+  const bool rate_given = p["routing_rate"].get<double>() > 0;
+  const double rate =
+      rate_given ? p["routing_rate"].get<double>() : p["routing_load"].get<double>() * saturation;
   Rng rng(ctx.spec.seed ^ 0x7017e5eedull);
   const std::vector<double> arrivals = poisson_arrivals(nreq, rate, ctx.spec.seed + 2);
   std::vector<RoutedRequest> reqs;
@@ -373,7 +373,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
          {"replicas", replicas},
          {"max_batch", max_batch},
          {"rate", rate},
-         {"rate_source", p["routing_rate"].get<double>() > 0 ? "routing_rate" : "routing_load"},
+         {"rate_source", rate_given ? "routing_rate" : "routing_load"},
          {"requests", nreq},
          {"samples_s", res.e2e_s},
          {"e2e_s", e2e},

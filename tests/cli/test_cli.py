@@ -163,11 +163,23 @@ class CliTest(CliCase):
         kernels = r2["cells"][0]
         self.assertEqual(kernels["status"], "ok")
         self.assertIn("resumed_from", kernels)
+        self.assertEqual(kernels["measured_by"], r1["kvbench"]["git_revision"])
+        self.assertNotIn("not by this build", second.stderr)
         self.assertEqual(kernels["records"], done[kernels["id"]]["records"])  # reused, not re-run
         self.assertEqual(r2["cells"][1]["status"], "failed")                # failed: ran again
         self.assertNotEqual(r2["cells"][1]["started"], done[r2["cells"][1]["id"]]["started"])
         self.assertEqual(r2["totals"], {"cells": 2, "failed": 1})
         self.assertEqual(subprocess.run([*VALIDATE, str(path2)]).returncode, 0)
+        # Cells another build measured keep its name, and a resume by this build says so.
+        r2["kvbench"]["git_revision"] = "0ldb0ld"
+        for c in r2["cells"]:
+            c.pop("measured_by", None)
+        path2.write_text(json.dumps(r2))
+        third = self.run_ok(cfg, "--resume")
+        self.assertIn("resume: 1 reused cell(s) were measured by kvbench 0ldb0ld, not by this build",
+                      third.stderr)
+        _, r3 = self.report_from(third)
+        self.assertEqual(r3["cells"][0]["measured_by"], "0ldb0ld")
 
     def test_a_killed_run_leaves_a_partial_report_that_resume_finishes(self):
         methods = ["full", "int8", "int4", "fp8", "kivi-2", "kivi-4"]
@@ -959,6 +971,23 @@ class FiguresCliTest(CliCase):
         self.assertIn("figures: skipped serving_cdf: no serving cells", fig.stderr)
         self.assertIn("figures: skipped accuracy_scatter, negative_samples: no accuracy cells", fig.stderr)
         self.assertTrue((self.dir / "figs2" / "fidelity_kl.png").is_file())
+
+        # Cells of another model are other series, never merged into these (the same report
+        # as if run on tiny-qwen3: other ids, the setup names the model).
+        other = json.loads(json.dumps(only))
+        other["config"]["model"]["preset"] = "tiny-qwen3"
+        for c in other["cells"]:
+            c["id"] += ".qwen"
+        twin = self.dir / "fidelity_qwen.json"
+        twin.write_text(json.dumps(other))
+        got = subprocess.run([py, "-c", labels.replace("[sys.argv[2]]", "sys.argv[2:]"),
+                              str(ROOT / "scripts" / "figures.py"), str(part), str(twin)],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(got.returncode, 0, got.stderr)
+        self.assertEqual(sorted(got.stdout.split("\n")[:-1]),
+                         sorted(f"{m} [model.preset={p},prefix_tokens={n}]"
+                                for m in ("full", "int4") for p in ("tiny-llama", "tiny-qwen3")
+                                for n in (16, 32)))
 
     def test_a_missing_report_is_a_one_line_error(self):
         py = python_with_matplotlib()

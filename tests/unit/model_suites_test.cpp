@@ -462,25 +462,25 @@ TEST(Workload, ARetentionMethodThatEvictedNothingIsNamed) {
 // whole pages can make a paged format read above 1x fp16).
 TEST(Workload, TheMemoryNoteNamesEmptyPageSlots) {
   json m = {{"tokens", 40},
-            {"bits_per_value", 19.2},
-            {"ratio_to_fp16", 1.2},
+            {"bits_per_value", 14.4},
+            {"ratio_to_fp16", 0.9},
             {"measured", {{"total", 65536}, {"padding", 16384}}}};
   EXPECT_EQ(kv_memory_note(m),
-            "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, 1.20x fp16, of which "
+            "KV cache at peak: 64.00 KiB for 40 tokens (14.40 bits/value, 0.90x fp16, of which "
             "16.00 KiB empty page slots, not in the bits/value)");
   m["measured"]["padding"] = 1024;
   EXPECT_EQ(kv_memory_note(m),
-            "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, "
-            "1.20x fp16)");
+            "KV cache at peak: 64.00 KiB for 40 tokens (14.40 bits/value, "
+            "0.90x fp16)");
   // Storage occupying over 10% more than it holds (free pool pages, spare rows) is named too.
   m["allocated_bytes"] = 131072;
   EXPECT_EQ(kv_memory_note(m),
-            "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, 1.20x fp16; its "
+            "KV cache at peak: 64.00 KiB for 40 tokens (14.40 bits/value, 0.90x fp16; its "
             "storage occupied 128.00 KiB with free pool pages and spare rows)");
   m["allocated_bytes"] = 70000;
   EXPECT_EQ(kv_memory_note(m),
-            "KV cache at peak: 64.00 KiB for 40 tokens (19.20 bits/value, "
-            "1.20x fp16)");
+            "KV cache at peak: 64.00 KiB for 40 tokens (14.40 bits/value, "
+            "0.90x fp16)");
 }
 
 TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {

@@ -334,6 +334,24 @@ TEST(ReportMerge, RejectsOtherSchemaVersionsNamingTheFile) {
   EXPECT_THROW(load_report("/nonexistent/report.json"), Error);
 }
 
+// A hand-edited `partial` that is not the object a stopped run writes is an input error naming
+// the file, not a JSON library's message.
+TEST(ReportMerge, RejectsAMalformedPartialNamingTheFile) {
+  json doc = make_report("x.json", {}).doc;
+  doc["partial"] = {{"cells_done", 1}, {"cells_planned", 3}};
+  EXPECT_NO_THROW(check_report_document(doc, "p.json"));
+  for (const json& bad : {json(true), json{{"cells_done", "1"}, {"cells_planned", 3}}}) {
+    doc["partial"] = bad;
+    try {
+      check_report_document(doc, "p.json");
+      FAIL() << bad.dump();
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()),
+                "p.json: partial: expected an object with integer cells_done and cells_planned");
+    }
+  }
+}
+
 TEST(ReportMerge, RendersMarkdownCsvAndJson) {
   const auto a = make_report("a.json", {latency_cell("full", 0.1, 0.02, 16, 4000),
                                         latency_cell("int4", 0.1, 0.01, 5, 1250),

@@ -52,9 +52,10 @@ class CompressedKVCache : public KVCache {
   // The stores' buffers whole (spare rows included), with the shared bytes and Quest's pages.
   uint64_t allocated_bytes() const override;
   // The next sequences added get stores sized for their prompts and totals
-  // (TokenStore::reserve), in order, so no store's buffers double up to there; not under an
-  // evicting policy (the first append sizes the stores to the prompt). Replaces any unused
-  // reservation.
+  // (TokenStore::reserve), in order, so no store's buffers double up to there; under an
+  // evicting policy sized for what each layer holds before its first eviction, and fitted at
+  // each eviction to what can enter before the next (first_rows, room_after_eviction).
+  // Replaces any unused reservation.
   void reserve(const std::vector<SequenceTokens>& seqs) override;
   StorageBytes nominal() const override;
   double retention_seconds() const override { return retention_s_; }
@@ -123,10 +124,19 @@ class CompressedKVCache : public KVCache {
   // `total`: the tokens the sequence was reserved for (0: unknown).
   void maybe_evict(Layer& layer, RetentionInput& in, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, int64_t total);
-  // Tokens that can enter a layer's stores after an eviction at `length` tokens and before the
-  // next one: one for a policy evicting every decode step, the rest of the reserved `total` for
-  // one evicting after the prefill; -1 when that is not known (no reservation).
-  int64_t room_after_eviction(int64_t length, int64_t total) const;
+  // Rows layer `layer`'s stores take when a sequence reserved as `t` is added: the request
+  // without eviction; under a retention policy what the layer holds before its first eviction
+  // (the prompt when it is over the layer's budget, else up to the budget plus the decode
+  // token that enters before the oldest leaves, or the whole request for a policy that then
+  // never evicts). 0: nothing reserved.
+  int64_t first_rows(int64_t layer, const SequenceTokens& t) const;
+  // Tokens that can enter a layer's stores after an eviction of a block of `n` at `length`
+  // tokens and before the next one. A policy evicting during decode: one after the prefill
+  // (decode steps follow), the block's size after a later block (prefill chunks: the next
+  // one), -1 after a decode step (keep the stores as they are: they already have the one
+  // row, so the timed decode path never reallocates). One evicting after the prefill: the
+  // rest of the reserved `total`, -1 when none was reserved.
+  int64_t room_after_eviction(bool prefill, int64_t n, int64_t length, int64_t total) const;
   // Cache positions (cache_positions() policies): each held token's RoPE offset, its rank
   // among the held tokens minus its logical position, [kv_heads, held] int64.
   at::Tensor cache_offsets(const Layer& layer) const;

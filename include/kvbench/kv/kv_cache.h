@@ -72,7 +72,8 @@ class KVCache {
   // (PagedKVCache) then holds the pages those and the live sequences can need, grown or (with
   // no sequence live) shrunk to that in one allocation, so that no later step grows it (a
   // growth copies every pool inside a timed step and leaves part of the pool free). A cache
-  // whose policy evicts reserves the prompts only: what it holds afterwards is its policy's.
+  // whose policy evicts reserves at most the prompts: what it holds afterwards is its policy's
+  // (the CPU cache fits its stores to that at each eviction).
   // A hint: without it caches grow as tokens come. Default: nothing.
   virtual void reserve(const std::vector<SequenceTokens>& seqs) { (void)seqs; }
   // The same for a pool shared by whatever runs: up to `sequences` sequences at once holding
