@@ -7,6 +7,7 @@
 # C++20 for 2.14 and later (their ATen.h refuses C++17), C++17 before; the torch+CUDA glue
 # (KVBENCH_TORCH_CUDA) is compiled too, with a stub for the one header a CPU package lacks.
 #   usage: scripts/check_torch_headers.sh [debian-suite ...]   (default: trixie sid)
+#   CHECK_FILES="src/a.cpp src/b.cpp" checks only those sources (e.g. a change's files).
 #   needs: build/compile_commands.json (scripts/setup.sh or any configured build), network to
 #   deb.debian.org. About 10 minutes per suite on 2 cores. Exit 1 when a file fails.
 set -euo pipefail
@@ -47,8 +48,11 @@ for s in "${suites[@]}"; do
 import concurrent.futures as cf, json, os, shlex, subprocess, sys
 torch, std, log = sys.argv[1:4]
 jobs = []
+only = {os.path.realpath(f) for f in os.environ.get("CHECK_FILES", "").split()}
 for entry in json.load(open("build/compile_commands.json")):
     if entry["file"].endswith(".cu"):
+        continue
+    if only and os.path.realpath(os.path.join(entry["directory"], entry["file"])) not in only:
         continue
     args, cmd, i = shlex.split(entry["command"]), [], 0
     while i < len(args):

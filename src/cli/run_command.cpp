@@ -1,6 +1,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
 #include "kvbench/core/version.h"
+#include "kvbench/report/atomic_file.h"
 #include "kvbench/report/report.h"
 #include "kvbench/suites/cell.h"
 #include "kvbench/suites/model_provider.h"
@@ -39,6 +41,27 @@ struct RunOptions {
   bool resume = false;
   std::string command_line;
 };
+
+// SIGINT / SIGTERM during a run: the report on disk already holds every finished cell (it is
+// written after each), so say how to finish it, leave no half-written temporary file, and end
+// with the signal's own status (130 / 143 in a shell). Only async-signal-safe calls.
+void on_stop_signal(int sig) {
+  remove_unfinished_atomic_write();
+  static const char kMessage[] =
+      "\nkvbench: stopped by a signal; the report holds every cell finished before it: the same "
+      "command with --resume runs the rest\n";
+  ssize_t unused = ::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+  (void)unused;
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  for (int sig : {SIGINT, SIGTERM}) ::sigaction(sig, &action, nullptr);
+}
 
 void warn_about_environment(const Environment& env) {
   if (env.blas.reference) {
@@ -241,6 +264,7 @@ int run(const RunOptions& opt) {
   for (const GridRun& g : runs) check_device(g.spec, query_cuda());
   for (const GridRun& g : runs) check_output_dir(g.spec, !opt.dry_run);
   if (opt.dry_run) return dry_run(runs, opt);
+  install_stop_handlers();
 
   // Runs come ordered by model: one provider serves every run of the same model section, so
   // a sweep loads each model once.

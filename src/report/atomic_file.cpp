@@ -11,12 +11,33 @@
 
 namespace kvbench {
 
+namespace {
+// The temporary file of the write in progress ("" when none), for a signal handler.
+char g_unfinished[4096];
+
+void set_unfinished(const std::string& tmp) {
+  g_unfinished[0] = '\0';
+  if (tmp.size() < sizeof(g_unfinished)) {
+    std::memcpy(g_unfinished + 1, tmp.c_str() + 1, tmp.size());  // first byte last: whole or ""
+    g_unfinished[0] = tmp[0];
+  }
+}
+}  // namespace
+
+void remove_unfinished_atomic_write() {
+  if (g_unfinished[0] != '\0') ::unlink(g_unfinished);
+}
+
 bool write_file_atomically(const std::filesystem::path& path, const std::string& content,
                            bool exclusive) {
   std::error_code ec;
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
   KVB_CHECK(!ec, "cannot create directory ", path.parent_path().string(), ": ", ec.message());
   const std::string tmp = path.string() + ".tmp." + std::to_string(getpid());
+  set_unfinished(tmp);
+  struct Done {
+    ~Done() { g_unfinished[0] = '\0'; }
+  } done_writing;
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   KVB_CHECK(fd >= 0, "cannot write ", tmp, ": ", std::strerror(errno));
   size_t done = 0;

@@ -9,6 +9,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -180,6 +181,29 @@ class CliTest(CliCase):
                       third.stderr)
         _, r3 = self.report_from(third)
         self.assertEqual(r3["cells"][0]["measured_by"], "0ldb0ld")
+
+    def test_a_stopped_run_says_how_to_finish_and_leaves_no_temporary_file(self):
+        methods = ["full", "int8", "int4", "fp8", "kivi-2", "kivi-4"]
+        cfg = {"suites": [TINY_SUITE], "methods": [{"name": m} for m in methods], "threads": 1}
+        out = self.dir / "out"
+        run = [KVBENCH, "run", "--config", self.write_config(cfg), "--out", str(out),
+               "--log-level", "warn"]
+        proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline and not any(
+                    "partial" in json.loads(f.read_text()) for f in out.glob("*.json")):
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        if proc.returncode == 0:
+            self.skipTest("the run finished before the signal")
+        self.assertEqual(proc.returncode, -signal.SIGTERM, err)  # the signal's own status
+        self.assertIn("kvbench: stopped by a signal; the report holds every cell finished", err)
+        self.assertIn("--resume runs the rest", err)
+        self.assertEqual([f.name for f in out.iterdir() if ".tmp." in f.name], [])
 
     def test_a_killed_run_leaves_a_partial_report_that_resume_finishes(self):
         methods = ["full", "int8", "int4", "fp8", "kivi-2", "kivi-4"]

@@ -13,4 +13,8 @@ namespace kvbench {
 bool write_file_atomically(const std::filesystem::path& path, const std::string& content,
                            bool exclusive = false);
 
+// Removes the temporary file of a write in progress, if any: for a signal handler (only
+// async-signal-safe calls), so a run stopped mid-write leaves no stray file.
+void remove_unfinished_atomic_write();
+
 }  // namespace kvbench
