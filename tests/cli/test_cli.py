@@ -182,18 +182,33 @@ class CliTest(CliCase):
         _, r3 = self.report_from(third)
         self.assertEqual(r3["cells"][0]["measured_by"], "0ldb0ld")
 
-    def test_a_stopped_run_says_how_to_finish_and_leaves_no_temporary_file(self):
-        methods = ["full", "int8", "int4", "fp8", "kivi-2", "kivi-4"]
-        cfg = {"suites": [TINY_SUITE], "methods": [{"name": m} for m in methods], "threads": 1}
+    METHODS_SIX = ["full", "int8", "int4", "fp8", "kivi-2", "kivi-4"]
+
+    def start_six_cell_run(self, stderr):
+        """A run of six cells in the background: its process, output directory and config."""
+        cfg = {"suites": [TINY_SUITE], "methods": [{"name": m} for m in self.METHODS_SIX],
+               "threads": 1}
         out = self.dir / "out"
         run = [KVBENCH, "run", "--config", self.write_config(cfg), "--out", str(out),
                "--log-level", "warn"]
-        proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        return proc, out, cfg
+
+    @staticmethod
+    def wait_for_partial(proc, out):
+        """The first partial report the run writes, or None once it ends without one."""
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            for f in out.glob("*.json"):  # written atomically: never half a file
+                if "partial" in json.loads(f.read_text()):
+                    return f
+        return None
+
+    def test_a_stopped_run_says_how_to_finish_and_leaves_no_temporary_file(self):
+        proc, out, _ = self.start_six_cell_run(subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 300
-            while proc.poll() is None and time.monotonic() < deadline and not any(
-                    "partial" in json.loads(f.read_text()) for f in out.glob("*.json")):
-                time.sleep(0.02)
+            self.wait_for_partial(proc, out)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
         finally:
@@ -206,20 +221,10 @@ class CliTest(CliCase):
         self.assertEqual([f.name for f in out.iterdir() if ".tmp." in f.name], [])
 
     def test_a_killed_run_leaves_a_partial_report_that_resume_finishes(self):
-        methods = ["full", "int8", "int4", "fp8", "kivi-2", "kivi-4"]
-        cfg = {"suites": [TINY_SUITE], "methods": [{"name": m} for m in methods], "threads": 1}
-        out = self.dir / "out"
-        run = [KVBENCH, "run", "--config", self.write_config(cfg), "--out", str(out),
-               "--log-level", "warn"]
-        proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        partial = None
+        methods = self.METHODS_SIX
+        proc, out, cfg = self.start_six_cell_run(subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 300
-            while partial is None and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-                for f in out.glob("*.json"):  # written atomically: never half a file
-                    if "partial" in json.loads(f.read_text()):
-                        partial = f
+            partial = self.wait_for_partial(proc, out)
         finally:
             proc.kill()
             proc.wait()
