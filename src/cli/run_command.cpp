@@ -155,11 +155,10 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
     size_t other = 0;
     for (const auto& c : cells) {
       auto it = previous.find(c.id);
-      if (it == previous.end() ||
-          it->second.value("measured_by", nlohmann::json()) == nlohmann::json(git_revision()))
-        continue;
-      ++other;
+      if (it == previous.end()) continue;
       const nlohmann::json by = it->second.value("measured_by", nlohmann::json());
+      if (by == nlohmann::json(git_revision())) continue;
+      ++other;
       builds.insert(by.is_string() ? by.get<std::string>() : "of an unknown revision");
     }
     if (other > 0) {

@@ -11,19 +11,21 @@ namespace kvbench {
 RowBuffer::RowBuffer(int64_t kv_heads, int64_t width, at::ScalarType dtype)
     : kv_heads_(kv_heads), width_(width), dtype_(dtype) {}
 
+void RowBuffer::reallocate(int64_t rows) {
+  at::Tensor fresh = at::empty({kv_heads_, rows, width_}, at::TensorOptions().dtype(dtype_));
+  if (size_ > 0) fresh.narrow(1, 0, size_).copy_(data_.narrow(1, 0, size_));
+  data_ = fresh;
+}
+
 void RowBuffer::reserve(int64_t rows) {
   if (rows <= (data_.defined() ? data_.size(1) : 0)) return;
-  at::Tensor bigger = at::empty({kv_heads_, rows, width_}, at::TensorOptions().dtype(dtype_));
-  if (size_ > 0) bigger.narrow(1, 0, size_).copy_(data_.narrow(1, 0, size_));
-  data_ = bigger;
+  reallocate(rows);
 }
 
 void RowBuffer::fit(int64_t rows) {
   rows = std::max(rows, size_);
   if (!data_.defined() || data_.size(1) == rows) return;
-  at::Tensor exact = at::empty({kv_heads_, rows, width_}, at::TensorOptions().dtype(dtype_));
-  if (size_ > 0) exact.narrow(1, 0, size_).copy_(data_.narrow(1, 0, size_));
-  data_ = exact;
+  reallocate(rows);
 }
 
 at::Tensor RowBuffer::append(int64_t extra) {

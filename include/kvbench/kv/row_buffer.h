@@ -56,6 +56,9 @@ class RowBuffer {
   }
 
  private:
+  // Storage for exactly `rows` rows (>= size_), the held rows copied over.
+  void reallocate(int64_t rows);
+
   int64_t kv_heads_, width_;
   at::ScalarType dtype_;
   at::Tensor data_;  // [kv_heads, capacity, width]
