@@ -40,7 +40,15 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 generator=() keep_going=(-- -k)
 command -v ninja >/dev/null && generator=(-G Ninja) keep_going=(-- -k 0)
 echo "configuring $build (torch: $torch_prefix, C++$cxx_std; log: $build/configure.log)"
+# The PyTorch wheel ships fmt 12's headers in its include folder, which CMake passes (as
+# -isystem) before the unpacked packages': spdlog 1.10 then meets fmt 12 and fails to compile
+# (seen on the H200, 2026-12-04). A folder given with -I is searched before every -isystem
+# one, unless it is also an -isystem folder (then GCC drops the -I): so fmt 9 gets a folder of
+# its own, $deps/fmt-first. No torch header this build includes uses fmt (only the profiler's).
+mkdir -p "$deps/fmt-first"
+ln -sfn "$deps/usr/include/fmt" "$deps/fmt-first/fmt"
 cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKVBENCH_CUDA=ON -DCMAKE_CXX_STANDARD="$cxx_std" \
+  -DCMAKE_CXX_FLAGS="-I$deps/fmt-first" \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/usr" -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
   >"$build/configure.log" 2>&1 ||
   { tail -60 "$build/configure.log"; exit 1; }

@@ -16,6 +16,14 @@
 #   via the device tool: run(command="scripts/gpu_session.sh", timeout_s=600, carry=["build-gpu"])
 #   unpack here: tar xzf bundle.tgz -C some-dir
 # Expects build-gpu/ from scripts/gpu_build.sh (run here, carried there).
+#
+# A second call in the same session (what the first left unmeasured) narrows it:
+#   GPU_SKIP="stage ..."       stages not to run (their names as in session.log; unit_tests
+#                              also leaves the unit tests unbuilt)
+#   GPU_TESTS_FILTER=F         the kernel tests (and the memcheck) run filter F
+#   GPU_MEMCHECK_EARLY=0       memcheck after the end-to-end stages, not while the CLI builds
+#   GPU_E2E_CAP=S              the e2e stage's cap (default 240 s)
+#   KVBENCH_DECODE_LOOP=...    the suites' decode loops, as the decode bench chose them before
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/kvbench-gpu}
@@ -43,6 +51,10 @@ bundle() {
 stage() {
   local name=$1 cap=$2
   shift 2
+  if [[ " ${GPU_SKIP:-} " == *" $name "* ]]; then
+    log "$name: skipped (GPU_SKIP)"
+    return 1
+  fi
   local left=$((budget - (SECONDS - start)))
   if [ "$left" -lt 20 ]; then
     log "$name: skipped (${left} s left)"
@@ -93,15 +105,18 @@ fi
 #    leaves a marker once built in this call.
 #    A failed CLI build leaves cli.failed and the tests are still compiled (-k: every file's
 #    errors in one call).
+build_tests=1
+[[ " ${GPU_SKIP:-} " == *" unit_tests "* ]] && build_tests=0
 setsid bash -c "if JOBS=12 KVBENCH_TARGETS=kvbench nice -n 19 scripts/gpu_full_build.sh build-cuda
   then touch '$LOGS/cli.built'; else touch '$LOGS/cli.failed'; fi
+  [ $build_tests = 1 ] || exit 0
   if JOBS=12 KVBENCH_TARGETS=kvbench_tests nice -n 19 scripts/gpu_full_build.sh build-cuda
   then touch '$LOGS/tests.built'; else touch '$LOGS/tests.failed'; fi" >"$LOGS/full_build.log" 2>&1 &
 build_pid=$!
 log "full build: started in the background"
 
 # 1. The kernels against their float64 references (numbers from a wrong kernel mean nothing).
-stage gpu_tests 120 build-gpu/gpu_tests --gtest_brief=1
+stage gpu_tests 120 build-gpu/gpu_tests --gtest_brief=1 --gtest_filter="${GPU_TESTS_FILTER:-*}"
 tail -4 "$LOGS/gpu_tests.log"
 # The kernels' SASS, to read here (this machine has no cuobjdump; perf-notes: instruction budget).
 stage sass 30 bash -c "rc=0; for o in decode_attention palu_decode gear_decode; do
@@ -122,7 +137,7 @@ tail -30 "$LOGS/sdpa_peer.log"
 #    The suites below run each format on its fastest loop of the bench at batch 16 x 32k (v2
 #    where the bench has no line); their reports record it (environment.overrides).
 suite_env=("${cuda_env[@]}")
-loops=$(python3 scripts/best_decode_loops.py "$LOGS/decode_bench.jsonl" 2>/dev/null)
+loops=${KVBENCH_DECODE_LOOP:-$(python3 scripts/best_decode_loops.py "$LOGS/decode_bench.jsonl" 2>/dev/null)}
 if [ -n "$loops" ]; then
   suite_env+=("KVBENCH_DECODE_LOOP=$loops")
   log "decode loops for the suites: $loops"
@@ -130,19 +145,22 @@ fi
 #    H2O's prefill sums (kernels/summed_attention.cu) at the e2e shape, 2k-16k tokens.
 stage summed_bench 30 build-gpu/summed_attention_bench --out "$LOGS/summed_bench.jsonl"
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.
+memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*HeadProjectGpu*-*_v3h'
 memcheck() {
   stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests \
-    --gtest_brief=1 --gtest_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*HeadProjectGpu*-*_v3h'
+    --gtest_brief=1 --gtest_filter="${GPU_TESTS_FILTER:-$memcheck_filter}"
   memcheck_done=1
 }
 memcheck_done=0
-[ -e "$LOGS/cli.built" ] || memcheck
+[ -e "$LOGS/cli.built" ] || [ "${GPU_MEMCHECK_EARLY:-1}" = 0 ] || memcheck
 # 4. The end-to-end acceptance (Llama-3-8B shapes, batch 16 x 8k), then the kernels suite,
 #    the build paused meanwhile.
 if wait_for "$LOGS/cli.built" 60; then
   build_signal STOP
   for suite in e2e kernels; do
-    stage "$suite" 240 "${suite_env[@]}" build-cuda/kvbench run -c "configs/gpu-$suite.json" \
+    cap=240
+    [ "$suite" = e2e ] && cap=${GPU_E2E_CAP:-240}
+    stage "$suite" "$cap" "${suite_env[@]}" build-cuda/kvbench run -c "configs/gpu-$suite.json" \
       --out "$LOGS/$suite" --log-level warn
     "${cuda_env[@]}" build-cuda/kvbench report "$LOGS/$suite"/*.json >"$LOGS/$suite-report.md" 2>&1 &&
       grep -v "^$" "$LOGS/$suite-report.md" | head -40

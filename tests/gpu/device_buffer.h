@@ -31,17 +31,24 @@ inline bool have_gpu(std::string* why) {
 
 struct DeviceBuffer {
   void* ptr = nullptr;
+  size_t bytes = 0;
   DeviceBuffer() = default;
   DeviceBuffer(const DeviceBuffer&) = delete;
   ~DeviceBuffer() { cudaFree(ptr); }
+  // Copies `host` in; an upload of the same size reuses the allocation, so that a problem
+  // holding `ptr` from an earlier upload (an output re-poisoned between passes) stays valid.
   template <class T>
   cudaError_t upload(const std::vector<T>& host) {
-    cudaFree(ptr);
-    ptr = nullptr;
-    if (host.empty()) return cudaSuccess;
-    cudaError_t e = cudaMalloc(&ptr, host.size() * sizeof(T));
-    if (e != cudaSuccess) return e;
-    return cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+    const size_t n = host.size() * sizeof(T);
+    if (n != bytes) {
+      cudaFree(ptr);
+      ptr = nullptr, bytes = 0;
+      if (n == 0) return cudaSuccess;
+      cudaError_t e = cudaMalloc(&ptr, n);
+      if (e != cudaSuccess) return e;
+      bytes = n;
+    }
+    return n == 0 ? cudaSuccess : cudaMemcpy(ptr, host.data(), n, cudaMemcpyHostToDevice);
   }
   template <class T>
   cudaError_t download(std::vector<T>& host) const {

@@ -105,6 +105,7 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
     ASSERT_CUDA(kernels::palu_plan(p, c.max_len(), sms, &plan));
     ASSERT_CUDA(work.upload(std::vector<char>(plan.workspace_bytes)));
     ASSERT_CUDA(out.upload(std::vector<float>(got.size(), NAN)));
+    p.out = static_cast<float*>(out.ptr);
     ASSERT_CUDA_WITH(kernels::palu_decode(p, plan, work.ptr, nullptr), kernels::palu_check(p));
     ASSERT_CUDA(cudaDeviceSynchronize());
     ASSERT_CUDA(out.download(got));
