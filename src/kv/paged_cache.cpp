@@ -1019,7 +1019,7 @@ void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, in
       KVB_CHECK(i == 0 || t > p[h * held + i - 1],
                 "paged cache: a selection's positions must ascend per head");
     }
-  keep_positions(s.kept[size_t(layer)], p, held, length);
+  if (keep_positions(s.kept[size_t(layer)], p, held, length)) s.lists_changed = true;
   s.evicted = true;
   // After the step's last layer its length is final: free now (else at the step's end).
   if (s.length == length) free_evicted_pages(s);
@@ -1284,7 +1284,7 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   Stopwatch watch;
   Retained& r = s.kept[size_t(layer)];
   if (const std::optional<RetentionSpan> span = policy_->span(in)) {
-    keep_span(r, *span, in.length);
+    if (keep_span(r, *span, in.length)) s.lists_changed = true;
     s.evicted = true;
     retention_s_ += watch.seconds();
     return;
@@ -1322,12 +1322,12 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
                 " held tokens");
       scratch_[size_t(h * kept + i)] = at < count ? listed[h * count + at] : tail + at - count;
     }
-  keep_positions(r, scratch_.data(), kept, in.length);
+  if (keep_positions(r, scratch_.data(), kept, in.length)) s.lists_changed = true;
   s.evicted = true;
   retention_s_ += watch.seconds();
 }
 
-void PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length) {
+bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length) {
   // The tail: the longest run of the newest tokens that every head keeps.
   int64_t run = held;
   for (int64_t h = 0; h < num_kv_heads_; ++h) {
@@ -1342,21 +1342,38 @@ void PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held
   const int* old = same && count > 0 ? r.host.data_ptr<int>() : nullptr;
   for (int64_t h = 0; same && h < num_kv_heads_; ++h)
     for (int64_t i = 0; same && i < count; ++i) same = old[h * count + i] == kept[h * held + i];
-  if (same) return;
+  if (same) return false;
   r.host = at::empty({num_kv_heads_, count}, at::kInt);
   int* list = r.host.data_ptr<int>();
   for (int64_t h = 0; h < num_kv_heads_; ++h)
     for (int64_t i = 0; i < count; ++i) list[h * count + i] = int(kept[h * held + i]);
   r.device = UploadedList{};
+  return true;
 }
 
-void PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t length) {
+bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t length) {
   // Of the tail [tail, length): [tail, prefix) and [newest, length), one run when they meet.
   const int64_t tail = r.tail, count = r.count();
   const int64_t newest = std::min(length, std::max(tail, span.newest));
+  const int* listed = count > 0 ? r.host.data_ptr<int>() : nullptr;
+  // The steady state (StreamingLLM's window sliding on past its sinks, at every decode step
+  // of every layer and sequence): the list lies below the prefix and the tail already starts
+  // past it, so only the tail moves. What the general path below would find (the same list,
+  // the tail at `newest`) without building and comparing kv_heads x held positions. Not when
+  // a head's last listed position adjoins the new tail (the general path folds it in).
+  if (r.selected() && tail >= span.prefix) {
+    bool only_tail = true;
+    for (int64_t h = 0; only_tail && h < num_kv_heads_ && count > 0; ++h) {
+      const int64_t last = listed[h * count + count - 1];
+      only_tail = last < span.prefix && last + 1 < newest;
+    }
+    if (only_tail) {
+      r.tail = newest;
+      return false;
+    }
+  }
   const int64_t prefix_end = std::max(tail, std::min(span.prefix, newest));
   // Each head's listed positions the span covers, then the tail's prefix part, then the tail.
-  const int* listed = count > 0 ? r.host.data_ptr<int>() : nullptr;
   int64_t kept = -1;
   scratch_.clear();
   for (int64_t h = 0; h < num_kv_heads_; ++h) {
@@ -1372,7 +1389,7 @@ void PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t len
               "': its span keeps different numbers of tokens in different heads");
     kept = n;
   }
-  keep_positions(r, scratch_.data(), kept, length);
+  return keep_positions(r, scratch_.data(), kept, length);
 }
 void PagedKVCache::free_evicted_pages(Sequence& s) {
   s.evicted = false;
@@ -1383,9 +1400,19 @@ void PagedKVCache::free_evicted_pages(Sequence& s) {
                        kernels::append::value_pages_end(T, format_.residual)) /
               P;
   if (settled <= 0) return;
-  std::vector<bool> used(size_t(settled), false);
+  // Every page from the lowest tail's on is held (by that layer's tail), so only pages below
+  // `below` can be free, and only those no list names. With the lists unchanged and `below`
+  // not past where the last look reached, nothing new can be free: a StreamingLLM step moves
+  // its tails within a page 15 times out of 16, and the look costs every listed position.
+  int64_t below = settled;
   for (const Retained& r : s.kept) {
     if (!r.selected()) return;  // a layer that still holds every token
+    below = std::min(below, r.tail / P);
+  }
+  if (!s.lists_changed && below <= s.looked_below) return;
+  s.lists_changed = false, s.looked_below = below;
+  std::vector<bool> used(size_t(settled), false);
+  for (const Retained& r : s.kept) {
     const int* p = r.count() > 0 ? r.host.data_ptr<int>() : nullptr;
     for (int64_t i = 0; i < r.host.numel(); ++i)
       if (p[i] / P < settled) used[size_t(p[i] / P)] = true;

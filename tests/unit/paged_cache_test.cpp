@@ -9,10 +9,12 @@
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
@@ -740,6 +742,45 @@ TEST(PagedRetentionSpanTest, SpanAndSelectionKeepTheSameLists) {
         EXPECT_TRUE(at::equal(span.kept_positions(seq, l), asked.kept_positions(seq, l)));
       }
     EXPECT_EQ(span.free_pages(), asked.free_pages());
+  }
+}
+
+// Pages come back at the step their last kept token leaves, not later: after every step of a
+// fixed pool, the free pages are the pool less the pages some layer keeps a token in and the
+// last, partly written one. (free_evicted_pages looks only when a list changed or a tail
+// passed a page: this checks that it never skips a page that became free.)
+TEST(PagedRetentionSpanTest, PagesComeBackAtTheStepTheirLastTokenLeaves) {
+  const PagedFormat format = paged_format_for({{"name", "fp16"}}, at::kHalf);
+  const int64_t P = format.page_size, pool = 12;
+  for (const auto& [sinks, window, timing] :
+       {std::tuple<int64_t, int64_t, EvictionTiming>{4, 20, EvictionTiming::kDecode},
+        {0, 9, EvictionTiming::kDecode},
+        {20, 12, EvictionTiming::kDecode},
+        {4, 20, EvictionTiming::kAfterPrefill}}) {
+    auto streaming = std::make_shared<StreamingLlmPolicy>(sinks, window, timing);
+    PagedKVCache cache(format, kLayers, kKvHeads, kDim, PagedCapacity{pool, pool, 1}, at::kCPU,
+                       streaming, true);
+    auto gen = at::detail::createCPUGenerator(8);
+    const int64_t seq = cache.add_sequence();
+    std::vector<int64_t> steps = {40};
+    for (int i = 0; i < 70; ++i) steps.push_back(i % 10 == 9 ? 9 : 1);  // some cross pages
+    for (const int64_t n : steps) {
+      for (int64_t layer = 0; layer < kLayers; ++layer) {
+        const Block x = random_block(n, at::kHalf, gen);
+        cache.append_and_attend(seq, layer, x.q, x.k, x.v);
+      }
+      const int64_t length = cache.length(seq), written = (length + P - 1) / P;
+      std::vector<bool> held(size_t(written), false);
+      for (int64_t page = length / P; page < written; ++page) held[size_t(page)] = true;
+      for (int64_t l = 0; l < kLayers; ++l) {
+        const at::Tensor kept = cache.kept_positions(seq, l).contiguous();
+        const int64_t* k = kept.data_ptr<int64_t>();
+        for (int64_t i = 0; i < kept.numel(); ++i) held[size_t(k[i] / P)] = true;
+      }
+      const int64_t in_use = std::count(held.begin(), held.end(), true);
+      ASSERT_EQ(cache.free_pages(), pool - in_use)
+          << "sinks " << sinks << " window " << window << " at length " << length;
+    }
   }
 }
 

@@ -272,6 +272,10 @@ class PagedKVCache final : public KVCache {
     std::vector<QuestBounds> quest;       // per layer (Quest's layers past its dense ones)
     int64_t quest_room = 0;               // pages the bounds are first made for (reserve())
     bool evicted = false;                 // this step evicted somewhere: look for pages to free
+    // Since free_evicted_pages last looked: whether a list changed, and the page bound below
+    // which it looked (pages from there on were held then).
+    bool lists_changed = true;
+    int64_t looked_below = 0;
   };
   struct Layer {
     at::Tensor k_data, v_data, k_meta, v_meta;  // [pages, kv_heads, page bytes] uint8
@@ -460,11 +464,12 @@ class PagedKVCache final : public KVCache {
                const at::Tensor& positions, int64_t tokens, bool values) const;
   // `r` becomes `kept` (kv_heads rows of `held` positions, ascending, of a sequence of
   // `length` tokens) as listed positions and a tail; a new list (and upload) only when the
-  // list changed.
-  void keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length);
+  // list changed. True when the list changed.
+  bool keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length);
   // `r` keeps, of what it holds, positions [0, span.prefix) and [span.newest, length): a
   // positions-only policy's choice applied to the list and tail, without a positions tensor.
-  void keep_span(Retained& r, const RetentionSpan& span, int64_t length);
+  // True when the list changed (else only the tail moved, or nothing).
+  bool keep_span(Retained& r, const RetentionSpan& span, int64_t length);
   // Frees the pages of `s` no layer retains a token in and no later append writes.
   void free_evicted_pages(Sequence& s);
   // Reference attention of a block's queries qb [heads, n, head_dim] over `rows` (rows_at).
