@@ -1471,7 +1471,12 @@ PagedKVCache::Rows PagedKVCache::rows_at(const kernels::PagedKvStore& store, con
   // The dequantizer writes keys and values of every token; the positions are gathered.
   const auto [k, v] =
       paged_cuda::dequantize(store, table_row, num_kv_heads_, head_dim_, s.slot, tokens);
-  const at::Tensor index = positions.to(device_).unsqueeze(2).expand({-1, -1, head_dim_});
+  // Ascending positions below `tokens`, `tokens` of them, are every token in order (a
+  // prefill, or a layer nothing was evicted from yet): no gather, and no positions to upload.
+  if (positions.size(1) == tokens) return {k, values ? v : at::Tensor()};
+  // From pinned memory: a pageable copy would wait for the layer's queued work (once per
+  // sequence and layer of a prefill under a policy).
+  const at::Tensor index = upload(positions).unsqueeze(2).expand({-1, -1, head_dim_});
   return {k.gather(1, index), values ? v.gather(1, index) : at::Tensor()};
 }
 
