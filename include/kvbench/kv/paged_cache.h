@@ -207,9 +207,14 @@ class PagedKVCache final : public KVCache {
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   double retention_seconds() const override { return retention_s_; }
   at::Device device() const override { return device_; }
-  // On a GPU, the kernels' fp16/bf16 (policies and Quest take fp32 in and convert it).
+  // On a GPU, the kernels' fp16/bf16, with a policy too: every policy path converts what it
+  // reads (the gathered rows' attention, the decode lists and the window scores take fp32 of
+  // the same values), H2O's prefill sums run on the tensor cores only for 16-bit q, and the
+  // engine hands 16-bit q/k/v only when they are the model's own (no rounding). Under a
+  // policy this was fp32 until 2026-12-04, which cost six casts per layer of every decode
+  // step and kept H2O's prefill on the fp32 formula (docs/perf-notes.md, first H200 run).
   at::ScalarType attend_dtype() const override {
-    return device_.is_cuda() && !policy_ ? input_dtype() : at::kFloat;
+    return device_.is_cuda() ? input_dtype() : at::kFloat;
   }
 
   // Positions `layer` retains of `seq`: [kv_heads, held] int64, ascending per head (every
