@@ -2,13 +2,16 @@
 // the device's copy bandwidth measured in the same process, and Palu's latent decode kernel
 // (kernels/palu_decode.h: keys rebuilt and rotated per tile) at ranks 64 and 96 and its G-LRD
 // (rank 128 per group of 4 KV heads), and GEAR's
-// block decode kernel (kernels/gear_decode.h) at gear's and gear-4's settings. One layer of a
+// block decode kernel (kernels/gear_decode.h) at gear's and gear-4's settings, and the
+// retained-index kernel (kernels/retained_decode.h) at SnapKV-2048's and StreamingLLM-512's kept
+// tokens (kept-2k, kept-512). One layer of a
 // Llama-3-8B-shaped model (32 query heads, 8 KV heads, head_dim 128). Caches hold random codes and
 // scales (speed does not depend on values; fp formats hold finite random values); inputs are
 // rotated among replicas so a small working set is not served from L2.
 //
 // usage: gpu_decode_bench [--out FILE.jsonl] [--quick] [--profile FORMAT:LOOP:BATCH:CONTEXT]
-// --profile times that one case alone (e.g. int4:v3:16:32768), for a profiler such as ncu.
+// --profile times that one case alone (e.g. int4:v3:16:32768, or gear:-:16:32768 for the rows
+// without loops), for a profiler such as ncu.
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
@@ -24,6 +27,7 @@
 #include "decode_attention.h"
 #include "gear_decode_launcher.h"
 #include "palu_decode_launcher.h"
+#include "retained_decode_launcher.h"
 
 using kvbench::kernels::KvFormat;
 namespace k = kvbench::kernels;
@@ -338,15 +342,107 @@ Result time_gear(int bits, int G, int buffer, int B, int T, int sm_count, cudaSt
   return {t, bytes / (t * 1e-6) / 1e9, bytes, plan.splits};
 }
 
-// One case alone ("int4:v3:16:32768"), so that a profiler sees only its launches.
+// The retained-index kernel (retained_decode.h) over fp16 pages, as SnapKV, StreamingLLM and
+// H2O decode on the GPU path: each (sequence, KV head) lists `listed` positions (sorted,
+// distinct, random: a selection scatters over the whole context) below its tail, then the
+// tail of `tail` tokens up to T. Bytes: the kept tokens' K and V rows, the lists, fp32 q/out.
+Result time_retained(int listed, int tail, int B, int T, cudaStream_t s) {
+  const int Hq = 32, Hkv = 8, D = 128, P = 16;
+  const int pages_per_seq = (T + P - 1) / P;
+  const k::PageBytes pb = k::page_bytes(KvFormat::kFp16, true, P, D);
+  const double cache_bytes = 2.0 * B * pages_per_seq * Hkv * pb.data;
+  const int replicas = std::clamp(int(512e6 / cache_bytes), 1, 16);
+  const size_t pages = size_t(replicas) * B * pages_per_seq;
+  Buffer kd, vd, q, out, table, lens, lists, ptrs, counts, tails;
+  kd.alloc(pages * Hkv * pb.data, 1, 21);
+  vd.alloc(pages * Hkv * pb.data, 1, 22);
+  const size_t nq = size_t(B) * Hq * D;
+  for (Buffer* b : {&q, &out}) {
+    CHECK(cudaMalloc(&b->p, nq * 4));
+    fill_float<<<256, 256>>>(static_cast<float*>(b->p), nq, -1.f, 2.f);
+  }
+  upload_tables(table, lens, pages, B, T);
+  const int start = T - tail;
+  std::mt19937 rng(7);
+  std::vector<int> all(size_t(B) * Hkv * listed), pool(size_t(std::max(start, 0)));
+  std::iota(pool.begin(), pool.end(), 0);
+  for (int row = 0; row < B * Hkv; ++row) {
+    std::shuffle(pool.begin(), pool.end(), rng);
+    std::sort(pool.begin(), pool.begin() + listed);
+    std::copy(pool.begin(), pool.begin() + listed, all.begin() + size_t(row) * listed);
+  }
+  CHECK(cudaMalloc(&lists.p, std::max<size_t>(all.size(), 1) * 4));
+  CHECK(cudaMemcpy(lists.p, all.data(), all.size() * 4, cudaMemcpyHostToDevice));
+  std::vector<const int*> where(static_cast<size_t>(B));
+  for (int b = 0; b < B; ++b)
+    where[size_t(b)] = static_cast<const int*>(lists.p) + size_t(b) * Hkv * listed;
+  std::vector<int> n(size_t(B), listed), t0(size_t(B), start);
+  CHECK(cudaMalloc(&ptrs.p, B * sizeof(int*)));
+  CHECK(cudaMemcpy(ptrs.p, where.data(), B * sizeof(int*), cudaMemcpyHostToDevice));
+  CHECK(cudaMalloc(&counts.p, B * 4));
+  CHECK(cudaMemcpy(counts.p, n.data(), B * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaMalloc(&tails.p, B * 4));
+  CHECK(cudaMemcpy(tails.p, t0.data(), B * 4, cudaMemcpyHostToDevice));
+  k::RetainedProblem p;
+  p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.head_dim = D;
+  p.max_pages_per_seq = pages_per_seq, p.seq_lens = static_cast<int*>(lens.p);
+  p.kept_lists = static_cast<const int* const*>(ptrs.p);
+  p.kept_counts = static_cast<int*>(counts.p), p.tail_start = static_cast<int*>(tails.p);
+  p.softmax_scale = 0.088f, p.q = static_cast<float*>(q.p), p.out = static_cast<float*>(out.p);
+  k::PagedKvStore store;
+  store.format = KvFormat::kFp16, store.page_size = P, store.k_data = kd.p, store.v_data = vd.p;
+  const double t = time_steps(s, [&](int step) {
+    p.block_table = static_cast<int*>(table.p) + size_t(step % replicas) * B * pages_per_seq;
+    CHECK(k::retained_decode(p, store, s));
+  });
+  const double bytes = 2.0 * B * Hkv * (listed + tail) * D * 2 + 4.0 * all.size() + 2.0 * nq * 4;
+  return {t, bytes / (t * 1e-6) / 1e9, bytes, 1};
+}
+
+// The rows that are not a paged format's loop: Palu's, GEAR's and the retained-index kernel's,
+// by the names the table prints; false for another name.
+bool time_named(const std::string& name, int B, int T, int sm_count, cudaStream_t s, Result* r) {
+  if (name == "palu-r64") return *r = time_palu(64, B, T, sm_count, s), true;
+  if (name == "palu-r96") return *r = time_palu(96, B, T, sm_count, s), true;
+  if (name == "palu-r128-g4") return *r = time_palu(128, B, T, sm_count, s, 4), true;
+  if (name == "gear") return *r = time_gear(2, 64, 64, B, T, sm_count, s), true;
+  if (name == "gear-4") return *r = time_gear(4, 32, 20, B, T, sm_count, s), true;
+  // SnapKV-2048's decode (2016 selected + a 32-token window) and StreamingLLM-512's (4 sinks +
+  // a 508-token window), over contexts that hold them.
+  if (name == "kept-2k" && T > 2048) return *r = time_retained(2016, 32, B, T, s), true;
+  if (name == "kept-512" && T > 512) return *r = time_retained(4, 508, B, T, s), true;
+  return false;
+}
+
+// One case alone ("int4:v3:16:32768", or "gear:-:16:32768" for a row without loops), so that a
+// profiler sees only its launches.
 int profile_one(const std::string& spec) {
   char name[32] = {}, loop[8] = {};
   int B = 0, T = 0;
   if (std::sscanf(spec.c_str(), "%31[^:]:%7[^:]:%d:%d", name, loop, &B, &T) != 4 || B < 1 ||
-      T < 1 || (std::strcmp(loop, "v2") && std::strcmp(loop, "v3") && std::strcmp(loop, "v3h"))) {
-    std::fprintf(stderr, "--profile expects FORMAT:v2|v3|v3h:BATCH:CONTEXT, got '%s'\n",
+      T < 1 ||
+      (std::strcmp(loop, "v2") && std::strcmp(loop, "v3") && std::strcmp(loop, "v3h") &&
+       std::strcmp(loop, "-"))) {
+    std::fprintf(stderr, "--profile expects FORMAT:v2|v3|v3h|-:BATCH:CONTEXT, got '%s'\n",
                  spec.c_str());
     return 2;
+  }
+  if (!std::strcmp(loop, "-")) {
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    cudaStream_t s;
+    CHECK(cudaStreamCreate(&s));
+    Result r;
+    if (!time_named(name, B, T, prop.multiProcessorCount, s, &r)) {
+      std::fprintf(stderr,
+                   "--profile: unknown row '%s' (palu-r64, palu-r96, palu-r128-g4, "
+                   "gear, gear-4, kept-2k, kept-512)\n",
+                   name);
+      return 2;
+    }
+    std::printf("%s %d x %d: %.1f us/step, %.0f GB/s, %d splits\n", name, B, T, r.us, r.gbps,
+                r.splits);
+    return 0;
   }
   for (int f = 0; f <= int(KvFormat::kInt2); ++f) {
     if (std::strcmp(k::format_name(KvFormat(f)), name)) continue;
@@ -431,37 +527,23 @@ int main(int argc, char** argv) {
                        k::format_name(f), loop, B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs,
                        fp16_us / r.us, ideal, r.splits);
       }
-    // Palu at ranks 64 and 96 (a latent per KV head), and G-LRD: a rank-128 latent per 4 heads.
-    for (auto [R, G] : {std::pair<int, int>{64, 1}, {96, 1}, {128, 4}}) {
-      Result r = time_palu(R, B, T, prop.multiProcessorCount, s, G);
-      const std::string name =
-          "palu-r" + std::to_string(R) + (G > 1 ? "-g" + std::to_string(G) : std::string());
-      const double ideal = 128.0 * G / R;  // fp16's 2 * 128 values per token and head over 2 R / G
-      std::printf("%-9s %4s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", name.c_str(), "-", B,
-                  T, r.us, r.gbps, 100 * r.gbps / copy_gbs, fp16_us / r.us, ideal, r.splits);
-      if (jl)
-        std::fprintf(jl,
-                     "{\"format\":\"%s\",\"loop\":\"-\",\"batch\":%d,\"context\":%d,"
-                     "\"us_per_step\":%.3f,\"bytes\":%.0f,\"gbps\":%.1f,\"copy_fraction\":%.4f,"
-                     "\"speedup_vs_fp16\":%.3f,\"ideal_ratio\":%.3f,\"splits\":%d}\n",
-                     name.c_str(), B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs, fp16_us / r.us,
-                     ideal, r.splits);
-    }
-    struct GearRow {
-      const char* name;
-      int bits, group, buffer;
-    };
-    for (const GearRow g : {GearRow{"gear", 2, 64, 64}, GearRow{"gear-4", 4, 32, 20}}) {
-      Result r = time_gear(g.bits, g.group, g.buffer, B, T, prop.multiProcessorCount, s);
-      const double ideal = 2.0 * B * Hkv_all * T * 128 * 2 / (r.bytes - 2.0 * B * 32 * 128 * 4);
-      std::printf("%-9s %4s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", g.name, "-", B, T,
+    // Palu at ranks 64 and 96 (a latent per KV head), and G-LRD: a rank-128 latent per 4 heads;
+    // GEAR; the retained-index kernel at SnapKV-2048's and StreamingLLM-512's kept tokens.
+    // ideal: fp16's bytes of the whole context over the row's own (q and out left out).
+    for (const char* name :
+         {"palu-r64", "palu-r96", "palu-r128-g4", "gear", "gear-4", "kept-2k", "kept-512"}) {
+      Result r;
+      if (!time_named(name, B, T, prop.multiProcessorCount, s, &r)) continue;
+      const double fp16_bytes = 2.0 * B * Hkv_all * T * 128 * 2;
+      const double ideal = fp16_bytes / (r.bytes - 2.0 * B * 32 * 128 * 4);
+      std::printf("%-9s %4s %5d %7d %10.1f %9.0f %5.0f%% %7.2fx %7.2fx %6d\n", name, "-", B, T,
                   r.us, r.gbps, 100 * r.gbps / copy_gbs, fp16_us / r.us, ideal, r.splits);
       if (jl)
         std::fprintf(jl,
                      "{\"format\":\"%s\",\"loop\":\"-\",\"batch\":%d,\"context\":%d,"
                      "\"us_per_step\":%.3f,\"bytes\":%.0f,\"gbps\":%.1f,\"copy_fraction\":%.4f,"
                      "\"speedup_vs_fp16\":%.3f,\"ideal_ratio\":%.3f,\"splits\":%d}\n",
-                     g.name, B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs, fp16_us / r.us, ideal,
+                     name, B, T, r.us, r.bytes, r.gbps, r.gbps / copy_gbs, fp16_us / r.us, ideal,
                      r.splits);
     }
   }

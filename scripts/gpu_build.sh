@@ -32,7 +32,8 @@ compile_logged "$OUT/ptxas-summed.log" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -I
   -c kernels/summed_attention.cu -o "$OUT/summed_attention.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/head_project.cu -o "$OUT/head_project.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -o "$OUT/gpu_decode_bench" bench/gpu_decode_bench.cu \
-  "$OUT/decode_attention.o" "$OUT/palu_decode.o" "$OUT/gear_decode.o"
+  "$OUT/decode_attention.o" "$OUT/palu_decode.o" "$OUT/gear_decode.o" "$OUT/retained_decode.o" \
+  "$OUT/kv_paged_decode.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -o "$OUT/summed_attention_bench" \
   bench/summed_attention_bench.cu "$OUT/summed_attention.o"
 rm -f "$OUT/gpu_tests"  # never carry a stale one that tests older kernels
