@@ -48,10 +48,12 @@ bundle() {
 
 # stage NAME CAP COMMAND...: runs COMMAND for at most CAP seconds (fewer when the budget has
 # fewer left), its output in $LOGS/NAME.log; skipped when under 20 s remain.
+# Whether GPU_SKIP names stage $1.
+skipped() { [[ " ${GPU_SKIP:-} " == *" $1 "* ]]; }
 stage() {
   local name=$1 cap=$2
   shift 2
-  if [[ " ${GPU_SKIP:-} " == *" $name "* ]]; then
+  if skipped "$name"; then
     log "$name: skipped (GPU_SKIP)"
     return 1
   fi
@@ -106,7 +108,7 @@ fi
 #    A failed CLI build leaves cli.failed and the tests are still compiled (-k: every file's
 #    errors in one call).
 build_tests=1
-[[ " ${GPU_SKIP:-} " == *" unit_tests "* ]] && build_tests=0
+skipped unit_tests && build_tests=0
 setsid bash -c "if JOBS=12 KVBENCH_TARGETS=kvbench nice -n 19 scripts/gpu_full_build.sh build-cuda
   then touch '$LOGS/cli.built'; else touch '$LOGS/cli.failed'; fi
   [ $build_tests = 1 ] || exit 0

@@ -1019,7 +1019,7 @@ void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, in
       KVB_CHECK(i == 0 || t > p[h * held + i - 1],
                 "paged cache: a selection's positions must ascend per head");
     }
-  if (keep_positions(s.kept[size_t(layer)], p, held, length)) s.lists_changed = true;
+  s.lists_changed |= keep_positions(s.kept[size_t(layer)], p, held, length);
   s.evicted = true;
   // After the step's last layer its length is final: free now (else at the step's end).
   if (s.length == length) free_evicted_pages(s);
@@ -1284,7 +1284,7 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   Stopwatch watch;
   Retained& r = s.kept[size_t(layer)];
   if (const std::optional<RetentionSpan> span = policy_->span(in)) {
-    if (keep_span(r, *span, in.length)) s.lists_changed = true;
+    s.lists_changed |= keep_span(r, *span, in.length);
     s.evicted = true;
     retention_s_ += watch.seconds();
     return;
@@ -1322,7 +1322,7 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
                 " held tokens");
       scratch_[size_t(h * kept + i)] = at < count ? listed[h * count + at] : tail + at - count;
     }
-  if (keep_positions(r, scratch_.data(), kept, in.length)) s.lists_changed = true;
+  s.lists_changed |= keep_positions(r, scratch_.data(), kept, in.length);
   s.evicted = true;
   retention_s_ += watch.seconds();
 }
