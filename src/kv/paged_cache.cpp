@@ -260,7 +260,13 @@ void PagedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
   for (const SequenceTokens& s : seqs) {
     KVB_CHECK(s.prompt >= 0 && s.total >= s.prompt, "paged cache: cannot reserve room for a ",
               s.prompt, "-token prompt of a ", s.total, "-token sequence");
-    pages += ((evicts ? s.prompt : s.total) + format_.page_size - 1) / format_.page_size;
+    // A compacting prefill keeps its budget, to which the new tokens add; other evicting
+    // policies stay within their prompts' pages.
+    const int64_t tokens =
+        !evicts ? s.total
+                : std::max(s.prompt,
+                           compacts() ? compacted_prompt(s.prompt) + s.total - s.prompt : s.prompt);
+    pages += (tokens + format_.page_size - 1) / format_.page_size;
   }
   // Quest's bounds, made on a sequence's first step, take room for its total at once.
   quest_rooms_.clear();
@@ -389,22 +395,43 @@ int64_t PagedKVCache::length(int64_t seq) const { return sequence(seq).length; }
 std::vector<int64_t> PagedKVCache::kept_tokens(int64_t seq) const {
   const Sequence& s = sequence(seq);
   std::vector<int64_t> kept;
-  for (const Retained& r : s.kept) kept.push_back(r.held(s.length));
+  for (const Retained& r : s.kept) kept.push_back(r.held(stored(s)));
   return kept;
 }
+
+int64_t PagedKVCache::stored_length(int64_t seq) const { return stored(sequence(seq)); }
 
 at::Tensor PagedKVCache::kept_positions(int64_t seq, int64_t layer, int64_t length) const {
   KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
             num_layers_, ")");
   const Sequence& s = sequence(seq);
   if (length < 0) length = s.length;
-  KVB_CHECK(length >= s.length && length <= int64_t(s.pages.size()) * format_.page_size,
+  const int64_t slots = length - s.dropped;
+  KVB_CHECK(length >= s.length && slots <= int64_t(s.pages.size()) * format_.page_size,
             "paged cache: sequence ", seq, " has ", s.length, " tokens and room for ",
-            int64_t(s.pages.size()) * format_.page_size, "; asked for the positions of ", length);
-  KVB_CHECK(length >= s.kept[size_t(layer)].tail, "paged cache: layer ", layer, " of sequence ",
-            seq, " selected among ", s.kept[size_t(layer)].tail,
+            int64_t(s.pages.size()) * format_.page_size + s.dropped,
+            "; asked for the positions of ", length);
+  KVB_CHECK(slots >= s.kept[size_t(layer)].tail, "paged cache: layer ", layer, " of sequence ", seq,
+            " selected among ", s.kept[size_t(layer)].tail + s.dropped,
             " tokens this step; pass the step's length to read its positions");
-  return positions_of(s.kept[size_t(layer)], length);
+  const Retained& r = s.kept[size_t(layer)];
+  return logical_positions(s, r, positions_of(r, slots));
+}
+
+at::Tensor PagedKVCache::logical_positions(const Sequence& s, const Retained& r,
+                                           at::Tensor slots) const {
+  if (!r.origin.defined()) return s.dropped == 0 ? slots : slots + s.dropped;
+  const int64_t n = slots.size(1), kept = r.origin.size(1);
+  const at::Tensor origin = r.origin.contiguous();
+  const int64_t* o = origin.data_ptr<int64_t>();
+  slots = slots.contiguous();
+  int64_t* p = slots.data_ptr<int64_t>();  // positions_of made it: ours to overwrite
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t& t = p[h * n + i];
+      t = t < kept ? o[h * kept + t] : t + s.dropped;
+    }
+  return slots;
 }
 
 std::pair<at::Tensor, int64_t> PagedKVCache::listed_positions(int64_t seq, int64_t layer) const {
@@ -519,7 +546,7 @@ at::Tensor PagedKVCache::attend_dense(const Step& step, const std::vector<int64_
   std::vector<at::Tensor> parts;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     const Sequence& s = *batch[size_t(b)];
-    const int64_t t1 = s.length + counts[size_t(b)];
+    const int64_t t1 = stored(s) + counts[size_t(b)];
     at::Tensor keys, values;
     if (kernel_path_) {
       std::tie(keys, values) =
@@ -868,7 +895,7 @@ PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int
   int max_pages = 1;
   for (int b = 0; b < B; ++b) {
     Sequence& s = sequence(seqs[size_t(b)]);
-    const int64_t t1 = s.length + counts[size_t(b)];
+    const int64_t t1 = stored(s) + counts[size_t(b)];  // the pages' slots
     KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
     if (layer == 0) assign_pages(s, t1);
     step.batch.push_back(&s);
@@ -884,12 +911,12 @@ PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int
   for (int b = 0; b < B; ++b)
     std::transform(step.batch[size_t(b)]->pages.begin(), step.batch[size_t(b)]->pages.end(),
                    table.begin() + size_t(b) * max_pages, [](int p) { return std::max(p, 0); });
-  for (Sequence* s : step.batch) ints.push_back(int(s->length));  // [0, B): old lengths
-  ints.push_back(0);                                              // [B, 2B]: new-row offsets
+  for (Sequence* s : step.batch) ints.push_back(int(stored(*s)));  // [0, B): old lengths
+  ints.push_back(0);                                               // [B, 2B]: new-row offsets
   for (int64_t n : counts) ints.push_back(ints.back() + int(n));
   for (Sequence* s : step.batch) ints.push_back(s->slot);  // [2B + 1, 3B + 1): ring/scale rows
   for (int b = 0; b < B; ++b)                              // [3B + 1, 4B + 1): new lengths
-    ints.push_back(int(step.batch[size_t(b)]->length + counts[size_t(b)]));
+    ints.push_back(int(stored(*step.batch[size_t(b)]) + counts[size_t(b)]));
   // Both in one copy up.
   const int64_t cells = int64_t(table.size());
   table.insert(table.end(), ints.begin(), ints.end());
@@ -954,6 +981,7 @@ void PagedKVCache::end_step(int64_t layer, const Step& step, const std::vector<i
   for (size_t b = 0; b < step.batch.size(); ++b) {
     Sequence& s = *step.batch[b];
     s.length += counts[b];
+    if (s.compacting) settle_compaction(s);
     if (s.evicted) free_evicted_pages(s);
   }
 }
@@ -1103,6 +1131,9 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   const bool by_attention = selects_by_attention(policy_.get());
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false);
+  // Each sequence's slots with its new tokens: its length (in.length, what the policy reads)
+  // less what a compaction took out of the pages; a sequence that still selects has none.
+  std::vector<int64_t> slots(static_cast<size_t>(B));
   bool all_single = true, any_kept = false;
   for (int b = 0; b < B; ++b) {
     Sequence& s = *batch[size_t(b)];
@@ -1110,8 +1141,9 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     RetentionInput& in = inputs[size_t(b)];
     in.layer = layer, in.num_layers = num_layers_, in.length = s.length + n;
     in.prefill = s.length == 0;
+    slots[size_t(b)] = stored(s) + n;
     const bool over = (in.prefill || policy_->timing() == EvictionTiming::kDecode) &&
-                      s.kept[size_t(layer)].held(in.length) > policy_->budget(in);
+                      s.kept[size_t(layer)].held(slots[size_t(b)]) > policy_->budget(in);
     if (over && n == 1 && !in.prefill && !by_attention)
       select(s, layer, in);
     else
@@ -1123,8 +1155,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   std::vector<at::Tensor> positions(static_cast<size_t>(B));
   auto attended = [&](int b) -> const at::Tensor& {
     at::Tensor& p = positions[size_t(b)];
-    if (!p.defined())
-      p = positions_of(batch[size_t(b)]->kept[size_t(layer)], inputs[size_t(b)].length);
+    if (!p.defined()) p = positions_of(batch[size_t(b)]->kept[size_t(layer)], slots[size_t(b)]);
     return p;
   };
   at::Tensor out, logits;
@@ -1136,8 +1167,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
       if (by_attention) {  // the kernel writes each held token's score for the policy
         int64_t most = 1;
         for (int b = 0; b < B; ++b)
-          most =
-              std::max(most, batch[size_t(b)]->kept[size_t(layer)].held(inputs[size_t(b)].length));
+          most = std::max(most, batch[size_t(b)]->kept[size_t(layer)].held(slots[size_t(b)]));
         logits = at::full({B, q.size(1), most}, -std::numeric_limits<float>::infinity(),
                           at::TensorOptions().dtype(at::kFloat).device(device_));
       }
@@ -1149,7 +1179,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     std::vector<at::Tensor> parts;
     for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
       const Sequence& s = *batch[size_t(b)];
-      const Rows rows = rows_at(store, s, table[b], attended(b), inputs[size_t(b)].length, true);
+      const Rows rows = rows_at(store, s, table[b], attended(b), slots[size_t(b)], true);
       if (by_attention) keys[size_t(b)] = rows.keys;  // the policy's scores reuse them
       const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
       parts.push_back(attend_rows(rows, qb).transpose(0, 1));
@@ -1165,7 +1195,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
       for (int b = 0; b < B; ++b) {
         Sequence& s = *batch[size_t(b)];
         records.push_back(&s.scores[size_t(layer)]);
-        held.push_back(s.kept[size_t(layer)].held(inputs[size_t(b)].length));
+        held.push_back(s.kept[size_t(layer)].held(slots[size_t(b)]));
         starts.push_back(s.length);
       }
       AttentionRecord::add_scores_batch(*policy_, records, logits, held, num_kv_heads_, starts,
@@ -1174,8 +1204,8 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
       for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
         const int64_t n = counts[size_t(b)];
         Sequence& s = *batch[size_t(b)];
-        record_scores(s, layer, q, row, n, s.kept[size_t(layer)].held(inputs[size_t(b)].length),
-                      store, table[b], positions[size_t(b)], keys[size_t(b)], newest[size_t(b)]);
+        record_scores(s, layer, q, row, n, s.kept[size_t(layer)].held(slots[size_t(b)]), store,
+                      table[b], positions[size_t(b)], keys[size_t(b)], newest[size_t(b)]);
       }
     }
     retention_s_ += watch.seconds();
@@ -1207,13 +1237,16 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   retention_s_ += watch.seconds() - waited;
   std::vector<AttentionRecord*> kept_records;
   std::vector<at::Tensor> wheres;
+  std::vector<std::pair<Sequence*, int64_t>> compacted;
   for (size_t i = 0; i < evicting.size(); ++i) {
     apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
     kept_records.push_back(&evicted[i]->scores[size_t(layer)]);
     wheres.push_back(chosen[i].where);
+    if (compacts()) compacted.emplace_back(evicted[i], evicting[i]->length);  // prefills only
   }
   watch = Stopwatch();
   AttentionRecord::keep_batch(kept_records, wheres);
+  if (!compacted.empty()) compact(layer, compacted);
   retention_s_ += watch.seconds();
   return out;
 }
@@ -1301,6 +1334,9 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
                                 const RetentionChoice& choice) {
   Stopwatch watch;
   Retained& r = s.kept[size_t(layer)];
+  // Policies see logical positions, the slots' only before a compaction (which happens once,
+  // after a prefill, for a policy that selects nothing later).
+  KVB_CHECK(s.dropped == 0, "paged cache: a compacted sequence cannot select again");
   const int64_t held = r.held(in.length);
   KVB_CHECK(
       choice.host.dim() == 2 && choice.host.size(0) == num_kv_heads_ && choice.host.size(1) <= held,
@@ -1391,9 +1427,83 @@ bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t len
   }
   return keep_positions(r, scratch_.data(), kept, length);
 }
+bool PagedKVCache::compacts() const {
+  return policy_ && !quest_ && policy_->timing() == EvictionTiming::kAfterPrefill &&
+         !kernels::is_kivi(format_.format);
+}
+
+int64_t PagedKVCache::compacted_prompt(int64_t prompt) const {
+  if (!compacts()) return prompt;
+  RetentionInput in;
+  in.num_layers = num_layers_, in.length = prompt, in.prefill = true;
+  int64_t most = 0;
+  for (in.layer = 0; in.layer < num_layers_; ++in.layer)
+    most = std::max(most, std::min(prompt, policy_->budget(in)));
+  return most;
+}
+
+void PagedKVCache::compact(int64_t layer, const std::vector<std::pair<Sequence*, int64_t>>& seqs) {
+  const int64_t P = format_.page_size, H = num_kv_heads_;
+  // A pool viewed as rows [pages * kv_heads * P, row bytes]: slot t of head h of a sequence is
+  // row (page of t * kv_heads + h) * P + t mod P (kernels/kv_format.h: per-token formats keep
+  // a token's codes, and its scales in the meta pool, in one row each).
+  std::vector<int64_t> from, to;
+  for (const auto& [s, length] : seqs) {
+    Retained& r = s->kept[size_t(layer)];
+    const at::Tensor kept = positions_of(r, length);  // slots are positions until now
+    const int64_t n = kept.size(1);
+    const int64_t* p = kept.data_ptr<int64_t>();
+    auto row = [&, s = s](int64_t h, int64_t t) {
+      return (int64_t(s->pages[size_t(t / P)]) * H + h) * P + t % P;
+    };
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < n; ++i)
+        if (p[h * n + i] != i) from.push_back(row(h, p[h * n + i])), to.push_back(row(h, i));
+    // Slots [0, n) of every head, the tail empty until the step's end settles the slots.
+    r.origin = kept;
+    r.host = at::arange(n, at::kInt).expand({H, n}).contiguous();
+    r.device = UploadedList{};
+    r.tail = length;
+    s->compacting = s->lists_changed = true;
+  }
+  if (from.empty()) return;
+  const int64_t moves = int64_t(from.size());
+  from.insert(from.end(), to.begin(), to.end());
+  const at::Tensor index = upload(at::tensor(from, at::kLong));
+  const at::Tensor src = index.narrow(0, 0, moves), dst = index.narrow(0, moves, moves);
+  Layer& pools = layers_[size_t(layer)];
+  for (at::Tensor* pool : {&pools.k_data, &pools.v_data, &pools.k_meta, &pools.v_meta}) {
+    if (!pool->defined() || pool->numel() == 0) continue;
+    KVB_CHECK(pool->dim() == 3 && pool->size(2) % P == 0 && pool->is_contiguous(),
+              "paged cache: a pool of shape ", pool->sizes(), " has no rows of ", P, " tokens");
+    // Gathered first (index_select copies), so a slot read and a slot written may coincide.
+    const at::Tensor rows = pool->view({-1, pool->size(2) / P});
+    rows.index_copy_(0, dst, rows.index_select(0, src));
+  }
+}
+
+void PagedKVCache::settle_compaction(Sequence& s) {
+  s.compacting = false;
+  int64_t slots = 0;  // the longest layer's kept tokens (a layer that kept all: every token)
+  for (const Retained& r : s.kept)
+    slots = std::max(slots, r.origin.defined() ? r.origin.size(1) : s.length);
+  for (Retained& r : s.kept) {
+    if (!r.origin.defined()) continue;
+    r.device = UploadedList{};
+    if (r.origin.size(1) == slots)
+      r.host = at::Tensor(), r.tail = 0;  // every slot: the dense kernel
+    else
+      r.tail = slots;  // its slots listed, then the tokens to come
+  }
+  s.dropped = s.length - slots;
+  const size_t need = size_t((slots + format_.page_size - 1) / format_.page_size);
+  for (; s.pages.size() > need; s.pages.pop_back())
+    if (s.pages.back() >= 0) free_.push_back(s.pages.back());
+}
+
 void PagedKVCache::free_evicted_pages(Sequence& s) {
   s.evicted = false;
-  const int P = format_.page_size, T = int(s.length);
+  const int P = format_.page_size, T = int(stored(s));
   int64_t settled = T / P;  // pages no later append writes
   if (kernels::is_kivi(format_.format))
     settled = std::min(kernels::append::key_pages_end(T, format_.residual),
@@ -1443,10 +1553,12 @@ void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q
                                  int64_t n, int64_t held, const kernels::PagedKvStore& store,
                                  const at::Tensor& table_row, at::Tensor positions, at::Tensor keys,
                                  at::Tensor& newest) {
-  const int64_t start = s.length, heads = q.size(1);
+  // The queries' logical position (ScissorHands' window column; a block's causal mask, which
+  // only a prefill has, where slots are positions), and the held tokens' slots.
+  const int64_t start = s.length, heads = q.size(1), slots = stored(s) + n;
   if (!positions.defined() && (n > 1 || !keys.defined()))
-    positions = positions_of(s.kept[size_t(layer)], start + n);
-  if (!keys.defined()) keys = rows_at(store, s, table_row, positions, start + n, false).keys;
+    positions = positions_of(s.kept[size_t(layer)], slots);
+  if (!keys.defined()) keys = rows_at(store, s, table_row, positions, slots, false).keys;
   AttentionRecord& record = s.scores[size_t(layer)];
   if (n > 1)
     return record.add_block(*policy_, q.narrow(0, row, n).transpose(0, 1), keys, positions, start,
@@ -1559,7 +1671,7 @@ uint64_t PagedKVCache::padding_bytes() const {
                value_token = double(v.data + v.meta) / double(P);
   double slots = 0;  // bytes per KV head and layer
   for (const auto& [id, s] : sequences_) {
-    const int64_t T = s.length, pages = (T + P - 1) / P;  // assign_pages()'s pages for T tokens
+    const int64_t T = stored(s), pages = (T + P - 1) / P;  // assign_pages()'s pages for T tokens
     if (!kernels::is_kivi(format_.format)) {
       slots += double(pages * P - T) * (key_token + value_token);
       continue;

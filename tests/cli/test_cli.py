@@ -1654,6 +1654,26 @@ class ModelCliTest(CliCase):
             self.assertAlmostEqual(kl["kernels", name], kl["cpu", name],
                                    delta=0.05 * kl["cpu", name] + 1e-6, msg=name)
 
+    def test_paged_snapkv_holds_the_tokens_it_keeps(self):
+        # A per-head selection made once after the prefill is compacted on the paged path: the
+        # measured bytes are the kept tokens' in whole pages (no nominal_mismatch), far below
+        # the full cache's, on both of its code paths; H2O evicting during decode keeps tokens
+        # where they were written, and its per-head choices still hold most pages (the report
+        # says so).
+        cfg = {"model": {"preset": "tiny-qwen3", "random_init": True, "dtype": "float16"},
+               "attention": "paged",
+               "methods": [{"name": "full"}, {"name": "snapkv", "budget": 64},
+                           {"name": "h2o", "heavy": 32, "recent": 32}],
+               "suites": [{"name": "latency", "prompt_tokens": 600, "new_tokens": 4,
+                           "repeats": 1}]}
+        for path in ("cpu", "kernels"):
+            _, report = self.report_from(self.run_on_path(cfg, path))
+            memory = {c["method"]["name"]: c["summary"]["kv_memory"] for c in report["cells"]}
+            snap, full = memory["snapkv"], memory["full"]
+            self.assertFalse(snap["nominal_mismatch"], (path, snap))
+            self.assertLess(snap["measured"]["total"], 0.2 * full["measured"]["total"], path)
+            self.assertTrue(memory["h2o"]["nominal_mismatch"], (path, memory["h2o"]))
+
     def test_every_preset_but_fp32_runs_on_the_kernel_path(self):
         # Issue 11: the engine's GPU path serves every method. Each preset `list` names, at its
         # defaults (Palu's rank 0.7 * 64 = 45 in rows of 64, kvproj's 32 in rows of 64), takes

@@ -410,14 +410,24 @@ TEST_P(PagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
           const at::Tensor kept = paged.kept_positions(seq, l);
           ASSERT_TRUE(at::equal(kept, reference.kept_positions(seq, l)))
               << "sequence " << seq << " layer " << l << " at " << paged.length(seq);
-          // The GPU kernel's view (listed positions, then a tail every head keeps) is the same
-          // set: nothing travels to the device per step but the tail's start.
+          // The GPU kernel's view (listed slots, then a tail every head keeps) is the same
+          // set: nothing travels to the device per step but the tail's start. Compacted, the
+          // kept tokens fill each head's first slots in order and the layer lists those (a
+          // layer keeping fewer than the longest) or nothing (the dense kernel).
           const auto [listed, tail] = paged.listed_positions(seq, l);
           if (!listed.defined()) continue;
-          const int64_t T = paged.length(seq);
+          const int64_t T = paged.stored_length(seq);
           const at::Tensor whole = at::cat(
               {listed.to(at::kLong), at::arange(tail, T, at::kLong).expand({kKvHeads, T - tail})},
               1);
+          if (paged.compacts() && paged.stored_length(seq) < paged.length(seq)) {
+            const int64_t n = listed.size(1);
+            ASSERT_TRUE(
+                at::equal(listed.to(at::kLong), at::arange(n, at::kLong).expand({kKvHeads, n})))
+                << "sequence " << seq << " layer " << l;
+            ASSERT_EQ(whole.size(1), kept.size(1)) << "sequence " << seq << " layer " << l;
+            continue;
+          }
           ASSERT_TRUE(at::equal(whole, kept)) << "sequence " << seq << " layer " << l;
           if (method["name"] == "streamingllm" && T > 64)
             EXPECT_EQ(listed.size(1), 4) << "the sinks are the only listed tokens";
@@ -666,6 +676,65 @@ TEST(PagedRetentionMemoryTest, StreamingLlmFreesThePagesBehindItsWindow) {
   EXPECT_EQ(paged.kept_tokens(s), std::vector<int64_t>(kLayers, 64));
 }
 
+// A per-head selection made once after the prefill (SnapKV) is compacted: each head's kept
+// tokens fill its first slots, so two 400-token prompts fit one after the other in a pool of 16
+// pages (13 each before selection; without compaction every head keeps a token in nearly
+// every page and the second prompt runs out), decode steps read every slot (no lists: the dense
+// kernel) and attend as the reference cache does, and the pages held are the kept tokens'
+// (what the formula counts, rounded up to whole pages).
+TEST(PagedRetentionMemoryTest, APerHeadSelectionAfterThePrefillIsCompacted) {
+  for (const char* codec : {"\"fp16\"", R"({"name": "int4", "symmetric": true})"})
+    for (const char* device : {"cpu", "emulated"}) {
+      const std::string entry =
+          std::string(R"({"name": "snapkv", "budget": 64, "window": 8, "codec": )") + codec + "}";
+      const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+      const testing_support::PagedDevice where = testing_support::paged_device(device);
+      PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim,
+                         PagedCapacity{16, 16, 2}, where.device, make_policy(method),
+                         where.emulated);
+      ASSERT_TRUE(paged.compacts());
+      auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+      auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
+      const int64_t P = paged.format().page_size;  // 32
+      auto gen = at::detail::createCPUGenerator(31);
+      auto step = [&](int64_t seq, int64_t n) {
+        for (int64_t layer = 0; layer < kLayers; ++layer) {
+          const Block x = random_block(n, at::kHalf, gen);
+          const at::Tensor q = where.kernel_path() ? x.q.to(at::kHalf) : x.q;
+          const at::Tensor got = paged.append_and_attend(seq, layer, q, x.k, x.v).to(at::kFloat);
+          const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
+          const double rel = ((got - want).norm() / want.norm()).item<double>();
+          ASSERT_LT(rel, where.kernel_path() ? 2e-3 : 1e-5)
+              << entry << " on " << device << ": sequence " << seq << " layer " << layer;
+        }
+      };
+      const int64_t a = paged.add_sequence(), b = paged.add_sequence();
+      ASSERT_EQ(ref->add_sequence(), a);
+      ASSERT_EQ(ref->add_sequence(), b);
+      step(a, 400);
+      EXPECT_EQ(paged.stored_length(a), 64);
+      EXPECT_EQ(paged.free_pages(), 16 - 2) << entry << " on " << device;
+      step(b, 400);  // 13 pages: there only because a gave back 11
+      for (int i = 0; i < 40; ++i) step(a, 1), step(b, 1);
+      for (const int64_t seq : {a, b}) {
+        EXPECT_EQ(paged.length(seq), 440);
+        EXPECT_EQ(paged.stored_length(seq), 104);
+        EXPECT_EQ(paged.kept_tokens(seq), ref->kept_tokens(seq));
+        for (int64_t l = 0; l < kLayers; ++l) {
+          EXPECT_FALSE(paged.listed_positions(seq, l).first.defined()) << "a list to read by index";
+          const at::Tensor kept = paged.kept_positions(seq, l);
+          EXPECT_TRUE(at::equal(kept, reference.kept_positions(seq, l)));
+          EXPECT_FALSE(at::equal(kept[0], kept[1])) << "the heads keep the same tokens";
+        }
+      }
+      EXPECT_EQ(paged.free_pages(), 16 - 2 * 4);  // 104 slots: 4 pages each
+      const uint64_t page = kernels::bytes_per_token(paged.format().format, int(P), kDim) * P;
+      EXPECT_EQ(paged.storage().payload + paged.storage().metadata,
+                uint64_t(kLayers) * 2 * 4 * kKvHeads * page);
+      EXPECT_EQ(paged.nominal().total(), ref->nominal().total());
+    }
+}
+
 TEST(PagedRetentionErrorsTest, PoliciesThePagesCannotServeSayWhichWork) {
   auto why = [](const char* entry) {
     try {
@@ -769,14 +838,24 @@ TEST(PagedRetentionSpanTest, PagesComeBackAtTheStepTheirLastTokenLeaves) {
         const Block x = random_block(n, at::kHalf, gen);
         cache.append_and_attend(seq, layer, x.q, x.k, x.v);
       }
-      const int64_t length = cache.length(seq), written = (length + P - 1) / P;
+      // In the pages' slots (after_prefill compacts: its kept tokens fill the first slots).
+      const int64_t length = cache.length(seq), slots = cache.stored_length(seq),
+                    written = (slots + P - 1) / P;
       std::vector<bool> held(size_t(written), false);
-      for (int64_t page = length / P; page < written; ++page) held[size_t(page)] = true;
+      for (int64_t page = slots / P; page < written; ++page) held[size_t(page)] = true;
       for (int64_t l = 0; l < kLayers; ++l) {
-        const at::Tensor kept = cache.kept_positions(seq, l).contiguous();
+        const auto [listed, tail] = cache.listed_positions(seq, l);
+        const at::Tensor kept =
+            listed.defined()
+                ? at::cat({listed.to(at::kLong),
+                           at::arange(tail, slots, at::kLong).expand({kKvHeads, slots - tail})},
+                          1)
+                : at::arange(slots, at::kLong);
         const int64_t* k = kept.data_ptr<int64_t>();
         for (int64_t i = 0; i < kept.numel(); ++i) held[size_t(k[i] / P)] = true;
       }
+      if (timing == EvictionTiming::kAfterPrefill)  // 24 kept of the 40-token prompt, compacted
+        ASSERT_EQ(slots, length - 16);
       const int64_t in_use = std::count(held.begin(), held.end(), true);
       ASSERT_EQ(cache.free_pages(), pool - in_use)
           << "sinks " << sinks << " window " << window << " at length " << length;

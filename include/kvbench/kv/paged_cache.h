@@ -14,13 +14,16 @@
 // retention policy's pages past its prompt, or past the serving scheduler's blocks).
 //
 // With a retention policy (StreamingLLM with original positions, SnapKV, PyramidKV, H2O, TOVA,
-// ScissorHands; Quest reads chosen pages and evicts none) the pages keep every token where it
-// was written and each (sequence, layer) keeps its retained positions as a list per KV head and
-// a tail of newest tokens every head keeps (Retained); attention
-// reads the retained tokens by index (kernels/retained_decode.h on the GPU), never a compacted
-// copy. A page is freed once no layer and no head of its sequence retains a token in it and no
-// later append writes it, so memory falls at page granularity: StreamingLLM frees the pages
-// behind its window, a per-head selection (SnapKV) frees only pages every head left. Tokens
+// ScissorHands; Quest reads chosen pages and evicts none) each (sequence, layer) keeps its
+// retained slots as a list per KV head and a tail of newest tokens every head keeps (Retained),
+// and attention reads the retained tokens by index (kernels/retained_decode.h on the GPU). A
+// policy evicting during decode, or any over KIVI, never moves a token: slots are positions,
+// and a page is freed once no layer and no head of its sequence retains a token in it and no
+// later append writes it, so memory falls at page granularity (StreamingLLM frees the pages
+// behind its window; a per-head selection frees only pages every head left). A selection made
+// once after the prefill over a per-token format is compacted instead (compacts()): each head's
+// kept tokens fill its first slots, the pages past them go back, and decode reads every slot
+// with the dense kernel. Tokens
 // are selected as the reference cache selects them (same policy inputs), but KIVI groups keep
 // the tokens they were quantized with (the reference cache re-quantizes the kept ones).
 #pragma once
@@ -222,9 +225,23 @@ class PagedKVCache final : public KVCache {
   // rows (append_pages), before the step's end makes it the sequence's; -1: its length.
   at::Tensor kept_positions(int64_t seq, int64_t layer, int64_t length = -1) const;
   // The same as the GPU kernel reads it: positions listed per head (int32 [kv_heads, count];
-  // undefined when nothing was evicted there) and the start of the tail every head keeps.
+  // undefined when nothing was evicted there) and the start of the tail every head keeps. These
+  // are the pages' slots: after a compaction (compacts()) not the tokens' logical positions.
+  // kept_positions maps them back.
   std::pair<at::Tensor, int64_t> listed_positions(int64_t seq, int64_t layer) const;
   const PagedFormat& format() const { return format_; }
+  // Tokens of `seq` in the pages' slots: its length less what a compaction took out.
+  int64_t stored_length(int64_t seq) const;
+  // Whether a prefill's selection is compacted: a policy that selects once, after the prefill
+  // (SnapKV, PyramidKV, `"evict": "after_prefill"`), over a per-token format (not KIVI, whose
+  // key groups span tokens). Each head's kept tokens then move, in order, into the slots
+  // [0, kept) of its own rows (a page holds each head's rows apart, so heads keeping different
+  // tokens share pages densely), the pages past the longest layer's kept tokens go back to the
+  // pool, and decode steps read every stored token with the dense kernel (layers keeping fewer
+  // than the longest: the retained-index kernel over their slots). One gather and one scatter
+  // per pool per layer of a prefill; without it a per-head selection keeps some token in nearly
+  // every page and frees almost nothing (the first H200 run: SnapKV-2048 held the full cache).
+  bool compacts() const;
   // Whether steps run the GPU path's code (on a GPU, or emulated on the CPU).
   bool kernel_path() const { return kernel_path_; }
   // Whether a retention policy (Quest included) chooses what stays.
@@ -254,10 +271,16 @@ class PagedKVCache final : public KVCache {
   // and the lists travel only when a selection changes them. Listed positions are below
   // `tail`, and the tail starts the longest run of newest tokens every head keeps (so an
   // unchanged selection compares equal). Undefined `host`: every token (nothing evicted; tail 0).
+  //
+  // After a compaction (compacts()) the positions are the pages' slots, not the tokens'
+  // logical positions: `origin` [kv_heads, kept] int64 (host) holds the logical positions of
+  // each head's slots [0, kept), and a slot past the sequence's compacted prompt holds the
+  // token `Sequence::dropped` positions later.
   struct Retained {
     at::Tensor host;
     UploadedList device;  // undefined buffer until uploaded (possibly beside other lists)
     int64_t tail = 0;
+    at::Tensor origin;  // undefined: slot = logical position
     bool selected() const { return host.defined(); }
     int64_t count() const { return host.defined() ? host.size(1) : 0; }
     // Tokens per head of a sequence of `length` tokens (its new ones included).
@@ -266,7 +289,12 @@ class PagedKVCache final : public KVCache {
   struct Sequence {
     std::vector<int> pages;  // block-table row: physical page of each logical page; -1: freed
     int slot = 0;            // row in the KIVI rings and fp8 scales
-    int64_t length = 0;
+    int64_t length = 0;      // tokens entered (the logical length: new tokens' positions)
+    // Tokens a compaction took out of the pages' slots: slot = position - dropped for every
+    // token after the prefill, and the kernels see `length - dropped` tokens.
+    int64_t dropped = 0;
+    // The prefill being attended compacted some layer; its step's end settles the lengths.
+    bool compacting = false;
     // Per layer: the retained positions as the GPU kernel reads them (Retained).
     std::vector<Retained> kept;
     // Per layer, for the policies that select by attention, aligned with the held tokens
@@ -477,6 +505,22 @@ class PagedKVCache final : public KVCache {
   bool keep_span(Retained& r, const RetentionSpan& span, int64_t length);
   // Frees the pages of `s` no layer retains a token in and no later append writes.
   void free_evicted_pages(Sequence& s);
+  // Tokens in `s`'s slots (its length less what a compaction took out).
+  int64_t stored(const Sequence& s) const { return s.length - s.dropped; }
+  // compacts(): the prefills `seqs` (each with its prompt's length) just selected at `layer`;
+  // each head's kept tokens move into its slots [0, kept), in one gather and one scatter per
+  // pool for all of them, and each layer's list becomes those slots (settled at the step's
+  // end, when every layer has chosen).
+  void compact(int64_t layer, const std::vector<std::pair<Sequence*, int64_t>>& seqs);
+  // After a compacting prefill's last layer: the sequence's slots end at the longest layer's
+  // kept tokens (`dropped` takes the rest), a layer keeping that many reads every slot, one
+  // keeping fewer lists its slots; the pages past them go back to the pool.
+  void settle_compaction(Sequence& s);
+  // Tokens a compacting prefill of `prompt` tokens leaves in the slots (the longest layer's
+  // budget), or `prompt` when nothing compacts.
+  int64_t compacted_prompt(int64_t prompt) const;
+  // The logical positions of slots `slots` ([kv_heads, n] int64, host) of `r` in `s`.
+  at::Tensor logical_positions(const Sequence& s, const Retained& r, at::Tensor slots) const;
   // Reference attention of a block's queries qb [heads, n, head_dim] over `rows` (rows_at).
   at::Tensor attend_rows(const Rows& rows, const at::Tensor& qb) const;
   PagedFormat format_;
