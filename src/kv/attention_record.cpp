@@ -99,6 +99,32 @@ void AttentionRecord::fill(const RetentionPolicy& policy, const at::Tensor& newe
   }
 }
 
+at::Tensor AttentionRecord::drop_lowest_batch(const std::vector<AttentionRecord*>& records,
+                                              int64_t candidates) {
+  KVB_CHECK(!records.empty(), "attention record: no records to drop from");
+  std::vector<at::Tensor> parts;
+  for (const AttentionRecord* r : records) {
+    KVB_CHECK(r->summed_.defined() && r->summed_.sizes() == records[0]->summed_.sizes() &&
+                  candidates >= 1 && candidates <= r->summed_.size(1),
+              "attention record: dropping the lowest of ", candidates,
+              " needs sums of one shape covering them");
+    parts.push_back(r->summed_);
+  }
+  const at::Tensor sums = at::stack(parts);  // [records, kv_heads, held]
+  const int64_t held = sums.size(2);
+  const at::Tensor first = sums.narrow(2, 0, candidates);
+  const at::TensorOptions index = sums.options().dtype(at::kLong);
+  // The last index holding the lowest sum: equal sums keep their token order in top_tokens'
+  // stable sort, so the later one falls out.
+  const at::Tensor dropped =
+      first.eq(first.amin(2, /*keepdim=*/true)).mul(at::arange(candidates, index)).amax(2);
+  at::Tensor keep = at::arange(held - 1, index).view({1, 1, held - 1});
+  keep = keep.add(keep.ge(dropped.unsqueeze(2)));  // [records, kv_heads, held - 1]
+  const std::vector<at::Tensor> kept = sums.gather(2, keep).unbind(0);
+  for (size_t i = 0; i < records.size(); ++i) records[i]->summed_ = kept[i];
+  return dropped;
+}
+
 void AttentionRecord::keep(const at::Tensor& where) {
   if (!summed_.defined() && !low_.defined()) return;
   const at::Device device = summed_.defined() ? summed_.device() : low_.device();

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <tuple>
@@ -438,6 +439,8 @@ std::pair<at::Tensor, int64_t> PagedKVCache::listed_positions(int64_t seq, int64
   KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
             num_layers_, ")");
   const Retained& r = sequence(seq).kept[size_t(layer)];
+  KVB_CHECK(!r.host_stale, "paged cache: layer ", layer, " of sequence ", seq,
+            " evicted on the device this step; read its list after the step's last layer");
   return {r.host, r.tail};
 }
 
@@ -978,6 +981,8 @@ void PagedKVCache::append_rows(Layer& layer, const Step& step, const std::vector
 
 void PagedKVCache::end_step(int64_t layer, const Step& step, const std::vector<int64_t>& counts) {
   if (layer != num_layers_ - 1) return;
+  // After the last layer's kernels are queued: the one wait of a step evicting on the device.
+  refresh_lists(step.batch, -1);
   for (size_t b = 0; b < step.batch.size(); ++b) {
     Sequence& s = *step.batch[b];
     s.length += counts[b];
@@ -1134,6 +1139,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   // Each sequence's slots with its new tokens: its length (in.length, what the policy reads)
   // less what a compaction took out of the pages; a sequence that still selects has none.
   std::vector<int64_t> slots(static_cast<size_t>(B));
+  refresh_lists(batch, layer);  // a step that stopped before its end left some on the device
   bool all_single = true, any_kept = false;
   for (int b = 0; b < B; ++b) {
     Sequence& s = *batch[size_t(b)];
@@ -1210,7 +1216,9 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     }
     retention_s_ += watch.seconds();
   }
-  // The over-budget sequences' policy inputs, then their choices in one read-back.
+  // H2O's steady state stays where the pools are; the other over-budget sequences' policy
+  // inputs, then their choices in one read-back.
+  if (logits.defined()) evict_steady(layer, batch, inputs, slots, evict_after);
   std::vector<RetentionInput*> evicting;
   std::vector<Sequence*> evicted;
   std::vector<const AttentionRecord*> records;
@@ -1302,6 +1310,7 @@ void PagedKVCache::fill_window_scores(const at::Tensor& q, const at::Tensor& k, 
 }
 
 at::Tensor PagedKVCache::positions_of(const Retained& r, int64_t length) const {
+  KVB_CHECK(!r.host_stale, "paged cache: a list evicted on the device was read mid-step");
   const int64_t count = r.count(), held = r.held(length), tail = r.tail;
   at::Tensor out = at::empty({num_kv_heads_, held}, at::kLong);
   int64_t* o = out.data_ptr<int64_t>();
@@ -1427,6 +1436,122 @@ bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t len
   }
   return keep_positions(r, scratch_.data(), kept, length);
 }
+void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
+                                const std::vector<RetentionInput>& inputs,
+                                const std::vector<int64_t>& slots, std::vector<bool>& evict_after) {
+  const std::optional<int64_t> recent = policy_->drops_lowest_sum();
+  if (!recent) return;
+  Stopwatch watch;
+  const int64_t H = num_kv_heads_;
+  // Sequences in the steady state: budget + 1 held, the tail its `recent` newest and one more,
+  // their sums covering what they hold, their lists (all of one length) on the device.
+  std::vector<size_t> served;
+  int64_t count = -1;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    if (!evict_after[b] || inputs[b].prefill) continue;
+    const Retained& r = batch[b]->kept[size_t(layer)];
+    const int64_t held = r.held(slots[b]);
+    const at::Tensor& sums = batch[b]->scores[size_t(layer)].summed();
+    if (held != policy_->budget(inputs[b]) + 1 || !r.selected() ||
+        r.count() != held - *recent - 1 || (count >= 0 && r.count() != count) || !sums.defined() ||
+        sums.size(1) != held || (r.count() > 0 && !r.device.buffer.defined()))
+      continue;
+    count = r.count();
+    served.push_back(b);
+  }
+  if (served.empty()) return;
+  const int64_t E = int64_t(served.size());
+  std::vector<AttentionRecord*> records;
+  for (const size_t b : served) records.push_back(&batch[b]->scores[size_t(layer)]);
+  // Index `count` is the tail's first token, the one non-recent token past the lists.
+  const at::Tensor dropped = AttentionRecord::drop_lowest_batch(records, count + 1);
+  if (count > 0) {
+    // The lists, one view when they lie in order in one buffer (after the first such step).
+    const Retained& first = batch[served[0]]->kept[size_t(layer)];
+    bool packed = true;
+    for (int64_t j = 0; packed && j < E; ++j) {
+      const UploadedList& d = batch[served[size_t(j)]]->kept[size_t(layer)].device;
+      packed =
+          d.buffer.is_same(first.device.buffer) && d.offset == first.device.offset + j * H * count;
+    }
+    at::Tensor lists;
+    if (packed) {
+      lists = first.device.buffer.view({-1})
+                  .narrow(0, first.device.offset, E * H * count)
+                  .view({E, H, count});
+    } else {
+      std::vector<at::Tensor> parts;
+      for (const size_t b : served) {
+        const UploadedList& d = batch[b]->kept[size_t(layer)].device;
+        parts.push_back(d.buffer.view({-1}).narrow(0, d.offset, H * count).view({H, count}));
+      }
+      lists = at::stack(parts);
+    }
+    std::vector<int> tails;
+    for (const size_t b : served) tails.push_back(int(batch[b]->kept[size_t(layer)].tail));
+    const at::Tensor tail =
+        upload(at::tensor(tails, at::kInt)).to(lists.device()).view({E, 1, 1}).expand({E, H, 1});
+    // Each head's entries past its dropped one move down one; the tail's first token ends it.
+    const at::Tensor i = at::arange(count, dropped.options()).view({1, 1, count});
+    const at::Tensor fresh = at::cat({lists, tail}, 2)
+                                 .gather(2, i.add(i.ge(dropped.to(lists.device()).unsqueeze(2))))
+                                 .contiguous()
+                                 .view({-1});
+    for (int64_t j = 0; j < E; ++j)
+      batch[served[size_t(j)]]->kept[size_t(layer)].device = {fresh, j * H * count};
+  }
+  for (const size_t b : served) {
+    Retained& r = batch[b]->kept[size_t(layer)];
+    r.tail += 1;
+    r.host_stale = count > 0;
+    batch[b]->lists_changed = batch[b]->evicted = true;
+    evict_after[b] = false;
+  }
+  retention_s_ += watch.seconds();
+}
+
+void PagedKVCache::refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer) {
+  // The stale lists, runs of them that lie one after another in one buffer (a layer's, as
+  // evict_steady writes them) read as one view each.
+  std::vector<Retained*> stale;
+  struct Run {
+    at::Tensor buffer;
+    int64_t begin, end;
+  };
+  std::vector<Run> runs;
+  const int64_t from = layer < 0 ? 0 : layer, to = layer < 0 ? num_layers_ : layer + 1;
+  for (int64_t l = from; l < to; ++l)
+    for (Sequence* s : seqs) {
+      Retained& r = s->kept[size_t(l)];
+      if (!r.host_stale) continue;
+      stale.push_back(&r);
+      const int64_t n = r.host.numel();
+      if (!runs.empty() && runs.back().buffer.is_same(r.device.buffer) &&
+          runs.back().end == r.device.offset)
+        runs.back().end += n;
+      else
+        runs.push_back({r.device.buffer, r.device.offset, r.device.offset + n});
+    }
+  if (stale.empty()) return;
+  Stopwatch watch;
+  std::vector<at::Tensor> views;
+  for (const Run& run : runs)
+    views.push_back(run.buffer.view({-1}).narrow(0, run.begin, run.end - run.begin));
+  const at::Tensor lists = at::cat(views);
+  const double waited = device_.is_cuda() ? wait_for_device(device_) : 0.0;  // the queued layers
+  // One copy back; each host list a view of it (lists are replaced, never written in place).
+  const auto all = std::make_shared<at::Tensor>(lists.to(at::kCPU).contiguous());
+  int* next = all->data_ptr<int>();
+  for (Retained* r : stale) {
+    const std::vector<int64_t> shape = r->host.sizes().vec();
+    r->host = at::from_blob(
+        next, shape, [all](void*) {}, at::TensorOptions().dtype(at::kInt));
+    next += r->host.numel();
+    r->host_stale = false;
+  }
+  retention_s_ += watch.seconds() - waited;
+}
+
 bool PagedKVCache::compacts() const {
   return policy_ && !quest_ && policy_->timing() == EvictionTiming::kAfterPrefill &&
          !kernels::is_kivi(format_.format);

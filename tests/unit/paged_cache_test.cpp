@@ -10,6 +10,7 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,6 +19,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
 #include "kvbench/kv/streaming_llm_policy.h"
@@ -945,6 +947,57 @@ TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
     EXPECT_GT(two, 0) << "the counter saw nothing";
     EXPECT_LE(six - two, 3 * 4 * kLayers)
         << entry << ": " << two << " operators at batch 2, " << six << " at batch 6";
+  }
+}
+
+// H2O's steady state on the kernel path chooses and updates its lists where the pools are:
+// decode steps past the budget issue no sort (select()'s top_tokens) and read nothing back
+// per layer (no copy to the host but the step's one at its end); normalized scores still
+// select. The kept tokens are the reference cache's (PagedRetentionTest).
+TEST(PagedHostOpsTest, H2oSteadyStateEvictsWithoutSortingOrReadingBack) {
+  static thread_local std::map<std::string, int64_t> ops;
+  static thread_local int64_t depth = 0;
+  const at::CallbackHandle handle = at::addThreadLocalCallback(
+      at::RecordFunctionCallback(
+          [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+            if (depth++ == 0) ++ops[fn.name()];
+            return nullptr;
+          },
+          [](const at::RecordFunction&, at::ObserverContext*) { --depth; })
+          .scopes({at::RecordScope::FUNCTION}));
+  struct Removal {
+    at::CallbackHandle handle;
+    ~Removal() { at::removeCallback(handle); }
+  } removal{handle};
+  for (const bool normalize : {false, true}) {
+    auto policy = std::make_shared<H2oPolicy>(24, 16, normalize, EvictionTiming::kDecode);
+    PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKvHeads, kDim,
+                       PagedCapacity{}, at::kCPU, policy, true);
+    const int64_t batch = 3;
+    std::vector<int64_t> seqs, prompts(size_t(batch), 80), ones(size_t(batch), 1);
+    for (int64_t b = 0; b < batch; ++b) seqs.push_back(paged.add_sequence());
+    auto gen = at::detail::createCPUGenerator(29);
+    auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}, gen).to(at::kHalf); };
+    for (int64_t l = 0; l < kLayers; ++l)
+      paged.append_and_attend_batch(l, seqs, prompts, rows(batch * 80, kHeads),
+                                    rows(batch * 80, kKvHeads), rows(batch * 80, kKvHeads));
+    for (int step = 0; step < 6; ++step) {
+      const at::Tensor q = rows(batch, kHeads), k = rows(batch, kKvHeads),
+                       v = rows(batch, kKvHeads);
+      ops.clear();
+      for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
+      if (step < 2) continue;  // the lists settle into their steady shape
+      if (normalize) {
+        EXPECT_GT(ops["aten::sort"], 0) << "normalized sums select()";
+        continue;
+      }
+      EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
+      // One host copy of the step's lists, after its last layer (aten::to: also the queries'
+      // and keys' dtype conversions, the same per layer with or without eviction).
+      EXPECT_EQ(ops["aten::cat"], kLayers + 1) << "step " << step;
+    }
+    for (const int64_t seq : seqs)
+      EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, 40));
   }
 }
 

@@ -403,6 +403,57 @@ TEST(Retention, BatchedAttentionRecordsAreEachRecordsOwn) {
     }
 }
 
+// H2O's steady state applied where the sums are (drop_lowest_batch, what the paged cache's
+// kernel path runs at budget + 1 held tokens) drops the token select() drops, for every head of
+// every record, with ties to the later token (sums rounded to a few values, so most heads tie),
+// and each record keeps the other sums in order. normalize=true has no such rule.
+TEST(H2o, DroppingTheLowestSumIsWhatSelectKeeps) {
+  auto gen = at::detail::createCPUGenerator(41);
+  const int64_t kv_heads = 3, heavy = 6, recent = 4, held = heavy + recent + 1, length = 50;
+  const H2oPolicy h2o(heavy, recent, false, EvictionTiming::kDecode);
+  ASSERT_EQ(h2o.drops_lowest_sum(), recent);
+  EXPECT_FALSE(H2oPolicy(heavy, recent, true, EvictionTiming::kDecode).drops_lowest_sum());
+  for (const bool ties : {false, true}) {
+    SCOPED_TRACE(ties ? "tied sums" : "distinct sums");
+    std::vector<AttentionRecord> records(5);
+    std::vector<AttentionRecord*> pointers;
+    std::vector<at::Tensor> sums;
+    for (AttentionRecord& r : records) {
+      // One query per KV head: the sums are its softmax, equal wherever its scores are.
+      const at::Tensor scores = ties ? at::randint(0, 3, {kv_heads, held}, gen).to(at::kFloat)
+                                     : at::randn({kv_heads, held}, gen);
+      at::Tensor unused;
+      r.add_scores(h2o, scores, kv_heads, length - 1, unused);
+      sums.push_back(r.summed().clone());
+      pointers.push_back(&r);
+    }
+    const at::Tensor dropped = AttentionRecord::drop_lowest_batch(pointers, heavy + 1);
+    ASSERT_EQ(dropped.sizes(), (std::vector<int64_t>{5, kv_heads}));
+    int64_t tied = 0;
+    for (size_t i = 0; i < records.size(); ++i) {
+      RetentionInput in;
+      in.length = length;
+      // Held: heavy scattered positions, the tail's first (non-recent) token, the window.
+      in.positions = at::cat({at::arange(0, 2 * heavy, 2, at::kLong),
+                              at::arange(length - recent - 1, length, at::kLong)})
+                         .expand({kv_heads, held})
+                         .contiguous();
+      in.accumulated = sums[i];
+      const at::Tensor kept = h2o.select(in);  // [kv_heads, held - 1] ascending indices
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const int64_t d = dropped[int64_t(i)][h].item<int64_t>();
+        const at::Tensor expect =
+            at::cat({at::arange(d, at::kLong), at::arange(d + 1, held, at::kLong)});
+        EXPECT_TRUE(at::equal(kept[h], expect)) << "record " << i << " head " << h;
+        const at::Tensor first = sums[i][h].narrow(0, 0, heavy + 1);
+        tied += first.eq(first.min()).sum().item<int64_t>() > 1;
+      }
+      EXPECT_TRUE(at::equal(records[i].summed(), sums[i].gather(1, kept)));
+    }
+    if (ties) EXPECT_GT(tied, 5) << "the tied case has few ties";
+  }
+}
+
 // The span a cache may apply without asking select() covers exactly the held tokens select()
 // keeps, on random held sets (with gaps, sinks and window overlapping or not).
 TEST(StreamingLlm, SpanCoversWhatTheSelectionKeeps) {

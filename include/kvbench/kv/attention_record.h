@@ -68,6 +68,12 @@ class AttentionRecord {
                          const std::vector<RetentionInput*>& inputs);
   static void keep_batch(const std::vector<AttentionRecord*>& records,
                          const std::vector<at::Tensor>& wheres);
+  // RetentionPolicy::drops_lowest_sum's choice for records whose H2O sums cover the same
+  // number of held tokens: per record and KV head, the index among the first `candidates`
+  // with the lowest sum (the last of equal ones), as [records, kv_heads] int64 where the sums
+  // are; each record drops that token's row. One set of operators for all of them.
+  static at::Tensor drop_lowest_batch(const std::vector<AttentionRecord*>& records,
+                                      int64_t candidates);
 
  private:
   // H2O's sums grown to the held tokens `summed` [kv_heads, held] covers, plus it.

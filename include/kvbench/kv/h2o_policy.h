@@ -26,6 +26,12 @@ class H2oPolicy final : public RetentionPolicy {
   // One set of operators for a rectangular batch (newest_batch), else per input.
   std::vector<at::Tensor> select_batch(
       const std::vector<const RetentionInput*>& inputs) const override;
+  // At budget + 1 held tokens the `heavy` highest of the heavy + 1 outside the window stay:
+  // the lowest goes, and top_tokens' stable order drops the later of equal scores. Normalized
+  // scores depend on the positions: those select().
+  std::optional<int64_t> drops_lowest_sum() const override {
+    return normalize_ ? std::nullopt : std::optional<int64_t>(recent_);
+  }
 
  private:
   int64_t heavy_, recent_;

@@ -281,6 +281,9 @@ class PagedKVCache final : public KVCache {
     UploadedList device;  // undefined buffer until uploaded (possibly beside other lists)
     int64_t tail = 0;
     at::Tensor origin;  // undefined: slot = logical position
+    // A steady-state eviction (evict_steady) changed `device` where it lives: `host` has its
+    // shape but not its values until refresh_lists.
+    bool host_stale = false;
     bool selected() const { return host.defined(); }
     int64_t count() const { return host.defined() ? host.size(1) : 0; }
     // Tokens per head of a sequence of `length` tokens (its new ones included).
@@ -505,6 +508,18 @@ class PagedKVCache final : public KVCache {
   bool keep_span(Retained& r, const RetentionSpan& span, int64_t length);
   // Frees the pages of `s` no layer retains a token in and no later append writes.
   void free_evicted_pages(Sequence& s);
+  // A decode step's evictions at `layer` on the kernel path, where the policy drops one token
+  // per head by its sums (RetentionPolicy::drops_lowest_sum: H2O's steady state): for every
+  // over-budget sequence holding budget + 1 tokens, `recent` + 1 of them in its tail, the choice
+  // and the lists' update stay where the pools are, one set of operators for them all and
+  // nothing read back (each head's list loses the dropped token and takes the tail's first,
+  // which leaves the tail). Clears evict_after for the sequences it served; the others select.
+  void evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
+                    const std::vector<RetentionInput>& inputs, const std::vector<int64_t>& slots,
+                    std::vector<bool>& evict_after);
+  // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
+  // in one copy back.
+  void refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer);
   // Tokens in `s`'s slots (its length less what a compaction took out).
   int64_t stored(const Sequence& s) const { return s.length - s.dropped; }
   // compacts(): the prefills `seqs` (each with its prompt's length) just selected at `layer`;

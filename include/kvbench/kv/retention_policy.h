@@ -120,6 +120,12 @@ class RetentionPolicy {
   // sequence). Inputs carry host_positions.
   virtual std::vector<at::Tensor> select_batch(
       const std::vector<const RetentionInput*>& inputs) const;
+  // A decode-timing policy's steady state, which a cache may apply where the scores are,
+  // without select(): a layer holding budget + 1 tokens whose newest `recent` are the last
+  // `recent` it holds drops exactly one token per KV head, the one with the lowest accumulated
+  // score among the others, ties to the later one (what select() keeps there). Such a policy
+  // returns its `recent` (H2O without normalization); nullopt (the default): ask select().
+  virtual std::optional<int64_t> drops_lowest_sum() const { return std::nullopt; }
 };
 
 // Keeps every token: the behaviour of a cache without eviction.
