@@ -1132,8 +1132,13 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   // Policies that select by attention see every step's attention first: the new tokens attend
   // everything held, their attention is recorded, then the layer shrinks (H2O's order).
   // The retained lists and tails are read as they are: on the kernel path, a decode step that
-  // neither selects nor records makes no positions tensor.
+  // neither selects nor records makes no positions tensor. A record serves a selection to
+  // come: every step under a decode-timing policy, the prefill only under one that selects
+  // once after it (its decode steps then read the compacted slots with the dense kernel).
   const bool by_attention = selects_by_attention(policy_.get());
+  const bool decode_timing = policy_->timing() == EvictionTiming::kDecode;
+  std::vector<bool> records_now(size_t(B), false);
+  bool any_records = false;
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false);
   // Each sequence's slots with its new tokens: its length (in.length, what the policy reads)
@@ -1148,8 +1153,10 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     in.layer = layer, in.num_layers = num_layers_, in.length = s.length + n;
     in.prefill = s.length == 0;
     slots[size_t(b)] = stored(s) + n;
-    const bool over = (in.prefill || policy_->timing() == EvictionTiming::kDecode) &&
+    const bool over = (in.prefill || decode_timing) &&
                       s.kept[size_t(layer)].held(slots[size_t(b)]) > policy_->budget(in);
+    records_now[size_t(b)] = by_attention && (in.prefill || decode_timing);
+    any_records = any_records || records_now[size_t(b)];
     if (over && n == 1 && !in.prefill && !by_attention)
       select(s, layer, in);
     else
@@ -1169,8 +1176,8 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   if (kernel_path_ && all_single) {
     paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
                               max_len};
-    if (any_kept || by_attention) {
-      if (by_attention) {  // the kernel writes each held token's score for the policy
+    if (any_kept || any_records) {
+      if (any_records) {  // the kernel writes each held token's score for the policy
         int64_t most = 1;
         for (int b = 0; b < B; ++b)
           most = std::max(most, batch[size_t(b)]->kept[size_t(layer)].held(slots[size_t(b)]));
@@ -1186,21 +1193,21 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
       const Sequence& s = *batch[size_t(b)];
       const Rows rows = rows_at(store, s, table[b], attended(b), slots[size_t(b)], true);
-      if (by_attention) keys[size_t(b)] = rows.keys;  // the policy's scores reuse them
+      if (records_now[size_t(b)]) keys[size_t(b)] = rows.keys;  // the policy's scores reuse them
       const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);
       parts.push_back(attend_rows(rows, qb).transpose(0, 1));
     }
     out = at::cat(parts, 0);
   }
   std::vector<at::Tensor> newest(static_cast<size_t>(B));  // TOVA's, per sequence
-  if (by_attention) {
+  if (any_records) {
     Stopwatch watch;
     if (logits.defined()) {  // one query per sequence, scored by the kernel: batched
       std::vector<AttentionRecord*> records;
       std::vector<int64_t> held, starts;
       for (int b = 0; b < B; ++b) {
         Sequence& s = *batch[size_t(b)];
-        records.push_back(&s.scores[size_t(layer)]);
+        records.push_back(records_now[size_t(b)] ? &s.scores[size_t(layer)] : nullptr);
         held.push_back(s.kept[size_t(layer)].held(slots[size_t(b)]));
         starts.push_back(s.length);
       }
@@ -1208,6 +1215,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
                                         newest);
     } else {
       for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
+        if (!records_now[size_t(b)]) continue;
         const int64_t n = counts[size_t(b)];
         Sequence& s = *batch[size_t(b)];
         record_scores(s, layer, q, row, n, s.kept[size_t(layer)].held(slots[size_t(b)]), store,
@@ -1237,7 +1245,16 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     evicting.push_back(&in);
     evicted.push_back(batch[size_t(b)]);
   }
-  if (evicting.empty()) return out;
+  // After the prefill of a policy that selects once, no record is read again.
+  auto forget_records = [&] {
+    if (decode_timing) return;
+    for (int b = 0; b < B; ++b)
+      if (records_now[size_t(b)]) batch[size_t(b)]->scores[size_t(layer)] = AttentionRecord();
+  };
+  if (evicting.empty()) {
+    forget_records();
+    return out;
+  }
   Stopwatch watch;
   double waited = 0;  // for the layer's queued work, at the choices' read-back
   if (by_attention) AttentionRecord::fill_batch(*policy_, records, newest_evicting, evicting);
@@ -1253,8 +1270,9 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     if (compacts()) compacted.emplace_back(evicted[i], evicting[i]->length);  // prefills only
   }
   watch = Stopwatch();
-  AttentionRecord::keep_batch(kept_records, wheres);
+  if (decode_timing) AttentionRecord::keep_batch(kept_records, wheres);
   if (!compacted.empty()) compact(layer, compacted);
+  forget_records();
   retention_s_ += watch.seconds();
   return out;
 }
@@ -1380,6 +1398,10 @@ bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held
     while (n < held && kept[h * held + held - 1 - n] == length - 1 - n) ++n;
     run = std::min(run, n);
   }
+  // Under a policy dropping the lowest sum (H2O), a tail of at most its window keeps the
+  // steady state evict_steady serves from the next step on.
+  if (const std::optional<int64_t> recent = policy_ ? policy_->drops_lowest_sum() : std::nullopt)
+    run = std::min(run, *recent);
   r.tail = length - run;
   const int64_t count = held - run;
   // An unchanged list (StreamingLLM's sinks after every selection): nothing made or uploaded.
@@ -1492,7 +1514,7 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
     const at::Tensor tail =
         upload(at::tensor(tails, at::kInt)).to(lists.device()).view({E, 1, 1}).expand({E, H, 1});
     // Each head's entries past its dropped one move down one; the tail's first token ends it.
-    const at::Tensor i = at::arange(count, dropped.options()).view({1, 1, count});
+    const at::Tensor i = at::arange(count, lists.options().dtype(at::kLong)).view({1, 1, count});
     const at::Tensor fresh = at::cat({lists, tail}, 2)
                                  .gather(2, i.add(i.ge(dropped.to(lists.device()).unsqueeze(2))))
                                  .contiguous()

@@ -269,8 +269,10 @@ class PagedKVCache final : public KVCache {
   // `device`), then the tail [tail, length) every head keeps. New tokens only lengthen the
   // tail, so a step that selects nothing changes nothing here (no positions tensor is made),
   // and the lists travel only when a selection changes them. Listed positions are below
-  // `tail`, and the tail starts the longest run of newest tokens every head keeps (so an
-  // unchanged selection compares equal). Undefined `host`: every token (nothing evicted; tail 0).
+  // `tail`; a selection's tail starts the longest run of newest tokens every head keeps (so an
+  // unchanged selection compares equal), at most the window of a policy dropping the lowest
+  // sum, which evict_steady then moves on by one per step. Undefined `host`: every token
+  // (nothing evicted; tail 0).
   //
   // After a compaction (compacts()) the positions are the pages' slots, not the tokens'
   // logical positions: `origin` [kv_heads, kept] int64 (host) holds the logical positions of
