@@ -902,20 +902,49 @@ TEST(PagedRetentionErrorsTest, AChoiceThatIsNotAscendingIndicesSaysSo) {
 // (selecting every step) or SnapKV (selected once) must issue none per sequence: a batch of
 // 6 issues as many as a batch of 2; H2O, TOVA and ScissorHands (recording, selecting and
 // keeping every step) at most three host operators per sequence and layer.
+// Counts the ATen operators this thread dispatches at the top level (not those they call), by
+// name, while it lives.
+class OpCounter {
+ public:
+  OpCounter()
+      : handle_(at::addThreadLocalCallback(
+            at::RecordFunctionCallback(
+                [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+                  if (depth()++ == 0) ++counts()[fn.name()];
+                  return nullptr;
+                },
+                [](const at::RecordFunction&, at::ObserverContext*) { --depth(); })
+                .scopes({at::RecordScope::FUNCTION}))) {
+    clear();
+  }
+  ~OpCounter() { at::removeCallback(handle_); }
+  OpCounter(const OpCounter&) = delete;
+  OpCounter& operator=(const OpCounter&) = delete;
+  void clear() { counts().clear(); }
+  int64_t operator[](const std::string& name) const {
+    const auto it = counts().find(name);
+    return it == counts().end() ? 0 : it->second;
+  }
+  int64_t total() const {
+    int64_t n = 0;
+    for (const auto& [name, count] : counts()) n += count;
+    return n;
+  }
+
+ private:
+  static std::map<std::string, int64_t>& counts() {
+    static thread_local std::map<std::string, int64_t> c;
+    return c;
+  }
+  static int64_t& depth() {
+    static thread_local int64_t d = 0;
+    return d;
+  }
+  at::CallbackHandle handle_;
+};
+
 TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
-  static thread_local int64_t ops = 0, depth = 0;
-  const at::CallbackHandle handle = at::addThreadLocalCallback(
-      at::RecordFunctionCallback(
-          [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
-            if (depth++ == 0) ++ops;
-            return nullptr;
-          },
-          [](const at::RecordFunction&, at::ObserverContext*) { --depth; })
-          .scopes({at::RecordScope::FUNCTION}));
-  struct Removal {
-    at::CallbackHandle handle;
-    ~Removal() { at::removeCallback(handle); }
-  } removal{handle};
+  OpCounter ops;
   auto step_ops = [&](const char* entry, int64_t batch) {
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
     PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim,
@@ -931,9 +960,9 @@ TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
     for (int step = 0; step < 3; ++step) {
       const at::Tensor q = rows(batch, kHeads), k = rows(batch, kKvHeads),
                        v = rows(batch, kKvHeads);
-      ops = 0;
+      ops.clear();
       for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
-      counted = ops;  // the last step's (lists uploaded, nothing left to grow)
+      counted = ops.total();  // the last step's (lists uploaded, nothing left to grow)
     }
     return counted;
   };
@@ -963,20 +992,7 @@ TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
 // per layer (no copy to the host but the step's one at its end); normalized scores still
 // select. The kept tokens are the reference cache's (PagedRetentionTest).
 TEST(PagedHostOpsTest, H2oSteadyStateEvictsWithoutSortingOrReadingBack) {
-  static thread_local std::map<std::string, int64_t> ops;
-  static thread_local int64_t depth = 0;
-  const at::CallbackHandle handle = at::addThreadLocalCallback(
-      at::RecordFunctionCallback(
-          [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-            if (depth++ == 0) ++ops[fn.name()];
-            return nullptr;
-          },
-          [](const at::RecordFunction&, at::ObserverContext*) { --depth; })
-          .scopes({at::RecordScope::FUNCTION}));
-  struct Removal {
-    at::CallbackHandle handle;
-    ~Removal() { at::removeCallback(handle); }
-  } removal{handle};
+  OpCounter ops;
   for (const bool normalize : {false, true}) {
     auto policy = std::make_shared<H2oPolicy>(24, 16, normalize, EvictionTiming::kDecode);
     PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKvHeads, kDim,
