@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -531,6 +532,8 @@ INSTANTIATE_TEST_SUITE_P(
                           R"({"name": "kivi-2", "group": 32, "residual": 64})",
                           R"({"name": "streamingllm", "sinks": 4, "window": 60, "codec": "int8"})",
                           R"({"name": "h2o", "heavy": 24, "recent": 40, "codec": "fp16"})",
+                          R"({"name": "h2o", "heavy": 24, "recent": 40, "evict": "after_prefill",
+                              "codec": "int8"})",
                           R"({"name": "tova", "budget": 64, "codec": "bf16"})",
                           R"({"name": "scissorhands", "budget": 64, "recent": 16, "history": 8,
                               "codec": "int4"})",
@@ -907,7 +910,8 @@ TEST(PagedRetentionErrorsTest, AChoiceThatIsNotAscendingIndicesSaysSo) {
 class OpCounter {
  public:
   OpCounter()
-      : handle_(at::addThreadLocalCallback(
+      : live_(claim()),
+        handle_(at::addThreadLocalCallback(
             at::RecordFunctionCallback(
                 [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
                   if (depth()++ == 0) ++counts()[fn.name()];
@@ -917,7 +921,10 @@ class OpCounter {
                 .scopes({at::RecordScope::FUNCTION}))) {
     clear();
   }
-  ~OpCounter() { at::removeCallback(handle_); }
+  ~OpCounter() {
+    at::removeCallback(handle_);
+    live() = false;
+  }
   OpCounter(const OpCounter&) = delete;
   OpCounter& operator=(const OpCounter&) = delete;
   void clear() { counts().clear(); }
@@ -932,6 +939,15 @@ class OpCounter {
   }
 
  private:
+  // One counter per thread at a time: the counts are the thread's.
+  static bool& live() {
+    static thread_local bool l = false;
+    return l;
+  }
+  static bool claim() {
+    if (live()) throw std::logic_error("OpCounter: one per thread at a time");
+    return live() = true;
+  }
   static std::map<std::string, int64_t>& counts() {
     static thread_local std::map<std::string, int64_t> c;
     return c;
@@ -940,6 +956,7 @@ class OpCounter {
     static thread_local int64_t d = 0;
     return d;
   }
+  bool live_;
   at::CallbackHandle handle_;
 };
 
@@ -1002,22 +1019,36 @@ TEST(PagedHostOpsTest, H2oSteadyStateEvictsWithoutSortingOrReadingBack) {
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(paged.add_sequence());
     auto gen = at::detail::createCPUGenerator(29);
     auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}, gen).to(at::kHalf); };
-    for (int64_t l = 0; l < kLayers; ++l)
-      paged.append_and_attend_batch(l, seqs, prompts, rows(batch * 80, kHeads),
-                                    rows(batch * 80, kKvHeads), rows(batch * 80, kKvHeads));
+    // Every prompt query leans towards one direction and the key just before the window lies
+    // along it, so every head keeps that token as a heavy hitter: the longest run every head
+    // keeps then reaches past the window, and only a tail capped at the window makes the first
+    // decode step steady.
+    const at::Tensor lean = at::full({kDim}, 1.0 / std::sqrt(double(kDim)));
+    for (int64_t l = 0; l < kLayers; ++l) {
+      const at::Tensor q = (rows(batch * 80, kHeads).to(at::kFloat) + lean * 2).to(at::kHalf);
+      at::Tensor k = rows(batch * 80, kKvHeads).to(at::kFloat);
+      for (int64_t b = 0; b < batch; ++b)
+        k[b * 80 + 80 - 16 - 1].copy_(lean.mul(12).expand({kKvHeads, kDim}));
+      paged.append_and_attend_batch(l, seqs, prompts, q, k.to(at::kHalf),
+                                    rows(batch * 80, kKvHeads));
+    }
+    for (const int64_t seq : seqs)  // the last of 24 heavy hitters, in every head
+      ASSERT_TRUE(paged.kept_positions(seq, 0).select(1, 23).eq(80 - 16 - 1).all().item<bool>())
+          << "the token before the window is not every head's heavy hitter";
     for (int step = 0; step < 6; ++step) {
       const at::Tensor q = rows(batch, kHeads), k = rows(batch, kKvHeads),
                        v = rows(batch, kKvHeads);
       ops.clear();
       for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
-      if (step < 2) continue;  // the lists settle into their steady shape
       if (normalize) {
         EXPECT_GT(ops["aten::sort"], 0) << "normalized sums select()";
         continue;
       }
+      // From the first decode step on (the prefill's choice leaves its tail at the window):
+      // nothing sorted, no value read on the host, and one copy of the step's lists back after
+      // its last layer beside each layer's list update.
       EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
-      // One host copy of the step's lists, after its last layer (aten::to: also the queries'
-      // and keys' dtype conversions, the same per layer with or without eviction).
+      EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
       EXPECT_EQ(ops["aten::cat"], kLayers + 1) << "step " << step;
     }
     for (const int64_t seq : seqs)

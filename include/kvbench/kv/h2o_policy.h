@@ -28,9 +28,10 @@ class H2oPolicy final : public RetentionPolicy {
       const std::vector<const RetentionInput*>& inputs) const override;
   // At budget + 1 held tokens the `heavy` highest of the heavy + 1 outside the window stay:
   // the lowest goes, and top_tokens' stable order drops the later of equal scores. Normalized
-  // scores depend on the positions: those select().
+  // scores depend on the positions: those select(); so does a choice made once.
   std::optional<int64_t> drops_lowest_sum() const override {
-    return normalize_ ? std::nullopt : std::optional<int64_t>(recent_);
+    return normalize_ || timing_ != EvictionTiming::kDecode ? std::nullopt
+                                                            : std::optional<int64_t>(recent_);
   }
 
  private:

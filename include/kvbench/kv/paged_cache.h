@@ -23,7 +23,7 @@
 // behind its window; a per-head selection frees only pages every head left). A selection made
 // once after the prefill over a per-token format is compacted instead (compacts()): each head's
 // kept tokens fill its first slots, the pages past them go back, and decode reads every slot
-// with the dense kernel. Tokens
+// with the dense kernel (a layer keeping fewer than the longest: its slots by index). Tokens
 // are selected as the reference cache selects them (same policy inputs), but KIVI groups keep
 // the tokens they were quantized with (the reference cache re-quantizes the kept ones).
 #pragma once
