@@ -24,6 +24,11 @@
 #   GPU_MEMCHECK_EARLY=0       memcheck after the end-to-end stages, not while the CLI builds
 #   GPU_E2E_CAP=S              the e2e stage's cap (default 240 s)
 #   KVBENCH_DECODE_LOOP=...    the suites' decode loops, as the decode bench chose them before
+#   GPU_UNIT_FIRST=1           the unit tests (built after the CLI) run before the end-to-end
+#                              stage, which keeps its cap (GPU_UNIT_CAP: theirs, default 180 s)
+#   GPU_UNIT_FILTER=F          the unit tests' gtest filter
+#   GPU_E2E_METHODS=JSON       the e2e stage's methods (`--set methods=JSON`), e.g. to drop the
+#                              ones a previous session measured
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/kvbench-gpu}
@@ -109,6 +114,8 @@ fi
 #    errors in one call).
 build_tests=1
 skipped unit_tests && build_tests=0
+unit_first=${GPU_UNIT_FIRST:-0}
+[ $build_tests = 1 ] || unit_first=0
 setsid bash -c "if JOBS=12 KVBENCH_TARGETS=kvbench nice -n 19 scripts/gpu_full_build.sh build-cuda
   then touch '$LOGS/cli.built'; else touch '$LOGS/cli.failed'; fi
   [ $build_tests = 1 ] || exit 0
@@ -155,15 +162,37 @@ memcheck() {
 }
 memcheck_done=0
 [ -e "$LOGS/cli.built" ] || [ "${GPU_MEMCHECK_EARLY:-1}" = 0 ] || memcheck
+# 5 (first, with GPU_UNIT_FIRST=1). The engine's unit tests on cuda (paged caches, model
+#    placement, streams); by default every cuda case and the GPU-only tests.
+unit_filter=${GPU_UNIT_FILTER:-'*/cuda_*:*Cuda*:*Gpu*:*Bf16*:*TorchSdpa*:*DeviceTimer*:*ModelPlacement*:*PagedRetentionMemory*'}
+unit_done=0
+unit_tests() {  # [seconds to leave to later stages]
+  unit_done=1
+  local cap=${GPU_UNIT_CAP:-180} spare=$((budget - (SECONDS - start) - ${1:-0}))
+  [ "$spare" -lt "$cap" ] && cap=$spare
+  stage unit_tests "$cap" "${cuda_env[@]}" build-cuda/tests/kvbench_tests --gtest_brief=1 \
+    --gtest_filter="$unit_filter"
+  tail -15 "$LOGS/unit_tests.log"
+}
+if [ "$unit_first" = 1 ]; then
+  # The e2e stage keeps ${GPU_E2E_CAP:-240} s; the unit tests wait for their build until then.
+  if wait_for "$LOGS/tests.built" "$((${GPU_E2E_CAP:-240} + 60))"; then
+    unit_tests "$((${GPU_E2E_CAP:-240} + 10))"
+  else
+    log "unit tests: not built in time (the e2e stage goes first); see full_build.log"
+  fi
+fi
+e2e_set=()
+[ -n "${GPU_E2E_METHODS:-}" ] && e2e_set=(--set "methods=$GPU_E2E_METHODS")
 # 4. The end-to-end acceptance (Llama-3-8B shapes, batch 16 x 8k), then the kernels suite,
 #    the build paused meanwhile.
 if wait_for "$LOGS/cli.built" 60; then
   build_signal STOP
   for suite in e2e kernels; do
-    cap=240
-    [ "$suite" = e2e ] && cap=${GPU_E2E_CAP:-240}
+    cap=240 extra=()
+    [ "$suite" = e2e ] && cap=${GPU_E2E_CAP:-240} extra=("${e2e_set[@]}")
     stage "$suite" "$cap" "${suite_env[@]}" build-cuda/kvbench run -c "configs/gpu-$suite.json" \
-      --out "$LOGS/$suite" --log-level warn
+      --out "$LOGS/$suite" --log-level warn "${extra[@]}"
     "${cuda_env[@]}" build-cuda/kvbench report "$LOGS/$suite"/*.json >"$LOGS/$suite-report.md" 2>&1 &&
       grep -v "^$" "$LOGS/$suite-report.md" | head -40
     bundle
@@ -174,12 +203,8 @@ else
   tail -20 "$LOGS/full_build.log"
 fi
 [ "$memcheck_done" = 1 ] || memcheck
-# 5. The engine's unit tests on cuda (paged caches, model placement, streams).
-if wait_for "$LOGS/tests.built" 40; then
-  stage unit_tests 180 "${cuda_env[@]}" build-cuda/tests/kvbench_tests --gtest_brief=1 \
-    --gtest_filter='*PagedCache*:*PagedRetention*:*PagedQuest*:*KvAppend*:*KvEncode*:*GpuFormat*:*Retained*:*Latent*:*Palu*:*Gear*:*ModelOps*:*ModelPlacement*:*Bf16*:*TorchSdpa*:*KernelsSuiteGpu*:*CudaStream*:*DeviceTimer*'
-  tail -15 "$LOGS/unit_tests.log"
-fi
+# 5. The unit tests, when they did not go first.
+[ "$unit_done" = 1 ] || ! wait_for "$LOGS/tests.built" 40 || unit_tests
 build_signal CONT
 build_signal TERM
 # 6. What the decode kernels issue and where their warps wait (ncu, no clock control: the
