@@ -15,6 +15,20 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
 }
 
+// Whether this libtorch multiplies fp16 matrices on the CPU (1.13 does not; 2.x does).
+bool cpu_fp16_matmul() {
+  static const bool works = [] {
+    try {
+      const at::Tensor h = at::ones({2, 2}, at::kHalf);
+      at::mm(h, h);
+      return true;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
+  return works;
+}
+
 std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 
 // A generator seeded with `seed` on `device`: a private one on the CPU; on a GPU the device's
@@ -38,9 +52,13 @@ void check_placement(const ModelPlacement& p) {
             "model: compute dtype ", c10::toString(p.dtype),
             " is not one of float32, bfloat16, float16");
   if (p.device.is_cpu()) {
+    // The CPU paths (fused decode kernels, codecs) are built and tested for bf16 and fp32,
+    // so fp16 stays refused there even where libtorch's CPU matmul takes it.
     KVB_CHECK(p.dtype != at::kHalf,
-              "model: float16 compute needs a GPU (libtorch's CPU matrix multiply has no fp16 "
-              "kernels); use bfloat16 or float32 on the CPU");
+              "model: float16 compute is not supported on the CPU (kvbench's CPU paths compute "
+              "in bfloat16 or float32",
+              cpu_fp16_matmul() ? "" : "; this libtorch's CPU matrix multiply has no fp16 kernels",
+              "); use bfloat16 or float32 on the CPU");
     return;
   }
   KVB_CHECK(p.device.is_cuda(), "model: device ", p.device.str(), " is not cpu or cuda");

@@ -483,7 +483,11 @@ TEST_P(PagedBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
   if (!c.skip.empty()) GTEST_SKIP() << c.skip;
   PagedKVCache& paged = *c.paged;
   auto ref = make_kv_cache(c.method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
-  const double tolerance = c.where.kernel_path() ? 2e-3 : 1e-5;
+  // KIVI's GPU kernels dequantize into fp16 (v2: code * scale + min by HFMA2; v3 folds the
+  // keys' channel scales into an fp16 query) where the reference decodes in fp32: 2.2e-3 seen
+  // for kivi-2 on v2 on an H200 (2026-12-04), over the 2e-3 of the other formats.
+  const bool kivi_gpu = c.where.device.is_cuda() && kernels::is_kivi(paged.format().format);
+  const double tolerance = kivi_gpu ? 4e-3 : (c.where.kernel_path() ? 2e-3 : 1e-5);
   auto gen = at::detail::createCPUGenerator(37);
   const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
                                      paged.add_sequence()};
