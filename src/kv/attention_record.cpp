@@ -340,7 +340,7 @@ void AttentionRecord::keep_batch(const std::vector<AttentionRecord*>& records,
 
 std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
                                              const std::vector<RetentionInput*>& inputs,
-                                             double* waited_s) {
+                                             double* waited_s, bool read_back) {
   // The positions stay on the host beside each input (the policy counts there; select_batch
   // moves them where the scores are).
   std::vector<RetentionInput> where(inputs.size());
@@ -356,10 +356,11 @@ std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
   std::vector<RetentionChoice> chosen;
   std::vector<at::Tensor> on_device;  // flattened, in order
   for (const at::Tensor& c : picks) {
-    chosen.push_back({c, c});
-    if (!c.device().is_cpu()) on_device.push_back(c.reshape({-1}));
+    const bool cpu = c.device().is_cpu();
+    chosen.push_back({c, cpu || read_back ? c : at::Tensor()});
+    if (!cpu) on_device.push_back(c.reshape({-1}));
   }
-  if (on_device.empty()) return chosen;
+  if (on_device.empty() || !read_back) return chosen;
   const at::Tensor all = at::cat(on_device);
   if (waited_s != nullptr) *waited_s += wait_for_device(all.device());
   const at::Tensor host = all.to(at::kCPU);  // the one wait

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -422,6 +423,7 @@ at::Tensor PagedKVCache::kept_positions(int64_t seq, int64_t layer, int64_t leng
 at::Tensor PagedKVCache::logical_positions(const Sequence& s, const Retained& r,
                                            at::Tensor slots) const {
   if (!r.origin.defined()) return s.dropped == 0 ? slots : slots + s.dropped;
+  KVB_CHECK(r.origin.is_cpu(), "paged cache: a compacted layer's positions were read mid-step");
   const int64_t n = slots.size(1), kept = r.origin.size(1);
   const at::Tensor origin = r.origin.contiguous();
   const int64_t* o = origin.data_ptr<int64_t>();
@@ -986,9 +988,10 @@ void PagedKVCache::end_step(int64_t layer, const Step& step, const std::vector<i
   for (size_t b = 0; b < step.batch.size(); ++b) {
     Sequence& s = *step.batch[b];
     s.length += counts[b];
-    if (s.compacting) settle_compaction(s);
-    if (s.evicted) free_evicted_pages(s);
   }
+  settle_compactions(step.batch);
+  for (Sequence* s : step.batch)
+    if (s->evicted) free_evicted_pages(*s);
 }
 
 void PagedKVCache::append_batch(int64_t layer_index, const std::vector<int64_t>& seqs,
@@ -1258,20 +1261,30 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   Stopwatch watch;
   double waited = 0;  // for the layer's queued work, at the choices' read-back
   if (by_attention) AttentionRecord::fill_batch(*policy_, records, newest_evicting, evicting);
-  const std::vector<RetentionChoice> chosen = choose_retained(*policy_, evicting, &waited);
+  // A compacting policy selects in prefills only, and its choices move the slots where they
+  // were made: nothing comes back to the host until the step's end.
+  const bool compacting = compacts();
+  const std::vector<RetentionChoice> chosen =
+      choose_retained(*policy_, evicting, &waited, /*read_back=*/!compacting);
   retention_s_ += watch.seconds() - waited;
-  std::vector<AttentionRecord*> kept_records;
-  std::vector<at::Tensor> wheres;
-  std::vector<std::pair<Sequence*, int64_t>> compacted;
-  for (size_t i = 0; i < evicting.size(); ++i) {
-    apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
-    kept_records.push_back(&evicted[i]->scores[size_t(layer)]);
-    wheres.push_back(chosen[i].where);
-    if (compacts()) compacted.emplace_back(evicted[i], evicting[i]->length);  // prefills only
+  if (compacting) {
+    watch = Stopwatch();
+    std::vector<int64_t> lengths;
+    std::vector<at::Tensor> kept;
+    for (size_t i = 0; i < evicting.size(); ++i)
+      lengths.push_back(evicting[i]->length), kept.push_back(chosen[i].where);
+    compact(layer, evicted, lengths, kept);
+  } else {
+    std::vector<AttentionRecord*> kept_records;
+    std::vector<at::Tensor> wheres;
+    for (size_t i = 0; i < evicting.size(); ++i) {
+      apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
+      kept_records.push_back(&evicted[i]->scores[size_t(layer)]);
+      wheres.push_back(chosen[i].where);
+    }
+    watch = Stopwatch();
+    if (decode_timing) AttentionRecord::keep_batch(kept_records, wheres);
   }
-  watch = Stopwatch();
-  if (decode_timing) AttentionRecord::keep_batch(kept_records, wheres);
-  if (!compacted.empty()) compact(layer, compacted);
   forget_records();
   retention_s_ += watch.seconds();
   return out;
@@ -1589,35 +1602,60 @@ int64_t PagedKVCache::compacted_prompt(int64_t prompt) const {
   return most;
 }
 
-void PagedKVCache::compact(int64_t layer, const std::vector<std::pair<Sequence*, int64_t>>& seqs) {
+void PagedKVCache::compact(int64_t layer, const std::vector<Sequence*>& seqs,
+                           const std::vector<int64_t>& lengths,
+                           const std::vector<at::Tensor>& kept) {
   const int64_t P = format_.page_size, H = num_kv_heads_;
   // A pool viewed as rows [pages * kv_heads * P, row bytes]: slot t of head h of a sequence is
   // row (page of t * kv_heads + h) * P + t mod P (kernels/kv_format.h: per-token formats keep
-  // a token's codes, and its scales in the meta pool, in one row each).
-  std::vector<int64_t> from, to;
-  for (const auto& [s, length] : seqs) {
-    Retained& r = s->kept[size_t(layer)];
-    const at::Tensor kept = positions_of(r, length);  // slots are positions until now
-    const int64_t n = kept.size(1);
-    const int64_t* p = kept.data_ptr<int64_t>();
-    auto row = [&, s = s](int64_t h, int64_t t) {
-      return (int64_t(s->pages[size_t(t / P)]) * H + h) * P + t % P;
-    };
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < n; ++i)
-        if (p[h * n + i] != i) from.push_back(row(h, p[h * n + i])), to.push_back(row(h, i));
-    // Slots [0, n) of every head, the tail empty until the step's end settles the slots.
-    r.origin = kept;
-    r.host = at::arange(n, at::kInt).expand({H, n}).contiguous();
-    r.device = UploadedList{};
-    r.tail = length;
-    s->compacting = s->lists_changed = true;
+  // a token's codes, and its scales in the meta pool, in one row each). Sequences keeping as
+  // many tokens go together: their block tables in one upload, their rows in a few operators.
+  std::map<int64_t, std::vector<size_t>> by_width;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const Sequence& s = *seqs[i];
+    const Retained& r = s.kept[size_t(layer)];
+    const at::Tensor& c = kept[i];
+    KVB_CHECK(s.dropped == 0 && s.length == 0 && !r.selected(),
+              "paged cache: only a prefill that selected nothing yet is compacted");
+    KVB_CHECK(c.dim() == 2 && c.size(0) == H && c.size(1) <= lengths[i], "retention policy '",
+              policy_->name(), "' returned a selection of shape ", c.sizes(), " for ", H,
+              " heads holding ", lengths[i], " tokens");
+    by_width[c.size(1)].push_back(i);
   }
-  if (from.empty()) return;
-  const int64_t moves = int64_t(from.size());
-  from.insert(from.end(), to.begin(), to.end());
-  const at::Tensor index = upload(at::tensor(from, at::kLong));
-  const at::Tensor src = index.narrow(0, 0, moves), dst = index.narrow(0, moves, moves);
+  std::vector<at::Tensor> from, to;
+  for (const auto& [n, group] : by_width) {
+    const int64_t G = int64_t(group.size());
+    size_t most = 0;
+    for (const size_t i : group) most = std::max(most, seqs[i]->pages.size());
+    std::vector<int64_t> table(size_t(G) * most, 0);
+    for (size_t g = 0; g < group.size(); ++g)
+      std::copy(seqs[group[g]]->pages.begin(), seqs[group[g]]->pages.end(),
+                table.begin() + int64_t(g * most));
+    const at::Tensor pages = upload(at::tensor(table, at::kLong)).view({G, int64_t(most)});
+    const at::Tensor heads = at::arange(H, pages.options()).view({1, H, 1});
+    std::vector<at::Tensor> parts;
+    for (const size_t i : group) parts.push_back(kept[i].to(pages.device(), at::kLong));
+    const at::Tensor chosen = at::stack(parts);  // [G, H, n] positions = slots until now
+    const at::Tensor page_of = pages.gather(1, chosen.view({G, H * n}).div(P, "trunc"));
+    from.push_back(
+        page_of.view({G, H, n}).mul(H).add(heads).mul(P).add(chosen.remainder(P)).view(-1));
+    const at::Tensor slots = at::arange(n, pages.options());
+    const at::Tensor slot_pages = pages.index_select(1, slots.div(P, "trunc")).view({G, 1, n});
+    to.push_back(slot_pages.mul(H).add(heads).mul(P).add(slots.remainder(P)).view(-1));
+    for (size_t g = 0; g < group.size(); ++g) {
+      const size_t i = group[g];
+      Sequence& s = *seqs[i];
+      Retained& r = s.kept[size_t(layer)];
+      // Slots [0, n) of every head, the tail empty until the step's end settles the slots.
+      r.origin = chosen[int64_t(g)];
+      r.host = at::arange(n, at::kInt).expand({H, n}).contiguous();
+      r.device = UploadedList{};
+      r.tail = lengths[i];
+      s.compacting = s.lists_changed = s.evicted = true;
+    }
+  }
+  const at::Tensor src = from.size() == 1 ? from[0] : at::cat(from);
+  const at::Tensor dst = to.size() == 1 ? to[0] : at::cat(to);
   Layer& pools = layers_[size_t(layer)];
   for (at::Tensor* pool : {&pools.k_data, &pools.v_data, &pools.k_meta, &pools.v_meta}) {
     if (!pool->defined() || pool->numel() == 0) continue;
@@ -1629,11 +1667,51 @@ void PagedKVCache::compact(int64_t layer, const std::vector<std::pair<Sequence*,
   }
 }
 
+void PagedKVCache::settle_compactions(const std::vector<Sequence*>& batch) {
+  // Every compacted layer's choice, in one copy back (the one wait of a compacting prefill).
+  std::vector<Retained*> device;
+  std::vector<at::Tensor> parts;
+  for (Sequence* s : batch)
+    if (s->compacting)
+      for (Retained& r : s->kept)
+        if (r.origin.defined() && !r.origin.is_cpu())
+          device.push_back(&r), parts.push_back(r.origin.reshape({-1}));
+  if (!parts.empty()) {
+    const at::Tensor host = at::cat(parts).to(at::kCPU);
+    int64_t offset = 0;
+    for (Retained* r : device) {
+      const int64_t n = r->origin.numel();
+      r->origin = host.narrow(0, offset, n).view(r->origin.sizes());
+      offset += n;
+    }
+  }
+  for (Sequence* s : batch)
+    if (s->compacting) settle_compaction(*s);
+}
+
 void PagedKVCache::settle_compaction(Sequence& s) {
   s.compacting = false;
   int64_t slots = 0;  // the longest layer's kept tokens (a layer that kept all: every token)
-  for (const Retained& r : s.kept)
-    slots = std::max(slots, r.origin.defined() ? r.origin.size(1) : s.length);
+  for (Retained& r : s.kept) {
+    if (!r.origin.defined()) {
+      slots = s.length;
+      continue;
+    }
+    // What apply_choice checks of other selections: each head's positions ascending, within
+    // the prompt (a policy's defect, caught before any position is reported).
+    r.origin = r.origin.contiguous();
+    const int64_t kept = r.origin.size(1);
+    const int64_t* o = r.origin.data_ptr<int64_t>();
+    for (int64_t h = 0; h < num_kv_heads_; ++h)
+      for (int64_t i = 0; i < kept; ++i) {
+        const int64_t at = o[h * kept + i];
+        KVB_CHECK(at >= 0 && at < s.length && (i == 0 || at > o[h * kept + i - 1]),
+                  "retention policy '", policy_->name(),
+                  "' returned indices that are not ascending indices of the ", s.length,
+                  " held tokens");
+      }
+    slots = std::max(slots, kept);
+  }
   for (Retained& r : s.kept) {
     if (!r.origin.defined()) continue;
     r.device = UploadedList{};

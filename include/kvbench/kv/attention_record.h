@@ -103,9 +103,11 @@ struct RetentionChoice {
 // host), brought to the host together: one wait for the device per call, not one per sequence.
 // `waited_s`, when given, gains the seconds spent waiting for the work queued before the
 // read-back (the layer's, and the choice's own small kernels): what a retention timer takes
-// out, so that it does not count the layer's attention as the policy's.
+// out, so that it does not count the layer's attention as the policy's. With `read_back`
+// false nothing is brought back (`host` is left undefined for a choice made on a device): the
+// caller uses the choices where they are and waits for nothing.
 std::vector<RetentionChoice> choose_retained(const RetentionPolicy& policy,
                                              const std::vector<RetentionInput*>& inputs,
-                                             double* waited_s = nullptr);
+                                             double* waited_s = nullptr, bool read_back = true);
 
 }  // namespace kvbench

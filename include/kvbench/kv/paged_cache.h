@@ -524,14 +524,21 @@ class PagedKVCache final : public KVCache {
   void refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer);
   // Tokens in `s`'s slots (its length less what a compaction took out).
   int64_t stored(const Sequence& s) const { return s.length - s.dropped; }
-  // compacts(): the prefills `seqs` (each with its prompt's length) just selected at `layer`;
-  // each head's kept tokens move into its slots [0, kept), in one gather and one scatter per
-  // pool for all of them, and each layer's list becomes those slots (settled at the step's
-  // end, when every layer has chosen).
-  void compact(int64_t layer, const std::vector<std::pair<Sequence*, int64_t>>& seqs);
-  // After a compacting prefill's last layer: the sequence's slots end at the longest layer's
-  // kept tokens (`dropped` takes the rest), a layer keeping that many reads every slot, one
-  // keeping fewer lists its slots; the pages past them go back to the pool.
+  // compacts(): the prefills `seqs` (each with its prompt's length `lengths`, nothing selected
+  // before at `layer`) whose policy chose `kept` ([kv_heads, kept] ascending positions, where
+  // the policy computed them, not read back); each head's kept tokens move into its slots
+  // [0, kept), in one gather and one scatter per pool for all of them, with the slots'
+  // pool rows computed where the pools are. Each layer's list becomes those slots and its
+  // `origin` the device's choice, brought back once at the step's end (settle_compactions),
+  // so a compacting prefill never waits for the device between layers.
+  void compact(int64_t layer, const std::vector<Sequence*>& seqs,
+               const std::vector<int64_t>& lengths, const std::vector<at::Tensor>& kept);
+  // After a compacting prefill's last layer: every layer's chosen positions (`origin`) come to
+  // the host in one copy and are checked (ascending, within the prompt), each sequence's slots
+  // end at the longest layer's kept tokens (`dropped` takes the rest), a layer keeping that
+  // many reads every slot, one keeping fewer lists its slots; the pages past them go back to
+  // the pool.
+  void settle_compactions(const std::vector<Sequence*>& batch);
   void settle_compaction(Sequence& s);
   // Tokens a compacting prefill of `prompt` tokens leaves in the slots (the longest layer's
   // budget), or `prompt` when nothing compacts.
