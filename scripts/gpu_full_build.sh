@@ -60,8 +60,11 @@ echo "building ${targets[*]} with $jobs jobs"
 # the same folder keeps an earlier one's errors.
 log=$build/build-$(IFS=-; echo "${targets[*]}").log
 # The unit tests' link step lists their cases by running them (gtest_discover_tests): ICU's
-# libraries there find their own dependencies (libicudata) by the loader path alone.
-export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# libraries there find their own dependencies (libicudata) by the loader path alone (the
+# binary's RUNPATH serves its own needs, not its libraries'). Set for that build only.
+if [[ " ${targets[*]} " == *" kvbench_tests "* ]]; then
+  export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 cmake --build "$build" -j"$jobs" --target "${targets[@]}" "${keep_going[@]}" >"$log" 2>&1 ||
   { grep -E "error|Error" "$log" | head -80 || true; tail -20 "$log"; exit 1; }
 echo "built ${targets[*]} in $build"

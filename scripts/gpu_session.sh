@@ -178,6 +178,8 @@ if [ "$unit_first" = 1 ]; then
   # The e2e stage keeps ${GPU_E2E_CAP:-240} s; the unit tests wait for their build until then.
   if wait_for "$LOGS/tests.built" "$((${GPU_E2E_CAP:-240} + 60))"; then
     unit_tests "$((${GPU_E2E_CAP:-240} + 10))"
+  elif [ -e "$LOGS/tests.failed" ]; then
+    log "unit tests: their build failed; see full_build.log"
   else
     log "unit tests: not built in time (the e2e stage goes first); see full_build.log"
   fi

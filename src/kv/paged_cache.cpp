@@ -1633,10 +1633,14 @@ void PagedKVCache::compact(int64_t layer, const std::vector<Sequence*>& seqs,
                 table.begin() + int64_t(g * most));
     const at::Tensor pages = upload(at::tensor(table, at::kLong)).view({G, int64_t(most)});
     const at::Tensor heads = at::arange(H, pages.options()).view({1, H, 1});
-    std::vector<at::Tensor> parts;
-    for (const size_t i : group) parts.push_back(kept[i].to(pages.device(), at::kLong));
+    std::vector<at::Tensor> parts;  // a choice made on the host goes up from pinned memory
+    for (const size_t i : group)
+      parts.push_back(kept[i].is_cpu() ? upload(kept[i].to(at::kLong)) : kept[i].to(at::kLong));
     const at::Tensor chosen = at::stack(parts);  // [G, H, n] positions = slots until now
-    const at::Tensor page_of = pages.gather(1, chosen.view({G, H * n}).div(P, "trunc"));
+    // Clamped to the table, so that a defective choice (checked at the step's end, after the
+    // move: settle_compaction names the policy) cannot index outside it on the device.
+    const at::Tensor page_of =
+        pages.gather(1, chosen.view({G, H * n}).div(P, "trunc").clamp(0, int64_t(most) - 1));
     from.push_back(
         page_of.view({G, H, n}).mul(H).add(heads).mul(P).add(chosen.remainder(P)).view(-1));
     const at::Tensor slots = at::arange(n, pages.options());
@@ -1668,6 +1672,8 @@ void PagedKVCache::compact(int64_t layer, const std::vector<Sequence*>& seqs,
 }
 
 void PagedKVCache::settle_compactions(const std::vector<Sequence*>& batch) {
+  Stopwatch watch;
+  double waited = 0;  // for the step's queued work, at the read-back
   // Every compacted layer's choice, in one copy back (the one wait of a compacting prefill).
   std::vector<Retained*> device;
   std::vector<at::Tensor> parts;
@@ -1677,7 +1683,9 @@ void PagedKVCache::settle_compactions(const std::vector<Sequence*>& batch) {
         if (r.origin.defined() && !r.origin.is_cpu())
           device.push_back(&r), parts.push_back(r.origin.reshape({-1}));
   if (!parts.empty()) {
-    const at::Tensor host = at::cat(parts).to(at::kCPU);
+    const at::Tensor all = at::cat(parts);
+    waited = wait_for_device(all.device());
+    const at::Tensor host = all.to(at::kCPU);
     int64_t offset = 0;
     for (Retained* r : device) {
       const int64_t n = r->origin.numel();
@@ -1687,6 +1695,7 @@ void PagedKVCache::settle_compactions(const std::vector<Sequence*>& batch) {
   }
   for (Sequence* s : batch)
     if (s->compacting) settle_compaction(*s);
+  retention_s_ += watch.seconds() - waited;
 }
 
 void PagedKVCache::settle_compaction(Sequence& s) {
@@ -1697,9 +1706,10 @@ void PagedKVCache::settle_compaction(Sequence& s) {
       slots = s.length;
       continue;
     }
-    // What apply_choice checks of other selections: each head's positions ascending, within
-    // the prompt (a policy's defect, caught before any position is reported).
-    r.origin = r.origin.contiguous();
+    // What apply_choice checks of other selections before using them: each head's positions
+    // ascending, within the prompt (a policy's defect, caught after the move but before any
+    // position is reported). Its own copy: not a view keeping the batch's read-back alive.
+    r.origin = r.origin.clone(at::MemoryFormat::Contiguous);
     const int64_t kept = r.origin.size(1);
     const int64_t* o = r.origin.data_ptr<int64_t>();
     for (int64_t h = 0; h < num_kv_heads_; ++h)

@@ -905,6 +905,33 @@ TEST(PagedRetentionErrorsTest, AChoiceThatIsNotAscendingIndicesSaysSo) {
   }
 }
 
+// The same for a choice that is compacted (made once after the prefill): used where the pools
+// are before it is checked, it is still refused by name at the prefill's end, out-of-range
+// positions included (the page index is clamped, not read outside the table).
+TEST(PagedRetentionErrorsTest, ACompactedChoiceThatIsNotAscendingIndicesSaysSo) {
+  const PagedFormat format = paged_format_for({{"name", "fp16"}}, at::kHalf);
+  auto streaming = std::make_shared<StreamingLlmPolicy>(2, 6, EvictionTiming::kAfterPrefill);
+  for (const bool emulated : {false, true})
+    for (const at::Tensor& bad : {at::tensor({3, 1}, at::kLong).expand({kKvHeads, 2}),
+                                  at::tensor({5, 400}, at::kLong).expand({kKvHeads, 2})}) {
+      PagedKVCache paged(format, 1, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                         std::make_shared<Forwarding>(streaming, bad.contiguous()), emulated);
+      ASSERT_TRUE(paged.compacts());
+      const int64_t seq = paged.add_sequence();
+      auto gen = at::detail::createCPUGenerator(4);
+      const Block x = random_block(12, at::kHalf, gen);  // past the budget of 8
+      try {
+        paged.append_and_attend(seq, 0, x.q, x.k, x.v);
+        ADD_FAILURE() << "no error";
+      } catch (const Error& e) {
+        EXPECT_NE(
+            std::string(e.what()).find("'forwarding' returned indices that are not ascending"),
+            std::string::npos)
+            << e.what();
+      }
+    }
+}
+
 // The host's share of a GPU decode step: the top-level ATen operators a step issues (each a
 // launch or a dispatch on a GPU, bench/host_ops_bench.cpp). A decode step of StreamingLLM
 // (selecting every step) or SnapKV (selected once) must issue none per sequence: a batch of

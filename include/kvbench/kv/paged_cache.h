@@ -275,7 +275,8 @@ class PagedKVCache final : public KVCache {
   // (nothing evicted; tail 0).
   //
   // After a compaction (compacts()) the positions are the pages' slots, not the tokens'
-  // logical positions: `origin` [kv_heads, kept] int64 (host) holds the logical positions of
+  // logical positions: `origin` [kv_heads, kept] int64 (where the policy chose until the
+  // prefill's end, then on the host) holds the logical positions of
   // each head's slots [0, kept), and a slot past the sequence's compacted prompt holds the
   // token `Sequence::dropped` positions later.
   struct Retained {
