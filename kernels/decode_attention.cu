@@ -408,10 +408,11 @@ struct Kernel {
   }
 };
 
-// kNT: v3's tiles per step (0: the format's default, K::kTilesPerStep).
+// kNT: v3's tiles per step (0: the format's default, K::kTilesPerStep). The body of the
+// kernels below, which differ only in their launch bounds.
 template <KvFormat F, int D, bool kMulti, int kNT = 0>
-__global__ void __launch_bounds__(kThreads)
-    decode_kernel(DecodeProblem pr, PagedKv kv, int num_splits, float* ws) {
+__device__ __forceinline__ void decode_body(DecodeProblem pr, PagedKv kv, int num_splits,
+                                            float* ws) {
   using K = Kernel<F, D>;
   using KS = typename K::KS;
   using VS = typename K::VS;
@@ -655,6 +656,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <KvFormat F, int D, bool kMulti, int kNT = 0>
+__global__ void __launch_bounds__(kThreads)
+    decode_kernel(DecodeProblem pr, PagedKv kv, int num_splits, float* ws) {
+  decode_body<F, D, kMulti, kNT>(pr, kv, num_splits, ws);
+}
+
+// v2 held to four blocks of kThreads per multiprocessor (at most 128 registers a thread, where
+// ptxas gives v2 up to 168): "v2b" (DecodePlan::min_blocks). ncu found the quantized v2 loops
+// latency-bound at 3-4 blocks per multiprocessor; not built for KIVI, whose v2 loop spills
+// 224-252 bytes at that bound (docs/perf-notes.md).
+template <KvFormat F, int D>
+__global__ void __launch_bounds__(kThreads, 4)
+    decode_kernel_4(DecodeProblem pr, PagedKv kv, int num_splits, float* ws) {
+  decode_body<F, D, false>(pr, kv, num_splits, ws);
+}
+
 // Merges the split partials of one (head, sequence): one thread per channel.
 template <bool kBf16Out>
 __global__ void combine_kernel(const float* ws, int num_splits, int D, void* out) {
@@ -691,7 +708,11 @@ cudaError_t launch(const DecodeProblem& pr, const PagedKv& kv, const DecodePlan&
   else if (plan.multi_tile)
     decode_kernel<F, D, true>
         <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
-  else
+  else if (plan.min_blocks == 4) {
+    if constexpr (!is_kivi(F))  // decode_plan refuses KIVI here
+      decode_kernel_4<F, D>
+          <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
+  } else
     decode_kernel<F, D, false>
         <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, static_cast<float*>(ws));
   cudaError_t err = cudaGetLastError();
@@ -727,6 +748,10 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
                   " (at most " + std::to_string(kDecodeMaxQPerKv) + ")");
   if (plan->tiles_per_step != 0 && !(plan->multi_tile && plan->tiles_per_step == 2))
     return reject("tiles_per_step must be 0, or 2 with multi_tile");
+  if (plan->min_blocks != 0 && (plan->min_blocks != 4 || plan->multi_tile))
+    return reject("min_blocks must be 0, or 4 without multi_tile");
+  if (plan->min_blocks == 4 && is_kivi(kv.format))
+    return reject("min_blocks 4 is not built for KIVI (its v2 loop spills at that bound)");
   if (kv.page_size != 16 && kv.page_size != 32 && kv.page_size != 64)
     return reject("unsupported page_size: " + std::to_string(kv.page_size) +
                   " (supported: 16, 32, 64)");
@@ -750,12 +775,14 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
       return reject("k_data, v_data, k_meta, v_meta and the rings must be 16-byte aligned");
   if (pr.max_seq_len < 1 || pr.max_pages_per_seq * kv.page_size < pr.max_seq_len)
     return reject("max_seq_len must be >= 1 and fit in max_pages_per_seq pages");
-  // Splits. v2: enough blocks to fill every multiprocessor twice, each split at least 4 tiles
-  // per warp. v3: about eight blocks per multiprocessor, so the last wave's idle tail is short,
-  // but at least 8 tiles (128 tokens) per warp of a split.
+  // Splits. v2: enough blocks to fill every multiprocessor twice (v2b: four times, the blocks
+  // it can hold at once), each split at least 4 tiles per warp. v3: about eight blocks per
+  // multiprocessor, so the last wave's idle tail is short, but at least 8 tiles (128 tokens)
+  // per warp of a split.
   const int tiles = (pr.max_seq_len + kTile - 1) / kTile;
   const int blocks = pr.batch * pr.kv_heads;
-  const int per_sm = plan->multi_tile ? 8 : 2, min_tiles = plan->multi_tile ? 8 : 4;
+  const int per_sm = plan->multi_tile ? 8 : (plan->min_blocks == 4 ? 4 : 2);
+  const int min_tiles = plan->multi_tile ? 8 : 4;
   int splits = (per_sm * sm_count + blocks - 1) / blocks;
   splits = std::max(1, std::min(splits, tiles / (min_tiles * kWarps)));
   if (force_splits > 0) splits = force_splits;

@@ -56,6 +56,10 @@ struct DecodePlan {
   // codes that is fewer registers than their default of 4, so more blocks per multiprocessor;
   // for 16-bit formats (default 1) it is more bytes in flight per warp at more registers.
   int tiles_per_step = 0;
+  // v2 only: 0, or 4 for the loop built to run four blocks per multiprocessor (at most 128
+  // registers a thread; "v2b" in gpu_decode_bench), its splits filling four blocks per
+  // multiprocessor. Not for KIVI (refused: its v2 loop spills at that bound).
+  int min_blocks = 0;
   int num_splits = 1;
   size_t workspace_bytes = 0;  // fp32 partials when num_splits > 1
 };

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Prints KVBENCH_DECODE_LOOP's per-format value from gpu_decode_bench's JSON lines: each
-format's fastest main loop (v2, v3 or v3h) at batch 16 x 32k tokens, the shape of issue 11's
+format's fastest main loop (v2, v2b, v3 or v3h) at batch 16 x 32k tokens, the shape of issue 11's
 kernel acceptance ("fp16=v2,int4=v3h,..."); nothing when the bench has no such line. A cut
 (truncated) line is skipped. Used by scripts/gpu_session.sh for the suites it runs after the
 bench, whose reports record the choice (environment.overrides)."""
@@ -17,7 +17,7 @@ def best_loops(lines, batch=16, context=32768):
             continue
         if r.get("batch") != batch or r.get("context") != context:
             continue
-        if r.get("loop") not in ("v2", "v3", "v3h") or "us_per_step" not in r:
+        if r.get("loop") not in ("v2", "v2b", "v3", "v3h") or "us_per_step" not in r:
             continue
         f = r["format"]
         if f not in best or r["us_per_step"] < best[f][1]:

@@ -106,7 +106,8 @@ static at::Tensor device_decode(const kernels::PagedKvStore& store, const Decode
   kv.k_residual = store.k_residual, kv.v_residual = store.v_residual;
   kernels::DecodePlan plan;
   const std::string& loop = decode_loop(store.format);
-  plan.multi_tile = loop != "v2", plan.tiles_per_step = loop == "v3h" ? 2 : 0;
+  plan.multi_tile = loop == "v3" || loop == "v3h", plan.tiles_per_step = loop == "v3h" ? 2 : 0;
+  plan.min_blocks = loop == "v2b" ? 4 : 0;
   cudaError_t err = kernels::decode_plan(pr, kv, sm_count(q), 0, &plan);
   check(err, "decode plan", kernels::decode_last_error());  // read after the call has set it
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, q.options().dtype(at::kByte));
@@ -239,12 +240,15 @@ static void device_project(const kernels::HeadProjectProblem&, const at::Tensor&
 
 std::string decode_loop_for(const std::string& spec, kernels::KvFormat format) {
   auto loop = [&](const std::string& v) {
-    KVB_CHECK(v == "v2" || v == "v3" || v == "v3h", "KVBENCH_DECODE_LOOP='", spec, "': loop '", v,
-              "' (expected v2, v3 or v3h)");
+    KVB_CHECK(v == "v2" || v == "v2b" || v == "v3" || v == "v3h", "KVBENCH_DECODE_LOOP='", spec,
+              "': loop '", v, "' (expected v2, v2b, v3 or v3h)");
     return v;
   };
   if (spec.empty()) return "v2";
-  if (spec.find('=') == std::string::npos) return loop(spec);
+  // v2b (v2 at four blocks per multiprocessor) is not built for KIVI: one loop named for every
+  // format leaves KIVI on v2; named for a KIVI format, it is refused below.
+  if (spec.find('=') == std::string::npos)
+    return loop(spec) == "v2b" && kernels::is_kivi(format) ? "v2" : spec;
   std::string chosen = "v2";
   std::stringstream items(spec);
   for (std::string item; std::getline(items, item, ',');) {
@@ -257,6 +261,10 @@ std::string decode_loop_for(const std::string& spec, kernels::KvFormat format) {
       known = known || name == kernels::format_name(kernels::KvFormat(f));
     KVB_CHECK(known, "KVBENCH_DECODE_LOOP='", spec, "': unknown format '", name,
               "' (fp16, bf16, int8, int4, fp8, kivi-2, kivi-4, int4-asym, int2)");
+    const bool kivi = name == kernels::format_name(kernels::KvFormat::kKivi2) ||
+                      name == kernels::format_name(kernels::KvFormat::kKivi4);
+    KVB_CHECK(value != "v2b" || !kivi, "KVBENCH_DECODE_LOOP='", spec, "': ", name,
+              " has no v2b loop (KIVI's v2 loop spills at four blocks per multiprocessor)");
     if (name == kernels::format_name(format)) chosen = value;
   }
   return chosen;

@@ -31,6 +31,7 @@ struct Case {
   std::vector<int> seq_lens;
   int force_splits;         // 0: the plan's choice
   bool multi_tile = false;  // the v3 main loop (DecodePlan::multi_tile)
+  int min_blocks = 0;       // 4: v2 at four blocks per multiprocessor ("v2b")
   int tiles_per_step = 0;   // v3's (DecodePlan::tiles_per_step): 2 is "v3h"
   bool batch_rows = false;  // no seq_rows: sequence b's rings and scales at row b
 };
@@ -43,6 +44,7 @@ std::string case_name(const Case& c) {
   n += "_s" + std::to_string(c.force_splits);
   if (c.batch_rows) n += "_norows";
   if (c.multi_tile) n += c.tiles_per_step == 2 ? "_v3h" : "_v3";
+  if (c.min_blocks == 4) n += "_v2b";
   for (char& ch : n)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return n;
@@ -112,6 +114,7 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   kv.v_head_scale = static_cast<const float*>(dvs.ptr);
   kernels::DecodePlan plan;
   plan.multi_tile = c.multi_tile, plan.tiles_per_step = c.tiles_per_step;
+  plan.min_blocks = c.min_blocks;
   ASSERT_CUDA(kernels::decode_plan(pr, kv, 132, c.force_splits, &plan));
   if (plan.workspace_bytes) ASSERT_CUDA(cudaMalloc(&dws.ptr, plan.workspace_bytes));
   ASSERT_CUDA(kernels::decode_attention(pr, kv, plan, dws.ptr, nullptr));
@@ -198,6 +201,13 @@ std::vector<Case> all_cases() {
     cases.push_back(cases[i]);
     cases.back().multi_tile = true, cases.back().tiles_per_step = 2;
   }
+  // And through v2 held to four blocks per multiprocessor (its own build, at most 128
+  // registers: what spills is in its ptxas report), every format but KIVI's at head_dim 128.
+  for (size_t i = 0; i < v2; ++i) {
+    if (kernels::is_kivi(cases[i].format) || cases[i].head_dim != 128) continue;
+    cases.push_back(cases[i]);
+    cases.back().min_blocks = 4;
+  }
   return cases;
 }
 
@@ -240,6 +250,19 @@ TEST(DecodePlanTest, RejectsUnsupportedShapesWithAReason) {
   plan.tiles_per_step = 2;
   EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaSuccess)
       << kernels::decode_last_error();
+  // Four blocks per multiprocessor is a v2 option, and the only other bound.
+  plan.min_blocks = 4;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
+  EXPECT_NE(std::string(kernels::decode_last_error()).find("min_blocks"), std::string::npos);
+  plan.multi_tile = false, plan.tiles_per_step = 0, plan.min_blocks = 3;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
+  plan.min_blocks = 4;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaSuccess)
+      << kernels::decode_last_error();
+  kv.format = KvFormat::kKivi2;  // not built: its v2 loop spills at that bound
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
+  EXPECT_NE(std::string(kernels::decode_last_error()).find("not built for KIVI"),
+            std::string::npos);
 }
 
 }  // namespace

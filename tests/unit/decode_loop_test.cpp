@@ -22,6 +22,11 @@ TEST(DecodeLoopTest, OneLoopOrALoopPerFormat) {
   EXPECT_EQ(paged_cuda::decode_loop_for(spec, KvFormat::kKivi4), "v3");
   EXPECT_EQ(paged_cuda::decode_loop_for(spec, KvFormat::kKivi2), "v2");  // unlisted
   EXPECT_EQ(paged_cuda::decode_loop_for("int4-asym=v3", KvFormat::kInt4Asym), "v3");
+  // v2b (v2 at four blocks per multiprocessor) exists for every format but KIVI's: named for
+  // all formats, KIVI stays on v2.
+  EXPECT_EQ(paged_cuda::decode_loop_for("v2b", KvFormat::kInt4), "v2b");
+  EXPECT_EQ(paged_cuda::decode_loop_for("v2b", KvFormat::kKivi2), "v2");
+  EXPECT_EQ(paged_cuda::decode_loop_for("fp16=v2b,kivi-4=v3", KvFormat::kFp16), "v2b");
 }
 
 TEST(DecodeLoopTest, SaysWhatItCannotRead) {
@@ -33,7 +38,8 @@ TEST(DecodeLoopTest, SaysWhatItCannotRead) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(message("v4").find("loop 'v4' (expected v2, v3 or v3h)"), std::string::npos);
+  EXPECT_NE(message("v4").find("loop 'v4' (expected v2, v2b, v3 or v3h)"), std::string::npos);
+  EXPECT_NE(message("kivi-2=v2b").find("kivi-2 has no v2b loop"), std::string::npos);
   EXPECT_NE(message("int5=v3").find("unknown format 'int5'"), std::string::npos);
   EXPECT_NE(message("int4=v3,kivi").find("'kivi' is not FORMAT=LOOP"), std::string::npos);
   EXPECT_NE(message("fp16=fast").find("loop 'fast'"), std::string::npos);
