@@ -985,10 +985,7 @@ void PagedKVCache::end_step(int64_t layer, const Step& step, const std::vector<i
   if (layer != num_layers_ - 1) return;
   // After the last layer's kernels are queued: the one wait of a step evicting on the device.
   refresh_lists(step.batch, -1);
-  for (size_t b = 0; b < step.batch.size(); ++b) {
-    Sequence& s = *step.batch[b];
-    s.length += counts[b];
-  }
+  for (size_t b = 0; b < step.batch.size(); ++b) step.batch[b]->length += counts[b];
   settle_compactions(step.batch);
   for (Sequence* s : step.batch)
     if (s->evicted) free_evicted_pages(*s);
@@ -1388,19 +1385,27 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
   // Index i of a head's held tokens is its i-th listed position, then the tail's.
   const int64_t kept = chosen.size(1), count = r.count(), tail = r.tail;
   const int64_t* c = chosen.data_ptr<int64_t>();
+  check_choice(c, kept, held);
   const int* listed = count > 0 ? r.host.data_ptr<int>() : nullptr;
   scratch_.resize(size_t(num_kv_heads_ * kept));
   for (int64_t h = 0; h < num_kv_heads_; ++h)
     for (int64_t i = 0; i < kept; ++i) {
       const int64_t at = c[h * kept + i];
-      KVB_CHECK(at >= 0 && at < held && (i == 0 || at > c[h * kept + i - 1]), "retention policy '",
-                policy_->name(), "' returned indices that are not ascending indices of the ", held,
-                " held tokens");
       scratch_[size_t(h * kept + i)] = at < count ? listed[h * count + at] : tail + at - count;
     }
   s.lists_changed |= keep_positions(r, scratch_.data(), kept, in.length);
   s.evicted = true;
   retention_s_ += watch.seconds();
+}
+
+void PagedKVCache::check_choice(const int64_t* chosen, int64_t kept, int64_t held) const {
+  for (int64_t h = 0; h < num_kv_heads_; ++h)
+    for (int64_t i = 0; i < kept; ++i) {
+      const int64_t at = chosen[h * kept + i];
+      KVB_CHECK(at >= 0 && at < held && (i == 0 || at > chosen[h * kept + i - 1]),
+                "retention policy '", policy_->name(),
+                "' returned indices that are not ascending indices of the ", held, " held tokens");
+    }
 }
 
 bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length) {
@@ -1710,17 +1715,8 @@ void PagedKVCache::settle_compaction(Sequence& s) {
     // ascending, within the prompt (a policy's defect, caught after the move but before any
     // position is reported). Its own copy: not a view keeping the batch's read-back alive.
     r.origin = r.origin.clone(at::MemoryFormat::Contiguous);
-    const int64_t kept = r.origin.size(1);
-    const int64_t* o = r.origin.data_ptr<int64_t>();
-    for (int64_t h = 0; h < num_kv_heads_; ++h)
-      for (int64_t i = 0; i < kept; ++i) {
-        const int64_t at = o[h * kept + i];
-        KVB_CHECK(at >= 0 && at < s.length && (i == 0 || at > o[h * kept + i - 1]),
-                  "retention policy '", policy_->name(),
-                  "' returned indices that are not ascending indices of the ", s.length,
-                  " held tokens");
-      }
-    slots = std::max(slots, kept);
+    check_choice(r.origin.data_ptr<int64_t>(), r.origin.size(1), s.length);
+    slots = std::max(slots, r.origin.size(1));
   }
   for (Retained& r : s.kept) {
     if (!r.origin.defined()) continue;

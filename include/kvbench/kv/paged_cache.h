@@ -483,6 +483,9 @@ class PagedKVCache final : public KVCache {
   // s.kept[layer] becomes the chosen subset of what it held for `in` (indices from the host
   // copy, read off the retained list and tail); the caller keeps the attention record's rows
   // (AttentionRecord::keep_batch, from the other copy: no copy back).
+  // Refuses a policy's choice [kv_heads, kept] (host int64) that is not, per head, ascending
+  // indices below `held`, naming the policy.
+  void check_choice(const int64_t* chosen, int64_t kept, int64_t held) const;
   void apply_choice(Sequence& s, int64_t layer, const RetentionInput& in,
                     const RetentionChoice& chosen);
   // Records what a step's queries gave the `held` tokens s.kept[layer] holds for the policy,
