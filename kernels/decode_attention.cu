@@ -663,8 +663,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // v2 held to four blocks of kThreads per multiprocessor (at most 128 registers a thread, where
-// ptxas gives v2 up to 168): "v2b" (DecodePlan::min_blocks). ncu found the quantized v2 loops
-// latency-bound at 3-4 blocks per multiprocessor; not built for KIVI, whose v2 loop spills
+// ptxas gives v2 up to 162 outside KIVI): "v2b" (DecodePlan::min_blocks). ncu found the quantized
+// v2 loops latency-bound at 3-4 blocks per multiprocessor; not built for KIVI, whose v2 loop spills
 // 224-252 bytes at that bound (docs/perf-notes.md).
 template <KvFormat F, int D>
 __global__ void __launch_bounds__(kThreads, 4)
@@ -783,7 +783,10 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
   const int blocks = pr.batch * pr.kv_heads;
   const int per_sm = plan->multi_tile ? 8 : (plan->min_blocks == 4 ? 4 : 2);
   const int min_tiles = plan->multi_tile ? 8 : 4;
-  int splits = (per_sm * sm_count + blocks - 1) / blocks;
+  // v2b rounds down: its grid then fits the blocks the multiprocessors hold at once (a
+  // rounded-up count leaves a last partial wave running nearly alone).
+  int splits = plan->min_blocks == 4 ? (per_sm * sm_count) / blocks
+                                     : (per_sm * sm_count + blocks - 1) / blocks;
   splits = std::max(1, std::min(splits, tiles / (min_tiles * kWarps)));
   if (force_splits > 0) splits = force_splits;
   plan->num_splits = splits;
@@ -795,6 +798,9 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
 cudaError_t decode_attention(const DecodeProblem& pr, const PagedKv& kv, const DecodePlan& plan,
                              void* workspace, cudaStream_t stream) {
   if (plan.num_splits > 1 && !workspace) return reject("num_splits > 1 needs a workspace");
+  // A plan not from decode_plan for this format would launch nothing for KIVI under v2b.
+  if (plan.min_blocks != 0 && (plan.min_blocks != 4 || plan.multi_tile || is_kivi(kv.format)))
+    return reject("min_blocks must be 0, or 4 without multi_tile and not for KIVI");
   cudaError_t err = cudaErrorInvalidValue;
   KVB_DISPATCH_FORMAT(kv.format, kF, KVB_DISPATCH_HEAD_DIM(pr.head_dim, kD, {
                         err = launch<kF, kD>(pr, kv, plan, workspace, stream);

@@ -65,7 +65,8 @@ struct DecodePlan {
 };
 
 // Validates the problem and chooses the splits: v2, enough blocks to fill `sm_count`
-// multiprocessors twice, never fewer than 4 tiles of 16 tokens per warp; v3 (multi_tile),
+// multiprocessors twice (min_blocks 4: as many blocks as four per multiprocessor, rounded
+// down), never fewer than 4 tiles of 16 tokens per warp; v3 (multi_tile),
 // about 8 blocks per multiprocessor, never fewer than 8 tiles per warp. `force_splits` > 0
 // overrides.
 cudaError_t decode_plan(const DecodeProblem& problem, const PagedKv& kv, int sm_count,

@@ -20,6 +20,8 @@ def best_loops(lines, batch=16, context=32768):
         if r.get("loop") not in ("v2", "v2b", "v3", "v3h") or "us_per_step" not in r:
             continue
         f = r["format"]
+        if r["loop"] == "v2b" and f.startswith("kivi"):
+            continue  # not built for KIVI (kivi-2=v2b is refused)
         if f not in best or r["us_per_step"] < best[f][1]:
             best[f] = (r["loop"], r["us_per_step"])
     return ",".join(f"{f}={loop}" for f, (loop, _) in sorted(best.items()))

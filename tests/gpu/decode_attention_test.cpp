@@ -202,9 +202,12 @@ std::vector<Case> all_cases() {
     cases.back().multi_tile = true, cases.back().tiles_per_step = 2;
   }
   // And through v2 held to four blocks per multiprocessor (its own build, at most 128
-  // registers: what spills is in its ptxas report), every format but KIVI's at head_dim 128.
+  // registers: what spills is in its ptxas report), every format but KIVI's: at head_dim 128
+  // every case, at 64 those split five ways.
   for (size_t i = 0; i < v2; ++i) {
-    if (kernels::is_kivi(cases[i].format) || cases[i].head_dim != 128) continue;
+    if (kernels::is_kivi(cases[i].format) ||
+        (cases[i].head_dim != 128 && cases[i].force_splits != 5))
+      continue;
     cases.push_back(cases[i]);
     cases.back().min_blocks = 4;
   }
