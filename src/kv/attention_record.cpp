@@ -9,6 +9,27 @@
 #include "kvbench/core/error.h"
 
 namespace kvbench {
+namespace {
+
+// The records' states as one [records, ...] tensor: a view when they lie one after another in
+// one buffer, as the last step's unbind left them (H2O's steady state, every step), else a
+// stack. Read only: nothing writes through the view.
+at::Tensor stacked(const std::vector<at::Tensor>& parts) {
+  const at::Tensor& a = parts[0];
+  bool packed = a.is_contiguous();
+  for (size_t i = 1; packed && i < parts.size(); ++i) {
+    const at::Tensor& p = parts[i];
+    packed = p.sizes() == a.sizes() && p.is_contiguous() && p.dtype() == a.dtype() &&
+             p.device() == a.device() && p.storage().is_alias_of(a.storage()) &&
+             p.storage_offset() == a.storage_offset() + int64_t(i) * a.numel();
+  }
+  if (!packed) return at::stack(parts);
+  std::vector<int64_t> sizes = {int64_t(parts.size())}, strides = {a.numel()};
+  for (int64_t d = 0; d < a.dim(); ++d) sizes.push_back(a.size(d)), strides.push_back(a.stride(d));
+  return a.as_strided(sizes, strides, a.storage_offset());
+}
+
+}  // namespace
 
 bool selects_by_attention(const RetentionPolicy* policy) {
   if (policy == nullptr) return false;
@@ -100,7 +121,7 @@ void AttentionRecord::fill(const RetentionPolicy& policy, const at::Tensor& newe
 }
 
 at::Tensor AttentionRecord::drop_lowest_batch(const std::vector<AttentionRecord*>& records,
-                                              int64_t candidates) {
+                                              int64_t candidates, const at::Tensor& iota) {
   KVB_CHECK(!records.empty(), "attention record: no records to drop from");
   std::vector<at::Tensor> parts;
   for (const AttentionRecord* r : records) {
@@ -110,15 +131,18 @@ at::Tensor AttentionRecord::drop_lowest_batch(const std::vector<AttentionRecord*
               " needs sums of one shape covering them");
     parts.push_back(r->summed_);
   }
-  const at::Tensor sums = at::stack(parts);  // [records, kv_heads, held]
+  const at::Tensor sums = stacked(parts);  // [records, kv_heads, held]
   const int64_t held = sums.size(2);
   const at::Tensor first = sums.narrow(2, 0, candidates);
   const at::TensorOptions index = sums.options().dtype(at::kLong);
+  auto count = [&](int64_t n) {
+    return iota.defined() && iota.size(0) >= n ? iota.narrow(0, 0, n) : at::arange(n, index);
+  };
   // The last index holding the lowest sum: equal sums keep their token order in top_tokens'
   // stable sort, so the later one falls out.
   const at::Tensor dropped =
-      first.eq(first.amin(2, /*keepdim=*/true)).mul(at::arange(candidates, index)).amax(2);
-  at::Tensor keep = at::arange(held - 1, index).view({1, 1, held - 1});
+      first.eq(first.amin(2, /*keepdim=*/true)).mul(count(candidates)).amax(2);
+  at::Tensor keep = count(held - 1).view({1, 1, held - 1});
   keep = keep.add(keep.ge(dropped.unsqueeze(2)));  // [records, kv_heads, held - 1]
   const std::vector<at::Tensor> kept = sums.gather(2, keep).unbind(0);
   for (size_t i = 0; i < records.size(); ++i) records[i]->summed_ = kept[i];
@@ -225,7 +249,7 @@ void AttentionRecord::add_group_scores(const RetentionPolicy& policy,
   auto states = [&](at::Tensor AttentionRecord::*state) {
     std::vector<at::Tensor> parts;
     for (const size_t i : group) parts.push_back(records[i]->*state);
-    return at::stack(parts);
+    return stacked(parts);
   };
   switch (policy.needs()) {
     case RetentionNeeds::kScoresEveryStep: {

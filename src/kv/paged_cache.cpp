@@ -1504,7 +1504,8 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   std::vector<AttentionRecord*> records;
   for (const size_t b : served) records.push_back(&batch[b]->scores[size_t(layer)]);
   // Index `count` is the tail's first token, the one non-recent token past the lists.
-  const at::Tensor dropped = AttentionRecord::drop_lowest_batch(records, count + 1);
+  const at::Tensor dropped =
+      AttentionRecord::drop_lowest_batch(records, count + 1, iota(count + *recent + 1));
   if (count > 0) {
     // The lists, one view when they lie in order in one buffer (after the first such step).
     const Retained& first = batch[served[0]]->kept[size_t(layer)];
@@ -1532,7 +1533,7 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
     const at::Tensor tail =
         upload(at::tensor(tails, at::kInt)).to(lists.device()).view({E, 1, 1}).expand({E, H, 1});
     // Each head's entries past its dropped one move down one; the tail's first token ends it.
-    const at::Tensor i = at::arange(count, lists.options().dtype(at::kLong)).view({1, 1, count});
+    const at::Tensor i = iota(count).view({1, 1, count});
     const at::Tensor fresh = at::cat({lists, tail}, 2)
                                  .gather(2, i.add(i.ge(dropped.to(lists.device()).unsqueeze(2))))
                                  .contiguous()
@@ -1548,6 +1549,13 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
     evict_after[b] = false;
   }
   retention_s_ += watch.seconds();
+}
+
+at::Tensor PagedKVCache::iota(int64_t n) {
+  if (!iota_.defined() || iota_.size(0) < n)
+    iota_ = at::arange(std::max<int64_t>(n, 2 * (iota_.defined() ? iota_.size(0) : 0)),
+                       at::TensorOptions().dtype(at::kLong).device(device_));
+  return iota_.narrow(0, 0, n);
 }
 
 void PagedKVCache::refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer) {

@@ -71,9 +71,11 @@ class AttentionRecord {
   // RetentionPolicy::drops_lowest_sum's choice for records whose H2O sums cover the same
   // number of held tokens: per record and KV head, the index among the first `candidates`
   // with the lowest sum (the last of equal ones), as [records, kv_heads] int64 where the sums
-  // are; each record drops that token's row. One set of operators for all of them.
+  // are; each record drops that token's row. One set of operators for all of them. `iota`,
+  // when given: 0, 1, ... (int64, where the sums are) of at least the held tokens' length,
+  // so that a step makes none.
   static at::Tensor drop_lowest_batch(const std::vector<AttentionRecord*>& records,
-                                      int64_t candidates);
+                                      int64_t candidates, const at::Tensor& iota = {});
 
  private:
   // H2O's sums grown to the held tokens `summed` [kv_heads, held] covers, plus it.

@@ -526,6 +526,9 @@ class PagedKVCache final : public KVCache {
   // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
   // in one copy back.
   void refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer);
+  // 0, 1, ..., n - 1 (int64 where the pools are), a view of one tensor grown as needed, so
+  // that a steady-state step makes none.
+  at::Tensor iota(int64_t n);
   // Tokens in `s`'s slots (its length less what a compaction took out).
   int64_t stored(const Sequence& s) const { return s.length - s.dropped; }
   // compacts(): the prefills `seqs` (each with its prompt's length `lengths`, nothing selected
@@ -567,6 +570,7 @@ class PagedKVCache final : public KVCache {
   std::deque<int64_t> quest_rooms_;  // Quest: pages of the sequences reserve() announced
   double retention_s_ = 0;
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
+  at::Tensor iota_;               // iota()'s
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;
