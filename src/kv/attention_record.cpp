@@ -136,7 +136,10 @@ at::Tensor AttentionRecord::drop_lowest_batch(const std::vector<AttentionRecord*
   const at::Tensor first = sums.narrow(2, 0, candidates);
   const at::TensorOptions index = sums.options().dtype(at::kLong);
   auto count = [&](int64_t n) {
-    return iota.defined() && iota.size(0) >= n ? iota.narrow(0, 0, n) : at::arange(n, index);
+    return iota.defined() && iota.size(0) >= n && iota.device() == sums.device() &&
+                   iota.scalar_type() == at::kLong
+               ? iota.narrow(0, 0, n)
+               : at::arange(n, index);
   };
   // The last index holding the lowest sum: equal sums keep their token order in top_tokens'
   // stable sort, so the later one falls out.

@@ -1082,8 +1082,9 @@ TEST(PagedHostOpsTest, H2oSteadyStateEvictsWithoutSortingOrReadingBack) {
       EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
       EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
       EXPECT_EQ(ops["aten::cat"], kLayers + 1) << "step " << step;
-      // Once a steady step has left each layer's sums side by side, they are read as one view,
-      // not stacked, and no index range is made (the cache's iota).
+      // After the first steady step (which stacks the lists, uploaded one buffer each here, and
+      // grows the cache's iota) the sums and lists are read as views, not stacked, and no index
+      // range is made.
       if (step < 2) continue;
       EXPECT_EQ(ops["aten::stack"], 0) << "step " << step;
       EXPECT_EQ(ops["aten::arange"], 0) << "step " << step;
