@@ -1,7 +1,5 @@
 #include "kvbench/kv/attention_record.h"
 
-#include <ATen/TensorIndexing.h>
-
 #include <map>
 #include <vector>
 
@@ -120,35 +118,78 @@ void AttentionRecord::fill(const RetentionPolicy& policy, const at::Tensor& newe
   }
 }
 
-at::Tensor AttentionRecord::drop_lowest_batch(const std::vector<AttentionRecord*>& records,
-                                              int64_t candidates, const at::Tensor& iota) {
-  KVB_CHECK(!records.empty(), "attention record: no records to drop from");
-  std::vector<at::Tensor> parts;
-  for (const AttentionRecord* r : records) {
-    KVB_CHECK(r->summed_.defined() && r->summed_.sizes() == records[0]->summed_.sizes() &&
-                  candidates >= 1 && candidates <= r->summed_.size(1),
-              "attention record: dropping the lowest of ", candidates,
-              " needs sums of one shape covering them");
-    parts.push_back(r->summed_);
+bool AttentionRecord::covers(const RetentionPolicy& policy, const at::Tensor& newest,
+                             int64_t held) const {
+  const at::Tensor* state = nullptr;
+  switch (policy.needs()) {
+    case RetentionNeeds::kScoresEveryStep:
+      state = &summed_;
+      break;
+    case RetentionNeeds::kLastQueryScores:
+      state = &newest;
+      break;
+    case RetentionNeeds::kLowAttentionCounts:
+      state = &low_;
+      break;
+    default:
+      return false;
   }
-  const at::Tensor sums = stacked(parts);  // [records, kv_heads, held]
-  const int64_t held = sums.size(2);
-  const at::Tensor first = sums.narrow(2, 0, candidates);
-  const at::TensorOptions index = sums.options().dtype(at::kLong);
+  return state->defined() && state->dim() >= 2 && state->size(1) == held;
+}
+
+at::Tensor AttentionRecord::drop_lowest_batch(const RetentionPolicy& policy,
+                                              const std::vector<AttentionRecord*>& records,
+                                              const std::vector<at::Tensor>& newest,
+                                              int64_t candidates, const at::Tensor& iota) {
+  KVB_CHECK(!records.empty() && selects_by_attention(&policy),
+            "attention record: no records to drop from, or a policy that does not select by "
+            "attention");
+  const RetentionNeeds needs = policy.needs();
+  KVB_CHECK(needs != RetentionNeeds::kLastQueryScores || newest.size() == records.size(),
+            "attention record: ", newest.size(), " newest-query scores for ", records.size(),
+            " records");
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0; i < records.size(); ++i) {
+    const AttentionRecord* r = records[i];
+    const at::Tensor& state = needs == RetentionNeeds::kScoresEveryStep      ? r->summed_
+                              : needs == RetentionNeeds::kLowAttentionCounts ? r->low_
+                                                                             : newest[i];
+    KVB_CHECK(state.defined() && (parts.empty() || state.sizes() == parts[0].sizes()) &&
+                  candidates >= 1 && candidates <= state.size(1),
+              "attention record: dropping the lowest of ", candidates,
+              " needs states of one shape covering them");
+    parts.push_back(state);
+  }
+  // fill()'s input for the policy, over the stacked states: [records, kv_heads, held].
+  const at::Tensor states = stacked(parts);
+  const at::Tensor input =
+      needs == RetentionNeeds::kLowAttentionCounts ? states.sum(4).to(at::kFloat).mean(3) : states;
+  const at::Tensor scores = policy.steady_scores(input);
+  const int64_t E = scores.size(0), held = scores.size(2);
+  const at::Tensor first = scores.narrow(2, 0, candidates);
+  const at::TensorOptions index = scores.options().dtype(at::kLong);
   auto count = [&](int64_t n) {
-    return iota.defined() && iota.size(0) >= n && iota.device() == sums.device() &&
+    return iota.defined() && iota.size(0) >= n && iota.device() == scores.device() &&
                    iota.scalar_type() == at::kLong
                ? iota.narrow(0, 0, n)
                : at::arange(n, index);
   };
-  // The last index holding the lowest sum: equal sums keep their token order in top_tokens'
-  // stable sort, so the later one falls out.
+  // The last index holding the lowest score: equal scores keep their token order in
+  // top_tokens' stable sort, so the later one falls out.
   const at::Tensor dropped =
       first.eq(first.amin(2, /*keepdim=*/true)).mul(count(candidates)).amax(2);
   at::Tensor keep = count(held - 1).view({1, 1, held - 1});
   keep = keep.add(keep.ge(dropped.unsqueeze(2)));  // [records, kv_heads, held - 1]
-  const std::vector<at::Tensor> kept = sums.gather(2, keep).unbind(0);
-  for (size_t i = 0; i < records.size(); ++i) records[i]->summed_ = kept[i];
+  if (needs == RetentionNeeds::kScoresEveryStep) {
+    const std::vector<at::Tensor> kept = states.gather(2, keep).unbind(0);
+    for (size_t i = 0; i < records.size(); ++i) records[i]->summed_ = kept[i];
+  } else if (needs == RetentionNeeds::kLowAttentionCounts) {
+    // The ring: [records, kv_heads, held, group, window].
+    const at::Tensor rows = keep.view({E, keep.size(1), held - 1, 1, 1})
+                                .expand({-1, -1, -1, states.size(3), states.size(4)});
+    const std::vector<at::Tensor> kept = states.gather(2, rows).unbind(0);
+    for (size_t i = 0; i < records.size(); ++i) records[i]->low_ = kept[i];
+  }
   return dropped;
 }
 
@@ -282,11 +323,8 @@ void AttentionRecord::add_group_scores(const RetentionPolicy& policy,
       // Each record's column: its query's position modulo the window.
       std::vector<int64_t> columns;
       for (const size_t i : group) columns.push_back(starts[i] % window);
-      const at::TensorOptions index = low.options().dtype(at::kLong);
-      using at::indexing::Slice;
-      ring.index_put_(
-          {at::arange(G, index), Slice(), Slice(), Slice(), on_device(columns, index.device())},
-          low);
+      const at::Tensor column = on_device(columns, low.device()).view({G, 1, 1, 1, 1});
+      ring.scatter_(4, column.expand({G, kv_heads, held, g, 1}), low.unsqueeze(4));
       const std::vector<at::Tensor> rings = ring.unbind(0);
       for (size_t j = 0; j < group.size(); ++j) records[group[j]]->low_ = rings[j];
       break;

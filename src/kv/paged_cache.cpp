@@ -1224,9 +1224,10 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     }
     retention_s_ += watch.seconds();
   }
-  // H2O's steady state stays where the pools are; the other over-budget sequences' policy
+  // The steady state of H2O, TOVA and ScissorHands stays where the pools are; the other
+  // over-budget sequences' policy
   // inputs, then their choices in one read-back.
-  if (logits.defined()) evict_steady(layer, batch, inputs, slots, evict_after);
+  if (logits.defined()) evict_steady(layer, batch, inputs, slots, newest, evict_after);
   std::vector<RetentionInput*> evicting;
   std::vector<Sequence*> evicted;
   std::vector<const AttentionRecord*> records;
@@ -1416,9 +1417,9 @@ bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held
     while (n < held && kept[h * held + held - 1 - n] == length - 1 - n) ++n;
     run = std::min(run, n);
   }
-  // Under a policy dropping the lowest sum (H2O), a tail of at most its window keeps the
-  // steady state evict_steady serves from the next step on.
-  if (const std::optional<int64_t> recent = policy_ ? policy_->drops_lowest_sum() : std::nullopt)
+  // Under a policy dropping its lowest score (H2O, TOVA, ScissorHands), a tail of at most its
+  // window keeps the steady state evict_steady serves from the next step on.
+  if (const std::optional<int64_t> recent = policy_ ? policy_->drops_lowest() : std::nullopt)
     run = std::min(run, *recent);
   r.tail = length - run;
   const int64_t count = held - run;
@@ -1478,23 +1479,25 @@ bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t len
 }
 void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
                                 const std::vector<RetentionInput>& inputs,
-                                const std::vector<int64_t>& slots, std::vector<bool>& evict_after) {
-  const std::optional<int64_t> recent = policy_->drops_lowest_sum();
+                                const std::vector<int64_t>& slots,
+                                const std::vector<at::Tensor>& newest,
+                                std::vector<bool>& evict_after) {
+  const std::optional<int64_t> recent = policy_->drops_lowest();
   if (!recent) return;
   Stopwatch watch;
   const int64_t H = num_kv_heads_;
   // Sequences in the steady state: budget + 1 held, the tail its `recent` newest and one more,
-  // their sums covering what they hold, their lists (all of one length) on the device.
+  // their scores covering what they hold, their lists (all of one length) on the device.
   std::vector<size_t> served;
   int64_t count = -1;
   for (size_t b = 0; b < batch.size(); ++b) {
     if (!evict_after[b] || inputs[b].prefill) continue;
     const Retained& r = batch[b]->kept[size_t(layer)];
     const int64_t held = r.held(slots[b]);
-    const at::Tensor& sums = batch[b]->scores[size_t(layer)].summed();
     if (held != policy_->budget(inputs[b]) + 1 || !r.selected() ||
-        r.count() != held - *recent - 1 || (count >= 0 && r.count() != count) || !sums.defined() ||
-        sums.size(1) != held || (r.count() > 0 && !r.device.buffer.defined()))
+        r.count() != held - *recent - 1 || (count >= 0 && r.count() != count) ||
+        !batch[b]->scores[size_t(layer)].covers(*policy_, newest[b], held) ||
+        (r.count() > 0 && !r.device.buffer.defined()))
       continue;
     count = r.count();
     served.push_back(b);
@@ -1502,10 +1505,14 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   if (served.empty()) return;
   const int64_t E = int64_t(served.size());
   std::vector<AttentionRecord*> records;
-  for (const size_t b : served) records.push_back(&batch[b]->scores[size_t(layer)]);
+  std::vector<at::Tensor> scored;  // TOVA's newest-query attention
+  for (const size_t b : served) {
+    records.push_back(&batch[b]->scores[size_t(layer)]);
+    scored.push_back(newest[b]);
+  }
   // Index `count` is the tail's first token, the one non-recent token past the lists.
-  const at::Tensor dropped =
-      AttentionRecord::drop_lowest_batch(records, count + 1, iota(count + *recent + 1));
+  const at::Tensor dropped = AttentionRecord::drop_lowest_batch(
+      *policy_, records, scored, count + 1, iota(count + *recent + 1));
   if (count > 0) {
     // The lists, one view when they lie in order in one buffer (after the first such step).
     const Retained& first = batch[served[0]]->kept[size_t(layer)];

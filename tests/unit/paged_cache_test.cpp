@@ -23,7 +23,9 @@
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
+#include "kvbench/kv/scissorhands_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
+#include "kvbench/kv/tova_policy.h"
 #include "paged_device.h"
 
 namespace kvbench {
@@ -1036,22 +1038,34 @@ TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
   }
 }
 
-// H2O's steady state on the kernel path chooses and updates its lists where the pools are:
-// decode steps past the budget issue no sort (select()'s top_tokens) and read nothing back
-// per layer (no copy to the host but the step's one at its end); normalized scores still
-// select. The kept tokens are the reference cache's (PagedRetentionTest).
-TEST(PagedHostOpsTest, H2oSteadyStateEvictsWithoutSortingOrReadingBack) {
+// The steady state of H2O, TOVA and ScissorHands on the kernel path chooses and updates its
+// lists where the pools are: decode steps past the budget issue no sort (select()'s
+// top_tokens) and read nothing back per layer (no copy to the host but the step's one at its
+// end); H2O's normalized scores still select. The kept tokens are the reference cache's
+// (PagedRetentionTest).
+TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
   OpCounter ops;
-  for (const bool normalize : {false, true}) {
-    auto policy = std::make_shared<H2oPolicy>(24, 16, normalize, EvictionTiming::kDecode);
+  struct Case {
+    std::shared_ptr<RetentionPolicy> policy;
+    int64_t kept;
+    bool selects;  // no steady state: every step selects
+  };
+  const std::vector<Case> cases = {
+      {std::make_shared<H2oPolicy>(24, 16, false, EvictionTiming::kDecode), 40, false},
+      {std::make_shared<H2oPolicy>(24, 16, true, EvictionTiming::kDecode), 40, true},
+      {std::make_shared<TovaPolicy>(40, EvictionTiming::kDecode), 40, false},
+      {std::make_shared<ScissorHandsPolicy>(40, 8, 8, EvictionTiming::kDecode), 40, false}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.policy->name() + " " + c.policy->params().dump());
+    const bool h2o = c.policy->name() == "h2o";
     PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKvHeads, kDim,
-                       PagedCapacity{}, at::kCPU, policy, true);
+                       PagedCapacity{}, at::kCPU, c.policy, true);
     const int64_t batch = 3;
     std::vector<int64_t> seqs, prompts(size_t(batch), 80), ones(size_t(batch), 1);
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(paged.add_sequence());
     auto gen = at::detail::createCPUGenerator(29);
     auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}, gen).to(at::kHalf); };
-    // Every prompt query leans towards one direction and the key just before the window lies
+    // Every prompt query leans towards one direction and the key just before H2O's window lies
     // along it, so every head keeps that token as a heavy hitter: the longest run every head
     // keeps then reaches past the window, and only a tail capped at the window makes the first
     // decode step steady.
@@ -1065,14 +1079,15 @@ TEST(PagedHostOpsTest, H2oSteadyStateEvictsWithoutSortingOrReadingBack) {
                                     rows(batch * 80, kKvHeads));
     }
     for (const int64_t seq : seqs)  // the last of 24 heavy hitters, in every head
-      ASSERT_TRUE(paged.kept_positions(seq, 0).select(1, 23).eq(80 - 16 - 1).all().item<bool>())
-          << "the token before the window is not every head's heavy hitter";
+      if (h2o)
+        ASSERT_TRUE(paged.kept_positions(seq, 0).select(1, 23).eq(80 - 16 - 1).all().item<bool>())
+            << "the token before the window is not every head's heavy hitter";
     for (int step = 0; step < 6; ++step) {
       const at::Tensor q = rows(batch, kHeads), k = rows(batch, kKvHeads),
                        v = rows(batch, kKvHeads);
       ops.clear();
       for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
-      if (normalize) {
+      if (c.selects) {
         EXPECT_GT(ops["aten::sort"], 0) << "normalized sums select()";
         continue;
       }
@@ -1083,14 +1098,14 @@ TEST(PagedHostOpsTest, H2oSteadyStateEvictsWithoutSortingOrReadingBack) {
       EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
       EXPECT_EQ(ops["aten::cat"], kLayers + 1) << "step " << step;
       // After the first steady step (which stacks the lists, uploaded one buffer each here, and
-      // grows the cache's iota) the sums and lists are read as views, not stacked, and no index
-      // range is made.
+      // grows the cache's iota) the states and lists are read as views, not stacked, and no
+      // index range is made.
       if (step < 2) continue;
       EXPECT_EQ(ops["aten::stack"], 0) << "step " << step;
       EXPECT_EQ(ops["aten::arange"], 0) << "step " << step;
     }
     for (const int64_t seq : seqs)
-      EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, 40));
+      EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, c.kept));
   }
 }
 

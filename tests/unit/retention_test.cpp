@@ -403,54 +403,94 @@ TEST(Retention, BatchedAttentionRecordsAreEachRecordsOwn) {
     }
 }
 
-// H2O's steady state applied where the sums are (drop_lowest_batch, what the paged cache's
-// kernel path runs at budget + 1 held tokens) drops the token select() drops, for every head of
-// every record, with ties to the later token (sums rounded to a few values, so most heads tie),
-// and each record keeps the other sums in order. normalize=true has no such rule.
-TEST(H2o, DroppingTheLowestSumIsWhatSelectKeeps) {
+// The steady state applied where the states are (drop_lowest_batch, what the paged cache's
+// kernel path runs at budget + 1 held tokens) drops the token select() drops, for H2O's sums,
+// TOVA's head-averaged newest-query attention and ScissorHands' low-attention counts, in every
+// head of every record, with ties to the later token (scores rounded to a few values, so most
+// heads tie), and each record keeps the other rows of its state in order. H2O's normalized
+// sums and choices made once have no such rule.
+TEST(RetentionSteadyState, DroppingTheLowestIsWhatSelectKeeps) {
   auto gen = at::detail::createCPUGenerator(41);
-  const int64_t kv_heads = 3, heavy = 6, recent = 4, held = heavy + recent + 1, length = 50;
-  const H2oPolicy h2o(heavy, recent, false, EvictionTiming::kDecode);
-  ASSERT_EQ(h2o.drops_lowest_sum(), recent);
-  EXPECT_FALSE(H2oPolicy(heavy, recent, true, EvictionTiming::kDecode).drops_lowest_sum());
-  for (const bool ties : {false, true}) {
-    SCOPED_TRACE(ties ? "tied sums" : "distinct sums");
-    std::vector<AttentionRecord> records(5);
-    std::vector<AttentionRecord*> pointers;
-    std::vector<at::Tensor> sums;
-    for (AttentionRecord& r : records) {
-      // One query per KV head: the sums are its softmax, equal wherever its scores are.
-      const at::Tensor scores = ties ? at::randint(0, 3, {kv_heads, held}, gen).to(at::kFloat)
-                                     : at::randn({kv_heads, held}, gen);
-      at::Tensor unused;
-      r.add_scores(h2o, scores, kv_heads, length - 1, unused);
-      sums.push_back(r.summed().clone());
-      pointers.push_back(&r);
-    }
-    const at::Tensor dropped = AttentionRecord::drop_lowest_batch(pointers, heavy + 1);
-    ASSERT_EQ(dropped.sizes(), (std::vector<int64_t>{5, kv_heads}));
-    int64_t tied = 0;
-    for (size_t i = 0; i < records.size(); ++i) {
-      RetentionInput in;
-      in.length = length;
-      // Held: heavy scattered positions, the tail's first (non-recent) token, the window.
-      in.positions = at::cat({at::arange(0, 2 * heavy, 2, at::kLong),
-                              at::arange(length - recent - 1, length, at::kLong)})
-                         .expand({kv_heads, held})
-                         .contiguous();
-      in.accumulated = sums[i];
-      const at::Tensor kept = h2o.select(in);  // [kv_heads, held - 1] ascending indices
-      for (int64_t h = 0; h < kv_heads; ++h) {
-        const int64_t d = dropped[int64_t(i)][h].item<int64_t>();
-        const at::Tensor expect =
-            at::cat({at::arange(d, at::kLong), at::arange(d + 1, held, at::kLong)});
-        EXPECT_TRUE(at::equal(kept[h], expect)) << "record " << i << " head " << h;
-        const at::Tensor first = sums[i][h].narrow(0, 0, heavy + 1);
-        tied += first.eq(first.min()).sum().item<int64_t>() > 1;
+  const int64_t kv_heads = 3, group = 2, length = 50, history = 3;
+  const std::vector<std::shared_ptr<RetentionPolicy>> policies = {
+      std::make_shared<H2oPolicy>(6, 4, false, EvictionTiming::kDecode),
+      std::make_shared<TovaPolicy>(10, EvictionTiming::kDecode),
+      std::make_shared<ScissorHandsPolicy>(10, 4, history, EvictionTiming::kDecode)};
+  EXPECT_EQ(policies[0]->drops_lowest(), 4);
+  EXPECT_EQ(policies[1]->drops_lowest(), 0);
+  EXPECT_EQ(policies[2]->drops_lowest(), 4);
+  EXPECT_FALSE(H2oPolicy(6, 4, true, EvictionTiming::kDecode).drops_lowest());
+  EXPECT_FALSE(H2oPolicy(6, 4, false, EvictionTiming::kAfterPrefill).drops_lowest());
+  EXPECT_FALSE(TovaPolicy(10, EvictionTiming::kAfterPrefill).drops_lowest());
+  EXPECT_FALSE(ScissorHandsPolicy(10, 4, history, EvictionTiming::kAfterPrefill).drops_lowest());
+  for (const std::shared_ptr<RetentionPolicy>& policy : policies) {
+    const RetentionPolicy& p = *policy;
+    const int64_t recent = *p.drops_lowest();
+    RetentionInput sizing;
+    const int64_t held = p.budget(sizing) + 1, candidates = held - recent;
+    // ScissorHands counts over its history: that many queries, the last at length - 1.
+    const int64_t queries = p.needs() == RetentionNeeds::kLowAttentionCounts ? history : 1;
+    for (const bool ties : {false, true}) {
+      SCOPED_TRACE(p.name() + (ties ? ", tied scores" : ", distinct scores"));
+      std::vector<AttentionRecord> records(5);
+      std::vector<AttentionRecord*> pointers;
+      std::vector<at::Tensor> newest(records.size());
+      std::vector<RetentionInput> inputs(records.size());
+      std::vector<at::Tensor> sums, rings;
+      for (size_t i = 0; i < records.size(); ++i) {
+        for (int64_t t = 0; t < queries; ++t) {
+          // Tied: every query of a group scores alike, in a few values, so its probabilities
+          // (and the group's mean) are equal wherever its scores are; for TOVA, which averages
+          // over heads, every head alike.
+          const int64_t alike = p.same_tokens_every_head() ? kv_heads * group : group;
+          const at::Tensor scores = ties ? at::randint(0, 3, {kv_heads * group / alike, held}, gen)
+                                               .to(at::kFloat)
+                                               .repeat_interleave(alike, 0)
+                                         : at::randn({kv_heads * group, held}, gen);
+          records[i].add_scores(p, scores, kv_heads, length - queries + t, newest[i]);
+        }
+        records[i].fill(p, newest[i], inputs[i]);
+        sums.push_back(records[i].summed().defined() ? records[i].summed().clone() : at::Tensor());
+        rings.push_back(records[i].low_history().defined() ? records[i].low_history().clone()
+                                                           : at::Tensor());
+        ASSERT_TRUE(records[i].covers(p, newest[i], held));
+        EXPECT_FALSE(records[i].covers(p, newest[i], held + 1));
+        pointers.push_back(&records[i]);
       }
-      EXPECT_TRUE(at::equal(records[i].summed(), sums[i].gather(1, kept)));
+      const at::Tensor dropped =
+          AttentionRecord::drop_lowest_batch(p, pointers, newest, candidates);
+      ASSERT_EQ(dropped.sizes(), (std::vector<int64_t>{5, kv_heads}));
+      int64_t tied = 0;
+      for (size_t i = 0; i < records.size(); ++i) {
+        RetentionInput& in = inputs[i];
+        in.length = length;
+        // Held: scattered positions, the tail's first (non-recent) token, the window.
+        in.positions = at::cat({at::arange(0, 2 * (candidates - 1), 2, at::kLong),
+                                at::arange(length - recent - 1, length, at::kLong)})
+                           .expand({kv_heads, held})
+                           .contiguous();
+        const at::Tensor kept = p.select(in);  // [kv_heads, held - 1] ascending indices
+        const at::Tensor state = in.accumulated.defined() ? in.accumulated
+                                 : in.current.defined()   ? in.current
+                                                          : in.low_counts;
+        const at::Tensor scores = p.steady_scores(state.unsqueeze(0))[0];
+        for (int64_t h = 0; h < kv_heads; ++h) {
+          const int64_t d = dropped[int64_t(i)][h].item<int64_t>();
+          const at::Tensor expect =
+              at::cat({at::arange(d, at::kLong), at::arange(d + 1, held, at::kLong)});
+          EXPECT_TRUE(at::equal(kept[h], expect)) << "record " << i << " head " << h;
+          const at::Tensor first = scores[h].narrow(0, 0, candidates);
+          tied += first.eq(first.min()).sum().item<int64_t>() > 1;
+        }
+        if (sums[i].defined()) EXPECT_TRUE(at::equal(records[i].summed(), sums[i].gather(1, kept)));
+        if (rings[i].defined()) {
+          const at::Tensor rows =
+              kept.view({kv_heads, held - 1, 1, 1}).expand({-1, -1, group, history});
+          EXPECT_TRUE(at::equal(records[i].low_history(), rings[i].gather(1, rows)));
+        }
+      }
+      if (ties) EXPECT_GT(tied, 5) << "the tied case has few ties";
     }
-    if (ties) EXPECT_GT(tied, 5) << "the tied case has few ties";
   }
 }
 

@@ -68,14 +68,21 @@ class AttentionRecord {
                          const std::vector<RetentionInput*>& inputs);
   static void keep_batch(const std::vector<AttentionRecord*>& records,
                          const std::vector<at::Tensor>& wheres);
-  // RetentionPolicy::drops_lowest_sum's choice for records whose H2O sums cover the same
-  // number of held tokens: per record and KV head, the index among the first `candidates`
-  // with the lowest sum (the last of equal ones), as [records, kv_heads] int64 where the sums
-  // are; each record drops that token's row. One set of operators for all of them. `iota`,
-  // when given: 0, 1, ... (int64, where the sums are) of at least the held tokens' length,
-  // so that a step makes none.
-  static at::Tensor drop_lowest_batch(const std::vector<AttentionRecord*>& records,
-                                      int64_t candidates, const at::Tensor& iota = {});
+  // RetentionPolicy::drops_lowest's choice for records whose states cover the same number of
+  // held tokens (covers()): per record and KV head, the index among the first `candidates`
+  // with the lowest steady score (the policy's steady_scores of its input as fill() makes it;
+  // the last of equal ones), as [records, kv_heads] int64 where the states are; each record
+  // drops that token's row. `newest`: record i's newest-query attention (TOVA's; ignored by the
+  // other policies). One set of operators for all of them. `iota`, when given: 0, 1, ...
+  // (int64, where the states are) of at least the held tokens' length, so that a step makes
+  // none.
+  static at::Tensor drop_lowest_batch(const RetentionPolicy& policy,
+                                      const std::vector<AttentionRecord*>& records,
+                                      const std::vector<at::Tensor>& newest, int64_t candidates,
+                                      const at::Tensor& iota = {});
+  // Whether what `policy` selects from (this record's state; TOVA: `newest`) covers `held`
+  // tokens: drop_lowest_batch can serve it.
+  bool covers(const RetentionPolicy& policy, const at::Tensor& newest, int64_t held) const;
 
  private:
   // H2O's sums grown to the held tokens `summed` [kv_heads, held] covers, plus it.

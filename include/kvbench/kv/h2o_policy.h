@@ -27,9 +27,9 @@ class H2oPolicy final : public RetentionPolicy {
   std::vector<at::Tensor> select_batch(
       const std::vector<const RetentionInput*>& inputs) const override;
   // At budget + 1 held tokens the `heavy` highest of the heavy + 1 outside the window stay:
-  // the lowest goes, and top_tokens' stable order drops the later of equal scores. Normalized
-  // scores depend on the positions: those select(); so does a choice made once.
-  std::optional<int64_t> drops_lowest_sum() const override {
+  // the lowest sum goes, and top_tokens' stable order drops the later of equal scores.
+  // Normalized scores depend on the positions: those select(); so does a choice made once.
+  std::optional<int64_t> drops_lowest() const override {
     return normalize_ || timing_ != EvictionTiming::kDecode ? std::nullopt
                                                             : std::optional<int64_t>(recent_);
   }

@@ -270,8 +270,8 @@ class PagedKVCache final : public KVCache {
   // tail, so a step that selects nothing changes nothing here (no positions tensor is made),
   // and the lists travel only when a selection changes them. Listed positions are below
   // `tail`; a selection's tail starts the longest run of newest tokens every head keeps (so an
-  // unchanged selection compares equal), at most the window of a policy dropping the lowest
-  // sum, which evict_steady then moves on by one per step. Undefined `host`: every token
+  // unchanged selection compares equal), at most the window of a policy dropping its lowest
+  // score, which evict_steady then moves on by one per step. Undefined `host`: every token
   // (nothing evicted; tail 0).
   //
   // After a compaction (compacts()) the positions are the pages' slots, not the tokens'
@@ -515,14 +515,15 @@ class PagedKVCache final : public KVCache {
   // Frees the pages of `s` no layer retains a token in and no later append writes.
   void free_evicted_pages(Sequence& s);
   // A decode step's evictions at `layer` on the kernel path, where the policy drops one token
-  // per head by its sums (RetentionPolicy::drops_lowest_sum: H2O's steady state): for every
-  // over-budget sequence holding budget + 1 tokens, `recent` + 1 of them in its tail, the choice
-  // and the lists' update stay where the pools are, one set of operators for them all and
-  // nothing read back (each head's list loses the dropped token and takes the tail's first,
-  // which leaves the tail). Clears evict_after for the sequences it served; the others select.
+  // per head by its scores (RetentionPolicy::drops_lowest: the steady state of H2O, TOVA and
+  // ScissorHands): for every over-budget sequence holding budget + 1 tokens, `recent` + 1 of
+  // them in its tail, the choice and the lists' update stay where the pools are, one set of
+  // operators for them all and nothing read back (each head's list loses the dropped token and
+  // takes the tail's first, which leaves the tail). `newest`: the step's newest-query attention
+  // per sequence (TOVA's). Clears evict_after for the sequences it served; the others select.
   void evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
                     const std::vector<RetentionInput>& inputs, const std::vector<int64_t>& slots,
-                    std::vector<bool>& evict_after);
+                    const std::vector<at::Tensor>& newest, std::vector<bool>& evict_after);
   // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
   // in one copy back.
   void refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer);

@@ -122,10 +122,15 @@ class RetentionPolicy {
       const std::vector<const RetentionInput*>& inputs) const;
   // A decode-timing policy's steady state, which a cache may apply where the scores are,
   // without select(): a layer holding budget + 1 tokens whose newest `recent` are the last
-  // `recent` it holds drops exactly one token per KV head, the one with the lowest accumulated
-  // score among the others, ties to the later one (what select() keeps there). Such a policy
-  // returns its `recent` (H2O without normalization); nullopt (the default): ask select().
-  virtual std::optional<int64_t> drops_lowest_sum() const { return std::nullopt; }
+  // `recent` it holds drops exactly one token per KV head, the one with the lowest
+  // steady_scores() among the others, ties to the later one (what select() keeps there). Such
+  // a policy returns its `recent` (H2O without normalization and ScissorHands: their window;
+  // TOVA: 0); nullopt (the default): ask select().
+  virtual std::optional<int64_t> drops_lowest() const { return std::nullopt; }
+  // drops_lowest()'s scores for several inputs at once, from what select() reads (H2O's
+  // accumulated, TOVA's current, ScissorHands' low_counts) stacked: [inputs, kv_heads, held]
+  // fp32 in, a tensor of that shape out, the lowest dropped. The default: the input itself.
+  virtual at::Tensor steady_scores(const at::Tensor& input) const { return input; }
 };
 
 // Keeps every token: the behaviour of a cache without eviction.

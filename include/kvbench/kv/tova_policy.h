@@ -24,6 +24,16 @@ class TovaPolicy final : public RetentionPolicy {
   // no positions).
   std::vector<at::Tensor> select_batch(
       const std::vector<const RetentionInput*>& inputs) const override;
+  // At budget + 1 held tokens every token but the one of lowest head-averaged score stays
+  // (no window: it may be the newest), the later of equal scores going (top_tokens' stable
+  // order). A choice made once selects.
+  std::optional<int64_t> drops_lowest() const override {
+    return timing_ == EvictionTiming::kDecode ? std::optional<int64_t>(0) : std::nullopt;
+  }
+  // select()'s scores: the mean over the layer's KV heads, the same for every head.
+  at::Tensor steady_scores(const at::Tensor& input) const override {
+    return input.mean(1, /*keepdim=*/true).expand_as(input);
+  }
 
  private:
   int64_t budget_;
