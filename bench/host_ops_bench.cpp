@@ -1,25 +1,33 @@
-// The host's share of a GPU decode step, counted on the CPU: the top-level ATen operators a
-// paged cache issues per layer for one decode step of a batch, per method. On a GPU every
-// operator costs the host a few microseconds (a launch, or a dispatch over a small host
+// The host's share of a GPU decode step: the top-level ATen operators a paged cache issues per
+// layer for one decode step of a batch, per method, and the host time they take. On a GPU
+// every operator costs the host a few microseconds (a launch, or a dispatch over a small host
 // tensor) while the device streams the cache, so a method whose step issues hundreds per layer
 // is host-bound there whatever its kernels do (docs/perf-notes.md, "A decode step's host
 // cost"). The counts do not depend on the machine: a change that batches per-sequence work
-// shows here before any GPU run.
+// shows here before any GPU run. The times do: on a GPU they say where a host-bound step's
+// time goes (an operator that waits for the device shows as a long one).
 //
 //   KVBENCH_PAGED_PATH=kernels build/host_ops_bench [batch] [prompt] [layers] [top] [method]
+//       [device] [steps]
 //
-// One JSON line per method (or only `method`, e.g. "h2o" or "h2o+palu": a retention method over a
-// codec other than full): {"method", "batch", "ops_per_layer",
-// "ops_per_layer_and_sequence", "top": the `top` (5) most frequent operators per layer}. With
-// KVBENCH_PAGED_PATH=kernels the cache takes the GPU path's branches with the kernels' host
-// references in place of the kernels; what differs on a GPU: the kernels themselves are not ATen
-// operators (one launch each, not counted here), and each upload from the host adds a pin_memory
-// and a copy there (on the CPU it is free). Without the variable the CPU path's reference attention
-// is counted.
+// One JSON line per method (or only `method`, e.g. "h2o" or "h2o+palu": a retention method over
+// a codec other than full; "all": every one): {"method", "batch", "device", "steps",
+// "ops_per_layer", "ops_per_layer_and_sequence", "top": the `top` (5) most frequent operators
+// per layer, "host_us_per_layer": the host's wall time issuing a layer, "in_ops_us_per_layer":
+// the part of it inside top-level operators, "top_us": the `top` operators by host time per
+// layer, "step_ms": a whole step until the device has finished it}, averaged over `steps`
+// (1) counted decode steps after one uncounted one. `device`: cpu (default) or cuda (the
+// kernels themselves; KVBENCH_PAGED_PATH is then not read). With KVBENCH_PAGED_PATH=kernels
+// on the CPU the cache takes the GPU path's branches with the kernels' host references in
+// place of the kernels; what differs on a GPU: the kernels themselves are not ATen operators
+// (one launch each, not counted here), and each upload from the host adds a pin_memory and a
+// copy there (on the CPU it is free). Without the variable the CPU path's reference attention
+// is counted. The observer costs each operator (nested ones too) well under a microsecond.
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <map>
@@ -30,21 +38,32 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvbench/core/cuda_stream.h"
 #include "kvbench/kv/method_registry.h"
 #include "preparation_helpers.h"  // tests/unit: bases fitted on synthetic data (palu, kvproj)
 
 namespace {
 
 // Top-level operators of the calling thread only (those a caller issued, not their internals
-// nor what intra-op worker threads run), by name.
+// nor what intra-op worker threads run), by name: how many, and their host time.
 struct Counter {
   bool on = false;
   std::map<std::string, int64_t> names;
+  std::map<std::string, double> seconds;
   int64_t total = 0;
+  double in_ops = 0;
 };
 Counter counter;
 thread_local int depth = 0;
 const std::thread::id main_thread = std::this_thread::get_id();
+
+using Clock = std::chrono::steady_clock;
+
+// A counted operator's start.
+struct Started : at::ObserverContext {
+  explicit Started(Clock::time_point t) : at(t) {}
+  Clock::time_point at;
+};
 
 void install_counter() {
   at::addGlobalCallback(
@@ -53,11 +72,32 @@ void install_counter() {
             if (depth++ == 0 && counter.on && std::this_thread::get_id() == main_thread) {
               ++counter.total;
               ++counter.names[fn.name()];
+              return std::make_unique<Started>(Clock::now());
             }
             return nullptr;
           },
-          [](const at::RecordFunction&, at::ObserverContext*) { --depth; })
+          [](const at::RecordFunction& fn, at::ObserverContext* context) {
+            --depth;
+            if (context == nullptr) return;
+            const double s =
+                std::chrono::duration<double>(Clock::now() - static_cast<Started*>(context)->at)
+                    .count();
+            counter.seconds[fn.name()] += s;
+            counter.in_ops += s;
+          })
           .scopes({at::RecordScope::FUNCTION}));
+}
+
+// The `shown` largest entries of `values`, each divided by `per`.
+template <typename T>
+nlohmann::json largest(const std::map<std::string, T>& values, size_t shown, double per) {
+  std::vector<std::pair<T, std::string>> top;
+  for (const auto& [name, v] : values) top.emplace_back(v, name);
+  std::sort(top.rbegin(), top.rend());
+  nlohmann::json most = nlohmann::json::object();
+  for (size_t i = 0; i < std::min(shown, top.size()); ++i)
+    most[top[i].second] = double(top[i].first) / per;
+  return most;
 }
 
 }  // namespace
@@ -68,7 +108,9 @@ int main(int argc, char** argv) {
   const int64_t prompt = argc > 2 ? std::atoll(argv[2]) : 600;
   const int64_t layers = argc > 3 ? std::atoll(argv[3]) : 4;
   const size_t shown = argc > 4 ? size_t(std::atoll(argv[4])) : 5;
-  const std::string only = argc > 5 ? argv[5] : "";
+  const std::string only = argc > 5 && std::string(argv[5]) != "all" ? argv[5] : "";
+  const at::Device device(argc > 6 ? argv[6] : "cpu");
+  const int64_t steps = argc > 7 ? std::max<int64_t>(1, std::atoll(argv[7])) : 1;
   // Llama-3-8B's attention shape; budgets below the prompt, so every policy evicts each step.
   const int64_t kv_heads = 8, heads = 32, head_dim = 128;
   install_counter();
@@ -89,36 +131,45 @@ int main(int argc, char** argv) {
     if (!only.empty() && label != only) continue;
     const auto codec =
         testing_support::ready(make_codec(method, at::kHalf), layers, kv_heads, head_dim);
-    auto cache = make_paged_cache(method, codec, layers, kv_heads, head_dim, at::kHalf, at::kCPU);
+    auto cache = make_paged_cache(method, codec, layers, kv_heads, head_dim, at::kHalf, device);
     std::vector<int64_t> seqs, prompts(size_t(batch), prompt), ones(size_t(batch), 1);
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(cache->add_sequence());
     auto gen = at::detail::createCPUGenerator(7);
     auto rows = [&](int64_t n, int64_t h) {
-      return at::randn({n, h, head_dim}, gen).to(at::kHalf);
+      return at::randn({n, h, head_dim}, gen).to(device, at::kHalf);
     };
     for (int64_t l = 0; l < layers; ++l)
       cache->append_and_attend_batch(l, seqs, prompts, rows(batch * prompt, heads),
                                      rows(batch * prompt, kv_heads),
                                      rows(batch * prompt, kv_heads));
-    // One untimed step (lists uploaded, states grown), then the counted one.
-    for (int step = 0; step < 2; ++step) {
+    // One untimed step (lists uploaded, states grown), then the counted ones.
+    counter = Counter{};
+    double host_s = 0, step_s = 0;
+    for (int64_t step = 0; step <= steps; ++step) {
       const at::Tensor q = rows(batch, heads), k = rows(batch, kv_heads), v = rows(batch, kv_heads);
-      counter = Counter{};
-      counter.on = step == 1;
+      wait_for_device(device);  // the step starts with nothing queued
+      counter.on = step > 0;
+      const Clock::time_point t0 = Clock::now();
       for (int64_t l = 0; l < layers; ++l) cache->append_and_attend_batch(l, seqs, ones, q, k, v);
+      const Clock::time_point t1 = Clock::now();
+      counter.on = false;
+      wait_for_device(device);
+      if (step == 0) continue;
+      host_s += std::chrono::duration<double>(t1 - t0).count();
+      step_s += std::chrono::duration<double>(Clock::now() - t0).count();
     }
-    std::vector<std::pair<int64_t, std::string>> top;
-    for (const auto& [name, n] : counter.names) top.emplace_back(n, name);
-    std::sort(top.rbegin(), top.rend());
-    nlohmann::json most = nlohmann::json::object();
-    for (size_t i = 0; i < std::min(shown, top.size()); ++i)
-      most[top[i].second] = double(top[i].first) / double(layers);
-    const double per_layer = double(counter.total) / double(layers);
+    const double per = double(layers * steps), per_layer = double(counter.total) / per;
     std::cout << nlohmann::json{{"method", label},
                                 {"batch", batch},
+                                {"device", device.str()},
+                                {"steps", steps},
                                 {"ops_per_layer", per_layer},
                                 {"ops_per_layer_and_sequence", per_layer / double(batch)},
-                                {"top", most}}
+                                {"top", largest(counter.names, shown, per)},
+                                {"host_us_per_layer", host_s * 1e6 / per},
+                                {"in_ops_us_per_layer", counter.in_ops * 1e6 / per},
+                                {"top_us", largest(counter.seconds, shown, per / 1e6)},
+                                {"step_ms", step_s * 1e3 / double(steps)}}
                      .dump()
               << std::endl;
   }

@@ -29,6 +29,8 @@
 #   GPU_UNIT_FILTER=F          the unit tests' gtest filter
 #   GPU_E2E_METHODS=JSON       the e2e stage's methods (`--set methods=JSON`), e.g. to drop the
 #                              ones a previous session measured
+#   GPU_HOST_OPS_METHODS="m ..." the host_ops stage's methods (default: full h2o tova
+#                              scissorhands; host_ops_bench's names)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/kvbench-gpu}
@@ -116,8 +118,14 @@ build_tests=1
 skipped unit_tests && build_tests=0
 unit_first=${GPU_UNIT_FIRST:-0}
 [ $build_tests = 1 ] || unit_first=0
+build_host_ops=1
+skipped host_ops && build_host_ops=0
 setsid bash -c "if JOBS=12 KVBENCH_TARGETS=kvbench nice -n 19 scripts/gpu_full_build.sh build-cuda
   then touch '$LOGS/cli.built'; else touch '$LOGS/cli.failed'; fi
+  if [ $build_host_ops = 1 ]; then
+    if JOBS=12 KVBENCH_TARGETS=host_ops_bench nice -n 19 scripts/gpu_full_build.sh build-cuda
+    then touch '$LOGS/host_ops.built'; else touch '$LOGS/host_ops.failed'; fi
+  fi
   [ $build_tests = 1 ] || exit 0
   if JOBS=12 KVBENCH_TARGETS=kvbench_tests nice -n 19 scripts/gpu_full_build.sh build-cuda
   then touch '$LOGS/tests.built'; else touch '$LOGS/tests.failed'; fi" >"$LOGS/full_build.log" 2>&1 &
@@ -209,6 +217,15 @@ if wait_for "$LOGS/cli.built" 60; then
 else
   log "full build: no build-cuda/kvbench in time; see full_build.log"
   tail -20 "$LOGS/full_build.log"
+fi
+# Where a decode step's host time goes, per operator, for the methods the e2e stage found
+# host-bound (4 layers at the e2e shape, 5 counted steps each; built after the CLI).
+if skipped host_ops || wait_for "$LOGS/host_ops.built" 60; then
+  stage host_ops 60 bash -c "rc=0; for m in ${GPU_HOST_OPS_METHODS:-full h2o tova scissorhands}; do
+    ${cuda_env[*]} build-cuda/host_ops_bench 16 8128 4 8 \$m cuda 5 >> $LOGS/host_ops.jsonl || rc=1
+    done; exit \$rc"
+else
+  log "host_ops: host_ops_bench not built in time; see full_build.log"
 fi
 [ "$memcheck_done" = 1 ] || memcheck
 # 5. The unit tests, when they did not go first.
