@@ -4,7 +4,8 @@
 // (rank 128 per group of 4 KV heads), and GEAR's
 // block decode kernel (kernels/gear_decode.h) at gear's and gear-4's settings, and the
 // retained-index kernel (kernels/retained_decode.h) at SnapKV-2048's and StreamingLLM-512's kept
-// tokens (kept-2k, kept-512). One layer of a
+// tokens (kept-2k, kept-512; with four tokens' loads in flight per warp: kept-2k-t4,
+// kept-512-t4). One layer of a
 // Llama-3-8B-shaped model (32 query heads, 8 KV heads, head_dim 128). Caches hold random codes and
 // scales (speed does not depend on values; fp formats hold finite random values); inputs are
 // rotated among replicas so a small working set is not served from L2.
@@ -348,7 +349,7 @@ Result time_gear(int bits, int G, int buffer, int B, int T, int sm_count, cudaSt
 // H2O decode on the GPU path: each (sequence, KV head) lists `listed` positions (sorted,
 // distinct, random: a selection scatters over the whole context) below its tail, then the
 // tail of `tail` tokens up to T. Bytes: the kept tokens' K and V rows, the lists, fp32 q/out.
-Result time_retained(int listed, int tail, int B, int T, cudaStream_t s) {
+Result time_retained(int listed, int tail, int B, int T, cudaStream_t s, int tokens = 1) {
   const int Hq = 32, Hkv = 8, D = 128, P = 16;
   const int pages_per_seq = (T + P - 1) / P;
   const k::PageBytes pb = k::page_bytes(KvFormat::kFp16, true, P, D);
@@ -391,6 +392,7 @@ Result time_retained(int listed, int tail, int B, int T, cudaStream_t s) {
   p.kept_lists = static_cast<const int* const*>(ptrs.p);
   p.kept_counts = static_cast<int*>(counts.p), p.tail_start = static_cast<int*>(tails.p);
   p.softmax_scale = 0.088f, p.q = static_cast<float*>(q.p), p.out = static_cast<float*>(out.p);
+  p.tokens_per_step = tokens;
   k::PagedKvStore store;
   store.format = KvFormat::kFp16, store.page_size = P, store.k_data = kd.p, store.v_data = vd.p;
   const double t = time_steps(s, [&](int step) {
@@ -413,6 +415,9 @@ bool time_named(const std::string& name, int B, int T, int sm_count, cudaStream_
   // a 508-token window), over contexts that hold them.
   if (name == "kept-2k" && T > 2048) return *r = time_retained(2016, 32, B, T, s), true;
   if (name == "kept-512" && T > 512) return *r = time_retained(4, 508, B, T, s), true;
+  // The same with four tokens' loads in flight per warp (tokens_per_step 4).
+  if (name == "kept-2k-t4" && T > 2048) return *r = time_retained(2016, 32, B, T, s, 4), true;
+  if (name == "kept-512-t4" && T > 512) return *r = time_retained(4, 508, B, T, s, 4), true;
   return false;
 }
 
@@ -438,7 +443,7 @@ int profile_one(const std::string& spec) {
     if (!time_named(name, B, T, prop.multiProcessorCount, s, &r)) {
       std::fprintf(stderr,
                    "--profile: unknown row '%s' (palu-r64, palu-r96, palu-r128-g4, "
-                   "gear, gear-4, kept-2k, kept-512)\n",
+                   "gear, gear-4, kept-2k, kept-512, kept-2k-t4, kept-512-t4)\n",
                    name);
       return 2;
     }
@@ -534,8 +539,8 @@ int main(int argc, char** argv) {
     // Palu at ranks 64 and 96 (a latent per KV head), and G-LRD: a rank-128 latent per 4 heads;
     // GEAR; the retained-index kernel at SnapKV-2048's and StreamingLLM-512's kept tokens.
     // ideal: fp16's bytes of the whole context over the row's own (q and out left out).
-    for (const char* name :
-         {"palu-r64", "palu-r96", "palu-r128-g4", "gear", "gear-4", "kept-2k", "kept-512"}) {
+    for (const char* name : {"palu-r64", "palu-r96", "palu-r128-g4", "gear", "gear-4", "kept-2k",
+                             "kept-512", "kept-2k-t4", "kept-512-t4"}) {
       Result r;
       if (!time_named(name, B, T, prop.multiProcessorCount, s, &r)) continue;
       const double fp16_bytes = 2.0 * B * Hkv_all * T * 128 * 2;

@@ -44,6 +44,10 @@ struct RetainedProblem {
   // a sequence's kept count are not written. score_stride >= every kept count.
   float* scores = nullptr;
   int score_stride = 0;
+  // The CUDA kernel's main loop: how many kept tokens' rows a warp loads before it computes
+  // any (1, 2 or 4). 1: one token at a time, as measured on the H200 (latency-bound: each
+  // token's list entry, page and rows are dependent loads). The host reference ignores it.
+  int tokens_per_step = 1;
 };
 
 // A softmax over part of a query's kept tokens: max score, sum of exp(score - max) and the
@@ -112,6 +116,8 @@ inline const char* retained_check(const RetainedProblem& p, const PagedKvStore& 
       !p.out)
     return "a required pointer is null";
   if (p.scores && p.score_stride < 1) return "scores need score_stride >= every kept count";
+  if (p.tokens_per_step != 1 && p.tokens_per_step != 2 && p.tokens_per_step != 4)
+    return "tokens_per_step must be 1, 2 or 4";
   if (!s.k_data || !s.v_data) return "the store has no pools";
   if (is_kivi(s.format) && (s.residual <= 0 || s.residual % s.page_size != 0))
     return "KIVI needs a residual window that is a positive multiple of page_size";

@@ -165,6 +165,18 @@ if [ -n "$loops" ]; then
   suite_env+=("KVBENCH_DECODE_LOOP=$loops")
   log "decode loops for the suites: $loops"
 fi
+#    The retained-index kernel's tokens per step likewise (kept-* rows), 4 only where its
+#    kernel tests ran (the filter names them, or there is none) and passed in this call.
+retained=${KVBENCH_RETAINED_TOKENS:-$(python3 scripts/best_decode_loops.py --retained "$LOGS/decode_bench.jsonl" 2>/dev/null)}
+if [ "$retained" = 4 ] && { [ "$kernel_tests_rc" != 0 ] ||
+  [[ -n "${GPU_TESTS_FILTER:-}" && "$GPU_TESTS_FILTER" != *Retained* ]]; }; then
+  retained=1
+  log "retained tokens: 4 left out (its kernel tests did not run and pass here)"
+fi
+if [ -n "$retained" ]; then
+  suite_env+=("KVBENCH_RETAINED_TOKENS=$retained")
+  log "retained-index kernel's tokens per step for the suites: $retained"
+fi
 #    H2O's prefill sums (kernels/summed_attention.cu) at the e2e shape, 2k-16k tokens.
 stage summed_bench 30 build-gpu/summed_attention_bench --out "$LOGS/summed_bench.jsonl"
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.

@@ -53,6 +53,15 @@ const std::string& decode_loop(kernels::KvFormat format) {
   return loops[size_t(format)];
 }
 
+// The retained-index kernel's tokens per step, from KVBENCH_RETAINED_TOKENS, read once.
+int retained_tokens() {
+  static const int tokens = [] {
+    const char* env = std::getenv("KVBENCH_RETAINED_TOKENS");
+    return retained_tokens_for(env ? env : "");
+  }();
+  return tokens;
+}
+
 // Per device, asked once: the full property query costs far more than a decode step.
 int sm_count(const at::Tensor& on) {
   static std::mutex mutex;
@@ -132,6 +141,7 @@ static at::Tensor device_retained(const kernels::PagedKvStore& store, const Deco
   pr.kept_counts = counts_tails.data_ptr<int>(), pr.tail_start = pr.kept_counts + B;
   pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
   pr.q = q.data_ptr<float>(), pr.out = out.data_ptr<float>();
+  pr.tokens_per_step = retained_tokens();
   if (scores.defined()) {
     KVB_CHECK(scores.is_contiguous() && scores.scalar_type() == at::kFloat && scores.dim() == 3 &&
                   scores.size(0) == B && scores.size(1) == q.size(1),
@@ -268,6 +278,13 @@ std::string decode_loop_for(const std::string& spec, kernels::KvFormat format) {
     if (name == kernels::format_name(format)) chosen = value;
   }
   return chosen;
+}
+
+int retained_tokens_for(const std::string& spec) {
+  if (spec.empty()) return 1;
+  KVB_CHECK(spec == "1" || spec == "2" || spec == "4", "KVBENCH_RETAINED_TOKENS='", spec,
+            "': expected 1, 2 or 4 (the retained-index kernel's tokens loaded per step)");
+  return std::stoi(spec);
 }
 
 // ---- On CPU tensors: the kernels' host references (the GPU path's code run on the CPU) ----

@@ -29,6 +29,10 @@ std::string unavailable_reason();
 // cannot read.
 std::string decode_loop_for(const std::string& spec, kernels::KvFormat format);
 
+// The retained-index kernel's tokens per step (kernels::RetainedProblem::tokens_per_step) under
+// `spec` (KVBENCH_RETAINED_TOKENS' value): "1", "2" or "4"; "" is 1. Throws Error otherwise.
+int retained_tokens_for(const std::string& spec);
+
 // Appends with every pointer of `problem` and `store` on `device`.
 void append(const kernels::AppendProblem& problem, const kernels::PagedKvStore& store,
             const at::Device& device);

@@ -1259,6 +1259,42 @@ class ServingCliTest(CliCase):
         self.assertIn("lognormal", res.stderr)
 
 
+class GpuScriptsTest(unittest.TestCase):
+    """scripts/best_decode_loops.py: what scripts/gpu_session.sh gives the suites from the decode
+    bench's JSON lines (each format's fastest loop; the retained-index kernel's tokens per step)."""
+
+    def bench_lines(self, rows):
+        return [json.dumps({"batch": 16, "context": 32768, **r}) for r in rows] + ["{cut"]
+
+    def script(self, *args, rows):
+        with tempfile.TemporaryDirectory() as d:
+            path = pathlib.Path(d) / "bench.jsonl"
+            path.write_text("\n".join(self.bench_lines(rows)) + "\n")
+            res = subprocess.run([sys.executable, str(ROOT / "scripts" / "best_decode_loops.py"),
+                                  *args, str(path)], capture_output=True, text=True)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        return res.stdout.strip()
+
+    def test_each_format_on_its_fastest_loop(self):
+        rows = [{"format": "fp16", "loop": "v2", "us_per_step": 500},
+                {"format": "fp16", "loop": "v2b", "us_per_step": 480},
+                {"format": "kivi-2", "loop": "v2b", "us_per_step": 100},  # not built for KIVI
+                {"format": "kivi-2", "loop": "v3h", "us_per_step": 400},
+                {"format": "int4", "loop": "v3", "us_per_step": 300, "batch": 1}]  # other shape
+        self.assertEqual(self.script(rows=rows), "fp16=v2b,kivi-2=v3h")
+
+    def test_retained_tokens_four_only_where_both_kept_sizes_gain(self):
+        def rows(t4_512, t4_2k):
+            return [{"format": "kept-512", "loop": "-", "us_per_step": 100},
+                    {"format": "kept-512-t4", "loop": "-", "us_per_step": t4_512},
+                    {"format": "kept-2k", "loop": "-", "us_per_step": 300},
+                    {"format": "kept-2k-t4", "loop": "-", "us_per_step": t4_2k}]
+        self.assertEqual(self.script("--retained", rows=rows(60, 200)), "4")
+        self.assertEqual(self.script("--retained", rows=rows(60, 310)), "1")
+        self.assertEqual(self.script("--retained", rows=rows(100, 200)), "1")  # a tie: no gain
+        self.assertEqual(self.script("--retained", rows=rows(60, 200)[:2]), "")  # no kept-2k rows
+
+
 class ServingToolsCliTest(CliCase):
     """Issue 9's tools end to end on the tiny preset: the capacity view of the throughput suite,
     the predictor suite (profile, held-out accuracy, routing) and the length-shift table."""

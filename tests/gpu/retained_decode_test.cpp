@@ -50,39 +50,44 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   }
   ASSERT_CUDA(pointers.upload(list_ptrs));
   ASSERT_CUDA(q.upload(r.q));
-  std::vector<float> got(r.want.size(), NAN);
-  ASSERT_CUDA(out.upload(got));
-  kernels::RetainedProblem p = r.problem(nullptr);
-  p.block_table = static_cast<const int*>(table.ptr);
-  p.seq_lens = static_cast<const int*>(lens.ptr);
-  p.seq_rows = static_cast<const int*>(rows.ptr);
-  p.kept_lists = static_cast<const int* const*>(pointers.ptr);
-  p.kept_counts = static_cast<const int*>(counts.ptr);
-  p.tail_start = static_cast<const int*>(tails.ptr);
-  p.q = static_cast<const float*>(q.ptr);
-  p.out = static_cast<float*>(out.ptr);
-  // The scores for selection policies too, poisoned: entries past a kept count stay NaN.
-  const int stride = r.max_kept + 3;
-  std::vector<float> got_scores(r.want_scores.size() * size_t(stride), NAN);
-  ASSERT_CUDA(scores.upload(got_scores));
-  p.scores = static_cast<float*>(scores.ptr), p.score_stride = stride;
-  ASSERT_CUDA(kernels::retained_decode(p, dev, nullptr));
-  ASSERT_CUDA(cudaDeviceSynchronize());
-  ASSERT_CUDA(out.download(got));
-  ASSERT_CUDA(scores.download(got_scores));
-  for (size_t row = 0; row < r.want_scores.size(); ++row)
-    for (int i = 0; i < stride; ++i) {
-      const float g = got_scores[row * stride + size_t(i)];
-      if (i >= int(r.want_scores[row].size())) {
-        ASSERT_TRUE(std::isnan(g)) << "row " << row << " entry " << i << " past the kept count";
-      } else {
-        const double w = r.want_scores[row][size_t(i)];
-        ASSERT_NEAR(g, w, 1e-5 * std::max(1.0, std::fabs(w))) << "row " << row << " token " << i;
+  // Every main loop: one token's loads per warp step, two, four (tokens_per_step).
+  for (const int tokens : {1, 2, 4}) {
+    SCOPED_TRACE("tokens_per_step " + std::to_string(tokens));
+    std::vector<float> got(r.want.size(), NAN);
+    ASSERT_CUDA(out.upload(got));
+    kernels::RetainedProblem p = r.problem(nullptr);
+    p.tokens_per_step = tokens;
+    p.block_table = static_cast<const int*>(table.ptr);
+    p.seq_lens = static_cast<const int*>(lens.ptr);
+    p.seq_rows = static_cast<const int*>(rows.ptr);
+    p.kept_lists = static_cast<const int* const*>(pointers.ptr);
+    p.kept_counts = static_cast<const int*>(counts.ptr);
+    p.tail_start = static_cast<const int*>(tails.ptr);
+    p.q = static_cast<const float*>(q.ptr);
+    p.out = static_cast<float*>(out.ptr);
+    // The scores for selection policies too, poisoned: entries past a kept count stay NaN.
+    const int stride = r.max_kept + 3;
+    std::vector<float> got_scores(r.want_scores.size() * size_t(stride), NAN);
+    ASSERT_CUDA(scores.upload(got_scores));
+    p.scores = static_cast<float*>(scores.ptr), p.score_stride = stride;
+    ASSERT_CUDA(kernels::retained_decode(p, dev, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    ASSERT_CUDA(out.download(got));
+    ASSERT_CUDA(scores.download(got_scores));
+    for (size_t row = 0; row < r.want_scores.size(); ++row)
+      for (int i = 0; i < stride; ++i) {
+        const float g = got_scores[row * stride + size_t(i)];
+        if (i >= int(r.want_scores[row].size())) {
+          ASSERT_TRUE(std::isnan(g)) << "row " << row << " entry " << i << " past the kept count";
+        } else {
+          const double w = r.want_scores[row][size_t(i)];
+          ASSERT_NEAR(g, w, 1e-5 * std::max(1.0, std::fabs(w))) << "row " << row << " token " << i;
+        }
       }
-    }
-  std::vector<double> host_d(host_out.begin(), host_out.end());
-  EXPECT_LT(scaled_error(got, host_d), 1e-5);
-  EXPECT_LT(scaled_error(got, r.want), 1e-5);
+    std::vector<double> host_d(host_out.begin(), host_out.end());
+    EXPECT_LT(scaled_error(got, host_d), 1e-5);
+    EXPECT_LT(scaled_error(got, r.want), 1e-5);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, RetainedDecodeGpuTest, ::testing::ValuesIn(append_cases()),

@@ -1,5 +1,6 @@
 // KVBENCH_DECODE_LOOP's reading (paged_cuda::decode_loop_for): one loop for every format, or a
-// loop per format (what scripts/gpu_session.sh writes from the decode bench), and clear errors.
+// loop per format (what scripts/gpu_session.sh writes from the decode bench), and clear errors;
+// KVBENCH_RETAINED_TOKENS' (paged_cuda::retained_tokens_for).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -43,6 +44,24 @@ TEST(DecodeLoopTest, SaysWhatItCannotRead) {
   EXPECT_NE(message("int5=v3").find("unknown format 'int5'"), std::string::npos);
   EXPECT_NE(message("int4=v3,kivi").find("'kivi' is not FORMAT=LOOP"), std::string::npos);
   EXPECT_NE(message("fp16=fast").find("loop 'fast'"), std::string::npos);
+}
+
+TEST(DecodeLoopTest, RetainedTokensPerStep) {
+  EXPECT_EQ(paged_cuda::retained_tokens_for(""), 1);
+  EXPECT_EQ(paged_cuda::retained_tokens_for("1"), 1);
+  EXPECT_EQ(paged_cuda::retained_tokens_for("2"), 2);
+  EXPECT_EQ(paged_cuda::retained_tokens_for("4"), 4);
+  for (const char* bad : {"3", "8", "0", "four", "4 "}) {
+    try {
+      paged_cuda::retained_tokens_for(bad);
+      ADD_FAILURE() << "'" << bad << "' accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("KVBENCH_RETAINED_TOKENS='" + std::string(bad) + "'"),
+                std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find("expected 1, 2 or 4"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

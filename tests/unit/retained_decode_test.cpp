@@ -97,7 +97,16 @@ TEST(RetainedCheckTest, SaysWhatIsWrong) {
   EXPECT_STREQ(kernels::retained_check(p, s), "head_dim must be 32, 64, 96 or 128");
   p.head_dim = 64, p.scores = &f;
   EXPECT_STREQ(kernels::retained_check(p, s), "scores need score_stride >= every kept count");
-  p.scores = nullptr, p.kept_lists = nullptr;
+  p.scores = nullptr;
+  for (const int tokens : {2, 4}) {
+    p.tokens_per_step = tokens;
+    EXPECT_STREQ(kernels::retained_check(p, s), "");
+  }
+  for (const int tokens : {0, 3, 8}) {
+    p.tokens_per_step = tokens;
+    EXPECT_STREQ(kernels::retained_check(p, s), "tokens_per_step must be 1, 2 or 4");
+  }
+  p.tokens_per_step = 1, p.kept_lists = nullptr;
   EXPECT_STREQ(kernels::retained_check(p, s), "a required pointer is null");
 }
 
