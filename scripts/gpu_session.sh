@@ -179,6 +179,11 @@ if [ -n "$retained" ]; then
 fi
 #    H2O's prefill sums (kernels/summed_attention.cu) at the e2e shape, 2k-16k tokens.
 stage summed_bench 30 build-gpu/summed_attention_bench --out "$LOGS/summed_bench.jsonl"
+#    PyTorch's own multiplies of a decode step's weights at the e2e shape (the step's part that
+#    is not attention), against the copy rate: cuBLAS's floor for what kvbench's model does.
+stage model_peer 60 env PYTHONUNBUFFERED=1 python3 scripts/gpu_model_peer.py --batch 16 \
+  --out "$LOGS/model_peer.jsonl"
+tail -8 "$LOGS/model_peer.log"
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.
 memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*HeadProjectGpu*-*_v3h:*_v2b'
 memcheck() {
