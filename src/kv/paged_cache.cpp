@@ -1537,8 +1537,12 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
     }
     std::vector<int> tails;
     for (const size_t b : served) tails.push_back(int(batch[b]->kept[size_t(layer)].tail));
-    const at::Tensor tail =
-        upload(at::tensor(tails, at::kInt)).to(lists.device()).view({E, 1, 1}).expand({E, H, 1});
+    // Every layer of a step in the steady state has the same tails (length - recent - 1):
+    // uploaded at the first, reused by the others.
+    if (tails != steady_tails_.host || !steady_tails_.device.defined() ||
+        steady_tails_.device.device() != lists.device())
+      steady_tails_ = {tails, upload(at::tensor(tails, at::kInt)).to(lists.device())};
+    const at::Tensor tail = steady_tails_.device.view({E, 1, 1}).expand({E, H, 1});
     // Each head's entries past its dropped one move down one; the tail's first token ends it.
     const at::Tensor i = iota(count).view({1, 1, count});
     const at::Tensor fresh = at::cat({lists, tail}, 2)

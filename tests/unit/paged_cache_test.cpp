@@ -1109,6 +1109,52 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
   }
 }
 
+// TOVA keeps no window: in its steady state the newest token itself goes when the newest query
+// attends it least. A decode key pointing against every query of its group makes that happen,
+// deterministically: on the emulated kernel path the steady state (no sort) drops it, the
+// layer's list unchanged and its tail moved past it, and every step keeps what the reference
+// cache keeps and attends like it.
+TEST(PagedHostOpsTest, TovaSteadyStateDropsItsNewestTokenLikeTheReferenceCache) {
+  OpCounter ops;
+  const nlohmann::json method = resolve_method(
+      nlohmann::json::parse(R"({"name": "tova", "budget": 40, "codec": "fp16"})"), "m");
+  PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim, PagedCapacity{},
+                     at::kCPU, make_policy(method), true);
+  auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+  auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
+  const int64_t seq = paged.add_sequence();
+  ASSERT_EQ(ref->add_sequence(), seq);
+  auto gen = at::detail::createCPUGenerator(31);
+  for (int step = 0; step < 5; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    const bool against = step == 2;
+    int64_t sorts = 0;  // the paged cache's (the reference cache sorts in select())
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      Block x = random_block(step == 0 ? 80 : 1, at::kHalf, gen);
+      if (against)  // each KV head's new key opposite the sum of its group's queries
+        x.k = (x.q.view({kKvHeads, kHeads / kKvHeads, 1, kDim}).sum(1) * -4)
+                  .to(at::kHalf)
+                  .to(at::kFloat);
+      ops.clear();
+      const at::Tensor got =
+          paged.append_and_attend(seq, layer, x.q.to(at::kHalf), x.k, x.v).to(at::kFloat);
+      sorts += ops["aten::sort"];
+      const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
+      EXPECT_LT(((got - want).norm() / want.norm()).item<double>(), 2e-3) << "layer " << layer;
+    }
+    if (step >= 1) EXPECT_EQ(sorts, 0) << "the steady state selected nothing";
+    const int64_t newest = paged.length(seq) - 1;
+    for (int64_t l = 0; l < kLayers; ++l) {
+      const at::Tensor kept = paged.kept_positions(seq, l);
+      ASSERT_TRUE(at::equal(kept, reference.kept_positions(seq, l))) << "layer " << l;
+      EXPECT_EQ(kept.size(1), 40) << "layer " << l;
+      if (!against) continue;
+      EXPECT_FALSE(kept.eq(newest).any().item<bool>()) << "layer " << l << " kept its newest";
+      EXPECT_EQ(paged.listed_positions(seq, l).second, newest + 1) << "layer " << l;
+    }
+  }
+}
+
 // The lists a step uploads in one copy are packed as the kernels read them: int32, one after
 // another, each at its offset (int64, strided and empty lists too); other dtypes are refused.
 TEST(PagedCacheRetainTest, ListsArePackedOneAfterAnotherAsInt32) {

@@ -572,6 +572,11 @@ class PagedKVCache final : public KVCache {
   double retention_s_ = 0;
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
   at::Tensor iota_;               // iota()'s
+  // evict_steady's last tails, on the host and where the lists are (read only).
+  struct {
+    std::vector<int> host;
+    at::Tensor device;
+  } steady_tails_;
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;
