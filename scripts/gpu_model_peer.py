@@ -6,7 +6,8 @@ The e2e suite (configs/gpu-e2e.json) decodes batch 16 over Llama-3-8B shapes wit
 weights: per layer four projections (fused q/k/v, o, fused gate/up, down), then the head over
 the vocabulary. kvbench multiplies them as at::mm(x, w.t()) with w [out, in]
 (src/model/transformer.cpp). The H200's full-cache step took 11.5 ms, ~4.3 of them in the
-attention kernels: the rest, ~16 GB of weights, ran at ~2.2 TB/s. This times the same
+attention kernels: the rest, ~15 GB of weights (all but the embedding table), ran at
+~2.1 TB/s. This times the same
 multiplies alone, over 32 layers' own weights (nothing served from L2), against the device's
 copy rate measured in the same process, to tell whether that gap is cuBLAS's or kvbench's.
 
@@ -71,9 +72,9 @@ def main():
         for name, ws in list(layers.items()) + [("head", [head])]:
             x = torch.randn(batch, ws[0].shape[1], device="cuda", dtype=torch.float16, generator=gen)
             # All layers' weights in turn, as a step reads them: one timing over every copy.
-            for how, mm in (("mm_t", lambda w: torch.mm(x, w.t())),
-                            ("linear", lambda w: torch.nn.functional.linear(x, w))):
-                us = time_ms(lambda: [mm(w) for w in ws]) * 1e3 / len(ws)
+            for how, mm in (("mm_t", lambda w, x=x: torch.mm(x, w.t())),
+                            ("linear", lambda w, x=x: torch.nn.functional.linear(x, w))):
+                us = time_ms(lambda mm=mm, ws=ws: [mm(w) for w in ws]) * 1e3 / len(ws)
                 nbytes = ws[0].numel() * 2 + x.numel() * 2 + batch * ws[0].shape[0] * 2
                 rec = {"batch": batch, "matmul": name, "how": how, "us": us, "bytes": nbytes,
                        "gbps": nbytes / (us * 1e-6) / 1e9, "copy_fraction": nbytes / (us * 1e-6) / 1e9 / gbps}

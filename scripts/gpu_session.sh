@@ -29,6 +29,8 @@
 #   GPU_UNIT_FILTER=F          the unit tests' gtest filter
 #   GPU_E2E_METHODS=JSON       the e2e stage's methods (`--set methods=JSON`), e.g. to drop the
 #                              ones a previous session measured
+#   KVBENCH_RETAINED_TOKENS=N  the suites' retained-index loop (1, 2 or 4), as the decode bench
+#                              chose it before (4 only where its kernel tests pass here)
 #   GPU_HOST_OPS_METHODS="m ..." the host_ops stage's methods (default: full h2o tova
 #                              scissorhands; host_ops_bench's names)
 set -uo pipefail
@@ -122,7 +124,8 @@ build_host_ops=1
 skipped host_ops && build_host_ops=0
 setsid bash -c "if JOBS=12 KVBENCH_TARGETS=kvbench nice -n 19 scripts/gpu_full_build.sh build-cuda
   then touch '$LOGS/cli.built'; else touch '$LOGS/cli.failed'; fi
-  if [ $build_host_ops = 1 ]; then
+  [ -e '$LOGS/cli.failed' ] && touch '$LOGS/host_ops.failed'  # the same library fails it
+  if [ $build_host_ops = 1 ] && [ ! -e '$LOGS/cli.failed' ]; then
     if JOBS=12 KVBENCH_TARGETS=host_ops_bench nice -n 19 scripts/gpu_full_build.sh build-cuda
     then touch '$LOGS/host_ops.built'; else touch '$LOGS/host_ops.failed'; fi
   fi
@@ -168,8 +171,9 @@ fi
 #    The retained-index kernel's tokens per step likewise (kept-* rows), 4 only where its
 #    kernel tests ran (the filter names them, or there is none) and passed in this call.
 retained=${KVBENCH_RETAINED_TOKENS:-$(python3 scripts/best_decode_loops.py --retained "$LOGS/decode_bench.jsonl" 2>/dev/null)}
-if [ "$retained" = 4 ] && { [ "$kernel_tests_rc" != 0 ] ||
-  [[ -n "${GPU_TESTS_FILTER:-}" && "$GPU_TESTS_FILTER" != *Retained* ]]; }; then
+retained_tests=$(build-gpu/gpu_tests --gtest_list_tests --gtest_filter="${GPU_TESTS_FILTER:-*}" 2>/dev/null |
+  grep -c RetainedDecodeGpu)
+if [ "$retained" = 4 ] && { [ "$kernel_tests_rc" != 0 ] || [ "${retained_tests:-0}" = 0 ]; }; then
   retained=1
   log "retained tokens: 4 left out (its kernel tests did not run and pass here)"
 fi
@@ -237,10 +241,13 @@ else
 fi
 # Where a decode step's host time goes, per operator, for the methods the e2e stage found
 # host-bound (4 layers at the e2e shape, 5 counted steps each; built after the CLI).
+# The suites' decode loops and retained tokens; the build paused, as for the suites.
 if skipped host_ops || wait_for "$LOGS/host_ops.built" 60; then
+  build_signal STOP
   stage host_ops 60 bash -c "rc=0; for m in ${GPU_HOST_OPS_METHODS:-full h2o tova scissorhands}; do
-    ${cuda_env[*]} build-cuda/host_ops_bench 16 8128 4 8 \$m cuda 5 >> $LOGS/host_ops.jsonl || rc=1
+    ${suite_env[*]} build-cuda/host_ops_bench 16 8128 4 8 \$m cuda 5 >> $LOGS/host_ops.jsonl || rc=1
     done; exit \$rc"
+  build_signal CONT
 else
   log "host_ops: host_ops_bench not built in time; see full_build.log"
 fi
