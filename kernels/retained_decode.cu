@@ -4,11 +4,34 @@
 
 #include <cstdint>
 
+#include "dispatch.h"
+
 namespace kvbench::kernels {
 namespace {
 
 constexpr int kWarps = 4;
 constexpr int kMaxPerLane = kRetainedMaxHeadDim / 32;
+
+// The block's four warps' partial softmaxes (max m, sum, and each lane's `per` channels from
+// d0 in acc) merged through shared memory into out[head_dim] by warp 0. Every thread calls it.
+__device__ __forceinline__ void merge_warps(float m, float sum, const float* acc, int per, int d0,
+                                            float* out) {
+  __shared__ float part_max[kWarps], part_sum[kWarps], part_acc[kWarps][kRetainedMaxHeadDim];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) part_max[warp] = m, part_sum[warp] = sum;
+  for (int j = 0; j < per; ++j) part_acc[warp][d0 + j] = acc[j];
+  __syncthreads();
+  if (warp != 0) return;
+  float mx = -INFINITY;
+  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_max[w]);
+  float total = 0.f;  // a warp that saw no token has max -inf and sum 0: it adds nothing
+  for (int w = 0; w < kWarps; ++w) total += part_sum[w] * expf(part_max[w] - mx);
+  for (int j = 0; j < per; ++j) {
+    float a = 0.f;
+    for (int w = 0; w < kWarps; ++w) a += part_acc[w][d0 + j] * expf(part_max[w] - mx);
+    out[d0 + j] = a / total;
+  }
+}
 
 // Block = one (sequence, query head), four warps. Warp w attends the kept tokens w, w + 4, ...
 // one at a time; its lanes decode a token's channels in slices (decode_paged_channels: a row's
@@ -16,7 +39,6 @@ constexpr int kMaxPerLane = kRetainedMaxHeadDim / 32;
 // online softmax over their own channels. The four warps' partial softmaxes merge through
 // shared memory. The same arithmetic as retained_partial(), in another summation order.
 __global__ void retained_decode_kernel(RetainedProblem pr, PagedKvStore s) {
-  __shared__ float part_max[kWarps], part_sum[kWarps], part_acc[kWarps][kRetainedMaxHeadDim];
   const int b = blockIdx.x / pr.q_heads, qh = blockIdx.x % pr.q_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int D = pr.head_dim, per = D / 32, d0 = lane * per;
@@ -41,20 +63,7 @@ __global__ void retained_decode_kernel(RetainedProblem pr, PagedKvStore s) {
     sum = sum * rescale + w;
     m = mn;
   }
-  if (lane == 0) part_max[warp] = m, part_sum[warp] = sum;
-  for (int j = 0; j < per; ++j) part_acc[warp][d0 + j] = acc[j];
-  __syncthreads();
-  if (warp != 0) return;
-  float mx = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_max[w]);
-  float total = 0.f;  // a warp that saw no token has max -inf and sum 0: it adds nothing
-  for (int w = 0; w < kWarps; ++w) total += part_sum[w] * expf(part_max[w] - mx);
-  float* out = pr.out + (size_t(b) * pr.q_heads + qh) * D;
-  for (int j = 0; j < per; ++j) {
-    float a = 0.f;
-    for (int w = 0; w < kWarps; ++w) a += part_acc[w][d0 + j] * expf(part_max[w] - mx);
-    out[d0 + j] = a / total;
-  }
+  merge_warps(m, sum, acc, per, d0, pr.out + (size_t(b) * pr.q_heads + qh) * D);
 }
 
 // A lane's PER consecutive 16-bit channels at x (8-byte aligned for PER 4, 4-byte for 2: a row
@@ -91,7 +100,6 @@ __device__ __forceinline__ float value16(uint16_t raw) {
 // dot products (every lane runs every shuffle) and one rescale of the online softmax per step.
 template <int U, KvFormat F, int PER>
 __global__ void retained_decode_multi(RetainedProblem pr, PagedKvStore s) {
-  __shared__ float part_max[kWarps], part_sum[kWarps], part_acc[kWarps][kRetainedMaxHeadDim];
   const int b = blockIdx.x / pr.q_heads, qh = blockIdx.x % pr.q_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   constexpr int D = PER * 32;
@@ -165,22 +173,7 @@ __global__ void retained_decode_multi(RetainedProblem pr, PagedKvStore s) {
     }
     m = mn;
   }
-  if (lane == 0) part_max[warp] = m, part_sum[warp] = sum;
-#pragma unroll
-  for (int j = 0; j < PER; ++j) part_acc[warp][d0 + j] = acc[j];
-  __syncthreads();
-  if (warp != 0) return;
-  float mx = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_max[w]);
-  float total = 0.f;  // a warp that saw no token has max -inf and sum 0: it adds nothing
-  for (int w = 0; w < kWarps; ++w) total += part_sum[w] * expf(part_max[w] - mx);
-  float* out = pr.out + (size_t(b) * pr.q_heads + qh) * D;
-#pragma unroll
-  for (int j = 0; j < PER; ++j) {
-    float a = 0.f;
-    for (int w = 0; w < kWarps; ++w) a += part_acc[w][d0 + j] * expf(part_max[w] - mx);
-    out[d0 + j] = a / total;
-  }
+  merge_warps(m, sum, acc, PER, d0, pr.out + (size_t(b) * pr.q_heads + qh) * D);
 }
 
 // retained_decode_multi<U, F, PER> for the problem's head_dim (PER = head_dim / 32).
@@ -202,26 +195,7 @@ void launch_multi(const RetainedProblem& pr, const PagedKvStore& s, cudaStream_t
 // ... and for the store's format.
 template <int U>
 void launch_multi(const RetainedProblem& pr, const PagedKvStore& s, cudaStream_t stream) {
-  switch (s.format) {
-    case KvFormat::kFp16:
-      return launch_multi<U, KvFormat::kFp16>(pr, s, stream);
-    case KvFormat::kBf16:
-      return launch_multi<U, KvFormat::kBf16>(pr, s, stream);
-    case KvFormat::kInt8:
-      return launch_multi<U, KvFormat::kInt8>(pr, s, stream);
-    case KvFormat::kInt4:
-      return launch_multi<U, KvFormat::kInt4>(pr, s, stream);
-    case KvFormat::kFp8:
-      return launch_multi<U, KvFormat::kFp8>(pr, s, stream);
-    case KvFormat::kKivi2:
-      return launch_multi<U, KvFormat::kKivi2>(pr, s, stream);
-    case KvFormat::kKivi4:
-      return launch_multi<U, KvFormat::kKivi4>(pr, s, stream);
-    case KvFormat::kInt4Asym:
-      return launch_multi<U, KvFormat::kInt4Asym>(pr, s, stream);
-    case KvFormat::kInt2:
-      return launch_multi<U, KvFormat::kInt2>(pr, s, stream);
-  }
+  KVB_DISPATCH_FORMAT(s.format, F, launch_multi<U, F>(pr, s, stream))
 }
 
 }  // namespace

@@ -12,16 +12,21 @@ import json
 import sys
 
 
-def best_loops(lines, batch=16, context=32768):
-    best = {}
+def rows_at(lines, batch, context):
+    """The bench's rows at batch x context that carry a time; cut lines skipped."""
     for line in lines:
         try:
             r = json.loads(line)
         except ValueError:
             continue
-        if r.get("batch") != batch or r.get("context") != context:
-            continue
-        if r.get("loop") not in ("v2", "v2b", "v3", "v3h") or "us_per_step" not in r:
+        if r.get("batch") == batch and r.get("context") == context and "us_per_step" in r:
+            yield r
+
+
+def best_loops(lines, batch=16, context=32768):
+    best = {}
+    for r in rows_at(lines, batch, context):
+        if r.get("loop") not in ("v2", "v2b", "v3", "v3h"):
             continue
         f = r["format"]
         if r["loop"] == "v2b" and f.startswith("kivi"):
@@ -32,14 +37,7 @@ def best_loops(lines, batch=16, context=32768):
 
 
 def best_retained_tokens(lines, batch=16, context=32768):
-    times = {}
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if r.get("batch") == batch and r.get("context") == context and "us_per_step" in r:
-            times[r.get("format")] = r["us_per_step"]
+    times = {r.get("format"): r["us_per_step"] for r in rows_at(lines, batch, context)}
     rows = ("kept-512", "kept-2k")
     if not all(n in times and n + "-t4" in times for n in rows):
         return ""
