@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
     std::vector<int64_t> seqs, prompts(size_t(batch), prompt), ones(size_t(batch), 1);
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(cache->add_sequence());
     auto gen = at::detail::createCPUGenerator(7);
+    at::manual_seed(7);  // a GPU's rows: the same for every method of one run too
     // On a GPU drawn there: a 16 x 8k prefill's rows would take the CPU longer than the step.
     auto rows = [&](int64_t n, int64_t h) {
       return device.is_cpu()

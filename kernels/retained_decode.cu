@@ -166,6 +166,7 @@ __global__ void retained_decode_multi(RetainedProblem pr, PagedKvStore s) {
     for (int j = 0; j < PER; ++j) acc[j] *= rescale;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      if (!live[u]) continue;  // the same for every lane; 0 * a non-finite value would be NaN
       const float w = expf(score[u] - mn);
 #pragma unroll
       for (int j = 0; j < PER; ++j) acc[j] = fmaf(w, xv[u][j], acc[j]);
@@ -176,26 +177,18 @@ __global__ void retained_decode_multi(RetainedProblem pr, PagedKvStore s) {
   merge_warps(m, sum, acc, PER, d0, pr.out + (size_t(b) * pr.q_heads + qh) * D);
 }
 
-// retained_decode_multi<U, F, PER> for the problem's head_dim (PER = head_dim / 32).
-template <int U, KvFormat F>
-void launch_multi(const RetainedProblem& pr, const PagedKvStore& s, cudaStream_t stream) {
-  const dim3 grid(pr.batch * pr.q_heads), block(32 * kWarps);
-  switch (pr.head_dim / 32) {
-    case 1:
-      return retained_decode_multi<U, F, 1><<<grid, block, 0, stream>>>(pr, s);
-    case 2:
-      return retained_decode_multi<U, F, 2><<<grid, block, 0, stream>>>(pr, s);
-    case 3:
-      return retained_decode_multi<U, F, 3><<<grid, block, 0, stream>>>(pr, s);
-    default:
-      return retained_decode_multi<U, F, 4><<<grid, block, 0, stream>>>(pr, s);
-  }
-}
-
-// ... and for the store's format.
+// retained_decode_multi<U, F, head_dim / 32> for the store's format at head_dim 64 or 128
+// (KVB_DISPATCH_HEAD_DIM: the shapes pages are appended at); false, launching nothing, for
+// another head_dim.
 template <int U>
-void launch_multi(const RetainedProblem& pr, const PagedKvStore& s, cudaStream_t stream) {
-  KVB_DISPATCH_FORMAT(s.format, F, launch_multi<U, F>(pr, s, stream))
+bool launch_multi(const RetainedProblem& pr, const PagedKvStore& s, cudaStream_t stream) {
+  const dim3 grid(pr.batch * pr.q_heads), block(32 * kWarps);
+  bool launched = false;
+  KVB_DISPATCH_FORMAT(s.format, F, KVB_DISPATCH_HEAD_DIM(pr.head_dim, D, {
+                        retained_decode_multi<U, F, D / 32><<<grid, block, 0, stream>>>(pr, s);
+                        launched = true;
+                      }))
+  return launched;
 }
 
 }  // namespace
@@ -203,11 +196,10 @@ void launch_multi(const RetainedProblem& pr, const PagedKvStore& s, cudaStream_t
 cudaError_t retained_decode(const RetainedProblem& problem, const PagedKvStore& store,
                             cudaStream_t stream) {
   if (retained_check(problem, store)[0] != '\0') return cudaErrorInvalidValue;
-  if (problem.tokens_per_step == 4)
-    launch_multi<4>(problem, store, stream);
-  else if (problem.tokens_per_step == 2)
-    launch_multi<2>(problem, store, stream);
-  else
+  // Another head_dim than 64 or 128, or a format the dispatch does not know: the one-token loop.
+  const bool multi = (problem.tokens_per_step == 4 && launch_multi<4>(problem, store, stream)) ||
+                     (problem.tokens_per_step == 2 && launch_multi<2>(problem, store, stream));
+  if (!multi)
     retained_decode_kernel<<<problem.batch * problem.q_heads, 32 * kWarps, 0, stream>>>(problem,
                                                                                         store);
   return cudaGetLastError();

@@ -47,7 +47,8 @@ struct RetainedProblem {
   // The CUDA kernel's main loop: how many kept tokens' rows a warp loads before it computes
   // any (1, 2 or 4). 1: one token at a time, as measured on the H200 (latency-bound: each
   // token's list entry, page and rows are dependent loads); 2 and 4: a loop built per format
-  // and head_dim (retained_decode.cu), to measure. The host reference ignores it.
+  // and head_dim 64 or 128 (retained_decode.cu; other head_dims take the one-token loop), to
+  // measure. The host reference ignores it.
   int tokens_per_step = 1;
 };
 

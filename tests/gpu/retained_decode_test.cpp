@@ -90,7 +90,16 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, RetainedDecodeGpuTest, ::testing::ValuesIn(append_cases()),
+// The appender's cases, and the 16-bit formats at the other head_dim too: the multi-token loop
+// reads their rows with a load of its own per head_dim (8 bytes a lane at 128, 4 at 64).
+std::vector<AppendCase> retained_cases() {
+  std::vector<AppendCase> cases = append_cases();
+  cases.push_back({kernels::KvFormat::kFp16, 64, 32, 0});
+  cases.push_back({kernels::KvFormat::kBf16, 128, 16, 0});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, RetainedDecodeGpuTest, ::testing::ValuesIn(retained_cases()),
                          [](const ::testing::TestParamInfo<AppendCase>& i) {
                            return append_case_name(i.param);
                          });
