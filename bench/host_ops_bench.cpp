@@ -100,9 +100,8 @@ nlohmann::json largest(const std::map<std::string, T>& values, size_t shown, dou
   return most;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The benchmark; main() turns its errors into a message.
+int run(int argc, char** argv) {
   using namespace kvbench;
   const int64_t batch = argc > 1 ? std::atoll(argv[1]) : 16;
   const int64_t prompt = argc > 2 ? std::atoll(argv[2]) : 600;
@@ -178,4 +177,17 @@ int main(int argc, char** argv) {
               << std::endl;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const c10::Error& e) {  // a device name libtorch cannot read
+    std::cerr << "host_ops_bench: " << e.what_without_backtrace() << std::endl;
+  } catch (const std::exception& e) {  // a device without support, a bad method: say so
+    std::cerr << "host_ops_bench: " << e.what() << std::endl;
+  }
+  return 1;
 }

@@ -1225,8 +1225,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     retention_s_ += watch.seconds();
   }
   // The steady state of H2O, TOVA and ScissorHands stays where the pools are; the other
-  // over-budget sequences' policy
-  // inputs, then their choices in one read-back.
+  // over-budget sequences' policy inputs, then their choices in one read-back.
   if (logits.defined()) evict_steady(layer, batch, inputs, slots, newest, evict_after);
   std::vector<RetentionInput*> evicting;
   std::vector<Sequence*> evicted;
