@@ -30,7 +30,8 @@
 #   GPU_E2E_METHODS=JSON       the e2e stage's methods (`--set methods=JSON`), e.g. to drop the
 #                              ones a previous session measured
 #   KVBENCH_RETAINED_TOKENS=N  the suites' retained-index loop (1, 2 or 4), as the decode bench
-#                              chose it before (4 only where its kernel tests pass here)
+#                              chose it before (other than 1 only where its kernel tests
+#                              run and pass here)
 #   GPU_HOST_OPS_METHODS="m ..." the host_ops stage's methods (default: full h2o tova
 #                              scissorhands; host_ops_bench's names)
 set -uo pipefail
@@ -168,8 +169,8 @@ if [ -n "$loops" ]; then
   suite_env+=("KVBENCH_DECODE_LOOP=$loops")
   log "decode loops for the suites: $loops"
 fi
-#    The retained-index kernel's tokens per step likewise (kept-* rows), 4 only where its
-#    kernel tests ran (the filter names them, or there is none) and passed in this call.
+#    The retained-index kernel's tokens per step likewise (kept-* rows), other than 1 only
+#    where its kernel tests are among those this call ran (listed under the filter) and passed.
 retained=${KVBENCH_RETAINED_TOKENS:-$(python3 scripts/best_decode_loops.py --retained "$LOGS/decode_bench.jsonl" 2>/dev/null)}
 retained_tests=$(build-gpu/gpu_tests --gtest_list_tests --gtest_filter="${GPU_TESTS_FILTER:-*}" 2>/dev/null |
   grep -c RetainedDecodeGpu)
