@@ -208,6 +208,10 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
   if (policy && dynamic_cast<const FullRetention*>(policy.get()) == nullptr)
     policy_ = std::move(policy);
   quest_ = dynamic_cast<const QuestPolicy*>(policy_.get());
+  // KIVI's key groups span tokens, and a cache attending with its own kernel reads its pages
+  // as it lays them out: neither can have its tokens in a ring.
+  if (policy_ && !kernels::is_kivi(format_.format) && !format_.own_attention)
+    ring_ = policy_->sinks_and_window();
   KVB_CHECK(!quest_ || !kernels::is_kivi(format_.format),
             "paged cache: quest bounds pages by their keys as stored, but KIVI's keys are "
             "quantized per channel over groups that the window still changes; use a per-token "
@@ -264,8 +268,10 @@ void PagedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
               s.prompt, "-token prompt of a ", s.total, "-token sequence");
     // A compacting prefill keeps its budget, to which the new tokens add; other evicting
     // policies stay within their prompts' pages.
+    // A ring holds its prompt, then its sinks and window.
     const int64_t tokens =
         !evicts ? s.total
+        : ring_ ? std::max(s.prompt, std::min(s.total, ring_->sinks + ring_->window))
                 : std::max(s.prompt,
                            compacts() ? compacted_prompt(s.prompt) + s.total - s.prompt : s.prompt);
     pages += (tokens + format_.page_size - 1) / format_.page_size;
@@ -408,6 +414,15 @@ at::Tensor PagedKVCache::kept_positions(int64_t seq, int64_t layer, int64_t leng
             num_layers_, ")");
   const Sequence& s = sequence(seq);
   if (length < 0) length = s.length;
+  if (ring_) {  // its sinks and newest window, whatever slots they sit in
+    KVB_CHECK(length >= s.length, "paged cache: sequence ", seq, " has ", s.length,
+              " tokens; asked for the positions of ", length);
+    const int64_t sinks = std::min(length, ring_->sinks),
+                  from = std::max(ring_->sinks, length - ring_->window);
+    const at::Tensor row = at::cat(
+        {at::arange(sinks, at::kLong), at::arange(std::min(from, length), length, at::kLong)});
+    return row.expand({num_kv_heads_, row.size(0)}).contiguous();
+  }
   const int64_t slots = length - s.dropped;
   KVB_CHECK(length >= s.length && slots <= int64_t(s.pages.size()) * format_.page_size,
             "paged cache: sequence ", seq, " has ", s.length, " tokens and room for ",
@@ -525,6 +540,13 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
   at::Tensor out;
   if (quest_) {
     out = attend_quest(layer_index, step, counts, q, k, store);
+  } else if (ring_) {  // the slots hold what the policy keeps: the dense path
+    out = attend_dense(step, counts, q, store);
+    if (step.ring_from.defined()) {
+      Stopwatch watch;
+      move_rows(layer_index, step.ring_from, step.ring_to);
+      retention_s_ += watch.seconds();
+    }
   } else if (policy_) {
     out = attend_retaining(layer_index, step.batch, counts, q, k, store, step.table, step.ints,
                            step.max_len);
@@ -551,7 +573,7 @@ at::Tensor PagedKVCache::attend_dense(const Step& step, const std::vector<int64_
   std::vector<at::Tensor> parts;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     const Sequence& s = *batch[size_t(b)];
-    const int64_t t1 = stored(s) + counts[size_t(b)];
+    const int64_t t1 = slots_after(s, counts[size_t(b)]);
     at::Tensor keys, values;
     if (kernel_path_) {
       std::tie(keys, values) =
@@ -900,7 +922,7 @@ PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int
   int max_pages = 1;
   for (int b = 0; b < B; ++b) {
     Sequence& s = sequence(seqs[size_t(b)]);
-    const int64_t t1 = stored(s) + counts[size_t(b)];  // the pages' slots
+    const int64_t t1 = slots_after(s, counts[size_t(b)]);  // the pages' slots
     KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
     if (layer == 0) assign_pages(s, t1);
     step.batch.push_back(&s);
@@ -916,19 +938,56 @@ PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int
   for (int b = 0; b < B; ++b)
     std::transform(step.batch[size_t(b)]->pages.begin(), step.batch[size_t(b)]->pages.end(),
                    table.begin() + size_t(b) * max_pages, [](int p) { return std::max(p, 0); });
-  for (Sequence* s : step.batch) ints.push_back(int(stored(*s)));  // [0, B): old lengths
-  ints.push_back(0);                                               // [B, 2B]: new-row offsets
+  for (int b = 0; b < B; ++b)  // [0, B): old lengths (where the new rows go)
+    ints.push_back(int(write_slot(*step.batch[size_t(b)], counts[size_t(b)])));
+  ints.push_back(0);  // [B, 2B]: new-row offsets
   for (int64_t n : counts) ints.push_back(ints.back() + int(n));
   for (Sequence* s : step.batch) ints.push_back(s->slot);  // [2B + 1, 3B + 1): ring/scale rows
   for (int b = 0; b < B; ++b)                              // [3B + 1, 4B + 1): new lengths
-    ints.push_back(int(stored(*step.batch[size_t(b)]) + counts[size_t(b)]));
+    ints.push_back(int(slots_after(*step.batch[size_t(b)], counts[size_t(b)])));
   // Both in one copy up.
   const int64_t cells = int64_t(table.size());
   table.insert(table.end(), ints.begin(), ints.end());
   const at::Tensor up = upload(at::tensor(table, at::kInt));
   step.table = up.narrow(0, 0, cells).view({B, max_pages});
   step.ints = up.narrow(0, cells, int64_t(ints.size()));
+  if (ring_) plan_ring_moves(step, counts);
   return step;
+}
+
+void PagedKVCache::plan_ring_moves(Step& step, const std::vector<int64_t>& counts) const {
+  // A block of n tokens from position L was written at slots [stored, stored + n), after the
+  // ring (or, in a ring not yet full, at their own positions). Of them the policy keeps the
+  // sinks and the newest `window`; each moves to its ring slot, which holds a token the block
+  // pushed out of the window (or is its own). Sources lie at or past sinks + window and
+  // destinations below, so no row is both.
+  const int64_t P = format_.page_size, H = num_kv_heads_, W = ring_->window;
+  std::vector<int64_t> from, to;
+  for (size_t b = 0; b < step.batch.size(); ++b) {
+    const int64_t n = counts[b];
+    if (n <= 1) continue;  // a single token is written at its ring slot
+    const Sequence& s = *step.batch[b];
+    const int64_t L = s.length, first = stored(s);
+    for (int64_t p = L; p < L + n; ++p) {
+      if (p >= ring_->sinks && p < L + n - W) continue;  // out of the window already
+      const int64_t src = first + p - L, dst = ring_slot(p);
+      if (src == dst) continue;
+      for (int64_t h = 0; h < H; ++h) {
+        from.push_back((s.pages[size_t(src / P)] * H + h) * P + src % P);
+        to.push_back((s.pages[size_t(dst / P)] * H + h) * P + dst % P);
+      }
+    }
+  }
+  if (from.empty()) return;
+  const int64_t moves = int64_t(from.size());
+  from.insert(from.end(), to.begin(), to.end());
+  const at::Tensor up = upload(at::tensor(from, at::kLong));
+  step.ring_from = up.narrow(0, 0, moves), step.ring_to = up.narrow(0, moves, moves);
+}
+
+void PagedKVCache::free_ring_pages(Sequence& s) {
+  const size_t need = size_t((stored(s) + format_.page_size - 1) / format_.page_size);
+  for (; s.pages.size() > need; s.pages.pop_back()) free_.push_back(s.pages.back());
 }
 
 const PagedKVCache::Step& PagedKVCache::step_for(int64_t layer, const std::vector<int64_t>& seqs,
@@ -987,8 +1046,10 @@ void PagedKVCache::end_step(int64_t layer, const Step& step, const std::vector<i
   refresh_lists(step.batch, -1);
   for (size_t b = 0; b < step.batch.size(); ++b) step.batch[b]->length += counts[b];
   settle_compactions(step.batch);
-  for (Sequence* s : step.batch)
+  for (Sequence* s : step.batch) {
+    if (ring_) free_ring_pages(*s);
     if (s->evicted) free_evicted_pages(*s);
+  }
 }
 
 void PagedKVCache::append_batch(int64_t layer_index, const std::vector<int64_t>& seqs,
@@ -1681,8 +1742,12 @@ void PagedKVCache::compact(int64_t layer, const std::vector<Sequence*>& seqs,
       s.compacting = s.lists_changed = s.evicted = true;
     }
   }
-  const at::Tensor src = from.size() == 1 ? from[0] : at::cat(from);
-  const at::Tensor dst = to.size() == 1 ? to[0] : at::cat(to);
+  move_rows(layer, from.size() == 1 ? from[0] : at::cat(from),
+            to.size() == 1 ? to[0] : at::cat(to));
+}
+
+void PagedKVCache::move_rows(int64_t layer, const at::Tensor& from, const at::Tensor& to) {
+  const int64_t P = format_.page_size;
   Layer& pools = layers_[size_t(layer)];
   for (at::Tensor* pool : {&pools.k_data, &pools.v_data, &pools.k_meta, &pools.v_meta}) {
     if (!pool->defined() || pool->numel() == 0) continue;
@@ -1690,7 +1755,7 @@ void PagedKVCache::compact(int64_t layer, const std::vector<Sequence*>& seqs,
               "paged cache: a pool of shape ", pool->sizes(), " has no rows of ", P, " tokens");
     // Gathered first (index_select copies), so a slot read and a slot written may coincide.
     const at::Tensor rows = pool->view({-1, pool->size(2) / P});
-    rows.index_copy_(0, dst, rows.index_select(0, src));
+    rows.index_copy_(0, to, rows.index_select(0, from));
   }
 }
 

@@ -605,6 +605,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // Under an evicting policy a reservation covers the prompts only (what stays afterwards is the
 // policy's), on the paged and the CPU caches alike; Quest evicts nothing and reserves it all.
+// StreamingLLM's ring (PagedKVCache::rings) holds its prompt, then its sinks and window.
 TEST(PagedRetentionMemoryTest, AnEvictingPolicyReservesThePromptsOnly) {
   auto method = [](const char* text) {
     return resolve_method(nlohmann::json::parse(text), "methods[0]");
@@ -612,8 +613,10 @@ TEST(PagedRetentionMemoryTest, AnEvictingPolicyReservesThePromptsOnly) {
   const auto stream = method(R"({"name": "streamingllm", "sinks": 4, "window": 60})");
   auto paged = make_kv_cache(stream, kLayers, kKvHeads, kDim, at::kHalf, "paged");
   const int64_t P = dynamic_cast<PagedKVCache&>(*paged).format().page_size;
-  paged->reserve({{100, 1000}, {P, 10 * P}});
-  EXPECT_EQ(dynamic_cast<PagedKVCache&>(*paged).free_pages(), (100 + P - 1) / P + 1);
+  ASSERT_TRUE(dynamic_cast<PagedKVCache&>(*paged).rings());
+  paged->reserve({{100, 1000}, {P, 10 * P}, {P, P + 1}});
+  EXPECT_EQ(dynamic_cast<PagedKVCache&>(*paged).free_pages(),
+            (100 + P - 1) / P + (64 + P - 1) / P + 2);
   auto quest =
       make_kv_cache(method(R"({"name": "quest"})"), kLayers, kKvHeads, kDim, at::kHalf, "paged");
   quest->reserve({{100, 1000}});
@@ -792,6 +795,25 @@ class Forwarding final : public RetentionPolicy {
   at::Tensor indices_;
 };
 
+// A policy that forwards to another, its span included, but keeps no ring: the cache then keeps
+// its tokens as retained lists and tails, the path of a span policy over KIVI.
+class SpanOnly final : public RetentionPolicy {
+ public:
+  explicit SpanOnly(std::shared_ptr<const RetentionPolicy> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return inner_->name(); }
+  nlohmann::json params() const override { return inner_->params(); }
+  RetentionNeeds needs() const override { return inner_->needs(); }
+  EvictionTiming timing() const override { return inner_->timing(); }
+  int64_t budget(const RetentionInput& in) const override { return inner_->budget(in); }
+  at::Tensor select(const RetentionInput& in) const override { return inner_->select(in); }
+  std::optional<RetentionSpan> span(const RetentionInput& in) const override {
+    return inner_->span(in);
+  }
+
+ private:
+  std::shared_ptr<const RetentionPolicy> inner_;
+};
+
 // StreamingLLM's span applied to the retained list and tail (no positions tensor) against the
 // same policy asked through select(): the same lists, tails and outputs after every step, for
 // sinks below and above the window, sinks past the prompt, decode and after-prefill eviction,
@@ -805,7 +827,9 @@ TEST(PagedRetentionSpanTest, SpanAndSelectionKeepTheSameLists) {
         {50, 6, EvictionTiming::kDecode},
         {4, 20, EvictionTiming::kAfterPrefill}}) {
     auto streaming = std::make_shared<StreamingLlmPolicy>(sinks, window, timing);
-    PagedKVCache span(format, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU, streaming, true);
+    PagedKVCache span(format, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                      std::make_shared<SpanOnly>(streaming), true);
+    ASSERT_FALSE(span.rings());
     PagedKVCache asked(format, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
                        std::make_shared<Forwarding>(streaming), true);
     auto gen = at::detail::createCPUGenerator(3);
@@ -848,7 +872,7 @@ TEST(PagedRetentionSpanTest, PagesComeBackAtTheStepTheirLastTokenLeaves) {
         {4, 20, EvictionTiming::kAfterPrefill}}) {
     auto streaming = std::make_shared<StreamingLlmPolicy>(sinks, window, timing);
     PagedKVCache cache(format, kLayers, kKvHeads, kDim, PagedCapacity{pool, pool, 1}, at::kCPU,
-                       streaming, true);
+                       std::make_shared<SpanOnly>(streaming), true);
     auto gen = at::detail::createCPUGenerator(8);
     const int64_t seq = cache.add_sequence();
     std::vector<int64_t> steps = {40};
@@ -881,6 +905,71 @@ TEST(PagedRetentionSpanTest, PagesComeBackAtTheStepTheirLastTokenLeaves) {
           << "sinks " << sinks << " window " << window << " at length " << length;
     }
   }
+}
+
+// StreamingLLM's ring (PagedKVCache::rings) against the same policy kept as lists and tails:
+// after every step the same positions and bytes, outputs equal up to the order of summation,
+// every slot read (no list), and each sequence holding the pages of min(length, sinks +
+// window) slots, no more: prompts past the ring and under it, blocks that fill a ring,
+// blocks wider than the window, no sinks and sinks past the prompt, with the reference and the
+// kernel path's attention and per-token formats of different row sizes.
+TEST(PagedRingTest, KeepsWhatTheListsKeepInItsOwnPages) {
+  for (const char* codec : {"fp16", "int8", "fp8"})
+    for (const bool emulated : {false, true})
+      for (const auto& [sinks, window] :
+           {std::pair<int64_t, int64_t>{4, 60}, {0, 8}, {30, 10}, {50, 6}, {3, 29}}) {
+        const PagedFormat format =
+            paged_format_for(resolve_method({{"name", codec}}, "m"), at::kHalf);
+        const int64_t P = format.page_size, pool = 40;
+        auto streaming =
+            std::make_shared<StreamingLlmPolicy>(sinks, window, EvictionTiming::kDecode);
+        PagedKVCache ring(format, kLayers, kKvHeads, kDim, PagedCapacity{pool, pool, 2}, at::kCPU,
+                          streaming, emulated);
+        PagedKVCache lists(format, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
+                           std::make_shared<SpanOnly>(streaming), emulated);
+        ASSERT_TRUE(ring.rings());
+        const std::string where = std::string(codec) + (emulated ? " kernel path" : "") +
+                                  ", sinks " + std::to_string(sinks) + " window " +
+                                  std::to_string(window);
+        auto gen = at::detail::createCPUGenerator(12);
+        const int64_t a = ring.add_sequence(), b = ring.add_sequence();
+        lists.add_sequence(), lists.add_sequence();
+        std::vector<std::vector<int64_t>> steps = {{150, 3}};
+        for (int i = 0; i < 25; ++i) steps.push_back({1, 1});
+        steps.insert(steps.end(), {{9, 40}, {1, 1}, {100, 1}, {1, 2}, {1, 1}});
+        for (const std::vector<int64_t>& counts : steps) {
+          for (int64_t layer = 0; layer < kLayers; ++layer) {
+            const int64_t rows = counts[0] + counts[1];
+            // fp32 queries give fp32 outputs on the reference path; the kernel path's are fp16.
+            const at::Tensor q = at::randn({rows, kHeads, kDim}, gen)
+                                     .to(emulated ? at::kHalf : at::kFloat),
+                             k = at::randn({rows, kKvHeads, kDim}, gen).to(at::kHalf),
+                             v = at::randn({rows, kKvHeads, kDim}, gen).to(at::kHalf);
+            const at::Tensor got =
+                ring.append_and_attend_batch(layer, {a, b}, counts, q, k, v).to(at::kFloat);
+            const at::Tensor want =
+                lists.append_and_attend_batch(layer, {a, b}, counts, q, k, v).to(at::kFloat);
+            // fp16 outputs on the kernel path: a sum in another order may round once apart.
+            ASSERT_LT(((got - want).norm() / want.norm()).item<double>(), emulated ? 2e-3 : 1e-5)
+                << where << " at " << ring.length(a) << ", layer " << layer;
+          }
+          int64_t held_pages = 0;
+          for (const int64_t seq : {a, b}) {
+            const int64_t slots = std::min(ring.length(seq), sinks + window);
+            ASSERT_EQ(ring.stored_length(seq), slots) << where;
+            held_pages += (slots + P - 1) / P;
+            ASSERT_EQ(ring.kept_tokens(seq), lists.kept_tokens(seq)) << where;
+            for (int64_t l = 0; l < kLayers; ++l) {
+              ASSERT_TRUE(at::equal(ring.kept_positions(seq, l), lists.kept_positions(seq, l)))
+                  << where << " at " << ring.length(seq);
+              ASSERT_FALSE(ring.listed_positions(seq, l).first.defined()) << where;
+            }
+          }
+          ASSERT_EQ(ring.free_pages(), pool - held_pages) << where << " at " << ring.length(a);
+          ASSERT_EQ(ring.nominal().total(), lists.nominal().total()) << where;
+        }
+        EXPECT_GT(ring.retention_seconds(), 0.0) << where << ": the blocks' moves are the policy's";
+      }
 }
 
 // A policy's choice that is not ascending indices of the held tokens is refused by name.
@@ -936,7 +1025,8 @@ TEST(PagedRetentionErrorsTest, ACompactedChoiceThatIsNotAscendingIndicesSaysSo) 
 
 // The host's share of a GPU decode step: the top-level ATen operators a step issues (each a
 // launch or a dispatch on a GPU, bench/host_ops_bench.cpp). A decode step of StreamingLLM
-// (selecting every step) or SnapKV (selected once) must issue none per sequence: a batch of
+// (evicting every step, its ring read densely) or SnapKV (selected once) must issue none per
+// sequence: a batch of
 // 6 issues as many as a batch of 2; H2O, TOVA and ScissorHands (recording, selecting and
 // keeping every step) at most three host operators per sequence and layer.
 // Counts the ATen operators this thread dispatches at the top level (not those they call), by
@@ -1023,6 +1113,10 @@ TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
     EXPECT_GT(two, 0) << "the counter saw nothing";
     EXPECT_EQ(six, two) << entry;
   }
+  // StreamingLLM's ring is read as the full cache's slots are: its decode step issues exactly
+  // the operators of a cache without a policy (its single tokens written over the ones leaving).
+  EXPECT_EQ(step_ops(R"({"name": "streamingllm", "sinks": 4, "window": 40})", 6),
+            step_ops(R"({"name": "fp16"})", 6));
   // Policies that select by attention record, select and keep every sequence with one set of
   // operators per layer; what remains per sequence is host work: its positions for the policy
   // and its new retained list (an allocation each, no device work), and what depends on the

@@ -19,8 +19,10 @@
 // and attention reads the retained tokens by index (kernels/retained_decode.h on the GPU). A
 // policy evicting during decode, or any over KIVI, never moves a token: slots are positions,
 // and a page is freed once no layer and no head of its sequence retains a token in it and no
-// later append writes it, so memory falls at page granularity (StreamingLLM frees the pages
-// behind its window; a per-head selection frees only pages every head left). A selection made
+// later append writes it, so memory falls at page granularity (a per-head selection frees only
+// pages every head left). StreamingLLM evicting during decode over a per-token format keeps
+// its tokens in a ring of sinks + window slots instead (rings()): each decode token is written
+// over the one leaving, and every slot is read with the dense kernel. A selection made
 // once after the prefill over a per-token format is compacted instead (compacts()): each head's
 // kept tokens fill its first slots, the pages past them go back, and decode reads every slot
 // with the dense kernel (a layer keeping fewer than the longest: its slots by index). Tokens
@@ -30,9 +32,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -246,6 +250,18 @@ class PagedKVCache final : public KVCache {
   bool kernel_path() const { return kernel_path_; }
   // Whether a retention policy (Quest included) chooses what stays.
   bool retains() const { return policy_ != nullptr; }
+  // Whether the kept tokens are a ring of slots: a policy keeping its sinks and newest window
+  // (RetentionPolicy::sinks_and_window, StreamingLLM evicting during decode) over a per-token
+  // format. Sink p sits at slot p, window token p at slot sinks + (p - sinks) mod window, so
+  // the token entering at position L is written over the one leaving (L - window), the
+  // sequence holds min(length, sinks + window) slots and ceil of that over page_size pages for
+  // its whole life, and every step reads every slot with the dense kernel: no lists, no
+  // tails, no pages freed or taken per step. A block of several tokens is written after the
+  // ring and, once attended, its kept tokens move into their slots (one gather and one scatter
+  // per pool and layer) and the pages past the ring go back. Decode attention is a sum over
+  // the kept tokens, so their order in the slots does not matter; RoPE was applied before they
+  // were stored.
+  bool rings() const { return ring_.has_value(); }
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
  private:
@@ -334,6 +350,10 @@ class PagedKVCache final : public KVCache {
     at::Tensor ints;
     int max_new = 0;
     int64_t max_len = 1;
+    // rings(): pool rows (of page_size-token rows, as compact() views them) whose tokens move
+    // into their ring slots once a layer has attended its blocks (int64 where the pools are;
+    // undefined when nothing moves).
+    at::Tensor ring_from, ring_to;
   };
   // The kernels' input dtype: bf16 for the bf16 format, fp16 otherwise.
   at::ScalarType input_dtype() const {
@@ -531,7 +551,28 @@ class PagedKVCache final : public KVCache {
   // that a steady-state step makes none.
   at::Tensor iota(int64_t n);
   // Tokens in `s`'s slots (its length less what a compaction took out).
-  int64_t stored(const Sequence& s) const { return s.length - s.dropped; }
+  int64_t stored(const Sequence& s) const {
+    return ring_ ? std::min(s.length, ring_->sinks + ring_->window) : s.length - s.dropped;
+  }
+  // rings(): the slot of the token at position p.
+  int64_t ring_slot(int64_t p) const {
+    return p < ring_->sinks ? p : ring_->sinks + (p - ring_->sinks) % ring_->window;
+  }
+  // The slot where `n` new tokens of `s` start (one token of a ring: its ring slot; else after
+  // the stored ones), and the slots the kernels read once they are written.
+  int64_t write_slot(const Sequence& s, int64_t n) const {
+    return ring_ && n == 1 ? ring_slot(s.length) : stored(s);
+  }
+  int64_t slots_after(const Sequence& s, int64_t n) const {
+    return ring_ && n == 1 ? std::min(s.length + 1, ring_->sinks + ring_->window) : stored(s) + n;
+  }
+  // rings(): the rows begin_step's blocks move (Step::ring_from, ring_to), or nothing.
+  void plan_ring_moves(Step& step, const std::vector<int64_t>& counts) const;
+  // Copies pool rows `from` to rows `to` in every pool of `layer` (all read before any is
+  // written, so a row read and a row written may coincide).
+  void move_rows(int64_t layer, const at::Tensor& from, const at::Tensor& to);
+  // rings(): after a step, the pages past s's ring slots go back to the pool.
+  void free_ring_pages(Sequence& s);
   // compacts(): the prefills `seqs` (each with its prompt's length `lengths`, nothing selected
   // before at `layer`) whose policy chose `kept` ([kv_heads, kept] ascending positions, where
   // the policy computed them, not read back); each head's kept tokens move into its slots
@@ -566,6 +607,7 @@ class PagedKVCache final : public KVCache {
   int64_t next_id_ = 0;
   std::map<int64_t, Sequence> sequences_;
   std::shared_ptr<const RetentionPolicy> policy_;  // null: every token stays
+  std::optional<SinksAndWindow> ring_;             // rings()
   const QuestPolicy* quest_ = nullptr;             // policy_ when it is Quest
   bool pooled_ = false;                            // reserve_pool sized the pools
   std::deque<int64_t> quest_rooms_;  // Quest: pages of the sequences reserve() announced

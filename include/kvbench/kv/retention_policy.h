@@ -77,6 +77,12 @@ struct RetentionSpan {
   int64_t prefix = 0, newest = 0;
 };
 
+// A policy that keeps, after every append, the first `sinks` positions and the newest `window`
+// (RetentionPolicy::sinks_and_window).
+struct SinksAndWindow {
+  int64_t sinks = 0, window = 1;
+};
+
 class RetentionPolicy {
  public:
   virtual ~RetentionPolicy() = default;
@@ -113,6 +119,12 @@ class RetentionPolicy {
   // covers. A cache that keeps its retained positions as a list and a tail applies it
   // without a positions tensor. nullopt (the default): ask select().
   virtual std::optional<RetentionSpan> span(const RetentionInput&) const { return std::nullopt; }
+  // A decode-timing, positions-only policy whose kept tokens are always its first `sinks`
+  // positions and its newest `window` (StreamingLLM with original positions) says so here: a
+  // cache may then keep them in a fixed ring of sinks + window slots, the token entering at
+  // position L taking the slot of the one leaving (L - window), and read every slot densely
+  // (PagedKVCache). Its span() and select() must agree. nullopt (the default): it does not.
+  virtual std::optional<SinksAndWindow> sinks_and_window() const { return std::nullopt; }
   // select() for several over-budget inputs (a decode step's sequences at one layer), each
   // result what select() returns for its input. The default asks select() per input, its
   // positions moved where its scores are; a policy that can select a rectangular batch with

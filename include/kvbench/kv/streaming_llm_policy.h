@@ -30,6 +30,11 @@ class StreamingLlmPolicy final : public RetentionPolicy {
   std::optional<RetentionSpan> span(const RetentionInput& in) const override {
     return RetentionSpan{sinks_, in.length - window_};
   }
+  // Evicting at every decode step, keeping original positions: its kept tokens are a ring.
+  std::optional<SinksAndWindow> sinks_and_window() const override {
+    if (timing_ != EvictionTiming::kDecode || rerotated_) return std::nullopt;
+    return SinksAndWindow{sinks_, window_};
+  }
 
  private:
   // select() over positions on the host ([kv_heads, held] int64, contiguous), without tensor
