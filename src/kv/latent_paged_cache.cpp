@@ -116,8 +116,8 @@ at::Tensor LatentPagedCache::attend_projected(int64_t layer, const std::vector<i
   auto here = [&](const at::Tensor& t) { return t.device() == where ? t : t.to(where); };
   const int64_t n = q.size(0), groups = num_kv_heads_ / group_;
   // The inner cache takes 16-bit queries straight to its kernels; under a policy, fp32 (its
-  // scores are the policy's).
-  const at::ScalarType q_dtype = latent_.retains() ? at::kFloat : coef_dtype_;
+  // scores are the policy's), unless it keeps a ring, which is read as the full cache is.
+  const at::ScalarType q_dtype = latent_.retains() && !latent_.rings() ? at::kFloat : coef_dtype_;
   const std::vector<at::Tensor> in = paged_cuda::head_project(
       {{here(q), b.query, q_dtype},
        {here(k).reshape({n, groups, group_ * head_dim_}), b.key, coef_dtype_},

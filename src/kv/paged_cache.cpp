@@ -212,6 +212,18 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
   // as it lays them out: neither can have its tokens in a ring.
   if (policy_ && !kernels::is_kivi(format_.format) && !format_.own_attention)
     ring_ = policy_->sinks_and_window();
+  if (ring_) {  // the ring is the policy's choice only if its budget and span say the same
+    RetentionInput in;
+    in.num_layers = num_layers_, in.length = ring_->sinks + ring_->window + 1;
+    const std::optional<RetentionSpan> span = policy_->span(in);
+    for (in.layer = 0; in.layer < num_layers_; ++in.layer)
+      KVB_CHECK(ring_->sinks >= 0 && ring_->window >= 1 &&
+                    policy_->budget(in) == ring_->sinks + ring_->window && span &&
+                    span->prefix == ring_->sinks && span->newest == in.length - ring_->window,
+                "paged cache: retention policy '", policy_->name(), "' keeps ", ring_->sinks,
+                " sinks and a window of ", ring_->window,
+                " by its sinks_and_window(), which its budget or span contradicts");
+  }
   KVB_CHECK(!quest_ || !kernels::is_kivi(format_.format),
             "paged cache: quest bounds pages by their keys as stored, but KIVI's keys are "
             "quantized per channel over groups that the window still changes; use a per-token "

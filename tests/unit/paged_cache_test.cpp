@@ -434,7 +434,7 @@ TEST_P(PagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
             continue;
           }
           ASSERT_TRUE(at::equal(whole, kept)) << "sequence " << seq << " layer " << l;
-          if (method["name"] == "streamingllm" && T > 64)
+          if (method["name"] == "streamingllm" && T > 64)  // KIVI's lists (a ring has none)
             EXPECT_EQ(listed.size(1), 4) << "the sinks are the only listed tokens";
         }
       if (kivi) continue;
@@ -470,7 +470,9 @@ INSTANTIATE_TEST_SUITE_P(
             R"({"name": "h2o", "heavy": 40, "recent": 40, "evict": "after_prefill",
                 "codec": "fp8"})",
             R"({"name": "snapkv", "budget": 96, "window": 8,
-                "codec": {"name": "kivi-4", "group": 32, "residual": 64}})"),
+                "codec": {"name": "kivi-4", "group": 32, "residual": 64}})",
+            R"({"name": "streamingllm", "sinks": 4, "window": 60, "evict": "after_prefill",
+                "codec": {"name": "kivi-2", "group": 32, "residual": 64}})"),
         ::testing::Values("cpu", "cuda", "emulated")),
     [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
@@ -915,22 +917,24 @@ TEST(PagedRetentionSpanTest, PagesComeBackAtTheStepTheirLastTokenLeaves) {
 // kernel path's attention and per-token formats of different row sizes.
 TEST(PagedRingTest, KeepsWhatTheListsKeepInItsOwnPages) {
   for (const char* codec : {"fp16", "int8", "fp8"})
-    for (const bool emulated : {false, true})
+    for (const char* device : {"cpu", "emulated", "cuda"})
       for (const auto& [sinks, window] :
            {std::pair<int64_t, int64_t>{4, 60}, {0, 8}, {30, 10}, {50, 6}, {3, 29}}) {
+        const testing_support::PagedDevice on = testing_support::paged_device(device);
+        if (on.device.is_cuda() && !at::hasCUDA()) continue;  // libtorch has no CUDA here
+        const bool kernel_path = on.kernel_path();
         const PagedFormat format =
             paged_format_for(resolve_method({{"name", codec}}, "m"), at::kHalf);
         const int64_t P = format.page_size, pool = 40;
         auto streaming =
             std::make_shared<StreamingLlmPolicy>(sinks, window, EvictionTiming::kDecode);
-        PagedKVCache ring(format, kLayers, kKvHeads, kDim, PagedCapacity{pool, pool, 2}, at::kCPU,
-                          streaming, emulated);
-        PagedKVCache lists(format, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
-                           std::make_shared<SpanOnly>(streaming), emulated);
+        PagedKVCache ring(format, kLayers, kKvHeads, kDim, PagedCapacity{pool, pool, 2}, on.device,
+                          streaming, on.emulated);
+        PagedKVCache lists(format, kLayers, kKvHeads, kDim, PagedCapacity{}, on.device,
+                           std::make_shared<SpanOnly>(streaming), on.emulated);
         ASSERT_TRUE(ring.rings());
-        const std::string where = std::string(codec) + (emulated ? " kernel path" : "") +
-                                  ", sinks " + std::to_string(sinks) + " window " +
-                                  std::to_string(window);
+        const std::string where = std::string(codec) + " on " + device + ", sinks " +
+                                  std::to_string(sinks) + " window " + std::to_string(window);
         auto gen = at::detail::createCPUGenerator(12);
         const int64_t a = ring.add_sequence(), b = ring.add_sequence();
         lists.add_sequence(), lists.add_sequence();
@@ -942,7 +946,7 @@ TEST(PagedRingTest, KeepsWhatTheListsKeepInItsOwnPages) {
             const int64_t rows = counts[0] + counts[1];
             // fp32 queries give fp32 outputs on the reference path; the kernel path's are fp16.
             const at::Tensor q = at::randn({rows, kHeads, kDim}, gen)
-                                     .to(emulated ? at::kHalf : at::kFloat),
+                                     .to(kernel_path ? at::kHalf : at::kFloat),
                              k = at::randn({rows, kKvHeads, kDim}, gen).to(at::kHalf),
                              v = at::randn({rows, kKvHeads, kDim}, gen).to(at::kHalf);
             const at::Tensor got =
@@ -950,7 +954,7 @@ TEST(PagedRingTest, KeepsWhatTheListsKeepInItsOwnPages) {
             const at::Tensor want =
                 lists.append_and_attend_batch(layer, {a, b}, counts, q, k, v).to(at::kFloat);
             // fp16 outputs on the kernel path: a sum in another order may round once apart.
-            ASSERT_LT(((got - want).norm() / want.norm()).item<double>(), emulated ? 2e-3 : 1e-5)
+            ASSERT_LT(((got - want).norm() / want.norm()).item<double>(), kernel_path ? 2e-3 : 1e-5)
                 << where << " at " << ring.length(a) << ", layer " << layer;
           }
           int64_t held_pages = 0;

@@ -229,12 +229,13 @@ class PagedKVCache final : public KVCache {
   // rows (append_pages), before the step's end makes it the sequence's; -1: its length.
   at::Tensor kept_positions(int64_t seq, int64_t layer, int64_t length = -1) const;
   // The same as the GPU kernel reads it: positions listed per head (int32 [kv_heads, count];
-  // undefined when nothing was evicted there) and the start of the tail every head keeps. These
-  // are the pages' slots: after a compaction (compacts()) not the tokens' logical positions.
-  // kept_positions maps them back.
+  // undefined when every slot is read: nothing evicted there, or a ring) and the start of the
+  // tail every head keeps. These are the pages' slots: after a compaction (compacts()) or in a
+  // ring (rings()) not the tokens' logical positions. kept_positions maps them back.
   std::pair<at::Tensor, int64_t> listed_positions(int64_t seq, int64_t layer) const;
   const PagedFormat& format() const { return format_; }
-  // Tokens of `seq` in the pages' slots: its length less what a compaction took out.
+  // Tokens of `seq` in the pages' slots: its length less what a compaction took out, or in a
+  // ring at most sinks + window.
   int64_t stored_length(int64_t seq) const;
   // Whether a prefill's selection is compacted: a policy that selects once, after the prefill
   // (SnapKV, PyramidKV, `"evict": "after_prefill"`), over a per-token format (not KIVI, whose
@@ -253,14 +254,14 @@ class PagedKVCache final : public KVCache {
   // Whether the kept tokens are a ring of slots: a policy keeping its sinks and newest window
   // (RetentionPolicy::sinks_and_window, StreamingLLM evicting during decode) over a per-token
   // format. Sink p sits at slot p, window token p at slot sinks + (p - sinks) mod window, so
-  // the token entering at position L is written over the one leaving (L - window), the
-  // sequence holds min(length, sinks + window) slots and ceil of that over page_size pages for
-  // its whole life, and every step reads every slot with the dense kernel: no lists, no
-  // tails, no pages freed or taken per step. A block of several tokens is written after the
-  // ring and, once attended, its kept tokens move into their slots (one gather and one scatter
-  // per pool and layer) and the pages past the ring go back. Decode attention is a sum over
-  // the kept tokens, so their order in the slots does not matter; RoPE was applied before they
-  // were stored.
+  // the token entering at position L is written over the one leaving (L - window), between
+  // steps the sequence holds min(length, sinks + window) slots in the pages they need, and
+  // every step reads every slot with the dense kernel: no lists, no tails, and once the ring
+  // is full no page taken or freed by a decode step. A block of several tokens is written
+  // after the ring (its step holding their pages too) and, once attended, its kept tokens
+  // move into their slots (one gather and one scatter per pool and layer) and the pages past
+  // the ring go back at the step's end. Decode attention is a sum over the kept tokens, so
+  // their order in the slots does not matter; RoPE was applied before they were stored.
   bool rings() const { return ring_.has_value(); }
   int64_t free_pages() const { return static_cast<int64_t>(free_.size()); }
 
@@ -550,7 +551,8 @@ class PagedKVCache final : public KVCache {
   // 0, 1, ..., n - 1 (int64 where the pools are), a view of one tensor grown as needed, so
   // that a steady-state step makes none.
   at::Tensor iota(int64_t n);
-  // Tokens in `s`'s slots (its length less what a compaction took out).
+  // Tokens in `s`'s slots (its length less what a compaction took out; a ring's, at most sinks
+  // + window).
   int64_t stored(const Sequence& s) const {
     return ring_ ? std::min(s.length, ring_->sinks + ring_->window) : s.length - s.dropped;
   }
