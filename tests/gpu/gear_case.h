@@ -27,9 +27,10 @@ struct GearShape {
   bool bf16;
   double key_ratio;  // key outliers per side: round(key_ratio * n / 2), at most n / 2
   std::vector<int> lens;
+  int max_rank = 4;  // the first block's rank (the others': at most 2); 0: no L
   std::string name() const {
     return "d" + std::to_string(d) + "_b" + std::to_string(bits) + "_h" + std::to_string(kv) + "x" +
-           std::to_string(per) + (bf16 ? "_bf16" : "_fp16");
+           std::to_string(per) + (bf16 ? "_bf16" : "_fp16") + (max_rank == 0 ? "_r0" : "");
   }
 };
 
@@ -37,7 +38,11 @@ inline std::vector<GearShape> gear_shapes() {
   return {GearShape{2, 4, 128, 2, 64, 64, 1, 64, false, 0.04, {1, 17, 64, 65, 200, 1000}},
           GearShape{2, 8, 64, 4, 32, 32, 2, 20, true, 0.1, {5, 20, 21, 99, 333}},
           GearShape{1, 1, 128, 8, 32, 32, 3, 20, false, 0.02, {40, 700}},
-          GearShape{4, 2, 96, 2, 64, 32, 0, 64, false, 0.0, {130, 7, 300}}};
+          GearShape{4, 2, 96, 2, 64, 32, 0, 64, false, 0.0, {130, 7, 300}},
+          // Key groups of 16 and 8 tokens: a 32-token tile spans several (the kernel's per-token
+          // group index); bf16 at head_dim 128 (Llama's); blocks without L (rank 0).
+          GearShape{2, 4, 128, 4, 16, 32, 2, 20, true, 0.05, {33, 160, 517}},
+          GearShape{2, 2, 64, 2, 8, 16, 1, 20, false, 0.03, {45, 250}, 0}};
 }
 
 struct GearCase {
@@ -155,7 +160,7 @@ inline GearCase gear_case(const GearShape& shape, uint32_t seed) {
     for (size_t k = 0; k < sizes.size(); ++k) {
       GearCase::Block blk;
       blk.start = start, blk.n = sizes[k];
-      blk.rank = std::min({k == 0 ? 4 : 2, blk.n, d});
+      blk.rank = std::min({k == 0 ? shape.max_rank : std::min(2, shape.max_rank), blk.n, d});
       blk.key_k = std::min(int(std::lround(shape.key_ratio * blk.n / 2)), blk.n / 2);
       const int n = blk.n, r = blk.rank;
       for (int key = 1; key >= 0; --key) {

@@ -3,7 +3,9 @@
 // output poisoned with NaN first and a NaN row past each sequence's exact tokens (a read past a
 // sequence shows). The kernel sums in fp32 in another order than the host: bound 1e-5 of the
 // output's scale (host: measured ~4e-7 against float64). Shapes: 2-, 4- and 8-bit codes,
-// head_dim 64, 96 and 128, fp16 and bf16, with and without outliers; lengths of a single token,
+// head_dim 64, 96 and 128 (the kernel's channel-per-thread builds and its generic one), fp16
+// and bf16, with and without outliers, key groups of 8 to 64 tokens (a tile spanning several),
+// blocks without L; lengths of a single token,
 // only exact tokens, a block boundary, several blocks; plans for sm_count 1 (one split, two for
 // the single-KV-head shape) and 132 (2 to 8 splits for every shape's longest sequence). Skips
 // without a GPU.
@@ -62,7 +64,7 @@ TEST_P(GearDecodeGpuTest, MatchesTheHostReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, GearDecodeGpuTest, ::testing::Range(0, 4),
+INSTANTIATE_TEST_SUITE_P(Shapes, GearDecodeGpuTest, ::testing::Range(0, int(gear_shapes().size())),
                          [](const auto& i) { return gear_shapes()[size_t(i.param)].name(); });
 
 TEST(GearDecodeGpuErrorsTest, RejectsBadProblems) {
