@@ -1,7 +1,5 @@
 #include "gear_decode_launcher.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "gear_rebuild.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,17 +7,10 @@
 
 // Design. A block takes a split of one (sequence, KV head)'s tokens, 32 at a time (a tile never
 // crosses a GEAR block, so it has one set of factors and one outlier list):
-//   1. Rebuild: each thread takes elements (token, channel) of the tile and computes
-//      code * s + min + clamp(Q_i . P^T_c, +-s/2) for keys and values (the exact buffer's rows
-//      are read as stored), into fp32 shared tiles; then the outliers replace their elements
-//      (keys: a thread per channel finds the channel's first outlier in the tile by binary
-//      search over the block's rows, ascending in token; values: each token's list). At
-//      head_dim 64 and 128 (gear_split_kernel<D>) a thread keeps one channel for the whole
-//      tile (rebuild_channels): its value-group index and P^T column address are computed
-//      once, 16-bit values convert in hardware, and nothing divides by a run-time head_dim.
-//      The first version (any head_dim, `rebuild`, still the path of other sizes) spent ~740
-//      instructions per (key, value) pair: run-time divisions, software fp16 conversions and
-//      addresses recomputed per element (docs/perf-notes.md, first H200 run).
+//   1. Rebuild (gear_rebuild.h): the tile's tokens, code * s + min + clamp(Q_i . P^T_c,
+//      +-s/2) for keys and values (the exact buffer's rows as stored), into fp32 shared
+//      tiles, then the outliers over them; a thread per channel at head_dim 64 and 128
+//      (gear_split_kernel<D>), elements in turn at other sizes.
 //   2. Scores: warp w takes query heads w, w + 4, a lane a token: q . k over head_dim from
 //      shared memory (rows padded by one float, so the 32 lanes' rows fall in distinct banks).
 //   3. Online softmax per head (warp max and sum), then the output accumulators, a thread per
@@ -35,7 +26,8 @@ namespace kvbench::kernels {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
+constexpr int kThreads = kGearThreads;
+static_assert(kThreads == kWarps * 32, "four warps");
 constexpr int kTile = kGearTile;
 constexpr int kPitch = kGearMaxHeadDim + 1;
 constexpr int kPairs = kGearMaxQPerKv * kGearMaxHeadDim / kThreads;  // accumulators per thread
@@ -54,117 +46,6 @@ __device__ float warp_max(float x) {
 __device__ float warp_sum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
-}
-
-// A 16-bit value as stored (fp16 or bf16), converted by the hardware (exact either way, as
-// gear::value16's bit arithmetic on the host).
-__device__ __forceinline__ float value16(const GearProblem& p, uint16_t bits) {
-  return p.bf16 ? __bfloat162float(__ushort_as_bfloat16(bits))
-                : __half2float(__ushort_as_half(bits));
-}
-
-// gear::element for one side at code row `codes`, scale/min index `meta`, factor row `q`
-// (rank values) and P^T column `pc` (rank values, head_dim apart).
-template <int D>
-__device__ __forceinline__ float rebuilt(const GearProblem& p, const GearSide& side,
-                                         const uint8_t* codes, size_t meta, const uint16_t* q,
-                                         const uint16_t* pc, int rank, int c) {
-  const float step = value16(p, side.scales[meta]);
-  float x = float(gear::code(codes, c, p.bits)) * step + value16(p, side.mins[meta]);
-  if (rank > 0) {
-    float l = 0.f;
-    for (int j = 0; j < rank; ++j) l += value16(p, q[j]) * value16(p, pc[size_t(j) * D]);
-    const float half = 0.5f * step;
-    x += fminf(fmaxf(l, -half), half);
-  }
-  return x;
-}
-
-// The outliers of the tile's tokens [lo, lo + nt) of block b replace their rebuilt elements
-// (after a barrier: the tiles are written).
-__device__ void place_outliers(const GearProblem& p, const GearBlock& b, int h, int lo, int nt,
-                               int d, Smem& sm) {
-  if (b.key_k > 0) {
-    const int32_t* index = gear::key_outlier_index(p, b, h);
-    const uint16_t* values = gear::key_outlier_values(p, b, h);
-    for (int c = threadIdx.x; c < d; c += kThreads) {
-      for (int j = gear::first_key_outlier(p, b, index, c, lo); j < 2 * b.key_k; ++j) {
-        const int i = index[size_t(j) * d + c] - lo;
-        if (i >= nt) break;
-        sm.k[i][c] = gear::value16(p, values[size_t(j) * d + c]);
-      }
-    }
-  }
-  const int per_token = 2 * p.value_k;
-  for (int e = threadIdx.x; e < nt * per_token; e += kThreads) {
-    const int i = e / per_token, j = e % per_token;
-    sm.v[i][gear::value_outlier_index(p, b, h, lo + i)[j]] =
-        gear::value16(p, gear::value_outlier_values(p, b, h, lo + i)[j]);
-  }
-}
-
-// rebuild() at head_dim D (64 or 128): thread x keeps channel x mod D and takes every
-// (kThreads / D)-th token of the tile from x / D on.
-template <int D>
-__device__ void rebuild_channels(const GearProblem& p, const GearSequence& s, int h, int t, int nt,
-                                 Smem& sm) {
-  static_assert(kThreads % D == 0, "whole channels per thread");
-  constexpr int kRows = kThreads / D;
-  const int c = threadIdx.x % D, first = threadIdx.x / D;
-  if (t >= s.compressed) {
-    for (int i = first; i < nt; i += kRows) {
-      const size_t at = size_t(t + i - s.compressed) * s.exact_stride + size_t(h) * D + c;
-      sm.k[i][c] = value16(p, s.exact_k[at]);
-      sm.v[i][c] = value16(p, s.exact_v[at]);
-    }
-    __syncthreads();
-    return;
-  }
-  const GearBlock& b = s.blocks[gear::block_of(s, t)];
-  const int lo = t - b.start, rank = b.rank;
-  const size_t bytes = size_t(D * p.bits / 8);
-  const int key_groups = (b.n + p.key_group - 1) / p.key_group;
-  const int value_groups = D / p.value_group, value_group = c / p.value_group;
-  const uint16_t* key_p = rank > 0 ? b.key.p + size_t(h) * rank * D + c : nullptr;
-  const uint16_t* value_p = rank > 0 ? b.value.p + size_t(h) * rank * D + c : nullptr;
-  for (int i = first; i < nt; i += kRows) {
-    const size_t row = size_t(h) * b.n + size_t(lo + i);  // the token's row in the block
-    const size_t key_meta = (size_t(h) * key_groups + size_t((lo + i) / p.key_group)) * D + c;
-    const uint16_t* key_q = rank > 0 ? b.key.q + row * rank : nullptr;
-    const uint16_t* value_q = rank > 0 ? b.value.q + row * rank : nullptr;
-    sm.k[i][c] = rebuilt<D>(p, b.key, b.key.codes + row * bytes, key_meta, key_q, key_p, rank, c);
-    sm.v[i][c] = rebuilt<D>(p, b.value, b.value.codes + row * bytes,
-                            row * value_groups + value_group, value_q, value_p, rank, c);
-  }
-  __syncthreads();
-  place_outliers(p, b, h, lo, nt, D, sm);
-  __syncthreads();
-}
-
-// Tokens [t, t + nt) of sequence s at KV head h into the shared tiles.
-__device__ void rebuild(const GearProblem& p, const GearSequence& s, int h, int t, int nt,
-                        Smem& sm) {
-  const int d = p.head_dim;
-  if (t >= s.compressed) {
-    for (int e = threadIdx.x; e < nt * d; e += kThreads) {
-      const int i = e / d, c = e % d;
-      const size_t at = size_t(t + i - s.compressed) * s.exact_stride + size_t(h) * d + c;
-      sm.k[i][c] = gear::value16(p, s.exact_k[at]);
-      sm.v[i][c] = gear::value16(p, s.exact_v[at]);
-    }
-    __syncthreads();
-    return;
-  }
-  const GearBlock& b = s.blocks[gear::block_of(s, t)];
-  const int lo = t - b.start;
-  for (int e = threadIdx.x; e < nt * d; e += kThreads) {
-    const int i = e / d, c = e % d;
-    sm.k[i][c] = gear::element(p, b, true, h, lo + i, c);
-    sm.v[i][c] = gear::element(p, b, false, h, lo + i, c);
-  }
-  __syncthreads();
-  place_outliers(p, b, h, lo, nt, d, sm);
-  __syncthreads();
 }
 
 // D: the head_dim the kernel is built for (64 or 128, rebuild_channels), or 0 for any
@@ -195,9 +76,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     const int nt = stop - t;
     if constexpr (D > 0) {
-      rebuild_channels<D>(p, s, h, t, nt, sm);
+      gear_tile::rebuild_channels<D>(p, s, h, t, nt, sm);
     } else {
-      rebuild(p, s, h, t, nt, sm);
+      gear_tile::rebuild(p, s, h, t, nt, sm);
     }
     for (int e = threadIdx.x; e < gq * kTile; e += kThreads) {
       const int hq = e / kTile, i = e % kTile;

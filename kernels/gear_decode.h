@@ -31,6 +31,7 @@
 namespace kvbench::kernels {
 
 constexpr int kGearTile = 32;         // tokens a block of the kernel reconstructs at a time
+constexpr int kGearThreads = 128;     // threads of a block of the kernel
 constexpr int kGearMaxQPerKv = 8;     // query heads per KV head
 constexpr int kGearMaxHeadDim = 128;  // the kernel's shared tiles are sized for this
 
