@@ -1,6 +1,6 @@
 // GEAR's tile rebuild (kernels/gear_rebuild.h), the device code of the GPU kernel itself, run
-// on the CPU: a block's 128 threads as std::threads meeting at each __syncthreads (a
-// barrier), CUDA's 16-bit conversions by the host's _Float16 and a shift. Every element
+// on the CPU (tests/unit/cuda_emulation.h: a block's 128 threads as std::threads meeting at
+// each __syncthreads, CUDA's 16-bit conversions by the host's _Float16 and a shift). Every element
 // of every tile must be bit for bit gear::token's (the host reference the kernel tests use),
 // written at least once, and nothing written outside the tile's [tokens, head_dim]. Random
 // shapes: head_dim 128 and 64 (a channel per thread) and 96, 64 and 8 (the generic path),
@@ -13,11 +13,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -25,54 +23,7 @@
 
 #include "gear_decode.h"
 
-// What the header needs of CUDA, emulated (a test's own definitions of CUDA's names).
-#define KVB_GEAR_EMULATED 1
-#define __device__
-#define __forceinline__ inline
-struct EmulatedThreadIndex {
-  unsigned x = 0;
-};
-thread_local EmulatedThreadIndex threadIdx;
-// A block's barrier: the last of `count` threads to arrive releases the others.
-class EmulatedBlock {
- public:
-  explicit EmulatedBlock(int count) : count_(count) {}
-  void arrive_and_wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const long generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0, ++generation_;
-      released_.notify_all();
-    } else {
-      released_.wait(lock, [&] { return generation_ != generation; });
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable released_;
-  int count_, arrived_ = 0;
-  long generation_ = 0;
-};
-EmulatedBlock* emulated_block = nullptr;
-inline void __syncthreads() { emulated_block->arrive_and_wait(); }
-struct Bits16 {
-  uint16_t bits;
-};
-inline Bits16 __ushort_as_half(uint16_t b) { return {b}; }
-inline Bits16 __ushort_as_bfloat16(uint16_t b) { return {b}; }
-inline float __half2float(Bits16 h) {
-  _Float16 f;
-  std::memcpy(&f, &h.bits, 2);
-  return float(f);
-}
-inline float __bfloat162float(Bits16 h) {
-  const uint32_t u = uint32_t(h.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
+#include "cuda_emulation.h"  // last before the device header
 #include "gear_rebuild.h"
 
 namespace kvbench::kernels {
@@ -217,10 +168,8 @@ int64_t check_case(const Case& c, int tokens_per_split, std::string& failure) {
   int64_t checked = 0;
   for (int h = 0; h < p.kv_heads; ++h)
     for (int begin = 0; begin < T; begin += tokens_per_split) {
-      EmulatedBlock block(kGearThreads);
-      emulated_block = &block;
-      auto thread = [&](int x) {
-        threadIdx.x = unsigned(x);
+      launch_emulated(1, kGearThreads, [&] {
+        const int x = int(threadIdx.x);
         const int end = std::min(T, begin + tokens_per_split);
         for (int t = begin; t < end;) {  // the kernel's tiles: 32 tokens, never two blocks
           int stop = std::min(end, t + kGearTile);
@@ -261,10 +210,7 @@ int64_t check_case(const Case& c, int tokens_per_split, std::string& failure) {
           __syncthreads();
           t = stop;
         }
-      };
-      std::vector<std::thread> threads;
-      for (int x = 0; x < kGearThreads; ++x) threads.emplace_back(thread, x);
-      for (std::thread& th : threads) th.join();
+      });
     }
   return checked;
 }

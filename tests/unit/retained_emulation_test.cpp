@@ -1,0 +1,102 @@
+// The retained-index decode kernels themselves (kernels/retained_decode_device.h: the one-token
+// loop and the loop with 2 or 4 kept tokens in flight per warp, tokens_per_step) run on the CPU
+// with emulated blocks, warps and shuffles (tests/unit/cuda_emulation.h), against the host
+// reference (retained_decode_host) and float64, as tests/gpu/retained_decode_test.cpp checks
+// them on a GPU: every format, head_dim 64 and 128, GQA group 4, random kept subsets in random
+// order (page and window boundaries, a sequence of one token, one kept whole), the outputs and
+// the policies' scores poisoned first. The lanes' partial softmaxes merge in
+// another order than the host's single pass: relative bound 1e-5 of the output's scale.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "dispatch.h"
+#include "retained_case.h"
+#include "retained_decode.h"
+
+#include "cuda_emulation.h"  // last before the device header
+#include "retained_decode_device.h"
+
+namespace kvbench::gpu_test {
+namespace {
+
+using kernels::KvFormat;  // the dispatch macros name formats unqualified
+
+// retained_decode_multi<U, F, head_dim / 32> as the launcher picks it; false where the launcher
+// would fall back to the one-token loop (a head_dim other than 64 or 128).
+template <int U>
+bool run_multi(const kernels::RetainedProblem& p, const kernels::PagedKvStore& s) {
+  bool ran = false;
+  KVB_DISPATCH_FORMAT(s.format, F, KVB_DISPATCH_HEAD_DIM(p.head_dim, D, {
+                        launch_emulated(
+                            p.batch * p.q_heads, 32 * kernels::retained_device::kWarps, [&] {
+                              kernels::retained_device::retained_decode_multi<U, F, D / 32>(p, s);
+                            });
+                        ran = true;
+                      }))
+  return ran;
+}
+
+// kernels::retained_decode's choice of loop, run emulated.
+void run_retained(const kernels::RetainedProblem& p, const kernels::PagedKvStore& s) {
+  const bool multi = (p.tokens_per_step == 4 && run_multi<4>(p, s)) ||
+                     (p.tokens_per_step == 2 && run_multi<2>(p, s));
+  if (!multi)
+    launch_emulated(p.batch * p.q_heads, 32 * kernels::retained_device::kWarps,
+                    [&] { kernels::retained_device::retained_decode_kernel(p, s); });
+}
+
+class RetainedEmulationTest : public ::testing::TestWithParam<AppendCase> {};
+
+TEST_P(RetainedEmulationTest, TheKernelsMatchTheHostReference) {
+  const AppendCase& c = GetParam();
+  // Short sequences (every thread is a std::thread): one past KIVI's longest window with a
+  // tail of 17 and a quarter of the rest listed, one token alone, one kept whole as a tail.
+  RetainedCase r = retained_case(c, {160, 1, 37}, 2, 4, 0.25, 43 + int(c.format));
+  const kernels::PagedKvStore store = store_of(r.cache);
+  std::vector<float> host(r.want.size(), NAN);
+  kernels::retained_decode_host(r.problem(host.data()), store);
+  const std::vector<double> host_d(host.begin(), host.end());
+  for (const int tokens : {1, 2, 4}) {
+    SCOPED_TRACE("tokens_per_step " + std::to_string(tokens));
+    std::vector<float> got(r.want.size(), NAN);
+    kernels::RetainedProblem p = r.problem(got.data());
+    p.tokens_per_step = tokens;
+    const int stride = r.max_kept + 3;
+    std::vector<float> scores(r.want_scores.size() * size_t(stride), NAN);
+    p.scores = scores.data(), p.score_stride = stride;
+    ASSERT_STREQ(kernels::retained_check(p, store), "");
+    run_retained(p, store);
+    for (size_t row = 0; row < r.want_scores.size(); ++row)
+      for (int i = 0; i < stride; ++i) {
+        const float g = scores[row * size_t(stride) + size_t(i)];
+        if (i >= int(r.want_scores[row].size())) {
+          ASSERT_TRUE(std::isnan(g)) << "row " << row << " entry " << i << " past the kept count";
+        } else {
+          const double w = r.want_scores[row][size_t(i)];
+          ASSERT_NEAR(g, w, 1e-5 * std::max(1.0, std::fabs(w))) << "row " << row << " token " << i;
+        }
+      }
+    EXPECT_LT(scaled_error(got, host_d), 1e-5);
+    EXPECT_LT(scaled_error(got, r.want), 1e-5);
+  }
+}
+
+// The appender's cases and the 16-bit formats at the other head_dim (the multi-token loop's
+// own row loads: 8 bytes a lane at 128, 4 at 64), as the GPU test takes them.
+std::vector<AppendCase> emulated_cases() {
+  std::vector<AppendCase> cases = append_cases();
+  cases.push_back({KvFormat::kFp16, 64, 32, 0});
+  cases.push_back({KvFormat::kBf16, 128, 16, 0});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, RetainedEmulationTest, ::testing::ValuesIn(emulated_cases()),
+                         [](const ::testing::TestParamInfo<AppendCase>& i) {
+                           return append_case_name(i.param);
+                         });
+
+}  // namespace
+}  // namespace kvbench::gpu_test
