@@ -9,8 +9,11 @@
 // names undefined.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -30,7 +33,9 @@ struct EmulatedIndex {
 inline thread_local EmulatedIndex threadIdx;
 inline EmulatedIndex blockIdx;  // one block at a time
 
-// The last of `count` threads to arrive releases the others.
+// The last of `count` threads to arrive releases the others. A GPU goes on past threads that
+// have exited; here every thread must reach every barrier, so a kernel where one does not
+// would hang: after a minute the test process aborts, saying so, instead of stalling CI.
 class EmulatedBarrier {
  public:
   explicit EmulatedBarrier(int count) : count_(count) {}
@@ -41,7 +46,14 @@ class EmulatedBarrier {
       arrived_ = 0, ++generation_;
       released_.notify_all();
     } else {
-      released_.wait(lock, [&] { return generation_ != generation; });
+      if (!released_.wait_for(lock, std::chrono::seconds(60),
+                              [&] { return generation_ != generation; })) {
+        std::fprintf(stderr,
+                     "emulated CUDA: %d of %d threads waited a minute at a barrier the others "
+                     "never reached (an exited thread or a divergent warp shuffle)\n",
+                     arrived_, count_);
+        std::abort();
+      }
     }
   }
 
@@ -72,7 +84,7 @@ inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
   return other;
 }
 
-struct uint2 {
+struct alignas(8) uint2 {  // CUDA's layout
   unsigned x, y;
 };
 struct EmulatedBits16 {
