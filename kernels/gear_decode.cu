@@ -69,12 +69,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   for (int t = begin; t < end;) {
-    int stop = min(end, t + kTile);
-    if (t < s.compressed) {
-      const GearBlock& blk = s.blocks[gear::block_of(s, t)];
-      stop = min(stop, blk.start + blk.n);
-    }
-    const int nt = stop - t;
+    const int stop = gear_tile::tile_end(s, t, end), nt = stop - t;
     if constexpr (D > 0) {
       gear_tile::rebuild_channels<D>(p, s, h, t, nt, sm);
     } else {

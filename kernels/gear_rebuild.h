@@ -28,6 +28,17 @@
 
 namespace kvbench::kernels::gear_tile {
 
+// The end of the tile from token t of a split ending at `end`: kGearTile tokens, never past a
+// GEAR block (a tile has one set of factors and one outlier list).
+__device__ __forceinline__ int tile_end(const GearSequence& s, int t, int end) {
+  int stop = end < t + kGearTile ? end : t + kGearTile;
+  if (t < s.compressed) {
+    const GearBlock& b = s.blocks[gear::block_of(s, t)];
+    if (b.start + b.n < stop) stop = b.start + b.n;
+  }
+  return stop;
+}
+
 // A 16-bit value as stored (fp16 or bf16), converted by the hardware (exact either way, as
 // gear::value16's bit arithmetic on the host).
 __device__ __forceinline__ float value16(const GearProblem& p, uint16_t bits) {

@@ -171,13 +171,8 @@ int64_t check_case(const Case& c, int tokens_per_split, std::string& failure) {
       launch_emulated(1, kGearThreads, [&] {
         const int x = int(threadIdx.x);
         const int end = std::min(T, begin + tokens_per_split);
-        for (int t = begin; t < end;) {  // the kernel's tiles: 32 tokens, never two blocks
-          int stop = std::min(end, t + kGearTile);
-          if (t < s.compressed) {
-            const GearBlock& b = s.blocks[gear::block_of(s, t)];
-            stop = std::min(stop, b.start + b.n);
-          }
-          const int nt = stop - t;
+        for (int t = begin; t < end;) {  // the kernel's tiles
+          const int stop = gear_tile::tile_end(s, t, end), nt = stop - t;
           if constexpr (D > 0) {
             gear_tile::rebuild_channels<D>(p, s, h, t, nt, tiles);
           } else {
