@@ -278,9 +278,9 @@ void PagedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
   for (const SequenceTokens& s : seqs) {
     KVB_CHECK(s.prompt >= 0 && s.total >= s.prompt, "paged cache: cannot reserve room for a ",
               s.prompt, "-token prompt of a ", s.total, "-token sequence");
-    // A compacting prefill keeps its budget, to which the new tokens add; other evicting
-    // policies stay within their prompts' pages.
-    // A ring holds its prompt, then its sinks and window.
+    // A ring holds its prompt, then its sinks and window; a compacting prefill keeps its
+    // budget, to which the new tokens add; other evicting policies stay within their prompts'
+    // pages.
     const int64_t tokens =
         !evicts ? s.total
         : ring_ ? std::max(s.prompt, std::min(s.total, ring_->sinks + ring_->window))
