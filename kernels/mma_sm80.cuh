@@ -1,5 +1,8 @@
-// Warp-level tensor-core and register helpers shared by the decode kernels (nvcc only):
-// mma.m16n8k16 with fp32 accumulators, ldmatrix, cp.async, bit casts and the fast exp2.
+// Warp-level tensor-core and register helpers shared by the decode kernels: mma.m16n8k16 with
+// fp32 accumulators, ldmatrix, cp.async, bit casts, LOP3 and the fast exp2. Built by nvcc; a
+// host test that runs device code on the CPU (KVB_KERNEL_EMULATED) gets the per-thread helpers
+// in plain C++ here and the warp-collective ones (mma, ldmatrix, cp.async) from its emulation
+// (tests/unit/cuda_emulation.h).
 // Fragment layouts (PTX ISA, "mma.m16n8k16"): lane l = 4 * g + m holds
 //   A (16 x 16, row-major): (g, 2m..2m+1), (g+8, 2m..), (g, 8+2m..), (g+8, 8+2m..)
 //   B (16 x 8, "col"):      (k 2m..2m+1, n g), (k 8+2m.., n g)
@@ -9,14 +12,30 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace kvbench::kernels::mma {
 
 __device__ __forceinline__ float fast_exp2(float x) {
+#if defined(KVB_KERNEL_EMULATED)
+  return exp2f(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#endif
+}
+
+// (a & mask) | bits in one instruction.
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t mask, uint32_t bits) {
+#if defined(KVB_KERNEL_EMULATED)
+  return (a & mask) | bits;
+#else
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "r"(mask), "r"(bits));
+  return r;
+#endif
 }
 
 template <class T2>
@@ -34,6 +53,7 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
     return as_u32(__floats2half2_rn(x, y));
 }
 
+#if !defined(KVB_KERNEL_EMULATED)
 template <bool kBf16>
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
@@ -86,5 +106,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
+#endif  // !KVB_KERNEL_EMULATED
 
 }  // namespace kvbench::kernels::mma

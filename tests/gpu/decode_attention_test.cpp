@@ -1,5 +1,5 @@
 // The GPU decode kernels against a float64 reference that attends over exactly the values
-// each stored token decodes to (paged_cache_builder), so the only differences left are the
+// each stored token decodes to (decode_case.h), so the only differences left are the
 // kernel's fp32 arithmetic, its fast exp2 and the fp16/bf16 output: ||out - ref|| / ||ref||
 // must stay under 2e-3 for every format (the output rounding alone is ~3e-4). Outputs are
 // poisoned with NaN first, so an element the kernel forgets to write fails the test.
@@ -7,51 +7,20 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cmath>
-#include <memory>
-#include <ostream>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "decode_attention.h"
+#include "decode_case.h"
 #include "device_buffer.h"
-#include "paged_cache_builder.h"
 
 namespace kvbench::gpu_test {
 namespace {
 
 using kernels::KvFormat;
+using Case = DecodeCase;
 
 #define ASSERT_CUDA(expr) ASSERT_CUDA_WITH(expr, kernels::decode_last_error())
-
-struct Case {
-  KvFormat format;
-  int head_dim, q_heads, kv_heads, page_size, residual;
-  std::vector<int> seq_lens;
-  int force_splits;         // 0: the plan's choice
-  bool multi_tile = false;  // the v3 main loop (DecodePlan::multi_tile)
-  int min_blocks = 0;       // 4: v2 at four blocks per multiprocessor ("v2b")
-  int tiles_per_step = 0;   // v3's (DecodePlan::tiles_per_step): 2 is "v3h"
-  bool batch_rows = false;  // no seq_rows: sequence b's rings and scales at row b
-};
-
-std::string case_name(const Case& c) {
-  std::string n = std::string(kernels::format_name(c.format)) + "_d" + std::to_string(c.head_dim) +
-                  "_h" + std::to_string(c.q_heads) + "x" + std::to_string(c.kv_heads) + "_p" +
-                  std::to_string(c.page_size);
-  if (c.residual) n += "_r" + std::to_string(c.residual);
-  n += "_s" + std::to_string(c.force_splits);
-  if (c.batch_rows) n += "_norows";
-  if (c.multi_tile) n += c.tiles_per_step == 2 ? "_v3h" : "_v3";
-  if (c.min_blocks == 4) n += "_v2b";
-  for (char& ch : n)
-    if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
-  return n;
-}
-
-// gtest prints parameters in test listings; a vector member would print as raw bytes.
-void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
 
 class DecodeAttentionTest : public ::testing::TestWithParam<Case> {};
 
@@ -59,35 +28,15 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   std::string why;
   if (!have_gpu(&why)) GTEST_SKIP() << why;
   const Case& c = GetParam();
-  const int B = int(c.seq_lens.size()), D = c.head_dim, group = c.q_heads / c.kv_heads;
-  std::mt19937 rng(1234 + int(c.format) * 7 + D + c.q_heads);
-  std::vector<std::vector<float>> keys, values;
-  for (int T : c.seq_lens) {
-    keys.push_back(random_tokens(rng, c.kv_heads, T, D, true));
-    values.push_back(random_tokens(rng, c.kv_heads, T, D, false));
-  }
-  HostPagedCache cache = build_paged_cache(c.format, c.kv_heads, D, c.page_size, c.residual, keys,
-                                           values, c.seq_lens, rng);
-  // Rings and scales not in batch order, unless the case reads them at the batch's rows.
-  const std::vector<int> rows = reversed_rows(B);
-  if (!c.batch_rows) move_rows(cache, rows);
-  const bool bf16 = c.format == KvFormat::kBf16;
-  std::normal_distribution<float> normal(0.f, 1.f);
-  std::vector<uint16_t> q_bits(size_t(B) * c.q_heads * D);
-  std::vector<float> q(q_bits.size());
-  for (size_t i = 0; i < q.size(); ++i) {
-    const float x = normal(rng);
-    q_bits[i] = bf16 ? float_to_bf16_bits(x) : float_to_half_bits(x);
-    q[i] = bf16 ? bf16_bits_to_float(q_bits[i]) : half_bits_to_float(q_bits[i]);
-  }
+  const DecodeInputs in = decode_inputs(c);
+  const HostPagedCache& cache = in.cache;
 
-  DeviceBuffer dq, dout, dtable, dlens, dk, dv, dkm, dvm, dkr, dvr, dks, dvs, dws;
-  ASSERT_CUDA(dq.upload(q_bits));
-  ASSERT_CUDA(dout.upload(std::vector<uint16_t>(q_bits.size(), 0xffff)));  // NaN poison
+  DeviceBuffer dq, dout, dtable, dlens, drows, dk, dv, dkm, dvm, dkr, dvr, dks, dvs, dws;
+  ASSERT_CUDA(dq.upload(in.q_bits));
+  ASSERT_CUDA(dout.upload(std::vector<uint16_t>(in.q_bits.size(), 0xffff)));  // NaN poison
   ASSERT_CUDA(dtable.upload(cache.block_table));
   ASSERT_CUDA(dlens.upload(cache.seq_lens));
-  DeviceBuffer drows;
-  ASSERT_CUDA(drows.upload(rows));
+  ASSERT_CUDA(drows.upload(in.rows));
   ASSERT_CUDA(dk.upload(cache.k_data));
   ASSERT_CUDA(dv.upload(cache.v_data));
   ASSERT_CUDA(dkm.upload(cache.k_meta));
@@ -97,66 +46,28 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
   ASSERT_CUDA(dks.upload(cache.k_head_scale));
   ASSERT_CUDA(dvs.upload(cache.v_head_scale));
 
-  kernels::DecodeProblem pr;
-  pr.batch = B, pr.q_heads = c.q_heads, pr.kv_heads = c.kv_heads, pr.head_dim = D;
-  pr.max_pages_per_seq = cache.max_pages;
-  for (int T : c.seq_lens) pr.max_seq_len = std::max(pr.max_seq_len, T);
+  kernels::DecodeProblem pr = in.problem(c, dout.ptr);
   pr.block_table = static_cast<const int*>(dtable.ptr);
   pr.seq_lens = static_cast<const int*>(dlens.ptr);
   pr.seq_rows = c.batch_rows ? nullptr : static_cast<const int*>(drows.ptr);
-  pr.softmax_scale = 1.f / std::sqrt(float(D));
-  pr.q = dq.ptr, pr.out = dout.ptr;
-  kernels::PagedKv kv;
-  kv.format = c.format, kv.page_size = c.page_size, kv.residual = c.residual;
+  pr.q = dq.ptr;
+  kernels::PagedKv kv = in.kv(c);
   kv.k_data = dk.ptr, kv.v_data = dv.ptr, kv.k_meta = dkm.ptr, kv.v_meta = dvm.ptr;
   kv.k_residual = dkr.ptr, kv.v_residual = dvr.ptr;
   kv.k_head_scale = static_cast<const float*>(dks.ptr),
   kv.v_head_scale = static_cast<const float*>(dvs.ptr);
-  kernels::DecodePlan plan;
-  plan.multi_tile = c.multi_tile, plan.tiles_per_step = c.tiles_per_step;
-  plan.min_blocks = c.min_blocks;
+  kernels::DecodePlan plan = in.plan(c);
   ASSERT_CUDA(kernels::decode_plan(pr, kv, 132, c.force_splits, &plan));
   if (plan.workspace_bytes) ASSERT_CUDA(cudaMalloc(&dws.ptr, plan.workspace_bytes));
   ASSERT_CUDA(kernels::decode_attention(pr, kv, plan, dws.ptr, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
-  std::vector<uint16_t> out_bits(q_bits.size());
+  std::vector<uint16_t> out_bits(in.q_bits.size());
   ASSERT_CUDA(cudaMemcpy(out_bits.data(), dout.ptr, out_bits.size() * 2, cudaMemcpyDeviceToHost));
 
-  double err2 = 0, ref2 = 0;
-  for (int b = 0; b < B; ++b) {
-    const int T = c.seq_lens[b];
-    for (int hq = 0; hq < c.q_heads; ++hq) {
-      const int h = hq / group;
-      const float* qv = q.data() + (size_t(b) * c.q_heads + hq) * D;
-      const float* K = cache.k_decoded[b].data() + size_t(h) * T * D;
-      const float* V = cache.v_decoded[b].data() + size_t(h) * T * D;
-      std::vector<double> s(T);
-      double mx = -INFINITY;
-      for (int t = 0; t < T; ++t) {
-        double acc = 0;
-        for (int d = 0; d < D; ++d) acc += double(qv[d]) * K[size_t(t) * D + d];
-        s[t] = acc * pr.softmax_scale;
-        mx = std::max(mx, s[t]);
-      }
-      double sum = 0;
-      for (double& x : s) sum += (x = std::exp(x - mx));
-      for (int d = 0; d < D; ++d) {
-        double ref = 0;
-        for (int t = 0; t < T; ++t) ref += s[t] * V[size_t(t) * D + d];
-        ref /= sum;
-        const uint16_t bits = out_bits[(size_t(b) * c.q_heads + hq) * D + d];
-        const double got = bf16 ? bf16_bits_to_float(bits) : half_bits_to_float(bits);
-        ASSERT_TRUE(std::isfinite(got))
-            << "unwritten or non-finite output at seq " << b << " head " << hq << " channel " << d;
-        err2 += (got - ref) * (got - ref);
-        ref2 += ref * ref;
-      }
-    }
-  }
-  const double rel = std::sqrt(err2 / ref2);
-  // bf16 output rounding alone is ~3e-3 relative; fp16 ~3e-4.
-  EXPECT_LT(rel, bf16 ? 8e-3 : 2e-3)
-      << "relative error " << rel << " with " << plan.num_splits << " splits";
+  const DecodeError e = decode_error(c, in, out_bits);
+  ASSERT_EQ(e.unwritten, "") << "unwritten or non-finite output";
+  EXPECT_LT(e.rel, decode_tolerance(c.format))
+      << "relative error " << e.rel << " with " << plan.num_splits << " splits";
 }
 
 std::vector<Case> all_cases() {

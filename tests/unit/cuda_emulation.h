@@ -1,12 +1,21 @@
 // CUDA's names as the kernels' device headers use them, emulated on the CPU, so that a unit
-// test runs a kernel's own device code (kernels/gear_rebuild.h, kernels/retained_decode_device.h)
-// wherever the tests run: a block's threads are std::threads meeting at each __syncthreads (a
-// condition-variable barrier), a warp's 32 lanes exchange __shfl_xor_sync values through a slot
-// each between two barriers of their own, blocks run one after another (so `__shared__` is a
-// function's static), and the 16-bit conversions are the host's (_Float16, a shift), not
-// encode::half_value's bit arithmetic the host references use. Include it after the standard
-// and gtest headers, before the device header; nothing else may follow that needs CUDA's
-// names undefined.
+// test runs a kernel's own device code (kernels/gear_rebuild.h, kernels/retained_decode_device.h,
+// kernels/decode_attention_device.h) wherever the tests run: a block's threads are std::threads
+// meeting at each __syncthreads (a condition-variable barrier), a warp's 32 lanes exchange
+// shuffled values and mma fragments through slots of their own between two barriers of the
+// warp, blocks run one after another (so `__shared__` is a function's static).
+//
+// Two ways with the 16-bit types. By default this header gives the few the GEAR and retained
+// kernels use, with the host's conversions (_Float16, a shift), not encode::half_value's bit
+// arithmetic the host references use, so it builds without CUDA. A test that defines
+// KVB_EMULATE_WITH_CUDA_TYPES first includes CUDA's own cuda_fp16.h, cuda_bf16.h and
+// cuda_fp8.h (host-includable: their arithmetic runs on the host in fp32 and rounds as the
+// GPU's does for one operation), and this header adds what they leave to the device: __hfma2
+// (one rounding, as HFMA2), PRMT, and warp-level mma.m16n8k16 (kernels/mma_sm80.cuh), whose
+// products are summed in double and rounded once into the fp32 accumulator.
+//
+// Include it after the standard, gtest and (with KVB_EMULATE_WITH_CUDA_TYPES) CUDA headers,
+// before the device header; nothing else may follow that needs CUDA's names undefined.
 #pragma once
 
 #include <chrono>
@@ -22,16 +31,20 @@
 
 #define KVB_GEAR_EMULATED 1
 #define KVB_KERNEL_EMULATED 1
+#undef __global__
+#undef __device__
+#undef __forceinline__
+#undef __shared__
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
 
 struct EmulatedIndex {
-  unsigned x = 0;
+  unsigned x = 0, y = 0, z = 0;
 };
 inline thread_local EmulatedIndex threadIdx;
-inline EmulatedIndex blockIdx;  // one block at a time
+inline EmulatedIndex blockIdx, blockDim, gridDim;  // one block at a time
 
 // The last of `count` threads to arrive releases the others. A GPU goes on past threads that
 // have exited; here every thread must reach every barrier, so a kernel where one does not
@@ -67,23 +80,54 @@ class EmulatedBarrier {
 struct EmulatedWarp {
   EmulatedBarrier barrier{32};
   float slots[32] = {};
+  uint32_t words[32][6] = {};  // mma fragments: A's four registers, then B's two
 };
 inline thread_local EmulatedBarrier* emulated_block = nullptr;
 inline thread_local EmulatedWarp* emulated_warp = nullptr;
 
 inline void __syncthreads() { emulated_block->arrive_and_wait(); }
+inline void __syncwarp() { emulated_warp->barrier.arrive_and_wait(); }
 
-// Every lane of the warp must call it, as on the GPU (the kernels' shuffles are warp-uniform).
-inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
+// The value lane `src` holds. Every lane of the warp must call it, as on the GPU (the kernels'
+// shuffles are warp-uniform).
+inline float emulated_shuffle(float value, unsigned src) {
   EmulatedWarp& warp = *emulated_warp;
   const unsigned lane = threadIdx.x % 32;
   warp.slots[lane] = value;
   warp.barrier.arrive_and_wait();
-  const float other = warp.slots[lane ^ unsigned(lane_mask)];
+  const float other = warp.slots[src % 32];
   warp.barrier.arrive_and_wait();
   return other;
 }
+inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
+  return emulated_shuffle(value, (threadIdx.x % 32) ^ unsigned(lane_mask));
+}
+inline float __shfl_sync(unsigned, float value, int src_lane) {
+  return emulated_shuffle(value, unsigned(src_lane));
+}
 
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}
+inline int max(int a, int b) { return a > b ? a : b; }
+inline int min(int a, int b) { return a < b ? a : b; }
+
+// PRMT: byte i of the result is byte (s >> 4i) & 7 of {y, x} (x the low word); with bit 3 of
+// that nibble set, the selected byte's sign bit repeated.
+inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+  const uint64_t bytes = uint64_t(x) | (uint64_t(y) << 32);
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t sel = (s >> (4 * i)) & 0xf;
+    uint32_t b = uint32_t(bytes >> (8 * (sel & 7))) & 0xff;
+    if (sel & 8) b = (b & 0x80) ? 0xff : 0;
+    r |= b << (8 * i);
+  }
+  return r;
+}
+
+#if !defined(KVB_EMULATE_WITH_CUDA_TYPES)
 struct alignas(8) uint2 {  // CUDA's layout
   unsigned x, y;
 };
@@ -108,24 +152,90 @@ inline float __uint_as_float(uint32_t u) {
   std::memcpy(&f, &u, 4);
   return f;
 }
+#else
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+  const float2 x = __half22float2(a), y = __half22float2(b), z = __half22float2(c);
+  return __floats2half2_rn(std::fma(x.x, y.x, z.x), std::fma(x.y, y.y, z.y));
+}
 
-// Runs `body` (what every thread of a block runs) as `blocks` blocks of `threads` threads (a
-// multiple of 32), one block after another, blockIdx.x and threadIdx.x set.
+namespace kvbench::kernels::mma {
+
+inline double emulated_element(uint32_t word, int half, bool bf16) {
+  const uint16_t bits = uint16_t(word >> (16 * half));
+  if (bf16) {
+    __nv_bfloat16_raw r;
+    r.x = bits;
+    return double(__bfloat162float(__nv_bfloat16(r)));
+  }
+  __half_raw r;
+  r.x = bits;
+  return double(__half2float(__half(r)));
+}
+
+// mma.m16n8k16 (row.col, fp32 accumulators) over the warp: each lane posts its fragments
+// (layouts in kernels/mma_sm80.cuh), then computes its own four accumulators from all of them.
+template <bool kBf16>
+void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  EmulatedWarp& warp = *emulated_warp;
+  const int lane = int(threadIdx.x % 32), g = lane / 4, m = lane % 4;
+  uint32_t* mine = warp.words[lane];
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  mine[4] = b0, mine[5] = b1;
+  warp.barrier.arrive_and_wait();
+  // A(row, k) sits in lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8), half
+  // k % 2; B(k, n) in lane 4 n + (k % 8) / 2, register 4 + (k >= 8), half k % 2.
+  auto A = [&](int row, int k) {
+    return emulated_element(warp.words[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)],
+                            k % 2, kBf16);
+  };
+  auto B = [&](int k, int n) {
+    return emulated_element(warp.words[4 * n + (k % 8) / 2][4 + (k >= 8)], k % 2, kBf16);
+  };
+  float d[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * m + i % 2;
+    double sum = c[i];
+    for (int k = 0; k < 16; ++k) sum += A(row, k) * B(k, col);
+    d[i] = float(sum);
+  }
+  warp.barrier.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+
+}  // namespace kvbench::kernels::mma
+#endif  // KVB_EMULATE_WITH_CUDA_TYPES
+
+// One block of `threads` threads running `body`, blockIdx already set.
+template <class Body>
+void emulate_block(int threads, const Body& body) {
+  EmulatedBarrier barrier(threads);
+  std::vector<std::unique_ptr<EmulatedWarp>> warps;
+  for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<EmulatedWarp>());
+  std::vector<std::thread> running;
+  for (int x = 0; x < threads; ++x)
+    running.emplace_back([&, x] {
+      threadIdx.x = unsigned(x);
+      emulated_block = &barrier;
+      emulated_warp = warps[size_t(x / 32)].get();
+      body();
+    });
+  for (std::thread& t : running) t.join();
+}
+
+// Runs `body` (what every thread of a block runs) as a grid of `grid` blocks of `threads`
+// threads (a multiple of 32), one block after another, blockIdx, gridDim, blockDim and
+// threadIdx.x set.
+template <class Body>
+void launch_emulated(EmulatedIndex grid, int threads, const Body& body) {
+  gridDim = grid, blockDim = EmulatedIndex{unsigned(threads), 1, 1};
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = EmulatedIndex{x, y, z};
+        emulate_block(threads, body);
+      }
+}
 template <class Body>
 void launch_emulated(int blocks, int threads, const Body& body) {
-  for (int block = 0; block < blocks; ++block) {
-    blockIdx.x = unsigned(block);
-    EmulatedBarrier barrier(threads);
-    std::vector<std::unique_ptr<EmulatedWarp>> warps;
-    for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<EmulatedWarp>());
-    std::vector<std::thread> running;
-    for (int x = 0; x < threads; ++x)
-      running.emplace_back([&, x] {
-        threadIdx.x = unsigned(x);
-        emulated_block = &barrier;
-        emulated_warp = warps[size_t(x / 32)].get();
-        body();
-      });
-    for (std::thread& t : running) t.join();
-  }
+  launch_emulated(EmulatedIndex{unsigned(blocks), 1, 1}, threads, body);
 }
