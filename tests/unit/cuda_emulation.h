@@ -1,9 +1,10 @@
 // CUDA's names as the kernels' device headers use them, emulated on the CPU, so that a unit
 // test runs a kernel's own device code (kernels/gear_rebuild.h, kernels/retained_decode_device.h,
-// kernels/decode_attention_device.h) wherever the tests run: a block's threads are std::threads
-// meeting at each __syncthreads (a condition-variable barrier), a warp's 32 lanes exchange
-// shuffled values and mma fragments through slots of their own between two barriers of the
-// warp, blocks run one after another (so `__shared__` is a function's static).
+// kernels/decode_attention_device.h, kernels/summed_attention_device.h) wherever the tests run:
+// a block's threads are fibers on one OS thread meeting at each __syncthreads, a warp's 32 lanes
+// exchange shuffled values, mma fragments and ldmatrix addresses through slots of their own
+// between two barriers of the warp, blocks run one after another (so `__shared__` is a
+// function's static), and cp.async copies at once.
 //
 // Two ways with the 16-bit types. By default this header gives the few the GEAR and retained
 // kernels use, with the host's conversions (_Float16, a shift), not encode::half_value's bit
@@ -18,15 +19,14 @@
 // before the device header; nothing else may follow that needs CUDA's names undefined.
 #pragma once
 
-#include <chrono>
-#include <condition_variable>
+#include <ucontext.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #define KVB_GEAR_EMULATED 1
@@ -35,10 +35,12 @@
 #undef __device__
 #undef __forceinline__
 #undef __shared__
+#undef __align__
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 struct EmulatedIndex {
   unsigned x = 0, y = 0, z = 0;
@@ -46,33 +48,21 @@ struct EmulatedIndex {
 inline thread_local EmulatedIndex threadIdx;
 inline EmulatedIndex blockIdx, blockDim, gridDim;  // one block at a time
 
-// The last of `count` threads to arrive releases the others. A GPU goes on past threads that
-// have exited; here every thread must reach every barrier, so a kernel where one does not
-// would hang: after a minute the test process aborts, saying so, instead of stalling CI.
+class EmulatedBlock;
+inline thread_local EmulatedBlock* emulated_running = nullptr;  // the block being run
+
+// The last of `count` threads to arrive releases the others; the others wait as fibers
+// (EmulatedBlock). Every thread must reach every barrier (a GPU goes on past threads that have
+// exited): a kernel where one does not stops the test at once, saying so.
 class EmulatedBarrier {
  public:
   explicit EmulatedBarrier(int count) : count_(count) {}
-  void arrive_and_wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const long generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0, ++generation_;
-      released_.notify_all();
-    } else {
-      if (!released_.wait_for(lock, std::chrono::seconds(60),
-                              [&] { return generation_ != generation; })) {
-        std::fprintf(stderr,
-                     "emulated CUDA: %d of %d threads waited a minute at a barrier the others "
-                     "never reached (an exited thread or a divergent warp shuffle)\n",
-                     arrived_, count_);
-        std::abort();
-      }
-    }
-  }
+  inline void arrive_and_wait();
+  long generation() const { return generation_; }
+  int arrived() const { return arrived_; }
+  int count() const { return count_; }
 
  private:
-  std::mutex mutex_;
-  std::condition_variable released_;
   int count_, arrived_ = 0;
   long generation_ = 0;
 };
@@ -81,9 +71,110 @@ struct EmulatedWarp {
   EmulatedBarrier barrier{32};
   float slots[32] = {};
   uint32_t words[32][6] = {};  // mma fragments: A's four registers, then B's two
+  const void* rows[32] = {};   // ldmatrix: each lane's row address
 };
 inline thread_local EmulatedBarrier* emulated_block = nullptr;
 inline thread_local EmulatedWarp* emulated_warp = nullptr;
+
+// A block's threads as fibers (ucontext) on the calling thread: each runs until it waits at a
+// barrier, then the next one that can go on runs, in thread order. One OS thread and a
+// context switch per wait, where OS threads cost a futex wake-up per thread and barrier; the
+// order is the same every run.
+class EmulatedBlock {
+ public:
+  template <class Body>
+  void run(int threads, const Body& body) {
+    barrier_ = std::make_unique<EmulatedBarrier>(threads);
+    warps_.clear();
+    for (int w = 0; w < threads / 32; ++w) warps_.push_back(std::make_unique<EmulatedWarp>());
+    body_ = [&body] { body(); };
+    fibers_.assign(size_t(threads), Fiber{});
+    static thread_local std::vector<std::unique_ptr<char[]>> stacks;
+    while (stacks.size() < fibers_.size())  // not zeroed: pages are touched only as used
+      stacks.push_back(std::unique_ptr<char[]>(new char[kStack]));
+    for (size_t i = 0; i < fibers_.size(); ++i) {
+      ucontext_t& c = fibers_[i].ctx;
+      getcontext(&c);
+      c.uc_stack.ss_sp = stacks[i].get(), c.uc_stack.ss_size = kStack, c.uc_link = nullptr;
+      makecontext(&c, &EmulatedBlock::entry, 0);
+    }
+    EmulatedBlock* outer = emulated_running;
+    emulated_running = this;
+    enter(0);
+    swapcontext(&main_, &fibers_[0].ctx);
+    emulated_running = outer;
+  }
+
+  // The running thread waits until `barrier` leaves generation `generation`.
+  void wait(const EmulatedBarrier* barrier, long generation) {
+    Fiber& f = fibers_[size_t(current_)];
+    f.waits = barrier, f.generation = generation;
+    leave(current_);
+    f.waits = nullptr;
+  }
+
+ private:
+  static constexpr size_t kStack = 256 * 1024;
+  struct Fiber {
+    ucontext_t ctx;
+    const EmulatedBarrier* waits = nullptr;
+    long generation = 0;
+    bool done = false;
+  };
+
+  static void entry() {
+    EmulatedBlock& b = *emulated_running;
+    b.body_();
+    b.fibers_[size_t(b.current_)].done = true;
+    b.leave(b.current_);
+  }
+  bool can_run(const Fiber& f) const {
+    return !f.done && (!f.waits || f.waits->generation() != f.generation);
+  }
+  void enter(int i) {
+    current_ = i;
+    threadIdx = EmulatedIndex{unsigned(i), 0, 0};
+    emulated_block = barrier_.get();
+    emulated_warp = warps_[size_t(i / 32)].get();
+  }
+  // Thread i cannot go on: switch to the next one that can, or back to run() when all are done.
+  void leave(int i) {
+    const int n = int(fibers_.size());
+    for (int k = 1; k <= n; ++k) {
+      const int j = (i + k) % n;
+      if (!can_run(fibers_[size_t(j)])) continue;
+      if (j == i) return;  // released by its own arrival's wake of the others
+      enter(j);
+      swapcontext(&fibers_[size_t(i)].ctx, &fibers_[size_t(j)].ctx);
+      return;
+    }
+    for (const Fiber& f : fibers_)
+      if (!f.done) {
+        const EmulatedBarrier* b = f.waits;
+        std::fprintf(stderr,
+                     "emulated CUDA: threads wait at a barrier (%d of %d arrived) that the others "
+                     "never reach (an exited thread or a divergent warp shuffle)\n",
+                     b ? b->arrived() : -1, b ? b->count() : -1);
+        std::abort();
+      }
+    setcontext(&main_);
+  }
+
+  std::vector<Fiber> fibers_;
+  std::vector<std::unique_ptr<EmulatedWarp>> warps_;
+  std::unique_ptr<EmulatedBarrier> barrier_;
+  std::function<void()> body_;
+  ucontext_t main_;
+  int current_ = 0;
+};
+
+void EmulatedBarrier::arrive_and_wait() {
+  if (++arrived_ == count_) {
+    arrived_ = 0, ++generation_;
+    return;
+  }
+  emulated_running->wait(this, generation_);
+}
 
 inline void __syncthreads() { emulated_block->arrive_and_wait(); }
 inline void __syncwarp() { emulated_warp->barrier.arrive_and_wait(); }
@@ -126,6 +217,37 @@ inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
   }
   return r;
 }
+
+namespace kvbench::kernels::mma {
+
+// ldmatrix.x4 (optionally .trans) over the warp: lanes 8i .. 8i + 7 give the row addresses of
+// 8 x 8 matrix i; lane l receives (row l / 4, columns 2 (l % 4) and + 1) of each, or of its
+// transpose (rows 2 (l % 4) and + 1 of column l / 4).
+template <bool kTrans = false>
+void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+  EmulatedWarp& warp = *emulated_warp;
+  const int lane = int(threadIdx.x % 32);
+  warp.rows[lane] = smem;
+  warp.barrier.arrive_and_wait();
+  auto at = [&](int matrix, int row, int col) {
+    uint16_t v;
+    std::memcpy(&v, static_cast<const char*>(warp.rows[8 * matrix + row]) + 2 * col, 2);
+    return uint32_t(v);
+  };
+  for (int i = 0; i < 4; ++i) {
+    const int a = lane / 4, b = 2 * (lane % 4);
+    r[i] = kTrans ? at(i, b, a) | (at(i, b + 1, a) << 16) : at(i, a, b) | (at(i, a, b + 1) << 16);
+  }
+  warp.barrier.arrive_and_wait();
+}
+
+// cp.async completes at once here: a kernel that reads before its wait is not caught.
+inline void cp_async16(void* smem, const void* global) { std::memcpy(smem, global, 16); }
+inline void cp_async_commit() {}
+template <int N>
+void cp_async_wait() {}
+
+}  // namespace kvbench::kernels::mma
 
 #if !defined(KVB_EMULATE_WITH_CUDA_TYPES)
 struct alignas(8) uint2 {  // CUDA's layout
@@ -208,18 +330,8 @@ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 // One block of `threads` threads running `body`, blockIdx already set.
 template <class Body>
 void emulate_block(int threads, const Body& body) {
-  EmulatedBarrier barrier(threads);
-  std::vector<std::unique_ptr<EmulatedWarp>> warps;
-  for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<EmulatedWarp>());
-  std::vector<std::thread> running;
-  for (int x = 0; x < threads; ++x)
-    running.emplace_back([&, x] {
-      threadIdx.x = unsigned(x);
-      emulated_block = &barrier;
-      emulated_warp = warps[size_t(x / 32)].get();
-      body();
-    });
-  for (std::thread& t : running) t.join();
+  EmulatedBlock block;
+  block.run(threads, body);
 }
 
 // Runs `body` (what every thread of a block runs) as a grid of `grid` blocks of `threads`

@@ -73,9 +73,9 @@ TEST_P(DecodeEmulationTest, TheKernelMatchesFloat64) {
 
 std::vector<DecodeCase> emulated_cases() {
   std::vector<DecodeCase> cases;
-  // Short (every thread is a std::thread): a token alone, a partial tile, and one long enough
-  // for several of v3's steps per warp, past KIVI's window of 64.
-  const std::vector<int> lens = {1, 37, 300};
+  // The GPU test's lengths: a token alone, a partial tile, and two across many pages, splits
+  // and v3 steps per warp, past KIVI's window of 64.
+  const std::vector<int> lens = {1, 33, 517, 2049};
   for (KvFormat f :
        {KvFormat::kFp16, KvFormat::kBf16, KvFormat::kInt8, KvFormat::kInt4, KvFormat::kFp8,
         KvFormat::kKivi2, KvFormat::kKivi4, KvFormat::kInt4Asym, KvFormat::kInt2}) {
@@ -102,6 +102,23 @@ std::vector<DecodeCase> emulated_cases() {
   cases.push_back({KvFormat::kFp8, 128, 32, 8, 32, 0, {1, 100, 129}, 2, true});
   cases.back().batch_rows = true;
   return cases;
+}
+
+// A barrier that some threads never reach stops the test at once, saying so, where a GPU would
+// go on past the exited threads or hang.
+TEST(CudaEmulationDeathTest, ABarrierSomeThreadsNeverReachStopsTheTest) {
+  EXPECT_DEATH(launch_emulated(1, 64,
+                               [] {
+                                 if (threadIdx.x != 5) __syncthreads();
+                               }),
+               "never reach");
+  EXPECT_DEATH(launch_emulated(1, 64,
+                               [] {
+                                 if (threadIdx.x < 32) __syncwarp();
+                                 __syncthreads();
+                                 if (threadIdx.x != 40) __syncwarp();
+                               }),
+               "never reach");
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, DecodeEmulationTest, ::testing::ValuesIn(emulated_cases()),

@@ -1,6 +1,6 @@
 // GEAR's tile rebuild (kernels/gear_rebuild.h), the device code of the GPU kernel itself, run
-// on the CPU (tests/unit/cuda_emulation.h: a block's 128 threads as std::threads meeting at
-// each __syncthreads, CUDA's 16-bit conversions by the host's _Float16 and a shift). Every element
+// on the CPU (tests/unit/cuda_emulation.h: a block's 128 threads as fibers meeting at each
+// __syncthreads, CUDA's 16-bit conversions by the host's _Float16 and a shift). Every element
 // of every tile must be bit for bit gear::token's (the host reference the kernel tests use),
 // written at least once, and nothing written outside the tile's [tokens, head_dim]. Random
 // shapes: head_dim 128 and 64 (a channel per thread) and 96, 64 and 8 (the generic path),
@@ -18,7 +18,6 @@
 #include <memory>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "gear_decode.h"

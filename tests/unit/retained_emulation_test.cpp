@@ -52,8 +52,8 @@ class RetainedEmulationTest : public ::testing::TestWithParam<AppendCase> {};
 
 TEST_P(RetainedEmulationTest, TheKernelsMatchTheHostReference) {
   const AppendCase& c = GetParam();
-  // Short sequences (every thread is a std::thread): one past KIVI's longest window with a
-  // tail of 17 and a quarter of the rest listed, one token alone, one kept whole as a tail.
+  // Short sequences: one past KIVI's longest window with a tail of 17 and a quarter of the rest
+  // listed, one token alone, one kept whole as a tail.
   RetainedCase r = retained_case(c, {160, 1, 37}, 2, 4, 0.25, 43 + int(c.format));
   const kernels::PagedKvStore store = store_of(r.cache);
   std::vector<float> host(r.want.size(), NAN);
