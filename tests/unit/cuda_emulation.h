@@ -327,19 +327,32 @@ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 }  // namespace kvbench::kernels::mma
 #endif  // KVB_EMULATE_WITH_CUDA_TYPES
 
-// One block of `threads` threads running `body`, blockIdx already set.
+// The dynamic shared memory of the launch being run (KVB_DYNAMIC_SMEM in kernels/mma_sm80.cuh).
+struct alignas(16) EmulatedSmemChunk {
+  unsigned char bytes[16];
+};
+inline std::vector<EmulatedSmemChunk> emulated_smem;
+inline unsigned char* emulated_dynamic_smem() {
+  return reinterpret_cast<unsigned char*>(emulated_smem.data());
+}
+
+// One block of `threads` threads running `body`, blockIdx already set; its dynamic shared
+// memory filled with 0xff first (NaN as fp16, bf16 and fp32), so a read of what no thread
+// wrote shows.
 template <class Body>
 void emulate_block(int threads, const Body& body) {
+  for (EmulatedSmemChunk& c : emulated_smem) std::memset(c.bytes, 0xff, sizeof c.bytes);
   EmulatedBlock block;
   block.run(threads, body);
 }
 
 // Runs `body` (what every thread of a block runs) as a grid of `grid` blocks of `threads`
-// threads (a multiple of 32), one block after another, blockIdx, gridDim, blockDim and
-// threadIdx.x set.
+// threads (a multiple of 32) with `smem_bytes` of dynamic shared memory, one block after
+// another, blockIdx, gridDim, blockDim and threadIdx.x set.
 template <class Body>
-void launch_emulated(EmulatedIndex grid, int threads, const Body& body) {
+void launch_emulated(EmulatedIndex grid, int threads, const Body& body, size_t smem_bytes = 0) {
   gridDim = grid, blockDim = EmulatedIndex{unsigned(threads), 1, 1};
+  emulated_smem.assign((smem_bytes + 15) / 16 + 1, EmulatedSmemChunk{});
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
