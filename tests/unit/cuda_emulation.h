@@ -250,9 +250,11 @@ void cp_async_wait() {}
 }  // namespace kvbench::kernels::mma
 
 #if !defined(KVB_EMULATE_WITH_CUDA_TYPES)
-struct alignas(8) uint2 {  // CUDA's layout
+#if !defined(__VECTOR_TYPES_H__)  // CUDA's runtime headers not included before
+struct alignas(8) uint2 {         // CUDA's layout
   unsigned x, y;
 };
+#endif
 struct EmulatedBits16 {
   uint16_t bits;
 };
