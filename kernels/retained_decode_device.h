@@ -7,6 +7,9 @@
 // __ushort_as_half, __half2float, __uint_as_float).
 #pragma once
 
+#include <type_traits>
+
+#include "dispatch.h"
 #include "retained_decode.h"
 
 #if defined(__CUDACC__)
@@ -185,6 +188,28 @@ __global__ void retained_decode_multi(RetainedProblem pr, PagedKvStore s) {
     m = mn;
   }
   merge_warps(m, sum, acc, PER, d0, pr.out + (size_t(b) * pr.q_heads + qh) * D);
+}
+
+// The loop a problem takes, as run(U, F, PER) with std::integral_constant arguments, so that the
+// launcher and the emulating test launch the same kernels: retained_decode_multi<U, F, PER> for
+// tokens_per_step U of 2 or 4 at head_dim 64 or 128 (the shapes pages are appended at), else
+// U = 0: the one-token loop, retained_decode_kernel (F and PER then mean nothing).
+template <class Run>
+void with_loop(const RetainedProblem& pr, const PagedKvStore& s, Run&& run) {
+  auto multi = [&](auto u) {
+    bool ran = false;
+    KVB_DISPATCH_FORMAT(s.format, F, KVB_DISPATCH_HEAD_DIM(pr.head_dim, D, {
+                          run(u, std::integral_constant<KvFormat, F>{},
+                              std::integral_constant<int, D / 32>{});
+                          ran = true;
+                        }))
+    return ran;
+  };
+  const bool ran = (pr.tokens_per_step == 4 && multi(std::integral_constant<int, 4>{})) ||
+                   (pr.tokens_per_step == 2 && multi(std::integral_constant<int, 2>{}));
+  if (!ran)
+    run(std::integral_constant<int, 0>{}, std::integral_constant<KvFormat, KvFormat::kFp16>{},
+        std::integral_constant<int, 0>{});
 }
 
 }  // namespace

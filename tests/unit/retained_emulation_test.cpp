@@ -24,28 +24,18 @@ namespace {
 
 using kernels::KvFormat;  // the dispatch macros name formats unqualified
 
-// retained_decode_multi<U, F, head_dim / 32> as the launcher picks it; false where the launcher
-// would fall back to the one-token loop (a head_dim other than 64 or 128).
-template <int U>
-bool run_multi(const kernels::RetainedProblem& p, const kernels::PagedKvStore& s) {
-  bool ran = false;
-  KVB_DISPATCH_FORMAT(s.format, F, KVB_DISPATCH_HEAD_DIM(p.head_dim, D, {
-                        launch_emulated(
-                            p.batch * p.q_heads, 32 * kernels::retained_device::kWarps, [&] {
-                              kernels::retained_device::retained_decode_multi<U, F, D / 32>(p, s);
-                            });
-                        ran = true;
-                      }))
-  return ran;
-}
-
-// kernels::retained_decode's choice of loop, run emulated.
+// kernels::retained_decode's launch, emulated: the loop retained_device::with_loop picks.
 void run_retained(const kernels::RetainedProblem& p, const kernels::PagedKvStore& s) {
-  const bool multi = (p.tokens_per_step == 4 && run_multi<4>(p, s)) ||
-                     (p.tokens_per_step == 2 && run_multi<2>(p, s));
-  if (!multi)
-    launch_emulated(p.batch * p.q_heads, 32 * kernels::retained_device::kWarps,
-                    [&] { kernels::retained_device::retained_decode_kernel(p, s); });
+  namespace rd = kernels::retained_device;
+  rd::with_loop(p, s, [&](auto u, auto f, auto per) {
+    launch_emulated(p.batch * p.q_heads, 32 * rd::kWarps, [&] {
+      if constexpr (decltype(u)::value == 0)
+        rd::retained_decode_kernel(p, s);
+      else
+        rd::retained_decode_multi<decltype(u)::value, decltype(f)::value, decltype(per)::value>(p,
+                                                                                                s);
+    });
+  });
 }
 
 class RetainedEmulationTest : public ::testing::TestWithParam<AppendCase> {};
