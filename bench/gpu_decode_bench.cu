@@ -143,7 +143,7 @@ struct Result {
 };
 
 // `loop`: v2, v2b (v2 at four blocks per multiprocessor: DecodePlan::min_blocks), v3
-// (DecodePlan::multi_tile) or v3h (v3 with two tiles per step).
+// (DecodePlan::multi_tile), v3h (v3 with two tiles per step) or v4 (DecodePlan::staged).
 Result time_format(KvFormat f, int B, int T, int sm_count, const char* loop, cudaStream_t s) {
   const int Hq = 32, Hkv = 8, D = 128;
   const bool kivi = k::is_kivi(f);
@@ -184,6 +184,7 @@ Result time_format(KvFormat f, int B, int T, int sm_count, const char* loop, cud
   plan.multi_tile = !std::strcmp(loop, "v3") || !std::strcmp(loop, "v3h");
   plan.tiles_per_step = std::strcmp(loop, "v3h") == 0 ? 2 : 0;
   plan.min_blocks = std::strcmp(loop, "v2b") == 0 ? 4 : 0;
+  plan.staged = std::strcmp(loop, "v4") == 0;
   pr.block_table = static_cast<int*>(table.p);
   CHECK(k::decode_plan(pr, kv, sm_count, 0, &plan));
   if (plan.workspace_bytes) CHECK(cudaMalloc(&ws.p, plan.workspace_bytes));
@@ -429,8 +430,8 @@ int profile_one(const std::string& spec) {
   if (std::sscanf(spec.c_str(), "%31[^:]:%7[^:]:%d:%d", name, loop, &B, &T) != 4 || B < 1 ||
       T < 1 ||
       (std::strcmp(loop, "v2") && std::strcmp(loop, "v2b") && std::strcmp(loop, "v3") &&
-       std::strcmp(loop, "v3h") && std::strcmp(loop, "-"))) {
-    std::fprintf(stderr, "--profile expects FORMAT:v2|v2b|v3|v3h|-:BATCH:CONTEXT, got '%s'\n",
+       std::strcmp(loop, "v3h") && std::strcmp(loop, "v4") && std::strcmp(loop, "-"))) {
+    std::fprintf(stderr, "--profile expects FORMAT:v2|v2b|v3|v3h|v4|-:BATCH:CONTEXT, got '%s'\n",
                  spec.c_str());
     return 2;
   }
@@ -508,19 +509,20 @@ int main(int argc, char** argv) {
       if (double(B) * T <= 2.1e6 && (!quick || T == 32768 || T == 4096)) shapes.push_back({B, T});
   // The main loops side by side (v2: one tile per warp step; v2b: v2 at four blocks per
   // multiprocessor, not for KIVI; v3: DecodePlan::multi_tile; v3h: v3 with two tiles per step,
-  // fewer registers, for the formats the acceptance names), every speed-up against v2's fp16
-  // at the same shape.
+  // fewer registers, for the formats the acceptance names; v4: staged through shared memory,
+  // the quantized formats), every speed-up against v2's fp16 at the same shape.
   std::printf("%-9s %4s %5s %7s %10s %9s %6s %8s %8s %6s\n", "format", "loop", "batch", "context",
               "us/step", "GB/s", "%copy", "vs fp16", "ideal", "splits");
   for (auto [B, T] : shapes) {
     double fp16_us = 0;
     for (KvFormat f : formats)
-      for (const char* loop : {"v2", "v2b", "v3", "v3h"}) {
+      for (const char* loop : {"v2", "v2b", "v3", "v3h", "v4"}) {
         const bool v3h = !std::strcmp(loop, "v3h");
         if (v3h && f != KvFormat::kFp16 && f != KvFormat::kInt4 && f != KvFormat::kKivi4 &&
             f != KvFormat::kKivi2)
           continue;
         if (!std::strcmp(loop, "v2b") && k::is_kivi(f)) continue;
+        if (!std::strcmp(loop, "v4") && k::format_bits(f) == 16) continue;
         Result r = time_format(f, B, T, prop.multiProcessorCount, loop, s);
         if (f == KvFormat::kFp16 && !std::strcmp(loop, "v2")) fp16_us = r.us;
         const double ideal = k::bytes_per_token(KvFormat::kFp16, 16, 128) /

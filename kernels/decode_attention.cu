@@ -15,10 +15,10 @@ using namespace decode_device;
 
 thread_local std::string g_last_error;
 
-template <KvFormat F, int D, bool kMulti, int kNT = 0>
+template <KvFormat F, int D, bool kMulti, int kNT = 0, bool kStaged = false>
 __global__ void __launch_bounds__(kThreads)
     decode_kernel(DecodeProblem pr, PagedKv kv, int num_splits, float* ws) {
-  decode_body<F, D, kMulti, kNT>(pr, kv, num_splits, ws);
+  decode_body<F, D, kMulti, kNT, kStaged>(pr, kv, num_splits, ws);
 }
 
 // v2 held to four blocks of kThreads per multiprocessor (at most 128 registers a thread, where
@@ -42,11 +42,11 @@ cudaError_t launch(const DecodeProblem& pr, const PagedKv& kv, const DecodePlan&
                    cudaStream_t stream) {
   dim3 grid(plan.num_splits, pr.kv_heads, pr.batch);
   float* w = static_cast<float*>(ws);
-  with_loop<F, D>(plan, [&](auto multi, auto nt, auto four_blocks) {
+  with_loop<F, D>(plan, [&](auto multi, auto nt, auto four_blocks, auto staged) {
     if constexpr (decltype(four_blocks)::value)
       decode_kernel_4<F, D><<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, w);
     else
-      decode_kernel<F, D, decltype(multi)::value, decltype(nt)::value>
+      decode_kernel<F, D, decltype(multi)::value, decltype(nt)::value, decltype(staged)::value>
           <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, w);
   });
   cudaError_t err = cudaGetLastError();
@@ -81,6 +81,10 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
     return reject("min_blocks must be 0, or 4 without multi_tile");
   if (plan->min_blocks == 4 && is_kivi(kv.format))
     return reject("min_blocks 4 is not built for KIVI (its v2 loop spills at that bound)");
+  if (plan->staged && (plan->multi_tile || plan->min_blocks != 0))
+    return reject("staged (v4) is a loop of its own: not with multi_tile or min_blocks");
+  if (plan->staged && format_bits(kv.format) == 16)
+    return reject("staged (v4) is built for the quantized formats, not fp16 or bf16");
   if (kv.page_size != 16 && kv.page_size != 32 && kv.page_size != 64)
     return reject("unsupported page_size: " + std::to_string(kv.page_size) +
                   " (supported: 16, 32, 64)");
@@ -105,13 +109,14 @@ cudaError_t decode_plan(const DecodeProblem& pr, const PagedKv& kv, int sm_count
   if (pr.max_seq_len < 1 || pr.max_pages_per_seq * kv.page_size < pr.max_seq_len)
     return reject("max_seq_len must be >= 1 and fit in max_pages_per_seq pages");
   // Splits. v2: enough blocks to fill every multiprocessor twice (v2b: four times, the blocks
-  // it can hold at once), each split at least 4 tiles per warp. v3: about eight blocks per
+  // it can hold at once), each split at least 4 tiles per warp. v3 and v4: about eight blocks per
   // multiprocessor, so the last wave's idle tail is short, but at least 8 tiles (128 tokens)
   // per warp of a split.
   const int tiles = (pr.max_seq_len + kTile - 1) / kTile;
   const int blocks = pr.batch * pr.kv_heads;
-  const int per_sm = plan->multi_tile ? 8 : (plan->min_blocks == 4 ? 4 : 2);
-  const int min_tiles = plan->multi_tile ? 8 : 4;
+  const bool runs = plan->multi_tile || plan->staged;  // each warp a run of tiles
+  const int per_sm = runs ? 8 : (plan->min_blocks == 4 ? 4 : 2);
+  const int min_tiles = runs ? 8 : 4;
   // v2b rounds down: its grid then fits the blocks the multiprocessors hold at once (a
   // rounded-up count leaves a last partial wave running nearly alone).
   int splits = plan->min_blocks == 4 ? (per_sm * sm_count) / blocks
@@ -130,6 +135,8 @@ cudaError_t decode_attention(const DecodeProblem& pr, const PagedKv& kv, const D
   // A plan not from decode_plan for this format would launch nothing for KIVI under v2b.
   if (plan.min_blocks != 0 && (plan.min_blocks != 4 || plan.multi_tile || is_kivi(kv.format)))
     return reject("min_blocks must be 0, or 4 without multi_tile and not for KIVI");
+  if (plan.staged && (plan.multi_tile || plan.min_blocks != 0 || format_bits(kv.format) == 16))
+    return reject("staged (v4) is its own loop, for the quantized formats");
   cudaError_t err = cudaErrorInvalidValue;
   KVB_DISPATCH_FORMAT(kv.format, kF, KVB_DISPATCH_HEAD_DIM(pr.head_dim, kD, {
                         err = launch<kF, kD>(pr, kv, plan, workspace, stream);

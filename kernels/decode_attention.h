@@ -60,13 +60,18 @@ struct DecodePlan {
   // registers a thread; "v2b" in gpu_decode_bench), its splits filling four blocks per
   // multiprocessor. Not for KIVI (refused: its v2 loop spills at that bound).
   int min_blocks = 0;
+  // Neither of the above: each warp takes a contiguous run of tiles (as v3) and copies each
+  // tile's rows and metadata into shared memory by cp.async two or three tiles ahead of the
+  // one it computes, so its loads are in flight without holding registers ("v4"; the
+  // quantized formats only; not yet measured).
+  bool staged = false;
   int num_splits = 1;
   size_t workspace_bytes = 0;  // fp32 partials when num_splits > 1
 };
 
 // Validates the problem and chooses the splits: v2, enough blocks to fill `sm_count`
 // multiprocessors twice (min_blocks 4: as many blocks as four per multiprocessor, rounded
-// down), never fewer than 4 tiles of 16 tokens per warp; v3 (multi_tile),
+// down), never fewer than 4 tiles of 16 tokens per warp; v3 (multi_tile) and v4 (staged),
 // about 8 blocks per multiprocessor, never fewer than 8 tiles per warp. `force_splits` > 0
 // overrides.
 cudaError_t decode_plan(const DecodeProblem& problem, const PagedKv& kv, int sm_count,

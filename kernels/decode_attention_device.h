@@ -79,20 +79,26 @@ struct Slice {
     return make_int2(e.x, e.y);
   }
 
+  // From global memory through the read-only path, or (kGlobal false) from shared memory.
+  template <bool kGlobal = true>
   __device__ static void load(const char* row, int who, uint32_t (&w)[kWords]) {
 #pragma unroll
     for (int k = 0; k < kPieces; ++k) {
       const char* p = row + k * NL * kPieceBytes + who * kPieceBytes;
       if constexpr (kPieceBytes == 16) {
-        uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+        const uint4* a = reinterpret_cast<const uint4*>(p);
+        uint4 v = kGlobal ? __ldg(a) : *a;
         w[4 * k] = v.x, w[4 * k + 1] = v.y, w[4 * k + 2] = v.z, w[4 * k + 3] = v.w;
       } else if constexpr (kPieceBytes == 8) {
-        uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+        const uint2* a = reinterpret_cast<const uint2*>(p);
+        uint2 v = kGlobal ? __ldg(a) : *a;
         w[2 * k] = v.x, w[2 * k + 1] = v.y;
       } else if constexpr (kPieceBytes == 4) {
-        w[k] = __ldg(reinterpret_cast<const uint32_t*>(p));
+        const uint32_t* a = reinterpret_cast<const uint32_t*>(p);
+        w[k] = kGlobal ? __ldg(a) : *a;
       } else {
-        const uint32_t x = __ldg(reinterpret_cast<const unsigned short*>(p));
+        const unsigned short* a = reinterpret_cast<const unsigned short*>(p);
+        const uint32_t x = kGlobal ? __ldg(a) : *a;
         w[0] = (x & 0xffu) | ((x & 0xff00u) << 8);
       }
     }
@@ -350,6 +356,91 @@ struct Kernel {
     }
   }
 
+  // ---- v4 (staged) helpers ----
+  // A warp copies a tile's 16 key and value rows and their metadata into a stage of shared
+  // memory by cp.async, kStages - 1 tiles ahead of the one it computes, so its loads are in
+  // flight while it computes without holding registers (v3 holds them: 210 registers at
+  // head_dim 128, two blocks per multiprocessor). A tile's rows are consecutive in its page,
+  // so each part is one contiguous run of 16-byte pieces. Stage layout: key rows, value
+  // rows, key metadata (block formats: 16 rows of block scales; KIVI: the page's [2][D] key
+  // scales and mins), value metadata (block formats: 16 rows; KIVI: 16 tokens' (scale, min)
+  // per value group, sized for the smallest group, 16).
+  static constexpr int kMetaRowBytes = is_block(F) ? (D / 32) * (has_min(F) ? 4 : 2) : 0;
+  static constexpr int kKeyMetaBytes = kKivi ? 4 * D : kTile * kMetaRowBytes;
+  static constexpr int kValueMetaBytes = kKivi ? kTile * (D / 16) * 4 : kTile * kMetaRowBytes;
+  static constexpr int kOffV = kTile * kRowBytes, kOffKM = 2 * kTile * kRowBytes;
+  static constexpr int kOffVM = kOffKM + kKeyMetaBytes;
+  static constexpr int kStageBytes = kOffVM + kValueMetaBytes;
+  // Three stages where they fit beside nothing else (4- and 2-bit codes), two for 8-bit.
+  static constexpr int kStages = kBitsOf<F> <= 4 ? 3 : 2;
+  static_assert(kRowBytes % 16 == 0 && kMetaRowBytes * kTile % 16 == 0, "16-byte pieces");
+
+  // bytes (a multiple of 16) from `src` to `dst`, the warp's lanes taking 16 bytes in turn.
+  __device__ static void copy_async(unsigned char* dst, const void* src, int bytes, int lane) {
+    for (int o = 16 * lane; o < bytes; o += 16 * 32)
+      mma::cp_async16(dst + o, static_cast<const unsigned char*>(src) + o);
+  }
+
+  // Issues the copies of tile `tile` into stage `st` (no commit). Rows of the tile's page past
+  // the sequence are copied too (they are in the pool) and ignored by read_tile.
+  __device__ static void stage_tile(unsigned char* st, const PagedKv& kv, const int* table,
+                                    int kv_heads, int kvh, int tile, int lane) {
+    const int P = kv.page_size, t0 = tile * kTile;
+    const size_t slab = size_t(table[t0 / P]) * kv_heads + kvh;
+    const size_t row0 = slab * P + t0 % P;
+    copy_async(st, static_cast<const char*>(kv.k_data) + row0 * kRowBytes, kTile * kRowBytes, lane);
+    copy_async(st + kOffV, static_cast<const char*>(kv.v_data) + row0 * kRowBytes,
+               kTile * kRowBytes, lane);
+    if constexpr (kPerTokenScale) {
+      copy_async(st + kOffKM, static_cast<const char*>(kv.k_meta) + row0 * kMetaRowBytes,
+                 kTile * kMetaRowBytes, lane);
+      copy_async(st + kOffVM, static_cast<const char*>(kv.v_meta) + row0 * kMetaRowBytes,
+                 kTile * kMetaRowBytes, lane);
+    }
+    if constexpr (kKivi) {
+      copy_async(st + kOffKM, static_cast<const char*>(kv.k_meta) + slab * 4 * D, 4 * D, lane);
+      copy_async(st + kOffVM, static_cast<const char*>(kv.v_meta) + row0 * (D / P) * 4,
+                 kTile * (D / P) * 4, lane);
+    }
+  }
+
+  // What load_tile reads from global memory, read from a stage (t.kmeta and t.page unused).
+  __device__ static void read_tile(TileRaw& t, const unsigned char* st, int P, int tile,
+                                   int main_end, int r, int m) {
+    const __half2 zero2 = __float2half2_rn(0.f);
+    const int t0 = tile * kTile;
+    const char* rows = reinterpret_cast<const char*>(st);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = h * 8 + r;
+      if (t0 + i < main_end) {
+        KS::template load<false>(rows + i * kRowBytes, m, t.kw[h]);
+        if constexpr (kPerTokenScale) piece_scales<KS>(st + kOffKM, i, m, t.ksc[h], t.kmn[h]);
+      } else {
+        KS::zero(t.kw[h]);
+#pragma unroll
+        for (int k = 0; k < KS::kPieces; ++k) t.ksc[h][k] = t.kmn[h][k] = zero2;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int i = 2 * m + (j & 1) + 8 * (j >> 1);
+      t.present[j] = t0 + i < main_end;
+      t.vsm[j] = 0u;
+      if (t.present[j]) {
+        VS::template load<false>(rows + kOffV + i * kRowBytes, r, t.vw[j]);
+        if constexpr (kPerTokenScale) piece_scales<VS>(st + kOffVM, i, r, t.vsc[j], t.vmn[j]);
+        if constexpr (kKivi)
+          t.vsm[j] =
+              reinterpret_cast<const uint32_t*>(st + kOffVM)[i * (D / P) + VS::channel(r, 0) / P];
+      } else {
+        VS::zero(t.vw[j]);
+#pragma unroll
+        for (int k = 0; k < VS::kPieces; ++k) t.vsc[j][k] = t.vmn[j][k] = zero2;
+      }
+    }
+  }
+
   // S = Q K^T for the tile's two halves, then the online-softmax update and O += P V.
   // kf[h]: key pairs of tile token h * 8 + r; vf[j]: value pairs of the lane's 4 tokens;
   // bias: added to head r's scores (fold_key_meta).
@@ -408,9 +499,9 @@ struct Kernel {
   }
 };
 
-// kNT: v3's tiles per step (0: the format's default, K::kTilesPerStep). The body of the
-// kernels below, which differ only in their launch bounds.
-template <KvFormat F, int D, bool kMulti, int kNT = 0>
+// kNT: v3's tiles per step (0: the format's default, K::kTilesPerStep). kStaged: the v4 loop
+// (kMulti false). The body of the kernels, which differ only in their launch bounds.
+template <KvFormat F, int D, bool kMulti, int kNT = 0, bool kStaged = false>
 __device__ __forceinline__ void decode_body(DecodeProblem pr, PagedKv kv, int num_splits,
                                             float* ws) {
   using K = Kernel<F, D>;
@@ -517,7 +608,72 @@ __device__ __forceinline__ void decode_body(DecodeProblem pr, PagedKv kv, int nu
     }
   }
 
-  for (int tile = tile_begin + warp; !kMulti && tile < tile_end; tile += kWarps) {
+  float(*sm_acc)[8][D];  // the warps' partial outputs, merged at the end
+  if constexpr (kStaged) {
+    // v4: each warp a contiguous run of the split's tiles, as v3, each tile staged through
+    // shared memory (Kernel::stage_tile) kStages - 1 tiles ahead.
+    static_assert(!kMulti, "v4 is its own loop");
+    constexpr int S = K::kStages;
+    __shared__ uint4 sm_stage[(kWarps * S * K::kStageBytes + 15) / 16];
+    static_assert(sizeof(sm_stage) >= sizeof(float) * kWarps * 8 * D, "the merge area");
+    unsigned char* mine =
+        reinterpret_cast<unsigned char*>(sm_stage) + size_t(warp) * S * K::kStageBytes;
+    const int per_warp = (max(0, tile_end - tile_begin) + kWarps - 1) / kWarps;
+    const int warp_begin = tile_begin + warp * per_warp,
+              warp_end = min(tile_end, warp_begin + per_warp);
+    uint32_t qk[K::kChunks][2];  // KIVI: the query times the page's key scales
+    float kbias = 0.f;           // KIVI: head r's sum of query times the page's key mins
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) {
+      if (warp_begin + s < warp_end)
+        K::stage_tile(mine + s * K::kStageBytes, kv, table, pr.kv_heads, kvh, warp_begin + s, lane);
+      mma::cp_async_commit();
+    }
+    for (int tile = warp_begin, k = 0; tile < warp_end; ++tile, ++k) {
+      if (tile + S - 1 < warp_end)
+        K::stage_tile(mine + ((k + S - 1) % S) * K::kStageBytes, kv, table, pr.kv_heads, kvh,
+                      tile + S - 1, lane);
+      mma::cp_async_commit();
+      mma::cp_async_wait<S - 1>();  // this tile's group has landed
+      __syncwarp();
+      const unsigned char* stage = mine + (k % S) * K::kStageBytes;
+      if constexpr (kKivi) {
+        const int page = tile * kTile / P;
+        if (page != kivi_page) {
+          __half2 pcs[KS::kPairs], pcm[KS::kPairs];
+          K::template kivi_key_meta_rows<false>(reinterpret_cast<const __half*>(stage + K::kOffKM),
+                                                m, pcs, pcm);
+          K::fold_key_meta(qf, pcs, pcm, qk, kbias);
+          kivi_page = page;
+        }
+      }
+      typename K::TileRaw raw;
+      K::read_tile(raw, stage, P, tile, main_end, r, m);
+      uint32_t kf[2][KS::kPairs], vf[4][VS::kPairs];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        Dequant<F, D / 4, 4, kKivi>::run(raw.kw[h], raw.ksc[h], raw.kmn[h], nullptr, nullptr, zero2,
+                                         zero2, kf[h]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        Dequant<F, D / 8, 8>::run(raw.vw[j], raw.vsc[j], raw.vmn[j], nullptr, nullptr,
+                                  __low2half2(u32_as_h2(raw.vsm[j])),
+                                  __high2half2(u32_as_h2(raw.vsm[j])), vf[j]);
+      if constexpr (kKivi)
+        K::tile_step(st, qk, kf, vf, raw.present, score_scale, lane, kbias);
+      else
+        K::tile_step(st, qf, kf, vf, raw.present, score_scale, lane);
+      __syncwarp();  // every lane has read the stage before it is refilled
+    }
+    mma::cp_async_wait<0>();
+    __syncthreads();  // every warp is done with its stages: they become the merge area
+    sm_acc = reinterpret_cast<float(*)[8][D]>(sm_stage);
+  } else {
+    __shared__ float sm_acc_own[kWarps][8][D];
+    sm_acc = sm_acc_own;
+  }
+
+  for (int tile = tile_begin + warp; !kMulti && !kStaged && tile < tile_end; tile += kWarps) {
     const int t0 = tile * kTile, page = t0 / P;
     const size_t slab = size_t(table[page]) * pr.kv_heads + kvh;
     const size_t row0 = slab * P + t0 % P;  // row of the tile's first token in the pool
@@ -615,7 +771,6 @@ __device__ __forceinline__ void decode_body(DecodeProblem pr, PagedKv kv, int nu
   // Row sums: the four lanes of head r each summed their own tokens.
   st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
   st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
-  __shared__ float sm_acc[kWarps][8][D];
   __shared__ float sm_ml[kWarps][8][2];
   if (m == 0) sm_ml[warp][r][0] = st.m, sm_ml[warp][r][1] = st.l;
 #pragma unroll
@@ -679,23 +834,28 @@ __device__ __forceinline__ void combine_body(const float* ws, int num_splits, in
   }
 }
 
-// The loop a plan selects (decode_plan), as run(multi_tile, tiles_per_step, four_blocks) with
-// std::integral_constant arguments, so that the launcher and the emulating test instantiate
-// the same kernels: v3 with two tiles per step is its own instantiation only where two is not
-// the format's default; v2 at four blocks per multiprocessor is not built for KIVI.
+// The loop a plan selects (decode_plan), as run(multi_tile, tiles_per_step, four_blocks, staged)
+// with std::integral_constant arguments, so that the launcher and the emulating test
+// instantiate the same kernels: v3 with two tiles per step is its own instantiation only where
+// two is not the format's default; v2 at four blocks per multiprocessor is not built for KIVI,
+// v4 (staged) not for the 16-bit formats.
 template <KvFormat F, int D, class Run>
 void with_loop(const DecodePlan& plan, Run&& run) {
   using std::false_type;
   using std::true_type;
+  using Zero = std::integral_constant<int, 0>;
   constexpr bool kOwnTwo = Kernel<F, D>::kTilesPerStep != 2;
-  if (plan.multi_tile && plan.tiles_per_step == 2 && kOwnTwo)
-    run(true_type{}, std::integral_constant < int, kOwnTwo ? 2 : 0 > {}, false_type{});
+  if (plan.staged) {
+    if constexpr (kBitsOf<F> < 16) run(false_type{}, Zero{}, false_type{}, true_type{});
+  } else if (plan.multi_tile && plan.tiles_per_step == 2 && kOwnTwo)
+    run(true_type{}, std::integral_constant < int, kOwnTwo ? 2 : 0 > {}, false_type{},
+        false_type{});
   else if (plan.multi_tile)
-    run(true_type{}, std::integral_constant<int, 0>{}, false_type{});
+    run(true_type{}, Zero{}, false_type{}, false_type{});
   else if (plan.min_blocks == 4) {
-    if constexpr (!is_kivi(F)) run(false_type{}, std::integral_constant<int, 0>{}, true_type{});
+    if constexpr (!is_kivi(F)) run(false_type{}, Zero{}, true_type{}, false_type{});
   } else
-    run(false_type{}, std::integral_constant<int, 0>{}, false_type{});
+    run(false_type{}, Zero{}, false_type{}, false_type{});
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints KVBENCH_DECODE_LOOP's per-format value from gpu_decode_bench's JSON lines: each
-format's fastest main loop (v2, v2b, v3 or v3h) at batch 16 x 32k tokens, the shape of issue 11's
-kernel acceptance ("fp16=v2,int4=v3h,..."); nothing when the bench has no such line. A cut
+format's fastest main loop (v2, v2b, v3, v3h or v4) at batch 16 x 32k tokens, the shape of
+issue 11's kernel acceptance ("fp16=v2,int4=v3h,..."); nothing when the bench has no such line. A cut
 (truncated) line is skipped. Used by scripts/gpu_session.sh for the suites it runs after the
 bench, whose reports record the choice (environment.overrides).
 
@@ -26,11 +26,13 @@ def rows_at(lines, batch, context):
 def best_loops(lines, batch=16, context=32768):
     best = {}
     for r in rows_at(lines, batch, context):
-        if r.get("loop") not in ("v2", "v2b", "v3", "v3h"):
+        if r.get("loop") not in ("v2", "v2b", "v3", "v3h", "v4"):
             continue
         f = r["format"]
         if r["loop"] == "v2b" and f.startswith("kivi"):
             continue  # not built for KIVI (kivi-2=v2b is refused)
+        if r["loop"] == "v4" and f in ("fp16", "bf16"):
+            continue  # not built for the 16-bit formats (fp16=v4 is refused)
         if f not in best or r["us_per_step"] < best[f][1]:
             best[f] = (r["loop"], r["us_per_step"])
     return ",".join(f"{f}={loop}" for f, (loop, _) in sorted(best.items()))

@@ -269,11 +269,12 @@ stage ncu 150 bash -c "rc=0; for c in fp16:v2 int4:v2 int4:v3 kivi-2:v2 kivi-2:v
     build-gpu/gpu_decode_bench --profile \$c:16:32768 || rc=1; done; exit \$rc"
 # 7. Shared-memory races in the never-run v3 loop (its KIVI staging once read a neighbour's
 #    buffer, which memcheck cannot see), in v3h's restaging of KIVI's key metadata every two
-#    tiles, and in summed_attention's reused tiles (split keys): racecheck on six cases, if
-#    time is left.
+#    tiles, in v4's cp.async stages (refilled while neighbours are read; emulation copies at
+#    once and cannot see a missing wait) and in summed_attention's reused tiles (split keys):
+#    racecheck on eight cases, if time is left.
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/gpu_tests \
   --gtest_brief=1 \
-  --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v3h:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split'
+  --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v3h:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v4:*int8_d128_h28x4*_s5_v4:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split'
 # The full build's own logs (every compile error, with -k), whatever became of it.
 for f in build-cuda/configure.log build-cuda/build-*.log; do
   [ -f "$f" ] && cp "$f" "$LOGS/cuda-${f#build-cuda/}"

@@ -117,6 +117,7 @@ static at::Tensor device_decode(const kernels::PagedKvStore& store, const Decode
   const std::string& loop = decode_loop(store.format);
   plan.multi_tile = loop == "v3" || loop == "v3h", plan.tiles_per_step = loop == "v3h" ? 2 : 0;
   plan.min_blocks = loop == "v2b" ? 4 : 0;
+  plan.staged = loop == "v4";
   cudaError_t err = kernels::decode_plan(pr, kv, sm_count(q), 0, &plan);
   check(err, "decode plan", kernels::decode_last_error());  // read after the call has set it
   at::Tensor workspace = at::empty({int64_t(plan.workspace_bytes)}, q.options().dtype(at::kByte));
@@ -250,15 +251,18 @@ static void device_project(const kernels::HeadProjectProblem&, const at::Tensor&
 
 std::string decode_loop_for(const std::string& spec, kernels::KvFormat format) {
   auto loop = [&](const std::string& v) {
-    KVB_CHECK(v == "v2" || v == "v2b" || v == "v3" || v == "v3h", "KVBENCH_DECODE_LOOP='", spec,
-              "': loop '", v, "' (expected v2, v2b, v3 or v3h)");
+    KVB_CHECK(v == "v2" || v == "v2b" || v == "v3" || v == "v3h" || v == "v4",
+              "KVBENCH_DECODE_LOOP='", spec, "': loop '", v, "' (expected v2, v2b, v3, v3h or v4)");
     return v;
   };
+  // v2b (v2 at four blocks per multiprocessor) is not built for KIVI, v4 (staged) not for the
+  // 16-bit formats: one loop named for every format leaves those on v2; named for one of them
+  // in a list, it is refused below.
+  auto built = [](const std::string& v, kernels::KvFormat f) {
+    return !(v == "v2b" && kernels::is_kivi(f)) && !(v == "v4" && kernels::format_bits(f) == 16);
+  };
   if (spec.empty()) return "v2";
-  // v2b (v2 at four blocks per multiprocessor) is not built for KIVI: one loop named for every
-  // format leaves KIVI on v2; named for a KIVI format, it is refused below.
-  if (spec.find('=') == std::string::npos)
-    return loop(spec) == "v2b" && kernels::is_kivi(format) ? "v2" : spec;
+  if (spec.find('=') == std::string::npos) return built(loop(spec), format) ? spec : "v2";
   std::string chosen = "v2";
   std::stringstream items(spec);
   for (std::string item; std::getline(items, item, ',');) {
@@ -266,16 +270,17 @@ std::string decode_loop_for(const std::string& spec, kernels::KvFormat format) {
     KVB_CHECK(eq != std::string::npos, "KVBENCH_DECODE_LOOP='", spec, "': '", item,
               "' is not FORMAT=LOOP");
     const std::string name = item.substr(0, eq), value = loop(item.substr(eq + 1));
-    bool known = false;
+    int known = -1;
     for (int f = 0; f <= int(kernels::KvFormat::kInt2); ++f)
-      known = known || name == kernels::format_name(kernels::KvFormat(f));
-    KVB_CHECK(known, "KVBENCH_DECODE_LOOP='", spec, "': unknown format '", name,
+      if (name == kernels::format_name(kernels::KvFormat(f))) known = f;
+    KVB_CHECK(known >= 0, "KVBENCH_DECODE_LOOP='", spec, "': unknown format '", name,
               "' (fp16, bf16, int8, int4, fp8, kivi-2, kivi-4, int4-asym, int2)");
-    const bool kivi = name == kernels::format_name(kernels::KvFormat::kKivi2) ||
-                      name == kernels::format_name(kernels::KvFormat::kKivi4);
-    KVB_CHECK(value != "v2b" || !kivi, "KVBENCH_DECODE_LOOP='", spec, "': ", name,
-              " has no v2b loop (KIVI's v2 loop spills at four blocks per multiprocessor)");
-    if (name == kernels::format_name(format)) chosen = value;
+    KVB_CHECK(built(value, kernels::KvFormat(known)), "KVBENCH_DECODE_LOOP='", spec, "': ", name,
+              " has no ", value, " loop (",
+              value == "v2b" ? "KIVI's v2 loop spills at four blocks per multiprocessor"
+                             : "v4 stages quantized formats only",
+              ")");
+    if (known == int(format)) chosen = value;
   }
   return chosen;
 }

@@ -23,10 +23,10 @@ namespace kvbench::paged_cuda {
 std::string unavailable_reason();
 
 // The decode kernel's main loop for `format` under `spec` (KVBENCH_DECODE_LOOP's value): one
-// loop for every format ("v2", "v2b", "v3" or "v3h": kernels/decode_attention.h's DecodePlan;
-// "v2b" leaves KIVI on v2), or a list "FORMAT=LOOP,..." (formats as kernels::format_name
-// spells them; unlisted ones v2; "kivi-2=v2b" refused); "" is v2. Throws Error naming what it
-// cannot read.
+// loop for every format ("v2", "v2b", "v3", "v3h" or "v4": kernels/decode_attention.h's
+// DecodePlan; "v2b" leaves KIVI on v2, "v4" fp16 and bf16), or a list "FORMAT=LOOP,..."
+// (formats as kernels::format_name spells them; unlisted ones v2; "kivi-2=v2b" and "fp16=v4"
+// refused); "" is v2. Throws Error naming what it cannot read.
 std::string decode_loop_for(const std::string& spec, kernels::KvFormat format);
 
 // The retained-index kernel's tokens per step (kernels::RetainedProblem::tokens_per_step) under

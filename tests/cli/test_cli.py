@@ -1280,8 +1280,11 @@ class GpuScriptsTest(unittest.TestCase):
                 {"format": "fp16", "loop": "v2b", "us_per_step": 480},
                 {"format": "kivi-2", "loop": "v2b", "us_per_step": 100},  # not built for KIVI
                 {"format": "kivi-2", "loop": "v3h", "us_per_step": 400},
+                {"format": "fp16", "loop": "v4", "us_per_step": 50},  # not built for fp16
+                {"format": "kivi-4", "loop": "v3", "us_per_step": 500},
+                {"format": "kivi-4", "loop": "v4", "us_per_step": 300},
                 {"format": "int4", "loop": "v3", "us_per_step": 300, "batch": 1}]  # other shape
-        self.assertEqual(self.script(rows=rows), "fp16=v2b,kivi-2=v3h")
+        self.assertEqual(self.script(rows=rows), "fp16=v2b,kivi-2=v3h,kivi-4=v4")
 
     def test_retained_tokens_four_only_where_both_kept_sizes_gain(self):
         def rows(t4_512, t4_2k):

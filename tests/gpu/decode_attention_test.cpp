@@ -33,7 +33,8 @@ TEST_P(DecodeAttentionTest, MatchesFloat64Reference) {
 
   DeviceBuffer dq, dout, dtable, dlens, drows, dk, dv, dkm, dvm, dkr, dvr, dks, dvs, dws;
   ASSERT_CUDA(dq.upload(in.q_bits));
-  ASSERT_CUDA(dout.upload(std::vector<uint16_t>(in.q_bits.size(), 0xffff)));  // NaN poison
+  const std::vector<uint16_t> poison(in.q_bits.size(), 0xffff);  // NaN
+  ASSERT_CUDA(dout.upload(poison));
   ASSERT_CUDA(dtable.upload(cache.block_table));
   ASSERT_CUDA(dlens.upload(cache.seq_lens));
   ASSERT_CUDA(drows.upload(in.rows));
@@ -122,6 +123,12 @@ std::vector<Case> all_cases() {
     cases.push_back(cases[i]);
     cases.back().min_blocks = 4;
   }
+  // And through v4 (staged through shared memory by cp.async), every quantized case.
+  for (size_t i = 0; i < v2; ++i) {
+    if (kernels::format_bits(cases[i].format) == 16) continue;
+    cases.push_back(cases[i]);
+    cases.back().staged = true;
+  }
   return cases;
 }
 
@@ -177,6 +184,17 @@ TEST(DecodePlanTest, RejectsUnsupportedShapesWithAReason) {
   EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
   EXPECT_NE(std::string(kernels::decode_last_error()).find("not built for KIVI"),
             std::string::npos);
+  // v4 is a loop of its own, for the quantized formats.
+  plan.min_blocks = 0, plan.staged = true;
+  kv.format = KvFormat::kInt8, kv.k_meta = pool, kv.v_meta = pool;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaSuccess)
+      << kernels::decode_last_error();
+  plan.multi_tile = true;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
+  EXPECT_NE(std::string(kernels::decode_last_error()).find("staged"), std::string::npos);
+  plan.multi_tile = false, kv.format = KvFormat::kFp16;
+  EXPECT_EQ(kernels::decode_plan(pr, kv, 132, 0, &plan), cudaErrorInvalidValue);
+  EXPECT_NE(std::string(kernels::decode_last_error()).find("not fp16 or bf16"), std::string::npos);
 }
 
 }  // namespace

@@ -29,6 +29,7 @@ struct DecodeCase {
   int min_blocks = 0;       // 4: v2 at four blocks per multiprocessor ("v2b")
   int tiles_per_step = 0;   // v3's (DecodePlan::tiles_per_step): 2 is "v3h"
   bool batch_rows = false;  // no seq_rows: sequence b's rings and scales at row b
+  bool staged = false;      // the v4 loop (DecodePlan::staged)
 };
 
 inline std::string case_name(const DecodeCase& c) {
@@ -40,6 +41,7 @@ inline std::string case_name(const DecodeCase& c) {
   if (c.batch_rows) n += "_norows";
   if (c.multi_tile) n += c.tiles_per_step == 2 ? "_v3h" : "_v3";
   if (c.min_blocks == 4) n += "_v2b";
+  if (c.staged) n += "_v4";
   for (char& ch : n)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return n;
@@ -78,6 +80,7 @@ struct DecodeInputs {
   kernels::DecodePlan plan(const DecodeCase& c) const {
     kernels::DecodePlan p;
     p.multi_tile = c.multi_tile, p.tiles_per_step = c.tiles_per_step, p.min_blocks = c.min_blocks;
+    p.staged = c.staged;
     return p;
   }
 };

@@ -1,5 +1,6 @@
 // The paged decode kernels themselves (kernels/decode_attention_device.h: the v2 loop, the v3
-// loop at the format's tiles per step and at two, the split merge) run on the CPU with emulated
+// loop at the format's tiles per step and at two, the v4 loop staged through shared memory,
+// the split merge) run on the CPU with emulated
 // blocks, warps, shuffles and tensor-core mma (tests/unit/cuda_emulation.h), against the same
 // float64 reference and bound as tests/gpu/decode_attention_test.cpp checks them on a GPU
 // (decode_case.h): every format at head_dim 64 and 128, GQA groups of 4, 7 and 8, odd lengths
@@ -39,10 +40,10 @@ void run_decode(const kernels::DecodeProblem& pr, const kernels::PagedKv& kv,
   const EmulatedIndex grid{unsigned(plan.num_splits), unsigned(pr.kv_heads), unsigned(pr.batch)};
   KVB_DISPATCH_FORMAT(
       kv.format, F, KVB_DISPATCH_HEAD_DIM(pr.head_dim, D, {
-        dd::with_loop<F, D>(plan, [&](auto multi, auto nt, auto) {
+        dd::with_loop<F, D>(plan, [&](auto multi, auto nt, auto, auto staged) {
           launch_emulated(grid, dd::kThreads, [&] {
-            dd::decode_body<F, D, decltype(multi)::value, decltype(nt)::value>(pr, kv,
-                                                                               plan.num_splits, ws);
+            dd::decode_body<F, D, decltype(multi)::value, decltype(nt)::value,
+                            decltype(staged)::value>(pr, kv, plan.num_splits, ws);
           });
         });
         if (plan.num_splits > 1)
@@ -90,6 +91,13 @@ std::vector<DecodeCase> emulated_cases() {
       // v3 at two tiles per step where that is its own build.
       if (f != KvFormat::kInt8 && f != KvFormat::kFp8)
         cases.push_back({f, D, 16, 2, page, residual, lens, 2, true, 0, 2});
+      // v4 (staged through shared memory), the quantized formats: one split, and five.
+      if (kernels::format_bits(f) < 16)
+        for (int splits : {1, 5}) {
+          cases.push_back(
+              {f, D, splits == 1 ? 28 : 8, splits == 1 ? 4 : 2, page, residual, lens, splits});
+          cases.back().staged = true;
+        }
     }
   }
   // KIVI's pages of 64 tokens (four tiles to a page, one value group per token at head_dim 64),
@@ -101,6 +109,14 @@ std::vector<DecodeCase> emulated_cases() {
   cases.back().batch_rows = true;
   cases.push_back({KvFormat::kFp8, 128, 32, 8, 32, 0, {1, 100, 129}, 2, true});
   cases.back().batch_rows = true;
+  // v4 over KIVI's pages of 16 and 64 (its value metadata per token at both extremes) and at
+  // the batch's own rows.
+  for (const int page : {16, 64}) {
+    cases.push_back({KvFormat::kKivi2, 128, 16, 2, page, 64, {1, 64, 129, 600}, 3});
+    cases.back().staged = true;
+  }
+  cases.push_back({KvFormat::kKivi4, 64, 32, 8, 32, 64, {1, 100, 129}, 1});
+  cases.back().batch_rows = cases.back().staged = true;
   return cases;
 }
 

@@ -28,6 +28,12 @@ TEST(DecodeLoopTest, OneLoopOrALoopPerFormat) {
   EXPECT_EQ(paged_cuda::decode_loop_for("v2b", KvFormat::kInt4), "v2b");
   EXPECT_EQ(paged_cuda::decode_loop_for("v2b", KvFormat::kKivi2), "v2");
   EXPECT_EQ(paged_cuda::decode_loop_for("fp16=v2b,kivi-4=v3", KvFormat::kFp16), "v2b");
+  // v4 (staged through shared memory) exists for the quantized formats: named for all, fp16
+  // and bf16 stay on v2.
+  EXPECT_EQ(paged_cuda::decode_loop_for("v4", KvFormat::kKivi2), "v4");
+  EXPECT_EQ(paged_cuda::decode_loop_for("v4", KvFormat::kFp16), "v2");
+  EXPECT_EQ(paged_cuda::decode_loop_for("v4", KvFormat::kBf16), "v2");
+  EXPECT_EQ(paged_cuda::decode_loop_for("fp16=v2b,int4=v4", KvFormat::kInt4), "v4");
 }
 
 TEST(DecodeLoopTest, SaysWhatItCannotRead) {
@@ -39,8 +45,9 @@ TEST(DecodeLoopTest, SaysWhatItCannotRead) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(message("v4").find("loop 'v4' (expected v2, v2b, v3 or v3h)"), std::string::npos);
+  EXPECT_NE(message("v5").find("loop 'v5' (expected v2, v2b, v3, v3h or v4)"), std::string::npos);
   EXPECT_NE(message("kivi-2=v2b").find("kivi-2 has no v2b loop"), std::string::npos);
+  EXPECT_NE(message("int4=v4,bf16=v4").find("bf16 has no v4 loop"), std::string::npos);
   EXPECT_NE(message("int5=v3").find("unknown format 'int5'"), std::string::npos);
   EXPECT_NE(message("int4=v3,kivi").find("'kivi' is not FORMAT=LOOP"), std::string::npos);
   EXPECT_NE(message("fp16=fast").find("loop 'fast'"), std::string::npos);
