@@ -312,7 +312,6 @@ struct Kernel {
   // tile < 0: nothing to load (zeros, nothing present).
   __device__ static void load_tile(TileRaw& t, const PagedKv& kv, const int* table, int kv_heads,
                                    int kvh, int tile, int main_end, int r, int m, int lane) {
-    const __half2 zero2 = __float2half2_rn(0.f);
     const int t0 = tile * kTile, page = tile < 0 ? -1 : t0 / kv.page_size;
     t.page = page;
     const size_t slab = tile < 0 ? 0 : size_t(table[page]) * kv_heads + kvh;
@@ -323,14 +322,29 @@ struct Kernel {
             reinterpret_cast<const uint4*>(static_cast<const __half*>(kv.k_meta) + slab * 2 * D) +
             lane);
     }
-    const char* kdata = static_cast<const char*>(kv.k_data);
-    const char* vdata = static_cast<const char*>(kv.v_data);
+    const int live = tile < 0 ? 0 : main_end - t0;  // rows of the tile before main_end
+    fill_rows<true>(t, static_cast<const char*>(kv.k_data) + row0 * kRowBytes,
+                    static_cast<const char*>(kv.v_data) + row0 * kRowBytes, kv.k_meta, kv.v_meta,
+                    row0, reinterpret_cast<const uint32_t*>(kv.v_meta) + row0 * (D / kv.page_size),
+                    kv.page_size, live, r, m);
+  }
+
+  // A tile's rows into t: key row i at k_rows + i * kRowBytes (slice m of rows r and 8 + r),
+  // value row i at v_rows + i * kRowBytes (slice r of rows 2m, 2m+1, 8+2m, 9+2m), the block
+  // scales of row meta_row + i of k_meta and v_meta, KIVI's (scale, min) word of value row i
+  // at v_words + i * (D / P); rows from `live` on are zeros and absent. From global memory
+  // through the read-only path (kGlobal: v3's load_tile) or from a stage (v4's read_tile).
+  template <bool kGlobal>
+  __device__ static void fill_rows(TileRaw& t, const char* k_rows, const char* v_rows,
+                                   const void* k_meta, const void* v_meta, size_t meta_row,
+                                   const uint32_t* v_words, int P, int live, int r, int m) {
+    const __half2 zero2 = __float2half2_rn(0.f);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int i = h * 8 + r;
-      if (tile >= 0 && t0 + i < main_end) {
-        KS::load(kdata + (row0 + i) * kRowBytes, m, t.kw[h]);
-        if constexpr (kPerTokenScale) piece_scales<KS>(kv.k_meta, row0 + i, m, t.ksc[h], t.kmn[h]);
+      if (i < live) {
+        KS::template load<kGlobal>(k_rows + i * kRowBytes, m, t.kw[h]);
+        if constexpr (kPerTokenScale) piece_scales<KS>(k_meta, meta_row + i, m, t.ksc[h], t.kmn[h]);
       } else {
         KS::zero(t.kw[h]);
 #pragma unroll
@@ -340,14 +354,15 @@ struct Kernel {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int i = 2 * m + (j & 1) + 8 * (j >> 1);
-      t.present[j] = tile >= 0 && t0 + i < main_end;
+      t.present[j] = i < live;
       t.vsm[j] = 0u;
       if (t.present[j]) {
-        VS::load(vdata + (row0 + i) * kRowBytes, r, t.vw[j]);
-        if constexpr (kPerTokenScale) piece_scales<VS>(kv.v_meta, row0 + i, r, t.vsc[j], t.vmn[j]);
-        if constexpr (kKivi)
-          t.vsm[j] = __ldg(reinterpret_cast<const uint32_t*>(kv.v_meta) +
-                           (row0 + i) * (D / kv.page_size) + VS::channel(r, 0) / kv.page_size);
+        VS::template load<kGlobal>(v_rows + i * kRowBytes, r, t.vw[j]);
+        if constexpr (kPerTokenScale) piece_scales<VS>(v_meta, meta_row + i, r, t.vsc[j], t.vmn[j]);
+        if constexpr (kKivi) {
+          const uint32_t* word = v_words + i * (D / P) + VS::channel(r, 0) / P;
+          t.vsm[j] = kGlobal ? __ldg(word) : *word;
+        }
       } else {
         VS::zero(t.vw[j]);
 #pragma unroll
@@ -407,38 +422,10 @@ struct Kernel {
   // What load_tile reads from global memory, read from a stage (t.kmeta and t.page unused).
   __device__ static void read_tile(TileRaw& t, const unsigned char* st, int P, int tile,
                                    int main_end, int r, int m) {
-    const __half2 zero2 = __float2half2_rn(0.f);
-    const int t0 = tile * kTile;
     const char* rows = reinterpret_cast<const char*>(st);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int i = h * 8 + r;
-      if (t0 + i < main_end) {
-        KS::template load<false>(rows + i * kRowBytes, m, t.kw[h]);
-        if constexpr (kPerTokenScale) piece_scales<KS>(st + kOffKM, i, m, t.ksc[h], t.kmn[h]);
-      } else {
-        KS::zero(t.kw[h]);
-#pragma unroll
-        for (int k = 0; k < KS::kPieces; ++k) t.ksc[h][k] = t.kmn[h][k] = zero2;
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int i = 2 * m + (j & 1) + 8 * (j >> 1);
-      t.present[j] = t0 + i < main_end;
-      t.vsm[j] = 0u;
-      if (t.present[j]) {
-        VS::template load<false>(rows + kOffV + i * kRowBytes, r, t.vw[j]);
-        if constexpr (kPerTokenScale) piece_scales<VS>(st + kOffVM, i, r, t.vsc[j], t.vmn[j]);
-        if constexpr (kKivi)
-          t.vsm[j] =
-              reinterpret_cast<const uint32_t*>(st + kOffVM)[i * (D / P) + VS::channel(r, 0) / P];
-      } else {
-        VS::zero(t.vw[j]);
-#pragma unroll
-        for (int k = 0; k < VS::kPieces; ++k) t.vsc[j][k] = t.vmn[j][k] = zero2;
-      }
-    }
+    fill_rows<false>(t, rows, rows + kOffV, st + kOffKM, st + kOffVM, 0,
+                     reinterpret_cast<const uint32_t*>(st + kOffVM), P, main_end - tile * kTile, r,
+                     m);
   }
 
   // S = Q K^T for the tile's two halves, then the online-softmax update and O += P V.

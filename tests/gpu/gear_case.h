@@ -287,4 +287,14 @@ inline GearCase gear_case(const GearShape& shape, uint32_t seed) {
   return c;
 }
 
+// Shape i of gear_shapes() with its seed, and the host reference's answer to it (outputs
+// [batch, q_heads, head_dim]), for the GPU test and the emulated one.
+inline GearCase gear_case_of(int i) { return gear_case(gear_shapes()[size_t(i)], 7 + uint32_t(i)); }
+inline std::vector<float> gear_host_answer(const GearCase& c) {
+  std::vector<float> host(c.want.size());
+  std::vector<float> scratch(size_t(2 * c.s.d + 1) * size_t(c.max_len()));
+  kernels::gear_decode_host(c.problem(host.data()), scratch.data());
+  return host;
+}
+
 }  // namespace kvbench::gpu_test

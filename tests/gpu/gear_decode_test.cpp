@@ -29,12 +29,9 @@ class GearDecodeGpuTest : public ::testing::TestWithParam<int> {};
 TEST_P(GearDecodeGpuTest, MatchesTheHostReference) {
   std::string why;
   if (!have_gpu(&why)) GTEST_SKIP() << why;
-  const GearShape shape = gear_shapes()[size_t(GetParam())];
-  SCOPED_TRACE(shape.name());
-  const GearCase c = gear_case(shape, 7 + uint32_t(GetParam()));
-  std::vector<float> host(c.want.size());
-  std::vector<float> scratch(size_t(2 * shape.d + 1) * size_t(c.max_len()));
-  kernels::gear_decode_host(c.problem(host.data()), scratch.data());
+  const GearCase c = gear_case_of(GetParam());
+  SCOPED_TRACE(c.s.name());
+  const std::vector<float> host = gear_host_answer(c);
   DeviceBuffer arena, tables, lens, q, out, work;
   ASSERT_CUDA(arena.upload(c.arena));
   // Sized first, then addressed where it lives on the device.

@@ -43,12 +43,9 @@ void run_gear(const kernels::GearProblem& p, const kernels::GearPlan& plan) {
 class GearEmulationTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(GearEmulationTest, TheKernelsMatchTheHostReference) {
-  const GearShape shape = gear_shapes()[size_t(GetParam())];
-  SCOPED_TRACE(shape.name());
-  const GearCase c = gear_case(shape, 7 + uint32_t(GetParam()));
-  std::vector<float> host(c.want.size());
-  std::vector<float> scratch(size_t(2 * shape.d + 1) * size_t(c.max_len()));
-  kernels::gear_decode_host(c.problem(host.data()), scratch.data());
+  const GearCase c = gear_case_of(GetParam());
+  SCOPED_TRACE(c.s.name());
+  const std::vector<float> host = gear_host_answer(c);
   for (const int sms : {1, 132}) {  // few splits per sequence, and many
     std::vector<float> got(c.want.size(), NAN);
     const kernels::GearProblem p = c.problem(got.data());
