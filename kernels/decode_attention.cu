@@ -42,13 +42,14 @@ cudaError_t launch(const DecodeProblem& pr, const PagedKv& kv, const DecodePlan&
                    cudaStream_t stream) {
   dim3 grid(plan.num_splits, pr.kv_heads, pr.batch);
   float* w = static_cast<float*>(ws);
-  with_loop<F, D>(plan, [&](auto multi, auto nt, auto four_blocks, auto staged) {
+  const bool built = with_loop<F, D>(plan, [&](auto multi, auto nt, auto four_blocks, auto staged) {
     if constexpr (decltype(four_blocks)::value)
       decode_kernel_4<F, D><<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, w);
     else
       decode_kernel<F, D, decltype(multi)::value, decltype(nt)::value, decltype(staged)::value>
           <<<grid, kThreads, 0, stream>>>(pr, kv, plan.num_splits, w);
   });
+  if (!built) return cudaErrorInvalidValue;  // decode_attention() refuses such plans first
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || plan.num_splits == 1) return err;
   dim3 cgrid(pr.q_heads, pr.batch);

@@ -323,18 +323,19 @@ struct Kernel {
             lane);
     }
     const int live = tile < 0 ? 0 : main_end - t0;  // rows of the tile before main_end
-    fill_rows<true>(t, static_cast<const char*>(kv.k_data) + row0 * kRowBytes,
-                    static_cast<const char*>(kv.v_data) + row0 * kRowBytes, kv.k_meta, kv.v_meta,
-                    row0, reinterpret_cast<const uint32_t*>(kv.v_meta) + row0 * (D / kv.page_size),
-                    kv.page_size, live, r, m);
+    fill_rows<true, kRowBytes, kRowBytes>(
+        t, static_cast<const char*>(kv.k_data) + row0 * kRowBytes,
+        static_cast<const char*>(kv.v_data) + row0 * kRowBytes, kv.k_meta, kv.v_meta, row0,
+        reinterpret_cast<const uint32_t*>(kv.v_meta) + row0 * (D / kv.page_size), kv.page_size,
+        live, r, m);
   }
 
-  // A tile's rows into t: key row i at k_rows + i * kRowBytes (slice m of rows r and 8 + r),
-  // value row i at v_rows + i * kRowBytes (slice r of rows 2m, 2m+1, 8+2m, 9+2m), the block
+  // A tile's rows into t: key row i at k_rows + i * KP (slice m of rows r and 8 + r), value
+  // row i at v_rows + i * VP (slice r of rows 2m, 2m+1, 8+2m, 9+2m), the block
   // scales of row meta_row + i of k_meta and v_meta, KIVI's (scale, min) word of value row i
   // at v_words + i * (D / P); rows from `live` on are zeros and absent. From global memory
   // through the read-only path (kGlobal: v3's load_tile) or from a stage (v4's read_tile).
-  template <bool kGlobal>
+  template <bool kGlobal, int KP, int VP>
   __device__ static void fill_rows(TileRaw& t, const char* k_rows, const char* v_rows,
                                    const void* k_meta, const void* v_meta, size_t meta_row,
                                    const uint32_t* v_words, int P, int live, int r, int m) {
@@ -343,7 +344,7 @@ struct Kernel {
     for (int h = 0; h < 2; ++h) {
       const int i = h * 8 + r;
       if (i < live) {
-        KS::template load<kGlobal>(k_rows + i * kRowBytes, m, t.kw[h]);
+        KS::template load<kGlobal>(k_rows + i * KP, m, t.kw[h]);
         if constexpr (kPerTokenScale) piece_scales<KS>(k_meta, meta_row + i, m, t.ksc[h], t.kmn[h]);
       } else {
         KS::zero(t.kw[h]);
@@ -357,7 +358,7 @@ struct Kernel {
       t.present[j] = i < live;
       t.vsm[j] = 0u;
       if (t.present[j]) {
-        VS::template load<kGlobal>(v_rows + i * kRowBytes, r, t.vw[j]);
+        VS::template load<kGlobal>(v_rows + i * VP, r, t.vw[j]);
         if constexpr (kPerTokenScale) piece_scales<VS>(v_meta, meta_row + i, r, t.vsc[j], t.vmn[j]);
         if constexpr (kKivi) {
           const uint32_t* word = v_words + i * (D / P) + VS::channel(r, 0) / P;
@@ -374,38 +375,49 @@ struct Kernel {
   // ---- v4 (staged) helpers ----
   // A warp copies a tile's 16 key and value rows and their metadata into a stage of shared
   // memory by cp.async, kStages - 1 tiles ahead of the one it computes, so its loads are in
-  // flight while it computes without holding registers (v3 holds them: 210 registers at
+  // flight while it computes without holding registers (v3 holds them: 200-255 registers at
   // head_dim 128, two blocks per multiprocessor). A tile's rows are consecutive in its page,
-  // so each part is one contiguous run of 16-byte pieces. Stage layout: key rows, value
-  // rows, key metadata (block formats: 16 rows of block scales; KIVI: the page's [2][D] key
-  // scales and mins), value metadata (block formats: 16 rows; KIVI: 16 tokens' (scale, min)
-  // per value group, sized for the smallest group, 16).
+  // so each part is one contiguous run of 16-byte pieces in global memory. Stage layout: key
+  // rows, value rows, key metadata (block formats: 16 rows of block scales; KIVI: the page's
+  // [2][D] key scales and mins, copied with the tiles where the warp first reads a page),
+  // value metadata (block formats: 16 rows; KIVI: 16 tokens' (scale, min) per value group,
+  // sized for the smallest group, 16). Rows are padded where their reads would otherwise
+  // share banks (key rows of 128 bytes by 64: a quarter warp reads two of them; value rows of
+  // 32 bytes and more by 16: lanes read rows two apart): no conflicts left for any format.
+  static constexpr int kKeyPitch = kRowBytes + (kRowBytes >= 128 ? 64 : 0);
+  static constexpr int kValuePitch = kRowBytes + (kRowBytes >= 32 ? 16 : 0);
   static constexpr int kMetaRowBytes = is_block(F) ? (D / 32) * (has_min(F) ? 4 : 2) : 0;
   static constexpr int kKeyMetaBytes = kKivi ? 4 * D : kTile * kMetaRowBytes;
   static constexpr int kValueMetaBytes = kKivi ? kTile * (D / 16) * 4 : kTile * kMetaRowBytes;
-  static constexpr int kOffV = kTile * kRowBytes, kOffKM = 2 * kTile * kRowBytes;
+  static constexpr int kOffV = kTile * kKeyPitch, kOffKM = kOffV + kTile * kValuePitch;
   static constexpr int kOffVM = kOffKM + kKeyMetaBytes;
   static constexpr int kStageBytes = kOffVM + kValueMetaBytes;
   // Three stages where they fit beside nothing else (4- and 2-bit codes), two for 8-bit.
   static constexpr int kStages = kBitsOf<F> <= 4 ? 3 : 2;
   static_assert(kRowBytes % 16 == 0 && kMetaRowBytes * kTile % 16 == 0, "16-byte pieces");
 
-  // bytes (a multiple of 16) from `src` to `dst`, the warp's lanes taking 16 bytes in turn.
+  // bytes (a multiple of 16) from `src` to `dst`, the warp's lanes taking 16 bytes in turn;
+  // rows of `row` bytes land `pitch` bytes apart.
+  template <int kRow = 16, int kPitch = kRow>
   __device__ static void copy_async(unsigned char* dst, const void* src, int bytes, int lane) {
     for (int o = 16 * lane; o < bytes; o += 16 * 32)
-      mma::cp_async16(dst + o, static_cast<const unsigned char*>(src) + o);
+      mma::cp_async16(dst + (o / kRow) * kPitch + o % kRow,
+                      static_cast<const unsigned char*>(src) + o);
   }
 
-  // Issues the copies of tile `tile` into stage `st` (no commit). Rows of the tile's page past
-  // the sequence are copied too (they are in the pool) and ignored by read_tile.
+  // Issues the copies of tile `tile` into stage `st` (no commit); with `key_meta`, KIVI's page
+  // key metadata too. Rows of the tile's page past the sequence are copied too (they are in the
+  // pool) and ignored by read_tile.
   __device__ static void stage_tile(unsigned char* st, const PagedKv& kv, const int* table,
-                                    int kv_heads, int kvh, int tile, int lane) {
+                                    int kv_heads, int kvh, int tile, bool key_meta, int lane) {
     const int P = kv.page_size, t0 = tile * kTile;
     const size_t slab = size_t(table[t0 / P]) * kv_heads + kvh;
     const size_t row0 = slab * P + t0 % P;
-    copy_async(st, static_cast<const char*>(kv.k_data) + row0 * kRowBytes, kTile * kRowBytes, lane);
-    copy_async(st + kOffV, static_cast<const char*>(kv.v_data) + row0 * kRowBytes,
-               kTile * kRowBytes, lane);
+    copy_async<kRowBytes, kKeyPitch>(st, static_cast<const char*>(kv.k_data) + row0 * kRowBytes,
+                                     kTile * kRowBytes, lane);
+    copy_async<kRowBytes, kValuePitch>(st + kOffV,
+                                       static_cast<const char*>(kv.v_data) + row0 * kRowBytes,
+                                       kTile * kRowBytes, lane);
     if constexpr (kPerTokenScale) {
       copy_async(st + kOffKM, static_cast<const char*>(kv.k_meta) + row0 * kMetaRowBytes,
                  kTile * kMetaRowBytes, lane);
@@ -413,7 +425,8 @@ struct Kernel {
                  kTile * kMetaRowBytes, lane);
     }
     if constexpr (kKivi) {
-      copy_async(st + kOffKM, static_cast<const char*>(kv.k_meta) + slab * 4 * D, 4 * D, lane);
+      if (key_meta)
+        copy_async(st + kOffKM, static_cast<const char*>(kv.k_meta) + slab * 4 * D, 4 * D, lane);
       copy_async(st + kOffVM, static_cast<const char*>(kv.v_meta) + row0 * (D / P) * 4,
                  kTile * (D / P) * 4, lane);
     }
@@ -423,9 +436,9 @@ struct Kernel {
   __device__ static void read_tile(TileRaw& t, const unsigned char* st, int P, int tile,
                                    int main_end, int r, int m) {
     const char* rows = reinterpret_cast<const char*>(st);
-    fill_rows<false>(t, rows, rows + kOffV, st + kOffKM, st + kOffVM, 0,
-                     reinterpret_cast<const uint32_t*>(st + kOffVM), P, main_end - tile * kTile, r,
-                     m);
+    fill_rows<false, kKeyPitch, kValuePitch>(t, rows, rows + kOffV, st + kOffKM, st + kOffVM, 0,
+                                             reinterpret_cast<const uint32_t*>(st + kOffVM), P,
+                                             main_end - tile * kTile, r, m);
   }
 
   // S = Q K^T for the tile's two halves, then the online-softmax update and O += P V.
@@ -613,13 +626,14 @@ __device__ __forceinline__ void decode_body(DecodeProblem pr, PagedKv kv, int nu
 #pragma unroll
     for (int s = 0; s < S - 1; ++s) {
       if (warp_begin + s < warp_end)
-        K::stage_tile(mine + s * K::kStageBytes, kv, table, pr.kv_heads, kvh, warp_begin + s, lane);
+        K::stage_tile(mine + s * K::kStageBytes, kv, table, pr.kv_heads, kvh, warp_begin + s,
+                      s == 0 || (warp_begin + s) * kTile % P == 0, lane);
       mma::cp_async_commit();
     }
     for (int tile = warp_begin, k = 0; tile < warp_end; ++tile, ++k) {
       if (tile + S - 1 < warp_end)
         K::stage_tile(mine + ((k + S - 1) % S) * K::kStageBytes, kv, table, pr.kv_heads, kvh,
-                      tile + S - 1, lane);
+                      tile + S - 1, (tile + S - 1) * kTile % P == 0, lane);
       mma::cp_async_commit();
       mma::cp_async_wait<S - 1>();  // this tile's group has landed
       __syncwarp();
@@ -652,8 +666,7 @@ __device__ __forceinline__ void decode_body(DecodeProblem pr, PagedKv kv, int nu
         K::tile_step(st, qf, kf, vf, raw.present, score_scale, lane);
       __syncwarp();  // every lane has read the stage before it is refilled
     }
-    mma::cp_async_wait<0>();
-    __syncthreads();  // every warp is done with its stages: they become the merge area
+    mma::cp_async_wait<0>();  // nothing in flight: the stages become the merge area (below)
     sm_acc = reinterpret_cast<float(*)[8][D]>(sm_stage);
   } else {
     __shared__ float sm_acc_own[kWarps][8][D];
@@ -759,6 +772,7 @@ __device__ __forceinline__ void decode_body(DecodeProblem pr, PagedKv kv, int nu
   st.l += __shfl_xor_sync(0xffffffffu, st.l, 1);
   st.l += __shfl_xor_sync(0xffffffffu, st.l, 2);
   __shared__ float sm_ml[kWarps][8][2];
+  if constexpr (kStaged) __syncthreads();  // every warp is done reading its stages
   if (m == 0) sm_ml[warp][r][0] = st.m, sm_ml[warp][r][1] = st.l;
 #pragma unroll
   for (int i = 0; i < K::kMTiles; ++i) {
@@ -825,24 +839,32 @@ __device__ __forceinline__ void combine_body(const float* ws, int num_splits, in
 // with std::integral_constant arguments, so that the launcher and the emulating test
 // instantiate the same kernels: v3 with two tiles per step is its own instantiation only where
 // two is not the format's default; v2 at four blocks per multiprocessor is not built for KIVI,
-// v4 (staged) not for the 16-bit formats.
+// v4 (staged) not for the 16-bit formats. False, running nothing, for a loop not built.
 template <KvFormat F, int D, class Run>
-void with_loop(const DecodePlan& plan, Run&& run) {
+bool with_loop(const DecodePlan& plan, Run&& run) {
   using std::false_type;
   using std::true_type;
   using Zero = std::integral_constant<int, 0>;
   constexpr bool kOwnTwo = Kernel<F, D>::kTilesPerStep != 2;
   if (plan.staged) {
-    if constexpr (kBitsOf<F> < 16) run(false_type{}, Zero{}, false_type{}, true_type{});
-  } else if (plan.multi_tile && plan.tiles_per_step == 2 && kOwnTwo)
+    if constexpr (kBitsOf<F> == 16)
+      return false;
+    else
+      run(false_type{}, Zero{}, false_type{}, true_type{});
+  } else if (plan.multi_tile && plan.tiles_per_step == 2 && kOwnTwo) {
     run(true_type{}, std::integral_constant < int, kOwnTwo ? 2 : 0 > {}, false_type{},
         false_type{});
-  else if (plan.multi_tile)
+  } else if (plan.multi_tile) {
     run(true_type{}, Zero{}, false_type{}, false_type{});
-  else if (plan.min_blocks == 4) {
-    if constexpr (!is_kivi(F)) run(false_type{}, Zero{}, true_type{}, false_type{});
-  } else
+  } else if (plan.min_blocks == 4) {
+    if constexpr (is_kivi(F))
+      return false;
+    else
+      run(false_type{}, Zero{}, true_type{}, false_type{});
+  } else {
     run(false_type{}, Zero{}, false_type{}, false_type{});
+  }
+  return true;
 }
 
 }  // namespace

@@ -1,10 +1,14 @@
 // CUDA's names as the kernels' device headers use them, emulated on the CPU, so that a unit
-// test runs a kernel's own device code (kernels/gear_rebuild.h, kernels/retained_decode_device.h,
-// kernels/decode_attention_device.h, kernels/summed_attention_device.h) wherever the tests run:
-// a block's threads are fibers on one OS thread meeting at each __syncthreads, a warp's 32 lanes
-// exchange shuffled values, mma fragments and ldmatrix addresses through slots of their own
-// between two barriers of the warp, blocks run one after another (so `__shared__` is a
-// function's static), and cp.async copies at once.
+// test runs a kernel's own device code (kernels/*_device.h, kernels/gear_rebuild.h) wherever
+// the tests run: a block's threads are fibers on one OS thread meeting at each __syncthreads,
+// run in a pseudo-random order per block; a warp's 32 lanes exchange shuffled values, mma
+// fragments and ldmatrix addresses through slots of their own between two barriers of the
+// warp; cp.async lands only at the wait that retires it (its destination reads NaN until
+// then); dynamic shared memory starts as NaN; a misaligned cp.async or ldmatrix address, or a
+// barrier some threads never reach, stops the test with a message. Blocks run one after
+// another, so `__shared__` is a function's static: it is not poisoned and keeps what the
+// last block left (a read of unwritten static shared memory is not caught), and neither are
+// timing, coalescing or races that any one order of the threads hides.
 //
 // Two ways with the 16-bit types. By default this header gives the few the GEAR and retained
 // kernels use, with the host's conversions (_Float16, a shift), not encode::half_value's bit
@@ -77,19 +81,28 @@ inline thread_local EmulatedBarrier* emulated_block = nullptr;
 inline thread_local EmulatedWarp* emulated_warp = nullptr;
 
 // A block's threads as fibers (ucontext) on the calling thread: each runs until it waits at a
-// barrier, then the next one that can go on runs, in thread order. One OS thread and a
-// context switch per wait, where OS threads cost a futex wake-up per thread and barrier; the
-// order is the same every run.
+// barrier, then another that can go on runs, picked pseudo-randomly from the block's index
+// (the same every run). One OS thread and a context switch per wait, where OS threads cost a
+// futex wake-up per thread and barrier.
 class EmulatedBlock {
  public:
+  // `seed` picks the order in which threads that can go on are run (blockIdx by default), so
+  // a kernel that reads another thread's write without a barrier between them sees it late in
+  // some blocks and early in others.
   template <class Body>
-  void run(int threads, const Body& body) {
+  void run(int threads, const Body& body, uint32_t seed) {
+    if (threads < 32 || threads % 32 != 0) {
+      std::fprintf(stderr, "emulated CUDA: a block of %d threads (whole warps only)\n", threads);
+      std::abort();
+    }
+    order_ = seed * 2654435761u + 1;
     barrier_ = std::make_unique<EmulatedBarrier>(threads);
     warps_.clear();
     for (int w = 0; w < threads / 32; ++w) warps_.push_back(std::make_unique<EmulatedWarp>());
     body_ = [&body] { body(); };
     fibers_.assign(size_t(threads), Fiber{});
-    static thread_local std::vector<std::unique_ptr<char[]>> stacks;
+    copies_.assign(size_t(threads), Copies{});
+    std::vector<std::unique_ptr<char[]>>& stacks = fiber_stacks();
     while (stacks.size() < fibers_.size())  // not zeroed: pages are touched only as used
       stacks.push_back(std::unique_ptr<char[]>(new char[kStack]));
     for (size_t i = 0; i < fibers_.size(); ++i) {
@@ -104,6 +117,18 @@ class EmulatedBlock {
     swapcontext(&main_, &fibers_[0].ctx);
     emulated_running = outer;
   }
+
+  // A thread's cp.async copies: the bytes read at issue, written at the wait that retires their
+  // group (kernels/mma_sm80.cuh's cp_async_*).
+  struct Copy {
+    unsigned char* dst;
+    unsigned char bytes[16];
+  };
+  struct Copies {
+    std::vector<std::vector<Copy>> committed;  // oldest first
+    std::vector<Copy> open;                    // not yet committed
+  };
+  Copies& copies() { return copies_[size_t(current_)]; }
 
   // The running thread waits until `barrier` leaves generation `generation`.
   void wait(const EmulatedBarrier* barrier, long generation) {
@@ -122,9 +147,19 @@ class EmulatedBlock {
     bool done = false;
   };
 
+  // The fibers' stacks, kept from block to block (one set for every kernel).
+  static std::vector<std::unique_ptr<char[]>>& fiber_stacks() {
+    static thread_local std::vector<std::unique_ptr<char[]>> stacks;
+    return stacks;
+  }
+
   static void entry() {
     EmulatedBlock& b = *emulated_running;
     b.body_();
+    Copies& c = b.copies();  // what a thread leaves in flight still lands
+    c.committed.push_back(std::move(c.open));
+    for (const std::vector<Copy>& group : c.committed)
+      for (const Copy& x : group) std::memcpy(x.dst, x.bytes, 16);
     b.fibers_[size_t(b.current_)].done = true;
     b.leave(b.current_);
   }
@@ -137,13 +172,16 @@ class EmulatedBlock {
     emulated_block = barrier_.get();
     emulated_warp = warps_[size_t(i / 32)].get();
   }
-  // Thread i cannot go on: switch to the next one that can, or back to run() when all are done.
+  // Thread i cannot go on: switch to one that can (scanning from a pseudo-random start), or
+  // back to run() when all are done.
   void leave(int i) {
     const int n = int(fibers_.size());
-    for (int k = 1; k <= n; ++k) {
-      const int j = (i + k) % n;
+    order_ ^= order_ << 13, order_ ^= order_ >> 17, order_ ^= order_ << 5;  // xorshift32
+    const int start = int(order_ % uint32_t(n));
+    for (int k = 0; k < n; ++k) {
+      const int j = (start + k) % n;
       if (!can_run(fibers_[size_t(j)])) continue;
-      if (j == i) return;  // released by its own arrival's wake of the others
+      if (j == i) return;
       enter(j);
       swapcontext(&fibers_[size_t(i)].ctx, &fibers_[size_t(j)].ctx);
       return;
@@ -161,11 +199,13 @@ class EmulatedBlock {
   }
 
   std::vector<Fiber> fibers_;
+  std::vector<Copies> copies_;
   std::vector<std::unique_ptr<EmulatedWarp>> warps_;
   std::unique_ptr<EmulatedBarrier> barrier_;
   std::function<void()> body_;
   ucontext_t main_;
   int current_ = 0;
+  uint32_t order_ = 1;
 };
 
 void EmulatedBarrier::arrive_and_wait() {
@@ -218,6 +258,13 @@ inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
   return r;
 }
 
+inline void emulated_aligned16(const void* p, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+    std::fprintf(stderr, "emulated CUDA: %s at %p, not 16-byte aligned (a GPU faults)\n", what, p);
+    std::abort();
+  }
+}
+
 namespace kvbench::kernels::mma {
 
 // ldmatrix.x4 (optionally .trans) over the warp: lanes 8i .. 8i + 7 give the row addresses of
@@ -227,6 +274,7 @@ template <bool kTrans = false>
 void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
   EmulatedWarp& warp = *emulated_warp;
   const int lane = int(threadIdx.x % 32);
+  emulated_aligned16(smem, "ldmatrix row");
   warp.rows[lane] = smem;
   warp.barrier.arrive_and_wait();
   auto at = [&](int matrix, int row, int col) {
@@ -241,11 +289,32 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
   warp.barrier.arrive_and_wait();
 }
 
-// cp.async completes at once here: a kernel that reads before its wait is not caught.
-inline void cp_async16(void* smem, const void* global) { std::memcpy(smem, global, 16); }
-inline void cp_async_commit() {}
+// cp.async lands late: its destination reads 0xff (NaN in every float format) from the issue
+// until the cp_async_wait that retires its group, so a kernel that reads a stage before waiting
+// for it, or refills one that a lane still reads, computes with NaNs.
+inline void cp_async16(void* smem, const void* global) {
+  emulated_aligned16(smem, "cp.async destination");
+  emulated_aligned16(global, "cp.async source");
+  EmulatedBlock::Copy c;
+  c.dst = static_cast<unsigned char*>(smem);
+  std::memcpy(c.bytes, global, 16);
+  std::memset(smem, 0xff, 16);
+  emulated_running->copies().open.push_back(c);
+}
+inline void cp_async_commit() {
+  EmulatedBlock::Copies& c = emulated_running->copies();
+  c.committed.push_back(std::move(c.open));
+  c.open.clear();
+}
+// Lands every committed group but the newest N.
 template <int N>
-void cp_async_wait() {}
+void cp_async_wait() {
+  EmulatedBlock::Copies& c = emulated_running->copies();
+  while (c.committed.size() > size_t(N)) {
+    for (const EmulatedBlock::Copy& x : c.committed.front()) std::memcpy(x.dst, x.bytes, 16);
+    c.committed.erase(c.committed.begin());
+  }
+}
 
 }  // namespace kvbench::kernels::mma
 
@@ -277,9 +346,12 @@ inline float __uint_as_float(uint32_t u) {
   return f;
 }
 #else
+// One rounding, as HFMA2: the product of two halves and their sum are exact in double but for
+// far-apart exponents, then one rounding to half.
 inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
   const float2 x = __half22float2(a), y = __half22float2(b), z = __half22float2(c);
-  return __floats2half2_rn(std::fma(x.x, y.x, z.x), std::fma(x.y, y.y, z.y));
+  return __halves2half2(__double2half(std::fma(double(x.x), double(y.x), double(z.x))),
+                        __double2half(std::fma(double(x.y), double(y.y), double(z.y))));
 }
 
 namespace kvbench::kernels::mma {
@@ -345,7 +417,7 @@ template <class Body>
 void emulate_block(int threads, const Body& body) {
   for (EmulatedSmemChunk& c : emulated_smem) std::memset(c.bytes, 0xff, sizeof c.bytes);
   EmulatedBlock block;
-  block.run(threads, body);
+  block.run(threads, body, blockIdx.x + 977u * blockIdx.y + 7919u * blockIdx.z);
 }
 
 // Runs `body` (what every thread of a block runs) as a grid of `grid` blocks of `threads`

@@ -40,12 +40,13 @@ void run_decode(const kernels::DecodeProblem& pr, const kernels::PagedKv& kv,
   const EmulatedIndex grid{unsigned(plan.num_splits), unsigned(pr.kv_heads), unsigned(pr.batch)};
   KVB_DISPATCH_FORMAT(
       kv.format, F, KVB_DISPATCH_HEAD_DIM(pr.head_dim, D, {
-        dd::with_loop<F, D>(plan, [&](auto multi, auto nt, auto, auto staged) {
+        const bool built = dd::with_loop<F, D>(plan, [&](auto multi, auto nt, auto, auto staged) {
           launch_emulated(grid, dd::kThreads, [&] {
             dd::decode_body<F, D, decltype(multi)::value, decltype(nt)::value,
                             decltype(staged)::value>(pr, kv, plan.num_splits, ws);
           });
         });
+        ASSERT_TRUE(built) << "no such loop for " << kernels::format_name(F);
         if (plan.num_splits > 1)
           launch_emulated(EmulatedIndex{unsigned(pr.q_heads), unsigned(pr.batch), 1}, D, [&] {
             dd::combine_body<F == KvFormat::kBf16>(ws, plan.num_splits, D, pr.out);
