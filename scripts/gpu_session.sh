@@ -21,6 +21,8 @@
 #   GPU_SKIP="stage ..."       stages not to run (their names as in session.log; unit_tests
 #                              also leaves the unit tests unbuilt)
 #   GPU_TESTS_FILTER=F         the kernel tests (and the memcheck) run filter F
+#   GPU_MEMCHECK_FILTER=F      the memcheck runs filter F instead (a subset of what the kernel
+#                              tests run, so that it ends inside its cap)
 #   GPU_MEMCHECK_EARLY=0       memcheck after the end-to-end stages, not while the CLI builds
 #   GPU_E2E_CAP=S              the e2e stage's cap (default 240 s)
 #   KVBENCH_DECODE_LOOP=...    the suites' decode loops, as the decode bench chose them before
@@ -194,7 +196,7 @@ tail -8 "$LOGS/model_peer.log"
 memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*HeadProjectGpu*-*_v3h:*_v2b'
 memcheck() {
   stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests \
-    --gtest_brief=1 --gtest_filter="${GPU_TESTS_FILTER:-$memcheck_filter}"
+    --gtest_brief=1 --gtest_filter="${GPU_MEMCHECK_FILTER:-${GPU_TESTS_FILTER:-$memcheck_filter}}"
   memcheck_done=1
 }
 memcheck_done=0
