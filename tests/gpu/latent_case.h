@@ -104,4 +104,21 @@ inline LatentCase latent_case(int kv_heads, int q_per_kv, int head_dim, int grou
   return c;
 }
 
+// The shapes the GPU and emulated tests run (KV heads, queries per KV head, head_dim, KV heads
+// per latent group, rank), and the host reference's answer to a case.
+struct LatentShape {
+  int kv, per, d, group, rank;
+};
+inline std::vector<LatentShape> latent_shapes() {
+  return {{8, 4, 128, 1, 64}, {8, 4, 128, 2, 179}, {4, 2, 64, 4, 256}};
+}
+inline LatentCase latent_case_of(const LatentShape& s, const std::vector<int>& lens) {
+  return latent_case(s.kv, s.per, s.d, s.group, s.rank, lens, 7 + s.rank);
+}
+inline std::vector<float> latent_host_answer(const LatentCase& c) {
+  std::vector<float> host(c.want.size()), scratch(c.max_tokens + 2 * c.rank);
+  kernels::latent_decode_host(c.problem(host.data()), scratch.data());
+  return host;
+}
+
 }  // namespace kvbench::gpu_test

@@ -21,11 +21,9 @@ namespace {
 TEST(LatentDecodeGpuTest, MatchesTheHostReference) {
   std::string why;
   if (!have_gpu(&why)) GTEST_SKIP() << why;
-  for (const auto& [kv, qpk, d, g, r] : std::vector<std::tuple<int, int, int, int, int>>{
-           {8, 4, 128, 1, 64}, {8, 4, 128, 2, 179}, {4, 2, 64, 4, 256}}) {
-    const LatentCase c = latent_case(kv, qpk, d, g, r, {1000, 1, 257, 4096}, 7 + r);
-    std::vector<float> host(c.want.size()), scratch(c.max_tokens + 2 * c.rank);
-    kernels::latent_decode_host(c.problem(host.data()), scratch.data());
+  for (const LatentShape& s : latent_shapes()) {
+    const LatentCase c = latent_case_of(s, {1000, 1, 257, 4096});
+    const std::vector<float> host = latent_host_answer(c);
     DeviceBuffer lens, kc, vc, kb, vb, q, out, work;
     ASSERT_CUDA(lens.upload(c.lens));
     ASSERT_CUDA(kc.upload(c.k_coef));
@@ -46,8 +44,8 @@ TEST(LatentDecodeGpuTest, MatchesTheHostReference) {
     ASSERT_CUDA(cudaDeviceSynchronize());
     ASSERT_CUDA(out.download(got));
     std::vector<double> host_d(host.begin(), host.end());
-    EXPECT_LT(scaled_error(got, host_d), 1e-5) << "rank " << r;
-    EXPECT_LT(scaled_error(got, c.want), 1e-5) << "rank " << r;
+    EXPECT_LT(scaled_error(got, host_d), 1e-5) << "rank " << s.rank;
+    EXPECT_LT(scaled_error(got, c.want), 1e-5) << "rank " << s.rank;
   }
 }
 

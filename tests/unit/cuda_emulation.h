@@ -23,6 +23,10 @@
 // before the device header; nothing else may follow that needs CUDA's names undefined.
 #pragma once
 
+#if defined(KVB_EMULATE_WITH_CUDA_TYPES)
+#include <cuda_bf16.h>  // before CUDA's qualifiers are redefined below
+#include <cuda_fp16.h>
+#endif
 #include <ucontext.h>
 
 #include <cstdint>
