@@ -3,8 +3,8 @@
 // blocks, warps, shuffles, ldmatrix and mma (tests/unit/cuda_emulation.h), on the shapes and
 // against the host reference and bounds that tests/gpu/summed_attention_test.cpp uses on a
 // GPU (summed_case.h): GQA groups 1, 4 and 8, head_dim 64 and 128, fp16, bf16 and split keys,
-// tiles across the diagonal, lse and out poisoned first. The emulated cp.async copies at
-// once, so a missing wait is not caught here.
+// tiles across the diagonal, lse and out poisoned first. The emulated cp.async lands at its
+// wait (NaN before), so a missing wait shows.
 #include <gtest/gtest.h>
 
 #include <cuda_bf16.h>
