@@ -4,6 +4,7 @@
 
 #include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/phase_clock.h"
 #include "kvbench/core/time.h"
 
 namespace kvbench {
@@ -47,8 +48,9 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     const double retention_before = cache.retention_seconds();
     // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
     // also waits for the step's kernels, so the step time includes the device's).
-    const at::Tensor out = model.forward(batch, cache);
+    const at::Tensor out = model.forward(batch, cache, /*all_logits=*/false, config.phases);
     const double issued = step.seconds();
+    if (config.phases) config.phases->mark(static_cast<int>(ForwardPhase::kSample));
     // Greedy decoding reads back only each row's argmax (the first of equal maxima, as the
     // sampler's), not [active, vocab] fp32 logits (8 MB per step at batch 16 on Llama-3).
     at::Tensor logits, greedy;
@@ -76,6 +78,9 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
       }
     }
     const double elapsed = step.seconds();
+    // The sample phase ends here, with the host's sampling; the read-back waited for the rest.
+    std::vector<double> phase_s;
+    if (config.phases) phase_s = config.phases->finish();
     const StorageBytes held = cache.storage();
     result.peak_allocated_bytes = std::max(result.peak_allocated_bytes, cache.allocated_bytes());
     if (held.total() >= result.peak_kv_bytes) {
@@ -94,11 +99,13 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     if (first) {
       result.prefill_s = elapsed;
       result.prefill_retention_s = retention;
+      result.prefill_phase_s = std::move(phase_s);
       first = false;
     } else {
       result.decode_step_s.push_back(elapsed);
       result.decode_step_host_s.push_back(issued);
       result.decode_step_retention_s.push_back(retention);
+      if (config.phases) result.decode_phase_s.push_back(std::move(phase_s));
       result.decode_step_batch.push_back(static_cast<int64_t>(active.size()));
     }
     active = std::move(still);

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/phase_clock.h"
 #include "kvbench/model/safetensors.h"
 
 namespace kvbench {
@@ -253,10 +254,23 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return normed.to(x.scalar_type()) * weight;
 }
 
+const std::vector<std::string>& forward_phase_names() {
+  static const std::vector<std::string> names = {"embed",  "norm", "qkv_rope", "attend",
+                                                 "o_proj", "mlp",  "lm_head",  "sample"};
+  return names;
+}
+
+namespace {
+void mark(PhaseClock* phases, ForwardPhase p) {
+  if (phases) phases->mark(static_cast<int>(p));
+}
+}  // namespace
+
 at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at::Tensor& h,
                                   const RopeTables& rope, const std::vector<SequenceStep>& batch,
-                                  KVCache& cache) const {
+                                  KVCache& cache, PhaseClock* phases) const {
   const ModelConfig& c = config_;
+  mark(phases, ForwardPhase::kQkvRope);
   const int64_t n = h.size(0);
   const QkvRows rows = split_qkv_rope(
       linear(h, w.qkv_proj, w.qkv_bias), c.num_heads, c.num_kv_heads, c.head_dim, rope,
@@ -270,15 +284,18 @@ at::Tensor Transformer::attention(const LayerWeights& w, int64_t layer, const at
   // The cache's own dtype only when it is the model's: never a rounding of the model's values.
   const at::ScalarType dtype =
       cache.attend_dtype() == h.scalar_type() ? cache.attend_dtype() : at::kFloat;
+  mark(phases, ForwardPhase::kAttend);
   const at::Tensor o =
       cache.append_and_attend_batch(layer, seqs, counts, rows.q.to(where, dtype),
                                     rows.k.to(where, dtype), rows.v.to(where, dtype));
+  mark(phases, ForwardPhase::kOutProj);
   return linear(o.to(h.options()).reshape({n, c.num_heads * c.head_dim}), w.o_proj, w.o_bias);
 }
 
 at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache& cache,
-                                bool all_logits) const {
+                                bool all_logits, PhaseClock* phases) const {
   KVB_CHECK(!batch.empty(), "forward: empty batch");
+  mark(phases, ForwardPhase::kEmbed);
   std::vector<int64_t> ids, positions, last_rows;
   for (const auto& s : batch) {
     KVB_CHECK(!s.tokens.empty(), "forward: sequence ", s.seq, " has no new tokens");
@@ -315,10 +332,15 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
   const double eps = config_.rms_norm_eps;
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(i)];
-    pending = attention(w, i, add_rms_norm(x, pending, w.input_norm, eps), rope, batch, cache);
+    mark(phases, ForwardPhase::kNorm);
+    const at::Tensor normed = add_rms_norm(x, pending, w.input_norm, eps);
+    pending = attention(w, i, normed, rope, batch, cache, phases);
+    mark(phases, ForwardPhase::kNorm);
     const at::Tensor h = add_rms_norm(x, pending, w.post_norm, eps);
+    mark(phases, ForwardPhase::kMlp);
     pending = linear(silu_mul(linear(h, w.gate_up_proj, w.gate_up_bias)), w.down_proj, w.down_bias);
   }
+  mark(phases, ForwardPhase::kHead);
   if (!all_logits) {
     x = x.index_select(0, last);
     pending = pending.index_select(0, last);

@@ -188,6 +188,46 @@ const std::vector<SuiteSpec>& suite_specs() {
                                 });
        }},
       {"throughput",
+       "phases: where a decode step goes, seconds per step (medians over the last warmup "
+       "generation's steps; CUDA events on a GPU, so a phase the host issues slowly counts "
+       "the device's wait): attend = the KV cache's append and attention, the method's whole "
+       "work; the rest is the model's; step_s = the phases' sum",
+       {"batch", "prompt_tokens", "new_tokens"},
+       {"batch", "prompt_tokens", "new_tokens"},
+       {{"step_s", true},
+        {"attend_s", true},
+        {"attend_share", false},
+        {"mlp_s", false},
+        {"qkv_rope_s", false},
+        {"o_proj_s", false},
+        {"norm_s", false},
+        {"lm_head_s", false},
+        {"embed_s", false},
+        {"sample_s", false}},
+       [](const json& c) {
+         // Points without phases (no warmup generation, older reports) have no row.
+         std::vector<Point> points = records_of_kind(
+             c, "throughput", {"batch", "prompt_tokens", "new_tokens"}, [](const json& r) {
+               const json s = at(r, "phases.decode_step_s");
+               auto of = [&](const char* k) { return number_at(s, k); };
+               return std::vector<json>{number_at(r, "phases.decode_total_s"),
+                                        of("attend"),
+                                        number_at(r, "phases.decode_share.attend"),
+                                        of("mlp"),
+                                        of("qkv_rope"),
+                                        of("o_proj"),
+                                        of("norm"),
+                                        of("lm_head"),
+                                        of("embed"),
+                                        of("sample")};
+             });
+         points.erase(std::remove_if(points.begin(), points.end(),
+                                     [](const Point& p) { return p.values[0].is_null(); }),
+                      points.end());
+         return points;
+       },
+       "phases"},
+      {"throughput",
        "capacity: per method, the largest batch whose KV bytes (the method's formula at the "
        "context, one prompt entering in full) fit the budget, and decode tokens/s measured at "
        "that batch (or at max_batch)",

@@ -4,6 +4,7 @@
 
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/phase_clock.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
 #include "kvbench/engine/generator.h"
@@ -54,6 +55,33 @@ std::vector<ParamSpec> ThroughputSuite::param_specs() {
 
 namespace {
 
+// Where the steps of a generation went (GenerationConfig::phases): the prefill's phases and,
+// per phase, the median over the decode steps after the first (the first may still grow
+// buffers). Shares are of the sum of those medians.
+json phases_json(const GenerationResult& res, const std::vector<std::string>& names,
+                 const at::Device& device) {
+  const size_t skip = res.decode_phase_s.size() > 1 ? 1 : 0;
+  json prefill = json::object(), decode = json::object(), share = json::object();
+  std::vector<double> medians;
+  for (size_t p = 0; p < names.size(); ++p) {
+    std::vector<double> per_step;
+    for (size_t i = skip; i < res.decode_phase_s.size(); ++i)
+      per_step.push_back(res.decode_phase_s[i][p]);
+    medians.push_back(per_step.empty() ? 0.0 : median(per_step));
+    prefill[names[p]] = res.prefill_phase_s.empty() ? 0.0 : res.prefill_phase_s[p];
+    decode[names[p]] = medians.back();
+  }
+  double total = 0;
+  for (double m : medians) total += m;
+  for (size_t p = 0; p < names.size(); ++p) share[names[p]] = total > 0 ? medians[p] / total : 0.0;
+  return {{"from", "the last warmup generation (untimed)"},
+          {"clock", device.is_cuda() ? "CUDA events on the step's stream" : "wall clock"},
+          {"prefill_s", prefill},
+          {"decode_step_s", decode},
+          {"decode_total_s", total},
+          {"decode_share", share}};
+}
+
 json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t prompt,
                int64_t new_tokens, int warmup, int repeats) {
   const Transformer& model = ctx.model.get();
@@ -64,9 +92,15 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   uint64_t kv_peak = 0;
   json kv_memory;
   RetentionTimes retention;
+  // The last warmup generation is split into phases (its marks would add host time to a timed
+  // one).
+  PhaseClock clock(model.placement().device, forward_phase_names());
+  json phases;
   for (int r = 0; r < warmup + repeats; ++r) {
     auto prompts = synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r);
+    g.phases = r + 1 == warmup ? &clock : nullptr;
     GenerationResult res = generate(model, cache, prompts, g);
+    if (g.phases) phases = phases_json(res, clock.names(), model.placement().device);
     if (r < warmup) continue;
     prefill.push_back(res.prefill_s);
     steps.insert(steps.end(), res.decode_step_s.begin(), res.decode_step_s.end());
@@ -109,7 +143,8 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           {"retention", retention.to_json()},
           {"kv_bytes_per_token", static_cast<double>(kv_held) / tokens},
           {"decode_bytes_per_step", step_bytes},
-          {"decode_gbps", static_cast<double>(step_bytes) / step.median / 1e9}};
+          {"decode_gbps", static_cast<double>(step_bytes) / step.median / 1e9},
+          {"phases", phases}};  // null without a warmup generation
 }
 
 struct Budget {

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/phase_clock.h"
 #include "kvbench/engine/generator.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/paged_cache.h"
@@ -70,6 +71,39 @@ TEST(Generate, StopsAtMaxNewTokensAndTimesEveryStep) {
   // Peak: 3 + 2 prompt tokens + 5 generated each (the 6th is never fed back), 4 layers, fp32.
   EXPECT_EQ(r.peak_kv_bytes, (5u + 10u) * 4 * 2 * 2 * 32 * 4);
   EXPECT_EQ(f.cache.bytes(), 0u);  // sequences removed afterwards
+}
+
+// With a phase clock every step is split into the forward's phases, and the phases account
+// for the step: their sum is the step's time but for the few instructions outside the marks.
+TEST(Generate, SplitsEveryStepIntoTheForwardsPhases) {
+  Fixture f;
+  GenerationConfig g;
+  g.max_new_tokens = 5;
+  PhaseClock clock(at::Device(at::kCPU), forward_phase_names());
+  g.phases = &clock;
+  auto r = generate(f.model, f.cache, {{1, 2, 3}, {4, 5}}, g);
+  ASSERT_EQ(r.prefill_phase_s.size(), forward_phase_names().size());
+  ASSERT_EQ(r.decode_phase_s.size(), r.decode_step_s.size());
+  for (size_t i = 0; i < r.decode_phase_s.size(); ++i) {
+    const std::vector<double>& p = r.decode_phase_s[i];
+    ASSERT_EQ(p.size(), forward_phase_names().size());
+    double sum = 0;
+    for (double s : p) {
+      EXPECT_GE(s, 0.0);
+      sum += s;
+    }
+    for (ForwardPhase ph :
+         {ForwardPhase::kEmbed, ForwardPhase::kNorm, ForwardPhase::kQkvRope, ForwardPhase::kAttend,
+          ForwardPhase::kOutProj, ForwardPhase::kMlp, ForwardPhase::kHead, ForwardPhase::kSample})
+      EXPECT_GT(p[static_cast<size_t>(ph)], 0.0) << forward_phase_names()[size_t(ph)];
+    const double step = r.decode_step_s[i];
+    EXPECT_GT(sum, 0.8 * step - 2e-4) << "step " << i;
+    EXPECT_LT(sum, 1.2 * step + 5e-3) << "step " << i;
+  }
+  g.phases = nullptr;  // without a clock nothing is split
+  auto plain = generate(f.model, f.cache, {{1, 2, 3}}, g);
+  EXPECT_TRUE(plain.prefill_phase_s.empty());
+  EXPECT_TRUE(plain.decode_phase_s.empty());
 }
 
 TEST(Generate, ReservesAPagedPoolForItsPromptsAndReportsWhatItOccupied) {

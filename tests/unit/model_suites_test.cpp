@@ -8,6 +8,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/model/transformer.h"
 #include "kvbench/suites/accuracy_suite.h"
 #include "kvbench/suites/fidelity_suite.h"
 #include "kvbench/suites/latency_suite.h"
@@ -105,6 +106,34 @@ TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
   EXPECT_DOUBLE_EQ(mem["bits_per_value"].get<double>(), 16.0);
   EXPECT_DOUBLE_EQ(mem["ratio_to_fp16"].get<double>(), 1.0);
   EXPECT_FALSE(mem["nominal_mismatch"].get<bool>());
+}
+
+// The last warmup generation is split into phases; without a warmup there is none to split
+// (timed generations are never marked).
+TEST(ThroughputSuite, SaysWhereADecodeStepGoesFromTheWarmup) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [8],
+                            "new_tokens": [5], "warmup": 1, "repeats": 1})"));
+  ThroughputSuite suite;
+  CellOutput out = h.run(suite);
+  ASSERT_EQ(out.records.size(), 1u);
+  const json& p = out.records[0]["phases"];
+  ASSERT_TRUE(p.is_object()) << out.records[0].dump();
+  EXPECT_EQ(p["clock"], "wall clock");
+  double shares = 0, total = 0;
+  for (const std::string& name : forward_phase_names()) {
+    ASSERT_TRUE(p["decode_step_s"].contains(name)) << name;
+    total += p["decode_step_s"][name].get<double>();
+    shares += p["decode_share"][name].get<double>();
+    EXPECT_GE(p["prefill_s"][name].get<double>(), 0.0);
+  }
+  EXPECT_NEAR(shares, 1.0, 1e-9);
+  EXPECT_NEAR(p["decode_total_s"].get<double>(), total, 1e-12);
+  EXPECT_GT(p["decode_step_s"]["attend"].get<double>(), 0.0);
+  EXPECT_GT(p["prefill_s"]["mlp"].get<double>(), 0.0);
+
+  Harness none(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
+                               "new_tokens": [3], "warmup": 0, "repeats": 1})"));
+  EXPECT_TRUE(none.run(suite).records[0]["phases"].is_null());
 }
 
 // The mismatch warning says by how much, and why when eviction is the reason (pages held for

@@ -146,6 +146,39 @@ TEST(ReportMerge, TwoFilesGiveRatiosAgainstTheBaseline) {
   EXPECT_EQ(std::count(thr.columns.begin(), thr.columns.end(), "batch"), 1);
 }
 
+// The phases table: a row per throughput point that has phases (points of a run without a
+// warmup have none), the attention's time against the baseline's.
+TEST(ReportMerge, PhasesTableSaysWhereTheStepWent) {
+  auto with_phases = [](json cell, double attend) {
+    json& r = cell["records"][0];
+    json step = json::object();
+    for (const char* k : {"embed", "norm", "qkv_rope", "o_proj", "mlp", "lm_head", "sample"})
+      step[k] = 0.001;
+    step["attend"] = attend;
+    r["phases"] = {{"decode_step_s", step},
+                   {"decode_total_s", attend + 0.007},
+                   {"decode_share", {{"attend", attend / (attend + 0.007)}}}};
+    return cell;
+  };
+  const ReportTables t = build_report_tables(
+      merge_reports(
+          {make_report("a.json", {with_phases(throughput_cell("full", {100, 180}, 16), 0.004),
+                                  with_phases(throughput_cell("int4", {150, 360}, 5), 0.001)})}),
+      "");
+  const ResultTable& ph = table(t, "phases");
+  ASSERT_EQ(ph.rows.size(), 2u);  // batch 2 has no phases in either cell
+  EXPECT_EQ(value(ph, 1, "method"), "int4");
+  EXPECT_EQ(value(ph, 1, "batch"), 1);
+  EXPECT_DOUBLE_EQ(value(ph, 1, "attend_s/full").get<double>(), 0.25);
+  EXPECT_DOUBLE_EQ(value(ph, 1, "step_s/full").get<double>(), 0.008 / 0.011);
+  EXPECT_DOUBLE_EQ(value(ph, 0, "attend_share").get<double>(), 0.004 / 0.011);
+  EXPECT_DOUBLE_EQ(value(ph, 0, "mlp_s").get<double>(), 0.001);
+
+  const ReportTables none = build_report_tables(
+      merge_reports({make_report("b.json", {throughput_cell("full", {100}, 16)})}), "");
+  for (const ResultTable& r : none.tables) EXPECT_NE(r.name, "phases");
+}
+
 TEST(ReportMerge, LaterFileWinsWithAWarning) {
   const auto a = make_report("a.json", {latency_cell("full", 0.1, 0.02, 16, 4000),
                                         latency_cell("int4", 0.1, 0.04, 5, 1250)});

@@ -17,6 +17,10 @@ struct GenerationConfig {
   std::vector<int64_t> eos_token_ids;  // empty: run to max_new_tokens
   bool ignore_eos = false;             // fixed-length generation for throughput runs
   SamplingParams sampling;             // sequence i samples with seed sampling.seed + i
+  // When set (a clock over forward_phase_names()), every step is split into the forward's
+  // phases: GenerationResult::prefill_phase_s and decode_phase_s. The marks cost host time, so
+  // timed generations leave it unset.
+  PhaseClock* phases = nullptr;
 };
 
 struct SequenceResult {
@@ -51,6 +55,10 @@ struct GenerationResult {
   // layer without eviction, fewer with a retention policy.
   std::vector<int64_t> peak_kept_tokens;
   int64_t prompt_tokens = 0;
+  // With GenerationConfig::phases: seconds per phase (forward_phase_names()) of the prefill
+  // and of each decode step; empty without.
+  std::vector<double> prefill_phase_s;
+  std::vector<std::vector<double>> decode_phase_s;
 };
 
 // Reserves the cache's storage for the prompts and max_new_tokens (KVCache::reserve), adds one

@@ -60,6 +60,17 @@ struct ModelPlacement {
 // without CUDA in libtorch, a dtype that is not a float).
 void check_placement(const ModelPlacement& placement);
 
+// The parts of a forward step a PhaseClock splits it into (forward_phase_names()): the step's
+// inputs (token ids, positions and RoPE tables made and uploaded, the embedding lookup); the norms
+// with their residual adds; the fused QKV projection with RoPE (and the QK norms); the KV cache's
+// append and attention (a method's whole work in the step: quantizing, retention, the attention
+// kernel); the output projection; the MLP; the final norm and LM head; and reading the next tokens
+// back (marked by the generator).
+enum class ForwardPhase { kEmbed, kNorm, kQkvRope, kAttend, kOutProj, kMlp, kHead, kSample };
+const std::vector<std::string>& forward_phase_names();
+
+class PhaseClock;
+
 // One sequence's part of a forward step.
 struct SequenceStep {
   int64_t seq = 0;              // id in the KV cache
@@ -85,9 +96,9 @@ class Transformer {
 
   // Runs one step. Returns fp32 logits [num_sequences, vocab] on the model's device for each
   // sequence's last new token, or [total_new_tokens, vocab] (sequences in order) when
-  // `all_logits`.
+  // `all_logits`. With `phases`, marks each ForwardPhase as it starts.
   at::Tensor forward(const std::vector<SequenceStep>& batch, KVCache& cache,
-                     bool all_logits = false) const;
+                     bool all_logits = false, PhaseClock* phases = nullptr) const;
 
   const ModelConfig& config() const { return config_; }
   // Tensors of the loaded checkpoint that the config does not read (sorted; RoPE caches named
@@ -105,7 +116,7 @@ class Transformer {
  private:
   at::Tensor attention(const LayerWeights& w, int64_t layer, const at::Tensor& h,
                        const RopeTables& rope, const std::vector<SequenceStep>& batch,
-                       KVCache& cache) const;
+                       KVCache& cache, PhaseClock* phases) const;
 
   ModelConfig config_;
   std::vector<std::string> unused_tensors_;
