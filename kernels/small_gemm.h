@@ -9,6 +9,7 @@
 // Torch-free; CUDA-free unless compiled by nvcc.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "model_ops.h"  // ActDtype
@@ -49,6 +50,21 @@ inline const char* small_gemm_check(const SmallGemmProblem& p) {
 // The columns per block a launch uses.
 inline int small_gemm_columns(const SmallGemmProblem& p) {
   return p.columns != 0 ? p.columns : (p.out >= 8192 ? 32 : 16);
+}
+
+// The host reference (and the CPU's run of the kernel path, KVBENCH_MODEL_GEMM=kvbench in
+// src/model/fused_ops.cpp): each output's fp32 sum over k in order, the bias added, one
+// rounding; the kernel sums in another order (tests state the bound against float64).
+inline void small_gemm_host(const SmallGemmProblem& p) {
+  for (int r = 0; r < p.rows; ++r)
+    for (int n = 0; n < p.out; ++n) {
+      float s = 0.f;
+      for (int k = 0; k < p.in; ++k)
+        s += load_act(p.x, size_t(r) * p.in + k, p.dtype) *
+             load_act(p.w, size_t(n) * p.in + k, p.dtype);
+      if (p.bias) s += load_act(p.bias, size_t(n), p.dtype);
+      store_act(p.y, size_t(r) * p.out + n, s, p.dtype);
+    }
 }
 
 }  // namespace kvbench::kernels

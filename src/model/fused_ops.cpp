@@ -1,5 +1,6 @@
 #include "kvbench/model/fused_ops.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 
@@ -9,9 +10,11 @@
 #include "kvbench/model/rope.h"
 #include "kvbench/model/transformer.h"
 #include "model_ops.h"
+#include "small_gemm.h"
 
 #ifdef KVBENCH_HAVE_CUDA
 #include "model_ops_launcher.h"
+#include "small_gemm_launcher.h"
 #endif
 
 namespace kvbench {
@@ -152,6 +155,64 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
   run(p, path == ModelOpsPath::kCuda, in.device(), kernels::silu_mul_host, KVB_LAUNCHER(silu_mul),
       "silu_mul");
   return out;
+}
+
+namespace {
+
+// The kernel's problem for y = x . w^T + b when it takes these tensors (y left unset).
+bool small_gemm_problem(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                        kernels::SmallGemmProblem* p) {
+  const at::ScalarType t = x.scalar_type();
+  if ((t != at::kHalf && t != at::kBFloat16) || x.dim() != 2 || w.dim() != 2 ||
+      !x.is_contiguous() || !w.is_contiguous() || w.scalar_type() != t ||
+      w.size(1) != x.size(1) || w.device() != x.device())
+    return false;
+  if (b.defined() && (b.dim() != 1 || b.size(0) != w.size(0) || b.scalar_type() != t ||
+                      !b.is_contiguous() || b.device() != x.device()))
+    return false;
+  if (x.size(0) > kernels::kSmallGemmMaxRows || w.size(0) > (int64_t(1) << 30)) return false;
+  p->rows = int(x.size(0)), p->in = int(x.size(1)), p->out = int(w.size(0));
+  p->dtype = t == at::kHalf ? kernels::ActDtype::kF16 : kernels::ActDtype::kBf16;
+  p->x = x.data_ptr(), p->w = w.data_ptr(), p->bias = b.defined() ? b.data_ptr() : nullptr;
+  p->y = x.data_ptr();  // a stand-in for the check: outputs get their own tensor
+  return kernels::small_gemm_check(*p)[0] == '\0';
+}
+
+std::atomic<int64_t> g_small_gemm_runs{0};
+
+at::Tensor aten_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
+}
+
+}  // namespace
+
+int64_t small_gemm_runs() { return g_small_gemm_runs.load(); }
+
+bool small_gemm_takes(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  kernels::SmallGemmProblem p;
+  return small_gemm_problem(x.contiguous(), w, b, &p);
+}
+
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (!env_is("KVBENCH_MODEL_GEMM", "kvbench")) return aten_linear(x, w, b);
+  const at::Tensor in = x.contiguous();
+  kernels::SmallGemmProblem p;
+  if (!small_gemm_problem(in, w, b, &p)) return aten_linear(x, w, b);
+  at::Tensor y = at::empty({in.size(0), w.size(0)}, in.options());
+  p.y = y.data_ptr();
+  ++g_small_gemm_runs;
+  if (!in.is_cuda()) {
+    kernels::small_gemm_host(p);
+    return y;
+  }
+#ifdef KVBENCH_HAVE_CUDA
+  const cudaError_t err =
+      kernels::small_gemm(p, static_cast<cudaStream_t>(current_cuda_stream(in.device())));
+  KVB_CHECK(err == cudaSuccess, "model ops: small_gemm: ", cudaGetErrorString(err));
+  return y;
+#else
+  throw Error("model ops: KVBENCH_MODEL_GEMM=kvbench on a GPU needs the CUDA kernels (KVBENCH_CUDA)");
+#endif
 }
 
 }  // namespace kvbench

@@ -13,7 +13,7 @@ namespace kvbench {
 namespace {
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return b.defined() ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
+  return linear_rows(x, w, b);
 }
 
 // Whether this libtorch multiplies fp16 matrices on the CPU (1.13 does not; 2.x does).
@@ -345,7 +345,8 @@ at::Tensor Transformer::forward(const std::vector<SequenceStep>& batch, KVCache&
     x = x.index_select(0, last);
     pending = pending.index_select(0, last);
   }
-  return at::mm(add_rms_norm(x, pending, weights_.norm, eps), weights_.lm_head.t()).to(at::kFloat);
+  return linear(add_rms_norm(x, pending, weights_.norm, eps), weights_.lm_head, at::Tensor())
+      .to(at::kFloat);
 }
 
 }  // namespace kvbench

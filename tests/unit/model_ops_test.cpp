@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -195,6 +197,113 @@ TEST(ModelOpsWrapperTest, ForwardOnHostKernelsMatchesEager) {
     on_eager([&] { eager = run(); });
     on_host_kernels([&] { EXPECT_LT(rel_error(run(), eager), 1e-5) << name; });
   }
+}
+
+// linear_rows: libtorch's matmul unless KVBENCH_MODEL_GEMM=kvbench, then the small-batch
+// kernel's host reference on the CPU where the kernel takes the tensors (bf16 here, with and
+// without bias, a strided x), one rounding of bf16 from libtorch's; what the kernel does not
+// take (33 rows, `in` not a multiple of 32, fp32) still goes to libtorch, bit for bit.
+TEST(ModelOpsWrapperTest, LinearRowsTakesTheSmallBatchKernelWhereItApplies) {
+  at::manual_seed(6);
+  const at::Tensor w = (0.05 * at::randn({72, 128})).to(at::kBFloat16);
+  const at::Tensor b = (0.5 * at::randn({72})).to(at::kBFloat16);
+  const at::Tensor wide = at::randn({16, 256}).to(at::kBFloat16);
+  const at::Tensor strided = wide.narrow(1, 64, 128);  // rows 256 apart
+  const at::Tensor x = at::randn({5, 128}).to(at::kBFloat16);
+  EXPECT_TRUE(small_gemm_takes(x, w, b));
+  EXPECT_TRUE(small_gemm_takes(strided, w, at::Tensor()));
+  EXPECT_FALSE(small_gemm_takes(at::randn({33, 128}).to(at::kBFloat16), w, b));
+  EXPECT_FALSE(small_gemm_takes(x.narrow(1, 0, 80), w.narrow(1, 0, 80).contiguous(), b));
+  EXPECT_FALSE(small_gemm_takes(x.to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat)));
+  EXPECT_FALSE(small_gemm_takes(x, w, b.narrow(0, 0, 70)));
+  int64_t runs = small_gemm_runs();
+  with_env("KVBENCH_MODEL_GEMM", nullptr, [&] {
+    EXPECT_TRUE(linear_rows(x, w, b).equal(at::addmm(b, x, w.t())));
+  });
+  EXPECT_EQ(small_gemm_runs(), runs);
+  with_env("KVBENCH_MODEL_GEMM", "kvbench", [&] {
+    const at::Tensor with_bias = linear_rows(x, w, b), plain = linear_rows(strided, w, {});
+    EXPECT_EQ(small_gemm_runs(), runs + 2);
+    EXPECT_EQ(with_bias.sizes(), (std::vector<int64_t>{5, 72}));
+    EXPECT_EQ(with_bias.scalar_type(), at::kBFloat16);
+    EXPECT_LT(rel_error(with_bias, at::addmm(b, x, w.t())), 8e-3);
+    EXPECT_LT(rel_error(plain, at::mm(strided, w.t())), 8e-3);
+    // fp16, which the kernel takes (and libtorch 1.13's CPU matmul does not): against fp32.
+    const at::Tensor xh = x.to(at::kHalf), wh = w.to(at::kHalf), bh = b.to(at::kHalf);
+    const at::Tensor want = at::addmm(b.to(at::kFloat), x.to(at::kFloat), w.to(at::kFloat).t());
+    EXPECT_LT(rel_error(linear_rows(xh, wh, bh), want), 1e-3);
+    runs = small_gemm_runs();
+    const at::Tensor many = at::randn({33, 128}).to(at::kBFloat16);
+    EXPECT_TRUE(linear_rows(many, w, b).equal(at::addmm(b, many, w.t())));
+    const at::Tensor xf = x.to(at::kFloat), wf = w.to(at::kFloat);
+    EXPECT_TRUE(linear_rows(xf, wf, {}).equal(at::mm(xf, wf.t())));
+    EXPECT_EQ(small_gemm_runs(), runs) << "refused shapes went to libtorch";
+  });
+}
+
+// A bf16 model's forward (prefill of more than 32 rows on libtorch, decode steps on the
+// small-batch kernel) gives libtorch's logits up to a few bf16 roundings.
+TEST(ModelOpsWrapperTest, ForwardWithTheSmallBatchKernelMatchesLibtorch) {
+  const ModelPlacement bf16{at::Device(at::kCPU), at::kBFloat16};
+  const Transformer m = Transformer::random(
+      parse_model_config(find_model_preset("tiny-qwen2").config, "tiny-qwen2"), 9, bf16);
+  const ModelConfig& c = m.config();
+  auto run = [&] {
+    FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
+    std::vector<SequenceStep> steps = {{cache.add_sequence(), std::vector<int64_t>(40, 5)},
+                                       {cache.add_sequence(), {9, 10}}};
+    std::vector<at::Tensor> logits = {m.forward(steps, cache)};
+    for (int64_t t : {11, 12}) {
+      for (auto& s : steps) s.tokens = {t};
+      logits.push_back(m.forward(steps, cache));
+    }
+    return at::cat(logits, 0);
+  };
+  at::Tensor aten, kernel;
+  with_env("KVBENCH_MODEL_GEMM", nullptr, [&] { aten = run(); });
+  const int64_t runs = small_gemm_runs();
+  with_env("KVBENCH_MODEL_GEMM", "kvbench", [&] { kernel = run(); });
+  // Two decode steps, four projections per layer and the head each; of the prefill (42 rows)
+  // only the head, over the sequences' last rows.
+  EXPECT_EQ(small_gemm_runs() - runs, 2 * (4 * c.num_layers + 1) + 1);
+  EXPECT_LT(rel_error(kernel, aten), 3e-2);
+}
+
+// On a GPU: the small-batch kernel against cuBLAS at a decode step's shapes (Llama-3-8B's
+// fused QKV, a part tile of the head's width), fp16 and bf16, and a whole fp16 forward.
+TEST(ModelOpsWrapperTest, SmallGemmOnTheGpuMatchesCublas) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA (or no GPU is visible)";
+  const at::Device gpu(at::kCUDA, 0);
+  for (at::ScalarType dtype : {at::kHalf, at::kBFloat16}) {
+    const double tol = dtype == at::kHalf ? 2e-3 : 1.6e-2;
+    const auto on = at::TensorOptions().device(gpu).dtype(dtype);
+    at::manual_seed(7);
+    for (auto [rows, in, out] : std::vector<std::array<int64_t, 3>>{
+             {16, 4096, 6144}, {32, 4096, 1000}, {1, 14336, 4096}, {9, 4096, 8200}}) {
+      const at::Tensor x = at::randn({rows, in}).to(on), w = (0.02 * at::randn({out, in})).to(on);
+      const at::Tensor b = (0.1 * at::randn({out})).to(on);
+      const at::Tensor want = at::addmm(b, x, w.t());
+      with_env("KVBENCH_MODEL_GEMM", "kvbench", [&] {
+        const int64_t runs = small_gemm_runs();
+        const at::Tensor got = linear_rows(x, w, b);
+        EXPECT_EQ(small_gemm_runs(), runs + 1);
+        EXPECT_LT(rel_error(got, want), tol) << rows << "x" << in << "x" << out;
+      });
+    }
+  }
+  const Transformer m = Transformer::random(
+      parse_model_config(find_model_preset("tiny-qwen2").config, "tiny-qwen2"), 9,
+      ModelPlacement{gpu, at::kHalf});
+  const ModelConfig& c = m.config();
+  auto run = [&] {
+    FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
+    const int64_t seq = cache.add_sequence();
+    at::Tensor prefill = m.forward({{seq, {5, 6, 7, 8}}}, cache, /*all_logits=*/true);
+    return at::cat({prefill, m.forward({{seq, {11}}}, cache)}, 0);
+  };
+  at::Tensor cublas;
+  with_env("KVBENCH_MODEL_GEMM", nullptr, [&] { cublas = run(); });
+  with_env("KVBENCH_MODEL_GEMM", "kvbench", [&] { EXPECT_LT(rel_error(run(), cublas), 1e-2); });
 }
 
 // On a GPU: the CUDA kernels (the default there) against the eager formulas on the same

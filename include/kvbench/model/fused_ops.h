@@ -47,4 +47,17 @@ QkvRows split_qkv_rope(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, i
 // silu(gate) * up from the fused projection's output [rows, 2 dim] (gate first).
 at::Tensor silu_mul(const at::Tensor& gate_up);
 
+// x . w^T (+ b): x [rows, in], w [out, in] (Hugging Face's layout), b [out] or undefined;
+// returns [rows, out] in x's dtype. With KVBENCH_MODEL_GEMM=kvbench, where kvbench's
+// small-batch kernel takes the tensors (fp16 or bf16, 1 to 32 rows, in % 32 == 0: a decode
+// step's projections; kernels/small_gemm.h), that kernel on a GPU, its host reference on the
+// CPU; libtorch's matmul (cuBLAS on a GPU) otherwise, and by default until the GPU bench has
+// measured the kernel against cuBLAS (docs/perf-notes.md).
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+// Whether linear_rows takes the small-batch kernel for these tensors (the setting aside).
+bool small_gemm_takes(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+// How many multiplies linear_rows has given the small-batch kernel in this process (so tests
+// see which path ran).
+int64_t small_gemm_runs();
+
 }  // namespace kvbench
