@@ -39,6 +39,12 @@ if(KVBENCH_HAVE_CUDA)
   set_target_properties(gpu_decode_bench PROPERTIES CUDA_ARCHITECTURES OFF CUDA_STANDARD 17)
   target_compile_options(gpu_decode_bench PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a>)
+  # The small-batch weight multiply over a Llama-3-8B decode step's weights (docs/perf-notes.md).
+  add_executable(small_gemm_bench bench/small_gemm_bench.cu)
+  target_link_libraries(small_gemm_bench PRIVATE kvbench_kernels)
+  set_target_properties(small_gemm_bench PROPERTIES CUDA_ARCHITECTURES OFF CUDA_STANDARD 17)
+  target_compile_options(small_gemm_bench PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a>)
   # H2O's prefill sums at a Llama-3-8B layer's shape (docs/perf-notes.md).
   add_executable(summed_attention_bench bench/summed_attention_bench.cu)
   target_link_libraries(summed_attention_bench PRIVATE kvbench_kernels)

@@ -34,6 +34,9 @@
 #   KVBENCH_RETAINED_TOKENS=N  the suites' retained-index loop (1, 2 or 4), as the decode bench
 #                              chose it before (other than 1 only where its kernel tests
 #                              run and pass here)
+#   KVBENCH_MODEL_GEMM=kvbench|aten  the suites' weight multiplies, as the small_gemm bench
+#                              chose them before (kvbench only where its kernel tests run and
+#                              pass here)
 #   GPU_HOST_OPS_METHODS="m ..." the host_ops stage's methods (default: full h2o tova
 #                              scissorhands; host_ops_bench's names)
 set -uo pipefail
@@ -192,8 +195,22 @@ stage summed_bench 30 build-gpu/summed_attention_bench --out "$LOGS/summed_bench
 stage model_peer 60 env PYTHONUNBUFFERED=1 python3 scripts/gpu_model_peer.py --batch 16 \
   --out "$LOGS/model_peer.jsonl"
 tail -8 "$LOGS/model_peer.log"
+#    kvbench's small-batch multiply on the same shapes; the suites take it where a step's
+#    weights go faster than with cuBLAS, and only where its kernel tests ran and passed here.
+stage small_gemm_bench 60 build-gpu/small_gemm_bench --batch 16 32 --out "$LOGS/small_gemm.jsonl"
+grep -E "copy|step" "$LOGS/small_gemm_bench.log" | head -8
+gemm=${KVBENCH_MODEL_GEMM:-$(python3 scripts/best_model_gemm.py "$LOGS/model_peer.jsonl" \
+  "$LOGS/small_gemm.jsonl" 2>>"$OUT/session.log")}
+gemm_tests=$(build-gpu/gpu_tests --gtest_list_tests --gtest_filter="${GPU_TESTS_FILTER:-*}" 2>/dev/null |
+  grep -c SmallGemmGpu)
+if [ "$gemm" = kvbench ] && { [ "$kernel_tests_rc" != 0 ] || [ "${gemm_tests:-0}" = 0 ]; }; then
+  log "model gemm: the small-batch kernel left out (its kernel tests did not run and pass here)"
+  gemm=aten
+fi
+suite_env+=("KVBENCH_MODEL_GEMM=${gemm:-aten}")
+log "model multiplies for the suites: ${gemm:-aten}"
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.
-memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*HeadProjectGpu*-*_v3h:*_v2b'
+memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*HeadProjectGpu*:*SmallGemmGpu*-*_v3h:*_v2b'
 memcheck() {
   stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests \
     --gtest_brief=1 --gtest_filter="${GPU_MEMCHECK_FILTER:-${GPU_TESTS_FILTER:-$memcheck_filter}}"

@@ -164,8 +164,8 @@ bool small_gemm_problem(const at::Tensor& x, const at::Tensor& w, const at::Tens
                         kernels::SmallGemmProblem* p) {
   const at::ScalarType t = x.scalar_type();
   if ((t != at::kHalf && t != at::kBFloat16) || x.dim() != 2 || w.dim() != 2 ||
-      !x.is_contiguous() || !w.is_contiguous() || w.scalar_type() != t ||
-      w.size(1) != x.size(1) || w.device() != x.device())
+      !x.is_contiguous() || !w.is_contiguous() || w.scalar_type() != t || w.size(1) != x.size(1) ||
+      w.device() != x.device())
     return false;
   if (b.defined() && (b.dim() != 1 || b.size(0) != w.size(0) || b.scalar_type() != t ||
                       !b.is_contiguous() || b.device() != x.device()))
@@ -211,7 +211,8 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   KVB_CHECK(err == cudaSuccess, "model ops: small_gemm: ", cudaGetErrorString(err));
   return y;
 #else
-  throw Error("model ops: KVBENCH_MODEL_GEMM=kvbench on a GPU needs the CUDA kernels (KVBENCH_CUDA)");
+  throw Error(
+      "model ops: KVBENCH_MODEL_GEMM=kvbench on a GPU needs the CUDA kernels (KVBENCH_CUDA)");
 #endif
 }
 

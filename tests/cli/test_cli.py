@@ -1298,6 +1298,31 @@ class GpuScriptsTest(unittest.TestCase):
         self.assertEqual(self.script("--retained", rows=rows(60, 200)[:2]), "")  # no kept-2k rows
 
 
+class BestModelGemmTest(unittest.TestCase):
+    """scripts/best_model_gemm.py: the suites' weight multiplies from the small-GEMM bench's and
+    the cuBLAS peer's step records (kvbench only when at least 2% faster at the asked batch)."""
+
+    def pick(self, peer_rows, ours_rows, *args):
+        with tempfile.TemporaryDirectory() as d:
+            peer, ours = pathlib.Path(d) / "peer.jsonl", pathlib.Path(d) / "ours.jsonl"
+            peer.write_text("".join(json.dumps(r) + "\n" for r in peer_rows) + "{cut\n")
+            ours.write_text("".join(json.dumps(r) + "\n" for r in ours_rows))
+            res = subprocess.run([sys.executable, str(ROOT / "scripts" / "best_model_gemm.py"),
+                                  str(peer), str(ours), *args], capture_output=True, text=True)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        return res.stdout.strip()
+
+    def test_the_kernel_only_where_a_step_is_faster(self):
+        def step(how, us, batch=16):
+            return {"batch": batch, "matmul": "step", "how": how, "us": us}
+        cublas = [step("mm_t", 7000), step("linear", 6000), step("mm_t", 100, batch=32)]
+        self.assertEqual(self.pick(cublas, [step("small_gemm", 5000)]), "kvbench")
+        self.assertEqual(self.pick(cublas, [step("small_gemm", 6900)]), "aten")  # within 2%
+        self.assertEqual(self.pick(cublas, [step("small_gemm_c16", 10)]), "aten")  # not the launcher's
+        self.assertEqual(self.pick(cublas, [step("small_gemm", 5000)], "--batch", "32"), "aten")
+        self.assertEqual(self.pick([], [step("small_gemm", 5000)]), "aten")
+
+
 class ServingToolsCliTest(CliCase):
     """Issue 9's tools end to end on the tiny preset: the capacity view of the throughput suite,
     the predictor suite (profile, held-out accuracy, routing) and the length-shift table."""

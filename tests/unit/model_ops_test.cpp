@@ -217,9 +217,8 @@ TEST(ModelOpsWrapperTest, LinearRowsTakesTheSmallBatchKernelWhereItApplies) {
   EXPECT_FALSE(small_gemm_takes(x.to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat)));
   EXPECT_FALSE(small_gemm_takes(x, w, b.narrow(0, 0, 70)));
   int64_t runs = small_gemm_runs();
-  with_env("KVBENCH_MODEL_GEMM", nullptr, [&] {
-    EXPECT_TRUE(linear_rows(x, w, b).equal(at::addmm(b, x, w.t())));
-  });
+  with_env("KVBENCH_MODEL_GEMM", nullptr,
+           [&] { EXPECT_TRUE(linear_rows(x, w, b).equal(at::addmm(b, x, w.t()))); });
   EXPECT_EQ(small_gemm_runs(), runs);
   with_env("KVBENCH_MODEL_GEMM", "kvbench", [&] {
     const at::Tensor with_bias = linear_rows(x, w, b), plain = linear_rows(strided, w, {});
@@ -291,9 +290,9 @@ TEST(ModelOpsWrapperTest, SmallGemmOnTheGpuMatchesCublas) {
       });
     }
   }
-  const Transformer m = Transformer::random(
-      parse_model_config(find_model_preset("tiny-qwen2").config, "tiny-qwen2"), 9,
-      ModelPlacement{gpu, at::kHalf});
+  const Transformer m =
+      Transformer::random(parse_model_config(find_model_preset("tiny-qwen2").config, "tiny-qwen2"),
+                          9, ModelPlacement{gpu, at::kHalf});
   const ModelConfig& c = m.config();
   auto run = [&] {
     FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
