@@ -63,7 +63,9 @@ __device__ __forceinline__ Words load_x(const uint16_t* p) {
 // The kernel's body (small_gemm.cu wraps it in a __global__ with its launch bounds).
 template <bool kBf16, int kRowTiles, int kColTiles>
 __device__ __forceinline__ void small_gemm_body(const SmallGemmProblem& p) {
-  constexpr int kUnroll = kColTiles == 2 ? 4 : 2;  // chunks a lane has in flight
+  // Chunks a lane has in flight: 256 bytes of weights per lane whatever the tiles (fewer rounds
+  // of memory latency per warp; a decode step's o projection is 16 chunks per warp).
+  constexpr int kUnroll = 16 / kColTiles;
   constexpr int kRows = 16 * kRowTiles, kCols = 8 * kColTiles;
   __shared__ float sums[kWarps][kRows][kCols];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;

@@ -262,7 +262,7 @@ Environment capture_environment() {
   env.blas = detect_blas();
   env.cuda = query_cuda();
   for (const char* name : {"KVBENCH_DECODE_LOOP", "KVBENCH_RETAINED_TOKENS", "KVBENCH_MODEL_OPS",
-                           "KVBENCH_PAGED_PATH", "KVBENCH_SIMD"})
+                           "KVBENCH_MODEL_GEMM", "KVBENCH_PAGED_PATH", "KVBENCH_SIMD"})
     if (const char* value = std::getenv(name)) env.overrides[name] = value;
   return env;
 }

@@ -193,8 +193,17 @@ bool small_gemm_takes(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   return small_gemm_problem(x.contiguous(), w, b, &p);
 }
 
+// KVBENCH_MODEL_GEMM: "kvbench" (true), "aten" or unset (false); anything else is an error.
+bool small_gemm_chosen() {
+  const char* v = std::getenv("KVBENCH_MODEL_GEMM");
+  if (v == nullptr || std::string(v) == "aten") return false;
+  KVB_CHECK(std::string(v) == "kvbench", "KVBENCH_MODEL_GEMM: expected kvbench or aten, got '",
+            v, "'");
+  return true;
+}
+
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (!env_is("KVBENCH_MODEL_GEMM", "kvbench")) return aten_linear(x, w, b);
+  if (!small_gemm_chosen()) return aten_linear(x, w, b);
   const at::Tensor in = x.contiguous();
   kernels::SmallGemmProblem p;
   if (!small_gemm_problem(in, w, b, &p)) return aten_linear(x, w, b);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
@@ -237,6 +238,20 @@ TEST(ModelOpsWrapperTest, LinearRowsTakesTheSmallBatchKernelWhereItApplies) {
     const at::Tensor xf = x.to(at::kFloat), wf = w.to(at::kFloat);
     EXPECT_TRUE(linear_rows(xf, wf, {}).equal(at::mm(xf, wf.t())));
     EXPECT_EQ(small_gemm_runs(), runs) << "refused shapes went to libtorch";
+  });
+  with_env("KVBENCH_MODEL_GEMM", "aten", [&] {
+    EXPECT_TRUE(linear_rows(x, w, b).equal(at::addmm(b, x, w.t())));
+  });
+  with_env("KVBENCH_MODEL_GEMM", "cublas", [&] {
+    try {
+      linear_rows(x, w, b);
+      ADD_FAILURE() << "an unknown setting was taken";
+    } catch (const kvbench::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("KVBENCH_MODEL_GEMM: expected kvbench or aten, got "
+                                           "'cublas'"),
+                std::string::npos)
+          << e.what();
+    }
   });
 }
 
