@@ -19,18 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "bench_check.h"
 #include "small_gemm_launcher.h"
 
 namespace k = kvbench::kernels;
-
-#define CHECK(expr)                                                                              \
-  do {                                                                                           \
-    cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 namespace {
 

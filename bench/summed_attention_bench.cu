@@ -17,18 +17,10 @@
 #include <random>
 #include <vector>
 
+#include "bench_check.h"
 #include "summed_attention_launcher.h"
 
 namespace k = kvbench::kernels;
-
-#define CHECK(expr)                                                                              \
-  do {                                                                                           \
-    cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 int main(int argc, char** argv) {
   FILE* out = nullptr;

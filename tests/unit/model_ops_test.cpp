@@ -200,6 +200,15 @@ TEST(ModelOpsWrapperTest, ForwardOnHostKernelsMatchesEager) {
   }
 }
 
+// A model's logits over a 4-token prefill (every row) and one decode step, on a fresh cache.
+at::Tensor prefill_then_step(const Transformer& m) {
+  const ModelConfig& c = m.config();
+  FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
+  const int64_t seq = cache.add_sequence();
+  at::Tensor prefill = m.forward({{seq, {5, 6, 7, 8}}}, cache, /*all_logits=*/true);
+  return at::cat({prefill, m.forward({{seq, {11}}}, cache)}, 0);
+}
+
 // linear_rows: libtorch's matmul unless KVBENCH_MODEL_GEMM=kvbench, then the small-batch
 // kernel's host reference on the CPU where the kernel takes the tensors (bf16 here, with and
 // without bias, a strided x), one rounding of bf16 from libtorch's; what the kernel does not
@@ -239,9 +248,8 @@ TEST(ModelOpsWrapperTest, LinearRowsTakesTheSmallBatchKernelWhereItApplies) {
     EXPECT_TRUE(linear_rows(xf, wf, {}).equal(at::mm(xf, wf.t())));
     EXPECT_EQ(small_gemm_runs(), runs) << "refused shapes went to libtorch";
   });
-  with_env("KVBENCH_MODEL_GEMM", "aten", [&] {
-    EXPECT_TRUE(linear_rows(x, w, b).equal(at::addmm(b, x, w.t())));
-  });
+  with_env("KVBENCH_MODEL_GEMM", "aten",
+           [&] { EXPECT_TRUE(linear_rows(x, w, b).equal(at::addmm(b, x, w.t()))); });
   with_env("KVBENCH_MODEL_GEMM", "cublas", [&] {
     try {
       linear_rows(x, w, b);
@@ -308,16 +316,10 @@ TEST(ModelOpsWrapperTest, SmallGemmOnTheGpuMatchesCublas) {
   const Transformer m =
       Transformer::random(parse_model_config(find_model_preset("tiny-qwen2").config, "tiny-qwen2"),
                           9, ModelPlacement{gpu, at::kHalf});
-  const ModelConfig& c = m.config();
-  auto run = [&] {
-    FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
-    const int64_t seq = cache.add_sequence();
-    at::Tensor prefill = m.forward({{seq, {5, 6, 7, 8}}}, cache, /*all_logits=*/true);
-    return at::cat({prefill, m.forward({{seq, {11}}}, cache)}, 0);
-  };
   at::Tensor cublas;
-  with_env("KVBENCH_MODEL_GEMM", nullptr, [&] { cublas = run(); });
-  with_env("KVBENCH_MODEL_GEMM", "kvbench", [&] { EXPECT_LT(rel_error(run(), cublas), 1e-2); });
+  with_env("KVBENCH_MODEL_GEMM", nullptr, [&] { cublas = prefill_then_step(m); });
+  with_env("KVBENCH_MODEL_GEMM", "kvbench",
+           [&] { EXPECT_LT(rel_error(prefill_then_step(m), cublas), 1e-2); });
 }
 
 // On a GPU: the CUDA kernels (the default there) against the eager formulas on the same
@@ -364,16 +366,9 @@ TEST(ModelOpsWrapperTest, CudaKernelsMatchTheEagerFormulasOnTheGpu) {
   for (const char* name : {"tiny-llama", "tiny-qwen2", "tiny-qwen3"}) {
     const Transformer m =
         Transformer::random(parse_model_config(find_model_preset(name).config, name), 9, fp16);
-    const ModelConfig& c = m.config();
-    auto run = [&] {
-      FullKVCache cache(c.num_layers, c.num_kv_heads, c.head_dim, at::kFloat);
-      const int64_t seq = cache.add_sequence();
-      at::Tensor prefill = m.forward({{seq, {5, 6, 7, 8}}}, cache, /*all_logits=*/true);
-      return at::cat({prefill, m.forward({{seq, {11}}}, cache)}, 0);
-    };
-    const at::Tensor kernels = run();
+    const at::Tensor kernels = prefill_then_step(m);
     with_env("KVBENCH_MODEL_OPS", "aten",
-             [&] { EXPECT_LT(rel_error(kernels, run()), 1e-2) << name; });
+             [&] { EXPECT_LT(rel_error(kernels, prefill_then_step(m)), 1e-2) << name; });
   }
 }
 
