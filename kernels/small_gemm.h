@@ -44,6 +44,8 @@ inline const char* small_gemm_check(const SmallGemmProblem& p) {
   if (!p.x || !p.w || !p.y) return "small_gemm: x, w and y are required";
   if (reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || reinterpret_cast<uintptr_t>(p.w) % 16 != 0)
     return "small_gemm: x and w must be 16-byte aligned";
+  // Both are read through the read-only cache while y is written.
+  if (p.y == p.x || p.y == p.w) return "small_gemm: y may not alias x or w";
   return "";
 }
 

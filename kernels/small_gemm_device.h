@@ -59,64 +59,71 @@ __device__ __forceinline__ Words load_x(const uint16_t* p) {
 }
 
 // Block x: output columns [n0, n0 + 8 kColTiles) for every row; warp w sums chunks w, w + 8, ...
-// of `in`. kRowTiles MMA row tiles of 16 (rows beyond p.rows read as zeros, never written).
-// The kernel's body (small_gemm.cu wraps it in a __global__ with its launch bounds).
+// of `in`. kRowTiles MMA row tiles of 16 (rows beyond p.rows computed, never written). The
+// kernel's body (small_gemm.cu wraps it in a __global__ with its launch bounds).
 template <bool kBf16, int kRowTiles, int kColTiles>
 __device__ __forceinline__ void small_gemm_body(const SmallGemmProblem& p) {
-  // Chunks a lane has in flight: 256 bytes of weights per lane whatever the tiles (fewer rounds
-  // of memory latency per warp; a decode step's o projection is 16 chunks per warp).
-  constexpr int kUnroll = 16 / kColTiles;
+  // Chunks a lane has in flight per round: 128 bytes of weights per lane whatever the tiles.
+  constexpr int kUnroll = 8 / kColTiles;
   constexpr int kRows = 16 * kRowTiles, kCols = 8 * kColTiles;
   __shared__ float sums[kWarps][kRows][kCols];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
   const int n0 = int(blockIdx.x) * kCols, chunks = p.in / kSmallGemmChunk;
-  const uint16_t* w_row[kColTiles];  // this lane's weight row of each column tile, at 8q
-  bool w_live[kColTiles];
+  // This lane's weight row of each column tile and its x rows (g and g + 8 of each row tile),
+  // at value 8q of a chunk. Rows past the weights' or x's end read row 0 instead: a weight row
+  // feeds only its own output column and an x row only its own output row, neither of which is
+  // stored, so every load in the loop is unconditional and the loads of a round issue together.
+  const uint16_t* w_row[kColTiles];
 #pragma unroll
   for (int t = 0; t < kColTiles; ++t) {
     const int n = n0 + 8 * t + g;
-    w_live[t] = n < p.out;
-    w_row[t] = static_cast<const uint16_t*>(p.w) + size_t(w_live[t] ? n : 0) * p.in + 8 * q;
+    w_row[t] = static_cast<const uint16_t*>(p.w) + size_t(n < p.out ? n : 0) * p.in + 8 * q;
   }
-  const uint16_t* x_row[kRowTiles][2];  // rows g and g + 8 of each row tile, at 8q
-  bool x_live[kRowTiles][2];
+  const uint16_t* x_row[kRowTiles][2];
 #pragma unroll
   for (int m = 0; m < kRowTiles; ++m)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = 16 * m + 8 * h + g;
-      x_live[m][h] = r < p.rows;
-      x_row[m][h] = static_cast<const uint16_t*>(p.x) + size_t(x_live[m][h] ? r : 0) * p.in + 8 * q;
+      x_row[m][h] = static_cast<const uint16_t*>(p.x) + size_t(r < p.rows ? r : 0) * p.in + 8 * q;
     }
 
   float acc[kRowTiles][kColTiles][4] = {};
-  for (int c0 = warp; c0 < chunks; c0 += kWarps * kUnroll) {
+  // Chunk c's MMAs: two per (row tile, column tile), values 4 half .. 4 half + 3 of the lane's 8.
+  auto multiply = [&](const Words(&wv)[kColTiles], const Words(&xv)[kRowTiles][2]) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+      for (int m = 0; m < kRowTiles; ++m) {
+        const uint32_t a[4] = {xv[m][0].w[2 * half], xv[m][1].w[2 * half], xv[m][0].w[2 * half + 1],
+                               xv[m][1].w[2 * half + 1]};
+#pragma unroll
+        for (int t = 0; t < kColTiles; ++t)
+          mma::mma16816<kBf16>(acc[m][t], a, wv[t].w[2 * half], wv[t].w[2 * half + 1]);
+      }
+  };
+  auto load = [&](int c, Words(&wv)[kColTiles], Words(&xv)[kRowTiles][2]) {
+    const size_t k = size_t(c) * kSmallGemmChunk;
+#pragma unroll
+    for (int t = 0; t < kColTiles; ++t) wv[t] = load_weights(w_row[t] + k);
+#pragma unroll
+    for (int m = 0; m < kRowTiles; ++m)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) xv[m][h] = load_x(x_row[m][h] + k);
+  };
+  // Whole rounds: chunks c0, c0 + 8, ... c0 + 8 (kUnroll - 1), every load before any MMA.
+  int c0 = warp;
+  for (; c0 + kWarps * (kUnroll - 1) < chunks; c0 += kWarps * kUnroll) {
     Words wv[kUnroll][kColTiles], xv[kUnroll][kRowTiles][2];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {  // every load of the group before any MMA
-      const int c = c0 + u * kWarps;
-      const size_t k = size_t(c) * kSmallGemmChunk;
+    for (int u = 0; u < kUnroll; ++u) load(c0 + u * kWarps, wv[u], xv[u]);
 #pragma unroll
-      for (int t = 0; t < kColTiles; ++t)
-        wv[u][t] = c < chunks && w_live[t] ? load_weights(w_row[t] + k) : Words{};
-#pragma unroll
-      for (int m = 0; m < kRowTiles; ++m)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          xv[u][m][h] = c < chunks && x_live[m][h] ? load_x(x_row[m][h] + k) : Words{};
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-      for (int half = 0; half < 2; ++half)  // values 4 half .. 4 half + 3 of the lane's 8
-#pragma unroll
-        for (int m = 0; m < kRowTiles; ++m) {
-          const uint32_t a[4] = {xv[u][m][0].w[2 * half], xv[u][m][1].w[2 * half],
-                                 xv[u][m][0].w[2 * half + 1], xv[u][m][1].w[2 * half + 1]};
-#pragma unroll
-          for (int t = 0; t < kColTiles; ++t)
-            mma::mma16816<kBf16>(acc[m][t], a, wv[u][t].w[2 * half], wv[u][t].w[2 * half + 1]);
-        }
+    for (int u = 0; u < kUnroll; ++u) multiply(wv[u], xv[u]);
+  }
+  for (; c0 < chunks; c0 += kWarps) {  // the warp's last chunks, fewer than a round
+    Words wv[kColTiles], xv[kRowTiles][2];
+    load(c0, wv, xv);
+    multiply(wv, xv);
   }
 
   // The warps' partial sums (C fragments: rows g, g + 8; columns 2q, 2q + 1) through shared

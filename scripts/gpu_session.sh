@@ -34,9 +34,9 @@
 #   KVBENCH_RETAINED_TOKENS=N  the suites' retained-index loop (1, 2 or 4), as the decode bench
 #                              chose it before (other than 1 only where its kernel tests
 #                              run and pass here)
-#   KVBENCH_MODEL_GEMM=kvbench|aten  the suites' weight multiplies, as the small_gemm bench
-#                              chose them before (kvbench only where its kernel tests run and
-#                              pass here)
+#   KVBENCH_MODEL_GEMM=kvbench|aten  the suites' weight multiplies, as an earlier call's
+#                              small_gemm bench chose them (taken as given; unset, the bench's
+#                              choice here, kvbench only where its kernel tests run and pass)
 #   GPU_HOST_OPS_METHODS="m ..." the host_ops stage's methods (default: full h2o tova
 #                              scissorhands; host_ops_bench's names)
 set -uo pipefail
@@ -146,13 +146,13 @@ stage gpu_tests 120 build-gpu/gpu_tests --gtest_brief=1 --gtest_filter="${GPU_TE
 kernel_tests_rc=$?
 tail -4 "$LOGS/gpu_tests.log"
 # The kernels' SASS, to read here (this machine has no cuobjdump; perf-notes: instruction budget).
-stage sass 30 bash -c "rc=0; for o in decode_attention palu_decode gear_decode; do
+stage sass 30 bash -c "rc=0; for o in decode_attention palu_decode gear_decode small_gemm; do
   cuobjdump --dump-sass build-gpu/\$o.o > $SASS/\$o.sass || rc=1; done; exit \$rc"
 tar czf "$OUT/sass.tgz" -C "$SASS" . 2>/dev/null
 # The tool brings back files up to 16 MiB: a larger archive would be dropped silently.
 if [ "$(stat -c%s "$OUT/sass.tgz" 2>/dev/null || echo 0)" -gt $((15 * 1024 * 1024)) ]; then
   rm -f "$OUT/sass.tgz"
-  tar czf "$OUT/sass.tgz" -C "$SASS" palu_decode.sass gear_decode.sass 2>/dev/null
+  tar czf "$OUT/sass.tgz" -C "$SASS" palu_decode.sass gear_decode.sass small_gemm.sass 2>/dev/null
   log "sass: decode_attention's SASS left out (the archive was over 15 MiB)"
 fi
 # 2. Every format's decode kernel (v2 and v3 loops, Palu, GEAR) at batch 1, 16, 64 x 4k, 32k
@@ -199,11 +199,13 @@ tail -8 "$LOGS/model_peer.log"
 #    weights go faster than with cuBLAS, and only where its kernel tests ran and passed here.
 stage small_gemm_bench 60 build-gpu/small_gemm_bench --batch 16 32 --out "$LOGS/small_gemm.jsonl"
 grep -E "copy|step" "$LOGS/small_gemm_bench.log" | head -8
+#    A KVBENCH_MODEL_GEMM given to the call (an earlier call's choice) is taken as it is.
 gemm=${KVBENCH_MODEL_GEMM:-$(python3 scripts/best_model_gemm.py "$LOGS/model_peer.jsonl" \
   "$LOGS/small_gemm.jsonl" 2>>"$OUT/session.log")}
 gemm_tests=$(build-gpu/gpu_tests --gtest_list_tests --gtest_filter="${GPU_TESTS_FILTER:-*}" 2>/dev/null |
   grep -c SmallGemmGpu)
-if [ "$gemm" = kvbench ] && { [ "$kernel_tests_rc" != 0 ] || [ "${gemm_tests:-0}" = 0 ]; }; then
+if [ -z "${KVBENCH_MODEL_GEMM:-}" ] && [ "$gemm" = kvbench ] &&
+  { [ "$kernel_tests_rc" != 0 ] || [ "${gemm_tests:-0}" = 0 ]; }; then
   log "model gemm: the small-batch kernel left out (its kernel tests did not run and pass here)"
   gemm=aten
 fi

@@ -34,25 +34,42 @@ PhaseClock::~PhaseClock() {
 #endif
 }
 
-void PhaseClock::mark(int phase) {
-  KVB_CHECK(phase >= 0 && phase < static_cast<int>(names_.size()), "phase clock: phase ", phase,
-            " outside [0, ", names_.size(), ")");
-  const size_t boundary = running_.size();
-  running_.push_back(phase);
+void PhaseClock::reserve(size_t boundaries) {
+#ifdef KVBENCH_HAVE_CUDA
+  while (device_.is_cuda() && events_.size() < boundaries) {
+    cudaEvent_t e = nullptr;
+    check(kernels::event_create(device_.has_index() ? device_.index() : 0, &e), "create");
+    events_.push_back(e);
+  }
+#else
+  (void)boundaries;
+#endif
+}
+
+// The boundary's time: an event recorded on the stream, or the wall clock.
+void PhaseClock::record(size_t boundary) {
   if (!device_.is_cuda()) {
     stamps_.push_back(clock_.seconds());
     return;
   }
 #ifdef KVBENCH_HAVE_CUDA
-  if (boundary == events_.size()) {
-    cudaEvent_t e = nullptr;
-    check(kernels::event_create(device_.has_index() ? device_.index() : 0, &e), "create");
-    events_.push_back(e);
-  }
+  reserve(boundary + 1);
   check(kernels::event_record(static_cast<cudaEvent_t>(events_[boundary]),
                               static_cast<cudaStream_t>(current_cuda_stream(device_))),
         "record");
 #endif
+}
+
+void PhaseClock::mark(int phase) {
+  KVB_CHECK(phase >= 0 && phase < static_cast<int>(names_.size()), "phase clock: phase ", phase,
+            " outside [0, ", names_.size(), ")");
+  record(running_.size());  // first: a mark that throws leaves no phase without its boundary
+  running_.push_back(phase);
+}
+
+void PhaseClock::reset() {
+  running_.clear();
+  stamps_.clear();
 }
 
 double PhaseClock::boundary_seconds(size_t from, size_t to) {
@@ -69,14 +86,16 @@ double PhaseClock::boundary_seconds(size_t from, size_t to) {
 }
 
 std::vector<double> PhaseClock::finish() {
+  struct Reset {
+    PhaseClock* clock;
+    ~Reset() { clock->reset(); }
+  } reset_after{this};
   std::vector<double> seconds(names_.size(), 0.0);
   if (running_.empty()) return seconds;
   const size_t marks = running_.size();
-  mark(running_.back());  // the closing boundary; the phase it starts is dropped below
+  record(marks);  // the closing boundary
   for (size_t i = 0; i < marks; ++i)
     seconds[static_cast<size_t>(running_[i])] += boundary_seconds(i, i + 1);
-  running_.clear();
-  stamps_.clear();
   return seconds;
 }
 

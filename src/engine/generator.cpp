@@ -38,6 +38,9 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     return !config.ignore_eos && std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(),
                                            id) != config.eos_token_ids.end();
   };
+  KVB_CHECK(!config.phases || config.phases->device().type() == model.placement().device.type(),
+            "generate: a phase clock on ", config.phases ? config.phases->device().str() : "",
+            " cannot time a model on ", model.placement().device.str());
   Stopwatch clock;
   std::vector<size_t> active(n);
   for (size_t i = 0; i < n; ++i) active[i] = i;
@@ -45,6 +48,7 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   bool first = true;
   while (!active.empty()) {
     Stopwatch step;
+    if (config.phases) config.phases->reset();  // a step of an earlier call that threw
     const double retention_before = cache.retention_seconds();
     // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
     // also waits for the step's kernels, so the step time includes the device's).

@@ -170,11 +170,14 @@ bool small_gemm_problem(const at::Tensor& x, const at::Tensor& w, const at::Tens
   if (b.defined() && (b.dim() != 1 || b.size(0) != w.size(0) || b.scalar_type() != t ||
                       !b.is_contiguous() || b.device() != x.device()))
     return false;
-  if (x.size(0) > kernels::kSmallGemmMaxRows || w.size(0) > (int64_t(1) << 30)) return false;
+  if (x.size(0) > kernels::kSmallGemmMaxRows || w.size(0) > (int64_t(1) << 30) ||
+      x.size(1) > (int64_t(1) << 30))
+    return false;
   p->rows = int(x.size(0)), p->in = int(x.size(1)), p->out = int(w.size(0));
   p->dtype = t == at::kHalf ? kernels::ActDtype::kF16 : kernels::ActDtype::kBf16;
   p->x = x.data_ptr(), p->w = w.data_ptr(), p->bias = b.defined() ? b.data_ptr() : nullptr;
-  p->y = x.data_ptr();  // a stand-in for the check: outputs get their own tensor
+  static char stand_in;  // y for the check (not x or w): the output gets its own tensor
+  p->y = &stand_in;
   return kernels::small_gemm_check(*p)[0] == '\0';
 }
 
@@ -197,8 +200,8 @@ bool small_gemm_takes(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 bool small_gemm_chosen() {
   const char* v = std::getenv("KVBENCH_MODEL_GEMM");
   if (v == nullptr || std::string(v) == "aten") return false;
-  KVB_CHECK(std::string(v) == "kvbench", "KVBENCH_MODEL_GEMM: expected kvbench or aten, got '",
-            v, "'");
+  KVB_CHECK(std::string(v) == "kvbench", "KVBENCH_MODEL_GEMM: expected kvbench or aten, got '", v,
+            "'");
   return true;
 }
 

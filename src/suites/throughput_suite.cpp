@@ -62,7 +62,8 @@ json phases_json(const GenerationResult& res, const std::vector<std::string>& na
                  const at::Device& device) {
   const size_t skip = res.decode_phase_s.size() > 1 ? 1 : 0;
   json prefill = json::object(), decode = json::object(), share = json::object();
-  std::vector<double> medians;
+  std::vector<double> medians, steps;
+  for (size_t i = skip; i < res.decode_step_s.size(); ++i) steps.push_back(res.decode_step_s[i]);
   for (size_t p = 0; p < names.size(); ++p) {
     std::vector<double> per_step;
     for (size_t i = skip; i < res.decode_phase_s.size(); ++i)
@@ -79,7 +80,11 @@ json phases_json(const GenerationResult& res, const std::vector<std::string>& na
           {"prefill_s", prefill},
           {"decode_step_s", decode},
           {"decode_total_s", total},
-          {"decode_share", share}};
+          {"decode_share", share},
+          // The same steps by the generator's stopwatch (with the marks' cost in them), and how
+          // many: beside the timed steps' median they say how far the split is from it.
+          {"decode_steps", steps.size()},
+          {"split_step_s", steps.empty() ? 0.0 : median(steps)}};
 }
 
 json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t prompt,
@@ -95,6 +100,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   // The last warmup generation is split into phases (its marks would add host time to a timed
   // one).
   PhaseClock clock(model.placement().device, forward_phase_names());
+  clock.reserve(static_cast<size_t>(6 * model.config().num_layers + 4));  // a step's marks
   json phases;
   for (int r = 0; r < warmup + repeats; ++r) {
     auto prompts = synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r);

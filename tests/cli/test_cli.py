@@ -1321,6 +1321,10 @@ class BestModelGemmTest(unittest.TestCase):
         self.assertEqual(self.pick(cublas, [step("small_gemm_c16", 10)]), "aten")  # not the launcher's
         self.assertEqual(self.pick(cublas, [step("small_gemm", 5000)], "--batch", "32"), "aten")
         self.assertEqual(self.pick([], [step("small_gemm", 5000)]), "aten")
+        # cuBLAS replayed from a graph, without Python's launch cost, is the one to beat.
+        graphed = cublas + [step("mm_t_graph", 4000)]
+        self.assertEqual(self.pick(graphed, [step("small_gemm", 5000)]), "aten")
+        self.assertEqual(self.pick(graphed, [step("small_gemm", 3000)]), "kvbench")
 
 
 class ServingToolsCliTest(CliCase):

@@ -23,12 +23,13 @@ struct SmallGemmShape {
 };
 
 // Shapes of every path: 1 to 32 rows (one and two MMA row tiles, part tiles), columns that
-// end inside a tile, `in` of one chunk to several rounds of the warps' chunk groups with a
-// remainder, both block widths.
+// end inside a tile, `in` of one chunk to several whole rounds of the warps' chunks (32 at 16
+// columns, 16 at 32) and a part round after them, both block widths.
 inline std::vector<SmallGemmShape> small_gemm_shapes() {
   return {{16, 256, 48, true, 16},  {1, 64, 20, false, 0},   {5, 96, 37, true, 16},
           {17, 128, 40, false, 32}, {32, 544, 16, true, 32}, {16, 1056, 24, false, 0},
-          {3, 32, 9, true, 32}};
+          {3, 32, 9, true, 32},     {3, 4640, 9, true, 16},  {20, 2208, 40, true, 32},
+          {16, 2048, 16, false, 16}};
 }
 
 struct SmallGemmCase {

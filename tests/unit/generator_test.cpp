@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <memory>
+#include <thread>
+
 #include "kvbench/core/error.h"
 #include "kvbench/core/phase_clock.h"
 #include "kvbench/engine/generator.h"
@@ -104,6 +108,54 @@ TEST(Generate, SplitsEveryStepIntoTheForwardsPhases) {
   auto plain = generate(f.model, f.cache, {{1, 2, 3}}, g);
   EXPECT_TRUE(plain.prefill_phase_s.empty());
   EXPECT_TRUE(plain.decode_phase_s.empty());
+}
+
+// Passes everything to a full cache, sleeping 3 ms in each attention call: a step's attend
+// phase must then hold those milliseconds, and no other phase.
+class SlowAttention final : public KVCache {
+ public:
+  SlowAttention() : inner_(4, 2, 32, at::kFloat) {}
+  int64_t add_sequence() override { return inner_.add_sequence(); }
+  void remove_sequence(int64_t seq) override { inner_.remove_sequence(seq); }
+  int64_t length(int64_t seq) const override { return inner_.length(seq); }
+  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    return inner_.append_and_attend(seq, layer, q, k, v);
+  }
+  std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
+  StorageBytes storage() const override { return inner_.storage(); }
+  StorageBytes nominal() const override { return inner_.nominal(); }
+
+ private:
+  FullKVCache inner_;
+};
+
+TEST(Generate, TheAttendPhaseHoldsTheCachesWork) {
+  Fixture f;
+  SlowAttention slow;
+  GenerationConfig g;
+  g.max_new_tokens = 3;
+  PhaseClock clock(at::Device(at::kCPU), forward_phase_names());
+  g.phases = &clock;
+  auto r = generate(f.model, slow, {{1, 2, 3}, {4, 5}}, g);
+  const size_t attend = static_cast<size_t>(ForwardPhase::kAttend);
+  for (const std::vector<double>& p : r.decode_phase_s) {
+    EXPECT_GE(p[attend], 4 * 2 * 0.003);  // 4 layers x 2 sequences x 3 ms
+    double rest = 0;
+    for (size_t i = 0; i < p.size(); ++i) rest += i == attend ? 0.0 : p[i];
+    EXPECT_LT(rest, p[attend]) << "another phase took the attention's time";
+  }
+  // A clock on another device than the model's is refused before anything runs.
+  std::unique_ptr<PhaseClock> gpu;
+  try {
+    gpu = std::make_unique<PhaseClock>(at::Device(at::kCUDA, 0), forward_phase_names());
+  } catch (const Error&) {  // built without the CUDA kernels: refused at construction
+  }
+  if (gpu) {
+    g.phases = gpu.get();
+    EXPECT_THROW(generate(f.model, f.cache, {{1, 2}}, g), Error);
+  }
 }
 
 TEST(Generate, ReservesAPagedPoolForItsPromptsAndReportsWhatItOccupied) {

@@ -318,8 +318,11 @@ TEST(ModelOpsWrapperTest, SmallGemmOnTheGpuMatchesCublas) {
                           9, ModelPlacement{gpu, at::kHalf});
   at::Tensor cublas;
   with_env("KVBENCH_MODEL_GEMM", nullptr, [&] { cublas = prefill_then_step(m); });
+  const int64_t runs = small_gemm_runs();
   with_env("KVBENCH_MODEL_GEMM", "kvbench",
            [&] { EXPECT_LT(rel_error(prefill_then_step(m), cublas), 1e-2); });
+  // The prefill's 4 rows and the step's 1, four projections per layer and the head each.
+  EXPECT_EQ(small_gemm_runs() - runs, 2 * (4 * m.config().num_layers + 1));
 }
 
 // On a GPU: the CUDA kernels (the default there) against the eager formulas on the same

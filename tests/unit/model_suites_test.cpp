@@ -130,6 +130,8 @@ TEST(ThroughputSuite, SaysWhereADecodeStepGoesFromTheWarmup) {
   EXPECT_NEAR(p["decode_total_s"].get<double>(), total, 1e-12);
   EXPECT_GT(p["decode_step_s"]["attend"].get<double>(), 0.0);
   EXPECT_GT(p["prefill_s"]["mlp"].get<double>(), 0.0);
+  EXPECT_EQ(p["decode_steps"], 3);  // 4 decode steps, the first left out
+  EXPECT_GT(p["split_step_s"].get<double>(), 0.0);
 
   Harness none(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
                                "new_tokens": [3], "warmup": 0, "repeats": 1})"));

@@ -77,7 +77,8 @@ TEST(SmallGemmEmulationTest, TheCheckSeesAWrongOutput) {
 TEST(SmallGemmTest, RefusesWhatItCannotRun) {
   alignas(16) static uint16_t buf[64];
   kernels::SmallGemmProblem p;
-  p.rows = 16, p.in = 32, p.out = 8, p.x = buf, p.w = buf, p.y = buf;
+  alignas(16) static uint16_t out[64];
+  p.rows = 16, p.in = 32, p.out = 8, p.x = buf, p.w = buf, p.y = out;
   EXPECT_STREQ(kernels::small_gemm_check(p), "");
   auto refused = [&](auto change) {
     kernels::SmallGemmProblem q = p;
@@ -92,6 +93,7 @@ TEST(SmallGemmTest, RefusesWhatItCannotRun) {
   EXPECT_NE(refused([](auto& q) { q.columns = 8; }), "");
   EXPECT_NE(refused([&](auto& q) { q.x = reinterpret_cast<const char*>(buf) + 2; }), "");
   EXPECT_NE(refused([](auto& q) { q.y = nullptr; }), "");
+  EXPECT_NE(refused([](auto& q) { q.y = const_cast<void*>(q.w); }), "");
   EXPECT_EQ(kernels::small_gemm_columns(p), 16);
   p.out = 8192;
   EXPECT_EQ(kernels::small_gemm_columns(p), 32);

@@ -27,13 +27,21 @@ class PhaseClock {
   PhaseClock& operator=(const PhaseClock&) = delete;
 
   const std::vector<std::string>& names() const { return names_; }
+  const at::Device& device() const { return device_; }
+  // Makes the events of `boundaries` marks now (on a GPU), so that a step's first marks do not
+  // create them inside its phases.
+  void reserve(size_t boundaries);
   void mark(int phase);
   // Seconds per phase (names().size() of them) since the step's first mark; on a GPU, waits for
-  // the work queued until now to finish. Zeros when nothing was marked.
+  // the work queued until now to finish. Zeros when nothing was marked. Starts a new step, also
+  // when it throws.
   std::vector<double> finish();
+  // Forgets the marks of a step that did not finish (one that threw).
+  void reset();
 
  private:
   double boundary_seconds(size_t from, size_t to);
+  void record(size_t boundary);
 
   at::Device device_;
   std::vector<std::string> names_;

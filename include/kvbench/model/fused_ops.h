@@ -51,7 +51,8 @@ at::Tensor silu_mul(const at::Tensor& gate_up);
 // returns [rows, out] in x's dtype. With KVBENCH_MODEL_GEMM=kvbench, where kvbench's
 // small-batch kernel takes the tensors (fp16 or bf16, 1 to 32 rows, in % 32 == 0: a decode
 // step's projections; kernels/small_gemm.h), that kernel on a GPU, its host reference on the
-// CPU; libtorch's matmul (cuBLAS on a GPU) otherwise, and by default until the GPU bench has
+// CPU (scalar and single-threaded: for tests of this path, seconds per step on a real model);
+// libtorch's matmul (cuBLAS on a GPU) otherwise, and by default until the GPU bench has
 // measured the kernel against cuBLAS (docs/perf-notes.md).
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 // Whether linear_rows takes the small-batch kernel for these tensors (the setting aside).
