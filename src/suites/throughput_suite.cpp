@@ -23,7 +23,9 @@ std::vector<ParamSpec> ThroughputSuite::param_specs() {
           .range(1, 1 << 20),
       ParamSpec::int_list("new_tokens", json::array({32}), "generated tokens per sequence")
           .range(2, 1 << 16),
-      ParamSpec::integer("warmup", 1, "untimed generations before each point").range(0, 1000),
+      ParamSpec::integer("warmup", 1,
+                         "untimed generations before each point; the last is split into phases")
+          .range(0, 1000),
       ParamSpec::integer("repeats", 3, "timed generations per point").range(1, 100000),
       ParamSpec::integer("capacity_context", 0,
                          "capacity view: tokens each sequence holds (0 = no capacity view); the "
@@ -354,16 +356,11 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
 Table ThroughputSuite::summary_table(const CellOutput& output) const {
   Table t;
   // retention %: the policy's share of prefill time / of decode time (SnapKV selects in the
-  // prefill, H2O and TOVA in every decode step).
-  t.columns = {"batch",
-               "prompt",
-               "new",
-               "prefill tok/s",
-               "decode tok/s",
-               "ms/step",
-               "retention % pre/dec",
-               "KV bytes",
-               "bits/value"};
+  // prefill, H2O and TOVA in every decode step). attend %: the KV cache's share of a decode
+  // step (its append and attention, the phases' split), "-" without a warmup generation.
+  t.columns = {"batch",        "prompt",    "new",      "prefill tok/s",
+               "decode tok/s", "ms/step",   "attend %", "retention % pre/dec",
+               "KV bytes",     "bits/value"};
   for (const auto& r : output.records) {
     // The capacity record's row: "20 (capacity)", or "32 (capacity; fits 120)" when capped.
     std::string batch = std::to_string(r["batch"].get<int64_t>());
@@ -372,15 +369,19 @@ Table ThroughputSuite::summary_table(const CellOutput& output) const {
                    ? " (capacity; fits " + std::to_string(r["max_batch_fit"].get<int64_t>()) + ")"
                    : " (capacity)";
     }
-    t.rows.push_back({batch, std::to_string(r["prompt_tokens"].get<int64_t>()),
-                      std::to_string(r["new_tokens"].get<int64_t>()),
-                      format_fixed(r["prefill_tok_s"].get<double>(), 1),
-                      format_fixed(r["decode_tok_s"].get<double>(), 1),
-                      format_fixed(r["decode_step_s"]["median"].get<double>() * 1e3, 2),
-                      format_fixed(r["retention"]["prefill_share"].get<double>() * 100, 1) + " / " +
-                          format_fixed(r["retention"]["decode_share"].get<double>() * 100, 1),
-                      format_bytes(r["kv_bytes"].get<double>()),
-                      format_fixed(r["kv_memory"]["bits_per_value"].get<double>(), 2)});
+    t.rows.push_back(
+        {batch, std::to_string(r["prompt_tokens"].get<int64_t>()),
+         std::to_string(r["new_tokens"].get<int64_t>()),
+         format_fixed(r["prefill_tok_s"].get<double>(), 1),
+         format_fixed(r["decode_tok_s"].get<double>(), 1),
+         format_fixed(r["decode_step_s"]["median"].get<double>() * 1e3, 2),
+         r.value("phases", json()).is_object()
+             ? format_fixed(r["phases"]["decode_share"]["attend"].get<double>() * 100, 1)
+             : "-",
+         format_fixed(r["retention"]["prefill_share"].get<double>() * 100, 1) + " / " +
+             format_fixed(r["retention"]["decode_share"].get<double>() * 100, 1),
+         format_bytes(r["kv_bytes"].get<double>()),
+         format_fixed(r["kv_memory"]["bits_per_value"].get<double>(), 2)});
   }
   return t;
 }

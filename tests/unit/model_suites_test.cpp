@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/transformer.h"
 #include "kvbench/suites/accuracy_suite.h"
@@ -132,6 +133,8 @@ TEST(ThroughputSuite, SaysWhereADecodeStepGoesFromTheWarmup) {
   EXPECT_GT(p["prefill_s"]["mlp"].get<double>(), 0.0);
   EXPECT_EQ(p["decode_steps"], 3);  // 4 decode steps, the first left out
   EXPECT_GT(p["split_step_s"].get<double>(), 0.0);
+  const Table table = suite.summary_table(out);
+  EXPECT_EQ(table.rows[0][6], format_fixed(p["decode_share"]["attend"].get<double>() * 100, 1));
 
   Harness none(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
                                "new_tokens": [3], "warmup": 0, "repeats": 1})"));
@@ -229,7 +232,10 @@ TEST(ModelSuites, RetentionTimeIsReportedPerCell) {
   EXPECT_GT(r["decode_step_ms"].get<double>(), 0.0);
   EXPECT_LE(r["decode_share"].get<double>(), 1.0);
   EXPECT_EQ(out.records[0]["kv_memory"]["kept_tokens"]["max"], 12);
-  EXPECT_EQ(throughput.summary_table(out).columns.size(), 9u);
+  const Table table = throughput.summary_table(out);
+  ASSERT_EQ(table.columns.size(), 10u);
+  EXPECT_EQ(table.columns[6], "attend %");
+  EXPECT_EQ(table.rows[0][6], "-");  // no warmup generation to split
 }
 
 TEST(ModelSuites, EstimatesCoverKvAndWeights) {
