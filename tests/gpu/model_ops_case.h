@@ -49,6 +49,19 @@ inline double act_tolerance(kernels::ActDtype t) {
   return t == kernels::ActDtype::kF32 ? 2e-6 : (t == kernels::ActDtype::kF16 ? 2e-3 : 1.6e-2);
 }
 
+// One rounding of the dtype, relative to the output's scale.
+inline double one_rounding(kernels::ActDtype t) {
+  return t == kernels::ActDtype::kF32 ? 1e-6 : (t == kernels::ActDtype::kF16 ? 1e-3 : 8e-3);
+}
+// The norms round twice (x * s, then times the weight), and the device's s differs from the
+// host's in its last bits (another summation order): a value at a rounding tie of x * s lands
+// one unit apart, and the weight's rounding can make that two (up to 2^-9 of the scale in
+// fp16, 2^-6 in bf16; found by a review replaying the kernel's arithmetic on the CPU, fp16
+// 1 x 4096: 1.03e-3). fp32: 4096 squares summed in another order.
+inline double two_roundings(kernels::ActDtype t) {
+  return t == kernels::ActDtype::kF32 ? 4e-6 : (t == kernels::ActDtype::kF16 ? 2.5e-3 : 2e-2);
+}
+
 struct RmsNormCase {
   int rows, dim;
   float eps = 1e-5f;

@@ -11,6 +11,7 @@
 
 #include "device_buffer.h"
 #include "model_ops_case.h"
+#include "model_ops_check.h"
 #include "model_ops_launcher.h"
 #include "scaled_error.h"
 
@@ -22,19 +23,6 @@ using kernels::ActDtype;
 #define ASSERT_CUDA(expr) ASSERT_CUDA_WITH(expr, "")
 
 const std::vector<ActDtype> kDtypes = {ActDtype::kF32, ActDtype::kF16, ActDtype::kBf16};
-
-// One rounding of the dtype, relative to the output's scale.
-double one_rounding(ActDtype t) {
-  return t == ActDtype::kF32 ? 1e-6 : (t == ActDtype::kF16 ? 1e-3 : 8e-3);
-}
-// The norms round twice (x * s, then times the weight), and the device's s differs from the
-// host's in its last bits (another summation order): a value at a rounding tie of x * s lands
-// one unit apart, and the weight's rounding can make that two (up to 2^-9 of the scale in
-// fp16, 2^-6 in bf16; found by a review replaying the kernel's arithmetic on the CPU, fp16
-// 1 x 4096: 1.03e-3). fp32: 4096 squares summed in another order.
-double two_roundings(ActDtype t) {
-  return t == ActDtype::kF32 ? 4e-6 : (t == ActDtype::kF16 ? 2.5e-3 : 2e-2);
-}
 
 std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
@@ -104,14 +92,7 @@ TEST(ModelOpsGpuTest, RopeSplitMatchesTheHostReference) {
         ASSERT_CUDA(v.download(gv.bytes));
         const std::string label = "rows " + std::to_string(rows) + " heads " + std::to_string(qh) +
                                   " hd " + std::to_string(hd) + " norms " + std::to_string(norms);
-        // nvcc contracts RoPE's x * cos + rotated * sin into an FMA, the host does not: one
-        // rounding apart even without the norms.
-        const double tol = norms ? two_roundings(t) : one_rounding(t);
-        EXPECT_LT(scaled_error(gq.floats(), as_double(hq.floats())), tol) << label;
-        EXPECT_LT(scaled_error(gk.floats(), as_double(hk.floats())), tol) << label;
-        EXPECT_EQ(gv.bytes, hv.bytes) << label;
-        EXPECT_LT(scaled_error(gq.floats(), c.want_q), act_tolerance(t) + 1e-6) << label;
-        EXPECT_LT(scaled_error(gk.floats(), c.want_k), act_tolerance(t) + 1e-6) << label;
+        expect_rope_split(c, norms, gq, gk, gv, hq, hk, hv, label);
       }
 }
 
