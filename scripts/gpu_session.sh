@@ -34,7 +34,7 @@
 #   KVBENCH_RETAINED_TOKENS=N  the suites' retained-index loop (1, 2 or 4), as the decode bench
 #                              chose it before (other than 1 only where its kernel tests
 #                              run and pass here)
-#   KVBENCH_MODEL_GEMM=kvbench|aten  the suites' weight multiplies, as an earlier call's
+#   KVBENCH_MODEL_GEMM=kvbench[:16|:32]|aten  the suites' weight multiplies, as an earlier call's
 #                              small_gemm bench chose them (taken as given; unset, the bench's
 #                              choice here, kvbench only where its kernel tests run and pass)
 #   GPU_HOST_OPS_METHODS="m ..." the host_ops stage's methods (default: full h2o tova
@@ -204,7 +204,7 @@ gemm=${KVBENCH_MODEL_GEMM:-$(python3 scripts/best_model_gemm.py "$LOGS/model_pee
   "$LOGS/small_gemm.jsonl" 2>>"$OUT/session.log")}
 gemm_tests=$(build-gpu/gpu_tests --gtest_list_tests --gtest_filter="${GPU_TESTS_FILTER:-*}" 2>/dev/null |
   grep -c SmallGemmGpu)
-if [ -z "${KVBENCH_MODEL_GEMM:-}" ] && [ "$gemm" = kvbench ] &&
+if [ -z "${KVBENCH_MODEL_GEMM:-}" ] && [[ "$gemm" == kvbench* ]] &&
   { [ "$kernel_tests_rc" != 0 ] || [ "${gemm_tests:-0}" = 0 ]; }; then
   log "model gemm: the small-batch kernel left out (its kernel tests did not run and pass here)"
   gemm=aten

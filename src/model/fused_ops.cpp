@@ -196,20 +196,26 @@ bool small_gemm_takes(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   return small_gemm_problem(x.contiguous(), w, b, &p);
 }
 
-// KVBENCH_MODEL_GEMM: "kvbench" (true), "aten" or unset (false); anything else is an error.
-bool small_gemm_chosen() {
+// KVBENCH_MODEL_GEMM: the small-batch kernel's block width for "kvbench" (0: the launcher's
+// choice), "kvbench:16" and "kvbench:32"; -1 for "aten" or unset; anything else is an error.
+int small_gemm_setting() {
   const char* v = std::getenv("KVBENCH_MODEL_GEMM");
-  if (v == nullptr || std::string(v) == "aten") return false;
-  KVB_CHECK(std::string(v) == "kvbench", "KVBENCH_MODEL_GEMM: expected kvbench or aten, got '", v,
-            "'");
-  return true;
+  const std::string s = v ? v : "aten";
+  if (s == "aten") return -1;
+  if (s == "kvbench") return 0;
+  if (s == "kvbench:16") return 16;
+  if (s == "kvbench:32") return 32;
+  throw Error("KVBENCH_MODEL_GEMM: expected aten, kvbench, kvbench:16 or kvbench:32, got '" + s +
+              "'");
 }
 
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (!small_gemm_chosen()) return aten_linear(x, w, b);
+  const int columns = small_gemm_setting();
+  if (columns < 0) return aten_linear(x, w, b);
   const at::Tensor in = x.contiguous();
   kernels::SmallGemmProblem p;
   if (!small_gemm_problem(in, w, b, &p)) return aten_linear(x, w, b);
+  p.columns = columns;
   at::Tensor y = at::empty({in.size(0), w.size(0)}, in.options());
   p.y = y.data_ptr();
   ++g_small_gemm_runs;

@@ -1318,7 +1318,10 @@ class BestModelGemmTest(unittest.TestCase):
         cublas = [step("mm_t", 7000), step("linear", 6000), step("mm_t", 100, batch=32)]
         self.assertEqual(self.pick(cublas, [step("small_gemm", 5000)]), "kvbench")
         self.assertEqual(self.pick(cublas, [step("small_gemm", 6900)]), "aten")  # within 2%
-        self.assertEqual(self.pick(cublas, [step("small_gemm_c16", 10)]), "aten")  # not the launcher's
+        # The fastest block width, named so that the suites run that one.
+        widths = [step("small_gemm", 5000), step("small_gemm_c16", 4500), step("small_gemm_c32", 4800)]
+        self.assertEqual(self.pick(cublas, widths), "kvbench:16")
+        self.assertEqual(self.pick(cublas, [step("small_gemm_c32", 10)]), "kvbench:32")
         self.assertEqual(self.pick(cublas, [step("small_gemm", 5000)], "--batch", "32"), "aten")
         self.assertEqual(self.pick([], [step("small_gemm", 5000)]), "aten")
         # cuBLAS replayed from a graph, without Python's launch cost, is the one to beat.

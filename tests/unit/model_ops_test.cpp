@@ -250,13 +250,19 @@ TEST(ModelOpsWrapperTest, LinearRowsTakesTheSmallBatchKernelWhereItApplies) {
   });
   with_env("KVBENCH_MODEL_GEMM", "aten",
            [&] { EXPECT_TRUE(linear_rows(x, w, b).equal(at::addmm(b, x, w.t()))); });
+  for (const char* width : {"kvbench:16", "kvbench:32"})
+    with_env("KVBENCH_MODEL_GEMM", width, [&] {
+      const int64_t before = small_gemm_runs();
+      EXPECT_LT(rel_error(linear_rows(x, w, b), at::addmm(b, x, w.t())), 8e-3) << width;
+      EXPECT_EQ(small_gemm_runs(), before + 1) << width;
+    });
   with_env("KVBENCH_MODEL_GEMM", "cublas", [&] {
     try {
       linear_rows(x, w, b);
       ADD_FAILURE() << "an unknown setting was taken";
     } catch (const kvbench::Error& e) {
-      EXPECT_NE(std::string(e.what()).find("KVBENCH_MODEL_GEMM: expected kvbench or aten, got "
-                                           "'cublas'"),
+      EXPECT_NE(std::string(e.what()).find("KVBENCH_MODEL_GEMM: expected aten, kvbench, "
+                                           "kvbench:16 or kvbench:32, got 'cublas'"),
                 std::string::npos)
           << e.what();
     }
@@ -305,12 +311,13 @@ TEST(ModelOpsWrapperTest, SmallGemmOnTheGpuMatchesCublas) {
       const at::Tensor x = at::randn({rows, in}).to(on), w = (0.02 * at::randn({out, in})).to(on);
       const at::Tensor b = (0.1 * at::randn({out})).to(on);
       const at::Tensor want = at::addmm(b, x, w.t());
-      with_env("KVBENCH_MODEL_GEMM", "kvbench", [&] {
-        const int64_t runs = small_gemm_runs();
-        const at::Tensor got = linear_rows(x, w, b);
-        EXPECT_EQ(small_gemm_runs(), runs + 1);
-        EXPECT_LT(rel_error(got, want), tol) << rows << "x" << in << "x" << out;
-      });
+      for (const char* setting : {"kvbench", "kvbench:16", "kvbench:32"})
+        with_env("KVBENCH_MODEL_GEMM", setting, [&] {
+          const int64_t runs = small_gemm_runs();
+          const at::Tensor got = linear_rows(x, w, b);
+          EXPECT_EQ(small_gemm_runs(), runs + 1);
+          EXPECT_LT(rel_error(got, want), tol) << setting << " " << rows << "x" << in << "x" << out;
+        });
     }
   }
   const Transformer m =

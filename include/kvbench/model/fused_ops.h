@@ -48,7 +48,8 @@ QkvRows split_qkv_rope(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, i
 at::Tensor silu_mul(const at::Tensor& gate_up);
 
 // x . w^T (+ b): x [rows, in], w [out, in] (Hugging Face's layout), b [out] or undefined;
-// returns [rows, out] in x's dtype. With KVBENCH_MODEL_GEMM=kvbench, where kvbench's
+// returns [rows, out] in x's dtype. With KVBENCH_MODEL_GEMM=kvbench (kvbench:16, kvbench:32:
+// that block width of output columns instead of the launcher's choice), where kvbench's
 // small-batch kernel takes the tensors (fp16 or bf16, 1 to 32 rows, in % 32 == 0: a decode
 // step's projections; kernels/small_gemm.h), that kernel on a GPU, its host reference on the
 // CPU (scalar and single-threaded: for tests of this path, seconds per step on a real model);
