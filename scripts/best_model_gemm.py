@@ -53,5 +53,6 @@ def main():
           f"cuBLAS {cublas:.0f} us -> {pick}", file=sys.stderr)
     print(pick)
 
+
 if __name__ == "__main__":
     main()

@@ -353,6 +353,17 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   return out;
 }
 
+namespace {
+// The KV cache's share of a decode step in percent, "-" where the record has no phases.
+std::string attend_percent(const json& record) {
+  const json phases = record.value("phases", json());
+  const json share = phases.is_object()
+                         ? phases.value("decode_share", json::object()).value("attend", json())
+                         : json();
+  return share.is_number() ? format_fixed(share.get<double>() * 100, 1) : "-";
+}
+}  // namespace
+
 Table ThroughputSuite::summary_table(const CellOutput& output) const {
   Table t;
   // retention %: the policy's share of prefill time / of decode time (SnapKV selects in the
@@ -369,19 +380,16 @@ Table ThroughputSuite::summary_table(const CellOutput& output) const {
                    ? " (capacity; fits " + std::to_string(r["max_batch_fit"].get<int64_t>()) + ")"
                    : " (capacity)";
     }
-    t.rows.push_back(
-        {batch, std::to_string(r["prompt_tokens"].get<int64_t>()),
-         std::to_string(r["new_tokens"].get<int64_t>()),
-         format_fixed(r["prefill_tok_s"].get<double>(), 1),
-         format_fixed(r["decode_tok_s"].get<double>(), 1),
-         format_fixed(r["decode_step_s"]["median"].get<double>() * 1e3, 2),
-         r.value("phases", json()).is_object()
-             ? format_fixed(r["phases"]["decode_share"]["attend"].get<double>() * 100, 1)
-             : "-",
-         format_fixed(r["retention"]["prefill_share"].get<double>() * 100, 1) + " / " +
-             format_fixed(r["retention"]["decode_share"].get<double>() * 100, 1),
-         format_bytes(r["kv_bytes"].get<double>()),
-         format_fixed(r["kv_memory"]["bits_per_value"].get<double>(), 2)});
+    t.rows.push_back({batch, std::to_string(r["prompt_tokens"].get<int64_t>()),
+                      std::to_string(r["new_tokens"].get<int64_t>()),
+                      format_fixed(r["prefill_tok_s"].get<double>(), 1),
+                      format_fixed(r["decode_tok_s"].get<double>(), 1),
+                      format_fixed(r["decode_step_s"]["median"].get<double>() * 1e3, 2),
+                      attend_percent(r),
+                      format_fixed(r["retention"]["prefill_share"].get<double>() * 100, 1) + " / " +
+                          format_fixed(r["retention"]["decode_share"].get<double>() * 100, 1),
+                      format_bytes(r["kv_bytes"].get<double>()),
+                      format_fixed(r["kv_memory"]["bits_per_value"].get<double>(), 2)});
   }
   return t;
 }

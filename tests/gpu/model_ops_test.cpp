@@ -66,7 +66,9 @@ TEST(ModelOpsGpuTest, RopeSplitMatchesTheHostReference) {
                                                                                   {16, 32, 8, 128},
                                                                                   {7, 28, 4, 128},
                                                                                   {3, 16, 8, 64},
-                                                                                  {2, 5, 1, 256}}) {
+                                                                                  {2, 5, 1, 256},
+                                                                                  {2, 6, 2, 96},
+                                                                                  {2, 3, 1, 16}}) {
         const RopeCase c(t, rows, qh, kvh, hd, norms, 5 + hd + rows);
         ActArray hq(t, c.want_q.size()), hk(t, c.want_k.size()), hv(t, c.want_v.size());
         kernels::rope_split_host(c.problem(c.qkv.data(), c.cos.data(), c.sin.data(),
