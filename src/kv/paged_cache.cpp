@@ -1308,7 +1308,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     if (!evict_after[size_t(b)]) continue;
     const int64_t n = counts[size_t(b)];
     RetentionInput& in = inputs[size_t(b)];
-    in.positions = attended(b);
+    in.positions = policy_positions(*batch[size_t(b)], layer, attended(b));
     if (by_attention) {
       records.push_back(&batch[size_t(b)]->scores[size_t(layer)]);
       newest_evicting.push_back(newest[size_t(b)]);
@@ -1331,29 +1331,43 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   Stopwatch watch;
   double waited = 0;  // for the layer's queued work, at the choices' read-back
   if (by_attention) AttentionRecord::fill_batch(*policy_, records, newest_evicting, evicting);
-  // A compacting policy selects in prefills only, and its choices move the slots where they
-  // were made: nothing comes back to the host until the step's end.
-  const bool compacting = compacts();
-  const std::vector<RetentionChoice> chosen =
-      choose_retained(*policy_, evicting, &waited, /*read_back=*/!compacting);
+  // A compacted prefill's choice moves the slots where it was made: nothing comes back to the
+  // host until the step's end. The other choices (decode steps, later blocks) come back.
+  std::vector<size_t> compacted, applied;
+  for (size_t i = 0; i < evicting.size(); ++i)
+    (compacts() && evicting[i]->prefill ? compacted : applied).push_back(i);
+  std::vector<RetentionChoice> chosen(evicting.size());
+  for (const bool compacting : {true, false}) {
+    const std::vector<size_t>& part = compacting ? compacted : applied;
+    if (part.empty()) continue;
+    std::vector<RetentionInput*> inputs_part;
+    for (const size_t i : part) inputs_part.push_back(evicting[i]);
+    std::vector<RetentionChoice> got =
+        choose_retained(*policy_, inputs_part, &waited, /*read_back=*/!compacting);
+    for (size_t j = 0; j < part.size(); ++j) chosen[part[j]] = std::move(got[j]);
+  }
   retention_s_ += watch.seconds() - waited;
-  if (compacting) {
-    watch = Stopwatch();
+  watch = Stopwatch();
+  if (!compacted.empty()) {
+    std::vector<Sequence*> seqs;
     std::vector<int64_t> lengths;
     std::vector<at::Tensor> kept;
-    for (size_t i = 0; i < evicting.size(); ++i)
-      lengths.push_back(evicting[i]->length), kept.push_back(chosen[i].where);
-    compact(layer, evicted, lengths, kept);
-  } else {
+    for (const size_t i : compacted)
+      seqs.push_back(evicted[i]), lengths.push_back(evicting[i]->length),
+          kept.push_back(chosen[i].where);
+    compact(layer, seqs, lengths, kept);
+  }
+  for (const size_t i : applied) apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
+  // A decode-timing policy's records keep the chosen tokens' rows, in the order they are held
+  // (a compacted head's slots follow its choice's order).
+  if (decode_timing) {
     std::vector<AttentionRecord*> kept_records;
     std::vector<at::Tensor> wheres;
     for (size_t i = 0; i < evicting.size(); ++i) {
-      apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
       kept_records.push_back(&evicted[i]->scores[size_t(layer)]);
       wheres.push_back(chosen[i].where);
     }
-    watch = Stopwatch();
-    if (decode_timing) AttentionRecord::keep_batch(kept_records, wheres);
+    AttentionRecord::keep_batch(kept_records, wheres);
   }
   forget_records();
   retention_s_ += watch.seconds();
@@ -1423,16 +1437,27 @@ at::Tensor PagedKVCache::positions_of(const Retained& r, int64_t length) const {
   return out;
 }
 
+at::Tensor PagedKVCache::policy_positions(const Sequence& s, int64_t layer,
+                                          const at::Tensor& slots) const {
+  const Retained& r = s.kept[size_t(layer)];
+  if (!r.origin.defined() && s.dropped == 0) return slots;
+  return logical_positions(s, r, slots.clone());
+}
+
 void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   Stopwatch watch;
   Retained& r = s.kept[size_t(layer)];
-  if (const std::optional<RetentionSpan> span = policy_->span(in)) {
+  // A span is of positions, which are slots until a compaction (after which a span policy,
+  // StreamingLLM's after the prefill, selects nothing more).
+  const bool slots_are_positions = s.dropped == 0 && !r.origin.defined();
+  if (const std::optional<RetentionSpan> span =
+          slots_are_positions ? policy_->span(in) : std::nullopt) {
     s.lists_changed |= keep_span(r, *span, in.length);
     s.evicted = true;
     retention_s_ += watch.seconds();
     return;
   }
-  in.positions = positions_of(r, in.length);
+  in.positions = policy_positions(s, layer, positions_of(r, in.length - s.dropped));
   double waited = 0;
   const RetentionChoice chosen = choose_retained(*policy_, {&in}, &waited)[0];
   retention_s_ += watch.seconds() - waited;
@@ -1444,10 +1469,9 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
                                 const RetentionChoice& choice) {
   Stopwatch watch;
   Retained& r = s.kept[size_t(layer)];
-  // Policies see logical positions, the slots' only before a compaction (which happens once,
-  // after a prefill, for a policy that selects nothing later).
-  KVB_CHECK(s.dropped == 0, "paged cache: a compacted sequence cannot select again");
-  const int64_t held = r.held(in.length);
+  // Policies see logical positions (policy_positions) and choose indices of the held tokens,
+  // which are the listed slots, then the tail's: after a compaction, slots.
+  const int64_t slots = in.length - s.dropped, held = r.held(slots);
   KVB_CHECK(
       choice.host.dim() == 2 && choice.host.size(0) == num_kv_heads_ && choice.host.size(1) <= held,
       "retention policy '", policy_->name(), "' returned a selection of shape ",
@@ -1466,7 +1490,7 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
       const int64_t at = c[h * kept + i];
       scratch_[size_t(h * kept + i)] = at < count ? listed[h * count + at] : tail + at - count;
     }
-  s.lists_changed |= keep_positions(r, scratch_.data(), kept, in.length);
+  s.lists_changed |= keep_positions(r, scratch_.data(), kept, slots);
   s.evicted = true;
   retention_s_ += watch.seconds();
 }
@@ -1684,8 +1708,11 @@ void PagedKVCache::refresh_lists(const std::vector<Sequence*>& seqs, int64_t lay
 }
 
 bool PagedKVCache::compacts() const {
-  return policy_ && !quest_ && policy_->timing() == EvictionTiming::kAfterPrefill &&
-         !kernels::is_kivi(format_.format);
+  // A decode-timing policy over a per-token format either rings (StreamingLLM) or selects by
+  // attention (H2O, TOVA, ScissorHands): the latter's prefill choice is compacted too, and
+  // its decode choices list slots from then on.
+  return policy_ && !quest_ && !ring_ && !kernels::is_kivi(format_.format) &&
+         !format_.own_attention;
 }
 
 int64_t PagedKVCache::compacted_prompt(int64_t prompt) const {
@@ -1813,10 +1840,21 @@ void PagedKVCache::settle_compaction(Sequence& s) {
     check_choice(r.origin.data_ptr<int64_t>(), r.origin.size(1), s.length);
     slots = std::max(slots, r.origin.size(1));
   }
+  // A policy dropping its lowest score at every decode step (H2O, TOVA, ScissorHands) goes on
+  // from the steady state: its slots listed but its newest `recent`, which every head keeps
+  // (what apply_choice makes of an uncompacted prefill's choice).
+  const bool steady = policy_->drops_lowest().has_value();
+  if (steady) {
+    scratch_.resize(size_t(num_kv_heads_ * slots));
+    for (int64_t h = 0; h < num_kv_heads_; ++h)
+      std::iota(scratch_.begin() + h * slots, scratch_.begin() + (h + 1) * slots, int64_t{0});
+  }
   for (Retained& r : s.kept) {
     if (!r.origin.defined()) continue;
     r.device = UploadedList{};
-    if (r.origin.size(1) == slots)
+    if (r.origin.size(1) == slots && steady)
+      keep_positions(r, scratch_.data(), slots, slots);
+    else if (r.origin.size(1) == slots)
       r.host = at::Tensor(), r.tail = 0;  // every slot: the dense kernel
     else
       r.tail = slots;  // its slots listed, then the tokens to come
@@ -1879,16 +1917,18 @@ void PagedKVCache::record_scores(Sequence& s, int64_t layer, const at::Tensor& q
                                  int64_t n, int64_t held, const kernels::PagedKvStore& store,
                                  const at::Tensor& table_row, at::Tensor positions, at::Tensor keys,
                                  at::Tensor& newest) {
-  // The queries' logical position (ScissorHands' window column; a block's causal mask, which
-  // only a prefill has, where slots are positions), and the held tokens' slots.
+  // The queries' logical position (ScissorHands' window column; a block's causal mask), and
+  // the held tokens' slots.
   const int64_t start = s.length, heads = q.size(1), slots = stored(s) + n;
   if (!positions.defined() && (n > 1 || !keys.defined()))
     positions = positions_of(s.kept[size_t(layer)], slots);
   if (!keys.defined()) keys = rows_at(store, s, table_row, positions, slots, false).keys;
   AttentionRecord& record = s.scores[size_t(layer)];
+  // A block's causal mask compares logical positions (slots are not, after a compaction).
   if (n > 1)
-    return record.add_block(*policy_, q.narrow(0, row, n).transpose(0, 1), keys, positions, start,
-                            newest, summed_kernels(q));
+    return record.add_block(*policy_, q.narrow(0, row, n).transpose(0, 1), keys,
+                            policy_positions(s, layer, positions), start, newest,
+                            summed_kernels(q));
   // One decode query (at position `start`), which sees every held token: the product over
   // the pages' keys (the kernel path hands its scores to add_scores_batch instead).
   const at::Tensor scores =

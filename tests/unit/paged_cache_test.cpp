@@ -398,7 +398,7 @@ TEST_P(PagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
   // Prefills over and under the budgets, decode steps past them, then a block after eviction.
   std::vector<std::pair<int64_t, int64_t>> steps = {{a, 400}, {b, 7}};
   for (int i = 0; i < 70; ++i) steps.insert(steps.end(), {{a, 1}, {b, 1}});
-  steps.push_back({b, 45});
+  steps.insert(steps.end(), {{b, 45}, {a, 33}, {a, 1}});
   for (const auto& [seq, n] : steps)
     for (int64_t layer = 0; layer < kLayers; ++layer) {
       const at::ScalarType half = bf16 ? at::kBFloat16 : at::kHalf;
@@ -425,11 +425,20 @@ TEST_P(PagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
           const at::Tensor whole = at::cat(
               {listed.to(at::kLong), at::arange(tail, T, at::kLong).expand({kKvHeads, T - tail})},
               1);
-          if (paged.compacts()) {  // only compacted layers list slots
+          if (paged.compacts() && paged.stored_length(seq) < paged.length(seq)) {
+            // A compacted layer lists slots: ascending per head, below the tail, as many as
+            // it keeps; those of a policy that selects once are its first slots.
             const int64_t n = listed.size(1);
-            ASSERT_TRUE(
-                at::equal(listed.to(at::kLong), at::arange(n, at::kLong).expand({kKvHeads, n})))
-                << "sequence " << seq << " layer " << l;
+            const at::Tensor slots = listed.to(at::kLong);
+            if (n > 1)
+              ASSERT_TRUE(
+                  (slots.narrow(1, 1, n - 1) > slots.narrow(1, 0, n - 1)).all().item<bool>())
+                  << "sequence " << seq << " layer " << l;
+            if (n > 0) ASSERT_LT(slots.max().item<int64_t>(), tail);
+            if (method.value("evict", "decode") == "after_prefill" || method["name"] == "snapkv" ||
+                method["name"] == "pyramidkv")
+              ASSERT_TRUE(at::equal(slots, at::arange(n, at::kLong).expand({kKvHeads, n})))
+                  << "sequence " << seq << " layer " << l;
             ASSERT_EQ(whole.size(1), kept.size(1)) << "sequence " << seq << " layer " << l;
             continue;
           }
@@ -756,6 +765,76 @@ TEST(PagedRetentionMemoryTest, APerHeadSelectionAfterThePrefillIsCompacted) {
       const uint64_t page = kernels::bytes_per_token(paged.format().format, int(P), kDim) * P;
       EXPECT_EQ(paged.storage().payload + paged.storage().metadata,
                 uint64_t(kLayers) * 2 * 4 * kKvHeads * page);
+      EXPECT_EQ(paged.nominal().total(), ref->nominal().total());
+    }
+}
+
+// Policies that evict at every decode step (H2O, TOVA, ScissorHands) are compacted after their
+// prefill's selection too: two 400-token prompts fit one after the other in 16 pages, and their
+// decode steps, which go on choosing per head among the slots, keep and attend what the
+// reference cache does. Slots hold the compacted prompt and the decode tokens (64 + 40 in 4
+// pages each), where the uncompacted pages held nearly the whole prompt's 13.
+TEST(PagedRetentionMemoryTest, PoliciesEvictingDuringDecodeAreCompactedAfterThePrefill) {
+  for (const char* entry : {R"({"name": "h2o", "heavy": 32, "recent": 32, "codec": "fp16"})",
+                            R"({"name": "h2o", "heavy": 32, "recent": 32, "normalize": true,
+                                "codec": "int8"})",
+                            R"({"name": "tova", "budget": 64, "codec": "bf16"})",
+                            R"({"name": "scissorhands", "budget": 64, "recent": 16,
+                                "history": 8, "codec": "int4"})"})
+    for (const char* device : {"cpu", "emulated", "cuda"}) {
+      const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
+      const testing_support::PagedDevice where = testing_support::paged_device(device);
+      if (where.device.is_cuda() && !at::hasCUDA()) continue;  // libtorch has no CUDA here
+      SCOPED_TRACE(std::string(entry) + " on " + device);
+      PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim,
+                         PagedCapacity{16, 16, 2}, where.device, make_policy(method),
+                         where.emulated);
+      ASSERT_TRUE(paged.compacts());
+      auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+      auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
+      const bool bf16 = paged.format().format == kernels::KvFormat::kBf16;
+      const at::ScalarType half = bf16 ? at::kBFloat16 : at::kHalf;
+      auto gen = at::detail::createCPUGenerator(41);
+      auto step = [&](int64_t seq, int64_t n) {
+        for (int64_t layer = 0; layer < kLayers; ++layer) {
+          const Block x = random_block(n, half, gen);
+          const at::Tensor q = where.kernel_path() ? x.q.to(half) : x.q;
+          const at::Tensor got = paged.append_and_attend(seq, layer, q, x.k, x.v).to(at::kFloat);
+          const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
+          const double rel = ((got - want).norm() / want.norm()).item<double>();
+          ASSERT_LT(rel, !where.kernel_path() ? 1e-5 : (bf16 ? 8e-3 : 2e-3))
+              << "sequence " << seq << " layer " << layer;
+        }
+      };
+      const int64_t a = paged.add_sequence(), b = paged.add_sequence();
+      ASSERT_EQ(ref->add_sequence(), a);
+      ASSERT_EQ(ref->add_sequence(), b);
+      step(a, 400);
+      EXPECT_EQ(paged.stored_length(a), 64);
+      const int64_t P = paged.format().page_size;
+      EXPECT_EQ(paged.free_pages(), 16 - 64 / P);
+      step(b, 400);  // 400 / P pages: there only because a gave back the rest
+      for (int i = 0; i < 40; ++i) step(a, 1), step(b, 1);
+      for (const int64_t seq : {a, b}) {
+        EXPECT_EQ(paged.length(seq), 440);
+        EXPECT_EQ(paged.stored_length(seq), 104);
+        EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, 64));
+        EXPECT_EQ(paged.kept_tokens(seq), ref->kept_tokens(seq));
+        for (int64_t l = 0; l < kLayers; ++l) {
+          const at::Tensor kept = paged.kept_positions(seq, l);
+          EXPECT_TRUE(at::equal(kept, reference.kept_positions(seq, l))) << "layer " << l;
+          if (method["name"] != "tova")  // TOVA chooses for all heads at once
+            EXPECT_FALSE(at::equal(kept[0], kept[1])) << "the heads keep the same tokens";
+        }
+      }
+      // At most the 104 slots' whole pages each, fewer when every head of every layer left
+      // one; at least the 64 kept tokens' pages. Storage counts the pages held.
+      const int64_t held = 16 - paged.free_pages();
+      EXPECT_LE(held, 2 * ((104 + P - 1) / P));
+      EXPECT_GE(held, 2 * ((64 + P - 1) / P));
+      const uint64_t page = kernels::bytes_per_token(paged.format().format, int(P), kDim) * P;
+      EXPECT_EQ(paged.storage().payload + paged.storage().metadata,
+                uint64_t(kLayers) * held * kKvHeads * page);
       EXPECT_EQ(paged.nominal().total(), ref->nominal().total());
     }
 }
@@ -1248,7 +1327,9 @@ TEST(PagedHostOpsTest, TovaSteadyStateDropsItsNewestTokenLikeTheReferenceCache) 
       EXPECT_EQ(kept.size(1), 40) << "layer " << l;
       if (!against) continue;
       EXPECT_FALSE(kept.eq(newest).any().item<bool>()) << "layer " << l << " kept its newest";
-      EXPECT_EQ(paged.listed_positions(seq, l).second, newest + 1) << "layer " << l;
+      // The tail (a slot: the prefill was compacted) starts past the newest token's slot.
+      EXPECT_EQ(paged.listed_positions(seq, l).second, paged.stored_length(seq)) << "layer " << l;
+      EXPECT_LT(paged.stored_length(seq), paged.length(seq)) << "the prefill was compacted";
     }
   }
 }

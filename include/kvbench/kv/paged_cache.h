@@ -17,17 +17,19 @@
 // ScissorHands; Quest reads chosen pages and evicts none) each (sequence, layer) keeps its
 // retained slots as a list per KV head and a tail of newest tokens every head keeps (Retained),
 // and attention reads the retained tokens by index (kernels/retained_decode.h on the GPU). A
-// policy evicting during decode, or any over KIVI, never moves a token: slots are positions,
-// and a page is freed once no layer and no head of its sequence retains a token in it and no
-// later append writes it, so memory falls at page granularity (a per-head selection frees only
-// pages every head left). StreamingLLM evicting during decode over a per-token format keeps
-// its tokens in a ring of sinks + window slots instead (rings()): each decode token is written
-// over the one leaving, and every slot is read with the dense kernel. A selection made
-// once after the prefill over a per-token format is compacted instead (compacts()): each head's
-// kept tokens fill its first slots, the pages past them go back, and decode reads every slot
-// with the dense kernel (a layer keeping fewer than the longest: its slots by index). Tokens
-// are selected as the reference cache selects them (same policy inputs), but KIVI groups keep
-// the tokens they were quantized with (the reference cache re-quantizes the kept ones).
+// prefill's selection over a per-token format is compacted (compacts()): each head's kept
+// tokens fill its first slots, the pages past them go back, and decode reads every slot with
+// the dense kernel (a layer keeping fewer than the longest: its slots by index) until a
+// policy evicting during decode (H2O, TOVA, ScissorHands) selects again: its choices then list
+// slots, which its policy sees as logical positions. A selection during decode moves no
+// token, nor does any over KIVI: a page is freed once no layer and no head of its sequence
+// retains a token in it and no later append writes it, so memory falls at page granularity (a
+// per-head selection frees only pages every head left). StreamingLLM evicting during decode
+// over a per-token format keeps its tokens in a ring of sinks + window slots instead
+// (rings()): each decode token is written over the one leaving, and every slot is read with
+// the dense kernel. Tokens are selected as the reference cache selects them (same policy
+// inputs), but KIVI groups keep the tokens they were quantized with (the reference cache
+// re-quantizes the kept ones).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -237,15 +239,19 @@ class PagedKVCache final : public KVCache {
   // Tokens of `seq` in the pages' slots: its length less what a compaction took out, or in a
   // ring at most sinks + window.
   int64_t stored_length(int64_t seq) const;
-  // Whether a prefill's selection is compacted: a policy that selects once, after the prefill
-  // (SnapKV, PyramidKV, `"evict": "after_prefill"`), over a per-token format (not KIVI, whose
-  // key groups span tokens). Each head's kept tokens then move, in order, into the slots
-  // [0, kept) of its own rows (a page holds each head's rows apart, so heads keeping different
-  // tokens share pages densely), the pages past the longest layer's kept tokens go back to the
-  // pool, and decode steps read every stored token with the dense kernel (layers keeping fewer
-  // than the longest: the retained-index kernel over their slots). One gather and one scatter
-  // per pool per layer of a prefill; without it a per-head selection keeps some token in nearly
-  // every page and frees almost nothing (the first H200 run: SnapKV-2048 held the full cache).
+  // Whether a prefill's selection is compacted: any retention policy but Quest's and a ring's
+  // (SnapKV, PyramidKV, H2O, TOVA, ScissorHands, StreamingLLM after the prefill), over a
+  // per-token format (not KIVI, whose key groups span tokens). Each head's kept tokens then
+  // move, in order, into the slots [0, kept) of its own rows (a page holds each head's rows
+  // apart, so heads keeping different tokens share pages densely), the pages past the longest
+  // layer's kept tokens go back to the pool, and decode steps read every stored token with
+  // the dense kernel (layers keeping fewer than the longest: the retained-index kernel over
+  // their slots). One gather and one scatter per pool per layer of a prefill; without it a
+  // per-head selection keeps some token in nearly every page and frees almost nothing (the
+  // first H200 run: SnapKV-2048 held the full cache). A policy evicting during decode goes on
+  // choosing among the slots (its lists and tails are slots; its positions are logical ones,
+  // policy_positions), from the steady state when it drops its lowest score (the compacted
+  // layer lists all but its newest `recent` slots).
   bool compacts() const;
   // Whether steps run the GPU path's code (on a GPU, or emulated on the CPU).
   bool kernel_path() const { return kernel_path_; }
@@ -501,6 +507,9 @@ class PagedKVCache final : public KVCache {
   // A decode-timing selection before the step attends (policies that need positions only):
   // the policy's span when it has one (no tensor made), else its choice over in.positions.
   void select(Sequence& s, int64_t layer, RetentionInput& in);
+  // What a policy reads as the held tokens' positions: their logical positions, from the
+  // slots `slots` ([kv_heads, held] int64, host, positions_of) that s's `layer` reads.
+  at::Tensor policy_positions(const Sequence& s, int64_t layer, const at::Tensor& slots) const;
   // s.kept[layer] becomes the chosen subset of what it held for `in` (indices from the host
   // copy, read off the retained list and tail); the caller keeps the attention record's rows
   // (AttentionRecord::keep_batch, from the other copy: no copy back).
