@@ -1058,6 +1058,7 @@ void PagedKVCache::end_step(int64_t layer, const Step& step, const std::vector<i
   refresh_lists(step.batch, -1);
   for (size_t b = 0; b < step.batch.size(); ++b) step.batch[b]->length += counts[b];
   settle_compactions(step.batch);
+  recompact(step.batch);
   for (Sequence* s : step.batch) {
     if (ring_) free_ring_pages(*s);
     if (s->evicted) free_evicted_pages(*s);
@@ -1840,29 +1841,101 @@ void PagedKVCache::settle_compaction(Sequence& s) {
     check_choice(r.origin.data_ptr<int64_t>(), r.origin.size(1), s.length);
     slots = std::max(slots, r.origin.size(1));
   }
-  // A policy dropping its lowest score at every decode step (H2O, TOVA, ScissorHands) goes on
-  // from the steady state: its slots listed but its newest `recent`, which every head keeps
-  // (what apply_choice makes of an uncompacted prefill's choice).
-  const bool steady = policy_->drops_lowest().has_value();
-  if (steady) {
-    scratch_.resize(size_t(num_kv_heads_ * slots));
-    for (int64_t h = 0; h < num_kv_heads_; ++h)
-      std::iota(scratch_.begin() + h * slots, scratch_.begin() + (h + 1) * slots, int64_t{0});
-  }
-  for (Retained& r : s.kept) {
-    if (!r.origin.defined()) continue;
-    r.device = UploadedList{};
-    if (r.origin.size(1) == slots && steady)
-      keep_positions(r, scratch_.data(), slots, slots);
-    else if (r.origin.size(1) == slots)
-      r.host = at::Tensor(), r.tail = 0;  // every slot: the dense kernel
-    else
-      r.tail = slots;  // its slots listed, then the tokens to come
-  }
+  for (Retained& r : s.kept)
+    if (r.origin.defined()) list_compacted(r, r.origin.size(1), slots);
   s.dropped = s.length - slots;
   const size_t need = size_t((slots + format_.page_size - 1) / format_.page_size);
   for (; s.pages.size() > need; s.pages.pop_back())
     if (s.pages.back() >= 0) free_.push_back(s.pages.back());
+}
+
+void PagedKVCache::list_compacted(Retained& r, int64_t held, int64_t slots) {
+  r.device = UploadedList{};
+  if (held < slots) {  // its slots listed, then the tokens to come
+    r.host = at::arange(held, at::kInt).expand({num_kv_heads_, held}).contiguous();
+    r.tail = slots;
+  } else if (policy_->drops_lowest()) {
+    // A policy dropping its lowest score at every decode step (H2O, TOVA, ScissorHands) goes
+    // on from its steady state: its slots listed but its newest `recent`, which every head
+    // keeps (what apply_choice makes of an uncompacted choice).
+    scratch_.resize(size_t(num_kv_heads_ * slots));
+    for (int64_t h = 0; h < num_kv_heads_; ++h)
+      std::iota(scratch_.begin() + h * slots, scratch_.begin() + (h + 1) * slots, int64_t{0});
+    keep_positions(r, scratch_.data(), slots, slots);
+  } else {
+    r.host = at::Tensor(), r.tail = 0;  // every slot: the dense kernel
+  }
+}
+
+bool PagedKVCache::recompaction_due(const Sequence& s, int64_t* slots) const {
+  if (s.compacting || s.kept.empty()) return false;
+  int64_t most = 0;
+  for (const Retained& r : s.kept) {
+    if (!r.selected() || r.host_stale) return false;  // a layer holding every slot, or mid-step
+    most = std::max(most, r.held(stored(s)));
+  }
+  *slots = most;
+  // Rows move once the slots no head keeps fill a page and an eighth of what is kept: at most
+  // one move of the kept rows per `page_size` decode steps, memory within a page and 12.5%.
+  return stored(s) - most >= std::max<int64_t>(format_.page_size, most / 8);
+}
+
+void PagedKVCache::recompact(const std::vector<Sequence*>& batch) {
+  if (!compacts() || policy_->timing() != EvictionTiming::kDecode) return;
+  const int64_t P = format_.page_size, H = num_kv_heads_;
+  std::vector<std::pair<Sequence*, int64_t>> due;  // and the slots it keeps
+  for (Sequence* s : batch)
+    if (int64_t slots = 0; recompaction_due(*s, &slots)) due.emplace_back(s, slots);
+  if (due.empty()) return;
+  Stopwatch watch;
+  // Per layer, the pool rows that move (from, to) of every sequence due, in one upload.
+  std::vector<std::vector<int64_t>> from(static_cast<size_t>(num_layers_)),
+      to(static_cast<size_t>(num_layers_));
+  for (auto& [s, slots] : due) {
+    // Slots [0, slots) go to the first pages still held (eviction may have freed some below):
+    // a head keeping `slots` tokens has them in at least that many pages' worth.
+    std::vector<int> pages;
+    for (const int page : s->pages)
+      if (page >= 0) pages.push_back(page);
+    const size_t need = size_t((slots + P - 1) / P);
+    KVB_CHECK(pages.size() >= need, "paged cache: ", slots, " kept slots in ", pages.size(),
+              " pages");
+    for (int64_t l = 0; l < num_layers_; ++l) {
+      Retained& r = s->kept[size_t(l)];
+      const at::Tensor held = positions_of(r, stored(*s));  // [H, n] ascending slots
+      const int64_t n = held.size(1);
+      const int64_t* at = held.data_ptr<int64_t>();
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t slot = at[h * n + i];
+          if (slot == i && s->pages[size_t(slot / P)] == pages[size_t(i / P)]) continue;
+          from[size_t(l)].push_back((s->pages[size_t(slot / P)] * H + h) * P + slot % P);
+          to[size_t(l)].push_back((pages[size_t(i / P)] * H + h) * P + i % P);
+        }
+      r.origin = logical_positions(*s, r, held.clone());  // read before `dropped` changes
+    }
+    for (size_t i = need; i < pages.size(); ++i) free_.push_back(pages[i]);
+    pages.resize(need);
+    s->pages = std::move(pages);
+  }
+  std::vector<int64_t> all;
+  for (int64_t l = 0; l < num_layers_; ++l)
+    all.insert(all.end(), from[size_t(l)].begin(), from[size_t(l)].end());
+  for (int64_t l = 0; l < num_layers_; ++l)
+    all.insert(all.end(), to[size_t(l)].begin(), to[size_t(l)].end());
+  const at::Tensor up = upload(at::tensor(all, at::kLong));
+  const int64_t half = int64_t(all.size() / 2);
+  for (int64_t l = 0, offset = 0; l < num_layers_; ++l) {
+    const int64_t n = int64_t(from[size_t(l)].size());
+    if (n > 0) move_rows(l, up.narrow(0, offset, n), up.narrow(0, half + offset, n));
+    offset += n;
+  }
+  for (auto& [s, slots] : due) {
+    for (Retained& r : s->kept) list_compacted(r, r.origin.size(1), slots);
+    s->dropped = s->length - slots;
+    s->lists_changed = true, s->looked_below = 0;
+  }
+  retention_s_ += watch.seconds();
 }
 
 void PagedKVCache::free_evicted_pages(Sequence& s) {

@@ -162,8 +162,9 @@ std::string nominal_mismatch_warning(const nlohmann::json& m) {
   const double kept = m.contains("kept_tokens") ? m["kept_tokens"].value("fraction", 1.0) : 1.0;
   if (kept < 1.0 && measured > nominal)
     w += "; the formula counts kept tokens, while a page holding an evicted token is freed only "
-         "once no layer and no KV head keeps a token in it (and latent rows padded to whole "
-         "32-value blocks count as held)";
+         "once no layer and no KV head keeps a token in it, and a policy evicting during decode "
+         "takes a new slot per token until its slots are compacted again (and latent rows "
+         "padded to whole 32-value blocks count as held)";
   return w;
 }
 

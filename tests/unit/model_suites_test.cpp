@@ -153,8 +153,9 @@ TEST(KvMemoryWarning, SaysBothSizesAndWhyPagesHoldMore) {
             "held (not counting 1.00 KiB of empty page slots), 1.00 KiB by the formula "
             "(+100.0%); the formula counts kept "
             "tokens, while a page holding an evicted token is freed only once no layer and no "
-            "KV head keeps a token in it (and latent rows padded to whole 32-value blocks "
-            "count as held)");
+            "KV head keeps a token in it, and a policy evicting during decode takes a new slot "
+            "per token until its slots are compacted again (and latent rows padded to whole "
+            "32-value blocks count as held)");
   m["kept_tokens"]["fraction"] = 1.0;  // nothing evicted: no reason offered
   m["measured"]["padding"] = 0;
   EXPECT_EQ(nominal_mismatch_warning(m),

@@ -21,12 +21,13 @@
 // tokens fill its first slots, the pages past them go back, and decode reads every slot with
 // the dense kernel (a layer keeping fewer than the longest: its slots by index) until a
 // policy evicting during decode (H2O, TOVA, ScissorHands) selects again: its choices then list
-// slots, which its policy sees as logical positions. A selection during decode moves no
-// token, nor does any over KIVI: a page is freed once no layer and no head of its sequence
-// retains a token in it and no later append writes it, so memory falls at page granularity (a
-// per-head selection frees only pages every head left). StreamingLLM evicting during decode
-// over a per-token format keeps its tokens in a ring of sinks + window slots instead
-// (rings()): each decode token is written over the one leaving, and every slot is read with
+// slots, which its policy sees as logical positions, and once the slots no head keeps fill a
+// page (and an eighth of the kept ones) the kept slots are compacted again at a step's end
+// (recompact()). A selection over KIVI moves no token: a page is freed once no layer and no
+// head of its sequence retains a token in it and no later append writes it, so memory falls
+// at page granularity (a per-head selection frees only pages every head left). StreamingLLM
+// evicting during decode over a per-token format keeps its tokens in a ring of sinks + window slots
+// instead (rings()): each decode token is written over the one leaving, and every slot is read with
 // the dense kernel. Tokens are selected as the reference cache selects them (same policy
 // inputs), but KIVI groups keep the tokens they were quantized with (the reference cache
 // re-quantizes the kept ones).
@@ -251,7 +252,8 @@ class PagedKVCache final : public KVCache {
   // first H200 run: SnapKV-2048 held the full cache). A policy evicting during decode goes on
   // choosing among the slots (its lists and tails are slots; its positions are logical ones,
   // policy_positions), from the steady state when it drops its lowest score (the compacted
-  // layer lists all but its newest `recent` slots).
+  // layer lists all but its newest `recent` slots), and its slots are compacted again as they
+  // grow (recompact()).
   bool compacts() const;
   // Whether steps run the GPU path's code (on a GPU, or emulated on the CPU).
   bool kernel_path() const { return kernel_path_; }
@@ -600,6 +602,20 @@ class PagedKVCache final : public KVCache {
   // the pool.
   void settle_compactions(const std::vector<Sequence*>& batch);
   void settle_compaction(Sequence& s);
+  // A compacted layer `r` keeping slots [0, held) of a sequence whose longest layer keeps
+  // `slots`: what it lists (a layer keeping fewer: its slots, the tail from `slots`; else the
+  // steady state of a policy dropping its lowest score, or nothing: every slot).
+  void list_compacted(Retained& r, int64_t held, int64_t slots);
+  // A policy evicting during decode leaves a slot behind per head at every step (a decode
+  // token takes a new one). At a step's end, the sequences of `batch` whose slots no head
+  // keeps have grown past recompaction_due's bound are compacted again: each layer's kept
+  // slots move, in order, into its first ones (their order, so the policy's records and
+  // lists, unchanged), one gather and one scatter per pool and layer for all of them, and
+  // the pages past them go back to the pool.
+  void recompact(const std::vector<Sequence*>& batch);
+  // Whether s is due (every layer has selected, and its stored slots exceed the longest
+  // layer's kept tokens, `slots`, by a page and an eighth of them).
+  bool recompaction_due(const Sequence& s, int64_t* slots) const;
   // Tokens a compacting prefill of `prompt` tokens leaves in the slots (the longest layer's
   // budget), or `prompt` when nothing compacts.
   int64_t compacted_prompt(int64_t prompt) const;
