@@ -709,6 +709,14 @@ TEST(PagedRetentionMemoryTest, StreamingLlmFreesThePagesBehindItsWindow) {
   EXPECT_EQ(paged.kept_tokens(s), std::vector<int64_t>(kLayers, 64));
 }
 
+// `method`'s paged cache in a pool of 16 pages at most, 2 sequence slots, on `where`.
+std::unique_ptr<PagedKVCache> sixteen_page_cache(const nlohmann::json& method,
+                                                 const testing_support::PagedDevice& where) {
+  return std::make_unique<PagedKVCache>(paged_format_for(method, at::kHalf), kLayers, kKvHeads,
+                                        kDim, PagedCapacity{16, 16, 2}, where.device,
+                                        make_policy(method), where.emulated);
+}
+
 // A per-head selection made once after the prefill (SnapKV) is compacted: each head's kept
 // tokens fill its first slots, so two 400-token prompts fit one after the other in a pool of 16
 // pages (13 each before selection; without compaction every head keeps a token in nearly
@@ -723,9 +731,8 @@ TEST(PagedRetentionMemoryTest, APerHeadSelectionAfterThePrefillIsCompacted) {
       const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
       const testing_support::PagedDevice where = testing_support::paged_device(device);
       if (where.device.is_cuda() && !at::hasCUDA()) continue;  // libtorch has no CUDA here
-      PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim,
-                         PagedCapacity{16, 16, 2}, where.device, make_policy(method),
-                         where.emulated);
+      const std::unique_ptr<PagedKVCache> cache = sixteen_page_cache(method, where);
+      PagedKVCache& paged = *cache;
       ASSERT_TRUE(paged.compacts());
       auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
       auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
@@ -1368,9 +1375,8 @@ TEST(PagedRetentionMemoryTest, PoliciesEvictingDuringDecodeAreCompactedAfterTheP
       const testing_support::PagedDevice where = testing_support::paged_device(device);
       if (where.device.is_cuda() && !at::hasCUDA()) continue;  // libtorch has no CUDA here
       SCOPED_TRACE(std::string(entry) + " on " + device);
-      PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim,
-                         PagedCapacity{16, 16, 2}, where.device, make_policy(method),
-                         where.emulated);
+      const std::unique_ptr<PagedKVCache> cache = sixteen_page_cache(method, where);
+      PagedKVCache& paged = *cache;
       ASSERT_TRUE(paged.compacts());
       auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
       auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
