@@ -284,8 +284,7 @@ void PagedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
     const int64_t tokens =
         !evicts ? s.total
         : ring_ ? std::max(s.prompt, std::min(s.total, ring_->sinks + ring_->window))
-                : std::max(s.prompt,
-                           compacts() ? compacted_prompt(s.prompt) + s.total - s.prompt : s.prompt);
+                : std::max(s.prompt, compacts() ? slots_needed(s.prompt, s.total) : s.prompt);
     pages += (tokens + format_.page_size - 1) / format_.page_size;
   }
   // Quest's bounds, made on a sequence's first step, take room for its total at once.
@@ -1216,7 +1215,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false);
   // Each sequence's slots with its new tokens: its length (in.length, what the policy reads)
-  // less what a compaction took out of the pages; a sequence that still selects has none.
+  // less what its last compaction took out of the pages.
   std::vector<int64_t> slots(static_cast<size_t>(B));
   refresh_lists(batch, layer);  // a step that stopped before its end left some on the device
   bool all_single = true, any_kept = false;
@@ -1348,8 +1347,8 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     for (size_t j = 0; j < part.size(); ++j) chosen[part[j]] = std::move(got[j]);
   }
   retention_s_ += watch.seconds() - waited;
-  watch = Stopwatch();
   if (!compacted.empty()) {
+    watch = Stopwatch();
     std::vector<Sequence*> seqs;
     std::vector<int64_t> lengths;
     std::vector<at::Tensor> kept;
@@ -1357,8 +1356,11 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
       seqs.push_back(evicted[i]), lengths.push_back(evicting[i]->length),
           kept.push_back(chosen[i].where);
     compact(layer, seqs, lengths, kept);
+    retention_s_ += watch.seconds();
   }
+  // (apply_choice times itself.)
   for (const size_t i : applied) apply_choice(*evicted[i], layer, *evicting[i], chosen[i]);
+  watch = Stopwatch();
   // A decode-timing policy's records keep the chosen tokens' rows, in the order they are held
   // (a compacted head's slots follow its choice's order).
   if (decode_timing) {
@@ -1716,6 +1718,19 @@ bool PagedKVCache::compacts() const {
          !format_.own_attention;
 }
 
+int64_t PagedKVCache::slots_needed(int64_t prompt, int64_t total) const {
+  const int64_t compacted = compacted_prompt(prompt) + total - prompt;
+  if (policy_->timing() != EvictionTiming::kDecode) return compacted;
+  // Evicting during decode: the budget, the free slots recompact() lets grow past it, and a
+  // step's new token.
+  RetentionInput in;
+  in.num_layers = num_layers_, in.length = total;
+  int64_t most = 0;
+  for (in.layer = 0; in.layer < num_layers_; ++in.layer)
+    most = std::max(most, std::min(total, policy_->budget(in)));
+  return std::min(compacted, most + std::max<int64_t>(format_.page_size, most / 8) + 1);
+}
+
 int64_t PagedKVCache::compacted_prompt(int64_t prompt) const {
   if (!compacts()) return prompt;
   RetentionInput in;
@@ -1851,6 +1866,9 @@ void PagedKVCache::settle_compaction(Sequence& s) {
 
 void PagedKVCache::list_compacted(Retained& r, int64_t held, int64_t slots) {
   r.device = UploadedList{};
+  // A layer keeping fewer than the longest lists its newest tokens too, so a policy dropping
+  // its lowest score would select in full there at every step: only PyramidKV's layers keep
+  // different counts, and it selects once.
   if (held < slots) {  // its slots listed, then the tokens to come
     r.host = at::arange(held, at::kInt).expand({num_kv_heads_, held}).contiguous();
     r.tail = slots;
@@ -1875,7 +1893,7 @@ bool PagedKVCache::recompaction_due(const Sequence& s, int64_t* slots) const {
     most = std::max(most, r.held(stored(s)));
   }
   *slots = most;
-  // Rows move once the slots no head keeps fill a page and an eighth of what is kept: at most
+  // Rows move once the slots no head keeps fill a page or an eighth of what is kept: at most
   // one move of the kept rows per `page_size` decode steps, memory within a page and 12.5%.
   return stored(s) - most >= std::max<int64_t>(format_.page_size, most / 8);
 }

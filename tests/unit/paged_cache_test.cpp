@@ -614,9 +614,11 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values("cpu", "cuda", "emulated")),
     [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
-// Under an evicting policy a reservation covers the prompts only (what stays afterwards is the
-// policy's), on the paged and the CPU caches alike; Quest evicts nothing and reserves it all.
-// StreamingLLM's ring (PagedKVCache::rings) holds its prompt, then its sinks and window.
+// Under an evicting policy a reservation covers the prompts, or what stays after them when
+// more (the policy's), on the paged and the CPU caches alike; Quest evicts nothing and
+// reserves it all. StreamingLLM's ring (PagedKVCache::rings) holds its prompt, then its sinks
+// and window; H2O (compacted, evicting during decode) its prompt, then at most its budget, a
+// page of free slots before they are compacted again (recompact) and a step's new token.
 TEST(PagedRetentionMemoryTest, AnEvictingPolicyReservesThePromptsOnly) {
   auto method = [](const char* text) {
     return resolve_method(nlohmann::json::parse(text), "methods[0]");
@@ -632,6 +634,12 @@ TEST(PagedRetentionMemoryTest, AnEvictingPolicyReservesThePromptsOnly) {
       make_kv_cache(method(R"({"name": "quest"})"), kLayers, kKvHeads, kDim, at::kHalf, "paged");
   quest->reserve({{100, 1000}});
   EXPECT_EQ(dynamic_cast<PagedKVCache&>(*quest).free_pages(), (1000 + P - 1) / P);
+  auto h2o = make_kv_cache(method(R"({"name": "h2o", "heavy": 32, "recent": 32})"), kLayers,
+                           kKvHeads, kDim, at::kHalf, "paged");
+  ASSERT_TRUE(dynamic_cast<PagedKVCache&>(*h2o).compacts());
+  h2o->reserve({{100, 1000}, {10, 1000}, {10, 50}, {300, 310}});
+  EXPECT_EQ(dynamic_cast<PagedKVCache&>(*h2o).free_pages(),
+            (100 + P - 1) / P + (64 + P + 1 + P - 1) / P + (50 + P - 1) / P + (300 + P - 1) / P);
   // The CPU cache: an unreserved store's first append sizes it to the prompt.
   auto cpu = make_kv_cache(stream, kLayers, kKvHeads, kDim, at::kHalf, "cpu");
   cpu->reserve({{100, 1000}});
@@ -1435,6 +1443,117 @@ TEST(PagedRetentionMemoryTest, PoliciesEvictingDuringDecodeAreCompactedAfterTheP
                 uint64_t(kLayers) * held * kKvHeads * page);
       EXPECT_EQ(paged.nominal().total(), ref->nominal().total());
     }
+}
+
+// A compacting prefill in the same call as a sequence's decode step (continuous batching): the
+// prefill's choice moves its slots, the decode step's comes back and lists slots, and both
+// attend and keep what the reference cache gives each alone, then through batched decode steps
+// that compact both again.
+TEST(PagedRetentionMemoryTest, ACompactingPrefillBesideADecodingSequence) {
+  for (const char* entry : {R"({"name": "h2o", "heavy": 32, "recent": 32, "codec": "fp16"})",
+                            R"({"name": "scissorhands", "budget": 64, "recent": 16,
+                                "history": 8, "codec": "int4"})"})
+    for (const char* device : {"cpu", "emulated", "cuda"}) {
+      PolicyCase c = policy_case(std::make_tuple(entry, device));
+      if (!c.skip.empty()) continue;  // cuda where libtorch has none
+      SCOPED_TRACE(std::string(entry) + " on " + device);
+      PagedKVCache& paged = *c.paged;
+      ASSERT_TRUE(paged.compacts());
+      auto ref = make_kv_cache(c.method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+      auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
+      auto gen = at::detail::createCPUGenerator(43);
+      const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence()};
+      for (const int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
+      auto step = [&](const std::vector<int64_t>& ids, const std::vector<int64_t>& counts) {
+        for (int64_t layer = 0; layer < kLayers; ++layer) {
+          std::vector<Block> blocks;
+          std::vector<at::Tensor> q, k, v;
+          for (const int64_t n : counts) {
+            blocks.push_back(random_block(n, at::kHalf, gen));
+            const at::Tensor qb = blocks.back().q.transpose(0, 1);
+            q.push_back(c.where.kernel_path() ? qb.to(at::kHalf) : qb);
+            k.push_back(blocks.back().k.transpose(0, 1));
+            v.push_back(blocks.back().v.transpose(0, 1));
+          }
+          const at::Tensor got =
+              paged.append_and_attend_batch(layer, ids, counts, at::cat(q), at::cat(k), at::cat(v))
+                  .to(at::kFloat);
+          for (size_t b = 0, row = 0; b < ids.size(); row += size_t(counts[b]), ++b) {
+            const Block& x = blocks[b];
+            const at::Tensor want = ref->append_and_attend(ids[b], layer, x.q, x.k, x.v);
+            const at::Tensor mine = got.narrow(0, int64_t(row), counts[b]).transpose(0, 1);
+            ASSERT_LT(((mine - want).norm() / want.norm()).item<double>(),
+                      c.where.kernel_path() ? 2e-3 : 1e-5)
+                << "sequence " << ids[b] << " layer " << layer;
+          }
+        }
+        for (const int64_t id : ids)
+          for (int64_t l = 0; l < kLayers; ++l)
+            ASSERT_TRUE(at::equal(paged.kept_positions(id, l), reference.kept_positions(id, l)))
+                << "sequence " << id << " layer " << l << " at " << paged.length(id);
+      };
+      step({seqs[0]}, {300});
+      step(seqs, {1, 300});  // the second's prefill compacts beside the first's decode step
+      EXPECT_EQ(paged.stored_length(seqs[0]), 65);
+      EXPECT_EQ(paged.stored_length(seqs[1]), 64);
+      for (int i = 0; i < 45; ++i) step(seqs, {1, 1});
+      for (const int64_t id : seqs) EXPECT_LT(paged.stored_length(id), 64 + 32);
+      EXPECT_LT(paged.stored_length(seqs[0]), 64 + 46) << "compacted again";
+    }
+}
+
+// TOVA drops a decode token at once when the newest query attends it least (its key against
+// every query of its group), so 32 such steps leave the page of their slots to no head and no
+// layer: it goes back to the pool before the slots are compacted again (budget 512: at 64
+// free slots), and that compaction then moves the kept slots into the pages still held.
+TEST(PagedRetentionMemoryTest, RecompactionMovesSlotsPastAPageAlreadyFreed) {
+  const char* entry = R"({"name": "tova", "budget": 512, "codec": "fp16"})";
+  for (const char* device : {"cpu", "emulated"}) {
+    PolicyCase c = policy_case(std::make_tuple(entry, device));
+    SCOPED_TRACE(device);
+    PagedKVCache& paged = *c.paged;
+    auto ref = make_kv_cache(c.method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+    auto& reference = dynamic_cast<CompressedKVCache&>(*ref);
+    const int64_t P = paged.format().page_size;
+    ASSERT_EQ(P, 32);
+    const uint64_t page = kernels::bytes_per_token(paged.format().format, int(P), kDim) * P;
+    auto pages_held = [&] {
+      return int64_t((paged.storage().payload + paged.storage().metadata) /
+                     (uint64_t(kLayers) * kKvHeads * page));
+    };
+    auto gen = at::detail::createCPUGenerator(47);
+    const int64_t seq = paged.add_sequence();
+    ASSERT_EQ(ref->add_sequence(), seq);
+    auto step = [&](int64_t n, bool against) {
+      for (int64_t layer = 0; layer < kLayers; ++layer) {
+        Block x = random_block(n, at::kHalf, gen);
+        if (against)
+          x.k = (x.q.view({kKvHeads, kHeads / kKvHeads, 1, kDim}).sum(1) * -4)
+                    .to(at::kHalf)
+                    .to(at::kFloat);
+        const at::Tensor q = c.where.kernel_path() ? x.q.to(at::kHalf) : x.q;
+        const at::Tensor got = paged.append_and_attend(seq, layer, q, x.k, x.v).to(at::kFloat);
+        const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
+        ASSERT_LT(((got - want).norm() / want.norm()).item<double>(),
+                  c.where.kernel_path() ? 2e-3 : 1e-5)
+            << "layer " << layer << " at " << paged.length(seq);
+      }
+      for (int64_t l = 0; l < kLayers; ++l)
+        ASSERT_TRUE(at::equal(paged.kept_positions(seq, l), reference.kept_positions(seq, l)))
+            << "layer " << l << " at " << paged.length(seq);
+    };
+    step(600, false);
+    ASSERT_EQ(paged.stored_length(seq), 512);
+    for (int i = 0; i < 32; ++i) step(1, true);
+    EXPECT_EQ(paged.stored_length(seq), 512 + 32);
+    EXPECT_EQ(pages_held(), 16) << "the 32 dropped tokens' page is still held";
+    for (int i = 0; i < 32; ++i) step(1, false);  // 64 free slots at the last: compacted again
+    EXPECT_EQ(paged.stored_length(seq), 512);
+    EXPECT_EQ(pages_held(), 16);
+    for (int i = 0; i < 8; ++i) step(1, false);
+    EXPECT_EQ(paged.stored_length(seq), 512 + 8);
+    EXPECT_EQ(pages_held(), 17);
+  }
 }
 
 }  // namespace

@@ -22,8 +22,8 @@
 // the dense kernel (a layer keeping fewer than the longest: its slots by index) until a
 // policy evicting during decode (H2O, TOVA, ScissorHands) selects again: its choices then list
 // slots, which its policy sees as logical positions, and once the slots no head keeps fill a
-// page (and an eighth of the kept ones) the kept slots are compacted again at a step's end
-// (recompact()). A selection over KIVI moves no token: a page is freed once no layer and no
+// page (or an eighth of the kept ones, when more) the kept slots are compacted again at a step's
+// end (recompact()). A selection over KIVI moves no token: a page is freed once no layer and no
 // head of its sequence retains a token in it and no later append writes it, so memory falls
 // at page granularity (a per-head selection frees only pages every head left). StreamingLLM
 // evicting during decode over a per-token format keeps its tokens in a ring of sinks + window slots
@@ -205,11 +205,12 @@ class PagedKVCache final : public KVCache {
   StorageBytes nominal() const override;
   // Every layer's pools (free pages included), rings and scales, and Quest's page bounds.
   uint64_t allocated_bytes() const override;
-  // Pools of exactly the pages the live sequences hold plus those the new ones can need (whole
-  // pages per sequence for its total, or its prompt under an evicting policy; at most
-  // max_pages), and slots for them all; with no sequence live the pools are made again at
-  // that size (shrinking too), else they only grow. After reserve_pool: nothing (the pool is
-  // the engine's budget, which its scheduler keeps to).
+  // Pools of exactly the pages the live sequences hold plus those the new ones can need, at
+  // most max_pages: whole pages per sequence for its total tokens; under an evicting policy
+  // for its prompt or, when more, what stays after it (a ring's slots, or slots_needed), and
+  // slots for them all. With no sequence live the pools are made again at that size
+  // (shrinking too), else they only grow. After reserve_pool: nothing (the pool is the
+  // engine's budget, which its scheduler keeps to).
   void reserve(const std::vector<SequenceTokens>& seqs) override;
   // Pages for `tokens` more tokens (ceil(tokens / page_size); plus one per sequence, whose last
   // page may reach past its blocks, unless page_size divides `block`) and `sequences` more
@@ -321,8 +322,8 @@ class PagedKVCache final : public KVCache {
     std::vector<int> pages;  // block-table row: physical page of each logical page; -1: freed
     int slot = 0;            // row in the KIVI rings and fp8 scales
     int64_t length = 0;      // tokens entered (the logical length: new tokens' positions)
-    // Tokens a compaction took out of the pages' slots: slot = position - dropped for every
-    // token after the prefill, and the kernels see `length - dropped` tokens.
+    // Tokens the last compaction took out of the pages' slots: slot = position - dropped for
+    // every token after it, and the kernels see `length - dropped` tokens.
     int64_t dropped = 0;
     // The prefill being attended compacted some layer; its step's end settles the lengths.
     bool compacting = false;
@@ -614,8 +615,12 @@ class PagedKVCache final : public KVCache {
   // the pages past them go back to the pool.
   void recompact(const std::vector<Sequence*>& batch);
   // Whether s is due (every layer has selected, and its stored slots exceed the longest
-  // layer's kept tokens, `slots`, by a page and an eighth of them).
+  // layer's kept tokens, `slots`, by a page or an eighth of them, whichever is more).
   bool recompaction_due(const Sequence& s, int64_t* slots) const;
+  // compacts(): the most slots a sequence of `prompt` tokens, then `total` in all, holds after
+  // its prefill: its compacted prompt and new tokens, for a policy evicting during decode at
+  // most the longest layer's budget plus what recompact() lets grow and a step's token.
+  int64_t slots_needed(int64_t prompt, int64_t total) const;
   // Tokens a compacting prefill of `prompt` tokens leaves in the slots (the longest layer's
   // budget), or `prompt` when nothing compacts.
   int64_t compacted_prompt(int64_t prompt) const;
