@@ -278,9 +278,8 @@ void PagedKVCache::reserve(const std::vector<SequenceTokens>& seqs) {
   for (const SequenceTokens& s : seqs) {
     KVB_CHECK(s.prompt >= 0 && s.total >= s.prompt, "paged cache: cannot reserve room for a ",
               s.prompt, "-token prompt of a ", s.total, "-token sequence");
-    // A ring holds its prompt, then its sinks and window; a compacting prefill keeps its
-    // budget, to which the new tokens add; other evicting policies stay within their prompts'
-    // pages.
+    // A ring holds its prompt, then its sinks and window; a compacting policy its prompt, then
+    // slots_needed; other evicting policies (KIVI's) stay within their prompts' pages.
     const int64_t tokens =
         !evicts ? s.total
         : ring_ ? std::max(s.prompt, std::min(s.total, ring_->sinks + ring_->window))
@@ -1215,7 +1214,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false);
   // Each sequence's slots with its new tokens: its length (in.length, what the policy reads)
-  // less what its last compaction took out of the pages.
+  // less the tokens out of the slots as of its last compaction.
   std::vector<int64_t> slots(static_cast<size_t>(B));
   refresh_lists(batch, layer);  // a step that stopped before its end left some on the device
   bool all_single = true, any_kept = false;
@@ -1721,14 +1720,16 @@ bool PagedKVCache::compacts() const {
 int64_t PagedKVCache::slots_needed(int64_t prompt, int64_t total) const {
   const int64_t compacted = compacted_prompt(prompt) + total - prompt;
   if (policy_->timing() != EvictionTiming::kDecode) return compacted;
-  // Evicting during decode: the budget, the free slots recompact() lets grow past it, and a
-  // step's new token.
+  // Evicting during decode, one token per step after the prompt: the budget and the free slots
+  // recompact() lets grow past it (a step's token included: the step that reaches the bound
+  // compacts at its end). The policies evicting during decode have budgets that do not vary
+  // with the length; one that did would need the most over lengths prompt..total.
   RetentionInput in;
   in.num_layers = num_layers_, in.length = total;
   int64_t most = 0;
   for (in.layer = 0; in.layer < num_layers_; ++in.layer)
     most = std::max(most, std::min(total, policy_->budget(in)));
-  return std::min(compacted, most + std::max<int64_t>(format_.page_size, most / 8) + 1);
+  return std::min(compacted, most + std::max<int64_t>(format_.page_size, most / 8));
 }
 
 int64_t PagedKVCache::compacted_prompt(int64_t prompt) const {

@@ -617,8 +617,8 @@ INSTANTIATE_TEST_SUITE_P(
 // Under an evicting policy a reservation covers the prompts, or what stays after them when
 // more (the policy's), on the paged and the CPU caches alike; Quest evicts nothing and
 // reserves it all. StreamingLLM's ring (PagedKVCache::rings) holds its prompt, then its sinks
-// and window; H2O (compacted, evicting during decode) its prompt, then at most its budget, a
-// page of free slots before they are compacted again (recompact) and a step's new token.
+// and window; H2O (compacted, evicting during decode) its prompt, then at most its budget and
+// a page of free slots (the step reaching them compacts them again: recompact).
 TEST(PagedRetentionMemoryTest, AnEvictingPolicyReservesThePromptsOnly) {
   auto method = [](const char* text) {
     return resolve_method(nlohmann::json::parse(text), "methods[0]");
@@ -639,7 +639,7 @@ TEST(PagedRetentionMemoryTest, AnEvictingPolicyReservesThePromptsOnly) {
   ASSERT_TRUE(dynamic_cast<PagedKVCache&>(*h2o).compacts());
   h2o->reserve({{100, 1000}, {10, 1000}, {10, 50}, {300, 310}});
   EXPECT_EQ(dynamic_cast<PagedKVCache&>(*h2o).free_pages(),
-            (100 + P - 1) / P + (64 + P + 1 + P - 1) / P + (50 + P - 1) / P + (300 + P - 1) / P);
+            (100 + P - 1) / P + (64 + P + P - 1) / P + (50 + P - 1) / P + (300 + P - 1) / P);
   // The CPU cache: an unreserved store's first append sizes it to the prompt.
   auto cpu = make_kv_cache(stream, kLayers, kKvHeads, kDim, at::kHalf, "cpu");
   cpu->reserve({{100, 1000}});
@@ -1409,15 +1409,17 @@ TEST(PagedRetentionMemoryTest, PoliciesEvictingDuringDecodeAreCompactedAfterTheP
       const int64_t a = paged.add_sequence(), b = paged.add_sequence();
       ASSERT_EQ(ref->add_sequence(), a);
       ASSERT_EQ(ref->add_sequence(), b);
-      step(a, 400);
+      ASSERT_NO_FATAL_FAILURE(step(a, 400));
       EXPECT_EQ(paged.stored_length(a), 64);
       const int64_t P = paged.format().page_size;
       EXPECT_EQ(paged.free_pages(), 16 - 64 / P);
-      step(b, 400);  // 400 / P pages: there only because a gave back the rest
+      // 400 / P pages: there only because a gave back the rest
+      ASSERT_NO_FATAL_FAILURE(step(b, 400));
       const bool steady = method["name"] != "h2o" || !method.value("normalize", false);
       for (int i = 0; i < 100; ++i) {
         sorts = 0;
-        step(a, 1), step(b, 1);
+        ASSERT_NO_FATAL_FAILURE(step(a, 1));
+        ASSERT_NO_FATAL_FAILURE(step(b, 1));
         if (where.kernel_path() && steady) ASSERT_EQ(sorts, 0) << "step " << i << " selected";
         for (const int64_t seq : {a, b}) ASSERT_LT(paged.stored_length(seq), 64 + P);
       }
@@ -1492,13 +1494,14 @@ TEST(PagedRetentionMemoryTest, ACompactingPrefillBesideADecodingSequence) {
             ASSERT_TRUE(at::equal(paged.kept_positions(id, l), reference.kept_positions(id, l)))
                 << "sequence " << id << " layer " << l << " at " << paged.length(id);
       };
-      step({seqs[0]}, {300});
-      step(seqs, {1, 300});  // the second's prefill compacts beside the first's decode step
+      ASSERT_NO_FATAL_FAILURE(step({seqs[0]}, {300}));
+      ASSERT_NO_FATAL_FAILURE(
+          step(seqs, {1, 300}));  // the second's prefill compacts beside the first's decode step
       EXPECT_EQ(paged.stored_length(seqs[0]), 65);
       EXPECT_EQ(paged.stored_length(seqs[1]), 64);
-      for (int i = 0; i < 45; ++i) step(seqs, {1, 1});
-      for (const int64_t id : seqs) EXPECT_LT(paged.stored_length(id), 64 + 32);
-      EXPECT_LT(paged.stored_length(seqs[0]), 64 + 46) << "compacted again";
+      for (int i = 0; i < 45; ++i) ASSERT_NO_FATAL_FAILURE(step(seqs, {1, 1}));
+      for (const int64_t id : seqs)
+        EXPECT_LT(paged.stored_length(id), 64 + 32) << "compacted again";
     }
 }
 
@@ -1542,15 +1545,16 @@ TEST(PagedRetentionMemoryTest, RecompactionMovesSlotsPastAPageAlreadyFreed) {
         ASSERT_TRUE(at::equal(paged.kept_positions(seq, l), reference.kept_positions(seq, l)))
             << "layer " << l << " at " << paged.length(seq);
     };
-    step(600, false);
+    ASSERT_NO_FATAL_FAILURE(step(600, false));
     ASSERT_EQ(paged.stored_length(seq), 512);
-    for (int i = 0; i < 32; ++i) step(1, true);
+    for (int i = 0; i < 32; ++i) ASSERT_NO_FATAL_FAILURE(step(1, true));
     EXPECT_EQ(paged.stored_length(seq), 512 + 32);
-    EXPECT_EQ(pages_held(), 16) << "the 32 dropped tokens' page is still held";
-    for (int i = 0; i < 32; ++i) step(1, false);  // 64 free slots at the last: compacted again
+    EXPECT_EQ(pages_held(), 16) << "the 32 dropped tokens' page should have gone back";
+    for (int i = 0; i < 32; ++i)
+      ASSERT_NO_FATAL_FAILURE(step(1, false));  // 64 free slots at the last: compacted again
     EXPECT_EQ(paged.stored_length(seq), 512);
     EXPECT_EQ(pages_held(), 16);
-    for (int i = 0; i < 8; ++i) step(1, false);
+    for (int i = 0; i < 8; ++i) ASSERT_NO_FATAL_FAILURE(step(1, false));
     EXPECT_EQ(paged.stored_length(seq), 512 + 8);
     EXPECT_EQ(pages_held(), 17);
   }

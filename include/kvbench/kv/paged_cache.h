@@ -322,7 +322,7 @@ class PagedKVCache final : public KVCache {
     std::vector<int> pages;  // block-table row: physical page of each logical page; -1: freed
     int slot = 0;            // row in the KIVI rings and fp8 scales
     int64_t length = 0;      // tokens entered (the logical length: new tokens' positions)
-    // Tokens the last compaction took out of the pages' slots: slot = position - dropped for
+    // Tokens out of the pages' slots as of the last compaction: slot = position - dropped for
     // every token after it, and the kernels see `length - dropped` tokens.
     int64_t dropped = 0;
     // The prefill being attended compacted some layer; its step's end settles the lengths.
@@ -618,8 +618,9 @@ class PagedKVCache final : public KVCache {
   // layer's kept tokens, `slots`, by a page or an eighth of them, whichever is more).
   bool recompaction_due(const Sequence& s, int64_t* slots) const;
   // compacts(): the most slots a sequence of `prompt` tokens, then `total` in all, holds after
-  // its prefill: its compacted prompt and new tokens, for a policy evicting during decode at
-  // most the longest layer's budget plus what recompact() lets grow and a step's token.
+  // its prefill: its compacted prompt and new tokens, for a policy evicting during decode (one
+  // token per step after the prompt) at most the longest layer's budget plus the free slots
+  // recompact() lets grow.
   int64_t slots_needed(int64_t prompt, int64_t total) const;
   // Tokens a compacting prefill of `prompt` tokens leaves in the slots (the longest layer's
   // budget), or `prompt` when nothing compacts.
