@@ -1895,7 +1895,7 @@ bool PagedKVCache::recompaction_due(const Sequence& s, int64_t* slots) const {
   }
   *slots = most;
   // Rows move once the slots no head keeps fill a page or an eighth of what is kept: at most
-  // one move of the kept rows per `page_size` decode steps, memory within a page and 12.5%.
+  // one move of the kept rows per `page_size` decode steps, memory within max(page, 12.5%).
   return stored(s) - most >= std::max<int64_t>(format_.page_size, most / 8);
 }
 
