@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "device_buffer.h"
-#include "kv_encode.h"
+#include "quest_case.h"
 #include "quest_score_launcher.h"
 
 namespace kvbench::gpu_test {
@@ -28,42 +28,25 @@ TEST(QuestScoreGpuTest, MatchesTheHostReference) {
   // Channels per lane: several (64, 128), one for some lanes (40), none for half of them (16).
   for (int D : {16, 40, 64, 128}) {
     SCOPED_TRACE("head_dim " + std::to_string(D));
-    const int B = 4, H = 8;
-    const std::vector<int64_t> pages = {1, 513, 6, 37};
-    const int most = 513;
-    std::mt19937 rng(9 + D);
-    std::normal_distribution<float> normal(0.f, 1.f);
-    std::vector<std::vector<uint16_t>> lo(B), hi(B);
-    std::vector<const uint16_t*> lo_host, hi_host, lo_dev, hi_dev;
-    std::vector<DeviceBuffer> lo_buf(B), hi_buf(B);
-    for (int b = 0; b < B; ++b) {
-      for (int64_t i = 0; i < pages[b] * H * D; ++i) {
-        const float a = normal(rng), c = normal(rng);
-        lo[b].push_back(kernels::encode::half_bits(std::min(a, c)));
-        hi[b].push_back(kernels::encode::half_bits(std::max(a, c)));
-      }
-      lo_host.push_back(lo[b].data()), hi_host.push_back(hi[b].data());
-      ASSERT_CUDA(lo_buf[b].upload(lo[b]));
-      ASSERT_CUDA(hi_buf[b].upload(hi[b]));
+    const QuestScoreCase c(D);
+    std::vector<float> want(size_t(c.B) * c.H * c.most), got(want.size(), NAN);
+    kernels::QuestScoreProblem p = c.problem(want.data());
+    kernels::quest_score_host(p);
+
+    std::vector<DeviceBuffer> lo_buf(c.B), hi_buf(c.B);
+    std::vector<const uint16_t*> lo_dev, hi_dev;
+    for (int b = 0; b < c.B; ++b) {
+      ASSERT_CUDA(lo_buf[b].upload(c.lo[b]));
+      ASSERT_CUDA(hi_buf[b].upload(c.hi[b]));
       lo_dev.push_back(static_cast<const uint16_t*>(lo_buf[b].ptr));
       hi_dev.push_back(static_cast<const uint16_t*>(hi_buf[b].ptr));
     }
-    std::vector<float> pos(size_t(B) * H * D), neg(pos.size());
-    for (size_t i = 0; i < pos.size(); ++i)
-      pos[i] = std::abs(normal(rng)), neg[i] = -std::abs(normal(rng));
-    std::vector<float> want(size_t(B) * H * most), got(want.size(), NAN);
-    kernels::QuestScoreProblem p;
-    p.batch = B, p.kv_heads = H, p.head_dim = D, p.most = most;
-    p.mins = lo_host.data(), p.maxs = hi_host.data(), p.pages = pages.data();
-    p.pos = pos.data(), p.neg = neg.data(), p.out = want.data();
-    kernels::quest_score_host(p);
-
     DeviceBuffer dlo, dhi, dpages, dpos, dneg, dout;
     ASSERT_CUDA(dlo.upload(lo_dev));
     ASSERT_CUDA(dhi.upload(hi_dev));
-    ASSERT_CUDA(dpages.upload(pages));
-    ASSERT_CUDA(dpos.upload(pos));
-    ASSERT_CUDA(dneg.upload(neg));
+    ASSERT_CUDA(dpages.upload(c.pages));
+    ASSERT_CUDA(dpos.upload(c.pos));
+    ASSERT_CUDA(dneg.upload(c.neg));
     ASSERT_CUDA(dout.upload(got));
     p.mins = static_cast<const uint16_t* const*>(dlo.ptr);
     p.maxs = static_cast<const uint16_t* const*>(dhi.ptr);
@@ -82,53 +65,36 @@ TEST(QuestScoreGpuTest, MatchesTheHostReference) {
 // then 160 (a block's last 96 threads idle). NaN and infinite keys, fp16's largest values and
 // the smallest subnormals among the random ones.
 void fold_case(int H, int D) {
-  const int B = 5, row = H * D;
-  const std::vector<int64_t> pages = {1, 7, 3, 40, 2}, page = {0, 6, 1, 39, 1};
-  std::mt19937 rng(21 + D);
-  std::normal_distribution<float> normal(0.f, 1.f);
-  std::vector<std::vector<uint16_t>> lo(B), hi(B);
-  std::vector<DeviceBuffer> lo_buf(B), hi_buf(B);
+  QuestFoldCase c(H, D);
+  std::vector<DeviceBuffer> lo_buf(c.B), hi_buf(c.B);
   std::vector<uint16_t*> lo_host, hi_host, lo_dev, hi_dev;
-  for (int b = 0; b < B; ++b) {
-    for (int64_t i = 0; i < pages[b] * row; ++i) {
-      const bool empty = i % 3 == 0;  // as grown: +inf mins, -inf maxs
-      const float a = normal(rng), c = normal(rng);
-      lo[b].push_back(empty ? 0x7c00u : kernels::encode::half_bits(std::min(a, c)));
-      hi[b].push_back(empty ? 0xfc00u : kernels::encode::half_bits(std::max(a, c)));
-    }
-    ASSERT_CUDA(lo_buf[b].upload(lo[b]));
-    ASSERT_CUDA(hi_buf[b].upload(hi[b]));
+  for (int b = 0; b < c.B; ++b) {
+    ASSERT_CUDA(lo_buf[b].upload(c.lo[b]));
+    ASSERT_CUDA(hi_buf[b].upload(c.hi[b]));
     lo_dev.push_back(static_cast<uint16_t*>(lo_buf[b].ptr));
     hi_dev.push_back(static_cast<uint16_t*>(hi_buf[b].ptr));
   }
-  std::vector<float> keys(size_t(B) * row);
-  const float edges[] = {0.f,       -0.f,     1e-8f,    -1e-8f,    65519.f,
-                         70000.f,   -70000.f, 65504.f,  -65520.f,  0x1p-25f,
-                         -0x1p-25f, NAN,      INFINITY, -INFINITY, 1.00048828125f};
-  const size_t n_edges = sizeof(edges) / sizeof(edges[0]);
-  for (size_t i = 0; i < keys.size(); ++i)
-    keys[i] = i % 97 < n_edges ? edges[i % 97] : std::ldexp(normal(rng), int(i % 23) - 12);
   DeviceBuffer dlo, dhi, dpage, dkeys;
   ASSERT_CUDA(dlo.upload(lo_dev));
   ASSERT_CUDA(dhi.upload(hi_dev));
-  ASSERT_CUDA(dpage.upload(page));
-  ASSERT_CUDA(dkeys.upload(keys));
+  ASSERT_CUDA(dpage.upload(c.page));
+  ASSERT_CUDA(dkeys.upload(c.keys));
   kernels::QuestFoldProblem p;
-  p.batch = B, p.kv_heads = H, p.head_dim = D;
+  p.batch = c.B, p.kv_heads = H, p.head_dim = D;
   p.mins = static_cast<uint16_t* const*>(dlo.ptr), p.maxs = static_cast<uint16_t* const*>(dhi.ptr);
   p.page = static_cast<const int64_t*>(dpage.ptr), p.keys = static_cast<const float*>(dkeys.ptr);
   ASSERT_CUDA(kernels::quest_fold(p, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
-  for (int b = 0; b < B; ++b) lo_host.push_back(lo[b].data()), hi_host.push_back(hi[b].data());
-  p.mins = lo_host.data(), p.maxs = hi_host.data(), p.page = page.data(), p.keys = keys.data();
-  kernels::quest_fold_host(p);
-  for (int b = 0; b < B; ++b) {
-    std::vector<uint16_t> got_lo(lo[b].size()), got_hi(hi[b].size());
+  for (int b = 0; b < c.B; ++b)
+    lo_host.push_back(c.lo[b].data()), hi_host.push_back(c.hi[b].data());
+  kernels::quest_fold_host(c.problem(lo_host.data(), hi_host.data()));
+  for (int b = 0; b < c.B; ++b) {
+    std::vector<uint16_t> got_lo(c.lo[b].size()), got_hi(c.hi[b].size());
     ASSERT_CUDA(lo_buf[b].download(got_lo));
     ASSERT_CUDA(hi_buf[b].download(got_hi));
     for (size_t i = 0; i < got_lo.size(); ++i) {
-      ASSERT_EQ(got_lo[i], lo[b][i]) << "sequence " << b << " min " << i;
-      ASSERT_EQ(got_hi[i], hi[b][i]) << "sequence " << b << " max " << i;
+      ASSERT_EQ(got_lo[i], c.lo[b][i]) << "sequence " << b << " min " << i;
+      ASSERT_EQ(got_hi[i], c.hi[b][i]) << "sequence " << b << " max " << i;
     }
   }
 }
