@@ -21,7 +21,7 @@ constexpr int kFoldThreads = 256;  // folding: elements per block
 // consecutive channels of a bound row (coalesced), sum their share and reduce with shuffles.
 // The same arithmetic as quest_page_partial() over strided channels, in another order. A warp
 // past the last page leaves whole, before any shuffle.
-__device__ void score_body(const QuestScoreProblem& p) {
+__device__ __forceinline__ void score_body(const QuestScoreProblem& p) {
   const int b = blockIdx.y, lane = threadIdx.x % 32;
   const int page = blockIdx.x * kWarps + threadIdx.x / 32;
   if (page >= p.most) return;
@@ -34,7 +34,7 @@ __device__ void score_body(const QuestScoreProblem& p) {
 }
 
 // Element blockIdx.x * blockDim.x + threadIdx.x of sequence blockIdx.y's new key.
-__device__ void fold_body(const QuestFoldProblem& p) {
+__device__ __forceinline__ void fold_body(const QuestFoldProblem& p) {
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e < p.kv_heads * p.head_dim) quest_fold_element(p, blockIdx.y, e);
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -26,6 +27,8 @@ struct QuestScoreCase {
   std::vector<float> pos, neg;
   std::vector<const uint16_t*> lo_ptrs, hi_ptrs;  // [B], into lo / hi
 
+  QuestScoreCase(const QuestScoreCase&) = delete;  // lo_ptrs / hi_ptrs point into this one
+  QuestScoreCase& operator=(const QuestScoreCase&) = delete;
   explicit QuestScoreCase(int head_dim) : D(head_dim), lo(B), hi(B) {
     std::mt19937 rng(9 + D);
     std::normal_distribution<float> normal(0.f, 1.f);

@@ -2,7 +2,8 @@
 // channels and shuffle reduction, the fold's thread per element) runs on the CPU with emulated
 // blocks and warps (tests/unit/cuda_emulation.h), at the launchers' geometry, on the GPU
 // test's cases (tests/gpu/quest_case.h), scores poisoned with NaN first: within 1e-5 of the
-// host reference's in-order sums, and the fold bit for bit.
+// host reference's in-order sums, and the fold bit for bit. fp16 bounds decode through the
+// host branch of quest_half() here (exact either way); its device line only on a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
