@@ -137,10 +137,46 @@ bool AttentionRecord::covers(const RetentionPolicy& policy, const at::Tensor& ne
   return state->defined() && state->dim() >= 2 && state->size(1) == held;
 }
 
+bool AttentionRecord::steady_ready(const RetentionPolicy& policy, int64_t held) const {
+  switch (policy.needs()) {
+    case RetentionNeeds::kScoresEveryStep:
+      return summed_.defined() && summed_.dim() == 2 && summed_.size(1) == held - 1;
+    case RetentionNeeds::kLastQueryScores:
+      return true;
+    case RetentionNeeds::kLowAttentionCounts:
+      return low_.defined() && low_.dim() == 4 && low_.size(1) == held - 1 &&
+             low_.size(3) == policy.observation_window();
+    default:
+      return false;
+  }
+}
+
+at::Tensor AttentionRecord::steady_states(const RetentionPolicy& policy,
+                                          const std::vector<AttentionRecord*>& records) {
+  const RetentionNeeds needs = policy.needs();
+  if (needs == RetentionNeeds::kLastQueryScores || records.empty()) return {};
+  std::vector<at::Tensor> parts;
+  for (const AttentionRecord* r : records)
+    parts.push_back(needs == RetentionNeeds::kScoresEveryStep ? r->summed_ : r->low_);
+  return stacked(parts).contiguous();
+}
+
+void AttentionRecord::set_steady_states(const RetentionPolicy& policy,
+                                        const std::vector<AttentionRecord*>& records,
+                                        const at::Tensor& states) {
+  const RetentionNeeds needs = policy.needs();
+  if (needs == RetentionNeeds::kLastQueryScores) return;
+  KVB_CHECK(states.defined() && states.size(0) == int64_t(records.size()),
+            "attention record: steady states for ", records.size(), " records");
+  const std::vector<at::Tensor> rows = states.unbind(0);
+  for (size_t i = 0; i < records.size(); ++i)
+    (needs == RetentionNeeds::kScoresEveryStep ? records[i]->summed_ : records[i]->low_) = rows[i];
+}
+
 at::Tensor AttentionRecord::drop_lowest_batch(const RetentionPolicy& policy,
                                               const std::vector<AttentionRecord*>& records,
                                               const std::vector<at::Tensor>& newest,
-                                              int64_t candidates, const at::Tensor& iota) {
+                                              int64_t candidates) {
   KVB_CHECK(!records.empty() && selects_by_attention(&policy),
             "attention record: no records to drop from, or a policy that does not select by "
             "attention");
@@ -168,17 +204,11 @@ at::Tensor AttentionRecord::drop_lowest_batch(const RetentionPolicy& policy,
   const int64_t E = scores.size(0), held = scores.size(2);
   const at::Tensor first = scores.narrow(2, 0, candidates);
   const at::TensorOptions index = scores.options().dtype(at::kLong);
-  auto count = [&](int64_t n) {
-    return iota.defined() && iota.size(0) >= n && iota.device() == scores.device() &&
-                   iota.scalar_type() == at::kLong
-               ? iota.narrow(0, 0, n)
-               : at::arange(n, index);
-  };
   // The last index holding the lowest score: equal scores keep their token order in
   // top_tokens' stable sort, so the later one falls out.
   const at::Tensor dropped =
-      first.eq(first.amin(2, /*keepdim=*/true)).mul(count(candidates)).amax(2);
-  at::Tensor keep = count(held - 1).view({1, 1, held - 1});
+      first.eq(first.amin(2, /*keepdim=*/true)).mul(at::arange(candidates, index)).amax(2);
+  at::Tensor keep = at::arange(held - 1, index).view({1, 1, held - 1});
   keep = keep.add(keep.ge(dropped.unsqueeze(2)));  // [records, kv_heads, held - 1]
   if (needs == RetentionNeeds::kScoresEveryStep) {
     const std::vector<at::Tensor> kept = states.gather(2, keep).unbind(0);

@@ -1272,6 +1272,11 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     out = at::cat(parts, 0);
   }
   std::vector<at::Tensor> newest(static_cast<size_t>(B));  // TOVA's, per sequence
+  // The sequences in the steady state of a policy dropping its lowest score: their records'
+  // update and their drop are one kernel (evict_steady), after the others' records.
+  const std::vector<size_t> steady = logits.defined()
+                                         ? steady_served(layer, batch, inputs, slots, evict_after)
+                                         : std::vector<size_t>();
   if (any_records) {
     Stopwatch watch;
     if (logits.defined()) {  // one query per sequence, scored by the kernel: batched
@@ -1279,7 +1284,8 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
       std::vector<int64_t> held, starts;
       for (int b = 0; b < B; ++b) {
         Sequence& s = *batch[size_t(b)];
-        records.push_back(records_now[size_t(b)] ? &s.scores[size_t(layer)] : nullptr);
+        const bool fused = std::find(steady.begin(), steady.end(), size_t(b)) != steady.end();
+        records.push_back(records_now[size_t(b)] && !fused ? &s.scores[size_t(layer)] : nullptr);
         held.push_back(s.kept[size_t(layer)].held(slots[size_t(b)]));
         starts.push_back(s.length);
       }
@@ -1298,7 +1304,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   }
   // The steady state of H2O, TOVA and ScissorHands stays where the pools are; the other
   // over-budget sequences' policy inputs, then their choices in one read-back.
-  if (logits.defined()) evict_steady(layer, batch, inputs, slots, newest, evict_after);
+  if (!steady.empty()) evict_steady(layer, batch, steady, slots, logits, evict_after);
   std::vector<RetentionInput*> evicting;
   std::vector<Sequence*> evicted;
   std::vector<const AttentionRecord*> records;
@@ -1575,96 +1581,112 @@ bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t len
   }
   return keep_positions(r, scratch_.data(), kept, length);
 }
-void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
-                                const std::vector<RetentionInput>& inputs,
-                                const std::vector<int64_t>& slots,
-                                const std::vector<at::Tensor>& newest,
-                                std::vector<bool>& evict_after) {
+std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector<Sequence*>& batch,
+                                                const std::vector<RetentionInput>& inputs,
+                                                const std::vector<int64_t>& slots,
+                                                const std::vector<bool>& evict_after) const {
   const std::optional<int64_t> recent = policy_->drops_lowest();
-  if (!recent) return;
-  Stopwatch watch;
-  const int64_t H = num_kv_heads_;
-  // Sequences in the steady state: budget + 1 held, the tail its `recent` newest and one more,
-  // their scores covering what they hold, their lists (all of one length) on the device.
   std::vector<size_t> served;
-  int64_t count = -1;
+  if (!recent) return served;
+  // Budget + 1 held, the tail its `recent` newest and one more, the records covering the
+  // others, the lists (all of one length) on the device.
+  int64_t count = -1, held_all = -1;
   for (size_t b = 0; b < batch.size(); ++b) {
     if (!evict_after[b] || inputs[b].prefill) continue;
     const Retained& r = batch[b]->kept[size_t(layer)];
     const int64_t held = r.held(slots[b]);
     if (held != policy_->budget(inputs[b]) + 1 || !r.selected() ||
         r.count() != held - *recent - 1 || (count >= 0 && r.count() != count) ||
-        !batch[b]->scores[size_t(layer)].covers(*policy_, newest[b], held) ||
+        (held_all >= 0 && held != held_all) ||
+        !batch[b]->scores[size_t(layer)].steady_ready(*policy_, held) ||
         (r.count() > 0 && !r.device.buffer.defined()))
       continue;
-    count = r.count();
+    count = r.count(), held_all = held;
     served.push_back(b);
   }
-  if (served.empty()) return;
-  const int64_t E = int64_t(served.size());
+  return served;
+}
+
+void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
+                                const std::vector<size_t>& served,
+                                const std::vector<int64_t>& slots, const at::Tensor& logits,
+                                std::vector<bool>& evict_after) {
+  Stopwatch watch;
+  const int64_t H = num_kv_heads_, E = int64_t(served.size());
+  const Retained& first = batch[served[0]]->kept[size_t(layer)];
+  const int64_t held = first.held(slots[served[0]]), count = first.count();
   std::vector<AttentionRecord*> records;
-  std::vector<at::Tensor> scored;  // TOVA's newest-query attention
-  for (const size_t b : served) {
-    records.push_back(&batch[b]->scores[size_t(layer)]);
-    scored.push_back(newest[b]);
+  for (const size_t b : served) records.push_back(&batch[b]->scores[size_t(layer)]);
+  kernels::SteadyEvictProblem p;
+  switch (policy_->needs()) {
+    case RetentionNeeds::kScoresEveryStep:
+      p.rule = kernels::SteadyRule::kSummed;
+      break;
+    case RetentionNeeds::kLastQueryScores:
+      p.rule = kernels::SteadyRule::kNewest;
+      break;
+    default:
+      p.rule = kernels::SteadyRule::kLowCounts;
+      p.window = int(policy_->observation_window());
   }
-  // Index `count` is the tail's first token, the one non-recent token past the lists.
-  const at::Tensor dropped = AttentionRecord::drop_lowest_batch(
-      *policy_, records, scored, count + 1, iota(count + *recent + 1));
+  p.records = int(E), p.kv_heads = int(H), p.group = int(logits.size(1) / H);
+  p.held = int(held), p.count = int(count);
+  p.logits = logits.data_ptr<float>();
+  p.logit_stride = logits.size(2), p.logit_row = logits.size(1) * logits.size(2);
+  // Each record's logits row, tail start and ring column: the same at every layer of a step
+  // (its tails are length - recent - 1 in every layer), so uploaded at the first and reused.
+  std::vector<int> steps;
+  for (const size_t b : served) steps.push_back(int(b));
+  for (const size_t b : served) steps.push_back(int(batch[b]->kept[size_t(layer)].tail));
+  for (const size_t b : served)
+    steps.push_back(p.window > 0 ? int(batch[b]->length % p.window) : 0);
+  if (steps != steady_steps_.host || !steady_steps_.device.defined() ||
+      steady_steps_.device.device() != logits.device())
+    steady_steps_ = {steps, upload(at::tensor(steps, at::kInt)).to(logits.device())};
+  p.steps = steady_steps_.device.data_ptr<int>();
+  // The lists, one view when they lie in order in one buffer (after the first such step).
+  at::Tensor lists, lists_out;
   if (count > 0) {
-    // The lists, one view when they lie in order in one buffer (after the first such step).
-    const Retained& first = batch[served[0]]->kept[size_t(layer)];
     bool packed = true;
     for (int64_t j = 0; packed && j < E; ++j) {
       const UploadedList& d = batch[served[size_t(j)]]->kept[size_t(layer)].device;
       packed =
           d.buffer.is_same(first.device.buffer) && d.offset == first.device.offset + j * H * count;
     }
-    at::Tensor lists;
     if (packed) {
-      lists = first.device.buffer.view({-1})
-                  .narrow(0, first.device.offset, E * H * count)
-                  .view({E, H, count});
+      lists = first.device.buffer.view({-1}).narrow(0, first.device.offset, E * H * count);
     } else {
       std::vector<at::Tensor> parts;
       for (const size_t b : served) {
         const UploadedList& d = batch[b]->kept[size_t(layer)].device;
-        parts.push_back(d.buffer.view({-1}).narrow(0, d.offset, H * count).view({H, count}));
+        parts.push_back(d.buffer.view({-1}).narrow(0, d.offset, H * count));
       }
-      lists = at::stack(parts);
+      lists = at::cat(parts);
     }
-    std::vector<int> tails;
-    for (const size_t b : served) tails.push_back(int(batch[b]->kept[size_t(layer)].tail));
-    // Every layer of a step in the steady state has the same tails (length - recent - 1):
-    // uploaded at the first, reused by the others.
-    if (tails != steady_tails_.host || !steady_tails_.device.defined() ||
-        steady_tails_.device.device() != lists.device())
-      steady_tails_ = {tails, upload(at::tensor(tails, at::kInt)).to(lists.device())};
-    const at::Tensor tail = steady_tails_.device.view({E, 1, 1}).expand({E, H, 1});
-    // Each head's entries past its dropped one move down one; the tail's first token ends it.
-    const at::Tensor i = iota(count).view({1, 1, count});
-    const at::Tensor fresh = at::cat({lists, tail}, 2)
-                                 .gather(2, i.add(i.ge(dropped.to(lists.device()).unsqueeze(2))))
-                                 .contiguous()
-                                 .view({-1});
-    for (int64_t j = 0; j < E; ++j)
-      batch[served[size_t(j)]]->kept[size_t(layer)].device = {fresh, j * H * count};
+    lists_out = at::empty({E * H * count}, lists.options());
+    p.lists = lists.data_ptr<int>(), p.lists_out = lists_out.data_ptr<int>();
   }
-  for (const size_t b : served) {
-    Retained& r = batch[b]->kept[size_t(layer)];
+  const at::Tensor states = AttentionRecord::steady_states(*policy_, records);
+  const at::Tensor states_out = states.defined() ? at::empty_like(states) : at::Tensor();
+  if (p.rule == kernels::SteadyRule::kSummed)
+    p.summed = states.data_ptr<float>(), p.summed_out = states_out.data_ptr<float>();
+  if (p.rule == kernels::SteadyRule::kLowCounts)
+    p.low = reinterpret_cast<const uint8_t*>(states.data_ptr<bool>()),
+    p.low_out = reinterpret_cast<uint8_t*>(states_out.data_ptr<bool>());
+  const at::Tensor scores = at::empty({E, H, held}, logits.options());
+  const at::Tensor dropped = at::empty({E, H}, logits.options().dtype(at::kInt));
+  p.scores = scores.data_ptr<float>(), p.dropped = dropped.data_ptr<int>();
+  paged_cuda::steady_evict(p, logits);
+  AttentionRecord::set_steady_states(*policy_, records, states_out);
+  for (int64_t j = 0; j < E; ++j) {
+    Retained& r = batch[served[size_t(j)]]->kept[size_t(layer)];
+    if (count > 0) r.device = {lists_out, j * H * count};
     r.tail += 1;
     r.host_stale = count > 0;
-    batch[b]->lists_changed = batch[b]->evicted = true;
-    evict_after[b] = false;
+    batch[served[size_t(j)]]->lists_changed = batch[served[size_t(j)]]->evicted = true;
+    evict_after[served[size_t(j)]] = false;
   }
   retention_s_ += watch.seconds();
-}
-
-at::Tensor PagedKVCache::iota(int64_t n) {
-  if (!iota_.defined() || iota_.size(0) < n)
-    iota_ = at::arange(std::max<int64_t>(n, 2 * (iota_.defined() ? iota_.size(0) : 0)),
-                       at::TensorOptions().dtype(at::kLong).device(device_));
-  return iota_.narrow(0, 0, n);
 }
 
 void PagedKVCache::refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer) {

@@ -26,6 +26,7 @@
 #include "palu_decode_launcher.h"
 #include "quest_score_launcher.h"
 #include "retained_decode_launcher.h"
+#include "steady_evict_launcher.h"
 #include "summed_attention_launcher.h"
 #endif
 
@@ -194,6 +195,11 @@ static void device_quest_fold(const kernels::QuestFoldProblem& problem, const at
         kernels::quest_fold_check(problem));
 }
 
+static void device_steady(const kernels::SteadyEvictProblem& problem, const at::Tensor& on) {
+  check(kernels::steady_evict(problem, stream_of(on.device())), "steady-state eviction",
+        kernels::steady_evict_check(problem));
+}
+
 static void device_project(const kernels::HeadProjectProblem& problem, const at::Tensor& on) {
   check(kernels::head_project(problem, stream_of(on.device())), "head projection",
         kernels::head_project_check(problem));
@@ -246,6 +252,7 @@ static void device_summed(const kernels::SummedAttentionProblem&, const at::Tens
   unavailable();
 }
 static void device_project(const kernels::HeadProjectProblem&, const at::Tensor&) { unavailable(); }
+static void device_steady(const kernels::SteadyEvictProblem&, const at::Tensor&) { unavailable(); }
 
 #endif
 
@@ -386,6 +393,12 @@ void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on) 
   if (on.is_cuda()) return device_quest_fold(problem, on);
   run_host_twin(problem, kernels::quest_fold_check, kernels::quest_fold_host,
                 "quest bound folding");
+}
+
+void steady_evict(const kernels::SteadyEvictProblem& problem, const at::Tensor& on) {
+  if (on.is_cuda()) return device_steady(problem, on);
+  run_host_twin(problem, kernels::steady_evict_check, kernels::steady_evict_host,
+                "steady-state eviction");
 }
 
 std::vector<at::Tensor> head_project(const std::vector<Projection>& jobs) {

@@ -16,6 +16,7 @@
 #include "kv_append.h"
 #include "palu_decode.h"
 #include "quest_score.h"
+#include "steady_evict.h"
 
 namespace kvbench::paged_cuda {
 
@@ -76,6 +77,10 @@ void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on
 // A decode step's keys folded into Quest's page bounds (kernels/quest_score.h's
 // QuestFoldProblem), where `on` is: the CUDA kernel on a GPU, its host reference on the CPU.
 void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on);
+
+// A decode step's steady-state eviction at one layer (kernels/steady_evict.h) with every
+// pointer of `problem` where `on` is: the CUDA kernel on a GPU, its host reference on the CPU.
+void steady_evict(const kernels::SteadyEvictProblem& problem, const at::Tensor& on);
 
 // H2O's accumulated attention of a prefill block: retention_policy.h's summed_attention (same
 // arguments and contract, `key_pos` and `start` unused), from q and keys rounded to 16 bits (the

@@ -1215,16 +1215,18 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
       }
       // From the first decode step on (the prefill's choice leaves its tail at the window):
       // nothing sorted, no value read on the host, and one copy of the step's lists back after
-      // its last layer beside each layer's list update.
+      // its last layer.
       EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
       EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
-      EXPECT_EQ(ops["aten::cat"], kLayers + 1) << "step " << step;
-      // After the first steady step (which stacks the lists, uploaded one buffer each here, and
-      // grows the cache's iota) the states and lists are read as views, not stacked, and no
-      // index range is made.
+      EXPECT_LE(ops["aten::cat"], kLayers + 1) << "step " << step;
+      // After the first steady step (which joins the lists, uploaded one buffer each here)
+      // the states and lists are read as views: the records' update and the drop are the
+      // steady-state kernel's (kernels/steady_evict.h), no torch operator of their own.
       if (step < 2) continue;
-      EXPECT_EQ(ops["aten::stack"], 0) << "step " << step;
-      EXPECT_EQ(ops["aten::arange"], 0) << "step " << step;
+      EXPECT_EQ(ops["aten::cat"], 1) << "step " << step;
+      for (const char* op : {"aten::stack", "aten::arange", "aten::softmax", "aten::_softmax",
+                             "aten::gather", "aten::amin", "aten::constant_pad_nd"})
+        EXPECT_EQ(ops[op], 0) << op << ", step " << step;
     }
     for (const int64_t seq : seqs)
       EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, c.kept));

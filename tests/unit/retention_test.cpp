@@ -403,11 +403,12 @@ TEST(Retention, BatchedAttentionRecordsAreEachRecordsOwn) {
     }
 }
 
-// The steady state applied where the states are (drop_lowest_batch, what the paged cache's
-// kernel path runs at budget + 1 held tokens) drops the token select() drops, for H2O's sums,
-// TOVA's head-averaged newest-query attention and ScissorHands' low-attention counts, in every
-// head of every record, with ties to the later token (scores rounded to a few values, so most
-// heads tie), and each record keeps the other rows of its state in order. H2O's normalized
+// The steady state applied where the states are (drop_lowest_batch, the torch formulation of
+// what the paged cache's kernel path runs at budget + 1 held tokens, kernels/steady_evict.h,
+// whose host reference steady_evict_test.cpp checks against it) drops the token select() drops, for
+// H2O's sums, TOVA's head-averaged newest-query attention and ScissorHands' low-attention counts,
+// in every head of every record, with ties to the later token (scores rounded to a few values, so
+// most heads tie), and each record keeps the other rows of its state in order. H2O's normalized
 // sums and choices made once have no such rule.
 TEST(RetentionSteadyState, DroppingTheLowestIsWhatSelectKeeps) {
   auto gen = at::detail::createCPUGenerator(41);

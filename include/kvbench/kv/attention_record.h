@@ -73,16 +73,30 @@ class AttentionRecord {
   // with the lowest steady score (the policy's steady_scores of its input as fill() makes it;
   // the last of equal ones), as [records, kv_heads] int64 where the states are; each record
   // drops that token's row. `newest`: record i's newest-query attention (TOVA's; ignored by the
-  // other policies). One set of operators for all of them. `iota`, when given: 0, 1, ...
-  // (int64, where the states are) of at least the held tokens' length, so that a step makes
-  // none.
+  // other policies). One set of operators for all of them: the torch formulation of what
+  // kernels/steady_evict.h does in one launch on the paged cache's kernel path, and the oracle
+  // its host reference is tested against (tests/unit/steady_evict_test.cpp).
   static at::Tensor drop_lowest_batch(const RetentionPolicy& policy,
                                       const std::vector<AttentionRecord*>& records,
-                                      const std::vector<at::Tensor>& newest, int64_t candidates,
-                                      const at::Tensor& iota = {});
+                                      const std::vector<at::Tensor>& newest, int64_t candidates);
   // Whether what `policy` selects from (this record's state; TOVA: `newest`) covers `held`
   // tokens: drop_lowest_batch can serve it.
   bool covers(const RetentionPolicy& policy, const at::Tensor& newest, int64_t held) const;
+
+  // For a step that updates and drops in one (kernels/steady_evict.h, on the paged cache's
+  // kernel path), before the step's scores are added:
+  //   steady_ready: the record's state (H2O's sums, ScissorHands' ring; TOVA keeps none)
+  //     covers held - 1 tokens, the step's new one not yet among them;
+  //   steady_states: the records' states stacked, [records, kv_heads, held - 1, ...]
+  //     contiguous (a view when they lie so in one buffer, as set_steady_states leaves them);
+  //     undefined for TOVA;
+  //   set_steady_states: record i's state becomes states[i] (a view; the caller's new buffer).
+  bool steady_ready(const RetentionPolicy& policy, int64_t held) const;
+  static at::Tensor steady_states(const RetentionPolicy& policy,
+                                  const std::vector<AttentionRecord*>& records);
+  static void set_steady_states(const RetentionPolicy& policy,
+                                const std::vector<AttentionRecord*>& records,
+                                const at::Tensor& states);
 
  private:
   // H2O's sums grown to the held tokens `summed` [kv_heads, held] covers, plus it.

@@ -549,20 +549,24 @@ class PagedKVCache final : public KVCache {
   void free_evicted_pages(Sequence& s);
   // A decode step's evictions at `layer` on the kernel path, where the policy drops one token
   // per head by its scores (RetentionPolicy::drops_lowest: the steady state of H2O, TOVA and
-  // ScissorHands): for every over-budget sequence holding budget + 1 tokens, `recent` + 1 of
-  // them in its tail, the choice and the lists' update stay where the pools are, one set of
-  // operators for them all and nothing read back (each head's list loses the dropped token and
-  // takes the tail's first, which leaves the tail). `newest`: the step's newest-query attention
-  // per sequence (TOVA's). Clears evict_after for the sequences it served; the others select.
+  // ScissorHands). steady_served: the over-budget sequences of `batch` (indices) holding
+  // budget + 1 tokens, `recent` + 1 of them in the tail, lists of one length on the device and
+  // records covering the rest (AttentionRecord::steady_ready), before the step's scores are
+  // recorded. evict_steady: for those, one kernel (kernels/steady_evict.h) adds the step's
+  // scores (`logits`, as the retained-index kernel wrote them) to their records, drops each
+  // head's lowest and writes the records' states and lists without it (each list loses the
+  // dropped token and takes the tail's first, which leaves the tail); nothing is read back.
+  // Clears evict_after for them; the others select.
+  std::vector<size_t> steady_served(int64_t layer, const std::vector<Sequence*>& batch,
+                                    const std::vector<RetentionInput>& inputs,
+                                    const std::vector<int64_t>& slots,
+                                    const std::vector<bool>& evict_after) const;
   void evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
-                    const std::vector<RetentionInput>& inputs, const std::vector<int64_t>& slots,
-                    const std::vector<at::Tensor>& newest, std::vector<bool>& evict_after);
+                    const std::vector<size_t>& served, const std::vector<int64_t>& slots,
+                    const at::Tensor& logits, std::vector<bool>& evict_after);
   // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
   // in one copy back.
   void refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer);
-  // 0, 1, ..., n - 1 (int64 where the pools are), a view of one tensor grown as needed, so
-  // that a steady-state step makes none.
-  at::Tensor iota(int64_t n);
   // Tokens in `s`'s slots (its length less what a compaction took out; a ring's, at most sinks
   // + window).
   int64_t stored(const Sequence& s) const {
@@ -646,12 +650,12 @@ class PagedKVCache final : public KVCache {
   std::deque<int64_t> quest_rooms_;  // Quest: pages of the sequences reserve() announced
   double retention_s_ = 0;
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
-  at::Tensor iota_;               // iota()'s
-  // evict_steady's last tails, on the host and where the lists are (read only).
+  // evict_steady's last rows, tails and ring columns, on the host and where the lists are
+  // (read only).
   struct {
     std::vector<int> host;
     at::Tensor device;
-  } steady_tails_;
+  } steady_steps_;
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;
