@@ -15,13 +15,7 @@
 #include <cmath>
 #include <cstdint>
 
-// A kernel's dynamic shared memory (the launch's third argument) as `unsigned char name[]`:
-// CUDA's extern __shared__ array, or under emulation the buffer of the block being run.
-#if defined(KVB_KERNEL_EMULATED)
-#define KVB_DYNAMIC_SMEM(name) unsigned char* name = emulated_dynamic_smem()
-#else
-#define KVB_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
-#endif
+#include "dynamic_smem.h"  // KVB_DYNAMIC_SMEM
 
 namespace kvbench::kernels::mma {
 

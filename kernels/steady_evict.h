@@ -66,15 +66,22 @@ struct SteadyEvictProblem {
   int* dropped = nullptr;         // [records, kv_heads]: each head's dropped index (< count + 1)
 };
 
-// Query heads a block handles at most (TOVA's block: every head of the layer).
+// Query heads a block handles at most (its softmax statistics in shared memory).
 constexpr int kSteadyMaxQueryHeads = 256;
+
+// Whether a block takes the query heads `rule` gives it: a KV head's group, or for TOVA every
+// query head of the layer. A cache whose shape does not fit evicts without the kernel.
+KVB_HD bool steady_evict_fits(SteadyRule rule, int kv_heads, int group) {
+  return (rule == SteadyRule::kNewest ? kv_heads : 1) * group <= kSteadyMaxQueryHeads;
+}
 
 // Checks what can be checked without reading device memory; "" when the problem is valid.
 inline const char* steady_evict_check(const SteadyEvictProblem& p) {
   if (p.records < 1 || p.kv_heads < 1 || p.group < 1)
     return "records, kv_heads and group must be positive";
-  if (p.records > 65535 || p.kv_heads > 65535) return "at most 65535 records and KV heads";
-  if (p.kv_heads * p.group > kSteadyMaxQueryHeads) return "at most 256 query heads";
+  if (p.kv_heads > 65535) return "at most 65535 KV heads (a grid's y)";
+  if (!steady_evict_fits(p.rule, p.kv_heads, p.group))
+    return "at most 256 query heads per block (TOVA's: every head of the layer)";
   if (p.held < 2 || p.count < 0 || p.count > p.held - 1)
     return "held must be at least 2 and count in [0, held - 1]";
   if (p.logit_stride < p.held || p.logit_row < p.logit_stride * p.kv_heads * p.group)
@@ -133,8 +140,9 @@ KVB_HD int steady_list_entry(const SteadyEvictProblem& p, int e, int h, int i, i
 }
 
 // The reference, one (record, head) at a time with every sum in order, in double but for each
-// probability (the float expression the kernel computes, from float stats): what the kernel
-// computes, up to its sums' order.
+// probability (the float expression the kernel computes, from the float max and the reciprocal
+// of a double sum rounded to float): what the kernel computes, up to its sums' order. A NaN
+// score is never the lowest (none but NaNs: index 0 goes), as in the kernel.
 inline void steady_evict_host(const SteadyEvictProblem& p) {
   const int G = p.group, T = p.held;
   for (int e = 0; e < p.records; ++e) {
@@ -174,9 +182,11 @@ inline void steady_evict_host(const SteadyEvictProblem& p) {
       }
     for (int h = 0; h < p.kv_heads; ++h) {
       const double* sc = score.data() + size_t(h) * T;
-      int d = 0;
-      for (int j = 1; j <= p.count; ++j)
-        if (sc[j] <= sc[d]) d = j;  // the later of equal scores
+      int d = -1;
+      double lowest = INFINITY;
+      for (int j = 0; j <= p.count; ++j)
+        if (sc[j] <= lowest) lowest = sc[j], d = j;  // the later of equal scores
+      if (d < 0) d = 0;
       p.dropped[int64_t(e) * p.kv_heads + h] = d;
       const int64_t at = int64_t(e) * p.kv_heads + h;
       for (int i = 0; i < p.count; ++i)

@@ -1274,9 +1274,9 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   std::vector<at::Tensor> newest(static_cast<size_t>(B));  // TOVA's, per sequence
   // The sequences in the steady state of a policy dropping its lowest score: their records'
   // update and their drop are one kernel (evict_steady), after the others' records.
-  const std::vector<size_t> steady = logits.defined()
-                                         ? steady_served(layer, batch, inputs, slots, evict_after)
-                                         : std::vector<size_t>();
+  const std::vector<size_t> steady =
+      logits.defined() ? steady_served(layer, batch, inputs, slots, evict_after, logits.size(1))
+                       : std::vector<size_t>();
   if (any_records) {
     Stopwatch watch;
     if (logits.defined()) {  // one query per sequence, scored by the kernel: batched
@@ -1581,13 +1581,33 @@ bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t len
   }
   return keep_positions(r, scratch_.data(), kept, length);
 }
+namespace {
+
+// The steady-state kernel's rule for a policy that drops its lowest score.
+kernels::SteadyRule steady_rule(const RetentionPolicy& policy) {
+  switch (policy.needs()) {
+    case RetentionNeeds::kScoresEveryStep:
+      return kernels::SteadyRule::kSummed;
+    case RetentionNeeds::kLastQueryScores:
+      return kernels::SteadyRule::kNewest;
+    default:
+      return kernels::SteadyRule::kLowCounts;
+  }
+}
+
+}  // namespace
+
 std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector<Sequence*>& batch,
                                                 const std::vector<RetentionInput>& inputs,
                                                 const std::vector<int64_t>& slots,
-                                                const std::vector<bool>& evict_after) const {
+                                                const std::vector<bool>& evict_after,
+                                                int64_t query_heads) const {
   const std::optional<int64_t> recent = policy_->drops_lowest();
   std::vector<size_t> served;
-  if (!recent) return served;
+  // (A layer too wide for the kernel's blocks evicts by select().)
+  if (!recent || !kernels::steady_evict_fits(steady_rule(*policy_), int(num_kv_heads_),
+                                             int(query_heads / num_kv_heads_)))
+    return served;
   // Budget + 1 held, the tail its `recent` newest and one more, the records covering the
   // others, the lists (all of one length) on the device.
   int64_t count = -1, held_all = -1;
@@ -1607,6 +1627,37 @@ std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector
   return served;
 }
 
+at::Tensor PagedKVCache::joined_lists(int64_t layer, const std::vector<Sequence*>& batch,
+                                      const std::vector<size_t>& served, int64_t count) const {
+  const int64_t H = num_kv_heads_, E = int64_t(served.size());
+  const UploadedList& first = batch[served[0]]->kept[size_t(layer)].device;
+  bool packed = true;
+  for (int64_t j = 0; packed && j < E; ++j) {
+    const UploadedList& d = batch[served[size_t(j)]]->kept[size_t(layer)].device;
+    packed = d.buffer.is_same(first.buffer) && d.offset == first.offset + j * H * count;
+  }
+  if (packed) return first.buffer.view({-1}).narrow(0, first.offset, E * H * count);
+  std::vector<at::Tensor> parts;
+  for (const size_t b : served) {
+    const UploadedList& d = batch[b]->kept[size_t(layer)].device;
+    parts.push_back(d.buffer.view({-1}).narrow(0, d.offset, H * count));
+  }
+  return at::cat(parts);
+}
+
+const int* PagedKVCache::steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
+                                      const std::vector<size_t>& served, int window,
+                                      const at::Device& device) {
+  std::vector<int> steps;
+  for (const size_t b : served) steps.push_back(int(b));
+  for (const size_t b : served) steps.push_back(int(batch[b]->kept[size_t(layer)].tail));
+  for (const size_t b : served) steps.push_back(window > 0 ? int(batch[b]->length % window) : 0);
+  if (steps != steady_steps_.host || !steady_steps_.device.defined() ||
+      steady_steps_.device.device() != device)
+    steady_steps_ = {steps, upload(at::tensor(steps, at::kInt)).to(device)};
+  return steady_steps_.device.data_ptr<int>();
+}
+
 void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
                                 const std::vector<size_t>& served,
                                 const std::vector<int64_t>& slots, const at::Tensor& logits,
@@ -1618,51 +1669,16 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   std::vector<AttentionRecord*> records;
   for (const size_t b : served) records.push_back(&batch[b]->scores[size_t(layer)]);
   kernels::SteadyEvictProblem p;
-  switch (policy_->needs()) {
-    case RetentionNeeds::kScoresEveryStep:
-      p.rule = kernels::SteadyRule::kSummed;
-      break;
-    case RetentionNeeds::kLastQueryScores:
-      p.rule = kernels::SteadyRule::kNewest;
-      break;
-    default:
-      p.rule = kernels::SteadyRule::kLowCounts;
-      p.window = int(policy_->observation_window());
-  }
+  p.rule = steady_rule(*policy_);
+  if (p.rule == kernels::SteadyRule::kLowCounts) p.window = int(policy_->observation_window());
   p.records = int(E), p.kv_heads = int(H), p.group = int(logits.size(1) / H);
   p.held = int(held), p.count = int(count);
   p.logits = logits.data_ptr<float>();
   p.logit_stride = logits.size(2), p.logit_row = logits.size(1) * logits.size(2);
-  // Each record's logits row, tail start and ring column: the same at every layer of a step
-  // (its tails are length - recent - 1 in every layer), so uploaded at the first and reused.
-  std::vector<int> steps;
-  for (const size_t b : served) steps.push_back(int(b));
-  for (const size_t b : served) steps.push_back(int(batch[b]->kept[size_t(layer)].tail));
-  for (const size_t b : served)
-    steps.push_back(p.window > 0 ? int(batch[b]->length % p.window) : 0);
-  if (steps != steady_steps_.host || !steady_steps_.device.defined() ||
-      steady_steps_.device.device() != logits.device())
-    steady_steps_ = {steps, upload(at::tensor(steps, at::kInt)).to(logits.device())};
-  p.steps = steady_steps_.device.data_ptr<int>();
-  // The lists, one view when they lie in order in one buffer (after the first such step).
+  p.steps = steady_steps(layer, batch, served, p.window, logits.device());
   at::Tensor lists, lists_out;
   if (count > 0) {
-    bool packed = true;
-    for (int64_t j = 0; packed && j < E; ++j) {
-      const UploadedList& d = batch[served[size_t(j)]]->kept[size_t(layer)].device;
-      packed =
-          d.buffer.is_same(first.device.buffer) && d.offset == first.device.offset + j * H * count;
-    }
-    if (packed) {
-      lists = first.device.buffer.view({-1}).narrow(0, first.device.offset, E * H * count);
-    } else {
-      std::vector<at::Tensor> parts;
-      for (const size_t b : served) {
-        const UploadedList& d = batch[b]->kept[size_t(layer)].device;
-        parts.push_back(d.buffer.view({-1}).narrow(0, d.offset, H * count));
-      }
-      lists = at::cat(parts);
-    }
+    lists = joined_lists(layer, batch, served, count);
     lists_out = at::empty({E * H * count}, lists.options());
     p.lists = lists.data_ptr<int>(), p.lists_out = lists_out.data_ptr<int>();
   }
@@ -1679,11 +1695,12 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   paged_cuda::steady_evict(p, logits);
   AttentionRecord::set_steady_states(*policy_, records, states_out);
   for (int64_t j = 0; j < E; ++j) {
-    Retained& r = batch[served[size_t(j)]]->kept[size_t(layer)];
+    Sequence& s = *batch[served[size_t(j)]];
+    Retained& r = s.kept[size_t(layer)];
     if (count > 0) r.device = {lists_out, j * H * count};
     r.tail += 1;
     r.host_stale = count > 0;
-    batch[served[size_t(j)]]->lists_changed = batch[served[size_t(j)]]->evicted = true;
+    s.lists_changed = s.evicted = true;
     evict_after[served[size_t(j)]] = false;
   }
   retention_s_ += watch.seconds();

@@ -115,9 +115,10 @@ struct SteadyCase {
 
   // The smallest gap, relative, between the lowest candidate score of a head and any other
   // (`want` from the host reference): above float's rounding, the float kernel must drop the
-  // same token. ScissorHands' scores are exact (counts), so its ties are decided exactly: 1.
+  // same token. ScissorHands' scores are counts of flags, exact once every flag is: its gap is
+  // the step's probabilities' distance from the flag's threshold 1 / held, relative.
   double decidable_gap(const SteadyOutputs& want) const {
-    if (s.rule == kernels::SteadyRule::kLowCounts) return 1.0;
+    if (s.rule == kernels::SteadyRule::kLowCounts) return threshold_margin();
     double gap = INFINITY;
     for (int64_t h = 0; h < int64_t(s.records) * s.kv_heads; ++h) {
       const float* sc = want.scores.data() + h * s.held;
@@ -126,6 +127,22 @@ struct SteadyCase {
         if (j != d) gap = std::min(gap, double(sc[j] - sc[d]) / std::abs(double(sc[d])));
     }
     return gap;
+  }
+
+  // The step's probabilities (in double) nearest the threshold, relative to it.
+  double threshold_margin() const {
+    const double threshold = double(float(1.0 / double(s.held)));
+    double margin = INFINITY;
+    for (int e = 0; e < s.records; ++e)
+      for (int q = 0; q < s.kv_heads * s.group; ++q) {
+        const float* l = logits.data() + size_t(steps[size_t(e)] * row + q * stride);
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j < s.held; ++j) mx = std::max(mx, double(l[j]));
+        for (int j = 0; j < s.held; ++j) sum += std::exp(double(l[j]) - mx);
+        for (int j = 0; j < s.held; ++j)
+          margin = std::min(margin, std::abs(std::exp(l[j] - mx) / sum - threshold) / threshold);
+      }
+    return margin;
   }
 
   // "" when `got` is what `want` (the host reference's) is: the same drops, lists and flags,

@@ -4,13 +4,16 @@
 // step's scores into each record) then drop_lowest_batch (itself checked against each
 // policy's select() by RetentionSteadyState), and the lists' update as the paged cache made
 // it (the tail's first token appended, the dropped entry gathered out). H2O, TOVA and
-// ScissorHands; random scores, and scores in a few integer values so that most heads tie
-// (the later token goes in both).
+// ScissorHands; random scores, scores in three integer values so that most heads tie (the
+// later token goes in both), and equal scores that put ScissorHands' probabilities on its
+// threshold; the kernel's logits in a wider tensor, the records' rows in another order.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kvbench/kv/attention_record.h"
@@ -41,8 +44,12 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
     const RetentionPolicy& p = *o.policy;
     RetentionInput sizing;
     const int64_t held = p.budget(sizing) + 1, count = held - *p.drops_lowest() - 1;
-    for (const bool ties : {false, true}) {
-      SCOPED_TRACE(p.name() + ", count " + std::to_string(count) + (ties ? ", ties" : ""));
+    // Random scores; scores in three integer values (ties); ScissorHands: a step whose scores
+    // are all equal, so each probability is the flag's threshold 1 / held itself (not below).
+    for (const char* mode : {"random", "ties", "flat"}) {
+      const bool ties = std::string(mode) == "ties", flat = std::string(mode) == "flat";
+      if (flat && o.rule != R::kLowCounts) continue;
+      SCOPED_TRACE(p.name() + ", count " + std::to_string(count) + ", " + mode);
       // Scores for `cols` tokens: tied ones alike over each group (TOVA: over every head).
       const int64_t alike = o.rule == R::kNewest ? H * G : G;
       auto scores = [&](int64_t rows, int64_t cols) {
@@ -64,16 +71,20 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
         EXPECT_TRUE(records[e].steady_ready(p, held));
         pointers.push_back(&records[e]);
       }
-      const at::Tensor logits = scores(E, held);
+      const at::Tensor logits = flat ? at::full({E, H * G, held}, 0.7f) : scores(E, held);
+      // The kernel's copy: records in reverse rows of a wider tensor, a spare row, NaN padding.
+      const int64_t stride = held + 5;
+      const at::Tensor rows = at::full({E + 1, H * G, stride}, NAN);
+      for (int64_t e = 0; e < E; ++e) rows[E - 1 - e].narrow(1, 0, held).copy_(logits[e]);
       const at::Tensor lists = at::randint(0, 1000, {E, H, count}, gen).to(at::kInt);
       const std::vector<int> tails = {900, 901, 902, 903};
       // The host reference over copies of the states.
       kernels::SteadyEvictProblem k;
       k.rule = o.rule, k.records = int(E), k.kv_heads = int(H), k.group = int(G);
       k.held = int(held), k.count = int(count), k.window = int(window);
-      k.logits = logits.data_ptr<float>(), k.logit_stride = held, k.logit_row = H * G * held;
+      k.logits = rows.data_ptr<float>(), k.logit_stride = stride, k.logit_row = H * G * stride;
       std::vector<int> steps;
-      for (int e = 0; e < E; ++e) steps.push_back(e);
+      for (int e = 0; e < E; ++e) steps.push_back(int(E) - 1 - e);
       steps.insert(steps.end(), tails.begin(), tails.end());
       for (int e = 0; e < E; ++e) steps.push_back(int((length + e) % window));
       k.steps = steps.data();
@@ -107,6 +118,9 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
         if (o.rule == R::kLowCounts)
           EXPECT_TRUE(at::equal(states_out[e], records[e].low_history())) << e;
       }
+      if (flat)  // the step's column: no flag (p == 1 / held is not below it)
+        for (int64_t e = 0; e < E; ++e)
+          EXPECT_FALSE(states_out[e].select(3, (length + e) % window).any().item<bool>()) << e;
       if (ties && count > 0) {  // a case of ties: several tokens share some heads' lowest
         const at::Tensor first = scores_ws.narrow(2, 0, count + 1);
         EXPECT_GE(first.eq(first.amin(2, true)).sum(2).gt(1).sum().item<int64_t>(), 3);

@@ -552,18 +552,28 @@ class PagedKVCache final : public KVCache {
   // ScissorHands). steady_served: the over-budget sequences of `batch` (indices) holding
   // budget + 1 tokens, `recent` + 1 of them in the tail, lists of one length on the device and
   // records covering the rest (AttentionRecord::steady_ready), before the step's scores are
-  // recorded. evict_steady: for those, one kernel (kernels/steady_evict.h) adds the step's
-  // scores (`logits`, as the retained-index kernel wrote them) to their records, drops each
-  // head's lowest and writes the records' states and lists without it (each list loses the
-  // dropped token and takes the tail's first, which leaves the tail); nothing is read back.
-  // Clears evict_after for them; the others select.
+  // recorded; none when the kernel's blocks cannot take `query_heads` (steady_evict_fits).
+  // evict_steady: for those, one kernel (kernels/steady_evict.h) adds the step's scores (`logits`,
+  // as the retained-index kernel wrote them) to their records, drops each head's lowest and writes
+  // the records' states and lists without it (each list loses the dropped token and takes the
+  // tail's first, which leaves the tail); nothing is read back. Clears evict_after for them; the
+  // others select.
   std::vector<size_t> steady_served(int64_t layer, const std::vector<Sequence*>& batch,
                                     const std::vector<RetentionInput>& inputs,
                                     const std::vector<int64_t>& slots,
-                                    const std::vector<bool>& evict_after) const;
+                                    const std::vector<bool>& evict_after,
+                                    int64_t query_heads) const;
   void evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
                     const std::vector<size_t>& served, const std::vector<int64_t>& slots,
                     const at::Tensor& logits, std::vector<bool>& evict_after);
+  // evict_steady's inputs: the served sequences' lists at `layer` as one [served * kv_heads *
+  // count] int32 tensor (a view when they lie so in one buffer, as evict_steady leaves them);
+  // each one's logits row, tail start and ring column (position % window) on `device`, kept
+  // and reused while they are the same (every layer of a step).
+  at::Tensor joined_lists(int64_t layer, const std::vector<Sequence*>& batch,
+                          const std::vector<size_t>& served, int64_t count) const;
+  const int* steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
+                          const std::vector<size_t>& served, int window, const at::Device& device);
   // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
   // in one copy back.
   void refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer);
@@ -650,7 +660,7 @@ class PagedKVCache final : public KVCache {
   std::deque<int64_t> quest_rooms_;  // Quest: pages of the sequences reserve() announced
   double retention_s_ = 0;
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
-  // evict_steady's last rows, tails and ring columns, on the host and where the lists are
+  // steady_steps' last rows, tails and ring columns, on the host and where the logits are
   // (read only).
   struct {
     std::vector<int> host;
