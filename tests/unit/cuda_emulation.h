@@ -405,7 +405,7 @@ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 }  // namespace kvbench::kernels::mma
 #endif  // KVB_EMULATE_WITH_CUDA_TYPES
 
-// The dynamic shared memory of the launch being run (KVB_DYNAMIC_SMEM in kernels/mma_sm80.cuh).
+// The dynamic shared memory of the launch being run (KVB_DYNAMIC_SMEM in kernels/dynamic_smem.h).
 struct alignas(16) EmulatedSmemChunk {
   unsigned char bytes[16];
 };

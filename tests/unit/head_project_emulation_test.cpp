@@ -2,10 +2,12 @@
 // rows staged in dynamic shared memory, rotated back from RoPE where a job says so, then each
 // thread's output columns summed over the channels) runs on the CPU with emulated blocks and
 // barriers (tests/unit/cuda_emulation.h), at the launcher's geometry and shared-memory size,
-// on the GPU test's jobs (tests/gpu/head_project_case.h), outputs poisoned first: bit for bit
-// the host reference's (both sum the channels in order with fmaf).
+// on the GPU test's jobs (tests/gpu/head_project_case.h) at 1, 16 (a full tile) and 17 rows,
+// outputs poisoned first: bit for bit the host reference's (both sum the channels in order
+// with fmaf).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -39,7 +41,7 @@ void expect_bitwise(int rows, std::vector<JobData>& jobs) {
 
 TEST(HeadProjectEmulationTest, MatchesTheHostReferenceBitForBit) {
   using kernels::ActDtype;
-  for (int rows : {1, 17})
+  for (int rows : {1, 16, 17})
     for (ActDtype t : {ActDtype::kF16, ActDtype::kBf16, ActDtype::kF32}) {
       SCOPED_TRACE("rows " + std::to_string(rows) + ", dtype " + std::to_string(int(t)));
       for (std::vector<JobData>& jobs : projection_sets(rows, t))

@@ -27,6 +27,7 @@
 #include "kvbench/kv/streaming_llm_policy.h"
 #include "kvbench/kv/tova_policy.h"
 #include "paged_device.h"
+#include "steady_evict.h"
 
 namespace kvbench {
 namespace {
@@ -1231,6 +1232,38 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
     for (const int64_t seq : seqs)
       EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, c.kept));
   }
+}
+
+// The steady-state kernel's block takes at most 256 query heads, and TOVA's block every query
+// head of the layer: a layer with more (9 KV heads x 29) evicts by select() (it sorts), one
+// with 9 x 28 by the kernel (no sort); both keep the budget.
+TEST(PagedHostOpsTest, ALayerTooWideForTheSteadyKernelSelects) {
+  OpCounter ops;
+  const int64_t kv_heads = 9, budget = 16;
+  for (const int64_t group : {28, 29}) {
+    SCOPED_TRACE("group " + std::to_string(group));
+    PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), 1, kv_heads, kDim,
+                       PagedCapacity{}, at::kCPU,
+                       std::make_shared<TovaPolicy>(budget, EvictionTiming::kDecode), true);
+    const int64_t seq = paged.add_sequence();
+    auto gen = at::detail::createCPUGenerator(5);
+    auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}, gen).to(at::kHalf); };
+    paged.append_and_attend_batch(0, {seq}, {40}, rows(40, kv_heads * group), rows(40, kv_heads),
+                                  rows(40, kv_heads));
+    for (int step = 0; step < 3; ++step) {
+      ops.clear();
+      paged.append_and_attend_batch(0, {seq}, {1}, rows(1, kv_heads * group), rows(1, kv_heads),
+                                    rows(1, kv_heads));
+      if (group == 28)
+        EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
+      else
+        EXPECT_GT(ops["aten::sort"], 0) << "step " << step;
+      EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>{budget}) << "step " << step;
+    }
+  }
+  EXPECT_TRUE(kernels::steady_evict_fits(kernels::SteadyRule::kNewest, 9, 28));
+  EXPECT_FALSE(kernels::steady_evict_fits(kernels::SteadyRule::kNewest, 9, 29));
+  EXPECT_TRUE(kernels::steady_evict_fits(kernels::SteadyRule::kSummed, 9, 29));
 }
 
 // TOVA keeps no window: in its steady state the newest token itself goes when the newest query
