@@ -16,13 +16,15 @@
 // per layer, "host_us_per_layer": the host's wall time issuing a layer, "in_ops_us_per_layer":
 // the part of it inside top-level operators, "top_us": the `top` operators by host time per
 // layer, "step_ms": a whole step until the device has finished it}, averaged over `steps`
-// (1) counted decode steps after one uncounted one. `device`: cpu (default) or cuda (the
-// kernels themselves; KVBENCH_PAGED_PATH is then not read). With KVBENCH_PAGED_PATH=kernels
-// on the CPU the cache takes the GPU path's branches with the kernels' host references in
-// place of the kernels; what differs on a GPU: the kernels themselves are not ATen operators
-// (one launch each, not counted here), and each upload from the host adds a pin_memory and a
-// copy there (on the CPU it is free). Without the variable the CPU path's reference attention
-// is counted. The observer costs each operator (nested ones too) well under a microsecond.
+// (1) counted decode steps after one uncounted one. With KVBENCH_HOST_OPS_TRACE set, "last_layer"
+// lists the last counted layer's operators in the order they were issued. `device`: cpu (default)
+// or cuda (the kernels themselves; KVBENCH_PAGED_PATH is then not read). With
+// KVBENCH_PAGED_PATH=kernels on the CPU the cache takes the GPU path's branches with the kernels'
+// host references in place of the kernels; what differs on a GPU: the kernels themselves are not
+// ATen operators (one launch each, not counted here), and each upload from the host adds a
+// pin_memory and a copy there (on the CPU it is free). Without the variable the CPU path's
+// reference attention is counted. The observer costs each operator (nested ones too) well under a
+// microsecond.
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 
@@ -52,9 +54,11 @@ struct Counter {
   std::map<std::string, double> seconds;
   int64_t total = 0;
   double in_ops = 0;
+  std::vector<std::string> order;  // every counted operator in turn (KVBENCH_HOST_OPS_TRACE)
 };
 Counter counter;
 thread_local int depth = 0;
+const bool trace = std::getenv("KVBENCH_HOST_OPS_TRACE") != nullptr;
 const std::thread::id main_thread = std::this_thread::get_id();
 
 using Clock = std::chrono::steady_clock;
@@ -72,6 +76,7 @@ void install_counter() {
             if (depth++ == 0 && counter.on && std::this_thread::get_id() == main_thread) {
               ++counter.total;
               ++counter.names[fn.name()];
+              if (trace) counter.order.emplace_back(fn.name());
               return std::make_unique<Started>(Clock::now());
             }
             return nullptr;
@@ -148,12 +153,16 @@ int run(int argc, char** argv) {
     // One untimed step (lists uploaded, states grown), then the counted ones.
     counter = Counter{};
     double host_s = 0, step_s = 0;
+    size_t last_layer_from = 0;  // the last counted layer's first operator in counter.order
     for (int64_t step = 0; step <= steps; ++step) {
       const at::Tensor q = rows(batch, heads), k = rows(batch, kv_heads), v = rows(batch, kv_heads);
       wait_for_device(device);  // the step starts with nothing queued
       counter.on = step > 0;
       const Clock::time_point t0 = Clock::now();
-      for (int64_t l = 0; l < layers; ++l) cache->append_and_attend_batch(l, seqs, ones, q, k, v);
+      for (int64_t l = 0; l < layers; ++l) {
+        last_layer_from = counter.order.size();
+        cache->append_and_attend_batch(l, seqs, ones, q, k, v);
+      }
       const Clock::time_point t1 = Clock::now();
       counter.on = false;
       wait_for_device(device);
@@ -162,19 +171,21 @@ int run(int argc, char** argv) {
       step_s += std::chrono::duration<double>(Clock::now() - t0).count();
     }
     const double per = double(layers * steps), per_layer = double(counter.total) / per;
-    std::cout << nlohmann::json{{"method", label},
-                                {"batch", batch},
-                                {"device", device.str()},
-                                {"steps", steps},
-                                {"ops_per_layer", per_layer},
-                                {"ops_per_layer_and_sequence", per_layer / double(batch)},
-                                {"top", largest(counter.names, shown, per)},
-                                {"host_us_per_layer", host_s * 1e6 / per},
-                                {"in_ops_us_per_layer", counter.in_ops * 1e6 / per},
-                                {"top_us", largest(counter.seconds, shown, per / 1e6)},
-                                {"step_ms", step_s * 1e3 / double(steps)}}
-                     .dump()
-              << std::endl;
+    nlohmann::json line{{"method", label},
+                        {"batch", batch},
+                        {"device", device.str()},
+                        {"steps", steps},
+                        {"ops_per_layer", per_layer},
+                        {"ops_per_layer_and_sequence", per_layer / double(batch)},
+                        {"top", largest(counter.names, shown, per)},
+                        {"host_us_per_layer", host_s * 1e6 / per},
+                        {"in_ops_us_per_layer", counter.in_ops * 1e6 / per},
+                        {"top_us", largest(counter.seconds, shown, per / 1e6)},
+                        {"step_ms", step_s * 1e3 / double(steps)}};
+    if (trace)
+      line["last_layer"] =
+          std::vector<std::string>(counter.order.begin() + last_layer_from, counter.order.end());
+    std::cout << line.dump() << std::endl;
   }
   return 0;
 }

@@ -53,9 +53,14 @@ struct SteadyEvictProblem {
   // q * logit_stride, its first `held` entries (in the order the tokens are held).
   const float* logits = nullptr;
   int64_t logit_row = 0, logit_stride = 0;
-  // [3 * records] int32: each record's row in logits, its tail's first token (what ends the
-  // new list), its ring column (kLowCounts; else unread).
+  // [2 * records] int32: each record's row in logits, and (kLowCounts; else unread) the
+  // offset of its ring column from its tail's first token: the column this step writes is
+  // (tails[row] + offset) mod window. Row and offset stay the same from step to step while
+  // the tails move on (a caller uploads them once); they change when the slots are compacted.
   const int* steps = nullptr;
+  // Indexed by a record's row: its tail's first token (what ends the new list), as the step's
+  // attention read it (RetainedProblem::tail_start).
+  const int* tails = nullptr;
   const float* summed = nullptr;  // kSummed: [records, kv_heads, held - 1]
   const uint8_t* low = nullptr;   // kLowCounts: [records, kv_heads, held - 1, group, window]
   const int* lists = nullptr;     // [records, kv_heads, count]; unread when count is 0
@@ -86,7 +91,7 @@ inline const char* steady_evict_check(const SteadyEvictProblem& p) {
     return "held must be at least 2 and count in [0, held - 1]";
   if (p.logit_stride < p.held || p.logit_row < p.logit_stride * p.kv_heads * p.group)
     return "logit rows and strides must cover the held tokens of every query head";
-  if (!p.logits || !p.steps || !p.scores || !p.dropped ||
+  if (!p.logits || !p.steps || !p.tails || !p.scores || !p.dropped ||
       (p.count > 0 && !(p.lists && p.lists_out)))
     return "a required pointer is null";
   switch (p.rule) {
@@ -115,28 +120,35 @@ KVB_HD float steady_logit(const SteadyEvictProblem& p, int e, int q, int j) {
   return p.logits[int64_t(p.steps[e]) * p.logit_row + q * p.logit_stride + j];
 }
 
+// Record e's tail's first token.
+KVB_HD int steady_tail(const SteadyEvictProblem& p, int e) { return p.tails[p.steps[e]]; }
+
+// The ring column record e writes this step (kLowCounts).
+KVB_HD int steady_column(const SteadyEvictProblem& p, int e) {
+  return (steady_tail(p, e) % p.window + p.steps[p.records + e]) % p.window;
+}
+
 // Token j's probability for query head q, from the head's max m and 1 / sum (inv).
 KVB_HD float steady_prob(const SteadyEvictProblem& p, int e, int q, int j, float m, float inv) {
   return expf(steady_logit(p, e, q, j) - m) * inv;
 }
 
 // ScissorHands' flag of token j (of held) for query group member g at ring column w, the
-// step's column taking p < 1 / held (the threshold rounded to float, as torch compares a float
-// tensor with a double), the new token's other columns 0.
+// step's column (steady_column) taking p < 1 / held (the threshold rounded to float, as torch
+// compares a float tensor with a double), the new token's other columns 0.
 KVB_HD uint8_t steady_low_flag(const SteadyEvictProblem& p, int e, int h, int j, int g, int w,
-                               float prob) {
-  if (w == p.steps[2 * p.records + e]) return prob < float(1.0 / double(p.held)) ? 1 : 0;
+                               float prob, int column) {
+  if (w == column) return prob < float(1.0 / double(p.held)) ? 1 : 0;
   if (j == p.held - 1) return 0;
   return p.low[((int64_t(e) * p.kv_heads + h) * (p.held - 1) + j) * p.group * p.window +
                int64_t(g) * p.window + w];
 }
 
 // The list's entry i after dropping index d: entries past d move down one, the tail's first
-// token (steps[records + e]) ends it.
+// token (steady_tail) ends it.
 KVB_HD int steady_list_entry(const SteadyEvictProblem& p, int e, int h, int i, int d) {
   const int src = i < d ? i : i + 1;
-  return src < p.count ? p.lists[(int64_t(e) * p.kv_heads + h) * p.count + src]
-                       : p.steps[p.records + e];
+  return src < p.count ? p.lists[(int64_t(e) * p.kv_heads + h) * p.count + src] : steady_tail(p, e);
 }
 
 // The reference, one (record, head) at a time with every sum in order, in double but for each
@@ -146,6 +158,7 @@ KVB_HD int steady_list_entry(const SteadyEvictProblem& p, int e, int h, int i, i
 inline void steady_evict_host(const SteadyEvictProblem& p) {
   const int G = p.group, T = p.held;
   for (int e = 0; e < p.records; ++e) {
+    const int column = p.rule == SteadyRule::kLowCounts ? steady_column(p, e) : 0;
     std::vector<float> m(size_t(p.kv_heads) * G), inv(m.size());
     for (int q = 0; q < p.kv_heads * G; ++q) {
       float mx = -INFINITY;
@@ -163,7 +176,7 @@ inline void steady_evict_host(const SteadyEvictProblem& p) {
         if (p.rule == SteadyRule::kLowCounts) {
           for (int g = 0; g < G; ++g)
             for (int w = 0; w < p.window; ++w)
-              s += steady_low_flag(p, e, h, j, g, w, prob(h * G + g, j));
+              s += steady_low_flag(p, e, h, j, g, w, prob(h * G + g, j), column);
           s = -s / G;
         } else if (p.rule == SteadyRule::kSummed) {
           for (int g = 0; g < G; ++g) s += prob(h * G + g, j);
@@ -198,7 +211,7 @@ inline void steady_evict_host(const SteadyEvictProblem& p) {
         for (int g = 0; g < G; ++g)
           for (int w = 0; w < p.window; ++w)
             p.low_out[(at * (T - 1) + j) * G * p.window + int64_t(g) * p.window + w] =
-                steady_low_flag(p, e, h, src, g, w, prob(h * G + g, src));
+                steady_low_flag(p, e, h, src, g, w, prob(h * G + g, src), column);
       }
     }
   }

@@ -33,6 +33,7 @@ __device__ __forceinline__ void evict_body(const SteadyEvictProblem& p) {
   __shared__ int best_index[kThreads];
   const int e = blockIdx.x, per = steady_heads_per_block(p), h0 = blockIdx.y * per;
   const int t = threadIdx.x, G = p.group, T = p.held, warp = t / 32, lane = t % 32;
+  const int column = p.rule == SteadyRule::kLowCounts ? steady_column(p, e) : 0;
   // 1. Query heads h0 * G .. (h0 + per) * G, local index k.
   for (int k = warp; k < per * G; k += kWarps) {
     const int q = h0 * G + k;
@@ -57,7 +58,7 @@ __device__ __forceinline__ void evict_body(const SteadyEvictProblem& p) {
       int flags = 0;
       for (int g = 0; g < G; ++g) {
         const float pr = prob(h0, g, j);
-        for (int w = 0; w < p.window; ++w) flags += steady_low_flag(p, e, h0, j, g, w, pr);
+        for (int w = 0; w < p.window; ++w) flags += steady_low_flag(p, e, h0, j, g, w, pr, column);
       }
       s = -float(flags) / float(G);
     } else if (p.rule == SteadyRule::kSummed) {
@@ -107,7 +108,8 @@ __device__ __forceinline__ void evict_body(const SteadyEvictProblem& p) {
       for (int x = t; x < (T - 1) * row; x += kThreads) {
         const int j = x / row, g = (x % row) / p.window, w = x % p.window;
         const int src = j < d ? j : j + 1;
-        p.low_out[at * (T - 1) * row + x] = steady_low_flag(p, e, h, src, g, w, prob(h, g, src));
+        p.low_out[at * (T - 1) * row + x] =
+            steady_low_flag(p, e, h, src, g, w, prob(h, g, src), column);
       }
     }
   }

@@ -68,11 +68,15 @@ std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
   return out;
 }
 
-ListTable::ListTable(int64_t batch)
+ListTable::ListTable(int64_t batch, const at::Device& device)
     : batch_(batch),
-      packed_(at::zeros({2 * batch}, at::kLong)),
+      // Written in pinned memory for a GPU, so that on() is one queued copy.
+      packed_(at::empty({2 * batch},
+                        at::TensorOptions().dtype(at::kLong).pinned_memory(device.is_cuda()))),
       addresses_(packed_.data_ptr<int64_t>()),
-      counts_tails_(reinterpret_cast<int*>(addresses_ + batch)) {}
+      counts_tails_(reinterpret_cast<int*>(addresses_ + batch)) {
+  std::fill(addresses_, addresses_ + 2 * batch, int64_t{0});
+}
 
 void ListTable::set(int64_t b, const UploadedList& list, int64_t count, int64_t tail) {
   KVB_CHECK(b >= 0 && b < batch_, "list table: sequence ", b, " of ", batch_);
@@ -82,8 +86,7 @@ void ListTable::set(int64_t b, const UploadedList& list, int64_t count, int64_t 
 }
 
 std::pair<at::Tensor, at::Tensor> ListTable::on(const at::Device& device) const {
-  const at::Tensor there =
-      device.is_cuda() ? packed_.pin_memory().to(device, /*non_blocking=*/true) : packed_;
+  const at::Tensor there = device.is_cuda() ? packed_.to(device, /*non_blocking=*/true) : packed_;
   return {there.narrow(0, 0, batch_), there.narrow(0, batch_, batch_).view(at::kInt)};
 }
 
@@ -1243,20 +1246,26 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     if (!p.defined()) p = positions_of(batch[size_t(b)]->kept[size_t(layer)], slots[size_t(b)]);
     return p;
   };
-  at::Tensor out, logits;
+  at::Tensor out, logits, tails;
   std::vector<at::Tensor> keys(static_cast<size_t>(B));  // the held keys, where gathered
   if (kernel_path_ && all_single) {
     paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
                               max_len};
     if (any_kept || any_records) {
       if (any_records) {  // the kernel writes each held token's score for the policy
-        int64_t most = 1;
-        for (int b = 0; b < B; ++b)
-          most = std::max(most, batch[size_t(b)]->kept[size_t(layer)].held(slots[size_t(b)]));
-        logits = at::full({B, q.size(1), most}, -std::numeric_limits<float>::infinity(),
-                          at::TensorOptions().dtype(at::kFloat).device(device_));
+        int64_t most = 1, least = std::numeric_limits<int64_t>::max();
+        for (int b = 0; b < B; ++b) {
+          const int64_t held = batch[size_t(b)]->kept[size_t(layer)].held(slots[size_t(b)]);
+          most = std::max(most, held), least = std::min(least, held);
+        }
+        // Rows shorter than the longest end in -inf (no weight); where every sequence holds
+        // as many (the steady state) the kernel writes every entry: no fill to launch.
+        const auto opts = at::TensorOptions().dtype(at::kFloat).device(device_);
+        logits = least == most ? at::empty({B, q.size(1), most}, opts)
+                               : at::full({B, q.size(1), most},
+                                          -std::numeric_limits<float>::infinity(), opts);
       }
-      out = decode_retained(layer, batch, d, store, q, logits);
+      out = decode_retained(layer, batch, d, store, q, logits, &tails);
     } else {  // nothing evicted yet at this layer: the dense decode kernel
       out = paged_cuda::decode(store, d, num_kv_heads_, q.to(device_, input_dtype()).contiguous());
     }
@@ -1304,7 +1313,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   }
   // The steady state of H2O, TOVA and ScissorHands stays where the pools are; the other
   // over-budget sequences' policy inputs, then their choices in one read-back.
-  if (!steady.empty()) evict_steady(layer, batch, steady, slots, logits, evict_after);
+  if (!steady.empty()) evict_steady(layer, batch, steady, slots, logits, tails, evict_after);
   std::vector<RetentionInput*> evicting;
   std::vector<Sequence*> evicted;
   std::vector<const AttentionRecord*> records;
@@ -1385,7 +1394,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
 at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
                                          const paged_cuda::DecodeBatch& d,
                                          const kernels::PagedKvStore& store, const at::Tensor& q,
-                                         const at::Tensor& logits) {
+                                         const at::Tensor& logits, at::Tensor* tails) {
   // Each sequence's lists stay on the device; per step only their addresses, counts and
   // tails travel (a sequence nothing was evicted from: no list, tail 0). The kernel reads
   // the listed positions, then the tail up to the new token: the held positions in order,
@@ -1405,17 +1414,19 @@ at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequen
     if (r.selected())
       lists[size_t(b)] = {r.count() > 0 ? r.device : UploadedList{}, r.count(), r.tail};
   }
-  return decode_lists(lists, d, store, q, logits);
+  return decode_lists(lists, d, store, q, logits, tails);
 }
 
 at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
                                       const paged_cuda::DecodeBatch& d,
                                       const kernels::PagedKvStore& store, const at::Tensor& q,
-                                      const at::Tensor& logits) {
-  ListTable table(int64_t(rows.size()));
+                                      const at::Tensor& logits, at::Tensor* tails) {
+  const int64_t B = int64_t(rows.size());
+  ListTable table(B, device_);
   for (size_t b = 0; b < rows.size(); ++b)
     table.set(int64_t(b), rows[b].list, rows[b].count, rows[b].tail);
   const auto [lists, counts_tails] = table.on(device_);
+  if (tails) *tails = counts_tails.narrow(0, B, B);
   return paged_cuda::retained(store, d, num_kv_heads_, lists, counts_tails,
                               q.to(device_, at::kFloat).contiguous(), logits);
 }
@@ -1650,18 +1661,29 @@ const int* PagedKVCache::steady_steps(int64_t layer, const std::vector<Sequence*
                                       const at::Device& device) {
   std::vector<int> steps;
   for (const size_t b : served) steps.push_back(int(b));
-  for (const size_t b : served) steps.push_back(int(batch[b]->kept[size_t(layer)].tail));
-  for (const size_t b : served) steps.push_back(window > 0 ? int(batch[b]->length % window) : 0);
-  if (steps != steady_steps_.host || !steady_steps_.device.defined() ||
-      steady_steps_.device.device() != device)
-    steady_steps_ = {steps, upload(at::tensor(steps, at::kInt)).to(device)};
-  return steady_steps_.device.data_ptr<int>();
+  for (const size_t b : served) {  // ScissorHands' ring column is (tail + this) mod window
+    const int64_t ahead = batch[b]->length - batch[b]->kept[size_t(layer)].tail;
+    steps.push_back(window > 0 ? int((ahead % window + window) % window) : 0);
+  }
+  if (steady_steps_.size() != size_t(num_layers_)) steady_steps_.resize(size_t(num_layers_));
+  SteadySteps& kept = steady_steps_[size_t(layer)];
+  if (steps != kept.host || !kept.device.defined() || kept.device.device() != device)
+    kept = {steps, upload(at::tensor(steps, at::kInt)).to(device)};
+  return kept.device.data_ptr<int>();
+}
+
+void* PagedKVCache::steady_workspace(int64_t bytes, const at::Device& device) {
+  if (!steady_work_.defined() || steady_work_.numel() < bytes || steady_work_.device() != device)
+    steady_work_ = at::empty(
+        {std::max<int64_t>(bytes, steady_work_.defined() ? steady_work_.numel() * 5 / 4 : 0)},
+        at::TensorOptions().dtype(at::kByte).device(device));
+  return steady_work_.data_ptr();
 }
 
 void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
                                 const std::vector<size_t>& served,
                                 const std::vector<int64_t>& slots, const at::Tensor& logits,
-                                std::vector<bool>& evict_after) {
+                                const at::Tensor& tails, std::vector<bool>& evict_after) {
   Stopwatch watch;
   const int64_t H = num_kv_heads_, E = int64_t(served.size());
   const Retained& first = batch[served[0]]->kept[size_t(layer)];
@@ -1676,6 +1698,10 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   p.logits = logits.data_ptr<float>();
   p.logit_stride = logits.size(2), p.logit_row = logits.size(1) * logits.size(2);
   p.steps = steady_steps(layer, batch, served, p.window, logits.device());
+  KVB_CHECK(tails.defined() && tails.numel() == int64_t(batch.size()) &&
+                tails.scalar_type() == at::kInt && tails.device() == logits.device(),
+            "paged cache: the steady state needs the step's int32 tails beside its logits");
+  p.tails = tails.data_ptr<int>();
   at::Tensor lists, lists_out;
   if (count > 0) {
     lists = joined_lists(layer, batch, served, count);
@@ -1689,9 +1715,9 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   if (p.rule == kernels::SteadyRule::kLowCounts)
     p.low = reinterpret_cast<const uint8_t*>(states.data_ptr<bool>()),
     p.low_out = reinterpret_cast<uint8_t*>(states_out.data_ptr<bool>());
-  const at::Tensor scores = at::empty({E, H, held}, logits.options());
-  const at::Tensor dropped = at::empty({E, H}, logits.options().dtype(at::kInt));
-  p.scores = scores.data_ptr<float>(), p.dropped = dropped.data_ptr<int>();
+  // Scores then dropped indices, both floats' size (no allocation per layer).
+  p.scores = static_cast<float*>(steady_workspace(E * H * (held + 1) * 4, logits.device()));
+  p.dropped = reinterpret_cast<int*>(p.scores + E * H * held);
   paged_cuda::steady_evict(p, logits);
   AttentionRecord::set_steady_states(*policy_, records, states_out);
   for (int64_t j = 0; j < E; ++j) {

@@ -205,7 +205,7 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
                                                      int64_t& attended) {
   const int64_t B = int64_t(seqs.size());
   int64_t most = 1;
-  ListTable table(B);  // one copy up
+  ListTable table(B, latent_.device());  // one copy up
   bool any = false;
   // A list travels once per selection (the inner cache replaces its host list only then);
   // the step's changed lists travel together.

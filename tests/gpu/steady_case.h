@@ -58,7 +58,7 @@ struct SteadyCase {
   int64_t row, stride;  // logits: rows of `row` floats, query heads `stride` apart
   std::vector<float> logits, summed;
   std::vector<uint8_t> low;
-  std::vector<int> steps, lists;
+  std::vector<int> steps, tails, lists;  // tails by logits row
 
   explicit SteadyCase(const SteadyShape& shape) : s(shape) {
     const int E = s.records, H = s.kv_heads, G = s.group, T = s.held;
@@ -73,8 +73,10 @@ struct SteadyCase {
       for (int q = 0; q < H * G; ++q)
         for (int j = 0; j < T; ++j) logits[size_t(r * row + q * stride + j)] = 3.f * normal(rng);
     for (int e = 0; e < E; ++e) steps.push_back(E - 1 - e);
-    for (int e = 0; e < E; ++e) steps.push_back(T + 1000 + e);  // tails past every listed slot
     for (int e = 0; e < E; ++e) steps.push_back(s.window > 0 ? (3 * e + 1) % s.window : 0);
+    // Tails past every listed slot; the spare row's is never read.
+    tails.assign(size_t(E) + 1, -7);
+    for (int e = 0; e < E; ++e) tails[size_t(E - 1 - e)] = T + 1000 + e;
     if (s.rule == kernels::SteadyRule::kSummed)
       for (int64_t i = 0; i < int64_t(E) * H * (T - 1); ++i) summed.push_back(uniform(rng));
     if (s.rule == kernels::SteadyRule::kLowCounts)
@@ -101,7 +103,7 @@ struct SteadyCase {
     p.rule = s.rule, p.records = s.records, p.kv_heads = s.kv_heads, p.group = s.group;
     p.held = s.held, p.count = s.count, p.window = s.window;
     p.logits = logits.data(), p.logit_row = row, p.logit_stride = stride;
-    p.steps = steps.data();
+    p.steps = steps.data(), p.tails = tails.data();
     p.summed = summed.empty() ? nullptr : summed.data();
     p.low = low.empty() ? nullptr : low.data();
     p.lists = lists.empty() ? nullptr : lists.data();

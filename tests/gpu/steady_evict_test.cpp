@@ -25,12 +25,15 @@ TEST_P(SteadyEvictGpuTest, MatchesTheHostReference) {
   kernels::steady_evict_host(c.problem(want));
   ASSERT_GT(c.decidable_gap(want), 1e-5) << "a near tie: the case cannot tell a wrong drop";
   kernels::SteadyEvictProblem p = c.problem(got);
-  DeviceBuffer logits, steps, summed, low, lists, scores, summed_out, low_out, lists_out, dropped;
+  DeviceBuffer logits, steps, tails, summed, low, lists, scores, summed_out, low_out, lists_out,
+      dropped;
   ASSERT_CUDA(logits.upload(c.logits));
   ASSERT_CUDA(steps.upload(c.steps));
+  ASSERT_CUDA(tails.upload(c.tails));
   ASSERT_CUDA(scores.upload(got.scores));
   ASSERT_CUDA(dropped.upload(got.dropped));
   p.logits = static_cast<const float*>(logits.ptr), p.steps = static_cast<const int*>(steps.ptr);
+  p.tails = static_cast<const int*>(tails.ptr);
   p.scores = static_cast<float*>(scores.ptr), p.dropped = static_cast<int*>(dropped.ptr);
   if (!c.summed.empty()) {
     ASSERT_CUDA(summed.upload(c.summed));

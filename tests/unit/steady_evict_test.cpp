@@ -83,11 +83,14 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
       k.rule = o.rule, k.records = int(E), k.kv_heads = int(H), k.group = int(G);
       k.held = int(held), k.count = int(count), k.window = int(window);
       k.logits = rows.data_ptr<float>(), k.logit_stride = stride, k.logit_row = H * G * stride;
-      std::vector<int> steps;
+      // Rows, then each ring column's offset from the tail: the column the torch formulation
+      // writes at length + e. Tails by row, the spare row's never read.
+      std::vector<int> steps, tail_of_row(size_t(E) + 1, -7);
       for (int e = 0; e < E; ++e) steps.push_back(int(E) - 1 - e);
-      steps.insert(steps.end(), tails.begin(), tails.end());
-      for (int e = 0; e < E; ++e) steps.push_back(int((length + e) % window));
-      k.steps = steps.data();
+      for (int e = 0; e < E; ++e)
+        steps.push_back(int(((length + e - tails[size_t(e)]) % window + window) % window));
+      for (int e = 0; e < E; ++e) tail_of_row[size_t(E - 1 - e)] = tails[size_t(e)];
+      k.steps = steps.data(), k.tails = tail_of_row.data();
       const at::Tensor states = AttentionRecord::steady_states(p, pointers);
       at::Tensor states_out = states.defined() ? at::full_like(states, 7) : at::Tensor();
       if (o.rule == R::kSummed)

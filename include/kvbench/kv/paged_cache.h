@@ -125,10 +125,10 @@ std::vector<int64_t> pack_lists(const std::vector<at::Tensor>& hosts, int* to);
 // A retained-index step's per-sequence table (kernels/retained_decode.h's kept_lists,
 // kept_counts and tail_start), written on the host into one buffer (B int64 list addresses,
 // then B counts and B tails as int32 in the next B int64 words, zero until set), so that one
-// copy takes it up.
+// copy takes it up to `device` (pinned host memory when that is a GPU).
 class ListTable {
  public:
-  explicit ListTable(int64_t batch);
+  ListTable(int64_t batch, const at::Device& device);
   void set(int64_t b, const UploadedList& list, int64_t count, int64_t tail);
   // The [B] int64 addresses and the [2B] int32 counts then tails on `device` (from pinned
   // memory on a GPU, queued without waiting; elsewhere the host buffer itself).
@@ -493,15 +493,17 @@ class PagedKVCache final : public KVCache {
   // only (per-token formats).
   at::Tensor new_keys(const kernels::PagedKvStore& store, const Sequence& s,
                       const at::Tensor& table_row, int64_t t0, int64_t t1) const;
-  // One retained-index kernel step over explicit lists per sequence.
+  // One retained-index kernel step over explicit lists per sequence. `tails` (when not null):
+  // the [B] tail starts the kernel read, where it read them (evict_steady reads them there).
   at::Tensor decode_lists(const std::vector<ListedRows>& rows, const paged_cuda::DecodeBatch& d,
                           const kernels::PagedKvStore& store, const at::Tensor& q,
-                          const at::Tensor& logits);
+                          const at::Tensor& logits, at::Tensor* tails = nullptr);
   // A GPU decode step of single tokens over each sequence's retained positions (the retained-
   // index kernel; `logits` defined: each held token's scaled score is written there).
   at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
                              const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
-                             const at::Tensor& q, const at::Tensor& logits);
+                             const at::Tensor& q, const at::Tensor& logits,
+                             at::Tensor* tails = nullptr);
   // A policy that needs window scores (SnapKV): those of a sequence's prefill (rows [row, row
   // + n) of the step's q [rows, heads, d] and k [rows, kv_heads, d]), into `in`; nothing for
   // the others (the attention records fill theirs: AttentionRecord::fill_batch).
@@ -563,17 +565,23 @@ class PagedKVCache final : public KVCache {
                                     const std::vector<int64_t>& slots,
                                     const std::vector<bool>& evict_after,
                                     int64_t query_heads) const;
+  // `tails`: the step's tail starts on the device, by row (decode_retained's).
   void evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
                     const std::vector<size_t>& served, const std::vector<int64_t>& slots,
-                    const at::Tensor& logits, std::vector<bool>& evict_after);
+                    const at::Tensor& logits, const at::Tensor& tails,
+                    std::vector<bool>& evict_after);
   // evict_steady's inputs: the served sequences' lists at `layer` as one [served * kv_heads *
   // count] int32 tensor (a view when they lie so in one buffer, as evict_steady leaves them);
-  // each one's logits row, tail start and ring column (position % window) on `device`, kept
-  // and reused while they are the same (every layer of a step).
+  // each one's logits row and ring column's offset from its tail ((position - tail) mod
+  // window) on `device`, kept per layer and reused while they are the same (from step to step:
+  // position and tail move on together until the slots are compacted).
   at::Tensor joined_lists(int64_t layer, const std::vector<Sequence*>& batch,
                           const std::vector<size_t>& served, int64_t count) const;
   const int* steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
                           const std::vector<size_t>& served, int window, const at::Device& device);
+  // evict_steady's workspace (the kernel's scores and dropped indices): `bytes` of device
+  // memory kept between layers and steps (the launches are ordered on one stream).
+  void* steady_workspace(int64_t bytes, const at::Device& device);
   // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
   // in one copy back.
   void refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer);
@@ -660,12 +668,14 @@ class PagedKVCache final : public KVCache {
   std::deque<int64_t> quest_rooms_;  // Quest: pages of the sequences reserve() announced
   double retention_s_ = 0;
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
-  // steady_steps' last rows, tails and ring columns, on the host and where the logits are
+  // steady_steps' last rows and ring offsets per layer, on the host and where the logits are
   // (read only).
-  struct {
+  struct SteadySteps {
     std::vector<int> host;
     at::Tensor device;
-  } steady_steps_;
+  };
+  std::vector<SteadySteps> steady_steps_;
+  at::Tensor steady_work_;  // steady_workspace()
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;
