@@ -38,6 +38,13 @@ struct RetainedProblem {
   float softmax_scale = 0.f;
   const float* q = nullptr;  // [batch, q_heads, head_dim] fp32
   float* out = nullptr;      // [batch, q_heads, head_dim] fp32
+  // Or 16-bit queries and outputs in their place (both, or neither): the model's own dtype,
+  // fp16, or bf16 where bf16_io, so that a caller converts nothing (two launches per layer
+  // fewer on a GPU). Each query channel is read as its exact float value, each output
+  // rounded to nearest even once, as converting out would round it.
+  const uint16_t* q16 = nullptr;
+  uint16_t* out16 = nullptr;
+  bool bf16_io = false;
   // Optional, for policies that select by attention (H2O, TOVA, ScissorHands): each kept
   // token's scaled score q . k * softmax_scale (the softmax's input), [batch, q_heads,
   // score_stride] fp32, entry i the i-th kept token (listed ones, then the tail); entries past
@@ -66,8 +73,15 @@ struct RetainedHead {
   int h, row, T, listed, tail, n;
   const int* pages;
   const int* index;
-  const float* q;
+  const float* q;       // fp32 queries, or
+  const uint16_t* q16;  // 16-bit ones (bf16 where bf16)
+  bool bf16;
   KVB_HD int token(int i) const { return i < listed ? index[i] : tail + (i - listed); }
+  // Query channel d's value.
+  KVB_HD float query(int d) const {
+    if (!q16) return q[d];
+    return bf16 ? encode::bf16_value(q16[d]) : encode::half_value(q16[d]);
+  }
 };
 KVB_HD RetainedHead retained_head(const RetainedProblem& pr, int b, int qh) {
   RetainedHead r;
@@ -77,8 +91,20 @@ KVB_HD RetainedHead retained_head(const RetainedProblem& pr, int b, int qh) {
   r.listed = pr.kept_counts[b], r.tail = pr.tail_start[b];
   r.n = r.listed + (r.T > r.tail ? r.T - r.tail : 0);
   r.index = r.listed > 0 ? pr.kept_lists[b] + size_t(r.h) * r.listed : nullptr;
-  r.q = pr.q + (size_t(b) * pr.q_heads + qh) * pr.head_dim;
+  const size_t at = (size_t(b) * pr.q_heads + qh) * pr.head_dim;
+  r.q = pr.q16 ? nullptr : pr.q + at;
+  r.q16 = pr.q16 ? pr.q16 + at : nullptr;
+  r.bf16 = pr.bf16_io;
   return r;
+}
+
+// Writes output channel d of sequence b's query head qh: fp32, or rounded to 16 bits.
+KVB_HD void retained_store(const RetainedProblem& pr, int b, int qh, int d, float v) {
+  const size_t at = (size_t(b) * pr.q_heads + qh) * pr.head_dim + d;
+  if (pr.out16)
+    pr.out16[at] = pr.bf16_io ? encode::bf16_bits(v) : encode::half_bits(v);
+  else
+    pr.out[at] = v;
 }
 
 // Query head qh of sequence b over its kept tokens first, first + stride, ... into `p`.
@@ -87,8 +113,8 @@ KVB_HD void retained_partial(const RetainedProblem& pr, const PagedKvStore& s, i
   const RetainedHead r = retained_head(pr, b, qh);
   const int D = pr.head_dim, h = r.h, row = r.row, T = r.T;
   const int* pages = r.pages;
-  const float* q = r.q;
-  float x[kRetainedMaxHeadDim];
+  float q[kRetainedMaxHeadDim], x[kRetainedMaxHeadDim];
+  for (int d = 0; d < D; ++d) q[d] = r.query(d);
   p.max = -INFINITY;
   p.sum = 0.f;
   for (int d = 0; d < D; ++d) p.acc[d] = 0.f;
@@ -114,9 +140,10 @@ inline const char* retained_check(const RetainedProblem& p, const PagedKvStore& 
   if (p.head_dim < 32 || p.head_dim > kRetainedMaxHeadDim || p.head_dim % 32 != 0)
     return "head_dim must be 32, 64, 96 or 128";
   if (p.max_pages_per_seq < 1) return "max_pages must be >= 1";
-  if (!p.block_table || !p.seq_lens || !p.kept_lists || !p.kept_counts || !p.tail_start || !p.q ||
-      !p.out)
+  if (!p.block_table || !p.seq_lens || !p.kept_lists || !p.kept_counts || !p.tail_start)
     return "a required pointer is null";
+  if (p.q16 ? !(p.out16 && !p.q && !p.out) : !(p.q && p.out && !p.out16))
+    return "queries and outputs: fp32 q and out, or 16-bit q16 and out16";
   if (p.scores && p.score_stride < 1) return "scores need score_stride >= every kept count";
   if (p.tokens_per_step != 1 && p.tokens_per_step != 2 && p.tokens_per_step != 4)
     return "tokens_per_step must be 1, 2 or 4";
@@ -132,8 +159,7 @@ inline void retained_decode_host(const RetainedProblem& pr, const PagedKvStore& 
   for (int b = 0; b < pr.batch; ++b)
     for (int qh = 0; qh < pr.q_heads; ++qh) {
       retained_partial(pr, s, b, qh, 0, 1, p);
-      float* out = pr.out + (size_t(b) * pr.q_heads + qh) * pr.head_dim;
-      for (int d = 0; d < pr.head_dim; ++d) out[d] = p.acc[d] / p.sum;
+      for (int d = 0; d < pr.head_dim; ++d) retained_store(pr, b, qh, d, p.acc[d] / p.sum);
     }
 }
 

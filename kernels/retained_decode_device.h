@@ -26,9 +26,10 @@ constexpr int kWarps = 4;
 constexpr int kMaxPerLane = kRetainedMaxHeadDim / 32;
 
 // The block's four warps' partial softmaxes (max m, sum, and each lane's `per` channels from
-// d0 in acc) merged through shared memory into out[head_dim] by warp 0. Every thread calls it.
+// d0 in acc) merged through shared memory into sequence b's query head qh's output by warp 0.
+// Every thread calls it.
 __device__ __forceinline__ void merge_warps(float m, float sum, const float* acc, int per, int d0,
-                                            float* out) {
+                                            const RetainedProblem& pr, int b, int qh) {
   __shared__ float part_max[kWarps], part_sum[kWarps], part_acc[kWarps][kRetainedMaxHeadDim];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) part_max[warp] = m, part_sum[warp] = sum;
@@ -42,7 +43,7 @@ __device__ __forceinline__ void merge_warps(float m, float sum, const float* acc
   for (int j = 0; j < per; ++j) {
     float a = 0.f;
     for (int w = 0; w < kWarps; ++w) a += part_acc[w][d0 + j] * expf(part_max[w] - mx);
-    out[d0 + j] = a / total;
+    retained_store(pr, b, qh, d0 + j, a / total);
   }
 }
 
@@ -57,9 +58,8 @@ __global__ void retained_decode_kernel(RetainedProblem pr, PagedKvStore s) {
   const int D = pr.head_dim, per = D / 32, d0 = lane * per;
   const RetainedHead r = retained_head(pr, b, qh);
   const int h = r.h, row = r.row, T = r.T;
-  const float* q = r.q;
   float qv[kMaxPerLane], x[kMaxPerLane], acc[kMaxPerLane];
-  for (int j = 0; j < per; ++j) qv[j] = q[d0 + j], acc[j] = 0.f;
+  for (int j = 0; j < per; ++j) qv[j] = r.query(d0 + j), acc[j] = 0.f;
   float m = -INFINITY, sum = 0.f;
   for (int i = warp; i < r.n; i += kWarps) {
     const int t = r.token(i);
@@ -76,7 +76,7 @@ __global__ void retained_decode_kernel(RetainedProblem pr, PagedKvStore s) {
     sum = sum * rescale + w;
     m = mn;
   }
-  merge_warps(m, sum, acc, per, d0, pr.out + (size_t(b) * pr.q_heads + qh) * D);
+  merge_warps(m, sum, acc, per, d0, pr, b, qh);
 }
 
 // A lane's PER consecutive 16-bit channels at x (8-byte aligned for PER 4, 4-byte for 2: a row
@@ -122,7 +122,7 @@ __global__ void retained_decode_multi(RetainedProblem pr, PagedKvStore s) {
   const int h = r.h, row = r.row, T = r.T;
   float qv[PER], acc[PER];
 #pragma unroll
-  for (int j = 0; j < PER; ++j) qv[j] = r.q[d0 + j], acc[j] = 0.f;
+  for (int j = 0; j < PER; ++j) qv[j] = r.query(d0 + j), acc[j] = 0.f;
   float m = -INFINITY, sum = 0.f;
   for (int i = warp; i < r.n; i += kWarps * U) {
     int t[U];
@@ -187,7 +187,7 @@ __global__ void retained_decode_multi(RetainedProblem pr, PagedKvStore s) {
     }
     m = mn;
   }
-  merge_warps(m, sum, acc, PER, d0, pr.out + (size_t(b) * pr.q_heads + qh) * D);
+  merge_warps(m, sum, acc, PER, d0, pr, b, qh);
 }
 
 // The loop a problem takes, as run(U, F, PER) with std::integral_constant arguments, so that the

@@ -1427,8 +1427,11 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
     table.set(int64_t(b), rows[b].list, rows[b].count, rows[b].tail);
   const auto [lists, counts_tails] = table.on(device_);
   if (tails) *tails = counts_tails.narrow(0, B, B);
+  // The kernel reads the kernels' 16-bit q as it is and writes its dtype (no conversions);
+  // other queries in fp32.
+  const at::ScalarType dtype = q.scalar_type() == input_dtype() ? input_dtype() : at::kFloat;
   return paged_cuda::retained(store, d, num_kv_heads_, lists, counts_tails,
-                              q.to(device_, at::kFloat).contiguous(), logits);
+                              q.to(device_, dtype).contiguous(), logits);
 }
 
 void PagedKVCache::fill_window_scores(const at::Tensor& q, const at::Tensor& k, int64_t row,

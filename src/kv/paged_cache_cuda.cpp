@@ -32,6 +32,26 @@
 
 namespace kvbench::paged_cuda {
 
+// The retained-index kernel's queries and outputs: fp32, or q's own 16-bit dtype (out alike).
+static void set_queries(kernels::RetainedProblem& pr, const at::Tensor& q, const at::Tensor& out) {
+  KVB_CHECK(q.is_contiguous() && out.is_contiguous() && out.scalar_type() == q.scalar_type(),
+            "paged cache: retained decode: contiguous q and out of one dtype expected");
+  switch (q.scalar_type()) {
+    case at::kFloat:
+      pr.q = q.data_ptr<float>(), pr.out = out.data_ptr<float>();
+      return;
+    case at::kHalf:
+    case at::kBFloat16:
+      pr.q16 = static_cast<const uint16_t*>(q.data_ptr());
+      pr.out16 = static_cast<uint16_t*>(out.data_ptr());
+      pr.bf16_io = q.scalar_type() == at::kBFloat16;
+      return;
+    default:
+      KVB_CHECK(false, "paged cache: retained decode: q must be fp32, fp16 or bf16, not ",
+                q.scalar_type());
+  }
+}
+
 #ifdef KVBENCH_HAVE_CUDA
 
 namespace {
@@ -142,7 +162,7 @@ static at::Tensor device_retained(const kernels::PagedKvStore& store, const Deco
   pr.kept_lists = reinterpret_cast<const int* const*>(lists.data_ptr<int64_t>());
   pr.kept_counts = counts_tails.data_ptr<int>(), pr.tail_start = pr.kept_counts + B;
   pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
-  pr.q = q.data_ptr<float>(), pr.out = out.data_ptr<float>();
+  set_queries(pr, q, out);
   pr.tokens_per_step = retained_tokens();
   if (scores.defined()) {
     KVB_CHECK(scores.is_contiguous() && scores.scalar_type() == at::kFloat && scores.dim() == 3 &&
@@ -312,7 +332,7 @@ kernels::RetainedProblem host_problem(const DecodeBatch& batch, int64_t kv_heads
   pr.block_table = batch.table.data_ptr<int>(), pr.seq_lens = batch.seq_lens.data_ptr<int>();
   pr.seq_rows = batch.seq_rows.data_ptr<int>();
   pr.softmax_scale = float(1.0 / std::sqrt(double(pr.head_dim)));
-  pr.q = q.data_ptr<float>(), pr.out = out.data_ptr<float>();
+  set_queries(pr, q, out);
   return pr;
 }
 

@@ -54,7 +54,8 @@ at::Tensor decode(const kernels::PagedKvStore& store, const DecodeBatch& batch, 
 // One decode step over each sequence's retained tokens (kernels/retained_decode.h), read in
 // place by index: `lists` [batch] int64 device addresses of each sequence's [kv_heads, count]
 // int32 listed positions, `counts_tails` [2 * batch] int32 (the counts, then the tail starts),
-// both on the device; q [batch, q_heads, head_dim] fp32; returns fp32 of q's shape.
+// both on the device; q [batch, q_heads, head_dim] fp32, fp16 or bf16; returns q's dtype and
+// shape.
 // `scores` defined ([batch, q_heads, n] fp32 on the device, n >= every kept count): each kept
 // token's scaled score is written there, in the kept order (listed, then the tail).
 at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch, int64_t kv_heads,

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,66 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
     std::vector<double> host_d(host_out.begin(), host_out.end());
     EXPECT_LT(scaled_error(got, host_d), 1e-5);
     EXPECT_LT(scaled_error(got, r.want), 1e-5);
+  }
+}
+
+// 16-bit queries and outputs, as the paged cache hands the model's own: each output is the
+// kernel's fp32 output over the same query values rounded once, bit for bit (the same code in
+// the same order), every loop; bf16 queries with the bf16 format, fp16 with the others.
+TEST_P(RetainedDecodeGpuTest, SixteenBitQueriesGiveTheFp32OutputsRounded) {
+  std::string why;
+  if (!have_gpu(&why)) GTEST_SKIP() << why;
+  const AppendCase& c = GetParam();
+  const bool bf16 = c.format == kernels::KvFormat::kBf16;
+  RetainedCase r = retained_case(c, {1000, 37, 129, 1, 513}, 2, 4, 0.25, 53 + int(c.format));
+  const std::vector<uint16_t> q16 = bits16(r.q, bf16);
+  r.q = values16(q16, bf16);
+  HostPagedCache& h = r.cache;
+  DevicePools pools;
+  kernels::PagedKvStore dev;
+  ASSERT_CUDA(pools.upload(h, &dev));
+  DeviceBuffer table, lens, rows, counts, tails, pointers, q, q_half, out, out_half;
+  ASSERT_CUDA(table.upload(h.block_table));
+  ASSERT_CUDA(lens.upload(h.seq_lens));
+  ASSERT_CUDA(rows.upload(r.rows));
+  ASSERT_CUDA(counts.upload(r.counts));
+  ASSERT_CUDA(tails.upload(r.tails));
+  std::vector<DeviceBuffer> lists(r.lists.size());
+  std::vector<const int*> list_ptrs;
+  for (size_t b = 0; b < r.lists.size(); ++b) {
+    ASSERT_CUDA(lists[b].upload(r.lists[b]));
+    list_ptrs.push_back(static_cast<const int*>(lists[b].ptr));
+  }
+  ASSERT_CUDA(pointers.upload(list_ptrs));
+  ASSERT_CUDA(q.upload(r.q));
+  ASSERT_CUDA(q_half.upload(q16));
+  for (const int tokens : {1, 2, 4}) {
+    SCOPED_TRACE("tokens_per_step " + std::to_string(tokens));
+    std::vector<float> got32(r.want.size(), NAN);
+    std::vector<uint16_t> got16(r.want.size(), 0xffff);
+    ASSERT_CUDA(out.upload(got32));
+    ASSERT_CUDA(out_half.upload(got16));
+    kernels::RetainedProblem p = r.problem(nullptr);
+    p.tokens_per_step = tokens;
+    p.block_table = static_cast<const int*>(table.ptr);
+    p.seq_lens = static_cast<const int*>(lens.ptr);
+    p.seq_rows = static_cast<const int*>(rows.ptr);
+    p.kept_lists = static_cast<const int* const*>(pointers.ptr);
+    p.kept_counts = static_cast<const int*>(counts.ptr);
+    p.tail_start = static_cast<const int*>(tails.ptr);
+    p.q = static_cast<const float*>(q.ptr), p.out = static_cast<float*>(out.ptr);
+    ASSERT_CUDA(kernels::retained_decode(p, dev, nullptr));
+    use_16_bit(p, static_cast<const uint16_t*>(q_half.ptr), static_cast<uint16_t*>(out_half.ptr),
+               bf16);
+    ASSERT_CUDA(kernels::retained_decode(p, dev, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    ASSERT_CUDA(out.download(got32));
+    ASSERT_CUDA(out_half.download(got16));
+    const std::vector<uint16_t> want = bits16(got32, bf16);
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(got32[i])) << "output " << i;
+      ASSERT_EQ(got16[i], want[i]) << "output " << i << " (fp32 " << got32[i] << ")";
+    }
   }
 }
 

@@ -8,7 +8,9 @@
 // another order than the host's single pass: relative bound 1e-5 of the output's scale.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -71,6 +73,39 @@ TEST_P(RetainedEmulationTest, TheKernelsMatchTheHostReference) {
       }
     EXPECT_LT(scaled_error(got, host_d), 1e-5);
     EXPECT_LT(scaled_error(got, r.want), 1e-5);
+  }
+}
+
+// 16-bit queries and outputs, as the paged cache hands the model's own: each output is the
+// fp32 run's over the same query values, rounded once (bit for bit: the same code, the same
+// order), for the host reference and every loop; every output is written (poisoned first).
+// bf16 queries with the bf16 format, fp16 with the others.
+TEST_P(RetainedEmulationTest, SixteenBitQueriesGiveTheFp32OutputsRounded) {
+  const AppendCase& c = GetParam();
+  const bool bf16 = c.format == KvFormat::kBf16;
+  RetainedCase r = retained_case(c, {160, 1, 37}, 2, 4, 0.25, 47 + int(c.format));
+  const std::vector<uint16_t> q16 = bits16(r.q, bf16);
+  r.q = values16(q16, bf16);
+  const kernels::PagedKvStore store = store_of(r.cache);
+  for (const int tokens : {0, 1, 2, 4}) {  // 0: the host reference
+    SCOPED_TRACE("tokens_per_step " + std::to_string(tokens));
+    std::vector<float> got32(r.want.size(), NAN);
+    std::vector<uint16_t> got16(r.want.size(), 0xffff);
+    for (const bool sixteen : {false, true}) {
+      kernels::RetainedProblem p = r.problem(got32.data());
+      if (sixteen) use_16_bit(p, q16.data(), got16.data(), bf16);
+      p.tokens_per_step = std::max(tokens, 1);
+      ASSERT_STREQ(kernels::retained_check(p, store), "");
+      if (tokens == 0)
+        kernels::retained_decode_host(p, store);
+      else
+        run_retained(p, store);
+    }
+    const std::vector<uint16_t> want = bits16(got32, bf16);
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(got32[i])) << "output " << i;
+      ASSERT_EQ(got16[i], want[i]) << "output " << i << " (fp32 " << got32[i] << ")";
+    }
   }
 }
 
