@@ -1,23 +1,17 @@
 #include "kv_append_launcher.h"
 
-#include <algorithm>
 #include <string>
 
 namespace kvbench::kernels {
 namespace {
-
-constexpr int kThreads = 128;
-constexpr int kMaxBlocksX = 1024;  // units beyond are taken by the grid-stride loop
 
 thread_local std::string g_last_error;
 
 // Appending is a few rows per sequence and layer, latency- not bandwidth-bound, so one kernel
 // switches on the format at run time rather than compiling a variant per format.
 __global__ void append_phase(AppendProblem p, PagedKvStore s, int phase) {
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int units = append::unit_count(p, s, phase, b);
-  for (int u = blockIdx.x * blockDim.x + threadIdx.x; u < units; u += gridDim.x * blockDim.x)
-    append::run_unit(p, s, phase, b, h, u);
+  append::run_thread(p, s, phase, blockIdx.z, blockIdx.y, blockIdx.x * blockDim.x + threadIdx.x,
+                     gridDim.x * blockDim.x);
 }
 
 }  // namespace
@@ -31,11 +25,10 @@ cudaError_t append_kv(const AppendProblem& problem, const PagedKvStore& store,
     return cudaErrorInvalidValue;
   }
   for (int phase = 0; phase < 2; ++phase) {
-    const int units = append::max_unit_count(problem, store, phase);
-    if (units == 0) continue;
-    const dim3 grid(std::min(kMaxBlocksX, (units + kThreads - 1) / kThreads), problem.kv_heads,
-                    problem.batch);
-    append_phase<<<grid, kThreads, 0, stream>>>(problem, store, phase);
+    const int blocks = append::blocks_x(problem, store, phase);
+    if (blocks == 0) continue;
+    const dim3 grid(blocks, problem.kv_heads, problem.batch);
+    append_phase<<<grid, append::kThreads, 0, stream>>>(problem, store, phase);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

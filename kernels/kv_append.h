@@ -255,6 +255,28 @@ KVB_HD void run_unit(const AppendProblem& p, const PagedKvStore& s, int phase, i
   for (int i = 0; i < kBlock; ++i) out[i] = in[i];
 }
 
+// The CUDA launch of a phase (kv_append.cu): blocks of kThreads threads, grid [blocks_x,
+// kv_heads, batch], each thread taking the units x, x + threads_x, ... of its (sequence, head),
+// x its index along the grid's x (a grid-stride loop: max_unit_count may exceed the blocks).
+// Units of one phase write disjoint bytes and read none another unit of the phase writes, so
+// any order of the threads gives the same pools (tests/unit/kv_append_test.cpp runs them
+// shuffled).
+constexpr int kThreads = 128;
+constexpr int kMaxBlocksX = 1024;  // units beyond are taken by the grid-stride loop
+
+// The grid's x extent for `phase`; 0: nothing to launch.
+inline int blocks_x(const AppendProblem& p, const PagedKvStore& s, int phase) {
+  const int units = max_unit_count(p, s, phase);
+  const int blocks = (units + kThreads - 1) / kThreads;
+  return blocks < kMaxBlocksX ? blocks : kMaxBlocksX;
+}
+
+KVB_HD void run_thread(const AppendProblem& p, const PagedKvStore& s, int phase, int b, int h,
+                       int x, int threads_x) {
+  const int units = unit_count(p, s, phase, b);
+  for (int u = x; u < units; u += threads_x) run_unit(p, s, phase, b, h, u);
+}
+
 }  // namespace append
 
 // Why `p` and `s` cannot be appended ("" when they can): shapes the units assume, pointers.

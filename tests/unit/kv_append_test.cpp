@@ -6,7 +6,9 @@
 // to the values the builder records. Host code; runs without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -23,8 +25,13 @@ using kernels::KvFormat;
 
 class KvAppendHostTest : public ::testing::TestWithParam<AppendCase> {};
 
-TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
-  const AppendCase& c = GetParam();
+// Appends one call's tokens into `got`'s pools (store: their pointers).
+using Appender = std::function<void(const kernels::AppendProblem& p,
+                                    const kernels::PagedKvStore& store, HostPagedCache& got)>;
+
+// A cache appended chunk by chunk by `append`, over calls mixing prefills and decode chunks,
+// holds the builder's bytes and decodes to its values.
+void check_chunked_appends(const AppendCase& c, const Appender& append) {
   const int kv_heads = 2, D = c.head_dim, P = c.page_size, R = c.residual;
   const bool kivi = kernels::is_kivi(c.format), bf16 = c.format == KvFormat::kBf16;
   // Lengths around page and window boundaries; prefills of 0, inside the window, past it.
@@ -49,7 +56,8 @@ TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
     kernels::AppendProblem p = problem_of(call, want);
     p.seq_rows = rows.data();
     ASSERT_STREQ(kernels::append_check(p, store), "");
-    kernels::append_kv_host(p, store);
+    append(p, store, got);
+    if (::testing::Test::HasFatalFailure()) return;
   }
 
   EXPECT_TRUE(got.k_data == want.k_data) << "key codes differ";
@@ -94,6 +102,98 @@ TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
           ASSERT_EQ(std::memcmp(g.data() + got_off, w.data() + off, D * 2), 0)
               << (key ? "key" : "value") << " ring of seq " << b << " token " << t;
         }
+  }
+}
+
+TEST_P(KvAppendHostTest, ChunkedAppendsWriteTheBuildersBytes) {
+  check_chunked_appends(GetParam(),
+                        [](const kernels::AppendProblem& p, const kernels::PagedKvStore& store,
+                           HostPagedCache&) { kernels::append_kv_host(p, store); });
+}
+
+// The pools' bytes, to see what a thread wrote.
+std::vector<std::vector<uint8_t>> pool_bytes(const HostPagedCache& c) {
+  return {c.k_data, c.v_data, c.k_meta, c.v_meta, c.k_residual, c.v_residual};
+}
+
+// kernels::append_kv as the CUDA launcher launches it (append::blocks_x, kThreads, the grid-
+// stride loop of append::run_thread), each phase's threads run one at a time in a shuffled
+// order; `narrow`: only 5 threads along x, so that each takes several units as the stride
+// loop does past 1024 blocks. In calls of up to 3 tokens per sequence, every byte a thread
+// changes is checked to be changed by no other thread of its phase (on a GPU they run at
+// once: a shared byte would be a race).
+void append_as_launched(const kernels::AppendProblem& p, const kernels::PagedKvStore& store,
+                        HostPagedCache& got, std::mt19937& rng, bool narrow) {
+  namespace ap = kernels::append;
+  const bool watch = p.max_new <= 3;
+  for (int phase = 0; phase < 2; ++phase) {
+    const int blocks = ap::blocks_x(p, store, phase);
+    for (int b = 0; b < p.batch && blocks == 0; ++b)
+      ASSERT_EQ(ap::unit_count(p, store, phase, b), 0) << "phase " << phase << " not launched";
+    const int threads_x = narrow ? std::min(5, blocks * ap::kThreads) : blocks * ap::kThreads;
+    struct Thread {
+      int b, h, x;
+    };
+    std::vector<Thread> threads;  // those with a unit (the others return at once)
+    for (int b = 0; b < p.batch; ++b)
+      for (int h = 0; h < p.kv_heads; ++h)
+        for (int x = 0; x < std::min(threads_x, ap::unit_count(p, store, phase, b)); ++x)
+          threads.push_back({b, h, x});
+    std::shuffle(threads.begin(), threads.end(), rng);
+    std::vector<std::vector<int>> owner;  // per pool byte: the thread that changed it, or -1
+    std::vector<std::vector<uint8_t>> before;
+    if (watch) {
+      before = pool_bytes(got);
+      for (const auto& pool : before) owner.emplace_back(pool.size(), -1);
+    }
+    for (size_t i = 0; i < threads.size(); ++i) {
+      const Thread& t = threads[i];
+      ap::run_thread(p, store, phase, t.b, t.h, t.x, threads_x);
+      if (!watch) continue;
+      const std::vector<std::vector<uint8_t>> after = pool_bytes(got);
+      for (size_t k = 0; k < after.size(); ++k)
+        for (size_t j = 0; j < after[k].size(); ++j) {
+          if (after[k][j] == before[k][j]) continue;
+          ASSERT_LT(owner[k][j], 0) << "pool " << k << " byte " << j << " written by two threads"
+                                    << " of phase " << phase;
+          owner[k][j] = int(i);
+        }
+      before = after;
+    }
+  }
+}
+
+// The launch's threads in any order write what the host reference writes: units of a phase
+// neither share a byte nor read one another's. Every other call narrow (the stride loop).
+TEST_P(KvAppendHostTest, ThreadsInAnyOrderWriteTheBuildersBytes) {
+  std::mt19937 rng(5 + int(GetParam().format));
+  int calls = 0;
+  check_chunked_appends(GetParam(), [&](const kernels::AppendProblem& p,
+                                        const kernels::PagedKvStore& store, HostPagedCache& got) {
+    append_as_launched(p, store, got, rng, ++calls % 2 == 0);
+  });
+}
+
+// Launch sizes: the grid covers every sequence's units of a phase in one pass of its threads
+// (max_unit_count bounds unit_count) at lengths around page and window boundaries, chunks of
+// 0 to past two windows.
+TEST(KvAppendUnitsTest, TheLaunchCoversEverySequencesUnits) {
+  namespace ap = kernels::append;
+  for (const AppendCase& c : append_cases()) {
+    SCOPED_TRACE(append_case_name(c));
+    const int W = c.residual > 0 ? c.residual : 64;
+    kernels::PagedKvStore s;
+    s.format = c.format, s.page_size = c.page_size, s.residual = c.residual;
+    for (int t0 = 0; t0 <= 3 * W + 1; ++t0)
+      for (int n = 0; n <= 2 * W + c.page_size + 1; ++n) {
+        const int cu[2] = {0, n};
+        kernels::AppendProblem p;
+        p.batch = 1, p.kv_heads = 1, p.head_dim = c.head_dim, p.max_new = n;
+        p.old_lens = &t0, p.cu_new = cu;
+        for (int phase = 0; phase < 2; ++phase)
+          ASSERT_LE(ap::unit_count(p, s, phase, 0), ap::max_unit_count(p, s, phase))
+              << "phase " << phase << ", " << t0 << " held, " << n << " new";
+      }
   }
 }
 
