@@ -22,7 +22,8 @@
 // KVBENCH_PAGED_PATH=kernels on the CPU the cache takes the GPU path's branches with the kernels'
 // host references in place of the kernels; what differs on a GPU: the kernels themselves are not
 // ATen operators (one launch each, not counted here), and each upload from the host adds a
-// pin_memory and a copy there (on the CPU it is free). Without the variable the CPU path's
+// copy there, most of them a pin_memory first (the retained lists' table is written pinned;
+// on the CPU both are free). Without the variable the CPU path's
 // reference attention is counted. The observer costs each operator (nested ones too) well under a
 // microsecond.
 #include <ATen/ATen.h>

@@ -1252,18 +1252,14 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     paged_cuda::DecodeBatch d{table, ints.narrow(0, 3 * B + 1, B), ints.narrow(0, 2 * B + 1, B),
                               max_len};
     if (any_kept || any_records) {
-      if (any_records) {  // the kernel writes each held token's score for the policy
-        int64_t most = 1, least = std::numeric_limits<int64_t>::max();
-        for (int b = 0; b < B; ++b) {
-          const int64_t held = batch[size_t(b)]->kept[size_t(layer)].held(slots[size_t(b)]);
-          most = std::max(most, held), least = std::min(least, held);
-        }
-        // Rows shorter than the longest end in -inf (no weight); where every sequence holds
-        // as many (the steady state) the kernel writes every entry: no fill to launch.
-        const auto opts = at::TensorOptions().dtype(at::kFloat).device(device_);
-        logits = least == most ? at::empty({B, q.size(1), most}, opts)
-                               : at::full({B, q.size(1), most},
-                                          -std::numeric_limits<float>::infinity(), opts);
+      // The kernel writes each held token's score for the policy; the records read each
+      // row's held entries only: nothing to fill first.
+      if (any_records) {
+        int64_t most = 1;
+        for (int b = 0; b < B; ++b)
+          most = std::max(most, batch[size_t(b)]->kept[size_t(layer)].held(slots[size_t(b)]));
+        logits =
+            at::empty({B, q.size(1), most}, at::TensorOptions().dtype(at::kFloat).device(device_));
       }
       out = decode_retained(layer, batch, d, store, q, logits, &tails);
     } else {  // nothing evicted yet at this layer: the dense decode kernel
@@ -1670,16 +1666,24 @@ const int* PagedKVCache::steady_steps(int64_t layer, const std::vector<Sequence*
   }
   if (steady_steps_.size() != size_t(num_layers_)) steady_steps_.resize(size_t(num_layers_));
   SteadySteps& kept = steady_steps_[size_t(layer)];
-  if (steps != kept.host || !kept.device.defined() || kept.device.device() != device)
-    kept = {steps, upload(at::tensor(steps, at::kInt)).to(device)};
+  // Uploaded again on another stream too: a copy queued on the old one is not ordered
+  // before the new one's kernels.
+  void* stream = device.is_cuda() ? current_cuda_stream(device) : nullptr;
+  if (steps != kept.host || !kept.device.defined() || kept.device.device() != device ||
+      kept.stream != stream)
+    kept = {steps, upload(at::tensor(steps, at::kInt)).to(device), stream};
   return kept.device.data_ptr<int>();
 }
 
 void* PagedKVCache::steady_workspace(int64_t bytes, const at::Device& device) {
-  if (!steady_work_.defined() || steady_work_.numel() < bytes || steady_work_.device() != device)
-    steady_work_ = at::empty(
-        {std::max<int64_t>(bytes, steady_work_.defined() ? steady_work_.numel() * 5 / 4 : 0)},
-        at::TensorOptions().dtype(at::kByte).device(device));
+  void* stream = device.is_cuda() ? current_cuda_stream(device) : nullptr;
+  const bool same =
+      steady_work_.defined() && steady_work_.device() == device && steady_work_stream_ == stream;
+  if (!same || steady_work_.numel() < bytes) {
+    const int64_t grown = same ? std::max(bytes, steady_work_.numel() * 5 / 4) : bytes;
+    steady_work_ = at::empty({grown}, at::TensorOptions().dtype(at::kByte).device(device));
+    steady_work_stream_ = stream;
+  }
   return steady_work_.data_ptr();
 }
 

@@ -1,7 +1,9 @@
 #include "paged_cache_cuda.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -381,7 +383,16 @@ at::Tensor retained(const kernels::PagedKvStore& store, const DecodeBatch& batch
   kernels::RetainedProblem pr = host_problem(batch, kv_heads, q, out);
   pr.kept_lists = reinterpret_cast<const int* const*>(lists.data_ptr<int64_t>());
   pr.kept_counts = counts_tails.data_ptr<int>(), pr.tail_start = pr.kept_counts + q.size(0);
-  if (scores.defined()) pr.scores = scores.data_ptr<float>(), pr.score_stride = int(scores.size(2));
+  if (scores.defined()) {
+    KVB_CHECK(scores.is_contiguous() && scores.scalar_type() == at::kFloat && scores.dim() == 3 &&
+                  scores.size(0) == q.size(0) && scores.size(1) == q.size(1),
+              "paged cache: retained-decode scores must be contiguous fp32 [batch, heads, n]");
+    pr.scores = scores.data_ptr<float>(), pr.score_stride = int(scores.size(2));
+    // Poisoned, as the tests of the GPU path run here: an entry the kernel's code leaves
+    // unwritten reads NaN downstream, not whatever the allocation held (no operator: the
+    // host-operator counts stay the GPU's).
+    std::fill(pr.scores, pr.scores + scores.numel(), std::numeric_limits<float>::quiet_NaN());
+  }
   check_host(pr, store);
   kernels::retained_decode_host(pr, store);
   return out;

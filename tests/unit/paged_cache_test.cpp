@@ -1222,8 +1222,8 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
       EXPECT_LE(ops["aten::cat"], kLayers + 1) << "step " << step;
       // After the first steady step (which joins the lists, uploaded one buffer each here)
       // the states and lists are read as views: the records' update and the drop are the
-      // steady-state kernel's (kernels/steady_evict.h), no torch operator of their own. Every
-      // sequence holds as many tokens, so the retained kernel writes every score: no fill.
+      // steady-state kernel's (kernels/steady_evict.h), no torch operator of their own. The
+      // scores' buffer is not filled (the records read each row's held entries only).
       if (step < 2) continue;
       EXPECT_EQ(ops["aten::cat"], 1) << "step " << step;
       for (const char* op :

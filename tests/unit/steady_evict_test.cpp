@@ -77,7 +77,8 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
       const at::Tensor rows = at::full({E + 1, H * G, stride}, NAN);
       for (int64_t e = 0; e < E; ++e) rows[E - 1 - e].narrow(1, 0, held).copy_(logits[e]);
       const at::Tensor lists = at::randint(0, 1000, {E, H, count}, gen).to(at::kInt);
-      const std::vector<int> tails = {900, 901, 902, 903};
+      // Tails whose ring offsets from the query (below) differ: 0, 2, 1 and 0.
+      const std::vector<int> tails = {900, 902, 907, 903};
       // The host reference over copies of the states.
       kernels::SteadyEvictProblem k;
       k.rule = o.rule, k.records = int(E), k.kv_heads = int(H), k.group = int(G);

@@ -219,11 +219,12 @@ class PagedKVCache final : public KVCache {
   double retention_seconds() const override { return retention_s_; }
   at::Device device() const override { return device_; }
   // On a GPU, the kernels' fp16/bf16, with a policy too: every policy path converts what it
-  // reads (the gathered rows' attention, the decode lists and the window scores take fp32 of
-  // the same values), H2O's prefill sums run on the tensor cores only for 16-bit q, and the
-  // engine hands 16-bit q/k/v only when they are the model's own (no rounding). Under a
-  // policy this was fp32 until 2026-12-04, which cost six casts per layer of every decode
-  // step and kept H2O's prefill on the fp32 formula (docs/perf-notes.md, first H200 run).
+  // reads (the gathered rows' attention and the window scores take fp32 of the same values;
+  // the retained-index kernel reads and writes the 16-bit dtype itself), H2O's prefill sums run on
+  // the tensor cores only for 16-bit q, and the engine hands 16-bit q/k/v only when they are the
+  // model's own (no rounding). Under a policy this was fp32 until 2026-12-04, which cost six casts
+  // per layer of every decode step and kept H2O's prefill on the fp32 formula (docs/perf-notes.md,
+  // first H200 run).
   at::ScalarType attend_dtype() const override {
     return device_.is_cuda() ? input_dtype() : at::kFloat;
   }
@@ -580,7 +581,9 @@ class PagedKVCache final : public KVCache {
   const int* steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
                           const std::vector<size_t>& served, int window, const at::Device& device);
   // evict_steady's workspace (the kernel's scores and dropped indices): `bytes` of device
-  // memory kept between layers and steps (the launches are ordered on one stream).
+  // memory kept between layers and steps while the current stream stays the same (launches on
+  // one stream are ordered; a new stream gets a new buffer, the old one freed as the caching
+  // allocator frees it: after the work queued on its stream).
   void* steady_workspace(int64_t bytes, const at::Device& device);
   // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
   // in one copy back.
@@ -673,9 +676,11 @@ class PagedKVCache final : public KVCache {
   struct SteadySteps {
     std::vector<int> host;
     at::Tensor device;
+    void* stream = nullptr;  // current_cuda_stream() at the upload
   };
   std::vector<SteadySteps> steady_steps_;
-  at::Tensor steady_work_;  // steady_workspace()
+  at::Tensor steady_work_;              // steady_workspace(), on the stream
+  void* steady_work_stream_ = nullptr;  // current_cuda_stream() when it was made
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;
