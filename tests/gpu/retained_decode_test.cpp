@@ -23,6 +23,43 @@ namespace {
 
 class RetainedDecodeGpuTest : public ::testing::TestWithParam<AppendCase> {};
 
+// A case's pools, tables, lists and fp32 queries on the device.
+struct DeviceRetained {
+  DevicePools pools;
+  kernels::PagedKvStore store;
+  DeviceBuffer table, lens, rows, counts, tails, pointers, q;
+  std::vector<DeviceBuffer> lists;  // each sequence's in its own allocation, as the cache's
+
+  cudaError_t upload(RetainedCase& r) {
+    std::vector<const int*> list_ptrs;
+    lists = std::vector<DeviceBuffer>(r.lists.size());
+    for (size_t b = 0; b < r.lists.size(); ++b) {
+      if (cudaError_t e = lists[b].upload(r.lists[b]); e != cudaSuccess) return e;
+      list_ptrs.push_back(static_cast<const int*>(lists[b].ptr));
+    }
+    for (cudaError_t e :
+         {pools.upload(r.cache, &store), table.upload(r.cache.block_table),
+          lens.upload(r.cache.seq_lens), rows.upload(r.rows), counts.upload(r.counts),
+          tails.upload(r.tails), pointers.upload(list_ptrs), q.upload(r.q)})
+      if (e != cudaSuccess) return e;
+    return cudaSuccess;
+  }
+
+  // r's problem over these buffers, `tokens` per warp step, writing fp32 to `out`.
+  kernels::RetainedProblem problem(const RetainedCase& r, int tokens, float* out) const {
+    kernels::RetainedProblem p = r.problem(out);
+    p.tokens_per_step = tokens;
+    p.block_table = static_cast<const int*>(table.ptr);
+    p.seq_lens = static_cast<const int*>(lens.ptr);
+    p.seq_rows = static_cast<const int*>(rows.ptr);
+    p.kept_lists = static_cast<const int* const*>(pointers.ptr);
+    p.kept_counts = static_cast<const int*>(counts.ptr);
+    p.tail_start = static_cast<const int*>(tails.ptr);
+    p.q = static_cast<const float*>(q.ptr);
+    return p;
+  }
+};
+
 TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   std::string why;
   if (!have_gpu(&why)) GTEST_SKIP() << why;
@@ -32,40 +69,16 @@ TEST_P(RetainedDecodeGpuTest, MatchesTheHostReference) {
   const kernels::PagedKvStore on_host = store_of(r.cache);
   kernels::retained_decode_host(r.problem(host_out.data()), on_host);
 
-  HostPagedCache& h = r.cache;
-  DevicePools pools;
-  kernels::PagedKvStore dev;
-  ASSERT_CUDA(pools.upload(h, &dev));
-  DeviceBuffer table, lens, rows, counts, tails, pointers, q, out, scores;
-  ASSERT_CUDA(table.upload(h.block_table));
-  ASSERT_CUDA(lens.upload(h.seq_lens));
-  ASSERT_CUDA(rows.upload(r.rows));
-  ASSERT_CUDA(counts.upload(r.counts));
-  ASSERT_CUDA(tails.upload(r.tails));
-  // Each sequence's list in its own allocation, as the paged cache keeps them.
-  std::vector<DeviceBuffer> lists(r.lists.size());
-  std::vector<const int*> list_ptrs;
-  for (size_t b = 0; b < r.lists.size(); ++b) {
-    ASSERT_CUDA(lists[b].upload(r.lists[b]));
-    list_ptrs.push_back(static_cast<const int*>(lists[b].ptr));
-  }
-  ASSERT_CUDA(pointers.upload(list_ptrs));
-  ASSERT_CUDA(q.upload(r.q));
+  DeviceRetained on;
+  ASSERT_CUDA(on.upload(r));
+  const kernels::PagedKvStore& dev = on.store;
+  DeviceBuffer out, scores;
   // Every main loop: one token's loads per warp step, two, four (tokens_per_step).
   for (const int tokens : {1, 2, 4}) {
     SCOPED_TRACE("tokens_per_step " + std::to_string(tokens));
     std::vector<float> got(r.want.size(), NAN);
     ASSERT_CUDA(out.upload(got));
-    kernels::RetainedProblem p = r.problem(nullptr);
-    p.tokens_per_step = tokens;
-    p.block_table = static_cast<const int*>(table.ptr);
-    p.seq_lens = static_cast<const int*>(lens.ptr);
-    p.seq_rows = static_cast<const int*>(rows.ptr);
-    p.kept_lists = static_cast<const int* const*>(pointers.ptr);
-    p.kept_counts = static_cast<const int*>(counts.ptr);
-    p.tail_start = static_cast<const int*>(tails.ptr);
-    p.q = static_cast<const float*>(q.ptr);
-    p.out = static_cast<float*>(out.ptr);
+    kernels::RetainedProblem p = on.problem(r, tokens, static_cast<float*>(out.ptr));
     // The scores for selection policies too, poisoned: entries past a kept count stay NaN.
     const int stride = r.max_kept + 3;
     std::vector<float> got_scores(r.want_scores.size() * size_t(stride), NAN);
@@ -102,24 +115,10 @@ TEST_P(RetainedDecodeGpuTest, SixteenBitQueriesGiveTheFp32OutputsRounded) {
   RetainedCase r = retained_case(c, {1000, 37, 129, 1, 513}, 2, 4, 0.25, 53 + int(c.format));
   const std::vector<uint16_t> q16 = bits16(r.q, bf16);
   r.q = values16(q16, bf16);
-  HostPagedCache& h = r.cache;
-  DevicePools pools;
-  kernels::PagedKvStore dev;
-  ASSERT_CUDA(pools.upload(h, &dev));
-  DeviceBuffer table, lens, rows, counts, tails, pointers, q, q_half, out, out_half;
-  ASSERT_CUDA(table.upload(h.block_table));
-  ASSERT_CUDA(lens.upload(h.seq_lens));
-  ASSERT_CUDA(rows.upload(r.rows));
-  ASSERT_CUDA(counts.upload(r.counts));
-  ASSERT_CUDA(tails.upload(r.tails));
-  std::vector<DeviceBuffer> lists(r.lists.size());
-  std::vector<const int*> list_ptrs;
-  for (size_t b = 0; b < r.lists.size(); ++b) {
-    ASSERT_CUDA(lists[b].upload(r.lists[b]));
-    list_ptrs.push_back(static_cast<const int*>(lists[b].ptr));
-  }
-  ASSERT_CUDA(pointers.upload(list_ptrs));
-  ASSERT_CUDA(q.upload(r.q));
+  DeviceRetained on;
+  ASSERT_CUDA(on.upload(r));
+  const kernels::PagedKvStore& dev = on.store;
+  DeviceBuffer q_half, out, out_half;
   ASSERT_CUDA(q_half.upload(q16));
   for (const int tokens : {1, 2, 4}) {
     SCOPED_TRACE("tokens_per_step " + std::to_string(tokens));
@@ -127,15 +126,7 @@ TEST_P(RetainedDecodeGpuTest, SixteenBitQueriesGiveTheFp32OutputsRounded) {
     std::vector<uint16_t> got16(r.want.size(), 0xffff);
     ASSERT_CUDA(out.upload(got32));
     ASSERT_CUDA(out_half.upload(got16));
-    kernels::RetainedProblem p = r.problem(nullptr);
-    p.tokens_per_step = tokens;
-    p.block_table = static_cast<const int*>(table.ptr);
-    p.seq_lens = static_cast<const int*>(lens.ptr);
-    p.seq_rows = static_cast<const int*>(rows.ptr);
-    p.kept_lists = static_cast<const int* const*>(pointers.ptr);
-    p.kept_counts = static_cast<const int*>(counts.ptr);
-    p.tail_start = static_cast<const int*>(tails.ptr);
-    p.q = static_cast<const float*>(q.ptr), p.out = static_cast<float*>(out.ptr);
+    kernels::RetainedProblem p = on.problem(r, tokens, static_cast<float*>(out.ptr));
     ASSERT_CUDA(kernels::retained_decode(p, dev, nullptr));
     use_16_bit(p, static_cast<const uint16_t*>(q_half.ptr), static_cast<uint16_t*>(out_half.ptr),
                bf16);
