@@ -266,9 +266,9 @@ constexpr int kMaxBlocksX = 1024;  // units beyond are taken by the grid-stride 
 
 // The grid's x extent for `phase`; 0: nothing to launch.
 inline int blocks_x(const AppendProblem& p, const PagedKvStore& s, int phase) {
-  const int units = max_unit_count(p, s, phase);
-  const int blocks = (units + kThreads - 1) / kThreads;
-  return blocks < kMaxBlocksX ? blocks : kMaxBlocksX;
+  const int64_t units = max_unit_count(p, s, phase);
+  const int64_t blocks = (units + kThreads - 1) / kThreads;
+  return blocks < kMaxBlocksX ? int(blocks) : kMaxBlocksX;
 }
 
 KVB_HD void run_thread(const AppendProblem& p, const PagedKvStore& s, int phase, int b, int h,

@@ -1,6 +1,7 @@
-// The CUDA launcher of quantize-on-append (kv_append.h): every unit of a phase gets a thread,
-// grid [units / 128, kv_heads, batch], the two phases as two launches on `stream`. All
-// pointers of the problem and the store are device pointers.
+// The CUDA launcher of quantize-on-append (kv_append.h): grid [append::blocks_x, kv_heads,
+// batch] of append::kThreads threads (a thread per unit up to 1024 blocks, a grid-stride loop
+// past them: append::run_thread), the two phases as two launches on `stream`. All pointers of
+// the problem and the store are device pointers.
 #pragma once
 
 #include <cuda_runtime_api.h>

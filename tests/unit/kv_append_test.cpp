@@ -121,7 +121,8 @@ std::vector<std::vector<uint8_t>> pool_bytes(const HostPagedCache& c) {
 // order; `narrow`: only 5 threads along x, so that each takes several units as the stride
 // loop does past 1024 blocks. In calls of up to 3 tokens per sequence, every byte a thread
 // changes is checked to be changed by no other thread of its phase (on a GPU they run at
-// once: a shared byte would be a race).
+// once: a shared byte would be a race). A write of the value a byte already holds is not
+// seen: a race between such a write and another is missed.
 void append_as_launched(const kernels::AppendProblem& p, const kernels::PagedKvStore& store,
                         HostPagedCache& got, std::mt19937& rng, bool narrow) {
   namespace ap = kernels::append;
@@ -174,9 +175,9 @@ TEST_P(KvAppendHostTest, ThreadsInAnyOrderWriteTheBuildersBytes) {
   });
 }
 
-// Launch sizes: the grid covers every sequence's units of a phase in one pass of its threads
-// (max_unit_count bounds unit_count) at lengths around page and window boundaries, chunks of
-// 0 to past two windows.
+// Launch sizes: max_unit_count, which sizes the grid, bounds every sequence's unit_count (so
+// below 1024 blocks each unit has a thread of its own, and a phase with units is launched) at
+// lengths around page and window boundaries, chunks of 0 to past two windows.
 TEST(KvAppendUnitsTest, TheLaunchCoversEverySequencesUnits) {
   namespace ap = kernels::append;
   for (const AppendCase& c : append_cases()) {

@@ -581,9 +581,9 @@ class PagedKVCache final : public KVCache {
   const int* steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
                           const std::vector<size_t>& served, int window, const at::Device& device);
   // evict_steady's workspace (the kernel's scores and dropped indices): `bytes` of device
-  // memory kept between layers and steps while the current stream stays the same (launches on
-  // one stream are ordered; a new stream gets a new buffer, the old one freed as the caching
-  // allocator frees it: after the work queued on its stream).
+  // memory kept between layers and steps (launches on one stream are ordered). A change of
+  // the current stream takes a new buffer, defensively: a cache is used from one stream
+  // (core/cuda_stream.h), its pools and lists are not guarded either.
   void* steady_workspace(int64_t bytes, const at::Device& device);
   // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
   // in one copy back.
