@@ -2,7 +2,8 @@
 // them (QuestFoldProblem, below) and the pages scored. Per sequence, KV head and page,
 // the upper bound U = sum_d pos_d * max_d + neg_d * min_d of a query's dot product with the
 // page's keys, where (min, max) are the page's per-channel key bounds and pos / neg the means
-// of the positive and negative parts of the KV head's query group (QuestPolicy's rule).
+// of the positive and negative parts of the KV head's query group (QuestPolicy's rule), taken
+// from the model's queries as they come (no operator converts, splits or gathers them).
 //
 // Each sequence's bounds are its own allocations ([pages, kv_heads, head_dim] fp16 minimums
 // and maximums, grown as it grows), reached through arrays of pointers, so a decode step
@@ -11,8 +12,10 @@
 // Torch-free and CUDA-free: plain C++ unless compiled by nvcc.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kv_encode.h"
 
@@ -22,15 +25,21 @@
 
 namespace kvbench::kernels {
 
+enum class QuestQuery { kFp32, kFp16, kBf16 };
+
 struct QuestScoreProblem {
   int batch = 0, kv_heads = 0, head_dim = 0;
   int most = 0;                           // out's last dimension, >= every page count
   const uint16_t* const* mins = nullptr;  // [batch] -> [pages[b], kv_heads, head_dim] fp16
   const uint16_t* const* maxs = nullptr;  // [batch] -> [pages[b], kv_heads, head_dim] fp16
   const int64_t* pages = nullptr;         // [batch] pages each sequence has
-  const float* pos = nullptr;             // [batch, kv_heads, head_dim]
-  const float* neg = nullptr;             // [batch, kv_heads, head_dim]
-  float* out = nullptr;                   // [batch, kv_heads, most]; 0 past a page count
+  // The queries, [rows, kv_heads * group, head_dim] in the model's dtype; sequence b's is row
+  // rows[b]. The KV head's query group gives its parts (quest_query_parts).
+  const void* q = nullptr;
+  QuestQuery q_format = QuestQuery::kFp32;
+  int group = 0;                  // query heads per KV head
+  const int64_t* rows = nullptr;  // [batch]
+  float* out = nullptr;           // [batch, kv_heads, most]; 0 past a page count
 };
 
 // Checks what can be checked without reading device memory; "" when the problem is valid.
@@ -38,7 +47,8 @@ inline const char* quest_score_check(const QuestScoreProblem& p) {
   if (p.batch < 1 || p.kv_heads < 1 || p.head_dim < 1 || p.most < 1)
     return "batch, kv_heads, head_dim and most must be positive";
   if (p.batch > 65535) return "at most 65535 sequences (a grid's y)";
-  if (!p.mins || !p.maxs || !p.pages || !p.pos || !p.neg || !p.out)
+  if (p.group < 1) return "group must be positive";
+  if (!p.mins || !p.maxs || !p.pages || !p.q || !p.rows || !p.out)
     return "a required pointer is null";
   return "";
 }
@@ -53,17 +63,41 @@ KVB_HD float quest_half(uint16_t bits) {
 #endif
 }
 
+// Element i of the queries as a float (exact for every format).
+KVB_HD float quest_query_value(const QuestScoreProblem& p, size_t i) {
+  if (p.q_format == QuestQuery::kFp32) return static_cast<const float*>(p.q)[i];
+  const uint16_t bits = static_cast<const uint16_t*>(p.q)[i];
+  return p.q_format == QuestQuery::kFp16 ? quest_half(bits)
+                                         : encode::bits_float(uint32_t(bits) << 16);
+}
+
+// Channel d of the mean positive and negative parts of sequence b's query group h, as torch's
+// clamp_min(0).mean / clamp_max(0).mean give them (a sum in group order over the group size;
+// a NaN carried).
+KVB_HD void quest_query_parts(const QuestScoreProblem& p, int b, int h, int d, float& pos,
+                              float& neg) {
+  const size_t first = (size_t(p.rows[b]) * p.kv_heads + h) * p.group * p.head_dim + d;
+  float sp = 0.f, sn = 0.f;
+  for (int g = 0; g < p.group; ++g) {
+    const float x = quest_query_value(p, first + size_t(g) * p.head_dim);
+    sp += x < 0.f ? 0.f : x;
+    sn += x > 0.f ? 0.f : x;
+  }
+  pos = sp / float(p.group), neg = sn / float(p.group);
+}
+
 // U of one (sequence, KV head, page) over channels d0, d0 + stride, ...: what a lane sums.
 KVB_HD float quest_page_partial(const QuestScoreProblem& p, int b, int h, int page, int d0,
                                 int stride) {
   const size_t row = (size_t(page) * p.kv_heads + h) * p.head_dim;
   const uint16_t* lo = p.mins[b] + row;
   const uint16_t* hi = p.maxs[b] + row;
-  const float* pos = p.pos + (size_t(b) * p.kv_heads + h) * p.head_dim;
-  const float* neg = p.neg + (size_t(b) * p.kv_heads + h) * p.head_dim;
   float u = 0.f;
-  for (int d = d0; d < p.head_dim; d += stride)
-    u = fmaf(neg[d], quest_half(lo[d]), fmaf(pos[d], quest_half(hi[d]), u));
+  for (int d = d0; d < p.head_dim; d += stride) {
+    float pos, neg;
+    quest_query_parts(p, b, h, d, pos, neg);
+    u = fmaf(neg, quest_half(lo[d]), fmaf(pos, quest_half(hi[d]), u));
+  }
   return u;
 }
 
@@ -125,6 +159,67 @@ KVB_HD void quest_fold_element(const QuestFoldProblem& p, int b, int e) {
 inline void quest_fold_host(const QuestFoldProblem& p) {
   for (int b = 0; b < p.batch; ++b)
     for (int e = 0; e < p.kv_heads * p.head_dim; ++e) quest_fold_element(p, b, e);
+}
+
+// The pages a decode step reads, chosen where the scores are: for sequence b and KV head h,
+// the newest of its pages[b] pages (it holds the current token) and the read - 1 others with
+// the highest scores, the earlier of equal ones, written as the tokens of those others in
+// ascending page order: tokens[b][h][i * page_size + j] = page_i * page_size + j. These are
+// the retained-index kernel's lists (the newest page, its tail, is read by every head), so a
+// step's choice never leaves the device. QuestPolicy::select_pages' rule (a stable descending
+// sort of the scores, then the chosen pages ascending), in one launch where the torch
+// formulation took two sorts and a dozen operators. Orders as torch's sort does: a NaN above
+// every number (NaNs among themselves by position), +0 and -0 equal.
+struct QuestSelectProblem {
+  int batch = 0, kv_heads = 0, most = 0;  // scores' dimensions
+  int read = 0;                           // pages read per head, the newest included (>= 2)
+  int page_size = 0;                      // tokens per page
+  const float* scores = nullptr;          // [batch, kv_heads, most]
+  const int64_t* pages = nullptr;         // [batch] pages each sequence has, read..most
+  int32_t* tokens = nullptr;              // [batch, kv_heads, (read - 1) * page_size]
+};
+
+inline const char* quest_select_check(const QuestSelectProblem& p) {
+  if (p.batch < 1 || p.kv_heads < 1 || p.most < 1 || p.page_size < 1)
+    return "batch, kv_heads, most and page_size must be positive";
+  if (p.read < 2 || p.read > p.most) return "read must be in [2, most]";
+  if (p.batch > 65535 || p.kv_heads > 65535) return "at most 65535 sequences and KV heads";
+  if (int64_t(p.most) * p.page_size >= (int64_t{1} << 31)) return "2^31 tokens or more";
+  if (!p.scores || !p.pages || !p.tokens) return "a required pointer is null";
+  return "";
+}
+
+// A score as an unsigned key ordered as the scores are (torch's order: NaN highest, every NaN
+// equal, -0 == +0): flipping the sign bit of a positive float, every bit of a negative one.
+KVB_HD uint32_t quest_order_key(float x) {
+  if (x != x) return 0xffffffffu;
+  const uint32_t u = x == 0.f ? 0u : encode::float_bits(x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Sequence b's candidates: its pages but the newest (at most `most` pages are scored).
+KVB_HD int quest_select_candidates(const QuestSelectProblem& p, int b) {
+  const int64_t have = p.pages[b] < p.most ? p.pages[b] : p.most;
+  return int(have) - 1;
+}
+
+// The reference: a stable sort of the candidates by key, descending; the first read - 1,
+// ascending. (A row with fewer candidates writes what it has; the cache never passes one.)
+inline void quest_select_host(const QuestSelectProblem& p) {
+  const int want = p.read - 1, P = p.page_size;
+  for (int b = 0; b < p.batch; ++b)
+    for (int h = 0; h < p.kv_heads; ++h) {
+      const float* s = p.scores + (size_t(b) * p.kv_heads + h) * p.most;
+      int32_t* out = p.tokens + (size_t(b) * p.kv_heads + h) * size_t(want) * P;
+      std::vector<int> order(size_t(std::max(quest_select_candidates(p, b), 0)));
+      for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int x, int y) { return quest_order_key(s[x]) > quest_order_key(s[y]); });
+      order.resize(std::min(order.size(), size_t(want)));
+      std::sort(order.begin(), order.end());
+      for (size_t i = 0; i < order.size(); ++i)
+        for (int j = 0; j < P; ++j) out[i * P + j] = order[i] * P + j;
+    }
 }
 
 }  // namespace kvbench::kernels

@@ -38,7 +38,7 @@
 #                              small_gemm bench chose them (taken as given; unset, the bench's
 #                              choice here, kvbench only where its kernel tests run and pass)
 #   GPU_HOST_OPS_METHODS="m ..." the host_ops stage's methods (default: full h2o tova
-#                              scissorhands; host_ops_bench's names)
+#                              scissorhands quest; host_ops_bench's names)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/kvbench-gpu}
@@ -212,7 +212,7 @@ fi
 suite_env+=("KVBENCH_MODEL_GEMM=${gemm:-aten}")
 log "model multiplies for the suites: ${gemm:-aten}"
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.
-memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*HeadProjectGpu*:*SmallGemmGpu*-*_v3h:*_v2b'
+memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*QuestSelectGpu*:*HeadProjectGpu*:*SmallGemmGpu*-*_v3h:*_v2b'
 memcheck() {
   stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests \
     --gtest_brief=1 --gtest_filter="${GPU_MEMCHECK_FILTER:-${GPU_TESTS_FILTER:-$memcheck_filter}}"
@@ -267,7 +267,7 @@ fi
 # The suites' decode loops and retained tokens; the build paused, as for the suites.
 if skipped host_ops || wait_for "$LOGS/host_ops.built" 60; then
   build_signal STOP
-  stage host_ops 60 bash -c "rc=0; for m in ${GPU_HOST_OPS_METHODS:-full h2o tova scissorhands}; do
+  stage host_ops 60 bash -c "rc=0; for m in ${GPU_HOST_OPS_METHODS:-full h2o tova scissorhands quest}; do
     $(printf '%q ' "${suite_env[@]}") build-cuda/host_ops_bench 16 8128 4 8 \$m cuda 5 \
       >> $LOGS/host_ops.jsonl || rc=1
     done; exit \$rc"
@@ -291,11 +291,12 @@ stage ncu 150 bash -c "rc=0; for c in fp16:v2 int4:v2 int4:v3 kivi-2:v2 kivi-2:v
 # 7. Shared-memory races in the never-run v3 loop (its KIVI staging once read a neighbour's
 #    buffer, which memcheck cannot see), in v3h's restaging of KIVI's key metadata every two
 #    tiles, in v4's cp.async stages (refilled while neighbours are read; emulation copies at
-#    once and cannot see a missing wait) and in summed_attention's reused tiles (split keys):
-#    racecheck on eight cases, if time is left.
+#    once and cannot see a missing wait), in summed_attention's reused tiles (split keys) and
+#    in Quest's choice (its histogram and prefix sums in shared memory, never run): racecheck
+#    on nine cases, if time is left.
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/gpu_tests \
   --gtest_brief=1 \
-  --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v3h:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v4:*int8_d128_h28x4*_s5_v4:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split'
+  --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v3h:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v4:*int8_d128_h28x4*_s5_v4:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split:*QuestSelectGpu*'
 # The full build's own logs (every compile error, with -k), whatever became of it.
 for f in build-cuda/configure.log build-cuda/build-*.log; do
   [ -f "$f" ] && cp "$f" "$LOGS/cuda-${f#build-cuda/}"

@@ -675,9 +675,10 @@ at::Tensor PagedKVCache::quest_kernels(const QuestKernelStep& k, int64_t layer,
   const at::Tensor up = upload(at::tensor(packed, at::kLong));
   if (S1 > 0) launch_quest_fold(up.narrow(0, 0, 3 * S1), k.keys);
   if (S2 == 0) return at::Tensor();
-  const auto [pos, neg] = quest_query_parts(q);
-  return quest_scores_kernel(up.narrow(0, 3 * S1, 4 * S2), pos, neg,
-                             *std::max_element(pages.begin(), pages.end()));
+  if (quest_->pages_to_read() == 1)  // the newest page only: nothing to score or choose
+    return at::empty({S2, num_kv_heads_, 0}, up.options().dtype(at::kInt));
+  return quest_choice_kernels(up.narrow(0, 3 * S1, 4 * S2), q,
+                              *std::max_element(pages.begin(), pages.end()));
 }
 
 void PagedKVCache::launch_quest_fold(const at::Tensor& table, const at::Tensor& keys) const {
@@ -791,14 +792,21 @@ at::Tensor PagedKVCache::quest_pages(const std::vector<Sequence*>& seqs, int64_t
   return quest_->select_pages(bounds, index.narrow(0, 2 * all, S));
 }
 
-at::Tensor PagedKVCache::quest_scores_kernel(const at::Tensor& table, const at::Tensor& pos,
-                                             const at::Tensor& neg, int64_t most) const {
-  // The bounds stay where each sequence keeps them and the kernel reads every bound once.
-  const int64_t S = table.size(0) / 4;
-  const at::Tensor counts = table.narrow(0, 2 * S, S), row_index = table.narrow(0, 3 * S, S);
-  const at::Tensor p = pos.index_select(0, row_index).contiguous(),
-                   n = neg.index_select(0, row_index).contiguous();
-  at::Tensor bounds = at::empty({S, num_kv_heads_, most}, p.options());  // [S, kv_heads, most]
+at::Tensor PagedKVCache::quest_choice_kernels(const at::Tensor& table, const at::Tensor& q,
+                                              int64_t most) const {
+  // The bounds stay where each sequence keeps them and the kernel reads every bound once; the
+  // queries are read as they came, in the model's dtype.
+  const int64_t S = table.size(0) / 4, read = quest_->pages_to_read(), P = quest_->page_size();
+  const at::Tensor queries = q.to(device_).contiguous();
+  KVB_CHECK(
+      queries.dim() == 3 && queries.size(1) % num_kv_heads_ == 0 && queries.size(2) == head_dim_,
+      "paged cache: Quest's queries must be [rows, heads, ", head_dim_, "], not ", queries.sizes());
+  const at::ScalarType dtype = queries.scalar_type();
+  KVB_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+            "paged cache: Quest scores fp32, fp16 or bf16 queries, not ", dtype);
+  at::Tensor tokens =
+      at::empty({S, num_kv_heads_, (read - 1) * P}, table.options().dtype(at::kInt));
+  at::Tensor scores = at::empty({S, num_kv_heads_, most}, table.options().dtype(at::kFloat));
   kernels::QuestScoreProblem pr;
   pr.batch = int(S), pr.kv_heads = int(num_kv_heads_), pr.head_dim = int(head_dim_);
   pr.most = int(most);
@@ -806,48 +814,61 @@ at::Tensor PagedKVCache::quest_scores_kernel(const at::Tensor& table, const at::
   pr.mins = reinterpret_cast<const uint16_t* const*>(base);
   pr.maxs = reinterpret_cast<const uint16_t* const*>(base + S);
   pr.pages = base + 2 * S;
-  pr.pos = p.data_ptr<float>(), pr.neg = n.data_ptr<float>(), pr.out = bounds.data_ptr<float>();
-  paged_cuda::quest_score(pr, bounds);
-  return quest_->select_pages(bounds, counts);
-}
-
-at::Tensor PagedKVCache::quest_tokens(const at::Tensor& pages, int64_t j, int64_t held) const {
-  // A loop over the host copy: this runs per sequence, layer and decode step.
-  const int64_t P = quest_->page_size(), n = pages.size(2);
-  const int64_t keep = (n - 1) * P + (held - (held - 1) / P * P);
-  KVB_CHECK(pages.is_cpu() && pages.scalar_type() == at::kLong && pages.is_contiguous(),
-            "paged cache: Quest's chosen pages must be contiguous int64 on the host");
-  const int64_t* page = pages.data_ptr<int64_t>() + j * num_kv_heads_ * n;
-  at::Tensor tokens = at::empty({num_kv_heads_, keep}, at::kLong);
-  int64_t* t = tokens.data_ptr<int64_t>();
-  for (int64_t h = 0; h < num_kv_heads_; ++h)
-    for (int64_t i = 0; i < keep; ++i) *t++ = page[h * n + i / P] * P + i % P;
+  pr.q = queries.data_ptr();
+  pr.q_format = dtype == at::kFloat  ? kernels::QuestQuery::kFp32
+                : dtype == at::kHalf ? kernels::QuestQuery::kFp16
+                                     : kernels::QuestQuery::kBf16;
+  pr.group = int(queries.size(1) / num_kv_heads_), pr.rows = base + 3 * S;
+  pr.out = scores.data_ptr<float>();
+  paged_cuda::quest_score(pr, scores);
+  kernels::QuestSelectProblem choice;
+  choice.batch = int(S), choice.kv_heads = int(num_kv_heads_), choice.most = int(most);
+  choice.read = int(read), choice.page_size = int(P);
+  choice.scores = pr.out, choice.pages = pr.pages, choice.tokens = tokens.data_ptr<int32_t>();
+  paged_cuda::quest_select(choice, scores);
   return tokens;
 }
 
+at::Tensor PagedKVCache::quest_page_tokens(const at::Tensor& chosen) const {
+  const int64_t S = chosen.size(0), n = chosen.size(2), P = quest_->page_size();
+  if (n == 1) return at::empty({S, num_kv_heads_, 0}, chosen.options().dtype(at::kInt));
+  return chosen.narrow(2, 0, n - 1)
+      .to(at::kInt)
+      .mul(int(P))
+      .unsqueeze(3)
+      .add(at::arange(int(P), chosen.options().dtype(at::kInt)))
+      .view({S, num_kv_heads_, (n - 1) * P});
+}
+
+at::Tensor PagedKVCache::quest_tokens(const at::Tensor& tokens, int64_t j, int64_t held) const {
+  // A loop over the host copy: this runs per sequence, layer and decode step.
+  const int64_t P = quest_->page_size(), n = tokens.size(2), tail = (held - 1) / P * P;
+  KVB_CHECK(tokens.is_cpu() && tokens.scalar_type() == at::kInt && tokens.is_contiguous(),
+            "paged cache: Quest's chosen tokens must be contiguous int32 on the host");
+  const int32_t* listed = tokens.data_ptr<int32_t>() + j * num_kv_heads_ * n;
+  at::Tensor positions = at::empty({num_kv_heads_, n + held - tail}, at::kLong);
+  int64_t* t = positions.data_ptr<int64_t>();
+  for (int64_t h = 0; h < num_kv_heads_; ++h) {
+    for (int64_t i = 0; i < n; ++i) *t++ = listed[h * n + i];
+    for (int64_t i = tail; i < held; ++i) *t++ = i;
+  }
+  return positions;
+}
+
 std::vector<PagedKVCache::ListedRows> PagedKVCache::quest_lists(
-    const at::Tensor& chosen, const std::vector<Sequence*>& seqs) const {
+    const at::Tensor& tokens, const std::vector<Sequence*>& seqs) const {
   // Each head's chosen pages ascend, so the newest (always chosen, partly filled) is the last:
   // the others' tokens are the list, and the newest page is the tail up to the new token.
-  KVB_CHECK(chosen.dim() == 3 && chosen.size(0) == int64_t(seqs.size()) &&
-                chosen.size(1) == num_kv_heads_ && chosen.size(2) >= 1,
-            "paged cache: Quest chose pages of shape ", chosen.sizes(), " for ", seqs.size(),
+  KVB_CHECK(tokens.dim() == 3 && tokens.size(0) == int64_t(seqs.size()) &&
+                tokens.size(1) == num_kv_heads_ && tokens.scalar_type() == at::kInt,
+            "paged cache: Quest chose tokens of shape ", tokens.sizes(), " for ", seqs.size(),
             " sequences");
-  const int64_t S = chosen.size(0), n = chosen.size(2), P = quest_->page_size();
-  at::Tensor tokens;  // [S, kv_heads, (n - 1) P] int32: page p's tokens p P .. p P + P - 1
-  if (n > 1)
-    tokens = chosen.narrow(2, 0, n - 1)
-                 .to(at::kInt)
-                 .mul(int(P))
-                 .unsqueeze(3)
-                 .add(at::arange(int(P), chosen.options().dtype(at::kInt)))
-                 .view({S, num_kv_heads_, (n - 1) * P});
+  const int64_t n = tokens.size(2), P = quest_->page_size();
   std::vector<ListedRows> out(seqs.size());
-  for (int64_t j = 0; j < S; ++j) {
-    const int64_t held = seqs[size_t(j)]->length + 1;
-    out[size_t(j)] = {
-        n > 1 ? UploadedList{tokens, j * num_kv_heads_ * (n - 1) * P} : UploadedList{}, (n - 1) * P,
-        (held - 1) / P * P};
+  for (size_t j = 0; j < seqs.size(); ++j) {
+    const int64_t held = seqs[j]->length + 1;
+    out[j] = {n > 0 ? UploadedList{tokens, int64_t(j) * num_kv_heads_ * n} : UploadedList{}, n,
+              (held - 1) / P * P};
   }
   return out;
 }
@@ -886,12 +907,12 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   if (!singles.empty())
     ks.keys =
         exact_keys ? k.to(device_, input_dtype()).to(at::kFloat) : at::cat(keys, 1).transpose(0, 1);
-  at::Tensor chosen;
+  at::Tensor chosen;  // [sparse, kv_heads, listed] the tokens of the chosen pages but the newest
   if (kernel_path_) {
     if (!singles.empty()) chosen = quest_kernels(ks, layer, q);  // (prefills only: nothing)
   } else {
     if (!singles.empty()) fold_quest_keys(singles, layer, ks.keys, ks.key_pages);
-    if (!sparse.empty()) chosen = quest_pages(sparse, layer, q, sparse_rows);
+    if (!sparse.empty()) chosen = quest_page_tokens(quest_pages(sparse, layer, q, sparse_rows));
   }
   if (sparse.empty()) {
     retention_s_ += watch.seconds();
@@ -908,13 +929,13 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
                               step.ints.narrow(0, 2 * B + 1, B), step.max_len};
     return decode_lists(lists, d, store, q, at::Tensor());
   }
-  // The reference rows take positions on the host: the sparse sequences' pages in one
-  // read-back, then their tokens.
+  // The reference rows take positions on the host: the sparse sequences' chosen tokens in one
+  // read-back, then their newest pages'.
   const double waited = wait_for_device(chosen.device());  // for the layer's queued work
-  const at::Tensor pages = chosen.to(at::kCPU).contiguous();
+  const at::Tensor listed = chosen.to(at::kCPU).contiguous();
   std::vector<at::Tensor> positions(static_cast<size_t>(B));  // undefined: every token
   for (size_t j = 0; j < sparse.size(); ++j)
-    positions[size_t(sparse_b[j])] = quest_tokens(pages, int64_t(j), sparse[j]->length + 1);
+    positions[size_t(sparse_b[j])] = quest_tokens(listed, int64_t(j), sparse[j]->length + 1);
   retention_s_ += watch.seconds() - waited;
   std::vector<at::Tensor> parts;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {

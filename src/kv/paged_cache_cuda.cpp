@@ -212,6 +212,11 @@ static void device_quest(const kernels::QuestScoreProblem& problem, const at::Te
         kernels::quest_score_check(problem));
 }
 
+static void device_quest_select(const kernels::QuestSelectProblem& problem, const at::Tensor& on) {
+  check(kernels::quest_select(problem, stream_of(on.device())), "quest page choice",
+        kernels::quest_select_check(problem));
+}
+
 static void device_quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on) {
   check(kernels::quest_fold(problem, stream_of(on.device())), "quest bound folding",
         kernels::quest_fold_check(problem));
@@ -267,6 +272,9 @@ static std::pair<at::Tensor, at::Tensor> device_dequantize(const kernels::PagedK
 static void device_palu(const kernels::PaluProblem&, int64_t, const at::Tensor&) { unavailable(); }
 static void device_gear(const kernels::GearProblem&, int64_t, const at::Tensor&) { unavailable(); }
 static void device_quest(const kernels::QuestScoreProblem&, const at::Tensor&) { unavailable(); }
+static void device_quest_select(const kernels::QuestSelectProblem&, const at::Tensor&) {
+  unavailable();
+}
 static void device_quest_fold(const kernels::QuestFoldProblem&, const at::Tensor&) {
   unavailable();
 }
@@ -418,6 +426,12 @@ void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on
   if (on.is_cuda()) return device_quest(problem, on);
   run_host_twin(problem, kernels::quest_score_check, kernels::quest_score_host,
                 "quest page scores");
+}
+
+void quest_select(const kernels::QuestSelectProblem& problem, const at::Tensor& on) {
+  if (on.is_cuda()) return device_quest_select(problem, on);
+  run_host_twin(problem, kernels::quest_select_check, kernels::quest_select_host,
+                "quest page choice");
 }
 
 void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on) {

@@ -75,6 +75,11 @@ void gear(const kernels::GearProblem& problem, int64_t max_len, const at::Tensor
 // the CUDA kernel on a GPU, its host reference on the CPU.
 void quest_score(const kernels::QuestScoreProblem& problem, const at::Tensor& on);
 
+// The pages each sequence's KV heads read, from their scores (kernels/quest_score.h's
+// QuestSelectProblem), written as the retained-index kernel's lists where `on` is: the CUDA
+// kernel on a GPU, its host reference on the CPU.
+void quest_select(const kernels::QuestSelectProblem& problem, const at::Tensor& on);
+
 // A decode step's keys folded into Quest's page bounds (kernels/quest_score.h's
 // QuestFoldProblem), where `on` is: the CUDA kernel on a GPU, its host reference on the CPU.
 void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on);

@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kv_encode.h"
@@ -17,14 +19,16 @@
 namespace kvbench::gpu_test {
 
 // Scoring: 4 sequences of 1, 513, 6 and 37 pages (from one to past a block's four warps),
-// padded to 513, random fp16 bounds (min <= max), the query group's positive and negative
-// means. head_dim 16 leaves half the lanes without a channel, 40 some with one.
+// padded to 513, random fp16 bounds (min <= max), and 5 rows of queries (3 query heads per KV
+// head) of which the sequences take rows 3, 0, 4 and 1, in fp32 and as fp16 and bf16 bits.
+// head_dim 16 leaves half the lanes without a channel, 40 some with one.
 struct QuestScoreCase {
-  static constexpr int B = 4, H = 8, most = 513;
+  static constexpr int B = 4, H = 8, G = 3, R = 5, most = 513;
   int D;
-  std::vector<int64_t> pages = {1, 513, 6, 37};
+  std::vector<int64_t> pages = {1, 513, 6, 37}, rows = {3, 0, 4, 1};
   std::vector<std::vector<uint16_t>> lo, hi;
-  std::vector<float> pos, neg;
+  std::vector<float> q;                           // [R, H * G, D]
+  std::vector<uint16_t> q16, qbf16;               // q rounded to fp16 and to bf16
   std::vector<const uint16_t*> lo_ptrs, hi_ptrs;  // [B], into lo / hi
 
   QuestScoreCase(const QuestScoreCase&) = delete;  // lo_ptrs / hi_ptrs point into this one
@@ -40,16 +44,22 @@ struct QuestScoreCase {
       }
       lo_ptrs.push_back(lo[b].data()), hi_ptrs.push_back(hi[b].data());
     }
-    pos.resize(size_t(B) * H * D), neg.resize(pos.size());
-    for (size_t i = 0; i < pos.size(); ++i)
-      pos[i] = std::abs(normal(rng)), neg[i] = -std::abs(normal(rng));
+    for (int64_t i = 0; i < int64_t(R) * H * G * D; ++i) {
+      q.push_back(normal(rng));
+      q16.push_back(kernels::encode::half_bits(q.back()));
+      qbf16.push_back(uint16_t(kernels::encode::float_bits(q.back()) >> 16));  // truncated
+    }
   }
-  // The problem over the host arrays, scores into `out` ([B, H, most]).
-  kernels::QuestScoreProblem problem(float* out) const {
+  // The problem over the host arrays (the queries in `format`), scores into `out` ([B, H, most]).
+  kernels::QuestScoreProblem problem(
+      float* out, kernels::QuestQuery format = kernels::QuestQuery::kFp32) const {
     kernels::QuestScoreProblem p;
     p.batch = B, p.kv_heads = H, p.head_dim = D, p.most = most;
     p.mins = lo_ptrs.data(), p.maxs = hi_ptrs.data(), p.pages = pages.data();
-    p.pos = pos.data(), p.neg = neg.data(), p.out = out;
+    p.q = format == kernels::QuestQuery::kFp32   ? static_cast<const void*>(q.data())
+          : format == kernels::QuestQuery::kFp16 ? static_cast<const void*>(q16.data())
+                                                 : static_cast<const void*>(qbf16.data());
+    p.q_format = format, p.group = G, p.rows = rows.data(), p.out = out;
     return p;
   }
 };
@@ -88,6 +98,63 @@ struct QuestFoldCase {
     kernels::QuestFoldProblem p;
     p.batch = B, p.kv_heads = H, p.head_dim = D;
     p.mins = mins, p.maxs = maxs, p.page = page.data(), p.keys = keys.data();
+    return p;
+  }
+};
+
+// Choosing: 6 sequences (the first two at exactly `read` and read + 1 pages, the others up to
+// 3001: runs of 12 candidates per thread of a 256-thread block), 3 KV heads, scores on a
+// coarse grid (many equal ones), with ±0 and, unless `finite`, NaN and ±infinity among them.
+// Each row's newest page and its padding are NaN: read as a candidate, either would rank first.
+// The choice's cases: one page chosen beside the newest, 8, and 63 of one token each; with
+// NaN and infinite scores or without.
+struct QuestSelectShape {
+  int read, page_size;
+  bool finite;
+  std::string label() const {
+    return "read " + std::to_string(read) + ", page size " + std::to_string(page_size) +
+           (finite ? ", finite" : ", NaN and infinities");
+  }
+};
+inline std::vector<QuestSelectShape> quest_select_shapes() {
+  std::vector<QuestSelectShape> out;
+  for (const auto& [read, P] : {std::pair{2, 16}, std::pair{9, 16}, std::pair{64, 1}})
+    for (bool finite : {true, false}) out.push_back({read, P, finite});
+  return out;
+}
+
+struct QuestSelectCase {
+  static constexpr int B = 6, H = 3;
+  int read, P, most;
+  std::vector<int64_t> pages;
+  std::vector<float> scores;  // [B, H, most]
+
+  QuestSelectCase(int read_pages, int page_size, bool finite, uint32_t seed)
+      : read(read_pages), P(page_size) {
+    pages = {read, read + 1, 700, 40 + read, 3001, read + 300};
+    most = int(*std::max_element(pages.begin(), pages.end()));
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    scores.assign(size_t(B) * H * most, NAN);
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h)
+        for (int64_t i = 0; i + 1 < pages[b]; ++i) {
+          const uint32_t r = rng() % 32;
+          float x = std::round(normal(rng) * 4.f) / 4.f;
+          if (r == 0) x = 0.f;
+          if (r == 1) x = -0.f;
+          if (!finite && r == 2) x = NAN;
+          if (!finite && r == 3) x = INFINITY;
+          if (r == 4) x = finite ? -1e30f : -INFINITY;
+          scores[(size_t(b) * H + h) * most + i] = x;
+        }
+  }
+  size_t tokens() const { return size_t(B) * H * (read - 1) * P; }
+  kernels::QuestSelectProblem problem(const float* s, const int64_t* page_counts,
+                                      int32_t* out) const {
+    kernels::QuestSelectProblem p;
+    p.batch = B, p.kv_heads = H, p.most = most, p.read = read, p.page_size = P;
+    p.scores = s, p.pages = page_counts, p.tokens = out;
     return p;
   }
 };

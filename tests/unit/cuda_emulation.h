@@ -245,6 +245,12 @@ template <class T>
 T __ldg(const T* p) {
   return *p;
 }
+// Fibers switch only at barriers, so a read-modify-write is atomic here as on the GPU.
+inline int atomicAdd(int* address, int value) {
+  const int old = *address;
+  *address = value + old;
+  return old;
+}
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 

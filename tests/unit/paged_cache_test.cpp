@@ -10,6 +10,7 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
+#include "kvbench/kv/quest_policy.h"
 #include "kvbench/kv/scissorhands_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
 #include "kvbench/kv/tova_policy.h"
@@ -1113,28 +1115,38 @@ class OpCounter {
   at::CallbackHandle handle_;
 };
 
+// Adds `batch` sequences to `paged` and prefills 80 random tokens each at every layer, then runs
+// three decode steps of a token each, `ops` cleared before each step and `after(step)` called
+// after it. The data depend on `seed` only (not on what ran before). Returns the operators the
+// last step issued (lists uploaded, nothing left to grow).
+int64_t prefill_then_decode(
+    PagedKVCache& paged, int64_t batch, uint64_t seed, OpCounter& ops,
+    const std::function<void(int)>& after = [](int) {}) {
+  std::vector<int64_t> seqs, prompts(size_t(batch), 80), ones(size_t(batch), 1);
+  for (int64_t b = 0; b < batch; ++b) seqs.push_back(paged.add_sequence());
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}, gen).to(at::kHalf); };
+  for (int64_t l = 0; l < kLayers; ++l)
+    paged.append_and_attend_batch(l, seqs, prompts, rows(batch * 80, kHeads),
+                                  rows(batch * 80, kKvHeads), rows(batch * 80, kKvHeads));
+  int64_t counted = 0;
+  for (int step = 0; step < 3; ++step) {
+    const at::Tensor q = rows(batch, kHeads), k = rows(batch, kKvHeads), v = rows(batch, kKvHeads);
+    ops.clear();
+    for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
+    counted = ops.total();
+    after(step);
+  }
+  return counted;
+}
+
 TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
   OpCounter ops;
   auto step_ops = [&](const char* entry, int64_t batch) {
     const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
     PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim,
                        PagedCapacity{}, at::kCPU, make_policy(method), true);
-    std::vector<int64_t> seqs, prompts(size_t(batch), 80), ones(size_t(batch), 1);
-    for (int64_t b = 0; b < batch; ++b) seqs.push_back(paged.add_sequence());
-    auto gen = at::detail::createCPUGenerator(23);  // the same data whatever ran before
-    auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}, gen).to(at::kHalf); };
-    for (int64_t l = 0; l < kLayers; ++l)
-      paged.append_and_attend_batch(l, seqs, prompts, rows(batch * 80, kHeads),
-                                    rows(batch * 80, kKvHeads), rows(batch * 80, kKvHeads));
-    int64_t counted = 0;
-    for (int step = 0; step < 3; ++step) {
-      const at::Tensor q = rows(batch, kHeads), k = rows(batch, kKvHeads),
-                       v = rows(batch, kKvHeads);
-      ops.clear();
-      for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
-      counted = ops.total();  // the last step's (lists uploaded, nothing left to grow)
-    }
-    return counted;
+    return prefill_then_decode(paged, batch, 23, ops);
   };
   for (const char* entry : {R"({"name": "streamingllm", "sinks": 4, "window": 40})",
                             R"({"name": "snapkv", "budget": 48, "window": 8})"}) {
@@ -1234,6 +1246,29 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
     for (const int64_t seq : seqs)
       EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, c.kept));
   }
+}
+
+// Quest's decode step on the kernel path: the pages are scored and chosen where the bounds
+// are (kernels/quest_score.h), their tokens written as the retained-index kernel's lists, so
+// a step sorts nothing, reads nothing back and issues a fixed set of operators per layer
+// whatever the batch. Before the choice kernel each sparse layer sorted twice and masked,
+// expanded and viewed its pages with a dozen operators.
+TEST(PagedHostOpsTest, QuestChoosesPagesWithoutSortingOrReadingBack) {
+  OpCounter ops;
+  auto step_ops = [&](int64_t batch, int64_t budget) {
+    PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKvHeads, kDim,
+                       PagedCapacity{}, at::kCPU, std::make_shared<QuestPolicy>(budget, 16, 1),
+                       true);
+    return prefill_then_decode(paged, batch, 37, ops, [&](int step) {
+      for (const char* op : {"aten::sort", "aten::topk", "aten::item", "aten::_local_scalar_dense",
+                             "aten::masked_fill", "aten::masked_fill_"})
+        EXPECT_EQ(ops[op], 0) << op << ", step " << step << ", batch " << batch;
+    });
+  };
+  const int64_t two = step_ops(2, 32), six = step_ops(6, 32);
+  EXPECT_GT(two, 0) << "the counter saw nothing";
+  EXPECT_EQ(six, two);
+  EXPECT_EQ(step_ops(6, 48), two) << "more pages read, the same operators";
 }
 
 // The steady-state kernel's block takes at most 256 query heads, and TOVA's block every query

@@ -1,20 +1,27 @@
 // Quest's page scores as the paged GPU path computes them (kernels/quest_score.h), host
 // reference, against a float64 evaluation of QuestPolicy's rule on the same fp16 bounds:
 // sequences with different page counts (so `out` is padded), GQA's query parts of both
-// signs, and bounds in separate allocations reached through pointer arrays. And the folding
+// signs taken from the query rows the sequences name, and bounds in separate allocations
+// reached through pointer arrays. And the folding
 // of a decode step's keys into those bounds (QuestFoldProblem): its directed rounding against
-// QuestPolicy's half_bounds bit for bit and against float64, its updates against the rule.
+// QuestPolicy's half_bounds bit for bit and against float64, its updates against the rule. And
+// the choice of the pages a step reads (QuestSelectProblem): against QuestPolicy's torch rule
+// and, with NaN and infinite scores, against ranks counted pair by pair.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kvbench/kv/quest_policy.h"
+#include "quest_case.h"
 #include "quest_score.h"
 
 namespace kvbench {
@@ -34,14 +41,26 @@ TEST(QuestScoreTest, HostReferenceMatchesFloat64) {
     }
     lo_ptr.push_back(lo[b].data()), hi_ptr.push_back(hi[b].data());
   }
-  std::vector<float> pos(size_t(B) * H * D), neg(pos.size());
-  for (size_t i = 0; i < pos.size(); ++i)
-    pos[i] = std::abs(normal(rng)), neg[i] = -std::abs(normal(rng));
+  // Queries of 3 rows, 3 query heads per KV head; the sequences take rows 2, 0 and 1.
+  const int G = 3;
+  const std::vector<int64_t> rows = {2, 0, 1};
+  std::vector<float> q(size_t(3) * H * G * D);
+  for (float& x : q) x = normal(rng);
+  std::vector<double> pos(size_t(B) * H * D), neg(pos.size());  // the group's means, float64
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int d = 0; d < D; ++d)
+        for (int g = 0; g < G; ++g) {
+          const double x = q[((size_t(rows[b]) * H + h) * G + g) * D + d];
+          pos[(size_t(b) * H + h) * D + d] += std::max(x, 0.0) / G;
+          neg[(size_t(b) * H + h) * D + d] += std::min(x, 0.0) / G;
+        }
   std::vector<float> out(size_t(B) * H * most, NAN);
   kernels::QuestScoreProblem p;
   p.batch = B, p.kv_heads = H, p.head_dim = D, p.most = most;
   p.mins = lo_ptr.data(), p.maxs = hi_ptr.data(), p.pages = pages.data();
-  p.pos = pos.data(), p.neg = neg.data(), p.out = out.data();
+  p.q = q.data(), p.q_format = kernels::QuestQuery::kFp32, p.group = G, p.rows = rows.data();
+  p.out = out.data();
   ASSERT_STREQ(kernels::quest_score_check(p), "");
   kernels::quest_score_host(p);
   auto half = [](uint16_t x) { return double(float(c10::Half(x, c10::Half::from_bits()))); };
@@ -55,17 +74,39 @@ TEST(QuestScoreTest, HostReferenceMatchesFloat64) {
         }
         double want = 0;
         for (int d = 0; d < D; ++d) {
-          const size_t e = (size_t(t) * H + h) * D + d, q = (size_t(b) * H + h) * D + d;
-          want += pos[q] * half(hi[b][e]) + neg[q] * half(lo[b][e]);
+          const size_t e = (size_t(t) * H + h) * D + d, part = (size_t(b) * H + h) * D + d;
+          want += pos[part] * half(hi[b][e]) + neg[part] * half(lo[b][e]);
         }
         EXPECT_NEAR(got, want, 1e-5 * (1 + std::abs(want))) << b << " " << h << " " << t;
       }
+}
+
+// The 16-bit query formats score as their values do in fp32, bit for bit (c10's decoding of
+// the bits as the oracle of the kernels' own).
+TEST(QuestScoreTest, SixteenBitQueriesScoreAsTheirValues) {
+  using kernels::QuestQuery;
+  for (QuestQuery format : {QuestQuery::kFp16, QuestQuery::kBf16}) {
+    gpu_test::QuestScoreCase c(40);
+    const size_t n = size_t(c.B) * c.H * c.most;
+    std::vector<float> got(n, NAN), want(n, NAN), unrounded(n, NAN);
+    kernels::quest_score_host(c.problem(got.data(), format));
+    kernels::quest_score_host(c.problem(unrounded.data(), QuestQuery::kFp32));
+    for (size_t i = 0; i < c.q.size(); ++i)
+      c.q[i] = format == QuestQuery::kFp16
+                   ? float(c10::Half(c.q16[i], c10::Half::from_bits()))
+                   : float(c10::BFloat16(c.qbf16[i], c10::BFloat16::from_bits()));
+    kernels::quest_score_host(c.problem(want.data(), QuestQuery::kFp32));
+    EXPECT_EQ(got, want) << "format " << int(format);
+    EXPECT_NE(got, unrounded) << "the rounding changed no score";
+  }
 }
 
 TEST(QuestScoreTest, ChecksSayWhatIsMissing) {
   kernels::QuestScoreProblem p;
   EXPECT_STRNE(kernels::quest_score_check(p), "");
   p.batch = p.kv_heads = p.head_dim = p.most = 1;
+  EXPECT_STREQ(kernels::quest_score_check(p), "group must be positive");
+  p.group = 1;
   EXPECT_STREQ(kernels::quest_score_check(p), "a required pointer is null");
   p.batch = 65536;  // a grid's y
   EXPECT_STREQ(kernels::quest_score_check(p), "at most 65535 sequences (a grid's y)");
@@ -187,6 +228,77 @@ TEST(QuestFoldTest, ChecksSayWhatIsMissing) {
   EXPECT_STRNE(kernels::quest_fold_check(p), "");
   p.batch = p.kv_heads = p.head_dim = 1;
   EXPECT_STREQ(kernels::quest_fold_check(p), "a required pointer is null");
+}
+
+// The choice's tokens for (b, h): [read - 1, page_size] of `tokens`.
+std::vector<int32_t> row_tokens(const std::vector<int32_t>& tokens,
+                                const gpu_test::QuestSelectCase& c, int b, int h) {
+  const size_t n = size_t(c.read - 1) * c.P, at = (size_t(b) * c.H + h) * n;
+  return {tokens.begin() + long(at), tokens.begin() + long(at + n)};
+}
+
+TEST(QuestSelectTest, HostReferenceMatchesTheTorchRule) {
+  for (const auto& [read, P] : {std::pair{2, 16}, std::pair{9, 16}, std::pair{64, 1}}) {
+    SCOPED_TRACE("read " + std::to_string(read) + ", page size " + std::to_string(P));
+    const gpu_test::QuestSelectCase c(read, P, /*finite=*/true, 3 + read);
+    std::vector<int32_t> got(c.tokens(), -7);
+    const kernels::QuestSelectProblem p = c.problem(c.scores.data(), c.pages.data(), got.data());
+    ASSERT_STREQ(kernels::quest_select_check(p), "");
+    kernels::quest_select_host(p);
+    // QuestPolicy's torch formulation: the newest page forced in, the padding out, two sorts.
+    const QuestPolicy quest(int64_t(read) * P, P, 0);
+    const at::Tensor bounds = at::tensor(c.scores).view({c.B, c.H, c.most});
+    const at::Tensor chosen = quest.select_pages(bounds, at::tensor(c.pages));
+    ASSERT_EQ(chosen.sizes(), (std::vector<int64_t>{c.B, c.H, read}));
+    for (int b = 0; b < c.B; ++b)
+      for (int h = 0; h < c.H; ++h) {
+        ASSERT_EQ(chosen[b][h][read - 1].item<int64_t>(), c.pages[b] - 1) << "the newest page";
+        std::vector<int32_t> want;
+        for (int i = 0; i + 1 < read; ++i)
+          for (int j = 0; j < P; ++j)
+            want.push_back(int32_t(chosen[b][h][i].item<int64_t>() * P + j));
+        ASSERT_EQ(row_tokens(got, c, b, h), want) << "sequence " << b << ", head " << h;
+      }
+  }
+}
+
+// NaN above every number and equal to another NaN, +0 == -0, the earlier of equal scores:
+// the rank of each candidate counted pairwise (no sort, no order key).
+TEST(QuestSelectTest, HostReferenceRanksNanInfinityAndSignedZeroAsTorch) {
+  const gpu_test::QuestSelectCase c(9, 4, /*finite=*/false, 17);
+  std::vector<int32_t> got(c.tokens(), -7);
+  kernels::quest_select_host(c.problem(c.scores.data(), c.pages.data(), got.data()));
+  auto above = [](float x, float y) {  // x ranks above y
+    return std::isnan(x) ? !std::isnan(y) : !std::isnan(y) && x > y;
+  };
+  auto same = [](float x, float y) { return std::isnan(x) ? std::isnan(y) : x == y; };
+  int nans = 0;
+  for (int b = 0; b < c.B; ++b)
+    for (int h = 0; h < c.H; ++h) {
+      const float* s = c.scores.data() + (size_t(b) * c.H + h) * c.most;
+      std::vector<int32_t> want;
+      for (int i = 0; i + 1 < c.pages[b]; ++i) {
+        int rank = 0;
+        for (int j = 0; j + 1 < c.pages[b]; ++j)
+          rank += above(s[j], s[i]) || (same(s[j], s[i]) && j < i);
+        nans += std::isnan(s[i]);
+        if (rank < c.read - 1)
+          for (int k = 0; k < c.P; ++k) want.push_back(i * c.P + k);
+      }
+      ASSERT_EQ(row_tokens(got, c, b, h), want) << "sequence " << b << ", head " << h;
+    }
+  EXPECT_GT(nans, 0) << "the case has no NaN scores";
+}
+
+TEST(QuestSelectTest, ChecksSayWhatIsWrong) {
+  kernels::QuestSelectProblem p;
+  EXPECT_STRNE(kernels::quest_select_check(p), "");
+  p.batch = p.kv_heads = p.page_size = 1, p.most = 4, p.read = 1;
+  EXPECT_STREQ(kernels::quest_select_check(p), "read must be in [2, most]");
+  p.read = 2;
+  EXPECT_STREQ(kernels::quest_select_check(p), "a required pointer is null");
+  p.page_size = 1 << 30;
+  EXPECT_STREQ(kernels::quest_select_check(p), "2^31 tokens or more");
 }
 
 }  // namespace

@@ -424,9 +424,10 @@ class PagedKVCache final : public KVCache {
   at::Tensor attend_dense(const Step& step, const std::vector<int64_t>& counts, const at::Tensor& q,
                           const kernels::PagedKvStore& store);
   // Quest: past its dense layers, the new keys fold into the page bounds, and a decode token of
-  // a layer over the budget reads the top pages only (quest_pages, then quest_lists or
-  // quest_tokens); otherwise dense. On the kernel path the chosen pages stay on the device
-  // (quest_lists); the reference rows take them back to the host in one copy per layer.
+  // a layer over the budget reads the top pages only (chosen by quest_pages, or by the kernels
+  // on the kernel path, then quest_lists or quest_tokens); otherwise dense. On the kernel path
+  // the chosen pages stay on the device (quest_lists); the reference rows take their tokens
+  // back to the host in one copy per layer.
   at::Tensor attend_quest(int64_t layer, const Step& step, const std::vector<int64_t>& counts,
                           const at::Tensor& q, const at::Tensor& k,
                           const kernels::PagedKvStore& store);
@@ -450,8 +451,8 @@ class PagedKVCache final : public KVCache {
     std::vector<Sequence*> scored;
     std::vector<int64_t> rows;
   };
-  // Runs it: kernels/quest_score.h's fold, then its scores, their tables in one upload.
-  // Returns quest_pages' result for `scored` (undefined when none).
+  // Runs it: kernels/quest_score.h's fold, then its scores and choice, their tables in one
+  // upload. Returns quest_choice_kernels' tokens for `scored` (undefined when none).
   at::Tensor quest_kernels(const QuestKernelStep& step, int64_t layer, const at::Tensor& q) const;
   // Appends the addresses of the sequences' mins, then of their maxs, at `layer`.
   void pack_quest_bounds(std::vector<int64_t>& packed, const std::vector<Sequence*>& seqs,
@@ -476,19 +477,24 @@ class PagedKVCache final : public KVCache {
   // reference path).
   at::Tensor quest_pages(const std::vector<Sequence*>& seqs, int64_t layer, const at::Tensor& q,
                          const std::vector<int64_t>& rows) const;
-  // quest_pages on the kernel path: the scores by kernels/quest_score (each sequence's bounds
-  // read once where they are) over table [mins S][maxs S][pages S][rows S] (uploaded) and the
-  // query parts pos / neg [rows, kv_heads, d] fp32; most: the largest page count.
-  at::Tensor quest_scores_kernel(const at::Tensor& table, const at::Tensor& pos,
-                                 const at::Tensor& neg, int64_t most) const;
-  // [kv_heads, count] int64 positions on the host of the tokens of sequence j's pages (pages:
-  // the host copy of quest_pages' result), the newest (partly filled, always chosen) page cut
-  // at `held`.
-  at::Tensor quest_tokens(const at::Tensor& pages, int64_t j, int64_t held) const;
-  // The same tokens as retained-index lists, without leaving the device: per sequence the
-  // chosen pages but the newest as an int32 list (views of one tensor), the newest page as
-  // the tail. chosen: quest_pages' result for `seqs`, each about to hold one more token.
-  std::vector<ListedRows> quest_lists(const at::Tensor& chosen,
+  // The tokens of chosen pages as lists: [seqs, kv_heads, (pages_to_read - 1) * page_size]
+  // int32, each head's chosen pages but the newest (the last of them), ascending, a page's
+  // tokens in order. From quest_pages' result (the reference path's torch expansion).
+  at::Tensor quest_page_tokens(const at::Tensor& chosen) const;
+  // The same on the kernel path, where the pages are scored and chosen: kernels/quest_score's
+  // scores (each sequence's bounds read once where they are, the query group's parts taken
+  // from q [rows, heads, d] as it came) over table [mins S][maxs S][pages S][rows S]
+  // (uploaded), then its choice writing the tokens (no sort, nothing read back); most: the
+  // largest page count.
+  at::Tensor quest_choice_kernels(const at::Tensor& table, const at::Tensor& q, int64_t most) const;
+  // [kv_heads, count] int64 positions on the host of the tokens sequence j reads (tokens: the
+  // host copy of quest_page_tokens' or quest_choice_kernels' result), then its newest page's
+  // up to `held`.
+  at::Tensor quest_tokens(const at::Tensor& tokens, int64_t j, int64_t held) const;
+  // The same tokens as retained-index lists, without leaving the device: per sequence its
+  // chosen pages' tokens as an int32 list (views of `tokens`), the newest page as the tail.
+  // tokens: quest_choice_kernels' result for `seqs`, each about to hold one more token.
+  std::vector<ListedRows> quest_lists(const at::Tensor& tokens,
                                       const std::vector<Sequence*>& seqs) const;
   // [kv_heads, t1 - t0, head_dim] fp32 stored keys of tokens [t0, t1), decoding their pages
   // only (per-token formats).
