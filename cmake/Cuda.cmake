@@ -26,7 +26,7 @@ if(KVBENCH_HAVE_CUDA)
     kernels/kv_append.cu kernels/kv_paged_decode.cu kernels/model_ops.cu kernels/retained_decode.cu
     kernels/latent_decode.cu kernels/palu_decode.cu kernels/gear_decode.cu kernels/quest_score.cu
     kernels/summed_attention.cu kernels/head_project.cu kernels/small_gemm.cu
-    kernels/steady_evict.cu)
+    kernels/steady_evict.cu kernels/thin_qr.cu)
   target_include_directories(kvbench_kernels PUBLIC kernels)
   set_target_properties(kvbench_kernels PROPERTIES
     CUDA_ARCHITECTURES OFF POSITION_INDEPENDENT_CODE ON CUDA_STANDARD 17)

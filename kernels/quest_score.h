@@ -71,9 +71,10 @@ KVB_HD float quest_query_value(const QuestScoreProblem& p, size_t i) {
                                          : encode::bits_float(uint32_t(bits) << 16);
 }
 
-// Channel d of the mean positive and negative parts of sequence b's query group h, as torch's
-// clamp_min(0).mean / clamp_max(0).mean give them (a sum in group order over the group size;
-// a NaN carried).
+// Channel d of the mean positive and negative parts of sequence b's query group h: torch's
+// clamp_min(0).mean / clamp_max(0).mean as the CPU computes them (a sum in group order over the
+// group size; a NaN carried; CUDA's mean multiplies by 1 / size instead, which can differ by an
+// ulp).
 KVB_HD void quest_query_parts(const QuestScoreProblem& p, int b, int h, int d, float& pos,
                               float& neg) {
   const size_t first = (size_t(p.rows[b]) * p.kv_heads + h) * p.group * p.head_dim + d;
@@ -183,7 +184,7 @@ inline const char* quest_select_check(const QuestSelectProblem& p) {
   if (p.batch < 1 || p.kv_heads < 1 || p.most < 1 || p.page_size < 1)
     return "batch, kv_heads, most and page_size must be positive";
   if (p.read < 2 || p.read > p.most) return "read must be in [2, most]";
-  if (p.batch > 65535 || p.kv_heads > 65535) return "at most 65535 sequences and KV heads";
+  if (p.batch > 65535) return "at most 65535 sequences (a grid's y)";
   if (int64_t(p.most) * p.page_size >= (int64_t{1} << 31)) return "2^31 tokens or more";
   if (!p.scores || !p.pages || !p.tokens) return "a required pointer is null";
   return "";

@@ -32,6 +32,7 @@ compile_logged "$OUT/ptxas-summed.log" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -I
   -c kernels/summed_attention.cu -o "$OUT/summed_attention.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/head_project.cu -o "$OUT/head_project.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/steady_evict.cu -o "$OUT/steady_evict.o"
+"$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -c kernels/thin_qr.cu -o "$OUT/thin_qr.o"
 compile_logged "$OUT/ptxas-small-gemm.log" -std=c++17 -O3 "${ARCH[@]}" -Xptxas -v -Ikernels \
   -c kernels/small_gemm.cu -o "$OUT/small_gemm.o"
 "$NVCC" -std=c++17 -O3 "${ARCH[@]}" -Ikernels -o "$OUT/gpu_decode_bench" bench/gpu_decode_bench.cu \
@@ -47,11 +48,11 @@ if [ -f /usr/lib/x86_64-linux-gnu/libgtest.a ]; then
     tests/gpu/decode_attention_test.cpp tests/gpu/kv_append_test.cpp tests/gpu/retained_decode_test.cpp \
     tests/gpu/latent_decode_test.cpp tests/gpu/model_ops_test.cpp tests/gpu/palu_decode_test.cpp \
     tests/gpu/gear_decode_test.cpp tests/gpu/quest_score_test.cpp tests/gpu/summed_attention_test.cpp \
-    tests/gpu/head_project_test.cpp tests/gpu/small_gemm_test.cpp tests/gpu/steady_evict_test.cpp \
+    tests/gpu/head_project_test.cpp tests/gpu/small_gemm_test.cpp tests/gpu/steady_evict_test.cpp tests/gpu/thin_qr_test.cpp \
     tests/gpu/paged_cache_builder.cpp \
     "$OUT/decode_attention.o" "$OUT/kv_append.o" "$OUT/kv_paged_decode.o" "$OUT/retained_decode.o" "$OUT/latent_decode.o" \
     "$OUT/model_ops.o" "$OUT/palu_decode.o" "$OUT/gear_decode.o" "$OUT/quest_score.o" "$OUT/summed_attention.o" \
-    "$OUT/head_project.o" "$OUT/small_gemm.o" "$OUT/steady_evict.o" -L/usr/local/cuda/lib64 -lcudart_static -lgtest -lgtest_main -lpthread -ldl -lrt
+    "$OUT/head_project.o" "$OUT/small_gemm.o" "$OUT/steady_evict.o" "$OUT/thin_qr.o" -L/usr/local/cuda/lib64 -lcudart_static -lgtest -lgtest_main -lpthread -ldl -lrt
 fi
 # The C++ libraries the full build there needs (scripts/gpu_full_build.sh): Debian packages,
 # downloaded here (that machine has no registry), unpacked there.

@@ -212,7 +212,7 @@ fi
 suite_env+=("KVBENCH_MODEL_GEMM=${gemm:-aten}")
 log "model multiplies for the suites: ${gemm:-aten}"
 # 3. compute-sanitizer on a subset of the kernel cases, while the CLI may still be building.
-memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*QuestSelectGpu*:*HeadProjectGpu*:*SmallGemmGpu*-*_v3h:*_v2b'
+memcheck_filter='*_d128_h28x4_*:*_d64_h8x2_*_s5:*KvAppendGpu*:*RetainedDecodeGpu*:*LatentDecodeGpu*:*PaluDecodeGpu*:*GearDecodeGpu*:*ModelOpsGpu*:*SummedAttentionGpu*:*QuestScoreGpu*:*QuestFoldGpu*:*QuestSelectGpu*:*ThinQrGpu*:*HeadProjectGpu*:*SmallGemmGpu*-*_v3h:*_v2b'
 memcheck() {
   stage memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/gpu_tests \
     --gtest_brief=1 --gtest_filter="${GPU_MEMCHECK_FILTER:-${GPU_TESTS_FILTER:-$memcheck_filter}}"

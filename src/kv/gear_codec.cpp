@@ -9,6 +9,7 @@
 #include "kvbench/kv/minmax_quant.h"
 #include "kvbench/kv/row_buffer.h"
 #include "kvbench/model/model_config.h"
+#include "paged_cache_cuda.h"
 
 namespace kvbench {
 namespace {
@@ -419,10 +420,23 @@ std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, const at::T
   at::Tensor p = start;  // [batch, d, r]
   at::Tensor q;          // [batch, n, r]
   for (int64_t i = 0; i < iters; ++i) {
-    q = std::get<0>(at::linalg_qr(at::bmm(e, p), "reduced"));
+    q = orthonormal_columns(at::bmm(e, p));
     p = at::bmm(e.transpose(1, 2), q);
   }
   return {q, p};
+}
+
+at::Tensor orthonormal_columns(const at::Tensor& y) {
+  KVB_CHECK(y.dim() == 3 && y.size(2) <= y.size(1) && y.size(0) <= (int64_t{1} << 31) - 1 &&
+                y.size(1) * y.size(2) < (int64_t{1} << 31),
+            "gear: cannot orthonormalize a ", y.sizes(), " batch");
+  at::Tensor q = y.to(at::kFloat).contiguous();
+  if (q.is_same(y)) q = q.clone();  // the caller's tensor stays as it was
+  kernels::ThinQrProblem problem;
+  problem.batch = int(q.size(0)), problem.rows = int(q.size(1)), problem.cols = int(q.size(2));
+  problem.x = q.data_ptr<float>();
+  if (q.numel() > 0) paged_cuda::thin_qr(problem, q);
+  return q;
 }
 
 GearCodec::GearCodec(const GearParams& params, at::ScalarType model_dtype)

@@ -30,6 +30,7 @@
 #include "retained_decode_launcher.h"
 #include "steady_evict_launcher.h"
 #include "summed_attention_launcher.h"
+#include "thin_qr_launcher.h"
 #endif
 
 namespace kvbench::paged_cuda {
@@ -217,6 +218,11 @@ static void device_quest_select(const kernels::QuestSelectProblem& problem, cons
         kernels::quest_select_check(problem));
 }
 
+static void device_thin_qr(const kernels::ThinQrProblem& problem, const at::Tensor& on) {
+  check(kernels::thin_qr(problem, stream_of(on.device())), "thin qr",
+        kernels::thin_qr_check(problem));
+}
+
 static void device_quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on) {
   check(kernels::quest_fold(problem, stream_of(on.device())), "quest bound folding",
         kernels::quest_fold_check(problem));
@@ -275,6 +281,7 @@ static void device_quest(const kernels::QuestScoreProblem&, const at::Tensor&) {
 static void device_quest_select(const kernels::QuestSelectProblem&, const at::Tensor&) {
   unavailable();
 }
+static void device_thin_qr(const kernels::ThinQrProblem&, const at::Tensor&) { unavailable(); }
 static void device_quest_fold(const kernels::QuestFoldProblem&, const at::Tensor&) {
   unavailable();
 }
@@ -432,6 +439,11 @@ void quest_select(const kernels::QuestSelectProblem& problem, const at::Tensor& 
   if (on.is_cuda()) return device_quest_select(problem, on);
   run_host_twin(problem, kernels::quest_select_check, kernels::quest_select_host,
                 "quest page choice");
+}
+
+void thin_qr(const kernels::ThinQrProblem& problem, const at::Tensor& on) {
+  if (on.is_cuda()) return device_thin_qr(problem, on);
+  run_host_twin(problem, kernels::thin_qr_check, kernels::thin_qr_host, "thin qr");
 }
 
 void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on) {

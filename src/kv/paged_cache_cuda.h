@@ -17,6 +17,7 @@
 #include "palu_decode.h"
 #include "quest_score.h"
 #include "steady_evict.h"
+#include "thin_qr.h"
 
 namespace kvbench::paged_cuda {
 
@@ -83,6 +84,10 @@ void quest_select(const kernels::QuestSelectProblem& problem, const at::Tensor& 
 // A decode step's keys folded into Quest's page bounds (kernels/quest_score.h's
 // QuestFoldProblem), where `on` is: the CUDA kernel on a GPU, its host reference on the CPU.
 void quest_fold(const kernels::QuestFoldProblem& problem, const at::Tensor& on);
+
+// Each matrix of `problem` (kernels/thin_qr.h) replaced in place by its orthonormal columns,
+// where `on` is: the CUDA kernel on a GPU, its host reference on the CPU.
+void thin_qr(const kernels::ThinQrProblem& problem, const at::Tensor& on);
 
 // A decode step's steady-state eviction at one layer (kernels/steady_evict.h) with every
 // pointer of `problem` where `on` is: the CUDA kernel on a GPU, its host reference on the CPU.

@@ -76,23 +76,26 @@ at::Tensor QuestPolicy::select(const RetentionInput& in) const {
 at::Tensor QuestPolicy::select_pages(const at::Tensor& bounds) const {
   KVB_CHECK(bounds.dim() == 2 && bounds.size(1) >= 1, "quest: bounds ", bounds.sizes());
   const int64_t pages = bounds.size(1), n = std::min(pages_to_read(), pages);
-  // The newest page holds the current token: it is always read.
+  // The newest page holds the current token: it is always read, and the others are the top
+  // n - 1 of the rest (it is masked out of their choice rather than forced to +inf, which a
+  // NaN score would outrank).
   at::Tensor b = bounds.scalar_type() == at::kFloat ? bounds.clone() : bounds.to(at::kFloat);
-  b.select(1, pages - 1).fill_(std::numeric_limits<float>::infinity());
-  return top_tokens(b, n);
+  b.select(1, pages - 1).fill_(-std::numeric_limits<float>::infinity());
+  const at::Tensor newest = at::full({bounds.size(0), 1}, pages - 1, b.options().dtype(at::kLong));
+  return at::cat({top_tokens(b, n - 1), newest}, 1);
 }
 
 at::Tensor QuestPolicy::select_pages(const at::Tensor& bounds, const at::Tensor& pages) const {
   KVB_CHECK(bounds.dim() == 3 && bounds.size(2) >= pages_to_read() && pages.dim() == 1 &&
                 pages.size(0) == bounds.size(0),
             "quest: bounds ", bounds.sizes(), " for pages ", pages.sizes());
-  // select_pages' rule per row: past its pages nothing is read, its newest page always is.
+  // select_pages' rule per row: its newest page, then the top of the pages before it (past
+  // them nothing is read; a candidate scored -inf still ranks before them, being earlier).
   const at::Tensor page = at::arange(bounds.size(2), pages.options()).view({1, 1, -1});
-  const at::Tensor held = pages.view({-1, 1, 1});
-  const double inf = std::numeric_limits<double>::infinity();
+  const at::Tensor newest = pages.view({-1, 1, 1}) - 1;
   const at::Tensor b =
-      bounds.to(at::kFloat).masked_fill(page.ge(held), -inf).masked_fill_(page.eq(held - 1), inf);
-  return top_tokens(b, pages_to_read());
+      bounds.to(at::kFloat).masked_fill(page.ge(newest), -std::numeric_limits<double>::infinity());
+  return at::cat({top_tokens(b, pages_to_read() - 1), newest.expand({-1, b.size(1), 1})}, 2);
 }
 
 QuestPages::QuestPages(int64_t kv_heads, int64_t head_dim, int64_t page_size)

@@ -6,7 +6,7 @@
 // of a decode step's keys into those bounds (QuestFoldProblem): its directed rounding against
 // QuestPolicy's half_bounds bit for bit and against float64, its updates against the rule. And
 // the choice of the pages a step reads (QuestSelectProblem): against QuestPolicy's torch rule
-// and, with NaN and infinite scores, against ranks counted pair by pair.
+// (with NaN and infinite scores too) and against ranks counted pair by pair.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -238,9 +238,10 @@ std::vector<int32_t> row_tokens(const std::vector<int32_t>& tokens,
 }
 
 TEST(QuestSelectTest, HostReferenceMatchesTheTorchRule) {
-  for (const auto& [read, P] : {std::pair{2, 16}, std::pair{9, 16}, std::pair{64, 1}}) {
-    SCOPED_TRACE("read " + std::to_string(read) + ", page size " + std::to_string(P));
-    const gpu_test::QuestSelectCase c(read, P, /*finite=*/true, 3 + read);
+  for (const gpu_test::QuestSelectShape& shape : gpu_test::quest_select_shapes()) {
+    SCOPED_TRACE(shape.label());
+    const int read = shape.read, P = shape.page_size;
+    const gpu_test::QuestSelectCase c(read, P, shape.finite, 3 + read);
     std::vector<int32_t> got(c.tokens(), -7);
     const kernels::QuestSelectProblem p = c.problem(c.scores.data(), c.pages.data(), got.data());
     ASSERT_STREQ(kernels::quest_select_check(p), "");
@@ -264,7 +265,7 @@ TEST(QuestSelectTest, HostReferenceMatchesTheTorchRule) {
 
 // NaN above every number and equal to another NaN, +0 == -0, the earlier of equal scores:
 // the rank of each candidate counted pairwise (no sort, no order key).
-TEST(QuestSelectTest, HostReferenceRanksNanInfinityAndSignedZeroAsTorch) {
+TEST(QuestSelectTest, HostReferenceRanksNanInfinityAndSignedZeroAsAStableSort) {
   const gpu_test::QuestSelectCase c(9, 4, /*finite=*/false, 17);
   std::vector<int32_t> got(c.tokens(), -7);
   kernels::quest_select_host(c.problem(c.scores.data(), c.pages.data(), got.data()));

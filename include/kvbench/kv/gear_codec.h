@@ -76,12 +76,18 @@ at::Tensor gear_random_start(int64_t batch, int64_t d, int64_t rank, uint64_t se
 
 // Rank-`rank` factors of each matrix e[i] ([batch, n, d] fp32) by `iters` power iterations from
 // a random start seeded by `seed`: returns {q [batch, n, rank] with orthonormal columns,
-// p [batch, d, rank]} with e ~ q p^T = q q^T e, so ||e - q p^T|| <= ||e|| (a projection).
+// p [batch, d, rank]} with e ~ q p^T = q q^T e, so ||e - q p^T|| <= ||e|| (a projection; a
+// column of q may be zero where e P has lower rank than `rank`).
 // rank <= min(n, d). Runs where `e` is (the random start is drawn on the CPU, then moved).
 std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, int64_t rank, int64_t iters,
                                                 uint64_t seed);
 // The same from a given start p [batch, d, rank] fp32, where e is.
 std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, const at::Tensor& start,
                                                 int64_t iters);
+// The power iteration's QR: each matrix of y ([batch, n, r], r <= n) with its columns made
+// orthonormal (kernels/thin_qr.h: Gram-Schmidt twice, a column dependent on the earlier ones
+// zero), where y is: one kernel launch on a GPU (torch's linalg_qr builds each matrix's Q with
+// its own cuSOLVER call there), its host reference on the CPU. A new fp32 tensor.
+at::Tensor orthonormal_columns(const at::Tensor& y);
 
 }  // namespace kvbench
