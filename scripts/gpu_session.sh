@@ -43,7 +43,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/kvbench-gpu}
 LOGS=${LOGS:-/tmp/kvbench-gpu-logs}
-SASS=/tmp/kvbench-sass
+SASS=${SASS:-/tmp/kvbench-sass}
 # A machine kept warm between calls still holds the last call's logs and reports: start clean.
 rm -rf "$LOGS" "$SASS"
 mkdir -p "$OUT" "$LOGS" "$SASS"
@@ -57,8 +57,8 @@ log() { echo "[$((SECONDS - start))s] $*" | tee -a "$OUT/session.log"; }
 # bundle.tgz from $LOGS, replaced whole (never a half-written archive in $OUT). The build's
 # log may grow while it is read: tar then exits 1 with a complete archive.
 bundle() {
-  tar czf /tmp/kvbench-bundle.tgz --warning=no-file-changed -C "$LOGS" . 2>/dev/null
-  [ $? -le 1 ] && mv /tmp/kvbench-bundle.tgz "$OUT/bundle.tgz"
+  tar czf "${LOGS%/}.bundle.tgz" --warning=no-file-changed -C "$LOGS" . 2>/dev/null
+  [ $? -le 1 ] && mv "${LOGS%/}.bundle.tgz" "$OUT/bundle.tgz"
 }
 
 # stage NAME CAP COMMAND...: runs COMMAND for at most CAP seconds (fewer when the budget has
@@ -292,11 +292,11 @@ stage ncu 150 bash -c "rc=0; for c in fp16:v2 int4:v2 int4:v3 kivi-2:v2 kivi-2:v
 #    buffer, which memcheck cannot see), in v3h's restaging of KIVI's key metadata every two
 #    tiles, in v4's cp.async stages (refilled while neighbours are read; emulation copies at
 #    once and cannot see a missing wait), in summed_attention's reused tiles (split keys) and
-#    in Quest's choice (its histogram and prefix sums in shared memory, never run): racecheck
-#    on nine cases, if time is left.
+#    in Quest's choice and GEAR's thin QR (histograms, prefix sums and sums in shared memory,
+#    never run): racecheck on ten cases, if time is left.
 stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/gpu_tests \
   --gtest_brief=1 \
-  --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v3h:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v4:*int8_d128_h28x4*_s5_v4:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split:*QuestSelectGpu*'
+  --gtest_filter='*kivi_4_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v3h:*kivi_2_d64_h8x2*_s1_v3:*int4_d128_h28x4*_s5_v3:*fp16_d128_h28x4*_s5_v3:*kivi_4_d128_h28x4*_s5_v4:*int8_d128_h28x4*_s5_v4:*SummedAttentionGpu*h4x4_d64_n65_held98_fp16_split:*QuestSelectGpu*:*ThinQrGpu*'
 # The full build's own logs (every compile error, with -k), whatever became of it.
 for f in build-cuda/configure.log build-cuda/build-*.log; do
   [ -f "$f" ] && cp "$f" "$LOGS/cuda-${f#build-cuda/}"

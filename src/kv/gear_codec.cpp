@@ -420,23 +420,29 @@ std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, const at::T
   at::Tensor p = start;  // [batch, d, r]
   at::Tensor q;          // [batch, n, r]
   for (int64_t i = 0; i < iters; ++i) {
-    q = orthonormal_columns(at::bmm(e, p));
+    q = at::bmm(e, p);  // a new fp32 tensor: made orthonormal in place
+    orthonormalize(q);
     p = at::bmm(e.transpose(1, 2), q);
   }
   return {q, p};
 }
 
 at::Tensor orthonormal_columns(const at::Tensor& y) {
-  KVB_CHECK(y.dim() == 3 && y.size(2) <= y.size(1) && y.size(0) <= (int64_t{1} << 31) - 1 &&
-                y.size(1) * y.size(2) < (int64_t{1} << 31),
-            "gear: cannot orthonormalize a ", y.sizes(), " batch");
   at::Tensor q = y.to(at::kFloat).contiguous();
   if (q.is_same(y)) q = q.clone();  // the caller's tensor stays as it was
+  orthonormalize(q);
+  return q;
+}
+
+void orthonormalize(at::Tensor& q) {
+  KVB_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous() &&
+                q.size(2) <= q.size(1) && q.size(0) <= (int64_t{1} << 31) - 1 &&
+                q.size(1) * q.size(2) < (int64_t{1} << 31),
+            "gear: cannot orthonormalize a ", q.sizes(), " ", q.scalar_type(), " batch");
   kernels::ThinQrProblem problem;
   problem.batch = int(q.size(0)), problem.rows = int(q.size(1)), problem.cols = int(q.size(2));
   problem.x = q.data_ptr<float>();
   if (q.numel() > 0) paged_cuda::thin_qr(problem, q);
-  return q;
 }
 
 GearCodec::GearCodec(const GearParams& params, at::ScalarType model_dtype)

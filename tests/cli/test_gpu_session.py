@@ -105,7 +105,7 @@ class GpuSessionDryRunTest(unittest.TestCase):
             mkdir -p "$dir/tests"
             stand_in() {{  # path, then the body after the settings are recorded
               printf '#!/usr/bin/env bash\\n%s\\n%s\\n' \\
-                'env | grep -E "^KVBENCH_" | sort > {records}/$(basename $0)-$(date +%s%N).env; echo "$0 $*" >> {records}/calls' \\
+                'env | grep -E "^KVBENCH_" | sort > {records}/$(basename $0)-$1-$(date +%s%N).env; echo "$0 $*" >> {records}/calls' \\
                 "$2" > "$1"
               chmod +x "$1"
             }}
@@ -135,7 +135,11 @@ class GpuSessionDryRunTest(unittest.TestCase):
     def session(self, **env):
         out, logs = self.dir / "out", self.dir / "logs"
         shutil.rmtree(out, ignore_errors=True)
-        run_env = dict(os.environ, OUT=str(out), LOGS=str(logs),
+        # Settings of the caller's shell (a GPU_SKIP, a KVBENCH_DECODE_LOOP) would change what
+        # the script does: none reach it but the test's own. Its scratch paths are the test's.
+        run_env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("GPU_", "KVBENCH_", "FAKE_"))}
+        run_env.update(OUT=str(out), LOGS=str(logs), SASS=str(self.dir / "sass"),
                        PATH=f"{self.dir / 'bin'}:{os.environ['PATH']}", **env)
         res = subprocess.run(["bash", str(self.repo / "scripts" / "gpu_session.sh"), "400"],
                              capture_output=True, text=True, env=run_env, timeout=300)
@@ -145,16 +149,16 @@ class GpuSessionDryRunTest(unittest.TestCase):
             bundled = {pathlib.PurePath(n).as_posix().lstrip("./") for n in t.getnames()}
         return log, bundled
 
-    def suite_settings(self):
-        # The settings the stand-in kvbench saw at its `run` calls (e2e and kernels alike).
-        runs = [p for p in (self.dir / "records").glob("kvbench-*.env")]
-        self.assertTrue(runs, "the suites never ran")
-        settings = {}
-        for p in runs:
-            for line in p.read_text().splitlines():
-                key, _, value = line.partition("=")
-                settings.setdefault(key, set()).add(value)
-        return settings
+    def assert_settings(self, want, programs=("kvbench-run", "host_ops_bench")):
+        # Every suite run (the stand-in kvbench's `run` calls) and every host_ops call saw
+        # exactly `want`'s values of those settings.
+        for program in programs:
+            calls = sorted((self.dir / "records").glob(f"{program}-*.env"))
+            self.assertTrue(calls, f"{program} never ran")
+            for path in calls:
+                seen = dict(line.split("=", 1) for line in path.read_text().splitlines())
+                for key, value in want.items():
+                    self.assertEqual(seen.get(key), value, f"{key} in a call of {program}")
 
     def assert_stages(self, log, expected):
         # Each stage's end line, in order, with its exit code.
@@ -174,11 +178,9 @@ class GpuSessionDryRunTest(unittest.TestCase):
         self.assertIn("retained-index kernel's tokens per step for the suites: 4", log)
         self.assertIn("model multiplies for the suites: kvbench", log)
         self.assertTrue(log.rstrip().endswith("done"), log)
-        settings = self.suite_settings()
-        self.assertEqual(settings["KVBENCH_DECODE_LOOP"], {"fp16=v2b,kivi-4=v4"})
-        self.assertEqual(settings["KVBENCH_RETAINED_TOKENS"], {"4"})
-        self.assertEqual(settings["KVBENCH_MODEL_GEMM"], {"kvbench"})
-        # host_ops counts every default method with the suites' settings.
+        self.assert_settings({"KVBENCH_DECODE_LOOP": "fp16=v2b,kivi-4=v4",
+                              "KVBENCH_RETAINED_TOKENS": "4", "KVBENCH_MODEL_GEMM": "kvbench"})
+        # host_ops counts every default method (with the suites' settings, above).
         calls = (self.dir / "records" / "calls").read_text()
         for method in ("full", "h2o", "tova", "scissorhands", "quest"):
             self.assertIn(f"host_ops_bench 16 8128 4 8 {method} cuda 5", calls)
@@ -193,10 +195,8 @@ class GpuSessionDryRunTest(unittest.TestCase):
         self.assertIn("v2b left out", log)
         self.assertIn("retained tokens: 4 left out", log)
         self.assertIn("model gemm: the small-batch kernel left out", log)
-        settings = self.suite_settings()
-        self.assertEqual(settings["KVBENCH_DECODE_LOOP"], {"fp16=v2,kivi-4=v4"})
-        self.assertEqual(settings["KVBENCH_RETAINED_TOKENS"], {"1"})
-        self.assertEqual(settings["KVBENCH_MODEL_GEMM"], {"aten"})
+        self.assert_settings({"KVBENCH_DECODE_LOOP": "fp16=v2,kivi-4=v4",
+                              "KVBENCH_RETAINED_TOKENS": "1", "KVBENCH_MODEL_GEMM": "aten"})
 
     def test_a_failed_cli_build_still_returns_what_ran(self):
         log, bundled = self.session(FAKE_CLI_FAIL="1", GPU_SKIP="ncu racecheck")

@@ -82,8 +82,9 @@ TEST(GearBlocksTest, CompressionMatchesTheCpuStore) {
     EXPECT_EQ(side.bytes().payload, store->bytes().payload);
     EXPECT_EQ(side.bytes().metadata, store->bytes().metadata);
     if (at::hasCUDA()) {
-      // On a GPU: the same IEEE operations for codes, scales and outliers; cuSOLVER's QR may
-      // move a factor by one 16-bit unit, and with it, rarely, a code by one step.
+      // On a GPU: the same IEEE operations for codes, scales and outliers; the multiplies'
+      // summation orders may move a factor by one 16-bit unit, and with it, rarely, a code by
+      // one step.
       const GearSideTensors gpu = gear_compress(p, c.dtype, c.is_key, x.cuda(), rank, 0);
       const at::Tensor there = gear_reconstruct(p, c.is_key, gpu).cpu();
       EXPECT_LT(((there - want).norm() / want.norm()).item<double>(), 1e-3);
@@ -155,7 +156,7 @@ Block random_block(int64_t n, at::Generator& gen) {
 // The tolerance against the reference cache over the same blocks. CPU path and emulated: the
 // same codes and factors, fp32 attention either way (measured 0 and ~2e-7). On cuda the
 // prefill attends through SDPA in 16-bit (as the other paged caches' tests bound it), and
-// cuSOLVER's QR and other summation orders can move a factor or a code by one 16-bit step.
+// the multiplies' summation orders can move a factor or a code by one 16-bit step.
 double tolerance(const testing_support::PagedDevice& where, at::ScalarType dtype = at::kHalf) {
   if (!where.device.is_cuda()) return 2e-5;
   return dtype == at::kBFloat16 ? 8e-3 : 2e-3;

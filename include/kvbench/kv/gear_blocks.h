@@ -5,8 +5,9 @@
 // model dtype, the same power iteration from the same seeded start, and the same rule that
 // stores zero factors for a head whose rounded factors would not reduce the residual. The
 // layout is kernels/gear_decode.h's GearSide, which the decode kernel reads in place. On the CPU
-// the blocks equal the CPU store's to the bit (tested); on a GPU, cuSOLVER's QR and other
-// summation orders can move a factor by one unit of the model dtype (and, for a head whose
+// the blocks equal the CPU store's to the bit (tested); on a GPU, the multiplies' and other
+// summation orders can move a factor by one unit of the model dtype (the QR, kernels/thin_qr.h,
+// is the host reference's to the bit) (and, for a head whose
 // factors barely help, the keep-or-zero choice with it); codes, scales and outliers come from
 // the same IEEE operations.
 #pragma once

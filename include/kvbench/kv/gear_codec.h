@@ -89,5 +89,7 @@ std::pair<at::Tensor, at::Tensor> gear_low_rank(const at::Tensor& e, const at::T
 // zero), where y is: one kernel launch on a GPU (torch's linalg_qr builds each matrix's Q with
 // its own cuSOLVER call there), its host reference on the CPU. A new fp32 tensor.
 at::Tensor orthonormal_columns(const at::Tensor& y);
+// The same in place, for a contiguous fp32 q the caller owns.
+void orthonormalize(at::Tensor& q);
 
 }  // namespace kvbench
