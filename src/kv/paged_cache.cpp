@@ -831,8 +831,8 @@ at::Tensor PagedKVCache::quest_choice_kernels(const at::Tensor& table, const at:
 
 at::Tensor PagedKVCache::quest_page_tokens(const at::Tensor& chosen) const {
   const int64_t S = chosen.size(0), n = chosen.size(2), P = quest_->page_size();
-  if (n == 1) return at::empty({S, num_kv_heads_, 0}, chosen.options().dtype(at::kInt));
-  return chosen.narrow(2, 0, n - 1)
+  return chosen
+      .narrow(2, 0, n - 1)  // (one page read: [S, kv_heads, 0])
       .to(at::kInt)
       .mul(int(P))
       .unsqueeze(3)
