@@ -14,6 +14,7 @@
 #include <math.h>
 
 #include <cstddef>
+#include <cstdint>
 
 #include "kv_paged_decode.h"
 
@@ -148,6 +149,10 @@ inline const char* retained_check(const RetainedProblem& p, const PagedKvStore& 
   if (p.tokens_per_step != 1 && p.tokens_per_step != 2 && p.tokens_per_step != 4)
     return "tokens_per_step must be 1, 2 or 4";
   if (!s.k_data || !s.v_data) return "the store has no pools";
+  // The 2- and 4-token loops read 16-bit rows 2 or 4 channels at a time (load_raw16).
+  if (p.tokens_per_step != 1 &&
+      (reinterpret_cast<uintptr_t>(s.k_data) | reinterpret_cast<uintptr_t>(s.v_data)) % 8 != 0)
+    return "2 or 4 tokens per step need pools on 8-byte boundaries";
   if (is_kivi(s.format) && (s.residual <= 0 || s.residual % s.page_size != 0))
     return "KIVI needs a residual window that is a positive multiple of page_size";
   return "";

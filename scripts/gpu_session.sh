@@ -25,6 +25,8 @@
 #                              tests run, so that it ends inside its cap)
 #   GPU_MEMCHECK_EARLY=0       memcheck after the end-to-end stages, not while the CLI builds
 #   GPU_E2E_CAP=S              the e2e stage's cap (default 240 s)
+#   GPU_SUITES_CAP=S           the suites stage's cap (default 90 s; every suite on a tiny
+#                              model, configs/gpu-suites.json)
 #   KVBENCH_DECODE_LOOP=...    the suites' decode loops, as the decode bench chose them before
 #   GPU_UNIT_FIRST=1           the unit tests (built after the CLI) run before the end-to-end
 #                              stage, which keeps its cap (GPU_UNIT_CAP: theirs, default 180 s)
@@ -245,12 +247,14 @@ fi
 e2e_set=()
 [ -n "${GPU_E2E_METHODS:-}" ] && e2e_set=(--set "methods=$GPU_E2E_METHODS")
 # 4. The end-to-end acceptance (Llama-3-8B shapes, batch 16 x 8k), then the kernels suite,
-#    the build paused meanwhile.
+#    then every user-facing suite on a tiny model (configs/gpu-suites.json: a smoke run of
+#    scheduling, sampling and reports on cuda, ~30 s), the build paused meanwhile.
 if wait_for "$LOGS/cli.built" 60; then
   build_signal STOP
-  for suite in e2e kernels; do
+  for suite in e2e kernels suites; do
     cap=240 extra=()
     [ "$suite" = e2e ] && cap=${GPU_E2E_CAP:-240} extra=("${e2e_set[@]}")
+    [ "$suite" = suites ] && cap=${GPU_SUITES_CAP:-90}
     stage "$suite" "$cap" "${suite_env[@]}" build-cuda/kvbench run -c "configs/gpu-$suite.json" \
       --out "$LOGS/$suite" --log-level warn "${extra[@]}"
     "${cuda_env[@]}" build-cuda/kvbench report "$LOGS/$suite"/*.json >"$LOGS/$suite-report.md" 2>&1 &&

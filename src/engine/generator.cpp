@@ -50,10 +50,13 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     Stopwatch step;
     if (config.phases) config.phases->reset();  // a step of an earlier call that threw
     const double retention_before = cache.retention_seconds();
+    const double waited_before = cache.device_wait_seconds();
     // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
     // also waits for the step's kernels, so the step time includes the device's).
     const at::Tensor out = model.forward(batch, cache, /*all_logits=*/false, config.phases);
-    const double issued = step.seconds();
+    // The host's own time: a read-back inside the cache (a policy's choice, lists evicted on
+    // the device) waits for the device, which is the device's time, not the host's.
+    const double issued = step.seconds() - (cache.device_wait_seconds() - waited_before);
     if (config.phases) config.phases->mark(static_cast<int>(ForwardPhase::kSample));
     // Greedy decoding reads back only each row's argmax (the first of equal maxima, as the
     // sampler's), not [active, vocab] fp32 logits (8 MB per step at batch 16 on Llama-3).

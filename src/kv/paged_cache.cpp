@@ -19,6 +19,7 @@
 #include "kvbench/core/time.h"
 #include "kvbench/kv/quest_policy.h"
 #include "paged_cache_cuda.h"
+#include "steady_eviction.h"
 
 namespace kvbench {
 
@@ -937,6 +938,7 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   for (size_t j = 0; j < sparse.size(); ++j)
     positions[size_t(sparse_b[j])] = quest_tokens(listed, int64_t(j), sparse[j]->length + 1);
   retention_s_ += watch.seconds() - waited;
+  waited_s_ += waited;
   std::vector<at::Tensor> parts;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     const Sequence& s = *batch[size_t(b)];
@@ -1076,14 +1078,15 @@ void PagedKVCache::append_rows(Layer& layer, const Step& step, const std::vector
 
 void PagedKVCache::end_step(int64_t layer, const Step& step, const std::vector<int64_t>& counts) {
   if (layer != num_layers_ - 1) return;
-  // After the last layer's kernels are queued: the one wait of a step evicting on the device.
-  refresh_lists(step.batch, -1);
+  // After the last layer's kernels are queued: the one wait of a step evicting on the device
+  // (a caller that settles does it after its own last layer).
+  if (!defer_settling_) refresh_lists(step.batch, -1);
   for (size_t b = 0; b < step.batch.size(); ++b) step.batch[b]->length += counts[b];
   settle_compactions(step.batch);
   recompact(step.batch);
   for (Sequence* s : step.batch) {
     if (ring_) free_ring_pages(*s);
-    if (s->evicted) free_evicted_pages(*s);
+    if (s->evicted && !defer_settling_) free_evicted_pages(*s);
   }
 }
 
@@ -1122,7 +1125,8 @@ PagedKVCache::StepPages PagedKVCache::append_pages(int64_t layer_index,
   return out;
 }
 
-void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, int64_t length) {
+void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, int64_t length,
+                          int64_t max_tail) {
   KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
             num_layers_, ")");
   KVB_CHECK(!policy_, "paged cache: retain takes another cache's selection; this one has policy '",
@@ -1148,10 +1152,51 @@ void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, in
       KVB_CHECK(i == 0 || t > p[h * held + i - 1],
                 "paged cache: a selection's positions must ascend per head");
     }
-  s.lists_changed |= keep_positions(s.kept[size_t(layer)], p, held, length);
+  s.lists_changed |= keep_positions(s.kept[size_t(layer)], p, held, length, max_tail);
   s.evicted = true;
-  // After the step's last layer its length is final: free now (else at the step's end).
-  if (s.length == length) free_evicted_pages(s);
+  // After the step's last layer its length is final: free now (else at the step's end, or at
+  // the caller's settle()).
+  if (s.length == length && !defer_settling_) free_evicted_pages(s);
+}
+
+PagedKVCache::ListState PagedKVCache::list_state(int64_t seq, int64_t layer) const {
+  KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
+            num_layers_, ")");
+  const Retained& r = sequence(seq).kept[size_t(layer)];
+  return {r.selected(), r.count(), r.tail, r.device};
+}
+
+int64_t PagedKVCache::held(int64_t seq, int64_t layer, int64_t length) const {
+  KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
+            num_layers_, ")");
+  const Sequence& s = sequence(seq);
+  return s.kept[size_t(layer)].held(length - s.dropped);
+}
+
+void PagedKVCache::set_device_list(int64_t seq, int64_t layer, const UploadedList& list) {
+  Retained& r = sequence(seq).kept[size_t(layer)];
+  KVB_CHECK(r.count() > 0 && !r.host_stale, "paged cache: layer ", layer, " of sequence ", seq,
+            " has no host list to stand for");
+  r.device = list;
+}
+
+void PagedKVCache::evicted_on_device(int64_t seq, int64_t layer, const UploadedList& list) {
+  Sequence& s = sequence(seq);
+  Retained& r = s.kept[size_t(layer)];
+  KVB_CHECK(r.selected(), "paged cache: layer ", layer, " of sequence ", seq,
+            " lists nothing to evict from");
+  if (r.count() > 0) r.device = list;
+  r.tail += 1;
+  r.host_stale = r.count() > 0;
+  s.lists_changed = s.evicted = true;
+}
+
+void PagedKVCache::settle(const std::vector<int64_t>& seqs) {
+  std::vector<Sequence*> batch;
+  for (const int64_t id : seqs) batch.push_back(&sequence(id));
+  refresh_lists(batch, -1);
+  for (Sequence* s : batch)
+    if (s->evicted) free_evicted_pages(*s);
 }
 
 at::Tensor PagedKVCache::attend_batch(int64_t layer_index, const std::vector<int64_t>& seqs,
@@ -1378,6 +1423,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     for (size_t j = 0; j < part.size(); ++j) chosen[part[j]] = std::move(got[j]);
   }
   retention_s_ += watch.seconds() - waited;
+  waited_s_ += waited;
   if (!compacted.empty()) {
     watch = Stopwatch();
     std::vector<Sequence*> seqs;
@@ -1500,6 +1546,7 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   double waited = 0;
   const RetentionChoice chosen = choose_retained(*policy_, {&in}, &waited)[0];
   retention_s_ += watch.seconds() - waited;
+  waited_s_ += waited;
   apply_choice(s, layer, in, chosen);
   s.scores[size_t(layer)].keep(chosen.where);  // nothing recorded for these policies: a no-op
 }
@@ -1544,7 +1591,8 @@ void PagedKVCache::check_choice(const int64_t* chosen, int64_t kept, int64_t hel
     }
 }
 
-bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length) {
+bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length,
+                                  int64_t max_tail) {
   // The tail: the longest run of the newest tokens that every head keeps.
   int64_t run = held;
   for (int64_t h = 0; h < num_kv_heads_; ++h) {
@@ -1556,6 +1604,7 @@ bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held
   // window keeps the steady state evict_steady serves from the next step on.
   if (const std::optional<int64_t> recent = policy_ ? policy_->drops_lowest() : std::nullopt)
     run = std::min(run, *recent);
+  if (max_tail >= 0) run = std::min(run, max_tail);
   r.tail = length - run;
   const int64_t count = held - run;
   // An unchanged list (StreamingLLM's sinks after every selection): nothing made or uploaded.
@@ -1612,9 +1661,6 @@ bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t len
   }
   return keep_positions(r, scratch_.data(), kept, length);
 }
-namespace {
-
-// The steady-state kernel's rule for a policy that drops its lowest score.
 kernels::SteadyRule steady_rule(const RetentionPolicy& policy) {
   switch (policy.needs()) {
     case RetentionNeeds::kScoresEveryStep:
@@ -1626,7 +1672,7 @@ kernels::SteadyRule steady_rule(const RetentionPolicy& policy) {
   }
 }
 
-}  // namespace
+namespace {}  // namespace
 
 std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector<Sequence*>& batch,
                                                 const std::vector<RetentionInput>& inputs,
@@ -1660,20 +1706,9 @@ std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector
 
 at::Tensor PagedKVCache::joined_lists(int64_t layer, const std::vector<Sequence*>& batch,
                                       const std::vector<size_t>& served, int64_t count) const {
-  const int64_t H = num_kv_heads_, E = int64_t(served.size());
-  const UploadedList& first = batch[served[0]]->kept[size_t(layer)].device;
-  bool packed = true;
-  for (int64_t j = 0; packed && j < E; ++j) {
-    const UploadedList& d = batch[served[size_t(j)]]->kept[size_t(layer)].device;
-    packed = d.buffer.is_same(first.buffer) && d.offset == first.offset + j * H * count;
-  }
-  if (packed) return first.buffer.view({-1}).narrow(0, first.offset, E * H * count);
-  std::vector<at::Tensor> parts;
-  for (const size_t b : served) {
-    const UploadedList& d = batch[b]->kept[size_t(layer)].device;
-    parts.push_back(d.buffer.view({-1}).narrow(0, d.offset, H * count));
-  }
-  return at::cat(parts);
+  std::vector<UploadedList> lists;
+  for (const size_t b : served) lists.push_back(batch[b]->kept[size_t(layer)].device);
+  return join_lists(lists, num_kv_heads_ * count);
 }
 
 const int* PagedKVCache::steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
@@ -1715,39 +1750,21 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   Stopwatch watch;
   const int64_t H = num_kv_heads_, E = int64_t(served.size());
   const Retained& first = batch[served[0]]->kept[size_t(layer)];
-  const int64_t held = first.held(slots[served[0]]), count = first.count();
-  std::vector<AttentionRecord*> records;
-  for (const size_t b : served) records.push_back(&batch[b]->scores[size_t(layer)]);
-  kernels::SteadyEvictProblem p;
-  p.rule = steady_rule(*policy_);
-  if (p.rule == kernels::SteadyRule::kLowCounts) p.window = int(policy_->observation_window());
-  p.records = int(E), p.kv_heads = int(H), p.group = int(logits.size(1) / H);
-  p.held = int(held), p.count = int(count);
-  p.logits = logits.data_ptr<float>();
-  p.logit_stride = logits.size(2), p.logit_row = logits.size(1) * logits.size(2);
-  p.steps = steady_steps(layer, batch, served, p.window, logits.device());
-  KVB_CHECK(tails.defined() && tails.numel() == int64_t(batch.size()) &&
-                tails.scalar_type() == at::kInt && tails.device() == logits.device(),
-            "paged cache: the steady state needs the step's int32 tails beside its logits");
-  p.tails = tails.data_ptr<int>();
-  at::Tensor lists, lists_out;
-  if (count > 0) {
-    lists = joined_lists(layer, batch, served, count);
-    lists_out = at::empty({E * H * count}, lists.options());
-    p.lists = lists.data_ptr<int>(), p.lists_out = lists_out.data_ptr<int>();
-  }
-  const at::Tensor states = AttentionRecord::steady_states(*policy_, records);
-  const at::Tensor states_out = states.defined() ? at::empty_like(states) : at::Tensor();
-  if (p.rule == kernels::SteadyRule::kSummed)
-    p.summed = states.data_ptr<float>(), p.summed_out = states_out.data_ptr<float>();
-  if (p.rule == kernels::SteadyRule::kLowCounts)
-    p.low = reinterpret_cast<const uint8_t*>(states.data_ptr<bool>()),
-    p.low_out = reinterpret_cast<uint8_t*>(states_out.data_ptr<bool>());
+  SteadyEviction e;
+  e.policy = policy_.get(), e.logits = logits, e.tails = tails, e.kv_heads = H;
+  e.held = first.held(slots[served[0]]), e.count = first.count();
+  for (const size_t b : served) e.records.push_back(&batch[b]->scores[size_t(layer)]);
+  KVB_CHECK(tails.defined() && tails.numel() == int64_t(batch.size()),
+            "paged cache: the steady state needs the step's tails, one per sequence");
+  const int window = steady_rule(*policy_) == kernels::SteadyRule::kLowCounts
+                         ? int(policy_->observation_window())
+                         : 0;
+  e.steps = steady_steps(layer, batch, served, window, logits.device());
+  if (e.count > 0) e.lists = joined_lists(layer, batch, served, e.count);
   // Scores then dropped indices, both floats' size (no allocation per layer).
-  p.scores = static_cast<float*>(steady_workspace(E * H * (held + 1) * 4, logits.device()));
-  p.dropped = reinterpret_cast<int*>(p.scores + E * H * held);
-  paged_cuda::steady_evict(p, logits);
-  AttentionRecord::set_steady_states(*policy_, records, states_out);
+  e.workspace = static_cast<float*>(steady_workspace(E * H * (e.held + 1) * 4, logits.device()));
+  const at::Tensor lists_out = evict_steady_records(e);
+  const int64_t count = e.count;
   for (int64_t j = 0; j < E; ++j) {
     Sequence& s = *batch[served[size_t(j)]];
     Retained& r = s.kept[size_t(layer)];
@@ -1800,6 +1817,7 @@ void PagedKVCache::refresh_lists(const std::vector<Sequence*>& seqs, int64_t lay
     r->host_stale = false;
   }
   retention_s_ += watch.seconds() - waited;
+  waited_s_ += waited;
 }
 
 bool PagedKVCache::compacts() const {
@@ -1933,6 +1951,7 @@ void PagedKVCache::settle_compactions(const std::vector<Sequence*>& batch) {
   for (Sequence* s : batch)
     if (s->compacting) settle_compaction(*s);
   retention_s_ += watch.seconds() - waited;
+  waited_s_ += waited;
 }
 
 void PagedKVCache::settle_compaction(Sequence& s) {
@@ -2051,6 +2070,9 @@ void PagedKVCache::recompact(const std::vector<Sequence*>& batch) {
 }
 
 void PagedKVCache::free_evicted_pages(Sequence& s) {
+  // A list evicted on the device is not yet on the host: judged once it is (refresh_lists).
+  for (const Retained& r : s.kept)
+    if (r.host_stale) return;
   s.evicted = false;
   const int P = format_.page_size, T = int(stored(s));
   int64_t settled = T / P;  // pages no later append writes

@@ -11,6 +11,7 @@
 #include "kvbench/model/rope.h"
 #include "paged_cache_cuda.h"
 #include "palu_decode.h"
+#include "steady_eviction.h"
 
 namespace kvbench {
 namespace {
@@ -103,6 +104,9 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
     if (kernel_path_) b.key16 = b.key.to(latent_dtype_).contiguous();  // the kernel's operand
     bases_.push_back(std::move(b));
   }
+  // The inner cache's step ends at the last layer's append, before this cache's selections
+  // there: this cache copies the lists back and frees pages after them (attend).
+  if (policy_) latent_.defer_settling();
 }
 
 at::Tensor PaluPagedCache::latents(const at::Tensor& x, const at::Tensor& basis,
@@ -207,31 +211,30 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
   int64_t most = 1;
   ListTable table(B, latent_.device());  // one copy up
   bool any = false;
-  // A list travels once per selection (the inner cache replaces its host list only then);
-  // the step's changed lists travel together.
-  std::vector<Listed*> stale;
+  // A list travels once per selection (the inner cache forgets its copy where the pools are
+  // when a selection replaces the list; a steady-state eviction writes the new one there
+  // itself); the step's new lists travel together.
+  std::vector<int64_t> fresh;
   std::vector<at::Tensor> hosts;
   for (int64_t b = 0; b < B; ++b) {
-    const at::Tensor& host = latent_.listed_positions(seqs[size_t(b)], layer).first;
-    if (!host.defined()) continue;
-    Listed& l = lists_[{seqs[size_t(b)], layer}];
-    if (l.host.is_same(host)) continue;
-    l.host = host;
-    stale.push_back(&l), hosts.push_back(host);
+    const PagedKVCache::ListState l = latent_.list_state(seqs[size_t(b)], layer);
+    if (l.count == 0 || l.device.buffer.defined()) continue;
+    fresh.push_back(b);
+    hosts.push_back(latent_.listed_positions(seqs[size_t(b)], layer).first);
   }
   const std::vector<UploadedList> up = upload_lists(hosts, latent_.device());
-  for (size_t i = 0; i < stale.size(); ++i) stale[i]->device = up[i];
+  for (size_t i = 0; i < fresh.size(); ++i)
+    latent_.set_device_list(seqs[size_t(fresh[i])], layer, up[i]);
   for (int64_t b = 0; b < B; ++b) {
-    const auto [host, tail] = latent_.listed_positions(seqs[size_t(b)], layer);
+    const PagedKVCache::ListState l = latent_.list_state(seqs[size_t(b)], layer);
     const int64_t length = pages.old_lengths[size_t(b)] + 1;
-    if (!host.defined()) {  // nothing evicted there: no list, tail 0
+    if (!l.selected) {  // nothing evicted there: no list, tail 0
       most = std::max(most, length);
       continue;
     }
     any = true;
-    most = std::max(most, host.size(1) + length - tail);
-    const UploadedList& l = lists_[{seqs[size_t(b)], layer}].device;
-    table.set(b, host.numel() > 0 ? l : UploadedList{}, host.size(1), tail);
+    most = std::max(most, l.count + length - l.tail);
+    table.set(b, l.count > 0 ? l.device : UploadedList{}, l.count, l.tail);
   }
   if (!any) return {};
   attended = most;
@@ -241,7 +244,8 @@ PaluPagedCache::StepLists PaluPagedCache::step_lists(int64_t layer,
 
 at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Bases& bases,
                                   const at::Tensor& q_in, int64_t layer,
-                                  const std::vector<int64_t>& seqs, at::Tensor* scores) {
+                                  const std::vector<int64_t>& seqs, at::Tensor* scores,
+                                  at::Tensor* tails) {
   cover(pages.max_len);
   const at::Tensor q = q_in.to(latent_.device(), at::kFloat).contiguous();
   at::Tensor out = at::empty_like(q);
@@ -263,6 +267,7 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
     p.kept_lists = reinterpret_cast<const int* const*>(lists.addresses.data_ptr<int64_t>());
     p.kept_counts = lists.counts_tails.data_ptr<int>();
     p.tail_start = p.kept_counts + q.size(0);
+    if (tails != nullptr) *tails = lists.counts_tails.narrow(0, q.size(0), q.size(0));
   }
   if (scores != nullptr) {  // entries past a sequence's count are never written nor read
     *scores = at::empty({q.size(0), q.size(1), attended}, q.options());
@@ -339,7 +344,9 @@ void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
                     "); use \"group\": 1 or a policy that keeps the same tokens for every head "
                     "(streamingllm, tova)");
       }
-    latent_.retain(seqs[i], layer, kept, in.length);
+    // A policy dropping its lowest score keeps a tail of at most its window, so that the
+    // next steps can drop from the list where the pools are (evict_steady).
+    latent_.retain(seqs[i], layer, kept, in.length, policy_->drops_lowest().value_or(-1));
     const auto record = records_.find({seqs[i], layer});
     if (record == records_.end()) continue;
     records.push_back(&record->second);
@@ -347,6 +354,7 @@ void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
   }
   AttentionRecord::keep_batch(records, wheres);
   retention_s_ += watch.seconds() - waited;
+  waited_s_ += waited;
 }
 
 at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seqs,
@@ -359,8 +367,11 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
   // (the prefill), or any step of a policy that selects by attention, attends everything held,
   // its attention is recorded, then the policy evicts.
   const bool by_attention = selects_by_attention(policy_.get());
+  const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
+  const bool kernel_step = kernel_path_ && single;
   std::vector<RetentionInput> inputs(static_cast<size_t>(B));
   std::vector<bool> evict_after(size_t(B), false), recording(size_t(B), false);
+  std::vector<int64_t> held(size_t(B), 0);  // tokens per head each sequence holds
   for (int64_t i = 0; i < B; ++i) {
     RetentionInput& in = inputs[size_t(i)];
     const int64_t n = counts[size_t(i)];
@@ -370,40 +381,44 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
     // Only a prefill, or any step of a decode-timing policy, may evict: the others skip the
     // positions (host work per sequence, layer and step).
     if (!policy_ || !(in.prefill || policy_->timing() == EvictionTiming::kDecode)) continue;
-    in.positions = retained(seqs[size_t(i)], layer, in.length);
+    held[size_t(i)] = latent_.held(seqs[size_t(i)], layer, in.length);
     recording[size_t(i)] = by_attention;
-    const bool over = policy_->over_budget(in);
+    // The kernel reads the lists as they are and records from its own scores: the positions
+    // are made only where read (a selection below; the CPU's attention and records).
+    if (!(kernel_step && by_attention)) in.positions = retained(seqs[size_t(i)], layer, in.length);
+    const bool over = held[size_t(i)] > policy_->budget(in);
     if (over && n == 1 && !in.prefill && !by_attention)
       select(layer, {seqs[size_t(i)]}, {&in});
     else
       evict_after[size_t(i)] = over;
   }
-  const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
   const bool record_any = std::find(recording.begin(), recording.end(), true) != recording.end();
   std::vector<at::Tensor> newest(static_cast<size_t>(B));  // TOVA's, per sequence
   at::Tensor out;
-  if (kernel_path_ && single) {
-    at::Tensor scores;
-    out = decode(pages, bases, q, layer, seqs, record_any ? &scores : nullptr).to(q.device());
+  if (kernel_step) {
+    at::Tensor scores, tails;
+    out =
+        decode(pages, bases, q, layer, seqs, record_any ? &scores : nullptr, &tails).to(q.device());
+    // The sequences in the steady state of a policy dropping its lowest score: their records'
+    // update and their drop are one kernel (evict_steady), after the others' records.
+    const std::vector<size_t> steady =
+        scores.defined() && tails.defined()
+            ? steady_served(layer, seqs, inputs, held, evict_after, scores.size(1))
+            : std::vector<size_t>();
     Stopwatch watch;
     std::vector<AttentionRecord*> records(size_t(B), nullptr);
-    std::vector<int64_t> held(size_t(B), 0);
-    for (int64_t i = 0; i < B; ++i) {
-      if (!recording[size_t(i)]) continue;
-      // The kernel read the listed positions, then the tail up to the new token: exactly the
-      // held positions the record's rows follow.
-      const int64_t length = inputs[size_t(i)].length;
-      held[size_t(i)] = inputs[size_t(i)].held();
-      const auto [list, tail] = latent_.listed_positions(seqs[size_t(i)], layer);
-      const int64_t read = list.defined() ? list.size(1) + length - tail : length;
-      KVB_CHECK(held[size_t(i)] == read, "palu paged cache: sequence ", seqs[size_t(i)], " holds ",
-                held[size_t(i)], " tokens at layer ", layer, ", its decode step attended ", read);
-      records[size_t(i)] = &records_[{seqs[size_t(i)], layer}];
-    }
+    for (int64_t i = 0; i < B; ++i)
+      if (recording[size_t(i)] &&
+          std::find(steady.begin(), steady.end(), size_t(i)) == steady.end())
+        records[size_t(i)] = &records_[{seqs[size_t(i)], layer}];
+    // The kernel read the listed positions, then the tail up to the new token: the held
+    // tokens, in the order the records' rows follow.
     if (record_any)
       AttentionRecord::add_scores_batch(*policy_, records, scores, held, num_kv_heads_,
                                         pages.old_lengths, newest);
     retention_s_ += watch.seconds();
+    if (!steady.empty())
+      evict_steady(layer, seqs, steady, pages.old_lengths, scores, tails, evict_after);
   } else {
     // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens (those it
     // retains).
@@ -439,6 +454,8 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
   for (int64_t i = 0, row = 0; i < B; row += counts[size_t(i)], ++i) {
     if (!evict_after[size_t(i)]) continue;
     const int64_t n = counts[size_t(i)];
+    RetentionInput& in = inputs[size_t(i)];
+    if (!in.positions.defined()) in.positions = retained(seqs[size_t(i)], layer, in.length);
     if (by_attention) {
       const auto record = records_.find({seqs[size_t(i)], layer});
       KVB_CHECK(record != records_.end(), "palu paged cache: no attention recorded for sequence ",
@@ -461,7 +478,86 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
   // A policy that evicts after the prefill selects no more: its records go.
   if (record_any && policy_->timing() == EvictionTiming::kAfterPrefill)
     for (int64_t i = 0; i < B; ++i) records_.erase({seqs[size_t(i)], layer});
+  // After the last layer: the lists evicted on the device come back in one copy, and pages no
+  // layer keeps go back to the pool (the inner cache leaves both to this cache: its step ends
+  // before this layer's selections).
+  if (policy_ && layer == int64_t(bases_.size()) - 1) latent_.settle(seqs);
   return out;
+}
+
+std::vector<size_t> PaluPagedCache::steady_served(int64_t layer, const std::vector<int64_t>& seqs,
+                                                  const std::vector<RetentionInput>& inputs,
+                                                  const std::vector<int64_t>& held,
+                                                  const std::vector<bool>& evict_after,
+                                                  int64_t query_heads) const {
+  const std::optional<int64_t> recent = policy_->drops_lowest();
+  std::vector<size_t> served;
+  // One latent per group of KV heads would need every head of the group to drop one token;
+  // the kernel drops per head. (A layer too wide for its blocks selects too.)
+  if (!recent || group_ != 1 ||
+      !kernels::steady_evict_fits(steady_rule(*policy_), int(num_kv_heads_),
+                                  int(query_heads / num_kv_heads_)))
+    return served;
+  // As PagedKVCache::steady_served: budget + 1 held, the tail its `recent` newest and the new
+  // token, the records covering the others, the lists (all of one length) on the device.
+  int64_t count = -1, held_all = -1;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    if (!evict_after[b] || inputs[b].prefill) continue;
+    const PagedKVCache::ListState l = latent_.list_state(seqs[b], layer);
+    const auto record = records_.find({seqs[b], layer});
+    if (held[b] != policy_->budget(inputs[b]) + 1 || !l.selected ||
+        l.count != held[b] - *recent - 1 || (count >= 0 && l.count != count) ||
+        (held_all >= 0 && held[b] != held_all) || record == records_.end() ||
+        !record->second.steady_ready(*policy_, held[b]) ||
+        (l.count > 0 && !l.device.buffer.defined()))
+      continue;
+    count = l.count, held_all = held[b];
+    served.push_back(b);
+  }
+  return served;
+}
+
+void PaluPagedCache::evict_steady(int64_t layer, const std::vector<int64_t>& seqs,
+                                  const std::vector<size_t>& served,
+                                  const std::vector<int64_t>& old_lengths, const at::Tensor& logits,
+                                  const at::Tensor& tails, std::vector<bool>& evict_after) {
+  Stopwatch watch;
+  const at::Device where = latent_.device();
+  const int64_t H = num_kv_heads_, E = int64_t(served.size());
+  SteadyEviction e;
+  e.policy = policy_.get(), e.logits = logits, e.tails = tails, e.kv_heads = H;
+  e.count = latent_.list_state(seqs[served[0]], layer).count;
+  e.held = latent_.held(seqs[served[0]], layer, old_lengths[served[0]] + 1);
+  // Each record's row, then its ring column's offset from its tail (ScissorHands): positions
+  // are slots here, and position and tail move on together.
+  const int window = steady_rule(*policy_) == kernels::SteadyRule::kLowCounts
+                         ? int(policy_->observation_window())
+                         : 0;
+  std::vector<int> steps;
+  for (const size_t b : served) steps.push_back(int(b));
+  std::vector<UploadedList> lists;
+  for (const size_t b : served) {
+    const PagedKVCache::ListState l = latent_.list_state(seqs[b], layer);
+    const int64_t ahead = old_lengths[b] - l.tail;
+    steps.push_back(window > 0 ? int((ahead % window + window) % window) : 0);
+    lists.push_back(l.device);
+    e.records.push_back(&records_[{seqs[b], layer}]);
+  }
+  const UploadedList up = upload_lists({at::tensor(steps, at::kInt)}, where)[0];
+  e.steps = up.buffer.data_ptr<int>() + up.offset;
+  if (e.count > 0) e.lists = join_lists(lists, H * e.count);
+  const at::Tensor work =
+      at::empty({E * H * (e.held + 1)}, at::TensorOptions().dtype(at::kFloat).device(where));
+  e.workspace = work.data_ptr<float>();
+  const at::Tensor lists_out = evict_steady_records(e);
+  const int64_t count = e.count;
+  for (int64_t j = 0; j < E; ++j) {
+    const size_t b = served[size_t(j)];
+    latent_.evicted_on_device(seqs[b], layer,
+                              count > 0 ? UploadedList{lists_out, j * H * count} : UploadedList{});
+    evict_after[b] = false;
+  }
+  retention_s_ += watch.seconds();
 }
 
 at::Tensor PaluPagedCache::append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
@@ -524,8 +620,6 @@ void PaluPagedCache::reserve_rope(int64_t tokens) {
 
 void PaluPagedCache::remove_sequence(int64_t seq) {
   latent_.remove_sequence(seq);
-  for (auto it = lists_.begin(); it != lists_.end();)
-    it = it->first.first == seq ? lists_.erase(it) : std::next(it);
   for (auto it = records_.begin(); it != records_.end();)
     it = it->first.first == seq ? records_.erase(it) : std::next(it);
 }

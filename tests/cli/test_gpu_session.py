@@ -56,7 +56,7 @@ class GpuSessionDryRunTest(unittest.TestCase):
         for name in ("gpu_session.sh", "best_decode_loops.py", "best_model_gemm.py"):
             shutil.copy(ROOT / "scripts" / name, scripts / name)
         (self.repo / "configs").mkdir()
-        for name in ("gpu-e2e.json", "gpu-kernels.json"):
+        for name in ("gpu-e2e.json", "gpu-kernels.json", "gpu-suites.json"):
             shutil.copy(ROOT / "configs" / name, self.repo / "configs" / name)
         self.make_stand_ins()
 
@@ -171,7 +171,7 @@ class GpuSessionDryRunTest(unittest.TestCase):
             "gpu_tests: rc=0", "sass: rc=0", "decode_bench: rc=0", "sdpa_peer: rc=0",
             "summed_bench: rc=0", "model_peer: rc=0", "small_gemm_bench: rc=0",
             *(["memcheck: rc=0"] if "memcheck: rc=0" in log.split("unit_tests:")[0] else []),
-            "unit_tests: rc=0", "e2e: rc=0", "kernels: rc=0", "host_ops: rc=0",
+            "unit_tests: rc=0", "e2e: rc=0", "kernels: rc=0", "suites: rc=0", "host_ops: rc=0",
             *([] if "memcheck: rc=0" in log.split("unit_tests:")[0] else ["memcheck: rc=0"]),
             "ncu: rc=0", "racecheck: rc=0"])
         self.assertIn("decode loops for the suites: fp16=v2b,kivi-4=v4", log)
@@ -185,7 +185,7 @@ class GpuSessionDryRunTest(unittest.TestCase):
         for method in ("full", "h2o", "tova", "scissorhands", "quest"):
             self.assertIn(f"host_ops_bench 16 8128 4 8 {method} cuda 5", calls)
         for name in ("session.log", "gpu_tests.log", "decode_bench.jsonl", "e2e/report.json",
-                     "kernels/report.json", "e2e-report.md", "host_ops.jsonl", "unit_tests.log",
+                     "kernels/report.json", "suites/report.json", "e2e-report.md", "host_ops.jsonl", "unit_tests.log",
                      "full_build.log"):
             self.assertIn(name, bundled)
 

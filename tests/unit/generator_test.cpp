@@ -6,6 +6,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/phase_clock.h"
+#include "kvbench/core/time.h"
 #include "kvbench/engine/generator.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/paged_cache.h"
@@ -111,24 +112,31 @@ TEST(Generate, SplitsEveryStepIntoTheForwardsPhases) {
 }
 
 // Passes everything to a full cache, sleeping 3 ms in each attention call: a step's attend
-// phase must then hold those milliseconds, and no other phase.
+// phase must then hold those milliseconds, and no other phase. With `as_device_wait` the
+// sleep is reported as a wait for the device (what a read-back inside a cache is on a GPU).
 class SlowAttention final : public KVCache {
  public:
-  SlowAttention() : inner_(4, 2, 32, at::kFloat) {}
+  explicit SlowAttention(bool as_device_wait = false)
+      : inner_(4, 2, 32, at::kFloat), as_device_wait_(as_device_wait) {}
   int64_t add_sequence() override { return inner_.add_sequence(); }
   void remove_sequence(int64_t seq) override { inner_.remove_sequence(seq); }
   int64_t length(int64_t seq) const override { return inner_.length(seq); }
   at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v) override {
+    Stopwatch wait;
     std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    if (as_device_wait_) waited_ += wait.seconds();
     return inner_.append_and_attend(seq, layer, q, k, v);
   }
   std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
   StorageBytes storage() const override { return inner_.storage(); }
   StorageBytes nominal() const override { return inner_.nominal(); }
+  double device_wait_seconds() const override { return waited_; }
 
  private:
   FullKVCache inner_;
+  bool as_device_wait_;
+  double waited_ = 0;
 };
 
 TEST(Generate, TheAttendPhaseHoldsTheCachesWork) {
@@ -155,6 +163,24 @@ TEST(Generate, TheAttendPhaseHoldsTheCachesWork) {
   if (gpu) {
     g.phases = gpu.get();
     EXPECT_THROW(generate(f.model, f.cache, {{1, 2}}, g), Error);
+  }
+}
+
+// A cache's waits for the device are the device's time: a step's host time leaves them out,
+// its step time keeps them.
+TEST(Generate, AStepsHostTimeLeavesOutTheCachesWaitsForTheDevice) {
+  Fixture f;
+  SlowAttention waiting(/*as_device_wait=*/true), slow;
+  GenerationConfig g;
+  g.max_new_tokens = 4;
+  const auto w = generate(f.model, waiting, {{1, 2, 3}, {4, 5}}, g);
+  const auto s = generate(f.model, slow, {{1, 2, 3}, {4, 5}}, g);
+  ASSERT_EQ(w.decode_step_host_s.size(), 3u);
+  const double slept = 4 * 2 * 0.003;  // 4 layers x 2 sequences x 3 ms per step
+  for (size_t i = 0; i < w.decode_step_host_s.size(); ++i) {
+    EXPECT_GE(w.decode_step_s[i], slept) << "step " << i;  // the step still took it
+    EXPECT_LT(w.decode_step_host_s[i], w.decode_step_s[i] - 0.9 * slept) << "step " << i;
+    EXPECT_GE(s.decode_step_host_s[i], slept) << "step " << i;  // sleeping is host time
   }
 }
 

@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
-#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <functional>
@@ -28,11 +27,14 @@
 #include "kvbench/kv/scissorhands_policy.h"
 #include "kvbench/kv/streaming_llm_policy.h"
 #include "kvbench/kv/tova_policy.h"
+#include "op_counter.h"
 #include "paged_device.h"
 #include "steady_evict.h"
 
 namespace kvbench {
 namespace {
+
+using testing_support::OpCounter;
 
 // (method entry, device): on cuda the pools live on the GPU and the kernels of kernels/ append,
 // decode and dequantize; skipped where libtorch has no CUDA.
@@ -1055,66 +1057,12 @@ TEST(PagedRetentionErrorsTest, ACompactedChoiceThatIsNotAscendingIndicesSaysSo) 
 }
 
 // The host's share of a GPU decode step: the top-level ATen operators a step issues (each a
-// launch or a dispatch on a GPU, bench/host_ops_bench.cpp). A decode step of StreamingLLM
-// (evicting every step, its ring read densely) or SnapKV (selected once) must issue none per
-// sequence: a batch of
-// 6 issues as many as a batch of 2; H2O, TOVA and ScissorHands (recording, selecting and
-// keeping every step) at most three host operators per sequence and layer.
-// Counts the ATen operators this thread dispatches at the top level (not those they call), by
-// name, while it lives.
-class OpCounter {
- public:
-  OpCounter()
-      : live_(claim()),
-        handle_(at::addThreadLocalCallback(
-            at::RecordFunctionCallback(
-                [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-                  if (depth()++ == 0) ++counts()[fn.name()];
-                  return nullptr;
-                },
-                [](const at::RecordFunction&, at::ObserverContext*) { --depth(); })
-                .scopes({at::RecordScope::FUNCTION}))) {
-    clear();
-  }
-  ~OpCounter() {
-    at::removeCallback(handle_);
-    live() = false;
-  }
-  OpCounter(const OpCounter&) = delete;
-  OpCounter& operator=(const OpCounter&) = delete;
-  void clear() { counts().clear(); }
-  int64_t operator[](const std::string& name) const {
-    const auto it = counts().find(name);
-    return it == counts().end() ? 0 : it->second;
-  }
-  int64_t total() const {
-    int64_t n = 0;
-    for (const auto& [name, count] : counts()) n += count;
-    return n;
-  }
-
- private:
-  // One counter per thread at a time: the counts are the thread's.
-  static bool& live() {
-    static thread_local bool l = false;
-    return l;
-  }
-  static bool claim() {
-    if (live()) throw std::logic_error("OpCounter: one per thread at a time");
-    return live() = true;
-  }
-  static std::map<std::string, int64_t>& counts() {
-    static thread_local std::map<std::string, int64_t> c;
-    return c;
-  }
-  static int64_t& depth() {
-    static thread_local int64_t d = 0;
-    return d;
-  }
-  bool live_;
-  at::CallbackHandle handle_;
-};
-
+// launch or a dispatch on a GPU, bench/host_ops_bench.cpp; counted by OpCounter). A decode
+// step of StreamingLLM (evicting every step, its ring read densely) or SnapKV (selected once)
+// must issue none per sequence: a batch of 6 issues as many as a batch of 2; H2O, TOVA and
+// ScissorHands (recording, selecting and keeping every step) at most three host operators
+// per sequence and layer.
+//
 // Adds `batch` sequences to `paged` and prefills 80 random tokens each at every layer, then runs
 // three decode steps of a token each, `ops` cleared before each step and `after(step)` called
 // after it. The data depend on `seed` only (not on what ran before). Returns the operators the

@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <functional>
 #include <string>
 #include <tuple>
@@ -21,6 +22,7 @@
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/palu_paged_cache.h"
+#include "op_counter.h"
 #include "paged_device.h"
 #include "palu_case.h"
 #include "preparation_helpers.h"
@@ -473,6 +475,78 @@ TEST(PaluPagedRetentionTest, BatchedStepsKeepLikeEachSequenceAlone) {
                                              steps, random_block, 43, where.device);
       for (int64_t seq : seqs) EXPECT_EQ(paged.kept_tokens(seq), ref->kept_tokens(seq));
       EXPECT_EQ(paged.kept_tokens(seqs[1]), std::vector<int64_t>(kLayers, 29));  // under budget
+    }
+  }
+}
+
+// Under H2O, TOVA and ScissorHands evicting during decode, on the kernel path: once a layer
+// holds its budget + 1 (from the first decode step after the prefill's choice, whose tail is
+// capped at the window), each step drops one token per head where the pools are, as the plain
+// paged cache does (kernels/steady_evict.h): no sort (the policy's choice), no value read on
+// the host, and one copy of the step's lists back after its last layer, instead of one
+// read-back per layer. Every step attends and keeps as the reference cache does.
+TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
+  testing_support::OpCounter ops;
+  for (const char* entry :
+       {R"({"name": "h2o", "heavy": 24, "recent": 16, "codec": {"name": "palu", "rank": 64}})",
+        R"({"name": "tova", "budget": 40, "codec": {"name": "palu", "rank": 32}})",
+        R"({"name": "scissorhands", "budget": 44, "recent": 8, "history": 12,
+            "codec": {"name": "palu", "rank": 96}})"}) {
+    SCOPED_TRACE(entry);
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
+    const auto codec = prepared_palu(method);
+    auto [cache, ref] = policy_caches(method, codec, {at::kCPU, /*emulated=*/true});
+    PaluPagedCache& paged = *cache;
+    const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
+                                       paged.add_sequence()};
+    for (int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
+    auto gen = at::detail::createCPUGenerator(53);
+    for (int step = 0; step < 7; ++step) {
+      const std::vector<int64_t> counts =
+          step == 0 ? std::vector<int64_t>{80, 70, 90} : std::vector<int64_t>(3, 1);
+      std::vector<std::vector<testing_support::Block>> blocks(kLayers);
+      std::vector<std::array<at::Tensor, 3>>
+          packed;  // each layer's q, k, v as the model packs them
+      for (int64_t l = 0; l < kLayers; ++l) {
+        std::vector<at::Tensor> q, k, v;
+        for (const int64_t n : counts) {
+          const testing_support::Block x = random_block(n, gen);
+          blocks[size_t(l)].push_back(x);
+          q.push_back(x.q.transpose(0, 1)), k.push_back(x.k.transpose(0, 1)),
+              v.push_back(x.v.transpose(0, 1));
+        }
+        packed.push_back(
+            {at::cat(q).to(at::kHalf), at::cat(k).to(at::kHalf), at::cat(v).to(at::kHalf)});
+      }
+      ops.clear();
+      std::vector<at::Tensor> got;
+      for (int64_t l = 0; l < kLayers; ++l) {
+        const auto& [q, k, v] = packed[size_t(l)];
+        got.push_back(paged.append_and_attend_batch(l, seqs, counts, q, k, v));
+      }
+      if (step > 0) {
+        EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
+        EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
+        // The lists and the records' states: a join per layer at most, and the copy back;
+        // after the first steady step they lie in one buffer per layer (views, no join).
+        EXPECT_LE(ops["aten::cat"], step == 1 ? kLayers + 1 : 1) << "step " << step;
+      }
+      for (int64_t l = 0; l < kLayers; ++l)
+        for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
+          const testing_support::Block& x = blocks[size_t(l)][b];
+          const at::Tensor want = ref->append_and_attend(seqs[b], l, x.q, x.k, x.v);
+          const at::Tensor mine =
+              got[size_t(l)].narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kFloat);
+          EXPECT_LT(((mine - want).norm() / want.norm()).item<double>(), 3e-3)
+              << "step " << step << ", layer " << l << ", sequence " << b;
+        }
+      for (const int64_t seq : seqs) {
+        EXPECT_EQ(paged.kept_tokens(seq), ref->kept_tokens(seq)) << "step " << step;
+        for (int64_t l = 0; l < kLayers; ++l)  // (one latent per KV head: group 1)
+          EXPECT_TRUE(at::equal(paged.latent().kept_positions(seq, l),
+                                dynamic_cast<CompressedKVCache&>(*ref).kept_positions(seq, l)))
+              << "step " << step << ", layer " << l;
+      }
     }
   }
 }

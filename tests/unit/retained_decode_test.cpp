@@ -82,7 +82,7 @@ INSTANTIATE_TEST_SUITE_P(Formats, RetainedDecodeHostTest, ::testing::ValuesIn(ap
 TEST(RetainedCheckTest, SaysWhatIsWrong) {
   int i = 0;
   float f = 0;
-  uint8_t pool[1] = {};
+  alignas(8) uint8_t pool[16] = {};
   kernels::RetainedProblem p;
   const int* list = &i;
   p.batch = 1, p.q_heads = 6, p.kv_heads = 4, p.head_dim = 128, p.max_pages_per_seq = 1;
@@ -102,6 +102,10 @@ TEST(RetainedCheckTest, SaysWhatIsWrong) {
     p.tokens_per_step = tokens;
     EXPECT_STREQ(kernels::retained_check(p, s), "");
   }
+  s.k_data = pool + 4;  // a view 4 bytes into its pool: the one-token loop only
+  EXPECT_STREQ(kernels::retained_check(p, s),
+               "2 or 4 tokens per step need pools on 8-byte boundaries");
+  s.k_data = pool;
   for (const int tokens : {0, 3, 8}) {
     p.tokens_per_step = tokens;
     EXPECT_STREQ(kernels::retained_check(p, s), "tokens_per_step must be 1, 2 or 4");

@@ -34,9 +34,10 @@ struct GenerationResult {
   double prefill_s = 0;               // packed prefill forward + first sampling
   std::vector<double> decode_step_s;  // one per decode step
   // Of each decode step, the time until the forward pass returned, before its logits were
-  // read back. On a GPU that is the host issuing the step's launches (they run
-  // asynchronously): near the step's time, the step is bound by the host, not by the bytes
-  // it reads. On the CPU the forward is the step's work itself.
+  // read back, less what the KV cache waited for the device inside it
+  // (KVCache::device_wait_seconds). On a GPU that is the host issuing the step's launches
+  // (they run asynchronously): near the step's time, the step is bound by the host, not by
+  // the bytes it reads. On the CPU the forward is the step's work itself.
   std::vector<double> decode_step_host_s;
   std::vector<int64_t> decode_step_batch;  // sequences in each decode step
   // Of those times, the part the KV cache spent on retention work (KVCache::retention_seconds:

@@ -90,6 +90,10 @@ class KVCache {
   // rotated query of re-rotated positions), selecting and evicting. Part of the step times;
   // 0 without a policy.
   virtual double retention_seconds() const { return 0; }
+  // Of the host's time in this cache's calls, in all, the seconds it waited for the device (a
+  // read-back of a policy's choice, or of lists changed where the pools are): on a GPU the
+  // device's time, not the host's; 0 on the CPU and for caches that never wait.
+  virtual double device_wait_seconds() const { return 0; }
   // Where the cache wants its inputs: the model hands q/k/v over on this device (a model on a
   // GPU can still fill a CPU cache, e.g. to fit a codec's bases), and takes the output back.
   virtual at::Device device() const { return at::kCPU; }

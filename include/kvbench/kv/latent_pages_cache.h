@@ -52,6 +52,7 @@ class LatentPagesCache : public KVCache {
     latent_.reserve_pool(sequences, tokens, block, longest);
   }
   double retention_seconds() const override { return latent_.retention_seconds(); }
+  double device_wait_seconds() const override { return latent_.device_wait_seconds(); }
   at::Device device() const override { return latent_.device(); }
 
   // The paged cache of latents (latent heads of width width()).

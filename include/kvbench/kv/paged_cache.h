@@ -50,6 +50,7 @@
 #include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/kv/retention_policy.h"
+#include "steady_evict.h"
 
 namespace kvbench {
 
@@ -101,6 +102,9 @@ void check_batch_block(int64_t layer, int64_t num_layers, const at::Tensor& q, c
 // Throws Error when the paged cache cannot run `policy` (it needs per-step scores or cache
 // positions); null and FullRetention are fine.
 void check_paged_policy(const RetentionPolicy* policy);
+// The steady-state kernel's rule (kernels/steady_evict.h) for a policy that drops its lowest
+// score (RetentionPolicy::drops_lowest).
+kernels::SteadyRule steady_rule(const RetentionPolicy& policy);
 
 struct PagedCapacity {
   int64_t pages = 64;     // pages per layer pool at first (a page: page_size tokens, every KV head)
@@ -189,7 +193,34 @@ class PagedKVCache final : public KVCache {
   // < `length`, the sequence's length with the step's rows) from now on, as a policy's choice
   // would: kept_tokens, listed_positions and the bytes follow it, and a page goes back to the
   // pool once no layer and no head keeps a token in it (every layer must have selected).
-  void retain(int64_t seq, int64_t layer, const at::Tensor& kept, int64_t length);
+  // `max_tail`: at most that many newest tokens in the tail every head keeps (-1: the longest
+  // run every head keeps), as a policy dropping its lowest score asks (its window) so that its
+  // steady state can drop from the list.
+  void retain(int64_t seq, int64_t layer, const at::Tensor& kept, int64_t length,
+              int64_t max_tail = -1);
+  // What another cache's steady-state eviction reads of `layer` of `seq` (PaluPagedCache runs
+  // kernels/steady_evict.h over these lists): whether it lists positions, how many per head,
+  // the tail's start, and the list's copy where the pools are (undefined buffer: none yet).
+  struct ListState {
+    bool selected = false;
+    int64_t count = 0, tail = 0;
+    UploadedList device;
+  };
+  ListState list_state(int64_t seq, int64_t layer) const;
+  // Tokens per head `layer` of `seq` holds once it is `length` tokens long.
+  int64_t held(int64_t seq, int64_t layer, int64_t length) const;
+  // The list's copy where the pools are, uploaded by the caller.
+  void set_device_list(int64_t seq, int64_t layer, const UploadedList& list);
+  // The caller's kernel dropped one listed token per head where the pools are and wrote the
+  // list without it, the tail's first token appended, as `list`: the tail starts one later,
+  // and the host copy is stale until settle() brings it back.
+  void evicted_on_device(int64_t seq, int64_t layer, const UploadedList& list);
+  // From now on the caller settles every step (settle() after its last layer): a step's end
+  // neither copies lists back nor frees pages, and retain() frees none.
+  void defer_settling() { defer_settling_ = true; }
+  // After a step's last layer: the host copies of the lists evicted on the device, in one
+  // copy back (one wait for the device), then the pages no layer retains go back to the pool.
+  void settle(const std::vector<int64_t>& seqs);
   // One query per sequence over its stored tokens, nothing appended: q [batch, heads, head_dim]
   // -> [batch, heads, head_dim] fp32 on q's device; on the kernel path, a q already on the
   // cache's device in the kernel's dtype (fp16; bf16 for kBf16) gets the kernel's output in
@@ -217,6 +248,7 @@ class PagedKVCache final : public KVCache {
   // slots, sized as reserve() sizes them.
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   double retention_seconds() const override { return retention_s_; }
+  double device_wait_seconds() const override { return waited_s_; }
   at::Device device() const override { return device_; }
   // On a GPU, the kernels' fp16/bf16, with a policy too: every policy path converts what it
   // reads (the gathered rows' attention and the window scores take fp32 of the same values;
@@ -549,7 +581,9 @@ class PagedKVCache final : public KVCache {
   // `r` becomes `kept` (kv_heads rows of `held` positions, ascending, of a sequence of
   // `length` tokens) as listed positions and a tail; a new list (and upload) only when the
   // list changed. True when the list changed.
-  bool keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length);
+  // `max_tail`: at most that many tokens in the tail (-1: the policy's window, if any).
+  bool keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length,
+                      int64_t max_tail = -1);
   // `r` keeps, of what it holds, positions [0, span.prefix) and [span.newest, length): a
   // positions-only policy's choice applied to the list and tail, without a positions tensor.
   // True when the list changed (else only the tail moved, or nothing).
@@ -674,8 +708,10 @@ class PagedKVCache final : public KVCache {
   std::optional<SinksAndWindow> ring_;             // rings()
   const QuestPolicy* quest_ = nullptr;             // policy_ when it is Quest
   bool pooled_ = false;                            // reserve_pool sized the pools
+  bool defer_settling_ = false;                    // defer_settling()
   std::deque<int64_t> quest_rooms_;  // Quest: pages of the sequences reserve() announced
   double retention_s_ = 0;
+  double waited_s_ = 0;           // device_wait_seconds()
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
   // steady_steps' last rows and ring offsets per layer, on the host and where the logits are
   // (read only).

@@ -66,6 +66,7 @@ class PaluPagedCache final : public LatentPagesCache {
                                      const at::Tensor& k, const at::Tensor& v) override;
   void remove_sequence(int64_t seq) override;
   double retention_seconds() const override { return retention_s_; }
+  double device_wait_seconds() const override { return waited_s_ + latent_.device_wait_seconds(); }
   // As LatentPagesCache's, but the policy is this cache's (its latent pages have none): the
   // prompts only under one. The RoPE tables are built for the longest total here (positions
   // go on under eviction too), so no step grows them.
@@ -99,8 +100,11 @@ class PaluPagedCache final : public LatentPagesCache {
   // The decode kernel (or its host reference) for a batch of single tokens, over the tokens
   // each sequence retains at `layer`; with `scores`, also each attended token's scaled score
   // ([batch, q_heads, >= every count] fp32, kept order; for the policy's record).
+  // `tails` (when not null and the kernel read lists): the [batch] int32 tail starts it read,
+  // where it read them.
   at::Tensor decode(const PagedKVCache::StepPages& pages, const Bases& bases, const at::Tensor& q,
-                    int64_t layer, const std::vector<int64_t>& seqs, at::Tensor* scores);
+                    int64_t layer, const std::vector<int64_t>& seqs, at::Tensor* scores,
+                    at::Tensor* tails = nullptr);
   // Attention of the batch's new rows (after append_pages) over every stored token, or over
   // what each sequence retains under the policy; the attention recorded for a policy that
   // selects by it; then the policy's selections.
@@ -126,6 +130,25 @@ class PaluPagedCache final : public LatentPagesCache {
   };
   StepLists step_lists(int64_t layer, const std::vector<int64_t>& seqs,
                        const PagedKVCache::StepPages& pages, int64_t& attended);
+  // A decode step's evictions at `layer` on the kernel path where the policy drops one token
+  // per head by its scores (RetentionPolicy::drops_lowest: the steady state of H2O, TOVA and
+  // ScissorHands), as PagedKVCache does them, for latents of one KV head each (group 1).
+  // steady_served: the over-budget sequences (indices into seqs) holding budget + 1 tokens
+  // (`held`), `recent` + 1 of them in the tail, lists of one length on the device and records
+  // covering the rest, before the step's scores are recorded. evict_steady: for those, one
+  // kernel (kernels/steady_evict.h) adds the step's scores (`logits`, as the decode kernel
+  // wrote them) to their records, drops each head's lowest and writes the lists without it
+  // where the pools are; nothing is read back (the inner cache's settle() does, once per
+  // step). Clears evict_after for them; the others select.
+  std::vector<size_t> steady_served(int64_t layer, const std::vector<int64_t>& seqs,
+                                    const std::vector<RetentionInput>& inputs,
+                                    const std::vector<int64_t>& held,
+                                    const std::vector<bool>& evict_after,
+                                    int64_t query_heads) const;
+  void evict_steady(int64_t layer, const std::vector<int64_t>& seqs,
+                    const std::vector<size_t>& served, const std::vector<int64_t>& old_lengths,
+                    const at::Tensor& logits, const at::Tensor& tails,
+                    std::vector<bool>& evict_after);
   // The kernel's RoPE tables covering `tokens` positions, where the pools are: grown with
   // headroom (at least doubled), or to exactly `tokens` when `exact`.
   void cover(int64_t tokens, bool exact = false);
@@ -140,12 +163,7 @@ class PaluPagedCache final : public LatentPagesCache {
 
   std::shared_ptr<const RetentionPolicy> policy_;  // null: every token stays
   double retention_s_ = 0;
-  // Per (sequence, layer): the inner cache's host list the device copy was made from.
-  struct Listed {
-    at::Tensor host;
-    UploadedList device;
-  };
-  std::map<std::pair<int64_t, int64_t>, Listed> lists_;
+  double waited_s_ = 0;  // the choices' read-backs (the inner cache counts its own)
   // Per (sequence, layer), for a policy that selects by attention: what it has seen (while
   // it may still select: a policy that evicts after the prefill drops it then).
   std::map<std::pair<int64_t, int64_t>, AttentionRecord> records_;
