@@ -1191,6 +1191,14 @@ void PagedKVCache::evicted_on_device(int64_t seq, int64_t layer, const UploadedL
   s.lists_changed = s.evicted = true;
 }
 
+void PagedKVCache::refresh(const std::vector<int64_t>& seqs, int64_t layer) {
+  KVB_CHECK(layer >= 0 && layer < num_layers_, "paged cache: layer ", layer, " outside [0, ",
+            num_layers_, ")");
+  std::vector<Sequence*> batch;
+  for (const int64_t id : seqs) batch.push_back(&sequence(id));
+  refresh_lists(batch, layer);
+}
+
 void PagedKVCache::settle(const std::vector<int64_t>& seqs) {
   std::vector<Sequence*> batch;
   for (const int64_t id : seqs) batch.push_back(&sequence(id));
@@ -1671,8 +1679,6 @@ kernels::SteadyRule steady_rule(const RetentionPolicy& policy) {
       return kernels::SteadyRule::kLowCounts;
   }
 }
-
-namespace {}  // namespace
 
 std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector<Sequence*>& batch,
                                                 const std::vector<RetentionInput>& inputs,

@@ -366,6 +366,8 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
   // by positions is appended, the policy evicts, then the token attends what stays; a block
   // (the prefill), or any step of a policy that selects by attention, attends everything held,
   // its attention is recorded, then the policy evicts.
+  // A step that stopped before its last layer left some lists on the device only.
+  if (policy_) latent_.refresh(seqs, layer);
   const bool by_attention = selects_by_attention(policy_.get());
   const bool single = std::all_of(counts.begin(), counts.end(), [](int64_t n) { return n == 1; });
   const bool kernel_step = kernel_path_ && single;

@@ -180,6 +180,9 @@ TEST(Generate, AStepsHostTimeLeavesOutTheCachesWaitsForTheDevice) {
   for (size_t i = 0; i < w.decode_step_host_s.size(); ++i) {
     EXPECT_GE(w.decode_step_s[i], slept) << "step " << i;  // the step still took it
     EXPECT_LT(w.decode_step_host_s[i], w.decode_step_s[i] - 0.9 * slept) << "step " << i;
+    // Only this step's waits: the host's own time stays (not the prefill's waits too).
+    EXPECT_GE(w.decode_step_host_s[i], 0.0) << "step " << i;
+    EXPECT_GT(w.decode_step_host_s[i], w.decode_step_s[i] - 1.1 * slept - 0.005) << "step " << i;
     EXPECT_GE(s.decode_step_host_s[i], slept) << "step " << i;  // sleeping is host time
   }
 }

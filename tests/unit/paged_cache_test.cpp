@@ -1320,6 +1320,54 @@ TEST(PagedCacheRetainTest, ListsArePackedOneAfterAnotherAsInt32) {
   EXPECT_TRUE(at::equal(up[1].buffer, b.to(at::kInt)));
 }
 
+// A caller that settles (PaluPagedCache, whose selections come after the inner step's end):
+// its selections free nothing until settle(); a list its kernel changed on the device is the
+// list from then on, and its host copy comes back at settle() before the pages are judged, so
+// a page only the dropped token held goes back then.
+TEST(PagedCacheRetainTest, ASettlingCallerFreesPagesOnceItsListsAreBack) {
+  const PagedFormat format = paged_format_for({{"name", "fp16"}}, at::kHalf);
+  const int64_t P = format.page_size, n = 3 * P;
+  PagedKVCache paged(format, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU, nullptr, true);
+  paged.defer_settling();
+  const int64_t seq = paged.add_sequence();
+  for (int64_t l = 0; l < kLayers; ++l)
+    paged.append_batch(l, {seq}, {n}, at::randn({n, kKvHeads, kDim}).to(at::kHalf),
+                       at::randn({n, kKvHeads, kDim}).to(at::kHalf));
+  const int64_t before = paged.free_pages();
+  // Each layer keeps token P + 8 (the second page) and the third page (the tail).
+  const at::Tensor heads = at::ones({kKvHeads, 1}, at::kLong);
+  const at::Tensor kept = at::cat({heads * (P + 8), heads * at::arange(2 * P, n).view({1, -1})}, 1);
+  for (int64_t l = 0; l < kLayers; ++l) paged.retain(seq, l, kept, n, /*max_tail=*/P - 1);
+  EXPECT_EQ(paged.free_pages(), before);  // deferred
+  paged.settle({seq});
+  EXPECT_EQ(paged.free_pages(), before + 1);  // the first page
+  // The tail was capped: the third page's first token is listed too.
+  PagedKVCache::ListState state = paged.list_state(seq, 0);
+  EXPECT_TRUE(state.selected);
+  EXPECT_EQ(state.count, 2);
+  EXPECT_EQ(state.tail, 2 * P + 1);
+  EXPECT_EQ(paged.held(seq, 0, n), P + 1);
+  // The caller's kernel drops token P + 8 where the pools are: each head's list becomes
+  // [2P, 2P + 1] (the dropped one out, the tail's first in), the tail one later.
+  for (int64_t l = 0; l < kLayers; ++l) {
+    const auto [host, tail] = paged.listed_positions(seq, l);
+    paged.set_device_list(seq, l, upload_lists({host}, at::kCPU)[0]);
+    const at::Tensor changed =
+        at::tensor({int(2 * P), int(2 * P + 1), int(2 * P), int(2 * P + 1)}, at::kInt);
+    paged.evicted_on_device(seq, l, UploadedList{changed, 0});
+  }
+  EXPECT_THROW(paged.listed_positions(seq, 0), Error);  // its host copy is not back yet
+  EXPECT_EQ(paged.list_state(seq, 1).tail, 2 * P + 2);
+  paged.refresh({seq}, 0);  // one layer's copy back; the pages wait for every layer's
+  EXPECT_TRUE(at::equal(paged.listed_positions(seq, 0).first,
+                        at::tensor({2 * P, 2 * P + 1, 2 * P, 2 * P + 1}, at::kInt).view({2, 2})));
+  EXPECT_EQ(paged.free_pages(), before + 1);
+  paged.settle({seq});
+  EXPECT_EQ(paged.free_pages(), before + 2);  // the second page held only the dropped token
+  EXPECT_TRUE(at::equal(paged.kept_positions(seq, 1),
+                        at::arange(2 * P, n, at::kLong).expand({kKvHeads, P})));
+}
+
 // Another cache's selection (PaluPagedCache's): kept positions and what they free, and the
 // selections it refuses.
 TEST(PagedCacheRetainTest, KeepsASelectionAndFreesWhatNothingKeeps) {

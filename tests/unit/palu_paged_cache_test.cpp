@@ -548,6 +548,19 @@ TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
               << "step " << step << ", layer " << l;
       }
     }
+    // A step stopped after its first layer (an error upstream) leaves that layer's lists on
+    // the device only; the next step, a prefill beside decodes (the reference attention, which
+    // reads the lists on the host), copies them back first.
+    const auto one = [&](int64_t n, int64_t h) {
+      return at::randn({n, h, kDim}, gen).to(at::kHalf);
+    };
+    paged.append_and_attend_batch(0, seqs, {1, 1, 1}, one(3, kHeads), one(3, kKvHeads),
+                                  one(3, kKvHeads));
+    std::vector<int64_t> next = seqs;
+    next.push_back(paged.add_sequence());
+    for (int64_t l = 0; l < kLayers; ++l)
+      EXPECT_NO_THROW(paged.append_and_attend_batch(l, next, {1, 1, 1, 50}, one(53, kHeads),
+                                                    one(53, kKvHeads), one(53, kKvHeads)));
   }
 }
 

@@ -221,6 +221,10 @@ class PagedKVCache final : public KVCache {
   // After a step's last layer: the host copies of the lists evicted on the device, in one
   // copy back (one wait for the device), then the pages no layer retains go back to the pool.
   void settle(const std::vector<int64_t>& seqs);
+  // The host copies of `layer`'s lists of `seqs` evicted on the device and not yet back (none
+  // once a step has settled: a step that stopped before its last layer left them), in one
+  // copy; nothing to do, and no wait, when there are none.
+  void refresh(const std::vector<int64_t>& seqs, int64_t layer);
   // One query per sequence over its stored tokens, nothing appended: q [batch, heads, head_dim]
   // -> [batch, heads, head_dim] fp32 on q's device; on the kernel path, a q already on the
   // cache's device in the kernel's dtype (fp16; bf16 for kBf16) gets the kernel's output in

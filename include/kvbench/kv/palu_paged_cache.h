@@ -65,7 +65,8 @@ class PaluPagedCache final : public LatentPagesCache {
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
   void remove_sequence(int64_t seq) override;
-  double retention_seconds() const override { return retention_s_; }
+  // Its own selections and the inner cache's list copies (settle()).
+  double retention_seconds() const override { return retention_s_ + latent_.retention_seconds(); }
   double device_wait_seconds() const override { return waited_s_ + latent_.device_wait_seconds(); }
   // As LatentPagesCache's, but the policy is this cache's (its latent pages have none): the
   // prompts only under one. The RoPE tables are built for the longest total here (positions
