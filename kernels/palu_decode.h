@@ -64,6 +64,12 @@ struct PaluProblem {
   float softmax_scale = 0.f;
   const float* q = nullptr;  // [batch, q_heads, head_dim] fp32, RoPE applied
   float* out = nullptr;      // [batch, q_heads, head_dim] fp32
+  // Or both 16-bit, in the latents' type (bf16 where bf16): the queries as a model of that
+  // dtype gives them (the kernel rounds q to it anyway) and each output rounded once to it,
+  // as the fp32 output's conversion would, so that a caller converts neither (two launches
+  // per layer fewer). Either q and out or q16 and out16.
+  const uint16_t* q16 = nullptr;
+  uint16_t* out16 = nullptr;
   // Optional (all three or none), after a retention policy chose: what sequence b keeps, per
   // latent head (KV head j reads row j / group): the positions listed at kept_lists[b]
   // ([kv_heads / group, kept_counts[b]], any order, each < tail_start[b]), then every token of
@@ -98,6 +104,17 @@ KVB_HD Kept kept(const PaluProblem& p, int b, int j) {
 
 KVB_HD float value16(const PaluProblem& p, uint16_t bits) {
   return p.bf16 ? encode::bf16_value(bits) : encode::half_value(bits);
+}
+// Channel `at` of the queries, [batch, q_heads, head_dim] (q16's as its value).
+KVB_HD float query(const PaluProblem& p, size_t at) {
+  return p.q16 ? value16(p, p.q16[at]) : p.q[at];
+}
+// Stores channel `at` of the outputs (out16's rounded once).
+KVB_HD void store_output(const PaluProblem& p, size_t at, float v) {
+  if (p.out16)
+    p.out16[at] = p.bf16 ? encode::bf16_bits(v) : encode::half_bits(v);
+  else
+    p.out[at] = v;
 }
 KVB_HD float round16(const PaluProblem& p, float x) {
   return p.bf16 ? encode::bf16_value(encode::bf16_bits(x))
@@ -169,8 +186,10 @@ inline const char* palu_check(const PaluProblem& p) {
     return "page_size must be a multiple of 16";
   if (p.max_pages_per_seq < 1 || p.rope_tiles < 1) return "no pages or no RoPE tables";
   if (!p.block_table || !p.seq_lens || !p.k_latent || !p.v_latent || !p.k_basis || !p.v_basis ||
-      !p.rope_coarse || !p.rope_fine || !p.q || !p.out)
+      !p.rope_coarse || !p.rope_fine)
     return "a required pointer is null";
+  if (p.q16 ? !(p.out16 && !p.q && !p.out) : !(p.q && p.out && !p.out16))
+    return "queries and outputs: fp32 q and out, or 16-bit q16 and out16";
   if (!p.kept_lists != !p.kept_counts || !p.kept_counts != !p.tail_start)
     return "kept_lists, kept_counts and tail_start go together";
   if (p.scores != nullptr && p.score_stride < 1) return "scores need a positive score_stride";
@@ -197,12 +216,13 @@ inline void palu_decode_host(const PaluProblem& p, float* scratch) {
     for (int qh = 0; qh < p.q_heads; ++qh) {
       const int j = qh / gq;
       const palu::Kept kept = palu::kept(p, b, j);
-      const float* q = p.q + (size_t(b) * p.q_heads + qh) * d;
+      const size_t row = (size_t(b) * p.q_heads + qh) * d;
       float m = -INFINITY, sum = 0.f;
       for (int i = 0; i < kept.n; ++i) {
         palu::rotated_key(p, b, j, kept.token(i), pre, key);
         float acc = 0.f;
-        for (int c = 0; c < d; ++c) acc = fmaf(palu::round16(p, q[c]), key[c], acc);
+        for (int c = 0; c < d; ++c)
+          acc = fmaf(palu::round16(p, palu::query(p, row + c)), key[c], acc);
         m = fmaxf(m, w[i] = acc * p.softmax_scale);
       }
       if (p.scores != nullptr)
@@ -216,8 +236,8 @@ inline void palu_decode_host(const PaluProblem& p, float* scratch) {
               w[i], palu::value16(p, palu::latent_row(p, p.v_latent, b, j, kept.token(i))[a]), acc);
         v_lat[a] = acc / sum;
       }
-      float* out = p.out + (size_t(b) * p.q_heads + qh) * d;
-      for (int c = 0; c < d; ++c) out[c] = palu::output_channel(p, j, v_lat, c);
+      for (int c = 0; c < d; ++c)
+        palu::store_output(p, row + c, palu::output_channel(p, j, v_lat, c));
     }
 }
 

@@ -135,12 +135,15 @@ __device__ __forceinline__ void palu_body(const PaluProblem& p, int tiles_per_sp
   // Query fragments: head g of the group (zero beyond it), channels in natural order.
   uint32_t qf[D / 16][2];
   {
-    const float* q = p.q + (size_t(b) * p.q_heads + size_t(kvh) * gq + g) * D;
+    const size_t q = (size_t(b) * p.q_heads + size_t(kvh) * gq + g) * D;
+    auto pair = [&](int ch) {
+      return pack2<kBf16>(palu::query(p, q + ch), palu::query(p, q + ch + 1));
+    };
 #pragma unroll
     for (int c = 0; c < D / 16; ++c) {
       const int ch = 16 * c + 2 * m;
-      qf[c][0] = g < gq ? pack2<kBf16>(q[ch], q[ch + 1]) : 0u;
-      qf[c][1] = g < gq ? pack2<kBf16>(q[ch + 8], q[ch + 9]) : 0u;
+      qf[c][0] = g < gq ? pair(ch) : 0u;
+      qf[c][1] = g < gq ? pair(ch + 8) : 0u;
     }
   }
   __syncthreads();
@@ -361,8 +364,8 @@ __device__ __forceinline__ void combine_body(const PaluProblem& p, int splits, c
   __syncthreads();
   for (int i = threadIdx.x; i < gq * D; i += kThreads) {
     const int h = i / D, c = i % D;
-    p.out[(size_t(b) * p.q_heads + size_t(kvh) * gq + h) * D + c] =
-        palu::output_channel(p, kvh, v_lat[h], c);
+    palu::store_output(p, (size_t(b) * p.q_heads + size_t(kvh) * gq + h) * D + c,
+                       palu::output_channel(p, kvh, v_lat[h], c));
   }
 }
 

@@ -1717,36 +1717,15 @@ at::Tensor PagedKVCache::joined_lists(int64_t layer, const std::vector<Sequence*
   return join_lists(lists, num_kv_heads_ * count);
 }
 
-const int* PagedKVCache::steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
-                                      const std::vector<size_t>& served, int window,
-                                      const at::Device& device) {
+std::vector<int> PagedKVCache::steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
+                                            const std::vector<size_t>& served, int window) const {
   std::vector<int> steps;
   for (const size_t b : served) steps.push_back(int(b));
   for (const size_t b : served) {  // ScissorHands' ring column is (tail + this) mod window
     const int64_t ahead = batch[b]->length - batch[b]->kept[size_t(layer)].tail;
     steps.push_back(window > 0 ? int((ahead % window + window) % window) : 0);
   }
-  if (steady_steps_.size() != size_t(num_layers_)) steady_steps_.resize(size_t(num_layers_));
-  SteadySteps& kept = steady_steps_[size_t(layer)];
-  // Uploaded again on another stream too: a copy queued on the old one is not ordered
-  // before the new one's kernels.
-  void* stream = device.is_cuda() ? current_cuda_stream(device) : nullptr;
-  if (steps != kept.host || !kept.device.defined() || kept.device.device() != device ||
-      kept.stream != stream)
-    kept = {steps, upload(at::tensor(steps, at::kInt)).to(device), stream};
-  return kept.device.data_ptr<int>();
-}
-
-void* PagedKVCache::steady_workspace(int64_t bytes, const at::Device& device) {
-  void* stream = device.is_cuda() ? current_cuda_stream(device) : nullptr;
-  const bool same =
-      steady_work_.defined() && steady_work_.device() == device && steady_work_stream_ == stream;
-  if (!same || steady_work_.numel() < bytes) {
-    const int64_t grown = same ? std::max(bytes, steady_work_.numel() * 5 / 4) : bytes;
-    steady_work_ = at::empty({grown}, at::TensorOptions().dtype(at::kByte).device(device));
-    steady_work_stream_ = stream;
-  }
-  return steady_work_.data_ptr();
+  return steps;
 }
 
 void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
@@ -1765,10 +1744,10 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   const int window = steady_rule(*policy_) == kernels::SteadyRule::kLowCounts
                          ? int(policy_->observation_window())
                          : 0;
-  e.steps = steady_steps(layer, batch, served, window, logits.device());
+  e.steps = steady_.steps(layer, steady_steps(layer, batch, served, window), logits.device());
   if (e.count > 0) e.lists = joined_lists(layer, batch, served, e.count);
   // Scores then dropped indices, both floats' size (no allocation per layer).
-  e.workspace = static_cast<float*>(steady_workspace(E * H * (e.held + 1) * 4, logits.device()));
+  e.workspace = steady_.workspace(E * H * (e.held + 1), logits.device());
   const at::Tensor lists_out = evict_steady_records(e);
   const int64_t count = e.count;
   for (int64_t j = 0; j < E; ++j) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <iterator>
 #include <string>
 #include <tuple>
@@ -247,7 +248,9 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
                                   const std::vector<int64_t>& seqs, at::Tensor* scores,
                                   at::Tensor* tails) {
   cover(pages.max_len);
-  const at::Tensor q = q_in.to(latent_.device(), at::kFloat).contiguous();
+  // Queries in the latents' dtype cross the kernel as they are, and so do its outputs.
+  const bool sixteen = q_in.scalar_type() == latent_dtype_;
+  const at::Tensor q = q_in.to(latent_.device(), sixteen ? latent_dtype_ : at::kFloat).contiguous();
   at::Tensor out = at::empty_like(q);
   kernels::PaluProblem p;
   p.batch = int(q.size(0)), p.q_heads = int(q.size(1)), p.kv_heads = int(num_kv_heads_);
@@ -260,7 +263,12 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
   p.rope_coarse = rope_coarse_.data_ptr<float>(), p.rope_tiles = int(rope_tiles_);
   p.rope_fine = rope_fine_.data_ptr<float>();
   p.softmax_scale = float(1.0 / std::sqrt(double(head_dim_)));
-  p.q = q.data_ptr<float>(), p.out = out.data_ptr<float>();
+  if (sixteen) {
+    p.q16 = static_cast<const uint16_t*>(q.data_ptr());
+    p.out16 = static_cast<uint16_t*>(out.data_ptr());
+  } else {
+    p.q = q.data_ptr<float>(), p.out = out.data_ptr<float>();
+  }
   int64_t attended = pages.max_len;  // the most tokens a sequence attends: what splits cover
   const StepLists lists = policy_ ? step_lists(layer, seqs, pages, attended) : StepLists{};
   if (lists.addresses.defined()) {
@@ -270,7 +278,7 @@ at::Tensor PaluPagedCache::decode(const PagedKVCache::StepPages& pages, const Ba
     if (tails != nullptr) *tails = lists.counts_tails.narrow(0, q.size(0), q.size(0));
   }
   if (scores != nullptr) {  // entries past a sequence's count are never written nor read
-    *scores = at::empty({q.size(0), q.size(1), attended}, q.options());
+    *scores = at::empty({q.size(0), q.size(1), attended}, q.options().dtype(at::kFloat));
     p.scores = scores->data_ptr<float>(), p.score_stride = int(attended);
   }
   paged_cuda::palu(p, attended, q);
@@ -399,8 +407,7 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
   at::Tensor out;
   if (kernel_step) {
     at::Tensor scores, tails;
-    out =
-        decode(pages, bases, q, layer, seqs, record_any ? &scores : nullptr, &tails).to(q.device());
+    out = decode(pages, bases, q, layer, seqs, record_any ? &scores : nullptr, &tails);
     // The sequences in the steady state of a policy dropping its lowest score: their records'
     // update and their drop are one kernel (evict_steady), after the others' records.
     const std::vector<size_t> steady =
@@ -446,7 +453,7 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
         retention_s_ += watch.seconds();
       }
     }
-    out = at::cat(parts, 0).to(q.device());
+    out = at::cat(parts, 0);
   }
   // The over-budget sequences' selections, in one read-back.
   std::vector<int64_t> evicted;
@@ -484,7 +491,8 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
   // layer keeps go back to the pool (the inner cache leaves both to this cache: its step ends
   // before this layer's selections).
   if (policy_ && layer == int64_t(bases_.size()) - 1) latent_.settle(seqs);
-  return out;
+  // fp32 in, fp32 out; the latents' dtype in, the same out (a decode step's kernel wrote it so).
+  return out.to(q.device(), q.scalar_type() == latent_dtype_ ? latent_dtype_ : at::kFloat);
 }
 
 std::vector<size_t> PaluPagedCache::steady_served(int64_t layer, const std::vector<int64_t>& seqs,
@@ -545,12 +553,10 @@ void PaluPagedCache::evict_steady(int64_t layer, const std::vector<int64_t>& seq
     lists.push_back(l.device);
     e.records.push_back(&records_[{seqs[b], layer}]);
   }
-  const UploadedList up = upload_lists({at::tensor(steps, at::kInt)}, where)[0];
-  e.steps = up.buffer.data_ptr<int>() + up.offset;
+  // Both kept between layers and steps: the steps go up again only once they change.
+  e.steps = steady_.steps(layer, steps, where);
   if (e.count > 0) e.lists = join_lists(lists, H * e.count);
-  const at::Tensor work =
-      at::empty({E * H * (e.held + 1)}, at::TensorOptions().dtype(at::kFloat).device(where));
-  e.workspace = work.data_ptr<float>();
+  e.workspace = steady_.workspace(E * H * (e.held + 1), where);
   const at::Tensor lists_out = evict_steady_records(e);
   const int64_t count = e.count;
   for (int64_t j = 0; j < E; ++j) {

@@ -15,11 +15,35 @@
 #include "device_buffer.h"
 #include "palu_check.h"
 #include "palu_decode_launcher.h"
+#include "sixteen_bit.h"
 
 namespace kvbench::gpu_test {
 namespace {
 
 #define ASSERT_CUDA(expr) ASSERT_CUDA_WITH(expr, "")
+
+// A case's inputs in device memory, and its problem reading them there (q and out unset).
+struct DevicePalu {
+  DeviceBuffer lens, table, kl, vl, kb, vb, coarse, fine;
+  cudaError_t upload(const PaluCase& c) {
+    for (cudaError_t e :
+         {lens.upload(c.lens), table.upload(c.table), kl.upload(c.k_latent), vl.upload(c.v_latent),
+          kb.upload(c.k_basis), vb.upload(c.v_basis), coarse.upload(c.coarse), fine.upload(c.fine)})
+      if (e != cudaSuccess) return e;
+    return cudaSuccess;
+  }
+  kernels::PaluProblem problem(const PaluCase& c) const {
+    kernels::PaluProblem p = c.problem(nullptr);
+    p.q = nullptr;
+    p.seq_lens = static_cast<const int*>(lens.ptr),
+    p.block_table = static_cast<const int*>(table.ptr);
+    p.k_latent = kl.ptr, p.v_latent = vl.ptr, p.k_basis = kb.ptr;
+    p.v_basis = static_cast<const float*>(vb.ptr);
+    p.rope_coarse = static_cast<const float*>(coarse.ptr);
+    p.rope_fine = static_cast<const float*>(fine.ptr);
+    return p;
+  }
+};
 
 class PaluDecodeGpuTest : public ::testing::TestWithParam<PaluShape> {};
 
@@ -28,25 +52,13 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
   if (!have_gpu(&why)) GTEST_SKIP() << why;
   const PaluCase c = palu_case_of(GetParam(), {1, 15, 16, 33, 1000, 2100});
   const PaluHostAnswer host = palu_host_answer(c);
-  DeviceBuffer lens, table, kl, vl, kb, vb, coarse, fine, q, out, work, scores;
-  ASSERT_CUDA(lens.upload(c.lens));
-  ASSERT_CUDA(table.upload(c.table));
-  ASSERT_CUDA(kl.upload(c.k_latent));
-  ASSERT_CUDA(vl.upload(c.v_latent));
-  ASSERT_CUDA(kb.upload(c.k_basis));
-  ASSERT_CUDA(vb.upload(c.v_basis));
-  ASSERT_CUDA(coarse.upload(c.coarse));
-  ASSERT_CUDA(fine.upload(c.fine));
+  DevicePalu on;
+  DeviceBuffer q, out, work, scores;
+  ASSERT_CUDA(on.upload(c));
   ASSERT_CUDA(q.upload(c.q));
   std::vector<float> got(c.want.size(), NAN);
   ASSERT_CUDA(out.upload(got));
-  kernels::PaluProblem p = c.problem(nullptr);
-  p.seq_lens = static_cast<const int*>(lens.ptr),
-  p.block_table = static_cast<const int*>(table.ptr);
-  p.k_latent = kl.ptr, p.v_latent = vl.ptr, p.k_basis = kb.ptr;
-  p.v_basis = static_cast<const float*>(vb.ptr);
-  p.rope_coarse = static_cast<const float*>(coarse.ptr);
-  p.rope_fine = static_cast<const float*>(fine.ptr);
+  kernels::PaluProblem p = on.problem(c);
   p.q = static_cast<const float*>(q.ptr), p.out = static_cast<float*>(out.ptr);
   // Kept lists: each list in device memory, then the array of their device addresses.
   std::vector<DeviceBuffer> lists(c.lists.size());
@@ -82,6 +94,45 @@ TEST_P(PaluDecodeGpuTest, MatchesTheHostReference) {
     if (scored) ASSERT_CUDA(scores.download(got_scores));
     expect_palu_answer(c, host, got, scored ? &got_scores : nullptr,
                        "splits " + std::to_string(plan.splits));
+  }
+}
+
+// 16-bit queries and outputs in the latents' type, as the cache hands a model of that dtype's:
+// each output is the kernel's fp32 output over the same query values rounded once, bit for bit
+// (the same code in the same order), at one split and at several.
+TEST_P(PaluDecodeGpuTest, SixteenBitQueriesGiveTheFp32OutputsRounded) {
+  std::string why;
+  if (!have_gpu(&why)) GTEST_SKIP() << why;
+  if (GetParam().evict) GTEST_SKIP() << "the kept lists change nothing at the queries' ends";
+  PaluCase c = palu_case_of(GetParam(), {1, 33, 1000, 2100});
+  const std::vector<uint16_t> q16 = bits16(c.q, c.bf16);
+  c.q = values16(q16, c.bf16);
+  DevicePalu on;
+  DeviceBuffer q, q_half, out, out_half, work;
+  ASSERT_CUDA(on.upload(c));
+  ASSERT_CUDA(q.upload(c.q));
+  ASSERT_CUDA(q_half.upload(q16));
+  kernels::PaluProblem p = on.problem(c);
+  for (const int sms : {1, 132}) {
+    SCOPED_TRACE("sms " + std::to_string(sms));
+    std::vector<float> got32(c.want.size(), NAN);
+    std::vector<uint16_t> got16(c.want.size(), 0xffff);
+    ASSERT_CUDA(out.upload(got32));
+    ASSERT_CUDA(out_half.upload(got16));
+    kernels::PaluPlan plan;
+    p.q = static_cast<const float*>(q.ptr), p.out = static_cast<float*>(out.ptr);
+    p.q16 = nullptr, p.out16 = nullptr;
+    ASSERT_CUDA(kernels::palu_plan(p, c.max_len(), sms, &plan));
+    ASSERT_CUDA(work.upload(std::vector<char>(plan.workspace_bytes)));
+    ASSERT_CUDA_WITH(kernels::palu_decode(p, plan, work.ptr, nullptr), kernels::palu_check(p));
+    p.q = nullptr, p.out = nullptr;
+    p.q16 = static_cast<const uint16_t*>(q_half.ptr);
+    p.out16 = static_cast<uint16_t*>(out_half.ptr);
+    ASSERT_CUDA_WITH(kernels::palu_decode(p, plan, work.ptr, nullptr), kernels::palu_check(p));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    ASSERT_CUDA(out.download(got32));
+    ASSERT_CUDA(out_half.download(got16));
+    expect_rounded(got32, got16, c.bf16);
   }
 }
 

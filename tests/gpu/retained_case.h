@@ -14,6 +14,7 @@
 #include "paged_cache_builder.h"
 #include "retained_decode.h"
 #include "scaled_error.h"
+#include "sixteen_bit.h"
 
 namespace kvbench::gpu_test {
 
@@ -114,21 +115,6 @@ inline RetainedCase retained_case(const AppendCase& c, const std::vector<int>& l
       }
     }
   return r;
-}
-
-// 16-bit queries and outputs (RetainedProblem::q16, out16): values as their bits, bf16 or fp16
-// rounded to nearest even, and the bits' exact values.
-inline std::vector<uint16_t> bits16(const std::vector<float>& x, bool bf16) {
-  std::vector<uint16_t> out;
-  for (const float v : x)
-    out.push_back(bf16 ? kernels::encode::bf16_bits(v) : kernels::encode::half_bits(v));
-  return out;
-}
-inline std::vector<float> values16(const std::vector<uint16_t>& x, bool bf16) {
-  std::vector<float> out;
-  for (const uint16_t v : x)
-    out.push_back(bf16 ? kernels::encode::bf16_value(v) : kernels::encode::half_value(v));
-  return out;
 }
 
 // Switches `p` to 16-bit queries `q16` and outputs `out16`.

@@ -16,6 +16,7 @@
 
 #include "palu_check.h"
 #include "palu_decode_launcher.h"
+#include "sixteen_bit.h"
 
 #define KVB_EMULATE_WITH_CUDA_TYPES 1
 #include "cuda_emulation.h"  // last before the device header
@@ -59,6 +60,35 @@ TEST_P(PaluEmulationTest, TheKernelsMatchTheHostReference) {
     run_palu(p, plan, ws.data());
     expect_palu_answer(c, host, got, scored ? &scores : nullptr,
                        "splits " + std::to_string(plan.splits));
+  }
+}
+
+// 16-bit queries and outputs in the latents' type, as the cache hands a model of that dtype's:
+// each output is the fp32 output over the same query values rounded once, bit for bit, from
+// the host reference and from the kernels at one split and at several.
+TEST_P(PaluEmulationTest, SixteenBitQueriesGiveTheFp32OutputsRounded) {
+  PaluCase c = palu_case_of(GetParam(), {1, 15, 33, 150});
+  const std::vector<uint16_t> q16 = bits16(c.q, c.bf16);
+  c.q = values16(q16, c.bf16);
+  for (const int sms : {0, 1, 132}) {  // 0: the host reference
+    SCOPED_TRACE("sms " + std::to_string(sms));
+    std::vector<float> got32(c.want.size(), NAN);
+    std::vector<uint16_t> got16(c.want.size(), 0xffff);
+    for (const bool sixteen : {false, true}) {
+      kernels::PaluProblem p = c.problem(got32.data());
+      if (sixteen) p.q = nullptr, p.out = nullptr, p.q16 = q16.data(), p.out16 = got16.data();
+      ASSERT_STREQ(kernels::palu_check(p), "");
+      if (sms == 0) {
+        std::vector<float> scratch(size_t(2 * c.head_dim + c.rank + c.max_len()));
+        kernels::palu_decode_host(p, scratch.data());
+        continue;
+      }
+      kernels::PaluPlan plan;
+      ASSERT_EQ(kernels::palu_plan(p, c.max_len(), sms, &plan), cudaSuccess);
+      std::vector<float> ws(plan.workspace_bytes / sizeof(float), NAN);
+      run_palu(p, plan, ws.data());
+    }
+    expect_rounded(got32, got16, c.bf16);
   }
 }
 

@@ -119,6 +119,16 @@ TEST(PaluDecodeHostTest, RejectsWhatTheKernelCannotTake) {
   static const int counts[1] = {0}, tails[1] = {0};
   EXPECT_NE(with([](auto& p) { p.kept_counts = counts; }), "");  // lists without the rest
   EXPECT_EQ(with([&](auto& p) { p.scores = out.data(); }), "scores need a positive score_stride");
+  // fp32 queries and outputs, or 16-bit both.
+  std::vector<uint16_t> q16(c.q.size()), out16(out.size());
+  const std::string io = "queries and outputs: fp32 q and out, or 16-bit q16 and out16";
+  EXPECT_EQ(with([&](auto& p) { p.q = nullptr, p.out = nullptr, p.q16 = q16.data(); }), io);
+  EXPECT_EQ(with([&](auto& p) { p.out16 = out16.data(); }), io);
+  EXPECT_EQ(with([&](auto& p) { p.q = nullptr, p.q16 = q16.data(), p.out16 = out16.data(); }), io);
+  EXPECT_EQ(with([&](auto& p) {
+              p.q = nullptr, p.out = nullptr, p.q16 = q16.data(), p.out16 = out16.data();
+            }),
+            "");
   EXPECT_EQ(with([](auto& p) {
               static const int* const lists[1] = {nullptr};
               p.kept_lists = lists, p.kept_counts = counts, p.tail_start = tails;
@@ -561,6 +571,49 @@ TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
     for (int64_t l = 0; l < kLayers; ++l)
       EXPECT_NO_THROW(paged.append_and_attend_batch(l, next, {1, 1, 1, 50}, one(53, kHeads),
                                                     one(53, kKvHeads), one(53, kKvHeads)));
+  }
+}
+
+// The model's own 16-bit dtype in (what the engine hands on a GPU, attend_dtype()): every
+// output comes back in it, and equals, bit for bit, what the same values in fp32 give rounded
+// once (a decode step's kernel takes q16 and writes out16; prefills convert their fp32
+// output), with and without a policy evicting during decode (its steady state included).
+TEST(PaluPagedSixteenBitTest, TheLatentsDtypeInGivesTheFp32OutputsRounded) {
+  for (const char* entry :
+       {R"({"name": "palu", "rank": 64})",
+        R"({"name": "h2o", "heavy": 24, "recent": 16, "codec": {"name": "palu", "rank": 96}})"}) {
+    SCOPED_TRACE(entry);
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
+    const auto codec = prepared_palu(method);
+    const std::shared_ptr<const RetentionPolicy> policy =
+        method.contains("codec") ? make_policy(method) : nullptr;
+    auto cache = [&] {
+      return std::make_unique<PaluPagedCache>(codec, at::kHalf, kLayers, kKvHeads, kDim,
+                                              PagedCapacity{}, at::kCPU, policy,
+                                              /*kernel_path_on_cpu=*/true);
+    };
+    const auto fp32 = cache(), fp16 = cache();
+    EXPECT_EQ(fp16->attend_dtype(), at::kFloat);  // on the CPU the engine hands fp32
+    const std::vector<int64_t> seqs = {fp32->add_sequence(), fp32->add_sequence()};
+    for (const int64_t id : seqs) ASSERT_EQ(fp16->add_sequence(), id);
+    auto gen = at::detail::createCPUGenerator(61);
+    for (int step = 0; step < 6; ++step) {
+      const std::vector<int64_t> counts =
+          step == 0 ? std::vector<int64_t>{70, 50} : std::vector<int64_t>(2, 1);
+      const int64_t n = counts[0] + counts[1];
+      for (int64_t l = 0; l < kLayers; ++l) {
+        const Block x = random_block(n, gen);  // fp16 values
+        const at::Tensor q = x.q.transpose(0, 1).contiguous(), k = x.k.transpose(0, 1).contiguous(),
+                         v = x.v.transpose(0, 1).contiguous();
+        const at::Tensor want = fp32->append_and_attend_batch(l, seqs, counts, q, k, v);
+        const at::Tensor got = fp16->append_and_attend_batch(l, seqs, counts, q.to(at::kHalf),
+                                                             k.to(at::kHalf), v.to(at::kHalf));
+        ASSERT_EQ(want.scalar_type(), at::kFloat);
+        ASSERT_EQ(got.scalar_type(), at::kHalf) << "step " << step << ", layer " << l;
+        EXPECT_TRUE(at::equal(got, want.to(at::kHalf))) << "step " << step << ", layer " << l;
+      }
+      for (const int64_t seq : seqs) EXPECT_EQ(fp16->kept_tokens(seq), fp32->kept_tokens(seq));
+    }
   }
 }
 

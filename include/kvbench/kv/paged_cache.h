@@ -50,6 +50,7 @@
 #include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/kv_cache.h"
 #include "kvbench/kv/retention_policy.h"
+#include "kvbench/kv/steady_buffers.h"
 #include "steady_evict.h"
 
 namespace kvbench {
@@ -618,17 +619,11 @@ class PagedKVCache final : public KVCache {
   // evict_steady's inputs: the served sequences' lists at `layer` as one [served * kv_heads *
   // count] int32 tensor (a view when they lie so in one buffer, as evict_steady leaves them);
   // each one's logits row and ring column's offset from its tail ((position - tail) mod
-  // window) on `device`, kept per layer and reused while they are the same (from step to step:
-  // position and tail move on together until the slots are compacted).
+  // window), kept by steady_ (SteadyBuffers).
   at::Tensor joined_lists(int64_t layer, const std::vector<Sequence*>& batch,
                           const std::vector<size_t>& served, int64_t count) const;
-  const int* steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
-                          const std::vector<size_t>& served, int window, const at::Device& device);
-  // evict_steady's workspace (the kernel's scores and dropped indices): `bytes` of device
-  // memory kept between layers and steps (launches on one stream are ordered). A change of
-  // the current stream takes a new buffer, defensively: a cache is used from one stream
-  // (core/cuda_stream.h), its pools and lists are not guarded either.
-  void* steady_workspace(int64_t bytes, const at::Device& device);
+  std::vector<int> steady_steps(int64_t layer, const std::vector<Sequence*>& batch,
+                                const std::vector<size_t>& served, int window) const;
   // The host copies of the lists evict_steady changed, of `seqs` at `layer` (-1: every layer),
   // in one copy back.
   void refresh_lists(const std::vector<Sequence*>& seqs, int64_t layer);
@@ -717,16 +712,7 @@ class PagedKVCache final : public KVCache {
   double retention_s_ = 0;
   double waited_s_ = 0;           // device_wait_seconds()
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
-  // steady_steps' last rows and ring offsets per layer, on the host and where the logits are
-  // (read only).
-  struct SteadySteps {
-    std::vector<int> host;
-    at::Tensor device;
-    void* stream = nullptr;  // current_cuda_stream() at the upload
-  };
-  std::vector<SteadySteps> steady_steps_;
-  at::Tensor steady_work_;              // steady_workspace(), on the stream
-  void* steady_work_stream_ = nullptr;  // current_cuda_stream() when it was made
+  SteadyBuffers steady_;          // evict_steady's rows, ring offsets and workspace
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;

@@ -45,6 +45,7 @@
 #include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/retention_policy.h"
+#include "kvbench/kv/steady_buffers.h"
 
 namespace kvbench {
 
@@ -64,6 +65,13 @@ class PaluPagedCache final : public LatentPagesCache {
   at::Tensor append_and_attend_batch(int64_t layer, const std::vector<int64_t>& seqs,
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
+  // On a GPU, the latents' fp16/bf16 (the model's): the new keys and values go to the fused
+  // projections as they come, and a decode step's queries and outputs cross the decode kernel
+  // in that dtype (PaluProblem::q16, out16), so no layer converts them. Queries in that dtype
+  // give outputs in it on any device (fp32: fp32).
+  at::ScalarType attend_dtype() const override {
+    return device().is_cuda() ? latent_dtype_ : at::kFloat;
+  }
   void remove_sequence(int64_t seq) override;
   // Its own selections and the inner cache's list copies (settle()).
   double retention_seconds() const override { return retention_s_ + latent_.retention_seconds(); }
@@ -168,7 +176,8 @@ class PaluPagedCache final : public LatentPagesCache {
   // Per (sequence, layer), for a policy that selects by attention: what it has seen (while
   // it may still select: a policy that evicts after the prefill drops it then).
   std::map<std::pair<int64_t, int64_t>, AttentionRecord> records_;
-  int64_t group_;  // KV heads per latent
+  SteadyBuffers steady_;  // evict_steady's rows, ring offsets and workspace
+  int64_t group_;         // KV heads per latent
   at::ScalarType latent_dtype_;
   int64_t num_kv_heads_, head_dim_;
   bool kernel_path_;
