@@ -532,7 +532,6 @@ void PaluPagedCache::evict_steady(int64_t layer, const std::vector<int64_t>& seq
                                   const std::vector<int64_t>& old_lengths, const at::Tensor& logits,
                                   const at::Tensor& tails, std::vector<bool>& evict_after) {
   Stopwatch watch;
-  const at::Device where = latent_.device();
   const int64_t H = num_kv_heads_, E = int64_t(served.size());
   SteadyEviction e;
   e.policy = policy_.get(), e.logits = logits, e.tails = tails, e.kv_heads = H;
@@ -554,9 +553,9 @@ void PaluPagedCache::evict_steady(int64_t layer, const std::vector<int64_t>& seq
     e.records.push_back(&records_[{seqs[b], layer}]);
   }
   // Both kept between layers and steps: the steps go up again only once they change.
-  e.steps = steady_.steps(layer, steps, where);
+  e.steps = steady_.steps(layer, steps, logits.device());
   if (e.count > 0) e.lists = join_lists(lists, H * e.count);
-  e.workspace = steady_.workspace(E * H * (e.held + 1), where);
+  e.workspace = steady_.workspace(E * H * (e.held + 1), logits.device());
   const at::Tensor lists_out = evict_steady_records(e);
   const int64_t count = e.count;
   for (int64_t j = 0; j < E; ++j) {

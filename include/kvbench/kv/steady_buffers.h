@@ -28,11 +28,15 @@ class SteadyBuffers {
     std::vector<int> host;
     at::Tensor buffer;  // int32 where `device` is; the steps start at `offset`
     int64_t offset = 0;
-    void* stream = nullptr;  // current_cuda_stream() at the upload
+    // The device asked for (as given: "cuda" without an index never equals a tensor's
+    // device(), cuda:0) and current_cuda_stream() at the upload.
+    at::Device where = at::kCPU;
+    void* stream = nullptr;
   };
   std::vector<Steps> steps_;  // per layer
   at::Tensor work_;
-  void* work_stream_ = nullptr;  // current_cuda_stream() when work_ was made
+  at::Device work_where_ = at::kCPU;  // as Steps::where, for work_
+  void* work_stream_ = nullptr;       // current_cuda_stream() when work_ was made
 };
 
 }  // namespace kvbench
