@@ -69,26 +69,46 @@ std::vector<UploadedList> upload_lists(const std::vector<at::Tensor>& hosts,
   return out;
 }
 
-ListTable::ListTable(int64_t batch, const at::Device& device)
+ListTable::ListTable(int64_t batch, const at::Device& device, int64_t layers)
     : batch_(batch),
-      // Written in pinned memory for a GPU, so that on() is one queued copy.
-      packed_(at::empty({2 * batch},
+      layers_(layers),
+      // Written in pinned memory for a GPU, so that upload() is one queued copy.
+      packed_(at::empty({2 * batch * layers},
                         at::TensorOptions().dtype(at::kLong).pinned_memory(device.is_cuda()))),
-      addresses_(packed_.data_ptr<int64_t>()),
-      counts_tails_(reinterpret_cast<int*>(addresses_ + batch)) {
-  std::fill(addresses_, addresses_ + 2 * batch, int64_t{0});
+      words_(packed_.data_ptr<int64_t>()) {
+  std::fill(words_, words_ + 2 * batch * layers, int64_t{0});
 }
 
-void ListTable::set(int64_t b, const UploadedList& list, int64_t count, int64_t tail) {
-  KVB_CHECK(b >= 0 && b < batch_, "list table: sequence ", b, " of ", batch_);
+void ListTable::set(int64_t b, const UploadedList& list, int64_t count, int64_t tail,
+                    int64_t layer) {
+  KVB_CHECK(b >= 0 && b < batch_ && layer >= 0 && layer < layers_, "list table: sequence ", b,
+            " of ", batch_, ", table ", layer, " of ", layers_);
+  int64_t* words = words_ + 2 * batch_ * layer;
   if (list.buffer.defined())
-    addresses_[b] = reinterpret_cast<int64_t>(list.buffer.data_ptr<int>() + list.offset);
-  counts_tails_[b] = int(count), counts_tails_[batch_ + b] = int(tail);
+    words[b] = reinterpret_cast<int64_t>(list.buffer.data_ptr<int>() + list.offset);
+  int* counts_tails = reinterpret_cast<int*>(words + batch_);
+  counts_tails[b] = int(count), counts_tails[batch_ + b] = int(tail);
 }
 
-std::pair<at::Tensor, at::Tensor> ListTable::on(const at::Device& device) const {
-  const at::Tensor there = device.is_cuda() ? packed_.to(device, /*non_blocking=*/true) : packed_;
-  return {there.narrow(0, 0, batch_), there.narrow(0, batch_, batch_).view(at::kInt)};
+bool ListTable::holds(int64_t b, const UploadedList& list, int64_t count, int64_t tail,
+                      int64_t layer) const {
+  const int64_t* words = words_ + 2 * batch_ * layer;
+  const int* counts_tails = reinterpret_cast<const int*>(words + batch_);
+  const int64_t address = list.buffer.defined()
+                              ? reinterpret_cast<int64_t>(list.buffer.data_ptr<int>() + list.offset)
+                              : 0;
+  return words[b] == address && counts_tails[b] == int(count) &&
+         counts_tails[batch_ + b] == int(tail);
+}
+
+at::Tensor ListTable::upload(const at::Device& device) const {
+  return device.is_cuda() ? packed_.to(device, /*non_blocking=*/true) : packed_;
+}
+
+std::pair<at::Tensor, at::Tensor> ListTable::of_layer(const at::Tensor& uploaded, int64_t batch,
+                                                      int64_t layer) {
+  const int64_t at = 2 * batch * layer;
+  return {uploaded.narrow(0, at, batch), uploaded.narrow(0, at + batch, batch).view(at::kInt)};
 }
 
 using kernels::KvFormat;
@@ -1466,26 +1486,58 @@ at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequen
                                          const paged_cuda::DecodeBatch& d,
                                          const kernels::PagedKvStore& store, const at::Tensor& q,
                                          const at::Tensor& logits, at::Tensor* tails) {
-  // Each sequence's lists stay on the device; per step only their addresses, counts and
-  // tails travel (a sequence nothing was evicted from: no list, tail 0). The kernel reads
-  // the listed positions, then the tail up to the new token: the held positions in order,
-  // which the step's scores are aligned with.
-  const int B = int(batch.size());
-  std::vector<Retained*> stale;  // lists changed by a selection since they last travelled
-  std::vector<at::Tensor> hosts;
-  for (int b = 0; b < B; ++b) {
-    Retained& r = batch[size_t(b)]->kept[size_t(layer)];
-    if (r.count() > 0 && !r.device.buffer.defined()) stale.push_back(&r), hosts.push_back(r.host);
+  // Each sequence's lists stay on the device; only their addresses, counts and tails travel
+  // (a sequence nothing was evicted from: no list, tail 0), every layer's from this one on in
+  // one copy when this layer's differ from what last went up (at most once per step: a step's
+  // evictions come after its layers attend). The kernel reads the listed positions, then the
+  // tail up to the new token: the held positions in order, which the step's scores are
+  // aligned with.
+  if (!step_lists_hold(layer, batch)) build_step_lists(layer, batch);
+  const auto [lists, counts_tails] =
+      ListTable::of_layer(step_lists_.tables, int64_t(batch.size()), layer - step_lists_.first);
+  return launch_retained(lists, counts_tails, d, store, q, logits, tails);
+}
+
+PagedKVCache::ListedRows PagedKVCache::listed_rows(const Retained& r) {
+  if (!r.selected()) return {};
+  return {r.count() > 0 ? r.device : UploadedList{}, r.count(), r.tail};
+}
+
+void PagedKVCache::build_step_lists(int64_t layer, const std::vector<Sequence*>& batch) {
+  const int64_t B = int64_t(batch.size()), layers = num_layers_ - layer;
+  ListTable table(B, device_, layers);
+  for (int64_t l = layer; l < num_layers_; ++l) {
+    std::vector<Retained*> stale;
+    std::vector<at::Tensor> hosts;
+    for (Sequence* s : batch) {
+      Retained& r = s->kept[size_t(l)];
+      if (r.count() > 0 && !r.device.buffer.defined()) stale.push_back(&r), hosts.push_back(r.host);
+    }
+    if (!stale.empty()) {
+      const std::vector<UploadedList> up = upload_lists(hosts, device_);
+      for (size_t i = 0; i < stale.size(); ++i) stale[i]->device = up[i];
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const ListedRows row = listed_rows(batch[size_t(b)]->kept[size_t(l)]);
+      table.set(b, row.list, row.count, row.tail, l - layer);
+    }
   }
-  const std::vector<UploadedList> up = upload_lists(hosts, device_);
-  for (size_t i = 0; i < stale.size(); ++i) stale[i]->device = up[i];
-  std::vector<ListedRows> lists(static_cast<size_t>(B));
-  for (int b = 0; b < B; ++b) {
-    const Retained& r = batch[size_t(b)]->kept[size_t(layer)];
-    if (r.selected())
-      lists[size_t(b)] = {r.count() > 0 ? r.device : UploadedList{}, r.count(), r.tail};
+  const at::Tensor tables = table.upload(device_);
+  step_lists_ = {layer, layers, B, std::move(table), tables};
+  ++list_tables_;
+}
+
+bool PagedKVCache::step_lists_hold(int64_t layer, const std::vector<Sequence*>& batch) const {
+  const StepLists& s = step_lists_;
+  if (!s.host || s.batch != int64_t(batch.size()) || layer < s.first || layer >= s.first + s.layers)
+    return false;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const Retained& r = batch[b]->kept[size_t(layer)];
+    if (r.count() > 0 && !r.device.buffer.defined()) return false;  // changed, not uploaded
+    const ListedRows row = listed_rows(r);
+    if (!s.host->holds(int64_t(b), row.list, row.count, row.tail, layer - s.first)) return false;
   }
-  return decode_lists(lists, d, store, q, logits, tails);
+  return true;
 }
 
 at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
@@ -1497,6 +1549,14 @@ at::Tensor PagedKVCache::decode_lists(const std::vector<ListedRows>& rows,
   for (size_t b = 0; b < rows.size(); ++b)
     table.set(int64_t(b), rows[b].list, rows[b].count, rows[b].tail);
   const auto [lists, counts_tails] = table.on(device_);
+  return launch_retained(lists, counts_tails, d, store, q, logits, tails);
+}
+
+at::Tensor PagedKVCache::launch_retained(const at::Tensor& lists, const at::Tensor& counts_tails,
+                                         const paged_cuda::DecodeBatch& d,
+                                         const kernels::PagedKvStore& store, const at::Tensor& q,
+                                         const at::Tensor& logits, at::Tensor* tails) {
+  const int64_t B = lists.size(0);
   if (tails) *tails = counts_tails.narrow(0, B, B);
   // The kernel reads the kernels' 16-bit q as it is and writes its dtype (no conversions);
   // other queries in fp32.

@@ -1169,7 +1169,11 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
       const at::Tensor q = rows(batch, kHeads), k = rows(batch, kKvHeads),
                        v = rows(batch, kKvHeads);
       ops.clear();
+      const int64_t tables = paged.list_tables();
       for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
+      // Each layer's lists changed in the last step (a token dropped): every layer's table goes
+      // up at the step's first layer, in one copy.
+      EXPECT_EQ(paged.list_tables(), tables + 1) << "step " << step;
       if (c.selects) {
         EXPECT_GT(ops["aten::sort"], 0) << "normalized sums select()";
         continue;
@@ -1193,6 +1197,56 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
     }
     for (const int64_t seq : seqs)
       EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, c.kept));
+  }
+}
+
+// Lists that a decode step leaves as they were (PyramidKV's shorter layers over their slots,
+// SnapKV's choice over KIVI: selected once, after the prefill) keep their list tables: after
+// the first decode step nothing goes up, and every step still attends what the reference
+// cache attends (the tables reused from step to step are the right ones).
+TEST(PagedHostOpsTest, ListsAStepLeavesAsTheyWereGoUpNoMore) {
+  for (const char* entry : {R"({"name": "pyramidkv", "budget": 48, "window": 8, "codec": "fp16"})",
+                            R"({"name": "snapkv", "budget": 96, "window": 8,
+            "codec": {"name": "kivi-4", "group": 32, "residual": 64}})"}) {
+    SCOPED_TRACE(entry);
+    PolicyCase c = policy_case({entry, "emulated"});
+    PagedKVCache& paged = *c.paged;
+    const bool kivi = kernels::is_kivi(paged.format().format);
+    auto ref = make_kv_cache(c.method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+    const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence()};
+    for (const int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
+    auto gen = at::detail::createCPUGenerator(37);
+    for (int step = 0; step < 6; ++step) {
+      const std::vector<int64_t> counts =
+          step == 0 ? std::vector<int64_t>{200, 150} : std::vector<int64_t>{1, 1};
+      const int64_t tables = paged.list_tables();
+      for (int64_t l = 0; l < kLayers; ++l) {
+        std::vector<Block> blocks;
+        std::vector<at::Tensor> q, k, v;
+        for (const int64_t n : counts) {
+          blocks.push_back(random_block(n, at::kHalf, gen));
+          q.push_back(blocks.back().q.transpose(0, 1)),
+              k.push_back(blocks.back().k.transpose(0, 1)),
+              v.push_back(blocks.back().v.transpose(0, 1));
+        }
+        const at::Tensor got =
+            paged
+                .append_and_attend_batch(l, seqs, counts, at::cat(q).to(at::kHalf), at::cat(k),
+                                         at::cat(v))
+                .to(at::kFloat);
+        for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
+          const Block& x = blocks[b];
+          const at::Tensor want = ref->append_and_attend(seqs[b], l, x.q, x.k, x.v);
+          if (kivi) continue;  // (KIVI's groups differ from the reference's: selections only)
+          const at::Tensor mine = got.narrow(0, int64_t(row), counts[b]).transpose(0, 1);
+          EXPECT_LT(((mine - want).norm() / want.norm()).item<double>(), 2e-3)
+              << "step " << step << ", layer " << l << ", sequence " << b;
+        }
+      }
+      for (const int64_t id : seqs) EXPECT_EQ(paged.kept_tokens(id), ref->kept_tokens(id));
+      // The first decode step takes the prefill's lists up; the next ones nothing.
+      if (step > 0) EXPECT_EQ(paged.list_tables(), tables + (step == 1)) << "step " << step;
+    }
   }
 }
 

@@ -130,20 +130,31 @@ std::vector<int64_t> pack_lists(const std::vector<at::Tensor>& hosts, int* to);
 // A retained-index step's per-sequence table (kernels/retained_decode.h's kept_lists,
 // kept_counts and tail_start), written on the host into one buffer (B int64 list addresses,
 // then B counts and B tails as int32 in the next B int64 words, zero until set), so that one
-// copy takes it up to `device` (pinned host memory when that is a GPU).
+// copy takes it up to `device` (pinned host memory when that is a GPU). `layers` tables one
+// after another: a step's layers, taken up in that one copy.
 class ListTable {
  public:
-  ListTable(int64_t batch, const at::Device& device);
-  void set(int64_t b, const UploadedList& list, int64_t count, int64_t tail);
-  // The [B] int64 addresses and the [2B] int32 counts then tails on `device` (from pinned
-  // memory on a GPU, queued without waiting; elsewhere the host buffer itself).
-  std::pair<at::Tensor, at::Tensor> on(const at::Device& device) const;
+  ListTable(int64_t batch, const at::Device& device, int64_t layers = 1);
+  void set(int64_t b, const UploadedList& list, int64_t count, int64_t tail, int64_t layer = 0);
+  // Every table on `device` (from pinned memory on a GPU, queued without waiting; elsewhere
+  // the host buffer itself): [layers * 2B] int64.
+  at::Tensor upload(const at::Device& device) const;
+  // Table `layer` of upload()'s: the [B] int64 addresses and the [2B] int32 counts then tails.
+  static std::pair<at::Tensor, at::Tensor> of_layer(const at::Tensor& uploaded, int64_t batch,
+                                                    int64_t layer);
+  // Whether table `layer` holds for sequence b what set() would write for these.
+  bool holds(int64_t b, const UploadedList& list, int64_t count, int64_t tail, int64_t layer) const;
+  // upload() of a single table, as of_layer() gives it.
+  std::pair<at::Tensor, at::Tensor> on(const at::Device& device) const {
+    return of_layer(upload(device), batch_, 0);
+  }
 
  private:
-  int64_t batch_;
+  int64_t batch_, layers_;
   at::Tensor packed_;
-  int64_t* addresses_;  // packed_'s first B words
-  int* counts_tails_;   // and its next B as 2B int32 (no operator per set())
+  // packed_'s words: per layer B addresses, then B words holding 2B int32 (no operator per
+  // set()).
+  int64_t* words_;
 };
 
 class PagedKVCache final : public KVCache {
@@ -254,6 +265,8 @@ class PagedKVCache final : public KVCache {
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   double retention_seconds() const override { return retention_s_; }
   double device_wait_seconds() const override { return waited_s_; }
+  // Retained-index list tables built so far (tests: at most one per decode step).
+  int64_t list_tables() const { return list_tables_; }
   at::Device device() const override { return device_; }
   // On a GPU, the kernels' fp16/bf16, with a policy too: every policy path converts what it
   // reads (the gathered rows' attention and the window scores take fp32 of the same values;
@@ -543,11 +556,28 @@ class PagedKVCache final : public KVCache {
                           const kernels::PagedKvStore& store, const at::Tensor& q,
                           const at::Tensor& logits, at::Tensor* tails = nullptr);
   // A GPU decode step of single tokens over each sequence's retained positions (the retained-
-  // index kernel; `logits` defined: each held token's scaled score is written there).
+  // index kernel; `logits` defined: each held token's scaled score is written there). The
+  // list tables go up for this layer and every later one at once (step_lists_), when this
+  // layer's lists differ from its table (checked on the host, entry by entry: addresses,
+  // counts, tails): every selection and eviction comes after its layer attends, changing
+  // lists for later steps only, so a step builds them at most once, at its first layer whose
+  // lists changed, and a step that changed none builds nothing.
   at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
                              const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
                              const at::Tensor& q, const at::Tensor& logits,
                              at::Tensor* tails = nullptr);
+  // What sequence b reads at `layer` in decode_retained's table: its list (none if it has no
+  // selection or an empty one), count and tail.
+  static ListedRows listed_rows(const Retained& r);
+  // step_lists_ built for the layers of `batch` from `layer` on, and uploaded (lists a
+  // selection changed since they last travelled go up first, a layer's together).
+  void build_step_lists(int64_t layer, const std::vector<Sequence*>& batch);
+  // Whether step_lists_ holds `layer`'s lists of `batch` as they are now.
+  bool step_lists_hold(int64_t layer, const std::vector<Sequence*>& batch) const;
+  // The retained-index kernel over `lists` and `counts_tails` (ListTable::of_layer's).
+  at::Tensor launch_retained(const at::Tensor& lists, const at::Tensor& counts_tails,
+                             const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
+                             const at::Tensor& q, const at::Tensor& logits, at::Tensor* tails);
   // A policy that needs window scores (SnapKV): those of a sequence's prefill (rows [row, row
   // + n) of the step's q [rows, heads, d] and k [rows, kv_heads, d]), into `in`; nothing for
   // the others (the attention records fill theirs: AttentionRecord::fill_batch).
@@ -713,6 +743,14 @@ class PagedKVCache final : public KVCache {
   double waited_s_ = 0;           // device_wait_seconds()
   std::vector<int64_t> scratch_;  // apply_choice's and keep_span's positions
   SteadyBuffers steady_;          // evict_steady's rows, ring offsets and workspace
+  // decode_retained's tables of `layers` layers from `first` on, for a batch of B.
+  struct StepLists {
+    int64_t first = 0, layers = 0, batch = 0;
+    std::optional<ListTable> host;  // as written (step_lists_hold reads it back)
+    at::Tensor tables;              // its upload()
+  };
+  StepLists step_lists_;
+  int64_t list_tables_ = 0;  // list_tables()
   // attend_batch's last batch, its lengths and tables (reused while they match).
   std::vector<int64_t> attend_seqs_, attend_lengths_;
   Step attend_step_;
