@@ -418,6 +418,7 @@ void PagedKVCache::remove_sequence(int64_t seq) {
     if (*p >= 0) free_.push_back(*p);  // pages eviction freed are already free
   free_slots_.push_back(s.slot);
   sequences_.erase(seq);
+  if (sequences_.empty()) step_lists_ = {};  // (its tables would hold nothing any more)
 }
 
 PagedKVCache::Sequence& PagedKVCache::sequence(int64_t seq) {
@@ -1488,10 +1489,10 @@ at::Tensor PagedKVCache::decode_retained(int64_t layer, const std::vector<Sequen
                                          const at::Tensor& logits, at::Tensor* tails) {
   // Each sequence's lists stay on the device; only their addresses, counts and tails travel
   // (a sequence nothing was evicted from: no list, tail 0), every layer's from this one on in
-  // one copy when this layer's differ from what last went up (at most once per step: a step's
-  // evictions come after its layers attend). The kernel reads the listed positions, then the
-  // tail up to the new token: the held positions in order, which the step's scores are
-  // aligned with.
+  // one copy when this layer's differ from what last went up (once per step for the
+  // registered policies, whose selections and evictions come after their layer attends). The
+  // kernel reads the listed positions, then the tail up to the new token: the held positions
+  // in order, which the step's scores are aligned with.
   if (!step_lists_hold(layer, batch)) build_step_lists(layer, batch);
   const auto [lists, counts_tails] =
       ListTable::of_layer(step_lists_.tables, int64_t(batch.size()), layer - step_lists_.first);

@@ -559,9 +559,10 @@ class PagedKVCache final : public KVCache {
   // index kernel; `logits` defined: each held token's scaled score is written there). The
   // list tables go up for this layer and every later one at once (step_lists_), when this
   // layer's lists differ from its table (checked on the host, entry by entry: addresses,
-  // counts, tails): every selection and eviction comes after its layer attends, changing
-  // lists for later steps only, so a step builds them at most once, at its first layer whose
-  // lists changed, and a step that changed none builds nothing.
+  // counts, tails). The registered policies select and evict after their layer attends,
+  // changing lists for later steps only, so a step builds them once, at its first layer whose
+  // lists changed, or not at all; a policy selecting by positions before its layer attends
+  // (a span without a ring, as in tests) builds at each such layer, one copy each as before.
   at::Tensor decode_retained(int64_t layer, const std::vector<Sequence*>& batch,
                              const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
                              const at::Tensor& q, const at::Tensor& logits,
