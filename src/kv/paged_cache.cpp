@@ -79,13 +79,18 @@ ListTable::ListTable(int64_t batch, const at::Device& device, int64_t layers)
   std::fill(words_, words_ + 2 * batch * layers, int64_t{0});
 }
 
+int64_t ListTable::address_of(const UploadedList& list) {
+  return list.buffer.defined()
+             ? reinterpret_cast<int64_t>(list.buffer.data_ptr<int>() + list.offset)
+             : 0;
+}
+
 void ListTable::set(int64_t b, const UploadedList& list, int64_t count, int64_t tail,
                     int64_t layer) {
   KVB_CHECK(b >= 0 && b < batch_ && layer >= 0 && layer < layers_, "list table: sequence ", b,
             " of ", batch_, ", table ", layer, " of ", layers_);
   int64_t* words = words_ + 2 * batch_ * layer;
-  if (list.buffer.defined())
-    words[b] = reinterpret_cast<int64_t>(list.buffer.data_ptr<int>() + list.offset);
+  words[b] = address_of(list);
   int* counts_tails = reinterpret_cast<int*>(words + batch_);
   counts_tails[b] = int(count), counts_tails[batch_ + b] = int(tail);
 }
@@ -94,10 +99,7 @@ bool ListTable::holds(int64_t b, const UploadedList& list, int64_t count, int64_
                       int64_t layer) const {
   const int64_t* words = words_ + 2 * batch_ * layer;
   const int* counts_tails = reinterpret_cast<const int*>(words + batch_);
-  const int64_t address = list.buffer.defined()
-                              ? reinterpret_cast<int64_t>(list.buffer.data_ptr<int>() + list.offset)
-                              : 0;
-  return words[b] == address && counts_tails[b] == int(count) &&
+  return words[b] == address_of(list) && counts_tails[b] == int(count) &&
          counts_tails[batch_ + b] == int(tail);
 }
 
@@ -1524,13 +1526,18 @@ void PagedKVCache::build_step_lists(int64_t layer, const std::vector<Sequence*>&
     }
   }
   const at::Tensor tables = table.upload(device_);
-  step_lists_ = {layer, layers, B, std::move(table), tables};
+  step_lists_ = {layer, layers, B, std::move(table), tables, current_stream()};
   ++list_tables_;
+}
+
+void* PagedKVCache::current_stream() const {
+  return device_.is_cuda() ? current_cuda_stream(device_) : nullptr;
 }
 
 bool PagedKVCache::step_lists_hold(int64_t layer, const std::vector<Sequence*>& batch) const {
   const StepLists& s = step_lists_;
-  if (!s.host || s.batch != int64_t(batch.size()) || layer < s.first || layer >= s.first + s.layers)
+  if (!s.host || s.batch != int64_t(batch.size()) || layer < s.first ||
+      layer >= s.first + s.layers || s.stream != current_stream())
     return false;
   for (size_t b = 0; b < batch.size(); ++b) {
     const Retained& r = batch[b]->kept[size_t(layer)];

@@ -152,6 +152,9 @@ class ListTable {
  private:
   int64_t batch_, layers_;
   at::Tensor packed_;
+  // The word set() writes for `list`: its first element's address, 0 for none.
+  static int64_t address_of(const UploadedList& list);
+
   // packed_'s words: per layer B addresses, then B words holding 2B int32 (no operator per
   // set()).
   int64_t* words_;
@@ -573,8 +576,11 @@ class PagedKVCache final : public KVCache {
   // step_lists_ built for the layers of `batch` from `layer` on, and uploaded (lists a
   // selection changed since they last travelled go up first, a layer's together).
   void build_step_lists(int64_t layer, const std::vector<Sequence*>& batch);
-  // Whether step_lists_ holds `layer`'s lists of `batch` as they are now.
+  // Whether step_lists_ holds `layer`'s lists of `batch` as they are now, queued on the
+  // current stream.
   bool step_lists_hold(int64_t layer, const std::vector<Sequence*>& batch) const;
+  // torch's current stream where the pools are (core/cuda_stream.h); nullptr off the GPU.
+  void* current_stream() const;
   // The retained-index kernel over `lists` and `counts_tails` (ListTable::of_layer's).
   at::Tensor launch_retained(const at::Tensor& lists, const at::Tensor& counts_tails,
                              const paged_cuda::DecodeBatch& d, const kernels::PagedKvStore& store,
@@ -749,6 +755,9 @@ class PagedKVCache final : public KVCache {
     int64_t first = 0, layers = 0, batch = 0;
     std::optional<ListTable> host;  // as written (step_lists_hold reads it back)
     at::Tensor tables;              // its upload()
+    // current_stream() at the upload: another stream builds them again (a copy queued on
+    // this one is not ordered before the other's kernels), as SteadyBuffers does.
+    void* stream = nullptr;
   };
   StepLists step_lists_;
   int64_t list_tables_ = 0;  // list_tables()
