@@ -210,8 +210,9 @@ json retained_record(const Shape& sh, std::shared_ptr<const RetentionPolicy> pol
   const std::string name = policy->name();
   const json params = policy->params();
   int64_t kept = 0;
-  Summary method = summarize(
-      time_decode_steps(policy, sh, backend, sh.context, warmup, repeats, seed, &kept), seed);
+  const std::vector<double> samples =
+      time_decode_steps(policy, sh, backend, sh.context, warmup, repeats, seed, &kept);
+  Summary method = summarize(samples, seed);
   // Quest keeps every token but reads its chosen pages: its baseline is a cache that size (what
   // its last timed step read).
   const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());
@@ -232,6 +233,7 @@ json retained_record(const Shape& sh, std::shared_ptr<const RetentionPolicy> pol
           {"context", sh.context},
           {"kept_tokens", kept},
           {"read_tokens", read},
+          {"samples_s", samples},
           {"time_s", to_json(method)},
           {"full_at_kept_time_s", to_json(at_kept)},
           {"full_at_context_time_s", to_json(at_context)},

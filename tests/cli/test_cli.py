@@ -397,6 +397,20 @@ class CliTest(CliCase):
         # No temporary file is left next to the report.
         self.assertEqual([p.name for p in path.parent.iterdir()], [path.name])
 
+    def test_a_kernels_cell_of_a_policy_evicting_during_decode_validates(self):
+        """Its retained_decode records (the method's own steps) keep their raw samples too."""
+        res = self.run_ok({"suites": [dict(TINY_SUITE, kv_heads=[1])], "threads": 1,
+                           "methods": [{"name": "streamingllm", "sinks": 4, "window": 64}]})
+        self.assertEqual(res.returncode, 0, res.stderr)
+        path, report = self.report_from(res)
+        records = [r for r in report["cells"][0]["records"] if r["kind"] == "retained_decode"]
+        self.assertEqual(len(records), 2)
+        for r in records:
+            self.assertEqual(len(r["samples_s"]), 3)
+            self.assertEqual(r["time_s"]["median"], sorted(r["samples_s"])[1])
+        check = subprocess.run(VALIDATE + [str(path)], capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+
     def test_report_records_what_version_prints(self):
         res = self.run_ok({"suites": [TINY_SUITE]})
         _, report = self.report_from(res)
@@ -564,8 +578,8 @@ class CliTest(CliCase):
         self.assertEqual(documented, actual, "\n".join(["docs/config.md should read:"] + actual))
 
     def test_documented_cell_ids_are_real(self):
-        """The ids config.md and report-schema.md give for the default kernels cell are the ones
-        kvbench computes, and report-schema.md's canonical JSON hashes to the first."""
+        """The ids config.md, report-schema.md and the README give for the default kernels cell are
+        the ones kvbench computes, and report-schema.md's canonical JSON hashes to the first."""
         ids = {}
         for attention in ("cpu", "reference"):
             path = self.write_config({"suites": [{"name": "kernels"}], "threads": 2,
@@ -577,6 +591,8 @@ class CliTest(CliCase):
             text = (ROOT / "docs" / doc).read_text()
             for attention, cell_id in ids.items():
                 self.assertTrue(f"`{cell_id}`" in text, f"{doc} should give {cell_id} ({attention})")
+        readme = (ROOT / "README.md").read_text()
+        self.assertIn(f"`{ids['cpu']}`", readme)
         schema = (ROOT / "docs" / "report-schema.md").read_text()
         canonical = re.search(r'\n(\{"attention":"cpu".*"suite":"kernels".*\})\n', schema).group(1)
         h = 0xCBF29CE484222325
