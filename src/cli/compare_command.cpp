@@ -92,7 +92,13 @@ int compare(const CompareCliOptions& opt) {
     return 2;
   }
   options.seed = opt.seed;
-  const CompareResult result = compare_reports(base.doc, cand.doc, options);
+  CompareResult result;
+  try {
+    result = compare_reports(base.doc, cand.doc, options);
+  } catch (const nlohmann::json::exception& e) {  // a field of the wrong type
+    spdlog::error("{}", malformed_report_message(e, {opt.baseline, opt.candidate}));
+    return 2;
+  }
   for (const std::string& n : result.notes) spdlog::warn("{}", n);
 
   Table t;

@@ -110,22 +110,23 @@ std::vector<GridRun> load_run_specs(const std::string& path,
   const json grid = config["grid"];
   config.erase("grid");
   if (!grid.is_object() || grid.empty()) {
-    throw ConfigError("grid",
-                      "expected an object of \"dotted.key\": [values] pairs, got " + grid.dump());
+    throw ConfigError(
+        "grid", "expected an object of \"dotted.key\": [values] pairs, got " + brief_json(grid));
   }
   std::vector<std::pair<std::string, json>> axes;  // json objects keep keys sorted
   for (const auto& [key, values] : grid.items()) axes.emplace_back(key, values);
   size_t total = 1;
   for (const auto& [key, values] : grid.items()) {
     if (!values.is_array() || values.empty()) {
-      throw ConfigError("grid." + key, "expected a non-empty list of values, got " + values.dump());
+      throw ConfigError("grid." + key,
+                        "expected a non-empty list of values, got " + brief_json(values));
     }
     total *= values.size();
     if (total > 100000) throw ConfigError("grid", "more than 100000 combinations");
     std::set<std::string> seen;
     for (const json& v : values)
       if (!seen.insert(v.dump()).second)
-        throw ConfigError("grid." + key, "lists " + v.dump() +
+        throw ConfigError("grid." + key, "lists " + brief_json(v) +
                                              " twice (two runs of one config, with the same "
                                              "cell ids)");
   }
@@ -156,7 +157,7 @@ std::vector<GridRun> load_run_specs(const std::string& path,
       const std::string prefix = "config: " + e.key_path() + ": ", what = e.what();
       throw ConfigError(e.key_path(),
                         (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what) +
-                            " (in grid point " + point.dump() + ")");
+                            " (in grid point " + brief_json(point) + ")");
     }
   }
   // Runs of one model next to each other, otherwise in grid order.

@@ -2,6 +2,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cerrno>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -16,8 +18,11 @@ namespace kvbench {
 CLI::Validator non_negative() {
   return CLI::Validator(
       [](const std::string& v) {
-        return v.find('-') == std::string::npos ? std::string()
-                                                : "expected a number >= 0, got " + v;
+        if (v.find('-') != std::string::npos) return "expected a number >= 0, got " + v;
+        errno = 0;
+        std::strtoull(v.c_str(), nullptr, 10);
+        return errno == ERANGE ? "expected a number <= 18446744073709551615, got " + v
+                               : std::string();
       },
       "NONNEGATIVE");
 }
@@ -75,7 +80,13 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
             opt->out, why);
         return 2;
       }
-      write_preset_checkpoint(preset, opt->out, opt->seed);
+      try {
+        write_preset_checkpoint(preset, opt->out, opt->seed);
+      } catch (const std::filesystem::filesystem_error& e) {
+        spdlog::error("make-model: cannot write {}: {}", opt->out.empty() ? "\"\"" : opt->out,
+                      e.code().message());
+        return 2;
+      }
       std::cout << "wrote " << preset.name << " (" << preset.summary << ") to " << opt->out << "\n";
       return 0;
     };

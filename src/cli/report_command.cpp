@@ -31,6 +31,9 @@ int report(const ReportOptions& opt) {
   } catch (const Error& e) {
     spdlog::error("{}", e.what());
     return 2;
+  } catch (const nlohmann::json::exception& e) {  // a field of the wrong type
+    spdlog::error("{}", malformed_report_message(e, opt.files));
+    return 2;
   }
   for (const std::string& w : merged.warnings) spdlog::warn("{}", w);
   if (opt.format != "md") {  // markdown carries the notes itself

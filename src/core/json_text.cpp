@@ -33,13 +33,47 @@ std::string parse_problem(const std::string& what) {
   return colon == std::string::npos ? what : what.substr(colon + 2);
 }
 
+void brief_into(const json& v, std::string& out, size_t max_chars, int depth) {
+  if (out.size() > max_chars) return;
+  if (!v.is_structured()) {
+    out += v.dump();
+    return;
+  }
+  const bool array = v.is_array();
+  if (v.empty() || depth >= 4) {
+    out += v.empty() ? (array ? "[]" : "{}") : (array ? "[...]" : "{...}");
+    return;
+  }
+  out += array ? '[' : '{';
+  bool first = true;
+  for (auto it = v.begin(); it != v.end() && out.size() <= max_chars; ++it, first = false) {
+    if (!first) out += ',';
+    if (!array) out += json(it.key()).dump() + ':';
+    brief_into(*it, out, max_chars, depth + 1);
+  }
+  out += array ? ']' : '}';
+}
+
 }  // namespace
+
+std::string brief_json(const json& value, size_t max_chars) {
+  std::string out;
+  brief_into(value, out, max_chars, 0);
+  if (out.size() <= max_chars) return out;
+  const size_t full = value.is_string() ? value.get_ref<const std::string&>().size() + 2 : 0;
+  return out.substr(0, max_chars) + "..." +
+         (full ? " (" + std::to_string(full) + " characters)" : "");
+}
 
 json parse_json_text(const std::string& text, const std::string& source, bool comments) {
   // A key given twice in one object would silently keep the later value (JSON allows the
   // text, nlohmann keeps the last); the author meant one of them.
   std::vector<std::set<std::string>> keys;  // per open object
-  const json::parser_callback_t no_duplicates = [&](int, json::parse_event_t event, json& parsed) {
+  const json::parser_callback_t no_duplicates = [&](int depth, json::parse_event_t event,
+                                                    json& parsed) {
+    if (depth > kMaxJsonDepth)
+      throw ConfigError("", source + ": values nested more than " + std::to_string(kMaxJsonDepth) +
+                                " levels deep");
     if (event == json::parse_event_t::object_start) keys.emplace_back();
     if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
     if (event == json::parse_event_t::key && !keys.empty() &&

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 
 namespace kvbench {
@@ -37,7 +38,13 @@ bool in_range(const ParamSpec& s, double v) {
 }
 
 [[noreturn]] void fail(const ParamSpec& s, const json& value, const std::string& path) {
-  throw ConfigError(path, "expected " + describe_expected(s) + ", got " + value.dump());
+  throw ConfigError(path, "expected " + describe_expected(s) + ", got " + brief_json(value));
+}
+
+// A NUL would cut a path short where the system reads it (and no name holds one).
+void refuse_nul(const json& value, const std::string& path) {
+  if (value.get_ref<const std::string&>().find('\0') != std::string::npos)
+    throw ConfigError(path, "contains a NUL character (\\u0000), got " + brief_json(value));
 }
 
 ParamSpec make(std::string name, ParamType type, json def, std::string help) {
@@ -186,11 +193,12 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
       return;
     case ParamType::kString:
       if (!value.is_string()) fail(s, value, path);
+      refuse_nul(value, path);
       if (!s.choices.empty() && std::find(s.choices.begin(), s.choices.end(),
                                           value.get<std::string>()) == s.choices.end()) {
         const std::string hint = closest_match(value.get<std::string>(), s.choices);
         if (hint.empty()) fail(s, value, path);
-        throw ConfigError(path, "expected " + describe_expected(s) + ", got " + value.dump() +
+        throw ConfigError(path, "expected " + describe_expected(s) + ", got " + brief_json(value) +
                                     " (did you mean \"" + hint + "\"?)");
       }
       return;
@@ -200,7 +208,7 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
         const json& v = value[i];
         if (!v.is_number_integer() || !in_range(s, v.get<double>())) {
           throw ConfigError(path + "[" + std::to_string(i) + "]",
-                            "expected integer" + range_text(s) + ", got " + v.dump());
+                            "expected integer" + range_text(s) + ", got " + brief_json(v));
         }
       }
       return;
@@ -213,11 +221,12 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
         const bool ok = numbers ? v.is_number() && std::isfinite(v.get<double>()) &&
                                       in_range(s, v.get<double>())
                                 : v.is_string();
+        if (ok && !numbers) refuse_nul(v, path + "[" + std::to_string(i) + "]");
         if (!ok) {
           throw ConfigError(
               path + "[" + std::to_string(i) + "]",
               std::string(numbers ? "expected number" + range_text(s) : "expected string") +
-                  ", got " + v.dump());
+                  ", got " + brief_json(v));
         }
       }
       return;

@@ -598,6 +598,23 @@ std::shared_ptr<const Codec> check_codec_builds(const json& codec, const std::st
   }
 }
 
+// "retention+codec": both halves named, the retention method first.
+void check_composed_name(const std::string& full, size_t plus, const std::string& path) {
+  const std::string left = full.substr(0, plus), right = full.substr(plus + 1);
+  if (left.empty() || right.empty())
+    throw ConfigError(path, "'" + full +
+                                "': expected a retention method and its codec, as in "
+                                "'snapkv-2048+kivi-4'");
+  const auto& catalog = method_catalog();
+  auto it = std::find_if(catalog.begin(), catalog.end(),
+                         [&](const MethodInfo& m) { return m.name == left; });
+  if (it != catalog.end() && !it->policy)
+    throw ConfigError(path, "'" + full + "': '" + left +
+                                "' is a codec, not a retention method; the retention method "
+                                "comes first, as in '" +
+                                right + "+" + left + "'");
+}
+
 }  // namespace
 
 nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string& path) {
@@ -614,6 +631,7 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
       }
       entry["name"] = full.substr(0, plus);
       entry["codec"] = full.substr(plus + 1);
+      check_composed_name(full, plus, join_path(path, "name"));
     }
   }
   if (!entry.is_object()) {

@@ -3,15 +3,19 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 
 namespace kvbench {
 namespace {
 
 using nlohmann::json;
+
+constexpr int64_t kMaxLayers = 4096;
 
 struct Reader {
   const json& j;
@@ -21,32 +25,35 @@ struct Reader {
     throw Error("model config: " + source + ": " + key + ": " + problem);
   }
   bool has(const std::string& key) const { return j.contains(key) && !j[key].is_null(); }
-  int64_t integer(const std::string& key, std::optional<int64_t> def = {}, int64_t min = 1) const {
+  int64_t integer(const std::string& key, std::optional<int64_t> def = {}, int64_t min = 1,
+                  int64_t max = std::numeric_limits<int64_t>::max()) const {
     if (!has(key)) {
       if (!def) fail(key, "required key missing");
       return *def;
     }
-    if (!j[key].is_number_integer()) fail(key, "expected an integer, got " + j[key].dump());
+    if (!j[key].is_number_integer()) fail(key, "expected an integer, got " + brief_json(j[key]));
     const int64_t v = j[key].get<int64_t>();
     if (v < min)
-      fail(key, "expected an integer >= " + std::to_string(min) + ", got " + j[key].dump());
+      fail(key, "expected an integer >= " + std::to_string(min) + ", got " + brief_json(j[key]));
+    if (v > max)
+      fail(key, "expected an integer <= " + std::to_string(max) + ", got " + brief_json(j[key]));
     return v;
   }
   double number(const std::string& key, double def) const {
     if (!has(key)) return def;
     if (!j[key].is_number() || !(j[key].get<double>() > 0)) {
-      fail(key, "expected a positive number, got " + j[key].dump());
+      fail(key, "expected a positive number, got " + brief_json(j[key]));
     }
     return j[key].get<double>();
   }
   bool boolean(const std::string& key, bool def) const {
     if (!has(key)) return def;
-    if (!j[key].is_boolean()) fail(key, "expected true or false, got " + j[key].dump());
+    if (!j[key].is_boolean()) fail(key, "expected true or false, got " + brief_json(j[key]));
     return j[key].get<bool>();
   }
   std::string string(const std::string& key, const std::string& def) const {
     if (!has(key)) return def;
-    if (!j[key].is_string()) fail(key, "expected a string, got " + j[key].dump());
+    if (!j[key].is_string()) fail(key, "expected a string, got " + brief_json(j[key]));
     return j[key].get<std::string>();
   }
   // eos_token_id may be one id or a list of them.
@@ -55,9 +62,9 @@ struct Reader {
     if (!has(key)) return out;
     const json& v = j[key];
     if (v.is_number_integer()) return {v.get<int64_t>()};
-    if (!v.is_array()) fail(key, "expected an id or a list of ids, got " + v.dump());
+    if (!v.is_array()) fail(key, "expected an id or a list of ids, got " + brief_json(v));
     for (const auto& x : v) {
-      if (!x.is_number_integer()) fail(key, "expected integer ids, got " + v.dump());
+      if (!x.is_number_integer()) fail(key, "expected integer ids, got " + brief_json(v));
       out.push_back(x.get<int64_t>());
     }
     return out;
@@ -92,7 +99,7 @@ RopeScaling parse_rope_scaling(const Reader& r) {
   RopeScaling s;
   if (!r.has("rope_scaling")) return s;
   const json& j = r.j["rope_scaling"];
-  if (!j.is_object()) r.fail("rope_scaling", "expected an object or null, got " + j.dump());
+  if (!j.is_object()) r.fail("rope_scaling", "expected an object or null, got " + brief_json(j));
   Reader sr{j, r.source};
   // transformers renamed "type" to "rope_type"; checkpoints carry either.
   s.type = sr.string("rope_type", sr.string("type", "default"));
@@ -172,7 +179,9 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.vocab_size = r.integer("vocab_size");
   c.hidden_size = r.integer("hidden_size");
   c.intermediate_size = r.integer("intermediate_size");
-  c.num_layers = r.integer("num_hidden_layers");
+  // (Real models have up to a few hundred; a count in the millions would be allocated per
+  // layer before any size check could say it does not fit.)
+  c.num_layers = r.integer("num_hidden_layers", {}, 1, kMaxLayers);
   c.num_heads = r.integer("num_attention_heads");
   c.num_kv_heads = r.integer("num_key_value_heads", c.num_heads);
   if (c.num_heads % c.num_kv_heads != 0) {

@@ -58,6 +58,19 @@ LoadedReport load_report(const std::string& path) {
   return r;
 }
 
+std::string malformed_report_message(const std::exception& e,
+                                     const std::vector<std::string>& files) {
+  std::string what = e.what();
+  const size_t tag = what.find("] ");  // "[json.exception.type_error.302] ..."
+  if (what.rfind("[json.exception.", 0) == 0 && tag != std::string::npos)
+    what = what.substr(tag + 2);
+  std::string names;
+  for (const std::string& f : files) names += " " + f;
+  return "malformed report (" + what + "): a field in" + names +
+         " does not match docs/report.schema.json; python3 scripts/validate_report.py" + names +
+         " names it";
+}
+
 nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& cell) {
   const nlohmann::json& cfg = report["config"];
   nlohmann::json setup = {{"attention", cfg.value("attention", "cpu")},

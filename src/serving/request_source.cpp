@@ -24,9 +24,13 @@ void for_each_json_line(const std::string& path, const std::string& what, Fn&& f
       path, [&](const json& row, int64_t line) { fn(row, jsonl_where(path, line)); }, what);
 }
 
+// A request's lengths: at most 2^24 tokens (the config's bound on lengths), so that a typo
+// fails here, naming its line, before a prompt of that many ids is made.
 int64_t positive_integer(const json& row, const char* key, const std::string& at) {
-  if (!row.contains(key) || !row[key].is_number_integer() || row[key].get<int64_t>() < 1)
-    throw_field_error(row, key, "an integer >= 1", "trace_file: " + at);
+  constexpr int64_t kMaxTokens = int64_t{1} << 24;
+  if (!row.contains(key) || !row[key].is_number_integer() || row[key].get<int64_t>() < 1 ||
+      row[key].get<int64_t>() > kMaxTokens)
+    throw_field_error(row, key, "an integer in [1, 16777216]", "trace_file: " + at);
   return row[key].get<int64_t>();
 }
 

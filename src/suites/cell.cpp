@@ -44,19 +44,25 @@ std::string read_at(std::ifstream& in, uint64_t offset, uint64_t n) {
   return buf;
 }
 
+std::string bytes_fingerprint(const std::filesystem::path& path);
+
+// A directory: its regular files' (not its subdirectories'), one level only.
 std::string file_fingerprint(const std::filesystem::path& path) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    std::vector<std::string> parts;
-    for (const auto& e : std::filesystem::directory_iterator(path, ec)) {
-      if (e.is_regular_file())
-        parts.push_back(e.path().filename().string() + "=" + file_fingerprint(e.path()));
-    }
-    std::sort(parts.begin(), parts.end());
-    std::string all;
-    for (const auto& p : parts) all += p + ";";
-    return hex64(fnv1a64(all));
+  if (!std::filesystem::is_directory(path, ec)) return bytes_fingerprint(path);
+  std::vector<std::string> parts;
+  for (const auto& e : std::filesystem::directory_iterator(path, ec)) {
+    if (e.is_regular_file())
+      parts.push_back(e.path().filename().string() + "=" + bytes_fingerprint(e.path()));
   }
+  std::sort(parts.begin(), parts.end());
+  std::string all;
+  for (const auto& p : parts) all += p + ";";
+  return hex64(fnv1a64(all));
+}
+
+std::string bytes_fingerprint(const std::filesystem::path& path) {
+  std::error_code ec;
   const uint64_t size = std::filesystem::file_size(path, ec);
   if (ec) return "missing";
   std::ifstream in(path, std::ios::binary);

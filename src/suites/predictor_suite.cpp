@@ -167,17 +167,16 @@ uint64_t PredictorSuite::estimate_bytes(const EstimateContext& ctx) const {
                           *std::max_element(c.begin(), c.end()), steps + 1);
 }
 
-CellOutput PredictorSuite::run(const CellContext& ctx) {
-  const json& p = ctx.params;
+namespace {
+
+// The profile's points: the grid's, then the held-out ones off it.
+std::vector<Point> profile_points(const json& p) {
   const std::vector<int64_t> batches = sorted_unique(p["batch"].get<std::vector<int64_t>>());
   const std::vector<int64_t> contexts = sorted_unique(p["context"].get<std::vector<int64_t>>());
   if (batches.size() < 2) throw ConfigError("batch", "the grid needs at least two batches");
   if (contexts.size() < 2) throw ConfigError("context", "the grid needs at least two contexts");
   const std::vector<int64_t> hb = heldout_axis(p["heldout_batch"], batches, "heldout_batch");
   const std::vector<int64_t> hc = heldout_axis(p["heldout_context"], contexts, "heldout_context");
-  const int64_t steps = p["steps"];
-  const int repeats = p["repeats"], warmup = p["warmup"];
-
   std::vector<Point> points;
   for (int64_t b : batches)
     for (int64_t c : contexts) points.push_back({b, c, false, {}, {}});
@@ -193,6 +192,31 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                       "every held-out (batch, context) is a grid point; give held-out values "
                       "between the grid's");
   }
+  return points;
+}
+
+}  // namespace
+
+void PredictorSuite::check_params(const json& p) {
+  profile_points(p);
+  for (const char* what : {"prompt", "output"}) {  // the routing's uniform length ranges
+    const std::string lo = std::string("routing_") + what + "_tokens_min",
+                      hi = std::string("routing_") + what + "_tokens_max";
+    if (p[lo].get<int64_t>() > p[hi].get<int64_t>())
+      throw ConfigError(hi, "must be >= " + lo + " (" + std::to_string(p[lo].get<int64_t>()) + ")");
+  }
+}
+
+CellOutput PredictorSuite::run(const CellContext& ctx) {
+  const json& p = ctx.params;
+  check_params(p);
+  std::vector<Point> points = profile_points(p);
+  const std::vector<int64_t> batches = sorted_unique(p["batch"].get<std::vector<int64_t>>());
+  const std::vector<int64_t> contexts = sorted_unique(p["context"].get<std::vector<int64_t>>());
+  const std::vector<int64_t> hb = heldout_axis(p["heldout_batch"], batches, "heldout_batch");
+  const std::vector<int64_t> hc = heldout_axis(p["heldout_context"], contexts, "heldout_context");
+  const int64_t steps = p["steps"];
+  const int repeats = p["repeats"], warmup = p["warmup"];
 
   const Transformer& model = ctx.model.get();
   check_generation_fits(ctx, std::max(batches.back(), hb.back()),
@@ -310,14 +334,6 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   // Routing: the same seeded requests for every method (run seed, not cell seed).
   const int64_t pmin = p["routing_prompt_tokens_min"], pmax = p["routing_prompt_tokens_max"];
   const int64_t omin = p["routing_output_tokens_min"], omax = p["routing_output_tokens_max"];
-  if (pmin > pmax) {
-    throw ConfigError("routing_prompt_tokens_max",
-                      "must be >= routing_prompt_tokens_min (" + std::to_string(pmin) + ")");
-  }
-  if (omin > omax) {
-    throw ConfigError("routing_output_tokens_max",
-                      "must be >= routing_output_tokens_min (" + std::to_string(omin) + ")");
-  }
   const int64_t max_batch = p["routing_max_batch"].get<int64_t>() > 0
                                 ? p["routing_max_batch"].get<int64_t>()
                                 : batches.back();

@@ -51,23 +51,6 @@ void check_fidelity(const nlohmann::json& p) {
             "fidelity: give text or text_file, not both");
 }
 
-void check_predictor(const nlohmann::json& p) {
-  auto distinct = [](const nlohmann::json& v) {
-    std::vector<int64_t> x = v.get<std::vector<int64_t>>();
-    std::sort(x.begin(), x.end());
-    return std::unique(x.begin(), x.end()) - x.begin();
-  };
-  if (distinct(p["batch"]) < 2) throw ConfigError("batch", "the grid needs at least two batches");
-  if (distinct(p["context"]) < 2)
-    throw ConfigError("context", "the grid needs at least two contexts");
-  for (const char* what : {"prompt", "output"}) {  // the routing's uniform length ranges
-    const std::string lo = std::string("routing_") + what + "_tokens_min",
-                      hi = std::string("routing_") + what + "_tokens_max";
-    if (p[lo].get<int64_t>() > p[hi].get<int64_t>())
-      throw ConfigError(hi, "must be >= " + lo + " (" + std::to_string(p[lo].get<int64_t>()) + ")");
-  }
-}
-
 }  // namespace
 
 const std::vector<SuiteInfo>& suite_catalog() {
@@ -91,7 +74,7 @@ const std::vector<SuiteInfo>& suite_catalog() {
        ThroughputSuite::param_specs(),
        true,
        [] { return std::make_unique<ThroughputSuite>(); },
-       {},
+       ThroughputSuite::check_params,
        {}},
       {"fidelity",
        FidelitySuite::kSummary,
@@ -121,7 +104,7 @@ const std::vector<SuiteInfo>& suite_catalog() {
        PredictorSuite::param_specs(),
        true,
        [] { return std::make_unique<PredictorSuite>(); },
-       check_predictor,
+       PredictorSuite::check_params,
        {}},
   };
   return catalog;

@@ -187,8 +187,7 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   const ModelConfig& c = ctx.model.get().config();
   const int64_t context = p["capacity_context"], news = p["capacity_new_tokens"];
   const int64_t prompt = context - news + 1;
-  KVB_CHECK(prompt >= 1, "throughput: capacity_context (", context,
-            ") must be >= capacity_new_tokens (", news, ")");
+  ThroughputSuite::check_params(p);
   const Budget budget =
       capacity_budget(p, ctx.model.placement().device, ctx.model.get().weight_bytes());
   auto policy = make_policy(ctx.method);
@@ -252,6 +251,14 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
 }
 
 }  // namespace
+
+void ThroughputSuite::check_params(const json& p) {
+  const int64_t context = p["capacity_context"], news = p["capacity_new_tokens"];
+  if (context > 0 && context < news)
+    throw ConfigError("capacity_context", "must be >= capacity_new_tokens (" +
+                                              std::to_string(news) + ") when set, got " +
+                                              std::to_string(context));
+}
 
 uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;

@@ -3,6 +3,7 @@
 #include <functional>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/workloads/associative_recall.h"
 #include "kvbench/workloads/passkey.h"
@@ -230,7 +231,7 @@ TaskSample make_task_sample(const std::string& task, const Tokenizer& tokenizer,
   const TaskEntry& t = find_task(task, path);
   if (params.is_object() && params.contains("task") && params["task"] != task) {
     throw ConfigError(join_path(path, "task"),
-                      "expected \"" + task + "\" (or no key), got " + params["task"].dump());
+                      "expected \"" + task + "\" (or no key), got " + brief_json(params["task"]));
   }
   return t.make(tokenizer, resolve_task_params(task, params, path, {"task", "name"}));
 }

@@ -507,13 +507,31 @@ class CliTest(CliCase):
              'got 0 (in grid point {"suites.0.repeats":0})'),
             ('{"suites": [{"name": "kernels"}], "gird": {}}',
              "config: gird: unknown key (did you mean 'grid'?)"),
+            # Input no config holds: nesting past 64 levels (printing it overflowed the stack),
+            # a huge value (the message shows its start), a NUL (it cut paths short).
+            ('{"suites": [{"name": "kernels", "kv_heads": ' + "[" * 100000 + "]" * 100000 + "}]}",
+             "cfg.json: values nested more than 64 levels deep"),
+            ('{"suites": [{"name": "kernels", "kv_heads": "' + "x" * 1000000 + '"}]}',
+             'got "xxxxxxxx'),
+            ('{"model": {"path": "m\\u0000x"}, "suites": [{"name": "latency"}]}',
+             'config: model.path: contains a NUL character (\\u0000), got "m\\u0000x"'),
+            # A composed name the wrong way round, and model-free rules of two more suites.
+            ('{"suites": [{"name": "kernels"}], "methods": [{"name": "int8+snapkv"}]}',
+             "config: methods[0].name: 'int8+snapkv': 'int8' is a codec, not a retention method;"
+             " the retention method comes first, as in 'snapkv+int8'"),
+            ('{"suites": [{"name": "throughput", "capacity_context": 4, "capacity_new_tokens": 8}]}',
+             "config: suites[0].capacity_context: must be >= capacity_new_tokens (8) when set"),
+            ('{"suites": [{"name": "predictor", "batch": [1, 2], "heldout_batch": [100]}]}',
+             "config: suites[0].heldout_batch: 100 lies outside the grid's range [1, 2]"),
         ]
         for text, fragment in cases:
             with self.subTest(fragment):
                 path = self.write_config(text)
                 for cmd in ("validate", "run"):
                     args = [cmd, "--config", path] + (["--out", str(self.dir / "out")] if cmd == "run" else [])
-                    self.assert_one_line_error(kvbench(*args), 2, fragment)
+                    res = kvbench(*args)
+                    self.assert_one_line_error(res, 2, fragment)
+                    self.assertLess(len(res.stderr), 1000)  # a value is shown by its start
         self.assertFalse((self.dir / "out").exists())
 
     def test_config_reference_lists_real_messages(self):
@@ -848,6 +866,14 @@ class ReportCompareCliTest(CliCase):
         self.assertEqual(kvbench("report", str(path), "--format", "xml").returncode, 2)
         self.assert_one_line_error(kvbench("report", str(path), "--baseline", "kivi-2"), 2,
                                    "no ok cell has method 'kivi-2'")
+        # A field of the wrong type: an input error naming the files and the validator.
+        wrong = copy.deepcopy(report)
+        for cell in wrong["cells"]:
+            cell["records"] = [5]
+        wrong_path = self.write_report(wrong, "wrong.json")
+        for cmd in (["report", wrong_path], ["compare", str(path), wrong_path]):
+            self.assert_one_line_error(kvbench(*cmd), 2, "malformed report (cannot use value()")
+            self.assertIn("validate_report.py", kvbench(*cmd).stderr)
 
     def test_compare_exit_codes(self):
         path, report = self.real_report()
@@ -1251,8 +1277,12 @@ class ServingCliTest(CliCase):
                                    "config: suites[0] x methods[1]: serving: chunked_prefill: "
                                    "method 'snapkv'")
         # What needs the trace's contents: the cell fails with the reason.
+        huge_trace = self.dir / "huge.jsonl"  # a prompt of 10^9 ids would be made before use
+        huge_trace.write_text('{"arrival_s": 0, "prompt_tokens": 1000000000, "output_tokens": 2}\n')
         cases = [
             ({"trace_file": str(bad_trace)}, f'{bad_trace}:2: "output_tokens": missing'),
+            ({"trace_file": str(huge_trace)},
+             f'{huge_trace}:1: "prompt_tokens": expected an integer in [1, 16777216]'),
         ]
         suites = []
         for params, _ in cases:
@@ -1513,6 +1543,17 @@ class ModelCliTest(CliCase):
         res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(precious), "--force")
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertIn("kvbench", json.loads((precious / "config.json").read_text()))
+        # Paths that cannot be a directory, and a seed past 64 bits (CLI11 would clamp it).
+        (self.dir / "afile").write_text("x")
+        for out, why in (("", 'cannot write "": Invalid argument'),
+                         (str(self.dir / "afile" / "x"), "Not a directory")):
+            self.assert_one_line_error(
+                kvbench("make-model", "--preset", "tiny-llama", "--out", out), 2, why)
+        res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(self.dir / "s"),
+                      "--seed", "99999999999999999999999")
+        self.assertEqual(res.returncode, 2)
+        self.assertIn("expected a number <= 18446744073709551615", res.stderr)
+        self.assertFalse((self.dir / "s").exists())
 
     def test_latency_and_throughput_report_validates(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},

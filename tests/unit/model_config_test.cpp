@@ -104,6 +104,12 @@ TEST(ModelConfig, RejectsBadValues) {
   c = llama();
   c["vocab_size"] = "big";
   EXPECT_NE(error_of(c).find("vocab_size: expected an integer"), std::string::npos);
+  // A layer count no model has would be allocated layer by layer before a size check.
+  c = llama();
+  c["num_hidden_layers"] = 1000000000;
+  EXPECT_EQ(
+      error_of(c),
+      "model config: cfg.json: num_hidden_layers: expected an integer <= 4096, got 1000000000");
   c = llama();
   c["torch_dtype"] = "float64";
   EXPECT_EQ(error_of(c),

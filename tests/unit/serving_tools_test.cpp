@@ -603,12 +603,11 @@ TEST(PredictorSuite, ProfilesFitsAndRoutes) {
   EXPECT_EQ(r.regressions(), 0u);
 }
 
+// Refused when the suite's parameters are resolved (validate), before any run.
 TEST(PredictorSuite, HeldOutPointsOutsideTheGridAreConfigErrors) {
-  Harness h(json::parse(R"({"name": "predictor", "batch": [1, 2], "context": [16, 32],
-      "heldout_batch": [3], "steps": 1, "repeats": 1, "routing_requests": 0})"));
-  PredictorSuite s;
   try {
-    h.run(s);
+    Harness h(json::parse(R"({"name": "predictor", "batch": [1, 2], "context": [16, 32],
+        "heldout_batch": [3], "steps": 1, "repeats": 1, "routing_requests": 0})"));
     FAIL() << "a held-out batch outside the grid must be refused";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("heldout_batch"), std::string::npos) << e.what();

@@ -25,7 +25,7 @@ struct GlobalOptions {
 };
 
 // For unsigned options such as --seed: refuses a negative number, which CLI11 would wrap into
-// 2^64 - 1.
+// 2^64 - 1, and one past 2^64 - 1, which it would clamp to that.
 CLI::Validator non_negative();
 // What only the model's shape and dtype can tell (a Palu group that does not divide its KV
 // heads; on attention "paged", a method or the fidelity baseline without a paged format, a

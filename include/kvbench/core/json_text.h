@@ -11,7 +11,15 @@ namespace kvbench {
 // syntax error, and "<source>: key "<k>" appears twice in one object ..." when an object repeats
 // a key: JSON allows it and nlohmann keeps the later value, so one of the two settings would be
 // lost without a word. `comments`: // and /* */ comments are allowed.
+// Nesting deeper than kMaxJsonDepth is refused too: a config is a few levels deep, and printing
+// a value nested tens of thousands of levels (an error message's "got ...") would overflow the
+// stack.
 nlohmann::json parse_json_text(const std::string& text, const std::string& source,
                                bool comments = false);
+constexpr int kMaxJsonDepth = 64;
+
+// `value` as JSON text for an error message: at most `max_chars` characters (then "..." and
+// the full length), nested values past a few levels as [...] / {...}, never recursing deeper.
+std::string brief_json(const nlohmann::json& value, size_t max_chars = 100);
 
 }  // namespace kvbench

@@ -3,7 +3,9 @@
 // is rejected by name, since the meaning of fields changed between versions.
 #pragma once
 
+#include <exception>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +25,11 @@ void check_report_header(const nlohmann::json& doc, const std::string& source);
 bool is_report_cell(const nlohmann::json& cell);
 // Reads, parses and checks one file; throws Error naming the file on any problem.
 LoadedReport load_report(const std::string& path);
+
+// The message for a report field of the wrong type found while reading `files` (nlohmann's
+// type errors name no field): which files, the problem, and the command that names the field.
+std::string malformed_report_message(const std::exception& e,
+                                     const std::vector<std::string>& files);
 
 // What a cell ran on besides its suite parameters and method: the parts of the report's config
 // that enter the cell id (attention, device, resolved threads and, for every suite but

@@ -25,6 +25,10 @@ class PredictorSuite final : public Suite {
       "(bilinear, least squares), accuracy on held-out points; routing simulation over N "
       "replicas (round robin vs least predicted completion), mean and p99 e2e latency";
   static std::vector<ParamSpec> param_specs();
+  // The rules across its parameters that need no model (a grid of two points on each axis,
+  // held-out points inside it and not all on it, the routing's length ranges): ConfigError
+  // naming the key. validate and run check the same.
+  static void check_params(const nlohmann::json& params);
 
   uint64_t estimate_bytes(const EstimateContext& ctx) const override;
   CellOutput run(const CellContext& ctx) override;

@@ -20,6 +20,9 @@ class ThroughputSuite final : public Suite {
       "prefill and decode tokens/s and KV bytes over a grid of batch x prompt length x "
       "generation length";
   static std::vector<ParamSpec> param_specs();
+  // The capacity view's lengths (capacity_context, when set, at least capacity_new_tokens):
+  // ConfigError naming the key. validate and run check the same.
+  static void check_params(const nlohmann::json& params);
 
   uint64_t estimate_bytes(const EstimateContext& ctx) const override;
   CellOutput run(const CellContext& ctx) override;
