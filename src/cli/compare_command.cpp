@@ -80,6 +80,9 @@ int compare(const CompareCliOptions& opt) {
   } catch (const Error& e) {
     spdlog::error("{}", e.what());
     return 2;
+  } catch (const nlohmann::json::exception& e) {  // a header field of the wrong type
+    spdlog::error("{}", malformed_report_message(e, {opt.baseline, opt.candidate}));
+    return 2;
   }
   // A partial report is a run that stopped: its missing cells would pass as "not compared".
   for (const LoadedReport* r : {&base, &cand}) {

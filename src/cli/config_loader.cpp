@@ -31,6 +31,8 @@ json read_config_file(const std::string& path) {
   if (!std::filesystem::is_regular_file(path, ec)) {
     throw ConfigError("", path + (std::filesystem::is_directory(path, ec)
                                       ? ": is a directory, expected a JSON config file"
+                                  : std::filesystem::exists(path, ec)
+                                      ? ": not a regular file, expected a JSON config file"
                                       : ": no such file"));
   }
   std::ifstream in(path, std::ios::binary);
@@ -61,6 +63,11 @@ void apply_override(json& config, const std::string& assignment) {
   std::string part;
   std::vector<std::string> segments;
   while (std::getline(parts, part, '.')) segments.push_back(part);
+  // Values nested this deep would overflow the stack where they are printed, as in a file.
+  if (segments.size() > static_cast<size_t>(kMaxJsonDepth))
+    throw ConfigError("", "--set " + brief_json(key) + ": a key of " +
+                              std::to_string(segments.size()) + " segments (at most " +
+                              std::to_string(kMaxJsonDepth) + ")");
   for (size_t i = 0; i < segments.size(); ++i) {
     const std::string& seg = segments[i];
     if (seg.empty()) throw ConfigError(key, "--set: empty key segment");

@@ -20,7 +20,7 @@ CLI::Validator non_negative() {
       [](const std::string& v) {
         if (v.find('-') != std::string::npos) return "expected a number >= 0, got " + v;
         errno = 0;
-        std::strtoull(v.c_str(), nullptr, 10);
+        std::strtoull(v.c_str(), nullptr, 0);  // CLI11 reads 0x... and 0... as C does
         return errno == ERANGE ? "expected a number <= 18446744073709551615, got " + v
                                : std::string();
       },

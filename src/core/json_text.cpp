@@ -33,8 +33,8 @@ std::string parse_problem(const std::string& what) {
   return colon == std::string::npos ? what : what.substr(colon + 2);
 }
 
-void brief_into(const json& v, std::string& out, size_t max_chars, int depth) {
-  if (out.size() > max_chars) return;
+void brief_into(const json& v, std::string& out, size_t max_bytes, int depth) {
+  if (out.size() > max_bytes) return;
   if (!v.is_structured()) {
     out += v.dump();
     return;
@@ -46,23 +46,25 @@ void brief_into(const json& v, std::string& out, size_t max_chars, int depth) {
   }
   out += array ? '[' : '{';
   bool first = true;
-  for (auto it = v.begin(); it != v.end() && out.size() <= max_chars; ++it, first = false) {
+  for (auto it = v.begin(); it != v.end() && out.size() <= max_bytes; ++it, first = false) {
     if (!first) out += ',';
     if (!array) out += json(it.key()).dump() + ':';
-    brief_into(*it, out, max_chars, depth + 1);
+    brief_into(*it, out, max_bytes, depth + 1);
   }
   out += array ? ']' : '}';
 }
 
 }  // namespace
 
-std::string brief_json(const json& value, size_t max_chars) {
+std::string brief_json(const json& value, size_t max_bytes) {
   std::string out;
-  brief_into(value, out, max_chars, 0);
-  if (out.size() <= max_chars) return out;
-  const size_t full = value.is_string() ? value.get_ref<const std::string&>().size() + 2 : 0;
-  return out.substr(0, max_chars) + "..." +
-         (full ? " (" + std::to_string(full) + " characters)" : "");
+  brief_into(value, out, max_bytes, 0);
+  if (out.size() <= max_bytes) return out;
+  size_t cut = max_bytes > 3 ? max_bytes - 3 : 0;  // with "...": max_bytes; not inside a character
+  while (cut > 0 && (static_cast<unsigned char>(out[cut]) & 0xC0) == 0x80) --cut;
+  const size_t full = value.is_string() ? value.get_ref<const std::string&>().size() : 0;
+  return out.substr(0, cut) + "..." +
+         (value.is_string() ? " (a string of " + std::to_string(full) + " bytes)" : "");
 }
 
 json parse_json_text(const std::string& text, const std::string& source, bool comments) {

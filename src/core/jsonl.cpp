@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 
 namespace kvbench {
 
@@ -37,9 +38,7 @@ void throw_field_error(const json& row, const std::string& key, const std::strin
                        const std::string& at) {
   const std::string lead = at + ": \"" + key + "\": ";
   if (!row.contains(key)) throw Error(lead + "missing (expected " + expected + ")");
-  std::string value = row[key].dump();
-  if (value.size() > 60) value = value.substr(0, 57) + "...";
-  throw Error(lead + "expected " + expected + ", got " + value);
+  throw Error(lead + "expected " + expected + ", got " + brief_json(row[key], 60));
 }
 
 }  // namespace kvbench

@@ -41,7 +41,7 @@ bool in_range(const ParamSpec& s, double v) {
   throw ConfigError(path, "expected " + describe_expected(s) + ", got " + brief_json(value));
 }
 
-// A NUL would cut a path short where the system reads it (and no name holds one).
+// A NUL would cut a path short where the system reads it.
 void refuse_nul(const json& value, const std::string& path) {
   if (value.get_ref<const std::string&>().find('\0') != std::string::npos)
     throw ConfigError(path, "contains a NUL character (\\u0000), got " + brief_json(value));
@@ -71,6 +71,11 @@ ParamSpec ParamSpec::string(std::string name, json def, std::string help,
                             std::vector<std::string> choices) {
   ParamSpec s = make(std::move(name), ParamType::kString, std::move(def), std::move(help));
   s.choices = std::move(choices);
+  return s;
+}
+ParamSpec ParamSpec::path(std::string name, json def, std::string help) {
+  ParamSpec s = make(std::move(name), ParamType::kString, std::move(def), std::move(help));
+  s.is_path = true;
   return s;
 }
 ParamSpec ParamSpec::int_list(std::string name, json def, std::string help) {
@@ -193,7 +198,7 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
       return;
     case ParamType::kString:
       if (!value.is_string()) fail(s, value, path);
-      refuse_nul(value, path);
+      if (s.is_path) refuse_nul(value, path);
       if (!s.choices.empty() && std::find(s.choices.begin(), s.choices.end(),
                                           value.get<std::string>()) == s.choices.end()) {
         const std::string hint = closest_match(value.get<std::string>(), s.choices);
@@ -221,7 +226,6 @@ void check_param(const ParamSpec& s, const json& value, const std::string& path)
         const bool ok = numbers ? v.is_number() && std::isfinite(v.get<double>()) &&
                                       in_range(s, v.get<double>())
                                 : v.is_string();
-        if (ok && !numbers) refuse_nul(v, path + "[" + std::to_string(i) + "]");
         if (!ok) {
           throw ConfigError(
               path + "[" + std::to_string(i) + "]",

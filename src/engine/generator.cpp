@@ -60,11 +60,16 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     if (config.phases) config.phases->mark(static_cast<int>(ForwardPhase::kSample));
     // Greedy decoding reads back only each row's argmax (the first of equal maxima, as the
     // sampler's), not [active, vocab] fp32 logits (8 MB per step at batch 16 on Llama-3).
+    // A row whose greatest logit is not finite (NaN propagates to the argmax) reads back as id
+    // -1: NaN weights or an overflow would otherwise pass as generated tokens.
     at::Tensor logits, greedy;
-    if (config.sampling.temperature == 0)
-      greedy = out.argmax(-1).to(at::kCPU);
-    else
+    if (config.sampling.temperature == 0) {
+      const at::Tensor ids = out.argmax(-1);
+      const at::Tensor top = out.gather(-1, ids.unsqueeze(-1)).squeeze(-1);
+      greedy = at::where(at::isfinite(top), ids, at::full_like(ids, -1)).to(at::kCPU);
+    } else {
       logits = out.to(at::kCPU);
+    }
     const double retention = cache.retention_seconds() - retention_before;
     std::vector<size_t> still;
     std::vector<SequenceStep> next_batch;
@@ -73,6 +78,8 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
       SequenceResult& s = result.sequences[i];
       const int64_t id = greedy.defined() ? greedy.data_ptr<int64_t>()[r]
                                           : samplers[i].next(logits[static_cast<int64_t>(r)]);
+      KVB_CHECK(id >= 0, "generate: the logits of sequence ", i, " are not finite (NaN or inf) at ",
+                "its new token ", s.tokens.size(), ": NaN weights or inputs, or an overflow");
       s.tokens.push_back(id);
       s.token_times_s.push_back(clock.seconds());
       if (is_eos(id)) {

@@ -1,5 +1,7 @@
 #include "kvbench/engine/sampler.h"
 
+#include <cmath>
+
 #include "kvbench/core/error.h"
 
 namespace kvbench {
@@ -13,6 +15,8 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
 
 int64_t Sampler::next(const at::Tensor& logits) {
   KVB_CHECK(logits.dim() == 1, "sampling: expected logits [vocab]");
+  // NaN propagates to the max; -1 tells the caller (a softmax would spread it over every id).
+  if (!std::isfinite(logits.max().item<double>())) return -1;
   if (params_.temperature == 0) return logits.argmax().item<int64_t>();
   at::Tensor probs = at::softmax(logits.to(at::kDouble) / params_.temperature, 0);
   auto sorted = probs.sort(/*dim=*/0, /*descending=*/true);

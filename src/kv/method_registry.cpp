@@ -608,11 +608,17 @@ void check_composed_name(const std::string& full, size_t plus, const std::string
   const auto& catalog = method_catalog();
   auto it = std::find_if(catalog.begin(), catalog.end(),
                          [&](const MethodInfo& m) { return m.name == left; });
-  if (it != catalog.end() && !it->policy)
-    throw ConfigError(path, "'" + full + "': '" + left +
-                                "' is a codec, not a retention method; the retention method "
-                                "comes first, as in '" +
-                                right + "+" + left + "'");
+  if (it == catalog.end() || it->policy) return;
+  auto other = std::find_if(catalog.begin(), catalog.end(),
+                            [&](const MethodInfo& m) { return m.name == right; });
+  throw ConfigError(
+      path, "'" + full + "': '" + left + "' is a codec, not a retention method; " +
+                (other != catalog.end() && other->policy
+                     ? "the retention method comes first, as in '" + right + "+" + left + "'"
+                     : "give '" + left +
+                           "' alone, or after a retention method, as "
+                           "in 'snapkv+" +
+                           left + "'"));
 }
 
 }  // namespace

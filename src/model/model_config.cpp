@@ -253,7 +253,10 @@ json read_json_file(const std::filesystem::path& path) {
 ModelConfig load_model_config(const std::string& dir) {
   namespace fs = std::filesystem;
   const fs::path config_path = fs::path(dir) / "config.json";
-  if (!fs::is_directory(dir)) throw Error("model: " + dir + ": no such directory");
+  if (!fs::is_directory(dir))
+    throw Error("model: " + dir +
+                (fs::exists(dir) ? ": not a directory (a checkpoint is a directory)"
+                                 : ": no such directory"));
   if (!fs::is_regular_file(config_path)) {
     throw Error("model: " + dir +
                 ": no config.json (expected a Hugging Face checkpoint directory)");

@@ -2,9 +2,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/report/report.h"
 
 namespace kvbench {
@@ -28,9 +30,14 @@ void check_report_header(const nlohmann::json& doc, const std::string& source) {
 
 void check_report_document(const nlohmann::json& doc, const std::string& source) {
   check_report_header(doc, source);
-  for (size_t i = 0; i < doc["cells"].size(); ++i)
-    KVB_CHECK(is_report_cell(doc["cells"][i]), source, ": cells[", i,
+  std::set<std::string> ids;  // kvbench never writes a cell twice: which one would count?
+  for (size_t i = 0; i < doc["cells"].size(); ++i) {
+    const nlohmann::json& cell = doc["cells"][i];
+    KVB_CHECK(is_report_cell(cell), source, ": cells[", i,
               "]: expected id, suite, method and status");
+    KVB_CHECK(ids.insert(cell["id"].get<std::string>()).second, source, ": cells[", i,
+              "]: cell id ", cell["id"].get<std::string>(), " appears twice in one report");
+  }
   if (doc.contains("partial")) {
     const nlohmann::json& p = doc["partial"];
     KVB_CHECK(p.is_object() && p.value("cells_done", nlohmann::json()).is_number_integer() &&
@@ -49,10 +56,11 @@ LoadedReport load_report(const std::string& path) {
   text << in.rdbuf();
   LoadedReport r;
   r.source = path;
-  try {
-    r.doc = nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& e) {  // syntax, or a number past a double's range
-    throw Error(path + ": invalid JSON (" + e.what() + ")");
+  try {  // (nesting past kMaxJsonDepth and keys given twice refused, as in configs)
+    r.doc = parse_json_text(text.str(), path);
+  } catch (const ConfigError& e) {  // "config: <path>:<line>:<column>: invalid JSON: ..."
+    const std::string what = e.what(), prefix = "config: ";
+    throw Error(what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what);
   }
   check_report_document(r.doc, path);
   return r;

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/jsonl.h"
 
 namespace kvbench {
@@ -57,7 +58,7 @@ bool parse_entry(const json& entry, const std::string& at, Conversation& out) {
     KVB_CHECK(t.is_object() && t.contains("from") && t["from"].is_string() && t.contains("value") &&
                   t["value"].is_string(),
               "sharegpt_file: ", ti, ": expected {\"from\": string, \"value\": string}, got ",
-              t.dump().substr(0, 80));
+              brief_json(t, 80));
     const std::string role = t["from"];
     if (!have_prompt && is_user(role)) {
       out.prompt = t["value"];

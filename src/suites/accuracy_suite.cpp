@@ -36,12 +36,11 @@ std::vector<ParamSpec> AccuracySuite::param_specs() {
   return {
       ParamSpec::string("task", "", "a synthetic task of the task factory (docs/workloads.md)",
                         task_choices()),
-      ParamSpec::string("data_file", "",
-                        "a LongBench- or RULER-format JSONL file instead of a task"),
+      ParamSpec::path("data_file", "", "a LongBench- or RULER-format JSONL file instead of a task"),
       ParamSpec::string("data_format", "longbench", "format of data_file", {"longbench", "ruler"}),
-      ParamSpec::string("templates_dir", "",
-                        "LongBench's config/ (dataset2prompt.json, dataset2maxlen.json); empty: "
-                        "a generic template and 128 new tokens"),
+      ParamSpec::path("templates_dir", "",
+                      "LongBench's config/ (dataset2prompt.json, dataset2maxlen.json); empty: "
+                      "a generic template and 128 new tokens"),
       ParamSpec::integer("samples", 8,
                          "synthetic samples; for data files the first N rows (0: all)")
           .range(0, 1000000),

@@ -23,7 +23,7 @@ std::vector<ParamSpec> FidelitySuite::param_specs() {
       ParamSpec::string("text", "",
                         "corpus text, tokenized with the model's tokenizer; empty (and no "
                         "text_file): seeded random token ids"),
-      ParamSpec::string("text_file", "", "a UTF-8 text file used as the corpus"),
+      ParamSpec::path("text_file", "", "a UTF-8 text file used as the corpus"),
       ParamSpec::integer("windows", 4, "corpus windows scored (consecutive, non-overlapping)")
           .range(1, 100000),
       ParamSpec::integer("prefix_tokens", 256, "tokens prefilled before scoring begins")
@@ -64,6 +64,8 @@ std::vector<int64_t> corpus_tokens(const CellContext& ctx, int64_t needed) {
     text = s.str();
     KVB_CHECK(!text.empty(), "fidelity: text_file '", file,
               "' is empty (for seeded random token ids, give neither text nor text_file)");
+    KVB_CHECK(is_valid_utf8(text), "fidelity: text_file '", file,
+              "' is not UTF-8 text (a binary file, or another encoding)");
   }
   const int64_t vocab = ctx.model.get().config().vocab_size;
   // Seeded by the run, not the cell: every method of the run scores the same tokens.

@@ -19,7 +19,7 @@ std::vector<ParamSpec> OutputLengthSuite::param_specs() {
   return {
       ParamSpec::string_list("prompt_texts", json::array(),
                              "prompts as text, tokenized with the model's tokenizer"),
-      ParamSpec::string(
+      ParamSpec::path(
           "prompts_file", "",
           "JSONL file, one {\"prompt\": text, \"id\": optional, \"task\": optional} per line"),
       ParamSpec::integer("samples", 8, "seeded random-id prompts when no texts are given")

@@ -14,9 +14,9 @@ using nlohmann::json;
 
 const std::vector<ParamSpec>& model_specs() {
   static const std::vector<ParamSpec> specs = {
-      ParamSpec::string("path", "",
-                        "Hugging Face checkpoint directory (config.json, *.safetensors); with "
-                        "`preset`, written there on first use if absent"),
+      ParamSpec::path("path", "",
+                      "Hugging Face checkpoint directory (config.json, *.safetensors); with "
+                      "`preset`, written there on first use if absent"),
       ParamSpec::string("preset", "",
                         "random-weight preset: tiny-llama, tiny-mistral, tiny-qwen2, tiny-qwen3 "
                         "(see kvbench make-model), or one with a real model's shapes: llama-3-8b, "
@@ -40,7 +40,7 @@ const std::vector<ParamSpec>& model_specs() {
 
 const std::vector<ParamSpec>& output_specs() {
   static const std::vector<ParamSpec> specs = {
-      ParamSpec::string("dir", "results", "directory the report is written to"),
+      ParamSpec::path("dir", "results", "directory the report is written to"),
   };
   return specs;
 }

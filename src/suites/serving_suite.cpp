@@ -32,12 +32,12 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
                         "stop arrivals at this many seconds instead of after `requests` "
                         "(Poisson rates > 0; cuts a trace); 0 = use `requests`")
           .range(0, 1e7),
-      ParamSpec::string("trace_file", "",
-                        "JSONL of requests {arrival_s, prompt | prompt_tokens, output_tokens}; "
-                        "replaces rates and the length parameters"),
-      ParamSpec::string("sharegpt_file", "",
-                        "ShareGPT-style conversations (JSON list or JSONL): prompt = first user "
-                        "turn, output length = its reply's tokens; arrivals at each rate"),
+      ParamSpec::path("trace_file", "",
+                      "JSONL of requests {arrival_s, prompt | prompt_tokens, output_tokens}; "
+                      "replaces rates and the length parameters"),
+      ParamSpec::path("sharegpt_file", "",
+                      "ShareGPT-style conversations (JSON list or JSONL): prompt = first user "
+                      "turn, output length = its reply's tokens; arrivals at each rate"),
       ParamSpec::string("length_distribution", "uniform",
                         "distribution of synthetic prompt and output lengths",
                         {"uniform", "lognormal"}),

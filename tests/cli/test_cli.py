@@ -515,6 +515,8 @@ class CliTest(CliCase):
              'got "xxxxxxxx'),
             ('{"model": {"path": "m\\u0000x"}, "suites": [{"name": "latency"}]}',
              'config: model.path: contains a NUL character (\\u0000), got "m\\u0000x"'),
+            ('{"suites": [{"name": "kernels"}], "methods": [{"name": "full+int8"}]}',
+             "'full' is a codec, not a retention method; give 'full' alone, or after a retention"),
             # A composed name the wrong way round, and model-free rules of two more suites.
             ('{"suites": [{"name": "kernels"}], "methods": [{"name": "int8+snapkv"}]}',
              "config: methods[0].name: 'int8+snapkv': 'int8' is a codec, not a retention method;"
@@ -866,6 +868,19 @@ class ReportCompareCliTest(CliCase):
         self.assertEqual(kvbench("report", str(path), "--format", "xml").returncode, 2)
         self.assert_one_line_error(kvbench("report", str(path), "--baseline", "kivi-2"), 2,
                                    "no ok cell has method 'kivi-2'")
+        # A cell twice in one report (kvbench never writes that), and JSON that is not.
+        twice = copy.deepcopy(report)
+        twice["cells"].append(copy.deepcopy(twice["cells"][0]))
+        twice_path = self.write_report(twice, "twice.json")
+        cell_id = report["cells"][0]["id"]
+        for cmd in (["report", twice_path], ["compare", twice_path, str(path)]):
+            self.assert_one_line_error(kvbench(*cmd), 2,
+                                       f"twice.json: cells[{len(report['cells'])}]: cell id "
+                                       f"{cell_id} appears twice in one report")
+        broken = self.dir / "broken.json"
+        broken.write_text('{"schema": "kvbench.report",\n "cells": [}')
+        self.assert_one_line_error(kvbench("report", str(broken)), 2,
+                                   f"{broken}:2:12: invalid JSON")
         # A field of the wrong type: an input error naming the files and the validator.
         wrong = copy.deepcopy(report)
         for cell in wrong["cells"]:

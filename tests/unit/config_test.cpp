@@ -7,6 +7,7 @@
 #include "kvbench/cli/config_loader.h"
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/run_spec.h"
@@ -264,6 +265,13 @@ TEST(ConfigFile, MissingFile) {
   } catch (const ConfigError& e) {
     EXPECT_EQ(std::string(e.what()), "config: /nonexistent/kvbench.json: no such file");
   }
+  try {
+    read_config_file("/dev/null");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "config: /dev/null: not a regular file, expected a JSON config file");
+  }
 }
 
 TEST(ConfigFile, LoadsFileAndNamesRunAfterStem) {
@@ -336,6 +344,58 @@ TEST(Overrides, DottedKeysAndJsonValues) {
   EXPECT_EQ(c["output"]["dir"], "123");
   apply_override(c, "suites.0.kv_heads=[1,2]");
   EXPECT_EQ(parse_run_spec(c, "t").suites[0].params["kv_heads"], json::array({1, 2}));
+}
+
+// Error messages show a value by its start: never a whole 5 MB string, never half a character,
+// never a nesting deep enough to overflow the stack while printing it.
+TEST(JsonText, BriefValuesAreCutBetweenCharactersAndStayShallow) {
+  EXPECT_EQ(brief_json(json(7)), "7");
+  EXPECT_EQ(brief_json(json::parse(R"({"a": [1, "x"]})")), R"({"a":[1,"x"]})");
+  std::string accents;
+  for (int i = 0; i < 200; ++i) accents += "\xc3\xa9";  // e-acute, 2 bytes
+  const std::string cut = brief_json(json(accents));
+  EXPECT_TRUE(is_valid_utf8(cut)) << cut;
+  EXPECT_EQ(cut.substr(0, 3), "\"\xc3\xa9");
+  EXPECT_NE(cut.find("... (a string of 400 bytes)"), std::string::npos) << cut;
+  EXPECT_LE(cut.size(), 100u + 30u);
+  json deep = json::array();
+  for (int i = 0; i < 200000; ++i) deep = json::array({std::move(deep)});
+  EXPECT_EQ(brief_json(deep), "[[[[[...]]]]]");
+  std::string list = brief_json(json(std::vector<int>(1000, 12345)), 60);
+  EXPECT_LE(list.size(), 60u);
+  EXPECT_EQ(list.substr(list.size() - 3), "...");
+}
+
+TEST(JsonText, NestingPastTheLimitIsRefusedWithTheSource) {
+  const std::string ok = std::string(64, '[') + std::string(64, ']');
+  EXPECT_NO_THROW(parse_json_text(ok, "ok"));
+  const std::string deep = std::string(66, '[') + "1" + std::string(66, ']');
+  try {
+    parse_json_text(deep, "deep.json");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "config: deep.json: values nested more than 64 levels deep");
+  }
+  json c = minimal();
+  std::string key = "a";
+  for (int i = 0; i < 100; ++i) key += ".a";
+  EXPECT_THROW(apply_override(c, key + "=1"), ConfigError);
+}
+
+// Only paths refuse a NUL (the system would cut them there); free text may hold one.
+TEST(Config, ANulIsRefusedInPathsOnly) {
+  json c = minimal();
+  c["description"] = std::string("a\0b", 3);
+  EXPECT_NO_THROW(parse_run_spec(c, "nul"));
+  c = minimal();
+  c["output"] = {{"dir", std::string("out\0x", 5)}};
+  try {
+    parse_run_spec(c, "nul");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "config: output.dir: contains a NUL character (\\u0000), got \"out\\u0000x\"");
+  }
 }
 
 TEST(Overrides, BadAssignments) {

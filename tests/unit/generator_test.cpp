@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <thread>
 
@@ -51,6 +52,18 @@ TEST(Sampler, TemperatureSamplingFollowsTheDistributionAndIsSeeded) {
   EXPECT_THROW(Sampler({1.0, 0.0, 0}), Error);
 }
 
+TEST(Sampler, NoTokenFromLogitsWhoseGreatestIsNotFinite) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
+  for (const double temperature : {0.0, 1.0}) {
+    Sampler s({temperature, 1.0, 0});
+    EXPECT_EQ(s.next(at::tensor({0.1f, nan, 2.0f})), -1);
+    EXPECT_EQ(s.next(at::tensor({0.1f, inf, 2.0f})), -1);
+    EXPECT_EQ(s.next(at::tensor({-inf, -inf})), -1);
+    EXPECT_EQ(s.next(at::tensor({-inf, 1.0f})), 1);  // a masked id is fine
+  }
+}
+
 struct Fixture {
   Transformer model =
       Transformer::random(parse_model_config(find_model_preset("tiny-qwen2").config, "q2"), 9);
@@ -76,6 +89,26 @@ TEST(Generate, StopsAtMaxNewTokensAndTimesEveryStep) {
   // Peak: 3 + 2 prompt tokens + 5 generated each (the 6th is never fed back), 4 layers, fp32.
   EXPECT_EQ(r.peak_kv_bytes, (5u + 10u) * 4 * 2 * 2 * 32 * 4);
   EXPECT_EQ(f.cache.bytes(), 0u);  // sequences removed afterwards
+}
+
+// NaN weights would otherwise run every generation to its cap on an arbitrary token, and the
+// suites would report those outputs as the method's.
+TEST(Generate, LogitsThatAreNotFiniteFailTheGeneration) {
+  for (const double temperature : {0.0, 0.7}) {
+    Fixture f;
+    f.model.weights().lm_head[3][0].fill_(std::numeric_limits<float>::quiet_NaN());
+    GenerationConfig g;
+    g.max_new_tokens = 3;
+    g.sampling.temperature = temperature;
+    try {
+      generate(f.model, f.cache, {{1, 2, 3}}, g);
+      FAIL() << "temperature " << temperature << ": NaN logits gave tokens";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("logits of sequence 0 are not finite"),
+                std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 // With a phase clock every step is split into the forward's phases, and the phases account

@@ -356,6 +356,17 @@ TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
   }
   EXPECT_EQ(first, "model: /nonexistent/model: no such directory");
   EXPECT_EQ(first, second);
+  ModelSpec a_file = missing;
+  a_file.path = (std::filesystem::temp_directory_path() / "kvbench_provider_file").string();
+  std::ofstream(a_file.path) << "x";
+  try {
+    ModelProvider(a_file).get();
+    FAIL() << "a file is not a checkpoint";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "model: " + a_file.path + ": not a directory (a checkpoint is a directory)");
+  }
+  std::filesystem::remove(a_file.path);
 
   auto dir = std::filesystem::temp_directory_path() / "kvbench_provider_model";
   std::filesystem::remove_all(dir);
@@ -617,6 +628,19 @@ TEST(FidelitySuite, AnEmptyTextFileIsAnErrorNotRandomTokens) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("text_file '" + path + "' is empty"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(FidelitySuite, ATextFileThatIsNotUtf8IsNamed) {
+  const std::string path = ::testing::TempDir() + "/kvbench_binary_corpus.txt";
+  std::ofstream(path, std::ios::binary) << std::string("text \xff\xfe then more", 19);
+  try {
+    run_fidelity({{"name", "full"}}, R"({"name": "fidelity", "text_file": ")" + path + R"("})");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("text_file '" + path + "' is not UTF-8 text"),
+              std::string::npos)
         << e.what();
   }
 }

@@ -18,8 +18,10 @@ nlohmann::json parse_json_text(const std::string& text, const std::string& sourc
                                bool comments = false);
 constexpr int kMaxJsonDepth = 64;
 
-// `value` as JSON text for an error message: at most `max_chars` characters (then "..." and
-// the full length), nested values past a few levels as [...] / {...}, never recursing deeper.
-std::string brief_json(const nlohmann::json& value, size_t max_chars = 100);
+// `value` as JSON text for an error message: at most `max_bytes` bytes, cut between UTF-8
+// characters and ending "..." when cut (a string's then followed by its length), nested values past
+// a few levels as [...] /
+// {...}, never recursing deeper.
+std::string brief_json(const nlohmann::json& value, size_t max_bytes = 100);
 
 }  // namespace kvbench

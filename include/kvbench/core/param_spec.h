@@ -23,6 +23,7 @@ struct ParamSpec {
   std::vector<std::string> choices;  // allowed strings (kString)
   std::vector<int64_t> int_choices;  // allowed integers (kInt and list elements), if non-empty
   bool allow_auto = false;           // also accepts the string "auto"
+  bool is_path = false;              // a file or directory: no NUL (the system would cut it)
 
   // Builders, so tables read as one line per parameter:
   //   ParamSpec::integer("repeats", 20, "timed calls").range(1, 100000)
@@ -31,6 +32,8 @@ struct ParamSpec {
   static ParamSpec boolean(std::string name, bool def, std::string help);
   static ParamSpec string(std::string name, nlohmann::json def, std::string help,
                           std::vector<std::string> choices = {});
+  // A string naming a file or directory (kString with is_path).
+  static ParamSpec path(std::string name, nlohmann::json def, std::string help);
   static ParamSpec int_list(std::string name, nlohmann::json def, std::string help);
   // Lists that may be empty (an empty list switches the feature off).
   static ParamSpec number_list(std::string name, nlohmann::json def, std::string help);

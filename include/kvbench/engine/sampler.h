@@ -18,7 +18,8 @@ struct SamplingParams {
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
-  // logits: [vocab] fp32. Greedy ties resolve to the lowest id.
+  // logits: [vocab] fp32. Greedy ties resolve to the lowest id. -1 when the greatest logit is
+  // not finite (a NaN anywhere, +inf, or every one -inf): no token can be chosen from them.
   int64_t next(const at::Tensor& logits);
 
  private:
