@@ -58,18 +58,14 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     // the device) waits for the device, which is the device's time, not the host's.
     const double issued = step.seconds() - (cache.device_wait_seconds() - waited_before);
     if (config.phases) config.phases->mark(static_cast<int>(ForwardPhase::kSample));
-    // Greedy decoding reads back only each row's argmax (the first of equal maxima, as the
-    // sampler's), not [active, vocab] fp32 logits (8 MB per step at batch 16 on Llama-3).
-    // A row whose greatest logit is not finite (NaN propagates to the argmax) reads back as id
-    // -1: NaN weights or an overflow would otherwise pass as generated tokens.
+    // Greedy decoding reads back only each row's argmax (greedy_ids), not [active, vocab] fp32
+    // logits (8 MB per step at batch 16 on Llama-3); -1 for logits that are not finite (NaN
+    // weights or an overflow would otherwise pass as generated tokens).
     at::Tensor logits, greedy;
-    if (config.sampling.temperature == 0) {
-      const at::Tensor ids = out.argmax(-1);
-      const at::Tensor top = out.gather(-1, ids.unsqueeze(-1)).squeeze(-1);
-      greedy = at::where(at::isfinite(top), ids, at::full_like(ids, -1)).to(at::kCPU);
-    } else {
+    if (config.sampling.temperature == 0)
+      greedy = greedy_ids(out);
+    else
       logits = out.to(at::kCPU);
-    }
     const double retention = cache.retention_seconds() - retention_before;
     std::vector<size_t> still;
     std::vector<SequenceStep> next_batch;

@@ -6,6 +6,12 @@
 
 namespace kvbench {
 
+at::Tensor greedy_ids(const at::Tensor& logits) {
+  const at::Tensor ids = logits.argmax(-1);
+  const at::Tensor top = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1);
+  return at::where(at::isfinite(top), ids, at::Scalar(int64_t{-1})).to(at::kCPU);
+}
+
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
   KVB_CHECK(params.temperature >= 0, "sampling: temperature must be >= 0, got ",
             params.temperature);

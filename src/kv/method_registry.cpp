@@ -611,14 +611,13 @@ void check_composed_name(const std::string& full, size_t plus, const std::string
   if (it == catalog.end() || it->policy) return;
   auto other = std::find_if(catalog.begin(), catalog.end(),
                             [&](const MethodInfo& m) { return m.name == right; });
-  throw ConfigError(
-      path, "'" + full + "': '" + left + "' is a codec, not a retention method; " +
-                (other != catalog.end() && other->policy
-                     ? "the retention method comes first, as in '" + right + "+" + left + "'"
-                     : "give '" + left +
-                           "' alone, or after a retention method, as "
-                           "in 'snapkv+" +
-                           left + "'"));
+  const std::string lead = "'" + full + "': '" + left + "' is a codec, not a retention method";
+  if (other == catalog.end()) throw ConfigError(path, lead + ", and '" + right + "' is no method");
+  if (other->policy)
+    throw ConfigError(
+        path, lead + "; the retention method comes first, as in '" + right + "+" + left + "'");
+  throw ConfigError(path, lead + "; both are codecs: give one alone ('" + right +
+                              "'), or after a retention method, as in 'snapkv+" + right + "'");
 }
 
 }  // namespace

@@ -4,10 +4,12 @@
 #include <cctype>
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/core/version.h"
 #include "kvbench/report/atomic_file.h"
@@ -86,9 +88,11 @@ std::vector<std::pair<std::filesystem::path, nlohmann::json>> json_files_in(
   std::vector<std::pair<std::filesystem::path, nlohmann::json>> out;
   for (const auto& f : files) {
     nlohmann::json j;
-    try {
+    try {  // as `kvbench report` reads it (nesting, keys twice)
       std::ifstream in(f);
-      j = nlohmann::json::parse(in);
+      std::ostringstream text;
+      text << in.rdbuf();
+      j = parse_json_text(text.str(), f.string());
     } catch (const std::exception&) {
       j = nullptr;
     }
@@ -109,6 +113,8 @@ std::string report_problem(const nlohmann::json& report, const std::filesystem::
     return "";
   } catch (const Error& e) {
     return e.what();
+  } catch (const nlohmann::json::exception& e) {  // a header field of the wrong type
+    return malformed_report_message(e, {file.string()});
   }
 }
 

@@ -28,6 +28,14 @@ nlohmann::json marker(const std::string& dir) {
   return j.is_object() && j.contains("kvbench") ? j["kvbench"] : nlohmann::json();
 }
 
+// Where a preset is written on first use: nothing there yet, or an empty directory (made ahead,
+// as make-model accepts).
+bool nothing_at(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) return true;
+  return std::filesystem::is_directory(dir, ec) && std::filesystem::is_empty(dir, ec);
+}
+
 // A preset checkpoint written earlier must be the one this run asks for, or the report would
 // describe weights the run did not use.
 void check_marker_matches(const ModelSpec& spec, const nlohmann::json& mark) {
@@ -103,7 +111,7 @@ const Transformer& ModelProvider::get() {
       KVB_CHECK(!spec_.path.empty(),
                 "model: none configured; set model.path to a Hugging Face checkpoint directory, "
                 "or model.preset with model.random_init: true");
-      if (!spec_.preset.empty() && !std::filesystem::exists(spec_.path)) {
+      if (!spec_.preset.empty() && nothing_at(spec_.path)) {
         spdlog::info("model: writing preset {} to {} (first use)", spec_.preset, spec_.path);
         write_preset_checkpoint(find_model_preset(spec_.preset), spec_.path, spec_.seed);
       }
@@ -141,7 +149,7 @@ const Transformer& ModelProvider::get() {
 const ModelConfig* ModelProvider::config_only() {
   if (model_) return &model_->config();
   if (!config_) {
-    if (!spec_.preset.empty() && (spec_.random_init || !std::filesystem::exists(spec_.path))) {
+    if (!spec_.preset.empty() && (spec_.random_init || nothing_at(spec_.path))) {
       const ModelPreset& p = find_model_preset(spec_.preset);
       config_ = parse_model_config(p.config, p.name);
     } else if (!spec_.path.empty()) {

@@ -9,6 +9,7 @@
 #include "kvbench/core/memory.h"
 #include "kvbench/core/rng.h"
 #include "kvbench/core/text.h"
+#include "kvbench/engine/sampler.h"
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
@@ -353,12 +354,15 @@ class ModelExecutor final : public StepExecutor {
                                                         known.begin() + p.start + p.tokens)});
       ids.push_back(p.last() ? p.id : -1);
     }
-    // Greedy: each row's argmax (the first of equal maxima, as Sampler's) is all that comes
-    // back to the host, not [rows, vocab] fp32 logits.
-    const at::Tensor next = model_.forward(batch, cache_).argmax(-1).to(at::kCPU);
+    // Greedy: each row's argmax (greedy_ids: -1 for logits that are not finite) is all that
+    // comes back to the host, not [rows, vocab] fp32 logits.
+    const at::Tensor next = greedy_ids(model_.forward(batch, cache_));
     for (size_t r = 0; r < ids.size(); ++r) {
       if (ids[r] < 0) continue;
-      tokens_[ids[r]].push_back(next.data_ptr<int64_t>()[r]);
+      const int64_t token = next.data_ptr<int64_t>()[r];
+      KVB_CHECK(token >= 0, "serving: the logits of request ", ids[r],
+                " are not finite (NaN or inf): NaN weights or inputs, or an overflow");
+      tokens_[ids[r]].push_back(token);
     }
   }
   void finished(const std::vector<int64_t>& ids) override {

@@ -151,8 +151,11 @@ class CliTest(CliCase):
         self.assertEqual(first.returncode, 1)
         _, r1 = self.report_from(first)
         done = {c["id"]: c for c in r1["cells"]}
+        # A file whose header has a field of the wrong type is skipped, not fatal.
+        (self.dir / "out" / "0-header.json").write_text('{"schema": 5, "cells": []}')
         second = self.run_ok(cfg, "--resume")
         self.assertEqual(second.returncode, 1, second.stdout + second.stderr)
+        self.assertIn("resume: skipping malformed report (type must be string", second.stderr)
         self.assertIn("1 reused from earlier reports", second.stdout)
         path2, r2 = self.report_from(second)
         # The finished report is continued (its failed cell ran again), not joined by a second.
@@ -516,11 +519,14 @@ class CliTest(CliCase):
             ('{"model": {"path": "m\\u0000x"}, "suites": [{"name": "latency"}]}',
              'config: model.path: contains a NUL character (\\u0000), got "m\\u0000x"'),
             ('{"suites": [{"name": "kernels"}], "methods": [{"name": "full+int8"}]}',
-             "'full' is a codec, not a retention method; give 'full' alone, or after a retention"),
+             "'full' is a codec, not a retention method; both are codecs: give one alone ('int8'),"
+             " or after a retention method, as in 'snapkv+int8'"),
             # A composed name the wrong way round, and model-free rules of two more suites.
             ('{"suites": [{"name": "kernels"}], "methods": [{"name": "int8+snapkv"}]}',
              "config: methods[0].name: 'int8+snapkv': 'int8' is a codec, not a retention method;"
              " the retention method comes first, as in 'snapkv+int8'"),
+            ('{"suites": [{"name": "throughput", "batch": [2, 1, 2]}]}',
+             "config: suites[0].batch: lists 2 twice (each value is a point of the grid"),
             ('{"suites": [{"name": "throughput", "capacity_context": 4, "capacity_new_tokens": 8}]}',
              "config: suites[0].capacity_context: must be >= capacity_new_tokens (8) when set"),
             ('{"suites": [{"name": "predictor", "batch": [1, 2], "heldout_batch": [100]}]}',
@@ -889,6 +895,11 @@ class ReportCompareCliTest(CliCase):
         for cmd in (["report", wrong_path], ["compare", str(path), wrong_path]):
             self.assert_one_line_error(kvbench(*cmd), 2, "malformed report (cannot use value()")
             self.assertIn("validate_report.py", kvbench(*cmd).stderr)
+        header = copy.deepcopy(report)  # read as the file is loaded, before any cell
+        header["schema"] = 5
+        header_path = self.write_report(header, "header.json")
+        for cmd in (["report", header_path], ["compare", str(path), header_path]):
+            self.assert_one_line_error(kvbench(*cmd), 2, "malformed report (type must be string")
 
     def test_compare_exit_codes(self):
         path, report = self.real_report()
@@ -1564,11 +1575,12 @@ class ModelCliTest(CliCase):
                          (str(self.dir / "afile" / "x"), "Not a directory")):
             self.assert_one_line_error(
                 kvbench("make-model", "--preset", "tiny-llama", "--out", out), 2, why)
-        res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(self.dir / "s"),
-                      "--seed", "99999999999999999999999")
-        self.assertEqual(res.returncode, 2)
-        self.assertIn("expected a number <= 18446744073709551615", res.stderr)
-        self.assertFalse((self.dir / "s").exists())
+        for seed in ("99999999999999999999999", "0x1ffffffffffffffff"):  # CLI11 reads hex too
+            res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(self.dir / "s"),
+                          "--seed", seed)
+            self.assertEqual(res.returncode, 2, seed)
+            self.assertIn("expected a number <= 18446744073709551615", res.stderr)
+            self.assertFalse((self.dir / "s").exists())
 
     def test_latency_and_throughput_report_validates(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},

@@ -370,6 +370,7 @@ TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
 
   auto dir = std::filesystem::temp_directory_path() / "kvbench_provider_model";
   std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);  // made ahead and empty: written there as if absent
   ModelSpec written;
   written.path = dir.string();
   written.preset = "tiny-mistral";
@@ -634,7 +635,7 @@ TEST(FidelitySuite, AnEmptyTextFileIsAnErrorNotRandomTokens) {
 
 TEST(FidelitySuite, ATextFileThatIsNotUtf8IsNamed) {
   const std::string path = ::testing::TempDir() + "/kvbench_binary_corpus.txt";
-  std::ofstream(path, std::ios::binary) << std::string("text \xff\xfe then more", 19);
+  std::ofstream(path, std::ios::binary) << std::string("text \xff\xfe then more");
   try {
     run_fidelity({{"name", "full"}}, R"({"name": "fidelity", "text_file": ")" + path + R"("})");
     FAIL() << "expected an error";

@@ -15,6 +15,12 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
+// Greedy choice of each row of logits [rows, vocab] (on any device): the argmax ids [rows]
+// int64 on the host (the first of equal maxima), -1 where the row's greatest logit is not
+// finite (NaN weights or an overflow: no token can be chosen). Only the ids come back from a
+// GPU, not the logits.
+at::Tensor greedy_ids(const at::Tensor& logits);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
