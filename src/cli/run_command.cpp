@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -46,6 +47,10 @@ struct RunOptions {
 // written after each), so say how to finish it, leave no half-written temporary file, and end
 // with the signal's own status (130 / 143 in a shell). Only async-signal-safe calls.
 void on_stop_signal(int sig) {
+  // Once: a process-directed signal sent twice (GNU timeout signals the child, then its group)
+  // can reach a second thread while the first runs this handler.
+  static std::atomic_flag stopping = ATOMIC_FLAG_INIT;
+  if (stopping.test_and_set()) return;
   remove_unfinished_atomic_write();
   static const char kMessage[] =
       "\nkvbench: stopped by a signal; the report holds every cell finished before it: the same "

@@ -147,6 +147,9 @@ Tokenizer Tokenizer::from_json(const json& tokenizer_json, const json& tokenizer
   } catch (const json::exception& e) {
     std::string what = e.what();
     if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+    const size_t tag = what.find("] ");  // "[json.exception.out_of_range.403] key ..."
+    if (what.rfind("[json.exception.", 0) == 0 && tag != std::string::npos)
+      what = what.substr(tag + 2);
     fail(source, "malformed: " + what);
   }
   // tokenizer_config's tokens are strings, {"content": ...} objects or null.

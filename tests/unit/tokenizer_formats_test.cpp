@@ -264,6 +264,11 @@ TEST_F(TokenizerErrors, BrokenFilesAreOneLine) {
   t = metaspace_tokenizer();
   t["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}};
   EXPECT_NE(load_error(t).find("cannot compile pre-tokenizer regex"), std::string::npos);
+  t = metaspace_tokenizer();  // a key missing: named without nlohmann's exception tag
+  t["model"].erase("merges");
+  EXPECT_NE(load_error(t).find("tokenizer.json: malformed: key 'merges' not found"),
+            std::string::npos)
+      << load_error(t);
   std::ofstream(dir_ / "tokenizer.json") << "{not json";
   EXPECT_THROW(Tokenizer::load(dir_.string()), Error);
   EXPECT_THROW(Tokenizer::load((dir_ / "absent").string()), Error);
