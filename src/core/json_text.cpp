@@ -56,6 +56,13 @@ void brief_into(const json& v, std::string& out, size_t max_bytes, int depth) {
 
 }  // namespace
 
+std::string json_error_text(const std::exception& e) {
+  const std::string what = e.what();
+  const size_t tag = what.find("] ");
+  return what.rfind("[json.exception.", 0) == 0 && tag != std::string::npos ? what.substr(tag + 2)
+                                                                            : what;
+}
+
 std::string brief_json(const json& value, size_t max_bytes) {
   std::string out;
   brief_into(value, out, max_bytes, 0);
@@ -93,10 +100,7 @@ json parse_json_text(const std::string& text, const std::string& source, bool co
     throw ConfigError("", source + ":" + std::to_string(line) + ":" + std::to_string(column) +
                               ": invalid JSON: " + parse_problem(e.what()));
   } catch (const json::exception& e) {  // e.g. out_of_range.406: a number past a double's range
-    const std::string what = e.what();
-    const size_t tag = what.find("] ");
-    throw ConfigError(
-        "", source + ": invalid JSON: " + (tag == std::string::npos ? what : what.substr(tag + 2)));
+    throw ConfigError("", source + ": invalid JSON: " + json_error_text(e));
   }
 }
 

@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "tokenizer_parts.h"
 
 namespace kvbench {
@@ -145,11 +146,8 @@ Tokenizer Tokenizer::from_json(const json& tokenizer_json, const json& tokenizer
   try {
     impl = std::make_unique<Impl>(tokenizer_json, source);
   } catch (const json::exception& e) {
-    std::string what = e.what();
+    std::string what = json_error_text(e);
     if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
-    const size_t tag = what.find("] ");  // "[json.exception.out_of_range.403] key ..."
-    if (what.rfind("[json.exception.", 0) == 0 && tag != std::string::npos)
-      what = what.substr(tag + 2);
     fail(source, "malformed: " + what);
   }
   // tokenizer_config's tokens are strings, {"content": ...} objects or null.

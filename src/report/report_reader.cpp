@@ -68,10 +68,7 @@ LoadedReport load_report(const std::string& path) {
 
 std::string malformed_report_message(const std::exception& e,
                                      const std::vector<std::string>& files) {
-  std::string what = e.what();
-  const size_t tag = what.find("] ");  // "[json.exception.type_error.302] ..."
-  if (what.rfind("[json.exception.", 0) == 0 && tag != std::string::npos)
-    what = what.substr(tag + 2);
+  const std::string what = json_error_text(e);
   std::string names;
   for (const std::string& f : files) names += " " + f;
   return "malformed report (" + what + "): a field in" + names +

@@ -1,6 +1,7 @@
 // JSON text as kvbench reads what a person wrote (configs, --set values, training recipes).
 #pragma once
 
+#include <exception>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -17,6 +18,10 @@ namespace kvbench {
 nlohmann::json parse_json_text(const std::string& text, const std::string& source,
                                bool comments = false);
 constexpr int kMaxJsonDepth = 64;
+
+// An exception's message without nlohmann's "[json.exception.type_error.302] " tag (other
+// messages as they are), for errors a person reads.
+std::string json_error_text(const std::exception& e);
 
 // `value` as JSON text for an error message: at most `max_bytes` bytes, cut between UTF-8
 // characters and ending "..." when cut (a string's then followed by its length), nested values past
