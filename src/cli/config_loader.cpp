@@ -24,6 +24,14 @@ bool is_index(const std::string& s) {
          (s.size() == 1 || s[0] != '0');
 }
 
+// The value may come from the grid, not the file: say which combination.
+ConfigError in_grid_point(const ConfigError& e, const json& point) {
+  const std::string prefix = "config: " + e.key_path() + ": ", what = e.what();
+  return ConfigError(e.key_path(),
+                     (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what) +
+                         " (in grid point " + brief_json(point) + ")");
+}
+
 }  // namespace
 
 json read_config_file(const std::string& path) {
@@ -160,11 +168,7 @@ std::vector<GridRun> load_run_specs(const std::string& path,
     try {
       runs.push_back({parse_run_spec(c, base + "-g" + std::to_string(i)), point});
     } catch (const ConfigError& e) {
-      // The value may come from the grid, not the file: say which combination.
-      const std::string prefix = "config: " + e.key_path() + ": ", what = e.what();
-      throw ConfigError(e.key_path(),
-                        (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what) +
-                            " (in grid point " + brief_json(point) + ")");
+      throw in_grid_point(e, point);
     }
   }
   // Runs of one model next to each other, otherwise in grid order.
@@ -173,6 +177,15 @@ std::vector<GridRun> load_run_specs(const std::string& path,
            b.spec.resolved.value("model", json()).dump();
   });
   return runs;
+}
+
+void check_grid_run(const GridRun& run, const std::function<void()>& check) {
+  try {
+    check();
+  } catch (const ConfigError& e) {
+    if (run.point.empty()) throw;
+    throw in_grid_point(e, run.point);
+  }
 }
 
 }  // namespace kvbench

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "kvbench/cli/commands.h"
+#include "kvbench/core/error.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/model/transformer.h"
 
@@ -71,8 +72,14 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
                 "checkpoint (they may be overwritten)");
   sub->callback([opt, &global] {
     global.action = [opt] {
-      const ModelPreset& preset = find_model_preset(opt->preset);
-      check_preset_writable(preset);
+      const ModelPreset* preset = nullptr;
+      try {  // a preset it does not write is a usage error, as a bad --seed is
+        preset = &find_model_preset(opt->preset);
+        check_preset_writable(*preset);
+      } catch (const Error& e) {
+        spdlog::error("make-model: {}", e.what());
+        return 2;
+      }
       if (const std::string why = why_not_overwrite(opt->out); !why.empty() && !opt->force) {
         spdlog::error(
             "make-model: will not write into {}: {}; choose another --out, or pass "
@@ -81,13 +88,14 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
         return 2;
       }
       try {
-        write_preset_checkpoint(preset, opt->out, opt->seed);
+        write_preset_checkpoint(*preset, opt->out, opt->seed);
       } catch (const std::filesystem::filesystem_error& e) {
         spdlog::error("make-model: cannot write {}: {}", opt->out.empty() ? "\"\"" : opt->out,
                       e.code().message());
         return 2;
       }
-      std::cout << "wrote " << preset.name << " (" << preset.summary << ") to " << opt->out << "\n";
+      std::cout << "wrote " << preset->name << " (" << preset->summary << ") to " << opt->out
+                << "\n";
       return 0;
     };
   });

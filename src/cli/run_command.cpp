@@ -43,6 +43,11 @@ struct RunOptions {
   std::string command_line;
 };
 
+// Whether the current run has a report on disk (a partial one, or the one --resume continues):
+// what the stop message may promise. Lock-free, so the signal handler may read it.
+std::atomic<bool> report_on_disk{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
 // SIGINT / SIGTERM during a run: the report on disk already holds every finished cell (it is
 // written after each), so say how to finish it, leave no half-written temporary file, and end
 // with the signal's own status (130 / 143 in a shell). Only async-signal-safe calls.
@@ -52,10 +57,16 @@ void on_stop_signal(int sig) {
   static std::atomic_flag stopping = ATOMIC_FLAG_INIT;
   if (stopping.test_and_set()) return;
   remove_unfinished_atomic_write();
-  static const char kMessage[] =
+  static const char kWritten[] =
       "\nkvbench: stopped by a signal; the report holds every cell finished before it: the same "
       "command with --resume runs the rest\n";
-  ssize_t unused = ::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+  static const char kNothing[] =
+      "\nkvbench: stopped by a signal before a cell of this run finished; no report of it was "
+      "written: the same command with --resume runs the rest\n";
+  const bool written = report_on_disk.load();
+  const char* message = written ? kWritten : kNothing;
+  const size_t length = written ? sizeof(kWritten) - 1 : sizeof(kNothing) - 1;
+  ssize_t unused = ::write(STDERR_FILENO, message, length);
   (void)unused;
   ::signal(sig, SIG_DFL);
   ::raise(sig);
@@ -121,7 +132,7 @@ int dry_run(const std::vector<GridRun>& runs, const RunOptions& opt) {
     set_thread_count(g.spec.threads);
     const Environment env = capture_environment();
     const std::vector<Cell> cells = shard_cells(g.spec, opt);
-    check_methods_fit_model(g.spec, cells);
+    check_grid_run(g, [&] { check_methods_fit_model(g.spec, cells); });
     ModelProvider model(g.spec.model);
     const auto estimates = estimate_cells(cells, model, env, g.spec.attention == "paged");
     if (runs.size() > 1)
@@ -139,6 +150,7 @@ int dry_run(const std::vector<GridRun>& runs, const RunOptions& opt) {
 // Runs one (grid) run's cells and writes its report; returns its failed-cell count.
 size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model) {
   set_thread_count(spec.threads);
+  report_on_disk = false;
   const std::vector<Cell> cells = shard_cells(spec, opt);
   const Environment env = capture_environment();
   warn_about_environment(env);
@@ -186,6 +198,7 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
     for (const auto& c : cells) ids.push_back(c.id);
     const ContinuedReport continued = report_to_continue(spec.output_dir, spec.resolved, ids);
     path = continued.path;
+    report_on_disk = !path.empty();
     if (!path.empty()) {
       spdlog::info("resume: continuing {}", path.string());
       if (!continued.created.empty()) info.created = continued.created;
@@ -203,6 +216,7 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
       path = write_new_report(report, spec, stamp);
     else
       write_report(report, path);
+    report_on_disk = true;
   };
   // The report of the cells so far: reused ones and those run, in plan order.
   auto cells_json = [&](const std::vector<CellResult>& done) {
@@ -265,8 +279,12 @@ int run(const RunOptions& opt) {
   }
   const std::vector<GridRun> runs = load_run_specs(opt.config, sets);
   if (!opt.shard.empty()) parse_shard(opt.shard);  // a bad --shard fails before anything runs
-  for (const GridRun& g : runs) check_device(g.spec, query_cuda());
-  for (const GridRun& g : runs) check_output_dir(g.spec, !opt.dry_run);
+  for (const GridRun& g : runs) {
+    check_grid_run(g, [&] {
+      check_device(g.spec, query_cuda());
+      check_output_dir(g.spec, !opt.dry_run);
+    });
+  }
   if (opt.dry_run) return dry_run(runs, opt);
   install_stop_handlers();
 

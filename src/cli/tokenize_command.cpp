@@ -1,3 +1,4 @@
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -5,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include "kvbench/cli/commands.h"
@@ -14,6 +16,20 @@
 #include "kvbench/model/tokenizer.h"
 
 namespace kvbench {
+namespace {
+
+std::string read_input_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))  // (pipes and /dev/stdin are fine)
+    throw Error("tokenize: " + path + ": is a directory, not a file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("tokenize: cannot read " + path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
 
 void register_tokenize_command(CLI::App& app, GlobalOptions& global) {
   struct Options {
@@ -44,24 +60,23 @@ void register_tokenize_command(CLI::App& app, GlobalOptions& global) {
     }
     global.action = [opt] {
       std::string input = opt->text;
-      if (!opt->file.empty()) {
-        std::error_code ec;
-        if (std::filesystem::is_directory(opt->file, ec))  // (pipes and /dev/stdin are fine)
-          throw Error("tokenize: " + opt->file + ": is a directory, not a file");
-        std::ifstream in(opt->file, std::ios::binary);
-        if (!in) throw Error("tokenize: cannot read " + opt->file);
-        std::stringstream s;
-        s << in.rdbuf();
-        input = s.str();
+      std::optional<Tokenizer> tokenizer;
+      // What the options name cannot be read or does not fit: an input error, exit 2 as a
+      // usage error is.
+      try {
+        if (!opt->file.empty()) input = read_input_file(opt->file);
+        tokenizer = Tokenizer::load(opt->model);
+        // A chat prompt carries its own BOS; plain text is tokenised as is (no special tokens
+        // added), like tokenizer.encode(text, add_special_tokens=False).
+        if (!opt->chat.empty()) {
+          input = render_chat(opt->chat, {{"user", input}});
+          check_chat_tokens(opt->chat, *tokenizer);
+        }
+      } catch (const Error& e) {
+        spdlog::error("{}", e.what());
+        return 2;
       }
-      const Tokenizer tokenizer = Tokenizer::load(opt->model);
-      // A chat prompt carries its own BOS; plain text is tokenised as is (no special tokens
-      // added), like tokenizer.encode(text, add_special_tokens=False).
-      if (!opt->chat.empty()) {
-        input = render_chat(opt->chat, {{"user", input}});
-        check_chat_tokens(opt->chat, tokenizer);
-      }
-      const std::vector<int32_t> ids = tokenizer.encode(input);
+      const std::vector<int32_t> ids = tokenizer->encode(input);
       std::cout << ids.size() << "\n";
       if (opt->ids) std::cout << nlohmann::json(ids).dump() << "\n";
       return 0;

@@ -85,9 +85,12 @@ void register_validate_command(CLI::App& app, GlobalOptions& global) {
     global.action = [opt] {
       const std::vector<GridRun> runs = load_run_specs(opt->config, opt->sets);
       for (const GridRun& g : runs) {
-        check_device(g.spec, query_cuda());
-        auto cells = expand_cells(g.spec);
-        check_methods_fit_model(g.spec, cells);
+        std::vector<Cell> cells;
+        check_grid_run(g, [&] {
+          check_device(g.spec, query_cuda());
+          cells = expand_cells(g.spec);
+          check_methods_fit_model(g.spec, cells);
+        });
         std::cout << opt->config
                   << (runs.size() > 1 ? " (run " + g.spec.name + ", grid " + g.point.dump() + ")"
                                       : "")

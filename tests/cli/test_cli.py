@@ -223,6 +223,27 @@ class CliTest(CliCase):
         self.assertIn("--resume runs the rest", err)
         self.assertEqual([f.name for f in out.iterdir() if ".tmp." in f.name], [])
 
+    def test_a_run_stopped_before_its_first_cell_promises_no_report(self):
+        # One long cell: the signal comes once the run has started it (its plan line is out).
+        slow = dict(TINY_SUITE, contexts=[65536], kv_heads=[8], repeats=100000)
+        out = self.dir / "out"
+        run = [KVBENCH, "run", "--config", self.write_config({"suites": [slow], "threads": 1}),
+               "--out", str(out)]
+        proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            for line in proc.stderr:
+                if "cell(s), 1 thread(s)" in line:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        self.assertEqual(proc.returncode, -signal.SIGTERM, err)
+        self.assertIn("stopped by a signal before a cell of this run finished; no report of it "
+                      "was written", err)
+        self.assertEqual(list(out.iterdir()), [])
+
     def test_a_killed_run_leaves_a_partial_report_that_resume_finishes(self):
         methods = self.METHODS_SIX
         proc, out, cfg = self.start_six_cell_run(subprocess.DEVNULL)
@@ -483,6 +504,8 @@ class CliTest(CliCase):
              "config: methods[0].name: unknown method 'kivi'"),
             ('{"suites": [{"name": "kernels"}], "device": "cuda"}',
              'config: device: "cuda" requested but no CUDA device is visible'),
+            ('{"suites": [{"name": "kernels"}], "grid": {"device": ["cpu", "cuda"]}}',
+             '; use "cpu" (in grid point {"device":"cuda"})'),
             # Parameters that contradict each other, also inside a retention method's codec.
             ('{"suites": [{"name": "kernels"}], "methods": [{"name": "kivi-2", "residual": 40}]}',
              "config: methods[0]: kivi: residual (40) must be a positive multiple of group"),
@@ -1554,8 +1577,13 @@ class ModelCliTest(CliCase):
         self.assertEqual(report["model"]["seed"], 3)  # the checkpoint's, not config.seed's
         self.assertEqual(report["model"]["config"]["architecture"], "Qwen3ForCausalLM")
         self.assertGreater(report["cells"][0]["peak_rss_bytes"], 0)
-        self.assertEqual(kvbench("make-model", "--preset", "tiny-gpt", "--out",
-                                 str(self.dir / "x")).returncode, 1)
+        self.assert_one_line_error(
+            kvbench("make-model", "--preset", "tiny-gpt", "--out", str(self.dir / "x")), 2,
+            "make-model: unknown model preset 'tiny-gpt'; presets: tiny-llama")
+        self.assert_one_line_error(
+            kvbench("make-model", "--preset", "llama-3-8b", "--out", str(self.dir / "x")), 2,
+            "make-model: preset llama-3-8b has real-model shapes and is built in memory only")
+        self.assertFalse((self.dir / "x").exists())
         # Its own preset checkpoint make-model writes again; anything else only with --force.
         again = kvbench("make-model", "--preset", "tiny-llama", "--out", str(out))
         self.assertEqual(again.returncode, 0, again.stderr)
@@ -2065,13 +2093,16 @@ class TokenizeCliTest(unittest.TestCase):
         self.assertEqual(self.tokenize().returncode, 2)
         self.assertEqual(self.tokenize("--text", "a", "--file", "b").returncode, 2)
         res = kvbench("tokenize", "--model", str(self.dir / "absent"), "--text", "x")
-        self.assert_one_line_error(res, 1, "tokenizer.json: cannot read the file")
+        # Input the options name that cannot be read or used: exit 2, as a usage error.
+        self.assert_one_line_error(res, 2, "tokenizer.json: cannot read the file")
+        res = self.tokenize("--file", str(self.dir))  # a folder, not a file
+        self.assert_one_line_error(res, 2, "is a directory, not a file")
+        res = self.tokenize("--file", str(self.dir / "absent.txt"))
+        self.assert_one_line_error(res, 2, "tokenize: cannot read " + str(self.dir / "absent.txt"))
         (self.model / "tokenizer.json").write_text(json.dumps(
             {"model": {"type": "WordPiece", "vocab": {}}}))
         res = self.tokenize("--text", "x")
-        self.assert_one_line_error(res, 1, "unsupported tokenizer model: WordPiece")
-        res = self.tokenize("--file", str(self.dir))  # a folder, not a file
-        self.assert_one_line_error(res, 1, "is a directory, not a file")
+        self.assert_one_line_error(res, 2, "unsupported tokenizer model: WordPiece")
 
 
 class TrainCliTest(CliCase):

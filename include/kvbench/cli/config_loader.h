@@ -2,6 +2,7 @@
 // `--set key=value` overrides, validate into a RunSpec.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,5 +32,8 @@ struct GridRun {
 };
 std::vector<GridRun> load_run_specs(const std::string& path,
                                     const std::vector<std::string>& overrides);
+// Runs `check` on one run of a sweep; a ConfigError it throws names the grid point (the value
+// may come from the grid, not the file). Without a grid the error passes unchanged.
+void check_grid_run(const GridRun& run, const std::function<void()>& check);
 
 }  // namespace kvbench
