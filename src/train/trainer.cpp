@@ -611,6 +611,14 @@ TrainProgress Trainer::train_step(int64_t step) {
     double sq = 0;
     for (auto& [name, p] : params_) sq += sum_squares(p.grad());
     pr.grad_norm = std::sqrt(sq);
+    // A diverged step stops here, before the update: the weights and moments stay finite (an
+    // update would spread the NaN into every weight), and the message says so at this step
+    // rather than at the next evaluation's decoding.
+    KVB_CHECK(std::isfinite(pr.loss) && std::isfinite(pr.grad_norm), "train: step ", step + 1,
+              ": the loss (", pr.loss, ") or the gradient norm (", pr.grad_norm,
+              ") is not finite; training stops with the weights of step ", step,
+              " not updated (--resume continues from the last checkpoint in ", out_dir_,
+              ", if one was written; a lower lr or a grad_clip may keep it finite)");
     const double clip = recipe_.grad_clip > 0 && pr.grad_norm > recipe_.grad_clip
                             ? recipe_.grad_clip / (pr.grad_norm + 1e-6)
                             : 1.0;

@@ -1,5 +1,6 @@
 // The trainer (src/train/trainer.cpp): its forward against the inference transformer, its
-// AdamW step against the update written out in float64, bit-identical seeded runs and resume,
+// AdamW step against the update written out in float64, a diverged step stopped before its
+// update, bit-identical seeded runs and resume,
 // the data recipe, recipe validation, and the shipped checkpoint solving held-out prompts.
 #include <gtest/gtest.h>
 
@@ -7,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "kvbench/core/error.h"
@@ -133,6 +135,31 @@ TEST(Train, AdamWStepMatchesFloat64Formula) {
     const at::Tensor expected = p0 * decay - lr * m / (v.sqrt() + recipe.adam_eps);
     EXPECT_TRUE(at::allclose(p.detach().to(at::kDouble), expected, 1e-6, 1e-7)) << name;
   }
+}
+
+TEST(Train, ANonFiniteLossStopsTheStepBeforeTheUpdate) {
+  Trainer trainer(parse_train_recipe(tiny_recipe()), temp_dir("nan").string(), false);
+  trainer.train_step(0);  // a finite step first: the moments are not zero
+  std::vector<at::Tensor> before;
+  for (const auto& [name, p] : trainer.parameters()) before.push_back(p.detach().clone());
+  const auto& [poisoned, weight] = trainer.parameters().back();
+  weight.detach()[0].fill_(std::numeric_limits<float>::quiet_NaN());
+  try {
+    trainer.train_step(1);
+    FAIL() << "no error for a NaN weight";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train: step 2: the loss (nan)"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("weights of step 1 not updated"), std::string::npos)
+        << e.what();
+  }
+  size_t i = 0;
+  for (const auto& [name, p] : trainer.parameters()) {
+    const at::Tensor now = p.detach();
+    if (name == poisoned) now[0].copy_(before[i][0]);  // the poison itself
+    EXPECT_TRUE(at::equal(now, before[i++])) << name << " changed";
+  }
+  EXPECT_EQ(trainer.step(), 1);
 }
 
 TEST(Train, SeededRunsAreBitIdenticalAndResumeContinuesExactly) {
