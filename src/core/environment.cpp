@@ -207,6 +207,7 @@ BlasInfo detect_blas() {
 
 CudaInfo query_cuda() {
   CudaInfo info;
+  if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES")) info.visible_devices = visible;
 #ifdef KVBENCH_HAVE_CUDA
   info.built = true;
   kernels::runtime_version(&info.runtime_version);
@@ -285,6 +286,8 @@ nlohmann::json to_json(const Environment& env) {
                          {"runtime_version", env.cuda.runtime_version},
                          {"devices", gpus}};
   if (!env.cuda.error.empty()) cuda["error"] = env.cuda.error;
+  cuda["visible_devices"] =
+      env.cuda.visible_devices ? nlohmann::json(*env.cuda.visible_devices) : nlohmann::json();
   return {{"hostname", env.hostname},
           {"os", env.os},
           {"compiler", env.compiler},

@@ -481,6 +481,19 @@ class CliTest(CliCase):
         self.assertEqual(res.stdout.count("kernels.full."), 2)
         self.assertFalse((self.dir / "out").exists())
 
+    def test_the_report_names_the_visible_cuda_devices(self):
+        cfg = self.write_config({"suites": [dict(TINY_SUITE, contexts=[256], kv_heads=[1])]})
+        for visible, expected in (("3", "3"), (None, None)):
+            env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+            if visible is not None:
+                env["CUDA_VISIBLE_DEVICES"] = visible
+            res = kvbench("run", "--config", cfg, "--out", str(self.dir / str(visible)),
+                          "--log-level", "warn", env=env)
+            self.assertEqual(res.returncode, 0, res.stderr)
+            _, report = self.report_from(res)
+            self.assertIn("visible_devices", report["environment"]["cuda"])
+            self.assertEqual(report["environment"]["cuda"]["visible_devices"], expected)
+
     def test_set_overrides_reach_the_report(self):
         res = self.run_ok({"suites": [TINY_SUITE]}, "--set", "seed=77",
                           "--set", "suites.0.repeats=2", "--set", "name=renamed")

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,9 @@ struct CudaInfo {
   int driver_version = 0;  // e.g. 13000
   int runtime_version = 0;
   std::vector<GpuInfo> devices;
+  // CUDA_VISIBLE_DEVICES as this process saw it (nullopt: unset). Cells on "cuda" run on
+  // CUDA's current device, 0, the first visible: this says which physical GPU that was.
+  std::optional<std::string> visible_devices;
 };
 
 struct Environment {
