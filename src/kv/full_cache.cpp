@@ -113,7 +113,8 @@ at::Tensor CompressedKVCache::attend(const Layer& layer, const at::Tensor& q) co
     if (out.defined()) return out;  // undefined: every held token is at its logical position
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  // Attention reads what the cache stores, so a lossy codec shows its effect on every token.
+  // Attention reads what the cache stores, so a lossy codec shows its effect on every token
+  // it reads (a prefill's own block excepted: append_and_attend).
   if (backend_ == AttentionBackend::kCpu && q.size(1) == 1) {
     return cpu_decode_attention(q, *layer.keys, *layer.values, num_kv_heads_, scale);
   }
@@ -369,7 +370,16 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   layer.keys->append(k);
   layer.values->append(v);
   if (layer_index == num_layers_ - 1) s.length += n;
-  if (!evicts_) return attend(layer, q);
+  // The prompt's prefill (a first block of more than one token) attends its keys and values as
+  // computed, unless the codec's are the stored ones (Codec::prefill_reads_stored); later
+  // blocks and decode steps read the cache. The policies' scores come from what is stored.
+  auto attend_block = [&] {
+    if (!prefill || n == 1 || codec_->prefill_reads_stored()) return attend(layer, q);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+    auto computed = [&](const at::Tensor& x) { return x.to(computed_dtype_).to(at::kFloat); };
+    return block_attention_reference(q.to(at::kFloat), computed(k), computed(v), scale);
+  };
+  if (!evicts_) return attend_block();
   if (quest_) {
     if (layer_index >= quest_->dense_layers()) {
       if (!layer.pages) {
@@ -385,7 +395,7 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
       }
       retention_s_ += watch.seconds();
     }
-    return attend(layer, q);
+    return attend_block();
   }
 
   at::Tensor fresh = at::arange(start, start + n, at::kLong).expand({num_kv_heads_, n});
@@ -403,7 +413,7 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
       needs == RetentionNeeds::kLowAttentionCounts) {
     // Every query attends everything held (itself included) and its per-step state is
     // recorded; the layer shrinks afterwards, as the H2O reference does it.
-    at::Tensor out = attend(layer, q);
+    at::Tensor out = attend_block();
     Stopwatch watch;
     if (needs == RetentionNeeds::kScoresEveryStep) accumulate_scores(layer, q, start);
     if (needs == RetentionNeeds::kLowAttentionCounts) record_low_attention(layer, q, start);
@@ -411,13 +421,13 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
     if (may_evict) maybe_evict(layer, in, q, k, v, s.total);
     return out;
   }
-  if (!may_evict || !policy_->over_budget(in)) return attend(layer, q);
+  if (!may_evict || !policy_->over_budget(in)) return attend_block();
   if (n == 1 && !prefill) {  // a decode token: evict first, then it attends what stays
     maybe_evict(layer, in, q, k, v, s.total);
-    return attend(layer, q);
+    return attend_block();
   }
   // A block: every query sees everything held plus the block; the layer shrinks afterwards.
-  at::Tensor out = attend(layer, q);
+  at::Tensor out = attend_block();
   maybe_evict(layer, in, q, k, v, s.total);
   return out;
 }
@@ -488,6 +498,8 @@ StorageBytes CompressedKVCache::nominal() const {
 FullKVCache::FullKVCache(int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
                          at::ScalarType dtype)
     : CompressedKVCache(std::make_shared<IdentityCodec>(dtype), AttentionBackend::kReference,
-                        num_layers, num_kv_heads, head_dim) {}
+                        num_layers, num_kv_heads, head_dim) {
+  set_computed_dtype(dtype);  // its prefill reads what it stores, chunked or not
+}
 
 }  // namespace kvbench

@@ -319,14 +319,22 @@ at::Tensor GearBlockCache::append_and_attend_batch(int64_t layer, const std::vec
   if (kernel_path_ && single) {
     out = decode(layer, seqs, q);
   } else {
-    // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens.
+    // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens; a prompt's
+    // prefill (a first block of more than one token) over its keys and values as computed, as
+    // GEAR's reference code attends before it compresses.
     const double scale = 1.0 / std::sqrt(double(head_dim_));
     std::vector<at::Tensor> parts;
     for (size_t i = 0, row = 0; i < seqs.size(); row += size_t(counts[i]), ++i) {
+      auto block = [&](const at::Tensor& x) {
+        return x.narrow(0, int64_t(row), counts[i]).transpose(0, 1).to(device_, at::kFloat);
+      };
+      if (first[i] && counts[i] > 1) {  // (in the model's dtype, as CompressedKVCache's)
+        parts.push_back(
+            paged_block_attention(block(q), block(k16), block(v16), scale).transpose(0, 1));
+        continue;
+      }
       const auto [keys, values] = reconstruct(sequence(seqs[i]), layer);
-      const at::Tensor qb = q.narrow(0, int64_t(row), counts[i]).transpose(0, 1);
-      parts.push_back(paged_block_attention(qb.to(keys.device(), at::kFloat), keys, values, scale)
-                          .transpose(0, 1));
+      parts.push_back(paged_block_attention(block(q), keys, values, scale).transpose(0, 1));
     }
     out = at::cat(parts, 0);
   }
@@ -389,7 +397,8 @@ void GearBlockCache::select_inputs(RetentionInput& in, const Sequence& s, int64_
       break;
   }
   // The per-step policies score the prefill's attention as the CPU cache records it: over the
-  // keys attention read, the layer's reconstructed blocks and its exact buffer.
+  // keys as stored, the layer's reconstructed blocks and its exact buffer (the prefill itself
+  // attended them as computed).
   const at::Tensor keys = reconstruct(s, layer).first;  // [kv_heads, n, head_dim] fp32
   AttentionRecord record;
   at::Tensor newest;

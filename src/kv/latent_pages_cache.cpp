@@ -4,6 +4,16 @@
 
 namespace kvbench {
 
+namespace {
+
+// Latent pages attend as stored in a prefill too: the method's keys are the reconstruction.
+PagedFormat reading_stored(PagedFormat format) {
+  format.prefill_reads_stored = true;
+  return format;
+}
+
+}  // namespace
+
 int64_t latent_row_width(LowRankKind kind, int64_t rank, bool kernel_path) {
   if (kind == LowRankKind::kProjection && kernel_path && rank <= 128) return rank <= 64 ? 64 : 128;
   return (rank + 31) / 32 * 32;
@@ -24,8 +34,8 @@ LatentPagesCache::LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, in
     : codec_(std::move(codec)),
       rank_(rank),
       width_(width),
-      latent_(format, num_layers, latent_heads, width, capacity, device, std::move(policy),
-              kernel_path_on_cpu) {
+      latent_(reading_stored(format), num_layers, latent_heads, width, capacity, device,
+              std::move(policy), kernel_path_on_cpu) {
   KVB_CHECK(rank >= 1 && width >= rank, "latent pages: width ", width, " below rank ", rank);
 }
 

@@ -757,9 +757,11 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
                                           head_dim, PagedCapacity{}, device, make_policy(method),
                                           kernel_path_on_cpu());
   KVB_CHECK(device.is_cpu(), "KV cache: device ", device.str(), " needs the paged cache");
-  return std::make_unique<CompressedKVCache>(
+  auto cache = std::make_unique<CompressedKVCache>(
       make_codec(method, dtype), attention_backend_from_name(backend), num_layers, num_kv_heads,
       head_dim, make_policy(method), rope_inv_freq);
+  cache->set_computed_dtype(dtype);
+  return cache;
 }
 
 std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
@@ -827,13 +829,15 @@ void check_paged_method(const nlohmann::json& method, int64_t num_heads, int64_t
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        std::shared_ptr<const Codec> codec, int64_t num_layers,
                                        int64_t num_kv_heads, int64_t head_dim,
-                                       const std::string& backend,
-                                       const at::Tensor& rope_inv_freq) {
+                                       const std::string& backend, const at::Tensor& rope_inv_freq,
+                                       at::ScalarType dtype) {
   KVB_CHECK(backend != "paged",
             "make_kv_cache: a paged cache with a given codec comes from make_paged_cache");
-  return std::make_unique<CompressedKVCache>(std::move(codec), attention_backend_from_name(backend),
-                                             num_layers, num_kv_heads, head_dim,
-                                             make_policy(method), rope_inv_freq);
+  auto cache = std::make_unique<CompressedKVCache>(
+      std::move(codec), attention_backend_from_name(backend), num_layers, num_kv_heads, head_dim,
+      make_policy(method), rope_inv_freq);
+  cache->set_computed_dtype(dtype);
+  return cache;
 }
 
 }  // namespace kvbench

@@ -167,6 +167,7 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
   if (method.contains("codec")) return paged_format_for(method["codec"], model_dtype);
   PagedFormat f;
   f.page_size = kPageSize;
+  f.computed_dtype = model_dtype;
   if (name == "full" || name == "fp16" || name == "bf16") {
     const at::ScalarType dtype =
         name == "fp16" ? at::kHalf : (name == "bf16" ? at::kBFloat16 : model_dtype);
@@ -576,27 +577,48 @@ at::Tensor PagedKVCache::append_and_attend_batch(int64_t layer_index,
   append_rows(layer, step, counts, k, v, store);
   at::Tensor out;
   if (quest_) {
-    out = attend_quest(layer_index, step, counts, q, k, store);
+    out = attend_quest(layer_index, step, counts, q, k, v, store);
   } else if (ring_) {  // the slots hold what the policy keeps: the dense path
-    out = attend_dense(step, counts, q, store);
+    out = attend_dense(step, counts, q, k, v, store);
     if (step.ring_from.defined()) {
       Stopwatch watch;
       move_rows(layer_index, step.ring_from, step.ring_to);
       retention_s_ += watch.seconds();
     }
   } else if (policy_) {
-    out = attend_retaining(layer_index, step.batch, counts, q, k, store, step.table, step.ints,
+    out = attend_retaining(layer_index, step.batch, counts, q, k, v, store, step.table, step.ints,
                            step.max_len);
   } else {
-    out = attend_dense(step, counts, q, store);
+    out = attend_dense(step, counts, q, k, v, store);
   }
   end_step(layer_index, step, counts);
   // fp32 in, fp32 out; the kernels' dtype in (attend_dtype()), the same out.
   return out.to(q.device(), q.scalar_type() == input_dtype() ? q.scalar_type() : at::kFloat);
 }
 
+bool PagedKVCache::attends_computed(const Sequence& s, int64_t n) const {
+  // 16-bit pages of the model's dtype hold the tokens as computed: read as stored.
+  const bool exact_pages = (format_.format == KvFormat::kFp16 && computed_dtype() == at::kHalf) ||
+                           (format_.format == KvFormat::kBf16 && computed_dtype() == at::kBFloat16);
+  return s.length == 0 && n > 1 && !format_.prefill_reads_stored && !exact_pages;
+}
+
+at::Tensor PagedKVCache::attend_computed(const at::Tensor& q, const at::Tensor& k,
+                                         const at::Tensor& v, int64_t row, int64_t n) const {
+  // Keys and values in the model's dtype (PagedFormat::computed_dtype), as the full cache of
+  // that dtype stores them, not as the format stores them.
+  auto block = [&](const at::Tensor& x, at::ScalarType as) {
+    return x.narrow(0, row, n).transpose(0, 1).to(device_, as).to(at::kFloat);
+  };
+  const double scale = 1.0 / std::sqrt(double(head_dim_));
+  return paged_block_attention(block(q, at::kFloat), block(k, computed_dtype()),
+                               block(v, computed_dtype()), scale)
+      .transpose(0, 1);
+}
+
 at::Tensor PagedKVCache::attend_dense(const Step& step, const std::vector<int64_t>& counts,
-                                      const at::Tensor& q, const kernels::PagedKvStore& store) {
+                                      const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const kernels::PagedKvStore& store) {
   const std::vector<Sequence*>& batch = step.batch;
   const int B = int(batch.size());
   if (kernel_path_ &&
@@ -610,6 +632,10 @@ at::Tensor PagedKVCache::attend_dense(const Step& step, const std::vector<int64_
   std::vector<at::Tensor> parts;
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     const Sequence& s = *batch[size_t(b)];
+    if (attends_computed(s, counts[size_t(b)])) {
+      parts.push_back(attend_computed(q, k, v, row, counts[size_t(b)]));
+      continue;
+    }
     const int64_t t1 = slots_after(s, counts[size_t(b)]);
     at::Tensor keys, values;
     if (kernel_path_) {
@@ -899,10 +925,11 @@ std::vector<PagedKVCache::ListedRows> PagedKVCache::quest_lists(
 
 at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
                                       const std::vector<int64_t>& counts, const at::Tensor& q,
-                                      const at::Tensor& k, const kernels::PagedKvStore& store) {
+                                      const at::Tensor& k, const at::Tensor& v,
+                                      const kernels::PagedKvStore& store) {
   const std::vector<Sequence*>& batch = step.batch;
   const int B = int(batch.size());
-  if (layer < quest_->dense_layers()) return attend_dense(step, counts, q, store);
+  if (layer < quest_->dense_layers()) return attend_dense(step, counts, q, k, v, store);
   Stopwatch watch;
   // The new keys into the page bounds: a block (the prefill) per sequence, single keys (decode
   // tokens) together. A decode step over a 16-bit format takes them as they came: the format
@@ -940,7 +967,7 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   }
   if (sparse.empty()) {
     retention_s_ += watch.seconds();
-    return attend_dense(step, counts, q, store);
+    return attend_dense(step, counts, q, k, v, store);
   }
   if (kernel_path_ && step.max_new == 1) {
     // The chosen pages become the retained-index kernel's lists where they are: nothing comes
@@ -966,6 +993,10 @@ at::Tensor PagedKVCache::attend_quest(int64_t layer, const Step& step,
   for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
     const Sequence& s = *batch[size_t(b)];
     const int64_t n = counts[size_t(b)];
+    if (attends_computed(s, n)) {  // a prompt batched with sparse decode tokens
+      parts.push_back(attend_computed(q, k, v, row, n));
+      continue;
+    }
     const at::Tensor all = at::arange(s.length + n, at::kLong).expand({num_kv_heads_, -1});
     const at::Tensor& pos = positions[size_t(b)].defined() ? positions[size_t(b)] : all;
     const Rows rows = rows_at(store, s, step.table[b], pos, s.length + n, true);
@@ -1295,7 +1326,8 @@ void PagedKVCache::check_batch(int64_t layer, const std::vector<int64_t>& seqs,
 
 at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Sequence*>& batch,
                                           const std::vector<int64_t>& counts, const at::Tensor& q,
-                                          const at::Tensor& k, const kernels::PagedKvStore& store,
+                                          const at::Tensor& k, const at::Tensor& v,
+                                          const kernels::PagedKvStore& store,
                                           const at::Tensor& table, const at::Tensor& ints,
                                           int64_t max_len) {
   const int B = int(batch.size());
@@ -1366,6 +1398,10 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     std::vector<at::Tensor> parts;
     for (int b = 0, row = 0; b < B; row += int(counts[size_t(b)]), ++b) {
       const Sequence& s = *batch[size_t(b)];
+      if (attends_computed(s, counts[size_t(b)])) {  // (a record gathers its keys itself)
+        parts.push_back(attend_computed(q, k, v, row, counts[size_t(b)]));
+        continue;
+      }
       const Rows rows = rows_at(store, s, table[b], attended(b), slots[size_t(b)], true);
       if (records_now[size_t(b)]) keys[size_t(b)] = rows.keys;  // the policy's scores reuse them
       const at::Tensor qb = q.narrow(0, row, counts[size_t(b)]).transpose(0, 1);

@@ -248,6 +248,14 @@ uint64_t Transformer::weight_bytes() const {
   return elements * at::elementSize(placement_.dtype);
 }
 
+uint64_t Transformer::decode_step_weight_bytes(int64_t batch) const {
+  if (config_.tie_word_embeddings) return weight_bytes();  // the lm_head reads it all
+  const uint64_t row = uint64_t(config_.hidden_size) * at::elementSize(placement_.dtype);
+  const uint64_t rows =
+      uint64_t(std::min<int64_t>(std::max<int64_t>(batch, 0), config_.vocab_size));
+  return weight_bytes() - uint64_t(config_.vocab_size) * row + rows * row;
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const at::Tensor xf = x.to(at::kFloat);  // the same tensor when x is fp32
   const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true).add_(eps));

@@ -211,6 +211,7 @@ struct Run {
   double ttft = 0, e2e = 0;
   uint64_t kv_bytes = 0;
   size_t generated = 0;  // tokens timed: EOS included (e2e ends with it)
+  bool kept_all = true;  // every layer held every token at the peak (kept_every_token)
 };
 
 Run generate_one(const CellContext& ctx, KVCache& cache, const Sample& s) {
@@ -226,7 +227,8 @@ Run generate_one(const CellContext& ctx, KVCache& cache, const Sample& s) {
           q.token_times_s.front(),
           q.token_times_s.back(),
           r.peak_storage.total(),
-          q.tokens.size()};
+          q.tokens.size(),
+          kept_every_token(r)};
   if (run.stop == "eos" && !run.tokens.empty()) run.tokens.pop_back();
   run.text = ctx.model.tokenizer().decode(
       std::vector<int32_t>(run.tokens.begin(), run.tokens.end()), true);
@@ -275,10 +277,12 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   std::vector<double> s_full, s_method, diff;
   int64_t identical = 0;
   double agreement_sum = 0;
+  bool kept_all = true;
   ctx.progress.begin(ctx.cell_id, samples.size());
   for (const Sample& s : samples) {
     const Run base = generate_one(ctx, *full, s);
     const Run run = generate_one(ctx, *cache, s);
+    kept_all = kept_all && run.kept_all;
     const double sf = score(s, base.text), sm = score(s, run.text);
     size_t first = 0;
     const size_t common = std::min(base.tokens.size(), run.tokens.size());
@@ -358,6 +362,8 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
                              " samples: its interval and test say little (30 or more advised)");
     }
   }
+  if (kept_all)
+    if (std::string w = nothing_evicted_warning(ctx.method); !w.empty()) out.warnings.push_back(w);
   const Interval ci = bootstrap_mean_ci(diff, 0.95, 2000, ctx.seed);
   out.summary = {
       {"samples", samples.size()},

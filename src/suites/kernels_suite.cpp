@@ -433,17 +433,24 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
   ctx.progress.end();
 
   // Summary: copy bandwidth over both phases; attention against it.
-  std::vector<double> copy_gbps;
+  std::vector<double> copy_gbps, phase_median;  // all samples; each phase's median
   for (const auto& r : out.records) {
     if (r["kind"] != "copy_bandwidth") continue;
-    for (double t : r["samples_s"]) copy_gbps.push_back(r["bytes_moved"].get<double>() / t / 1e9);
+    std::vector<double> phase;
+    for (double t : r["samples_s"]) phase.push_back(r["bytes_moved"].get<double>() / t / 1e9);
+    copy_gbps.insert(copy_gbps.end(), phase.begin(), phase.end());
+    phase_median.push_back(median(phase));
   }
   const double copy = median(copy_gbps);
+  if (std::string w = copy_drift_warning(phase_median.front(), phase_median.back()); !w.empty())
+    out.warnings.push_back(w);
+  // Beyond the cache means at least one LLC's worth, whatever min_llc_multiple allows.
+  const double beyond = std::max(min_multiple, 1.0);
   std::optional<double> best_fraction;  // none when no point reaches beyond the cache
   for (auto& r : out.records) {
     if (r["kind"] != "decode_attention") continue;
     r["fraction_of_copy_bandwidth"] = r["gbps"].get<double>() / copy;
-    if (r["llc_multiple"].get<double>() >= min_multiple) {
+    if (r["llc_multiple"].get<double>() >= beyond) {
       best_fraction =
           std::max(best_fraction.value_or(0.0), r["fraction_of_copy_bandwidth"].get<double>());
     }
@@ -478,6 +485,16 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
                  {"contexts", contexts},
                  {"points", contexts.size() * kv_heads.size()}};
   return out;
+}
+
+std::string KernelsSuite::copy_drift_warning(double before_gbps, double after_gbps) {
+  constexpr double kCopyDrift = 0.2;
+  const double slow = std::min(before_gbps, after_gbps), fast = std::max(before_gbps, after_gbps);
+  if (!(fast > (1 + kCopyDrift) * slow)) return "";
+  return "copy bandwidth moved from " + format_fixed(before_gbps, 1) +
+         " GB/s before the points to " + format_fixed(after_gbps, 1) +
+         " GB/s after them: the machine's speed changed during the cell, so the fractions of "
+         "copy bandwidth are uncertain by as much (rerun on a quiet machine)";
 }
 
 Table KernelsSuite::summary_table(const CellOutput& output) const {

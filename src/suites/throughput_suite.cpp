@@ -126,13 +126,14 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
       kv_memory.is_object() && kv_memory.value("tokens", int64_t{0}) > 0
           ? static_cast<double>(kv_memory["tokens"].get<int64_t>())
           : static_cast<double>(batch) * static_cast<double>(prompt + new_tokens - 1);
-  // What a decode step must read at least: every weight once and the cache as held at its
-  // peak. Between methods its ratio is the ideal decode speed-up of a memory-bound step.
-  // Empty page slots (paged attention) are neither read nor a token's bytes.
+  // What a decode step must read at least: every weight once (an untied embedding: the batch's
+  // rows) and the cache as held at its peak. Between methods its ratio is the ideal decode
+  // speed-up of a memory-bound step. Empty page slots (paged attention) are neither read nor a
+  // token's bytes.
   const uint64_t padding =
       kv_memory.is_object() ? kv_memory["measured"].value("padding", uint64_t{0}) : uint64_t{0};
   const uint64_t kv_held = kv_peak - std::min(padding, kv_peak);
-  const uint64_t step_bytes = model.weight_bytes() + kv_held;
+  const uint64_t step_bytes = model.decode_step_weight_bytes(batch) + kv_held;
   return {{"kind", "throughput"},
           {"batch", batch},
           {"prompt_tokens", prompt},
@@ -246,6 +247,8 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
                            format_bytes(static_cast<double>(formula_at_batch)) +
                            "; the capacity counts the formula");
   }
+  if (const std::string w = decode_spread_warning(r); !w.empty())
+    out.warnings.push_back("capacity: " + w);
   summary["decode_tok_s"] = r["decode_tok_s"];
   out.records.push_back(r);
   return summary;

@@ -47,7 +47,7 @@ std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
     return make_paged_cache(ctx.method, codec, c.num_layers, c.num_kv_heads, c.head_dim,
                             ctx.model.kv_dtype(), at::Device(ctx.spec.device));
   return make_kv_cache(ctx.method, codec, c.num_layers, c.num_kv_heads, c.head_dim,
-                       ctx.spec.attention, rope_inverse_frequencies(c));
+                       ctx.spec.attention, rope_inverse_frequencies(c), ctx.model.kv_dtype());
 }
 
 std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx) {
@@ -171,6 +171,15 @@ std::string nominal_mismatch_warning(const nlohmann::json& m) {
 std::string nothing_evicted_warning(const nlohmann::json& method, const nlohmann::json& m) {
   if (!m.is_object() || !m.contains("kept_tokens") || !m.contains("tokens")) return "";
   if (m["kept_tokens"].value("fraction", 0.0) < 1.0) return "";
+  return nothing_evicted_warning(method);
+}
+
+bool kept_every_token(const GenerationResult& r) {
+  return std::all_of(r.peak_kept_tokens.begin(), r.peak_kept_tokens.end(),
+                     [&](int64_t kept) { return kept >= r.peak_tokens; });
+}
+
+std::string nothing_evicted_warning(const nlohmann::json& method) {
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
   if (!policy || policy->needs() == RetentionNeeds::kQueryPages ||
       dynamic_cast<const FullRetention*>(policy.get()) != nullptr)

@@ -663,8 +663,9 @@ class CliTest(CliCase):
         self.assertEqual(f"kernels.full.{h:016x}", ids["cpu"])
 
     def test_a_retention_method_that_evicted_nothing_is_warned_about(self):
-        # SnapKV with a budget above the prompt keeps every token: its latency, throughput and
-        # fidelity cells measure its codec alone and say so; one that evicts says nothing.
+        # SnapKV with a budget above the prompt keeps every token: its latency, throughput,
+        # fidelity, output-length and accuracy cells measure its codec alone and say so; one
+        # that evicts says nothing.
         cfg = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 1,
                "methods": [{"name": "snapkv", "budget": 4096},
                            {"name": "snapkv", "budget": 16, "window": 4}],
@@ -673,7 +674,11 @@ class CliTest(CliCase):
                           {"name": "throughput", "batch": [1], "prompt_tokens": [40],
                            "new_tokens": [2], "repeats": 1, "warmup": 0},
                           {"name": "fidelity", "windows": 1, "prefix_tokens": 40,
-                           "eval_tokens": 4}]}
+                           "eval_tokens": 4},
+                          {"name": "output_length", "samples": 2, "prompt_tokens": 40,
+                           "max_new_tokens": 3, "control_temperatures": []},
+                          {"name": "accuracy", "task": "passkey", "samples": 1,
+                           "target_tokens": 160, "max_new_tokens": 3}]}
         res = self.run_ok(cfg)
         self.assertEqual(res.returncode, 0, res.stderr)
         _, report = self.report_from(res)

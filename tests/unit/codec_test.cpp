@@ -5,6 +5,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <set>
 
 #include "kvbench/attention/cpu_attention.h"
 #include "kvbench/attention/reference_attention.h"
@@ -207,15 +208,26 @@ TEST_P(EveryMethod, FusedCpuAttentionMatchesReference) {
   }
 }
 
-TEST_P(EveryMethod, TinyModelGeneratesEndToEnd) {
+// tiny-llama with random weights and the in-memory tokenizer its prepare step reads.
+struct TinyLlama {
+  Transformer model;
+  Tokenizer tokenizer;
+};
+TinyLlama tiny_llama(uint64_t seed) {
   const ModelPreset& preset = find_model_preset("tiny-llama");
-  Transformer model = Transformer::random(parse_model_config(preset.config, preset.name), 2);
+  Transformer model = Transformer::random(parse_model_config(preset.config, preset.name), seed);
+  const int vocab = static_cast<int>(model.config().vocab_size);
+  return {std::move(model),
+          Tokenizer::from_json(tiny_tokenizer_json(vocab), tiny_tokenizer_config(), nullptr,
+                               "tiny (in memory)")};
+}
+
+TEST_P(EveryMethod, TinyModelGeneratesEndToEnd) {
+  const TinyLlama tiny = tiny_llama(2);
+  const Transformer& model = tiny.model;
   const ModelConfig& mc = model.config();
   // Codecs fitted to the model go through the prepare step, as suites run it.
-  const Tokenizer tokenizer =
-      Tokenizer::from_json(tiny_tokenizer_json(static_cast<int>(mc.vocab_size)),
-                           tiny_tokenizer_config(), nullptr, "tiny (in memory)");
-  const PreparedCodec prepared = prepare_codec(codec(), model, &tokenizer);
+  const PreparedCodec prepared = prepare_codec(codec(), model, &tiny.tokenizer);
   for (const char* backend : {"cpu", "reference"}) {
     auto cache = make_kv_cache(defaults(GetParam()), prepared.codec, mc.num_layers, mc.num_kv_heads,
                                mc.head_dim, backend);
@@ -226,6 +238,36 @@ TEST_P(EveryMethod, TinyModelGeneratesEndToEnd) {
     EXPECT_EQ(r.sequences[0].tokens.size(), 6u);
     EXPECT_GT(r.peak_kv_bytes, 0u);
   }
+}
+
+// Only the cache is compressed: a prompt's prefill attends its keys and values as computed,
+// so on an fp32 model its logits are the full cache's bit for bit, whatever the quantizer or
+// retention policy; decode steps read the cache, where a lossy codec shows. Low-rank codecs'
+// keys are their reconstruction (Palu factors the projections), so their prefill differs.
+TEST_P(EveryMethod, APromptsPrefillAttendsItsKeysAsComputed) {
+  const TinyLlama tiny = tiny_llama(4);
+  const Transformer& model = tiny.model;
+  const ModelConfig& mc = model.config();
+  const PreparedCodec prepared =
+      prepare_codec(make_codec(defaults(GetParam()), at::kFloat), model, &tiny.tokenizer);
+  FullKVCache full(mc.num_layers, mc.num_kv_heads, mc.head_dim, at::kFloat);
+  auto cache = make_kv_cache(defaults(GetParam()), prepared.codec, mc.num_layers, mc.num_kv_heads,
+                             mc.head_dim, "cpu");
+  std::vector<int64_t> prompt;  // past KIVI's residual of 128: its groups are quantized
+  for (int64_t i = 0; i < 160; ++i) prompt.push_back(3 + (i * 37) % (mc.vocab_size - 3));
+  const int64_t sf = full.add_sequence(), sm = cache->add_sequence();
+  const at::Tensor pf = model.forward({{sf, prompt}}, full, /*all_logits=*/true);
+  const at::Tensor pm = model.forward({{sm, prompt}}, *cache, /*all_logits=*/true);
+  const bool low_rank = prepared.codec->prefill_reads_stored();
+  if (low_rank) {
+    EXPECT_FALSE(at::equal(pf, pm)) << "a low-rank prefill attends its reconstruction";
+  } else {
+    EXPECT_TRUE(at::equal(pf, pm)) << (pf - pm).abs().max().item<double>();
+  }
+  const at::Tensor df = model.forward({{sf, {7}}}, full), dm = model.forward({{sm, {7}}}, *cache);
+  const std::set<std::string> lossy = {"int8", "int4", "int2",   "kivi-2", "kivi-4",
+                                       "fp8",  "gear", "gear-4", "gear-8"};
+  if (lossy.count(GetParam())) EXPECT_FALSE(at::equal(df, dm)) << "decode reads the cache";
 }
 
 std::vector<std::string> all_methods() { return method_names(); }

@@ -93,9 +93,11 @@ TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
     EXPECT_NEAR(r["prefill_tok_s"].get<double>(), b * 8 / r["prefill_s"]["median"].get<double>(),
                 1e-9 * r["prefill_tok_s"].get<double>());
     EXPECT_EQ(r["kv_bytes"], uint64_t(b) * (8 + n - 1) * 4 * 2 * 2 * 64 * 2);
-    // A decode step reads every weight (fp32 on the CPU) and the cache at least.
+    // A decode step reads every weight (fp32 on the CPU; of an untied embedding only the
+    // batch's rows: Transformer.ADecodeStepReadsOnlyItsBatchsRowsOfAnUntiedEmbedding) and the
+    // cache at least.
     EXPECT_EQ(r["decode_bytes_per_step"],
-              h.model.get().weight_bytes() + r["kv_bytes"].get<uint64_t>());
+              h.model.get().decode_step_weight_bytes(b) + r["kv_bytes"].get<uint64_t>());
     EXPECT_NEAR(
         r["decode_gbps"].get<double>(),
         r["decode_bytes_per_step"].get<double>() / r["decode_step_s"]["median"].get<double>() / 1e9,
@@ -185,7 +187,8 @@ TEST(ThroughputSuite, PagedRatesLeaveOutEmptyPageSlots) {
     EXPECT_DOUBLE_EQ(r["kv_bytes_per_token"].get<double>(), mem["bytes_per_token"].get<double>());
     EXPECT_EQ(r["kv_bytes"].get<double>(), mem["measured"]["total"].get<double>());
     EXPECT_EQ(r["decode_bytes_per_step"].get<double>(),
-              double(h.model.get().weight_bytes()) + r["kv_bytes"].get<double>() - padding);
+              double(h.model.get().decode_step_weight_bytes(r["batch"].get<int64_t>())) +
+                  r["kv_bytes"].get<double>() - padding);
     EXPECT_FALSE(mem["nominal_mismatch"].get<bool>()) << name;
   }
 }

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <memory>
@@ -18,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/h2o_policy.h"
@@ -81,8 +83,13 @@ TEST_P(PagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameStoredValues) {
   std::vector<std::pair<int64_t, int64_t>> steps = {{a, 150}, {b, 7}};
   for (int i = 0; i < 70; ++i) steps.insert(steps.end(), {{a, 1}, {b, 1}});
   steps.push_back({b, 45});
+  // A prompt's prefill attends its keys and values as computed (16-bit pages: as stored, the
+  // same numbers here, the inputs being rounded to 16 bits); later blocks and decode steps read
+  // the pages.
+  int64_t prefills_checked = 0, blocks_off_exact = 0;
   for (const auto& [seq, n] : steps)
     for (int64_t layer = 0; layer < kLayers; ++layer) {
+      const bool prefill = paged.length(seq) == 0 && n > 1;
       const Block x = random_block(n, dtype, gen);
       const at::Tensor got = paged.append_and_attend(seq, layer, x.q, x.k, x.v);
       const at::Tensor want = ref->append_and_attend(seq, layer, x.q, x.k, x.v);
@@ -90,7 +97,21 @@ TEST_P(PagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameStoredValues) {
       const double rel = ((got - want).norm() / want.norm()).item<double>();
       ASSERT_LT(rel, tolerance) << "sequence " << seq << " at " << paged.length(seq) << " tokens, "
                                 << n << " new, layer " << layer;
+      if (n == 1) continue;
+      // Its own block alone, exactly: what a prefill attends (a later block sees more tokens).
+      const at::Tensor own =
+          block_attention_reference(x.q, x.k, x.v, 1.0 / std::sqrt(double(kDim)));
+      if (prefill) {
+        EXPECT_LT(((got - own).norm() / own.norm()).item<double>(), tolerance)
+            << "prefill of sequence " << seq << ", layer " << layer;
+        ++prefills_checked;
+      } else {
+        blocks_off_exact += !at::allclose(got, own, 1e-3, 1e-3);
+      }
     }
+  EXPECT_EQ(prefills_checked, 2 * kLayers);
+  // The later block is not taken for a prefill: it attends the tokens before it too.
+  EXPECT_EQ(blocks_off_exact, kLayers);
   EXPECT_EQ(paged.length(a), 220);
   EXPECT_EQ(paged.kept_tokens(b), std::vector<int64_t>(kLayers, 122));
   EXPECT_EQ(paged.nominal().total(), ref->nominal().total());
@@ -603,6 +624,40 @@ TEST_P(PagedQuestTest, ReadsThePagesTheReferenceReads) {
   EXPECT_EQ(paged.nominal().total(), ref->nominal().total());
   EXPECT_GT(paged.nominal().metadata, 0u);
   EXPECT_GT(paged.retention_seconds(), 0.0);
+}
+
+// A prompt batched with Quest's sparse decode tokens attends its keys and values as computed,
+// as it does alone (the serving suite batches prefills with decodes).
+TEST(PagedQuestBatchTest, APromptBesideSparseDecodeTokensAttendsItsOwnKeys) {
+  const nlohmann::json method = resolve_method(
+      nlohmann::json::parse(
+          R"({"name": "quest", "budget": 32, "page_size": 16, "dense_layers": 0, "codec": "int8"})"),
+      "methods[0]");
+  for (bool emulated : {false, true}) {
+    PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim,
+                       PagedCapacity{}, at::kCPU, make_policy(method), emulated);
+    auto gen = at::detail::createCPUGenerator(5);
+    const int64_t a = paged.add_sequence();
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      const Block x = random_block(200, at::kHalf, gen);
+      paged.append_and_attend(a, layer, x.q, x.k, x.v);
+    }
+    const int64_t b = paged.add_sequence();
+    for (int64_t layer = 0; layer < kLayers; ++layer) {
+      // Sequence a's decode token (past the budget: it reads chosen pages), then b's prompt.
+      const Block d = random_block(1, at::kHalf, gen), p = random_block(40, at::kHalf, gen);
+      auto rows = [](const at::Tensor& one, const at::Tensor& two) {
+        return at::cat({one.transpose(0, 1), two.transpose(0, 1)}, 0).contiguous();
+      };
+      const at::Tensor out = paged.append_and_attend_batch(layer, {a, b}, {1, 40}, rows(d.q, p.q),
+                                                           rows(d.k, p.k), rows(d.v, p.v));
+      const at::Tensor own =
+          block_attention_reference(p.q, p.k, p.v, 1.0 / std::sqrt(double(kDim)));
+      const at::Tensor got = out.narrow(0, 1, 40).transpose(0, 1).to(at::kFloat);
+      EXPECT_LT(((got - own).norm() / own.norm()).item<double>(), emulated ? 2e-3 : 1e-5)
+          << "layer " << layer << (emulated ? " (kernel path)" : "");
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -280,6 +280,24 @@ INSTANTIATE_TEST_SUITE_P(Presets, PerArchitecture,
                            return n;
                          });
 
+TEST(Transformer, ADecodeStepReadsOnlyItsBatchsRowsOfAnUntiedEmbedding) {
+  for (const char* name : {"tiny-llama", "tiny-qwen2"}) {
+    const Transformer m =
+        Transformer::random(parse_model_config(find_model_preset(name).config, name), 1);
+    const ModelConfig& c = m.config();
+    const uint64_t row = uint64_t(c.hidden_size) * 4;  // fp32 on the CPU
+    for (int64_t batch : {1, 7}) {
+      const uint64_t expected = c.tie_word_embeddings
+                                    ? m.weight_bytes()  // the lm_head reads the whole matrix
+                                    : m.weight_bytes() - uint64_t(c.vocab_size - batch) * row;
+      EXPECT_EQ(m.decode_step_weight_bytes(batch), expected) << name << " batch " << batch;
+    }
+  }
+  // One of each kind: the test covers both branches.
+  EXPECT_FALSE(parse_model_config(find_model_preset("tiny-llama").config, "l").tie_word_embeddings);
+  EXPECT_TRUE(parse_model_config(find_model_preset("tiny-qwen2").config, "q").tie_word_embeddings);
+}
+
 TEST(Transformer, RejectsTokensOutsideTheVocabulary) {
   Transformer m = preset_model("tiny-llama");
   FullKVCache cache = cache_for(m);

@@ -89,6 +89,13 @@ class Codec {
   // re-quantizing), which decode-time eviction needs. Eviction once after the prefill works
   // with every codec: the kept tokens are stored from their full-precision values.
   virtual bool can_drop_tokens() const { return false; }
+  // Whether a prompt's prefill attends the keys and values as stored. False (quantizers): the
+  // prefill attends them as computed and only the cache is compressed, as KIVI's and GEAR's
+  // reference code and Hugging Face's quantized caches do; decode steps read the cache (identity
+  // storage in the model's dtype gives the same numbers either way; `fp16` on an fp32 model is
+  // a lossy codec like the others). True for low-rank codecs: the method's keys and values are
+  // the reconstruction itself (Palu factors the projections).
+  virtual bool prefill_reads_stored() const { return false; }
 };
 
 }  // namespace kvbench

@@ -67,6 +67,10 @@ class CompressedKVCache : public KVCache {
   void append_unattended(int64_t seq, int64_t layer, const at::Tensor& k, const at::Tensor& v);
 
   const Codec& codec() const { return *codec_; }
+  // The dtype the model's keys and values stand for (model.dtype; fp32 by default): a prompt's
+  // prefill attends them rounded to it, as the full cache of that dtype stores them, so a
+  // codec that stores nothing lossy yet (KIVI within its window) equals the full cache.
+  void set_computed_dtype(at::ScalarType dtype) { computed_dtype_ = dtype; }
   const RetentionPolicy& policy() const { return *policy_; }
   // Logical positions of the tokens a layer holds: [kv_heads, held] int64, sorted ascending
   // per head (the slots themselves are not in order once a policy has evicted).
@@ -154,7 +158,8 @@ class CompressedKVCache : public KVCache {
   AttentionBackend backend_;
   int64_t num_layers_, num_kv_heads_, head_dim_;
   at::Tensor rope_inv_freq_;  // [head_dim / 2] float64; only for cache_positions() policies
-  double retention_s_ = 0;    // wall time spent on the policy's inputs, selection and eviction
+  at::ScalarType computed_dtype_ = at::kFloat;  // set_computed_dtype()
+  double retention_s_ = 0;  // wall time spent on the policy's inputs, selection and eviction
   int64_t next_id_ = 0;
   std::map<int64_t, Sequence> sequences_;
   std::deque<SequenceTokens> reserved_;  // the next sequences to add (reserve())

@@ -58,6 +58,7 @@ class LowRankCodec final : public Codec {
   StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const override;
   at::Tensor max_error(const at::Tensor& row, bool is_key, double store_amax) const override;
   bool can_drop_tokens() const override { return true; }
+  bool prefill_reads_stored() const override { return true; }
 
   bool needs_preparation() const override { return !prepared_; }
   CalibrationSpec calibration() const override;

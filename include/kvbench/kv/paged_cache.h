@@ -80,6 +80,13 @@ struct PagedFormat {
   // Pages another cache attends with its own kernel (PaluPagedCache's latents): the paged
   // decode kernels' head_dim limits do not apply (the appender takes multiples of 32).
   bool own_attention = false;
+  // A prompt's prefill attends the pages as stored (PagedKVCache::attends_computed): latent
+  // pages, whose method's keys are the reconstruction itself.
+  bool prefill_reads_stored = false;
+  // Otherwise it attends its keys and values rounded to this dtype (model.dtype, which
+  // paged_format_for sets), as the full cache of that dtype stores them; Undefined: the
+  // kernels' 16-bit input dtype (PagedKVCache::computed_dtype()).
+  at::ScalarType computed_dtype = at::ScalarType::Undefined;
 };
 
 // The paged format of a resolved method entry with uncompressed storage `model_dtype`.
@@ -423,6 +430,11 @@ class PagedKVCache final : public KVCache {
   at::ScalarType input_dtype() const {
     return format_.format == kernels::KvFormat::kBf16 ? at::kBFloat16 : at::kHalf;
   }
+  // What a prompt's prefill rounds its keys and values to (PagedFormat::computed_dtype).
+  at::ScalarType computed_dtype() const {
+    return format_.computed_dtype == at::ScalarType::Undefined ? input_dtype()
+                                                               : format_.computed_dtype;
+  }
   void check_batch(int64_t layer, const std::vector<int64_t>& seqs,
                    const std::vector<int64_t>& counts, const at::Tensor& k,
                    const at::Tensor& v) const;
@@ -470,19 +482,34 @@ class PagedKVCache final : public KVCache {
   // Attention of a batch's new tokens under the policy, and its evictions (see the header).
   at::Tensor attend_retaining(int64_t layer, const std::vector<Sequence*>& batch,
                               const std::vector<int64_t>& counts, const at::Tensor& q,
-                              const at::Tensor& k, const kernels::PagedKvStore& store,
-                              const at::Tensor& table, const at::Tensor& ints, int64_t max_len);
+                              const at::Tensor& k, const at::Tensor& v,
+                              const kernels::PagedKvStore& store, const at::Tensor& table,
+                              const at::Tensor& ints, int64_t max_len);
   // Attention over every held token: one decode-kernel launch for a batch of single tokens on
-  // the GPU path, else reference attention per sequence over its decoded pages.
+  // the GPU path, else reference attention per sequence over its decoded pages (a prompt's
+  // prefill: over its keys and values as computed, attends_computed).
   at::Tensor attend_dense(const Step& step, const std::vector<int64_t>& counts, const at::Tensor& q,
+                          const at::Tensor& k, const at::Tensor& v,
                           const kernels::PagedKvStore& store);
+  // Whether s's block of n tokens is a prompt's prefill (its first block, of more than one
+  // token), attended over its keys and values as computed, not as the pages store them: only
+  // the cache is compressed (KIVI's and GEAR's reference code, Hugging Face's quantized
+  // caches, vLLM's prefill kernels reading the fresh K/V). Not for 16-bit pages of the model's
+  // dtype (they hold the tokens as computed: the same numbers) or PagedFormat's
+  // prefill_reads_stored (latent pages: the method's keys are the reconstruction). Decode
+  // steps and later blocks read the pages; the policies score what is stored.
+  bool attends_computed(const Sequence& s, int64_t n) const;
+  // That attention for rows [row, row + n) of the packed q [rows, heads, d], k and v [rows,
+  // kv_heads, d]: [n, heads, d] fp32 where the pools are.
+  at::Tensor attend_computed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             int64_t row, int64_t n) const;
   // Quest: past its dense layers, the new keys fold into the page bounds, and a decode token of
   // a layer over the budget reads the top pages only (chosen by quest_pages, or by the kernels
   // on the kernel path, then quest_lists or quest_tokens); otherwise dense. On the kernel path
   // the chosen pages stay on the device (quest_lists); the reference rows take their tokens
   // back to the host in one copy per layer.
   at::Tensor attend_quest(int64_t layer, const Step& step, const std::vector<int64_t>& counts,
-                          const at::Tensor& q, const at::Tensor& k,
+                          const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const kernels::PagedKvStore& store);
   // Folds s's `n` new keys (a block) into its page bounds at `layer`.
   void fold_quest_bounds(Sequence& s, int64_t layer, const kernels::PagedKvStore& store,

@@ -109,6 +109,9 @@ class Transformer {
   const ModelPlacement& placement() const { return placement_; }
   // Bytes of weights held in memory (in the placement's dtype).
   uint64_t weight_bytes() const;
+  // Of those, the least a decode step of `batch` sequences reads: every weight once, but of an
+  // embedding not tied to the lm_head only the batch's rows (a step embeds one token each).
+  uint64_t decode_step_weight_bytes(int64_t batch) const;
   // Hugging Face tensor names and shapes this config expects, in checkpoint order.
   static std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
       const ModelConfig& config);

@@ -29,6 +29,12 @@ class KernelsSuite final : public Suite {
 
   // "auto" contexts: powers of two from 1024 until the working set at the largest point reaches
   // `llc_multiple` x `llc_bytes` (at least one entry, at most 2^24 tokens).
+  // The warning of a cell whose copy bandwidth before and after its points differ by more than
+  // 20%: every fraction divides by their pooled median, so a machine whose speed changed
+  // during the cell (another job, a frequency change) makes them depend on when each point
+  // ran. Empty otherwise.
+  static std::string copy_drift_warning(double before_gbps, double after_gbps);
+
   static std::vector<int64_t> auto_contexts(uint64_t bytes_per_token, uint64_t llc_bytes,
                                             double llc_multiple);
 

@@ -48,6 +48,11 @@ std::string nominal_mismatch_warning(const nlohmann::json& kv_memory);
 // pages) whose kv_memory_json object shows every token kept at the peak: its budget covered
 // the prompts, so the cell measured its codec alone. Empty otherwise.
 std::string nothing_evicted_warning(const nlohmann::json& method, const nlohmann::json& kv_memory);
+// That warning for a cell whose generations all kept every token (kept_every_token), or empty
+// when the method's policy is not one that evicts.
+std::string nothing_evicted_warning(const nlohmann::json& method);
+// Whether every layer held every token at the generation's peak.
+bool kept_every_token(const GenerationResult& r);
 // Accumulates generations' step times and the KV cache's retention time within them.
 struct RetentionTimes {
   std::vector<double> prefill_s, prefill_retention_s;  // one per generation
