@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -69,14 +70,52 @@ std::vector<std::string> checked_metrics(const CompareOptions& options) {
   return out;
 }
 
+// The reports a side names: the file itself, or every *.json under a directory (searched
+// recursively, in path order): repeated runs of one config. Throws Error when a directory
+// holds none.
+std::vector<LoadedReport> load_side(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) return {load_report(path)};
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(path, ec))
+    if (e.is_regular_file(ec) && e.path().extension() == ".json") files.push_back(e.path());
+  KVB_CHECK(!ec, path, ": cannot list the directory: ", ec.message());
+  KVB_CHECK(!files.empty(), path,
+            ": is a directory with no report (*.json) in it; expected a report file or a "
+            "directory of repeated runs");
+  std::sort(files.begin(), files.end());
+  std::vector<LoadedReport> out;
+  for (const std::string& f : files) out.push_back(load_report(f));
+  return out;
+}
+
+std::vector<nlohmann::json> docs_of(const std::vector<LoadedReport>& side) {
+  std::vector<nlohmann::json> out;
+  for (const LoadedReport& r : side) out.push_back(r.doc);
+  return out;
+}
+
+std::vector<std::string> sources_of(const std::vector<LoadedReport>& a,
+                                    const std::vector<LoadedReport>& b) {
+  std::vector<std::string> out;
+  for (const auto* side : {&a, &b})
+    for (const LoadedReport& r : *side) out.push_back(r.source);
+  return out;
+}
+
+// "results/ci-base", or "results/ci-base (3 runs)".
+std::string side_name(const std::string& path, size_t runs) {
+  return runs > 1 ? path + " (" + std::to_string(runs) + " runs)" : path;
+}
+
 int compare(const CompareCliOptions& opt) {
-  LoadedReport base, cand;
+  std::vector<LoadedReport> base, cand;
   CompareOptions options;
   try {  // unreadable files, wrong schema and bad thresholds are input errors: exit 2
     options.thresholds = parse_thresholds(opt.thresholds);
     options.canonical = resolve_cell_parts;
-    base = load_report(opt.baseline);
-    cand = load_report(opt.candidate);
+    base = load_side(opt.baseline);
+    cand = load_side(opt.candidate);
   } catch (const Error& e) {
     spdlog::error("{}", e.what());
     return 2;
@@ -85,21 +124,27 @@ int compare(const CompareCliOptions& opt) {
     return 2;
   }
   // A partial report is a run that stopped: its missing cells would pass as "not compared".
-  for (const LoadedReport* r : {&base, &cand}) {
-    if (!r->doc.contains("partial")) continue;
-    const nlohmann::json& p = r->doc["partial"];
-    spdlog::error(
-        "{} is a partial report ({} of {} cells): its run did not finish; finish it "
-        "with run --resume before comparing",
-        r->source, p.value("cells_done", 0), p.value("cells_planned", 0));
-    return 2;
+  for (const auto* side : {&base, &cand}) {
+    for (const LoadedReport& r : *side) {
+      if (!r.doc.contains("partial")) continue;
+      const nlohmann::json& p = r.doc["partial"];
+      spdlog::error(
+          "{} is a partial report ({} of {} cells): its run did not finish; finish it "
+          "with run --resume before comparing",
+          r.source, p.value("cells_done", 0), p.value("cells_planned", 0));
+      return 2;
+    }
   }
   options.seed = opt.seed;
+  const std::vector<nlohmann::json> base_docs = docs_of(base), cand_docs = docs_of(cand);
   CompareResult result;
   try {
-    result = compare_reports(base.doc, cand.doc, options);
+    result = compare_runs(base_docs, cand_docs, options);
+  } catch (const Error& e) {  // the runs of a side are not of one config
+    spdlog::error("{} -> {}: {}", opt.baseline, opt.candidate, e.what());
+    return 2;
   } catch (const nlohmann::json::exception& e) {  // a field of the wrong type
-    spdlog::error("{}", malformed_report_message(e, {opt.baseline, opt.candidate}));
+    spdlog::error("{}", malformed_report_message(e, sources_of(base, cand)));
     return 2;
   }
   for (const std::string& n : result.notes) spdlog::warn("{}", n);
@@ -114,8 +159,9 @@ int compare(const CompareCliOptions& opt) {
                                : std::string("(point value)"),
                       format_value(c.threshold_pct) + "%", result_word(c)});
   }
-  std::cout << "compare " << opt.baseline << " -> " << opt.candidate << ": "
-            << result.comparisons.size() << " comparison(s)\n\n";
+  std::cout << "compare " << side_name(opt.baseline, base.size()) << " -> "
+            << side_name(opt.candidate, cand.size()) << ": " << result.comparisons.size()
+            << " comparison(s)\n\n";
   if (!t.rows.empty()) print_table(std::cout, t);
 
   const size_t n = result.regressions();
@@ -123,7 +169,7 @@ int compare(const CompareCliOptions& opt) {
   if (n == 0 && result.comparisons.empty()) {
     // A gate that judged nothing must not pass (no shared cells, or suites with no metric).
     size_t ok = 0, cells = 0;
-    for (const auto& c : base.doc["cells"]) ++cells, ok += c.value("status", "") == "ok";
+    for (const auto& c : base_docs[0]["cells"]) ++cells, ok += c.value("status", "") == "ok";
     if (cells == 0) {
       std::cout << "nothing compared: the baseline has no cells\n";
     } else if (ok == 0) {
@@ -134,7 +180,7 @@ int compare(const CompareCliOptions& opt) {
     } else {
       std::cout << "nothing compared: none of the baseline's " << ok
                 << " ok cell(s) has a metric this compare checks (its suites: "
-                << join(suites_of(base.doc), ", ")
+                << join(suites_of(base_docs[0]), ", ")
                 << "; metrics checked: " << join(checked_metrics(options), ", ") << ")"
                 << (result.notes.empty() ? "" : "; see the warnings above") << "\n";
     }
@@ -146,7 +192,7 @@ int compare(const CompareCliOptions& opt) {
   }
   std::cout << n << " regression(s):\n";
   // A red job on a busy runner: say so beside the verdict, not only in the log's warnings.
-  const std::string busy = busy_machine_note(base.doc, cand.doc);
+  const std::string busy = busy_machine_note(base_docs, cand_docs);
   const bool timing_regressed =
       std::any_of(result.comparisons.begin(), result.comparisons.end(),
                   [](const MetricComparison& c) { return c.regressed && c.timing; });
@@ -176,10 +222,15 @@ void register_compare_command(CLI::App& app, GlobalOptions& global) {
   auto opt = std::make_shared<CompareCliOptions>();
   CLI::App* sub = app.add_subcommand(
       "compare",
-      "compare two reports cell by cell; exit 1 when a metric regressed beyond its threshold "
-      "(timings: the whole 95% bootstrap interval of the change of medians)");
-  sub->add_option("baseline", opt->baseline, "the reference report")->required();
-  sub->add_option("new", opt->candidate, "the report to check")->required();
+      "compare two reports (or two directories of repeated runs) cell by cell; exit 1 when a "
+      "metric regressed beyond its threshold (timings: the whole 95% bootstrap interval of the "
+      "change of medians)");
+  sub->add_option("baseline", opt->baseline,
+                  "the reference report, or a directory of repeated runs of one config (every "
+                  "*.json under it)")
+      ->required();
+  sub->add_option("new", opt->candidate, "the report to check, or a directory of repeated runs")
+      ->required();
   sub->add_option("--threshold", opt->thresholds, metrics_help())->allow_extra_args(false);
   sub->add_option("--seed", opt->seed, "seed of the bootstrap resampling")
       ->capture_default_str()

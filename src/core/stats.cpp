@@ -89,19 +89,55 @@ Interval bootstrap_median_change_ci(const std::vector<double>& baseline,
                                     const std::vector<double>& candidate, double confidence,
                                     int resamples, uint64_t seed, size_t baseline_block,
                                     size_t candidate_block) {
-  KVB_CHECK(!baseline.empty() && !candidate.empty(), "bootstrap of an empty sample");
-  KVB_CHECK(*std::min_element(baseline.begin(), baseline.end()) > 0,
-            "a relative change needs positive baseline samples");
+  return bootstrap_median_change_ci_runs(
+      {{baseline, baseline_block}}, {{candidate, candidate_block}}, confidence, resamples, seed);
+}
+
+namespace {
+
+void check_runs(const std::vector<SampleRun>& runs, bool positive) {
+  KVB_CHECK(!runs.empty(), "bootstrap of an empty sample");
+  for (const SampleRun& r : runs) {
+    KVB_CHECK(!r.samples.empty(), "bootstrap of an empty sample");
+    KVB_CHECK(!positive || *std::min_element(r.samples.begin(), r.samples.end()) > 0,
+              "a relative change needs positive baseline samples");
+    check_block(r.samples, r.block);
+  }
+}
+
+// One round's draw of a side into `draw`: its runs drawn with replacement (kept as they are when
+// there is one, drawing nothing from rng), each drawn run's blocks resampled by resample().
+void resample_runs(const std::vector<SampleRun>& runs, Rng& rng, std::vector<double>& draw,
+                   std::vector<double>& scratch) {
+  if (runs.size() == 1) {
+    draw.resize(runs[0].samples.size());
+    resample(runs[0].samples, runs[0].block, rng, draw);
+    return;
+  }
+  draw.clear();
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const SampleRun& r = runs[rng.below(runs.size())];
+    scratch.resize(r.samples.size());
+    resample(r.samples, r.block, rng, scratch);
+    draw.insert(draw.end(), scratch.begin(), scratch.end());
+  }
+}
+
+}  // namespace
+
+Interval bootstrap_median_change_ci_runs(const std::vector<SampleRun>& baseline,
+                                         const std::vector<SampleRun>& candidate, double confidence,
+                                         int resamples, uint64_t seed) {
+  check_runs(baseline, true);
+  check_runs(candidate, false);
   KVB_CHECK(confidence > 0 && confidence < 1, "confidence must be in (0, 1)");
   KVB_CHECK(resamples > 0, "resamples must be positive");
-  check_block(baseline, baseline_block);
-  check_block(candidate, candidate_block);
   Rng rng(seed);
   std::vector<double> changes(static_cast<size_t>(resamples));
-  std::vector<double> draw_b(baseline.size()), draw_c(candidate.size());
+  std::vector<double> draw_b, draw_c, scratch;
   for (auto& d : changes) {
-    resample(baseline, baseline_block, rng, draw_b);
-    resample(candidate, candidate_block, rng, draw_c);
+    resample_runs(baseline, rng, draw_b, scratch);
+    resample_runs(candidate, rng, draw_c, scratch);
     d = median_in_place(draw_c) / median_in_place(draw_b) - 1;
   }
   const double tail = (1 - confidence) / 2 * 100;

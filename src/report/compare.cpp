@@ -64,6 +64,15 @@ size_t generation_block(const json& cell, const json& record, size_t samples) {
   return samples % block == 0 ? block : 1;
 }
 
+// A record's own samples_per_generation when it divides its `samples` (throughput's decode
+// steps), else 1 (reports from before the key).
+size_t declared_block(const json& record, size_t samples) {
+  const json given = record.value("samples_per_generation", json());
+  if (!given.is_number_integer() || given.get<int64_t>() <= 0) return 1;
+  const size_t block = given.get<size_t>();
+  return samples % block == 0 ? block : 1;
+}
+
 // A latency record kind ("tpot") as one timing series for the cell.
 Extract latency_kind(const std::string& kind) {
   return [kind](const json& cell) {
@@ -149,6 +158,7 @@ const std::vector<MetricImpl>& metric_impls() {
                   [](const json& r, Series& s) {
                     s.samples = samples_of(r, "samples_s");
                     s.rate_scale = r.value("batch", 1.0);
+                    s.block = declared_block(r, s.samples.size());
                     return true;
                   })},
       {{"prefill_tok_s", "throughput", true, Worse::kLower, 10, 0,
@@ -270,27 +280,58 @@ void judge(MetricComparison& c, Worse worse) {
 // Below this many samples a side, a bootstrap interval is a few order statistics.
 constexpr size_t kFewSamples = 10;
 
-MetricComparison compare_series(const CompareMetric& m, const Series& b, const Series& n,
+// With one run a side, a timing's interval holds the noise within that run only.
+constexpr const char* kOneRunNote =
+    "one run per side: timing intervals hold the noise within a run, not between runs, and "
+    "separate runs of one binary can differ by more than the thresholds (the 2-core CI machine "
+    "shifts between speeds 1.45x apart: docs/report-and-compare.md); to gate on timings give "
+    "each side a directory of repeated runs, interleaved with the other side's";
+
+// One point of one side: its series in every run of that side (one report per run).
+using RunSeries = std::vector<Series>;
+
+std::vector<double> pooled_samples(const RunSeries& runs) {
+  std::vector<double> out;
+  for (const Series& s : runs) out.insert(out.end(), s.samples.begin(), s.samples.end());
+  return out;
+}
+
+double median_value(const RunSeries& runs) {
+  std::vector<double> values;
+  for (const Series& s : runs) values.push_back(s.value);
+  return median(values);
+}
+
+std::vector<SampleRun> sample_runs(const RunSeries& runs) {
+  std::vector<SampleRun> out;
+  for (const Series& s : runs) out.push_back({s.samples, s.block});
+  return out;
+}
+
+// Timings: the medians of each side's samples pooled over its runs, and the interval of
+// bootstrap_median_change_ci_runs drawing runs, then blocks within them. Point values: the median
+// over the runs (one run: its value).
+MetricComparison compare_series(const CompareMetric& m, const RunSeries& b, const RunSeries& n,
                                 const CompareOptions& opt) {
   MetricComparison c;
   c.metric = m.name;
   c.timing = m.timing;
   c.threshold_pct = opt.thresholds.at(m.name);
   if (!m.timing) {
-    c.baseline = b.value, c.candidate = n.value;
-    c.change = relative(b.value, n.value);
+    c.baseline = median_value(b), c.candidate = median_value(n);
+    c.change = relative(c.baseline, c.candidate);
     c.change_ci = {c.change, c.change};
     judge(c, m.worse);
-    if (std::fabs(n.value - b.value) <= m.abs_floor) c.regressed = c.improved = false;
+    if (std::fabs(c.candidate - c.baseline) <= m.abs_floor) c.regressed = c.improved = false;
     return c;
   }
-  const double mb = median(b.samples), mn = median(n.samples);
-  const Interval d = bootstrap_median_change_ci(b.samples, n.samples, opt.confidence, opt.resamples,
-                                                opt.seed, b.block, n.block);
+  const double mb = median(pooled_samples(b)), mn = median(pooled_samples(n));
+  const Interval d = bootstrap_median_change_ci_runs(sample_runs(b), sample_runs(n), opt.confidence,
+                                                     opt.resamples, opt.seed);
   const double x = (mn - mb) / mb, lo = d.low, hi = d.high;  // relative time change
-  if (b.rate_scale > 0) {
+  if (b[0].rate_scale > 0) {
     // A rate r = scale / t changes by 1 / (1 + x) - 1 when t changes by x; decreasing in x.
-    c.baseline = b.rate_scale / mb, c.candidate = n.rate_scale / mn;
+    c.baseline = b[0].rate_scale / mb, c.candidate = n[0].rate_scale / mn;
     c.change = 1 / (1 + x) - 1;
     c.change_ci = {1 / (1 + hi) - 1, 1 / (1 + lo) - 1};
   } else {
@@ -370,9 +411,91 @@ double competing_threads(const json& doc) {
   return t.is_number() ? t.get<double>() : -1;
 }
 
+// The most competing threads any run of a side saw (negative when none says).
+double competing_threads(const std::vector<json>& runs) {
+  double most = -1;
+  for (const json& doc : runs) most = std::max(most, competing_threads(doc));
+  return most;
+}
+
+// Each run of a side must repeat one config: the same cell ids as its first run.
+void check_same_cells(const std::vector<json>& runs, const char* side) {
+  KVB_CHECK(!runs.empty(), "compare: no ", side, " report");
+  std::set<std::string> first;
+  for (const json& c : runs[0]["cells"]) first.insert(c["id"].get<std::string>());
+  for (size_t r = 1; r < runs.size(); ++r) {
+    std::set<std::string> ids;
+    for (const json& c : runs[r]["cells"]) ids.insert(c["id"].get<std::string>());
+    KVB_CHECK(ids == first, "compare: the ", side, " reports are not runs of one config: report ",
+              r + 1, " of ", runs.size(), " has ", ids.size(), " cell(s), not the ", first.size(),
+              " of report 1 (or other ids); repeated runs must use the same config and setup");
+  }
+}
+
+// The cell with `id` in every run of a side (each run has it: check_same_cells).
+std::vector<const json*> cells_with_id(const std::vector<json>& runs, const std::string& id) {
+  std::vector<const json*> out;
+  for (const json& doc : runs)
+    for (const json& c : doc["cells"])
+      if (c["id"] == id) {
+        out.push_back(&c);
+        break;
+      }
+  return out;
+}
+
+// The first run of a side whose cell is not ok, or -1.
+int first_failed(const std::vector<const json*>& cells) {
+  for (size_t r = 0; r < cells.size(); ++r)
+    if (cells[r]->value("status", "") != "ok") return int(r);
+  return -1;
+}
+
+// A metric's points in every run of a side: the points every run has, each with its series per
+// run (a point some run lacks is left out: absent on that side).
+std::map<std::string, RunSeries> run_points(const MetricImpl& m,
+                                            const std::vector<const json*>& cells) {
+  std::map<std::string, RunSeries> out;
+  for (const auto& [point, series] : m.extract(*cells[0])) out[point].push_back(series);
+  for (size_t r = 1; r < cells.size(); ++r) {
+    const Points p = m.extract(*cells[r]);
+    for (auto it = out.begin(); it != out.end();) {
+      auto found = p.find(it->first);
+      if (found == p.end()) {
+        it = out.erase(it);
+      } else {
+        it->second.push_back(found->second);
+        ++it;
+      }
+    }
+  }
+  return out;
+}
+
+size_t units(const RunSeries& runs) {
+  size_t n = 0;
+  for (const Series& s : runs) n += s.samples.size() / s.block;
+  return n;
+}
+
+bool min_sample_positive(const RunSeries& runs) {
+  for (const Series& s : runs)
+    if (*std::min_element(s.samples.begin(), s.samples.end()) <= 0) return false;
+  return true;
+}
+
+bool any_empty(const RunSeries& runs) {
+  return std::any_of(runs.begin(), runs.end(), [](const Series& s) { return s.samples.empty(); });
+}
+
 }  // namespace
 
 std::string busy_machine_note(const json& baseline, const json& candidate) {
+  return busy_machine_note(std::vector<json>{baseline}, std::vector<json>{candidate});
+}
+
+std::string busy_machine_note(const std::vector<json>& baseline,
+                              const std::vector<json>& candidate) {
   const double b = competing_threads(baseline), n = competing_threads(candidate);
   if (b < 1 && n < 1) return "";
   auto say = [](double t) { return t < 0 ? std::string("unknown") : format_fixed(t, 1); };
@@ -382,8 +505,16 @@ std::string busy_machine_note(const json& baseline, const json& candidate) {
 
 CompareResult compare_reports(const json& baseline, const json& candidate,
                               const CompareOptions& options) {
+  return compare_runs({baseline}, {candidate}, options);
+}
+
+CompareResult compare_runs(const std::vector<json>& baselines, const std::vector<json>& candidates,
+                           const CompareOptions& options) {
+  check_same_cells(baselines, "baseline");
+  check_same_cells(candidates, "new");
+  const json &baseline = baselines[0], &candidate = candidates[0];
   CompareResult out;
-  if (std::string busy = busy_machine_note(baseline, candidate); !busy.empty())
+  if (std::string busy = busy_machine_note(baselines, candidates); !busy.empty())
     out.notes.push_back(busy);
   const json base_setup = report_setup(baseline), cand_setup = report_setup(candidate);
   const bool same_setup = base_setup == cand_setup;
@@ -396,6 +527,12 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
     by_id[c["id"].get<std::string>()] = &c;
     by_key.emplace(match_key(c, options), &c);
   }
+  // Which run a failure came from, when a side has several.
+  auto of_runs = [](int r, size_t runs) {
+    return runs > 1 ? " (run " + std::to_string(r + 1) + " of " + std::to_string(runs) + ")"
+                    : std::string();
+  };
+  bool timing_compared = false;
   std::set<const json*> matched;
   for (const json& b : baseline["cells"]) {
     const std::string id = b["id"].get<std::string>();
@@ -411,27 +548,36 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
         out.notes.push_back(id + ": matched to " + (*n)["id"].get<std::string>() +
                             " by suite, method and parameters (the ids differ)");
     }
+    const std::vector<const json*> base_cells = cells_with_id(baselines, id);
+    const int base_failed = first_failed(base_cells);
     if (!n) {
       // An ok cell the new run did not measure is a regression of the gate itself: a run that
       // silently drops cells must not pass.
-      if (b.value("status", "") == "ok")
+      if (base_failed < 0)
         out.missing.push_back(id);
       else
-        out.notes.push_back(id + ": failed in the baseline and not in the new report");
+        out.notes.push_back(id + ": failed in the baseline" +
+                            of_runs(base_failed, baselines.size()) + " and not in the new report");
       continue;
     }
     matched.insert(n);
-    if (b.value("status", "") != "ok") {
-      out.notes.push_back(id + ": failed in the baseline; not compared");
+    if (base_failed >= 0) {
+      out.notes.push_back(id + ": failed in the baseline" + of_runs(base_failed, baselines.size()) +
+                          "; not compared");
       continue;
     }
-    if (n->value("status", "") != "ok") {
-      out.newly_failed.push_back(id + ": " + n->value("error", std::string("failed")));
+    const std::vector<const json*> new_cells =
+        cells_with_id(candidates, (*n)["id"].get<std::string>());
+    if (const int r = first_failed(new_cells); r >= 0) {
+      out.newly_failed.push_back(id + ": " +
+                                 new_cells[size_t(r)]->value("error", std::string("failed")) +
+                                 of_runs(r, candidates.size()));
       continue;
     }
     for (const MetricImpl& m : metric_impls()) {
       if (m.spec.suite != b.value("suite", "") || !options.thresholds.count(m.spec.name)) continue;
-      const Points pb = m.extract(b), pn = m.extract(*n);
+      const std::map<std::string, RunSeries> pb = run_points(m, base_cells),
+                                             pn = run_points(m, new_cells);
       for (const auto& [point, sn] : pn)
         if (!pb.count(point))
           out.notes.push_back(id + " " + m.spec.name + (point.empty() ? "" : " " + point) +
@@ -465,15 +611,15 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
             out.missing.push_back(where);
           continue;
         }
-        if (m.spec.timing && sb.samples.empty()) {
+        if (m.spec.timing && any_empty(sb)) {
           out.notes.push_back(where + ": no raw samples in the baseline; not compared");
           continue;
         }
-        if (m.spec.timing && it->second.samples.empty()) {
+        if (m.spec.timing && any_empty(it->second)) {
           out.missing.push_back(where + " (no raw samples now)");
           continue;
         }
-        if (m.spec.timing && *std::min_element(sb.samples.begin(), sb.samples.end()) <= 0) {
+        if (m.spec.timing && !min_sample_positive(sb)) {
           out.notes.push_back(where + ": baseline has a sample <= 0; not compared");
           continue;
         }
@@ -481,14 +627,15 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
         c.cell = id;
         c.point = point;
         out.comparisons.push_back(c);
+        timing_compared = timing_compared || m.spec.timing;
         // Resampled units: samples, or whole generations when those are drawn together.
-        const size_t units_b = sb.samples.size() / sb.block,
-                     units_n = it->second.samples.size() / it->second.block;
+        const size_t units_b = units(sb), units_n = units(it->second);
         if (m.spec.timing && std::min(units_b, units_n) < kFewSamples) {
-          auto unit = [](size_t block) { return block > 1 ? " generations" : " samples"; };
-          out.notes.push_back(where + ": " + std::to_string(units_b) + " baseline" +
-                              unit(sb.block) + " and " + std::to_string(units_n) + " new" +
-                              unit(it->second.block) +
+          auto unit = [](const RunSeries& runs) {
+            return runs[0].block > 1 ? " generations" : " samples";
+          };
+          out.notes.push_back(where + ": " + std::to_string(units_b) + " baseline" + unit(sb) +
+                              " and " + std::to_string(units_n) + " new" + unit(it->second) +
                               "; an interval from fewer than 10 understates the "
                               "noise (and none sees drift between runs): raise " +
                               (m.spec.suite == "serving" ? "requests" : "repeats"));
@@ -507,6 +654,8 @@ CompareResult compare_reports(const json& baseline, const json& candidate,
                           "; not compared");
     }
   }
+  if (timing_compared && std::min(baselines.size(), candidates.size()) == 1)
+    out.notes.push_back(kOneRunNote);
   return out;
 }
 

@@ -118,8 +118,12 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
     if (res.peak_kv_bytes >= kv_peak) kv_memory = kv_memory_json(res, model.config());
     kv_peak = std::max(kv_peak, res.peak_kv_bytes);
   }
-  const Summary step = summarize(steps, ctx.seed), pre = summarize(prefill, ctx.seed);
-  const Summary issue = summarize(host, ctx.seed);
+  // One generation's steps move together (one batch, one growing context, the machine's speed
+  // during those seconds): intervals resample whole generations.
+  const size_t block =
+      steps.size() % size_t(repeats) == 0 ? std::max<size_t>(steps.size() / size_t(repeats), 1) : 1;
+  const Summary step = summarize(steps, ctx.seed, block), pre = summarize(prefill, ctx.seed);
+  const Summary issue = summarize(host, ctx.seed, host.size() == steps.size() ? block : size_t{1});
   // The tokens entered at the peak: batch * (prompt + new_tokens - 1) unless the bytes fell later
   // (KIVI's window folding into groups), so the per-token rate is the peak's own.
   const double tokens =
@@ -139,6 +143,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           {"prompt_tokens", prompt},
           {"new_tokens", new_tokens},
           {"samples_s", steps},  // decode step times
+          {"samples_per_generation", block},
           {"prefill_samples_s", prefill},
           {"decode_step_s", to_json(step)},
           // On a GPU: how long the host took to issue a step; a share near 1 means the step

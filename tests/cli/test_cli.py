@@ -1010,9 +1010,29 @@ class ReportCompareCliTest(CliCase):
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
         self.assertIn("attention_step", res.stdout)
         self.assertNotIn("tpot", res.stdout)
-        # A directory where a report should be is named as such.
-        self.assert_one_line_error(kvbench("compare", str(path), str(self.dir)), 2,
-                                   "is a directory")
+        # A side may be a directory of repeated runs (every *.json under it): two copies of
+        # the report a side compare as runs, with no one-run note; a directory with no report,
+        # or with runs of different cells, is an input error.
+        for side in ("base-runs", "new-runs"):
+            for run in ("1", "2"):
+                (self.dir / side / run).mkdir(parents=True)
+                shutil.copy(path, self.dir / side / run / "r.json")
+        res = kvbench("compare", str(self.dir / "base-runs"), str(self.dir / "new-runs"))
+        self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
+        self.assertIn("base-runs (2 runs) -> ", res.stdout)
+        self.assertIn("new-runs (2 runs): ", res.stdout)
+        self.assertNotIn("one run per side", res.stderr)
+        res = kvbench("compare", str(path), str(path))
+        self.assertIn("one run per side: timing intervals hold the noise within a run", res.stderr)
+        (self.dir / "empty").mkdir()
+        self.assert_one_line_error(kvbench("compare", str(path), str(self.dir / "empty")), 2,
+                                   "is a directory with no report (*.json) in it")
+        fewer = copy.deepcopy(base)
+        fewer["cells"] = fewer["cells"][:1]
+        self.write_report(fewer, "new-runs/2/r.json")
+        self.assert_one_line_error(
+            kvbench("compare", str(path), str(self.dir / "new-runs")), 2,
+            "are not runs of one config: report 2 of 2 has 1 cell(s)")
 
 
 def read_safetensors(path):

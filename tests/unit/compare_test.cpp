@@ -39,6 +39,30 @@ TEST(Stats, BootstrapMedianChangeByHand) {
   EXPECT_THROW(bootstrap_median_change_ci({0, 1}, {1}), Error);
 }
 
+// Several runs a side: the first stage draws runs, the second their blocks. Baseline runs
+// {1, 1} and {3, 3} (each constant) and a candidate of one run {2, 2}: a round draws AA, AB or
+// BB with probabilities 1/4, 1/2, 1/4, so the pooled baseline median is 1, 2 or 3 and the
+// change 1, 0 or -1/3; the 2.5th and 97.5th percentiles are -1/3 and 1. One run a side gives
+// exactly the single-list interval.
+TEST(Stats, BootstrapMedianChangeOverRunsByHand) {
+  const Interval runs = bootstrap_median_change_ci_runs({{{1, 1}}, {{3, 3}}}, {{{2, 2}}});
+  EXPECT_DOUBLE_EQ(runs.low, -1.0 / 3);
+  EXPECT_DOUBLE_EQ(runs.high, 1.0);
+  // Pooled one-run lists would see no spread at all between the runs' levels: {1, 1, 3, 3}
+  // resamples to medians 1 .. 3 as well, but blocks of 2 (one per run) make the runs the unit.
+  const std::vector<double> a = {1, 2, 3, 4, 5, 6, 7, 8}, b = {2, 3, 4, 5, 6, 7, 9, 9};
+  for (size_t block : {1, 2, 4}) {
+    const Interval one = bootstrap_median_change_ci_runs({{a, block}}, {{b, block}}, 0.95, 500, 3);
+    const Interval list = bootstrap_median_change_ci(a, b, 0.95, 500, 3, block, block);
+    EXPECT_EQ(one.low, list.low) << block;
+    EXPECT_EQ(one.high, list.high) << block;
+  }
+  EXPECT_THROW(bootstrap_median_change_ci_runs({}, {{{1}}}), Error);
+  EXPECT_THROW(bootstrap_median_change_ci_runs({{{1}}, {{}}}, {{{1}}}), Error);
+  EXPECT_THROW(bootstrap_median_change_ci_runs({{{1, 0}}}, {{{1}}}), Error);
+  EXPECT_THROW(bootstrap_median_change_ci_runs({{{1, 2, 3}, 2}}, {{{1}}}), Error);
+}
+
 json report(std::vector<json> cells) {
   return {{"schema", "kvbench.report"},
           {"schema_version", 2},
@@ -181,6 +205,99 @@ TEST(Compare, DecodeTokensPerSecondRegressesWhenStepsSlowDown) {
   EXPECT_FALSE(find(r, "prefill_tok_s").regressed);
 }
 
+json throughput_cell(const std::vector<double>& steps, json per_generation = json()) {
+  json record = {{"kind", "throughput"}, {"batch", 4},         {"prompt_tokens", 16},
+                 {"new_tokens", 4},      {"samples_s", steps}, {"prefill_samples_s", kTight},
+                 {"kv_bytes", 100}};
+  if (!per_generation.is_null()) record["samples_per_generation"] = per_generation;
+  return {{"id", "t.a"},
+          {"suite", "throughput"},
+          {"method", {{"name", "full"}}},
+          {"params", json::object()},
+          {"status", "ok"},
+          {"summary", json::object()},
+          {"records", {record}}};
+}
+
+// Decode steps are resampled by generation (samples_per_generation): steps at two levels, one
+// generation slow throughout, give a much wider interval than single steps do.
+TEST(Compare, DecodeStepsAreResampledByGeneration) {
+  std::vector<double> base, cand;
+  for (int generation = 0; generation < 10; ++generation)
+    for (int step = 0; step < 10; ++step) {
+      const double level = 0.010 * (1 + 0.08 * (generation % 4));
+      base.push_back(level * (1 + 0.001 * step));
+      cand.push_back(level * 1.12 * (1 + 0.001 * step));
+    }
+  const MetricComparison by_generation =
+      find(compare_reports(report({throughput_cell(base, 10)}), report({throughput_cell(cand, 10)}),
+                           defaults()),
+           "decode_tok_s");
+  const MetricComparison by_step = find(
+      compare_reports(report({throughput_cell(base)}), report({throughput_cell(cand)}), defaults()),
+      "decode_tok_s");
+  EXPECT_NEAR(by_generation.change, by_step.change, 1e-12);
+  EXPECT_GT(by_generation.change_ci.high - by_generation.change_ci.low,
+            2 * (by_step.change_ci.high - by_step.change_ci.low));
+  // A count that does not divide the steps falls back to single steps.
+  const MetricComparison odd = find(compare_reports(report({throughput_cell(base, 7)}),
+                                                    report({throughput_cell(cand, 7)}), defaults()),
+                                    "decode_tok_s");
+  EXPECT_EQ(odd.change_ci.low, by_step.change_ci.low);
+}
+
+// Runs of one binary whose levels differ by a third (the CI machine's speed shifts between two
+// levels over seconds: docs/report-and-compare.md): one fast baseline run against one slow new run
+// is called a regression, though nothing changed; three runs a side, each mixing the levels, show
+// the spread and pass; a real slow-down of every run still fails, and point values take the median
+// over the runs.
+TEST(Compare, RepeatedRunsCarryTheSpreadBetweenProcesses) {
+  auto run = [](double level, int64_t kv_bytes = 1000) {
+    return report({latency_cell("l.a", scaled(kTight, level), kv_bytes)});
+  };
+  const CompareResult one = compare_runs({run(1.0)}, {run(1.35)}, defaults());
+  EXPECT_TRUE(find(one, "tpot").regressed);
+  EXPECT_EQ(one.notes.back().rfind("one run per side", 0), 0u) << one.notes.back();
+  const std::vector<json> base = {run(1.0), run(1.35), run(1.0)},
+                          same = {run(1.35), run(1.0), run(1.35)};
+  const CompareResult spread = compare_runs(base, same, defaults());
+  const MetricComparison& tpot = find(spread, "tpot");
+  EXPECT_FALSE(tpot.regressed);
+  EXPECT_LT(tpot.change_ci.low, 0.0);
+  EXPECT_GT(tpot.change_ci.high, 0.3);
+  EXPECT_EQ(spread.regressions(), 0u);
+  for (const std::string& n : spread.notes)
+    EXPECT_EQ(n.find("one run per side"), std::string::npos);
+  const CompareResult slower = compare_runs(base, {run(2.0), run(2.7), run(2.0)}, defaults());
+  EXPECT_TRUE(find(slower, "tpot").regressed);
+  EXPECT_GT(find(slower, "tpot").change_ci.low, 0.3);
+  // kv_bytes 1000 in every baseline run; 1000, 1100, 1100 now: the median 1100 is +10%.
+  const CompareResult bytes =
+      compare_runs(base, {run(1.0, 1000), run(1.0, 1100), run(1.0, 1100)}, defaults());
+  EXPECT_NEAR(find(bytes, "kv_bytes").candidate, 1100.0, 1e-9);
+  EXPECT_TRUE(find(bytes, "kv_bytes").regressed);
+}
+
+// Runs of a side must repeat one config; a cell failing in one run of either side is that
+// side's failure, naming the run.
+TEST(Compare, RepeatedRunsMustShareTheirCells) {
+  const json a = report({latency_cell("l.a", kTight)});
+  const json ab = report({latency_cell("l.a", kTight), latency_cell("l.b", kTight)});
+  EXPECT_THROW(compare_runs({a, ab}, {a}, defaults()), Error);
+  EXPECT_THROW(compare_runs({a}, {a, ab}, defaults()), Error);
+  EXPECT_THROW(compare_runs({}, {a}, defaults()), Error);
+  json failed = latency_cell("l.a", kTight);
+  failed["status"] = "failed";
+  failed["error"] = "out of memory";
+  const CompareResult now = compare_runs({a, a}, {a, report({failed})}, defaults());
+  ASSERT_EQ(now.newly_failed.size(), 1u);
+  EXPECT_EQ(now.newly_failed[0], "l.a: out of memory (run 2 of 2)");
+  const CompareResult before = compare_runs({report({failed}), a}, {a}, defaults());
+  EXPECT_TRUE(before.comparisons.empty());
+  EXPECT_EQ(before.regressions(), 0u);
+  EXPECT_EQ(before.notes.front(), "l.a: failed in the baseline (run 1 of 2); not compared");
+}
+
 json serving_record(double rate, const std::vector<double>& ttft, double goodput) {
   return {{"kind", "serving"},
           {"rate", rate},
@@ -302,13 +419,17 @@ TEST(Compare, ARealServingCellComparesWithItself) {
   EXPECT_EQ(count, (std::map<std::string, size_t>{
                        {"goodput", 2}, {"kv_bytes", 1}, {"serving_e2e", 2}, {"serving_ttft", 2}}));
   EXPECT_EQ(r.regressions(), 0u);
-  // Every point was compared; with 3 requests a rate, each timing says its samples are few.
-  ASSERT_EQ(r.notes.size(), 4u);
-  for (const std::string& note : r.notes)
-    EXPECT_NE(note.find(": 3 baseline samples and 3 new samples; an interval from fewer than 10 "
-                        "understates the noise"),
+  // Every point was compared; with 3 requests a rate, each timing says its samples are few,
+  // and the last note that one run a side shows no spread between runs.
+  ASSERT_EQ(r.notes.size(), 5u);
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_NE(r.notes[i].find(": 3 baseline samples and 3 new samples; an interval from fewer "
+                              "than 10 understates the noise"),
               std::string::npos)
-        << note;
+        << r.notes[i];
+  EXPECT_EQ(r.notes[4].rfind("one run per side: timing intervals hold the noise within a run", 0),
+            0u)
+      << r.notes[4];
 }
 
 TEST(Compare, FailedCellsAndMatchingByParameters) {

@@ -87,6 +87,7 @@ TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
   for (const auto& r : out.records) {
     const int64_t b = r["batch"], n = r["new_tokens"];
     EXPECT_EQ(r["samples_s"].size(), size_t(2 * (n - 1)));  // decode steps of both repeats
+    EXPECT_EQ(r["samples_per_generation"], n - 1);          // resampled as one unit
     EXPECT_EQ(r["prefill_samples_s"].size(), 2u);
     EXPECT_NEAR(r["decode_tok_s"].get<double>(), b / r["decode_step_s"]["median"].get<double>(),
                 1e-9 * r["decode_tok_s"].get<double>());

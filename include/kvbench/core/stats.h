@@ -43,6 +43,26 @@ Interval bootstrap_median_change_ci(const std::vector<double>& baseline,
                                     int resamples = 2000, uint64_t seed = 0,
                                     size_t baseline_block = 1, size_t candidate_block = 1);
 
+// One run's timing samples (one process of a repeated benchmark), with the size of its
+// correlated blocks as in bootstrap_median_ci.
+struct SampleRun {
+  std::vector<double> samples;
+  size_t block = 1;
+};
+
+// bootstrap_median_change_ci over several runs per side (separate processes of one config): each
+// round draws, per side, as many runs as the side has with replacement, then within each drawn
+// run its blocks with replacement, and takes the median of the pooled draw. Runs of one binary
+// can differ by far more than the noise within a run (the machine's speed shifts over seconds:
+// the 2-core CI machine moves between two levels 1.45x apart, docs/report-and-compare.md),
+// which one run per side cannot show; drawing runs puts that spread in the interval. A side
+// with one run skips the first stage, so one run per side gives exactly
+// bootstrap_median_change_ci's interval.
+Interval bootstrap_median_change_ci_runs(const std::vector<SampleRun>& baseline,
+                                         const std::vector<SampleRun>& candidate,
+                                         double confidence = 0.95, int resamples = 2000,
+                                         uint64_t seed = 0);
+
 struct Summary {
   size_t n = 0;
   double mean = 0, stddev = 0, min = 0, max = 0;

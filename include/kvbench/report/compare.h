@@ -1,8 +1,9 @@
-// `kvbench compare`: two reports cell by cell, for CI regression checks. Timing metrics are
-// judged on the raw samples of both reports: a regression is called only when the whole 95%
-// bootstrap interval of the relative difference of medians lies beyond the threshold, so noise
-// alone does not fail a build. Other metrics (KV bytes, KL, length ratio, ...) are point values
-// compared against their thresholds. Thresholds are percentages of the baseline's value.
+// `kvbench compare`: two reports (or two sets of repeated runs) cell by cell, for CI regression
+// checks. Timing metrics are judged on the raw samples of both sides: a regression is called
+// only when the whole 95% bootstrap interval of the relative difference of medians lies beyond
+// the threshold, so noise alone does not fail a build. Other metrics (KV bytes, KL, length ratio,
+// ...) are point values compared against their thresholds. Thresholds are percentages of the
+// baseline's value.
 #pragma once
 
 #include <cstdint>
@@ -81,6 +82,9 @@ struct CompareResult {
 // (environment competing_threads >= 1), empty otherwise: timings judged across such runs may
 // differ because of the machine.
 std::string busy_machine_note(const nlohmann::json& baseline, const nlohmann::json& candidate);
+// The same over several runs per side: the most any run of a side saw.
+std::string busy_machine_note(const std::vector<nlohmann::json>& baseline,
+                              const std::vector<nlohmann::json>& candidate);
 
 // Matches cells by id, else (when both reports have the same attention, device and model
 // shape) by suite + method + resolved params (ids change with the thread count or model path,
@@ -89,5 +93,17 @@ std::string busy_machine_note(const nlohmann::json& baseline, const nlohmann::js
 // reports.
 CompareResult compare_reports(const nlohmann::json& baseline, const nlohmann::json& candidate,
                               const CompareOptions& options);
+
+// compare_reports over repeated runs: each side is one or more reports of one config (separate
+// processes; Error unless every report of a side has the same cell ids). Cells are matched on
+// the first report of each side. A cell is ok on a side when it is ok in every run; a point is
+// there when every run has it. Timings compare the medians of each side's pooled samples, with
+// the interval of bootstrap_median_change_ci_runs (runs drawn, then blocks within them), so the
+// spread between runs, which one run cannot show, widens it; point values take the median over
+// the runs. compare_reports is this with one report a side; with one run on either side and a
+// timing compared, the last note says that its intervals cannot see the spread between runs.
+CompareResult compare_runs(const std::vector<nlohmann::json>& baselines,
+                           const std::vector<nlohmann::json>& candidates,
+                           const CompareOptions& options);
 
 }  // namespace kvbench
