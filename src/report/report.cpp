@@ -10,6 +10,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/json_text.h"
+#include "kvbench/core/machine_probe.h"
 #include "kvbench/core/text.h"
 #include "kvbench/core/version.h"
 #include "kvbench/report/atomic_file.h"
@@ -43,6 +44,10 @@ nlohmann::json cell_to_json(const CellResult& r) {
                       {"warnings", r.output.warnings}};
   if (!r.ok) j["error"] = printable_utf8(r.error);  // it may quote a file's bytes
   if (!r.preparation.is_null()) j["preparation"] = r.preparation;
+  if (r.probe_before_gbps > 0)
+    j["machine_probe"] = {{"read_bytes", kProbeBytes},
+                          {"read_gbps_before", r.probe_before_gbps},
+                          {"read_gbps_after", r.probe_after_gbps}};
   return j;
 }
 

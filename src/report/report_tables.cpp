@@ -7,6 +7,7 @@
 #include <set>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/machine_probe.h"
 #include "kvbench/core/text.h"
 
 namespace kvbench {
@@ -764,6 +765,37 @@ std::vector<bool> pareto_front(const std::vector<std::vector<double>>& values) {
   return front;
 }
 
+namespace {
+
+// Per report: when its ok cells' machine probes (read speed before and after each) spread by more
+// than kProbeTolerance, the machine moved during the run, and timings of different cells, or
+// their ratios, may carry that.
+std::vector<std::string> machine_probe_notes(const std::vector<MergedCell>& cells) {
+  std::map<std::string, std::pair<double, double>> range;  // source -> lowest, highest
+  for (const MergedCell& m : cells) {
+    const json probe = m.cell.value("machine_probe", json());
+    if (m.cell.value("status", "") != "ok" || !probe.is_object()) continue;
+    for (const char* key : {"read_gbps_before", "read_gbps_after"}) {
+      const double v = probe.value(key, 0.0);
+      if (!(v > 0)) continue;
+      auto [it, fresh] = range.emplace(m.source, std::make_pair(v, v));
+      if (!fresh) it->second = {std::min(it->second.first, v), std::max(it->second.second, v)};
+    }
+  }
+  std::vector<std::string> out;
+  for (const auto& [source, r] : range) {
+    if (probe_spread(r.first, r.second) <= kProbeTolerance) continue;
+    out.push_back(source + ": the machine's read speed ranged " + format_fixed(r.first, 1) + " - " +
+                  format_fixed(r.second, 1) +
+                  " GB/s across its cells (machine_probe): timings of different cells, and "
+                  "the ratios between them, may differ by the machine, not the method; repeat "
+                  "the run (docs/report-and-compare.md)");
+  }
+  return out;
+}
+
+}  // namespace
+
 ReportTables build_report_tables(const MergedReports& merged, const std::string& baseline) {
   Context ctx;
   ctx.labels = method_labels(merged.cells);
@@ -783,6 +815,7 @@ ReportTables build_report_tables(const MergedReports& merged, const std::string&
     ctx.notes.push_back("random model weights in " + join(merged.random_weights, ", ") +
                         ": speed and memory there are real; accuracy, output lengths and "
                         "fidelity rankings mean nothing");
+  for (std::string& note : machine_probe_notes(merged.cells)) ctx.notes.push_back(std::move(note));
   ReportTables out;
   std::set<std::string> known;
   for (const SuiteSpec& spec : suite_specs()) {

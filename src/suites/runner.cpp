@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/machine_probe.h"
 #include "kvbench/core/memory.h"
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
@@ -29,6 +30,9 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     r.started = now_rfc3339();
     spdlog::info("cell {}/{}: {}", i + 1, cells.size(), r.cell.id);
     r.peak_rss_reset = reset_peak_rss();
+    // The machine's read speed at both ends of the cell (a GPU's timings do not ride on it).
+    const bool probe = spec.device == "cpu";
+    if (probe) r.probe_before_gbps = probe_read_gbps();
     Stopwatch sw;
     try {
       model.set_current_cell(r.cell.id);
@@ -49,6 +53,12 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
       r.error = e.what();
     }
     r.duration_s = sw.seconds();
+    if (probe) {
+      r.probe_after_gbps = probe_read_gbps();
+      if (std::string w = probe_drift_warning(r.probe_before_gbps, r.probe_after_gbps);
+          r.ok && !w.empty())
+        r.output.warnings.push_back(std::move(w));
+    }
     r.preparation = model.preparation(r.cell.method);
     r.peak_rss_bytes = peak_rss_bytes();
     if (!r.ok) {

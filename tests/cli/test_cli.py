@@ -316,6 +316,11 @@ class CliTest(CliCase):
         _, report = self.report_from(self.run_ok(cfg))
         warnings = report["cells"][0]["warnings"]
         self.assertTrue(any("max_position_embeddings (4096)" in w for w in warnings), warnings)
+        # (A CPU run records the machine's read speed at both ends of each cell.)
+        probe = report["cells"][0]["machine_probe"]
+        self.assertEqual(probe["read_bytes"], 16 << 20)
+        self.assertGreater(probe["read_gbps_before"], 0)
+        self.assertGreater(probe["read_gbps_after"], 0)
         cfg["suites"][0]["prompt_tokens"] = 4094  # 4096 in all: within the context
         _, report = self.report_from(self.run_ok(cfg))
         self.assertFalse(any("max_position" in w for w in report["cells"][0]["warnings"]))

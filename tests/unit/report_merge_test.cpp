@@ -211,6 +211,41 @@ TEST(ReportMerge, RandomWeightsAreNoted) {
   EXPECT_EQ(noted(build_report_tables(merge_reports({b}), "")), "");
 }
 
+// A report whose cells' machine probes spread beyond 15% says so, naming the file; one within
+// it, a failed cell's probe and cells without probes (GPU runs) add nothing.
+TEST(ReportMerge, AMachineThatMovedDuringTheRunIsNoted) {
+  auto probed = [](json cell, double before, double after) {
+    cell["machine_probe"] = {
+        {"read_bytes", 16 << 20}, {"read_gbps_before", before}, {"read_gbps_after", after}};
+    return cell;
+  };
+  auto failed = [&](const std::string& method) {
+    json cell = probed(latency_cell(method, 0.1, 0.02, 16, 4000), 20, 20);
+    cell["status"] = "failed";
+    return cell;
+  };
+  // (Distinct methods: merging keeps one cell per id.)
+  auto moved = make_report(
+      "moved.json", {probed(latency_cell("full", 0.1, 0.02, 16, 4000), 52, 50),
+                     probed(latency_cell("int4", 0.1, 0.04, 5, 1250), 44, 41), failed("int2")});
+  auto steady = make_report(
+      "steady.json", {probed(latency_cell("fp16", 0.1, 0.02, 16, 4000), 52, 50),
+                      probed(latency_cell("fp8", 0.1, 0.04, 8, 2000), 47, 46), failed("bf16")});
+  auto unprobed = make_report("gpu.json", {latency_cell("kivi-2", 0.1, 0.02, 3, 800)});
+  auto notes = [](const ReportTables& t) {
+    std::vector<std::string> out;
+    for (const std::string& n : t.notes)
+      if (n.find("machine_probe") != std::string::npos) out.push_back(n);
+    return out;
+  };
+  const std::vector<std::string> got =
+      notes(build_report_tables(merge_reports({moved, steady, unprobed}), ""));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].rfind("moved.json: the machine's read speed ranged 41.0 - 52.0 GB/s", 0), 0u)
+      << got[0];
+  EXPECT_TRUE(notes(build_report_tables(merge_reports({steady, unprobed}), "")).empty());
+}
+
 TEST(ReportMerge, FailedCellsAreListedWithTheirErrors) {
   const auto a = make_report(
       "a.json", {latency_cell("full", 0.1, 0.02, 16, 4000), failed_cell("int2", "needs 1.00 TiB")});

@@ -2,11 +2,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/machine_probe.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/suites/cell.h"
 #include "kvbench/suites/runner.h"
@@ -207,7 +209,27 @@ TEST(Runner, FailingCellIsRecordedAndOthersGoOn) {
   for (const auto& r : results) {
     EXPECT_FALSE(r.started.empty());
     EXPECT_GE(r.duration_s, 0.0);
+    // A CPU run reads the machine's speed at both ends of every cell, failed ones included.
+    EXPECT_GT(r.probe_before_gbps, 0.0);
+    EXPECT_GT(r.probe_after_gbps, 0.0);
   }
+}
+
+// The probe itself: a positive, finite rate; the spread of two rates; a warning only beyond the
+// tolerance (15%), either way round.
+TEST(MachineProbe, ReadsARateAndWarnsOnlyBeyondTheTolerance) {
+  const double gbps = probe_read_gbps(0.005);
+  EXPECT_GT(gbps, 0.0);
+  EXPECT_TRUE(std::isfinite(gbps));
+  EXPECT_DOUBLE_EQ(probe_spread(50, 40), 0.25);
+  EXPECT_DOUBLE_EQ(probe_spread(40, 50), 0.25);
+  EXPECT_DOUBLE_EQ(probe_spread(0, 50), 0.0);
+  EXPECT_TRUE(probe_drift_warning(50, 44).empty());  // 13.6%
+  EXPECT_TRUE(probe_drift_warning(44, 50).empty());
+  const std::string w = probe_drift_warning(50, 42);  // 19%
+  EXPECT_NE(w.find("moved from 50.0 to 42.0 GB/s during this cell"), std::string::npos) << w;
+  EXPECT_FALSE(probe_drift_warning(42, 50).empty());
+  EXPECT_TRUE(probe_drift_warning(0, 50).empty());  // not probed
 }
 
 }  // namespace

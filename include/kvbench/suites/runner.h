@@ -26,6 +26,8 @@ struct CellResult {
   CellOutput output;
   // The prepare step of the cell's codec (ModelProvider::preparation), null when none ran.
   nlohmann::json preparation;
+  // probe_read_gbps just before and just after the cell (runs on the CPU only; 0: not probed).
+  double probe_before_gbps = 0, probe_after_gbps = 0;
 };
 
 class Runner {
