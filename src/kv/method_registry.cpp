@@ -828,9 +828,9 @@ void check_paged_method(const nlohmann::json& method, int64_t num_heads, int64_t
 
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        std::shared_ptr<const Codec> codec, int64_t num_layers,
-                                       int64_t num_kv_heads, int64_t head_dim,
-                                       const std::string& backend, const at::Tensor& rope_inv_freq,
-                                       at::ScalarType dtype) {
+                                       int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
+                                       const std::string& backend,
+                                       const at::Tensor& rope_inv_freq) {
   KVB_CHECK(backend != "paged",
             "make_kv_cache: a paged cache with a given codec comes from make_paged_cache");
   auto cache = std::make_unique<CompressedKVCache>(

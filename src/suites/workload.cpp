@@ -47,7 +47,7 @@ std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx) {
     return make_paged_cache(ctx.method, codec, c.num_layers, c.num_kv_heads, c.head_dim,
                             ctx.model.kv_dtype(), at::Device(ctx.spec.device));
   return make_kv_cache(ctx.method, codec, c.num_layers, c.num_kv_heads, c.head_dim,
-                       ctx.spec.attention, rope_inverse_frequencies(c), ctx.model.kv_dtype());
+                       ctx.model.kv_dtype(), ctx.spec.attention, rope_inverse_frequencies(c));
 }
 
 std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx) {

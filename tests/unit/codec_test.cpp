@@ -59,18 +59,23 @@ TEST_P(EveryMethod, ReconstructionWithinTheCodecsBound) {
   auto c = ready(codec(), 1, 2, 64);
   for (bool is_key : {true, false}) {
     auto store = is_key ? c->make_layer_key_store(0, 2, 64) : c->make_layer_value_store(0, 2, 64);
-    at::Tensor x = kv_like(2, 37, 64, 5);
-    // Appended in two parts, as prefill + later steps; the later tokens stay inside the range
-    // the prefill saw, as calibrated formats (fp8 amax) assume.
-    x.narrow(1, 17, 20).copy_(x.narrow(1, 0, 17).abs().amax(1, true).expand({2, 20, 64}) *
-                              at::tanh(x.narrow(1, 17, 20)));
+    // 300 tokens: past KIVI's residual window (R = 128: two blocks of keys quantized, values
+    // beyond the last R) and GEAR's streaming buffer, so the quantized parts are checked too.
+    const int64_t tokens = 300, later = tokens - 17;
+    at::Tensor x = kv_like(2, tokens, 64, 5);
+    // Appended as a prefill and later steps; the later tokens stay inside the range the prefill
+    // saw, as calibrated formats (fp8 amax) assume.
+    x.narrow(1, 17, later)
+        .copy_(x.narrow(1, 0, 17).abs().amax(1, true).expand({2, later, 64}) *
+               at::tanh(x.narrow(1, 17, later)));
     store->append(x.narrow(1, 0, 17));
-    store->append(x.narrow(1, 17, 20));
-    ASSERT_EQ(store->size(), 37);
+    for (int64_t t = 17; t < tokens; t += 41)
+      store->append(x.narrow(1, t, std::min<int64_t>(41, tokens - t)));
+    ASSERT_EQ(store->size(), tokens);
     at::Tensor back = store->dequantize();
     for (int64_t h = 0; h < 2; ++h) {
       const double amax = x[h].abs().max().item<double>();
-      for (int64_t t = 0; t < 37; ++t) {
+      for (int64_t t = 0; t < tokens; ++t) {
         at::Tensor row = x[h][t];
         at::Tensor excess = (back[h][t] - row).abs() - c->max_error(row, is_key, amax);
         ASSERT_LE(excess.max().item<float>(), 0.0f)
@@ -230,7 +235,7 @@ TEST_P(EveryMethod, TinyModelGeneratesEndToEnd) {
   const PreparedCodec prepared = prepare_codec(codec(), model, &tiny.tokenizer);
   for (const char* backend : {"cpu", "reference"}) {
     auto cache = make_kv_cache(defaults(GetParam()), prepared.codec, mc.num_layers, mc.num_kv_heads,
-                               mc.head_dim, backend);
+                               mc.head_dim, at::kFloat, backend);
     GenerationConfig g;
     g.max_new_tokens = 6;
     GenerationResult r = generate(model, *cache, {{5, 6, 7, 8}, {9, 10}}, g);
@@ -252,7 +257,7 @@ TEST_P(EveryMethod, APromptsPrefillAttendsItsKeysAsComputed) {
       prepare_codec(make_codec(defaults(GetParam()), at::kFloat), model, &tiny.tokenizer);
   FullKVCache full(mc.num_layers, mc.num_kv_heads, mc.head_dim, at::kFloat);
   auto cache = make_kv_cache(defaults(GetParam()), prepared.codec, mc.num_layers, mc.num_kv_heads,
-                             mc.head_dim, "cpu");
+                             mc.head_dim, at::kFloat, "cpu");
   std::vector<int64_t> prompt;  // past KIVI's residual of 128: its groups are quantized
   for (int64_t i = 0; i < 160; ++i) prompt.push_back(3 + (i * 37) % (mc.vocab_size - 3));
   const int64_t sf = full.add_sequence(), sm = cache->add_sequence();

@@ -185,8 +185,8 @@ TEST_P(GearBlockCacheTest, AttendsLikeTheReferenceCache) {
   for (const testing_support::PagedDevice& where : gear_devices()) {
     SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : ""));
     auto cache = gear_cache(codec, where);
-    auto ref =
-        make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
+    auto ref = make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, at::kHalf,
+                             "reference");
     std::vector<std::pair<int, int64_t>> steps = {{0, 45}, {1, 7}};
     for (int i = 0; i < 70; ++i) steps.insert(steps.end(), {{0, 1}, {1, 1}});
     steps.push_back({1, 40});
@@ -222,8 +222,8 @@ TEST(GearBlockBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
       SCOPED_TRACE(where.device.str() + (where.emulated ? " emulated" : "") + ", prefill " +
                    std::to_string(prefill[0]));
       auto cache = gear_cache(codec, where);
-      auto ref =
-          make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
+      auto ref = make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim,
+                               at::kHalf, "reference");
       const int64_t gone = cache->add_sequence();
       ASSERT_EQ(ref->add_sequence(), gone);
       cache->remove_sequence(gone);
@@ -250,8 +250,8 @@ TEST(GearBlockBatchTest, Bf16ModelsAttendLikeTheReferenceCache) {
   const auto codec = gear_codec(entry, at::kBFloat16);
   for (const testing_support::PagedDevice& where : gear_devices()) {
     auto cache = gear_cache(codec, where);
-    auto ref =
-        make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, "reference");
+    auto ref = make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, at::kHalf,
+                             "reference");
     std::vector<std::pair<int, int64_t>> steps = {{0, 70}};
     for (int i = 0; i < 40; ++i) steps.push_back({0, 1});
     auto draw = [](int64_t n, at::Generator& gen) {
@@ -291,7 +291,7 @@ TEST(GearBlockRetentionTest, SelectsAfterThePrefillLikeTheReferenceCache) {
                                                  make_policy(method), true)
               : make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, where.device);
       ASSERT_NE(dynamic_cast<GearBlockCache*>(cache.get()), nullptr);
-      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference");
       std::vector<std::pair<int, int64_t>> steps = {{0, 90}, {1, 30}};
       for (int i = 0; i < 30; ++i) steps.insert(steps.end(), {{0, 1}, {1, 1}});
       testing_support::compare_steps(*cache, *ref, kLayers, tolerance(where), 2, steps,

@@ -207,7 +207,7 @@ TEST(LowRank, MemoryAccountingMatchesTheFormula) {
         json{{"name", "streamingllm"}, {"sinks", 2}, {"window", 10}, {"codec", "palu"}}}) {
     const json m = resolve(entry);
     auto c = make_codec(m, at::kHalf)->prepare(in);
-    auto cache = make_kv_cache(m, c, 2, 2, 64, "cpu");
+    auto cache = make_kv_cache(m, c, 2, 2, 64, at::kHalf, "cpu");
     for (int s = 0; s < 2; ++s) {
       const int64_t seq = cache->add_sequence();
       for (int64_t step = 0; step < 3; ++step) {
@@ -244,8 +244,8 @@ TEST(LowRank, PaluKeepsPositionsThroughEviction) {
     auto ref = make_kv_cache(resolve(lossless), mc.num_layers, mc.num_kv_heads, mc.head_dim,
                              at::kFloat, "cpu");
     const PreparedCodec p = prepare_codec(make_codec(resolve(low), at::kFloat), model, nullptr);
-    auto cache =
-        make_kv_cache(resolve(low), p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, "cpu");
+    auto cache = make_kv_cache(resolve(low), p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim,
+                               at::kFloat, "cpu");
     std::vector<int64_t> prompt;
     for (int64_t i = 0; i < 40; ++i) prompt.push_back(3 + (i * 37) % 400);
     const int64_t a = ref->add_sequence(), b = cache->add_sequence();
@@ -279,7 +279,8 @@ TEST(LowRank, ComposesWithRetentionPolicies) {
     const json m = resolve(entry);
     const PreparedCodec p = prepare_codec(make_codec(m, at::kBFloat16), model, &tok);
     for (const char* backend : {"cpu", "reference"}) {
-      auto cache = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, backend);
+      auto cache = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim,
+                                 at::kFloat, backend);
       GenerationConfig g;
       g.max_new_tokens = 8;
       GenerationResult r = generate(model, *cache, {prompt}, g);
@@ -295,7 +296,8 @@ TEST(LowRank, ComposesWithRetentionPolicies) {
   const json m = resolve({{"name", "snapkv"}, {"budget", 40}, {"codec", {{"name", "palu"}}}});
   const PreparedCodec p = prepare_codec(
       make_codec(resolve({{"name", "palu"}, {"group", 2}}), at::kBFloat16), model, nullptr);
-  auto cache = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, "cpu");
+  auto cache =
+      make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, at::kFloat, "cpu");
   GenerationConfig g;
   g.max_new_tokens = 2;
   try {
@@ -324,8 +326,10 @@ TEST(LowRank, FusedPathOverEvictedLowRankCachesMatchesReference) {
         json{{"name", "streamingllm"}, {"sinks", 4}, {"window", 24}, {"codec", "palu-70"}}}) {
     const json m = resolve(entry);
     const PreparedCodec p = prepare_codec(make_codec(m, at::kBFloat16), model, nullptr);
-    auto cpu = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, "cpu");
-    auto ref = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, "reference");
+    auto cpu =
+        make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, at::kFloat, "cpu");
+    auto ref = make_kv_cache(m, p.codec, mc.num_layers, mc.num_kv_heads, mc.head_dim, at::kFloat,
+                             "reference");
     const int64_t a = cpu->add_sequence(), b = ref->add_sequence();
     at::Tensor la = model.forward({{a, prompt}}, *cpu), lb = model.forward({{b, prompt}}, *ref);
     for (int64_t step = 0; step < 10; ++step) {

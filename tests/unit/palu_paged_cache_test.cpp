@@ -180,7 +180,8 @@ Caches make_caches(const std::string& entry, const testing_support::PagedDevice&
                                              at::kCPU, nullptr, /*kernel_path_on_cpu=*/false);
   else
     paged = make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, where.device);
-  return {std::move(paged), make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference"), "",
+  return {std::move(paged),
+          make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference"), "",
           // CPU: the same fp16 latents, fp32 reconstruction either way. Kernel path: keys and
           // queries rounded to fp16 for the tensor cores (relative 2^-11 each; measured
           // ~3e-4 emulated), probabilities too on the GPU.
@@ -200,7 +201,7 @@ TEST_P(PaluPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameLatents) {
         testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
     PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
                          nullptr, /*kernel_path_on_cpu=*/true);
-    auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+    auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference");
     run_steps(paged, *ref, 3e-3);
     return;
   }
@@ -258,7 +259,7 @@ TEST(PaluPagedBatchTest, BatchedStepsAttendLikeEachSequenceAlone) {
     const bool kernel_path = where.kernel_path();
     PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
                          nullptr, where.emulated);
-    auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+    auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference");
     const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
                                        paged.add_sequence()};
     for (int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
@@ -283,7 +284,7 @@ TEST(PaluPagedLongTest, TablesGrowAndBf16LatentsAttendLikeTheReference) {
       if (!where.kernel_path()) continue;  // the CPU path has no tables
       PaluPagedCache paged(codec, dtype, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
                            nullptr, where.emulated);
-      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference");
+      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference");
       auto gen = at::detail::createCPUGenerator(41);
       const int64_t seq = paged.add_sequence();
       ASSERT_EQ(ref->add_sequence(), seq);
@@ -391,7 +392,7 @@ std::pair<std::unique_ptr<PaluPagedCache>, std::unique_ptr<KVCache>> policy_cach
   return {
       std::make_unique<PaluPagedCache>(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{},
                                        where.device, make_policy(method), where.emulated),
-      make_kv_cache(method, codec, kLayers, kKvHeads, kDim, "reference")};
+      make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference")};
 }
 
 // Under retention policies: the same kept tokens, outputs and bytes as the reference cache

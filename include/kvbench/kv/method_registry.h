@@ -68,14 +68,13 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
                                        const at::Tensor& rope_inv_freq = at::Tensor(),
                                        at::Device device = at::kCPU);
 // The same with the method's codec given, e.g. prepared (prepare_codec) for a low-rank method
-// (not "paged": make_paged_cache). `dtype`: model.dtype, what a prompt's prefill rounds its
-// keys and values to (CompressedKVCache::set_computed_dtype).
+// (not "paged": make_paged_cache). `dtype`: model.dtype, as above: what a prompt's prefill
+// rounds its keys and values to (CompressedKVCache::set_computed_dtype).
 std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method,
                                        std::shared_ptr<const Codec> codec, int64_t num_layers,
-                                       int64_t num_kv_heads, int64_t head_dim,
+                                       int64_t num_kv_heads, int64_t head_dim, at::ScalarType dtype,
                                        const std::string& backend = "cpu",
-                                       const at::Tensor& rope_inv_freq = at::Tensor(),
-                                       at::ScalarType dtype = at::kFloat);
+                                       const at::Tensor& rope_inv_freq = at::Tensor());
 // Whether KVBENCH_PAGED_PATH=kernels is set: paged caches on the CPU then take the GPU path
 // with the kernels' host references (tests; whole runs check that path without a GPU). Their
 // numbers differ from the plain paged path's (16-bit queries, the kernel path's own buffers),
