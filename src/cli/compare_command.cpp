@@ -6,7 +6,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <set>
 
 #include "kvbench/cli/commands.h"
 #include "kvbench/core/error.h"
@@ -71,22 +73,36 @@ std::vector<std::string> checked_metrics(const CompareOptions& options) {
 }
 
 // The reports a side names: the file itself, or every *.json under a directory (searched
-// recursively, in path order): repeated runs of one config. Throws Error when a directory
-// holds none.
+// recursively, in path order; symlinked directories are not entered, and two links to one file
+// are one run): repeated runs of one config. Throws Error when a directory holds none or cannot
+// be listed.
 std::vector<LoadedReport> load_side(const std::string& path) {
+  namespace fs = std::filesystem;
   std::error_code ec;
-  if (!std::filesystem::is_directory(path, ec)) return {load_report(path)};
-  std::vector<std::string> files;
-  for (const auto& e : std::filesystem::recursive_directory_iterator(path, ec))
-    if (e.is_regular_file(ec) && e.path().extension() == ".json") files.push_back(e.path());
+  if (!fs::is_directory(path, ec)) return {load_report(path)};
+  std::map<std::string, std::string> files;  // as shown -> canonical
+  std::set<std::string> seen;
+  fs::recursive_directory_iterator it(path, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    std::error_code entry;  // a dangling link is skipped, not the listing's error
+    if (it->path().extension() != ".json" || !it->is_regular_file(entry)) continue;
+    const std::string canonical = fs::weakly_canonical(it->path(), entry).string();
+    if (!entry && seen.insert(canonical).second) files[it->path().string()] = canonical;
+  }
   KVB_CHECK(!ec, path, ": cannot list the directory: ", ec.message());
   KVB_CHECK(!files.empty(), path,
             ": is a directory with no report (*.json) in it; expected a report file or a "
             "directory of repeated runs");
-  std::sort(files.begin(), files.end());
   std::vector<LoadedReport> out;
-  for (const std::string& f : files) out.push_back(load_report(f));
+  for (const auto& [shown, canonical] : files) out.push_back(load_report(shown));
   return out;
+}
+
+// "a.json, b.json" for a side's reports, in the order compare counts them.
+std::string list_sources(const std::vector<LoadedReport>& side) {
+  std::vector<std::string> names;
+  for (const LoadedReport& r : side) names.push_back(r.source);
+  return join(names, ", ");
 }
 
 std::vector<nlohmann::json> docs_of(const std::vector<LoadedReport>& side) {
@@ -141,7 +157,8 @@ int compare(const CompareCliOptions& opt) {
   try {
     result = compare_runs(base_docs, cand_docs, options);
   } catch (const Error& e) {  // the runs of a side are not of one config
-    spdlog::error("{} -> {}: {}", opt.baseline, opt.candidate, e.what());
+    spdlog::error("{} -> {}: {} (baseline reports: {}; new reports: {})", opt.baseline,
+                  opt.candidate, e.what(), list_sources(base), list_sources(cand));
     return 2;
   } catch (const nlohmann::json::exception& e) {  // a field of the wrong type
     spdlog::error("{}", malformed_report_message(e, sources_of(base, cand)));

@@ -282,7 +282,7 @@ constexpr size_t kFewSamples = 10;
 
 // With one run a side, a timing's interval holds the noise within that run only.
 constexpr const char* kOneRunNote =
-    "one run per side: timing intervals hold the noise within a run, not between runs, and "
+    "one run on a side: timing intervals hold the noise within a run, not between runs, and "
     "separate runs of one binary can differ by more than the thresholds (the 2-core CI machine "
     "shifts between speeds 1.45x apart: docs/report-and-compare.md); to gate on timings give "
     "each side a directory of repeated runs, interleaved with the other side's";
@@ -451,6 +451,25 @@ int first_failed(const std::vector<const json*>& cells) {
   return -1;
 }
 
+std::vector<const json*> ok_cells(const std::vector<const json*>& cells) {
+  std::vector<const json*> out;
+  for (const json* c : cells)
+    if (c->value("status", "") == "ok") out.push_back(c);
+  return out;
+}
+
+// A note when the runs of a side come from different builds (kvbench.git_revision), empty
+// otherwise: a stale run left in a side's directory would mix them silently.
+std::string mixed_builds_note(const std::vector<json>& runs, const char* side) {
+  std::set<std::string> revisions;
+  for (const json& doc : runs)
+    revisions.insert(doc.value("kvbench", json::object()).value("git_revision", "unknown"));
+  if (revisions.size() < 2) return "";
+  return std::string("the ") + side + " runs come from " + std::to_string(revisions.size()) +
+         " builds (git revisions " + join({revisions.begin(), revisions.end()}, ", ") +
+         "): a side's runs should repeat one build";
+}
+
 // A metric's points in every run of a side: the points every run has, each with its series per
 // run (a point some run lacks is left out: absent on that side).
 std::map<std::string, RunSeries> run_points(const MetricImpl& m,
@@ -516,6 +535,9 @@ CompareResult compare_runs(const std::vector<json>& baselines, const std::vector
   CompareResult out;
   if (std::string busy = busy_machine_note(baselines, candidates); !busy.empty())
     out.notes.push_back(busy);
+  for (const auto& [runs, side] : {std::pair{&baselines, "baseline"}, {&candidates, "new"}})
+    if (std::string mixed = mixed_builds_note(*runs, side); !mixed.empty())
+      out.notes.push_back(mixed);
   const json base_setup = report_setup(baseline), cand_setup = report_setup(candidate);
   const bool same_setup = base_setup == cand_setup;
   if (!same_setup)
@@ -548,24 +570,33 @@ CompareResult compare_runs(const std::vector<json>& baselines, const std::vector
         out.notes.push_back(id + ": matched to " + (*n)["id"].get<std::string>() +
                             " by suite, method and parameters (the ids differ)");
     }
-    const std::vector<const json*> base_cells = cells_with_id(baselines, id);
-    const int base_failed = first_failed(base_cells);
+    // The baseline is what its ok runs measured: a cell that failed in one of several runs (a
+    // flaky out-of-memory) still holds the new side to the others, as one failed new run fails
+    // the gate.
+    const std::vector<const json*> all_base = cells_with_id(baselines, id),
+                                   base_cells = ok_cells(all_base);
+    const std::string base_failed =
+        base_cells.size() == all_base.size() ? std::string()
+        : baselines.size() == 1              ? std::string(" in the baseline")
+        : base_cells.empty()                 ? std::string(" in every baseline run")
+                             : " in baseline" + of_runs(first_failed(all_base), baselines.size());
     if (!n) {
       // An ok cell the new run did not measure is a regression of the gate itself: a run that
       // silently drops cells must not pass.
-      if (base_failed < 0)
+      if (!base_cells.empty())
         out.missing.push_back(id);
       else
-        out.notes.push_back(id + ": failed in the baseline" +
-                            of_runs(base_failed, baselines.size()) + " and not in the new report");
+        out.notes.push_back(id + ": failed" + base_failed + " and not in the new report");
       continue;
     }
     matched.insert(n);
-    if (base_failed >= 0) {
-      out.notes.push_back(id + ": failed in the baseline" + of_runs(base_failed, baselines.size()) +
-                          "; not compared");
+    if (base_cells.empty()) {
+      out.notes.push_back(id + ": failed" + base_failed + "; not compared");
       continue;
     }
+    if (!base_failed.empty())
+      out.notes.push_back(id + ": failed" + base_failed + "; compared over the " +
+                          std::to_string(base_cells.size()) + " baseline runs where it is ok");
     const std::vector<const json*> new_cells =
         cells_with_id(candidates, (*n)["id"].get<std::string>());
     if (const int r = first_failed(new_cells); r >= 0) {
@@ -636,9 +667,11 @@ CompareResult compare_runs(const std::vector<json>& baselines, const std::vector
           };
           out.notes.push_back(where + ": " + std::to_string(units_b) + " baseline" + unit(sb) +
                               " and " + std::to_string(units_n) + " new" + unit(it->second) +
-                              "; an interval from fewer than 10 understates the "
-                              "noise (and none sees drift between runs): raise " +
-                              (m.spec.suite == "serving" ? "requests" : "repeats"));
+                              "; an interval from fewer than 10 understates the noise" +
+                              (std::min(sb.size(), it->second.size()) == 1
+                                   ? " (and none sees drift between runs)"
+                                   : "") +
+                              ": raise " + (m.spec.suite == "serving" ? "requests" : "repeats"));
         }
       }
     }

@@ -29,10 +29,11 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     r.cell = cells[i];
     r.started = now_rfc3339();
     spdlog::info("cell {}/{}: {}", i + 1, cells.size(), r.cell.id);
-    r.peak_rss_reset = reset_peak_rss();
-    // The machine's read speed at both ends of the cell (a GPU's timings do not ride on it).
+    // The machine's read speed at both ends of the cell (a GPU's timings do not ride on it),
+    // outside its peak memory and its duration.
     const bool probe = spec.device == "cpu";
     if (probe) r.probe_before_gbps = probe_read_gbps();
+    r.peak_rss_reset = reset_peak_rss();
     Stopwatch sw;
     try {
       model.set_current_cell(r.cell.id);
@@ -53,14 +54,14 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
       r.error = e.what();
     }
     r.duration_s = sw.seconds();
+    r.preparation = model.preparation(r.cell.method);
+    r.peak_rss_bytes = peak_rss_bytes();
     if (probe) {
       r.probe_after_gbps = probe_read_gbps();
       if (std::string w = probe_drift_warning(r.probe_before_gbps, r.probe_after_gbps);
           r.ok && !w.empty())
         r.output.warnings.push_back(std::move(w));
     }
-    r.preparation = model.preparation(r.cell.method);
-    r.peak_rss_bytes = peak_rss_bytes();
     if (!r.ok) {
       progress.end();  // a suite that threw may have left its task open
       // Keep the report and the log to one line even when a library error spans several.

@@ -250,8 +250,8 @@ TEST(GearBlockBatchTest, Bf16ModelsAttendLikeTheReferenceCache) {
   const auto codec = gear_codec(entry, at::kBFloat16);
   for (const testing_support::PagedDevice& where : gear_devices()) {
     auto cache = gear_cache(codec, where);
-    auto ref = make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim, at::kHalf,
-                             "reference");
+    auto ref = make_kv_cache(resolve_method(entry, "m"), codec, kLayers, kKvHeads, kDim,
+                             at::kBFloat16, "reference");
     std::vector<std::pair<int, int64_t>> steps = {{0, 70}};
     for (int i = 0; i < 40; ++i) steps.push_back({0, 1});
     auto draw = [](int64_t n, at::Generator& gen) {

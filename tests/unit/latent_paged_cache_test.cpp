@@ -54,7 +54,7 @@ Caches make_caches(const std::string& entry, const at::Device& device, bool emul
   return {
       std::make_unique<LatentPagedCache>(lowrank, dtype, kLayers, kKvHeads, kDim, PagedCapacity{},
                                          device, make_policy(method), emulated),
-      make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference"), "",
+      make_kv_cache(method, codec, kLayers, kKvHeads, kDim, dtype, "reference"), "",
       device.is_cuda() || emulated ? 2e-3 : 2e-5};
 }
 

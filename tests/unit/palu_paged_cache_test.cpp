@@ -284,7 +284,7 @@ TEST(PaluPagedLongTest, TablesGrowAndBf16LatentsAttendLikeTheReference) {
       if (!where.kernel_path()) continue;  // the CPU path has no tables
       PaluPagedCache paged(codec, dtype, kLayers, kKvHeads, kDim, PagedCapacity{}, where.device,
                            nullptr, where.emulated);
-      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference");
+      auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, dtype, "reference");
       auto gen = at::detail::createCPUGenerator(41);
       const int64_t seq = paged.add_sequence();
       ASSERT_EQ(ref->add_sequence(), seq);

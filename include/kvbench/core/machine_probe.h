@@ -16,8 +16,8 @@ namespace kvbench {
 // server's last-level cache.
 constexpr size_t kProbeBytes = size_t{16} << 20;
 
-// GB/s of one thread reading kProbeBytes (a buffer kept for the process, written once) over
-// and over for at least `seconds`: the median of its passes.
+// GB/s of one thread reading kProbeBytes (a buffer written first, freed after) over and over
+// for at least `seconds`: the median of its passes.
 double probe_read_gbps(double seconds = 0.02);
 
 // Relative spread of two probe rates, |hi / lo - 1| (0 when either is not positive).
