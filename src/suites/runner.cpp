@@ -14,10 +14,12 @@
 
 namespace kvbench {
 
-Runner::Runner(SuiteFactory factory) : factory_(std::move(factory)) {
+Runner::Runner(SuiteFactory factory, Probe probe)
+    : factory_(std::move(factory)), probe_(std::move(probe)) {
   if (!factory_) {
     factory_ = [](const std::string& name) { return find_suite(name).make(); };
   }
+  if (!probe_) probe_ = [] { return probe_read_gbps(); };
 }
 
 std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>& cells,
@@ -32,7 +34,7 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     // The machine's read speed at both ends of the cell (a GPU's timings do not ride on it),
     // outside its peak memory and its duration.
     const bool probe = spec.device == "cpu";
-    if (probe) r.probe_before_gbps = probe_read_gbps();
+    if (probe) r.probe_before_gbps = probe_();
     r.peak_rss_reset = reset_peak_rss();
     Stopwatch sw;
     try {
@@ -57,7 +59,7 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     r.preparation = model.preparation(r.cell.method);
     r.peak_rss_bytes = peak_rss_bytes();
     if (probe) {
-      r.probe_after_gbps = probe_read_gbps();
+      r.probe_after_gbps = probe_();
       if (std::string w = probe_drift_warning(r.probe_before_gbps, r.probe_after_gbps);
           r.ok && !w.empty())
         r.output.warnings.push_back(std::move(w));

@@ -215,6 +215,40 @@ TEST(Runner, FailingCellIsRecordedAndOthersGoOn) {
   }
 }
 
+// A cell whose probes differ by more than 15% warns (an ok cell; a failed one has its error);
+// within it, none; a run on "cuda" probes nothing (a GPU's timings do not ride on the host's
+// memory).
+TEST(Runner, ACellDuringWhichTheMachineMovedWarns) {
+  RunSpec s = spec_with_suites(json::parse(
+      R"([{"name": "kernels", "repeats": 1}, {"name": "kernels", "repeats": 2},
+          {"name": "kernels", "repeats": 13}])"));
+  // Rates in call order: cell 1 50 -> 40, cell 2 40 -> 38, cell 3 (fails) 50 -> 30.
+  std::vector<double> rates = {50, 40, 40, 38, 50, 30};
+  size_t next = 0;
+  Runner runner([](const std::string&) { return std::make_unique<FakeSuite>(); },
+                [&] { return rates.at(next++); });
+  NullProgress progress;
+  Environment env;
+  ModelProvider model(s.model);
+  auto warned = [](const CellResult& r) {
+    return std::any_of(r.output.warnings.begin(), r.output.warnings.end(),
+                       [](const auto& w) { return w.find("moved from") != std::string::npos; });
+  };
+  auto results = runner.run(s, expand_cells(s), env, progress, model);
+  ASSERT_EQ(next, 6u);
+  EXPECT_EQ(results[0].probe_before_gbps, 50);
+  EXPECT_EQ(results[0].probe_after_gbps, 40);
+  EXPECT_TRUE(warned(results[0]));
+  EXPECT_FALSE(warned(results[1]));
+  EXPECT_FALSE(results[2].ok);
+  EXPECT_FALSE(warned(results[2]));
+  s.device = "cuda";
+  next = 0;
+  results = runner.run(s, expand_cells(s), env, progress, model);
+  EXPECT_EQ(next, 0u);
+  for (const CellResult& r : results) EXPECT_EQ(r.probe_before_gbps, 0);
+}
+
 // The probe itself: a positive, finite rate; the spread of two rates; a warning only beyond the
 // tolerance (15%), either way round.
 TEST(MachineProbe, ReadsARateAndWarnsOnlyBeyondTheTolerance) {

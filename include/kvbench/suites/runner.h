@@ -33,8 +33,12 @@ struct CellResult {
 class Runner {
  public:
   using SuiteFactory = std::function<std::unique_ptr<Suite>(const std::string& name)>;
-  // The default factory builds suites from the registry; tests inject their own.
-  explicit Runner(SuiteFactory factory = {});
+  // The machine's read speed in GB/s (probe_read_gbps), read at both ends of each cell of a CPU
+  // run.
+  using Probe = std::function<double()>;
+  // The default factory builds suites from the registry, the default probe is
+  // probe_read_gbps; tests inject their own.
+  explicit Runner(SuiteFactory factory = {}, Probe probe = {});
 
   // Called after each cell with the results so far (the last one just ended), e.g. to write
   // a partial report that survives the process being killed.
@@ -46,6 +50,7 @@ class Runner {
 
  private:
   SuiteFactory factory_;
+  Probe probe_;
 };
 
 size_t count_failed(const std::vector<CellResult>& results);
