@@ -80,21 +80,24 @@ std::vector<LoadedReport> load_side(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::is_directory(path, ec)) return {load_report(path)};
-  std::map<std::string, std::string> files;  // as shown -> canonical
-  std::set<std::string> seen;
+  std::map<std::string, std::string> files;  // as shown -> canonical, in path order
   fs::recursive_directory_iterator it(path, ec), end;
+  std::string last = path;
   for (; !ec && it != end; it.increment(ec)) {
+    last = it->path().string();
     std::error_code entry;  // a dangling link is skipped, not the listing's error
     if (it->path().extension() != ".json" || !it->is_regular_file(entry)) continue;
-    const std::string canonical = fs::weakly_canonical(it->path(), entry).string();
-    if (!entry && seen.insert(canonical).second) files[it->path().string()] = canonical;
+    const fs::path canonical = fs::weakly_canonical(it->path(), entry);
+    files[last] = entry ? last : canonical.string();
   }
-  KVB_CHECK(!ec, path, ": cannot list the directory: ", ec.message());
+  KVB_CHECK(!ec, path, ": cannot list the directory (at ", last, "): ", ec.message());
   KVB_CHECK(!files.empty(), path,
             ": is a directory with no report (*.json) in it; expected a report file or a "
             "directory of repeated runs");
   std::vector<LoadedReport> out;
-  for (const auto& [shown, canonical] : files) out.push_back(load_report(shown));
+  std::set<std::string> seen;  // the first path in order names a file reached by several
+  for (const auto& [shown, canonical] : files)
+    if (seen.insert(canonical).second) out.push_back(load_report(shown));
   return out;
 }
 

@@ -1,9 +1,11 @@
 #include "kvbench/core/machine_probe.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include <sys/mman.h>
@@ -24,7 +26,8 @@ class ProbeBuffer {
   ProbeBuffer() {
     void* p =
         mmap(nullptr, kProbeBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    KVB_CHECK(p != MAP_FAILED, "machine probe: cannot map ", kProbeBytes, " bytes");
+    KVB_CHECK(p != MAP_FAILED, "machine probe: cannot map ", kProbeBytes,
+              " bytes: ", std::strerror(errno));
     data_ = static_cast<uint64_t*>(p);
     for (size_t i = 0; i < size(); ++i) data_[i] = i * 0x9E3779B97F4A7C15ull;
   }

@@ -622,7 +622,7 @@ CompareResult compare_runs(const std::vector<json>& baselines, const std::vector
       auto not_planned_now = [&](const std::string& point) {
         if (!auto_contexts) return false;
         const json planned = n->value("summary", json::object()).value("contexts", json::array());
-        for (const json& r : b.value("records", json::array()))
+        for (const json& r : base_cells[0]->value("records", json::array()))
           if (r.value("kind", "") == "decode_attention" && point_label(r, kKernelPoint) == point)
             return std::find(planned.begin(), planned.end(), r.value("context", json())) ==
                    planned.end();

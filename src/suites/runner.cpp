@@ -26,6 +26,15 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
                                     const Environment& env, Progress& progress,
                                     ModelProvider& model, const AfterCell& after_cell) const {
   std::vector<CellResult> results;
+  // A probe that fails (no memory left to map) leaves its rate at 0, not probed: the run goes on.
+  auto read_probe = [this](std::string& failure) {
+    try {
+      return probe_();
+    } catch (const std::exception& e) {
+      failure = e.what();
+      return 0.0;
+    }
+  };
   for (size_t i = 0; i < cells.size(); ++i) {
     CellResult r;
     r.cell = cells[i];
@@ -34,7 +43,8 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     // The machine's read speed at both ends of the cell (a GPU's timings do not ride on it),
     // outside its peak memory and its duration.
     const bool probe = spec.device == "cpu";
-    if (probe) r.probe_before_gbps = probe_();
+    std::string probe_failure;
+    if (probe) r.probe_before_gbps = read_probe(probe_failure);
     r.peak_rss_reset = reset_peak_rss();
     Stopwatch sw;
     try {
@@ -59,10 +69,12 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
     r.preparation = model.preparation(r.cell.method);
     r.peak_rss_bytes = peak_rss_bytes();
     if (probe) {
-      r.probe_after_gbps = probe_();
-      if (std::string w = probe_drift_warning(r.probe_before_gbps, r.probe_after_gbps);
-          r.ok && !w.empty())
-        r.output.warnings.push_back(std::move(w));
+      r.probe_after_gbps = read_probe(probe_failure);
+      std::string w = probe_failure.empty()
+                          ? probe_drift_warning(r.probe_before_gbps, r.probe_after_gbps)
+                          : "machine probe failed (" + probe_failure + "): not probed";
+      if (!probe_failure.empty()) r.probe_before_gbps = r.probe_after_gbps = 0;
+      if (r.ok && !w.empty()) r.output.warnings.push_back(std::move(w));
     }
     if (!r.ok) {
       progress.end();  // a suite that threw may have left its task open

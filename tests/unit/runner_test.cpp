@@ -242,11 +242,25 @@ TEST(Runner, ACellDuringWhichTheMachineMovedWarns) {
   EXPECT_FALSE(warned(results[1]));
   EXPECT_FALSE(results[2].ok);
   EXPECT_FALSE(warned(results[2]));
+  // A probe that throws leaves the cells unprobed, with a warning; the run goes on.
+  Runner broken([](const std::string&) { return std::make_unique<FakeSuite>(); },
+                []() -> double { throw Error("cannot map"); });
+  results = broken.run(s, expand_cells(s), env, progress, model);
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_TRUE(results[0].ok);
+  EXPECT_EQ(results[0].probe_before_gbps, 0);
+  ASSERT_EQ(results[0].output.warnings.size(), 1u);
+  EXPECT_EQ(results[0].output.warnings[0], "machine probe failed (cannot map): not probed");
   s.device = "cuda";
   next = 0;
   results = runner.run(s, expand_cells(s), env, progress, model);
+  ASSERT_EQ(results.size(), 3u);
   EXPECT_EQ(next, 0u);
-  for (const CellResult& r : results) EXPECT_EQ(r.probe_before_gbps, 0);
+  for (const CellResult& r : results) {
+    EXPECT_EQ(r.probe_before_gbps, 0);
+    EXPECT_EQ(r.probe_after_gbps, 0);
+    EXPECT_FALSE(warned(r));
+  }
 }
 
 // The probe itself: a positive, finite rate; the spread of two rates; a warning only beyond the

@@ -26,8 +26,8 @@ double probe_spread(double a, double b);
 // Above this relative spread the machine is taken to have moved.
 constexpr double kProbeTolerance = 0.15;
 
-// "the machine's read speed moved from A to B GB/s (+X%) ..." when the probes before and after a
-// cell differ by more than kProbeTolerance; empty otherwise.
+// "the machine's read speed (...) moved from A to B GB/s during this cell: ..." when the probes
+// before and after a cell differ by more than kProbeTolerance; empty otherwise.
 std::string probe_drift_warning(double before_gbps, double after_gbps);
 
 }  // namespace kvbench
