@@ -108,9 +108,10 @@ std::string list_sources(const std::vector<LoadedReport>& side) {
   return join(names, ", ");
 }
 
-std::vector<nlohmann::json> docs_of(const std::vector<LoadedReport>& side) {
+// The side's documents, moved out of its reports (which keep their sources).
+std::vector<nlohmann::json> take_docs(std::vector<LoadedReport>& side) {
   std::vector<nlohmann::json> out;
-  for (const LoadedReport& r : side) out.push_back(r.doc);
+  for (LoadedReport& r : side) out.push_back(std::move(r.doc));
   return out;
 }
 
@@ -155,7 +156,7 @@ int compare(const CompareCliOptions& opt) {
     }
   }
   options.seed = opt.seed;
-  const std::vector<nlohmann::json> base_docs = docs_of(base), cand_docs = docs_of(cand);
+  const std::vector<nlohmann::json> base_docs = take_docs(base), cand_docs = take_docs(cand);
   CompareResult result;
   try {
     result = compare_runs(base_docs, cand_docs, options);

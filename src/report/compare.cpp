@@ -411,21 +411,37 @@ double competing_threads(const json& doc) {
   return t.is_number() ? t.get<double>() : -1;
 }
 
+// A side's runs, one report each, read where they are (reports can be large: no copies).
+using Runs = std::vector<const json*>;
+
+Runs runs_of(const std::vector<json>& docs) {
+  Runs out;
+  for (const json& doc : docs) out.push_back(&doc);
+  return out;
+}
+
 // The most competing threads any run of a side saw (negative when none says).
-double competing_threads(const std::vector<json>& runs) {
+double competing_threads(const Runs& runs) {
   double most = -1;
-  for (const json& doc : runs) most = std::max(most, competing_threads(doc));
+  for (const json* doc : runs) most = std::max(most, competing_threads(*doc));
   return most;
 }
 
+std::string busy_note(double b, double n) {
+  if (b < 1 && n < 1) return "";
+  auto say = [](double t) { return t < 0 ? std::string("unknown") : format_fixed(t, 1); };
+  return "other work competed for the cores (threads runnable at the start: baseline " + say(b) +
+         ", new " + say(n) + "): timing changes may come from the machine, not the change";
+}
+
 // Each run of a side must repeat one config: the same cell ids as its first run.
-void check_same_cells(const std::vector<json>& runs, const char* side) {
+void check_same_cells(const Runs& runs, const char* side) {
   KVB_CHECK(!runs.empty(), "compare: no ", side, " report");
   std::set<std::string> first;
-  for (const json& c : runs[0]["cells"]) first.insert(c["id"].get<std::string>());
+  for (const json& c : (*runs[0])["cells"]) first.insert(c["id"].get<std::string>());
   for (size_t r = 1; r < runs.size(); ++r) {
     std::set<std::string> ids;
-    for (const json& c : runs[r]["cells"]) ids.insert(c["id"].get<std::string>());
+    for (const json& c : (*runs[r])["cells"]) ids.insert(c["id"].get<std::string>());
     KVB_CHECK(ids == first, "compare: the ", side, " reports are not runs of one config: report ",
               r + 1, " of ", runs.size(), " has ", ids.size(), " cell(s), not the ", first.size(),
               " of report 1 (or other ids); repeated runs must use the same config and setup");
@@ -433,10 +449,10 @@ void check_same_cells(const std::vector<json>& runs, const char* side) {
 }
 
 // The cell with `id` in every run of a side (each run has it: check_same_cells).
-std::vector<const json*> cells_with_id(const std::vector<json>& runs, const std::string& id) {
+std::vector<const json*> cells_with_id(const Runs& runs, const std::string& id) {
   std::vector<const json*> out;
-  for (const json& doc : runs)
-    for (const json& c : doc["cells"])
+  for (const json* doc : runs)
+    for (const json& c : (*doc)["cells"])
       if (c["id"] == id) {
         out.push_back(&c);
         break;
@@ -460,10 +476,10 @@ std::vector<const json*> ok_cells(const std::vector<const json*>& cells) {
 
 // A note when the runs of a side come from different builds (kvbench.git_revision), empty
 // otherwise: a stale run left in a side's directory would mix them silently.
-std::string mixed_builds_note(const std::vector<json>& runs, const char* side) {
+std::string mixed_builds_note(const Runs& runs, const char* side) {
   std::set<std::string> revisions;
-  for (const json& doc : runs)
-    revisions.insert(doc.value("kvbench", json::object()).value("git_revision", "unknown"));
+  for (const json* doc : runs)
+    revisions.insert(doc->value("kvbench", json::object()).value("git_revision", "unknown"));
   if (revisions.size() < 2) return "";
   return std::string("the ") + side + " runs come from " + std::to_string(revisions.size()) +
          " builds (git revisions " + join({revisions.begin(), revisions.end()}, ", ") +
@@ -510,30 +526,41 @@ bool any_empty(const RunSeries& runs) {
 }  // namespace
 
 std::string busy_machine_note(const json& baseline, const json& candidate) {
-  return busy_machine_note(std::vector<json>{baseline}, std::vector<json>{candidate});
+  return busy_note(competing_threads(baseline), competing_threads(candidate));
 }
 
 std::string busy_machine_note(const std::vector<json>& baseline,
                               const std::vector<json>& candidate) {
-  const double b = competing_threads(baseline), n = competing_threads(candidate);
-  if (b < 1 && n < 1) return "";
-  auto say = [](double t) { return t < 0 ? std::string("unknown") : format_fixed(t, 1); };
-  return "other work competed for the cores (threads runnable at the start: baseline " + say(b) +
-         ", new " + say(n) + "): timing changes may come from the machine, not the change";
+  return busy_note(competing_threads(runs_of(baseline)), competing_threads(runs_of(candidate)));
 }
+
+namespace {
+
+CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
+                            const CompareOptions& options);
+
+}  // namespace
 
 CompareResult compare_reports(const json& baseline, const json& candidate,
                               const CompareOptions& options) {
-  return compare_runs({baseline}, {candidate}, options);
+  return compare_sides({&baseline}, {&candidate}, options);
 }
 
 CompareResult compare_runs(const std::vector<json>& baselines, const std::vector<json>& candidates,
                            const CompareOptions& options) {
+  return compare_sides(runs_of(baselines), runs_of(candidates), options);
+}
+
+namespace {
+
+CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
+                            const CompareOptions& options) {
   check_same_cells(baselines, "baseline");
   check_same_cells(candidates, "new");
-  const json &baseline = baselines[0], &candidate = candidates[0];
+  const json &baseline = *baselines[0], &candidate = *candidates[0];
   CompareResult out;
-  if (std::string busy = busy_machine_note(baselines, candidates); !busy.empty())
+  if (std::string busy = busy_note(competing_threads(baselines), competing_threads(candidates));
+      !busy.empty())
     out.notes.push_back(busy);
   for (const auto& [runs, side] : {std::pair{&baselines, "baseline"}, {&candidates, "new"}})
     if (std::string mixed = mixed_builds_note(*runs, side); !mixed.empty())
@@ -691,5 +718,7 @@ CompareResult compare_runs(const std::vector<json>& baselines, const std::vector
     out.notes.push_back(kOneRunNote);
   return out;
 }
+
+}  // namespace
 
 }  // namespace kvbench
