@@ -97,6 +97,7 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
       result.peak_kv_bytes = held.total();
       result.peak_storage = held;
       result.peak_nominal = cache.nominal();
+      result.peak_retention_bytes = cache.retention_bytes();
       result.peak_tokens = 0;
       result.peak_kept_tokens.clear();
       for (const auto& s : steps) {

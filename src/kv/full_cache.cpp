@@ -197,6 +197,7 @@ int64_t CompressedKVCache::first_rows(int64_t layer, const SequenceTokens& t) co
   in.layer = layer;
   in.num_layers = num_layers_;
   in.length = decode ? t.total : t.prompt;
+  in.prompt = t.prompt;
   const int64_t budget = policy_->budget(in);
   if (t.prompt > budget) return t.prompt;  // the model attends over all of it first
   if (!decode || budget >= t.total) return t.total;
@@ -367,6 +368,7 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   Layer& layer = s.layers[static_cast<size_t>(layer_index)];
   const int64_t start = s.length, n = k.size(1);  // start: the first new token's position
   const bool prefill = start == 0;
+  if (prefill) s.prompt = n;
   layer.keys->append(k);
   layer.values->append(v);
   if (layer_index == num_layers_ - 1) s.length += n;
@@ -407,6 +409,7 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
   in.num_layers = num_layers_;
   in.length = start + n;
   in.prefill = prefill;
+  in.prompt = s.prompt;
   in.positions = layer.positions;
   const RetentionNeeds needs = policy_->needs();
   if (needs == RetentionNeeds::kScoresEveryStep || needs == RetentionNeeds::kLastQueryScores ||
@@ -449,6 +452,15 @@ void CompressedKVCache::append_unattended(int64_t seq, int64_t layer_index, cons
     }
     layer.pages->append(*layer.keys, k.size(1));
   }
+}
+
+uint64_t CompressedKVCache::retention_bytes() const {
+  uint64_t bytes = 0;
+  for (const auto& [id, s] : sequences_)
+    for (const Layer& l : s.layers)
+      for (const at::Tensor* t : {&l.positions, &l.scores, &l.low})
+        if (t->defined()) bytes += uint64_t(t->nbytes());
+  return bytes;
 }
 
 uint64_t CompressedKVCache::allocated_bytes() const {

@@ -353,6 +353,7 @@ void GearBlockCache::evict_after_prefill(int64_t layer, const std::vector<int64_
     const int64_t n = counts[i];
     RetentionInput in;
     in.layer = layer, in.num_layers = num_layers_, in.length = n, in.prefill = true;
+    in.prompt = n;
     in.positions = at::arange(n, at::kLong).expand({num_kv_heads_, n});
     if (!policy_->over_budget(in)) continue;
     // Selection from the prefill's full-precision queries and keys, as the CPU cache does.

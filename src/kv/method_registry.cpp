@@ -301,14 +301,26 @@ MethodInfo scissorhands_method(const std::string& name, const std::string& summa
       }};
 }
 
+// `ratio`: the default fraction of the prompt for both heavy and recent (0: the counts).
 MethodInfo h2o_method(const std::string& name, const std::string& summary, int64_t heavy,
-                      int64_t recent, const std::vector<std::string>& codecs) {
+                      int64_t recent, double ratio, const std::vector<std::string>& codecs) {
   return {
       name,
       summary,
-      {ParamSpec::integer("heavy", heavy, "heavy hitters kept outside the recent window")
+      {ParamSpec::integer("heavy", heavy,
+                          "heavy hitters kept outside the recent window (when heavy_ratio is 0)")
            .range(0, 1 << 24),
-       ParamSpec::integer("recent", recent, "most recent tokens always kept").range(1, 1 << 24),
+       ParamSpec::integer("recent", recent,
+                          "most recent tokens always kept (when recent_ratio is 0)")
+           .range(1, 1 << 24),
+       ParamSpec::number("heavy_ratio", ratio,
+                         "heavy hitters as a fraction of the prompt, floor(ratio * prompt); "
+                         "0: the count `heavy`")
+           .range(0, 1),
+       ParamSpec::number("recent_ratio", ratio,
+                         "recent tokens as a fraction of the prompt, floor(ratio * prompt) and "
+                         "at least 1; 0: the count `recent`")
+           .range(0, 1),
        ParamSpec::boolean("normalize", false,
                           "divide each score by the number of queries that could see the token"),
        ParamSpec::string("evict", "decode",
@@ -318,10 +330,13 @@ MethodInfo h2o_method(const std::string& name, const std::string& summary, int64
        codec_param(codecs)},
       {},
       [](const json& p) {
-        return std::make_shared<H2oPolicy>(p["heavy"].get<int64_t>(), p["recent"].get<int64_t>(),
-                                           p["normalize"].get<bool>(),
-                                           timing_from_name(p["evict"]));
-      }};
+        // A count left out of the resolved entry is unused (its ratio is above 0).
+        return std::make_shared<H2oPolicy>(
+            p.value("heavy", int64_t{0}), p.value("recent", int64_t{1}), p["normalize"].get<bool>(),
+            timing_from_name(p["evict"]),
+            H2oRatios{p["heavy_ratio"].get<double>(), p["recent_ratio"].get<double>()});
+      },
+      {{"heavy", "heavy_ratio"}, {"recent", "recent_ratio"}}};
 }
 
 MethodInfo tova_method(const std::string& name, const std::string& summary, int64_t budget,
@@ -487,12 +502,13 @@ std::vector<MethodInfo> build_catalog() {
       "h2o",
       "H2O: keep the `recent` newest tokens and the `heavy` others with the most attention "
       "accumulated over every query so far (probabilities computed from the stored keys each "
-      "step), evicting during decode; 256 + 256 by default; any per-token codec",
-      256, 256, codecs));
+      "step), evicting during decode; heavy = recent = 10% of the prompt by default (the "
+      "paper's); any per-token codec",
+      256, 256, 0.1, codecs));
   catalog.push_back(h2o_method(
       "h2o-512",
       "H2O with 256 heavy hitters + 256 recent tokens (the H2O paper's even split, budget 512)",
-      256, 256, codecs));
+      256, 256, 0, codecs));
   catalog.push_back(tova_method(
       "tova",
       "TOVA: whenever a layer holds more than the budget, keep the tokens the newest query "
@@ -622,6 +638,31 @@ void check_composed_name(const std::string& full, size_t plus, const std::string
 
 }  // namespace
 
+namespace {
+
+// MethodInfo::count_or_ratio before resolve_params: a count given alone switches its ratio off.
+void prefer_given_counts(json& entry, const MethodInfo& m, const std::string& path) {
+  for (const auto& [count, ratio] : m.count_or_ratio) {
+    if (!entry.contains(count)) continue;
+    const json* r = entry.contains(ratio) ? &entry[ratio] : nullptr;
+    if (r == nullptr) {
+      entry[ratio] = 0.0;
+    } else if (r->is_number() && r->get<double>() > 0) {  // the rest: resolve_params says
+      throw ConfigError(join_path(path, ratio), "'" + count + "' and '" + ratio +
+                                                    "' both set the same count; give one (or '" +
+                                                    ratio + "': 0 with '" + count + "')");
+    }
+  }
+}
+
+// ... and after it: a ratio in use leaves its count out of the resolved entry.
+void drop_replaced_counts(json& resolved, const MethodInfo& m) {
+  for (const auto& [count, ratio] : m.count_or_ratio)
+    if (resolved[ratio].get<double>() > 0) resolved.erase(count);
+}
+
+}  // namespace
+
 nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string& path) {
   json entry = entry_in;
   if (entry.is_object() && entry.contains("name") && entry["name"].is_string()) {
@@ -670,7 +711,9 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
   const json codec = resolve_codec_entry(entry.value("codec", json("full")), codec_path);
   json plain = entry;
   plain["codec"] = codec["name"];
+  prefer_given_counts(plain, *it, path);
   json resolved = resolve_params(plain, it->params, path);
+  drop_replaced_counts(resolved, *it);
   resolved["codec"] = codec;
   std::shared_ptr<const RetentionPolicy> policy;
   try {

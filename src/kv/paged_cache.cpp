@@ -358,6 +358,16 @@ void PagedKVCache::size_pools(int64_t more_pages, int64_t more_slots) {
   if (slots > slots_) grow_slots(slots);
 }
 
+uint64_t PagedKVCache::retention_bytes() const {
+  auto bytes_of = [](const at::Tensor& t) { return t.defined() ? uint64_t(t.nbytes()) : 0; };
+  uint64_t bytes = 0;
+  for (const auto& [id, s] : sequences_) {
+    for (const Retained& r : s.kept) bytes += bytes_of(r.host) + bytes_of(r.origin);
+    for (const AttentionRecord& a : s.scores) bytes += a.bytes();
+  }
+  return bytes;
+}
+
 uint64_t PagedKVCache::allocated_bytes() const {
   uint64_t bytes = 0;
   for (const Layer& layer : layers_)
@@ -1206,7 +1216,7 @@ void PagedKVCache::retain(int64_t seq, int64_t layer, const at::Tensor& kept, in
       KVB_CHECK(i == 0 || t > p[h * held + i - 1],
                 "paged cache: a selection's positions must ascend per head");
     }
-  s.lists_changed |= keep_positions(s.kept[size_t(layer)], p, held, length, max_tail);
+  s.lists_changed |= keep_positions(s.kept[size_t(layer)], p, held, length, s.prompt, max_tail);
   s.evicted = true;
   // After the step's last layer its length is final: free now (else at the step's end, or at
   // the caller's settle()).
@@ -1356,6 +1366,8 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     RetentionInput& in = inputs[size_t(b)];
     in.layer = layer, in.num_layers = num_layers_, in.length = s.length + n;
     in.prefill = s.length == 0;
+    if (in.prefill) s.prompt = n;
+    in.prompt = s.prompt;
     slots[size_t(b)] = stored(s) + n;
     const bool over = (in.prefill || decode_timing) &&
                       s.kept[size_t(layer)].held(slots[size_t(b)]) > policy_->budget(in);
@@ -1649,7 +1661,7 @@ void PagedKVCache::select(Sequence& s, int64_t layer, RetentionInput& in) {
   const bool slots_are_positions = s.dropped == 0 && !r.origin.defined();
   if (const std::optional<RetentionSpan> span =
           slots_are_positions ? policy_->span(in) : std::nullopt) {
-    s.lists_changed |= keep_span(r, *span, in.length);
+    s.lists_changed |= keep_span(r, *span, in.length, in.prompt);
     s.evicted = true;
     retention_s_ += watch.seconds();
     return;
@@ -1688,7 +1700,7 @@ void PagedKVCache::apply_choice(Sequence& s, int64_t layer, const RetentionInput
       const int64_t at = c[h * kept + i];
       scratch_[size_t(h * kept + i)] = at < count ? listed[h * count + at] : tail + at - count;
     }
-  s.lists_changed |= keep_positions(r, scratch_.data(), kept, slots);
+  s.lists_changed |= keep_positions(r, scratch_.data(), kept, slots, s.prompt);
   s.evicted = true;
   retention_s_ += watch.seconds();
 }
@@ -1704,7 +1716,7 @@ void PagedKVCache::check_choice(const int64_t* chosen, int64_t kept, int64_t hel
 }
 
 bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length,
-                                  int64_t max_tail) {
+                                  int64_t prompt, int64_t max_tail) {
   // The tail: the longest run of the newest tokens that every head keeps.
   int64_t run = held;
   for (int64_t h = 0; h < num_kv_heads_; ++h) {
@@ -1714,7 +1726,7 @@ bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held
   }
   // Under a policy dropping its lowest score (H2O, TOVA, ScissorHands), a tail of at most its
   // window keeps the steady state evict_steady serves from the next step on.
-  if (const std::optional<int64_t> recent = policy_ ? policy_->drops_lowest() : std::nullopt)
+  if (const std::optional<int64_t> recent = policy_ ? policy_->drops_lowest(prompt) : std::nullopt)
     run = std::min(run, *recent);
   if (max_tail >= 0) run = std::min(run, max_tail);
   r.tail = length - run;
@@ -1733,7 +1745,8 @@ bool PagedKVCache::keep_positions(Retained& r, const int64_t* kept, int64_t held
   return true;
 }
 
-bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t length) {
+bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t length,
+                             int64_t prompt) {
   // Of the tail [tail, length): [tail, prefix) and [newest, length), one run when they meet.
   const int64_t tail = r.tail, count = r.count();
   const int64_t newest = std::min(length, std::max(tail, span.newest));
@@ -1771,7 +1784,7 @@ bool PagedKVCache::keep_span(Retained& r, const RetentionSpan& span, int64_t len
               "': its span keeps different numbers of tokens in different heads");
     kept = n;
   }
-  return keep_positions(r, scratch_.data(), kept, length);
+  return keep_positions(r, scratch_.data(), kept, length, prompt);
 }
 kernels::SteadyRule steady_rule(const RetentionPolicy& policy) {
   switch (policy.needs()) {
@@ -1789,17 +1802,18 @@ std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector
                                                 const std::vector<int64_t>& slots,
                                                 const std::vector<bool>& evict_after,
                                                 int64_t query_heads) const {
-  const std::optional<int64_t> recent = policy_->drops_lowest();
   std::vector<size_t> served;
   // (A layer too wide for the kernel's blocks evicts by select().)
-  if (!recent || !kernels::steady_evict_fits(steady_rule(*policy_), int(num_kv_heads_),
-                                             int(query_heads / num_kv_heads_)))
+  if (!kernels::steady_evict_fits(steady_rule(*policy_), int(num_kv_heads_),
+                                  int(query_heads / num_kv_heads_)))
     return served;
   // Budget + 1 held, the tail its `recent` newest and one more, the records covering the
-  // others, the lists (all of one length) on the device.
+  // others, the lists (all of one length, so of one window) on the device.
   int64_t count = -1, held_all = -1;
   for (size_t b = 0; b < batch.size(); ++b) {
     if (!evict_after[b] || inputs[b].prefill) continue;
+    const std::optional<int64_t> recent = policy_->drops_lowest(inputs[b].prompt);
+    if (!recent) continue;
     const Retained& r = batch[b]->kept[size_t(layer)];
     const int64_t held = r.held(slots[b]);
     if (held != policy_->budget(inputs[b]) + 1 || !r.selected() ||
@@ -1925,7 +1939,7 @@ int64_t PagedKVCache::slots_needed(int64_t prompt, int64_t total) const {
   // compacts at its end). The policies evicting during decode have budgets that do not vary
   // with the length; one that did would need the most over lengths prompt..total.
   RetentionInput in;
-  in.num_layers = num_layers_, in.length = total;
+  in.num_layers = num_layers_, in.length = total, in.prompt = prompt;
   int64_t most = 0;
   for (in.layer = 0; in.layer < num_layers_; ++in.layer)
     most = std::max(most, std::min(total, policy_->budget(in)));
@@ -1935,7 +1949,7 @@ int64_t PagedKVCache::slots_needed(int64_t prompt, int64_t total) const {
 int64_t PagedKVCache::compacted_prompt(int64_t prompt) const {
   if (!compacts()) return prompt;
   RetentionInput in;
-  in.num_layers = num_layers_, in.length = prompt, in.prefill = true;
+  in.num_layers = num_layers_, in.length = prompt, in.prefill = true, in.prompt = prompt;
   int64_t most = 0;
   for (in.layer = 0; in.layer < num_layers_; ++in.layer)
     most = std::max(most, std::min(prompt, policy_->budget(in)));
@@ -2059,14 +2073,14 @@ void PagedKVCache::settle_compaction(Sequence& s) {
     slots = std::max(slots, r.origin.size(1));
   }
   for (Retained& r : s.kept)
-    if (r.origin.defined()) list_compacted(r, r.origin.size(1), slots);
+    if (r.origin.defined()) list_compacted(r, r.origin.size(1), slots, s.prompt);
   s.dropped = s.length - slots;
   const size_t need = size_t((slots + format_.page_size - 1) / format_.page_size);
   for (; s.pages.size() > need; s.pages.pop_back())
     if (s.pages.back() >= 0) free_.push_back(s.pages.back());
 }
 
-void PagedKVCache::list_compacted(Retained& r, int64_t held, int64_t slots) {
+void PagedKVCache::list_compacted(Retained& r, int64_t held, int64_t slots, int64_t prompt) {
   r.device = UploadedList{};
   // A layer keeping fewer than the longest lists its newest tokens too, so a policy dropping
   // its lowest score would select in full there at every step: only PyramidKV's layers keep
@@ -2074,14 +2088,14 @@ void PagedKVCache::list_compacted(Retained& r, int64_t held, int64_t slots) {
   if (held < slots) {  // its slots listed, then the tokens to come
     r.host = at::arange(held, at::kInt).expand({num_kv_heads_, held}).contiguous();
     r.tail = slots;
-  } else if (policy_->drops_lowest()) {
+  } else if (policy_->drops_lowest(prompt)) {
     // A policy dropping its lowest score at every decode step (H2O, TOVA, ScissorHands) goes
     // on from its steady state: its slots listed but its newest `recent`, which every head
     // keeps (what apply_choice makes of an uncompacted choice).
     scratch_.resize(size_t(num_kv_heads_ * slots));
     for (int64_t h = 0; h < num_kv_heads_; ++h)
       std::iota(scratch_.begin() + h * slots, scratch_.begin() + (h + 1) * slots, int64_t{0});
-    keep_positions(r, scratch_.data(), slots, slots);
+    keep_positions(r, scratch_.data(), slots, slots, prompt);
   } else {
     r.host = at::Tensor(), r.tail = 0;  // every slot: the dense kernel
   }
@@ -2151,7 +2165,7 @@ void PagedKVCache::recompact(const std::vector<Sequence*>& batch) {
     offset += n;
   }
   for (auto& [s, slots] : due) {
-    for (Retained& r : s->kept) list_compacted(r, r.origin.size(1), slots);
+    for (Retained& r : s->kept) list_compacted(r, r.origin.size(1), slots, s->prompt);
     s->dropped = s->length - slots;
     s->lists_changed = true, s->looked_below = 0;
   }

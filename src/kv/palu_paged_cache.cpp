@@ -354,7 +354,7 @@ void PaluPagedCache::select(int64_t layer, const std::vector<int64_t>& seqs,
       }
     // A policy dropping its lowest score keeps a tail of at most its window, so that the
     // next steps can drop from the list where the pools are (evict_steady).
-    latent_.retain(seqs[i], layer, kept, in.length, policy_->drops_lowest().value_or(-1));
+    latent_.retain(seqs[i], layer, kept, in.length, policy_->drops_lowest(in.prompt).value_or(-1));
     const auto record = records_.find({seqs[i], layer});
     if (record == records_.end()) continue;
     records.push_back(&record->second);
@@ -391,6 +391,8 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
     // Only a prefill, or any step of a decode-timing policy, may evict: the others skip the
     // positions (host work per sequence, layer and step).
     if (!policy_ || !(in.prefill || policy_->timing() == EvictionTiming::kDecode)) continue;
+    if (in.prefill) prompts_[seqs[size_t(i)]] = n;
+    in.prompt = prompts_[seqs[size_t(i)]];
     held[size_t(i)] = latent_.held(seqs[size_t(i)], layer, in.length);
     recording[size_t(i)] = by_attention;
     // The kernel reads the lists as they are and records from its own scores: the positions
@@ -500,19 +502,19 @@ std::vector<size_t> PaluPagedCache::steady_served(int64_t layer, const std::vect
                                                   const std::vector<int64_t>& held,
                                                   const std::vector<bool>& evict_after,
                                                   int64_t query_heads) const {
-  const std::optional<int64_t> recent = policy_->drops_lowest();
   std::vector<size_t> served;
   // One latent per group of KV heads would need every head of the group to drop one token;
   // the kernel drops per head. (A layer too wide for its blocks selects too.)
-  if (!recent || group_ != 1 ||
-      !kernels::steady_evict_fits(steady_rule(*policy_), int(num_kv_heads_),
-                                  int(query_heads / num_kv_heads_)))
+  if (group_ != 1 || !kernels::steady_evict_fits(steady_rule(*policy_), int(num_kv_heads_),
+                                                 int(query_heads / num_kv_heads_)))
     return served;
   // As PagedKVCache::steady_served: budget + 1 held, the tail its `recent` newest and the new
   // token, the records covering the others, the lists (all of one length) on the device.
   int64_t count = -1, held_all = -1;
   for (size_t b = 0; b < seqs.size(); ++b) {
     if (!evict_after[b] || inputs[b].prefill) continue;
+    const std::optional<int64_t> recent = policy_->drops_lowest(inputs[b].prompt);
+    if (!recent) continue;
     const PagedKVCache::ListState l = latent_.list_state(seqs[b], layer);
     const auto record = records_.find({seqs[b], layer});
     if (held[b] != policy_->budget(inputs[b]) + 1 || !l.selected ||
@@ -627,8 +629,15 @@ void PaluPagedCache::reserve_rope(int64_t tokens) {
 
 void PaluPagedCache::remove_sequence(int64_t seq) {
   latent_.remove_sequence(seq);
+  prompts_.erase(seq);
   for (auto it = records_.begin(); it != records_.end();)
     it = it->first.first == seq ? records_.erase(it) : std::next(it);
+}
+
+uint64_t PaluPagedCache::retention_bytes() const {
+  uint64_t bytes = latent_.retention_bytes();
+  for (const auto& [key, record] : records_) bytes += record.bytes();
+  return bytes;
 }
 
 uint64_t PaluPagedCache::extra_metadata() const {

@@ -23,7 +23,11 @@ int64_t Scheduler::blocks_needed(int64_t tokens) const {
 }
 
 int64_t Scheduler::held(const State& s, int64_t context) const {
-  const int64_t budget = config_.retention_budget;
+  // Before its first prefill ends a sequence's budget is its prompt's.
+  const int64_t budget =
+      config_.retention_budget_of
+          ? config_.retention_budget_of(s.prefill_len > 0 ? s.prefill_len : s.req.prompt_tokens)
+          : config_.retention_budget;
   if (budget == 0) return context;
   if (config_.evict_during_decode) return std::min(context, budget);
   return std::min(s.prefill_len, budget) + (context - s.prefill_len);

@@ -17,6 +17,7 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   out.shared = codec.shared_nominal().total();
   RetentionInput in;
   in.num_layers = c.num_layers;
+  in.prompt = prompt;
   auto held_at = [&](int64_t layer, int64_t t) {
     in.layer = layer;
     if (policy.timing() == EvictionTiming::kDecode) {

@@ -179,6 +179,7 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
     held.peak_storage = cache->storage();
     held.peak_allocated_bytes = cache->allocated_bytes();
     held.peak_nominal = cache->nominal();
+    held.peak_retention_bytes = cache->retention_bytes();
     held.peak_kept_tokens = cache->kept_tokens(sm);
     base_cache->remove_sequence(sb);
     cache->remove_sequence(sm);

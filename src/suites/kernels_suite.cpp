@@ -317,6 +317,10 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
             "' is fitted to a model in a prepare step (its bases depend on the model), which this "
             "model-free suite has none of; measure it with the latency or throughput suites");
   plan.policy = make_policy(method);
+  // Its caches are fed in blocks with no prompt to take a fraction of.
+  KVB_CHECK(!plan.policy->budget_needs_prompt(), "kernels: retention policy '", plan.policy->name(),
+            "' sizes its budget as a fraction of the prompt, which this suite's synthetic "
+            "contexts do not have; give its budget in tokens (h2o: heavy and recent)");
   plan.retained = acts_during_decode(*plan.policy);
   plan.kv_heads = p["kv_heads"].get<std::vector<int64_t>>();
   const int64_t max_heads = *std::max_element(plan.kv_heads.begin(), plan.kv_heads.end());

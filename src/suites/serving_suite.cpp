@@ -390,6 +390,10 @@ class ModelExecutor final : public StepExecutor {
 // A chunk after the first is no longer "the prefill" to the cache: a policy that evicts once
 // after the prefill would never evict, and codes spanning tokens cannot be rebuilt.
 void check_chunkable(const json& method, const RetentionPolicy& policy, at::ScalarType dtype) {
+  KVB_CHECK(!policy.budget_needs_prompt(), "serving: chunked_prefill: method '",
+            method.value("name", std::string("?")), "' (retention policy '", policy.name(),
+            "') sizes its budget as a fraction of the whole prompt, which chunks would split; set "
+            "chunked_prefill false for it or give its budget in tokens");
   const bool chunkable =
       policy.timing() == EvictionTiming::kDecode && make_codec(method, dtype)->can_drop_tokens();
   KVB_CHECK(chunkable, "serving: chunked_prefill: method '", method.value("name", std::string("?")),
@@ -409,16 +413,23 @@ SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_
   auto policy = make_policy(method);
   // One cap per sequence: the largest layer budget at the longest context the cell can see
   // (budgets may differ per layer and grow with the length); none for a policy that never evicts.
-  int64_t budget = 0;
-  RetentionInput in;
-  in.num_layers = num_layers;
-  in.length = longest;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    in.layer = l;
-    budget = std::max(budget, policy->budget(in));
-  }
+  // A budget that depends on the prompt is asked per sequence, from its last prefill.
+  auto budget_at = [policy, num_layers, longest](int64_t prompt) {
+    int64_t budget = 0;
+    RetentionInput in;
+    in.num_layers = num_layers;
+    in.length = longest;
+    in.prompt = prompt;
+    for (int64_t l = 0; l < num_layers; ++l) {
+      in.layer = l;
+      budget = std::max(budget, policy->budget(in));
+    }
+    return budget;
+  };
+  const int64_t budget = budget_at(longest);
   if (budget != INT64_MAX) {
     s.retention_budget = budget;
+    if (policy->budget_needs_prompt()) s.retention_budget_of = budget_at;
     s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
     if (s.chunked_prefill) check_chunkable(method, *policy, dtype);
   }
@@ -682,6 +693,7 @@ void check_serving_method(const json& params, const json& method, const std::str
   in.num_layers = 1;
   in.length =
       params["prompt_tokens_max"].get<int64_t>() + params["output_tokens_max"].get<int64_t>();
+  in.prompt = params["prompt_tokens_max"].get<int64_t>();
   if (policy->budget(in) == INT64_MAX) return;
   check_chunkable(method, *policy, at::kFloat);  // whether codes span tokens: any dtype
 }

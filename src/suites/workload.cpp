@@ -134,6 +134,8 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
           {"measured", r.peak_storage.to_json()},
           // What the cache's storage occupied: free pool pages, spare buffer rows included.
           {"allocated_bytes", r.peak_allocated_bytes},
+          // The policy's positions, scores and histories: not K/V state, not in `measured`.
+          {"retention_bytes", r.peak_retention_bytes},
           {"nominal", r.peak_nominal.to_json()},
           {"bytes_per_token", held / tokens},
           {"bits_per_value", held * 8.0 / values},

@@ -1370,6 +1370,14 @@ class ServingCliTest(CliCase):
         self.assert_one_line_error(kvbench("validate", "--config", path), 2,
                                    "config: suites[0] x methods[1]: serving: chunked_prefill: "
                                    "method 'snapkv'")
+        # ... and so are budgets sized from the whole prompt (plain h2o: 10% of it each).
+        path = self.write_config({"model": {"preset": "tiny-llama", "random_init": True},
+                                  "methods": [{"name": "h2o"}],
+                                  "suites": [{"name": "serving", "chunked_prefill": True}]})
+        self.assert_one_line_error(kvbench("validate", "--config", path), 2,
+                                   "config: suites[0] x methods[0]: serving: chunked_prefill: "
+                                   "method 'h2o' (retention policy 'h2o') sizes its budget as a "
+                                   "fraction of the whole prompt")
         # What needs the trace's contents: the cell fails with the reason.
         huge_trace = self.dir / "huge.jsonl"  # a prompt of 10^9 ids would be made before use
         huge_trace.write_text('{"arrival_s": 0, "prompt_tokens": 1000000000, "output_tokens": 2}\n')
@@ -1953,6 +1961,12 @@ class ModelCliTest(CliCase):
             kvbench("validate", "--config", self.write_config(bad)), 2,
             "config: suites[0] x methods[0]: kernels: codec 'palu' is fitted to a model")
         self.assert_one_line_error(self.run_ok(bad), 2, "fitted to a model in a prepare step")
+        # Plain h2o's budgets are fractions of the prompt, which its synthetic contexts lack.
+        bad = {"methods": [{"name": "h2o"}], "suites": [TINY_SUITE]}
+        self.assert_one_line_error(
+            kvbench("validate", "--config", self.write_config(bad)), 2,
+            "config: suites[0] x methods[0]: kernels: retention policy 'h2o' sizes its budget as "
+            "a fraction of the prompt")
 
     def test_dry_run_estimates_memory_and_refuses_what_cannot_fit(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True},

@@ -499,6 +499,8 @@ INSTANTIATE_TEST_SUITE_P(
             R"({"name": "snapkv", "budget": 64, "window": 8, "codec": "int2"})",
             R"({"name": "h2o", "heavy": 24, "recent": 40, "codec": "fp16"})",
             R"({"name": "h2o", "heavy": 30, "recent": 34, "normalize": true, "codec": "int8"})",
+            // Budgets from each prompt: 40 + 60 of a, 0 + 1 of b's 7 tokens.
+            R"({"name": "h2o", "heavy_ratio": 0.1, "recent_ratio": 0.15, "codec": "fp16"})",
             R"({"name": "tova", "budget": 64, "codec": "bf16"})",
             R"({"name": "scissorhands", "budget": 64, "recent": 16, "history": 8,
                 "codec": "int4"})",
@@ -576,6 +578,8 @@ INSTANTIATE_TEST_SUITE_P(
                           R"({"name": "streamingllm", "sinks": 4, "window": 60, "codec": "int8"})",
                           R"({"name": "h2o", "heavy": 24, "recent": 40, "codec": "fp16"})",
                           R"({"name": "h2o", "heavy": 24, "recent": 40, "evict": "after_prefill",
+                              "codec": "int8"})",
+                          R"({"name": "h2o", "heavy_ratio": 0.2, "recent_ratio": 0.3,
                               "codec": "int8"})",
                           R"({"name": "tova", "budget": 64, "codec": "bf16"})",
                           R"({"name": "scissorhands", "budget": 64, "recent": 16, "history": 8,
@@ -1180,7 +1184,7 @@ TEST(PagedHostOpsTest, RetentionPoliciesIssueNoDeviceOperatorsPerSequence) {
 // lists where the pools are: decode steps past the budget issue no sort (select()'s
 // top_tokens) and read nothing back per layer (no copy to the host but the step's one at its
 // end); H2O's normalized scores still select. The kept tokens are the reference cache's
-// (PagedRetentionTest).
+// (PagedRetentionTest). H2O's budgets as fractions of the prompts are steady too.
 TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
   OpCounter ops;
   struct Case {
@@ -1191,6 +1195,9 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
   const std::vector<Case> cases = {
       {std::make_shared<H2oPolicy>(24, 16, false, EvictionTiming::kDecode), 40, false},
       {std::make_shared<H2oPolicy>(24, 16, true, EvictionTiming::kDecode), 40, true},
+      // The same 24 + 16 as fractions of the 80-token prompts: one window for the batch.
+      {std::make_shared<H2oPolicy>(9, 9, false, EvictionTiming::kDecode, H2oRatios{0.3, 0.2}), 40,
+       false},
       {std::make_shared<TovaPolicy>(40, EvictionTiming::kDecode), 40, false},
       {std::make_shared<ScissorHandsPolicy>(40, 8, 8, EvictionTiming::kDecode), 40, false}};
   for (const Case& c : cases) {

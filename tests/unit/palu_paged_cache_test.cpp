@@ -416,6 +416,9 @@ TEST(PaluPagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
         // Selecting by attention at every step over budget: decode steps record the kernel's
         // scores (its host reference on the emulated path).
         R"({"name": "h2o", "heavy": 24, "recent": 16, "codec": {"name": "palu", "rank": 64}})",
+        // Budgets from each prompt: 18 + 18 of 90 tokens, 6 + 6 of 30.
+        R"({"name": "h2o", "heavy_ratio": 0.2, "recent_ratio": 0.2,
+            "codec": {"name": "palu", "rank": 64}})",
         R"({"name": "tova", "budget": 40, "codec": {"name": "palu", "rank": 32, "group": 2}})",
         R"({"name": "scissorhands", "budget": 44, "recent": 8, "history": 12,
             "codec": {"name": "palu", "rank": 96}})"}) {

@@ -20,6 +20,7 @@
 #include "kvbench/kv/h2o_policy.h"
 #include "kvbench/kv/identity_codec.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/paged_cache.h"
 #include "kvbench/kv/pyramidkv_policy.h"
 #include "kvbench/kv/scissorhands_policy.h"
 #include "kvbench/kv/snapkv_policy.h"
@@ -35,6 +36,15 @@ namespace {
 using nlohmann::json;
 
 json resolve(const json& entry) { return resolve_method(entry, "methods[0]"); }
+// The config error resolving `entry` gives ("no error" when it resolves).
+std::string resolve_error(const json& entry) {
+  try {
+    resolve(entry);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
 
 at::Tensor rand(std::vector<int64_t> shape, uint64_t seed) {
   return at::randn(shape, at::detail::createCPUGenerator(seed), at::kFloat);
@@ -416,18 +426,26 @@ TEST(RetentionSteadyState, DroppingTheLowestIsWhatSelectKeeps) {
   const std::vector<std::shared_ptr<RetentionPolicy>> policies = {
       std::make_shared<H2oPolicy>(6, 4, false, EvictionTiming::kDecode),
       std::make_shared<TovaPolicy>(10, EvictionTiming::kDecode),
-      std::make_shared<ScissorHandsPolicy>(10, 4, history, EvictionTiming::kDecode)};
-  EXPECT_EQ(policies[0]->drops_lowest(), 4);
-  EXPECT_EQ(policies[1]->drops_lowest(), 0);
-  EXPECT_EQ(policies[2]->drops_lowest(), 4);
-  EXPECT_FALSE(H2oPolicy(6, 4, true, EvictionTiming::kDecode).drops_lowest());
-  EXPECT_FALSE(H2oPolicy(6, 4, false, EvictionTiming::kAfterPrefill).drops_lowest());
-  EXPECT_FALSE(TovaPolicy(10, EvictionTiming::kAfterPrefill).drops_lowest());
-  EXPECT_FALSE(ScissorHandsPolicy(10, 4, history, EvictionTiming::kAfterPrefill).drops_lowest());
+      std::make_shared<ScissorHandsPolicy>(10, 4, history, EvictionTiming::kDecode),
+      // H2O's 6 + 4 as fractions of a 40-token prompt.
+      std::make_shared<H2oPolicy>(50, 50, false, EvictionTiming::kDecode, H2oRatios{0.15, 0.1})};
+  const int64_t prompt = 40;
+  EXPECT_EQ(policies[0]->drops_lowest(prompt), 4);
+  EXPECT_EQ(policies[1]->drops_lowest(prompt), 0);
+  EXPECT_EQ(policies[2]->drops_lowest(prompt), 4);
+  EXPECT_EQ(policies[3]->drops_lowest(prompt), 4);
+  EXPECT_EQ(policies[3]->drops_lowest(100), 10);  // the window is the prompt's
+  EXPECT_FALSE(policies[3]->drops_lowest(0));     // no prompt, no window
+  EXPECT_FALSE(H2oPolicy(6, 4, true, EvictionTiming::kDecode).drops_lowest(prompt));
+  EXPECT_FALSE(H2oPolicy(6, 4, false, EvictionTiming::kAfterPrefill).drops_lowest(prompt));
+  EXPECT_FALSE(TovaPolicy(10, EvictionTiming::kAfterPrefill).drops_lowest(prompt));
+  EXPECT_FALSE(
+      ScissorHandsPolicy(10, 4, history, EvictionTiming::kAfterPrefill).drops_lowest(prompt));
   for (const std::shared_ptr<RetentionPolicy>& policy : policies) {
     const RetentionPolicy& p = *policy;
-    const int64_t recent = *p.drops_lowest();
+    const int64_t recent = *p.drops_lowest(prompt);
     RetentionInput sizing;
+    sizing.prompt = prompt;
     const int64_t held = p.budget(sizing) + 1, candidates = held - recent;
     // ScissorHands counts over its history: that many queries, the last at length - 1.
     const int64_t queries = p.needs() == RetentionNeeds::kLowAttentionCounts ? history : 1;
@@ -465,6 +483,7 @@ TEST(RetentionSteadyState, DroppingTheLowestIsWhatSelectKeeps) {
       for (size_t i = 0; i < records.size(); ++i) {
         RetentionInput& in = inputs[i];
         in.length = length;
+        in.prompt = prompt;
         // Held: scattered positions, the tail's first (non-recent) token, the window.
         in.positions = at::cat({at::arange(0, 2 * (candidates - 1), 2, at::kLong),
                                 at::arange(length - recent - 1, length, at::kLong)})
@@ -756,34 +775,28 @@ TEST(MethodRegistry, RetentionMethodsResolveWithTheirCodec) {
       resolve({{"name", "stream-512"}, {"codec", "kivi-4"}, {"evict", "after_prefill"}})["evict"],
       "after_prefill");
 
-  auto message = [](const json& entry) {
-    try {
-      resolve(entry);
-    } catch (const ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  const std::string unknown = message({{"name", "snapkv"}, {"codec", "kivi"}});
+  const std::string unknown = resolve_error({{"name", "snapkv"}, {"codec", "kivi"}});
   EXPECT_NE(unknown.find("methods[0].codec.name: unknown codec 'kivi'"), std::string::npos)
       << unknown;
   EXPECT_NE(unknown.find("codecs: full, fp32"), std::string::npos) << unknown;
-  const std::string decode = message({{"name", "stream-512"}, {"codec", "kivi-4"}});
+  const std::string decode = resolve_error({{"name", "stream-512"}, {"codec", "kivi-4"}});
   EXPECT_NE(decode.find("methods[0].evict"), std::string::npos) << decode;
   EXPECT_NE(decode.find("'kivi-4'"), std::string::npos) << decode;
   EXPECT_NE(decode.find("after_prefill"), std::string::npos) << decode;
-  EXPECT_NE(message({{"name", "streamingllm"}, {"codec", "gear"}}).find("'gear'"),
+  EXPECT_NE(resolve_error({{"name", "streamingllm"}, {"codec", "gear"}}).find("'gear'"),
             std::string::npos);
-  EXPECT_NE(message({{"name", "snapkv"}, {"codec", "stream-512"}}).find("retention method"),
+  EXPECT_NE(resolve_error({{"name", "snapkv"}, {"codec", "stream-512"}}).find("retention method"),
             std::string::npos);
-  EXPECT_NE(message({{"name", "snapkv"}, {"budget", 16}}).find("observation window"),
+  EXPECT_NE(resolve_error({{"name", "snapkv"}, {"budget", 16}}).find("observation window"),
             std::string::npos);
-  EXPECT_NE(message({{"name", "snapkv"}, {"kernel", 4}}).find("odd"), std::string::npos);
-  EXPECT_NE(message({{"name", "snapkv"}, {"codec", 3}}).find("expected a codec name"),
+  EXPECT_NE(resolve_error({{"name", "snapkv"}, {"kernel", 4}}).find("odd"), std::string::npos);
+  EXPECT_NE(resolve_error({{"name", "snapkv"}, {"codec", 3}}).find("expected a codec name"),
             std::string::npos);
-  EXPECT_NE(message({{"name", "int4"}, {"codec", "int8"}}).find("unknown key"), std::string::npos);
-  EXPECT_NE(message({{"name", "snapkv-2048+int4"}, {"codec", "int8"}}).find("give the codec once"),
+  EXPECT_NE(resolve_error({{"name", "int4"}, {"codec", "int8"}}).find("unknown key"),
             std::string::npos);
+  EXPECT_NE(
+      resolve_error({{"name", "snapkv-2048+int4"}, {"codec", "int8"}}).find("give the codec once"),
+      std::string::npos);
   // The cache itself refuses decode eviction over a codec that cannot drop tokens.
   EXPECT_THROW(CompressedKVCache(
                    make_codec(resolve({{"name", "kivi-2"}}), at::kHalf), AttentionBackend::kCpu, 1,
@@ -795,12 +808,18 @@ TEST(MethodRegistry, RetentionMethodsResolveWithTheirCodec) {
 // H2O against a float64 simulation of its rule on random q/k/v: scores are the attention each
 // held token received from every query so far (averaged over the query group), the recent
 // window is always kept, the heavy hitters are the top others, and evicted tokens never return.
+// The same counts given as fractions of the 7-token prompt (floor(0.43 * 7) = 3, floor(0.3 * 7)
+// = 2; the counts given beside them unused) keep the same tokens.
 TEST(H2o, KeptTokensMatchAFloat64Simulation) {
   constexpr int64_t kHeads = 4, kKv = 2, kDim = 8, kGroup = kHeads / kKv, kHeavy = 3, kRecent = 2;
-  for (bool normalize : {false, true}) {
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool ratio = variant >= 2, normalize = variant % 2 == 1;
+    SCOPED_TRACE(ratio ? "ratios" : "counts");
     CompressedKVCache cache(
         std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kReference, 1, kKv, kDim,
-        std::make_shared<H2oPolicy>(kHeavy, kRecent, normalize, EvictionTiming::kDecode));
+        ratio ? std::make_shared<H2oPolicy>(50, 50, normalize, EvictionTiming::kDecode,
+                                            H2oRatios{0.43, 0.3})
+              : std::make_shared<H2oPolicy>(kHeavy, kRecent, normalize, EvictionTiming::kDecode));
     const int64_t seq = cache.add_sequence();
     struct Token {
       int64_t pos;
@@ -932,6 +951,102 @@ TEST(Tova, KeptTokensMatchAFloat64Simulation) {
   EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kBudget});
 }
 
+// Budgets as fractions of the prompt: floor(ratio * prompt), the window at least 1, each count
+// replaced only where its ratio is above 0; fixed by the prompt, not the length; a cache that
+// gives no prompt is an error; the steady-state shortcut and the rectangular batch (one window
+// for every input) are off, and a batch of different prompts selects as each input alone.
+TEST(H2o, RatioBudgetsAreFractionsOfThePrompt) {
+  const H2oPolicy both(256, 256, false, EvictionTiming::kDecode, {0.1, 0.1});
+  const H2oPolicy heavy_only(256, 7, false, EvictionTiming::kDecode, {0.2, 0});
+  const H2oPolicy counts(256, 7, false, EvictionTiming::kDecode);
+  RetentionInput in;
+  in.length = 5000;
+  for (const auto& [prompt, want] :
+       std::vector<std::pair<int64_t, int64_t>>{{100, 20}, {109, 20}, {110, 22}, {5, 1}, {1, 1}}) {
+    in.prompt = prompt;
+    EXPECT_EQ(both.budget(in), want) << "prompt " << prompt;
+  }
+  in.prompt = 50;
+  EXPECT_EQ(heavy_only.budget(in), 10 + 7);
+  in.prompt = 0;
+  EXPECT_THROW(both.budget(in), Error);
+  EXPECT_EQ(counts.budget(in), 256 + 7);  // counts need no prompt
+  EXPECT_TRUE(both.budget_needs_prompt());
+  EXPECT_TRUE(heavy_only.budget_needs_prompt());
+  EXPECT_FALSE(counts.budget_needs_prompt());
+  EXPECT_EQ(both.drops_lowest(100), 10);  // each sequence's window
+  EXPECT_FALSE(both.drops_lowest(0).has_value());
+  EXPECT_EQ(counts.drops_lowest(0), 7);
+  EXPECT_EQ(both.params(), json({{"heavy_ratio", 0.1},
+                                 {"recent_ratio", 0.1},
+                                 {"normalize", false},
+                                 {"evict", "decode"}}));
+  EXPECT_EQ(heavy_only.params()["recent"], 7);
+  EXPECT_FALSE(heavy_only.params().contains("heavy"));
+
+  // Selections: the newest floor(0.1 * prompt) and as many others by score, per input.
+  auto gen = at::detail::createCPUGenerator(31);
+  auto input = [&](int64_t prompt, int64_t length, int64_t held) {
+    RetentionInput r;
+    r.prompt = prompt, r.length = length;
+    r.positions = at::arange(length - held, length, at::kLong).expand({2, held}).contiguous();
+    r.host_positions = r.positions;
+    r.accumulated = at::rand({2, held}, gen);
+    return r;
+  };
+  const std::vector<RetentionInput> inputs = {input(200, 260, 60), input(300, 320, 70)};
+  std::vector<const RetentionInput*> batch;
+  for (const RetentionInput& r : inputs) batch.push_back(&r);
+  const std::vector<at::Tensor> got = both.select_batch(batch);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const RetentionInput& r = inputs[i];
+    const int64_t part = r.prompt / 10, held = r.held();
+    ASSERT_TRUE(at::equal(got[i], both.select(r))) << "input " << i;
+    ASSERT_EQ(got[i].size(1), 2 * part) << "input " << i;
+    // The window: the last `part` held tokens; the heavy: the top `part` scores before it.
+    EXPECT_TRUE(at::equal(got[i].narrow(1, part, part),
+                          at::arange(held - part, held, at::kLong).expand({2, part})));
+    const at::Tensor older = r.accumulated.narrow(1, 0, held - part);
+    const at::Tensor top = std::get<0>(std::get<1>(older.topk(part, 1)).sort(1));
+    EXPECT_TRUE(at::equal(got[i].narrow(1, 0, part), top)) << "input " << i;
+  }
+}
+
+// A count given replaces its ratio; both given (the ratio above 0) is an error; the resolved
+// entry leaves out the count a ratio replaces, and resolves to itself.
+TEST(MethodRegistry, H2oCountsReplaceItsRatios) {
+  const json plain = resolve({{"name", "h2o"}});
+  EXPECT_EQ(plain["heavy_ratio"], 0.1);
+  EXPECT_EQ(plain["recent_ratio"], 0.1);
+  EXPECT_FALSE(plain.contains("heavy"));
+  EXPECT_FALSE(plain.contains("recent"));
+  EXPECT_EQ(resolve(plain), plain);
+  EXPECT_TRUE(make_policy(plain)->budget_needs_prompt());
+  const json heavy = resolve({{"name", "h2o"}, {"heavy", 64}});
+  EXPECT_EQ(heavy["heavy"], 64);
+  EXPECT_EQ(heavy["heavy_ratio"], 0.0);
+  EXPECT_EQ(heavy["recent_ratio"], 0.1);
+  EXPECT_FALSE(heavy.contains("recent"));
+  EXPECT_EQ(resolve(heavy), heavy);
+  const json counts = resolve({{"name", "h2o"}, {"heavy", 64}, {"recent", 32}});
+  EXPECT_FALSE(make_policy(counts)->budget_needs_prompt());
+  EXPECT_EQ(resolve({{"name", "h2o"}, {"heavy", 64}, {"heavy_ratio", 0}})["heavy"], 64);
+  const json preset = resolve({{"name", "h2o-512"}});
+  EXPECT_EQ(preset["heavy"], 256);
+  EXPECT_EQ(preset["recent"], 256);
+  EXPECT_EQ(preset["heavy_ratio"], 0.0);
+  EXPECT_FALSE(make_policy(preset)->budget_needs_prompt());
+  EXPECT_TRUE(
+      make_policy(resolve({{"name", "h2o-512"}, {"recent_ratio", 0.05}}))->budget_needs_prompt());
+  EXPECT_NE(resolve_error({{"name", "h2o"}, {"heavy", 64}, {"heavy_ratio", 0.2}})
+                .find("methods[0].heavy_ratio"),
+            std::string::npos);
+  EXPECT_NE(resolve_error({{"name", "h2o"}, {"recent_ratio", 1.5}}).find("recent_ratio"),
+            std::string::npos);
+  EXPECT_NE(resolve_error({{"name", "h2o"}, {"heavy", 64}, {"heavy_ratio", "x"}}).find("number"),
+            std::string::npos);
+}
+
 TEST(H2o, NeedsAPerTokenCodecToEvictDuringDecode) {
   try {
     resolve({{"name", "h2o-512"}, {"codec", "kivi-4"}});
@@ -955,6 +1070,7 @@ TEST(Retention, TinyModelGeneratesPastEveryBudget) {
       {{{"name", "stream-512"}}, 700, 512},
       {{{"name", "stream-512"}, {"codec", "int4"}}, 700, 512},
       {{{"name", "h2o-512"}}, 700, 512},
+      {{{"name", "h2o"}}, 700, 140},  // 10% of the prompt each for heavy and recent
       {{{"name", "tova-512"}}, 700, 512},
       {{{"name", "quest-1024"}}, 1500, 1500 + 7},  // keeps everything, reads 1024 per step
       {{{"name", "snapkv-2048"}}, 2200, 2048 + 7},
@@ -972,7 +1088,59 @@ TEST(Retention, TinyModelGeneratesPastEveryBudget) {
     EXPECT_EQ(r.peak_tokens, c.prompt + 7) << c.method.dump();
     EXPECT_EQ(r.peak_kept_tokens, std::vector<int64_t>(4, c.kept_at_end)) << c.method.dump();
     EXPECT_EQ(r.peak_storage.total(), r.peak_nominal.total()) << c.method.dump();
+    // H2O's bookkeeping at the peak, apart from the K/V bytes: every layer's kept positions
+    // (int64) and scores (fp32) per KV head.
+    if (c.method["name"] == "h2o-512" || c.method["name"] == "h2o")
+      EXPECT_EQ(r.peak_retention_bytes,
+                uint64_t(mc.num_layers * mc.num_kv_heads * c.kept_at_end) * (8 + 4));
   }
+}
+
+// The policies' bookkeeping, measured apart from the K/V state (KVCache::retention_bytes): the
+// CPU cache's positions (int64), H2O's scores (fp32) and ScissorHands' history (one bool per
+// query head, held token and history slot); none without a policy; gone with the sequence.
+// The paged cache's lists and records count too.
+TEST(Retention, BookkeepingBytesAreMeasuredApartFromTheCache) {
+  constexpr int64_t kLayers = 2, kHeads = 4, kKv = 2, kDim = 8, kHistory = 4;
+  struct Case {
+    std::shared_ptr<const RetentionPolicy> policy;
+    int64_t held, per_token;  // bytes per held token and KV head
+  };
+  const std::vector<Case> cases = {
+      {std::make_shared<FullRetention>(), 10, 0},
+      {std::make_shared<H2oPolicy>(3, 2, false, EvictionTiming::kDecode), 5, 8 + 4},
+      {std::make_shared<ScissorHandsPolicy>(6, 2, kHistory, EvictionTiming::kDecode), 6,
+       8 + (kHeads / kKv) * kHistory}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.policy->name());
+    CompressedKVCache cache(std::make_shared<IdentityCodec>(at::kFloat),
+                            AttentionBackend::kReference, kLayers, kKv, kDim, c.policy);
+    const int64_t seq = cache.add_sequence();
+    for (int64_t n : {7, 1, 1, 1})
+      for (int64_t l = 0; l < kLayers; ++l)
+        cache.append_and_attend(seq, l, rand({kHeads, n, kDim}, 10 + n + l),
+                                rand({kKv, n, kDim}, 20 + n + l), rand({kKv, n, kDim}, 30 + n + l));
+    EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>(kLayers, c.held));
+    EXPECT_EQ(cache.retention_bytes(), uint64_t(kLayers * kKv * c.held * c.per_token));
+    cache.remove_sequence(seq);
+    EXPECT_EQ(cache.retention_bytes(), 0u);
+  }
+  // The paged cache: the kept lists (int32), the positions a compaction moved (int64) and
+  // H2O's sums (fp32) at least, nothing once the sequence goes.
+  PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKv, 64,
+                     PagedCapacity{}, at::kCPU,
+                     std::make_shared<H2oPolicy>(24, 16, false, EvictionTiming::kDecode));
+  EXPECT_EQ(paged.retention_bytes(), 0u);
+  const int64_t seq = paged.add_sequence();
+  for (int64_t n : {80, 1, 1})
+    for (int64_t l = 0; l < kLayers; ++l)
+      paged.append_and_attend(seq, l, rand({kHeads, n, 64}, 40 + n + l),
+                              rand({kKv, n, 64}, 50 + n + l).to(at::kHalf),
+                              rand({kKv, n, 64}, 60 + n + l).to(at::kHalf));
+  EXPECT_GE(paged.retention_bytes(), uint64_t(kLayers * kKv * 40) * 4);  // the sums alone
+  EXPECT_LE(paged.retention_bytes(), uint64_t(kLayers * kKv * 41) * (4 + 4 + 8));
+  paged.remove_sequence(seq);
+  EXPECT_EQ(paged.retention_bytes(), 0u);
 }
 
 // PyramidKV on the tiny model (4 layers): each layer keeps its own budget after the prefill, and
@@ -1323,23 +1491,17 @@ TEST(MethodRegistry, NewRetentionMethodsResolve) {
   EXPECT_EQ(resolve({{"name", "stream-512"}})["positions"], "original");
   EXPECT_TRUE(make_policy(resolve({{"name", "streamingllm"}, {"positions", "rerotated"}}))
                   ->cache_positions());
-  auto message = [](const json& entry) {
-    try {
-      resolve(entry);
-    } catch (const ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(message({{"name", "stream-512"}, {"positions", "cache"}}).find("rerotated"),
+  EXPECT_NE(resolve_error({{"name", "stream-512"}, {"positions", "cache"}}).find("rerotated"),
             std::string::npos);
-  EXPECT_NE(message({{"name", "pyramidkv"}, {"budget", 8}}).find("observation window"),
+  EXPECT_NE(resolve_error({{"name", "pyramidkv"}, {"budget", 8}}).find("observation window"),
             std::string::npos);
-  EXPECT_NE(message({{"name", "pyramidkv"}, {"beta", 0.5}}).find("beta"), std::string::npos);
-  EXPECT_NE(message({{"name", "scissorhands"}, {"budget", 16}, {"recent", 16}}).find("recent"),
-            std::string::npos);
-  EXPECT_NE(message({{"name", "scissorhands-512"}, {"codec", "kivi-2"}}).find("after_prefill"),
-            std::string::npos);
+  EXPECT_NE(resolve_error({{"name", "pyramidkv"}, {"beta", 0.5}}).find("beta"), std::string::npos);
+  EXPECT_NE(
+      resolve_error({{"name", "scissorhands"}, {"budget", 16}, {"recent", 16}}).find("recent"),
+      std::string::npos);
+  EXPECT_NE(
+      resolve_error({{"name", "scissorhands-512"}, {"codec", "kivi-2"}}).find("after_prefill"),
+      std::string::npos);
 }
 
 }  // namespace

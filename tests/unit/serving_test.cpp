@@ -242,6 +242,22 @@ TEST(Scheduler, PreemptsTheNewestAndRecomputesIt) {
   EXPECT_EQ(s.admission_order(), (std::vector<int64_t>{0, 1, 1}));
 }
 
+// A budget that depends on the prompt (H2O's fractions of it) is each request's own, from its
+// prefill: 8 and 12 tokens, half kept.
+TEST(Scheduler, RetentionBudgetFromEachPrompt) {
+  BlockPool pool(20, 2);
+  SchedulerConfig cfg;
+  cfg.retention_budget = 100;  // the cap at the longest prompt; replaced per request
+  cfg.retention_budget_of = [](int64_t prefill) { return prefill / 2; };
+  Scheduler s(pool, cfg);
+  s.submit({0, 0, 8, 6});
+  s.submit({1, 0, 12, 6});
+  s.commit(s.schedule());
+  EXPECT_EQ(s.held_tokens(0), 4);
+  EXPECT_EQ(s.held_tokens(1), 6);
+  EXPECT_EQ(pool.used_blocks(), 2 + 3);
+}
+
 TEST(Scheduler, RetentionReturnsBlocksAfterThePrefill) {
   // 8-token prompt, budget 4 tokens (2 blocks), evicting during decode: after the prefill the
   // request holds 2 blocks and never more.

@@ -331,6 +331,11 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
   EXPECT_GT(b.per_sequence, 4 * kc->nominal_bytes(700, 2, 32).total());
   EXPECT_LT(b.per_sequence, 700u * 1024 / 2);
   EXPECT_THROW(sequence_kv_bytes(*kc, *make_policy(kivi), c, 10, 9), Error);
+  // Plain h2o keeps 10% of the prompt each for heavy and recent: 60 + 60 of a 600-token one.
+  const json h2o = resolve_method({{"name", "h2o"}}, "m");
+  b = sequence_kv_bytes(*make_codec(h2o, at::kBFloat16), *make_policy(h2o), c, 600, 700);
+  EXPECT_EQ(b.held_per_layer, (std::vector<int64_t>{120, 120, 120, 120}));
+  EXPECT_EQ(b.per_sequence, 120u * 1024);
 }
 
 // The suites here run on tiny-llama.
@@ -461,6 +466,8 @@ TEST(Capacity, ServingStoresGiveBackWhatRetentionDrops) {
       {{{"name", "snapkv"}, {"budget", 16}, {"window", 4}, {"codec", "kivi-4"}}, false, 1.0, true},
       {{{"name", "streamingllm"}, {"sinks", 4}, {"window", 60}}, false, 1.0, true},
       {{{"name", "snapkv"}, {"budget", 64}, {"window", 4}}, false, 1.0, true},
+      // 20% of the 40-token prompt each: 8 + 8 kept, as the stream's 16.
+      {{{"name", "h2o"}, {"heavy_ratio", 0.2}, {"recent_ratio", 0.2}}, false, 2.0, false},
   };
   for (const Case& c : cases) {
     Harness h(suite);

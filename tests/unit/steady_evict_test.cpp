@@ -37,13 +37,17 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
   const std::vector<Oracle> oracles = {
       {std::make_shared<H2oPolicy>(20, 25, false, EvictionTiming::kDecode), R::kSummed},
       {std::make_shared<H2oPolicy>(0, 45, false, EvictionTiming::kDecode), R::kSummed},
+      // 20 + 25 as fractions of the 100-token prompt below.
+      {std::make_shared<H2oPolicy>(9, 9, false, EvictionTiming::kDecode, H2oRatios{0.2, 0.25}),
+       R::kSummed},
       {std::make_shared<TovaPolicy>(45, EvictionTiming::kDecode), R::kNewest},
       {std::make_shared<ScissorHandsPolicy>(45, 20, window, EvictionTiming::kDecode),
        R::kLowCounts}};
   for (const Oracle& o : oracles) {
     const RetentionPolicy& p = *o.policy;
     RetentionInput sizing;
-    const int64_t held = p.budget(sizing) + 1, count = held - *p.drops_lowest() - 1;
+    sizing.prompt = 100;
+    const int64_t held = p.budget(sizing) + 1, count = held - *p.drops_lowest(sizing.prompt) - 1;
     // Random scores; scores in three integer values (ties); ScissorHands: a step whose scores
     // are all equal, so each probability is the flag's threshold 1 / held itself (not below).
     for (const char* mode : {"random", "ties", "flat"}) {

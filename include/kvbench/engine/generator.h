@@ -51,6 +51,9 @@ struct GenerationResult {
   // pool pages and spare buffer rows included); generate() reserves the cache's storage for its
   // prompts first (KVCache::reserve).
   uint64_t peak_allocated_bytes = 0;
+  // The retention policy's bookkeeping at the peak (KVCache::retention_bytes), beside the K/V
+  // state of peak_storage.
+  uint64_t peak_retention_bytes = 0;
   int64_t peak_tokens = 0;  // tokens entered (all sequences) at the peak
   // Tokens held per KV head at each layer at the peak, summed over sequences: peak_tokens per
   // layer without eviction, fewer with a retention policy.

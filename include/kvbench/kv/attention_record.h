@@ -45,6 +45,11 @@ class AttentionRecord {
   // low-attention ring.
   const at::Tensor& summed() const { return summed_; }
   const at::Tensor& low_history() const { return low_; }
+  // Bytes of the state it keeps (H2O's sums, ScissorHands' ring).
+  uint64_t bytes() const {
+    return (summed_.defined() ? uint64_t(summed_.nbytes()) : 0) +
+           (low_.defined() ? uint64_t(low_.nbytes()) : 0);
+  }
 
   // The three calls above for a decode step's sequences at one layer (record i is sequence
   // i's; null: not recorded). Records that hold as many tokens, in states of one shape (the

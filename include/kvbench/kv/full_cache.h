@@ -59,6 +59,8 @@ class CompressedKVCache : public KVCache {
   void reserve(const std::vector<SequenceTokens>& seqs) override;
   StorageBytes nominal() const override;
   double retention_seconds() const override { return retention_s_; }
+  // Every layer's positions (int64), H2O's scores (fp32) and ScissorHands' history (bool).
+  uint64_t retention_bytes() const override;
 
   // Stores a block of `seq`'s tokens at `layer` as append_and_attend would, without computing
   // their attention: a long history for benchmarks that time the decode steps after it.
@@ -94,7 +96,8 @@ class CompressedKVCache : public KVCache {
   struct Sequence {
     std::vector<Layer> layers;
     int64_t length = 0;
-    int64_t total = 0;  // the tokens reserve() announced (0: none)
+    int64_t prompt = 0;  // the tokens of its first block (RetentionInput::prompt)
+    int64_t total = 0;   // the tokens reserve() announced (0: none)
   };
   Sequence& sequence(int64_t seq);
   const Sequence& sequence(int64_t seq) const;

@@ -68,6 +68,10 @@ class KVCache {
   // buffer's rows kept for tokens to come. What the cache costs its device; storage() is the
   // state it holds in them. Default: storage().total().
   virtual uint64_t allocated_bytes() const { return storage().total(); }
+  // Bytes of the retention policy's bookkeeping beside the K/V state, measured from what the
+  // cache holds for it now: kept positions or lists, H2O's summed scores, ScissorHands'
+  // low-attention history (not in storage(), which is the method's K/V state). Default: none.
+  virtual uint64_t retention_bytes() const { return 0; }
   // Sizes the storage for the sequences about to be added, one entry each. A pooled cache
   // (PagedKVCache) then holds the pages those and the live sequences can need, grown or (with
   // no sequence live) shrunk to that in one allocation, so that no later step grows it (a

@@ -52,6 +52,7 @@ class LatentPagesCache : public KVCache {
     latent_.reserve_pool(sequences, tokens, block, longest);
   }
   double retention_seconds() const override { return latent_.retention_seconds(); }
+  uint64_t retention_bytes() const override { return latent_.retention_bytes(); }
   double device_wait_seconds() const override { return latent_.device_wait_seconds(); }
   at::Device device() const override { return latent_.device(); }
 

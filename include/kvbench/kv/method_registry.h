@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -42,6 +43,11 @@ struct MethodInfo {
       codec;
   // Retention methods: builds the policy from resolved params. Empty: every token kept.
   std::function<std::shared_ptr<const RetentionPolicy>(const nlohmann::json& params)> policy;
+  // Pairs of a count and the ratio that may replace it ({"heavy", "heavy_ratio"}): a ratio
+  // above 0 is used and its count left out of the resolved entry; a count given without its
+  // ratio sets the ratio to 0 (so `{"name": "h2o", "heavy": 64}` means 64 tokens whatever
+  // h2o's default ratio); both given, the ratio above 0, is a config error.
+  std::vector<std::pair<std::string, std::string>> count_or_ratio = {};
 };
 
 const std::vector<MethodInfo>& method_catalog();

@@ -274,6 +274,9 @@ class PagedKVCache final : public KVCache {
   // slots, sized as reserve() sizes them.
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   double retention_seconds() const override { return retention_s_; }
+  // Every layer's kept lists (int32, the host copy: a GPU holds another), the positions a
+  // compaction moved (int64), H2O's sums (fp32) and ScissorHands' history (bool).
+  uint64_t retention_bytes() const override;
   double device_wait_seconds() const override { return waited_s_; }
   // Retained-index list tables built so far (tests: at most one per decode step).
   int64_t list_tables() const { return list_tables_; }
@@ -383,6 +386,7 @@ class PagedKVCache final : public KVCache {
     std::vector<int> pages;  // block-table row: physical page of each logical page; -1: freed
     int slot = 0;            // row in the KIVI rings and fp8 scales
     int64_t length = 0;      // tokens entered (the logical length: new tokens' positions)
+    int64_t prompt = 0;      // tokens of its first block (RetentionInput::prompt)
     // Tokens out of the pages' slots as of the last compaction: slot = position - dropped for
     // every token after it, and the kernels see `length - dropped` tokens.
     int64_t dropped = 0;
@@ -650,13 +654,14 @@ class PagedKVCache final : public KVCache {
   // `r` becomes `kept` (kv_heads rows of `held` positions, ascending, of a sequence of
   // `length` tokens) as listed positions and a tail; a new list (and upload) only when the
   // list changed. True when the list changed.
-  // `max_tail`: at most that many tokens in the tail (-1: the policy's window, if any).
+  // `max_tail`: at most that many tokens in the tail (-1: the policy's window, if any, for a
+  // sequence of this `prompt`).
   bool keep_positions(Retained& r, const int64_t* kept, int64_t held, int64_t length,
-                      int64_t max_tail = -1);
+                      int64_t prompt, int64_t max_tail = -1);
   // `r` keeps, of what it holds, positions [0, span.prefix) and [span.newest, length): a
   // positions-only policy's choice applied to the list and tail, without a positions tensor.
   // True when the list changed (else only the tail moved, or nothing).
-  bool keep_span(Retained& r, const RetentionSpan& span, int64_t length);
+  bool keep_span(Retained& r, const RetentionSpan& span, int64_t length, int64_t prompt);
   // Frees the pages of `s` no layer retains a token in and no later append writes.
   void free_evicted_pages(Sequence& s);
   // A decode step's evictions at `layer` on the kernel path, where the policy drops one token
@@ -733,8 +738,9 @@ class PagedKVCache final : public KVCache {
   void settle_compaction(Sequence& s);
   // A compacted layer `r` keeping slots [0, held) of a sequence whose longest layer keeps
   // `slots`: what it lists (a layer keeping fewer: its slots, the tail from `slots`; else the
-  // steady state of a policy dropping its lowest score, or nothing: every slot).
-  void list_compacted(Retained& r, int64_t held, int64_t slots);
+  // steady state of a policy dropping its lowest score, or nothing: every slot). `prompt`: the
+  // sequence's.
+  void list_compacted(Retained& r, int64_t held, int64_t slots, int64_t prompt);
   // A policy evicting during decode leaves a slot behind per head at every step (a decode
   // token takes a new one). At a step's end, the sequences of `batch` whose slots no head
   // keeps have grown past recompaction_due's bound are compacted again: each layer's kept

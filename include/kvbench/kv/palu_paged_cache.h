@@ -75,6 +75,8 @@ class PaluPagedCache final : public LatentPagesCache {
   void remove_sequence(int64_t seq) override;
   // Its own selections and the inner cache's list copies (settle()).
   double retention_seconds() const override { return retention_s_ + latent_.retention_seconds(); }
+  // The latent pages' lists and this cache's attention records.
+  uint64_t retention_bytes() const override;
   double device_wait_seconds() const override { return waited_s_ + latent_.device_wait_seconds(); }
   // As LatentPagesCache's, but the policy is this cache's (its latent pages have none): the
   // prompts only under one. The RoPE tables are built for the longest total here (positions
@@ -176,8 +178,9 @@ class PaluPagedCache final : public LatentPagesCache {
   // Per (sequence, layer), for a policy that selects by attention: what it has seen (while
   // it may still select: a policy that evicts after the prefill drops it then).
   std::map<std::pair<int64_t, int64_t>, AttentionRecord> records_;
-  SteadyBuffers steady_;  // evict_steady's rows, ring offsets and workspace
-  int64_t group_;         // KV heads per latent
+  std::map<int64_t, int64_t> prompts_;  // per sequence: its first block's tokens
+  SteadyBuffers steady_;                // evict_steady's rows, ring offsets and workspace
+  int64_t group_;                       // KV heads per latent
   at::ScalarType latent_dtype_;
   int64_t num_kv_heads_, head_dim_;
   bool kernel_path_;

@@ -47,6 +47,10 @@ struct RetentionInput {
   int64_t num_layers = 1;  // the model's layer count (per-layer budgets, PyramidKV)
   int64_t length = 0;      // T: tokens that have entered the sequence, the new block included
   bool prefill = false;    // the block just appended is the sequence's first
+  // The sequence's prompt: the tokens of its first block (its prefill; a request recomputed
+  // after preemption: its prompt and what it had generated). 0: not known, which only a
+  // policy whose budget does not depend on it (budget_needs_prompt) accepts.
+  int64_t prompt = 0;
   // [kv_heads, held] int64: logical position of every held token, ascending per head.
   at::Tensor positions;
   // Optional, on the host: the same positions, given by a cache whose `positions` (moved next
@@ -104,9 +108,13 @@ class RetentionPolicy {
   // 0 otherwise.
   virtual int64_t observation_window() const { return 0; }
   // Tokens per KV head that layer `in.layer` (of `in.num_layers`) holds after a selection
-  // when `in.length` tokens have entered; reads only layer, num_layers and length. Layers
-  // may differ (PyramidKV); INT64_MAX for a policy that never evicts.
+  // when `in.length` tokens have entered; reads only layer, num_layers, length and prompt.
+  // Layers may differ (PyramidKV); INT64_MAX for a policy that never evicts.
   virtual int64_t budget(const RetentionInput& in) const = 0;
+  // Whether budget() and select() read in.prompt (H2O's budgets as fractions of the prompt):
+  // the caches then need the whole prompt as the sequence's first block, so chunked prefills
+  // are refused.
+  virtual bool budget_needs_prompt() const { return false; }
   // Whether the layer must shrink now (in.positions set): it holds more than its budget.
   // Never true when the budget covers every token, which is what makes budget >= length
   // identical to full.
@@ -137,8 +145,12 @@ class RetentionPolicy {
   // `recent` it holds drops exactly one token per KV head, the one with the lowest
   // steady_scores() among the others, ties to the later one (what select() keeps there). Such
   // a policy returns its `recent` (H2O without normalization and ScissorHands: their window;
-  // TOVA: 0); nullopt (the default): ask select().
-  virtual std::optional<int64_t> drops_lowest() const { return std::nullopt; }
+  // TOVA: 0); nullopt (the default): ask select(). `prompt`: the sequence's
+  // (RetentionInput::prompt), for a window sized from it (H2O's recent_ratio; nullopt when 0).
+  virtual std::optional<int64_t> drops_lowest(int64_t prompt) const {
+    (void)prompt;
+    return std::nullopt;
+  }
   // drops_lowest()'s scores for several inputs at once, from what select() reads (H2O's
   // accumulated, TOVA's current, ScissorHands' low_counts) stacked: [inputs, kv_heads, held]
   // fp32 in, a tensor of that shape out, the lowest dropped. The default: the input itself.

@@ -30,7 +30,7 @@ class ScissorHandsPolicy final : public RetentionPolicy {
   // At budget + 1 held tokens, of the budget + 1 - recent outside the window the one with the
   // most low-attention counts goes, the later of equal counts (top_tokens' stable order keeps
   // the earlier). A choice made once selects.
-  std::optional<int64_t> drops_lowest() const override {
+  std::optional<int64_t> drops_lowest(int64_t) const override {
     return timing_ == EvictionTiming::kDecode ? std::optional<int64_t>(recent_) : std::nullopt;
   }
   at::Tensor steady_scores(const at::Tensor& input) const override { return input.neg(); }

@@ -27,7 +27,7 @@ class TovaPolicy final : public RetentionPolicy {
   // At budget + 1 held tokens every token but the one of lowest head-averaged score stays
   // (no window: it may be the newest), the later of equal scores going (top_tokens' stable
   // order). A choice made once selects.
-  std::optional<int64_t> drops_lowest() const override {
+  std::optional<int64_t> drops_lowest(int64_t) const override {
     return timing_ == EvictionTiming::kDecode ? std::optional<int64_t>(0) : std::nullopt;
   }
   // select()'s scores: the mean over the layer's KV heads, the same for every head.

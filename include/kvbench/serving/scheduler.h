@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <vector>
 
@@ -40,6 +41,9 @@ struct SchedulerConfig {
   // evicting during decode keeps min(context, budget); evicting once after the prefill keeps
   // min(prefill, budget) and grows by one per decode step.
   int64_t retention_budget = 0;
+  // Set when the budget depends on the prompt (H2O's fractions of it): the budget of a sequence
+  // whose last (re)prefill entered this many tokens, replacing retention_budget.
+  std::function<int64_t(int64_t prefill)> retention_budget_of;
   bool evict_during_decode = true;
   // Split prefills into chunks of at most prefill_chunk_tokens (and the step's remaining token
   // budget), so a long prompt does not stall the decodes of running requests; a context may
