@@ -417,11 +417,15 @@ at::Tensor CompressedKVCache::append_and_attend(int64_t seq, int64_t layer_index
     // Every query attends everything held (itself included) and its per-step state is
     // recorded; the layer shrinks afterwards, as the H2O reference does it.
     at::Tensor out = attend_block();
+    // A policy selecting once after the prefill reads nothing it records later: its records
+    // end with that selection (as the paged caches drop theirs).
+    if (!may_evict) return out;
     Stopwatch watch;
     if (needs == RetentionNeeds::kScoresEveryStep) accumulate_scores(layer, q, start);
     if (needs == RetentionNeeds::kLowAttentionCounts) record_low_attention(layer, q, start);
     retention_s_ += watch.seconds();
-    if (may_evict) maybe_evict(layer, in, q, k, v, s.total);
+    maybe_evict(layer, in, q, k, v, s.total);
+    if (policy_->timing() != EvictionTiming::kDecode) layer.scores = layer.low = at::Tensor();
     return out;
   }
   if (!may_evict || !policy_->over_budget(in)) return attend_block();

@@ -280,7 +280,8 @@ void judge(MetricComparison& c, Worse worse) {
 // Below this many samples a side, a bootstrap interval is a few order statistics.
 constexpr size_t kFewSamples = 10;
 
-// With one run a side, a timing's interval holds the noise within that run only.
+// With one run a side (or one where a cell is ok), a timing's interval holds the noise within
+// that run only.
 constexpr const char* kOneRunNote =
     "one run on a side: timing intervals hold the noise within a run, not between runs, and "
     "separate runs of one binary can differ by more than the thresholds (the 2-core CI machine "
@@ -474,12 +475,24 @@ std::vector<const json*> ok_cells(const std::vector<const json*>& cells) {
   return out;
 }
 
-// A note when the runs of a side come from different builds (kvbench.git_revision), empty
-// otherwise: a stale run left in a side's directory would mix them silently.
+// A note when the runs of a side come from different builds, empty otherwise: a stale run left
+// in a side's directory would mix them silently. A cell's build is its `measured_by` (a cell
+// reused by run --resume), else its report's kvbench.git_revision.
 std::string mixed_builds_note(const Runs& runs, const char* side) {
   std::set<std::string> revisions;
-  for (const json* doc : runs)
-    revisions.insert(doc->value("kvbench", json::object()).value("git_revision", "unknown"));
+  for (const json* doc : runs) {
+    const std::string own =
+        doc->value("kvbench", json::object()).value("git_revision", std::string("unknown"));
+    const auto cells = doc->find("cells");  // by reference: reports can be large
+    if (cells == doc->end() || !cells->is_array() || cells->empty()) {
+      revisions.insert(own);
+      continue;
+    }
+    for (const json& c : *cells) {
+      const auto by = c.find("measured_by");
+      revisions.insert(by != c.end() && by->is_string() ? by->get<std::string>() : own);
+    }
+  }
   if (revisions.size() < 2) return "";
   return std::string("the ") + side + " runs come from " + std::to_string(revisions.size()) +
          " builds (git revisions " + join({revisions.begin(), revisions.end()}, ", ") +
@@ -581,7 +594,7 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
     return runs > 1 ? " (run " + std::to_string(r + 1) + " of " + std::to_string(runs) + ")"
                     : std::string();
   };
-  bool timing_compared = false;
+  bool one_run_timing = false;  // a timing compared over one (ok) run on a side
   std::set<const json*> matched;
   for (const json& b : baseline["cells"]) {
     const std::string id = b["id"].get<std::string>();
@@ -627,9 +640,12 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
     const std::vector<const json*> new_cells =
         cells_with_id(candidates, (*n)["id"].get<std::string>());
     if (const int r = first_failed(new_cells); r >= 0) {
-      out.newly_failed.push_back(id + ": " +
-                                 new_cells[size_t(r)]->value("error", std::string("failed")) +
-                                 of_runs(r, candidates.size()));
+      out.newly_failed.push_back(
+          id + ": " + new_cells[size_t(r)]->value("error", std::string("failed")) +
+          of_runs(r, candidates.size()) +
+          (base_failed.empty() ? std::string()
+                               : "; ok in " + std::to_string(base_cells.size()) + " of " +
+                                     std::to_string(all_base.size()) + " baseline runs"));
       continue;
     }
     for (const MetricImpl& m : metric_impls()) {
@@ -685,7 +701,8 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
         c.cell = id;
         c.point = point;
         out.comparisons.push_back(c);
-        timing_compared = timing_compared || m.spec.timing;
+        one_run_timing =
+            one_run_timing || (m.spec.timing && std::min(sb.size(), it->second.size()) == 1);
         // Resampled units: samples, or whole generations when those are drawn together.
         const size_t units_b = units(sb), units_n = units(it->second);
         if (m.spec.timing && std::min(units_b, units_n) < kFewSamples) {
@@ -714,8 +731,7 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
                           "; not compared");
     }
   }
-  if (timing_compared && std::min(baselines.size(), candidates.size()) == 1)
-    out.notes.push_back(kOneRunNote);
+  if (one_run_timing) out.notes.push_back(kOneRunNote);
   return out;
 }
 

@@ -148,17 +148,22 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"retention_prefill_share", false},
         {"retention_decode_share", false},
         {"kv_bytes", true},
+        {"retention_bytes", false},
         {"bits_per_value", false},
         {"ratio_to_fp16", false}},
        [](const json& c) {
          const json& s = c["summary"];
          Point p;
-         p.values = {
-             number_at(s, "ttft_s.median"),           number_at(s, "ttft_s.p99"),
-             number_at(s, "tpot_s.median"),           number_at(s, "tpot_s.p99"),
-             number_at(s, "retention.prefill_share"), number_at(s, "retention.decode_share"),
-             kv_bytes_of(s, "kv_bytes_peak"),         number_at(s, "kv_memory.bits_per_value"),
-             number_at(s, "kv_memory.ratio_to_fp16")};
+         p.values = {number_at(s, "ttft_s.median"),
+                     number_at(s, "ttft_s.p99"),
+                     number_at(s, "tpot_s.median"),
+                     number_at(s, "tpot_s.p99"),
+                     number_at(s, "retention.prefill_share"),
+                     number_at(s, "retention.decode_share"),
+                     kv_bytes_of(s, "kv_bytes_peak"),
+                     number_at(s, "kv_memory.retention_bytes"),
+                     number_at(s, "kv_memory.bits_per_value"),
+                     number_at(s, "kv_memory.ratio_to_fp16")};
          return std::vector<Point>{p};
        }},
       {"throughput",
@@ -173,20 +178,22 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"retention_prefill_share", false},
         {"retention_decode_share", false},
         {"kv_bytes", true},
+        {"retention_bytes", false},
         {"bits_per_value", false},
         {"ratio_to_fp16", false}},
        [](const json& c) {
-         return records_of_kind(c, "throughput", {"batch", "prompt_tokens", "new_tokens"},
-                                [](const json& r) {
-                                  return std::vector<json>{number_at(r, "prefill_tok_s"),
-                                                           number_at(r, "decode_tok_s"),
-                                                           number_at(r, "decode_host_share"),
-                                                           number_at(r, "retention.prefill_share"),
-                                                           number_at(r, "retention.decode_share"),
-                                                           kv_bytes_of(r, "kv_bytes"),
-                                                           number_at(r, "kv_memory.bits_per_value"),
-                                                           number_at(r, "kv_memory.ratio_to_fp16")};
-                                });
+         return records_of_kind(
+             c, "throughput", {"batch", "prompt_tokens", "new_tokens"}, [](const json& r) {
+               return std::vector<json>{number_at(r, "prefill_tok_s"),
+                                        number_at(r, "decode_tok_s"),
+                                        number_at(r, "decode_host_share"),
+                                        number_at(r, "retention.prefill_share"),
+                                        number_at(r, "retention.decode_share"),
+                                        kv_bytes_of(r, "kv_bytes"),
+                                        number_at(r, "kv_memory.retention_bytes"),
+                                        number_at(r, "kv_memory.bits_per_value"),
+                                        number_at(r, "kv_memory.ratio_to_fp16")};
+             });
        }},
       {"throughput",
        "phases: where a decode step goes, seconds per step (medians over the last warmup "

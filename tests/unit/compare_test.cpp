@@ -317,6 +317,23 @@ TEST(Compare, RepeatedRunsMustShareTheirCells) {
   EXPECT_EQ(mixed.notes.front(),
             "the baseline runs come from 2 builds (git revisions abc1234, "
             "unknown): a side's runs should repeat one build");
+  // ... as are cells a run reused from another build (run --resume: measured_by).
+  json resumed = a;
+  resumed["cells"][0]["measured_by"] = "def5678";
+  EXPECT_EQ(compare_runs({a, resumed}, {a}, defaults()).notes.front(),
+            "the baseline runs come from 2 builds (git revisions def5678, "
+            "unknown): a side's runs should repeat one build");
+  // A failure now against a baseline ok in only some runs says so.
+  const CompareResult partly = compare_runs({report({failed}), a}, {report({failed})}, defaults());
+  ASSERT_EQ(partly.newly_failed.size(), 1u);
+  EXPECT_EQ(partly.newly_failed[0], "l.a: out of memory; ok in 1 of 2 baseline runs");
+  // Timings from one ok run of a side (two runs, one failed) carry the one-run note.
+  const CompareResult one_ok = compare_runs({report({failed}), a}, {a, a}, defaults());
+  EXPECT_TRUE(std::any_of(one_ok.notes.begin(), one_ok.notes.end(), [](const std::string& n) {
+    return n.rfind("one run on a side", 0) == 0;
+  }));
+  for (const std::string& n : compare_runs({a, a}, {a, a}, defaults()).notes)
+    EXPECT_EQ(n.find("one run on a side"), std::string::npos);
 }
 
 json serving_record(double rate, const std::vector<double>& ttft, double goodput) {

@@ -31,6 +31,7 @@ LoadedReport make_report(const std::string& source, std::vector<json> cells) {
 json kv_memory(double bits, int64_t total) {
   return {{"bits_per_value", bits},
           {"ratio_to_fp16", bits / 16},
+          {"retention_bytes", total / 10},
           {"measured", {{"total", total}, {"payload", total}, {"metadata", 0}}}};
 }
 
@@ -130,6 +131,9 @@ TEST(ReportMerge, TwoFilesGiveRatiosAgainstTheBaseline) {
   EXPECT_DOUBLE_EQ(value(lat, 1, "ttft_median_s/full").get<double>(), 1.2);
   EXPECT_DOUBLE_EQ(value(lat, 1, "kv_bytes/full").get<double>(), 0.3125);
   EXPECT_DOUBLE_EQ(value(lat, 1, "bits_per_value").get<double>(), 5.0);
+  // The policy's bookkeeping, apart from kv_bytes (here a tenth of them), no ratio column.
+  EXPECT_EQ(value(lat, 1, "retention_bytes").get<int64_t>(), 125);
+  EXPECT_EQ(std::count(lat.columns.begin(), lat.columns.end(), "retention_bytes/full"), 0);
 
   // Throughput: one row per point, each against the baseline at the same point.
   const ResultTable& thr = table(t, "throughput");

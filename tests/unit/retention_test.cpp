@@ -1109,6 +1109,9 @@ TEST(Retention, BookkeepingBytesAreMeasuredApartFromTheCache) {
   const std::vector<Case> cases = {
       {std::make_shared<FullRetention>(), 10, 0},
       {std::make_shared<H2oPolicy>(3, 2, false, EvictionTiming::kDecode), 5, 8 + 4},
+      // Selecting once: after the prefill only the positions stay (5 kept, then 3 decoded).
+      {std::make_shared<H2oPolicy>(3, 2, false, EvictionTiming::kAfterPrefill), 8, 8},
+      {std::make_shared<ScissorHandsPolicy>(6, 2, kHistory, EvictionTiming::kAfterPrefill), 9, 8},
       {std::make_shared<ScissorHandsPolicy>(6, 2, kHistory, EvictionTiming::kDecode), 6,
        8 + (kHeads / kKv) * kHistory}};
   for (const Case& c : cases) {
