@@ -308,10 +308,12 @@ MethodInfo h2o_method(const std::string& name, const std::string& summary, int64
       name,
       summary,
       {ParamSpec::integer("heavy", heavy,
-                          "heavy hitters kept outside the recent window (when heavy_ratio is 0)")
+                          "heavy hitters kept outside the recent window, when heavy_ratio is 0 "
+                          "(giving heavy sets heavy_ratio to 0)")
            .range(0, 1 << 24),
        ParamSpec::integer("recent", recent,
-                          "most recent tokens always kept (when recent_ratio is 0)")
+                          "most recent tokens always kept, when recent_ratio is 0 (giving recent "
+                          "sets recent_ratio to 0)")
            .range(1, 1 << 24),
        ParamSpec::number("heavy_ratio", ratio,
                          "heavy hitters as a fraction of the prompt, floor(ratio * prompt); "

@@ -362,7 +362,11 @@ uint64_t PagedKVCache::retention_bytes() const {
   auto bytes_of = [](const at::Tensor& t) { return t.defined() ? uint64_t(t.nbytes()) : 0; };
   uint64_t bytes = 0;
   for (const auto& [id, s] : sequences_) {
-    for (const Retained& r : s.kept) bytes += bytes_of(r.host) + bytes_of(r.origin);
+    for (const Retained& r : s.kept) {
+      bytes += bytes_of(r.host) + bytes_of(r.origin);
+      // The kernels' copy where the pools are (a part of a shared upload buffer): the same size.
+      if (r.device.buffer.defined()) bytes += bytes_of(r.host);
+    }
     for (const AttentionRecord& a : s.scores) bytes += a.bytes();
   }
   return bytes;

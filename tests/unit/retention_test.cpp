@@ -1129,21 +1129,35 @@ TEST(Retention, BookkeepingBytesAreMeasuredApartFromTheCache) {
     EXPECT_EQ(cache.retention_bytes(), 0u);
   }
   // The paged cache: the kept lists (int32), the positions a compaction moved (int64) and
-  // H2O's sums (fp32) at least, nothing once the sequence goes.
-  PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKv, 64,
-                     PagedCapacity{}, at::kCPU,
-                     std::make_shared<H2oPolicy>(24, 16, false, EvictionTiming::kDecode));
-  EXPECT_EQ(paged.retention_bytes(), 0u);
-  const int64_t seq = paged.add_sequence();
-  for (int64_t n : {80, 1, 1})
-    for (int64_t l = 0; l < kLayers; ++l)
-      paged.append_and_attend(seq, l, rand({kHeads, n, 64}, 40 + n + l),
-                              rand({kKv, n, 64}, 50 + n + l).to(at::kHalf),
-                              rand({kKv, n, 64}, 60 + n + l).to(at::kHalf));
-  EXPECT_GE(paged.retention_bytes(), uint64_t(kLayers * kKv * 40) * 4);  // the sums alone
-  EXPECT_LE(paged.retention_bytes(), uint64_t(kLayers * kKv * 41) * (4 + 4 + 8));
-  paged.remove_sequence(seq);
-  EXPECT_EQ(paged.retention_bytes(), 0u);
+  // H2O's sums (fp32) at least, nothing once the sequence goes; on the kernel path the lists'
+  // uploaded copies as well.
+  uint64_t plain = 0;
+  for (const bool kernel_path : {false, true}) {
+    SCOPED_TRACE(kernel_path ? "kernel path" : "plain path");
+    PagedKVCache paged(
+        paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKv, 64, PagedCapacity{},
+        at::kCPU, std::make_shared<H2oPolicy>(24, 16, false, EvictionTiming::kDecode), kernel_path);
+    EXPECT_EQ(paged.retention_bytes(), 0u);
+    const int64_t seq = paged.add_sequence();
+    for (int64_t n : {80, 1, 1})
+      for (int64_t l = 0; l < kLayers; ++l) {
+        const at::Tensor q = rand({kHeads, n, 64}, 40 + n + l);
+        paged.append_and_attend(seq, l, kernel_path ? q.to(at::kHalf) : q,
+                                rand({kKv, n, 64}, 50 + n + l).to(at::kHalf),
+                                rand({kKv, n, 64}, 60 + n + l).to(at::kHalf));
+      }
+    EXPECT_EQ(paged.kept_tokens(seq), std::vector<int64_t>(kLayers, 40));
+    if (!kernel_path) {
+      plain = paged.retention_bytes();
+      EXPECT_GE(plain, uint64_t(kLayers * kKv * 40) * 4);  // the sums alone
+      EXPECT_LE(plain, uint64_t(kLayers * kKv * 41) * (4 + 4 + 8));
+    } else {
+      EXPECT_GT(paged.retention_bytes(), plain);  // the same state, its lists twice
+      EXPECT_LE(paged.retention_bytes(), 2 * plain);
+    }
+    paged.remove_sequence(seq);
+    EXPECT_EQ(paged.retention_bytes(), 0u);
+  }
 }
 
 // PyramidKV on the tiny model (4 layers): each layer keeps its own budget after the prefill, and

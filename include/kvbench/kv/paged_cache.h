@@ -274,8 +274,8 @@ class PagedKVCache final : public KVCache {
   // slots, sized as reserve() sizes them.
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   double retention_seconds() const override { return retention_s_; }
-  // Every layer's kept lists (int32, the host copy: a GPU holds another), the positions a
-  // compaction moved (int64), H2O's sums (fp32) and ScissorHands' history (bool).
+  // Every layer's kept lists (int32: the host copy, and the kernels' copy once uploaded), the
+  // positions a compaction moved (int64), H2O's sums (fp32) and ScissorHands' history (bool).
   uint64_t retention_bytes() const override;
   double device_wait_seconds() const override { return waited_s_; }
   // Retained-index list tables built so far (tests: at most one per decode step).
