@@ -63,7 +63,9 @@ void on_stop_signal(int sig) {
   static const char kNothing[] =
       "\nkvbench: stopped by a signal before a cell of this run finished; no report of it was "
       "written: the same command with --resume runs the rest\n";
-  const bool written = report_on_disk.load();
+  // The flag is set as the first report is linked into place; the link count closes the
+  // window between link() returning and that store.
+  const bool written = report_on_disk.load() || unfinished_atomic_write_placed();
   const char* message = written ? kWritten : kNothing;
   const size_t length = written ? sizeof(kWritten) - 1 : sizeof(kNothing) - 1;
   ssize_t unused = ::write(STDERR_FILENO, message, length);
@@ -212,8 +214,10 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
     }
   }
   auto write = [&](const nlohmann::json& report) {
+    // Set as the file is placed, not after the call: a stop in between must not say that no
+    // report was written.
     if (path.empty())
-      path = write_new_report(report, spec, stamp);
+      path = write_new_report(report, spec, stamp, &report_on_disk);
     else
       write_report(report, path);
     report_on_disk = true;

@@ -36,6 +36,17 @@ bool selects_by_attention(const RetentionPolicy* policy) {
          needs == RetentionNeeds::kLowAttentionCounts;
 }
 
+uint64_t record_bytes_per_token(const RetentionPolicy& policy, int64_t group) {
+  switch (policy.needs()) {
+    case RetentionNeeds::kScoresEveryStep:
+      return sizeof(float);
+    case RetentionNeeds::kLowAttentionCounts:
+      return sizeof(bool) * uint64_t(group) * uint64_t(policy.observation_window());
+    default:
+      return 0;
+  }
+}
+
 at::Tensor AttentionRecord::grown(const at::Tensor& state, std::vector<int64_t> shape,
                                   const at::TensorOptions& options) {
   const int64_t before = state.defined() ? state.size(1) : 0;

@@ -452,6 +452,8 @@ const PagedKVCache::Sequence& PagedKVCache::sequence(int64_t seq) const {
 
 int64_t PagedKVCache::length(int64_t seq) const { return sequence(seq).length; }
 
+int64_t PagedKVCache::prompt(int64_t seq) const { return sequence(seq).prompt; }
+
 std::vector<int64_t> PagedKVCache::kept_tokens(int64_t seq) const {
   const Sequence& s = sequence(seq);
   std::vector<int64_t> kept;
@@ -1026,6 +1028,9 @@ PagedKVCache::Step PagedKVCache::begin_step(int64_t layer, const std::vector<int
   int max_pages = 1;
   for (int b = 0; b < B; ++b) {
     Sequence& s = sequence(seqs[size_t(b)]);
+    // Its first block is its prompt, on every path (a policy's, or another cache appending:
+    // Palu's latents), for every layer of the step.
+    if (s.length == 0 && counts[size_t(b)] > 0) s.prompt = counts[size_t(b)];
     const int64_t t1 = slots_after(s, counts[size_t(b)]);  // the pages' slots
     KVB_CHECK(t1 < (int64_t{1} << 31), "paged cache: more than 2^31 tokens in a sequence");
     if (layer == 0) assign_pages(s, t1);
@@ -1370,8 +1375,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
     RetentionInput& in = inputs[size_t(b)];
     in.layer = layer, in.num_layers = num_layers_, in.length = s.length + n;
     in.prefill = s.length == 0;
-    if (in.prefill) s.prompt = n;
-    in.prompt = s.prompt;
+    in.prompt = s.prompt;  // set by begin_step
     slots[size_t(b)] = stored(s) + n;
     const bool over = (in.prefill || decode_timing) &&
                       s.kept[size_t(layer)].held(slots[size_t(b)]) > policy_->budget(in);
@@ -1428,9 +1432,9 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   std::vector<at::Tensor> newest(static_cast<size_t>(B));  // TOVA's, per sequence
   // The sequences in the steady state of a policy dropping its lowest score: their records'
   // update and their drop are one kernel (evict_steady), after the others' records.
-  const std::vector<size_t> steady =
+  const SteadyGroups steady =
       logits.defined() ? steady_served(layer, batch, inputs, slots, evict_after, logits.size(1))
-                       : std::vector<size_t>();
+                       : SteadyGroups();
   if (any_records) {
     Stopwatch watch;
     if (logits.defined()) {  // one query per sequence, scored by the kernel: batched
@@ -1438,7 +1442,7 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
       std::vector<int64_t> held, starts;
       for (int b = 0; b < B; ++b) {
         Sequence& s = *batch[size_t(b)];
-        const bool fused = std::find(steady.begin(), steady.end(), size_t(b)) != steady.end();
+        const bool fused = steady.contains(size_t(b));
         records.push_back(records_now[size_t(b)] && !fused ? &s.scores[size_t(layer)] : nullptr);
         held.push_back(s.kept[size_t(layer)].held(slots[size_t(b)]));
         starts.push_back(s.length);
@@ -1458,7 +1462,8 @@ at::Tensor PagedKVCache::attend_retaining(int64_t layer, const std::vector<Seque
   }
   // The steady state of H2O, TOVA and ScissorHands stays where the pools are; the other
   // over-budget sequences' policy inputs, then their choices in one read-back.
-  if (!steady.empty()) evict_steady(layer, batch, steady, slots, logits, tails, evict_after);
+  for (size_t g = 0; g < steady.groups().size(); ++g)
+    evict_steady(layer, batch, steady.groups()[g], g, slots, logits, tails, evict_after);
   std::vector<RetentionInput*> evicting;
   std::vector<Sequence*> evicted;
   std::vector<const AttentionRecord*> records;
@@ -1801,19 +1806,18 @@ kernels::SteadyRule steady_rule(const RetentionPolicy& policy) {
   }
 }
 
-std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector<Sequence*>& batch,
-                                                const std::vector<RetentionInput>& inputs,
-                                                const std::vector<int64_t>& slots,
-                                                const std::vector<bool>& evict_after,
-                                                int64_t query_heads) const {
-  std::vector<size_t> served;
+SteadyGroups PagedKVCache::steady_served(int64_t layer, const std::vector<Sequence*>& batch,
+                                         const std::vector<RetentionInput>& inputs,
+                                         const std::vector<int64_t>& slots,
+                                         const std::vector<bool>& evict_after,
+                                         int64_t query_heads) const {
+  SteadyGroups served;
   // (A layer too wide for the kernel's blocks evicts by select().)
   if (!kernels::steady_evict_fits(steady_rule(*policy_), int(num_kv_heads_),
                                   int(query_heads / num_kv_heads_)))
     return served;
   // Budget + 1 held, the tail its `recent` newest and one more, the records covering the
-  // others, the lists (all of one length, so of one window) on the device.
-  int64_t count = -1, held_all = -1;
+  // others, the lists on the device; one launch per list length and held count.
   for (size_t b = 0; b < batch.size(); ++b) {
     if (!evict_after[b] || inputs[b].prefill) continue;
     const std::optional<int64_t> recent = policy_->drops_lowest(inputs[b].prompt);
@@ -1821,13 +1825,11 @@ std::vector<size_t> PagedKVCache::steady_served(int64_t layer, const std::vector
     const Retained& r = batch[b]->kept[size_t(layer)];
     const int64_t held = r.held(slots[b]);
     if (held != policy_->budget(inputs[b]) + 1 || !r.selected() ||
-        r.count() != held - *recent - 1 || (count >= 0 && r.count() != count) ||
-        (held_all >= 0 && held != held_all) ||
+        r.count() != held - *recent - 1 ||
         !batch[b]->scores[size_t(layer)].steady_ready(*policy_, held) ||
         (r.count() > 0 && !r.device.buffer.defined()))
       continue;
-    count = r.count(), held_all = held;
-    served.push_back(b);
+    served.add(b, r.count(), held);
   }
   return served;
 }
@@ -1851,7 +1853,7 @@ std::vector<int> PagedKVCache::steady_steps(int64_t layer, const std::vector<Seq
 }
 
 void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
-                                const std::vector<size_t>& served,
+                                const std::vector<size_t>& served, size_t group,
                                 const std::vector<int64_t>& slots, const at::Tensor& logits,
                                 const at::Tensor& tails, std::vector<bool>& evict_after) {
   Stopwatch watch;
@@ -1866,7 +1868,8 @@ void PagedKVCache::evict_steady(int64_t layer, const std::vector<Sequence*>& bat
   const int window = steady_rule(*policy_) == kernels::SteadyRule::kLowCounts
                          ? int(policy_->observation_window())
                          : 0;
-  e.steps = steady_.steps(layer, steady_steps(layer, batch, served, window), logits.device());
+  e.steps =
+      steady_.steps(layer, group, steady_steps(layer, batch, served, window), logits.device());
   if (e.count > 0) e.lists = joined_lists(layer, batch, served, e.count);
   // Scores then dropped indices, both floats' size (no allocation per layer).
   e.workspace = steady_.workspace(E * H * (e.held + 1), logits.device());

@@ -391,8 +391,8 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
     // Only a prefill, or any step of a decode-timing policy, may evict: the others skip the
     // positions (host work per sequence, layer and step).
     if (!policy_ || !(in.prefill || policy_->timing() == EvictionTiming::kDecode)) continue;
-    if (in.prefill) prompts_[seqs[size_t(i)]] = n;
-    in.prompt = prompts_[seqs[size_t(i)]];
+    // The latent cache's appender (appended below) sets it on a sequence's first block.
+    in.prompt = in.prefill ? n : latent_.prompt(seqs[size_t(i)]);
     held[size_t(i)] = latent_.held(seqs[size_t(i)], layer, in.length);
     recording[size_t(i)] = by_attention;
     // The kernel reads the lists as they are and records from its own scores: the positions
@@ -412,15 +412,14 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
     out = decode(pages, bases, q, layer, seqs, record_any ? &scores : nullptr, &tails);
     // The sequences in the steady state of a policy dropping its lowest score: their records'
     // update and their drop are one kernel (evict_steady), after the others' records.
-    const std::vector<size_t> steady =
+    const SteadyGroups steady =
         scores.defined() && tails.defined()
             ? steady_served(layer, seqs, inputs, held, evict_after, scores.size(1))
-            : std::vector<size_t>();
+            : SteadyGroups();
     Stopwatch watch;
     std::vector<AttentionRecord*> records(size_t(B), nullptr);
     for (int64_t i = 0; i < B; ++i)
-      if (recording[size_t(i)] &&
-          std::find(steady.begin(), steady.end(), size_t(i)) == steady.end())
+      if (recording[size_t(i)] && !steady.contains(size_t(i)))
         records[size_t(i)] = &records_[{seqs[size_t(i)], layer}];
     // The kernel read the listed positions, then the tail up to the new token: the held
     // tokens, in the order the records' rows follow.
@@ -428,8 +427,9 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
       AttentionRecord::add_scores_batch(*policy_, records, scores, held, num_kv_heads_,
                                         pages.old_lengths, newest);
     retention_s_ += watch.seconds();
-    if (!steady.empty())
-      evict_steady(layer, seqs, steady, pages.old_lengths, scores, tails, evict_after);
+    for (size_t g = 0; g < steady.groups().size(); ++g)
+      evict_steady(layer, seqs, steady.groups()[g], g, pages.old_lengths, scores, tails,
+                   evict_after);
   } else {
     // Prefill (or the CPU's decode): per sequence, over its reconstructed tokens (those it
     // retains).
@@ -497,20 +497,20 @@ at::Tensor PaluPagedCache::attend(int64_t layer, const std::vector<int64_t>& seq
   return out.to(q.device(), q.scalar_type() == latent_dtype_ ? latent_dtype_ : at::kFloat);
 }
 
-std::vector<size_t> PaluPagedCache::steady_served(int64_t layer, const std::vector<int64_t>& seqs,
-                                                  const std::vector<RetentionInput>& inputs,
-                                                  const std::vector<int64_t>& held,
-                                                  const std::vector<bool>& evict_after,
-                                                  int64_t query_heads) const {
-  std::vector<size_t> served;
+SteadyGroups PaluPagedCache::steady_served(int64_t layer, const std::vector<int64_t>& seqs,
+                                           const std::vector<RetentionInput>& inputs,
+                                           const std::vector<int64_t>& held,
+                                           const std::vector<bool>& evict_after,
+                                           int64_t query_heads) const {
+  SteadyGroups served;
   // One latent per group of KV heads would need every head of the group to drop one token;
   // the kernel drops per head. (A layer too wide for its blocks selects too.)
   if (group_ != 1 || !kernels::steady_evict_fits(steady_rule(*policy_), int(num_kv_heads_),
                                                  int(query_heads / num_kv_heads_)))
     return served;
   // As PagedKVCache::steady_served: budget + 1 held, the tail its `recent` newest and the new
-  // token, the records covering the others, the lists (all of one length) on the device.
-  int64_t count = -1, held_all = -1;
+  // token, the records covering the others, the lists on the device; one launch per list
+  // length and held count.
   for (size_t b = 0; b < seqs.size(); ++b) {
     if (!evict_after[b] || inputs[b].prefill) continue;
     const std::optional<int64_t> recent = policy_->drops_lowest(inputs[b].prompt);
@@ -518,19 +518,17 @@ std::vector<size_t> PaluPagedCache::steady_served(int64_t layer, const std::vect
     const PagedKVCache::ListState l = latent_.list_state(seqs[b], layer);
     const auto record = records_.find({seqs[b], layer});
     if (held[b] != policy_->budget(inputs[b]) + 1 || !l.selected ||
-        l.count != held[b] - *recent - 1 || (count >= 0 && l.count != count) ||
-        (held_all >= 0 && held[b] != held_all) || record == records_.end() ||
+        l.count != held[b] - *recent - 1 || record == records_.end() ||
         !record->second.steady_ready(*policy_, held[b]) ||
         (l.count > 0 && !l.device.buffer.defined()))
       continue;
-    count = l.count, held_all = held[b];
-    served.push_back(b);
+    served.add(b, l.count, held[b]);
   }
   return served;
 }
 
 void PaluPagedCache::evict_steady(int64_t layer, const std::vector<int64_t>& seqs,
-                                  const std::vector<size_t>& served,
+                                  const std::vector<size_t>& served, size_t group,
                                   const std::vector<int64_t>& old_lengths, const at::Tensor& logits,
                                   const at::Tensor& tails, std::vector<bool>& evict_after) {
   Stopwatch watch;
@@ -555,7 +553,7 @@ void PaluPagedCache::evict_steady(int64_t layer, const std::vector<int64_t>& seq
     e.records.push_back(&records_[{seqs[b], layer}]);
   }
   // Both kept between layers and steps: the steps go up again only once they change.
-  e.steps = steady_.steps(layer, steps, logits.device());
+  e.steps = steady_.steps(layer, group, steps, logits.device());
   if (e.count > 0) e.lists = join_lists(lists, H * e.count);
   e.workspace = steady_.workspace(E * H * (e.held + 1), logits.device());
   const at::Tensor lists_out = evict_steady_records(e);
@@ -629,7 +627,6 @@ void PaluPagedCache::reserve_rope(int64_t tokens) {
 
 void PaluPagedCache::remove_sequence(int64_t seq) {
   latent_.remove_sequence(seq);
-  prompts_.erase(seq);
   for (auto it = records_.begin(); it != records_.end();)
     it = it->first.first == seq ? records_.erase(it) : std::next(it);
 }

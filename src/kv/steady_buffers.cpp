@@ -7,10 +7,29 @@
 
 namespace kvbench {
 
-const int* SteadyBuffers::steps(int64_t layer, const std::vector<int>& steps,
+void SteadyGroups::add(size_t index, int64_t count, int64_t held) {
+  const std::pair<int64_t, int64_t> shape{count, held};
+  const auto at = std::find(shapes_.begin(), shapes_.end(), shape);
+  if (at != shapes_.end()) {
+    groups_[size_t(at - shapes_.begin())].push_back(index);
+    return;
+  }
+  shapes_.push_back(shape);
+  groups_.push_back({index});
+}
+
+bool SteadyGroups::contains(size_t index) const {
+  for (const std::vector<size_t>& g : groups_)
+    if (std::find(g.begin(), g.end(), index) != g.end()) return true;
+  return false;
+}
+
+const int* SteadyBuffers::steps(int64_t layer, size_t group, const std::vector<int>& steps,
                                 const at::Device& device) {
   if (steps_.size() <= size_t(layer)) steps_.resize(size_t(layer) + 1);
-  Steps& kept = steps_[size_t(layer)];
+  std::vector<Steps>& launches = steps_[size_t(layer)];
+  if (launches.size() <= group) launches.resize(group + 1);
+  Steps& kept = launches[group];
   void* stream = device.is_cuda() ? current_cuda_stream(device) : nullptr;
   if (steps != kept.host || !kept.buffer.defined() || kept.where != device ||
       kept.stream != stream) {

@@ -1,6 +1,7 @@
 #include "kvbench/report/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -28,8 +29,13 @@ void remove_unfinished_atomic_write() {
   if (g_unfinished[0] != '\0') ::unlink(g_unfinished);
 }
 
+bool unfinished_atomic_write_placed() {
+  struct stat st {};
+  return g_unfinished[0] != '\0' && ::stat(g_unfinished, &st) == 0 && st.st_nlink > 1;
+}
+
 bool write_file_atomically(const std::filesystem::path& path, const std::string& content,
-                           bool exclusive) {
+                           bool exclusive, std::atomic<bool>* placed_flag) {
   std::error_code ec;
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
   KVB_CHECK(!ec, "cannot create directory ", path.parent_path().string(), ": ", ec.message());
@@ -73,6 +79,7 @@ bool write_file_atomically(const std::filesystem::path& path, const std::string&
     placed = std::rename(tmp.c_str(), path.c_str()) == 0;
     err = errno;
   }
+  if (placed && placed_flag != nullptr) *placed_flag = true;
   if (!placed || exclusive) ::unlink(tmp.c_str());
   if (!placed && exclusive && synced && err == EEXIST) return false;
   KVB_CHECK(placed, "cannot write ", path.string(), ": ", std::strerror(err));

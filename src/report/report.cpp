@@ -208,11 +208,12 @@ std::filesystem::path report_path(const RunSpec& spec, const std::string& compac
 }
 
 std::filesystem::path write_new_report(const nlohmann::json& report, const RunSpec& spec,
-                                       const std::string& compact_stamp) {
+                                       const std::string& compact_stamp,
+                                       std::atomic<bool>* placed) {
   const std::string content = report_text(report);
   for (int attempt = 1;; ++attempt) {
     const std::filesystem::path path = report_path(spec, compact_stamp, attempt);
-    if (write_file_atomically(path, content, /*exclusive=*/true)) return path;
+    if (write_file_atomically(path, content, /*exclusive=*/true, placed)) return path;
   }
 }
 

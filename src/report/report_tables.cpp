@@ -236,14 +236,15 @@ const std::vector<SuiteSpec>& suite_specs() {
        },
        "phases"},
       {"throughput",
-       "capacity: per method, the largest batch whose KV bytes (the method's formula at the "
-       "context, one prompt entering in full) fit the budget, and decode tokens/s measured at "
-       "that batch (or at max_batch)",
+       "capacity: per method, the largest batch whose KV bytes and retention bookkeeping (the "
+       "method's formula at the context, one prompt entering in full) fit the budget, and decode "
+       "tokens/s measured at that batch (or at max_batch)",
        {"context"},
        {"capacity_context"},
        {{"kv_budget_bytes", false},
         {"bytes_per_sequence", true},
         {"prefill_bytes_per_sequence", false},
+        {"retention_bytes_per_sequence", false},
         {"max_batch_fit", true},
         {"batch", false},
         {"capped", false},
@@ -253,6 +254,7 @@ const std::vector<SuiteSpec>& suite_specs() {
            return std::vector<json>{number_at(r, "kv_budget_bytes"),
                                     number_at(r, "bytes_per_sequence"),
                                     number_at(r, "prefill_bytes_per_sequence"),
+                                    number_at(r, "retention_bytes_per_sequence"),
                                     number_at(r, "max_batch_fit"),
                                     number_at(r, "batch"),
                                     at(r, "capped"),
@@ -385,6 +387,7 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"token_throughput", true},
         {"goodput_per_s", true},
         {"kv_pool_bytes_peak", false},
+        {"retention_bytes_peak", false},
         {"preemptions", false}},
        [](const json& c) {
          return records_of_kind(c, "serving", {"rate"}, [](const json& r) {
@@ -396,6 +399,7 @@ const std::vector<SuiteSpec>& suite_specs() {
                                     number_at(r, "token_throughput"),
                                     number_at(r, "goodput.requests_per_s"),
                                     number_at(r, "kv.pool_bytes_peak"),
+                                    number_at(r, "kv.retention_bytes_peak"),
                                     number_at(r, "preemptions")};
          });
        }},

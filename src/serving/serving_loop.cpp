@@ -63,6 +63,7 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
     for (int64_t id : out.emitted) trace.requests[index.at(id)].token_times_s.push_back(st.end_s);
     st.kv_bytes = executor.kv_bytes();
     st.allocated_bytes = executor.allocated_bytes();
+    st.retention_bytes = executor.retention_bytes();
     executor.finished(out.finished);
     done += out.finished.size();
     st.decodes = static_cast<int64_t>(plan.decodes.size());
@@ -133,7 +134,8 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
   }
   const double duration = std::max(trace.end_s, 1e-12);
   const double n = static_cast<double>(trace.requests.size());
-  double weighted_blocks = 0, weighted_bytes = 0, busy = 0, peak_bytes = 0, peak_allocated = 0;
+  double weighted_blocks = 0, weighted_bytes = 0, busy = 0, peak_bytes = 0, peak_allocated = 0,
+         peak_retention = 0;
   int64_t peak_blocks = 0;
   for (const auto& s : trace.steps) {
     const double dt = s.end_s - s.start_s;
@@ -143,6 +145,7 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
     peak_blocks = std::max(peak_blocks, s.used_blocks);
     peak_bytes = std::max(peak_bytes, s.kv_bytes);
     peak_allocated = std::max(peak_allocated, s.allocated_bytes);
+    peak_retention = std::max(peak_retention, s.retention_bytes);
   }
   const double mean_blocks = busy > 0 ? weighted_blocks / busy : 0;
   return {
@@ -170,7 +173,8 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
         {"pool_bytes_mean", mean_blocks * bytes_per_block},
         {"measured_bytes_peak", peak_bytes},
         {"measured_bytes_mean", busy > 0 ? weighted_bytes / busy : 0.0},
-        {"allocated_bytes_peak", peak_allocated}}},
+        {"allocated_bytes_peak", peak_allocated},
+        {"retention_bytes_peak", peak_retention}}},
   };
 }
 

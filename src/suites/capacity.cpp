@@ -4,17 +4,33 @@
 #include <cmath>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/quest_policy.h"
 
 namespace kvbench {
 
+RetentionIndex RetentionIndex::of(bool paged, bool kernel_path) {
+  if (!paged) return {sizeof(int64_t), sizeof(int64_t), true};
+  return {0, sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t), false};
+}
+
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
-                                  const ModelConfig& c, int64_t prompt, int64_t context) {
+                                  const ModelConfig& c, int64_t prompt, int64_t context,
+                                  const RetentionIndex& index) {
   KVB_CHECK(prompt >= 1 && context >= prompt, "capacity: context (", context,
             ") must be >= the prompt (", prompt, ") >= 1");
   const auto* quest = dynamic_cast<const QuestPolicy*>(&policy);
   SequenceKvBytes out;
   out.shared = codec.shared_nominal().total();
+  // Bookkeeping per held token of one layer (all its KV heads), held and at the prefill.
+  const bool evicts = dynamic_cast<const FullRetention*>(&policy) == nullptr && quest == nullptr;
+  const bool decode = policy.timing() == EvictionTiming::kDecode;
+  const uint64_t record = evicts ? record_bytes_per_token(policy, c.group_size()) : 0;
+  const uint64_t heads = uint64_t(c.num_kv_heads);
+  const uint64_t held_bookkeeping =
+      evicts ? heads * (index.after_selection + (decode ? record : 0)) : 0;
+  const uint64_t prefill_bookkeeping = evicts ? heads * (index.before_selection + record) : 0;
+  out.retention_exact = !evicts || index.exact;
   RetentionInput in;
   in.num_layers = c.num_layers;
   in.prompt = prompt;
@@ -31,10 +47,11 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   // Bytes are not monotone in the tokens (KIVI's window folds into quantized groups), so the
   // sequence's size is the largest over its states, from the prefill to `context` tokens.
   for (int64_t t = prompt; t <= context; ++t) {
-    uint64_t bytes = 0;
+    uint64_t bytes = 0, bookkeeping = 0;
     std::vector<int64_t> held;
     for (int64_t l = 0; l < c.num_layers; ++l) {
       held.push_back(held_at(l, t));
+      bookkeeping += uint64_t(held.back()) * held_bookkeeping;
       bytes += codec.nominal_bytes(held.back(), c.num_kv_heads, c.head_dim).total();
       if (quest && l >= quest->dense_layers()) {
         bytes +=
@@ -42,10 +59,12 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
       }
     }
     out.per_sequence = std::max(out.per_sequence, bytes);
+    out.retention = std::max(out.retention, bookkeeping);
     if (t == context) out.held_per_layer = held;
   }
   for (int64_t l = 0; l < c.num_layers; ++l) {
     out.prefill += codec.nominal_bytes(prompt, c.num_kv_heads, c.head_dim).total();
+    out.prefill_retention += uint64_t(prompt) * prefill_bookkeeping;
     if (quest && l >= quest->dense_layers())
       out.prefill +=
           QuestPages::nominal_bytes(prompt, c.num_kv_heads, c.head_dim, quest->page_size());
@@ -55,14 +74,17 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
 
 uint64_t SequenceKvBytes::batch_bytes(int64_t batch) const {
   if (batch <= 0) return shared;
-  return shared + static_cast<uint64_t>(batch - 1) * per_sequence + std::max(per_sequence, prefill);
+  const uint64_t held = per_sequence + retention;
+  return shared + static_cast<uint64_t>(batch - 1) * held +
+         std::max(held, prefill + prefill_retention);
 }
 
 int64_t largest_batch(double budget_bytes, const SequenceKvBytes& bytes) {
   KVB_CHECK(bytes.per_sequence > 0, "capacity: a sequence takes 0 KV bytes");
   const double left = budget_bytes - static_cast<double>(bytes.batch_bytes(1));
   if (left < 0) return 0;
-  return 1 + static_cast<int64_t>(std::floor(left / static_cast<double>(bytes.per_sequence)));
+  const double each = static_cast<double>(bytes.per_sequence + bytes.retention);
+  return 1 + static_cast<int64_t>(std::floor(left / each));
 }
 
 }  // namespace kvbench

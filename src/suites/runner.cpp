@@ -110,7 +110,7 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
     const ModelPlacement placement = model.placement();
     EstimateContext ctx{
         c.params, c.method, config, per_token, env, placement.dtype, placement.device.is_cuda(),
-        kv_dtype};
+        kv_dtype, paged};
     out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
   }
   return out;

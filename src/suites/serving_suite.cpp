@@ -373,6 +373,7 @@ class ModelExecutor final : public StepExecutor {
   }
   double kv_bytes() const override { return static_cast<double>(cache_.bytes()); }
   double allocated_bytes() const override { return static_cast<double>(cache_.allocated_bytes()); }
+  double retention_bytes() const override { return static_cast<double>(cache_.retention_bytes()); }
 
  private:
   void drop(int64_t id) {

@@ -1262,6 +1262,37 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
   }
 }
 
+// H2O's budgets as fractions of prompts of three lengths (a serving step's batch): three
+// windows and held counts, so three steady-state launches per layer, still without a sort or
+// a read-back (before, one group was served and the others selected and read back).
+TEST(PagedHostOpsTest, SteadyStateServesEveryWindowOfAStep) {
+  OpCounter ops;
+  auto policy =
+      std::make_shared<H2oPolicy>(9, 9, false, EvictionTiming::kDecode, H2oRatios{0.3, 0.2});
+  PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKvHeads, kDim,
+                     PagedCapacity{}, at::kCPU, policy, true);
+  const std::vector<int64_t> prompts = {80, 60, 90}, ones(3, 1);
+  std::vector<int64_t> seqs;
+  for (size_t b = 0; b < prompts.size(); ++b) seqs.push_back(paged.add_sequence());
+  auto gen = at::detail::createCPUGenerator(41);
+  auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}, gen).to(at::kHalf); };
+  for (int64_t l = 0; l < kLayers; ++l)
+    paged.append_and_attend_batch(l, seqs, prompts, rows(230, kHeads), rows(230, kKvHeads),
+                                  rows(230, kKvHeads));
+  for (int step = 0; step < 6; ++step) {
+    const at::Tensor q = rows(3, kHeads), k = rows(3, kKvHeads), v = rows(3, kKvHeads);
+    ops.clear();
+    for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
+    if (step == 0) continue;  // (the prefill's choice may leave a tail past the window)
+    EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
+    EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
+  }
+  // 24 + 16 of 80, 18 + 12 of 60, 27 + 18 of 90.
+  EXPECT_EQ(paged.kept_tokens(seqs[0]), std::vector<int64_t>(kLayers, 40));
+  EXPECT_EQ(paged.kept_tokens(seqs[1]), std::vector<int64_t>(kLayers, 30));
+  EXPECT_EQ(paged.kept_tokens(seqs[2]), std::vector<int64_t>(kLayers, 45));
+}
+
 // Lists that a decode step leaves as they were (PyramidKV's shorter layers over their slots,
 // SnapKV's choice over KIVI: selected once, after the prefill) keep their list tables: after
 // the first decode step nothing goes up, and every step still attends what the reference

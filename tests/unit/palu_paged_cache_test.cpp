@@ -504,6 +504,9 @@ TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
   for (const char* entry :
        {R"({"name": "h2o", "heavy": 24, "recent": 16, "codec": {"name": "palu", "rank": 64}})",
         R"({"name": "tova", "budget": 40, "codec": {"name": "palu", "rank": 32}})",
+        // Each prompt its own window and held count (24 + 16, 21 + 14, 27 + 18): a launch each.
+        R"({"name": "h2o", "heavy_ratio": 0.3, "recent_ratio": 0.2,
+            "codec": {"name": "palu", "rank": 64}})",
         R"({"name": "scissorhands", "budget": 44, "recent": 8, "history": 12,
             "codec": {"name": "palu", "rank": 96}})"}) {
     SCOPED_TRACE(entry);

@@ -57,6 +57,21 @@ TEST(AtomicFile, FailureKeepsOldContentAndLeavesNoTemporary) {
   fs::remove_all(dir);
 }
 
+// The flag a stop signal's message reads: set when the file is in place, never for a write
+// that placed nothing (an exclusive name already taken).
+TEST(AtomicFile, PlacedFlagIsSetOnlyWhenTheFileIsInPlace) {
+  fs::path dir = fresh_dir("atomic_placed");
+  std::atomic<bool> placed{false};
+  EXPECT_TRUE(write_file_atomically(dir / "r.json", "one", /*exclusive=*/true, &placed));
+  EXPECT_TRUE(placed.load());
+  placed = false;
+  EXPECT_FALSE(write_file_atomically(dir / "r.json", "two", /*exclusive=*/true, &placed));
+  EXPECT_FALSE(placed.load());
+  EXPECT_EQ(read(dir / "r.json"), "one");
+  EXPECT_FALSE(unfinished_atomic_write_placed());  // no write in progress
+  fs::remove_all(dir);
+}
+
 TEST(Report, CarriesIdentityEnvironmentConfigAndCells) {
   RunSpec spec =
       parse_run_spec(nlohmann::json::parse(R"({"suites": [{"name": "kernels"}]})"), "my run/1");

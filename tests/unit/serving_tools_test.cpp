@@ -301,15 +301,17 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
   const json full = resolve_method({{"name", "full"}}, "m");
   const json stream = resolve_method({{"name", "stream-512"}}, "m");
   const json kivi = resolve_method({{"name", "kivi-4"}}, "m");
+  const RetentionIndex kv_only{};  // K and V only here: the bookkeeping has its own test
   // bf16 full cache: 4 layers x 2 (K, V) x 2 heads x 32 x 2 bytes = 1024 bytes per token.
   SequenceKvBytes b =
-      sequence_kv_bytes(*make_codec(full, at::kBFloat16), *make_policy(full), c, 600, 700);
+      sequence_kv_bytes(*make_codec(full, at::kBFloat16), *make_policy(full), c, 600, 700, kv_only);
   EXPECT_EQ(b.per_sequence, 700u * 1024);
   EXPECT_EQ(b.held_per_layer, (std::vector<int64_t>{700, 700, 700, 700}));
   EXPECT_EQ(largest_batch(700.0 * 1024 * 5 + 1023, b), 5);
   EXPECT_EQ(largest_batch(700.0 * 1024 - 1, b), 0);
   // StreamingLLM holds 512 of 700 tokens per layer.
-  b = sequence_kv_bytes(*make_codec(stream, at::kBFloat16), *make_policy(stream), c, 600, 700);
+  b = sequence_kv_bytes(*make_codec(stream, at::kBFloat16), *make_policy(stream), c, 600, 700,
+                        kv_only);
   EXPECT_EQ(b.per_sequence, 512u * 1024);
   EXPECT_EQ(b.held_per_layer, (std::vector<int64_t>{512, 512, 512, 512}));
   // ... but its prefill holds all 600 first: sequences entering one at a time need one such
@@ -323,19 +325,72 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
   // between the prefill (600) and 700 tokens: the window folds into groups at 640, so the
   // largest is before that, not at 700.
   auto kc = make_codec(kivi, at::kBFloat16);
-  b = sequence_kv_bytes(*kc, *make_policy(kivi), c, 600, 700);
+  b = sequence_kv_bytes(*kc, *make_policy(kivi), c, 600, 700, kv_only);
   uint64_t largest = 0;
   for (int64_t t = 600; t <= 700; ++t)
     largest = std::max(largest, kc->nominal_bytes(t, 2, 32).total());
   EXPECT_EQ(b.per_sequence, 4 * largest);
   EXPECT_GT(b.per_sequence, 4 * kc->nominal_bytes(700, 2, 32).total());
   EXPECT_LT(b.per_sequence, 700u * 1024 / 2);
-  EXPECT_THROW(sequence_kv_bytes(*kc, *make_policy(kivi), c, 10, 9), Error);
+  EXPECT_THROW(sequence_kv_bytes(*kc, *make_policy(kivi), c, 10, 9, kv_only), Error);
   // Plain h2o keeps 10% of the prompt each for heavy and recent: 60 + 60 of a 600-token one.
   const json h2o = resolve_method({{"name", "h2o"}}, "m");
-  b = sequence_kv_bytes(*make_codec(h2o, at::kBFloat16), *make_policy(h2o), c, 600, 700);
+  b = sequence_kv_bytes(*make_codec(h2o, at::kBFloat16), *make_policy(h2o), c, 600, 700, kv_only);
   EXPECT_EQ(b.held_per_layer, (std::vector<int64_t>{120, 120, 120, 120}));
   EXPECT_EQ(b.per_sequence, 120u * 1024);
+}
+
+// What an evicting policy keeps beside K and V, per held token, KV head and layer: the CPU
+// cache's int64 positions (8) from the first token on; the paged cache's lists (at most 4 + 8,
+// and 4 more on the kernel path) once it selected; the policy's record while it records (H2O
+// 4 bytes, ScissorHands group 2 x history 32 = 64).
+TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny-llama");
+  ASSERT_EQ(c.num_layers, 4);
+  ASSERT_EQ(c.num_kv_heads, 2);
+  ASSERT_EQ(c.group_size(), 2);
+  const RetentionIndex cpu = RetentionIndex::of(false, false),
+                       paged = RetentionIndex::of(true, false),
+                       kernels = RetentionIndex::of(true, true);
+  EXPECT_TRUE(cpu.exact);
+  EXPECT_FALSE(paged.exact);
+  auto bytes = [&](const json& entry, const RetentionIndex& index) {
+    const json m = resolve_method(entry, "m");
+    return sequence_kv_bytes(*make_codec(m, at::kBFloat16), *make_policy(m), c, 600, 700, index);
+  };
+  // H2O (plain: 60 + 60 of the 600-token prompt), evicting during decode: positions and sums
+  // for 120 held tokens; for all 600 while the prompt enters, before its first selection.
+  SequenceKvBytes b = bytes({{"name", "h2o"}}, cpu);
+  EXPECT_EQ(b.retention, 4u * 120 * 2 * (8 + 4));
+  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (8 + 4));
+  EXPECT_TRUE(b.retention_exact);
+  const uint64_t held = b.per_sequence + b.retention, entering = b.prefill + b.prefill_retention;
+  EXPECT_EQ(b.batch_bytes(3), 2 * held + std::max(held, entering));
+  EXPECT_EQ(largest_batch(double(2 * held + entering), b), 3);
+  EXPECT_EQ(largest_batch(double(2 * held + entering) - 1, b), 2);
+  b = bytes({{"name", "h2o"}}, kernels);
+  EXPECT_EQ(b.retention, 4u * 120 * 2 * (4 + 4 + 8 + 4));
+  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * 4);  // the sums only: no list before it selects
+  EXPECT_FALSE(b.retention_exact);
+  // Selecting once after the prefill, it records nothing afterwards: positions only.
+  b = bytes({{"name", "h2o"}, {"evict", "after_prefill"}}, cpu);
+  EXPECT_EQ(b.retention, 4u * (120 + 100) * 2 * 8);  // the 100 decoded tokens stay too
+  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (8 + 4));
+  // ScissorHands-512: its history is 64 bytes per held token and KV head (perf-notes, session
+  // 47: 294 912 measured at 512 held on this model).
+  b = bytes({{"name", "scissorhands-512"}}, cpu);
+  EXPECT_EQ(b.retention, 294912u);
+  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (8 + 64));
+  b = bytes({{"name", "scissorhands-512"}}, paged);
+  EXPECT_EQ(b.retention, 4u * 512 * 2 * (4 + 8 + 64));
+  // StreamingLLM keeps positions only; full and Quest keep nothing beside K and V.
+  EXPECT_EQ(bytes({{"name", "stream-512"}}, cpu).retention, 4u * 512 * 2 * 8);
+  for (const char* name : {"full", "quest"}) {
+    b = bytes({{"name", name}}, kernels);
+    EXPECT_EQ(b.retention, 0u) << name;
+    EXPECT_EQ(b.prefill_retention, 0u) << name;
+    EXPECT_TRUE(b.retention_exact) << name;
+  }
 }
 
 // The suites here run on tiny-llama.
@@ -375,14 +430,56 @@ TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
     cap[name] = r;
   }
   EXPECT_EQ(cap["full"]["max_batch_fit"], 5);
-  // stream-512 holds 512 KiB per sequence but 598 KiB while a prompt enters: 4 x 512 + 598 fit
-  // 3 MiB, 5 x 512 + 598 do not (6 x 512 would, counting no prefill).
+  // stream-512 holds 512 KiB per sequence but 598 KiB while a prompt enters, and its positions
+  // beside (32 KiB, 37.4 KiB): 4 x 544 + 635.4 fit 3 MiB, 5 x 544 + 635.4 do not.
   EXPECT_EQ(cap["stream-512"]["max_batch_fit"], 5);
   EXPECT_EQ(cap["stream-512"]["prefill_bytes_per_sequence"], 598 * 1024);
   EXPECT_FALSE(cap["full"]["capped"].get<bool>());
   EXPECT_GT(cap["kivi-4"]["max_batch_fit"].get<int64_t>(), 8);
   EXPECT_TRUE(cap["kivi-4"]["capped"].get<bool>());
   EXPECT_EQ(cap["kivi-4"]["batch"], 8);
+}
+
+// The capacity view plans the retention policies' bookkeeping and checks it against what the
+// cache measured at the batch it ran: to the byte on the CPU cache, as a bound on the paged one.
+TEST(Capacity, ThroughputSuitePlansTheBookkeepingItMeasures) {
+  const json suite = json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
+      "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 200,
+      "capacity_new_tokens": 3, "kv_budget_bytes": 1048576, "max_batch": 3})");
+  for (const char* attention : {"cpu", "paged"}) {
+    for (const char* name : {"h2o", "scissorhands-512", "stream-512", "stream-64"}) {
+      Harness h(suite);
+      h.spec.attention = attention;
+      // stream-64: 4 sinks and a window of 60, which the grid's 8 + 2 tokens never reach but
+      // the capacity view's 200 do.
+      h.method = std::string(name) == "stream-64"
+                     ? resolve_method({{"name", "stream-512"}, {"window", 60}}, "methods[0]")
+                     : resolve_method({{"name", name}}, "methods[0]");
+      ThroughputSuite s;
+      CellOutput out = h.run(s);
+      ASSERT_EQ(out.records.size(), 2u) << name;
+      const json& r = out.records[1];
+      const std::string what = std::string(name) + " on " + attention;
+      // The grid point kept every token; the capacity point did not: nothing to warn of.
+      if (std::string(name) == "stream-64")
+        for (const std::string& w : out.warnings)
+          EXPECT_EQ(w.find("evicted nothing"), std::string::npos) << what << ": " << w;
+      ASSERT_EQ(r["batch"], 3) << what;
+      const double measured = r["kv_memory"]["retention_bytes"].get<double>();
+      const double formula = r["retention_bytes_formula"].get<double>();
+      EXPECT_EQ(formula, 3 * r["retention_bytes_per_sequence"].get<double>()) << what;
+      // (The paged cache keeps StreamingLLM in a ring of slots: no list.)
+      const bool ring =
+          std::string(attention) == "paged" && std::string(name).rfind("stream", 0) == 0;
+      if (!ring) EXPECT_GT(measured, 0) << what;
+      if (std::string(attention) == "cpu")
+        EXPECT_EQ(measured, formula) << what;
+      else
+        EXPECT_LE(measured, formula) << what;
+      for (const std::string& w : out.warnings)
+        EXPECT_EQ(w.find("bookkeeping"), std::string::npos) << what << ": " << w;
+    }
+  }
 }
 
 // The serving suite sizes a paged pool once, before its first request, for the budget's
@@ -418,12 +515,13 @@ TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
 // A cache keeping its storage per sequence (the CPU stores) is reserved per request as the
 // scheduler admits it, for its prompt and output less the last token (sampled, never
 // entered): at its last step it occupies exactly what it holds (growing by doubling instead,
-// it would occupy 80 rows for 47 held).
+// it would occupy 80 rows for 47 held). The retention policy's bookkeeping is reported beside
+// (stream-512 keeps all 47: an int64 position per token, KV head and layer), none without one.
 TEST(Capacity, ServingSizesPerSequenceStoresForEachRequest) {
   const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 1,
       "prompt_tokens_min": 40, "prompt_tokens_max": 40, "output_tokens_min": 8,
       "output_tokens_max": 8, "block_size": 16, "kv_budget_bytes": 4194304})");
-  for (const char* name : {"int8", "full"}) {
+  for (const char* name : {"int8", "full", "stream-512"}) {
     Harness h(suite);
     h.method = resolve_method({{"name", name}}, "methods[0]");
     ServingSuite s;
@@ -433,6 +531,9 @@ TEST(Capacity, ServingSizesPerSequenceStoresForEachRequest) {
                  allocated = kv["allocated_bytes_peak"].get<double>();
     EXPECT_GT(held, 0) << name;
     EXPECT_EQ(allocated, held) << name;
+    EXPECT_EQ(kv["retention_bytes_peak"].get<double>(),
+              std::string(name) == "stream-512" ? 4.0 * 2 * 47 * 8 : 0.0)
+        << name;
   }
 }
 

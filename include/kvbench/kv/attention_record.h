@@ -20,6 +20,12 @@ namespace kvbench {
 // new token attends everything held before the layer shrinks: H2O's order). False for null.
 bool selects_by_attention(const RetentionPolicy* policy);
 
+// Bytes per held token and KV head of the record a cache keeps for `policy` while it records
+// (AttentionRecord, and the CPU cache's own tensors of the same shapes): H2O's fp32 sum (4),
+// ScissorHands' `group` x observation_window() bools; 0 for a policy recording nothing that
+// lasts (TOVA's newest scores live for one step).
+uint64_t record_bytes_per_token(const RetentionPolicy& policy, int64_t group);
+
 class AttentionRecord {
  public:
   // A block of queries qb [heads, n, d] at positions start .. start + n - 1 over the held keys

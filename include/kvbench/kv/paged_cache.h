@@ -184,6 +184,9 @@ class PagedKVCache final : public KVCache {
   int64_t add_sequence() override;
   void remove_sequence(int64_t seq) override;
   int64_t length(int64_t seq) const override;
+  // The tokens of its first block (RetentionInput::prompt): set as that block's step begins;
+  // 0 before.
+  int64_t prompt(int64_t seq) const;
   at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v) override;
   // One appender call for the batch; on cuda, a batch of single tokens is one decode-kernel
@@ -667,24 +670,24 @@ class PagedKVCache final : public KVCache {
   // A decode step's evictions at `layer` on the kernel path, where the policy drops one token
   // per head by its scores (RetentionPolicy::drops_lowest: the steady state of H2O, TOVA and
   // ScissorHands). steady_served: the over-budget sequences of `batch` (indices) holding
-  // budget + 1 tokens, `recent` + 1 of them in the tail, lists of one length on the device and
-  // records covering the rest (AttentionRecord::steady_ready), before the step's scores are
-  // recorded; none when the kernel's blocks cannot take `query_heads` (steady_evict_fits).
-  // evict_steady: for those, one kernel (kernels/steady_evict.h) adds the step's scores (`logits`,
-  // as the retained-index kernel wrote them) to their records, drops each head's lowest and writes
-  // the records' states and lists without it (each list loses the dropped token and takes the
-  // tail's first, which leaves the tail); nothing is read back. Clears evict_after for them; the
-  // others select.
-  std::vector<size_t> steady_served(int64_t layer, const std::vector<Sequence*>& batch,
-                                    const std::vector<RetentionInput>& inputs,
-                                    const std::vector<int64_t>& slots,
-                                    const std::vector<bool>& evict_after,
-                                    int64_t query_heads) const;
+  // budget + 1 tokens, `recent` + 1 of them in the tail, lists on the device and records
+  // covering the rest (AttentionRecord::steady_ready), before the step's scores are recorded,
+  // grouped by list length and held count; none when the kernel's blocks cannot take
+  // `query_heads` (steady_evict_fits).
+  // evict_steady: for one group (launch `group` of the layer), one kernel
+  // (kernels/steady_evict.h) adds the step's scores (`logits`, as the retained-index kernel
+  // wrote them) to their records, drops each head's lowest and writes the records' states and
+  // lists without it (each list loses the dropped token and takes the tail's first, which
+  // leaves the tail); nothing is read back. Clears evict_after for them; the others select.
+  SteadyGroups steady_served(int64_t layer, const std::vector<Sequence*>& batch,
+                             const std::vector<RetentionInput>& inputs,
+                             const std::vector<int64_t>& slots,
+                             const std::vector<bool>& evict_after, int64_t query_heads) const;
   // `tails`: the step's tail starts on the device, by row (decode_retained's).
   void evict_steady(int64_t layer, const std::vector<Sequence*>& batch,
-                    const std::vector<size_t>& served, const std::vector<int64_t>& slots,
-                    const at::Tensor& logits, const at::Tensor& tails,
-                    std::vector<bool>& evict_after);
+                    const std::vector<size_t>& served, size_t group,
+                    const std::vector<int64_t>& slots, const at::Tensor& logits,
+                    const at::Tensor& tails, std::vector<bool>& evict_after);
   // evict_steady's inputs: the served sequences' lists at `layer` as one [served * kv_heads *
   // count] int32 tensor (a view when they lie so in one buffer, as evict_steady leaves them);
   // each one's logits row and ring column's offset from its tail ((position - tail) mod

@@ -145,21 +145,20 @@ class PaluPagedCache final : public LatentPagesCache {
   // per head by its scores (RetentionPolicy::drops_lowest: the steady state of H2O, TOVA and
   // ScissorHands), as PagedKVCache does them, for latents of one KV head each (group 1).
   // steady_served: the over-budget sequences (indices into seqs) holding budget + 1 tokens
-  // (`held`), `recent` + 1 of them in the tail, lists of one length on the device and records
-  // covering the rest, before the step's scores are recorded. evict_steady: for those, one
-  // kernel (kernels/steady_evict.h) adds the step's scores (`logits`, as the decode kernel
-  // wrote them) to their records, drops each head's lowest and writes the lists without it
-  // where the pools are; nothing is read back (the inner cache's settle() does, once per
-  // step). Clears evict_after for them; the others select.
-  std::vector<size_t> steady_served(int64_t layer, const std::vector<int64_t>& seqs,
-                                    const std::vector<RetentionInput>& inputs,
-                                    const std::vector<int64_t>& held,
-                                    const std::vector<bool>& evict_after,
-                                    int64_t query_heads) const;
+  // (`held`), `recent` + 1 of them in the tail, lists on the device and records covering the
+  // rest, before the step's scores are recorded, grouped by list length and held count.
+  // evict_steady: for one group (launch `group` of the layer), one kernel (kernels/steady_evict.h)
+  // adds the step's scores (`logits`, as the decode kernel wrote them) to their records, drops each
+  // head's lowest and writes the lists without it where the pools are; nothing is read back (the
+  // inner cache's settle() does, once per step). Clears evict_after for them; the others select.
+  SteadyGroups steady_served(int64_t layer, const std::vector<int64_t>& seqs,
+                             const std::vector<RetentionInput>& inputs,
+                             const std::vector<int64_t>& held, const std::vector<bool>& evict_after,
+                             int64_t query_heads) const;
   void evict_steady(int64_t layer, const std::vector<int64_t>& seqs,
-                    const std::vector<size_t>& served, const std::vector<int64_t>& old_lengths,
-                    const at::Tensor& logits, const at::Tensor& tails,
-                    std::vector<bool>& evict_after);
+                    const std::vector<size_t>& served, size_t group,
+                    const std::vector<int64_t>& old_lengths, const at::Tensor& logits,
+                    const at::Tensor& tails, std::vector<bool>& evict_after);
   // The kernel's RoPE tables covering `tokens` positions, where the pools are: grown with
   // headroom (at least doubled), or to exactly `tokens` when `exact`.
   void cover(int64_t tokens, bool exact = false);
@@ -178,9 +177,8 @@ class PaluPagedCache final : public LatentPagesCache {
   // Per (sequence, layer), for a policy that selects by attention: what it has seen (while
   // it may still select: a policy that evicts after the prefill drops it then).
   std::map<std::pair<int64_t, int64_t>, AttentionRecord> records_;
-  std::map<int64_t, int64_t> prompts_;  // per sequence: its first block's tokens
-  SteadyBuffers steady_;                // evict_steady's rows, ring offsets and workspace
-  int64_t group_;                       // KV heads per latent
+  SteadyBuffers steady_;  // evict_steady's rows, ring offsets and workspace
+  int64_t group_;         // KV heads per latent
   at::ScalarType latent_dtype_;
   int64_t num_kv_heads_, head_dim_;
   bool kernel_path_;

@@ -2,6 +2,7 @@
 // docs/report.schema.json). Built here from the run's results; written atomically.
 #pragma once
 
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -56,9 +57,10 @@ std::filesystem::path report_path(const RunSpec& spec, const std::string& compac
                                   int attempt = 1);
 // Writes a new report under the first of report_path's names that no file has, claimed
 // atomically (two runs started in the same second, e.g. shards of one config, never share a
-// file); returns it.
+// file); returns it. `placed` as for write_file_atomically.
 std::filesystem::path write_new_report(const nlohmann::json& report, const RunSpec& spec,
-                                       const std::string& compact_stamp);
+                                       const std::string& compact_stamp,
+                                       std::atomic<bool>* placed = nullptr);
 // Replaces the report at `path` atomically.
 void write_report(const nlohmann::json& report, const std::filesystem::path& path);
 

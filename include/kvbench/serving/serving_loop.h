@@ -59,6 +59,9 @@ class StepExecutor {
   virtual double kv_bytes() const { return 0; }
   // Bytes its KV storage occupies now, in use or not (KVCache::allocated_bytes); 0 for none.
   virtual double allocated_bytes() const { return 0; }
+  // Bytes of the retention policy's bookkeeping it holds now (KVCache::retention_bytes: kept
+  // positions or lists, H2O's sums, ScissorHands' history), beside kv_bytes; 0 for none.
+  virtual double retention_bytes() const { return 0; }
 };
 
 struct RequestTrace {
@@ -73,6 +76,7 @@ struct StepTrace {
   int64_t used_blocks = 0;     // during the step (after scheduling, before finished ones go)
   double kv_bytes = 0;         // executor's measured bytes after the step (before finished go)
   double allocated_bytes = 0;  // what its storage occupied then (free pool pages included)
+  double retention_bytes = 0;  // the retention policy's bookkeeping then
 };
 
 struct ServingTrace {

@@ -12,6 +12,21 @@
 
 namespace kvbench {
 
+// What a cache keeps per held token and KV head, beside K and V, to know which tokens it holds
+// under an evicting policy (not `full`, not Quest). The policy's records (H2O's sums,
+// ScissorHands' history: record_bytes_per_token) come on top.
+struct RetentionIndex {
+  uint64_t before_selection = 0;  // from the prefill until the policy's first selection
+  uint64_t after_selection = 0;
+  bool exact = true;  // false: after_selection is an upper bound
+  // The CPU cache: int64 positions of every held token from the first on (8 and 8, exact).
+  // The paged cache: nothing before a selection; then int32 lists of at most the held tokens
+  // (4), a second copy where its kernels read them (4; `kernel_path`: on a GPU, or the
+  // kernel path emulated on the CPU), and the int64 positions of a compacted layer's slots
+  // (8): at most 12, or 16 on the kernel path.
+  static RetentionIndex of(bool paged, bool kernel_path);
+};
+
 // KV bytes of one sequence that was prefilled with `prompt` tokens and decodes until `context`
 // tokens have entered it (prompt + decoded), at its largest state on the way (bytes are not
 // monotone in tokens: KIVI's window folds into groups), by the method's formula: per layer, the
@@ -23,18 +38,26 @@ namespace kvbench {
 // on the tokens held (all but GEAR, whose compressed history depends on when it compressed).
 // `prefill` is one sequence while its prompt enters, before a policy evicts: the codec's bytes
 // for the whole prompt at every layer (the model attends over all of it first).
+// `retention` and `prefill_retention` are the same two states' bookkeeping (RetentionIndex and
+// the policy's records, which a policy selecting once after the prefill keeps only until then):
+// not K/V bytes, but memory the batch needs.
 struct SequenceKvBytes {
   uint64_t per_sequence = 0;
   uint64_t shared = 0;
   uint64_t prefill = 0;
+  uint64_t retention = 0;
+  uint64_t prefill_retention = 0;
+  bool retention_exact = true;          // false: `retention` is an upper bound (RetentionIndex)
   std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
 
   // What `batch` sequences need when they enter one at a time, as a serving engine admits them:
-  // batch - 1 of them held, and the last one's larger of its prefill and its held state.
+  // batch - 1 of them held, and the last one's larger of its prefill and its held state;
+  // bookkeeping included.
   uint64_t batch_bytes(int64_t batch) const;
 };
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
-                                  const ModelConfig& config, int64_t prompt, int64_t context);
+                                  const ModelConfig& config, int64_t prompt, int64_t context,
+                                  const RetentionIndex& index);
 
 // The largest batch b with batch_bytes(b) <= budget_bytes (0 when not even one sequence fits).
 // Throws Error when per_sequence is 0.

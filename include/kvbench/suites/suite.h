@@ -46,6 +46,7 @@ struct EstimateContext {
   at::ScalarType weight_dtype = at::kFloat;  // the model's compute dtype
   bool gpu = false;                          // the run's device is cuda: bytes of GPU memory
   at::ScalarType kv_dtype = at::kFloat;      // what the caches store (ModelProvider::kv_dtype)
+  bool paged = false;                        // attention: paged (the paged caches)
 };
 
 class Suite {
