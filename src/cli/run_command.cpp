@@ -56,6 +56,9 @@ void on_stop_signal(int sig) {
   // can reach a second thread while the first runs this handler.
   static std::atomic_flag stopping = ATOMIC_FLAG_INIT;
   if (stopping.test_and_set()) return;
+  // The flag is set as the first report is linked into place; the link count closes the
+  // window between link() returning and that store (read before the temporary goes).
+  const bool written = report_on_disk.load() || unfinished_atomic_write_placed();
   remove_unfinished_atomic_write();
   static const char kWritten[] =
       "\nkvbench: stopped by a signal; the report holds every cell finished before it: the same "
@@ -63,9 +66,6 @@ void on_stop_signal(int sig) {
   static const char kNothing[] =
       "\nkvbench: stopped by a signal before a cell of this run finished; no report of it was "
       "written: the same command with --resume runs the rest\n";
-  // The flag is set as the first report is linked into place; the link count closes the
-  // window between link() returning and that store.
-  const bool written = report_on_disk.load() || unfinished_atomic_write_placed();
   const char* message = written ? kWritten : kNothing;
   const size_t length = written ? sizeof(kWritten) - 1 : sizeof(kNothing) - 1;
   ssize_t unused = ::write(STDERR_FILENO, message, length);

@@ -11,7 +11,19 @@ namespace kvbench {
 
 RetentionIndex RetentionIndex::of(bool paged, bool kernel_path) {
   if (!paged) return {sizeof(int64_t), sizeof(int64_t), true};
-  return {0, sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t), false};
+  const uint64_t most = sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t);
+  return {most, most, false};
+}
+
+uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelConfig& c,
+                                   const RetentionIndex& index, bool entering) {
+  if (dynamic_cast<const FullRetention*>(&policy) != nullptr ||
+      dynamic_cast<const QuestPolicy*>(&policy) != nullptr)
+    return 0;
+  const uint64_t record = record_bytes_per_token(policy, c.group_size());
+  const bool recording = entering || policy.timing() == EvictionTiming::kDecode;
+  return uint64_t(c.num_kv_heads) *
+         ((entering ? index.before_selection : index.after_selection) + (recording ? record : 0));
 }
 
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
@@ -22,15 +34,10 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   const auto* quest = dynamic_cast<const QuestPolicy*>(&policy);
   SequenceKvBytes out;
   out.shared = codec.shared_nominal().total();
-  // Bookkeeping per held token of one layer (all its KV heads), held and at the prefill.
-  const bool evicts = dynamic_cast<const FullRetention*>(&policy) == nullptr && quest == nullptr;
-  const bool decode = policy.timing() == EvictionTiming::kDecode;
-  const uint64_t record = evicts ? record_bytes_per_token(policy, c.group_size()) : 0;
-  const uint64_t heads = uint64_t(c.num_kv_heads);
-  const uint64_t held_bookkeeping =
-      evicts ? heads * (index.after_selection + (decode ? record : 0)) : 0;
-  const uint64_t prefill_bookkeeping = evicts ? heads * (index.before_selection + record) : 0;
-  out.retention_exact = !evicts || index.exact;
+  const uint64_t held_bookkeeping = retention_bytes_per_token(policy, c, index, false);
+  const uint64_t prefill_bookkeeping = retention_bytes_per_token(policy, c, index, true);
+  out.retention_exact = held_bookkeeping == 0 || index.exact;
+  out.retention_per_held_token = held_bookkeeping;
   RetentionInput in;
   in.num_layers = c.num_layers;
   in.prompt = prompt;

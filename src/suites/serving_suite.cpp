@@ -15,6 +15,7 @@
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/serving/request_source.h"
 #include "kvbench/serving/serving_loop.h"
+#include "kvbench/suites/capacity.h"
 #include "kvbench/suites/workload.h"
 
 namespace kvbench {
@@ -116,6 +117,15 @@ double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarTy
   const double grow = formula_bytes(*codec, c, 2 * span) - formula_bytes(*codec, c, span);
   return grow / static_cast<double>(span) * static_cast<double>(block_size) *
          (paged ? paged_storage_factor(*codec, c.head_dim, on_gpu) : 1.0);
+}
+
+double method_retention_block_bytes(const json& method, const ModelConfig& c, int64_t block_size,
+                                    bool paged, bool kernel_path) {
+  const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
+  const RetentionIndex index = RetentionIndex::of(paged, kernel_path);
+  const uint64_t per_token = std::max(retention_bytes_per_token(*policy, c, index, false),
+                                      retention_bytes_per_token(*policy, c, index, true));
+  return static_cast<double>(per_token) * static_cast<double>(c.num_layers * block_size);
 }
 
 int64_t method_window_blocks(const json& method, const ModelConfig& c, at::ScalarType dtype,
@@ -518,9 +528,13 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   const double block_bytes =
       method_block_bytes(ctx.method, c, ctx.model.kv_dtype(), block_size,
                          ctx.spec.attention == "paged", ctx.spec.device == "cuda");
+  // The policy's bookkeeping lives outside the cache's blocks but inside the budget.
+  const double retention_block_bytes =
+      method_retention_block_bytes(ctx.method, c, block_size, ctx.spec.attention == "paged",
+                                   ctx.spec.device == "cuda" || paged_kernel_path_on_cpu());
   const ModelPlacement placement = ctx.model.placement();
   const double budget = budget_bytes(p, placement.device, model.weight_bytes());
-  const int64_t num_blocks = BlockPool::capacity(budget, block_bytes);
+  const int64_t num_blocks = BlockPool::capacity(budget, block_bytes + retention_block_bytes);
   // On the CPU the weights are already out of what is available; a GPU's total holds them too.
   check_fits_on(placement,
                 static_cast<uint64_t>(budget) +
@@ -639,6 +653,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                  {"duration_s", p["duration_s"]},
                  {"block_size", block_size},
                  {"bytes_per_block", block_bytes},
+                 {"retention_bytes_per_block", retention_block_bytes},
                  {"kv_budget_bytes", budget},
                  {"num_blocks", num_blocks},
                  {"pool_tokens", num_blocks * block_size},

@@ -260,19 +260,22 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
                            format_bytes(static_cast<double>(formula_at_batch)) +
                            "; the capacity counts the formula");
   }
-  // The bookkeeping at the peak, held: exact on the CPU cache, a bound on the paged one.
-  const uint64_t retention_formula = static_cast<uint64_t>(batch) * bytes.retention;
+  // The plan's bookkeeping at the batch, and the per-token model against what the cache
+  // measured at its peak (which for KIVI or GEAR may come before `context`): for the tokens it
+  // held then, exact on the CPU cache, a bound on the paged one.
+  r["retention_bytes_formula"] = static_cast<uint64_t>(batch) * bytes.retention;
+  const json& kept = r["kv_memory"]["kept_tokens"]["per_layer"];
+  double modelled = 0;
+  for (const json& k : kept) modelled += k.get<double>() * double(bytes.retention_per_held_token);
   const double retention_measured = r["kv_memory"].value("retention_bytes", 0.0);
-  r["retention_bytes_formula"] = retention_formula;
   const bool retention_off = bytes.retention_exact
-                                 ? std::abs(retention_measured - double(retention_formula)) >
-                                       0.01 * double(retention_formula)
-                                 : retention_measured > double(retention_formula);
+                                 ? std::abs(retention_measured - modelled) > 0.01 * modelled
+                                 : retention_measured > modelled;
   if (retention_off) {
     out.warnings.push_back("capacity: the retention policy's bookkeeping measured " +
                            format_bytes(retention_measured) + " at batch " + std::to_string(batch) +
                            " where the formula says " + (bytes.retention_exact ? "" : "at most ") +
-                           format_bytes(double(retention_formula)));
+                           format_bytes(modelled) + " for the tokens held");
   }
   if (const std::string w = decode_spread_warning(r); !w.empty())
     out.warnings.push_back("capacity: " + w);

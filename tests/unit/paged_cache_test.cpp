@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -1262,35 +1263,70 @@ TEST(PagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
   }
 }
 
-// H2O's budgets as fractions of prompts of three lengths (a serving step's batch): three
-// windows and held counts, so three steady-state launches per layer, still without a sort or
-// a read-back (before, one group was served and the others selected and read back).
+// H2O's budgets as fractions of prompts of two lengths, two sequences each (a serving step's
+// batch): two windows and held counts, so two steady-state launches per layer, each over two
+// sequences' lists and records, still without a sort or a read-back (before, one group was
+// served and the other selected and read back); every step attends and keeps what the
+// reference cache does.
 TEST(PagedHostOpsTest, SteadyStateServesEveryWindowOfAStep) {
   OpCounter ops;
-  auto policy =
-      std::make_shared<H2oPolicy>(9, 9, false, EvictionTiming::kDecode, H2oRatios{0.3, 0.2});
-  PagedKVCache paged(paged_format_for({{"name", "fp16"}}, at::kHalf), kLayers, kKvHeads, kDim,
-                     PagedCapacity{}, at::kCPU, policy, true);
-  const std::vector<int64_t> prompts = {80, 60, 90}, ones(3, 1);
+  const nlohmann::json method = resolve_method(
+      nlohmann::json::parse(
+          R"({"name": "h2o", "heavy_ratio": 0.3, "recent_ratio": 0.2, "codec": "fp16"})"),
+      "m");
+  PagedKVCache paged(paged_format_for(method, at::kHalf), kLayers, kKvHeads, kDim, PagedCapacity{},
+                     at::kCPU, make_policy(method), true);
+  auto ref = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "reference");
   std::vector<int64_t> seqs;
-  for (size_t b = 0; b < prompts.size(); ++b) seqs.push_back(paged.add_sequence());
-  auto gen = at::detail::createCPUGenerator(41);
-  auto rows = [&](int64_t n, int64_t h) { return at::randn({n, h, kDim}, gen).to(at::kHalf); };
-  for (int64_t l = 0; l < kLayers; ++l)
-    paged.append_and_attend_batch(l, seqs, prompts, rows(230, kHeads), rows(230, kKvHeads),
-                                  rows(230, kKvHeads));
-  for (int step = 0; step < 6; ++step) {
-    const at::Tensor q = rows(3, kHeads), k = rows(3, kKvHeads), v = rows(3, kKvHeads);
-    ops.clear();
-    for (int64_t l = 0; l < kLayers; ++l) paged.append_and_attend_batch(l, seqs, ones, q, k, v);
-    if (step == 0) continue;  // (the prefill's choice may leave a tail past the window)
-    EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
-    EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
+  for (int i = 0; i < 4; ++i) {
+    seqs.push_back(paged.add_sequence());
+    ASSERT_EQ(ref->add_sequence(), seqs.back());
   }
-  // 24 + 16 of 80, 18 + 12 of 60, 27 + 18 of 90.
-  EXPECT_EQ(paged.kept_tokens(seqs[0]), std::vector<int64_t>(kLayers, 40));
-  EXPECT_EQ(paged.kept_tokens(seqs[1]), std::vector<int64_t>(kLayers, 30));
-  EXPECT_EQ(paged.kept_tokens(seqs[2]), std::vector<int64_t>(kLayers, 45));
+  auto gen = at::detail::createCPUGenerator(41);
+  for (int step = 0; step < 6; ++step) {
+    const std::vector<int64_t> counts =
+        step == 0 ? std::vector<int64_t>{80, 60, 80, 60} : std::vector<int64_t>(4, 1);
+    std::vector<std::vector<Block>> blocks(kLayers);
+    std::vector<std::array<at::Tensor, 3>> packed;  // each layer's q, k, v as the model packs them
+    for (int64_t l = 0; l < kLayers; ++l) {
+      std::vector<at::Tensor> q, k, v;
+      for (const int64_t n : counts) {
+        blocks[size_t(l)].push_back(random_block(n, at::kHalf, gen));
+        const Block& x = blocks[size_t(l)].back();
+        q.push_back(x.q.transpose(0, 1)), k.push_back(x.k.transpose(0, 1)),
+            v.push_back(x.v.transpose(0, 1));
+      }
+      packed.push_back(
+          {at::cat(q).to(at::kHalf), at::cat(k).to(at::kHalf), at::cat(v).to(at::kHalf)});
+    }
+    ops.clear();
+    std::vector<at::Tensor> got;
+    for (int64_t l = 0; l < kLayers; ++l) {
+      const auto& [q, k, v] = packed[size_t(l)];
+      got.push_back(paged.append_and_attend_batch(l, seqs, counts, q, k, v));
+    }
+    if (step > 1) {  // (the first decode step may still select: the prefill's tail)
+      EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
+      EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
+    }
+    for (int64_t l = 0; l < kLayers; ++l)
+      for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
+        const Block& x = blocks[size_t(l)][b];
+        const at::Tensor want = ref->append_and_attend(seqs[b], l, x.q, x.k, x.v);
+        const at::Tensor mine =
+            got[size_t(l)].narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kFloat);
+        EXPECT_LT(((mine - want).norm() / want.norm()).item<double>(), 3e-3)
+            << "step " << step << ", layer " << l << ", sequence " << b;
+      }
+    for (const int64_t seq : seqs)
+      for (int64_t l = 0; l < kLayers; ++l)
+        EXPECT_TRUE(at::equal(paged.kept_positions(seq, l),
+                              dynamic_cast<CompressedKVCache&>(*ref).kept_positions(seq, l)))
+            << "step " << step << ", sequence " << seq << ", layer " << l;
+  }
+  // 24 + 16 of 80, 18 + 12 of 60.
+  for (size_t b = 0; b < seqs.size(); ++b)
+    EXPECT_EQ(paged.kept_tokens(seqs[b]), std::vector<int64_t>(kLayers, b % 2 == 0 ? 40 : 30));
 }
 
 // Lists that a decode step leaves as they were (PyramidKV's shorter layers over their slots,

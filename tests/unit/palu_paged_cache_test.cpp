@@ -504,7 +504,8 @@ TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
   for (const char* entry :
        {R"({"name": "h2o", "heavy": 24, "recent": 16, "codec": {"name": "palu", "rank": 64}})",
         R"({"name": "tova", "budget": 40, "codec": {"name": "palu", "rank": 32}})",
-        // Each prompt its own window and held count (24 + 16, 21 + 14, 27 + 18): a launch each.
+        // Each prompt length its own window and held count (24 + 16, 21 + 14, 27 + 18): a
+        // launch each, the one of 70-token prompts over two sequences.
         R"({"name": "h2o", "heavy_ratio": 0.3, "recent_ratio": 0.2,
             "codec": {"name": "palu", "rank": 64}})",
         R"({"name": "scissorhands", "budget": 44, "recent": 8, "history": 12,
@@ -515,12 +516,12 @@ TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
     auto [cache, ref] = policy_caches(method, codec, {at::kCPU, /*emulated=*/true});
     PaluPagedCache& paged = *cache;
     const std::vector<int64_t> seqs = {paged.add_sequence(), paged.add_sequence(),
-                                       paged.add_sequence()};
+                                       paged.add_sequence(), paged.add_sequence()};
     for (int64_t id : seqs) ASSERT_EQ(ref->add_sequence(), id);
     auto gen = at::detail::createCPUGenerator(53);
     for (int step = 0; step < 7; ++step) {
       const std::vector<int64_t> counts =
-          step == 0 ? std::vector<int64_t>{80, 70, 90} : std::vector<int64_t>(3, 1);
+          step == 0 ? std::vector<int64_t>{80, 70, 90, 70} : std::vector<int64_t>(4, 1);
       std::vector<std::vector<testing_support::Block>> blocks(kLayers);
       std::vector<std::array<at::Tensor, 3>>
           packed;  // each layer's q, k, v as the model packs them
@@ -571,13 +572,13 @@ TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
     const auto one = [&](int64_t n, int64_t h) {
       return at::randn({n, h, kDim}, gen).to(at::kHalf);
     };
-    paged.append_and_attend_batch(0, seqs, {1, 1, 1}, one(3, kHeads), one(3, kKvHeads),
-                                  one(3, kKvHeads));
+    paged.append_and_attend_batch(0, seqs, {1, 1, 1, 1}, one(4, kHeads), one(4, kKvHeads),
+                                  one(4, kKvHeads));
     std::vector<int64_t> next = seqs;
     next.push_back(paged.add_sequence());
     for (int64_t l = 0; l < kLayers; ++l)
-      EXPECT_NO_THROW(paged.append_and_attend_batch(l, next, {1, 1, 1, 50}, one(53, kHeads),
-                                                    one(53, kKvHeads), one(53, kKvHeads)));
+      EXPECT_NO_THROW(paged.append_and_attend_batch(l, next, {1, 1, 1, 1, 50}, one(54, kHeads),
+                                                    one(54, kKvHeads), one(54, kKvHeads)));
   }
 }
 

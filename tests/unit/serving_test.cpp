@@ -676,6 +676,36 @@ TEST(Serving, BlockBytesFollowTheMethodsFormula) {
       full);
 }
 
+// The bookkeeping a retention policy keeps beside a block's K and V, charged to the pool on
+// top (tiny-llama: 4 layers, 2 KV heads, GQA group 2; blocks of 64): the CPU cache's int64
+// positions, H2O's fp32 sums, ScissorHands' 2 x 32 bools; the paged bound of 4 + 8 (+ 4 on the
+// kernel path); nothing without an evicting policy.
+TEST(Serving, RetentionBookkeepingIsChargedPerBlock) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  auto per_block = [&](const char* name, bool paged, bool kernel_path) {
+    return method_retention_block_bytes(resolve_method({{"name", name}}, "m"), c, 64, paged,
+                                        kernel_path);
+  };
+  const double tokens = 64.0 * 4 * 2;  // a block's tokens x layers x KV heads
+  EXPECT_EQ(per_block("full", false, false), 0.0);
+  EXPECT_EQ(per_block("quest", true, true), 0.0);
+  EXPECT_EQ(per_block("kivi-4", false, false), 0.0);
+  EXPECT_EQ(per_block("stream-512", false, false), tokens * 8);
+  EXPECT_EQ(per_block("h2o-512", false, false), tokens * (8 + 4));
+  EXPECT_EQ(per_block("scissorhands-512", false, false), tokens * (8 + 64));
+  EXPECT_EQ(per_block("scissorhands-512", true, false), tokens * (4 + 8 + 64));
+  EXPECT_EQ(per_block("scissorhands-512", true, true), tokens * (4 + 4 + 8 + 64));
+  // A policy selecting once after the prefill still records while the prompt enters.
+  EXPECT_EQ(method_retention_block_bytes(
+                resolve_method({{"name", "h2o-512"}, {"evict", "after_prefill"}}, "m"), c, 64),
+            tokens * (8 + 4));
+  // The same budget holds fewer ScissorHands blocks than full-cache ones of equal K/V bytes.
+  const double kv =
+      method_block_bytes(resolve_method({{"name", "full"}}, "m"), c, at::kBFloat16, 64);
+  EXPECT_LT(BlockPool::capacity(1 << 22, kv + per_block("scissorhands-512", false, false)),
+            BlockPool::capacity(1 << 22, kv));
+}
+
 // The window blocks make the pool's charge cover the formula at every length, and are the
 // fewest that do: none for the full cache and StreamingLLM (bytes linear in tokens), some for
 // kivi-4's full-precision residual (up to 2 x 128 tokens of fp16 keys and values).

@@ -363,6 +363,7 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   SequenceKvBytes b = bytes({{"name", "h2o"}}, cpu);
   EXPECT_EQ(b.retention, 4u * 120 * 2 * (8 + 4));
   EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (8 + 4));
+  EXPECT_EQ(b.retention_per_held_token, 2u * (8 + 4));
   EXPECT_TRUE(b.retention_exact);
   const uint64_t held = b.per_sequence + b.retention, entering = b.prefill + b.prefill_retention;
   EXPECT_EQ(b.batch_bytes(3), 2 * held + std::max(held, entering));
@@ -370,11 +371,13 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   EXPECT_EQ(largest_batch(double(2 * held + entering) - 1, b), 2);
   b = bytes({{"name", "h2o"}}, kernels);
   EXPECT_EQ(b.retention, 4u * 120 * 2 * (4 + 4 + 8 + 4));
-  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * 4);  // the sums only: no list before it selects
+  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (4 + 4 + 8 + 4));  // a bound in both states
+  EXPECT_EQ(b.retention_per_held_token, 2u * (4 + 4 + 8 + 4));
   EXPECT_FALSE(b.retention_exact);
   // Selecting once after the prefill, it records nothing afterwards: positions only.
   b = bytes({{"name", "h2o"}, {"evict", "after_prefill"}}, cpu);
   EXPECT_EQ(b.retention, 4u * (120 + 100) * 2 * 8);  // the 100 decoded tokens stay too
+  EXPECT_EQ(b.retention_per_held_token, 2u * 8);
   EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (8 + 4));
   // ScissorHands-512: its history is 64 bytes per held token and KV head (perf-notes, session
   // 47: 294 912 measured at 512 held on this model).

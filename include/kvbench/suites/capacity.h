@@ -20,12 +20,21 @@ struct RetentionIndex {
   uint64_t after_selection = 0;
   bool exact = true;  // false: after_selection is an upper bound
   // The CPU cache: int64 positions of every held token from the first on (8 and 8, exact).
-  // The paged cache: nothing before a selection; then int32 lists of at most the held tokens
-  // (4), a second copy where its kernels read them (4; `kernel_path`: on a GPU, or the
-  // kernel path emulated on the CPU), and the int64 positions of a compacted layer's slots
-  // (8): at most 12, or 16 on the kernel path.
+  // The paged cache, a bound in both states: int32 lists of at most the held tokens (4), a
+  // second copy where its kernels read them (4; `kernel_path`: on a GPU, or the kernel path
+  // emulated on the CPU), and the int64 positions of a compacted layer's slots (8): at most
+  // 12, or 16 on the kernel path. It keeps less where it can: nothing before a selection but
+  // a compacting prefill's layers, no list for StreamingLLM's ring, GEAR's block cache and the
+  // latent caches of shared heads fewer; on a GPU 12 of the 16 bytes are host memory.
   static RetentionIndex of(bool paged, bool kernel_path);
 };
+
+// Bookkeeping per token held at one layer (all its KV heads) under `policy`: the index and,
+// while the policy records, its record (record_bytes_per_token); `entering`: while the prompt
+// enters, before the first selection (the record then too). 0 without an evicting policy
+// (`full`, Quest).
+uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelConfig& config,
+                                   const RetentionIndex& index, bool entering);
 
 // KV bytes of one sequence that was prefilled with `prompt` tokens and decodes until `context`
 // tokens have entered it (prompt + decoded), at its largest state on the way (bytes are not
@@ -47,6 +56,9 @@ struct SequenceKvBytes {
   uint64_t prefill = 0;
   uint64_t retention = 0;
   uint64_t prefill_retention = 0;
+  // Bookkeeping per token held at one layer (all its KV heads) in the held state: what a
+  // measured cache's kept tokens cost (kv_memory.kept_tokens), wherever it is measured.
+  uint64_t retention_per_held_token = 0;
   bool retention_exact = true;          // false: `retention` is an upper bound (RetentionIndex)
   std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
 

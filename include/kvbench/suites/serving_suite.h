@@ -46,6 +46,15 @@ double method_block_bytes(const nlohmann::json& method, const ModelConfig& confi
                           at::ScalarType dtype, int64_t block_size, bool paged = false,
                           bool on_gpu = false);
 
+// The bookkeeping a block's tokens may need beside their K and V under the method's retention
+// policy, over all layers (capacity.h: the index and the policy's record, the larger of the
+// held and entering states; a bound, as a sequence holds at most its blocks' tokens): what
+// the pool charges each block on top of method_block_bytes. 0 without an evicting policy.
+// `paged` (`kernel_path`) as RetentionIndex::of.
+double method_retention_block_bytes(const nlohmann::json& method, const ModelConfig& config,
+                                    int64_t block_size, bool paged = false,
+                                    bool kernel_path = false);
+
 // Blocks each sequence needs beyond ceil(tokens / block_size) so that the pool's charge covers
 // the method's formula for every length up to `longest` tokens:
 //   the least W >= 0 with (ceil(T / block_size) + W) * bytes_per_block >= formula(T)
