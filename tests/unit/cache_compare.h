@@ -8,7 +8,9 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <functional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -83,6 +85,48 @@ inline void compare_batched_steps(KVCache& cache, KVCache& ref, int64_t layers, 
         ASSERT_LT(rel, tolerance) << "sequence " << b << " at " << cache.length(seqs[b])
                                   << " tokens, " << counts[b] << " new, layer " << layer;
       }
+    }
+}
+
+// One packed step, drawn before any cache runs it (so that counting a cache's operators sees
+// that cache's only): per layer, each sequence's block and the q, k, v of all of them as one
+// append_and_attend_batch call takes them ([tokens, heads, d] in `dtype`).
+struct PackedStep {
+  std::vector<std::vector<Block>> blocks;         // [layer][sequence]
+  std::vector<std::array<at::Tensor, 3>> packed;  // [layer]: q, k, v
+};
+inline PackedStep packed_step(int64_t layers, const std::vector<int64_t>& counts,
+                              const std::function<Block(int64_t n, at::Generator& gen)>& draw,
+                              at::Generator& gen, at::ScalarType dtype) {
+  PackedStep out;
+  for (int64_t l = 0; l < layers; ++l) {
+    out.blocks.emplace_back();
+    std::vector<at::Tensor> q, k, v;
+    for (const int64_t n : counts) {
+      out.blocks.back().push_back(draw(n, gen));
+      const Block& x = out.blocks.back().back();
+      q.push_back(x.q.transpose(0, 1)), k.push_back(x.k.transpose(0, 1)),
+          v.push_back(x.v.transpose(0, 1));
+    }
+    out.packed.push_back({at::cat(q).to(dtype), at::cat(k).to(dtype), at::cat(v).to(dtype)});
+  }
+  return out;
+}
+
+// Each sequence's rows of `got` (per layer, a batch call's output for `step`) against what `ref`
+// gives it alone, within `tolerance` (relative Frobenius error); `label` names the step.
+inline void expect_rows_like_reference(KVCache& ref, const std::vector<int64_t>& seqs,
+                                       const std::vector<int64_t>& counts, const PackedStep& step,
+                                       const std::vector<at::Tensor>& got, double tolerance,
+                                       const std::string& label) {
+  for (size_t l = 0; l < got.size(); ++l)
+    for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
+      const Block& x = step.blocks[l][b];
+      const at::Tensor want = ref.append_and_attend(seqs[b], int64_t(l), x.q, x.k, x.v);
+      const at::Tensor mine =
+          got[l].narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kCPU, at::kFloat);
+      EXPECT_LT(((mine - want).norm() / want.norm()).item<double>(), tolerance)
+          << label << ", layer " << l << ", sequence " << b;
     }
 }
 

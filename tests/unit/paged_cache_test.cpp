@@ -9,7 +9,6 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -20,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cache_compare.h"
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
@@ -1286,38 +1286,25 @@ TEST(PagedHostOpsTest, SteadyStateServesEveryWindowOfAStep) {
   for (int step = 0; step < 6; ++step) {
     const std::vector<int64_t> counts =
         step == 0 ? std::vector<int64_t>{80, 60, 80, 60} : std::vector<int64_t>(4, 1);
-    std::vector<std::vector<Block>> blocks(kLayers);
-    std::vector<std::array<at::Tensor, 3>> packed;  // each layer's q, k, v as the model packs them
-    for (int64_t l = 0; l < kLayers; ++l) {
-      std::vector<at::Tensor> q, k, v;
-      for (const int64_t n : counts) {
-        blocks[size_t(l)].push_back(random_block(n, at::kHalf, gen));
-        const Block& x = blocks[size_t(l)].back();
-        q.push_back(x.q.transpose(0, 1)), k.push_back(x.k.transpose(0, 1)),
-            v.push_back(x.v.transpose(0, 1));
-      }
-      packed.push_back(
-          {at::cat(q).to(at::kHalf), at::cat(k).to(at::kHalf), at::cat(v).to(at::kHalf)});
-    }
+    const testing_support::PackedStep x = testing_support::packed_step(
+        kLayers, counts,
+        [](int64_t n, at::Generator& g) {
+          const Block b = random_block(n, at::kHalf, g);
+          return testing_support::Block{b.q, b.k, b.v};
+        },
+        gen, at::kHalf);
     ops.clear();
     std::vector<at::Tensor> got;
     for (int64_t l = 0; l < kLayers; ++l) {
-      const auto& [q, k, v] = packed[size_t(l)];
+      const auto& [q, k, v] = x.packed[size_t(l)];
       got.push_back(paged.append_and_attend_batch(l, seqs, counts, q, k, v));
     }
     if (step > 1) {  // (the first decode step may still select: the prefill's tail)
       EXPECT_EQ(ops["aten::sort"], 0) << "step " << step;
       EXPECT_EQ(ops["aten::item"] + ops["aten::_local_scalar_dense"], 0) << "step " << step;
     }
-    for (int64_t l = 0; l < kLayers; ++l)
-      for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
-        const Block& x = blocks[size_t(l)][b];
-        const at::Tensor want = ref->append_and_attend(seqs[b], l, x.q, x.k, x.v);
-        const at::Tensor mine =
-            got[size_t(l)].narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kFloat);
-        EXPECT_LT(((mine - want).norm() / want.norm()).item<double>(), 3e-3)
-            << "step " << step << ", layer " << l << ", sequence " << b;
-      }
+    testing_support::expect_rows_like_reference(*ref, seqs, counts, x, got, 3e-3,
+                                                "step " + std::to_string(step));
     for (const int64_t seq : seqs)
       for (int64_t l = 0; l < kLayers; ++l)
         EXPECT_TRUE(at::equal(paged.kept_positions(seq, l),

@@ -522,24 +522,13 @@ TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
     for (int step = 0; step < 7; ++step) {
       const std::vector<int64_t> counts =
           step == 0 ? std::vector<int64_t>{80, 70, 90, 70} : std::vector<int64_t>(4, 1);
-      std::vector<std::vector<testing_support::Block>> blocks(kLayers);
-      std::vector<std::array<at::Tensor, 3>>
-          packed;  // each layer's q, k, v as the model packs them
-      for (int64_t l = 0; l < kLayers; ++l) {
-        std::vector<at::Tensor> q, k, v;
-        for (const int64_t n : counts) {
-          const testing_support::Block x = random_block(n, gen);
-          blocks[size_t(l)].push_back(x);
-          q.push_back(x.q.transpose(0, 1)), k.push_back(x.k.transpose(0, 1)),
-              v.push_back(x.v.transpose(0, 1));
-        }
-        packed.push_back(
-            {at::cat(q).to(at::kHalf), at::cat(k).to(at::kHalf), at::cat(v).to(at::kHalf)});
-      }
+      const testing_support::PackedStep x = testing_support::packed_step(
+          kLayers, counts, [](int64_t n, at::Generator& g) { return random_block(n, g); }, gen,
+          at::kHalf);
       ops.clear();
       std::vector<at::Tensor> got;
       for (int64_t l = 0; l < kLayers; ++l) {
-        const auto& [q, k, v] = packed[size_t(l)];
+        const auto& [q, k, v] = x.packed[size_t(l)];
         got.push_back(paged.append_and_attend_batch(l, seqs, counts, q, k, v));
       }
       if (step > 0) {
@@ -549,15 +538,8 @@ TEST(PaluPagedHostOpsTest, SteadyStateEvictsWithoutSortingOrReadingBack) {
         // after the first steady step they lie in one buffer per layer (views, no join).
         EXPECT_LE(ops["aten::cat"], step == 1 ? kLayers + 1 : 1) << "step " << step;
       }
-      for (int64_t l = 0; l < kLayers; ++l)
-        for (size_t b = 0, row = 0; b < seqs.size(); row += size_t(counts[b]), ++b) {
-          const testing_support::Block& x = blocks[size_t(l)][b];
-          const at::Tensor want = ref->append_and_attend(seqs[b], l, x.q, x.k, x.v);
-          const at::Tensor mine =
-              got[size_t(l)].narrow(0, int64_t(row), counts[b]).transpose(0, 1).to(at::kFloat);
-          EXPECT_LT(((mine - want).norm() / want.norm()).item<double>(), 3e-3)
-              << "step " << step << ", layer " << l << ", sequence " << b;
-        }
+      testing_support::expect_rows_like_reference(*ref, seqs, counts, x, got, 3e-3,
+                                                  "step " + std::to_string(step));
       for (const int64_t seq : seqs) {
         EXPECT_EQ(paged.kept_tokens(seq), ref->kept_tokens(seq)) << "step " << step;
         for (int64_t l = 0; l < kLayers; ++l)  // (one latent per KV head: group 1)
