@@ -1239,6 +1239,11 @@ class ServingCliTest(CliCase):
                 self.assertEqual(r["goodput"]["requests_meeting_slo"], 6)
                 self.assertEqual(r["goodput"]["fraction"], 1.0)
                 self.assertLessEqual(r["kv"]["blocks_peak"], c["summary"]["num_blocks"])
+                # The budget's per-block charge for the retention bookkeeping bounds what the
+                # cache kept (stream-512: its positions; nothing for the others).
+                self.assertLessEqual(r["kv"]["retention_bytes_peak"],
+                                     r["kv"]["blocks_peak"]
+                                     * c["summary"]["retention_bytes_per_block"])
                 # The pool charges at least what the cache holds (kivi-4: its fp16 window).
                 self.assertGreaterEqual(r["kv"]["pool_bytes_peak"], r["kv"]["measured_bytes_peak"])
                 # What the storage occupied includes what it held.

@@ -341,9 +341,9 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
 }
 
 // What an evicting policy keeps beside K and V, per held token, KV head and layer: the CPU
-// cache's int64 positions (8) from the first token on; the paged cache's lists (at most 4 + 8,
-// and 4 more on the kernel path) once it selected; the policy's record while it records (H2O
-// 4 bytes, ScissorHands group 2 x history 32 = 64).
+// cache's int64 positions (8) from the first token on; the paged cache's bound (lists and
+// compacted positions, at most 4 + 8, and 4 more on the kernel path); the policy's record
+// while it records (H2O 4 bytes, ScissorHands group 2 x history 32 = 64).
 TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny-llama");
   ASSERT_EQ(c.num_layers, 4);
