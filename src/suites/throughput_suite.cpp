@@ -264,8 +264,8 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   // measured at its peak (which for KIVI or GEAR may come before `context`): for the tokens it
   // held then, exact on the CPU cache, a bound on the paged one.
   r["retention_bytes_formula"] = static_cast<uint64_t>(batch) * bytes.retention;
-  const json kept = r["kv_memory"].value("kept_tokens", json::object())
-                        .value("per_layer", json::array());
+  const json kept =
+      r["kv_memory"].value("kept_tokens", json::object()).value("per_layer", json::array());
   double modelled = 0;
   for (const json& k : kept) modelled += k.get<double>() * double(bytes.retention_per_held_token);
   const double retention_measured = r["kv_memory"].value("retention_bytes", 0.0);
