@@ -5,6 +5,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/attention_record.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/quest_policy.h"
 
 namespace kvbench {
@@ -14,6 +15,8 @@ RetentionIndex RetentionIndex::of(bool paged, bool kernel_path) {
   const uint64_t most = sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t);
   return {most, most, false};
 }
+
+bool RetentionIndex::kernel_path(bool gpu) { return gpu || paged_kernel_path_on_cpu(); }
 
 uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelConfig& c,
                                    const RetentionIndex& index, bool entering) {

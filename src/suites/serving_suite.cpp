@@ -531,7 +531,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // The policy's bookkeeping lives outside the cache's blocks but inside the budget.
   const double retention_block_bytes =
       method_retention_block_bytes(ctx.method, c, block_size, ctx.spec.attention == "paged",
-                                   ctx.spec.device == "cuda" || paged_kernel_path_on_cpu());
+                                   RetentionIndex::kernel_path(ctx.spec.device == "cuda"));
   const ModelPlacement placement = ctx.model.placement();
   const double budget = budget_bytes(p, placement.device, model.weight_bytes());
   const int64_t num_blocks = BlockPool::capacity(budget, block_bytes + retention_block_bytes);

@@ -198,10 +198,10 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   const Budget budget =
       capacity_budget(p, ctx.model.placement().device, ctx.model.get().weight_bytes());
   auto policy = make_policy(ctx.method);
-  const bool gpu = ctx.model.placement().device.is_cuda();
   const SequenceKvBytes bytes = sequence_kv_bytes(
       codec, *policy, c, prompt, context,
-      RetentionIndex::of(ctx.spec.attention == "paged", gpu || paged_kernel_path_on_cpu()));
+      RetentionIndex::of(ctx.spec.attention == "paged",
+                         RetentionIndex::kernel_path(ctx.model.placement().device.is_cuda())));
   const int64_t fit = largest_batch(budget.bytes, bytes);
   const int64_t cap = p["max_batch"];
   const int64_t batch = std::min(fit, cap);
@@ -329,7 +329,7 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
                  budget,
                  sequence_kv_bytes(
                      *make_codec(ctx.method, ctx.kv_dtype), *policy, *ctx.model, prompt, context,
-                     RetentionIndex::of(ctx.paged, ctx.gpu || paged_kernel_path_on_cpu()))));
+                     RetentionIndex::of(ctx.paged, RetentionIndex::kernel_path(ctx.gpu)))));
     } catch (const Error&) {
       // (The run fails this cell with the reason; the estimate keeps max_batch's bound.)
     }

@@ -27,6 +27,9 @@ struct RetentionIndex {
   // a compacting prefill's layers, no list for StreamingLLM's ring, GEAR's block cache and the
   // latent caches of shared heads fewer; on a GPU 12 of the 16 bytes are host memory.
   static RetentionIndex of(bool paged, bool kernel_path);
+  // Whether a run's paged caches take the kernel path (`gpu`, or KVBENCH_PAGED_PATH=kernels on
+  // the CPU): of()'s `kernel_path` for a run.
+  static bool kernel_path(bool gpu);
 };
 
 // Bookkeeping per token held at one layer (all its KV heads) under `policy`: the index and,
