@@ -388,6 +388,38 @@ TEST(Compare, ServingMetricsPerRate) {
   EXPECT_TRUE(find(trace, "serving_ttft").regressed);
 }
 
+// Serving's kv_bytes also compares the budget's charge per block, retention bookkeeping
+// included: a policy whose bookkeeping grows regresses there though its format is unchanged. A
+// baseline written before retention_bytes_per_block compares the format's bytes only, and says
+// the charge was not compared.
+TEST(Compare, ServingChargePerBlockCountsRetention) {
+  auto with_retention = [](double retention) {
+    json c = serving_cell(kTight, 1.0);
+    c["summary"]["retention_bytes_per_block"] = retention;
+    return c;
+  };
+  const CompareResult grown =
+      compare_reports(report({with_retention(256)}), report({with_retention(1024)}), defaults());
+  std::map<std::string, bool> regressed;
+  for (const MetricComparison& c : grown.comparisons)
+    if (c.metric == "kv_bytes") regressed[c.point] = c.regressed;
+  EXPECT_EQ(regressed, (std::map<std::string, bool>{{"", false}, {"charged_per_block", true}}));
+  const CompareResult same =
+      compare_reports(report({with_retention(256)}), report({with_retention(256)}), defaults());
+  for (const MetricComparison& c : same.comparisons)
+    if (c.metric == "kv_bytes" && c.point == "charged_per_block")
+      EXPECT_DOUBLE_EQ(c.candidate, 4096 + 256);
+  EXPECT_EQ(same.regressions(), 0u);
+
+  const CompareResult old = compare_reports(report({serving_cell(kTight, 1.0)}),
+                                            report({with_retention(1024)}), defaults());
+  EXPECT_EQ(old.regressions(), 0u);
+  EXPECT_EQ(find(old, "kv_bytes").point, "");
+  EXPECT_TRUE(std::any_of(old.notes.begin(), old.notes.end(), [](const std::string& n) {
+    return n == "s.a kv_bytes charged_per_block: only in the new report; not compared";
+  }));
+}
+
 TEST(Compare, PredictorStepTimesAndAccuracy) {
   auto cell = [](const std::vector<double>& steps, double accuracy) {
     return json{{"id", "p.a"},
@@ -454,8 +486,9 @@ TEST(Compare, ARealServingCellComparesWithItself) {
   const CompareResult r = compare_reports(report({cell}), report({cell}), defaults());
   std::map<std::string, size_t> count;
   for (const MetricComparison& c : r.comparisons) ++count[c.metric];
+  // kv_bytes: the format's bytes per block and the budget's charge per block.
   EXPECT_EQ(count, (std::map<std::string, size_t>{
-                       {"goodput", 2}, {"kv_bytes", 1}, {"serving_e2e", 2}, {"serving_ttft", 2}}));
+                       {"goodput", 2}, {"kv_bytes", 2}, {"serving_e2e", 2}, {"serving_ttft", 2}}));
   EXPECT_EQ(r.regressions(), 0u);
   // Every point was compared; with 3 requests a rate, each timing says its samples are few,
   // and the last note that one run a side shows no spread between runs.
