@@ -809,6 +809,22 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
   return cache;
 }
 
+bool paged_cache_keeps_ring(const nlohmann::json& method, at::ScalarType dtype) {
+  const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
+  if (!policy->sinks_and_window()) return false;  // most methods: no need to know the format
+  const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
+  if (std::dynamic_pointer_cast<const GearCodec>(codec)) return false;
+  if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec)) {
+    // As make_paged_cache builds them: Palu's latent pages attended by its own kernel, the
+    // projection's coefficient pages in the 16-bit format of their dtype.
+    if (lowrank->kind() == LowRankKind::kPalu) return false;
+    return paged_ring(paged_format_for({{"name", dtype == at::kHalf ? "fp16" : "bf16"}}, dtype),
+                      policy.get())
+        .has_value();
+  }
+  return paged_ring(paged_format_for(method, dtype), policy.get()).has_value();
+}
+
 std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
                                           std::shared_ptr<const Codec> codec, int64_t num_layers,
                                           int64_t num_kv_heads, int64_t head_dim,

@@ -159,6 +159,12 @@ at::Tensor paged_block_attention(const at::Tensor& q, const at::Tensor& k, const
   return at::cat(parts, 1);
 }
 
+std::optional<SinksAndWindow> paged_ring(const PagedFormat& format, const RetentionPolicy* policy) {
+  if (policy == nullptr || kernels::is_kivi(format.format) || format.own_attention)
+    return std::nullopt;
+  return policy->sinks_and_window();
+}
+
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype) {
   const std::string name = method.at("name");
   auto fail = [&](const std::string& why) {
@@ -235,10 +241,7 @@ PagedKVCache::PagedKVCache(PagedFormat format, int64_t num_layers, int64_t num_k
   if (policy && dynamic_cast<const FullRetention*>(policy.get()) == nullptr)
     policy_ = std::move(policy);
   quest_ = dynamic_cast<const QuestPolicy*>(policy_.get());
-  // KIVI's key groups span tokens, and a cache attending with its own kernel reads its pages
-  // as it lays them out: neither can have its tokens in a ring.
-  if (policy_ && !kernels::is_kivi(format_.format) && !format_.own_attention)
-    ring_ = policy_->sinks_and_window();
+  ring_ = paged_ring(format_, policy_.get());
   if (ring_) {  // the ring is the policy's choice only if its budget and span say the same
     RetentionInput in;
     in.num_layers = num_layers_, in.length = ring_->sinks + ring_->window + 1;

@@ -10,10 +10,16 @@
 
 namespace kvbench {
 
-RetentionIndex RetentionIndex::of(bool paged, bool kernel_path) {
+RetentionIndex RetentionIndex::of(bool paged, bool kernel_path, bool ring) {
   if (!paged) return {sizeof(int64_t), sizeof(int64_t), true};
+  if (ring) return {0, 0, true};
   const uint64_t most = sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t);
   return {most, most, false};
+}
+
+RetentionIndex RetentionIndex::for_method(const nlohmann::json& method, at::ScalarType dtype,
+                                          bool paged, bool kernel_path) {
+  return of(paged, kernel_path, paged && paged_cache_keeps_ring(method, dtype));
 }
 
 bool RetentionIndex::kernel_path(bool gpu) { return gpu || paged_kernel_path_on_cpu(); }

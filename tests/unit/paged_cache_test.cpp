@@ -1060,9 +1060,39 @@ TEST(PagedRingTest, KeepsWhatTheListsKeepInItsOwnPages) {
           }
           ASSERT_EQ(ring.free_pages(), pool - held_pages) << where << " at " << ring.length(a);
           ASSERT_EQ(ring.nominal().total(), lists.nominal().total()) << where;
+          // No list of kept positions: the ring's bookkeeping is none (RetentionIndex's ring).
+          ASSERT_EQ(ring.retention_bytes(), 0u) << where;
         }
         EXPECT_GT(ring.retention_seconds(), 0.0) << where << ": the blocks' moves are the policy's";
       }
+}
+
+// paged_cache_keeps_ring, which capacity and serving plan by, says what the paged cache built
+// for the method does: a ring for StreamingLLM evicting during decode (over a per-token format:
+// KIVI's codes take only an eviction after the prefill); none for an eviction after the
+// prefill, other policies or none.
+TEST(PagedRingTest, TheMethodRuleMatchesTheCache) {
+  const std::vector<std::pair<const char*, bool>> cases = {
+      {R"({"name": "stream-512"})", true},
+      {R"({"name": "stream-512", "codec": "int4"})", true},
+      {R"({"name": "stream-512", "codec": "fp8"})", true},
+      {R"({"name": "stream-512", "codec": "kivi-2", "evict": "after_prefill"})", false},
+      {R"({"name": "stream-512", "evict": "after_prefill"})", false},
+      {R"({"name": "h2o-512"})", false},
+      {R"({"name": "quest"})", false},
+      {R"({"name": "full"})", false},
+      {R"({"name": "int8"})", false}};
+  for (const auto& [text, ring] : cases) {
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(text), "methods[0]");
+    EXPECT_EQ(paged_cache_keeps_ring(method, at::kHalf), ring) << text;
+    auto cache = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "paged");
+    EXPECT_EQ(dynamic_cast<PagedKVCache&>(*cache).rings(), ring) << text;
+  }
+  // Palu's latent pages are attended by its own kernel: no ring (its cache needs fitted bases,
+  // so only the rule is asked here).
+  EXPECT_FALSE(paged_cache_keeps_ring(
+      resolve_method(nlohmann::json::parse(R"({"name": "stream-512", "codec": "palu"})"), "m"),
+      at::kHalf));
 }
 
 // A policy's choice that is not ascending indices of the held tokens is refused by name.

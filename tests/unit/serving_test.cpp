@@ -683,8 +683,8 @@ TEST(Serving, BlockBytesFollowTheMethodsFormula) {
 TEST(Serving, RetentionBookkeepingIsChargedPerBlock) {
   const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
   auto per_block = [&](const char* name, bool paged, bool kernel_path) {
-    return method_retention_block_bytes(resolve_method({{"name", name}}, "m"), c, 64, paged,
-                                        kernel_path);
+    return method_retention_block_bytes(resolve_method({{"name", name}}, "m"), c, at::kHalf, 64,
+                                        paged, kernel_path);
   };
   const double tokens = 64.0 * 4 * 2;  // a block's tokens x layers x KV heads
   EXPECT_EQ(per_block("full", false, false), 0.0);
@@ -695,10 +695,20 @@ TEST(Serving, RetentionBookkeepingIsChargedPerBlock) {
   EXPECT_EQ(per_block("scissorhands-512", false, false), tokens * (8 + 64));
   EXPECT_EQ(per_block("scissorhands-512", true, false), tokens * (4 + 8 + 64));
   EXPECT_EQ(per_block("scissorhands-512", true, true), tokens * (4 + 4 + 8 + 64));
-  // A policy selecting once after the prefill still records while the prompt enters.
+  // StreamingLLM's ring on the paged cache lists nothing; selecting once after the prefill
+  // (KIVI's codes take no other) it lists its kept tokens as the other policies do.
+  EXPECT_EQ(per_block("stream-512", true, false), 0.0);
+  EXPECT_EQ(per_block("stream-512", true, true), 0.0);
   EXPECT_EQ(method_retention_block_bytes(
-                resolve_method({{"name", "h2o-512"}, {"evict", "after_prefill"}}, "m"), c, 64),
-            tokens * (8 + 4));
+                resolve_method(
+                    {{"name", "stream-512"}, {"codec", "kivi-2"}, {"evict", "after_prefill"}}, "m"),
+                c, at::kHalf, 64, true, true),
+            tokens * (4 + 4 + 8));
+  // A policy selecting once after the prefill still records while the prompt enters.
+  EXPECT_EQ(
+      method_retention_block_bytes(
+          resolve_method({{"name", "h2o-512"}, {"evict", "after_prefill"}}, "m"), c, at::kHalf, 64),
+      tokens * (8 + 4));
   // The same budget holds fewer ScissorHands blocks than full-cache ones of equal K/V bytes.
   const double kv =
       method_block_bytes(resolve_method({{"name", "full"}}, "m"), c, at::kBFloat16, 64);

@@ -388,6 +388,23 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   EXPECT_EQ(b.retention, 4u * 512 * 2 * (4 + 8 + 64));
   // StreamingLLM keeps positions only; full and Quest keep nothing beside K and V.
   EXPECT_EQ(bytes({{"name", "stream-512"}}, cpu).retention, 4u * 512 * 2 * 8);
+  // On the paged cache StreamingLLM's ring lists nothing (exact); selecting once after the
+  // prefill (as over KIVI's codes) it holds no ring and is bounded as the listing policies are.
+  for (bool kernel_path : {false, true}) {
+    const json stream = resolve_method({{"name", "stream-512"}}, "m");
+    b = bytes(stream, RetentionIndex::for_method(stream, at::kHalf, true, kernel_path));
+    EXPECT_EQ(b.retention, 0u);
+    EXPECT_EQ(b.prefill_retention, 0u);
+    EXPECT_TRUE(b.retention_exact);
+    const json kivi = resolve_method(
+        {{"name", "stream-512"}, {"codec", "kivi-2"}, {"evict", "after_prefill"}}, "m");
+    EXPECT_EQ(RetentionIndex::for_method(kivi, at::kHalf, true, kernel_path).after_selection,
+              kernel_path ? 16u : 12u);
+  }
+  EXPECT_EQ(RetentionIndex::for_method(resolve_method({{"name", "stream-512"}}, "m"), at::kHalf,
+                                       false, true)
+                .after_selection,
+            8u);  // the CPU cache lists its positions
   for (const char* name : {"full", "quest"}) {
     b = bytes({{"name", name}}, kernels);
     EXPECT_EQ(b.retention, 0u) << name;

@@ -89,6 +89,13 @@ struct PagedFormat {
   at::ScalarType computed_dtype = at::ScalarType::Undefined;
 };
 
+// The ring a paged cache of `format` keeps `policy`'s tokens in (PagedKVCache::rings): the
+// policy's sinks and window (RetentionPolicy::sinks_and_window) over a format whose tokens may
+// sit in any slot. Not KIVI's (its key groups span tokens) nor pages attended by their own
+// kernel (format.own_attention: it reads them as it lays them out). A ring lists no kept
+// positions: it keeps no retention bookkeeping.
+std::optional<SinksAndWindow> paged_ring(const PagedFormat& format, const RetentionPolicy* policy);
+
 // The paged format of a resolved method entry with uncompressed storage `model_dtype`.
 // Throws Error naming the method and what the paged formats offer when there is none.
 // A retention method's format is its codec's.

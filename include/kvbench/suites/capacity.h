@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/retention_policy.h"
 #include "kvbench/model/model_config.h"
@@ -24,9 +26,13 @@ struct RetentionIndex {
   // second copy where its kernels read them (4; `kernel_path`: on a GPU, or the kernel path
   // emulated on the CPU), and the int64 positions of a compacted layer's slots (8): at most
   // 12, or 16 on the kernel path. It keeps less where it can: nothing before a selection but
-  // a compacting prefill's layers, no list for StreamingLLM's ring, GEAR's block cache and the
-  // latent caches of shared heads fewer; on a GPU 12 of the 16 bytes are host memory.
-  static RetentionIndex of(bool paged, bool kernel_path);
+  // a compacting prefill's layers, GEAR's block cache and the latent caches of shared heads
+  // fewer; on a GPU 12 of the 16 bytes are host memory. `ring`: the paged cache keeps the
+  // policy's tokens in a ring of slots (paged_cache_keeps_ring), listing none: 0, exact.
+  static RetentionIndex of(bool paged, bool kernel_path, bool ring = false);
+  // of() for a resolved method entry stored as `dtype`, its ring asked of the paged cache.
+  static RetentionIndex for_method(const nlohmann::json& method, at::ScalarType dtype, bool paged,
+                                   bool kernel_path);
   // Whether a run's paged caches take the kernel path (`gpu`, or KVBENCH_PAGED_PATH=kernels on
   // the CPU): of()'s `kernel_path` for a run.
   static bool kernel_path(bool gpu);
