@@ -809,20 +809,26 @@ std::unique_ptr<KVCache> make_kv_cache(const nlohmann::json& method, int64_t num
   return cache;
 }
 
-bool paged_cache_keeps_ring(const nlohmann::json& method, at::ScalarType dtype) {
+PagedRetention paged_retention_of(const nlohmann::json& method, at::ScalarType dtype) {
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
-  if (!policy->sinks_and_window()) return false;  // most methods: no need to know the format
+  if (dynamic_cast<const FullRetention*>(policy.get()) != nullptr ||
+      dynamic_cast<const QuestPolicy*>(policy.get()) != nullptr)
+    return {};  // nothing evicted: no need to know the format
   const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
-  if (std::dynamic_pointer_cast<const GearCodec>(codec)) return false;
+  if (std::dynamic_pointer_cast<const GearCodec>(codec)) return {};
+  PagedFormat format;
   if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec)) {
     // As make_paged_cache builds them: Palu's latent pages attended by its own kernel, the
     // projection's coefficient pages in the 16-bit format of their dtype.
-    if (lowrank->kind() == LowRankKind::kPalu) return false;
-    return paged_ring(paged_format_for({{"name", dtype == at::kHalf ? "fp16" : "bf16"}}, dtype),
-                      policy.get())
-        .has_value();
+    if (lowrank->kind() == LowRankKind::kPalu) return {};
+    format = paged_format_for({{"name", dtype == at::kHalf ? "fp16" : "bf16"}}, dtype);
+  } else {
+    format = paged_format_for(method, dtype);
   }
-  return paged_ring(paged_format_for(method, dtype), policy.get()).has_value();
+  PagedRetention out;
+  out.ring = paged_ring(format, policy.get()).has_value();
+  if (paged_compacts(format, policy.get())) out.compacting_page = format.page_size;
+  return out;
 }
 
 std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,

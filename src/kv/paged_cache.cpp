@@ -165,6 +165,29 @@ std::optional<SinksAndWindow> paged_ring(const PagedFormat& format, const Retent
   return policy->sinks_and_window();
 }
 
+bool paged_compacts(const PagedFormat& format, const RetentionPolicy* policy) {
+  return policy != nullptr && dynamic_cast<const FullRetention*>(policy) == nullptr &&
+         dynamic_cast<const QuestPolicy*>(policy) == nullptr && !paged_ring(format, policy) &&
+         !kernels::is_kivi(format.format) && !format.own_attention;
+}
+
+CompactedSlots compacted_slots(int64_t page_size, const RetentionPolicy& policy, int64_t num_layers,
+                               int64_t prompt, int64_t total) {
+  RetentionInput in;
+  in.num_layers = num_layers, in.length = prompt, in.prefill = true, in.prompt = prompt;
+  int64_t compacted = 0;
+  for (in.layer = 0; in.layer < num_layers; ++in.layer)
+    compacted = std::max(compacted, std::min(prompt, policy.budget(in)));
+  compacted += total - prompt;
+  if (policy.timing() != EvictionTiming::kDecode) return {compacted, false};
+  in.length = total, in.prefill = false;
+  int64_t most = 0;
+  for (in.layer = 0; in.layer < num_layers; ++in.layer)
+    most = std::max(most, std::min(total, policy.budget(in)));
+  const int64_t bound = most + recompaction_slack(page_size, most);
+  return {std::min(compacted, bound), compacted >= bound};
+}
+
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype) {
   const std::string name = method.at("name");
   auto fail = [&](const std::string& why) {
@@ -1937,33 +1960,11 @@ bool PagedKVCache::compacts() const {
   // A decode-timing policy over a per-token format either rings (StreamingLLM) or selects by
   // attention (H2O, TOVA, ScissorHands): the latter's prefill choice is compacted too, and
   // its decode choices list slots from then on.
-  return policy_ && !quest_ && !ring_ && !kernels::is_kivi(format_.format) &&
-         !format_.own_attention;
+  return paged_compacts(format_, policy_.get());
 }
 
 int64_t PagedKVCache::slots_needed(int64_t prompt, int64_t total) const {
-  const int64_t compacted = compacted_prompt(prompt) + total - prompt;
-  if (policy_->timing() != EvictionTiming::kDecode) return compacted;
-  // Evicting during decode, one token per step after the prompt: the budget and the free slots
-  // recompact() lets grow past it (a step's token included: the step that reaches the bound
-  // compacts at its end). The policies evicting during decode have budgets that do not vary
-  // with the length; one that did would need the most over lengths prompt..total.
-  RetentionInput in;
-  in.num_layers = num_layers_, in.length = total, in.prompt = prompt;
-  int64_t most = 0;
-  for (in.layer = 0; in.layer < num_layers_; ++in.layer)
-    most = std::max(most, std::min(total, policy_->budget(in)));
-  return std::min(compacted, most + std::max<int64_t>(format_.page_size, most / 8));
-}
-
-int64_t PagedKVCache::compacted_prompt(int64_t prompt) const {
-  if (!compacts()) return prompt;
-  RetentionInput in;
-  in.num_layers = num_layers_, in.length = prompt, in.prefill = true, in.prompt = prompt;
-  int64_t most = 0;
-  for (in.layer = 0; in.layer < num_layers_; ++in.layer)
-    most = std::max(most, std::min(prompt, policy_->budget(in)));
-  return most;
+  return compacted_slots(format_.page_size, *policy_, num_layers_, prompt, total).slots;
 }
 
 void PagedKVCache::compact(int64_t layer, const std::vector<Sequence*>& seqs,
@@ -2121,7 +2122,7 @@ bool PagedKVCache::recompaction_due(const Sequence& s, int64_t* slots) const {
   *slots = most;
   // Rows move once the slots no head keeps fill a page or an eighth of what is kept: at most
   // one move of the kept rows per `page_size` decode steps, memory within max(page, 12.5%).
-  return stored(s) - most >= std::max<int64_t>(format_.page_size, most / 8);
+  return stored(s) - most >= recompaction_slack(format_.page_size, most);
 }
 
 void PagedKVCache::recompact(const std::vector<Sequence*>& batch) {

@@ -29,8 +29,15 @@ int64_t Scheduler::held(const State& s, int64_t context) const {
           ? config_.retention_budget_of(s.prefill_len > 0 ? s.prefill_len : s.req.prompt_tokens)
           : config_.retention_budget;
   if (budget == 0) return context;
-  if (config_.evict_during_decode) return std::min(context, budget);
-  return std::min(s.prefill_len, budget) + (context - s.prefill_len);
+  const int64_t compacted = std::min(s.prefill_len, budget) + (context - s.prefill_len);
+  if (!config_.evict_during_decode) return compacted;
+  if (config_.compaction_slack) {
+    // A whole prefill is compacted to the budget; chunks after the first enter as decode tokens
+    // do, leaving free slots the next compaction takes back: then only the bound is known.
+    const int64_t bound = budget + config_.compaction_slack(budget);
+    return std::min({context, config_.chunked_prefill ? bound : compacted, bound});
+  }
+  return std::min(context, budget);
 }
 
 void Scheduler::submit(const ServingRequest& r) {

@@ -6,26 +6,31 @@
 #include "kvbench/core/error.h"
 #include "kvbench/kv/attention_record.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/paged_cache.h"
 #include "kvbench/kv/quest_policy.h"
 
 namespace kvbench {
 
-RetentionIndex RetentionIndex::of(bool paged, bool kernel_path, bool ring) {
+RetentionLayout RetentionLayout::of(bool paged, bool kernel_path, bool ring) {
   if (!paged) return {sizeof(int64_t), sizeof(int64_t), true};
   if (ring) return {0, 0, true};
   const uint64_t most = sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t);
   return {most, most, false};
 }
 
-RetentionIndex RetentionIndex::for_method(const nlohmann::json& method, at::ScalarType dtype,
-                                          bool paged, bool kernel_path) {
-  return of(paged, kernel_path, paged && paged_cache_keeps_ring(method, dtype));
+RetentionLayout RetentionLayout::for_method(const nlohmann::json& method, at::ScalarType dtype,
+                                            bool paged, bool kernel_path) {
+  if (!paged) return of(false, kernel_path);
+  const PagedRetention held = paged_retention_of(method, dtype);
+  RetentionLayout out = of(true, kernel_path, held.ring);
+  out.compacting_page = held.compacting_page;
+  return out;
 }
 
-bool RetentionIndex::kernel_path(bool gpu) { return gpu || paged_kernel_path_on_cpu(); }
+bool RetentionLayout::kernel_path(bool gpu) { return gpu || paged_kernel_path_on_cpu(); }
 
 uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelConfig& c,
-                                   const RetentionIndex& index, bool entering) {
+                                   const RetentionLayout& index, bool entering) {
   if (dynamic_cast<const FullRetention*>(&policy) != nullptr ||
       dynamic_cast<const QuestPolicy*>(&policy) != nullptr)
     return 0;
@@ -37,7 +42,7 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
 
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
                                   const ModelConfig& c, int64_t prompt, int64_t context,
-                                  const RetentionIndex& index) {
+                                  const RetentionLayout& index) {
   KVB_CHECK(prompt >= 1 && context >= prompt, "capacity: context (", context,
             ") must be >= the prompt (", prompt, ") >= 1");
   const auto* quest = dynamic_cast<const QuestPolicy*>(&policy);
@@ -65,10 +70,20 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   for (int64_t t = prompt; t <= context; ++t) {
     uint64_t bytes = 0, bookkeeping = 0;
     std::vector<int64_t> held;
+    // A compacting paged cache holds one count of slots at every layer (its pages' table is the
+    // sequence's): the longest layer's kept tokens, and free slots until it compacts again.
+    int64_t slots = -1;
+    if (index.compacting_page > 0) {
+      const CompactedSlots held_slots =
+          compacted_slots(index.compacting_page, policy, c.num_layers, prompt, t);
+      slots = held_slots.slots;
+      out.kv_exact = out.kv_exact && !held_slots.bounded;
+    }
     for (int64_t l = 0; l < c.num_layers; ++l) {
       held.push_back(held_at(l, t));
       bookkeeping += uint64_t(held.back()) * held_bookkeeping;
-      bytes += codec.nominal_bytes(held.back(), c.num_kv_heads, c.head_dim).total();
+      bytes +=
+          codec.nominal_bytes(slots >= 0 ? slots : held.back(), c.num_kv_heads, c.head_dim).total();
       if (quest && l >= quest->dense_layers()) {
         bytes +=
             QuestPages::nominal_bytes(held.back(), c.num_kv_heads, c.head_dim, quest->page_size());

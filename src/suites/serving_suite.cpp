@@ -13,6 +13,7 @@
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/paged_cache.h"
 #include "kvbench/serving/request_source.h"
 #include "kvbench/serving/serving_loop.h"
 #include "kvbench/suites/capacity.h"
@@ -122,7 +123,7 @@ double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarTy
 double method_retention_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
                                     int64_t block_size, bool paged, bool kernel_path) {
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
-  const RetentionIndex index = RetentionIndex::for_method(method, dtype, paged, kernel_path);
+  const RetentionLayout index = RetentionLayout::for_method(method, dtype, paged, kernel_path);
   const uint64_t per_token = std::max(retention_bytes_per_token(*policy, c, index, false),
                                       retention_bytes_per_token(*policy, c, index, true));
   return static_cast<double>(per_token) * static_cast<double>(c.num_layers * block_size);
@@ -415,7 +416,7 @@ void check_chunkable(const json& method, const RetentionPolicy& policy, at::Scal
 }
 
 SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_layers,
-                                 int64_t longest, at::ScalarType dtype) {
+                                 int64_t longest, at::ScalarType dtype, bool paged) {
   SchedulerConfig s;
   s.max_batch_tokens = p["max_batch_tokens"];
   s.max_running = p["max_running"];
@@ -443,6 +444,11 @@ SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_
     if (policy->budget_needs_prompt()) s.retention_budget_of = budget_at;
     s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
     if (s.chunked_prefill) check_chunkable(method, *policy, dtype);
+    // A paged cache compacting during decode holds free slots past the budget between
+    // compactions: charged, so that the pool's bytes hold what the cache measures.
+    const int64_t page = paged ? paged_retention_of(method, dtype).compacting_page : 0;
+    if (page > 0 && s.evict_during_decode)
+      s.compaction_slack = [page](int64_t b) { return recompaction_slack(page, b); };
   }
   return s;
 }
@@ -531,7 +537,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // The policy's bookkeeping lives outside the cache's blocks but inside the budget.
   const double retention_block_bytes = method_retention_block_bytes(
       ctx.method, c, ctx.model.kv_dtype(), block_size, ctx.spec.attention == "paged",
-      RetentionIndex::kernel_path(ctx.spec.device == "cuda"));
+      RetentionLayout::kernel_path(ctx.spec.device == "cuda"));
   const ModelPlacement placement = ctx.model.placement();
   const double budget = budget_bytes(p, placement.device, model.weight_bytes());
   const int64_t num_blocks = BlockPool::capacity(budget, block_bytes + retention_block_bytes);
@@ -559,8 +565,8 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
     // The trace's mean arrival rate, reported as its record's rate (0: all at once).
     rates = {span > 0 ? static_cast<double>(w.trace_arrivals.size() - 1) / span : 0.0};
   }
-  SchedulerConfig sched =
-      scheduler_config(p, ctx.method, c.num_layers, w.longest(), ctx.model.kv_dtype());
+  SchedulerConfig sched = scheduler_config(p, ctx.method, c.num_layers, w.longest(),
+                                           ctx.model.kv_dtype(), ctx.spec.attention == "paged");
   // The format's per-sequence window (KIVI's residual), charged to every running sequence.
   sched.window_blocks = method_window_blocks(ctx.method, c, ctx.model.kv_dtype(), block_size,
                                              block_bytes, w.longest());

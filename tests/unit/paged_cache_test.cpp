@@ -1060,39 +1060,50 @@ TEST(PagedRingTest, KeepsWhatTheListsKeepInItsOwnPages) {
           }
           ASSERT_EQ(ring.free_pages(), pool - held_pages) << where << " at " << ring.length(a);
           ASSERT_EQ(ring.nominal().total(), lists.nominal().total()) << where;
-          // No list of kept positions: the ring's bookkeeping is none (RetentionIndex's ring).
+          // No list of kept positions: the ring's bookkeeping is none (RetentionLayout's ring).
           ASSERT_EQ(ring.retention_bytes(), 0u) << where;
         }
         EXPECT_GT(ring.retention_seconds(), 0.0) << where << ": the blocks' moves are the policy's";
       }
 }
 
-// paged_cache_keeps_ring, which capacity and serving plan by, says what the paged cache built
-// for the method does: a ring for StreamingLLM evicting during decode (over a per-token format:
-// KIVI's codes take only an eviction after the prefill); none for an eviction after the
-// prefill, other policies or none.
+// paged_retention_of, which capacity and serving plan by, says what the paged cache built for
+// the method does: a ring for StreamingLLM evicting during decode (over a per-token format:
+// KIVI's codes take only an eviction after the prefill); compaction for the other evicting
+// policies over a per-token format; neither for KIVI, Quest or no policy.
 TEST(PagedRingTest, TheMethodRuleMatchesTheCache) {
-  const std::vector<std::pair<const char*, bool>> cases = {
-      {R"({"name": "stream-512"})", true},
-      {R"({"name": "stream-512", "codec": "int4"})", true},
-      {R"({"name": "stream-512", "codec": "fp8"})", true},
-      {R"({"name": "stream-512", "codec": "kivi-2", "evict": "after_prefill"})", false},
-      {R"({"name": "stream-512", "evict": "after_prefill"})", false},
-      {R"({"name": "h2o-512"})", false},
-      {R"({"name": "quest"})", false},
-      {R"({"name": "full"})", false},
-      {R"({"name": "int8"})", false}};
-  for (const auto& [text, ring] : cases) {
-    const nlohmann::json method = resolve_method(nlohmann::json::parse(text), "methods[0]");
-    EXPECT_EQ(paged_cache_keeps_ring(method, at::kHalf), ring) << text;
+  struct Case {
+    const char* method;
+    bool ring, compacts;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"name": "stream-512"})", true, false},
+           {R"({"name": "stream-512", "codec": "int4"})", true, false},
+           {R"({"name": "stream-512", "codec": "fp8"})", true, false},
+           {R"({"name": "stream-512", "codec": "kivi-2", "evict": "after_prefill"})", false, false},
+           {R"({"name": "stream-512", "evict": "after_prefill"})", false, true},
+           {R"({"name": "h2o-512"})", false, true},
+           {R"({"name": "snapkv-1024", "codec": "int8"})", false, true},
+           {R"({"name": "pyramidkv"})", false, true},
+           {R"({"name": "quest"})", false, false},
+           {R"({"name": "full"})", false, false},
+           {R"({"name": "int8"})", false, false}}) {
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(c.method), "methods[0]");
+    const PagedRetention rule = paged_retention_of(method, at::kHalf);
+    EXPECT_EQ(rule.ring, c.ring) << c.method;
     auto cache = make_kv_cache(method, kLayers, kKvHeads, kDim, at::kHalf, "paged");
-    EXPECT_EQ(dynamic_cast<PagedKVCache&>(*cache).rings(), ring) << text;
+    const auto& paged = dynamic_cast<PagedKVCache&>(*cache);
+    EXPECT_EQ(paged.rings(), c.ring) << c.method;
+    EXPECT_EQ(paged.compacts(), c.compacts) << c.method;
+    EXPECT_EQ(rule.compacting_page, c.compacts ? paged.format().page_size : 0) << c.method;
   }
-  // Palu's latent pages are attended by its own kernel: no ring (its cache needs fitted bases,
+  // Palu's latent pages are attended by its own kernel: neither (its cache needs fitted bases,
   // so only the rule is asked here).
-  EXPECT_FALSE(paged_cache_keeps_ring(
+  const PagedRetention palu = paged_retention_of(
       resolve_method(nlohmann::json::parse(R"({"name": "stream-512", "codec": "palu"})"), "m"),
-      at::kHalf));
+      at::kHalf);
+  EXPECT_FALSE(palu.ring);
+  EXPECT_EQ(palu.compacting_page, 0);
 }
 
 // A policy's choice that is not ascending indices of the held tokens is refused by name.

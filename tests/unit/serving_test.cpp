@@ -290,6 +290,33 @@ TEST(Scheduler, RetentionReturnsBlocksAfterThePrefill) {
   EXPECT_EQ(pool2.used_blocks(), 3);
 }
 
+// A cache compacting during decode (the paged cache under H2O) holds each decoded token in a
+// new slot until the free slots reach the slack, then compacts back to the budget: charged as
+// its compacted prompt plus decoded tokens, at most budget + slack. With chunked prefill only
+// the bound is known.
+TEST(Scheduler, CompactionSlackIsChargedUntilTheBound) {
+  for (const bool chunked : {false, true}) {
+    BlockPool pool(20, 2);
+    SchedulerConfig cfg;
+    cfg.retention_budget = 4;
+    cfg.compaction_slack = [](int64_t budget) { return budget / 2; };
+    cfg.chunked_prefill = chunked;
+    cfg.prefill_chunk_tokens = 64;
+    Scheduler s(pool, cfg);
+    s.submit({0, 0, 8, 6});
+    s.commit(s.schedule());
+    std::vector<int64_t> held = {s.held_tokens(0)};
+    while (s.generated(0) < 5) {
+      s.commit(s.schedule());
+      held.push_back(s.held_tokens(0));
+    }
+    const std::vector<int64_t> want =
+        chunked ? std::vector<int64_t>{6, 6, 6, 6, 6} : std::vector<int64_t>{4, 5, 6, 6, 6};
+    EXPECT_EQ(held, want) << (chunked ? "chunked" : "whole prefill");
+    EXPECT_EQ(pool.used_blocks(), 3);
+  }
+}
+
 TEST(Scheduler, RejectsRequestsThatCanNeverRun) {
   BlockPool pool(3, 4);
   SchedulerConfig cfg;

@@ -301,7 +301,7 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
   const json full = resolve_method({{"name", "full"}}, "m");
   const json stream = resolve_method({{"name", "stream-512"}}, "m");
   const json kivi = resolve_method({{"name", "kivi-4"}}, "m");
-  const RetentionIndex kv_only{};  // K and V only here: the bookkeeping has its own test
+  const RetentionLayout kv_only{};  // K and V only here: the bookkeeping has its own test
   // bf16 full cache: 4 layers x 2 (K, V) x 2 heads x 32 x 2 bytes = 1024 bytes per token.
   SequenceKvBytes b =
       sequence_kv_bytes(*make_codec(full, at::kBFloat16), *make_policy(full), c, 600, 700, kv_only);
@@ -349,12 +349,12 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   ASSERT_EQ(c.num_layers, 4);
   ASSERT_EQ(c.num_kv_heads, 2);
   ASSERT_EQ(c.group_size(), 2);
-  const RetentionIndex cpu = RetentionIndex::of(false, false),
-                       paged = RetentionIndex::of(true, false),
-                       kernels = RetentionIndex::of(true, true);
+  const RetentionLayout cpu = RetentionLayout::of(false, false),
+                        paged = RetentionLayout::of(true, false),
+                        kernels = RetentionLayout::of(true, true);
   EXPECT_TRUE(cpu.exact);
   EXPECT_FALSE(paged.exact);
-  auto bytes = [&](const json& entry, const RetentionIndex& index) {
+  auto bytes = [&](const json& entry, const RetentionLayout& index) {
     const json m = resolve_method(entry, "m");
     return sequence_kv_bytes(*make_codec(m, at::kBFloat16), *make_policy(m), c, 600, 700, index);
   };
@@ -392,17 +392,17 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   // prefill (as over KIVI's codes) it holds no ring and is bounded as the listing policies are.
   for (bool kernel_path : {false, true}) {
     const json stream = resolve_method({{"name", "stream-512"}}, "m");
-    b = bytes(stream, RetentionIndex::for_method(stream, at::kHalf, true, kernel_path));
+    b = bytes(stream, RetentionLayout::for_method(stream, at::kHalf, true, kernel_path));
     EXPECT_EQ(b.retention, 0u);
     EXPECT_EQ(b.prefill_retention, 0u);
     EXPECT_TRUE(b.retention_exact);
     const json kivi = resolve_method(
         {{"name", "stream-512"}, {"codec", "kivi-2"}, {"evict", "after_prefill"}}, "m");
-    EXPECT_EQ(RetentionIndex::for_method(kivi, at::kHalf, true, kernel_path).after_selection,
+    EXPECT_EQ(RetentionLayout::for_method(kivi, at::kHalf, true, kernel_path).after_selection,
               kernel_path ? 16u : 12u);
   }
-  EXPECT_EQ(RetentionIndex::for_method(resolve_method({{"name", "stream-512"}}, "m"), at::kHalf,
-                                       false, true)
+  EXPECT_EQ(RetentionLayout::for_method(resolve_method({{"name", "stream-512"}}, "m"), at::kHalf,
+                                        false, true)
                 .after_selection,
             8u);  // the CPU cache lists its positions
   for (const char* name : {"full", "quest"}) {
@@ -411,6 +411,51 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
     EXPECT_EQ(b.prefill_retention, 0u) << name;
     EXPECT_TRUE(b.retention_exact) << name;
   }
+}
+
+// A compacting paged cache holds slots, not each layer's kept tokens: after a compacting
+// prefill, the kept tokens and one slot per decoded token (exact) until the free slots reach a
+// page or an eighth of the budget and it compacts again (then a bound); every layer holds the
+// longest layer's slots (PyramidKV's budgets differ by layer).
+TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny-llama");
+  auto bytes = [&](const json& entry, bool paged, int64_t prompt, int64_t context) {
+    const json m = resolve_method(entry, "m");
+    return sequence_kv_bytes(*make_codec(m, at::kHalf), *make_policy(m), c, prompt, context,
+                             RetentionLayout::for_method(m, at::kHalf, paged, false));
+  };
+  auto nominal = [&](int64_t tokens) {
+    return uint64_t(c.num_layers) * make_codec(resolve_method({{"name", "full"}}, "m"), at::kHalf)
+                                        ->nominal_bytes(tokens, c.num_kv_heads, c.head_dim)
+                                        .total();
+  };
+  const json h2o = {{"name", "h2o-512"}};
+  ASSERT_EQ(
+      RetentionLayout::for_method(resolve_method(h2o, "m"), at::kHalf, true, false).compacting_page,
+      32);  // the 16-bit formats' pages
+  // 1009-token prompts compacted to 512: 15 decoded tokens take 15 more slots, exactly.
+  SequenceKvBytes b = bytes(h2o, true, 1009, 1024);
+  EXPECT_EQ(b.per_sequence, nominal(512 + 15));
+  EXPECT_TRUE(b.kv_exact);
+  EXPECT_EQ(bytes(h2o, false, 1009, 1024).per_sequence, nominal(512));  // the CPU cache's rows
+  // 191 decoded tokens reach the bound: 512 kept and at most 64 free (an eighth of 512, more
+  // than a page).
+  b = bytes(h2o, true, 1009, 1200);
+  EXPECT_EQ(b.per_sequence, nominal(512 + 64));
+  EXPECT_FALSE(b.kv_exact);
+  EXPECT_EQ(b.held_per_layer, std::vector<int64_t>(4, 512));  // the policy's tokens, as before
+  // A ring and KIVI's pages do not compact: their formula is the tokens held.
+  EXPECT_EQ(bytes({{"name", "stream-512"}}, true, 1009, 1200).per_sequence, nominal(512));
+  EXPECT_TRUE(bytes({{"name", "stream-512"}}, true, 1009, 1200).kv_exact);
+  // PyramidKV after the prefill: every layer holds the longest layer's kept tokens.
+  const json pyramid = {{"name", "pyramidkv"}, {"budget", 256}};
+  const SequenceKvBytes cpu = bytes(pyramid, false, 1000, 1010),
+                        paged = bytes(pyramid, true, 1000, 1010);
+  const int64_t longest = *std::max_element(cpu.held_per_layer.begin(), cpu.held_per_layer.end());
+  ASSERT_LT(*std::min_element(cpu.held_per_layer.begin(), cpu.held_per_layer.end()), longest);
+  EXPECT_EQ(paged.per_sequence, nominal(longest));
+  EXPECT_LT(cpu.per_sequence, paged.per_sequence);
+  EXPECT_TRUE(paged.kv_exact);
 }
 
 // The suites here run on tiny-llama.
@@ -498,8 +543,40 @@ TEST(Capacity, ThroughputSuitePlansTheBookkeepingItMeasures) {
         EXPECT_LE(measured, formula) << what;
       for (const std::string& w : out.warnings)
         EXPECT_EQ(w.find("bookkeeping"), std::string::npos) << what << ": " << w;
+      // K and V as planned too: the paged cache's compacted slots (exact here: no recompaction
+      // within 3 decoded tokens).
+      EXPECT_TRUE(r["formula_matches_measured"].get<bool>()) << what;
+      EXPECT_TRUE(r["kv_bytes_exact"].get<bool>()) << what;
     }
   }
+}
+
+// Decoding past a page of free slots, a compacting paged cache compacts again: its K/V bytes
+// are planned as a bound (kv_bytes_exact false) that holds what it measured, and above what
+// the CPU cache holds exactly for the same method.
+TEST(Capacity, ThroughputSuiteBoundsAPagedCacheCompactingDuringDecode) {
+  const json suite = json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
+      "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 200,
+      "capacity_new_tokens": 60, "kv_budget_bytes": 1048576, "max_batch": 2})");
+  std::map<std::string, json> cap;
+  for (const char* attention : {"cpu", "paged"}) {
+    Harness h(suite);
+    h.spec.attention = attention;
+    h.method = resolve_method({{"name", "h2o"}}, "methods[0]");
+    ThroughputSuite s;
+    CellOutput out = h.run(s);
+    ASSERT_EQ(out.records.size(), 2u) << attention;
+    cap[attention] = out.records[1];
+    EXPECT_TRUE(cap[attention]["formula_matches_measured"].get<bool>()) << attention;
+    for (const std::string& w : out.warnings)
+      EXPECT_EQ(w.find("the cache measured"), std::string::npos) << attention << ": " << w;
+  }
+  EXPECT_TRUE(cap["cpu"]["kv_bytes_exact"].get<bool>());
+  EXPECT_FALSE(cap["paged"]["kv_bytes_exact"].get<bool>());
+  EXPECT_GT(cap["paged"]["bytes_per_sequence"], cap["cpu"]["bytes_per_sequence"]);
+  EXPECT_LE(cap["paged"]["kv_memory"]["measured"]["total"].get<double>() -
+                cap["paged"]["kv_memory"]["measured"].value("padding", 0.0),
+            cap["paged"]["kv_bytes_formula"].get<double>());
 }
 
 // The serving suite sizes a paged pool once, before its first request, for the budget's
@@ -530,6 +607,24 @@ TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   out = h.run(s);
   ASSERT_EQ(out.summary["num_blocks"], 8) << out.summary.dump();
   EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (12 + 4) * page);
+}
+
+// The paged cache compacts what H2O keeps during decode and lets free slots grow past its
+// budget between compactions: the pool charges them, so the blocks' bytes hold what the cache
+// measured, step by step (peak and mean), where charging the budget alone fell short.
+TEST(Capacity, ServingChargesAPagedCacheItsFreeSlots) {
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 3,
+      "prompt_tokens_min": 40, "prompt_tokens_max": 60, "output_tokens_min": 60,
+      "output_tokens_max": 80, "block_size": 32, "kv_budget_bytes": 4194304})");
+  Harness h(suite);
+  h.spec.attention = "paged";
+  h.method = resolve_method({{"name", "h2o"}, {"heavy", 8}, {"recent", 8}}, "methods[0]");
+  ServingSuite s;
+  const CellOutput out = h.run(s);
+  const json& kv = out.records.at(0)["kv"];
+  EXPECT_GT(kv["measured_bytes_peak"].get<double>(), 0);
+  EXPECT_LE(kv["measured_bytes_peak"].get<double>(), kv["pool_bytes_peak"].get<double>());
+  EXPECT_LE(kv["measured_bytes_mean"].get<double>(), kv["pool_bytes_mean"].get<double>());
 }
 
 // A cache keeping its storage per sequence (the CPU stores) is reserved per request as the

@@ -94,11 +94,17 @@ bool paged_kernel_path_on_cpu();
 // low-rank codec's bases are not needed.
 void check_paged_method(const nlohmann::json& method, int64_t num_heads, int64_t num_kv_heads,
                         int64_t head_dim, at::ScalarType dtype, bool kernel_path);
-// Whether the paged cache of a resolved method entry (make_paged_cache, storage `dtype`) keeps
-// its retention policy's tokens in a ring of slots (paged_ring): then it lists no kept
-// positions. GEAR's block cache runs no ring policy; Palu's pages are attended by its own
-// kernel; a low-rank projection's coefficients are paged as `dtype`'s 16-bit format.
-bool paged_cache_keeps_ring(const nlohmann::json& method, at::ScalarType dtype);
+// How the paged cache of a resolved method entry (make_paged_cache, storage `dtype`) lays out
+// what its retention policy keeps: in a ring of slots (`ring`, paged_ring: no list of kept
+// positions), or compacted into the first slots of pages of `compacting_page` tokens
+// (paged_compacts; 0: not compacted). GEAR's block cache does neither; Palu's pages are
+// attended by its own kernel; a low-rank projection's coefficients are paged in `dtype`'s
+// 16-bit format.
+struct PagedRetention {
+  bool ring = false;
+  int64_t compacting_page = 0;
+};
+PagedRetention paged_retention_of(const nlohmann::json& method, at::ScalarType dtype);
 // The paged cache of a resolved method entry with its codec (prepared when it needs it): a
 // LatentPagedCache of coefficients for kvproj, a PagedKVCache in the method's fixed format
 // otherwise. `dtype`: the uncompressed storage dtype; `device`: where the pools live.

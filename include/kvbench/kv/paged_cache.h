@@ -95,6 +95,31 @@ struct PagedFormat {
 // kernel (format.own_attention: it reads them as it lays them out). A ring lists no kept
 // positions: it keeps no retention bookkeeping.
 std::optional<SinksAndWindow> paged_ring(const PagedFormat& format, const RetentionPolicy* policy);
+// Whether a paged cache of `format` compacts what `policy` keeps (PagedKVCache::compacts): an
+// evicting policy but Quest's and a ring's, over a per-token format whose pages the paged
+// kernels attend.
+bool paged_compacts(const PagedFormat& format, const RetentionPolicy* policy);
+// The slots a sequence of a compacting paged cache (pages of `page_size` tokens, `num_layers`
+// layers) holds once `total` tokens have entered, `prompt` of them its prompt: its compacted
+// prompt (the longest layer's prefill budget) and the tokens after it; under a policy evicting
+// during decode (one token a step after the prompt) at most the longest layer's budget plus
+// the free slots recompaction lets grow past it, a page or an eighth of the budget, whichever
+// is more (a step's token included: the step reaching the bound compacts at its end). Every
+// layer holds this many slots: they are the sequence's K/V bytes. The policies evicting during
+// decode have budgets that do not vary with the length; one that did would need the most over
+// lengths prompt..total. `bounded`: the bound decided, so the slots held depend on when the
+// cache last compacted (else they are exactly `slots`).
+struct CompactedSlots {
+  int64_t slots = 0;
+  bool bounded = false;
+};
+CompactedSlots compacted_slots(int64_t page_size, const RetentionPolicy& policy, int64_t num_layers,
+                               int64_t prompt, int64_t total);
+// The slots past the longest layer's `kept` tokens a compacting paged cache lets grow before it
+// compacts again (compacted_slots).
+inline int64_t recompaction_slack(int64_t page_size, int64_t kept) {
+  return std::max<int64_t>(page_size, kept / 8);
+}
 
 // The paged format of a resolved method entry with uncompressed storage `model_dtype`.
 // Throws Error naming the method and what the paged formats offer when there is none.
@@ -762,13 +787,8 @@ class PagedKVCache final : public KVCache {
   // layer's kept tokens, `slots`, by a page or an eighth of them, whichever is more).
   bool recompaction_due(const Sequence& s, int64_t* slots) const;
   // compacts(): the most slots a sequence of `prompt` tokens, then `total` in all, holds after
-  // its prefill: its compacted prompt and new tokens, for a policy evicting during decode (one
-  // token per step after the prompt) at most the longest layer's budget plus the free slots
-  // recompact() lets grow.
+  // its prefill (compacted_slots; recompact() keeps to it).
   int64_t slots_needed(int64_t prompt, int64_t total) const;
-  // Tokens a compacting prefill of `prompt` tokens leaves in the slots (the longest layer's
-  // budget), or `prompt` when nothing compacts.
-  int64_t compacted_prompt(int64_t prompt) const;
   // The logical positions of slots `slots` ([kv_heads, n] int64, host) of `r` in `s`.
   at::Tensor logical_positions(const Sequence& s, const Retained& r, at::Tensor slots) const;
   // Reference attention of a block's queries qb [heads, n, head_dim] over `rows` (rows_at).

@@ -45,6 +45,12 @@ struct SchedulerConfig {
   // whose last (re)prefill entered this many tokens, replacing retention_budget.
   std::function<int64_t(int64_t prefill)> retention_budget_of;
   bool evict_during_decode = true;
+  // Set when the cache compacts what a policy evicting during decode keeps (a paged cache:
+  // RetentionLayout::compacting_page): each decoded token then takes a new slot until the free
+  // ones reach this many past the budget (recompaction_slack), when it compacts again. A
+  // sequence is charged min(its compacted prefill and decoded tokens, budget + that); with
+  // chunked prefill (chunks after the first leave free slots too) the bound.
+  std::function<int64_t(int64_t budget)> compaction_slack;
   // Split prefills into chunks of at most prefill_chunk_tokens (and the step's remaining token
   // budget), so a long prompt does not stall the decodes of running requests; a context may
   // then exceed max_batch_tokens.

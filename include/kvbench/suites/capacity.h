@@ -14,13 +14,19 @@
 
 namespace kvbench {
 
-// What a cache keeps per held token and KV head, beside K and V, to know which tokens it holds
-// under an evicting policy (not `full`, not Quest). The policy's records (H2O's sums,
-// ScissorHands' history: record_bytes_per_token) come on top.
-struct RetentionIndex {
+// How a cache holds what an evicting policy (not `full`, not Quest) keeps: the index it keeps
+// per held token and KV head beside K and V, to know which tokens it holds (the policy's
+// records, H2O's sums and ScissorHands' history, come on top: record_bytes_per_token), and the
+// slots its K and V take.
+struct RetentionLayout {
   uint64_t before_selection = 0;  // from the prefill until the policy's first selection
   uint64_t after_selection = 0;
   bool exact = true;  // false: after_selection is an upper bound
+  // > 0: the paged cache compacts the kept tokens into pages of this many tokens
+  // (paged_compacts), and every layer holds compacted_slots of them, not its own kept tokens:
+  // the longest layer's, and under a policy evicting during decode the free slots it lets grow
+  // before compacting again. 0: each layer holds its kept tokens.
+  int64_t compacting_page = 0;
   // The CPU cache: int64 positions of every held token from the first on (8 and 8, exact).
   // The paged cache, a bound in both states: int32 lists of at most the held tokens (4), a
   // second copy where its kernels read them (4; `kernel_path`: on a GPU, or the kernel path
@@ -28,11 +34,12 @@ struct RetentionIndex {
   // 12, or 16 on the kernel path. It keeps less where it can: nothing before a selection but
   // a compacting prefill's layers, GEAR's block cache and the latent caches of shared heads
   // fewer; on a GPU 12 of the 16 bytes are host memory. `ring`: the paged cache keeps the
-  // policy's tokens in a ring of slots (paged_cache_keeps_ring), listing none: 0, exact.
-  static RetentionIndex of(bool paged, bool kernel_path, bool ring = false);
-  // of() for a resolved method entry stored as `dtype`, its ring asked of the paged cache.
-  static RetentionIndex for_method(const nlohmann::json& method, at::ScalarType dtype, bool paged,
-                                   bool kernel_path);
+  // policy's tokens in a ring of slots (paged_retention_of), listing none: 0, exact.
+  static RetentionLayout of(bool paged, bool kernel_path, bool ring = false);
+  // of() for a resolved method entry stored as `dtype`, its ring and compaction asked of the
+  // paged cache (paged_retention_of).
+  static RetentionLayout for_method(const nlohmann::json& method, at::ScalarType dtype, bool paged,
+                                    bool kernel_path);
   // Whether a run's paged caches take the kernel path (`gpu`, or KVBENCH_PAGED_PATH=kernels on
   // the CPU): of()'s `kernel_path` for a run.
   static bool kernel_path(bool gpu);
@@ -43,7 +50,7 @@ struct RetentionIndex {
 // enters, before the first selection (the record then too). 0 without an evicting policy
 // (`full`, Quest).
 uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelConfig& config,
-                                   const RetentionIndex& index, bool entering);
+                                   const RetentionLayout& index, bool entering);
 
 // KV bytes of one sequence that was prefilled with `prompt` tokens and decodes until `context`
 // tokens have entered it (prompt + decoded), at its largest state on the way (bytes are not
@@ -51,12 +58,15 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
 // codec's nominal bytes (per-sequence windows such as KIVI's full-precision residual included) for
 // the tokens the retention policy holds there — every token without a policy; min(context, budget)
 // for a policy evicting during decode; min(prompt, budget) + (context - prompt) for one evicting
-// once after the prefill — plus Quest's page bounds on its sparse layers. `shared` is what the
-// codec holds once for every sequence (fitted bases). Exact for every codec whose bytes depend only
-// on the tokens held (all but GEAR, whose compressed history depends on when it compressed).
+// once after the prefill — plus Quest's page bounds on its sparse layers; on a compacting paged
+// cache (RetentionLayout::compacting_page) the slots it holds at every layer instead. `shared`
+// is what the codec holds once for every sequence (fitted bases). Exact for every codec whose
+// bytes depend only on the tokens held (all but GEAR, whose compressed history depends on when
+// it compressed), except that a paged cache compacting during decode is bounded (`kv_exact`:
+// its free slots between compactions depend on when it last compacted).
 // `prefill` is one sequence while its prompt enters, before a policy evicts: the codec's bytes
 // for the whole prompt at every layer (the model attends over all of it first).
-// `retention` and `prefill_retention` are the same two states' bookkeeping (RetentionIndex and
+// `retention` and `prefill_retention` are the same two states' bookkeeping (RetentionLayout and
 // the policy's records, which a policy selecting once after the prefill keeps only until then):
 // not K/V bytes, but memory the batch needs.
 struct SequenceKvBytes {
@@ -68,7 +78,8 @@ struct SequenceKvBytes {
   // Bookkeeping per token held at one layer (all its KV heads) in the held state: what a
   // measured cache's kept tokens cost (kv_memory.kept_tokens), wherever it is measured.
   uint64_t retention_per_held_token = 0;
-  bool retention_exact = true;          // false: `retention` is an upper bound (RetentionIndex)
+  bool retention_exact = true;          // false: `retention` is an upper bound (RetentionLayout)
+  bool kv_exact = true;                 // false: `per_sequence` is an upper bound (compaction)
   std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
 
   // What `batch` sequences need when they enter one at a time, as a serving engine admits them:
@@ -78,7 +89,7 @@ struct SequenceKvBytes {
 };
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
                                   const ModelConfig& config, int64_t prompt, int64_t context,
-                                  const RetentionIndex& index);
+                                  const RetentionLayout& index);
 
 // The largest batch b with batch_bytes(b) <= budget_bytes (0 when not even one sequence fits).
 // Throws Error when per_sequence is 0.
