@@ -23,7 +23,15 @@ double paged_storage_factor(const Codec& codec, int64_t head_dim, bool kernel_pa
   const auto* lowrank = dynamic_cast<const LowRankCodec*>(&codec);
   if (lowrank == nullptr) return 1.0;
   const int64_t r = lowrank->rank_for(head_dim);
-  return r < 1 ? 1.0 : double(latent_row_width(lowrank->kind(), r, kernel_path)) / double(r);
+  if (r < 1) return 1.0;
+  // One token of one latent head: the pages keep its key and value coefficients in rows of the
+  // stored width, zero-padded past the rank; the formula's metadata (Palu's key positions) are
+  // the pages' slots there, not stored.
+  const StorageBytes one = codec.nominal_bytes(1, lowrank->group(), head_dim);
+  const double stored = static_cast<double>(one.payload) *
+                        static_cast<double>(latent_row_width(lowrank->kind(), r, kernel_path)) /
+                        static_cast<double>(r);
+  return stored / static_cast<double>(one.total());
 }
 
 LatentPagesCache::LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, int64_t rank,

@@ -5,32 +5,34 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/attention_record.h"
+#include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
 #include "kvbench/kv/quest_policy.h"
 
 namespace kvbench {
 
-RetentionLayout RetentionLayout::of(bool paged, bool kernel_path, bool ring) {
+CacheLayout CacheLayout::of(bool paged, bool kernel_path, bool ring) {
   if (!paged) return {sizeof(int64_t), sizeof(int64_t), true};
   if (ring) return {0, 0, true};
   const uint64_t most = sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t);
   return {most, most, false};
 }
 
-RetentionLayout RetentionLayout::for_method(const nlohmann::json& method, at::ScalarType dtype,
-                                            bool paged, bool kernel_path) {
+CacheLayout CacheLayout::for_method(const nlohmann::json& method, at::ScalarType dtype,
+                                    int64_t head_dim, bool paged, bool kernel_path) {
   if (!paged) return of(false, kernel_path);
   const PagedRetention held = paged_retention_of(method, dtype);
-  RetentionLayout out = of(true, kernel_path, held.ring);
+  CacheLayout out = of(true, kernel_path, held.ring);
   out.compacting_page = held.compacting_page;
+  out.storage_factor = paged_storage_factor(*make_codec(method, dtype), head_dim, kernel_path);
   return out;
 }
 
-bool RetentionLayout::kernel_path(bool gpu) { return gpu || paged_kernel_path_on_cpu(); }
+bool CacheLayout::kernel_path(bool gpu) { return gpu || paged_kernel_path_on_cpu(); }
 
 uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelConfig& c,
-                                   const RetentionLayout& index, bool entering) {
+                                   const CacheLayout& index, bool entering) {
   if (dynamic_cast<const FullRetention*>(&policy) != nullptr ||
       dynamic_cast<const QuestPolicy*>(&policy) != nullptr)
     return 0;
@@ -42,7 +44,7 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
 
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
                                   const ModelConfig& c, int64_t prompt, int64_t context,
-                                  const RetentionLayout& index) {
+                                  const CacheLayout& index) {
   KVB_CHECK(prompt >= 1 && context >= prompt, "capacity: context (", context,
             ") must be >= the prompt (", prompt, ") >= 1");
   const auto* quest = dynamic_cast<const QuestPolicy*>(&policy);
@@ -65,6 +67,12 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     const int64_t budget = policy.budget(in);
     return budget >= prompt ? t : budget + (t - prompt);
   };
+  // The codec's bytes for `tokens` at one layer, as the cache's rows store them.
+  auto codec_bytes = [&](int64_t tokens) {
+    const uint64_t nominal = codec.nominal_bytes(tokens, c.num_kv_heads, c.head_dim).total();
+    if (index.storage_factor == 1.0) return nominal;
+    return static_cast<uint64_t>(std::llround(static_cast<double>(nominal) * index.storage_factor));
+  };
   // Bytes are not monotone in the tokens (KIVI's window folds into quantized groups), so the
   // sequence's size is the largest over its states, from the prefill to `context` tokens.
   for (int64_t t = prompt; t <= context; ++t) {
@@ -82,8 +90,7 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     for (int64_t l = 0; l < c.num_layers; ++l) {
       held.push_back(held_at(l, t));
       bookkeeping += uint64_t(held.back()) * held_bookkeeping;
-      bytes +=
-          codec.nominal_bytes(slots >= 0 ? slots : held.back(), c.num_kv_heads, c.head_dim).total();
+      bytes += codec_bytes(slots >= 0 ? slots : held.back());
       if (quest && l >= quest->dense_layers()) {
         bytes +=
             QuestPages::nominal_bytes(held.back(), c.num_kv_heads, c.head_dim, quest->page_size());
@@ -94,7 +101,7 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     if (t == context) out.held_per_layer = held;
   }
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    out.prefill += codec.nominal_bytes(prompt, c.num_kv_heads, c.head_dim).total();
+    out.prefill += codec_bytes(prompt);
     out.prefill_retention += uint64_t(prompt) * prefill_bookkeeping;
     if (quest && l >= quest->dense_layers())
       out.prefill +=

@@ -123,7 +123,7 @@ double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarTy
 double method_retention_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
                                     int64_t block_size, bool paged, bool kernel_path) {
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
-  const RetentionLayout index = RetentionLayout::for_method(method, dtype, paged, kernel_path);
+  const CacheLayout index = CacheLayout::for_method(method, dtype, c.head_dim, paged, kernel_path);
   const uint64_t per_token = std::max(retention_bytes_per_token(*policy, c, index, false),
                                       retention_bytes_per_token(*policy, c, index, true));
   return static_cast<double>(per_token) * static_cast<double>(c.num_layers * block_size);
@@ -537,7 +537,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // The policy's bookkeeping lives outside the cache's blocks but inside the budget.
   const double retention_block_bytes = method_retention_block_bytes(
       ctx.method, c, ctx.model.kv_dtype(), block_size, ctx.spec.attention == "paged",
-      RetentionLayout::kernel_path(ctx.spec.device == "cuda"));
+      CacheLayout::kernel_path(ctx.spec.device == "cuda"));
   const ModelPlacement placement = ctx.model.placement();
   const double budget = budget_bytes(p, placement.device, model.weight_bytes());
   const int64_t num_blocks = BlockPool::capacity(budget, block_bytes + retention_block_bytes);

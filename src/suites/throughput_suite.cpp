@@ -198,11 +198,11 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   const Budget budget =
       capacity_budget(p, ctx.model.placement().device, ctx.model.get().weight_bytes());
   auto policy = make_policy(ctx.method);
-  const SequenceKvBytes bytes =
-      sequence_kv_bytes(codec, *policy, c, prompt, context,
-                        RetentionLayout::for_method(
-                            ctx.method, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
-                            RetentionLayout::kernel_path(ctx.model.placement().device.is_cuda())));
+  const SequenceKvBytes bytes = sequence_kv_bytes(
+      codec, *policy, c, prompt, context,
+      CacheLayout::for_method(ctx.method, ctx.model.kv_dtype(), c.head_dim,
+                              ctx.spec.attention == "paged",
+                              CacheLayout::kernel_path(ctx.model.placement().device.is_cuda())));
   const int64_t fit = largest_batch(budget.bytes, bytes);
   const int64_t cap = p["max_batch"];
   const int64_t batch = std::min(fit, cap);
@@ -329,11 +329,12 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
     try {
       const auto policy = make_policy(ctx.method);
       b = std::min(
-          b, largest_batch(budget, sequence_kv_bytes(*make_codec(ctx.method, ctx.kv_dtype), *policy,
-                                                     *ctx.model, prompt, context,
-                                                     RetentionLayout::for_method(
-                                                         ctx.method, ctx.kv_dtype, ctx.paged,
-                                                         RetentionLayout::kernel_path(ctx.gpu)))));
+          b, largest_batch(
+                 budget,
+                 sequence_kv_bytes(
+                     *make_codec(ctx.method, ctx.kv_dtype), *policy, *ctx.model, prompt, context,
+                     CacheLayout::for_method(ctx.method, ctx.kv_dtype, ctx.model->head_dim,
+                                             ctx.paged, CacheLayout::kernel_path(ctx.gpu)))));
     } catch (const Error&) {
       // (The run fails this cell with the reason; the estimate keeps max_batch's bound.)
     }

@@ -198,14 +198,17 @@ TEST(LatentPagedRetentionMemoryTest, StreamingLlmFreesLatentPagesBehindItsWindow
   EXPECT_EQ(bases, 2ull * kLayers * kKvHeads * kDim * latent.rank() * sizeof(float));
 }
 
-// Memory plans (dry-run estimates, generation fits, the serving pool) charge the padded rows.
+// Memory plans (dry-run estimates, generation fits, the serving pool, the capacity view)
+// charge the padded rows, and not Palu's key positions, which its pages hold as their slots:
+// per token and latent head the formula counts 2 x 90 fp16 coefficients and an int32 position
+// (364 bytes), the pages 2 x 96 coefficients (384).
 TEST(LatentStorageFactorTest, MemoryPlansCountThePaddedRows) {
   auto factor = [](const char* entry, int64_t dim, bool gpu) {
     auto codec = make_codec(resolve_method(nlohmann::json::parse(entry), "m"), at::kHalf);
     return paged_storage_factor(*codec, dim, gpu);
   };
-  EXPECT_DOUBLE_EQ(factor(R"({"name": "palu"})", 128, true), 96.0 / 90);
-  EXPECT_DOUBLE_EQ(factor(R"({"name": "palu"})", 128, false), 96.0 / 90);
+  EXPECT_DOUBLE_EQ(factor(R"({"name": "palu"})", 128, true), 384.0 / 364);
+  EXPECT_DOUBLE_EQ(factor(R"({"name": "palu"})", 128, false), 384.0 / 364);
   EXPECT_DOUBLE_EQ(factor(R"({"name": "kvproj", "rank": 72})", 128, true), 128.0 / 72);
   EXPECT_DOUBLE_EQ(factor(R"({"name": "kvproj", "rank": 72})", 128, false), 96.0 / 72);
   EXPECT_DOUBLE_EQ(factor(R"({"name": "kvproj", "rank": 64})", 128, true), 1.0);
@@ -214,7 +217,7 @@ TEST(LatentStorageFactorTest, MemoryPlansCountThePaddedRows) {
       parse_model_config(find_model_preset("llama-3-8b").config, "llama-3-8b");
   const nlohmann::json palu = resolve_method({{"name", "palu"}}, "m");
   EXPECT_DOUBLE_EQ(method_kv_bytes_per_token(palu, config, at::kHalf, true, true),
-                   method_kv_bytes_per_token(palu, config, at::kHalf) * 96.0 / 90);
+                   method_kv_bytes_per_token(palu, config, at::kHalf) * 384.0 / 364);
 }
 
 TEST(LatentPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {

@@ -1060,7 +1060,7 @@ TEST(PagedRingTest, KeepsWhatTheListsKeepInItsOwnPages) {
           }
           ASSERT_EQ(ring.free_pages(), pool - held_pages) << where << " at " << ring.length(a);
           ASSERT_EQ(ring.nominal().total(), lists.nominal().total()) << where;
-          // No list of kept positions: the ring's bookkeeping is none (RetentionLayout's ring).
+          // No list of kept positions: the ring's bookkeeping is none (CacheLayout's ring).
           ASSERT_EQ(ring.retention_bytes(), 0u) << where;
         }
         EXPECT_GT(ring.retention_seconds(), 0.0) << where << ": the blocks' moves are the policy's";

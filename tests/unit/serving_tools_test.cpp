@@ -301,7 +301,7 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
   const json full = resolve_method({{"name", "full"}}, "m");
   const json stream = resolve_method({{"name", "stream-512"}}, "m");
   const json kivi = resolve_method({{"name", "kivi-4"}}, "m");
-  const RetentionLayout kv_only{};  // K and V only here: the bookkeeping has its own test
+  const CacheLayout kv_only{};  // K and V only here: the bookkeeping has its own test
   // bf16 full cache: 4 layers x 2 (K, V) x 2 heads x 32 x 2 bytes = 1024 bytes per token.
   SequenceKvBytes b =
       sequence_kv_bytes(*make_codec(full, at::kBFloat16), *make_policy(full), c, 600, 700, kv_only);
@@ -349,12 +349,11 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   ASSERT_EQ(c.num_layers, 4);
   ASSERT_EQ(c.num_kv_heads, 2);
   ASSERT_EQ(c.group_size(), 2);
-  const RetentionLayout cpu = RetentionLayout::of(false, false),
-                        paged = RetentionLayout::of(true, false),
-                        kernels = RetentionLayout::of(true, true);
+  const CacheLayout cpu = CacheLayout::of(false, false), paged = CacheLayout::of(true, false),
+                    kernels = CacheLayout::of(true, true);
   EXPECT_TRUE(cpu.exact);
   EXPECT_FALSE(paged.exact);
-  auto bytes = [&](const json& entry, const RetentionLayout& index) {
+  auto bytes = [&](const json& entry, const CacheLayout& index) {
     const json m = resolve_method(entry, "m");
     return sequence_kv_bytes(*make_codec(m, at::kBFloat16), *make_policy(m), c, 600, 700, index);
   };
@@ -392,17 +391,18 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   // prefill (as over KIVI's codes) it holds no ring and is bounded as the listing policies are.
   for (bool kernel_path : {false, true}) {
     const json stream = resolve_method({{"name", "stream-512"}}, "m");
-    b = bytes(stream, RetentionLayout::for_method(stream, at::kHalf, true, kernel_path));
+    b = bytes(stream, CacheLayout::for_method(stream, at::kHalf, c.head_dim, true, kernel_path));
     EXPECT_EQ(b.retention, 0u);
     EXPECT_EQ(b.prefill_retention, 0u);
     EXPECT_TRUE(b.retention_exact);
     const json kivi = resolve_method(
         {{"name", "stream-512"}, {"codec", "kivi-2"}, {"evict", "after_prefill"}}, "m");
-    EXPECT_EQ(RetentionLayout::for_method(kivi, at::kHalf, true, kernel_path).after_selection,
-              kernel_path ? 16u : 12u);
+    EXPECT_EQ(
+        CacheLayout::for_method(kivi, at::kHalf, c.head_dim, true, kernel_path).after_selection,
+        kernel_path ? 16u : 12u);
   }
-  EXPECT_EQ(RetentionLayout::for_method(resolve_method({{"name", "stream-512"}}, "m"), at::kHalf,
-                                        false, true)
+  EXPECT_EQ(CacheLayout::for_method(resolve_method({{"name", "stream-512"}}, "m"), at::kHalf,
+                                    c.head_dim, false, true)
                 .after_selection,
             8u);  // the CPU cache lists its positions
   for (const char* name : {"full", "quest"}) {
@@ -422,7 +422,7 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
   auto bytes = [&](const json& entry, bool paged, int64_t prompt, int64_t context) {
     const json m = resolve_method(entry, "m");
     return sequence_kv_bytes(*make_codec(m, at::kHalf), *make_policy(m), c, prompt, context,
-                             RetentionLayout::for_method(m, at::kHalf, paged, false));
+                             CacheLayout::for_method(m, at::kHalf, c.head_dim, paged, false));
   };
   auto nominal = [&](int64_t tokens) {
     return uint64_t(c.num_layers) * make_codec(resolve_method({{"name", "full"}}, "m"), at::kHalf)
@@ -430,9 +430,9 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
                                         .total();
   };
   const json h2o = {{"name", "h2o-512"}};
-  ASSERT_EQ(
-      RetentionLayout::for_method(resolve_method(h2o, "m"), at::kHalf, true, false).compacting_page,
-      32);  // the 16-bit formats' pages
+  ASSERT_EQ(CacheLayout::for_method(resolve_method(h2o, "m"), at::kHalf, c.head_dim, true, false)
+                .compacting_page,
+            32);  // the 16-bit formats' pages
   // 1009-token prompts compacted to 512: 15 decoded tokens take 15 more slots, exactly.
   SequenceKvBytes b = bytes(h2o, true, 1009, 1024);
   EXPECT_EQ(b.per_sequence, nominal(512 + 15));
@@ -548,6 +548,29 @@ TEST(Capacity, ThroughputSuitePlansTheBookkeepingItMeasures) {
       EXPECT_TRUE(r["formula_matches_measured"].get<bool>()) << what;
       EXPECT_TRUE(r["kv_bytes_exact"].get<bool>()) << what;
     }
+  }
+}
+
+// Latent pages store rows of whole 32-value blocks (kvproj's rank 16 and Palu's on tiny Llama's
+// head_dim 32 take 32) and no Palu key positions: the capacity view counts the bytes as stored,
+// to the byte, where the codec's formula said half (kvproj) or 72% (Palu).
+TEST(Capacity, ThroughputSuiteCountsLatentPagesAsStored) {
+  const json suite = json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
+      "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 200,
+      "capacity_new_tokens": 3, "kv_budget_bytes": 1048576, "max_batch": 2})");
+  for (const char* name : {"kvproj", "palu"}) {
+    Harness h(suite);
+    h.spec.attention = "paged";
+    h.method = resolve_method({{"name", name}}, "methods[0]");
+    ThroughputSuite s;
+    const CellOutput out = h.run(s);
+    ASSERT_EQ(out.records.size(), 2u) << name;
+    const json& r = out.records[1];
+    const json& m = r["kv_memory"]["measured"];
+    EXPECT_EQ(m["total"].get<double>() - m.value("padding", 0.0),
+              r["kv_bytes_formula"].get<double>())
+        << name;
+    EXPECT_TRUE(r["formula_matches_measured"].get<bool>()) << name;
   }
 }
 

@@ -27,8 +27,9 @@ namespace kvbench {
 // blocks; kvproj on the kernel path (a GPU) to the decode kernels' head_dim 64 or 128 (r > 128:
 // returned as the 32-block rounding; the cache refuses it there).
 int64_t latent_row_width(LowRankKind kind, int64_t rank, bool kernel_path);
-// Stored over nominal bytes of `method` on the paged path (width / r for kvproj and Palu, 1 for
-// every other method): what memory plans multiply the formula's bytes by.
+// Stored over nominal bytes of `method` on the paged path (for kvproj and Palu: their
+// coefficients at the stored width over the formula's, whose Palu key positions the pages do
+// not store; 1 for every other method): what memory plans multiply the formula's bytes by.
 double paged_storage_factor(const Codec& codec, int64_t head_dim, bool kernel_path);
 
 class LatentPagesCache : public KVCache {

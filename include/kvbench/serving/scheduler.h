@@ -46,7 +46,7 @@ struct SchedulerConfig {
   std::function<int64_t(int64_t prefill)> retention_budget_of;
   bool evict_during_decode = true;
   // Set when the cache compacts what a policy evicting during decode keeps (a paged cache:
-  // RetentionLayout::compacting_page): each decoded token then takes a new slot until the free
+  // CacheLayout::compacting_page): each decoded token then takes a new slot until the free
   // ones reach this many past the budget (recompaction_slack), when it compacts again. A
   // sequence is charged min(its compacted prefill and decoded tokens, budget + that); with
   // chunked prefill (chunks after the first leave free slots too) the bound.

@@ -14,11 +14,11 @@
 
 namespace kvbench {
 
-// How a cache holds what an evicting policy (not `full`, not Quest) keeps: the index it keeps
-// per held token and KV head beside K and V, to know which tokens it holds (the policy's
-// records, H2O's sums and ScissorHands' history, come on top: record_bytes_per_token), and the
-// slots its K and V take.
-struct RetentionLayout {
+// How the run's cache stores a method: the index it keeps per held token and KV head beside K
+// and V under an evicting policy (not `full`, not Quest), to know which tokens it holds (the
+// policy's records, H2O's sums and ScissorHands' history, come on top:
+// record_bytes_per_token); the slots its K and V take; and the row widths of its pages.
+struct CacheLayout {
   uint64_t before_selection = 0;  // from the prefill until the policy's first selection
   uint64_t after_selection = 0;
   bool exact = true;  // false: after_selection is an upper bound
@@ -27,6 +27,9 @@ struct RetentionLayout {
   // the longest layer's, and under a policy evicting during decode the free slots it lets grow
   // before compacting again. 0: each layer holds its kept tokens.
   int64_t compacting_page = 0;
+  // The paged cache's bytes per byte of the codec's formula (paged_storage_factor): latent
+  // pages whose rows are wider than the rank (multiples of 32, or the kernels' 64 and 128).
+  double storage_factor = 1.0;
   // The CPU cache: int64 positions of every held token from the first on (8 and 8, exact).
   // The paged cache, a bound in both states: int32 lists of at most the held tokens (4), a
   // second copy where its kernels read them (4; `kernel_path`: on a GPU, or the kernel path
@@ -35,11 +38,11 @@ struct RetentionLayout {
   // a compacting prefill's layers, GEAR's block cache and the latent caches of shared heads
   // fewer; on a GPU 12 of the 16 bytes are host memory. `ring`: the paged cache keeps the
   // policy's tokens in a ring of slots (paged_retention_of), listing none: 0, exact.
-  static RetentionLayout of(bool paged, bool kernel_path, bool ring = false);
-  // of() for a resolved method entry stored as `dtype`, its ring and compaction asked of the
-  // paged cache (paged_retention_of).
-  static RetentionLayout for_method(const nlohmann::json& method, at::ScalarType dtype, bool paged,
-                                    bool kernel_path);
+  static CacheLayout of(bool paged, bool kernel_path, bool ring = false);
+  // of() for a resolved method entry stored as `dtype` on a model of `head_dim`, its ring and
+  // compaction asked of the paged cache (paged_retention_of), and its rows' widths.
+  static CacheLayout for_method(const nlohmann::json& method, at::ScalarType dtype,
+                                int64_t head_dim, bool paged, bool kernel_path);
   // Whether a run's paged caches take the kernel path (`gpu`, or KVBENCH_PAGED_PATH=kernels on
   // the CPU): of()'s `kernel_path` for a run.
   static bool kernel_path(bool gpu);
@@ -50,7 +53,7 @@ struct RetentionLayout {
 // enters, before the first selection (the record then too). 0 without an evicting policy
 // (`full`, Quest).
 uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelConfig& config,
-                                   const RetentionLayout& index, bool entering);
+                                   const CacheLayout& index, bool entering);
 
 // KV bytes of one sequence that was prefilled with `prompt` tokens and decodes until `context`
 // tokens have entered it (prompt + decoded), at its largest state on the way (bytes are not
@@ -59,14 +62,14 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
 // the tokens the retention policy holds there — every token without a policy; min(context, budget)
 // for a policy evicting during decode; min(prompt, budget) + (context - prompt) for one evicting
 // once after the prefill — plus Quest's page bounds on its sparse layers; on a compacting paged
-// cache (RetentionLayout::compacting_page) the slots it holds at every layer instead. `shared`
+// cache (CacheLayout::compacting_page) the slots it holds at every layer instead. `shared`
 // is what the codec holds once for every sequence (fitted bases). Exact for every codec whose
 // bytes depend only on the tokens held (all but GEAR, whose compressed history depends on when
 // it compressed), except that a paged cache compacting during decode is bounded (`kv_exact`:
 // its free slots between compactions depend on when it last compacted).
 // `prefill` is one sequence while its prompt enters, before a policy evicts: the codec's bytes
 // for the whole prompt at every layer (the model attends over all of it first).
-// `retention` and `prefill_retention` are the same two states' bookkeeping (RetentionLayout and
+// `retention` and `prefill_retention` are the same two states' bookkeeping (CacheLayout and
 // the policy's records, which a policy selecting once after the prefill keeps only until then):
 // not K/V bytes, but memory the batch needs.
 struct SequenceKvBytes {
@@ -78,7 +81,7 @@ struct SequenceKvBytes {
   // Bookkeeping per token held at one layer (all its KV heads) in the held state: what a
   // measured cache's kept tokens cost (kv_memory.kept_tokens), wherever it is measured.
   uint64_t retention_per_held_token = 0;
-  bool retention_exact = true;          // false: `retention` is an upper bound (RetentionLayout)
+  bool retention_exact = true;          // false: `retention` is an upper bound (CacheLayout)
   bool kv_exact = true;                 // false: `per_sequence` is an upper bound (compaction)
   std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
 
@@ -89,7 +92,7 @@ struct SequenceKvBytes {
 };
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
                                   const ModelConfig& config, int64_t prompt, int64_t context,
-                                  const RetentionLayout& index);
+                                  const CacheLayout& index);
 
 // The largest batch b with batch_bytes(b) <= budget_bytes (0 when not even one sequence fits).
 // Throws Error when per_sequence is 0.

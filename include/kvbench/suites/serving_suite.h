@@ -50,7 +50,7 @@ double method_block_bytes(const nlohmann::json& method, const ModelConfig& confi
 // policy, over all layers (capacity.h: the index and the policy's record, the larger of the
 // held and entering states; a bound, as a sequence holds at most its blocks' tokens): what
 // the pool charges each block on top of method_block_bytes. 0 without an evicting policy.
-// `dtype`, `paged` and `kernel_path` as RetentionLayout::for_method.
+// `dtype`, `paged` and `kernel_path` as CacheLayout::for_method.
 double method_retention_block_bytes(const nlohmann::json& method, const ModelConfig& config,
                                     at::ScalarType dtype, int64_t block_size, bool paged = false,
                                     bool kernel_path = false);
