@@ -697,6 +697,10 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
             out.notes.push_back(where +
                                 ": not measured now (contexts \"auto\" follow the "
                                 "machine's cache); not compared");
+          else if (point == kServingChargePoint)  // a new side from before the field
+            out.notes.push_back(where +
+                                ": no retention_bytes_per_block in the new report; not compared "
+                                "(bytes_per_block is)");
           else
             out.missing.push_back(where);
           continue;

@@ -110,14 +110,14 @@ double formula_bytes(const Codec& codec, const ModelConfig& c, int64_t tokens) {
 }  // namespace
 
 double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
-                          int64_t block_size, bool paged, bool on_gpu) {
+                          int64_t block_size, bool paged, bool kernel_path) {
   auto codec = checked_codec(method, c, dtype);
   // The cost of `span` more tokens after `span` tokens: long enough that a fixed window (and
   // group rounding) is the same at both ends, or negligible against the span.
   const int64_t span = 4096 * block_size;
   const double grow = formula_bytes(*codec, c, 2 * span) - formula_bytes(*codec, c, span);
   return grow / static_cast<double>(span) * static_cast<double>(block_size) *
-         (paged ? paged_storage_factor(*codec, c.head_dim, on_gpu) : 1.0);
+         (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
 }
 
 double method_retention_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
@@ -533,7 +533,8 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   const int64_t block_size = p["block_size"];
   const double block_bytes =
       method_block_bytes(ctx.method, c, ctx.model.kv_dtype(), block_size,
-                         ctx.spec.attention == "paged", ctx.spec.device == "cuda");
+                         ctx.spec.attention == "paged",
+                         CacheLayout::kernel_path(ctx.spec.device == "cuda"));
   // The policy's bookkeeping lives outside the cache's blocks but inside the budget.
   const double retention_block_bytes = method_retention_block_bytes(
       ctx.method, c, ctx.model.kv_dtype(), block_size, ctx.spec.attention == "paged",

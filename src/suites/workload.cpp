@@ -13,6 +13,7 @@
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/quest_policy.h"
 #include "kvbench/model/transformer.h"
+#include "kvbench/suites/capacity.h"
 #include "kvbench/suites/cell.h"
 #include "kvbench/suites/preparation.h"
 
@@ -263,7 +264,7 @@ uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64
 }
 
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& c,
-                                 at::ScalarType dtype, bool paged, bool on_gpu) {
+                                 at::ScalarType dtype, bool paged, bool kernel_path) {
   auto codec = make_codec(method, dtype);
   // Building the stores checks the method against the model (e.g. group vs head_dim); codecs
   // that need preparation check it in their formula (their stores need the fitted bases), and
@@ -276,7 +277,7 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
   // One token: formats with an exact window (KIVI) are at their most expensive per token.
   return static_cast<double>(codec->nominal_bytes(1, c.num_kv_heads, c.head_dim).total()) *
          static_cast<double>(c.num_layers) *
-         (paged ? paged_storage_factor(*codec, c.head_dim, on_gpu) : 1.0);
+         (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
 }
 
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
@@ -303,7 +304,7 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
               " layers: every layer reads every token, so this cell measures the full cache");
   const double per_token =
       method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
-                                ctx.spec.device == "cuda");
+                                CacheLayout::kernel_path(ctx.spec.device == "cuda"));
   const ModelPlacement placement = ctx.model.placement();
   const uint64_t bytes = generation_bytes(c, per_token, batch, prompt, new_tokens, placement.dtype);
   const std::string what = suite + ": batch " + std::to_string(batch) + " x " +

@@ -390,8 +390,8 @@ TEST(Compare, ServingMetricsPerRate) {
 
 // Serving's kv_bytes also compares the budget's charge per block, retention bookkeeping
 // included: a policy whose bookkeeping grows regresses there though its format is unchanged. A
-// baseline written before retention_bytes_per_block compares the format's bytes only, and says
-// the charge was not compared.
+// baseline (or a new report) written before retention_bytes_per_block compares the format's
+// bytes only, and says the charge was not compared.
 TEST(Compare, ServingChargePerBlockCountsRetention) {
   auto with_retention = [](double retention) {
     json c = serving_cell(kTight, 1.0);
@@ -417,6 +417,13 @@ TEST(Compare, ServingChargePerBlockCountsRetention) {
   EXPECT_EQ(find(old, "kv_bytes").point, "");
   EXPECT_TRUE(std::any_of(old.notes.begin(), old.notes.end(), [](const std::string& n) {
     return n == "s.a kv_bytes charged_per_block: only in the new report; not compared";
+  }));
+  // And the other way round (a new side from before the field): noted, not missing.
+  const CompareResult older = compare_reports(report({with_retention(1024)}),
+                                              report({serving_cell(kTight, 1.0)}), defaults());
+  EXPECT_EQ(older.regressions(), 0u);
+  EXPECT_TRUE(std::any_of(older.notes.begin(), older.notes.end(), [](const std::string& n) {
+    return n.rfind("s.a kv_bytes charged_per_block: no retention_bytes_per_block", 0) == 0;
   }));
 }
 

@@ -25,7 +25,9 @@ struct CacheLayout {
   // > 0: the paged cache compacts the kept tokens into pages of this many tokens
   // (paged_compacts), and every layer holds compacted_slots of them, not its own kept tokens:
   // the longest layer's, and under a policy evicting during decode the free slots it lets grow
-  // before compacting again. 0: each layer holds its kept tokens.
+  // before compacting again. 0: each layer holds its kept tokens (not so for Palu's pages under
+  // an evicting policy, which neither ring nor compact: they keep every page some head of some
+  // layer still reads, more than the kept tokens; the capacity check warns of it).
   int64_t compacting_page = 0;
   // The paged cache's bytes per byte of the codec's formula (paged_storage_factor): latent
   // pages whose rows are wider than the rank (multiples of 32, or the kernels' 64 and 128).

@@ -41,10 +41,11 @@ class ServingSuite final : public Suite {
 // steady-state (marginal) cost of block_size more tokens by the codec's formula, measured over
 // a long stretch of tokens, so a per-sequence full-precision window such as KIVI's residual is
 // not in it (method_window_blocks charges that). Throws Error when the method cannot run on
-// this model. `paged` (`on_gpu`): the paged path's stored bytes (latent rows padded).
+// this model. `paged` (`kernel_path`: CacheLayout::kernel_path): the paged path's stored bytes
+// (latent rows padded).
 double method_block_bytes(const nlohmann::json& method, const ModelConfig& config,
                           at::ScalarType dtype, int64_t block_size, bool paged = false,
-                          bool on_gpu = false);
+                          bool kernel_path = false);
 
 // The bookkeeping a block's tokens may need beside their K and V under the method's retention
 // policy, over all layers (capacity.h: the index and the policy's record, the larger of the

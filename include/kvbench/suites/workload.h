@@ -80,9 +80,11 @@ uint64_t generation_bytes(const ModelConfig& config, double kv_bytes_per_token, 
                           at::ScalarType compute_dtype = at::kFloat);
 // Upper bound of the method's KV bytes per token over all layers; throws Error when the method
 // cannot run on this model (e.g. a quantization group that does not divide head_dim).
-// `paged`: on the paged path (`on_gpu`: its kernels), where latent rows are stored padded.
+// `paged`: on the paged path (`kernel_path`: its kernels' code, CacheLayout::kernel_path),
+// where latent rows are stored padded.
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& config,
-                                 at::ScalarType dtype, bool paged = false, bool on_gpu = false);
+                                 at::ScalarType dtype, bool paged = false,
+                                 bool kernel_path = false);
 // generation_bytes for the cell's model, checked against available memory (check_memory_fits).
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite);
