@@ -102,9 +102,9 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
     if (config) {
       try {
         kv_dtype = model.kv_dtype();
-        per_token = method_kv_bytes_per_token(
-            c.method, *config, kv_dtype, paged,
-            CacheLayout::kernel_path(model.placement().device.is_cuda()));
+        per_token =
+            method_kv_bytes_per_token(c.method, *config, kv_dtype, paged,
+                                      CacheLayout::kernel_path(model.placement().device.is_cuda()));
       } catch (const Error& e) {
         throw Error("plan: cell " + c.id + ": " + e.what());
       }
