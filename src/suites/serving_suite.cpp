@@ -531,10 +531,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   const Transformer& model = ctx.model.get();
   const ModelConfig& c = model.config();
   const int64_t block_size = p["block_size"];
-  const double block_bytes =
-      method_block_bytes(ctx.method, c, ctx.model.kv_dtype(), block_size,
-                         ctx.spec.attention == "paged",
-                         CacheLayout::kernel_path(ctx.spec.device == "cuda"));
+  const double block_bytes = method_block_bytes(
+      ctx.method, c, ctx.model.kv_dtype(), block_size, ctx.spec.attention == "paged",
+      CacheLayout::kernel_path(ctx.spec.device == "cuda"));
   // The policy's bookkeeping lives outside the cache's blocks but inside the budget.
   const double retention_block_bytes = method_retention_block_bytes(
       ctx.method, c, ctx.model.kv_dtype(), block_size, ctx.spec.attention == "paged",
