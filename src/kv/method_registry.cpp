@@ -819,15 +819,18 @@ PagedRetention paged_retention_of(const nlohmann::json& method, at::ScalarType d
   PagedFormat format;
   if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec)) {
     // As make_paged_cache builds them: Palu's latent pages attended by its own kernel, the
-    // projection's coefficient pages in the 16-bit format of their dtype.
-    if (lowrank->kind() == LowRankKind::kPalu) return {};
+    // projection's coefficient pages, both in the 16-bit format of their dtype.
     format = paged_format_for({{"name", dtype == at::kHalf ? "fp16" : "bf16"}}, dtype);
+    format.own_attention = lowrank->kind() == LowRankKind::kPalu;
   } else {
     format = paged_format_for(method, dtype);
   }
   PagedRetention out;
   out.ring = paged_ring(format, policy.get()).has_value();
-  if (paged_compacts(format, policy.get())) out.compacting_page = format.page_size;
+  if (paged_compacts(format, policy.get()))
+    out.compacting_page = format.page_size;
+  else if (!out.ring)
+    out.listing_page = format.page_size;
   return out;
 }
 

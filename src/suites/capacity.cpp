@@ -25,6 +25,7 @@ CacheLayout CacheLayout::for_method(const nlohmann::json& method, at::ScalarType
   const PagedRetention held = paged_retention_of(method, dtype);
   CacheLayout out = of(true, kernel_path, held.ring);
   out.compacting_page = held.compacting_page;
+  out.listing_page = held.listing_page;
   out.storage_factor = paged_storage_factor(*make_codec(method, dtype), head_dim, kernel_path);
   return out;
 }
@@ -41,6 +42,31 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
   return uint64_t(c.num_kv_heads) *
          ((entering ? index.before_selection : index.after_selection) + (recording ? record : 0));
 }
+
+namespace {
+
+// The slots a sequence of a paged cache listing in place (CacheLayout::listing_page, pages of
+// `page` tokens) may hold at every layer once `t` tokens have entered: the pages of a span
+// policy's prefix and of its newest tokens from the page where they start (a policy evicting
+// once after the prefill: as the prefill left them, then every decoded token), the longest
+// layer's; every token under any other policy.
+int64_t listed_slots(int64_t page, const RetentionPolicy& policy, int64_t num_layers,
+                     int64_t prompt, int64_t t) {
+  RetentionInput in;
+  in.num_layers = num_layers, in.prompt = prompt;
+  in.length = policy.timing() == EvictionTiming::kDecode ? t : prompt;
+  int64_t most = 0;
+  for (in.layer = 0; in.layer < num_layers; ++in.layer) {
+    const std::optional<RetentionSpan> span = policy.span(in);
+    if (!span) return t;
+    const int64_t prefix_pages = (span->prefix + page - 1) / page * page,
+                  newest_from = span->newest / page * page;
+    most = std::max(most, prefix_pages >= newest_from ? t : prefix_pages + (t - newest_from));
+  }
+  return std::min(t, most);
+}
+
+}  // namespace
 
 SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& policy,
                                   const ModelConfig& c, int64_t prompt, int64_t context,
@@ -86,6 +112,12 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
           compacted_slots(index.compacting_page, policy, c.num_layers, prompt, t);
       slots = held_slots.slots;
       out.kv_exact = out.kv_exact && !held_slots.bounded;
+    } else if (index.listing_page > 0) {
+      slots = listed_slots(index.listing_page, policy, c.num_layers, prompt, t);
+      int64_t longest = 0;
+      for (int64_t l = 0; l < c.num_layers; ++l) longest = std::max(longest, held_at(l, t));
+      out.kv_exact = out.kv_exact && slots <= longest;  // nothing evicted: the tokens themselves
+      slots = std::max(slots, longest);
     }
     for (int64_t l = 0; l < c.num_layers; ++l) {
       held.push_back(held_at(l, t));

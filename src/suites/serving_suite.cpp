@@ -439,17 +439,23 @@ SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_
     return budget;
   };
   const int64_t budget = budget_at(longest);
-  if (budget != INT64_MAX) {
-    s.retention_budget = budget;
-    if (policy->budget_needs_prompt()) s.retention_budget_of = budget_at;
-    s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
-    if (s.chunked_prefill) check_chunkable(method, *policy, dtype);
-    // A paged cache compacting during decode holds free slots past the budget between
-    // compactions: charged, so that the pool's bytes hold what the cache measures.
-    const int64_t page = paged ? paged_retention_of(method, dtype).compacting_page : 0;
-    if (page > 0 && s.evict_during_decode)
-      s.compaction_slack = [page](int64_t b) { return recompaction_slack(page, b); };
-  }
+  if (budget == INT64_MAX) return s;
+  if (s.chunked_prefill) check_chunkable(method, *policy, dtype);
+  const PagedRetention held = paged ? paged_retention_of(method, dtype) : PagedRetention{};
+  // A paged cache listing in place (KIVI's pages, Palu's) frees a page only once no head of any
+  // layer keeps a token in it: a selection per head, not a span, may keep every page it
+  // entered, so the pool charges every token.
+  RetentionInput probe;
+  probe.num_layers = num_layers, probe.length = longest, probe.prompt = longest;
+  if (held.listing_page > 0 && !policy->span(probe)) return s;
+  s.retention_budget = budget;
+  if (policy->budget_needs_prompt()) s.retention_budget_of = budget_at;
+  s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
+  // A paged cache compacting during decode holds free slots past the budget between
+  // compactions: charged, so that the pool's bytes hold what the cache measures.
+  const int64_t page = held.compacting_page;
+  if (page > 0 && s.evict_during_decode)
+    s.compaction_slack = [page](int64_t b) { return recompaction_slack(page, b); };
   return s;
 }
 

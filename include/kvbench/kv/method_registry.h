@@ -97,12 +97,14 @@ void check_paged_method(const nlohmann::json& method, int64_t num_heads, int64_t
 // How the paged cache of a resolved method entry (make_paged_cache, storage `dtype`) lays out
 // what its retention policy keeps: in a ring of slots (`ring`, paged_ring: no list of kept
 // positions), or compacted into the first slots of pages of `compacting_page` tokens
-// (paged_compacts; 0: not compacted). GEAR's block cache does neither; Palu's pages are
-// attended by its own kernel; a low-rank projection's coefficients are paged in `dtype`'s
-// 16-bit format.
+// (paged_compacts; 0: not compacted), or listed in place in pages of `listing_page` tokens
+// (KIVI's pages, whose key groups span tokens, and Palu's, attended by its own kernel: a page
+// is freed only once no head of any layer keeps a token in it). GEAR's block cache does none;
+// a low-rank projection's coefficients are paged in `dtype`'s 16-bit format.
 struct PagedRetention {
   bool ring = false;
   int64_t compacting_page = 0;
+  int64_t listing_page = 0;
 };
 PagedRetention paged_retention_of(const nlohmann::json& method, at::ScalarType dtype);
 // The paged cache of a resolved method entry with its codec (prepared when it needs it): a

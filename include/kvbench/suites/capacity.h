@@ -25,10 +25,14 @@ struct CacheLayout {
   // > 0: the paged cache compacts the kept tokens into pages of this many tokens
   // (paged_compacts), and every layer holds compacted_slots of them, not its own kept tokens:
   // the longest layer's, and under a policy evicting during decode the free slots it lets grow
-  // before compacting again. 0: each layer holds its kept tokens (not so for Palu's pages under
-  // an evicting policy, which neither ring nor compact: they keep every page some head of some
-  // layer still reads, more than the kept tokens; the capacity check warns of it).
+  // before compacting again. 0: each layer holds its kept tokens.
   int64_t compacting_page = 0;
+  // > 0: the paged cache lists the kept tokens in place in pages of this many tokens (KIVI's,
+  // Palu's: paged_retention_of) and frees a page only once no head of any layer keeps a token
+  // in it: a policy keeping a span (StreamingLLM: its sinks and newest tokens) holds those
+  // pages, any other may hold every page it entered (a selection per head scatters over them).
+  // A bound either way.
+  int64_t listing_page = 0;
   // The paged cache's bytes per byte of the codec's formula (paged_storage_factor): latent
   // pages whose rows are wider than the rank (multiples of 32, or the kernels' 64 and 128).
   double storage_factor = 1.0;
