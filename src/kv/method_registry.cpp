@@ -820,7 +820,7 @@ PagedRetention paged_retention_of(const nlohmann::json& method, at::ScalarType d
   if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec)) {
     // As make_paged_cache builds them: Palu's latent pages attended by its own kernel, the
     // projection's coefficient pages, both in the 16-bit format of their dtype.
-    format = paged_format_for({{"name", dtype == at::kHalf ? "fp16" : "bf16"}}, dtype);
+    format = paged_format_16bit(dtype);
     format.own_attention = lowrank->kind() == LowRankKind::kPalu;
   } else {
     format = paged_format_for(method, dtype);

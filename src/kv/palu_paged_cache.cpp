@@ -22,7 +22,7 @@ PagedFormat latent_format(at::ScalarType dtype) {
   KVB_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, "paged cache: method 'palu' stores ",
             c10::toString(dtype),
             " latents, which have no paged format (model dtype fp16 or bf16)");
-  PagedFormat f = paged_format_for({{"name", dtype == at::kHalf ? "fp16" : "bf16"}}, dtype);
+  PagedFormat f = paged_format_16bit(dtype);
   f.own_attention = true;
   return f;
 }

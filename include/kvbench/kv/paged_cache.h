@@ -125,6 +125,10 @@ inline int64_t recompaction_slack(int64_t page_size, int64_t kept) {
 // Throws Error naming the method and what the paged formats offer when there is none.
 // A retention method's format is its codec's.
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype);
+// The 16-bit paged format of values stored as `dtype` (fp16; bf16 otherwise): latent pages'.
+inline PagedFormat paged_format_16bit(at::ScalarType dtype) {
+  return paged_format_for({{"name", dtype == at::kHalf ? "fp16" : "bf16"}}, dtype);
+}
 // Attention of a block's queries q [heads, n, head_dim] fp32 over keys and values [kv_heads,
 // L, head_dim] fp32 whose last n are the block's own (causal within the block), in chunks of
 // queries; a fresh prefill on a GPU goes through PyTorch's fused SDPA in fp16. The paged
