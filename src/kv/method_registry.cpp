@@ -834,6 +834,17 @@ PagedRetention paged_retention_of(const nlohmann::json& method, at::ScalarType d
   return out;
 }
 
+PagedSequenceBytes paged_sequence_bytes_of(const nlohmann::json& method, at::ScalarType dtype,
+                                           int64_t head_dim) {
+  const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
+  if (std::dynamic_pointer_cast<const GearCodec>(codec) ||
+      std::dynamic_pointer_cast<const LowRankCodec>(codec))
+    return {};
+  const PagedFormat format = paged_format_for(method, dtype);
+  return {format.page_size, paged_page_bytes(format, head_dim).total(),
+          paged_sequence_reserve(format, head_dim).total()};
+}
+
 std::unique_ptr<KVCache> make_paged_cache(const nlohmann::json& method,
                                           std::shared_ptr<const Codec> codec, int64_t num_layers,
                                           int64_t num_kv_heads, int64_t head_dim,

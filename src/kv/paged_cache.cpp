@@ -188,6 +188,23 @@ CompactedSlots compacted_slots(int64_t page_size, const RetentionPolicy& policy,
   return {std::min(compacted, bound), compacted >= bound};
 }
 
+StorageBytes paged_page_bytes(const PagedFormat& format, int64_t head_dim) {
+  const auto k = kernels::page_bytes(format.format, true, format.page_size, int(head_dim)),
+             v = kernels::page_bytes(format.format, false, format.page_size, int(head_dim));
+  StorageBytes b;
+  b.payload = k.data + v.data;
+  b.metadata = k.meta + v.meta;
+  return b;
+}
+
+StorageBytes paged_sequence_reserve(const PagedFormat& format, int64_t head_dim) {
+  StorageBytes b;
+  if (kernels::is_kivi(format.format))  // keys' and values' rings, fp16
+    b.payload = 2 * uint64_t(format.residual) * uint64_t(head_dim) * sizeof(at::Half);
+  if (format.format == KvFormat::kFp8) b.metadata = 2 * sizeof(float);  // keys' and values' scale
+  return b;
+}
+
 PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_dtype) {
   const std::string name = method.at("name");
   auto fail = [&](const std::string& why) {
@@ -2330,19 +2347,13 @@ at::Tensor PagedKVCache::decode_at(const kernels::PagedKvStore& store, const Seq
 }
 
 StorageBytes PagedKVCache::storage() const {
-  const int P = format_.page_size, D = int(head_dim_);
-  const auto k = kernels::page_bytes(format_.format, true, P, D),
-             v = kernels::page_bytes(format_.format, false, P, D);
-  const uint64_t pages = uint64_t(pages_) - free_.size(), heads = uint64_t(num_kv_heads_);
+  const StorageBytes page = paged_page_bytes(format_, head_dim_),
+                     reserve = paged_sequence_reserve(format_, head_dim_);
+  const uint64_t pages = uint64_t(pages_) - free_.size(), sequences = sequences_.size(),
+                 per_head_layer = uint64_t(num_kv_heads_) * uint64_t(num_layers_);
   StorageBytes b;
-  b.payload = pages * heads * (k.data + v.data);
-  b.metadata = pages * heads * (k.meta + v.meta);
-  if (kernels::is_kivi(format_.format))  // whole rings of the sequences present
-    b.payload += sequences_.size() * 2 * heads * uint64_t(format_.residual) * D * 2;
-  if (format_.format == KvFormat::kFp8)  // the scales of the sequences present
-    b.metadata += sequences_.size() * 2 * heads * sizeof(float);
-  b.payload *= uint64_t(num_layers_);
-  b.metadata *= uint64_t(num_layers_);
+  b.payload = (pages * page.payload + sequences * reserve.payload) * per_head_layer;
+  b.metadata = (pages * page.metadata + sequences * reserve.metadata) * per_head_layer;
   b.padding = padding_bytes();
   for (const auto& [id, s] : sequences_)  // Quest's page bounds of the held pages
     for (const QuestBounds& qb : s.quest)

@@ -13,10 +13,15 @@
 namespace kvbench {
 
 CacheLayout CacheLayout::of(bool paged, bool kernel_path, bool ring) {
-  if (!paged) return {sizeof(int64_t), sizeof(int64_t), true};
-  if (ring) return {0, 0, true};
-  const uint64_t most = sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t);
-  return {most, most, false};
+  CacheLayout out;
+  if (!paged) {
+    out.before_selection = out.after_selection = sizeof(int64_t);
+  } else if (!ring) {
+    out.before_selection = out.after_selection =
+        sizeof(int32_t) * (kernel_path ? 2 : 1) + sizeof(int64_t);
+    out.exact = false;
+  }
+  return out;
 }
 
 CacheLayout CacheLayout::for_method(const nlohmann::json& method, at::ScalarType dtype,
@@ -27,6 +32,7 @@ CacheLayout CacheLayout::for_method(const nlohmann::json& method, at::ScalarType
   out.compacting_page = held.compacting_page;
   out.listing_page = held.listing_page;
   out.storage_factor = paged_storage_factor(*make_codec(method, dtype), head_dim, kernel_path);
+  out.pages = paged_sequence_bytes_of(method, dtype, head_dim);
   return out;
 }
 
@@ -76,6 +82,7 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   const auto* quest = dynamic_cast<const QuestPolicy*>(&policy);
   SequenceKvBytes out;
   out.shared = codec.shared_nominal().total();
+  out.whole_pages = index.pages.page > 0;
   const uint64_t held_bookkeeping = retention_bytes_per_token(policy, c, index, false);
   const uint64_t prefill_bookkeeping = retention_bytes_per_token(policy, c, index, true);
   out.retention_exact = held_bookkeeping == 0 || index.exact;
@@ -93,8 +100,10 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     const int64_t budget = policy.budget(in);
     return budget >= prompt ? t : budget + (t - prompt);
   };
-  // The codec's bytes for `tokens` at one layer, as the cache's rows store them.
+  // The bytes of `tokens` at one layer as the cache stores them: whole pages and what comes
+  // beside them, or the codec's formula (latent rows at their stored width).
   auto codec_bytes = [&](int64_t tokens) {
+    if (index.pages.page > 0) return uint64_t(c.num_kv_heads) * index.pages.of(tokens);
     const uint64_t nominal = codec.nominal_bytes(tokens, c.num_kv_heads, c.head_dim).total();
     if (index.storage_factor == 1.0) return nominal;
     return static_cast<uint64_t>(std::llround(static_cast<double>(nominal) * index.storage_factor));

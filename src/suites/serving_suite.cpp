@@ -130,13 +130,20 @@ double method_retention_block_bytes(const json& method, const ModelConfig& c, at
 }
 
 int64_t method_window_blocks(const json& method, const ModelConfig& c, at::ScalarType dtype,
-                             int64_t block_size, double bytes_per_block, int64_t longest) {
+                             int64_t block_size, double bytes_per_block, int64_t longest,
+                             bool paged) {
   auto codec = make_codec(method, dtype);
   KVB_CHECK(bytes_per_block > 0, "serving: bytes per block must be > 0");
+  const PagedSequenceBytes pages =
+      paged ? paged_sequence_bytes_of(method, dtype, c.head_dim) : PagedSequenceBytes{};
+  auto stored = [&](int64_t t) {
+    if (pages.page == 0) return formula_bytes(*codec, c, t);
+    return static_cast<double>(pages.of(t)) * static_cast<double>(c.num_kv_heads * c.num_layers);
+  };
   int64_t window = 0;
   for (int64_t t = 1; t <= longest; ++t) {
     const double blocks = static_cast<double>((t + block_size - 1) / block_size);
-    const double over = formula_bytes(*codec, c, t) - blocks * bytes_per_block;
+    const double over = stored(t) - blocks * bytes_per_block;
     // A relative tolerance keeps rounding in bytes_per_block from adding a block.
     if (over > 1e-9 * bytes_per_block) {
       window = std::max(window, static_cast<int64_t>(std::ceil(over / bytes_per_block - 1e-9)));
@@ -573,9 +580,11 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   }
   SchedulerConfig sched = scheduler_config(p, ctx.method, c.num_layers, w.longest(),
                                            ctx.model.kv_dtype(), ctx.spec.attention == "paged");
-  // The format's per-sequence window (KIVI's residual), charged to every running sequence.
-  sched.window_blocks = method_window_blocks(ctx.method, c, ctx.model.kv_dtype(), block_size,
-                                             block_bytes, w.longest());
+  // The format's per-sequence window (KIVI's residual; on the paged cache its whole rings),
+  // charged to every running sequence.
+  sched.window_blocks =
+      method_window_blocks(ctx.method, c, ctx.model.kv_dtype(), block_size, block_bytes,
+                           w.longest(), ctx.spec.attention == "paged");
   SloThresholds slo;
   slo.ttft_s = p["slo_ttft_s"];
   slo.tpot_s = p["slo_tpot_s"];

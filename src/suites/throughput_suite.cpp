@@ -234,9 +234,11 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   json r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
   const uint64_t formula_at_batch =
       bytes.shared + static_cast<uint64_t>(batch) * bytes.per_sequence;
-  // Whole pages' empty slots are not the method's bytes (the formula counts tokens).
-  const double measured = r["kv_memory"]["measured"]["total"].get<double>() -
-                          r["kv_memory"]["measured"].value("padding", 0.0);
+  // Empty slots count where the plan counts whole pages (they hold memory as much as tokens
+  // do); a formula counting tokens (the CPU stores, latent rows) leaves them out.
+  const double measured =
+      r["kv_memory"]["measured"]["total"].get<double>() -
+      (bytes.whole_pages ? 0.0 : r["kv_memory"]["measured"].value("padding", 0.0));
   r["kind"] = "capacity";
   r["context"] = context;
   r["kv_budget_bytes"] = budget.bytes;

@@ -429,15 +429,20 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
                                         ->nominal_bytes(tokens, c.num_kv_heads, c.head_dim)
                                         .total();
   };
+  // The paged cache takes whole pages of 32 tokens (the 16-bit formats' pages).
+  auto pages = [&](int64_t tokens) { return nominal((tokens + 31) / 32 * 32); };
   const json h2o = {{"name", "h2o-512"}};
   ASSERT_EQ(CacheLayout::for_method(resolve_method(h2o, "m"), at::kHalf, c.head_dim, true, false)
                 .compacting_page,
             32);  // the 16-bit formats' pages
-  // 1009-token prompts compacted to 512: 15 decoded tokens take 15 more slots, exactly.
+  // 1009-token prompts compacted to 512: 15 decoded tokens take 15 more slots, exactly (and
+  // the rest of their page).
   SequenceKvBytes b = bytes(h2o, true, 1009, 1024);
-  EXPECT_EQ(b.per_sequence, nominal(512 + 15));
+  EXPECT_EQ(b.per_sequence, pages(512 + 15));
+  EXPECT_TRUE(b.whole_pages);
   EXPECT_TRUE(b.kv_exact);
   EXPECT_EQ(bytes(h2o, false, 1009, 1024).per_sequence, nominal(512));  // the CPU cache's rows
+  EXPECT_FALSE(bytes(h2o, false, 1009, 1024).whole_pages);
   // 191 decoded tokens reach the bound: 512 kept and at most 64 free (an eighth of 512, more
   // than a page).
   b = bytes(h2o, true, 1009, 1200);
@@ -453,7 +458,7 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
                         paged = bytes(pyramid, true, 1000, 1010);
   const int64_t longest = *std::max_element(cpu.held_per_layer.begin(), cpu.held_per_layer.end());
   ASSERT_LT(*std::min_element(cpu.held_per_layer.begin(), cpu.held_per_layer.end()), longest);
-  EXPECT_EQ(paged.per_sequence, nominal(longest));
+  EXPECT_EQ(paged.per_sequence, pages(longest));
   EXPECT_LT(cpu.per_sequence, paged.per_sequence);
   EXPECT_TRUE(paged.kv_exact);
   // KIVI's pages list in place and free a page only once no head of any layer keeps a token in
@@ -465,11 +470,20 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
                                         ->nominal_bytes(tokens, c.num_kv_heads, c.head_dim)
                                         .total();
   };
+  // KIVI-4's paged sequence per KV head and layer at head_dim 32: pages of its group, 32
+  // tokens, each 512 B of key codes, a scale and a minimum per channel in fp16 (128 B), 512 B
+  // of value codes and an fp16 scale and minimum per token (128 B); and beside them, from the
+  // first token, its key and value rings of 128 fp16 rows (16 KiB) however few they hold.
+  auto kivi_pages = [&](int64_t tokens) {
+    return uint64_t(c.num_layers * c.num_kv_heads) * (uint64_t(tokens + 31) / 32 * 1280 + 16384);
+  };
+  ASSERT_EQ(c.head_dim, 32);
   ASSERT_EQ(CacheLayout::for_method(resolve_method(snapkv, "m"), at::kHalf, c.head_dim, true, false)
                 .listing_page,
             32);  // KIVI's group
   b = bytes(snapkv, true, 1000, 1010);
-  EXPECT_EQ(b.per_sequence, kivi(1010));
+  EXPECT_EQ(b.per_sequence, kivi_pages(1010));
+  EXPECT_GT(kivi_pages(1010), kivi(1010));  // the formula's window is not the whole rings
   EXPECT_FALSE(b.kv_exact);
   EXPECT_LT(bytes(snapkv, false, 1000, 1010).per_sequence, kivi(1010));
   const json stream = {{"name", "streamingllm"},
@@ -480,7 +494,7 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
   // Sinks' page (32) and the window from its page's start (1000 - 252 = 748 -> 736): 32 + 264
   // slots, then the 10 decoded tokens.
   b = bytes(stream, true, 1000, 1010);
-  EXPECT_EQ(b.per_sequence, kivi(32 + 264 + 10));
+  EXPECT_EQ(b.per_sequence, kivi_pages(32 + 264 + 10));
   EXPECT_FALSE(b.kv_exact);
 }
 
@@ -536,7 +550,7 @@ TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
 TEST(Capacity, ThroughputSuitePlansTheBookkeepingItMeasures) {
   const json suite = json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
       "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 200,
-      "capacity_new_tokens": 3, "kv_budget_bytes": 1048576, "max_batch": 3})");
+      "capacity_new_tokens": 3, "kv_budget_bytes": 2097152, "max_batch": 3})");
   for (const char* attention : {"cpu", "paged"}) {
     for (const char* name : {"h2o", "scissorhands-512", "stream-512", "stream-64"}) {
       Harness h(suite);
@@ -574,6 +588,31 @@ TEST(Capacity, ThroughputSuitePlansTheBookkeepingItMeasures) {
       EXPECT_TRUE(r["formula_matches_measured"].get<bool>()) << what;
       EXPECT_TRUE(r["kv_bytes_exact"].get<bool>()) << what;
     }
+  }
+}
+
+// The paged cache's sequences take whole pages, and KIVI's its rings whole from the first
+// token: the capacity view plans what it stores, empty slots included, to the byte (for KIVI
+// the codec's formula counted a window of tokens where the rings hold 128 rows each).
+TEST(Capacity, ThroughputSuitePlansWholePagesAndRings) {
+  const json suite = json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
+      "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 200,
+      "capacity_new_tokens": 3, "kv_budget_bytes": 1048576, "max_batch": 2})");
+  for (const char* name : {"full", "int4", "fp8", "kivi-4", "kivi-2"}) {
+    Harness h(suite);
+    h.spec.attention = "paged";
+    h.method = resolve_method({{"name", name}}, "methods[0]");
+    ThroughputSuite s;
+    const CellOutput out = h.run(s);
+    ASSERT_EQ(out.records.size(), 2u) << name;
+    const json& r = out.records[1];
+    const json& m = r["kv_memory"]["measured"];
+    ASSERT_TRUE(r["kv_bytes_exact"].get<bool>()) << name;
+    EXPECT_EQ(m["total"].get<double>(), r["kv_bytes_formula"].get<double>()) << name;
+    EXPECT_TRUE(r["formula_matches_measured"].get<bool>()) << name;
+    // 200 tokens: 7 pages of 32 hold 24 empty slots, and KIVI's rings 128 - 200 % 128 = 56
+    // empty key rows (its value ring is full).
+    EXPECT_GT(m["padding"].get<double>(), 0) << name;
   }
 }
 
@@ -663,6 +702,13 @@ TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (12 + 4) * page);
 }
 
+// The pool's charge holds what the cache measured after each step, at the peak and on average.
+void expect_pool_holds_measured(const json& kv, const std::string& what) {
+  EXPECT_GT(kv["measured_bytes_peak"].get<double>(), 0) << what;
+  EXPECT_LE(kv["measured_bytes_peak"].get<double>(), kv["pool_bytes_peak"].get<double>()) << what;
+  EXPECT_LE(kv["measured_bytes_mean"].get<double>(), kv["pool_bytes_mean"].get<double>()) << what;
+}
+
 // The paged cache compacts what H2O keeps during decode and lets free slots grow past its
 // budget between compactions: the pool charges them, so the blocks' bytes hold what the cache
 // measured, step by step (peak and mean), where charging the budget alone fell short.
@@ -675,10 +721,32 @@ TEST(Capacity, ServingChargesAPagedCacheItsFreeSlots) {
   h.method = resolve_method({{"name", "h2o"}, {"heavy", 8}, {"recent", 8}}, "methods[0]");
   ServingSuite s;
   const CellOutput out = h.run(s);
-  const json& kv = out.records.at(0)["kv"];
-  EXPECT_GT(kv["measured_bytes_peak"].get<double>(), 0);
-  EXPECT_LE(kv["measured_bytes_peak"].get<double>(), kv["pool_bytes_peak"].get<double>());
-  EXPECT_LE(kv["measured_bytes_mean"].get<double>(), kv["pool_bytes_mean"].get<double>());
+  expect_pool_holds_measured(out.records.at(0)["kv"], "h2o");
+}
+
+// KIVI's paged cache holds two full-precision rings of its residual (128 rows) per sequence
+// from its first token, and pages for every token, the window's too: the pool charges each
+// request the rings' blocks. Charged the formula's window instead (7 blocks, not 13), two
+// requests of 80-96 tokens measured 1.58x their pool.
+TEST(Capacity, ServingChargesKiviPagesTheirWholeRings) {
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 2,
+      "prompt_tokens_min": 80, "prompt_tokens_max": 96, "output_tokens_min": 4,
+      "output_tokens_max": 8, "block_size": 32, "kv_budget_bytes": 4194304})");
+  std::map<std::string, json> summary;
+  for (const char* attention : {"cpu", "paged"}) {
+    Harness h(suite);
+    h.spec.attention = attention;
+    h.method = resolve_method({{"name", "kivi-4"}}, "methods[0]");
+    ServingSuite s;
+    const CellOutput out = h.run(s);
+    summary[attention] = out.summary;
+    expect_pool_holds_measured(out.records.at(0)["kv"], attention);
+  }
+  // The rings: 2 x 128 rows x 32 channels x 2 B per KV head and layer (8), in blocks of 32
+  // tokens of 10 KiB (4 layers x 2 heads x 1280 B).
+  EXPECT_EQ(summary["paged"]["bytes_per_block"], 10240.0);
+  EXPECT_EQ(summary["paged"]["window_blocks"], (2 * 128 * 32 * 2 * 8 + 10239) / 10240);
+  EXPECT_LT(summary["cpu"]["window_blocks"], summary["paged"]["window_blocks"]);
 }
 
 // SnapKV over KIVI's pages on the paged cache keeps some token of nearly every page: the pool
@@ -696,11 +764,7 @@ TEST(Capacity, ServingChargesEveryTokenOfPagesListedInPlace) {
     const CellOutput out = h.run(s);
     EXPECT_EQ(out.summary["retention_budget"], std::string(attention) == "paged" ? 0 : 48)
         << attention;
-    // (On the paged cache KIVI's pages measure above the pool even without a policy, as kivi-4
-    // alone does: its full-precision rings, an open finding; the CPU cache holds the charge.)
-    const json& kv = out.records.at(0)["kv"];
-    if (std::string(attention) == "cpu")
-      EXPECT_LE(kv["measured_bytes_peak"].get<double>(), kv["pool_bytes_peak"].get<double>());
+    expect_pool_holds_measured(out.records.at(0)["kv"], attention);
   }
 }
 

@@ -107,6 +107,21 @@ struct PagedRetention {
   int64_t listing_page = 0;
 };
 PagedRetention paged_retention_of(const nlohmann::json& method, at::ScalarType dtype);
+// What one sequence of the paged cache of a resolved method entry (make_paged_cache, storage
+// `dtype`, heads of `head_dim`) holds per KV head and layer once it has `slots` slots: whole
+// pages of `page` tokens, `page_bytes` each, and `reserve` beside them from its first token
+// (KIVI's rings, fp8's scales: paged_sequence_reserve). `page` 0: not pages of the method's
+// own keys and values (latent coefficients, GEAR's blocks); its codec's formula plans those.
+struct PagedSequenceBytes {
+  int64_t page = 0;
+  uint64_t page_bytes = 0;
+  uint64_t reserve = 0;
+  uint64_t of(int64_t slots) const {
+    return uint64_t((slots + page - 1) / page) * page_bytes + reserve;
+  }
+};
+PagedSequenceBytes paged_sequence_bytes_of(const nlohmann::json& method, at::ScalarType dtype,
+                                           int64_t head_dim);
 // The paged cache of a resolved method entry with its codec (prepared when it needs it): a
 // LatentPagedCache of coefficients for kvproj, a PagedKVCache in the method's fixed format
 // otherwise. `dtype`: the uncompressed storage dtype; `device`: where the pools live.

@@ -121,6 +121,13 @@ inline int64_t recompaction_slack(int64_t page_size, int64_t kept) {
   return std::max<int64_t>(page_size, kept / 8);
 }
 
+// What a paged cache of `format` stores per KV head and layer: one page of keys and values
+// (codes and metadata; its empty slots too), and what each sequence holds beside its pages
+// from its first token (KIVI's two full-precision rings of `residual` rows, filled or not;
+// fp8's two scales). PagedKVCache::storage() counts these; capacity and serving plan by them.
+StorageBytes paged_page_bytes(const PagedFormat& format, int64_t head_dim);
+StorageBytes paged_sequence_reserve(const PagedFormat& format, int64_t head_dim);
+
 // The paged format of a resolved method entry with uncompressed storage `model_dtype`.
 // Throws Error naming the method and what the paged formats offer when there is none.
 // A retention method's format is its codec's.

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvbench/kv/codec.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/retention_policy.h"
 #include "kvbench/model/model_config.h"
 
@@ -36,6 +37,11 @@ struct CacheLayout {
   // The paged cache's bytes per byte of the codec's formula (paged_storage_factor): latent
   // pages whose rows are wider than the rank (multiples of 32, or the kernels' 64 and 128).
   double storage_factor = 1.0;
+  // Pages of the method's own keys and values (paged_sequence_bytes_of; page 0: none): a
+  // sequence's slots take whole pages, and KIVI's rings or fp8's scales come beside them from
+  // its first token. What the paged cache stores, empty slots included, not the codec's
+  // formula: for KIVI up to twice its window's fp16 rows and a window of page slots more.
+  PagedSequenceBytes pages;
   // The CPU cache: int64 positions of every held token from the first on (8 and 8, exact).
   // The paged cache, a bound in both states: int32 lists of at most the held tokens (4), a
   // second copy where its kernels read them (4; `kernel_path`: on a GPU, or the kernel path
@@ -87,8 +93,11 @@ struct SequenceKvBytes {
   // Bookkeeping per token held at one layer (all its KV heads) in the held state: what a
   // measured cache's kept tokens cost (kv_memory.kept_tokens), wherever it is measured.
   uint64_t retention_per_held_token = 0;
-  bool retention_exact = true;          // false: `retention` is an upper bound (CacheLayout)
-  bool kv_exact = true;                 // false: `per_sequence` is an upper bound (compaction)
+  bool retention_exact = true;  // false: `retention` is an upper bound (CacheLayout)
+  bool kv_exact = true;         // false: `per_sequence` is an upper bound (compaction)
+  // Whole pages counted (CacheLayout::pages): the cache's empty slots (its padding) are in
+  // `per_sequence` too.
+  bool whole_pages = false;
   std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
 
   // What `batch` sequences need when they enter one at a time, as a serving engine admits them:

@@ -61,8 +61,11 @@ double method_retention_block_bytes(const nlohmann::json& method, const ModelCon
 //   the least W >= 0 with (ceil(T / block_size) + W) * bytes_per_block >= formula(T)
 // for T = 1 .. longest (formula over all layers). 0 for a format whose bytes grow linearly
 // (the full cache, fp8, retention over them); KIVI's full-precision residual needs a few.
+// `paged`: what the paged cache stores in place of the formula where it pages the method's
+// own keys and values (paged_sequence_bytes_of): whole pages, and KIVI's rings whole from the
+// first token (twice the residual's fp16 rows: several times the formula's window).
 int64_t method_window_blocks(const nlohmann::json& method, const ModelConfig& config,
                              at::ScalarType dtype, int64_t block_size, double bytes_per_block,
-                             int64_t longest);
+                             int64_t longest, bool paged = false);
 
 }  // namespace kvbench
