@@ -110,7 +110,7 @@ nlohmann::json latency_json(const std::vector<double>& x) {
 }  // namespace
 
 nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& slo,
-                               double bytes_per_block) {
+                               double bytes_per_block, double shared_bytes) {
   std::vector<double> ttft, tpot, itl, e2e;
   int64_t tokens = 0, good = 0;
   for (const auto& r : trace.requests) {
@@ -169,8 +169,8 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
       {"kv",
        {{"blocks_peak", peak_blocks},
         {"blocks_mean", mean_blocks},
-        {"pool_bytes_peak", static_cast<double>(peak_blocks) * bytes_per_block},
-        {"pool_bytes_mean", mean_blocks * bytes_per_block},
+        {"pool_bytes_peak", shared_bytes + static_cast<double>(peak_blocks) * bytes_per_block},
+        {"pool_bytes_mean", shared_bytes + mean_blocks * bytes_per_block},
         {"measured_bytes_peak", peak_bytes},
         {"measured_bytes_mean", busy > 0 ? weighted_bytes / busy : 0.0},
         {"allocated_bytes_peak", peak_allocated},

@@ -31,8 +31,11 @@ CacheLayout CacheLayout::for_method(const nlohmann::json& method, at::ScalarType
   CacheLayout out = of(true, kernel_path, held.ring);
   out.compacting_page = held.compacting_page;
   out.listing_page = held.listing_page;
-  out.storage_factor = paged_storage_factor(*make_codec(method, dtype), head_dim, kernel_path);
+  const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
+  out.storage_factor = paged_storage_factor(*codec, head_dim, kernel_path);
   out.pages = paged_sequence_bytes_of(method, dtype, head_dim);
+  if (dynamic_cast<const LowRankCodec*>(codec.get()) != nullptr)
+    out.latent_page = paged_format_16bit(dtype).page_size;
   return out;
 }
 
@@ -82,7 +85,7 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   const auto* quest = dynamic_cast<const QuestPolicy*>(&policy);
   SequenceKvBytes out;
   out.shared = codec.shared_nominal().total();
-  out.whole_pages = index.pages.page > 0;
+  out.whole_pages = index.pages.page > 0 || index.latent_page > 0;
   const uint64_t held_bookkeeping = retention_bytes_per_token(policy, c, index, false);
   const uint64_t prefill_bookkeeping = retention_bytes_per_token(policy, c, index, true);
   out.retention_exact = held_bookkeeping == 0 || index.exact;
@@ -104,7 +107,9 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   // beside them, or the codec's formula (latent rows at their stored width).
   auto codec_bytes = [&](int64_t tokens) {
     if (index.pages.page > 0) return uint64_t(c.num_kv_heads) * index.pages.of(tokens);
-    const uint64_t nominal = codec.nominal_bytes(tokens, c.num_kv_heads, c.head_dim).total();
+    const int64_t page = std::max<int64_t>(index.latent_page, 1);
+    const uint64_t nominal =
+        codec.nominal_bytes((tokens + page - 1) / page * page, c.num_kv_heads, c.head_dim).total();
     if (index.storage_factor == 1.0) return nominal;
     return static_cast<uint64_t>(std::llround(static_cast<double>(nominal) * index.storage_factor));
   };

@@ -136,7 +136,15 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
   KVB_CHECK(bytes_per_block > 0, "serving: bytes per block must be > 0");
   const PagedSequenceBytes pages =
       paged ? paged_sequence_bytes_of(method, dtype, c.head_dim) : PagedSequenceBytes{};
+  // Latent pages hold a sequence's slots in whole pages too, each slot at bytes_per_block's
+  // rate (coefficients grow linearly).
+  const int64_t latent_page = paged && dynamic_cast<const LowRankCodec*>(codec.get()) != nullptr
+                                  ? paged_format_16bit(dtype).page_size
+                                  : 0;
   auto stored = [&](int64_t t) {
+    if (latent_page > 0)
+      return static_cast<double>((t + latent_page - 1) / latent_page * latent_page) *
+             bytes_per_block / static_cast<double>(block_size);
     if (pages.page == 0) return formula_bytes(*codec, c, t);
     return static_cast<double>(pages.of(t)) * static_cast<double>(c.num_kv_heads * c.num_layers);
   };
@@ -451,12 +459,23 @@ SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_
   const PagedRetention held = paged ? paged_retention_of(method, dtype) : PagedRetention{};
   // A paged cache listing in place (KIVI's pages, Palu's) frees a page only once no head of any
   // layer keeps a token in it: a selection per head, not a span, may keep every page it
-  // entered, so the pool charges every token.
-  RetentionInput probe;
-  probe.num_layers = num_layers, probe.length = longest, probe.prompt = longest;
-  if (held.listing_page > 0 && !policy->span(probe)) return s;
-  s.retention_budget = budget;
-  if (policy->budget_needs_prompt()) s.retention_budget_of = budget_at;
+  // entered, so the pool charges every token; a span holds its prefix's pages and every page
+  // from its newest tokens' first on, so up to a page less one past either end beyond its
+  // budget (capacity's listed_slots).
+  int64_t straddled = 0;
+  if (held.listing_page > 0) {
+    RetentionInput probe;
+    probe.num_layers = num_layers, probe.length = longest, probe.prompt = longest;
+    const std::optional<RetentionSpan> span = policy->span(probe);
+    if (!span) return s;
+    const int64_t page = held.listing_page;
+    straddled = (span->prefix + page - 1) / page * page - span->prefix + page - 1;
+  }
+  s.retention_budget = budget + straddled;
+  if (policy->budget_needs_prompt())
+    s.retention_budget_of = [budget_at, straddled](int64_t prefill) {
+      return budget_at(prefill) + straddled;
+    };
   s.evict_during_decode = policy->timing() == EvictionTiming::kDecode;
   // A paged cache compacting during decode holds free slots past the budget between
   // compactions: charged, so that the pool's bytes hold what the cache measures.
@@ -553,7 +572,6 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
       CacheLayout::kernel_path(ctx.spec.device == "cuda"));
   const ModelPlacement placement = ctx.model.placement();
   const double budget = budget_bytes(p, placement.device, model.weight_bytes());
-  const int64_t num_blocks = BlockPool::capacity(budget, block_bytes + retention_block_bytes);
   // On the CPU the weights are already out of what is available; a GPU's total holds them too.
   check_fits_on(placement,
                 static_cast<uint64_t>(budget) +
@@ -590,6 +608,14 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   slo.tpot_s = p["slo_tpot_s"];
   slo.e2e_s = p["slo_e2e_s"];
   auto cache = make_cell_cache(ctx);
+  // What the cache holds before any sequence (a low-rank codec's fitted bases) the budget holds
+  // once, before its blocks.
+  const double shared = static_cast<double>(cache->bytes());
+  KVB_CHECK(shared < budget, "serving: a KV budget of ", format_bytes(budget),
+            " does not hold the method's shared state (", format_bytes(shared),
+            ": its fitted bases); raise kv_budget_bytes or kv_budget_fraction");
+  const int64_t num_blocks =
+      BlockPool::capacity(budget - shared, block_bytes + retention_block_bytes);
   // The pool's tokens and a slot for every sequence that can run at once, reserved before any
   // runs: a paged pool holds the budget's pages from the start (as vLLM sizes its pool once)
   // instead of growing while requests arrive.
@@ -633,7 +659,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
     ServingTrace trace = run_serving(reqs, s, ex, clock);
     KVB_CHECK(pool.free_blocks() == pool.num_blocks(), "serving: ", pool.used_blocks(),
               " blocks still held after every request finished");
-    json m = serving_metrics(trace, slo, block_bytes);
+    json m = serving_metrics(trace, slo, block_bytes, shared);
     std::vector<double> ttft, e2e;
     json per_request = json::array();
     for (const auto& r : trace.requests) {
@@ -676,6 +702,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                  {"bytes_per_block", block_bytes},
                  {"retention_bytes_per_block", retention_block_bytes},
                  {"kv_budget_bytes", budget},
+                 {"shared_bytes", shared},
                  {"num_blocks", num_blocks},
                  {"pool_tokens", num_blocks * block_size},
                  {"retention_budget", sched.retention_budget},

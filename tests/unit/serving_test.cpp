@@ -676,6 +676,10 @@ TEST(Serving, MetricsFromAHandBuiltTrace) {
   EXPECT_DOUBLE_EQ(m["kv"]["pool_bytes_peak"], 40.0);
   EXPECT_DOUBLE_EQ(m["kv"]["measured_bytes_mean"], (100.0 + 900.0) / 4.0);
   EXPECT_EQ(m["preemptions"], 1);
+  // A shared state (fitted bases) is in the pool's bytes at every step.
+  m = serving_metrics(t, slo, 10.0, 7.0);
+  EXPECT_DOUBLE_EQ(m["kv"]["pool_bytes_peak"], 47.0);
+  EXPECT_DOUBLE_EQ(m["kv"]["pool_bytes_mean"], 7.0 + 10.0 * (2.0 * 1 + 4.0 * 3) / 4.0);
 }
 
 }  // namespace

@@ -105,8 +105,9 @@ struct SloThresholds {
 // Report metrics of a trace: TTFT, TPOT, ITL and e2e latency (p50/p90/p99/mean/max), request
 // and token throughput, goodput (requests meeting every threshold, per second, and fraction),
 // KV blocks and bytes (peak and step-time-weighted mean), preemptions, steps.
-// `bytes_per_block` converts blocks to pool bytes.
+// `bytes_per_block` converts blocks to pool bytes, on top of `shared_bytes`: what the budget
+// holds before any block (a low-rank codec's fitted bases), in every step's pool bytes.
 nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& slo,
-                               double bytes_per_block);
+                               double bytes_per_block, double shared_bytes = 0);
 
 }  // namespace kvbench

@@ -42,6 +42,9 @@ struct CacheLayout {
   // its first token. What the paged cache stores, empty slots included, not the codec's
   // formula: for KIVI up to twice its window's fp16 rows and a window of page slots more.
   PagedSequenceBytes pages;
+  // > 0: latent pages (kvproj's, Palu's) of this many slots: a sequence's slots in whole pages,
+  // each at the formula's rate times storage_factor.
+  int64_t latent_page = 0;
   // The CPU cache: int64 positions of every held token from the first on (8 and 8, exact).
   // The paged cache, a bound in both states: int32 lists of at most the held tokens (4), a
   // second copy where its kernels read them (4; `kernel_path`: on a GPU, or the kernel path
@@ -95,8 +98,8 @@ struct SequenceKvBytes {
   uint64_t retention_per_held_token = 0;
   bool retention_exact = true;  // false: `retention` is an upper bound (CacheLayout)
   bool kv_exact = true;         // false: `per_sequence` is an upper bound (compaction)
-  // Whole pages counted (CacheLayout::pages): the cache's empty slots (its padding) are in
-  // `per_sequence` too.
+  // Whole pages counted (CacheLayout::pages, latent_page): the cache's empty slots (its
+  // padding) are in `per_sequence` too.
   bool whole_pages = false;
   std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
 
