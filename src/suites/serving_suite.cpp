@@ -14,6 +14,7 @@
 #include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
+#include "kvbench/kv/quest_policy.h"
 #include "kvbench/serving/request_source.h"
 #include "kvbench/serving/serving_loop.h"
 #include "kvbench/suites/capacity.h"
@@ -101,10 +102,22 @@ std::shared_ptr<const Codec> checked_codec(const json& method, const ModelConfig
   return codec;
 }
 
-// The formula's bytes for `tokens` tokens of one sequence over all layers.
-double formula_bytes(const Codec& codec, const ModelConfig& c, int64_t tokens) {
+// Quest's page bounds for `tokens` tokens of one sequence over its sparse layers, which every
+// cache stores beside K and V (0 for other policies).
+double quest_bounds_bytes(const RetentionPolicy& policy, const ModelConfig& c, int64_t tokens) {
+  const auto* quest = dynamic_cast<const QuestPolicy*>(&policy);
+  if (quest == nullptr) return 0;
+  const int64_t sparse = c.num_layers - std::min(c.num_layers, quest->dense_layers());
+  return static_cast<double>(sparse) * static_cast<double>(QuestPages::nominal_bytes(
+                                           tokens, c.num_kv_heads, c.head_dim, quest->page_size()));
+}
+
+// The formula's bytes for `tokens` tokens of one sequence over all layers, Quest's bounds too.
+double formula_bytes(const Codec& codec, const RetentionPolicy& policy, const ModelConfig& c,
+                     int64_t tokens) {
   return static_cast<double>(codec.nominal_bytes(tokens, c.num_kv_heads, c.head_dim).total()) *
-         static_cast<double>(c.num_layers);
+             static_cast<double>(c.num_layers) +
+         quest_bounds_bytes(policy, c, tokens);
 }
 
 }  // namespace
@@ -112,10 +125,12 @@ double formula_bytes(const Codec& codec, const ModelConfig& c, int64_t tokens) {
 double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
                           int64_t block_size, bool paged, bool kernel_path) {
   auto codec = checked_codec(method, c, dtype);
+  const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
   // The cost of `span` more tokens after `span` tokens: long enough that a fixed window (and
   // group rounding) is the same at both ends, or negligible against the span.
   const int64_t span = 4096 * block_size;
-  const double grow = formula_bytes(*codec, c, 2 * span) - formula_bytes(*codec, c, span);
+  const double grow =
+      formula_bytes(*codec, *policy, c, 2 * span) - formula_bytes(*codec, *policy, c, span);
   return grow / static_cast<double>(span) * static_cast<double>(block_size) *
          (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
 }
@@ -141,12 +156,14 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
   const int64_t latent_page = paged && dynamic_cast<const LowRankCodec*>(codec.get()) != nullptr
                                   ? paged_format_16bit(dtype).page_size
                                   : 0;
+  const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
   auto stored = [&](int64_t t) {
     if (latent_page > 0)
       return static_cast<double>((t + latent_page - 1) / latent_page * latent_page) *
              bytes_per_block / static_cast<double>(block_size);
-    if (pages.page == 0) return formula_bytes(*codec, c, t);
-    return static_cast<double>(pages.of(t)) * static_cast<double>(c.num_kv_heads * c.num_layers);
+    if (pages.page == 0) return formula_bytes(*codec, *policy, c, t);
+    return static_cast<double>(pages.of(t)) * static_cast<double>(c.num_kv_heads * c.num_layers) +
+           quest_bounds_bytes(*policy, c, t);
   };
   int64_t window = 0;
   for (int64_t t = 1; t <= longest; ++t) {
@@ -611,9 +628,11 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // What the cache holds before any sequence (a low-rank codec's fitted bases) the budget holds
   // once, before its blocks.
   const double shared = static_cast<double>(cache->bytes());
-  KVB_CHECK(shared < budget, "serving: a KV budget of ", format_bytes(budget),
-            " does not hold the method's shared state (", format_bytes(shared),
-            ": its fitted bases); raise kv_budget_bytes or kv_budget_fraction");
+  KVB_CHECK(shared == 0 || budget - shared >= block_bytes + retention_block_bytes,
+            "serving: a KV budget of ", format_bytes(budget), " holds, beside the method's ",
+            "shared state (", format_bytes(shared), ": its fitted bases), no block of ",
+            format_bytes(block_bytes + retention_block_bytes),
+            "; raise kv_budget_bytes or kv_budget_fraction");
   const int64_t num_blocks =
       BlockPool::capacity(budget - shared, block_bytes + retention_block_bytes);
   // The pool's tokens and a slot for every sequence that can run at once, reserved before any

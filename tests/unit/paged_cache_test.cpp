@@ -133,6 +133,11 @@ TEST_P(PagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameStoredValues) {
   EXPECT_GT(paged.storage().padding, 0u);
   EXPECT_EQ(paged.storage().total() - paged.storage().padding,
             paged.nominal().total() + scale_copies);
+  // What capacity and serving plan for these sequences (paged_sequence_bytes_of): their slots
+  // in whole pages and what comes beside them (KIVI's rings, fp8's scales), padding and all.
+  const PagedSequenceBytes plan = paged_sequence_bytes_of(method, at::kHalf, kDim);
+  EXPECT_EQ(paged.storage().total(),
+            uint64_t(kLayers * kKvHeads) * (plan.of(paged.length(a)) + plan.of(paged.length(b))));
 }
 
 INSTANTIATE_TEST_SUITE_P(

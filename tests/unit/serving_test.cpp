@@ -779,6 +779,47 @@ TEST(Serving, WindowBlocksCoverTheFormulaAtEveryLength) {
   }
 }
 
+// On the paged cache the window blocks cover what it stores at every length: whole pages of
+// every token (KIVI's group, 32 tokens otherwise), KIVI's two fp16 rings of its residual from
+// the first token, fp8's scales, Quest's page bounds; at block sizes that are and are not
+// multiples of the page. (PagedCacheTest checks those bytes against the cache's storage().)
+TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  for (int64_t bs : {16, 48, 64}) {
+    for (const char* name : {"full", "int8", "fp8", "kivi-4", "kivi-2", "quest-1024"}) {
+      const nlohmann::json m = resolve_method({{"name", name}}, "m");
+      const double bpb = method_block_bytes(m, c, at::kHalf, bs, true);
+      const int64_t w = method_window_blocks(m, c, at::kHalf, bs, bpb, 1500, true);
+      const PagedSequenceBytes plan = paged_sequence_bytes_of(m, at::kHalf, c.head_dim);
+      ASSERT_GT(plan.page, 0) << name;
+      const bool quest = std::string(name) == "quest-1024";
+      auto stored = [&](int64_t t) {
+        // Quest: an fp16 min and max per page of 16 tokens, channel and KV head, past its 2
+        // dense layers.
+        const double bounds =
+            quest
+                ? double((c.num_layers - 2) * ((t + 15) / 16) * 2 * c.num_kv_heads * c.head_dim * 2)
+                : 0.0;
+        return double(plan.of(t)) * double(c.num_kv_heads * c.num_layers) + bounds;
+      };
+      bool tight = false;
+      for (int64_t t = 1; t <= 1500; ++t) {
+        const double blocks = static_cast<double>((t + bs - 1) / bs);
+        ASSERT_GE((blocks + static_cast<double>(w)) * bpb * (1 + 1e-9), stored(t))
+            << name << " bs " << bs << " t " << t;
+        if ((blocks + static_cast<double>(w) - 1) * bpb < stored(t)) tight = true;
+      }
+      if (w > 0) EXPECT_TRUE(tight) << name << " bs " << bs << ": one block fewer would do";
+      // KIVI's rings take several blocks; the others at most a page's rounding (a block of 16
+      // below a page of 32) and a block for fp8's scales.
+      if (std::string(name).rfind("kivi", 0) == 0)
+        EXPECT_GE(w, 2) << name << " bs " << bs;
+      else
+        EXPECT_LE(w, 2) << name << " bs " << bs;
+    }
+  }
+}
+
 // Every running sequence holds its window blocks on top of its tokens' blocks, from admission
 // to completion, and a request that cannot fit with them is rejected.
 TEST(Scheduler, WindowBlocksAreChargedPerSequence) {

@@ -775,6 +775,27 @@ TEST(Capacity, ServingChargesASpanThePagesItStraddles) {
   }
 }
 
+// Every paged format's pool holds what its cache measures, at blocks that are and are not
+// multiples of its page: whole pages, KIVI's rings, fp8's scales, Quest's page bounds (which
+// the pool left out before 2026-12-06: 3% of tiny Llama's K/V past its dense layers).
+TEST(Capacity, ServingPoolsHoldWhatEveryPagedFormatMeasures) {
+  for (const char* block : {"16", "32", "48"}) {
+    const json suite = json::parse(std::string(R"({"name": "serving", "rates": [0],
+        "requests": 3, "prompt_tokens_min": 40, "prompt_tokens_max": 150,
+        "output_tokens_min": 4, "output_tokens_max": 24, "kv_budget_bytes": 4194304,
+        "block_size": )") + block + "}");
+    for (const char* name : {"full", "int8", "int4", "fp8", "kivi-4", "quest-1024"}) {
+      Harness h(suite);
+      h.spec.attention = "paged";
+      h.method = resolve_method({{"name", name}}, "methods[0]");
+      ServingSuite s;
+      const CellOutput out = h.run(s);
+      expect_pool_holds_measured(out.records.at(0)["kv"],
+                                 std::string(name) + ", blocks of " + block);
+    }
+  }
+}
+
 // SnapKV over KIVI's pages on the paged cache keeps some token of nearly every page: the pool
 // charges every token (retention_budget 0), where the CPU cache frees what SnapKV drops.
 TEST(Capacity, ServingChargesEveryTokenOfPagesListedInPlace) {

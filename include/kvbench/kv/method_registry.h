@@ -116,7 +116,7 @@ struct PagedSequenceBytes {
   int64_t page = 0;
   uint64_t page_bytes = 0;
   uint64_t reserve = 0;
-  uint64_t of(int64_t slots) const {
+  uint64_t of(int64_t slots) const {  // page > 0 only
     return uint64_t((slots + page - 1) / page) * page_bytes + reserve;
   }
 };

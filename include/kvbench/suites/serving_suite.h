@@ -38,7 +38,8 @@ class ServingSuite final : public Suite {
 };
 
 // Bytes one block of `block_size` tokens takes in the method's format over all layers: the
-// steady-state (marginal) cost of block_size more tokens by the codec's formula, measured over
+// steady-state (marginal) cost of block_size more tokens by the codec's formula (and Quest's
+// page bounds on its sparse layers), measured over
 // a long stretch of tokens, so a per-sequence full-precision window such as KIVI's residual is
 // not in it (method_window_blocks charges that). Throws Error when the method cannot run on
 // this model. `paged` (`kernel_path`: CacheLayout::kernel_path): the paged path's stored bytes
