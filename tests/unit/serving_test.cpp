@@ -747,6 +747,21 @@ TEST(Serving, RetentionBookkeepingIsChargedPerBlock) {
             BlockPool::capacity(1 << 22, kv));
 }
 
+// Whether `w` window blocks of `bpb` bytes on top of a request's blocks of `bs` tokens cover
+// `bytes(t)` at every length t up to 1500 (a failure per length that they do not); returns
+// whether one block fewer would fall short somewhere.
+bool window_covers(int64_t bs, int64_t w, double bpb, const std::function<double(int64_t)>& bytes,
+                   const std::string& what) {
+  bool tight = false;
+  for (int64_t t = 1; t <= 1500; ++t) {
+    const double blocks = static_cast<double>((t + bs - 1) / bs);
+    EXPECT_GE((blocks + static_cast<double>(w)) * bpb * (1 + 1e-9), bytes(t))
+        << what << " bs " << bs << " t " << t;
+    if ((blocks + static_cast<double>(w) - 1) * bpb < bytes(t)) tight = true;
+  }
+  return tight;
+}
+
 // The window blocks make the pool's charge cover the formula at every length, and are the
 // fewest that do: none for the full cache and StreamingLLM (bytes linear in tokens), some for
 // kivi-4's full-precision residual (up to 2 x 128 tokens of fp16 keys and values).
@@ -762,13 +777,7 @@ TEST(Serving, WindowBlocksCoverTheFormulaAtEveryLength) {
         return static_cast<double>(codec->nominal_bytes(t, c.num_kv_heads, c.head_dim).total()) *
                static_cast<double>(c.num_layers);
       };
-      bool tight = false;
-      for (int64_t t = 1; t <= 1500; ++t) {
-        const double blocks = static_cast<double>((t + bs - 1) / bs);
-        ASSERT_GE((blocks + static_cast<double>(w)) * bpb * (1 + 1e-9), formula(t))
-            << name << " bs " << bs << " t " << t;
-        if ((blocks + static_cast<double>(w) - 1) * bpb < formula(t)) tight = true;
-      }
+      const bool tight = window_covers(bs, w, bpb, formula, std::string(name));
       if (std::string(name).rfind("kivi", 0) == 0) {
         EXPECT_GE(w, 1) << name;
         EXPECT_TRUE(tight) << name << ": one block fewer would still cover every length";
@@ -802,13 +811,7 @@ TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
                 : 0.0;
         return double(plan.of(t)) * double(c.num_kv_heads * c.num_layers) + bounds;
       };
-      bool tight = false;
-      for (int64_t t = 1; t <= 1500; ++t) {
-        const double blocks = static_cast<double>((t + bs - 1) / bs);
-        ASSERT_GE((blocks + static_cast<double>(w)) * bpb * (1 + 1e-9), stored(t))
-            << name << " bs " << bs << " t " << t;
-        if ((blocks + static_cast<double>(w) - 1) * bpb < stored(t)) tight = true;
-      }
+      const bool tight = window_covers(bs, w, bpb, stored, std::string(name));
       if (w > 0) EXPECT_TRUE(tight) << name << " bs " << bs << ": one block fewer would do";
       // KIVI's rings take several blocks; the others at most a page's rounding (a block of 16
       // below a page of 32) and a block for fp8's scales.
