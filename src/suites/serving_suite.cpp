@@ -638,11 +638,14 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // The pool's tokens and a slot for every sequence that can run at once, reserved before any
   // runs: a paged pool holds the budget's pages from the start (as vLLM sizes its pool once)
   // instead of growing while requests arrive.
-  // (A running request holds at least one block and its window's.)
+  // (A running request holds at least one block and its window's. The window's blocks pay for
+  // what a sequence holds beside its tokens' pages, KIVI's rings, which the slots hold, or for
+  // a last page past its blocks, which reserve_pool adds: their tokens need no pages.)
   cache->reserve_pool(
       std::max<int64_t>(1, std::min({sched.max_running, num_blocks / (1 + sched.window_blocks),
                                      static_cast<int64_t>(w.prompts.size())})),
-      num_blocks * block_size, block_size, w.longest());
+      std::max<int64_t>(num_blocks - sched.window_blocks, 1) * block_size, block_size,
+      w.longest());
 
   // Warm-up (untimed): one short request through the same path, so first-call costs
   // (allocator, thread pool) stay out of the first rate's numbers.

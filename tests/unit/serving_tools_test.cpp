@@ -676,7 +676,8 @@ TEST(Capacity, ThroughputSuiteBoundsAPagedCacheCompactingDuringDecode) {
 TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   // int8 (q8_0, pages of 32 tokens) on tiny-llama: 4 layers, 2 KV heads of 32; 8 blocks of 64
   // tokens: 16 pages (pages tile blocks: none for a last page past its blocks). Blocks of 48:
-  // 12 pages and one for each of the 4 requests that can run at once.
+  // a window block per request pays for its last page past its blocks, so the tokens of 7
+  // blocks (336: 11 pages), and a page for each of the 4 requests that can run at once.
   const auto k = kernels::page_bytes(kernels::KvFormat::kInt8, true, 32, 32),
              v = kernels::page_bytes(kernels::KvFormat::kInt8, false, 32, 32);
   const double page = 4.0 * 2 * double(k.data + k.meta + v.data + v.meta);
@@ -697,14 +698,18 @@ TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   h.spec.suites[0].params["kv_budget_bytes"] = static_cast<int64_t>(12 * page);
   out = h.run(s);
   ASSERT_EQ(out.summary["num_blocks"], 8) << out.summary.dump();
-  EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (12 + 4) * page);
+  ASSERT_EQ(out.summary["window_blocks"], 1);
+  EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (11 + 4) * page);
 }
 
 // The pool's charge holds what the cache measured after each step, at the peak and on average.
 void expect_pool_holds_measured(const json& kv, const std::string& what) {
   EXPECT_GT(kv["measured_bytes_peak"].get<double>(), 0) << what;
   EXPECT_LE(kv["measured_bytes_peak"].get<double>(), kv["pool_bytes_peak"].get<double>()) << what;
-  EXPECT_LE(kv["measured_bytes_mean"].get<double>(), kv["pool_bytes_mean"].get<double>()) << what;
+  // (Means weighted by step times: equal ones may differ in their last bits.)
+  EXPECT_LE(kv["measured_bytes_mean"].get<double>(),
+            kv["pool_bytes_mean"].get<double>() * (1 + 1e-12))
+      << what;
 }
 
 // The paged cache compacts what H2O keeps during decode and lets free slots grow past its
