@@ -264,7 +264,8 @@ uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64
 }
 
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& c,
-                                 at::ScalarType dtype, bool paged, bool kernel_path) {
+                                 at::ScalarType dtype, bool paged, bool kernel_path,
+                                 int64_t context) {
   auto codec = make_codec(method, dtype);
   // Building the stores checks the method against the model (e.g. group vs head_dim); codecs
   // that need preparation check it in their formula (their stores need the fitted bases), and
@@ -275,9 +276,16 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
     codec->make_value_store(c.num_kv_heads, c.head_dim);
   }
   // One token: formats with an exact window (KIVI) are at their most expensive per token.
-  return static_cast<double>(codec->nominal_bytes(1, c.num_kv_heads, c.head_dim).total()) *
-         static_cast<double>(c.num_layers) *
-         (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
+  const double formula =
+      static_cast<double>(codec->nominal_bytes(1, c.num_kv_heads, c.head_dim).total()) *
+      static_cast<double>(c.num_layers) *
+      (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
+  if (!paged || context <= 0) return formula;
+  const PagedSequenceBytes pages = paged_sequence_bytes_of(method, dtype, c.head_dim);
+  if (pages.page == 0) return formula;
+  return std::max(formula, static_cast<double>(pages.of(context)) *
+                               static_cast<double>(c.num_kv_heads * c.num_layers) /
+                               static_cast<double>(context));
 }
 
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
@@ -302,9 +310,9 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
     warn_once("quest: dense_layers " + std::to_string(quest->dense_layers()) +
               " covers all of the model's " + std::to_string(c.num_layers) +
               " layers: every layer reads every token, so this cell measures the full cache");
-  const double per_token =
-      method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
-                                CacheLayout::kernel_path(ctx.spec.device == "cuda"));
+  const double per_token = method_kv_bytes_per_token(
+      ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
+      CacheLayout::kernel_path(ctx.spec.device == "cuda"), prompt + new_tokens);
   const ModelPlacement placement = ctx.model.placement();
   const uint64_t bytes = generation_bytes(c, per_token, batch, prompt, new_tokens, placement.dtype);
   const std::string what = suite + ": batch " + std::to_string(batch) + " x " +

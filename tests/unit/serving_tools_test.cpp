@@ -30,6 +30,7 @@
 #include "kvbench/suites/run_spec.h"
 #include "kvbench/suites/serving_suite.h"
 #include "kvbench/suites/throughput_suite.h"
+#include "kvbench/suites/workload.h"
 #include "suite_harness.h"
 
 namespace kvbench {
@@ -496,6 +497,32 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
   b = bytes(stream, true, 1000, 1010);
   EXPECT_EQ(b.per_sequence, kivi_pages(32 + 264 + 10));
   EXPECT_FALSE(b.kv_exact);
+}
+
+// The memory guard's bound per token (method_kv_bytes_per_token at a context) covers what the
+// paged cache stores for one sequence of that many tokens, KIVI's rings included: the
+// formula's one-token bound alone (a token of KIVI's fp16 window) says under a ninth of it at
+// 10 tokens.
+TEST(Capacity, TheGenerationBoundCoversWhatThePagedCacheStores) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny-llama");
+  auto gen = at::detail::createCPUGenerator(5);
+  for (const char* name : {"full", "int8", "fp8", "kivi-4", "kivi-2"}) {
+    const json m = resolve_method({{"name", name}}, "m");
+    for (int64_t t : {1, 10, 100, 129, 300}) {
+      PagedKVCache cache(paged_format_for(m, at::kHalf), c.num_layers, c.num_kv_heads, c.head_dim);
+      const int64_t seq = cache.add_sequence();
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        auto x = [&](int64_t heads) { return at::randn({heads, t, c.head_dim}, gen); };
+        cache.append_and_attend(seq, l, x(c.num_heads), x(c.num_kv_heads), x(c.num_kv_heads));
+      }
+      const double stored = static_cast<double>(cache.storage().total());
+      const std::string what = std::string(name) + " at " + std::to_string(t);
+      EXPECT_GE(method_kv_bytes_per_token(m, c, at::kHalf, true, false, t) * double(t), stored)
+          << what;
+      if (std::string(name) == "kivi-4" && t == 10)
+        EXPECT_LT(method_kv_bytes_per_token(m, c, at::kHalf, true, false) * 10 * 9, stored);
+    }
+  }
 }
 
 // The suites here run on tiny-llama.

@@ -81,10 +81,12 @@ uint64_t generation_bytes(const ModelConfig& config, double kv_bytes_per_token, 
 // Upper bound of the method's KV bytes per token over all layers; throws Error when the method
 // cannot run on this model (e.g. a quantization group that does not divide head_dim).
 // `paged`: on the paged path (`kernel_path`: its kernels' code, CacheLayout::kernel_path),
-// where latent rows are stored padded.
+// where latent rows are stored padded; with `context` > 0, also of sequences of `context`
+// tokens as the paged cache stores them (whole pages, and KIVI's rings from the first token:
+// at a short context more per token than its formula).
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& config,
-                                 at::ScalarType dtype, bool paged = false,
-                                 bool kernel_path = false);
+                                 at::ScalarType dtype, bool paged = false, bool kernel_path = false,
+                                 int64_t context = 0);
 // generation_bytes for the cell's model, checked against available memory (check_memory_fits).
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite);
