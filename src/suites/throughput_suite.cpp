@@ -235,7 +235,7 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   const uint64_t formula_at_batch =
       bytes.shared + static_cast<uint64_t>(batch) * bytes.per_sequence;
   // Empty slots count where the plan counts whole pages (they hold memory as much as tokens
-  // do); a formula counting tokens (the CPU stores, latent rows) leaves them out.
+  // do); a formula counting tokens (the CPU stores, GEAR's blocks) leaves them out.
   const double measured =
       r["kv_memory"]["measured"]["total"].get<double>() -
       (bytes.whole_pages ? 0.0 : r["kv_memory"]["measured"].value("padding", 0.0));
