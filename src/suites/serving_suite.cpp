@@ -644,8 +644,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   cache->reserve_pool(
       std::max<int64_t>(1, std::min({sched.max_running, num_blocks / (1 + sched.window_blocks),
                                      static_cast<int64_t>(w.prompts.size())})),
-      std::max<int64_t>(num_blocks - sched.window_blocks, 1) * block_size, block_size,
-      w.longest());
+      std::max<int64_t>(num_blocks - sched.window_blocks, 1) * block_size, block_size, w.longest());
 
   // Warm-up (untimed): one short request through the same path, so first-call costs
   // (allocator, thread pool) stay out of the first rate's numbers.
