@@ -149,16 +149,13 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
                              bool paged) {
   auto codec = make_codec(method, dtype);
   KVB_CHECK(bytes_per_block > 0, "serving: bytes per block must be > 0");
-  const PagedSequenceBytes pages =
-      paged ? paged_sequence_bytes_of(method, dtype, c.head_dim) : PagedSequenceBytes{};
-  // Latent pages hold a sequence's slots in whole pages too, each slot at bytes_per_block's
-  // rate (coefficients grow linearly).
-  const int64_t latent_page = paged && dynamic_cast<const LowRankCodec*>(codec.get()) != nullptr
-                                  ? paged_format_16bit(dtype).page_size
-                                  : 0;
+  // The pages as the capacity view counts them (the row widths, unused here, aside).
+  const CacheLayout layout = CacheLayout::for_method(method, dtype, c.head_dim, paged, false);
+  const PagedSequenceBytes& pages = layout.pages;
+  const int64_t latent_page = layout.latent_page;
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
   auto stored = [&](int64_t t) {
-    if (latent_page > 0)
+    if (latent_page > 0)  // each slot at bytes_per_block's rate: coefficients grow linearly
       return static_cast<double>((t + latent_page - 1) / latent_page * latent_page) *
              bytes_per_block / static_cast<double>(block_size);
     if (pages.page == 0) return formula_bytes(*codec, *policy, c, t);
