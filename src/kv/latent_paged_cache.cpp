@@ -53,16 +53,15 @@ LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
   const int64_t groups = num_kv_heads_ / group_;
   // The inner cache scales scores by 1 / sqrt(width); the model's is 1 / sqrt(head_dim).
   const double query_scale = std::sqrt(double(width_) / double(head_dim_));
-  const auto where = at::TensorOptions().dtype(at::kFloat).device(device);
+  const bool kernel_path = device.is_cuda() || kernel_path_on_cpu;
   for (int64_t l = 0; l < num_layers; ++l) {
-    Bases b;
-    b.key = codec_->key_basis(l).to(where);
-    b.value = codec_->value_basis(l).to(where);
-    KVB_CHECK(b.key.dim() == 3 && b.key.size(0) == groups && b.key.size(1) == group_ * head_dim_ &&
-                  b.key.size(2) == rank_ && b.value.sizes() == b.key.sizes(),
+    const at::Tensor &key = codec_->key_basis(l), &value = codec_->value_basis(l);
+    KVB_CHECK(key.dim() == 3 && key.size(0) == groups && key.size(1) == group_ * head_dim_ &&
+                  key.size(2) == rank_ && value.sizes() == key.sizes(),
               "latent paged cache: ", codec_->name(), " bases of layer ", l, " have shape ",
-              b.key.sizes(), ", expected [", groups, ", ", group_ * head_dim_, ", ", rank_, "]");
-    b.key = padded(b.key).contiguous(), b.value = padded(b.value).contiguous();
+              key.sizes(), ", expected [", groups, ", ", group_ * head_dim_, ", ", rank_, "]");
+    Bases b;
+    b.key = stored_basis(key, kernel_path), b.value = stored_basis(value, kernel_path);
     // A group's rows are its KV heads' [head_dim, r] blocks in order.
     b.query = (b.key.reshape({num_kv_heads_, head_dim_, width_}) * query_scale).contiguous();
     b.output = b.value.reshape({num_kv_heads_, head_dim_, width_}).transpose(1, 2).contiguous();
@@ -125,6 +124,18 @@ at::Tensor LatentPagedCache::attend_projected(int64_t layer, const std::vector<i
       latent_.append_and_attend_batch(layer, seqs, counts, in[0], in[1], in[2]);
   const at::Tensor out = paged_cuda::head_project({{out_latent, b.output, out_dtype}})[0];
   return out.device() == q.device() ? out : out.to(q.device());
+}
+
+uint64_t LatentPagedCache::extra_metadata() const {
+  uint64_t bytes = 0;
+  for (size_t l = 0; l < bases_.size(); ++l) {
+    const Bases& b = bases_[l];
+    bytes += own_bytes(b.key, codec_->key_basis(int64_t(l))) +
+             own_bytes(b.value, codec_->value_basis(int64_t(l)));
+    for (const at::Tensor* t : {&b.query, &b.output})
+      bytes += uint64_t(t->numel()) * uint64_t(t->element_size());
+  }
+  return bytes;
 }
 
 }  // namespace kvbench

@@ -34,6 +34,20 @@ double paged_storage_factor(const Codec& codec, int64_t head_dim, bool kernel_pa
   return stored / static_cast<double>(one.total());
 }
 
+uint64_t latent_bases_bytes(const Codec& codec, int64_t head_dim, at::ScalarType dtype,
+                            bool kernel_path) {
+  const auto* lowrank = dynamic_cast<const LowRankCodec*>(&codec);
+  if (lowrank == nullptr) return 0;
+  const int64_t r = lowrank->rank_for(head_dim);
+  if (r < 1) return 0;
+  const uint64_t width = uint64_t(latent_row_width(lowrank->kind(), r, kernel_path));
+  const uint64_t fp32 = uint64_t(head_dim) * width * sizeof(float);     // one basis of one head
+  uint64_t bytes = kernel_path || width != uint64_t(r) ? 2 * fp32 : 0;  // keys' and values'
+  if (lowrank->kind() == LowRankKind::kProjection) return bytes + 2 * fp32;  // query, output
+  if (kernel_path) bytes += uint64_t(head_dim) * width * uint64_t(at::elementSize(dtype));
+  return bytes;
+}
+
 LatentPagesCache::LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, int64_t rank,
                                    int64_t width, PagedFormat format, int64_t num_layers,
                                    int64_t latent_heads, PagedCapacity capacity, at::Device device,
@@ -47,10 +61,18 @@ LatentPagesCache::LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, in
   KVB_CHECK(rank >= 1 && width >= rank, "latent pages: width ", width, " below rank ", rank);
 }
 
-at::Tensor LatentPagesCache::padded(const at::Tensor& basis) const {
+at::Tensor LatentPagesCache::stored_basis(const at::Tensor& basis, bool kernel_path) const {
   KVB_CHECK(basis.size(-1) == rank_, "latent pages: a basis of ", basis.size(-1),
             " columns, expected rank ", rank_);
-  return width_ == rank_ ? basis : at::constant_pad_nd(basis, {0, width_ - rank_});
+  const auto where = at::TensorOptions().dtype(at::kFloat).device(latent_.device());
+  // Padding copies anyway; else a copy only where the rule asks for one.
+  at::Tensor b = basis.to(where, /*non_blocking=*/false, /*copy=*/kernel_path && width_ == rank_);
+  if (width_ != rank_) b = at::constant_pad_nd(b, {0, width_ - rank_});
+  return b.contiguous();
+}
+
+uint64_t LatentPagesCache::own_bytes(const at::Tensor& t, const at::Tensor& codec_basis) {
+  return t.is_alias_of(codec_basis) ? 0 : uint64_t(t.numel()) * uint64_t(t.element_size());
 }
 
 StorageBytes LatentPagesCache::storage() const {

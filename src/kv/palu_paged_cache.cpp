@@ -90,18 +90,16 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
   inv_freq_ = codec_->rope_inv_freq().to(latent_.device(), at::kDouble).contiguous();
   KVB_CHECK(inv_freq_.numel() == head_dim_ / 2, "palu paged cache: RoPE frequencies for head_dim ",
             2 * inv_freq_.numel(), ", the cache has ", head_dim_);
-  const auto where = at::TensorOptions().dtype(at::kFloat).device(device);
   for (int64_t l = 0; l < num_layers; ++l) {
-    Bases b;
     // The codec's [groups, g * head_dim, r] is, head-major, [kv_heads, head_dim, r]: head j's
     // rows are its block L_j of its group's basis.
-    b.key = codec_->key_basis(l).to(where).reshape({num_kv_heads_, head_dim_, -1});
-    b.value = codec_->value_basis(l).to(where).reshape({num_kv_heads_, head_dim_, -1});
-    KVB_CHECK(b.key.dim() == 3 && b.key.size(0) == num_kv_heads_ && b.key.size(1) == head_dim_ &&
-                  b.key.size(2) == rank_ && b.value.sizes() == b.key.sizes(),
-              "palu paged cache: bases of layer ", l, " have shape ", b.key.sizes(), ", expected [",
+    const at::Tensor key = codec_->key_basis(l).reshape({num_kv_heads_, head_dim_, -1});
+    const at::Tensor value = codec_->value_basis(l).reshape({num_kv_heads_, head_dim_, -1});
+    KVB_CHECK(key.size(2) == rank_ && value.sizes() == key.sizes(),
+              "palu paged cache: bases of layer ", l, " have shape ", key.sizes(), ", expected [",
               num_kv_heads_, ", ", head_dim_, ", ", rank_, "]");
-    b.key = padded(b.key).contiguous(), b.value = padded(b.value).contiguous();
+    Bases b;
+    b.key = stored_basis(key, kernel_path_), b.value = stored_basis(value, kernel_path_);
     if (kernel_path_) b.key16 = b.key.to(latent_dtype_).contiguous();  // the kernel's operand
     bases_.push_back(std::move(b));
   }
@@ -639,8 +637,12 @@ uint64_t PaluPagedCache::retention_bytes() const {
 
 uint64_t PaluPagedCache::extra_metadata() const {
   uint64_t bytes = 0;
-  for (const Bases& b : bases_)
+  for (size_t l = 0; l < bases_.size(); ++l) {
+    const Bases& b = bases_[l];
+    bytes += own_bytes(b.key, codec_->key_basis(int64_t(l))) +
+             own_bytes(b.value, codec_->value_basis(int64_t(l)));
     if (b.key16.defined()) bytes += uint64_t(b.key16.numel() * b.key16.element_size());
+  }
   return bytes;
 }
 

@@ -34,8 +34,10 @@ CacheLayout CacheLayout::for_method(const nlohmann::json& method, at::ScalarType
   const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
   out.storage_factor = paged_storage_factor(*codec, head_dim, kernel_path);
   out.pages = paged_sequence_bytes_of(method, dtype, head_dim);
-  if (dynamic_cast<const LowRankCodec*>(codec.get()) != nullptr)
+  if (dynamic_cast<const LowRankCodec*>(codec.get()) != nullptr) {
     out.latent_page = paged_format_16bit(dtype).page_size;
+    out.latent_bases = latent_bases_bytes(*codec, head_dim, dtype, kernel_path);
+  }
   return out;
 }
 
@@ -84,7 +86,8 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
             ") must be >= the prompt (", prompt, ") >= 1");
   const auto* quest = dynamic_cast<const QuestPolicy*>(&policy);
   SequenceKvBytes out;
-  out.shared = codec.shared_nominal().total();
+  out.shared =
+      codec.shared_nominal().total() + uint64_t(c.num_layers * c.num_kv_heads) * index.latent_bases;
   out.whole_pages = index.pages.page > 0 || index.latent_page > 0;
   const uint64_t held_bookkeeping = retention_bytes_per_token(policy, c, index, false);
   const uint64_t prefill_bookkeeping = retention_bytes_per_token(policy, c, index, true);

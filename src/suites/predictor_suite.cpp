@@ -162,8 +162,12 @@ uint64_t PredictorSuite::estimate_bytes(const EstimateContext& ctx) const {
   const auto b = ctx.params["batch"].get<std::vector<int64_t>>();
   const auto c = ctx.params["context"].get<std::vector<int64_t>>();
   const int64_t steps = ctx.params["steps"];
+  // Per token at the most expensive context (paged: the shortest, whose rings weigh most).
+  double per_token = ctx.kv_bytes_per_token;
+  for (int64_t context : c)
+    per_token = std::max(per_token, ctx.kv_bytes_per_token_at(context + steps + 1));
   return model_weight_bytes(*ctx.model, ctx.weight_dtype) +
-         generation_bytes(*ctx.model, ctx.kv_bytes_per_token, *std::max_element(b.begin(), b.end()),
+         generation_bytes(*ctx.model, per_token, *std::max_element(b.begin(), b.end()),
                           *std::max_element(c.begin(), c.end()), steps + 1);
 }
 

@@ -315,8 +315,8 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
   for (int64_t b : ctx.params["batch"].get<std::vector<int64_t>>())
     for (int64_t p : ctx.params["prompt_tokens"].get<std::vector<int64_t>>())
       for (int64_t n : ctx.params["new_tokens"].get<std::vector<int64_t>>())
-        peak = std::max(
-            peak, generation_bytes(*ctx.model, ctx.kv_bytes_per_token, b, p, n, ctx.weight_dtype));
+        peak = std::max(peak, generation_bytes(*ctx.model, ctx.kv_bytes_per_token_at(p + n), b, p,
+                                               n, ctx.weight_dtype));
   const int64_t context = ctx.params["capacity_context"];
   if (context > 0) {
     // The capacity batch as the run chooses it (run_capacity: the sequences of the method's
@@ -341,8 +341,8 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
       // (The run fails this cell with the reason; the estimate keeps max_batch's bound.)
     }
     if (b > 0) {
-      const double kv =
-          std::min(budget, ctx.kv_bytes_per_token * static_cast<double>(b) * double(context));
+      const double kv = std::min(
+          budget, ctx.kv_bytes_per_token_at(context) * static_cast<double>(b) * double(context));
       peak = std::max(peak, generation_bytes(*ctx.model, 0, b, prompt, n, ctx.weight_dtype) +
                                 static_cast<uint64_t>(kv));
     }

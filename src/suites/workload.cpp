@@ -288,6 +288,13 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
                                static_cast<double>(context));
 }
 
+double EstimateContext::kv_bytes_per_token_at(int64_t context) const {
+  if (!paged || model == nullptr) return kv_bytes_per_token;
+  return std::max(kv_bytes_per_token,
+                  method_kv_bytes_per_token(method, *model, kv_dtype, true,
+                                            CacheLayout::kernel_path(gpu), context));
+}
+
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite) {
   require_device_support(ctx, suite);

@@ -77,6 +77,13 @@ void run_steps(KVCache& paged, KVCache& ref, double tolerance, int64_t first_pre
                                  after_step);
 }
 
+// The bytes the cache's copies of the bases take at every layer (latent_bases_bytes).
+uint64_t bases_copies(const char* entry, bool kernel_path) {
+  const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
+  return uint64_t(kLayers) * kKvHeads *
+         latent_bases_bytes(*make_codec(method, at::kHalf), kDim, at::kHalf, kernel_path);
+}
+
 // (method entry, device): on cuda the latent pages live on the GPU and the paged decode
 // kernel reads them; skipped where libtorch has no CUDA.
 class LatentPagedCacheTest : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {
@@ -89,13 +96,17 @@ TEST_P(LatentPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameCoefficients
   run_steps(*c.paged, *c.reference, c.tolerance, 150);
   EXPECT_EQ(latent.latent().format().format, kernels::KvFormat::kFp16);
   EXPECT_EQ(c.paged->kept_tokens(0), std::vector<int64_t>(kLayers, 190));
-  // Same coefficients, same bases: the formula's bytes agree (r values per row); the pages hold
+  // Same coefficients, same bases: the formula's bytes agree (r values per row) but for the
+  // cache's copies of the bases (counted in both: fp32 at the stored width, the key and value
+  // bases unless they are the codec's tensors, the query's and output's always); the pages hold
   // rows zero-padded to the stored width (CPU: whole 32-value blocks; GPU path: 64 or 128) and
   // at most a partly filled page per sequence and layer more.
-  EXPECT_EQ(c.paged->nominal().total(), c.reference->nominal().total());
   const int64_t r = latent.rank(), w = latent.width();
   const bool kernel_path = std::string(std::get<1>(GetParam())) != "cpu";
   EXPECT_EQ(w, kernel_path ? (r <= 64 ? 64 : 128) : (r + 31) / 32 * 32);
+  const uint64_t copies = bases_copies(std::get<0>(GetParam()), kernel_path);
+  EXPECT_EQ(copies, uint64_t(kLayers) * kKvHeads * kDim * w * 4 * (kernel_path || w != r ? 4 : 2));
+  EXPECT_EQ(c.paged->nominal().total(), c.reference->nominal().total() + copies);
   const uint64_t page = 2ull * 32 * kKvHeads * w * 2;
   const uint64_t padding = latent.latent().nominal().payload * uint64_t(w - r) / uint64_t(w);
   EXPECT_GE(c.paged->storage().total(), c.paged->nominal().total() + padding);
@@ -166,7 +177,9 @@ TEST_P(LatentPagedRetentionTest, KeepsWhatTheReferenceKeeps) {
   });
   EXPECT_EQ(c.paged->kept_tokens(0), c.reference->kept_tokens(0));
   EXPECT_LT(c.paged->kept_tokens(0)[0], c.paged->length(0));  // the policy did evict
-  EXPECT_EQ(c.paged->nominal().total(), c.reference->nominal().total());
+  const bool kernel_path = std::string(std::get<1>(GetParam())) != "cpu";
+  EXPECT_EQ(c.paged->nominal().total(),
+            c.reference->nominal().total() + bases_copies(std::get<0>(GetParam()), kernel_path));
   EXPECT_GT(c.paged->retention_seconds(), 0.0);
 }
 
@@ -180,9 +193,8 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& i) { return testing_support::paged_case_name(i, "_p"); });
 
 TEST(LatentPagedRetentionMemoryTest, StreamingLlmFreesLatentPagesBehindItsWindow) {
-  Caches c = make_caches(R"({"name": "streamingllm", "sinks": 4, "window": 60,
-                             "codec": "kvproj"})",
-                         at::kCPU);
+  const char* entry = R"({"name": "streamingllm", "sinks": 4, "window": 60, "codec": "kvproj"})";
+  Caches c = make_caches(entry, at::kCPU);
   auto& latent = dynamic_cast<LatentPagedCache&>(*c.paged);
   const int64_t seq = c.paged->add_sequence();
   auto gen = at::detail::createCPUGenerator(3);
@@ -191,11 +203,13 @@ TEST(LatentPagedRetentionMemoryTest, StreamingLlmFreesLatentPagesBehindItsWindow
       const Block x = random_block(1, gen);
       c.paged->append_and_attend(seq, layer, x.q, x.k, x.v);
     }
-  // The sink page, the window's (at most 3 pages of 32) and nothing else.
+  // The sink page, the window's (at most 3 pages of 32) and nothing else; besides the pages, the
+  // codec's bases and the cache's copies of them.
   const uint64_t page = 2ull * 32 * kKvHeads * latent.width() * 2 * kLayers;
   const uint64_t bases = c.paged->storage().total() - latent.latent().storage().total();
   EXPECT_LE(latent.latent().storage().total(), 4 * page);
-  EXPECT_EQ(bases, 2ull * kLayers * kKvHeads * kDim * latent.rank() * sizeof(float));
+  EXPECT_EQ(bases, 2ull * kLayers * kKvHeads * kDim * latent.rank() * sizeof(float) +
+                       bases_copies(entry, false));
 }
 
 // Memory plans (dry-run estimates, generation fits, the serving pool, the capacity view)
@@ -213,6 +227,21 @@ TEST(LatentStorageFactorTest, MemoryPlansCountThePaddedRows) {
   EXPECT_DOUBLE_EQ(factor(R"({"name": "kvproj", "rank": 72})", 128, false), 96.0 / 72);
   EXPECT_DOUBLE_EQ(factor(R"({"name": "kvproj", "rank": 64})", 128, true), 1.0);
   EXPECT_DOUBLE_EQ(factor(R"({"name": "int4"})", 128, true), 1.0);
+  // The cache's copies of the bases per layer and KV head at head_dim 128: fp32 [128, width] each
+  // (kvproj: key, value, query, output; Palu: key and value, and its 16-bit key basis on the
+  // kernel path); none of the key and value bases where they are the codec's own tensors (off
+  // the kernel path at width = rank).
+  auto copies = [](const char* entry, bool kernel_path) {
+    auto codec = make_codec(resolve_method(nlohmann::json::parse(entry), "m"), at::kHalf);
+    return latent_bases_bytes(*codec, 128, at::kHalf, kernel_path);
+  };
+  EXPECT_EQ(copies(R"({"name": "kvproj", "rank": 72})", false), 4u * 128 * 96 * 4);
+  EXPECT_EQ(copies(R"({"name": "kvproj", "rank": 72})", true), 4u * 128 * 128 * 4);
+  EXPECT_EQ(copies(R"({"name": "kvproj", "rank": 64})", false), 2u * 128 * 64 * 4);
+  EXPECT_EQ(copies(R"({"name": "palu"})", false), 2u * 128 * 96 * 4);
+  EXPECT_EQ(copies(R"({"name": "palu"})", true), 2u * 128 * 96 * 4 + 128 * 96 * 2);
+  EXPECT_EQ(copies(R"({"name": "palu", "rank": 64})", false), 0u);
+  EXPECT_EQ(copies(R"({"name": "int4"})", true), 0u);
   const ModelConfig config =
       parse_model_config(find_model_preset("llama-3-8b").config, "llama-3-8b");
   const nlohmann::json palu = resolve_method({{"name", "palu"}}, "m");

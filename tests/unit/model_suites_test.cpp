@@ -281,6 +281,30 @@ TEST(ModelSuites, TheCapacityEstimateTakesTheRunsBatch) {
   EXPECT_GE(some, model_weight_bytes(*config) + uint64_t(64 * 64 * per_token));  // 64 sequences
 }
 
+// On the paged cache a short sequence stores more per token than the formula's one-token bound
+// (KIVI's fp16 rings of `residual` rows are whole from its first token, and its pages whole):
+// the dry-run estimate counts what the pages store at the cell's context.
+TEST(ModelSuites, PagedEstimatesCountWhatThePagesStoreAtTheContext) {
+  Harness h(json::parse(R"({"name": "latency", "prompt_tokens": 8, "new_tokens": 2,
+                            "batch": 4})"));
+  h.method = resolve_method({{"name", "kivi-4"}}, "methods[0]");
+  const ModelConfig* config = h.model.config_only();
+  ASSERT_NE(config, nullptr);
+  const at::ScalarType dtype = h.model.kv_dtype();
+  const double per_token = method_kv_bytes_per_token(h.method, *config, dtype);
+  auto estimate = [&](bool paged) {
+    EstimateContext ctx{h.spec.suites[0].params, h.method, config, per_token, h.env};
+    ctx.kv_dtype = dtype, ctx.paged = paged;
+    return LatencySuite().estimate_bytes(ctx);
+  };
+  // 4 sequences of 10 tokens as the pages store them, against the bound's 40 tokens.
+  const uint64_t stored = 4 * paged_sequence_bytes_of(h.method, dtype, config->head_dim).of(10) *
+                          uint64_t(config->num_kv_heads * config->num_layers);
+  const uint64_t bound = static_cast<uint64_t>(40 * per_token);
+  ASSERT_GT(stored, 4 * bound);
+  EXPECT_GE(estimate(true) + 1, estimate(false) + (stored - bound));
+}
+
 TEST(ModelSuites, MethodsThatCannotRunOnTheModelAreRefusedInThePlan) {
   // tiny-mistral has head_dim 16: an int8 group of 32 cannot divide it.
   json cfg = {{"suites", {{{"name", "latency"}}}},

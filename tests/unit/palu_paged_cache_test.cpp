@@ -172,12 +172,12 @@ Caches make_caches(const std::string& entry, const testing_support::PagedDevice&
   const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
   auto codec = testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim);
   std::unique_ptr<KVCache> paged;
-  // (Codec entries: no policy.) With KVBENCH_PAGED_PATH=kernels the registry would build the
-  // emulated cache; the cpu cases test the CPU path all the same.
-  if (where.device.is_cpu() && paged_kernel_path_on_cpu())
+  // (Codec entries: no policy.) The registry's caches take the kernel path on the CPU only by
+  // the environment (KVBENCH_PAGED_PATH=kernels); the cpu and emulated cases are built directly.
+  if (where.device.is_cpu() && (where.emulated || paged_kernel_path_on_cpu()))
     paged = std::make_unique<PaluPagedCache>(std::dynamic_pointer_cast<const LowRankCodec>(codec),
                                              at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{},
-                                             at::kCPU, nullptr, /*kernel_path_on_cpu=*/false);
+                                             at::kCPU, nullptr, where.emulated);
   else
     paged = make_paged_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, where.device);
   return {std::move(paged),
@@ -193,18 +193,6 @@ class PaluPagedCacheTest : public ::testing::TestWithParam<std::tuple<const char
 TEST_P(PaluPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameLatents) {
   const auto [entry, device_name] = GetParam();
   const testing_support::PagedDevice where = testing_support::paged_device(device_name);
-  if (where.emulated) {
-    // The registry's caches take the kernel path on the CPU only by the environment; build
-    // this one directly.
-    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "methods[0]");
-    auto codec = std::dynamic_pointer_cast<const LowRankCodec>(
-        testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim));
-    PaluPagedCache paged(codec, at::kHalf, kLayers, kKvHeads, kDim, PagedCapacity{}, at::kCPU,
-                         nullptr, /*kernel_path_on_cpu=*/true);
-    auto ref = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "reference");
-    run_steps(paged, *ref, 3e-3);
-    return;
-  }
   Caches c = make_caches(entry, where);
   if (!c.unsupported.empty()) GTEST_SKIP() << c.unsupported;
   ASSERT_NE(dynamic_cast<PaluPagedCache*>(c.paged.get()), nullptr);
@@ -212,7 +200,8 @@ TEST_P(PaluPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameLatents) {
   EXPECT_EQ(c.paged->kept_tokens(0), std::vector<int64_t>(kLayers, 76));
   // The reference also stores each key's position (int32 per token and group of heads); the
   // pages do not (positions are slots). Otherwise the same latents.
-  // The kernel path also holds the key bases in 16-bit (counted in both).
+  // The cache's copies of the bases (fp32 at the stored width unless they are the codec's, the
+  // 16-bit key bases on the kernel path) are counted in both.
   auto& palu = dynamic_cast<PaluPagedCache&>(*c.paged);
   const int64_t group =
       resolve_method(nlohmann::json::parse(entry), "m").value("group", int64_t(1));
@@ -220,8 +209,14 @@ TEST_P(PaluPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameLatents) {
   // Rows are stored r rounded up to 32 wide (zero-padded), the 16-bit bases as wide.
   const int64_t r = palu.rank(), w = palu.width();
   EXPECT_EQ(w, (r + 31) / 32 * 32);
-  const uint64_t key16 = where.kernel_path() ? uint64_t(kLayers) * kKvHeads * kDim * w * 2 : 0;
-  EXPECT_EQ(c.paged->nominal().total() + positions, c.reference->nominal().total() + key16);
+  const uint64_t copies =
+      uint64_t(kLayers) * kKvHeads *
+      latent_bases_bytes(*make_codec(resolve_method(nlohmann::json::parse(entry), "m"), at::kHalf),
+                         kDim, at::kHalf, where.kernel_path());
+  EXPECT_EQ(copies,
+            uint64_t(kLayers) * kKvHeads * kDim * w *
+                ((where.kernel_path() || w != r ? 2 * 4 : 0) + (where.kernel_path() ? 2 : 0)));
+  EXPECT_EQ(c.paged->nominal().total() + positions, c.reference->nominal().total() + copies);
   const uint64_t page = 2ull * 32 * kKvHeads * w * 2;  // keys and values, one layer
   const uint64_t padding = palu.latent().nominal().payload * uint64_t(w - r) / uint64_t(w);
   EXPECT_GE(c.paged->storage().total(), c.paged->nominal().total() + padding);
@@ -441,15 +436,15 @@ TEST(PaluPagedRetentionTest, KeepsAndAttendsLikeTheReferenceCache) {
       EXPECT_LT(paged.kept_tokens(0)[0], 120);  // the prefill was over the budget
       EXPECT_GT(paged.retention_seconds(), 0);
       // Bytes: the pages' nominal count is the reference's less its stored positions (int32 per
-      // kept token and latent head), plus the kernel path's 16-bit key bases.
+      // kept token and latent head), plus the cache's copies of the bases.
       const int64_t group = codec->group(), w = paged.width();
       uint64_t positions = 0;
       for (int64_t seq : {0, 1})
         for (int64_t kept : ref->kept_tokens(seq))
           positions += uint64_t(kept) * uint64_t(kKvHeads / group) * sizeof(int32_t);
-      const uint64_t key16 =
-          where.kernel_path() ? uint64_t(kLayers) * kKvHeads * kDim * uint64_t(w) * 2 : 0;
-      EXPECT_EQ(paged.nominal().total() + positions, ref->nominal().total() + key16);
+      const uint64_t copies = uint64_t(kLayers) * kKvHeads *
+                              latent_bases_bytes(*codec, kDim, at::kHalf, where.kernel_path());
+      EXPECT_EQ(paged.nominal().total() + positions, ref->nominal().total() + copies);
       // Pages go back once no layer and no head keeps a token in them: StreamingLLM's window,
       // moving at every decode step, leaves the pages behind it.
       const uint64_t page = 2ull * 32 * uint64_t(kKvHeads / group) * uint64_t(w) * 2 * kLayers;

@@ -645,7 +645,8 @@ TEST(Capacity, ThroughputSuitePlansWholePagesAndRings) {
 
 // Latent pages store rows of whole 32-value blocks (kvproj's rank 16 and Palu's on tiny Llama's
 // head_dim 32 take 32), in whole pages, and no Palu key positions: the capacity view counts the
-// bytes as stored, to the byte, where the codec's formula said half (kvproj) or 72% (Palu).
+// bytes as stored, to the byte, where the codec's formula said half (kvproj) or 72% (Palu),
+// and the cache's copies of the codec's bases (fp32, 32 wide) once beside them.
 TEST(Capacity, ThroughputSuiteCountsLatentPagesAsStored) {
   const json suite = json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
       "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 200,

@@ -48,7 +48,7 @@ class LatentPagedCache final : public LatentPagesCache {
   }
 
  private:
-  // Per layer, where the pools are, fp32.
+  // Per layer, where the pools are, fp32 (key and value: stored_basis).
   struct Bases {
     at::Tensor key, value;  // [kv_heads / g, g * head_dim, r]: coefficients of a group's rows
     at::Tensor query;       // [kv_heads, head_dim, r]: each KV head's key rows, pre-scaled
@@ -63,6 +63,9 @@ class LatentPagedCache final : public LatentPagesCache {
   at::Tensor attend_projected(int64_t layer, const std::vector<int64_t>& seqs,
                               const std::vector<int64_t>& counts, const at::Tensor& q,
                               const at::Tensor& k, const at::Tensor& v, at::ScalarType out_dtype);
+
+  // The bases' copies: latent_bases_bytes, measured.
+  uint64_t extra_metadata() const override;
 
   int64_t num_kv_heads_, head_dim_, group_;
   at::ScalarType coef_dtype_;

@@ -2,7 +2,8 @@
 // PaluPagedCache: Palu): a prepared codec and an inner PagedKVCache whose pages hold the
 // latents, r values per token and latent head. Sequences, lengths, kept tokens, retention time
 // and the device are the inner cache's; the bytes are the pages', plus the codec's bases (once
-// per cache), plus whatever a subclass holds besides (extra_metadata()).
+// per cache), plus what a subclass holds besides (extra_metadata(): its own copies of the bases,
+// where the pools are and at the stored width; latent_bases_bytes counts them for the plans).
 //
 // Rows are stored `width` values wide: the codec's rank r rounded up to what the pages and the
 // kernels take (whole 32-value blocks; the GPU kernels' widths), the extra columns of the
@@ -31,6 +32,14 @@ int64_t latent_row_width(LowRankKind kind, int64_t rank, bool kernel_path);
 // coefficients at the stored width over the formula's, whose Palu key positions the pages do
 // not store; 1 for every other method): what memory plans multiply the formula's bytes by.
 double paged_storage_factor(const Codec& codec, int64_t head_dim, bool kernel_path);
+// Bytes per layer and KV head that a latent pages cache of `codec` (a prepared low-rank codec;
+// 0 for any other) on a model of `head_dim` stored as `dtype` holds besides its pages and the
+// codec's bases: its fp32 key and value bases at the stored width where the pools are (none
+// where they are the codec's own tensors: off the kernel path at a width equal to the rank),
+// kvproj's pre-scaled query and transposed output bases, Palu's 16-bit key basis on the kernel
+// path. What storage() and nominal() count as extra_metadata(), per layer and KV head.
+uint64_t latent_bases_bytes(const Codec& codec, int64_t head_dim, at::ScalarType dtype,
+                            bool kernel_path);
 
 class LatentPagesCache : public KVCache {
  public:
@@ -74,10 +83,14 @@ class LatentPagesCache : public KVCache {
                    PagedFormat format, int64_t num_layers, int64_t latent_heads,
                    PagedCapacity capacity, at::Device device,
                    std::shared_ptr<const RetentionPolicy> policy, bool kernel_path_on_cpu);
-  // A basis [..., r] with zero columns appended up to width().
-  at::Tensor padded(const at::Tensor& basis) const;
+  // The codec's `basis` [..., r] as the cache keeps it: fp32 where the pools are, with zero
+  // columns appended up to width(); a copy of its own on the kernel path (so that what the
+  // cache holds follows latent_bases_bytes' rule on any device).
+  at::Tensor stored_basis(const at::Tensor& basis, bool kernel_path) const;
+  // The bytes of `t` unless it is `codec_basis` itself (stored_basis kept the codec's tensor).
+  static uint64_t own_bytes(const at::Tensor& t, const at::Tensor& codec_basis);
   // Metadata bytes a subclass holds besides the pages and the codec's bases (in both
-  // storage() and nominal()).
+  // storage() and nominal()): latent_bases_bytes, as measured.
   virtual uint64_t extra_metadata() const { return 0; }
   // What storage() adds to the latent pages: the codec's bases and extra_metadata().
   StorageBytes codec_shared_and_extra() const;

@@ -90,7 +90,7 @@ class PaluPagedCache final : public LatentPagesCache {
 
  private:
   struct Bases {
-    at::Tensor key, value;  // [kv_heads, head_dim, r] fp32, where the pools are
+    at::Tensor key, value;  // [kv_heads, head_dim, width] fp32, where the pools are (stored_basis)
     at::Tensor key16;       // the key basis in the latents' dtype (the kernel path's operand)
   };
   // [n, kv_heads, head_dim] keys with RoPE at `positions` ([n] int64) -> pre-RoPE latents
@@ -105,8 +105,9 @@ class PaluPagedCache final : public LatentPagesCache {
   // Keys (rotated) and values of tokens [0, tokens) of batch row b: [kv_heads, tokens, head_dim].
   std::pair<at::Tensor, at::Tensor> reconstruct(const PagedKVCache::StepPages& pages, int64_t b,
                                                 const Bases& bases, int64_t tokens);
-  // Bytes of the 16-bit key bases (kernel path only): the pages' storage and nominal bytes
-  // (no positions: they are the slots), the codec's bases, and these.
+  // Bytes of the bases' copies (latent_bases_bytes, measured: the fp32 ones unless they are the
+  // codec's tensors, the 16-bit key bases on the kernel path). The pages' storage and nominal
+  // bytes are the pages (no positions: they are the slots), the codec's bases, and these.
   uint64_t extra_metadata() const override;
   // The decode kernel (or its host reference) for a batch of single tokens, over the tokens
   // each sequence retains at `layer`; with `scores`, also each attended token's scaled score

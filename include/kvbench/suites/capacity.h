@@ -45,6 +45,9 @@ struct CacheLayout {
   // > 0: latent pages (kvproj's, Palu's) of this many slots: a sequence's slots in whole pages,
   // each at the formula's rate times storage_factor.
   int64_t latent_page = 0;
+  // Latent pages: the bytes per layer and KV head the cache holds of its own besides the
+  // codec's bases (latent_bases_bytes: its copies of them at the stored width), once per cache.
+  uint64_t latent_bases = 0;
   // The CPU cache: int64 positions of every held token from the first on (8 and 8, exact).
   // The paged cache, a bound in both states: int32 lists of at most the held tokens (4), a
   // second copy where its kernels read them (4; `kernel_path`: on a GPU, or the kernel path
@@ -78,10 +81,11 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
 // for a policy evicting during decode; min(prompt, budget) + (context - prompt) for one evicting
 // once after the prefill — plus Quest's page bounds on its sparse layers; on a compacting paged
 // cache (CacheLayout::compacting_page) the slots it holds at every layer instead. `shared`
-// is what the codec holds once for every sequence (fitted bases). Exact for every codec whose
-// bytes depend only on the tokens held (all but GEAR, whose compressed history depends on when
-// it compressed), except that a paged cache compacting during decode is bounded (`kv_exact`:
-// its free slots between compactions depend on when it last compacted).
+// is what the codec holds once for every sequence (fitted bases), and a latent paged cache its
+// copies of them (CacheLayout::latent_bases). Exact for every codec whose bytes depend only on
+// the tokens held (all but GEAR, whose compressed history depends on when it compressed),
+// except that a paged cache compacting during decode is bounded (`kv_exact`: its free slots
+// between compactions depend on when it last compacted).
 // `prefill` is one sequence while its prompt enters, before a policy evicts: the codec's bytes
 // for the whole prompt at every layer (the model attends over all of it first).
 // `retention` and `prefill_retention` are the same two states' bookkeeping (CacheLayout and
