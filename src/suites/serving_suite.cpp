@@ -159,7 +159,9 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
       return static_cast<double>((t + latent_page - 1) / latent_page * latent_page) *
              bytes_per_block / static_cast<double>(block_size);
     if (pages.page == 0) return formula_bytes(*codec, *policy, c, t);
-    return static_cast<double>(pages.of(t)) * static_cast<double>(c.num_kv_heads * c.num_layers) +
+    // (The slot's reserve is charged per slot: method_slot_bytes.)
+    return static_cast<double>(pages.of(t) - pages.reserve) *
+               static_cast<double>(c.num_kv_heads * c.num_layers) +
            quest_bounds_bytes(*policy, c, t);
   };
   int64_t window = 0;
@@ -174,7 +176,49 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
   return window;
 }
 
+double method_slot_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
+                         bool paged) {
+  if (!paged) return 0;
+  const PagedSequenceBytes pages = paged_sequence_bytes_of(method, dtype, c.head_dim);
+  return static_cast<double>(pages.reserve) * static_cast<double>(c.num_kv_heads * c.num_layers);
+}
+
 namespace {
+
+// The slots a paged pool reserves (every sequence that can run at once) and the blocks the
+// budget holds beside them.
+struct PoolSizing {
+  int64_t slots = 1, blocks = 0;
+};
+// `budget` less the shared state; each slot takes `slot_bytes` first, each block `per_block`,
+// each running sequence its blocks and `window_blocks`; at most `most` slots. Slots that cost
+// nothing: as many as could run holding a block each. Slots that cost bytes take them from the
+// blocks: as many as the blocks left can run at the workload's mean request (`mean_blocks`
+// blocks at its end), the fewest where more would run no more.
+PoolSizing size_pool(double budget, double slot_bytes, double per_block, int64_t window_blocks,
+                     int64_t most, double mean_blocks) {
+  auto blocks_with = [&](int64_t slots) {
+    const double left = budget - static_cast<double>(slots) * slot_bytes;
+    // (One slot: capacity's own error where no block fits.)
+    return left >= per_block || slots == 1 ? BlockPool::capacity(left, per_block) : int64_t(0);
+  };
+  PoolSizing out;
+  most = std::max<int64_t>(most, 1);
+  if (slot_bytes <= 0) {
+    out.blocks = blocks_with(1);
+    out.slots = std::max<int64_t>(1, std::min(most, out.blocks / (1 + window_blocks)));
+    return out;
+  }
+  double best = -1;
+  for (int64_t s = 1; s <= most; ++s) {
+    const int64_t blocks = blocks_with(s);
+    const double running = std::min(static_cast<double>(s),
+                                    std::floor(static_cast<double>(blocks) /
+                                               (mean_blocks + static_cast<double>(window_blocks))));
+    if (running > best) best = running, out = {s, blocks};
+  }
+  return out;
+}
 
 // The requests of a cell, the same for every method and rate: request i has prompt ids
 // prompts[i] and generates output_len[i] tokens. A trace also fixes the arrivals.
@@ -185,6 +229,14 @@ struct Workload {
   std::vector<double> trace_arrivals;  // trace only
   int64_t conversations = 0;           // sharegpt: usable conversations
   int64_t skipped = 0;                 // sharegpt: entries without a reply or out of range
+  // Blocks of `block_size` tokens a request holds at its end, on average over the requests.
+  double mean_blocks(int64_t block_size) const {
+    double sum = 0;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      sum += static_cast<double>(
+          (static_cast<int64_t>(prompts[i].size()) + output_len[i] + block_size - 1) / block_size);
+    return prompts.empty() ? 1.0 : sum / static_cast<double>(prompts.size());
+  }
   int64_t longest() const {
     int64_t m = 1;
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -623,25 +675,36 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   slo.e2e_s = p["slo_e2e_s"];
   auto cache = make_cell_cache(ctx);
   // What the cache holds before any sequence (a low-rank codec's fitted bases) the budget holds
-  // once, before its blocks.
+  // once, and what it holds for each slot beside the pages (KIVI's rings, fp8's scales) once
+  // per slot, before its blocks.
   const double shared = static_cast<double>(cache->bytes());
-  KVB_CHECK(shared == 0 || budget - shared >= block_bytes + retention_block_bytes,
-            "serving: a KV budget of ", format_bytes(budget), " holds, beside the method's ",
-            "shared state (", format_bytes(shared), ": its fitted bases), no block of ",
-            format_bytes(block_bytes + retention_block_bytes),
-            "; raise kv_budget_bytes or kv_budget_fraction");
-  const int64_t num_blocks =
-      BlockPool::capacity(budget - shared, block_bytes + retention_block_bytes);
+  const double slot_bytes =
+      method_slot_bytes(ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged");
+  const double per_block = block_bytes + retention_block_bytes;
+  KVB_CHECK(
+      shared + slot_bytes == 0 || budget - shared - slot_bytes >= per_block,
+      "serving: a KV budget of ", format_bytes(budget), " holds, beside the method's ",
+      shared > 0 ? "shared state (" + format_bytes(shared) + ": its fitted bases)" : "",
+      shared > 0 && slot_bytes > 0 ? " and " : "",
+      slot_bytes > 0
+          ? "one sequence's slot (" + format_bytes(slot_bytes) + ": KIVI's rings, fp8's scales)"
+          : "",
+      ", no block of ", format_bytes(per_block), "; raise kv_budget_bytes or kv_budget_fraction");
+  const PoolSizing sizing =
+      size_pool(budget - shared, slot_bytes, per_block, sched.window_blocks,
+                std::min<int64_t>(sched.max_running, w.prompts.size()), w.mean_blocks(block_size));
+  const int64_t num_blocks = sizing.blocks;
+  // Sequences beyond the slots would hold rings the budget has no room for.
+  if (slot_bytes > 0) sched.max_running = std::min(sched.max_running, sizing.slots);
+  const double reserved = shared + static_cast<double>(sizing.slots) * slot_bytes;
   // The pool's tokens and a slot for every sequence that can run at once, reserved before any
   // runs: a paged pool holds the budget's pages from the start (as vLLM sizes its pool once)
   // instead of growing while requests arrive.
   // (A running request holds at least one block and its window's. The window's blocks pay for
-  // what a sequence holds beside its tokens' pages, KIVI's rings, which the slots hold, or for
   // a last page past its blocks, which reserve_pool adds: their tokens need no pages.)
-  cache->reserve_pool(
-      std::max<int64_t>(1, std::min({sched.max_running, num_blocks / (1 + sched.window_blocks),
-                                     static_cast<int64_t>(w.prompts.size())})),
-      std::max<int64_t>(num_blocks - sched.window_blocks, 1) * block_size, block_size, w.longest());
+  cache->reserve_pool(sizing.slots,
+                      std::max<int64_t>(num_blocks - sched.window_blocks, 1) * block_size,
+                      block_size, w.longest());
 
   // Warm-up (untimed): one short request through the same path, so first-call costs
   // (allocator, thread pool) stay out of the first rate's numbers.
@@ -677,7 +740,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
     ServingTrace trace = run_serving(reqs, s, ex, clock);
     KVB_CHECK(pool.free_blocks() == pool.num_blocks(), "serving: ", pool.used_blocks(),
               " blocks still held after every request finished");
-    json m = serving_metrics(trace, slo, block_bytes, shared);
+    json m = serving_metrics(trace, slo, block_bytes, reserved);
     std::vector<double> ttft, e2e;
     json per_request = json::array();
     for (const auto& r : trace.requests) {
@@ -721,6 +784,8 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                  {"retention_bytes_per_block", retention_block_bytes},
                  {"kv_budget_bytes", budget},
                  {"shared_bytes", shared},
+                 {"slot_bytes", slot_bytes},
+                 {"slots", sizing.slots},
                  {"num_blocks", num_blocks},
                  {"pool_tokens", num_blocks * block_size},
                  {"retention_budget", sched.retention_budget},

@@ -788,10 +788,11 @@ TEST(Serving, WindowBlocksCoverTheFormulaAtEveryLength) {
   }
 }
 
-// On the paged cache the window blocks cover what it stores at every length: whole pages of
-// every token (KIVI's group, 32 tokens otherwise), KIVI's two fp16 rings of its residual from
-// the first token, fp8's scales, Quest's page bounds; at block sizes that are and are not
-// multiples of the page. (PagedCacheTest checks those bytes against the cache's storage().)
+// On the paged cache the window blocks cover what it stores at every length beside its slot's
+// reserve (KIVI's two fp16 rings of its residual, fp8's scales: method_slot_bytes, charged per
+// slot): whole pages of every token (KIVI's group, 32 tokens otherwise) and Quest's page
+// bounds; at block sizes that are and are not multiples of the page. (PagedCacheTest checks
+// those bytes against the cache's storage().)
 TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
   const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
   for (int64_t bs : {16, 48, 64}) {
@@ -809,16 +810,23 @@ TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
             quest
                 ? double((c.num_layers - 2) * ((t + 15) / 16) * 2 * c.num_kv_heads * c.head_dim * 2)
                 : 0.0;
-        return double(plan.of(t)) * double(c.num_kv_heads * c.num_layers) + bounds;
+        return double(plan.of(t) - plan.reserve) * double(c.num_kv_heads * c.num_layers) + bounds;
       };
       const bool tight = window_covers(bs, w, bpb, stored, std::string(name));
       if (w > 0) EXPECT_TRUE(tight) << name << " bs " << bs << ": one block fewer would do";
-      // KIVI's rings take several blocks; the others at most a page's rounding (a block of 16
-      // below a page of 32) and a block for fp8's scales.
-      if (std::string(name).rfind("kivi", 0) == 0)
-        EXPECT_GE(w, 2) << name << " bs " << bs;
-      else
-        EXPECT_LE(w, 2) << name << " bs " << bs;
+      // At most a page's rounding: a last page reaching past the blocks (none where blocks are
+      // whole pages).
+      EXPECT_LE(w, (plan.page - 1 + bs - 1) / bs) << name << " bs " << bs;
+      if (bs % plan.page == 0) EXPECT_EQ(w, 0) << name << " bs " << bs;
+      // The slot's reserve: KIVI's rings (2 x 128 rows of 32 fp16 channels), fp8's two fp32
+      // scales, per KV head and layer; nothing for the others.
+      const std::string n = name;
+      const double reserve = n.rfind("kivi", 0) == 0 ? 2.0 * 128 * 32 * 2 : n == "fp8" ? 8.0 : 0.0;
+      EXPECT_EQ(double(plan.reserve), reserve) << name;
+      EXPECT_EQ(method_slot_bytes(m, c, at::kHalf, true),
+                reserve * double(c.num_kv_heads * c.num_layers))
+          << name;
+      EXPECT_EQ(method_slot_bytes(m, c, at::kHalf, false), 0.0) << name;
     }
   }
 }

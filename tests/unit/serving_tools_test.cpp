@@ -756,14 +756,16 @@ TEST(Capacity, ServingChargesAPagedCacheItsFreeSlots) {
 }
 
 // KIVI's paged cache holds two full-precision rings of its residual (128 rows) per sequence
-// from its first token, and pages for every token, the window's too: the pool charges each
-// request the rings' blocks. Charged the formula's window instead (7 blocks, not 13), two
-// requests of 80-96 tokens measured 1.58x their pool.
-TEST(Capacity, ServingChargesKiviPagesTheirWholeRings) {
+// slot, allocated for every slot when the pool is reserved, and pages for every token, the
+// window's too: the budget holds the slots' rings before its blocks, so what the pool allocates
+// stays within it. Charged the formula's window instead (7 blocks), two requests of 80-96 tokens
+// measured 1.58x their pool; charged the rings per running request (13 window blocks), the pool
+// allocated the rings of every slot beyond the budget (4.32 MB for 4 MiB).
+TEST(Capacity, ServingChargesKiviPagesTheirRingsPerSlot) {
   const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 2,
       "prompt_tokens_min": 80, "prompt_tokens_max": 96, "output_tokens_min": 4,
       "output_tokens_max": 8, "block_size": 32, "kv_budget_bytes": 4194304})");
-  std::map<std::string, json> summary;
+  std::map<std::string, json> summary, kv;
   for (const char* attention : {"cpu", "paged"}) {
     Harness h(suite);
     h.spec.attention = attention;
@@ -771,13 +773,41 @@ TEST(Capacity, ServingChargesKiviPagesTheirWholeRings) {
     ServingSuite s;
     const CellOutput out = h.run(s);
     summary[attention] = out.summary;
-    expect_pool_holds_measured(out.records.at(0)["kv"], attention);
+    kv[attention] = out.records.at(0)["kv"];
+    expect_pool_holds_measured(kv[attention], attention);
   }
-  // The rings: 2 x 128 rows x 32 channels x 2 B per KV head and layer (8), in blocks of 32
-  // tokens of 10 KiB (4 layers x 2 heads x 1280 B).
-  EXPECT_EQ(summary["paged"]["bytes_per_block"], 10240.0);
-  EXPECT_EQ(summary["paged"]["window_blocks"], (2 * 128 * 32 * 2 * 8 + 10239) / 10240);
-  EXPECT_LT(summary["cpu"]["window_blocks"], summary["paged"]["window_blocks"]);
+  // The rings: 2 x 128 rows x 32 channels x 2 B per KV head and layer (8), for each of the 2
+  // slots (both requests run at once); blocks of 32 tokens of 10 KiB (4 layers x 2 heads x
+  // 1280 B) from what is left.
+  const json& paged = summary["paged"];
+  EXPECT_EQ(paged["bytes_per_block"], 10240.0);
+  EXPECT_EQ(paged["slot_bytes"], 2.0 * 128 * 32 * 2 * 8);
+  EXPECT_EQ(paged["slots"], 2);
+  EXPECT_EQ(paged["num_blocks"], (4194304 - 2 * 131072) / 10240);
+  EXPECT_EQ(summary["cpu"]["slot_bytes"], 0.0);
+  EXPECT_LE(kv["paged"]["allocated_bytes_peak"].get<double>(), 4194304.0);
+  EXPECT_GE(kv["paged"]["pool_bytes_peak"].get<double>(), 2.0 * 131072);
+}
+
+// With more requests than the budget can run at once, the slots are as many as the blocks left
+// beside their rings can run at the workload's mean request (3 blocks of 32 tokens at 80-96
+// tokens): 25 slots leave 89 blocks (29 requests' worth); 26 would leave 76 (25 requests'), 24
+// would run 24. The pool stays within the budget and the scheduler runs at most the slots.
+TEST(Capacity, ServingBalancesKiviSlotsAgainstBlocks) {
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 40,
+      "prompt_tokens_min": 80, "prompt_tokens_max": 88, "output_tokens_min": 2,
+      "output_tokens_max": 4, "block_size": 32, "kv_budget_bytes": 4194304})");
+  Harness h(suite);
+  h.spec.attention = "paged";
+  h.method = resolve_method({{"name", "kivi-4"}}, "methods[0]");
+  ServingSuite s;
+  const CellOutput out = h.run(s);
+  const json& kv = out.records.at(0)["kv"];
+  expect_pool_holds_measured(kv, "kivi-4");
+  EXPECT_EQ(out.summary["slots"], 25);
+  EXPECT_EQ(out.summary["num_blocks"], (4194304 - 25 * 131072) / 10240);
+  EXPECT_EQ(out.summary["max_running"], 25);
+  EXPECT_LE(kv["allocated_bytes_peak"].get<double>(), 4194304.0);
 }
 
 // StreamingLLM over pages listed in place (Palu's, KIVI's) holds its sinks' pages and every

@@ -63,10 +63,17 @@ double method_retention_block_bytes(const nlohmann::json& method, const ModelCon
 // for T = 1 .. longest (formula over all layers). 0 for a format whose bytes grow linearly
 // (the full cache, fp8, retention over them); KIVI's full-precision residual needs a few.
 // `paged`: what the paged cache stores in place of the formula where it pages the method's
-// own keys and values (paged_sequence_bytes_of): whole pages, and KIVI's rings whole from the
-// first token (twice the residual's fp16 rows: several times the formula's window).
+// own keys and values (paged_sequence_bytes_of): whole pages; what a sequence holds beside
+// them (KIVI's rings, fp8's scales) is its slot's, charged per slot (method_slot_bytes).
 int64_t method_window_blocks(const nlohmann::json& method, const ModelConfig& config,
                              at::ScalarType dtype, int64_t block_size, double bytes_per_block,
                              int64_t longest, bool paged = false);
+
+// Bytes the paged cache holds for each sequence slot beside its pages, over all layers
+// (paged_sequence_bytes_of's reserve: KIVI's two fp16 rings of its residual rows, fp8's
+// scales), allocated for every slot when the pool is reserved: the budget holds them per slot
+// before its blocks. 0 off the paged path and for formats without any.
+double method_slot_bytes(const nlohmann::json& method, const ModelConfig& config,
+                         at::ScalarType dtype, bool paged);
 
 }  // namespace kvbench
