@@ -368,9 +368,10 @@ void PagedKVCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block
   KVB_CHECK(sequences >= 0 && tokens >= 0 && block >= 1 && longest >= 0,
             "paged cache: cannot reserve room for ", sequences, " sequences of ", tokens,
             " tokens in blocks of ", block, ", none past ", longest, " tokens");
-  // A sequence's last page reaches past its last block unless pages tile blocks.
-  const int64_t P = format_.page_size, spill = block % P == 0 ? 0 : sequences;
-  size_pools((tokens + P - 1) / P + spill, sequences);
+  // A sequence's last page reaches past its last block unless pages tile blocks: a page each,
+  // beside the whole pages of the blocks' tokens.
+  const int64_t P = format_.page_size;
+  size_pools(block % P == 0 ? (tokens + P - 1) / P : tokens / P + sequences, sequences);
   pooled_ = true;  // from now on the budget, which reserve() leaves as it is
 }
 

@@ -11,6 +11,7 @@
 #include "kvbench/core/text.h"
 #include "kvbench/engine/sampler.h"
 #include "kvbench/kv/codec.h"
+#include "kvbench/kv/gear_codec.h"
 #include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
@@ -154,15 +155,16 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
   const PagedSequenceBytes& pages = layout.pages;
   const int64_t latent_page = layout.latent_page;
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
+  // What the sequence's slot holds is charged per slot.
+  const double slot = method_slot_bytes(method, c, dtype, paged, block_size, bytes_per_block);
   auto stored = [&](int64_t t) {
     if (latent_page > 0)  // each slot at bytes_per_block's rate: coefficients grow linearly
       return static_cast<double>((t + latent_page - 1) / latent_page * latent_page) *
-             bytes_per_block / static_cast<double>(block_size);
-    if (pages.page == 0) return formula_bytes(*codec, *policy, c, t);
-    // (The slot's reserve is charged per slot: method_slot_bytes.)
-    return static_cast<double>(pages.of(t) - pages.reserve) *
-               static_cast<double>(c.num_kv_heads * c.num_layers) +
-           quest_bounds_bytes(*policy, c, t);
+                 bytes_per_block / static_cast<double>(block_size) -
+             slot;
+    if (pages.page == 0) return formula_bytes(*codec, *policy, c, t) - slot;  // (GEAR's buffer)
+    return static_cast<double>(pages.of(t)) * static_cast<double>(c.num_kv_heads * c.num_layers) +
+           quest_bounds_bytes(*policy, c, t) - slot;
   };
   int64_t window = 0;
   for (int64_t t = 1; t <= longest; ++t) {
@@ -176,11 +178,25 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
   return window;
 }
 
-double method_slot_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
-                         bool paged) {
+double method_slot_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype, bool paged,
+                         int64_t block_size, double bytes_per_block) {
   if (!paged) return 0;
-  const PagedSequenceBytes pages = paged_sequence_bytes_of(method, dtype, c.head_dim);
-  return static_cast<double>(pages.reserve) * static_cast<double>(c.num_kv_heads * c.num_layers);
+  const CacheLayout layout = CacheLayout::for_method(method, dtype, c.head_dim, true, false);
+  const PagedSequenceBytes& pages = layout.pages;
+  const double heads_layers = static_cast<double>(c.num_kv_heads * c.num_layers);
+  // GEAR's block cache: each slot's exact buffer of keys and values, in the model dtype.
+  if (const auto gear = std::dynamic_pointer_cast<const GearCodec>(make_codec(method, dtype)))
+    return 2.0 * static_cast<double>(gear->gear_params().buffer * c.head_dim) *
+           static_cast<double>(at::elementSize(gear->model_dtype())) * heads_layers;
+  // A last page reaching past the blocks (pages that do not tile them), at the pages' bytes or,
+  // latent pages, at bytes_per_block's rate.
+  if (pages.page > 0)
+    return static_cast<double>(pages.reserve + (block_size % pages.page ? pages.page_bytes : 0)) *
+           heads_layers;
+  if (layout.latent_page > 0 && block_size % layout.latent_page != 0)
+    return static_cast<double>(layout.latent_page) * bytes_per_block /
+           static_cast<double>(block_size);
+  return 0;
 }
 
 namespace {
@@ -678,8 +694,8 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // once, and what it holds for each slot beside the pages (KIVI's rings, fp8's scales) once
   // per slot, before its blocks.
   const double shared = static_cast<double>(cache->bytes());
-  const double slot_bytes =
-      method_slot_bytes(ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged");
+  const double slot_bytes = method_slot_bytes(
+      ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged", block_size, block_bytes);
   const double per_block = block_bytes + retention_block_bytes;
   KVB_CHECK(
       shared + slot_bytes == 0 || budget - shared - slot_bytes >= per_block,
@@ -687,7 +703,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
       shared > 0 ? "shared state (" + format_bytes(shared) + ": its fitted bases)" : "",
       shared > 0 && slot_bytes > 0 ? " and " : "",
       slot_bytes > 0
-          ? "one sequence's slot (" + format_bytes(slot_bytes) + ": KIVI's rings, fp8's scales)"
+          ? "what one sequence's slot holds beside its blocks (" + format_bytes(slot_bytes) + ")"
           : "",
       ", no block of ", format_bytes(per_block), "; raise kv_budget_bytes or kv_budget_fraction");
   const PoolSizing sizing =
@@ -700,8 +716,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // The pool's tokens and a slot for every sequence that can run at once, reserved before any
   // runs: a paged pool holds the budget's pages from the start (as vLLM sizes its pool once)
   // instead of growing while requests arrive.
-  // (A running request holds at least one block and its window's. The window's blocks pay for
-  // a last page past its blocks, which reserve_pool adds: their tokens need no pages.)
+  // (A running request holds at least one block and its window's, which pay for what is not
+  // its tokens' pages: Quest's bounds past a block. A last page past its blocks is its slot's,
+  // which reserve_pool adds.)
   cache->reserve_pool(sizing.slots,
                       std::max<int64_t>(num_blocks - sched.window_blocks, 1) * block_size,
                       block_size, w.longest());

@@ -281,7 +281,13 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
       static_cast<double>(c.num_layers) *
       (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
   if (!paged || context <= 0) return formula;
-  const PagedSequenceBytes pages = paged_sequence_bytes_of(method, dtype, c.head_dim);
+  const CacheLayout layout = CacheLayout::for_method(method, dtype, c.head_dim, true, kernel_path);
+  if (layout.latent_page > 0)  // latent rows in whole pages of slots
+    return formula *
+           static_cast<double>((context + layout.latent_page - 1) / layout.latent_page *
+                               layout.latent_page) /
+           static_cast<double>(context);
+  const PagedSequenceBytes& pages = layout.pages;
   if (pages.page == 0) return formula;
   return std::max(formula, static_cast<double>(pages.of(context)) *
                                static_cast<double>(c.num_kv_heads * c.num_layers) /

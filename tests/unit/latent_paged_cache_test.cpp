@@ -247,6 +247,12 @@ TEST(LatentStorageFactorTest, MemoryPlansCountThePaddedRows) {
   const nlohmann::json palu = resolve_method({{"name", "palu"}}, "m");
   EXPECT_DOUBLE_EQ(method_kv_bytes_per_token(palu, config, at::kHalf, true, true),
                    method_kv_bytes_per_token(palu, config, at::kHalf) * 384.0 / 364);
+  // At a context of 10 tokens a sequence holds a whole page of 32 latent slots: the bound per
+  // token there (dry-run estimates, the generation guard) is 3.2 times the rate.
+  EXPECT_DOUBLE_EQ(method_kv_bytes_per_token(palu, config, at::kHalf, true, true, 10),
+                   method_kv_bytes_per_token(palu, config, at::kHalf, true, true) * 32 / 10);
+  EXPECT_DOUBLE_EQ(method_kv_bytes_per_token(palu, config, at::kHalf, true, true, 64),
+                   method_kv_bytes_per_token(palu, config, at::kHalf, true, true));
 }
 
 TEST(LatentPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {

@@ -788,11 +788,12 @@ TEST(Serving, WindowBlocksCoverTheFormulaAtEveryLength) {
   }
 }
 
-// On the paged cache the window blocks cover what it stores at every length beside its slot's
-// reserve (KIVI's two fp16 rings of its residual, fp8's scales: method_slot_bytes, charged per
-// slot): whole pages of every token (KIVI's group, 32 tokens otherwise) and Quest's page
-// bounds; at block sizes that are and are not multiples of the page. (PagedCacheTest checks
-// those bytes against the cache's storage().)
+// On the paged cache the window blocks and the slot (method_slot_bytes: KIVI's two fp16 rings of
+// its residual, fp8's scales, and a last page past the blocks where pages of 32 do not tile
+// them) cover what it stores at every length: whole pages of every token (KIVI's group, 32
+// tokens otherwise) and Quest's page bounds; at block sizes that are and are not multiples of
+// the page. Whole pages need no window block. (PagedCacheTest checks those bytes against the
+// cache's storage().)
 TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
   const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
   for (int64_t bs : {16, 48, 64}) {
@@ -800,6 +801,7 @@ TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
       const nlohmann::json m = resolve_method({{"name", name}}, "m");
       const double bpb = method_block_bytes(m, c, at::kHalf, bs, true);
       const int64_t w = method_window_blocks(m, c, at::kHalf, bs, bpb, 1500, true);
+      const double slot = method_slot_bytes(m, c, at::kHalf, true, bs, bpb);
       const PagedSequenceBytes plan = paged_sequence_bytes_of(m, at::kHalf, c.head_dim);
       ASSERT_GT(plan.page, 0) << name;
       const bool quest = std::string(name) == "quest-1024";
@@ -810,24 +812,29 @@ TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
             quest
                 ? double((c.num_layers - 2) * ((t + 15) / 16) * 2 * c.num_kv_heads * c.head_dim * 2)
                 : 0.0;
-        return double(plan.of(t) - plan.reserve) * double(c.num_kv_heads * c.num_layers) + bounds;
+        return double(plan.of(t)) * double(c.num_kv_heads * c.num_layers) + bounds - slot;
       };
-      const bool tight = window_covers(bs, w, bpb, stored, std::string(name));
-      if (w > 0) EXPECT_TRUE(tight) << name << " bs " << bs << ": one block fewer would do";
-      // At most a page's rounding: a last page reaching past the blocks (none where blocks are
-      // whole pages).
-      EXPECT_LE(w, (plan.page - 1 + bs - 1) / bs) << name << " bs " << bs;
-      if (bs % plan.page == 0) EXPECT_EQ(w, 0) << name << " bs " << bs;
-      // The slot's reserve: KIVI's rings (2 x 128 rows of 32 fp16 channels), fp8's two fp32
-      // scales, per KV head and layer; nothing for the others.
+      window_covers(bs, w, bpb, stored, std::string(name));
+      EXPECT_EQ(w, 0) << name << " bs " << bs;
+      // The slot: KIVI's rings (2 x 128 rows of 32 fp16 channels), fp8's two fp32 scales, per
+      // KV head and layer, and a page where blocks are not whole pages.
       const std::string n = name;
       const double reserve = n.rfind("kivi", 0) == 0 ? 2.0 * 128 * 32 * 2 : n == "fp8" ? 8.0 : 0.0;
       EXPECT_EQ(double(plan.reserve), reserve) << name;
-      EXPECT_EQ(method_slot_bytes(m, c, at::kHalf, true),
-                reserve * double(c.num_kv_heads * c.num_layers))
-          << name;
-      EXPECT_EQ(method_slot_bytes(m, c, at::kHalf, false), 0.0) << name;
+      EXPECT_EQ(slot, (reserve + (bs % plan.page ? double(plan.page_bytes) : 0.0)) *
+                          double(c.num_kv_heads * c.num_layers))
+          << name << " bs " << bs;
+      EXPECT_EQ(method_slot_bytes(m, c, at::kHalf, false, bs, bpb), 0.0) << name;
     }
+  }
+  // Latent pages of 32 slots: a page at bytes_per_block's rate where blocks do not tile them.
+  const nlohmann::json palu = resolve_method({{"name", "palu"}}, "m");
+  for (int64_t bs : {16, 48, 64}) {
+    const double bpb = method_block_bytes(palu, c, at::kHalf, bs, true);
+    EXPECT_DOUBLE_EQ(method_slot_bytes(palu, c, at::kHalf, true, bs, bpb),
+                     bs % 32 ? 32 * bpb / double(bs) : 0.0)
+        << bs;
+    EXPECT_EQ(method_window_blocks(palu, c, at::kHalf, bs, bpb, 1500, true), 0) << bs;
   }
 }
 

@@ -699,13 +699,15 @@ TEST(Capacity, ThroughputSuiteBoundsAPagedCacheCompactingDuringDecode) {
 }
 
 // The serving suite sizes a paged pool once, before its first request, for the budget's
-// tokens (as vLLM does), and a page per running sequence when pages do not tile blocks: it
-// holds those pages from the start and does not grow.
+// tokens (as vLLM does), and a page per slot when pages do not tile blocks (a last page past
+// its blocks, which the budget holds per slot): it holds those pages from the start, does not
+// grow, and stays within the budget.
 TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   // int8 (q8_0, pages of 32 tokens) on tiny-llama: 4 layers, 2 KV heads of 32; 8 blocks of 64
-  // tokens: 16 pages (pages tile blocks: none for a last page past its blocks). Blocks of 48:
-  // a window block per request pays for its last page past its blocks, so the tokens of 7
-  // blocks (336: 11 pages), and a page for each of the 4 requests that can run at once.
+  // tokens: 16 pages (pages tile blocks: no slot page). Blocks of 48 with 12 pages: a page for
+  // each of the 4 slots (the requests of one block each all run at once), 5 blocks of 1.5
+  // pages from the other 8, whose 240 tokens take 7 whole pages beside the slots' (a
+  // sequence's pages are at most its blocks' tokens / 32 + 1).
   const auto k = kernels::page_bytes(kernels::KvFormat::kInt8, true, 32, 32),
              v = kernels::page_bytes(kernels::KvFormat::kInt8, false, 32, 32);
   const double page = 4.0 * 2 * double(k.data + k.meta + v.data + v.meta);
@@ -719,15 +721,18 @@ TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   ServingSuite s;
   CellOutput out = h.run(s);
   ASSERT_EQ(out.summary["num_blocks"], 8) << out.summary.dump();
+  EXPECT_EQ(out.summary["slot_bytes"], 0.0);
   const json& kv = out.records.at(0)["kv"];
   EXPECT_EQ(kv["allocated_bytes_peak"].get<double>(), 16 * page);
   EXPECT_GT(kv["measured_bytes_peak"].get<double>(), 0);
   h.spec.suites[0].params["block_size"] = 48;
   h.spec.suites[0].params["kv_budget_bytes"] = static_cast<int64_t>(12 * page);
   out = h.run(s);
-  ASSERT_EQ(out.summary["num_blocks"], 8) << out.summary.dump();
-  ASSERT_EQ(out.summary["window_blocks"], 1);
-  EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (11 + 4) * page);
+  ASSERT_EQ(out.summary["num_blocks"], 5) << out.summary.dump();
+  EXPECT_EQ(out.summary["window_blocks"], 0);
+  EXPECT_EQ(out.summary["slots"], 4);
+  EXPECT_EQ(out.summary["slot_bytes"], page);
+  EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (7 + 4) * page);
 }
 
 // The pool's charge holds what the cache measured after each step, at the peak and on average.
@@ -840,21 +845,26 @@ TEST(Capacity, ServingChargesASpanThePagesItStraddles) {
 
 // Every paged format's pool holds what its cache measures, at blocks that are and are not
 // multiples of its page: whole pages, KIVI's rings, fp8's scales, Quest's page bounds (which
-// the pool left out before 2026-12-06: 3% of tiny Llama's K/V past its dense layers).
+// the pool left out before 2026-12-06: 3% of tiny Llama's K/V past its dense layers), Palu's
+// latent pages and bases, GEAR's blocks and exact buffers; and what the pool allocates stays
+// within the budget.
 TEST(Capacity, ServingPoolsHoldWhatEveryPagedFormatMeasures) {
   for (const char* block : {"16", "32", "48"}) {
     const json suite = json::parse(std::string(R"({"name": "serving", "rates": [0],
         "requests": 3, "prompt_tokens_min": 40, "prompt_tokens_max": 150,
         "output_tokens_min": 4, "output_tokens_max": 24, "kv_budget_bytes": 4194304,
         "block_size": )") + block + "}");
-    for (const char* name : {"full", "int8", "int4", "fp8", "kivi-4", "quest-1024"}) {
+    for (const char* name :
+         {"full", "int8", "int4", "fp8", "kivi-4", "quest-1024", "palu", "gear-4"}) {
       Harness h(suite);
       h.spec.attention = "paged";
       h.method = resolve_method({{"name", name}}, "methods[0]");
       ServingSuite s;
       const CellOutput out = h.run(s);
-      expect_pool_holds_measured(out.records.at(0)["kv"],
-                                 std::string(name) + ", blocks of " + block);
+      const std::string what = std::string(name) + ", blocks of " + block;
+      expect_pool_holds_measured(out.records.at(0)["kv"], what);
+      // Pages, slots (rings, scales, last pages) and the fitted bases: within the budget.
+      EXPECT_LE(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), 4194304.0) << what;
     }
   }
 }

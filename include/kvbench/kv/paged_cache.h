@@ -315,9 +315,11 @@ class PagedKVCache final : public KVCache {
   // (shrinking too), else they only grow. After reserve_pool: nothing (the pool is the
   // engine's budget, which its scheduler keeps to).
   void reserve(const std::vector<SequenceTokens>& seqs) override;
-  // Pages for `tokens` more tokens (ceil(tokens / page_size); plus one per sequence, whose last
-  // page may reach past its blocks, unless page_size divides `block`) and `sequences` more
-  // slots, sized as reserve() sizes them.
+  // Pages for `tokens` more tokens in blocks of `block` held by at most `sequences` sequences
+  // (ceil(tokens / page_size) where page_size divides `block`; else floor(tokens / page_size)
+  // and one per sequence, whose last page may reach past its blocks: a sequence's pages are at
+  // most its blocks' tokens / page_size + 1, so the total fits) and `sequences` more slots,
+  // sized as reserve() sizes them.
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
   double retention_seconds() const override { return retention_s_; }
   // Every layer's kept lists (int32: the host copy, and the kernels' copy once uploaded), the

@@ -106,7 +106,8 @@ struct SloThresholds {
 // and token throughput, goodput (requests meeting every threshold, per second, and fraction),
 // KV blocks and bytes (peak and step-time-weighted mean), preemptions, steps.
 // `bytes_per_block` converts blocks to pool bytes, on top of `shared_bytes`: what the budget
-// holds before any block (a low-rank codec's fitted bases), in every step's pool bytes.
+// holds before any block (a low-rank codec's fitted bases, the paged slots' rings, scales and
+// buffers), in every step's pool bytes.
 nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& slo,
                                double bytes_per_block, double shared_bytes = 0);
 
