@@ -91,6 +91,10 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
   KVB_CHECK(inv_freq_.numel() == head_dim_ / 2, "palu paged cache: RoPE frequencies for head_dim ",
             2 * inv_freq_.numel(), ", the cache has ", head_dim_);
   for (int64_t l = 0; l < num_layers; ++l) {
+    KVB_CHECK(codec_->key_basis(l).numel() == num_kv_heads_ * head_dim_ * rank_ &&
+                  codec_->value_basis(l).numel() == num_kv_heads_ * head_dim_ * rank_,
+              "palu paged cache: bases of layer ", l, " have shape ", codec_->key_basis(l).sizes(),
+              ", expected ", num_kv_heads_, " x ", head_dim_, " x ", rank_, " values");
     // The codec's [groups, g * head_dim, r] is, head-major, [kv_heads, head_dim, r]: head j's
     // rows are its block L_j of its group's basis.
     const at::Tensor key = codec_->key_basis(l).reshape({num_kv_heads_, head_dim_, -1});

@@ -250,7 +250,7 @@ uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
                              : ctx.params["target_tokens"].get<int64_t>();
   const int64_t cap = std::max<int64_t>(ctx.params["max_new_tokens"].get<int64_t>(), 128);
   const double full_per_token = full_cache_bytes_per_token(c);
-  return model_weight_bytes(c, ctx.weight_dtype) +
+  return model_weight_bytes(c, ctx.weight_dtype) + ctx.shared_bytes +
          generation_bytes(c, std::max(ctx.kv_bytes_per_token_at(prompt + cap), full_per_token), 1,
                           prompt, cap);
 }

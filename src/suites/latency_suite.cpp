@@ -32,7 +32,7 @@ uint64_t LatencySuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   const json& p = ctx.params;
   const int64_t prompt = p["prompt_tokens"], news = p["new_tokens"];
-  return model_weight_bytes(*ctx.model, ctx.weight_dtype) +
+  return model_weight_bytes(*ctx.model, ctx.weight_dtype) + ctx.shared_bytes +
          generation_bytes(*ctx.model, ctx.kv_bytes_per_token_at(prompt + news), p["batch"], prompt,
                           news, ctx.weight_dtype);
 }

@@ -192,7 +192,7 @@ uint64_t OutputLengthSuite::estimate_bytes(const EstimateContext& ctx) const {
   const int64_t prompt = ctx.params["prompt_tokens"], cap = ctx.params["max_new_tokens"];
   const double full_per_token = full_cache_bytes_per_token(c);
   // One request at a time; the full cache (fp32 bound) and the method's are not held together.
-  return model_weight_bytes(c, ctx.weight_dtype) +
+  return model_weight_bytes(c, ctx.weight_dtype) + ctx.shared_bytes +
          generation_bytes(c, std::max(ctx.kv_bytes_per_token_at(prompt + cap), full_per_token), 1,
                           prompt, cap);
 }

@@ -166,7 +166,7 @@ uint64_t PredictorSuite::estimate_bytes(const EstimateContext& ctx) const {
   double per_token = ctx.kv_bytes_per_token;
   for (int64_t context : c)
     per_token = std::max(per_token, ctx.kv_bytes_per_token_at(context + steps + 1));
-  return model_weight_bytes(*ctx.model, ctx.weight_dtype) +
+  return model_weight_bytes(*ctx.model, ctx.weight_dtype) + ctx.shared_bytes +
          generation_bytes(*ctx.model, per_token, *std::max_element(b.begin(), b.end()),
                           *std::max_element(c.begin(), c.end()), steps + 1);
 }

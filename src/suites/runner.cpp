@@ -98,13 +98,14 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
     const bool needs_model = find_suite(c.suite).needs_model;
     const ModelConfig* config = needs_model ? model.config_only() : nullptr;
     double per_token = 0;
+    uint64_t shared = 0;
     at::ScalarType kv_dtype = at::kFloat;
     if (config) {
       try {
         kv_dtype = model.kv_dtype();
-        per_token =
-            method_kv_bytes_per_token(c.method, *config, kv_dtype, paged,
-                                      CacheLayout::kernel_path(model.placement().device.is_cuda()));
+        const bool kernel_path = CacheLayout::kernel_path(model.placement().device.is_cuda());
+        per_token = method_kv_bytes_per_token(c.method, *config, kv_dtype, paged, kernel_path);
+        shared = method_shared_bytes(c.method, *config, kv_dtype, paged, kernel_path);
       } catch (const Error& e) {
         throw Error("plan: cell " + c.id + ": " + e.what());
       }
@@ -112,7 +113,7 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
     const ModelPlacement placement = model.placement();
     EstimateContext ctx{
         c.params, c.method, config, per_token, env, placement.dtype, placement.device.is_cuda(),
-        kv_dtype, paged};
+        kv_dtype, paged,    shared};
     out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
   }
   return out;

@@ -228,6 +228,7 @@ PoolSizing size_pool(double budget, double slot_bytes, double per_block, int64_t
   double best = -1;
   for (int64_t s = 1; s <= most; ++s) {
     const int64_t blocks = blocks_with(s);
+    if (blocks == 0) break;  // more slots leave fewer still
     const double running = std::min(static_cast<double>(s),
                                     std::floor(static_cast<double>(blocks) /
                                                (mean_blocks + static_cast<double>(window_blocks))));

@@ -347,7 +347,7 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
                                 static_cast<uint64_t>(kv));
     }
   }
-  return model_weight_bytes(*ctx.model, ctx.weight_dtype) + peak;
+  return model_weight_bytes(*ctx.model, ctx.weight_dtype) + ctx.shared_bytes + peak;
 }
 
 std::string decode_spread_warning(const json& r) {

@@ -294,6 +294,19 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
                                static_cast<double>(context));
 }
 
+uint64_t method_shared_bytes(const nlohmann::json& method, const ModelConfig& c,
+                             at::ScalarType dtype, bool paged, bool kernel_path) {
+  const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
+  const auto* lowrank = dynamic_cast<const LowRankCodec*>(codec.get());
+  if (lowrank == nullptr) return 0;
+  const uint64_t heads_layers = uint64_t(c.num_layers * c.num_kv_heads);
+  // Keys' and values' bases: [g * head_dim, r] per group of g heads, head_dim x r per head.
+  const uint64_t bases =
+      2 * heads_layers * uint64_t(c.head_dim * lowrank->rank_for(c.head_dim)) * sizeof(float);
+  return bases +
+         (paged ? heads_layers * latent_bases_bytes(*codec, c.head_dim, dtype, kernel_path) : 0);
+}
+
 double EstimateContext::kv_bytes_per_token_at(int64_t context) const {
   if (!paged || model == nullptr) return kv_bytes_per_token;
   return std::max(kv_bytes_per_token,

@@ -16,6 +16,7 @@
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/latent_paged_cache.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/palu_paged_cache.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/suites/workload.h"
@@ -253,6 +254,41 @@ TEST(LatentStorageFactorTest, MemoryPlansCountThePaddedRows) {
                    method_kv_bytes_per_token(palu, config, at::kHalf, true, true) * 32 / 10);
   EXPECT_DOUBLE_EQ(method_kv_bytes_per_token(palu, config, at::kHalf, true, true, 64),
                    method_kv_bytes_per_token(palu, config, at::kHalf, true, true));
+}
+
+// What a low-rank cache holds before any sequence (the codec's bases and, on latent pages, the
+// cache's copies of them) is what method_shared_bytes plans for the dry-run estimates: on the
+// CPU (the copies of ranks of whole 32-value blocks are the codec's own tensors) and on the
+// emulated kernel path (always copies), and for the CPU caches (the codec's bases alone).
+TEST(LatentStorageFactorTest, SharedBytesPlanWhatAnEmptyCacheHolds) {
+  ModelConfig config;
+  config.num_layers = kLayers, config.num_kv_heads = kKvHeads, config.num_heads = kHeads;
+  config.head_dim = kDim;
+  for (const char* entry : {R"({"name": "kvproj"})", R"({"name": "kvproj", "rank": 64})",
+                            R"({"name": "palu"})", R"({"name": "palu", "rank": 32})"}) {
+    const nlohmann::json method = resolve_method(nlohmann::json::parse(entry), "m");
+    auto codec = testing_support::ready(make_codec(method, at::kHalf), kLayers, kKvHeads, kDim);
+    auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(codec);
+    for (bool emulated : {false, true}) {
+      std::unique_ptr<KVCache> paged;
+      if (lowrank->kind() == LowRankKind::kPalu)
+        paged = std::make_unique<PaluPagedCache>(lowrank, at::kHalf, kLayers, kKvHeads, kDim,
+                                                 PagedCapacity{}, at::kCPU, nullptr, emulated);
+      else
+        paged = std::make_unique<LatentPagedCache>(lowrank, at::kHalf, kLayers, kKvHeads, kDim,
+                                                   PagedCapacity{}, at::kCPU, nullptr, emulated);
+      EXPECT_EQ(paged->storage().total(),
+                method_shared_bytes(method, config, at::kHalf, true, emulated))
+          << entry << (emulated ? " emulated" : "");
+    }
+    auto cpu = make_kv_cache(method, codec, kLayers, kKvHeads, kDim, at::kHalf, "cpu");
+    EXPECT_EQ(cpu->storage().total(), method_shared_bytes(method, config, at::kHalf, false, false))
+        << entry;
+    EXPECT_GT(method_shared_bytes(method, config, at::kHalf, false, false), 0u) << entry;
+  }
+  EXPECT_EQ(
+      method_shared_bytes(resolve_method({{"name", "kivi-4"}}, "m"), config, at::kHalf, true, true),
+      0u);
 }
 
 TEST(LatentPagedCacheErrorsTest, SaysWhatCannotRunOnLatentPages) {

@@ -87,6 +87,11 @@ uint64_t generation_bytes(const ModelConfig& config, double kv_bytes_per_token, 
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& config,
                                  at::ScalarType dtype, bool paged = false, bool kernel_path = false,
                                  int64_t context = 0);
+// What the method's cache holds once for all its sequences, by formula: a low-rank codec's
+// fitted bases (fp32 at its rank) and, on the paged path, the latent caches' own copies of them
+// (latent_bases_bytes); 0 for every other method.
+uint64_t method_shared_bytes(const nlohmann::json& method, const ModelConfig& config,
+                             at::ScalarType dtype, bool paged, bool kernel_path);
 // generation_bytes for the cell's model, checked against available memory (check_memory_fits).
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite);
