@@ -130,8 +130,7 @@ uint64_t LatentPagedCache::extra_metadata() const {
   uint64_t bytes = 0;
   for (size_t l = 0; l < bases_.size(); ++l) {
     const Bases& b = bases_[l];
-    bytes += own_bytes(b.key, codec_->key_basis(int64_t(l))) +
-             own_bytes(b.value, codec_->value_basis(int64_t(l)));
+    bytes += own_bases_bytes(int64_t(l), b.key, b.value);
     for (const at::Tensor* t : {&b.query, &b.output})
       bytes += uint64_t(t->numel()) * uint64_t(t->element_size());
   }

@@ -71,8 +71,12 @@ at::Tensor LatentPagesCache::stored_basis(const at::Tensor& basis, bool kernel_p
   return b.contiguous();
 }
 
-uint64_t LatentPagesCache::own_bytes(const at::Tensor& t, const at::Tensor& codec_basis) {
-  return t.is_alias_of(codec_basis) ? 0 : uint64_t(t.numel()) * uint64_t(t.element_size());
+uint64_t LatentPagesCache::own_bases_bytes(int64_t layer, const at::Tensor& key,
+                                           const at::Tensor& value) const {
+  auto own = [](const at::Tensor& t, const at::Tensor& codec_basis) {
+    return t.is_alias_of(codec_basis) ? 0 : uint64_t(t.numel()) * uint64_t(t.element_size());
+  };
+  return own(key, codec_->key_basis(layer)) + own(value, codec_->value_basis(layer));
 }
 
 StorageBytes LatentPagesCache::storage() const {

@@ -643,8 +643,7 @@ uint64_t PaluPagedCache::extra_metadata() const {
   uint64_t bytes = 0;
   for (size_t l = 0; l < bases_.size(); ++l) {
     const Bases& b = bases_[l];
-    bytes += own_bytes(b.key, codec_->key_basis(int64_t(l))) +
-             own_bytes(b.value, codec_->value_basis(int64_t(l)));
+    bytes += own_bases_bytes(int64_t(l), b.key, b.value);
     if (b.key16.defined()) bytes += uint64_t(b.key16.numel() * b.key16.element_size());
   }
   return bytes;

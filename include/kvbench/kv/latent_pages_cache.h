@@ -87,8 +87,9 @@ class LatentPagesCache : public KVCache {
   // columns appended up to width(); a copy of its own on the kernel path (so that what the
   // cache holds follows latent_bases_bytes' rule on any device).
   at::Tensor stored_basis(const at::Tensor& basis, bool kernel_path) const;
-  // The bytes of `t` unless it is `codec_basis` itself (stored_basis kept the codec's tensor).
-  static uint64_t own_bytes(const at::Tensor& t, const at::Tensor& codec_basis);
+  // The bytes of layer `layer`'s stored key and value bases, but for either that is the codec's
+  // tensor itself (stored_basis kept it).
+  uint64_t own_bases_bytes(int64_t layer, const at::Tensor& key, const at::Tensor& value) const;
   // Metadata bytes a subclass holds besides the pages and the codec's bases (in both
   // storage() and nominal()): latent_bases_bytes, as measured.
   virtual uint64_t extra_metadata() const { return 0; }
