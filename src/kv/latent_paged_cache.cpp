@@ -53,7 +53,6 @@ LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
   const int64_t groups = num_kv_heads_ / group_;
   // The inner cache scales scores by 1 / sqrt(width); the model's is 1 / sqrt(head_dim).
   const double query_scale = std::sqrt(double(width_) / double(head_dim_));
-  const bool kernel_path = device.is_cuda() || kernel_path_on_cpu;
   for (int64_t l = 0; l < num_layers; ++l) {
     const at::Tensor &key = codec_->key_basis(l), &value = codec_->value_basis(l);
     KVB_CHECK(key.dim() == 3 && key.size(0) == groups && key.size(1) == group_ * head_dim_ &&
@@ -61,12 +60,13 @@ LatentPagedCache::LatentPagedCache(std::shared_ptr<const LowRankCodec> codec,
               "latent paged cache: ", codec_->name(), " bases of layer ", l, " have shape ",
               key.sizes(), ", expected [", groups, ", ", group_ * head_dim_, ", ", rank_, "]");
     Bases b;
-    b.key = stored_basis(key, kernel_path), b.value = stored_basis(value, kernel_path);
+    b.key = stored_basis(key), b.value = stored_basis(value);
     // A group's rows are its KV heads' [head_dim, r] blocks in order.
     b.query = (b.key.reshape({num_kv_heads_, head_dim_, width_}) * query_scale).contiguous();
     b.output = b.value.reshape({num_kv_heads_, head_dim_, width_}).transpose(1, 2).contiguous();
     bases_.push_back(std::move(b));
   }
+  extra_metadata_ = copies_bytes();
 }
 
 at::Tensor LatentPagedCache::coefficients(const at::Tensor& x, const at::Tensor& basis) const {
@@ -126,7 +126,7 @@ at::Tensor LatentPagedCache::attend_projected(int64_t layer, const std::vector<i
   return out.device() == q.device() ? out : out.to(q.device());
 }
 
-uint64_t LatentPagedCache::extra_metadata() const {
+uint64_t LatentPagedCache::copies_bytes() const {
   uint64_t bytes = 0;
   for (size_t l = 0; l < bases_.size(); ++l) {
     const Bases& b = bases_[l];

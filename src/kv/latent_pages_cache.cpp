@@ -41,8 +41,8 @@ uint64_t latent_bases_bytes(const Codec& codec, int64_t head_dim, at::ScalarType
   const int64_t r = lowrank->rank_for(head_dim);
   if (r < 1) return 0;
   const uint64_t width = uint64_t(latent_row_width(lowrank->kind(), r, kernel_path));
-  const uint64_t fp32 = uint64_t(head_dim) * width * sizeof(float);     // one basis of one head
-  uint64_t bytes = kernel_path || width != uint64_t(r) ? 2 * fp32 : 0;  // keys' and values'
+  const uint64_t fp32 = uint64_t(head_dim) * width * sizeof(float);  // one basis of one head
+  uint64_t bytes = width != uint64_t(r) ? 2 * fp32 : 0;              // keys' and values'
   if (lowrank->kind() == LowRankKind::kProjection) return bytes + 2 * fp32;  // query, output
   if (kernel_path) bytes += uint64_t(head_dim) * width * uint64_t(at::elementSize(dtype));
   return bytes;
@@ -61,12 +61,11 @@ LatentPagesCache::LatentPagesCache(std::shared_ptr<const LowRankCodec> codec, in
   KVB_CHECK(rank >= 1 && width >= rank, "latent pages: width ", width, " below rank ", rank);
 }
 
-at::Tensor LatentPagesCache::stored_basis(const at::Tensor& basis, bool kernel_path) const {
+at::Tensor LatentPagesCache::stored_basis(const at::Tensor& basis) const {
   KVB_CHECK(basis.size(-1) == rank_, "latent pages: a basis of ", basis.size(-1),
             " columns, expected rank ", rank_);
   const auto where = at::TensorOptions().dtype(at::kFloat).device(latent_.device());
-  // Padding copies anyway; else a copy only where the rule asks for one.
-  at::Tensor b = basis.to(where, /*non_blocking=*/false, /*copy=*/kernel_path && width_ == rank_);
+  at::Tensor b = basis.to(where);
   if (width_ != rank_) b = at::constant_pad_nd(b, {0, width_ - rank_});
   return b.contiguous();
 }
@@ -87,7 +86,7 @@ StorageBytes LatentPagesCache::storage() const {
 
 StorageBytes LatentPagesCache::codec_shared_and_extra() const {
   StorageBytes b = codec_->shared_bytes();
-  b.metadata += extra_metadata();
+  b.metadata += extra_metadata_;
   return b;
 }
 
@@ -96,7 +95,7 @@ StorageBytes LatentPagesCache::nominal() const {
   // The formula stores r of every row's width values.
   b.payload = b.payload * uint64_t(rank_) / uint64_t(width_);
   b += codec_->shared_nominal();
-  b.metadata += extra_metadata();
+  b.metadata += extra_metadata_;
   return b;
 }
 

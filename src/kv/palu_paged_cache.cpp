@@ -91,22 +91,19 @@ PaluPagedCache::PaluPagedCache(std::shared_ptr<const LowRankCodec> codec,
   KVB_CHECK(inv_freq_.numel() == head_dim_ / 2, "palu paged cache: RoPE frequencies for head_dim ",
             2 * inv_freq_.numel(), ", the cache has ", head_dim_);
   for (int64_t l = 0; l < num_layers; ++l) {
-    KVB_CHECK(codec_->key_basis(l).numel() == num_kv_heads_ * head_dim_ * rank_ &&
-                  codec_->value_basis(l).numel() == num_kv_heads_ * head_dim_ * rank_,
-              "palu paged cache: bases of layer ", l, " have shape ", codec_->key_basis(l).sizes(),
-              ", expected ", num_kv_heads_, " x ", head_dim_, " x ", rank_, " values");
+    const at::Tensor &key = codec_->key_basis(l), &value = codec_->value_basis(l);
+    KVB_CHECK(key.numel() == num_kv_heads_ * head_dim_ * rank_ && value.sizes() == key.sizes(),
+              "palu paged cache: bases of layer ", l, " have shape ", key.sizes(), ", expected ",
+              num_kv_heads_, " x ", head_dim_, " x ", rank_, " values");
     // The codec's [groups, g * head_dim, r] is, head-major, [kv_heads, head_dim, r]: head j's
     // rows are its block L_j of its group's basis.
-    const at::Tensor key = codec_->key_basis(l).reshape({num_kv_heads_, head_dim_, -1});
-    const at::Tensor value = codec_->value_basis(l).reshape({num_kv_heads_, head_dim_, -1});
-    KVB_CHECK(key.size(2) == rank_ && value.sizes() == key.sizes(),
-              "palu paged cache: bases of layer ", l, " have shape ", key.sizes(), ", expected [",
-              num_kv_heads_, ", ", head_dim_, ", ", rank_, "]");
     Bases b;
-    b.key = stored_basis(key, kernel_path_), b.value = stored_basis(value, kernel_path_);
+    b.key = stored_basis(key.reshape({num_kv_heads_, head_dim_, rank_}));
+    b.value = stored_basis(value.reshape({num_kv_heads_, head_dim_, rank_}));
     if (kernel_path_) b.key16 = b.key.to(latent_dtype_).contiguous();  // the kernel's operand
     bases_.push_back(std::move(b));
   }
+  extra_metadata_ = copies_bytes();
   // The inner cache's step ends at the last layer's append, before this cache's selections
   // there: this cache copies the lists back and frees pages after them (attend).
   if (policy_) latent_.defer_settling();
@@ -639,7 +636,7 @@ uint64_t PaluPagedCache::retention_bytes() const {
   return bytes;
 }
 
-uint64_t PaluPagedCache::extra_metadata() const {
+uint64_t PaluPagedCache::copies_bytes() const {
   uint64_t bytes = 0;
   for (size_t l = 0; l < bases_.size(); ++l) {
     const Bases& b = bases_[l];

@@ -157,12 +157,21 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
   // What the sequence's slot holds is charged per slot.
   const double slot = method_slot_bytes(method, c, dtype, paged, block_size, bytes_per_block);
+  // GEAR's block cache on the paged path: the formula's exact rows (t mod buffer, in the model
+  // dtype) are in its slot's buffer.
+  const auto gear = paged ? std::dynamic_pointer_cast<const GearCodec>(codec) : nullptr;
+  auto gear_exact = [&](int64_t t) {
+    if (!gear) return 0.0;
+    return 2.0 * static_cast<double>(t % gear->gear_params().buffer * c.head_dim) *
+           static_cast<double>(at::elementSize(gear->model_dtype()) * c.num_kv_heads *
+                               c.num_layers);
+  };
   auto stored = [&](int64_t t) {
     if (latent_page > 0)  // each slot at bytes_per_block's rate: coefficients grow linearly
       return static_cast<double>((t + latent_page - 1) / latent_page * latent_page) *
                  bytes_per_block / static_cast<double>(block_size) -
              slot;
-    if (pages.page == 0) return formula_bytes(*codec, *policy, c, t) - slot;  // (GEAR's buffer)
+    if (pages.page == 0) return formula_bytes(*codec, *policy, c, t) - gear_exact(t);
     return static_cast<double>(pages.of(t)) * static_cast<double>(c.num_kv_heads * c.num_layers) +
            quest_bounds_bytes(*policy, c, t) - slot;
   };

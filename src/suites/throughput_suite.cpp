@@ -312,11 +312,12 @@ void ThroughputSuite::check_params(const json& p) {
 uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   uint64_t peak = 0;
-  for (int64_t b : ctx.params["batch"].get<std::vector<int64_t>>())
-    for (int64_t p : ctx.params["prompt_tokens"].get<std::vector<int64_t>>())
-      for (int64_t n : ctx.params["new_tokens"].get<std::vector<int64_t>>())
-        peak = std::max(peak, generation_bytes(*ctx.model, ctx.kv_bytes_per_token_at(p + n), b, p,
-                                               n, ctx.weight_dtype));
+  for (int64_t p : ctx.params["prompt_tokens"].get<std::vector<int64_t>>())
+    for (int64_t n : ctx.params["new_tokens"].get<std::vector<int64_t>>()) {
+      const double per_token = ctx.kv_bytes_per_token_at(p + n);
+      for (int64_t b : ctx.params["batch"].get<std::vector<int64_t>>())
+        peak = std::max(peak, generation_bytes(*ctx.model, per_token, b, p, n, ctx.weight_dtype));
+    }
   const int64_t context = ctx.params["capacity_context"];
   if (context > 0) {
     // The capacity batch as the run chooses it (run_capacity: the sequences of the method's

@@ -106,7 +106,7 @@ TEST_P(LatentPagedCacheTest, AttendsLikeTheReferenceCacheOverTheSameCoefficients
   const bool kernel_path = std::string(std::get<1>(GetParam())) != "cpu";
   EXPECT_EQ(w, kernel_path ? (r <= 64 ? 64 : 128) : (r + 31) / 32 * 32);
   const uint64_t copies = bases_copies(std::get<0>(GetParam()), kernel_path);
-  EXPECT_EQ(copies, uint64_t(kLayers) * kKvHeads * kDim * w * 4 * (kernel_path || w != r ? 4 : 2));
+  EXPECT_EQ(copies, uint64_t(kLayers) * kKvHeads * kDim * w * 4 * (w != r ? 4 : 2));
   EXPECT_EQ(c.paged->nominal().total(), c.reference->nominal().total() + copies);
   const uint64_t page = 2ull * 32 * kKvHeads * w * 2;
   const uint64_t padding = latent.latent().nominal().payload * uint64_t(w - r) / uint64_t(w);
@@ -230,8 +230,8 @@ TEST(LatentStorageFactorTest, MemoryPlansCountThePaddedRows) {
   EXPECT_DOUBLE_EQ(factor(R"({"name": "int4"})", 128, true), 1.0);
   // The cache's copies of the bases per layer and KV head at head_dim 128: fp32 [128, width] each
   // (kvproj: key, value, query, output; Palu: key and value, and its 16-bit key basis on the
-  // kernel path); none of the key and value bases where they are the codec's own tensors (off
-  // the kernel path at width = rank).
+  // kernel path); none of the key and value bases where they are the codec's own tensors (at
+  // width = rank).
   auto copies = [](const char* entry, bool kernel_path) {
     auto codec = make_codec(resolve_method(nlohmann::json::parse(entry), "m"), at::kHalf);
     return latent_bases_bytes(*codec, 128, at::kHalf, kernel_path);
@@ -258,8 +258,8 @@ TEST(LatentStorageFactorTest, MemoryPlansCountThePaddedRows) {
 
 // What a low-rank cache holds before any sequence (the codec's bases and, on latent pages, the
 // cache's copies of them) is what method_shared_bytes plans for the dry-run estimates: on the
-// CPU (the copies of ranks of whole 32-value blocks are the codec's own tensors) and on the
-// emulated kernel path (always copies), and for the CPU caches (the codec's bases alone).
+// CPU and on the emulated kernel path (the key and value bases at a width equal to the rank
+// are the codec's own tensors), and for the CPU caches (the codec's bases alone).
 TEST(LatentStorageFactorTest, SharedBytesPlanWhatAnEmptyCacheHolds) {
   ModelConfig config;
   config.num_layers = kLayers, config.num_kv_heads = kKvHeads, config.num_heads = kHeads;

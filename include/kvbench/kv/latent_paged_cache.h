@@ -64,8 +64,8 @@ class LatentPagedCache final : public LatentPagesCache {
                               const std::vector<int64_t>& counts, const at::Tensor& q,
                               const at::Tensor& k, const at::Tensor& v, at::ScalarType out_dtype);
 
-  // The bases' copies: latent_bases_bytes, measured.
-  uint64_t extra_metadata() const override;
+  // The bases' copies (extra_metadata_): latent_bases_bytes, measured.
+  uint64_t copies_bytes() const;
 
   int64_t num_kv_heads_, head_dim_, group_;
   at::ScalarType coef_dtype_;

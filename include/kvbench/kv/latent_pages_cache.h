@@ -2,14 +2,14 @@
 // PaluPagedCache: Palu): a prepared codec and an inner PagedKVCache whose pages hold the
 // latents, r values per token and latent head. Sequences, lengths, kept tokens, retention time
 // and the device are the inner cache's; the bytes are the pages', plus the codec's bases (once
-// per cache), plus what a subclass holds besides (extra_metadata(): its own copies of the bases,
+// per cache), plus what a subclass holds besides (extra_metadata_: its own copies of the bases,
 // where the pools are and at the stored width; latent_bases_bytes counts them for the plans).
 //
 // Rows are stored `width` values wide: the codec's rank r rounded up to what the pages and the
 // kernels take (whole 32-value blocks; the GPU kernels' widths), the extra columns of the
 // bases zero, so the extra coefficients are exact zeros and every score and output is the
 // rank-r one. storage() measures the padded pages; nominal() counts the pages by the method's
-// formula at r (a subclass's extra_metadata(), e.g. Palu's 16-bit kernel bases, is what it
+// formula at r (a subclass's extra_metadata_, e.g. Palu's 16-bit kernel bases, is what it
 // holds, in both).
 #pragma once
 
@@ -35,9 +35,10 @@ double paged_storage_factor(const Codec& codec, int64_t head_dim, bool kernel_pa
 // Bytes per layer and KV head that a latent pages cache of `codec` (a prepared low-rank codec;
 // 0 for any other) on a model of `head_dim` stored as `dtype` holds besides its pages and the
 // codec's bases: its fp32 key and value bases at the stored width where the pools are (none
-// where they are the codec's own tensors: off the kernel path at a width equal to the rank),
+// at a width equal to the rank: they are then the codec's own tensors, which the prepare step
+// fits where the model's weights are, the cache's device),
 // kvproj's pre-scaled query and transposed output bases, Palu's 16-bit key basis on the kernel
-// path. What storage() and nominal() count as extra_metadata(), per layer and KV head.
+// path. What storage() and nominal() count as extra_metadata_, per layer and KV head.
 uint64_t latent_bases_bytes(const Codec& codec, int64_t head_dim, at::ScalarType dtype,
                             bool kernel_path);
 
@@ -84,16 +85,15 @@ class LatentPagesCache : public KVCache {
                    PagedCapacity capacity, at::Device device,
                    std::shared_ptr<const RetentionPolicy> policy, bool kernel_path_on_cpu);
   // The codec's `basis` [..., r] as the cache keeps it: fp32 where the pools are, with zero
-  // columns appended up to width(); a copy of its own on the kernel path (so that what the
-  // cache holds follows latent_bases_bytes' rule on any device).
-  at::Tensor stored_basis(const at::Tensor& basis, bool kernel_path) const;
+  // columns appended up to width() (else the codec's tensor itself, where it is already there).
+  at::Tensor stored_basis(const at::Tensor& basis) const;
   // The bytes of layer `layer`'s stored key and value bases, but for either that is the codec's
   // tensor itself (stored_basis kept it).
   uint64_t own_bases_bytes(int64_t layer, const at::Tensor& key, const at::Tensor& value) const;
   // Metadata bytes a subclass holds besides the pages and the codec's bases (in both
-  // storage() and nominal()): latent_bases_bytes, as measured.
-  virtual uint64_t extra_metadata() const { return 0; }
-  // What storage() adds to the latent pages: the codec's bases and extra_metadata().
+  // storage() and nominal()): latent_bases_bytes, measured once its constructor has made them.
+  uint64_t extra_metadata_ = 0;
+  // What storage() adds to the latent pages: the codec's bases and extra_metadata_.
   StorageBytes codec_shared_and_extra() const;
 
   std::shared_ptr<const LowRankCodec> codec_;

@@ -108,7 +108,7 @@ class PaluPagedCache final : public LatentPagesCache {
   // Bytes of the bases' copies (latent_bases_bytes, measured: the fp32 ones unless they are the
   // codec's tensors, the 16-bit key bases on the kernel path). The pages' storage and nominal
   // bytes are the pages (no positions: they are the slots), the codec's bases, and these.
-  uint64_t extra_metadata() const override;
+  uint64_t copies_bytes() const;
   // The decode kernel (or its host reference) for a batch of single tokens, over the tokens
   // each sequence retains at `layer`; with `scores`, also each attended token's scaled score
   // ([batch, q_heads, >= every count] fp32, kept order; for the policy's record).
