@@ -140,6 +140,12 @@ void GearBlockCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t blo
   pooled_ = true;
 }
 
+uint64_t GearBlockCache::slot_bytes(int64_t block) const {
+  (void)block;  // the buffers are the slot's whatever the blocks
+  return 2 * uint64_t(params_.buffer * num_kv_heads_ * head_dim_ * num_layers_) *
+         at::elementSize(dtype_);
+}
+
 void GearBlockCache::reserve_sequences(int64_t sequences) {
   KVB_CHECK(sequences >= 0, "gear cache: cannot reserve room for ", sequences, " sequences");
   if (seqs_.empty() && exact_k_[0].size(0) != sequences) {  // idle: made again at that size
@@ -519,23 +525,33 @@ at::Tensor GearBlockCache::decode(int64_t layer, const std::vector<int64_t>& seq
   return out;
 }
 
-StorageBytes GearBlockCache::total(const std::function<StorageBytes(const Block&)>& block) const {
+StorageBytes GearBlockCache::total(const std::function<StorageBytes(const Block&)>& block,
+                                   bool whole_buffers) const {
   StorageBytes sum;
   const uint64_t row = uint64_t(num_kv_heads_ * head_dim_) * at::elementSize(dtype_);
   for (const auto& [id, s] : seqs_)
     for (const Layer& ly : s.layers) {
       for (const Block& b : ly.blocks) sum += block(b);
-      sum.payload += 2 * uint64_t(ly.held - ly.compressed) * row;  // the exact buffers
+      const int64_t exact = ly.held - ly.compressed;  // rows in the exact buffers
+      sum.payload += 2 * uint64_t(exact) * row;
+      if (whole_buffers) {
+        const uint64_t idle = 2 * uint64_t(std::max<int64_t>(params_.buffer - exact, 0)) * row;
+        sum.payload += idle, sum.padding += idle;
+      }
     }
   return sum;
 }
 
 StorageBytes GearBlockCache::storage() const {
-  return total([](const Block& b) {
-    StorageBytes s = b.key.bytes();
-    s += b.value.bytes();
-    return s;
-  });
+  // Each sequence's whole buffers are its own from its first token, as a paged cache's pages and
+  // KIVI's rings are: the rows not in use are padding.
+  return total(
+      [](const Block& b) {
+        StorageBytes s = b.key.bytes();
+        s += b.value.bytes();
+        return s;
+      },
+      true);
 }
 
 uint64_t GearBlockCache::allocated_bytes() const {
@@ -553,14 +569,16 @@ uint64_t GearBlockCache::allocated_bytes() const {
 }
 
 StorageBytes GearBlockCache::nominal() const {
-  return total([&](const Block& b) {
-    StorageBytes s = gear_block_nominal(params_, dtype_, true, b.n, b.rank,
-                                        gear_outliers_per_side(params_.outlier_ratio, b.n),
-                                        num_kv_heads_, head_dim_);
-    s +=
-        gear_block_nominal(params_, dtype_, false, b.n, b.rank, value_k_, num_kv_heads_, head_dim_);
-    return s;
-  });
+  return total(
+      [&](const Block& b) {
+        StorageBytes s = gear_block_nominal(params_, dtype_, true, b.n, b.rank,
+                                            gear_outliers_per_side(params_.outlier_ratio, b.n),
+                                            num_kv_heads_, head_dim_);
+        s += gear_block_nominal(params_, dtype_, false, b.n, b.rank, value_k_, num_kv_heads_,
+                                head_dim_);
+        return s;
+      },
+      false);
 }
 
 }  // namespace kvbench

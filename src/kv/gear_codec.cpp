@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kvbench/core/error.h"
+#include "kvbench/kv/gear_blocks.h"
 #include "kvbench/kv/minmax_quant.h"
 #include "kvbench/kv/row_buffer.h"
 #include "kvbench/model/model_config.h"
@@ -506,6 +507,35 @@ StorageBytes GearCodec::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t 
   const uint64_t value_meta = c * (d / value_g) * 2 * e + c * 2 * value_k * (e + 2);
   const uint64_t payload = 2 * (c * d * p_.bits / 8 + w * d * e);
   return {h * payload, h * (key_meta + value_meta + factors)};
+}
+
+StorageBytes GearCodec::sequence_nominal_bytes(int64_t first, int64_t tokens, int64_t kv_heads,
+                                               int64_t head_dim) const {
+  KVB_CHECK(first >= 0 && tokens >= first, "gear: a sequence of ", tokens,
+            " tokens cannot have begun with ", first);
+  check_gear_rank(p_, head_dim);
+  const int64_t B = p_.buffer, prefill_block = first - first % B;
+  const int64_t value_k = gear_outliers_per_side(p_.outlier_ratio, head_dim);
+  auto block = [&](int64_t n, int64_t rank) {
+    rank = std::min({rank, n, head_dim});
+    StorageBytes b = gear_block_nominal(
+        p_, dtype_, true, n, rank, gear_outliers_per_side(p_.outlier_ratio, n), kv_heads, head_dim);
+    b += gear_block_nominal(p_, dtype_, false, n, rank, value_k, kv_heads, head_dim);
+    return b;
+  };
+  StorageBytes s;
+  // (A first append of one token is a decode step's.)
+  if (prefill_block > 0) s = block(prefill_block, first > 1 ? p_.rank_prefill : p_.rank_decode);
+  // Every decode block is alike: B tokens at rank_decode.
+  const uint64_t decode_blocks = uint64_t((tokens - prefill_block) / B);
+  if (decode_blocks > 0) {
+    const StorageBytes one = block(B, p_.rank_decode);
+    s.payload += decode_blocks * one.payload;
+    s.metadata += decode_blocks * one.metadata;
+  }
+  const uint64_t exact = uint64_t(tokens % B);  // keys and values in the model dtype
+  s.payload += 2 * exact * uint64_t(head_dim * kv_heads) * at::elementSize(dtype_);
+  return s;
 }
 
 at::Tensor GearCodec::max_error(const at::Tensor& row, bool is_key, double store_amax) const {

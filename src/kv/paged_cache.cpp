@@ -371,8 +371,19 @@ void PagedKVCache::reserve_pool(int64_t sequences, int64_t tokens, int64_t block
   // A sequence's last page reaches past its last block unless pages tile blocks: a page each,
   // beside the whole pages of the blocks' tokens.
   const int64_t P = format_.page_size;
-  size_pools(block % P == 0 ? (tokens + P - 1) / P : tokens / P + sequences, sequences);
+  size_pools(spill_pages(block) == 0 ? (tokens + P - 1) / P : tokens / P + sequences, sequences);
   pooled_ = true;  // from now on the budget, which reserve() leaves as it is
+}
+
+int64_t PagedKVCache::spill_pages(int64_t block) const {
+  return block % format_.page_size == 0 ? 0 : 1;
+}
+
+uint64_t PagedKVCache::slot_bytes(int64_t block) const {
+  const uint64_t per_head =
+      paged_sequence_reserve(format_, head_dim_).total() +
+      uint64_t(spill_pages(block)) * paged_page_bytes(format_, head_dim_).total();
+  return per_head * uint64_t(num_kv_heads_ * num_layers_);
 }
 
 void PagedKVCache::size_pools(int64_t more_pages, int64_t more_slots) {

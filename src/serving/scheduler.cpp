@@ -22,22 +22,24 @@ int64_t Scheduler::blocks_needed(int64_t tokens) const {
   return tokens <= 0 ? 0 : pool_.blocks_for(tokens) + config_.window_blocks;
 }
 
-int64_t Scheduler::held(const State& s, int64_t context) const {
+int64_t SchedulerConfig::held_tokens(int64_t prefill, int64_t prompt, int64_t context) const {
   // Before its first prefill ends a sequence's budget is its prompt's.
   const int64_t budget =
-      config_.retention_budget_of
-          ? config_.retention_budget_of(s.prefill_len > 0 ? s.prefill_len : s.req.prompt_tokens)
-          : config_.retention_budget;
+      retention_budget_of ? retention_budget_of(prefill > 0 ? prefill : prompt) : retention_budget;
   if (budget == 0) return context;
-  const int64_t compacted = std::min(s.prefill_len, budget) + (context - s.prefill_len);
-  if (!config_.evict_during_decode) return compacted;
-  if (config_.compaction_slack) {
+  const int64_t compacted = std::min(prefill, budget) + (context - prefill);
+  if (!evict_during_decode) return compacted;
+  if (compaction_slack) {
     // A whole prefill is compacted to the budget; chunks after the first enter as decode tokens
     // do, leaving free slots the next compaction takes back: then only the bound is known.
-    const int64_t bound = budget + config_.compaction_slack(budget);
-    return std::min({context, config_.chunked_prefill ? bound : compacted, bound});
+    const int64_t bound = budget + compaction_slack(budget);
+    return std::min({context, chunked_prefill ? bound : compacted, bound});
   }
   return std::min(context, budget);
+}
+
+int64_t Scheduler::held(const State& s, int64_t context) const {
+  return config_.held_tokens(s.prefill_len, s.req.prompt_tokens, context);
 }
 
 void Scheduler::submit(const ServingRequest& r) {

@@ -5,6 +5,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/kv/attention_record.h"
+#include "kvbench/kv/gear_codec.h"
 #include "kvbench/kv/latent_pages_cache.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/paged_cache.h"
@@ -34,6 +35,10 @@ CacheLayout CacheLayout::for_method(const nlohmann::json& method, at::ScalarType
   const std::shared_ptr<const Codec> codec = make_codec(method, dtype);
   out.storage_factor = paged_storage_factor(*codec, head_dim, kernel_path);
   out.pages = paged_sequence_bytes_of(method, dtype, head_dim);
+  if (const auto* gear = dynamic_cast<const GearCodec*>(codec.get())) {
+    out.exact_buffer = gear->gear_params().buffer;
+    out.exact_row_bytes = 2 * uint64_t(head_dim) * at::elementSize(gear->model_dtype());
+  }
   if (dynamic_cast<const LowRankCodec*>(codec.get()) != nullptr) {
     out.latent_page = paged_format_16bit(dtype).page_size;
     out.latent_bases = latent_bases_bytes(*codec, head_dim, dtype, kernel_path);
@@ -88,7 +93,7 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   SequenceKvBytes out;
   out.shared =
       codec.shared_nominal().total() + uint64_t(c.num_layers * c.num_kv_heads) * index.latent_bases;
-  out.whole_pages = index.pages.page > 0 || index.latent_page > 0;
+  out.whole_pages = index.pages.page > 0 || index.latent_page > 0 || index.exact_buffer > 0;
   const uint64_t held_bookkeeping = retention_bytes_per_token(policy, c, index, false);
   const uint64_t prefill_bookkeeping = retention_bytes_per_token(policy, c, index, true);
   out.retention_exact = held_bookkeeping == 0 || index.exact;
@@ -106,13 +111,18 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     const int64_t budget = policy.budget(in);
     return budget >= prompt ? t : budget + (t - prompt);
   };
-  // The bytes of `tokens` at one layer as the cache stores them: whole pages and what comes
-  // beside them, or the codec's formula (latent rows at their stored width).
-  auto codec_bytes = [&](int64_t tokens) {
+  // The bytes of `tokens` at one layer as the cache stores them, `first` of them from the
+  // prefill (or what a policy kept of it) and the rest one per decode step: whole pages and
+  // what comes beside them, or the codec's formula (latent rows at their stored width; GEAR's
+  // blocks as they formed, and its buffers whole on the paged path).
+  auto codec_bytes = [&](int64_t first, int64_t tokens) {
     if (index.pages.page > 0) return uint64_t(c.num_kv_heads) * index.pages.of(tokens);
-    const int64_t page = std::max<int64_t>(index.latent_page, 1);
+    const int64_t page = std::max<int64_t>(index.latent_page, 1),
+                  rounded = (tokens + page - 1) / page * page;
     const uint64_t nominal =
-        codec.nominal_bytes((tokens + page - 1) / page * page, c.num_kv_heads, c.head_dim).total();
+        codec.sequence_nominal_bytes(std::min(first, rounded), rounded, c.num_kv_heads, c.head_dim)
+            .total() +
+        index.idle_buffer_bytes(tokens, c.num_kv_heads);
     if (index.storage_factor == 1.0) return nominal;
     return static_cast<uint64_t>(std::llround(static_cast<double>(nominal) * index.storage_factor));
   };
@@ -139,7 +149,8 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     for (int64_t l = 0; l < c.num_layers; ++l) {
       held.push_back(held_at(l, t));
       bookkeeping += uint64_t(held.back()) * held_bookkeeping;
-      bytes += codec_bytes(slots >= 0 ? slots : held.back());
+      bytes +=
+          slots >= 0 ? codec_bytes(slots, slots) : codec_bytes(held_at(l, prompt), held.back());
       if (quest && l >= quest->dense_layers()) {
         bytes +=
             QuestPages::nominal_bytes(held.back(), c.num_kv_heads, c.head_dim, quest->page_size());
@@ -150,7 +161,7 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     if (t == context) out.held_per_layer = held;
   }
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    out.prefill += codec_bytes(prompt);
+    out.prefill += codec_bytes(prompt, prompt);
     out.prefill_retention += uint64_t(prompt) * prefill_bookkeeping;
     if (quest && l >= quest->dense_layers())
       out.prefill +=

@@ -115,8 +115,9 @@ double quest_bounds_bytes(const RetentionPolicy& policy, const ModelConfig& c, i
 
 // The formula's bytes for `tokens` tokens of one sequence over all layers, Quest's bounds too.
 double formula_bytes(const Codec& codec, const RetentionPolicy& policy, const ModelConfig& c,
-                     int64_t tokens) {
-  return static_cast<double>(codec.nominal_bytes(tokens, c.num_kv_heads, c.head_dim).total()) *
+                     int64_t tokens, int64_t first) {
+  return static_cast<double>(
+             codec.sequence_nominal_bytes(first, tokens, c.num_kv_heads, c.head_dim).total()) *
              static_cast<double>(c.num_layers) +
          quest_bounds_bytes(policy, c, tokens);
 }
@@ -130,8 +131,13 @@ double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarTy
   // The cost of `span` more tokens after `span` tokens: long enough that a fixed window (and
   // group rounding) is the same at both ends, or negligible against the span.
   const int64_t span = 4096 * block_size;
-  const double grow =
-      formula_bytes(*codec, *policy, c, 2 * span) - formula_bytes(*codec, *policy, c, span);
+  // The more of two histories: all in one append, or one token at a time (GEAR's decode blocks
+  // cost more per token than a prefill's; any history's growth after its prefill is the
+  // latter's).
+  double grow = 0;
+  for (int64_t first : {2 * span, int64_t(1)})
+    grow = std::max(grow, formula_bytes(*codec, *policy, c, 2 * span, std::min(first, 2 * span)) -
+                              formula_bytes(*codec, *policy, c, span, std::min(first, span)));
   return grow / static_cast<double>(span) * static_cast<double>(block_size) *
          (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
 }
@@ -147,7 +153,7 @@ double method_retention_block_bytes(const json& method, const ModelConfig& c, at
 
 int64_t method_window_blocks(const json& method, const ModelConfig& c, at::ScalarType dtype,
                              int64_t block_size, double bytes_per_block, int64_t longest,
-                             bool paged) {
+                             bool paged, double slot) {
   auto codec = make_codec(method, dtype);
   KVB_CHECK(bytes_per_block > 0, "serving: bytes per block must be > 0");
   // The pages as the capacity view counts them (the row widths, unused here, aside).
@@ -155,23 +161,36 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
   const PagedSequenceBytes& pages = layout.pages;
   const int64_t latent_page = layout.latent_page;
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
-  // What the sequence's slot holds is charged per slot.
-  const double slot = method_slot_bytes(method, c, dtype, paged, block_size, bytes_per_block);
+  // What the sequence's slot holds (`slot`) is charged per slot.
   // GEAR's block cache on the paged path: the formula's exact rows (t mod buffer, in the model
   // dtype) are in its slot's buffer.
-  const auto gear = paged ? std::dynamic_pointer_cast<const GearCodec>(codec) : nullptr;
+  const auto gear = paged && slot > 0 ? std::dynamic_pointer_cast<const GearCodec>(codec) : nullptr;
   auto gear_exact = [&](int64_t t) {
     if (!gear) return 0.0;
     return 2.0 * static_cast<double>(t % gear->gear_params().buffer * c.head_dim) *
            static_cast<double>(at::elementSize(gear->model_dtype()) * c.num_kv_heads *
                                c.num_layers);
   };
+  // The formula at t tokens, the most over how a request's tokens arrived (a prefill of any
+  // length, then decode steps): GEAR's bytes depend on it. Called once per t, in increasing
+  // order (it keeps the worst prefill seen). Two such
+  // histories differ by the same bytes at every length both reach (the tokens after their
+  // prefills form the same blocks), so the worst prefill so far stays the worst: each length
+  // compares it with a prefill of every token.
+  int64_t worst_first = 1;
+  auto most_formula = [&](int64_t t) {
+    const double all = formula_bytes(*codec, *policy, c, t, t),
+                 worst = formula_bytes(*codec, *policy, c, t, worst_first);
+    if (all <= worst) return worst;
+    worst_first = t;
+    return all;
+  };
   auto stored = [&](int64_t t) {
     if (latent_page > 0)  // each slot at bytes_per_block's rate: coefficients grow linearly
       return static_cast<double>((t + latent_page - 1) / latent_page * latent_page) *
                  bytes_per_block / static_cast<double>(block_size) -
              slot;
-    if (pages.page == 0) return formula_bytes(*codec, *policy, c, t) - gear_exact(t);
+    if (pages.page == 0) return most_formula(t) - gear_exact(t);
     return static_cast<double>(pages.of(t)) * static_cast<double>(c.num_kv_heads * c.num_layers) +
            quest_bounds_bytes(*policy, c, t) - slot;
   };
@@ -185,27 +204,6 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
     }
   }
   return window;
-}
-
-double method_slot_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype, bool paged,
-                         int64_t block_size, double bytes_per_block) {
-  if (!paged) return 0;
-  const CacheLayout layout = CacheLayout::for_method(method, dtype, c.head_dim, true, false);
-  const PagedSequenceBytes& pages = layout.pages;
-  const double heads_layers = static_cast<double>(c.num_kv_heads * c.num_layers);
-  // GEAR's block cache: each slot's exact buffer of keys and values, in the model dtype.
-  if (const auto gear = std::dynamic_pointer_cast<const GearCodec>(make_codec(method, dtype)))
-    return 2.0 * static_cast<double>(gear->gear_params().buffer * c.head_dim) *
-           static_cast<double>(at::elementSize(gear->model_dtype())) * heads_layers;
-  // A last page reaching past the blocks (pages that do not tile them), at the pages' bytes or,
-  // latent pages, at bytes_per_block's rate.
-  if (pages.page > 0)
-    return static_cast<double>(pages.reserve + (block_size % pages.page ? pages.page_bytes : 0)) *
-           heads_layers;
-  if (layout.latent_page > 0 && block_size % layout.latent_page != 0)
-    return static_cast<double>(layout.latent_page) * bytes_per_block /
-           static_cast<double>(block_size);
-  return 0;
 }
 
 namespace {
@@ -255,12 +253,15 @@ struct Workload {
   std::vector<double> trace_arrivals;  // trace only
   int64_t conversations = 0;           // sharegpt: usable conversations
   int64_t skipped = 0;                 // sharegpt: entries without a reply or out of range
-  // Blocks of `block_size` tokens a request holds at its end, on average over the requests.
-  double mean_blocks(int64_t block_size) const {
+  // Blocks of `block_size` tokens a request is charged at its end under `sched`'s retention
+  // budget (every token without one), on average over the requests.
+  double mean_blocks(int64_t block_size, const SchedulerConfig& sched) const {
     double sum = 0;
-    for (size_t i = 0; i < prompts.size(); ++i)
-      sum += static_cast<double>(
-          (static_cast<int64_t>(prompts[i].size()) + output_len[i] + block_size - 1) / block_size);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const int64_t prompt = static_cast<int64_t>(prompts[i].size());
+      const int64_t held = sched.held_tokens(prompt, prompt, prompt + output_len[i]);
+      sum += static_cast<double>((held + block_size - 1) / block_size);
+    }
     return prompts.empty() ? 1.0 : sum / static_cast<double>(prompts.size());
   }
   int64_t longest() const {
@@ -690,22 +691,22 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   }
   SchedulerConfig sched = scheduler_config(p, ctx.method, c.num_layers, w.longest(),
                                            ctx.model.kv_dtype(), ctx.spec.attention == "paged");
-  // The format's per-sequence window (KIVI's residual; on the paged cache its whole rings),
-  // charged to every running sequence.
+  auto cache = make_cell_cache(ctx);
+  // What the cache holds for each slot beside the pages (KIVI's rings, fp8's scales, GEAR's
+  // exact buffers, a last page past the blocks), as its pool reserves it.
+  const double slot_bytes = static_cast<double>(cache->slot_bytes(block_size));
+  // The format's per-sequence window (KIVI's residual off the paged cache), charged to every
+  // running sequence.
   sched.window_blocks =
       method_window_blocks(ctx.method, c, ctx.model.kv_dtype(), block_size, block_bytes,
-                           w.longest(), ctx.spec.attention == "paged");
+                           w.longest(), ctx.spec.attention == "paged", slot_bytes);
   SloThresholds slo;
   slo.ttft_s = p["slo_ttft_s"];
   slo.tpot_s = p["slo_tpot_s"];
   slo.e2e_s = p["slo_e2e_s"];
-  auto cache = make_cell_cache(ctx);
   // What the cache holds before any sequence (a low-rank codec's fitted bases) the budget holds
-  // once, and what it holds for each slot beside the pages (KIVI's rings, fp8's scales) once
-  // per slot, before its blocks.
+  // once, and what it holds for each slot once per slot, before its blocks.
   const double shared = static_cast<double>(cache->bytes());
-  const double slot_bytes = method_slot_bytes(
-      ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged", block_size, block_bytes);
   const double per_block = block_bytes + retention_block_bytes;
   KVB_CHECK(
       shared + slot_bytes == 0 || budget - shared - slot_bytes >= per_block,
@@ -716,9 +717,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
           ? "what one sequence's slot holds beside its blocks (" + format_bytes(slot_bytes) + ")"
           : "",
       ", no block of ", format_bytes(per_block), "; raise kv_budget_bytes or kv_budget_fraction");
-  const PoolSizing sizing =
-      size_pool(budget - shared, slot_bytes, per_block, sched.window_blocks,
-                std::min<int64_t>(sched.max_running, w.prompts.size()), w.mean_blocks(block_size));
+  const PoolSizing sizing = size_pool(budget - shared, slot_bytes, per_block, sched.window_blocks,
+                                      std::min<int64_t>(sched.max_running, w.prompts.size()),
+                                      w.mean_blocks(block_size, sched));
   const int64_t num_blocks = sizing.blocks;
   // Sequences beyond the slots would hold rings the budget has no room for.
   if (slot_bytes > 0) sched.max_running = std::min(sched.max_running, sizing.slots);
@@ -749,6 +750,14 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   }
 
   CellOutput out;
+  // GEAR compresses a block at every chunk that fills its buffer, each with its own factors:
+  // the charge bounds a prefill then decode steps, not chunks (measured_bytes_peak says).
+  if (sched.chunked_prefill &&
+      dynamic_cast<const GearCodec*>(make_codec(ctx.method, ctx.model.kv_dtype()).get()))
+    out.warnings.push_back(
+        "serving: " + ctx.method.value("name", std::string("gear")) +
+        " with chunked_prefill forms a block per chunk, which the pool's charge (a prefill, then "
+        "decode steps) does not bound: compare kv.measured_bytes_peak with kv.pool_bytes_peak");
   json per_rate = json::array();
   size_t total = 0;
   for (const auto& a : arrivals) total += a.size();

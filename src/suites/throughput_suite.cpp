@@ -234,8 +234,8 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   json r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
   const uint64_t formula_at_batch =
       bytes.shared + static_cast<uint64_t>(batch) * bytes.per_sequence;
-  // Empty slots count where the plan counts whole pages (they hold memory as much as tokens
-  // do); a formula counting tokens (the CPU stores, GEAR's blocks) leaves them out.
+  // Empty slots count where the plan counts whole pages or GEAR's whole buffers (they hold
+  // memory as much as tokens do); a formula counting tokens (the CPU stores) leaves them out.
   const double measured =
       r["kv_memory"]["measured"]["total"].get<double>() -
       (bytes.whole_pages ? 0.0 : r["kv_memory"]["measured"].value("padding", 0.0));
@@ -342,8 +342,10 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
       // (The run fails this cell with the reason; the estimate keeps max_batch's bound.)
     }
     if (b > 0) {
-      const double kv = std::min(
-          budget, ctx.kv_bytes_per_token_at(context) * static_cast<double>(b) * double(context));
+      // Within the budget, which holds the shared state (added once below) too.
+      const double kv =
+          std::min(std::max(budget - static_cast<double>(ctx.shared_bytes), 0.0),
+                   ctx.kv_bytes_per_token_at(context) * static_cast<double>(b) * double(context));
       peak = std::max(peak, generation_bytes(*ctx.model, 0, b, prompt, n, ctx.weight_dtype) +
                                 static_cast<uint64_t>(kv));
     }

@@ -155,7 +155,7 @@ std::string nominal_mismatch_warning(const nlohmann::json& m) {
                nominal = m["nominal"].value("total", 0.0);
   std::string w = "measured KV bytes differ from the method's formula by more than 1%: " +
                   format_bytes(measured) + " held" +
-                  (padding > 0 ? " (not counting " + format_bytes(padding) + " of empty page slots)"
+                  (padding > 0 ? " (not counting " + format_bytes(padding) + " of empty slots)"
                                : std::string()) +
                   ", " + format_bytes(nominal) + " by the formula (" +
                   (nominal > 0 ? (measured >= nominal ? "+" : "") +
@@ -206,7 +206,7 @@ std::string kv_memory_note(const nlohmann::json& m) {
   const double padding = m["measured"].value("padding", 0.0),
                total = m["measured"].value("total", 0.0);
   if (total > 0 && padding > 0.05 * total)
-    note += ", of which " + format_bytes(padding) + " empty page slots, not in the bits/value";
+    note += ", of which " + format_bytes(padding) + " empty slots, not in the bits/value";
   // Storage grown by doubling holds more than its tokens need: say what the device paid.
   const double allocated = m.value("allocated_bytes", 0.0);
   if (allocated > 1.1 * total)
@@ -282,6 +282,9 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
       (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
   if (!paged || context <= 0) return formula;
   const CacheLayout layout = CacheLayout::for_method(method, dtype, c.head_dim, true, kernel_path);
+  if (layout.exact_buffer > 0)  // GEAR: each sequence's whole buffers, at most one buffer idle
+    return formula + static_cast<double>(layout.idle_buffer_bytes(0, c.num_kv_heads)) *
+                         static_cast<double>(c.num_layers) / static_cast<double>(context);
   if (layout.latent_page > 0)  // latent rows in whole pages of slots
     return formula *
            static_cast<double>((context + layout.latent_page - 1) / layout.latent_page *

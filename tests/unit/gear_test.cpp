@@ -213,6 +213,41 @@ TEST(Gear, BytesByHand) {
   EXPECT_EQ(keys->history_nominal()->payload, keys->bytes().payload);
 }
 
+// The formula of a prefill followed by decode steps (sequence_nominal_bytes: what the capacity
+// view plans) is what the stores hold after each step, at prefills shorter and longer than the
+// buffer, of one token (a decode step's rank), and at different prefill and decode ranks; a
+// whole sequence in one append is nominal_bytes.
+TEST(Gear, SequenceNominalIsWhatAPrefillThenDecodeStepsStore) {
+  GearParams p = params(4, 0.1, 6, 20);
+  p.rank_decode = 3;
+  for (at::ScalarType dtype : {at::kHalf, at::kBFloat16}) {
+    GearCodec codec(p, dtype);
+    for (int64_t first : {1, 7, 20, 45}) {
+      SCOPED_TRACE(testing::Message() << "first " << first);
+      auto keys = codec.make_key_store(2, 64), values = codec.make_value_store(2, 64);
+      const int64_t total = first + 70;
+      at::Tensor x = kv_like(2, total, 64, 90 + first);
+      keys->append(x.narrow(1, 0, first));
+      values->append(x.narrow(1, 0, first));
+      for (int64_t t = first;; ++t) {
+        StorageBytes held = keys->bytes();
+        held += values->bytes();
+        const StorageBytes formula = codec.sequence_nominal_bytes(first, t, 2, 64);
+        ASSERT_EQ(formula.payload, held.payload) << t;
+        ASSERT_EQ(formula.metadata, held.metadata) << t;
+        if (t == total) break;
+        keys->append(x.narrow(1, t, 1));
+        values->append(x.narrow(1, t, 1));
+      }
+      const StorageBytes one = codec.nominal_bytes(first, 2, 64),
+                         same = codec.sequence_nominal_bytes(first, first, 2, 64);
+      EXPECT_EQ(one.payload, same.payload);
+      EXPECT_EQ(one.metadata, same.metadata);
+    }
+  }
+  EXPECT_THROW(GearCodec(p, at::kHalf).sequence_nominal_bytes(10, 9, 2, 64), Error);
+}
+
 // A store reserved for a prompt and a total sizes every row buffer exactly: after the prompt's
 // block and the decode blocks up to the total, it occupies what it holds (unreserved, its
 // buffers double), and reads back the same. Blocks of 20 (not a whole number of key groups)

@@ -153,7 +153,7 @@ TEST(KvMemoryWarning, SaysBothSizesAndWhyPagesHoldMore) {
             {"kept_tokens", {{"fraction", 0.4}}}};
   EXPECT_EQ(nominal_mismatch_warning(m),
             "measured KV bytes differ from the method's formula by more than 1%: 2.00 KiB "
-            "held (not counting 1.00 KiB of empty page slots), 1.00 KiB by the formula "
+            "held (not counting 1.00 KiB of empty slots), 1.00 KiB by the formula "
             "(+100.0%); the formula counts kept "
             "tokens, while a page holding an evicted token is freed only once no layer and no "
             "KV head keeps a token in it, and a policy evicting during decode takes a new slot "
@@ -545,7 +545,7 @@ TEST(Workload, TheMemoryNoteNamesEmptyPageSlots) {
             {"measured", {{"total", 65536}, {"padding", 16384}}}};
   EXPECT_EQ(kv_memory_note(m),
             "KV cache at peak: 64.00 KiB for 40 tokens (14.40 bits/value, 0.90x fp16, of which "
-            "16.00 KiB empty page slots, not in the bits/value)");
+            "16.00 KiB empty slots, not in the bits/value)");
   m["measured"]["padding"] = 1024;
   EXPECT_EQ(kv_memory_note(m),
             "KV cache at peak: 64.00 KiB for 40 tokens (14.40 bits/value, "

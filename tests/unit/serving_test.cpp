@@ -17,6 +17,7 @@
 #include "kvbench/core/rng.h"
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/full_cache.h"
+#include "kvbench/kv/gear_codec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
@@ -26,6 +27,7 @@
 #include "kvbench/serving/scheduler.h"
 #include "kvbench/serving/serving_loop.h"
 #include "kvbench/suites/serving_suite.h"
+#include "preparation_helpers.h"
 
 namespace kvbench {
 namespace {
@@ -788,8 +790,62 @@ TEST(Serving, WindowBlocksCoverTheFormulaAtEveryLength) {
   }
 }
 
-// On the paged cache the window blocks and the slot (method_slot_bytes: KIVI's two fp16 rings of
-// its residual, fp8's scales, and a last page past the blocks where pages of 32 do not tile
+// GEAR's bytes depend on how a request's tokens arrived: decode steps form a block of `buffer`
+// tokens at a time, each with its own factors (rank x (buffer + head_dim)) and key groups, which
+// at Llama-3-8B's head_dim of 128 cost ~19% more per token than a prefill's one block. The pool's
+// charge, per block and window, covers a request of any prompt (a prefill, then decode steps) at
+// every length, on both caches.
+TEST(Serving, GearChargesCoverAPrefillThenDecodeSteps) {
+  const ModelConfig c = parse_model_config(find_model_preset("llama-3-8b").config, "llama");
+  // gear-4; a prefill rank past the buffer, whose worst prompt is in between (16 of 8-token
+  // buffers); key groups and outliers rounding in opposite directions (worst prompt: 9).
+  for (const char* entry :
+       {R"({"name": "gear-4"})",
+        R"({"name": "gear", "buffer": 8, "rank_prefill": 16, "rank_decode": 2, "bits": 4,
+            "group": 32})",
+        R"({"name": "gear", "buffer": 3, "group": 8, "outlier_ratio": 0.13})"}) {
+    const nlohmann::json m = resolve_method(nlohmann::json::parse(entry), "m");
+    const auto codec = make_codec(m, at::kHalf);
+    const int64_t buffer = std::dynamic_pointer_cast<const GearCodec>(codec)->gear_params().buffer;
+    const double row = 2.0 * 128 * 2 * 8 * double(c.num_layers);  // a key and a value, all heads
+    for (int64_t bs : {16, 64}) {
+      for (bool paged : {false, true}) {
+        SCOPED_TRACE(testing::Message()
+                     << entry << ", blocks of " << bs << (paged ? ", paged" : ", cpu"));
+        const double bpb = method_block_bytes(m, c, at::kHalf, bs, paged);
+        if (std::string(entry).find("gear-4") != std::string::npos) {
+          // A prefill's one block grows at less than that.
+          const double one_append = double(codec->nominal_bytes(2 * 4096 * bs, 8, 128).total() -
+                                           codec->nominal_bytes(4096 * bs, 8, 128).total()) *
+                                    double(c.num_layers) / 4096.0;
+          EXPECT_GT(bpb, 1.1 * one_append);
+        }
+        // The paged cache's slot holds the exact buffers (the formula's t mod buffer rows).
+        const double slot = paged ? double(buffer) * row : 0.0;
+        const int64_t w = method_window_blocks(m, c, at::kHalf, bs, bpb, 400, paged, slot);
+        for (int64_t prompt = 1; prompt <= 400; ++prompt)
+          for (int64_t t = prompt; t <= 400; ++t) {
+            const double exact = paged ? double(t % buffer) * row : 0;
+            const double bytes = double(codec->sequence_nominal_bytes(prompt, t, 8, 128).total()) *
+                                     double(c.num_layers) -
+                                 exact;
+            ASSERT_LE(bytes, (double((t + bs - 1) / bs) + double(w)) * bpb * (1 + 1e-9))
+                << "prompt " << prompt << ", " << t << " tokens";
+          }
+      }
+    }
+  }
+}
+
+// A method's paged cache on tiny-llama's shape, its codec prepared where it needs it.
+std::unique_ptr<KVCache> tiny_paged_cache(const nlohmann::json& m, const ModelConfig& c) {
+  return make_paged_cache(
+      m, testing_support::ready(make_codec(m, at::kHalf), c.num_layers, c.num_kv_heads, c.head_dim),
+      c.num_layers, c.num_kv_heads, c.head_dim, at::kHalf);
+}
+
+// On the paged cache the window blocks and the slot (KVCache::slot_bytes: KIVI's two fp16 rings
+// of its residual, fp8's scales, and a last page past the blocks where pages of 32 do not tile
 // them) cover what it stores at every length: whole pages of every token (KIVI's group, 32
 // tokens otherwise) and Quest's page bounds; at block sizes that are and are not multiples of
 // the page. Whole pages need no window block. (PagedCacheTest checks those bytes against the
@@ -800,8 +856,8 @@ TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
     for (const char* name : {"full", "int8", "fp8", "kivi-4", "kivi-2", "quest-1024"}) {
       const nlohmann::json m = resolve_method({{"name", name}}, "m");
       const double bpb = method_block_bytes(m, c, at::kHalf, bs, true);
-      const int64_t w = method_window_blocks(m, c, at::kHalf, bs, bpb, 1500, true);
-      const double slot = method_slot_bytes(m, c, at::kHalf, true, bs, bpb);
+      const double slot = double(tiny_paged_cache(m, c)->slot_bytes(bs));
+      const int64_t w = method_window_blocks(m, c, at::kHalf, bs, bpb, 1500, true, slot);
       const PagedSequenceBytes plan = paged_sequence_bytes_of(m, at::kHalf, c.head_dim);
       ASSERT_GT(plan.page, 0) << name;
       const bool quest = std::string(name) == "quest-1024";
@@ -824,17 +880,48 @@ TEST(Serving, PagedWindowBlocksCoverWhatThePagesStoreAtEveryLength) {
       EXPECT_EQ(slot, (reserve + (bs % plan.page ? double(plan.page_bytes) : 0.0)) *
                           double(c.num_kv_heads * c.num_layers))
           << name << " bs " << bs;
-      EXPECT_EQ(method_slot_bytes(m, c, at::kHalf, false, bs, bpb), 0.0) << name;
     }
   }
   // Latent pages of 32 slots: a page at bytes_per_block's rate where blocks do not tile them.
   const nlohmann::json palu = resolve_method({{"name", "palu"}}, "m");
+  const auto palu_cache = tiny_paged_cache(palu, c);
   for (int64_t bs : {16, 48, 64}) {
     const double bpb = method_block_bytes(palu, c, at::kHalf, bs, true);
-    EXPECT_DOUBLE_EQ(method_slot_bytes(palu, c, at::kHalf, true, bs, bpb),
-                     bs % 32 ? 32 * bpb / double(bs) : 0.0)
-        << bs;
-    EXPECT_EQ(method_window_blocks(palu, c, at::kHalf, bs, bpb, 1500, true), 0) << bs;
+    const double slot = double(palu_cache->slot_bytes(bs));
+    EXPECT_DOUBLE_EQ(slot, bs % 32 ? 32 * bpb / double(bs) : 0.0) << bs;
+    EXPECT_EQ(method_window_blocks(palu, c, at::kHalf, bs, bpb, 1500, true, slot), 0) << bs;
+  }
+}
+
+// What a cache says a slot costs (KVCache::slot_bytes) is what its pool allocates for one more
+// sequence that can run at once beside the same tokens, for every paged format, GEAR's block
+// cache and the latent caches, at blocks that are and are not whole pages; nothing off the
+// paged path.
+TEST(Serving, SlotBytesAreWhatAPoolAllocatesPerSequence) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny");
+  for (const char* name : {"full", "int8", "int4", "fp8", "kivi-4", "kivi-2", "quest-1024",
+                           "gear-4", "palu", "kvproj"}) {
+    const nlohmann::json m = resolve_method({{"name", name}}, "m");
+    const auto cache = tiny_paged_cache(m, c);
+    for (int64_t bs : {16, 48, 64}) {
+      auto allocated = [&](int64_t sequences) {
+        cache->reserve_pool(sequences, 4096, bs, 1500);  // idle: made again at this size
+        return cache->allocated_bytes();
+      };
+      const uint64_t two = allocated(2), three = allocated(3);
+      EXPECT_EQ(three - two, cache->slot_bytes(bs)) << name << " bs " << bs;
+    }
+    const std::string n = name;
+    if (n == "full" || n == "int8" || n == "int4" || n == "quest-1024" || n == "palu" ||
+        n == "kvproj")
+      EXPECT_EQ(cache->slot_bytes(64), 0u) << name << ": pages of 32 tile blocks of 64";
+    else
+      EXPECT_GT(cache->slot_bytes(64), 0u) << name;
+    if (n != "palu" && n != "kvproj")  // (a prepared codec, which the registry's cache takes)
+      EXPECT_EQ(make_kv_cache(m, c.num_layers, c.num_kv_heads, c.head_dim, at::kHalf, "cpu")
+                    ->slot_bytes(48),
+                0u)
+          << name;
   }
 }
 

@@ -500,22 +500,23 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
 }
 
 // The memory guard's bound per token (method_kv_bytes_per_token at a context) covers what the
-// paged cache stores for one sequence of that many tokens, KIVI's rings included: the
-// formula's one-token bound alone (a token of KIVI's fp16 window) says under a ninth of it at
-// 10 tokens.
+// paged cache stores for one sequence of that many tokens, KIVI's rings and GEAR's exact
+// buffers included: the formula's one-token bound alone (a token of KIVI's fp16 window) says
+// under a ninth of it at 10 tokens.
 TEST(Capacity, TheGenerationBoundCoversWhatThePagedCacheStores) {
   const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny-llama");
   auto gen = at::detail::createCPUGenerator(5);
-  for (const char* name : {"full", "int8", "fp8", "kivi-4", "kivi-2"}) {
+  for (const char* name : {"full", "int8", "fp8", "kivi-4", "kivi-2", "gear-4"}) {
     const json m = resolve_method({{"name", name}}, "m");
     for (int64_t t : {1, 10, 100, 129, 300}) {
-      PagedKVCache cache(paged_format_for(m, at::kHalf), c.num_layers, c.num_kv_heads, c.head_dim);
-      const int64_t seq = cache.add_sequence();
+      const auto cache = make_paged_cache(m, make_codec(m, at::kHalf), c.num_layers, c.num_kv_heads,
+                                          c.head_dim, at::kHalf);
+      const int64_t seq = cache->add_sequence();
       for (int64_t l = 0; l < c.num_layers; ++l) {
         auto x = [&](int64_t heads) { return at::randn({heads, t, c.head_dim}, gen); };
-        cache.append_and_attend(seq, l, x(c.num_heads), x(c.num_kv_heads), x(c.num_kv_heads));
+        cache->append_and_attend(seq, l, x(c.num_heads), x(c.num_kv_heads), x(c.num_kv_heads));
       }
-      const double stored = static_cast<double>(cache.storage().total());
+      const double stored = static_cast<double>(cache->storage().total());
       const std::string what = std::string(name) + " at " + std::to_string(t);
       EXPECT_GE(method_kv_bytes_per_token(m, c, at::kHalf, true, false, t) * double(t), stored)
           << what;
@@ -618,14 +619,15 @@ TEST(Capacity, ThroughputSuitePlansTheBookkeepingItMeasures) {
   }
 }
 
-// The paged cache's sequences take whole pages, and KIVI's its rings whole from the first
-// token: the capacity view plans what it stores, empty slots included, to the byte (for KIVI
-// the codec's formula counted a window of tokens where the rings hold 128 rows each).
+// The paged cache's sequences take whole pages, and KIVI's its rings and GEAR's its exact
+// buffers whole from the first token: the capacity view plans what it stores, empty slots
+// included, to the byte (for KIVI the codec's formula counted a window of tokens where the
+// rings hold 128 rows each; for GEAR the rows in use of its buffers of 20).
 TEST(Capacity, ThroughputSuitePlansWholePagesAndRings) {
   const json suite = json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
       "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 200,
       "capacity_new_tokens": 3, "kv_budget_bytes": 1048576, "max_batch": 2})");
-  for (const char* name : {"full", "int4", "fp8", "kivi-4", "kivi-2"}) {
+  for (const char* name : {"full", "int4", "fp8", "kivi-4", "kivi-2", "gear-4"}) {
     Harness h(suite);
     h.spec.attention = "paged";
     h.method = resolve_method({{"name", name}}, "methods[0]");
@@ -635,10 +637,11 @@ TEST(Capacity, ThroughputSuitePlansWholePagesAndRings) {
     const json& r = out.records[1];
     const json& m = r["kv_memory"]["measured"];
     ASSERT_TRUE(r["kv_bytes_exact"].get<bool>()) << name;
+    // (GEAR: its blocks as they formed, a prefill's of 180 tokens and a decode step's of 20.)
     EXPECT_EQ(m["total"].get<double>(), r["kv_bytes_formula"].get<double>()) << name;
     EXPECT_TRUE(r["formula_matches_measured"].get<bool>()) << name;
-    // 200 tokens: 7 pages of 32 hold 24 empty slots, and KIVI's rings 128 - 200 % 128 = 56
-    // empty key rows (its value ring is full).
+    // 200 tokens: 7 pages of 32 hold 24 empty slots, KIVI's rings 128 - 200 % 128 = 56
+    // empty key rows (its value ring is full); gear-4's buffers of 20 rows are empty at 200.
     EXPECT_GT(m["padding"].get<double>(), 0) << name;
   }
 }
@@ -813,6 +816,36 @@ TEST(Capacity, ServingBalancesKiviSlotsAgainstBlocks) {
   EXPECT_EQ(out.summary["num_blocks"], (4194304 - 25 * 131072) / 10240);
   EXPECT_EQ(out.summary["max_running"], 25);
   EXPECT_LE(kv["allocated_bytes_peak"].get<double>(), 4194304.0);
+}
+
+// Slots are balanced against what a request is charged under its retention budget, not its
+// whole context: SnapKV keeping 48 of 300-320-token prompts over int4 pages of 32 in blocks of
+// 16 (a spill page per slot) is charged 4 blocks at the end of a request of 2-4 new tokens,
+// not 20; the blind count ran at most a fifth as many requests at once.
+TEST(Capacity, ServingBalancesSlotsAgainstTheRetentionBudget) {
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 40,
+      "prompt_tokens_min": 300, "prompt_tokens_max": 320, "output_tokens_min": 2,
+      "output_tokens_max": 4, "block_size": 16, "kv_budget_bytes": 1048576})");
+  Harness h(suite);
+  h.spec.attention = "paged";
+  h.method = resolve_method({{"name", "snapkv"}, {"budget", 48}, {"window", 8}, {"codec", "int4"}},
+                            "methods[0]");
+  ServingSuite s;
+  const CellOutput out = h.run(s);
+  const json& kv = out.records.at(0)["kv"];
+  expect_pool_holds_measured(kv, "snapkv over int4");
+  const json& sum = out.summary;
+  ASSERT_GT(sum["slot_bytes"].get<double>(), 0);
+  const int64_t slots = sum["slots"], blocks = sum["num_blocks"];
+  const int64_t charged = (sum["retention_budget"].get<int64_t>() + 4 + 15) / 16;
+  EXPECT_EQ(sum["window_blocks"], 0);
+  EXPECT_LE(charged, 5);
+  // As many slots as the blocks left can run, at most the requests: the blind count would
+  // stop at blocks / 20.
+  EXPECT_GE(slots, std::min<int64_t>(40, blocks / charged - 1));
+  EXPECT_GT(slots, 2 * (blocks / 20));
+  EXPECT_EQ(sum["max_running"], slots);
+  EXPECT_LE(kv["allocated_bytes_peak"].get<double>(), 1048576.0);
 }
 
 // StreamingLLM over pages listed in place (Palu's, KIVI's) holds its sinks' pages and every

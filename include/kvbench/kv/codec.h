@@ -77,6 +77,14 @@ class Codec {
 
   // Bytes the format's formula gives for `tokens` tokens of K plus V of one layer, all heads.
   virtual StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const = 0;
+  // The same for a sequence whose first append brought `first` tokens and every later one a
+  // single token, up to `tokens` (a prefill, then decode steps), for formats whose bytes depend
+  // on how tokens arrived (GEAR: a block per compression). Default: nominal_bytes(tokens).
+  virtual StorageBytes sequence_nominal_bytes(int64_t first, int64_t tokens, int64_t kv_heads,
+                                              int64_t head_dim) const {
+    (void)first;
+    return nominal_bytes(tokens, kv_heads, head_dim);
+  }
   // Largest |x - dequantize(quantize(x))| allowed for the values of one token row `x`
   // (fp32, [head_dim]) of keys (is_key) or values, for a store whose values never exceeded
   // `store_amax` in magnitude and whose calibration (if any) saw that maximum.

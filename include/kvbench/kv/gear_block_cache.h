@@ -55,7 +55,10 @@ class GearBlockCache final : public KVCache {
                                      const std::vector<int64_t>& counts, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v) override;
   std::vector<int64_t> kept_tokens(int64_t seq) const override;
+  // The blocks and each live sequence's whole exact buffers, the rows not in use as padding
+  // (what a CPU store keeps is storage() less that padding).
   StorageBytes storage() const override;
+  // The blocks by their formula and the exact rows in use.
   StorageBytes nominal() const override;
   // The blocks, and the exact buffers' pools whole (every slot, `buffer` rows each).
   uint64_t allocated_bytes() const override;
@@ -65,6 +68,8 @@ class GearBlockCache final : public KVCache {
   // the engine's budget).
   void reserve(const std::vector<SequenceTokens>& seqs) override;
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
+  // A slot's exact buffers: `buffer` rows of keys and of values in the model dtype, every layer.
+  uint64_t slot_bytes(int64_t block) const override;
   at::Device device() const override { return device_; }
   double retention_seconds() const override { return retention_s_; }
 
@@ -124,8 +129,10 @@ class GearBlockCache final : public KVCache {
   // The decode kernel (or its host reference) for a batch of single tokens.
   at::Tensor decode(int64_t layer, const std::vector<int64_t>& seqs, const at::Tensor& q);
   const at::Tensor& tables(int64_t layer, const std::vector<int64_t>& seqs);
-  // Bytes of every layer of every sequence: `block` of each block, plus the exact rows.
-  StorageBytes total(const std::function<StorageBytes(const Block&)>& block) const;
+  // Bytes of every layer of every sequence: `block` of each block, plus the exact rows in use;
+  // `whole_buffers`: plus the rest of each sequence's exact buffers, as padding.
+  StorageBytes total(const std::function<StorageBytes(const Block&)>& block,
+                     bool whole_buffers) const;
   // Values the host computes once per step and every layer uses (the batch's lengths, the
   // exact-buffer rows its tokens go to), where the pools are: uploaded from pinned memory
   // without waiting for the device when they differ from the last upload.

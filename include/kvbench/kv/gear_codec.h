@@ -55,6 +55,11 @@ class GearCodec final : public Codec {
   // prefill): then it equals the measured bytes exactly. After decode steps the measured bytes
   // exceed it by the per-block overhead of the decode blocks (factors P, partial key groups).
   StorageBytes nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const override;
+  // A prefill of `first` tokens (one block of its whole buffers at rank_prefill), then a block
+  // at rank_decode every `buffer` tokens; the rest exact. What the store measures after such
+  // appends (nominal_bytes(t) is the case first = t).
+  StorageBytes sequence_nominal_bytes(int64_t first, int64_t tokens, int64_t kv_heads,
+                                      int64_t head_dim) const override;
   at::Tensor max_error(const at::Tensor& row, bool is_key, double store_amax) const override;
 
   const GearParams& gear_params() const { return p_; }

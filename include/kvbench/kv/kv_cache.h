@@ -88,6 +88,15 @@ class KVCache {
   virtual void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) {
     (void)sequences, (void)tokens, (void)block, (void)longest;
   }
+  // Bytes reserve_pool allocates for each of its `sequences` beside the whole pages of the
+  // blocks' tokens, with blocks of `block` tokens, over all layers: what one more sequence that
+  // can run at once costs a pool of the same tokens (KIVI's rings, fp8's scales, a last page
+  // reaching past a sequence's blocks where pages do not tile them, GEAR's exact buffers). A
+  // serving budget holds it once per slot. Default: nothing.
+  virtual uint64_t slot_bytes(int64_t block) const {
+    (void)block;
+    return 0;
+  }
 
   // Wall seconds spent, since construction, on retention work: computing what the retention
   // policy needs (window scores, accumulated or last-query scores, low-attention counts, the

@@ -62,6 +62,7 @@ class LatentPagesCache : public KVCache {
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override {
     latent_.reserve_pool(sequences, tokens, block, longest);
   }
+  uint64_t slot_bytes(int64_t block) const override { return latent_.slot_bytes(block); }
   double retention_seconds() const override { return latent_.retention_seconds(); }
   uint64_t retention_bytes() const override { return latent_.retention_bytes(); }
   double device_wait_seconds() const override { return latent_.device_wait_seconds(); }

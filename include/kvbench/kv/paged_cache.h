@@ -321,6 +321,9 @@ class PagedKVCache final : public KVCache {
   // most its blocks' tokens / page_size + 1, so the total fits) and `sequences` more slots,
   // sized as reserve() sizes them.
   void reserve_pool(int64_t sequences, int64_t tokens, int64_t block, int64_t longest) override;
+  // A sequence's ring and scales (paged_sequence_reserve) and, where pages do not tile blocks
+  // of `block` tokens, the page reserve_pool adds for it, in every layer.
+  uint64_t slot_bytes(int64_t block) const override;
   double retention_seconds() const override { return retention_s_; }
   // Every layer's kept lists (int32: the host copy, and the kernels' copy once uploaded), the
   // positions a compaction moved (int64), H2O's sums (fp32) and ScissorHands' history (bool).
@@ -519,6 +522,9 @@ class PagedKVCache final : public KVCache {
   // reserve()'s sizing: `pages` more pages than those in use and `slots` more than the live
   // sequences', made again at exactly that when no sequence is live, else only grown.
   void size_pools(int64_t pages, int64_t slots);
+  // Pages a sequence may hold past its blocks of `block` tokens: 1 where pages do not tile
+  // them (its last page reaches past its last block), else 0.
+  int64_t spill_pages(int64_t block) const;
   // fp8: the scales of `slot` from its first tokens k, v ([kv_heads, n, head_dim]).
   void calibrate(Layer& layer, int slot, const at::Tensor& k, const at::Tensor& v) const;
   // The layer's pools as the appender and the decoders see them (rings and scales whole).

@@ -59,6 +59,11 @@ struct SchedulerConfig {
   // Blocks every running sequence holds beyond ceil(held / block_size): a format's
   // per-sequence full-precision window (KIVI's residual), so the pool's charge covers its bytes.
   int64_t window_blocks = 0;
+
+  // Tokens a sequence is charged at `context` tokens under the retention budget (all of them
+  // without one), its last (re)prefill having entered `prefill` tokens (0: none has ended
+  // yet, its budget then that of its `prompt`).
+  int64_t held_tokens(int64_t prefill, int64_t prompt, int64_t context) const;
 };
 
 // One prefill (or one chunk of it) in a step. Without chunking, start = 0 and tokens = context.

@@ -48,6 +48,17 @@ struct CacheLayout {
   // Latent pages: the bytes per layer and KV head the cache holds of its own besides the
   // codec's bases (latent_bases_bytes: its copies of them at the stored width), once per cache.
   uint64_t latent_bases = 0;
+  // GEAR's block cache: each sequence's exact buffer of `exact_buffer` rows, allocated whole,
+  // `exact_row_bytes` per row and KV head (a key and a value in the model dtype); the codec's
+  // formula counts the rows in use (tokens mod buffer), so the rest come on top. 0: none.
+  int64_t exact_buffer = 0;
+  uint64_t exact_row_bytes = 0;
+  // Bytes per layer a sequence holds beside the formula's for `tokens` (GEAR's idle rows).
+  uint64_t idle_buffer_bytes(int64_t tokens, int64_t num_kv_heads) const {
+    if (exact_buffer == 0) return 0;
+    return uint64_t(exact_buffer - tokens % exact_buffer) * exact_row_bytes *
+           uint64_t(num_kv_heads);
+  }
   // The CPU cache: int64 positions of every held token from the first on (8 and 8, exact).
   // The paged cache, a bound in both states: int32 lists of at most the held tokens (4), a
   // second copy where its kernels read them (4; `kernel_path`: on a GPU, or the kernel path
@@ -82,10 +93,11 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
 // once after the prefill — plus Quest's page bounds on its sparse layers; on a compacting paged
 // cache (CacheLayout::compacting_page) the slots it holds at every layer instead. `shared`
 // is what the codec holds once for every sequence (fitted bases), and a latent paged cache its
-// copies of them (CacheLayout::latent_bases). Exact for every codec whose bytes depend only on
-// the tokens held (all but GEAR, whose compressed history depends on when it compressed),
-// except that a paged cache compacting during decode is bounded (`kv_exact`: its free slots
-// between compactions depend on when it last compacted).
+// copies of them (CacheLayout::latent_bases). Exact (GEAR's blocks as a prefill of the prompt,
+// or of what a policy kept of it, then decode steps form them: Codec::sequence_nominal_bytes;
+// on the paged path its exact buffers whole), except that a paged cache compacting during
+// decode is bounded (`kv_exact`: its free slots between compactions depend on when it last
+// compacted), and GEAR's when a prefill comes in chunks (its blocks then form per chunk).
 // `prefill` is one sequence while its prompt enters, before a policy evicts: the codec's bytes
 // for the whole prompt at every layer (the model attends over all of it first).
 // `retention` and `prefill_retention` are the same two states' bookkeeping (CacheLayout and
@@ -102,8 +114,8 @@ struct SequenceKvBytes {
   uint64_t retention_per_held_token = 0;
   bool retention_exact = true;  // false: `retention` is an upper bound (CacheLayout)
   bool kv_exact = true;         // false: `per_sequence` is an upper bound (compaction)
-  // Whole pages counted (CacheLayout::pages, latent_page): the cache's empty slots (its
-  // padding) are in `per_sequence` too.
+  // Whole pages counted (CacheLayout::pages, latent_page) or GEAR's whole buffers
+  // (exact_buffer): the cache's empty slots (its padding) are in `per_sequence` too.
   bool whole_pages = false;
   std::vector<int64_t> held_per_layer;  // tokens per KV head held at each layer at `context`
 

@@ -43,7 +43,8 @@ class ServingSuite final : public Suite {
 // a long stretch of tokens, so a per-sequence full-precision window such as KIVI's residual is
 // not in it (method_window_blocks charges that). Throws Error when the method cannot run on
 // this model. `paged` (`kernel_path`: CacheLayout::kernel_path): the paged path's stored bytes
-// (latent rows padded).
+// (latent rows padded). A format whose bytes depend on how tokens arrived (GEAR): the larger of
+// the rates of one append and of single-token appends.
 double method_block_bytes(const nlohmann::json& method, const ModelConfig& config,
                           at::ScalarType dtype, int64_t block_size, bool paged = false,
                           bool kernel_path = false);
@@ -60,25 +61,16 @@ double method_retention_block_bytes(const nlohmann::json& method, const ModelCon
 // Blocks each sequence needs beyond ceil(tokens / block_size) so that the pool's charge covers
 // the method's formula for every length up to `longest` tokens:
 //   the least W >= 0 with (ceil(T / block_size) + W) * bytes_per_block >= formula(T)
-// for T = 1 .. longest (formula over all layers). 0 for a format whose bytes grow linearly
-// (the full cache, int8/int4, retention over them); KIVI's full-precision residual needs a
-// few, fp8's per-sequence scales one.
+// for T = 1 .. longest (formula over all layers; for GEAR the most over a prefill of any
+// length then decode steps, Codec::sequence_nominal_bytes). 0 for a format whose bytes grow
+// linearly (the full cache, int8/int4, retention over them); KIVI's full-precision residual
+// needs a few, fp8's per-sequence scales one.
 // `paged`: what the paged cache stores in place of the formula where it pages the method's
-// own keys and values (paged_sequence_bytes_of) or latents: whole pages; what a sequence's slot
-// holds (method_slot_bytes) is charged per slot instead.
+// own keys and values (paged_sequence_bytes_of) or latents: whole pages, less `slot`, what the
+// cell's cache holds for each sequence slot (KVCache::slot_bytes), which the budget charges per
+// slot instead; GEAR's blocks, less the exact rows its slot's buffer holds.
 int64_t method_window_blocks(const nlohmann::json& method, const ModelConfig& config,
                              at::ScalarType dtype, int64_t block_size, double bytes_per_block,
-                             int64_t longest, bool paged = false);
-
-// Bytes the paged cache holds for each sequence slot beside its blocks' pages, over all layers,
-// allocated for every slot when the pool is reserved: what a sequence holds beside its pages
-// (paged_sequence_bytes_of's reserve: KIVI's two fp16 rings of its residual rows, fp8's scales)
-// and, where pages of P tokens do not tile blocks of `block_size`, a page for a last page
-// reaching past its blocks (latent pages at `bytes_per_block`'s rate); GEAR's exact buffer of
-// keys and values. The budget holds them per slot before its blocks. 0 off the paged path, and for
-// the other formats at blocks that are whole pages.
-double method_slot_bytes(const nlohmann::json& method, const ModelConfig& config,
-                         at::ScalarType dtype, bool paged, int64_t block_size,
-                         double bytes_per_block);
+                             int64_t longest, bool paged = false, double slot = 0);
 
 }  // namespace kvbench

@@ -82,8 +82,8 @@ uint64_t generation_bytes(const ModelConfig& config, double kv_bytes_per_token, 
 // cannot run on this model (e.g. a quantization group that does not divide head_dim).
 // `paged`: on the paged path (`kernel_path`: its kernels' code, CacheLayout::kernel_path),
 // where latent rows are stored padded; with `context` > 0, also of sequences of `context`
-// tokens as the paged cache stores them (whole pages, latent ones too, and KIVI's rings from the
-// first token: at a short context more per token than its formula).
+// tokens as the paged cache stores them (whole pages, latent ones too, KIVI's rings and GEAR's
+// exact buffers whole from the first token: at a short context more per token than its formula).
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& config,
                                  at::ScalarType dtype, bool paged = false, bool kernel_path = false,
                                  int64_t context = 0);
