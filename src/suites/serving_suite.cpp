@@ -163,13 +163,11 @@ int64_t method_window_blocks(const json& method, const ModelConfig& c, at::Scala
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
   // What the sequence's slot holds (`slot`) is charged per slot.
   // GEAR's block cache on the paged path: the formula's exact rows (t mod buffer, in the model
-  // dtype) are in its slot's buffer.
-  const auto gear = paged && slot > 0 ? std::dynamic_pointer_cast<const GearCodec>(codec) : nullptr;
+  // dtype) are in its slot's buffer (CacheLayout::exact_buffer: 0 for every other format).
   auto gear_exact = [&](int64_t t) {
-    if (!gear) return 0.0;
-    return 2.0 * static_cast<double>(t % gear->gear_params().buffer * c.head_dim) *
-           static_cast<double>(at::elementSize(gear->model_dtype()) * c.num_kv_heads *
-                               c.num_layers);
+    if (slot <= 0 || layout.exact_buffer == 0) return 0.0;
+    return static_cast<double>(uint64_t(t % layout.exact_buffer) * layout.exact_row_bytes *
+                               uint64_t(c.num_kv_heads * c.num_layers));
   };
   // The formula at t tokens, the most over how a request's tokens arrived (a prefill of any
   // length, then decode steps): GEAR's bytes depend on it. Called once per t, in increasing
