@@ -422,8 +422,14 @@ StorageBytes LowRankCodec::shared_bytes() const {
 
 StorageBytes LowRankCodec::shared_nominal() const {
   if (!prepared_) return {};
-  const uint64_t per_basis = static_cast<uint64_t>(kv_heads_ * head_dim_ * rank_for(head_dim_));
-  return {0, 2 * static_cast<uint64_t>(num_layers_) * per_basis * sizeof(float)};
+  return shared_nominal_for(num_layers_, kv_heads_, head_dim_);
+}
+
+StorageBytes LowRankCodec::shared_nominal_for(int64_t num_layers, int64_t kv_heads,
+                                              int64_t head_dim) const {
+  // Keys' and values' bases: [g * head_dim, r] per group of g heads, head_dim x r per head.
+  const uint64_t per_basis = static_cast<uint64_t>(kv_heads * head_dim * rank_for(head_dim));
+  return {0, 2 * static_cast<uint64_t>(num_layers) * per_basis * sizeof(float)};
 }
 
 const at::Tensor& LowRankCodec::key_basis(int64_t layer) const {

@@ -160,9 +160,14 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
     out.retention = std::max(out.retention, bookkeeping);
     if (t == context) out.held_per_layer = held;
   }
+  // A layer's bookkeeping forms as it attends the prompt and goes to its held state with that
+  // layer's selection, before the next layer's forms: at most the layers before the last held,
+  // the last one entering.
+  for (int64_t l = 0; l + 1 < c.num_layers; ++l)
+    out.prefill_retention += uint64_t(held_at(l, prompt)) * held_bookkeeping;
+  out.prefill_retention += uint64_t(prompt) * prefill_bookkeeping;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     out.prefill += codec_bytes(prompt, prompt);
-    out.prefill_retention += uint64_t(prompt) * prefill_bookkeeping;
     if (quest && l >= quest->dense_layers())
       out.prefill +=
           QuestPages::nominal_bytes(prompt, c.num_kv_heads, c.head_dim, quest->page_size());

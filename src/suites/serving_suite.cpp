@@ -146,9 +146,17 @@ double method_retention_block_bytes(const json& method, const ModelConfig& c, at
                                     int64_t block_size, bool paged, bool kernel_path) {
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
   const CacheLayout index = CacheLayout::for_method(method, dtype, c.head_dim, paged, kernel_path);
-  const uint64_t per_token = std::max(retention_bytes_per_token(*policy, c, index, false),
-                                      retention_bytes_per_token(*policy, c, index, true));
+  const uint64_t per_token = retention_bytes_per_token(*policy, c, index, false);
   return static_cast<double>(per_token) * static_cast<double>(c.num_layers * block_size);
+}
+
+double method_prefill_retention_bytes(const json& method, const ModelConfig& c,
+                                      at::ScalarType dtype, bool paged, bool kernel_path) {
+  const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
+  const CacheLayout index = CacheLayout::for_method(method, dtype, c.head_dim, paged, kernel_path);
+  const uint64_t held = retention_bytes_per_token(*policy, c, index, false),
+                 entering = retention_bytes_per_token(*policy, c, index, true);
+  return entering > held ? static_cast<double>(entering - held) : 0.0;
 }
 
 int64_t method_window_blocks(const json& method, const ModelConfig& c, at::ScalarType dtype,
@@ -706,22 +714,35 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   // once, and what it holds for each slot once per slot, before its blocks.
   const double shared = static_cast<double>(cache->bytes());
   const double per_block = block_bytes + retention_block_bytes;
-  KVB_CHECK(
-      shared + slot_bytes == 0 || budget - shared - slot_bytes >= per_block,
-      "serving: a KV budget of ", format_bytes(budget), " holds, beside the method's ",
-      shared > 0 ? "shared state (" + format_bytes(shared) + ": its fitted bases)" : "",
-      shared > 0 && slot_bytes > 0 ? " and " : "",
-      slot_bytes > 0
-          ? "what one sequence's slot holds beside its blocks (" + format_bytes(slot_bytes) + ")"
-          : "",
-      ", no block of ", format_bytes(per_block), "; raise kv_budget_bytes or kv_budget_fraction");
-  const PoolSizing sizing = size_pool(budget - shared, slot_bytes, per_block, sched.window_blocks,
-                                      std::min<int64_t>(sched.max_running, w.prompts.size()),
-                                      w.mean_blocks(block_size, sched));
+  // What the layers being prefilled keep beyond their held rate (the record of a policy that
+  // selects once after the prefill), per context token, for the most tokens a step prefills:
+  // set aside once, as a paged pool's pages are all reserved for blocks.
+  const double prefill_retention = method_prefill_retention_bytes(
+      ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
+      CacheLayout::kernel_path(ctx.spec.device == "cuda"));
+  const double prefill_reserve =
+      prefill_retention *
+      static_cast<double>(
+          std::min<int64_t>(sched.max_batch_tokens,
+                            w.longest() * std::min<int64_t>(sched.max_running, w.prompts.size())));
+  std::vector<std::string> beside;
+  if (shared > 0) beside.push_back("shared state (" + format_bytes(shared) + ": its fitted bases)");
+  if (slot_bytes > 0)
+    beside.push_back("what one sequence's slot holds beside its blocks (" +
+                     format_bytes(slot_bytes) + ")");
+  if (prefill_reserve > 0)
+    beside.push_back("what a step's prefills record (" + format_bytes(prefill_reserve) + ")");
+  KVB_CHECK(beside.empty() || budget - shared - slot_bytes - prefill_reserve >= per_block,
+            "serving: a KV budget of ", format_bytes(budget), " holds, beside the method's ",
+            join(beside, " and "), ", no block of ", format_bytes(per_block),
+            "; raise kv_budget_bytes or kv_budget_fraction");
+  const PoolSizing sizing = size_pool(
+      budget - shared - prefill_reserve, slot_bytes, per_block, sched.window_blocks,
+      std::min<int64_t>(sched.max_running, w.prompts.size()), w.mean_blocks(block_size, sched));
   const int64_t num_blocks = sizing.blocks;
   // Sequences beyond the slots would hold rings the budget has no room for.
   if (slot_bytes > 0) sched.max_running = std::min(sched.max_running, sizing.slots);
-  const double reserved = shared + static_cast<double>(sizing.slots) * slot_bytes;
+  const double reserved = shared + prefill_reserve + static_cast<double>(sizing.slots) * slot_bytes;
   // The pool's tokens and a slot for every sequence that can run at once, reserved before any
   // runs: a paged pool holds the budget's pages from the start (as vLLM sizes its pool once)
   // instead of growing while requests arrive.
@@ -816,6 +837,8 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                  {"block_size", block_size},
                  {"bytes_per_block", block_bytes},
                  {"retention_bytes_per_block", retention_block_bytes},
+                 {"prefill_retention_bytes_per_token", prefill_retention},
+                 {"prefill_retention_reserve_bytes", prefill_reserve},
                  {"kv_budget_bytes", budget},
                  {"shared_bytes", shared},
                  {"slot_bytes", slot_bytes},

@@ -303,10 +303,7 @@ uint64_t method_shared_bytes(const nlohmann::json& method, const ModelConfig& c,
   const auto* lowrank = dynamic_cast<const LowRankCodec*>(codec.get());
   if (lowrank == nullptr) return 0;
   const uint64_t heads_layers = uint64_t(c.num_layers * c.num_kv_heads);
-  // Keys' and values' bases: [g * head_dim, r] per group of g heads, head_dim x r per head.
-  const uint64_t bases =
-      2 * heads_layers * uint64_t(c.head_dim * lowrank->rank_for(c.head_dim)) * sizeof(float);
-  return bases +
+  return lowrank->shared_nominal_for(c.num_layers, c.num_kv_heads, c.head_dim).total() +
          (paged ? heads_layers * latent_bases_bytes(*codec, c.head_dim, dtype, kernel_path) : 0);
 }
 

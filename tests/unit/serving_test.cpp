@@ -737,11 +737,23 @@ TEST(Serving, RetentionBookkeepingIsChargedPerBlock) {
                     {{"name", "stream-512"}, {"codec", "kivi-2"}, {"evict", "after_prefill"}}, "m"),
                 c, at::kHalf, 64, true, true),
             tokens * (4 + 4 + 8));
-  // A policy selecting once after the prefill still records while the prompt enters.
-  EXPECT_EQ(
-      method_retention_block_bytes(
-          resolve_method({{"name", "h2o-512"}, {"evict", "after_prefill"}}, "m"), c, at::kHalf, 64),
-      tokens * (8 + 4));
+  // A policy selecting once after the prefill records only while a layer's prompt enters,
+  // one layer at a time: its blocks are charged the positions, and the budget sets aside its
+  // record for one layer per token a step prefills (method_prefill_retention_bytes).
+  for (const char* name : {"h2o-512", "scissorhands-512"}) {
+    const nlohmann::json once = resolve_method({{"name", name}, {"evict", "after_prefill"}}, "m");
+    const double record = std::string(name) == "h2o-512" ? 4 : 64;
+    EXPECT_EQ(method_retention_block_bytes(once, c, at::kHalf, 64), tokens * 8) << name;
+    EXPECT_EQ(method_prefill_retention_bytes(once, c, at::kHalf), 2 * record) << name;
+    EXPECT_EQ(method_retention_block_bytes(once, c, at::kHalf, 64, true, true),
+              tokens * (4 + 4 + 8))
+        << name;
+    EXPECT_EQ(method_prefill_retention_bytes(once, c, at::kHalf, true, true), 2 * record) << name;
+    // Evicting during decode it records every step: all in the blocks' charge.
+    EXPECT_EQ(method_prefill_retention_bytes(resolve_method({{"name", name}}, "m"), c, at::kHalf),
+              0.0)
+        << name;
+  }
   // The same budget holds fewer ScissorHands blocks than full-cache ones of equal K/V bytes.
   const double kv =
       method_block_bytes(resolve_method({{"name", "full"}}, "m"), c, at::kBFloat16, 64);

@@ -21,6 +21,7 @@
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/report/compare.h"
+#include "kvbench/serving/block_pool.h"
 #include "kvbench/serving/router.h"
 #include "kvbench/serving/step_time_predictor.h"
 #include "kvbench/suites/capacity.h"
@@ -359,10 +360,11 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
     return sequence_kv_bytes(*make_codec(m, at::kBFloat16), *make_policy(m), c, 600, 700, index);
   };
   // H2O (plain: 60 + 60 of the 600-token prompt), evicting during decode: positions and sums
-  // for 120 held tokens; for all 600 while the prompt enters, before its first selection.
+  // for 120 held tokens; while the prompt enters, for 120 at the layers that have selected and
+  // all 600 at the last one, before its selection.
   SequenceKvBytes b = bytes({{"name", "h2o"}}, cpu);
   EXPECT_EQ(b.retention, 4u * 120 * 2 * (8 + 4));
-  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (8 + 4));
+  EXPECT_EQ(b.prefill_retention, (3u * 120 + 600) * 2 * (8 + 4));
   EXPECT_EQ(b.retention_per_held_token, 2u * (8 + 4));
   EXPECT_TRUE(b.retention_exact);
   const uint64_t held = b.per_sequence + b.retention, entering = b.prefill + b.prefill_retention;
@@ -371,19 +373,20 @@ TEST(Capacity, BookkeepingOfTheRetentionPolicies) {
   EXPECT_EQ(largest_batch(double(2 * held + entering) - 1, b), 2);
   b = bytes({{"name", "h2o"}}, kernels);
   EXPECT_EQ(b.retention, 4u * 120 * 2 * (4 + 4 + 8 + 4));
-  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (4 + 4 + 8 + 4));  // a bound in both states
+  EXPECT_EQ(b.prefill_retention, (3u * 120 + 600) * 2 * (4 + 4 + 8 + 4));  // a bound in both
   EXPECT_EQ(b.retention_per_held_token, 2u * (4 + 4 + 8 + 4));
   EXPECT_FALSE(b.retention_exact);
-  // Selecting once after the prefill, it records nothing afterwards: positions only.
+  // Selecting once after the prefill, it records nothing afterwards: positions only, and the
+  // sums of the layer being prefilled.
   b = bytes({{"name", "h2o"}, {"evict", "after_prefill"}}, cpu);
   EXPECT_EQ(b.retention, 4u * (120 + 100) * 2 * 8);  // the 100 decoded tokens stay too
   EXPECT_EQ(b.retention_per_held_token, 2u * 8);
-  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (8 + 4));
+  EXPECT_EQ(b.prefill_retention, 3u * 120 * 2 * 8 + 600u * 2 * (8 + 4));
   // ScissorHands-512: its history is 64 bytes per held token and KV head (perf-notes, session
   // 47: 294 912 measured at 512 held on this model).
   b = bytes({{"name", "scissorhands-512"}}, cpu);
   EXPECT_EQ(b.retention, 294912u);
-  EXPECT_EQ(b.prefill_retention, 4u * 600 * 2 * (8 + 64));
+  EXPECT_EQ(b.prefill_retention, (3u * 512 + 600) * 2 * (8 + 64));
   b = bytes({{"name", "scissorhands-512"}}, paged);
   EXPECT_EQ(b.retention, 4u * 512 * 2 * (4 + 8 + 64));
   // StreamingLLM keeps positions only; full and Quest keep nothing beside K and V.
@@ -497,6 +500,58 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
   b = bytes(stream, true, 1000, 1010);
   EXPECT_EQ(b.per_sequence, kivi_pages(32 + 264 + 10));
   EXPECT_FALSE(b.kv_exact);
+}
+
+// A prefill's bookkeeping forms layer by layer: each layer's positions and records for the
+// whole prompt, cut to its held state by that layer's selection before the next layer attends.
+// Measured between layers on the CPU cache (exact) and the paged one (the capacity view's
+// bound), the held layers' bookkeeping is what sequence_kv_bytes counts them at, and its
+// prefill_retention is that of every layer but the last plus the last one's while it enters.
+TEST(Capacity, PrefillBookkeepingFormsLayerByLayer) {
+  const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny-llama");
+  auto gen = at::detail::createCPUGenerator(7);
+  const int64_t prompt = 300;
+  for (const json& entry :
+       {json{{"name", "h2o-512"}, {"heavy", 40}, {"recent", 40}},
+        json{{"name", "h2o-512"}, {"heavy", 40}, {"recent", 40}, {"evict", "after_prefill"}},
+        json{{"name", "scissorhands-512"}, {"budget", 100}, {"evict", "after_prefill"}},
+        json{{"name", "scissorhands-512"}, {"budget", 100}},
+        // Nothing evicted: each layer stays as it entered, its record over the whole prompt.
+        json{{"name", "scissorhands-512"}, {"budget", 400}},
+        json{{"name", "pyramidkv"}, {"budget", 96}}}) {
+    const json m = resolve_method(entry, "m");
+    for (const bool paged : {false, true}) {
+      SCOPED_TRACE(m.dump() + (paged ? " paged" : " cpu"));
+      const CacheLayout layout = CacheLayout::for_method(m, at::kHalf, c.head_dim, paged, false);
+      const std::shared_ptr<const RetentionPolicy> policy = make_policy(m);
+      const SequenceKvBytes b =
+          sequence_kv_bytes(*make_codec(m, at::kHalf), *policy, c, prompt, prompt, layout);
+      const uint64_t held_rate = retention_bytes_per_token(*policy, c, layout, false),
+                     entering_rate = retention_bytes_per_token(*policy, c, layout, true);
+      const auto cache =
+          paged ? make_paged_cache(m, make_codec(m, at::kHalf), c.num_layers, c.num_kv_heads,
+                                   c.head_dim, at::kHalf)
+                : make_kv_cache(m, c.num_layers, c.num_kv_heads, c.head_dim, at::kHalf);
+      const int64_t seq = cache->add_sequence();
+      uint64_t counted = 0;  // the layers attended so far, at their held state
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        auto x = [&](int64_t heads) { return at::randn({heads, prompt, c.head_dim}, gen); };
+        cache->append_and_attend(seq, l, x(c.num_heads), x(c.num_kv_heads), x(c.num_kv_heads));
+        counted += uint64_t(b.held_per_layer[size_t(l)]) * held_rate;
+        if (paged)
+          EXPECT_LE(cache->retention_bytes(), counted) << "after layer " << l;
+        else
+          EXPECT_EQ(cache->retention_bytes(), counted) << "after layer " << l;
+        if (l + 2 == c.num_layers)
+          EXPECT_EQ(b.prefill_retention, counted + uint64_t(prompt) * entering_rate);
+        if (b.held_per_layer[size_t(l)] == prompt && !paged)
+          EXPECT_EQ(cache->retention_bytes(), uint64_t(l + 1) * prompt * entering_rate);
+      }
+      EXPECT_EQ(b.held_per_layer, cache->kept_tokens(seq));
+      EXPECT_GT(cache->retention_bytes(), 0u);
+      EXPECT_GT(entering_rate, 0u);
+    }
+  }
 }
 
 // The memory guard's bound per token (method_kv_bytes_per_token at a context) covers what the
@@ -846,6 +901,57 @@ TEST(Capacity, ServingBalancesSlotsAgainstTheRetentionBudget) {
   EXPECT_GT(slots, 2 * (blocks / 20));
   EXPECT_EQ(sum["max_running"], slots);
   EXPECT_LE(kv["allocated_bytes_peak"].get<double>(), 1048576.0);
+}
+
+// A policy selecting once after the prefill keeps its record only for the layer being
+// prefilled: its blocks are charged the index alone, and the budget sets aside the record of
+// the most tokens a step prefills once (a paged pool reserves every block's pages, so blocks a
+// prefill held would not make room). ScissorHands over int4 then holds more blocks than at
+// decode timing, whose blocks carry the record; the pool holds what the cache measured.
+TEST(Capacity, ServingSetsAsideWhatAStepsPrefillsRecord) {
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 6,
+      "prompt_tokens_min": 300, "prompt_tokens_max": 320, "output_tokens_min": 2,
+      "output_tokens_max": 8, "block_size": 16, "kv_budget_bytes": 1048576,
+      "max_batch_tokens": 700})");
+  for (const bool paged : {false, true}) {
+    std::map<std::string, json> sums;
+    for (const char* evict : {"after_prefill", "decode"}) {
+      const std::string what = std::string(evict) + (paged ? " paged" : " cpu");
+      Harness h(suite);
+      if (paged) h.spec.attention = "paged";
+      h.method = resolve_method({{"name", "scissorhands"},
+                                 {"budget", 48},
+                                 {"recent", 8},
+                                 {"history", 32},
+                                 {"codec", "int4"},
+                                 {"evict", evict}},
+                                "methods[0]");
+      ServingSuite s;
+      const CellOutput out = h.run(s);
+      const json& kv = out.records.at(0)["kv"];
+      expect_pool_holds_measured(kv, what);
+      const json& sum = sums[evict] = out.summary;
+      EXPECT_LE(kv["retention_bytes_peak"].get<double>(),
+                kv["blocks_peak"].get<double>() * sum["retention_bytes_per_block"].get<double>())
+          << what;
+      const double reserve = sum["prefill_retention_reserve_bytes"];
+      // tiny-llama: 2 KV heads x group 2 x history 32 bools per token, one layer.
+      EXPECT_EQ(sum["prefill_retention_bytes_per_token"].get<double>(),
+                std::string(evict) == "decode" ? 0.0 : 2.0 * 64)
+          << what;
+      EXPECT_EQ(reserve, sum["prefill_retention_bytes_per_token"].get<double>() * 700) << what;
+      const double left = 1048576.0 - reserve - sum["shared_bytes"].get<double>() -
+                          sum["slots"].get<double>() * sum["slot_bytes"].get<double>();
+      EXPECT_EQ(sum["num_blocks"].get<int64_t>(),
+                BlockPool::capacity(left, sum["bytes_per_block"].get<double>() +
+                                              sum["retention_bytes_per_block"].get<double>()))
+          << what;
+      EXPECT_LE(kv["pool_bytes_peak"].get<double>(), 1048576.0) << what;
+      if (paged) EXPECT_LE(kv["allocated_bytes_peak"].get<double>() + reserve, 1048576.0) << what;
+    }
+    EXPECT_GT(sums["after_prefill"]["num_blocks"].get<int64_t>(),
+              2 * sums["decode"]["num_blocks"].get<int64_t>());
+  }
 }
 
 // StreamingLLM over pages listed in place (Palu's, KIVI's) holds its sinks' pages and every

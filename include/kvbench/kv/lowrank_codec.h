@@ -65,6 +65,9 @@ class LowRankCodec final : public Codec {
   std::shared_ptr<const Codec> prepare(const PreparationInput& input) const override;
   StorageBytes shared_bytes() const override;
   StorageBytes shared_nominal() const override;
+  // What shared_nominal() is once fitted for a model of these dimensions (the keys' and values'
+  // fp32 bases at every layer), known before the fit (plans, dry runs).
+  StorageBytes shared_nominal_for(int64_t num_layers, int64_t kv_heads, int64_t head_dim) const;
 
   LowRankKind kind() const { return p_.kind; }
   int64_t group() const { return p_.group; }

@@ -100,9 +100,12 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
 // compacted), and GEAR's when a prefill comes in chunks (its blocks then form per chunk).
 // `prefill` is one sequence while its prompt enters, before a policy evicts: the codec's bytes
 // for the whole prompt at every layer (the model attends over all of it first).
-// `retention` and `prefill_retention` are the same two states' bookkeeping (CacheLayout and
-// the policy's records, which a policy selecting once after the prefill keeps only until then):
-// not K/V bytes, but memory the batch needs.
+// `retention` is the held state's bookkeeping (CacheLayout and the policy's records, which a
+// policy selecting once after the prefill keeps only until then), `prefill_retention` the
+// prefill's: each layer's forms as that layer attends the prompt and is cut to its held
+// state by the layer's selection, before the next layer's forms, so at most every layer but
+// the last held and the last one's for the whole prompt. Not K/V bytes, but memory the batch
+// needs.
 struct SequenceKvBytes {
   uint64_t per_sequence = 0;
   uint64_t shared = 0;

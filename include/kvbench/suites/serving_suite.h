@@ -50,13 +50,21 @@ double method_block_bytes(const nlohmann::json& method, const ModelConfig& confi
                           bool kernel_path = false);
 
 // The bookkeeping a block's tokens may need beside their K and V under the method's retention
-// policy, over all layers (capacity.h: the index and the policy's record, the larger of the
-// held and entering states; a bound, as a sequence holds at most its blocks' tokens): what
-// the pool charges each block on top of method_block_bytes. 0 without an evicting policy.
-// `dtype`, `paged` and `kernel_path` as CacheLayout::for_method.
+// policy, over all layers (capacity.h: the index and, while the policy records during decode,
+// its record, as held; a bound, as a sequence holds at most its blocks' tokens): what the pool
+// charges each block on top of method_block_bytes. 0 without an evicting policy. `dtype`,
+// `paged` and `kernel_path` as CacheLayout::for_method.
 double method_retention_block_bytes(const nlohmann::json& method, const ModelConfig& config,
                                     at::ScalarType dtype, int64_t block_size, bool paged = false,
                                     bool kernel_path = false);
+
+// What a prefill keeps beyond that per token of its context while it runs: a layer's
+// bookkeeping is formed as the layer attends the prompt and goes to its held state with that
+// layer's selection, before the next layer's forms, so one layer's entering state less its
+// held one (the record of a policy that selects once after the prefill; 0 for the others).
+double method_prefill_retention_bytes(const nlohmann::json& method, const ModelConfig& config,
+                                      at::ScalarType dtype, bool paged = false,
+                                      bool kernel_path = false);
 
 // Blocks each sequence needs beyond ceil(tokens / block_size) so that the pool's charge covers
 // the method's formula for every length up to `longest` tokens:
