@@ -77,9 +77,13 @@ std::vector<bool> negative_samples(const std::vector<std::string>& tasks,
   for (size_t i = 0; i < tasks.size(); ++i) by_task[tasks[i]].push_back(full[i]);
   std::map<std::string, double> bar;
   for (const auto& [t, v] : by_task) bar[t] = use_median ? median(v) : mean(v);
+  // Scores are sums of fractions: a mean of equal scores, or (1 - theta) x a score, can land an
+  // ulp on the wrong side of a value that meets it exactly.
+  const double slack = 1e-12;
   std::vector<bool> out(tasks.size());
   for (size_t i = 0; i < tasks.size(); ++i)
-    out[i] = full[i] > 0 && full[i] >= bar[tasks[i]] && method[i] <= (1 - theta) * full[i];
+    out[i] = full[i] > 0 && full[i] >= bar[tasks[i]] - slack &&
+             method[i] <= (1 - theta) * full[i] + slack;
   return out;
 }
 

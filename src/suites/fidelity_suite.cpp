@@ -43,7 +43,9 @@ StepFidelity step_fidelity(const at::Tensor& full_logits, const at::Tensor& meth
   // Rounding can leave a tiny negative sum; NaN (non-finite logits) must stay NaN.
   const double kl = at::where(p > 0, p * (lf - lm), at::zeros_like(p)).sum().item<double>();
   s.kl = kl < 0 ? 0.0 : kl;
-  s.top1_agree = lf.argmax().item<int64_t>() == lm.argmax().item<int64_t>();
+  // The method's top token is one of the full cache's top tokens (exact ties in the full
+  // cache's logits, likely in fp16 over a large vocabulary, are not disagreements).
+  s.top1_agree = lf[lm.argmax().item<int64_t>()].item<double>() == lf.max().item<double>();
   s.nll_full = -lf[target].item<double>();
   s.nll_method = -lm[target].item<double>();
   return s;

@@ -68,9 +68,19 @@ TEST(LongBench, ScoresEachDatasetWithItsMetric) {
   EXPECT_EQ(score_longbench(row_of(rows, "passage_retrieval_en"), "Paragraph 2"), 1.0);
   EXPECT_EQ(score_longbench(row_of(rows, "lcc"), "    return 2 * (width + height)"), 1.0);
   const LongBenchRow& gov = row_of(rows, "gov_report");
-  EXPECT_NEAR(score_longbench(gov, gov.answers[0]), 1.0, 1e-12);
+  // The rouge package's F of a text with itself: 2 x 1 / (2 + 1e-8).
+  EXPECT_DOUBLE_EQ(score_longbench(gov, gov.answers[0]), 2.0 * (1.0 / (2.0 + 1e-8)));
   EXPECT_EQ(longbench_metric("gov_report"), "rouge");
   EXPECT_EQ(longbench_metric("lcc_e"), "code_sim");
+  // RULER's QA tasks take any reference; its others need all of them.
+  EXPECT_EQ(longbench_metric("ruler:qa_1"), "string_match_part");
+  EXPECT_EQ(longbench_metric("ruler:niah_multivalue"), "string_match_all");
+  LongBenchRow qa;
+  qa.dataset = "ruler:qa_2";
+  qa.answers = {"Paris", "Paris, France"};
+  EXPECT_EQ(score_longbench(qa, "It is Paris."), 1.0);
+  qa.dataset = "ruler:niah_multivalue_2";
+  EXPECT_EQ(score_longbench(qa, "It is Paris."), 0.5);
 }
 
 TEST(LongBench, BadInputIsAClearError) {

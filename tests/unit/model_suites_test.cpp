@@ -575,6 +575,11 @@ TEST(FidelitySuite, StepMetricsMatchHandComputedValues) {
   const at::Tensor hard = at::tensor({0.0, -INFINITY}, at::kDouble);
   EXPECT_NEAR(step_fidelity(hard, method, 0).kl, std::log(4.0 / 3.0), 1e-12);
   EXPECT_FALSE(step_fidelity(at::tensor({0.0, 1.0}, at::kDouble), method, 0).top1_agree);
+  // The full cache's top two tied: the method choosing either agrees.
+  const at::Tensor tied = at::tensor({12.5, 3.0, 12.5}, at::kDouble);
+  EXPECT_TRUE(step_fidelity(tied, at::tensor({1.0, 0.0, 1.0 + 1e-12}, at::kDouble), 0).top1_agree);
+  EXPECT_TRUE(step_fidelity(tied, at::tensor({1.0, 0.0, 0.5}, at::kDouble), 0).top1_agree);
+  EXPECT_FALSE(step_fidelity(tied, at::tensor({0.0, 1.0, 0.5}, at::kDouble), 0).top1_agree);
   // NaN logits give a NaN divergence, never a clamped 0 that reads as lossless.
   EXPECT_TRUE(std::isnan(step_fidelity(full, at::tensor({NAN, 0.0}, at::kDouble), 0).kl));
 }
@@ -765,6 +770,11 @@ TEST(AccuracySuite, NegativeSamplesOnAFixedTable) {
             (std::vector<bool>{true, false, false, false, false, false, true, false}));
   // A larger theta asks for a deeper drop: 0.85 > 0.8 x 1.0.
   EXPECT_EQ(negative_samples(tasks, full, method, 0.2, false), std::vector<bool>(8, false));
+  // Values that meet the rule exactly though their doubles miss by an ulp: three scores of 0.1
+  // average 0.10000000000000002; 0.68 against (1 - 0.32) x 1.0 = 0.6799999999999999.
+  EXPECT_EQ(negative_samples({"D", "D", "D"}, {0.1, 0.1, 0.1}, {0.0, 0.0, 0.0}, 0.1, false),
+            std::vector<bool>(3, true));
+  EXPECT_EQ(negative_samples({"E"}, {1.0}, {0.68}, 0.32, false), std::vector<bool>{true});
 }
 
 CellOutput run_accuracy(const json& method, const std::string& params) {

@@ -30,7 +30,7 @@ struct LongBenchRow {
 // Every row of a LongBench-format JSONL file; a bad line throws Error naming file:line and key.
 std::vector<LongBenchRow> load_longbench_jsonl(const std::string& path);
 // RULER's format; `task` becomes each row's dataset as "ruler:<task>" (its scorer:
-// string_match_all).
+// string_match_part for the QA tasks, "qa*", string_match_all for the others).
 std::vector<LongBenchRow> load_ruler_jsonl(const std::string& path, const std::string& task);
 // The task a RULER file holds: RULER's prepare step writes <dir>/<task>/validation.jsonl
 // (or test.jsonl), so such a file is named by its folder; any other by its stem
@@ -58,8 +58,9 @@ int64_t longbench_max_new_tokens(const LongBenchRow& row,
 std::vector<int32_t> truncate_middle(const std::vector<int32_t>& ids, int64_t max_tokens);
 
 // LongBench's metric of `dataset` ("qa_f1", "rouge", "classification", "retrieval", "count",
-// "code_sim"; RULER rows: "string_match_all"); the LongBench-E "_e" suffix is ignored. Throws
-// Error for unknown datasets and for the Chinese ones (their metrics need a word segmenter).
+// "code_sim"; RULER rows: "string_match_part" for "ruler:qa*", else "string_match_all"); the
+// LongBench-E "_e" suffix is ignored. Throws Error for unknown datasets and for the Chinese ones
+// (their metrics need a word segmenter).
 std::string longbench_metric(const std::string& dataset);
 // The row's score of `output` in [0, 1], as LongBench scores it: for trec, triviaqa, samsum and
 // lsht only the first line of the output counts; the best answer counts.
