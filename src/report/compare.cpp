@@ -48,6 +48,7 @@ std::string point_label(const json& r, const std::vector<std::string>& keys) {
 // samples_per_generation, or for older reports samples / (requests / batch) from the summary;
 // single samples when that does not divide them.
 size_t generation_block(const json& cell, const json& record, size_t samples) {
+  if (samples == 0) return 1;  // (no samples: "missing", judged elsewhere)
   const json given = record.value("samples_per_generation", json());
   size_t block = 1;
   if (given.is_number_integer() && given.get<int64_t>() > 0) {
@@ -61,7 +62,7 @@ size_t generation_block(const json& cell, const json& record, size_t samples) {
       if (samples % generations == 0) block = samples / generations;
     }
   }
-  return samples % block == 0 ? block : 1;
+  return block > 0 && samples % block == 0 ? block : 1;
 }
 
 // A record's own samples_per_generation when it divides its `samples` (throughput's decode
@@ -226,7 +227,12 @@ const std::vector<MetricImpl>& metric_impls() {
        per_record("serving", serving_point, record_value(json::json_pointer("/goodput/fraction")))},
       {{"predictor_step", "predictor", true, Worse::kHigher, 10, 0,
         "decode step time per batch x context (step_profile samples_s)"},
-       per_record("step_profile", kPredictorPoint, record_samples("samples_s"))},
+       per_record("step_profile", kPredictorPoint,
+                  [](const json& r, Series& s) {
+                    s.samples = samples_of(r, "samples_s");
+                    s.block = declared_block(r, s.samples.size());
+                    return true;
+                  })},
       {{"predictor_accuracy", "predictor", false, Worse::kLower, 5, 0.05,
         "held-out accuracy of the chosen step-time predictor (summary accuracy_mean)"},
        summary_value("accuracy_mean")},
@@ -388,8 +394,12 @@ std::map<std::string, double> parse_thresholds(const std::vector<std::string>& a
     }
     size_t used = 0;
     double pct = -1;
+    // A plain decimal number (std::stod alone would take " 5", "0x10" and "1e3").
+    const bool decimal = !value.empty() &&
+                         value.find_first_not_of("0123456789.") == std::string::npos &&
+                         std::count(value.begin(), value.end(), '.') <= 1 && value != ".";
     try {
-      pct = std::stod(value, &used);
+      if (decimal) pct = std::stod(value, &used);
     } catch (const std::exception&) {
       used = 0;
     }

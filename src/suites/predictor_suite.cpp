@@ -99,6 +99,7 @@ struct Point {
   int64_t batch = 0, context = 0;
   bool heldout = false;
   std::vector<double> steps, prefills;
+  size_t per_generation = 1;  // decode steps one timed generation gave
 };
 
 double point_time(const std::vector<double>& x, const std::string& statistic) {
@@ -239,6 +240,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                                        ctx.seed + static_cast<uint64_t>(r * 7919 + i));
       GenerationResult res = generate(model, *cache, prompts, g);
       if (r >= warmup) {
+        pt.per_generation = res.decode_step_s.size();
         pt.steps.insert(pt.steps.end(), res.decode_step_s.begin(), res.decode_step_s.end());
         pt.prefills.push_back(res.prefill_s);
       }
@@ -272,7 +274,8 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
     const double b = static_cast<double>(pt.batch), c = static_cast<double>(pt.context);
     const double measured = point_time(pt.steps, statistic);
     const double prefill = point_time(pt.prefills, statistic);
-    const Summary stats = summarize(pt.steps, ctx.seed);
+    // A generation's steps share its batch and context: resampled as one unit.
+    const Summary stats = summarize(pt.steps, ctx.seed, pt.per_generation);
     spreads.push_back(relative_ci(stats));
     const double pb = bilinear.predict(b, c), pl = lsq.predict(b, c);
     const double pp = prefill_w[0] + prefill_w[1] * b * c + prefill_w[2] * b * c * c;
@@ -281,6 +284,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                 {"batch", pt.batch},
                 {"context", pt.context},
                 {"samples_s", pt.steps},
+                {"samples_per_generation", pt.per_generation},
                 {"time_s", to_json(stats)},
                 {"step_s", measured},
                 {"relative_ci95", spreads.back()},

@@ -599,9 +599,9 @@ double budget_bytes(const json& p, const at::Device& device, uint64_t weight_byt
 // else n - 1 gaps over the span from the first arrival to the last. Null below two requests
 // or for rate 0.
 json offered_rate(const std::vector<double>& arrivals, double rate, double duration_s) {
-  if (rate == 0) return nullptr;
+  if (rate == 0 || arrivals.size() < 2) return nullptr;
   if (duration_s > 0) return static_cast<double>(arrivals.size() - 1) / duration_s;
-  if (arrivals.size() < 2 || !(arrivals.back() > arrivals.front())) return nullptr;
+  if (!(arrivals.back() > arrivals.front())) return nullptr;
   return static_cast<double>(arrivals.size() - 1) / (arrivals.back() - arrivals.front());
 }
 
@@ -690,7 +690,10 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   }
   const Workload w = make_workload(p, count, c.vocab_size, ctx.spec.seed, &ctx.model);
   if (from_trace) {
+    // Replayed from its first arrival: the lead-in before it is not serving time, and every
+    // time reported is from the first arrival (a trace's may start at 100 s).
     arrivals = {w.trace_arrivals};
+    for (double& a : arrivals[0]) a -= w.trace_arrivals.front();
     const double span = w.trace_arrivals.back() - w.trace_arrivals.front();
     // The trace's mean arrival rate, reported as its record's rate (0: all at once).
     rates = {span > 0 ? static_cast<double>(w.trace_arrivals.size() - 1) / span : 0.0};

@@ -227,14 +227,18 @@ json throughput_cell(const std::vector<double>& steps, json per_generation = jso
 
 // Decode steps are resampled by generation (samples_per_generation): steps at two levels, one
 // generation slow throughout, give a much wider interval than single steps do.
-TEST(Compare, DecodeStepsAreResampledByGeneration) {
-  std::vector<double> base, cand;
+// Ten generations of ten steps, x `factor`: levels that differ between generations, steps
+// within one that barely do (one batch, one context).
+std::vector<double> generation_steps(double factor) {
+  std::vector<double> out;
   for (int generation = 0; generation < 10; ++generation)
-    for (int step = 0; step < 10; ++step) {
-      const double level = 0.010 * (1 + 0.08 * (generation % 4));
-      base.push_back(level * (1 + 0.001 * step));
-      cand.push_back(level * 1.12 * (1 + 0.001 * step));
-    }
+    for (int step = 0; step < 10; ++step)
+      out.push_back(0.010 * (1 + 0.08 * (generation % 4)) * factor * (1 + 0.001 * step));
+  return out;
+}
+
+TEST(Compare, DecodeStepsAreResampledByGeneration) {
+  const std::vector<double> base = generation_steps(1), cand = generation_steps(1.12);
   const MetricComparison by_generation =
       find(compare_reports(report({throughput_cell(base, 10)}), report({throughput_cell(cand, 10)}),
                            defaults()),
@@ -453,6 +457,50 @@ TEST(Compare, PredictorStepTimesAndAccuracy) {
       find(compare_reports(report({cell(kTight, 0.95)}), report({cell(kTight, 0.91)}), defaults()),
            "predictor_accuracy")
           .regressed);
+}
+
+// The predictor's steps of one generation share its batch and context: with the record's
+// samples_per_generation they are drawn as one unit, a wider interval than single steps give.
+TEST(Compare, PredictorStepsAreResampledByGeneration) {
+  auto cell = [](const std::vector<double>& steps, int64_t per_generation) {
+    json record = {{"kind", "step_profile"},
+                   {"role", "grid"},
+                   {"batch", 2},
+                   {"context", 64},
+                   {"samples_s", steps}};
+    if (per_generation > 0) record["samples_per_generation"] = per_generation;
+    return json{{"id", "p.a"},
+                {"suite", "predictor"},
+                {"method", {{"name", "full"}}},
+                {"params", json::object()},
+                {"status", "ok"},
+                {"summary", {{"accuracy_mean", 0.9}}},
+                {"records", {record}}};
+  };
+  const std::vector<double> base = generation_steps(1), cand = generation_steps(1.12);
+  auto step_ci = [&](int64_t per_generation) {
+    const MetricComparison c =
+        find(compare_reports(report({cell(base, per_generation)}),
+                             report({cell(cand, per_generation)}), defaults()),
+             "predictor_step");
+    return c.change_ci.high - c.change_ci.low;
+  };
+  EXPECT_GT(step_ci(10), 2 * step_ci(0));
+}
+
+// A latency record with no samples, in a report whose summary would give a block from its
+// requests and batch (an older or hand-edited report): a missing timing, not a crash.
+TEST(Compare, EmptyLatencySamplesAreMissingNotACrash) {
+  json base = latency_cell("lat.a", kTight), cand = latency_cell("lat.a", kTight);
+  base["summary"]["requests"] = 20;
+  base["summary"]["batch"] = 1;
+  cand["summary"] = base["summary"];
+  for (json& r : cand["records"])
+    if (r["kind"] == "tpot") r["samples_s"] = json::array();
+  const CompareResult r = compare_reports(report({base}), report({cand}), defaults());
+  EXPECT_GE(r.regressions(), 1u);
+  const CompareResult same = compare_reports(report({cand}), report({cand}), defaults());
+  EXPECT_NO_THROW(same.regressions());
 }
 
 // Cells from a version without a parameter added since match today's when `canonical` fills
@@ -688,6 +736,9 @@ TEST(Compare, ThresholdArguments) {
   EXPECT_THROW(parse_thresholds({"tpot"}), Error);
   EXPECT_THROW(parse_thresholds({"tpot=fast"}), Error);
   EXPECT_THROW(parse_thresholds({"tpot=-1"}), Error);
+  for (const char* odd : {"tpot=0x10", "tpot= 5", "tpot=1e3", "tpot=.", "tpot=1.2.3", "tpot=inf"})
+    EXPECT_THROW(parse_thresholds({odd}), Error) << odd;
+  EXPECT_DOUBLE_EQ(parse_thresholds({"tpot=.5"}).at("tpot"), 0.5);
   try {
     parse_thresholds({"latency=5"});
     FAIL();

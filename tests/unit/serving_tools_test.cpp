@@ -903,6 +903,38 @@ TEST(Capacity, ServingBalancesSlotsAgainstTheRetentionBudget) {
   EXPECT_LE(kv["allocated_bytes_peak"].get<double>(), 1048576.0);
 }
 
+// A trace is replayed from its first arrival: one whose lines arrive at 100-101 s reports its
+// times from the first of them, and its throughput over the second it spans, not the 100 s
+// before it.
+TEST(Capacity, ServingReplaysATraceFromItsFirstArrival) {
+  const std::string path = ::testing::TempDir() + "/kvbench_late_trace.jsonl";
+  std::ofstream(path) << R"({"arrival_s": 100.0, "prompt_tokens": 8, "output_tokens": 2}
+{"arrival_s": 100.5, "prompt_tokens": 8, "output_tokens": 2}
+{"arrival_s": 101.0, "prompt_tokens": 8, "output_tokens": 2}
+)";
+  Harness h(json{
+      {"name", "serving"}, {"trace_file", path}, {"block_size", 16}, {"kv_budget_bytes", 1048576}});
+  h.method = resolve_method({{"name", "full"}}, "methods[0]");
+  ServingSuite s;
+  const CellOutput out = h.run(s);
+  const json& r = out.records.at(0);
+  std::vector<double> arrivals;
+  for (const json& d : r["requests_detail"]) arrivals.push_back(d["arrival_s"]);
+  EXPECT_EQ(arrivals, (std::vector<double>{0.0, 0.5, 1.0}));
+  EXPECT_DOUBLE_EQ(r["rate"].get<double>(), 2.0);
+  EXPECT_GE(r["duration_s"].get<double>(), 1.0);
+  EXPECT_LT(r["duration_s"].get<double>(), 50.0);
+  EXPECT_GT(r["request_throughput"].get<double>(), 3 / 50.0);
+  // One arrival within duration_s: no rate to offer (null, as below two requests).
+  Harness once(json::parse(R"({"name": "serving", "rates": [1], "duration_s": 0.001,
+      "prompt_tokens_min": 8, "prompt_tokens_max": 8, "output_tokens_min": 2,
+      "output_tokens_max": 2, "block_size": 16, "kv_budget_bytes": 1048576})"));
+  once.method = h.method;
+  const json single = once.run(s).records.at(0);
+  EXPECT_EQ(single["requests"], 1);
+  EXPECT_TRUE(single["offered_rate"].is_null()) << single["offered_rate"];
+}
+
 // A policy selecting once after the prefill keeps its record only for the layer being
 // prefilled: its blocks are charged the index alone, and the budget sets aside the record of
 // the most tokens a step prefills once (a paged pool reserves every block's pages, so blocks a

@@ -96,12 +96,13 @@ CompareResult compare_reports(const nlohmann::json& baseline, const nlohmann::js
 
 // compare_reports over repeated runs: each side is one or more reports of one config (separate
 // processes; Error unless every report of a side has the same cell ids). Cells are matched on
-// the first report of each side. A cell is ok on a side when it is ok in every run; a point is
-// there when every run has it. Timings compare the medians of each side's pooled samples, with
-// the interval of bootstrap_median_change_ci_runs (runs drawn, then blocks within them), so the
-// spread between runs, which one run cannot show, widens it; point values take the median over
-// the runs. compare_reports is this with one report a side; with one run on either side and a
-// timing compared, the last note says that its intervals cannot see the spread between runs.
+// the first report of each side. A cell is compared over the baseline runs where it is ok, and
+// fails the gate when it failed in any new run; a point is there when every run has it. Timings
+// compare the medians of each side's pooled samples, with the interval of
+// bootstrap_median_change_ci_runs (runs drawn, then blocks within them), so the spread between
+// runs, which one run cannot show, widens it; point values take the median over the runs.
+// compare_reports is this with one report a side; with one run on either side and a timing
+// compared, the last note says that its intervals cannot see the spread between runs.
 CompareResult compare_runs(const std::vector<nlohmann::json>& baselines,
                            const std::vector<nlohmann::json>& candidates,
                            const CompareOptions& options);
