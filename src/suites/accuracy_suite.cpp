@@ -363,8 +363,9 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
                       {"p_value", mcnemar_exact_p(only_full, only_method)}};
     per_task[task] = t;
     if (idx.size() < 30) {
-      out.warnings.push_back("task " + task + " has " + std::to_string(idx.size()) +
-                             " samples: its interval and test say little (30 or more advised)");
+      out.warnings.push_back(
+          "task " + task + " has " + std::to_string(idx.size()) +
+          " samples: its mean and its McNemar test say little (30 or more advised)");
     }
   }
   if (kept_all)

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "kvbench/core/cuda_stream.h"
@@ -53,7 +54,15 @@ StepFidelity step_fidelity(const at::Tensor& full_logits, const at::Tensor& meth
 
 namespace {
 
-std::vector<int64_t> corpus_tokens(const CellContext& ctx, int64_t needed) {
+// The corpus, and the BOS its tokenizer put first (none for random ids): every window starts
+// with it, as llama.cpp's perplexity and KL-divergence modes start each chunk, so that no
+// window lacks the token a trained model's attention sinks on.
+struct Corpus {
+  std::vector<int64_t> ids;
+  std::optional<int64_t> bos;
+};
+
+Corpus corpus_tokens(const CellContext& ctx, int64_t needed) {
   const json& p = ctx.params;
   std::string text = p["text"];
   const std::string file = p["text_file"];
@@ -71,9 +80,10 @@ std::vector<int64_t> corpus_tokens(const CellContext& ctx, int64_t needed) {
   }
   const int64_t vocab = ctx.model.get().config().vocab_size;
   // Seeded by the run, not the cell: every method of the run scores the same tokens.
-  if (text.empty()) return synthetic_prompts(1, needed, vocab, ctx.spec.seed).front();
+  if (text.empty()) return {synthetic_prompts(1, needed, vocab, ctx.spec.seed).front(), {}};
   std::vector<int64_t> ids;
-  for (int32_t id : ctx.model.tokenizer().encode(text, true)) {
+  const Tokenizer& tokenizer = ctx.model.tokenizer();
+  for (int32_t id : tokenizer.encode(text, true)) {
     KVB_CHECK(id < vocab, "fidelity: the tokenizer gave id ", id,
               " beyond the model's vocabulary of ", vocab);
     ids.push_back(id);
@@ -81,7 +91,9 @@ std::vector<int64_t> corpus_tokens(const CellContext& ctx, int64_t needed) {
   KVB_CHECK(static_cast<int64_t>(ids.size()) >= needed, "fidelity: the corpus has ", ids.size(),
             " tokens but windows * (prefix_tokens + eval_tokens + 1) = ", needed,
             " are needed; give a longer text or fewer/shorter windows");
-  return ids;
+  const std::optional<int32_t> bos = tokenizer.bos_id();
+  if (bos && ids.front() == *bos) return {ids, *bos};
+  return {ids, {}};
 }
 
 // Non-finite logits would read as KL 0 (or NaN) and put a broken method on the Pareto front.
@@ -129,7 +141,8 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   const int64_t span = prefix + steps + 1;
   const Transformer& model = ctx.model.get();
   check_generation_fits(ctx, 2, prefix, steps, "fidelity");  // two caches of one sequence
-  const std::vector<int64_t> corpus = corpus_tokens(ctx, windows * span);
+  const Corpus text = corpus_tokens(ctx, windows * span);
+  const std::vector<int64_t>& corpus = text.ids;
   std::unique_ptr<KVCache> base_cache;
   try {
     base_cache = make_baseline_cache(ctx);
@@ -151,7 +164,8 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
     base_cache->reserve({{prefix, prefix + steps}});  // no pool grows inside a timed step
     cache->reserve({{prefix, prefix + steps}});
     const int64_t sb = base_cache->add_sequence(), sm = cache->add_sequence();
-    const std::vector<int64_t> prompt(tok, tok + prefix);
+    std::vector<int64_t> prompt(tok, tok + prefix);
+    if (text.bos) prompt.front() = *text.bos;  // (a window's first token gives way to it)
     model.forward({{sb, prompt}}, *base_cache);
     model.forward({{sm, prompt}}, *cache);
     json kl = json::array(), top1 = json::array(), nf = json::array(), nm = json::array();

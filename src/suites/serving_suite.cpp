@@ -723,11 +723,10 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   const double prefill_retention = method_prefill_retention_bytes(
       ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
       CacheLayout::kernel_path(ctx.spec.device == "cuda"));
+  const int64_t running_at_most = std::min<int64_t>(sched.max_running, w.prompts.size());
   const double prefill_reserve =
       prefill_retention *
-      static_cast<double>(
-          std::min<int64_t>(sched.max_batch_tokens,
-                            w.longest() * std::min<int64_t>(sched.max_running, w.prompts.size())));
+      static_cast<double>(std::min(sched.max_batch_tokens, w.longest() * running_at_most));
   std::vector<std::string> beside;
   if (shared > 0) beside.push_back("shared state (" + format_bytes(shared) + ": its fitted bases)");
   if (slot_bytes > 0)
@@ -739,9 +738,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
             "serving: a KV budget of ", format_bytes(budget), " holds, beside the method's ",
             join(beside, " and "), ", no block of ", format_bytes(per_block),
             "; raise kv_budget_bytes or kv_budget_fraction");
-  const PoolSizing sizing = size_pool(
-      budget - shared - prefill_reserve, slot_bytes, per_block, sched.window_blocks,
-      std::min<int64_t>(sched.max_running, w.prompts.size()), w.mean_blocks(block_size, sched));
+  const PoolSizing sizing =
+      size_pool(budget - shared - prefill_reserve, slot_bytes, per_block, sched.window_blocks,
+                running_at_most, w.mean_blocks(block_size, sched));
   const int64_t num_blocks = sizing.blocks;
   // Sequences beyond the slots would hold rings the budget has no room for.
   if (slot_bytes > 0) sched.max_running = std::min(sched.max_running, sizing.slots);

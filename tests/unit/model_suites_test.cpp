@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
@@ -611,6 +612,55 @@ TEST(FidelitySuite, TheFullCacheAgainstItselfIsExact) {
   EXPECT_EQ(out.summary["ppl_ratio"], 1.0);
   EXPECT_EQ(out.summary["corpus"], "synthetic token ids");
   EXPECT_TRUE(out.warnings.empty());  // the full cache is expected to be exact
+}
+
+// Each step's NLL is of the token after the one fed: recomputed here by a fresh prefill of the
+// window's first prefix + i + 1 tokens, scored at token prefix + i + 1. With a text corpus
+// every window starts with the tokenizer's BOS (its first token gives way), as llama.cpp's
+// perplexity and KL-divergence chunks do.
+TEST(FidelitySuite, EachStepScoresTheNextToken) {
+  const std::string text =
+      "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun.";
+  for (const bool from_text : {false, true}) {
+    json suite = json::parse(R"({"name": "fidelity", "windows": 2, "prefix_tokens": 12,
+                                 "eval_tokens": 5})");
+    if (from_text) suite["text"] = text;
+    Harness h(suite);
+    FidelitySuite fidelity;
+    const CellOutput out = h.run(fidelity);
+    const Transformer& model = h.model.get();
+    const ModelConfig& c = model.config();
+    const int64_t span = 12 + 5 + 1;
+    std::vector<int64_t> corpus;
+    std::optional<int64_t> bos;
+    if (from_text) {
+      for (int32_t id : h.model.tokenizer().encode(text, true)) corpus.push_back(id);
+      bos = h.model.tokenizer().bos_id();
+      ASSERT_TRUE(bos.has_value());
+      ASSERT_EQ(corpus.front(), *bos);  // the tokenizer adds it: the case under test
+    } else {
+      corpus = synthetic_prompts(1, 2 * span, c.vocab_size, h.spec.seed).front();
+    }
+    double shifted = 0;  // how far the previous token's NLL is: the test must tell them apart
+    for (int64_t w = 0; w < 2; ++w) {
+      const json& nll = out.records.at(size_t(w))["nll_full"];
+      std::vector<int64_t> window(corpus.begin() + w * span, corpus.begin() + (w + 1) * span);
+      if (bos) window.front() = *bos;
+      for (int64_t i = 0; i < 5; ++i) {
+        const auto cache = make_kv_cache(resolve_method({{"name", "full"}}, "m"), c.num_layers,
+                                         c.num_kv_heads, c.head_dim, h.model.kv_dtype());
+        const int64_t seq = cache->add_sequence();
+        const at::Tensor logits = model.forward(
+            {{seq, std::vector<int64_t>(window.begin(), window.begin() + 12 + i + 1)}}, *cache);
+        const at::Tensor lp = at::log_softmax(logits.to(at::kDouble).flatten(), 0);
+        const double got = nll[size_t(i)].get<double>();
+        EXPECT_NEAR(got, -lp[window[12 + i + 1]].item<double>(), 1e-4)
+            << (from_text ? "text" : "ids") << ", window " << w << ", step " << i;
+        shifted = std::max(shifted, std::abs(got + lp[window[12 + i]].item<double>()));
+      }
+    }
+    EXPECT_GT(shifted, 1e-2);
+  }
 }
 
 TEST(FidelitySuite, KiviWithAWindowLongerThanTheTextIsExact) {
