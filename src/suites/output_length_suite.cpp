@@ -103,8 +103,11 @@ std::vector<Prompt> load_prompts(const CellContext& ctx) {
             throw_field_error(row, "prompt", "a string", at);
           if (row.contains("task") && !row["task"].is_string())
             throw_field_error(row, "task", "a string", at);
-          texts.push_back({row.contains("id") ? row["id"].dump() : "line-" + std::to_string(n),
-                           row["prompt"], row.value("task", "")});
+          // A string id as it is ("q1", not "\"q1\""); a number as its JSON text.
+          const std::string id = !row.contains("id")     ? "line-" + std::to_string(n)
+                                 : row["id"].is_string() ? row["id"].get<std::string>()
+                                                         : row["id"].dump();
+          texts.push_back({id, row["prompt"], row.value("task", "")});
         },
         "output_length: prompts_file");
     KVB_CHECK(!texts.empty(), "output_length: ", file, " holds no prompts");

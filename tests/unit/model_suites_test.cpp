@@ -790,6 +790,24 @@ TEST(OutputLengthSuite, CompressedRunsKeepEverySampleAndTheSameSeeds) {
   }
 }
 
+// A prompts file's ids name its records as written: a string as it is, a number as its text,
+// and a line without one by its line number.
+TEST(OutputLengthSuite, PromptIdsAreTheFilesOwn) {
+  const std::string path = ::testing::TempDir() + "/kvbench_prompt_ids.jsonl";
+  std::ofstream(path) << R"({"prompt": "hello there", "id": "q1"}
+{"prompt": "good bye", "id": 7}
+{"prompt": "again"}
+)";
+  const CellOutput out = run_output_length({{"name", "full"}},
+                                           R"({"name": "output_length", "prompts_file": ")" + path +
+                                               R"(", "max_new_tokens": 4,
+                                                "control_temperatures": []})");
+  ASSERT_EQ(out.records.size(), 3u);
+  EXPECT_EQ(out.records[0]["id"], "q1");
+  EXPECT_EQ(out.records[1]["id"], "7");
+  EXPECT_EQ(out.records[2]["id"], "line-3");
+}
+
 TEST(OutputLengthSuite, ABadPromptsFileNamesTheLine) {
   const std::string path = ::testing::TempDir() + "/kvbench_prompts.jsonl";
   {
