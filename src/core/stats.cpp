@@ -183,17 +183,94 @@ double kolmogorov_q(double lambda) {
 
 }  // namespace
 
+Interval bootstrap_paired_ci(size_t n,
+                             const std::function<double(const std::vector<size_t>&)>& statistic,
+                             double confidence, int resamples, uint64_t seed) {
+  KVB_CHECK(n > 0, "bootstrap of an empty sample");
+  KVB_CHECK(confidence > 0 && confidence < 1, "confidence must be in (0, 1)");
+  Rng rng(seed);
+  std::vector<size_t> draw(n);
+  std::vector<double> stats(static_cast<size_t>(resamples));
+  for (auto& s : stats) {
+    for (auto& i : draw) i = rng.below(n);
+    s = statistic(draw);
+  }
+  return {percentile(stats, 50 * (1 - confidence)), percentile(stats, 50 * (1 + confidence))};
+}
+
 Interval bootstrap_mean_ci(const std::vector<double>& x, double confidence, int resamples,
                            uint64_t seed) {
-  KVB_CHECK(!x.empty(), "bootstrap of an empty sample");
-  Rng rng(seed);
-  std::vector<double> means(static_cast<size_t>(resamples));
-  for (auto& m : means) {
-    double sum = 0;
-    for (size_t i = 0; i < x.size(); ++i) sum += x[rng.below(x.size())];
-    m = sum / static_cast<double>(x.size());
+  return bootstrap_paired_ci(
+      x.size(),
+      [&](const std::vector<size_t>& draw) {
+        double sum = 0;
+        for (size_t i : draw) sum += x[i];
+        return sum / static_cast<double>(draw.size());
+      },
+      confidence, resamples, seed);
+}
+
+namespace {
+
+// Ranks 1..n of v (ties at their mean rank) and the tie term sum(t^3 - t) over tie groups.
+std::vector<double> mean_ranks(const std::vector<double>& v, double& tie_term) {
+  std::vector<size_t> order(v.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+  std::vector<double> rank(v.size());
+  tie_term = 0;
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i;
+    while (j < order.size() && v[order[j]] == v[order[i]]) ++j;
+    const double t = static_cast<double>(j - i);
+    for (size_t k = i; k < j; ++k) rank[order[k]] = (static_cast<double>(i + j) + 1) / 2;
+    tie_term += t * t * t - t;
+    i = j;
   }
-  return {percentile(means, 50 * (1 - confidence)), percentile(means, 50 * (1 + confidence))};
+  return rank;
+}
+
+// P[W+ <= w] under the null for n untied ranks: counts of the subsets of {1..n} by their sum
+// (at most 2^50 for n <= 50, exact in a double).
+double signed_rank_cdf(int64_t n, int64_t w) {
+  std::vector<double> count(static_cast<size_t>(n * (n + 1) / 2 + 1), 0.0);
+  count[0] = 1;
+  for (int64_t r = 1; r <= n; ++r)
+    for (int64_t s = r * (r + 1) / 2; s >= r; --s) count[s] += count[s - r];
+  double below = 0;
+  for (int64_t s = 0; s <= w; ++s) below += count[s];
+  return below / std::ldexp(1.0, static_cast<int>(n));
+}
+
+}  // namespace
+
+WilcoxonResult wilcoxon_signed_rank(const std::vector<double>& x, const std::vector<double>& y) {
+  KVB_CHECK(x.size() == y.size(), "wilcoxon_signed_rank: ", x.size(), " and ", y.size(),
+            " samples do not pair up");
+  std::vector<double> d;
+  for (size_t i = 0; i < x.size(); ++i)
+    if (y[i] != x[i]) d.push_back(y[i] - x[i]);
+  WilcoxonResult r;
+  r.nonzero = static_cast<int64_t>(d.size());
+  if (d.empty()) return r;
+  std::vector<double> magnitude(d.size());
+  std::transform(d.begin(), d.end(), magnitude.begin(), [](double v) { return std::fabs(v); });
+  double tie_term = 0;
+  const std::vector<double> rank = mean_ranks(magnitude, tie_term);
+  double plus = 0, minus = 0;
+  for (size_t i = 0; i < d.size(); ++i) (d[i] > 0 ? plus : minus) += rank[i];
+  const double n = static_cast<double>(d.size());
+  r.statistic = std::min(plus, minus);
+  r.exact = r.nonzero <= 50 && tie_term == 0;
+  if (r.exact) {
+    // Untied ranks are integers, so the statistic is one too; the null is symmetric.
+    r.p_value = std::min(1.0, 2 * signed_rank_cdf(r.nonzero, std::llround(r.statistic)));
+    return r;
+  }
+  const double mean_w = n * (n + 1) / 4;
+  const double sd = std::sqrt((n * (n + 1) * (2 * n + 1) - tie_term / 2) / 24);
+  r.p_value = std::erfc(std::fabs(r.statistic - mean_w) / sd / std::sqrt(2.0));
+  return r;
 }
 
 double mcnemar_exact_p(int64_t b, int64_t c) {

@@ -59,6 +59,23 @@ LengthShift length_shift(const std::vector<double>& base, const std::vector<doub
   s.ks_statistic = ks.statistic;
   s.ks_p_value = ks.p_value;
   s.wasserstein = wasserstein_1(base, other);
+  const WilcoxonResult w = wilcoxon_signed_rank(base, other);
+  s.pairs_differing = w.nonzero;
+  s.wilcoxon_statistic = w.statistic;
+  s.wilcoxon_p_value = w.p_value;
+  s.d_mean_ci95 = bootstrap_paired_ci(d.size(), [&](const std::vector<size_t>& draw) {
+    double sum = 0;
+    for (size_t i : draw) sum += d[i];
+    return sum / static_cast<double>(draw.size());
+  });
+  s.length_ratio_ci95 = bootstrap_paired_ci(base.size(), [&](const std::vector<size_t>& draw) {
+    double sum_base = 0, sum_other = 0;
+    for (size_t i : draw) {
+      sum_base += base[i];
+      sum_other += other[i];
+    }
+    return sum_other / sum_base;
+  });
   return s;
 }
 
@@ -72,7 +89,12 @@ json to_json(const LengthShift& s) {
           {"share_shorter_50", s.share_shorter_50},
           {"ks_statistic", s.ks_statistic},
           {"ks_p_value", s.ks_p_value},
-          {"wasserstein", s.wasserstein}};
+          {"wasserstein", s.wasserstein},
+          {"pairs_differing", s.pairs_differing},
+          {"wilcoxon_statistic", s.wilcoxon_statistic},
+          {"wilcoxon_p_value", s.wilcoxon_p_value},
+          {"d_mean_ci95", {s.d_mean_ci95.low, s.d_mean_ci95.high}},
+          {"length_ratio_ci95", {s.length_ratio_ci95.low, s.length_ratio_ci95.high}}};
 }
 
 namespace {
@@ -179,10 +201,12 @@ json length_shift_by_task(const std::vector<Prompt>& prompts, const std::vector<
                    {"median_length_baseline", median(f)},
                    {"median_length", median(m)},
                    {"median_length_ratio", median(m) / median(f)},
+                   {"length_ratio_ci95", {s.length_ratio_ci95.low, s.length_ratio_ci95.high}},
                    {"d_mean", s.d_mean},
                    {"d_median", s.d_median},
                    {"share_longer_50", s.share_longer_50},
-                   {"share_shorter_50", s.share_shorter_50}});
+                   {"share_shorter_50", s.share_shorter_50},
+                   {"wilcoxon_p_value", s.wilcoxon_p_value}});
   }
   return out;
 }
@@ -220,9 +244,18 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
   g.ignore_eos = false;
   g.sampling.temperature = p["temperature"];
   g.sampling.top_p = p["top_p"];
-  const std::vector<double> controls = p["control_temperatures"].get<std::vector<double>>();
+  std::vector<double> controls = p["control_temperatures"].get<std::vector<double>>();
 
   CellOutput out;
+  if (g.sampling.temperature == 0 && !controls.empty()) {
+    // Greedy lengths do not move with the seed: the floor is zero, and a sampled run against
+    // greedy decoding measures sampling, which is no floor for a greedy method.
+    controls.clear();
+    out.warnings.push_back(
+        "temperature 0: greedy decoding has no sampling noise, so every length shift is the "
+        "method's; the control runs (control_temperatures) measure sampling against greedy "
+        "decoding, not a noise floor, and were skipped");
+  }
   std::vector<double> len_full, len_method, e2e_full, e2e_method;
   std::vector<std::vector<double>> len_control(controls.size());
   int64_t runaway_full = 0, runaway_method = 0;
@@ -319,8 +352,9 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
     if (std::string w = nothing_evicted_warning(ctx.method); !w.empty()) out.warnings.push_back(w);
   if (runaway_full == static_cast<int64_t>(prompts.size())) {
     out.warnings.push_back(
-        "every full-cache generation reached max_new_tokens without EOS: lengths are "
-        "censored at the cap (random weights, or a cap too low)");
+        "every full-cache generation reached max_new_tokens without EOS (the method's: " +
+        format_fixed(100.0 * double(runaway_method) / n, 0) +
+        "%): lengths are censored at the cap (random weights, or a cap too low)");
   } else if (std::max(runaway_full, runaway_method) >= 0.1 * n) {
     // Capped lengths enter D, the KS test and W1 as if they were lengths.
     out.warnings.push_back(
@@ -338,21 +372,31 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
 Table OutputLengthSuite::summary_table(const CellOutput& output) const {
   const json& s = output.summary;
   Table t;
-  t.columns = {"run",          "mean length",   "at cap", "D mean %",
-               ">=50% longer", ">=50% shorter", "KS p",   "W1"};
+  // "paired p": the Wilcoxon signed-rank test of the pairs; "KS p" compares the two
+  // distributions as unpaired samples.
+  t.columns = {"run",           "mean length",
+               "at cap",        "length ratio [95% CI]",
+               "D mean %",      ">=50% longer",
+               ">=50% shorter", "paired p",
+               "KS p",          "W1"};
   auto share = [](const json& j, const char* key) {
     return j.contains(key) ? format_fixed(100 * j[key].get<double>(), 1) + "%" : std::string();
   };
   auto row = [&](const std::string& name, const json& j, const std::string& capped) {
+    const json& ci = j["length_ratio_ci95"];
     t.rows.push_back({name, format_fixed(j["mean_length"].get<double>(), 1), capped,
+                      format_fixed(j["length_ratio"].get<double>(), 2) + " [" +
+                          format_fixed(ci[0].get<double>(), 2) + ", " +
+                          format_fixed(ci[1].get<double>(), 2) + "]",
                       format_fixed(j["d_mean"].get<double>(), 1),
                       format_fixed(100 * j["share_longer_50"].get<double>(), 1) + "%",
                       format_fixed(100 * j["share_shorter_50"].get<double>(), 1) + "%",
+                      format_fixed(j["wilcoxon_p_value"].get<double>(), 3),
                       format_fixed(j["ks_p_value"].get<double>(), 3),
                       format_fixed(j["wasserstein"].get<double>(), 2)});
   };
   t.rows.push_back({"full", format_fixed(s["mean_length_baseline"].get<double>(), 1),
-                    share(s, "runaway_rate_full"), "", "", "", "", ""});
+                    share(s, "runaway_rate_full"), "", "", "", "", "", "", ""});
   row("method", s, share(s, "runaway_rate"));
   for (const auto& c : s["controls"])
     row("full @ T=" + format_fixed(c["temperature"].get<double>(), 2), c, "");

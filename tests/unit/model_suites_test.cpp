@@ -741,6 +741,34 @@ TEST(OutputLengthSuite, LengthShiftByHand) {
   // CDFs: base {10,20,40}, other {10,20,20}: differ by 1/3 on [20, 40): W1 = 20/3, D = 1/3.
   EXPECT_NEAR(s.wasserstein, 20.0 / 3, 1e-12);
   EXPECT_NEAR(s.ks_statistic, 1.0 / 3, 1e-12);
+  // Paired: differences +10, 0, -30; two pairs differ, ranks 1 and 2, W+ = 1, W- = 2, exact
+  // p = 2 P[W+ <= 1] = 2 * 2/4 = 1.
+  EXPECT_EQ(s.pairs_differing, 2);
+  EXPECT_EQ(s.wilcoxon_statistic, 1.0);
+  EXPECT_EQ(s.wilcoxon_p_value, 1.0);
+  // Every resample's statistic lies within the extremes of the pairs drawn alone.
+  EXPECT_GE(s.d_mean_ci95.low, -100.0);
+  EXPECT_LE(s.d_mean_ci95.high, 75.0);
+  EXPECT_LT(s.d_mean_ci95.low, s.d_mean);
+  EXPECT_GT(s.d_mean_ci95.high, s.d_mean);
+  EXPECT_GE(s.length_ratio_ci95.low, 10.0 / 40);
+  EXPECT_LE(s.length_ratio_ci95.high, 20.0 / 10);
+  EXPECT_LT(s.length_ratio_ci95.low, 50.0 / 70);
+  EXPECT_GT(s.length_ratio_ci95.high, 50.0 / 70);
+  // Ten pairs all 20% shorter: the intervals collapse and the test sees a shift that the
+  // unpaired KS test, on overlapping distributions, does not.
+  std::vector<double> base, other;
+  for (int i = 1; i <= 10; ++i) {
+    base.push_back(10.0 * i);
+    other.push_back(8.0 * i);
+  }
+  s = length_shift(base, other);
+  EXPECT_NEAR(s.d_mean_ci95.low, 20.0, 1e-9);
+  EXPECT_NEAR(s.d_mean_ci95.high, 20.0, 1e-9);
+  EXPECT_NEAR(s.length_ratio_ci95.low, 0.8, 1e-12);
+  EXPECT_NEAR(s.length_ratio_ci95.high, 0.8, 1e-12);
+  EXPECT_NEAR(s.wilcoxon_p_value, 2.0 / 1024, 1e-15);  // all ten signs alike
+  EXPECT_GT(s.ks_p_value, 0.5);
   EXPECT_THROW(length_shift({1, 2}, {1}), Error);
 }
 
@@ -766,9 +794,30 @@ TEST(OutputLengthSuite, TheFullCacheAgainstItselfHasNoShift) {
   EXPECT_EQ(out.summary["d_mean"], 0.0);
   EXPECT_EQ(out.summary["ks_statistic"], 0.0);
   EXPECT_EQ(out.summary["wasserstein"], 0.0);
+  EXPECT_EQ(out.summary["pairs_differing"], 0);
+  EXPECT_EQ(out.summary["wilcoxon_p_value"], 1.0);
+  EXPECT_EQ(out.summary["d_mean_ci95"], json::array({0.0, 0.0}));
+  EXPECT_EQ(out.summary["length_ratio_ci95"], json::array({1.0, 1.0}));
   EXPECT_EQ(out.summary["controls"].size(), 2u);
   EXPECT_EQ(out.summary["controls"][0]["temperature"], 0.9);
   EXPECT_FALSE(out.warnings.empty());  // 4 samples are too few, and says so
+}
+
+// Greedy lengths have no sampling noise: temperature controls would measure sampling against
+// greedy decoding, not a floor, so they are skipped with a warning saying why.
+TEST(OutputLengthSuite, GreedyRunsSkipTheTemperatureControls) {
+  CellOutput out = run_output_length({{"name", "full"}}, R"({"name": "output_length", "samples": 2,
+                                      "prompt_tokens": 12, "max_new_tokens": 8,
+                                      "temperature": 0})");
+  EXPECT_TRUE(out.summary["controls"].empty());
+  for (const auto& r : out.records) EXPECT_TRUE(r["lengths_control"].empty());
+  bool said = false;
+  for (const auto& w : out.warnings) said = said || w.find("temperature 0") != std::string::npos;
+  EXPECT_TRUE(said);
+  // Sampled runs keep them.
+  out = run_output_length({{"name", "full"}}, R"({"name": "output_length", "samples": 2,
+                           "prompt_tokens": 12, "max_new_tokens": 8, "temperature": 0.7})");
+  EXPECT_EQ(out.summary["controls"].size(), 2u);
 }
 
 TEST(OutputLengthSuite, CompressedRunsKeepEverySampleAndTheSameSeeds) {

@@ -1,7 +1,11 @@
-// Statistics against values computed by hand.
+// Statistics against values computed by hand, and the Wilcoxon test against scipy's
+// (tests/fixtures/stats/wilcoxon.json, written by scripts/stats_fixtures.py).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/stats.h"
@@ -84,7 +88,6 @@ TEST(Stats, SummaryToJsonKeepsEveryField) {
   EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 4.5);
   EXPECT_EQ(j["median_ci95"].size(), 2u);
 }
-
 }  // namespace
 }  // namespace kvbench
 
@@ -118,7 +121,6 @@ TEST(Stats, KolmogorovSmirnovPValueOfDisjointSamples) {
   EXPECT_NEAR(r.p_value, 1.89e-5, 0.01e-5);
   EXPECT_THROW(ks_two_sample({}, a), Error);
 }
-
 }  // namespace
 }  // namespace kvbench
 
@@ -143,6 +145,74 @@ TEST(Stats, BootstrapMeanInterval) {
   EXPECT_GT(a.high, mean(x));
   EXPECT_GE(a.low, 0.0);
   EXPECT_LE(a.high, 1.0);
+}
+TEST(Stats, PairedBootstrapDrawsPairs) {
+  // y = x + 1 pair by pair: every resample's mean difference is exactly 1, while drawing the
+  // two series independently would spread it.
+  const std::vector<double> x = {3, 9, 1, 7, 4, 12, 5}, y = {4, 10, 2, 8, 5, 13, 6};
+  const Interval d = bootstrap_paired_ci(x.size(), [&](const std::vector<size_t>& draw) {
+    double sum = 0;
+    for (size_t i : draw) sum += y[i] - x[i];
+    return sum / static_cast<double>(draw.size());
+  });
+  EXPECT_EQ(d.low, 1.0);
+  EXPECT_EQ(d.high, 1.0);
+  // The mean's interval is the paired bootstrap of one series, draw for draw.
+  const Interval a = bootstrap_mean_ci(x, 0.9, 500, 7);
+  const Interval b = bootstrap_paired_ci(
+      x.size(),
+      [&](const std::vector<size_t>& draw) {
+        double sum = 0;
+        for (size_t i : draw) sum += x[i];
+        return sum / static_cast<double>(draw.size());
+      },
+      0.9, 500, 7);
+  EXPECT_EQ(a.low, b.low);
+  EXPECT_EQ(a.high, b.high);
+  EXPECT_THROW(bootstrap_paired_ci(0, [](const std::vector<size_t>&) { return 0.0; }), Error);
+}
+
+TEST(Stats, WilcoxonSignedRankByHand) {
+  // d = 1, -2, 4: ranks 1, 2, 3, W+ = 4, W- = 2; of the 8 sign patterns, 3 give W+ <= 2.
+  WilcoxonResult r = wilcoxon_signed_rank({10, 20, 30}, {11, 18, 34});
+  EXPECT_EQ(r.statistic, 2.0);
+  EXPECT_EQ(r.nonzero, 3);
+  EXPECT_TRUE(r.exact);
+  EXPECT_NEAR(r.p_value, 2 * 3.0 / 8, 1e-15);
+  // Zero differences are dropped: the same test on the three pairs that differ.
+  r = wilcoxon_signed_rank({10, 5, 20, 7, 30}, {11, 5, 18, 7, 34});
+  EXPECT_EQ(r.nonzero, 3);
+  EXPECT_NEAR(r.p_value, 0.75, 1e-15);
+  // d = 1, 1, 1, -1: tied ranks 2.5, W- = 2.5, the approximation with variance
+  // (4*5*9 - (64 - 4)/2) / 24 = 6.25; z = (2.5 - 5) / 2.5 = -1, p = erfc(1 / sqrt(2)).
+  r = wilcoxon_signed_rank({1, 1, 1, 1}, {2, 2, 2, 0});
+  EXPECT_FALSE(r.exact);
+  EXPECT_EQ(r.statistic, 2.5);
+  EXPECT_NEAR(r.p_value, std::erfc(1 / std::sqrt(2.0)), 1e-15);
+  // Nothing differs: no evidence of a shift.
+  r = wilcoxon_signed_rank({4, 8}, {4, 8});
+  EXPECT_EQ(r.nonzero, 0);
+  EXPECT_EQ(r.p_value, 1.0);
+  EXPECT_THROW(wilcoxon_signed_rank({1, 2}, {1}), Error);
+}
+
+TEST(Stats, WilcoxonSignedRankMatchesScipy) {
+  std::ifstream in(std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/stats/wilcoxon.json");
+  ASSERT_TRUE(in) << "tests/fixtures/stats/wilcoxon.json";
+  const nlohmann::json fixture = nlohmann::json::parse(in);
+  int exact = 0, approximate = 0;
+  for (const auto& c : fixture["cases"]) {
+    const auto x = c["x"].get<std::vector<double>>(), y = c["y"].get<std::vector<double>>();
+    const WilcoxonResult r = wilcoxon_signed_rank(x, y);
+    SCOPED_TRACE(c.dump());
+    EXPECT_EQ(r.exact, c["exact"].get<bool>());
+    EXPECT_NEAR(r.statistic, c["statistic"].get<double>(), 1e-9);
+    // Both sides compute the same formula in doubles: rounding apart, no more.
+    EXPECT_NEAR(r.p_value, c["p_value"].get<double>(), 1e-12 + 1e-10 * c["p_value"].get<double>());
+    (r.exact ? exact : approximate) += 1;
+  }
+  EXPECT_GE(exact, 10);  // both branches are exercised
+  EXPECT_GE(approximate, 10);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -85,6 +86,27 @@ double wasserstein_1(const std::vector<double>& x, const std::vector<double>& y)
 // Percentile-bootstrap confidence interval of the mean, seeded like bootstrap_median_ci.
 Interval bootstrap_mean_ci(const std::vector<double>& x, double confidence = 0.95,
                            int resamples = 2000, uint64_t seed = 0);
+// Percentile-bootstrap confidence interval of a statistic of n paired observations: each round
+// draws n indices with replacement (one seeded Rng) and evaluates `statistic` on them, so every
+// series indexed by them is resampled pair by pair. bootstrap_mean_ci is this with the mean.
+Interval bootstrap_paired_ci(size_t n,
+                             const std::function<double(const std::vector<size_t>&)>& statistic,
+                             double confidence = 0.95, int resamples = 2000, uint64_t seed = 0);
+
+// Wilcoxon signed-rank test of paired samples, two-sided: d = y - x, zero differences dropped
+// (Wilcoxon's convention), |d| ranked with ties at their mean rank, statistic = min(W+, W-)
+// over the n nonzero pairs. The p-value is exact (W+'s null distribution over the 2^n sign
+// patterns) when n <= 50 and no |d| ties, else the normal approximation with the tie correction
+// of the variance and no continuity correction: scipy.stats.wilcoxon's defaults, with which
+// tests/fixtures/stats/wilcoxon.json was made. With no nonzero difference, p = 1. Throws when
+// the samples do not pair up.
+struct WilcoxonResult {
+  double statistic = 0;
+  double p_value = 1;
+  int64_t nonzero = 0;  // pairs that differ, the n the test ranks
+  bool exact = false;
+};
+WilcoxonResult wilcoxon_signed_rank(const std::vector<double>& x, const std::vector<double>& y);
 // Exact two-sided McNemar test of paired pass/fail outcomes: b pairs passed only by the first,
 // c only by the second; p = min(1, 2 P[Binomial(b + c, 1/2) <= min(b, c)]), 1 when b + c = 0.
 double mcnemar_exact_p(int64_t b, int64_t c);

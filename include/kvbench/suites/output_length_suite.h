@@ -3,15 +3,18 @@
 // cache and with the method, on the same sampling seeds, one request at a time so each
 // sample's latency and KV bytes are its own. Per sample: both lengths and
 // D = (L_full - L_method) / L_full x 100. Over the samples: the shares >= 50% longer and
-// shorter, Kolmogorov-Smirnov and Wasserstein distances between the length distributions,
-// the rate of runaway generations (cap reached without EOS), and the end-to-end latency
-// cost. Control runs of the full cache at other temperatures (0.9 and 1.1 by default) show
-// how much length moves from sampling noise alone (seed paper, finding 2).
+// shorter, the Wilcoxon signed-rank test of the pairs and paired-bootstrap intervals of D's
+// mean and the length ratio, Kolmogorov-Smirnov and Wasserstein distances between the length
+// distributions, the rate of runaway generations (cap reached without EOS), and the
+// end-to-end latency cost. Control runs of the full cache at other temperatures (0.9 and 1.1
+// by default; none when greedy) show how much length moves from sampling noise alone (seed
+// paper, finding 2).
 #pragma once
 
 #include <vector>
 
 #include "kvbench/core/param_spec.h"
+#include "kvbench/core/stats.h"
 #include "kvbench/suites/suite.h"
 
 namespace kvbench {
@@ -36,6 +39,12 @@ struct LengthShift {
   double share_longer_50 = 0;       // D <= -50: at least 50% longer than the baseline
   double share_shorter_50 = 0;      // D >= 50
   double ks_statistic = 0, ks_p_value = 1, wasserstein = 0;
+  // The pairs as pairs: the Wilcoxon signed-rank test of L_other - L_base (how many pairs
+  // differ, its statistic and p-value), and paired-bootstrap 95% intervals (samples drawn
+  // with both their lengths) of d_mean and of the ratio of mean lengths.
+  int64_t pairs_differing = 0;
+  double wilcoxon_statistic = 0, wilcoxon_p_value = 1;
+  Interval d_mean_ci95, length_ratio_ci95;
 };
 LengthShift length_shift(const std::vector<double>& baseline, const std::vector<double>& other);
 nlohmann::json to_json(const LengthShift& s);
