@@ -188,6 +188,7 @@ Interval bootstrap_paired_ci(size_t n,
                              double confidence, int resamples, uint64_t seed) {
   KVB_CHECK(n > 0, "bootstrap of an empty sample");
   KVB_CHECK(confidence > 0 && confidence < 1, "confidence must be in (0, 1)");
+  KVB_CHECK(resamples > 0, "bootstrap: resamples must be > 0, got ", resamples);
   Rng rng(seed);
   std::vector<size_t> draw(n);
   std::vector<double> stats(static_cast<size_t>(resamples));
@@ -230,16 +231,22 @@ std::vector<double> mean_ranks(const std::vector<double>& v, double& tie_term) {
   return rank;
 }
 
-// P[W+ <= w] under the null for n untied ranks: counts of the subsets of {1..n} by their sum
-// (at most 2^50 for n <= 50, exact in a double).
-double signed_rank_cdf(int64_t n, int64_t w) {
-  std::vector<double> count(static_cast<size_t>(n * (n + 1) / 2 + 1), 0.0);
+// P[W+ <= w] under the null (each sign + or - with probability 1/2, independently) for the
+// given ranks, all as doubled ranks so tied mean ranks are integers too: counts of the subsets
+// of the ranks by their sum (at most 2^50 for 50 ranks, exact in a double).
+double signed_rank_cdf(const std::vector<int64_t>& doubled_ranks, int64_t doubled_w) {
+  int64_t total = 0;
+  for (int64_t r : doubled_ranks) total += r;
+  std::vector<double> count(static_cast<size_t>(total + 1), 0.0);
   count[0] = 1;
-  for (int64_t r = 1; r <= n; ++r)
-    for (int64_t s = r * (r + 1) / 2; s >= r; --s) count[s] += count[s - r];
+  int64_t reach = 0;
+  for (int64_t r : doubled_ranks) {
+    reach += r;
+    for (int64_t s = reach; s >= r; --s) count[s] += count[s - r];
+  }
   double below = 0;
-  for (int64_t s = 0; s <= w; ++s) below += count[s];
-  return below / std::ldexp(1.0, static_cast<int>(n));
+  for (int64_t s = 0; s <= std::min(doubled_w, total); ++s) below += count[s];
+  return below / std::ldexp(1.0, static_cast<int>(doubled_ranks.size()));
 }
 
 }  // namespace
@@ -261,10 +268,14 @@ WilcoxonResult wilcoxon_signed_rank(const std::vector<double>& x, const std::vec
   for (size_t i = 0; i < d.size(); ++i) (d[i] > 0 ? plus : minus) += rank[i];
   const double n = static_cast<double>(d.size());
   r.statistic = std::min(plus, minus);
-  r.exact = r.nonzero <= 50 && tie_term == 0;
+  r.exact = r.nonzero <= 50;
   if (r.exact) {
-    // Untied ranks are integers, so the statistic is one too; the null is symmetric.
-    r.p_value = std::min(1.0, 2 * signed_rank_cdf(r.nonzero, std::llround(r.statistic)));
+    // Mean ranks are whole or half numbers: doubled, integers. Flipping every sign maps W+ to
+    // W-, so the null is symmetric and P[W <= min] is the smaller tail.
+    std::vector<int64_t> doubled(rank.size());
+    std::transform(rank.begin(), rank.end(), doubled.begin(),
+                   [](double v) { return std::llround(2 * v); });
+    r.p_value = std::min(1.0, 2 * signed_rank_cdf(doubled, std::llround(2 * r.statistic)));
     return r;
   }
   const double mean_w = n * (n + 1) / 4;

@@ -158,6 +158,16 @@ std::function<bool(const json&, Series&)> record_samples(const char* key) {
   };
 }
 
+// record_samples resampled by the record's generations (declared_block): the decode steps of
+// one generation share its batch and context.
+std::function<bool(const json&, Series&)> record_samples_by_generation(const char* key) {
+  return [key](const json& r, Series& s) {
+    s.samples = samples_of(r, key);
+    s.block = declared_block(r, s.samples.size());
+    return true;
+  };
+}
+
 const std::vector<MetricImpl>& metric_impls() {
   static const std::vector<MetricImpl> impls = {
       {{"ttft", "latency", true, Worse::kHigher, 10, 0, "time to first token (ttft records)"},
@@ -172,10 +182,8 @@ const std::vector<MetricImpl>& metric_impls() {
         "decode tokens/s per point: batch / decode step times (samples_s)"},
        per_record("throughput", kThroughputPoint,
                   [](const json& r, Series& s) {
-                    s.samples = samples_of(r, "samples_s");
                     s.rate_scale = r.value("batch", 1.0);
-                    s.block = declared_block(r, s.samples.size());
-                    return true;
+                    return record_samples_by_generation("samples_s")(r, s);
                   })},
       {{"prefill_tok_s", "throughput", true, Worse::kLower, 10, 0,
         "prefill tokens/s per point: batch x prompt_tokens / prefill times (prefill_samples_s)"},
@@ -187,11 +195,7 @@ const std::vector<MetricImpl>& metric_impls() {
                   })},
       {{"attention_step", "kernels", true, Worse::kHigher, 10, 0,
         "decode-attention step time per context x kv_heads (decode_attention samples_s)"},
-       per_record("decode_attention", kKernelPoint,
-                  [](const json& r, Series& s) {
-                    s.samples = samples_of(r, "samples_s");
-                    return true;
-                  })},
+       per_record("decode_attention", kKernelPoint, record_samples("samples_s"))},
       {{"kv_bytes", "latency", false, Worse::kHigher, 1, 0,
         "measured KV bytes: latency kv_bytes_peak"},
        summary_value("kv_bytes_peak")},
@@ -227,12 +231,7 @@ const std::vector<MetricImpl>& metric_impls() {
        per_record("serving", serving_point, record_value(json::json_pointer("/goodput/fraction")))},
       {{"predictor_step", "predictor", true, Worse::kHigher, 10, 0,
         "decode step time per batch x context (step_profile samples_s)"},
-       per_record("step_profile", kPredictorPoint,
-                  [](const json& r, Series& s) {
-                    s.samples = samples_of(r, "samples_s");
-                    s.block = declared_block(r, s.samples.size());
-                    return true;
-                  })},
+       per_record("step_profile", kPredictorPoint, record_samples_by_generation("samples_s"))},
       {{"predictor_accuracy", "predictor", false, Worse::kLower, 5, 0.05,
         "held-out accuracy of the chosen step-time predictor (summary accuracy_mean)"},
        summary_value("accuracy_mean")},

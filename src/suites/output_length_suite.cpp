@@ -203,6 +203,7 @@ json length_shift_by_task(const std::vector<Prompt>& prompts, const std::vector<
                    {"median_length_ratio", median(m) / median(f)},
                    {"length_ratio_ci95", {s.length_ratio_ci95.low, s.length_ratio_ci95.high}},
                    {"d_mean", s.d_mean},
+                   {"d_mean_ci95", {s.d_mean_ci95.low, s.d_mean_ci95.high}},
                    {"d_median", s.d_median},
                    {"share_longer_50", s.share_longer_50},
                    {"share_shorter_50", s.share_shorter_50},
@@ -253,7 +254,8 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
     controls.clear();
     out.warnings.push_back(
         "temperature 0: greedy decoding has no sampling noise, so every length shift is the "
-        "method's; the control runs (control_temperatures) measure sampling against greedy "
+        "method's (up to numerical nondeterminism); the control runs (control_temperatures) "
+        "measure sampling against greedy "
         "decoding, not a noise floor, and were skipped");
   }
   std::vector<double> len_full, len_method, e2e_full, e2e_method;

@@ -142,21 +142,34 @@ double method_block_bytes(const json& method, const ModelConfig& c, at::ScalarTy
          (paged ? paged_storage_factor(*codec, c.head_dim, kernel_path) : 1.0);
 }
 
-double method_retention_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
-                                    int64_t block_size, bool paged, bool kernel_path) {
+namespace {
+
+// A policy's bookkeeping per context token over all layers (retention_bytes_per_token): as
+// held, and while a layer attends a prompt.
+struct RetentionRates {
+  uint64_t held = 0, entering = 0;
+};
+
+RetentionRates retention_rates(const json& method, const ModelConfig& c, at::ScalarType dtype,
+                               bool paged, bool kernel_path) {
   const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
   const CacheLayout index = CacheLayout::for_method(method, dtype, c.head_dim, paged, kernel_path);
-  const uint64_t per_token = retention_bytes_per_token(*policy, c, index, false);
-  return static_cast<double>(per_token) * static_cast<double>(c.num_layers * block_size);
+  return {retention_bytes_per_token(*policy, c, index, false),
+          retention_bytes_per_token(*policy, c, index, true)};
+}
+
+}  // namespace
+
+double method_retention_block_bytes(const json& method, const ModelConfig& c, at::ScalarType dtype,
+                                    int64_t block_size, bool paged, bool kernel_path) {
+  const uint64_t held = retention_rates(method, c, dtype, paged, kernel_path).held;
+  return static_cast<double>(held) * static_cast<double>(c.num_layers * block_size);
 }
 
 double method_prefill_retention_bytes(const json& method, const ModelConfig& c,
                                       at::ScalarType dtype, bool paged, bool kernel_path) {
-  const std::shared_ptr<const RetentionPolicy> policy = make_policy(method);
-  const CacheLayout index = CacheLayout::for_method(method, dtype, c.head_dim, paged, kernel_path);
-  const uint64_t held = retention_bytes_per_token(*policy, c, index, false),
-                 entering = retention_bytes_per_token(*policy, c, index, true);
-  return entering > held ? static_cast<double>(entering - held) : 0.0;
+  const RetentionRates r = retention_rates(method, c, dtype, paged, kernel_path);
+  return r.entering > r.held ? static_cast<double>(r.entering - r.held) : 0.0;
 }
 
 int64_t method_window_blocks(const json& method, const ModelConfig& c, at::ScalarType dtype,

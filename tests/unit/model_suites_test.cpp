@@ -799,6 +799,13 @@ TEST(OutputLengthSuite, TheFullCacheAgainstItselfHasNoShift) {
   EXPECT_EQ(out.summary["d_mean_ci95"], json::array({0.0, 0.0}));
   EXPECT_EQ(out.summary["length_ratio_ci95"], json::array({1.0, 1.0}));
   EXPECT_EQ(out.summary["controls"].size(), 2u);
+  // The printed table: the full cache, the method and each control, every row complete.
+  const Table t = OutputLengthSuite().summary_table(out);
+  ASSERT_EQ(t.rows.size(), 4u);
+  for (const auto& row : t.rows) EXPECT_EQ(row.size(), t.columns.size());
+  EXPECT_EQ(t.columns[3], "length ratio [95% CI]");
+  EXPECT_EQ(t.rows[1][3], "1.00 [1.00, 1.00]");
+  EXPECT_EQ(t.rows[1][7], "1.000");  // paired p
   EXPECT_EQ(out.summary["controls"][0]["temperature"], 0.9);
   EXPECT_FALSE(out.warnings.empty());  // 4 samples are too few, and says so
 }

@@ -183,12 +183,18 @@ TEST(Stats, WilcoxonSignedRankByHand) {
   r = wilcoxon_signed_rank({10, 5, 20, 7, 30}, {11, 5, 18, 7, 34});
   EXPECT_EQ(r.nonzero, 3);
   EXPECT_NEAR(r.p_value, 0.75, 1e-15);
-  // d = 1, 1, 1, -1: tied ranks 2.5, W- = 2.5, the approximation with variance
-  // (4*5*9 - (64 - 4)/2) / 24 = 6.25; z = (2.5 - 5) / 2.5 = -1, p = erfc(1 / sqrt(2)).
+  // d = 1, 1, 1, -1: tied ranks 2.5, W- = 2.5. Exact over the 16 sign patterns: W+ = 2.5 k
+  // for k plus signs, P[k <= 1] = 5/16, p = 10/16 (the normal approximation would say 0.317).
   r = wilcoxon_signed_rank({1, 1, 1, 1}, {2, 2, 2, 0});
-  EXPECT_FALSE(r.exact);
+  EXPECT_TRUE(r.exact);
   EXPECT_EQ(r.statistic, 2.5);
-  EXPECT_NEAR(r.p_value, std::erfc(1 / std::sqrt(2.0)), 1e-15);
+  EXPECT_NEAR(r.p_value, 10.0 / 16, 1e-15);
+  // 51 pairs all +1: past 50, the approximation. Mean 51*52/4 = 663, variance
+  // (51*52*103 - (51^3 - 51)/2) / 24 = 8619, W- = 0.
+  r = wilcoxon_signed_rank(std::vector<double>(51, 1.0), std::vector<double>(51, 2.0));
+  EXPECT_FALSE(r.exact);
+  EXPECT_EQ(r.statistic, 0.0);
+  EXPECT_NEAR(r.p_value, std::erfc(663 / std::sqrt(8619.0) / std::sqrt(2.0)), 1e-25);
   // Nothing differs: no evidence of a shift.
   r = wilcoxon_signed_rank({4, 8}, {4, 8});
   EXPECT_EQ(r.nonzero, 0);

@@ -95,11 +95,15 @@ Interval bootstrap_paired_ci(size_t n,
 
 // Wilcoxon signed-rank test of paired samples, two-sided: d = y - x, zero differences dropped
 // (Wilcoxon's convention), |d| ranked with ties at their mean rank, statistic = min(W+, W-)
-// over the n nonzero pairs. The p-value is exact (W+'s null distribution over the 2^n sign
-// patterns) when n <= 50 and no |d| ties, else the normal approximation with the tie correction
-// of the variance and no continuity correction: scipy.stats.wilcoxon's defaults, with which
-// tests/fixtures/stats/wilcoxon.json was made. With no nonzero difference, p = 1. Throws when
-// the samples do not pair up.
+// over the n nonzero pairs. For n <= 50 the p-value is exact: W+'s distribution over the 2^n
+// sign patterns of these ranks, ties included (what a permutation test of the signs gives;
+// the normal approximation is anti-conservative for few tied pairs, e.g. p = 0.157 against
+// 0.5 for d = {1, 1}). Above, the normal approximation with the tie correction of the
+// variance and no continuity correction. scipy 1.10's rule differs (exact only without zeros,
+// and then for tied ranks too), so tests/fixtures/stats/wilcoxon.json asks scipy's exact test
+// of the nonzero pairs, its exact permutation_test for tied ones, and its approximation above
+// 50 (scripts/stats_fixtures.py). With no nonzero difference, p = 1. Throws when the samples
+// do not pair up.
 struct WilcoxonResult {
   double statistic = 0;
   double p_value = 1;
