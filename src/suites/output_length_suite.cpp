@@ -214,10 +214,42 @@ json length_shift_by_task(const std::vector<Prompt>& prompts, const std::vector<
 
 }  // namespace
 
+namespace {
+
+// A bound on the tokens of the longest text prompt, before any tokenizer is loaded: its UTF-8
+// bytes, plus BOS and a prepended word-boundary mark. A byte-level BPE token spans at least one
+// byte, and a byte-fallback one exactly one. 0 without text prompts; a prompts file that cannot
+// be read counts 0 here (the run reports why).
+int64_t text_prompt_token_bound(const json& p) {
+  size_t longest = 0;
+  bool any = false;
+  for (const auto& t : p["prompt_texts"]) {
+    longest = std::max(longest, t.get<std::string>().size());
+    any = true;
+  }
+  const std::string file = p["prompts_file"];
+  if (!file.empty()) {
+    try {
+      read_jsonl(file, [&](const json& row, int64_t) {
+        if (!row.contains("prompt") || !row["prompt"].is_string()) return;
+        longest = std::max(longest, row["prompt"].get_ref<const std::string&>().size());
+        any = true;
+      });
+    } catch (const Error&) {
+    }
+  }
+  return any ? static_cast<int64_t>(longest) + 2 : 0;
+}
+
+}  // namespace
+
 uint64_t OutputLengthSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   const ModelConfig& c = *ctx.model;
-  const int64_t prompt = ctx.params["prompt_tokens"], cap = ctx.params["max_new_tokens"];
+  // Text prompts are as long as they are; prompt_tokens sizes only the random-id ones.
+  const int64_t text = text_prompt_token_bound(ctx.params);
+  const int64_t prompt = text > 0 ? text : ctx.params["prompt_tokens"].get<int64_t>();
+  const int64_t cap = ctx.params["max_new_tokens"];
   const double full_per_token = full_cache_bytes_per_token(c);
   // One request at a time; the full cache (fp32 bound) and the method's are not held together.
   return model_weight_bytes(c, ctx.weight_dtype) + ctx.shared_bytes +

@@ -810,6 +810,35 @@ TEST(OutputLengthSuite, TheFullCacheAgainstItselfHasNoShift) {
   EXPECT_FALSE(out.warnings.empty());  // 4 samples are too few, and says so
 }
 
+// Text prompts are estimated at their length, not at prompt_tokens (which sizes only the
+// random-id prompts): a bound from their UTF-8 bytes, which the real tokenizer's count obeys.
+TEST(OutputLengthSuite, TextPromptsAreEstimatedAtTheirLength) {
+  std::string text;
+  for (int i = 0; i < 150; ++i) text += "naïve café 東京, line " + std::to_string(i) + ". ";
+  Harness h(json{{"name", "output_length"}, {"prompt_texts", {text}}, {"max_new_tokens", 8}});
+  const ModelConfig* config = h.model.config_only();
+  ASSERT_NE(config, nullptr);
+  const double per_token = method_kv_bytes_per_token(h.method, *config, at::kBFloat16);
+  auto estimate = [&](const json& params) {
+    EstimateContext ctx{params, h.method, config, per_token, h.env};
+    return OutputLengthSuite().estimate_bytes(ctx);
+  };
+  json random = h.spec.suites[0].params;
+  random["prompt_texts"] = json::array();
+  const int64_t tokens = static_cast<int64_t>(h.model.tokenizer().encode(text, true).size());
+  ASSERT_GT(tokens, 64);
+  EXPECT_LE(tokens, static_cast<int64_t>(text.size()) + 2);
+  const uint64_t with_text = estimate(h.spec.suites[0].params), with_ids = estimate(random);
+  EXPECT_GE(with_text, with_ids + static_cast<uint64_t>((tokens - 64) * per_token));
+  // The same prompt from a prompts file is estimated the same.
+  const std::string path = ::testing::TempDir() + "/kvbench_estimate_prompts.jsonl";
+  std::ofstream(path) << json{{"prompt", "short"}}.dump() << "\n"
+                      << json{{"prompt", text}}.dump() << "\n";
+  json from_file = random;
+  from_file["prompts_file"] = path;
+  EXPECT_EQ(estimate(from_file), with_text);
+}
+
 // Greedy lengths have no sampling noise: temperature controls would measure sampling against
 // greedy decoding, not a floor, so they are skipped with a warning saying why.
 TEST(OutputLengthSuite, GreedyRunsSkipTheTemperatureControls) {
