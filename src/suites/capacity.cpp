@@ -15,6 +15,7 @@ namespace kvbench {
 
 CacheLayout CacheLayout::of(bool paged, bool kernel_path, bool ring) {
   CacheLayout out;
+  out.paged = paged;
   if (!paged) {
     out.before_selection = out.after_selection = sizeof(int64_t);
   } else if (!ring) {
@@ -166,11 +167,15 @@ SequenceKvBytes sequence_kv_bytes(const Codec& codec, const RetentionPolicy& pol
   for (int64_t l = 0; l + 1 < c.num_layers; ++l)
     out.prefill_retention += uint64_t(held_at(l, prompt)) * held_bookkeeping;
   out.prefill_retention += uint64_t(prompt) * prefill_bookkeeping;
+  // The keys and values likewise on the CPU cache (a layer holds more entering than held, and
+  // the layers' whole prompts are alike, so the last layer's moment is the most); on the paged
+  // cache every layer's pages whole for the prompt.
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    out.prefill += codec_bytes(prompt, prompt);
+    const int64_t tokens = index.paged || l + 1 == c.num_layers ? prompt : held_at(l, prompt);
+    out.prefill += codec_bytes(tokens, tokens);
     if (quest && l >= quest->dense_layers())
       out.prefill +=
-          QuestPages::nominal_bytes(prompt, c.num_kv_heads, c.head_dim, quest->page_size());
+          QuestPages::nominal_bytes(tokens, c.num_kv_heads, c.head_dim, quest->page_size());
   }
   return out;
 }

@@ -1510,7 +1510,7 @@ class ServingToolsCliTest(CliCase):
 
     def test_capacity_view_largest_batch_within_the_budget(self):
         # 3 MiB for 600-token sequences: full (600 KiB each) fits 5, stream-512 (512 KiB held,
-        # 598 KiB while a prompt enters) 5, kivi-4 more than max_batch 8, so it is measured at 8
+        # 533.5 KiB while a prompt enters: every layer but the last already cut) 5, kivi-4 more than max_batch 8, so it is measured at 8
         # and both are recorded.
         cfg = {"model": self.MODEL, "threads": 1, "methods": self.METHODS,
                "suites": [{"name": "throughput", "batch": [1], "prompt_tokens": [16],

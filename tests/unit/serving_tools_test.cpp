@@ -316,13 +316,22 @@ TEST(Capacity, BytesPerSequenceByTheMethodsFormula) {
                         kv_only);
   EXPECT_EQ(b.per_sequence, 512u * 1024);
   EXPECT_EQ(b.held_per_layer, (std::vector<int64_t>{512, 512, 512, 512}));
-  // ... but its prefill holds all 600 first: sequences entering one at a time need one such
-  // prefill beside the others' 512.
-  EXPECT_EQ(b.prefill, 600u * 1024);
-  EXPECT_EQ(b.batch_bytes(5), (4u * 512 + 600) * 1024);
-  EXPECT_EQ(largest_batch((4.0 * 512 + 600) * 1024, b), 5);
-  EXPECT_EQ(largest_batch((4.0 * 512 + 600) * 1024 - 1, b), 4);
-  EXPECT_EQ(largest_batch(600.0 * 1024 - 1, b), 0);
+  // ... but a layer holds all 600 while it attends the prompt, before it cuts them: on the CPU
+  // cache the layers before the last are cut by then (3 x 512 + 600 tokens of 256 bytes), and
+  // sequences entering one at a time need one such prefill beside the others' 512.
+  const uint64_t entering = (3u * 512 + 600) * 256;
+  EXPECT_EQ(b.prefill, entering);
+  EXPECT_EQ(b.batch_bytes(5), 4u * 512 * 1024 + entering);
+  EXPECT_EQ(largest_batch(4.0 * 512 * 1024 + entering, b), 5);
+  EXPECT_EQ(largest_batch(4.0 * 512 * 1024 + entering - 1, b), 4);
+  EXPECT_EQ(largest_batch(entering - 1.0, b), 0);
+  // The paged cache takes the prompt's pages at every layer at once.
+  CacheLayout paged_kv;
+  paged_kv.paged = true;
+  EXPECT_EQ(sequence_kv_bytes(*make_codec(stream, at::kBFloat16), *make_policy(stream), c, 600, 700,
+                              paged_kv)
+                .prefill,
+            600u * 1024);
   // KIVI-4: the codec's formula per layer, its residual window included, at the largest state
   // between the prefill (600) and 700 tokens: the window folds into groups at 640, so the
   // largest is before that, not at 700.
@@ -507,6 +516,8 @@ TEST(Capacity, ACompactingPagedCacheHoldsItsSlots) {
 // Measured between layers on the CPU cache (exact) and the paged one (the capacity view's
 // bound), the held layers' bookkeeping is what sequence_kv_bytes counts them at, and its
 // prefill_retention is that of every layer but the last plus the last one's while it enters.
+// The CPU cache's keys and values go the same way (prefill: the layers before the last as
+// measured, the last whole); the paged cache's pages are the whole prompt's at every layer.
 TEST(Capacity, PrefillBookkeepingFormsLayerByLayer) {
   const ModelConfig c = parse_model_config(find_model_preset("tiny-llama").config, "tiny-llama");
   auto gen = at::detail::createCPUGenerator(7);
@@ -532,11 +543,19 @@ TEST(Capacity, PrefillBookkeepingFormsLayerByLayer) {
           paged ? make_paged_cache(m, make_codec(m, at::kHalf), c.num_layers, c.num_kv_heads,
                                    c.head_dim, at::kHalf)
                 : make_kv_cache(m, c.num_layers, c.num_kv_heads, c.head_dim, at::kHalf);
+      // One layer's keys and values for the whole prompt: a policy keeping everything, per layer.
+      const uint64_t whole_layer =
+          sequence_kv_bytes(*make_codec(m, at::kHalf), FullRetention(), c, prompt, prompt, layout)
+              .prefill /
+          uint64_t(c.num_layers);
+      if (paged) EXPECT_EQ(b.prefill, whole_layer * uint64_t(c.num_layers));
       const int64_t seq = cache->add_sequence();
       uint64_t counted = 0;  // the layers attended so far, at their held state
       for (int64_t l = 0; l < c.num_layers; ++l) {
         auto x = [&](int64_t heads) { return at::randn({heads, prompt, c.head_dim}, gen); };
         cache->append_and_attend(seq, l, x(c.num_heads), x(c.num_kv_heads), x(c.num_kv_heads));
+        if (!paged && l + 2 == c.num_layers)
+          EXPECT_EQ(b.prefill, cache->storage().total() + whole_layer);
         counted += uint64_t(b.held_per_layer[size_t(l)]) * held_rate;
         if (paged)
           EXPECT_LE(cache->retention_bytes(), counted) << "after layer " << l;
@@ -618,10 +637,11 @@ TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
     cap[name] = r;
   }
   EXPECT_EQ(cap["full"]["max_batch_fit"], 5);
-  // stream-512 holds 512 KiB per sequence but 598 KiB while a prompt enters, and its positions
-  // beside (32 KiB, 37.4 KiB): 4 x 544 + 635.4 fit 3 MiB, 5 x 544 + 635.4 do not.
+  // stream-512 holds 512 KiB per sequence but 533.5 KiB while a prompt enters (3 layers at 512
+  // tokens, the last at all 598), and its positions beside (32 KiB; 33.2 KiB entering):
+  // 4 x 544 + 566.7 fit 3 MiB, 5 x 544 + 566.7 do not.
   EXPECT_EQ(cap["stream-512"]["max_batch_fit"], 5);
-  EXPECT_EQ(cap["stream-512"]["prefill_bytes_per_sequence"], 598 * 1024);
+  EXPECT_EQ(cap["stream-512"]["prefill_bytes_per_sequence"], (3 * 512 + 598) * 256);
   EXPECT_FALSE(cap["full"]["capped"].get<bool>());
   EXPECT_GT(cap["kivi-4"]["max_batch_fit"].get<int64_t>(), 8);
   EXPECT_TRUE(cap["kivi-4"]["capped"].get<bool>());

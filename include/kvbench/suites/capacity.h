@@ -20,6 +20,9 @@ namespace kvbench {
 // policy's records, H2O's sums and ScissorHands' history, come on top:
 // record_bytes_per_token); the slots its K and V take; and the row widths of its pages.
 struct CacheLayout {
+  // The paged cache: one block table serves every layer, so a prefill takes its prompt's pages
+  // at every layer at once. false: the CPU cache, whose layers each store what they hold.
+  bool paged = false;
   uint64_t before_selection = 0;  // from the prefill until the policy's first selection
   uint64_t after_selection = 0;
   bool exact = true;  // false: after_selection is an upper bound
@@ -98,8 +101,11 @@ uint64_t retention_bytes_per_token(const RetentionPolicy& policy, const ModelCon
 // on the paged path its exact buffers whole), except that a paged cache compacting during
 // decode is bounded (`kv_exact`: its free slots between compactions depend on when it last
 // compacted), and GEAR's when a prefill comes in chunks (its blocks then form per chunk).
-// `prefill` is one sequence while its prompt enters, before a policy evicts: the codec's bytes
-// for the whole prompt at every layer (the model attends over all of it first).
+// `prefill` is one sequence while its prompt enters, before a policy evicts: on the paged cache
+// the codec's bytes for the whole prompt at every layer (one block table serves them all, its
+// pages taken for the prompt before the layers attend); on the CPU cache each layer stores the
+// whole prompt as it attends it and is cut to its held state by its selection before the next
+// layer's enters, so every layer but the last held and the last one whole.
 // `retention` is the held state's bookkeeping (CacheLayout and the policy's records, which a
 // policy selecting once after the prefill keeps only until then), `prefill_retention` the
 // prefill's: each layer's forms as that layer attends the prompt and is cut to its held
