@@ -11,6 +11,7 @@
 
 #include "kvbench/cli/commands.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/model/transformer.h"
 
@@ -40,7 +41,12 @@ std::string why_not_overwrite(const std::filesystem::path& dir) {
   if (std::filesystem::is_empty(dir, ec)) return "";
   if (ec) return "it cannot be read (" + ec.message() + ")";
   std::ifstream in(dir / "config.json");
-  const nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(in, json_depth_limit((dir / "config.json").string()),
+                                   /*allow_exceptions=*/false);
+  } catch (const Error&) {  // nested too deep: not a preset's config
+  }
   const bool preset = config.is_object() && config.contains("kvbench") &&
                       config["kvbench"].is_object() && config["kvbench"].contains("preset") &&
                       config["kvbench"]["preset"].is_string();

@@ -74,6 +74,11 @@ std::string brief_json(const json& value, size_t max_bytes) {
          (value.is_string() ? " (a string of " + std::to_string(full) + " bytes)" : "");
 }
 
+void throw_nested_too_deep(const std::string& source) {
+  throw Error(source + ": values nested more than " + std::to_string(kMaxJsonDepth) +
+              " levels deep");
+}
+
 json parse_json_text(const std::string& text, const std::string& source, bool comments) {
   // A key given twice in one object would silently keep the later value (JSON allows the
   // text, nlohmann keeps the last); the author meant one of them.

@@ -24,7 +24,7 @@ void read_jsonl(const std::filesystem::path& path,
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
     json row;
     try {
-      row = json::parse(text);
+      row = json::parse(text, json_depth_limit(lead + jsonl_where(path, n)));
     } catch (const json::exception& e) {
       throw Error(lead + jsonl_where(path, n) + ": not JSON (" + e.what() + ")");
     }

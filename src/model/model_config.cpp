@@ -240,7 +240,7 @@ json read_json_file(const std::filesystem::path& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   try {
-    return json::parse(ss.str());
+    return json::parse(ss.str(), json_depth_limit("model config: " + path.string()));
   } catch (const json::parse_error& e) {
     throw Error("model config: " + path.string() + ": invalid JSON at byte " +
                 std::to_string(e.byte));

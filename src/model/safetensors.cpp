@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/report/atomic_file.h"
 
@@ -103,8 +104,11 @@ std::string one_line(std::string s) {
 // JSON parsers keep one of them silently, and the other's bytes would go unnoticed.
 OrderedJson parse_header(const char* begin, const char* end, const std::string& where) {
   std::vector<std::string> keys;  // top-level keys in file order, duplicates included
-  OrderedJson::parser_callback_t collect_keys = [&keys](int depth, OrderedJson::parse_event_t event,
-                                                        OrderedJson& parsed) {
+  // A header is three levels deep: nesting far past that is refused before anything copies
+  // or prints it (json_depth_limit).
+  OrderedJson::parser_callback_t collect_keys = [&](int depth, OrderedJson::parse_event_t event,
+                                                    OrderedJson& parsed) {
+    if (depth > kMaxJsonDepth) throw_nested_too_deep(where + "header");
     if (event == OrderedJson::parse_event_t::key && depth == 1) {
       keys.push_back(parsed.get<std::string>());
     }
@@ -321,7 +325,8 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string& dir) : dir_(dir)
   KVB_CHECK(in, where, "cannot read");
   nlohmann::json index;
   try {
-    index = nlohmann::json::parse(text.str());
+    index =
+        nlohmann::json::parse(text.str(), json_depth_limit("checkpoint: " + index_path.string()));
   } catch (const nlohmann::json::exception& e) {
     KVB_CHECK(false, where, "not valid JSON: ", one_line(e.what()));
   }

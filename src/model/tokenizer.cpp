@@ -29,7 +29,7 @@ json read_json(const std::filesystem::path& path, bool required) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   try {
-    return json::parse(buffer.str());
+    return json::parse(buffer.str(), json_depth_limit("tokenizer: " + path.string()));
   } catch (const json::exception& e) {
     std::string what = e.what();
     if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);

@@ -129,7 +129,7 @@ ShareGptData load_sharegpt(const std::string& path) {
     in.seekg(0);
     json all;
     try {
-      all = json::parse(in);
+      all = json::parse(in, json_depth_limit("sharegpt_file: " + path));
     } catch (const json::exception& e) {
       throw Error("sharegpt_file: " + path + ": not JSON (" + e.what() + ")");
     }

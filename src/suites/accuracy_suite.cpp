@@ -8,6 +8,7 @@
 #include <set>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
@@ -110,7 +111,7 @@ std::string resolve_chat_format(const CellContext& ctx) {
   KVB_CHECK(in.good(), "accuracy: chat_format auto: cannot read ", path);
   json config;
   try {
-    config = json::parse(in);
+    config = json::parse(in, json_depth_limit("accuracy: chat_format auto: " + path));
   } catch (const json::exception& e) {
     throw Error("accuracy: chat_format auto: " + path + ": not JSON");
   }

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
 #include "kvbench/kv/method_registry.h"
@@ -24,7 +25,11 @@ nlohmann::json marker(const std::string& dir) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) return nlohmann::json();
   std::ifstream in(path);
-  auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in, json_depth_limit(path.string()), /*allow_exceptions=*/false);
+  } catch (const Error&) {  // nested too deep: unmarked here, the loader says what is wrong
+  }
   return j.is_object() && j.contains("kvbench") ? j["kvbench"] : nlohmann::json();
 }
 

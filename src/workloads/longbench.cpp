@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/jsonl.h"
 #include "kvbench/core/text.h"
 #include "kvbench/workloads/scorers.h"
@@ -53,7 +54,7 @@ json read_json_file(const std::string& path) {
   std::ifstream in(path);
   KVB_CHECK(in.good(), "cannot read ", path);
   try {
-    return json::parse(in);
+    return json::parse(in, json_depth_limit(path));
   } catch (const json::exception& e) {
     throw Error(path + ": not JSON (" + e.what() + ")");
   }

@@ -90,6 +90,15 @@ TEST(Jsonl, AMissingFileIsAnError) {
   EXPECT_EQ(read_error(path), "cannot read " + path.string());
 }
 
+// A row nested deeper than any real one is refused while it is parsed: copying or printing it
+// would recurse once per level.
+TEST(Jsonl, ARowNestedTooDeepIsAnError) {
+  const auto path = write_jsonl("deep.jsonl", "{\"a\": 1}\n{\"a\": " + std::string(300000, '[') +
+                                                  std::string(300000, ']') + "}\n");
+  EXPECT_EQ(read_error(path, "trace_file"),
+            "trace_file: " + path.string() + ":2: values nested more than 64 levels deep");
+}
+
 TEST(Jsonl, ErrorsFromTheCallbackPassThrough) {
   const auto path = write_jsonl("ok.jsonl", "{\"a\": 1}\n{\"a\": 2}\n");
   try {

@@ -338,6 +338,25 @@ TEST_F(SafetensorsCorrupt, HeaderNotJson) {
   EXPECT_TRUE(is_error_line(open_error(path), path, {"header is not a JSON object but array"}));
 }
 
+// Brackets nested 300,000 deep (600 KB, under the header limit): printing or copying such a
+// value recurses once per level, so it is refused while parsing, before it overflows the stack.
+TEST_F(SafetensorsCorrupt, HeaderNestedTooDeep) {
+  const fs::path path = dir_ / "model.safetensors";
+  const size_t depth = 300000;
+  write_raw(path,
+            R"({"w":{"dtype":"F32","shape":[)" + std::string(depth, '[') + std::string(depth, ']') +
+                R"(],"data_offsets":[0,4]}})",
+            random_bytes(4, 23));
+  EXPECT_TRUE(is_error_line(open_error(path), path, {"nested more than 64 levels deep"}));
+  // The index of a sharded checkpoint likewise.
+  fs::remove(path);
+  const fs::path index = dir_ / "model.safetensors.index.json";
+  std::ofstream(index) << R"({"weight_map": )" << std::string(depth, '[') << std::string(depth, ']')
+                       << "}";
+  EXPECT_TRUE(is_error_line(error_of([&] { SafetensorsCheckpoint c(dir_.string()); }), index,
+                            {"nested more than 64 levels deep"}));
+}
+
 TEST_F(SafetensorsCorrupt, OffsetsOutOfRange) {
   const fs::path path = dir_ / "model.safetensors";
   const std::string message = error_for_entry(

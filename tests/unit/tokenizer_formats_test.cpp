@@ -271,6 +271,17 @@ TEST_F(TokenizerErrors, BrokenFilesAreOneLine) {
       << load_error(t);
   std::ofstream(dir_ / "tokenizer.json") << "{not json";
   EXPECT_THROW(Tokenizer::load(dir_.string()), Error);
+  // Nesting that printing or copying would recurse through until the stack overflows.
+  std::ofstream(dir_ / "tokenizer.json")
+      << R"({"normalizer": )" << std::string(300000, '[') << std::string(300000, ']') << "}";
+  try {
+    Tokenizer::load(dir_.string());
+    ADD_FAILURE() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer.json: values nested more than 64 levels"),
+              std::string::npos)
+        << e.what();
+  }
   EXPECT_THROW(Tokenizer::load((dir_ / "absent").string()), Error);
   const Tokenizer tok = Tokenizer::from_json(metaspace_tokenizer());
   EXPECT_THROW(tok.encode("\xff\xfe"), Error);  // not UTF-8

@@ -19,6 +19,22 @@ nlohmann::json parse_json_text(const std::string& text, const std::string& sourc
                                bool comments = false);
 constexpr int kMaxJsonDepth = 64;
 
+// Throws Error "<source>: values nested more than kMaxJsonDepth levels deep".
+[[noreturn]] void throw_nested_too_deep(const std::string& source);
+
+// A parser callback for json::parse (or ordered_json's, `Json`) over a file kvbench did not
+// write (a checkpoint's headers and configs, tokenizer.json, datasets, traces): it refuses
+// values nested more than kMaxJsonDepth levels deep (throw_nested_too_deep). nlohmann parses
+// without recursion, but copying or printing a value recurses once per level, so a 600 KB
+// header of nested brackets would overflow the stack; real files are a few levels deep.
+template <class Json = nlohmann::json>
+typename Json::parser_callback_t json_depth_limit(const std::string& source) {
+  return [source](int depth, typename Json::parse_event_t, Json&) {
+    if (depth > kMaxJsonDepth) throw_nested_too_deep(source);
+    return true;
+  };
+}
+
 // An exception's message without nlohmann's "[json.exception.type_error.302] " tag (other
 // messages as they are), for errors a person reads.
 std::string json_error_text(const std::exception& e);
