@@ -95,34 +95,78 @@ Architecture parse_architecture(const Reader& r) {
               " (supported: " + join(supported, ", ") + ")");
 }
 
-RopeScaling parse_rope_scaling(const Reader& r) {
+// The scaling described by the object at `key` ("rope_scaling", or transformers 5's
+// "rope_parameters", which carries the same keys beside rope_theta).
+RopeScaling parse_rope_scaling(const Reader& r, const std::string& key) {
   RopeScaling s;
-  if (!r.has("rope_scaling")) return s;
-  const json& j = r.j["rope_scaling"];
-  if (!j.is_object()) r.fail("rope_scaling", "expected an object or null, got " + brief_json(j));
+  if (!r.has(key)) return s;
+  const json& j = r.j[key];
+  if (!j.is_object()) r.fail(key, "expected an object or null, got " + brief_json(j));
   Reader sr{j, r.source};
   // transformers renamed "type" to "rope_type"; checkpoints carry either.
   s.type = sr.string("rope_type", sr.string("type", "default"));
   if (s.type == "default") return s;
   if (s.type != "linear" && s.type != "llama3") {
-    r.fail("rope_scaling",
-           "unsupported rope_scaling type: " + s.type + " (supported: default, linear, llama3)");
+    r.fail(key,
+           "unsupported " + key + " type: " + s.type + " (supported: default, linear, llama3)");
   }
   s.factor = sr.number("factor", 0);
-  if (!(s.factor > 0)) r.fail("rope_scaling.factor", "required for " + s.type + " scaling");
+  if (!(s.factor > 0)) r.fail(key + ".factor", "required for " + s.type + " scaling");
   if (s.type == "llama3") {
     // Required, as transformers requires them: a guessed default would move every frequency.
-    for (const char* key :
+    for (const char* k :
          {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
-      if (!sr.has(key)) r.fail(std::string("rope_scaling.") + key, "required for llama3 scaling");
+      if (!sr.has(k)) r.fail(key + "." + k, "required for llama3 scaling");
     s.low_freq_factor = sr.number("low_freq_factor", 1.0);
     s.high_freq_factor = sr.number("high_freq_factor", 4.0);
     s.original_max_position_embeddings = sr.integer("original_max_position_embeddings");
     if (!(s.high_freq_factor > s.low_freq_factor)) {
-      r.fail("rope_scaling", "high_freq_factor must exceed low_freq_factor");
+      r.fail(key, "high_freq_factor must exceed low_freq_factor");
     }
   }
   return s;
+}
+
+bool same_scaling(const RopeScaling& a, const RopeScaling& b) {
+  return a.type == b.type && a.factor == b.factor && a.low_freq_factor == b.low_freq_factor &&
+         a.high_freq_factor == b.high_freq_factor &&
+         a.original_max_position_embeddings == b.original_max_position_embeddings;
+}
+
+// rope_theta and the scaling: top-level keys (transformers 4), or "rope_parameters"
+// (transformers 5 writes theta and the scaling there, and no top-level keys). Both may be
+// present; where both give a value they must agree, as a checkpoint whose two halves disagree
+// has no one meaning. Per-layer-type parameters (models with layer_types) and a partial rotary
+// factor are refused: every supported architecture rotates whole heads with one theta.
+void read_rope(const Reader& r, ModelConfig& c) {
+  c.rope_theta = r.number("rope_theta", 10000.0);
+  c.rope_scaling = parse_rope_scaling(r, "rope_scaling");
+  if (!r.has("rope_parameters")) return;
+  const json& p = r.j["rope_parameters"];
+  if (!p.is_object()) r.fail("rope_parameters", "expected an object or null, got " + brief_json(p));
+  for (const auto& [k, v] : p.items())
+    if (v.is_object())
+      r.fail("rope_parameters." + k,
+             "per-layer-type RoPE parameters are not supported (one set for every layer)");
+  const Reader pr{p, r.source + ": rope_parameters"};
+  if (pr.has("partial_rotary_factor") && pr.number("partial_rotary_factor", 1.0) != 1.0)
+    r.fail("rope_parameters.partial_rotary_factor",
+           "only 1 is supported (RoPE over the whole head), got " +
+               brief_json(p["partial_rotary_factor"]));
+  if (pr.has("rope_theta")) {
+    const double theta = pr.number("rope_theta", 0);
+    if (r.has("rope_theta") && theta != c.rope_theta)
+      r.fail("rope_parameters.rope_theta", "is " + brief_json(p["rope_theta"]) +
+                                               " but the top-level rope_theta is " +
+                                               brief_json(r.j["rope_theta"]) + "; keep one");
+    c.rope_theta = theta;
+  }
+  const RopeScaling s = parse_rope_scaling(r, "rope_parameters");
+  const bool typed = pr.has("rope_type") || pr.has("type");
+  if (s.type == "default" && !(typed && c.rope_scaling.type != "default")) return;
+  if (c.rope_scaling.type != "default" && !same_scaling(s, c.rope_scaling))
+    r.fail("rope_parameters", "its scaling and rope_scaling's differ; keep one");
+  c.rope_scaling = s;
 }
 
 // eos_token_id and bos_token_id, each inside the vocabulary: an id the model can never produce
@@ -196,9 +240,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.head_dim = r.integer("head_dim", c.hidden_size / c.num_heads);
   if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE");
   c.max_position_embeddings = r.integer("max_position_embeddings", 4096);
-  c.rope_theta = r.number("rope_theta", 10000.0);
+  read_rope(r, c);
   c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
-  c.rope_scaling = parse_rope_scaling(r);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   const std::string act = r.string("hidden_act", "silu");
   if (act != "silu") r.fail("hidden_act", "unsupported activation '" + act + "' (supported: silu)");

@@ -135,6 +135,62 @@ TEST(ModelConfig, RejectsBadValues) {
   }
 }
 
+// transformers 5 writes rope_theta and the scaling inside "rope_parameters" and no top-level
+// keys: read there, Qwen3's theta is 1e6 (not the 10000 default) and Llama-3.1's llama3 scaling
+// is kept. Values given twice must agree; per-layer-type parameters and a partial rotary factor
+// are refused.
+TEST(ModelConfig, ReadsTheRopeParametersOfTransformers5) {
+  json c = find_model_preset("tiny-qwen3").config;
+  c.erase("rope_theta");
+  c.erase("rope_scaling");
+  c["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1000000.0}};
+  ModelConfig m = parse_model_config(c, "q3");
+  EXPECT_EQ(m.rope_theta, 1000000.0);
+  EXPECT_EQ(m.rope_scaling.type, "default");
+  // Llama-3.1's scaling, moved from rope_scaling into rope_parameters, reads the same.
+  const json l3 = llama();
+  ASSERT_EQ(l3["rope_scaling"]["rope_type"], "llama3");
+  json moved = l3;
+  moved["rope_parameters"] = l3["rope_scaling"];
+  moved["rope_parameters"]["rope_theta"] = 500000.0;
+  moved.erase("rope_scaling");
+  moved.erase("rope_theta");
+  const ModelConfig a = parse_model_config(l3, "a"), b = parse_model_config(moved, "b");
+  EXPECT_EQ(b.rope_theta, 500000.0);
+  EXPECT_EQ(b.rope_scaling.type, "llama3");
+  EXPECT_EQ(b.rope_scaling.factor, a.rope_scaling.factor);
+  EXPECT_EQ(b.rope_scaling.original_max_position_embeddings,
+            a.rope_scaling.original_max_position_embeddings);
+  moved["rope_parameters"]["rope_theta"] = a.rope_theta;
+  EXPECT_TRUE(
+      rope_inverse_frequencies(parse_model_config(moved, "b")).equal(rope_inverse_frequencies(a)));
+  // Both places, agreeing: fine; disagreeing: which one is meant is unknown.
+  moved["rope_scaling"] = l3["rope_scaling"];
+  moved["rope_theta"] = a.rope_theta;
+  EXPECT_EQ(error_of(moved), "");
+  moved["rope_theta"] = 10000.0;
+  EXPECT_NE(error_of(moved).find("rope_parameters.rope_theta: is"), std::string::npos)
+      << error_of(moved);
+  moved["rope_theta"] = a.rope_theta;
+  moved["rope_scaling"]["factor"] = 2.0;
+  EXPECT_NE(error_of(moved).find("rope_parameters: its scaling and rope_scaling's differ"),
+            std::string::npos);
+  moved["rope_scaling"] = l3["rope_scaling"];
+  moved["rope_parameters"] = {{"rope_type", "default"}};
+  EXPECT_NE(error_of(moved).find("its scaling and rope_scaling's differ"), std::string::npos);
+  // What the supported architectures cannot take.
+  c["rope_parameters"] = {{"full_attention", {{"rope_theta", 1e6}}},
+                          {"sliding_attention", {{"rope_theta", 1e4}}}};
+  EXPECT_NE(error_of(c).find("rope_parameters.full_attention: per-layer-type"), std::string::npos)
+      << error_of(c);
+  c["rope_parameters"] = {{"rope_theta", 1e6}, {"partial_rotary_factor", 0.5}};
+  EXPECT_NE(error_of(c).find("partial_rotary_factor: only 1 is supported"), std::string::npos);
+  c["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  EXPECT_NE(error_of(c).find("unsupported rope_parameters type: yarn"), std::string::npos);
+  c["rope_parameters"] = "1e6";
+  EXPECT_NE(error_of(c).find("rope_parameters: expected an object or null"), std::string::npos);
+}
+
 TEST(ModelConfig, ReadsTheDtypeKeyOfNewerTransformers) {
   // transformers >= 4.56 writes "dtype"; "torch_dtype" wins when both are present.
   json c = llama();
