@@ -43,7 +43,12 @@ std::vector<AddedToken> parse_added_tokens(const json& list, const std::string& 
   if (!list.is_array()) fail(source, "added_tokens: expected an array");
   for (const json& t : list) {
     AddedToken a;
-    a.id = t.at("id").get<int32_t>();
+    const json& id = t.at("id");
+    // (Bounded so that id + 1, the vocabulary's size, cannot overflow.)
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 30))
+      fail(source, "added_tokens[" + std::to_string(tokens.size()) +
+                       "].id: expected an integer in [0, 2^30], got " + brief_json(id));
+    a.id = id.get<int32_t>();
     a.content = t.at("content").get<std::string>();
     a.special = t.value("special", false);
     a.lstrip = t.value("lstrip", false);
@@ -96,7 +101,12 @@ struct Tokenizer::Impl {
         }
         const std::string name = item.at("SpecialToken").at("id").get<std::string>();
         const json& ids = p.at("special_tokens").at(name).at("ids");
-        for (const json& id : ids) (after ? suffix : prefix).push_back(id.get<int32_t>());
+        for (const json& id : ids) {
+          if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= vocab_size)
+            fail(source, "post_processor: special token " + name + ": id " + brief_json(id) +
+                             " is outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
+          (after ? suffix : prefix).push_back(id.get<int32_t>());
+        }
       }
     } else {
       fail(source, "unsupported post_processor: " + (type.empty() ? p.dump() : type) +
@@ -150,22 +160,44 @@ Tokenizer Tokenizer::from_json(const json& tokenizer_json, const json& tokenizer
     if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
     fail(source, "malformed: " + what);
   }
+  // The special tokens come from the files beside tokenizer.json; their errors name them.
+  const auto beside = [&](const char* name) {
+    return (std::filesystem::path(source).parent_path() / name).string();
+  };
   // tokenizer_config's tokens are strings, {"content": ...} objects or null.
   const auto token_id = [&](const json& config, const char* key) -> std::optional<int32_t> {
     if (!config.is_object() || !config.contains(key) || config[key].is_null()) return {};
     const json& v = config[key];
-    const std::string name = v.is_object() ? v.value("content", "") : v.get<std::string>();
+    const bool named =
+        v.is_string() || (v.is_object() && v.contains("content") && v["content"].is_string());
+    if (!named)
+      fail(beside("tokenizer_config.json"),
+           std::string(key) +
+               ": expected a string, an object with a string \"content\" or null, got " +
+               brief_json(v));
+    const std::string name = v.is_object() ? v["content"].get<std::string>() : v.get<std::string>();
     auto id = impl->find(name);
     if (!id) fail(source, std::string(key) + " not in the vocabulary: " + name);
     return id;
   };
+  // generation_config's ids: an integer or a list of them, each inside the vocabulary.
   const auto config_ids = [&](const char* key) {
     std::vector<int32_t> ids;
-    if (!generation_config.is_object() || !generation_config.contains(key)) return ids;
+    if (!generation_config.is_object() || !generation_config.contains(key) ||
+        generation_config[key].is_null())
+      return ids;
     const json& v = generation_config[key];
-    if (v.is_number_integer()) ids.push_back(v.get<int32_t>());
-    if (v.is_array()) {
-      for (const json& x : v) ids.push_back(x.get<int32_t>());
+    const json list = v.is_array() ? v : json::array({v});
+    for (const json& x : list) {
+      if (!x.is_number_integer())
+        fail(beside("generation_config.json"),
+             std::string(key) + ": expected an integer id or a list of them, got " + brief_json(v));
+      const int64_t id = x.get<int64_t>();
+      if (id < 0 || id >= impl->vocab_size)
+        fail(beside("generation_config.json"), std::string(key) + ": id " + std::to_string(id) +
+                                                   " is outside the vocabulary [0, " +
+                                                   std::to_string(impl->vocab_size) + ")");
+      ids.push_back(static_cast<int32_t>(id));
     }
     return ids;
   };

@@ -41,7 +41,13 @@ BpeModel::BpeModel(const json& model, const std::string& source) {
   vocab_.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     const int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id > (1 << 30)) fail(source, "model.vocab: id out of range: " + it.key());
+    // Real vocabularies number their tokens densely from 0; a few holes are allowed, but not an
+    // id that would size the table by itself (1e9 would allocate 32 GiB of strings).
+    const int64_t most = static_cast<int64_t>(vocab.size()) + (1 << 16);
+    if (id < 0 || id >= most)
+      fail(source, "model.vocab: id " + std::to_string(id) + " of " + it.key() +
+                       " is outside [0, " + std::to_string(most) +
+                       ") (the entries' count plus 65536)");
     vocab_.emplace(it.key(), static_cast<int32_t>(id));
     if (tokens_.size() <= static_cast<size_t>(id)) tokens_.resize(id + 1);
     tokens_[id] = it.key();

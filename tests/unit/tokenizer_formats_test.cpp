@@ -288,6 +288,50 @@ TEST_F(TokenizerErrors, BrokenFilesAreOneLine) {
   EXPECT_THROW(tok.decode({99}), Error);
 }
 
+// Ids and special tokens of the wrong type or out of range are errors naming the file and key,
+// not a json exception, a silently truncated id or a vocabulary sized by one lying entry.
+TEST_F(TokenizerErrors, IdsAndSpecialTokensAreChecked) {
+  json t = metaspace_tokenizer();
+  t["model"]["vocab"]["zz"] = 1000000000;
+  EXPECT_NE(load_error(t).find("model.vocab: id 1000000000 of zz is outside [0, "),
+            std::string::npos)
+      << load_error(t);
+  t = metaspace_tokenizer();
+  t["added_tokens"] = {{{"id", -3}, {"content", "<x>"}, {"special", true}}};
+  EXPECT_NE(load_error(t).find("added_tokens[0].id: expected an integer in [0, 2^30], got -3"),
+            std::string::npos)
+      << load_error(t);
+  t["added_tokens"][0]["id"] = 2147483647;
+  EXPECT_NE(load_error(t).find("added_tokens[0].id"), std::string::npos);
+  const std::string tokenizer_config = (dir_ / "tokenizer_config.json").string(),
+                    generation_config = (dir_ / "generation_config.json").string();
+  for (const json& bad : {json(1), json{{"content", 5}}, json::array({"<s>"})}) {
+    std::ofstream(tokenizer_config) << json{{"bos_token", bad}}.dump();
+    EXPECT_NE(load_error(metaspace_tokenizer())
+                  .find("tokenizer: " + tokenizer_config + ": bos_token: expected a string"),
+              std::string::npos)
+        << load_error(metaspace_tokenizer());
+  }
+  fs::remove(tokenizer_config);
+  for (const json& bad : {json::array({"2"}), json("2"), json(2.5)}) {
+    std::ofstream(generation_config) << json{{"eos_token_id", bad}}.dump();
+    EXPECT_NE(load_error(metaspace_tokenizer())
+                  .find("tokenizer: " + generation_config +
+                        ": eos_token_id: expected an integer id or a list of them"),
+              std::string::npos)
+        << load_error(metaspace_tokenizer());
+  }
+  for (const json& bad : {json(-1), json::array({1, 100000})}) {
+    std::ofstream(generation_config) << json{{"eos_token_id", bad}}.dump();
+    EXPECT_NE(load_error(metaspace_tokenizer()).find("eos_token_id: id "), std::string::npos)
+        << load_error(metaspace_tokenizer());
+    EXPECT_NE(load_error(metaspace_tokenizer()).find("is outside the vocabulary [0, "),
+              std::string::npos);
+  }
+  std::ofstream(generation_config) << json{{"eos_token_id", json::array({1, 2})}}.dump();
+  EXPECT_EQ(load_error(metaspace_tokenizer()), "");
+}
+
 TEST(TokenizerTiny, LoadsRoundTripsAndStaysUnder512) {
   const json t = tiny_tokenizer_json(512);
   EXPECT_EQ(t, tiny_tokenizer_json(512));  // deterministic
