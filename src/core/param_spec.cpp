@@ -169,6 +169,18 @@ std::string describe_expected(const ParamSpec& s) {
   return text;
 }
 
+void check_listed_once(const json& params, const std::vector<std::string>& keys) {
+  for (const std::string& key : keys) {
+    if (!params[key].is_array()) continue;
+    std::vector<int64_t> v = params[key].get<std::vector<int64_t>>();
+    std::sort(v.begin(), v.end());
+    const auto twice = std::adjacent_find(v.begin(), v.end());
+    if (twice != v.end())
+      throw ConfigError(key, "lists " + std::to_string(*twice) +
+                                 " twice (each value is a point of the grid, measured once)");
+  }
+}
+
 void check_known_keys(const json& object, const std::vector<std::string>& known,
                       const std::string& path) {
   for (const auto& item : object.items()) {

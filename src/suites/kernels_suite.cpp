@@ -285,13 +285,13 @@ KernelsSuite::CachePlan KernelsSuite::planned_llc(const json& llc_param, const E
               std::to_string(std::max(1, env.cores)) + " cores); set llc_bytes to the real size"};
 }
 
-std::vector<int64_t> KernelsSuite::auto_contexts(uint64_t bytes_per_token, uint64_t llc_bytes,
-                                                 double llc_multiple) {
+std::vector<int64_t> KernelsSuite::auto_contexts(const std::function<uint64_t(int64_t)>& bytes_at,
+                                                 uint64_t llc_bytes, double llc_multiple) {
   const double target = llc_multiple * static_cast<double>(llc_bytes);
   std::vector<int64_t> contexts;
   for (int64_t c = 1024; c <= kMaxContext; c *= 2) {
     contexts.push_back(c);
-    if (static_cast<double>(c) * static_cast<double>(bytes_per_token) >= target) break;
+    if (static_cast<double>(bytes_at(c)) >= target) break;
   }
   return contexts;
 }
@@ -330,12 +330,14 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
   plan.codec->make_value_store(max_heads, p["head_dim"]);
   plan.base = Shape{p["batch"], 0, p["group_size"], p["head_dim"], 0, plan.codec.get()};
   const double min_multiple = p["min_llc_multiple"];
-  Shape one = plan.base;
-  one.kv_heads = max_heads;
-  one.context = 1;
-  plan.contexts = p["contexts"] == "auto"
-                      ? KernelsSuite::auto_contexts(one.kv_bytes(), llc, min_multiple)
-                      : p["contexts"].get<std::vector<int64_t>>();
+  const auto bytes_at = [&](int64_t context) {
+    Shape s = plan.base;
+    s.kv_heads = max_heads;
+    s.context = context;
+    return s.kv_bytes();
+  };
+  plan.contexts = p["contexts"] == "auto" ? KernelsSuite::auto_contexts(bytes_at, llc, min_multiple)
+                                          : p["contexts"].get<std::vector<int64_t>>();
   for (int64_t c : plan.contexts) {
     Shape s = plan.base;
     s.kv_heads = max_heads;
@@ -350,6 +352,11 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
 
 void KernelsSuite::check_method(const json& params, const json& method, const std::string& device) {
   if (device != "cuda") make_plan(params, method, 0);
+}
+
+std::vector<int64_t> KernelsSuite::planned_contexts(const json& params, const json& method,
+                                                    uint64_t llc_bytes) {
+  return make_plan(params, method, llc_bytes).contexts;
 }
 
 uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {

@@ -55,12 +55,11 @@ void check_fidelity(const nlohmann::json& p) {
 
 const std::vector<SuiteInfo>& suite_catalog() {
   static const std::vector<SuiteInfo> catalog = {
-      {"kernels",
-       KernelsSuite::kSummary,
-       KernelsSuite::param_specs(),
-       /*needs_model=*/false,
-       [] { return std::make_unique<KernelsSuite>(); },
-       {},
+      {"kernels", KernelsSuite::kSummary, KernelsSuite::param_specs(),
+       /*needs_model=*/false, [] { return std::make_unique<KernelsSuite>(); },
+       [](const nlohmann::json& p) {
+         check_listed_once(p, {"contexts", "kv_heads"});
+       },
        KernelsSuite::check_method},
       {"latency",
        LatencySuite::kSummary,

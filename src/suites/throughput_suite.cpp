@@ -294,14 +294,7 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
 }  // namespace
 
 void ThroughputSuite::check_params(const json& p) {
-  for (const char* key : {"batch", "prompt_tokens", "new_tokens"}) {  // one point per value
-    std::vector<int64_t> v = p[key].get<std::vector<int64_t>>();
-    std::sort(v.begin(), v.end());
-    const auto twice = std::adjacent_find(v.begin(), v.end());
-    if (twice != v.end())
-      throw ConfigError(key, "lists " + std::to_string(*twice) +
-                                 " twice (each value is a point of the grid, measured once)");
-  }
+  check_listed_once(p, {"batch", "prompt_tokens", "new_tokens"});
   const int64_t context = p["capacity_context"], news = p["capacity_new_tokens"];
   if (context > 0 && context < news)
     throw ConfigError("capacity_context", "must be >= capacity_new_tokens (" +

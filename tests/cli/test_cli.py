@@ -572,6 +572,8 @@ class CliTest(CliCase):
              " the retention method comes first, as in 'snapkv+int8'"),
             ('{"suites": [{"name": "throughput", "batch": [2, 1, 2]}]}',
              "config: suites[0].batch: lists 2 twice (each value is a point of the grid"),
+            ('{"suites": [{"name": "kernels", "contexts": [1024, 2048, 1024]}]}',
+             "config: suites[0].contexts: lists 1024 twice (each value is a point of the grid"),
             ('{"suites": [{"name": "throughput", "capacity_context": 4, "capacity_new_tokens": 8}]}',
              "config: suites[0].capacity_context: must be >= capacity_new_tokens (8) when set"),
             ('{"suites": [{"name": "predictor", "batch": [1, 2], "heldout_batch": [100]}]}',

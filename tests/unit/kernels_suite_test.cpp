@@ -9,6 +9,7 @@
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/attention/torch_sdpa.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/param_spec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/kernels_suite.h"
 #include "kvbench/suites/suite_registry.h"
@@ -122,12 +123,28 @@ TEST(KernelsSuite, WarnsOfWidelySpreadPoints) {
 
 TEST(KernelsSuite, AutoContextsReachTheCacheMultiple) {
   // 8 KiB per token (2 x 8 heads x 128 dims x 4 bytes), 32 MiB cache, 4x: 16384 tokens.
-  auto c = KernelsSuite::auto_contexts(8192, 32u << 20, 4.0);
+  const auto linear = [](int64_t c) { return uint64_t(c) * 8192; };
+  auto c = KernelsSuite::auto_contexts(linear, 32u << 20, 4.0);
   ASSERT_FALSE(c.empty());
   EXPECT_EQ(c.front(), 1024);
   EXPECT_EQ(c.back(), 16384);
   EXPECT_EQ(c.size(), 5u);
-  EXPECT_EQ(KernelsSuite::auto_contexts(8192, 0, 4.0), std::vector<int64_t>{1024});
+  EXPECT_EQ(KernelsSuite::auto_contexts(linear, 0, 4.0), std::vector<int64_t>{1024});
+}
+
+// KIVI's one token is its fp16 window, as large as fp16's token: the contexts grow by the
+// formula at each context, so the smaller format gets the longer list, as docs/config.md says.
+TEST(KernelsSuite, AutoContextsFollowTheFormulaNotItsFirstToken) {
+  auto plan_for = [](const json& method) {
+    const json p = resolve_params(
+        json{{"name", "kernels"}, {"kv_heads", {8}}, {"head_dim", 128}, {"dtype", "float16"}},
+        KernelsSuite::param_specs(), "suites[0]");
+    return KernelsSuite::planned_contexts(p, resolve_method(method, "m"), 32u << 20);
+  };
+  // fp16: 4 KiB per token, 128 MiB (4 x 32 MiB) at 32k.
+  EXPECT_EQ(plan_for({{"name", "fp16"}}).back(), 32768);
+  // kivi-4, about a quarter of that per token past its window: 128k.
+  EXPECT_EQ(plan_for({{"name", "kivi-4"}}).back(), 131072);
 }
 
 TEST(KernelsSuite, PlansWithTheDetectedCacheUnlessOnlyCpuidOvershoots) {

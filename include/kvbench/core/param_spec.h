@@ -63,6 +63,11 @@ nlohmann::json resolve_params(const nlohmann::json& given, const std::vector<Par
                               const std::string& path,
                               const std::vector<std::string>& passthrough = {"name"});
 
+// Throws ConfigError(key, "lists V twice ...") when the integer list at one of `keys` repeats a
+// value: each value is a point of a suite's grid, measured once (a repeat would give two
+// records of one point, of which `compare` keeps one). A key that is not a list ("auto") passes.
+void check_listed_once(const nlohmann::json& params, const std::vector<std::string>& keys);
+
 // Joins a key path: join_path("suites[0]", "repeats") == "suites[0].repeats".
 std::string join_path(const std::string& path, const std::string& key);
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,8 +36,13 @@ class KernelsSuite final : public Suite {
   // ran. Empty otherwise.
   static std::string copy_drift_warning(double before_gbps, double after_gbps);
 
-  static std::vector<int64_t> auto_contexts(uint64_t bytes_per_token, uint64_t llc_bytes,
-                                            double llc_multiple);
+  // `bytes_at(context)`: the working set at that context by the method's formula, not a rate
+  // per token (KIVI's window and GEAR's buffer make one token as large as fp16's).
+  static std::vector<int64_t> auto_contexts(const std::function<uint64_t(int64_t)>& bytes_at,
+                                            uint64_t llc_bytes, double llc_multiple);
+  // The contexts a cell with resolved `params` runs `method` at, planning with `llc_bytes`.
+  static std::vector<int64_t> planned_contexts(const nlohmann::json& params,
+                                               const nlohmann::json& method, uint64_t llc_bytes);
 
   // The last-level cache size a cell plans with: the `llc_bytes` parameter when it is a number,
   // else the detected size. CPUID's figure, all a VM without cache topology offers, can exceed
