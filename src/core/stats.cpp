@@ -318,6 +318,7 @@ Summary summarize(const std::vector<double>& x, uint64_t seed, size_t block) {
   KVB_CHECK(!x.empty(), "summary of an empty sample");
   Summary s;
   s.n = x.size();
+  s.units = x.size() / std::max<size_t>(block, 1);
   s.mean = mean(x);
   s.stddev = stddev(x);
   s.min = *std::min_element(x.begin(), x.end());
@@ -330,11 +331,17 @@ Summary summarize(const std::vector<double>& x, uint64_t seed, size_t block) {
 }
 
 nlohmann::json to_json(const Summary& s) {
-  return {{"n", s.n},           {"mean", s.mean},
-          {"stddev", s.stddev}, {"min", s.min},
-          {"max", s.max},       {"median", s.median},
-          {"p50", s.median},    {"p90", s.p90},
-          {"p99", s.p99},       {"median_ci95", {s.median_ci95.low, s.median_ci95.high}}};
+  return {{"n", s.n},
+          {"mean", s.mean},
+          {"stddev", s.stddev},
+          {"min", s.min},
+          {"max", s.max},
+          {"median", s.median},
+          {"p50", s.median},
+          {"p90", s.p90},
+          {"p99", s.p99},
+          {"median_ci95",
+           s.units < 2 ? nlohmann::json() : nlohmann::json{s.median_ci95.low, s.median_ci95.high}}};
 }
 
 }  // namespace kvbench

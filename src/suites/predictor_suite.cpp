@@ -109,7 +109,9 @@ double point_time(const std::vector<double>& x, const std::string& statistic) {
 // How well a point's time is determined: the half-width of the 95% bootstrap interval of the
 // median of its steps, relative to the median. Measurement noise of the machine, beside which the
 // predictor's accuracy must be read.
-double relative_ci(const Summary& s) {
+// Null from one generation: its interval has zero width, which would read as no noise.
+json relative_ci(const Summary& s) {
+  if (s.units < 2) return nullptr;
   return s.median > 0 ? (s.median_ci95.high - s.median_ci95.low) / (2 * s.median) : 0;
 }
 
@@ -276,7 +278,8 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
     const double prefill = point_time(pt.prefills, statistic);
     // A generation's steps share its batch and context: resampled as one unit.
     const Summary stats = summarize(pt.steps, ctx.seed, pt.per_generation);
-    spreads.push_back(relative_ci(stats));
+    const json spread = relative_ci(stats);
+    if (!spread.is_null()) spreads.push_back(spread);
     const double pb = bilinear.predict(b, c), pl = lsq.predict(b, c);
     const double pp = prefill_w[0] + prefill_w[1] * b * c + prefill_w[2] * b * c * c;
     json rec = {{"kind", "step_profile"},
@@ -287,7 +290,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                 {"samples_per_generation", pt.per_generation},
                 {"time_s", to_json(stats)},
                 {"step_s", measured},
-                {"relative_ci95", spreads.back()},
+                {"relative_ci95", spread},
                 {"decode_tok_s", b / measured},
                 {"prefill_samples_s", pt.prefills},
                 {"prefill_s", prefill},
@@ -309,31 +312,35 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   for (const Point& pt : points) {
     if (pt.heldout) heldout_points.push_back({pt.batch, pt.context});
   }
-  out.summary = {{"grid", {{"batch", batches}, {"context", contexts}}},
-                 {"heldout_points", heldout_points},
-                 {"steps", steps},
-                 {"repeats", repeats},
-                 {"statistic", statistic},
-                 {"noise", median(spreads)},
-                 {"noise_max", *std::max_element(spreads.begin(), spreads.end())},
-                 {"model", p["model"]},
-                 {"accuracy_mean", acc_chosen["mean"]},
-                 {"accuracy_min", acc_chosen["min"]},
-                 {"models",
-                  {{"bilinear", {{"heldout_accuracy", acc_b}, {"fit", bilinear.to_json()}}},
-                   {"least_squares", {{"heldout_accuracy", acc_l}, {"fit", lsq.to_json()}}}}},
-                 {"prefill",
-                  {{"formula", "a + b*batch*context + c*batch*context^2"},
-                   {"a", prefill_w[0]},
-                   {"b", prefill_w[1]},
-                   {"c", prefill_w[2]},
-                   {"heldout_accuracy", accuracy_summary(acc_prefill)}}}};
+  out.summary = {
+      {"grid", {{"batch", batches}, {"context", contexts}}},
+      {"heldout_points", heldout_points},
+      {"steps", steps},
+      {"repeats", repeats},
+      {"statistic", statistic},
+      {"noise", spreads.empty() ? json() : json(median(spreads))},
+      {"noise_max",
+       spreads.empty() ? json() : json(*std::max_element(spreads.begin(), spreads.end()))},
+      {"model", p["model"]},
+      {"accuracy_mean", acc_chosen["mean"]},
+      {"accuracy_min", acc_chosen["min"]},
+      {"models",
+       {{"bilinear", {{"heldout_accuracy", acc_b}, {"fit", bilinear.to_json()}}},
+        {"least_squares", {{"heldout_accuracy", acc_l}, {"fit", lsq.to_json()}}}}},
+      {"prefill",
+       {{"formula", "a + b*batch*context + c*batch*context^2"},
+        {"a", prefill_w[0]},
+        {"b", prefill_w[1]},
+        {"c", prefill_w[2]},
+        {"heldout_accuracy", accuracy_summary(acc_prefill)}}}};
   if (acc_chosen["mean"].get<double>() < 0.85) {
     out.warnings.push_back(
         "held-out accuracy of the " + p["model"].get<std::string>() + " predictor is " +
         format_fixed(100 * acc_chosen["mean"].get<double>(), 1) +
-        "% (below 85%) with a measurement noise of " + format_fixed(100 * median(spreads), 1) +
-        "% (median relative 95% interval of a point's time): a loaded machine (try "
+        "% (below 85%) with a measurement noise of " +
+        (spreads.empty() ? std::string("? (one generation per point: repeats 1)")
+                         : format_fixed(100 * median(spreads), 1) + "%") +
+        " (median relative 95% interval of a point's time): a loaded machine (try "
         "statistic min), or a grid too coarse for the method");
   }
 

@@ -1288,6 +1288,27 @@ TEST(PredictorSuite, ProfilesFitsAndRoutes) {
   EXPECT_EQ(r.regressions(), 0u);
 }
 
+// One generation per point gives a zero-width interval of its median: the noise is not known,
+// and is written as null rather than 0.
+TEST(PredictorSuite, OneGenerationPerPointMeasuresNoNoise) {
+  const std::string grid = R"("name": "predictor", "batch": [1, 2], "context": [16, 32],
+      "steps": 2, "warmup": 0, "routing_requests": 4, "routing_prompt_tokens_min": 16,
+      "routing_prompt_tokens_max": 20, "routing_output_tokens_min": 2,
+      "routing_output_tokens_max": 4)";
+  for (const int repeats : {1, 2}) {
+    Harness h(json::parse("{" + grid + ", \"repeats\": " + std::to_string(repeats) + "}"));
+    PredictorSuite s;
+    const CellOutput out = h.run(s);
+    EXPECT_EQ(out.summary["noise"].is_null(), repeats == 1);
+    EXPECT_EQ(out.summary["noise_max"].is_null(), repeats == 1);
+    for (const json& r : out.records) {
+      if (r["kind"] != "step_profile") continue;
+      EXPECT_EQ(r["relative_ci95"].is_null(), repeats == 1);
+      EXPECT_EQ(r["time_s"]["median_ci95"].is_null(), repeats == 1);
+    }
+  }
+}
+
 // Refused when the suite's parameters are resolved (validate), before any run.
 TEST(PredictorSuite, HeldOutPointsOutsideTheGridAreConfigErrors) {
   try {

@@ -87,6 +87,11 @@ TEST(Stats, SummaryToJsonKeepsEveryField) {
   }
   EXPECT_DOUBLE_EQ(j["p50"].get<double>(), 4.5);
   EXPECT_EQ(j["median_ci95"].size(), 2u);
+  // One resampled run (a single sample, or one generation's block): a zero-width interval by
+  // construction, written as null rather than read as no noise.
+  EXPECT_TRUE(to_json(summarize({3.0})).at("median_ci95").is_null());
+  EXPECT_TRUE(to_json(summarize(kSample, 1, kSample.size())).at("median_ci95").is_null());
+  EXPECT_EQ(to_json(summarize(kSample, 1, kSample.size() / 2)).at("median_ci95").size(), 2u);
 }
 }  // namespace
 }  // namespace kvbench

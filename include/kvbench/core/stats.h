@@ -66,6 +66,9 @@ Interval bootstrap_median_change_ci_runs(const std::vector<SampleRun>& baseline,
 
 struct Summary {
   size_t n = 0;
+  // What the median's interval resampled: n / block runs. With one, every resample is that
+  // run and the interval has zero width: to_json writes it as null.
+  size_t units = 0;
   double mean = 0, stddev = 0, min = 0, max = 0;
   double median = 0, p90 = 0, p99 = 0;
   Interval median_ci95;
