@@ -96,7 +96,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   GenerationConfig g;
   g.max_new_tokens = new_tokens;
   g.ignore_eos = true;
-  std::vector<double> prefill, steps, host;
+  std::vector<double> prefill, steps, host, step_kv;
   uint64_t kv_peak = 0;
   json kv_memory;
   RetentionTimes retention;
@@ -115,6 +115,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
     steps.insert(steps.end(), res.decode_step_s.begin(), res.decode_step_s.end());
     host.insert(host.end(), res.decode_step_host_s.begin(), res.decode_step_host_s.end());
     retention.add(res);
+    for (uint64_t b : res.decode_step_kv_bytes) step_kv.push_back(static_cast<double>(b));
     if (res.peak_kv_bytes >= kv_peak) kv_memory = kv_memory_json(res, model.config());
     kv_peak = std::max(kv_peak, res.peak_kv_bytes);
   }
@@ -131,13 +132,15 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           ? static_cast<double>(kv_memory["tokens"].get<int64_t>())
           : static_cast<double>(batch) * static_cast<double>(prompt + new_tokens - 1);
   // What a decode step must read at least: every weight once (an untied embedding: the batch's
-  // rows) and the cache as held at its peak. Between methods its ratio is the ideal decode
-  // speed-up of a memory-bound step. Empty page slots (paged attention) are neither read nor a
-  // token's bytes.
+  // rows) and the cache as the median step held it (the peak is the last step's alone: with
+  // new_tokens near the prompt it would overstate the middle step's bytes, and paired with the
+  // median time, the rate). Between methods its ratio is the ideal decode speed-up of a
+  // memory-bound step. Empty page slots (paged attention) are neither read nor a token's bytes.
   const uint64_t padding =
       kv_memory.is_object() ? kv_memory["measured"].value("padding", uint64_t{0}) : uint64_t{0};
   const uint64_t kv_held = kv_peak - std::min(padding, kv_peak);
-  const uint64_t step_bytes = model.decode_step_weight_bytes(batch) + kv_held;
+  const uint64_t step_kv_read = step_kv.empty() ? kv_held : static_cast<uint64_t>(median(step_kv));
+  const uint64_t step_bytes = model.decode_step_weight_bytes(batch) + step_kv_read;
   return {{"kind", "throughput"},
           {"batch", batch},
           {"prompt_tokens", prompt},

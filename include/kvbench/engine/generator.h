@@ -40,6 +40,9 @@ struct GenerationResult {
   // the bytes it reads. On the CPU the forward is the step's work itself.
   std::vector<double> decode_step_host_s;
   std::vector<int64_t> decode_step_batch;  // sequences in each decode step
+  // The K/V bytes held after each decode step, padding excluded: what its attention read (its
+  // own token included), for the bytes a step moves beside its time.
+  std::vector<uint64_t> decode_step_kv_bytes;
   // Of those times, the part the KV cache spent on retention work (KVCache::retention_seconds:
   // the policy's scores and counts, selection, eviction): the prefill's and each decode step's.
   double prefill_retention_s = 0;
