@@ -182,6 +182,21 @@ void feed(CompressedKVCache& cache, int64_t seq, int64_t layer, const Shape& sh,
 // before it stay empty), layer 0 otherwise.
 std::vector<double> time_decode_steps(std::shared_ptr<const RetentionPolicy> policy,
                                       const Shape& sh, AttentionBackend backend, int64_t tokens,
+                                      int warmup, int repeats, uint64_t seed, int64_t* kept);
+
+// The same for a cache keeping every token, centred on `tokens`: each call appends one, so it is
+// fed that many less the warm-up and half the timed calls first (at least one), and its timed
+// steps hold tokens - repeats/2 .. tokens + repeats/2 tokens, not tokens + 1 .. tokens + warmup
+// + repeats (with 100000 repeats the baseline would be far longer than `tokens`).
+std::vector<double> time_full_decode_steps(const Shape& sh, AttentionBackend backend,
+                                           int64_t tokens, int warmup, int repeats, uint64_t seed) {
+  const int64_t fed = std::max<int64_t>(1, tokens - warmup - repeats / 2);
+  return time_decode_steps(std::make_shared<FullRetention>(), sh, backend, fed, warmup, repeats,
+                           seed, nullptr);
+}
+
+std::vector<double> time_decode_steps(std::shared_ptr<const RetentionPolicy> policy,
+                                      const Shape& sh, AttentionBackend backend, int64_t tokens,
                                       int warmup, int repeats, uint64_t seed, int64_t* kept) {
   const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());
   const int64_t layer = quest ? quest->dense_layers() : 0;
@@ -217,11 +232,10 @@ json retained_record(const Shape& sh, std::shared_ptr<const RetentionPolicy> pol
   // its last timed step read).
   const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());
   const int64_t read = quest ? quest->tokens_read(kept) : kept;
-  auto full = std::make_shared<FullRetention>();
-  Summary at_kept = summarize(
-      time_decode_steps(full, sh, backend, read, warmup, repeats, seed + 1, nullptr), seed);
-  Summary at_context = summarize(
-      time_decode_steps(full, sh, backend, sh.context, warmup, repeats, seed + 2, nullptr), seed);
+  Summary at_kept =
+      summarize(time_full_decode_steps(sh, backend, read, warmup, repeats, seed + 1), seed);
+  Summary at_context =
+      summarize(time_full_decode_steps(sh, backend, sh.context, warmup, repeats, seed + 2), seed);
   return {{"kind", "retained_decode"},
           {"backend", backend == AttentionBackend::kCpu ? "cpu" : "reference"},
           {"policy", name},
