@@ -33,7 +33,8 @@ std::vector<ParamSpec> ThroughputSuite::param_specs() {
                          "largest batch whose KV bytes fit the budget, and its decode tok/s")
           .range(0, 1 << 24),
       ParamSpec::integer("capacity_new_tokens", 8,
-                         "capacity view: decode steps timed at the capacity batch (the prompt is "
+                         "capacity view: tokens generated at the capacity batch, so "
+                         "capacity_new_tokens - 1 decode steps timed (the prompt is "
                          "capacity_context - capacity_new_tokens + 1 tokens)")
           .range(2, 1 << 16),
       ParamSpec::integer("kv_budget_bytes", 0,

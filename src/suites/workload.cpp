@@ -324,10 +324,11 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
       ctx.warnings->push_back(w);
   };
   // Past the trained context a real model's outputs (and so accuracy, fidelity and output
-  // lengths) mean little; speed is still measured.
-  if (c.max_position_embeddings > 0 && prompt + new_tokens > c.max_position_embeddings)
+  // lengths) mean little; speed is still measured. The last new token is sampled, never fed:
+  // the positions are 0 .. prompt + new_tokens - 2.
+  if (c.max_position_embeddings > 0 && prompt + new_tokens - 1 > c.max_position_embeddings)
     warn_once(suite + ": " + std::to_string(prompt) + " prompt + " + std::to_string(new_tokens) +
-              " new tokens exceed the model's max_position_embeddings (" +
+              " new tokens take positions past the model's max_position_embeddings (" +
               std::to_string(c.max_position_embeddings) + ")");
   // Quest never evicts, so "evicted nothing" cannot tell; dense layers covering the model can.
   const auto policy = make_policy(ctx.method);

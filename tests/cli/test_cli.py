@@ -315,7 +315,7 @@ class CliTest(CliCase):
 
     def test_prompts_past_the_models_context_are_warned_about_in_the_report(self):
         cfg = {"model": {"preset": "tiny-llama", "random_init": True}, "threads": 2,
-               "suites": [{"name": "latency", "prompt_tokens": 4095, "new_tokens": 2,
+               "suites": [{"name": "latency", "prompt_tokens": 4096, "new_tokens": 2,
                            "repeats": 1, "warmup": 0}]}
         _, report = self.report_from(self.run_ok(cfg))
         warnings = report["cells"][0]["warnings"]
