@@ -177,7 +177,8 @@ Tokenizer Tokenizer::from_json(const json& tokenizer_json, const json& tokenizer
                brief_json(v));
     const std::string name = v.is_object() ? v["content"].get<std::string>() : v.get<std::string>();
     auto id = impl->find(name);
-    if (!id) fail(source, std::string(key) + " not in the vocabulary: " + name);
+    if (!id)
+      fail(beside("tokenizer_config.json"), std::string(key) + " not in the vocabulary: " + name);
     return id;
   };
   // generation_config's ids: an integer or a list of them, each inside the vocabulary.

@@ -177,24 +177,18 @@ void feed(CompressedKVCache& cache, int64_t seq, int64_t layer, const Shape& sh,
   }
 }
 
+// What to feed a cache first so that its timed steps centre on `tokens` entered: each call
+// appends one, so that many less the warm-up and half the timed calls (at least one), and the
+// timed steps hold tokens - repeats/2 + 1 .. tokens + repeats/2, not tokens + 1 .. tokens +
+// warmup + repeats (with 100000 repeats far past `tokens`). The method and both baselines are
+// fed alike, so each ratio compares steps at the same counts.
+int64_t centred_feed(int64_t tokens, int warmup, int repeats) {
+  return std::max<int64_t>(1, tokens - warmup - repeats / 2);
+}
+
 // Seconds per decode step (append one token, let the policy act, attend) of a cache fed with
 // `tokens` tokens first. One layer is timed: the first one Quest reads sparsely (the layers
 // before it stay empty), layer 0 otherwise.
-std::vector<double> time_decode_steps(std::shared_ptr<const RetentionPolicy> policy,
-                                      const Shape& sh, AttentionBackend backend, int64_t tokens,
-                                      int warmup, int repeats, uint64_t seed, int64_t* kept);
-
-// The same for a cache keeping every token, centred on `tokens`: each call appends one, so it is
-// fed that many less the warm-up and half the timed calls first (at least one), and its timed
-// steps hold tokens - repeats/2 .. tokens + repeats/2 tokens, not tokens + 1 .. tokens + warmup
-// + repeats (with 100000 repeats the baseline would be far longer than `tokens`).
-std::vector<double> time_full_decode_steps(const Shape& sh, AttentionBackend backend,
-                                           int64_t tokens, int warmup, int repeats, uint64_t seed) {
-  const int64_t fed = std::max<int64_t>(1, tokens - warmup - repeats / 2);
-  return time_decode_steps(std::make_shared<FullRetention>(), sh, backend, fed, warmup, repeats,
-                           seed, nullptr);
-}
-
 std::vector<double> time_decode_steps(std::shared_ptr<const RetentionPolicy> policy,
                                       const Shape& sh, AttentionBackend backend, int64_t tokens,
                                       int warmup, int repeats, uint64_t seed, int64_t* kept) {
@@ -225,17 +219,20 @@ json retained_record(const Shape& sh, std::shared_ptr<const RetentionPolicy> pol
   const std::string name = policy->name();
   const json params = policy->params();
   int64_t kept = 0;
-  const std::vector<double> samples =
-      time_decode_steps(policy, sh, backend, sh.context, warmup, repeats, seed, &kept);
+  const std::vector<double> samples = time_decode_steps(
+      policy, sh, backend, centred_feed(sh.context, warmup, repeats), warmup, repeats, seed, &kept);
   Summary method = summarize(samples, seed);
   // Quest keeps every token but reads its chosen pages: its baseline is a cache that size (what
   // its last timed step read).
   const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());
   const int64_t read = quest ? quest->tokens_read(kept) : kept;
-  Summary at_kept =
-      summarize(time_full_decode_steps(sh, backend, read, warmup, repeats, seed + 1), seed);
-  Summary at_context =
-      summarize(time_full_decode_steps(sh, backend, sh.context, warmup, repeats, seed + 2), seed);
+  auto full_at = [&](int64_t tokens, uint64_t s) {
+    return summarize(
+        time_decode_steps(std::make_shared<FullRetention>(), sh, backend,
+                          centred_feed(tokens, warmup, repeats), warmup, repeats, s, nullptr),
+        seed);
+  };
+  const Summary at_kept = full_at(read, seed + 1), at_context = full_at(sh.context, seed + 2);
   return {{"kind", "retained_decode"},
           {"backend", backend == AttentionBackend::kCpu ? "cpu" : "reference"},
           {"policy", name},

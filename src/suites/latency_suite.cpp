@@ -31,7 +31,11 @@ std::vector<ParamSpec> LatencySuite::param_specs() {
 uint64_t LatencySuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   const json& p = ctx.params;
-  const int64_t prompt = p["prompt_tokens"], news = p["new_tokens"];
+  // A text prompt as long as it is (prompt_tokens then sizes nothing).
+  const std::string& text = p["prompt_text"].get_ref<const std::string&>();
+  const int64_t prompt =
+      text.empty() ? p["prompt_tokens"].get<int64_t>() : text_token_bound(text.size());
+  const int64_t news = p["new_tokens"];
   return model_weight_bytes(*ctx.model, ctx.weight_dtype) + ctx.shared_bytes +
          generation_bytes(*ctx.model, ctx.kv_bytes_per_token_at(prompt + news), p["batch"], prompt,
                           news, ctx.weight_dtype);

@@ -216,10 +216,8 @@ json length_shift_by_task(const std::vector<Prompt>& prompts, const std::vector<
 
 namespace {
 
-// A bound on the tokens of the longest text prompt, before any tokenizer is loaded: its UTF-8
-// bytes, plus BOS and a prepended word-boundary mark. A byte-level BPE token spans at least one
-// byte, and a byte-fallback one exactly one. 0 without text prompts; a prompts file that cannot
-// be read counts 0 here (the run reports why).
+// A bound on the tokens of the longest text prompt (text_token_bound). 0 without text prompts;
+// a prompts file that cannot be read counts 0 here (the run reports why).
 int64_t text_prompt_token_bound(const json& p) {
   size_t longest = 0;
   bool any = false;
@@ -238,7 +236,7 @@ int64_t text_prompt_token_bound(const json& p) {
     } catch (const Error&) {
     }
   }
-  return any ? static_cast<int64_t>(longest) + 2 : 0;
+  return any ? text_token_bound(longest) : 0;
 }
 
 }  // namespace

@@ -353,6 +353,21 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                                 ? p["routing_max_batch"].get<int64_t>()
                                 : batches.back();
   const int64_t replicas = p["routing_replicas"];
+  // The fits hold inside the profiled grid; past it the router's step costs are extrapolations.
+  const int64_t longest = pmax + omax - 1;  // the context of a longest request's last step
+  if (max_batch > batches.back() || longest > contexts.back()) {
+    out.warnings.push_back(
+        "routing goes past the profiled grid (" +
+        (max_batch > batches.back() ? "batches up to " + std::to_string(max_batch) + ", grid " +
+                                          std::to_string(batches.back())
+                                    : std::string()) +
+        (max_batch > batches.back() && longest > contexts.back() ? "; " : "") +
+        (longest > contexts.back() ? "contexts up to " + std::to_string(longest) + ", grid " +
+                                         std::to_string(contexts.back())
+                                   : std::string()) +
+        "): its step costs there are the predictor's extrapolations; widen the grid or narrow "
+        "routing_max_batch and the routing lengths");
+  }
   const PredictedStepCost cost(chosen, prefill_w);
   const double mean_prompt = 0.5 * static_cast<double>(pmin + pmax);
   const double mean_output = 0.5 * static_cast<double>(omin + omax);

@@ -325,7 +325,9 @@ class CliTest(CliCase):
         self.assertEqual(probe["read_bytes"], 16 << 20)
         self.assertGreater(probe["read_gbps_before"], 0)
         self.assertGreater(probe["read_gbps_after"], 0)
-        cfg["suites"][0]["prompt_tokens"] = 4094  # 4096 in all: within the context
+        # 4095 + 2 tokens take positions 0 .. 4095 (the last new token is sampled, never fed):
+        # within the context, though the tokens count 4097.
+        cfg["suites"][0]["prompt_tokens"] = 4095
         _, report = self.report_from(self.run_ok(cfg))
         self.assertFalse(any("max_position" in w for w in report["cells"][0]["warnings"]))
 
@@ -1512,8 +1514,8 @@ class ServingToolsCliTest(CliCase):
 
     def test_capacity_view_largest_batch_within_the_budget(self):
         # 3 MiB for 600-token sequences: full (600 KiB each) fits 5, stream-512 (512 KiB held,
-        # 533.5 KiB while a prompt enters: every layer but the last already cut) 5, kivi-4 more than max_batch 8, so it is measured at 8
-        # and both are recorded.
+        # 533.5 KiB while a prompt enters: every layer but the last already cut) 5, kivi-4 more
+        # than max_batch 8, so it is measured at 8 and both are recorded.
         cfg = {"model": self.MODEL, "threads": 1, "methods": self.METHODS,
                "suites": [{"name": "throughput", "batch": [1], "prompt_tokens": [16],
                            "new_tokens": [2], "warmup": 0, "repeats": 1,

@@ -274,8 +274,9 @@ TEST(KernelsSuite, RetainedTokenStepsForPoliciesThatActDuringDecode) {
   for (const Case& c : std::vector<Case>{
            {{{"name", "streamingllm"}, {"sinks", 4}, {"window", 60}}, 64, 64},
            {{{"name", "h2o"}, {"heavy", 32}, {"recent", 32}, {"codec", "int8"}}, 64, 64},
-           // 3 whole pages of 16 and the newest page's 12 tokens (992 .. 1003).
-           {{{"name", "quest"}, {"budget", 64}, {"dense_layers", 0}}, 1000 + 4, 3 * 16 + 12},
+           // The timed steps centre on 1000: fed 1000 - 1 - 3/2 = 998, then 4 appended, 1002
+           // kept; 3 whole pages of 16 and the newest page's 10 tokens (992 .. 1001).
+           {{{"name", "quest"}, {"budget", 64}, {"dense_layers", 0}}, 1002, 3 * 16 + 10},
            {{{"name", "snapkv"}, {"budget", 64}}, -1, -1}}) {
     auto r = run_kernels(suite, c.method);
     std::vector<json> retained;

@@ -842,6 +842,17 @@ TEST(OutputLengthSuite, TextPromptsAreEstimatedAtTheirLength) {
   json from_file = random;
   from_file["prompts_file"] = path;
   EXPECT_EQ(estimate(from_file), with_text);
+  // The latency suite's prompt_text likewise.
+  Harness lat(json{{"name", "latency"}, {"prompt_text", text}, {"new_tokens", 8}});
+  json ids = lat.spec.suites[0].params;
+  ids["prompt_text"] = "";
+  auto latency_estimate = [&](const json& params) {
+    EstimateContext ctx{params, lat.method, config, per_token, lat.env};
+    return LatencySuite().estimate_bytes(ctx);
+  };
+  EXPECT_GT(latency_estimate(lat.spec.suites[0].params),
+            latency_estimate(ids) +
+                static_cast<uint64_t>((tokens - ids["prompt_tokens"].get<int64_t>()) * per_token));
 }
 
 // Greedy lengths have no sampling noise: temperature controls would measure sampling against

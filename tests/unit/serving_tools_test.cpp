@@ -1269,6 +1269,7 @@ TEST(PredictorSuite, ProfilesFitsAndRoutes) {
   EXPECT_LE(out.summary["accuracy_mean"].get<double>(), 1.0);
   const json& routing_summary = out.summary["routing"];
   EXPECT_EQ(routing_summary["replicas"], 2);
+  for (const auto& w : out.warnings) EXPECT_EQ(w.find("past the profiled grid"), std::string::npos);
   EXPECT_EQ(routing_summary["max_batch"], 4);
   EXPECT_GT(routing_summary["rate"].get<double>(), 0);
   EXPECT_TRUE(routing_summary["policies"].contains("least_predicted"));
@@ -1300,6 +1301,9 @@ TEST(PredictorSuite, OneGenerationPerPointMeasuresNoNoise) {
     PredictorSuite s;
     const CellOutput out = h.run(s);
     EXPECT_EQ(out.summary["noise"].is_null(), repeats == 1);
+    // Requests of up to 20 + 4 - 1 tokens in a grid of contexts up to 32, batch 2: inside.
+    for (const auto& w : out.warnings)
+      EXPECT_EQ(w.find("past the profiled grid"), std::string::npos) << w;
     EXPECT_EQ(out.summary["noise_max"].is_null(), repeats == 1);
     for (const json& r : out.records) {
       if (r["kind"] != "step_profile") continue;
@@ -1307,6 +1311,22 @@ TEST(PredictorSuite, OneGenerationPerPointMeasuresNoNoise) {
       EXPECT_EQ(r["time_s"]["median_ci95"].is_null(), repeats == 1);
     }
   }
+}
+
+// Routing past the grid (a larger batch, longer requests) runs on extrapolated step costs: said.
+TEST(PredictorSuite, RoutingPastTheGridIsWarnedAbout) {
+  Harness h(json::parse(R"({"name": "predictor", "batch": [1, 2], "context": [16, 32],
+      "steps": 1, "repeats": 1, "warmup": 0, "routing_requests": 4, "routing_max_batch": 8,
+      "routing_prompt_tokens_min": 16, "routing_prompt_tokens_max": 40,
+      "routing_output_tokens_min": 2, "routing_output_tokens_max": 4})"));
+  PredictorSuite s;
+  const CellOutput out = h.run(s);
+  bool said = false;
+  for (const auto& w : out.warnings)
+    said = said || w.find(
+                       "routing goes past the profiled grid (batches up to 8, grid 2; "
+                       "contexts up to 43, grid 32)") != std::string::npos;
+  EXPECT_TRUE(said);
 }
 
 // Refused when the suite's parameters are resolved (validate), before any run.
