@@ -99,6 +99,9 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
         spdlog::error("make-model: cannot write {}: {}", opt->out.empty() ? "\"\"" : opt->out,
                       e.code().message());
         return 2;
+      } catch (const Error& e) {  // a file's atomic write (a read-only directory or mount)
+        spdlog::error("make-model: cannot write {}: {}", opt->out, e.what());
+        return 2;
       }
       std::cout << "wrote " << preset->name << " (" << preset->summary << ") to " << opt->out
                 << "\n";

@@ -1,8 +1,10 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <filesystem>
 #include <iostream>
 #include <memory>
+#include <set>
 
 #include "kvbench/cli/commands.h"
 #include "kvbench/core/error.h"
@@ -25,7 +27,16 @@ int report(const ReportOptions& opt) {
   ReportTables tables;
   try {  // unreadable or foreign files and an absent --baseline are input errors: exit 2
     std::vector<LoadedReport> reports;
-    for (const std::string& f : opt.files) reports.push_back(load_report(f));
+    std::set<std::string> seen;  // a file named twice (a.json a.json, a shell glob and a name)
+    for (const std::string& f : opt.files) {
+      std::error_code ec;
+      const std::filesystem::path canonical = std::filesystem::weakly_canonical(f, ec);
+      if (!seen.insert(ec ? f : canonical.string()).second) {
+        spdlog::warn("{}: given twice; read once", f);
+        continue;
+      }
+      reports.push_back(load_report(f));
+    }
     merged = merge_reports(reports);
     tables = build_report_tables(merged, opt.baseline);
   } catch (const Error& e) {

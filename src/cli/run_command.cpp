@@ -38,7 +38,8 @@ struct RunOptions {
   bool out_given = false;  // --out on the command line, even as ""
   std::vector<std::string> sets;
   bool dry_run = false;
-  std::string shard;  // "i/n"
+  std::string shard;         // "i/n"
+  bool shard_given = false;  // --shard on the command line, even as "" (an unset $SHARD)
   bool resume = false;
   std::string command_line;
 };
@@ -121,7 +122,7 @@ void check_output_dir(const RunSpec& spec, bool create) {
 // The cells of one run, after --shard.
 std::vector<Cell> shard_cells(const RunSpec& spec, const RunOptions& opt) {
   std::vector<Cell> cells = expand_cells(spec);
-  if (!opt.shard.empty()) {
+  if (opt.shard_given) {
     const size_t all = cells.size();
     cells = select_shard(cells, parse_shard(opt.shard));
     spdlog::info("shard {}: {} of {} cell(s) of run '{}'", opt.shard, cells.size(), all, spec.name);
@@ -282,7 +283,9 @@ int run(const RunOptions& opt) {
     sets.push_back("output.dir=" + nlohmann::json(opt.out).dump());
   }
   const std::vector<GridRun> runs = load_run_specs(opt.config, sets);
-  if (!opt.shard.empty()) parse_shard(opt.shard);  // a bad --shard fails before anything runs
+  // A bad --shard fails before anything runs; "" too (a job array's unset $SHARD would
+  // otherwise run every cell in every task).
+  if (opt.shard_given) parse_shard(opt.shard);
   for (const GridRun& g : runs) {
     check_grid_run(g, [&] {
       check_device(g.spec, query_cuda());
@@ -319,15 +322,17 @@ void register_run_command(CLI::App& app, GlobalOptions& global) {
   sub->add_option("--set", opt->sets, "override a config key: --set threads=2 (repeatable)")
       ->allow_extra_args(false);
   sub->add_flag("--dry-run", opt->dry_run, "validate and list the cells without running them");
-  sub->add_option("--shard", opt->shard,
-                  "run only part i of n of the cells (0 <= i < n; by cell id, so the n parts are "
-                  "disjoint and complete); merge the reports with kvbench report");
+  CLI::Option* shard = sub->add_option(
+      "--shard", opt->shard,
+      "run only part i of n of the cells (0 <= i < n; by cell id, so the n parts are "
+      "disjoint and complete); merge the reports with kvbench report");
   sub->add_flag("--resume", opt->resume,
                 "reuse the ok cells of earlier reports in the output directory (same cell id) "
                 "instead of running them again; failed cells run again");
-  sub->callback([opt, out, &global] {
+  sub->callback([opt, out, shard, &global] {
     opt->command_line = global.command_line;
     opt->out_given = out->count() > 0;
+    opt->shard_given = shard->count() > 0;
     global.action = [opt] { return run(*opt); };
   });
 }

@@ -69,11 +69,14 @@ bool write_file_atomically(const std::filesystem::path& path, const std::string&
   if (synced && exclusive) {
     placed = ::link(tmp.c_str(), path.c_str()) == 0;
     err = errno;
-    if (!placed && (err == EPERM || err == EOPNOTSUPP || err == ENOSYS) &&
-        !std::filesystem::exists(path)) {
-      placed = std::rename(tmp.c_str(), path.c_str()) == 0;
-      err = errno;
-      if (placed) exclusive = false;  // the temporary is gone
+    if (!placed && (err == EPERM || err == EOPNOTSUPP || err == ENOSYS)) {
+      if (std::filesystem::exists(path)) {
+        err = EEXIST;  // the name is taken, as link() would say: the caller tries the next one
+      } else {
+        placed = std::rename(tmp.c_str(), path.c_str()) == 0;
+        err = errno;
+        if (placed) exclusive = false;  // the temporary is gone
+      }
     }
   } else if (synced) {
     placed = std::rename(tmp.c_str(), path.c_str()) == 0;

@@ -115,6 +115,13 @@ json kv_bytes_of(const json& holder, const char* fallback) {
   return v.is_null() ? number_at(holder, fallback) : v;
 }
 
+// A cell's summary, null when it has none (a const json's [] on a missing key is undefined).
+const json& summary_of(const json& cell) {
+  static const json none;
+  const auto it = cell.find("summary");
+  return it == cell.end() ? none : *it;
+}
+
 std::vector<Point> records_of_kind(const json& cell, const std::string& kind,
                                    const std::vector<std::string>& key_fields,
                                    const std::function<std::vector<json>(const json&)>& values) {
@@ -131,7 +138,7 @@ std::vector<Point> records_of_kind(const json& cell, const std::string& kind,
 
 std::vector<Point> summary_point(const json& cell, const std::vector<std::string>& paths) {
   Point p;
-  for (const std::string& path : paths) p.values.push_back(number_at(cell["summary"], path));
+  for (const std::string& path : paths) p.values.push_back(number_at(summary_of(cell), path));
   return {p};
 }
 
@@ -152,7 +159,7 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"bits_per_value", false},
         {"ratio_to_fp16", false}},
        [](const json& c) {
-         const json& s = c["summary"];
+         const json& s = summary_of(c);
          Point p;
          p.values = {number_at(s, "ttft_s.median"),
                      number_at(s, "ttft_s.p99"),
@@ -275,7 +282,7 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"noise", false},
         {"heldout_points", false}},
        [](const json& c) {
-         const json& s = c["summary"];
+         const json& s = summary_of(c);
          Point p;
          p.values = {number_at(s, "accuracy_mean"),
                      number_at(s, "accuracy_min"),
@@ -319,7 +326,7 @@ const std::vector<SuiteSpec>& suite_specs() {
        [](const json& c) {
          std::vector<Point> out;
          for (const json& t :
-              at(c["summary"], "tasks").is_array() ? c["summary"]["tasks"] : json::array()) {
+              at(summary_of(c), "tasks").is_array() ? summary_of(c)["tasks"] : json::array()) {
            Point p;
            p.key["task"] = t.value("task", "");
            p.values = {number_at(t, "samples"),
@@ -644,7 +651,7 @@ ResultTable pareto_table(const std::vector<MergedCell>& cells, Context& ctx) {
       const std::string label = ctx.label(c), suite = c["suite"];
       if (std::find(labels.begin(), labels.end(), label) == labels.end()) labels.push_back(label);
       const std::string pkey = suite + "|" + c.value("params", json::object()).dump();
-      const json& sum = c["summary"];
+      const json& sum = summary_of(c);
       if (json b = number_at(sum, "kv_memory.bits_per_value"); !b.is_null()) {
         bits[label].push_back(b.get<double>());
       }

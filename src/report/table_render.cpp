@@ -13,7 +13,10 @@ using json = nlohmann::json;
 
 std::string markdown_cell(const json& v) {
   if (v.is_boolean()) return v.get<bool>() ? "**yes**" : "no";
-  return replace_all(format_value(v), "|", "\\|");
+  // A row is one line: a newline in a value (a prompt_text, a task name) would end it.
+  std::string s = replace_all(format_value(v), "|", "\\|");
+  s = replace_all(replace_all(replace_all(s, "\r\n", "<br>"), "\n", "<br>"), "\r", "<br>");
+  return s;
 }
 
 std::string csv_field(const json& v) {

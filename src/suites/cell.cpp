@@ -193,6 +193,10 @@ Shard parse_shard(const std::string& text) {
   Shard s;
   try {
     if (slash == std::string::npos) throw std::invalid_argument("no slash");
+    // Digits only: std::stoi would take " 1", "+1" and "-0".
+    if (text.find_first_not_of("0123456789/") != std::string::npos || slash == 0 ||
+        slash + 1 == text.size())
+      throw std::invalid_argument("not digits");
     size_t used = 0;
     s.index = std::stoi(text.substr(0, slash), &used);
     if (used != slash) throw std::invalid_argument("index");

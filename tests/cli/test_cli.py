@@ -141,6 +141,9 @@ class CliTest(CliCase):
         self.assertEqual(len(ids), 6)
         self.assert_one_line_error(
             kvbench("run", "--config", self.write_config(cfg), "--shard", "3/3"), 2, "--shard")
+        # An empty value (a job array's unset $SHARD) is refused, not taken as "every cell".
+        self.assert_one_line_error(
+            kvbench("run", "--config", self.write_config(cfg), "--shard", ""), 2, "--shard")
 
     def test_resume_reuses_ok_cells_and_reruns_failed_ones(self):
         cfg = {"suites": [TINY_SUITE, {"name": "latency", "prompt_tokens": 4, "new_tokens": 2,
@@ -311,6 +314,11 @@ class CliTest(CliCase):
         rep = kvbench("report", str(other / stopped.name), str(path3))
         self.assertEqual(rep.returncode, 0, rep.stderr)
         self.assertNotIn("partial report", rep.stderr)
+        self.assertNotIn("appears in", rep.stderr)
+        # One file named twice is read once, not merged with itself cell by cell.
+        rep = kvbench("report", str(path3), str(path3))
+        self.assertEqual(rep.returncode, 0, rep.stderr)
+        self.assertIn("given twice; read once", rep.stderr)
         self.assertNotIn("appears in", rep.stderr)
 
     def test_prompts_past_the_models_context_are_warned_about_in_the_report(self):

@@ -449,6 +449,22 @@ TEST(ReportMerge, RendersMarkdownCsvAndJson) {
   EXPECT_DOUBLE_EQ(j["tables"][0]["rows"][1]["tpot_median_s/full"].get<double>(), 0.5);
   EXPECT_EQ(format_value(json(0.0123456)), "0.01235");
   EXPECT_EQ(format_value(json(4096.0)), "4096");
+  // A value with newlines (a prompt_text parameter, a task name) stays on its row.
+  ReportTables lines_in_values;
+  lines_in_values.tables.push_back({"t", "title", {"prompt_text"}, {{json("a|b\nc\r\nd")}}});
+  std::ostringstream one_row;
+  render_markdown(one_row, lines_in_values, {});
+  EXPECT_NE(one_row.str().find("| a\\|b<br>c<br>d |"), std::string::npos) << one_row.str();
+}
+
+// A cell marked ok without a summary (hand-made, or cut short) is read as one without values,
+// not by reading past the end of a map.
+TEST(ReportMerge, AnOkCellWithoutASummaryHasNoValues) {
+  json cell = latency_cell("full", 0.1, 0.02, 16, 4000);
+  cell.erase("summary");
+  const MergedReports merged = merge_reports({make_report("a.json", {cell})});
+  const ReportTables t = build_report_tables(merged, "");
+  EXPECT_FALSE(t.tables.empty());
 }
 
 }  // namespace

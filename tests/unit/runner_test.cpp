@@ -94,7 +94,8 @@ TEST(Cells, ShardsAreDisjointAndComplete) {
 TEST(Cells, ShardSyntaxErrorsNameTheOption) {
   EXPECT_EQ(parse_shard("2/5").index, 2);
   EXPECT_EQ(parse_shard("2/5").count, 5);
-  for (const char* bad : {"5/5", "-1/3", "1", "a/b", "1/0", "1/2x", ""}) {
+  for (const char* bad :
+       {"5/5", "-1/3", "1", "a/b", "1/0", "1/2x", "", " 1/2", "+1/2", "-0/2", "1/ 2", "/2", "1/"}) {
     try {
       parse_shard(bad);
       ADD_FAILURE() << bad;
