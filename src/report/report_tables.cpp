@@ -510,7 +510,15 @@ ResultTable suite_table(const SuiteSpec& spec, const std::vector<const MergedCel
   t.title = spec.title;
   t.columns.push_back("method");
   if (!setup_keys.empty()) t.columns.push_back("setup");
-  for (const std::string& k : param_keys) t.columns.push_back(k);
+  // A varying parameter named like a column of the table's own (the capacity table's `batch`,
+  // length_shift's `samples`) is told apart: CSV and JSON rows are keyed by column name.
+  std::set<std::string> taken = {"method", "setup", "cell"};
+  taken.insert(spec.point_columns.begin(), spec.point_columns.end());
+  for (const Metric& m : spec.metrics) {
+    taken.insert(m.name);
+    if (m.ratio && !ctx.baseline.empty()) taken.insert(m.name + "/" + ctx.baseline);
+  }
+  for (const std::string& k : param_keys) t.columns.push_back(taken.count(k) ? "param." + k : k);
   for (const std::string& k : spec.point_columns) t.columns.push_back(k);
   for (const Metric& m : spec.metrics) {
     t.columns.push_back(m.name);

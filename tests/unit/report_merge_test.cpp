@@ -2,6 +2,8 @@
 // later files winning, failed cells, the Pareto front and the three renderings.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <set>
 #include <sstream>
 
 #include "kvbench/core/error.h"
@@ -455,6 +457,37 @@ TEST(ReportMerge, RendersMarkdownCsvAndJson) {
   std::ostringstream one_row;
   render_markdown(one_row, lines_in_values, {});
   EXPECT_NE(one_row.str().find("| a\\|b<br>c<br>d |"), std::string::npos) << one_row.str();
+}
+
+// A varying parameter named like one of the table's metrics (output_length's `samples`, the
+// length_shift table's sample count per task) gets its own column name: CSV and JSON key rows
+// by name, so one of the two would be lost.
+TEST(ReportMerge, AParameterNamedLikeAMetricKeepsItsOwnColumn) {
+  auto cell = [](int64_t samples) {
+    return json{{"id", "output_length.full.000000000000000" + std::to_string(samples % 10)},
+                {"suite", "output_length"},
+                {"method", {{"name", "full"}}},
+                {"params", {{"samples", samples}}},
+                {"status", "ok"},
+                {"records", json::array()},
+                {"summary",
+                 {{"tasks", {{{"task", "qa"}, {"samples", samples - 1}, {"length_ratio", 1.0}}}}}}};
+  };
+  const MergedReports merged = merge_reports({make_report("a.json", {cell(8), cell(9)})});
+  const ReportTables t = build_report_tables(merged, "");
+  const auto table = std::find_if(t.tables.begin(), t.tables.end(),
+                                  [](const ResultTable& r) { return r.name == "length_shift"; });
+  ASSERT_NE(table, t.tables.end());
+  const std::set<std::string> names(table->columns.begin(), table->columns.end());
+  EXPECT_EQ(names.size(), table->columns.size());  // no name twice
+  EXPECT_TRUE(names.count("param.samples"));
+  EXPECT_TRUE(names.count("samples"));
+  const json j = render_json(t, merged.sources, merged.warnings);
+  for (const json& table_json : j["tables"]) {
+    if (table_json["name"] != "length_shift") continue;
+    EXPECT_EQ(table_json["rows"][0]["param.samples"], 8);
+    EXPECT_EQ(table_json["rows"][0]["samples"], 7);
+  }
 }
 
 // A cell marked ok without a summary (hand-made, or cut short) is read as one without values,

@@ -24,9 +24,9 @@ std::unique_ptr<KVCache> make_cell_cache(const CellContext& ctx);
 // (fidelity, output_length, accuracy) measure a method against.
 std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx);
 // A bound on the tokens of a text of `utf8_bytes` bytes before any tokenizer is loaded (memory
-// estimates): its bytes, plus BOS and a prepended word-boundary mark. A byte-level BPE token
-// spans at least one byte, and a byte-fallback one exactly one.
-inline int64_t text_token_bound(size_t utf8_bytes) { return static_cast<int64_t>(utf8_bytes) + 2; }
+// estimates): its bytes, plus a template's BOS and EOS and a prepended word-boundary mark. A
+// byte-level BPE token spans at least one byte, and a byte-fallback one exactly one.
+inline int64_t text_token_bound(size_t utf8_bytes) { return static_cast<int64_t>(utf8_bytes) + 3; }
 // K+V bytes per token of an fp32 full cache: the largest uncompressed cache a run can hold,
 // for memory estimates of suites that keep a baseline cache too.
 double full_cache_bytes_per_token(const ModelConfig& config);
