@@ -58,9 +58,13 @@ def load_cells(paths):
             sys.exit(f"figures: {path}: cannot read: {e.strerror or e}")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             sys.exit(f"figures: {path}: not a JSON report: {e}")
-        if not isinstance(report, dict) or report.get("schema_version") != 2:
-            version = report.get("schema_version") if isinstance(report, dict) else None
-            sys.exit(f"figures: {path}: schema_version {version} (expected 2)")
+        if not isinstance(report, dict) or report.get("schema") != "kvbench.report":
+            sys.exit(f"figures: {path}: not a kvbench report (no \"schema\": \"kvbench.report\")")
+        if report.get("schema_version") != 2:
+            sys.exit(f"figures: {path}: schema_version {report.get('schema_version')} (expected 2)")
+        if not isinstance(report.get("cells", []), list) or not all(
+                isinstance(c, dict) and isinstance(c.get("id"), str) for c in report.get("cells", [])):
+            sys.exit(f"figures: {path}: cells must be a list of objects, each with a string id")
         for cell in report.get("cells", []):
             if cell.get("status") == "ok":
                 cells[cell["id"]] = dict(cell, _setup=setup_of(report, cell))
@@ -193,7 +197,9 @@ def throughput_figures(cells, lab, out, written, skipped):
         got = {(conf_of[s], r[0], r[1]): r[2] for r in pts[s]}
         ax.bar([k + i * width for k in range(len(keys))],
                # A point the method lacks (a failed cell, another grid) is a gap, not 0x.
-               [got.get(key, float("nan")) / base[key] for key in keys], width, label=s)
+               # (a full cache that measured 0 tok/s gives no ratio either)
+               [got.get(key, float("nan")) / base[key] if base[key] else float("nan")
+                for key in keys], width, label=s)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([k + width * (len(methods) - 1) / 2 for k in range(len(keys))])
     ax.set_xticklabels([f"b{b}\np{p}" + (f"\n{conf}" if conf else "") for conf, b, p in keys], fontsize=7)
@@ -390,7 +396,12 @@ def main():
     lab = Labels(cells)
     written, skipped = [], []
     for fn in (throughput_figures, length_shift, accuracy_figures, latency_cdf, serving_cdf, fidelity_kl):
-        fn(cells, lab, out, written, skipped)
+        try:
+            fn(cells, lab, out, written, skipped)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            # A hand-edited or truncated report: one line, not a traceback.
+            sys.exit(f"figures: {fn.__name__}: a report field is missing or of the wrong type "
+                     f"({type(e).__name__}: {e})")
     for what, why in skipped:
         print(f"figures: skipped {what}: {why}", file=sys.stderr)
     if not written:

@@ -1177,6 +1177,20 @@ class FiguresCliTest(CliCase):
         res = self.figures(py, self.dir / "missing.json", "--out", self.dir / "figs")
         self.assert_one_line_error(res, 1, "missing.json: cannot read: No such file or directory")
         self.assertFalse((self.dir / "figs").exists())
+        # Wrong shapes are one line too, not a traceback.
+        bad = self.dir / "bad.json"
+        for doc, fragment in (
+                ({"schema_version": 2, "cells": []}, "not a kvbench report"),
+                ({"schema": "kvbench.report", "schema_version": 2, "cells": {"a": 1}},
+                 "cells must be a list of objects, each with a string id"),
+                ({"schema": "kvbench.report", "schema_version": 2,
+                  "cells": [{"id": "t", "suite": "throughput", "status": "ok",
+                             "method": {"name": "full"}, "records": [{"kind": "throughput"}]}]},
+                 "a report field is missing or of the wrong type")):
+            with self.subTest(fragment):
+                bad.write_text(json.dumps(doc))
+                self.assert_one_line_error(self.figures(py, bad, "--out", self.dir / "figs"), 1,
+                                           fragment)
 
 
 class WorkloadsAcceptanceCliTest(CliCase):
