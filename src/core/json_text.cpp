@@ -74,10 +74,15 @@ std::string brief_json(const json& value, size_t max_bytes) {
          (value.is_string() ? " (a string of " + std::to_string(full) + " bytes)" : "");
 }
 
-void throw_nested_too_deep(const std::string& source) {
-  throw Error(source + ": values nested more than " + std::to_string(kMaxJsonDepth) +
-              " levels deep");
+namespace {
+
+std::string nested_too_deep(const std::string& source) {
+  return source + ": values nested more than " + std::to_string(kMaxJsonDepth) + " levels deep";
 }
+
+}  // namespace
+
+void throw_nested_too_deep(const std::string& source) { throw Error(nested_too_deep(source)); }
 
 json parse_json_text(const std::string& text, const std::string& source, bool comments) {
   // A key given twice in one object would silently keep the later value (JSON allows the
@@ -85,9 +90,7 @@ json parse_json_text(const std::string& text, const std::string& source, bool co
   std::vector<std::set<std::string>> keys;  // per open object
   const json::parser_callback_t no_duplicates = [&](int depth, json::parse_event_t event,
                                                     json& parsed) {
-    if (depth > kMaxJsonDepth)
-      throw ConfigError("", source + ": values nested more than " + std::to_string(kMaxJsonDepth) +
-                                " levels deep");
+    if (depth > kMaxJsonDepth) throw ConfigError("", nested_too_deep(source));
     if (event == json::parse_event_t::object_start) keys.emplace_back();
     if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
     if (event == json::parse_event_t::key && !keys.empty() &&

@@ -326,7 +326,10 @@ Summary summarize(const std::vector<double>& x, uint64_t seed, size_t block) {
   s.median = median(x);
   s.p90 = percentile(x, 90);
   s.p99 = percentile(x, 99);
-  s.median_ci95 = bootstrap_median_ci(x, 0.95, 2000, seed, block);
+  // One unit: every resample is x itself (to_json writes the interval as null).
+  check_block(x, block);
+  s.median_ci95 =
+      s.units < 2 ? Interval{s.median, s.median} : bootstrap_median_ci(x, 0.95, 2000, seed, block);
   return s;
 }
 

@@ -162,8 +162,8 @@ void read_rope(const Reader& r, ModelConfig& c) {
     c.rope_theta = theta;
   }
   const RopeScaling s = parse_rope_scaling(r, "rope_parameters");
-  const bool typed = pr.has("rope_type") || pr.has("type");
-  if (s.type == "default" && !(typed && c.rope_scaling.type != "default")) return;
+  // No type given: nothing said about the scaling. A type, even "default", must agree.
+  if (!pr.has("rope_type") && !pr.has("type")) return;
   if (c.rope_scaling.type != "default" && !same_scaling(s, c.rope_scaling))
     r.fail("rope_parameters", "its scaling and rope_scaling's differ; keep one");
   c.rope_scaling = s;

@@ -349,12 +349,7 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
   };
   plan.contexts = p["contexts"] == "auto" ? KernelsSuite::auto_contexts(bytes_at, llc, min_multiple)
                                           : p["contexts"].get<std::vector<int64_t>>();
-  for (int64_t c : plan.contexts) {
-    Shape s = plan.base;
-    s.kv_heads = max_heads;
-    s.context = c;
-    plan.largest = std::max(plan.largest, s.kv_bytes());
-  }
+  for (int64_t c : plan.contexts) plan.largest = std::max(plan.largest, bytes_at(c));
   plan.copy_bytes = std::max<uint64_t>(kMinCopyBytes, static_cast<uint64_t>(min_multiple * llc));
   return plan;
 }

@@ -63,11 +63,7 @@ LengthShift length_shift(const std::vector<double>& base, const std::vector<doub
   s.pairs_differing = w.nonzero;
   s.wilcoxon_statistic = w.statistic;
   s.wilcoxon_p_value = w.p_value;
-  s.d_mean_ci95 = bootstrap_paired_ci(d.size(), [&](const std::vector<size_t>& draw) {
-    double sum = 0;
-    for (size_t i : draw) sum += d[i];
-    return sum / static_cast<double>(draw.size());
-  });
+  s.d_mean_ci95 = bootstrap_mean_ci(d);
   s.length_ratio_ci95 = bootstrap_paired_ci(base.size(), [&](const std::vector<size_t>& draw) {
     double sum_base = 0, sum_other = 0;
     for (size_t i : draw) {

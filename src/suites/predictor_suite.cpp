@@ -312,13 +312,15 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   for (const Point& pt : points) {
     if (pt.heldout) heldout_points.push_back({pt.batch, pt.context});
   }
+  // The machine's noise: null when no point had two generations to tell it (repeats 1).
+  const json noise = spreads.empty() ? json() : json(median(spreads));
   out.summary = {
       {"grid", {{"batch", batches}, {"context", contexts}}},
       {"heldout_points", heldout_points},
       {"steps", steps},
       {"repeats", repeats},
       {"statistic", statistic},
-      {"noise", spreads.empty() ? json() : json(median(spreads))},
+      {"noise", noise},
       {"noise_max",
        spreads.empty() ? json() : json(*std::max_element(spreads.begin(), spreads.end()))},
       {"model", p["model"]},
@@ -338,8 +340,8 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
         "held-out accuracy of the " + p["model"].get<std::string>() + " predictor is " +
         format_fixed(100 * acc_chosen["mean"].get<double>(), 1) +
         "% (below 85%) with a measurement noise of " +
-        (spreads.empty() ? std::string("? (one generation per point: repeats 1)")
-                         : format_fixed(100 * median(spreads), 1) + "%") +
+        (noise.is_null() ? std::string("? (one generation per point: repeats 1)")
+                         : format_fixed(100 * noise.get<double>(), 1) + "%") +
         " (median relative 95% interval of a point's time): a loaded machine (try "
         "statistic min), or a grid too coarse for the method");
   }
