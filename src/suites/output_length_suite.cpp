@@ -33,9 +33,13 @@ std::vector<ParamSpec> OutputLengthSuite::param_specs() {
           .range(0, 100),
       ParamSpec::number("top_p", 1.0, "nucleus sampling threshold").range(1e-6, 1),
       ParamSpec::number_list("control_temperatures", json::array({0.9, 1.1}),
-                             "full-cache runs at these temperatures: the noise floor of length "
-                             "shifts ([] for none)")
+                             "full-cache runs at these temperatures: how far lengths move with "
+                             "the temperature ([] for none)")
           .range(0, 100),
+      ParamSpec::integer("control_seeds", 1,
+                         "full-cache runs at the run's temperature with other sampling seeds: "
+                         "the noise floor of length shifts (0 for none)")
+          .range(0, 16),
   };
 }
 
@@ -235,6 +239,12 @@ int64_t text_prompt_token_bound(const json& p) {
   return any ? text_token_bound(longest) : 0;
 }
 
+// The sampling seed of a sample's k-th seed control (k >= 1): far from every sample's own seed
+// (those are consecutive), so no control replays another sample's draws.
+uint64_t control_seed(uint64_t sample_seed, int64_t k) {
+  return sample_seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(k));
+}
+
 }  // namespace
 
 uint64_t OutputLengthSuite::estimate_bytes(const EstimateContext& ctx) const {
@@ -272,20 +282,22 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
   g.sampling.temperature = p["temperature"];
   g.sampling.top_p = p["top_p"];
   std::vector<double> controls = p["control_temperatures"].get<std::vector<double>>();
+  int64_t seed_controls = p["control_seeds"];
 
   CellOutput out;
-  if (g.sampling.temperature == 0 && !controls.empty()) {
+  if (g.sampling.temperature == 0 && (!controls.empty() || seed_controls > 0)) {
     // Greedy lengths do not move with the seed: the floor is zero, and a sampled run against
     // greedy decoding measures sampling, which is no floor for a greedy method.
     controls.clear();
+    seed_controls = 0;
     out.warnings.push_back(
         "temperature 0: greedy decoding has no sampling noise, so every length shift is the "
-        "method's (up to numerical nondeterminism); the control runs (control_temperatures) "
-        "measure sampling against greedy "
-        "decoding, not a noise floor, and were skipped");
+        "method's (up to numerical nondeterminism); the control runs (control_temperatures, "
+        "control_seeds) would measure sampling against greedy decoding, not a noise floor, and "
+        "were skipped");
   }
   std::vector<double> len_full, len_method, e2e_full, e2e_method;
-  std::vector<std::vector<double>> len_control(controls.size());
+  std::vector<std::vector<double>> len_control(controls.size()), len_seed(seed_controls);
   int64_t runaway_full = 0, runaway_method = 0;
   const bool have_text =
       !p["prompt_texts"].empty() || !p["prompts_file"].get<std::string>().empty();
@@ -319,6 +331,14 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
       len_control[k].push_back(r.length());
       control_lengths[format_fixed(controls[k], 2)] = r.length();
     }
+    json seed_lengths = json::array();
+    for (int64_t k = 0; k < seed_controls; ++k) {
+      GenerationConfig gs = g;
+      gs.sampling.seed = control_seed(g.sampling.seed, k + 1);
+      const Run r = generate_one(model, *full, pr.tokens, gs);
+      len_seed[k].push_back(r.length());
+      seed_lengths.push_back(r.length());
+    }
     len_full.push_back(base.length());
     len_method.push_back(run.length());
     e2e_full.push_back(base.e2e);
@@ -337,6 +357,7 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
                 {"stop_full", base.stop},
                 {"stop", run.stop},
                 {"lengths_control", control_lengths},
+                {"lengths_seed_control", seed_lengths},
                 {"ttft_s", run.ttft},
                 {"tpot_s", run.tokens.size() > 1 ? (run.e2e - run.ttft) / (run.length() - 1) : 0.0},
                 {"e2e_s", run.e2e},
@@ -376,6 +397,13 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
     ctl.push_back(j);
   }
   out.summary["controls"] = ctl;
+  json seeds = json::array();
+  for (int64_t k = 0; k < seed_controls; ++k) {
+    json j = to_json(length_shift(len_full, len_seed[k]));
+    j["seed_offset"] = k + 1;
+    seeds.push_back(j);
+  }
+  out.summary["seed_controls"] = seeds;
   if (kept_all)
     if (std::string w = nothing_evicted_warning(ctx.method); !w.empty()) out.warnings.push_back(w);
   if (runaway_full == static_cast<int64_t>(prompts.size())) {
@@ -428,6 +456,9 @@ Table OutputLengthSuite::summary_table(const CellOutput& output) const {
   row("method", s, share(s, "runaway_rate"));
   for (const auto& c : s["controls"])
     row("full @ T=" + format_fixed(c["temperature"].get<double>(), 2), c, "");
+  if (s.contains("seed_controls"))  // reports before 2026-12-07 have none
+    for (const auto& c : s["seed_controls"])
+      row("full, seed +" + std::to_string(c["seed_offset"].get<int64_t>()), c, "");
   return t;
 }
 

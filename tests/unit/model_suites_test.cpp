@@ -791,6 +791,7 @@ TEST(OutputLengthSuite, TheFullCacheAgainstItselfHasNoShift) {
     EXPECT_GE(r["length"].get<double>(), 1.0);
     EXPECT_LE(r["length"].get<double>(), 20.0);
     EXPECT_EQ(r["lengths_control"].size(), 2u);
+    EXPECT_EQ(r["lengths_seed_control"].size(), 1u);
     EXPECT_GT(r["kv_bytes"].get<uint64_t>(), 0u);
     EXPECT_EQ(r["prompt_hash"].get<std::string>().size(), 16u);
     EXPECT_TRUE(r["stop"] == "eos" || r["stop"] == "length");
@@ -804,9 +805,11 @@ TEST(OutputLengthSuite, TheFullCacheAgainstItselfHasNoShift) {
   EXPECT_EQ(out.summary["d_mean_ci95"], json::array({0.0, 0.0}));
   EXPECT_EQ(out.summary["length_ratio_ci95"], json::array({1.0, 1.0}));
   EXPECT_EQ(out.summary["controls"].size(), 2u);
+  EXPECT_EQ(out.summary["seed_controls"].size(), 1u);
   // The printed table: the full cache, the method and each control, every row complete.
   const Table t = OutputLengthSuite().summary_table(out);
-  ASSERT_EQ(t.rows.size(), 4u);
+  ASSERT_EQ(t.rows.size(), 5u);
+  EXPECT_EQ(t.rows[4][0], "full, seed +1");
   for (const auto& row : t.rows) EXPECT_EQ(row.size(), t.columns.size());
   EXPECT_EQ(t.columns[3], "length ratio [95% CI]");
   EXPECT_EQ(t.rows[1][3], "1.00 [1.00, 1.00]");
@@ -862,7 +865,11 @@ TEST(OutputLengthSuite, GreedyRunsSkipTheTemperatureControls) {
                                       "prompt_tokens": 12, "max_new_tokens": 8,
                                       "temperature": 0})");
   EXPECT_TRUE(out.summary["controls"].empty());
-  for (const auto& r : out.records) EXPECT_TRUE(r["lengths_control"].empty());
+  EXPECT_TRUE(out.summary["seed_controls"].empty());
+  for (const auto& r : out.records) {
+    EXPECT_TRUE(r["lengths_control"].empty());
+    EXPECT_TRUE(r["lengths_seed_control"].empty());
+  }
   bool said = false;
   for (const auto& w : out.warnings) said = said || w.find("temperature 0") != std::string::npos;
   EXPECT_TRUE(said);
@@ -870,6 +877,37 @@ TEST(OutputLengthSuite, GreedyRunsSkipTheTemperatureControls) {
   out = run_output_length({{"name", "full"}}, R"({"name": "output_length", "samples": 2,
                            "prompt_tokens": 12, "max_new_tokens": 8, "temperature": 0.7})");
   EXPECT_EQ(out.summary["controls"].size(), 2u);
+  EXPECT_EQ(out.summary["seed_controls"].size(), 1u);
+}
+
+// The seed controls are the noise floor: the full cache again at the run's temperature, each
+// with its own sampling seed, so their lengths differ from the full cache's and from each
+// other's where sampling moves them (a control replaying the sample's seed would match it
+// everywhere). Scored like the method, with their offsets.
+TEST(OutputLengthSuite, SeedControlsDrawOtherSamples) {
+  const CellOutput out = run_output_length({{"name", "full"}},
+                                           R"({"name": "output_length", "samples": 8,
+                                     "prompt_tokens": 12, "max_new_tokens": 40, "temperature": 1.5,
+                                     "control_temperatures": [], "control_seeds": 2})");
+  ASSERT_EQ(out.summary["seed_controls"].size(), 2u);
+  int differ_full = 0, differ_each_other = 0;
+  std::vector<double> full, first;
+  for (const auto& r : out.records) {
+    const json& seeds = r["lengths_seed_control"];
+    ASSERT_EQ(seeds.size(), 2u);
+    differ_full += seeds[0] != r["length_full"];
+    differ_each_other += seeds[0] != seeds[1];
+    full.push_back(r["length_full"]);
+    first.push_back(seeds[0]);
+  }
+  EXPECT_GT(differ_full, 0);
+  EXPECT_GT(differ_each_other, 0);
+  const json& c = out.summary["seed_controls"][0];
+  EXPECT_EQ(c["seed_offset"], 1);
+  EXPECT_EQ(out.summary["seed_controls"][1]["seed_offset"], 2);
+  EXPECT_EQ(c["d_mean"], to_json(length_shift(full, first))["d_mean"]);
+  EXPECT_EQ(c["pairs_differing"], differ_full);
+  EXPECT_EQ(OutputLengthSuite().summary_table(out).rows.size(), 4u);  // full, method, 2 seeds
 }
 
 TEST(OutputLengthSuite, CompressedRunsKeepEverySampleAndTheSameSeeds) {

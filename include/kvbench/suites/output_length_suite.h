@@ -6,9 +6,10 @@
 // shorter, the Wilcoxon signed-rank test of the pairs and paired-bootstrap intervals of D's
 // mean and the length ratio, Kolmogorov-Smirnov and Wasserstein distances between the length
 // distributions, the rate of runaway generations (cap reached without EOS), and the
-// end-to-end latency cost. Control runs of the full cache at other temperatures (0.9 and 1.1
-// by default; none when greedy) show how much length moves from sampling noise alone (seed
-// paper, finding 2).
+// end-to-end latency cost. Control runs of the full cache with other sampling seeds at the same
+// temperature (one by default) show how much length moves from sampling noise alone, and at
+// other temperatures (0.9 and 1.1 by default, the seed paper's finding 2) how much it moves with
+// the temperature; none when greedy.
 #pragma once
 
 #include <vector>
@@ -24,7 +25,7 @@ class OutputLengthSuite final : public Suite {
   static constexpr const char* kSummary =
       "generation length to EOS per sample against the full cache (shift D, shares >= 50% "
       "longer/shorter, KS and Wasserstein distances, runaway rate, latency cost), with "
-      "temperature controls";
+      "seed and temperature controls";
   static std::vector<ParamSpec> param_specs();
 
   uint64_t estimate_bytes(const EstimateContext& ctx) const override;
