@@ -15,22 +15,34 @@ namespace {
 
 using json = nlohmann::json;
 
-// The value at a dotted path ("ttft_s.median"), or null when a part is missing.
-json at(const json& j, const std::string& path) {
+// The value at a dotted path ("ttft_s.median", "seed_controls.0.length_ratio": a part of
+// digits indexes an array), or null when a part is missing (a const json's [] on a missing key
+// is undefined).
+const json& at(const json& j, const std::string& path) {
+  static const json none;
   const json* cur = &j;
   size_t start = 0;
   for (;;) {
     const size_t dot = path.find('.', start);
     const std::string key = path.substr(start, dot == std::string::npos ? dot : dot - start);
-    if (!cur->is_object() || !cur->contains(key)) return nullptr;
-    cur = &(*cur)[key];
+    if (cur->is_array() && !key.empty() && key.size() < 10 &&
+        key.find_first_not_of("0123456789") == std::string::npos) {
+      const size_t i = std::stoul(key);
+      if (i >= cur->size()) return none;
+      cur = &(*cur)[i];
+    } else {
+      if (!cur->is_object()) return none;
+      const auto it = cur->find(key);
+      if (it == cur->end()) return none;
+      cur = &*it;
+    }
     if (dot == std::string::npos) return *cur;
     start = dot + 1;
   }
 }
 
 json number_at(const json& j, const std::string& path) {
-  json v = at(j, path);
+  const json& v = at(j, path);
   return v.is_number() ? v : json();
 }
 
@@ -115,12 +127,8 @@ json kv_bytes_of(const json& holder, const char* fallback) {
   return v.is_null() ? number_at(holder, fallback) : v;
 }
 
-// A cell's summary, null when it has none (a const json's [] on a missing key is undefined).
-const json& summary_of(const json& cell) {
-  static const json none;
-  const auto it = cell.find("summary");
-  return it == cell.end() ? none : *it;
-}
+// A cell's summary, null when it has none.
+const json& summary_of(const json& cell) { return at(cell, "summary"); }
 
 std::vector<Point> records_of_kind(const json& cell, const std::string& kind,
                                    const std::vector<std::string>& key_fields,
@@ -325,8 +333,9 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"share_longer_50", false}},
        [](const json& c) {
          std::vector<Point> out;
-         for (const json& t :
-              at(summary_of(c), "tasks").is_array() ? summary_of(c)["tasks"] : json::array()) {
+         const json& tasks = at(c, "summary.tasks");
+         if (!tasks.is_array()) return out;
+         for (const json& t : tasks) {
            Point p;
            p.key["task"] = t.value("task", "");
            p.values = {number_at(t, "samples"),
@@ -368,18 +377,23 @@ const std::vector<SuiteSpec>& suite_specs() {
          return summary_point(c, {"kl_mean", "kl_p99", "top1_agreement", "ppl_ratio"});
        }},
       {"output_length",
-       "output_length: generated length against the full cache on the same prompts",
+       "output_length: generated length against the full cache on the same prompts (paired p: "
+       "Wilcoxon signed-rank; seed control: the full cache with another sampling seed, the "
+       "noise floor of the ratio)",
        {},
        {},
        {{"mean_length", false},
         {"length_ratio", false},
+        {"wilcoxon_p_value", false},
+        {"seed_control_length_ratio", false},
         {"share_longer_50", false},
         {"share_shorter_50", false},
         {"runaway_rate", false},
         {"runaway_rate_full", false}},
        [](const json& c) {
-         return summary_point(c, {"mean_length", "length_ratio", "share_longer_50",
-                                  "share_shorter_50", "runaway_rate", "runaway_rate_full"});
+         return summary_point(
+             c, {"mean_length", "length_ratio", "wilcoxon_p_value", "seed_controls.0.length_ratio",
+                 "share_longer_50", "share_shorter_50", "runaway_rate", "runaway_rate_full"});
        }},
       {"serving",
        "serving: per request rate, latency percentiles over requests (seconds), throughput, "

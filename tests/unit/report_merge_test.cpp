@@ -490,6 +490,45 @@ TEST(ReportMerge, AParameterNamedLikeAMetricKeepsItsOwnColumn) {
   }
 }
 
+// The output_length table carries the paired p-value and the first seed control's ratio (a path
+// through an array); a report from before seed controls leaves that column empty.
+TEST(ReportMerge, OutputLengthRowsCarryTheSeedFloor) {
+  auto cell = [](const std::string& name, bool seeds) {
+    json summary = {{"mean_length", 40.0}, {"length_ratio", 1.25}, {"wilcoxon_p_value", 0.01}};
+    if (seeds)
+      summary["seed_controls"] = {{{"seed_offset", 1}, {"length_ratio", 1.03}},
+                                  {{"seed_offset", 2}, {"length_ratio", 0.97}}};
+    return json{{"id", "output_length." + name + ".0000000000000000"},
+                {"suite", "output_length"},
+                {"method", {{"name", name}}},
+                {"params", json::object()},
+                {"status", "ok"},
+                {"records", json::array()},
+                {"summary", summary}};
+  };
+  const MergedReports merged =
+      merge_reports({make_report("a.json", {cell("full", true), cell("int4", false)})});
+  const ReportTables t = build_report_tables(merged, "");
+  const auto table = std::find_if(t.tables.begin(), t.tables.end(),
+                                  [](const ResultTable& r) { return r.name == "output_length"; });
+  ASSERT_NE(table, t.tables.end());
+  const auto col = [&](const std::string& name) {
+    return std::find(table->columns.begin(), table->columns.end(), name) - table->columns.begin();
+  };
+  const size_t p = col("wilcoxon_p_value"), floor = col("seed_control_length_ratio");
+  ASSERT_LT(floor, table->columns.size());
+  ASSERT_EQ(table->rows.size(), 2u);
+  ASSERT_EQ(table->columns[0], "method");
+  std::set<std::string> seen;
+  for (const auto& row : table->rows) {
+    EXPECT_EQ(row[p], 0.01);
+    seen.insert(row[0].get<std::string>());
+    if (row[0] == "full") EXPECT_EQ(row[floor], 1.03);
+    if (row[0] == "int4") EXPECT_TRUE(row[floor].is_null());
+  }
+  EXPECT_EQ(seen, (std::set<std::string>{"full", "int4"}));
+}
+
 // A cell marked ok without a summary (hand-made, or cut short) is read as one without values,
 // not by reading past the end of a map.
 TEST(ReportMerge, AnOkCellWithoutASummaryHasNoValues) {
