@@ -6,6 +6,12 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+// \p{White_Space} is a binary Unicode property; PCRE2 reads those from 10.40 (its ChangeLog,
+// item 14), and an older one would refuse every tokenizer with \s at load time.
+#if PCRE2_MAJOR < 10 || (PCRE2_MAJOR == 10 && PCRE2_MINOR < 40)
+#error "kvbench needs PCRE2 10.40 or later (\\p{White_Space}); Debian 12 ships 10.42"
+#endif
+
 #include "tokenizer_parts.h"
 
 namespace kvbench::tok {
