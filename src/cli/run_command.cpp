@@ -167,14 +167,14 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
       opt.resume ? previous_ok_cells(spec.output_dir) : std::map<std::string, nlohmann::json>{};
   std::vector<Cell> to_run;
   for (const auto& c : cells)
-    if (!previous.count(c.id)) to_run.push_back(c);
+    if (!previous.count(resume_key(c.id, c.seed))) to_run.push_back(c);
   if (opt.resume) {
     spdlog::info("resume: {} cell(s) already done, {} to run", cells.size() - to_run.size(),
                  to_run.size());
     std::set<std::string> builds;
     size_t other = 0;
     for (const auto& c : cells) {
-      auto it = previous.find(c.id);
+      auto it = previous.find(resume_key(c.id, c.seed));
       if (it == previous.end()) continue;
       const nlohmann::json by = it->second.value("measured_by", nlohmann::json());
       if (by == nlohmann::json(git_revision())) continue;
@@ -227,7 +227,7 @@ size_t run_one(const RunSpec& spec, const RunOptions& opt, ModelProvider& model)
   auto cells_json = [&](const std::vector<CellResult>& done) {
     nlohmann::json out = nlohmann::json::array();
     for (size_t i = 0, r = 0; i < cells.size(); ++i) {
-      auto it = previous.find(cells[i].id);
+      auto it = previous.find(resume_key(cells[i].id, cells[i].seed));
       if (it != previous.end())
         out.push_back(it->second);
       else if (r < done.size())

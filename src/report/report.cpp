@@ -125,6 +125,10 @@ std::string report_problem(const nlohmann::json& report, const std::filesystem::
 
 }  // namespace
 
+std::string resume_key(const std::string& id, uint64_t seed) {
+  return id + "@" + std::to_string(seed);
+}
+
 std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::path& dir) {
   std::map<std::string, nlohmann::json> cells;
   for (const auto& [f, report] : json_files_in(dir)) {
@@ -144,13 +148,15 @@ std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::p
         continue;
       }
       if (c["status"] != "ok") continue;
+      const auto seed = c.find("seed");
+      if (seed == c.end() || !seed->is_number_unsigned()) continue;  // its inputs are unknown
       if (!c.contains("resumed_from")) c["resumed_from"] = f.string();
       // The build that measured it: a later resume by another build must not pass its timings
       // off as its own (the report's kvbench block names the build that writes it).
       if (!c.contains("measured_by") && report.contains("kvbench") &&
           report["kvbench"].is_object() && report["kvbench"].contains("git_revision"))
         c["measured_by"] = report["kvbench"]["git_revision"];
-      cells[c["id"].get<std::string>()] = c;
+      cells[resume_key(c["id"].get<std::string>(), seed->get<uint64_t>())] = c;
     }
   }
   return cells;

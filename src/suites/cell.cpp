@@ -164,7 +164,10 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       // from the plain paged path's.
       if (spec.attention == "paged" && spec.device == "cpu" && paged_kernel_path_on_cpu())
         identity["paged_path"] = "kernels";
-      c.id = c.suite + "." + c.method["name"].get<std::string>() + "." + hex_of(identity);
+      const std::string prefix = c.suite + "." + c.method["name"].get<std::string>() + ".";
+      c.id = prefix + hex_of(identity);
+      if (spec.threads_auto) identity["threads"] = "auto";
+      c.shard_hash = fnv1a64(prefix + hex_of(identity));
       const std::string where =
           "suites[" + std::to_string(s) + "] x methods[" + std::to_string(m) + "]";
       const SuiteInfo& info = find_suite(c.suite);
@@ -215,7 +218,7 @@ Shard parse_shard(const std::string& text) {
 std::vector<Cell> select_shard(const std::vector<Cell>& cells, Shard shard) {
   std::vector<Cell> out;
   for (const auto& c : cells) {
-    if (fnv1a64(c.id) % static_cast<uint64_t>(shard.count) == static_cast<uint64_t>(shard.index)) {
+    if (c.shard_hash % static_cast<uint64_t>(shard.count) == static_cast<uint64_t>(shard.index)) {
       out.push_back(c);
     }
   }

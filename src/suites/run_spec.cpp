@@ -155,7 +155,8 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
   json resolved =
       resolve_params(config, scalar_specs(), "", {"model", "methods", "suites", "output"});
   if (resolved["name"] == "") resolved["name"] = default_name;
-  if (resolved["threads"] == "auto") resolved["threads"] = available_cores();
+  const bool threads_auto = resolved["threads"] == "auto";
+  if (threads_auto) resolved["threads"] = available_cores();
   resolved["model"] = resolve_object(config, "model", model_specs());
   resolved["output"] = resolve_object(config, "output", output_specs());
   auto methods = resolve_list(config, "methods", json::array({{{"name", "full"}}}), resolve_method);
@@ -174,6 +175,7 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
   resolved["model"]["compute_dtype"] = spec.model.compute_dtype;  // what "auto" became
   spec.attention = resolved["attention"];
   spec.threads = resolved["threads"];
+  spec.threads_auto = threads_auto;
   spec.seed = resolved["seed"];
   spec.methods = methods;
   for (const auto& s : suites) {

@@ -187,6 +187,13 @@ class CliTest(CliCase):
                       third.stderr)
         _, r3 = self.report_from(third)
         self.assertEqual(r3["cells"][0]["measured_by"], "0ldb0ld")
+        # Another run seed gives the cells the same ids (comparable across seeds) but other
+        # inputs: nothing measured with seed 0 is reused.
+        fourth = self.run_ok(dict(cfg, seed=1), "--resume")
+        self.assertNotIn("reused from earlier reports", fourth.stdout)
+        _, r4 = self.report_from(fourth)
+        self.assertEqual([c["id"] for c in r4["cells"]], [c["id"] for c in r1["cells"]])
+        self.assertEqual([c for c in r4["cells"] if "resumed_from" in c], [])
 
     METHODS_SIX = ["full", "int8", "int4", "fp8", "kivi-2", "kivi-4"]
 

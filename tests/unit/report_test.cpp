@@ -157,9 +157,12 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
                           {"partial", {{"cells_done", cells.size()}, {"cells_planned", planned}}}};
   };
   // A cell as reports hold it (what `kvbench report` checks), with its id and status.
-  auto cell = [](const nlohmann::json& id, const std::string& status = "ok") {
-    return nlohmann::json{
-        {"id", id}, {"suite", "kernels"}, {"method", {{"name", "full"}}}, {"status", status}};
+  auto cell = [](const nlohmann::json& id, const std::string& status = "ok", uint64_t seed = 5) {
+    return nlohmann::json{{"id", id},
+                          {"suite", "kernels"},
+                          {"method", {{"name", "full"}}},
+                          {"status", status},
+                          {"seed", seed}};
   };
   auto write = [&](const std::string& name, const nlohmann::json& j) {
     std::ofstream(dir / name) << j.dump();
@@ -181,6 +184,11 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
                              3));  // a status not a string
   // One malformed cell costs only itself: y is reused.
   write("r-11.json", partial(nlohmann::json::array({cell("y"), 5}), 3));
+  // The same id measured with another run seed (other prompts) is another result; a cell
+  // without a seed cannot be told apart and is not reused.
+  nlohmann::json unseeded = cell("z");
+  unseeded.erase("seed");
+  write("r-12.json", partial(nlohmann::json::array({cell("y", "ok", 6), unseeded}), 3));
   ContinuedReport found = report_to_continue(dir, config, ids);
   EXPECT_EQ(found.path, dir / "r-1.json");
   EXPECT_TRUE(found.partial);
@@ -207,7 +215,8 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   ASSERT_NO_THROW(reused = previous_ok_cells(dir));
   std::vector<std::string> names;
   for (const auto& [id, c] : reused) names.push_back(id);
-  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c", "x", "y"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"a@5", "b@5", "c@5", "x@5", "y@5", "y@6"}));
+  EXPECT_EQ(resume_key("y", 6), "y@6");
   std::filesystem::remove_all(dir);
 }
 

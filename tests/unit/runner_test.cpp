@@ -1,5 +1,6 @@
 // Cells: stable ids, expansion order, and a failing cell that does not stop the others.
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cmath>
@@ -89,6 +90,44 @@ TEST(Cells, ShardsAreDisjointAndComplete) {
     EXPECT_EQ(seen.size(), cells.size()) << n << " shards";          // complete
     for (const auto& [id, count] : seen) EXPECT_EQ(count, 1) << id;  // disjoint
   }
+}
+
+// `threads: "auto"` resolves to this machine's cores, which enter the cells' ids (threads change
+// CPU timings); a job array's tasks on nodes with other core counts must still split the cells
+// alike, so shards hash the config as written. With explicit threads the shard hash is the id's.
+TEST(Cells, ShardsOfAutoThreadsDoNotDependOnTheCores) {
+  json cfg = {
+      {"suites", json::array({{{"name", "kernels"}}, {{"name", "kernels"}, {"repeats", 3}}})},
+      {"threads", "auto"},
+      {"methods", json::parse(R"([{"name": "full"}, {"name": "int8"}])")}};
+  cpu_set_t all;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+  if (CPU_COUNT(&all) < 2) GTEST_SKIP() << "one core: the core count cannot change";
+  const std::vector<Cell> wide = expand_cells(parse_run_spec(cfg, "t"));
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  for (int i = 0; i < CPU_SETSIZE; ++i)
+    if (CPU_ISSET(i, &all)) {
+      CPU_SET(i, &one);
+      break;
+    }
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+  std::vector<Cell> narrow;
+  try {
+    narrow = expand_cells(parse_run_spec(cfg, "t"));
+  } catch (...) {
+    sched_setaffinity(0, sizeof(all), &all);
+    throw;
+  }
+  ASSERT_EQ(sched_setaffinity(0, sizeof(all), &all), 0);
+  ASSERT_EQ(wide.size(), narrow.size());
+  for (size_t i = 0; i < wide.size(); ++i) {
+    EXPECT_NE(wide[i].id, narrow[i].id);  // 1 thread measures other timings than 2
+    EXPECT_EQ(wide[i].shard_hash, narrow[i].shard_hash);
+  }
+  cfg["threads"] = 1;
+  for (const Cell& c : expand_cells(parse_run_spec(cfg, "t")))
+    EXPECT_EQ(c.shard_hash, fnv1a64(c.id));
 }
 
 TEST(Cells, ShardSyntaxErrorsNameTheOption) {

@@ -32,10 +32,15 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
 // The same from cells already in JSON form (`run --resume` mixes reused and new ones).
 nlohmann::json build_report(const RunSpec& spec, const Environment& env,
                             const nlohmann::json& cells, const RunInfo& info);
-// The ok cells of every kvbench report (schema_version 2) in `dir`, by cell id, each marked
+// The key under which --resume finds a planned cell among earlier ones: its id and its seed. The
+// run's seed changes a cell's inputs (prompts, sampling) but not its id, which stays comparable
+// across seeds; a cell measured with another seed is not this cell's result.
+std::string resume_key(const std::string& id, uint64_t seed);
+// The ok cells of every kvbench report (schema_version 2) in `dir`, by resume_key, each marked
 // "resumed_from": its file. Files are read in name order, so a later stamp wins; other or
-// unreadable JSON files are skipped with a warning. Cell ids include fingerprints of the
-// model and data files, so a changed input is never reused.
+// unreadable JSON files are skipped with a warning, and cells without an unsigned seed are not
+// reused. Cell ids include fingerprints of the model and data files, so a changed input is never
+// reused.
 std::map<std::string, nlohmann::json> previous_ok_cells(const std::filesystem::path& dir);
 // The report in `dir` that a resumed run continues: one written by a run of the same resolved
 // config that planned exactly `ids` (so not another shard's), partial (it stopped) or finished

@@ -22,6 +22,9 @@ struct Cell {
   nlohmann::json params;  // resolved suite parameters
   nlohmann::json method;  // resolved method entry
   uint64_t seed = 0;      // derived from the run seed and the cell's hash
+  // What --shard hashes: the id's content with `threads: "auto"` as written, not this
+  // machine's core count, so the tasks of a job array on unlike nodes split the cells alike.
+  uint64_t shard_hash = 0;
 };
 
 // 64-bit FNV-1a of the bytes of `text`.
@@ -32,7 +35,7 @@ struct Shard {
 };
 // "i/n" with 0 <= i < n; throws ConfigError("--shard", ...) otherwise.
 Shard parse_shard(const std::string& text);
-// The cells whose id hashes to `shard.index` modulo `shard.count`, in run order: the shards of
+// The cells whose shard_hash is `shard.index` modulo `shard.count`, in run order: the shards of
 // one config are disjoint and together complete, whatever the machine or the other shards do.
 std::vector<Cell> select_shard(const std::vector<Cell>& cells, Shard shard);
 

@@ -35,6 +35,7 @@ struct RunSpec {
   std::string device;     // cpu | cuda
   std::string attention;  // decode attention backend: cpu | reference
   int threads = 1;
+  bool threads_auto = false;  // threads was "auto" (this machine's cores): shards ignore it
   uint64_t seed = 0;
   std::vector<nlohmann::json> methods;  // resolved method entries, each with "name"
   std::vector<SuiteEntry> suites;
