@@ -129,6 +129,12 @@ std::string resolve_chat_format(const CellContext& ctx) {
   return detected;
 }
 
+// Whether `text` is already rendered in the chat format (holds its turn-opening marker).
+bool holds_chat_format(const std::string& format, const std::string& text) {
+  const char* marker = format == "llama3" ? "<|start_header_id|>" : "<|im_start|>";
+  return text.find(marker) != std::string::npos;
+}
+
 // `text` as the model reads it: wrapped as one user turn when `format` is set, then `suffix`
 // (RULER's answer prefix, which opens the model's reply).
 std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& format,
@@ -178,7 +184,10 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
     templates = load_longbench_templates(p["templates_dir"]);
   if (n > 0 && static_cast<int64_t>(rows.size()) > n) rows.resize(static_cast<size_t>(n));
   const int64_t limit = p["max_prompt_tokens"];
+  const Tokenizer& tok = ctx.model.tokenizer();
+  const std::optional<int32_t> bos = tok.bos_id();
   std::set<std::string> untemplated;
+  int64_t pre_wrapped = 0;
   for (auto& row : rows) {
     try {
       longbench_metric(row.dataset);  // unknown or unsupported data sets fail before generating
@@ -188,18 +197,33 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
     if (templates && !longbench_has_template(row, *templates)) untemplated.insert(row.dataset);
     Sample s;
     s.id = row.id, s.task = row.dataset;
-    std::vector<int32_t> ids = ctx.model.tokenizer().encode(longbench_prompt(row, templates), true);
+    const std::string prompt = longbench_prompt(row, templates);
+    std::vector<int32_t> ids = tok.encode(prompt, true);
+    // A RULER file prepared with the model's template starts with its BOS as text: one BOS.
+    if (bos && ids.size() >= 2 && ids[0] == *bos && ids[1] == *bos) ids.erase(ids.begin());
     if (limit > 0) ids = truncate_middle(ids, limit);
-    if (!format.empty() || !row.answer_prefix.empty()) {
-      // LongBench cuts the raw prompt, then wraps it: decode the cut ids back to text.
-      const std::string text = ctx.model.tokenizer().decode(ids, true);
-      s.tokens = encode_prompt(ctx, format, text, row.answer_prefix);
+    // LongBench feeds its few-shot and completion sets raw; a row already in the chat format
+    // (RULER's default preparation) is not wrapped twice.
+    bool wrap = !format.empty() && longbench_takes_chat(row.dataset);
+    if (wrap && holds_chat_format(format, prompt)) wrap = false, ++pre_wrapped;
+    if (wrap || !row.answer_prefix.empty()) {
+      // LongBench cuts the raw prompt, then wraps it: the cut ids back to text, special tokens
+      // kept (a templated RULER row holds its turns' markers), less the BOS the encode adds.
+      std::vector<int32_t> body = ids;
+      if (bos && !body.empty() && body.front() == *bos) body.erase(body.begin());
+      s.tokens = encode_prompt(ctx, wrap ? format : "", tok.decode(body, false), row.answer_prefix);
     } else {
       s.tokens.assign(ids.begin(), ids.end());
     }
     s.max_new_tokens = cap > 0 ? cap : longbench_max_new_tokens(row, templates);
     s.row = std::move(row);
     out.push_back(std::move(s));
+  }
+  if (pre_wrapped > 0) {
+    warnings.push_back(std::to_string(pre_wrapped) +
+                       " row(s) already hold the chat format's turn markers (a RULER file "
+                       "prepared with the model's template) and were not wrapped again by "
+                       "chat_format");
   }
   if (!untemplated.empty()) {
     warnings.push_back("templates_dir " + p["templates_dir"].get<std::string>() +

@@ -169,11 +169,28 @@ std::string longbench_prompt(const LongBenchRow& row,
 
 int64_t longbench_max_new_tokens(const LongBenchRow& row,
                                  const std::optional<LongBenchTemplates>& templates) {
+  if (row.dataset.rfind("ruler:", 0) == 0) {
+    // RULER's tokens_to_generate per task type (its synthetic constants); its string match
+    // credits an answer anywhere in the output, so a longer cap would inflate the scores.
+    const std::string task = row.dataset.substr(6);
+    const auto starts = [&](const char* p) { return task.rfind(p, 0) == 0; };
+    if (starts("vt") || starts("variable_tracking")) return 30;
+    if (starts("cwe") || starts("common_words")) return 120;
+    if (starts("fwe") || starts("freq_words")) return 50;
+    if (starts("qa")) return 32;
+    return 128;  // niah*, and names RULER does not use
+  }
   if (templates) {
     auto it = templates->max_new_tokens.find(base_dataset(row.dataset));
     if (it != templates->max_new_tokens.end()) return it->second;
   }
   return 128;
+}
+
+bool longbench_takes_chat(const std::string& dataset) {
+  static const std::set<std::string> raw = {"trec", "triviaqa", "samsum",
+                                            "lsht", "lcc",      "repobench-p"};
+  return raw.count(base_dataset(dataset)) == 0;
 }
 
 std::vector<int32_t> truncate_middle(const std::vector<int32_t>& ids, int64_t max_tokens) {

@@ -10,6 +10,8 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/model/chat_format.h"
+#include "kvbench/model/tokenizer.h"
 #include "kvbench/model/transformer.h"
 #include "kvbench/suites/accuracy_suite.h"
 #include "kvbench/suites/fidelity_suite.h"
@@ -19,6 +21,7 @@
 #include "kvbench/suites/runner.h"
 #include "kvbench/suites/throughput_suite.h"
 #include "kvbench/suites/workload.h"
+#include "kvbench/workloads/longbench.h"
 #include "suite_harness.h"
 
 namespace kvbench {
@@ -1070,15 +1073,88 @@ TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
                                     dir + R"(/config", "max_new_tokens": 6})");
   ASSERT_EQ(out.records.size(), 7u);
   EXPECT_EQ(out.summary["tasks"].size(), 6u);  // two qasper rows
-  for (const auto& r : out.records) {
-    EXPECT_GE(r["score"].get<double>(), 0.0);
-    EXPECT_LE(r["score"].get<double>(), 1.0);
+  // Each score is the row's metric of the output recorded beside it (first line for trec).
+  const std::vector<LongBenchRow> rows = load_longbench_jsonl(dir + "/sample.jsonl");
+  for (size_t i = 0; i < out.records.size(); ++i) {
+    const json& r = out.records[i];
+    EXPECT_EQ(r["id"], rows[i].id);
+    EXPECT_EQ(r["score"].get<double>(), score_longbench(rows[i], r["output"]));
+    EXPECT_EQ(r["score_full"].get<double>(), score_longbench(rows[i], r["output_full"]));
     EXPECT_GE(r["token_agreement"].get<double>(), 0.0);
     EXPECT_LE(r["token_agreement"].get<double>(), 1.0);
     EXPECT_GT(r["kv_bytes"].get<uint64_t>(), 0u);
   }
   const json& ci = out.summary["score_difference_ci95"];
   EXPECT_LE(ci[0].get<double>(), ci[1].get<double>());
+}
+
+// Prompts as the model reads them: a RULER file prepared with the model's chat template keeps
+// its turn markers (special tokens) and one BOS, and chat_format does not wrap it again;
+// LongBench's few-shot and completion sets (trec, lcc, ...) are fed raw as its pred.py does,
+// the others wrapped.
+TEST(AccuracySuite, PromptsKeepTheirSpecialTokensAndWrapAsLongBenchDoes) {
+  const std::string path = ::testing::TempDir() + "/kvbench_templated_ruler.jsonl";
+  const std::string text =
+      "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nThe number is 42. What is "
+      "the number?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+  std::ofstream(path) << json{{"index", 0},
+                              {"input", text},
+                              {"answer_prefix", "The number is"},
+                              {"outputs", {"42"}}}
+                             .dump()
+                      << "\n";
+  auto run = [&](const std::string& file, json params) {
+    params["name"] = "accuracy";
+    params["data_file"] = file;
+    params["max_new_tokens"] = 2;
+    testing_support::Harness h(params, "tiny-llama");
+    AccuracySuite suite;
+    return h.run(suite);
+  };
+  testing_support::Harness h(json{{"name", "accuracy"}, {"task", "passkey"}}, "tiny-llama");
+  const Tokenizer& tok = h.model.tokenizer();
+  ASSERT_TRUE(tok.bos_id().has_value());
+  std::vector<int32_t> ids = tok.encode(text + "The number is", true);
+  ASSERT_EQ(ids[0], *tok.bos_id());
+  ASSERT_EQ(ids[1], *tok.bos_id());  // the text's BOS after the one encode adds
+  ids.erase(ids.begin());
+  const std::vector<int64_t> want(ids.begin(), ids.end());
+  for (const json& extra : {json{{"data_format", "ruler"}},
+                            json{{"data_format", "ruler"}, {"chat_format", "llama3"}}}) {
+    const CellOutput out = run(path, extra);
+    ASSERT_EQ(out.records.size(), 1u);
+    EXPECT_EQ(out.records[0]["prompt_hash"], prompt_hash(want)) << extra;
+    EXPECT_EQ(out.records[0]["prompt_tokens"], want.size()) << extra;
+    bool said = false;
+    for (const auto& w : out.warnings)
+      said = said || w.find("not wrapped again") != std::string::npos;
+    EXPECT_EQ(said, extra.contains("chat_format")) << extra;
+  }
+  // LongBench rows: lcc raw, qasper wrapped as one user turn.
+  const std::string lb = ::testing::TempDir() + "/kvbench_chat_sets.jsonl";
+  std::ofstream(lb) << json{{"_id", "a"},
+                            {"dataset", "lcc"},
+                            {"input", ""},
+                            {"context", "def f(x):\n    return"},
+                            {"answers", {"x"}}}
+                           .dump()
+                    << "\n"
+                    << json{{"_id", "b"},
+                            {"dataset", "qasper"},
+                            {"input", "Who?"},
+                            {"context", "Ann came."},
+                            {"answers", {"Ann"}}}
+                           .dump()
+                    << "\n";
+  const CellOutput out = run(lb, {{"chat_format", "llama3"}});
+  ASSERT_EQ(out.records.size(), 2u);
+  const auto hash_of = [&](const std::string& t, bool special) {
+    const std::vector<int32_t> v = tok.encode(t, special);
+    return prompt_hash(std::vector<int64_t>(v.begin(), v.end()));
+  };
+  EXPECT_EQ(out.records[0]["prompt_hash"], hash_of("def f(x):\n    return\n\n", true));
+  EXPECT_EQ(out.records[1]["prompt_hash"],
+            hash_of(render_chat("llama3", {{"user", "Ann came.\n\nWho?"}}), false));
 }
 
 TEST(AccuracySuite, DatasetsWithoutATemplateAreNamedInAWarning) {

@@ -51,9 +51,14 @@ std::string longbench_prompt(const LongBenchRow& row,
 // Whether `templates` has a prompt template for the row's dataset ("_e" suffix ignored); RULER
 // rows need none.
 bool longbench_has_template(const LongBenchRow& row, const LongBenchTemplates& templates);
-// The dataset's generation length (128 when unknown).
+// The dataset's generation length (128 when unknown). A RULER row's is RULER's for its task
+// type, by the task's name: niah* 128, vt 30, cwe 120, fwe 50, qa* 32 (128 for other names).
 int64_t longbench_max_new_tokens(const LongBenchRow& row,
                                  const std::optional<LongBenchTemplates>& templates);
+// Whether LongBench's pred.py wraps the dataset's prompt in the chat template: all but the
+// few-shot and completion sets (trec, triviaqa, samsum, lsht, lcc, repobench-p), which it feeds
+// raw. RULER rows: yes.
+bool longbench_takes_chat(const std::string& dataset);
 // LongBench's truncation: at most `max_tokens` ids, keeping the first and last halves.
 std::vector<int32_t> truncate_middle(const std::vector<int32_t>& ids, int64_t max_tokens);
 
