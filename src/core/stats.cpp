@@ -297,6 +297,15 @@ double mcnemar_exact_p(int64_t b, int64_t c) {
   return std::min(1.0, 2 * tail);
 }
 
+Interval wilson_interval(int64_t passed, int64_t n) {
+  KVB_CHECK(n > 0 && passed >= 0 && passed <= n, "wilson_interval: needs 0 <= passed <= n, n > 0");
+  const double z = 1.959963984540054, nn = static_cast<double>(n);
+  const double p = static_cast<double>(passed) / nn, z2 = z * z;
+  const double centre = (p + z2 / (2 * nn)) / (1 + z2 / nn);
+  const double half = z * std::sqrt(p * (1 - p) / nn + z2 / (4 * nn * nn)) / (1 + z2 / nn);
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
+
 KsResult ks_two_sample(const std::vector<double>& x, const std::vector<double>& y) {
   KsResult r;
   walk_cdfs(x, y, [&](double fx, double fy, double) {

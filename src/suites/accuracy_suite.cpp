@@ -269,15 +269,48 @@ double score(const Sample& s, const std::string& output) {
                      : score_longbench(*s.row, output);
 }
 
+// Bounds on a data file's longest prompt as the model reads it (its text's bytes, cut at
+// max_prompt_tokens, plus the answer prefix and a chat wrapper) and longest generation cap;
+// {0, 0} when the file cannot be read (the run says why).
+std::pair<int64_t, int64_t> data_file_bounds(const json& p) {
+  try {
+    const std::string file = p["data_file"];
+    const std::vector<LongBenchRow> rows = p["data_format"] == "ruler"
+                                               ? load_ruler_jsonl(file, ruler_task_name(file))
+                                               : load_longbench_jsonl(file);
+    std::optional<LongBenchTemplates> templates;
+    if (!p["templates_dir"].get<std::string>().empty())
+      templates = load_longbench_templates(p["templates_dir"]);
+    const int64_t limit = p["max_prompt_tokens"];
+    int64_t prompt = 0, cap = 0;
+    for (const LongBenchRow& row : rows) {
+      int64_t body = text_token_bound(longbench_prompt(row, templates).size());
+      if (limit > 0) body = std::min(body, limit);
+      const int64_t wrapper = p["chat_format"] == "" ? 0 : 32;  // about 10 tokens in practice
+      prompt = std::max(prompt, body + text_token_bound(row.answer_prefix.size()) + wrapper);
+      cap = std::max(cap, longbench_max_new_tokens(row, templates));
+    }
+    return {prompt, cap};
+  } catch (const Error&) {
+    return {0, 0};
+  }
+}
+
 }  // namespace
 
 uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   const ModelConfig& c = *ctx.model;
-  const int64_t prompt = ctx.params["max_prompt_tokens"].get<int64_t>() > 0
-                             ? ctx.params["max_prompt_tokens"].get<int64_t>()
-                             : ctx.params["target_tokens"].get<int64_t>();
-  const int64_t cap = std::max<int64_t>(ctx.params["max_new_tokens"].get<int64_t>(), 128);
+  const json& p = ctx.params;
+  // A synthetic task's prompts are sized to target_tokens (its wrapper on top); a data file's
+  // are what its rows hold.
+  int64_t prompt = p["target_tokens"].get<int64_t>() + 32, default_cap = 128;
+  if (!p["data_file"].get<std::string>().empty()) {
+    const auto [longest, longest_cap] = data_file_bounds(p);
+    prompt = longest, default_cap = std::max<int64_t>(longest_cap, 1);
+  }
+  const int64_t cap =
+      p["max_new_tokens"].get<int64_t>() > 0 ? p["max_new_tokens"].get<int64_t>() : default_cap;
   const double full_per_token = full_cache_bytes_per_token(c);
   return model_weight_bytes(c, ctx.weight_dtype) + ctx.shared_bytes +
          generation_bytes(c, std::max(ctx.kv_bytes_per_token_at(prompt + cap), full_per_token), 1,
@@ -371,6 +404,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   json per_task = json::object();
   std::map<std::string, std::vector<size_t>> members;
   for (size_t i = 0; i < tasks.size(); ++i) members[tasks[i]].push_back(i);
+  double macro_method = 0, macro_full = 0;  // LongBench's average: the mean of the tasks' means
   for (const auto& [task, idx] : members) {
     std::vector<double> f, m;
     bool binary = true;
@@ -382,6 +416,14 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
       only_method += s_full[i] == 0 && s_method[i] == 1;
     }
     json t = {{"samples", idx.size()}, {"mean_score", mean(m)}, {"mean_score_full", mean(f)}};
+    // The method's mean with its 95% interval: Wilson's for pass rates, else the bootstrap's.
+    const Interval own =
+        binary ? wilson_interval(static_cast<int64_t>(std::count(m.begin(), m.end(), 1.0)),
+                                 static_cast<int64_t>(m.size()))
+               : bootstrap_mean_ci(m, 0.95, 2000, ctx.seed);
+    t["mean_score_ci95"] = {own.low, own.high};
+    macro_method += mean(m) / static_cast<double>(members.size());
+    macro_full += mean(f) / static_cast<double>(members.size());
     if (binary)
       t["mcnemar"] = {{"only_full", only_full},
                       {"only_method", only_method},
@@ -396,12 +438,42 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   if (kept_all)
     if (std::string w = nothing_evicted_warning(ctx.method); !w.empty()) out.warnings.push_back(w);
   const Interval ci = bootstrap_mean_ci(diff, 0.95, 2000, ctx.seed);
+  // Pass/fail scores throughout: McNemar's exact test over every sample. With few discordant
+  // pairs the percentile bootstrap's interval is too narrow (4 of 30 samples passing only with
+  // the full cache give about [-0.27, -0.03], where the exact p is 0.125): say so.
+  json overall_mcnemar;
+  {
+    bool binary = true;
+    int64_t only_full = 0, only_method = 0;
+    for (size_t i = 0; i < s_full.size(); ++i) {
+      binary &= (s_full[i] == 0 || s_full[i] == 1) && (s_method[i] == 0 || s_method[i] == 1);
+      only_full += s_full[i] == 1 && s_method[i] == 0;
+      only_method += s_full[i] == 0 && s_method[i] == 1;
+    }
+    if (binary) {
+      const double p_value = mcnemar_exact_p(only_full, only_method);
+      overall_mcnemar = {
+          {"only_full", only_full}, {"only_method", only_method}, {"p_value", p_value}};
+      const bool interval_excludes_zero = ci.low > 0 || ci.high < 0;
+      if (interval_excludes_zero && p_value >= 0.05) {
+        out.warnings.push_back(
+            "the score difference's bootstrap interval excludes 0 but McNemar's exact test "
+            "does not reject (p = " +
+            format_fixed(p_value, 3) + ", " + std::to_string(only_full + only_method) +
+            " discordant sample(s)): with so few samples that differ, the interval is too "
+            "narrow; the difference is not shown");
+      }
+    }
+  }
   out.summary = {
       {"samples", samples.size()},
       {"mean_score", mean(s_method)},
       {"mean_score_full", mean(s_full)},
+      {"macro_mean_score", macro_method},
+      {"macro_mean_score_full", macro_full},
       {"score_difference", mean(diff)},
       {"score_difference_ci95", {ci.low, ci.high}},
+      {"mcnemar", overall_mcnemar},
       {"identical_outputs", static_cast<double>(identical) / static_cast<double>(samples.size())},
       {"token_agreement", agreement_sum / static_cast<double>(samples.size())},
       {"negative_samples", std::count(negative.begin(), negative.end(), true)},

@@ -26,6 +26,8 @@ void check_accuracy(const nlohmann::json& p) {
   KVB_CHECK(task.empty() != file.empty(), "accuracy: give exactly one of task and data_file");
   if (!task.empty() && p["samples"].get<int64_t>() < 1)
     throw ConfigError("samples", "must be at least 1 for a synthetic task");
+  if (p["max_prompt_tokens"].get<int64_t>() == 1)  // a middle cut keeps a first and a last half
+    throw ConfigError("max_prompt_tokens", "expected 0 (no limit) or at least 2, got 1");
   const nlohmann::json& given = p["task_params"];
   if (task.empty()) {
     if (!given.empty())

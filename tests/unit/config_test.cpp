@@ -120,6 +120,10 @@ TEST(Config, OutOfRangeValues) {
       error_of(with(R"({"model": {"dtype": "fp16"}})")),
       "config: model.dtype: expected one of \"auto\", \"float32\", \"float16\", \"bfloat16\", "
       "got \"fp16\"");
+  c = minimal();
+  c["suites"][0] = {{"name", "accuracy"}, {"task", "passkey"}, {"max_prompt_tokens", 1}};
+  EXPECT_EQ(error_of(c),
+            "config: suites[0].max_prompt_tokens: expected 0 (no limit) or at least 2, got 1");
 }
 
 TEST(Config, AccuracyTaskParamsAreCheckedAgainstTheTask) {

@@ -1086,6 +1086,37 @@ TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
   }
   const json& ci = out.summary["score_difference_ci95"];
   EXPECT_LE(ci[0].get<double>(), ci[1].get<double>());
+  // LongBench's average is over data sets (qasper's two rows count once), each task's mean
+  // within its interval.
+  double macro = 0;
+  for (const auto& [task, t] : out.summary["tasks"].items()) {
+    macro += t["mean_score"].get<double>() / 6;
+    EXPECT_LE(t["mean_score_ci95"][0].get<double>(), t["mean_score"].get<double>()) << task;
+    EXPECT_GE(t["mean_score_ci95"][1].get<double>(), t["mean_score"].get<double>()) << task;
+  }
+  EXPECT_NEAR(out.summary["macro_mean_score"].get<double>(), macro, 1e-12);
+}
+
+// A data file's prompts are estimated at their length (a bound from their bytes), cut at
+// max_prompt_tokens, not at target_tokens (which sizes only synthetic samples).
+TEST(AccuracySuite, DataFilePromptsAreEstimatedAtTheirLength) {
+  const std::string file = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench/long.jsonl";
+  Harness h(json{{"name", "accuracy"}, {"data_file", file}});
+  const ModelConfig* config = h.model.config_only();
+  ASSERT_NE(config, nullptr);
+  const double per_token = method_kv_bytes_per_token(h.method, *config, at::kBFloat16);
+  auto estimate = [&](json params) {
+    EstimateContext ctx{params, h.method, config, per_token, h.env};
+    return AccuracySuite().estimate_bytes(ctx);
+  };
+  const json whole = h.spec.suites[0].params;
+  const std::vector<LongBenchRow> rows = load_longbench_jsonl(file);
+  const int64_t tokens =
+      static_cast<int64_t>(h.model.tokenizer().encode(longbench_prompt(rows[0], {}), true).size());
+  ASSERT_GT(tokens, 1200);  // longer than target_tokens' 1024
+  json cut = whole;
+  cut["max_prompt_tokens"] = 64;
+  EXPECT_GE(estimate(whole), estimate(cut) + static_cast<uint64_t>((tokens - 64) * per_token));
 }
 
 // Prompts as the model reads them: a RULER file prepared with the model's chat template keeps

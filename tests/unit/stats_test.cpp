@@ -132,6 +132,24 @@ TEST(Stats, KolmogorovSmirnovPValueOfDisjointSamples) {
 namespace kvbench {
 namespace {
 
+// Wilson's score interval against scipy 1.10's binomtest(k, n).proportion_ci(method="wilson").
+TEST(Stats, WilsonIntervalMatchesScipy) {
+  struct Case {
+    int64_t k, n;
+    double low, high;
+  };
+  for (const Case& c :
+       {Case{0, 10, 0.0, 0.27753279986288926}, Case{5, 10, 0.236593090512564, 0.7634069094874361},
+        Case{10, 10, 0.7224672001371109, 1.0}, Case{3, 7, 0.1582198552514697, 0.7495416354723428},
+        Case{29, 30, 0.8332960900859083, 0.9940914096183875}}) {
+    const Interval i = wilson_interval(c.k, c.n);
+    EXPECT_NEAR(i.low, c.low, 1e-12) << c.k << "/" << c.n;
+    EXPECT_NEAR(i.high, c.high, 1e-12) << c.k << "/" << c.n;
+  }
+  EXPECT_THROW(wilson_interval(1, 0), Error);
+  EXPECT_THROW(wilson_interval(3, 2), Error);
+}
+
 TEST(Stats, McNemarExactByHand) {
   EXPECT_EQ(mcnemar_exact_p(0, 0), 1.0);
   EXPECT_NEAR(mcnemar_exact_p(0, 5), 2.0 / 32, 1e-12);               // 2 * 0.5^5

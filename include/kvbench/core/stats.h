@@ -117,6 +117,9 @@ WilcoxonResult wilcoxon_signed_rank(const std::vector<double>& x, const std::vec
 // Exact two-sided McNemar test of paired pass/fail outcomes: b pairs passed only by the first,
 // c only by the second; p = min(1, 2 P[Binomial(b + c, 1/2) <= min(b, c)]), 1 when b + c = 0.
 double mcnemar_exact_p(int64_t b, int64_t c);
+// Wilson's score interval (95%, z = 1.959964) for a pass rate of `passed` of `n` > 0: within
+// [0, 1] and never of zero width at 0 or n passes, unlike the normal approximation.
+Interval wilson_interval(int64_t passed, int64_t n);
 
 // All of the above (the median's interval over runs of `block` samples, as
 // bootstrap_median_ci); throws Error on an empty sample.
