@@ -25,7 +25,9 @@ int64_t Sampler::next(const at::Tensor& logits) {
   if (!std::isfinite(logits.max().item<double>())) return -1;
   if (params_.temperature == 0) return logits.argmax().item<int64_t>();
   at::Tensor probs = at::softmax(logits.to(at::kDouble) / params_.temperature, 0);
-  auto sorted = probs.sort(/*dim=*/0, /*descending=*/true);
+  // Stable: tied probabilities (common from 16-bit logits) keep the lower id first, so a seed
+  // draws the same token on every libtorch and machine.
+  auto sorted = probs.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true);
   at::Tensor p = std::get<0>(sorted), ids = std::get<1>(sorted);
   auto pa = p.accessor<double, 1>();
   // Keep tokens while the mass before them is below top_p (so the first is always kept).

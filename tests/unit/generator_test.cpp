@@ -7,6 +7,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/phase_clock.h"
+#include "kvbench/core/rng.h"
 #include "kvbench/core/time.h"
 #include "kvbench/engine/generator.h"
 #include "kvbench/kv/full_cache.h"
@@ -62,6 +63,35 @@ TEST(Sampler, NoTokenFromLogitsWhoseGreatestIsNotFinite) {
     EXPECT_EQ(s.next(at::tensor({-inf, -inf})), -1);
     EXPECT_EQ(s.next(at::tensor({-inf, 1.0f})), 1);  // a masked id is fine
   }
+}
+
+// Tied probabilities are ordered by id (a stable sort), so each uniform draw maps to one token
+// on every machine: with 64 equal logits the i-th draw picks floor(u_i x 64).
+TEST(Sampler, TiesAreOrderedByIdSoDrawsAreReproducible) {
+  const at::Tensor logits = at::zeros({64}, at::kFloat);
+  Sampler s({1.0, 1.0, 21});
+  Rng reference(21);
+  for (int i = 0; i < 200; ++i)
+    EXPECT_EQ(s.next(logits), static_cast<int64_t>(reference.uniform() * 64)) << i;
+  // Ties at the top-p boundary: four tokens of 0.25 with top_p 0.5 keep ids 0 and 1.
+  Sampler half({1.0, 0.5, 3});
+  for (int i = 0; i < 200; ++i) EXPECT_LT(half.next(at::zeros({4}, at::kFloat)), 2);
+}
+
+// greedy_ids, the path greedy generation takes: the argmax, the lowest id on ties, -1 for a row
+// whose greatest logit is not finite.
+TEST(Sampler, GreedyIdsTakeTheLowestTiedIdAndRefuseNonFiniteRows) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
+  const at::Tensor rows = at::tensor({0.5f, 2.0f, 2.0f, -1.0f,  // tie: 1
+                                      0.1f, nan,  3.0f, 0.0f,   // NaN: -1
+                                      0.0f, inf,  1.0f, 2.0f,   // +inf: -1
+                                      -inf, -inf, -inf, -inf,   // all -inf: -1
+                                      -inf, 1.0f, -inf, 0.5f})  // masked ids: 1
+                              .view({5, 4});
+  const at::Tensor ids = greedy_ids(rows);
+  EXPECT_EQ(std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + 5),
+            (std::vector<int64_t>{1, -1, -1, -1, 1}));
 }
 
 struct Fixture {
