@@ -250,6 +250,46 @@ TEST(Generate, AStepsHostTimeLeavesOutTheCachesWaitsForTheDevice) {
   }
 }
 
+// A full cache whose storage() (the generator's per-step memory bookkeeping) takes 5 ms.
+class SlowBookkeeping final : public KVCache {
+ public:
+  SlowBookkeeping() : inner_(4, 2, 32, at::kFloat) {}
+  int64_t add_sequence() override { return inner_.add_sequence(); }
+  void remove_sequence(int64_t seq) override { inner_.remove_sequence(seq); }
+  int64_t length(int64_t seq) const override { return inner_.length(seq); }
+  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v) override {
+    return inner_.append_and_attend(seq, layer, q, k, v);
+  }
+  std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
+  StorageBytes storage() const override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return inner_.storage();
+  }
+  StorageBytes nominal() const override { return inner_.nominal(); }
+
+ private:
+  FullKVCache inner_;
+};
+
+// Token times (TTFT, ITL, e2e) are the steps' times: the generator's memory bookkeeping between
+// steps, whose cost differs between caches, is left out, as decode_step_s leaves it out.
+TEST(Generate, TokenTimesLeaveOutTheMemoryBookkeeping) {
+  Fixture f;
+  SlowBookkeeping slow;
+  GenerationConfig g;
+  g.max_new_tokens = 5;
+  const auto r = generate(f.model, slow, {{1, 2, 3}}, g);
+  const std::vector<double>& t = r.sequences[0].token_times_s;
+  ASSERT_EQ(t.size(), 5u);
+  ASSERT_EQ(r.decode_step_s.size(), 4u);
+  for (size_t k = 1; k < t.size(); ++k) {
+    const double gap = t[k] - t[k - 1];
+    EXPECT_GE(gap, r.decode_step_s[k - 1] - 1e-9) << k;
+    EXPECT_LT(gap, r.decode_step_s[k - 1] + 0.0025) << k;  // not the 5 ms storage() took
+  }
+}
+
 TEST(Generate, ReservesAPagedPoolForItsPromptsAndReportsWhatItOccupied) {
   Fixture f;
   // fp16 pages of 16 tokens, 4 layers, 2 KV heads of 32. The pool starts at 64 pages and
