@@ -330,6 +330,14 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
     warn_once(suite + ": " + std::to_string(prompt) + " prompt + " + std::to_string(new_tokens) +
               " new tokens take positions past the model's max_position_embeddings (" +
               std::to_string(c.max_position_embeddings) + ")");
+  // kvbench attends every token: past a sliding window, the full cache's memory, speed and
+  // outputs are full attention's, not the served model's (Mistral-7B: 4096), random weights or
+  // not.
+  if (c.sliding_window && prompt + new_tokens - 1 > *c.sliding_window)
+    warn_once(suite + ": " + std::to_string(prompt) + " prompt + " + std::to_string(new_tokens) +
+              " new tokens pass the model's sliding_window (" + std::to_string(*c.sliding_window) +
+              "), which kvbench does not apply: the full cache holds and reads every token, as "
+              "full attention would, not the window the model is served with");
   // Quest never evicts, so "evicted nothing" cannot tell; dense layers covering the model can.
   const auto policy = make_policy(ctx.method);
   if (const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());

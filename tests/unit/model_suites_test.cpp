@@ -1119,6 +1119,23 @@ TEST(AccuracySuite, DataFilePromptsAreEstimatedAtTheirLength) {
   EXPECT_GE(estimate(whole), estimate(cut) + static_cast<uint64_t>((tokens - 64) * per_token));
 }
 
+// kvbench attends every token: a cell whose positions pass the model's sliding_window is told
+// that its full cache is full attention's, not the windowed model's (random weights or not).
+TEST(Workload, PositionsPastTheSlidingWindowAreWarnedAbout) {
+  testing_support::Harness h(json{{"name", "latency"}}, "tiny-mistral");
+  ASSERT_EQ(h.model.get().config().sliding_window, std::optional<int64_t>(4096));
+  std::vector<std::string> warnings;
+  CellContext ctx{h.id, h.spec,     h.env,   h.method, h.spec.suites[0].params,
+                  7,    h.progress, h.model, &warnings};
+  check_generation_fits(ctx, 1, 4095, 2, "latency");  // positions 0 .. 4095: inside
+  EXPECT_TRUE(warnings.empty()) << json(warnings).dump();
+  check_generation_fits(ctx, 1, 4096, 2, "latency");
+  int said = 0;  // (its max_position_embeddings is 4096 too, and warned about apart)
+  for (const auto& w : warnings)
+    said += w.find("pass the model's sliding_window (4096)") != std::string::npos;
+  EXPECT_EQ(said, 1) << json(warnings).dump();
+}
+
 // Prompts as the model reads them: a RULER file prepared with the model's chat template keeps
 // its turn markers (special tokens) and one BOS, and chat_format does not wrap it again;
 // LongBench's few-shot and completion sets (trec, lcc, ...) are fed raw as its pred.py does,
