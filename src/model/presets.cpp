@@ -145,7 +145,8 @@ const ModelPreset& find_model_preset(const std::string& name) {
               "; presets: " + join(model_preset_names(), ", "));
 }
 
-void write_checkpoint(const Transformer& model, const json& config, const std::string& dir) {
+void write_checkpoint(const Transformer& model, const json& config, const std::string& dir,
+                      const std::map<std::string, std::string>& metadata) {
   const at::ScalarType dtype = dtype_from_name(config.value("torch_dtype", "float32"));
   ModelWeights weights = model.weights();  // shallow copy: tensor handles share storage
   std::vector<std::pair<std::string, at::Tensor>> tensors;
@@ -153,8 +154,9 @@ void write_checkpoint(const Transformer& model, const json& config, const std::s
     tensors.emplace_back(name, slot->to(dtype).contiguous());
   }
   std::filesystem::create_directories(dir);
-  write_safetensors((std::filesystem::path(dir) / "model.safetensors").string(), tensors,
-                    {{"format", "pt"}});
+  std::map<std::string, std::string> meta = metadata;
+  meta["format"] = "pt";
+  write_safetensors((std::filesystem::path(dir) / "model.safetensors").string(), tensors, meta);
   json generation = {{"bos_token_id", config.value("bos_token_id", 1)},
                      {"eos_token_id", config.value("eos_token_id", 2)},
                      {"do_sample", false}};

@@ -523,6 +523,15 @@ Trainer::Trainer(TrainRecipe recipe, std::string out_dir, bool resume)
     KVB_CHECK(json::parse(meta.at("recipe")) == recipe_.to_json(),
               "train: --resume: ", state.string(), " was written by a different recipe");
     step_ = std::stoll(meta.at("step"));
+    const fs::path weights = fs::path(out_dir_) / "model.safetensors";
+    const auto& weights_meta = SafetensorsFile(weights.string()).metadata();
+    const auto weights_step = weights_meta.find("kvbench_step");
+    KVB_CHECK(weights_step != weights_meta.end() && weights_step->second == meta.at("step"),
+              "train: --resume: ", weights.string(), " holds the weights of step ",
+              weights_step == weights_meta.end() ? std::string("(unknown)") : weights_step->second,
+              " but ", state.string(), " the optimiser state of step ", meta.at("step"),
+              " (a checkpoint write cut short): they cannot continue one run; train again "
+              "without --resume");
     SafetensorsCheckpoint ck(out_dir_);
     ModelWeights w;
     for (auto& [name, slot] : bind_weights(config_, w)) {
@@ -656,7 +665,9 @@ void Trainer::save_checkpoint() const {
                        {"step", step_},
                        {"total_steps", recipe_.total_steps()},
                        {"seed", recipe_.seed}};
-  write_checkpoint(snapshot(), config, out_dir_);
+  // The step in the weights' file too: the files are written one by one, and a resume must not
+  // pair one step's weights with another's optimiser state.
+  write_checkpoint(snapshot(), config, out_dir_, {{"kvbench_step", std::to_string(step_)}});
   write_tiny_tokenizer(out_dir_, static_cast<int>(config_.vocab_size));
   std::vector<std::pair<std::string, at::Tensor>> state;
   for (size_t i = 0; i < params_.size(); ++i)

@@ -247,6 +247,34 @@ TEST(Train, ResumeRejectsAnotherRecipe) {
   fs::remove_all(dir);
 }
 
+// The checkpoint's files are written one by one: weights of one step beside the optimiser state
+// of another (a kill between the writes) cannot continue one run, and resume says so.
+TEST(Train, ResumeRejectsWeightsOfAnotherStep) {
+  const TrainRecipe recipe = parse_train_recipe(tiny_recipe());
+  const fs::path dir = temp_dir("torn"), state = dir / "train_state.safetensors";
+  const fs::path step2_state = temp_dir("torn_state");
+  Trainer t(recipe, dir.string(), false);
+  for (int64_t s = 0; s < 2; ++s) t.train_step(s);
+  t.save_checkpoint();
+  fs::create_directories(step2_state);
+  fs::copy_file(state, step2_state / "state.safetensors");
+  for (int64_t s = 2; s < 4; ++s) t.train_step(s);
+  t.save_checkpoint();
+  EXPECT_EQ(Trainer(recipe, dir.string(), true).step(), 4);
+  // Step 4's weights beside step 2's optimiser state.
+  fs::copy_file(step2_state / "state.safetensors", state, fs::copy_options::overwrite_existing);
+  try {
+    Trainer(recipe, dir.string(), true);
+    FAIL() << "a torn checkpoint was resumed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds the weights of step 4"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("optimiser state of step 2"), std::string::npos)
+        << e.what();
+  }
+  fs::remove_all(dir), fs::remove_all(step2_state);
+}
+
 TEST(Train, BatchesComeFromTheTaskGeneratorsWithTrainingSeeds) {
   const TrainRecipe recipe = parse_train_recipe(tiny_recipe());
   const Tokenizer tok = tiny_tokenizer();

@@ -5,6 +5,7 @@
 // downloads: their random weights are only ever built in memory, never written.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -30,8 +31,10 @@ const ModelPreset& find_model_preset(const std::string& name);
 void write_preset_checkpoint(const ModelPreset& preset, const std::string& dir, uint64_t seed);
 // Throws unless write_preset_checkpoint can write the preset (a tiny one, not real-scale).
 void check_preset_writable(const ModelPreset& preset);
-// Writes `model`'s weights as a Hugging Face checkpoint in `dir` with `config` as config.json.
+// Writes `model`'s weights as a Hugging Face checkpoint in `dir` with `config` as config.json;
+// `metadata` joins model.safetensors' {"format": "pt"}.
 void write_checkpoint(const Transformer& model, const nlohmann::json& config,
-                      const std::string& dir);
+                      const std::string& dir,
+                      const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace kvbench
