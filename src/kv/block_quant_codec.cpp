@@ -47,11 +47,16 @@ void set_code(uint8_t* codes, int64_t j, int bits, int code) {
   }
 }
 
-// Quantizes one group of `n` values into codes (already zeroed) and its scale/min.
+// Quantizes one group of `n` values into codes (already zeroed) and its scale/min. A group
+// holding a value that is not finite, or whose scale or min overflows fp16 (|x| past 65504 on a
+// bf16 or fp32 model), stores NaN scale and min: it reads back NaN, as the full cache would show
+// the NaN, not a finite value.
 void quantize_group(const Format& f, const float* x, int64_t n, uint8_t* codes, int64_t j0,
                     at::Half* scale, at::Half* min) {
   float lo = x[0], hi = x[0], extreme = x[0];
+  bool finite = true;
   for (int64_t i = 0; i < n; ++i) {
+    finite = finite && std::isfinite(x[i]);
     lo = std::min(lo, x[i]);
     hi = std::max(hi, x[i]);
     if (std::fabs(x[i]) > std::fabs(extreme)) extreme = x[i];
@@ -63,6 +68,11 @@ void quantize_group(const Format& f, const float* x, int64_t n, uint8_t* codes, 
   } else {
     m = to_fp16(lo);
     d = to_fp16((hi - m) / static_cast<float>(qmax));
+  }
+  if (!finite || !std::isfinite(d) || !std::isfinite(m)) {
+    *scale = at::Half(NAN);
+    *min = at::Half(NAN);
+    return;  // codes stay zero
   }
   const float inv = d != 0 ? 1.0f / d : 0.0f;  // a constant group has d = 0: all codes zero
   for (int64_t i = 0; i < n; ++i) {
@@ -246,13 +256,17 @@ StorageBytes BlockQuantCodec::nominal_bytes(int64_t tokens, int64_t kv_heads,
 
 at::Tensor BlockQuantCodec::max_error(const at::Tensor& row, bool, double) const {
   // Per group: half a step (a full step for q4_0, whose opposite-sign extreme can clamp), plus
-  // the fp16 rounding of the stored min and of the scale times the largest code.
+  // the fp16 rounding of the stored min and of the scale times the largest code: relative
+  // (2^-11 of each) for normal fp16 values, absolute below 2^-14, where a scale is subnormal
+  // and rounds to within 2^-25 (a tiny group's scale can round to 0: every value reads back
+  // its min, or 0, within (largest code + 1) x 2^-25).
   at::Tensor groups = row.to(at::kFloat).view({-1, group_});
   at::Tensor lo = std::get<0>(groups.min(1)), hi = std::get<0>(groups.max(1));
   at::Tensor amax = at::maximum(lo.abs(), hi.abs());
   at::Tensor step = symmetric_ ? amax / (bits_ == 8 ? 127.0 : 8.0) : (hi - lo) / ((1 << bits_) - 1);
   const double steps = symmetric_ && bits_ == 4 ? 1.0 : 0.5;
-  at::Tensor bound = step * steps + amax * 0x1.0p-9 + 1e-7;
+  const double largest_code = symmetric_ ? (bits_ == 8 ? 128.0 : 8.0) : (1 << bits_) - 1;
+  at::Tensor bound = step * steps + amax * 0x1.0p-9 + (largest_code + 1) * 0x1.0p-25 + 1e-7;
   return bound.unsqueeze(1).expand({groups.size(0), group_}).reshape(row.sizes());
 }
 

@@ -16,13 +16,17 @@ namespace kvbench {
 namespace {
 
 // Positions of the k smallest and k largest of x[0, len) (2k <= len), in ascending order.
-// Ties break by position, so the choice is deterministic.
+// Ties break by position, so the choice is deterministic. NaN ranks above every number (as
+// ATen's sort puts it last, which the GPU store uses), so a NaN is an outlier and kept as one;
+// a comparison that NaN breaks would not be an ordering at all (undefined behaviour).
 void extremes(const float* x, int64_t len, int64_t k, std::vector<int32_t>& out) {
   thread_local std::vector<int32_t> order;
   order.resize(static_cast<size_t>(len));
   std::iota(order.begin(), order.end(), 0);
   auto less = [&](int32_t a, int32_t b) {
     const float va = x[a], vb = x[b];
+    const bool na = std::isnan(va), nb = std::isnan(vb);
+    if (na || nb) return na == nb ? a < b : nb;
     return va < vb || (va == vb && a < b);
   };
   std::nth_element(order.begin(), order.begin() + k, order.end(), less);

@@ -512,6 +512,9 @@ nlohmann::json KiviCodec::params() const {
 }
 
 std::unique_ptr<TokenStore> KiviCodec::make_key_store(int64_t kv_heads, int64_t head_dim) const {
+  // A token's codes fill whole bytes (a partial byte would spill into the next token's row).
+  KVB_CHECK(head_dim * bits_ % 8 == 0, "kivi: head_dim ", head_dim, " x ", bits_,
+            " bits is not a whole number of bytes");
   return std::make_unique<KiviKeyStore>(bits_, group_, residual_, dtype_, kv_heads, head_dim,
                                         query_int8_);
 }

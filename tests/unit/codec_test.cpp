@@ -3,6 +3,8 @@
 // reference path, and the tiny model generating end to end.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <cctype>
 #include <cmath>
 #include <set>
@@ -82,6 +84,30 @@ TEST_P(EveryMethod, ReconstructionWithinTheCodecsBound) {
             << GetParam() << (is_key ? " keys" : " values") << " head " << h << " token " << t;
       }
     }
+  }
+}
+
+// A value that is not finite (a NaN from NaN weights, an overflow upstream) reads back not
+// finite, as the full cache shows it: a quantized group must not pass it off as its min (NaN
+// was skipped by min/max and coded as 0). fp8 saturates an infinity to 448 (its conversion's
+// rule, as vLLM clamps before the cast), so only NaN is asked of it.
+TEST_P(EveryMethod, ANonFiniteValueReadsBackNonFinite) {
+  auto c = ready(codec(), 1, 2, 64);
+  for (bool is_key : {true, false}) {
+    auto store = is_key ? c->make_layer_key_store(0, 2, 64) : c->make_layer_value_store(0, 2, 64);
+    const int64_t tokens = 300;
+    at::Tensor x = kv_like(2, tokens, 64, 9);
+    x[0][40][5] = std::numeric_limits<float>::quiet_NaN();
+    const bool saturates = GetParam().rfind("fp8", 0) == 0;
+    if (!saturates) x[1][200][0] = std::numeric_limits<float>::infinity();
+    store->append(x.narrow(1, 0, 250));
+    for (int64_t t = 250; t < tokens; ++t) store->append(x.narrow(1, t, 1));
+    const at::Tensor back = store->dequantize();
+    EXPECT_FALSE(std::isfinite(back[0][40][5].item<float>()))
+        << GetParam() << (is_key ? " keys" : " values") << ": NaN read back finite";
+    if (!saturates)
+      EXPECT_FALSE(std::isfinite(back[1][200][0].item<float>()))
+          << GetParam() << (is_key ? " keys" : " values") << ": inf read back finite";
   }
 }
 
@@ -353,6 +379,36 @@ TEST(BlockQuant, ConstantGroupsAndGroupExtremes) {
   }
 }
 
+// The formats' fp16 scale and min: tiny groups get subnormal scales (or 0) and stay within the
+// stated bound; a group past fp16's range (a bf16 or fp32 model's |x| > 65504) reads back NaN,
+// not infinities or a wrong finite value.
+TEST(BlockQuant, TinyAndHugeGroupsAgainstTheFp16Scale) {
+  for (auto [bits, symmetric] : {std::pair{8, true}, {4, true}, {4, false}, {2, false}}) {
+    BlockQuantCodec codec(bits, symmetric, 32);
+    for (const double scale : {1e-3, 1e-4, 1e-5, 1e-7}) {
+      auto store = codec.make_value_store(1, 64);
+      const at::Tensor x = kv_like(1, 8, 64, 3) * scale;
+      store->append(x);
+      const at::Tensor back = store->dequantize();
+      for (int64_t t = 0; t < 8; ++t) {
+        const at::Tensor excess =
+            (back[0][t] - x[0][t]).abs() - codec.max_error(x[0][t], false, 0.0);
+        ASSERT_LE(excess.max().item<float>(), 0.0f)
+            << bits << (symmetric ? " symmetric" : "") << " at scale " << scale << " token " << t;
+      }
+    }
+    auto store = codec.make_value_store(1, 64);
+    at::Tensor x = kv_like(1, 1, 64, 4);
+    // Past what the fp16 scale or min can hold: q8_0's scale amax / 127 past 8.3e6, q4_0's
+    // amax / 8 past 5.2e5, the others' min below -65504.
+    x[0][0][3] = !symmetric ? -7e4f : bits == 8 ? 1e7f : 1e6f;
+    store->append(x);
+    const at::Tensor back = store->dequantize();
+    EXPECT_TRUE(std::isnan(back[0][0][3].item<float>())) << bits;
+    EXPECT_TRUE(at::isfinite(back[0][0].narrow(0, 32, 32)).all().item<bool>()) << bits;
+  }
+}
+
 TEST(Fp8, E4m3ConversionRoundsToNearestEvenAndSaturates) {
   EXPECT_EQ(float_to_e4m3(1.0f), 0x38);  // exponent 7 (bias 7), mantissa 0
   EXPECT_EQ(float_to_e4m3(-2.0f), 0xC0);
@@ -396,6 +452,13 @@ TEST(Kivi, ResidualCoveringEveryTokenIsTheFullCache) {
     b->append(x);
     EXPECT_TRUE(at::equal(a->dequantize(), b->dequantize())) << is_key;
   }
+}
+
+// A key row's codes are whole bytes: 2 bits x 6 channels would spill into the next token's row.
+TEST(Kivi, KeyRowsOfAPartialByteAreRefused) {
+  KiviCodec kivi(2, 32, 128, at::kBFloat16);
+  EXPECT_THROW(kivi.make_key_store(1, 6), Error);
+  EXPECT_NO_THROW(kivi.make_key_store(1, 8));
 }
 
 TEST(Kivi, KeysQuantizeWholeBlocksValuesKeepASlidingWindow) {
