@@ -139,32 +139,36 @@ uint8_t float_to_e4m3(float x) {
 
 float e4m3_to_float(uint8_t code) { return decode_table()[code]; }
 
-Fp8Codec::Fp8Codec(std::string scale, double scale_value, double amax_divisor,
-                   std::string granularity)
+Fp8Codec::Fp8Codec(std::string scale, double scale_value, double key_amax_divisor,
+                   double value_amax_divisor, std::string granularity)
     : scale_(std::move(scale)),
       scale_value_(scale_value),
-      amax_divisor_(amax_divisor),
+      key_amax_divisor_(key_amax_divisor),
+      value_amax_divisor_(value_amax_divisor),
       granularity_(std::move(granularity)) {
   KVB_CHECK(scale_ == "amax" || scale_ == "fixed", "fp8: scale must be amax or fixed");
   KVB_CHECK(granularity_ == "head" || granularity_ == "layer",
             "fp8: granularity must be head or layer");
-  KVB_CHECK(scale_value_ > 0 && amax_divisor_ > 0, "fp8: scales must be positive");
+  KVB_CHECK(scale_value_ > 0 && key_amax_divisor_ > 0 && value_amax_divisor_ > 0,
+            "fp8: scales must be positive");
 }
 
 nlohmann::json Fp8Codec::params() const {
   return {{"scale", scale_},
           {"scale_value", scale_value_},
-          {"amax_divisor", amax_divisor_},
+          {"key_amax_divisor", key_amax_divisor_},
+          {"value_amax_divisor", value_amax_divisor_},
           {"granularity", granularity_}};
 }
 
 std::unique_ptr<TokenStore> Fp8Codec::make_key_store(int64_t kv_heads, int64_t head_dim) const {
   return std::make_unique<Fp8Store>(kv_heads, head_dim, scale_ == "amax", scale_value_,
-                                    amax_divisor_, granularity_ == "head");
+                                    key_amax_divisor_, granularity_ == "head");
 }
 
 std::unique_ptr<TokenStore> Fp8Codec::make_value_store(int64_t kv_heads, int64_t head_dim) const {
-  return make_key_store(kv_heads, head_dim);
+  return std::make_unique<Fp8Store>(kv_heads, head_dim, scale_ == "amax", scale_value_,
+                                    value_amax_divisor_, granularity_ == "head");
 }
 
 StorageBytes Fp8Codec::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t head_dim) const {
@@ -172,11 +176,12 @@ StorageBytes Fp8Codec::nominal_bytes(int64_t tokens, int64_t kv_heads, int64_t h
   return {2ull * tokens * kv_heads * head_dim, 2 * scales * sizeof(float)};
 }
 
-at::Tensor Fp8Codec::max_error(const at::Tensor& row, bool, double store_amax) const {
+at::Tensor Fp8Codec::max_error(const at::Tensor& row, bool is_key, double store_amax) const {
   // 3 mantissa bits: |error| <= |x| 2^-4 for normal values; below 2^-6 s the spacing is
   // 2^-9 s, so half of it bounds subnormals. s = amax / divisor (calibrated) or fixed; values
   // beyond 448 s saturate, which the caller's store_amax excludes for calibrated scales.
-  const double s = scale_ == "amax" ? store_amax / amax_divisor_ : scale_value_;
+  const double divisor = is_key ? key_amax_divisor_ : value_amax_divisor_;
+  const double s = scale_ == "amax" ? store_amax / divisor : scale_value_;
   at::Tensor saturation = (row.abs() - kMax * s).clamp_min(0);
   return row.abs() * 0x1.0p-4 + s * 0x1.0p-10 + saturation + 1e-12;
 }

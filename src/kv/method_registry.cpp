@@ -434,17 +434,26 @@ std::vector<MethodInfo> build_catalog() {
       kivi_method(4),
       {"fp8",
        "FP8 e4m3 (OCP e4m3fn, saturating at +-448): one byte per value plus one fp32 scale per "
-       "KV head (amax of the first tokens / 448), every token kept",
+       "KV head (amax of the first tokens / 200 for keys, / 100 for values, as vLLM), every "
+       "token kept",
        {ParamSpec::string("scale", "amax",
                           "amax: calibrated on the first tokens a layer sees; fixed: scale_value",
                           {"amax", "fixed"}),
         ParamSpec::number("scale_value", 1.0, "the scale when scale is fixed").range(1e-12, 1e12),
-        ParamSpec::number("amax_divisor", 448.0, "scale = amax / amax_divisor").range(1e-3, 1e6),
+        ParamSpec::number("key_amax_divisor", 200.0,
+                          "keys' scale = amax / key_amax_divisor (448: no headroom)")
+            .range(1e-3, 1e6),
+        ParamSpec::number("value_amax_divisor", 100.0, "values' scale = amax / value_amax_divisor")
+            .range(1e-3, 1e6),
+        ParamSpec::number("amax_divisor", 0.0, "both divisors at once (0: the two above)")
+            .range(0, 1e6),
         ParamSpec::string("granularity", "head", "one scale per KV head or per layer",
                           {"head", "layer"})},
        [](const json& p, at::ScalarType) {
-         return std::make_shared<Fp8Codec>(p["scale"], p["scale_value"], p["amax_divisor"],
-                                           p["granularity"]);
+         const double both = p["amax_divisor"];
+         return std::make_shared<Fp8Codec>(
+             p["scale"], p["scale_value"], both > 0 ? both : p["key_amax_divisor"].get<double>(),
+             both > 0 ? both : p["value_amax_divisor"].get<double>(), p["granularity"]);
        },
        {}},
       {"int2",

@@ -235,7 +235,9 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
     f.format = KvFormat::kFp8;
     f.fp8_amax = method.at("scale") == "amax";
     f.fp8_scale_value = method.at("scale_value");
-    f.fp8_amax_divisor = method.at("amax_divisor");
+    const double both = method.at("amax_divisor");
+    f.fp8_key_amax_divisor = both > 0 ? both : method.at("key_amax_divisor").get<double>();
+    f.fp8_value_amax_divisor = both > 0 ? both : method.at("value_amax_divisor").get<double>();
     f.fp8_per_head = method.at("granularity") == "head";
     return f;
   }
@@ -594,15 +596,15 @@ void PagedKVCache::assign_pages(Sequence& s, int64_t tokens) {
 // head of zeros keeps scale 1.
 void PagedKVCache::calibrate(Layer& layer, int slot, const at::Tensor& k,
                              const at::Tensor& v) const {
-  auto scale = [&](const at::Tensor& x) {
+  auto scale = [&](const at::Tensor& x, double divisor) {
     if (!format_.fp8_amax) return at::full({num_kv_heads_}, format_.fp8_scale_value, at::kFloat);
     at::Tensor amax =
         x.abs().amax(format_.fp8_per_head ? at::IntArrayRef{1, 2} : at::IntArrayRef{0, 1, 2});
-    at::Tensor s = at::where(amax > 0, amax / format_.fp8_amax_divisor, at::ones_like(amax));
+    at::Tensor s = at::where(amax > 0, amax / divisor, at::ones_like(amax));
     return s.reshape({-1}).expand({num_kv_heads_}).contiguous();
   };
-  layer.k_scale[slot].copy_(scale(k.to(at::kFloat)));
-  layer.v_scale[slot].copy_(scale(v.to(at::kFloat)));
+  layer.k_scale[slot].copy_(scale(k.to(at::kFloat), format_.fp8_key_amax_divisor));
+  layer.v_scale[slot].copy_(scale(v.to(at::kFloat), format_.fp8_value_amax_divisor));
   layer.calibrated[size_t(slot)] = true;
 }
 

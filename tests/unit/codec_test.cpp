@@ -429,7 +429,7 @@ TEST(Fp8, E4m3ConversionRoundsToNearestEvenAndSaturates) {
 }
 
 TEST(Fp8, CalibratedScaleSaturatesLaterOutliers) {
-  Fp8Codec codec("amax", 1.0, 448.0, "head");
+  Fp8Codec codec("amax", 1.0, 448.0, 448.0, "head");
   auto store = codec.make_key_store(1, 8);
   store->append(at::full({1, 1, 8}, 2.0f));  // calibrates s = 2 / 448
   store->append(at::full({1, 1, 8}, 5.0f));  // beyond 448 s = 2: saturates to 2
@@ -438,6 +438,34 @@ TEST(Fp8, CalibratedScaleSaturatesLaterOutliers) {
   EXPECT_FLOAT_EQ(back[0][1][0].item<float>(), 2.0f);
   EXPECT_EQ(store->bytes().payload, 16u);
   EXPECT_EQ(store->bytes().metadata, 4u);  // one fp32 scale for the one head
+}
+
+// The default calibration leaves vLLM's headroom: s = amax / 200 for keys and / 100 for values,
+// so tokens after a one-token prompt up to 2.24x (keys) and 4.48x (values) its amax keep fp8's
+// relative precision instead of saturating (as amax / 448 did).
+TEST(Fp8, DefaultCalibrationLeavesHeadroomForLaterTokens) {
+  const auto codec = make_codec(defaults("fp8"), at::kBFloat16);
+  for (bool is_key : {true, false}) {
+    auto store = is_key ? codec->make_key_store(1, 8) : codec->make_value_store(1, 8);
+    const at::Tensor first = at::linspace(-2.0, 2.0, 8).view({1, 1, 8});
+    const double grow = is_key ? 2.2 : 4.4;
+    store->append(first);
+    store->append(first * grow);
+    const at::Tensor back = store->dequantize();
+    const at::Tensor later = first[0][0] * grow;
+    const at::Tensor error = (back[0][1] - later).abs();
+    EXPECT_TRUE((error <= later.abs() * 0x1.0p-4 + 1e-6).all().item<bool>())
+        << (is_key ? "keys" : "values") << ": " << back[0][1] << " for " << later;
+    // Beyond the headroom, saturation at 448 s.
+    store->append(first * (is_key ? 3.0 : 6.0));
+    EXPECT_NEAR(store->dequantize()[0][2][7].item<float>(),
+                is_key ? 2.0 * 448 / 200 : 2.0 * 448 / 100, 1e-5);
+  }
+  EXPECT_EQ(codec->params()["key_amax_divisor"], 200.0);
+  EXPECT_EQ(codec->params()["value_amax_divisor"], 100.0);
+  json both = defaults("fp8");
+  both["amax_divisor"] = 448.0;
+  EXPECT_EQ(make_codec(both, at::kBFloat16)->params()["value_amax_divisor"], 448.0);
 }
 
 TEST(Kivi, ResidualCoveringEveryTokenIsTheFullCache) {

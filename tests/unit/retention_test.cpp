@@ -577,7 +577,7 @@ TEST(StreamingLlm, DecodeEvictionIsBoundedAndEqualsReattendingTheKeptTokens) {
       std::make_shared<BlockQuantCodec>(8, true, 16),
       std::make_shared<BlockQuantCodec>(4, false, 16),
       std::make_shared<BlockQuantCodec>(2, false, 16),
-      std::make_shared<Fp8Codec>("amax", 1.0, 448.0, "head")};
+      std::make_shared<Fp8Codec>("amax", 1.0, 448.0, 448.0, "head")};
   const int64_t S = 4, W = 12, prefill = 30, steps = 100, total = prefill + steps;
   at::Tensor q = rand({4, total, 16}, 5), k = rand({2, total, 16}, 6), v = rand({2, total, 16}, 7);
   for (const auto& codec : codecs) {
@@ -1453,7 +1453,7 @@ TEST(StreamingLlm, RerotatedPositionsMatchAFloat64ReRotation) {
   for (const auto& codec : std::vector<std::shared_ptr<const Codec>>{
            std::make_shared<BlockQuantCodec>(8, true, 16),
            std::make_shared<BlockQuantCodec>(4, false, 16),
-           std::make_shared<Fp8Codec>("amax", 1.0, 448.0, "head")}) {
+           std::make_shared<Fp8Codec>("amax", 1.0, 448.0, 448.0, "head")}) {
     auto policy = std::make_shared<StreamingLlmPolicy>(S, W, EvictionTiming::kDecode, true);
     CompressedKVCache fused(codec, AttentionBackend::kCpu, 1, Hkv, d, policy, inv_freq);
     CompressedKVCache ref(codec, AttentionBackend::kReference, 1, Hkv, d, policy, inv_freq);

@@ -18,7 +18,10 @@ float e4m3_to_float(uint8_t code);
 
 class Fp8Codec final : public Codec {
  public:
-  Fp8Codec(std::string scale, double scale_value, double amax_divisor, std::string granularity);
+  // s = amax / divisor of the first tokens a layer sees, keys and values apart (vLLM: 200 and
+  // 100, headroom for later tokens larger than the prompt's), or `scale_value` when fixed.
+  Fp8Codec(std::string scale, double scale_value, double key_amax_divisor,
+           double value_amax_divisor, std::string granularity);
   std::string name() const override { return "fp8_e4m3"; }
   nlohmann::json params() const override;
   std::unique_ptr<TokenStore> make_key_store(int64_t kv_heads, int64_t head_dim) const override;
@@ -29,7 +32,7 @@ class Fp8Codec final : public Codec {
 
  private:
   std::string scale_;
-  double scale_value_, amax_divisor_;
+  double scale_value_, key_amax_divisor_, value_amax_divisor_;
   std::string granularity_;
 };
 

@@ -75,7 +75,7 @@ struct PagedFormat {
   int page_size = 16;
   int residual = 0;
   bool fp8_amax = true;
-  double fp8_scale_value = 1.0, fp8_amax_divisor = 448.0;
+  double fp8_scale_value = 1.0, fp8_key_amax_divisor = 200.0, fp8_value_amax_divisor = 100.0;
   bool fp8_per_head = true;
   // Pages another cache attends with its own kernel (PaluPagedCache's latents): the paged
   // decode kernels' head_dim limits do not apply (the appender takes multiples of 32).
