@@ -31,12 +31,33 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
   Rng pick = substream(o.seed, 0);
   shuffle(words, pick);
   std::unordered_set<std::string> used(words.begin(), words.end());
-  const std::vector<std::string> common(words.begin(), words.begin() + o.num_common);
-  std::vector<std::string> uncommon(words.begin() + o.num_common, words.end());
+  // Scoring finds each answer as a substring of the output, and the invariant is that each
+  // common word occurs common_freq times in the text: no other entry may contain a common word
+  // or sit inside one ("car" in "carpet", in "bold-car"; "old" in "gold"), so such words are
+  // passed over.
+  std::vector<std::string> common, uncommon;
+  const auto overlaps = [&](const std::string& w) {
+    for (const std::string& c : common)
+      if (w.find(c) != std::string::npos || c.find(w) != std::string::npos) return true;
+    return false;
+  };
+  for (const std::string& w : words)
+    if (static_cast<int64_t>(common.size()) < o.num_common && !overlaps(w)) common.push_back(w);
+  for (const std::string& w : words)
+    if (!overlaps(w)) uncommon.push_back(w);
+  KVB_CHECK(static_cast<int64_t>(common.size()) == o.num_common, task, ": num_common ",
+            o.num_common, " is more than the word lists hold apart from each other");
   Rng pairs = substream(o.seed, 1);
   auto uncommon_word = [&](int64_t i) -> const std::string& {
     while (static_cast<int64_t>(uncommon.size()) <= i) {
-      uncommon.push_back(draw_unique(used, [&] { return random_word_pair(pairs); }));
+      uncommon.push_back(draw_unique(used, [&] {
+        for (int tries = 0;; ++tries) {
+          KVB_CHECK(tries < 100000, task, ": num_common ", o.num_common,
+                    " leaves too few word pairs apart from the common words for the filler");
+          std::string p = random_word_pair(pairs);
+          if (!overlaps(p)) return p;
+        }
+      }));
     }
     return uncommon[i];
   };

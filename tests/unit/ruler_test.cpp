@@ -360,6 +360,16 @@ TEST(RulerCommonWords, CountsExactlyAsSpecified) {
       uncommon += asked ? 0 : 1;
     }
     for (const auto& a : s.answers) EXPECT_EQ(counts.count(a), 1u) << a;
+    // As substrings too (what string_match_all looks for): no other entry holds an asked word
+    // ("car" in "carpet" or "bold-car"), so the list holds each exactly common_freq times.
+    const size_t begin = s.prompt.find("\n1. "), end = s.prompt.find("\nQuestion:");
+    ASSERT_NE(begin, std::string::npos);
+    const std::string list = s.prompt.substr(begin, end - begin);
+    for (const auto& a : s.answers) {
+      int64_t found = 0;
+      for (size_t at = list.find(a); at != std::string::npos; at = list.find(a, at + 1)) ++found;
+      EXPECT_EQ(found, c.common_freq) << a;
+    }
     EXPECT_GT(uncommon, 0);
     if (c.target == 8192) EXPECT_GT(uncommon, 646) << "expected adjective-noun pairs";
     EXPECT_NE(s.prompt.find("What are the " + std::to_string(c.num_common) + " most common words"),
