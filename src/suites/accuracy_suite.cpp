@@ -158,6 +158,7 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
     KVB_CHECK(n > 0, "accuracy: samples must be at least 1 for a synthetic task");
     bool has_depth = false;
     for (const auto& s : task_param_specs(task)) has_depth |= s.name == "depth";
+    bool cut_off = false;  // warned that the cap cuts answers off
     for (int64_t i = 0; i < n; ++i) {
       // Seeded by the run, not the cell: every method of the run sees the same samples, with
       // needles spread evenly over depths.
@@ -171,7 +172,18 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
       s.id = s.synthetic->id, s.task = task;
       s.task_params = resolve_task_params(task, params, "task_params", {});
       s.tokens = encode_prompt(ctx, format, s.synthetic->prompt);
-      s.max_new_tokens = cap > 0 ? cap : 64;
+      // Room for every answer (four UUIDs take ~100 Llama-3 tokens, a 100-hop chain 101 names),
+      // or both caches are cut off and every score capped alike.
+      const int64_t answer_tokens = static_cast<int64_t>(
+          ctx.model.tokenizer().encode(join(s.synthetic->answers, ", "), false).size());
+      s.max_new_tokens = cap > 0 ? cap : std::max<int64_t>(64, answer_tokens + 16);
+      if (cap > 0 && cap < answer_tokens && !cut_off) {
+        cut_off = true;
+        warnings.push_back("max_new_tokens " + std::to_string(cap) + " is below the " +
+                           std::to_string(answer_tokens) + " tokens of sample " + s.id +
+                           "'s answers: its outputs are cut off and scored low with either "
+                           "cache");
+      }
       out.push_back(std::move(s));
     }
     return out;
@@ -365,6 +377,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
          {"task", s.task},
          {"prompt_hash", prompt_hash(s.tokens)},
          {"prompt_tokens", s.tokens.size()},
+         {"max_new_tokens", s.max_new_tokens},
          {"samples_s", {run.e2e}},
          {"score", sm},
          {"score_full", sf},

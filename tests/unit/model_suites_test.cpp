@@ -1097,6 +1097,28 @@ TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
   EXPECT_NEAR(out.summary["macro_mean_score"].get<double>(), macro, 1e-12);
 }
 
+// A synthetic sample's default cap has room for every answer: four UUIDs take more than the
+// 64 tokens that suffice for numbers; a cap the user sets below them is warned about.
+TEST(AccuracySuite, DefaultCapsHoldEveryAnswer) {
+  CellOutput out = run_accuracy({{"name", "full"}}, R"({"name": "accuracy",
+      "task": "niah_multivalue", "samples": 1, "target_tokens": 600,
+      "task_params": {"value_type": "uuids"}})");
+  ASSERT_EQ(out.records.size(), 1u);
+  const json& r = out.records[0];
+  Harness h(json{{"name", "accuracy"}, {"task", "passkey"}});
+  const std::vector<std::string> answers = r["answers"];
+  const int64_t answer_tokens =
+      static_cast<int64_t>(h.model.tokenizer().encode(join(answers, ", "), false).size());
+  ASSERT_GT(answer_tokens, 64);
+  EXPECT_EQ(r["max_new_tokens"], answer_tokens + 16);
+  out = run_accuracy({{"name", "full"}}, R"({"name": "accuracy", "task": "niah_multivalue",
+      "samples": 1, "target_tokens": 600, "max_new_tokens": 8,
+      "task_params": {"value_type": "uuids"}})");
+  bool said = false;
+  for (const auto& w : out.warnings) said = said || w.find("is below the") != std::string::npos;
+  EXPECT_TRUE(said);
+}
+
 // A data file's prompts are estimated at their length (a bound from their bytes), cut at
 // max_prompt_tokens, not at target_tokens (which sizes only synthetic samples).
 TEST(AccuracySuite, DataFilePromptsAreEstimatedAtTheirLength) {
