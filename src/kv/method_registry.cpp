@@ -740,11 +740,13 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
   if (auto lowrank = std::dynamic_pointer_cast<const LowRankCodec>(built);
       lowrank && lowrank->kind() == LowRankKind::kPalu && lowrank->group() > 1 &&
       !policy->same_tokens_every_head())
-    throw ConfigError(join_path(codec_path, "group"),
-                      "palu's group " + std::to_string(lowrank->group()) +
-                          " shares one latent between KV heads, for which '" + name +
-                          "' would keep different tokens; use \"group\": 1 or a policy that "
-                          "keeps the same tokens for every head (streamingllm, tova)");
+    throw ConfigError(
+        join_path(codec_path, "group"),
+        "palu's group " + std::to_string(lowrank->group()) +
+            " shares one latent between KV heads, for which '" + name +
+            (name == "quest" ? "' would read different pages" : "' would keep different tokens") +
+            "; use \"group\": 1 or a policy that keeps the same tokens for "
+            "every head (streamingllm, tova)");
   if (policy->timing() == EvictionTiming::kDecode && !drops) {
     const std::string why =
         "codec '" + codec["name"].get<std::string>() + "' cannot (its codes span tokens); ";

@@ -75,6 +75,10 @@ TEST_P(EveryMethod, ReconstructionWithinTheCodecsBound) {
       store->append(x.narrow(1, t, std::min<int64_t>(41, tokens - t)));
     ASSERT_EQ(store->size(), tokens);
     at::Tensor back = store->dequantize();
+    // Closer to the input than nothing is: a store returning zeros would meet a bound as loose
+    // as the low-rank codecs' below full rank (|x| per element), not this.
+    EXPECT_LT((back - x).norm().item<double>(), 0.9 * x.norm().item<double>())
+        << GetParam() << (is_key ? " keys" : " values");
     for (int64_t h = 0; h < 2; ++h) {
       const double amax = x[h].abs().max().item<double>();
       for (int64_t t = 0; t < tokens; ++t) {
@@ -111,18 +115,25 @@ TEST_P(EveryMethod, ANonFiniteValueReadsBackNonFinite) {
   }
 }
 
+// Past KIVI's window (R = 128: two key blocks quantized, values before the last R) and GEAR's
+// streaming buffer, through decode steps after the prefill, so every part of each format is
+// counted: codes, scales, windows, buffers.
 TEST_P(EveryMethod, MeasuredBytesEqualTheFormula) {
   auto c = ready(codec(), 2, 2, 64);
   CompressedKVCache cache(c, AttentionBackend::kCpu, 2, 2, 64);
   const int64_t s = cache.add_sequence();
-  at::Tensor q = at::randn({4, 29, 64});
-  for (int64_t layer = 0; layer < 2; ++layer) {
-    cache.append_and_attend(s, layer, q, kv_like(2, 29, 64, 1), kv_like(2, 29, 64, 2));
+  const int64_t prompt = 290, steps = 12;
+  const at::Tensor k = kv_like(2, prompt + steps, 64, 1), v = kv_like(2, prompt + steps, 64, 2);
+  const at::Tensor q = at::randn({4, prompt + steps, 64});
+  for (int64_t t = 0; t < prompt + steps; t = t == 0 ? prompt : t + 1) {
+    const int64_t n = t == 0 ? prompt : 1;
+    for (int64_t layer = 0; layer < 2; ++layer)
+      cache.append_and_attend(s, layer, q.narrow(1, t, n), k.narrow(1, t, n), v.narrow(1, t, n));
+    const StorageBytes measured = cache.storage(), nominal = cache.nominal();
+    ASSERT_EQ(measured.payload, nominal.payload) << GetParam() << " at " << t + n << " tokens";
+    ASSERT_EQ(measured.metadata, nominal.metadata) << GetParam() << " at " << t + n << " tokens";
+    ASSERT_GT(measured.total(), 0u);
   }
-  const StorageBytes measured = cache.storage(), nominal = cache.nominal();
-  EXPECT_EQ(measured.payload, nominal.payload) << GetParam();
-  EXPECT_EQ(measured.metadata, nominal.metadata) << GetParam();
-  EXPECT_GT(measured.total(), 0u);
 }
 
 // Methods with int8 value weights (value_int8 on) are checked twice: their exact-weight path
@@ -479,6 +490,59 @@ TEST(Kivi, ResidualCoveringEveryTokenIsTheFullCache) {
     a->append(x.narrow(1, 60, 40));
     b->append(x);
     EXPECT_TRUE(at::equal(a->dequantize(), b->dequantize())) << is_key;
+  }
+}
+
+// KIVI's groups against the spec's formula in float64, each element bound by its own group's
+// step (not the store's amax): keys in groups of G tokens per channel over the quantized
+// blocks, values in groups of G channels per token before the residual window. A grouping bug
+// (a whole block as one group) widens the steps past these bounds; a group's extremes come back
+// within rounding, and a constant group exactly.
+TEST(Kivi, EachGroupWithinHalfItsOwnStep) {
+  const int64_t G = 32, R = 128, T = 300, D = 64;
+  for (const at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+    for (const int bits : {2, 4}) {
+      KiviCodec kivi(bits, G, R, dtype);
+      const double qmax = (1 << bits) - 1;
+      for (const bool is_key : {true, false}) {
+        at::Tensor x = kv_like(2, T, D, 11);
+        if (is_key)
+          x[1].select(1, 7).narrow(0, 32, 32).fill_(0.375);  // a constant group
+        else
+          x[1][40].narrow(0, 32, 32).fill_(0.375);
+        auto store = is_key ? kivi.make_key_store(2, D) : kivi.make_value_store(2, D);
+        store->append(x.narrow(1, 0, 100));
+        for (int64_t t = 100; t < T; ++t) store->append(x.narrow(1, t, 1));
+        const at::Tensor back = store->dequantize().to(at::kDouble), xd = x.to(at::kDouble);
+        // Keys: tokens [0, 256) in groups of G tokens per channel; values: tokens [0, T - R)
+        // in groups of G channels per token.
+        const int64_t quantized = is_key ? T - T % R : T - R;
+        for (int64_t h = 0; h < 2; ++h) {
+          for (int64_t a = 0; a < (is_key ? quantized / G : quantized); ++a) {
+            for (int64_t b = 0; b < (is_key ? D : D / G); ++b) {
+              const at::Tensor grp =
+                  is_key ? xd[h].select(1, b).narrow(0, a * G, G) : xd[h][a].narrow(0, b * G, G);
+              const at::Tensor rec = is_key ? back[h].select(1, b).narrow(0, a * G, G)
+                                            : back[h][a].narrow(0, b * G, G);
+              const double lo = grp.min().item<double>(), hi = grp.max().item<double>();
+              // Half a step, plus the min's and the scale's rounding to the dtype (relative
+              // 2^-8 for bf16, used for fp16 too): the min's error and the scale's times the
+              // largest code, (hi - lo), plus float arithmetic.
+              const double tol =
+                  0.5 * (hi - lo) / qmax + 0x1.0p-8 * (std::fabs(lo) + (hi - lo)) + 1e-6;
+              const double worst = (rec - grp).abs().max().item<double>();
+              ASSERT_LE(worst, tol)
+                  << dtype << " " << bits << " bits " << (is_key ? "keys" : "values") << " head "
+                  << h << " group " << a << "," << b;
+              if (hi == lo) EXPECT_EQ(worst, 0.0) << "a constant group reads back exactly";
+            }
+          }
+        }
+        // The exact part: keys' last T mod R tokens, values' last R.
+        const at::Tensor exact = back.narrow(1, quantized, T - quantized);
+        EXPECT_TRUE(at::equal(exact.to(dtype).to(at::kDouble), exact));
+      }
+    }
   }
 }
 

@@ -236,9 +236,15 @@ TEST(ModelConfig, LinearAndLlama3RopeScaling) {
     }
     EXPECT_NEAR(inv[i].item<double>(), want, 1e-15 * f) << i;
   }
-  // The preset covers all three regimes.
-  EXPECT_LT(2 * M_PI / inv[1].item<double>(), 256);
-  EXPECT_GT(2 * M_PI * 8 / inv[15].item<double>(), 1024);
+  // The preset covers all three regimes: index 1 kept (wavelength 14), 5 and 6 blended
+  // (379, 862: strictly between f / 8 and f), 7 on divided by 8 (1957).
+  auto f = [](int i) { return std::pow(500000.0, -2.0 * i / 32); };
+  EXPECT_NEAR(inv[1].item<double>(), f(1), 1e-15 * f(1));
+  for (int i : {5, 6}) {
+    EXPECT_GT(inv[i].item<double>(), f(i) / 8 * (1 + 1e-3)) << i;
+    EXPECT_LT(inv[i].item<double>(), f(i) * (1 - 1e-3)) << i;
+  }
+  EXPECT_NEAR(inv[7].item<double>(), f(7) / 8, 1e-15 * f(7));
 }
 
 }  // namespace

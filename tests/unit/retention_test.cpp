@@ -732,6 +732,24 @@ TEST(SnapKv, SelectionMatchesAFloat64ReferenceOfTheScores) {
   }
 }
 
+// Max pooling makes plateaus of equal scores, so the cut at C - w often falls on a tie: it goes
+// to the earlier tokens (docs/methods.md), on every backend alike. One spike at 9 pooled with
+// kernel 3 ties 8, 9 and 10; the zeros elsewhere tie too.
+TEST(SnapKv, TiesAtTheCutGoToTheEarlierTokens) {
+  const int64_t T = 20, w = 2;
+  RetentionInput in;
+  in.length = T, in.prefill = true, in.prompt = T;
+  in.positions = at::arange(T, at::kLong).view({1, T});
+  in.window_attention = at::zeros({2, w, T}, at::kFloat);  // 2 query heads on 1 KV head
+  in.window_attention.select(2, 9).fill_(0.5f);
+  auto kept = [&](int64_t keep) {
+    const at::Tensor k = snapkv_select(in, keep, w, 3, "max", "snapkv");
+    return std::vector<int64_t>(k.data_ptr<int64_t>(), k.data_ptr<int64_t>() + k.numel());
+  };
+  EXPECT_EQ(kept(4), (std::vector<int64_t>{8, 9, 18, 19}));
+  EXPECT_EQ(kept(6), (std::vector<int64_t>{0, 8, 9, 10, 18, 19}));
+}
+
 TEST(SnapKv, ComposesWithKiviAndGearAfterThePrefill) {
   Transformer model = tiny_model();
   const ModelConfig& mc = model.config();

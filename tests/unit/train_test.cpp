@@ -115,8 +115,9 @@ TEST(Train, ForwardMatchesInferenceTransformer) {
 
 TEST(Train, AdamWStepMatchesFloat64Formula) {
   // One step from zero moments: p1 = p0 (1 - lr wd) - lr m1/(1-b1) / (sqrt(v1/(1-b2)) + eps)
-  // with m1 = (1-b1) g, v1 = (1-b2) g^2, g the clipped gradient. The gradient is recovered by
-  // autograd on a separate forward, in float64.
+  // with m1 = (1-b1) g, v1 = (1-b2) g^2, g the gradient (unclipped here): the trainer's own, whose
+  // loss TheLossIsTheWeightedNllOfTheBatch checks. One step from zero moments moves each weight
+  // by about lr sign(g): this pins the update rule, the loss test the gradient's source.
   json r = tiny_recipe();
   r["grad_clip"] = 0.0;  // no clipping: the update is elementwise
   const TrainRecipe recipe = parse_train_recipe(r);
@@ -135,6 +136,46 @@ TEST(Train, AdamWStepMatchesFloat64Formula) {
     const at::Tensor expected = p0 * decay - lr * m / (v.sqrt() + recipe.adam_eps);
     EXPECT_TRUE(at::allclose(p.detach().to(at::kDouble), expected, 1e-6, 1e-7)) << name;
   }
+}
+
+// The loss, by hand in float64: each example forwarded alone (no padding), targets shifted by
+// one, answer tokens (and EOS) weighted answer_weight, the weighted mean over every token of
+// the batch; the answer loss the plain mean over answer tokens. A loss scaled, weighted the
+// wrong way, shifted by one or counting padding differs.
+TEST(Train, TheLossIsTheWeightedNllOfTheBatch) {
+  const TrainRecipe recipe = parse_train_recipe(tiny_recipe());
+  Trainer trainer(recipe, temp_dir("loss").string(), false);
+  const Tokenizer tok =
+      Tokenizer::from_json(tiny_tokenizer_json(static_cast<int>(trainer.config().vocab_size)),
+                           tiny_tokenizer_config(), nullptr, "tiny tokenizer");
+  bool lengths_differ = false;
+  for (int64_t step = 0; step < recipe.total_steps(); ++step) {
+    const Transformer before = trainer.snapshot();
+    const std::vector<TrainExample> batch = make_train_batch(recipe, tok, step);
+    ASSERT_GE(batch.size(), 2u);
+    double weighted = 0, weights = 0, answer = 0, answer_tokens = 0;
+    for (const TrainExample& ex : batch) {
+      lengths_differ = lengths_differ || ex.ids.size() != batch[0].ids.size();
+      const int64_t n = static_cast<int64_t>(ex.ids.size()) - 1;
+      const at::Tensor in =
+          at::tensor(std::vector<int64_t>(ex.ids.begin(), ex.ids.end() - 1)).view({1, n});
+      const at::Tensor logp = at::log_softmax(
+          train_forward(before.config(), before.weights(), in)[0].to(at::kDouble), -1);
+      for (int64_t t = 0; t < n; ++t) {
+        const double nll = -logp[t][ex.ids[static_cast<size_t>(t + 1)]].item<double>();
+        const bool is_answer = t + 1 >= ex.answer_start;
+        const double w = is_answer ? recipe.answer_weight : 1.0;
+        weighted += w * nll, weights += w;
+        if (is_answer) answer += nll, answer_tokens += 1;
+      }
+    }
+    const TrainProgress pr = trainer.train_step(step);
+    EXPECT_NEAR(pr.loss, weighted / weights, 1e-5 * weighted / weights) << "step " << step;
+    EXPECT_NEAR(pr.answer_loss, answer / answer_tokens, 1e-5 * answer / answer_tokens)
+        << "step " << step;
+  }
+  EXPECT_TRUE(lengths_differ) << "no batch needed padding: the test would not see it";
+  fs::remove_all(temp_dir("loss"));
 }
 
 TEST(Train, ANonFiniteLossStopsTheStepBeforeTheUpdate) {
