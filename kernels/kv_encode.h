@@ -56,8 +56,13 @@ KVB_HD float add_rn(float a, float b) {
 #endif
 }
 
-KVB_HD float min_f(float a, float b) { return b < a ? b : a; }
-KVB_HD float max_f(float a, float b) { return a < b ? b : a; }
+// min and max that carry a NaN through (from either side), so a group holding one is known by
+// its min or max.
+KVB_HD float min_f(float a, float b) { return (b < a || b != b) ? b : a; }
+KVB_HD float max_f(float a, float b) { return (a < b || b != b) ? b : a; }
+// Finite: not NaN, not infinite (x - x is NaN for both).
+KVB_HD bool finite_f(float x) { return x - x == 0.f; }
+constexpr uint16_t kHalfNaN = 0x7e00;
 KVB_HD int clamp_i(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
 // Rounds `m >> shift` to nearest, ties to even (shift in 1..31).
@@ -139,11 +144,26 @@ KVB_HD void put_u16(void* base, size_t index, uint16_t v) {
 // (int8, signed codes); d = extreme / -8, q = trunc(x / d + 8.5) clamped to 15 (int4, channel
 // 2i in the low nibble of byte i). Codes against the fp16-rounded d; a zero block has d = 0.
 //   x: [32] floats;  codes: the block's 32 (int8) or 16 (int4) bytes;  d: its fp16 scale
+// A block holding a value that is not finite, or whose d overflows fp16, stores d = NaN and
+// zero codes: it reads back NaN, as the CPU codecs' (block_quant_codec.cpp).
 KVB_HD void encode_q_block(bool int8, const float* x, uint8_t* codes, uint16_t* d_out) {
   float extreme = x[0];
-  for (int i = 1; i < 32; ++i)
+  bool finite = finite_f(x[0]);
+  for (int i = 1; i < 32; ++i) {
+    finite = finite && finite_f(x[i]);
     if (fabsf(x[i]) > fabsf(extreme)) extreme = x[i];
+  }
   const uint16_t dh = half_bits(int8 ? fabsf(extreme) / 127.0f : extreme / -8.0f);
+  if (!finite || !finite_f(half_value(dh))) {
+    *d_out = kHalfNaN;
+    for (int i = 0; i < 32; ++i) {
+      if (int8)
+        codes[i] = 0;
+      else
+        put_code(codes, i, 4, 0);
+    }
+    return;
+  }
   const float d = half_value(dh), inv = d != 0.f ? 1.0f / d : 0.0f;
   *d_out = dh;
   for (int i = 0; i < 32; ++i) {
@@ -158,7 +178,8 @@ KVB_HD void encode_q_block(bool int8, const float* x, uint8_t* codes, uint16_t* 
 
 // KIVI's min-max rule (src/kv/minmax_quant.cpp): the min rounded to fp16 first, the scale
 // from it, codes round((x - min) / scale) clamped to [0, levels]; a constant group has
-// scale 0 and every code 0.
+// scale 0 and every code 0. A group whose min or max is not finite (min_f/max_f carry a NaN),
+// or whose min or scale overflows fp16, stores NaN for both and zero codes: it reads back NaN.
 struct MinMax {
   uint16_t scale_h, min_h;
   float min, inv;
@@ -167,10 +188,16 @@ struct MinMax {
     min = half_value(min_h);
     scale_h = half_bits((hi - min) / float(levels));
     const float s = half_value(scale_h);
+    if (!finite_f(lo) || !finite_f(hi) || !finite_f(min) || !finite_f(s)) {
+      scale_h = min_h = kHalfNaN;
+      min = 0.f, inv = 0.f;
+      return;
+    }
     inv = s != 0.f ? 1.0f / s : 0.0f;
   }
   KVB_HD int code(float x, int levels) const {
-    return clamp_i(int(rintf(mul_rn(x - min, inv))), 0, levels);
+    const float q = mul_rn(x - min, inv);
+    return finite_f(q) ? clamp_i(int(rintf(q)), 0, levels) : 0;
   }
 };
 

@@ -91,8 +91,9 @@ class Fp8Store final : public TokenStore {
  private:
   void calibrate(const at::Tensor& x) {
     at::Tensor amax = x.abs().amax(per_head_ ? at::IntArrayRef{1, 2} : at::IntArrayRef{0, 1, 2});
-    // A head of zeros keeps scale 1 rather than dividing by zero.
-    scales_ = at::where(amax > 0, amax / divisor_, at::ones_like(amax)).reshape({-1}).contiguous();
+    // A head of zeros keeps scale 1 rather than dividing by zero; a NaN amax (a NaN among the
+    // first tokens) gives a NaN scale, so the head reads back NaN rather than scale 1.
+    scales_ = at::where(amax == 0, at::ones_like(amax), amax / divisor_).reshape({-1}).contiguous();
     calibrated_ = true;
   }
 

@@ -445,15 +445,11 @@ std::vector<MethodInfo> build_catalog() {
             .range(1e-3, 1e6),
         ParamSpec::number("value_amax_divisor", 100.0, "values' scale = amax / value_amax_divisor")
             .range(1e-3, 1e6),
-        ParamSpec::number("amax_divisor", 0.0, "both divisors at once (0: the two above)")
-            .range(0, 1e6),
         ParamSpec::string("granularity", "head", "one scale per KV head or per layer",
                           {"head", "layer"})},
        [](const json& p, at::ScalarType) {
-         const double both = p["amax_divisor"];
-         return std::make_shared<Fp8Codec>(
-             p["scale"], p["scale_value"], both > 0 ? both : p["key_amax_divisor"].get<double>(),
-             both > 0 ? both : p["value_amax_divisor"].get<double>(), p["granularity"]);
+         return std::make_shared<Fp8Codec>(p["scale"], p["scale_value"], p["key_amax_divisor"],
+                                           p["value_amax_divisor"], p["granularity"]);
        },
        {}},
       {"int2",

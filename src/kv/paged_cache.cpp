@@ -235,9 +235,8 @@ PagedFormat paged_format_for(const nlohmann::json& method, at::ScalarType model_
     f.format = KvFormat::kFp8;
     f.fp8_amax = method.at("scale") == "amax";
     f.fp8_scale_value = method.at("scale_value");
-    const double both = method.at("amax_divisor");
-    f.fp8_key_amax_divisor = both > 0 ? both : method.at("key_amax_divisor").get<double>();
-    f.fp8_value_amax_divisor = both > 0 ? both : method.at("value_amax_divisor").get<double>();
+    f.fp8_key_amax_divisor = method.at("key_amax_divisor");
+    f.fp8_value_amax_divisor = method.at("value_amax_divisor");
     f.fp8_per_head = method.at("granularity") == "head";
     return f;
   }
@@ -600,7 +599,7 @@ void PagedKVCache::calibrate(Layer& layer, int slot, const at::Tensor& k,
     if (!format_.fp8_amax) return at::full({num_kv_heads_}, format_.fp8_scale_value, at::kFloat);
     at::Tensor amax =
         x.abs().amax(format_.fp8_per_head ? at::IntArrayRef{1, 2} : at::IntArrayRef{0, 1, 2});
-    at::Tensor s = at::where(amax > 0, amax / divisor, at::ones_like(amax));
+    at::Tensor s = at::where(amax == 0, at::ones_like(amax), amax / divisor);  // NaN stays NaN
     return s.reshape({-1}).expand({num_kv_heads_}).contiguous();
   };
   layer.k_scale[slot].copy_(scale(k.to(at::kFloat), format_.fp8_key_amax_divisor));

@@ -281,25 +281,29 @@ double score(const Sample& s, const std::string& output) {
                      : score_longbench(*s.row, output);
 }
 
-// Bounds on a data file's longest prompt as the model reads it (its text's bytes, cut at
-// max_prompt_tokens, plus the answer prefix and a chat wrapper) and longest generation cap;
-// {0, 0} when the file cannot be read (the run says why).
-std::pair<int64_t, int64_t> data_file_bounds(const json& p) {
+// Estimates of a data file's longest prompt as the model reads it (text_token_estimate of its
+// text, cut at max_prompt_tokens, plus the answer prefix and a chat wrapper) and longest
+// generation cap, over the rows the run takes (the first `samples`); {0, 0} when the file
+// cannot be read (the run says why).
+std::pair<int64_t, int64_t> data_file_bounds(const json& p, int64_t vocab_size) {
   try {
     const std::string file = p["data_file"];
-    const std::vector<LongBenchRow> rows = p["data_format"] == "ruler"
-                                               ? load_ruler_jsonl(file, ruler_task_name(file))
-                                               : load_longbench_jsonl(file);
+    std::vector<LongBenchRow> rows = p["data_format"] == "ruler"
+                                         ? load_ruler_jsonl(file, ruler_task_name(file))
+                                         : load_longbench_jsonl(file);
+    const int64_t n = p["samples"];
+    if (n > 0 && static_cast<int64_t>(rows.size()) > n) rows.resize(static_cast<size_t>(n));
     std::optional<LongBenchTemplates> templates;
     if (!p["templates_dir"].get<std::string>().empty())
       templates = load_longbench_templates(p["templates_dir"]);
     const int64_t limit = p["max_prompt_tokens"];
     int64_t prompt = 0, cap = 0;
     for (const LongBenchRow& row : rows) {
-      int64_t body = text_token_bound(longbench_prompt(row, templates).size());
+      int64_t body = text_token_estimate(longbench_prompt(row, templates).size(), vocab_size);
       if (limit > 0) body = std::min(body, limit);
       const int64_t wrapper = p["chat_format"] == "" ? 0 : 32;  // about 10 tokens in practice
-      prompt = std::max(prompt, body + text_token_bound(row.answer_prefix.size()) + wrapper);
+      prompt = std::max(prompt,
+                        body + text_token_estimate(row.answer_prefix.size(), vocab_size) + wrapper);
       cap = std::max(cap, longbench_max_new_tokens(row, templates));
     }
     return {prompt, cap};
@@ -318,7 +322,7 @@ uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
   // are what its rows hold.
   int64_t prompt = p["target_tokens"].get<int64_t>() + 32, default_cap = 128;
   if (!p["data_file"].get<std::string>().empty()) {
-    const auto [longest, longest_cap] = data_file_bounds(p);
+    const auto [longest, longest_cap] = data_file_bounds(p, c.vocab_size);
     prompt = longest, default_cap = std::max<int64_t>(longest_cap, 1);
   }
   const int64_t cap =

@@ -33,8 +33,8 @@ uint64_t LatencySuite::estimate_bytes(const EstimateContext& ctx) const {
   const json& p = ctx.params;
   // A text prompt as long as it is (prompt_tokens then sizes nothing).
   const std::string& text = p["prompt_text"].get_ref<const std::string&>();
-  const int64_t prompt =
-      text.empty() ? p["prompt_tokens"].get<int64_t>() : text_token_bound(text.size());
+  const int64_t prompt = text.empty() ? p["prompt_tokens"].get<int64_t>()
+                                      : text_token_estimate(text.size(), ctx.model->vocab_size);
   const int64_t news = p["new_tokens"];
   return model_weight_bytes(*ctx.model, ctx.weight_dtype) + ctx.shared_bytes +
          generation_bytes(*ctx.model, ctx.kv_bytes_per_token_at(prompt + news), p["batch"], prompt,

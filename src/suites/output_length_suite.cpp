@@ -216,9 +216,9 @@ json length_shift_by_task(const std::vector<Prompt>& prompts, const std::vector<
 
 namespace {
 
-// A bound on the tokens of the longest text prompt (text_token_bound). 0 without text prompts;
-// a prompts file that cannot be read counts 0 here (the run reports why).
-int64_t text_prompt_token_bound(const json& p) {
+// The tokens of the longest text prompt as plans size them (text_token_estimate). 0 without
+// text prompts; a prompts file that cannot be read counts 0 here (the run reports why).
+int64_t text_prompt_tokens(const json& p, int64_t vocab_size) {
   size_t longest = 0;
   bool any = false;
   for (const auto& t : p["prompt_texts"]) {
@@ -236,7 +236,7 @@ int64_t text_prompt_token_bound(const json& p) {
     } catch (const Error&) {
     }
   }
-  return any ? text_token_bound(longest) : 0;
+  return any ? text_token_estimate(longest, vocab_size) : 0;
 }
 
 // The sampling seed of a sample's k-th seed control (k >= 1): far from every sample's own seed
@@ -251,7 +251,7 @@ uint64_t OutputLengthSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (!ctx.model) return 0;
   const ModelConfig& c = *ctx.model;
   // Text prompts are as long as they are; prompt_tokens sizes only the random-id ones.
-  const int64_t text = text_prompt_token_bound(ctx.params);
+  const int64_t text = text_prompt_tokens(ctx.params, ctx.model->vocab_size);
   const int64_t prompt = text > 0 ? text : ctx.params["prompt_tokens"].get<int64_t>();
   const int64_t cap = ctx.params["max_new_tokens"];
   const double full_per_token = full_cache_bytes_per_token(c);

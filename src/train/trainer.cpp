@@ -523,13 +523,24 @@ Trainer::Trainer(TrainRecipe recipe, std::string out_dir, bool resume)
     KVB_CHECK(json::parse(meta.at("recipe")) == recipe_.to_json(),
               "train: --resume: ", state.string(), " was written by a different recipe");
     step_ = std::stoll(meta.at("step"));
+    // The weights' step: in model.safetensors' metadata, or for checkpoints written before it
+    // was (2026-12-07), in config.json's kvbench block.
     const fs::path weights = fs::path(out_dir_) / "model.safetensors";
-    const auto& weights_meta = SafetensorsFile(weights.string()).metadata();
-    const auto weights_step = weights_meta.find("kvbench_step");
-    KVB_CHECK(weights_step != weights_meta.end() && weights_step->second == meta.at("step"),
-              "train: --resume: ", weights.string(), " holds the weights of step ",
-              weights_step == weights_meta.end() ? std::string("(unknown)") : weights_step->second,
-              " but ", state.string(), " the optimiser state of step ", meta.at("step"),
+    const SafetensorsFile weights_file(weights.string());
+    const auto it = weights_file.metadata().find("kvbench_step");
+    std::string weights_step = "(unknown)";
+    if (it != weights_file.metadata().end()) {
+      weights_step = it->second;
+    } else {
+      std::ifstream in(fs::path(out_dir_) / "config.json");
+      const json cfg = json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (cfg.is_object() && cfg.contains("kvbench") && cfg["kvbench"].is_object() &&
+          cfg["kvbench"].contains("step") && cfg["kvbench"]["step"].is_number_integer())
+        weights_step = std::to_string(cfg["kvbench"]["step"].get<int64_t>());
+    }
+    KVB_CHECK(weights_step == meta.at("step"), "train: --resume: ", weights.string(),
+              " holds the weights of step ", weights_step, " but ", state.string(),
+              " the optimiser state of step ", meta.at("step"),
               " (a checkpoint write cut short): they cannot continue one run; train again "
               "without --resume");
     SafetensorsCheckpoint ck(out_dir_);

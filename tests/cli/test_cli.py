@@ -704,7 +704,7 @@ class CliTest(CliCase):
                           {"name": "fidelity", "windows": 1, "prefix_tokens": 40,
                            "eval_tokens": 4},
                           {"name": "output_length", "samples": 2, "prompt_tokens": 40,
-                           "max_new_tokens": 3, "control_temperatures": []},
+                           "max_new_tokens": 3, "control_temperatures": [], "control_seeds": 0},
                           {"name": "accuracy", "task": "passkey", "samples": 1,
                            "target_tokens": 160, "max_new_tokens": 3}]}
         res = self.run_ok(cfg)
@@ -1105,7 +1105,7 @@ class FiguresCliTest(CliCase):
                           {"name": "throughput", "batch": [1, 2], "prompt_tokens": [16, 32],
                            "new_tokens": [4], "repeats": 1},
                           {"name": "output_length", "samples": 4, "prompt_tokens": 16,
-                           "max_new_tokens": 12, "control_temperatures": []},
+                           "max_new_tokens": 12, "control_temperatures": [], "control_seeds": 0},
                           {"name": "accuracy", "task": "passkey", "samples": 2,
                            "target_tokens": 300, "max_new_tokens": 6},
                           {"name": "serving", "rates": [2, 8], "requests": 3,
@@ -1628,7 +1628,7 @@ class ServingToolsCliTest(CliCase):
         cfg = {"model": self.MODEL, "threads": 1,
                "methods": [{"name": "full"}, {"name": "stream-512"}],
                "suites": [{"name": "output_length", "prompts_file": str(prompts),
-                           "max_new_tokens": 8, "control_temperatures": []}]}
+                           "max_new_tokens": 8, "control_temperatures": [], "control_seeds": 0}]}
         path, cells = self.validated(self.run_ok(cfg))
         for c in cells.values():
             tasks = c["summary"]["tasks"]

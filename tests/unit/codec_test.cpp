@@ -474,9 +474,8 @@ TEST(Fp8, DefaultCalibrationLeavesHeadroomForLaterTokens) {
   }
   EXPECT_EQ(codec->params()["key_amax_divisor"], 200.0);
   EXPECT_EQ(codec->params()["value_amax_divisor"], 100.0);
-  json both = defaults("fp8");
-  both["amax_divisor"] = 448.0;
-  EXPECT_EQ(make_codec(both, at::kBFloat16)->params()["value_amax_divisor"], 448.0);
+  // The single divisor of before 2026-12-07 is gone: the closest key is named.
+  EXPECT_THROW(resolve_method({{"name", "fp8"}, {"amax_divisor", 448}}, "methods[0]"), ConfigError);
 }
 
 TEST(Kivi, ResidualCoveringEveryTokenIsTheFullCache) {

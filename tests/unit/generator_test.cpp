@@ -250,7 +250,7 @@ TEST(Generate, AStepsHostTimeLeavesOutTheCachesWaitsForTheDevice) {
   }
 }
 
-// A full cache whose storage() (the generator's per-step memory bookkeeping) takes 5 ms.
+// A full cache whose storage() (the generator's per-step memory bookkeeping) takes 40 ms.
 class SlowBookkeeping final : public KVCache {
  public:
   SlowBookkeeping() : inner_(4, 2, 32, at::kFloat) {}
@@ -263,7 +263,7 @@ class SlowBookkeeping final : public KVCache {
   }
   std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
   StorageBytes storage() const override {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::this_thread::sleep_for(std::chrono::milliseconds(40));
     return inner_.storage();
   }
   StorageBytes nominal() const override { return inner_.nominal(); }
@@ -285,8 +285,9 @@ TEST(Generate, TokenTimesLeaveOutTheMemoryBookkeeping) {
   ASSERT_EQ(r.decode_step_s.size(), 4u);
   for (size_t k = 1; k < t.size(); ++k) {
     const double gap = t[k] - t[k - 1];
-    EXPECT_GE(gap, r.decode_step_s[k - 1] - 1e-9) << k;
-    EXPECT_LT(gap, r.decode_step_s[k - 1] + 0.0025) << k;  // not the 5 ms storage() took
+    EXPECT_GE(gap, r.decode_step_s[k - 1] - 1e-3) << k;  // a busy machine's jitter
+    // Not the 40 ms storage() took (a margin of half of it for a busy machine).
+    EXPECT_LT(gap, r.decode_step_s[k - 1] + 0.02) << k;
   }
 }
 

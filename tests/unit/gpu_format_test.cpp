@@ -70,7 +70,9 @@ INSTANTIATE_TEST_SUITE_P(
                       FormatCase{KvFormat::kInt4, R"({"name": "int4", "symmetric": true})"},
                       // The builder scales fp8 by amax / 448 (the kernels'
                       // tests need no headroom): the codec likewise.
-                      FormatCase{KvFormat::kFp8, R"({"name": "fp8", "amax_divisor": 448})"},
+                      FormatCase{
+                          KvFormat::kFp8,
+                          R"({"name": "fp8", "key_amax_divisor": 448, "value_amax_divisor": 448})"},
                       FormatCase{KvFormat::kKivi2, R"({"name": "kivi-2"})"},
                       FormatCase{KvFormat::kKivi4, R"({"name": "kivi-4"})"},
                       FormatCase{KvFormat::kInt4Asym, R"({"name": "int4"})"},

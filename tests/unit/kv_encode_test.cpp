@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -82,6 +83,55 @@ TEST(KvEncodeTest, E4m3MatchesTheFp8Codec) {
   std::vector<float> xs = probe_points(0x7f, decode, 3);
   for (float x : {448.f, 463.9f, 464.f, 480.f, 1e9f, -500.f}) xs.push_back(x);
   for (float x : xs) ASSERT_EQ(e::e4m3_bits(x), float_to_e4m3(x)) << "encode of " << x;
+}
+
+// The paged formats' encoders follow the CPU codecs' rule for values that are not finite: a
+// block or group holding a NaN or an infinity, or whose fp16 scale or min overflows, stores NaN
+// (and zero codes) so it reads back NaN; a finite block is untouched by the rule.
+TEST(KvEncodeTest, NonFiniteBlocksStoreNaN) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = 0.1f * float(i - 16);
+  for (const float bad : {nan, inf, -inf}) {
+    for (const int at : {0, 7}) {  // the first value (the scan's start) and a later one
+      std::vector<float> y = x;
+      y[at] = bad;
+      for (const bool int8 : {true, false}) {
+        uint8_t codes[32];
+        uint16_t d = 0;
+        e::encode_q_block(int8, y.data(), codes, &d);
+        EXPECT_TRUE(std::isnan(e::half_value(d))) << int8 << " " << bad << " at " << at;
+      }
+      for (const int bits : {4, 2}) {
+        uint8_t codes[16];
+        uint16_t sm[2] = {0, 0};
+        e::encode_asym_block(bits, y.data(), codes, sm);
+        EXPECT_TRUE(std::isnan(e::half_value(sm[0])) && std::isnan(e::half_value(sm[1])))
+            << bits << " bits " << bad << " at " << at;
+      }
+      float lo = y[0], hi = y[0];
+      for (float v : y) lo = e::min_f(lo, v), hi = e::max_f(hi, v);
+      const e::MinMax mm(lo, hi, 3);
+      EXPECT_TRUE(std::isnan(e::half_value(mm.scale_h))) << bad << " at " << at;
+      EXPECT_EQ(mm.code(bad, 3), 0);
+    }
+  }
+  // Overflow of the fp16 scale or min: q8_0 past 127 x 65504, the asymmetric min past -65504.
+  std::vector<float> big = x;
+  big[3] = 1e7f;
+  uint8_t codes[32];
+  uint16_t d = 0;
+  e::encode_q_block(true, big.data(), codes, &d);
+  EXPECT_TRUE(std::isnan(e::half_value(d)));
+  big[3] = -7e4f;
+  uint16_t sm[2];
+  e::encode_asym_block(4, big.data(), codes, sm);
+  EXPECT_TRUE(std::isnan(e::half_value(sm[1])));
+  // A finite block keeps a finite scale.
+  e::encode_q_block(true, x.data(), codes, &d);
+  EXPECT_TRUE(std::isfinite(e::half_value(d)));
+  EXPECT_GT(e::half_value(d), 0.f);
 }
 
 }  // namespace

@@ -916,7 +916,7 @@ TEST(OutputLengthSuite, SeedControlsDrawOtherSamples) {
 TEST(OutputLengthSuite, CompressedRunsKeepEverySampleAndTheSameSeeds) {
   CellOutput out = run_output_length({{"name", "kivi-2"}, {"group", 16}, {"residual", 16}},
                                      R"({"name": "output_length", "samples": 3, "prompt_tokens": 40,
-                            "max_new_tokens": 16, "control_temperatures": []})");
+                            "max_new_tokens": 16, "control_temperatures": [], "control_seeds": 0})");
   ASSERT_EQ(out.records.size(), 3u);
   EXPECT_TRUE(out.summary["controls"].empty());
   const double rate = out.summary["runaway_rate"];
@@ -925,7 +925,7 @@ TEST(OutputLengthSuite, CompressedRunsKeepEverySampleAndTheSameSeeds) {
   // Same prompts (seeded by the run) as a full-cache cell: the baseline lengths agree.
   CellOutput full = run_output_length({{"name", "full"}}, R"({"name": "output_length", "samples": 3,
                                        "prompt_tokens": 40, "max_new_tokens": 16,
-                                       "control_temperatures": []})");
+                                       "control_temperatures": [], "control_seeds": 0})");
   for (size_t i = 0; i < 3; ++i) {
     EXPECT_EQ(out.records[i]["length_full"], full.records[i]["length_full"]);
     EXPECT_EQ(out.records[i]["prompt_hash"], full.records[i]["prompt_hash"]);
@@ -943,7 +943,7 @@ TEST(OutputLengthSuite, PromptIdsAreTheFilesOwn) {
   const CellOutput out = run_output_length({{"name", "full"}},
                                            R"({"name": "output_length", "prompts_file": ")" + path +
                                                R"(", "max_new_tokens": 4,
-                                                "control_temperatures": []})");
+                                                "control_temperatures": [], "control_seeds": 0})");
   ASSERT_EQ(out.records.size(), 3u);
   EXPECT_EQ(out.records[0]["id"], "q1");
   EXPECT_EQ(out.records[1]["id"], "7");
@@ -1123,7 +1123,8 @@ TEST(AccuracySuite, DefaultCapsHoldEveryAnswer) {
 // max_prompt_tokens, not at target_tokens (which sizes only synthetic samples).
 TEST(AccuracySuite, DataFilePromptsAreEstimatedAtTheirLength) {
   const std::string file = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench/long.jsonl";
-  Harness h(json{{"name", "accuracy"}, {"data_file", file}});
+  // target_tokens small: only the data file can make the estimate large.
+  Harness h(json{{"name", "accuracy"}, {"data_file", file}, {"target_tokens", 16}});
   const ModelConfig* config = h.model.config_only();
   ASSERT_NE(config, nullptr);
   const double per_token = method_kv_bytes_per_token(h.method, *config, at::kBFloat16);

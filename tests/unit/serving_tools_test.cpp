@@ -1194,7 +1194,8 @@ TEST(LengthShift, RowsPerTaskInFirstAppearanceOrder) {
   Harness h(json{{"name", "output_length"},
                  {"prompts_file", path},
                  {"max_new_tokens", 6},
-                 {"control_temperatures", json::array()}});
+                 {"control_temperatures", json::array()},
+                 {"control_seeds", 0}});
   OutputLengthSuite s;
   CellOutput out = h.run(s);
   const json& tasks = out.summary["tasks"];

@@ -14,6 +14,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/model/presets.h"
 #include "kvbench/model/tiny_tokenizer.h"
 #include "kvbench/model/tokenizer.h"
 #include "kvbench/model/transformer.h"
@@ -302,6 +303,7 @@ TEST(Train, ResumeRejectsWeightsOfAnotherStep) {
   for (int64_t s = 2; s < 4; ++s) t.train_step(s);
   t.save_checkpoint();
   EXPECT_EQ(Trainer(recipe, dir.string(), true).step(), 4);
+  fs::copy_file(state, step2_state / "state4.safetensors");
   // Step 4's weights beside step 2's optimiser state.
   fs::copy_file(step2_state / "state.safetensors", state, fs::copy_options::overwrite_existing);
   try {
@@ -313,6 +315,14 @@ TEST(Train, ResumeRejectsWeightsOfAnotherStep) {
     EXPECT_NE(std::string(e.what()).find("optimiser state of step 2"), std::string::npos)
         << e.what();
   }
+  // A checkpoint from before the weights held their step: config.json's step is read instead.
+  std::ifstream config_in(dir / "config.json");
+  const json config = json::parse(config_in);
+  ASSERT_EQ(config["kvbench"]["step"], 4);
+  write_checkpoint(t.snapshot(), config, dir.string());      // no kvbench_step metadata
+  EXPECT_THROW(Trainer(recipe, dir.string(), true), Error);  // still step 2's state
+  fs::copy_file(step2_state / "state4.safetensors", state, fs::copy_options::overwrite_existing);
+  EXPECT_EQ(Trainer(recipe, dir.string(), true).step(), 4);
   fs::remove_all(dir), fs::remove_all(step2_state);
 }
 

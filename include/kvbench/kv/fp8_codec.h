@@ -1,8 +1,10 @@
 // FP8 e4m3 storage (OCP e4m3fn: 4 exponent bits with bias 7, 3 mantissa bits, largest finite
 // value 448, no infinities): each value stored as one byte fp8(x / s), read back as fp8 * s.
 // Values beyond +-448 s saturate. The scale s is fixed (`scale`: "fixed", value `scale_value`)
-// or taken from the first tokens a store sees (`scale`: "amax": amax / `amax_divisor`), per KV
-// head or per layer (`granularity`). Later tokens larger than the calibration saturate.
+// or taken from the first tokens a store sees (`scale`: "amax": amax / `key_amax_divisor` for
+// keys, / `value_amax_divisor` for values: 200 and 100 by default, vLLM's, so later tokens up
+// to 2.24x / 4.48x the calibration's amax fit), per KV head or per layer (`granularity`).
+// Later tokens beyond 448 s saturate.
 #pragma once
 
 #include <cstdint>

@@ -27,6 +27,15 @@ std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx);
 // estimates): its bytes, plus a template's BOS and EOS and a prepended word-boundary mark. A
 // byte-level BPE token spans at least one byte, and a byte-fallback one exactly one.
 inline int64_t text_token_bound(size_t utf8_bytes) { return static_cast<int64_t>(utf8_bytes) + 3; }
+// What memory plans size a text prompt at (they refuse a run whose estimate passes 80% of the
+// memory, so a bound 3-4x too high, squared by the prefill's attention scores, would refuse
+// runs that fit): a vocabulary under 1024 entries is (nearly) byte-level, text_token_bound;
+// larger ones a third of the bytes (Llama-3's and Qwen's BPE average 3.3-4.5 bytes per token
+// on English and code, fewer on other scripts).
+inline int64_t text_token_estimate(size_t utf8_bytes, int64_t vocab_size) {
+  return vocab_size < 1024 ? text_token_bound(utf8_bytes)
+                           : static_cast<int64_t>(utf8_bytes / 3) + 3;
+}
 // K+V bytes per token of an fp32 full cache: the largest uncompressed cache a run can hold,
 // for memory estimates of suites that keep a baseline cache too.
 double full_cache_bytes_per_token(const ModelConfig& config);
