@@ -129,6 +129,20 @@ std::string resolve_chat_format(const CellContext& ctx) {
   return detected;
 }
 
+// McNemar's exact test of paired pass/fail scores ({only_full, only_method, p_value}); null
+// unless every score of both sides is 0 or 1.
+json pass_fail_mcnemar(const std::vector<double>& full, const std::vector<double>& method) {
+  int64_t only_full = 0, only_method = 0;
+  for (size_t i = 0; i < full.size(); ++i) {
+    if ((full[i] != 0 && full[i] != 1) || (method[i] != 0 && method[i] != 1)) return nullptr;
+    only_full += full[i] == 1 && method[i] == 0;
+    only_method += full[i] == 0 && method[i] == 1;
+  }
+  return {{"only_full", only_full},
+          {"only_method", only_method},
+          {"p_value", mcnemar_exact_p(only_full, only_method)}};
+}
+
 // Whether `text` is already rendered in the chat format (holds its turn-opening marker).
 bool holds_chat_format(const std::string& format, const std::string& text) {
   const char* marker = format == "llama3" ? "<|start_header_id|>" : "<|im_start|>";
@@ -424,27 +438,19 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   double macro_method = 0, macro_full = 0;  // LongBench's average: the mean of the tasks' means
   for (const auto& [task, idx] : members) {
     std::vector<double> f, m;
-    bool binary = true;
-    int64_t only_full = 0, only_method = 0;
-    for (size_t i : idx) {
-      f.push_back(s_full[i]), m.push_back(s_method[i]);
-      binary &= (s_full[i] == 0 || s_full[i] == 1) && (s_method[i] == 0 || s_method[i] == 1);
-      only_full += s_full[i] == 1 && s_method[i] == 0;
-      only_method += s_full[i] == 0 && s_method[i] == 1;
-    }
+    for (size_t i : idx) f.push_back(s_full[i]), m.push_back(s_method[i]);
+    const json mcnemar = pass_fail_mcnemar(f, m);
     json t = {{"samples", idx.size()}, {"mean_score", mean(m)}, {"mean_score_full", mean(f)}};
     // The method's mean with its 95% interval: Wilson's for pass rates, else the bootstrap's.
     const Interval own =
-        binary ? wilson_interval(static_cast<int64_t>(std::count(m.begin(), m.end(), 1.0)),
-                                 static_cast<int64_t>(m.size()))
-               : bootstrap_mean_ci(m, 0.95, 2000, ctx.seed);
+        !mcnemar.is_null()
+            ? wilson_interval(static_cast<int64_t>(std::count(m.begin(), m.end(), 1.0)),
+                              static_cast<int64_t>(m.size()))
+            : bootstrap_mean_ci(m, 0.95, 2000, ctx.seed);
     t["mean_score_ci95"] = {own.low, own.high};
     macro_method += mean(m) / static_cast<double>(members.size());
     macro_full += mean(f) / static_cast<double>(members.size());
-    if (binary)
-      t["mcnemar"] = {{"only_full", only_full},
-                      {"only_method", only_method},
-                      {"p_value", mcnemar_exact_p(only_full, only_method)}};
+    if (!mcnemar.is_null()) t["mcnemar"] = mcnemar;
     per_task[task] = t;
     if (idx.size() < 30) {
       out.warnings.push_back(
@@ -458,29 +464,17 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   // Pass/fail scores throughout: McNemar's exact test over every sample. With few discordant
   // pairs the percentile bootstrap's interval is too narrow (4 of 30 samples passing only with
   // the full cache give about [-0.27, -0.03], where the exact p is 0.125): say so.
-  json overall_mcnemar;
-  {
-    bool binary = true;
-    int64_t only_full = 0, only_method = 0;
-    for (size_t i = 0; i < s_full.size(); ++i) {
-      binary &= (s_full[i] == 0 || s_full[i] == 1) && (s_method[i] == 0 || s_method[i] == 1);
-      only_full += s_full[i] == 1 && s_method[i] == 0;
-      only_method += s_full[i] == 0 && s_method[i] == 1;
-    }
-    if (binary) {
-      const double p_value = mcnemar_exact_p(only_full, only_method);
-      overall_mcnemar = {
-          {"only_full", only_full}, {"only_method", only_method}, {"p_value", p_value}};
-      const bool interval_excludes_zero = ci.low > 0 || ci.high < 0;
-      if (interval_excludes_zero && p_value >= 0.05) {
-        out.warnings.push_back(
-            "the score difference's bootstrap interval excludes 0 but McNemar's exact test "
-            "does not reject (p = " +
-            format_fixed(p_value, 3) + ", " + std::to_string(only_full + only_method) +
-            " discordant sample(s)): with so few samples that differ, the interval is too "
-            "narrow; the difference is not shown");
-      }
-    }
+  const json overall_mcnemar = pass_fail_mcnemar(s_full, s_method);
+  if (!overall_mcnemar.is_null() && (ci.low > 0 || ci.high < 0) &&
+      overall_mcnemar["p_value"].get<double>() >= 0.05) {
+    out.warnings.push_back(
+        "the score difference's bootstrap interval excludes 0 but McNemar's exact test does not "
+        "reject (p = " +
+        format_fixed(overall_mcnemar["p_value"].get<double>(), 3) + ", " +
+        std::to_string(overall_mcnemar["only_full"].get<int64_t>() +
+                       overall_mcnemar["only_method"].get<int64_t>()) +
+        " discordant sample(s)): with so few samples that differ, the interval is too narrow; "
+        "the difference is not shown");
   }
   out.summary = {
       {"samples", samples.size()},
