@@ -154,7 +154,8 @@ KVB_HD int steady_list_entry(const SteadyEvictProblem& p, int e, int h, int i, i
 // The reference, one (record, head) at a time with every sum in order, in double but for each
 // probability (the float expression the kernel computes, from the float max and the reciprocal
 // of a double sum rounded to float): what the kernel computes, up to its sums' order. A NaN
-// score is never the lowest (none but NaNs: index 0 goes), as in the kernel.
+// score ranks above every finite score (none but NaNs: the last candidate goes), as in the kernel
+// and in torch's sort (top_tokens).
 inline void steady_evict_host(const SteadyEvictProblem& p) {
   const int G = p.group, T = p.held;
   for (int e = 0; e < p.records; ++e) {
@@ -197,9 +198,10 @@ inline void steady_evict_host(const SteadyEvictProblem& p) {
       const double* sc = score.data() + size_t(h) * T;
       int d = -1;
       double lowest = INFINITY;
-      for (int j = 0; j <= p.count; ++j)
-        if (sc[j] <= lowest) lowest = sc[j], d = j;  // the later of equal scores
-      if (d < 0) d = 0;
+      for (int j = 0; j <= p.count; ++j) {
+        const double s = std::isnan(sc[j]) ? INFINITY : sc[j];
+        if (s <= lowest) lowest = s, d = j;  // the later of equal scores
+      }
       p.dropped[int64_t(e) * p.kv_heads + h] = d;
       const int64_t at = int64_t(e) * p.kv_heads + h;
       for (int i = 0; i < p.count; ++i)

@@ -76,11 +76,14 @@ __device__ __forceinline__ void evict_body(const SteadyEvictProblem& p) {
     scores[j] = s;
   }
   __syncthreads();
-  // 3. The dropped index: lowest score, the later of equal ones (a NaN is never lowest).
+  // 3. The dropped index: lowest score, the later of equal ones; a NaN ranks above every
+  // number (none but NaNs: the last candidate), as in torch's sort.
   float bs = INFINITY;
   int bi = -1;
-  for (int j = t; j <= p.count; j += kThreads)
-    if (scores[j] <= bs) bs = scores[j], bi = j;  // ascending j: ties to the later
+  for (int j = t; j <= p.count; j += kThreads) {
+    const float s = scores[j] != scores[j] ? INFINITY : scores[j];  // NaN: above all
+    if (s <= bs) bs = s, bi = j;  // ascending j: ties to the later
+  }
   best_score[t] = bs, best_index[t] = bi;
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half /= 2) {
@@ -93,7 +96,7 @@ __device__ __forceinline__ void evict_body(const SteadyEvictProblem& p) {
     }
     __syncthreads();
   }
-  const int d = best_index[0] < 0 ? 0 : best_index[0];
+  const int d = best_index[0];  // thread 0 holds candidate 0: never -1
   // 4. Every head of the block: its list and state without token d.
   for (int h = h0; h < h0 + per; ++h) {
     const int64_t at = int64_t(e) * p.kv_heads + h;

@@ -213,10 +213,13 @@ at::Tensor AttentionRecord::drop_lowest_batch(const RetentionPolicy& policy,
       needs == RetentionNeeds::kLowAttentionCounts ? states.sum(4).to(at::kFloat).mean(3) : states;
   const at::Tensor scores = policy.steady_scores(input);
   const int64_t E = scores.size(0), held = scores.size(2);
-  const at::Tensor first = scores.narrow(2, 0, candidates);
+  // A NaN score counts as +inf: above every finite score, as in top_tokens' sort (and the
+  // steady kernel).
+  at::Tensor first = scores.narrow(2, 0, candidates);
+  first = first.masked_fill(first.isnan(), INFINITY);
   const at::TensorOptions index = scores.options().dtype(at::kLong);
   // The last index holding the lowest score: equal scores keep their token order in
-  // top_tokens' stable sort, so the later one falls out.
+  // top_tokens' stable sort, so the later one falls out (of none but NaNs, the last).
   const at::Tensor dropped =
       first.eq(first.amin(2, /*keepdim=*/true)).mul(at::arange(candidates, index)).amax(2);
   at::Tensor keep = at::arange(held - 1, index).view({1, 1, held - 1});

@@ -102,13 +102,21 @@ GearSideTensors gear_compress(const GearParams& params, at::ScalarType dtype, bo
   const at::Tensor none = lo > hi;
   lo = lo.masked_fill(none, 0.0);
   hi = hi.masked_fill(none, 0.0);
-  const at::Tensor mins = round_to(lo, dtype);
+  at::Tensor mins = round_to(lo, dtype);
   // Divided by a tensor where the values are: CUDA's division by a host scalar multiplies by
   // its reciprocal, which can land one ulp away from the CPU store's quotient.
-  const at::Tensor steps = round_to((hi - mins) / at::scalar_tensor(qmax, hi.options()), dtype);
-  const at::Tensor inv = at::where(steps != 0, steps.reciprocal(), at::zeros_like(steps));
+  at::Tensor steps = round_to((hi - mins) / at::scalar_tensor(qmax, hi.options()), dtype);
+  // The CPU store's rule (minmax_quant.cpp): a group holding a value that is not finite, or
+  // whose min or step overflows the dtype, stores NaN for both and reads back NaN.
+  const at::Tensor bad = at::logical_not(at::isfinite(mins).logical_and(at::isfinite(steps)));
+  mins = mins.masked_fill(bad, NAN), steps = steps.masked_fill(bad, NAN);
+  const at::Tensor inv = at::where(steps.ne(0).logical_and(bad.logical_not()), steps.reciprocal(),
+                                   at::zeros_like(steps));
   const at::Tensor m_e = spread(mins, is_key, g, n), s_e = spread(steps, is_key, g, n);
-  const at::Tensor codes = at::clamp(at::round((x - m_e) * spread(inv, is_key, g, n)), 0, qmax);
+  // A quotient that is not finite codes 0, as in the CPU store.
+  const at::Tensor q = (x - m_e) * spread(inv, is_key, g, n);
+  const at::Tensor codes =
+      at::clamp(at::round(q.masked_fill(at::logical_not(at::isfinite(q)), 0)), 0, qmax);
   s.codes = pack(codes, params.bits);
   s.scales = steps.to(dtype);
   s.mins = mins.to(dtype);
@@ -116,7 +124,10 @@ GearSideTensors gear_compress(const GearParams& params, at::ScalarType dtype, bo
   // L: rank-r factors of the residual (zero at outliers), rounded to the model dtype; a head
   // whose rounded factors would not reduce ||E|| gets zero factors.
   if (rank > 0) {
-    const at::Tensor e = at::where(skip, at::zeros_like(x), x - (codes * s_e + m_e));
+    // Zero at outliers and in groups stored NaN, as in the CPU store.
+    const at::Tensor d_x = codes * s_e + m_e;
+    const at::Tensor e =
+        at::where(skip.logical_or(at::isfinite(d_x).logical_not()), at::zeros_like(x), x - d_x);
     auto [q, p] = start.defined() ? gear_low_rank(e, start, params.power_iters)
                                   : gear_low_rank(e, rank, params.power_iters,
                                                   gear_block_seed(params, block_index));

@@ -256,8 +256,12 @@ class GearStore final : public TokenStore {
           minmax::dequantize_per_token(codes + t * stride, s + t * (d / g), m + t * (d / g), d, g,
                                        p_.bits, row.data());
         }
+        // E is zero at outliers and in groups stored NaN (the group reads back NaN anyway; its
+        // NaN would spread through the factors into the head's every value).
         for (int64_t c = 0; c < d; ++c) {
-          e[t * d + c] = skip[static_cast<size_t>(t * d + c)] ? 0.0f : xh[t * d + c] - row[c];
+          e[t * d + c] = skip[static_cast<size_t>(t * d + c)] || !std::isfinite(row[c])
+                             ? 0.0f
+                             : xh[t * d + c] - row[c];
         }
       }
     }

@@ -122,6 +122,8 @@ at::Tensor top_tokens(const at::Tensor& scores, int64_t n) {
   KVB_CHECK((scores.dim() == 2 || scores.dim() == 3) && n >= 0 && n <= scores.size(-1),
             "top_tokens: ", n, " of ", scores.sizes());
   // Stable descending sort: equal scores keep their token order, so the earlier token wins.
+  // torch's sort ranks NaN above every number: a NaN score is kept first, and the paths that
+  // drop one token at a time (drop_lowest_batch, the steady kernel) follow the same rule.
   const int64_t last = scores.dim() - 1;
   at::Tensor order = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/last,
                                           /*descending=*/true));

@@ -12,6 +12,8 @@
 #error "kvbench needs PCRE2 10.40 or later (\\p{White_Space}); Debian 12 ships 10.42"
 #endif
 
+#include <cstdio>
+
 #include "tokenizer_parts.h"
 
 namespace kvbench::tok {
@@ -40,6 +42,20 @@ std::string rust_whitespace(const std::string& pattern) {
   return out;
 }
 
+// The PCRE2 library loaded at run time, e.g. "10.42 2022-12-11": the headers' check above
+// does not cover a program linked against an older shared library.
+std::string library_version() {
+  char buf[64] = {};
+  if (pcre2_config(PCRE2_CONFIG_VERSION, buf) < 0) return "unknown";
+  return buf;
+}
+
+bool library_reads_binary_properties(const std::string& version) {
+  int major = 0, minor = 0;
+  if (std::sscanf(version.c_str(), "%d.%d", &major, &minor) != 2) return true;  // cannot tell
+  return major > 10 || (major == 10 && minor >= 40);
+}
+
 }  // namespace
 
 Regex::Regex(const std::string& pattern_in, bool literal, const std::string& source)
@@ -54,8 +70,12 @@ Regex::Regex(const std::string& pattern_in, bool literal, const std::string& sou
   if (code == nullptr) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error, message, sizeof(message));
+    const std::string version = library_version();
     fail(source, "cannot compile pre-tokenizer regex at offset " + std::to_string(offset) + ": " +
-                     reinterpret_cast<const char*>(message));
+                     reinterpret_cast<const char*>(message) + " (PCRE2 " + version +
+                     (library_reads_binary_properties(version)
+                          ? ")"
+                          : "; kvbench needs 10.40 or later, for \\p{White_Space})"));
   }
   code_ = code;
   // JIT is several times faster; without it (no JIT support in the build) matching still works.

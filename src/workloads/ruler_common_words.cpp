@@ -30,19 +30,29 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
             words.size(), ", got ", o.num_common);
   Rng pick = substream(o.seed, 0);
   shuffle(words, pick);
+  const std::string count = std::to_string(o.num_common);
+  const std::string header =
+      "Below is a numbered list of words. In these words, some appear more often than others. "
+      "Memorize the ones that appear most often.\n";
+  const std::string question = "\nQuestion: What are the " + count +
+                               " most common words in the above list? Answer: The top " + count +
+                               " words that appear most often in the list are:";
   std::unordered_set<std::string> used(words.begin(), words.end());
   // Scoring finds each answer as a substring of the output, and the invariant is that each
   // common word occurs common_freq times in the text: no other entry may contain a common word
   // or sit inside one ("car" in "carpet", in "bold-car"; "old" in "gold"), so such words are
-  // passed over.
+  // passed over; nor may a common word be in the header or the question ("common").
   std::vector<std::string> common, uncommon;
+  const std::string fixed_text = header + question;
   const auto overlaps = [&](const std::string& w) {
     for (const std::string& c : common)
       if (w.find(c) != std::string::npos || c.find(w) != std::string::npos) return true;
     return false;
   };
   for (const std::string& w : words)
-    if (static_cast<int64_t>(common.size()) < o.num_common && !overlaps(w)) common.push_back(w);
+    if (static_cast<int64_t>(common.size()) < o.num_common && !overlaps(w) &&
+        fixed_text.find(w) == std::string::npos)
+      common.push_back(w);
   for (const std::string& w : words)
     if (!overlaps(w)) uncommon.push_back(w);
   KVB_CHECK(static_cast<int64_t>(common.size()) == o.num_common, task, ": num_common ",
@@ -61,14 +71,6 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
     }
     return uncommon[i];
   };
-
-  const std::string count = std::to_string(o.num_common);
-  const std::string header =
-      "Below is a numbered list of words. In these words, some appear more often than others. "
-      "Memorize the ones that appear most often.\n";
-  const std::string question = "\nQuestion: What are the " + count +
-                               " most common words in the above list? Answer: The top " + count +
-                               " words that appear most often in the list are:";
 
   auto build = [&](int64_t n) {
     if (n > 0) uncommon_word(n - 1);  // grow the list first: `list` points into it

@@ -20,20 +20,23 @@ namespace kvbench::gpu_test {
 struct SteadyShape {
   kernels::SteadyRule rule;
   int records, kv_heads, group, held, count, window;
+  bool nans = false;  // NaN scores (SteadyCase's constructor says which)
 };
 
 // H2O, TOVA and ScissorHands at a Llama-3-8B layer's heads (8 KV, groups of 4) holding
 // budget + 1 = 513 tokens (h2o-512: 256 listed and a 256-token window), and small odd ones:
 // one query per KV head, no list (every token in the window), more tokens than a block's
 // threads among the candidates, a ring of 5 columns, and flags of one column and one query
-// (counts 0 or 1: about half the candidates tie for the lowest, two or three per thread).
+// (counts 0 or 1: about half the candidates tie for the lowest, two or three per thread);
+// NaN scores, which rank above every finite score, for H2O and TOVA (ScissorHands' are counts).
 inline std::vector<SteadyShape> steady_shapes() {
   using R = kernels::SteadyRule;
-  return {{R::kSummed, 3, 8, 4, 513, 256, 0},   {R::kSummed, 2, 2, 1, 37, 0, 0},
-          {R::kSummed, 2, 3, 2, 300, 299, 0},   {R::kNewest, 4, 8, 4, 513, 512, 0},
-          {R::kNewest, 1, 3, 2, 300, 299, 0},   {R::kLowCounts, 3, 8, 4, 513, 256, 32},
-          {R::kLowCounts, 2, 4, 2, 129, 64, 5}, {R::kLowCounts, 1, 2, 3, 40, 39, 1},
-          {R::kLowCounts, 2, 2, 1, 600, 599, 1}};
+  return {{R::kSummed, 3, 8, 4, 513, 256, 0},       {R::kSummed, 2, 2, 1, 37, 0, 0},
+          {R::kSummed, 2, 3, 2, 300, 299, 0},       {R::kNewest, 4, 8, 4, 513, 512, 0},
+          {R::kNewest, 1, 3, 2, 300, 299, 0},       {R::kLowCounts, 3, 8, 4, 513, 256, 32},
+          {R::kLowCounts, 2, 4, 2, 129, 64, 5},     {R::kLowCounts, 1, 2, 3, 40, 39, 1},
+          {R::kLowCounts, 2, 2, 1, 600, 599, 1},    {R::kSummed, 3, 8, 4, 513, 256, 0, true},
+          {R::kSummed, 2, 3, 2, 300, 299, 0, true}, {R::kNewest, 2, 3, 2, 300, 299, 0, true}};
 }
 
 inline std::string name(const SteadyShape& s) {
@@ -42,11 +45,12 @@ inline std::string name(const SteadyShape& s) {
                                                               : "low";
   std::ostringstream out;
   out << rule << "_e" << s.records << "_h" << s.kv_heads << "_g" << s.group << "_held" << s.held
-      << "_count" << s.count << "_w" << s.window;
+      << "_count" << s.count << "_w" << s.window << (s.nans ? "_nan" : "");
   return out.str();
 }
 
-// What the kernel writes, poisoned first (NaN sums and scores, 0xcd bytes and entries).
+// What the kernel writes, poisoned first (NaN scores, sums at -3e38: the NaN cases' sums hold
+// NaN; 0xcd bytes and entries).
 struct SteadyOutputs {
   std::vector<float> scores, summed;
   std::vector<uint8_t> low;
@@ -83,13 +87,23 @@ struct SteadyCase {
       for (int64_t i = 0; i < int64_t(E) * H * (T - 1) * G * s.window; ++i)
         low.push_back(uint8_t(rng() % 2));
     for (int64_t i = 0; i < int64_t(E) * H * s.count; ++i) lists.push_back(int(rng() % 100000));
+    if (s.nans) put_nans();
+  }
+
+  // The last record's first query's row (row 0): its KV head's scores, TOVA's every head's,
+  // none but NaNs (its softmax is NaN); H2O: record 0's head 0 sums of tokens 0 and 2, NaN
+  // among numbers.
+  void put_nans() {
+    logits[0] = NAN;
+    if (s.rule == kernels::SteadyRule::kSummed) summed[0] = summed[2] = NAN;
   }
 
   SteadyOutputs poisoned() const {
     const int64_t heads = int64_t(s.records) * s.kv_heads;
     SteadyOutputs o;
     o.scores.assign(size_t(heads * s.held), NAN);
-    if (s.rule == kernels::SteadyRule::kSummed) o.summed.assign(size_t(heads * (s.held - 1)), NAN);
+    if (s.rule == kernels::SteadyRule::kSummed)
+      o.summed.assign(size_t(heads * (s.held - 1)), -3e38f);
     if (s.rule == kernels::SteadyRule::kLowCounts)
       o.low.assign(size_t(heads * (s.held - 1) * s.group * s.window), 0xcd);
     o.lists.assign(size_t(heads * s.count), -0x32323233);
@@ -128,7 +142,25 @@ struct SteadyCase {
       for (int j = 0; j <= s.count; ++j)
         if (j != d) gap = std::min(gap, double(sc[j] - sc[d]) / std::abs(double(sc[d])));
     }
-    return gap;
+    return gap;  // NaN scores give no gap (std::min keeps gap)
+  }
+
+  // "" when the drops in `want` follow the NaN rule: a head of none but NaNs drops its last
+  // candidate, any other a number; and the case holds both kinds of head.
+  std::string nan_rule_broken(const SteadyOutputs& want) const {
+    int all_nan = 0, mixed = 0;
+    for (int64_t h = 0; h < int64_t(s.records) * s.kv_heads; ++h) {
+      const float* sc = want.scores.data() + h * s.held;
+      const int d = want.dropped[size_t(h)];
+      int nans = 0;
+      for (int j = 0; j <= s.count; ++j) nans += std::isnan(sc[j]);
+      all_nan += nans == s.count + 1, mixed += nans > 0 && nans <= s.count;
+      if (nans == s.count + 1 ? d != s.count : std::isnan(sc[d]))
+        return "head " + std::to_string(h) + " dropped " + std::to_string(d);
+    }
+    if (!all_nan) return "no head of none but NaNs";
+    if (s.rule == kernels::SteadyRule::kSummed && !mixed) return "no head of NaNs among numbers";
+    return "";
   }
 
   // The step's probabilities (in double) nearest the threshold, relative to it.
@@ -162,7 +194,8 @@ struct SteadyCase {
         return out.str();
       }
     for (size_t i = 0; i < want.summed.size(); ++i)
-      if (!(std::abs(got.summed[i] - want.summed[i]) <= 1e-5f * std::abs(want.summed[i]))) {
+      if (!(std::isnan(want.summed[i]) && std::isnan(got.summed[i])) &&
+          !(std::abs(got.summed[i] - want.summed[i]) <= 1e-5f * std::abs(want.summed[i]))) {
         out << "sum " << i << " is " << got.summed[i] << ", want " << want.summed[i];
         return out.str();
       }

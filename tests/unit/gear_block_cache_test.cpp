@@ -117,6 +117,52 @@ TEST(GearBlocksTest, TiesAtTheExtremesBreakByPositionAsTheCpuStoreDoes) {
   }
 }
 
+// Groups whose fp16 min overflows (values below -65504 handed in fp32) store a NaN min and step
+// and codes 0, in both stores, and read back NaN, as the CPU store's rule says
+// (minmax_quant.cpp); the residual there is left out of the factors, so with a rank the rest of
+// the head still reads back numbers, the same in both stores.
+TEST(GearBlocksTest, AGroupOverflowingTheDtypeReadsBackNaNAsTheCpuStoreDoes) {
+  for (const int64_t rank : {0, 4}) {
+    const auto codec = gear_codec({{"name", "gear"}, {"rank_prefill", rank}}, at::kHalf);
+    const GearParams& p = codec->gear_params();
+    auto gen = at::detail::createCPUGenerator(17);
+    for (bool is_key : {true, false}) {
+      SCOPED_TRACE(std::string(is_key ? "keys" : "values") + ", rank " + std::to_string(rank));
+      at::Tensor x = keys_like(kKvHeads, p.buffer, kDim, gen, at::kHalf);
+      const double scale = x.abs().max().item<double>();
+      // 8 tokens x 8 channels of head 1: each key group (a channel's G tokens) and value group
+      // (a token's channels) they touch holds them beside its outliers.
+      x[1].narrow(0, 0, 8).narrow(1, 0, 8).fill_(-70000.0f);
+      auto store =
+          is_key ? codec->make_key_store(kKvHeads, kDim) : codec->make_value_store(kKvHeads, kDim);
+      store->append(x);
+      const at::Tensor want = store->dequantize();
+      const GearSideTensors side = gear_compress(p, at::kHalf, is_key, x, rank, 0);
+      const at::Tensor got = gear_reconstruct(p, is_key, side);
+      const at::Tensor nan = want.isnan();
+      EXPECT_GT(nan.sum().item<int64_t>(), 0);
+      // The filled block's groups only: head 1's others read back numbers (with a rank too).
+      EXPECT_TRUE(at::isfinite(want[1]).any().item<bool>());
+      EXPECT_TRUE(at::equal(got.isnan(), nan));
+      EXPECT_FALSE(nan[0].any().item<bool>());
+      const at::Tensor finite = at::isfinite(want);  // the outliers kept as fp16 -inf aside
+      EXPECT_LT((got.masked_select(finite) - want.masked_select(finite)).abs().max().item<double>(),
+                1e-5 * scale);
+      // The stored min and step: NaN together, in some group; the codes there 0 (read through
+      // a min of 0 and a step of 1).
+      EXPECT_TRUE(side.mins.isnan().any().item<bool>());
+      EXPECT_TRUE(at::equal(side.mins.isnan(), side.scales.isnan()));
+      if (rank == 0) {
+        GearSideTensors probe = side;
+        probe.mins = side.mins.masked_fill(side.mins.isnan(), 0);
+        probe.scales = side.scales.masked_fill(side.scales.isnan(), 1);
+        const at::Tensor codes = gear_reconstruct(p, is_key, probe);
+        EXPECT_EQ(codes.masked_select(nan).abs().max().item<double>(), 0.0);
+      }
+    }
+  }
+}
+
 TEST(GearDecodeHostTest, MatchesFloat64) {
   for (const gpu_test::GearShape& s : gpu_test::gear_shapes()) {
     SCOPED_TRACE(s.name());

@@ -449,8 +449,11 @@ TEST(RetentionSteadyState, DroppingTheLowestIsWhatSelectKeeps) {
     const int64_t held = p.budget(sizing) + 1, candidates = held - recent;
     // ScissorHands counts over its history: that many queries, the last at length - 1.
     const int64_t queries = p.needs() == RetentionNeeds::kLowAttentionCounts ? history : 1;
-    for (const bool ties : {false, true}) {
-      SCOPED_TRACE(p.name() + (ties ? ", tied scores" : ", distinct scores"));
+    for (const char* mode : {"distinct", "tied", "nan"}) {
+      const bool ties = std::string(mode) == "tied", nans = std::string(mode) == "nan";
+      // ScissorHands' counts of flags are never NaN (a NaN probability is not below anything).
+      if (nans && p.needs() == RetentionNeeds::kLowAttentionCounts) continue;
+      SCOPED_TRACE(p.name() + ", " + mode + " scores");
       std::vector<AttentionRecord> records(5);
       std::vector<AttentionRecord*> pointers;
       std::vector<at::Tensor> newest(records.size());
@@ -468,6 +471,11 @@ TEST(RetentionSteadyState, DroppingTheLowestIsWhatSelectKeeps) {
                                          : at::randn({kv_heads * group, held}, gen);
           records[i].add_scores(p, scores, kv_heads, length - queries + t, newest[i]);
         }
+        // NaN scores: record 1 a few among numbers, record 2 none but NaNs in head 1 (TOVA's
+        // heads share their tokens' scores: every head).
+        const at::Tensor& state = records[i].summed().defined() ? records[i].summed() : newest[i];
+        if (nans && i == 1) state[0].index_fill_(0, at::tensor({0, 2, 3}, at::kLong), NAN);
+        if (nans && i == 2) state[1].fill_(NAN);
         records[i].fill(p, newest[i], inputs[i]);
         sums.push_back(records[i].summed().defined() ? records[i].summed().clone() : at::Tensor());
         rings.push_back(records[i].low_history().defined() ? records[i].low_history().clone()
@@ -501,8 +509,15 @@ TEST(RetentionSteadyState, DroppingTheLowestIsWhatSelectKeeps) {
           EXPECT_TRUE(at::equal(kept[h], expect)) << "record " << i << " head " << h;
           const at::Tensor first = scores[h].narrow(0, 0, candidates);
           tied += first.eq(first.min()).sum().item<int64_t>() > 1;
+          // A NaN ranks above every finite score: of none but NaNs, the last candidate goes.
+          if (nans && first.isnan().all().item<bool>())
+            EXPECT_EQ(d, candidates - 1) << "record " << i << " head " << h;
+          else if (nans)
+            EXPECT_FALSE(std::isnan(first[d].item<float>())) << "record " << i << " head " << h;
         }
-        if (sums[i].defined()) EXPECT_TRUE(at::equal(records[i].summed(), sums[i].gather(1, kept)));
+        if (nans && i == 1) EXPECT_TRUE(scores.isnan().any().item<bool>());
+        if (sums[i].defined())
+          EXPECT_TRUE(at::allclose(records[i].summed(), sums[i].gather(1, kept), 0, 0, true));
         if (rings[i].defined()) {
           const at::Tensor rows =
               kept.view({kv_heads, held - 1, 1, 1}).expand({-1, -1, group, history});
@@ -827,17 +842,22 @@ TEST(MethodRegistry, RetentionMethodsResolveWithTheirCodec) {
 // held token received from every query so far (averaged over the query group), the recent
 // window is always kept, the heavy hitters are the top others, and evicted tokens never return.
 // The same counts given as fractions of the 7-token prompt (floor(0.43 * 7) = 3, floor(0.3 * 7)
-// = 2; the counts given beside them unused) keep the same tokens.
+// = 2; the counts given beside them unused) keep the same tokens. Evicting after the prefill
+// only: the prompt's tokens chosen by the same rule over the prompt's attention, then every
+// new token kept.
 TEST(H2o, KeptTokensMatchAFloat64Simulation) {
   constexpr int64_t kHeads = 4, kKv = 2, kDim = 8, kGroup = kHeads / kKv, kHeavy = 3, kRecent = 2;
-  for (int variant = 0; variant < 4; ++variant) {
-    const bool ratio = variant >= 2, normalize = variant % 2 == 1;
-    SCOPED_TRACE(ratio ? "ratios" : "counts");
+  for (int variant = 0; variant < 6; ++variant) {
+    const bool ratio = variant == 2 || variant == 3, normalize = variant % 2 == 1;
+    const bool after_prefill = variant >= 4;
+    const EvictionTiming timing =
+        after_prefill ? EvictionTiming::kAfterPrefill : EvictionTiming::kDecode;
+    SCOPED_TRACE(std::string(ratio ? "ratios" : "counts") +
+                 (after_prefill ? ", after prefill" : ""));
     CompressedKVCache cache(
         std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kReference, 1, kKv, kDim,
-        ratio ? std::make_shared<H2oPolicy>(50, 50, normalize, EvictionTiming::kDecode,
-                                            H2oRatios{0.43, 0.3})
-              : std::make_shared<H2oPolicy>(kHeavy, kRecent, normalize, EvictionTiming::kDecode));
+        ratio ? std::make_shared<H2oPolicy>(50, 50, normalize, timing, H2oRatios{0.43, 0.3})
+              : std::make_shared<H2oPolicy>(kHeavy, kRecent, normalize, timing));
     const int64_t seq = cache.add_sequence();
     struct Token {
       int64_t pos;
@@ -876,7 +896,7 @@ TEST(H2o, KeptTokensMatchAFloat64Simulation) {
       }
       length += n;
       for (auto& tokens : held) {
-        if (int64_t(tokens.size()) <= kHeavy + kRecent) continue;
+        if (int64_t(tokens.size()) <= kHeavy + kRecent || (after_prefill && b > 0)) continue;
         std::vector<size_t> others;
         for (size_t j = 0; j < tokens.size(); ++j)
           if (tokens[j].pos < length - kRecent) others.push_back(j);
@@ -901,72 +921,78 @@ TEST(H2o, KeptTokensMatchAFloat64Simulation) {
         EXPECT_EQ(got[h][got.size(1) - 1].item<int64_t>(), length - 1);
       }
     }
-    EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kHeavy + kRecent});
+    const int64_t news = after_prefill ? int64_t(blocks.size()) - 1 : 0;
+    EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kHeavy + kRecent + news});
   }
 }
 
 // TOVA against a float64 simulation: on every step over budget, the newest query's attention
-// averaged over all heads of the layer picks the same `budget` tokens for every head.
+// averaged over all heads of the layer picks the same `budget` tokens for every head. After the
+// prefill only: the prompt's last query picks them once, then every new token is kept.
 TEST(Tova, KeptTokensMatchAFloat64Simulation) {
   constexpr int64_t kHeads = 4, kKv = 2, kDim = 8, kGroup = kHeads / kKv, kBudget = 4;
-  CompressedKVCache cache(std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kReference,
-                          1, kKv, kDim,
-                          std::make_shared<TovaPolicy>(kBudget, EvictionTiming::kDecode));
-  const int64_t seq = cache.add_sequence();
-  std::vector<int64_t> kept_pos;                            // the same for every head
-  std::vector<std::vector<std::vector<double>>> keys(kKv);  // [kv head][held][dim]
-  int64_t length = 0;
-  for (int64_t n : {7, 1, 1, 1, 1, 1}) {
-    at::Tensor q = rand({kHeads, n, kDim}, 400 + length), k = rand({kKv, n, kDim}, 500 + length),
-               v = rand({kKv, n, kDim}, 600 + length);
-    cache.append_and_attend(seq, 0, q, k, v);
-    for (int64_t i = 0; i < n; ++i) {
-      kept_pos.push_back(length + i);
-      for (int64_t h = 0; h < kKv; ++h) {
-        std::vector<double> row(kDim);
-        for (int64_t d = 0; d < kDim; ++d) row[d] = k[h][i][d].item<float>();
-        keys[h].push_back(row);
-      }
-    }
-    length += n;
-    if (int64_t(kept_pos.size()) > kBudget) {
-      std::vector<double> score(kept_pos.size(), 0.0);
-      for (int64_t qh = 0; qh < kHeads; ++qh) {
-        const auto& kh = keys[qh / kGroup];
-        std::vector<double> l(kh.size());
-        double mx = -INFINITY, sum = 0;
-        for (size_t j = 0; j < kh.size(); ++j) {
-          double dot = 0;
-          for (int64_t d = 0; d < kDim; ++d)
-            dot += double(q[qh][n - 1][d].item<float>()) * kh[j][d];
-          l[j] = dot / std::sqrt(double(kDim));
-          mx = std::max(mx, l[j]);
+  for (const bool after_prefill : {false, true}) {
+    SCOPED_TRACE(after_prefill ? "after prefill" : "decode");
+    CompressedKVCache cache(
+        std::make_shared<IdentityCodec>(at::kFloat), AttentionBackend::kReference, 1, kKv, kDim,
+        std::make_shared<TovaPolicy>(
+            kBudget, after_prefill ? EvictionTiming::kAfterPrefill : EvictionTiming::kDecode));
+    const int64_t seq = cache.add_sequence();
+    std::vector<int64_t> kept_pos;                            // the same for every head
+    std::vector<std::vector<std::vector<double>>> keys(kKv);  // [kv head][held][dim]
+    int64_t length = 0;
+    for (int64_t n : {7, 1, 1, 1, 1, 1}) {
+      at::Tensor q = rand({kHeads, n, kDim}, 400 + length), k = rand({kKv, n, kDim}, 500 + length),
+                 v = rand({kKv, n, kDim}, 600 + length);
+      cache.append_and_attend(seq, 0, q, k, v);
+      for (int64_t i = 0; i < n; ++i) {
+        kept_pos.push_back(length + i);
+        for (int64_t h = 0; h < kKv; ++h) {
+          std::vector<double> row(kDim);
+          for (int64_t d = 0; d < kDim; ++d) row[d] = k[h][i][d].item<float>();
+          keys[h].push_back(row);
         }
-        for (double& x : l) sum += (x = std::exp(x - mx));
-        for (size_t j = 0; j < l.size(); ++j) score[j] += l[j] / sum / kHeads;
       }
-      std::vector<size_t> order(score.size());
-      for (size_t j = 0; j < order.size(); ++j) order[j] = j;
-      std::stable_sort(order.begin(), order.end(),
-                       [&](size_t a, size_t b) { return score[a] > score[b]; });
-      std::vector<size_t> keep(order.begin(), order.begin() + kBudget);
-      std::sort(keep.begin(), keep.end());
-      std::vector<int64_t> pos;
-      std::vector<std::vector<std::vector<double>>> kk(kKv);
-      for (size_t j : keep) {
-        pos.push_back(kept_pos[j]);
-        for (int64_t h = 0; h < kKv; ++h) kk[h].push_back(keys[h][j]);
+      length += n;
+      if (int64_t(kept_pos.size()) > kBudget && !(after_prefill && length > 7)) {
+        std::vector<double> score(kept_pos.size(), 0.0);
+        for (int64_t qh = 0; qh < kHeads; ++qh) {
+          const auto& kh = keys[qh / kGroup];
+          std::vector<double> l(kh.size());
+          double mx = -INFINITY, sum = 0;
+          for (size_t j = 0; j < kh.size(); ++j) {
+            double dot = 0;
+            for (int64_t d = 0; d < kDim; ++d)
+              dot += double(q[qh][n - 1][d].item<float>()) * kh[j][d];
+            l[j] = dot / std::sqrt(double(kDim));
+            mx = std::max(mx, l[j]);
+          }
+          for (double& x : l) sum += (x = std::exp(x - mx));
+          for (size_t j = 0; j < l.size(); ++j) score[j] += l[j] / sum / kHeads;
+        }
+        std::vector<size_t> order(score.size());
+        for (size_t j = 0; j < order.size(); ++j) order[j] = j;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](size_t a, size_t b) { return score[a] > score[b]; });
+        std::vector<size_t> keep(order.begin(), order.begin() + kBudget);
+        std::sort(keep.begin(), keep.end());
+        std::vector<int64_t> pos;
+        std::vector<std::vector<std::vector<double>>> kk(kKv);
+        for (size_t j : keep) {
+          pos.push_back(kept_pos[j]);
+          for (int64_t h = 0; h < kKv; ++h) kk[h].push_back(keys[h][j]);
+        }
+        kept_pos = pos, keys = kk;
       }
-      kept_pos = pos, keys = kk;
+      const at::Tensor got = cache.kept_positions(seq, 0);
+      for (int64_t h = 0; h < kKv; ++h) {
+        ASSERT_EQ(got.size(1), int64_t(kept_pos.size()));
+        for (size_t j = 0; j < kept_pos.size(); ++j)
+          EXPECT_EQ(got[h][j].item<int64_t>(), kept_pos[j]) << "step " << length;
+      }
     }
-    const at::Tensor got = cache.kept_positions(seq, 0);
-    for (int64_t h = 0; h < kKv; ++h) {
-      ASSERT_EQ(got.size(1), int64_t(kept_pos.size()));
-      for (size_t j = 0; j < kept_pos.size(); ++j)
-        EXPECT_EQ(got[h][j].item<int64_t>(), kept_pos[j]) << "step " << length;
-    }
+    EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kBudget + (after_prefill ? 5 : 0)});
   }
-  EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kBudget});
 }
 
 // Budgets as fractions of the prompt: floor(ratio * prompt), the window at least 1, each count
@@ -1288,14 +1314,20 @@ TEST(PyramidKv, EachLayerKeepsSnapKvSelectionAtItsBudget) {
 // ScissorHands against a float64 simulation: each query marks the held tokens it saw and gave
 // less than 1/t (t: tokens it attended); a token's count is its marks from the last `history`
 // query positions, averaged over the query group; the newest `recent` are protected and the
-// budget - recent others with the fewest marks stay (ties to the earlier token).
+// budget - recent others with the fewest marks stay (ties to the earlier token). After the
+// prefill only: the prompt's marks choose once, then every new token is kept.
 TEST(ScissorHands, KeptTokensMatchAFloat64Simulation) {
   constexpr int64_t kHeads = 4, kKv = 2, kDim = 8, kGroup = kHeads / kKv;
-  constexpr int64_t kBudget = 6, kRecent = 2, kHistory = 3;
-  for (auto backend : {AttentionBackend::kReference, AttentionBackend::kCpu}) {
+  constexpr int64_t kBudget = 6, kRecent = 2, kHistory = 6;
+  for (int variant = 0; variant < 3; ++variant) {
+    const auto backend = variant == 0 ? AttentionBackend::kReference : AttentionBackend::kCpu;
+    const bool after_prefill = variant == 2;
+    SCOPED_TRACE(variant);
     CompressedKVCache cache(
         std::make_shared<IdentityCodec>(at::kFloat), backend, 1, kKv, kDim,
-        std::make_shared<ScissorHandsPolicy>(kBudget, kRecent, kHistory, EvictionTiming::kDecode));
+        std::make_shared<ScissorHandsPolicy>(
+            kBudget, kRecent, kHistory,
+            after_prefill ? EvictionTiming::kAfterPrefill : EvictionTiming::kDecode));
     const int64_t seq = cache.add_sequence();
     struct Token {
       int64_t pos;
@@ -1305,7 +1337,7 @@ TEST(ScissorHands, KeptTokensMatchAFloat64Simulation) {
     std::vector<std::vector<Token>> held(kKv);
     int64_t length = 0;
     const std::vector<int64_t> blocks = {9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-    int evictions_with_ties = 0;
+    int evictions = 0, evictions_with_ties = 0;
     for (size_t b = 0; b < blocks.size(); ++b) {
       const int64_t n = blocks[b];
       at::Tensor q = rand({kHeads, n, kDim}, 700 + b) * 2, k = rand({kKv, n, kDim}, 800 + b),
@@ -1339,7 +1371,8 @@ TEST(ScissorHands, KeptTokensMatchAFloat64Simulation) {
       }
       length += n;
       for (auto& tokens : held) {
-        if (int64_t(tokens.size()) <= kBudget) continue;
+        if (int64_t(tokens.size()) <= kBudget || (after_prefill && b > 0)) continue;
+        ++evictions;
         auto count = [&](const Token& t) {
           double c = 0;
           for (const auto& marks : t.low)
@@ -1369,9 +1402,11 @@ TEST(ScissorHands, KeptTokensMatchAFloat64Simulation) {
         EXPECT_EQ(got[h][got.size(1) - 1].item<int64_t>(), length - 1);  // recent kept
       }
     }
-    EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kBudget});
-    // Not every eviction is decided by a tie-break (the counts really choose).
-    EXPECT_LT(evictions_with_ties, 2 * 12);
+    const int64_t news = after_prefill ? int64_t(blocks.size()) - 1 : 0;
+    EXPECT_EQ(cache.kept_tokens(seq), std::vector<int64_t>{kBudget + news});
+    // Most evictions are decided by the counts, not a tie-break (a history of 6 queries, so
+    // counts in steps of 1/2 up to 6; measured: 6 of the 26 decode-timing evictions tie).
+    if (!after_prefill) EXPECT_LT(evictions_with_ties, evictions / 3);
     EXPECT_GT(cache.retention_seconds(), 0.0);
   }
 }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -120,6 +121,38 @@ TEST_P(RulerEveryTask, ScoresAPerfectAnswerOne) {
   for (const auto& a : s.answers) output += " " + a + ",";
   EXPECT_EQ(score_task_sample(task, output, s), 1.0) << output;
   EXPECT_EQ(score_task_sample(task, " nothing here", s), 0.0);
+}
+
+// Occurrences of `word` in `text` not inside a longer run of letters, digits or dashes (a
+// 4-digit value inside a 7-digit number, a name inside a longer name, do not count).
+int64_t whole_occurrences(const std::string& text, const std::string& word) {
+  auto part = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-'; };
+  int64_t n = 0;
+  for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1))
+    n += (at == 0 || !part(text[at - 1])) &&
+         (at + word.size() == text.size() || !part(text[at + word.size()]));
+  return n;
+}
+
+// Each answer sits in the prompt exactly as often as the task places it: a string-match score
+// credits the answer's text, so a second copy elsewhere (a distractor holding it, filler
+// containing it) would make the task ambiguous, and a missing one unsolvable. The pass key is
+// stated twice; a variable-tracking name is assigned once and read by the next link (the last
+// name only assigned); the common words common_freq times; every other answer once.
+TEST_P(RulerEveryTask, EachAnswerOccursAsOftenAsTheTaskPlacesIt) {
+  const std::string task = GetParam();
+  const int64_t target = task == "common_words" ? 4096 : 2048;
+  for (uint64_t seed = 0; seed < 4; ++seed) {
+    const TaskSample s = make_task_sample(task, tiny(), params_for(target, seed));
+    for (size_t i = 0; i < s.answers.size(); ++i) {
+      const int64_t want = task == "passkey"             ? 2
+                           : task == "common_words"      ? 30
+                           : task == "variable_tracking" ? (i + 1 < s.answers.size() ? 2 : 1)
+                                                         : 1;
+      EXPECT_EQ(whole_occurrences(s.prompt, s.answers[i]), want)
+          << task << " seed " << seed << ": " << s.answers[i];
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Tasks, RulerEveryTask, ::testing::ValuesIn(task_names()),
@@ -337,6 +370,23 @@ std::map<std::string, int64_t> word_counts(const TaskSample& s) {
     ++counts[(*it)[2]];
   }
   return counts;
+}
+
+// No asked word is in the header or the question either ("common" is an adjective of the word
+// lists and the question asks for the "most common words"): over many seeds, each occurs in
+// the whole prompt exactly common_freq times, as a substring.
+TEST(RulerCommonWords, NoAskedWordIsInTheInstructions) {
+  for (uint64_t seed = 0; seed < 40; ++seed) {
+    const TaskSample s = make_task_sample(
+        "common_words", tiny(),
+        {{"target_tokens", 1024}, {"common_freq", 4}, {"uncommon_freq", 1}, {"seed", seed}});
+    for (const auto& a : s.answers) {
+      int64_t found = 0;
+      for (size_t at = s.prompt.find(a); at != std::string::npos; at = s.prompt.find(a, at + 1))
+        ++found;
+      EXPECT_EQ(found, 4) << "seed " << seed << ": " << a;
+    }
+  }
 }
 
 TEST(RulerCommonWords, CountsExactlyAsSpecified) {

@@ -3,7 +3,7 @@
 // for the dropped token, the shifted writes) runs on the CPU with emulated blocks, warps and
 // barriers (tests/unit/cuda_emulation.h), at the launcher's geometry, on the GPU test's cases
 // (tests/gpu/steady_case.h), every output poisoned first: the same drops, lists and ring
-// flags as the host reference, sums within 1e-5.
+// flags as the host reference, sums within 1e-5; NaN scores rank above every finite score.
 #include <gtest/gtest.h>
 
 #include "steady_case.h"
@@ -30,6 +30,7 @@ TEST_P(SteadyEmulationTest, TheKernelMatchesTheHostReference) {
   launch_emulated(EmulatedIndex{unsigned(p.records), unsigned(p.kv_heads) / per, 1}, sd::kThreads,
                   [&] { sd::evict_body(p); });
   EXPECT_EQ(c.mismatch(got, want), "");
+  if (c.s.nans) EXPECT_EQ(c.nan_rule_broken(want), "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, SteadyEmulationTest, ::testing::ValuesIn(steady_shapes()),

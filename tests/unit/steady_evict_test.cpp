@@ -6,7 +6,8 @@
 // it (the tail's first token appended, the dropped entry gathered out). H2O, TOVA and
 // ScissorHands; random scores, scores in three integer values so that most heads tie (the
 // later token goes in both), and equal scores that put ScissorHands' probabilities on its
-// threshold; the kernel's logits in a wider tensor, the records' rows in another order.
+// threshold; NaN scores, which rank above every finite score; the kernel's logits in a wider
+// tensor, the records' rows in another order.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -50,8 +51,9 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
     const int64_t held = p.budget(sizing) + 1, count = held - *p.drops_lowest(sizing.prompt) - 1;
     // Random scores; scores in three integer values (ties); ScissorHands: a step whose scores
     // are all equal, so each probability is the flag's threshold 1 / held itself (not below).
-    for (const char* mode : {"random", "ties", "flat"}) {
+    for (const char* mode : {"random", "ties", "flat", "nan"}) {
       const bool ties = std::string(mode) == "ties", flat = std::string(mode) == "flat";
+      const bool nans = std::string(mode) == "nan";
       if (flat && o.rule != R::kLowCounts) continue;
       SCOPED_TRACE(p.name() + ", count " + std::to_string(count) + ", " + mode);
       // Scores for `cols` tokens: tied ones alike over each group (TOVA: over every head).
@@ -76,6 +78,13 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
         pointers.push_back(&records[e]);
       }
       const at::Tensor logits = flat ? at::full({E, H * G, held}, 0.7f) : scores(E, held);
+      // NaN scores (a NaN ranks above every finite score): the last record's first query's row (its
+      // head's scores, TOVA's every head's, none but NaNs) and two of H2O's sums in record 0.
+      if (nans) {
+        logits[E - 1][0][0] = NAN;
+        if (o.rule == R::kSummed)
+          records[0].summed()[0].index_fill_(0, at::tensor({0, 2}, at::kLong), NAN);
+      }
       // The kernel's copy: records in reverse rows of a wider tensor, a spare row, NaN padding.
       const int64_t stride = held + 5;
       const at::Tensor rows = at::full({E + 1, H * G, stride}, NAN);
@@ -122,13 +131,23 @@ TEST(SteadyEvictHost, MatchesTheTorchFormulation) {
       EXPECT_TRUE(at::equal(lists_out, lists_want));
       for (int64_t e = 0; e < E; ++e) {
         if (o.rule == R::kSummed)
-          EXPECT_TRUE(at::allclose(states_out[e], records[e].summed(), 1e-5, 1e-7)) << e;
+          EXPECT_TRUE(at::allclose(states_out[e], records[e].summed(), 1e-5, 1e-7, true)) << e;
         if (o.rule == R::kLowCounts)
           EXPECT_TRUE(at::equal(states_out[e], records[e].low_history())) << e;
       }
       if (flat)  // the step's column: no flag (p == 1 / held is not below it)
         for (int64_t e = 0; e < E; ++e)
           EXPECT_FALSE(states_out[e].select(3, (length + e) % window).any().item<bool>()) << e;
+      if (nans && o.rule != R::kLowCounts) {  // the rule seen: all NaN or a number goes
+        const at::Tensor first = scores_ws.narrow(2, 0, count + 1);
+        const at::Tensor all_nan = first.isnan().all(2);
+        EXPECT_TRUE(all_nan[E - 1][0].item<bool>());
+        EXPECT_TRUE(at::equal(dropped.to(at::kLong).masked_select(all_nan),
+                              at::full({all_nan.sum().item<int64_t>()}, count, at::kLong)));
+        const at::Tensor at_drop = first.gather(2, dropped.to(at::kLong).unsqueeze(2)).squeeze(2);
+        EXPECT_FALSE(at_drop.isnan().logical_and(all_nan.logical_not()).any().item<bool>());
+        if (o.rule == R::kSummed) EXPECT_TRUE(first[0][0].isnan().any().item<bool>());
+      }
       if (ties && count > 0) {  // a case of ties: several tokens share some heads' lowest
         const at::Tensor first = scores_ws.narrow(2, 0, count + 1);
         EXPECT_GE(first.eq(first.amin(2, true)).sum(2).gt(1).sum().item<int64_t>(), 3);

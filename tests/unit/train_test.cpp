@@ -146,9 +146,7 @@ TEST(Train, AdamWStepMatchesFloat64Formula) {
 TEST(Train, TheLossIsTheWeightedNllOfTheBatch) {
   const TrainRecipe recipe = parse_train_recipe(tiny_recipe());
   Trainer trainer(recipe, temp_dir("loss").string(), false);
-  const Tokenizer tok =
-      Tokenizer::from_json(tiny_tokenizer_json(static_cast<int>(trainer.config().vocab_size)),
-                           tiny_tokenizer_config(), nullptr, "tiny tokenizer");
+  const Tokenizer& tok = trainer.tokenizer();
   bool lengths_differ = false;
   for (int64_t step = 0; step < recipe.total_steps(); ++step) {
     const Transformer before = trainer.snapshot();

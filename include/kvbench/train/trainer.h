@@ -142,6 +142,8 @@ class Trainer {
   void save_checkpoint() const;
   int64_t step() const { return step_; }
   const ModelConfig& config() const { return config_; }
+  // The tiny byte-level tokenizer its batches and evaluations encode with.
+  const Tokenizer& tokenizer() const { return tokenizer_; }
   const std::vector<std::pair<std::string, at::Tensor>>& parameters() const { return params_; }
 
  private:
