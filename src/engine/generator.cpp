@@ -123,7 +123,7 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
       result.decode_step_retention_s.push_back(retention);
       if (config.phases) result.decode_phase_s.push_back(std::move(phase_s));
       result.decode_step_batch.push_back(static_cast<int64_t>(active.size()));
-      result.decode_step_kv_bytes.push_back(held.total() - std::min(held.padding, held.total()));
+      result.decode_step_kv_bytes.push_back(held.held());
     }
     active = std::move(still);
     batch = std::move(next_batch);

@@ -526,19 +526,16 @@ ResultTable suite_table(const SuiteSpec& spec, const std::vector<const MergedCel
   if (!setup_keys.empty()) t.columns.push_back("setup");
   // A varying parameter named like a column of the table's own (the capacity table's `batch`,
   // length_shift's `samples`) is told apart: CSV and JSON rows are keyed by column name.
-  std::set<std::string> taken = {"method", "setup", "cell"};
-  taken.insert(spec.point_columns.begin(), spec.point_columns.end());
+  std::vector<std::string> own = spec.point_columns;  // the columns after the parameters
   for (const Metric& m : spec.metrics) {
-    taken.insert(m.name);
-    if (m.ratio && !ctx.baseline.empty()) taken.insert(m.name + "/" + ctx.baseline);
+    own.push_back(m.name);
+    if (m.ratio && !ctx.baseline.empty()) own.push_back(m.name + "/" + ctx.baseline);
   }
+  own.push_back("cell");
+  std::set<std::string> taken(own.begin(), own.end());
+  taken.insert({"method", "setup"});
   for (const std::string& k : param_keys) t.columns.push_back(taken.count(k) ? "param." + k : k);
-  for (const std::string& k : spec.point_columns) t.columns.push_back(k);
-  for (const Metric& m : spec.metrics) {
-    t.columns.push_back(m.name);
-    if (m.ratio && !ctx.baseline.empty()) t.columns.push_back(m.name + "/" + ctx.baseline);
-  }
-  t.columns.push_back("cell");
+  t.columns.insert(t.columns.end(), own.begin(), own.end());
 
   size_t without_baseline = 0;
   for (const std::string& group : group_order) {

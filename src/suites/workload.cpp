@@ -108,10 +108,9 @@ nlohmann::json kv_memory_json(const GenerationResult& r, const ModelConfig& c) {
   const double tokens = static_cast<double>(std::max<int64_t>(r.peak_tokens, 1));
   const double values = tokens * 2.0 * c.num_layers * c.num_kv_heads * c.head_dim;
   const double fp16 = values * 2.0;
-  const double measured = static_cast<double>(r.peak_storage.total());
   // The rates describe the format: whole pages' empty slots (paged attention) are memory the
   // cache occupied, counted in `measured.total`, but no token's bytes.
-  const double held = measured - static_cast<double>(r.peak_storage.padding);
+  const double held = static_cast<double>(r.peak_storage.held());
   const double nominal = static_cast<double>(r.peak_nominal.total());
   // Kept tokens per KV head per layer (all KV heads of a layer keep the same count).
   int64_t kept_sum = 0, kept_min = 0, kept_max = 0;

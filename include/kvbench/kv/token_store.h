@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -26,6 +27,8 @@ struct StorageBytes {
   // measured size may exceed the method's formula by without anything being wrong.
   uint64_t padding = 0;
   uint64_t total() const { return payload + metadata; }
+  // The bytes that hold tokens: total() without the padding.
+  uint64_t held() const { return total() - std::min(padding, total()); }
   StorageBytes& operator+=(const StorageBytes& o) {
     payload += o.payload;
     metadata += o.metadata;
