@@ -71,25 +71,49 @@ struct Reader {
   }
 };
 
+// Each architecture, its model_type, and the defaults transformers' config class gives keys a
+// config.json leaves out (where they differ by family).
 struct ArchEntry {
   const char* name;
+  const char* model_type;
   Architecture arch;
+  int64_t max_position_embeddings;
 };
-constexpr ArchEntry kArchitectures[] = {{"LlamaForCausalLM", Architecture::kLlama},
-                                        {"MistralForCausalLM", Architecture::kMistral},
-                                        {"Qwen2ForCausalLM", Architecture::kQwen2},
-                                        {"Qwen3ForCausalLM", Architecture::kQwen3}};
+constexpr ArchEntry kArchitectures[] = {
+    {"LlamaForCausalLM", "llama", Architecture::kLlama, 2048},
+    {"MistralForCausalLM", "mistral", Architecture::kMistral, 4096 * 32},
+    {"Qwen2ForCausalLM", "qwen2", Architecture::kQwen2, 32768},
+    {"Qwen3ForCausalLM", "qwen3", Architecture::kQwen3, 32768}};
 
+const ArchEntry& arch_entry(Architecture arch) {
+  for (const auto& a : kArchitectures)
+    if (a.arch == arch) return a;
+  throw Error("model config: unknown architecture");
+}
+
+// transformers picks the model class by model_type (architectures is a label); kvbench by
+// architectures, which every checkpoint it loads carries, or by model_type without it. The two
+// must name the same family: a Llama class over a qwen2 config would run without its biases.
 Architecture parse_architecture(const Reader& r) {
+  std::vector<std::string> supported, types;
+  for (const auto& a : kArchitectures) supported.push_back(a.name), types.push_back(a.model_type);
+  const ArchEntry* by_type = nullptr;
+  const std::string type = r.string("model_type", "");
+  for (const auto& a : kArchitectures)
+    if (type == a.model_type) by_type = &a;
+  if (!r.has("architectures") && by_type != nullptr) return by_type->arch;
   if (!r.has("architectures") || !r.j["architectures"].is_array() ||
       r.j["architectures"].size() != 1 || !r.j["architectures"][0].is_string()) {
-    r.fail("architectures", "expected a list with one architecture name");
+    r.fail("architectures", "expected a list with one architecture name (or a model_type: " +
+                                join(types, ", ") + ")");
   }
   const std::string name = r.j["architectures"][0];
-  std::vector<std::string> supported;
   for (const auto& a : kArchitectures) {
-    if (name == a.name) return a.arch;
-    supported.push_back(a.name);
+    if (name != a.name) continue;
+    if (!type.empty() && type != a.model_type)
+      r.fail("model_type", "is '" + type + "' but architectures names " + name + " (model_type '" +
+                               a.model_type + "'); keep one family");
+    return a.arch;
   }
   throw Error("model config: " + r.source + ": unsupported architecture: " + name +
               " (supported: " + join(supported, ", ") + ")");
@@ -227,19 +251,36 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   // layer before any size check could say it does not fit.)
   c.num_layers = r.integer("num_hidden_layers", {}, 1, kMaxLayers);
   c.num_heads = r.integer("num_attention_heads");
-  c.num_kv_heads = r.integer("num_key_value_heads", c.num_heads);
+  // MistralConfig's default is 8 KV heads; the others' are the attention heads.
+  c.num_kv_heads =
+      r.integer("num_key_value_heads", c.arch == Architecture::kMistral ? 8 : c.num_heads);
   if (c.num_heads % c.num_kv_heads != 0) {
     r.fail("num_key_value_heads", "must divide num_attention_heads (" +
                                       std::to_string(c.num_heads) + "), got " +
                                       std::to_string(c.num_kv_heads));
   }
-  const bool explicit_head_dim = r.has("head_dim");
+  // Qwen3Config's head_dim defaults to 128, whatever hidden_size / heads is.
+  const bool explicit_head_dim = r.has("head_dim") || c.arch == Architecture::kQwen3;
   if (!explicit_head_dim && c.hidden_size % c.num_heads != 0) {
     r.fail("hidden_size", "not divisible by num_attention_heads and no head_dim given");
   }
-  c.head_dim = r.integer("head_dim", c.hidden_size / c.num_heads);
+  c.head_dim =
+      r.integer("head_dim", c.arch == Architecture::kQwen3 ? 128 : c.hidden_size / c.num_heads);
   if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE");
-  c.max_position_embeddings = r.integer("max_position_embeddings", 4096);
+  c.max_position_embeddings =
+      r.integer("max_position_embeddings", arch_entry(c.arch).max_position_embeddings);
+  // transformers reads a top-level partial_rotary_factor for every family.
+  if (r.has("partial_rotary_factor") && r.number("partial_rotary_factor", 1.0) != 1.0)
+    r.fail("partial_rotary_factor", "only 1 is supported (RoPE over the whole head), got " +
+                                        brief_json(j["partial_rotary_factor"]));
+  if (r.has("quantization_config")) {
+    const json& q = j["quantization_config"];
+    r.fail("quantization_config",
+           "quantized checkpoints are not supported (quant_method " +
+               (q.is_object() && q.contains("quant_method") ? brief_json(q["quant_method"])
+                                                            : std::string("not given")) +
+               "); give the unquantized weights");
+  }
   read_rope(r, c);
   c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
@@ -260,8 +301,14 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       c.qk_norm = true;
       break;
   }
-  if (r.has("sliding_window") &&
-      r.boolean("use_sliding_window", c.arch == Architecture::kMistral)) {
+  // MistralConfig: a window of 4096 when the key is left out (null: none), and no
+  // use_sliding_window key; Qwen2/Qwen3: a window only with use_sliding_window.
+  if (c.arch == Architecture::kMistral) {
+    if (!j.contains("sliding_window"))
+      c.sliding_window = 4096;
+    else if (r.has("sliding_window"))
+      c.sliding_window = r.integer("sliding_window");
+  } else if (r.has("sliding_window") && r.boolean("use_sliding_window", false)) {
     c.sliding_window = r.integer("sliding_window");
   }
   // transformers >= 4.56 writes "dtype" where older versions wrote "torch_dtype".

@@ -176,6 +176,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   mapping_ = std::make_shared<const Mapping>(addr, file_size);
   const auto* bytes = static_cast<const unsigned char*>(addr);
 
+  // A clone made without git-lfs leaves the pointer file in the weights' place.
+  static constexpr char kLfs[] = "version https://git-lfs";
+  KVB_CHECK(file_size < sizeof(kLfs) - 1 || std::memcmp(bytes, kLfs, sizeof(kLfs) - 1) != 0, where,
+            "a Git LFS pointer, not the weights: fetch them (git lfs pull) in the checkpoint's "
+            "repository");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = header_len << 8 | bytes[i];  // little-endian
   KVB_CHECK(header_len <= kMaxHeaderBytes, where, "header length ", header_len,

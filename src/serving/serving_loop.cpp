@@ -132,7 +132,11 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
                     (slo.e2e_s <= 0 || total <= slo.e2e_s);
     good += ok ? 1 : 0;
   }
-  const double duration = std::max(trace.end_s, 1e-12);
+  // From the first arrival to the last token (the suite's arrivals start at 0; a direct
+  // caller's need not).
+  double first_arrival = trace.end_s;
+  for (const auto& r : trace.requests) first_arrival = std::min(first_arrival, r.request.arrival_s);
+  const double duration = std::max(trace.end_s - std::max(first_arrival, 0.0), 1e-12);
   const double n = static_cast<double>(trace.requests.size());
   double weighted_blocks = 0, weighted_bytes = 0, busy = 0, peak_bytes = 0, peak_allocated = 0,
          peak_retention = 0;

@@ -414,8 +414,10 @@ void sharegpt_workload(Workload& w, const json& p, int64_t count, const Tokenize
 void trace_workload(Workload& w, const json& p, int64_t vocab, ModelProvider* model, Rng& rng) {
   const std::string path = p["trace_file"];
   const double duration = p["duration_s"];
-  for (const TraceRequest& r : load_request_trace(path)) {
-    if (duration > 0 && r.arrival_s >= duration) break;
+  const std::vector<TraceRequest> trace = load_request_trace(path);
+  for (const TraceRequest& r : trace) {
+    // Replay starts at the first arrival, so the cut is timed from it too.
+    if (duration > 0 && r.arrival_s - trace.front().arrival_s >= duration) break;
     if (r.prompt.empty()) {
       std::vector<int64_t> ids(static_cast<size_t>(r.prompt_tokens));
       for (auto& id : ids) id = static_cast<int64_t>(rng.below(static_cast<uint64_t>(vocab)));

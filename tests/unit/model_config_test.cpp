@@ -87,6 +87,62 @@ TEST(ModelConfig, RejectsUnsupportedArchitecturesByName) {
             "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)");
 }
 
+// model_type and architectures name one family (transformers picks the class by model_type);
+// model_type alone picks it too.
+TEST(ModelConfig, ModelTypeAndArchitecturesAgree) {
+  json c = llama();
+  c["model_type"] = "qwen2";
+  EXPECT_NE(error_of(c).find("model_type: is 'qwen2' but architectures names LlamaForCausalLM"),
+            std::string::npos)
+      << error_of(c);
+  c["model_type"] = "llama";
+  EXPECT_EQ(error_of(c), "");
+  c = find_model_preset("tiny-qwen2").config;
+  c.erase("architectures");
+  c["model_type"] = "qwen2";
+  EXPECT_EQ(parse_model_config(c, "q2").arch, Architecture::kQwen2);
+  c.erase("model_type");
+  EXPECT_NE(error_of(c).find("architectures"), std::string::npos);
+}
+
+// Keys a config leaves out take the defaults of transformers' class for its family.
+TEST(ModelConfig, MissingKeysTakeTheirFamilysDefaults) {
+  json c = find_model_preset("tiny-qwen3").config;
+  c.erase("head_dim");
+  c.erase("max_position_embeddings");
+  ModelConfig q3 = parse_model_config(c, "q3");
+  EXPECT_EQ(q3.head_dim, 128);  // Qwen3Config's, not hidden / heads
+  EXPECT_EQ(q3.max_position_embeddings, 32768);
+  c = llama();
+  c.erase("max_position_embeddings");
+  EXPECT_EQ(parse_model_config(c, "l").max_position_embeddings, 2048);
+  c = find_model_preset("tiny-mistral").config;
+  for (const char* k : {"max_position_embeddings", "num_key_value_heads", "sliding_window"})
+    c.erase(k);
+  c["num_attention_heads"] = 16;
+  c["hidden_size"] = 16 * 64;
+  ModelConfig m = parse_model_config(c, "m");
+  EXPECT_EQ(m.max_position_embeddings, 131072);
+  EXPECT_EQ(m.num_kv_heads, 8);
+  EXPECT_EQ(m.sliding_window.value_or(0), 4096);
+  c["sliding_window"] = nullptr;  // Mistral v0.2 and later: no window
+  EXPECT_FALSE(parse_model_config(c, "m").sliding_window.has_value());
+}
+
+// What transformers would read differently is refused, not run another way.
+TEST(ModelConfig, RefusesPartialRotaryAndQuantizedCheckpoints) {
+  json c = llama();
+  c["partial_rotary_factor"] = 0.5;
+  EXPECT_NE(error_of(c).find("partial_rotary_factor: only 1 is supported"), std::string::npos)
+      << error_of(c);
+  c["partial_rotary_factor"] = 1.0;
+  EXPECT_EQ(error_of(c), "");
+  c["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 4}};
+  EXPECT_NE(error_of(c).find("quantized checkpoints are not supported (quant_method \"gptq\")"),
+            std::string::npos)
+      << error_of(c);
+}
+
 TEST(ModelConfig, RejectsBadValues) {
   json c = llama();
   c.erase("hidden_size");

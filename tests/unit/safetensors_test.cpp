@@ -320,6 +320,16 @@ TEST_F(SafetensorsCorrupt, HeaderLengthBeyondFile) {
                             {"header length 1099511627776", "over the limit of 100000000"}));
 }
 
+// A clone made without git-lfs: the pointer file, said as such (read as a header length, its
+// first 8 bytes are a number past the limit).
+TEST_F(SafetensorsCorrupt, GitLfsPointer) {
+  const fs::path path = dir_ / "model.safetensors";
+  std::ofstream(path, std::ios::binary)
+      << "version https://git-lfs.github.com/spec/v1\noid sha256:" << std::string(64, 'a')
+      << "\nsize 16060522496\n";
+  EXPECT_TRUE(is_error_line(open_error(path), path, {"Git LFS pointer", "git lfs pull"}));
+}
+
 TEST_F(SafetensorsCorrupt, ShorterThanLengthField) {
   const fs::path path = dir_ / "model.safetensors";
   std::ofstream(path, std::ios::binary) << std::string("\x02\0\0\0\0", 5);

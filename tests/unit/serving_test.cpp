@@ -684,6 +684,19 @@ TEST(Serving, MetricsFromAHandBuiltTrace) {
   EXPECT_DOUBLE_EQ(m["kv"]["pool_bytes_mean"], 7.0 + 10.0 * (2.0 * 1 + 4.0 * 3) / 4.0);
 }
 
+// Throughputs count from the first arrival to the last token: the loop's lead-in before a
+// first arrival at 10 s is not serving time.
+TEST(Serving, ThroughputCountsFromTheFirstArrival) {
+  ServingTrace t;
+  t.requests.push_back({{0, 10.0, 4, 2}, {10.5, 11.0}, 0});
+  t.end_s = 11.0;
+  t.steps.push_back({10.0, 10.5, 1, 0, 0, 4, 1, 0.0});
+  t.steps.push_back({10.5, 11.0, 0, 1, 0, 1, 1, 0.0});
+  const nlohmann::json m = serving_metrics(t, SloThresholds{}, 10.0);
+  EXPECT_DOUBLE_EQ(m["request_throughput"], 1.0);
+  EXPECT_DOUBLE_EQ(m["token_throughput"], 2.0);
+}
+
 }  // namespace
 }  // namespace kvbench
 

@@ -945,6 +945,14 @@ TEST(Capacity, ServingReplaysATraceFromItsFirstArrival) {
   EXPECT_GE(r["duration_s"].get<double>(), 1.0);
   EXPECT_LT(r["duration_s"].get<double>(), 50.0);
   EXPECT_GT(r["request_throughput"].get<double>(), 3 / 50.0);
+  // duration_s counts from the first line too: 0.75 s keeps the lines at 100 and 100.5.
+  Harness cut(json{{"name", "serving"},
+                   {"trace_file", path},
+                   {"duration_s", 0.75},
+                   {"block_size", 16},
+                   {"kv_budget_bytes", 1048576}});
+  cut.method = h.method;
+  EXPECT_EQ(cut.run(s).records.at(0)["requests"], 2);
   // One arrival within duration_s: no rate to offer (null, as below two requests).
   Harness once(json::parse(R"({"name": "serving", "rates": [1], "duration_s": 0.001,
       "prompt_tokens_min": 8, "prompt_tokens_max": 8, "output_tokens_min": 2,
