@@ -77,7 +77,7 @@ __device__ __forceinline__ void evict_body(const SteadyEvictProblem& p) {
   }
   __syncthreads();
   // 3. The dropped index: lowest score, the later of equal ones; a NaN ranks above every
-  // number (none but NaNs: the last candidate), as in torch's sort.
+  // finite score (none but NaNs: the last candidate), as in torch's sort.
   float bs = INFINITY;
   int bi = -1;
   for (int j = t; j <= p.count; j += kThreads) {

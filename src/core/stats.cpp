@@ -36,9 +36,20 @@ double median(const std::vector<double>& x) { return percentile(x, 50); }
 
 namespace {
 
-void check_block(const std::vector<double>& x, size_t block) {
-  KVB_CHECK(block >= 1 && x.size() % block == 0, "bootstrap: runs of ", block,
+void check_block(const std::vector<double>& x, size_t block, bool moving = false) {
+  KVB_CHECK(block >= 1 && (moving || x.size() % block == 0), "bootstrap: runs of ", block,
             " samples do not divide ", x.size(), " samples");
+}
+
+// SampleRun::moving's draw: blocks of `block` consecutive samples from uniform starts, wrapping
+// at the end, until x's size is filled.
+void resample_moving(const std::vector<double>& x, size_t block, Rng& rng,
+                     std::vector<double>& draw) {
+  const size_t n = x.size();
+  for (size_t filled = 0; filled < n;) {
+    const size_t from = rng.below(n);
+    for (size_t k = 0; k < block && filled < n; ++k) draw[filled++] = x[(from + k) % n];
+  }
 }
 
 // One bootstrap resample of x into draw (x's size): whole runs of `block` samples drawn with
@@ -53,6 +64,10 @@ void resample(const std::vector<double>& x, size_t block, Rng& rng, std::vector<
 }
 
 }  // namespace
+
+size_t moving_block_length(size_t n) {
+  return std::max<size_t>(1, static_cast<size_t>(std::lround(std::cbrt(static_cast<double>(n)))));
+}
 
 Interval bootstrap_median_ci(const std::vector<double>& x, double confidence, int resamples,
                              uint64_t seed, size_t block) {
@@ -101,7 +116,7 @@ void check_runs(const std::vector<SampleRun>& runs, bool positive) {
     KVB_CHECK(!r.samples.empty(), "bootstrap of an empty sample");
     KVB_CHECK(!positive || *std::min_element(r.samples.begin(), r.samples.end()) > 0,
               "a relative change needs positive baseline samples");
-    check_block(r.samples, r.block);
+    check_block(r.samples, r.block, r.moving);
   }
 }
 
@@ -109,16 +124,21 @@ void check_runs(const std::vector<SampleRun>& runs, bool positive) {
 // there is one, drawing nothing from rng), each drawn run's blocks resampled by resample().
 void resample_runs(const std::vector<SampleRun>& runs, Rng& rng, std::vector<double>& draw,
                    std::vector<double>& scratch) {
+  const auto draw_run = [&rng](const SampleRun& r, std::vector<double>& out) {
+    out.resize(r.samples.size());
+    if (r.moving)
+      resample_moving(r.samples, r.block, rng, out);
+    else
+      resample(r.samples, r.block, rng, out);
+  };
   if (runs.size() == 1) {
-    draw.resize(runs[0].samples.size());
-    resample(runs[0].samples, runs[0].block, rng, draw);
+    draw_run(runs[0], draw);
     return;
   }
   draw.clear();
   for (size_t i = 0; i < runs.size(); ++i) {
     const SampleRun& r = runs[rng.below(runs.size())];
-    scratch.resize(r.samples.size());
-    resample(r.samples, r.block, rng, scratch);
+    draw_run(r, scratch);
     draw.insert(draw.end(), scratch.begin(), scratch.end());
   }
 }

@@ -78,12 +78,18 @@ struct ArchEntry {
   const char* model_type;
   Architecture arch;
   int64_t max_position_embeddings;
+  int64_t num_key_value_heads;  // 0: num_attention_heads
+  int64_t head_dim;             // 0: hidden_size / num_attention_heads
+  // A window when the key is left out (0: none). MistralConfig has no use_sliding_window
+  // key: its window applies whenever it is set; Qwen2/Qwen3 need use_sliding_window.
+  int64_t sliding_window;
+  bool window_needs_flag;
 };
 constexpr ArchEntry kArchitectures[] = {
-    {"LlamaForCausalLM", "llama", Architecture::kLlama, 2048},
-    {"MistralForCausalLM", "mistral", Architecture::kMistral, 4096 * 32},
-    {"Qwen2ForCausalLM", "qwen2", Architecture::kQwen2, 32768},
-    {"Qwen3ForCausalLM", "qwen3", Architecture::kQwen3, 32768}};
+    {"LlamaForCausalLM", "llama", Architecture::kLlama, 2048, 0, 0, 0, false},
+    {"MistralForCausalLM", "mistral", Architecture::kMistral, 4096 * 32, 8, 0, 4096, false},
+    {"Qwen2ForCausalLM", "qwen2", Architecture::kQwen2, 32768, 0, 0, 0, true},
+    {"Qwen3ForCausalLM", "qwen3", Architecture::kQwen3, 32768, 0, 128, 0, true}};
 
 const ArchEntry& arch_entry(Architecture arch) {
   for (const auto& a : kArchitectures)
@@ -209,6 +215,26 @@ void read_special_ids(const Reader& r, ModelConfig& c) {
   if (c.bos_token_id) check("bos_token_id", *c.bos_token_id);
 }
 
+// Qwen2/Qwen3 window only the layers at and past max_window_layers (default 28), or those
+// layer_types marks "sliding_attention" where the config lists them, as transformers does.
+int64_t windowed_layers(const Reader& r, const ModelConfig& c) {
+  if (!r.has("layer_types"))
+    return std::max<int64_t>(0, c.num_layers - r.integer("max_window_layers", 28, 0));
+  const json& types = r.j["layer_types"];
+  if (!types.is_array() || static_cast<int64_t>(types.size()) != c.num_layers)
+    r.fail("layer_types", "expected a list of num_hidden_layers (" + std::to_string(c.num_layers) +
+                              ") layer types");
+  int64_t windowed = 0;
+  for (const json& t : types) {
+    if (t == "sliding_attention")
+      ++windowed;
+    else if (t != "full_attention")
+      r.fail("layer_types",
+             "expected \"full_attention\" or \"sliding_attention\", got " + brief_json(t));
+  }
+  return windowed;
+}
+
 }  // namespace
 
 const char* architecture_name(Architecture arch) {
@@ -251,24 +277,24 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   // layer before any size check could say it does not fit.)
   c.num_layers = r.integer("num_hidden_layers", {}, 1, kMaxLayers);
   c.num_heads = r.integer("num_attention_heads");
-  // MistralConfig's default is 8 KV heads; the others' are the attention heads.
+  const ArchEntry& family = arch_entry(c.arch);
   c.num_kv_heads =
-      r.integer("num_key_value_heads", c.arch == Architecture::kMistral ? 8 : c.num_heads);
+      r.integer("num_key_value_heads",
+                family.num_key_value_heads > 0 ? family.num_key_value_heads : c.num_heads);
   if (c.num_heads % c.num_kv_heads != 0) {
     r.fail("num_key_value_heads", "must divide num_attention_heads (" +
                                       std::to_string(c.num_heads) + "), got " +
                                       std::to_string(c.num_kv_heads));
   }
-  // Qwen3Config's head_dim defaults to 128, whatever hidden_size / heads is.
-  const bool explicit_head_dim = r.has("head_dim") || c.arch == Architecture::kQwen3;
+  // A family default head_dim (Qwen3's 128) holds whatever hidden_size / heads is.
+  const bool explicit_head_dim = r.has("head_dim") || family.head_dim > 0;
   if (!explicit_head_dim && c.hidden_size % c.num_heads != 0) {
     r.fail("hidden_size", "not divisible by num_attention_heads and no head_dim given");
   }
   c.head_dim =
-      r.integer("head_dim", c.arch == Architecture::kQwen3 ? 128 : c.hidden_size / c.num_heads);
+      r.integer("head_dim", family.head_dim > 0 ? family.head_dim : c.hidden_size / c.num_heads);
   if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE");
-  c.max_position_embeddings =
-      r.integer("max_position_embeddings", arch_entry(c.arch).max_position_embeddings);
+  c.max_position_embeddings = r.integer("max_position_embeddings", family.max_position_embeddings);
   // transformers reads a top-level partial_rotary_factor for every family.
   if (r.has("partial_rotary_factor") && r.number("partial_rotary_factor", 1.0) != 1.0)
     r.fail("partial_rotary_factor", "only 1 is supported (RoPE over the whole head), got " +
@@ -301,16 +327,15 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       c.qk_norm = true;
       break;
   }
-  // MistralConfig: a window of 4096 when the key is left out (null: none), and no
-  // use_sliding_window key; Qwen2/Qwen3: a window only with use_sliding_window.
-  if (c.arch == Architecture::kMistral) {
-    if (!j.contains("sliding_window"))
-      c.sliding_window = 4096;
+  // The family's window when the key is left out; null: none.
+  if (!family.window_needs_flag || r.boolean("use_sliding_window", false)) {
+    if (!j.contains("sliding_window") && family.sliding_window > 0)
+      c.sliding_window = family.sliding_window;
     else if (r.has("sliding_window"))
       c.sliding_window = r.integer("sliding_window");
-  } else if (r.has("sliding_window") && r.boolean("use_sliding_window", false)) {
-    c.sliding_window = r.integer("sliding_window");
   }
+  if (family.window_needs_flag && c.sliding_window && windowed_layers(r, c) == 0)
+    c.sliding_window.reset();
   // transformers >= 4.56 writes "dtype" where older versions wrote "torch_dtype".
   const std::string dtype_key = r.has("torch_dtype") || !r.has("dtype") ? "torch_dtype" : "dtype";
   c.torch_dtype = r.string(dtype_key, "float32");

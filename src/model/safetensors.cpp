@@ -281,6 +281,17 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
               offsets_str(*t), ") overlap");
     if (!reach || t->end > reach->end) reach = t;
   }
+  // As the safetensors library, a data section that its tensors do not tile exactly is refused:
+  // bytes no tensor owns are a truncated header or a damaged file.
+  uint64_t covered = 0;
+  for (const TensorInfo* t : by_begin) {
+    KVB_CHECK(t->begin == covered, where, "bytes [", covered, ", ", t->begin,
+              ") of the data section belong to no tensor (next: ", quote(t->name), ")");
+    covered = t->end;
+  }
+  KVB_CHECK(covered == data_size, where, "bytes [", covered, ", ", data_size,
+            ") of the data section belong to no tensor (", data_size - covered,
+            " bytes after the last tensor's data)");
 }
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {

@@ -202,6 +202,29 @@ Tokenizer Tokenizer::from_json(const json& tokenizer_json, const json& tokenizer
     }
     return ids;
   };
+  // transformers (5.x, every fast tokenizer) rebuilds the post-processor's template when
+  // tokenizer_config.json names add_bos_token or add_eos_token: its bos_token before the text
+  // where add_bos_token is true, its eos_token after it where add_eos_token is true (an absent
+  // flag or token: none). A fine-tune with add_eos_token true ends every prompt with EOS though
+  // tokenizer.json's template does not. Without either key tokenizer.json's template holds.
+  const auto apply_add_special_flags = [&](const json& config) {
+    if (!config.is_object() ||
+        (!config.contains("add_bos_token") && !config.contains("add_eos_token")))
+      return;
+    const auto flag = [&](const char* key) {
+      if (!config.contains(key) || config[key].is_null()) return false;
+      if (!config[key].is_boolean())
+        fail(beside("tokenizer_config.json"),
+             std::string(key) + ": expected true, false or null, got " + brief_json(config[key]));
+      return config[key].get<bool>();
+    };
+    impl->prefix.clear();
+    impl->suffix.clear();
+    if (flag("add_bos_token"))
+      if (auto id = token_id(config, "bos_token")) impl->prefix.push_back(*id);
+    if (flag("add_eos_token"))
+      if (auto id = token_id(config, "eos_token")) impl->suffix.push_back(*id);
+  };
   impl->bos = token_id(tokenizer_config, "bos_token");
   if (!impl->bos) {
     const auto ids = config_ids("bos_token_id");
@@ -211,6 +234,7 @@ Tokenizer Tokenizer::from_json(const json& tokenizer_json, const json& tokenizer
   if (impl->eos.empty()) {
     if (auto id = token_id(tokenizer_config, "eos_token")) impl->eos.push_back(*id);
   }
+  apply_add_special_flags(tokenizer_config);
   return Tokenizer(std::move(impl));
 }
 

@@ -20,6 +20,7 @@ struct Series {
   double value = 0;
   double rate_scale = 0;  // > 0: the metric is rate_scale / median(samples) (tokens/s)
   size_t block = 1;       // samples come in correlated runs of this many (bootstrap_median_ci)
+  bool moving = false;    // ... in moving blocks of this many (SampleRun::moving)
 };
 using Points = std::map<std::string, Series>;  // point label -> series
 using Extract = std::function<Points(const json& cell)>;
@@ -160,6 +161,18 @@ std::function<bool(const json&, Series&)> record_samples(const char* key) {
 
 // record_samples resampled by the record's generations (declared_block): the decode steps of
 // one generation share its batch and context.
+// A serving record's per-request samples, in arrival order: one request's queueing delays the
+// next, so they are resampled in moving blocks (SampleRun::moving), not as independent draws,
+// which would make the interval too narrow.
+std::function<bool(const json&, Series&)> request_samples(const char* key) {
+  return [key](const json& r, Series& s) {
+    s.samples = samples_of(r, key);
+    s.block = moving_block_length(s.samples.size());
+    s.moving = true;
+    return true;
+  };
+}
+
 std::function<bool(const json&, Series&)> record_samples_by_generation(const char* key) {
   return [key](const json& r, Series& s) {
     s.samples = samples_of(r, key);
@@ -220,10 +233,10 @@ const std::vector<MetricImpl>& metric_impls() {
        serving_block_bytes},
       {{"serving_ttft", "serving", true, Worse::kHigher, 10, 0,
         "time to first token per rate, queueing included (serving ttft_samples_s)"},
-       per_record("serving", serving_point, record_samples("ttft_samples_s"))},
+       per_record("serving", serving_point, request_samples("ttft_samples_s"))},
       {{"serving_e2e", "serving", true, Worse::kHigher, 10, 0,
         "end-to-end request latency per rate (serving samples_s)"},
-       per_record("serving", serving_point, record_samples("samples_s"))},
+       per_record("serving", serving_point, request_samples("samples_s"))},
       // Measured from timings but without samples: the floor keeps one or two requests that
       // cross an SLO (1/32 of the default 32 each) from failing a build.
       {{"goodput", "serving", false, Worse::kLower, 10, 0.1,
@@ -326,7 +339,7 @@ double median_value(const RunSeries& runs) {
 
 std::vector<SampleRun> sample_runs(const RunSeries& runs) {
   std::vector<SampleRun> out;
-  for (const Series& s : runs) out.push_back({s.samples, s.block});
+  for (const Series& s : runs) out.push_back({s.samples, s.block, s.moving});
   return out;
 }
 
@@ -736,7 +749,8 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
         const size_t units_b = units(sb), units_n = units(it->second);
         if (m.spec.timing && std::min(units_b, units_n) < kFewSamples) {
           auto unit = [](const RunSeries& runs) {
-            return runs[0].block > 1 ? " generations" : " samples";
+            if (runs[0].block == 1) return " samples";
+            return runs[0].moving ? " request blocks" : " generations";
           };
           out.notes.push_back(where + ": " + std::to_string(units_b) + " baseline" + unit(sb) +
                               " and " + std::to_string(units_n) + " new" + unit(it->second) +

@@ -42,21 +42,26 @@ int64_t Scheduler::held(const State& s, int64_t context) const {
   return config_.held_tokens(s.prefill_len, s.req.prompt_tokens, context);
 }
 
-void Scheduler::submit(const ServingRequest& r) {
-  KVB_CHECK(states_.count(r.id) == 0, "scheduler: request ", r.id, " submitted twice");
-  KVB_CHECK(r.prompt_tokens >= 1 && r.output_tokens >= 1, "scheduler: request ", r.id,
+void Scheduler::check_admissible(const ServingRequest& r, const std::string& subject) const {
+  KVB_CHECK(r.prompt_tokens >= 1 && r.output_tokens >= 1, subject,
             " needs prompt_tokens >= 1 and output_tokens >= 1, got ", r.prompt_tokens, " and ",
             r.output_tokens);
   // The longest context it can be (re)prefilled with, and the most it ever holds.
   const int64_t longest = r.prompt_tokens + r.output_tokens - 1;
-  KVB_CHECK(config_.chunked_prefill || longest <= config_.max_batch_tokens, "scheduler: request ",
-            r.id, " (", r.prompt_tokens, " prompt + ", r.output_tokens,
+  KVB_CHECK(config_.chunked_prefill || longest <= config_.max_batch_tokens, subject, " (",
+            r.prompt_tokens, " prompt + ", r.output_tokens,
             " output tokens) can need a prefill of ", longest,
             " tokens, more than max_batch_tokens = ", config_.max_batch_tokens,
             " (chunked_prefill would split it)");
-  KVB_CHECK(blocks_needed(longest) <= pool_.num_blocks(), "scheduler: request ", r.id, " can need ",
-            blocks_needed(longest), " blocks of ", pool_.block_size(),
-            " tokens but the KV pool has only ", pool_.num_blocks(), "; raise the KV budget");
+  KVB_CHECK(blocks_needed(longest) <= pool_.num_blocks(), subject, " (", r.prompt_tokens,
+            " prompt + ", r.output_tokens, " output tokens) can need ", blocks_needed(longest),
+            " blocks of ", pool_.block_size(), " tokens but the KV pool has only ",
+            pool_.num_blocks(), "; raise the KV budget");
+}
+
+void Scheduler::submit(const ServingRequest& r) {
+  KVB_CHECK(states_.count(r.id) == 0, "scheduler: request ", r.id, " submitted twice");
+  check_admissible(r, "scheduler: request " + std::to_string(r.id));
   states_[r.id].req = r;
   waiting_.push_back(r.id);
 }

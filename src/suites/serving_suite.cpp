@@ -269,9 +269,10 @@ struct Workload {
   std::string source;  // "synthetic", "sharegpt" or "trace"
   std::vector<std::vector<int64_t>> prompts;
   std::vector<int64_t> output_len;
-  std::vector<double> trace_arrivals;  // trace only
-  int64_t conversations = 0;           // sharegpt: usable conversations
-  int64_t skipped = 0;                 // sharegpt: entries without a reply or out of range
+  std::vector<double> trace_arrivals;    // trace only
+  std::vector<std::string> trace_lines;  // trace only: each request's file:line
+  int64_t conversations = 0;             // sharegpt: usable conversations
+  int64_t skipped = 0;                   // sharegpt: entries without a reply or out of range
   // Blocks of `block_size` tokens a request is charged at its end under `sched`'s retention
   // budget (every token without one), on average over the requests.
   double mean_blocks(int64_t block_size, const SchedulerConfig& sched) const {
@@ -314,15 +315,19 @@ const json& default_of(const std::string& key) {
 
 }  // namespace
 
-void check_serving_params(const json& p) {
+void check_serving_params(const json& p, const json& given) {
+  // Set in the config: named there, or (without the config) other than its default.
+  const auto set = [&](const char* key) {
+    return given.is_object() ? given.contains(key) : p[key] != default_of(key);
+  };
   const std::string trace = p["trace_file"], sharegpt = p["sharegpt_file"];
   KVB_CHECK(trace.empty() || sharegpt.empty(),
             "serving: give at most one of trace_file and sharegpt_file");
   if (!trace.empty()) {
-    KVB_CHECK(p["rates"] == default_of("rates"),
+    KVB_CHECK(!set("rates"),
               "serving: rates and trace_file exclude each other (the trace's arrival_s are the "
               "arrivals); remove rates");
-    KVB_CHECK(p["requests"] == default_of("requests"),
+    KVB_CHECK(!set("requests"),
               "serving: requests and trace_file exclude each other (every line of the trace is "
               "a request; duration_s cuts it); remove requests");
   } else {
@@ -336,8 +341,7 @@ void check_serving_params(const json& p) {
     distribution(p, "output_tokens");
   }
   if (p["duration_s"].get<double>() > 0) {
-    KVB_CHECK(p["requests"] == default_of("requests"),
-              "serving: give requests or duration_s, not both");
+    KVB_CHECK(!set("requests"), "serving: give requests or duration_s, not both");
     if (trace.empty()) {
       for (double r : p["rates"].get<std::vector<double>>()) {
         KVB_CHECK(r > 0,
@@ -428,6 +432,7 @@ void trace_workload(Workload& w, const json& p, int64_t vocab, ModelProvider* mo
     }
     w.output_len.push_back(r.output_tokens);
     w.trace_arrivals.push_back(r.arrival_s);
+    w.trace_lines.push_back(r.where);
   }
   KVB_CHECK(!w.prompts.empty(), "serving: trace_file ", path,
             " has no request before duration_s = ", duration);
@@ -770,6 +775,17 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                       std::max<int64_t>(num_blocks - sched.window_blocks, 1) * block_size,
                       block_size, w.longest());
 
+  // Every request is checked before any is served: one that could never run, even alone, fails
+  // the cell now, naming its trace line, not when it arrives.
+  {
+    BlockPool pool(num_blocks, block_size);
+    const Scheduler s(pool, sched);
+    for (size_t i = 0; i < w.prompts.size(); ++i)
+      s.check_admissible({static_cast<int64_t>(i), 0.0, static_cast<int64_t>(w.prompts[i].size()),
+                          w.output_len[i]},
+                         w.trace_lines.empty() ? "serving: request " + std::to_string(i)
+                                               : "serving: trace_file: " + w.trace_lines[i]);
+  }
   // Warm-up (untimed): one short request through the same path, so first-call costs
   // (allocator, thread pool) stay out of the first rate's numbers.
   {

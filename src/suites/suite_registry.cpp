@@ -21,7 +21,7 @@ namespace kvbench {
 
 namespace {
 
-void check_accuracy(const nlohmann::json& p) {
+void check_accuracy(const nlohmann::json& p, const nlohmann::json&) {
   const std::string task = p["task"], file = p["data_file"];
   KVB_CHECK(task.empty() != file.empty(), "accuracy: give exactly one of task and data_file");
   if (!task.empty() && p["samples"].get<int64_t>() < 1)
@@ -48,7 +48,7 @@ void check_accuracy(const nlohmann::json& p) {
   resolve_task_params(task, given, "task_params");
 }
 
-void check_fidelity(const nlohmann::json& p) {
+void check_fidelity(const nlohmann::json& p, const nlohmann::json&) {
   KVB_CHECK(p["text"].get<std::string>().empty() || p["text_file"].get<std::string>().empty(),
             "fidelity: give text or text_file, not both");
 }
@@ -59,7 +59,7 @@ const std::vector<SuiteInfo>& suite_catalog() {
   static const std::vector<SuiteInfo> catalog = {
       {"kernels", KernelsSuite::kSummary, KernelsSuite::param_specs(),
        /*needs_model=*/false, [] { return std::make_unique<KernelsSuite>(); },
-       [](const nlohmann::json& p) {
+       [](const nlohmann::json& p, const nlohmann::json&) {
          check_listed_once(p, {"contexts", "kv_heads"});
        },
        KernelsSuite::check_method},
@@ -75,7 +75,7 @@ const std::vector<SuiteInfo>& suite_catalog() {
        ThroughputSuite::param_specs(),
        true,
        [] { return std::make_unique<ThroughputSuite>(); },
-       ThroughputSuite::check_params,
+       [](const nlohmann::json& p, const nlohmann::json&) { ThroughputSuite::check_params(p); },
        {}},
       {"fidelity",
        FidelitySuite::kSummary,
@@ -105,7 +105,7 @@ const std::vector<SuiteInfo>& suite_catalog() {
        PredictorSuite::param_specs(),
        true,
        [] { return std::make_unique<PredictorSuite>(); },
-       PredictorSuite::check_params,
+       [](const nlohmann::json& p, const nlohmann::json&) { PredictorSuite::check_params(p); },
        {}},
   };
   return catalog;
@@ -151,8 +151,9 @@ void check_input_paths(const nlohmann::json& params, const std::string& path) {
   }
 }
 
+// `given_entry`: `entry` is what a config wrote, not a report's resolved cell.
 nlohmann::json resolve_suite_entry(const nlohmann::json& entry, const std::string& path,
-                                   bool check_files) {
+                                   bool check_files, bool given_entry) {
   if (!entry.is_object()) {
     throw ConfigError(
         path, "expected an object like {\"name\": \"kernels\"}, got " + json_type_name(entry));
@@ -170,7 +171,7 @@ nlohmann::json resolve_suite_entry(const nlohmann::json& entry, const std::strin
   nlohmann::json resolved = resolve_params(entry, info->params, path);
   if (info->check) {
     try {
-      info->check(resolved);
+      info->check(resolved, given_entry ? entry : nlohmann::json());
     } catch (const ConfigError& e) {
       // "config: <key>: <problem>" again, with the key under this suite's path.
       const std::string prefix = "config: " + e.key_path() + ": ", what = e.what();
@@ -187,14 +188,15 @@ nlohmann::json resolve_suite_entry(const nlohmann::json& entry, const std::strin
 }  // namespace
 
 nlohmann::json resolve_suite(const nlohmann::json& entry, const std::string& path) {
-  return resolve_suite_entry(entry, path, /*check_files=*/true);
+  return resolve_suite_entry(entry, path, /*check_files=*/true, /*given_entry=*/true);
 }
 
 nlohmann::json resolve_cell_parts(const nlohmann::json& cell) {
   nlohmann::json entry = cell.value("params", nlohmann::json::object());
   entry["name"] = cell.value("suite", "");
   // A report's data files need not exist where it is compared.
-  nlohmann::json params = resolve_suite_entry(entry, "params", /*check_files=*/false);
+  nlohmann::json params =
+      resolve_suite_entry(entry, "params", /*check_files=*/false, /*given_entry=*/false);
   params.erase("name");
   return {{"method", resolve_method(cell.at("method"), "method")}, {"params", params}};
 }

@@ -1388,6 +1388,10 @@ class ServingCliTest(CliCase):
         config_cases = [
             ({"trace_file": good_trace, "rates": [2]}, "rates and trace_file exclude each other"),
             ({"trace_file": good_trace, "requests": 3}, "requests and trace_file exclude"),
+            # A key set to its default value is set all the same.
+            ({"trace_file": good_trace, "requests": 32}, "requests and trace_file exclude"),
+            ({"trace_file": good_trace, "rates": [1, 4, 16]}, "rates and trace_file exclude"),
+            ({"rates": [2], "duration_s": 1, "requests": 32}, "give requests or duration_s"),
             ({"trace_file": good_trace, "sharegpt_file": good_trace},
              "give at most one of trace_file"),
             ({"rates": [0, 2], "duration_s": 1}, "duration_s needs every rate > 0"),

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/rng.h"
 #include "kvbench/core/stats.h"
 #include "kvbench/report/compare.h"
 #include "kvbench/suites/serving_suite.h"
@@ -67,6 +68,52 @@ TEST(Stats, BootstrapMedianChangeOverRunsByHand) {
   EXPECT_THROW(bootstrap_median_change_ci_runs({{{1}}, {{}}}, {{{1}}}), Error);
   EXPECT_THROW(bootstrap_median_change_ci_runs({{{1, 0}}}, {{{1}}}), Error);
   EXPECT_THROW(bootstrap_median_change_ci_runs({{{1, 2, 3}, 2}}, {{{1}}}), Error);
+}
+
+// Moving blocks (served requests): block 1 draws exactly what independent draws do; a block
+// need not divide the run; and on coupled series (AR(1), phi 0.8: the spread of a mean is 3x
+// the independent one's) the interval covers a zero change far more often than independent
+// draws, whose interval is too narrow.
+TEST(Stats, MovingBlocksCoverCoupledSeries) {
+  EXPECT_EQ(moving_block_length(1), 1u);
+  EXPECT_EQ(moving_block_length(32), 3u);
+  EXPECT_EQ(moving_block_length(200), 6u);
+  const std::vector<double> a = {1, 2, 3, 4, 5, 6, 7, 8}, b = {2, 3, 4, 5, 6, 7, 9, 9};
+  const Interval iid = bootstrap_median_change_ci_runs({{a, 1}}, {{b, 1}}, 0.95, 500, 3);
+  const Interval one =
+      bootstrap_median_change_ci_runs({{a, 1, true}}, {{b, 1, true}}, 0.95, 500, 3);
+  EXPECT_EQ(one.low, iid.low);
+  EXPECT_EQ(one.high, iid.high);
+  EXPECT_NO_THROW(bootstrap_median_change_ci_runs({{a, 3, true}}, {{b, 3, true}}));
+  EXPECT_THROW(bootstrap_median_change_ci_runs({{a, 3}}, {{b, 3}}), Error);
+  Rng rng(11);
+  const auto coupled = [&rng](size_t n) {
+    std::vector<double> x(n);
+    double v = 0;
+    for (double& e : x) {
+      // Uniform noise of variance 1/12 per step; the series' stationary spread is 1/sqrt(0.36)
+      // times that.
+      v = 0.8 * v + (rng.uniform() - 0.5);
+      e = 10 + v;
+    }
+    return x;
+  };
+  const size_t n = 216, trials = 200;
+  int covered_iid = 0, covered_moving = 0, wider = 0;
+  for (size_t t = 0; t < trials; ++t) {
+    const std::vector<double> x = coupled(n), y = coupled(n);
+    const size_t block = moving_block_length(n);
+    const Interval i = bootstrap_median_change_ci_runs({{x, 1}}, {{y, 1}}, 0.95, 400, t);
+    const Interval m =
+        bootstrap_median_change_ci_runs({{x, block, true}}, {{y, block, true}}, 0.95, 400, t);
+    covered_iid += i.low <= 0 && 0 <= i.high;
+    covered_moving += m.low <= 0 && 0 <= m.high;
+    wider += m.high - m.low > i.high - i.low;
+  }
+  EXPECT_GT(wider, 0.9 * trials) << wider;
+  EXPECT_LT(covered_iid, 0.75 * trials) << covered_iid;
+  EXPECT_GT(covered_moving, 0.8 * trials) << covered_moving;
+  EXPECT_GT(covered_moving - covered_iid, 0.15 * trials) << covered_moving << " " << covered_iid;
 }
 
 json report(std::vector<json> cells) {
@@ -358,6 +405,28 @@ json serving_cell(const std::vector<double>& slow_ttft, double goodput) {
           {"status", "ok"},
           {"summary", {{"bytes_per_block", 4096}}},
           {"records", {serving_record(1, kTight, 1.0), serving_record(4, slow_ttft, goodput)}}};
+}
+
+// A serving timing's interval is the moving-block one (requests in arrival order are coupled by
+// their queue), block round(n^(1/3)): 3 for kTight's 20 requests.
+TEST(Compare, ServingRequestsAreResampledInMovingBlocks) {
+  const std::vector<double> slow = scaled(kTight, 1.02);
+  const CompareOptions o = defaults();
+  const CompareResult r =
+      compare_reports(report({serving_cell(kTight, 1.0)}), report({serving_cell(slow, 1.0)}), o);
+  const Interval want = bootstrap_median_change_ci_runs({{kTight, 3, true}}, {{slow, 3, true}},
+                                                        o.confidence, o.resamples, o.seed);
+  const Interval iid =
+      bootstrap_median_change_ci_runs({{kTight}}, {{slow}}, o.confidence, o.resamples, o.seed);
+  ASSERT_NE(want.low, iid.low);
+  bool seen = false;
+  for (const MetricComparison& c : r.comparisons) {
+    if (c.metric != "serving_ttft" || c.point != "rate=4.0 arrivals=\"poisson\"") continue;
+    seen = true;
+    EXPECT_DOUBLE_EQ(c.change_ci.low, want.low);
+    EXPECT_DOUBLE_EQ(c.change_ci.high, want.high);
+  }
+  EXPECT_TRUE(seen);
 }
 
 // Serving cells compare per rate: a TTFT slow-down and a goodput drop at one rate regress only

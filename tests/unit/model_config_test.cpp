@@ -129,6 +129,30 @@ TEST(ModelConfig, MissingKeysTakeTheirFamilysDefaults) {
   EXPECT_FALSE(parse_model_config(c, "m").sliding_window.has_value());
 }
 
+// Qwen2/Qwen3 window only layers at and past max_window_layers (default 28), or those that
+// layer_types marks; a window no layer has is not noted.
+TEST(ModelConfig, AQwenWindowHoldsOnlyWhereALayerHasIt) {
+  json c = find_model_preset("tiny-qwen2").config;  // 4 layers
+  c.erase("max_window_layers");
+  c["use_sliding_window"] = true;
+  c["sliding_window"] = 512;
+  EXPECT_FALSE(parse_model_config(c, "q2").sliding_window.has_value());  // 4 < 28
+  c["max_window_layers"] = 2;
+  EXPECT_EQ(parse_model_config(c, "q2").sliding_window.value_or(0), 512);
+  c["max_window_layers"] = 4;
+  EXPECT_FALSE(parse_model_config(c, "q2").sliding_window.has_value());
+  c["layer_types"] = {"full_attention", "full_attention", "full_attention", "sliding_attention"};
+  EXPECT_EQ(parse_model_config(c, "q2").sliding_window.value_or(0), 512);
+  c["layer_types"] = {"full_attention", "full_attention"};
+  EXPECT_NE(error_of(c).find("layer_types: expected a list of num_hidden_layers (4)"),
+            std::string::npos)
+      << error_of(c);
+  c["layer_types"] = {"full_attention", "full_attention", "full_attention", "chunked"};
+  EXPECT_NE(error_of(c).find("got \"chunked\""), std::string::npos) << error_of(c);
+  c["use_sliding_window"] = false;  // no window at all: layer_types is not read
+  EXPECT_FALSE(parse_model_config(c, "q2").sliding_window.has_value());
+}
+
 // What transformers would read differently is refused, not run another way.
 TEST(ModelConfig, RefusesPartialRotaryAndQuantizedCheckpoints) {
   json c = llama();

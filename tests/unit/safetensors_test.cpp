@@ -385,6 +385,28 @@ TEST_F(SafetensorsCorrupt, OverlappingOffsets) {
                             {"'first'", "[0, 16]", "'second'", "[8, 24]", "overlap"}));
 }
 
+// The data section must be tiled by its tensors, as the safetensors library requires.
+TEST_F(SafetensorsCorrupt, BytesNoTensorOwns) {
+  const fs::path path = dir_ / "model.safetensors";
+  write_raw(path,
+            R"({"first":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+            R"("second":{"dtype":"F32","shape":[4],"data_offsets":[24,40]}})",
+            random_bytes(40, 30));
+  EXPECT_TRUE(is_error_line(
+      open_error(path), path,
+      {"bytes [16, 24) of the data section belong to no tensor", "(next: 'second')"}));
+  write_raw(path, R"({"first":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})",
+            random_bytes(24, 31));
+  EXPECT_TRUE(is_error_line(open_error(path), path, {"bytes [0, 8)", "(next: 'first')"}));
+  write_raw(path, R"({"first":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
+            random_bytes(20, 32));
+  EXPECT_TRUE(is_error_line(open_error(path), path,
+                            {"bytes [16, 20) of the data section belong to no tensor",
+                             "4 bytes after the last tensor's data"}));
+  write_raw(path, "{}", "junk");
+  EXPECT_TRUE(is_error_line(open_error(path), path, {"bytes [0, 4)"}));
+}
+
 TEST_F(SafetensorsCorrupt, ByteLengthDoesNotMatchShape) {
   const fs::path path = dir_ / "model.safetensors";
   const std::string message = error_for_entry(

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -961,6 +962,52 @@ TEST(Capacity, ServingReplaysATraceFromItsFirstArrival) {
   const json single = once.run(s).records.at(0);
   EXPECT_EQ(single["requests"], 1);
   EXPECT_TRUE(single["offered_rate"].is_null()) << single["offered_rate"];
+}
+
+// A request that could never run, even alone, fails the cell before anything is served, and a
+// trace's names its file:line (it used to fail only when it arrived, as "request N").
+TEST(Capacity, ServingRefusesARequestThatCanNeverRunBeforeServing) {
+  const std::string path = ::testing::TempDir() + "/kvbench_long_line.jsonl";
+  std::ofstream(path) << R"({"arrival_s": 0.0, "prompt_tokens": 8, "output_tokens": 2}
+{"arrival_s": 5000.0, "prompt_tokens": 8, "output_tokens": 2}
+{"arrival_s": 9000.0, "prompt_tokens": 300, "output_tokens": 2}
+)";
+  const auto error_of = [](Harness& h) {
+    ServingSuite s;
+    try {
+      h.run(s);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  Harness h(json{{"name", "serving"},
+                 {"trace_file", path},
+                 {"block_size", 16},
+                 {"max_batch_tokens", 256},
+                 {"kv_budget_bytes", 1048576}});
+  h.method = resolve_method({{"name", "full"}}, "methods[0]");
+  const auto start = std::chrono::steady_clock::now();
+  std::string e = error_of(h);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60));  // not replayed
+  EXPECT_NE(e.find("serving: trace_file: " + path +
+                   ":3 (300 prompt + 2 output tokens) can need "
+                   "a prefill of 301 tokens, more than max_batch_tokens = 256"),
+            std::string::npos)
+      << e;
+  // A pool too small for the line: its blocks, with the line.
+  Harness small(json{{"name", "serving"},
+                     {"trace_file", path},
+                     {"block_size", 16},
+                     {"chunked_prefill", true},
+                     {"kv_budget_bytes", 65536}});
+  small.method = h.method;
+  e = error_of(small);
+  EXPECT_NE(e.find("serving: trace_file: " + path +
+                   ":3 (300 prompt + 2 output tokens) can need 19 "
+                   "blocks of 16 tokens but the KV pool has only"),
+            std::string::npos)
+      << e;
 }
 
 // A policy selecting once after the prefill keeps its record only for the layer being

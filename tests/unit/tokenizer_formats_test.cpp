@@ -196,6 +196,38 @@ TEST(TokenizerBpe, SpecialIdsFromEitherConfig) {
   EXPECT_THROW(Tokenizer::from_json(t, {{"eos_token", "<|nope|>"}}), Error);
 }
 
+// transformers 5 rebuilds the template from tokenizer_config's add_bos_token/add_eos_token
+// when either is named (an absent one: false); without them tokenizer.json's template holds.
+TEST(TokenizerBpe, AddBosAndEosFlagsRebuildTheTemplate) {
+  const json t = metaspace_tokenizer();  // template: <s> $A
+  const json tokens = {{"bos_token", "<s>"}, {"eos_token", "</s>"}};
+  const auto encode = [&](json config) {
+    config.update(tokens);
+    return Tokenizer::from_json(t, config).encode("hello", true);
+  };
+  EXPECT_EQ(encode(json::object()), (Ids{1, 15}));
+  EXPECT_EQ(encode({{"add_bos_token", true}, {"add_eos_token", true}}), (Ids{1, 15, 2}));
+  EXPECT_EQ(encode({{"add_eos_token", true}}), (Ids{15, 2}));
+  EXPECT_EQ(encode({{"add_bos_token", false}}), Ids{15});
+  EXPECT_EQ(encode({{"add_bos_token", nullptr}}), Ids{15});
+  EXPECT_EQ(Tokenizer::from_json(t, {{"add_bos_token", true}, {"bos_token", nullptr}})
+                .encode("hello", true),
+            Ids{15});  // no bos_token: nothing to add
+  EXPECT_EQ(
+      Tokenizer::from_json(t, {{"add_eos_token", true}, {"eos_token", "</s>"}}).encode("hello"),
+      Ids{15});  // without special tokens nothing is added
+  try {
+    Tokenizer::from_json(t, {{"add_bos_token", "yes"}}, nullptr, "/m/tokenizer.json");
+    ADD_FAILURE() << "a string flag was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "/m/tokenizer_config.json: add_bos_token: expected true, false or null, got "
+                  "\"yes\""),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 class TokenizerErrors : public ::testing::Test {
  protected:
   void SetUp() override {

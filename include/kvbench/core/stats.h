@@ -49,7 +49,15 @@ Interval bootstrap_median_change_ci(const std::vector<double>& baseline,
 struct SampleRun {
   std::vector<double> samples;
   size_t block = 1;
+  // A series whose neighbours are coupled without fixed boundaries (served requests, in arrival
+  // order: one's queueing delays the next): a circular moving-block bootstrap, each block
+  // `block` consecutive samples from a uniform start, wrapping at the end, the last one cut
+  // to the run's size. `block` need not divide it.
+  bool moving = false;
 };
+// The moving block length of n coupled samples: round(n^(1/3)), the order of the optimal block
+// length of a block bootstrap of a smooth statistic (Hall, Horowitz & Jing 1995).
+size_t moving_block_length(size_t n);
 
 // bootstrap_median_change_ci over several runs per side (separate processes of one config): each
 // round draws, per side, as many runs as the side has with replacement, then within each drawn

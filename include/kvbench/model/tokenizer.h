@@ -26,8 +26,9 @@ namespace kvbench {
 
 class Tokenizer {
  public:
-  // Reads `dir`/tokenizer.json plus, when present, tokenizer_config.json (bos/eos tokens,
-  // add_bos_token) and generation_config.json (bos_token_id, eos_token_id: int or list).
+  // Reads `dir`/tokenizer.json plus, when present, tokenizer_config.json (bos/eos tokens;
+  // add_bos_token/add_eos_token, which replace the file's template when either is named) and
+  // generation_config.json (bos_token_id, eos_token_id: int or list).
   static Tokenizer load(const std::string& dir);
   // The same from parsed files; null/empty configs stand for absent files. `source` names the
   // tokenizer in errors.

@@ -21,6 +21,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "kvbench/serving/block_pool.h"
@@ -99,6 +100,9 @@ class Scheduler {
   // context exceeds the pool's blocks or (without chunked prefill) max_batch_tokens, or it asks
   // for no tokens.
   void submit(const ServingRequest& request);
+  // submit()'s check alone, its errors starting with `subject` (e.g. "scheduler: request 3"),
+  // so a workload can be checked before any of it is served.
+  void check_admissible(const ServingRequest& request, const std::string& subject) const;
   // The next step. Decode block growth and preemptions are applied to the pool here; the
   // caller must execute the plan and then commit() it before scheduling again.
   StepPlan schedule();

@@ -17,7 +17,10 @@ namespace kvbench {
 
 // The serving parameters' rules across keys (trace vs rates, requests vs duration_s, the
 // prompt and output distributions); throws Error. Also run at validate (suite_registry).
-void check_serving_params(const nlohmann::json& params);
+// `given`: the suite entry as written, so a key set to its default value still counts as set;
+// null: a key counts as set where it differs from its default.
+void check_serving_params(const nlohmann::json& params,
+                          const nlohmann::json& given = nlohmann::json());
 // The rules across the serving parameters and a method, at validate: a policy that selects from
 // the whole prefill cannot run with chunked_prefill. Throws Error.
 void check_serving_method(const nlohmann::json& params, const nlohmann::json& method,

@@ -21,8 +21,10 @@ struct SuiteInfo {
   std::function<std::unique_ptr<Suite>()> make;
   // Rules across parameters that need no model (one of two keys, a grid of two points), run
   // by resolve_suite so that validate and --dry-run refuse what a run would; throws Error
-  // (ConfigError naming a parameter).
-  std::function<void(const nlohmann::json& params)> check;
+  // (ConfigError naming a parameter). `given`: the suite entry as the config wrote it, to tell
+  // a key set to its default from one left out; null where only resolved parameters exist (a
+  // report's cells).
+  std::function<void(const nlohmann::json& params, const nlohmann::json& given)> check;
   // Rules across the suite's parameters and a method that need no model (the kernels suite on
   // the CPU: a codec fitted to a model, a group that does not divide head_dim; serving: chunked
   // prefill with a policy that selects from the whole prefill), run by expand_cells with the
