@@ -11,6 +11,7 @@
 #include "kvbench/core/error.h"
 #include "kvbench/core/json_text.h"
 #include "kvbench/core/jsonl.h"
+#include "kvbench/serving/serving_loop.h"
 
 namespace kvbench {
 
@@ -183,16 +184,16 @@ int64_t LengthDistribution::draw(Rng& rng) const {
 }
 
 std::vector<double> poisson_arrivals_until(double duration_s, double rate, uint64_t seed,
-                                           int64_t max_count) {
+                                           int64_t max_count, double burstiness) {
   KVB_CHECK(duration_s > 0 && std::isfinite(duration_s), "serving: duration_s must be > 0, got ",
             duration_s);
   KVB_CHECK(rate > 0 && std::isfinite(rate),
             "serving: a duration needs rates > 0 (rate 0 puts every request at time 0), got ",
             rate);
   std::vector<double> t = {0.0};
-  Rng rng(seed);
+  ArrivalGaps gaps(rate, burstiness, seed);
   while (true) {
-    const double next = t.back() - std::log(1.0 - rng.uniform()) / rate;
+    const double next = t.back() + gaps.next();
     if (next >= duration_s) break;
     KVB_CHECK(static_cast<int64_t>(t.size()) < max_count, "serving: rate ", rate,
               " over duration_s ", duration_s, " gives more than ", max_count, " requests");

@@ -81,17 +81,45 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
   return trace;
 }
 
-std::vector<double> poisson_arrivals(int64_t count, double rate, uint64_t seed) {
+ArrivalGaps::ArrivalGaps(double rate, double burstiness, uint64_t seed)
+    : rate_(rate), burstiness_(burstiness), rng_(seed) {
+  KVB_CHECK(rate > 0 && std::isfinite(rate), "serving: an arrival rate must be > 0, got ", rate);
+  KVB_CHECK(burstiness > 0 && std::isfinite(burstiness),
+            "serving: burstiness must be a finite number > 0, got ", burstiness);
+}
+
+double ArrivalGaps::next() {
+  // Exponential gap by inversion (the draws kvbench made before burstiness existed); 1 - u is
+  // in (0, 1], so the log is finite.
+  if (burstiness_ == 1) return -std::log(1.0 - rng_.uniform()) / rate_;
+  // Gamma(k, 1/(k rate)): mean 1/rate, squared coefficient of variation 1/k.
+  return gamma(burstiness_) / (burstiness_ * rate_);
+}
+
+// A Gamma(k, 1) draw: Marsaglia and Tsang's method (2000) for k >= 1; for k < 1, a Gamma(k + 1)
+// draw times U^(1/k).
+double ArrivalGaps::gamma(double k) {
+  if (k < 1) return gamma(k + 1) * std::pow(1.0 - rng_.uniform(), 1.0 / k);
+  const double d = k - 1.0 / 3, c = 1 / std::sqrt(9 * d);
+  while (true) {
+    // Box-Muller; 1 - u is in (0, 1], so the log is finite.
+    const double u1 = 1.0 - rng_.uniform(), u2 = rng_.uniform();
+    const double x = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+    const double v = std::pow(1 + c * x, 3);
+    if (v <= 0) continue;
+    const double u = 1.0 - rng_.uniform();
+    if (std::log(u) < 0.5 * x * x + d - d * v + d * std::log(v)) return d * v;
+  }
+}
+
+std::vector<double> poisson_arrivals(int64_t count, double rate, uint64_t seed, double burstiness) {
   KVB_CHECK(count >= 0, "serving: request count must be >= 0, got ", count);
   KVB_CHECK(rate >= 0 && std::isfinite(rate), "serving: rate must be a finite number >= 0, got ",
             rate);
   std::vector<double> t(static_cast<size_t>(count), 0.0);
   if (rate == 0) return t;
-  Rng rng(seed);
-  for (size_t i = 1; i < t.size(); ++i) {
-    // Exponential gap by inversion; 1 - u is in (0, 1], so the log is finite.
-    t[i] = t[i - 1] - std::log(1.0 - rng.uniform()) / rate;
-  }
+  ArrivalGaps gaps(rate, burstiness, seed);
+  for (size_t i = 1; i < t.size(); ++i) t[i] = t[i - 1] + gaps.next();
   return t;
 }
 

@@ -31,6 +31,11 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
                              "request arrival rates (requests per second, Poisson); 0 = every "
                              "request at time 0. One record per rate")
           .range(0, 1e6),
+      ParamSpec::number("burstiness", 1.0,
+                        "shape of the gamma gaps between arrivals at each rate (mean 1/rate, "
+                        "squared coefficient of variation 1/burstiness): 1 = Poisson, < 1 "
+                        "bursts, > 1 steadier (vLLM's --burstiness)")
+          .range(0.01, 100),
       ParamSpec::integer("requests", 32, "requests per rate (not with duration_s or trace_file)")
           .range(1, 1000000),
       ParamSpec::number("duration_s", 0.0,
@@ -330,6 +335,9 @@ void check_serving_params(const json& p, const json& given) {
     KVB_CHECK(!set("requests"),
               "serving: requests and trace_file exclude each other (every line of the trace is "
               "a request; duration_s cuts it); remove requests");
+    KVB_CHECK(!set("burstiness"),
+              "serving: burstiness and trace_file exclude each other (the trace's arrival_s are "
+              "the arrivals); remove burstiness");
   } else {
     KVB_CHECK(!p["rates"].empty(), "serving: rates must list at least one arrival rate");
     std::vector<double> rates = p["rates"];
@@ -650,10 +658,11 @@ void warn_off_rate(const json& per_rate, std::vector<std::string>& warnings) {
 std::vector<std::vector<double>> rate_arrivals(const json& p, const std::vector<double>& rates,
                                                uint64_t seed) {
   std::vector<std::vector<double>> out;
-  const double duration = p["duration_s"];
+  const double duration = p["duration_s"], burstiness = p["burstiness"];
   for (double rate : rates) {
-    out.push_back(duration > 0 ? poisson_arrivals_until(duration, rate, seed, 1000000)
-                               : poisson_arrivals(p["requests"].get<int64_t>(), rate, seed));
+    out.push_back(duration > 0
+                      ? poisson_arrivals_until(duration, rate, seed, 1000000, burstiness)
+                      : poisson_arrivals(p["requests"].get<int64_t>(), rate, seed, burstiness));
   }
   return out;
 }
@@ -842,7 +851,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                              {"e2e_s", e2e.back()},
                              {"preemptions", r.preemptions}});
     }
-    const std::string arrivals_kind = from_trace ? "trace" : "poisson";
+    const std::string arrivals_kind = from_trace                           ? "trace"
+                                      : p["burstiness"].get<double>() == 1 ? "poisson"
+                                                                           : "gamma";
     m["offered_rate"] = from_trace
                             ? (rate > 0 ? json(rate) : json())
                             : offered_rate(arrivals[ri], rate, p["duration_s"].get<double>());

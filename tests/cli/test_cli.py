@@ -1391,6 +1391,7 @@ class ServingCliTest(CliCase):
             # A key set to its default value is set all the same.
             ({"trace_file": good_trace, "requests": 32}, "requests and trace_file exclude"),
             ({"trace_file": good_trace, "rates": [1, 4, 16]}, "rates and trace_file exclude"),
+            ({"trace_file": good_trace, "burstiness": 0.5}, "burstiness and trace_file exclude"),
             ({"rates": [2], "duration_s": 1, "requests": 32}, "give requests or duration_s"),
             ({"trace_file": good_trace, "sharegpt_file": good_trace},
              "give at most one of trace_file"),

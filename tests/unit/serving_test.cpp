@@ -15,6 +15,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
+#include "kvbench/core/stats.h"
 #include "kvbench/kv/codec.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/gear_codec.h"
@@ -649,6 +650,30 @@ TEST(Serving, PoissonArrivalsAreSeededWithTheRightMeanGap) {
   EXPECT_NEAR(a.back() / 19999.0, 0.25, 0.01);
   for (double t : poisson_arrivals(5, 0.0, 1)) EXPECT_EQ(t, 0.0);
   EXPECT_THROW(poisson_arrivals(5, -1.0, 1), Error);
+}
+
+// Gamma gaps (vLLM's burstiness k): mean 1/rate at every k, squared coefficient of variation
+// 1/k; k = 1 draws exactly the exponential gaps of before, cut by duration_s the same way.
+TEST(Serving, BurstinessShapesTheGapsButNotTheirMean) {
+  EXPECT_EQ(poisson_arrivals(500, 4.0, 11, 1.0), poisson_arrivals(500, 4.0, 11));
+  for (const double k : {0.25, 0.5, 1.0, 4.0, 20.0}) {
+    const auto a = poisson_arrivals(40001, 4.0, 11, k);
+    EXPECT_EQ(a, poisson_arrivals(40001, 4.0, 11, k)) << k;
+    std::vector<double> gaps;
+    for (size_t i = 1; i < a.size(); ++i) gaps.push_back(a[i] - a[i - 1]);
+    ASSERT_GE(*std::min_element(gaps.begin(), gaps.end()), 0.0) << k;
+    const double m = mean(gaps), sd = stddev(gaps), cv2 = sd * sd / (m * m);
+    // Standard errors over 40000 gaps: the mean's 0.25 / sqrt(40000 k) <= 0.0025; cv^2's
+    // below 4% of 1/k for these k.
+    EXPECT_NEAR(m, 0.25, 0.01) << k;
+    EXPECT_NEAR(cv2 * k, 1.0, 0.12) << k;
+    const auto cut = poisson_arrivals_until(100.0, 4.0, 11, 1000000, k);
+    const auto all = poisson_arrivals(static_cast<int64_t>(cut.size()) + 1, 4.0, 11, k);
+    EXPECT_TRUE(std::equal(cut.begin(), cut.end(), all.begin())) << k;
+    EXPECT_GE(all.back(), 100.0) << k;
+  }
+  EXPECT_THROW(poisson_arrivals(5, 1.0, 1, 0.0), Error);
+  EXPECT_THROW(poisson_arrivals(5, 1.0, 1, -1.0), Error);
 }
 
 TEST(Serving, MetricsFromAHandBuiltTrace) {

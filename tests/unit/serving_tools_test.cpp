@@ -24,6 +24,7 @@
 #include "kvbench/report/compare.h"
 #include "kvbench/serving/block_pool.h"
 #include "kvbench/serving/router.h"
+#include "kvbench/serving/serving_loop.h"
 #include "kvbench/serving/step_time_predictor.h"
 #include "kvbench/suites/capacity.h"
 #include "kvbench/suites/model_provider.h"
@@ -962,6 +963,22 @@ TEST(Capacity, ServingReplaysATraceFromItsFirstArrival) {
   const json single = once.run(s).records.at(0);
   EXPECT_EQ(single["requests"], 1);
   EXPECT_TRUE(single["offered_rate"].is_null()) << single["offered_rate"];
+}
+
+// burstiness reaches the arrivals: a rate's requests arrive at the gamma process's times, and
+// the record names its arrivals "gamma".
+TEST(Capacity, ServingArrivesWithTheConfiguredBurstiness) {
+  Harness h(json::parse(R"({"name": "serving", "rates": [50], "requests": 6, "burstiness": 0.5,
+      "prompt_tokens_min": 8, "prompt_tokens_max": 8, "output_tokens_min": 2,
+      "output_tokens_max": 2, "block_size": 16, "kv_budget_bytes": 1048576})"));
+  h.method = resolve_method({{"name", "full"}}, "methods[0]");
+  ServingSuite s;
+  const json r = h.run(s).records.at(0);
+  EXPECT_EQ(r["arrivals"], "gamma");
+  std::vector<double> arrivals;
+  for (const json& d : r["requests_detail"]) arrivals.push_back(d["arrival_s"]);
+  EXPECT_EQ(arrivals, poisson_arrivals(6, 50.0, h.spec.seed + 1, 0.5));
+  EXPECT_NE(arrivals, poisson_arrivals(6, 50.0, h.spec.seed + 1));
 }
 
 // A request that could never run, even alone, fails the cell before anything is served, and a

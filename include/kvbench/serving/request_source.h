@@ -65,10 +65,10 @@ const std::vector<std::string>& length_distribution_names();
 // name, the valid ones.
 void check_length_distribution(const LengthDistribution& d, const std::string& what);
 
-// The arrivals of a Poisson process at `rate` (> 0) before `duration_s`: the same sequence as
+// The arrivals at `rate` (> 0) and `burstiness` before `duration_s`: the same sequence as
 // poisson_arrivals with the same seed, cut where it reaches duration_s. Throws Error when
 // more than `max_count` would arrive.
 std::vector<double> poisson_arrivals_until(double duration_s, double rate, uint64_t seed,
-                                           int64_t max_count);
+                                           int64_t max_count, double burstiness = 1.0);
 
 }  // namespace kvbench

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvbench/core/rng.h"
 #include "kvbench/serving/scheduler.h"
 
 namespace kvbench {
@@ -92,9 +93,25 @@ struct ServingTrace {
 ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& scheduler,
                          StepExecutor& executor, ServingClock& clock, bool check = false);
 
-// Arrival times of `count` requests: a Poisson process of `rate` requests per second (seeded
-// exponential gaps, first arrival at time 0), or all at time 0 when rate is 0.
-std::vector<double> poisson_arrivals(int64_t count, double rate, uint64_t seed);
+// Seeded gaps between arrivals at `rate` (> 0) requests per second with `burstiness` k (> 0),
+// as vLLM's benchmark draws them: Gamma with shape k and mean 1/rate, so the squared
+// coefficient of variation of a gap is 1/k. k = 1 is the Poisson process (exponential gaps);
+// k < 1 brings bursts and lulls, k > 1 a steadier stream.
+class ArrivalGaps {
+ public:
+  ArrivalGaps(double rate, double burstiness, uint64_t seed);
+  double next();
+
+ private:
+  double gamma(double k);
+  double rate_, burstiness_;
+  Rng rng_;
+};
+
+// Arrival times of `count` requests: ArrivalGaps's process (Poisson at burstiness 1; first
+// arrival at time 0), or all at time 0 when rate is 0.
+std::vector<double> poisson_arrivals(int64_t count, double rate, uint64_t seed,
+                                     double burstiness = 1.0);
 
 struct SloThresholds {
   double ttft_s = 0;  // 0: not checked
