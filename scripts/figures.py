@@ -394,20 +394,25 @@ def main():
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lab = Labels(cells)
-    written, skipped = [], []
+    written, skipped, failed = [], [], []
     for fn in (throughput_figures, length_shift, accuracy_figures, latency_cdf, serving_cdf, fidelity_kl):
         try:
             fn(cells, lab, out, written, skipped)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            # A hand-edited or truncated report: one line, not a traceback.
-            sys.exit(f"figures: {fn.__name__}: a report field is missing or of the wrong type "
-                     f"({type(e).__name__}: {e})")
-    for what, why in skipped:
-        print(f"figures: skipped {what}: {why}", file=sys.stderr)
-    if not written:
-        sys.exit("figures: the reports hold no ok cell of a suite with a figure")
+            # A hand-edited or truncated report: one line per figure, not a traceback, and the
+            # other figures are still drawn.
+            failed.append(f"figures: {fn.__name__}: a report field is missing or of the wrong type "
+                          f"({type(e).__name__}: {e})")
     for path in written:
         print(path)
+    for what, why in skipped:
+        print(f"figures: skipped {what}: {why}", file=sys.stderr)
+    for line in failed:
+        print(line, file=sys.stderr)
+    if failed:
+        sys.exit(1)
+    if not written:
+        sys.exit("figures: the reports hold no ok cell of a suite with a figure")
 
 
 if __name__ == "__main__":

@@ -1150,6 +1150,21 @@ class FiguresCliTest(CliCase):
                          ["full [prefix_tokens=16]", "full [prefix_tokens=32]",
                           "int4 [prefix_tokens=16]", "int4 [prefix_tokens=32]"])
 
+        # A malformed cell fails its own figure only: the others are still drawn.
+        broken = json.loads(json.dumps(report))
+        for c in broken["cells"]:
+            if c["suite"] == "throughput":
+                c["records"] = [{"kind": "throughput"}]
+        broken_path = self.dir / "broken.json"
+        broken_path.write_text(json.dumps(broken))
+        fig = self.figures(py, broken_path, "--out", self.dir / "figs3")
+        self.assertEqual(fig.returncode, 1, fig.stdout + fig.stderr)
+        self.assertIn("figures: throughput_figures: a report field is missing", fig.stderr)
+        self.assertNotIn("Traceback", fig.stderr)
+        for name in ("latency_cdf", "serving_cdf", "fidelity_kl", "length_shift"):
+            self.assertTrue((self.dir / "figs3" / f"{name}.png").is_file(), name)
+            self.assertIn(f"{name}.png", fig.stdout)
+
         # Figures whose suite the report lacks are listed on stderr.
         only = dict(report, cells=[c for c in report["cells"] if c["suite"] == "fidelity"])
         part = self.dir / "fidelity_only.json"
@@ -1196,8 +1211,15 @@ class FiguresCliTest(CliCase):
                  "a report field is missing or of the wrong type")):
             with self.subTest(fragment):
                 bad.write_text(json.dumps(doc))
-                self.assert_one_line_error(self.figures(py, bad, "--out", self.dir / "figs"), 1,
-                                           fragment)
+                res = self.figures(py, bad, "--out", self.dir / "figs")
+                if "missing or of the wrong type" not in fragment:
+                    self.assert_one_line_error(res, 1, fragment)
+                    continue
+                # A malformed figure fails on its own line after the others' skips.
+                self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
+                self.assertNotIn("Traceback", res.stderr)
+                self.assertIn("figures: throughput_figures: " + fragment,
+                              res.stderr.strip().splitlines()[-1])
 
 
 class WorkloadsAcceptanceCliTest(CliCase):
