@@ -78,8 +78,10 @@ struct ArchEntry {
   const char* model_type;
   Architecture arch;
   int64_t max_position_embeddings;
-  int64_t num_key_value_heads;  // 0: num_attention_heads
-  int64_t head_dim;             // 0: hidden_size / num_attention_heads
+  // When the key is left out (0: num_attention_heads); an explicit null is always
+  // num_attention_heads, as the config classes say.
+  int64_t num_key_value_heads;
+  int64_t head_dim;  // 0: hidden_size / num_attention_heads
   // A window when the key is left out (0: none). MistralConfig has no use_sliding_window
   // key: its window applies whenever it is set; Qwen2/Qwen3 need use_sliding_window.
   int64_t sliding_window;
@@ -88,8 +90,8 @@ struct ArchEntry {
 constexpr ArchEntry kArchitectures[] = {
     {"LlamaForCausalLM", "llama", Architecture::kLlama, 2048, 0, 0, 0, false},
     {"MistralForCausalLM", "mistral", Architecture::kMistral, 4096 * 32, 8, 0, 4096, false},
-    {"Qwen2ForCausalLM", "qwen2", Architecture::kQwen2, 32768, 0, 0, 0, true},
-    {"Qwen3ForCausalLM", "qwen3", Architecture::kQwen3, 32768, 0, 128, 0, true}};
+    {"Qwen2ForCausalLM", "qwen2", Architecture::kQwen2, 32768, 32, 0, 4096, true},
+    {"Qwen3ForCausalLM", "qwen3", Architecture::kQwen3, 32768, 32, 128, 4096, true}};
 
 const ArchEntry& arch_entry(Architecture arch) {
   for (const auto& a : kArchitectures)
@@ -278,9 +280,10 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.num_layers = r.integer("num_hidden_layers", {}, 1, kMaxLayers);
   c.num_heads = r.integer("num_attention_heads");
   const ArchEntry& family = arch_entry(c.arch);
-  c.num_kv_heads =
-      r.integer("num_key_value_heads",
-                family.num_key_value_heads > 0 ? family.num_key_value_heads : c.num_heads);
+  const bool kv_heads_named = j.contains("num_key_value_heads");  // (null: num_heads)
+  c.num_kv_heads = r.integer(
+      "num_key_value_heads",
+      family.num_key_value_heads > 0 && !kv_heads_named ? family.num_key_value_heads : c.num_heads);
   if (c.num_heads % c.num_kv_heads != 0) {
     r.fail("num_key_value_heads", "must divide num_attention_heads (" +
                                       std::to_string(c.num_heads) + "), got " +

@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -281,17 +282,25 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
               offsets_str(*t), ") overlap");
     if (!reach || t->end > reach->end) reach = t;
   }
-  // As the safetensors library, a data section that its tensors do not tile exactly is refused:
-  // bytes no tensor owns are a truncated header or a damaged file.
+  // As the safetensors library, a data section that its tensors (empty ones too, sorted by
+  // offsets) do not tile exactly is refused: bytes no tensor owns are a truncated header or a
+  // damaged file.
+  std::vector<const TensorInfo*> all;
+  for (const auto& t : tensors_) all.push_back(&t);
+  std::sort(all.begin(), all.end(), [](const TensorInfo* a, const TensorInfo* b) {
+    return std::make_pair(a->begin, a->end) < std::make_pair(b->begin, b->end);
+  });
   uint64_t covered = 0;
-  for (const TensorInfo* t : by_begin) {
+  for (const TensorInfo* t : all) {
+    KVB_CHECK(t->begin >= covered, where, "tensor ", quote(t->name), " (data_offsets ",
+              offsets_str(*t), ") starts inside the data of the tensor before it");
     KVB_CHECK(t->begin == covered, where, "bytes [", covered, ", ", t->begin,
               ") of the data section belong to no tensor (next: ", quote(t->name), ")");
     covered = t->end;
   }
   KVB_CHECK(covered == data_size, where, "bytes [", covered, ", ", data_size,
-            ") of the data section belong to no tensor (", data_size - covered,
-            " bytes after the last tensor's data)");
+            ") of the data section belong to no tensor (",
+            all.empty() ? "the header lists none" : "after the last tensor's data", ")");
 }
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {

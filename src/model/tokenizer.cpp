@@ -238,6 +238,9 @@ Tokenizer Tokenizer::from_json(const json& tokenizer_json, const json& tokenizer
   return Tokenizer(std::move(impl));
 }
 
+const std::vector<int32_t>& Tokenizer::special_prefix() const { return impl_->prefix; }
+const std::vector<int32_t>& Tokenizer::special_suffix() const { return impl_->suffix; }
+
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
   if (!is_valid_utf8(text)) throw Error("tokenizer: input text is not valid UTF-8");
   std::vector<int32_t> ids;

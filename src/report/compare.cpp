@@ -159,8 +159,6 @@ std::function<bool(const json&, Series&)> record_samples(const char* key) {
   };
 }
 
-// record_samples resampled by the record's generations (declared_block): the decode steps of
-// one generation share its batch and context.
 // A serving record's per-request samples, in arrival order: one request's queueing delays the
 // next, so they are resampled in moving blocks (SampleRun::moving), not as independent draws,
 // which would make the interval too narrow.
@@ -173,6 +171,8 @@ std::function<bool(const json&, Series&)> request_samples(const char* key) {
   };
 }
 
+// record_samples resampled by the record's generations (declared_block): the decode steps of
+// one generation share its batch and context.
 std::function<bool(const json&, Series&)> record_samples_by_generation(const char* key) {
   return [key](const json& r, Series& s) {
     s.samples = samples_of(r, key);

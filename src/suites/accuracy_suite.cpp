@@ -234,9 +234,16 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
     if (wrap && holds_chat_format(format, prompt)) wrap = false, ++pre_wrapped;
     if (wrap || !row.answer_prefix.empty()) {
       // LongBench cuts the raw prompt, then wraps it: the cut ids back to text, special tokens
-      // kept (a templated RULER row holds its turns' markers), less the BOS the encode adds.
+      // kept (a templated RULER row holds its turns' markers), less the BOS the encode adds and
+      // the template's suffix (an add_eos_token tokenizer's EOS), which the wrapped prompt's
+      // own encode adds again at its end.
       std::vector<int32_t> body = ids;
       if (bos && !body.empty() && body.front() == *bos) body.erase(body.begin());
+      const std::vector<int32_t>& tail = tok.special_suffix();
+      if (!tail.empty() && body.size() >= tail.size() &&
+          std::equal(tail.begin(), tail.end(),
+                     body.end() - static_cast<std::ptrdiff_t>(tail.size())))
+        body.resize(body.size() - tail.size());
       s.tokens = encode_prompt(ctx, wrap ? format : "", tok.decode(body, false), row.answer_prefix);
     } else {
       s.tokens.assign(ids.begin(), ids.end());

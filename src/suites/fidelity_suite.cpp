@@ -83,7 +83,11 @@ Corpus corpus_tokens(const CellContext& ctx, int64_t needed) {
   if (text.empty()) return {synthetic_prompts(1, needed, vocab, ctx.spec.seed).front(), {}};
   std::vector<int64_t> ids;
   const Tokenizer& tokenizer = ctx.model.tokenizer();
-  for (int32_t id : tokenizer.encode(text, true)) {
+  // The template's prefix (BOS) opens the corpus, as llama.cpp's perplexity does; its suffix (an
+  // add_eos_token tokenizer's EOS) does not end it: the corpus is one running text.
+  std::vector<int32_t> corpus = tokenizer.encode(text, true);
+  corpus.resize(corpus.size() - tokenizer.special_suffix().size());
+  for (int32_t id : corpus) {
     KVB_CHECK(id < vocab, "fidelity: the tokenizer gave id ", id,
               " beyond the model's vocabulary of ", vocab);
     ids.push_back(id);

@@ -77,8 +77,9 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
                          "(on a GPU: its memory less the weights)")
           .range(0, 1e15),
       ParamSpec::number("kv_budget_fraction", 0.1,
-                        "KV pool budget as a fraction of the memory available at the cell's "
-                        "start (on a GPU: its memory less the weights), when kv_budget_bytes is 0")
+                        "KV pool budget as a fraction of the memory available at the run's "
+                        "first such cell, read once per run (on a GPU: its memory less the "
+                        "weights), when kv_budget_bytes is 0")
           .range(1e-6, 0.9),
       ParamSpec::integer("max_batch_tokens", 2048,
                          "tokens entering the model per step (prefills + one per decode)")
@@ -616,7 +617,7 @@ SchedulerConfig scheduler_config(const json& p, const json& method, int64_t num_
 double budget_bytes(const json& p, const at::Device& device, uint64_t weight_bytes) {
   const double bytes = p["kv_budget_bytes"].get<double>();
   if (bytes > 0) return bytes;
-  const uint64_t available = kv_budget_base_bytes(device, weight_bytes);
+  const uint64_t available = kv_budget_base_bytes(device, weight_bytes, /*once_per_run=*/true);
   KVB_CHECK(available > 0,
             "serving: the available memory is unknown; set kv_budget_bytes explicitly");
   return p["kv_budget_fraction"].get<double>() * static_cast<double>(available);
@@ -771,6 +772,17 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
       size_pool(budget - shared - prefill_reserve, slot_bytes, per_block, sched.window_blocks,
                 running_at_most, w.mean_blocks(block_size, sched));
   const int64_t num_blocks = sizing.blocks;
+  // Every request is checked before any is served or the pool reserved: one that could never
+  // run, even alone, fails the cell now, naming its trace line, not when it arrives.
+  {
+    BlockPool pool(num_blocks, block_size);
+    const Scheduler s(pool, sched);
+    for (size_t i = 0; i < w.prompts.size(); ++i)
+      s.check_admissible({static_cast<int64_t>(i), 0.0, static_cast<int64_t>(w.prompts[i].size()),
+                          w.output_len[i]},
+                         w.trace_lines.empty() ? "serving: request " + std::to_string(i)
+                                               : "serving: trace_file: " + w.trace_lines[i]);
+  }
   // Sequences beyond the slots would hold rings the budget has no room for.
   if (slot_bytes > 0) sched.max_running = std::min(sched.max_running, sizing.slots);
   const double reserved = shared + prefill_reserve + static_cast<double>(sizing.slots) * slot_bytes;
@@ -784,17 +796,6 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                       std::max<int64_t>(num_blocks - sched.window_blocks, 1) * block_size,
                       block_size, w.longest());
 
-  // Every request is checked before any is served: one that could never run, even alone, fails
-  // the cell now, naming its trace line, not when it arrives.
-  {
-    BlockPool pool(num_blocks, block_size);
-    const Scheduler s(pool, sched);
-    for (size_t i = 0; i < w.prompts.size(); ++i)
-      s.check_admissible({static_cast<int64_t>(i), 0.0, static_cast<int64_t>(w.prompts[i].size()),
-                          w.output_len[i]},
-                         w.trace_lines.empty() ? "serving: request " + std::to_string(i)
-                                               : "serving: trace_file: " + w.trace_lines[i]);
-  }
   // Warm-up (untimed): one short request through the same path, so first-call costs
   // (allocator, thread pool) stay out of the first rate's numbers.
   {

@@ -47,8 +47,8 @@ std::vector<ParamSpec> ThroughputSuite::param_specs() {
           .range(1e-6, 1),
       ParamSpec::integer("device_memory_bytes", 0,
                          "capacity view: the stated device memory the fraction applies to; 0 = "
-                         "the memory available when the cell starts (on a GPU: its memory less "
-                         "the weights)")
+                         "the memory available at the run's first such cell, read once per "
+                         "run (on a GPU: its memory less the weights)")
           .range(0, 1e15),
       ParamSpec::integer("max_batch", 64,
                          "capacity view: the largest batch run here; a larger fitting batch is "
@@ -172,7 +172,9 @@ struct Budget {
 };
 
 // `device`, `weight_bytes`: where the cell runs and its model's weights (kv_budget_base_bytes).
-Budget capacity_budget(const json& p, const at::Device& device, uint64_t weight_bytes) {
+// `once_per_run`: as kv_budget_base_bytes's (a cell's run, not an estimate).
+Budget capacity_budget(const json& p, const at::Device& device, uint64_t weight_bytes,
+                       bool once_per_run) {
   if (p["kv_budget_bytes"].get<double>() > 0) {
     return {p["kv_budget_bytes"].get<double>(), "kv_budget_bytes"};
   }
@@ -181,13 +183,14 @@ Budget capacity_budget(const json& p, const at::Device& device, uint64_t weight_
     return {fraction * p["device_memory_bytes"].get<double>(),
             "kv_budget_fraction of device_memory_bytes"};
   }
-  const uint64_t available = kv_budget_base_bytes(device, weight_bytes);
+  const uint64_t available = kv_budget_base_bytes(device, weight_bytes, once_per_run);
   KVB_CHECK(available > 0,
             "throughput: the available memory is unknown; set kv_budget_bytes or "
             "device_memory_bytes for the capacity view");
   return {fraction * static_cast<double>(available),
-          device.is_cpu() ? "kv_budget_fraction of the memory available at the cell's start"
-                          : "kv_budget_fraction of the GPU's memory less the model's weights"};
+          device.is_cpu()
+              ? "kv_budget_fraction of the memory available at the run's first budgeted cell"
+              : "kv_budget_fraction of the GPU's memory less the model's weights"};
 }
 
 // The capacity view: the largest batch of capacity_context-token sequences whose KV bytes (the
@@ -200,7 +203,7 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
   const int64_t prompt = context - news + 1;
   ThroughputSuite::check_params(p);
   const Budget budget =
-      capacity_budget(p, ctx.model.placement().device, ctx.model.get().weight_bytes());
+      capacity_budget(p, ctx.model.placement().device, ctx.model.get().weight_bytes(), true);
   auto policy = make_policy(ctx.method);
   const SequenceKvBytes bytes = sequence_kv_bytes(
       codec, *policy, c, prompt, context,
@@ -323,7 +326,8 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
     const int64_t n = ctx.params["capacity_new_tokens"];
     const int64_t prompt = std::max<int64_t>(context - n + 1, 1);
     const double budget = capacity_budget(ctx.params, ctx.gpu ? at::kCUDA : at::kCPU,
-                                          model_weight_bytes(*ctx.model, ctx.weight_dtype))
+                                          model_weight_bytes(*ctx.model, ctx.weight_dtype),
+                                          /*once_per_run=*/false)
                               .bytes;
     int64_t b = ctx.params["max_batch"];
     try {

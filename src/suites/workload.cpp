@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <mutex>
 
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
@@ -241,8 +242,15 @@ void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::s
             placement.device.str(), " has ", format_bytes(total));
 }
 
-uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes) {
-  if (device.is_cpu()) return available_memory_bytes();
+uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes, bool once_per_run) {
+  if (device.is_cpu()) {
+    if (!once_per_run) return available_memory_bytes();
+    static std::mutex m;
+    static uint64_t first = 0;  // 0: not read yet (or unknown: read again)
+    std::lock_guard<std::mutex> lock(m);
+    if (first == 0) first = available_memory_bytes();
+    return first;
+  }
   const uint64_t total = gpu_memory_bytes(device);
   return total > weight_bytes ? total - weight_bytes : 0;
 }

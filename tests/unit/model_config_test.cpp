@@ -127,6 +127,15 @@ TEST(ModelConfig, MissingKeysTakeTheirFamilysDefaults) {
   EXPECT_EQ(m.sliding_window.value_or(0), 4096);
   c["sliding_window"] = nullptr;  // Mistral v0.2 and later: no window
   EXPECT_FALSE(parse_model_config(c, "m").sliding_window.has_value());
+  c["num_key_value_heads"] = nullptr;  // an explicit null: one KV head per query head
+  EXPECT_EQ(parse_model_config(c, "m").num_kv_heads, 16);
+  // Qwen2Config and Qwen3Config: 32 KV heads when the key is left out.
+  for (const char* preset : {"tiny-qwen2", "tiny-qwen3"}) {
+    json q = find_model_preset(preset).config;
+    q.erase("num_key_value_heads");
+    q["num_attention_heads"] = 64;
+    EXPECT_EQ(parse_model_config(q, preset).num_kv_heads, 32) << preset;
+  }
 }
 
 // Qwen2/Qwen3 window only layers at and past max_window_layers (default 28), or those that
@@ -139,6 +148,9 @@ TEST(ModelConfig, AQwenWindowHoldsOnlyWhereALayerHasIt) {
   EXPECT_FALSE(parse_model_config(c, "q2").sliding_window.has_value());  // 4 < 28
   c["max_window_layers"] = 2;
   EXPECT_EQ(parse_model_config(c, "q2").sliding_window.value_or(0), 512);
+  json d = c;
+  d.erase("sliding_window");  // Qwen2Config's default window
+  EXPECT_EQ(parse_model_config(d, "q2").sliding_window.value_or(0), 4096);
   c["max_window_layers"] = 4;
   EXPECT_FALSE(parse_model_config(c, "q2").sliding_window.has_value());
   c["layer_types"] = {"full_attention", "full_attention", "full_attention", "sliding_attention"};

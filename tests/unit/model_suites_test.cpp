@@ -2,6 +2,7 @@
 // consistent with them, memory estimates, and the model provider's choices.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -531,6 +532,17 @@ TEST(ThroughputSuite, AWideDecodeSpreadIsNamed) {
 
 // A retention method that kept every token at the peak measured its codec alone; Quest (which
 // evicts nothing by design), methods without a policy and cells that evicted say nothing.
+// A CPU budget from kv_budget_fraction is read once per run: memory taken between two cells
+// does not shrink the later one's budget (estimates read afresh).
+TEST(Workload, TheCpuBudgetBaseIsReadOncePerRun) {
+  const uint64_t first = kv_budget_base_bytes(at::kCPU, 0, /*once_per_run=*/true);
+  ASSERT_GT(first, 0u);
+  std::vector<char> taken(size_t{256} << 20, 1);  // 256 MiB, touched
+  EXPECT_EQ(kv_budget_base_bytes(at::kCPU, 0, true), first);
+  EXPECT_GT(kv_budget_base_bytes(at::kCPU, 0, false), 0u);
+  EXPECT_EQ(taken[taken.size() / 2], 1);
+}
+
 TEST(Workload, ARetentionMethodThatEvictedNothingIsNamed) {
   json kept_all = {{"tokens", 80}, {"kept_tokens", {{"fraction", 1.0}}}};
   json evicted = {{"tokens", 80}, {"kept_tokens", {{"fraction", 0.4}}}};
@@ -1239,6 +1251,53 @@ TEST(AccuracySuite, PromptsKeepTheirSpecialTokensAndWrapAsLongBenchDoes) {
   EXPECT_EQ(out.records[0]["prompt_hash"], hash_of("def f(x):\n    return\n\n", true));
   EXPECT_EQ(out.records[1]["prompt_hash"],
             hash_of(render_chat("llama3", {{"user", "Ann came.\n\nWho?"}}), false));
+}
+
+// A tokenizer whose tokenizer_config sets add_eos_token ends every encoded prompt with EOS: a
+// prompt cut and re-encoded with RULER's answer prefix (or a fidelity corpus) holds it once, at
+// the end (the prefix after the body), not once inside as text read back.
+TEST(AccuracySuite, AnAddEosTokenizersEosEndsThePromptOnce) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / "kvbench_add_eos_model";
+  fs::remove_all(dir);
+  fs::copy(fs::path(KVBENCH_SOURCE_DIR) / "assets/models/kvbench-retrieval-1m", dir);
+  json tc = json::parse(std::ifstream(dir / "tokenizer_config.json"));
+  tc["add_eos_token"] = true;
+  std::ofstream(dir / "tokenizer_config.json") << tc.dump(2);
+  const std::string data = (dir / "ruler.jsonl").string();
+  std::ofstream(data) << json{{"index", 0},
+                              {"input", "The number is 42. What is the number?"},
+                              {"answer_prefix", " The number is"},
+                              {"outputs", {"42"}}}
+                             .dump()
+                      << "\n";
+  const json cfg = {{"suites",
+                     {{{"name", "accuracy"},
+                       {"data_file", data},
+                       {"data_format", "ruler"},
+                       {"max_new_tokens", 2}}}},
+                    {"threads", 1},
+                    {"model", {{"path", dir.string()}}}};
+  const RunSpec spec = parse_run_spec(cfg, "t");
+  ModelProvider model(spec.model);
+  const Tokenizer& tok = model.tokenizer();
+  const std::vector<int32_t> want =
+      tok.encode("The number is 42. What is the number? The number is", true);
+  ASSERT_EQ(tok.special_suffix().size(), 1u);
+  const int32_t eos = tok.special_suffix()[0];
+  ASSERT_EQ(want.back(), eos);
+  ASSERT_EQ(std::count(want.begin(), want.end(), eos), 1);
+  Environment env;
+  NullProgress progress;
+  const json method = {{"name", "full"}};
+  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
+  AccuracySuite suite;
+  const CellOutput out = suite.run(ctx);
+  ASSERT_EQ(out.records.size(), 1u);
+  EXPECT_EQ(out.records[0]["prompt_tokens"], want.size());
+  EXPECT_EQ(out.records[0]["prompt_hash"],
+            prompt_hash(std::vector<int64_t>(want.begin(), want.end())));
+  fs::remove_all(dir);
 }
 
 TEST(AccuracySuite, DatasetsWithoutATemplateAreNamedInAWarning) {

@@ -400,11 +400,19 @@ TEST_F(SafetensorsCorrupt, BytesNoTensorOwns) {
   EXPECT_TRUE(is_error_line(open_error(path), path, {"bytes [0, 8)", "(next: 'first')"}));
   write_raw(path, R"({"first":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
             random_bytes(20, 32));
-  EXPECT_TRUE(is_error_line(open_error(path), path,
-                            {"bytes [16, 20) of the data section belong to no tensor",
-                             "4 bytes after the last tensor's data"}));
+  EXPECT_TRUE(is_error_line(
+      open_error(path), path,
+      {"bytes [16, 20) of the data section belong to no tensor", "after the last tensor's data"}));
   write_raw(path, "{}", "junk");
-  EXPECT_TRUE(is_error_line(open_error(path), path, {"bytes [0, 4)"}));
+  EXPECT_TRUE(is_error_line(open_error(path), path, {"bytes [0, 4)", "the header lists none"}));
+  // An empty tensor counts too: at an offset inside another tensor's data, as the library
+  // refuses it; and one past the data leaves a gap.
+  write_raw(path,
+            R"({"w":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},)"
+            R"("e":{"dtype":"F32","shape":[3,0],"data_offsets":[4,4]}})",
+            random_bytes(8, 33));
+  EXPECT_TRUE(is_error_line(open_error(path), path,
+                            {"tensor 'e' (data_offsets [4, 4]) starts inside the data"}));
 }
 
 TEST_F(SafetensorsCorrupt, ByteLengthDoesNotMatchShape) {
@@ -463,10 +471,11 @@ TEST_F(SafetensorsCorrupt, MalformedEntries) {
 
 TEST_F(SafetensorsCorrupt, EmptyTensorsAndEmptyFilesAreValid) {
   const fs::path path = dir_ / "model.safetensors";
-  // Zero-length ranges overlap nothing, even at an offset inside another tensor.
+  // Zero-length ranges at the ends of others' (where the library's tiling puts them).
   write_raw(path,
             R"({"w":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},)"
-            R"("e":{"dtype":"F32","shape":[3,0],"data_offsets":[4,4]}})",
+            R"("e":{"dtype":"F32","shape":[3,0],"data_offsets":[8,8]},)"
+            R"("z":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}})",
             random_bytes(8, 25));
   SafetensorsFile file(path.string());
   EXPECT_EQ(file.tensor("e").sizes(), at::IntArrayRef({3, 0}));

@@ -8,7 +8,6 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -1004,9 +1003,7 @@ TEST(Capacity, ServingRefusesARequestThatCanNeverRunBeforeServing) {
                  {"max_batch_tokens", 256},
                  {"kv_budget_bytes", 1048576}});
   h.method = resolve_method({{"name", "full"}}, "methods[0]");
-  const auto start = std::chrono::steady_clock::now();
   std::string e = error_of(h);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60));  // not replayed
   EXPECT_NE(e.find("serving: trace_file: " + path +
                    ":3 (300 prompt + 2 output tokens) can need "
                    "a prefill of 301 tokens, more than max_batch_tokens = 256"),

@@ -50,6 +50,11 @@ class Tokenizer {
   // files round-trip exactly. Out-of-range ids throw.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
 
+  // The ids encode(text, true) puts before and after the text (its template's special tokens,
+  // e.g. BOS before; EOS after with add_eos_token).
+  const std::vector<int32_t>& special_prefix() const;
+  const std::vector<int32_t>& special_suffix() const;
+
   // One more than the largest id (model vocabulary and added tokens).
   int64_t vocab_size() const;
   std::optional<int32_t> token_to_id(std::string_view token) const;

@@ -81,9 +81,13 @@ uint64_t model_weight_bytes(const ModelConfig& config, at::ScalarType dtype = at
 // known). `what` names what needs them.
 void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::string& what);
 // The memory a kv_budget_fraction is a fraction of, on `device`: on the CPU what is available
-// now (the weights are already out of it); on a GPU its total less the weights
-// (`weight_bytes`). 0 when unknown.
-uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes);
+// (the weights are already out of it); on a GPU its total less the weights (`weight_bytes`).
+// 0 when unknown. `once_per_run` (a cell's run, its model loaded): on the CPU the reading of
+// the first such call, kept for the rest of the process, so every cell of a run gets one budget
+// and its methods compare at one pool size (memory an earlier cell's allocator kept would
+// otherwise shrink later cells' budgets); otherwise (estimates) a fresh reading.
+uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes,
+                              bool once_per_run = false);
 // Peak bytes of generating `new_tokens` after `prompt` tokens for `batch` sequences, beyond the
 // weights: the uncompressed KV cache, packed-prefill activations (in `compute_dtype`), one
 // sequence's prefill attention scores, and the fp32 copy of one layer's K/V that the reference
