@@ -99,7 +99,11 @@ double ArrivalGaps::next() {
 // A Gamma(k, 1) draw: Marsaglia and Tsang's method (2000) for k >= 1; for k < 1, a Gamma(k + 1)
 // draw times U^(1/k).
 double ArrivalGaps::gamma(double k) {
-  if (k < 1) return gamma(k + 1) * std::pow(1.0 - rng_.uniform(), 1.0 / k);
+  if (k < 1) {
+    // Two statements: the operands of one product would draw from rng_ in an unspecified order.
+    const double g = gamma(k + 1);
+    return g * std::pow(1.0 - rng_.uniform(), 1.0 / k);
+  }
   const double d = k - 1.0 / 3, c = 1 / std::sqrt(9 * d);
   while (true) {
     // Box-Muller; 1 - u is in (0, 1], so the log is finite.

@@ -235,8 +235,8 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
     if (wrap || !row.answer_prefix.empty()) {
       // LongBench cuts the raw prompt, then wraps it: the cut ids back to text, special tokens
       // kept (a templated RULER row holds its turns' markers), less the BOS the encode adds and
-      // the template's suffix (an add_eos_token tokenizer's EOS), which the wrapped prompt's
-      // own encode adds again at its end.
+      // the template's suffix (an add_eos_token tokenizer's EOS): an unwrapped prompt's encode
+      // adds it again at its end, and a chat-wrapped one is encoded without special tokens.
       std::vector<int32_t> body = ids;
       if (bos && !body.empty() && body.front() == *bos) body.erase(body.begin());
       const std::vector<int32_t>& tail = tok.special_suffix();

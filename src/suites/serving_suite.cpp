@@ -28,7 +28,8 @@ using nlohmann::json;
 std::vector<ParamSpec> ServingSuite::param_specs() {
   return {
       ParamSpec::number_list("rates", json::array({1.0, 4.0, 16.0}),
-                             "request arrival rates (requests per second, Poisson); 0 = every "
+                             "request arrival rates (requests per second; Poisson, or gamma with "
+                             "burstiness); 0 = every "
                              "request at time 0. One record per rate")
           .range(0, 1e6),
       ParamSpec::number("burstiness", 1.0,
@@ -40,7 +41,7 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
           .range(1, 1000000),
       ParamSpec::number("duration_s", 0.0,
                         "stop arrivals at this many seconds instead of after `requests` "
-                        "(Poisson rates > 0; cuts a trace); 0 = use `requests`")
+                        "(rates > 0; cuts a trace); 0 = use `requests`")
           .range(0, 1e7),
       ParamSpec::path("trace_file", "",
                       "JSONL of requests {arrival_s, prompt | prompt_tokens, output_tokens}; "
@@ -48,6 +49,11 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
       ParamSpec::path("sharegpt_file", "",
                       "ShareGPT-style conversations (JSON list or JSONL): prompt = first user "
                       "turn, output length = its reply's tokens; arrivals at each rate"),
+      ParamSpec::string("sharegpt_output", "clamp",
+                        "sharegpt_file: a reply's token count outside output_tokens_min..max is "
+                        "clamped into it (clamp) or its conversation skipped (filter, as vLLM's "
+                        "benchmark does)",
+                        {"clamp", "filter"}),
       ParamSpec::string("length_distribution", "uniform",
                         "distribution of synthetic prompt and output lengths",
                         {"uniform", "lognormal"}),
@@ -329,6 +335,8 @@ void check_serving_params(const json& p, const json& given) {
   const std::string trace = p["trace_file"], sharegpt = p["sharegpt_file"];
   KVB_CHECK(trace.empty() || sharegpt.empty(),
             "serving: give at most one of trace_file and sharegpt_file");
+  KVB_CHECK(!sharegpt.empty() || !set("sharegpt_output"),
+            "serving: sharegpt_output applies to sharegpt_file only; remove it");
   if (!trace.empty()) {
     KVB_CHECK(!set("rates"),
               "serving: rates and trace_file exclude each other (the trace's arrival_s are the "
@@ -393,23 +401,29 @@ void synthetic_workload(Workload& w, const json& p, int64_t count, int64_t vocab
 
 // ShareGPT requests: conversations whose tokenized first user turn has prompt_tokens_min..max
 // tokens, in a seeded random order (cycled when more requests are needed than there are);
-// output length = the reply's token count clamped to output_tokens_min..max.
+// output length = the reply's token count, clamped to output_tokens_min..max or (sharegpt_output
+// "filter") its conversation skipped when outside.
 void sharegpt_workload(Workload& w, const json& p, int64_t count, const Tokenizer& tok, Rng& rng) {
   const std::string path = p["sharegpt_file"];
   const ShareGptData data = load_sharegpt(path);
   const int64_t pmin = p["prompt_tokens_min"], pmax = p["prompt_tokens_max"];
   const int64_t omin = p["output_tokens_min"], omax = p["output_tokens_max"];
+  const bool filter = p["sharegpt_output"] == "filter";
   std::vector<std::pair<std::vector<int64_t>, int64_t>> usable;
   for (const auto& c : data.conversations) {
     std::vector<int64_t> ids = widen(tok.encode(c.prompt, true));
     const auto n = static_cast<int64_t>(ids.size());
     if (n < pmin || n > pmax) continue;
     const auto reply = static_cast<int64_t>(tok.encode(c.reply, false).size());
+    if (filter && (reply < omin || reply > omax)) continue;
     usable.emplace_back(std::move(ids), std::clamp(reply, omin, omax));
   }
-  KVB_CHECK(
-      !usable.empty(), "serving: sharegpt_file ", path, ": none of its ", data.conversations.size(),
-      " conversations has a prompt of prompt_tokens_min..max = ", pmin, "..", pmax, " tokens");
+  KVB_CHECK(!usable.empty(), "serving: sharegpt_file ", path, ": none of its ",
+            data.conversations.size(),
+            " conversations has a prompt of prompt_tokens_min..max = ", pmin, "..", pmax, " tokens",
+            filter ? " and a reply of output_tokens_min..max = " + std::to_string(omin) + ".." +
+                         std::to_string(omax) + " tokens"
+                   : std::string());
   w.conversations = static_cast<int64_t>(usable.size());
   w.skipped = data.entries - w.conversations;
   std::vector<size_t> order(usable.size());
@@ -649,7 +663,7 @@ void warn_off_rate(const json& per_rate, std::vector<std::string>& warnings) {
   const double rate = (*worst)["rate"], offered = (*worst)["offered_rate"];
   warnings.push_back("rate " + format_fixed(rate, 2) + ": its " +
                      std::to_string((*worst)["requests"].get<int64_t>()) +
-                     " seeded Poisson arrivals came at " + format_fixed(offered, 2) + "/s (" +
+                     " seeded arrivals came at " + format_fixed(offered, 2) + "/s (" +
                      format_fixed(offered / rate, 2) +
                      "x the nominal rate; see arrived/s); more requests or a longer duration_s "
                      "bring them closer");
@@ -852,9 +866,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                              {"e2e_s", e2e.back()},
                              {"preemptions", r.preemptions}});
     }
-    const std::string arrivals_kind = from_trace                           ? "trace"
-                                      : p["burstiness"].get<double>() == 1 ? "poisson"
-                                                                           : "gamma";
+    // (At rate 0 every request comes at time 0: no gaps drawn, whatever the burstiness.)
+    const bool gamma = p["burstiness"].get<double>() != 1 && rate > 0;
+    const std::string arrivals_kind = from_trace ? "trace" : gamma ? "gamma" : "poisson";
     m["offered_rate"] = from_trace
                             ? (rate > 0 ? json(rate) : json())
                             : offered_rate(arrivals[ri], rate, p["duration_s"].get<double>());

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <mutex>
 
 #include "kvbench/core/environment.h"
@@ -245,11 +246,13 @@ void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::s
 uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes, bool once_per_run) {
   if (device.is_cpu()) {
     if (!once_per_run) return available_memory_bytes();
+    // Per model (its weight bytes): a grid's runs in one process may load another.
     static std::mutex m;
-    static uint64_t first = 0;  // 0: not read yet (or unknown: read again)
+    static std::map<uint64_t, uint64_t> first;  // absent or 0 (unknown): read (again)
     std::lock_guard<std::mutex> lock(m);
-    if (first == 0) first = available_memory_bytes();
-    return first;
+    uint64_t& reading = first[weight_bytes];
+    if (reading == 0) reading = available_memory_bytes();
+    return reading;
   }
   const uint64_t total = gpu_memory_bytes(device);
   return total > weight_bytes ? total - weight_bytes : 0;

@@ -1341,8 +1341,9 @@ class ServingCliTest(CliCase):
                    # Prompts up to 160 tokens through a 64-token step budget: only chunks fit.
                    dict(common, trace_file=str(fixtures / "trace.jsonl"), chunked_prefill=True,
                         prefill_chunk_tokens=32, max_batch_tokens=64),
+                   # Bursty arrivals: the report says "gamma" and validates.
                    dict(common, sharegpt_file=str(fixtures / "sharegpt.json"), rates=[50],
-                        requests=9, prompt_tokens_min=1, prompt_tokens_max=512,
+                        burstiness=0.5, requests=9, prompt_tokens_min=1, prompt_tokens_max=512,
                         output_tokens_min=2, output_tokens_max=8),
                    dict(common, rates=[100], duration_s=0.1, length_distribution="lognormal",
                         prompt_tokens_min=8, prompt_tokens_max=64, prompt_tokens_mean=24,
@@ -1360,7 +1361,8 @@ class ServingCliTest(CliCase):
             self.assertEqual(c["status"], "ok", (key, c.get("error")))
             self.assertEqual(c["summary"]["source"], key[0])
             for r in c["records"]:
-                self.assertEqual(r["arrivals"], "trace" if key[0] == "trace" else "poisson")
+                self.assertEqual(r["arrivals"], {"trace": "trace", "sharegpt": "gamma"}.get(
+                    key[0], "poisson"))
                 self.assertEqual(r["goodput"]["requests_meeting_slo"], r["requests"])
                 # The window blocks keep the pool's charge above what the cache holds.
                 self.assertGreaterEqual(r["kv"]["pool_bytes_peak"], r["kv"]["measured_bytes_peak"],

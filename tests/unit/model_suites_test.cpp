@@ -530,8 +530,6 @@ TEST(ThroughputSuite, AWideDecodeSpreadIsNamed) {
             "median): the machine was busy or the step is bimodal; the median may mislead");
 }
 
-// A retention method that kept every token at the peak measured its codec alone; Quest (which
-// evicts nothing by design), methods without a policy and cells that evicted say nothing.
 // A CPU budget from kv_budget_fraction is read once per run: memory taken between two cells
 // does not shrink the later one's budget (estimates read afresh).
 TEST(Workload, TheCpuBudgetBaseIsReadOncePerRun) {
@@ -543,6 +541,8 @@ TEST(Workload, TheCpuBudgetBaseIsReadOncePerRun) {
   EXPECT_EQ(taken[taken.size() / 2], 1);
 }
 
+// A retention method that kept every token at the peak measured its codec alone; Quest (which
+// evicts nothing by design), methods without a policy and cells that evicted say nothing.
 TEST(Workload, ARetentionMethodThatEvictedNothingIsNamed) {
   json kept_all = {{"tokens", 80}, {"kept_tokens", {{"fraction", 1.0}}}};
   json evicted = {{"tokens", 80}, {"kept_tokens", {{"fraction", 0.4}}}};

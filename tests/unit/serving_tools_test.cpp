@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <numeric>
+#include <set>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
@@ -20,8 +21,10 @@
 #include "kvbench/kv/paged_cache.h"
 #include "kvbench/model/model_config.h"
 #include "kvbench/model/presets.h"
+#include "kvbench/model/tokenizer.h"
 #include "kvbench/report/compare.h"
 #include "kvbench/serving/block_pool.h"
+#include "kvbench/serving/request_source.h"
 #include "kvbench/serving/router.h"
 #include "kvbench/serving/serving_loop.h"
 #include "kvbench/serving/step_time_predictor.h"
@@ -978,6 +981,58 @@ TEST(Capacity, ServingArrivesWithTheConfiguredBurstiness) {
   for (const json& d : r["requests_detail"]) arrivals.push_back(d["arrival_s"]);
   EXPECT_EQ(arrivals, poisson_arrivals(6, 50.0, h.spec.seed + 1, 0.5));
   EXPECT_NE(arrivals, poisson_arrivals(6, 50.0, h.spec.seed + 1));
+}
+
+// sharegpt_output "filter" skips a conversation whose reply is outside output_tokens_min..max
+// (as vLLM's benchmark does) where "clamp" keeps it at the nearer bound.
+TEST(Capacity, ServingFiltersShareGptRepliesOutsideTheOutputRange) {
+  const std::string file =
+      std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/serving/sharegpt.json";
+  Harness probe(json{{"name", "serving"}});
+  const Tokenizer& tok = probe.model.tokenizer();
+  const ShareGptData data = load_sharegpt(file);
+  std::vector<int64_t> replies;
+  for (const auto& c : data.conversations)
+    replies.push_back(static_cast<int64_t>(tok.encode(c.reply, false).size()));
+  std::vector<int64_t> sorted = replies;
+  std::sort(sorted.begin(), sorted.end());
+  // A range holding some replies but not all.
+  const int64_t omin = sorted[1], omax = sorted[sorted.size() - 2];
+  ASSERT_LT(sorted.front(), omin);
+  ASSERT_GT(sorted.back(), omax);
+  std::set<int64_t> inside;
+  for (int64_t r : replies)
+    if (r >= omin && r <= omax) inside.insert(r);
+  for (const char* mode : {"filter", "clamp"}) {
+    Harness h(json{{"name", "serving"},
+                   {"sharegpt_file", file},
+                   {"sharegpt_output", mode},
+                   {"rates", {0}},
+                   {"requests", 12},
+                   {"prompt_tokens_min", 1},
+                   {"prompt_tokens_max", 4096},
+                   {"output_tokens_min", omin},
+                   {"output_tokens_max", omax},
+                   {"max_batch_tokens", 8192},
+                   {"block_size", 16},
+                   {"kv_budget_bytes", 16 << 20}});
+    h.method = resolve_method({{"name", "full"}}, "methods[0]");
+    ServingSuite s;
+    const CellOutput out = h.run(s);
+    std::set<int64_t> outputs;
+    for (const json& d : out.records.at(0)["requests_detail"])
+      outputs.insert(d["output_tokens"].get<int64_t>());
+    if (std::string(mode) == "filter") {
+      EXPECT_EQ(out.summary["sharegpt_conversations"].get<size_t>(),
+                static_cast<size_t>(std::count_if(replies.begin(), replies.end(), [&](int64_t r) {
+                  return r >= omin && r <= omax;
+                })));
+      EXPECT_EQ(outputs, inside);  // each reply's own length, none at a clamped bound only
+    } else {
+      EXPECT_EQ(out.summary["sharegpt_conversations"].get<size_t>(), replies.size());
+      EXPECT_TRUE(outputs.count(omin) && outputs.count(omax));
+    }
+  }
 }
 
 // A request that could never run, even alone, fails the cell before anything is served, and a

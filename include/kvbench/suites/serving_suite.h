@@ -29,7 +29,8 @@ void check_serving_method(const nlohmann::json& params, const nlohmann::json& me
 class ServingSuite final : public Suite {
  public:
   static constexpr const char* kSummary =
-      "online serving: Poisson arrivals at each rate (or a trace's), lengths from distributions, "
+      "online serving: Poisson (or gamma) arrivals at each rate (or a trace's), lengths from "
+      "distributions, "
       "ShareGPT conversations or the trace, continuous batching (optional chunked prefill) over "
       "a paged KV pool sized by a memory budget (preemption and recompute when it runs out); "
       "TTFT/TPOT/ITL/e2e p50/p90/p99, throughput, goodput under SLOs, KV memory, preemptions";

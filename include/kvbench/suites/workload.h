@@ -83,7 +83,8 @@ void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::s
 // The memory a kv_budget_fraction is a fraction of, on `device`: on the CPU what is available
 // (the weights are already out of it); on a GPU its total less the weights (`weight_bytes`).
 // 0 when unknown. `once_per_run` (a cell's run, its model loaded): on the CPU the reading of
-// the first such call, kept for the rest of the process, so every cell of a run gets one budget
+// the first such call for a model of `weight_bytes`, kept for the rest of the process (a grid's
+// runs may load other models), so every cell of a run gets one budget
 // and its methods compare at one pool size (memory an earlier cell's allocator kept would
 // otherwise shrink later cells' budgets); otherwise (estimates) a fresh reading.
 uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes,
