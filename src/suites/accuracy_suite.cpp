@@ -238,7 +238,10 @@ std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string
       // the template's suffix (an add_eos_token tokenizer's EOS): an unwrapped prompt's encode
       // adds it again at its end, and a chat-wrapped one is encoded without special tokens.
       std::vector<int32_t> body = ids;
-      if (bos && !body.empty() && body.front() == *bos) body.erase(body.begin());
+      const std::vector<int32_t>& head = tok.special_prefix();
+      if (!head.empty() && body.size() >= head.size() &&
+          std::equal(head.begin(), head.end(), body.begin()))
+        body.erase(body.begin(), body.begin() + static_cast<std::ptrdiff_t>(head.size()));
       const std::vector<int32_t>& tail = tok.special_suffix();
       if (!tail.empty() && body.size() >= tail.size() &&
           std::equal(tail.begin(), tail.end(),

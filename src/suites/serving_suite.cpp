@@ -720,7 +720,11 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                 static_cast<uint64_t>(budget) +
                     generation_bytes(c, 0, 1, p["max_batch_tokens"], 0) +
                     (placement.device.is_cpu() ? 0 : model.weight_bytes()),
-                "serving: a KV budget of " + format_bytes(budget));
+                "serving: a KV budget of " + format_bytes(budget) +
+                    (p["kv_budget_bytes"].get<double>() > 0 || !placement.device.is_cpu()
+                         ? std::string()
+                         : " (kv_budget_fraction of the memory available at the run's first "
+                           "budgeted cell; lower the fraction)"));
   const bool from_trace = !p["trace_file"].get<std::string>().empty();
   // Arrivals per rate (the same seed for every rate, so rates differ only in their gaps), or
   // the trace's own.

@@ -1038,6 +1038,16 @@ TEST(AccuracySuite, TheFullCacheAgreesWithItselfOnEverySample) {
   EXPECT_FALSE(out.warnings.empty());                                // 3 samples are few
 }
 
+// The run's first suite (an accuracy one) with the full cache on `model`.
+CellOutput run_full_accuracy(const RunSpec& spec, ModelProvider& model) {
+  Environment env;
+  NullProgress progress;
+  const json method = {{"name", "full"}};
+  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
+  AccuracySuite suite;
+  return suite.run(ctx);
+}
+
 // TPOT spreads e2e after the first token over every token timed: an answer ending in EOS
 // (the project's trained model answers passkey and stops) includes the EOS's step.
 TEST(AccuracySuite, TpotCountsTheEosStepItTimed) {
@@ -1049,12 +1059,7 @@ TEST(AccuracySuite, TpotCountsTheEosStepItTimed) {
        {{"path", std::string(KVBENCH_SOURCE_DIR) + "/assets/models/kvbench-retrieval-1m"}}}};
   const RunSpec spec = parse_run_spec(cfg, "t");
   ModelProvider model(spec.model);
-  Environment env;
-  NullProgress progress;
-  const json method = {{"name", "full"}};
-  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
-  AccuracySuite suite;
-  const CellOutput out = suite.run(ctx);
+  const CellOutput out = run_full_accuracy(spec, model);
   int eos = 0;
   for (const auto& r : out.records) {
     const bool stopped = r["stop"] == "eos";
@@ -1287,12 +1292,7 @@ TEST(AccuracySuite, AnAddEosTokenizersEosEndsThePromptOnce) {
   const int32_t eos = tok.special_suffix()[0];
   ASSERT_EQ(want.back(), eos);
   ASSERT_EQ(std::count(want.begin(), want.end(), eos), 1);
-  Environment env;
-  NullProgress progress;
-  const json method = {{"name", "full"}};
-  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
-  AccuracySuite suite;
-  const CellOutput out = suite.run(ctx);
+  const CellOutput out = run_full_accuracy(spec, model);
   ASSERT_EQ(out.records.size(), 1u);
   EXPECT_EQ(out.records[0]["prompt_tokens"], want.size());
   EXPECT_EQ(out.records[0]["prompt_hash"],
