@@ -396,7 +396,8 @@ const std::vector<SuiteSpec>& suite_specs() {
                  "share_longer_50", "share_shorter_50", "runaway_rate", "runaway_rate_full"});
        }},
       {"serving",
-       "serving: per request rate, latency percentiles over requests (seconds), throughput, "
+       "serving: per request rate, latency percentiles over requests (seconds; from each "
+       "request's send), the client's wait before a send under max_concurrency, throughput, "
        "goodput under the cell's SLOs, KV pool peak and preemptions",
        {"rate"},
        {"rates"},
@@ -405,6 +406,7 @@ const std::vector<SuiteSpec>& suite_specs() {
         {"tpot_p50_s", true},
         {"tpot_p99_s", false},
         {"e2e_p99_s", false},
+        {"client_wait_p99_s", false},
         {"token_throughput", true},
         {"goodput_per_s", true},
         {"kv_pool_bytes_peak", false},
@@ -417,6 +419,7 @@ const std::vector<SuiteSpec>& suite_specs() {
                                     number_at(r, "tpot_s.p50"),
                                     number_at(r, "tpot_s.p99"),
                                     number_at(r, "e2e_s.p99"),
+                                    number_at(r, "client_wait_s.p99"),  // max_concurrency only
                                     number_at(r, "token_throughput"),
                                     number_at(r, "goodput.requests_per_s"),
                                     number_at(r, "kv.pool_bytes_peak"),

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "kvbench/core/error.h"
@@ -27,7 +28,10 @@ void SkippingWallClock::skip_to(double t) {
 }
 
 ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& scheduler,
-                         StepExecutor& executor, ServingClock& clock, bool check) {
+                         StepExecutor& executor, ServingClock& clock, bool check,
+                         int64_t max_concurrency) {
+  KVB_CHECK(max_concurrency >= 0, "serving: max_concurrency must be >= 0, got ",
+            max_concurrency);
   std::stable_sort(
       requests.begin(), requests.end(),
       [](const ServingRequest& a, const ServingRequest& b) { return a.arrival_s < b.arrival_s; });
@@ -38,12 +42,23 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
               " appears twice");
     trace.requests.push_back({r, {}, 0});
   }
+  trace.max_concurrency = max_concurrency;
+  const size_t cap = max_concurrency > 0 ? static_cast<size_t>(max_concurrency) : std::numeric_limits<size_t>::max();
+  // When each finished request's last token came: steps end in time order, so this is sorted.
+  std::vector<double> finish_times;
   const double t0 = clock.now();
   size_t next = 0;
   size_t done = 0;
   while (done < requests.size()) {
     const double now = clock.now() - t0;
-    while (next < requests.size() && requests[next].arrival_s <= now) {
+    // Requests go in arrival order (FIFO), at most `cap` in flight (sent, not finished), as a
+    // client's semaphore lets them. One that found every slot taken is sent when the slot it
+    // takes freed: when the (next - cap + 1)-th of the requests before it finished.
+    while (next < requests.size() && requests[next].arrival_s <= now && next - done < cap) {
+      if (next >= cap) {
+        trace.requests[next].client_wait_s =
+            std::max(finish_times[next - cap] - requests[next].arrival_s, 0.0);
+      }
       scheduler.submit(requests[next++]);
     }
     if (scheduler.idle()) {
@@ -66,6 +81,7 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
     st.retention_bytes = executor.retention_bytes();
     executor.finished(out.finished);
     done += out.finished.size();
+    finish_times.insert(finish_times.end(), out.finished.size(), st.end_s);
     st.decodes = static_cast<int64_t>(plan.decodes.size());
     st.prefills = static_cast<int64_t>(plan.prefills.size());
     st.preempted = static_cast<int64_t>(plan.preempted.size());
@@ -143,14 +159,17 @@ nlohmann::json latency_json(const std::vector<double>& x) {
 
 nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& slo,
                                double bytes_per_block, double shared_bytes) {
-  std::vector<double> ttft, tpot, itl, e2e;
+  std::vector<double> ttft, tpot, itl, e2e, wait;
   int64_t tokens = 0, good = 0;
   for (const auto& r : trace.requests) {
     const auto& t = r.token_times_s;
     KVB_CHECK(!t.empty(), "serving: request ", r.request.id, " produced no token");
     tokens += static_cast<int64_t>(t.size());
-    const double first = t.front() - r.request.arrival_s;
-    const double total = t.back() - r.request.arrival_s;
+    // From the send, as a client measures (vLLM's benchmark times a request from when its
+    // semaphore lets it go); the wait before it is reported beside.
+    const double first = t.front() - r.sent_s();
+    const double total = t.back() - r.sent_s();
+    wait.push_back(r.client_wait_s);
     ttft.push_back(first);
     e2e.push_back(total);
     double per_token = 0;
@@ -184,7 +203,7 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
     peak_retention = std::max(peak_retention, s.retention_bytes);
   }
   const double mean_blocks = busy > 0 ? weighted_blocks / busy : 0;
-  return {
+  nlohmann::json m = {
       {"requests", trace.requests.size()},
       {"output_tokens", tokens},
       {"duration_s", trace.end_s},
@@ -212,6 +231,11 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
         {"allocated_bytes_peak", peak_allocated},
         {"retention_bytes_peak", peak_retention}}},
   };
+  if (trace.max_concurrency > 0) {
+    m["max_concurrency"] = trace.max_concurrency;
+    m["client_wait_s"] = latency_json(wait);
+  }
+  return m;
 }
 
 }  // namespace kvbench

@@ -91,6 +91,11 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
                          "tokens entering the model per step (prefills + one per decode)")
           .range(1, 1 << 24),
       ParamSpec::integer("max_running", 64, "sequences decoding at once").range(1, 1 << 16),
+      ParamSpec::integer("max_concurrency", 0,
+                         "requests in flight at once from the client (vLLM's "
+                         "--max-concurrency): an arrival finding them all busy waits before "
+                         "it is sent, outside TTFT (in client_wait_s); 0 = no limit")
+          .range(0, 1 << 20),
       ParamSpec::number("slo_ttft_s", 2.0, "goodput: TTFT threshold in seconds (0 = unchecked)")
           .range(0, 1e6),
       ParamSpec::number("slo_tpot_s", 0.2, "goodput: TPOT threshold in seconds (0 = unchecked)")
@@ -853,17 +858,19 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
     Scheduler s(pool, sched);
     ModelExecutor ex(model, *cache, w, ctx.progress);
     SkippingWallClock clock;
-    ServingTrace trace = run_serving(reqs, s, ex, clock);
+    ServingTrace trace =
+        run_serving(reqs, s, ex, clock, false, p["max_concurrency"].get<int64_t>());
     KVB_CHECK(pool.free_blocks() == pool.num_blocks(), "serving: ", pool.used_blocks(),
               " blocks still held after every request finished");
     json m = serving_metrics(trace, slo, block_bytes, reserved);
     std::vector<double> ttft, e2e;
     json per_request = json::array();
     for (const auto& r : trace.requests) {
-      ttft.push_back(r.token_times_s.front() - r.request.arrival_s);
-      e2e.push_back(r.token_times_s.back() - r.request.arrival_s);
+      ttft.push_back(r.token_times_s.front() - r.sent_s());
+      e2e.push_back(r.token_times_s.back() - r.sent_s());
       per_request.push_back({{"id", r.request.id},
                              {"arrival_s", r.request.arrival_s},
+                             {"client_wait_s", r.client_wait_s},
                              {"prompt_tokens", r.request.prompt_tokens},
                              {"output_tokens", r.request.output_tokens},
                              {"ttft_s", ttft.back()},
@@ -912,6 +919,7 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
                  {"window_blocks", sched.window_blocks},
                  {"max_batch_tokens", sched.max_batch_tokens},
                  {"max_running", sched.max_running},
+                 {"max_concurrency", p["max_concurrency"]},
                  {"chunked_prefill", sched.chunked_prefill},
                  {"prefill_chunk_tokens", sched.prefill_chunk_tokens},
                  {"per_rate", per_rate}};
@@ -934,6 +942,9 @@ Table ServingSuite::summary_table(const CellOutput& output) const {
     return format_fixed(s["p50"].get<double>() * 1e3, 1) + " / " +
            format_fixed(s["p99"].get<double>() * 1e3, 1);
   };
+  // Under a client limit, the waits before each send (outside TTFT) get their column.
+  const bool limited = output.summary.value("max_concurrency", int64_t{0}) > 0;
+  if (limited) t.columns.insert(t.columns.begin() + 5, "wait p50/p99 ms");
   for (const auto& r : output.summary["per_rate"]) {
     const double rate = r["rate"].get<double>();
     t.rows.push_back({rate == 0 ? std::string("burst") : format_fixed(rate, 2),
@@ -949,6 +960,7 @@ Table ServingSuite::summary_table(const CellOutput& output) const {
                       format_bytes(r["kv"]["pool_bytes_peak"].get<double>()),
                       std::to_string(output.summary["pool_tokens"].get<int64_t>()),
                       std::to_string(r["preemptions"].get<int64_t>())});
+    if (limited) t.rows.back().insert(t.rows.back().begin() + 5, pair_ms(r["client_wait_s"]));
   }
   return t;
 }

@@ -1345,7 +1345,9 @@ class ServingCliTest(CliCase):
                    dict(common, sharegpt_file=str(fixtures / "sharegpt.json"), rates=[50],
                         burstiness=0.5, requests=9, prompt_tokens_min=1, prompt_tokens_max=512,
                         output_tokens_min=2, output_tokens_max=8),
+                   # Two client slots: requests finding both busy wait at the client.
                    dict(common, rates=[100], duration_s=0.1, length_distribution="lognormal",
+                        max_concurrency=2,
                         prompt_tokens_min=8, prompt_tokens_max=64, prompt_tokens_mean=24,
                         prompt_tokens_sigma=0.7, output_tokens_min=2, output_tokens_max=6),
                ]}
@@ -1402,6 +1404,21 @@ class ServingCliTest(CliCase):
             self.assertTrue(all(d["arrival_s"] < 0.1 for d in r["requests_detail"]))
             self.assertTrue(all(8 <= d["prompt_tokens"] <= 64 for d in r["requests_detail"]))
             self.assertTrue(all(2 <= d["output_tokens"] <= 6 for d in r["requests_detail"]))
+            # At most 2 in flight: at each send (arrival + client wait), fewer than 2 earlier
+            # requests are sent and unfinished (their last token at send + e2e).
+            self.assertEqual(r["max_concurrency"], 2)
+            self.assertEqual(r["client_wait_s"]["n"], len(r["requests_detail"]))
+            sends = [(d["arrival_s"] + d["client_wait_s"], d["e2e_s"]) for d in r["requests_detail"]]
+            for i, (sent, _) in enumerate(sends):
+                busy = [j for j in range(i) if sends[j][0] <= sent + 1e-9
+                        and sends[j][0] + sends[j][1] > sent + 1e-9]
+                self.assertLess(len(busy), 2, (name, i, sends))
+        for key, c in cells.items():
+            self.assertEqual(c["summary"]["max_concurrency"], 2 if key[0] == "synthetic" else 0)
+            if key[0] != "synthetic":
+                self.assertNotIn("client_wait_s", c["records"][0])
+                self.assertTrue(all(d["client_wait_s"] == 0
+                                    for d in c["records"][0]["requests_detail"]))
 
     def test_request_source_errors_name_the_key(self):
         bad_trace = self.dir / "bad.jsonl"

@@ -148,6 +148,7 @@ class CostModelExecutor final : public StepExecutor {
     ASSERT_EQ(tokens, plan.batch_tokens);
     ASSERT_LE(tokens, max_batch_tokens_);
     max_used_blocks = std::max(max_used_blocks, scheduler_.pool().used_blocks());
+    max_in_flight = std::max(max_in_flight, scheduler_.waiting() + scheduler_.running());
     clock_.advance(0.01 + 0.001 * static_cast<double>(tokens));
   }
   void finished(const std::vector<int64_t>& ids) override {
@@ -161,6 +162,7 @@ class CostModelExecutor final : public StepExecutor {
   double release_s = 0;  // what releasing finished sequences costs (after their last token)
   int64_t max_chunk = INT64_MAX;  // no prefill item may feed more tokens
   int64_t max_used_blocks = 0;
+  size_t max_in_flight = 0;  // requests the scheduler held (waiting or running) at a step
   std::set<int64_t> done;
   std::map<int64_t, std::vector<int64_t>> prefill_tokens;  // context of each (re)prefill
   std::map<int64_t, std::vector<int64_t>> chunks;          // tokens of each prefill item
@@ -459,6 +461,108 @@ TEST(Scheduler, OverloadStillCompletesEveryRequest) {
   EXPECT_EQ(pool.free_blocks(), 12);
 }
 
+// --- Client concurrency -------------------------------------------------------------------
+
+// One slot: six requests arriving at once go one after another. Each is sent when the one
+// before it produced its last token, and its TTFT counts from that send (its wait beside).
+TEST(MaxConcurrency, OneSlotSendsEachRequestAtThePreviousOnesLastToken) {
+  BlockPool pool(100, 4);
+  Scheduler s(pool, SchedulerConfig{});
+  std::vector<ServingRequest> reqs;
+  for (int64_t i = 0; i < 6; ++i) reqs.push_back({i, 0.0, 3 + i, 2 + i % 3});
+  ManualClock clock;
+  CostModelExecutor ex(clock, s, SchedulerConfig{}.max_batch_tokens);
+  ex.release_s = 0.25;  // after the last token: the next send is not at the release's end
+  const ServingTrace t = run_serving(reqs, s, ex, clock, true, 1);
+  EXPECT_EQ(ex.max_in_flight, 1u);
+  EXPECT_EQ(t.max_concurrency, 1);
+  EXPECT_EQ(t.requests[0].client_wait_s, 0);
+  for (size_t i = 1; i < t.requests.size(); ++i) {
+    EXPECT_DOUBLE_EQ(t.requests[i].sent_s(), t.requests[i - 1].token_times_s.back()) << i;
+    EXPECT_GT(t.requests[i].client_wait_s, 0) << i;
+  }
+  const nlohmann::json m = serving_metrics(t, SloThresholds{}, 1.0);
+  EXPECT_EQ(m["max_concurrency"], 1);
+  std::vector<double> ttft, wait;
+  for (const auto& r : t.requests) {
+    ttft.push_back(r.token_times_s.front() - r.sent_s());
+    wait.push_back(r.client_wait_s);
+  }
+  EXPECT_DOUBLE_EQ(m["ttft_s"]["max"], *std::max_element(ttft.begin(), ttft.end()));
+  EXPECT_DOUBLE_EQ(m["client_wait_s"]["max"], *std::max_element(wait.begin(), wait.end()));
+  EXPECT_DOUBLE_EQ(m["client_wait_s"]["mean"], mean(wait));
+  // Serialized, each TTFT is its own prefill's cost alone: under the first's waiting for none.
+  EXPECT_LT(m["ttft_s"]["max"].get<double>(), m["client_wait_s"]["max"].get<double>());
+}
+
+// Poisson arrivals into 3 slots, checked from the trace alone. Requests are sent first come
+// first sent, so request i can go once at most 2 of the i before it are unfinished: at its send,
+// at least i - 2 of them have their last token out; and one that waited could not go a moment
+// earlier: fewer had finished before its send.
+TEST(MaxConcurrency, SendsFollowTheDefinitionUnderRandomArrivals) {
+  for (uint64_t seed : {1, 2, 3}) {
+    BlockPool pool(40, 4);
+    SchedulerConfig cfg;
+    cfg.max_batch_tokens = 48;
+    Scheduler s(pool, cfg);
+    std::vector<ServingRequest> reqs;
+    const std::vector<double> arrivals = poisson_arrivals(60, 40.0, seed);
+    for (int64_t i = 0; i < 60; ++i) {
+      reqs.push_back({i, arrivals[static_cast<size_t>(i)], 2 + (i * 5) % 11, 1 + (i * 3) % 9});
+    }
+    ManualClock clock;
+    CostModelExecutor ex(clock, s, cfg.max_batch_tokens);
+    const ServingTrace t = run_serving(reqs, s, ex, clock, true, 3);
+    EXPECT_LE(ex.max_in_flight, 3u);
+    int waited = 0;
+    for (size_t i = 0; i < t.requests.size(); ++i) {
+      const double sent = t.requests[i].sent_s();
+      int64_t finished_by = 0, finished_before = 0;
+      for (size_t j = 0; j < i; ++j) {
+        finished_by += t.requests[j].token_times_s.back() <= sent;
+        finished_before += t.requests[j].token_times_s.back() < sent;
+      }
+      const int64_t needed = static_cast<int64_t>(i) - 2;
+      EXPECT_GE(finished_by, needed) << "seed " << seed << " request " << i;
+      EXPECT_GE(t.requests[i].client_wait_s, 0);
+      if (t.requests[i].client_wait_s > 0) {
+        ++waited;
+        EXPECT_LT(finished_before, needed) << "seed " << seed << " request " << i;
+      }
+    }
+    EXPECT_GT(waited, 0) << "seed " << seed << ": the arrivals never filled the slots";
+    EXPECT_EQ(ex.done.size(), 60u);
+  }
+}
+
+// A limit no arrival pattern reaches changes nothing: the same steps, tokens and latencies as
+// without one, and no wait.
+TEST(MaxConcurrency, AnUnreachedLimitChangesNothing) {
+  auto run = [](int64_t limit) {
+    BlockPool pool(40, 4);
+    Scheduler s(pool, SchedulerConfig{});
+    std::vector<ServingRequest> reqs;
+    const std::vector<double> arrivals = poisson_arrivals(20, 30.0, 5);
+    for (int64_t i = 0; i < 20; ++i) reqs.push_back({i, arrivals[size_t(i)], 3 + i % 7, 2 + i % 5});
+    ManualClock clock;
+    CostModelExecutor ex(clock, s, SchedulerConfig{}.max_batch_tokens);
+    return run_serving(reqs, s, ex, clock, true, limit);
+  };
+  const ServingTrace free = run(0), limited = run(20);
+  ASSERT_EQ(free.requests.size(), limited.requests.size());
+  for (size_t i = 0; i < free.requests.size(); ++i) {
+    EXPECT_EQ(free.requests[i].token_times_s, limited.requests[i].token_times_s) << i;
+    EXPECT_EQ(limited.requests[i].client_wait_s, 0) << i;
+  }
+  const nlohmann::json a = serving_metrics(free, SloThresholds{}, 1.0),
+                       b = serving_metrics(limited, SloThresholds{}, 1.0);
+  EXPECT_FALSE(a.contains("client_wait_s"));
+  EXPECT_EQ(b["client_wait_s"]["max"], 0.0);
+  EXPECT_EQ(a["ttft_s"], b["ttft_s"]);
+  EXPECT_EQ(a["e2e_s"], b["e2e_s"]);
+  EXPECT_THROW(run(-1), Error);
+}
+
 // --- Chunked prefill ----------------------------------------------------------------------
 
 // A 100-token prompt in chunks of 30: four prefill steps of 30, 30, 30 and 10 tokens, the first
@@ -707,6 +811,17 @@ TEST(Serving, MetricsFromAHandBuiltTrace) {
   m = serving_metrics(t, slo, 10.0, 7.0);
   EXPECT_DOUBLE_EQ(m["kv"]["pool_bytes_peak"], 47.0);
   EXPECT_DOUBLE_EQ(m["kv"]["pool_bytes_mean"], 7.0 + 10.0 * (2.0 * 1 + 4.0 * 3) / 4.0);
+  EXPECT_FALSE(m.contains("client_wait_s"));
+  // Under a client limit, latencies count from the send: the second request waited 0.5 s.
+  t.max_concurrency = 1;
+  t.requests[1].client_wait_s = 0.5;
+  m = serving_metrics(t, slo, 10.0);
+  EXPECT_DOUBLE_EQ(m["ttft_s"]["max"], 1.5);
+  EXPECT_DOUBLE_EQ(m["e2e_s"]["mean"], (2.5 + 1.5) / 2);
+  EXPECT_DOUBLE_EQ(m["client_wait_s"]["max"], 0.5);
+  EXPECT_DOUBLE_EQ(m["client_wait_s"]["p50"], 0.25);
+  EXPECT_EQ(m["goodput"]["requests_meeting_slo"], 2);
+  EXPECT_DOUBLE_EQ(m["request_throughput"], 0.5);  // still from the first arrival
 }
 
 // Throughputs count from the first arrival to the last token: the loop's lead-in before a

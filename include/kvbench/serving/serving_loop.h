@@ -69,6 +69,11 @@ struct RequestTrace {
   ServingRequest request;
   std::vector<double> token_times_s;  // since the loop started (as arrival_s), one per token
   int64_t preemptions = 0;
+  // How long it waited after arriving before the client sent it: with max_concurrency, until
+  // a slot freed when every slot was taken at its arrival; else 0. Latencies count from the
+  // send (sent_s()).
+  double client_wait_s = 0;
+  double sent_s() const { return request.arrival_s + client_wait_s; }
 };
 
 struct StepTrace {
@@ -86,12 +91,17 @@ struct ServingTrace {
   double end_s = 0;  // since the loop started
   int64_t preemptions = 0;
   int64_t peak_used_blocks = 0;
+  int64_t max_concurrency = 0;  // 0: none
 };
 
 // Runs every request (sorted by arrival) to completion. After each step it checks the
 // scheduler's invariants when `check` is set (tests; cheap enough for small pools).
+// `max_concurrency` > 0 holds at most that many requests in flight, as a benchmark client with
+// that many connections (vLLM's --max-concurrency): an arrival finding them all busy waits,
+// first come first sent, outside the server (not in its TTFT; in client_wait_s).
 ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& scheduler,
-                         StepExecutor& executor, ServingClock& clock, bool check = false);
+                         StepExecutor& executor, ServingClock& clock, bool check = false,
+                         int64_t max_concurrency = 0);
 
 // Seeded gaps between arrivals at `rate` (> 0) requests per second with `burstiness` k (> 0),
 // as vLLM's benchmark draws them: Gamma with shape k and mean 1/rate, so the squared
@@ -119,7 +129,8 @@ struct SloThresholds {
   double e2e_s = 0;
 };
 
-// Report metrics of a trace: TTFT, TPOT, ITL and e2e latency (p50/p90/p99/mean/max), request
+// Report metrics of a trace: TTFT, TPOT, ITL and e2e latency (p50/p90/p99/mean/max; TTFT and
+// e2e from each request's send), with max_concurrency the client-side wait before it, request
 // and token throughput, goodput (requests meeting every threshold, per second, and fraction),
 // KV blocks and bytes (peak and step-time-weighted mean), preemptions, steps.
 // `bytes_per_block` converts blocks to pool bytes, on top of `shared_bytes`: what the budget
