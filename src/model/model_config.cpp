@@ -15,7 +15,17 @@ namespace {
 
 using nlohmann::json;
 
+// Sizes past any real model's, so that no product of them in a shape or a byte estimate
+// overflows int64 (a KV token of 4096 layers x 1024 KV heads x 1024 dims, or a vocabulary
+// row block of 2^24 x 2^17, stays far below 2^63): real ones stay well inside (Llama-3-405B:
+// 126 layers, hidden 16384, FFN 53248, 128 heads of 128 dims; Gemma: a 262144 vocabulary).
 constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxHidden = int64_t{1} << 17;
+constexpr int64_t kMaxIntermediate = int64_t{1} << 20;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxHeadDim = 1024;
+constexpr int64_t kMaxPositions = int64_t{1} << 30;
 
 struct Reader {
   const json& j;
@@ -151,7 +161,8 @@ RopeScaling parse_rope_scaling(const Reader& r, const std::string& key) {
       if (!sr.has(k)) r.fail(key + "." + k, "required for llama3 scaling");
     s.low_freq_factor = sr.number("low_freq_factor", 1.0);
     s.high_freq_factor = sr.number("high_freq_factor", 4.0);
-    s.original_max_position_embeddings = sr.integer("original_max_position_embeddings");
+    s.original_max_position_embeddings =
+        sr.integer("original_max_position_embeddings", {}, 1, kMaxPositions);
     if (!(s.high_freq_factor > s.low_freq_factor)) {
       r.fail(key, "high_freq_factor must exceed low_freq_factor");
     }
@@ -272,18 +283,19 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   ModelConfig c;
   c.arch = parse_architecture(r);
   c.architecture = architecture_name(c.arch);
-  c.vocab_size = r.integer("vocab_size");
-  c.hidden_size = r.integer("hidden_size");
-  c.intermediate_size = r.integer("intermediate_size");
-  // (Real models have up to a few hundred; a count in the millions would be allocated per
-  // layer before any size check could say it does not fit.)
+  c.vocab_size = r.integer("vocab_size", {}, 1, kMaxVocab);
+  c.hidden_size = r.integer("hidden_size", {}, 1, kMaxHidden);
+  c.intermediate_size = r.integer("intermediate_size", {}, 1, kMaxIntermediate);
+  // (A count in the millions would also be allocated per layer before any size check could
+  // say it does not fit.)
   c.num_layers = r.integer("num_hidden_layers", {}, 1, kMaxLayers);
-  c.num_heads = r.integer("num_attention_heads");
+  c.num_heads = r.integer("num_attention_heads", {}, 1, kMaxHeads);
   const ArchEntry& family = arch_entry(c.arch);
   const bool kv_heads_named = j.contains("num_key_value_heads");  // (null: num_heads)
   c.num_kv_heads = r.integer(
       "num_key_value_heads",
-      family.num_key_value_heads > 0 && !kv_heads_named ? family.num_key_value_heads : c.num_heads);
+      family.num_key_value_heads > 0 && !kv_heads_named ? family.num_key_value_heads : c.num_heads,
+      1, kMaxHeads);
   if (c.num_heads % c.num_kv_heads != 0) {
     r.fail("num_key_value_heads", "must divide num_attention_heads (" +
                                       std::to_string(c.num_heads) + "), got " +
@@ -295,9 +307,11 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     r.fail("hidden_size", "not divisible by num_attention_heads and no head_dim given");
   }
   c.head_dim =
-      r.integer("head_dim", family.head_dim > 0 ? family.head_dim : c.hidden_size / c.num_heads);
+      r.integer("head_dim", family.head_dim > 0 ? family.head_dim : c.hidden_size / c.num_heads, 1,
+                kMaxHeadDim);
   if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE");
-  c.max_position_embeddings = r.integer("max_position_embeddings", family.max_position_embeddings);
+  c.max_position_embeddings =
+      r.integer("max_position_embeddings", family.max_position_embeddings, 1, kMaxPositions);
   // transformers reads a top-level partial_rotary_factor for every family.
   if (r.has("partial_rotary_factor") && r.number("partial_rotary_factor", 1.0) != 1.0)
     r.fail("partial_rotary_factor", "only 1 is supported (RoPE over the whole head), got " +

@@ -30,8 +30,7 @@ void SkippingWallClock::skip_to(double t) {
 ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& scheduler,
                          StepExecutor& executor, ServingClock& clock, bool check,
                          int64_t max_concurrency) {
-  KVB_CHECK(max_concurrency >= 0, "serving: max_concurrency must be >= 0, got ",
-            max_concurrency);
+  KVB_CHECK(max_concurrency >= 0, "serving: max_concurrency must be >= 0, got ", max_concurrency);
   std::stable_sort(
       requests.begin(), requests.end(),
       [](const ServingRequest& a, const ServingRequest& b) { return a.arrival_s < b.arrival_s; });
@@ -43,7 +42,8 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
     trace.requests.push_back({r, {}, 0});
   }
   trace.max_concurrency = max_concurrency;
-  const size_t cap = max_concurrency > 0 ? static_cast<size_t>(max_concurrency) : std::numeric_limits<size_t>::max();
+  const size_t cap = max_concurrency > 0 ? static_cast<size_t>(max_concurrency)
+                                         : std::numeric_limits<size_t>::max();
   // When each finished request's last token came: steps end in time order, so this is sorted.
   std::vector<double> finish_times;
   const double t0 = clock.now();

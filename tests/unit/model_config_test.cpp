@@ -202,6 +202,28 @@ TEST(ModelConfig, RejectsBadValues) {
   EXPECT_EQ(
       error_of(c),
       "model config: cfg.json: num_hidden_layers: expected an integer <= 4096, got 1000000000");
+  // Sizes past any real model's are refused by name before a shape or a byte estimate is
+  // formed from them: 4 heads of 2^62 dims once multiplied to a q_proj of 0 rows, and a 2^62
+  // vocabulary gave a dry-run estimate of a few MiB.
+  const std::pair<const char*, int64_t> too_large[] = {
+      {"vocab_size", int64_t{1} << 24},        {"hidden_size", int64_t{1} << 17},
+      {"intermediate_size", int64_t{1} << 20}, {"num_attention_heads", 1024},
+      {"num_key_value_heads", 1024},           {"head_dim", 1024},
+      {"max_position_embeddings", 1 << 30}};
+  for (const auto& [key, cap] : too_large) {
+    for (int64_t v : {cap + 1, int64_t{1} << 62}) {
+      c = llama();
+      c[key] = v;
+      EXPECT_EQ(error_of(c), std::string("model config: cfg.json: ") + key +
+                                 ": expected an integer <= " + std::to_string(cap) + ", got " +
+                                 std::to_string(v));
+    }
+  }
+  c = llama();
+  c["rope_scaling"]["original_max_position_embeddings"] = int64_t{1} << 40;
+  EXPECT_NE(error_of(c).find("original_max_position_embeddings: expected an integer <= 1073741824"),
+            std::string::npos)
+      << error_of(c);
   c = llama();
   c["torch_dtype"] = "float64";
   EXPECT_EQ(error_of(c),
