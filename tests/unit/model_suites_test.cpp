@@ -6,12 +6,14 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/model/chat_format.h"
+#include "kvbench/model/presets.h"
 #include "kvbench/model/tokenizer.h"
 #include "kvbench/model/transformer.h"
 #include "kvbench/suites/accuracy_suite.h"
@@ -1298,6 +1300,63 @@ TEST(AccuracySuite, AnAddEosTokenizersEosEndsThePromptOnce) {
   EXPECT_EQ(out.records[0]["prompt_hash"],
             prompt_hash(std::vector<int64_t>(want.begin(), want.end())));
   fs::remove_all(dir);
+}
+
+// A chat-wrapped prompt is encoded without the tokenizer's own specials, as transformers'
+// apply_chat_template encodes its rendered text: an add_eos_token tokenizer's EOS is not
+// appended to it (the turn markers end the prompt; the model answers after them), and the
+// template's BOS is the only one. A LongBench row cut and re-wrapped is exactly the rendered
+// turn; it and a synthetic task's wrapped prompt are the same tokens as without the flag.
+TEST(AccuracySuite, AChatWrappedPromptGetsNoAddEosTokenizersEos) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(::testing::TempDir()) / "kvbench_chat_add_eos";
+  fs::remove_all(root);
+  const std::string lb = (root / "longbench.jsonl").string();
+  for (const char* name : {"plain", "eos"}) {
+    write_preset_checkpoint(find_model_preset("tiny-llama"), (root / name).string(), 0);
+  }
+  json tc = json::parse(std::ifstream(root / "eos" / "tokenizer_config.json"));
+  tc["add_eos_token"] = true;
+  std::ofstream(root / "eos" / "tokenizer_config.json") << tc.dump(2);
+  std::ofstream(lb) << json{{"_id", "b"},
+                            {"dataset", "qasper"},
+                            {"input", "Who?"},
+                            {"context", "Ann came."},
+                            {"answers", {"Ann"}}}
+                           .dump()
+                    << "\n";
+  const json suites[] = {
+      {{"name", "accuracy"}, {"data_file", lb}, {"chat_format", "llama3"}, {"max_new_tokens", 2}},
+      {{"name", "accuracy"},
+       {"task", "passkey"},
+       {"samples", 1},
+       {"target_tokens", 200},
+       {"chat_format", "llama3"},
+       {"max_new_tokens", 2}}};
+  std::map<std::string, std::vector<json>> prompts;  // per model: each suite's prompt_hash
+  for (const char* name : {"plain", "eos"}) {
+    for (const json& suite : suites) {
+      const RunSpec spec = parse_run_spec(
+          {{"suites", {suite}}, {"threads", 1}, {"model", {{"path", (root / name).string()}}}},
+          "t");
+      ModelProvider model(spec.model);
+      const Tokenizer& tok = model.tokenizer();
+      // The flag took: encode(text, true) ends in EOS on the flagged copy only.
+      EXPECT_EQ(tok.special_suffix().size(), std::string(name) == "eos" ? 1u : 0u);
+      const CellOutput out = run_full_accuracy(spec, model);
+      ASSERT_EQ(out.records.size(), 1u);
+      prompts[name].push_back({out.records[0]["prompt_hash"], out.records[0]["prompt_tokens"]});
+      if (!suite.contains("data_file")) continue;
+      const std::vector<int32_t> want =
+          tok.encode(render_chat("llama3", {{"user", "Ann came.\n\nWho?"}}), false);
+      EXPECT_EQ(out.records[0]["prompt_tokens"], want.size()) << name;
+      EXPECT_EQ(out.records[0]["prompt_hash"],
+                prompt_hash(std::vector<int64_t>(want.begin(), want.end())))
+          << name;
+    }
+  }
+  EXPECT_EQ(prompts["plain"], prompts["eos"]);
+  fs::remove_all(root);
 }
 
 TEST(AccuracySuite, DatasetsWithoutATemplateAreNamedInAWarning) {
