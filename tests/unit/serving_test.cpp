@@ -5,12 +5,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "kvbench/core/error.h"
@@ -158,8 +160,13 @@ class CostModelExecutor final : public StepExecutor {
     }
     clock_.advance(release_s);
   }
+  double kv_bytes() const override {
+    clock_.advance(counter_read_s);
+    return 0;
+  }
   int steps = 0;
-  double release_s = 0;  // what releasing finished sequences costs (after their last token)
+  double release_s = 0;       // what releasing finished sequences costs (after their last token)
+  double counter_read_s = 0;  // what reading the KV bytes after a step costs
   int64_t max_chunk = INT64_MAX;  // no prefill item may feed more tokens
   int64_t max_used_blocks = 0;
   size_t max_in_flight = 0;  // requests the scheduler held (waiting or running) at a step
@@ -205,6 +212,38 @@ TEST(Scheduler, DurationEndsAtTheLastToken) {
   double last = 0;
   for (const auto& r : t.requests) last = std::max(last, r.token_times_s.back());
   EXPECT_DOUBLE_EQ(t.end_s, last);
+}
+
+// Reading the memory counters after each step is the benchmark's work: however long it takes,
+// every token comes out at the same time.
+TEST(Scheduler, ReadingTheCountersIsOffTheClock) {
+  auto token_times = [](double counter_read_s) {
+    BlockPool pool(100, 4);
+    Scheduler s(pool, SchedulerConfig{});
+    ManualClock clock;
+    CostModelExecutor ex(clock, s, SchedulerConfig{}.max_batch_tokens);
+    ex.counter_read_s = counter_read_s;
+    std::vector<ServingRequest> reqs;
+    for (int64_t i = 0; i < 5; ++i) reqs.push_back({i, 0.02 * double(i), 3 + i, 2 + i % 3});
+    const ServingTrace t = run_serving(reqs, s, ex, clock, true);
+    std::vector<std::vector<double>> out;
+    for (const auto& r : t.requests) out.push_back(r.token_times_s);
+    return out;
+  };
+  EXPECT_EQ(token_times(0.0), token_times(0.5));
+}
+
+// The wall clock drops an excluded span: 50 ms slept, then excluded, are not in now().
+TEST(Scheduler, TheWallClockDropsAnExcludedSpan) {
+  SkippingWallClock clock;
+  const double from = clock.now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const double slept = clock.now() - from;
+  clock.exclude_since(from);
+  const double after = clock.now() - from;
+  EXPECT_GE(after, 0);
+  EXPECT_LT(after, slept);
+  EXPECT_GE(slept, 0.05);
 }
 
 // The hand-traced case: two requests fill a 4-block pool; at the 4th step the older one needs a

@@ -22,6 +22,9 @@ class ServingClock {
   virtual double now() const = 0;
   // Called when nothing can run before the next arrival at `t` (> now()).
   virtual void skip_to(double t) = 0;
+  // The time since `from` (an earlier now()) stops counting: the benchmark's own bookkeeping
+  // between steps (reading the memory counters), which a server would not do.
+  virtual void exclude_since(double from) = 0;
 };
 
 // Measured time with idle gaps skipped instead of slept: a stopwatch plus the skipped time.
@@ -31,6 +34,7 @@ class SkippingWallClock final : public ServingClock {
   SkippingWallClock();
   double now() const override;
   void skip_to(double t) override;
+  void exclude_since(double from) override;
 
  private:
   double start_;
@@ -42,6 +46,7 @@ class ManualClock final : public ServingClock {
  public:
   double now() const override { return now_; }
   void skip_to(double t) override { now_ = std::max(now_, t); }
+  void exclude_since(double from) override { now_ = std::min(now_, from); }
   void advance(double dt) { now_ += dt; }
 
  private:
