@@ -168,11 +168,12 @@ nlohmann::json latency_json(const std::vector<double>& x) {
 nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& slo,
                                double bytes_per_block, double shared_bytes) {
   std::vector<double> ttft, tpot, itl, e2e, wait;
-  int64_t tokens = 0, good = 0;
+  int64_t tokens = 0, good = 0, prompt_tokens = 0;
   for (const auto& r : trace.requests) {
     const auto& t = r.token_times_s;
     KVB_CHECK(!t.empty(), "serving: request ", r.request.id, " produced no token");
     tokens += static_cast<int64_t>(t.size());
+    prompt_tokens += r.request.prompt_tokens;
     // From the send, as a client measures (vLLM's benchmark times a request from when its
     // semaphore lets it go); the wait before it is reported beside.
     const double first = t.front() - r.sent_s();
@@ -214,6 +215,7 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
   nlohmann::json m = {
       {"requests", trace.requests.size()},
       {"output_tokens", tokens},
+      {"prompt_tokens", prompt_tokens},
       {"duration_s", trace.end_s},
       {"busy_s", busy},
       {"steps", trace.steps.size()},
@@ -223,6 +225,8 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
       {"e2e_s", latency_json(e2e)},
       {"request_throughput", n / duration},
       {"token_throughput", static_cast<double>(tokens) / duration},
+      // Prompt and generated tokens, as vLLM's "total token throughput".
+      {"total_token_throughput", static_cast<double>(prompt_tokens + tokens) / duration},
       {"goodput",
        {{"slo", {{"ttft_s", slo.ttft_s}, {"tpot_s", slo.tpot_s}, {"e2e_s", slo.e2e_s}}},
         {"requests_meeting_slo", good},

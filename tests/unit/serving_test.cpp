@@ -839,6 +839,8 @@ TEST(Serving, MetricsFromAHandBuiltTrace) {
   EXPECT_DOUBLE_EQ(m["e2e_s"]["mean"], 2.25);
   EXPECT_DOUBLE_EQ(m["request_throughput"], 0.5);
   EXPECT_DOUBLE_EQ(m["token_throughput"], 1.0);
+  EXPECT_EQ(m["prompt_tokens"], 8);
+  EXPECT_DOUBLE_EQ(m["total_token_throughput"], (8 + 4) / 4.0);
   EXPECT_EQ(m["goodput"]["requests_meeting_slo"], 1);
   EXPECT_DOUBLE_EQ(m["goodput"]["requests_per_s"], 0.25);
   EXPECT_EQ(m["kv"]["blocks_peak"], 4);
