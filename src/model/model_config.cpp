@@ -15,10 +15,11 @@ namespace {
 
 using nlohmann::json;
 
-// Sizes past any real model's, so that no product of them in a shape or a byte estimate
-// overflows int64 (a KV token of 4096 layers x 1024 KV heads x 1024 dims, or a vocabulary
-// row block of 2^24 x 2^17, stays far below 2^63): real ones stay well inside (Llama-3-405B:
-// 126 layers, hidden 16384, FFN 53248, 128 heads of 128 dims; Gemma: a 262144 vocabulary).
+// Sizes past any real model's, so that no product of them in a shape overflows int64 (a KV
+// token of 4096 layers x 1024 KV heads x 1024 dims, or an embedding of 2^24 x 2^17, stays far
+// below 2^63; estimates over batches and contexts are clamped where they are formed): real ones
+// stay well inside (Llama-3-405B: 126 layers, hidden 16384, FFN 53248, 128 heads of 128 dims;
+// Gemma: a 262144 vocabulary).
 constexpr int64_t kMaxLayers = 4096;
 constexpr int64_t kMaxVocab = int64_t{1} << 24;
 constexpr int64_t kMaxHidden = int64_t{1} << 17;

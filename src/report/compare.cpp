@@ -232,7 +232,8 @@ const std::vector<MetricImpl>& metric_impls() {
             std::string(kServingChargePoint) + ": bytes_per_block + retention_bytes_per_block)"},
        serving_block_bytes},
       {{"serving_ttft", "serving", true, Worse::kHigher, 10, 0,
-        "time to first token per rate, queueing included (serving ttft_samples_s)"},
+        "time to first token per rate, the server's queueing included (a max_concurrency client's "
+        "wait before the send is not; serving ttft_samples_s)"},
        per_record("serving", serving_point, request_samples("ttft_samples_s"))},
       {{"serving_e2e", "serving", true, Worse::kHigher, 10, 0,
         "end-to-end request latency per rate (serving samples_s)"},

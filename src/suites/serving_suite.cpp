@@ -539,10 +539,10 @@ class ModelExecutor final : public StepExecutor {
     }
   }
   void finished(const std::vector<int64_t>& ids) override {
-    for (int64_t id : ids) {
-      drop(id);
-      progress_.advance("request " + std::to_string(id));
-    }
+    for (int64_t id : ids) drop(id);
+  }
+  void report(const std::vector<int64_t>& finished) override {
+    for (int64_t id : finished) progress_.advance("request " + std::to_string(id));
   }
   double kv_bytes() const override { return static_cast<double>(cache_.bytes()); }
   double allocated_bytes() const override { return static_cast<double>(cache_.allocated_bytes()); }

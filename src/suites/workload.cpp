@@ -258,19 +258,32 @@ uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes, b
   return total > weight_bytes ? total - weight_bytes : 0;
 }
 
+namespace {
+// An estimate in bytes, at most 2^60: past any machine, with room below 2^64 for the few terms
+// callers add to it (the weights, shared state).
+uint64_t clamped_bytes(double bytes) {
+  return bytes >= 0x1p60 ? uint64_t{1} << 60 : static_cast<uint64_t>(bytes);
+}
+}  // namespace
+
 uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64_t batch,
                           int64_t prompt, int64_t new_tokens, at::ScalarType compute_dtype) {
-  const uint64_t b = static_cast<uint64_t>(batch), p = static_cast<uint64_t>(prompt);
-  const uint64_t total = p + static_cast<uint64_t>(new_tokens);
-  const uint64_t kv = static_cast<uint64_t>(static_cast<double>(b * total) * kv_bytes_per_token);
+  // In double: at the config caps and the suites' largest batches and contexts the product
+  // passes 2^64, and the sum is clamped (any such request fails the fit check all the same).
+  const double b = static_cast<double>(batch), p = static_cast<double>(prompt);
+  const double total = p + static_cast<double>(new_tokens);
+  const double kv = b * total * kv_bytes_per_token;
   // The packed prefill's hidden states, norms, q/k/v/o and MLP intermediates in the compute
   // dtype; fp32 logits for each sequence's last token only (the suites never ask for all).
-  const uint64_t width = 6 * c.hidden_size + 4 * c.intermediate_size + 4 * c.num_heads * c.head_dim;
-  const uint64_t activations =
-      b * p * width * at::elementSize(compute_dtype) + b * c.vocab_size * sizeof(float);
-  const uint64_t scores = 3ull * c.num_heads * p * p * sizeof(float);
-  const uint64_t kv_fp32 = 2ull * c.num_kv_heads * total * c.head_dim * sizeof(float);
-  return kv + activations + scores + kv_fp32;
+  const double width = 6.0 * static_cast<double>(c.hidden_size) +
+                       4.0 * static_cast<double>(c.intermediate_size) +
+                       4.0 * static_cast<double>(c.num_heads * c.head_dim);
+  const double activations = b * p * width * static_cast<double>(at::elementSize(compute_dtype)) +
+                             b * static_cast<double>(c.vocab_size) * sizeof(float);
+  const double scores = 3.0 * static_cast<double>(c.num_heads) * p * p * sizeof(float);
+  const double kv_fp32 =
+      2.0 * static_cast<double>(c.num_kv_heads * c.head_dim) * total * sizeof(float);
+  return clamped_bytes(kv + activations + scores + kv_fp32);
 }
 
 double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig& c,

@@ -543,6 +543,27 @@ TEST(Workload, TheCpuBudgetBaseIsReadOncePerRun) {
   EXPECT_EQ(taken[taken.size() / 2], 1);
 }
 
+// The generation estimate: its terms by hand on a small model; at the config caps and the
+// suites' largest batch and context (2^67 bytes of KV alone) it is clamped at 2^60, never wrapped
+// to a small number, and never lower than a smaller request's.
+TEST(Workload, TheGenerationEstimateNeverWraps) {
+  ModelConfig c;
+  c.vocab_size = 512, c.hidden_size = 128, c.intermediate_size = 352, c.num_layers = 4;
+  c.num_heads = 4, c.num_kv_heads = 2, c.head_dim = 32;
+  const uint64_t b = 3, p = 100, n = 20, per_token = c.kv_bytes_per_token(4);
+  const uint64_t width = 6 * 128 + 4 * 352 + 4 * 4 * 32;
+  EXPECT_EQ(generation_bytes(c, double(per_token), 3, 100, 20),
+            b * (p + n) * per_token + b * p * width * 4 + b * 512 * 4 + 3 * 4 * p * p * 4 +
+                2 * 2 * (p + n) * 32 * 4);
+  c.vocab_size = int64_t{1} << 24, c.hidden_size = int64_t{1} << 17;
+  c.intermediate_size = int64_t{1} << 20, c.num_layers = 4096;
+  c.num_heads = c.num_kv_heads = c.head_dim = 1024;
+  const double big = double(c.kv_bytes_per_token(4));
+  EXPECT_EQ(generation_bytes(c, big, 4096, 1 << 20, 1 << 16), uint64_t{1} << 60);
+  EXPECT_LE(generation_bytes(c, big, 1, 1024, 1), generation_bytes(c, big, 4096, 1 << 20, 1));
+  EXPECT_GT(generation_bytes(c, big, 1, 1024, 1), uint64_t{1} << 40);
+}
+
 // A retention method that kept every token at the peak measured its codec alone; Quest (which
 // evicts nothing by design), methods without a policy and cells that evicted say nothing.
 TEST(Workload, ARetentionMethodThatEvictedNothingIsNamed) {

@@ -61,6 +61,9 @@ class StepExecutor {
   virtual void execute(const StepPlan& plan) = 0;
   // Called after commit: requests in `finished` are done and their KV can go.
   virtual void finished(const std::vector<int64_t>& ids) { (void)ids; }
+  // Called after each step with the requests that finished in it, off the serving clock: the
+  // benchmark's own reporting (a progress bar), which a server would not do.
+  virtual void report(const std::vector<int64_t>& finished) { (void)finished; }
   // KV bytes the executor holds now (measured); 0 when it holds none (a cost model).
   virtual double kv_bytes() const { return 0; }
   // Bytes its KV storage occupies now, in use or not (KVCache::allocated_bytes); 0 for none.
