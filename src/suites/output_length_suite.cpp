@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 
 #include "kvbench/core/error.h"
@@ -46,6 +47,7 @@ std::vector<ParamSpec> OutputLengthSuite::param_specs() {
 LengthShift length_shift(const std::vector<double>& base, const std::vector<double>& other) {
   KVB_CHECK(base.size() == other.size() && !base.empty(), "length_shift: samples do not pair up");
   LengthShift s;
+  s.samples = base.size();
   std::vector<double> d;
   for (size_t i = 0; i < base.size(); ++i) {
     d.push_back((base[i] - other[i]) / base[i] * 100.0);
@@ -79,6 +81,14 @@ LengthShift length_shift(const std::vector<double>& base, const std::vector<doub
   return s;
 }
 
+namespace {
+// An interval as [low, high], or null below 2 samples: one sample's resamples all repeat it,
+// which would read as certainty.
+json interval_json(const Interval& ci, size_t samples) {
+  return samples >= 2 ? json::array({ci.low, ci.high}) : json();
+}
+}  // namespace
+
 json to_json(const LengthShift& s) {
   return {{"mean_length_baseline", s.mean_baseline},
           {"mean_length", s.mean_other},
@@ -93,8 +103,8 @@ json to_json(const LengthShift& s) {
           {"pairs_differing", s.pairs_differing},
           {"wilcoxon_statistic", s.wilcoxon_statistic},
           {"wilcoxon_p_value", s.wilcoxon_p_value},
-          {"d_mean_ci95", {s.d_mean_ci95.low, s.d_mean_ci95.high}},
-          {"length_ratio_ci95", {s.length_ratio_ci95.low, s.length_ratio_ci95.high}}};
+          {"d_mean_ci95", interval_json(s.d_mean_ci95, s.samples)},
+          {"length_ratio_ci95", interval_json(s.length_ratio_ci95, s.samples)}};
 }
 
 namespace {
@@ -164,6 +174,8 @@ struct Run {
   uint64_t kv_bytes = 0;
   bool kept_all = true;  // every layer held every token at the peak (kept_every_token)
   double length() const { return static_cast<double>(tokens.size()); }
+  // Mean gap after the first token; 0 for a one-token run.
+  double tpot() const { return tokens.size() > 1 ? (e2e - ttft) / (length() - 1) : 0.0; }
 };
 
 Run generate_one(const Transformer& model, KVCache& cache, const std::vector<int64_t>& prompt,
@@ -201,9 +213,9 @@ json length_shift_by_task(const std::vector<Prompt>& prompts, const std::vector<
                    {"median_length_baseline", median(f)},
                    {"median_length", median(m)},
                    {"median_length_ratio", median(m) / median(f)},
-                   {"length_ratio_ci95", {s.length_ratio_ci95.low, s.length_ratio_ci95.high}},
+                   {"length_ratio_ci95", interval_json(s.length_ratio_ci95, s.samples)},
                    {"d_mean", s.d_mean},
-                   {"d_mean_ci95", {s.d_mean_ci95.low, s.d_mean_ci95.high}},
+                   {"d_mean_ci95", interval_json(s.d_mean_ci95, s.samples)},
                    {"d_median", s.d_median},
                    {"share_longer_50", s.share_longer_50},
                    {"share_shorter_50", s.share_shorter_50},
@@ -296,7 +308,16 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
         "control_seeds) would measure sampling against greedy decoding, not a noise floor, and "
         "were skipped");
   }
-  std::vector<double> len_full, len_method, e2e_full, e2e_method;
+  // A control at the run's own temperature repeats the full-cache run exactly (same seed):
+  // a ratio of 1 that says nothing about temperature.
+  const size_t listed = controls.size();
+  controls.erase(std::remove(controls.begin(), controls.end(), g.sampling.temperature),
+                 controls.end());
+  if (controls.size() < listed)
+    out.warnings.push_back("control_temperatures: " + format_fixed(g.sampling.temperature, 2) +
+                           " is the run's temperature: its control would repeat the full-cache "
+                           "run (same seed), so it was skipped");
+  std::vector<double> len_full, len_method, e2e_full, e2e_method, tpot_full, tpot_method;
   std::vector<std::vector<double>> len_control(controls.size()), len_seed(seed_controls);
   int64_t runaway_full = 0, runaway_method = 0;
   const bool have_text =
@@ -343,6 +364,11 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
     len_method.push_back(run.length());
     e2e_full.push_back(base.e2e);
     e2e_method.push_back(run.e2e);
+    // TPOT over the runs that made more than one token, both of a pair or neither.
+    if (base.tokens.size() > 1 && run.tokens.size() > 1) {
+      tpot_full.push_back(base.tpot());
+      tpot_method.push_back(run.tpot());
+    }
     runaway_full += base.stop == "length";
     runaway_method += run.stop == "length";
     json rec = {{"kind", "sample"},
@@ -359,8 +385,10 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
                 {"lengths_control", control_lengths},
                 {"lengths_seed_control", seed_lengths},
                 {"ttft_s", run.ttft},
-                {"tpot_s", run.tokens.size() > 1 ? (run.e2e - run.ttft) / (run.length() - 1) : 0.0},
+                {"tpot_s", run.tpot()},
                 {"e2e_s", run.e2e},
+                {"ttft_full_s", base.ttft},
+                {"tpot_full_s", base.tpot()},
                 {"e2e_full_s", base.e2e},
                 {"kv_bytes", run.kv_bytes},
                 {"kv_bytes_full", base.kv_bytes}};
@@ -389,7 +417,20 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
   out.summary["runaway_rate"] = static_cast<double>(runaway_method) / n;
   out.summary["e2e_mean_s"] = mean(e2e_method);
   out.summary["e2e_mean_full_s"] = mean(e2e_full);
+  // e2e_ratio holds both the length change and the per-token speed; tpot_ratio the speed alone
+  // (over the pairs where both made more than one token; null when none did).
   out.summary["e2e_ratio"] = mean(e2e_method) / mean(e2e_full);
+  out.summary["e2e_ratio_ci95"] =
+      interval_json(bootstrap_paired_ci(e2e_full.size(),
+                                        [&](const std::vector<size_t>& draw) {
+                                          double f = 0, m = 0;
+                                          for (size_t i : draw)
+                                            f += e2e_full[i], m += e2e_method[i];
+                                          return m / f;
+                                        }),
+                    e2e_full.size());
+  out.summary["tpot_ratio"] =
+      tpot_full.empty() ? json() : json(mean(tpot_method) / mean(tpot_full));
   json ctl = json::array();
   for (size_t k = 0; k < controls.size(); ++k) {
     json j = to_json(length_shift(len_full, len_control[k]));
@@ -412,15 +453,36 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
         format_fixed(100.0 * double(runaway_method) / n, 0) +
         "%): lengths are censored at the cap (random weights, or a cap too low)");
   } else if (std::max(runaway_full, runaway_method) >= 0.1 * n) {
-    // Capped lengths enter D, the KS test and W1 as if they were lengths.
+    // Capped lengths enter every statistic as if they were lengths: D, the ratio and its
+    // interval, the KS test, W1 and the paired test (a pair capped on both sides is a zero
+    // difference, dropped; one capped side understates its difference).
     out.warnings.push_back(
         format_fixed(100.0 * double(std::max(runaway_full, runaway_method)) / n, 0) + "% of the " +
         (runaway_full >= runaway_method ? "full cache's" : "method's") +
         " generations reached max_new_tokens without EOS: their lengths are censored at the "
-        "cap, and the shift statistics treat them as lengths; raise max_new_tokens");
+        "cap, and the shift statistics (D, the length ratio and its interval, the paired "
+        "Wilcoxon test, KS, W1) treat them as lengths, which understates a shift; raise "
+        "max_new_tokens");
   }
   if (prompts.size() < 20) {
     out.warnings.push_back("fewer than 20 samples: the shares and the KS test say little");
+  } else {
+    // A task's row stands on its own samples: name the tasks too small to read.
+    std::vector<std::string> small;
+    for (const json& t : out.summary["tasks"])
+      if (t["samples"].get<size_t>() < 20 && out.summary["tasks"].size() > 1)
+        small.push_back((t["task"].get<std::string>().empty() ? std::string("(no task)")
+                                                              : t["task"].get<std::string>()) +
+                        " (" + std::to_string(t["samples"].get<size_t>()) + ")");
+    if (!small.empty())
+      out.warnings.push_back("tasks with fewer than 20 samples: " + join(small, ", ") +
+                             ": their rows' intervals and p-values say little");
+  }
+  // Random ids have no natural end: a trained model's lengths to EOS on them are noise.
+  if (!have_text && !ctx.model.identity().value("random_weights", true)) {
+    out.warnings.push_back(
+        "the prompts are random token ids: a trained model's lengths to EOS on them are those "
+        "of noise; give prompt_texts or prompts_file");
   }
   return out;
 }
@@ -438,17 +500,27 @@ Table OutputLengthSuite::summary_table(const CellOutput& output) const {
   auto share = [](const json& j, const char* key) {
     return j.contains(key) ? format_fixed(100 * j[key].get<double>(), 1) + "%" : std::string();
   };
+  // A p-value below 0.001 in scientific notation: "0.000" would read as zero.
+  auto p_text = [](double p) {
+    if (p > 0 && p < 1e-3) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.1e", p);
+      return std::string(buf);
+    }
+    return format_fixed(p, 3);
+  };
   auto row = [&](const std::string& name, const json& j, const std::string& capped) {
     const json& ci = j["length_ratio_ci95"];
     t.rows.push_back({name, format_fixed(j["mean_length"].get<double>(), 1), capped,
-                      format_fixed(j["length_ratio"].get<double>(), 2) + " [" +
-                          format_fixed(ci[0].get<double>(), 2) + ", " +
-                          format_fixed(ci[1].get<double>(), 2) + "]",
+                      format_fixed(j["length_ratio"].get<double>(), 2) +
+                          (ci.is_array() ? " [" + format_fixed(ci[0].get<double>(), 2) + ", " +
+                                               format_fixed(ci[1].get<double>(), 2) + "]"
+                                         : std::string(" [-]")),
                       format_fixed(j["d_mean"].get<double>(), 1),
                       format_fixed(100 * j["share_longer_50"].get<double>(), 1) + "%",
                       format_fixed(100 * j["share_shorter_50"].get<double>(), 1) + "%",
-                      format_fixed(j["wilcoxon_p_value"].get<double>(), 3),
-                      format_fixed(j["ks_p_value"].get<double>(), 3),
+                      p_text(j["wilcoxon_p_value"].get<double>()),
+                      p_text(j["ks_p_value"].get<double>()),
                       format_fixed(j["wasserstein"].get<double>(), 2)});
   };
   t.rows.push_back({"full", format_fixed(s["mean_length_baseline"].get<double>(), 1),

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <set>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
@@ -48,6 +49,18 @@ void check_accuracy(const nlohmann::json& p, const nlohmann::json&) {
   resolve_task_params(task, given, "task_params");
 }
 
+// Each control temperature is its own row and record key, at 2 decimals: two that round alike
+// would share a key and overwrite each other's lengths.
+void check_output_length(const nlohmann::json& p, const nlohmann::json&) {
+  std::set<std::string> seen;
+  for (const auto& t : p["control_temperatures"]) {
+    const std::string key = format_fixed(t.get<double>(), 2);
+    if (!seen.insert(key).second)
+      throw ConfigError("control_temperatures",
+                        "lists " + key + " twice (at 2 decimals, as its rows and records name it)");
+  }
+}
+
 void check_fidelity(const nlohmann::json& p, const nlohmann::json&) {
   KVB_CHECK(p["text"].get<std::string>().empty() || p["text_file"].get<std::string>().empty(),
             "fidelity: give text or text_file, not both");
@@ -89,7 +102,7 @@ const std::vector<SuiteInfo>& suite_catalog() {
        OutputLengthSuite::param_specs(),
        true,
        [] { return std::make_unique<OutputLengthSuite>(); },
-       {},
+       check_output_length,
        {}},
       {"accuracy",
        AccuracySuite::kSummary,

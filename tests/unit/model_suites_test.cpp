@@ -869,6 +869,106 @@ TEST(OutputLengthSuite, TheFullCacheAgainstItselfHasNoShift) {
   EXPECT_FALSE(out.warnings.empty());  // 4 samples are too few, and says so
 }
 
+// A control at the run's own temperature would repeat the full-cache run: skipped, said. The
+// timings split: per-sample full-cache TTFT and TPOT, tpot_ratio over the pairs that made more
+// than one token, and an interval for e2e_ratio. Control temperatures equal at 2 decimals are
+// a config error; one sample gives no interval (null), not a zero-width one.
+TEST(OutputLengthSuite, ControlsAtTheRunsTemperatureAreSkippedAndTimingsSplit) {
+  const CellOutput out = run_output_length({{"name", "full"}},
+                                           R"({"name": "output_length", "samples": 3,
+                                     "prompt_tokens": 12, "max_new_tokens": 12,
+                                     "temperature": 0.9, "control_seeds": 0})");
+  ASSERT_EQ(out.summary["controls"].size(), 1u);
+  EXPECT_EQ(out.summary["controls"][0]["temperature"], 1.1);
+  int said = 0;
+  for (const auto& w : out.warnings)
+    said += w.find("control_temperatures: 0.90 is the run's temperature") != std::string::npos;
+  EXPECT_EQ(said, 1) << json(out.warnings).dump();
+  double tpot = 0, tpot_full = 0;
+  int pairs = 0;
+  for (const auto& r : out.records) {
+    EXPECT_EQ(r["lengths_control"].size(), 1u);
+    ASSERT_TRUE(r.contains("ttft_full_s") && r.contains("tpot_full_s"));
+    EXPECT_GT(r["ttft_full_s"].get<double>(), 0);
+    if (r["length"].get<double>() > 1 && r["length_full"].get<double>() > 1) {
+      tpot += r["tpot_s"].get<double>(), tpot_full += r["tpot_full_s"].get<double>(), ++pairs;
+    } else {
+      EXPECT_EQ(r["length"].get<double>() > 1 ? r["tpot_full_s"] : r["tpot_s"], 0.0);
+    }
+  }
+  if (pairs > 0) {
+    EXPECT_DOUBLE_EQ(out.summary["tpot_ratio"].get<double>(), tpot / tpot_full);
+  } else {
+    EXPECT_TRUE(out.summary["tpot_ratio"].is_null());
+  }
+  const json& ci = out.summary["e2e_ratio_ci95"];
+  ASSERT_TRUE(ci.is_array());
+  EXPECT_LE(ci[0].get<double>(), ci[1].get<double>());
+  EXPECT_GT(ci[0].get<double>(), 0);
+  // One sample: no interval.
+  const json one = to_json(length_shift({10}, {8}));
+  EXPECT_TRUE(one["d_mean_ci95"].is_null());
+  EXPECT_TRUE(one["length_ratio_ci95"].is_null());
+  EXPECT_TRUE(to_json(length_shift({10, 12}, {8, 12}))["d_mean_ci95"].is_array());
+  try {
+    parse_run_spec(json::parse(R"({"model": {"preset": "tiny-llama", "random_init": true},
+        "suites": [{"name": "output_length", "control_temperatures": [1.0, 1.001]}]})"),
+                   "t");
+    FAIL() << "controls equal at 2 decimals must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("control_temperatures: lists 1.00 twice"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// The warnings about what the rows cannot say: a task of few samples among several (by name),
+// and a trained model's lengths on random ids (noise); random weights on random ids say
+// nothing more (their loader warns once per run).
+TEST(OutputLengthSuite, WarnsOfSmallTasksAndRandomIdsOnATrainedModel) {
+  const std::string path = ::testing::TempDir() + "/kvbench_two_tasks.jsonl";
+  {
+    std::ofstream f(path);
+    for (int i = 0; i < 22; ++i)
+      f << json{{"prompt", "Line " + std::to_string(i) + " of the text."},
+                {"task", i < 19 ? "big" : "small"}}
+               .dump()
+        << "\n";
+  }
+  const CellOutput tasks = run_output_length(
+      {{"name", "full"}}, R"({"name": "output_length", "prompts_file": ")" + path +
+                              R"(", "max_new_tokens": 2, "control_temperatures": [],
+                               "control_seeds": 0})");
+  auto count = [](const CellOutput& out, const std::string& text) {
+    int n = 0;
+    for (const auto& w : out.warnings) n += w.find(text) != std::string::npos;
+    return n;
+  };
+  EXPECT_EQ(count(tasks, "tasks with fewer than 20 samples: big (19), small (3)"), 1)
+      << json(tasks.warnings).dump();
+  EXPECT_EQ(count(tasks, "random token ids"), 0);
+  const CellOutput random_weights = run_output_length(
+      {{"name", "full"}}, R"({"name": "output_length", "samples": 2, "prompt_tokens": 8,
+                              "max_new_tokens": 2, "control_temperatures": [],
+                              "control_seeds": 0})");
+  EXPECT_EQ(count(random_weights, "random token ids"), 0);
+  const RunSpec spec = parse_run_spec(
+      {{"suites", {json::parse(R"({"name": "output_length", "samples": 2, "prompt_tokens": 8,
+                        "max_new_tokens": 2, "control_temperatures": [], "control_seeds": 0})")}},
+       {"threads", 1},
+       {"model",
+        {{"path", std::string(KVBENCH_SOURCE_DIR) + "/assets/models/kvbench-retrieval-1m"}}}},
+      "t");
+  ModelProvider model(spec.model);
+  Environment env;
+  NullProgress progress;
+  const json method = {{"name", "full"}};
+  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
+  const CellOutput trained = OutputLengthSuite().run(ctx);
+  EXPECT_EQ(count(trained, "the prompts are random token ids: a trained model's lengths"), 1)
+      << json(trained.warnings).dump();
+}
+
 // Text prompts are estimated at their length, not at prompt_tokens (which sizes only the
 // random-id prompts): a bound from their UTF-8 bytes, which the real tokenizer's count obeys.
 TEST(OutputLengthSuite, TextPromptsAreEstimatedAtTheirLength) {

@@ -4,7 +4,8 @@
 // meaningful on random weights too: it measures how far compression moves the model, not how
 // good the model is.
 //
-// Each window prefills `prefix_tokens` (prefill attention is uncompressed for every method),
+// Each window prefills `prefix_tokens` (prefill attention reads the keys and values as
+// computed, except a low-rank codec's, which attends its reconstruction: methods.md),
 // then feeds the corpus's next `eval_tokens` tokens one decode step at a time through both
 // caches; every decode step's distribution is scored.
 #pragma once

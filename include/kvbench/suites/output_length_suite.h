@@ -35,6 +35,7 @@ class OutputLengthSuite final : public Suite {
 
 // Length statistics of a method against a baseline, over the same samples in the same order.
 struct LengthShift {
+  size_t samples = 0;
   double mean_baseline = 0, mean_other = 0;
   double d_mean = 0, d_median = 0;  // D = (L_base - L_other) / L_base x 100, per sample
   double share_longer_50 = 0;       // D <= -50: at least 50% longer than the baseline
@@ -42,7 +43,8 @@ struct LengthShift {
   double ks_statistic = 0, ks_p_value = 1, wasserstein = 0;
   // The pairs as pairs: the Wilcoxon signed-rank test of L_other - L_base (how many pairs
   // differ, its statistic and p-value), and paired-bootstrap 95% intervals (samples drawn
-  // with both their lengths) of d_mean and of the ratio of mean lengths.
+  // with both their lengths) of d_mean and of the ratio of mean lengths (null in to_json below
+  // 2 samples, where a resample can only repeat the one sample).
   int64_t pairs_differing = 0;
   double wilcoxon_statistic = 0, wilcoxon_p_value = 1;
   Interval d_mean_ci95, length_ratio_ci95;
