@@ -1312,6 +1312,16 @@ TEST(Workload, PositionsPastTheSlidingWindowAreWarnedAbout) {
   EXPECT_EQ(said, 1) << json(warnings).dump();
 }
 
+// A LongBench qasper row: a set LongBench wraps in the chat format, as one user turn
+// "Ann came.\n\nWho?".
+json qasper_row() {
+  return {{"_id", "b"},
+          {"dataset", "qasper"},
+          {"input", "Who?"},
+          {"context", "Ann came."},
+          {"answers", {"Ann"}}};
+}
+
 // Prompts as the model reads them: a RULER file prepared with the model's chat template keeps
 // its turn markers (special tokens) and one BOS, and chat_format does not wrap it again;
 // LongBench's few-shot and completion sets (trec, lcc, ...) are fed raw as its pred.py does,
@@ -1363,13 +1373,7 @@ TEST(AccuracySuite, PromptsKeepTheirSpecialTokensAndWrapAsLongBenchDoes) {
                             {"answers", {"x"}}}
                            .dump()
                     << "\n"
-                    << json{{"_id", "b"},
-                            {"dataset", "qasper"},
-                            {"input", "Who?"},
-                            {"context", "Ann came."},
-                            {"answers", {"Ann"}}}
-                           .dump()
-                    << "\n";
+                    << qasper_row().dump() << "\n";
   const CellOutput out = run(lb, {{"chat_format", "llama3"}});
   ASSERT_EQ(out.records.size(), 2u);
   const auto hash_of = [&](const std::string& t, bool special) {
@@ -1439,13 +1443,7 @@ TEST(AccuracySuite, AChatWrappedPromptGetsNoAddEosTokenizersEos) {
   json tc = json::parse(std::ifstream(root / "eos" / "tokenizer_config.json"));
   tc["add_eos_token"] = true;
   std::ofstream(root / "eos" / "tokenizer_config.json") << tc.dump(2);
-  std::ofstream(lb) << json{{"_id", "b"},
-                            {"dataset", "qasper"},
-                            {"input", "Who?"},
-                            {"context", "Ann came."},
-                            {"answers", {"Ann"}}}
-                           .dump()
-                    << "\n";
+  std::ofstream(lb) << qasper_row().dump() << "\n";
   const json suites[] = {
       {{"name", "accuracy"}, {"data_file", lb}, {"chat_format", "llama3"}, {"max_new_tokens", 2}},
       {{"name", "accuracy"},
