@@ -171,23 +171,24 @@ struct Run {
   std::vector<int64_t> tokens;
   std::string stop;
   double ttft = 0, e2e = 0;
+  std::vector<double> token_times;  // since the request started, one per token
   uint64_t kv_bytes = 0;
   bool kept_all = true;  // every layer held every token at the peak (kept_every_token)
   double length() const { return static_cast<double>(tokens.size()); }
   // Mean gap after the first token; 0 for a one-token run.
   double tpot() const { return tokens.size() > 1 ? (e2e - ttft) / (length() - 1) : 0.0; }
+  // Mean gap over its first `n` (>= 2) tokens: a longer run's later steps attend more context.
+  double tpot_over(size_t n) const {
+    return (token_times[n - 1] - token_times[0]) / static_cast<double>(n - 1);
+  }
 };
 
 Run generate_one(const Transformer& model, KVCache& cache, const std::vector<int64_t>& prompt,
                  const GenerationConfig& g) {
   GenerationResult r = generate(model, cache, {prompt}, g);
   const SequenceResult& s = r.sequences.front();
-  return {s.tokens,
-          s.stop_reason,
-          s.token_times_s.front(),
-          s.token_times_s.back(),
-          r.peak_storage.total(),
-          kept_every_token(r)};
+  return {s.tokens,        s.stop_reason,          s.token_times_s.front(), s.token_times_s.back(),
+          s.token_times_s, r.peak_storage.total(), kept_every_token(r)};
 }
 
 // The length-shift table's rows: per task (the prompts' "task", "" for prompts without one),
@@ -310,11 +311,14 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
   }
   // A control at the run's own temperature repeats the full-cache run exactly (same seed):
   // a ratio of 1 that says nothing about temperature.
+  // (Compared at 2 decimals, as the rows and record keys name them.)
   const size_t listed = controls.size();
-  controls.erase(std::remove(controls.begin(), controls.end(), g.sampling.temperature),
+  const std::string own = format_fixed(g.sampling.temperature, 2);
+  controls.erase(std::remove_if(controls.begin(), controls.end(),
+                                [&](double t) { return format_fixed(t, 2) == own; }),
                  controls.end());
   if (controls.size() < listed)
-    out.warnings.push_back("control_temperatures: " + format_fixed(g.sampling.temperature, 2) +
+    out.warnings.push_back("control_temperatures: " + own +
                            " is the run's temperature: its control would repeat the full-cache "
                            "run (same seed), so it was skipped");
   std::vector<double> len_full, len_method, e2e_full, e2e_method, tpot_full, tpot_method;
@@ -364,10 +368,12 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
     len_method.push_back(run.length());
     e2e_full.push_back(base.e2e);
     e2e_method.push_back(run.e2e);
-    // TPOT over the runs that made more than one token, both of a pair or neither.
-    if (base.tokens.size() > 1 && run.tokens.size() > 1) {
-      tpot_full.push_back(base.tpot());
-      tpot_method.push_back(run.tpot());
+    // The per-token speed at equal lengths: each run's mean gap over the tokens both made
+    // (a longer run's later steps attend more context, which is the length's cost, not the
+    // method's speed), over the pairs where both made more than one token.
+    if (const size_t both = std::min(base.tokens.size(), run.tokens.size()); both > 1) {
+      tpot_full.push_back(base.tpot_over(both));
+      tpot_method.push_back(run.tpot_over(both));
     }
     runaway_full += base.stop == "length";
     runaway_method += run.stop == "length";

@@ -195,15 +195,17 @@ Budget capacity_budget(const json& p, const at::Device& device, uint64_t weight_
 
 // The capacity view: the largest batch of capacity_context-token sequences whose KV bytes (the
 // method's formula) fit the budget, and the decode throughput measured at that batch (or at
-// max_batch when the fitting batch is larger). Returns the summary entry; appends the record.
-json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, CellOutput& out) {
+// max_batch when the fitting batch is larger). `budget`: read when the cell started, before
+// the grid's allocations. Returns the summary entry; appends the record. A batch that cannot
+// be measured (its packed prefill does not fit memory, an allocation fails) leaves the
+// entry's decode_tok_s null with the reason in `error` and a warning: the grid's points stand.
+json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, const Budget& budget,
+                  CellOutput& out) {
   const json& p = ctx.params;
   const ModelConfig& c = ctx.model.get().config();
   const int64_t context = p["capacity_context"], news = p["capacity_new_tokens"];
   const int64_t prompt = context - news + 1;
   ThroughputSuite::check_params(p);
-  const Budget budget =
-      capacity_budget(p, ctx.model.placement().device, ctx.model.get().weight_bytes(), true);
   auto policy = make_policy(ctx.method);
   const SequenceKvBytes bytes = sequence_kv_bytes(
       codec, *policy, c, prompt, context,
@@ -237,8 +239,17 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, Ce
         "); raise kv_budget_bytes or lower capacity_context");
     return summary;
   }
-  check_generation_fits(ctx, batch, prompt, news, "throughput (capacity view; lower max_batch)");
-  json r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
+  json r;
+  try {
+    check_generation_fits(ctx, batch, prompt, news, "throughput (capacity view; lower max_batch)");
+    r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
+  } catch (const std::exception& e) {
+    summary["error"] = e.what();
+    out.warnings.push_back(
+        "capacity: batch " + std::to_string(batch) + " of " + std::to_string(context) +
+        "-token sequences could not be measured (the grid's points stand): " + e.what());
+    return summary;
+  }
   const uint64_t formula_at_batch =
       bytes.shared + static_cast<uint64_t>(batch) * bytes.per_sequence;
   // Empty slots count where the plan counts whole pages or GEAR's whole buffers (they hold
@@ -376,6 +387,12 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   const auto news = p["new_tokens"].get<std::vector<int64_t>>();
   const int warmup = p["warmup"], repeats = p["repeats"];
   ctx.model.get();  // load before the memory check reads the model's dimensions
+  // The capacity view's budget, read now: after the grid, memory its allocations still hold
+  // would shrink it.
+  const bool capacity = p["capacity_context"].get<int64_t>() > 0;
+  const Budget budget = capacity ? capacity_budget(p, ctx.model.placement().device,
+                                                   ctx.model.get().weight_bytes(), true)
+                                 : Budget{};
   for (int64_t b : batches)
     for (int64_t pr : prompts)
       for (int64_t n : news) check_generation_fits(ctx, b, pr, n, "throughput");
@@ -402,10 +419,10 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   out.summary = {{"points", out.records.size()},
                  {"max_decode_tok_s", best_decode},
                  {"max_prefill_tok_s", best_prefill}};
-  if (p["capacity_context"].get<int64_t>() > 0) {
+  if (capacity) {
     std::shared_ptr<const Codec> codec = make_codec(ctx.method, ctx.model.kv_dtype());
     if (codec->needs_preparation()) codec = ctx.model.prepared_codec(ctx.method).codec;
-    out.summary["capacity"] = run_capacity(ctx, *cache, *codec, out);
+    out.summary["capacity"] = run_capacity(ctx, *cache, *codec, budget, out);
   }
   // After the capacity view: a long capacity_context may evict where the grid's prompts do not.
   std::string nothing_evicted;  // set while no point has evicted

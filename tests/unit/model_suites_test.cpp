@@ -877,7 +877,9 @@ TEST(OutputLengthSuite, ControlsAtTheRunsTemperatureAreSkippedAndTimingsSplit) {
   const CellOutput out = run_output_length({{"name", "full"}},
                                            R"({"name": "output_length", "samples": 3,
                                      "prompt_tokens": 12, "max_new_tokens": 12,
-                                     "temperature": 0.9, "control_seeds": 0})");
+                                     "temperature": 0.9, "control_seeds": 0,
+                                     "control_temperatures": [0.901, 1.1]})");
+  // 0.901 is 0.90 at the 2 decimals its row would show: the run's own temperature.
   ASSERT_EQ(out.summary["controls"].size(), 1u);
   EXPECT_EQ(out.summary["controls"][0]["temperature"], 1.1);
   int said = 0;
@@ -896,6 +898,7 @@ TEST(OutputLengthSuite, ControlsAtTheRunsTemperatureAreSkippedAndTimingsSplit) {
       EXPECT_EQ(r["length"].get<double>() > 1 ? r["tpot_full_s"] : r["tpot_s"], 0.0);
     }
   }
+  // (Full against itself makes the same tokens, so each pair's gaps span all of them.)
   if (pairs > 0) {
     EXPECT_DOUBLE_EQ(out.summary["tpot_ratio"].get<double>(), tpot / tpot_full);
   } else {

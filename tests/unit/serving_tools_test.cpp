@@ -652,6 +652,32 @@ TEST(Capacity, ThroughputSuiteFindsTheLargestBatchAndMeasuresIt) {
   EXPECT_EQ(cap["kivi-4"]["batch"], 8);
 }
 
+// A capacity batch that cannot be generated (4096 sequences of 64k tokens: 256 GiB of KV) fails
+// the capacity view alone: the grid's point stands, the entry says why and a warning too.
+TEST(Capacity, AnUnmeasurableCapacityBatchKeepsTheGrid) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [8],
+      "new_tokens": [2], "warmup": 0, "repeats": 1, "capacity_context": 65536,
+      "capacity_new_tokens": 2, "kv_budget_bytes": 100000000000000, "max_batch": 4096})"));
+  ThroughputSuite s;
+  const CellOutput out = h.run(s);
+  ASSERT_EQ(out.records.size(), 1u);
+  EXPECT_EQ(out.records[0]["kind"], "throughput");
+  EXPECT_GT(out.records[0]["decode_tok_s"].get<double>(), 0);
+  const json& cap = out.summary["capacity"];
+  EXPECT_EQ(cap["batch"], 4096);
+  EXPECT_TRUE(cap["decode_tok_s"].is_null());
+  ASSERT_TRUE(cap.contains("error"));
+  EXPECT_NE(cap["error"].get<std::string>().find("capacity view; lower max_batch"),
+            std::string::npos)
+      << cap["error"];
+  int said = 0;
+  for (const auto& w : out.warnings)
+    said += w.find(
+                "capacity: batch 4096 of 65536-token sequences could not be measured (the "
+                "grid's points stand)") != std::string::npos;
+  EXPECT_EQ(said, 1) << json(out.warnings).dump();
+}
+
 // The capacity view plans the retention policies' bookkeeping and checks it against what the
 // cache measured at the batch it ran: to the byte on the CPU cache, as a bound on the paged one.
 TEST(Capacity, ThroughputSuitePlansTheBookkeepingItMeasures) {
