@@ -21,6 +21,7 @@ struct Series {
   double rate_scale = 0;  // > 0: the metric is rate_scale / median(samples) (tokens/s)
   size_t block = 1;       // samples come in correlated runs of this many (bootstrap_median_ci)
   bool moving = false;    // ... in moving blocks of this many (SampleRun::moving)
+  double floor = -1;      // >= 0: this point's absolute floor, in place of the metric's
 };
 using Points = std::map<std::string, Series>;  // point label -> series
 using Extract = std::function<Points(const json& cell)>;
@@ -122,9 +123,12 @@ Extract summary_value(const std::string& key) {
 const std::vector<std::string> kThroughputPoint = {"batch", "prompt_tokens", "new_tokens"};
 const std::vector<std::string> kKernelPoint = {"context", "kv_heads"};
 // A trace's rate is measured from its arrivals, so a trace run's one record is its point.
+// Records before 2026-11-30 have no "arrivals": all were Poisson then.
 std::string serving_point(const json& r) {
-  if (r.value("arrivals", "") == "trace") return point_label(r, {"arrivals"});
-  return point_label(r, {"rate", "arrivals"});
+  const json keyed = {{"rate", r.value("rate", json())},
+                      {"arrivals", r.value("arrivals", std::string("poisson"))}};
+  if (keyed["arrivals"] == "trace") return point_label(keyed, {"arrivals"});
+  return point_label(keyed, {"rate", "arrivals"});
 }
 // Serving's kv_bytes: the format's bytes per block (point ""), and what the budget charges per
 // block once the retention policy's bookkeeping is counted. The second is its own point so that
@@ -150,6 +154,16 @@ std::function<bool(const json&, Series&)> record_value(const json::json_pointer&
     s.value = r[at].get<double>();
     return true;
   };
+}
+
+// A serving record's goodput fraction, with a floor of two of its requests.
+bool goodput_fraction(const json& r, Series& s) {
+  const json::json_pointer at("/goodput/fraction");
+  if (!r.contains(at) || !r[at].is_number()) return false;
+  s.value = r[at].get<double>();
+  if (r.contains("requests") && r["requests"].is_number() && r["requests"].get<double>() > 0)
+    s.floor = 2.0 / r["requests"].get<double>();
+  return true;
 }
 
 std::function<bool(const json&, Series&)> record_samples(const char* key) {
@@ -238,11 +252,12 @@ const std::vector<MetricImpl>& metric_impls() {
       {{"serving_e2e", "serving", true, Worse::kHigher, 10, 0,
         "end-to-end request latency per rate (serving samples_s)"},
        per_record("serving", serving_point, request_samples("samples_s"))},
-      // Measured from timings but without samples: the floor keeps one or two requests that
-      // cross an SLO (1/32 of the default 32 each) from failing a build.
+      // Measured from timings but without samples: the floor keeps two requests that cross an
+      // SLO from failing a build (2 / requests of the record; 0.1 where it has no count).
       {{"goodput", "serving", false, Worse::kLower, 10, 0.1,
-        "share of requests meeting the SLOs per rate (serving goodput.fraction)"},
-       per_record("serving", serving_point, record_value(json::json_pointer("/goodput/fraction")))},
+        "share of requests meeting the SLOs per rate (serving goodput.fraction); changes of at "
+        "most two requests are within the floor"},
+       per_record("serving", serving_point, goodput_fraction)},
       {{"predictor_step", "predictor", true, Worse::kHigher, 10, 0,
         "decode step time per batch x context (step_profile samples_s)"},
        per_record("step_profile", kPredictorPoint, record_samples_by_generation("samples_s"))},
@@ -358,7 +373,9 @@ MetricComparison compare_series(const CompareMetric& m, const RunSeries& b, cons
     c.change = relative(c.baseline, c.candidate);
     c.change_ci = {c.change, c.change};
     judge(c, m.worse);
-    if (std::fabs(c.candidate - c.baseline) <= m.abs_floor) c.regressed = c.improved = false;
+    // A point's own floor (two of its requests) where the baseline's first run gives one.
+    const double floor = b[0].floor >= 0 ? b[0].floor : m.abs_floor;
+    if (std::fabs(c.candidate - c.baseline) <= floor) c.regressed = c.improved = false;
     return c;
   }
   const double mb = median(pooled_samples(b)), mn = median(pooled_samples(n));

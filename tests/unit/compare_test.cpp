@@ -446,11 +446,36 @@ TEST(Compare, ServingMetricsPerRate) {
                        {"goodput", 2}, {"kv_bytes", 1}, {"serving_e2e", 2}, {"serving_ttft", 2}}));
   EXPECT_FALSE(find(r, "kv_bytes").regressed);
   EXPECT_EQ(r.regressions(), 2u);
-  // A goodput change within its absolute floor (0.1: three of the default 32 requests) is not
-  // a regression.
+  // A goodput change within its absolute floor (without a request count: 0.1) is not a
+  // regression.
   const CompareResult small = compare_reports(report({serving_cell(kTight, 0.9)}),
                                               report({serving_cell(kTight, 0.81)}), defaults());
   EXPECT_EQ(small.regressions(), 0u);
+  // With the record's requests, the floor is two of them: of 32, 0.0625. Three requests lost
+  // (0.094, past 10% of 0.9) regress; two (0.0625) do not; and a 5% threshold now acts.
+  auto counted = [](double goodput) {
+    json c = serving_cell(kTight, goodput);
+    for (json& r : c["records"]) r["requests"] = 32;
+    return c;
+  };
+  EXPECT_EQ(compare_reports(report({counted(0.9)}), report({counted(0.9 - 3.0 / 32)}), defaults())
+                .regressions(),
+            1u);
+  EXPECT_EQ(compare_reports(report({counted(0.9)}), report({counted(0.9 - 2.0 / 32)}), defaults())
+                .regressions(),
+            0u);
+  CompareOptions tight = defaults();
+  tight.thresholds["goodput"] = 5;
+  EXPECT_EQ(compare_reports(report({counted(1.0)}), report({counted(1.0 - 3.0 / 32)}), tight)
+                .regressions(),
+            1u);
+  // A baseline from before records said "arrivals" (all Poisson then) matches today's points.
+  json old = serving_cell(kTight, 0.9);
+  for (json& r : old["records"]) r.erase("arrivals");
+  const CompareResult across =
+      compare_reports(report({old}), report({serving_cell(kTight, 0.9)}), defaults());
+  EXPECT_EQ(across.regressions(), 0u);
+  EXPECT_EQ(find(across, "serving_ttft").point, "rate=1.0 arrivals=\"poisson\"");
   // A trace's one record is matched by its arrivals alone: the rate is measured from the trace.
   json base = serving_cell(kTight, 1.0), cand = serving_cell(scaled(kTight, 1.3), 1.0);
   base["records"] = {serving_record(2.5, kTight, 1.0)};
