@@ -461,6 +461,23 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
     macro_method += mean(m) / static_cast<double>(members.size());
     macro_full += mean(f) / static_cast<double>(members.size());
     if (!mcnemar.is_null()) t["mcnemar"] = mcnemar;
+    // LongBench-E's buckets of its rows' length field (scorer_e: under 4000, under 8000, the
+    // rest), where the task's rows carry one.
+    std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> buckets;
+    for (size_t i : idx) {
+      if (!samples[i].row || samples[i].row->length <= 0) continue;
+      const int64_t n = samples[i].row->length;
+      auto& b = buckets[n < 4000 ? "0-4k" : n < 8000 ? "4-8k" : "8k+"];
+      b.first.push_back(s_method[i]), b.second.push_back(s_full[i]);
+    }
+    if (!buckets.empty()) {
+      json by_length = json::object();
+      for (const auto& [name, b] : buckets)
+        by_length[name] = {{"samples", b.first.size()},
+                           {"mean_score", mean(b.first)},
+                           {"mean_score_full", mean(b.second)}};
+      t["length_buckets"] = by_length;
+    }
     per_task[task] = t;
     if (idx.size() < 30) {
       out.warnings.push_back(

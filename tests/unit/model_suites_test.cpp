@@ -1481,6 +1481,39 @@ TEST(AccuracySuite, AChatWrappedPromptGetsNoAddEosTokenizersEos) {
   fs::remove_all(root);
 }
 
+// LongBench-E's length buckets (its eval.py scorer_e): per task, the rows' own length field
+// under 4000, under 8000 and the rest, each bucket's mean the mean of its rows' scores.
+TEST(AccuracySuite, LongBenchLengthsFallIntoScorerEsBuckets) {
+  const std::string fixtures = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench";
+  const std::string path = ::testing::TempDir() + "/kvbench_longbench_e.jsonl";
+  {
+    std::ifstream in(fixtures + "/sample.jsonl");
+    std::ofstream f(path);
+    std::string line;
+    const std::map<std::string, int64_t> lengths = {{"trec", 5000}, {"lcc", 8000}};
+    int qasper = 0;
+    while (std::getline(in, line)) {
+      json row = json::parse(line);
+      const std::string d = row["dataset"];
+      if (lengths.count(d)) row["length"] = lengths.at(d);
+      if (d == "qasper" && qasper++ == 1) row["length"] = 3999;
+      f << row.dump() << "\n";
+    }
+  }
+  const CellOutput out = run_accuracy({{"name", "full"}}, R"({"name": "accuracy", "data_file": ")" +
+                                                              path + R"(", "max_new_tokens": 2})");
+  const json& tasks = out.summary["tasks"];
+  EXPECT_EQ(tasks["qasper"]["length_buckets"]["0-4k"]["samples"], 2);
+  EXPECT_EQ(tasks["qasper"]["length_buckets"].size(), 1u);
+  EXPECT_EQ(tasks["trec"]["length_buckets"]["4-8k"]["samples"], 1);
+  EXPECT_EQ(tasks["lcc"]["length_buckets"]["8k+"]["samples"], 1);
+  for (const json& r : out.records) {
+    if (r["task"] != "lcc") continue;
+    EXPECT_EQ(tasks["lcc"]["length_buckets"]["8k+"]["mean_score"], r["score"]);
+    EXPECT_EQ(tasks["lcc"]["length_buckets"]["8k+"]["mean_score_full"], r["score_full"]);
+  }
+}
+
 TEST(AccuracySuite, DatasetsWithoutATemplateAreNamedInAWarning) {
   // Templates for qasper only: gov_report (the second row) falls back to the generic prompt.
   const std::string fixtures = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench";
