@@ -1,6 +1,7 @@
 #include "kvbench/engine/generator.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "kvbench/core/cuda_stream.h"
 #include "kvbench/core/error.h"
@@ -57,7 +58,11 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     const double waited_before = cache.device_wait_seconds();
     // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
     // also waits for the step's kernels, so the step time includes the device's).
-    const at::Tensor out = model.forward(batch, cache, /*all_logits=*/false, config.phases);
+    at::Tensor out = model.forward(batch, cache, /*all_logits=*/false, config.phases);
+    if (first && !config.first_token_suppressed.empty())
+      out =
+          out.index_fill(-1, at::tensor(config.first_token_suppressed, at::kLong).to(out.device()),
+                         -std::numeric_limits<double>::infinity());
     // The host's own time: a read-back inside the cache (a policy's choice, lists evicted on
     // the device) waits for the device, which is the device's time, not the host's.
     const double issued = step.seconds() - (cache.device_wait_seconds() - waited_before);

@@ -279,11 +279,32 @@ struct Run {
   bool kept_all = true;  // every layer held every token at the peak (kept_every_token)
 };
 
+}  // namespace
+
+std::vector<int64_t> longbench_extra_stop_ids(const std::string& dataset, const Tokenizer& tok) {
+  if (dataset != "samsum") return {};
+  const std::vector<int32_t> newline = tok.encode("\n");
+  if (newline.empty()) return {};
+  return {newline.back()};
+}
+
+namespace {
+
 Run generate_one(const CellContext& ctx, KVCache& cache, const Sample& s) {
   const Transformer& model = ctx.model.get();
   GenerationConfig g;
   g.max_new_tokens = s.max_new_tokens;
   g.eos_token_ids = model.config().eos_token_ids;
+  // LongBench's pred.py for samsum: a newline ends the output too, and the first token may be
+  // neither it nor EOS (min_length one past the prompt).
+  if (s.row) {
+    const std::vector<int64_t> extra =
+        longbench_extra_stop_ids(s.row->dataset, ctx.model.tokenizer());
+    if (!extra.empty()) {
+      g.eos_token_ids.insert(g.eos_token_ids.end(), extra.begin(), extra.end());
+      g.first_token_suppressed = g.eos_token_ids;
+    }
+  }
   GenerationResult r = generate(model, cache, {s.tokens}, g);
   const SequenceResult& q = r.sequences.front();
   Run run{q.tokens,

@@ -122,6 +122,45 @@ TEST(Generate, StopsAtMaxNewTokensAndTimesEveryStep) {
   EXPECT_EQ(f.cache.bytes(), 0u);  // sequences removed afterwards
 }
 
+// A suppressed id cannot be the first token (the first step takes the next-best logit), and
+// may come later; as a stop id it then ends the generation (LongBench's samsum settings). With
+// temperature sampling too.
+TEST(Generate, FirstTokenSuppressionHoldsForTheFirstTokenOnly) {
+  Fixture f;
+  GenerationConfig g;
+  g.max_new_tokens = 6;
+  const auto plain = generate(f.model, f.cache, {{1, 2, 3}, {4, 5}}, g);
+  const int64_t seq = f.cache.add_sequence();
+  const at::Tensor logits = f.model.forward({{seq, {1, 2, 3}}}, f.cache);
+  f.cache.remove_sequence(seq);
+  const int64_t best = logits.argmax(-1).item<int64_t>();
+  ASSERT_EQ(plain.sequences[0].tokens[0], best);
+  at::Tensor rest = logits.clone();
+  rest.index_put_({0, best}, -std::numeric_limits<float>::infinity());
+  const int64_t second = rest.argmax(-1).item<int64_t>();
+  g.first_token_suppressed = {best};
+  const auto kept = generate(f.model, f.cache, {{1, 2, 3}}, g);
+  EXPECT_EQ(kept.sequences[0].tokens[0], second);
+  // A stop id that would be the first token stops the generation at once; suppressed first,
+  // it can only end a later step.
+  g.eos_token_ids = {best};
+  g.first_token_suppressed.clear();
+  EXPECT_EQ(generate(f.model, f.cache, {{1, 2, 3}}, g).sequences[0].tokens.size(), 1u);
+  g.first_token_suppressed = {best};
+  const auto later = generate(f.model, f.cache, {{1, 2, 3}}, g);
+  EXPECT_EQ(later.sequences[0].tokens[0], second);
+  EXPECT_EQ(later.sequences[0].stop_reason == "eos", later.sequences[0].tokens.back() == best);
+  g.sampling.temperature = 1.0;
+  g.eos_token_ids.clear();
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    g.sampling.seed = seed;
+    g.first_token_suppressed = {best, second};
+    const auto sampled = generate(f.model, f.cache, {{1, 2, 3}}, g);
+    EXPECT_NE(sampled.sequences[0].tokens[0], best);
+    EXPECT_NE(sampled.sequences[0].tokens[0], second);
+  }
+}
+
 // NaN weights would otherwise run every generation to its cap on an arbitrary token, and the
 // suites would report those outputs as the method's.
 TEST(Generate, LogitsThatAreNotFiniteFailTheGeneration) {

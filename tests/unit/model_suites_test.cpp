@@ -1514,6 +1514,19 @@ TEST(AccuracySuite, LongBenchLengthsFallIntoScorerEsBuckets) {
   }
 }
 
+// samsum generates as LongBench's pred.py does: a newline ends the output (the accuracy suite
+// adds it to the stop ids and keeps every stop id from the first token: generator_test's
+// FirstTokenSuppression); other sets stop at EOS alone.
+TEST(AccuracySuite, SamsumAlsoStopsAtANewline) {
+  testing_support::Harness h(json{{"name", "accuracy"}, {"task", "passkey"}}, "tiny-llama");
+  const Tokenizer& tok = h.model.tokenizer();
+  const std::vector<int64_t> stops = longbench_extra_stop_ids("samsum", tok);
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(tok.decode({static_cast<int32_t>(stops[0])}), "\n");
+  EXPECT_TRUE(longbench_extra_stop_ids("qasper", tok).empty());
+  EXPECT_TRUE(longbench_extra_stop_ids("trec", tok).empty());
+}
+
 TEST(AccuracySuite, DatasetsWithoutATemplateAreNamedInAWarning) {
   // Templates for qasper only: gov_report (the second row) falls back to the generic prompt.
   const std::string fixtures = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench";

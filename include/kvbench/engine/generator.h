@@ -17,6 +17,9 @@ struct GenerationConfig {
   std::vector<int64_t> eos_token_ids;  // empty: run to max_new_tokens
   bool ignore_eos = false;             // fixed-length generation for throughput runs
   SamplingParams sampling;             // sequence i samples with seed sampling.seed + i
+  // Ids the first token may not be (their logits set to -inf at the prefill's sampling): a
+  // minimum length of one token over these stop ids, as transformers' min_length processor.
+  std::vector<int64_t> first_token_suppressed;
   // When set (a clock over forward_phase_names()), every step is split into the forward's
   // phases: GenerationResult::prefill_phase_s and decode_phase_s. The marks cost host time, so
   // timed generations leave it unset.

@@ -37,4 +37,10 @@ std::vector<bool> negative_samples(const std::vector<std::string>& tasks,
                                    const std::vector<double>& method, double theta,
                                    bool use_median);
 
+class Tokenizer;
+// Stop ids LongBench's pred.py adds for a data set beside the model's EOS: for samsum the
+// newline's token (tok.encode("\n")'s last id), whose output is one line; none for the others.
+// Where there are any, the first token may be no stop id (pred.py's min_length).
+std::vector<int64_t> longbench_extra_stop_ids(const std::string& dataset, const Tokenizer& tok);
+
 }  // namespace kvbench
