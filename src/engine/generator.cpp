@@ -45,6 +45,16 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   // Token times run on `clock` less the per-step memory bookkeeping below (storage, nominal and
   // kept counts walk every sequence and layer, more for some caches than others): the latency
   // a request sees is the steps', as decode_step_s times them.
+  // The first token's suppressed ids, checked and on the logits' device before the clock
+  // starts (an id past the vocabulary would index out of range on the device).
+  at::Tensor suppressed;
+  if (!config.first_token_suppressed.empty()) {
+    const int64_t vocab = model.config().vocab_size;
+    for (int64_t id : config.first_token_suppressed)
+      KVB_CHECK(id >= 0 && id < vocab, "generate: first_token_suppressed id ", id,
+                " is outside the vocabulary [0, ", vocab, ")");
+    suppressed = at::tensor(config.first_token_suppressed, at::kLong).to(model.placement().device);
+  }
   Stopwatch clock;
   double bookkeeping_s = 0;
   std::vector<size_t> active(n);
@@ -59,10 +69,8 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
     // also waits for the step's kernels, so the step time includes the device's).
     at::Tensor out = model.forward(batch, cache, /*all_logits=*/false, config.phases);
-    if (first && !config.first_token_suppressed.empty())
-      out =
-          out.index_fill(-1, at::tensor(config.first_token_suppressed, at::kLong).to(out.device()),
-                         -std::numeric_limits<double>::infinity());
+    if (first && suppressed.defined())
+      out = out.index_fill(-1, suppressed, -std::numeric_limits<double>::infinity());
     // The host's own time: a read-back inside the cache (a policy's choice, lists evicted on
     // the device) waits for the device, which is the device's time, not the host's.
     const double issued = step.seconds() - (cache.device_wait_seconds() - waited_before);

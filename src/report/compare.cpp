@@ -373,8 +373,12 @@ MetricComparison compare_series(const CompareMetric& m, const RunSeries& b, cons
     c.change = relative(c.baseline, c.candidate);
     c.change_ci = {c.change, c.change};
     judge(c, m.worse);
-    // A point's own floor (two of its requests) where the baseline's first run gives one.
-    const double floor = b[0].floor >= 0 ? b[0].floor : m.abs_floor;
+    // A point's own floor (two of its requests), the widest any run of either side gives;
+    // the metric's where none does.
+    double floor = -1;
+    for (const RunSeries* side : {&b, &n})
+      for (const Series& s : *side) floor = std::max(floor, s.floor);
+    if (floor < 0) floor = m.abs_floor;
     if (std::fabs(c.candidate - c.baseline) <= floor) c.regressed = c.improved = false;
     return c;
   }

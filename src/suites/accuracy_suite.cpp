@@ -282,7 +282,7 @@ struct Run {
 }  // namespace
 
 std::vector<int64_t> longbench_extra_stop_ids(const std::string& dataset, const Tokenizer& tok) {
-  if (dataset != "samsum") return {};
+  if (base_dataset(dataset) != "samsum") return {};  // LongBench-E's samsum_e too
   const std::vector<int32_t> newline = tok.encode("\n");
   if (newline.empty()) return {};
   return {newline.back()};
@@ -486,7 +486,9 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
     // rest), where the task's rows carry one.
     std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> buckets;
     for (size_t i : idx) {
-      if (!samples[i].row || samples[i].row->length <= 0) continue;
+      if (!samples[i].row || samples[i].row->length <= 0 ||
+          samples[i].row->dataset.rfind("ruler:", 0) == 0)  // (RULER's length: its tokens)
+        continue;
       const int64_t n = samples[i].row->length;
       auto& b = buckets[n < 4000 ? "0-4k" : n < 8000 ? "4-8k" : "8k+"];
       b.first.push_back(s_method[i]), b.second.push_back(s_full[i]);

@@ -1,5 +1,7 @@
 #include "kvbench/suites/throughput_suite.h"
 
+#include <c10/util/Exception.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -239,15 +241,25 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, co
         "); raise kv_budget_bytes or lower capacity_context");
     return summary;
   }
+  // Only memory failures leave the grid standing; any other error (a kernel's, NaN logits)
+  // fails the cell as before.
+  std::string unmeasured;
   json r;
   try {
     check_generation_fits(ctx, batch, prompt, news, "throughput (capacity view; lower max_batch)");
     r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
-  } catch (const std::exception& e) {
-    summary["error"] = e.what();
+  } catch (const MemoryFitError& e) {
+    unmeasured = e.what();
+  } catch (const c10::OutOfMemoryError& e) {
+    unmeasured = e.what_without_backtrace();
+  } catch (const std::bad_alloc&) {
+    unmeasured = "an allocation failed (out of memory)";
+  }
+  if (!unmeasured.empty()) {
+    summary["error"] = unmeasured;
     out.warnings.push_back(
         "capacity: batch " + std::to_string(batch) + " of " + std::to_string(context) +
-        "-token sequences could not be measured (the grid's points stand): " + e.what());
+        "-token sequences could not be measured (the grid's points stand): " + unmeasured);
     return summary;
   }
   const uint64_t formula_at_batch =
@@ -387,8 +399,8 @@ CellOutput ThroughputSuite::run(const CellContext& ctx) {
   const auto news = p["new_tokens"].get<std::vector<int64_t>>();
   const int warmup = p["warmup"], repeats = p["repeats"];
   ctx.model.get();  // load before the memory check reads the model's dimensions
-  // The capacity view's budget, read now: after the grid, memory its allocations still hold
-  // would shrink it.
+  // The capacity view's budget, read now: on the CPU, after the grid, memory its allocations
+  // still hold would shrink it (a GPU's is its memory less the weights, read either way).
   const bool capacity = p["capacity_context"].get<int64_t>() > 0;
   const Budget budget = capacity ? capacity_budget(p, ctx.model.placement().device,
                                                    ctx.model.get().weight_bytes(), true)

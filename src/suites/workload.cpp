@@ -75,8 +75,9 @@ std::string prompt_hash(const std::vector<int64_t>& tokens) {
 void check_memory_fits(uint64_t bytes, const std::string& what) {
   const uint64_t available = available_memory_bytes();
   if (available == 0) return;
-  KVB_CHECK(bytes <= available / 10 * 8, what, " needs ", format_bytes(bytes), " but only ",
-            format_bytes(available), " of memory is available");
+  if (bytes > available / 10 * 8)
+    throw MemoryFitError(detail::concat(what, " needs ", format_bytes(bytes), " but only ",
+                                        format_bytes(available), " of memory is available"));
 }
 
 void RetentionTimes::add(const GenerationResult& r) {
@@ -239,8 +240,9 @@ void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::s
   if (placement.device.is_cpu()) return check_memory_fits(bytes, what);
   const uint64_t total = gpu_memory_bytes(placement.device);
   if (total == 0) return;
-  KVB_CHECK(bytes <= total / 10 * 8, what, " needs ", format_bytes(bytes), " but ",
-            placement.device.str(), " has ", format_bytes(total));
+  if (bytes > total / 10 * 8)
+    throw MemoryFitError(detail::concat(what, " needs ", format_bytes(bytes), " but ",
+                                        placement.device.str(), " has ", format_bytes(total)));
 }
 
 uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes, bool once_per_run) {

@@ -60,13 +60,6 @@ json read_json_file(const std::string& path) {
   }
 }
 
-std::string base_dataset(const std::string& dataset) {
-  const std::string suffix = "_e";
-  if (dataset.size() > suffix.size() && dataset.compare(dataset.size() - 2, 2, suffix) == 0)
-    return dataset.substr(0, dataset.size() - 2);
-  return dataset;
-}
-
 std::string first_line(const std::string& text) {
   const size_t start = text.find_first_not_of('\n');
   if (start == std::string::npos) return "";
@@ -75,6 +68,13 @@ std::string first_line(const std::string& text) {
 }
 
 }  // namespace
+
+std::string base_dataset(const std::string& dataset) {
+  const std::string suffix = "_e";
+  if (dataset.size() > suffix.size() && dataset.compare(dataset.size() - 2, 2, suffix) == 0)
+    return dataset.substr(0, dataset.size() - 2);
+  return dataset;
+}
 
 std::vector<LongBenchRow> load_longbench_jsonl(const std::string& path) {
   std::vector<LongBenchRow> rows;

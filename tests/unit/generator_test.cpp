@@ -159,6 +159,8 @@ TEST(Generate, FirstTokenSuppressionHoldsForTheFirstTokenOnly) {
     EXPECT_NE(sampled.sequences[0].tokens[0], best);
     EXPECT_NE(sampled.sequences[0].tokens[0], second);
   }
+  g.first_token_suppressed = {f.model.config().vocab_size};
+  EXPECT_THROW(generate(f.model, f.cache, {{1, 2, 3}}, g), Error);
 }
 
 // NaN weights would otherwise run every generation to its cap on an arbitrary token, and the

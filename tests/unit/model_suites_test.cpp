@@ -1523,6 +1523,7 @@ TEST(AccuracySuite, SamsumAlsoStopsAtANewline) {
   const std::vector<int64_t> stops = longbench_extra_stop_ids("samsum", tok);
   ASSERT_EQ(stops.size(), 1u);
   EXPECT_EQ(tok.decode({static_cast<int32_t>(stops[0])}), "\n");
+  EXPECT_EQ(longbench_extra_stop_ids("samsum_e", tok), stops);  // LongBench-E
   EXPECT_TRUE(longbench_extra_stop_ids("qasper", tok).empty());
   EXPECT_TRUE(longbench_extra_stop_ids("trec", tok).empty());
 }

@@ -20,6 +20,13 @@ class Error : public std::runtime_error {
   std::string where_;
 };
 
+// A request whose estimated bytes do not fit the memory there is (check_memory_fits,
+// check_fits_on): what a caller that can go on without it (a capacity batch) may catch.
+class MemoryFitError : public Error {
+ public:
+  using Error::Error;
+};
+
 // A problem in the run configuration; `key_path` names the offending key ("suites[0].repeats").
 class ConfigError : public Error {
  public:

@@ -55,6 +55,8 @@ bool longbench_has_template(const LongBenchRow& row, const LongBenchTemplates& t
 // type, by the task's name: niah* 128, vt 30, cwe 120, fwe 50, qa* 32 (128 for other names).
 int64_t longbench_max_new_tokens(const LongBenchRow& row,
                                  const std::optional<LongBenchTemplates>& templates);
+// The LongBench set a row's dataset names: LongBench-E's "qasper_e" is "qasper".
+std::string base_dataset(const std::string& dataset);
 // Whether LongBench's pred.py wraps the dataset's prompt in the chat template: all but the
 // few-shot and completion sets (trec, triviaqa, samsum, lsht, lcc, repobench-p), which it feeds
 // raw. RULER rows: yes.
