@@ -158,9 +158,7 @@ std::function<bool(const json&, Series&)> record_value(const json::json_pointer&
 
 // A serving record's goodput fraction, with a floor of two of its requests.
 bool goodput_fraction(const json& r, Series& s) {
-  const json::json_pointer at("/goodput/fraction");
-  if (!r.contains(at) || !r[at].is_number()) return false;
-  s.value = r[at].get<double>();
+  if (!record_value(json::json_pointer("/goodput/fraction"))(r, s)) return false;
   if (r.contains("requests") && r["requests"].is_number() && r["requests"].get<double>() > 0)
     s.floor = 2.0 / r["requests"].get<double>();
   return true;

@@ -44,6 +44,20 @@ std::vector<ParamSpec> OutputLengthSuite::param_specs() {
   };
 }
 
+namespace {
+// The paired-bootstrap 95% interval of sum(other) / sum(base): pairs drawn whole.
+Interval ratio_of_sums_ci(const std::vector<double>& base, const std::vector<double>& other) {
+  return bootstrap_paired_ci(base.size(), [&](const std::vector<size_t>& draw) {
+    double sum_base = 0, sum_other = 0;
+    for (size_t i : draw) {
+      sum_base += base[i];
+      sum_other += other[i];
+    }
+    return sum_other / sum_base;
+  });
+}
+}  // namespace
+
 LengthShift length_shift(const std::vector<double>& base, const std::vector<double>& other) {
   KVB_CHECK(base.size() == other.size() && !base.empty(), "length_shift: samples do not pair up");
   LengthShift s;
@@ -70,14 +84,7 @@ LengthShift length_shift(const std::vector<double>& base, const std::vector<doub
   s.wilcoxon_statistic = w.statistic;
   s.wilcoxon_p_value = w.p_value;
   s.d_mean_ci95 = bootstrap_mean_ci(d);
-  s.length_ratio_ci95 = bootstrap_paired_ci(base.size(), [&](const std::vector<size_t>& draw) {
-    double sum_base = 0, sum_other = 0;
-    for (size_t i : draw) {
-      sum_base += base[i];
-      sum_other += other[i];
-    }
-    return sum_other / sum_base;
-  });
+  s.length_ratio_ci95 = ratio_of_sums_ci(base, other);
   return s;
 }
 
@@ -427,14 +434,7 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
   // (over the pairs where both made more than one token; null when none did).
   out.summary["e2e_ratio"] = mean(e2e_method) / mean(e2e_full);
   out.summary["e2e_ratio_ci95"] =
-      interval_json(bootstrap_paired_ci(e2e_full.size(),
-                                        [&](const std::vector<size_t>& draw) {
-                                          double f = 0, m = 0;
-                                          for (size_t i : draw)
-                                            f += e2e_full[i], m += e2e_method[i];
-                                          return m / f;
-                                        }),
-                    e2e_full.size());
+      interval_json(ratio_of_sums_ci(e2e_full, e2e_method), e2e_full.size());
   out.summary["tpot_ratio"] =
       tpot_full.empty() ? json() : json(mean(tpot_method) / mean(tpot_full));
   json ctl = json::array();
