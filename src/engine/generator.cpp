@@ -9,12 +9,58 @@
 #include "kvbench/core/time.h"
 
 namespace kvbench {
+namespace {
+
+// The sequences generate() added, removed when it returns or throws: a caller that goes on after
+// a failed generation (a failed sample, a capacity batch that does not fit) gets the cache back
+// with none of that generation's tokens held.
+class SequenceLease {
+ public:
+  explicit SequenceLease(KVCache& cache) : cache_(cache) {}
+  SequenceLease(const SequenceLease&) = delete;
+  SequenceLease& operator=(const SequenceLease&) = delete;
+  ~SequenceLease() {
+    for (int64_t seq : seqs_) {
+      try {
+        cache_.remove_sequence(seq);
+      } catch (...) {  // a destructor must not throw; the error that unwinds is the one to tell
+      }
+    }
+  }
+  int64_t add() {
+    seqs_.push_back(cache_.add_sequence());
+    return seqs_.back();
+  }
+
+ private:
+  KVCache& cache_;
+  std::vector<int64_t> seqs_;
+};
+
+// The prefill's forwards: one packed forward, or one per group of `group` sequences, whose
+// logits are the batch's rows in order.
+at::Tensor prefill(const Transformer& model, const std::vector<SequenceStep>& batch, KVCache& cache,
+                   int64_t group, PhaseClock* phases) {
+  if (group <= 0 || static_cast<size_t>(group) >= batch.size())
+    return model.forward(batch, cache, /*all_logits=*/false, phases);
+  std::vector<at::Tensor> rows;
+  for (size_t from = 0; from < batch.size(); from += static_cast<size_t>(group)) {
+    const size_t to = std::min(batch.size(), from + static_cast<size_t>(group));
+    const std::vector<SequenceStep> part(batch.begin() + static_cast<std::ptrdiff_t>(from),
+                                         batch.begin() + static_cast<std::ptrdiff_t>(to));
+    rows.push_back(model.forward(part, cache, /*all_logits=*/false, phases));
+  }
+  return at::cat(rows);
+}
+
+}  // namespace
 
 GenerationResult generate(const Transformer& model, KVCache& cache,
                           const std::vector<std::vector<int64_t>>& prompts,
                           const GenerationConfig& config) {
   KVB_CHECK(!prompts.empty(), "generate: no prompts");
   KVB_CHECK(config.max_new_tokens >= 1, "generate: max_new_tokens must be >= 1");
+  KVB_CHECK(config.prefill_group >= 0, "generate: prefill_group must be >= 0");
   const size_t n = prompts.size();
   GenerationResult result;
   result.sequences.resize(n);
@@ -26,13 +72,24 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     const int64_t prompt = static_cast<int64_t>(prompts[i].size());
     entering.push_back({prompt, prompt + config.max_new_tokens - 1});
   }
+  // The first token's suppressed ids, checked and on the logits' device before the clock
+  // starts (an id past the vocabulary would index out of range on the device).
+  at::Tensor suppressed;
+  if (!config.first_token_suppressed.empty()) {
+    const int64_t vocab = model.config().vocab_size;
+    for (int64_t id : config.first_token_suppressed)
+      KVB_CHECK(id >= 0 && id < vocab, "generate: first_token_suppressed id ", id,
+                " is outside the vocabulary [0, ", vocab, ")");
+    suppressed = at::tensor(config.first_token_suppressed, at::kLong).to(model.placement().device);
+  }
   cache.reserve(entering);
   wait_for_device(cache.device());  // a pool made again is filled before the prefill's clock
+  SequenceLease lease(cache);
   for (size_t i = 0; i < n; ++i) {
     SamplingParams sp = config.sampling;
     sp.seed += i;
     samplers.emplace_back(sp);
-    steps.push_back({cache.add_sequence(), prompts[i]});
+    steps.push_back({lease.add(), prompts[i]});
     result.prompt_tokens += static_cast<int64_t>(prompts[i].size());
   }
   auto is_eos = [&](int64_t id) {
@@ -45,16 +102,6 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   // Token times run on `clock` less the per-step memory bookkeeping below (storage, nominal and
   // kept counts walk every sequence and layer, more for some caches than others): the latency
   // a request sees is the steps', as decode_step_s times them.
-  // The first token's suppressed ids, checked and on the logits' device before the clock
-  // starts (an id past the vocabulary would index out of range on the device).
-  at::Tensor suppressed;
-  if (!config.first_token_suppressed.empty()) {
-    const int64_t vocab = model.config().vocab_size;
-    for (int64_t id : config.first_token_suppressed)
-      KVB_CHECK(id >= 0 && id < vocab, "generate: first_token_suppressed id ", id,
-                " is outside the vocabulary [0, ", vocab, ")");
-    suppressed = at::tensor(config.first_token_suppressed, at::kLong).to(model.placement().device);
-  }
   Stopwatch clock;
   double bookkeeping_s = 0;
   std::vector<size_t> active(n);
@@ -68,7 +115,8 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     const double waited_before = cache.device_wait_seconds();
     // [active, vocab]; sampling reads it on the host (on a GPU: the step's one copy back, which
     // also waits for the step's kernels, so the step time includes the device's).
-    at::Tensor out = model.forward(batch, cache, /*all_logits=*/false, config.phases);
+    at::Tensor out = first ? prefill(model, batch, cache, config.prefill_group, config.phases)
+                           : model.forward(batch, cache, /*all_logits=*/false, config.phases);
     if (first && suppressed.defined())
       out = out.index_fill(-1, suppressed, -std::numeric_limits<double>::infinity());
     // The host's own time: a read-back inside the cache (a policy's choice, lists evicted on
@@ -142,7 +190,6 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     batch = std::move(next_batch);
     bookkeeping_s += bookkeeping.seconds();
   }
-  for (const auto& s : steps) cache.remove_sequence(s.seq);
   return result;
 }
 

@@ -94,11 +94,12 @@ json phases_json(const GenerationResult& res, const std::vector<std::string>& na
 }
 
 json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t prompt,
-               int64_t new_tokens, int warmup, int repeats) {
+               int64_t new_tokens, int warmup, int repeats, int64_t prefill_group = 0) {
   const Transformer& model = ctx.model.get();
   GenerationConfig g;
   g.max_new_tokens = new_tokens;
   g.ignore_eos = true;
+  g.prefill_group = prefill_group;
   std::vector<double> prefill, steps, host, step_kv;
   uint64_t kv_peak = 0;
   json kv_memory;
@@ -198,9 +199,12 @@ Budget capacity_budget(const json& p, const at::Device& device, uint64_t weight_
 // The capacity view: the largest batch of capacity_context-token sequences whose KV bytes (the
 // method's formula) fit the budget, and the decode throughput measured at that batch (or at
 // max_batch when the fitting batch is larger). `budget`: read when the cell started, before
-// the grid's allocations. Returns the summary entry; appends the record. A batch that cannot
-// be measured (its packed prefill does not fit memory, an allocation fails) leaves the
-// entry's decode_tok_s null with the reason in `error` and a warning: the grid's points stand.
+// the grid's allocations. The batch prefills one sequence at a time, as the formula's
+// batch_bytes counts one prompt entering while the others are held (a packed prefill of the
+// batch would hold every prompt entering at once, and every prompt's activations). Returns the
+// summary entry; appends the record. A batch that cannot be measured (it does not fit memory
+// beside the weights, an allocation fails) leaves the entry's decode_tok_s null with the
+// reason in `error` and a warning: the grid's points stand.
 json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, const Budget& budget,
                   CellOutput& out) {
   const json& p = ctx.params;
@@ -246,8 +250,9 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, co
   std::string unmeasured;
   json r;
   try {
-    check_generation_fits(ctx, batch, prompt, news, "throughput (capacity view; lower max_batch)");
-    r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"]);
+    check_generation_fits(ctx, batch, prompt, news, "throughput (capacity view; lower max_batch)",
+                          /*prefill_group=*/1);
+    r = run_point(ctx, cache, batch, prompt, news, p["warmup"], p["repeats"], /*prefill_group=*/1);
   } catch (const MemoryFitError& e) {
     unmeasured = e.what();
   } catch (const c10::OutOfMemoryError& e) {
@@ -270,6 +275,7 @@ json run_capacity(const CellContext& ctx, KVCache& cache, const Codec& codec, co
       r["kv_memory"]["measured"]["total"].get<double>() -
       (bytes.whole_pages ? 0.0 : r["kv_memory"]["measured"].value("padding", 0.0));
   r["kind"] = "capacity";
+  r["prefill_group"] = 1;
   r["context"] = context;
   r["kv_budget_bytes"] = budget.bytes;
   r["budget_source"] = budget.source;
@@ -370,7 +376,8 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
       const double kv =
           std::min(std::max(budget - static_cast<double>(ctx.shared_bytes), 0.0),
                    ctx.kv_bytes_per_token_at(context) * static_cast<double>(b) * double(context));
-      peak = std::max(peak, generation_bytes(*ctx.model, 0, b, prompt, n, ctx.weight_dtype) +
+      peak = std::max(peak, generation_bytes(*ctx.model, 0, b, prompt, n, ctx.weight_dtype,
+                                             /*prefill_group=*/1) +
                                 static_cast<uint64_t>(kv));
     }
   }

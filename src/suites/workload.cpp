@@ -269,7 +269,8 @@ uint64_t clamped_bytes(double bytes) {
 }  // namespace
 
 uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64_t batch,
-                          int64_t prompt, int64_t new_tokens, at::ScalarType compute_dtype) {
+                          int64_t prompt, int64_t new_tokens, at::ScalarType compute_dtype,
+                          int64_t prefill_group) {
   // In double: at the config caps and the suites' largest batches and contexts the product
   // passes 2^64, and the sum is clamped (any such request fails the fit check all the same).
   const double b = static_cast<double>(batch), p = static_cast<double>(prompt);
@@ -280,8 +281,10 @@ uint64_t generation_bytes(const ModelConfig& c, double kv_bytes_per_token, int64
   const double width = 6.0 * static_cast<double>(c.hidden_size) +
                        4.0 * static_cast<double>(c.intermediate_size) +
                        4.0 * static_cast<double>(c.num_heads * c.head_dim);
-  const double activations = b * p * width * static_cast<double>(at::elementSize(compute_dtype)) +
-                             b * static_cast<double>(c.vocab_size) * sizeof(float);
+  const double entering = prefill_group > 0 ? std::min(b, static_cast<double>(prefill_group)) : b;
+  const double activations =
+      entering * p * width * static_cast<double>(at::elementSize(compute_dtype)) +
+      b * static_cast<double>(c.vocab_size) * sizeof(float);
   const double scores = 3.0 * static_cast<double>(c.num_heads) * p * p * sizeof(float);
   const double kv_fp32 =
       2.0 * static_cast<double>(c.num_kv_heads * c.head_dim) * total * sizeof(float);
@@ -340,7 +343,7 @@ double EstimateContext::kv_bytes_per_token_at(int64_t context) const {
 }
 
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
-                           int64_t new_tokens, const std::string& suite) {
+                           int64_t new_tokens, const std::string& suite, int64_t prefill_group) {
   require_device_support(ctx, suite);
   const ModelConfig& c = ctx.model.get().config();
   auto warn_once = [&](const std::string& w) {
@@ -374,7 +377,8 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
       ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
       CacheLayout::kernel_path(ctx.spec.device == "cuda"), prompt + new_tokens);
   const ModelPlacement placement = ctx.model.placement();
-  const uint64_t bytes = generation_bytes(c, per_token, batch, prompt, new_tokens, placement.dtype);
+  const uint64_t bytes =
+      generation_bytes(c, per_token, batch, prompt, new_tokens, placement.dtype, prefill_group);
   const std::string what = suite + ": batch " + std::to_string(batch) + " x " +
                            std::to_string(prompt) + "+" + std::to_string(new_tokens) + " tokens";
   // On the CPU the weights are already out of MemAvailable; a GPU's total holds them too.

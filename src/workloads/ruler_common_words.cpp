@@ -2,7 +2,10 @@
 // NVIDIA/RULER): a numbered, shuffled word list in which num_common words appear common_freq
 // times and every other word uncommon_freq times; the question asks for the common ones. The
 // filler is the number of uncommon words.
-#include <unordered_set>
+#include <cctype>
+#include <limits>
+#include <unordered_map>
+#include <utility>
 
 #include "kvbench/core/error.h"
 #include "kvbench/workloads/ruler.h"
@@ -23,7 +26,7 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
             ") must exceed uncommon_freq (", o.uncommon_freq, ")");
 
   // Single words first (seeded order), then "adjective-noun" pairs once those run out, so
-  // long prompts still have distinct words.
+  // longer prompts still have distinct entries.
   std::vector<std::string> words = adjective_words();
   words.insert(words.end(), noun_words().begin(), noun_words().end());
   KVB_CHECK(o.num_common < static_cast<int64_t>(words.size()), task, ": num_common must be < ",
@@ -37,13 +40,14 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
   const std::string question = "\nQuestion: What are the " + count +
                                " most common words in the above list? Answer: The top " + count +
                                " words that appear most often in the list are:";
-  std::unordered_set<std::string> used(words.begin(), words.end());
-  // Scoring finds each answer as a substring of the output, and the invariant is that each
-  // common word occurs common_freq times in the text: no other entry may contain a common word
-  // or sit inside one ("car" in "carpet", in "bold-car"; "old" in "gold"), so such words are
-  // passed over; nor may a common word be in the header or the question ("common").
+  // Scoring finds each answer as a substring of the lower-cased output, and the invariant is
+  // that each common word occurs common_freq times in the text: no other entry may contain a
+  // common word or sit inside one ("car" in "carpet", in "bold-car"; "old" in "gold"), so such
+  // words are passed over; nor may a common word be in the header or the question, in any case
+  // ("common"; "answer", which the question spells "Answer").
   std::vector<std::string> common, uncommon;
-  const std::string fixed_text = header + question;
+  std::string fixed_text = header + question;  // ASCII: lower-cased as the scorer would
+  for (char& ch : fixed_text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   const auto overlaps = [&](const std::string& w) {
     for (const std::string& c : common)
       if (w.find(c) != std::string::npos || c.find(w) != std::string::npos) return true;
@@ -57,23 +61,35 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
     if (!overlaps(w)) uncommon.push_back(w);
   KVB_CHECK(static_cast<int64_t>(common.size()) == o.num_common, task, ": num_common ",
             o.num_common, " is more than the word lists hold apart from each other");
-  Rng pairs = substream(o.seed, 1);
-  auto uncommon_word = [&](int64_t i) -> const std::string& {
-    while (static_cast<int64_t>(uncommon.size()) <= i) {
-      uncommon.push_back(draw_unique(used, [&] {
-        for (int tries = 0;; ++tries) {
-          KVB_CHECK(tries < 100000, task, ": num_common ", o.num_common,
-                    " leaves too few word pairs apart from the common words for the filler");
-          std::string p = random_word_pair(pairs);
-          if (!overlaps(p)) return p;
-        }
-      }));
+  const size_t singles = uncommon.size();
+  // Past the single words, "adjective-noun" pairs in seeded order. Each word of a pair is an
+  // entry of its own too, and tokenizers split at the hyphen, so a word in k pairs occurs
+  // uncommon_freq * (1 + k) times: k stays low enough that this is below common_freq, or the
+  // pairs' words would be as common as the asked ones (drawn freely, at 64k Llama-3 tokens
+  // some occurred 54 times against the asked 30).
+  const int64_t pairs_per_word = (o.common_freq - 1) / o.uncommon_freq - 1;
+  std::vector<std::pair<const std::string*, const std::string*>> pairs;
+  if (pairs_per_word > 0)
+    for (const std::string& a : adjective_words())
+      for (const std::string& n : noun_words())
+        if (!overlaps(a) && !overlaps(n)) pairs.emplace_back(&a, &n);
+  Rng pair_order = substream(o.seed, 1);
+  shuffle(pairs, pair_order);
+  std::unordered_map<const std::string*, int64_t> in_pairs;
+  size_t next_pair = 0;
+  // Makes the list hold `n` other words; false when the lists have no more.
+  auto grow_to = [&](int64_t n) {
+    while (static_cast<int64_t>(uncommon.size()) < n) {
+      if (next_pair == pairs.size()) return false;
+      const auto [a, b] = pairs[next_pair++];
+      if (in_pairs[a] >= pairs_per_word || in_pairs[b] >= pairs_per_word) continue;
+      ++in_pairs[a], ++in_pairs[b];
+      uncommon.push_back(*a + "-" + *b);
     }
-    return uncommon[i];
+    return true;
   };
 
   auto build = [&](int64_t n) {
-    if (n > 0) uncommon_word(n - 1);  // grow the list first: `list` points into it
     std::vector<const std::string*> list;
     for (const auto& w : common) list.insert(list.end(), o.common_freq, &w);
     for (int64_t i = 0; i < n; ++i) list.insert(list.end(), o.uncommon_freq, &uncommon[i]);
@@ -85,8 +101,20 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
     }
     return header + context + question;
   };
-  const int64_t n = fit_filler([&](int64_t m) { return count_tokens(tokenizer, build(m)); },
-                               o.target_tokens, task);
+  const int64_t asked_only = count_tokens(tokenizer, build(0));
+  KVB_CHECK(asked_only <= o.target_tokens, task, ": ", o.target_tokens,
+            " tokens cannot hold even the asked words' ", o.num_common * o.common_freq,
+            " entries (", asked_only, " tokens); lower common_freq or num_common");
+  const int64_t n = fit_filler(
+      [&](int64_t m) {
+        return grow_to(m) ? count_tokens(tokenizer, build(m)) : std::numeric_limits<int64_t>::max();
+      },
+      o.target_tokens, task);
+  KVB_CHECK(grow_to(n + 1), task, ": the word lists hold ", singles, " single words and ",
+            uncommon.size() - singles, " pairs whose words stay below common_freq (", o.common_freq,
+            ") at uncommon_freq ", o.uncommon_freq, ": at most ", count_tokens(tokenizer, build(n)),
+            " tokens, not ", o.target_tokens,
+            "; lower target_tokens or uncommon_freq, or raise common_freq");
 
   TaskSample s;
   s.prompt = build(n);

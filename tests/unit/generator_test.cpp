@@ -5,6 +5,7 @@
 #include <memory>
 #include <numeric>
 #include <thread>
+#include <utility>
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/phase_clock.h"
@@ -180,6 +181,9 @@ TEST(Generate, LogitsThatAreNotFiniteFailTheGeneration) {
                 std::string::npos)
           << e.what();
     }
+    // The failed generation's sequences are gone: a suite that goes on after a failed sample
+    // does not carry its tokens.
+    EXPECT_EQ(f.cache.storage().total(), 0u);
   }
 }
 
@@ -303,6 +307,66 @@ TEST(Generate, AStepsHostTimeLeavesOutTheCachesWaitsForTheDevice) {
         << "step " << i;
     EXPECT_GE(s.decode_step_host_s[i], slept) << "step " << i;  // sleeping is host time
   }
+}
+
+// A full cache that lists its attention calls, (sequence, layer) in order.
+class CallOrder final : public KVCache {
+ public:
+  CallOrder() : inner_(4, 2, 32, at::kFloat) {}
+  int64_t add_sequence() override { return inner_.add_sequence(); }
+  void remove_sequence(int64_t seq) override { inner_.remove_sequence(seq); }
+  int64_t length(int64_t seq) const override { return inner_.length(seq); }
+  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v) override {
+    calls.emplace_back(seq, layer);
+    return inner_.append_and_attend(seq, layer, q, k, v);
+  }
+  std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
+  StorageBytes storage() const override { return inner_.storage(); }
+  StorageBytes nominal() const override { return inner_.nominal(); }
+  std::vector<std::pair<int64_t, int64_t>> calls;
+
+ private:
+  FullKVCache inner_;
+};
+
+// prefill_group n prefills n sequences through every layer before the next n enter, with the
+// same tokens as the packed prefill.
+TEST(Generate, APrefillInGroupsTakesTheGroupsInTurn) {
+  Fixture f;
+  GenerationConfig g;
+  g.max_new_tokens = 3;
+  const std::vector<std::vector<int64_t>> prompts = {
+      {1, 2, 3, 4, 5, 6}, {7, 8, 9}, {2, 4, 6, 8, 10}};
+  CallOrder packed, grouped, ones;
+  const auto a = generate(f.model, packed, prompts, g);
+  g.prefill_group = 2;
+  const auto b = generate(f.model, grouped, prompts, g);
+  g.prefill_group = 1;
+  const auto c = generate(f.model, ones, prompts, g);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(a.sequences[i].tokens, b.sequences[i].tokens) << i;
+    EXPECT_EQ(a.sequences[i].tokens, c.sequences[i].tokens) << i;
+  }
+  // The prefill's 12 calls: by layer for all three, then (0, 1) by layer before 2, then one at
+  // a time.
+  auto prefill_calls = [](const CallOrder& o) {
+    return std::vector<std::pair<int64_t, int64_t>>(o.calls.begin(), o.calls.begin() + 12);
+  };
+  using Calls = std::vector<std::pair<int64_t, int64_t>>;
+  auto expected = [](const std::vector<std::vector<int64_t>>& groups) {
+    Calls out;
+    for (const auto& group : groups)
+      for (int64_t layer = 0; layer < 4; ++layer)
+        for (int64_t seq : group) out.emplace_back(seq, layer);
+    return out;
+  };
+  EXPECT_EQ(prefill_calls(packed), expected({{0, 1, 2}}));
+  EXPECT_EQ(prefill_calls(grouped), expected({{0, 1}, {2}}));
+  EXPECT_EQ(prefill_calls(ones), expected({{0}, {1}, {2}}));
+  EXPECT_EQ(a.decode_step_s.size(), c.decode_step_s.size());  // decoded together all the same
+  g.prefill_group = -1;
+  EXPECT_THROW(generate(f.model, f.cache, prompts, g), Error);
 }
 
 // A full cache whose storage() (the generator's per-step memory bookkeeping) takes 40 ms.

@@ -555,6 +555,12 @@ TEST(Workload, TheGenerationEstimateNeverWraps) {
   EXPECT_EQ(generation_bytes(c, double(per_token), 3, 100, 20),
             b * (p + n) * per_token + b * p * width * 4 + b * 512 * 4 + 3 * 4 * p * p * 4 +
                 2 * 2 * (p + n) * 32 * 4);
+  // A prefill one sequence at a time holds one prompt's activations, and every sequence's logits.
+  EXPECT_EQ(generation_bytes(c, double(per_token), 3, 100, 20, at::kFloat, 1),
+            b * (p + n) * per_token + p * width * 4 + b * 512 * 4 + 3 * 4 * p * p * 4 +
+                2 * 2 * (p + n) * 32 * 4);
+  EXPECT_EQ(generation_bytes(c, double(per_token), 3, 100, 20, at::kFloat, 8),
+            generation_bytes(c, double(per_token), 3, 100, 20));
   c.vocab_size = int64_t{1} << 24, c.hidden_size = int64_t{1} << 17;
   c.intermediate_size = int64_t{1} << 20, c.num_layers = 4096;
   c.num_heads = c.num_kv_heads = c.head_dim = 1024;

@@ -372,17 +372,20 @@ std::map<std::string, int64_t> word_counts(const TaskSample& s) {
   return counts;
 }
 
-// No asked word is in the header or the question either ("common" is an adjective of the word
-// lists and the question asks for the "most common words"): over many seeds, each occurs in
-// the whole prompt exactly common_freq times, as a substring.
+// No asked word is in the header or the question either, in any case ("common" is an adjective
+// of the word lists and the question asks for the "most common words"; the noun "answer" is in
+// its "Answer:"): over many seeds, each occurs in the whole lower-cased prompt, as the scorer
+// reads an output, exactly common_freq times, as a substring.
 TEST(RulerCommonWords, NoAskedWordIsInTheInstructions) {
   for (uint64_t seed = 0; seed < 40; ++seed) {
     const TaskSample s = make_task_sample(
         "common_words", tiny(),
         {{"target_tokens", 1024}, {"common_freq", 4}, {"uncommon_freq", 1}, {"seed", seed}});
+    std::string prompt = s.prompt;
+    for (char& ch : prompt) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     for (const auto& a : s.answers) {
       int64_t found = 0;
-      for (size_t at = s.prompt.find(a); at != std::string::npos; at = s.prompt.find(a, at + 1))
+      for (size_t at = prompt.find(a); at != std::string::npos; at = prompt.find(a, at + 1))
         ++found;
       EXPECT_EQ(found, 4) << "seed " << seed << ": " << a;
     }
@@ -394,7 +397,7 @@ TEST(RulerCommonWords, CountsExactlyAsSpecified) {
     int64_t target, num_common, common_freq, uncommon_freq;
   };
   // The last case runs past the single words into "adjective-noun" pairs.
-  for (const Case& c : {Case{4096, 10, 30, 3}, Case{2048, 5, 6, 2}, Case{8192, 10, 2, 1}}) {
+  for (const Case& c : {Case{4096, 10, 30, 3}, Case{2048, 5, 6, 2}, Case{8192, 10, 4, 1}}) {
     const TaskSample s = make_task_sample("common_words", tiny(),
                                           {{"target_tokens", c.target},
                                            {"num_common", c.num_common},
@@ -422,10 +425,46 @@ TEST(RulerCommonWords, CountsExactlyAsSpecified) {
     }
     EXPECT_GT(uncommon, 0);
     if (c.target == 8192) EXPECT_GT(uncommon, 646) << "expected adjective-noun pairs";
+    // A pair's words are words of the list too (tokenizers split at the hyphen): alone and in
+    // pairs, every other word stays below the asked words' count.
+    std::map<std::string, int64_t> words;
+    for (const auto& [entry, n] : counts) {
+      for (size_t from = 0;;) {
+        const size_t dash = entry.find('-', from);
+        words[entry.substr(from, dash - from)] += n;
+        if (dash == std::string::npos) break;
+        from = dash + 1;
+      }
+    }
+    for (const auto& [word, n] : words) {
+      const bool asked = std::find(s.answers.begin(), s.answers.end(), word) != s.answers.end();
+      if (!asked) EXPECT_LT(n, c.common_freq) << word;
+    }
     EXPECT_NE(s.prompt.find("What are the " + std::to_string(c.num_common) + " most common words"),
               std::string::npos);
   }
   EXPECT_THROW(make_common_words(tiny(), {4096, 10, 3, 3, 0}), Error);
+}
+
+// A target the word lists cannot fill at the asked frequencies is refused, saying how far they
+// reach, not filled with pairs whose words outnumber the asked ones; a target that cannot hold
+// the asked words themselves names the frequencies.
+TEST(RulerCommonWords, TargetsPastTheWordListsAreRefusedWithTheReach) {
+  try {
+    make_common_words(tiny(), {8192, 10, 2, 1, 0});
+    FAIL() << "pairs at common_freq 2 would hold their words twice";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("0 pairs whose words stay below common_freq (2)"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    make_common_words(tiny(), {1024, 10, 30, 3, 0});
+    FAIL() << "300 asked entries do not fit 1024 tokens";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lower common_freq or num_common"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(RulerKvRetrieval, JsonParsesAndHoldsTheAnswerAtItsDepth) {
@@ -563,6 +602,25 @@ TEST(RulerTasks, FillTheBudgetInLlama3Tokens) {
     EXPECT_LE(s.prompt_tokens, 4096) << task;
     EXPECT_GE(s.prompt_tokens, 4096 * 97 / 100) << task;
     EXPECT_EQ(s.prompt_tokens, static_cast<int64_t>(tok->encode(s.prompt, true).size()));
+  }
+}
+
+// common_words' reach in Llama-3 tokens at its default frequencies: 32k fills, 128k (more pairs
+// than keep their words below the asked words' count) is refused, saying how far it reaches.
+TEST(RulerCommonWords, ReachesPast32kLlama3TokensAtTheDefaults) {
+  const Tokenizer* tok = llama3();
+  if (tok == nullptr) GTEST_SKIP() << "no Llama-3 tokenizer: run scripts/fetch_tokenizers.sh";
+  const TaskSample s = make_task_sample("common_words", *tok, {{"target_tokens", 32768}});
+  EXPECT_LE(s.prompt_tokens, 32768);
+  EXPECT_GE(s.prompt_tokens, 32768 * 97 / 100);
+  try {
+    make_task_sample("common_words", *tok, {{"target_tokens", 131072}});
+    FAIL() << "128k tokens of common_words at 30/3";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pairs whose words stay below common_freq (30)"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("at most "), std::string::npos) << e.what();
   }
 }
 

@@ -703,6 +703,7 @@ TEST(Capacity, ThroughputSuitePlansTheBookkeepingItMeasures) {
         for (const std::string& w : out.warnings)
           EXPECT_EQ(w.find("evicted nothing"), std::string::npos) << what << ": " << w;
       ASSERT_EQ(r["batch"], 3) << what;
+      EXPECT_EQ(r["prefill_group"], 1) << what;  // prompts entering one at a time, as planned
       const double measured = r["kv_memory"]["retention_bytes"].get<double>();
       const double formula = r["retention_bytes_formula"].get<double>();
       EXPECT_EQ(formula, 3 * r["retention_bytes_per_sequence"].get<double>()) << what;

@@ -20,6 +20,11 @@ struct GenerationConfig {
   // Ids the first token may not be (their logits set to -inf at the prefill's sampling): a
   // minimum length of one token over these stop ids, as transformers' min_length processor.
   std::vector<int64_t> first_token_suppressed;
+  // The prefill's sequences per forward: 0 packs them all into one; n > 0 prefills them n at a
+  // time, each group's prompts entering every layer before the next group's (a server that
+  // admits a few prompts per step), so a batch whose packed prefill would not fit memory can
+  // still decode together.
+  int64_t prefill_group = 0;
   // When set (a clock over forward_phase_names()), every step is split into the forward's
   // phases: GenerationResult::prefill_phase_s and decode_phase_s. The marks cost host time, so
   // timed generations leave it unset.
@@ -34,7 +39,7 @@ struct SequenceResult {
 
 struct GenerationResult {
   std::vector<SequenceResult> sequences;
-  double prefill_s = 0;               // packed prefill forward + first sampling
+  double prefill_s = 0;  // the prefill's forwards (one, or one per prefill_group) + first sampling
   std::vector<double> decode_step_s;  // one per decode step
   // Of each decode step, the time until the forward pass returned, before its logits were
   // read back, less what the KV cache waited for the device inside it

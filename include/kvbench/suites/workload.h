@@ -90,12 +90,13 @@ void check_fits_on(const ModelPlacement& placement, uint64_t bytes, const std::s
 uint64_t kv_budget_base_bytes(const at::Device& device, uint64_t weight_bytes,
                               bool once_per_run = false);
 // Peak bytes of generating `new_tokens` after `prompt` tokens for `batch` sequences, beyond the
-// weights: the uncompressed KV cache, packed-prefill activations (in `compute_dtype`), one
-// sequence's prefill attention scores, and the fp32 copy of one layer's K/V that the reference
-// attention reads.
+// weights: the uncompressed KV cache, the prefill's activations (in `compute_dtype`; a packed
+// prefill's, or with `prefill_group` > 0 those of that many sequences, as
+// GenerationConfig::prefill_group runs it), one sequence's prefill attention scores, and the
+// fp32 copy of one layer's K/V that the reference attention reads.
 uint64_t generation_bytes(const ModelConfig& config, double kv_bytes_per_token, int64_t batch,
                           int64_t prompt, int64_t new_tokens,
-                          at::ScalarType compute_dtype = at::kFloat);
+                          at::ScalarType compute_dtype = at::kFloat, int64_t prefill_group = 0);
 // Upper bound of the method's KV bytes per token over all layers; throws Error when the method
 // cannot run on this model (e.g. a quantization group that does not divide head_dim).
 // `paged`: on the paged path (`kernel_path`: its kernels' code, CacheLayout::kernel_path),
@@ -112,6 +113,6 @@ uint64_t method_shared_bytes(const nlohmann::json& method, const ModelConfig& co
                              at::ScalarType dtype, bool paged, bool kernel_path);
 // generation_bytes for the cell's model, checked against available memory (check_memory_fits).
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
-                           int64_t new_tokens, const std::string& suite);
+                           int64_t new_tokens, const std::string& suite, int64_t prefill_group = 0);
 
 }  // namespace kvbench
