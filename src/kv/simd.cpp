@@ -31,7 +31,8 @@ const bool kHasF16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("
 
 // exp(x - shift), the polynomial both exp_shift_sum loops use for single elements:
 // exp(v) = 2^k * exp(r), k = round(v / ln 2), r = v - k ln 2 in [-ln2/2, ln2/2] (Cody-Waite
-// split of ln 2), exp(r) by its degree-6 Taylor polynomial; below -87 the result is 0.
+// split of ln 2), exp(r) by its degree-6 Taylor polynomial. Below -87 the result is exp(-87),
+// about 1.6e-38 (a -inf score's weight: nothing beside any finite one); NaN stays NaN.
 inline __attribute__((always_inline)) float exp_shifted(float x, float shift) {
   float v = x - shift;
   v = v < -87.0f ? -87.0f : v;
@@ -64,7 +65,9 @@ __attribute__((target("avx2,fma"))) float exp_shift_sum_avx2(float* x, int64_t n
   __m256 sum = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh), lo);
+    // max(lo, v), not max(v, lo): MAXPS returns its second operand when either is NaN, and a
+    // NaN score must stay NaN (as exp_shifted and the reference's softmax keep it).
+    const __m256 v = _mm256_max_ps(lo, _mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
     const __m256 k = _mm256_sub_ps(_mm256_fmadd_ps(v, log2e, magic), magic);
     const __m256 r = _mm256_fmadd_ps(k, ln2_lo, _mm256_fnmadd_ps(k, ln2_hi, v));
     __m256 p = _mm256_set1_ps(1.0f / 720);
@@ -108,7 +111,7 @@ __attribute__((target("avx512f"))) float exp_shift_sum_avx512(float* x, int64_t 
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 v = _mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), sh), lo);
+    const __m512 v = _mm512_max_ps(lo, _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), sh));
     const __m512 k = _mm512_sub_ps(_mm512_fmadd_ps(v, log2e, magic), magic);
     const __m512 r = _mm512_fmadd_ps(k, ln2_lo, _mm512_fnmadd_ps(k, ln2_hi, v));
     __m512 p = _mm512_set1_ps(1.0f / 720);

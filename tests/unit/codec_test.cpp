@@ -113,6 +113,25 @@ TEST_P(EveryMethod, ANonFiniteValueReadsBackNonFinite) {
       EXPECT_FALSE(std::isfinite(back[1][200][0].item<float>()))
           << GetParam() << (is_key ? " keys" : " values") << ": inf read back finite";
   }
+  // The fused attention shows the NaN too, as the reference's softmax does: a vector exp that
+  // clamped NaN scores to -87 gave that token weight ~0 and a finite output (on AVX2 and
+  // AVX-512; the scalar tail kept it, so the result depended on where the token sat).
+  for (const int64_t at : {40, 47, 299}) {
+    auto keys = c->make_layer_key_store(0, 2, 64), values = c->make_layer_value_store(0, 2, 64);
+    at::Tensor k = kv_like(2, 300, 64, 9);
+    k[0][at][5] = std::numeric_limits<float>::quiet_NaN();
+    keys->append(k.narrow(1, 0, 250));
+    values->append(kv_like(2, 250, 64, 10));
+    for (int64_t t = 250; t < 300; ++t) {
+      keys->append(k.narrow(1, t, 1));
+      values->append(kv_like(2, 1, 64, 11 + t));
+    }
+    const at::Tensor q = at::randn({4, 1, 64}, at::detail::createCPUGenerator(5));
+    const at::Tensor out = cpu_decode_attention(q, *keys, *values, 2, 0.125);
+    EXPECT_FALSE(at::isfinite(out[0]).all().item<bool>())
+        << GetParam() << ": a NaN key at " << at << " gave a finite attention output";
+    EXPECT_TRUE(at::isfinite(out[2]).all().item<bool>()) << GetParam() << ": the other head";
+  }
 }
 
 // Past KIVI's window (R = 128: two key blocks quantized, values before the last R) and GEAR's
@@ -385,8 +404,16 @@ TEST(BlockQuant, ConstantGroupsAndGroupExtremes) {
         EXPECT_NEAR(rec.min().item<float>(), lo, tol) << bits;
         EXPECT_NEAR(rec.max().item<float>(), hi, tol) << bits;
       }
-      EXPECT_NEAR(back[0][0][5].item<float>(), 0.75f, 1e-3);
     }
+    // A constant group: the min-max formats exactly (scale 0, the min 0.75 fp16-exact); q8_0
+    // and q4_0 within their half (q4_0: whole) step d = 0.75/127 (/8), as any group.
+    const at::Tensor constant = back[0][0].narrow(0, 0, 32).to(at::kDouble);
+    const double step = symmetric ? 0.75 / (bits == 8 ? 127 : 8) : 0.0;
+    const double worst = (constant - 0.75).abs().max().item<double>();
+    if (symmetric)
+      EXPECT_LE(worst, (bits == 8 ? 0.5 : 1.0) * step * (1 + 1e-3)) << bits;
+    else
+      EXPECT_EQ(worst, 0.0) << bits;
   }
 }
 
@@ -489,6 +516,21 @@ TEST(Kivi, ResidualCoveringEveryTokenIsTheFullCache) {
     a->append(x.narrow(1, 60, 40));
     b->append(x);
     EXPECT_TRUE(at::equal(a->dequantize(), b->dequantize())) << is_key;
+  }
+  // At T = R the keys are one quantized block (T - T mod R, as KIVI's code quantizes a
+  // prefill of a multiple of R); the values keep their window of R exact; at R + 1 one value
+  // leaves it.
+  const at::Tensor y = kv_like(2, 129, 64, 4);
+  for (const int64_t t : {128, 129}) {
+    auto keys = kivi.make_key_store(2, 64), values = kivi.make_value_store(2, 64);
+    auto exact = full.make_key_store(2, 64);
+    keys->append(y.narrow(1, 0, t));
+    values->append(y.narrow(1, 0, t));
+    exact->append(y.narrow(1, 0, t));
+    EXPECT_FALSE(at::equal(keys->dequantize().narrow(1, 0, 128),
+                           exact->dequantize().narrow(1, 0, 128)))
+        << t << ": keys not quantized";
+    EXPECT_EQ(at::equal(values->dequantize(), exact->dequantize()), t == 128) << t;
   }
 }
 

@@ -6,7 +6,9 @@
 //   values: all but the last R tokens are quantized, each token in groups of G channels
 //           (a sliding full-precision window).
 // s = (max - min) / (2^b - 1), q = clamp(round((x - min) / s)), x^ = q s + min; scales, mins
-// and the window are kept in the model dtype. R >= T stores everything exactly.
+// and the window are kept in the model dtype. R > T stores everything exactly; at T = R the
+// keys are one quantized block (T - T mod R = R), as in KIVI's reference code, the values
+// still exact.
 // Key codes layout: when a token's packed codes are whole 32-bit words (head_dim * bits % 32
 // == 0, always so for head_dim a multiple of 16) they are stored in tiles of 16 tokens, word-
 // major (simd::KiviKeyTiles), so that the key kernel loads one word of 16 tokens per vector
