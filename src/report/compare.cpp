@@ -463,6 +463,31 @@ json report_setup(const json& doc) {
           {"kv_dtype", model.value("kv_dtype", json())}};
 }
 
+// What two reports' configs differ in beside their cells (the thread count, the model's path,
+// the seed): what cells matched by parameters with differing ids stand on. With equal configs
+// the ids differ by what they hash of the inputs' contents (a checkpoint's or data file's
+// fingerprint), which the reports do not hold.
+std::string config_difference(const json& baseline, const json& candidate) {
+  const json b = baseline.value("config", json::object()),
+             n = candidate.value("config", json::object());
+  std::set<std::string> keys;
+  for (const json* c : {&b, &n})
+    for (const auto& item : c->items()) keys.insert(item.key());
+  auto shown = [](const json& v) {
+    const std::string d = v.is_null() ? std::string("(none)") : v.dump();
+    return d.size() > 60 ? d.substr(0, 57) + "..." : d;
+  };
+  std::vector<std::string> differ;
+  for (const std::string& k : keys) {
+    if (k == "suites" || k == "methods" || k == "output" || k == "description") continue;
+    const json bv = b.value(k, json()), nv = n.value(k, json());
+    if (bv != nv) differ.push_back(k + " " + shown(bv) + " vs " + shown(nv));
+  }
+  if (differ.empty())
+    return "the configs are alike: the model's or data files' contents differ, or the paged path";
+  return join(differ, "; ");
+}
+
 // Other work competing for the cores when a report's run started (environment
 // competing_threads), or a negative value when the report does not say.
 double competing_threads(const json& doc) {
@@ -557,24 +582,18 @@ std::string mixed_builds_note(const Runs& runs, const char* side) {
          "): a side's runs should repeat one build";
 }
 
-// A metric's points in every run of a side: the points every run has, each with its series per
-// run (a point some run lacks is left out: absent on that side).
+// A metric's points in the runs of a side, each with its series from every run that has it.
+// `every_run`: only the points every run has (the new side: a run that lacks a point fails
+// the gate as a missing point); otherwise those of any run (the baseline: a point one run
+// lacks is still what the others measured).
 std::map<std::string, RunSeries> run_points(const MetricImpl& m,
-                                            const std::vector<const json*>& cells) {
+                                            const std::vector<const json*>& cells, bool every_run) {
   std::map<std::string, RunSeries> out;
-  for (const auto& [point, series] : m.extract(*cells[0])) out[point].push_back(series);
-  for (size_t r = 1; r < cells.size(); ++r) {
-    const Points p = m.extract(*cells[r]);
-    for (auto it = out.begin(); it != out.end();) {
-      auto found = p.find(it->first);
-      if (found == p.end()) {
-        it = out.erase(it);
-      } else {
-        it->second.push_back(found->second);
-        ++it;
-      }
-    }
-  }
+  for (const json* cell : cells)
+    for (const auto& [point, series] : m.extract(*cell)) out[point].push_back(series);
+  if (every_run)
+    for (auto it = out.begin(); it != out.end();)
+      it = it->second.size() < cells.size() ? out.erase(it) : std::next(it);
   return out;
 }
 
@@ -666,7 +685,8 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
       }
       if (n)
         out.notes.push_back(id + ": matched to " + (*n)["id"].get<std::string>() +
-                            " by suite, method and parameters (the ids differ)");
+                            " by suite, method and parameters (the ids differ: " +
+                            config_difference(baseline, candidate) + ")");
     }
     // The baseline is what its ok runs measured: a cell that failed in one of several runs (a
     // flaky out-of-memory) still holds the new side to the others, as one failed new run fails
@@ -708,8 +728,8 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
     }
     for (const MetricImpl& m : metric_impls()) {
       if (m.spec.suite != b.value("suite", "") || !options.thresholds.count(m.spec.name)) continue;
-      const std::map<std::string, RunSeries> pb = run_points(m, base_cells),
-                                             pn = run_points(m, new_cells);
+      const std::map<std::string, RunSeries> pb = run_points(m, base_cells, false),
+                                             pn = run_points(m, new_cells, true);
       for (const auto& [point, sn] : pn)
         if (!pb.count(point))
           out.notes.push_back(id + " " + m.spec.name + (point.empty() ? "" : " " + point) +
@@ -747,6 +767,10 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
             out.missing.push_back(where);
           continue;
         }
+        if (sb.size() < base_cells.size())
+          out.notes.push_back(where + ": in " + std::to_string(sb.size()) + " of " +
+                              std::to_string(base_cells.size()) +
+                              " baseline runs; compared over those");
         if (m.spec.timing && any_empty(sb)) {
           out.notes.push_back(where + ": no raw samples in the baseline; not compared");
           continue;

@@ -24,7 +24,7 @@ std::vector<ParamSpec> LatencySuite::param_specs() {
                         "added as the tokenizer does) and used for every request instead of "
                         "synthetic ids; prompt_tokens is then its length"),
       ParamSpec::integer("warmup", 1, "untimed generations first").range(0, 1000),
-      ParamSpec::integer("repeats", 5, "timed generations (all samples kept)").range(1, 100000),
+      ParamSpec::integer("repeats", 10, "timed generations (all samples kept)").range(1, 100000),
   };
 }
 

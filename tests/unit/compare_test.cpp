@@ -667,6 +667,43 @@ TEST(Compare, FailedCellsAndMatchingByParameters) {
                       report({latency_cell("l.b", scaled(kTight, 1.2))}), defaults());
   EXPECT_TRUE(find(byparams, "tpot").regressed);
   EXPECT_EQ(find(byparams, "tpot").cell, "l.a");
+  // The note names what the reports' configs differ in, or that they do not.
+  auto match_note = [](const CompareResult& r) {
+    for (const std::string& n : r.notes)
+      if (n.rfind("l.a: matched to l.b", 0) == 0) return n;
+    return std::string();
+  };
+  EXPECT_NE(match_note(byparams).find("(the ids differ: the configs are alike"), std::string::npos)
+      << match_note(byparams);
+  json base = report({latency_cell("l.a", kTight)}), other = report({latency_cell("l.b", kTight)});
+  base["config"]["threads"] = 2, other["config"]["threads"] = 4;
+  base["config"]["suites"] = json::array({{{"name", "latency"}}});
+  EXPECT_NE(
+      match_note(compare_reports(base, other, defaults())).find("(the ids differ: threads 2 vs 4)"),
+      std::string::npos)
+      << match_note(compare_reports(base, other, defaults()));
+}
+
+// A point one baseline run lacks is compared over the runs that have it (with a note), not
+// dropped for every run; one a new run lacks is missing.
+TEST(Compare, APointSomeBaselineRunLacksIsComparedOverTheOthers) {
+  const json whole = report({throughput_cell(kTight)});
+  json partial = whole;
+  partial["cells"][0]["records"] = json::array();  // run 2 lost the point (an older report)
+  const CompareResult r = compare_runs({whole, partial, whole}, {whole}, defaults());
+  bool compared = false;
+  for (const MetricComparison& c : r.comparisons)
+    compared = compared || (c.metric == "decode_tok_s" && c.point.find("batch=4") == 0);
+  EXPECT_TRUE(compared);
+  EXPECT_TRUE(r.missing.empty());
+  bool noted = false;
+  for (const std::string& n : r.notes)
+    noted = noted || n.find(
+                         "decode_tok_s batch=4 prompt_tokens=16 new_tokens=4: in 2 of 3 "
+                         "baseline runs; compared over those") != std::string::npos;
+  EXPECT_TRUE(noted) << json(r.notes).dump();
+  const CompareResult lacking = compare_runs({whole}, {whole, partial}, defaults());
+  EXPECT_FALSE(lacking.missing.empty());
 }
 
 TEST(Compare, MissingCellsRegressAndOtherSetupsDoNotMatchByParameters) {
