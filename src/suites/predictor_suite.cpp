@@ -253,12 +253,16 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   ctx.progress.end();
 
   const std::string statistic = p["statistic"];
+  // A point's decode steps hold context, context + 1, ... context + steps - 1 tokens before
+  // their own (the router's context: prompt + generated - 1): its time is that of their mean
+  // context, at which the decode fits place it (at steps 1000 from context 64, ~564, not 64).
+  const double offset = 0.5 * static_cast<double>(steps - 1);
   std::vector<StepSample> grid;
   std::vector<std::vector<double>> prefill_x;
   std::vector<double> prefill_y;
   for (const Point& pt : points) {
     if (pt.heldout) continue;
-    grid.push_back({static_cast<double>(pt.batch), static_cast<double>(pt.context),
+    grid.push_back({static_cast<double>(pt.batch), static_cast<double>(pt.context) + offset,
                     point_time(pt.steps, statistic)});
     const double b = static_cast<double>(pt.batch), c = static_cast<double>(pt.context);
     prefill_x.push_back({1.0, b * c, b * c * c});
@@ -280,12 +284,13 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
     const Summary stats = summarize(pt.steps, ctx.seed, pt.per_generation);
     const json spread = relative_ci(stats);
     if (!spread.is_null()) spreads.push_back(spread);
-    const double pb = bilinear.predict(b, c), pl = lsq.predict(b, c);
+    const double pb = bilinear.predict(b, c + offset), pl = lsq.predict(b, c + offset);
     const double pp = prefill_w[0] + prefill_w[1] * b * c + prefill_w[2] * b * c * c;
     json rec = {{"kind", "step_profile"},
                 {"role", pt.heldout ? "heldout" : "grid"},
                 {"batch", pt.batch},
                 {"context", pt.context},
+                {"mean_context", c + offset},
                 {"samples_s", pt.steps},
                 {"samples_per_generation", pt.per_generation},
                 {"time_s", to_json(stats)},
@@ -355,29 +360,38 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                                 ? p["routing_max_batch"].get<int64_t>()
                                 : batches.back();
   const int64_t replicas = p["routing_replicas"];
-  // The fits hold inside the profiled grid; past it the router's step costs are extrapolations.
+  // The fits hold inside the profiled grid; past it, above or below, the router's step costs
+  // are extrapolations (a replica's batch runs from 1; a request's decode context from its
+  // prompt; a negative extrapolation is floored at 1 us, a free step).
   const int64_t longest = pmax + omax - 1;  // the context of a longest request's last step
-  if (max_batch > batches.back() || longest > contexts.back()) {
-    out.warnings.push_back(
-        "routing goes past the profiled grid (" +
-        (max_batch > batches.back() ? "batches up to " + std::to_string(max_batch) + ", grid " +
-                                          std::to_string(batches.back())
-                                    : std::string()) +
-        (max_batch > batches.back() && longest > contexts.back() ? "; " : "") +
-        (longest > contexts.back() ? "contexts up to " + std::to_string(longest) + ", grid " +
-                                         std::to_string(contexts.back())
-                                   : std::string()) +
-        "): its step costs there are the predictor's extrapolations; widen the grid or narrow "
-        "routing_max_batch and the routing lengths");
+  std::vector<std::string> past;
+  if (max_batch > batches.back())
+    past.push_back("batches up to " + std::to_string(max_batch) + ", grid to " +
+                   std::to_string(batches.back()));
+  if (batches.front() > 1)
+    past.push_back("batches from 1, grid from " + std::to_string(batches.front()));
+  if (longest > contexts.back())
+    past.push_back("contexts up to " + std::to_string(longest) + ", grid to " +
+                   std::to_string(contexts.back()));
+  if (pmin < contexts.front())
+    past.push_back("contexts from " + std::to_string(pmin) + ", grid from " +
+                   std::to_string(contexts.front()));
+  if (!past.empty()) {
+    out.warnings.push_back("routing goes past the profiled grid (" + join(past, "; ") +
+                           "): its step costs there are the predictor's extrapolations; widen "
+                           "the grid or narrow routing_max_batch and the routing lengths");
   }
   const PredictedStepCost cost(chosen, prefill_w);
   const double mean_prompt = 0.5 * static_cast<double>(pmin + pmax);
   const double mean_output = 0.5 * static_cast<double>(omin + omax);
-  // Saturation estimate: a replica running full batches of average requests.
+  // Saturation estimate: a replica running full batches of average requests. The prefill
+  // makes a request's first token, so it decodes mean_output - 1 steps, at contexts from its
+  // prompt to prompt + mean_output - 2.
+  const double decode_steps = std::max(mean_output - 1, 0.0);
   const double batch_s =
-      mean_output *
-          std::max(chosen.predict(static_cast<double>(max_batch), mean_prompt + 0.5 * mean_output),
-                   1e-6) +
+      decode_steps * std::max(chosen.predict(static_cast<double>(max_batch),
+                                             mean_prompt + 0.5 * (decode_steps - 1)),
+                              1e-6) +
       cost.step_s({}, std::vector<int64_t>(static_cast<size_t>(max_batch),
                                            static_cast<int64_t>(std::llround(mean_prompt))));
   const double saturation = static_cast<double>(replicas * max_batch) / batch_s;

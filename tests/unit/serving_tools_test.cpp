@@ -1476,9 +1476,40 @@ TEST(PredictorSuite, RoutingPastTheGridIsWarnedAbout) {
   bool said = false;
   for (const auto& w : out.warnings)
     said = said || w.find(
-                       "routing goes past the profiled grid (batches up to 8, grid 2; "
-                       "contexts up to 43, grid 32)") != std::string::npos;
-  EXPECT_TRUE(said);
+                       "routing goes past the profiled grid (batches up to 8, grid to 2; "
+                       "contexts up to 43, grid to 32)") != std::string::npos;
+  EXPECT_TRUE(said) << json(out.warnings).dump();
+  // Below the grid too: a replica's batch runs from 1, a request's decode from its prompt.
+  Harness low(json::parse(R"({"name": "predictor", "batch": [2, 4], "context": [16, 32],
+      "steps": 1, "repeats": 1, "warmup": 0, "routing_requests": 4, "routing_max_batch": 4,
+      "routing_prompt_tokens_min": 8, "routing_prompt_tokens_max": 16,
+      "routing_output_tokens_min": 2, "routing_output_tokens_max": 4})"));
+  const CellOutput below = low.run(s);
+  said = false;
+  for (const auto& w : below.warnings)
+    said = said || w.find(
+                       "routing goes past the profiled grid (batches from 1, grid from 2; "
+                       "contexts from 8, grid from 16)") != std::string::npos;
+  EXPECT_TRUE(said) << json(below.warnings).dump();
+}
+
+// A point's decode steps run at context, context + 1, ...: the fits place its time at their
+// mean context, which the record states, and predict it there.
+TEST(PredictorSuite, APointsTimeIsPlacedAtItsStepsMeanContext) {
+  Harness h(json::parse(R"({"name": "predictor", "batch": [1, 2], "context": [16, 32],
+      "steps": 5, "repeats": 1, "warmup": 0, "routing_requests": 0})"));
+  PredictorSuite s;
+  const CellOutput out = h.run(s);
+  for (const json& r : out.records) {
+    if (r["kind"] != "step_profile") continue;
+    EXPECT_DOUBLE_EQ(r["mean_context"].get<double>(), r["context"].get<double>() + 2.0);
+    // Grid points: the bilinear fit passes through its nodes, at their mean contexts.
+    if (r["role"] == "grid")
+      EXPECT_NEAR(r["predicted_s"]["bilinear"].get<double>(), r["step_s"].get<double>(),
+                  1e-9 * r["step_s"].get<double>());
+  }
+  EXPECT_EQ(out.summary["models"]["bilinear"]["fit"]["context"], json({18.0, 34.0}));
+  EXPECT_EQ(out.summary["grid"]["context"], json({16, 32}));  // the grid as asked
 }
 
 // Refused when the suite's parameters are resolved (validate), before any run.
