@@ -14,6 +14,7 @@
 #include "kvbench/core/time.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/fused_kernels.h"
+#include "kvbench/kv/gear_codec.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/kv/quest_policy.h"
 #include "kvbench/model/model_config.h"
@@ -74,9 +75,16 @@ json copy_bandwidth_record(uint64_t bytes, int warmup, int repeats, uint64_t see
           {"gbps", moved / s.median / 1e9}};
 }
 
-// Random K/V appended in slices, so the fp32 staging never exceeds a few MiB per slice.
-void fill(TokenStore& store, int64_t kv_heads, int64_t tokens, int64_t head_dim, uint64_t seed) {
+// Random K/V appended in slices, so the fp32 staging never exceeds a few MiB per slice; a store
+// whose appends form blocks (GEAR: one block per append, with its own factors) takes one
+// append, as a model's prefill gives it, so it stores what its formula counts.
+void fill(TokenStore& store, int64_t kv_heads, int64_t tokens, int64_t head_dim, uint64_t seed,
+          bool one_append) {
   auto gen = at::detail::createCPUGenerator(seed);
+  if (one_append) {
+    store.append(at::randn({kv_heads, tokens, head_dim}, gen, at::kFloat));
+    return;
+  }
   for (int64_t t = 0; t < tokens; t += 4096) {
     const int64_t n = std::min<int64_t>(4096, tokens - t);
     store.append(at::randn({kv_heads, n, head_dim}, gen, at::kFloat));
@@ -98,8 +106,9 @@ json attention_record(const Shape& sh, AttentionBackend backend, int warmup, int
   for (int64_t b = 0; b < sh.batch; ++b) {
     keys.push_back(sh.codec->make_key_store(sh.kv_heads, sh.head_dim));
     values.push_back(sh.codec->make_value_store(sh.kv_heads, sh.head_dim));
-    fill(*keys.back(), sh.kv_heads, sh.context, sh.head_dim, seed + 2 * b + 1);
-    fill(*values.back(), sh.kv_heads, sh.context, sh.head_dim, seed + 2 * b + 2);
+    const bool blocks = dynamic_cast<const GearCodec*>(sh.codec) != nullptr;
+    fill(*keys.back(), sh.kv_heads, sh.context, sh.head_dim, seed + 2 * b + 1, blocks);
+    fill(*values.back(), sh.kv_heads, sh.context, sh.head_dim, seed + 2 * b + 2, blocks);
     stored += keys.back()->bytes();
     stored += values.back()->bytes();
     queries.push_back(at::randn({sh.kv_heads * sh.group, 1, sh.head_dim}, gen, at::kFloat));
@@ -350,7 +359,10 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
   plan.contexts = p["contexts"] == "auto" ? KernelsSuite::auto_contexts(bytes_at, llc, min_multiple)
                                           : p["contexts"].get<std::vector<int64_t>>();
   for (int64_t c : plan.contexts) plan.largest = std::max(plan.largest, bytes_at(c));
-  plan.copy_bytes = std::max<uint64_t>(kMinCopyBytes, static_cast<uint64_t>(min_multiple * llc));
+  // Each copy buffer at least the LLC (the points' own beyond-cache line, max(multiple, 1)), so
+  // the copy reads and writes memory, not the cache, whatever min_llc_multiple says.
+  plan.copy_bytes = std::max<uint64_t>(
+      kMinCopyBytes, static_cast<uint64_t>(std::max(min_multiple, 1.0) * static_cast<double>(llc)));
   return plan;
 }
 

@@ -260,6 +260,32 @@ TEST(KernelsSuite, ACappedCpuidCacheIsRecordedAndWarned) {
   EXPECT_EQ(r.out.records.front()["bytes"], uint64_t{64} << 20);
 }
 
+// The copy buffers are each at least the LLC, whatever min_llc_multiple says: at 0.25 of a
+// 128 MiB cache, 32 MiB (64 MiB by the floor) buffers would copy inside the cache.
+TEST(KernelsSuite, TheCopyBuffersAreNeverSmallerThanTheCache) {
+  const json suite = json::parse(
+      R"({"name": "kernels", "contexts": [256], "kv_heads": [1], "head_dim": 64, "warmup": 0,
+          "repeats": 1, "dtype": "float32", "min_llc_multiple": 0.25, "llc_bytes": 134217728})");
+  auto r = run_kernels(suite);
+  EXPECT_EQ(r.out.records.front()["bytes"], uint64_t{128} << 20);
+}
+
+// GEAR forms a block per append: its K/V go in as one prefill, past the suite's 4096-token
+// slices, so the store holds what its formula counts.
+TEST(KernelsSuite, GearAtLongContextsStoresItsFormula) {
+  const json suite = json::parse(
+      R"({"name": "kernels", "contexts": [8192], "kv_heads": [1], "head_dim": 64, "warmup": 0,
+          "repeats": 1, "min_llc_multiple": 0})");
+  auto r = run_kernels(suite, {{"name", "gear"}});
+  int points = 0;
+  for (const json& rec : r.out.records) {
+    if (rec["kind"] != "decode_attention") continue;
+    ++points;
+    EXPECT_EQ(rec["working_set_bytes"], rec["nominal_bytes"]);
+  }
+  EXPECT_EQ(points, 1);
+}
+
 // Methods whose policy acts during decode get retained-token step records beside the codec's
 // own points; the kept count is the policy's, measured from the cache after the steps.
 TEST(KernelsSuite, RetainedTokenStepsForPoliciesThatActDuringDecode) {
@@ -364,6 +390,14 @@ TEST(KernelsSuiteGpu, TimesThePagedKernelsAgainstCopyBandwidthAndSdpa) {
         const uint64_t pages = 2 * ((ctx + 31) / 32);
         EXPECT_EQ(rec["working_set_bytes"], pages * 32 * 8 * 128 * 2 * 2);
       }
+      // The slots holding tokens are read, not a page's or ring's empty ones; q and the
+      // output are fp16, [batch, heads, head_dim] each.
+      EXPECT_EQ(rec["bytes_moved"].get<uint64_t>(), rec["working_set_bytes"].get<uint64_t>() -
+                                                        rec["padding_bytes"].get<uint64_t>() +
+                                                        2ull * 2 * 32 * 128 * 2);
+      if (std::string(method).find("full") != std::string::npos)
+        EXPECT_EQ(rec["padding_bytes"].get<uint64_t>(),
+                  2ull * ((ctx + 31) / 32 * 32 - ctx) * 8 * 128 * 2 * 2);
       EXPECT_NEAR(rec["gbps"].get<double>(),
                   rec["bytes_moved"].get<double>() / rec["time_s"]["median"].get<double>() / 1e9,
                   1e-6 * rec["gbps"].get<double>());
