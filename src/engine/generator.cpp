@@ -11,30 +11,35 @@
 namespace kvbench {
 namespace {
 
-// The sequences generate() added, removed when it returns or throws: a caller that goes on after
-// a failed generation (a failed sample, a capacity batch that does not fit) gets the cache back
-// with none of that generation's tokens held.
+// The sequences generate() added: release() removes them when it returns (an error there is
+// the caller's to see), the destructor when it throws, so that a caller going on after a failed
+// generation (a failed sample, a capacity batch that does not fit) gets the cache back with
+// none of that generation's tokens held.
 class SequenceLease {
  public:
-  explicit SequenceLease(KVCache& cache) : cache_(cache) {}
+  SequenceLease(KVCache& cache, size_t n) : cache_(cache) { seqs_.reserve(n); }
   SequenceLease(const SequenceLease&) = delete;
   SequenceLease& operator=(const SequenceLease&) = delete;
   ~SequenceLease() {
-    for (int64_t seq : seqs_) {
+    for (; released_ < seqs_.size(); ++released_) {
       try {
-        cache_.remove_sequence(seq);
+        cache_.remove_sequence(seqs_[released_]);
       } catch (...) {  // a destructor must not throw; the error that unwinds is the one to tell
       }
     }
   }
-  int64_t add() {
+  int64_t add() {  // (reserved: the push cannot throw once the cache has added it)
     seqs_.push_back(cache_.add_sequence());
     return seqs_.back();
+  }
+  void release() {  // in the order they were added, as before the lease
+    while (released_ < seqs_.size()) cache_.remove_sequence(seqs_[released_++]);
   }
 
  private:
   KVCache& cache_;
   std::vector<int64_t> seqs_;
+  size_t released_ = 0;  // seqs_ before this are removed
 };
 
 // The prefill's forwards: one packed forward, or one per group of `group` sequences, whose
@@ -84,7 +89,7 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   }
   cache.reserve(entering);
   wait_for_device(cache.device());  // a pool made again is filled before the prefill's clock
-  SequenceLease lease(cache);
+  SequenceLease lease(cache, n);
   for (size_t i = 0; i < n; ++i) {
     SamplingParams sp = config.sampling;
     sp.seed += i;
@@ -190,6 +195,7 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     batch = std::move(next_batch);
     bookkeeping_s += bookkeeping.seconds();
   }
+  lease.release();
   return result;
 }
 

@@ -463,25 +463,34 @@ json report_setup(const json& doc) {
           {"kv_dtype", model.value("kv_dtype", json())}};
 }
 
-// What two reports' configs differ in beside their cells (the thread count, the model's path,
-// the seed): what cells matched by parameters with differing ids stand on. With equal configs
-// the ids differ by what they hash of the inputs' contents (a checkpoint's or data file's
-// fingerprint), which the reports do not hold.
+// What two reports' configs differ in among what their cells' ids hash (the thread count, the
+// model's entry: its path, say), leaf by leaf: what cells matched by parameters with differing
+// ids stand on. With those alike the ids differ by the inputs' contents (a checkpoint's or data
+// file's fingerprint, which the reports do not hold) or the CPU's paged path.
 std::string config_difference(const json& baseline, const json& candidate) {
   const json b = baseline.value("config", json::object()),
              n = candidate.value("config", json::object());
-  std::set<std::string> keys;
-  for (const json* c : {&b, &n})
-    for (const auto& item : c->items()) keys.insert(item.key());
-  auto shown = [](const json& v) {
-    const std::string d = v.is_null() ? std::string("(none)") : v.dump();
-    return d.size() > 60 ? d.substr(0, 57) + "..." : d;
+  auto shown = [](const json* v) {
+    const std::string d = v == nullptr || v->is_null() ? std::string("(none)") : v->dump();
+    return d.size() > 80 ? d.substr(0, 77) + "..." : d;
   };
   std::vector<std::string> differ;
-  for (const std::string& k : keys) {
-    if (k == "suites" || k == "methods" || k == "output" || k == "description") continue;
-    const json bv = b.value(k, json()), nv = n.value(k, json());
-    if (bv != nv) differ.push_back(k + " " + shown(bv) + " vs " + shown(nv));
+  for (const char* key : {"threads", "device", "attention", "model"}) {
+    const json bv = b.value(key, json()), nv = n.value(key, json());
+    if (bv == nv) continue;
+    if (!bv.is_object() || !nv.is_object()) {
+      differ.push_back(std::string(key) + " " + shown(&bv) + " vs " + shown(&nv));
+      continue;
+    }
+    std::set<std::string> paths;  // the leaves that differ ("/path", "/rope_scaling/factor")
+    for (const json& op : json::diff(bv, nv)) paths.insert(op["path"].get<std::string>());
+    for (const std::string& path : paths) {
+      const json::json_pointer at(path);
+      const json* from = bv.contains(at) ? &bv[at] : nullptr;
+      const json* to = nv.contains(at) ? &nv[at] : nullptr;
+      differ.push_back(std::string(key) + replace_all(path, "/", ".") + " " + shown(from) + " vs " +
+                       shown(to));
+    }
   }
   if (differ.empty())
     return "the configs are alike: the model's or data files' contents differ, or the paged path";
@@ -743,10 +752,11 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
       auto not_planned_now = [&](const std::string& point) {
         if (!auto_contexts) return false;
         const json planned = n->value("summary", json::object()).value("contexts", json::array());
-        for (const json& r : base_cells[0]->value("records", json::array()))
-          if (r.value("kind", "") == "decode_attention" && point_label(r, kKernelPoint) == point)
-            return std::find(planned.begin(), planned.end(), r.value("context", json())) ==
-                   planned.end();
+        for (const json* cell : base_cells)  // (a point only some baseline runs planned)
+          for (const json& r : cell->value("records", json::array()))
+            if (r.value("kind", "") == "decode_attention" && point_label(r, kKernelPoint) == point)
+              return std::find(planned.begin(), planned.end(), r.value("context", json())) ==
+                     planned.end();
         return false;
       };
       for (const auto& [point, sb] : pb) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <optional>
 
+#include "kv_format.h"
 #include "kvbench/attention/cpu_attention.h"
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/core/error.h"
@@ -31,6 +32,13 @@ constexpr uint64_t kMinCopyBytes = uint64_t{64} << 20;
 struct Shape {
   int64_t batch, kv_heads, group, head_dim, context;
   const Codec* codec;
+  // GEAR takes its K/V in one append (fill): the fp32 input, its residual, a channel-major
+  // copy and the factors' temporaries, about four fp32 copies of one store's tokens at once.
+  uint64_t staging_bytes() const {
+    return dynamic_cast<const GearCodec*>(codec) == nullptr
+               ? 0
+               : 4ull * kv_heads * context * head_dim * sizeof(float);
+  }
   // K and V of all sequences by the codec's formula.
   uint64_t kv_bytes() const {
     return static_cast<uint64_t>(batch) * codec->nominal_bytes(context, kv_heads, head_dim).total();
@@ -97,8 +105,9 @@ json attention_record(const Shape& sh, AttentionBackend backend, int warmup, int
   const uint64_t fp32_copy = backend == AttentionBackend::kReference
                                  ? 2ull * sh.kv_heads * sh.context * sh.head_dim * sizeof(float)
                                  : 0;
-  check_fits(sh.kv_bytes() + fp32_copy, "context " + std::to_string(sh.context) + " x kv_heads " +
-                                            std::to_string(sh.kv_heads) + " (K and V)");
+  check_fits(sh.kv_bytes() + fp32_copy + sh.staging_bytes(),
+             "context " + std::to_string(sh.context) + " x kv_heads " +
+                 std::to_string(sh.kv_heads) + " (K and V)");
   std::vector<std::unique_ptr<TokenStore>> keys, values;
   std::vector<at::Tensor> queries;  // [heads, 1, head_dim] per sequence
   auto gen = at::detail::createCPUGenerator(seed);
@@ -106,7 +115,7 @@ json attention_record(const Shape& sh, AttentionBackend backend, int warmup, int
   for (int64_t b = 0; b < sh.batch; ++b) {
     keys.push_back(sh.codec->make_key_store(sh.kv_heads, sh.head_dim));
     values.push_back(sh.codec->make_value_store(sh.kv_heads, sh.head_dim));
-    const bool blocks = dynamic_cast<const GearCodec*>(sh.codec) != nullptr;
+    const bool blocks = sh.staging_bytes() > 0;
     fill(*keys.back(), sh.kv_heads, sh.context, sh.head_dim, seed + 2 * b + 1, blocks);
     fill(*values.back(), sh.kv_heads, sh.context, sh.head_dim, seed + 2 * b + 2, blocks);
     stored += keys.back()->bytes();
@@ -275,8 +284,8 @@ std::vector<ParamSpec> KernelsSuite::param_specs() {
       ParamSpec::integer("head_dim", 128, "head dimension").one_of({64, 128}),
       ParamSpec::integer("batch", 1, "sequences per decode step").range(1, 1024),
       ParamSpec::string("dtype", "float16",
-                        "storage dtype of the uncompressed `full` method (other methods fix "
-                        "their own format)",
+                        "storage dtype of the uncompressed `full` method, and of KIVI's and "
+                        "GEAR's scales and windows (other methods fix their own format)",
                         {"float32", "float16", "bfloat16"}),
       ParamSpec::integer("warmup", 3, "untimed calls before timing each point").range(0, 10000),
       ParamSpec::integer("repeats", 20, "timed calls per point (all kept)").range(1, 100000),
@@ -327,6 +336,7 @@ struct Plan {
   std::vector<int64_t> contexts, kv_heads;
   Shape base;
   uint64_t largest = 0;     // K+V bytes of the biggest point
+  uint64_t peak = 0;        // ... with what filling its stores takes beside them (GEAR's)
   uint64_t copy_bytes = 0;  // each of the two copy-bandwidth buffers
 };
 
@@ -358,7 +368,12 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
   };
   plan.contexts = p["contexts"] == "auto" ? KernelsSuite::auto_contexts(bytes_at, llc, min_multiple)
                                           : p["contexts"].get<std::vector<int64_t>>();
-  for (int64_t c : plan.contexts) plan.largest = std::max(plan.largest, bytes_at(c));
+  for (int64_t c : plan.contexts) {
+    Shape s = plan.base;
+    s.kv_heads = max_heads, s.context = c;
+    plan.largest = std::max(plan.largest, bytes_at(c));
+    plan.peak = std::max(plan.peak, bytes_at(c) + s.staging_bytes());
+  }
   // Each copy buffer at least the LLC (the points' own beyond-cache line, max(multiple, 1)), so
   // the copy reads and writes memory, not the cache, whatever min_llc_multiple says.
   plan.copy_bytes = std::max<uint64_t>(
@@ -369,7 +384,16 @@ Plan make_plan(const json& p, const json& method, uint64_t llc) {
 }  // namespace
 
 void KernelsSuite::check_method(const json& params, const json& method, const std::string& device) {
-  if (device != "cuda") make_plan(params, method, 0);
+  if (device != "cuda") {
+    make_plan(params, method, 0);
+    return;
+  }
+  // The decode kernels' query heads per KV head (kernels/kv_format.h): refused when the config
+  // is resolved, not at the first launch.
+  if (params["group_size"].get<int64_t>() > kernels::kDecodeMaxQPerKv)
+    throw ConfigError("group_size", "at most " + std::to_string(kernels::kDecodeMaxQPerKv) +
+                                        " on cuda (the decode kernels' GQA groups), got " +
+                                        params["group_size"].dump());
 }
 
 std::vector<int64_t> KernelsSuite::planned_contexts(const json& params, const json& method,
@@ -381,7 +405,7 @@ uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (ctx.gpu) return estimate_kernels_on_gpu(ctx.params, ctx.method);
   const Plan plan =
       make_plan(ctx.params, ctx.method, planned_llc(ctx.params["llc_bytes"], ctx.env).bytes);
-  return std::max(plan.largest, 2 * plan.copy_bytes);
+  return std::max(plan.peak, 2 * plan.copy_bytes);
 }
 
 std::string KernelsSuite::spread_warning(const std::vector<json>& records) {

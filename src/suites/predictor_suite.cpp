@@ -256,7 +256,9 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   // A point's decode steps hold context, context + 1, ... context + steps - 1 tokens before
   // their own (the router's context: prompt + generated - 1): its time is that of their mean
   // context, at which the decode fits place it (at steps 1000 from context 64, ~564, not 64).
-  const double offset = 0.5 * static_cast<double>(steps - 1);
+  // With statistic "min" the fastest step stands for the point, which is likely an early one:
+  // placed at context.
+  const double offset = statistic == "min" ? 0.0 : 0.5 * static_cast<double>(steps - 1);
   std::vector<StepSample> grid;
   std::vector<std::vector<double>> prefill_x;
   std::vector<double> prefill_y;
@@ -370,12 +372,18 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
                    std::to_string(batches.back()));
   if (batches.front() > 1)
     past.push_back("batches from 1, grid from " + std::to_string(batches.front()));
-  if (longest > contexts.back())
-    past.push_back("contexts up to " + std::to_string(longest) + ", grid to " +
-                   std::to_string(contexts.back()));
-  if (pmin < contexts.front())
-    past.push_back("contexts from " + std::to_string(pmin) + ", grid from " +
-                   std::to_string(contexts.front()));
+  // The fits' contexts are the points' mean contexts (offset above); below the lowest, a
+  // tenth of it is let pass (the defaults' 1.5 tokens below 65.5 are not an extrapolation
+  // worth a warning; steps 1000 from 64, 500 tokens below 563.5, is).
+  const double fit_low = static_cast<double>(contexts.front()) + offset,
+               fit_high = static_cast<double>(contexts.back()) + offset;
+  auto shown = [](double c) {
+    return c == std::floor(c) ? std::to_string(static_cast<int64_t>(c)) : format_fixed(c, 1);
+  };
+  if (static_cast<double>(longest) > fit_high)
+    past.push_back("contexts up to " + std::to_string(longest) + ", grid to " + shown(fit_high));
+  if (fit_low - static_cast<double>(pmin) > 0.1 * fit_low)
+    past.push_back("contexts from " + std::to_string(pmin) + ", grid from " + shown(fit_low));
   if (!past.empty()) {
     out.warnings.push_back("routing goes past the profiled grid (" + join(past, "; ") +
                            "): its step costs there are the predictor's extrapolations; widen "

@@ -682,6 +682,21 @@ TEST(Compare, FailedCellsAndMatchingByParameters) {
       match_note(compare_reports(base, other, defaults())).find("(the ids differ: threads 2 vs 4)"),
       std::string::npos)
       << match_note(compare_reports(base, other, defaults()));
+  // A long model entry differing only in its path names the path, whole; the seed, not in
+  // the ids, is not named.
+  base["config"]["threads"] = other["config"]["threads"] = 2;
+  base["config"]["seed"] = 1, other["config"]["seed"] = 2;
+  base["config"]["model"] = {{"compute_dtype", "float32"},
+                             {"dtype", "float32"},
+                             {"kv_dtype", "float16"},
+                             {"path", "/data/models/llama-a"}};
+  other["config"]["model"] = base["config"]["model"];
+  other["config"]["model"]["path"] = "/data/models/llama-b";
+  EXPECT_NE(match_note(compare_reports(base, other, defaults()))
+                .find("(the ids differ: model.path \"/data/models/llama-a\" vs "
+                      "\"/data/models/llama-b\")"),
+            std::string::npos)
+      << match_note(compare_reports(base, other, defaults()));
 }
 
 // A point one baseline run lacks is compared over the runs that have it (with a note), not

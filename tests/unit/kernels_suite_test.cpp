@@ -362,6 +362,20 @@ TEST(KernelsSuite, ImpossibleMemoryRequestFailsClearly) {
   }
 }
 
+// The decode kernels take at most 8 query heads per KV head: a larger group_size on cuda is
+// refused when the config is resolved, naming the key, not at the first launch.
+TEST(KernelsSuite, AGroupTheGpuKernelsDoNotTakeIsAConfigError) {
+  json params = resolve_suite({{"name", "kernels"}, {"group_size", 16}}, "suites[0]");
+  try {
+    KernelsSuite::check_method(params, {{"name", "full"}}, "cuda");
+    FAIL() << "group_size 16 on cuda";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("group_size"), std::string::npos) << e.what();
+  }
+  params["group_size"] = 8;
+  EXPECT_NO_THROW(KernelsSuite::check_method(params, {{"name", "full"}}, "cuda"));
+}
+
 // On a GPU the suite times the paged decode kernel per format, beside the device's copy
 // bandwidth and PyTorch's SDPA; the bytes are the pages, rings and scales the cache holds.
 TEST(KernelsSuiteGpu, TimesThePagedKernelsAgainstCopyBandwidthAndSdpa) {

@@ -1,6 +1,7 @@
-// Batched generation: one packed prefill of every prompt, then decode steps over the sequences
-// still running, each stopping on an EOS id or max_new_tokens. Every step is timed, so suites
-// get TTFT, per-token times and per-step batch sizes from one call.
+// Batched generation: one packed prefill of every prompt (or of prefill_group prompts at a
+// time), then decode steps over the sequences still running, each stopping on an EOS id or
+// max_new_tokens. Every step is timed, so suites get TTFT, per-token times and per-step batch
+// sizes from one call. The sequences it adds to the cache are removed when it returns or throws.
 #pragma once
 
 #include <string>
@@ -21,9 +22,9 @@ struct GenerationConfig {
   // minimum length of one token over these stop ids, as transformers' min_length processor.
   std::vector<int64_t> first_token_suppressed;
   // The prefill's sequences per forward: 0 packs them all into one; n > 0 prefills them n at a
-  // time, each group's prompts entering every layer before the next group's (a server that
-  // admits a few prompts per step), so a batch whose packed prefill would not fit memory can
-  // still decode together.
+  // time, each group's prompts entering every layer before the next group's, so a batch whose
+  // packed prefill would not fit memory can still decode together. The groups run in one step:
+  // every first token is sampled (and timed) after the last group.
   int64_t prefill_group = 0;
   // When set (a clock over forward_phase_names()), every step is split into the forward's
   // phases: GenerationResult::prefill_phase_s and decode_phase_s. The marks cost host time, so

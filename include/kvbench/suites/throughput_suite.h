@@ -1,5 +1,6 @@
 // The `throughput` suite: offline batches over a grid of batch x prompt length x generation
-// length. Prefill tok/s from the timed packed prefill; decode tok/s from per-step timings
+// length. Prefill tok/s from the timed packed prefill (the capacity view's batch prefills one
+// sequence at a time); decode tok/s from per-step timings
 // (batch / median step time); KV bytes at the end of generation. Every step time is kept.
 #pragma once
 
