@@ -262,10 +262,16 @@ Environment capture_environment() {
   env.libtorch = TORCH_VERSION;
   env.blas = detect_blas();
   env.cuda = query_cuda();
+  env.overrides = code_path_overrides();
+  return env;
+}
+
+std::map<std::string, std::string> code_path_overrides() {
+  std::map<std::string, std::string> out;
   for (const char* name : {"KVBENCH_DECODE_LOOP", "KVBENCH_RETAINED_TOKENS", "KVBENCH_MODEL_OPS",
                            "KVBENCH_MODEL_GEMM", "KVBENCH_PAGED_PATH", "KVBENCH_SIMD"})
-    if (const char* value = std::getenv(name)) env.overrides[name] = value;
-  return env;
+    if (const char* value = std::getenv(name)) out[name] = value;
+  return out;
 }
 
 nlohmann::json to_json(const Environment& env) {

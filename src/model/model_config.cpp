@@ -345,8 +345,10 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       c.qk_norm = true;
       break;
   }
-  // The family's window when the key is left out; null: none.
-  if (!family.window_needs_flag || r.boolean("use_sliding_window", false)) {
+  // The family's window when the key is left out; null: none. LlamaConfig has no window at
+  // all: a sliding_window key in a Llama config is ignored, as transformers ignores it.
+  if (c.arch != Architecture::kLlama &&
+      (!family.window_needs_flag || r.boolean("use_sliding_window", false))) {
     if (!j.contains("sliding_window") && family.sliding_window > 0)
       c.sliding_window = family.sliding_window;
     else if (r.has("sliding_window"))

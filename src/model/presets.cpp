@@ -147,19 +147,23 @@ const ModelPreset& find_model_preset(const std::string& name) {
 
 void write_checkpoint(const Transformer& model, const json& config, const std::string& dir,
                       const std::map<std::string, std::string>& metadata) {
-  const at::ScalarType dtype = dtype_from_name(config.value("torch_dtype", "float32"));
+  // The storage dtype as the config's parser read it (torch_dtype or dtype; null: float32).
+  const at::ScalarType dtype = dtype_from_name(model.config().torch_dtype);
   ModelWeights weights = model.weights();  // shallow copy: tensor handles share storage
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& [name, slot] : bind_weights(model.config(), weights)) {
     tensors.emplace_back(name, slot->to(dtype).contiguous());
   }
+  // The config's own ids, as they are (an eos list, a null bos): generation_config.json wins
+  // over config.json at load, so an id invented here would give the model an EOS it never had.
+  // Built before any file is written, so nothing is half-written if it fails.
+  json generation = {{"do_sample", false}};
+  for (const char* key : {"bos_token_id", "eos_token_id"})
+    if (config.contains(key)) generation[key] = config[key];
   std::filesystem::create_directories(dir);
   std::map<std::string, std::string> meta = metadata;
   meta["format"] = "pt";
   write_safetensors((std::filesystem::path(dir) / "model.safetensors").string(), tensors, meta);
-  json generation = {{"bos_token_id", config.value("bos_token_id", 1)},
-                     {"eos_token_id", config.value("eos_token_id", 2)},
-                     {"do_sample", false}};
   write_file_atomically(std::filesystem::path(dir) / "generation_config.json",
                         generation.dump(2) + "\n");
   write_file_atomically(std::filesystem::path(dir) / "config.json", config.dump(2) + "\n");

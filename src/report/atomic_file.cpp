@@ -39,13 +39,18 @@ bool write_file_atomically(const std::filesystem::path& path, const std::string&
   std::error_code ec;
   if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
   KVB_CHECK(!ec, "cannot create directory ", path.parent_path().string(), ": ", ec.message());
-  const std::string tmp = path.string() + ".tmp." + std::to_string(getpid());
+  // A name no other process holds (mkstemp creates it exclusively): pids repeat between
+  // containers sharing an output directory, and two shards writing one report name at once
+  // must not share a temporary (one truncating what the other had just linked in place).
+  std::string name = path.string() + ".tmp.XXXXXX";
+  int fd = ::mkostemp(name.data(), O_CLOEXEC);
+  KVB_CHECK(fd >= 0, "cannot write ", name, ": ", std::strerror(errno));
+  const std::string tmp = name;
   set_unfinished(tmp);
   struct Done {
     ~Done() { g_unfinished[0] = '\0'; }
   } done_writing;
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  KVB_CHECK(fd >= 0, "cannot write ", tmp, ": ", std::strerror(errno));
+  ::fchmod(fd, 0644);  // (mkstemp's 0600; a report is for others to read too)
   size_t done = 0;
   while (done < content.size()) {
     ssize_t n = ::write(fd, content.data() + done, content.size() - done);

@@ -493,7 +493,8 @@ std::string config_difference(const json& baseline, const json& candidate) {
     }
   }
   if (differ.empty())
-    return "the configs are alike: the model's or data files' contents differ, or the paged path";
+    return "the configs are alike: the model's or data files' contents differ, or the code path "
+           "(environment.overrides)";
   return join(differ, "; ");
 }
 

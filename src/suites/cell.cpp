@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 
+#include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/suite_registry.h"
@@ -117,6 +118,9 @@ std::vector<InputPath> input_paths(const nlohmann::json& params) {
 
 std::vector<Cell> expand_cells(const RunSpec& spec) {
   std::optional<nlohmann::json> model_files;  // computed on first use
+  nlohmann::json code_path = nlohmann::json::object();
+  for (const auto& [name, value] : code_path_overrides())
+    if (name != "KVBENCH_PAGED_PATH") code_path[name] = value;
   std::vector<Cell> cells;
   std::map<std::string, std::string> seen;  // id -> where it came from
   for (size_t s = 0; s < spec.suites.size(); ++s) {
@@ -164,6 +168,10 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       // from the plain paged path's.
       if (spec.attention == "paged" && spec.device == "cpu" && paged_kernel_path_on_cpu())
         identity["paged_path"] = "kernels";
+      // So do the variables that choose the code that runs (a decode loop, the SIMD level):
+      // --resume must not reuse a cell measured under others. (KVBENCH_PAGED_PATH is the
+      // paged path above, where it applies.)
+      if (!code_path.empty()) identity["code_path"] = code_path;
       const std::string prefix = c.suite + "." + c.method["name"].get<std::string>() + ".";
       c.id = prefix + hex_of(identity);
       if (spec.threads_auto) identity["threads"] = "auto";

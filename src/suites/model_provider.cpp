@@ -30,7 +30,19 @@ nlohmann::json marker(const std::string& dir) {
     j = nlohmann::json::parse(in, json_depth_limit(path.string()), /*allow_exceptions=*/false);
   } catch (const Error&) {  // nested too deep: unmarked here, the loader says what is wrong
   }
-  return j.is_object() && j.contains("kvbench") ? j["kvbench"] : nlohmann::json();
+  if (!j.is_object() || !j.contains("kvbench")) return nlohmann::json();
+  // The mark's fields as kvbench writes them: a wrong type names its key, not a json error.
+  const nlohmann::json& mark = j["kvbench"];
+  KVB_CHECK(mark.is_object(), path.string(), ": \"kvbench\" must be an object");
+  const auto check = [&](const char* key, bool ok, const char* expected) {
+    KVB_CHECK(!mark.contains(key) || ok, path.string(), ": kvbench.", key, " must be ", expected,
+              ", got ", mark[key].dump());
+  };
+  check("preset", mark.contains("preset") && mark["preset"].is_string(), "a string");
+  check("seed", mark.contains("seed") && mark["seed"].is_number_integer(), "an integer");
+  check("random_weights", mark.contains("random_weights") && mark["random_weights"].is_boolean(),
+        "a boolean");
+  return mark;
 }
 
 // Where a preset is written on first use: nothing there yet, or an empty directory (made ahead,

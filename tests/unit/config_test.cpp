@@ -1,6 +1,7 @@
 // Config loading and validation: every error is one line naming the key path.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -10,6 +11,7 @@
 #include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/suites/cell.h"
 #include "kvbench/suites/run_spec.h"
 
 namespace kvbench {
@@ -286,6 +288,28 @@ TEST(ConfigFile, LoadsFileAndNamesRunAfterStem) {
   EXPECT_EQ(spec.seed, 3u);
   EXPECT_EQ(spec.threads, 1);
   std::filesystem::remove(path);
+}
+
+// A variable that picks the code that runs (a decode loop, the SIMD level) is part of a cell's
+// id, so --resume never reuses a cell measured under another; the cell's seed (its prompts)
+// stays, so the two are measured on the same inputs.
+TEST(CellIds, TheCodePathVariablesAreInTheIdNotTheSeed) {
+  const char* name = "KVBENCH_DECODE_LOOP";
+  const char* old = std::getenv(name);
+  const std::string saved = old ? old : "";
+  unsetenv(name);
+  const RunSpec spec = parse_run_spec(
+      nlohmann::json::parse(R"({"suites": [{"name": "kernels"}], "threads": 1})"), "t");
+  const Cell plain = expand_cells(spec)[0];
+  setenv(name, "v4", 1);
+  const Cell v4 = expand_cells(spec)[0];
+  if (old)
+    setenv(name, saved.c_str(), 1);
+  else
+    unsetenv(name);
+  EXPECT_NE(plain.id, v4.id);
+  EXPECT_EQ(plain.seed, v4.seed);
+  EXPECT_EQ(code_path_overrides().count(name), old ? 1u : 0u);
 }
 
 TEST(ConfigFile, GridExpandsIntoRunsGroupedByModel) {

@@ -116,6 +116,8 @@ TEST(ModelConfig, MissingKeysTakeTheirFamilysDefaults) {
   c = llama();
   c.erase("max_position_embeddings");
   EXPECT_EQ(parse_model_config(c, "l").max_position_embeddings, 2048);
+  c["sliding_window"] = 4096;  // LlamaConfig has no window: the key is ignored, as there
+  EXPECT_FALSE(parse_model_config(c, "l").sliding_window.has_value());
   c = find_model_preset("tiny-mistral").config;
   for (const char* k : {"max_position_embeddings", "num_key_value_heads", "sliding_window"})
     c.erase(k);

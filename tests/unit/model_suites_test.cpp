@@ -453,6 +453,23 @@ TEST(ModelProvider, ReportsRandomWeightsAndFailsOnceWithTheSameError) {
     }
     std::filesystem::remove_all(trained);
   }
+  // A mark of the wrong type names its key and file, not a json library error.
+  {
+    auto odd = std::filesystem::temp_directory_path() / "kvbench_provider_odd_mark";
+    std::filesystem::create_directories(odd);
+    std::ofstream(odd / "config.json") << R"({"kvbench": {"preset": 5, "seed": 0}})";
+    ModelSpec asks = written;
+    asks.path = odd.string();
+    try {
+      ModelProvider(asks).config_only();
+      ADD_FAILURE() << "expected an Error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("config.json: kvbench.preset must be a string, got 5"),
+                std::string::npos)
+          << e.what();
+    }
+    std::filesystem::remove_all(odd);
+  }
   // A checkpoint kvbench did not write (no mark) is not the preset either: loading it under
   // the preset's name would mislabel the report.
   {

@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -54,6 +55,24 @@ TEST(AtomicFile, FailureKeepsOldContentAndLeavesNoTemporary) {
   fs::path blocked = dir / "file_as_parent";
   std::ofstream(blocked) << "I am a file";
   EXPECT_THROW(write_file_atomically(blocked / "report.json", "x"), Error);
+  fs::remove_all(dir);
+}
+
+// The temporary is a name of its own, never one another process may hold: a file already at
+// the old "<path>.tmp.<pid>" name (another container's writer, whose pids repeat) is neither
+// truncated nor written through.
+TEST(AtomicFile, TheTemporaryIsNeverAnotherWritersFile) {
+  fs::path dir = fresh_dir("atomic_tmp");
+  fs::create_directories(dir);
+  const fs::path other = dir / "other.json",
+                 taken = dir / ("r.json.tmp." + std::to_string(::getpid()));
+  std::ofstream(other) << "another writer's report";
+  fs::create_hard_link(other, taken);
+  write_file_atomically(dir / "r.json", "mine");
+  EXPECT_EQ(read(dir / "r.json"), "mine");
+  EXPECT_EQ(read(other), "another writer's report");
+  EXPECT_EQ(read(taken), "another writer's report");
+  EXPECT_EQ(count_entries(dir), 3u);  // r.json, other.json and its link: no temporary left
   fs::remove_all(dir);
 }
 

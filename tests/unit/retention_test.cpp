@@ -175,6 +175,27 @@ TEST(Retention, BudgetCoveringEveryTokenIsTheFullCache) {
   }
 }
 
+// A layer holding exactly its budget is not over it; one token more is. (Selecting `budget`
+// of `budget` tokens keeps them all, so the full-cache test above cannot tell a > from a >=.)
+TEST(Retention, OverBudgetStartsOneTokenPastTheBudget) {
+  for (const json& entry : std::vector<json>{{{"name", "stream-512"}},
+                                             {{"name", "snapkv-1024"}},
+                                             {{"name", "pyramidkv-2048"}},
+                                             {{"name", "h2o-512"}},
+                                             {{"name", "tova"}, {"budget", 60}},
+                                             {{"name", "scissorhands-512"}}}) {
+    const auto policy = make_policy(resolve(entry));
+    RetentionInput in;
+    in.num_layers = 4, in.layer = 1, in.length = in.prompt = 5000;
+    const int64_t budget = policy->budget(in);
+    ASSERT_LT(budget, in.length) << entry.dump();
+    in.positions = at::arange(budget, at::kLong).expand({2, budget});
+    EXPECT_FALSE(policy->over_budget(in)) << entry.dump();
+    in.positions = at::arange(budget + 1, at::kLong).expand({2, budget + 1});
+    EXPECT_TRUE(policy->over_budget(in)) << entry.dump();
+  }
+}
+
 // A one-layer cache over random q/k/v: GQA 4:2, head_dim 16.
 struct Layer1 {
   static constexpr int64_t kHeads = 4, kKv = 2, kDim = 16;

@@ -226,6 +226,25 @@ TEST(Routing, OneReplicaByHand) {
   EXPECT_NEAR(r.end_s, 0.040, 1e-12);
 }
 
+// The routing's step cost from the fitted predictors, by hand: decode at the decoding
+// sequences' count and mean context, the prefill by its formula, a mixed step paying both,
+// and a prediction below 1 us floored there (an extrapolation never gives a step for free).
+TEST(PredictedStepCost, DecodeAtTheMeanContextPlusThePrefillFormula) {
+  // Bilinear in batch and context, so the fit reproduces it inside the grid and beyond.
+  auto t = [](double b, double c) { return 1e-3 + 2e-4 * b + 1e-6 * c + 1e-7 * b * c; };
+  std::vector<StepSample> grid;
+  for (double b : {1.0, 4.0})
+    for (double c : {16.0, 64.0}) grid.push_back({b, c, t(b, c)});
+  const BilinearStepModel model(grid);
+  const PredictedStepCost cost(model, {2e-3, 1e-5, 1e-8});
+  EXPECT_NEAR(cost.step_s({10, 20, 30}, {}), t(3, 20), 1e-12);
+  EXPECT_NEAR(cost.step_s({}, {5, 7}), 2e-3 + 1e-5 * 12 + 1e-8 * (25 + 49), 1e-12);
+  EXPECT_NEAR(cost.step_s({10}, {5}), t(1, 10) + 2e-3 + 1e-5 * 5 + 1e-8 * 25, 1e-12);
+  EXPECT_EQ(cost.step_s({}, {}), 0.0);
+  const PredictedStepCost negative(model, {-1.0, 0.0, 0.0});
+  EXPECT_DOUBLE_EQ(negative.step_s({}, {5}), 1e-6);
+}
+
 TEST(Routing, RoundRobinCyclesAndEveryRequestFinishesOnce) {
   std::vector<RoutedRequest> reqs;
   Rng rng(5);

@@ -325,5 +325,25 @@ TEST(Transformer, CheckpointWithWrongShapeIsRejected) {
   std::filesystem::remove_all(dir);
 }
 
+// The generation config carries the model's own ids as its config has them (an EOS list, no
+// BOS), never invented ones, which would win at load; a config the parser accepts is written.
+TEST(Transformer, ACheckpointKeepsItsConfigsOwnTokenIds) {
+  auto dir = std::filesystem::temp_directory_path() / "kvbench_ckpt_ids";
+  std::filesystem::remove_all(dir);
+  nlohmann::json config = find_model_preset("tiny-llama").config;
+  config.erase("bos_token_id");
+  config["eos_token_id"] = {2, 3};
+  const Transformer model = Transformer::random(parse_model_config(config, "ids"), 1);
+  write_checkpoint(model, config, dir.string());
+  const nlohmann::json generation =
+      nlohmann::json::parse(std::ifstream(dir / "generation_config.json"));
+  EXPECT_FALSE(generation.contains("bos_token_id")) << generation.dump();
+  EXPECT_EQ(generation["eos_token_id"], nlohmann::json({2, 3}));
+  const ModelConfig back = load_model_config(dir.string());
+  EXPECT_EQ(back.eos_token_ids, (std::vector<int64_t>{2, 3}));
+  EXPECT_FALSE(back.bos_token_id.has_value());
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace kvbench

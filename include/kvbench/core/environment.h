@@ -68,6 +68,8 @@ struct Environment {
 
 Environment capture_environment();
 nlohmann::json to_json(const Environment& env);
+// Environment::overrides as this process sees them now.
+std::map<std::string, std::string> code_path_overrides();
 
 BlasInfo detect_blas();
 CudaInfo query_cuda();
