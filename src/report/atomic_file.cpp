@@ -1,6 +1,8 @@
 #include "kvbench/report/atomic_file.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,15 +44,30 @@ bool write_file_atomically(const std::filesystem::path& path, const std::string&
   // A name no other process holds (mkstemp creates it exclusively): pids repeat between
   // containers sharing an output directory, and two shards writing one report name at once
   // must not share a temporary (one truncating what the other had just linked in place).
+  // The stop signals wait while it is created and named for their handler (which removes it),
+  // so a stop between the two leaves no temporary the handler does not know.
   std::string name = path.string() + ".tmp.XXXXXX";
+  sigset_t stops, before;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGINT);
+  sigaddset(&stops, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stops, &before);
   int fd = ::mkostemp(name.data(), O_CLOEXEC);
-  KVB_CHECK(fd >= 0, "cannot write ", name, ": ", std::strerror(errno));
+  const int made_errno = errno;
+  if (fd >= 0) set_unfinished(name);
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  KVB_CHECK(fd >= 0, "cannot write ", name, ": ", std::strerror(made_errno));
   const std::string tmp = name;
-  set_unfinished(tmp);
   struct Done {
     ~Done() { g_unfinished[0] = '\0'; }
   } done_writing;
-  ::fchmod(fd, 0644);  // (mkstemp's 0600; a report is for others to read too)
+  // mkstemp's 0600 to what open(0644) gave before: 0644 less the umask.
+  static const mode_t kMode = [] {
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    return static_cast<mode_t>(0644 & ~mask);
+  }();
+  (void)::fchmod(fd, kMode);  // (a file system that refuses it keeps mkstemp's 0600)
   size_t done = 0;
   while (done < content.size()) {
     ssize_t n = ::write(fd, content.data() + done, content.size() - done);

@@ -78,8 +78,10 @@ nlohmann::json build_report(const RunSpec& spec, const Environment& env,
 
 namespace {
 
-// The `.json` files of `dir` in name order (the UTC stamps in report names sort by time), each
-// parsed, or null when it is not JSON; none when `dir` is not a directory.
+// The `.json` files of `dir` oldest first, each parsed, or null when it is not JSON; none when
+// `dir` is not a directory. Oldest: by the report's `created` (RFC 3339 UTC, which sorts as
+// text), then by name without ".json" (a run's "-2" attempt after its first: with the
+// extension, "x-STAMP-2.json" sorted before "x-STAMP.json"); files without `created` first.
 std::vector<std::pair<std::filesystem::path, nlohmann::json>> json_files_in(
     const std::filesystem::path& dir) {
   std::error_code ec;
@@ -103,6 +105,16 @@ std::vector<std::pair<std::filesystem::path, nlohmann::json>> json_files_in(
     }
     out.emplace_back(f, std::move(j));
   }
+  auto created = [](const nlohmann::json& j) {
+    return j.is_object() && j.contains("created") && j["created"].is_string()
+               ? j["created"].get<std::string>()
+               : std::string();
+  };
+  std::stable_sort(out.begin(), out.end(), [&](const auto& a, const auto& b) {
+    const std::string ca = created(a.second), cb = created(b.second);
+    if (ca != cb) return ca < cb;
+    return a.first.stem().string() < b.first.stem().string();
+  });
   return out;
 }
 

@@ -118,9 +118,21 @@ std::vector<InputPath> input_paths(const nlohmann::json& params) {
 
 std::vector<Cell> expand_cells(const RunSpec& spec) {
   std::optional<nlohmann::json> model_files;  // computed on first use
+  // The variables that choose the code a cell runs on the run's device, at values other than
+  // their defaults: the GPU's decode loop, retained-token width and model ops; the CPU's SIMD
+  // level and, outside paged attention (whose paged_path below says it), the host kernels'
+  // model ops; the model's GEMM on both.
   nlohmann::json code_path = nlohmann::json::object();
-  for (const auto& [name, value] : code_path_overrides())
-    if (name != "KVBENCH_PAGED_PATH") code_path[name] = value;
+  for (const auto& [name, value] : code_path_overrides()) {
+    const bool gpu_only = name == "KVBENCH_DECODE_LOOP" || name == "KVBENCH_RETAINED_TOKENS" ||
+                          name == "KVBENCH_MODEL_OPS";
+    const bool cpu_only = name == "KVBENCH_SIMD" || name == "KVBENCH_PAGED_PATH";
+    if (value.empty() || (gpu_only && spec.device != "cuda") ||
+        (cpu_only && spec.device != "cpu") || (name == "KVBENCH_MODEL_GEMM" && value == "aten") ||
+        (name == "KVBENCH_PAGED_PATH" && spec.attention == "paged"))
+      continue;
+    code_path[name] = value;
+  }
   std::vector<Cell> cells;
   std::map<std::string, std::string> seen;  // id -> where it came from
   for (size_t s = 0; s < spec.suites.size(); ++s) {
@@ -169,13 +181,14 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       if (spec.attention == "paged" && spec.device == "cpu" && paged_kernel_path_on_cpu())
         identity["paged_path"] = "kernels";
       // So do the variables that choose the code that runs (a decode loop, the SIMD level):
-      // --resume must not reuse a cell measured under others. (KVBENCH_PAGED_PATH is the
-      // paged path above, where it applies.)
+      // --resume must not reuse a cell measured under others. Not the shard: containers of
+      // one job array split the cells alike whatever their environments.
+      nlohmann::json shard_identity = identity;
       if (!code_path.empty()) identity["code_path"] = code_path;
       const std::string prefix = c.suite + "." + c.method["name"].get<std::string>() + ".";
       c.id = prefix + hex_of(identity);
-      if (spec.threads_auto) identity["threads"] = "auto";
-      c.shard_hash = fnv1a64(prefix + hex_of(identity));
+      if (spec.threads_auto) shard_identity["threads"] = "auto";
+      c.shard_hash = fnv1a64(prefix + hex_of(shard_identity));
       const std::string where =
           "suites[" + std::to_string(s) + "] x methods[" + std::to_string(m) + "]";
       const SuiteInfo& info = find_suite(c.suite);

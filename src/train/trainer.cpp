@@ -672,6 +672,10 @@ void Trainer::save_checkpoint() const {
   namespace fs = std::filesystem;
   fs::create_directories(out_dir_);
   json config = recipe_.model;
+  // The tiny tokenizer written beside the weights has BOS 1 and EOS 2 (its specials 1 and 2):
+  // a recipe that names none gets those, as the generation config always gave them.
+  if (!config.contains("bos_token_id")) config["bos_token_id"] = 1;
+  if (!config.contains("eos_token_id")) config["eos_token_id"] = 2;
   config["kvbench"] = {{"trained", true},
                        {"step", step_},
                        {"total_steps", recipe_.total_steps()},

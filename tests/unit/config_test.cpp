@@ -290,9 +290,9 @@ TEST(ConfigFile, LoadsFileAndNamesRunAfterStem) {
   std::filesystem::remove(path);
 }
 
-// A variable that picks the code that runs (a decode loop, the SIMD level) is part of a cell's
-// id, so --resume never reuses a cell measured under another; the cell's seed (its prompts)
-// stays, so the two are measured on the same inputs.
+// A variable that picks the code a cell runs on its device (the SIMD level on the CPU, a decode
+// loop on a GPU) is part of its id, so --resume never reuses a cell measured under another;
+// the cell's seed (its prompts) stays, so the two are measured on the same inputs.
 TEST(CellIds, TheCodePathVariablesAreInTheIdNotTheSeed) {
   const char* name = "KVBENCH_DECODE_LOOP";
   const char* old = std::getenv(name);
@@ -300,6 +300,7 @@ TEST(CellIds, TheCodePathVariablesAreInTheIdNotTheSeed) {
   unsetenv(name);
   const RunSpec spec = parse_run_spec(
       nlohmann::json::parse(R"({"suites": [{"name": "kernels"}], "threads": 1})"), "t");
+  ASSERT_EQ(spec.device, "cpu");
   const Cell plain = expand_cells(spec)[0];
   setenv(name, "v4", 1);
   const Cell v4 = expand_cells(spec)[0];
@@ -307,9 +308,27 @@ TEST(CellIds, TheCodePathVariablesAreInTheIdNotTheSeed) {
     setenv(name, saved.c_str(), 1);
   else
     unsetenv(name);
-  EXPECT_NE(plain.id, v4.id);
-  EXPECT_EQ(plain.seed, v4.seed);
+  // A GPU's decode loop does not change a CPU cell; on cuda it does.
+  EXPECT_EQ(plain.id, v4.id);
   EXPECT_EQ(code_path_overrides().count(name), old ? 1u : 0u);
+  // The CPU's variables on a CPU run: the SIMD level, and the host kernels outside paged
+  // attention (KVBENCH_PAGED_PATH=kernels runs the model's ops through them, whatever the
+  // attention backend). The shard a cell falls in stays.
+  for (const char* var : {"KVBENCH_SIMD", "KVBENCH_PAGED_PATH"}) {
+    const char* before = std::getenv(var);
+    const std::string kept = before ? before : "";
+    unsetenv(var);
+    const Cell base = expand_cells(spec)[0];
+    setenv(var, std::string(var) == "KVBENCH_SIMD" ? "avx2" : "kernels", 1);
+    const Cell other = expand_cells(spec)[0];
+    if (before)
+      setenv(var, kept.c_str(), 1);
+    else
+      unsetenv(var);
+    EXPECT_NE(base.id, other.id) << var;
+    EXPECT_EQ(base.seed, other.seed) << var;
+    EXPECT_EQ(base.shard_hash, other.shard_hash) << var;
+  }
 }
 
 TEST(ConfigFile, GridExpandsIntoRunsGroupedByModel) {

@@ -237,6 +237,22 @@ TEST(Report, ResumeContinuesOnlyThisRunsReport) {
   EXPECT_EQ(names, (std::vector<std::string>{"a@5", "b@5", "c@5", "x@5", "y@5", "y@6"}));
   EXPECT_EQ(resume_key("y", 6), "y@6");
   std::filesystem::remove_all(dir);
+  // The later report's cell wins: a run's second attempt ("-2") after its first, though its
+  // name with ".json" sorts first; a later `created` over an earlier one whatever the names.
+  std::filesystem::create_directories(dir);
+  nlohmann::json first = partial(nlohmann::json::array({cell("a")}), 1), second = first;
+  first["created"] = second["created"] = "2026-12-07T10:00:00Z";
+  first["cells"][0]["note"] = "first";
+  second["cells"][0]["note"] = "second";
+  write("r-20261207T100000Z.json", first);
+  write("r-20261207T100000Z-2.json", second);
+  EXPECT_EQ(previous_ok_cells(dir)["a@5"]["note"], "second");
+  nlohmann::json later = first;
+  later["created"] = "2026-12-07T11:00:00Z";
+  later["cells"][0]["note"] = "later";
+  write("a-20261207T110000Z.json", later);
+  EXPECT_EQ(previous_ok_cells(dir)["a@5"]["note"], "later");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
