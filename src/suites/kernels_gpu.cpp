@@ -201,19 +201,10 @@ CellOutput run_kernels_on_gpu(const CellContext& ctx) {
   ctx.progress.advance("copy bandwidth");
   ctx.progress.end();
 
-  std::vector<double> copy_gbps, phase_median;  // all samples; each phase's median
-  for (const auto& r : out.records) {
-    if (r["kind"] != "copy_bandwidth") continue;
-    std::vector<double> phase;
-    for (double t : r["samples_s"]) phase.push_back(r["bytes_moved"].get<double>() / t / 1e9);
-    copy_gbps.insert(copy_gbps.end(), phase.begin(), phase.end());
-    phase_median.push_back(median(phase));
-  }
-  const double copy = median(copy_gbps);
   // As on the CPU: a device whose speed moved during the cell (clocks, another job) is said.
-  if (std::string w = KernelsSuite::copy_drift_warning(phase_median.front(), phase_median.back());
-      !w.empty())
-    out.warnings.push_back(w);
+  const KernelsSuite::CopyBandwidth bandwidth = KernelsSuite::copy_bandwidth(out.records);
+  const double copy = bandwidth.gbps;
+  if (!bandwidth.drift_warning.empty()) out.warnings.push_back(bandwidth.drift_warning);
   if (std::string w = KernelsSuite::spread_warning(out.records); !w.empty())
     out.warnings.push_back(w);
   double best = 0;

@@ -486,17 +486,9 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
   ctx.progress.end();
 
   // Summary: copy bandwidth over both phases; attention against it.
-  std::vector<double> copy_gbps, phase_median;  // all samples; each phase's median
-  for (const auto& r : out.records) {
-    if (r["kind"] != "copy_bandwidth") continue;
-    std::vector<double> phase;
-    for (double t : r["samples_s"]) phase.push_back(r["bytes_moved"].get<double>() / t / 1e9);
-    copy_gbps.insert(copy_gbps.end(), phase.begin(), phase.end());
-    phase_median.push_back(median(phase));
-  }
-  const double copy = median(copy_gbps);
-  if (std::string w = copy_drift_warning(phase_median.front(), phase_median.back()); !w.empty())
-    out.warnings.push_back(w);
+  const CopyBandwidth bandwidth = copy_bandwidth(out.records);
+  const double copy = bandwidth.gbps;
+  if (!bandwidth.drift_warning.empty()) out.warnings.push_back(bandwidth.drift_warning);
   // Beyond the cache means at least one LLC's worth, whatever min_llc_multiple allows.
   const double beyond = std::max(min_multiple, 1.0);
   std::optional<double> best_fraction;  // none when no point reaches beyond the cache
@@ -538,6 +530,19 @@ CellOutput KernelsSuite::run(const CellContext& ctx) {
                  {"contexts", contexts},
                  {"points", contexts.size() * kv_heads.size()}};
   return out;
+}
+
+KernelsSuite::CopyBandwidth KernelsSuite::copy_bandwidth(const std::vector<json>& records) {
+  std::vector<double> all, phase_median;  // all samples; each record's median
+  for (const auto& r : records) {
+    if (r["kind"] != "copy_bandwidth") continue;
+    std::vector<double> phase;
+    for (double t : r["samples_s"]) phase.push_back(r["bytes_moved"].get<double>() / t / 1e9);
+    all.insert(all.end(), phase.begin(), phase.end());
+    phase_median.push_back(median(phase));
+  }
+  KVB_CHECK(!all.empty(), "kernels: no copy-bandwidth samples");
+  return {median(all), copy_drift_warning(phase_median.front(), phase_median.back())};
 }
 
 std::string KernelsSuite::copy_drift_warning(double before_gbps, double after_gbps) {

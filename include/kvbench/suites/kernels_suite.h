@@ -35,6 +35,14 @@ class KernelsSuite final : public Suite {
   // during the cell (another job, a frequency change) makes them depend on when each point
   // ran. Empty otherwise.
   static std::string copy_drift_warning(double before_gbps, double after_gbps);
+  // The copy bandwidth of a cell's copy_bandwidth records (before and after its points): the
+  // median GB/s over all their samples, and the warning copy_drift_warning gives for the two
+  // records' own medians.
+  struct CopyBandwidth {
+    double gbps = 0;
+    std::string drift_warning;
+  };
+  static CopyBandwidth copy_bandwidth(const std::vector<nlohmann::json>& records);
 
   // `bytes_at(context)`: the working set at that context by the method's formula, not a rate
   // per token (KIVI's window and GEAR's buffer make one token as large as fp16's).
