@@ -527,8 +527,8 @@ TEST(Kivi, ResidualCoveringEveryTokenIsTheFullCache) {
     keys->append(y.narrow(1, 0, t));
     values->append(y.narrow(1, 0, t));
     exact->append(y.narrow(1, 0, t));
-    EXPECT_FALSE(at::equal(keys->dequantize().narrow(1, 0, 128),
-                           exact->dequantize().narrow(1, 0, 128)))
+    EXPECT_FALSE(
+        at::equal(keys->dequantize().narrow(1, 0, 128), exact->dequantize().narrow(1, 0, 128)))
         << t << ": keys not quantized";
     EXPECT_EQ(at::equal(values->dequantize(), exact->dequantize()), t == 128) << t;
   }
