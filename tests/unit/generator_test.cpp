@@ -220,16 +220,32 @@ TEST(Generate, SplitsEveryStepIntoTheForwardsPhases) {
   EXPECT_TRUE(plain.decode_phase_s.empty());
 }
 
-// Passes everything to a full cache, sleeping 3 ms in each attention call: a step's attend
-// phase must then hold those milliseconds, and no other phase. With `as_device_wait` the
-// sleep is reported as a wait for the device (what a read-back inside a cache is on a GPU).
-class SlowAttention final : public KVCache {
+// Passes everything to a full cache (4 layers, 2 KV heads, head_dim 32); the caches below
+// override what they watch.
+class ForwardingCache : public KVCache {
  public:
-  explicit SlowAttention(bool as_device_wait = false)
-      : inner_(4, 2, 32, at::kFloat), as_device_wait_(as_device_wait) {}
+  ForwardingCache() : inner_(4, 2, 32, at::kFloat) {}
   int64_t add_sequence() override { return inner_.add_sequence(); }
   void remove_sequence(int64_t seq) override { inner_.remove_sequence(seq); }
   int64_t length(int64_t seq) const override { return inner_.length(seq); }
+  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v) override {
+    return inner_.append_and_attend(seq, layer, q, k, v);
+  }
+  std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
+  StorageBytes storage() const override { return inner_.storage(); }
+  StorageBytes nominal() const override { return inner_.nominal(); }
+
+ protected:
+  FullKVCache inner_;
+};
+
+// Passes everything to a full cache, sleeping 3 ms in each attention call: a step's attend
+// phase must then hold those milliseconds, and no other phase. With `as_device_wait` the
+// sleep is reported as a wait for the device (what a read-back inside a cache is on a GPU).
+class SlowAttention final : public ForwardingCache {
+ public:
+  explicit SlowAttention(bool as_device_wait = false) : as_device_wait_(as_device_wait) {}
   at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v) override {
     Stopwatch wait;
@@ -239,13 +255,9 @@ class SlowAttention final : public KVCache {
     return inner_.append_and_attend(seq, layer, q, k, v);
   }
   std::vector<double> waits;  // each call's sleep as it took, in call order
-  std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
-  StorageBytes storage() const override { return inner_.storage(); }
-  StorageBytes nominal() const override { return inner_.nominal(); }
   double device_wait_seconds() const override { return waited_; }
 
  private:
-  FullKVCache inner_;
   bool as_device_wait_;
   double waited_ = 0;
 };
@@ -310,24 +322,14 @@ TEST(Generate, AStepsHostTimeLeavesOutTheCachesWaitsForTheDevice) {
 }
 
 // A full cache that lists its attention calls, (sequence, layer) in order.
-class CallOrder final : public KVCache {
+class CallOrder final : public ForwardingCache {
  public:
-  CallOrder() : inner_(4, 2, 32, at::kFloat) {}
-  int64_t add_sequence() override { return inner_.add_sequence(); }
-  void remove_sequence(int64_t seq) override { inner_.remove_sequence(seq); }
-  int64_t length(int64_t seq) const override { return inner_.length(seq); }
   at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                const at::Tensor& v) override {
     calls.emplace_back(seq, layer);
     return inner_.append_and_attend(seq, layer, q, k, v);
   }
-  std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
-  StorageBytes storage() const override { return inner_.storage(); }
-  StorageBytes nominal() const override { return inner_.nominal(); }
   std::vector<std::pair<int64_t, int64_t>> calls;
-
- private:
-  FullKVCache inner_;
 };
 
 // prefill_group n prefills n sequences through every layer before the next n enter, with the
@@ -370,25 +372,12 @@ TEST(Generate, APrefillInGroupsTakesTheGroupsInTurn) {
 }
 
 // A full cache whose storage() (the generator's per-step memory bookkeeping) takes 40 ms.
-class SlowBookkeeping final : public KVCache {
+class SlowBookkeeping final : public ForwardingCache {
  public:
-  SlowBookkeeping() : inner_(4, 2, 32, at::kFloat) {}
-  int64_t add_sequence() override { return inner_.add_sequence(); }
-  void remove_sequence(int64_t seq) override { inner_.remove_sequence(seq); }
-  int64_t length(int64_t seq) const override { return inner_.length(seq); }
-  at::Tensor append_and_attend(int64_t seq, int64_t layer, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v) override {
-    return inner_.append_and_attend(seq, layer, q, k, v);
-  }
-  std::vector<int64_t> kept_tokens(int64_t seq) const override { return inner_.kept_tokens(seq); }
   StorageBytes storage() const override {
     std::this_thread::sleep_for(std::chrono::milliseconds(40));
     return inner_.storage();
   }
-  StorageBytes nominal() const override { return inner_.nominal(); }
-
- private:
-  FullKVCache inner_;
 };
 
 // Token times (TTFT, ITL, e2e) are the steps' times: the generator's memory bookkeeping between
