@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "env_guard.h"
 #include "kvbench/cli/config_loader.h"
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
@@ -295,36 +296,24 @@ TEST(ConfigFile, LoadsFileAndNamesRunAfterStem) {
 // the cell's seed (its prompts) stays, so the two are measured on the same inputs.
 TEST(CellIds, TheCodePathVariablesAreInTheIdNotTheSeed) {
   const char* name = "KVBENCH_DECODE_LOOP";
-  const char* old = std::getenv(name);
-  const std::string saved = old ? old : "";
-  unsetenv(name);
   const RunSpec spec = parse_run_spec(
       nlohmann::json::parse(R"({"suites": [{"name": "kernels"}], "threads": 1})"), "t");
   ASSERT_EQ(spec.device, "cpu");
-  const Cell plain = expand_cells(spec)[0];
-  setenv(name, "v4", 1);
-  const Cell v4 = expand_cells(spec)[0];
-  if (old)
-    setenv(name, saved.c_str(), 1);
-  else
-    unsetenv(name);
+  const bool was_set = std::getenv(name) != nullptr;
+  Cell plain, v4;
+  testing_support::with_env(name, nullptr, [&] { plain = expand_cells(spec)[0]; });
+  testing_support::with_env(name, "v4", [&] { v4 = expand_cells(spec)[0]; });
   // A GPU's decode loop does not change a CPU cell; on cuda it does.
   EXPECT_EQ(plain.id, v4.id);
-  EXPECT_EQ(code_path_overrides().count(name), old ? 1u : 0u);
+  EXPECT_EQ(code_path_overrides().count(name), was_set ? 1u : 0u);
   // The CPU's variables on a CPU run: the SIMD level, and the host kernels outside paged
   // attention (KVBENCH_PAGED_PATH=kernels runs the model's ops through them, whatever the
   // attention backend). The shard a cell falls in stays.
   for (const char* var : {"KVBENCH_SIMD", "KVBENCH_PAGED_PATH"}) {
-    const char* before = std::getenv(var);
-    const std::string kept = before ? before : "";
-    unsetenv(var);
-    const Cell base = expand_cells(spec)[0];
-    setenv(var, std::string(var) == "KVBENCH_SIMD" ? "avx2" : "kernels", 1);
-    const Cell other = expand_cells(spec)[0];
-    if (before)
-      setenv(var, kept.c_str(), 1);
-    else
-      unsetenv(var);
+    Cell base, other;
+    testing_support::with_env(var, nullptr, [&] { base = expand_cells(spec)[0]; });
+    testing_support::with_env(var, std::string(var) == "KVBENCH_SIMD" ? "avx2" : "kernels",
+                              [&] { other = expand_cells(spec)[0]; });
     EXPECT_NE(base.id, other.id) << var;
     EXPECT_EQ(base.seed, other.seed) << var;
     EXPECT_EQ(base.shard_hash, other.shard_hash) << var;

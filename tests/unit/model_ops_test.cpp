@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "env_guard.h"
 #include "kvbench/core/error.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/model/model_config.h"
@@ -90,29 +91,7 @@ TEST(ModelOpsHostTest, ChecksRejectBadProblems) {
   EXPECT_NE(kernels::model_ops_check(norm).find("alias"), std::string::npos);
 }
 
-// Runs `body` with environment variable `name` set to `value` (null: unset), then restores it,
-// also when `body` throws.
-template <typename Body>
-void with_env(const char* name, const char* value, Body body) {
-  struct Restore {
-    const char* name;
-    bool was_set;
-    std::string saved;
-    ~Restore() {
-      if (was_set)
-        setenv(name, saved.c_str(), 1);
-      else
-        unsetenv(name);
-    }
-  };
-  const char* old = std::getenv(name);
-  const Restore restore{name, old != nullptr, old ? old : ""};
-  if (value)
-    setenv(name, value, 1);
-  else
-    unsetenv(name);
-  body();
-}
+using testing_support::with_env;
 
 // Runs `body` with the wrappers on their eager path (the variable unset: a developer may run
 // the tests with it set).
