@@ -79,7 +79,9 @@ void register_report_command(CLI::App& app, GlobalOptions& global) {
       ->capture_default_str()
       ->check(CLI::IsMember({"md", "csv", "json"}));
   sub->add_option("--baseline", opt->baseline,
-                  "method name the ratios are taken against (default: full, when present)");
+                  "method the ratios are taken against: a label as the tables print it "
+                  "(kivi(bits=2), snapkv+palu) or a method name with one label (default: full, "
+                  "when present)");
   sub->callback([opt, &global] { global.action = [opt] { return report(*opt); }; });
 }
 

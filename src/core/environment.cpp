@@ -274,6 +274,23 @@ std::map<std::string, std::string> code_path_overrides() {
   return out;
 }
 
+std::map<std::string, std::string> applicable_code_path(
+    const std::map<std::string, std::string>& overrides, const std::string& device,
+    const std::string& attention) {
+  std::map<std::string, std::string> out;
+  for (const auto& [name, value] : overrides) {
+    const bool gpu_only = name == "KVBENCH_DECODE_LOOP" || name == "KVBENCH_RETAINED_TOKENS" ||
+                          name == "KVBENCH_MODEL_OPS";
+    const bool cpu_only = name == "KVBENCH_SIMD" || name == "KVBENCH_PAGED_PATH";
+    if (value.empty() || (gpu_only && device != "cuda") || (cpu_only && device != "cpu") ||
+        (name == "KVBENCH_MODEL_GEMM" && value == "aten") ||
+        (name == "KVBENCH_PAGED_PATH" && attention == "paged"))
+      continue;
+    out[name] = value;
+  }
+  return out;
+}
+
 nlohmann::json to_json(const Environment& env) {
   nlohmann::json gpus = nlohmann::json::array();
   for (const auto& g : env.cuda.devices) {

@@ -5,6 +5,7 @@
 #include <set>
 #include <sstream>
 
+#include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/json_text.h"
 #include "kvbench/report/report.h"
@@ -82,6 +83,22 @@ nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& ce
                           {"device", cfg.value("device", "cpu")},
                           {"threads", cfg.value("threads", nlohmann::json())}};
   if (cell.value("suite", "") != "kernels") setup["model"] = cfg.value("model", nlohmann::json());
+  // The code path the run took (its cells' ids carry it too): a report measured with
+  // KVBENCH_PAGED_PATH=kernels is another setup than the plain one, not a second row beside it.
+  const nlohmann::json env = report.value("environment", nlohmann::json::object());
+  const nlohmann::json overrides =
+      env.is_object() ? env.value("overrides", nlohmann::json()) : nlohmann::json();
+  if (overrides.is_object()) {
+    std::map<std::string, std::string> set;
+    for (const auto& [name, value] : overrides.items()) {
+      if (value.is_string()) set[name] = value.get<std::string>();
+    }
+    auto text = [&](const char* key) {
+      return setup[key].is_string() ? setup[key].get<std::string>() : std::string();
+    };
+    const auto code_path = applicable_code_path(set, text("device"), text("attention"));
+    if (!code_path.empty()) setup["code_path"] = code_path;
+  }
   return setup;
 }
 

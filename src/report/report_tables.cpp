@@ -511,7 +511,7 @@ ResultTable suite_table(const SuiteSpec& spec, const std::vector<const MergedCel
     for (Point& p : spec.points(cells[i]->cell)) {
       Row r{cells[i], params[i], std::move(p), "", false};
       r.group = cells[i]->setup.dump() + "|" + r.params.dump() + "|" + r.point.key.dump();
-      r.is_baseline = !ctx.baseline.empty() && method_name(cells[i]->cell) == ctx.baseline;
+      r.is_baseline = !ctx.baseline.empty() && ctx.label(cells[i]->cell) == ctx.baseline;
       if (std::find(group_order.begin(), group_order.end(), r.group) == group_order.end()) {
         group_order.push_back(r.group);
       }
@@ -604,39 +604,58 @@ std::map<std::string, double> over_common_keys(
   return out;
 }
 
-// Accuracy samples (task + id) that every compressed method scores 0 on, with the full
-// cache's score beside them: failures no method in the comparison avoids.
+// Accuracy samples (task + id) that every compressed method of one setup scores 0 on, with the
+// full cache's score beside them: failures no method in the comparison avoids. Setups (models,
+// backends) are kept apart: one model's sample is not another's.
 ResultTable failed_by_every_method(const std::vector<MergedCell>& cells, const Context& ctx) {
   struct Seen {
     std::set<std::string> methods;
     bool all_zero = true;
     json score_full;
   };
-  std::map<std::pair<std::string, std::string>, Seen> samples;
-  std::set<std::string> methods;
+  struct Setup {
+    json setup;
+    std::set<std::string> methods;
+    std::map<std::pair<std::string, std::string>, Seen> samples;
+  };
+  std::vector<std::string> order;
+  std::map<std::string, Setup> setups;
   for (const MergedCell& m : cells) {
     const json& c = m.cell;
     if (c.value("status", "") != "ok" || c.value("suite", "") != "accuracy") continue;
     const std::string label = ctx.label(c);
-    if (method_name(c) == ctx.baseline) continue;
-    methods.insert(label);
+    if (label == ctx.baseline) continue;
+    const std::string key = m.setup.dump();
+    if (!setups.count(key)) order.push_back(key), setups[key].setup = m.setup;
+    Setup& setup = setups[key];
+    setup.methods.insert(label);
     for (const json& r : c.value("records", json::array())) {
       if (!r.contains("id") || !r.contains("score")) continue;
-      Seen& s = samples[{r.value("task", ""), r["id"].get<std::string>()}];
+      Seen& s = setup.samples[{r.value("task", ""), r["id"].get<std::string>()}];
       s.methods.insert(label);
       s.all_zero &= r["score"].get<double>() == 0.0;
       if (r.contains("score_full")) s.score_full = r["score_full"];
     }
   }
+  std::vector<json> all;
+  for (const std::string& key : order) all.push_back(setups[key].setup);
+  const std::vector<std::string> setup_keys = varying_keys(all);
   ResultTable t;
   t.name = "failed_by_every_method";
   t.title =
       "accuracy samples every compared method scores 0 on (score_full: the full cache's score)";
-  t.columns = {"task", "id", "methods", "score_full"};
-  if (methods.empty()) return t;
-  for (const auto& [key, s] : samples) {
-    if (s.all_zero && s.methods.size() == methods.size()) {
-      t.rows.push_back({key.first, key.second, static_cast<int64_t>(methods.size()), s.score_full});
+  if (!setup_keys.empty()) t.columns.push_back("setup");
+  for (const char* c : {"task", "id", "methods", "score_full"}) t.columns.push_back(c);
+  for (const std::string& key : order) {
+    const Setup& setup = setups[key];
+    for (const auto& [sample, s] : setup.samples) {
+      if (!s.all_zero || s.methods.size() != setup.methods.size()) continue;
+      std::vector<json> row;
+      if (!setup_keys.empty()) row.push_back(describe(setup.setup, setup_keys));
+      for (json v : {json(sample.first), json(sample.second),
+                     json(static_cast<int64_t>(setup.methods.size())), s.score_full})
+        row.push_back(std::move(v));
+      t.rows.push_back(std::move(row));
     }
   }
   return t;
@@ -834,23 +853,42 @@ std::vector<std::string> machine_probe_notes(const std::vector<MergedCell>& cell
   return out;
 }
 
+// The label of the rows ratios are taken against. `asked` is a label ("kivi(bits=2)",
+// "snapkv+palu") or a method name whose ok cells all have one label; "" means "full" when it
+// names one label, else none. Rows are matched by label: a method name shared by several labels
+// (snapkv and snapkv+palu, two kivi bit widths) would give a group two baseline rows.
+std::string baseline_label(const std::vector<MergedCell>& cells, Context& ctx,
+                           const std::string& asked) {
+  std::set<std::string> ok_labels;
+  std::map<std::string, std::set<std::string>> labels_of_name;
+  for (const MergedCell& m : cells) {
+    if (m.cell.value("status", "") != "ok") continue;
+    ok_labels.insert(ctx.label(m.cell));
+    labels_of_name[method_name(m.cell)].insert(ctx.label(m.cell));
+  }
+  const std::string name = asked.empty() ? "full" : asked;
+  if (ok_labels.count(name)) return name;
+  const auto named = labels_of_name.find(name);
+  if (named != labels_of_name.end() && named->second.size() == 1) return *named->second.begin();
+  if (named != labels_of_name.end()) {
+    const std::string several = join({named->second.begin(), named->second.end()}, ", ");
+    KVB_CHECK(asked.empty(), "--baseline: method '", asked,
+              "' has several configurations here; name one of these labels: ", several);
+    ctx.notes.push_back("no ratio columns: method full has several configurations (" + several +
+                        "); pick one with --baseline");
+    return "";
+  }
+  KVB_CHECK(asked.empty(), "--baseline: no ok cell has method or label '", asked,
+            "' (labels: ", join({ok_labels.begin(), ok_labels.end()}, ", "), ")");
+  return "";
+}
+
 }  // namespace
 
 ReportTables build_report_tables(const MergedReports& merged, const std::string& baseline) {
   Context ctx;
   ctx.labels = method_labels(merged.cells);
-  std::set<std::string> ok_methods;
-  for (const MergedCell& m : merged.cells) {
-    if (m.cell.value("status", "") == "ok") ok_methods.insert(method_name(m.cell));
-  }
-  if (!baseline.empty()) {
-    KVB_CHECK(ok_methods.count(baseline), "--baseline: no ok cell has method '", baseline,
-              "' (methods: ", join({ok_methods.begin(), ok_methods.end()}, ", "), ")");
-    ctx.baseline = baseline;
-  } else if (ok_methods.count("full")) {
-    ctx.baseline = "full";
-  }
-
+  ctx.baseline = baseline_label(merged.cells, ctx, baseline);
   if (!merged.random_weights.empty())
     ctx.notes.push_back("random model weights in " + join(merged.random_weights, ", ") +
                         ": speed and memory there are real; accuracy, output lengths and "

@@ -118,21 +118,9 @@ std::vector<InputPath> input_paths(const nlohmann::json& params) {
 
 std::vector<Cell> expand_cells(const RunSpec& spec) {
   std::optional<nlohmann::json> model_files;  // computed on first use
-  // The variables that choose the code a cell runs on the run's device, at values other than
-  // their defaults: the GPU's decode loop, retained-token width and model ops; the CPU's SIMD
-  // level and, outside paged attention (whose paged_path below says it), the host kernels'
-  // model ops; the model's GEMM on both.
-  nlohmann::json code_path = nlohmann::json::object();
-  for (const auto& [name, value] : code_path_overrides()) {
-    const bool gpu_only = name == "KVBENCH_DECODE_LOOP" || name == "KVBENCH_RETAINED_TOKENS" ||
-                          name == "KVBENCH_MODEL_OPS";
-    const bool cpu_only = name == "KVBENCH_SIMD" || name == "KVBENCH_PAGED_PATH";
-    if (value.empty() || (gpu_only && spec.device != "cuda") ||
-        (cpu_only && spec.device != "cpu") || (name == "KVBENCH_MODEL_GEMM" && value == "aten") ||
-        (name == "KVBENCH_PAGED_PATH" && spec.attention == "paged"))
-      continue;
-    code_path[name] = value;
-  }
+  // The variables that choose the code a cell runs on the run's device (environment.h).
+  const nlohmann::json code_path =
+      applicable_code_path(code_path_overrides(), spec.device, spec.attention);
   std::vector<Cell> cells;
   std::map<std::string, std::string> seen;  // id -> where it came from
   for (size_t s = 0; s < spec.suites.size(); ++s) {

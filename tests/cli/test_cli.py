@@ -942,7 +942,7 @@ class ReportCompareCliTest(CliCase):
         self.assertEqual(kvbench("report").returncode, 2)
         self.assertEqual(kvbench("report", str(path), "--format", "xml").returncode, 2)
         self.assert_one_line_error(kvbench("report", str(path), "--baseline", "kivi-2"), 2,
-                                   "no ok cell has method 'kivi-2'")
+                                   "no ok cell has method or label 'kivi-2'")
         # A cell twice in one report (kvbench never writes that), and JSON that is not.
         twice = copy.deepcopy(report)
         twice["cells"].append(copy.deepcopy(twice["cells"][0]))

@@ -297,6 +297,22 @@ TEST(ReportMerge, SamplesEveryCompressedMethodFails) {
   EXPECT_EQ(value(every, 0, "score_full"), 1);
 }
 
+// One model's sample s0 is not another's: model a's methods all fail it, model b's int4 passes
+// its own s0, and a's row is still listed (not hidden by b's pass), under a's setup.
+TEST(ReportMerge, SamplesEveryMethodFailsAreKeptApartBySetup) {
+  const auto a =
+      make_report("a.json", {accuracy_cell("int4", {{0, 1}}), accuracy_cell("kivi-2", {{0, 1}})});
+  auto b = make_report("b.json", {accuracy_cell("int4", {{1, 1}})});
+  b.doc["config"]["model"]["preset"] = "tiny-qwen";
+  b.doc["cells"][0]["id"] = "accuracy.int4.b";
+  const ReportTables t = build_report_tables(merge_reports({a, b}), "");
+  const ResultTable& every = table(t, "failed_by_every_method");
+  ASSERT_EQ(every.rows.size(), 1u);
+  EXPECT_EQ(value(every, 0, "id"), "s0");
+  EXPECT_EQ(value(every, 0, "methods"), 2);
+  EXPECT_NE(value(every, 0, "setup").get<std::string>().find("tiny-llama"), std::string::npos);
+}
+
 TEST(ReportMerge, ExplicitBaselineAndMethodsWithoutFull) {
   const auto a = make_report("a.json", {latency_cell("int8", 0.1, 0.02, 8.5, 2000),
                                         latency_cell("int4", 0.1, 0.01, 5, 1250)});
@@ -313,6 +329,65 @@ TEST(ReportMerge, ExplicitBaselineAndMethodsWithoutFull) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("int4, int8"), std::string::npos) << e.what();
   }
+}
+
+// The baseline is one label: a method name shared by several labels would give a group two
+// baseline rows, each read as the other's base (ratio 1 for both).
+TEST(ReportMerge, TheBaselineIsOneLabel) {
+  json snap = latency_cell("snapkv", 0.1, 0.02, 16, 4000);
+  snap["method"]["codec"] = {{"name", "full"}};
+  json snap_palu = latency_cell("snapkv", 0.1, 0.01, 8, 2000);
+  snap_palu["method"]["codec"] = {{"name", "palu"}};
+  snap_palu["id"] = "latency.snapkv.00000000000000bb";
+  const MergedReports merged = merge_reports({make_report("a.json", {snap_palu, snap})});
+  // "snapkv" is plain snapkv's label: snapkv+palu is taken against it.
+  const ReportTables t = build_report_tables(merged, "snapkv");
+  EXPECT_EQ(t.baseline, "snapkv");
+  const ResultTable& lat = table(t, "latency");
+  EXPECT_EQ(value(lat, 0, "method"), "snapkv");
+  EXPECT_EQ(value(lat, 1, "method"), "snapkv+palu");
+  EXPECT_DOUBLE_EQ(value(lat, 1, "tpot_median_s/snapkv").get<double>(), 0.5);
+  EXPECT_EQ(build_report_tables(merged, "snapkv+palu").baseline, "snapkv+palu");
+
+  json k2 = latency_cell("kivi", 0.1, 0.01, 3, 1000);
+  k2["method"]["bits"] = 2;
+  json k4 = latency_cell("kivi", 0.1, 0.02, 5, 1500);
+  k4["method"]["bits"] = 4;
+  k4["id"] = "latency.kivi.00000000000000cc";
+  const MergedReports kivis = merge_reports({make_report("k.json", {k2, k4})});
+  try {
+    build_report_tables(kivis, "kivi");
+    FAIL() << "a method name with two labels must be an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kivi(bits=2), kivi(bits=4)"), std::string::npos)
+        << e.what();
+  }
+  const ReportTables by_label = build_report_tables(kivis, "kivi(bits=2)");
+  EXPECT_DOUBLE_EQ(value(table(by_label, "latency"), 1, "tpot_median_s/kivi(bits=2)").get<double>(),
+                   2.0);
+}
+
+// A report measured on another code path is another setup: its rows are not a second
+// baseline (or a second method row) beside the plain report's.
+TEST(ReportMerge, ACodePathIsPartOfTheSetup) {
+  const auto plain = make_report("plain.json", {latency_cell("full", 0.1, 0.02, 16, 4000),
+                                                latency_cell("int4", 0.1, 0.01, 5, 1250)});
+  auto kernels = make_report("kernels.json", {latency_cell("full", 0.1, 0.04, 16, 4000),
+                                              latency_cell("int4", 0.1, 0.01, 5, 1250)});
+  for (json& c : kernels.doc["cells"]) c["id"] = c["id"].get<std::string>() + "k";
+  kernels.doc["environment"] = {{"overrides",
+                                 {{"KVBENCH_PAGED_PATH", "kernels"},
+                                  {"KVBENCH_DECODE_LOOP", "v3"}}}};  // a GPU-only one: not here
+  const json setup = cell_setup(kernels.doc, kernels.doc["cells"][0]);
+  EXPECT_EQ(setup["code_path"], json({{"KVBENCH_PAGED_PATH", "kernels"}}));
+  EXPECT_FALSE(cell_setup(plain.doc, plain.doc["cells"][0]).contains("code_path"));
+
+  const ReportTables t = build_report_tables(merge_reports({plain, kernels}), "");
+  const ResultTable& lat = table(t, "latency");
+  ASSERT_EQ(lat.rows.size(), 4u);
+  EXPECT_DOUBLE_EQ(value(lat, 1, "tpot_median_s/full").get<double>(), 0.5);   // plain
+  EXPECT_DOUBLE_EQ(value(lat, 3, "tpot_median_s/full").get<double>(), 0.25);  // kernels
+  EXPECT_NE(value(lat, 2, "setup").get<std::string>().find("kernels"), std::string::npos);
 }
 
 TEST(ReportMerge, MethodsWithDifferentParametersGetDistinctLabels) {

@@ -70,6 +70,13 @@ Environment capture_environment();
 nlohmann::json to_json(const Environment& env);
 // Environment::overrides as this process sees them now.
 std::map<std::string, std::string> code_path_overrides();
+// Those of `overrides` that choose the code a run on `device` with `attention` takes, at values
+// other than their defaults: the GPU's decode loop, retained-token width and model ops; the
+// CPU's SIMD level and, outside paged attention (whose paged_path says it), the host kernels'
+// model ops; the model's GEMM on both. A cell's id carries them, and the report's setups.
+std::map<std::string, std::string> applicable_code_path(
+    const std::map<std::string, std::string>& overrides, const std::string& device,
+    const std::string& attention);
 
 BlasInfo detect_blas();
 CudaInfo query_cuda();

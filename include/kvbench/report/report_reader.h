@@ -33,7 +33,8 @@ std::string malformed_report_message(const std::exception& e,
 
 // What a cell ran on besides its suite parameters and method: the parts of the report's config
 // that enter the cell id (attention, device, resolved threads and, for every suite but
-// `kernels`, the model section). Cells are compared only within one setup.
+// `kernels`, the model section), and `code_path`: the environment's overrides that apply on that
+// device (applicable_code_path), when any. Cells are compared only within one setup.
 nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& cell);
 
 }  // namespace kvbench

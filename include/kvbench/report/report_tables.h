@@ -23,13 +23,15 @@ struct ResultTable {
 };
 
 struct ReportTables {
-  std::string baseline;  // the method ratios are taken against; "" when none
+  std::string baseline;  // the method label ratios are taken against; "" when none
   std::vector<ResultTable> tables;
   std::vector<std::string> notes;  // what could not be tabled or compared, for stderr
 };
 
-// `baseline` is a method name; empty means "full" when some ok cell has it, else no ratios.
-// A non-empty baseline that no ok cell has throws Error listing the methods present.
+// `baseline` is a method label as the tables print it ("kivi(bits=2)", "snapkv+palu") or a method
+// name whose ok cells share one label; empty means "full" when it names one label, else no
+// ratios. A non-empty baseline that names no ok cell's label, or a name with several labels,
+// throws Error listing the labels.
 ReportTables build_report_tables(const MergedReports& merged, const std::string& baseline);
 
 // A label per method entry (keyed by its JSON dump): its name, joined by its codec's when a
