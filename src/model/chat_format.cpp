@@ -64,7 +64,8 @@ void check_roles(const std::vector<ChatMessage>& messages, const std::vector<std
 
 std::string render_llama3(const std::vector<ChatMessage>& messages, bool generation_prompt) {
   check_roles(messages, {"system", "user", "assistant", "tool", "ipython"}, "llama3");
-  std::string out = "<|begin_of_text|>";
+  // The template puts BOS before the first message, inside its loop: none without messages.
+  std::string out = messages.empty() ? "" : "<|begin_of_text|>";
   for (const ChatMessage& m : messages) {
     out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + python_strip(m.content) +
            "<|eot_id|>";

@@ -5,13 +5,17 @@
 namespace kvbench::tok {
 namespace {
 
-// "<0x0A>" -> 10; -1 for anything else.
+// "<0x0A>" (or "<0x0a>") -> 10; -1 for anything else.
 int parse_byte_token(const std::string& t) {
   if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
   int value = 0;
   for (int k = 3; k < 5; ++k) {
     const char c = t[k];
-    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    // Either case, as u8::from_str_radix reads it.
+    const int d = c >= '0' && c <= '9'   ? c - '0'
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                         : -1;
     if (d < 0) return -1;
     value = value * 16 + d;
   }
@@ -19,33 +23,43 @@ int parse_byte_token(const std::string& t) {
 }
 
 // Invalid UTF-8 (a byte-level sequence cut in the middle of a character) becomes U+FFFD, as
-// String::from_utf8_lossy does: one replacement per maximal invalid subsequence.
+// Rust's String::from_utf8_lossy makes it: one replacement per maximal subpart, the longest
+// prefix of a well-formed sequence, with each continuation checked against its lead's range
+// (E0 takes A0-BF second, ED 80-9F, F0 90-BF, F4 80-8F); C0, C1 and F5-FF stand alone.
 std::string utf8_lossy(const std::string& bytes) {
   if (is_valid_utf8(bytes)) return bytes;
+  auto at = [&](size_t k) { return static_cast<unsigned char>(bytes[k]); };
   std::string out;
   size_t i = 0;
   while (i < bytes.size()) {
-    size_t best = 0;
-    for (size_t len = 1; len <= 4 && i + len <= bytes.size(); ++len) {
-      if (is_valid_utf8(std::string_view(bytes).substr(i, len))) {
-        best = len;
-        break;
-      }
+    const unsigned char c = at(i);
+    size_t want = 0;                     // the sequence's length
+    unsigned char lo = 0x80, hi = 0xBF;  // the range of its second byte
+    if (c < 0x80) {
+      want = 1;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      want = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      want = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      want = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
     }
-    if (best > 0) {
-      out.append(bytes, i, best);
-      i += best;
-      continue;
-    }
-    // Skip the longest prefix of a valid sequence (lead byte plus fitting continuations).
-    const auto c = static_cast<unsigned char>(bytes[i]);
-    size_t want = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
     size_t j = i + 1;
-    while (j < bytes.size() && j < i + want &&
-           (static_cast<unsigned char>(bytes[j]) & 0xC0) == 0x80) {
+    while (want > 1 && j < bytes.size() && j < i + want) {
+      const unsigned char b = at(j);
+      const bool fits = j == i + 1 ? b >= lo && b <= hi : b >= 0x80 && b <= 0xBF;
+      if (!fits) break;
       ++j;
     }
-    out += "\xEF\xBF\xBD";
+    if (want > 0 && j == i + want) {
+      out.append(bytes, i, want);
+    } else {
+      out += "\xEF\xBF\xBD";
+    }
     i = j;
   }
   return out;

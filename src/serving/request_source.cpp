@@ -123,11 +123,20 @@ ShareGptData load_sharegpt(const std::string& path) {
   };
   std::ifstream in(path);
   KVB_CHECK(in.good(), "sharegpt_file: cannot read ", path);
+  // A UTF-8 byte-order mark (editors on Windows write one) comes before the list's '['.
+  char bom[3] = {0, 0, 0};
+  in.read(bom, 3);
+  const bool has_bom = in.gcount() == 3 && static_cast<unsigned char>(bom[0]) == 0xEF &&
+                       static_cast<unsigned char>(bom[1]) == 0xBB &&
+                       static_cast<unsigned char>(bom[2]) == 0xBF;
+  in.clear();
+  in.seekg(has_bom ? 3 : 0);
   char first = 0;
   while (in.get(first) && std::isspace(static_cast<unsigned char>(first))) {
   }
   if (first == '[') {
-    in.seekg(0);
+    in.clear();
+    in.seekg(has_bom ? 3 : 0);
     json all;
     try {
       all = json::parse(in, json_depth_limit("sharegpt_file: " + path));

@@ -44,6 +44,9 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
   for (const auto& r : requests) {
     KVB_CHECK(index.emplace(r.id, trace.requests.size()).second, "serving: request id ", r.id,
               " appears twice");
+    // A NaN arrival never comes (the loop would wait for it forever).
+    KVB_CHECK(std::isfinite(r.arrival_s), "serving: request ", r.id, " arrives at ", r.arrival_s,
+              " s; arrivals must be finite");
     trace.requests.push_back({r, {}, 0});
   }
   trace.max_concurrency = max_concurrency;
@@ -218,7 +221,7 @@ nlohmann::json serving_metrics(const ServingTrace& trace, const SloThresholds& s
       {"requests", trace.requests.size()},
       {"output_tokens", tokens},
       {"prompt_tokens", prompt_tokens},
-      {"duration_s", trace.end_s},
+      {"duration_s", duration},
       {"busy_s", busy},
       {"steps", trace.steps.size()},
       {"ttft_s", latency_json(ttft)},

@@ -472,13 +472,19 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
     for (size_t i : idx) f.push_back(s_full[i]), m.push_back(s_method[i]);
     const json mcnemar = pass_fail_mcnemar(f, m);
     json t = {{"samples", idx.size()}, {"mean_score", mean(m)}, {"mean_score_full", mean(f)}};
-    // The method's mean with its 95% interval: Wilson's for pass rates, else the bootstrap's.
-    const Interval own =
-        !mcnemar.is_null()
-            ? wilson_interval(static_cast<int64_t>(std::count(m.begin(), m.end(), 1.0)),
-                              static_cast<int64_t>(m.size()))
-            : bootstrap_mean_ci(m, 0.95, 2000, ctx.seed);
-    t["mean_score_ci95"] = {own.low, own.high};
+    // The method's mean with its 95% interval: Wilson's for pass rates, else the bootstrap's,
+    // which one sample would give as [x, x], certainty it does not have: none then.
+    if (!mcnemar.is_null()) {
+      const Interval own =
+          wilson_interval(static_cast<int64_t>(std::count(m.begin(), m.end(), 1.0)),
+                          static_cast<int64_t>(m.size()));
+      t["mean_score_ci95"] = {own.low, own.high};
+    } else if (m.size() >= 2) {
+      const Interval own = bootstrap_mean_ci(m, 0.95, 2000, ctx.seed);
+      t["mean_score_ci95"] = {own.low, own.high};
+    } else {
+      t["mean_score_ci95"] = nullptr;
+    }
     macro_method += mean(m) / static_cast<double>(members.size());
     macro_full += mean(f) / static_cast<double>(members.size());
     if (!mcnemar.is_null()) t["mcnemar"] = mcnemar;
@@ -533,7 +539,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
       {"macro_mean_score", macro_method},
       {"macro_mean_score_full", macro_full},
       {"score_difference", mean(diff)},
-      {"score_difference_ci95", {ci.low, ci.high}},
+      {"score_difference_ci95", diff.size() >= 2 ? json{ci.low, ci.high} : json()},
       {"mcnemar", overall_mcnemar},
       {"identical_outputs", static_cast<double>(identical) / static_cast<double>(samples.size())},
       {"token_agreement", agreement_sum / static_cast<double>(samples.size())},
@@ -560,9 +566,11 @@ Table AccuracySuite::summary_table(const CellOutput& output) const {
          v.contains("mcnemar") ? format_fixed(v["mcnemar"]["p_value"].get<double>(), 3) : "-"});
   }
   const json& ci = s["score_difference_ci95"];
+  const std::string interval = ci.is_array() ? format_fixed(ci[0].get<double>(), 3) + " .. " +
+                                                   format_fixed(ci[1].get<double>(), 3)
+                                             : "- (one sample)";
   t.rows.push_back({"all (diff " + format_fixed(s["score_difference"].get<double>(), 3) +
-                        ", 95% CI " + format_fixed(ci[0].get<double>(), 3) + " .. " +
-                        format_fixed(ci[1].get<double>(), 3) + ")",
+                        ", 95% CI " + interval + ")",
                     std::to_string(s["samples"].get<int64_t>()),
                     format_fixed(s["mean_score"].get<double>(), 3),
                     format_fixed(s["mean_score_full"].get<double>(), 3), ""});

@@ -406,11 +406,15 @@ CellOutput OutputLengthSuite::run(const CellContext& ctx) {
                 {"kv_bytes", run.kv_bytes},
                 {"kv_bytes_full", base.kv_bytes}};
     if (have_text) {
-      const auto to32 = [](const std::vector<int64_t>& v) {
-        return std::vector<int32_t>(v.begin(), v.end());
+      // The text as the accuracy suite records it: the EOS that ended it (counted in the
+      // lengths) and special tokens are not text.
+      const auto text = [&](const Run& g) {
+        std::vector<int32_t> ids(g.tokens.begin(), g.tokens.end());
+        if (g.stop == "eos" && !ids.empty()) ids.pop_back();
+        return ctx.model.tokenizer().decode(ids, true);
       };
-      rec["output"] = ctx.model.tokenizer().decode(to32(run.tokens));
-      rec["output_full"] = ctx.model.tokenizer().decode(to32(base.tokens));
+      rec["output"] = text(run);
+      rec["output_full"] = text(base);
     }
     out.records.push_back(rec);
     ctx.progress.advance(pr.id);

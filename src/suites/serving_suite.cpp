@@ -90,7 +90,10 @@ std::vector<ParamSpec> ServingSuite::param_specs() {
       ParamSpec::integer("max_batch_tokens", 2048,
                          "tokens entering the model per step (prefills + one per decode)")
           .range(1, 1 << 24),
-      ParamSpec::integer("max_running", 64, "sequences decoding at once").range(1, 1 << 16),
+      ParamSpec::integer("max_running", 64,
+                         "requests running at once (prefilling or decoding); with slot bytes "
+                         "(KIVI's rings, fp8's scales) at most the slots the budget holds")
+          .range(1, 1 << 16),
       ParamSpec::integer("max_concurrency", 0,
                          "requests in flight at once from the client (vLLM's "
                          "--max-concurrency): an arrival finding them all busy waits before "
@@ -291,16 +294,19 @@ struct Workload {
   int64_t conversations = 0;             // sharegpt: usable conversations
   int64_t skipped = 0;                   // sharegpt: entries without a reply or out of range
   // Blocks of `block_size` tokens a request is charged at its end under `sched`'s retention
-  // budget (every token without one), on average over the requests.
+  // budget (every token without one), on average over the requests. Its last token is sampled,
+  // never entered: it holds at most prompt + output - 1, as the scheduler charges.
   double mean_blocks(int64_t block_size, const SchedulerConfig& sched) const {
     double sum = 0;
     for (size_t i = 0; i < prompts.size(); ++i) {
       const int64_t prompt = static_cast<int64_t>(prompts[i].size());
-      const int64_t held = sched.held_tokens(prompt, prompt, prompt + output_len[i]);
+      const int64_t held = sched.held_tokens(prompt, prompt, prompt + output_len[i] - 1);
       sum += static_cast<double>((held + block_size - 1) / block_size);
     }
     return prompts.empty() ? 1.0 : sum / static_cast<double>(prompts.size());
   }
+  // A bound on any request's context: one past the most it holds (the RoPE tables and the
+  // caches' per-sequence reserves are sized by it, and one token to spare costs nothing).
   int64_t longest() const {
     int64_t m = 1;
     for (size_t i = 0; i < prompts.size(); ++i) {

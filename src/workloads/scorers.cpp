@@ -400,17 +400,29 @@ double count_score(const std::string& prediction, const std::string& reference) 
   return share_equal(integers_in(prediction), code_points(reference));
 }
 
-double retrieval_score(const std::string& prediction, const std::string& reference) {
-  // re.findall(r"Paragraph (\d+)", reference)[0]
-  const std::u32string ref = code_points(reference), mark = U"Paragraph ";
+namespace {
+
+// re.findall(mark + r"(\d+)", reference)[0], or "" when there is none.
+std::u32string paragraph_digits(const std::string& reference, const std::string& mark_text) {
+  const std::u32string ref = code_points(reference), mark = code_points(mark_text);
   for (size_t at = ref.find(mark); at != std::u32string::npos; at = ref.find(mark, at + 1)) {
     size_t end = at + mark.size();
     while (end < ref.size() && is_digit(ref[end])) ++end;
-    if (end > at + mark.size())
-      return share_equal(integers_in(prediction),
-                         ref.substr(at + mark.size(), end - at - mark.size()));
+    if (end > at + mark.size()) return ref.substr(at + mark.size(), end - at - mark.size());
   }
-  return 0;  // (the reference fails on such a row)
+  return U"";
+}
+
+}  // namespace
+
+std::string paragraph_id(const std::string& reference, const std::string& mark) {
+  return utf8(paragraph_digits(reference, mark));
+}
+
+double retrieval_score(const std::string& prediction, const std::string& reference,
+                       const std::string& mark) {
+  const std::u32string id = paragraph_digits(reference, mark);
+  return id.empty() ? 0 : share_equal(integers_in(prediction), id);
 }
 
 }  // namespace kvbench

@@ -110,6 +110,51 @@ TEST(LongBench, BadInputIsAClearError) {
   }
 }
 
+// The error of loading a one-row file, "" when it loads.
+std::string one_row_error(const std::string& name, const std::string& row) {
+  const std::string path = ::testing::TempDir() + "/kvbench_lb_" + name + ".jsonl";
+  std::ofstream(path) << row << "\n";
+  try {
+    load_longbench_jsonl(path);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Rows LongBench's scorer fails on are refused at load, naming the line and key, instead of
+// scoring 0 for every cache; a `length` of another type is an error, not a row left unbucketed.
+TEST(LongBench, RowsTheScorerCannotScoreAreRefused) {
+  const std::string classes =
+      one_row_error("trec", R"({"_id": "t", "dataset": "trec", "input": "q", "context": "c", )"
+                            R"("answers": ["Location"], "all_classes": null})");
+  EXPECT_NE(classes.find(":1: \"all_classes\""), std::string::npos) << classes;
+  const std::string paragraph =
+      one_row_error("retrieval", R"({"_id": "r", "dataset": "passage_retrieval_en", "input": "q", )"
+                                 R"("context": "c", "answers": ["the second one"]})");
+  EXPECT_NE(paragraph.find(":1: \"answers\""), std::string::npos) << paragraph;
+  const std::string length =
+      one_row_error("length", R"({"_id": "l", "dataset": "qasper", "input": "q", )"
+                              R"("context": "c", "answers": ["x"], "length": "5120"})");
+  EXPECT_NE(length.find(":1: \"length\""), std::string::npos) << length;
+  EXPECT_EQ(one_row_error("length_null", R"({"_id": "l", "dataset": "qasper", "input": "q", )"
+                                         R"("context": "c", "answers": ["x"], "length": null})"),
+            "");
+}
+
+// passage_retrieval_zh needs no word segmenter: LongBench scores it by the number after 段落.
+TEST(LongBench, PassageRetrievalZhIsScoredByItsParagraphNumber) {
+  EXPECT_EQ(longbench_metric("passage_retrieval_zh"), "retrieval_zh");
+  LongBenchRow r;
+  r.dataset = "passage_retrieval_zh";
+  r.answers = {"段落3"};
+  EXPECT_EQ(score_longbench(r, "段落3"), 1.0);
+  EXPECT_EQ(score_longbench(r, "答案是段落3，不是段落5"), 0.5);
+  EXPECT_EQ(score_longbench(r, "Paragraph 3"), 1.0);  // the numbers in the output, as LongBench
+  EXPECT_EQ(score_longbench(r, "无"), 0.0);
+  EXPECT_THROW(longbench_metric("vcsum"), Error);  // jieba-segmented: still refused
+}
+
 TEST(LongBench, RulerRowsLoadAndScoreByStringMatchAll) {
   const std::string path = ::testing::TempDir() + "/kvbench_ruler.jsonl";
   {

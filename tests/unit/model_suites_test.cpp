@@ -1270,6 +1270,11 @@ TEST(AccuracySuite, RunsTheLongBenchSampleFileWithItsTemplates) {
   double macro = 0;
   for (const auto& [task, t] : out.summary["tasks"].items()) {
     macro += t["mean_score"].get<double>() / 6;
+    // One sample of a graded score: a bootstrap interval would be [x, x]; none is given.
+    if (t["samples"] == 1 && !t.contains("mcnemar")) {
+      EXPECT_TRUE(t["mean_score_ci95"].is_null()) << task;
+      continue;
+    }
     EXPECT_LE(t["mean_score_ci95"][0].get<double>(), t["mean_score"].get<double>()) << task;
     EXPECT_GE(t["mean_score_ci95"][1].get<double>(), t["mean_score"].get<double>()) << task;
   }

@@ -214,6 +214,21 @@ TEST(Scheduler, DurationEndsAtTheLastToken) {
   EXPECT_DOUBLE_EQ(t.end_s, last);
 }
 
+// An arrival that is not a number would never come: the loop refuses it instead of waiting.
+TEST(Scheduler, ANonFiniteArrivalIsRefused) {
+  BlockPool pool(100, 4);
+  Scheduler s(pool, SchedulerConfig{});
+  ManualClock clock;
+  CostModelExecutor ex(clock, s, SchedulerConfig{}.max_batch_tokens);
+  try {
+    run_serving({{0, 0.0, 3, 2}, {1, std::nan(""), 5, 4}}, s, ex, clock, true);
+    FAIL() << "a NaN arrival must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("request 1 arrives at nan"), std::string::npos)
+        << e.what();
+  }
+}
+
 // Reading the memory counters after each step is the benchmark's work: however long it takes,
 // every token comes out at the same time.
 TEST(Scheduler, ReadingTheCountersIsOffTheClock) {
@@ -881,6 +896,7 @@ TEST(Serving, ThroughputCountsFromTheFirstArrival) {
   const nlohmann::json m = serving_metrics(t, SloThresholds{}, 10.0);
   EXPECT_DOUBLE_EQ(m["request_throughput"], 1.0);
   EXPECT_DOUBLE_EQ(m["token_throughput"], 2.0);
+  EXPECT_DOUBLE_EQ(m["duration_s"], 1.0);  // the throughputs' divisor, as the schema says
 }
 
 }  // namespace
@@ -1289,6 +1305,14 @@ TEST(ShareGpt, ReadsAListOrJsonlAndSkipsEntriesWithoutAReply) {
   const ShareGptData e = load_sharegpt(lines);
   ASSERT_EQ(e.conversations.size(), 2u);
   EXPECT_EQ(e.conversations[1].reply, "d");
+
+  // A list saved with a UTF-8 byte-order mark is still a list.
+  const std::string bom = write_temp("sharegpt_bom.json",
+                                     "\xEF\xBB\xBF\n[{\"conversations\": [{\"from\": \"human\", "
+                                     "\"value\": \"a\"}, {\"from\": \"gpt\", \"value\": \"b\"}]}]");
+  const ShareGptData f = load_sharegpt(bom);
+  ASSERT_EQ(f.conversations.size(), 1u);
+  EXPECT_EQ(f.conversations[0].reply, "b");
 }
 
 TEST(ShareGpt, MalformedEntriesNameTheirPlace) {

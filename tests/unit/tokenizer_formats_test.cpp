@@ -89,6 +89,11 @@ TEST(TokenizerMetaspace, DecodesThroughByteFallbackAndStrip) {
   EXPECT_EQ(tok.decode({11, 17, 18, 16}), "h\u00e9\n");
   // A run of byte tokens that is not UTF-8 becomes one U+FFFD per byte, as in `tokenizers`.
   EXPECT_EQ(tok.decode({11, 17, 16}), "h\ufffd\ufffd");
+  // Lower-case hex reads as upper-case does (u8::from_str_radix): a vocabulary's "<0x0a>".
+  json lower = metaspace_tokenizer();
+  lower["model"]["vocab"]["<0x0a>"] = lower["model"]["vocab"]["<0x0A>"];
+  lower["model"]["vocab"].erase("<0x0A>");
+  EXPECT_EQ(Tokenizer::from_json(lower).decode({11, 16}), "h\n");
   EXPECT_EQ(tok.decode({1, 15, 2}, true), "hello");
   for (const char* text : {"hello world", "h\u00e9\n", "world hello  hello"}) {
     EXPECT_EQ(tok.decode(tok.encode(text)), text);
@@ -418,6 +423,8 @@ TEST(TokenizerChat, Llama3RendersLikeTheJinjaTemplate) {
             "<|start_header_id|>assistant<|end_header_id|>\n\n");
   EXPECT_EQ(render_chat("llama3", {{"user", "x"}}, false),
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>");
+  // BOS comes with the first message, as the template's loop adds it.
+  EXPECT_EQ(render_chat("llama3", {}, true), "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
 TEST(TokenizerChat, ChatmlRendersLikeQwen3) {

@@ -124,6 +124,22 @@ TEST(TokenizerOracle, FollowsRustWhereJavaScriptDiffers) {
   EXPECT_EQ(tok->encode("\u0085<think>"), want);
 }
 
+// Invalid UTF-8 decodes as Rust's from_utf8_lossy does: one U+FFFD per maximal subpart, each
+// continuation checked against its lead byte's range (E0 takes A0-BF second, ED 80-9F, F4
+// 80-8F); C0 and F5-FF stand alone. Byte-level tokens "à" = E0, "Ģ" = 80, "í" = ED, "ł" = A0.
+TEST(TokenizerOracle, InvalidUtf8DecodesToRustsReplacements) {
+  REAL_TOKENIZER_OR_SKIP(tok, "tokenizer-llama3");
+  auto id = [&](const char* piece) {
+    const std::optional<int32_t> i = tok->token_to_id(piece);
+    if (!i) throw Error(std::string("no token ") + piece);
+    return *i;
+  };
+  EXPECT_EQ(tok->decode({id("à"), id("Ģ")}), "\ufffd\ufffd");                 // E0 80: overlong
+  EXPECT_EQ(tok->decode({id("í"), id("ł"), id("Ģ")}), "\ufffd\ufffd\ufffd");  // ED A0 80: surrogate
+  EXPECT_EQ(tok->decode({id("à"), id("ł")}), "\ufffd");           // E0 A0: one cut-off character
+  EXPECT_EQ(tok->decode({id("à"), id("ł"), id("Ģ")}), "\u0800");  // E0 A0 80: U+0800
+}
+
 // Not a timed test: run with --gtest_also_run_disabled_tests to measure encode speed.
 TEST(TokenizerOracle, DISABLED_EncodeSpeedOnOneMegabyte) {
   // Real, varied English: the copyright files of the installed Debian packages (licences,

@@ -46,8 +46,12 @@ double classification_score(const std::string& prediction, const std::string& re
 // LongBench count_score: the share of integers in the prediction equal to the reference count.
 double count_score(const std::string& prediction, const std::string& reference);
 // LongBench retrieval_score: the share of integers in the prediction equal to the number after
-// the reference's first "Paragraph " (0 without one).
-double retrieval_score(const std::string& prediction, const std::string& reference);
+// the reference's first "Paragraph " (0 without one); retrieval_zh_score's mark is "段落".
+double retrieval_score(const std::string& prediction, const std::string& reference,
+                       const std::string& mark = "Paragraph ");
+// The digits after the first `mark` followed by one in `reference` ("" without one: LongBench's
+// scorer fails on such a row, kvbench's loader refuses it).
+std::string paragraph_id(const std::string& reference, const std::string& mark);
 
 // difflib.SequenceMatcher(None, a, b).ratio() over code points: 2 M / (|a| + |b|), M the
 // characters of its matching blocks (longest first, recursively on both sides; in a `b` of
