@@ -2,14 +2,32 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include "kvbench/cli/commands.h"
 #include "kvbench/cli/progress_display.h"
+#include "kvbench/core/error.h"
 #include "kvbench/train/trainer.h"
 
 namespace kvbench {
+namespace {
+
+// A directory that holds a run is continued with --resume, never started over by mistake: a
+// fresh run would replace its log at once and its checkpoint at the first save.
+void refuse_to_overwrite_a_run(const std::string& out, bool resume) {
+  if (resume) return;
+  namespace fs = std::filesystem;
+  for (const char* file : {"train_log.jsonl", "train_state.safetensors", "model.safetensors"}) {
+    if (fs::exists(fs::path(out) / file))
+      throw ConfigError("--out", out + " already holds a run (" + file +
+                                     "): --resume continues it; to start over, remove it or "
+                                     "choose another --out");
+  }
+}
+
+}  // namespace
 
 void register_train_command(CLI::App& app, GlobalOptions& global) {
   struct Options {
@@ -32,7 +50,8 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
   sub->add_flag("--resume", opt->resume,
                 "continue from the checkpoint in --out (same recipe; bit-identical to an "
                 "uninterrupted run)");
-  sub->add_option("--threads", opt->threads, "override the recipe's intra-op thread count");
+  sub->add_option("--threads", opt->threads, "override the recipe's intra-op thread count")
+      ->check(CLI::Range(1, 1024));
   sub->add_option("--until", opt->until,
                   "stop after this step (same schedule as the full recipe; --resume continues)")
       ->check(CLI::PositiveNumber);
@@ -40,6 +59,7 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
     global.action = [opt] {
       TrainRecipe recipe = load_train_recipe(opt->config);
       if (opt->threads > 0) recipe.threads = opt->threads;
+      refuse_to_overwrite_a_run(opt->out, opt->resume);
       Trainer trainer(recipe, opt->out, opt->resume);
       const bool tty = stderr_is_tty();
       std::unique_ptr<ProgressDisplay> display;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
@@ -354,12 +355,15 @@ uint64_t ThroughputSuite::estimate_bytes(const EstimateContext& ctx) const {
     // fits). Its KV stays within the budget.
     const int64_t n = ctx.params["capacity_new_tokens"];
     const int64_t prompt = std::max<int64_t>(context - n + 1, 1);
-    const double budget = capacity_budget(ctx.params, ctx.gpu ? at::kCUDA : at::kCPU,
-                                          model_weight_bytes(*ctx.model, ctx.weight_dtype),
-                                          /*once_per_run=*/false)
-                              .bytes;
+    // A budget that cannot be known (no memory left past the weights) fails the cell when it
+    // runs; the estimate, which must not throw, keeps max_batch's bound.
+    double budget = std::numeric_limits<double>::infinity();
     int64_t b = ctx.params["max_batch"];
     try {
+      budget = capacity_budget(ctx.params, ctx.gpu ? at::kCUDA : at::kCPU,
+                               model_weight_bytes(*ctx.model, ctx.weight_dtype),
+                               /*once_per_run=*/false)
+                   .bytes;
       const auto policy = make_policy(ctx.method);
       b = std::min(
           b, largest_batch(

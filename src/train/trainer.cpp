@@ -190,6 +190,48 @@ json TrainRecipe::to_json() const {
   return j;
 }
 
+namespace {
+
+void check_trainable(const ModelConfig& c);
+
+// The recipe's model, parsed and checked as the trainer takes it: a bad value names its key
+// (train.model...) as a config error, before anything runs.
+void check_samples_fit(const TrainRecipe& r, const ModelConfig& mc, const std::string& path);
+
+ModelConfig trainable_config(const json& model, const std::string& path) {
+  ModelConfig mc;
+  try {
+    mc = parse_model_config(model, path);
+    check_trainable(mc);
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const Error& e) {
+    throw ConfigError(path, e.what());
+  }
+  if (mc.vocab_size < 264)
+    throw ConfigError(join_path(path, "vocab_size"),
+                      "the tiny tokenizer needs at least 264 ids (8 specials + 256 bytes), got " +
+                          std::to_string(mc.vocab_size));
+  // Its examples end with the tiny tokenizer's EOS (2) after BOS (1): ids that name others
+  // would save a checkpoint whose generations never stop where training taught them to.
+  auto check_id = [&](const char* key, int64_t want) {
+    if (!model.contains(key) || model[key].is_null()) return;
+    const json& v = model[key];
+    const bool ok =
+        (v.is_number_integer() && v.get<int64_t>() == want) ||
+        (v.is_array() && v.size() == 1 && v[0].is_number_integer() && v[0].get<int64_t>() == want);
+    if (!ok)
+      throw ConfigError(
+          join_path(path, key),
+          "must be " + std::to_string(want) + " (the tiny tokenizer's) or absent, got " + v.dump());
+  };
+  check_id("bos_token_id", 1);
+  check_id("eos_token_id", 2);
+  return mc;
+}
+
+}  // namespace
+
 TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
   if (!config.is_object()) throw ConfigError(path, "must be a JSON object");
   json scalars = json::object();
@@ -207,10 +249,7 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
   if (!config.contains("model") || !config["model"].is_object())
     throw ConfigError(join_path(path, "model"), "must be a config.json object");
   r.model = config["model"];
-  const ModelConfig mc = parse_model_config(r.model, join_path(path, "model"));
-  KVB_CHECK(mc.vocab_size >= 264, join_path(path, "model.vocab_size"),
-            ": the tiny tokenizer needs at least 264 ids (8 specials + 256 bytes), got ",
-            mc.vocab_size);
+  const ModelConfig mc = trainable_config(r.model, join_path(path, "model"));
   r.init = p["init"];
   r.seed = p["seed"], r.threads = p["threads"], r.lr = p["lr"], r.min_lr = p["min_lr"];
   r.warmup_steps = p["warmup_steps"], r.weight_decay = p["weight_decay"];
@@ -218,6 +257,8 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
   r.grad_clip = p["grad_clip"], r.answer_weight = p["answer_weight"];
   r.eval_every = p["eval_every"], r.eval_samples = p["eval_samples"];
   r.checkpoint_every = p["checkpoint_every"];
+  if (r.min_lr > r.lr)
+    throw ConfigError(join_path(path, "min_lr"), "must be <= lr: the cosine decays from lr to it");
 
   const auto tasks = entries(config, "tasks", path);
   for (size_t i = 0; i < tasks.size(); ++i) {
@@ -254,6 +295,11 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
                           "no task of the mixture is allowed at " + std::to_string(len) +
                               " tokens (tasks[].min_tokens / max_tokens)");
     }
+    if (s.max_tokens > mc.max_position_embeddings)
+      throw ConfigError(join_path(sp, "max_tokens"),
+                        "exceeds model.max_position_embeddings (" +
+                            std::to_string(mc.max_position_embeddings) +
+                            "): the checkpoint could not be run at the lengths it was trained on");
     r.stages.push_back(s);
   }
   if (config.contains("evals")) {
@@ -266,8 +312,13 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
       const json q = resolve_params(own, eval_specs(), ep, {});
       check_task(q["task"], extra, ep);
       r.evals.push_back({q["task"], q["target_tokens"], q["max_new_tokens"], extra});
+      if (r.evals.back().target_tokens + r.evals.back().max_new_tokens > mc.max_position_embeddings)
+        throw ConfigError(join_path(ep, "target_tokens"),
+                          "plus max_new_tokens exceeds model.max_position_embeddings (" +
+                              std::to_string(mc.max_position_embeddings) + ")");
     }
   }
+  check_samples_fit(r, mc, path);
   return r;
 }
 
@@ -423,15 +474,17 @@ json evaluate_model(const Transformer& model, const Tokenizer& tokenizer,
       const auto ids = tokenizer.encode(sample.prompt, true);
       auto cache = make_kv_cache(resolve_method({{"name", "full"}}, "eval"), c.num_layers,
                                  c.num_kv_heads, c.head_dim, at::kFloat);
+      // The tokenizer's EOS, which every training example ends with (the checkpoint's
+      // config.json gets it too; a recipe need not name it).
+      const std::vector<int64_t> eos(tokenizer.eos_ids().begin(), tokenizer.eos_ids().end());
       GenerationConfig g;
       g.max_new_tokens = e.max_new_tokens;
-      g.eos_token_ids = c.eos_token_ids;
+      g.eos_token_ids = eos;
       const GenerationResult r =
           generate(model, *cache, {std::vector<int64_t>(ids.begin(), ids.end())}, g);
       std::vector<int32_t> gen;
       for (int64_t t : r.sequences.front().tokens) {
-        if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), t) != c.eos_token_ids.end())
-          break;
+        if (std::find(eos.begin(), eos.end(), t) != eos.end()) break;
         gen.push_back(static_cast<int32_t>(t));
       }
       sum += score_task_sample(e.task, tokenizer.decode(gen, true), sample);
@@ -479,6 +532,40 @@ at::Tensor train_forward(const ModelConfig& c, const ModelWeights& w, const at::
 }
 
 namespace {
+
+// One sample of each task a stage may draw, at the shortest length it may draw it, and of each
+// eval at its length: a generator that cannot fit its prompt there (passkey needs about 245
+// tiny-tokenizer tokens) fails the recipe now, naming the key, not a step mid-run that
+// --resume would meet again (a step's batch is fixed by the seed and the step).
+void check_samples_fit(const TrainRecipe& r, const ModelConfig& mc, const std::string& path) {
+  const Tokenizer tok = Tokenizer::from_json(tiny_tokenizer_json(static_cast<int>(mc.vocab_size)),
+                                             tiny_tokenizer_config(), nullptr, "tiny tokenizer");
+  auto probe = [&](const std::string& task, json params, int64_t length, const char* purpose,
+                   const std::string& key) {
+    params["target_tokens"] = length;
+    params["seed"] = kTrainSeedBase;
+    for (const auto& s : task_param_specs(task))
+      if (s.name == "depth") params["depth"] = 0.5;
+    try {
+      make_task_sample(task, tok, params, purpose);
+    } catch (const Error& e) {
+      throw ConfigError(key, task + " cannot make a sample of " + std::to_string(length) +
+                                 " tokens: " + e.what());
+    }
+  };
+  for (size_t i = 0; i < r.stages.size(); ++i) {
+    const TrainStage& s = r.stages[i];
+    const std::string key = join_path(path, "stages") + "[" + std::to_string(i) + "].min_tokens";
+    for (const auto& t : r.tasks) {
+      int64_t len = s.min_tokens;
+      while (len <= s.max_tokens && !t.allowed_at(len)) ++len;
+      if (len <= s.max_tokens) probe(t.task, t.params, len, "train", key);
+    }
+  }
+  for (size_t i = 0; i < r.evals.size(); ++i)
+    probe(r.evals[i].task, r.evals[i].params, r.evals[i].target_tokens, "eval",
+          join_path(path, "evals") + "[" + std::to_string(i) + "].target_tokens");
+}
 
 void check_trainable(const ModelConfig& c) {
   KVB_CHECK(c.arch == Architecture::kLlama, "train: only LlamaForCausalLM is trained, got ",
@@ -676,6 +763,8 @@ void Trainer::save_checkpoint() const {
   // a recipe that names none gets those, as the generation config always gave them.
   if (!config.contains("bos_token_id")) config["bos_token_id"] = 1;
   if (!config.contains("eos_token_id")) config["eos_token_id"] = 2;
+  // transformers' AutoConfig needs model_type; the trainer makes Llamas only.
+  if (!config.contains("model_type")) config["model_type"] = "llama";
   config["kvbench"] = {{"trained", true},
                        {"step", step_},
                        {"total_steps", recipe_.total_steps()},

@@ -2281,6 +2281,11 @@ class TrainCliTest(CliCase):
         res = kvbench("train", "--config", self.recipe(), "--out", str(out), "--until", "1")
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
         self.assertIn("trained 1 of 3 steps", res.stdout)
+        # Forgetting --resume does not start the run over in its directory.
+        log_before = (out / "train_log.jsonl").read_bytes()
+        res = kvbench("train", "--config", self.recipe(), "--out", str(out))
+        self.assert_one_line_error(res, 2, "already holds a run")
+        self.assertEqual((out / "train_log.jsonl").read_bytes(), log_before)
         res = kvbench("train", "--config", self.recipe(), "--out", str(out), "--resume")
         self.assertEqual(res.returncode, 0, res.stdout + res.stderr)
         self.assertIn("trained 3 of 3 steps", res.stdout)
@@ -2316,6 +2321,9 @@ class TrainCliTest(CliCase):
         res = kvbench("train", "--config", self.recipe(), "--out", str(self.dir / "none"),
                       "--resume")
         self.assert_one_line_error(res, 1, "nothing to resume")
+        res = kvbench("train", "--config", self.recipe(), "--out", str(self.dir / "m"),
+                      "--threads", "0")
+        self.assertEqual(res.returncode, 2, res.stderr)
 
 
 if __name__ == "__main__":

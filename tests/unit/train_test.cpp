@@ -482,6 +482,51 @@ TEST(Train, RecipeErrorsNameTheKey) {
   EXPECT_NE(message(r).find("steps"), std::string::npos) << message(r);
 }
 
+// What would fail mid-run, or save a checkpoint that behaves otherwise than it trained, fails
+// the recipe first, naming the key.
+TEST(Train, RecipesThatCouldNotTrainOrRunAreRefused) {
+  auto message = [](json r) {
+    try {
+      parse_train_recipe(r);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  // A passkey prompt needs about 245 tokens: a stage that can draw 200 fails before step 0.
+  json r = tiny_recipe();
+  r["stages"][0]["min_tokens"] = 200;
+  EXPECT_NE(message(r).find("train.stages[0].min_tokens: passkey cannot make a sample of 200"),
+            std::string::npos)
+      << message(r);
+  r = tiny_recipe();
+  r["evals"] = {{{"task", "passkey"}, {"target_tokens", 150}, {"max_new_tokens", 8}}};
+  EXPECT_NE(message(r).find("train.evals[0].target_tokens"), std::string::npos) << message(r);
+  // Lengths past the model's positions.
+  r = tiny_recipe();
+  r["model"]["max_position_embeddings"] = 370;
+  EXPECT_NE(message(r).find("train.stages[1].max_tokens"), std::string::npos) << message(r);
+  r = tiny_recipe();
+  r["evals"] = {{{"task", "passkey"}, {"target_tokens", 500}, {"max_new_tokens", 8}}};
+  r["model"]["max_position_embeddings"] = 505;
+  EXPECT_NE(message(r).find("train.evals[0].target_tokens"), std::string::npos) << message(r);
+  // Token ids other than the tiny tokenizer's; a model the trainer does not take.
+  r = tiny_recipe();
+  r["model"]["eos_token_id"] = 3;
+  EXPECT_NE(message(r).find("train.model.eos_token_id"), std::string::npos) << message(r);
+  r = tiny_recipe();
+  r["model"]["eos_token_id"] = json::array({2});
+  EXPECT_EQ(message(r), "no error");
+  r = tiny_recipe();
+  r["model"]["torch_dtype"] = "bfloat16";
+  EXPECT_NE(message(r).find("config: train.model: train: model.torch_dtype must be float32"),
+            std::string::npos)
+      << message(r);
+  r = tiny_recipe();
+  r["min_lr"] = 2e-3;
+  EXPECT_NE(message(r).find("train.min_lr"), std::string::npos) << message(r);
+}
+
 }  // namespace
 }  // namespace kvbench
 

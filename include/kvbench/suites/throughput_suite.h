@@ -1,7 +1,8 @@
 // The `throughput` suite: offline batches over a grid of batch x prompt length x generation
-// length. Prefill tok/s from the timed packed prefill (the capacity view's batch prefills one
-// sequence at a time); decode tok/s from per-step timings
-// (batch / median step time); KV bytes at the end of generation. Every step time is kept.
+// length. Prefill tok/s from the timed packed prefill and each sequence's first sampling (the
+// capacity view's batch prefills one sequence at a time); decode tok/s from per-step timings
+// (batch / median step time); KV bytes at their peak over the steps (KIVI's comes before the
+// end). Every step time is kept.
 #pragma once
 
 #include <vector>
