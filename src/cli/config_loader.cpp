@@ -138,6 +138,14 @@ std::vector<GridRun> load_run_specs(const std::string& path,
     }
     total *= values.size();
     if (total > 100000) throw ConfigError("grid", "more than 100000 combinations");
+    // One axis inside another ("model" and "model.dtype"): the outer would overwrite the
+    // inner's values, leaving runs that differ only in the grid point they claim.
+    for (const auto& [other, unused] : grid.items()) {
+      (void)unused;
+      if (other.size() > key.size() && other.compare(0, key.size() + 1, key + ".") == 0)
+        throw ConfigError("grid." + other,
+                          "lies inside grid." + key + ", which sets it too; vary one of them");
+    }
     std::set<std::string> seen;
     for (const json& v : values)
       if (!seen.insert(v.dump()).second)
@@ -157,7 +165,12 @@ std::vector<GridRun> load_run_specs(const std::string& path,
       try {
         apply_override(c, it->first + "=" + v.dump());
       } catch (const ConfigError& e) {
-        throw ConfigError("grid." + it->first, e.what());
+        // Its message without the "config: <path>: " and "--set <key>: " an override's has.
+        std::string what = e.what();
+        for (const std::string& prefix :
+             {"config: " + e.key_path() + ": ", "--set " + it->first + ": "})
+          if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
+        throw ConfigError("grid." + it->first, what);
       }
     }
     // Each run its own name (and report file): the config's name, else the file's stem.
@@ -171,10 +184,10 @@ std::vector<GridRun> load_run_specs(const std::string& path,
       throw in_grid_point(e, point);
     }
   }
-  // Runs of one model next to each other, otherwise in grid order.
+  // Runs of one model on one device next to each other, otherwise in grid order.
   std::stable_sort(runs.begin(), runs.end(), [](const GridRun& a, const GridRun& b) {
-    return a.spec.resolved.value("model", json()).dump() <
-           b.spec.resolved.value("model", json()).dump();
+    return std::make_pair(a.spec.resolved.value("model", json()).dump(), a.spec.device) <
+           std::make_pair(b.spec.resolved.value("model", json()).dump(), b.spec.device);
   });
   return runs;
 }

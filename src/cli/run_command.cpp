@@ -301,7 +301,9 @@ int run(const RunOptions& opt) {
   std::string model_key;
   size_t failed = 0;
   for (const GridRun& g : runs) {
-    const std::string key = g.spec.resolved.value("model", nlohmann::json()).dump();
+    // The model is placed on its run's device: runs on another device load it again.
+    const std::string key =
+        g.spec.device + "|" + g.spec.resolved.value("model", nlohmann::json()).dump();
     if (!model || key != model_key)
       model = std::make_unique<ModelProvider>(g.spec.model), model_key = key;
     if (runs.size() > 1)

@@ -269,12 +269,16 @@ json resolve_params(const json& given, const std::vector<ParamSpec>& specs, cons
     if (given.contains(s.name)) {
       check_param(s, given[s.name], join_path(path, s.name));
       out[s.name] = given[s.name];
-      // 4 and 4.0 are the same setting: store numbers as doubles so cell ids agree.
-      if (s.type == ParamType::kFloat && out[s.name].is_number()) {
-        out[s.name] = out[s.name].get<double>();
-      }
     } else {
       out[s.name] = s.default_value;
+    }
+    // 4 and 4.0 are the same setting, alone or in a list: store numbers as doubles so cell ids
+    // agree (a rate list written [1, 4, 16] is the default [1.0, 4.0, 16.0]).
+    json& v = out[s.name];
+    if (s.type == ParamType::kFloat && v.is_number()) v = v.get<double>();
+    if (s.type == ParamType::kNumberList && v.is_array()) {
+      for (json& e : v)
+        if (e.is_number()) e = e.get<double>();
     }
   }
   return out;

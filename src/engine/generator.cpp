@@ -87,13 +87,20 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
                 " is outside the vocabulary [0, ", vocab, ")");
     suppressed = at::tensor(config.first_token_suppressed, at::kLong).to(model.placement().device);
   }
-  cache.reserve(entering);
-  wait_for_device(cache.device());  // a pool made again is filled before the prefill's clock
-  SequenceLease lease(cache, n);
+  // Settings are checked (the samplers' parameters, the phase clock's device) before the cache
+  // is touched: a refused call leaves its pools as they were.
   for (size_t i = 0; i < n; ++i) {
     SamplingParams sp = config.sampling;
     sp.seed += i;
     samplers.emplace_back(sp);
+  }
+  KVB_CHECK(!config.phases || config.phases->device().type() == model.placement().device.type(),
+            "generate: a phase clock on ", config.phases ? config.phases->device().str() : "",
+            " cannot time a model on ", model.placement().device.str());
+  cache.reserve(entering);
+  wait_for_device(cache.device());  // a pool made again is filled before the prefill's clock
+  SequenceLease lease(cache, n);
+  for (size_t i = 0; i < n; ++i) {
     steps.push_back({lease.add(), prompts[i]});
     result.prompt_tokens += static_cast<int64_t>(prompts[i].size());
   }
@@ -101,9 +108,6 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     return !config.ignore_eos && std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(),
                                            id) != config.eos_token_ids.end();
   };
-  KVB_CHECK(!config.phases || config.phases->device().type() == model.placement().device.type(),
-            "generate: a phase clock on ", config.phases ? config.phases->device().str() : "",
-            " cannot time a model on ", model.placement().device.str());
   // Token times run on `clock` less the per-step memory bookkeeping below (storage, nominal and
   // kept counts walk every sequence and layer, more for some caches than others): the latency
   // a request sees is the steps', as decode_step_s times them.
@@ -137,17 +141,26 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
     else
       logits = out.to(at::kCPU);
     const double retention = cache.retention_seconds() - retention_before;
+    std::vector<int64_t> picked(active.size());
+    for (size_t r = 0; r < active.size(); ++r) {
+      const size_t i = active[r];
+      picked[r] = greedy.defined() ? greedy.data_ptr<int64_t>()[r]
+                                   : samplers[i].next(logits[static_cast<int64_t>(r)]);
+      KVB_CHECK(picked[r] >= 0, "generate: the logits of sequence ", i,
+                " are not finite (NaN or inf) at its new token ", result.sequences[i].tokens.size(),
+                ": NaN weights or inputs, or an overflow");
+    }
+    // Every token of a step leaves with the step, once all rows are sampled: a row's time does
+    // not depend on how many rows were sampled before it.
+    const double token_time = clock.seconds() - bookkeeping_s;
     std::vector<size_t> still;
     std::vector<SequenceStep> next_batch;
     for (size_t r = 0; r < active.size(); ++r) {
       const size_t i = active[r];
       SequenceResult& s = result.sequences[i];
-      const int64_t id = greedy.defined() ? greedy.data_ptr<int64_t>()[r]
-                                          : samplers[i].next(logits[static_cast<int64_t>(r)]);
-      KVB_CHECK(id >= 0, "generate: the logits of sequence ", i, " are not finite (NaN or inf) at ",
-                "its new token ", s.tokens.size(), ": NaN weights or inputs, or an overflow");
+      const int64_t id = picked[r];
       s.tokens.push_back(id);
-      s.token_times_s.push_back(clock.seconds() - bookkeeping_s);
+      s.token_times_s.push_back(token_time);
       if (is_eos(id)) {
         s.stop_reason = "eos";
       } else if (static_cast<int64_t>(s.tokens.size()) >= config.max_new_tokens) {

@@ -30,10 +30,13 @@ int64_t Sampler::next(const at::Tensor& logits) {
   auto sorted = probs.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true);
   at::Tensor p = std::get<0>(sorted), ids = std::get<1>(sorted);
   auto pa = p.accessor<double, 1>();
-  // Keep tokens while the mass before them is below top_p (so the first is always kept).
+  // Keep tokens while the mass before them is below top_p (so the first is always kept), and
+  // never one of probability 0 (a suppressed id): rounding can leave the mass of every other
+  // token just under a top_p of 1, and the fallback below would then return it.
   int64_t keep = 0;
   double mass = 0;
-  while (keep < p.size(0) && (keep == 0 || mass < params_.top_p)) mass += pa[keep++];
+  while (keep < p.size(0) && (keep == 0 || (mass < params_.top_p && pa[keep] > 0)))
+    mass += pa[keep++];
   double u = rng_.uniform() * mass;
   for (int64_t i = 0; i < keep; ++i) {
     u -= pa[i];

@@ -1,5 +1,6 @@
-// The "llama3" and "chatml" chat formats, transcribed from the chat_template strings in the
-// models' tokenizer_config.json (Meta-Llama-3-8B-Instruct, Qwen3).
+// The built-in chat formats, transcribed from the chat_template strings in the models'
+// tokenizer_config.json: "llama3" (Meta-Llama-3-8B-Instruct), "llama3.1" (Llama-3.1-8B-Instruct,
+// kept by 3.2 and 3.3), "chatml" (Qwen3) and "qwen2.5" (Qwen2.5-7B-Instruct).
 #include "kvbench/model/chat_format.h"
 
 #include <cstring>
@@ -11,6 +12,9 @@
 
 namespace kvbench {
 namespace {
+
+constexpr const char* kQwen25DefaultSystem =
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
 // Python's str.isspace, which Jinja's trim and str.strip() use.
 bool is_python_space(uint32_t cp) {
@@ -74,6 +78,50 @@ std::string render_llama3(const std::vector<ChatMessage>& messages, bool generat
   return out;
 }
 
+// Llama 3.1's template (3.2 and 3.3 keep it) without tools: BOS, then always a system turn that
+// opens with the knowledge cut-off and a date, the first message's text after it when it is a
+// system one, then the turns as Llama 3's. The date is the template's own default, 26 Jul 2024:
+// transformers renders 3.2's and 3.3's with today's date (strftime_now), which would make a
+// prompt, and its score, depend on the day it ran.
+std::string render_llama31(const std::vector<ChatMessage>& messages, bool generation_prompt) {
+  check_roles(messages, {"system", "user", "assistant"}, "llama3.1");
+  const bool has_system = !messages.empty() && messages[0].role == "system";
+  std::string out =
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+      "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" +
+      (has_system ? python_strip(messages[0].content) : std::string()) + "<|eot_id|>";
+  for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
+    out += "<|start_header_id|>" + messages[i].role + "<|end_header_id|>\n\n" +
+           python_strip(messages[i].content) + "<|eot_id|>";
+  }
+  if (generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  return out;
+}
+
+// Qwen2.5's template without tools: ChatML turns as they are (no <think> handling), after a
+// system turn that is the first message's or, without one, Qwen2.5's default.
+std::string render_qwen25(const std::vector<ChatMessage>& messages, bool generation_prompt) {
+  check_roles(messages, {"system", "user", "assistant", "tool"}, "qwen2.5");
+  std::string out =
+      "<|im_start|>system\n" +
+      (!messages.empty() && messages[0].role == "system" ? messages[0].content
+                                                         : std::string(kQwen25DefaultSystem)) +
+      "<|im_end|>\n";
+  const size_t n = messages.size();
+  for (size_t i = 0; i < n; ++i) {
+    const ChatMessage& m = messages[i];
+    if (m.role == "tool") {
+      if (i == 0 || messages[i - 1].role != "tool") out += "<|im_start|>user";
+      out += "\n<tool_response>\n" + m.content + "\n</tool_response>";
+      if (i + 1 == n || messages[i + 1].role != "tool") out += "<|im_end|>\n";
+    } else if (!(m.role == "system" && i == 0)) {
+      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    }
+  }
+  if (generation_prompt) out += "<|im_start|>assistant\n";
+  return out;
+}
+
 // Qwen3's template without tools: a leading system message, then user/system turns verbatim,
 // assistant turns with their <think> part removed unless they follow the last user query, and
 // consecutive tool results grouped into one user turn.
@@ -126,26 +174,35 @@ std::string render_chatml(const std::vector<ChatMessage>& messages, bool generat
 
 }  // namespace
 
-std::vector<std::string> chat_format_names() { return {"chatml", "llama3"}; }
+std::vector<std::string> chat_format_names() { return {"chatml", "llama3", "llama3.1", "qwen2.5"}; }
 
 std::string render_chat(const std::string& format, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt) {
   if (format == "llama3") return render_llama3(messages, add_generation_prompt);
   if (format == "chatml") return render_chatml(messages, add_generation_prompt);
+  if (format == "llama3.1") return render_llama31(messages, add_generation_prompt);
+  if (format == "qwen2.5") return render_qwen25(messages, add_generation_prompt);
   throw Error("unknown chat format '" + format + "'; formats: " + join(chat_format_names(), ", "));
 }
 
 std::string detect_chat_format(const std::string& chat_template) {
-  if (chat_template.find("<|start_header_id|>") != std::string::npos) return "llama3";
-  if (chat_template.find("<|im_start|>") != std::string::npos) return "chatml";
+  auto has = [&](const char* s) { return chat_template.find(s) != std::string::npos; };
+  if (has("<|start_header_id|>")) return has("Cutting Knowledge Date") ? "llama3.1" : "llama3";
+  if (has("<|im_start|>")) {
+    if (has(kQwen25DefaultSystem)) return "qwen2.5";
+    // Another default system turn (Qwen2's, ...) that no built-in format renders.
+    if (has("<|im_start|>system\\nYou are")) return "";
+    return "chatml";
+  }
   return "";
 }
 
 void check_chat_tokens(const std::string& format, const Tokenizer& tokenizer) {
   const std::vector<std::string> markers =
-      format == "llama3" ? std::vector<std::string>{"<|begin_of_text|>", "<|start_header_id|>",
-                                                    "<|end_header_id|>", "<|eot_id|>"}
-                         : std::vector<std::string>{"<|im_start|>", "<|im_end|>"};
+      format.rfind("llama3", 0) == 0
+          ? std::vector<std::string>{"<|begin_of_text|>", "<|start_header_id|>",
+                                     "<|end_header_id|>", "<|eot_id|>"}
+          : std::vector<std::string>{"<|im_start|>", "<|im_end|>"};
   for (const std::string& m : markers) {
     KVB_CHECK(tokenizer.encode(m).size() == 1, "chat format ", format, ": ", m,
               " is not one token of the model's tokenizer (", tokenizer.encode(m).size(),

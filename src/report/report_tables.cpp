@@ -624,7 +624,9 @@ ResultTable failed_by_every_method(const std::vector<MergedCell>& cells, const C
     const json& c = m.cell;
     if (c.value("status", "") != "ok" || c.value("suite", "") != "accuracy") continue;
     const std::string label = ctx.label(c);
-    if (label == ctx.baseline) continue;
+    // The baseline is no compared method; nor is the full cache when no baseline was chosen
+    // (several configurations of it).
+    if (label == ctx.baseline || (ctx.baseline.empty() && method_name(c) == "full")) continue;
     const std::string key = m.setup.dump();
     if (!setups.count(key)) order.push_back(key), setups[key].setup = m.setup;
     Setup& setup = setups[key];

@@ -36,6 +36,10 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
                          StepExecutor& executor, ServingClock& clock, bool check,
                          int64_t max_concurrency) {
   KVB_CHECK(max_concurrency >= 0, "serving: max_concurrency must be >= 0, got ", max_concurrency);
+  // A NaN arrival never comes (the loop would wait for it forever), nor sorts.
+  for (const auto& r : requests)
+    KVB_CHECK(std::isfinite(r.arrival_s), "serving: request ", r.id, " arrives at ", r.arrival_s,
+              " s; arrivals must be finite");
   std::stable_sort(
       requests.begin(), requests.end(),
       [](const ServingRequest& a, const ServingRequest& b) { return a.arrival_s < b.arrival_s; });
@@ -44,9 +48,6 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
   for (const auto& r : requests) {
     KVB_CHECK(index.emplace(r.id, trace.requests.size()).second, "serving: request id ", r.id,
               " appears twice");
-    // A NaN arrival never comes (the loop would wait for it forever).
-    KVB_CHECK(std::isfinite(r.arrival_s), "serving: request ", r.id, " arrives at ", r.arrival_s,
-              " s; arrivals must be finite");
     trace.requests.push_back({r, {}, 0});
   }
   trace.max_concurrency = max_concurrency;

@@ -60,7 +60,7 @@ std::vector<ParamSpec> AccuracySuite::param_specs() {
       ParamSpec::string("chat_format", "",
                         "wrap each prompt as one user turn; auto: the format the model's "
                         "tokenizer_config.json chat_template renders",
-                        {"", "auto", "llama3", "chatml"}),
+                        {"", "auto", "llama3", "llama3.1", "chatml", "qwen2.5"}),
       ParamSpec::number("theta", 0.1, "negative samples: method <= (1 - theta) x full").range(0, 1),
       ParamSpec::string("threshold", "mean",
                         "negative samples: full reaches the task's mean or median",
@@ -125,7 +125,8 @@ std::string resolve_chat_format(const CellContext& ctx) {
   KVB_CHECK(!tpl.empty(), "accuracy: chat_format auto: ", path, " has no chat_template");
   const std::string detected = detect_chat_format(tpl);
   KVB_CHECK(!detected.empty(), "accuracy: chat_format auto: the chat_template of ", path,
-            " is neither Llama-3 nor ChatML style; set chat_format to llama3 or chatml");
+            " is none of the built-in formats (Llama 3, Llama 3.1, ChatML as Qwen3's, Qwen2.5); "
+            "set chat_format to one of them only if it renders as that template does");
   return detected;
 }
 
@@ -145,7 +146,7 @@ json pass_fail_mcnemar(const std::vector<double>& full, const std::vector<double
 
 // Whether `text` is already rendered in the chat format (holds its turn-opening marker).
 bool holds_chat_format(const std::string& format, const std::string& text) {
-  const char* marker = format == "llama3" ? "<|start_header_id|>" : "<|im_start|>";
+  const char* marker = format.rfind("llama3", 0) == 0 ? "<|start_header_id|>" : "<|im_start|>";
   return text.find(marker) != std::string::npos;
 }
 
@@ -521,7 +522,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   // pairs the percentile bootstrap's interval is too narrow (4 of 30 samples passing only with
   // the full cache give about [-0.27, -0.03], where the exact p is 0.125): say so.
   const json overall_mcnemar = pass_fail_mcnemar(s_full, s_method);
-  if (!overall_mcnemar.is_null() && (ci.low > 0 || ci.high < 0) &&
+  if (!overall_mcnemar.is_null() && diff.size() >= 2 && (ci.low > 0 || ci.high < 0) &&
       overall_mcnemar["p_value"].get<double>() >= 0.05) {
     out.warnings.push_back(
         "the score difference's bootstrap interval excludes 0 but McNemar's exact test does not "

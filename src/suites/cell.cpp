@@ -164,14 +164,15 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
       };
       // The cell's seed (its prompts and corpora) comes from what it measures...
       c.seed = fnv1a64(std::to_string(spec.seed) + ":" + hex_of(identity));
+      // Not the shard: containers of one job array split the cells alike whatever their
+      // environments.
+      nlohmann::json shard_identity = identity;
       // ...and its id also tells the GPU path's code on the CPU (which measures other numbers)
       // from the plain paged path's.
       if (spec.attention == "paged" && spec.device == "cpu" && paged_kernel_path_on_cpu())
         identity["paged_path"] = "kernels";
       // So do the variables that choose the code that runs (a decode loop, the SIMD level):
-      // --resume must not reuse a cell measured under others. Not the shard: containers of
-      // one job array split the cells alike whatever their environments.
-      nlohmann::json shard_identity = identity;
+      // --resume must not reuse a cell measured under others.
       if (!code_path.empty()) identity["code_path"] = code_path;
       const std::string prefix = c.suite + "." + c.method["name"].get<std::string>() + ".";
       c.id = prefix + hex_of(identity);

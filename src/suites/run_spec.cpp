@@ -23,7 +23,9 @@ const std::vector<ParamSpec>& model_specs() {
                         "mistral-7b, qwen2.5-7b (with random_init)"),
       ParamSpec::boolean("random_init", false,
                          "build `preset` in memory with random weights instead of files"),
-      ParamSpec::integer("seed", 0, "weight seed of `preset`").at_least(0),
+      // At most 2^53: the range is checked in double, which cannot tell 2^63 (past int64)
+      // from the largest int64.
+      ParamSpec::integer("seed", 0, "weight seed of `preset`").range(0, 9007199254740992.0),
       ParamSpec::string(
           "dtype", "auto",
           "storage dtype of the uncompressed KV cache (the weights' dtype is "

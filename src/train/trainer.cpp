@@ -206,7 +206,9 @@ ModelConfig trainable_config(const json& model, const std::string& path) {
   } catch (const ConfigError&) {
     throw;
   } catch (const Error& e) {
-    throw ConfigError(path, e.what());
+    std::string what = e.what();
+    if (what.rfind("train: ", 0) == 0) what = what.substr(7);  // the path says where
+    throw ConfigError(path, what);
   }
   if (mc.vocab_size < 264)
     throw ConfigError(join_path(path, "vocab_size"),
@@ -312,9 +314,11 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
       const json q = resolve_params(own, eval_specs(), ep, {});
       check_task(q["task"], extra, ep);
       r.evals.push_back({q["task"], q["target_tokens"], q["max_new_tokens"], extra});
-      if (r.evals.back().target_tokens + r.evals.back().max_new_tokens > mc.max_position_embeddings)
+      // As the accuracy suite's workloads check a prompt: the last token is never fed back.
+      if (r.evals.back().target_tokens + r.evals.back().max_new_tokens - 1 >
+          mc.max_position_embeddings)
         throw ConfigError(join_path(ep, "target_tokens"),
-                          "plus max_new_tokens exceeds model.max_position_embeddings (" +
+                          "plus max_new_tokens - 1 exceeds model.max_position_embeddings (" +
                               std::to_string(mc.max_position_embeddings) + ")");
     }
   }
@@ -540,6 +544,7 @@ namespace {
 void check_samples_fit(const TrainRecipe& r, const ModelConfig& mc, const std::string& path) {
   const Tokenizer tok = Tokenizer::from_json(tiny_tokenizer_json(static_cast<int>(mc.vocab_size)),
                                              tiny_tokenizer_config(), nullptr, "tiny tokenizer");
+  // One sample (seed and depth fixed; training draws others) at `length`: its example's ids.
   auto probe = [&](const std::string& task, json params, int64_t length, const char* purpose,
                    const std::string& key) {
     params["target_tokens"] = length;
@@ -547,7 +552,11 @@ void check_samples_fit(const TrainRecipe& r, const ModelConfig& mc, const std::s
     for (const auto& s : task_param_specs(task))
       if (s.name == "depth") params["depth"] = 0.5;
     try {
-      make_task_sample(task, tok, params, purpose);
+      if (std::string(purpose) == "eval") {
+        make_task_sample(task, tok, params, purpose);
+        return int64_t{0};
+      }
+      return static_cast<int64_t>(make_train_example(task, tok, params).ids.size());
     } catch (const Error& e) {
       throw ConfigError(key, task + " cannot make a sample of " + std::to_string(length) +
                                  " tokens: " + e.what());
@@ -555,11 +564,26 @@ void check_samples_fit(const TrainRecipe& r, const ModelConfig& mc, const std::s
   };
   for (size_t i = 0; i < r.stages.size(); ++i) {
     const TrainStage& s = r.stages[i];
-    const std::string key = join_path(path, "stages") + "[" + std::to_string(i) + "].min_tokens";
-    for (const auto& t : r.tasks) {
-      int64_t len = s.min_tokens;
-      while (len <= s.max_tokens && !t.allowed_at(len)) ++len;
-      if (len <= s.max_tokens) probe(t.task, t.params, len, "train", key);
+    const std::string stage = join_path(path, "stages") + "[" + std::to_string(i) + "]";
+    for (size_t j = 0; j < r.tasks.size(); ++j) {
+      const TrainTask& t = r.tasks[j];
+      int64_t shortest = s.min_tokens, longest = s.max_tokens;
+      while (shortest <= s.max_tokens && !t.allowed_at(shortest)) ++shortest;
+      if (shortest > s.max_tokens) continue;
+      while (!t.allowed_at(longest)) --longest;
+      // The bound that set the length is the key to change.
+      const std::string task_key =
+          join_path(path, "tasks") + "[" + std::to_string(j) + "].min_tokens";
+      probe(t.task, t.params, shortest, "train",
+            shortest > s.min_tokens ? task_key : join_path(stage, "min_tokens"));
+      // With its answer and EOS, the longest example must fit the model's positions.
+      const int64_t ids = probe(t.task, t.params, longest, "train", join_path(stage, "max_tokens"));
+      if (ids > mc.max_position_embeddings)
+        throw ConfigError(join_path(stage, "max_tokens"),
+                          t.task + " at " + std::to_string(longest) +
+                              " tokens makes an example of " + std::to_string(ids) +
+                              " with its answer and EOS, past model.max_position_embeddings (" +
+                              std::to_string(mc.max_position_embeddings) + ")");
     }
   }
   for (size_t i = 0; i < r.evals.size(); ++i)

@@ -320,6 +320,21 @@ TEST(CellIds, TheCodePathVariablesAreInTheIdNotTheSeed) {
   }
 }
 
+// 4 and 4.0 are one setting in a number list too: a rate list written with integers is the
+// default's, so two such suites are one cell.
+TEST(CellIds, WholeNumbersInANumberListAreTheSameSetting) {
+  const RunSpec spec = parse_run_spec(nlohmann::json::parse(R"({"suites": [{"name": "serving"},
+      {"name": "serving", "rates": [1, 4, 16]}], "threads": 1,
+      "model": {"preset": "tiny-llama", "random_init": true}})"),
+                                      "t");
+  try {
+    expand_cells(spec);
+    FAIL() << "two identical serving suites";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("are identical"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ConfigFile, GridExpandsIntoRunsGroupedByModel) {
   auto path = std::filesystem::temp_directory_path() / "kvbench_grid.json";
   std::ofstream(path) << R"({"suites": [{"name": "latency"}], "threads": 1,
@@ -361,6 +376,26 @@ TEST(ConfigFile, GridExpandsIntoRunsGroupedByModel) {
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("grid.seed: lists 1 twice"), std::string::npos)
+        << e.what();
+  }
+  // One axis inside another: the outer would overwrite the inner's values.
+  std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"suites": [[{"name":
+    "kernels"}]], "suites.0.repeats": [1, 2]}})";
+  try {
+    load_run_specs(path.string(), {});
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("grid.suites.0.repeats: lies inside grid.suites"),
+              std::string::npos)
+        << e.what();
+  }
+  // An axis the config cannot take: said once, as the grid's (no "config:" twice, no --set).
+  std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"suites.1.repeats": [1]}})";
+  try {
+    load_run_specs(path.string(), {});
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "config: grid.suites.1.repeats: '1' is not an index below 1")
         << e.what();
   }
   std::filesystem::remove(path);

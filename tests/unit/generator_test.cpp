@@ -114,6 +114,8 @@ TEST(Generate, StopsAtMaxNewTokensAndTimesEveryStep) {
     EXPECT_EQ(s.token_times_s.size(), 6u);
     EXPECT_TRUE(std::is_sorted(s.token_times_s.begin(), s.token_times_s.end()));
   }
+  // One step's tokens leave together: a row's time does not count the rows sampled before it.
+  EXPECT_EQ(r.sequences[0].token_times_s, r.sequences[1].token_times_s);
   EXPECT_EQ(r.decode_step_s.size(), 5u);
   EXPECT_EQ(r.decode_step_batch, std::vector<int64_t>(5, 2));
   EXPECT_EQ(r.prompt_tokens, 5);
@@ -409,6 +411,12 @@ TEST(Generate, ReservesAPagedPoolForItsPromptsAndReportsWhatItOccupied) {
   GenerationConfig g;
   g.max_new_tokens = 6;
   // 40 and 3 prompt tokens + 5 fed back: 45 and 8 tokens, 3 + 1 pages.
+  // Settings refused before the pool is touched: it stays as it was.
+  GenerationConfig bad = g;
+  bad.sampling.temperature = 1;
+  bad.sampling.top_p = 0;
+  EXPECT_THROW(generate(f.model, paged, {std::vector<int64_t>(400, 7)}, bad), Error);
+  EXPECT_EQ(paged.allocated_bytes(), 64 * page);
   auto r = generate(f.model, paged, {std::vector<int64_t>(40, 7), {1, 2, 3}}, g);
   EXPECT_EQ(r.peak_allocated_bytes, 4 * page);
   EXPECT_EQ(r.peak_storage.total(), 4 * page);  // whole pages, as allocated

@@ -381,6 +381,13 @@ TEST(ReportMerge, ACodePathIsPartOfTheSetup) {
   const json setup = cell_setup(kernels.doc, kernels.doc["cells"][0]);
   EXPECT_EQ(setup["code_path"], json({{"KVBENCH_PAGED_PATH", "kernels"}}));
   EXPECT_FALSE(cell_setup(plain.doc, plain.doc["cells"][0]).contains("code_path"));
+  // Under paged attention on the CPU the variable picks the GPU path's code (ids: paged_path).
+  json paged = kernels.doc;
+  paged["config"]["attention"] = "paged";
+  EXPECT_EQ(cell_setup(paged, paged["cells"][0])["code_path"],
+            json({{"KVBENCH_PAGED_PATH", "kernels"}}));
+  paged["environment"]["overrides"] = json::object();
+  EXPECT_FALSE(cell_setup(paged, paged["cells"][0]).contains("code_path"));
 
   const ReportTables t = build_report_tables(merge_reports({plain, kernels}), "");
   const ResultTable& lat = table(t, "latency");

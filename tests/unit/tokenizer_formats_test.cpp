@@ -407,6 +407,50 @@ TEST(ChatFormat, ATokenizerWithoutTheMarkersIsRefused) {
   }
 }
 
+// The byte-level piece of byte `b` (GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for
+// themselves, the others for 256, 257, ... in order).
+std::string byte_piece(unsigned b) {
+  unsigned n = 0, cp = 0;
+  for (unsigned c = 0; c < 256; ++c) {
+    const bool printable = (c >= 33 && c <= 126) || (c >= 161 && c <= 172) || c >= 174;
+    if (c == b) {
+      cp = printable ? c : 256 + n;
+      break;
+    }
+    n += printable ? 0 : 1;
+  }
+  std::string out;
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return out;
+}
+
+// Invalid UTF-8 decodes as Rust's from_utf8_lossy does: one U+FFFD per maximal subpart, each
+// continuation checked against its lead byte's range (E0 takes A0-BF second, ED 80-9F, F0
+// 90-BF, F4 80-8F); C0, C1 and F5-FF stand alone.
+TEST(TokenizerTiny, InvalidUtf8DecodesToRustsReplacements) {
+  const Tokenizer tok = Tokenizer::from_json(tiny_tokenizer_json(264), tiny_tokenizer_config());
+  auto decode = [&](std::vector<unsigned> bytes) {
+    std::vector<int32_t> ids;
+    for (unsigned b : bytes) ids.push_back(*tok.token_to_id(byte_piece(b)));
+    return tok.decode(ids);
+  };
+  const std::string r = "\ufffd";
+  EXPECT_EQ(decode({0xE0, 0x80}), r + r);                      // overlong: E0 needs A0-BF next
+  EXPECT_EQ(decode({0xED, 0xA0, 0x80}), r + r + r);            // a surrogate
+  EXPECT_EQ(decode({0xC0, 0xAF}), r + r);                      // C0 never starts a character
+  EXPECT_EQ(decode({0xF4, 0x90, 0x80, 0x80}), r + r + r + r);  // past U+10FFFF
+  EXPECT_EQ(decode({0xF5, 0x41}), r + "A");
+  EXPECT_EQ(decode({0xE0, 0xA0}), r);                    // one character cut off
+  EXPECT_EQ(decode({0xF0, 0x9F, 0x98, 0x41}), r + "A");  // likewise, then a letter
+  EXPECT_EQ(decode({0xE0, 0xA0, 0x80}), "\u0800");       // well formed
+  EXPECT_EQ(decode({0x61, 0xE2, 0x82, 0xAC}), "a\u20ac");
+}
+
 TEST(TokenizerTiny, WrittenNextToTheCheckpointFiles) {
   const fs::path dir = fs::temp_directory_path() / "kvbench_tiny_tokenizer_test";
   write_tiny_tokenizer(dir.string(), 512);
@@ -468,6 +512,39 @@ TEST(ChatFormat, DetectedFromTheTemplateSource) {
       detect_chat_format("{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' }}"),
       "chatml");
   EXPECT_EQ(detect_chat_format("{{ bos_token }}[INST] {{ message['content'] }} [/INST]"), "");
+  // Llama 3.1+ and Qwen2.5 add a system turn of their own: other formats, not llama3/chatml.
+  EXPECT_EQ(detect_chat_format("{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}"
+                               "{{- \"Cutting Knowledge Date: December 2023\\n\" }}"),
+            "llama3.1");
+  EXPECT_EQ(detect_chat_format("{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba "
+                               "Cloud. You are a helpful assistant.<|im_end|>\\n' }}"),
+            "qwen2.5");
+  // Qwen2's default system turn is rendered by none of them.
+  EXPECT_EQ(detect_chat_format("{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>"
+                               "\\n' }}"),
+            "");
+}
+
+TEST(ChatFormat, Llama31AndQwen25RenderTheirSystemTurns) {
+  EXPECT_EQ(render_chat("llama3.1", {{"user", " Hi "}}),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+            "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(render_chat("llama3.1", {{"system", "Be brief. "}, {"user", "Hi"}}, false),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+            "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nBe brief."
+            "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
+  EXPECT_THROW(render_chat("llama3.1", {{"tool", "1"}}), Error);  // tools are not rendered
+  EXPECT_EQ(render_chat("qwen2.5", {{"user", "Hi"}}),
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+            "assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  // A system message replaces the default; an assistant turn's <think> text stays as it is.
+  EXPECT_EQ(
+      render_chat("qwen2.5", {{"system", "S"}, {"user", "Q"}, {"assistant", "<think>r</think>A"}},
+                  false),
+      "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
+      "<|im_start|>assistant\n<think>r</think>A<|im_end|>\n");
 }
 
 }  // namespace

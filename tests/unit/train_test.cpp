@@ -507,8 +507,14 @@ TEST(Train, RecipesThatCouldNotTrainOrRunAreRefused) {
   r["model"]["max_position_embeddings"] = 370;
   EXPECT_NE(message(r).find("train.stages[1].max_tokens"), std::string::npos) << message(r);
   r = tiny_recipe();
+  r["model"]["max_position_embeddings"] = 380;  // the stage's longest prompt, not its answer
+  EXPECT_NE(
+      message(r).find("train.stages[1].max_tokens: niah_single at 380 tokens makes an example"),
+      std::string::npos)
+      << message(r);
+  r = tiny_recipe();
   r["evals"] = {{{"task", "passkey"}, {"target_tokens", 500}, {"max_new_tokens", 8}}};
-  r["model"]["max_position_embeddings"] = 505;
+  r["model"]["max_position_embeddings"] = 506;
   EXPECT_NE(message(r).find("train.evals[0].target_tokens"), std::string::npos) << message(r);
   // Token ids other than the tiny tokenizer's; a model the trainer does not take.
   r = tiny_recipe();
@@ -519,7 +525,7 @@ TEST(Train, RecipesThatCouldNotTrainOrRunAreRefused) {
   EXPECT_EQ(message(r), "no error");
   r = tiny_recipe();
   r["model"]["torch_dtype"] = "bfloat16";
-  EXPECT_NE(message(r).find("config: train.model: train: model.torch_dtype must be float32"),
+  EXPECT_NE(message(r).find("config: train.model: model.torch_dtype must be float32"),
             std::string::npos)
       << message(r);
   r = tiny_recipe();

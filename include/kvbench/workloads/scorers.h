@@ -46,7 +46,8 @@ double classification_score(const std::string& prediction, const std::string& re
 // LongBench count_score: the share of integers in the prediction equal to the reference count.
 double count_score(const std::string& prediction, const std::string& reference);
 // LongBench retrieval_score: the share of integers in the prediction equal to the number after
-// the reference's first "Paragraph " (0 without one); retrieval_zh_score's mark is "段落".
+// the reference's first `mark` (0 without one): "Paragraph ", or "段落" as LongBench's
+// retrieval_zh_score reads passage_retrieval_zh.
 double retrieval_score(const std::string& prediction, const std::string& reference,
                        const std::string& mark = "Paragraph ");
 // The digits after the first `mark` followed by one in `reference` ("" without one: LongBench's
