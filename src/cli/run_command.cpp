@@ -137,7 +137,8 @@ int dry_run(const std::vector<GridRun>& runs, const RunOptions& opt) {
     const std::vector<Cell> cells = shard_cells(g.spec, opt);
     check_grid_run(g, [&] { check_methods_fit_model(g.spec, cells); });
     ModelProvider model(g.spec.model);
-    const auto estimates = estimate_cells(cells, model, env, g.spec.attention == "paged");
+    const auto estimates = estimate_cells(cells, model, env, g.spec.attention == "paged",
+                                          g.spec.attention == "reference");
     if (runs.size() > 1)
       std::cout << "run " << g.spec.name << " (grid " << g.point.dump() << "):\n";
     print_cell_plan(std::cout, cells, estimates);
@@ -289,6 +290,9 @@ int run(const RunOptions& opt) {
   for (const GridRun& g : runs) {
     check_grid_run(g, [&] {
       check_device(g.spec, query_cuda());
+      // A grid's later runs are checked in full (identical cells, a method a suite refuses)
+      // before the first measures anything, or makes its output directory.
+      if (runs.size() > 1) (void)expand_cells(g.spec);
       check_output_dir(g.spec, !opt.dry_run);
     });
   }

@@ -329,11 +329,29 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
 // --- SafetensorsCheckpoint
 // ------------------------------------------------------------------------
 
+namespace {
+
+// A symbolic link whose target is gone (a Hugging Face cache's snapshot after its blobs were
+// deleted) reads as no file at all: say what it is.
+void check_not_dangling(const fs::path& path) {
+  std::error_code ec;
+  if (fs::is_symlink(fs::symlink_status(path, ec)) && !fs::exists(path, ec)) {
+    const fs::path target = fs::read_symlink(path, ec);
+    KVB_CHECK(false, "checkpoint: ", path.string(), ": a symbolic link to ", target.string(),
+              ", which does not exist (an incomplete download, or a cache whose files were "
+              "removed)");
+  }
+}
+
+}  // namespace
+
 SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string& dir) : dir_(dir) {
   const fs::path root(dir);
   std::error_code ec;
   KVB_CHECK(fs::is_directory(root, ec), "checkpoint: ", dir, ": not a directory");
   const fs::path single = root / "model.safetensors";
+  check_not_dangling(single);
+  check_not_dangling(root / "model.safetensors.index.json");
   if (fs::exists(single, ec)) {
     files_.push_back(std::make_unique<SafetensorsFile>(single.string()));
     for (const TensorInfo& t : files_.back()->tensors()) file_of_[t.name] = files_.back().get();
@@ -374,6 +392,7 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string& dir) : dir_(dir)
   }
   // Every missing shard is a failed or partial download; say so before parsing any of them.
   for (const auto& [shard, tensors] : tensors_of) {
+    check_not_dangling(root / shard);
     KVB_CHECK(fs::exists(root / shard, ec), where, "shard ", quote(shard),
               " named in the index does not exist (", tensors.size(), " tensors map to it)");
   }
@@ -404,6 +423,13 @@ at::Tensor SafetensorsCheckpoint::load(const std::string& name,
                                        at::IntArrayRef expected_shape) const {
   const TensorInfo* info = find(name);
   if (!info) {
+    // A shard that holds it, though the index does not map it: the index is stale.
+    for (const auto& file : files_) {
+      KVB_CHECK(!file->find(name), "checkpoint: ", dir_, ": tensor ", quote(name), " is in ",
+                file->path(),
+                " but model.safetensors.index.json's weight_map does not list it (a stale or "
+                "edited index; transformers would not load it either)");
+    }
     const std::string near = closest_match(name, names());
     KVB_CHECK(false, "checkpoint: ", dir_, ": tensor ", quote(name), " not found",
               near.empty() ? "" : "; did you mean " + quote(near) + "?");

@@ -71,12 +71,12 @@ std::vector<AddedTokenSplitter::Segment> AddedTokenSplitter::split(std::string_v
     const AddedToken& token = tokens_[index];
     size_t start = pos, stop = pos + len;
     if (token.single_word) {
-      // Only a whole word: no alphanumeric character directly before or after.
+      // Only a whole word: no word character (tokenizers' \w) directly before or after.
       const bool left_ok =
-          start == 0 || !is_unicode_alphanumeric(last_code_point(text.substr(0, start)));
+          start == 0 || !is_unicode_word_char(last_code_point(text.substr(0, start)));
       size_t after = stop;
       const bool right_ok =
-          stop == text.size() || !is_unicode_alphanumeric(next_code_point(text, after));
+          stop == text.size() || !is_unicode_word_char(next_code_point(text, after));
       if (!left_ok || !right_ok) {
         pos += len;  // the aho-corasick iterator has moved past this match already
         continue;

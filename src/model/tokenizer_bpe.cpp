@@ -40,6 +40,10 @@ BpeModel::BpeModel(const json& model, const std::string& source) {
   if (!vocab.is_object()) fail(source, "model.vocab: expected an object of token -> id");
   vocab_.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    // (An id of 4.7 would read as 4, "4" as nothing: both are a broken file.)
+    if (!it.value().is_number_integer())
+      fail(source,
+           "model.vocab: the id of " + it.key() + " is " + it.value().dump() + ", not an integer");
     const int64_t id = it.value().get<int64_t>();
     // Real vocabularies number their tokens densely from 0; a few holes are allowed, but not an
     // id that would size the table by itself (1e9 would allocate 32 GiB of strings).
@@ -65,6 +69,9 @@ BpeModel::BpeModel(const json& model, const std::string& source) {
 
   // Both layouts exist: ["a b", ...] (tokenizers < 0.20) and [["a", "b"], ...].
   const json& merges = model.at("merges");
+  // (A null or an object would loop over nothing, or over values: a BPE with no merges.)
+  if (!merges.is_array())
+    fail(source, "model.merges: expected an array, got " + std::string(merges.type_name()));
   merges_.reserve(merges.size());
   int32_t rank = 0;
   for (const json& m : merges) {

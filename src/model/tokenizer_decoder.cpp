@@ -78,7 +78,11 @@ Decoder::Decoder(const json& config, const std::string& source) {
 void Decoder::add(const json& config, const std::string& source) {
   const std::string type = config.value("type", "");
   if (type == "Sequence") {
-    for (const json& child : config.at("decoders")) add(child, source);
+    const json& children = config.at("decoders");
+    if (!children.is_array())
+      fail(source, "decoder.decoders (a Sequence's): expected an array, got " +
+                       std::string(children.type_name()));
+    for (const json& child : children) add(child, source);
   } else if (type == "ByteLevel") {
     {
       Step step;

@@ -30,7 +30,11 @@ Normalizer::Normalizer(const json& config, const std::string& source) {
 void Normalizer::add(const json& config, const std::string& source) {
   const std::string type = config.value("type", "");
   if (type == "Sequence") {
-    for (const json& child : config.at("normalizers")) add(child, source);
+    const json& children = config.at("normalizers");
+    if (!children.is_array())
+      fail(source, "normalizer.normalizers (a Sequence's): expected an array, got " +
+                       std::string(children.type_name()));
+    for (const json& child : children) add(child, source);
   } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
     Step step;
     step.kind = Kind::kUnicode;

@@ -31,9 +31,10 @@ void append_utf8(std::string& out, uint32_t cp);
 const std::array<std::string, 256>& byte_symbols();
 // The inverse: code point -> byte, or -1 for code points outside the map.
 int symbol_byte(uint32_t cp);
-// Unicode White_Space / alphanumeric, as Rust's char::is_whitespace / is_alphanumeric.
+// Unicode White_Space, as Rust's char::is_whitespace.
 bool is_unicode_whitespace(uint32_t cp);
-bool is_unicode_alphanumeric(uint32_t cp);
+// Rust regex's \w: what tokenizers' single_word treats as part of a word.
+bool is_unicode_word_char(uint32_t cp);
 
 // "tokenizer: <source>: <problem>" as a one-line kvbench::Error.
 [[noreturn]] void fail(const std::string& source, const std::string& problem);

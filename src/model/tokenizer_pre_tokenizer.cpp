@@ -41,7 +41,11 @@ PreTokenizer::PreTokenizer(const json& config, const std::string& source) {
 void PreTokenizer::add(const json& config, const std::string& source) {
   const std::string type = config.value("type", "");
   if (type == "Sequence") {
-    for (const json& child : config.at("pretokenizers")) add(child, source);
+    const json& children = config.at("pretokenizers");
+    if (!children.is_array())
+      fail(source, "pre_tokenizer.pretokenizers (a Sequence's): expected an array, got " +
+                       std::string(children.type_name()));
+    for (const json& child : children) add(child, source);
   } else if (type == "Split") {
     Step step;
     step.kind = Kind::kSplit;

@@ -117,12 +117,16 @@ int symbol_byte(uint32_t cp) {
 
 bool is_unicode_whitespace(uint32_t cp) { return u_isUWhiteSpace(static_cast<UChar32>(cp)); }
 
-bool is_unicode_alphanumeric(uint32_t cp) {
-  // Rust's is_alphanumeric: Alphabetic or Numeric (Nd, Nl, No).
+bool is_unicode_word_char(uint32_t cp) {
+  // Rust regex's \w (UTS #18 Annex C): Alphabetic, marks, decimal digits, connector
+  // punctuation ("_") and Join_Control.
   const auto c = static_cast<UChar32>(cp);
-  if (u_hasBinaryProperty(c, UCHAR_ALPHABETIC)) return true;
+  if (u_hasBinaryProperty(c, UCHAR_ALPHABETIC) || u_hasBinaryProperty(c, UCHAR_JOIN_CONTROL))
+    return true;
   const int8_t type = u_charType(c);
-  return type == U_DECIMAL_DIGIT_NUMBER || type == U_LETTER_NUMBER || type == U_OTHER_NUMBER;
+  return type == U_NON_SPACING_MARK || type == U_COMBINING_SPACING_MARK ||
+         type == U_ENCLOSING_MARK || type == U_DECIMAL_DIGIT_NUMBER ||
+         type == U_CONNECTOR_PUNCTUATION;
 }
 
 }  // namespace kvbench::tok

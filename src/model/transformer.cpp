@@ -193,7 +193,15 @@ Transformer Transformer::load(const std::string& dir, const ModelPlacement& plac
   std::set<std::string> read;
   for (auto& [name, slot] : bind_weights(config, w)) {
     // The checkpoint's own dtype stays recorded in the config.
-    *slot = checkpoint.load(name, shape_of(config, name)).to(placement.options()).contiguous();
+    const at::Tensor stored = checkpoint.load(name, shape_of(config, name));
+    *slot = stored.to(placement.options()).contiguous();
+    // bf16 and fp32 reach past fp16's range (65504): narrowed, such a weight becomes inf, and
+    // every output NaN, with no word of why.
+    if (placement.dtype == at::kHalf && stored.scalar_type() != at::kHalf &&
+        !at::isfinite(*slot).all().item<bool>() && at::isfinite(stored).all().item<bool>())
+      KVB_CHECK(false, "model: ", dir, ": tensor ", name, " (", dtype_name(stored.scalar_type()),
+                ") holds values past float16's range (65504), which become inf in float16; "
+                "set model.compute_dtype to bfloat16 or float32");
     read.insert(name);
   }
   std::vector<std::string> unused;

@@ -405,7 +405,17 @@ uint64_t KernelsSuite::estimate_bytes(const EstimateContext& ctx) const {
   if (ctx.gpu) return estimate_kernels_on_gpu(ctx.params, ctx.method);
   const Plan plan =
       make_plan(ctx.params, ctx.method, planned_llc(ctx.params["llc_bytes"], ctx.env).bytes);
-  return std::max(plan.peak, 2 * plan.copy_bytes);
+  uint64_t peak = plan.peak;
+  // The reference backend attends an fp32 copy of a sequence's K/V, made beside the cache (one
+  // sequence at a time), as attention_record checks it.
+  if (ctx.reference_attention) {
+    const auto& heads = plan.kv_heads;
+    const auto& contexts = plan.contexts;
+    peak += static_cast<uint64_t>(*std::max_element(heads.begin(), heads.end())) *
+            static_cast<uint64_t>(*std::max_element(contexts.begin(), contexts.end())) *
+            static_cast<uint64_t>(plan.base.head_dim) * 2 * sizeof(float);
+  }
+  return std::max(peak, 2 * plan.copy_bytes);
 }
 
 std::string KernelsSuite::spread_warning(const std::vector<json>& records) {

@@ -92,7 +92,7 @@ std::vector<CellResult> Runner::run(const RunSpec& spec, const std::vector<Cell>
 }
 
 std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvider& model,
-                                     const Environment& env, bool paged) {
+                                     const Environment& env, bool paged, bool reference_attention) {
   std::vector<uint64_t> out;
   for (const auto& c : cells) {
     const bool needs_model = find_suite(c.suite).needs_model;
@@ -111,9 +111,17 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
       }
     }
     const ModelPlacement placement = model.placement();
-    EstimateContext ctx{
-        c.params, c.method, config, per_token, env, placement.dtype, placement.device.is_cuda(),
-        kv_dtype, paged,    shared};
+    EstimateContext ctx{c.params,
+                        c.method,
+                        config,
+                        per_token,
+                        env,
+                        placement.dtype,
+                        placement.device.is_cuda(),
+                        kv_dtype,
+                        paged,
+                        shared,
+                        reference_attention};
     out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
   }
   return out;

@@ -747,6 +747,20 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
     arrivals = rate_arrivals(p, rates, ctx.spec.seed + 1);
     for (const auto& a : arrivals) count = std::max(count, static_cast<int64_t>(a.size()));
   }
+  if (!from_trace) {
+    // The prompts' ids are held twice (the workload and the running copy): refused before
+    // they are drawn when they could not fit, instead of failing to allocate mid-draw.
+    const double ids_bytes = 2.0 * static_cast<double>(count) *
+                             static_cast<double>(p["prompt_tokens_max"].get<int64_t>()) *
+                             sizeof(int64_t);
+    const uint64_t available = available_memory_bytes();
+    KVB_CHECK(available == 0 || ids_bytes <= static_cast<double>(available), "serving: ", count,
+              " requests of up to ", p["prompt_tokens_max"].get<int64_t>(),
+              " prompt tokens hold up to ", format_bytes(ids_bytes),
+              " of token ids (the workload and its running copy), more than the ",
+              format_bytes(static_cast<double>(available)),
+              " available; lower requests or prompt_tokens_max");
+  }
   const Workload w = make_workload(p, count, c.vocab_size, ctx.spec.seed, &ctx.model);
   if (from_trace) {
     // Replayed from its first arrival: the lead-in before it is not serving time, and every
@@ -830,8 +844,9 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
   {
     BlockPool pool(num_blocks, block_size);
     Scheduler s(pool, sched);
-    Workload one = w;
-    one.prompts.resize(1);
+    Workload one;  // request 0 alone: not a copy of every prompt
+    one.prompts = {w.prompts[0]};
+    one.output_len = {w.output_len[0]};
     NullProgress quiet;
     ModelExecutor ex(model, *cache, one, quiet);
     ManualClock clock;

@@ -570,6 +570,10 @@ class CliTest(CliCase):
             # A bad value from a sweep names the combination it came from.
             ('{"suites": [{"name": "kernels"}], "grid": {"suites.0.repeats": [1, 0]}}',
              'got 0 (in grid point {"suites.0.repeats":0})'),
+            # A later grid run's cells are checked before the first one measures anything.
+            ('{"suites": [{"name": "kernels"}], "grid": {"methods": [[{"name": "int4"}],'
+             ' [{"name": "palu"}]]}}',
+             '(in grid point {"methods":[{"name":"palu"}]})'),
             ('{"suites": [{"name": "kernels"}], "gird": {}}',
              "config: gird: unknown key (did you mean 'grid'?)"),
             # Input no config holds: nesting past 64 levels (printing it overflowed the stack),

@@ -8,6 +8,7 @@
 
 #include "kvbench/attention/reference_attention.h"
 #include "kvbench/attention/torch_sdpa.h"
+#include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/param_spec.h"
 #include "kvbench/kv/method_registry.h"
@@ -374,6 +375,28 @@ TEST(KernelsSuite, AGroupTheGpuKernelsDoNotTakeIsAConfigError) {
   }
   params["group_size"] = 8;
   EXPECT_NO_THROW(KernelsSuite::check_method(params, {{"name", "full"}}, "cuda"));
+}
+
+// The reference backend attends an fp32 copy of a sequence's K/V beside the cache: the estimate
+// counts it (KV heads x context x head_dim x K and V x 4 bytes at the largest point).
+TEST(KernelsSuite, TheEstimateCountsTheReferenceBackendsFp32Copy) {
+  const json params = resolve_suite({{"name", "kernels"},
+                                     {"contexts", {1024, 65536}},
+                                     {"kv_heads", {2, 8}},
+                                     {"llc_bytes", 1 << 20}},
+                                    "suites[0]");
+  const json method = resolve_method({{"name", "int4"}}, "methods[0]");
+  Environment env;
+  EstimateContext cpu{params, method, nullptr, 0, env};
+  EstimateContext reference = cpu;
+  reference.reference_attention = true;
+  const uint64_t copy = 8ull * 65536 * params["head_dim"].get<uint64_t>() * 2 * sizeof(float);
+  const uint64_t plain = KernelsSuite().estimate_bytes(cpu);
+  const uint64_t with_copy = KernelsSuite().estimate_bytes(reference);
+  // The cache's peak (at most `plain`) plus the copy, or the copy buffers when larger.
+  EXPECT_GT(with_copy, plain);
+  EXPECT_GE(with_copy, copy);
+  EXPECT_LE(with_copy, copy + plain);
 }
 
 // On a GPU the suite times the paged decode kernel per format, beside the device's copy

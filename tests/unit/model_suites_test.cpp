@@ -25,6 +25,7 @@
 #include "kvbench/suites/throughput_suite.h"
 #include "kvbench/suites/workload.h"
 #include "kvbench/workloads/longbench.h"
+#include "kvbench/workloads/task_factory.h"
 #include "suite_harness.h"
 
 namespace kvbench {
@@ -993,6 +994,41 @@ TEST(OutputLengthSuite, WarnsOfSmallTasksAndRandomIdsOnATrainedModel) {
   const CellOutput trained = OutputLengthSuite().run(ctx);
   EXPECT_EQ(count(trained, "the prompts are random token ids: a trained model's lengths"), 1)
       << json(trained.warnings).dump();
+}
+
+// A text prompt's output is recorded as the accuracy suite records it: without the EOS that
+// ended it (the length counts it) and without special tokens. The shipped model answers a
+// passkey prompt with the key, then EOS.
+TEST(OutputLengthSuite, OutputTextLeavesOutTheEosThatEndedIt) {
+  const std::string dir = std::string(KVBENCH_SOURCE_DIR) + "/assets/models/kvbench-retrieval-1m";
+  const Tokenizer tok = Tokenizer::load(dir);
+  const TaskSample sample =
+      make_task_sample("passkey", tok, {{"target_tokens", 300}, {"seed", 3}}, "test");
+  const RunSpec spec = parse_run_spec({{"suites",
+                                        {{{"name", "output_length"},
+                                          {"prompt_texts", {sample.prompt}},
+                                          {"max_new_tokens", 12},
+                                          {"temperature", 0.0},
+                                          {"control_temperatures", json::array()},
+                                          {"control_seeds", 0}}}},
+                                       {"threads", 1},
+                                       {"model", {{"path", dir}}}},
+                                      "t");
+  ModelProvider model(spec.model);
+  Environment env;
+  NullProgress progress;
+  const json method = {{"name", "full"}};
+  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
+  const CellOutput out = OutputLengthSuite().run(ctx);
+  ASSERT_EQ(out.records.size(), 1u);
+  const json& r = out.records[0];
+  ASSERT_EQ(r["stop"], "eos") << r.dump();
+  const std::string text = r["output"];
+  EXPECT_EQ(text.find("<|"), std::string::npos) << text;  // no special token's text
+  EXPECT_NE(text.find(sample.answers.at(0)), std::string::npos) << text;
+  // The length counts the EOS the text leaves out.
+  EXPECT_EQ(r["length"].get<int64_t>(), static_cast<int64_t>(tok.encode(text, false).size()) + 1)
+      << text;
 }
 
 // Text prompts are estimated at their length, not at prompt_tokens (which sizes only the

@@ -569,6 +569,33 @@ TEST_F(SafetensorsSharded, TensorInIndexAbsentFromShard) {
       {"tensor 'model.layers.1.self_attn.q_proj.weight' is not in this shard", index.string()}));
 }
 
+// A tensor a shard holds but the index does not map is named as such, not as absent.
+TEST_F(SafetensorsSharded, ATensorTheIndexDoesNotMap) {
+  write_sharded(dir_);
+  std::ofstream(dir_ / "model.safetensors.index.json") << R"({"weight_map": {
+    "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+    "model.layers.1.self_attn.q_proj.weight": "model-00002-of-00002.safetensors"}})";
+  SafetensorsCheckpoint checkpoint(dir_.string());
+  EXPECT_TRUE(is_error_line(error_of([&] { checkpoint.load("model.norm.weight", {8}); }), dir_,
+                            {"tensor 'model.norm.weight' is in", "model-00002-of-00002.safetensors",
+                             "weight_map does not list it"}));
+}
+
+// A symbolic link whose target is gone (a Hugging Face cache after its blobs were removed).
+TEST_F(SafetensorsSharded, ADanglingSymlinkIsNamed) {
+  fs::create_symlink(dir_ / "blobs" / "0123abcd", dir_ / "model.safetensors");
+  EXPECT_TRUE(is_error_line(error_of([&] { SafetensorsCheckpoint c(dir_.string()); }),
+                            dir_ / "model.safetensors",
+                            {"a symbolic link to", "0123abcd", "does not exist"}));
+  fs::remove(dir_ / "model.safetensors");
+  write_sharded(dir_);
+  const fs::path shard = dir_ / "model-00002-of-00002.safetensors";
+  fs::remove(shard);
+  fs::create_symlink(dir_ / "blobs" / "4567", shard);
+  EXPECT_TRUE(is_error_line(error_of([&] { SafetensorsCheckpoint c(dir_.string()); }), shard,
+                            {"a symbolic link to", "4567"}));
+}
+
 TEST_F(SafetensorsSharded, WrongShapeInLoad) {
   const fs::path file = dir_ / "model.safetensors";
   write_safetensors(file.string(), {{"model.layers.0.self_attn.q_proj.weight",

@@ -14,6 +14,7 @@
 #include <numeric>
 #include <set>
 
+#include "kvbench/core/environment.h"
 #include "kvbench/core/error.h"
 #include "kvbench/core/rng.h"
 #include "kvbench/core/stats.h"
@@ -861,6 +862,25 @@ TEST(Capacity, ServingReservesAPagedPoolForItsBudget) {
   EXPECT_EQ(out.summary["slots"], 4);
   EXPECT_EQ(out.summary["slot_bytes"], page);
   EXPECT_EQ(out.records.at(0)["kv"]["allocated_bytes_peak"].get<double>(), (7 + 4) * page);
+}
+
+// Prompts that could not fit in memory are refused before any is drawn (they used to be drawn,
+// then copied, until an allocation failed).
+TEST(ServingSuite, PromptsTooLargeForMemoryAreRefusedBeforeTheyAreDrawn) {
+  if (available_memory_bytes() == 0) GTEST_SKIP() << "available memory unknown";
+  const json suite = json::parse(R"({"name": "serving", "rates": [0], "requests": 50000,
+      "prompt_tokens_min": 1048576, "prompt_tokens_max": 1048576, "chunked_prefill": true,
+      "kv_budget_bytes": 1048576})");
+  Harness h(suite);
+  ServingSuite s;
+  try {
+    h.run(s);
+    FAIL() << "50000 prompts of 2^20 tokens were drawn";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("of token ids (the workload and its running copy)"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // The pool's charge holds what the cache measured after each step, at the peak and on average.

@@ -152,6 +152,9 @@ TEST(TokenizerBpe, AddedTokenFlags) {
   EXPECT_EQ(tok.encode("hello  <x>  hello"), (Ids{15, 20, 4, 5, 14}));
   // single_word: "ll" alone is the added token, inside "hello" it is not.
   EXPECT_EQ(tok.encode("hello ll"), (Ids{15, 3, 21}));
+  // A word is what tokenizers' \w matches: "_" is a word character, so "_ll" holds no word
+  // "ll" ("_" is <unk>, then l+l).
+  EXPECT_EQ(tok.encode("_ll"), (Ids{3, 0, 12}));
   EXPECT_FALSE(tok.is_special(20));
   EXPECT_EQ(tok.vocab_size(), 22);
 }
@@ -306,6 +309,27 @@ TEST_F(TokenizerErrors, BrokenFilesAreOneLine) {
   t = metaspace_tokenizer();  // a key missing: named without nlohmann's exception tag
   t["model"].erase("merges");
   EXPECT_NE(load_error(t).find("tokenizer.json: malformed: key 'merges' not found"),
+            std::string::npos)
+      << load_error(t);
+  // A null or an object where a list belongs, an id that is not an integer: refused by key,
+  // not read as no merges, no pre-tokenizers or id 4.
+  t = metaspace_tokenizer();
+  t["model"]["merges"] = nullptr;
+  EXPECT_NE(load_error(t).find("model.merges: expected an array, got null"), std::string::npos)
+      << load_error(t);
+  t = metaspace_tokenizer();
+  t["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", nullptr}};
+  EXPECT_NE(load_error(t).find("pre_tokenizer.pretokenizers (a Sequence's): expected an array"),
+            std::string::npos)
+      << load_error(t);
+  t = metaspace_tokenizer();
+  t["decoder"] = {{"type", "Sequence"}, {"decoders", json::object()}};
+  EXPECT_NE(load_error(t).find("decoder.decoders (a Sequence's): expected an array, got object"),
+            std::string::npos)
+      << load_error(t);
+  t = metaspace_tokenizer();
+  t["model"]["vocab"]["h"] = 4.7;
+  EXPECT_NE(load_error(t).find("model.vocab: the id of h is 4.7, not an integer"),
             std::string::npos)
       << load_error(t);
   std::ofstream(dir_ / "tokenizer.json") << "{not json";

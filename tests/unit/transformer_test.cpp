@@ -325,6 +325,26 @@ TEST(Transformer, CheckpointWithWrongShapeIsRejected) {
   std::filesystem::remove_all(dir);
 }
 
+// A bf16 weight past float16's range would become inf when a GPU run computes in fp16: the load
+// names the tensor instead of every output turning NaN. (fp16 compute is refused on the CPU.)
+TEST(Transformer, AWeightPastFloat16sRangeIsNamedAtAnFp16Load) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "libtorch has no CUDA (or no GPU is visible)";
+  auto dir = std::filesystem::temp_directory_path() / "kvbench_ckpt_fp16_range";
+  std::filesystem::remove_all(dir);
+  const nlohmann::json config = find_model_preset("tiny-llama").config;
+  Transformer m = preset_model("tiny-llama");
+  m.weights().layers[0].q_proj.view(-1)[0] = 1e5;  // bf16 holds it; fp16 does not
+  write_checkpoint(m, config, dir.string());
+  try {
+    Transformer::load(dir.string(), ModelPlacement{at::Device(at::kCUDA, 0), at::kHalf});
+    FAIL() << "a weight past fp16's range loaded as fp16";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("q_proj.weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("past float16's range"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // The generation config carries the model's own ids as its config has them (an EOS list, no
 // BOS), never invented ones, which would win at load; a config the parser accepts is written.
 TEST(Transformer, ACheckpointKeepsItsConfigsOwnTokenIds) {

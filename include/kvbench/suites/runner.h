@@ -56,9 +56,11 @@ class Runner {
 size_t count_failed(const std::vector<CellResult>& results);
 
 // Each cell's estimated peak bytes (Suite::estimate_bytes), reading only the model's config.
-// `paged`: the run's attention is "paged" (latent rows stored padded).
+// `paged`: the run's attention is "paged" (latent rows stored padded); `reference_attention`:
+// it is "reference" (a layer's K/V dequantized to fp32 beside the cache).
 std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvider& model,
-                                     const Environment& env, bool paged = false);
+                                     const Environment& env, bool paged = false,
+                                     bool reference_attention = false);
 // The memory a run's cells are planned against: the GPU's when the run's device is cuda (the
 // model, cache and activations live there), else MemAvailable; 0 when unknown.
 uint64_t plan_memory_bytes(const RunSpec& spec, const Environment& env);
