@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -167,8 +168,8 @@ std::vector<GridRun> load_run_specs(const std::string& path,
       } catch (const ConfigError& e) {
         // Its message without the "config: <path>: " and "--set <key>: " an override's has.
         std::string what = e.what();
-        for (const std::string& prefix :
-             {"config: " + e.key_path() + ": ", "--set " + it->first + ": "})
+        for (const std::string& prefix : {"config: " + e.key_path() + ": ",
+                                          "--set " + it->first + ": ", std::string("--set: ")})
           if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
         throw ConfigError("grid." + it->first, what);
       }
@@ -183,6 +184,19 @@ std::vector<GridRun> load_run_specs(const std::string& path,
     } catch (const ConfigError& e) {
       throw in_grid_point(e, point);
     }
+  }
+  // Values that differ as written but not once resolved (4 and 4.0, [1, 4] and [1.0, 4.0])
+  // are two runs of one config, with the same cell ids.
+  std::map<std::string, const GridRun*> resolved_runs;
+  for (const GridRun& g : runs) {
+    json r = g.spec.resolved;
+    r.erase("name");
+    const auto [it, fresh] = resolved_runs.emplace(r.dump(), &g);
+    if (!fresh)
+      throw ConfigError("grid", "grid points " + brief_json(it->second->point) + " and " +
+                                    brief_json(g.point) +
+                                    " resolve to the same config (two runs with the same cell "
+                                    "ids); list each value once");
   }
   // Runs of one model on one device next to each other, otherwise in grid order.
   std::stable_sort(runs.begin(), runs.end(), [](const GridRun& a, const GridRun& b) {

@@ -14,6 +14,7 @@
 #include "kvbench/core/json_text.h"
 #include "kvbench/model/presets.h"
 #include "kvbench/model/transformer.h"
+#include "kvbench/suites/run_spec.h"
 
 namespace kvbench {
 
@@ -72,7 +73,17 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
                   "built in memory only)")
       ->required();
   sub->add_option("--out", opt->out, "directory to write (created if absent)")->required();
-  sub->add_option("--seed", opt->seed, "weight seed")->capture_default_str()->check(non_negative());
+  sub->add_option("--seed", opt->seed, "weight seed (at most 2^53 - 1, as model.seed)")
+      ->capture_default_str()
+      ->check(non_negative())
+      ->check(CLI::Validator(
+          [](const std::string& v) {
+            return std::strtoull(v.c_str(), nullptr, 0) > kMaxWeightSeed
+                       ? "expected a number <= " + std::to_string(kMaxWeightSeed) +
+                             " (2^53 - 1, the largest model.seed), got " + v
+                       : std::string();
+          },
+          "SEED"));
   sub->add_flag("--force", opt->force,
                 "write into --out even when it holds files other than a kvbench preset "
                 "checkpoint (they may be overwritten)");

@@ -287,15 +287,15 @@ int run(const RunOptions& opt) {
   // A bad --shard fails before anything runs; "" too (a job array's unset $SHARD would
   // otherwise run every cell in every task).
   if (opt.shard_given) parse_shard(opt.shard);
+  // Every run is checked in full (a grid's later runs too: identical cells, a method a suite
+  // refuses) before any output directory is made or anything measured.
   for (const GridRun& g : runs) {
     check_grid_run(g, [&] {
       check_device(g.spec, query_cuda());
-      // A grid's later runs are checked in full (identical cells, a method a suite refuses)
-      // before the first measures anything, or makes its output directory.
       if (runs.size() > 1) (void)expand_cells(g.spec);
-      check_output_dir(g.spec, !opt.dry_run);
     });
   }
+  for (const GridRun& g : runs) check_grid_run(g, [&] { check_output_dir(g.spec, !opt.dry_run); });
   if (opt.dry_run) return dry_run(runs, opt);
   install_stop_handlers();
 

@@ -190,8 +190,17 @@ std::string detect_chat_format(const std::string& chat_template) {
   if (has("<|start_header_id|>")) return has("Cutting Knowledge Date") ? "llama3.1" : "llama3";
   if (has("<|im_start|>")) {
     if (has(kQwen25DefaultSystem)) return "qwen2.5";
-    // Another default system turn (Qwen2's, ...) that no built-in format renders.
-    if (has("<|im_start|>system\\nYou are")) return "";
+    // A system turn whose text the template writes itself (Qwen2's "You are a helpful
+    // assistant.", Qwen2.5-Math's "Please reason step by step..."), which no built-in format
+    // renders: in the source, the turn's opening string goes on with literal text instead of
+    // closing its quote (Qwen3's closes it and adds the message's content).
+    const std::string open = "<|im_start|>system\\n";
+    for (size_t at = chat_template.find(open); at != std::string::npos;
+         at = chat_template.find(open, at + 1)) {
+      const size_t next = at + open.size();
+      if (next < chat_template.size() && chat_template[next] != '\'' && chat_template[next] != '"')
+        return "";
+    }
     return "chatml";
   }
   return "";

@@ -327,6 +327,17 @@ double score(const Sample& s, const std::string& output) {
                      : score_longbench(*s.row, output);
 }
 
+// Tokens a chat wrapper adds around a prompt, estimated from its text (for auto, the largest
+// built-in format's: Llama 3.1's and Qwen2.5's add a system turn); 0 without one.
+int64_t chat_wrapper_tokens(const std::string& format, int64_t vocab_size) {
+  if (format.empty()) return 0;
+  size_t bytes = 0;
+  for (const std::string& name : chat_format_names())
+    if (format == "auto" || format == name)
+      bytes = std::max(bytes, render_chat(name, {{"user", ""}}).size());
+  return text_token_estimate(bytes, vocab_size);
+}
+
 // Estimates of a data file's longest prompt as the model reads it (text_token_estimate of its
 // text, cut at max_prompt_tokens, plus the answer prefix and a chat wrapper) and longest
 // generation cap, over the rows the run takes (the first `samples`); {0, 0} when the file
@@ -347,7 +358,7 @@ std::pair<int64_t, int64_t> data_file_bounds(const json& p, int64_t vocab_size) 
     for (const LongBenchRow& row : rows) {
       int64_t body = text_token_estimate(longbench_prompt(row, templates).size(), vocab_size);
       if (limit > 0) body = std::min(body, limit);
-      const int64_t wrapper = p["chat_format"] == "" ? 0 : 32;  // about 10 tokens in practice
+      const int64_t wrapper = chat_wrapper_tokens(p["chat_format"], vocab_size);
       prompt = std::max(prompt,
                         body + text_token_estimate(row.answer_prefix.size(), vocab_size) + wrapper);
       cap = std::max(cap, longbench_max_new_tokens(row, templates));
@@ -366,7 +377,9 @@ uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
   const json& p = ctx.params;
   // A synthetic task's prompts are sized to target_tokens (its wrapper on top); a data file's
   // are what its rows hold.
-  int64_t prompt = p["target_tokens"].get<int64_t>() + 32, default_cap = 128;
+  int64_t prompt = p["target_tokens"].get<int64_t>() +
+                   std::max<int64_t>(32, chat_wrapper_tokens(p["chat_format"], c.vocab_size)),
+          default_cap = 128;
   if (!p["data_file"].get<std::string>().empty()) {
     const auto [longest, longest_cap] = data_file_bounds(p, c.vocab_size);
     prompt = longest, default_cap = std::max<int64_t>(longest_cap, 1);
@@ -552,6 +565,9 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
       {"failed_ids", json::array()}};
   for (size_t i = 0; i < samples.size(); ++i)
     if (s_method[i] == 0) out.summary["failed_ids"].push_back(out.records[i]["id"]);
+  // The format the prompts were wrapped in: with auto, what the checkpoint's template gave
+  // (the cell id holds only "auto").
+  out.summary["chat_format"] = resolve_chat_format(ctx);
   return out;
 }
 

@@ -23,9 +23,7 @@ const std::vector<ParamSpec>& model_specs() {
                         "mistral-7b, qwen2.5-7b (with random_init)"),
       ParamSpec::boolean("random_init", false,
                          "build `preset` in memory with random weights instead of files"),
-      // At most 2^53: the range is checked in double, which cannot tell 2^63 (past int64)
-      // from the largest int64.
-      ParamSpec::integer("seed", 0, "weight seed of `preset`").range(0, 9007199254740992.0),
+      ParamSpec::integer("seed", 0, "weight seed of `preset`").at_least(0),
       ParamSpec::string(
           "dtype", "auto",
           "storage dtype of the uncompressed KV cache (the weights' dtype is "
@@ -170,6 +168,12 @@ RunSpec parse_run_spec(const json& config, const std::string& default_name) {
   spec.name = resolved["name"];
   const json& m = resolved["model"];
   spec.device = resolved["device"];
+  // At most 2^53 - 1, checked exactly (a range is checked in double, where 2^63, past int64,
+  // and the largest int64 are one number); make-model's --seed takes the same.
+  if (m["seed"].get<uint64_t>() > kMaxWeightSeed)
+    throw ConfigError("model.seed",
+                      "expected integer in [0, 2^53 - 1 = " + std::to_string(kMaxWeightSeed) +
+                          "], got " + m["seed"].dump());
   spec.model = {m["path"], m["dtype"], m["preset"], m["random_init"], m["seed"]};
   spec.model.device = spec.device;
   spec.model.compute_dtype = resolve_compute_dtype(m["compute_dtype"], spec.device);

@@ -748,18 +748,20 @@ CellOutput ServingSuite::run(const CellContext& ctx) {
     for (const auto& a : arrivals) count = std::max(count, static_cast<int64_t>(a.size()));
   }
   if (!from_trace) {
-    // The prompts' ids are held twice (the workload and the running copy): refused before
-    // they are drawn when they could not fit, instead of failing to allocate mid-draw.
-    const double ids_bytes = 2.0 * static_cast<double>(count) *
-                             static_cast<double>(p["prompt_tokens_max"].get<int64_t>()) *
-                             sizeof(int64_t);
+    // The prompts' ids are held twice (the workload, and the running copy, which grows by each
+    // request's output): refused before they are drawn when they could not fit, instead of
+    // failing to allocate mid-draw.
+    const int64_t pmax = p["prompt_tokens_max"], omax = p["output_tokens_max"];
+    const double ids_bytes =
+        static_cast<double>(count) * static_cast<double>(2 * pmax + omax) * sizeof(int64_t);
     const uint64_t available = available_memory_bytes();
+    const bool by_duration = p["duration_s"].get<double>() > 0;
     KVB_CHECK(available == 0 || ids_bytes <= static_cast<double>(available), "serving: ", count,
-              " requests of up to ", p["prompt_tokens_max"].get<int64_t>(),
-              " prompt tokens hold up to ", format_bytes(ids_bytes),
+              " requests of up to ", pmax, " prompt and ", omax, " output tokens hold up to ",
+              format_bytes(ids_bytes),
               " of token ids (the workload and its running copy), more than the ",
-              format_bytes(static_cast<double>(available)),
-              " available; lower requests or prompt_tokens_max");
+              format_bytes(static_cast<double>(available)), " available; lower ",
+              by_duration ? "rates or duration_s" : "requests", " or prompt_tokens_max");
   }
   const Workload w = make_workload(p, count, c.vocab_size, ctx.spec.seed, &ctx.model);
   if (from_trace) {

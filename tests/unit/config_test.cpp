@@ -378,6 +378,16 @@ TEST(ConfigFile, GridExpandsIntoRunsGroupedByModel) {
     EXPECT_NE(std::string(e.what()).find("grid.seed: lists 1 twice"), std::string::npos)
         << e.what();
   }
+  // Values that differ as written but not once resolved are one run twice.
+  std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"suites.0.min_llc_multiple":
+    [4, 4.0]}})";
+  try {
+    load_run_specs(path.string(), {});
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("resolve to the same config"), std::string::npos)
+        << e.what();
+  }
   // One axis inside another: the outer would overwrite the inner's values.
   std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"suites": [[{"name":
     "kernels"}]], "suites.0.repeats": [1, 2]}})";

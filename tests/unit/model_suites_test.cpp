@@ -952,6 +952,16 @@ TEST(OutputLengthSuite, ControlsAtTheRunsTemperatureAreSkippedAndTimingsSplit) {
 // The warnings about what the rows cannot say: a task of few samples among several (by name),
 // and a trained model's lengths on random ids (noise); random weights on random ids say
 // nothing more (their loader warns once per run).
+// The output_length suite's first suite entry of `spec` with the full cache, on its model.
+CellOutput run_full_output_length(const RunSpec& spec) {
+  ModelProvider model(spec.model);
+  Environment env;
+  NullProgress progress;
+  const json method = {{"name", "full"}};
+  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
+  return OutputLengthSuite().run(ctx);
+}
+
 TEST(OutputLengthSuite, WarnsOfSmallTasksAndRandomIdsOnATrainedModel) {
   const std::string path = ::testing::TempDir() + "/kvbench_two_tasks.jsonl";
   {
@@ -986,12 +996,7 @@ TEST(OutputLengthSuite, WarnsOfSmallTasksAndRandomIdsOnATrainedModel) {
        {"model",
         {{"path", std::string(KVBENCH_SOURCE_DIR) + "/assets/models/kvbench-retrieval-1m"}}}},
       "t");
-  ModelProvider model(spec.model);
-  Environment env;
-  NullProgress progress;
-  const json method = {{"name", "full"}};
-  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
-  const CellOutput trained = OutputLengthSuite().run(ctx);
+  const CellOutput trained = run_full_output_length(spec);
   EXPECT_EQ(count(trained, "the prompts are random token ids: a trained model's lengths"), 1)
       << json(trained.warnings).dump();
 }
@@ -1014,12 +1019,7 @@ TEST(OutputLengthSuite, OutputTextLeavesOutTheEosThatEndedIt) {
                                        {"threads", 1},
                                        {"model", {{"path", dir}}}},
                                       "t");
-  ModelProvider model(spec.model);
-  Environment env;
-  NullProgress progress;
-  const json method = {{"name", "full"}};
-  CellContext ctx{"test.cell", spec, env, method, spec.suites[0].params, 7, progress, model};
-  const CellOutput out = OutputLengthSuite().run(ctx);
+  const CellOutput out = run_full_output_length(spec);
   ASSERT_EQ(out.records.size(), 1u);
   const json& r = out.records[0];
   ASSERT_EQ(r["stop"], "eos") << r.dump();
@@ -1443,6 +1443,7 @@ TEST(AccuracySuite, PromptsKeepTheirSpecialTokensAndWrapAsLongBenchDoes) {
                     << qasper_row().dump() << "\n";
   const CellOutput out = run(lb, {{"chat_format", "llama3"}});
   ASSERT_EQ(out.records.size(), 2u);
+  EXPECT_EQ(out.summary["chat_format"], "llama3");  // the format used, as auto would resolve it
   const auto hash_of = [&](const std::string& t, bool special) {
     const std::vector<int32_t> v = tok.encode(t, special);
     return prompt_hash(std::vector<int64_t>(v.begin(), v.end()));

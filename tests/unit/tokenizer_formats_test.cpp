@@ -543,10 +543,17 @@ TEST(ChatFormat, DetectedFromTheTemplateSource) {
   EXPECT_EQ(detect_chat_format("{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba "
                                "Cloud. You are a helpful assistant.<|im_end|>\\n' }}"),
             "qwen2.5");
-  // Qwen2's default system turn is rendered by none of them.
+  // Qwen2's and Qwen2.5-Math's default system turns are rendered by none of them; Qwen3's
+  // system turn (the message's content) is ChatML's.
   EXPECT_EQ(detect_chat_format("{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>"
                                "\\n' }}"),
             "");
+  EXPECT_EQ(detect_chat_format("{{- '<|im_start|>system\\nPlease reason step by step.<|im_end|>"
+                               "\\n' }}"),
+            "");
+  EXPECT_EQ(detect_chat_format("{{- '<|im_start|>system\\n' + messages[0].content + "
+                               "'<|im_end|>\\n' }}{{- '<|im_start|>' + message.role }}"),
+            "chatml");
 }
 
 TEST(ChatFormat, Llama31AndQwen25RenderTheirSystemTurns) {

@@ -449,88 +449,87 @@ TEST(Train, LearningRateWarmsUpThenDecaysToMin) {
   EXPECT_GT(learning_rate(recipe, 2), learning_rate(recipe, 3));
 }
 
+// The ConfigError a recipe gives, "no error" when it parses.
+std::string recipe_error(const json& recipe) {
+  try {
+    parse_train_recipe(recipe);
+  } catch (const ConfigError& e) {
+    return std::string(e.what());
+  }
+  return std::string("no error");
+}
+
 TEST(Train, RecipeErrorsNameTheKey) {
-  auto message = [](json r) {
-    try {
-      parse_train_recipe(r);
-    } catch (const ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   json r = tiny_recipe();
   r["tasks"][0]["task"] = "pass_key";
-  EXPECT_NE(message(r).find("train.tasks[0].task"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.tasks[0].task"), std::string::npos) << recipe_error(r);
   r = tiny_recipe();
   r["tasks"][0]["num_key"] = 3;
-  EXPECT_NE(message(r).find("num_key"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("num_key"), std::string::npos) << recipe_error(r);
   r = tiny_recipe();
   r["tasks"][0]["seed"] = 3;
-  EXPECT_NE(message(r).find("train.tasks[0].seed"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.tasks[0].seed"), std::string::npos) << recipe_error(r);
   r = tiny_recipe();
   r["lr"] = -1;
-  EXPECT_NE(message(r).find("train.lr"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.lr"), std::string::npos) << recipe_error(r);
   r = tiny_recipe();
   r["stages"][0]["max_tokens"] = 100;
-  EXPECT_NE(message(r).find("train.stages[0].max_tokens"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.stages[0].max_tokens"), std::string::npos)
+      << recipe_error(r);
   r = tiny_recipe();
   r["stages"][0]["min_tokens"] = 100;
   r["tasks"] = {{{"task", "niah_single"}, {"min_tokens", 360}}};
-  EXPECT_NE(message(r).find("train.stages[0].min_tokens"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.stages[0].min_tokens"), std::string::npos)
+      << recipe_error(r);
   r = tiny_recipe();
   r["steps"] = 3;
-  EXPECT_NE(message(r).find("steps"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("steps"), std::string::npos) << recipe_error(r);
 }
 
 // What would fail mid-run, or save a checkpoint that behaves otherwise than it trained, fails
 // the recipe first, naming the key.
 TEST(Train, RecipesThatCouldNotTrainOrRunAreRefused) {
-  auto message = [](json r) {
-    try {
-      parse_train_recipe(r);
-    } catch (const ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   // A passkey prompt needs about 245 tokens: a stage that can draw 200 fails before step 0.
   json r = tiny_recipe();
   r["stages"][0]["min_tokens"] = 200;
-  EXPECT_NE(message(r).find("train.stages[0].min_tokens: passkey cannot make a sample of 200"),
+  EXPECT_NE(recipe_error(r).find("train.stages[0].min_tokens: passkey cannot make a sample of 200"),
             std::string::npos)
-      << message(r);
+      << recipe_error(r);
   r = tiny_recipe();
   r["evals"] = {{{"task", "passkey"}, {"target_tokens", 150}, {"max_new_tokens", 8}}};
-  EXPECT_NE(message(r).find("train.evals[0].target_tokens"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.evals[0].target_tokens"), std::string::npos)
+      << recipe_error(r);
   // Lengths past the model's positions.
   r = tiny_recipe();
   r["model"]["max_position_embeddings"] = 370;
-  EXPECT_NE(message(r).find("train.stages[1].max_tokens"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.stages[1].max_tokens"), std::string::npos)
+      << recipe_error(r);
   r = tiny_recipe();
   r["model"]["max_position_embeddings"] = 380;  // the stage's longest prompt, not its answer
-  EXPECT_NE(
-      message(r).find("train.stages[1].max_tokens: niah_single at 380 tokens makes an example"),
-      std::string::npos)
-      << message(r);
+  EXPECT_NE(recipe_error(r).find(
+                "train.stages[1].max_tokens: niah_single at 380 tokens makes an example"),
+            std::string::npos)
+      << recipe_error(r);
   r = tiny_recipe();
   r["evals"] = {{{"task", "passkey"}, {"target_tokens", 500}, {"max_new_tokens", 8}}};
   r["model"]["max_position_embeddings"] = 506;
-  EXPECT_NE(message(r).find("train.evals[0].target_tokens"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.evals[0].target_tokens"), std::string::npos)
+      << recipe_error(r);
   // Token ids other than the tiny tokenizer's; a model the trainer does not take.
   r = tiny_recipe();
   r["model"]["eos_token_id"] = 3;
-  EXPECT_NE(message(r).find("train.model.eos_token_id"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.model.eos_token_id"), std::string::npos) << recipe_error(r);
   r = tiny_recipe();
   r["model"]["eos_token_id"] = json::array({2});
-  EXPECT_EQ(message(r), "no error");
+  EXPECT_EQ(recipe_error(r), "no error");
   r = tiny_recipe();
   r["model"]["torch_dtype"] = "bfloat16";
-  EXPECT_NE(message(r).find("config: train.model: model.torch_dtype must be float32"),
+  EXPECT_NE(recipe_error(r).find("config: train.model: model.torch_dtype must be float32"),
             std::string::npos)
-      << message(r);
+      << recipe_error(r);
   r = tiny_recipe();
   r["min_lr"] = 2e-3;
-  EXPECT_NE(message(r).find("train.min_lr"), std::string::npos) << message(r);
+  EXPECT_NE(recipe_error(r).find("train.min_lr"), std::string::npos) << recipe_error(r);
 }
 
 }  // namespace

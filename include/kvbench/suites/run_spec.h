@@ -12,6 +12,9 @@ namespace kvbench {
 
 struct CudaInfo;
 
+// The largest model.seed (and make-model --seed): 2^53 - 1, every seed exact in a double.
+constexpr uint64_t kMaxWeightSeed = (uint64_t{1} << 53) - 1;
+
 struct ModelSpec {
   std::string path;    // HF checkpoint directory; empty when no suite needs a model
   std::string dtype;   // KV storage dtype: auto (the checkpoint's) | float32 | float16 | bfloat16

@@ -49,7 +49,8 @@ struct EstimateContext {
   bool paged = false;                        // attention: paged (the paged caches)
   // What the method's cache holds once for all sequences (method_shared_bytes).
   uint64_t shared_bytes = 0;
-  // attention: reference, which dequantizes a layer's whole K/V to fp32 before attending.
+  // attention: reference, which dequantizes a layer's whole K/V to fp32 before attending (read
+  // by the kernels suite's estimate; the model suites' estimates do not count that copy yet).
   bool reference_attention = false;
   // kv_bytes_per_token, or on the paged path the bound for sequences of `context` tokens as the
   // pages store them (method_kv_bytes_per_token's `context`: whole pages, and KIVI's rings from
