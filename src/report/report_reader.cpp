@@ -96,12 +96,11 @@ nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& ce
     auto text = [&](const char* key) {
       return setup[key].is_string() ? setup[key].get<std::string>() : std::string();
     };
-    const auto code_path = applicable_code_path(set, text("device"), text("attention"));
-    nlohmann::json path = code_path;
+    const std::string device = text("device"), attention = text("attention");
+    nlohmann::json path = applicable_code_path(set, device, attention);
     // Under paged attention on the CPU the variable picks the GPU path's code, which cell ids
     // record as paged_path: another setup too.
-    if (text("attention") == "paged" && text("device") == "cpu" &&
-        set.count("KVBENCH_PAGED_PATH") && set["KVBENCH_PAGED_PATH"] == "kernels")
+    if (attention == "paged" && device == "cpu" && set["KVBENCH_PAGED_PATH"] == "kernels")
       path["KVBENCH_PAGED_PATH"] = "kernels";
     if (!path.empty()) setup["code_path"] = path;
   }

@@ -161,12 +161,13 @@ std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& fo
   return {ids.begin(), ids.end()};
 }
 
-std::vector<Sample> load_samples(const CellContext& ctx, std::vector<std::string>& warnings) {
+// The cell's samples, wrapped in `format` (resolve_chat_format's; "" for none).
+std::vector<Sample> load_samples(const CellContext& ctx, const std::string& format,
+                                 std::vector<std::string>& warnings) {
   const json& p = ctx.params;
   const std::string task = p["task"], file = p["data_file"];
   KVB_CHECK(task.empty() != file.empty(), "accuracy: give exactly one of task and data_file");
   const int64_t cap = p["max_new_tokens"], n = p["samples"];
-  const std::string format = resolve_chat_format(ctx);
   if (!format.empty()) check_chat_tokens(format, ctx.model.tokenizer());
   std::vector<Sample> out;
   if (!task.empty()) {
@@ -399,7 +400,8 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   KVB_CHECK(!c.eos_token_ids.empty(),
             "accuracy: the model has no EOS token id; generation to EOS needs one");
   std::vector<std::string> load_warnings;
-  const std::vector<Sample> samples = load_samples(ctx, load_warnings);
+  const std::string format = resolve_chat_format(ctx);
+  const std::vector<Sample> samples = load_samples(ctx, format, load_warnings);
   int64_t longest = 0, cap = 0;
   for (const auto& s : samples) {
     longest = std::max<int64_t>(longest, s.tokens.size());
@@ -567,7 +569,7 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
     if (s_method[i] == 0) out.summary["failed_ids"].push_back(out.records[i]["id"]);
   // The format the prompts were wrapped in: with auto, what the checkpoint's template gave
   // (the cell id holds only "auto").
-  out.summary["chat_format"] = resolve_chat_format(ctx);
+  out.summary["chat_format"] = format;
   return out;
 }
 
