@@ -77,8 +77,13 @@ void apply_override(json& config, const std::string& assignment) {
     throw ConfigError("", "--set " + brief_json(key) + ": a key of " +
                               std::to_string(segments.size()) + " segments (at most " +
                               std::to_string(kMaxJsonDepth) + ")");
+  // Keys beside a segment that was not there: an index into it names a typo ('suite.0.x'),
+  // and the hint a file's unknown key would get is given here too.
+  std::vector<std::string> siblings, missing_siblings;
   for (size_t i = 0; i < segments.size(); ++i) {
     const std::string& seg = segments[i];
+    missing_siblings = std::move(siblings);
+    siblings.clear();
     if (seg.empty()) throw ConfigError(key, "--set: empty key segment");
     const bool last = i + 1 == segments.size();
     if (node->is_array()) {
@@ -91,9 +96,14 @@ void apply_override(json& config, const std::string& assignment) {
     } else {
       if (node->is_null() && !seg.empty() &&
           seg.find_first_not_of("0123456789") == std::string::npos) {
+        const std::string hint = i > 0 ? closest_match(segments[i - 1], missing_siblings) : "";
         throw ConfigError(path, "--set " + key + ": '" + seg + "' indexes a list, but " +
-                                    (path.empty() ? "the config" : path) +
-                                    " has none; set the whole list instead");
+                                    (path.empty() ? "the config" : path) + " has none" +
+                                    (hint.empty() ? "; set the whole list instead"
+                                                  : " (did you mean '" + hint + "'?)"));
+      }
+      if (node->is_object() && !node->contains(seg)) {
+        for (const auto& item : node->items()) siblings.push_back(item.key());
       }
       if (node->is_null()) *node = json::object();
       if (!node->is_object()) {

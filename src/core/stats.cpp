@@ -355,10 +355,10 @@ Summary summarize(const std::vector<double>& x, uint64_t seed, size_t block) {
   s.median = median(x);
   s.p90 = percentile(x, 90);
   s.p99 = percentile(x, 99);
-  // One unit: every resample is x itself (to_json writes the interval as null).
   check_block(x, block);
-  s.median_ci95 =
-      s.units < 2 ? Interval{s.median, s.median} : bootstrap_median_ci(x, 0.95, 2000, seed, block);
+  s.has_median_ci = s.units >= kMinUnitsForMedianCi;
+  s.median_ci95 = s.has_median_ci ? bootstrap_median_ci(x, 0.95, 2000, seed, block)
+                                  : Interval{s.median, s.median};
   return s;
 }
 
@@ -372,8 +372,8 @@ nlohmann::json to_json(const Summary& s) {
           {"p50", s.median},
           {"p90", s.p90},
           {"p99", s.p99},
-          {"median_ci95",
-           s.units < 2 ? nlohmann::json() : nlohmann::json{s.median_ci95.low, s.median_ci95.high}}};
+          {"median_ci95", s.has_median_ci ? nlohmann::json{s.median_ci95.low, s.median_ci95.high}
+                                          : nlohmann::json()}};
 }
 
 }  // namespace kvbench

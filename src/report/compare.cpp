@@ -183,6 +183,21 @@ std::function<bool(const json&, Series&)> request_samples(const char* key) {
   };
 }
 
+// A max_concurrency serving record's TTFT as its client sees it: each request's wait before
+// the send plus its TTFT (requests_detail), resampled as request_samples'. A record without the
+// limit has no wait, and serving_ttft already judges it.
+bool client_ttft_samples(const json& r, Series& s) {
+  if (!r.contains("max_concurrency") || !r.contains("requests_detail")) return false;
+  for (const json& q : r["requests_detail"]) {
+    const json wait = q.value("client_wait_s", json()), ttft = q.value("ttft_s", json());
+    if (!wait.is_number() || !ttft.is_number()) return false;
+    s.samples.push_back(wait.get<double>() + ttft.get<double>());
+  }
+  s.block = moving_block_length(s.samples.size());
+  s.moving = true;
+  return !s.samples.empty();
+}
+
 // record_samples resampled by the record's generations (declared_block): the decode steps of
 // one generation share its batch and context.
 std::function<bool(const json&, Series&)> record_samples_by_generation(const char* key) {
@@ -247,6 +262,10 @@ const std::vector<MetricImpl>& metric_impls() {
         "time to first token per rate, the server's queueing included (a max_concurrency client's "
         "wait before the send is not; serving ttft_samples_s)"},
        per_record("serving", serving_point, request_samples("ttft_samples_s"))},
+      {{"serving_client_ttft", "serving", true, Worse::kHigher, 10, 0,
+        "with max_concurrency: time to first token from each request's arrival, the client's "
+        "wait for a free slot included (serving requests_detail client_wait_s + ttft_s)"},
+       per_record("serving", serving_point, client_ttft_samples)},
       {{"serving_e2e", "serving", true, Worse::kHigher, 10, 0,
         "end-to-end request latency per rate (serving samples_s)"},
        per_record("serving", serving_point, request_samples("samples_s"))},
@@ -280,6 +299,17 @@ const std::vector<MetricImpl>& metric_impls() {
        summary_value("runaway_rate")},
   };
   return impls;
+}
+
+// Why two matched cells were given different prompts, or "". An accuracy cell's `chat_format:
+// auto` is in its id, but what it resolved to (the summary's chat_format, since session 60)
+// depends on the checkpoint's template: scores under two formats are not one measurement.
+std::string prompts_differ(const json& base, const json& cand) {
+  const json fb = base.value("summary", json::object()).value("chat_format", json());
+  const json fc = cand.value("summary", json::object()).value("chat_format", json());
+  if (!fb.is_string() || !fc.is_string() || fb == fc) return "";
+  return "scored with chat format " + fb.get<std::string>() + " in the baseline and " +
+         fc.get<std::string>() + " in the new report";
 }
 
 std::set<std::string> metric_names() {
@@ -734,6 +764,11 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
           (base_failed.empty() ? std::string()
                                : "; ok in " + std::to_string(base_cells.size()) + " of " +
                                      std::to_string(all_base.size()) + " baseline runs"));
+      continue;
+    }
+    if (const std::string why = prompts_differ(*base_cells.front(), *new_cells.front());
+        !why.empty()) {
+      out.notes.push_back(id + ": " + why + "; not compared");
       continue;
     }
     for (const MetricImpl& m : metric_impls()) {

@@ -119,10 +119,6 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   return out;
 }
 
-namespace {
-constexpr int64_t kMinSamplesForInterval = 6;
-}  // namespace
-
 Table LatencySuite::summary_table(const CellOutput& output) const {
   Table t;
   t.columns = {"metric", "n",       "median ms", "p90 ms",
@@ -131,11 +127,10 @@ Table LatencySuite::summary_table(const CellOutput& output) const {
     const json& s = r["time_s"];
     auto ms = [&](const char* key) { return format_fixed(s[key].get<double>() * 1e3, 2); };
     const int64_t n = s.value("n", int64_t{0});
-    // Below 6 resampled units (samples, or generations when a generation's samples are drawn
-    // together) a bootstrap interval of the median is a few order statistics, not an interval
-    // anyone should read (one unit: zero width).
+    // Below kMinUnitsForMedianCi resampled units (samples, or generations when a generation's
+    // samples are drawn together) the summary has no interval (stats.h says why).
     const int64_t block = std::max<int64_t>(r.value("samples_per_generation", int64_t{1}), 1);
-    const std::string ci = n / block < kMinSamplesForInterval
+    const std::string ci = s["median_ci95"].is_null()
                                ? std::string(block > 1 ? "- (< 6 generations)" : "- (n < 6)")
                                : format_fixed(s["median_ci95"][0].get<double>() * 1e3, 2) + " - " +
                                      format_fixed(s["median_ci95"][1].get<double>() * 1e3, 2);

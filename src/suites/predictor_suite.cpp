@@ -34,8 +34,9 @@ std::vector<ParamSpec> PredictorSuite::param_specs() {
           .range(1, 1 << 20)
           .or_auto(),
       ParamSpec::integer("steps", 4, "decode steps timed per generation").range(1, 10000),
-      ParamSpec::integer("repeats", 5,
-                         "timed generations per point (rounds over every point, interleaved)")
+      ParamSpec::integer("repeats", 6,
+                         "timed generations per point (rounds over every point, interleaved); "
+                         "a point's noise needs 6")
           .range(1, 100000),
       ParamSpec::integer("warmup", 1, "untimed rounds over every point first").range(0, 1000),
       ParamSpec::string("statistic", "median",
@@ -109,9 +110,9 @@ double point_time(const std::vector<double>& x, const std::string& statistic) {
 // How well a point's time is determined: the half-width of the 95% bootstrap interval of the
 // median of its steps, relative to the median. Measurement noise of the machine, beside which the
 // predictor's accuracy must be read.
-// Null from one generation: its interval has zero width, which would read as no noise.
+// Null below kMinUnitsForMedianCi generations, which give no 95% interval (stats.h).
 json relative_ci(const Summary& s) {
-  if (s.units < 2) return nullptr;
+  if (!s.has_median_ci) return nullptr;
   return s.median > 0 ? (s.median_ci95.high - s.median_ci95.low) / (2 * s.median) : 0;
 }
 
@@ -319,7 +320,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   for (const Point& pt : points) {
     if (pt.heldout) heldout_points.push_back({pt.batch, pt.context});
   }
-  // The machine's noise: null when no point had two generations to tell it (repeats 1).
+  // The machine's noise: null when no point had the 6 generations a 95% interval needs.
   const json noise = spreads.empty() ? json() : json(median(spreads));
   out.summary = {
       {"grid", {{"batch", batches}, {"context", contexts}}},
@@ -347,7 +348,7 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
         "held-out accuracy of the " + p["model"].get<std::string>() + " predictor is " +
         format_fixed(100 * acc_chosen["mean"].get<double>(), 1) +
         "% (below 85%) with a measurement noise of " +
-        (noise.is_null() ? std::string("? (one generation per point: repeats 1)")
+        (noise.is_null() ? std::string("? (fewer than 6 generations per point)")
                          : format_fixed(100 * noise.get<double>(), 1) + "%") +
         " (median relative 95% interval of a point's time): a loaded machine (try "
         "statistic min), or a grid too coarse for the method");

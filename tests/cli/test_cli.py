@@ -1030,7 +1030,8 @@ class ReportCompareCliTest(CliCase):
         self.assertIn("no cell of the baseline is ok", res.stdout)
         # Every metric off judges nothing either, and says so.
         metrics = ("ttft", "tpot", "itl", "e2e", "kv_bytes", "decode_tok_s", "prefill_tok_s",
-                   "attention_step", "serving_ttft", "serving_e2e", "goodput", "predictor_step",
+                   "attention_step", "serving_ttft", "serving_client_ttft", "serving_e2e",
+                   "goodput", "predictor_step",
                    "predictor_accuracy", "kl_mean", "top1_agreement", "ppl_ratio",
                    "length_ratio", "mean_score", "runaway_rate")
         offs = [a for m in metrics for a in ("--threshold", m + "=off")]

@@ -429,6 +429,60 @@ TEST(Compare, ServingRequestsAreResampledInMovingBlocks) {
   EXPECT_TRUE(seen);
 }
 
+// `chat_format: auto` resolves by the checkpoint's template: matched accuracy cells scored under
+// two formats were given different prompts, so their scores are noted, not compared.
+TEST(Compare, AccuracyUnderAnotherChatFormatIsNotCompared) {
+  auto cell = [](const char* format, double score) {
+    return json{{"id", "a.full"},
+                {"suite", "accuracy"},
+                {"method", {{"name", "full"}}},
+                {"params", {{"chat_format", "auto"}}},
+                {"status", "ok"},
+                {"records", json::array()},
+                {"summary", {{"mean_score", score}, {"chat_format", format}}}};
+  };
+  const CompareResult same =
+      compare_reports(report({cell("llama3", 0.8)}), report({cell("llama3", 0.5)}), defaults());
+  EXPECT_TRUE(find(same, "mean_score").regressed);
+  const CompareResult other =
+      compare_reports(report({cell("llama3", 0.8)}), report({cell("llama3.1", 0.5)}), defaults());
+  EXPECT_TRUE(other.comparisons.empty());
+  EXPECT_EQ(other.regressions(), 0u);
+  EXPECT_TRUE(std::any_of(other.notes.begin(), other.notes.end(), [](const std::string& n) {
+    return n ==
+           "a.full: scored with chat format llama3 in the baseline and llama3.1 in the new "
+           "report; not compared";
+  })) << json(other.notes).dump();
+}
+
+// With max_concurrency a request may wait for a slot before it is sent, outside serving_ttft:
+// serving_client_ttft judges what its client sees, wait plus TTFT, and only for such records.
+TEST(Compare, AClientsWaitForASlotIsCompared) {
+  auto limited = [](double wait) {
+    json cell = serving_cell(kTight, 1.0);
+    json& r = cell["records"][1];
+    r["max_concurrency"] = 2;
+    r["requests_detail"] = json::array();
+    for (size_t i = 0; i < kTight.size(); ++i)
+      r["requests_detail"].push_back(
+          {{"client_wait_s", wait * (1 + 0.01 * i)}, {"ttft_s", kTight[i]}});
+    return cell;
+  };
+  const CompareResult r =
+      compare_reports(report({limited(0.2)}), report({limited(0.6)}), defaults());
+  const MetricComparison& c = find(r, "serving_client_ttft");
+  EXPECT_EQ(c.point, "rate=4.0 arrivals=\"poisson\"");  // the record without a limit: none
+  EXPECT_TRUE(c.regressed);
+  EXPECT_FALSE(find(r, "serving_ttft").regressed);
+  EXPECT_EQ(
+      std::count_if(r.comparisons.begin(), r.comparisons.end(),
+                    [](const MetricComparison& m) { return m.metric == "serving_client_ttft"; }),
+      1);
+  EXPECT_FALSE(find(compare_reports(report({limited(0.2)}), report({limited(0.2)}), defaults()),
+                    "serving_client_ttft")
+                   .regressed);
+}
+
 // Serving cells compare per rate: a TTFT slow-down and a goodput drop at one rate regress only
 // there; throughput and the format's bytes per block are unchanged.
 TEST(Compare, ServingMetricsPerRate) {

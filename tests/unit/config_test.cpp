@@ -427,6 +427,27 @@ TEST(Overrides, DottedKeysAndJsonValues) {
   EXPECT_EQ(parse_run_spec(c, "t").suites[0].params["kv_heads"], json::array({1, 2}));
 }
 
+// An index into a key the config lacks is a typo of a list's name as often as a missing list:
+// the hint a file's unknown key gets is given (before, 'suite.0.x' lost it).
+TEST(Overrides, AnIndexIntoAMissingKeyNamesTheClosestOne) {
+  json c = minimal();
+  auto message = [&](const std::string& assignment) {
+    json copy = c;
+    try {
+      apply_override(copy, assignment);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message("suite.0.repeats=5"),
+            "config: suite: --set suite.0.repeats: '0' indexes a list, but suite has none (did "
+            "you mean 'suites'?)");
+  EXPECT_EQ(message("methods.0.name=full"),
+            "config: methods: --set methods.0.name: '0' indexes a list, but methods has none; "
+            "set the whole list instead");
+}
+
 // Error messages show a value by its start: never a whole 5 MB string, never half a character,
 // never a nesting deep enough to overflow the stack while printing it.
 TEST(JsonText, BriefValuesAreCutBetweenCharactersAndStayShallow) {

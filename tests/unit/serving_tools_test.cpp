@@ -1487,19 +1487,19 @@ TEST(PredictorSuite, OneGenerationPerPointMeasuresNoNoise) {
       "steps": 2, "warmup": 0, "routing_requests": 4, "routing_prompt_tokens_min": 16,
       "routing_prompt_tokens_max": 20, "routing_output_tokens_min": 2,
       "routing_output_tokens_max": 4)";
-  for (const int repeats : {1, 2}) {
+  for (const int repeats : {1, 5, 6}) {
     Harness h(json::parse("{" + grid + ", \"repeats\": " + std::to_string(repeats) + "}"));
     PredictorSuite s;
     const CellOutput out = h.run(s);
-    EXPECT_EQ(out.summary["noise"].is_null(), repeats == 1);
+    EXPECT_EQ(out.summary["noise"].is_null(), repeats < 6);
     // Requests of up to 20 + 4 - 1 tokens in a grid of contexts up to 32, batch 2: inside.
     for (const auto& w : out.warnings)
       EXPECT_EQ(w.find("past the profiled grid"), std::string::npos) << w;
-    EXPECT_EQ(out.summary["noise_max"].is_null(), repeats == 1);
+    EXPECT_EQ(out.summary["noise_max"].is_null(), repeats < 6);
     for (const json& r : out.records) {
       if (r["kind"] != "step_profile") continue;
-      EXPECT_EQ(r["relative_ci95"].is_null(), repeats == 1);
-      EXPECT_EQ(r["time_s"]["median_ci95"].is_null(), repeats == 1);
+      EXPECT_EQ(r["relative_ci95"].is_null(), repeats < 6);
+      EXPECT_EQ(r["time_s"]["median_ci95"].is_null(), repeats < 6);
     }
   }
 }

@@ -91,7 +91,24 @@ TEST(Stats, SummaryToJsonKeepsEveryField) {
   // construction, written as null rather than read as no noise.
   EXPECT_TRUE(to_json(summarize({3.0})).at("median_ci95").is_null());
   EXPECT_TRUE(to_json(summarize(kSample, 1, kSample.size())).at("median_ci95").is_null());
-  EXPECT_EQ(to_json(summarize(kSample, 1, kSample.size() / 2)).at("median_ci95").size(), 2u);
+}
+
+// The range of n independent units covers the median with probability 1 - 2^(1-n), and a
+// bootstrap never leaves it: below 6 units (75% at 3, 94% at 5) no 95% interval is written.
+TEST(Stats, TheMediansIntervalNeedsSixResampledUnits) {
+  const std::vector<double> five = {2, 4, 5, 7, 9}, six = {2, 4, 5, 7, 9, 3};
+  EXPECT_FALSE(summarize(five).has_median_ci);
+  EXPECT_TRUE(to_json(summarize(five)).at("median_ci95").is_null());
+  const Summary s = summarize(six);
+  EXPECT_TRUE(s.has_median_ci);
+  EXPECT_EQ(to_json(s).at("median_ci95").size(), 2u);
+  EXPECT_LT(s.median_ci95.low, s.median_ci95.high);
+  // Units are blocks when samples come in correlated runs: 12 samples in runs of 2 are 6.
+  std::vector<double> twelve = six;
+  twelve.insert(twelve.end(), five.begin(), five.end());
+  twelve.push_back(6);
+  EXPECT_TRUE(to_json(summarize(twelve, 1, 2)).at("median_ci95").is_array());
+  EXPECT_TRUE(to_json(summarize(twelve, 1, 3)).at("median_ci95").is_null());
 }
 }  // namespace
 }  // namespace kvbench
