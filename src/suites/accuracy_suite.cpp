@@ -52,7 +52,8 @@ std::vector<ParamSpec> AccuracySuite::param_specs() {
                          "prompt length of synthetic samples, in model tokens")
           .range(16, 1 << 22),
       ParamSpec::integer("max_prompt_tokens", 0,
-                         "data-file prompts longer than this are cut in the middle (0: no limit)")
+                         "data-file prompts longer than this are cut in the middle (0: cut to the "
+                         "model's max_position_embeddings less the generation cap)")
           .range(0, 1 << 22),
       ParamSpec::integer("max_new_tokens", 0,
                          "generation cap (0: the task's or data set's default)")
@@ -161,6 +162,27 @@ std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& fo
   return {ids.begin(), ids.end()};
 }
 
+// A data-file row's prompt from its (cut) ids: as they are, or, to wrap it in `format` or add
+// an answer prefix, back to text and encoded again. LongBench cuts the raw prompt, then wraps
+// it: the cut ids back to text, special tokens kept (a templated RULER row holds its turns'
+// markers), less the BOS the encode adds and the template's suffix (an add_eos_token
+// tokenizer's EOS): an unwrapped prompt's encode adds it again at its end, and a chat-wrapped
+// one is encoded without special tokens.
+std::vector<int64_t> data_prompt(const CellContext& ctx, const Tokenizer& tok,
+                                 std::vector<int32_t> body, const std::string& format, bool rebuilt,
+                                 const std::string& answer_prefix) {
+  if (!rebuilt) return {body.begin(), body.end()};
+  const std::vector<int32_t>& head = tok.special_prefix();
+  if (!head.empty() && body.size() >= head.size() &&
+      std::equal(head.begin(), head.end(), body.begin()))
+    body.erase(body.begin(), body.begin() + static_cast<std::ptrdiff_t>(head.size()));
+  const std::vector<int32_t>& tail = tok.special_suffix();
+  if (!tail.empty() && body.size() >= tail.size() &&
+      std::equal(tail.begin(), tail.end(), body.end() - static_cast<std::ptrdiff_t>(tail.size())))
+    body.resize(body.size() - tail.size());
+  return encode_prompt(ctx, format, tok.decode(body, false), answer_prefix);
+}
+
 // The cell's samples, wrapped in `format` (resolve_chat_format's; "" for none).
 std::vector<Sample> load_samples(const CellContext& ctx, const std::string& format,
                                  std::vector<std::string>& warnings) {
@@ -214,8 +236,9 @@ std::vector<Sample> load_samples(const CellContext& ctx, const std::string& form
   const int64_t limit = p["max_prompt_tokens"];
   const Tokenizer& tok = ctx.model.tokenizer();
   const std::optional<int32_t> bos = tok.bos_id();
+  const ModelConfig& c = ctx.model.get().config();
   std::set<std::string> untemplated;
-  int64_t pre_wrapped = 0;
+  int64_t pre_wrapped = 0, cut_to_model = 0;
   for (auto& row : rows) {
     try {
       longbench_metric(row.dataset);  // unknown or unsupported data sets fail before generating
@@ -225,35 +248,32 @@ std::vector<Sample> load_samples(const CellContext& ctx, const std::string& form
     if (templates && !longbench_has_template(row, *templates)) untemplated.insert(row.dataset);
     Sample s;
     s.id = row.id, s.task = row.dataset;
+    s.max_new_tokens = cap > 0 ? cap : longbench_max_new_tokens(row, templates);
     const std::string prompt = longbench_prompt(row, templates);
     std::vector<int32_t> ids = tok.encode(prompt, true);
     // A RULER file prepared with the model's template starts with its BOS as text: one BOS.
     if (bos && ids.size() >= 2 && ids[0] == *bos && ids[1] == *bos) ids.erase(ids.begin());
-    if (limit > 0) ids = truncate_middle(ids, limit);
     // LongBench feeds its few-shot and completion sets raw; a row already in the chat format
     // (RULER's default preparation) is not wrapped twice.
     bool wrap = !format.empty() && longbench_takes_chat(row.dataset);
     if (wrap && holds_chat_format(format, prompt)) wrap = false, ++pre_wrapped;
-    if (wrap || !row.answer_prefix.empty()) {
-      // LongBench cuts the raw prompt, then wraps it: the cut ids back to text, special tokens
-      // kept (a templated RULER row holds its turns' markers), less the BOS the encode adds and
-      // the template's suffix (an add_eos_token tokenizer's EOS): an unwrapped prompt's encode
-      // adds it again at its end, and a chat-wrapped one is encoded without special tokens.
-      std::vector<int32_t> body = ids;
-      const std::vector<int32_t>& head = tok.special_prefix();
-      if (!head.empty() && body.size() >= head.size() &&
-          std::equal(head.begin(), head.end(), body.begin()))
-        body.erase(body.begin(), body.begin() + static_cast<std::ptrdiff_t>(head.size()));
-      const std::vector<int32_t>& tail = tok.special_suffix();
-      if (!tail.empty() && body.size() >= tail.size() &&
-          std::equal(tail.begin(), tail.end(),
-                     body.end() - static_cast<std::ptrdiff_t>(tail.size())))
-        body.resize(body.size() - tail.size());
-      s.tokens = encode_prompt(ctx, wrap ? format : "", tok.decode(body, false), row.answer_prefix);
-    } else {
-      s.tokens.assign(ids.begin(), ids.end());
+    const bool rebuilt = wrap || !row.answer_prefix.empty();
+    s.tokens = data_prompt(ctx, tok, limit > 0 ? truncate_middle(ids, limit) : ids,
+                           wrap ? format : "", rebuilt, row.answer_prefix);
+    // No limit set: cut to the model's length less the generation, as LongBench's pred.py cuts
+    // to each model's; a prompt past the trained positions scores what the model cannot read.
+    // Wrapping re-encodes text, so the cut is retried on what is still over.
+    const int64_t room = c.max_position_embeddings - s.max_new_tokens + 1;
+    if (limit == 0 && c.max_position_embeddings > 0 && room > 0 &&
+        static_cast<int64_t>(s.tokens.size()) > room) {
+      int64_t keep = static_cast<int64_t>(ids.size());
+      for (int tries = 0; tries < 4 && static_cast<int64_t>(s.tokens.size()) > room; ++tries) {
+        keep = std::max<int64_t>(1, keep - (static_cast<int64_t>(s.tokens.size()) - room));
+        s.tokens = data_prompt(ctx, tok, truncate_middle(ids, keep), wrap ? format : "", rebuilt,
+                               row.answer_prefix);
+      }
+      ++cut_to_model;
     }
-    s.max_new_tokens = cap > 0 ? cap : longbench_max_new_tokens(row, templates);
     s.row = std::move(row);
     out.push_back(std::move(s));
   }
@@ -262,6 +282,13 @@ std::vector<Sample> load_samples(const CellContext& ctx, const std::string& form
                        " row(s) already hold the chat format's turn markers (a RULER file "
                        "prepared with the model's template) and were not wrapped again by "
                        "chat_format");
+  }
+  if (cut_to_model > 0) {
+    warnings.push_back(std::to_string(cut_to_model) + " of " + std::to_string(out.size()) +
+                       " prompts were cut in the middle to fit the model's "
+                       "max_position_embeddings (" +
+                       std::to_string(c.max_position_embeddings) +
+                       ") with their generation cap (max_prompt_tokens 0)");
   }
   if (!untemplated.empty()) {
     warnings.push_back("templates_dir " + p["templates_dir"].get<std::string>() +
@@ -343,7 +370,8 @@ int64_t chat_wrapper_tokens(const std::string& format, int64_t vocab_size) {
 // text, cut at max_prompt_tokens, plus the answer prefix and a chat wrapper) and longest
 // generation cap, over the rows the run takes (the first `samples`); {0, 0} when the file
 // cannot be read (the run says why).
-std::pair<int64_t, int64_t> data_file_bounds(const json& p, int64_t vocab_size) {
+std::pair<int64_t, int64_t> data_file_bounds(const json& p, const ModelConfig& c) {
+  const int64_t vocab_size = c.vocab_size;
   try {
     const std::string file = p["data_file"];
     std::vector<LongBenchRow> rows = p["data_format"] == "ruler"
@@ -356,13 +384,19 @@ std::pair<int64_t, int64_t> data_file_bounds(const json& p, int64_t vocab_size) 
       templates = load_longbench_templates(p["templates_dir"]);
     const int64_t limit = p["max_prompt_tokens"];
     int64_t prompt = 0, cap = 0;
+    const int64_t fixed_cap = p["max_new_tokens"];
     for (const LongBenchRow& row : rows) {
       int64_t body = text_token_estimate(longbench_prompt(row, templates).size(), vocab_size);
       if (limit > 0) body = std::min(body, limit);
       const int64_t wrapper = chat_wrapper_tokens(p["chat_format"], vocab_size);
-      prompt = std::max(prompt,
-                        body + text_token_estimate(row.answer_prefix.size(), vocab_size) + wrapper);
-      cap = std::max(cap, longbench_max_new_tokens(row, templates));
+      const int64_t row_cap = fixed_cap > 0 ? fixed_cap : longbench_max_new_tokens(row, templates);
+      int64_t row_prompt =
+          body + text_token_estimate(row.answer_prefix.size(), vocab_size) + wrapper;
+      // Without a limit, the run cuts each prompt to the model's length with its cap.
+      if (limit == 0 && c.max_position_embeddings > row_cap - 1)
+        row_prompt = std::min(row_prompt, c.max_position_embeddings - row_cap + 1);
+      prompt = std::max(prompt, row_prompt);
+      cap = std::max(cap, row_cap);
     }
     return {prompt, cap};
   } catch (const Error&) {
@@ -382,7 +416,7 @@ uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
                    std::max<int64_t>(32, chat_wrapper_tokens(p["chat_format"], c.vocab_size)),
           default_cap = 128;
   if (!p["data_file"].get<std::string>().empty()) {
-    const auto [longest, longest_cap] = data_file_bounds(p, c.vocab_size);
+    const auto [longest, longest_cap] = data_file_bounds(p, c);
     prompt = longest, default_cap = std::max<int64_t>(longest_cap, 1);
   }
   const int64_t cap =

@@ -28,7 +28,7 @@ void check_accuracy(const nlohmann::json& p, const nlohmann::json&) {
   if (!task.empty() && p["samples"].get<int64_t>() < 1)
     throw ConfigError("samples", "must be at least 1 for a synthetic task");
   if (p["max_prompt_tokens"].get<int64_t>() == 1)  // a middle cut keeps a first and a last half
-    throw ConfigError("max_prompt_tokens", "expected 0 (no limit) or at least 2, got 1");
+    throw ConfigError("max_prompt_tokens", "expected 0 (the model's length) or at least 2, got 1");
   const nlohmann::json& given = p["task_params"];
   if (task.empty()) {
     if (!given.empty())

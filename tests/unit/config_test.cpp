@@ -126,7 +126,7 @@ TEST(Config, OutOfRangeValues) {
   c = minimal();
   c["suites"][0] = {{"name", "accuracy"}, {"task", "passkey"}, {"max_prompt_tokens", 1}};
   EXPECT_EQ(error_of(c),
-            "config: suites[0].max_prompt_tokens: expected 0 (no limit) or at least 2, got 1");
+            "config: suites[0].max_prompt_tokens: expected 0 (the model's length) or at least 2, got 1");
 }
 
 TEST(Config, AccuracyTaskParamsAreCheckedAgainstTheTask) {

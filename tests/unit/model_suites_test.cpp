@@ -1362,6 +1362,57 @@ TEST(AccuracySuite, DataFilePromptsAreEstimatedAtTheirLength) {
   EXPECT_GE(estimate(whole), estimate(cut) + static_cast<uint64_t>((tokens - 64) * per_token));
 }
 
+// With max_prompt_tokens 0 a data-file prompt is cut in the middle to the model's length less
+// its generation cap, as LongBench's pred.py cuts to each model's: the positions stay inside what
+// the model was trained on. A limit set by hand is kept, and warned about past the model.
+TEST(AccuracySuite, DataFilePromptsAreCutToTheModelsLength) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / "kvbench_accuracy_short_model";
+  fs::remove_all(dir);
+  write_preset_checkpoint(find_model_preset("tiny-llama"), dir.string(), 0);
+  json config = json::parse(std::ifstream(dir / "config.json"));
+  config["max_position_embeddings"] = 300;
+  std::ofstream(dir / "config.json") << config.dump(2);
+  const std::string file = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench/long.jsonl";
+  auto run = [&](json suite) {
+    suite["name"] = "accuracy", suite["data_file"] = file, suite["max_new_tokens"] = 8;
+    const RunSpec spec = parse_run_spec(
+        {{"suites", {suite}}, {"threads", 1}, {"model", {{"path", dir.string()}}}}, "t");
+    ModelProvider model(spec.model);
+    Environment env;
+    NullProgress progress;
+    const json method = {{"name", "full"}};
+    std::vector<std::string> warnings;  // the runner's: check_generation_fits writes there
+    CellContext ctx{"test.cell", spec,     env,   method,   spec.suites[0].params,
+                    7,           progress, model, &warnings};
+    CellOutput out = AccuracySuite().run(ctx);
+    out.warnings.insert(out.warnings.end(), warnings.begin(), warnings.end());
+    return out;
+  };
+  auto said = [](const CellOutput& out, const std::string& what) {
+    return std::any_of(out.warnings.begin(), out.warnings.end(),
+                       [&](const std::string& w) { return w.find(what) != std::string::npos; });
+  };
+  const CellOutput raw = run(json::object());
+  // 293 positions are free; the cut keeps halves of ⌊293 / 2⌋ tokens (LongBench's rule).
+  EXPECT_EQ(raw.records.at(0)["prompt_tokens"], 292);
+  EXPECT_TRUE(said(raw,
+                   "1 of 1 prompts were cut in the middle to fit the model's "
+                   "max_position_embeddings (300)"))
+      << json(raw.warnings).dump();
+  EXPECT_FALSE(said(raw, "past the model's max_position_embeddings"));
+  // Wrapped in a chat turn (the text encoded again): still inside.
+  const CellOutput chat = run({{"chat_format", "llama3"}});
+  EXPECT_LE(chat.records.at(0)["prompt_tokens"].get<int64_t>(), 300 - 8 + 1);
+  EXPECT_GE(chat.records.at(0)["prompt_tokens"].get<int64_t>(), 300 - 8 + 1 - 4);
+  EXPECT_FALSE(said(chat, "past the model's max_position_embeddings"));
+  const CellOutput set = run({{"max_prompt_tokens", 400}});
+  EXPECT_EQ(set.records.at(0)["prompt_tokens"], 400);
+  EXPECT_FALSE(said(set, "prompts were cut"));
+  EXPECT_TRUE(said(set, "past the model's max_position_embeddings (300)"));
+  fs::remove_all(dir);
+}
+
 // kvbench attends every token: a cell whose positions pass the model's sliding_window is told
 // that its full cache is full attention's, not the windowed model's (random weights or not).
 TEST(Workload, PositionsPastTheSlidingWindowAreWarnedAbout) {
