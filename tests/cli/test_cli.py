@@ -671,6 +671,48 @@ class CliTest(CliCase):
         actual = [why.sub("no CUDA device is visible (...)", l) for l in actual]
         self.assertEqual(documented, actual, "\n".join(["docs/config.md should read:"] + actual))
 
+    def test_config_reference_lists_every_suite_parameter_with_its_default(self):
+        """Each suite's table in docs/config.md names every parameter `kvbench list suites`
+        prints, and no other, with the default the code has (numbers compared as numbers; a
+        row of several keys gives their defaults in order)."""
+        out = kvbench("list", "suites")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        suites, current = {}, None
+        for line in out.stdout.splitlines():
+            if m := re.match(r"^  (\w+) - ", line):
+                current = suites.setdefault(m.group(1), {})
+            elif (m := re.match(r"^    (\w+): .*, default (.*)$", line)) and current is not None:
+                current[m.group(1)] = m.group(2)
+        self.assertGreaterEqual(len(suites), 8)
+        parts = re.split(r"^#### `(\w+)`\n", (ROOT / "docs" / "config.md").read_text(),
+                         flags=re.M)
+        sections = dict(zip(parts[1::2], parts[2::2]))
+
+        def value(text):
+            text = text.strip().strip("`")
+            try:
+                v = json.loads(text)
+            except ValueError:
+                return text
+            as_number = lambda x: float(x) if isinstance(x, (int, float)) and \
+                not isinstance(x, bool) else x
+            return [as_number(x) for x in v] if isinstance(v, list) else as_number(v)
+
+        for suite, params in suites.items():
+            self.assertIn(suite, sections, f"docs/config.md has no #### `{suite}` section")
+            documented = {}
+            for line in sections[suite].split("\n#")[0].splitlines():
+                if not line.startswith("| `"):
+                    continue
+                cells = [c.strip() for c in line.split(" | ")]
+                keys = re.findall(r"`(\w+)`", cells[0])
+                defaults = re.findall(r"`([^`]*)`", cells[2])
+                for i, key in enumerate(keys):
+                    documented[key] = defaults[i] if len(defaults) == len(keys) else cells[2]
+            self.assertEqual(sorted(documented), sorted(params), suite)
+            for key, default in params.items():
+                self.assertEqual(value(documented[key]), value(default), f"{suite}.{key}")
+
     def test_documented_cell_ids_are_real(self):
         """The ids config.md, report-schema.md and the README give for the default kernels cell are
         the ones kvbench computes, and report-schema.md's canonical JSON hashes to the first."""

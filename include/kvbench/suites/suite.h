@@ -49,8 +49,9 @@ struct EstimateContext {
   bool paged = false;                        // attention: paged (the paged caches)
   // What the method's cache holds once for all sequences (method_shared_bytes).
   uint64_t shared_bytes = 0;
-  // attention: reference, which dequantizes a layer's whole K/V to fp32 before attending (read
-  // by the kernels suite's estimate; the model suites' estimates do not count that copy yet).
+  // attention: reference, which dequantizes a layer's whole K/V to fp32 before attending. Read
+  // by the kernels suite's estimate; the model suites attend one sequence's layer at a time on
+  // every backend that dequantizes, and generation_bytes counts that copy (its kv_fp32) always.
   bool reference_attention = false;
   // kv_bytes_per_token, or on the paged path the bound for sequences of `context` tokens as the
   // pages store them (method_kv_bytes_per_token's `context`: whole pages, and KIVI's rings from
