@@ -343,6 +343,27 @@ double wasserstein_1(const std::vector<double>& x, const std::vector<double>& y)
   return w;
 }
 
+Interval order_statistic_median_ci(std::vector<double> x, double confidence) {
+  const size_t n = x.size();
+  const double tail = (1 - confidence) / 2, log_n1 = std::lgamma(static_cast<double>(n) + 1);
+  // j = how many order statistics each end may leave out: P[Binomial(n, 1/2) <= j - 1] <= tail.
+  size_t j = 0;
+  double cdf = 0;
+  while (j < n) {
+    const double k = static_cast<double>(j);
+    const double pmf =
+        std::exp(log_n1 - std::lgamma(k + 1) - std::lgamma(static_cast<double>(n) - k + 1) -
+                 static_cast<double>(n) * std::log(2.0));
+    if (cdf + pmf > tail) break;
+    cdf += pmf;
+    ++j;
+  }
+  KVB_CHECK(j >= 1, "order-statistic interval of the median: ", n, " samples cannot give a ",
+            confidence, " interval");
+  std::sort(x.begin(), x.end());
+  return {x[j - 1], x[n - j]};
+}
+
 Summary summarize(const std::vector<double>& x, uint64_t seed, size_t block) {
   KVB_CHECK(!x.empty(), "summary of an empty sample");
   Summary s;
@@ -357,8 +378,9 @@ Summary summarize(const std::vector<double>& x, uint64_t seed, size_t block) {
   s.p99 = percentile(x, 99);
   check_block(x, block);
   s.has_median_ci = s.units >= kMinUnitsForMedianCi;
-  s.median_ci95 = s.has_median_ci ? bootstrap_median_ci(x, 0.95, 2000, seed, block)
-                                  : Interval{s.median, s.median};
+  s.median_ci95 = !s.has_median_ci ? Interval{s.median, s.median}
+                  : block <= 1     ? order_statistic_median_ci(x, 0.95)
+                                   : bootstrap_median_ci(x, 0.95, 2000, seed, block);
   return s;
 }
 

@@ -266,7 +266,8 @@ MethodInfo pyramidkv_method(const std::string& name, const std::string& summary,
       budget, "C: average tokens kept per KV head per layer, the window included", 8);
   params.push_back(ParamSpec::number("beta", 20.0,
                                      "beta: the last layer keeps (C - w) / beta + w, the first "
-                                     "2 (C - w) - (C - w) / beta + w")
+                                     "2 (C - w) - (C - w) / beta + w (rounded; the first at "
+                                     "most T - w)")
                        .range(1, 1e6));
   params.push_back(codec_param(codecs));
   return {name, summary, params, {}, [](const json& p) {

@@ -189,6 +189,7 @@ std::function<bool(const json&, Series&)> request_samples(const char* key) {
 bool client_ttft_samples(const json& r, Series& s) {
   if (!r.contains("max_concurrency") || !r.contains("requests_detail")) return false;
   for (const json& q : r["requests_detail"]) {
+    if (!q.is_object()) return false;
     const json wait = q.value("client_wait_s", json()), ttft = q.value("ttft_s", json());
     if (!wait.is_number() || !ttft.is_number()) return false;
     s.samples.push_back(wait.get<double>() + ttft.get<double>());
@@ -301,15 +302,37 @@ const std::vector<MetricImpl>& metric_impls() {
   return impls;
 }
 
-// Why two matched cells were given different prompts, or "". An accuracy cell's `chat_format:
-// auto` is in its id, but what it resolved to (the summary's chat_format, since session 60)
-// depends on the checkpoint's template: scores under two formats are not one measurement.
+// Why two matched cells were given different prompts, or "": scores and lengths from other
+// prompts are not one measurement. An accuracy cell's `chat_format: auto` is in its id, but what
+// it resolved to (the summary's chat_format, since session 60) depends on the checkpoint's
+// template; and records name each sample's prompt by its ids' hash (prompt_hash), which another
+// tokenizer, a prompt cut to another length or another wrapper changes.
 std::string prompts_differ(const json& base, const json& cand) {
   const json fb = base.value("summary", json::object()).value("chat_format", json());
   const json fc = cand.value("summary", json::object()).value("chat_format", json());
-  if (!fb.is_string() || !fc.is_string() || fb == fc) return "";
-  return "scored with chat format " + fb.get<std::string>() + " in the baseline and " +
-         fc.get<std::string>() + " in the new report";
+  if (fb.is_string() && fc.is_string() && fb != fc)
+    return "scored with chat format " + fb.get<std::string>() + " in the baseline and " +
+           fc.get<std::string>() + " in the new report";
+  auto hashes = [](const json& cell) {
+    std::map<std::string, std::string> out;
+    for (const json& r : cell.value("records", json::array())) {
+      if (!r.is_object()) continue;
+      const json id = r.value("id", json()), hash = r.value("prompt_hash", json());
+      if (id.is_string() && hash.is_string()) out[id.get<std::string>()] = hash.get<std::string>();
+    }
+    return out;
+  };
+  const std::map<std::string, std::string> hb = hashes(base), hc = hashes(cand);
+  size_t shared = 0, differ = 0;
+  for (const auto& [id, hash] : hb) {
+    const auto it = hc.find(id);
+    if (it == hc.end()) continue;
+    ++shared;
+    differ += it->second != hash;
+  }
+  if (differ == 0) return "";
+  return "the prompts of " + std::to_string(differ) + " of " + std::to_string(shared) +
+         " samples differ (prompt_hash: another tokenizer, chat format or prompt cut)";
 }
 
 std::set<std::string> metric_names() {
@@ -766,8 +789,11 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
                                      std::to_string(all_base.size()) + " baseline runs"));
       continue;
     }
-    if (const std::string why = prompts_differ(*base_cells.front(), *new_cells.front());
-        !why.empty()) {
+    std::string why;
+    for (const json* bc : base_cells)
+      for (const json* nc : new_cells)
+        if (why.empty()) why = prompts_differ(*bc, *nc);
+    if (!why.empty()) {
       out.notes.push_back(id + ": " + why + "; not compared");
       continue;
     }

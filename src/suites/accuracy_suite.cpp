@@ -52,8 +52,8 @@ std::vector<ParamSpec> AccuracySuite::param_specs() {
                          "prompt length of synthetic samples, in model tokens")
           .range(16, 1 << 22),
       ParamSpec::integer("max_prompt_tokens", 0,
-                         "data-file prompts longer than this are cut in the middle (0: cut to the "
-                         "model's max_position_embeddings less the generation cap)")
+                         "data-file prompts longer than this are cut in the middle (0: cut to "
+                         "fit the model's max_position_embeddings with the generation cap)")
           .range(0, 1 << 22),
       ParamSpec::integer("max_new_tokens", 0,
                          "generation cap (0: the task's or data set's default)")
@@ -264,14 +264,20 @@ std::vector<Sample> load_samples(const CellContext& ctx, const std::string& form
     // to each model's; a prompt past the trained positions scores what the model cannot read.
     // Wrapping re-encodes text, so the cut is retried on what is still over.
     const int64_t room = c.max_position_embeddings - s.max_new_tokens + 1;
-    if (limit == 0 && c.max_position_embeddings > 0 && room > 0 &&
+    if (limit == 0 && c.max_position_embeddings > 0 &&
         static_cast<int64_t>(s.tokens.size()) > room) {
       int64_t keep = static_cast<int64_t>(ids.size());
       for (int tries = 0; tries < 4 && static_cast<int64_t>(s.tokens.size()) > room; ++tries) {
-        keep = std::max<int64_t>(1, keep - (static_cast<int64_t>(s.tokens.size()) - room));
+        keep = std::max<int64_t>(2, keep - (static_cast<int64_t>(s.tokens.size()) - room));
         s.tokens = data_prompt(ctx, tok, truncate_middle(ids, keep), wrap ? format : "", rebuilt,
                                row.answer_prefix);
       }
+      KVB_CHECK(static_cast<int64_t>(s.tokens.size()) <= room, "accuracy: ", file, ": row '",
+                row.id, "': a generation cap of ", s.max_new_tokens, " tokens leaves ",
+                std::max<int64_t>(room, 0), " of the model's max_position_embeddings (",
+                c.max_position_embeddings,
+                ") for the prompt, fewer than its chat wrapper and answer prefix take; lower "
+                "max_new_tokens, or set max_prompt_tokens to feed it past the model's length");
       ++cut_to_model;
     }
     s.row = std::move(row);

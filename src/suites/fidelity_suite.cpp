@@ -144,7 +144,9 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   const int64_t windows = p["windows"], prefix = p["prefix_tokens"], steps = p["eval_tokens"];
   const int64_t span = prefix + steps + 1;
   const Transformer& model = ctx.model.get();
-  check_generation_fits(ctx, 2, prefix, steps, "fidelity");  // two caches of one sequence
+  // Two caches of one sequence; every eval token is fed (positions up to prefix + steps - 1),
+  // where a generation feeds all but its last: steps + 1 in generation's terms.
+  check_generation_fits(ctx, 2, prefix, steps + 1, "fidelity");
   const Corpus text = corpus_tokens(ctx, windows * span);
   const std::vector<int64_t>& corpus = text.ids;
   std::unique_ptr<KVCache> base_cache;

@@ -131,7 +131,8 @@ Table LatencySuite::summary_table(const CellOutput& output) const {
     // samples are drawn together) the summary has no interval (stats.h says why).
     const int64_t block = std::max<int64_t>(r.value("samples_per_generation", int64_t{1}), 1);
     const std::string ci = s["median_ci95"].is_null()
-                               ? std::string(block > 1 ? "- (< 6 generations)" : "- (n < 6)")
+                               ? "- (< " + std::to_string(kMinUnitsForMedianCi) +
+                                     (block > 1 ? " generations)" : " samples)")
                                : format_fixed(s["median_ci95"][0].get<double>() * 1e3, 2) + " - " +
                                      format_fixed(s["median_ci95"][1].get<double>() * 1e3, 2);
     t.rows.push_back({r["kind"].get<std::string>(), std::to_string(n), ms("median"), ms("p90"),

@@ -452,7 +452,26 @@ TEST(Compare, AccuracyUnderAnotherChatFormatIsNotCompared) {
     return n ==
            "a.full: scored with chat format llama3 in the baseline and llama3.1 in the new "
            "report; not compared";
-  })) << json(other.notes).dump();
+  })) << json(other.notes).dump();  // The same format but other prompt ids (another tokenizer, or a
+                                    // prompt cut to another
+  // length): the records' prompt_hash says so.
+  auto hashed = [&](const char* second) {
+    json c = cell("llama3", 0.8);
+    c["records"] = {{{"kind", "scored_sample"}, {"id", "s0"}, {"prompt_hash", "00aa"}},
+                    {{"kind", "scored_sample"}, {"id", "s1"}, {"prompt_hash", second}}};
+    return c;
+  };
+  json lower = hashed("00bb");
+  lower["summary"]["mean_score"] = 0.5;
+  EXPECT_TRUE(
+      find(compare_reports(report({hashed("00bb")}), report({lower}), defaults()), "mean_score")
+          .regressed);
+  lower["records"][1]["prompt_hash"] = "00cc";
+  const CompareResult cut = compare_reports(report({hashed("00bb")}), report({lower}), defaults());
+  EXPECT_TRUE(cut.comparisons.empty());
+  EXPECT_TRUE(std::any_of(cut.notes.begin(), cut.notes.end(), [](const std::string& n) {
+    return n.find("a.full: the prompts of 1 of 2 samples differ (prompt_hash") == 0;
+  })) << json(cut.notes).dump();
 }
 
 // With max_concurrency a request may wait for a slot before it is sent, outside serving_ttft:

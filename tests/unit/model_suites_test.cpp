@@ -1375,7 +1375,8 @@ TEST(AccuracySuite, DataFilePromptsAreCutToTheModelsLength) {
   std::ofstream(dir / "config.json") << config.dump(2);
   const std::string file = std::string(KVBENCH_SOURCE_DIR) + "/tests/fixtures/longbench/long.jsonl";
   auto run = [&](json suite) {
-    suite["name"] = "accuracy", suite["data_file"] = file, suite["max_new_tokens"] = 8;
+    suite["name"] = "accuracy", suite["data_file"] = file;
+    if (!suite.contains("max_new_tokens")) suite["max_new_tokens"] = 8;
     const RunSpec spec = parse_run_spec(
         {{"suites", {suite}}, {"threads", 1}, {"model", {{"path", dir.string()}}}}, "t");
     ModelProvider model(spec.model);
@@ -1410,6 +1411,37 @@ TEST(AccuracySuite, DataFilePromptsAreCutToTheModelsLength) {
   EXPECT_EQ(set.records.at(0)["prompt_tokens"], 400);
   EXPECT_FALSE(said(set, "prompts were cut"));
   EXPECT_TRUE(said(set, "past the model's max_position_embeddings (300)"));
+  // A cap that leaves no room for a prompt is an error naming the row, not a cut to nothing.
+  try {
+    run({{"max_new_tokens", 300}});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("row 'lb-qasper-long-0': a generation cap of 300 "
+                                         "tokens leaves 1 of the model's "
+                                         "max_position_embeddings (300)"),
+              std::string::npos)
+        << e.what();
+  }
+  // The memory estimate bounds the cut prompt, as it bounds one cut at the same limit by hand.
+  const RunSpec spec = parse_run_spec(
+      {{"suites", {{{"name", "accuracy"}, {"data_file", file}, {"max_new_tokens", 8}}}},
+       {"threads", 1},
+       {"model", {{"path", dir.string()}}}},
+      "t");
+  ModelProvider provider(spec.model);
+  const ModelConfig* c = provider.config_only();
+  ASSERT_NE(c, nullptr);
+  const json method = {{"name", "full"}};
+  const double per_token = method_kv_bytes_per_token(method, *c, at::kFloat);
+  Environment env;
+  auto estimate = [&](int64_t limit) {
+    json params = spec.suites[0].params;
+    params["max_prompt_tokens"] = limit;
+    return AccuracySuite().estimate_bytes({params, method, c, per_token, env});
+  };
+  // (A limit set by hand has the text estimate's specials on top.)
+  EXPECT_LE(estimate(0), estimate(293));
+  EXPECT_LT(estimate(0), estimate(4000));
   fs::remove_all(dir);
 }
 

@@ -72,14 +72,21 @@ Interval bootstrap_median_change_ci_runs(const std::vector<SampleRun>& baseline,
                                          double confidence = 0.95, int resamples = 2000,
                                          uint64_t seed = 0);
 
+// Distribution-free confidence interval of the median of independent samples: the order
+// statistics [x_(j), x_(n+1-j)] (1-based) for the largest j with P[Binomial(n, 1/2) <= j - 1]
+// <= (1 - c)/2, which cover the true median with probability at least c for any continuous
+// distribution. Needs n >= 6 at c = 0.95 (throws below the n where j would be 0).
+Interval order_statistic_median_ci(std::vector<double> x, double confidence = 0.95);
+
 // The fewest resampled units (samples, or runs of `block`) from which summarize() gives the
 // median a 95% interval. A percentile bootstrap of the median never leaves the range of its
 // units, and [min, max] of n independent units covers the true median with probability
 // 1 - 2^(1-n): 75% at 3, 88% at 4, 94% at 5, 97% at 6. Below 6 no interval read from the data
 // alone is a 95% one, so none is written (throughput's 3 repeats used to get [min, max] labelled
-// 95%, which covered 3 times in 4). From 6 on the percentile bootstrap still runs a little
-// short, as it does for medians of few samples: 600 exponential samples of each size n gave
-// 93.5% at 6, 86% at 7, 92-95% at 8-30.
+// 95%, which covered 3 times in 4). From 6 on the percentile bootstrap still runs short, as it
+// does for medians of few samples (600 exponential samples of each size n: 93.5% at 6, 86% at
+// 7, 92-95% at 8-30), so independent samples (block 1) get order_statistic_median_ci instead,
+// and only runs of correlated samples the block bootstrap.
 constexpr size_t kMinUnitsForMedianCi = 6;
 
 struct Summary {
@@ -140,8 +147,9 @@ double mcnemar_exact_p(int64_t b, int64_t c);
 // [0, 1] and never of zero width at 0 or n passes, unlike the normal approximation.
 Interval wilson_interval(int64_t passed, int64_t n);
 
-// All of the above (the median's interval over runs of `block` samples, as
-// bootstrap_median_ci); throws Error on an empty sample.
+// All of the above; the median's interval from kMinUnitsForMedianCi units on: for block 1
+// order_statistic_median_ci, for runs of `block` samples bootstrap_median_ci's block bootstrap.
+// Throws Error on an empty sample.
 Summary summarize(const std::vector<double>& x, uint64_t seed = 0, size_t block = 1);
 nlohmann::json to_json(const Summary& s);
 

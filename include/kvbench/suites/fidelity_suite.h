@@ -32,7 +32,7 @@ class FidelitySuite final : public Suite {
 // The divergence of one decode step, computed in float64 from two logit rows.
 struct StepFidelity {
   double kl = 0;           // KL(full || method), nats
-  bool top1_agree = true;  // same argmax
+  bool top1_agree = true;  // the method's argmax is one of the full cache's (ties count)
   double nll_full = 0;     // -log p_full(target)
   double nll_method = 0;   // -log p_method(target)
 };
