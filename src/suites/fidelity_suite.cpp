@@ -164,6 +164,18 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   double nll_full = 0, nll_method = 0;
   int64_t agree = 0;
   GenerationResult held;  // the method's cache at a window's end, for the memory columns
+  // One untimed prefill and decode step of the method's cache first: window 0's first timed
+  // step would otherwise carry the cache's first-use allocations (on a GPU, its kernels' first
+  // launches) that no later step has.
+  {
+    cache->reserve({{prefix, prefix + 1}});
+    const int64_t sw = cache->add_sequence();
+    std::vector<int64_t> prompt(corpus.begin(), corpus.begin() + prefix);
+    if (text.bos) prompt.front() = *text.bos;
+    model.forward({{sw, prompt}}, *cache);
+    wait_for_device(model.forward({{sw, {corpus[static_cast<size_t>(prefix)]}}}, *cache).device());
+    cache->remove_sequence(sw);
+  }
   ctx.progress.begin(ctx.cell_id, static_cast<size_t>(windows * steps));
   for (int64_t w = 0; w < windows; ++w) {
     const int64_t* tok = corpus.data() + w * span;
