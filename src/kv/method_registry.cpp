@@ -442,10 +442,12 @@ std::vector<MethodInfo> build_catalog() {
                           {"amax", "fixed"}),
         ParamSpec::number("scale_value", 1.0, "the scale when scale is fixed").range(1e-12, 1e12),
         ParamSpec::number("key_amax_divisor", 200.0,
-                          "keys' scale = amax / key_amax_divisor (448: no headroom)")
-            .range(1e-3, 1e6),
-        ParamSpec::number("value_amax_divisor", 100.0, "values' scale = amax / value_amax_divisor")
-            .range(1e-3, 1e6),
+                          "keys' scale = amax / key_amax_divisor (448: no headroom; "
+                          "more would saturate the calibrating tokens themselves)")
+            .range(1e-3, 448),
+        ParamSpec::number("value_amax_divisor", 100.0,
+                          "values' scale = amax / value_amax_divisor (at most 448)")
+            .range(1e-3, 448),
         ParamSpec::string("granularity", "head", "one scale per KV head or per layer",
                           {"head", "layer"})},
        [](const json& p, at::ScalarType) {

@@ -503,6 +503,10 @@ TEST(Fp8, DefaultCalibrationLeavesHeadroomForLaterTokens) {
   EXPECT_EQ(codec->params()["value_amax_divisor"], 100.0);
   // The single divisor of before 2026-12-07 is gone: the closest key is named.
   EXPECT_THROW(resolve_method({{"name", "fp8"}, {"amax_divisor", 448}}, "methods[0]"), ConfigError);
+  // A divisor past 448 would put the calibrating tokens' own amax past e4m3's largest value.
+  EXPECT_NO_THROW(resolve_method({{"name", "fp8"}, {"key_amax_divisor", 448}}, "methods[0]"));
+  for (const char* key : {"key_amax_divisor", "value_amax_divisor"})
+    EXPECT_THROW(resolve_method({{"name", "fp8"}, {key, 449}}, "methods[0]"), ConfigError) << key;
 }
 
 TEST(Kivi, ResidualCoveringEveryTokenIsTheFullCache) {
