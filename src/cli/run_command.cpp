@@ -3,6 +3,7 @@
 
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -93,6 +94,27 @@ void warn_about_environment(const Environment& env) {
   if (!busy.empty()) spdlog::warn("{}", busy);
 }
 
+// A dry run's missing output directory: its first missing component is made and removed again
+// under the nearest existing ancestor, which is what the real run's create_directories needs
+// (access() passes root where nothing can be made: /proc, a read-only mount).
+void check_creatable(const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  fs::path first = fs::absolute(dir).lexically_normal();
+  while (first.has_parent_path() && first.parent_path() != first &&
+         !fs::exists(first.parent_path()))
+    first = first.parent_path();
+  const fs::path parent = first.parent_path();
+  if (!fs::is_directory(parent))
+    throw ConfigError("output.dir", "cannot create '" + dir.string() + "': '" + parent.string() +
+                                        "' is not a directory");
+  if (::mkdir(first.c_str(), 0700) != 0) {
+    if (errno == EEXIST) return;  // made meanwhile (another run sharing it)
+    throw ConfigError("output.dir",
+                      "cannot create '" + dir.string() + "': " + std::strerror(errno));
+  }
+  ::rmdir(first.c_str());
+}
+
 // The output directory must take the report before any cell runs (a sweep whose report cannot
 // be written measures for nothing). A dry run creates nothing: it checks what exists.
 void check_output_dir(const RunSpec& spec, bool create) {
@@ -100,7 +122,10 @@ void check_output_dir(const RunSpec& spec, bool create) {
   std::error_code ec;
   if (create) std::filesystem::create_directories(dir, ec);
   if (ec) throw ConfigError("output.dir", "cannot create '" + dir.string() + "': " + ec.message());
-  if (!std::filesystem::exists(dir)) return;  // dry run: created by the real one
+  if (!std::filesystem::exists(dir)) {  // dry run: the real one creates it; can it?
+    check_creatable(dir);
+    return;
+  }
   if (!std::filesystem::is_directory(dir))
     throw ConfigError("output.dir", "'" + dir.string() + "' exists and is not a directory");
   if (::access(dir.c_str(), W_OK | X_OK) != 0)

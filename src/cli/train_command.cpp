@@ -16,15 +16,34 @@ namespace {
 
 // A directory that holds a run is continued with --resume, never started over by mistake: a
 // fresh run would replace its log at once and its checkpoint at the first save.
+// --resume needs the optimizer state, written with the first checkpoint: a run stopped before
+// it left only a log, which is named apart so that neither message points at the other.
 void refuse_to_overwrite_a_run(const std::string& out, bool resume) {
   if (resume) return;
   namespace fs = std::filesystem;
-  for (const char* file : {"train_log.jsonl", "train_state.safetensors", "model.safetensors"}) {
+  if (fs::exists(fs::path(out) / "train_state.safetensors"))
+    throw ConfigError("--out", out +
+                                   " already holds a run (train_state.safetensors): --resume "
+                                   "continues it; to start over, remove it or choose another "
+                                   "--out");
+  for (const char* file : {"train_log.jsonl", "model.safetensors"}) {
     if (fs::exists(fs::path(out) / file))
-      throw ConfigError("--out", out + " already holds a run (" + file +
-                                     "): --resume continues it; to start over, remove it or "
-                                     "choose another --out");
+      throw ConfigError("--out", out + " holds " + file +
+                                     " but no checkpoint to resume (train_state.safetensors: a "
+                                     "run stopped before its first save, or a model): remove "
+                                     "it to start over, or choose another --out");
   }
+}
+
+// The checkpoint directory, made before any step is trained, so that a path that cannot be a
+// directory is a usage error rather than a failure after the first steps.
+void make_out_dir(const std::string& out) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec) throw ConfigError("--out", "cannot create '" + out + "': " + ec.message());
+  if (!fs::is_directory(out))
+    throw ConfigError("--out", "'" + out + "' exists and is not a directory");
 }
 
 }  // namespace
@@ -54,12 +73,13 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
       ->check(CLI::Range(1, 1024));
   sub->add_option("--until", opt->until,
                   "stop after this step (same schedule as the full recipe; --resume continues)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   sub->callback([opt, &global] {
     global.action = [opt] {
       TrainRecipe recipe = load_train_recipe(opt->config);
       if (opt->threads > 0) recipe.threads = opt->threads;
       refuse_to_overwrite_a_run(opt->out, opt->resume);
+      if (!opt->resume) make_out_dir(opt->out);  // (--resume: the Trainer names what is missing)
       Trainer trainer(recipe, opt->out, opt->resume);
       const bool tty = stderr_is_tty();
       std::unique_ptr<ProgressDisplay> display;

@@ -236,6 +236,11 @@ ModelConfig trainable_config(const json& model, const std::string& path) {
 
 TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
   if (!config.is_object()) throw ConfigError(path, "must be a JSON object");
+  // A run config given to train: say what it is (run_spec says the converse).
+  if (config.contains("suites") && !config.contains("stages"))
+    throw ConfigError(path,
+                      "this is a run config (it has suites, no stages): run it with kvbench run "
+                      "--config FILE");
   json scalars = json::object();
   std::vector<std::string> known = {"description", "model", "tasks", "stages", "evals"};
   for (const auto& s : recipe_specs()) known.push_back(s.name);
@@ -327,6 +332,8 @@ TrainRecipe parse_train_recipe(const json& config, const std::string& path) {
 }
 
 TrainRecipe load_train_recipe(const std::string& file) {
+  if (std::filesystem::is_directory(file))
+    throw ConfigError(file, "is a directory, not a training recipe (a JSON file)");
   std::ifstream in(file, std::ios::binary);
   if (!in) throw ConfigError(file, "cannot read the training recipe");
   std::ostringstream text;

@@ -367,8 +367,17 @@ class CliTest(CliCase):
             res = kvbench("run", "--config", cfg, "--out", str(blocker), *extra)
             self.assert_one_line_error(res, 2, "output.dir")
             self.assertIn("directory", res.stderr)
-        res = kvbench("run", "--config", cfg, "--out", str(blocker / "sub"))
-        self.assert_one_line_error(res, 2, "output.dir")
+        for extra in ([], ["--dry-run"]):
+            res = kvbench("run", "--config", cfg, "--out", str(blocker / "sub"), *extra)
+            self.assert_one_line_error(res, 2, "output.dir")
+        # A missing directory the real run could not create is refused by the dry run too
+        # (/proc takes no new directory, even from root), which creates nothing.
+        res = kvbench("run", "--config", cfg, "--out", "/proc/kvbench-x/y", "--dry-run")
+        self.assert_one_line_error(res, 2, "cannot create '/proc/kvbench-x/y'")
+        res = kvbench("run", "--config", cfg, "--out", str(self.dir / "new" / "sub"),
+                      "--dry-run")
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertFalse((self.dir / "new").exists())
         # A directory that exists but takes no file, even for root (access() says yes): sysfs.
         if pathlib.Path("/sys/kernel").is_dir():
             res = kvbench("run", "--config", cfg, "--out", "/sys/kernel")
@@ -2371,6 +2380,29 @@ class TrainCliTest(CliCase):
         res = kvbench("train", "--config", self.recipe(), "--out", str(self.dir / "m"),
                       "--threads", "0")
         self.assertEqual(res.returncode, 2, res.stderr)
+        # A run stopped before its first checkpoint left a log only: not "--resume continues
+        # it", which would then say there is nothing to resume.
+        stopped = self.dir / "stopped"
+        stopped.mkdir()
+        (stopped / "train_log.jsonl").write_text('{"step": 1}\n')
+        res = kvbench("train", "--config", self.recipe(), "--out", str(stopped))
+        self.assert_one_line_error(res, 2, "but no checkpoint to resume")
+        self.assertNotIn("--resume continues", res.stderr)
+        # Usage errors before any step: --until below 1, an --out that is a file, a directory
+        # or a run config as the recipe.
+        res = kvbench("train", "--config", self.recipe(), "--out", str(self.dir / "m"),
+                      "--until", "0")
+        self.assertEqual(res.returncode, 2, res.stderr)
+        self.assertLess(len(res.stderr), 300, res.stderr)
+        afile = self.dir / "afile"
+        afile.write_text("x")
+        res = kvbench("train", "--config", self.recipe(), "--out", str(afile))
+        self.assert_one_line_error(res, 2, "--out: cannot create")
+        res = kvbench("train", "--config", str(self.dir), "--out", str(self.dir / "m"))
+        self.assert_one_line_error(res, 2, "is a directory, not a training recipe")
+        run_config = self.write_config({"suites": [{"name": "kernels"}]}, "run.json")
+        res = kvbench("train", "--config", run_config, "--out", str(self.dir / "m"))
+        self.assert_one_line_error(res, 2, "this is a run config")
 
 
 if __name__ == "__main__":
