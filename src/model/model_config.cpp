@@ -380,7 +380,7 @@ json read_json_file(const std::filesystem::path& path) {
     throw Error("model config: " + path.string() + ": invalid JSON at byte " +
                 std::to_string(e.byte));
   } catch (const json::exception& e) {  // e.g. a number past a double's range
-    throw Error("model config: " + path.string() + ": invalid JSON (" + e.what() + ")");
+    throw Error("model config: " + path.string() + ": invalid JSON (" + json_error_text(e) + ")");
   }
 }
 }  // namespace

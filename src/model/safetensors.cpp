@@ -119,7 +119,7 @@ OrderedJson parse_header(const char* begin, const char* end, const std::string& 
   try {
     header = OrderedJson::parse(begin, end, collect_keys);
   } catch (const OrderedJson::exception& e) {
-    KVB_CHECK(false, where, "header is not valid JSON: ", one_line(e.what()));
+    KVB_CHECK(false, where, "header is not valid JSON: ", one_line(json_error_text(e)));
   }
   KVB_CHECK(header.is_object(), where, "header is not a JSON object but ", header.type_name());
   if (keys.size() != header.size()) {
@@ -371,7 +371,7 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string& dir) : dir_(dir)
     index =
         nlohmann::json::parse(text.str(), json_depth_limit("checkpoint: " + index_path.string()));
   } catch (const nlohmann::json::exception& e) {
-    KVB_CHECK(false, where, "not valid JSON: ", one_line(e.what()));
+    KVB_CHECK(false, where, "not valid JSON: ", one_line(json_error_text(e)));
   }
   KVB_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
             where, "expected an object with a \"weight_map\" object of tensor name -> shard file");

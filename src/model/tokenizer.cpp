@@ -31,7 +31,7 @@ json read_json(const std::filesystem::path& path, bool required) {
   try {
     return json::parse(buffer.str(), json_depth_limit("tokenizer: " + path.string()));
   } catch (const json::exception& e) {
-    std::string what = e.what();
+    std::string what = json_error_text(e);  // without nlohmann's "[json.exception...]" tag
     if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
     fail(path.string(), "invalid JSON: " + what);
   }

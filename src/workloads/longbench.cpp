@@ -56,7 +56,7 @@ json read_json_file(const std::string& path) {
   try {
     return json::parse(in, json_depth_limit(path));
   } catch (const json::exception& e) {
-    throw Error(path + ": not JSON (" + e.what() + ")");
+    throw Error(path + ": not JSON (" + json_error_text(e) + ")");
   }
 }
 

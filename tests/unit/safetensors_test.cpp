@@ -342,6 +342,8 @@ TEST_F(SafetensorsCorrupt, HeaderNotJson) {
   const fs::path path = dir_ / "model.safetensors";
   write_raw(path, "{\"w\": {\"dtype\"\n", "");
   EXPECT_TRUE(is_error_line(open_error(path), path, {"header is not valid JSON"}));
+  // The parser's words, not its "[json.exception.parse_error.101]" tag.
+  EXPECT_EQ(open_error(path).find("json.exception"), std::string::npos) << open_error(path);
   write_raw(path, "", "");
   EXPECT_TRUE(is_error_line(open_error(path), path, {"header is not valid JSON"}));
   write_raw(path, "[1, 2]", "");

@@ -333,7 +333,16 @@ TEST_F(TokenizerErrors, BrokenFilesAreOneLine) {
             std::string::npos)
       << load_error(t);
   std::ofstream(dir_ / "tokenizer.json") << "{not json";
-  EXPECT_THROW(Tokenizer::load(dir_.string()), Error);
+  try {
+    Tokenizer::load(dir_.string());
+    ADD_FAILURE() << "expected an Error";
+  } catch (const Error& e) {
+    // The parser's words, without its "[json.exception.parse_error.101]" tag.
+    const std::string what = e.what();
+    EXPECT_NE(what.find("tokenizer.json: invalid JSON: parse error at line 1"), std::string::npos)
+        << what;
+    EXPECT_EQ(what.find("json.exception"), std::string::npos) << what;
+  }
   // Nesting that printing or copying would recurse through until the stack overflows.
   std::ofstream(dir_ / "tokenizer.json")
       << R"({"normalizer": )" << std::string(300000, '[') << std::string(300000, ']') << "}";
