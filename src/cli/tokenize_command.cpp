@@ -65,6 +65,9 @@ void register_tokenize_command(CLI::App& app, GlobalOptions& global) {
       // usage error is.
       try {
         if (!opt->file.empty()) input = read_input_file(opt->file);
+        // Text the tokenizer cannot read (encode refuses it) is an input error like the rest.
+        KVB_CHECK(is_valid_utf8(input), "tokenize: ", opt->file.empty() ? "--text" : opt->file,
+                  " is not valid UTF-8 text");
         tokenizer = Tokenizer::load(opt->model);
         // A chat prompt carries its own BOS; plain text is tokenised as is (no special tokens
         // added), like tokenizer.encode(text, add_special_tokens=False).

@@ -2312,6 +2312,14 @@ class TokenizeCliTest(unittest.TestCase):
         self.assert_one_line_error(res, 2, "is a directory, not a file")
         res = self.tokenize("--file", str(self.dir / "absent.txt"))
         self.assert_one_line_error(res, 2, "tokenize: cannot read " + str(self.dir / "absent.txt"))
+        bad = self.dir / "bad.txt"
+        bad.write_bytes(b"ok \xff\xfe")
+        res = self.tokenize("--file", str(bad))
+        self.assert_one_line_error(res, 2, "is not valid UTF-8 text")
+        (self.model / "tokenizer.json").write_text("{not json")
+        res = self.tokenize("--text", "x")
+        self.assert_one_line_error(res, 2, "tokenizer.json: invalid JSON: parse error")
+        self.assertNotIn("json.exception", res.stderr)
         (self.model / "tokenizer.json").write_text(json.dumps(
             {"model": {"type": "WordPiece", "vocab": {}}}))
         res = self.tokenize("--text", "x")
