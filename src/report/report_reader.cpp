@@ -29,6 +29,43 @@ void check_report_header(const nlohmann::json& doc, const std::string& source) {
   KVB_CHECK(doc.contains("config") && doc["config"].is_object(), source, ": no \"config\" object");
 }
 
+namespace {
+
+// The fields report, compare and figures iterate over, by type, so that a hand-edited or
+// truncated report is named rather than read as empty (a null records list is no table). The
+// rest of the schema is scripts/validate_report.py's.
+void check_cell_fields(const nlohmann::json& cell, const std::string& where) {
+  const std::pair<const char*, nlohmann::json::value_t> fields[] = {
+      {"params", nlohmann::json::value_t::object},
+      {"summary", nlohmann::json::value_t::object},
+      {"records", nlohmann::json::value_t::array},
+      {"warnings", nlohmann::json::value_t::array}};
+  for (const auto& [key, type] : fields) {
+    if (!cell.contains(key)) continue;
+    const nlohmann::json& v = cell[key];
+    KVB_CHECK(v.type() == type, where, ".", key, ": expected ", nlohmann::json(type).type_name(),
+              ", got ", v.type_name());
+  }
+  if (!cell.contains("records")) return;
+  for (size_t r = 0; r < cell["records"].size(); ++r) {
+    const nlohmann::json& rec = cell["records"][r];
+    KVB_CHECK(rec.is_object(), where, ".records[", r, "]: expected object, got ", rec.type_name());
+    for (const auto& item : rec.items()) {
+      // Raw timing samples: what compare resamples and report's tables summarise.
+      const std::string& k = item.key();
+      if (k != "samples_s" && (k.size() < 10 || k.compare(k.size() - 10, 10, "_samples_s") != 0))
+        continue;
+      KVB_CHECK(item.value().is_array(), where, ".records[", r, "].", k,
+                ": expected an array of numbers, got ", item.value().type_name());
+      for (const nlohmann::json& x : item.value())
+        KVB_CHECK(x.is_number(), where, ".records[", r, "].", k,
+                  ": expected an array of numbers, holds ", x.type_name());
+    }
+  }
+}
+
+}  // namespace
+
 void check_report_document(const nlohmann::json& doc, const std::string& source) {
   check_report_header(doc, source);
   std::set<std::string> ids;  // kvbench never writes a cell twice: which one would count?
@@ -38,7 +75,10 @@ void check_report_document(const nlohmann::json& doc, const std::string& source)
               "]: expected id, suite, method and status");
     KVB_CHECK(ids.insert(cell["id"].get<std::string>()).second, source, ": cells[", i,
               "]: cell id ", cell["id"].get<std::string>(), " appears twice in one report");
+    check_cell_fields(cell, source + ": cells[" + std::to_string(i) + "]");
   }
+  KVB_CHECK(!doc.contains("environment") || doc["environment"].is_object(), source,
+            ": environment: expected an object, got ", doc["environment"].type_name());
   if (doc.contains("partial")) {
     const nlohmann::json& p = doc["partial"];
     KVB_CHECK(p.is_object() && p.value("cells_done", nlohmann::json()).is_number_integer() &&

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <set>
 #include <sstream>
 
@@ -506,6 +507,33 @@ TEST(ReportMerge, RejectsAMalformedPartialNamingTheFile) {
                 "p.json: partial: expected an object with integer cells_done and cells_planned");
     }
   }
+}
+
+// Fields report and compare iterate over, of the wrong type (a hand-edited or cut report), are
+// named with their cell, not read as empty tables.
+TEST(ReportMerge, RejectsCellFieldsOfTheWrongTypeNamingThem) {
+  const json good = make_report("x.json", {latency_cell("full", 0.1, 0.02, 16, 4000)}).doc;
+  EXPECT_NO_THROW(check_report_document(good, "r.json"));
+  auto error = [&](const std::function<void(json&)>& edit) {
+    json doc = good;
+    edit(doc);
+    try {
+      check_report_document(doc, "r.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error([](json& d) { d["cells"][0]["records"] = nullptr; }),
+            "r.json: cells[0].records: expected array, got null");
+  EXPECT_EQ(error([](json& d) { d["cells"][0]["summary"] = json::array(); }),
+            "r.json: cells[0].summary: expected object, got array");
+  EXPECT_EQ(error([](json& d) { d["cells"][0]["records"][0]["samples_s"] = "x"; }),
+            "r.json: cells[0].records[0].samples_s: expected an array of numbers, got string");
+  EXPECT_EQ(error([](json& d) { d["cells"][0]["records"][0]["samples_s"][0] = "1"; }),
+            "r.json: cells[0].records[0].samples_s: expected an array of numbers, holds string");
+  EXPECT_EQ(error([](json& d) { d["environment"] = 5; }),
+            "r.json: environment: expected an object, got number");
 }
 
 TEST(ReportMerge, RendersMarkdownCsvAndJson) {
