@@ -78,7 +78,11 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
       ->check(non_negative())
       ->check(CLI::Validator(
           [](const std::string& v) {
-            return std::strtoull(v.c_str(), nullptr, 0) > kMaxWeightSeed
+            // CLI11 reads "010" as octal 8 and "0x10" as 16: only plain decimal is a seed.
+            if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos ||
+                (v.size() > 1 && v[0] == '0'))
+              return "expected a decimal integer without leading zeros, got " + v;
+            return std::strtoull(v.c_str(), nullptr, 10) > kMaxWeightSeed
                        ? "expected a number <= " + std::to_string(kMaxWeightSeed) +
                              " (2^53 - 1, the largest model.seed), got " + v
                        : std::string();

@@ -795,6 +795,12 @@ class CliTest(CliCase):
                       "--seed", "-1")
         self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
         self.assertIn("--seed", res.stderr)
+        for seed in ("010", "0x10"):  # CLI11 would read them as 8 and 16
+            res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(self.dir / "m"),
+                          "--seed", seed)
+            self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
+            self.assertIn("decimal integer", res.stderr)
+        self.assertFalse((self.dir / "m").exists())
         self.assert_one_line_error(kvbench("frobnicate"), 2, "unknown command 'frobnicate'; "
                                    "commands: run, validate, list")
         self.assert_one_line_error(kvbench("compair"), 2, "(did you mean 'compare'?)")
