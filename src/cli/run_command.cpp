@@ -95,20 +95,23 @@ void warn_about_environment(const Environment& env) {
 }
 
 // A dry run's missing output directory: its first missing component is made and removed again
+// (the one thing a dry run makes, for a moment)
 // under the nearest existing ancestor, which is what the real run's create_directories needs
 // (access() passes root where nothing can be made: /proc, a read-only mount).
 void check_creatable(const std::filesystem::path& dir) {
   namespace fs = std::filesystem;
-  fs::path first = fs::absolute(dir).lexically_normal();
+  // The path as given (no lexical normalisation: the kernel resolves `link/..` through the link).
+  fs::path first = dir;
   while (first.has_parent_path() && first.parent_path() != first &&
          !fs::exists(first.parent_path()))
     first = first.parent_path();
-  const fs::path parent = first.parent_path();
+  const fs::path parent = first.has_parent_path() ? first.parent_path() : fs::path(".");
   if (!fs::is_directory(parent))
     throw ConfigError("output.dir", "cannot create '" + dir.string() + "': '" + parent.string() +
                                         "' is not a directory");
   if (::mkdir(first.c_str(), 0700) != 0) {
-    if (errno == EEXIST) return;  // made meanwhile (another run sharing it)
+    // Made meanwhile by another run sharing it; not a dangling link or a file in the way.
+    if (errno == EEXIST && fs::is_directory(first)) return;
     throw ConfigError("output.dir",
                       "cannot create '" + dir.string() + "': " + std::strerror(errno));
   }

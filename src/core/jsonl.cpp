@@ -26,7 +26,7 @@ void read_jsonl(const std::filesystem::path& path,
     try {
       row = json::parse(text, json_depth_limit(lead + jsonl_where(path, n)));
     } catch (const json::exception& e) {
-      throw Error(lead + jsonl_where(path, n) + ": not JSON (" + e.what() + ")");
+      throw Error(lead + jsonl_where(path, n) + ": not JSON (" + json_error_text(e) + ")");
     }
     KVB_CHECK(row.is_object(), lead, jsonl_where(path, n), ": expected a JSON object, got ",
               row.type_name());

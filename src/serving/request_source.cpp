@@ -141,7 +141,7 @@ ShareGptData load_sharegpt(const std::string& path) {
     try {
       all = json::parse(in, json_depth_limit("sharegpt_file: " + path));
     } catch (const json::exception& e) {
-      throw Error("sharegpt_file: " + path + ": not JSON (" + e.what() + ")");
+      throw Error("sharegpt_file: " + path + ": not JSON (" + json_error_text(e) + ")");
     }
     for (size_t i = 0; i < all.size(); ++i) add(all[i], path + ": entry " + std::to_string(i));
   } else {

@@ -275,9 +275,10 @@ std::vector<Sample> load_samples(const CellContext& ctx, const std::string& form
       KVB_CHECK(static_cast<int64_t>(s.tokens.size()) <= room, "accuracy: ", file, ": row '",
                 row.id, "': a generation cap of ", s.max_new_tokens, " tokens leaves ",
                 std::max<int64_t>(room, 0), " of the model's max_position_embeddings (",
-                c.max_position_embeddings,
-                ") for the prompt, fewer than its chat wrapper and answer prefix take; lower "
-                "max_new_tokens, or set max_prompt_tokens to feed it past the model's length");
+                c.max_position_embeddings, ") for the prompt, which still takes ", s.tokens.size(),
+                " once cut (2 tokens of text at least, with its chat wrapper and answer "
+                "prefix); lower max_new_tokens, or set max_prompt_tokens to feed it past the "
+                "model's length");
       ++cut_to_model;
     }
     s.row = std::move(row);

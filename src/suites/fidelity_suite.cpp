@@ -168,7 +168,7 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   // step would otherwise carry the cache's first-use allocations (on a GPU, its kernels' first
   // launches) that no later step has.
   {
-    cache->reserve({{prefix, prefix + 1}});
+    cache->reserve({{prefix, prefix + steps}});  // the windows' size: their pools are these
     const int64_t sw = cache->add_sequence();
     std::vector<int64_t> prompt(corpus.begin(), corpus.begin() + prefix);
     if (text.bos) prompt.front() = *text.bos;

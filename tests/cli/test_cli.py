@@ -1018,12 +1018,20 @@ class ReportCompareCliTest(CliCase):
         self.assert_one_line_error(kvbench("report", str(broken)), 2,
                                    f"{broken}:2:12: invalid JSON")
         # A field of the wrong type: an input error naming the files and the validator.
+        # Fields every reader iterates over are checked by type at load, naming the cell.
         wrong = copy.deepcopy(report)
         for cell in wrong["cells"]:
             cell["records"] = [5]
         wrong_path = self.write_report(wrong, "wrong.json")
         for cmd in (["report", wrong_path], ["compare", str(path), wrong_path]):
-            self.assert_one_line_error(kvbench(*cmd), 2, "malformed report (cannot use value()")
+            self.assert_one_line_error(kvbench(*cmd), 2,
+                                       "wrong.json: cells[0].records[0]: expected object, got number")
+        # Deeper ones when they are read.
+        for cell in wrong["cells"]:
+            cell["records"] = [{"kind": 5}]
+        wrong_path = self.write_report(wrong, "wrong.json")
+        for cmd in (["report", wrong_path], ["compare", str(path), wrong_path]):
+            self.assert_one_line_error(kvbench(*cmd), 2, "malformed report (type must be string")
             self.assertIn("validate_report.py", kvbench(*cmd).stderr)
         header = copy.deepcopy(report)  # read as the file is loaded, before any cell
         header["schema"] = 5

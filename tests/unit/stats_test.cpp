@@ -109,6 +109,15 @@ TEST(Stats, OrderStatisticIntervalOfTheMedianHasTheBinomialRanks) {
     EXPECT_EQ(ci.high, want.second) << n;
   }
   EXPECT_THROW(order_statistic_median_ci({1, 2, 3, 4, 5}), Error);  // 2 / 32 > 5%
+  EXPECT_THROW(order_statistic_median_ci({1, 2, 3, 4, 5, 6, 7}, 1.0), Error);
+  // A million samples (the normal limit: n/2 -+ 1.96 sqrt(n) / 2 = 500000 -+ 980) in the
+  // binomial's own sum, no term lost to underflow.
+  std::vector<double> many(1000000);
+  for (size_t i = 0; i < many.size(); ++i) many[i] = static_cast<double>(many.size() - i);
+  const Interval wide = order_statistic_median_ci(many);
+  EXPECT_NEAR(wide.low, 500000 - 980, 2);
+  EXPECT_NEAR(wide.high, 500001 + 980, 2);
+  EXPECT_EQ(wide.low + wide.high, 1000001);  // symmetric ranks
   // Coverage on skewed samples (exponential, median ln 2), where the percentile bootstrap of 7
   // covered 86%: at least 95% (98.4% in theory: 1 - 2 / 2^7).
   Rng rng(11);
