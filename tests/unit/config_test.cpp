@@ -125,8 +125,9 @@ TEST(Config, OutOfRangeValues) {
       "got \"fp16\"");
   c = minimal();
   c["suites"][0] = {{"name", "accuracy"}, {"task", "passkey"}, {"max_prompt_tokens", 1}};
-  EXPECT_EQ(error_of(c),
-            "config: suites[0].max_prompt_tokens: expected 0 (the model's length) or at least 2, got 1");
+  EXPECT_EQ(
+      error_of(c),
+      "config: suites[0].max_prompt_tokens: expected 0 (the model's length) or at least 2, got 1");
 }
 
 TEST(Config, AccuracyTaskParamsAreCheckedAgainstTheTask) {
