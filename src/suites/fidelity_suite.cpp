@@ -146,7 +146,12 @@ CellOutput FidelitySuite::run(const CellContext& ctx) {
   const Transformer& model = ctx.model.get();
   // Two caches of one sequence; every eval token is fed (positions up to prefix + steps - 1),
   // where a generation feeds all but its last: steps + 1 in generation's terms.
-  check_generation_fits(ctx, 2, prefix, steps + 1, "fidelity");
+  // The baseline is a full cache in the run's KV dtype: both sequences are charged at least its
+  // bytes per token (a compressed method's alone would undercount it).
+  const ModelConfig& mc = ctx.model.get().config();
+  const double full_per_token =
+      full_cache_bytes_per_token(mc) / sizeof(float) * at::elementSize(ctx.model.kv_dtype());
+  check_generation_fits(ctx, 2, prefix, steps + 1, "fidelity", 0, full_per_token);
   const Corpus text = corpus_tokens(ctx, windows * span);
   const std::vector<int64_t>& corpus = text.ids;
   std::unique_ptr<KVCache> base_cache;

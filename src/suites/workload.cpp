@@ -343,7 +343,8 @@ double EstimateContext::kv_bytes_per_token_at(int64_t context) const {
 }
 
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
-                           int64_t new_tokens, const std::string& suite, int64_t prefill_group) {
+                           int64_t new_tokens, const std::string& suite, int64_t prefill_group,
+                           double min_bytes_per_token) {
   require_device_support(ctx, suite);
   const ModelConfig& c = ctx.model.get().config();
   auto warn_once = [&](const std::string& w) {
@@ -373,9 +374,11 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
     warn_once("quest: dense_layers " + std::to_string(quest->dense_layers()) +
               " covers all of the model's " + std::to_string(c.num_layers) +
               " layers: every layer reads every token, so this cell measures the full cache");
-  const double per_token = method_kv_bytes_per_token(
-      ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
-      CacheLayout::kernel_path(ctx.spec.device == "cuda"), prompt + new_tokens);
+  const double per_token =
+      std::max(min_bytes_per_token,
+               method_kv_bytes_per_token(
+                   ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
+                   CacheLayout::kernel_path(ctx.spec.device == "cuda"), prompt + new_tokens));
   const ModelPlacement placement = ctx.model.placement();
   const uint64_t bytes =
       generation_bytes(c, per_token, batch, prompt, new_tokens, placement.dtype, prefill_group);

@@ -112,7 +112,10 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
 uint64_t method_shared_bytes(const nlohmann::json& method, const ModelConfig& config,
                              at::ScalarType dtype, bool paged, bool kernel_path);
 // generation_bytes for the cell's model, checked against available memory (check_memory_fits).
+// `min_bytes_per_token`: a floor under the method's bytes per token, for suites whose batch
+// holds a baseline cache beside the method's (fidelity: the full cache's in the KV dtype).
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
-                           int64_t new_tokens, const std::string& suite, int64_t prefill_group = 0);
+                           int64_t new_tokens, const std::string& suite, int64_t prefill_group = 0,
+                           double min_bytes_per_token = 0);
 
 }  // namespace kvbench
