@@ -94,10 +94,10 @@ void warn_about_environment(const Environment& env) {
   if (!busy.empty()) spdlog::warn("{}", busy);
 }
 
-// A dry run's missing output directory: its first missing component is made and removed again
-// (the one thing a dry run makes, for a moment)
-// under the nearest existing ancestor, which is what the real run's create_directories needs
-// (access() passes root where nothing can be made: /proc, a read-only mount).
+// A dry run's missing output directory: its first missing component, under the nearest existing
+// ancestor, is made and removed again (the one thing a dry run makes, for a moment), which is
+// what the real run's create_directories needs (access() passes root where nothing can be made:
+// /proc, a read-only mount).
 void check_creatable(const std::filesystem::path& dir) {
   namespace fs = std::filesystem;
   // The path as given (no lexical normalisation: the kernel resolves `link/..` through the link).
@@ -119,7 +119,7 @@ void check_creatable(const std::filesystem::path& dir) {
 }
 
 // The output directory must take the report before any cell runs (a sweep whose report cannot
-// be written measures for nothing). A dry run creates nothing: it checks what exists.
+// be written measures for nothing). A dry run checks what exists and probes what does not.
 void check_output_dir(const RunSpec& spec, bool create) {
   const std::filesystem::path dir(spec.output_dir);
   std::error_code ec;

@@ -15,9 +15,9 @@ namespace kvbench {
 namespace {
 
 // A directory that holds a run is continued with --resume, never started over by mistake: a
-// fresh run would replace its log at once and its checkpoint at the first save.
-// --resume needs the optimizer state, written with the first checkpoint: a run stopped before
-// it left only a log, which is named apart so that neither message points at the other.
+// fresh run would replace its log at once and its checkpoint at the first save. --resume needs
+// the optimizer state, written with the first checkpoint: a run stopped before it left only a
+// log, which is named apart so that neither message points at the other.
 void refuse_to_overwrite_a_run(const std::string& out, bool resume) {
   if (resume) return;
   namespace fs = std::filesystem;

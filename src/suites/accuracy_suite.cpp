@@ -169,9 +169,9 @@ std::vector<int64_t> encode_prompt(const CellContext& ctx, const std::string& fo
 // tokenizer's EOS): an unwrapped prompt's encode adds it again at its end, and a chat-wrapped
 // one is encoded without special tokens.
 std::vector<int64_t> data_prompt(const CellContext& ctx, const Tokenizer& tok,
-                                 std::vector<int32_t> body, const std::string& format, bool rebuilt,
+                                 std::vector<int32_t> body, const std::string& format,
                                  const std::string& answer_prefix) {
-  if (!rebuilt) return {body.begin(), body.end()};
+  if (format.empty() && answer_prefix.empty()) return {body.begin(), body.end()};
   const std::vector<int32_t>& head = tok.special_prefix();
   if (!head.empty() && body.size() >= head.size() &&
       std::equal(head.begin(), head.end(), body.begin()))
@@ -257,9 +257,9 @@ std::vector<Sample> load_samples(const CellContext& ctx, const std::string& form
     // (RULER's default preparation) is not wrapped twice.
     bool wrap = !format.empty() && longbench_takes_chat(row.dataset);
     if (wrap && holds_chat_format(format, prompt)) wrap = false, ++pre_wrapped;
-    const bool rebuilt = wrap || !row.answer_prefix.empty();
-    s.tokens = data_prompt(ctx, tok, limit > 0 ? truncate_middle(ids, limit) : ids,
-                           wrap ? format : "", rebuilt, row.answer_prefix);
+    const std::string wrapping = wrap ? format : "";
+    s.tokens = data_prompt(ctx, tok, limit > 0 ? truncate_middle(ids, limit) : ids, wrapping,
+                           row.answer_prefix);
     // No limit set: cut to the model's length less the generation, as LongBench's pred.py cuts
     // to each model's; a prompt past the trained positions scores what the model cannot read.
     // Wrapping re-encodes text, so the cut is retried on what is still over.
@@ -269,8 +269,7 @@ std::vector<Sample> load_samples(const CellContext& ctx, const std::string& form
       int64_t keep = static_cast<int64_t>(ids.size());
       for (int tries = 0; tries < 4 && static_cast<int64_t>(s.tokens.size()) > room; ++tries) {
         keep = std::max<int64_t>(2, keep - (static_cast<int64_t>(s.tokens.size()) - room));
-        s.tokens = data_prompt(ctx, tok, truncate_middle(ids, keep), wrap ? format : "", rebuilt,
-                               row.answer_prefix);
+        s.tokens = data_prompt(ctx, tok, truncate_middle(ids, keep), wrapping, row.answer_prefix);
       }
       KVB_CHECK(static_cast<int64_t>(s.tokens.size()) <= room, "accuracy: ", file, ": row '",
                 row.id, "': a generation cap of ", s.max_new_tokens, " tokens leaves ",
@@ -392,10 +391,10 @@ std::pair<int64_t, int64_t> data_file_bounds(const json& p, const ModelConfig& c
     const int64_t limit = p["max_prompt_tokens"];
     int64_t prompt = 0, cap = 0;
     const int64_t fixed_cap = p["max_new_tokens"];
+    const int64_t wrapper = chat_wrapper_tokens(p["chat_format"], vocab_size);
     for (const LongBenchRow& row : rows) {
       int64_t body = text_token_estimate(longbench_prompt(row, templates).size(), vocab_size);
       if (limit > 0) body = std::min(body, limit);
-      const int64_t wrapper = chat_wrapper_tokens(p["chat_format"], vocab_size);
       const int64_t row_cap = fixed_cap > 0 ? fixed_cap : longbench_max_new_tokens(row, templates);
       int64_t row_prompt =
           body + text_token_estimate(row.answer_prefix.size(), vocab_size) + wrapper;
