@@ -64,17 +64,21 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   g.ignore_eos = true;
 
   std::vector<double> ttft, tpot, e2e, itl;
+  std::vector<std::string> hashes;  // each timed generation's prompts
   uint64_t kv_peak = 0;
   json kv_memory;
   RetentionTimes retention;
   ctx.progress.begin(ctx.cell_id, static_cast<size_t>(warmup + repeats));
   for (int r = 0; r < warmup + repeats; ++r) {
-    auto prompts = text_ids.empty()
-                       ? synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r)
-                       : std::vector<std::vector<int64_t>>(static_cast<size_t>(batch), text_ids);
+    // Seeded by the run, not the cell: every method times the same ids.
+    auto prompts =
+        text_ids.empty()
+            ? synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.spec.seed + r)
+            : std::vector<std::vector<int64_t>>(static_cast<size_t>(batch), text_ids);
     GenerationResult res = generate(model, *cache, prompts, g);
     ctx.progress.advance(r < warmup ? "warm-up" : "repeat " + std::to_string(r - warmup + 1));
     if (r < warmup) continue;
+    hashes.push_back(prompts_hash(prompts));
     if (res.peak_kv_bytes >= kv_peak) kv_memory = kv_memory_json(res, model.config());
     kv_peak = std::max(kv_peak, res.peak_kv_bytes);
     retention.add(res);
@@ -109,6 +113,7 @@ CellOutput LatencySuite::run(const CellContext& ctx) {
   out.summary["new_tokens"] = new_tokens;
   out.summary["batch"] = batch;
   out.summary["requests"] = ttft.size();
+  out.summary["prompt_hashes"] = hashes;
   out.summary["kv_bytes_peak"] = kv_peak;
   out.summary["kv_memory"] = kv_memory;
   out.summary["retention"] = retention.to_json();

@@ -239,8 +239,9 @@ CellOutput PredictorSuite::run(const CellContext& ctx) {
   for (int r = 0; r < warmup + repeats; ++r) {
     for (size_t i = 0; i < points.size(); ++i) {
       Point& pt = points[i];
+      // Seeded by the run, not the cell: every method times the same ids.
       auto prompts = synthetic_prompts(pt.batch, pt.context, model.config().vocab_size,
-                                       ctx.seed + static_cast<uint64_t>(r * 7919 + i));
+                                       ctx.spec.seed + static_cast<uint64_t>(r * 7919 + i));
       GenerationResult res = generate(model, *cache, prompts, g);
       if (r >= warmup) {
         pt.per_generation = res.decode_step_s.size();

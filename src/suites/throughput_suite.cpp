@@ -102,6 +102,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   g.ignore_eos = true;
   g.prefill_group = prefill_group;
   std::vector<double> prefill, steps, host, step_kv;
+  std::vector<std::string> hashes;  // each timed generation's prompts
   uint64_t kv_peak = 0;
   json kv_memory;
   RetentionTimes retention;
@@ -111,11 +112,13 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   clock.reserve(static_cast<size_t>(6 * model.config().num_layers + 4));  // a step's marks
   json phases;
   for (int r = 0; r < warmup + repeats; ++r) {
-    auto prompts = synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.seed + r);
+    // Seeded by the run, not the cell: every method times the same ids.
+    auto prompts = synthetic_prompts(batch, prompt, model.config().vocab_size, ctx.spec.seed + r);
     g.phases = r + 1 == warmup ? &clock : nullptr;
     GenerationResult res = generate(model, cache, prompts, g);
     if (g.phases) phases = phases_json(res, clock.names(), model.placement().device);
     if (r < warmup) continue;
+    hashes.push_back(prompts_hash(prompts));
     prefill.push_back(res.prefill_s);
     steps.insert(steps.end(), res.decode_step_s.begin(), res.decode_step_s.end());
     host.insert(host.end(), res.decode_step_host_s.begin(), res.decode_step_host_s.end());
@@ -150,6 +153,7 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           {"batch", batch},
           {"prompt_tokens", prompt},
           {"new_tokens", new_tokens},
+          {"prompt_hashes", hashes},
           {"samples_s", steps},  // decode step times
           {"samples_per_generation", block},
           {"prefill_samples_s", prefill},

@@ -64,12 +64,29 @@ double full_cache_bytes_per_token(const ModelConfig& c) {
   return 2.0 * static_cast<double>(c.num_layers * c.num_kv_heads * c.head_dim) * sizeof(float);
 }
 
-std::string prompt_hash(const std::vector<int64_t>& tokens) {
-  std::string bytes;
-  for (int64_t t : tokens) bytes += std::to_string(t) + ",";
+namespace {
+
+std::string hex_hash(const std::string& bytes) {
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fnv1a64(bytes)));
   return hex;
+}
+
+}  // namespace
+
+std::string prompt_hash(const std::vector<int64_t>& tokens) {
+  std::string bytes;
+  for (int64_t t : tokens) bytes += std::to_string(t) + ",";
+  return hex_hash(bytes);
+}
+
+std::string prompts_hash(const std::vector<std::vector<int64_t>>& prompts) {
+  std::string bytes;
+  for (const auto& p : prompts) {
+    for (int64_t t : p) bytes += std::to_string(t) + ",";
+    bytes += ";";
+  }
+  return hex_hash(bytes);
 }
 
 void check_memory_fits(uint64_t bytes, const std::string& what) {

@@ -121,6 +121,50 @@ TEST(ThroughputSuite, GridPointsWithPrefillAndDecodeRates) {
   EXPECT_FALSE(mem["nominal_mismatch"].get<bool>());
 }
 
+int64_t tiny_vocab() {
+  Harness h(json::parse(R"({"name": "latency"})"));
+  return h.model.get().config().vocab_size;
+}
+
+// Random-id prompts come from the run's seed, not the cell's (which differs per method): every
+// method of a run times the same ids, and another run seed draws others.
+TEST(ThroughputSuite, EveryMethodOfARunTimesTheSamePrompts) {
+  const json params = json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [8],
+                                      "new_tokens": [3], "warmup": 1, "repeats": 2})");
+  auto hashes = [&](const json& method, uint64_t cell_seed, uint64_t run_seed) {
+    Harness h(params);
+    h.method = resolve_method(method, "methods[0]");
+    h.cell_seed = cell_seed;
+    h.spec.seed = run_seed;
+    ThroughputSuite suite;
+    return h.run(suite).records.at(0).at("prompt_hashes");
+  };
+  const json full = hashes({{"name", "full"}}, 7, 0);
+  ASSERT_EQ(full.size(), 2u);  // the timed generations only
+  EXPECT_NE(full[0], full[1]);
+  EXPECT_EQ(hashes({{"name", "int8"}}, 12345, 0), full);
+  EXPECT_NE(hashes({{"name", "full"}}, 7, 1), full);
+  // The hash is of the ids the generation was given: generation r (warm-ups first) draws them
+  // with the run seed + r.
+  EXPECT_EQ(full[0], prompts_hash(synthetic_prompts(2, 8, tiny_vocab(), 1)));
+}
+
+TEST(LatencySuite, EveryMethodOfARunTimesTheSamePrompts) {
+  const json params = json::parse(R"({"name": "latency", "prompt_tokens": 8, "new_tokens": 3,
+                                      "batch": 2, "warmup": 0, "repeats": 2})");
+  auto hashes = [&](const json& method, uint64_t cell_seed) {
+    Harness h(params);
+    h.method = resolve_method(method, "methods[0]");
+    h.cell_seed = cell_seed;
+    LatencySuite suite;
+    return h.run(suite).summary.at("prompt_hashes");
+  };
+  const json full = hashes({{"name", "full"}}, 7);
+  ASSERT_EQ(full.size(), 2u);
+  EXPECT_EQ(hashes({{"name", "int4"}}, 99), full);
+  EXPECT_EQ(full[1], prompts_hash(synthetic_prompts(2, 8, tiny_vocab(), 1)));
+}
+
 // The last warmup generation is split into phases; without a warmup there is none to split
 // (timed generations are never marked).
 TEST(ThroughputSuite, SaysWhereADecodeStepGoesFromTheWarmup) {

@@ -21,6 +21,7 @@ struct Harness {
   NullProgress progress;
   nlohmann::json method = {{"name", "full"}};
   std::string id = "test.cell";
+  uint64_t cell_seed = 7;  // the cell's own seed (the runner derives it from the run and cell id)
 
   // `suite`: the suite's config entry; `preset`: the model preset ("tiny-qwen3", "tiny-llama").
   explicit Harness(const nlohmann::json& suite, const std::string& preset)
@@ -30,7 +31,8 @@ struct Harness {
                             "t")),
         model(spec.model) {}
   CellOutput run(Suite& s) {
-    CellContext ctx{id, spec, env, method, spec.suites[0].params, 7, progress, model};
+    CellContext ctx{id, spec, env, method, spec.suites[0].params, cell_seed, progress,
+                    model};
     return s.run(ctx);
   }
 };

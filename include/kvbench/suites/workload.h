@@ -13,7 +13,9 @@
 
 namespace kvbench {
 
-// `count` prompts of `tokens` ids drawn uniformly from [0, vocab), seeded.
+// `count` prompts of `tokens` ids drawn uniformly from [0, vocab), seeded. The timing suites
+// seed them by the run (its seed and the generation's index), never by the cell, so every
+// method of a run times the same ids.
 std::vector<std::vector<int64_t>> synthetic_prompts(int64_t count, int64_t tokens, int64_t vocab,
                                                     uint64_t seed);
 // Throws Error when the run asks for a GPU without the paged cache (the only GPU cache).
@@ -41,6 +43,9 @@ inline int64_t text_token_estimate(size_t utf8_bytes, int64_t vocab_size) {
 double full_cache_bytes_per_token(const ModelConfig& config);
 // 16 hex digits: FNV-1a of the prompt's token ids, so records can be joined across runs.
 std::string prompt_hash(const std::vector<int64_t>& tokens);
+// The same for a generation's batch of prompts, in order (ids joined with a separator no id
+// takes), so timing records show which inputs two cells timed.
+std::string prompts_hash(const std::vector<std::vector<int64_t>>& prompts);
 // Throws Error "<what> needs X but only Y of memory is available" when `bytes` exceeds 80% of
 // MemAvailable, so an impossible cell fails cleanly instead of meeting the OOM killer.
 void check_memory_fits(uint64_t bytes, const std::string& what);
