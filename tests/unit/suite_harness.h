@@ -31,8 +31,7 @@ struct Harness {
                             "t")),
         model(spec.model) {}
   CellOutput run(Suite& s) {
-    CellContext ctx{id, spec, env, method, spec.suites[0].params, cell_seed, progress,
-                    model};
+    CellContext ctx{id, spec, env, method, spec.suites[0].params, cell_seed, progress, model};
     return s.run(ctx);
   }
 };
