@@ -427,10 +427,12 @@ uint64_t AccuracySuite::estimate_bytes(const EstimateContext& ctx) const {
   }
   const int64_t cap =
       p["max_new_tokens"].get<int64_t>() > 0 ? p["max_new_tokens"].get<int64_t>() : default_cap;
+  // One sample at a time, the baseline's cache (fp32 bound) charged beside the method's (a paged
+  // one keeps its pool's pages), as the run's own check does.
   const double full_per_token = full_cache_bytes_per_token(c);
   return model_weight_bytes(c, ctx.weight_dtype) + ctx.shared_bytes +
-         generation_bytes(c, std::max(ctx.kv_bytes_per_token_at(prompt + cap), full_per_token), 1,
-                          prompt, cap);
+         generation_bytes(c, ctx.kv_bytes_per_token_at(prompt + cap) + full_per_token, 1, prompt,
+                          cap);
 }
 
 CellOutput AccuracySuite::run(const CellContext& ctx) {
@@ -447,7 +449,8 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
     longest = std::max<int64_t>(longest, s.tokens.size());
     cap = std::max(cap, s.max_new_tokens);
   }
-  check_generation_fits(ctx, 1, longest, cap, "accuracy");
+  // The baseline's cache is charged beside the method's: a paged one keeps its pool's pages.
+  check_generation_fits(ctx, 1, longest, cap, "accuracy", 0, baseline_bytes_per_token(ctx));
   auto cache = make_cell_cache(ctx);
   auto full = make_baseline_cache(ctx);
 

@@ -60,6 +60,11 @@ std::unique_ptr<KVCache> make_baseline_cache(const CellContext& ctx) {
                        at::Device(ctx.spec.device));
 }
 
+double baseline_bytes_per_token(const CellContext& ctx) {
+  const ModelConfig& c = ctx.model.get().config();
+  return full_cache_bytes_per_token(c) / sizeof(float) * at::elementSize(ctx.model.kv_dtype());
+}
+
 double full_cache_bytes_per_token(const ModelConfig& c) {
   return 2.0 * static_cast<double>(c.num_layers * c.num_kv_heads * c.head_dim) * sizeof(float);
 }
@@ -361,7 +366,7 @@ double EstimateContext::kv_bytes_per_token_at(int64_t context) const {
 
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite, int64_t prefill_group,
-                           double min_bytes_per_token) {
+                           double baseline_bytes_per_token) {
   require_device_support(ctx, suite);
   const ModelConfig& c = ctx.model.get().config();
   auto warn_once = [&](const std::string& w) {
@@ -392,10 +397,10 @@ void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt
               " covers all of the model's " + std::to_string(c.num_layers) +
               " layers: every layer reads every token, so this cell measures the full cache");
   const double per_token =
-      std::max(min_bytes_per_token,
-               method_kv_bytes_per_token(
-                   ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
-                   CacheLayout::kernel_path(ctx.spec.device == "cuda"), prompt + new_tokens));
+      baseline_bytes_per_token +
+      method_kv_bytes_per_token(ctx.method, c, ctx.model.kv_dtype(), ctx.spec.attention == "paged",
+                                CacheLayout::kernel_path(ctx.spec.device == "cuda"),
+                                prompt + new_tokens);
   const ModelPlacement placement = ctx.model.placement();
   const uint64_t bytes =
       generation_bytes(c, per_token, batch, prompt, new_tokens, placement.dtype, prefill_group);

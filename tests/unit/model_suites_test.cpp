@@ -1506,15 +1506,19 @@ TEST(Workload, PositionsPastTheSlidingWindowAreWarnedAbout) {
   EXPECT_EQ(said, 1) << json(warnings).dump();
 }
 
-// A floor under the method's bytes per token (fidelity's full-cache baseline beside a compressed
-// method) is what the memory check charges when it is the larger: 2^40 bytes per token over
-// 1000 tokens cannot fit, where the method's own bytes do.
-TEST(Workload, ABytesPerTokenFloorIsCharged) {
+// The comparison suites' baseline cache is charged beside the method's: 2^40 bytes per token
+// over 1000 tokens cannot fit, where the method's own bytes do. The baseline is the full cache
+// in the run's KV dtype (tiny-llama's bf16 here).
+TEST(Workload, ABaselineBesideTheMethodIsCharged) {
   testing_support::Harness h(json{{"name", "latency"}}, "tiny-llama");
   CellContext ctx{h.id, h.spec, h.env, h.method, h.spec.suites[0].params, 7, h.progress, h.model};
-  EXPECT_NO_THROW(check_generation_fits(ctx, 2, 900, 100, "fidelity"));
-  EXPECT_NO_THROW(check_generation_fits(ctx, 2, 900, 100, "fidelity", 0, 1.0));
-  EXPECT_THROW(check_generation_fits(ctx, 2, 900, 100, "fidelity", 0, 1099511627776.0), Error);
+  EXPECT_NO_THROW(check_generation_fits(ctx, 1, 900, 100, "fidelity"));
+  EXPECT_NO_THROW(check_generation_fits(ctx, 1, 900, 100, "fidelity", 0, 1.0));
+  EXPECT_THROW(check_generation_fits(ctx, 1, 900, 100, "fidelity", 0, 1099511627776.0), Error);
+  const ModelConfig& c = h.model.get().config();
+  EXPECT_EQ(h.model.kv_dtype(), at::kBFloat16);
+  EXPECT_DOUBLE_EQ(baseline_bytes_per_token(ctx),
+                   2.0 * double(c.num_layers * c.num_kv_heads * c.head_dim) * 2);
 }
 
 // A LongBench qasper row: a set LongBench wraps in the chat format, as one user turn

@@ -117,10 +117,14 @@ double method_kv_bytes_per_token(const nlohmann::json& method, const ModelConfig
 uint64_t method_shared_bytes(const nlohmann::json& method, const ModelConfig& config,
                              at::ScalarType dtype, bool paged, bool kernel_path);
 // generation_bytes for the cell's model, checked against available memory (check_memory_fits).
-// `min_bytes_per_token`: a floor under the method's bytes per token, for suites whose batch
-// holds a baseline cache beside the method's (fidelity: the full cache's in the KV dtype).
+// `baseline_bytes_per_token`: added to the method's, for the comparison suites, which hold a
+// full cache beside the method's (fidelity steps both at once; accuracy and output_length
+// generate one after the other, but a paged baseline keeps its pool's pages): see
+// baseline_bytes_per_token.
 void check_generation_fits(const CellContext& ctx, int64_t batch, int64_t prompt,
                            int64_t new_tokens, const std::string& suite, int64_t prefill_group = 0,
-                           double min_bytes_per_token = 0);
+                           double baseline_bytes_per_token = 0);
+// K+V bytes per token of make_baseline_cache's cache: the full cache in the run's KV dtype.
+double baseline_bytes_per_token(const CellContext& ctx);
 
 }  // namespace kvbench
