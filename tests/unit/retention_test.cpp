@@ -110,9 +110,12 @@ TEST(Retention, NewTokensAfterEvictionUseTheirLogicalPositions) {
   Transformer model = tiny_model();
   const ModelConfig& mc = model.config();
   const std::vector<int64_t> prompt = prompt_of(40, 3);
-  for (const json& method : {json{{"name", "streamingllm"}, {"sinks", 2}, {"window", 6}},
-                             json{{"name", "snapkv"}, {"budget", 36}},
-                             json{{"name", "h2o"}, {"heavy", 4}, {"recent", 4}}}) {
+  for (const json& method :
+       {json{{"name", "streamingllm"}, {"sinks", 2}, {"window", 6}},
+        json{{"name", "snapkv"}, {"budget", 36}},
+        json{{"name", "h2o"}, {"heavy", 4}, {"recent", 4}}, json{{"name", "tova"}, {"budget", 12}},
+        json{{"name", "scissorhands"}, {"budget", 12}, {"recent", 4}, {"history", 4}},
+        json{{"name", "pyramidkv"}, {"budget", 16}}}) {
     KeySpy full(cache_for(resolve({{"name", "fp32"}}), mc)),
         evicting(cache_for(resolve(method), mc));
     // The same continuation is fed to both, so the tokens are equal whatever the outputs.
@@ -126,6 +129,51 @@ TEST(Retention, NewTokensAfterEvictionUseTheirLogicalPositions) {
     for (size_t i = 1; i < full.keys.size(); ++i) {
       EXPECT_TRUE(at::allclose(evicting.keys[i], full.keys[i], 0, 0)) << method.dump() << " " << i;
     }
+  }
+}
+
+// Sequences of different prompts sharing one evicting CPU cache (a packed prefill, then decode
+// steps over both) each keep the tokens and give the logits they would alone: a policy's scores,
+// budgets and positions are per sequence. Logits within 1e-4 (a packed matmul may sum in
+// another order); kept tokens exact.
+TEST(Retention, SequencesSharingAnEvictingCacheAreEachAsAlone) {
+  Transformer model = tiny_model();
+  const ModelConfig& mc = model.config();
+  const std::vector<std::vector<int64_t>> prompts = {prompt_of(30, 5), prompt_of(45, 6)};
+  for (const json& method :
+       {json{{"name", "streamingllm"}, {"sinks", 2}, {"window", 10}},
+        json{{"name", "snapkv"}, {"budget", 20}, {"window", 4}},
+        json{{"name", "pyramidkv"}, {"budget", 20}, {"window", 4}},
+        json{{"name", "h2o"}, {"heavy", 6}, {"recent", 6}}, json{{"name", "tova"}, {"budget", 14}},
+        json{{"name", "scissorhands"}, {"budget", 14}, {"recent", 4}, {"history", 4}}}) {
+    SCOPED_TRACE(method.dump());
+    // Alone: each prompt in a cache of its own, 6 greedy steps.
+    std::vector<std::vector<at::Tensor>> alone;
+    std::vector<std::vector<int64_t>> alone_kept;
+    for (const auto& p : prompts) {
+      auto cache = cache_for(resolve(method), mc);
+      alone.push_back(decode_logits(model, *cache, p, 6));
+      alone_kept.push_back(cache->kept_tokens(0));
+    }
+    // Together: one packed prefill, then steps over both, each fed its own greedy token.
+    auto cache = cache_for(resolve(method), mc);
+    const int64_t a = cache->add_sequence(), b = cache->add_sequence();
+    at::Tensor logits = model.forward({{a, prompts[0]}, {b, prompts[1]}}, *cache);
+    for (int64_t step = 0; step <= 6; ++step) {
+      for (int64_t s = 0; s < 2; ++s) {
+        const at::Tensor& want = alone[size_t(s)][size_t(step)][0];
+        EXPECT_TRUE(at::allclose(logits[s], want, 0, 1e-4))
+            << "sequence " << s << " step " << step << ": "
+            << (logits[s] - want).abs().max().item<float>();
+      }
+      if (step == 6) break;
+      logits = model.forward(
+          {{a, {logits[0].argmax().item<int64_t>()}}, {b, {logits[1].argmax().item<int64_t>()}}},
+          *cache);
+    }
+    ASSERT_LT(alone_kept[1][0], 51);  // it evicted
+    EXPECT_EQ(cache->kept_tokens(a), alone_kept[0]);
+    EXPECT_EQ(cache->kept_tokens(b), alone_kept[1]);
   }
 }
 
@@ -887,6 +935,7 @@ TEST(H2o, KeptTokensMatchAFloat64Simulation) {
       double score = 0;
     };
     std::vector<std::vector<Token>> held(kKv);
+    std::vector<std::set<int64_t>> before(kKv);  // the cache's kept positions after each block
     int64_t length = 0;
     // Blocks of several tokens after the prompt too (a chunked prefill's later chunks): each
     // of their queries scores what it sees, and the layer shrinks after the block.
@@ -943,6 +992,14 @@ TEST(H2o, KeptTokensMatchAFloat64Simulation) {
               << "normalize " << normalize << " block " << b << " head " << h;
         // The recent window is always there.
         EXPECT_EQ(got[h][got.size(1) - 1].item<int64_t>(), length - 1);
+        // An evicted token never returns: every position held was held before or is new.
+        std::set<int64_t> now;
+        for (int64_t j = 0; j < got.size(1); ++j) {
+          const int64_t pos = got[h][j].item<int64_t>();
+          EXPECT_TRUE(pos >= length - n || before[h].count(pos)) << "block " << b << " " << pos;
+          now.insert(pos);
+        }
+        before[h] = now;
       }
     }
     const int64_t news =
