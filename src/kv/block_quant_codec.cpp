@@ -259,14 +259,17 @@ at::Tensor BlockQuantCodec::max_error(const at::Tensor& row, bool, double) const
   // the fp16 rounding of the stored min and of the scale times the largest code: relative
   // (2^-11 of each) for normal fp16 values, absolute below 2^-14, where a scale is subnormal
   // and rounds to within 2^-25 (a tiny group's scale can round to 0: every value reads back
-  // its min, or 0, within (largest code + 1) x 2^-25).
+  // its min, or 0, within (largest code + 1) x 2^-25). The symmetric formats have no min, and
+  // their largest code times the scale is amax: amax x 2^-11 (with slack for float arithmetic);
+  // the min-max ones |min| + (max - min) <= 3 amax of it, bounded by amax x 2^-9.
   at::Tensor groups = row.to(at::kFloat).view({-1, group_});
   at::Tensor lo = std::get<0>(groups.min(1)), hi = std::get<0>(groups.max(1));
   at::Tensor amax = at::maximum(lo.abs(), hi.abs());
   at::Tensor step = symmetric_ ? amax / (bits_ == 8 ? 127.0 : 8.0) : (hi - lo) / ((1 << bits_) - 1);
   const double steps = symmetric_ && bits_ == 4 ? 1.0 : 0.5;
   const double largest_code = symmetric_ ? (bits_ == 8 ? 128.0 : 8.0) : (1 << bits_) - 1;
-  at::Tensor bound = step * steps + amax * 0x1.0p-9 + (largest_code + 1) * 0x1.0p-25 + 1e-7;
+  const double rounding = symmetric_ ? 0x1.0p-11 * 1.01 : 0x1.0p-9;
+  at::Tensor bound = step * steps + amax * rounding + (largest_code + 1) * 0x1.0p-25 + 1e-7;
   return bound.unsqueeze(1).expand({groups.size(0), group_}).reshape(row.sizes());
 }
 

@@ -478,6 +478,43 @@ TEST(Fp8, CalibratedScaleSaturatesLaterOutliers) {
   EXPECT_EQ(store->bytes().metadata, 4u);  // one fp32 scale for the one head
 }
 
+// granularity "layer": one scale for the layer, from the amax over every head, stored once;
+// "head": one per head, from its own amax.
+TEST(Fp8, LayerGranularityCalibratesOneScaleOverAllHeads) {
+  at::Tensor x = at::empty({2, 1, 8});
+  x[0].fill_(1.0f), x[1].fill_(4.0f);
+  for (const char* granularity : {"layer", "head"}) {
+    SCOPED_TRACE(granularity);
+    const bool layer = std::string(granularity) == "layer";
+    Fp8Codec codec("amax", 1.0, 448.0, 448.0, granularity);
+    auto store = codec.make_key_store(2, 8);
+    store->append(x);  // scales: 4/448 for both heads (layer) or 1/448 and 4/448 (head)
+    store->append(x * 2);
+    const at::Tensor back = store->dequantize();
+    EXPECT_EQ(store->bytes().metadata, layer ? 4u : 8u);
+    EXPECT_FLOAT_EQ(back[0][0][0].item<float>(), 1.0f);
+    EXPECT_FLOAT_EQ(back[1][0][0].item<float>(), 4.0f);
+    // 2 in head 0: 224 steps of 1/112 under the layer's scale, past 448 steps under its own
+    // (saturates at its amax); head 1's 8 saturates at 4 either way.
+    EXPECT_FLOAT_EQ(back[0][1][0].item<float>(), layer ? 2.0f : 1.0f);
+    EXPECT_FLOAT_EQ(back[1][1][0].item<float>(), 4.0f);
+  }
+}
+
+// scale "fixed": s is scale_value from the first token on, nothing calibrated; values round to
+// e4m3 codes of x / s and saturate at 448 s.
+TEST(Fp8, FixedScaleIsNotCalibrated) {
+  Fp8Codec codec("fixed", 0.01, 448.0, 448.0, "head");
+  auto store = codec.make_value_store(1, 4);
+  store->append(at::tensor({0.48f, -0.96f, 3.0f, 10.0f}).view({1, 1, 4}));
+  const at::Tensor back = store->dequantize()[0][0];
+  // x / 0.01: 48 and 96 are e4m3 values; 300 rounds to 288 (step 32 in [256, 448)); 1000
+  // saturates to 448.
+  const std::vector<float> want = {0.48f, -0.96f, 2.88f, 4.48f};
+  for (int64_t d = 0; d < 4; ++d) EXPECT_NEAR(back[d].item<float>(), want[d], 1e-5) << d;
+  EXPECT_EQ(store->bytes().metadata, 4u);
+}
+
 // The default calibration leaves vLLM's headroom: s = amax / 200 for keys and / 100 for values,
 // so tokens after a one-token prompt up to 2.24x (keys) and 4.48x (values) its amax keep fp8's
 // relative precision instead of saturating (as amax / 448 did).
@@ -580,6 +617,12 @@ TEST(Kivi, EachGroupWithinHalfItsOwnStep) {
                   << dtype << " " << bits << " bits " << (is_key ? "keys" : "values") << " head "
                   << h << " group " << a << "," << b;
               if (hi == lo) EXPECT_EQ(worst, 0.0) << "a constant group reads back exactly";
+              // The extremes take codes 0 and 2^bits - 1: they come back within rounding alone
+              // (no half step): the min's, the scale's times the largest code and the output's
+              // to the dtype, 2^-8 (bf16's unit roundoff) of |lo|, (hi - lo) and |hi|.
+              const double rounding = 0x1.0p-8 * (std::fabs(lo) + (hi - lo) + std::fabs(hi)) + 1e-6;
+              EXPECT_NEAR(rec.min().item<double>(), lo, rounding) << a << "," << b;
+              EXPECT_NEAR(rec.max().item<double>(), hi, rounding) << a << "," << b;
             }
           }
         }
