@@ -255,7 +255,7 @@ void register_compare_command(CLI::App& app, GlobalOptions& global) {
   sub->add_option("--threshold", opt->thresholds, metrics_help())->allow_extra_args(false);
   sub->add_option("--seed", opt->seed, "seed of the bootstrap resampling")
       ->capture_default_str()
-      ->check(non_negative());
+      ->check(integer_option(0, UINT64_MAX));
   sub->callback([opt, &global] { global.action = [opt] { return compare(*opt); }; });
 }
 

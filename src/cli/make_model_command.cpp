@@ -2,7 +2,6 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -17,18 +16,6 @@
 #include "kvbench/suites/run_spec.h"
 
 namespace kvbench {
-
-CLI::Validator non_negative() {
-  return CLI::Validator(
-      [](const std::string& v) {
-        if (v.find('-') != std::string::npos) return "expected a number >= 0, got " + v;
-        errno = 0;
-        std::strtoull(v.c_str(), nullptr, 0);  // CLI11 reads 0x... and 0... as C does
-        return errno == ERANGE ? "expected a number <= 18446744073709551615, got " + v
-                               : std::string();
-      },
-      "NONNEGATIVE");
-}
 
 namespace {
 
@@ -75,19 +62,7 @@ void register_make_model_command(CLI::App& app, GlobalOptions& global) {
   sub->add_option("--out", opt->out, "directory to write (created if absent)")->required();
   sub->add_option("--seed", opt->seed, "weight seed (at most 2^53 - 1, as model.seed)")
       ->capture_default_str()
-      ->check(non_negative())
-      ->check(CLI::Validator(
-          [](const std::string& v) {
-            // CLI11 reads "010" as octal 8 and "0x10" as 16: only plain decimal is a seed.
-            if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos ||
-                (v.size() > 1 && v[0] == '0'))
-              return "expected a decimal integer without leading zeros, got " + v;
-            return std::strtoull(v.c_str(), nullptr, 10) > kMaxWeightSeed
-                       ? "expected a number <= " + std::to_string(kMaxWeightSeed) +
-                             " (2^53 - 1, the largest model.seed), got " + v
-                       : std::string();
-          },
-          "SEED"));
+      ->check(integer_option(0, kMaxWeightSeed, " (2^53 - 1, the largest model.seed)"));
   sub->add_flag("--force", opt->force,
                 "write into --out even when it holds files other than a kvbench preset "
                 "checkpoint (they may be overwritten)");

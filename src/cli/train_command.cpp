@@ -70,10 +70,10 @@ void register_train_command(CLI::App& app, GlobalOptions& global) {
                 "continue from the checkpoint in --out (same recipe; bit-identical to an "
                 "uninterrupted run)");
   sub->add_option("--threads", opt->threads, "override the recipe's intra-op thread count")
-      ->check(CLI::Range(1, 1024));
+      ->check(integer_option(1, 1024));
   sub->add_option("--until", opt->until,
                   "stop after this step (same schedule as the full recipe; --resume continues)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+      ->check(integer_option(1, uint64_t{1} << 40));
   sub->callback([opt, &global] {
     global.action = [opt] {
       TrainRecipe recipe = load_train_recipe(opt->config);

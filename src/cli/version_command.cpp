@@ -39,7 +39,7 @@ void register_version_command(CLI::App& app, GlobalOptions& global) {
   auto threads = std::make_shared<int>(0);
   CLI::App* sub = app.add_subcommand("version", "versions, BLAS, threads and CUDA availability");
   sub->add_option("--threads", *threads, "intra-op threads to report (default: all cores)")
-      ->check(CLI::Range(1, 4096));
+      ->check(integer_option(1, 4096));
   sub->callback(
       [threads, &global] { global.action = [threads] { return print_version(*threads); }; });
 }

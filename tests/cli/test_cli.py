@@ -1079,6 +1079,9 @@ class ReportCompareCliTest(CliCase):
         res = kvbench("compare", str(path), slow_path, "--seed", "-1")
         self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
         self.assertIn("expected a number >= 0, got -1", res.stderr)
+        res = kvbench("compare", str(path), slow_path, "--seed", "010")  # CLI11: octal 8
+        self.assertEqual(res.returncode, 2, res.stdout + res.stderr)
+        self.assertIn("expected a decimal integer without leading zeros, got 010", res.stderr)
         self.assert_one_line_error(kvbench("compare", str(path), str(self.dir / "none.json")), 2,
                                    "none.json")
         old = copy.deepcopy(report)
@@ -1808,17 +1811,20 @@ class ModelCliTest(CliCase):
         res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(precious), "--force")
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertIn("kvbench", json.loads((precious / "config.json").read_text()))
-        # Paths that cannot be a directory, and a seed past 64 bits (CLI11 would clamp it).
+        # Paths that cannot be a directory, and a seed past 64 bits (CLI11 would clamp it) or
+        # in hex (CLI11 reads it).
         (self.dir / "afile").write_text("x")
         for out, why in (("", 'cannot write "": Invalid argument'),
                          (str(self.dir / "afile" / "x"), "Not a directory")):
             self.assert_one_line_error(
                 kvbench("make-model", "--preset", "tiny-llama", "--out", out), 2, why)
-        for seed in ("99999999999999999999999", "0x1ffffffffffffffff"):  # CLI11 reads hex too
+        for seed, why in (("99999999999999999999999", "expected a number <= 9007199254740991 "
+                           "(2^53 - 1, the largest model.seed)"),
+                          ("0x1ffffffffffffffff", "expected a decimal integer")):
             res = kvbench("make-model", "--preset", "tiny-llama", "--out", str(self.dir / "s"),
                           "--seed", seed)
             self.assertEqual(res.returncode, 2, seed)
-            self.assertIn("expected a number <= 18446744073709551615", res.stderr)
+            self.assertIn(why, res.stderr)
             self.assertFalse((self.dir / "s").exists())
 
     def test_latency_and_throughput_report_validates(self):
@@ -2412,10 +2418,14 @@ class TrainCliTest(CliCase):
         self.assertNotIn("--resume continues", res.stderr)
         # Usage errors before any step: --until below 1, an --out that is a file, a directory
         # or a run config as the recipe.
-        res = kvbench("train", "--config", self.recipe(), "--out", str(self.dir / "m"),
-                      "--until", "0")
-        self.assertEqual(res.returncode, 2, res.stderr)
-        self.assertLess(len(res.stderr), 300, res.stderr)
+        for until, why in (("0", "expected a number >= 1, got 0"),
+                            ("010", "expected a decimal integer without leading zeros"),
+                            ("1099511627777", "expected a number <= 1099511627776")):
+            res = kvbench("train", "--config", self.recipe(), "--out", str(self.dir / "m"),
+                          "--until", until)
+            self.assertEqual(res.returncode, 2, res.stderr)
+            self.assertIn(why, res.stderr)
+            self.assertLess(len(res.stderr), 300, res.stderr)
         afile = self.dir / "afile"
         afile.write_text("x")
         res = kvbench("train", "--config", self.recipe(), "--out", str(afile))

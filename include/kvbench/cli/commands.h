@@ -4,6 +4,7 @@
 // throw on errors (main logs them: ConfigError exits 2, other errors 1).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -24,9 +25,11 @@ struct GlobalOptions {
   std::function<int()> action;
 };
 
-// For unsigned options such as --seed: refuses a negative number, which CLI11 would wrap into
-// 2^64 - 1, and one past 2^64 - 1, which it would clamp to that.
-CLI::Validator non_negative();
+// For integer options (--seed, --threads, --until): a plain decimal integer in [min, max].
+// CLI11 alone reads "010" as octal 8 and "0x10" as 16, wraps a negative number into 2^64 - 1
+// for an unsigned option and clamps one past 2^64 - 1 to it. `max_note` follows the maximum in
+// its message (" (2^53 - 1, the largest model.seed)").
+CLI::Validator integer_option(uint64_t min, uint64_t max, const std::string& max_note = "");
 // What only the model's shape and dtype can tell (a Palu group that does not divide its KV
 // heads; on attention "paged", a method or the fidelity baseline without a paged format, a
 // policy its paged cache cannot run), refused as ConfigError naming the entry, when the model's
