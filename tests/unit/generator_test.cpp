@@ -55,6 +55,23 @@ TEST(Sampler, TemperatureSamplingFollowsTheDistributionAndIsSeeded) {
   EXPECT_THROW(Sampler({1.0, 0.0, 0}), Error);
 }
 
+// At top_p 1 a draw walks the ids in order (no sort of the vocabulary): probabilities 0.1, 0.2,
+// 0.7 give id 0 for u < 0.1, 1 for u < 0.3, 2 above; a suppressed id (-inf) is never drawn.
+TEST(Sampler, AtTopPOneADrawWalksTheIdsInOrder) {
+  const at::Tensor logits = at::log(at::tensor({0.1, 0.0, 0.2, 0.7})).to(at::kFloat);  // id 1: -inf
+  Sampler s({1.0, 1.0, 17});
+  Rng reference(17);
+  for (int i = 0; i < 500; ++i) {
+    const double u = reference.uniform();
+    const int64_t want = u < 0.1 - 1e-6 ? 0 : u < 0.3 - 1e-6 ? 2 : 3;
+    if (std::fabs(u - 0.1) < 1e-6 || std::fabs(u - 0.3) < 1e-6) {
+      s.next(logits);  // too close to a boundary for float32 logits
+      continue;
+    }
+    EXPECT_EQ(s.next(logits), want) << u;
+  }
+}
+
 TEST(Sampler, NoTokenFromLogitsWhoseGreatestIsNotFinite) {
   const float nan = std::numeric_limits<float>::quiet_NaN(),
               inf = std::numeric_limits<float>::infinity();

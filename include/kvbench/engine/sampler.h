@@ -29,6 +29,8 @@ class Sampler {
   int64_t next(const at::Tensor& logits);
 
  private:
+  int64_t draw_in_id_order(const at::Tensor& probs);  // top_p 1: no sort
+
   SamplingParams params_;
   Rng rng_;
 };
