@@ -58,8 +58,11 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
   const double t0 = clock.now();
   size_t next = 0;
   size_t done = 0;
+  // The arrival an idle scheduler skipped to: (t0 + a) - t0 can round a hair below a, and a
+  // clock that only skips (ManualClock) would then never reach it.
+  double skipped_to = 0;
   while (done < requests.size()) {
-    const double now = clock.now() - t0;
+    const double now = std::max(clock.now() - t0, skipped_to);
     // Requests go in arrival order (FIFO), at most `cap` in flight (sent, not finished), as a
     // client's semaphore lets them. One that found every slot taken is sent when the slot it
     // takes freed: when the (next - cap + 1)-th of the requests before it finished.
@@ -73,6 +76,7 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
     if (scheduler.idle()) {
       KVB_CHECK(next < requests.size(), "serving: scheduler idle with requests unfinished");
       clock.skip_to(t0 + requests[next].arrival_s);
+      skipped_to = requests[next].arrival_s;
       continue;
     }
     StepTrace st;

@@ -214,6 +214,21 @@ TEST(Scheduler, DurationEndsAtTheLastToken) {
   EXPECT_DOUBLE_EQ(t.end_s, last);
 }
 
+// A clock that does not start at 0: 0.3 + 0.6 - 0.3 rounds below 0.6, and the loop, once idle,
+// must still send the request it skipped to (it used to wait for it for ever).
+TEST(Scheduler, AnIdleLoopSendsTheArrivalItSkippedToOnAnyClock) {
+  BlockPool pool(100, 4);
+  Scheduler s(pool, SchedulerConfig{});
+  ManualClock clock;
+  clock.advance(0.3);
+  ASSERT_LT((0.3 + 0.6) - 0.3, 0.6);
+  CostModelExecutor ex(clock, s, SchedulerConfig{}.max_batch_tokens);
+  ServingTrace t = run_serving({{0, 0.6, 3, 2}}, s, ex, clock, true);
+  ASSERT_EQ(t.requests.size(), 1u);
+  EXPECT_EQ(t.requests[0].token_times_s.size(), 2u);
+  EXPECT_GE(t.requests[0].token_times_s.front(), 0.6 - 1e-12);
+}
+
 // An arrival that is not a number would never come: the loop refuses it instead of waiting.
 TEST(Scheduler, ANonFiniteArrivalIsRefused) {
   BlockPool pool(100, 4);

@@ -1,7 +1,8 @@
 // The serving loop: requests arrive over time, the scheduler plans each step, an executor runs
 // it (the model in the `serving` suite, a cost model in tests) and a clock says when tokens
 // came out. Clock and executor are injected, so scheduling tests are deterministic. Arrivals:
-// a seeded Poisson process or fixed times; lengths from uniform ranges.
+// a seeded Poisson (or gamma) process, fixed times or a trace's; lengths from the workload
+// (uniform or lognormal ranges, ShareGPT, a trace).
 #pragma once
 
 #include <cstdint>
