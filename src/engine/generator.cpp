@@ -111,11 +111,11 @@ GenerationResult generate(const Transformer& model, KVCache& cache,
   // Token times run on `clock` less the per-step memory bookkeeping below (storage, nominal and
   // kept counts walk every sequence and layer, more for some caches than others): the latency
   // a request sees is the steps', as decode_step_s times them.
-  Stopwatch clock;
-  double bookkeeping_s = 0;
   std::vector<size_t> active(n);
   for (size_t i = 0; i < n; ++i) active[i] = i;
-  std::vector<SequenceStep> batch = steps;
+  std::vector<SequenceStep> batch = steps;  // (a copy of every prompt: before the clock)
+  Stopwatch clock;
+  double bookkeeping_s = 0;
   bool first = true;
   while (!active.empty()) {
     Stopwatch step;

@@ -13,6 +13,7 @@
 #include "kvbench/core/text.h"
 #include "kvbench/engine/generator.h"
 #include "kvbench/kv/method_registry.h"
+#include "kvbench/kv/quest_policy.h"
 #include "kvbench/suites/capacity.h"
 #include "kvbench/suites/workload.h"
 
@@ -94,6 +95,24 @@ json phases_json(const GenerationResult& res, const std::vector<std::string>& na
           {"split_step_s", steps.empty() ? 0.0 : median(steps)}};
 }
 
+}  // namespace
+
+double quest_step_read_bytes(const QuestPolicy& quest, const ModelConfig& c, int64_t batch,
+                             int64_t held_tokens, double held_bytes) {
+  const int64_t layers = c.num_layers, dense = std::min(quest.dense_layers(), layers);
+  const double bounds = static_cast<double>(batch * (layers - dense)) *
+                        static_cast<double>(QuestPages::nominal_bytes(
+                            held_tokens, c.num_kv_heads, c.head_dim, quest.page_size()));
+  const double per_layer = std::max(held_bytes - bounds, 0.0) / static_cast<double>(layers);
+  if (!quest.sparse(dense, held_tokens)) return per_layer * static_cast<double>(layers);
+  const double share =
+      static_cast<double>(quest.tokens_read(held_tokens)) / static_cast<double>(held_tokens);
+  return per_layer * (static_cast<double>(dense) + static_cast<double>(layers - dense) * share) +
+         bounds;
+}
+
+namespace {
+
 json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t prompt,
                int64_t new_tokens, int warmup, int repeats, int64_t prefill_group = 0) {
   const Transformer& model = ctx.model.get();
@@ -103,6 +122,9 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
   g.prefill_group = prefill_group;
   std::vector<double> prefill, steps, host, step_kv;
   std::vector<std::string> hashes;  // each timed generation's prompts
+  // Quest holds every token, but a step reads only its chosen pages in the sparse layers.
+  const std::shared_ptr<const RetentionPolicy> policy = make_policy(ctx.method);
+  const auto* quest = dynamic_cast<const QuestPolicy*>(policy.get());
   uint64_t kv_peak = 0;
   json kv_memory;
   RetentionTimes retention;
@@ -123,7 +145,13 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
     steps.insert(steps.end(), res.decode_step_s.begin(), res.decode_step_s.end());
     host.insert(host.end(), res.decode_step_host_s.begin(), res.decode_step_host_s.end());
     retention.add(res);
-    for (uint64_t b : res.decode_step_kv_bytes) step_kv.push_back(static_cast<double>(b));
+    for (size_t k = 0; k < res.decode_step_kv_bytes.size(); ++k) {
+      const double held = static_cast<double>(res.decode_step_kv_bytes[k]);
+      // Decode step k holds prompt + k + 1 tokens per sequence (EOS ignored: all alike).
+      step_kv.push_back(quest ? quest_step_read_bytes(*quest, model.config(), batch,
+                                                      prompt + static_cast<int64_t>(k) + 1, held)
+                              : held);
+    }
     if (res.peak_kv_bytes >= kv_peak) kv_memory = kv_memory_json(res, model.config());
     kv_peak = std::max(kv_peak, res.peak_kv_bytes);
   }
@@ -140,10 +168,11 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           ? static_cast<double>(kv_memory["tokens"].get<int64_t>())
           : static_cast<double>(batch) * static_cast<double>(prompt + new_tokens - 1);
   // What a decode step must read at least: every weight once (an untied embedding: the batch's
-  // rows) and the cache as the median step held it (the peak is the last step's alone: with
-  // new_tokens near the prompt it would overstate the middle step's bytes, and paired with the
-  // median time, the rate). Between methods its ratio is the ideal decode speed-up of a
-  // memory-bound step. Empty page slots (paged attention) are neither read nor a token's bytes.
+  // rows) and the cache as the median step held it (Quest: read it, quest_step_read_bytes) (the
+  // peak is the last step's alone: with new_tokens near the prompt it would overstate the middle
+  // step's bytes, and paired with the median time, the rate). Between methods its ratio is the
+  // ideal decode speed-up of a memory-bound step. Empty page slots (paged attention) are neither
+  // read nor a token's bytes.
   const uint64_t padding =
       kv_memory.is_object() ? kv_memory["measured"].value("padding", uint64_t{0}) : uint64_t{0};
   const uint64_t kv_held = kv_peak - std::min(padding, kv_peak);

@@ -251,6 +251,26 @@ TEST(ThroughputSuite, PagedRatesLeaveOutEmptyPageSlots) {
   }
 }
 
+// Quest holds every token but a step reads the dense layers' tokens, its chosen pages in the
+// others and their page bounds: decode_bytes_per_step counts those. tiny-qwen3 (4 layers, 2
+// KV heads of 64, bf16 cache: 512 B per token and layer), quest budget 32 (2 pages of 16),
+// dense_layers 2, a 64-token prompt: steps hold 65, 66, 67 tokens and read 17, 18, 19 of them
+// in layers 2 and 3 (one whole page and the newest page's tokens); the median step (66 tokens,
+// 5 pages of bounds: 2 fp16 vectors of 64 per KV head and page, in 2 layers) reads
+// 2 x 66 x 512 + 2 x 18 x 512 + 2 x 2560 bytes.
+TEST(ThroughputSuite, QuestCountsTheBytesAStepReads) {
+  Harness h(json::parse(R"({"name": "throughput", "batch": [1], "prompt_tokens": [64],
+                            "new_tokens": [4], "warmup": 0, "repeats": 1})"));
+  h.method = resolve_method({{"name", "quest"}, {"budget", 32}}, "methods[0]");
+  ThroughputSuite suite;
+  CellOutput out = h.run(suite);
+  const json& r = out.records.at(0);
+  const uint64_t read = 2 * 66 * 512 + 2 * 18 * 512 + 2 * 2560;
+  EXPECT_EQ(r["decode_bytes_per_step"], h.model.get().decode_step_weight_bytes(1) + read);
+  // What it holds at the last step is more: every token in every layer, and the bounds.
+  EXPECT_EQ(r["kv_bytes"], 4 * 67 * 512 + 2 * 2 * 64 * 2 * 2 * 5);
+}
+
 TEST(ThroughputSuite, QuantizedCacheReportsItsRealSize) {
   Harness h(json::parse(R"({"name": "throughput", "batch": [2], "prompt_tokens": [20],
                             "new_tokens": [3], "warmup": 0, "repeats": 1})"));

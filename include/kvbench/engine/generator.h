@@ -33,9 +33,11 @@ struct GenerationConfig {
 };
 
 struct SequenceResult {
-  std::vector<int64_t> tokens;        // generated ids, EOS included when it stopped there
-  std::string stop_reason;            // "eos" or "length"
-  std::vector<double> token_times_s;  // since the start of generate(), one per token
+  std::vector<int64_t> tokens;  // generated ids, EOS included when it stopped there
+  std::string stop_reason;      // "eos" or "length"
+  // One per token, since the sequences were added (after the cache's reserve), as the prefill's
+  // clock starts.
+  std::vector<double> token_times_s;
 };
 
 struct GenerationResult {

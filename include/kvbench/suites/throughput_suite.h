@@ -16,6 +16,15 @@ namespace kvbench {
 // median: other work took the cores, or the step is bimodal), naming the range; "" otherwise.
 std::string decode_spread_warning(const nlohmann::json& record);
 
+class QuestPolicy;
+struct ModelConfig;
+// The K/V bytes a Quest decode step reads, from what it holds (`held_bytes`: every token, plus
+// the page bounds of the layers past the dense ones) at `held_tokens` per sequence: the dense
+// layers' tokens, tokens_read of each sparse layer's (its chosen pages), and the bounds it
+// ranks them by; everything but the bounds while no layer is over the budget.
+double quest_step_read_bytes(const QuestPolicy& quest, const ModelConfig& config, int64_t batch,
+                             int64_t held_tokens, double held_bytes);
+
 class ThroughputSuite final : public Suite {
  public:
   static constexpr const char* kSummary =
