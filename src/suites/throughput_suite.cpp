@@ -168,9 +168,9 @@ json run_point(const CellContext& ctx, KVCache& cache, int64_t batch, int64_t pr
           ? static_cast<double>(kv_memory["tokens"].get<int64_t>())
           : static_cast<double>(batch) * static_cast<double>(prompt + new_tokens - 1);
   // What a decode step must read at least: every weight once (an untied embedding: the batch's
-  // rows) and the cache as the median step held it (Quest: read it, quest_step_read_bytes) (the
-  // peak is the last step's alone: with new_tokens near the prompt it would overstate the middle
-  // step's bytes, and paired with the median time, the rate). Between methods its ratio is the
+  // rows) and the cache as the median step held it, or for Quest read it (the peak is the last
+  // step's alone: with new_tokens near the prompt it would overstate the middle step's bytes,
+  // and paired with the median time, the rate). Between methods its ratio is the
   // ideal decode speed-up of a memory-bound step. Empty page slots (paged attention) are neither
   // read nor a token's bytes.
   const uint64_t padding =
