@@ -107,7 +107,7 @@ KVB_HD float element(const GearProblem& p, const GearBlock& b, bool key, int h, 
     const uint16_t* pc = s.p + size_t(h) * b.rank * d + c;
     float l = 0.f;
     for (int j = 0; j < b.rank; ++j) l += value16(p, qi[j]) * value16(p, pc[size_t(j) * d]);
-    const float half = 0.5f * step;
+    const float half = 0.5f * fabsf(step);  // a constant group's step may be negative
     x += fminf(fmaxf(l, -half), half);
   }
   return x;

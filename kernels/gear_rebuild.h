@@ -74,7 +74,7 @@ __device__ __forceinline__ float rebuilt(const GearProblem& p, const GearSide& s
     } else {
       for (int j = 0; j < rank; ++j) l += value16(p, q[j]) * value16(p, col.pc[size_t(j) * D]);
     }
-    const float half = 0.5f * step;
+    const float half = 0.5f * fabsf(step);  // a constant group's step may be negative
     x += fminf(fmaxf(l, -half), half);
   }
   return x;

@@ -151,7 +151,9 @@ at::Tensor gear_reconstruct(const GearParams& params, bool is_key, const GearSid
   at::Tensor x = codes * s_e + spread(side.mins.to(at::kFloat), is_key, g, n);
   if (side.q.size(2) > 0) {
     const at::Tensor l = at::bmm(side.q.to(at::kFloat), side.p.to(at::kFloat));
-    const at::Tensor half = 0.5 * s_e;
+    // Half a step either way: a constant group's step can be a tiny negative number
+    // (methods.md), whose cell is the same width.
+    const at::Tensor half = 0.5 * s_e.abs();
     x = x + at::minimum(at::maximum(l, -half), half);
   }
   if (side.outlier_values.numel() > 0)

@@ -328,12 +328,12 @@ class GearStore final : public TokenStore {
         }
         if (is_key_) {
           for (int64_t c = 0; c < d; ++c) {
-            const float half = 0.5f * s[c];
+            const float half = 0.5f * std::fabs(s[c]);  // a step may be negative (methods.md)
             o[c] += std::min(std::max(l[c], -half), half);
           }
         } else {
           for (int64_t c0 = 0; c0 < d; c0 += g) {
-            const float half = 0.5f * s[c0 / g];
+            const float half = 0.5f * std::fabs(s[c0 / g]);
             for (int64_t c = c0; c < c0 + g; ++c) o[c] += std::min(std::max(l[c], -half), half);
           }
         }

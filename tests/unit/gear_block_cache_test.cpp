@@ -121,6 +121,28 @@ TEST(GearBlocksTest, TiesAtTheExtremesBreakByPositionAsTheCpuStoreDoes) {
 // and codes 0, in both stores, and read back NaN, as the CPU store's rule says
 // (minmax_quant.cpp); the residual there is left out of the factors, so with a rank the rest of
 // the head still reads back numbers, the same in both stores.
+// A constant group whose value the dtype rounds up gets a tiny negative step (methods.md): its
+// L is still clamped into a cell of half that step's size either way, not pinned to its lower
+// edge. One value row of 32 channels: codes 0, min 1, step -0.01, L = 0.001 everywhere (inside
+// the cell), then 0.02 (past it).
+TEST(GearBlocksTest, ANegativeStepClampsLIntoACellOfItsSize) {
+  GearParams p;
+  p.bits = 8, p.group = 32;
+  for (const float l : {0.001f, 0.02f}) {
+    GearSideTensors side;
+    side.codes = at::zeros({1, 1, 32}, at::kByte);
+    side.scales = at::full({1, 1, 1}, -0.01f);
+    side.mins = at::ones({1, 1, 1});
+    side.outlier_values = at::empty({1, 1, 0});
+    side.outlier_index = at::empty({1, 1, 0}, at::kShort);
+    side.q = at::ones({1, 1, 1});
+    side.p = at::full({1, 1, 32}, l);
+    const at::Tensor x = gear_reconstruct(p, /*is_key=*/false, side);
+    EXPECT_TRUE(at::allclose(x, at::full({1, 1, 32}, 1.0f + std::min(l, 0.005f)), 0, 1e-7))
+        << l << ": " << x[0][0][0].item<float>();
+  }
+}
+
 TEST(GearBlocksTest, AGroupOverflowingTheDtypeReadsBackNaNAsTheCpuStoreDoes) {
   for (const int64_t rank : {0, 4}) {
     const auto codec = gear_codec({{"name", "gear"}, {"rank_prefill", rank}}, at::kHalf);
