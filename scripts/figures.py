@@ -78,14 +78,43 @@ def load_cells(paths):
     return list(cells.values())
 
 
+def code_path_of(report, device, attention):
+    """The code path a run took, as `kvbench report` reads it (cell_setup,
+    src/report/report_reader.cpp, after applicable_code_path in src/core/environment.cpp): the
+    environment.overrides that choose the code on this device and attention, at values other
+    than their defaults."""
+    env = report.get("environment", {})
+    overrides = env.get("overrides", {}) if isinstance(env, dict) else {}
+    if not isinstance(overrides, dict):
+        return {}
+    path = {}
+    for name, value in overrides.items():
+        if not isinstance(value, str) or not value:
+            continue
+        gpu_only = name in ("KVBENCH_DECODE_LOOP", "KVBENCH_RETAINED_TOKENS", "KVBENCH_MODEL_OPS")
+        cpu_only = name in ("KVBENCH_SIMD", "KVBENCH_PAGED_PATH")
+        if ((gpu_only and device != "cuda") or (cpu_only and device != "cpu")
+                or (name == "KVBENCH_MODEL_GEMM" and value == "aten")
+                or (name == "KVBENCH_PAGED_PATH" and attention == "paged")):
+            continue
+        path[name] = value
+    # Under paged attention on the CPU the variable picks the GPU path's code: another setup.
+    if attention == "paged" and device == "cpu" and overrides.get("KVBENCH_PAGED_PATH") == "kernels":
+        path["KVBENCH_PAGED_PATH"] = "kernels"
+    return path
+
+
 def setup_of(report, cell):
     """What a cell ran on, as `kvbench report` names it (its `setup` column): attention, device,
-    threads and, but for the kernels suite, the model's keys (dotted: model.preset)."""
+    threads, but for the kernels suite the model's keys (dotted: model.preset), and the code path
+    (dotted: code_path.KVBENCH_SIMD) when the run chose one."""
     cfg = report.get("config", {})
     setup = {"attention": cfg.get("attention", "cpu"), "device": cfg.get("device", "cpu"),
              "threads": cfg.get("threads")}
     if cell.get("suite") != "kernels" and isinstance(cfg.get("model"), dict):
         setup.update({f"model.{k}": v for k, v in cfg["model"].items()})
+    path = code_path_of(report, setup["device"], setup["attention"])
+    setup.update({f"code_path.{k}": v for k, v in path.items()})
     return setup
 
 
@@ -159,42 +188,50 @@ def throughput_figures(cells, lab, out, written, skipped):
     if not cs:
         skipped.append((", ".join(names), "no throughput cells"))
         return
-    pts = collections.defaultdict(list)  # series -> [(batch, prompt, decode)]
+    # series -> [(batch, prompt, new_tokens, decode)]: new_tokens is a grid axis too.
+    pts = collections.defaultdict(list)
     conf_of, is_full = {}, {}
     for c in cs:
         s = lab.series(c)
         conf_of[s], is_full[s] = lab.config(c), c["method"]["name"] == "full"
         for r in c["records"]:
             if r.get("kind") == "throughput":  # not the capacity view's record
-                pts[s].append((r["batch"], r["prompt_tokens"], r["decode_tok_s"]))
+                pts[s].append((r["batch"], r["prompt_tokens"], r.get("new_tokens"),
+                               r["decode_tok_s"]))
+    several_news = len({r[2] for rows in pts.values() for r in rows}) > 1
     for x_index, other_index, name, xlabel, other in ((0, 1, names[0], "batch", "prompt"),
                                                       (1, 0, names[1], "prompt tokens", "batch")):
         fig, ax = plt.subplots(figsize=(6, 4))
         for s, rows in sorted(pts.items()):
-            for fixed in sorted({r[other_index] for r in rows}):
-                sel = sorted((r[x_index], r[2]) for r in rows if r[other_index] == fixed)
-                ax.plot([p[0] for p in sel], [p[1] for p in sel], marker="o", label=f"{s} ({other} {fixed})")
+            # One line per value of the other axis and of new_tokens (a line mixing two
+            # new_tokens would zigzag between them).
+            for fixed, news in sorted({(r[other_index], r[2]) for r in rows},
+                                      key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+                sel = sorted((r[x_index], r[3]) for r in rows
+                             if r[other_index] == fixed and r[2] == news)
+                label = f"{s} ({other} {fixed}" + (f", new {news}" if several_news else "") + ")"
+                ax.plot([p[0] for p in sel], [p[1] for p in sel], marker="o", label=label)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("decode tokens/s")
         ax.set_xscale("log", base=2)
         ax.legend(fontsize=7)
         ax.set_title("Decode throughput")
         save(fig, out, name, written)
-    # Each method against the full cache of the same suite configuration.
+    # Each method against the full cache of the same suite configuration and point.
     base = {}
     for s, rows in pts.items():
         if is_full[s]:
             for r in rows:
-                base[(conf_of[s], r[0], r[1])] = r[2]
+                base[(conf_of[s], r[0], r[1], r[2])] = r[3]
     methods = [s for s in sorted(pts) if not is_full[s]]
     if not base or not methods:
         skipped.append((names[2], "no throughput cells of both full and another method"))
         return
-    keys = sorted(base)
+    keys = sorted(base, key=lambda k: (k[0], k[1], k[2], -1 if k[3] is None else k[3]))
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.8 / len(methods)
     for i, s in enumerate(methods):
-        got = {(conf_of[s], r[0], r[1]): r[2] for r in pts[s]}
+        got = {(conf_of[s], r[0], r[1], r[2]): r[3] for r in pts[s]}
         ax.bar([k + i * width for k in range(len(keys))],
                # A point the method lacks (a failed cell, another grid) is a gap, not 0x.
                # (a full cache that measured 0 tok/s gives no ratio either)
@@ -202,7 +239,8 @@ def throughput_figures(cells, lab, out, written, skipped):
                 for key in keys], width, label=s)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([k + width * (len(methods) - 1) / 2 for k in range(len(keys))])
-    ax.set_xticklabels([f"b{b}\np{p}" + (f"\n{conf}" if conf else "") for conf, b, p in keys], fontsize=7)
+    ax.set_xticklabels([f"b{b}\np{p}" + (f"\nn{n}" if several_news else "") +
+                        (f"\n{conf}" if conf else "") for conf, b, p, n in keys], fontsize=7)
     ax.set_ylabel("decode speed-up over full")
     ax.legend(fontsize=7)
     save(fig, out, names[2], written)

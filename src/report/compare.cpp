@@ -430,7 +430,9 @@ MetricComparison compare_series(const CompareMetric& m, const RunSeries& b, cons
     for (const RunSeries* side : {&b, &n})
       for (const Series& s : *side) floor = std::max(floor, s.floor);
     if (floor < 0) floor = m.abs_floor;
-    if (std::fabs(c.candidate - c.baseline) <= floor) c.regressed = c.improved = false;
+    // With rounding slack: fractions written as good / n differ by a hair more than 2 / n when
+    // two requests changed (0.9 - 0.7 > 2 / 10 in doubles).
+    if (std::fabs(c.candidate - c.baseline) <= floor * (1 + 1e-9)) c.regressed = c.improved = false;
     return c;
   }
   const double mb = median(pooled_samples(b)), mn = median(pooled_samples(n));
@@ -517,9 +519,9 @@ json report_setup(const json& doc) {
 }
 
 // What two reports' configs differ in among what their cells' ids hash (the thread count, the
-// model's entry: its path, say), leaf by leaf: what cells matched by parameters with differing
-// ids stand on. With those alike the ids differ by the inputs' contents (a checkpoint's or data
-// file's fingerprint, which the reports do not hold) or the CPU's paged path.
+// model's entry: its path, say; the code path's variables), leaf by leaf: what cells matched by
+// parameters with differing ids stand on. With those alike the ids differ by the inputs'
+// contents (a checkpoint's or data file's fingerprint, which the reports do not hold).
 std::string config_difference(const json& baseline, const json& candidate) {
   const json b = baseline.value("config", json::object()),
              n = candidate.value("config", json::object());
@@ -545,9 +547,23 @@ std::string config_difference(const json& baseline, const json& candidate) {
                        shown(to));
     }
   }
+  // The code path (environment variables that choose it) enters ids too: the cells matched
+  // may have run other code, which the note names.
+  const json bo = baseline.value("environment", json::object()).value("overrides", json::object()),
+             no = candidate.value("environment", json::object()).value("overrides", json::object());
+  if (bo.is_object() && no.is_object() && bo != no) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : bo.items()) keys.insert(k);
+    for (const auto& [k, v] : no.items()) keys.insert(k);
+    for (const std::string& k : keys) {
+      const json* from = bo.contains(k) ? &bo[k] : nullptr;
+      const json* to = no.contains(k) ? &no[k] : nullptr;
+      if (from == nullptr || to == nullptr || *from != *to)
+        differ.push_back("environment.overrides." + k + " " + shown(from) + " vs " + shown(to));
+    }
+  }
   if (differ.empty())
-    return "the configs are alike: the model's or data files' contents differ, or the code path "
-           "(environment.overrides)";
+    return "the configs and code paths are alike: the model's or data files' contents differ";
   return join(differ, "; ");
 }
 
@@ -821,7 +837,7 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
                      planned.end();
         return false;
       };
-      for (const auto& [point, sb] : pb) {
+      for (const auto& [point, all_sb] : pb) {
         auto it = pn.find(point);
         const std::string where = id + " " + m.spec.name + (point.empty() ? "" : " " + point);
         // A point or metric the baseline measured and the new run lacks fails the gate, as a
@@ -839,14 +855,23 @@ CompareResult compare_sides(const Runs& baselines, const Runs& candidates,
             out.missing.push_back(where);
           continue;
         }
-        if (sb.size() < base_cells.size())
-          out.notes.push_back(where + ": in " + std::to_string(sb.size()) + " of " +
+        if (all_sb.size() < base_cells.size())
+          out.notes.push_back(where + ": in " + std::to_string(all_sb.size()) + " of " +
                               std::to_string(base_cells.size()) +
                               " baseline runs; compared over those");
-        if (m.spec.timing && any_empty(sb)) {
+        // A timing is compared over the baseline runs that kept its raw samples (a report from
+        // before they were written has none).
+        RunSeries sb;
+        for (const Series& s : all_sb)
+          if (!m.spec.timing || !s.samples.empty()) sb.push_back(s);
+        if (sb.empty()) {
           out.notes.push_back(where + ": no raw samples in the baseline; not compared");
           continue;
         }
+        if (sb.size() < all_sb.size())
+          out.notes.push_back(where + ": raw samples in " + std::to_string(sb.size()) + " of " +
+                              std::to_string(all_sb.size()) +
+                              " baseline runs; compared over those");
         if (m.spec.timing && any_empty(it->second)) {
           out.missing.push_back(where + " (no raw samples now)");
           continue;

@@ -518,9 +518,18 @@ ResultTable suite_table(const SuiteSpec& spec, const std::vector<const MergedCel
       rows.push_back(std::move(r));
     }
   }
+  // A group holding two baseline rows (cells of other ids with the same setup and parameters:
+  // another checkpoint or data file at the same path, merged from older reports) has no one
+  // baseline: its ratios stay empty rather than divide by whichever came first.
+  std::set<std::string> ambiguous;
   for (const Row& r : rows) {
-    if (r.is_baseline && !baseline_of.count(r.group)) baseline_of[r.group] = &r;
+    if (!r.is_baseline) continue;
+    if (baseline_of.count(r.group))
+      ambiguous.insert(r.group);
+    else
+      baseline_of[r.group] = &r;
   }
+  for (const std::string& g : ambiguous) baseline_of.erase(g);
 
   ResultTable t;
   t.name = spec.table.empty() ? spec.suite : spec.table;
@@ -546,7 +555,9 @@ ResultTable suite_table(const SuiteSpec& spec, const std::vector<const MergedCel
       for (const Row& r : rows) {
         if (r.group != group || r.is_baseline != (pass == 0)) continue;
         const auto base = baseline_of.find(group);
-        if (!ctx.baseline.empty() && base == baseline_of.end() && pass == 1) ++without_baseline;
+        if (!ctx.baseline.empty() && base == baseline_of.end() && pass == 1 &&
+            !ambiguous.count(group))
+          ++without_baseline;
         std::vector<json> row = {ctx.label(r.cell->cell)};
         if (!setup_keys.empty()) row.push_back(describe(r.cell->setup, setup_keys));
         std::map<std::string, json> flat;
@@ -570,6 +581,13 @@ ResultTable suite_table(const SuiteSpec& spec, const std::vector<const MergedCel
         t.rows.push_back(std::move(row));
       }
     }
+  }
+  if (!ambiguous.empty()) {
+    ctx.notes.push_back(spec.suite + ": " + std::to_string(ambiguous.size()) +
+                        " group(s) of one setup, parameters and point hold several " +
+                        ctx.baseline +
+                        " rows (cells of other ids: another checkpoint or data file, merged from "
+                        "other reports); their ratios are empty");
   }
   if (without_baseline > 0) {
     ctx.notes.push_back(spec.suite + ": " + std::to_string(without_baseline) + " row(s) have no " +
@@ -695,9 +713,10 @@ ResultTable pareto_table(const std::vector<MergedCell>& cells, Context& ctx) {
       if (std::find(labels.begin(), labels.end(), label) == labels.end()) labels.push_back(label);
       const std::string pkey = suite + "|" + c.value("params", json::object()).dump();
       const json& sum = summary_of(c);
-      if (json b = number_at(sum, "kv_memory.bits_per_value"); !b.is_null()) {
+      // The latency summaries' bits (throughput records' below), not fidelity's: its cache holds
+      // a window's tokens, not the timed generations'.
+      if (json b = number_at(sum, "kv_memory.bits_per_value"); suite == "latency" && !b.is_null())
         bits[label].push_back(b.get<double>());
-      }
       if (json a = number_at(sum, suite == "accuracy" ? "mean_score" : "accuracy"); !a.is_null()) {
         acc[label][pkey] = a.get<double>();
       }

@@ -1264,6 +1264,22 @@ class FiguresCliTest(CliCase):
                          sorted(f"{m} [model.preset={p},prefix_tokens={n}]"
                                 for m in ("full", "int4") for p in ("tiny-llama", "tiny-qwen3")
                                 for n in (16, 32)))
+        # So are cells of another code path (a KVBENCH_SIMD override on the cpu), as
+        # `kvbench report` names them.
+        simd = json.loads(json.dumps(only))
+        simd.setdefault("environment", {})["overrides"] = {"KVBENCH_SIMD": "scalar"}
+        for c in simd["cells"]:
+            c["id"] += ".simd"
+        scalar = self.dir / "fidelity_scalar.json"
+        scalar.write_text(json.dumps(simd))
+        got = subprocess.run([py, "-c", labels.replace("[sys.argv[2]]", "sys.argv[2:]"),
+                              str(ROOT / "scripts" / "figures.py"), str(part), str(scalar)],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(got.returncode, 0, got.stderr)
+        self.assertEqual(sorted(got.stdout.split("\n")[:-1]),
+                         sorted(f"{m} [code_path.KVBENCH_SIMD={p},prefix_tokens={n}]"
+                                for m in ("full", "int4") for p in ("None", "scalar")
+                                for n in (16, 32)))
 
     def test_a_missing_report_is_a_one_line_error(self):
         py = python_with_matplotlib()

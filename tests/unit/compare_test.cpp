@@ -335,6 +335,24 @@ TEST(Compare, RepeatedRunsCarryTheSpreadBetweenProcesses) {
   EXPECT_TRUE(find(bytes, "kv_bytes").regressed);
 }
 
+// A baseline run without raw samples (a report from before they were written) leaves the
+// timing to the runs that have them, as a run missing the point would.
+TEST(Compare, ABaselineRunWithoutSamplesLeavesTheOthersToJudge) {
+  json bare = latency_cell("l.a", kTight);
+  for (json& r : bare["records"]) r["samples_s"] = json::array();
+  const json a = report({latency_cell("l.a", kTight)});
+  const json slow = report({latency_cell("l.a", scaled(kTight, 1.5))});
+  const CompareResult r = compare_runs({report({bare}), a}, {slow}, defaults());
+  EXPECT_TRUE(find(r, "tpot").regressed);
+  bool noted = false;
+  for (const std::string& n : r.notes)
+    noted = noted ||
+            n.find("raw samples in 1 of 2 baseline runs; compared over those") != std::string::npos;
+  EXPECT_TRUE(noted);
+  const CompareResult none = compare_runs({report({bare}), report({bare})}, {slow}, defaults());
+  EXPECT_EQ(none.regressions(), 0u);
+}
+
 // Runs of a side must repeat one config; a cell failing in one run of either side is that
 // side's failure, naming the run.
 TEST(Compare, RepeatedRunsMustShareTheirCells) {
@@ -537,6 +555,20 @@ TEST(Compare, ServingMetricsPerRate) {
   EXPECT_EQ(compare_reports(report({counted(0.9)}), report({counted(0.9 - 2.0 / 32)}), defaults())
                 .regressions(),
             0u);
+  // Fractions as records write them (good / n): 9 of 10 then 7 of 10 differ by a hair more
+  // than 2 / 10 in doubles, and are still two requests.
+  auto of_ten = [](double goodput) {
+    json c = serving_cell(kTight, goodput);
+    for (json& r : c["records"]) r["requests"] = 10;
+    return c;
+  };
+  ASSERT_GT(9.0 / 10 - 7.0 / 10, 2.0 / 10);
+  EXPECT_EQ(compare_reports(report({of_ten(9.0 / 10)}), report({of_ten(7.0 / 10)}), defaults())
+                .regressions(),
+            0u);
+  EXPECT_EQ(compare_reports(report({of_ten(9.0 / 10)}), report({of_ten(6.0 / 10)}), defaults())
+                .regressions(),
+            1u);
   CompareOptions tight = defaults();
   tight.thresholds["goodput"] = 5;
   EXPECT_EQ(compare_reports(report({counted(1.0)}), report({counted(1.0 - 3.0 / 32)}), tight)
@@ -746,7 +778,8 @@ TEST(Compare, FailedCellsAndMatchingByParameters) {
       if (n.rfind("l.a: matched to l.b", 0) == 0) return n;
     return std::string();
   };
-  EXPECT_NE(match_note(byparams).find("(the ids differ: the configs are alike"), std::string::npos)
+  EXPECT_NE(match_note(byparams).find("(the ids differ: the configs and code paths are alike"),
+            std::string::npos)
       << match_note(byparams);
   json base = report({latency_cell("l.a", kTight)}), other = report({latency_cell("l.b", kTight)});
   base["config"]["threads"] = 2, other["config"]["threads"] = 4;
@@ -768,6 +801,14 @@ TEST(Compare, FailedCellsAndMatchingByParameters) {
   EXPECT_NE(match_note(compare_reports(base, other, defaults()))
                 .find("(the ids differ: model.path \"/data/models/llama-a\" vs "
                       "\"/data/models/llama-b\")"),
+            std::string::npos)
+      << match_note(compare_reports(base, other, defaults()));
+  // The code path's variables are named too (they enter the ids).
+  other["config"]["model"] = base["config"]["model"];
+  base["environment"]["overrides"] = json::object();
+  other["environment"]["overrides"] = {{"KVBENCH_SIMD", "avx2"}};
+  EXPECT_NE(match_note(compare_reports(base, other, defaults()))
+                .find("(the ids differ: environment.overrides.KVBENCH_SIMD (none) vs \"avx2\")"),
             std::string::npos)
       << match_note(compare_reports(base, other, defaults()));
 }

@@ -153,6 +153,26 @@ TEST(ReportMerge, TwoFilesGiveRatiosAgainstTheBaseline) {
   EXPECT_EQ(std::count(thr.columns.begin(), thr.columns.end(), "batch"), 1);
 }
 
+// Two full cells of other ids in one setup (another checkpoint at the same path, from an older
+// report): no ratio divides by whichever came first; a note says why the group has none.
+TEST(ReportMerge, AGroupWithTwoBaselineRowsGetsNoRatios) {
+  json old_full = latency_cell("full", 0.1, 0.02, 16, 4000);
+  old_full["id"] = "latency.full.00000000000000aa";
+  const auto a = make_report("a.json", {old_full});
+  const auto b = make_report("b.json", {latency_cell("full", 0.1, 0.04, 16, 4000),
+                                        latency_cell("int4", 0.12, 0.01, 5, 1250)});
+  const ReportTables t = build_report_tables(merge_reports({a, b}), "");
+  const ResultTable& lat = table(t, "latency");
+  ASSERT_EQ(lat.rows.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(value(lat, i, "tpot_median_s/full").is_null()) << i;
+  bool noted = false;
+  for (const std::string& n : t.notes)
+    noted = noted || n.find(
+                         "latency: 1 group(s) of one setup, parameters and point hold several "
+                         "full rows") != std::string::npos;
+  EXPECT_TRUE(noted);
+}
+
 // The phases table: a row per throughput point that has phases (points of a run without a
 // warmup have none), the attention's time against the baseline's.
 TEST(ReportMerge, PhasesTableSaysWhereTheStepWent) {
@@ -471,6 +491,14 @@ TEST(ReportMerge, ParetoFrontOfBitsDecodeSpeedAndKl) {
     EXPECT_EQ(note.find("no quality dimension"), std::string::npos) << note;
   // Geometric mean over the shared points: sqrt(120 * 240).
   EXPECT_NEAR(value(p, 1, "decode_tok_s").get<double>(), std::sqrt(120.0 * 240.0), 1e-9);
+  // bits_per_value is the timing suites' (a fidelity summary's kv_memory holds one window's
+  // tokens): a fidelity cell's bits leave it unchanged.
+  json fidelity = fidelity_cell("int4", 0.01);
+  fidelity["summary"]["kv_memory"] = {{"bits_per_value", 9.0}};
+  cells[3] = fidelity;
+  const ReportTables with_bits =
+      build_report_tables(merge_reports({make_report("a.json", cells)}), "");
+  EXPECT_DOUBLE_EQ(value(table(with_bits, "pareto"), 1, "bits_per_value").get<double>(), 5.0);
 
   EXPECT_EQ(pareto_front({{1, 1}, {2, 2}, {3, 0}}), (std::vector<bool>{false, true, true}));
   EXPECT_EQ(pareto_front({{1, 1}, {1, 1}}), (std::vector<bool>{true, true}));  // ties stay
