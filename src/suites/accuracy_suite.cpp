@@ -209,7 +209,14 @@ std::vector<Sample> load_samples(const CellContext& ctx, const std::string& form
       s.synthetic = make_task_sample(task, ctx.model.tokenizer(), params, "task_params");
       s.id = s.synthetic->id, s.task = task;
       s.task_params = resolve_task_params(task, params, "task_params", {});
-      s.tokens = encode_prompt(ctx, format, s.synthetic->prompt);
+      // RULER's answer prefix after the assistant's header when chat-wrapped (unwrapped, the
+      // prompt's text is the same either way).
+      const std::string& text = s.synthetic->prompt;
+      const std::string& prefix = s.synthetic->answer_prefix;
+      KVB_CHECK(text.size() >= prefix.size() &&
+                    text.compare(text.size() - prefix.size(), prefix.size(), prefix) == 0,
+                "accuracy: task ", task, "'s prompt does not end with its answer prefix");
+      s.tokens = encode_prompt(ctx, format, text.substr(0, text.size() - prefix.size()), prefix);
       // Room for every answer (four UUIDs take ~100 Llama-3 tokens, a 100-hop chain 101 names),
       // or both caches are cut off and every score capped alike.
       const int64_t answer_tokens = static_cast<int64_t>(

@@ -383,6 +383,7 @@ void redraw_digit_answers(TaskSample& sample, Rng& rng) {
       key = repeat_digit_key(answer.size(), answer[0] == '0', rng);
     } while (key == answer || sample.prompt.find(key) != std::string::npos);
     replace_all(sample.prompt, answer, key);
+    replace_all(sample.answer_prefix, answer, key);  // (it stays the prompt's suffix)
     answer = key;
   }
 }

@@ -18,7 +18,8 @@ constexpr const char* kInstruction =
 constexpr const char* kFiller[5] = {"The grass is green. ", "The sky is blue. ",
                                     "The sun is yellow. ", "Here we go. ",
                                     "There and back again. "};
-constexpr const char* kQuestion = "\nWhat is the pass key? The pass key is";
+constexpr const char* kQuestion = "\nWhat is the pass key?";
+constexpr const char* kAnswerPrefix = " The pass key is";
 
 std::string build(int64_t before, int64_t after, const std::string& key) {
   std::string p = kInstruction;
@@ -26,7 +27,7 @@ std::string build(int64_t before, int64_t after, const std::string& key) {
   for (; i < before; ++i) p += kFiller[i % 5];
   p += "The pass key is " + key + ". Remember it. " + key + " is the pass key. ";
   for (; i < before + after; ++i) p += kFiller[i % 5];
-  return p + kQuestion;
+  return p + kQuestion + kAnswerPrefix;
 }
 
 int64_t count(const Tokenizer& tokenizer, const std::string& text) {
@@ -56,6 +57,7 @@ TaskSample make_passkey(const Tokenizer& tokenizer, const PasskeyOptions& o) {
   const int64_t before = std::llround(o.depth * static_cast<double>(lo));
   TaskSample s;
   s.prompt = build(before, lo - before, key);
+  s.answer_prefix = kAnswerPrefix;
   s.answers = {key};
   s.prompt_tokens = count(tokenizer, s.prompt);
   s.needle_depth = lo ? static_cast<double>(before) / static_cast<double>(lo) : 0.0;

@@ -37,9 +37,10 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
   const std::string header =
       "Below is a numbered list of words. In these words, some appear more often than others. "
       "Memorize the ones that appear most often.\n";
-  const std::string question = "\nQuestion: What are the " + count +
-                               " most common words in the above list? Answer: The top " + count +
-                               " words that appear most often in the list are:";
+  const std::string answer_prefix =
+      " Answer: The top " + count + " words that appear most often in the list are:";
+  const std::string question =
+      "\nQuestion: What are the " + count + " most common words in the above list?" + answer_prefix;
   // Scoring finds each answer as a substring of the lower-cased output, and the invariant is
   // that each common word occurs common_freq times in the text: no other entry may contain a
   // common word or sit inside one ("car" in "carpet", in "bold-car"; "old" in "gold"), so such
@@ -118,6 +119,7 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
 
   TaskSample s;
   s.prompt = build(n);
+  s.answer_prefix = answer_prefix;
   s.prompt_tokens = count_tokens(tokenizer, s.prompt);
   s.answers = common;
   s.needle_depth = 0;

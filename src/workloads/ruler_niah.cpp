@@ -114,10 +114,11 @@ TaskSample make_needle_task(const Tokenizer& tokenizer, const NeedleOptions& o) 
       (one ? "A special magic " + noun + " is" : "Some special magic " + noun + " are") +
       " hidden within the following text. Make sure to memorize it. I will quiz you about the " +
       noun + " afterwards.\n";
-  const std::string question =
-      "\nWhat " + std::string(one ? "is the" : "are all the") + " special magic " + noun + " for " +
-      query + " mentioned in the provided text? The special magic " + noun + " for " + query +
-      " mentioned in the provided text " + (one ? "is" : "are");
+  const std::string answer_prefix = " The special magic " + noun + " for " + query +
+                                    " mentioned in the provided text " + (one ? "is" : "are");
+  const std::string question = "\nWhat " + std::string(one ? "is the" : "are all the") +
+                               " special magic " + noun + " for " + query +
+                               " mentioned in the provided text?" + answer_prefix;
 
   auto build = [&](int64_t n) {
     // Needles before filler line i are those with units_before == i; ties keep needle order.
@@ -142,6 +143,7 @@ TaskSample make_needle_task(const Tokenizer& tokenizer, const NeedleOptions& o) 
 
   TaskSample s;
   s.prompt = build(n);
+  s.answer_prefix = answer_prefix;
   s.prompt_tokens = count_tokens(tokenizer, s.prompt);
   for (int64_t q = 0; q < o.num_queries; ++q) {
     s.answers.insert(s.answers.end(), values[q].begin(), values[q].end());

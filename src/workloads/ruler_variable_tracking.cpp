@@ -65,11 +65,11 @@ TaskSample make_variable_tracking(const Tokenizer& tokenizer, const VariableTrac
   const std::string& value = chain_values[0];
   const std::string header =
       "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n";
-  const std::string question =
-      "\nQuestion: Find all variables that are assigned the value " + value +
-      " in the text above. Answer: According to the chain(s) of variable assignment in the text "
-      "above, " +
+  const std::string answer_prefix =
+      " Answer: According to the chain(s) of variable assignment in the text above, " +
       std::to_string(o.num_hops + 1) + " variables are assigned the value " + value + ", they are:";
+  const std::string question = "\nQuestion: Find all variables that are assigned the value " +
+                               value + " in the text above." + answer_prefix;
 
   auto build = [&](int64_t n) {
     // Statements before noise sentence i are those with units_before == i, in chain-major order
@@ -94,6 +94,7 @@ TaskSample make_variable_tracking(const Tokenizer& tokenizer, const VariableTrac
 
   TaskSample s;
   s.prompt = build(n);
+  s.answer_prefix = answer_prefix;
   s.prompt_tokens = count_tokens(tokenizer, s.prompt);
   s.answers = chains[0];
   s.needle_depth = depth_fraction(o.depth, n);

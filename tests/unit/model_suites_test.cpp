@@ -1616,6 +1616,47 @@ TEST(AccuracySuite, PromptsKeepTheirSpecialTokensAndWrapAsLongBenchDoes) {
             hash_of(render_chat("llama3", {{"user", "Ann came.\n\nWho?"}}), false));
 }
 
+// A synthetic task's prompt ends with RULER's answer prefix: unwrapped, the prompt's text as it
+// is; chat-wrapped, the rest as the user turn and the prefix after the assistant's header, so
+// the reply continues it (RULER's layout).
+TEST(AccuracySuite, AChatWrappedTaskPutsItsAnswerPrefixInTheReply) {
+  testing_support::Harness probe(json{{"name", "accuracy"}, {"task", "passkey"}}, "tiny-llama");
+  const Tokenizer& tok = probe.model.tokenizer();
+  for (const char* task :
+       {"passkey", "niah_single", "niah_multiquery", "variable_tracking", "common_words"}) {
+    const TaskSample t = make_task_sample(task, tok, {{"target_tokens", 4096}, {"seed", 1}}, "t");
+    EXPECT_FALSE(t.answer_prefix.empty()) << task;
+    ASSERT_GE(t.prompt.size(), t.answer_prefix.size()) << task;
+    EXPECT_EQ(t.prompt.substr(t.prompt.size() - t.answer_prefix.size()), t.answer_prefix) << task;
+  }
+  const TaskSample sample =
+      make_task_sample("passkey", tok, {{"target_tokens", 300}, {"seed", 0}, {"depth", 0.5}}, "t");
+  ASSERT_EQ(sample.answer_prefix, " The pass key is");
+  const std::string body =
+      sample.prompt.substr(0, sample.prompt.size() - sample.answer_prefix.size());
+  auto hash_of = [&](const std::string& text, bool special) {
+    const std::vector<int32_t> v = tok.encode(text, special);
+    return prompt_hash(std::vector<int64_t>(v.begin(), v.end()));
+  };
+  for (const std::string format : {"", "llama3"}) {
+    testing_support::Harness h(json{{"name", "accuracy"},
+                                    {"task", "passkey"},
+                                    {"samples", 1},
+                                    {"target_tokens", 300},
+                                    {"max_new_tokens", 2},
+                                    {"chat_format", format}},
+                               "tiny-llama");
+    AccuracySuite suite;
+    const CellOutput out = h.run(suite);
+    ASSERT_EQ(out.records.size(), 1u);
+    EXPECT_EQ(out.records[0]["prompt_hash"],
+              format.empty()
+                  ? hash_of(sample.prompt, true)
+                  : hash_of(render_chat(format, {{"user", body}}) + sample.answer_prefix, false))
+        << format;
+  }
+}
+
 // A tokenizer whose tokenizer_config sets add_eos_token ends every encoded prompt with EOS: a
 // prompt cut and re-encoded with RULER's answer prefix (or a fidelity corpus) holds it once, at
 // the end (the prefix after the body), not once inside as text read back.

@@ -14,7 +14,7 @@
 namespace kvbench {
 
 struct AssociativeRecallOptions {
-  int64_t target_tokens = 1024;  // the prompt is as long as possible without exceeding this
+  int64_t target_tokens = 4096;  // the prompt is as long as possible without exceeding this
   double depth = 0.5;            // where the asked pair sits in the key list, in [0, 1]
   uint64_t seed = 0;             // chooses keys, values and the recall order
   double recall_fraction = 0.5;  // share of the lines that are recall lines, in [0, 0.5]

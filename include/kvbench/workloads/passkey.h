@@ -14,7 +14,7 @@
 namespace kvbench {
 
 struct PasskeyOptions {
-  int64_t target_tokens = 1024;  // the prompt is as long as possible without exceeding this
+  int64_t target_tokens = 4096;  // the prompt is as long as possible without exceeding this
   double depth = 0.5;            // needle position in [0, 1] of the filler
   uint64_t seed = 0;             // chooses the 5-digit key
 };

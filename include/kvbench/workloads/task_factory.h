@@ -4,7 +4,8 @@
 // back `kvbench list`); unknown task names and keys are rejected listing the valid ones.
 //
 // Tasks: passkey; niah_single, niah_multikey, niah_multivalue, niah_multiquery (presets of
-// make_needle_task); variable_tracking; common_words; kv_retrieval. docs/workloads.md has every
+// make_needle_task); variable_tracking; common_words; kv_retrieval; associative_recall.
+// docs/workloads.md has every
 // format and parameter.
 #pragma once
 
