@@ -64,8 +64,11 @@ TaskSample make_kv_retrieval(const Tokenizer& tokenizer, const KvRetrievalOption
   return s;
 }
 
+// Lost in the Middle's scorer (evaluate_kv_responses.py): the value, lower-cased, occurs in the
+// lower-cased output; RULER's string_match_part is that rule. (Until session 62 LongBench's
+// normalised substring match, which also credited a value with its hyphens dropped.)
 double kv_retrieval_score(const std::string& output, const std::vector<std::string>& answers) {
-  return substring_match(output, answers);
+  return string_match_part(output, answers);
 }
 
 }  // namespace kvbench

@@ -512,6 +512,10 @@ TEST(RulerScorers, HandComputedFractions) {
   EXPECT_EQ(kv_retrieval_score(uuid, {uuid}), 1.0);
   EXPECT_EQ(kv_retrieval_score(" \"" + uuid + "\".", {uuid}), 1.0);
   EXPECT_EQ(kv_retrieval_score("4a1f0c2e-9b7d-4e3a-8c5f-0d1e2f3a4b5d", {uuid}), 0.0);
+  // Case-insensitive, as Lost in the Middle's scorer; the value with its hyphens dropped is
+  // another string (LongBench's normalised match credited it).
+  EXPECT_EQ(kv_retrieval_score("4A1F0C2E-9B7D-4E3A-8C5F-0D1E2F3A4B5C", {uuid}), 1.0);
+  EXPECT_EQ(kv_retrieval_score("4a1f0c2e9b7d4e3a8c5f0d1e2f3a4b5c", {uuid}), 0.0);
   // Through the factory's dispatch, with references from a sample.
   TaskSample s;
   s.answers = values;

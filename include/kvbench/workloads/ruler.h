@@ -7,7 +7,7 @@
 //
 // Each task has a scorer in [0, 1] wired to the RULER / LongBench reference scorers in
 // scorers.h: string_match_all for needles, variable tracking and common words (the fraction of
-// the references found in the lower-cased output), substring match for key-value retrieval.
+// the references found in the lower-cased output), string_match_part for key-value retrieval.
 #pragma once
 
 #include <cstdint>
@@ -92,7 +92,8 @@ struct KvRetrievalOptions {
 // Answers: the asked key's value. The object between "JSON data:\n" and "\n\nKey:" parses as
 // JSON.
 TaskSample make_kv_retrieval(const Tokenizer& tokenizer, const KvRetrievalOptions& options);
-// LongBench substring match (normalised): 1 when the value occurs in the output.
+// Lost in the Middle's rule (RULER's string_match_part): 1 when the value occurs in the output,
+// case-insensitively.
 double kv_retrieval_score(const std::string& output, const std::vector<std::string>& answers);
 
 }  // namespace kvbench
