@@ -65,8 +65,25 @@ TaskSample make_needle_task(const Tokenizer& tokenizer, const NeedleOptions& o) 
   Rng rng = substream(o.seed, 0);
   std::vector<std::string> keys;
   std::vector<std::vector<std::string>> values;
+  // Nor does any other key hold an asked one or sit inside it ("bold-carpet" beside an asked
+  // "old-car": word keys only, the others are of one length): such a key is drawn again.
+  auto overlaps_asked = [&](const std::string& key) {
+    for (int64_t q = 0; q < std::min<int64_t>(o.num_queries, keys.size()); ++q)
+      if (key.find(keys[q]) != std::string::npos || keys[q].find(key) != std::string::npos)
+        return true;
+    return false;
+  };
+  auto other_key = [&](Rng& from) {
+    std::string key;
+    do {
+      key = draw_unique(used, [&] { return random_key(o.key_type, from); });
+    } while (overlaps_asked(key));
+    return key;
+  };
   for (int64_t k = 0; k < o.num_keys; ++k) {
-    keys.push_back(draw_unique(used, [&] { return random_key(o.key_type, rng); }));
+    keys.push_back(k < o.num_queries
+                       ? draw_unique(used, [&] { return random_key(o.key_type, rng); })
+                       : other_key(rng));
     values.emplace_back();
     for (int64_t v = 0; v < o.num_values; ++v) {
       values.back().push_back(draw_unique(used, [&] { return random_value(o.value_type, rng); }));
@@ -98,7 +115,7 @@ TaskSample make_needle_task(const Tokenizer& tokenizer, const NeedleOptions& o) 
   auto filler_line = [&](int64_t i) -> const std::string& {
     if (o.haystack == HaystackType::kRepeat) return noise_sentence(i);
     while (static_cast<int64_t>(filler.size()) <= i) {
-      const std::string key = draw_unique(used, [&] { return random_key(o.key_type, filler_rng); });
+      const std::string key = other_key(filler_rng);
       const std::string value =
           draw_unique(used, [&] { return random_value(o.value_type, filler_rng); });
       filler.push_back(needle_text(kind, key, value));

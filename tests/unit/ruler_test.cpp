@@ -292,6 +292,38 @@ TEST(RulerNiah, MultiQueryAsksEveryKey) {
   EXPECT_NE(query.find(", and "), std::string::npos);
 }
 
+// No other key holds an asked one or sits inside it ("bold-carpet" beside an asked "old-car"):
+// over a needle haystack of word keys, each asked key occurs in its own needle and the question
+// (twice) only. (Such a pair is rare, about 1e-5 of random keys: this checks the invariant on
+// some 1,000 keys rather than forcing a redraw.)
+TEST(RulerNiah, NoOtherKeyOverlapsAnAskedOne) {
+  for (uint64_t seed = 0; seed < 12; ++seed) {
+    NeedleOptions o;
+    o.target_tokens = 4096;
+    o.seed = seed;
+    o.num_keys = 4;
+    o.key_type = NeedleKeyType::kWords;
+    o.haystack = HaystackType::kNeedle;
+    const TaskSample s = make_needle_task(tiny(), o);
+    const auto needles = needles_in(s.prompt);
+    ASSERT_GT(needles.size(), 50u);
+    // The asked key, from the answer prefix " The special magic number for KEY mentioned ...".
+    const std::string lead = " The special magic number for ";
+    ASSERT_EQ(s.answer_prefix.rfind(lead, 0), 0u);
+    const std::string key =
+        s.answer_prefix.substr(lead.size(), s.answer_prefix.find(" mentioned") - lead.size());
+    ASSERT_FALSE(key.empty());
+    size_t count = 0;
+    for (size_t at = s.prompt.find(key); at != std::string::npos; at = s.prompt.find(key, at + 1))
+      ++count;
+    EXPECT_EQ(count, 3u) << "seed " << seed << ", key " << key;
+    for (const auto& n : needles)
+      if (n.key != key)
+        EXPECT_TRUE(n.key.find(key) == std::string::npos && key.find(n.key) == std::string::npos)
+            << n.key << " beside " << key;
+  }
+}
+
 TEST(RulerNiah, RejectsImpossibleCounts) {
   NeedleOptions o;
   o.num_keys = 2;
