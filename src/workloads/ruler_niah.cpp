@@ -2,6 +2,7 @@
 // template, needle sentence and singular/plural wording follow it; the haystack is its
 // "repeat" or "needle" kind (the Paul Graham essays are not shipped).
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <unordered_set>
 
@@ -41,6 +42,10 @@ std::string needle_text(const std::string& kind, const std::string& key, const s
 }
 
 // "a", "a, and b", "a, b, and c" (RULER's join, Oxford comma even for two).
+// Filler lines of a needle haystack with word keys: below the 301 x 345 distinct pairs, with
+// room for the sample's own keys and the redraws of keys overlapping an asked one.
+constexpr int64_t kMaxWordKeyLines = 90000;
+
 std::string join_queries(const std::vector<std::string>& keys) {
   if (keys.size() == 1) return keys[0];
   std::string s;
@@ -155,8 +160,20 @@ TaskSample make_needle_task(const Tokenizer& tokenizer, const NeedleOptions& o) 
     }
     return header + context.str() + question;
   };
-  const int64_t n = fit_filler([&](int64_t m) { return count_tokens(tokenizer, build(m)); },
-                               o.target_tokens, task);
+  // A needle haystack of word keys runs out of distinct "adjective-noun" keys (about 104k):
+  // the search counts more lines than that as too long, and a target past them is refused by
+  // name (not by the draw running dry somewhere in the doubling search).
+  const int64_t cap = o.haystack == HaystackType::kNeedle && o.key_type == NeedleKeyType::kWords
+                          ? kMaxWordKeyLines
+                          : std::numeric_limits<int64_t>::max();
+  const int64_t n = fit_filler(
+      [&](int64_t m) {
+        return m > cap ? std::numeric_limits<int64_t>::max() : count_tokens(tokenizer, build(m));
+      },
+      o.target_tokens, task);
+  KVB_CHECK(n < cap, task, ": a needle haystack of word keys holds at most ", cap,
+            " lines (distinct adjective-noun keys), fewer than target_tokens ", o.target_tokens,
+            " needs; set key_type to numbers or uuids");
 
   TaskSample s;
   s.prompt = build(n);
