@@ -110,7 +110,6 @@ ServingTrace run_serving(std::vector<ServingRequest> requests, Scheduler& schedu
   // The last token's time: releasing the finished sequences after it is not serving time.
   trace.end_s = trace.steps.empty() ? clock.now() - t0 : trace.steps.back().end_s;
   trace.preemptions = scheduler.total_preemptions();
-  trace.peak_used_blocks = scheduler.pool().peak_used_blocks();
   for (auto& r : trace.requests) r.preemptions = scheduler.preemptions(r.request.id);
   return trace;
 }

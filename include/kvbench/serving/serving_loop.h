@@ -99,7 +99,6 @@ struct ServingTrace {
   std::vector<StepTrace> steps;
   double end_s = 0;  // since the loop started
   int64_t preemptions = 0;
-  int64_t peak_used_blocks = 0;
   int64_t max_concurrency = 0;  // 0: none
 };
 
