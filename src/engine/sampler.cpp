@@ -24,7 +24,8 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
 // token, as long as a GPU's decode step, inside both caches' token times). A token of
 // probability 0 (a suppressed id) is never drawn.
 int64_t Sampler::draw_in_id_order(const at::Tensor& probs) {
-  const double* p = probs.contiguous().data_ptr<double>();
+  const at::Tensor dense = probs.contiguous();
+  const double* p = dense.data_ptr<double>();
   const int64_t n = probs.size(0);
   double mass = 0;
   int64_t last = 0;

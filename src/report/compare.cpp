@@ -8,6 +8,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/text.h"
+#include "kvbench/report/report_reader.h"
 
 namespace kvbench {
 namespace {
@@ -547,11 +548,10 @@ std::string config_difference(const json& baseline, const json& candidate) {
                        shown(to));
     }
   }
-  // The code path (environment variables that choose it) enters ids too: the cells matched
-  // may have run other code, which the note names.
-  const json bo = baseline.value("environment", json::object()).value("overrides", json::object()),
-             no = candidate.value("environment", json::object()).value("overrides", json::object());
-  if (bo.is_object() && no.is_object() && bo != no) {
+  // The code path (the environment variables that choose it on the run's device and attention)
+  // enters ids too: the cells matched may have run other code, which the note names.
+  const json bo = report_code_path(baseline), no = report_code_path(candidate);
+  if (bo != no) {
     std::set<std::string> keys;
     for (const auto& [k, v] : bo.items()) keys.insert(k);
     for (const auto& [k, v] : no.items()) keys.insert(k);

@@ -117,6 +117,30 @@ std::string malformed_report_message(const std::exception& e,
          " names it";
 }
 
+nlohmann::json report_code_path(const nlohmann::json& report) {
+  const nlohmann::json cfg = report.value("config", nlohmann::json::object());
+  const nlohmann::json env = report.value("environment", nlohmann::json::object());
+  const nlohmann::json overrides =
+      env.is_object() ? env.value("overrides", nlohmann::json()) : nlohmann::json();
+  nlohmann::json path = nlohmann::json::object();
+  if (!overrides.is_object() || !cfg.is_object()) return path;
+  std::map<std::string, std::string> set;
+  for (const auto& [name, value] : overrides.items()) {
+    if (value.is_string()) set[name] = value.get<std::string>();
+  }
+  auto text = [&](const char* key, const char* fallback) {
+    const nlohmann::json v = cfg.value(key, nlohmann::json(fallback));
+    return v.is_string() ? v.get<std::string>() : std::string();
+  };
+  const std::string device = text("device", "cpu"), attention = text("attention", "cpu");
+  for (const auto& [name, value] : applicable_code_path(set, device, attention)) path[name] = value;
+  // Under paged attention on the CPU the variable picks the GPU path's code, which cell ids
+  // record as paged_path: another setup too.
+  if (attention == "paged" && device == "cpu" && set["KVBENCH_PAGED_PATH"] == "kernels")
+    path["KVBENCH_PAGED_PATH"] = "kernels";
+  return path;
+}
+
 nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& cell) {
   const nlohmann::json& cfg = report["config"];
   nlohmann::json setup = {{"attention", cfg.value("attention", "cpu")},
@@ -125,25 +149,7 @@ nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& ce
   if (cell.value("suite", "") != "kernels") setup["model"] = cfg.value("model", nlohmann::json());
   // The code path the run took (its cells' ids carry it too): a report measured with
   // KVBENCH_PAGED_PATH=kernels is another setup than the plain one, not a second row beside it.
-  const nlohmann::json env = report.value("environment", nlohmann::json::object());
-  const nlohmann::json overrides =
-      env.is_object() ? env.value("overrides", nlohmann::json()) : nlohmann::json();
-  if (overrides.is_object()) {
-    std::map<std::string, std::string> set;
-    for (const auto& [name, value] : overrides.items()) {
-      if (value.is_string()) set[name] = value.get<std::string>();
-    }
-    auto text = [&](const char* key) {
-      return setup[key].is_string() ? setup[key].get<std::string>() : std::string();
-    };
-    const std::string device = text("device"), attention = text("attention");
-    nlohmann::json path = applicable_code_path(set, device, attention);
-    // Under paged attention on the CPU the variable picks the GPU path's code, which cell ids
-    // record as paged_path: another setup too.
-    if (attention == "paged" && device == "cpu" && set["KVBENCH_PAGED_PATH"] == "kernels")
-      path["KVBENCH_PAGED_PATH"] = "kernels";
-    if (!path.empty()) setup["code_path"] = path;
-  }
+  if (nlohmann::json path = report_code_path(report); !path.empty()) setup["code_path"] = path;
   return setup;
 }
 

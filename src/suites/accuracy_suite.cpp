@@ -469,20 +469,16 @@ CellOutput AccuracySuite::run(const CellContext& ctx) {
   double agreement_sum = 0;
   bool kept_all = true;
   // The records time the method: its first sample must not pay for the process's first
-  // generation on its cache (allocations, page faults, thread start-up). A short untimed
-  // generation on each cache first (the first sample's first 64 tokens, 3 decode steps), and
-  // the caches take turns going first.
+  // generation on its cache (allocations, page faults, thread start-up, a policy's first
+  // selection, which a prompt within its budget never makes). An untimed generation of the
+  // first sample's prompt on each cache first (3 decode steps), as output_length's, and the
+  // caches take turns going first.
   GenerationConfig warm;
   warm.max_new_tokens = 4;
   warm.ignore_eos = true;
-  std::vector<int64_t> warm_prompt;
   if (!samples.empty()) {
-    const std::vector<int64_t>& first = samples.front().tokens;
-    warm_prompt.assign(first.begin(), first.begin() + std::min<size_t>(first.size(), 64));
-  }
-  if (!warm_prompt.empty()) {
-    generate(model, *full, {warm_prompt}, warm);
-    generate(model, *cache, {warm_prompt}, warm);
+    generate(model, *full, {samples.front().tokens}, warm);
+    generate(model, *cache, {samples.front().tokens}, warm);
   }
   ctx.progress.begin(ctx.cell_id, samples.size());
   for (size_t i = 0; i < samples.size(); ++i) {

@@ -162,7 +162,9 @@ std::vector<Cell> expand_cells(const RunSpec& spec) {
                       static_cast<unsigned long long>(fnv1a64(j.dump())));
         return std::string(hex);
       };
-      // The cell's seed (its prompts and corpora) comes from what it measures...
+      // The cell's seed (its intervals' resampling, the kernels suite's random tensors; the
+      // model suites' prompts and corpora come from the run's seed) comes from what it
+      // measures...
       c.seed = fnv1a64(std::to_string(spec.seed) + ":" + hex_of(identity));
       // Not the shard: containers of one job array split the cells alike whatever their
       // environments.

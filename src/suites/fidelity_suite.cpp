@@ -134,9 +134,10 @@ uint64_t FidelitySuite::estimate_bytes(const EstimateContext& ctx) const {
   const int64_t prompt = ctx.params["prefix_tokens"], steps = ctx.params["eval_tokens"];
   // The baseline cache at fp32 is the largest uncompressed cache the run can have.
   const double full_per_token = full_cache_bytes_per_token(c);
+  // The two caches stepped one after the other, as the run's own check charges them.
   return model_weight_bytes(c, ctx.weight_dtype) + ctx.shared_bytes +
-         generation_bytes(c, ctx.kv_bytes_per_token_at(prompt + steps), 1, prompt, steps) +
-         generation_bytes(c, full_per_token, 1, prompt, steps);
+         generation_bytes(c, ctx.kv_bytes_per_token_at(prompt + steps) + full_per_token, 1, prompt,
+                          steps + 1);
 }
 
 CellOutput FidelitySuite::run(const CellContext& ctx) {

@@ -41,11 +41,11 @@ std::string needle_text(const std::string& kind, const std::string& key, const s
   return "One of the special magic " + kind + " for " + key + " is: " + value + ".";
 }
 
-// "a", "a, and b", "a, b, and c" (RULER's join, Oxford comma even for two).
 // Filler lines of a needle haystack with word keys: below the 301 x 345 distinct pairs, with
 // room for the sample's own keys and the redraws of keys overlapping an asked one.
 constexpr int64_t kMaxWordKeyLines = 90000;
 
+// "a", "a, and b", "a, b, and c" (RULER's join, Oxford comma even for two).
 std::string join_queries(const std::vector<std::string>& keys) {
   if (keys.size() == 1) return keys[0];
   std::string s;
@@ -71,7 +71,8 @@ TaskSample make_needle_task(const Tokenizer& tokenizer, const NeedleOptions& o) 
   std::vector<std::string> keys;
   std::vector<std::vector<std::string>> values;
   // Nor does any other key hold an asked one or sit inside it ("bold-carpet" beside an asked
-  // "old-car": word keys only, the others are of one length): such a key is drawn again.
+  // "old-car": word keys only, the others are of one length), asked keys each other included:
+  // such a key is drawn again. (Keys are drawn asked ones first.)
   auto overlaps_asked = [&](const std::string& key) {
     for (int64_t q = 0; q < std::min<int64_t>(o.num_queries, keys.size()); ++q)
       if (key.find(keys[q]) != std::string::npos || keys[q].find(key) != std::string::npos)
@@ -86,9 +87,7 @@ TaskSample make_needle_task(const Tokenizer& tokenizer, const NeedleOptions& o) 
     return key;
   };
   for (int64_t k = 0; k < o.num_keys; ++k) {
-    keys.push_back(k < o.num_queries
-                       ? draw_unique(used, [&] { return random_key(o.key_type, rng); })
-                       : other_key(rng));
+    keys.push_back(other_key(rng));
     values.emplace_back();
     for (int64_t v = 0; v < o.num_values; ++v) {
       values.back().push_back(draw_unique(used, [&] { return random_value(o.value_type, rng); }));

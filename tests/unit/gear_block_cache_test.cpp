@@ -117,10 +117,6 @@ TEST(GearBlocksTest, TiesAtTheExtremesBreakByPositionAsTheCpuStoreDoes) {
   }
 }
 
-// Groups whose fp16 min overflows (values below -65504 handed in fp32) store a NaN min and step
-// and codes 0, in both stores, and read back NaN, as the CPU store's rule says
-// (minmax_quant.cpp); the residual there is left out of the factors, so with a rank the rest of
-// the head still reads back numbers, the same in both stores.
 // A constant group whose value the dtype rounds up gets a tiny negative step (methods.md): its
 // L is still clamped into a cell of half that step's size either way, not pinned to its lower
 // edge. One value row of 32 channels: codes 0, min 1, step -0.01, L = 0.001 everywhere (inside
@@ -143,6 +139,10 @@ TEST(GearBlocksTest, ANegativeStepClampsLIntoACellOfItsSize) {
   }
 }
 
+// Groups whose fp16 min overflows (values below -65504 handed in fp32) store a NaN min and step
+// and codes 0, in both stores, and read back NaN, as the CPU store's rule says
+// (minmax_quant.cpp); the residual there is left out of the factors, so with a rank the rest of
+// the head still reads back numbers, the same in both stores.
 TEST(GearBlocksTest, AGroupOverflowingTheDtypeReadsBackNaNAsTheCpuStoreDoes) {
   for (const int64_t rank : {0, 4}) {
     const auto codec = gear_codec({{"name", "gear"}, {"rank_prefill", rank}}, at::kHalf);

@@ -55,8 +55,9 @@ TEST(Sampler, TemperatureSamplingFollowsTheDistributionAndIsSeeded) {
   EXPECT_THROW(Sampler({1.0, 0.0, 0}), Error);
 }
 
-// At top_p 1 a draw walks the ids in order (no sort of the vocabulary): probabilities 0.1, 0.2,
-// 0.7 give id 0 for u < 0.1, 1 for u < 0.3, 2 above; a suppressed id (-inf) is never drawn.
+// At top_p 1 a draw walks the ids in order (no sort of the vocabulary): ids 0, 2 and 3 of
+// probabilities 0.1, 0.2 and 0.7 (id 1 suppressed: -inf, never drawn) give id 0 for u < 0.1, 2
+// for u < 0.3, 3 above.
 TEST(Sampler, AtTopPOneADrawWalksTheIdsInOrder) {
   const at::Tensor logits = at::log(at::tensor({0.1, 0.0, 0.2, 0.7})).to(at::kFloat);  // id 1: -inf
   Sampler s({1.0, 1.0, 17});

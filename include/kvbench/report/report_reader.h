@@ -36,5 +36,10 @@ std::string malformed_report_message(const std::exception& e,
 // `kernels`, the model section), and `code_path`: the environment's overrides that apply on that
 // device (applicable_code_path), when any. Cells are compared only within one setup.
 nlohmann::json cell_setup(const nlohmann::json& report, const nlohmann::json& cell);
+// The code path a report's run took, as its cells' ids carry it: the environment.overrides that
+// choose the code on its device and attention at other than their defaults
+// (applicable_code_path), and KVBENCH_PAGED_PATH=kernels under paged attention on the CPU. An
+// empty object when none.
+nlohmann::json report_code_path(const nlohmann::json& report);
 
 }  // namespace kvbench
