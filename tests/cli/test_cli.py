@@ -1248,35 +1248,33 @@ class FiguresCliTest(CliCase):
         self.assertIn("figures: skipped accuracy_scatter, negative_samples: no accuracy cells", fig.stderr)
         self.assertTrue((self.dir / "figs2" / "fidelity_kl.png").is_file())
 
-        # Cells of another model are other series, never merged into these (the same report
-        # as if run on tiny-qwen3: other ids, the setup names the model).
-        other = json.loads(json.dumps(only))
-        other["config"]["model"]["preset"] = "tiny-qwen3"
-        for c in other["cells"]:
-            c["id"] += ".qwen"
-        twin = self.dir / "fidelity_qwen.json"
-        twin.write_text(json.dumps(other))
-        got = subprocess.run([py, "-c", labels.replace("[sys.argv[2]]", "sys.argv[2:]"),
-                              str(ROOT / "scripts" / "figures.py"), str(part), str(twin)],
-                             capture_output=True, text=True, timeout=120)
-        self.assertEqual(got.returncode, 0, got.stderr)
-        self.assertEqual(sorted(got.stdout.split("\n")[:-1]),
+        # Cells of another model or code path are other series, never merged into these (the
+        # same report as if run on tiny-qwen3, or with a KVBENCH_SIMD override on the cpu:
+        # other ids, the setup names the difference, as `kvbench report` does).
+        def labels_beside(edit, name):
+            twin_report = json.loads(json.dumps(only))
+            edit(twin_report)
+            for c in twin_report["cells"]:
+                c["id"] += "." + name
+            twin = self.dir / f"fidelity_{name}.json"
+            twin.write_text(json.dumps(twin_report))
+            got = subprocess.run([py, "-c", labels.replace("[sys.argv[2]]", "sys.argv[2:]"),
+                                  str(ROOT / "scripts" / "figures.py"), str(part), str(twin)],
+                                 capture_output=True, text=True, timeout=120)
+            self.assertEqual(got.returncode, 0, got.stderr)
+            return sorted(got.stdout.split("\n")[:-1])
+
+        def on_qwen(r):
+            r["config"]["model"]["preset"] = "tiny-qwen3"
+
+        def scalar_simd(r):
+            r.setdefault("environment", {})["overrides"] = {"KVBENCH_SIMD": "scalar"}
+
+        self.assertEqual(labels_beside(on_qwen, "qwen"),
                          sorted(f"{m} [model.preset={p},prefix_tokens={n}]"
                                 for m in ("full", "int4") for p in ("tiny-llama", "tiny-qwen3")
                                 for n in (16, 32)))
-        # So are cells of another code path (a KVBENCH_SIMD override on the cpu), as
-        # `kvbench report` names them.
-        simd = json.loads(json.dumps(only))
-        simd.setdefault("environment", {})["overrides"] = {"KVBENCH_SIMD": "scalar"}
-        for c in simd["cells"]:
-            c["id"] += ".simd"
-        scalar = self.dir / "fidelity_scalar.json"
-        scalar.write_text(json.dumps(simd))
-        got = subprocess.run([py, "-c", labels.replace("[sys.argv[2]]", "sys.argv[2:]"),
-                              str(ROOT / "scripts" / "figures.py"), str(part), str(scalar)],
-                             capture_output=True, text=True, timeout=120)
-        self.assertEqual(got.returncode, 0, got.stderr)
-        self.assertEqual(sorted(got.stdout.split("\n")[:-1]),
+        self.assertEqual(labels_beside(scalar_simd, "simd"),
                          sorted(f"{m} [code_path.KVBENCH_SIMD={p},prefix_tokens={n}]"
                                 for m in ("full", "int4") for p in ("None", "scalar")
                                 for n in (16, 32)))

@@ -117,10 +117,11 @@ TEST(GearBlocksTest, TiesAtTheExtremesBreakByPositionAsTheCpuStoreDoes) {
   }
 }
 
-// A constant group whose value the dtype rounds up gets a tiny negative step (methods.md): its
-// L is still clamped into a cell of half that step's size either way, not pinned to its lower
-// edge. One value row of 32 channels: codes 0, min 1, step -0.01, L = 0.001 everywhere (inside
-// the cell), then 0.02 (past it).
+// A negative step (the min-max rule's for a constant group whose value the stored dtype rounds
+// up, methods.md; GEAR's groups hold model-dtype values, so only inputs outside that contract
+// get one): its L is still clamped into a cell of half that step's size either way, not pinned
+// to its lower edge. One value row of 32 channels: codes 0, min 1, step -0.01, L = 0.001
+// everywhere (inside the cell), then 0.02 (past it).
 TEST(GearBlocksTest, ANegativeStepClampsLIntoACellOfItsSize) {
   GearParams p;
   p.bits = 8, p.group = 32;
