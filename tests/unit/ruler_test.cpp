@@ -324,6 +324,29 @@ TEST(RulerNiah, NoOtherKeyOverlapsAnAskedOne) {
   }
 }
 
+// With every key asked, every pair of keys is checked. A nested pair is rare (4.2e-7 of ordered
+// pairs: "bold"/"old" and "carpet"/"car" kinds), so the seeds are ones whose draw held one
+// before keys were drawn again ("careful-wall" beside "careful-wallet" at seed 10).
+TEST(RulerNiah, NoKeyNestsInAnotherWhenAllAreAsked) {
+  for (const uint64_t seed : {10, 50, 78}) {
+    NeedleOptions o;
+    o.target_tokens = 20000;  // the tiny tokenizer's: 300 needles and the question take ~17.6k
+    o.seed = seed;
+    o.num_keys = 300;
+    o.num_queries = 300;
+    o.key_type = NeedleKeyType::kWords;
+    o.haystack = HaystackType::kRepeat;
+    const TaskSample s = make_needle_task(tiny(), o);
+    const auto needles = needles_in(s.prompt);
+    ASSERT_EQ(needles.size(), 300u);
+    for (size_t a = 0; a < needles.size(); ++a)
+      for (size_t b = 0; b < needles.size(); ++b)
+        if (a != b)
+          EXPECT_EQ(needles[a].key.find(needles[b].key), std::string::npos)
+              << "seed " << seed << ": " << needles[b].key << " inside " << needles[a].key;
+  }
+}
+
 TEST(RulerNiah, RejectsImpossibleCounts) {
   NeedleOptions o;
   o.num_keys = 2;
