@@ -2,7 +2,8 @@
 // attention with RoPE (Hugging Face rotate_half layout), optional q/k/v biases and Qwen3
 // q/k-norm, SwiGLU MLP. Weights and activations are held in the placement's dtype on its device
 // (fp32 or bf16 on the CPU, where libtorch 1.13 has no fp16 matmul; fp16/bf16/fp32 on a GPU);
-// norms, RoPE angles and logits are computed in fp32 as Hugging Face does. The KV cache decides
+// norms and logits are computed in fp32 as Hugging Face does, RoPE angles in float64 (rope.h:
+// transformers forms them in fp32, about 2e-3 rad apart at position 32k). The KV cache decides
 // its own storage; it is handed q/k/v on its device (KVCache::device()) in the dtype it asks for
 // (KVCache::attend_dtype(), fp32 unless its kernels read fp16/bf16). A layer is four matmuls
 // (fused QKV, o_proj, fused gate/up, down) and the per-row work of fused_ops.h: one kernel
