@@ -161,7 +161,9 @@ const std::vector<TaskEntry>& tasks() {
           ParamSpec::integer("num_common", 10, "words asked for").range(1, 100),
           ParamSpec::integer("common_freq", 30, "times each asked word appears").range(2, 1000),
           ParamSpec::integer("uncommon_freq", 3, "times every other word appears (< common_freq)")
-              .range(1, 999)},
+              .range(1, 999),
+          ParamSpec::integer("shots", 1, "worked examples before the list (RULER's one-shot)")
+              .range(0, kMaxCommonWordsShots)},
          [](const Tokenizer& tok, const json& p) {
            CommonWordsOptions o;
            o.target_tokens = p["target_tokens"].get<int64_t>();
@@ -169,6 +171,7 @@ const std::vector<TaskEntry>& tasks() {
            o.num_common = p["num_common"].get<int64_t>();
            o.common_freq = p["common_freq"].get<int64_t>();
            o.uncommon_freq = p["uncommon_freq"].get<int64_t>();
+           o.shots = p["shots"].get<int64_t>();
            return make_common_words(tok, o);
          },
          [](const std::string& out, const TaskSample& s) {

@@ -1640,7 +1640,7 @@ TEST(AccuracySuite, AChatWrappedTaskPutsItsAnswerPrefixInTheReply) {
   const Tokenizer& tok = probe.model.tokenizer();
   for (const char* task :
        {"passkey", "niah_single", "niah_multiquery", "variable_tracking", "common_words"}) {
-    const TaskSample t = make_task_sample(task, tok, {{"target_tokens", 4096}, {"seed", 1}}, "t");
+    const TaskSample t = make_task_sample(task, tok, {{"target_tokens", 6144}, {"seed", 1}}, "t");
     EXPECT_FALSE(t.answer_prefix.empty()) << task;
     ASSERT_GE(t.prompt.size(), t.answer_prefix.size()) << task;
     EXPECT_EQ(t.prompt.substr(t.prompt.size() - t.answer_prefix.size()), t.answer_prefix) << task;

@@ -66,9 +66,10 @@ class RulerEveryTask : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RulerEveryTask, SeededAndFillsTheTokenBudget) {
   const std::string task = GetParam();
-  // Common words need room for 10 words x 30 entries (~2.5k tiny tokens) before any filler.
+  // Common words need room for 10 words x 30 entries (~2.5k tiny tokens) and the worked
+  // example's 190 entries (~1.8k) before any filler.
   const std::vector<int64_t> targets =
-      task == "common_words" ? std::vector<int64_t>{4096, 8192} : std::vector<int64_t>{2048, 4096};
+      task == "common_words" ? std::vector<int64_t>{6144, 8192} : std::vector<int64_t>{2048, 4096};
   for (int64_t target : targets) {
     const TaskSample a = make_task_sample(task, tiny(), params_for(target, 5));
     const TaskSample b = make_task_sample(task, tiny(), params_for(target, 5));
@@ -95,12 +96,13 @@ TEST_P(RulerEveryTask, SeededAndFillsTheTokenBudget) {
 TEST_P(RulerEveryTask, CloseToSmallTargets) {
   const std::string task = GetParam();
   if (task == "common_words") {
-    // The 300 entries of the asked words alone take ~1.5k tiny tokens.
-    EXPECT_THROW(make_task_sample(task, tiny(), params_for(512, 1)), Error);
+    // The 300 entries of the asked words alone take ~1.5k tiny tokens; at 4 and 1 times the
+    // asked words and the (short target's) worked example take ~0.9k.
+    EXPECT_THROW(make_task_sample(task, tiny(), params_for(1024, 1)), Error);
     const TaskSample s = make_task_sample(
-        task, tiny(), {{"target_tokens", 512}, {"common_freq", 4}, {"uncommon_freq", 1}});
-    EXPECT_LE(s.prompt_tokens, 512);
-    EXPECT_GE(s.prompt_tokens, 512 * 95 / 100);
+        task, tiny(), {{"target_tokens", 1024}, {"common_freq", 4}, {"uncommon_freq", 1}});
+    EXPECT_LE(s.prompt_tokens, 1024);
+    EXPECT_GE(s.prompt_tokens, 1024 * 95 / 100);
     return;
   }
   for (int64_t target : {512, 1024}) {
@@ -116,7 +118,8 @@ TEST_P(RulerEveryTask, RefusesABudgetBelowTheBarePrompt) {
 
 TEST_P(RulerEveryTask, ScoresAPerfectAnswerOne) {
   const std::string task = GetParam();
-  const TaskSample s = make_task_sample(task, tiny(), params_for(4096, 3));
+  const TaskSample s =
+      make_task_sample(task, tiny(), params_for(task == "common_words" ? 6144 : 4096, 3));
   std::string output;
   for (const auto& a : s.answers) output += " " + a + ",";
   EXPECT_EQ(score_task_sample(task, output, s), 1.0) << output;
@@ -141,7 +144,7 @@ int64_t whole_occurrences(const std::string& text, const std::string& word) {
 // name only assigned); the common words common_freq times; every other answer once.
 TEST_P(RulerEveryTask, EachAnswerOccursAsOftenAsTheTaskPlacesIt) {
   const std::string task = GetParam();
-  const int64_t target = task == "common_words" ? 4096 : 2048;
+  const int64_t target = task == "common_words" ? 6144 : 2048;
   for (uint64_t seed = 0; seed < 4; ++seed) {
     const TaskSample s = make_task_sample(task, tiny(), params_for(target, seed));
     for (size_t i = 0; i < s.answers.size(); ++i) {
@@ -415,8 +418,7 @@ TEST(RulerVariableTracking, ChainsResolveToTheAskedValue) {
 }
 
 // Parses "1. word 2. word ..." back into counts, checking the numbering.
-std::map<std::string, int64_t> word_counts(const TaskSample& s) {
-  const std::string list = between(s.prompt, "most often.\n", "\nQuestion:");
+std::map<std::string, int64_t> list_counts(const std::string& list) {
   std::map<std::string, int64_t> counts;
   const std::regex entry("(\\d+)\\. (\\S+)");
   int64_t expected_number = 1;
@@ -425,6 +427,17 @@ std::map<std::string, int64_t> word_counts(const TaskSample& s) {
     ++counts[(*it)[2]];
   }
   return counts;
+}
+
+// The sample's own list: the last one, after the worked examples.
+std::string sample_list(const TaskSample& s) {
+  const size_t from = s.prompt.rfind("most often.\n");
+  EXPECT_NE(from, std::string::npos);
+  return between(s.prompt.substr(from), "most often.\n", "\nQuestion:");
+}
+
+std::map<std::string, int64_t> word_counts(const TaskSample& s) {
+  return list_counts(sample_list(s));
 }
 
 // No asked word is in the header or the question either, in any case ("common" is an adjective
@@ -452,7 +465,7 @@ TEST(RulerCommonWords, CountsExactlyAsSpecified) {
     int64_t target, num_common, common_freq, uncommon_freq;
   };
   // The last case runs past the single words into "adjective-noun" pairs.
-  for (const Case& c : {Case{4096, 10, 30, 3}, Case{2048, 5, 6, 2}, Case{8192, 10, 4, 1}}) {
+  for (const Case& c : {Case{6144, 10, 30, 3}, Case{2048, 5, 6, 2}, Case{8192, 10, 4, 1}}) {
     const TaskSample s = make_task_sample("common_words", tiny(),
                                           {{"target_tokens", c.target},
                                            {"num_common", c.num_common},
@@ -470,9 +483,7 @@ TEST(RulerCommonWords, CountsExactlyAsSpecified) {
     for (const auto& a : s.answers) EXPECT_EQ(counts.count(a), 1u) << a;
     // As substrings too (what string_match_all looks for): no other entry holds an asked word
     // ("car" in "carpet" or "bold-car"), so the list holds each exactly common_freq times.
-    const size_t begin = s.prompt.find("\n1. "), end = s.prompt.find("\nQuestion:");
-    ASSERT_NE(begin, std::string::npos);
-    const std::string list = s.prompt.substr(begin, end - begin);
+    const std::string list = sample_list(s);
     for (const auto& a : s.answers) {
       int64_t found = 0;
       for (size_t at = list.find(a); at != std::string::npos; at = list.find(a, at + 1)) ++found;
@@ -517,9 +528,71 @@ TEST(RulerCommonWords, TargetsPastTheWordListsAreRefusedWithTheReach) {
     make_common_words(tiny(), {1024, 10, 30, 3, 0});
     FAIL() << "300 asked entries do not fit 1024 tokens";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("lower common_freq or num_common"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("lower common_freq, num_common or shots"),
+              std::string::npos)
         << e.what();
   }
+}
+
+// RULER's worked example comes first: its own list (40 words: the asked number 10 times, 30
+// others 3 times; below 4096 target tokens 20 words at 3 and 1), its question, and its answer
+// numbered; then the sample. No word of an example is in the sample's list, in a pair of it,
+// or in another example.
+TEST(RulerCommonWords, WorkedExamplesComeFirstWithTheirAnswers) {
+  struct Case {
+    int64_t target, shots, num_common, asked_freq, other_freq, others;
+  };
+  for (const Case& c :
+       {Case{4096, 1, 10, 10, 3, 30}, Case{2048, 2, 5, 3, 1, 10}, Case{8192, 3, 10, 10, 3, 30}}) {
+    const TaskSample s = make_task_sample("common_words", tiny(),
+                                          {{"target_tokens", c.target},
+                                           {"num_common", c.num_common},
+                                           {"common_freq", 4},
+                                           {"uncommon_freq", 1},
+                                           {"shots", c.shots},
+                                           {"seed", 3}});
+    const std::string header =
+        "Below is a numbered list of words. In these words, some appear more often than others. "
+        "Memorize the ones that appear most often.\n";
+    const std::string ask = "\nQuestion: What are the " + std::to_string(c.num_common) +
+                            " most common words in the above list? ";
+    ASSERT_EQ(s.prompt.rfind(header, 0), 0u);
+    std::set<std::string> seen;  // every word of the examples so far
+    size_t at = 0;
+    for (int64_t e = 0; e < c.shots; ++e) {
+      ASSERT_EQ(s.prompt.compare(at, header.size(), header), 0) << "example " << e;
+      const size_t ask_at = s.prompt.find(ask, at);
+      const size_t end = s.prompt.find('\n', ask_at + 1);
+      ASSERT_NE(end, std::string::npos);
+      const auto counts =
+          list_counts(s.prompt.substr(at + header.size(), ask_at - at - header.size()));
+      const auto answer =
+          list_counts(s.prompt.substr(ask_at + ask.size(), end - ask_at - ask.size()));
+      EXPECT_EQ(static_cast<int64_t>(counts.size()), c.num_common + c.others);
+      EXPECT_EQ(static_cast<int64_t>(answer.size()), c.num_common);
+      for (const auto& [word, n] : counts) {
+        EXPECT_EQ(n, answer.count(word) ? c.asked_freq : c.other_freq) << word;
+        EXPECT_TRUE(seen.insert(word).second) << word << " in two examples";
+      }
+      for (const auto& [word, n] : answer) EXPECT_TRUE(counts.count(word)) << word;
+      at = end + 1;
+    }
+    EXPECT_EQ(s.prompt.compare(at, header.size(), header), 0) << "the sample after the examples";
+    EXPECT_EQ(s.prompt.find(header, at + 1), std::string::npos);
+    for (const auto& [entry, n] : word_counts(s))
+      for (size_t from = 0;;) {  // each word of an entry, a pair's two
+        const size_t dash = entry.find('-', from);
+        EXPECT_FALSE(seen.count(entry.substr(from, dash - from))) << entry;
+        if (dash == std::string::npos) break;
+        from = dash + 1;
+      }
+    for (const auto& a : s.answers) EXPECT_FALSE(seen.count(a)) << a;
+  }
+  // Without examples the sample stands alone.
+  const TaskSample none = make_task_sample(
+      "common_words", tiny(),
+      {{"target_tokens", 2048}, {"common_freq", 4}, {"uncommon_freq", 1}, {"shots", 0}});
+  EXPECT_EQ(none.prompt.find("Below is a numbered list", 1), std::string::npos);
 }
 
 TEST(RulerKvRetrieval, JsonParsesAndHoldsTheAnswerAtItsDepth) {

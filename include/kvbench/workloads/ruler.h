@@ -74,7 +74,10 @@ struct CommonWordsOptions {
   int64_t common_freq = 30;   // times each common word appears
   int64_t uncommon_freq = 3;  // times each other word appears; the filler is their number
   uint64_t seed = 0;
+  int64_t shots = 1;  // worked examples before the list (RULER's num_fewshot)
 };
+// The most worked examples a common_words sample takes.
+constexpr int64_t kMaxCommonWordsShots = 3;
 
 // Answers: the num_common common words. needle_depth is 0 (no needle).
 TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOptions& options);
