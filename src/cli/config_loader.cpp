@@ -157,6 +157,16 @@ std::vector<GridRun> load_run_specs(const std::string& path,
         throw ConfigError("grid." + other,
                           "lies inside grid." + key + ", which sets it too; vary one of them");
     }
+    // An override the grid would write over (or that sits around or inside an axis): the
+    // grid's values win in every run, so the --set would be dropped without a word.
+    for (const std::string& o : overrides) {
+      const std::string set = o.substr(0, o.find('='));
+      if (set == key || set.rfind(key + ".", 0) == 0 || key.rfind(set + ".", 0) == 0)
+        throw ConfigError("grid." + key, "--set " + brief_json(set) +
+                                             (set == "output.dir" ? " (or --out)" : "") +
+                                             " sets what the grid varies; vary it in the grid "
+                                             "or drop the --set");
+    }
     std::set<std::string> seen;
     for (const json& v : values)
       if (!seen.insert(v.dump()).second)

@@ -320,7 +320,7 @@ int run(const RunOptions& opt) {
   for (const GridRun& g : runs) {
     check_grid_run(g, [&] {
       check_device(g.spec, query_cuda());
-      if (runs.size() > 1) (void)expand_cells(g.spec);
+      (void)expand_cells(g.spec);
     });
   }
   for (const GridRun& g : runs) check_grid_run(g, [&] { check_output_dir(g.spec, !opt.dry_run); });

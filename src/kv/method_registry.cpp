@@ -175,7 +175,9 @@ MethodInfo kvproj_method() {
         l.calibration.source = p["calib_source"].get<std::string>();
         return std::make_shared<LowRankCodec>(l, dtype);
       },
-      {}};
+      {},
+      {},
+      {{"rank_ratio", "rank", 0}}};
 }
 
 MethodInfo palu_method(const std::string& name, const std::string& summary) {
@@ -197,7 +199,9 @@ MethodInfo palu_method(const std::string& name, const std::string& summary) {
             l.group = p["group"].get<int64_t>();
             return std::make_shared<LowRankCodec>(l, dtype);
           },
-          {}};
+          {},
+          {},
+          {{"rank_ratio", "rank", 0}}};
 }
 
 EvictionTiming timing_from_name(const std::string& name) {
@@ -454,7 +458,11 @@ std::vector<MethodInfo> build_catalog() {
          return std::make_shared<Fp8Codec>(p["scale"], p["scale_value"], p["key_amax_divisor"],
                                            p["value_amax_divisor"], p["granularity"]);
        },
-       {}},
+       {},
+       {},
+       {{"scale_value", "scale", "fixed"},
+        {"key_amax_divisor", "scale", "amax"},
+        {"value_amax_divisor", "scale", "amax"}}},
       {"int2",
        "asymmetric per-token blocks, d = (max-min)/3, 2-bit codes + fp16 scale and min "
        "(3 bits per value at group 32), every token kept",
@@ -585,6 +593,19 @@ const MethodInfo* find_method(const std::string& name) {
   return nullptr;
 }
 
+// MethodInfo::applies_only_when, on a resolved entry.
+void refuse_inert_params(const json& resolved, const MethodInfo& m, const std::string& path) {
+  for (const auto& rule : m.applies_only_when) {
+    if (resolved.at(rule.key) == rule.value) continue;
+    auto spec = std::find_if(m.params.begin(), m.params.end(),
+                             [&](const ParamSpec& p) { return p.name == rule.param; });
+    if (spec == m.params.end() || resolved.at(rule.param) == spec->default_value) continue;
+    throw ConfigError(join_path(path, rule.param),
+                      "applies only with \"" + rule.key + "\": " + rule.value.dump() + " (here " +
+                          resolved.at(rule.key).dump() + "); leave it out");
+  }
+}
+
 // The resolved codec object of a retention method's `codec` entry (a name or an object).
 json resolve_codec_entry(const json& given, const std::string& path) {
   const json entry = given.is_string() ? json{{"name", given}} : given;
@@ -605,7 +626,9 @@ json resolve_codec_entry(const json& given, const std::string& path) {
                           (hint.empty() || m != nullptr ? "" : " (did you mean '" + hint + "'?)") +
                           "; codecs: " + join(codecs, ", "));
   }
-  return resolve_params(entry, m->params, path);
+  json resolved = resolve_params(entry, m->params, path);
+  refuse_inert_params(resolved, *m, path);
+  return resolved;
 }
 
 }  // namespace
@@ -711,6 +734,7 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
   }
   if (!it->policy) {
     json resolved = resolve_params(entry, it->params, path);
+    refuse_inert_params(resolved, *it, path);
     check_codec_builds(resolved, path);
     return resolved;
   }
@@ -723,6 +747,7 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
   plain["codec"] = codec["name"];
   prefer_given_counts(plain, *it, path);
   json resolved = resolve_params(plain, it->params, path);
+  refuse_inert_params(resolved, *it, path);
   drop_replaced_counts(resolved, *it);
   resolved["codec"] = codec;
   std::shared_ptr<const RetentionPolicy> policy;

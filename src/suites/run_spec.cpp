@@ -99,6 +99,12 @@ void check_model_spec(const ModelSpec& m) {
   if (m.random_init && m.preset.empty()) {
     throw ConfigError("model.random_init", "needs model.preset (which preset to build)");
   }
+  // A checkpoint's weights are its files': the seed would change the cells' ids, not the model.
+  if (m.seed != 0 && m.preset.empty()) {
+    throw ConfigError("model.seed",
+                      "seeds the random weights of model.preset; without a preset the "
+                      "checkpoint has its own (remove model.seed)");
+  }
   if (m.random_init && !m.path.empty()) {
     throw ConfigError("model.random_init", "builds the model in memory; remove model.path");
   }

@@ -604,6 +604,10 @@ class CliTest(CliCase):
              "config: suites[0].batch: lists 2 twice (each value is a point of the grid"),
             ('{"suites": [{"name": "kernels", "contexts": [1024, 2048, 1024]}]}',
              "config: suites[0].contexts: lists 1024 twice (each value is a point of the grid"),
+            # Found as the cells are listed: before session 63 a run of one config made its
+            # output directory first.
+            ('{"suites": [{"name": "kernels"}], "methods": [{"name": "fp8"}, {"name": "fp8", "scale_value": 1}]}',
+             "are identical; remove one"),
             ('{"suites": [{"name": "throughput", "capacity_context": 4, "capacity_new_tokens": 8}]}',
              "config: suites[0].capacity_context: must be >= capacity_new_tokens (8) when set"),
             ('{"suites": [{"name": "predictor", "batch": [1, 2], "heldout_batch": [100]}]}',

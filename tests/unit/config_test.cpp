@@ -188,6 +188,36 @@ TEST(Config, MethodsAndSuitesAreCheckedByName) {
             "config: suites: required key missing; expected a list like [{\"name\": ...}]");
 }
 
+// A parameter that acts only beside another's value is refused elsewhere (it would give the
+// cell another id and change nothing measured); its default, as a resolved entry holds it,
+// passes. So is a weight seed without a preset to seed.
+TEST(Config, ParamsThatWouldChangeNothingAreRefused) {
+  EXPECT_EQ(error_of(with(R"({"methods": [{"name": "fp8", "scale_value": 2}]})")),
+            "config: methods[0].scale_value: applies only with \"scale\": \"fixed\" (here "
+            "\"amax\"); leave it out");
+  EXPECT_EQ(error_of(with(R"({"methods": [{"name": "fp8", "scale": "fixed",
+                                            "key_amax_divisor": 100}]})")),
+            "config: methods[0].key_amax_divisor: applies only with \"scale\": \"amax\" (here "
+            "\"fixed\"); leave it out");
+  EXPECT_EQ(error_of(with(R"({"methods": [{"name": "kvproj", "rank": 8, "rank_ratio": 0.25}]})")),
+            "config: methods[0].rank_ratio: applies only with \"rank\": 0 (here 8); leave it out");
+  EXPECT_EQ(error_of(with(R"({"methods": [{"name": "snapkv", "codec": {"name": "fp8",
+                                            "scale_value": 3}}]})")),
+            "config: methods[0].codec.scale_value: applies only with \"scale\": \"fixed\" "
+            "(here \"amax\"); leave it out");
+  EXPECT_EQ(error_of(with(R"({"methods": [{"name": "fp8", "scale": "fixed", "scale_value": 2},
+                                           {"name": "fp8", "scale_value": 1.0},
+                                           {"name": "palu", "rank": 8, "rank_ratio": 0.7},
+                                           {"name": "kvproj", "rank_ratio": 0.25}]})")),
+            "");
+  // Re-resolving a resolved entry (compare does) passes.
+  const json fp8 = resolve_method(json{{"name", "fp8"}}, "m");
+  EXPECT_EQ(resolve_method(fp8, "m"), fp8);
+  EXPECT_EQ(error_of(with(R"({"model": {"path": "/tmp/x", "seed": 3}})")),
+            "config: model.seed: seeds the random weights of model.preset; without a preset the "
+            "checkpoint has its own (remove model.seed)");
+}
+
 // compute_dtype "auto" becomes float32 on the CPU and float16 on a GPU, and the resolved config
 // (copied into the report) says which; float16 on the CPU is refused with the reason.
 TEST(Config, ComputeDtypeResolvesPerDevice) {
@@ -408,6 +438,37 @@ TEST(ConfigFile, GridExpandsIntoRunsGroupedByModel) {
   } catch (const ConfigError& e) {
     EXPECT_EQ(std::string(e.what()), "config: grid.suites.1.repeats: '1' is not an index below 1")
         << e.what();
+  }
+  std::filesystem::remove(path);
+}
+
+// A --set at, around or inside a grid axis would be overwritten by the grid in every run: an
+// error naming both, where it was dropped without a word (--out sets output.dir).
+TEST(ConfigFile, ASetTheGridWouldOverwriteIsAnError) {
+  auto path = std::filesystem::temp_directory_path() / "kvbench_grid_set.json";
+  std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "grid": {"threads": [1, 2],
+    "output.dir": ["a", "b"], "suites.0.repeats": [1, 2]}})";
+  for (const auto& [set, axis] : std::vector<std::pair<std::string, std::string>>{
+           {"threads=4", "threads"},
+           {"output.dir=\"x\"", "output.dir"},
+           {"output={\"dir\": \"x\"}", "output.dir"},
+           {"suites.0.repeats=3", "suites.0.repeats"},
+           {"suites=[{\"name\": \"kernels\"}]", "suites.0.repeats"}}) {
+    try {
+      load_run_specs(path.string(), {set});
+      FAIL() << set;
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(e.key_path(), "grid." + axis) << set;
+      EXPECT_NE(std::string(e.what()).find("sets what the grid varies"), std::string::npos)
+          << e.what();
+    }
+  }
+  // Beside the axes, and the grid's own keys, a --set applies.
+  const auto runs = load_run_specs(path.string(), {"seed=5", "grid.threads=[3]"});
+  ASSERT_EQ(runs.size(), 4u);
+  for (const auto& g : runs) {
+    EXPECT_EQ(g.spec.seed, 5u);
+    EXPECT_EQ(g.spec.threads, 3);
   }
   std::filesystem::remove(path);
 }

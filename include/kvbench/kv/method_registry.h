@@ -48,6 +48,14 @@ struct MethodInfo {
   // ratio sets the ratio to 0 (so `{"name": "h2o", "heavy": 64}` means 64 tokens whatever
   // h2o's default ratio); both given, the ratio above 0, is a config error.
   std::vector<std::pair<std::string, std::string>> count_or_ratio = {};
+  // Parameters that act only when another has one value (fp8's scale_value only with "scale":
+  // "fixed"): given other than its default while the other differs, such a parameter is a
+  // config error; it would give the cell another id and change nothing measured.
+  struct AppliesOnlyWhen {
+    std::string param, key;
+    nlohmann::json value;
+  };
+  std::vector<AppliesOnlyWhen> applies_only_when = {};
 };
 
 const std::vector<MethodInfo>& method_catalog();
