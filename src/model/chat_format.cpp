@@ -1,6 +1,7 @@
 // The built-in chat formats, transcribed from the chat_template strings in the models'
 // tokenizer_config.json: "llama3" (Meta-Llama-3-8B-Instruct), "llama3.1" (Llama-3.1-8B-Instruct,
-// kept by 3.2 and 3.3), "chatml" (Qwen3) and "qwen2.5" (Qwen2.5-7B-Instruct).
+// kept by 3.2 and 3.3), "chatml" (Qwen3), "qwen3-nothink" (Qwen3 with enable_thinking=False) and
+// "qwen2.5" (Qwen2.5-7B-Instruct).
 #include "kvbench/model/chat_format.h"
 
 #include <cstring>
@@ -174,12 +175,21 @@ std::string render_chatml(const std::vector<ChatMessage>& messages, bool generat
 
 }  // namespace
 
-std::vector<std::string> chat_format_names() { return {"chatml", "llama3", "llama3.1", "qwen2.5"}; }
+std::vector<std::string> chat_format_names() {
+  return {"chatml", "llama3", "llama3.1", "qwen2.5", "qwen3-nothink"};
+}
 
 std::string render_chat(const std::string& format, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt) {
+  for (const ChatMessage& m : messages)
+    KVB_CHECK(is_valid_utf8(m.content), "chat format ", format, ": a ", m.role,
+              " message is not valid UTF-8 text");
   if (format == "llama3") return render_llama3(messages, add_generation_prompt);
   if (format == "chatml") return render_chatml(messages, add_generation_prompt);
+  // Qwen3's template with enable_thinking=False: an empty reasoning block opens the reply.
+  if (format == "qwen3-nothink")
+    return render_chatml(messages, add_generation_prompt) +
+           (add_generation_prompt ? "<think>\n\n</think>\n\n" : "");
   if (format == "llama3.1") return render_llama31(messages, add_generation_prompt);
   if (format == "qwen2.5") return render_qwen25(messages, add_generation_prompt);
   throw Error("unknown chat format '" + format + "'; formats: " + join(chat_format_names(), ", "));
@@ -190,6 +200,8 @@ std::string detect_chat_format(const std::string& chat_template) {
   if (has("<|start_header_id|>")) return has("Cutting Knowledge Date") ? "llama3.1" : "llama3";
   if (has("<|im_start|>")) {
     if (has(kQwen25DefaultSystem)) return "qwen2.5";
+    // A reply the template opens with <think> itself (QwQ, Qwen3's Thinking-2507 models).
+    if (has("assistant\\n<think>\\n")) return "";
     // A system turn whose text the template writes itself (Qwen2's "You are a helpful
     // assistant.", Qwen2.5-Math's "Please reason step by step..."), which no built-in format
     // renders: in the source, the turn's opening string goes on with literal text instead of
@@ -211,6 +223,8 @@ void check_chat_tokens(const std::string& format, const Tokenizer& tokenizer) {
       format.rfind("llama3", 0) == 0
           ? std::vector<std::string>{"<|begin_of_text|>", "<|start_header_id|>",
                                      "<|end_header_id|>", "<|eot_id|>"}
+      : format == "qwen3-nothink"
+          ? std::vector<std::string>{"<|im_start|>", "<|im_end|>", "<think>", "</think>"}
           : std::vector<std::string>{"<|im_start|>", "<|im_end|>"};
   for (const std::string& m : markers) {
     KVB_CHECK(tokenizer.encode(m).size() == 1, "chat format ", format, ": ", m,

@@ -61,7 +61,7 @@ std::vector<ParamSpec> AccuracySuite::param_specs() {
       ParamSpec::string("chat_format", "",
                         "wrap each prompt as one user turn; auto: the format the model's "
                         "tokenizer_config.json chat_template renders",
-                        {"", "auto", "llama3", "llama3.1", "chatml", "qwen2.5"}),
+                        {"", "auto", "llama3", "llama3.1", "chatml", "qwen2.5", "qwen3-nothink"}),
       ParamSpec::number("theta", 0.1, "negative samples: method <= (1 - theta) x full").range(0, 1),
       ParamSpec::string("threshold", "mean",
                         "negative samples: full reaches the task's mean or median",

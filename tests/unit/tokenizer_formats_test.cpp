@@ -563,6 +563,26 @@ TEST(ChatFormat, DetectedFromTheTemplateSource) {
   EXPECT_EQ(detect_chat_format("{{- '<|im_start|>system\\n' + messages[0].content + "
                                "'<|im_end|>\\n' }}{{- '<|im_start|>' + message.role }}"),
             "chatml");
+  // QwQ's and Qwen3's Thinking-2507 templates open every reply with <think> themselves, which
+  // none of the formats writes.
+  EXPECT_EQ(detect_chat_format("{{- '<|im_start|>system\\n' + messages[0].content + "
+                               "'<|im_end|>\\n' }}{%- if add_generation_prompt %}{{- "
+                               "'<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"),
+            "");
+}
+
+// A message that is not UTF-8 is refused by name (Python's strip read past its end).
+TEST(ChatFormat, InvalidUtf8IsRefused) {
+  for (const std::string& format : chat_format_names()) {
+    try {
+      render_chat(format, {{"user", "\xE2\x20"}});
+      FAIL() << format;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("a user message is not valid UTF-8 text"),
+                std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 TEST(ChatFormat, Llama31AndQwen25RenderTheirSystemTurns) {

@@ -112,6 +112,27 @@ TEST(TokenizerOracle, ChatPromptsEncodeWithSpecialTokensAsSingleIds) {
   EXPECT_EQ(qwen->decode(q), render_chat("chatml", chat));
 }
 
+// Qwen3's template with enable_thinking=False opens the reply with an empty reasoning block (the
+// template's own text is checked to hold it); <think> and </think> are single ids of its vocab.
+TEST(TokenizerOracle, Qwen3WithoutThinkingOpensTheReplyWithAnEmptyThinkBlock) {
+  REAL_TOKENIZER_OR_SKIP(qwen, "tokenizer-qwen3");
+  const json config = read_json(npm_models("tokenizer-qwen3") / "tokenizer_config.json");
+  const std::string source = config.at("chat_template");
+  EXPECT_NE(source.find("{{- '<|im_start|>assistant\\n' }}\n    {%- if enable_thinking is defined "
+                        "and enable_thinking is false %}\n        {{- '<think>\\n\\n</think>"
+                        "\\n\\n' }}"),
+            std::string::npos);
+  EXPECT_EQ(detect_chat_format(source), "chatml");  // auto: the template's default, thinking
+  const std::vector<ChatMessage> chat = {{"user", "Q"}};
+  EXPECT_EQ(render_chat("qwen3-nothink", chat),
+            "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+  EXPECT_EQ(render_chat("qwen3-nothink", chat, false), render_chat("chatml", chat, false));
+  EXPECT_NO_THROW(check_chat_tokens("qwen3-nothink", *qwen));
+  const auto ids = qwen->encode(render_chat("qwen3-nothink", chat));
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 151667), 1);  // <think>
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 151668), 1);  // </think>
+}
+
 // U+0085 (NEL) is White_Space for Rust's \s and PCRE2's, not for JavaScript's: the reference
 // (`tokenizers`) makes it a whitespace pre-token of its own, then "<think" and ">".
 TEST(TokenizerOracle, FollowsRustWhereJavaScriptDiffers) {
