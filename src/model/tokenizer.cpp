@@ -1,7 +1,7 @@
 // Tokenizer: loads tokenizer.json (+ tokenizer_config.json, generation_config.json) and runs the
-// pipeline of `tokenizers`: added tokens split out of the raw text, then for every other
-// segment normalizer -> pre-tokenizer -> BPE model; the post-processor only with
-// add_special_tokens.
+// pipeline of `tokenizers`: added tokens split out of the raw text (those marked `normalized`
+// out of the normalized text instead), then for every other segment normalizer ->
+// pre-tokenizer -> BPE model; the post-processor only with add_special_tokens.
 #include "kvbench/model/tokenizer.h"
 
 #include <filesystem>
@@ -54,12 +54,31 @@ std::vector<AddedToken> parse_added_tokens(const json& list, const std::string& 
     a.lstrip = t.value("lstrip", false);
     a.rstrip = t.value("rstrip", false);
     a.single_word = t.value("single_word", false);
-    // Matched on the raw text even when `normalized` is true: exact for NFC and for files with
-    // no normalizer, which covers the real byte-level files (theirs are all normalized: false).
     a.normalized = t.value("normalized", !a.special);
     tokens.push_back(std::move(a));
   }
   return tokens;
+}
+
+// As `tokenizers` (AddedVocabulary): a token marked `normalized` is found in the normalized text,
+// by its content normalized too (a Llama-2-style Prepend("\u2581") normalizer makes "<x>"
+// "\u2581<x>"); the others in the raw text, first.
+std::vector<AddedToken> matched_raw(const std::vector<AddedToken>& added) {
+  std::vector<AddedToken> out;
+  for (const AddedToken& a : added)
+    if (!a.normalized) out.push_back(a);
+  return out;
+}
+
+std::vector<AddedToken> matched_normalized(const std::vector<AddedToken>& added,
+                                           const Normalizer& normalizer) {
+  std::vector<AddedToken> out;
+  for (const AddedToken& a : added) {
+    if (!a.normalized) continue;
+    out.push_back(a);
+    normalizer.apply(out.back().content);
+  }
+  return out;
 }
 
 }  // namespace
@@ -68,8 +87,9 @@ struct Tokenizer::Impl {
   Impl(const json& t, const std::string& source_name)
       : source(source_name),
         added(parse_added_tokens(t.value("added_tokens", json()), source)),
-        splitter(added),
+        splitter(matched_raw(added)),
         normalizer(t.value("normalizer", json()), source),
+        normalized_splitter(matched_normalized(added, normalizer)),
         pre_tokenizer(t.value("pre_tokenizer", json()), source),
         model(t.at("model"), source),
         decoder(t.value("decoder", json()), source) {
@@ -122,8 +142,9 @@ struct Tokenizer::Impl {
 
   std::string source;
   std::vector<AddedToken> added;
-  AddedTokenSplitter splitter;
+  AddedTokenSplitter splitter;  // the added tokens not marked `normalized`
   Normalizer normalizer;
+  AddedTokenSplitter normalized_splitter;  // the others, in the normalized text
   PreTokenizer pre_tokenizer;
   BpeModel model;
   Decoder decoder;
@@ -254,9 +275,23 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
     std::string part(text.substr(segment.begin, segment.end - segment.begin));
     impl_->normalizer.apply(part);
     if (part.empty()) continue;
-    pieces.clear();
-    impl_->pre_tokenizer.run(std::move(part), segment.begin == 0, pieces);
-    for (const Piece& p : pieces) impl_->model.encode(p.text, ids);
+    const bool first = segment.begin == 0;
+    if (impl_->normalized_splitter.empty()) {  // every real byte-level file
+      pieces.clear();
+      impl_->pre_tokenizer.run(std::move(part), first, pieces);
+      for (const Piece& p : pieces) impl_->model.encode(p.text, ids);
+      continue;
+    }
+    for (const auto& sub : impl_->normalized_splitter.split(part)) {
+      if (sub.id >= 0) {
+        ids.push_back(sub.id);
+        continue;
+      }
+      pieces.clear();
+      impl_->pre_tokenizer.run(part.substr(sub.begin, sub.end - sub.begin), first && sub.begin == 0,
+                               pieces);
+      for (const Piece& p : pieces) impl_->model.encode(p.text, ids);
+    }
   }
   if (add_special_tokens) ids.insert(ids.end(), impl_->suffix.begin(), impl_->suffix.end());
   return ids;

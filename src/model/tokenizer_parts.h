@@ -75,6 +75,7 @@ class AddedTokenSplitter {
   };
   explicit AddedTokenSplitter(const std::vector<AddedToken>& tokens);
   std::vector<Segment> split(std::string_view text) const;
+  bool empty() const { return tokens_.empty(); }
 
  private:
   // Longest token starting at text[pos]: (length, index into tokens_) or (0, -1).

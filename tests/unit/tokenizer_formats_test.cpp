@@ -159,6 +159,36 @@ TEST(TokenizerBpe, AddedTokenFlags) {
   EXPECT_EQ(tok.vocab_size(), 22);
 }
 
+// A token marked `normalized` is found as tokenizers finds it: in the normalized text, by its
+// content normalized too. With Llama 2's normalizer (Prepend "\u2581", spaces to "\u2581") "<x>"
+// is "\u2581<x>": " <x>" takes its space along, and "he<x>" holds no such token. (Matched in the
+// raw text before session 63: "he ", <x>, " w", each normalized alone, gave extra "\u2581"s.)
+TEST(TokenizerBpe, ANormalizedAddedTokenIsFoundInTheNormalizedText) {
+  json t = metaspace_tokenizer();
+  t["normalizer"] = {
+      {"type", "Sequence"},
+      {"normalizers",
+       {{{"type", "Prepend"}, {"prepend", "\u2581"}},
+        {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\u2581"}}}}};
+  t["pre_tokenizer"] = nullptr;
+  t["added_tokens"].push_back({{"id", 20},
+                               {"content", "<x>"},
+                               {"special", false},
+                               {"lstrip", false},
+                               {"rstrip", false},
+                               {"single_word", false},
+                               {"normalized", true}});
+  const Tokenizer tok = Tokenizer::from_json(t);
+  EXPECT_EQ(tok.encode("he <x> w"), (Ids{13, 20, 19}));  // \u2581he, \u2581<x>, \u2581w
+  const Ids glued = tok.encode("he<x>");
+  EXPECT_EQ(std::count(glued.begin(), glued.end(), 20), 0) << json(glued).dump();
+  // Not normalized: found in the raw text, as before.
+  t["added_tokens"].back()["normalized"] = false;
+  const Tokenizer raw = Tokenizer::from_json(t);
+  EXPECT_EQ(raw.encode("he <x> w"), (Ids{13, 3, 20, 3, 19}));
+  EXPECT_EQ(raw.encode("he<x>"), (Ids{13, 20}));
+}
+
 // GPT-2 style: ByteLevel with its own regex and add_prefix_space. Byte b has id b; the merges
 // "i Ġ" and "Ġ t" show that merges never cross a pre-token boundary.
 TEST(TokenizerBpe, Gpt2ByteLevelRegexAndPrefixSpace) {
