@@ -11,6 +11,7 @@
 
 #include "kvbench/core/error.h"
 #include "kvbench/core/json_text.h"
+#include "kvbench/core/param_spec.h"
 #include "kvbench/core/text.h"
 
 namespace kvbench {
@@ -48,7 +49,11 @@ json read_config_file(const std::string& path) {
   if (!in) throw ConfigError("", path + ": cannot be read");
   std::ostringstream buf;
   buf << in.rdbuf();
-  return parse_json_text(buf.str(), path);
+  json config = parse_json_text(buf.str(), path);
+  // Said before any --set applies (which would name a key of a list, or make null an object).
+  if (!config.is_object())
+    throw ConfigError("", "expected a JSON object at the top level, got " + json_type_name(config));
+  return config;
 }
 
 void apply_override(json& config, const std::string& assignment) {
@@ -61,6 +66,10 @@ void apply_override(json& config, const std::string& assignment) {
   }
   const std::string key = assignment.substr(0, eq);
   const std::string text = assignment.substr(eq + 1);
+  // No config key is long or holds control characters; such a key is shown escaped, once.
+  if (key_text(key) != key)
+    throw ConfigError("", "--set " + key_text(key) +
+                              ": expected a dotted key of printable text, at most 100 bytes");
   // getline drops a trailing empty segment ("a."), so check the ends here.
   if (key.front() == '.' || key.back() == '.') throw ConfigError(key, "--set: empty key segment");
   // JSON, checked as a config file is (a repeated key is an error); else an unquoted string.

@@ -1,11 +1,13 @@
 #include "kvbench/core/json_text.h"
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/text.h"
 
 namespace kvbench {
 namespace {
@@ -61,6 +63,15 @@ std::string json_error_text(const std::exception& e) {
   const size_t tag = what.find("] ");
   return what.rfind("[json.exception.", 0) == 0 && tag != std::string::npos ? what.substr(tag + 2)
                                                                             : what;
+}
+
+std::string key_text(const std::string& key) {
+  const bool plain =
+      key.size() <= 100 && is_valid_utf8(key) && std::none_of(key.begin(), key.end(), [](char c) {
+        const auto b = static_cast<unsigned char>(c);
+        return b < 0x20 || b == 0x7f;
+      });
+  return plain ? key : brief_json(json(printable_utf8(key)));
 }
 
 std::string brief_json(const json& value, size_t max_bytes) {

@@ -31,6 +31,9 @@ std::string range_text(const ParamSpec& s) {
 
 bool in_range(const ParamSpec& s, double v) {
   if (!s.int_choices.empty()) {
+    // (Checked before the cast: a double past int64's range does not convert.)
+    const auto [lo, hi] = std::minmax_element(s.int_choices.begin(), s.int_choices.end());
+    if (v < static_cast<double>(*lo) || v > static_cast<double>(*hi)) return false;
     return std::find(s.int_choices.begin(), s.int_choices.end(), static_cast<int64_t>(v)) !=
            s.int_choices.end();
   }
@@ -189,7 +192,7 @@ void check_known_keys(const json& object, const std::vector<std::string>& known,
     std::string msg = "unknown key";
     if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
     msg += "; valid keys: " + join(known, ", ");
-    throw ConfigError(join_path(path, item.key()), msg);
+    throw ConfigError(join_path(path, key_text(item.key())), msg);
   }
 }
 

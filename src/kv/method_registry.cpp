@@ -5,6 +5,7 @@
 
 #include "gear_decode.h"
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/block_quant_codec.h"
 #include "kvbench/kv/fp8_codec.h"
@@ -621,7 +622,7 @@ json resolve_codec_entry(const json& given, const std::string& path) {
   if (m == nullptr || !m->codec) {
     const std::string hint = closest_match(name, codecs);
     throw ConfigError(join_path(path, "name"),
-                      "unknown codec '" + name + "'" +
+                      "unknown codec '" + key_text(name) + "'" +
                           (m != nullptr ? " (a retention method, not a codec)" : "") +
                           (hint.empty() || m != nullptr ? "" : " (did you mean '" + hint + "'?)") +
                           "; codecs: " + join(codecs, ", "));
@@ -728,7 +729,7 @@ nlohmann::json resolve_method(const nlohmann::json& entry_in, const std::string&
   if (it == catalog.end()) {
     std::string hint = closest_match(name, method_names());
     throw ConfigError(join_path(path, "name"),
-                      "unknown method '" + name + "'" +
+                      "unknown method '" + key_text(name) + "'" +
                           (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
                           "; known methods: " + join(method_names(), ", "));
   }

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/accuracy_suite.h"
@@ -136,7 +137,7 @@ const SuiteInfo& find_suite(const std::string& name) {
                          [&](const SuiteInfo& s) { return s.name == name; });
   if (it != catalog.end()) return *it;
   std::string hint = closest_match(name, suite_names());
-  throw Error("unknown suite '" + name + "'" +
+  throw Error("unknown suite '" + key_text(name) + "'" +
               (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
               "; known suites: " + join(suite_names(), ", "));
 }

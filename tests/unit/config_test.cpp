@@ -312,6 +312,50 @@ TEST(ConfigFile, MissingFile) {
   }
 }
 
+// Keys and names from the input are shown escaped and cut when they are not short plain text, so
+// an error stays one short line (a key "a\nb" made two; a 1 MB key a 1 MB message).
+TEST(ConfigFile, UnprintableKeysAndNamesAreShownEscaped) {
+  EXPECT_EQ(key_text("threads"), "threads");
+  EXPECT_EQ(key_text("a\nb"), "\"a\\nb\"");
+  EXPECT_EQ(key_text("caf\xe9"), "\"caf\\\\xe9\"");
+  EXPECT_LT(key_text(std::string(1 << 20, 'k')).size(), 200u);
+  EXPECT_EQ(error_of(json::parse(R"({"suites": [{"name": "kernels"}], "a\nb": 1})")).substr(0, 19),
+            "config: \"a\\nb\": unk");
+  const std::string long_name(100000, 'x');
+  for (const json& config :
+       {json{{"suites", {{{"name", long_name}}}}},
+        json{{"suites", {{{"name", "kernels"}}}}, {"methods", {{{"name", "a\tb"}}}}}}) {
+    const std::string e = error_of(config);
+    EXPECT_LT(e.size(), 2000u);
+    EXPECT_EQ(e.find('\t'), std::string::npos) << e;
+  }
+  // A value past int64 where a list of integers is expected is out of range (it was cast first).
+  EXPECT_EQ(error_of(with(R"({"methods": [{"name": "int4", "group": 10000000000000000000}]})")),
+            "config: methods[0].group: expected integer in {8, 16, 32, 64, 128}, got "
+            "10000000000000000000");
+  json c = minimal();
+  EXPECT_THROW(apply_override(c, "a\nb=1"), ConfigError);
+  EXPECT_THROW(apply_override(c, std::string(200, 'k') + "=1"), ConfigError);
+}
+
+// A config that is not an object is said to be one before any --set applies (which named a key
+// of the list, or made null an object).
+TEST(ConfigFile, ANonObjectConfigIsSaidFirst) {
+  auto path = std::filesystem::temp_directory_path() / "kvbench_list.json";
+  for (const char* text : {"[]", "null", "3"}) {
+    std::ofstream(path) << text;
+    try {
+      load_run_specs(path.string(), {"threads=2"});
+      FAIL() << text;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("expected a JSON object at the top level"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  std::filesystem::remove(path);
+}
+
 TEST(ConfigFile, LoadsFileAndNamesRunAfterStem) {
   auto path = std::filesystem::temp_directory_path() / "kvbench_config_test_run.json";
   std::ofstream(path) << R"({"suites": [{"name": "kernels"}], "seed": 3})";

@@ -45,4 +45,9 @@ std::string json_error_text(const std::exception& e);
 // {...}, never recursing deeper.
 std::string brief_json(const nlohmann::json& value, size_t max_bytes = 100);
 
+// A key or name from the user's input as an error message shows it: as it is when it is at
+// most 100 bytes of text without control characters, else as brief_json of it (quoted, escaped,
+// cut; bytes that are not UTF-8 as \xNN), so a message stays one short line.
+std::string key_text(const std::string& key);
+
 }  // namespace kvbench

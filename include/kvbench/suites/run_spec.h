@@ -36,7 +36,7 @@ struct RunSpec {
   std::string name;
   ModelSpec model;
   std::string device;     // cpu | cuda
-  std::string attention;  // decode attention backend: cpu | reference
+  std::string attention;  // decode attention backend: cpu | reference | paged
   int threads = 1;
   bool threads_auto = false;  // threads was "auto" (this machine's cores): shards ignore it
   uint64_t seed = 0;
