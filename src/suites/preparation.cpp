@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "kvbench/core/error.h"
@@ -9,6 +10,7 @@
 #include "kvbench/core/time.h"
 #include "kvbench/kv/full_cache.h"
 #include "kvbench/kv/identity_codec.h"
+#include "kvbench/suites/workload.h"
 #include "kvbench/workloads/word_lists.h"
 
 namespace kvbench {
@@ -109,6 +111,14 @@ void check_calibration_fits(const CalibrationSpec& spec, const ModelConfig& c) {
             "); calibration prompts must fit the model");
 }
 
+uint64_t calibration_capture_bytes(const CalibrationSpec& spec, const ModelConfig& c) {
+  if (spec.prompts <= 0) return 0;
+  const double values = 2.0 * static_cast<double>(spec.prompts) * static_cast<double>(spec.tokens) *
+                        static_cast<double>(c.num_layers) *
+                        static_cast<double>(c.num_kv_heads * c.head_dim);
+  return static_cast<uint64_t>(std::min(2.0 * values * sizeof(float), 1.8e19));
+}
+
 PreparedCodec prepare_codec(std::shared_ptr<const Codec> codec, const Transformer& model,
                             const Tokenizer* tokenizer) {
   if (!codec->needs_preparation()) return {std::move(codec), nullptr};
@@ -127,6 +137,11 @@ PreparedCodec prepare_codec(std::shared_ptr<const Codec> codec, const Transforme
   nlohmann::json calibration = nullptr;
   check_calibration_fits(spec, c);
   if (spec.prompts > 0) {
+    // Refused by name before the capture, not by running out of memory in it.
+    check_fits_on(model.placement(), calibration_capture_bytes(spec, c),
+                  "calibration of " + codec->name() + " (" + std::to_string(spec.prompts) +
+                      " prompts of " + std::to_string(spec.tokens) +
+                      " tokens, fp32 keys and values of every layer)");
     const auto prompts = calibration_prompts(spec, c.vocab_size, tokenizer);
     std::tie(in.keys, in.values) = capture_kv(model, prompts);
     calibration = {{"prompts", spec.prompts},

@@ -9,7 +9,9 @@
 #include "kvbench/core/memory.h"
 #include "kvbench/core/text.h"
 #include "kvbench/core/time.h"
+#include "kvbench/kv/method_registry.h"
 #include "kvbench/suites/capacity.h"
+#include "kvbench/suites/preparation.h"
 #include "kvbench/suites/suite_registry.h"
 #include "kvbench/suites/workload.h"
 
@@ -122,7 +124,13 @@ std::vector<uint64_t> estimate_cells(const std::vector<Cell>& cells, ModelProvid
                         paged,
                         shared,
                         reference_attention};
-    out.push_back(find_suite(c.suite).make()->estimate_bytes(ctx));
+    uint64_t bytes = find_suite(c.suite).make()->estimate_bytes(ctx);
+    // A calibrating codec's capture runs before the cell, beside the weights alone.
+    if (config)
+      bytes = std::max(bytes, model_weight_bytes(*config, placement.dtype) +
+                                  calibration_capture_bytes(
+                                      make_codec(c.method, kv_dtype)->calibration(), *config));
+    out.push_back(bytes);
   }
   return out;
 }

@@ -21,6 +21,7 @@
 #include "kvbench/suites/latency_suite.h"
 #include "kvbench/suites/model_provider.h"
 #include "kvbench/suites/output_length_suite.h"
+#include "kvbench/suites/preparation.h"
 #include "kvbench/suites/runner.h"
 #include "kvbench/suites/throughput_suite.h"
 #include "kvbench/suites/workload.h"
@@ -401,6 +402,27 @@ TEST(ModelSuites, MethodsThatCannotRunOnTheModelAreRefusedInThePlan) {
   cfg["methods"][0]["group"] = 16;
   RunSpec ok = parse_run_spec(cfg, "t");
   EXPECT_NO_THROW(estimate_cells(expand_cells(ok), model, env));
+}
+
+// A calibrating codec's capture (every prompt's fp32 keys and values of every layer, twice) is
+// planned beside the weights: 1,024 prompts of 4,096 tokens on Llama-3-8B's shapes need 2 TiB
+// of it, which the plan refuses before anything loads (it ran out of memory in the capture).
+TEST(ModelSuites, ACalibrationCaptureIsPlanned) {
+  const ModelConfig c = parse_model_config(find_model_preset("llama-3-8b").config, "preset");
+  // 2 (K, V) x 4 x 512 tokens x 32 layers x 8 heads x 128 x 4 B, twice: 1 GiB.
+  EXPECT_EQ(calibration_capture_bytes({4, 512, 0, "text"}, c), uint64_t{1} << 30);
+  EXPECT_EQ(calibration_capture_bytes({0, 512, 0, "text"}, c), 0u);
+  auto estimate = [](int64_t prompts) {
+    json cfg = {
+        {"suites", {{{"name", "latency"}}}},
+        {"methods", {{{"name", "kvproj"}, {"calib_prompts", prompts}, {"calib_tokens", 4096}}}},
+        {"model", {{"preset", "llama-3-8b"}, {"random_init", true}}}};
+    RunSpec spec = parse_run_spec(cfg, "t");
+    ModelProvider model(spec.model);
+    return estimate_cells(expand_cells(spec), model, Environment{}).at(0);
+  };
+  EXPECT_GE(estimate(1024), uint64_t{2} << 40);
+  EXPECT_LT(estimate(1), uint64_t{1} << 40);
 }
 
 TEST(ModelSuites, OversizedPlanIsRefused) {

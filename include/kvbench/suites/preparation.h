@@ -33,6 +33,10 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> capture_kv(
 // Throws when the calibration prompts `spec` asks for cannot run on a model of config `c`
 // (longer than its max_position_embeddings). `validate` checks this too, without the weights.
 void check_calibration_fits(const CalibrationSpec& spec, const ModelConfig& c);
+// What capture_kv holds at its peak for `spec` on a model of config `c`: every prompt's fp32
+// keys and values of every layer, twice (the per-prompt pieces and their concatenation). 0
+// without calibration prompts.
+uint64_t calibration_capture_bytes(const CalibrationSpec& spec, const ModelConfig& c);
 // `codec` prepared for `model` (unchanged, with a null report, when it needs no preparation).
 // `tokenizer` may be null unless the codec calibrates on text.
 PreparedCodec prepare_codec(std::shared_ptr<const Codec> codec, const Transformer& model,
