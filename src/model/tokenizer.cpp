@@ -81,18 +81,37 @@ std::vector<AddedToken> matched_normalized(const std::vector<AddedToken>& added,
   return out;
 }
 
+// make(), with a JSON type error inside it (a number where a string belongs) named by the
+// section of tokenizer.json it is in.
+template <class F>
+auto in_section(const std::string& source, const char* section, F&& make) -> decltype(make()) {
+  try {
+    return make();
+  } catch (const json::exception& e) {
+    std::string what = json_error_text(e);
+    if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+    fail(source, std::string(section) + ": malformed: " + what);
+  }
+}
+
 }  // namespace
 
 struct Tokenizer::Impl {
   Impl(const json& t, const std::string& source_name)
       : source(source_name),
-        added(parse_added_tokens(t.value("added_tokens", json()), source)),
+        added(in_section(
+            source, "added_tokens",
+            [&] { return parse_added_tokens(t.value("added_tokens", json()), source); })),
         splitter(matched_raw(added)),
-        normalizer(t.value("normalizer", json()), source),
+        normalizer(in_section(source, "normalizer",
+                              [&] { return Normalizer(t.value("normalizer", json()), source); })),
         normalized_splitter(matched_normalized(added, normalizer)),
-        pre_tokenizer(t.value("pre_tokenizer", json()), source),
-        model(t.at("model"), source),
-        decoder(t.value("decoder", json()), source) {
+        pre_tokenizer(
+            in_section(source, "pre_tokenizer",
+                       [&] { return PreTokenizer(t.value("pre_tokenizer", json()), source); })),
+        model(in_section(source, "model", [&] { return BpeModel(t.at("model"), source); })),
+        decoder(in_section(source, "decoder",
+                           [&] { return Decoder(t.value("decoder", json()), source); })) {
     if (t.contains("truncation") && !t["truncation"].is_null()) {
       fail(source, "unsupported truncation (expected null)");
     }
@@ -102,7 +121,8 @@ struct Tokenizer::Impl {
     }
     vocab_size = static_cast<int64_t>(model.tokens().size());
     for (const AddedToken& a : added) vocab_size = std::max<int64_t>(vocab_size, a.id + 1);
-    parse_post_processor(t.value("post_processor", json()));
+    in_section(source, "post_processor",
+               [&] { parse_post_processor(t.value("post_processor", json())); });
   }
 
   void parse_post_processor(const json& p) {

@@ -291,6 +291,24 @@ class TokenizerErrors : public ::testing::Test {
   fs::path dir_;
 };
 
+// A value of the wrong JSON type is named by the section it is in (before session 63 only the
+// JSON library's "type must be string, but is number").
+TEST_F(TokenizerErrors, AWrongTypedFieldNamesItsSection) {
+  json t = metaspace_tokenizer();
+  t["model"]["merges"][0] = {"\u2581", 1};
+  EXPECT_NE(load_error(t).find("tokenizer.json: model: malformed: type must be string"),
+            std::string::npos)
+      << load_error(t);
+  t = metaspace_tokenizer();
+  t["added_tokens"][0]["content"] = 7;
+  EXPECT_NE(load_error(t).find("tokenizer.json: added_tokens: malformed: "), std::string::npos)
+      << load_error(t);
+  t = metaspace_tokenizer();
+  t["decoder"]["decoders"][0]["content"] = false;
+  EXPECT_NE(load_error(t).find("tokenizer.json: decoder: malformed: "), std::string::npos)
+      << load_error(t);
+}
+
 TEST_F(TokenizerErrors, UnsupportedKindsAreRejectedByName) {
   json t = metaspace_tokenizer();
   t["model"]["type"] = "WordPiece";
@@ -338,7 +356,7 @@ TEST_F(TokenizerErrors, BrokenFilesAreOneLine) {
   EXPECT_NE(load_error(t).find("(PCRE2 10."), std::string::npos) << load_error(t);
   t = metaspace_tokenizer();  // a key missing: named without nlohmann's exception tag
   t["model"].erase("merges");
-  EXPECT_NE(load_error(t).find("tokenizer.json: malformed: key 'merges' not found"),
+  EXPECT_NE(load_error(t).find("tokenizer.json: model: malformed: key 'merges' not found"),
             std::string::npos)
       << load_error(t);
   // A null or an object where a list belongs, an id that is not an integer: refused by key,
