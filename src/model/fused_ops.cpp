@@ -75,6 +75,15 @@ ModelOpsPath model_ops_path(const at::Device& device) {
                                                  : ModelOpsPath::kEager;
 }
 
+void check_model_ops_head_dim(int64_t head_dim, const at::Device& device) {
+  const ModelOpsPath path = model_ops_path(device);
+  KVB_CHECK(path == ModelOpsPath::kEager || head_dim <= kernels::kRopeMaxHeadDim,
+            "model: head_dim ", head_dim, " is more than the ", kernels::kRopeMaxHeadDim,
+            " values per head the ",
+            path == ModelOpsPath::kCuda ? "GPU's" : "host kernels' (KVBENCH_PAGED_PATH=kernels)",
+            " fused RoPE split takes");
+}
+
 at::Tensor add_rms_norm(at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                         double eps) {
   KVB_CHECK(x.dim() == 2 && weight.dim() == 1 && weight.size(0) == x.size(1) &&

@@ -188,6 +188,7 @@ Transformer::Transformer(ModelConfig config, ModelWeights weights)
 Transformer Transformer::load(const std::string& dir, const ModelPlacement& placement) {
   check_placement(placement);
   ModelConfig config = load_model_config(dir);
+  check_model_ops_head_dim(config.head_dim, placement.device);
   SafetensorsCheckpoint checkpoint(dir);
   ModelWeights w;
   std::set<std::string> read;
@@ -220,6 +221,7 @@ Transformer Transformer::load(const std::string& dir, const ModelPlacement& plac
 Transformer Transformer::random(const ModelConfig& config, uint64_t seed,
                                 const ModelPlacement& placement) {
   check_placement(placement);
+  check_model_ops_head_dim(config.head_dim, placement.device);
   at::Generator gen = seeded_generator(placement.device, seed);
   const auto fp32 = at::TensorOptions().device(placement.device).dtype(at::kFloat);
   ModelWeights w;
@@ -236,6 +238,7 @@ Transformer Transformer::random(const ModelConfig& config, uint64_t seed,
 
 Transformer Transformer::to(const ModelPlacement& placement) const {
   check_placement(placement);
+  check_model_ops_head_dim(config_.head_dim, placement.device);
   ModelWeights source = weights_, w;
   auto from = bind_weights(config_, source);
   auto into = bind_weights(config_, w);

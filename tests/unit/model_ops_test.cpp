@@ -112,6 +112,26 @@ void on_host_kernels(Body body) {
   });
 }
 
+// A head wider than the fused RoPE split takes is refused when the model is built on a kernel
+// path (it loaded, then failed at its first forward); the eager path takes it.
+TEST(ModelOpsWrapperTest, AHeadTooWideForTheKernelsIsRefusedAtLoad) {
+  nlohmann::json raw = find_model_preset("tiny-llama").config;
+  raw["head_dim"] = 512;
+  const ModelConfig config = parse_model_config(raw, "wide");
+  const ModelPlacement cpu{at::kCPU, at::kFloat};
+  on_host_kernels([&] {
+    try {
+      Transformer::random(config, 0, cpu);
+      FAIL() << "head_dim 512";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("head_dim 512 is more than the 256 values per head"),
+                std::string::npos)
+          << e.what();
+    }
+  });
+  on_eager([&] { EXPECT_NO_THROW(Transformer::random(config, 0, cpu)); });
+}
+
 double rel_error(const at::Tensor& got, const at::Tensor& want) {
   return ((got.to(at::kDouble) - want.to(at::kDouble)).norm() / want.to(at::kDouble).norm())
       .item<double>();

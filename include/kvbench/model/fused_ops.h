@@ -21,6 +21,9 @@ enum class ModelOpsPath { kEager, kHostKernels, kCuda };
 
 // Which implementation runs for tensors on `device`.
 ModelOpsPath model_ops_path(const at::Device& device);
+// Throws when the kernel path of `device` cannot take heads of `head_dim` values (the fused
+// RoPE split holds a head of at most 256): said when a model loads, not at its first forward.
+void check_model_ops_head_dim(int64_t head_dim, const at::Device& device);
 
 // With `residual` defined: x += residual (x is updated: in place on the kernel paths), then
 // the RMSNorm of x; without: the RMSNorm of x. x, residual [rows, dim] in the activation
