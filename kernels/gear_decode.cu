@@ -52,6 +52,8 @@ cudaError_t gear_decode(const GearProblem& p, const GearPlan& plan, void* worksp
   } else {
     gear_split_kernel<0><<<grid, kThreads, 0, stream>>>(p, plan.tokens_per_split, plan.splits, ws);
   }
+  // A failed split launch is said as itself, without a merge over an unwritten workspace.
+  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
   gear_merge_kernel<<<dim3(p.q_heads, p.batch), p.head_dim, 0, stream>>>(p, plan.splits, ws);
   return cudaGetLastError();
 }

@@ -359,7 +359,7 @@ __device__ __forceinline__ void combine_body(const PaluProblem& p, int splits, c
       sum += w * part[1];
       acc += w * part[2 + a];
     }
-    v_lat[h][a] = acc / sum;
+    v_lat[h][a] = sum > 0.f ? acc / sum : 0.f;  // no token at all: 0, as the decode kernels
   }
   __syncthreads();
   for (int i = threadIdx.x; i < gq * D; i += kThreads) {

@@ -38,12 +38,17 @@ __device__ __forceinline__ void merge_warps(float m, float sum, const float* acc
   if (warp != 0) return;
   float mx = -INFINITY;
   for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part_max[w]);
-  float total = 0.f;  // a warp that saw no token has max -inf and sum 0: it adds nothing
-  for (int w = 0; w < kWarps; ++w) total += part_sum[w] * expf(part_max[w] - mx);
+  // A warp that saw no token has max -inf and sum 0: it adds nothing (its weight is 0, not
+  // exp(-inf - -inf)); with no token at all the output is 0, as the decode kernels'.
+  float scale[kWarps], total = 0.f;
+  for (int w = 0; w < kWarps; ++w) {
+    scale[w] = part_max[w] == -INFINITY ? 0.f : expf(part_max[w] - mx);
+    total += part_sum[w] * scale[w];
+  }
   for (int j = 0; j < per; ++j) {
     float a = 0.f;
-    for (int w = 0; w < kWarps; ++w) a += part_acc[w][d0 + j] * expf(part_max[w] - mx);
-    retained_store(pr, b, qh, d0 + j, a / total);
+    for (int w = 0; w < kWarps; ++w) a += part_acc[w][d0 + j] * scale[w];
+    retained_store(pr, b, qh, d0 + j, total > 0.f ? a / total : 0.f);
   }
 }
 
