@@ -231,7 +231,7 @@ inline void gear_decode_host(const GearProblem& p, float* scratch) {
         for (int c = 0; c < d; ++c) {
           float acc = 0.f;
           for (int t = 0; t < T; ++t) acc += w[t] * values[size_t(t) * d + c];
-          out[c] = acc / sum;
+          out[c] = sum > 0.f ? acc / sum : 0.f;  // no token at all: 0, as the device kernel
         }
       }
     }

@@ -234,7 +234,7 @@ inline void palu_decode_host(const PaluProblem& p, float* scratch) {
         for (int i = 0; i < kept.n; ++i)
           acc = fmaf(
               w[i], palu::value16(p, palu::latent_row(p, p.v_latent, b, j, kept.token(i))[a]), acc);
-        v_lat[a] = acc / sum;
+        v_lat[a] = sum > 0.f ? acc / sum : 0.f;  // no token kept at all: 0, as the device kernel
       }
       for (int c = 0; c < d; ++c)
         palu::store_output(p, row + c, palu::output_channel(p, j, v_lat, c));

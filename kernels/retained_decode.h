@@ -164,7 +164,9 @@ inline void retained_decode_host(const RetainedProblem& pr, const PagedKvStore& 
   for (int b = 0; b < pr.batch; ++b)
     for (int qh = 0; qh < pr.q_heads; ++qh) {
       retained_partial(pr, s, b, qh, 0, 1, p);
-      for (int d = 0; d < pr.head_dim; ++d) retained_store(pr, b, qh, d, p.acc[d] / p.sum);
+      // No token kept at all: 0, as the device kernel.
+      for (int d = 0; d < pr.head_dim; ++d)
+        retained_store(pr, b, qh, d, p.sum > 0.f ? p.acc[d] / p.sum : 0.f);
     }
 }
 

@@ -126,6 +126,43 @@ void apply_override(json& config, const std::string& assignment) {
   }
 }
 
+namespace {
+
+// Whether the --set value `text` (JSON or a plain string) holds the dotted `path` inside it.
+bool holds_path(const std::string& text, const std::string& path) {
+  if (!json::accept(text)) return false;
+  const json value = json::parse(text);
+  const json* node = &value;
+  std::stringstream parts(path);
+  for (std::string seg; std::getline(parts, seg, '.');) {
+    if (node->is_object() && node->contains(seg)) {
+      node = &(*node)[seg];
+    } else if (node->is_array() && is_index(seg) && std::stoul(seg) < node->size()) {
+      node = &(*node)[std::stoul(seg)];
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+// An override the grid axis `axis` writes over in every run (at the axis, inside it, or around
+// it holding it: --set output={"dir": ...} beside an output.dir axis) would be dropped without a
+// word: an error naming both.
+void refuse_overwritten_set(const std::string& assignment, const std::string& axis) {
+  const size_t eq = assignment.find('=');
+  const std::string set = assignment.substr(0, eq);
+  const bool around = axis.rfind(set + ".", 0) == 0 &&
+                      holds_path(eq == std::string::npos ? "" : assignment.substr(eq + 1),
+                                 axis.substr(set.size() + 1));
+  if (set == axis || set.rfind(axis + ".", 0) == 0 || around)
+    throw ConfigError("grid." + key_text(axis),
+                      "--set " + key_text(set) + (set == "output.dir" ? " (or --out)" : "") +
+                          " sets what the grid varies; vary it in the grid or drop the --set");
+}
+
+}  // namespace
+
 RunSpec load_run_spec(const std::string& path, const std::vector<std::string>& overrides) {
   json config = read_config_file(path);
   for (const auto& o : overrides) apply_override(config, o);
@@ -149,7 +186,12 @@ std::vector<GridRun> load_run_specs(const std::string& path,
         "grid", "expected an object of \"dotted.key\": [values] pairs, got " + brief_json(grid));
   }
   std::vector<std::pair<std::string, json>> axes;  // json objects keep keys sorted
-  for (const auto& [key, values] : grid.items()) axes.emplace_back(key, values);
+  for (const auto& [key, values] : grid.items()) {
+    if (key_text(key) != key)
+      throw ConfigError("grid", "axis " + key_text(key) +
+                                    ": expected a dotted key of printable text, at most 100 bytes");
+    axes.emplace_back(key, values);
+  }
   size_t total = 1;
   for (const auto& [key, values] : grid.items()) {
     if (!values.is_array() || values.empty()) {
@@ -166,16 +208,7 @@ std::vector<GridRun> load_run_specs(const std::string& path,
         throw ConfigError("grid." + other,
                           "lies inside grid." + key + ", which sets it too; vary one of them");
     }
-    // An override the grid would write over (or that sits around or inside an axis): the
-    // grid's values win in every run, so the --set would be dropped without a word.
-    for (const std::string& o : overrides) {
-      const std::string set = o.substr(0, o.find('='));
-      if (set == key || set.rfind(key + ".", 0) == 0 || key.rfind(set + ".", 0) == 0)
-        throw ConfigError("grid." + key, "--set " + brief_json(set) +
-                                             (set == "output.dir" ? " (or --out)" : "") +
-                                             " sets what the grid varies; vary it in the grid "
-                                             "or drop the --set");
-    }
+    for (const std::string& o : overrides) refuse_overwritten_set(o, key);
     std::set<std::string> seen;
     for (const json& v : values)
       if (!seen.insert(v.dump()).second)

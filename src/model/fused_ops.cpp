@@ -81,7 +81,8 @@ void check_model_ops_head_dim(int64_t head_dim, const at::Device& device) {
             "model: head_dim ", head_dim, " is more than the ", kernels::kRopeMaxHeadDim,
             " values per head the ",
             path == ModelOpsPath::kCuda ? "GPU's" : "host kernels' (KVBENCH_PAGED_PATH=kernels)",
-            " fused RoPE split takes");
+            " fused RoPE split takes; KVBENCH_MODEL_OPS=aten runs the model's per-row ops in "
+            "libtorch on a GPU");
 }
 
 at::Tensor add_rms_norm(at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,

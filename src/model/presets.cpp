@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "kvbench/core/error.h"
+#include "kvbench/core/json_text.h"
 #include "kvbench/core/text.h"
 #include "kvbench/model/safetensors.h"
 #include "kvbench/model/tiny_tokenizer.h"
@@ -140,7 +141,7 @@ const ModelPreset& find_model_preset(const std::string& name) {
     if (p.name == name) return p;
   }
   std::string hint = closest_match(name, model_preset_names());
-  throw Error("unknown model preset '" + name + "'" +
+  throw Error("unknown model preset '" + key_text(name) + "'" +
               (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
               "; presets: " + join(model_preset_names(), ", "));
 }

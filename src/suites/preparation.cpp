@@ -137,11 +137,13 @@ PreparedCodec prepare_codec(std::shared_ptr<const Codec> codec, const Transforme
   nlohmann::json calibration = nullptr;
   check_calibration_fits(spec, c);
   if (spec.prompts > 0) {
-    // Refused by name before the capture, not by running out of memory in it.
-    check_fits_on(model.placement(), calibration_capture_bytes(spec, c),
-                  "calibration of " + codec->name() + " (" + std::to_string(spec.prompts) +
-                      " prompts of " + std::to_string(spec.tokens) +
-                      " tokens, fp32 keys and values of every layer)");
+    // Refused by name before the capture, not by running out of memory in it (on a GPU beside
+    // the weights there, as check_fits_on measures the device's whole memory).
+    const bool gpu = !model.placement().device.is_cpu();
+    check_fits_on(
+        model.placement(), calibration_capture_bytes(spec, c) + (gpu ? model.weight_bytes() : 0),
+        "calibration of " + codec->name() + " (" + std::to_string(spec.prompts) + " prompts of " +
+            std::to_string(spec.tokens) + " tokens, fp32 keys and values of every layer)");
     const auto prompts = calibration_prompts(spec, c.vocab_size, tokenizer);
     std::tie(in.keys, in.values) = capture_kv(model, prompts);
     calibration = {{"prompts", spec.prompts},

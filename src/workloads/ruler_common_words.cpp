@@ -30,13 +30,14 @@ std::string numbered(const std::vector<const std::string*>& list) {
 }
 
 // RULER's worked examples: each a list of its own, num_common of its words listed more often,
-// its question, and the answer as a numbered list. Below 4096 target tokens RULER lists 20
+// its question with the answer prefix, and the answer as a numbered list (RULER's template
+// holds the prefix, and the example's answer follows it). Below 4096 target tokens RULER lists 20
 // words, the asked ones 3 times and the others once, else 40 words at 10 and 3 times; kvbench
 // keeps that list's other words (10 or 30) for any num_common. The words are taken from the
 // front of `words` (the seeded words free of the asked ones) and leave it: no example shares a
 // word with the sample's list or with another example.
 std::string worked_examples(const CommonWordsOptions& o, const std::string& header,
-                            const std::string& ask, std::vector<std::string>& words) {
+                            const std::string& question, std::vector<std::string>& words) {
   const bool short_target = o.target_tokens < 4096;
   const int64_t others = short_target ? 10 : 30;
   const int64_t asked_freq = short_target ? 3 : 10, other_freq = short_target ? 1 : 3;
@@ -55,7 +56,7 @@ std::string worked_examples(const CommonWordsOptions& o, const std::string& head
       if (asked) answer.push_back(first + i);
     }
     shuffle(list, order);
-    text += header + numbered(list) + ask + " " + numbered(answer) + "\n";
+    text += header + numbered(list) + question + " " + numbered(answer) + "\n";
   }
   words.erase(words.begin(), words.begin() + static_cast<std::ptrdiff_t>(taken));
   return text;
@@ -87,9 +88,8 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
       "Memorize the ones that appear most often.\n";
   const std::string answer_prefix =
       " Answer: The top " + count + " words that appear most often in the list are:";
-  const std::string ask =
-      "\nQuestion: What are the " + count + " most common words in the above list?";
-  const std::string question = ask + answer_prefix;
+  const std::string question =
+      "\nQuestion: What are the " + count + " most common words in the above list?" + answer_prefix;
   // Scoring finds each answer as a substring of the lower-cased output, and the invariant is
   // that each common word occurs common_freq times in the text: no other entry may contain a
   // common word or sit inside one ("car" in "carpet", in "bold-car"; "old" in "gold"), so such
@@ -111,7 +111,7 @@ TaskSample make_common_words(const Tokenizer& tokenizer, const CommonWordsOption
     if (!overlaps(w)) uncommon.push_back(w);
   KVB_CHECK(static_cast<int64_t>(common.size()) == o.num_common, task, ": num_common ",
             o.num_common, " is more than the word lists hold apart from each other");
-  const std::string examples = worked_examples(o, header, ask, uncommon);
+  const std::string examples = worked_examples(o, header, question, uncommon);
   const size_t singles = uncommon.size();
   // Past the single words, "adjective-noun" pairs in seeded order. Each word of a pair is an
   // entry of its own too, and tokenizers split at the hyphen, so a word in k pairs occurs

@@ -208,7 +208,7 @@ const TaskEntry& find_task(const std::string& task, const std::string& path) {
     if (t.name == task) return t;
   }
   const std::vector<std::string>& names = task_names();
-  std::string msg = "unknown task '" + task + "'";
+  std::string msg = "unknown task '" + key_text(task) + "'";
   const std::string hint = closest_match(task, names);
   if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
   throw ConfigError(join_path(path, "task"), msg + "; valid tasks: " + join(names, ", "));

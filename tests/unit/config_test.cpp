@@ -497,7 +497,7 @@ TEST(ConfigFile, ASetTheGridWouldOverwriteIsAnError) {
            {"output.dir=\"x\"", "output.dir"},
            {"output={\"dir\": \"x\"}", "output.dir"},
            {"suites.0.repeats=3", "suites.0.repeats"},
-           {"suites=[{\"name\": \"kernels\"}]", "suites.0.repeats"}}) {
+           {"suites=[{\"name\": \"kernels\", \"repeats\": 3}]", "suites.0.repeats"}}) {
     try {
       load_run_specs(path.string(), {set});
       FAIL() << set;
@@ -507,12 +507,14 @@ TEST(ConfigFile, ASetTheGridWouldOverwriteIsAnError) {
           << e.what();
     }
   }
-  // Beside the axes, and the grid's own keys, a --set applies.
-  const auto runs = load_run_specs(path.string(), {"seed=5", "grid.threads=[3]"});
+  // Beside the axes, around one without its key, and the grid's own keys, a --set applies.
+  const auto runs = load_run_specs(path.string(), {"seed=5", "grid.threads=[3]",
+                                                   R"(suites=[{"name": "kernels", "warmup": 2}])"});
   ASSERT_EQ(runs.size(), 4u);
   for (const auto& g : runs) {
     EXPECT_EQ(g.spec.seed, 5u);
     EXPECT_EQ(g.spec.threads, 3);
+    EXPECT_EQ(g.spec.suites[0].params["warmup"], 2);
   }
   std::filesystem::remove(path);
 }

@@ -554,8 +554,10 @@ TEST(RulerCommonWords, WorkedExamplesComeFirstWithTheirAnswers) {
     const std::string header =
         "Below is a numbered list of words. In these words, some appear more often than others. "
         "Memorize the ones that appear most often.\n";
-    const std::string ask = "\nQuestion: What are the " + std::to_string(c.num_common) +
-                            " most common words in the above list? ";
+    const std::string count = std::to_string(c.num_common);
+    const std::string ask = "\nQuestion: What are the " + count +
+                            " most common words in the above list? Answer: The top " + count +
+                            " words that appear most often in the list are: ";
     ASSERT_EQ(s.prompt.rfind(header, 0), 0u);
     std::set<std::string> seen;  // every word of the examples so far
     size_t at = 0;
