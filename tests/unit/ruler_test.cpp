@@ -295,19 +295,25 @@ TEST(RulerNiah, MultiQueryAsksEveryKey) {
   EXPECT_NE(query.find(", and "), std::string::npos);
 }
 
+// A needle task of `keys` word keys ("adjective-noun") in `target` tokens.
+NeedleOptions word_key_options(uint64_t seed, int64_t target, int64_t keys, HaystackType haystack) {
+  NeedleOptions o;
+  o.target_tokens = target;
+  o.seed = seed;
+  o.num_keys = keys;
+  o.key_type = NeedleKeyType::kWords;
+  o.haystack = haystack;
+  return o;
+}
+
 // No other key holds an asked one or sits inside it ("bold-carpet" beside an asked "old-car"):
 // over a needle haystack of word keys, each asked key occurs in its own needle and the question
 // (twice) only. (Such a pair is rare, about 1e-5 of random keys: this checks the invariant on
 // some 1,000 keys rather than forcing a redraw.)
 TEST(RulerNiah, NoOtherKeyOverlapsAnAskedOne) {
   for (uint64_t seed = 0; seed < 12; ++seed) {
-    NeedleOptions o;
-    o.target_tokens = 4096;
-    o.seed = seed;
-    o.num_keys = 4;
-    o.key_type = NeedleKeyType::kWords;
-    o.haystack = HaystackType::kNeedle;
-    const TaskSample s = make_needle_task(tiny(), o);
+    const TaskSample s =
+        make_needle_task(tiny(), word_key_options(seed, 4096, 4, HaystackType::kNeedle));
     const auto needles = needles_in(s.prompt);
     ASSERT_GT(needles.size(), 50u);
     // The asked key, from the answer prefix " The special magic number for KEY mentioned ...".
@@ -332,13 +338,9 @@ TEST(RulerNiah, NoOtherKeyOverlapsAnAskedOne) {
 // before keys were drawn again ("careful-wall" beside "careful-wallet" at seed 10).
 TEST(RulerNiah, NoKeyNestsInAnotherWhenAllAreAsked) {
   for (const uint64_t seed : {10, 50, 78}) {
-    NeedleOptions o;
-    o.target_tokens = 20000;  // the tiny tokenizer's: 300 needles and the question take ~17.6k
-    o.seed = seed;
-    o.num_keys = 300;
+    // 20,000 of the tiny tokenizer's tokens: 300 needles and the question take ~17.6k.
+    NeedleOptions o = word_key_options(seed, 20000, 300, HaystackType::kRepeat);
     o.num_queries = 300;
-    o.key_type = NeedleKeyType::kWords;
-    o.haystack = HaystackType::kRepeat;
     const TaskSample s = make_needle_task(tiny(), o);
     const auto needles = needles_in(s.prompt);
     ASSERT_EQ(needles.size(), 300u);
